@@ -1,0 +1,1 @@
+"""Recordline: Pub/Sub push into a queryable record store with an HTTP API."""

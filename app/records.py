@@ -1,0 +1,140 @@
+"""The stored rows: the one definition every schema is derived from.
+
+`Record` and `Rejection` are the rows of the `records` and `rejected` tables.
+The DuckDB DDL, the Storage Write API protobuf descriptor and the BigQuery
+table schemas (JSON, read by Terraform) are all computed from these Structs by
+`columns()`, so a column is added in exactly one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import typing
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+
+class Kind(enum.StrEnum):
+    """A column's type, named as BigQuery names it."""
+
+    STRING = "STRING"
+    INT64 = "INT64"
+    TIMESTAMP = "TIMESTAMP"
+    JSON = "JSON"
+    BYTES = "BYTES"
+
+
+# Timestamps travel as int microseconds since the Unix epoch (UTC) from the push
+# decoder to the store: it is what the Storage Write API takes for TIMESTAMP,
+# what DuckDB stores, and it costs nothing to compare or order.
+Micros = Annotated[int, Meta(extra={"kind": Kind.TIMESTAMP})]
+
+# JSON columns hold JSON text exactly as the publisher sent it: the payload's
+# `data` is passed through without being decoded and encoded again.
+JsonText = Annotated[str, Meta(extra={"kind": Kind.JSON})]
+
+
+def _doc(text: str) -> Meta:
+    return Meta(description=text)
+
+
+class Row(msgspec.Struct, kw_only=True, frozen=True):
+    """Base for stored rows: keyword-only and immutable once built."""
+
+
+class Record(Row):
+    """One accepted message: a row of `records`."""
+
+    message_id: Annotated[str, _doc("Pub/Sub message id; the deduplication key")]
+    publish_time: Annotated[Micros, _doc("When Pub/Sub accepted the message")]
+    ingest_time: Annotated[Micros, _doc("When Recordline stored the row; the `since` axis")]
+    id: Annotated[str, _doc("The record's own id, from the payload")]
+    timestamp: Annotated[Micros | None, _doc("The record's event time, from the payload")] = None
+    data: Annotated[JsonText, _doc("The payload's `data`, any JSON value")] = "null"
+    attributes: Annotated[JsonText, _doc("Pub/Sub message attributes, a JSON object")] = "{}"
+    subscription: Annotated[str | None, _doc("Full name of the delivering subscription")] = None
+    delivery_attempt: Annotated[
+        int | None, _doc("Delivery attempt, set when the subscription has a dead-letter policy")
+    ] = None
+    trace_id: Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")] = None
+
+
+class Rejection(Row):
+    """One message whose payload was invalid: a row of `rejected`.
+
+    The raw bytes are kept so that nothing acknowledged is ever lost: a fixed
+    consumer can replay them.
+    """
+
+    message_id: Annotated[str, _doc("Pub/Sub message id")]
+    publish_time: Annotated[Micros, _doc("When Pub/Sub accepted the message")]
+    ingest_time: Annotated[Micros, _doc("When Recordline stored the rejection")]
+    data: Annotated[bytes, _doc("The message data exactly as received")] = b""
+    reason: Annotated[str, _doc("Why the payload was rejected, naming the field")] = ""
+    attributes: Annotated[JsonText, _doc("Pub/Sub message attributes, a JSON object")] = "{}"
+    subscription: Annotated[str | None, _doc("Full name of the delivering subscription")] = None
+    delivery_attempt: Annotated[
+        int | None, _doc("Delivery attempt, set when the subscription has a dead-letter policy")
+    ] = None
+    trace_id: Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")] = None
+
+
+class Column(msgspec.Struct, frozen=True):
+    name: str
+    kind: Kind
+    nullable: bool
+    description: str
+
+
+_PLAIN_KINDS: dict[type, Kind] = {str: Kind.STRING, int: Kind.INT64, bytes: Kind.BYTES}
+
+
+def _column(name: str, hint: Any) -> Column:
+    nullable = False
+    kind: Kind | None = None
+    description = ""
+    # Peel Annotated layers (a field may carry a description around an alias
+    # that carries the kind) and an `X | None` union, collecting what each says.
+    while True:
+        if typing.get_origin(hint) is Annotated:
+            base, *metas = typing.get_args(hint)
+            for meta in metas:
+                if isinstance(meta, Meta):
+                    description = description or (meta.description or "")
+                    kind = kind or (meta.extra or {}).get("kind")
+            hint = base
+            continue
+        args = typing.get_args(hint)
+        if type(None) in args:
+            nullable = True
+            (hint,) = [a for a in args if a is not type(None)]
+            continue
+        break
+    kind = kind or _PLAIN_KINDS[hint]
+    return Column(name=name, kind=kind, nullable=nullable, description=description)
+
+
+@functools.cache
+def columns(row_type: type[Row]) -> tuple[Column, ...]:
+    """The table's columns, in declaration order."""
+    hints = typing.get_type_hints(row_type, include_extras=True)
+    return tuple(_column(name, hints[name]) for name in row_type.__struct_fields__)
+
+
+TABLES: dict[str, type[Row]] = {"records": Record, "rejected": Rejection}
+
+
+def bigquery_schema(row_type: type[Row]) -> list[dict[str, str]]:
+    """The BigQuery table schema, in the JSON form `bq` and Terraform take."""
+    return [
+        {
+            "name": c.name,
+            "type": c.kind.value,
+            "mode": "NULLABLE" if c.nullable else "REQUIRED",
+            "description": c.description,
+        }
+        for c in columns(row_type)
+    ]

@@ -1,0 +1,205 @@
+"""Settings, one Struct per concern, read from the environment once.
+
+Each field names its environment variable and says what it does; the README's
+configuration table is generated from these declarations (`recordline config`)
+and a test keeps the two equal. Nothing here runs at import time: `Settings.load`
+is called by the command line or by `create_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
+
+import msgspec
+from msgspec import Meta
+
+
+def env(name: str, doc: str) -> Meta:
+    return Meta(description=doc, extra={"env": name})
+
+
+class Section(msgspec.Struct, kw_only=True, frozen=True):
+    """A group of settings; every field carries its variable and its meaning."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Self:
+        values: dict[str, Any] = {}
+        for field, (var, _doc) in _declared(cls).items():
+            if var in environ and environ[var] != "":
+                values[field] = environ[var]
+        try:
+            # strict=False converts "8080" to 8080 and "true" to True.
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(_name_variable(cls, str(exc))) from None
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _declared(cls: type[Section]) -> dict[str, tuple[str, str]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for field in cls.__struct_fields__:
+        for meta in typing.get_args(hints[field])[1:]:
+            if isinstance(meta, Meta) and meta.extra and "env" in meta.extra:
+                out[field] = (meta.extra["env"], meta.description or "")
+    return out
+
+
+def _name_variable(cls: type[Section], message: str) -> str:
+    for field, (var, _doc) in _declared(cls).items():
+        if f"`$.{field}`" in message:
+            return message.replace(f"`$.{field}`", var)
+    return message
+
+
+class ServerSettings(Section):
+    host: Annotated[str, env("RECORDLINE_HOST", "Address to bind")] = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535), env("PORT", "Port to serve on (Cloud Run sets it)")] = (
+        8080
+    )
+    shutdown_grace_seconds: Annotated[
+        float,
+        Meta(gt=0),
+        env(
+            "RECORDLINE_SHUTDOWN_GRACE_SECONDS",
+            "On SIGTERM, how long in-flight requests get to finish; Cloud Run allows 10 s",
+        ),
+    ] = 8.0
+    max_body_bytes: Annotated[
+        int,
+        Meta(gt=0),
+        env(
+            "RECORDLINE_MAX_BODY_BYTES",
+            "Largest push body accepted; a 10 MB Pub/Sub message is ~13.4 MB once base64-wrapped",
+        ),
+    ] = 14 * 1024 * 1024
+    log_format: Annotated[
+        str,
+        env("RECORDLINE_LOG_FORMAT", "`json` (Cloud Logging), `text`, or `auto`: text on a terminal"),
+    ] = "auto"
+    log_level: Annotated[str, env("RECORDLINE_LOG_LEVEL", "Logging level")] = "INFO"
+
+
+class StoreSettings(Section):
+    url: Annotated[
+        str,
+        env(
+            "RECORDLINE_STORE",
+            "`duckdb:FILE` (relative), `duckdb:///abs/FILE`, `memory:` (throwaway) or "
+            "`bigquery://PROJECT/DATASET`",
+        ),
+    ] = "duckdb:recordline.duckdb"
+    write_deadline_seconds: Annotated[
+        float,
+        Meta(gt=0),
+        env(
+            "RECORDLINE_WRITE_DEADLINE_SECONDS",
+            "A push waits this long for its row to be stored, then gets 503; keep it below "
+            "the subscription's acknowledgement deadline",
+        ),
+    ] = 8.0
+    query_timeout_seconds: Annotated[
+        float, Meta(gt=0), env("RECORDLINE_QUERY_TIMEOUT_SECONDS", "Longest a read may run")
+    ] = 10.0
+    bigquery_write_endpoint: Annotated[
+        str,
+        env(
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT",
+            "`host:port` of an insecure Storage Write API endpoint (a fake or emulator)",
+        ),
+    ] = ""
+    read_cache_seconds: Annotated[
+        float,
+        Meta(ge=0),
+        env("RECORDLINE_READ_CACHE_SECONDS", "TTL of the BigQuery read cache; 0 turns it off"),
+    ] = 0.0
+    settle_seconds: Annotated[
+        float,
+        Meta(ge=0),
+        env(
+            "RECORDLINE_SETTLE_SECONDS",
+            "BigQuery only: rows younger than this are not served yet, so a page never "
+            "races a commit still in flight (see README, Reading)",
+        ),
+    ] = 15.0
+
+
+class BatchSettings(Section):
+    max_rows: Annotated[
+        int, Meta(gt=0), env("RECORDLINE_BATCH_MAX_ROWS", "Most rows in one append")
+    ] = 1000
+    max_bytes: Annotated[
+        int, Meta(gt=0), env("RECORDLINE_BATCH_MAX_BYTES", "Most bytes in one append")
+    ] = 8 * 1024 * 1024
+    max_delay_ms: Annotated[
+        float,
+        Meta(ge=0),
+        env(
+            "RECORDLINE_BATCH_MAX_DELAY_MS",
+            "How long a flush waits for more rows; 0 flushes whatever is waiting as soon "
+            "as the previous flush ends",
+        ),
+    ] = 0.0
+    queue_rows: Annotated[
+        int,
+        Meta(gt=0),
+        env("RECORDLINE_QUEUE_MAX_ROWS", "Rows waiting to be stored before pushes get 503"),
+    ] = 20_000
+    queue_bytes: Annotated[
+        int,
+        Meta(gt=0),
+        env("RECORDLINE_QUEUE_MAX_BYTES", "Bytes waiting to be stored before pushes get 503"),
+    ] = 256 * 1024 * 1024
+
+
+class QuerySettings(Section):
+    page_token_secret: Annotated[
+        str,
+        env(
+            "RECORDLINE_PAGE_TOKEN_SECRET",
+            "Key that signs page tokens so a tampered token is refused; set the same value "
+            "on every instance",
+        ),
+    ] = "recordline-page-token"
+    dedupe_window_seconds: Annotated[
+        float,
+        Meta(gt=0),
+        env(
+            "RECORDLINE_DEDUPE_WINDOW_SECONDS",
+            "BigQuery only: how far back a read looks for an earlier copy of a message; "
+            "cover the subscription's retention",
+        ),
+    ] = 7 * 24 * 3600.0
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    query: QuerySettings = msgspec.field(default_factory=QuerySettings)
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        return cls(
+            **{
+                name: typing.get_type_hints(cls)[name].from_env(environ)
+                for name in cls.__struct_fields__
+            }
+        )
+
+
+def reference() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for the README table."""
+    rows = []
+    for section in typing.get_type_hints(Settings).values():
+        defaults = section()
+        for field, (var, doc) in _declared(section).items():
+            rows.append((var, repr(getattr(defaults, field)), doc))
+    return rows

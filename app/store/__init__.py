@@ -1,0 +1,110 @@
+"""The Store protocol: what ingest and query need from a backend.
+
+Backends are chosen where the app is assembled (`open_store`), never patched.
+Each implementation lives in its own module; test fakes implement the same
+Protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from app.errors import RecordlineError
+from app.records import Record, Rejection
+from app.settings import Settings
+
+
+class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """Records strictly after the cursor and strictly before `before`, in key order.
+
+    The key is `(ingest_time, message_id)`. A message_id is returned only for
+    its first stored copy, so a reader that walks the key range meets each
+    message once.
+    """
+
+    after_time: int
+    after_message_id: str
+    before_time: int
+    limit: int
+
+
+class MessageStatus(msgspec.Struct, kw_only=True, frozen=True):
+    """What happened to one Pub/Sub message."""
+
+    status: Literal["stored", "rejected"]
+    ingest_time: int
+    reason: str | None = None
+    record: Record | None = None
+
+
+# Per appended row: None when it was stored as given, else the reason the store
+# refused it and recorded it in `rejected` instead (BigQuery row errors).
+RowOutcome = str | None
+
+
+class Store(Protocol):
+    """A durable home for records and rejections, readable by key order."""
+
+    # Rows younger than this many microseconds may still be committing on
+    # another instance; reads stay behind that horizon (0 for a local store).
+    settle_micros: int
+
+    async def start(self) -> None:
+        """Open connections and create the tables if they are missing."""
+
+    async def close(self) -> None:
+        """Release everything `start` opened."""
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable unless the store can take writes and reads."""
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        """Store the rows durably, or raise StoreUnavailable having stored none reliably.
+
+        Returns one outcome per row, in order. A returned call means every row
+        is durable (as a record, or as a rejection).
+        """
+
+    async def page(self, query: PageQuery) -> list[Record]:
+        """One page of first copies in `(ingest_time, message_id)` order."""
+
+    async def latest(self, record_id: str) -> Record | None:
+        """The latest version of a record: by `timestamp`, then `publish_time`."""
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        """Whether a message was stored or rejected, if it was ever seen."""
+
+
+class UnknownStore(RecordlineError):
+    title = "Unknown store URL"
+
+
+def open_store(settings: Settings) -> Store:
+    """The store a `RECORDLINE_STORE` URL names (not started yet)."""
+    url = settings.store.url
+    scheme, _, rest = url.partition(":")
+    match scheme:
+        case "memory":
+            from app.store.duckdb import DuckDBStore
+
+            return DuckDBStore(":memory:")
+        case "duckdb":
+            from app.store.duckdb import DuckDBStore
+
+            # duckdb:///abs/file.duckdb is absolute (an empty host, then the path);
+            # duckdb:file.duckdb is relative to the working directory.
+            path = rest.removeprefix("//")
+            return DuckDBStore(path or "recordline.duckdb")
+        case "bigquery":
+            try:
+                from app.store.bigquery import BigQueryStore
+            except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
+                raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
+            return BigQueryStore.from_url(url, settings)
+        case _:
+            raise UnknownStore(
+                f"unsupported store URL {url!r}: use duckdb:///path, memory: or bigquery://PROJECT/DATASET"
+            )
