@@ -7,8 +7,10 @@ and honours nothing but the status; API clients read `detail` and `parameter`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+from litestar.exceptions import ValidationException
 from litestar.plugins.problem_details import ProblemDetailsException
 
 
@@ -111,4 +113,21 @@ def to_problem(exc: RecordlineError) -> ProblemDetailsException:
     )
 
 
-PROBLEMS = {RecordlineError: to_problem}
+PROBLEMS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
+    RecordlineError: to_problem
+}
+
+
+def validation_to_problem(exc: ValidationException) -> ProblemDetailsException:
+    """Litestar's own parameter validation, in the same shape as BadParameter."""
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    keys = [e.get("key") for e in errors if isinstance(e, dict) and e.get("key")]
+    extra: dict[str, object] = {"errors": errors}
+    if keys:
+        extra["parameter"] = keys[0]
+    return ProblemDetailsException(
+        status_code=400, title="Invalid parameter", detail=exc.detail, extra=extra
+    )
+
+
+PROBLEMS[ValidationException] = validation_to_problem

@@ -45,7 +45,7 @@ class Row(msgspec.Struct, kw_only=True, frozen=True):
     """Base for stored rows: keyword-only and immutable once built."""
 
 
-class Record(Row):
+class Record(Row, frozen=True):
     """One accepted message: a row of `records`."""
 
     message_id: Annotated[str, _doc("Pub/Sub message id; the deduplication key")]
@@ -62,7 +62,7 @@ class Record(Row):
     trace_id: Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")] = None
 
 
-class Rejection(Row):
+class Rejection(Row, frozen=True):
     """One message whose payload was invalid: a row of `rejected`.
 
     The raw bytes are kept so that nothing acknowledged is ever lost: a fixed

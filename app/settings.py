@@ -58,11 +58,11 @@ def _name_variable(cls: type[Section], message: str) -> str:
     return message
 
 
-class ServerSettings(Section):
+class ServerSettings(Section, frozen=True):
     host: Annotated[str, env("RECORDLINE_HOST", "Address to bind")] = "127.0.0.1"
-    port: Annotated[int, Meta(ge=0, le=65535), env("PORT", "Port to serve on (Cloud Run sets it)")] = (
-        8080
-    )
+    port: Annotated[
+        int, Meta(ge=0, le=65535), env("PORT", "Port to serve on (Cloud Run sets it)")
+    ] = 8080
     shutdown_grace_seconds: Annotated[
         float,
         Meta(gt=0),
@@ -81,12 +81,14 @@ class ServerSettings(Section):
     ] = 14 * 1024 * 1024
     log_format: Annotated[
         str,
-        env("RECORDLINE_LOG_FORMAT", "`json` (Cloud Logging), `text`, or `auto`: text on a terminal"),
+        env(
+            "RECORDLINE_LOG_FORMAT", "`json` (Cloud Logging), `text`, or `auto`: text on a terminal"
+        ),
     ] = "auto"
     log_level: Annotated[str, env("RECORDLINE_LOG_LEVEL", "Logging level")] = "INFO"
 
 
-class StoreSettings(Section):
+class StoreSettings(Section, frozen=True):
     url: Annotated[
         str,
         env(
@@ -130,7 +132,7 @@ class StoreSettings(Section):
     ] = 15.0
 
 
-class BatchSettings(Section):
+class BatchSettings(Section, frozen=True):
     max_rows: Annotated[
         int, Meta(gt=0), env("RECORDLINE_BATCH_MAX_ROWS", "Most rows in one append")
     ] = 1000
@@ -158,7 +160,7 @@ class BatchSettings(Section):
     ] = 256 * 1024 * 1024
 
 
-class QuerySettings(Section):
+class QuerySettings(Section, frozen=True):
     page_token_secret: Annotated[
         str,
         env(
@@ -166,7 +168,7 @@ class QuerySettings(Section):
             "Key that signs page tokens so a tampered token is refused; set the same value "
             "on every instance",
         ),
-    ] = "recordline-page-token"
+    ] = "recordline-page-token"  # noqa: S105 - an integrity key with a documented override
     dedupe_window_seconds: Annotated[
         float,
         Meta(gt=0),

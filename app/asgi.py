@@ -1,0 +1,98 @@
+"""create_app: the one place where Recordline is assembled.
+
+Backends are arguments: tests and benchmarks pass their own Store; the
+command line passes Settings it read once. Clients are opened in the lifespan
+and closed there; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
+
+from app.errors import PROBLEMS
+from app.health import Readiness, healthz, readyz
+from app.ingest.batcher import Batcher
+from app.ingest.routes import push
+from app.ingest.service import Ingest
+from app.query.page_token import PageTokens
+from app.query.routes import get_message, get_record, list_records
+from app.query.service import Reader
+from app.settings import Settings
+from app.store import Store, open_store
+
+log = logging.getLogger("recordline")
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Litestar:
+    settings = settings if settings is not None else Settings.load()
+    store = store if store is not None else open_store(settings)
+    batch = settings.batch
+    batcher = Batcher(
+        store,
+        max_rows=batch.max_rows,
+        max_bytes=batch.max_bytes,
+        max_delay=batch.max_delay_ms / 1000,
+        queue_rows=batch.queue_rows,
+        queue_bytes=batch.queue_bytes,
+        deadline=settings.store.write_deadline_seconds,
+        max_in_flight=getattr(store, "max_in_flight", 1),
+    )
+    ingest = Ingest(batcher)
+    reader = Reader(
+        store,
+        pending_horizon=batcher.horizon,
+        tokens=PageTokens(settings.query.page_token_secret),
+    )
+    readiness = Readiness(store)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await store.start()
+        try:
+            await batcher.start()
+            log.info("recordline ready on store %s", settings.store.url)
+            yield
+        finally:
+            readiness.stopping = True
+            await batcher.close(grace=settings.server.shutdown_grace_seconds)
+            await store.close()
+
+    def constant(value: object) -> Provide:
+        return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[push, list_records, get_record, get_message, healthz, readyz],
+        dependencies={
+            "ingest": constant(ingest),
+            "reader": constant(reader),
+            "readiness": constant(readiness),
+        },
+        lifespan=[lifespan],
+        plugins=[
+            ProblemDetailsPlugin(
+                ProblemDetailsConfig(
+                    enable_for_all_http_exceptions=True,
+                    exception_to_problem_detail_map=PROBLEMS,
+                )
+            )
+        ],
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Recordline",
+            version="1",
+            description="Pub/Sub push in, analytics-grade records out.",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        signature_types=[Ingest, Reader, Readiness],
+        # Logging is configured by the process (app.telemetry), not per app.
+        logging_config=None,
+    )

@@ -1,0 +1,103 @@
+"""The `recordline` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from app.records import TABLES, bigquery_schema
+from app.settings import Settings, SettingsError, reference
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "infra" / "terraform" / "schemas"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recordline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--host", help="address to bind (RECORDLINE_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", help="port (PORT; default 8080)")
+    serve.add_argument(
+        "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
+    )
+
+    schema = commands.add_parser("schema", help="the BigQuery table schemas, derived from the code")
+    schema.add_argument("--write", action="store_true", help=f"write them to {SCHEMA_DIR}")
+
+    commands.add_parser("config", help="every setting, as a Markdown table")
+
+    args = parser.parse_args(argv)
+    match args.command:
+        case "serve":
+            return _serve(args)
+        case "schema":
+            return _schema(write=args.write)
+        case "config":
+            print(config_table())
+            return 0
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {"RECORDLINE_HOST": args.host, "PORT": args.port, "RECORDLINE_STORE": args.store}
+    environ = {**os.environ, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        settings = Settings.load(environ)
+    except SettingsError as exc:
+        print(f"recordline: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from app.asgi import create_app
+    from app.telemetry import configure_logging
+
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=math.ceil(settings.server.shutdown_grace_seconds),
+        # Pub/Sub keeps connections open; a short idle timeout would churn them.
+        timeout_keep_alive=75,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def schema_files() -> dict[Path, str]:
+    return {
+        SCHEMA_DIR / f"{name}.json": json.dumps(bigquery_schema(row_type), indent=2) + "\n"
+        for name, row_type in TABLES.items()
+    }
+
+
+def _schema(*, write: bool) -> int:
+    for path, text in schema_files().items():
+        if write:
+            path.write_text(text)
+            print(f"wrote {path}")
+        else:
+            print(f"# {path.name}\n{text}")
+    return 0
+
+
+def config_table() -> str:
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{var}` | `{default}` | {doc} |" for var, default, doc in reference()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

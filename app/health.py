@@ -1,0 +1,44 @@
+"""Liveness and readiness, for Cloud Run's probes and for operators."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from litestar import get
+
+from app.errors import RetryLater
+from app.store import Store
+
+# A probe that hangs is worse than one that fails: Cloud Run waits for it.
+_READY_TIMEOUT_SECONDS = 2.0
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+
+
+class Readiness:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.stopping = False
+
+    async def check(self) -> None:
+        if self.stopping:
+            raise RetryLater("shutting down")
+        try:
+            async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
+                await self._store.check()
+        except TimeoutError:
+            raise RetryLater(f"store did not answer within {_READY_TIMEOUT_SECONDS:g} s") from None
+
+
+@get("/healthz", summary="The process is alive", tags=["health"])
+async def healthz() -> Health:
+    return Health("ok")
+
+
+@get("/readyz", summary="The store is reachable and the service takes writes", tags=["health"])
+async def readyz(readiness: Readiness) -> Health:
+    await readiness.check()
+    return Health("ready")

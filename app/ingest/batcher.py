@@ -1,0 +1,226 @@
+"""Group commit: many push requests, one append.
+
+Each push puts its row on a bounded queue and awaits a future; one flusher
+task drains the queue into store appends and resolves every future with its
+row's outcome. The batcher knows nothing of HTTP or of any one store.
+
+The flush policy is eager: a batch is cut as soon as an append slot is free,
+holding whatever arrived while the previous append ran. Under load batches
+grow by themselves (rows per append ≈ concurrent requests), and a lone request
+is never held back by a timer; a fixed 10 ms linger cut closed-loop throughput
+by ~40% in measurements, so `max_delay` defaults to 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailable, WriteTimeout
+from app.records import Record, Rejection
+from app.store import RowOutcome
+
+log = logging.getLogger(__name__)
+
+Row = Record | Rejection
+
+
+class Appender(Protocol):
+    """The part of a Store the batcher writes to."""
+
+    async def append(self, rows: Sequence[Row]) -> Sequence[RowOutcome]: ...
+
+
+class FlushObserver(Protocol):
+    """Told about every flush; telemetry implements it."""
+
+    def flushed(self, rows: int, seconds: float, error: BaseException | None) -> None: ...
+
+
+class _Pending:
+    __slots__ = ("future", "row", "size")
+
+    def __init__(self, row: Row, size: int, future: asyncio.Future[RowOutcome]) -> None:
+        self.row = row
+        self.size = size
+        self.future = future
+
+
+class Batcher:
+    def __init__(
+        self,
+        store: Appender,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        max_delay: float,
+        queue_rows: int,
+        queue_bytes: int,
+        deadline: float,
+        max_in_flight: int = 1,
+        observer: FlushObserver | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._store = store
+        self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        self._max_delay = max_delay
+        self._queue_rows = queue_rows
+        self._queue_bytes = queue_bytes
+        self._deadline = deadline
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._observer = observer
+        self._clock = clock
+        self._queue: deque[_Pending] = deque()
+        self._queued_bytes = 0
+        # Oldest ingest_time of each append still running, by batch number:
+        # the read horizon must stay behind them.
+        self._in_flight: dict[int, int] = {}
+        self._batches = 0
+        self._last_stamp = 0
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._appends: set[asyncio.Task[None]] = set()
+
+    # -- producer side ---------------------------------------------------
+
+    def stamp(self) -> int:
+        """A non-decreasing ingest time in microseconds.
+
+        Stamp a row and `submit` it without awaiting in between, so the queue
+        stays in ingest_time order and the read horizon holds.
+        """
+        now = self._clock() // 1000
+        self._last_stamp = max(now, self._last_stamp)
+        return self._last_stamp
+
+    async def submit(self, row: Row, size: int) -> RowOutcome:
+        """Wait until the row is durably stored; raise a RetryLater if it is not."""
+        if self._closing:
+            raise ShuttingDown("shutting down; retry on another instance")
+        if len(self._queue) >= self._queue_rows or self._queued_bytes + size > self._queue_bytes:
+            raise QueueFull(f"{len(self._queue)} rows are waiting to be stored")
+        future: asyncio.Future[RowOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(row, size, future))
+        self._queued_bytes += size
+        self._arrived.set()
+        try:
+            # On timeout the future is cancelled with this task, and a row still
+            # queued is dropped at the next flush: no answer, so no need to store.
+            async with asyncio.timeout(self._deadline):
+                return await future
+        except TimeoutError:
+            raise WriteTimeout(f"not stored within {self._deadline:g} s") from None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def horizon(self) -> int:
+        """Every record with an ingest_time below this is committed (µs)."""
+        # The queue is in stamp order, so its head is its oldest row.
+        oldest = [self._queue[0].row.ingest_time] if self._queue else []
+        oldest.extend(self._in_flight.values())
+        return min(oldest) if oldest else self.stamp()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._run(), name="batcher-flush")
+
+    async def close(self, grace: float) -> None:
+        """Refuse new rows, store what was accepted (within `grace`), then stop."""
+        self._closing = True
+        self._arrived.set()
+        if self._flusher is None:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._flusher)
+        except TimeoutError:
+            log.error("shutdown grace ran out with %d rows unstored", len(self._queue))
+            self._flusher.cancel()
+            for task in list(self._appends):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._fail(list(self._queue), ShuttingDown("shut down before the row was stored"))
+            self._queue.clear()
+
+    # -- flusher ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    break
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if self._max_delay and len(self._queue) < self._max_rows and not self._closing:
+                await asyncio.sleep(self._max_delay)
+            await self._slots.acquire()
+            batch = self._cut()
+            if not batch:
+                self._slots.release()
+                continue
+            self._batches += 1
+            self._in_flight[self._batches] = min(p.row.ingest_time for p in batch)
+            task = asyncio.create_task(self._append(self._batches, batch))
+            self._appends.add(task)
+            task.add_done_callback(self._appends.discard)
+        if self._appends:
+            await asyncio.gather(*self._appends, return_exceptions=True)
+
+    def _cut(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        queue = self._queue
+        while queue and len(batch) < self._max_rows:
+            head = queue[0]
+            if batch and size + head.size > self._max_bytes:
+                break
+            queue.popleft()
+            self._queued_bytes -= head.size
+            if head.future.done():  # the request timed out or went away
+                continue
+            batch.append(head)
+            size += head.size
+        return batch
+
+    async def _append(self, number: int, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            outcomes = await self._store.append([p.row for p in batch])
+        except RecordlineError as exc:
+            error = exc
+            self._fail(batch, exc)
+        except Exception as exc:
+            error = exc
+            log.exception("append of %d rows failed", len(batch))
+            self._fail(batch, StoreUnavailable(f"store error: {type(exc).__name__}"))
+        except asyncio.CancelledError:
+            self._fail(batch, ShuttingDown("shut down before the row was stored"))
+            raise
+        else:
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
+        finally:
+            del self._in_flight[number]
+            self._slots.release()
+            if self._observer is not None:
+                self._observer.flushed(len(batch), time.perf_counter() - started, error)
+
+    @staticmethod
+    def _fail(batch: Sequence[_Pending], exc: BaseException) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)

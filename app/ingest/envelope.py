@@ -1,0 +1,161 @@
+"""Pub/Sub push deliveries, in both of their formats, decoded into one shape.
+
+Google adds fields to the push envelope over time, so unknown fields are
+ignored, never forbidden. Both spellings of the message fields are accepted:
+Pub/Sub itself sends `messageId` and `message_id`, `publishTime` and
+`publish_time`, side by side.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from app.errors import BadEnvelope
+
+# Pub/Sub allows at most 100 attributes per message; more means the caller is
+# not Pub/Sub.
+MAX_ATTRIBUTES = 100
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+Attributes = Annotated[dict[str, str], Meta(max_length=MAX_ATTRIBUTES)]
+
+
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(moment: datetime) -> int:
+    return (moment - EPOCH) // _ONE_MICROSECOND
+
+
+class _Message(msgspec.Struct, kw_only=True, frozen=True):
+    # Base64 text, decoded by hand: data that is not base64 is the publisher's
+    # problem (a rejection), not a reason to refuse the whole delivery.
+    data: str = ""
+    attributes: Attributes | None = None
+    messageId: str = ""
+    message_id: str = ""
+    publishTime: AwareDatetime | None = None
+    publish_time: AwareDatetime | None = None
+    orderingKey: str | None = None
+
+
+class _Envelope(msgspec.Struct, kw_only=True, frozen=True):
+    message: _Message
+    subscription: str | None = None
+    deliveryAttempt: int | None = None
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+
+
+class PushedMessage(msgspec.Struct, kw_only=True, frozen=True):
+    """One delivered message, whichever format it came in."""
+
+    message_id: str
+    publish_time: int  # µs since the epoch
+    data: bytes | None  # None when the wrapped data was not valid base64
+    raw_data: bytes  # the data exactly as delivered (base64 text when wrapped)
+    attributes: dict[str, str]
+    subscription: str | None = None
+    delivery_attempt: int | None = None
+    ordering_key: str | None = None
+
+
+def decode_wrapped(body: bytes) -> PushedMessage:
+    try:
+        envelope = _decode_envelope(body)
+    except msgspec.ValidationError as exc:
+        raise BadEnvelope(f"not a Pub/Sub push envelope: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadEnvelope(f"body is not JSON: {exc}") from None
+    message = envelope.message
+    message_id = message.messageId or message.message_id
+    if not message_id:
+        raise BadEnvelope("not a Pub/Sub push envelope: `$.message.messageId` is missing")
+    published = message.publishTime or message.publish_time
+    if published is None:
+        raise BadEnvelope("not a Pub/Sub push envelope: `$.message.publishTime` is missing")
+    raw = message.data.encode()
+    try:
+        data: bytes | None = binascii.a2b_base64(raw, strict_mode=True)
+    except binascii.Error:
+        data = None
+    return PushedMessage(
+        message_id=message_id,
+        publish_time=micros(published),
+        data=data,
+        raw_data=raw,
+        attributes=message.attributes or {},
+        subscription=envelope.subscription,
+        delivery_attempt=envelope.deliveryAttempt,
+        ordering_key=message.orderingKey,
+    )
+
+
+# With `no_wrapper` + `write_metadata`, Pub/Sub sends the metadata in these
+# headers and each attribute as a header of its own. Everything a proxy, a load
+# balancer or the HTTP stack adds is not an attribute.
+_METADATA_PREFIX = "x-goog-pubsub-"
+_NOT_ATTRIBUTES = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "connection",
+        "content-length",
+        "content-type",
+        "forwarded",
+        "from",
+        "host",
+        "te",
+        "traceparent",
+        "tracestate",
+        "transfer-encoding",
+        "user-agent",
+        "via",
+    }
+)
+_NOT_ATTRIBUTE_PREFIXES = ("x-goog-", "x-cloud-", "x-forwarded-", "x-envoy-", "grpc-")
+_decode_time = msgspec.json.Decoder(AwareDatetime).decode
+
+
+def is_unwrapped(headers: Mapping[str, str]) -> bool:
+    return f"{_METADATA_PREFIX}message-id" in headers
+
+
+def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
+    """`headers` must have lower-case names, as ASGI gives them."""
+    message_id = headers.get(f"{_METADATA_PREFIX}message-id", "")
+    if not message_id:
+        raise BadEnvelope("unwrapped push without x-goog-pubsub-message-id")
+    published = headers.get(f"{_METADATA_PREFIX}publish-time", "")
+    try:
+        publish_time = micros(_decode_time(msgspec.json.encode(published)))
+    except msgspec.DecodeError:
+        raise BadEnvelope(
+            f"x-goog-pubsub-publish-time is not an RFC 3339 time: {published!r}"
+        ) from None
+    attempt = headers.get(f"{_METADATA_PREFIX}delivery-attempt")
+    attributes = {
+        name: value
+        for name, value in headers.items()
+        if name not in _NOT_ATTRIBUTES and not name.startswith(_NOT_ATTRIBUTE_PREFIXES)
+    }
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise BadEnvelope(f"more than {MAX_ATTRIBUTES} attribute headers")
+    return PushedMessage(
+        message_id=message_id,
+        publish_time=publish_time,
+        data=body,
+        raw_data=body,
+        attributes=attributes,
+        subscription=headers.get(f"{_METADATA_PREFIX}subscription-name"),
+        delivery_attempt=int(attempt) if attempt and attempt.isdigit() else None,
+    )

@@ -1,0 +1,156 @@
+"""Reading records: keyset pages that a follower can walk without gaps.
+
+A page never reaches past the read horizon: the ingest time below which every
+record is already committed (rows still queued or being appended in this
+process, and for a shared store the settle window of other instances). A row
+that commits late therefore still lands after the cursor of every page served
+so far, and a client that keeps following `next_page_token` while writes
+continue sees every record exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Literal
+
+import msgspec
+
+from app.errors import BadParameter, NotFound
+from app.ingest.envelope import EPOCH, micros
+from app.query.page_token import PageToken, PageTokens
+from app.records import Record
+from app.store import PageQuery, Store
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_FOREVER = 2**62
+
+
+def rfc3339(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+class RecordView(msgspec.Struct, kw_only=True, frozen=True):
+    """A stored record as the API shows it."""
+
+    message_id: str
+    id: str
+    timestamp: datetime | None
+    # JSON exactly as published, embedded without being parsed again.
+    data: msgspec.Raw
+    attributes: msgspec.Raw
+    publish_time: datetime
+    ingest_time: datetime
+    subscription: str | None
+    delivery_attempt: int | None
+    trace_id: str | None
+
+    @classmethod
+    def of(cls, r: Record) -> RecordView:
+        return cls(
+            message_id=r.message_id,
+            id=r.id,
+            timestamp=None if r.timestamp is None else rfc3339(r.timestamp),
+            data=msgspec.Raw(r.data.encode()),
+            attributes=msgspec.Raw(r.attributes.encode()),
+            publish_time=rfc3339(r.publish_time),
+            ingest_time=rfc3339(r.ingest_time),
+            subscription=r.subscription,
+            delivery_attempt=r.delivery_attempt,
+            trace_id=r.trace_id,
+        )
+
+
+class Page(msgspec.Struct, kw_only=True, frozen=True):
+    records: list[RecordView]
+    # Follow it to get what comes next; null only once a bounded (`until`)
+    # range is complete.
+    next_page_token: str | None
+    # Every record ingested before this time is in this page or an earlier one.
+    complete_until: datetime
+
+
+class MessageView(msgspec.Struct, kw_only=True, frozen=True):
+    message_id: str
+    status: Literal["stored", "rejected"]
+    ingest_time: datetime
+    reason: str | None = None
+    record: RecordView | None = None
+
+
+class Reader:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        pending_horizon: Callable[[], int],
+        tokens: PageTokens,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._store = store
+        self._pending_horizon = pending_horizon
+        self._tokens = tokens
+        self._clock = clock
+
+    def horizon(self) -> int:
+        settled = self._clock() // 1000 - self._store.settle_micros
+        return min(self._pending_horizon(), settled)
+
+    async def page(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        page_token: str | None,
+    ) -> Page:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
+        if page_token is not None:
+            cursor = self._tokens.decode(page_token)
+        else:
+            start = micros(since) if since is not None else 0
+            end = micros(until) if until is not None else None
+            if end is not None and end <= start:
+                raise BadParameter("until", "must be later than since")
+            # message_id > "" holds for every row: the page starts at `since`.
+            cursor = PageToken(after_time=start, after_message_id="", until=end)
+        horizon = self.horizon()
+        before = min(cursor.until if cursor.until is not None else _FOREVER, horizon)
+        rows = await self._store.page(
+            PageQuery(
+                after_time=cursor.after_time,
+                after_message_id=cursor.after_message_id,
+                before_time=before,
+                limit=limit,
+            )
+        )
+        if rows:
+            last = rows[-1]
+            cursor = PageToken(last.ingest_time, last.message_id, cursor.until)
+        finished = cursor.until is not None and cursor.until <= horizon and len(rows) < limit
+        return Page(
+            records=[RecordView.of(r) for r in rows],
+            next_page_token=None if finished else self._tokens.encode(cursor),
+            complete_until=rfc3339(horizon),
+        )
+
+    async def record(self, record_id: str) -> RecordView:
+        record = await self._store.latest(record_id)
+        if record is None:
+            raise NotFound(f"no record with id {record_id!r}")
+        return RecordView.of(record)
+
+    async def message(self, message_id: str) -> MessageView:
+        status = await self._store.message(message_id)
+        if status is None:
+            raise NotFound(f"message {message_id!r} was never stored or rejected")
+        return MessageView(
+            message_id=message_id,
+            status=status.status,
+            ingest_time=rfc3339(status.ingest_time),
+            reason=status.reason,
+            record=None if status.record is None else RecordView.of(status.record),
+        )
