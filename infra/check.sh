@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Offline checks of the infrastructure code: Terraform, the GitHub workflows and the
+# Dockerfile. Run from the repository root: `bash infra/check.sh`. Needs Python 3.11,
+# uv and terraform; checkov runs in its own environment through uvx (PyPI once, then
+# the uv cache). The Google provider cannot be downloaded offline, so instead of
+# `terraform validate` the structure is checked by tests/infra and by checkov.
+set -euo pipefail
+
+CHECKOV_VERSION=3.2.500
+
+cd "$(dirname "$0")/.."
+
+started=$SECONDS
+step() {
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "==> $name"
+  "$@"
+  echo "    ok ($((SECONDS - t0)) s)"
+}
+
+step "terraform fmt" terraform fmt -check -recursive -diff infra/terraform
+
+# One checkov run over the three frameworks (its start-up is most of its time).
+# Skips are written next to the resource they concern, each with its reason.
+step "checkov $CHECKOV_VERSION (terraform, github_actions, dockerfile)" \
+  uvx --from "checkov==$CHECKOV_VERSION" checkov \
+    --skip-download --quiet --compact \
+    --directory . \
+    --framework terraform github_actions dockerfile \
+    --external-checks-dir infra/checkov \
+    --skip-path .venv --skip-path .tools --skip-path tests --skip-path app --skip-path bench
+
+step "zizmor (offline, medium and above)" \
+  uv run --frozen zizmor --offline --min-severity medium .github/workflows
+
+step "hadolint" uv run --frozen hadolint Dockerfile
+
+step "pytest tests/infra" uv run --frozen pytest -q tests/infra
+
+if command -v podman >/dev/null 2>&1; then
+  image_check() {
+    local tag=localhost/recordline:check name=recordline-check
+    podman build --quiet --tag "$tag" .
+    podman run --detach --rm --name "$name" --publish 127.0.0.1:18080:8080 \
+      --env RECORDLINE_STORE=memory: "$tag" >/dev/null
+    trap 'podman stop --time 10 "$name" >/dev/null 2>&1 || true' RETURN
+    for _ in $(seq 1 30); do
+      if curl -fsS http://127.0.0.1:18080/healthz >/dev/null 2>&1; then return 0; fi
+      sleep 1
+    done
+    echo "the image did not answer /healthz within 30 s" >&2
+    podman logs "$name" >&2 || true
+    return 1
+  }
+  step "image builds and serves /healthz (podman)" image_check
+else
+  echo "==> image build: skipped, podman is not installed (CI builds the image in deploy.yml)"
+fi
+
+echo "all infrastructure checks passed in $((SECONDS - started)) s"

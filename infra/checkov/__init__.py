@@ -1,0 +1,1 @@
+"""Recordline's own checkov policies, loaded with --external-checks-dir infra/checkov."""

@@ -1,0 +1,99 @@
+resource "google_cloud_run_v2_service" "recordline" {
+  project  = var.project_id
+  name     = var.service_name
+  location = var.region
+  ingress  = var.ingress
+
+  deletion_protection = true
+
+  # Tokens are checked by Cloud Run (run.invoker) before the request reaches the
+  # service, which checks them again. Both audiences are fixed strings the callers
+  # and the service agree on, so nothing here depends on the service's own URL.
+  invoker_iam_disabled = false
+  custom_audiences     = [var.push_audience, var.read_audience]
+
+  template {
+    service_account                  = google_service_account.runtime.email
+    max_instance_request_concurrency = var.concurrency
+    timeout                          = "${var.request_timeout_seconds}s"
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+
+    scaling {
+      min_instance_count = var.min_instances
+      max_instance_count = var.max_instances
+    }
+
+    containers {
+      image = var.image
+
+      ports {
+        container_port = 8080 # Cloud Run passes it to the service as $PORT
+      }
+
+      resources {
+        limits = {
+          cpu    = var.cpu
+          memory = var.memory
+        }
+        # The group-commit flusher and the span and metric exporters run between
+        # requests; throttled CPU would stall them and leave pushes waiting.
+        cpu_idle          = false
+        startup_cpu_boost = true
+      }
+
+      dynamic "env" {
+        for_each = local.service_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      env {
+        name = "RECORDLINE_PAGE_TOKEN_SECRET"
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.page_token.secret_id
+            version = "latest"
+          }
+        }
+      }
+
+      # Ready only once the store answers: a new revision takes traffic when it can write.
+      startup_probe {
+        http_get {
+          path = "/readyz"
+        }
+        period_seconds    = 2
+        timeout_seconds   = 2
+        failure_threshold = 30
+      }
+
+      # Alive is deliberately not "store reachable": a BigQuery outage must give 503s
+      # and redeliveries, not a restart loop.
+      liveness_probe {
+        http_get {
+          path = "/healthz"
+        }
+        period_seconds    = 15
+        timeout_seconds   = 3
+        failure_threshold = 3
+      }
+    }
+  }
+
+  lifecycle {
+    # Deploys own the image (.github/workflows/deploy.yml); Terraform owns the rest.
+    ignore_changes = [
+      template[0].containers[0].image,
+      client,
+      client_version,
+    ]
+  }
+
+  depends_on = [
+    google_project_service.enabled,
+    google_secret_manager_secret_iam_member.runtime_reads_page_token,
+    google_secret_manager_secret_version.page_token,
+  ]
+}

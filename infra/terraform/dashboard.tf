@@ -1,0 +1,113 @@
+locals {
+  workload = "workload.googleapis.com/recordline"
+
+  # One chart per seed metric; each data set is [legend, filter, aligner, reducer, group_by].
+  dashboard_charts = [
+    {
+      title = "Ingest lag, publish to stored (s)"
+      sets = [
+        for p in ["50", "95", "99"] :
+        ["p${p}", "metric.type=\"${local.workload}.ingest.lag\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
+      ]
+    },
+    {
+      title = "API latency, as callers see it (ms)"
+      sets = [
+        for p in ["50", "95", "99"] :
+        ["p${p}", local.request_latencies, "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
+      ]
+    },
+    {
+      title = "Query time by route, p95 (s)"
+      sets = [
+        ["$${metric.labels.route}", "metric.type=\"${local.workload}.query.duration\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", ["metric.label.\"route\""]],
+      ]
+    },
+    {
+      title = "Messages by outcome (per s)"
+      sets = [
+        ["$${metric.labels.outcome}", "metric.type=\"${local.workload}.messages\"", "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"outcome\""]],
+      ]
+    },
+    {
+      title = "Rows per append"
+      sets = [
+        for p in ["50", "95"] :
+        ["p${p}", "metric.type=\"${local.workload}.append.rows\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
+      ]
+    },
+    {
+      title = "Append duration (s)"
+      sets = [
+        for p in ["50", "95", "99"] :
+        ["p${p}", "metric.type=\"${local.workload}.append.duration\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
+      ]
+    },
+    {
+      title = "Requests by response class (per s)"
+      sets = [
+        ["$${metric.labels.response_code_class}", local.request_count, "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"response_code_class\""]],
+      ]
+    },
+    {
+      title = "Rejected and retried messages (per s)"
+      sets = [
+        ["$${metric.labels.outcome} $${metric.labels.reason}", "metric.type=\"${local.workload}.messages\" metric.label.\"outcome\"!=\"stored\"", "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"outcome\"", "metric.label.\"reason\""]],
+      ]
+    },
+    {
+      title = "Rows waiting in the batcher queue"
+      sets = [
+        ["rows", "metric.type=\"${local.workload}.queue.depth\"", "ALIGN_MAX", "REDUCE_SUM", []],
+      ]
+    },
+    {
+      title = "Oldest unacknowledged message (s) and dead letters"
+      sets = [
+        ["oldest unacked", "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" ${local.push_subscription}", "ALIGN_MAX", "REDUCE_MAX", []],
+        ["dead letters", "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" ${local.push_subscription}", "ALIGN_DELTA", "REDUCE_SUM", []],
+      ]
+    },
+  ]
+}
+
+resource "google_monitoring_dashboard" "recordline" {
+  project = var.project_id
+
+  dashboard_json = jsonencode({
+    displayName = "${var.service_name} (${var.environment})"
+    mosaicLayout = {
+      columns = 12
+      tiles = [
+        for i, chart in local.dashboard_charts : {
+          xPos   = (i % 2) * 6
+          yPos   = floor(i / 2) * 4
+          width  = 6
+          height = 4
+          widget = {
+            title = chart.title
+            xyChart = {
+              dataSets = [
+                for s in chart.sets : {
+                  plotType       = "LINE"
+                  legendTemplate = s[0]
+                  timeSeriesQuery = {
+                    timeSeriesFilter = {
+                      filter = s[1]
+                      aggregation = {
+                        alignmentPeriod    = "60s"
+                        perSeriesAligner   = s[2]
+                        crossSeriesReducer = s[3]
+                        groupByFields      = s[4]
+                      }
+                    }
+                  }
+                }
+              ]
+            }
+          }
+        }
+      ]
+    }
+  })
+}

@@ -1,0 +1,2 @@
+bucket = "recordline-dev-tfstate"
+prefix = "recordline"

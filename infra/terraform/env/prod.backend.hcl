@@ -1,0 +1,2 @@
+bucket = "recordline-prod-tfstate"
+prefix = "recordline"

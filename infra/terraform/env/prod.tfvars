@@ -1,0 +1,17 @@
+project_id             = "recordline-prod"
+environment            = "prod"
+region                 = "europe-west1"
+dataset_location       = "EU"
+github_owner           = "recordline"
+github_repo            = "recordline"
+terraform_state_bucket = "recordline-prod-tfstate"
+
+# One warm instance keeps pushes off cold starts; the freshness SLO is 5 s.
+min_instances = 1
+max_instances = 20
+
+# Principals that may read records (user:, serviceAccount: or domain:).
+readers = []
+
+# projects/recordline-prod/notificationChannels/<id> of the on-call channels.
+notification_channels = []

@@ -1,0 +1,78 @@
+# Workload Identity Federation: GitHub Actions exchanges its OIDC token for short-lived
+# credentials of one service account. There are no service-account keys anywhere.
+
+resource "google_iam_workload_identity_pool" "github" {
+  project                   = var.project_id
+  workload_identity_pool_id = "github"
+  display_name              = "GitHub Actions"
+  description               = "Workflows of ${local.github_repository}"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_iam_workload_identity_pool_provider" "github" {
+  project                            = var.project_id
+  workload_identity_pool_id          = google_iam_workload_identity_pool.github.workload_identity_pool_id
+  workload_identity_pool_provider_id = "github-actions"
+  display_name                       = "GitHub Actions OIDC"
+
+  oidc {
+    issuer_uri = "https://token.actions.githubusercontent.com"
+  }
+
+  attribute_mapping = {
+    "google.subject"        = "assertion.sub"
+    "attribute.repository"  = "assertion.repository"
+    "attribute.ref"         = "assertion.ref"
+    "attribute.environment" = "assertion.environment"
+  }
+
+  # Any GitHub repository can present a token from this issuer. This provider accepts
+  # only this repository's, and only the subjects bound below: pull requests (plans),
+  # and the deploy and apply environments when the run comes from the deploy branch.
+  # The repository is spelled out rather than taken from a local so policy checks can
+  # read the condition without evaluating the configuration.
+  attribute_condition = <<-EOT
+    assertion.repository == '${var.github_owner}/${var.github_repo}' && (
+      assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:pull_request' || (
+        assertion.ref == 'refs/heads/${var.github_deploy_branch}' && assertion.sub in [
+          'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}',
+          'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}'
+        ]
+      )
+    )
+  EOT
+}
+
+locals {
+  github_repository = "${var.github_owner}/${var.github_repo}"
+
+  # GitHub's default subject claims: `repo:OWNER/REPO:environment:NAME` for a job that
+  # names an environment, `repo:OWNER/REPO:pull_request` for a pull request job.
+  github_principal = "principal://iam.googleapis.com/${google_iam_workload_identity_pool.github.name}/subject/repo:${local.github_repository}"
+
+  github_identities = {
+    # deploy.yml jobs run in the GitHub environment named like this one (approval for prod).
+    deployer = {
+      account = google_service_account.deployer.name
+      subject = "${local.github_principal}:environment:${var.environment}"
+    }
+    # terraform.yml apply jobs run in the GitHub environment terraform-<environment>.
+    terraform_apply = {
+      account = google_service_account.terraform_apply.name
+      subject = "${local.github_principal}:environment:terraform-${var.environment}"
+    }
+    terraform_plan = {
+      account = google_service_account.terraform_plan.name
+      subject = "${local.github_principal}:pull_request"
+    }
+  }
+}
+
+resource "google_service_account_iam_member" "github_workload_identity" {
+  for_each = local.github_identities
+
+  service_account_id = each.value.account
+  role               = "roles/iam.workloadIdentityUser"
+  member             = each.value.subject
+}

@@ -1,0 +1,36 @@
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+locals {
+  # Pub/Sub acts as this Google-managed account when it mints push tokens, forwards
+  # dead letters and writes to BigQuery.
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  # The acknowledgement deadline is also how long Pub/Sub waits for the push answer.
+  # The service gives up on a write after write_deadline_seconds and answers 503; the
+  # margin leaves time for that answer to arrive, so a slow write is nacked and
+  # redelivered instead of timing out. Pub/Sub accepts 10 to 600 s.
+  ack_deadline_seconds = min(600, max(10, ceil(var.write_deadline_seconds + var.ack_deadline_margin_seconds)))
+
+  # Readers as the service checks them: e-mails and domain:DOMAIN, comma-separated.
+  # The smoke-test account reads back what the deploy workflow pushed.
+  read_principals = join(",", sort(concat(
+    [for m in var.readers : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
+    [google_service_account.smoke.email],
+  )))
+
+  service_env = merge(var.extra_env, {
+    RECORDLINE_STORE                  = "bigquery://${var.project_id}/${google_bigquery_dataset.recordline.dataset_id}"
+    RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
+    RECORDLINE_PUSH_AUDIENCE          = var.push_audience
+    RECORDLINE_PUSH_SERVICE_ACCOUNTS  = google_service_account.push.email
+    RECORDLINE_READ_AUDIENCE          = var.read_audience
+    RECORDLINE_READ_PRINCIPALS        = local.read_principals
+    RECORDLINE_HOST                   = "0.0.0.0"
+    RECORDLINE_LOG_FORMAT             = "json"
+    OTEL_SERVICE_NAME                 = var.service_name
+    OTEL_TRACES_EXPORTER              = "gcp_trace"
+    OTEL_METRICS_EXPORTER             = "gcp_monitoring"
+  })
+}

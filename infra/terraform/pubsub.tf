@@ -1,0 +1,112 @@
+resource "google_pubsub_topic" "records" {
+  #checkov:skip=CKV_GCP_83:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
+  project = var.project_id
+  name    = var.service_name
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  #checkov:skip=CKV_GCP_83:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
+  project = var.project_id
+  name    = "${var.service_name}-dead-letter"
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_pubsub_subscription" "push" {
+  project = var.project_id
+  name    = "${var.service_name}-push"
+  topic   = google_pubsub_topic.records.id
+
+  ack_deadline_seconds       = local.ack_deadline_seconds
+  message_retention_duration = var.message_retention_duration
+
+  push_config {
+    push_endpoint = "${google_cloud_run_v2_service.recordline.uri}/pubsub/push"
+
+    # The service checks this token's signature, audience and e-mail on every push
+    # (RECORDLINE_PUSH_AUDIENCE, RECORDLINE_PUSH_SERVICE_ACCOUNTS); Cloud Run checks that
+    # the account holds run.invoker.
+    oidc_token {
+      service_account_email = google_service_account.push.email
+      audience              = var.push_audience
+    }
+  }
+
+  # A nack (503 when the store is unavailable or the queue is full) backs off the whole
+  # subscription; exponential backoff keeps a struggling store from being hammered.
+  retry_policy {
+    minimum_backoff = var.retry_minimum_backoff
+    maximum_backoff = var.retry_maximum_backoff
+  }
+
+  # Invalid payloads are acknowledged into `rejected`, so only messages the store could
+  # not take max_delivery_attempts times in a row end up here.
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = "" # never expire, however quiet the topic is
+  }
+
+  depends_on = [
+    google_pubsub_topic_iam_member.dead_letter_publisher,
+    google_service_account_iam_member.pubsub_mints_push_token,
+    google_cloud_run_v2_service_iam_member.push_invoker,
+  ]
+}
+
+# Keeps every dead letter, with its attributes and delivery metadata, in BigQuery.
+resource "google_pubsub_subscription" "dead_letter_to_bigquery" {
+  project = var.project_id
+  name    = "${var.service_name}-dead-letter-bigquery"
+  topic   = google_pubsub_topic.dead_letter.id
+
+  bigquery_config {
+    table          = "${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.dead_letters.table_id}"
+    write_metadata = true
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [google_bigquery_table_iam_member.pubsub_writes_dead_letters]
+}
+
+# --- what the Pub/Sub service agent needs ----------------------------------------
+
+# To forward messages to the dead-letter topic...
+resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
+  project = var.project_id
+  topic   = google_pubsub_topic.dead_letter.name
+  role    = "roles/pubsub.publisher"
+  member  = local.pubsub_service_agent
+}
+
+# ...and to acknowledge them on the source subscription once forwarded.
+resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
+  project      = var.project_id
+  subscription = google_pubsub_subscription.push.name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_service_agent
+}
+
+# To mint the push OIDC token as the push account.
+resource "google_service_account_iam_member" "pubsub_mints_push_token" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_service_agent
+}
+
+# To write dead letters through the BigQuery subscription: this table only.
+resource "google_bigquery_table_iam_member" "pubsub_writes_dead_letters" {
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.recordline.dataset_id
+  table_id   = google_bigquery_table.dead_letters.table_id
+  role       = "roles/bigquery.dataEditor"
+  member     = local.pubsub_service_agent
+}

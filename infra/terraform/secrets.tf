@@ -1,0 +1,30 @@
+resource "google_secret_manager_secret" "page_token" {
+  #checkov:skip=CKV_GCP_128:Google-managed encryption; the key only signs page tokens and rotates by adding a version.
+  project   = var.project_id
+  secret_id = "${var.service_name}-page-token"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Generated at apply time and written without ever entering the state file.
+ephemeral "random_password" "page_token" {
+  length  = 48
+  special = false
+}
+
+resource "google_secret_manager_secret_version" "page_token" {
+  secret                 = google_secret_manager_secret.page_token.id
+  secret_data_wo         = ephemeral.random_password.page_token.result
+  secret_data_wo_version = 1 # bump to rotate the key (outstanding page tokens stop working)
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_reads_page_token" {
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.page_token.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.runtime.member
+}

@@ -1,0 +1,127 @@
+# Service level objectives and their burn-rate alerts.
+#
+# Cloud Run's own metrics (run.googleapis.com/*) describe every request the service
+# answered; the application's OpenTelemetry metrics arrive as workload.googleapis.com/*.
+# The workload filters name the metric only: each environment has its own project, and
+# the exporter picks the monitored-resource type from the runtime, so naming one here
+# would tie the SLO to an exporter detail.
+
+locals {
+  cloud_run_requests = join(" ", [
+    "resource.type=\"cloud_run_revision\"",
+    "resource.label.\"service_name\"=\"${google_cloud_run_v2_service.recordline.name}\"",
+  ])
+
+  request_count     = "metric.type=\"run.googleapis.com/request_count\" ${local.cloud_run_requests}"
+  request_latencies = "metric.type=\"run.googleapis.com/request_latencies\" ${local.cloud_run_requests}"
+  ingest_lag        = "metric.type=\"workload.googleapis.com/recordline.ingest.lag\""
+
+  # Alert when the error budget burns fast enough to be gone in ~2 days (14.4x over the
+  # last hour: page-worthy) or in ~5 days (6x over six hours: a slower leak).
+  burn_rate_windows = {
+    fast = { lookback = "3600s", threshold = 14.4 }
+    slow = { lookback = "21600s", threshold = 6 }
+  }
+}
+
+resource "google_monitoring_custom_service" "recordline" {
+  project      = var.project_id
+  service_id   = var.service_name
+  display_name = var.service_name
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_monitoring_slo" "availability" {
+  project             = var.project_id
+  service             = google_monitoring_custom_service.recordline.service_id
+  slo_id              = "availability"
+  display_name        = "${format("%g", var.availability_goal * 100)}% of push and read requests succeed"
+  goal                = var.availability_goal
+  rolling_period_days = var.slo_rolling_period_days
+
+  # 4xx are the caller's (bad token, unknown id) and do not spend the budget; a 503
+  # does: it is a push we could not store yet, or a read we could not serve.
+  request_based_sli {
+    good_total_ratio {
+      total_service_filter = local.request_count
+      bad_service_filter   = "${local.request_count} metric.label.\"response_code_class\"=\"5xx\""
+    }
+  }
+}
+
+resource "google_monitoring_slo" "read_latency" {
+  project             = var.project_id
+  service             = google_monitoring_custom_service.recordline.service_id
+  slo_id              = "read-latency"
+  display_name        = "${format("%g", var.read_latency_goal * 100)}% of requests answered within ${var.read_latency_threshold_ms} ms"
+  goal                = var.read_latency_goal
+  rolling_period_days = var.slo_rolling_period_days
+
+  # Cloud Run's latency is what the caller sees, cold starts included. It has no route
+  # label, so pushes count too; they are answered when their append commits, normally
+  # well inside the bound, so they do not hide slow reads.
+  request_based_sli {
+    distribution_cut {
+      distribution_filter = local.request_latencies
+      range {
+        max = var.read_latency_threshold_ms
+      }
+    }
+  }
+}
+
+resource "google_monitoring_slo" "freshness" {
+  project             = var.project_id
+  service             = google_monitoring_custom_service.recordline.service_id
+  slo_id              = "freshness"
+  display_name        = "${format("%g", var.freshness_goal * 100)}% of messages stored within ${var.freshness_threshold_seconds} s of publish"
+  goal                = var.freshness_goal
+  rolling_period_days = var.slo_rolling_period_days
+
+  # recordline.ingest.lag: seconds from publish_time to the append that stored the row.
+  # The threshold must be a bucket boundary of that histogram to be counted exactly.
+  request_based_sli {
+    distribution_cut {
+      distribution_filter = local.ingest_lag
+      range {
+        max = var.freshness_threshold_seconds
+      }
+    }
+  }
+}
+
+locals {
+  slos = {
+    availability = google_monitoring_slo.availability
+    read_latency = google_monitoring_slo.read_latency
+    freshness    = google_monitoring_slo.freshness
+  }
+}
+
+resource "google_monitoring_alert_policy" "slo_burn_rate" {
+  for_each = local.slos
+
+  project               = var.project_id
+  display_name          = "${var.service_name} (${var.environment}): ${each.value.display_name} — error budget burning"
+  combiner              = "OR"
+  notification_channels = var.notification_channels
+
+  dynamic "conditions" {
+    for_each = local.burn_rate_windows
+    content {
+      display_name = "Burn rate over ${conditions.value.threshold}x for ${conditions.value.lookback} (${conditions.key})"
+      condition_threshold {
+        filter          = "select_slo_burn_rate(\"${each.value.name}\", \"${conditions.value.lookback}\")"
+        comparison      = "COMPARISON_GT"
+        threshold_value = conditions.value.threshold
+        duration        = "0s"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "SLO `${each.value.slo_id}` of ${var.service_name} in ${var.environment} is spending its error budget faster than it can afford. See the `${var.service_name}` dashboard."
+  }
+}

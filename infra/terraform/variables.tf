@@ -1,0 +1,332 @@
+# --- where ---------------------------------------------------------------------
+
+variable "project_id" {
+  type        = string
+  description = "Google Cloud project that holds this environment (one project per environment)."
+}
+
+variable "region" {
+  type        = string
+  description = "Region of the Cloud Run service and the Artifact Registry repository."
+  default     = "europe-west1"
+}
+
+variable "environment" {
+  type        = string
+  description = "Environment name; also the GitHub environment that may deploy here."
+
+  validation {
+    condition     = contains(["dev", "prod"], var.environment)
+    error_message = "environment must be \"dev\" or \"prod\"."
+  }
+}
+
+variable "service_name" {
+  type        = string
+  description = "Name of the Cloud Run service, the image and the OpenTelemetry service."
+  default     = "recordline"
+}
+
+# --- the service ---------------------------------------------------------------
+
+variable "image" {
+  type        = string
+  description = <<-EOT
+    Container image for the first revision. Deploys replace it (gcloud run deploy from
+    .github/workflows/deploy.yml), and Terraform ignores the image afterwards. The
+    public sample answers 200 on every path, so the probes pass before the first build.
+  EOT
+  default     = "us-docker.pkg.dev/cloudrun/container/hello"
+}
+
+variable "concurrency" {
+  type        = number
+  description = <<-EOT
+    Requests one instance serves at once. Push requests mostly wait on the group-commit
+    batcher, so an instance carries many of them; more concurrency means larger appends.
+  EOT
+  default     = 80
+
+  validation {
+    condition     = var.concurrency >= 1 && var.concurrency <= 1000
+    error_message = "concurrency must be between 1 and 1000."
+  }
+}
+
+variable "min_instances" {
+  type        = number
+  description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start."
+  default     = 0
+}
+
+variable "max_instances" {
+  type        = number
+  description = "Upper bound on instances; it caps the parallel Storage Write API connections too."
+  default     = 10
+
+  validation {
+    condition     = var.max_instances >= 1
+    error_message = "max_instances must be at least 1."
+  }
+}
+
+variable "cpu" {
+  type        = string
+  description = "CPU limit of one instance (Cloud Run syntax, e.g. \"1\" or \"2\")."
+  default     = "1"
+}
+
+variable "memory" {
+  type        = string
+  description = "Memory limit of one instance; it must hold the batcher's queue (RECORDLINE_QUEUE_MAX_BYTES)."
+  default     = "1Gi"
+}
+
+variable "request_timeout_seconds" {
+  type        = number
+  description = "Cloud Run request timeout; reads are bounded by RECORDLINE_QUERY_TIMEOUT_SECONDS below it."
+  default     = 30
+}
+
+variable "ingress" {
+  type        = string
+  description = <<-EOT
+    Cloud Run ingress. Readers outside Google Cloud need INGRESS_TRAFFIC_ALL; every
+    request still needs an ID token of a principal with run.invoker.
+  EOT
+  default     = "INGRESS_TRAFFIC_ALL"
+
+  validation {
+    condition = contains([
+      "INGRESS_TRAFFIC_ALL",
+      "INGRESS_TRAFFIC_INTERNAL_ONLY",
+      "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+    ], var.ingress)
+    error_message = "ingress must be one of INGRESS_TRAFFIC_ALL, INGRESS_TRAFFIC_INTERNAL_ONLY, INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER."
+  }
+}
+
+variable "write_deadline_seconds" {
+  type        = number
+  description = <<-EOT
+    RECORDLINE_WRITE_DEADLINE_SECONDS: how long a push waits for its row to be stored
+    before it is answered 503. The subscription's acknowledgement deadline is derived
+    from it, so the service always answers before Pub/Sub gives up on the delivery.
+  EOT
+  default     = 8
+
+  validation {
+    condition     = var.write_deadline_seconds > 0 && var.write_deadline_seconds <= 590
+    error_message = "write_deadline_seconds must be in (0, 590]; the acknowledgement deadline tops out at 600 s."
+  }
+}
+
+variable "ack_deadline_margin_seconds" {
+  type        = number
+  description = "Added to the write deadline to get the acknowledgement deadline: time to send the answer back."
+  default     = 4
+}
+
+variable "push_audience" {
+  type        = string
+  description = <<-EOT
+    Audience of the OIDC token Pub/Sub attaches to each push. A fixed string rather
+    than the service URL: the URL only exists after the service does, and the service
+    must know the audience. It is registered as a Cloud Run custom audience.
+  EOT
+  default     = "recordline-push"
+}
+
+variable "read_audience" {
+  type        = string
+  description = "Audience readers put in their ID tokens (RECORDLINE_READ_AUDIENCE); registered as a Cloud Run custom audience."
+  default     = "recordline-read"
+}
+
+variable "readers" {
+  type        = set(string)
+  description = <<-EOT
+    Principals allowed to read records: IAM members of the form user:EMAIL,
+    serviceAccount:EMAIL or domain:DOMAIN. They get run.invoker on the service and
+    are listed in RECORDLINE_READ_PRINCIPALS, which the service checks itself.
+  EOT
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for m in var.readers : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
+    ])
+    error_message = "Each reader must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (the service cannot check group membership)."
+  }
+}
+
+variable "extra_env" {
+  type        = map(string)
+  description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
+  default     = {}
+}
+
+# --- Pub/Sub -------------------------------------------------------------------
+
+variable "max_delivery_attempts" {
+  type        = number
+  description = "Deliveries of one message before it is moved to the dead-letter topic."
+  default     = 10
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "Pub/Sub accepts between 5 and 100 delivery attempts."
+  }
+}
+
+variable "retry_minimum_backoff" {
+  type        = string
+  description = "Shortest wait before a nacked message is pushed again."
+  default     = "10s"
+}
+
+variable "retry_maximum_backoff" {
+  type        = string
+  description = "Longest wait before a nacked message is pushed again."
+  default     = "600s"
+}
+
+variable "message_retention_duration" {
+  type        = string
+  description = "How long the subscription keeps unacknowledged messages; RECORDLINE_DEDUPE_WINDOW_SECONDS should cover it."
+  default     = "604800s"
+}
+
+# --- BigQuery ------------------------------------------------------------------
+
+variable "dataset_id" {
+  type        = string
+  description = "BigQuery dataset holding records, rejected and dead_letters."
+  default     = "recordline"
+}
+
+variable "dataset_location" {
+  type        = string
+  description = "BigQuery location of the dataset (a multi-region such as EU, or a region)."
+  default     = "EU"
+}
+
+# --- images --------------------------------------------------------------------
+
+variable "artifact_repository_id" {
+  type        = string
+  description = "Artifact Registry repository the deploy workflow pushes images to."
+  default     = "recordline"
+}
+
+variable "kept_image_versions" {
+  type        = number
+  description = "Most recent image versions kept in the repository; older ones are deleted (roll back within this window)."
+  default     = 30
+}
+
+# --- GitHub Actions ------------------------------------------------------------
+
+variable "github_owner" {
+  type        = string
+  description = "Owner (user or organisation) of the only GitHub repository whose workflows may authenticate."
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9-]+$", var.github_owner))
+    error_message = "github_owner must be a GitHub user or organisation name."
+  }
+}
+
+variable "github_repo" {
+  type        = string
+  description = "Name of that repository, without the owner."
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]+$", var.github_repo))
+    error_message = "github_repo must be a repository name (no owner, no slash)."
+  }
+}
+
+variable "github_deploy_branch" {
+  type        = string
+  description = "The only branch whose workflows may obtain deploy or apply credentials."
+  default     = "main"
+}
+
+variable "terraform_state_bucket" {
+  type        = string
+  description = "GCS bucket of this environment's Terraform state (created at bootstrap, see infra/README.md)."
+}
+
+variable "terraform_apply_roles" {
+  type        = set(string)
+  description = "Project roles of the account that applies this configuration from GitHub Actions."
+  default = [
+    "roles/artifactregistry.admin",
+    "roles/bigquery.admin",
+    "roles/iam.serviceAccountAdmin",
+    "roles/iam.workloadIdentityPoolAdmin",
+    "roles/monitoring.editor",
+    "roles/pubsub.admin",
+    "roles/resourcemanager.projectIamAdmin",
+    "roles/run.admin",
+    "roles/secretmanager.admin",
+    "roles/serviceusage.serviceUsageAdmin",
+  ]
+}
+
+# --- monitoring ----------------------------------------------------------------
+
+variable "notification_channels" {
+  type        = list(string)
+  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to."
+  default     = []
+}
+
+variable "availability_goal" {
+  type        = number
+  description = "Share of push and read requests that must not fail with a 5xx."
+  default     = 0.999
+}
+
+variable "read_latency_goal" {
+  type        = number
+  description = "Share of requests that must be answered within read_latency_threshold_ms."
+  default     = 0.95
+}
+
+variable "read_latency_threshold_ms" {
+  type        = number
+  description = "Latency bound of the latency SLO, in milliseconds."
+  default     = 300
+}
+
+variable "freshness_goal" {
+  type        = number
+  description = "Share of messages that must be stored within freshness_threshold_seconds of publish."
+  default     = 0.99
+}
+
+variable "freshness_threshold_seconds" {
+  type        = number
+  description = "Publish-to-stored bound of the freshness SLO, in seconds (a bucket boundary of recordline.ingest.lag)."
+  default     = 5
+}
+
+variable "slo_rolling_period_days" {
+  type        = number
+  description = "Compliance period of every SLO."
+  default     = 28
+}
+
+variable "oldest_unacked_threshold_seconds" {
+  type        = number
+  description = "Alert when the oldest unacknowledged message on the push subscription is older than this."
+  default     = 120
+}
+
+variable "error_ratio_threshold" {
+  type        = number
+  description = "Alert when this share of requests ends in a 5xx over five minutes."
+  default     = 0.01
+}
