@@ -43,10 +43,10 @@ def row_descriptor(row_type: type[Row]) -> descriptor_pb2.DescriptorProto:
         message.field.add(
             name=column.name,
             number=number,
-            type=PROTO_TYPES[column.kind],  # type: ignore[arg-type]
+            type=PROTO_TYPES[column.kind],
             # proto2 `required` mirrors a REQUIRED column, so a row missing one
             # fails to serialize here instead of as a BigQuery row error later.
-            label=_Field.LABEL_OPTIONAL if column.nullable else _Field.LABEL_REQUIRED,  # type: ignore[arg-type]
+            label=_Field.LABEL_OPTIONAL if column.nullable else _Field.LABEL_REQUIRED,
         )
     return message
 

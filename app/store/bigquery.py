@@ -1,0 +1,536 @@
+"""The production store: BigQuery, written through the Storage Write API.
+
+Writes go to each table's `_default` stream through one long-lived AppendRows
+connection per table (`StorageWriter`); reads are short queries (no job is
+created when BigQuery can answer at once) with named parameters, run in a
+worker thread because `google-cloud-bigquery` is synchronous.
+
+The tables themselves (day partitions on `ingest_time`, clustering on `id`)
+belong to Terraform, whose JSON schemas come from `app.records`; `start()` only
+opens clients and touches no table.
+
+Read cache. Identical reads within `read_cache_seconds` share one query (off
+by default). A page whose `before_time` is behind the settle horizon is
+immutable: rows that old have finished committing on every instance, and a
+first copy is decided by looking only backwards, so the same question always
+gets the same answer and a cached page is never wrong, whatever the TTL. The
+query layer bounds every page by the settle horizon, so followers' pages are
+safe to cache; they rarely hit, though, because their `before_time` moves with
+the clock, while readers walking the same history share pages. `latest` and
+`message` can change as rows arrive, so for them the TTL is the staleness the
+operator opted into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import google.auth
+import grpc
+import msgspec
+from google.api_core.exceptions import GoogleAPIError
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+from google.cloud.bigquery.retry import DEFAULT_JOB_RETRY, DEFAULT_RETRY
+from google.cloud.bigquery_storage_v1.services.big_query_write import BigQueryWriteAsyncClient
+from google.cloud.bigquery_storage_v1.services.big_query_write.transports import (
+    BigQueryWriteGrpcAsyncIOTransport,
+)
+
+from app.errors import StoreUnavailable
+from app.records import Kind, Record, Rejection, Row, columns
+from app.settings import QuerySettings, Settings, StoreSettings
+from app.store import MessageStatus, PageQuery, RowOutcome, UnknownStore
+from app.store.bigquery_proto import RowEncoder
+from app.store.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# bigquery://PROJECT/DATASET. Both names are put into SQL as identifiers (values
+# never are), so they are held to BigQuery's own character sets.
+_URL: Final = re.compile(
+    r"bigquery://(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])/(?P<dataset>[A-Za-z0-9_]{1,1024})/?"
+)
+
+# Lower bound of the `ingest_time` range for lookups that span all history.
+# The tables may require a partition filter; for these reads clustering (on
+# `id`) does the pruning, so the range is explicit rather than selective.
+_ALL_TIME: Final = 0
+
+# Identical reads kept at most; a page of 100 rows is ~50 KB, so this bounds the
+# cache near 50 MB in the worst case.
+_CACHE_ENTRIES: Final = 1024
+
+# The query itself gets the read timeout; the thread is given this much more
+# for the HTTP round trip and decoding before the read is abandoned.
+_QUERY_SLACK_SECONDS: Final = 2.0
+
+
+def _select(row_type: type[Row], alias: str) -> str:
+    # Timestamps come back as int microseconds and JSON as its text, which is
+    # what a Record holds: no datetime or dict is built per row.
+    out = []
+    for column in columns(row_type):
+        name = f"{alias}.`{column.name}`"
+        match column.kind:
+            case Kind.TIMESTAMP:
+                out.append(f"UNIX_MICROS({name}) AS `{column.name}`")
+            case Kind.JSON:
+                out.append(f"TO_JSON_STRING({name}) AS `{column.name}`")
+            case _:
+                out.append(name)
+    return ", ".join(out)
+
+
+def page_sql(records: str) -> str:
+    # A message's first copy is the one with the smallest ingest_time. Copies
+    # strictly earlier are found by the anti-join over the dedupe window before
+    # the cursor, so a copy on a later page stays hidden; copies with the same
+    # ingest_time (a batch resent after its answer was lost is byte-identical)
+    # sit on the same side of any cursor and QUALIFY keeps one of them. Both
+    # ranges on `ingest_time` are parameters compared to the column, so
+    # BigQuery prunes partitions for the scan and for the anti-join.
+    return f"""
+SELECT {_select(Record, "r")}
+FROM {records} AS r
+WHERE r.ingest_time >= TIMESTAMP_MICROS(@after_time)
+  AND r.ingest_time < TIMESTAMP_MICROS(@before_time)
+  AND (r.ingest_time > TIMESTAMP_MICROS(@after_time) OR r.message_id > @after_message_id)
+  AND NOT EXISTS (
+    SELECT 1
+    FROM {records} AS e
+    WHERE e.message_id = r.message_id
+      AND e.ingest_time >= TIMESTAMP_MICROS(@window_start)
+      AND e.ingest_time < TIMESTAMP_MICROS(@before_time)
+      AND e.ingest_time < r.ingest_time
+  )
+QUALIFY ROW_NUMBER() OVER (
+  PARTITION BY r.message_id ORDER BY r.publish_time, r.trace_id, r.subscription
+) = 1
+ORDER BY r.ingest_time, r.message_id
+LIMIT @limit
+""".strip()
+
+
+def latest_sql(records: str) -> str:
+    # An event time beats none (NULLS LAST), then the later publish, then the
+    # later write; message_id only makes the choice deterministic.
+    return f"""
+SELECT {_select(Record, "r")}
+FROM {records} AS r
+WHERE r.id = @id
+  AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+ORDER BY r.`timestamp` DESC NULLS LAST, r.publish_time DESC, r.ingest_time DESC, r.message_id DESC
+LIMIT 1
+""".strip()
+
+
+def stored_sql(records: str) -> str:
+    return f"""
+SELECT {_select(Record, "r")}
+FROM {records} AS r
+WHERE r.message_id = @message_id
+  AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+ORDER BY r.ingest_time
+LIMIT 1
+""".strip()
+
+
+def rejected_sql(rejected: str) -> str:
+    return f"""
+SELECT UNIX_MICROS(j.ingest_time) AS ingest_time, j.reason
+FROM {rejected} AS j
+WHERE j.message_id = @message_id
+  AND j.ingest_time >= TIMESTAMP_MICROS(@not_before)
+ORDER BY j.ingest_time
+LIMIT 1
+""".strip()
+
+
+CHECK_SQL: Final = "SELECT 1"
+
+_RECORD_FIELDS: Final = tuple(c.name for c in columns(Record))
+
+
+class _Payload(msgspec.Struct, omit_defaults=True):
+    id: str
+    data: msgspec.Raw
+    timestamp: str | None = None
+
+
+def refused_record(record: Record, reason: str) -> Rejection:
+    """The rejection stored for a record BigQuery would not take.
+
+    The raw message is gone by now, so its payload is rebuilt from the record:
+    replaying it publishes the same id, event time and data.
+    """
+    timestamp = None
+    if record.timestamp is not None:
+        moment = datetime.fromtimestamp(record.timestamp / 1e6, tz=UTC)
+        timestamp = moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    payload = _Payload(id=record.id, data=msgspec.Raw(record.data.encode()), timestamp=timestamp)
+    return Rejection(
+        message_id=record.message_id,
+        publish_time=record.publish_time,
+        ingest_time=record.ingest_time,
+        data=msgspec.json.encode(payload),
+        reason=f"BigQuery refused the row: {reason}",
+        attributes=record.attributes,
+        subscription=record.subscription,
+        delivery_attempt=record.delivery_attempt,
+        trace_id=record.trace_id,
+    )
+
+
+class _ReadCache:
+    """A bounded TTL map from a read to the task answering it.
+
+    Holding the task rather than the result means identical reads arriving
+    together share one query; a failed read is forgotten at once.
+    """
+
+    def __init__(self, ttl_seconds: float, max_entries: int = _CACHE_ENTRIES) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: collections.OrderedDict[object, tuple[float, asyncio.Task[Any]]] = (
+            collections.OrderedDict()
+        )
+
+    async def get(self, key: object, load: Callable[[], Awaitable[T]]) -> T:
+        ttl = self._ttl
+        if ttl <= 0:
+            return await load()
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            task: asyncio.Task[T] = asyncio.ensure_future(load())
+            self._entries[key] = (now + ttl, task)
+            task.add_done_callback(lambda done: self._forget_failure(key, done))
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+            task = entry[1]
+        # Shielded: one caller giving up must not cancel the query for the rest.
+        return await asyncio.shield(task)
+
+    def _forget_failure(self, key: object, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] is task:
+                del self._entries[key]
+
+
+class BigQueryStore:
+    """Records and rejections in BigQuery; see the module notes."""
+
+    def __init__(
+        self,
+        project: str,
+        dataset: str,
+        *,
+        store: StoreSettings,
+        query: QuerySettings,
+        query_endpoint: str | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        self.project = project
+        self.dataset = dataset
+        self.settle_micros = int(store.settle_seconds * 1_000_000)
+        # Concurrent `append` calls worth making: each writer keeps this many
+        # requests in flight, and more callers would only queue behind them.
+        self.max_in_flight = max_in_flight
+        self._write_deadline = store.write_deadline_seconds
+        self._query_timeout = store.query_timeout_seconds
+        self._write_endpoint = store.bigquery_write_endpoint or None
+        self._query_endpoint = query_endpoint
+        self._dedupe_window_micros = int(query.dedupe_window_seconds * 1_000_000)
+        self._cache = _ReadCache(store.read_cache_seconds)
+
+        self._records_encoder = RowEncoder(Record)
+        self._rejected_encoder = RowEncoder(Rejection)
+        records = self._table_sql("records")
+        self._page_sql = page_sql(records)
+        self._latest_sql = latest_sql(records)
+        self._stored_sql = stored_sql(records)
+        self._rejected_sql = rejected_sql(self._table_sql("rejected"))
+
+        self._write_client: BigQueryWriteAsyncClient | None = None
+        self._query_client: bigquery.Client | None = None
+        self._records: StorageWriter | None = None
+        self._rejected: StorageWriter | None = None
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> BigQueryStore:
+        match = _URL.fullmatch(url)
+        if match is None:
+            raise UnknownStore(f"not a bigquery://PROJECT/DATASET URL: {url!r}")
+        # The library's own variable for a BigQuery emulator; it is honoured
+        # for the endpoint but not for credentials, so it is passed on here.
+        emulator = os.environ.get("BIGQUERY_EMULATOR_HOST") or None
+        return cls(
+            match["project"],
+            match["dataset"],
+            store=settings.store,
+            query=settings.query,
+            query_endpoint=emulator,
+        )
+
+    def _table_sql(self, table: str) -> str:
+        return f"`{self.project}.{self.dataset}.{table}`"
+
+    def _table_path(self, table: str) -> str:
+        return f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
+
+    async def start(self) -> None:
+        if self._records is not None:
+            return
+        self._write_client = await self._open_write_client()
+        self._query_client = await asyncio.to_thread(self._open_query_client)
+        self._records = StorageWriter(
+            self._write_client,
+            self._table_path("records"),
+            self._records_encoder.descriptor,
+            max_in_flight=self.max_in_flight,
+        )
+        self._rejected = StorageWriter(
+            self._write_client,
+            self._table_path("rejected"),
+            self._rejected_encoder.descriptor,
+            max_in_flight=self.max_in_flight,
+        )
+        await self._records.start()
+        await self._rejected.start()
+
+    async def _open_write_client(self) -> BigQueryWriteAsyncClient:
+        if self._write_endpoint is not None:
+            channel = grpc.aio.insecure_channel(
+                self._write_endpoint,
+                options=[
+                    ("grpc.max_send_message_length", -1),
+                    ("grpc.max_receive_message_length", -1),
+                ],
+            )
+            # With a channel of its own the transport looks for no credentials.
+            transport = BigQueryWriteGrpcAsyncIOTransport(channel=channel)
+            return BigQueryWriteAsyncClient(transport=transport)
+        # Finding default credentials may ask the metadata server: not on the loop.
+        credentials, _ = await asyncio.to_thread(
+            google.auth.default, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+        return BigQueryWriteAsyncClient(credentials=credentials)
+
+    def _open_query_client(self) -> bigquery.Client:
+        if self._query_endpoint is not None:
+            endpoint = self._query_endpoint
+            if "://" not in endpoint:
+                endpoint = f"http://{endpoint}"
+            return bigquery.Client(
+                project=self.project,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                client_options={"api_endpoint": endpoint},
+                default_job_creation_mode="JOB_CREATION_OPTIONAL",
+            )
+        return bigquery.Client(
+            project=self.project, default_job_creation_mode="JOB_CREATION_OPTIONAL"
+        )
+
+    async def close(self) -> None:
+        for writer in (self._records, self._rejected):
+            if writer is not None:
+                await writer.close()
+        self._records = self._rejected = None
+        if self._write_client is not None:
+            await self._write_client.transport.close()  # type: ignore[no-untyped-call]
+            self._write_client = None
+        if self._query_client is not None:
+            await asyncio.to_thread(self._query_client.close)
+            self._query_client = None
+
+    async def barrier(self) -> None:
+        # An append returns once BigQuery committed it; reads see it already.
+        return None
+
+    def read_horizon(self, now: int) -> int:
+        # Another instance may still be committing rows stamped up to a write
+        # deadline ago; pages stay behind that.
+        return now - self.settle_micros
+
+    async def check(self) -> None:
+        records, rejected = self._writers()
+        await self._query(CHECK_SQL, {})
+        for writer in (records, rejected):
+            if writer.failure is not None:
+                raise StoreUnavailable(writer.failure)
+
+    # Writing
+
+    def _writers(self) -> tuple[StorageWriter, StorageWriter]:
+        if self._records is None or self._rejected is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        return self._records, self._rejected
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        records_writer, rejected_writer = self._writers()
+        deadline = asyncio.get_running_loop().time() + self._write_deadline
+        records: list[Record] = []
+        rejections: list[Rejection] = []
+        for row in rows:
+            if isinstance(row, Record):
+                records.append(row)
+            else:
+                rejections.append(row)
+        encode_record = self._records_encoder.encode
+        encode_rejection = self._rejected_encoder.encode
+
+        record_outcomes: Sequence[str | None] = ()
+        if records and rejections:
+            # Both finish (each within the deadline) before either error is
+            # raised, so no write is left running unobserved.
+            record_result, rejection_result = await asyncio.gather(
+                records_writer.append([encode_record(r) for r in records], deadline),
+                rejected_writer.append([encode_rejection(r) for r in rejections], deadline),
+                return_exceptions=True,
+            )
+            if isinstance(record_result, BaseException):
+                raise record_result
+            if isinstance(rejection_result, BaseException):
+                raise rejection_result
+            record_outcomes = record_result
+            _require_stored(rejection_result, rejected_writer)
+        elif records:
+            record_outcomes = await records_writer.append(
+                [encode_record(r) for r in records], deadline
+            )
+        elif rejections:
+            _require_stored(
+                await rejected_writer.append([encode_rejection(r) for r in rejections], deadline),
+                rejected_writer,
+            )
+
+        refused = [
+            refused_record(record, reason)
+            for record, reason in zip(records, record_outcomes, strict=True)
+            if reason is not None
+        ]
+        if refused:
+            log.warning("BigQuery refused %d rows; storing them as rejections", len(refused))
+            _require_stored(
+                await rejected_writer.append([encode_rejection(r) for r in refused], deadline),
+                rejected_writer,
+            )
+        if not refused:
+            return [None] * len(rows)
+        by_record = iter(record_outcomes)
+        return [next(by_record) if isinstance(row, Record) else None for row in rows]
+
+    # Reading
+
+    async def page(self, query: PageQuery) -> list[Record]:
+        params: dict[str, int | str] = {
+            "after_time": query.after_time,
+            "after_message_id": query.after_message_id,
+            "before_time": query.before_time,
+            "window_start": query.after_time - self._dedupe_window_micros,
+            "limit": query.limit,
+        }
+        return await self._cache.get(
+            ("page", query), lambda: self._records_query(self._page_sql, params)
+        )
+
+    async def latest(self, record_id: str) -> Record | None:
+        params: dict[str, int | str] = {"id": record_id, "not_before": _ALL_TIME}
+
+        async def load() -> Record | None:
+            found = await self._records_query(self._latest_sql, params)
+            return found[0] if found else None
+
+        return await self._cache.get(("latest", record_id), load)
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        params: dict[str, int | str] = {"message_id": message_id, "not_before": _ALL_TIME}
+
+        async def load() -> MessageStatus | None:
+            stored = await self._records_query(self._stored_sql, params)
+            if stored:
+                record = stored[0]
+                return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
+            rejected = await self._query(self._rejected_sql, params)
+            if rejected:
+                ingest_time, reason = rejected[0]
+                return MessageStatus(status="rejected", ingest_time=ingest_time, reason=reason)
+            return None
+
+        return await self._cache.get(("message", message_id), load)
+
+    async def _records_query(self, sql: str, params: dict[str, int | str]) -> list[Record]:
+        rows = await self._query(sql, params)
+        return [Record(**dict(zip(_RECORD_FIELDS, row, strict=True))) for row in rows]
+
+    async def _query(self, sql: str, params: dict[str, int | str]) -> list[tuple[Any, ...]]:
+        if self._query_client is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        client = self._query_client
+        timeout = self._query_timeout
+        run = _query_runner(client, sql, params, timeout)
+        try:
+            async with asyncio.timeout(timeout + _QUERY_SLACK_SECONDS):
+                return await asyncio.to_thread(run)
+        except TimeoutError:
+            raise StoreUnavailable(f"BigQuery did not answer within {timeout:g} s") from None
+        except (GoogleAPIError, OSError) as exc:
+            # Includes RetryError once the retries ran out of time, and
+            # transport errors; a read the client may simply try again.
+            log.warning("BigQuery read failed: %s", exc)
+            raise StoreUnavailable(f"BigQuery read failed: {exc}") from exc
+
+
+def _query_runner(
+    client: bigquery.Client, sql: str, params: dict[str, int | str], timeout: float
+) -> Callable[[], list[tuple[Any, ...]]]:
+    config = bigquery.QueryJobConfig(
+        query_parameters=[
+            bigquery.ScalarQueryParameter(
+                name, "INT64" if isinstance(value, int) else "STRING", value
+            )
+            for name, value in params.items()
+        ]
+    )
+
+    def run() -> list[tuple[Any, ...]]:
+        # The library retries for up to 10 minutes by default; a read that a
+        # client waits for has `timeout` in all, retries included.
+        rows = client.query_and_wait(
+            sql,
+            job_config=config,
+            api_timeout=timeout,
+            wait_timeout=timeout,
+            retry=DEFAULT_RETRY.with_timeout(timeout),
+            job_retry=DEFAULT_JOB_RETRY.with_timeout(timeout),
+        )
+        return [tuple(row.values()) for row in rows]
+
+    return run
+
+
+def _require_stored(outcomes: Sequence[str | None], writer: StorageWriter) -> None:
+    # A rejection is the last resort: if BigQuery refuses even that, nothing can
+    # hold the message, so it must not be acknowledged.
+    reasons = [reason for reason in outcomes if reason is not None]
+    if reasons:
+        log.error("%s refused %d rejections: %s", writer.table, len(reasons), reasons[0])
+        raise StoreUnavailable(f"{writer.table} refused a rejection: {reasons[0]}")
+
+
+def _now_micros() -> int:
+    return time.time_ns() // 1000

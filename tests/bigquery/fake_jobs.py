@@ -1,0 +1,207 @@
+"""A fake of BigQuery's REST `jobs.query`, answering from what the write fake stored.
+
+`bigquery.Client` in short-query mode POSTs the SQL and its named parameters
+to /bigquery/v2/projects/P/queries. The fake translates the SQL from the
+BigQuery dialect to DuckDB's with sqlglot, loads the rows the Storage Write
+fake decoded into an in-memory DuckDB, binds the parameters and answers in
+the REST shape, so a read makes the real round trip through the library.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+
+from app.records import TABLES, Kind, columns
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+
+_DUCKDB_TYPES = {
+    Kind.STRING: "VARCHAR",
+    Kind.INT64: "BIGINT",
+    Kind.TIMESTAMP: "TIMESTAMP",
+    Kind.JSON: "JSON",
+    Kind.BYTES: "BLOB",
+}
+_ARROW_TYPES = {
+    Kind.STRING: pa.string(),
+    Kind.INT64: pa.int64(),
+    Kind.TIMESTAMP: pa.timestamp("us"),
+    Kind.JSON: pa.string(),
+    Kind.BYTES: pa.binary(),
+}
+# DuckDB result type -> the REST schema type the client converts from.
+_RESULT_TYPES = {
+    "BIGINT": "INTEGER",
+    "INTEGER": "INTEGER",
+    "HUGEINT": "INTEGER",
+    "VARCHAR": "STRING",
+    "JSON": "STRING",
+    "BOOLEAN": "BOOLEAN",
+    "DOUBLE": "FLOAT",
+    "BLOB": "BYTES",
+}
+_PATH = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceivedQuery:
+    sql: str
+    params: dict[str, Any]
+    body: dict[str, Any]
+
+
+def _param_value(param: dict[str, Any]) -> Any:
+    kind = param["parameterType"]["type"]
+    value = param["parameterValue"].get("value")
+    if value is None:
+        return None
+    match kind:
+        case "INT64":
+            return int(value)
+        case "BOOL":
+            return value == "true"
+        case "FLOAT64":
+            return float(value)
+        case _:
+            return value
+
+
+def _cell(value: Any) -> Any:
+    match value:
+        case None:
+            return None
+        case bool():
+            return "true" if value else "false"
+        case bytes():
+            return base64.b64encode(value).decode()
+        case _:
+            return str(value)
+
+
+class FakeBigQueryJobs:
+    def __init__(self, write: FakeBigQueryWrite, *, project: str, dataset: str) -> None:
+        self.write = write
+        self.project = project
+        self.dataset = dataset
+        self.queries: list[ReceivedQuery] = []
+        # (HTTP status, reason) answered to the next queries instead of running them.
+        self.failures: list[tuple[int, str]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.endpoint = ""
+
+    def start(self) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, answer = fake.handle(self.path, body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        match = _PATH.match(path.split("?", 1)[0])
+        if match is None:
+            return 404, _error(404, "notFound", f"no such endpoint: {path}")
+        sql = body["query"]
+        params = {p["name"]: _param_value(p) for p in body.get("queryParameters", [])}
+        self.queries.append(ReceivedQuery(sql=sql, params=params, body=body))
+        if body.get("useLegacySql") is not False or (
+            params and body.get("parameterMode") != "NAMED"
+        ):
+            return 400, _error(400, "invalid", "expected standard SQL with named parameters")
+        if self.failures:
+            status, reason = self.failures.pop(0)
+            return status, _error(status, reason, "injected failure")
+        try:
+            names, types, rows = self.run(sql, params)
+        except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
+            return 400, _error(400, "invalidQuery", str(exc))
+        return 200, {
+            "kind": "bigquery#queryResponse",
+            "schema": {
+                "fields": [
+                    {"name": name, "type": kind, "mode": "NULLABLE"}
+                    for name, kind in zip(names, types, strict=True)
+                ]
+            },
+            "jobComplete": True,
+            "totalRows": str(len(rows)),
+            "rows": [{"f": [{"v": _cell(v)} for v in row]} for row in rows],
+            "queryId": f"fake-{len(self.queries)}",
+            "location": "US",
+        }
+
+    def run(
+        self, sql: str, params: dict[str, Any]
+    ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
+        translated = sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute(f"ATTACH ':memory:' AS \"{self.project}\"")
+            con.execute(f'CREATE SCHEMA "{self.project}"."{self.dataset}"')
+            for table, row_type in TABLES.items():
+                name = f'"{self.project}"."{self.dataset}"."{table}"'
+                cols = columns(row_type)
+                ddl = ", ".join(f'"{c.name}" {_DUCKDB_TYPES[c.kind]}' for c in cols)
+                con.execute(f"CREATE TABLE {name} ({ddl})")
+                rows = self.write.rows(
+                    f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
+                )
+                if not rows:
+                    continue
+                schema = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in cols])
+                incoming = pa.Table.from_pylist(rows, schema=schema)  # noqa: F841 (read by DuckDB)
+                con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
+            # Bind only what the statement names: DuckDB refuses unused parameters.
+            used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", translated)}
+            result = con.execute(translated, used)
+            names = [d[0] for d in result.description or ()]
+            types = [
+                _RESULT_TYPES.get(str(d[1]).upper(), "STRING") for d in result.description or ()
+            ]
+            return names, types, result.fetchall()
+        finally:
+            con.close()
+
+
+def _error(status: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": status,
+            "message": message,
+            "errors": [{"reason": reason, "message": message}],
+        }
+    }

@@ -1,0 +1,297 @@
+"""A fake of BigQuery's Storage Write API: AppendRows only, over real gRPC.
+
+The real `BigQueryWriteAsyncClient` talks to it through an insecure channel.
+It decodes rows with the writer schema each connection sends (a message class
+built from the received DescriptorProto, as BigQuery does), keeps the decoded
+rows per table, checks the routing header, and injects the faults a
+production stream meets. Responses are delayed by `latency` without losing
+pipelining: each answer is due `latency` after its request arrived.
+
+Run alone for benchmarks:
+    python -m tests.bigquery.fake_storage_write --port 50051 --latency-ms 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import signal
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.cloud.bigquery_storage_v1 import types
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+_Request: Any = types.AppendRowsRequest.pb()
+_Response: Any = types.AppendRowsResponse.pb()
+_RowError: Any = types.RowError.pb()
+
+SERVICE = "google.cloud.bigquery.storage.v1.BigQueryWrite"
+
+
+@dataclasses.dataclass(frozen=True)
+class Abort:
+    """End the call with `code`; with `commit`, store the rows first (the answer is lost)."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    commit: bool = False
+    details: str = "injected abort"
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorResponse:
+    """Answer the request with `error` set; nothing is stored."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    message: str = "injected error"
+
+
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    """End the call cleanly (status OK) leaving this request and later ones unanswered."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdatedSchema:
+    """Store the rows and answer with `updated_schema` set, as after an ALTER TABLE."""
+
+
+Fault = Abort | ErrorResponse | Drop | UpdatedSchema
+
+_END = object()
+
+
+def _decoder(descriptor: descriptor_pb2.DescriptorProto) -> Callable[[bytes], dict[str, Any]]:
+    pool = descriptor_pool.DescriptorPool()
+    file = descriptor_pb2.FileDescriptorProto(name="writer_schema.proto", syntax="proto2")
+    file.message_type.add().CopyFrom(descriptor)
+    pool.Add(file)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(descriptor.name))
+    names = [field.name for field in descriptor.field]
+
+    def decode(data: bytes) -> dict[str, Any]:
+        message = cls.FromString(data)
+        return {n: getattr(message, n) if message.HasField(n) else None for n in names}
+
+    return decode
+
+
+def table_of(stream: str) -> str:
+    # projects/P/datasets/D/tables/T/streams/_default -> projects/P/datasets/D/tables/T
+    return stream.rsplit("/streams/", 1)[0]
+
+
+class FakeBigQueryWrite:
+    def __init__(self, *, latency: float = 0.0, keep_rows: bool = True) -> None:
+        self.latency = latency
+        self.keep_rows = keep_rows
+        self.tables: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.row_counts: collections.Counter[str] = collections.Counter()
+        # One-shot faults per table name (`records`, `rejected`), one per request.
+        self.faults: dict[str, collections.deque[Fault | None]] = collections.defaultdict(
+            collections.deque
+        )
+        # A persistent row check: a message refuses the row (a row error).
+        self.refuse: Callable[[dict[str, Any]], str | None] | None = None
+        self.connections = 0
+        self.requests = 0
+        self.schemas_received = 0
+        self.routing_headers: list[str] = []
+        self.protocol_errors: list[str] = []
+        # Most requests one connection had received and not yet answered.
+        self.max_unanswered = 0
+        self._server: grpc.aio.Server | None = None
+        self.address = ""
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """Stored rows of a table, by full path or by its last name."""
+        for path, rows in list(self.tables.items()):
+            if path == table or path.endswith(f"/tables/{table}"):
+                return list(rows)
+        return []
+
+    def inject(self, table: str, *faults: Fault | None) -> None:
+        self.faults[table].extend(faults)
+
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "AppendRows": grpc.stream_stream_rpc_method_handler(
+                    self._append_rows,
+                    request_deserializer=_Request.FromString,
+                    response_serializer=_Response.SerializeToString,
+                )
+            },
+        )
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                ("grpc.max_send_message_length", 32 * 1024 * 1024),
+            ]
+        )
+        self._server.add_generic_rpc_handlers((handler,))
+        bound = self._server.add_insecure_port(f"{host}:{port}")
+        await self._server.start()
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+
+    async def _append_rows(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        self.connections += 1
+        routing = [
+            value
+            for key, value in (context.invocation_metadata() or ())
+            if key == "x-goog-request-params"
+        ]
+        self.routing_headers.extend(str(v) for v in routing)
+        outbox: asyncio.Queue[tuple[float, object]] = asyncio.Queue()
+        unanswered = [0]
+        receiver = asyncio.create_task(self._receive(requests, routing, outbox, unanswered))
+        receiver.add_done_callback(lambda task: self._receiver_done(task, outbox))
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                due, item = await outbox.get()
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if item is _END or isinstance(item, Drop):
+                    return
+                if isinstance(item, Abort):
+                    await context.abort(item.code, item.details)
+                unanswered[0] -= 1
+                yield item
+        finally:
+            receiver.cancel()
+
+    async def _receive(
+        self,
+        requests: AsyncIterator[Any],
+        routing: list[str],
+        outbox: asyncio.Queue[tuple[float, object]],
+        unanswered: list[int],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        stream = ""
+        decode: Callable[[bytes], dict[str, Any]] | None = None
+
+        def post(item: object) -> None:
+            outbox.put_nowait((loop.time() + self.latency, item))
+
+        async for request in requests:
+            self.requests += 1
+            unanswered[0] += 1
+            self.max_unanswered = max(self.max_unanswered, unanswered[0])
+            if not stream:
+                stream = request.write_stream
+                wanted = "write_stream=" + urllib.parse.quote(stream, safe="/")
+                if not stream or not any(wanted in value.split("&") for value in routing):
+                    self.protocol_errors.append(f"routing header {routing!r} for {stream!r}")
+                    post(Abort(grpc.StatusCode.INVALID_ARGUMENT, details="missing routing header"))
+                    return
+            elif request.write_stream and request.write_stream != stream:
+                self.protocol_errors.append("stream changed within a connection")
+            proto_rows = request.proto_rows
+            if proto_rows.HasField("writer_schema"):
+                self.schemas_received += 1
+                decode = _decoder(proto_rows.writer_schema.proto_descriptor)
+            if decode is None:
+                self.protocol_errors.append("rows before any writer schema")
+                post(Abort(grpc.StatusCode.INVALID_ARGUMENT, details="no writer schema"))
+                return
+            table = table_of(stream)
+            name = table.rsplit("/", 1)[-1]
+            fault = self.faults[name].popleft() if self.faults[name] else None
+            # After an abort or a drop the server reads nothing more from the call.
+            if isinstance(fault, ErrorResponse):
+                post(self._error_response(fault))
+                continue
+            if isinstance(fault, Drop) or (isinstance(fault, Abort) and not fault.commit):
+                post(fault)
+                return
+            rows, errors = self._decode(decode, proto_rows.rows.serialized_rows)
+            response = _Response()
+            if errors:
+                # As BigQuery does: one bad row refuses the whole request.
+                response.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                response.error.message = "Errors found while processing rows."
+                response.row_errors.extend(errors)
+                post(response)
+                continue
+            self.row_counts[table] += len(rows)
+            if self.keep_rows:
+                self.tables[table].extend(rows)
+            if isinstance(fault, Abort):
+                post(fault)
+                return
+            response.append_result.SetInParent()
+            if isinstance(fault, UpdatedSchema):
+                response.updated_schema.fields.add(name="added_later", type_=1, mode=1)
+            post(response)
+        post(_END)
+
+    def _receiver_done(self, task: asyncio.Task[None], outbox: asyncio.Queue[Any]) -> None:
+        # A bug in the fake must fail the test, not hang it until the deadline.
+        if not task.cancelled() and task.exception() is not None:
+            self.protocol_errors.append(f"fake failed: {task.exception()!r}")
+            outbox.put_nowait((0.0, Abort(grpc.StatusCode.INTERNAL, details="fake failed")))
+
+    def _decode(
+        self, decode: Callable[[bytes], dict[str, Any]], serialized: Any
+    ) -> tuple[list[dict[str, Any]], list[Any]]:
+        rows, errors = [], []
+        for index, data in enumerate(serialized):
+            try:
+                row = decode(data)
+            except Exception as exc:
+                errors.append(_RowError(index=index, code=1, message=f"cannot decode row: {exc}"))
+                continue
+            reason = self.refuse(row) if self.refuse is not None else None
+            if reason is not None:
+                errors.append(_RowError(index=index, code=1, message=reason))
+            rows.append(row)
+        return rows, errors
+
+    @staticmethod
+    def _error_response(fault: ErrorResponse) -> Any:
+        response = _Response()
+        response.error.code = fault.code.value[0]
+        response.error.message = fault.message
+        return response
+
+
+async def _serve(port: int, latency_ms: float, keep_rows: bool) -> None:
+    fake = FakeBigQueryWrite(latency=latency_ms / 1000, keep_rows=keep_rows)
+    address = await fake.start(port)
+    print(f"listening on {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"stored {sum(fake.row_counts.values())} rows in {fake.requests} requests", flush=True)
+    await fake.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--keep-rows", action="store_true", help="keep decoded rows in memory")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, args.latency_ms, args.keep_rows))
+
+
+if __name__ == "__main__":
+    main()
