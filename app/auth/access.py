@@ -1,0 +1,152 @@
+"""What a request must carry to push or to read, and what it is told when it does not.
+
+Refusals say no more than a client needs (401: bring a valid token; 403: this
+identity may not do this); the reason goes to the log at WARNING, never the
+token itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterable
+
+from app.auth.oidc import Identity, IdTokenVerifier, InvalidToken
+from app.errors import Forbidden, Unauthorized
+
+log = logging.getLogger(__name__)
+
+
+class InvalidCredentials(Unauthorized):
+    """A credential was presented and did not verify (RFC 6750 `invalid_token`)."""
+
+    def __init__(self, *, realm: str) -> None:
+        super().__init__(realm=realm)
+        self.headers = {"WWW-Authenticate": f'Bearer realm="{realm}", error="invalid_token"'}
+
+
+def split_list(value: str) -> frozenset[str]:
+    """`a@x.com, b@y.com` → {"a@x.com", "b@y.com"}, lower-cased (e-mails compare so)."""
+    return frozenset(item.strip().lower() for item in value.split(",") if item.strip())
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def _refuse(error: Unauthorized | Forbidden, reason: str, what: str) -> Unauthorized | Forbidden:
+    log.warning(
+        "%s refused with %d: %s",
+        what,
+        error.status,
+        reason,
+        extra={"fields": {"auth_status": error.status, "auth_reason": reason}},
+    )
+    return error
+
+
+class Principals:
+    """Who may read: e-mail addresses, and `domain:example.com` for a whole domain.
+
+    A domain matches the token's `hd` claim (the Google Workspace or Cloud
+    organisation) or, failing that, the domain of its verified e-mail, which
+    is how service accounts (`…@PROJECT.iam.gserviceaccount.com`) are named.
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        emails, domains = set(), set()
+        for entry in entries:
+            if entry.startswith("domain:"):
+                domains.add(entry.removeprefix("domain:"))
+            else:
+                emails.add(entry)
+        self.emails = frozenset(emails)
+        self.domains = frozenset(domains)
+
+    def admit(self, identity: Identity) -> bool:
+        if identity.email in self.emails:
+            return True
+        if identity.hosted_domain is not None and identity.hosted_domain in self.domains:
+            return True
+        return identity.email.rpartition("@")[2] in self.domains
+
+    def __bool__(self) -> bool:
+        return bool(self.emails or self.domains)
+
+
+class PushAccess:
+    """Only the push subscription may write.
+
+    Two ways in, either of which is enough when both are configured: the
+    Google-signed token Pub/Sub attaches (audience and service account
+    checked), or the shared secret in the endpoint URL's `?token=`, for the
+    Pub/Sub emulator, which signs nothing.
+    """
+
+    realm = "pubsub-push"
+
+    def __init__(
+        self,
+        *,
+        verifier: IdTokenVerifier | None,
+        service_accounts: frozenset[str],
+        shared_token: str | None,
+    ) -> None:
+        self._verifier = verifier
+        self._service_accounts = service_accounts
+        self._shared_token = shared_token.encode() if shared_token else None
+
+    async def check(self, authorization: str | None, url_token: str | None) -> None:
+        if self._shared_token is not None and url_token is not None:
+            # Bytes, so that a non-ASCII guess is simply wrong rather than a TypeError.
+            if hmac.compare_digest(url_token.encode("utf-8", "replace"), self._shared_token):
+                return
+            raise _refuse(InvalidCredentials(realm=self.realm), "wrong ?token=", "push")
+        if self._verifier is None:
+            raise _refuse(Unauthorized(realm=self.realm), "no ?token=", "push")
+        token = bearer_token(authorization)
+        if token is None:
+            reason = "no bearer token" if authorization is None else "not a bearer token"
+            raise _refuse(Unauthorized(realm=self.realm), reason, "push")
+        try:
+            identity = await self._verifier.verify(token)
+        except InvalidToken as exc:
+            raise _refuse(InvalidCredentials(realm=self.realm), str(exc), "push") from None
+        if identity.email not in self._service_accounts:
+            raise _refuse(
+                Forbidden("This identity may not push to this service."),
+                f"{identity.email} is not in RECORDLINE_PUSH_SERVICE_ACCOUNTS",
+                "push",
+            )
+
+
+class ReadAccess:
+    """Reads need a Google ID token for the read audience, from an allowed principal."""
+
+    realm = "recordline"
+
+    def __init__(self, *, verifier: IdTokenVerifier, principals: Principals) -> None:
+        self._verifier = verifier
+        self._principals = principals
+
+    async def check(self, authorization: str | None) -> None:
+        token = bearer_token(authorization)
+        if token is None:
+            reason = "no bearer token" if authorization is None else "not a bearer token"
+            raise _refuse(Unauthorized(realm=self.realm), reason, "read")
+        try:
+            identity = await self._verifier.verify(token)
+        except InvalidToken as exc:
+            raise _refuse(InvalidCredentials(realm=self.realm), str(exc), "read") from None
+        if not self._principals.admit(identity):
+            raise _refuse(
+                Forbidden("This identity may not read from this service."),
+                f"{identity.email} is not in RECORDLINE_READ_PRINCIPALS",
+                "read",
+            )

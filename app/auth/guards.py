@@ -1,0 +1,171 @@
+"""Push and read authentication as the settings ask for it, installed as Litestar guards.
+
+Guards run after routing and before the body is read or any parameter is
+parsed, so a push without credentials is refused on its headers alone, however
+large its body.
+
+The service fails closed: with no push authentication configured it starts
+only on a loopback address, where nothing but this machine can write.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.types import Guard
+
+from app.auth.access import Principals, PushAccess, ReadAccess, split_list
+from app.auth.oidc import GoogleCerts, IdTokenVerifier
+from app.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+# The shared secret travels in a URL anyone may probe; 16 characters of a
+# random string are beyond guessing at any request rate.
+MIN_PUSH_TOKEN_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Auth:
+    """The guards for pushes and reads, and the certificate client they share."""
+
+    def __init__(
+        self,
+        *,
+        push: PushAccess | None,
+        read: ReadAccess | None,
+        certs: GoogleCerts | None,
+    ) -> None:
+        self._push = push
+        self._read = read
+        self._certs = certs
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Auth:
+        """Raise SettingsError for a configuration that would leave the service open."""
+        auth, host = settings.auth, settings.server.host
+        accounts = split_list(auth.push_service_accounts)
+        principals = Principals(split_list(auth.read_principals))
+        _pair(
+            "RECORDLINE_PUSH_AUDIENCE",
+            auth.push_audience,
+            "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
+            accounts,
+        )
+        _pair(
+            "RECORDLINE_READ_AUDIENCE", auth.read_audience, "RECORDLINE_READ_PRINCIPALS", principals
+        )
+        if any("@" not in account for account in accounts):
+            raise SettingsError("RECORDLINE_PUSH_SERVICE_ACCOUNTS: list service-account e-mails")
+        if "" in principals.domains:
+            raise SettingsError("RECORDLINE_READ_PRINCIPALS: `domain:` needs a domain")
+        if auth.push_token and len(auth.push_token) < MIN_PUSH_TOKEN_LENGTH:
+            raise SettingsError(
+                f"RECORDLINE_PUSH_TOKEN: use at least {MIN_PUSH_TOKEN_LENGTH} random characters"
+            )
+        certs = None
+        if auth.push_audience or auth.read_audience:
+            if not auth.oidc_certs_url.startswith(("https://", "http://")):
+                raise SettingsError("RECORDLINE_OIDC_CERTS_URL: must be an http(s) URL")
+            certs = GoogleCerts(auth.oidc_certs_url)
+
+        push = None
+        if auth.push_audience or auth.push_token:
+            push = PushAccess(
+                verifier=IdTokenVerifier(auth.push_audience, certs)
+                if certs and auth.push_audience
+                else None,
+                service_accounts=accounts,
+                shared_token=auth.push_token or None,
+            )
+        elif not is_loopback(host):
+            raise SettingsError(
+                f"push authentication is not configured and RECORDLINE_HOST={host!r} is not a "
+                "loopback address: set RECORDLINE_PUSH_AUDIENCE and "
+                "RECORDLINE_PUSH_SERVICE_ACCOUNTS (Google-signed pushes) or RECORDLINE_PUSH_TOKEN "
+                "(the emulator's ?token=), or bind to 127.0.0.1"
+            )
+        else:
+            log.warning(
+                "PUSH IS UNAUTHENTICATED: anything that reaches %s can write records. Set "
+                "RECORDLINE_PUSH_AUDIENCE and RECORDLINE_PUSH_SERVICE_ACCOUNTS, or "
+                "RECORDLINE_PUSH_TOKEN, before binding to another address.",
+                host,
+            )
+
+        read = None
+        if certs is not None and auth.read_audience:
+            read = ReadAccess(
+                verifier=IdTokenVerifier(auth.read_audience, certs), principals=principals
+            )
+        elif not is_loopback(host):
+            log.warning(
+                "reads under /v1 need no token: only an outer gate (Cloud Run's invoker check) "
+                "protects them. Set RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS to "
+                "check callers here as well."
+            )
+        return cls(push=push, read=read, certs=certs)
+
+    @asynccontextmanager
+    async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
+        if self._certs is None:
+            yield
+            return
+        await self._certs.open()
+        try:
+            yield
+        finally:
+            await self._certs.close()
+
+    # Litestar deep-copies a Router as it registers it. A bound method would take a
+    # copy of this object along, with a certificate client the lifespan never
+    # opens; a closure is shared as it is.
+
+    @property
+    def push_guards(self) -> list[Guard]:
+        push = self._push
+        if push is None:
+            return []
+
+        async def check_push(
+            connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+        ) -> None:
+            await push.check(
+                connection.headers.get("authorization"), connection.query_params.get("token")
+            )
+
+        return [check_push]
+
+    @property
+    def read_guards(self) -> list[Guard]:
+        read = self._read
+        if read is None:
+            return []
+
+        async def check_read(
+            connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+        ) -> None:
+            await read.check(connection.headers.get("authorization"))
+
+        return [check_read]
+
+
+def _pair(name: str, value: str, other: str, values: object) -> None:
+    if bool(value) != bool(values):
+        raise SettingsError(f"{name} and {other} work together: set both, or neither")

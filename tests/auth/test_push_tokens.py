@@ -1,0 +1,166 @@
+"""Only Pub/Sub's push identity can write: every forged or misdirected token is refused."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.asgi import create_app
+from app.settings import Settings
+from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, FakeGoogle, rsa_key
+from tests.conftest import envelope
+
+RECORD = {"id": "1", "data": "Ejemplo de datos"}
+OTHER_PUSHER = "other-pusher@demo.iam.gserviceaccount.com"
+
+
+def oidc_settings(google: FakeGoogle, **extra: str) -> Settings:
+    return Settings.load(
+        {
+            "RECORDLINE_STORE": "memory:",
+            "RECORDLINE_PUSH_AUDIENCE": PUSH_AUDIENCE,
+            "RECORDLINE_PUSH_SERVICE_ACCOUNTS": f"{PUSHER}, {OTHER_PUSHER}",
+            "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def client(google: FakeGoogle) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(create_app(oidc_settings(google))) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+NOW = int(time.time())
+
+# Each builds the request headers from the fake issuer.
+UNAUTHENTICATED: dict[str, Callable[[FakeGoogle], dict[str, str]]] = {
+    "no header": lambda g: {},
+    "wrong scheme": lambda g: {"Authorization": f"Basic {g.mint()}"},
+    "empty bearer": lambda g: {"Authorization": "Bearer "},
+    "garbage": lambda g: bearer("not.a.token"),
+    "alg none": lambda g: bearer(g.forge_none()),
+    "HS256 keyed with the public key": lambda g: bearer(g.forge_hs256()),
+    "unknown kid": lambda g: bearer(g.mint(kid="k-unknown", key=rsa_key("k1"))),
+    "wrong key": lambda g: bearer(g.mint(key=rsa_key("attacker"))),
+    "expired": lambda g: bearer(g.mint(iat=NOW - 7200, exp=NOW - 3600)),
+    "iat in the future": lambda g: bearer(g.mint(iat=NOW + 3600, exp=NOW + 7200)),
+    "no exp": lambda g: bearer(g.mint(exp=None)),
+    "wrong aud": lambda g: bearer(g.mint(aud=PUSH_AUDIENCE + "/")),
+    "wrong iss": lambda g: bearer(g.mint(iss="https://accounts.example.com")),
+    "email_verified false": lambda g: bearer(g.mint(email_verified=False)),
+    "email_verified as a string": lambda g: bearer(g.mint(email_verified="true")),
+    "no email": lambda g: bearer(g.mint(email=None)),
+    "valid token for a different service": lambda g: bearer(
+        g.mint(aud="https://billing.example.com/pubsub/push")
+    ),
+    "signature removed by Google": lambda g: bearer(g.strip_signature(g.mint())),
+    "oversized": lambda g: bearer("a" * 10_000),
+}
+
+
+@pytest.mark.parametrize("case", list(UNAUTHENTICATED))
+async def test_forged_token_is_refused_with_401(
+    case: str,
+    google: FakeGoogle,
+    client: AsyncTestClient[Litestar],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    headers = UNAUTHENTICATED[case](google)
+    with caplog.at_level(logging.WARNING, logger="app.auth"):
+        response = await client.post("/pubsub/push", json=envelope(RECORD), headers=headers)
+
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["www-authenticate"].startswith('Bearer realm="pubsub-push"')
+    # The answer tells a client what to bring, not which check failed.
+    assert response.json()["detail"] == "A valid bearer token is required."
+    [logged] = [r for r in caplog.records if r.name.startswith("app.auth")]
+    assert logged.levelno == logging.WARNING
+    assert "401" in logged.getMessage()
+    if "Authorization" in headers and len(headers["Authorization"]) > 12:
+        assert headers["Authorization"].split(" ", 1)[1] not in logged.getMessage()
+    # Nothing was stored.
+    assert (await client.get("/v1/messages/m-1")).status_code == 404
+
+
+async def test_a_token_for_another_service_account_is_refused_with_403(
+    google: FakeGoogle, client: AsyncTestClient[Litestar], caplog: pytest.LogCaptureFixture
+) -> None:
+    token = google.mint(email="intruder@demo.iam.gserviceaccount.com")
+    with caplog.at_level(logging.WARNING, logger="app.auth"):
+        response = await client.post("/pubsub/push", json=envelope(RECORD), headers=bearer(token))
+
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "intruder" not in response.text
+    assert "intruder@demo.iam.gserviceaccount.com is not in" in caplog.text
+    assert token not in caplog.text
+
+
+async def test_a_valid_token_pushes(google: FakeGoogle, client: AsyncTestClient[Litestar]) -> None:
+    response = await client.post(
+        "/pubsub/push", json=envelope(RECORD), headers=bearer(google.mint())
+    )
+
+    assert response.status_code == 204
+    assert (await client.get("/v1/messages/m-1")).json()["status"] == "stored"
+
+
+async def test_certs_are_fetched_once_across_many_pushes(
+    google: FakeGoogle, client: AsyncTestClient[Litestar]
+) -> None:
+    # Several distinct tokens (two accounts, re-minted), each pushed many times.
+    tokens = [google.mint(), google.mint(iat=NOW - 1), google.mint(email=PUSHER.upper())]
+    for n in range(60):
+        headers = bearer(tokens[n % len(tokens)])
+        response = await client.post(
+            "/pubsub/push", json=envelope(RECORD, message_id=f"m-{n}"), headers=headers
+        )
+        assert response.status_code == 204
+
+    assert google.requests == 1
+
+
+async def test_refused_token_does_not_poison_the_cache_for_a_valid_one(
+    google: FakeGoogle, client: AsyncTestClient[Litestar]
+) -> None:
+    for n in range(20):
+        bogus = bearer(google.mint(kid=f"bogus-{n}", key=rsa_key("attacker")))
+        assert (
+            await client.post("/pubsub/push", json=envelope(RECORD), headers=bogus)
+        ).status_code == 401
+
+    response = await client.post(
+        "/pubsub/push", json=envelope(RECORD), headers=bearer(google.mint())
+    )
+    assert response.status_code == 204
+    # The first bogus kid could refetch; the other 19 fall within the rate limit.
+    assert google.requests <= 2
+
+
+async def test_unreachable_certs_mean_retry_later_not_unauthorized(google: FakeGoogle) -> None:
+    google.status = 500
+    async with AsyncTestClient(create_app(oidc_settings(google))) as client:
+        response = await client.post(
+            "/pubsub/push", json=envelope(RECORD), headers=bearer(google.mint())
+        )
+
+    # Pub/Sub redelivers a 503; a 401 would be the same nack, but it would blame the sender.
+    assert response.status_code == 503
+    assert "retry-after" in response.headers
+
+
+async def test_health_stays_open(client: AsyncTestClient[Litestar]) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200

@@ -1,0 +1,195 @@
+"""Oversized or overlong input gets a 400 or 413 problem document, and is never read whole."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.asgi import create_app
+from app.ingest.envelope import MAX_ATTRIBUTES
+from app.ingest.service import MAX_ID_LENGTH
+from app.query.routes import MAX_PAGE_TOKEN_LENGTH
+from app.settings import Settings
+from tests.conftest import envelope
+
+PUSH_TOKEN = "a1b2c3d4e5f6a7b8c9d0"
+CHUNK = 64 * 1024
+TWENTY_MB = 20 * 1024 * 1024
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.load({"RECORDLINE_STORE": "memory:", "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN})
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(create_app(settings)) as client:  # runs the lifespan
+        yield client
+
+
+@pytest.fixture
+def app(client: AsyncTestClient[Litestar]) -> Litestar:
+    return client.app
+
+
+class Upload:
+    """An ASGI request body of `size` bytes, produced chunk by chunk as the app asks."""
+
+    def __init__(self, size: int) -> None:
+        self._chunks = self._generate(size)
+        self.pulled = 0
+
+    @staticmethod
+    def _generate(size: int) -> Iterator[bytes]:
+        chunk = b"x" * CHUNK  # one buffer, sent again and again: 20 MB never exists at once
+        for _ in range(size // CHUNK):
+            yield chunk
+
+    async def receive(self) -> dict[str, Any]:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        self.pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+
+async def post(
+    app: Litestar, upload: Upload, *, headers: dict[str, str], query: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/pubsub/push",
+        "raw_path": b"/pubsub/push",
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, upload.receive, send)  # type: ignore[arg-type]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
+async def test_a_20_mb_push_gets_413_without_being_read_whole(
+    app: Litestar, settings: Settings, announced: bool
+) -> None:
+    upload = Upload(TWENTY_MB)
+    headers = {"content-type": "application/json"}
+    if announced:
+        headers["content-length"] = str(TWENTY_MB)
+    else:
+        headers["transfer-encoding"] = "chunked"
+
+    status, response_headers, body = await post(
+        app, upload, headers=headers, query=f"token={PUSH_TOKEN}"
+    )
+
+    assert status == 413
+    assert response_headers["content-type"].startswith("application/problem+json")
+    assert json.loads(body)["status"] == 413
+    if announced:
+        assert upload.pulled == 0  # refused on the header alone
+    else:
+        # Reading stopped at the first chunk past the limit.
+        assert upload.pulled <= settings.server.max_body_bytes + CHUNK
+        assert upload.pulled < TWENTY_MB
+
+
+async def test_an_unauthenticated_20_mb_push_is_refused_before_its_body_is_read(
+    app: Litestar,
+) -> None:
+    upload = Upload(TWENTY_MB)
+    status, _, _ = await post(app, upload, headers={"transfer-encoding": "chunked"})
+
+    assert status == 401
+    assert upload.pulled == 0
+
+
+async def test_too_many_attributes_is_400(client: AsyncTestClient[Litestar]) -> None:
+    attributes = {f"a{n}": "v" for n in range(MAX_ATTRIBUTES + 1)}
+    response = await client.post(
+        f"/pubsub/push?token={PUSH_TOKEN}", json=envelope({"id": "1"}, attributes=attributes)
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "attributes" in response.json()["detail"]
+
+
+async def test_too_many_attribute_headers_in_an_unwrapped_push_is_400(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    headers = {
+        "x-goog-pubsub-message-id": "m-1",
+        "x-goog-pubsub-publish-time": "2024-04-27T12:00:01Z",
+        **{f"a{n}": "v" for n in range(MAX_ATTRIBUTES + 1)},
+    }
+    response = await client.post(
+        f"/pubsub/push?token={PUSH_TOKEN}", content=b'{"id": "1"}', headers=headers
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_an_overlong_record_id_is_rejected_and_acknowledged(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    # A producer bug must not stall the subscription: stored in `rejected`, answered 204.
+    payload = {"id": "x" * (MAX_ID_LENGTH + 1)}
+    response = await client.post(f"/pubsub/push?token={PUSH_TOKEN}", json=envelope(payload))
+
+    assert response.status_code == 204
+    message = (await client.get("/v1/messages/m-1")).json()
+    assert message["status"] == "rejected"
+    assert "$.id" in message["reason"]
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        (f"/v1/records?page_token={'A' * (MAX_PAGE_TOKEN_LENGTH + 1)}", "page_token"),
+        (f"/v1/records/{'r' * (MAX_ID_LENGTH + 1)}", "record_id"),
+        (f"/v1/messages/{'9' * (MAX_ID_LENGTH + 1)}", "message_id"),
+        ("/v1/records?page=2", "page"),
+        ("/v1/records?limit=100000", "limit"),
+    ],
+)
+async def test_overlong_or_unknown_parameters_are_400(
+    client: AsyncTestClient[Litestar], path: str, parameter: str
+) -> None:
+    response = await client.get(path)
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["parameter"] == parameter
+
+
+async def test_ids_up_to_the_limit_are_looked_up(client: AsyncTestClient[Litestar]) -> None:
+    record_id = "r" * MAX_ID_LENGTH
+    data = base64.b64encode(json.dumps({"id": record_id}).encode()).decode()
+    body = envelope({"id": record_id})
+    assert body["message"]["data"] == data
+    assert (await client.post(f"/pubsub/push?token={PUSH_TOKEN}", json=body)).status_code == 204
+
+    assert (await client.get(f"/v1/records/{record_id}")).json()["id"] == record_id
