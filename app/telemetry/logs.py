@@ -1,0 +1,67 @@
+"""Logs: JSON lines in Cloud Logging's format, or text on a terminal.
+
+Cloud Run ships stdout to Cloud Logging, which reads `severity`, `message`,
+`httpRequest` and the `logging.googleapis.com/*` trace fields from each JSON
+line; with those, the Logs Explorer shows a line under its trace and Cloud
+Trace shows the trace's lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import msgspec
+from opentelemetry import trace
+
+_encode = msgspec.json.encode
+
+TRACE_FIELD = "logging.googleapis.com/trace"
+SPAN_FIELD = "logging.googleapis.com/spanId"
+SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
+
+
+class CloudLoggingFormatter(logging.Formatter):
+    """One JSON object per line with the fields Cloud Logging reads.
+
+    Structured fields travel in `extra={"fields": {...}}`. The trace is the
+    span current where the line was logged: the request's server span in a
+    handler, the flush span in the batcher.
+    """
+
+    def __init__(self, project: str | None = None) -> None:
+        super().__init__()
+        # Cloud Logging links a line to Cloud Trace only through the full
+        # resource name; a bare trace id still groups a request's lines.
+        self._trace_prefix = f"projects/{project}/traces/" if project else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        if record.exc_info:
+            entry["message"] += "\n" + self.formatException(record.exc_info)
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry[TRACE_FIELD] = f"{self._trace_prefix}{span.trace_id:032x}"
+            entry[SPAN_FIELD] = f"{span.span_id:016x}"
+            entry[SAMPLED_FIELD] = span.trace_flags.sampled
+        for key, value in getattr(record, "fields", {}).items():
+            entry[key] = value
+        return _encode(entry).decode()
+
+
+def configure_logging(level: str, fmt: str, *, project: str | None = None) -> None:
+    text = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        if text
+        else CloudLoggingFormatter(project)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,83 @@
+"""Telemetry wired to in-memory exporters, passed into create_app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from app.asgi import create_app
+from app.store.duckdb import DuckDBStore
+from app.telemetry import Telemetry
+from tests.conftest import settings
+from tests.fakes import FaultyStore
+
+RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
+
+
+class Observed:
+    """What one app reported: finished spans and collected metrics."""
+
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.telemetry = Telemetry(
+            tracer_provider=tracer_provider,
+            meter_provider=MeterProvider(metric_readers=[self.reader]),
+        )
+
+    def finished(self, name: str | None = None) -> list[ReadableSpan]:
+        spans = self.spans.get_finished_spans()
+        return [s for s in spans if name is None or s.name == name]
+
+    def points(self, metric: str) -> list[Any]:
+        """Data points of one metric, collected now (call it while the app runs)."""
+        data = self.reader.get_metrics_data()
+        if data is None:
+            return []
+        return [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for m in scope.metrics
+            if m.name == metric
+            for point in m.data.data_points
+        ]
+
+    def count(self, metric: str, **attributes: str) -> float:
+        return sum(
+            p.value
+            for p in self.points(metric)
+            if all(p.attributes.get(k) == v for k, v in attributes.items())
+        )
+
+
+@pytest.fixture
+def observed() -> Observed:
+    return Observed()
+
+
+@pytest.fixture
+def store() -> FaultyStore:
+    return FaultyStore(DuckDBStore(":memory:"))
+
+
+@pytest.fixture
+def app(observed: Observed, store: FaultyStore) -> Litestar:
+    return create_app(settings(), store=store, telemetry=observed.telemetry)
+
+
+@pytest.fixture
+def client(app: Litestar) -> Iterator[TestClient[Litestar]]:
+    with TestClient(app) as client:
+        yield client

@@ -1,0 +1,160 @@
+"""The metrics dashboards and SLOs are built on, under their exact names."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from app.asgi import create_app
+from app.telemetry.metrics import coarse_reason
+from tests.conftest import envelope, settings
+from tests.fakes import FaultyStore
+from tests.telemetry.conftest import RECORD, Observed
+
+
+def test_stored_message_records_its_lag_and_outcome(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    published = time.time() - 90
+    publish_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(published))
+    response = client.post("/pubsub/push", json=envelope(RECORD, publish_time=publish_time))
+    assert response.status_code == 204
+
+    assert observed.count("recordline.messages", outcome="stored") == 1
+    (lag,) = observed.points("recordline.ingest.lag")
+    assert lag.count == 1
+    # Published 90 s ago, to the second: the lag lands in the (60, 120] bucket.
+    assert 89 <= lag.sum <= 95
+    assert lag.explicit_bounds[-1] == 3600
+    (rows,) = observed.points("recordline.append.rows")
+    assert (rows.count, rows.sum) == (1, 1)
+    (duration,) = observed.points("recordline.append.duration")
+    assert duration.count == 1
+    assert duration.explicit_bounds[0] == 0.001
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (envelope({"id": 7}), "id"),
+        (envelope({"data": "no id"}), "id"),
+        (envelope({"id": "1", "timestamp": "yesterday"}), "timestamp"),
+        (envelope([1, 2]), "payload"),
+        (envelope(None, raw_data=b"{not json"), "json"),
+        (
+            {
+                "message": {
+                    "data": "***",
+                    "messageId": "m-1",
+                    "publishTime": "2024-04-27T12:00:01Z",
+                },
+            },
+            "base64",
+        ),
+    ],
+)
+def test_rejection_is_counted_with_a_coarse_reason(
+    client: TestClient[Litestar], observed: Observed, message: dict[str, object], reason: str
+) -> None:
+    assert client.post("/pubsub/push", json=message).status_code == 204
+    assert client.get("/v1/messages/m-1").json()["status"] == "rejected"
+    assert observed.count("recordline.messages", outcome="rejected", reason=reason) == 1
+    assert observed.count("recordline.messages", outcome="stored") == 0
+
+
+def test_store_failure_is_counted_as_retried_with_its_cause(
+    client: TestClient[Litestar], store: FaultyStore, observed: Observed
+) -> None:
+    store.failing = True
+    assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 503
+    assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 503
+    assert observed.count("recordline.messages", outcome="retried", reason="store") == 2
+    assert observed.points("recordline.ingest.lag") == []
+
+
+def test_deadline_is_counted_as_retried_with_its_cause(
+    store: FaultyStore, observed: Observed
+) -> None:
+    app = create_app(
+        settings(RECORDLINE_WRITE_DEADLINE_SECONDS="0.1"), store=store, telemetry=observed.telemetry
+    )
+    store.delay = 0.5
+    with TestClient(app) as client:
+        assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 503
+        assert observed.count("recordline.messages", outcome="retried", reason="deadline") == 1
+
+
+def test_queries_are_timed_by_route(client: TestClient[Litestar], observed: Observed) -> None:
+    client.post("/pubsub/push", json=envelope(RECORD))
+    client.get("/v1/records")
+    client.get("/v1/records/1")
+    client.get("/v1/messages/m-1")
+    routes = {p.attributes["route"]: p.count for p in observed.points("recordline.query.duration")}
+    assert routes == {
+        "/v1/records": 1,
+        "/v1/records/{record_id}": 1,
+        "/v1/messages/{message_id}": 1,
+    }
+
+
+def test_queue_depth_and_watermark_lag_are_gauges(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    (depth,) = observed.points("recordline.queue.depth")
+    assert depth.value == 0
+    (watermark,) = observed.points("recordline.watermark.lag")
+    # Nothing pending on a local store: the horizon is now.
+    assert 0 <= watermark.value < 5
+
+
+def test_pages_carry_their_freshness_in_a_header(client: TestClient[Litestar]) -> None:
+    client.post("/pubsub/push", json=envelope(RECORD))
+    response = client.get("/v1/records")
+    assert response.headers["Recordline-Complete-Until"] == response.json()["complete_until"]
+
+
+def test_prometheus_text_is_served_at_metrics(store: FaultyStore) -> None:
+    # The default: OTEL_METRICS_EXPORTER=prometheus, readable without any collector.
+    with TestClient(create_app(settings(), store=store)) as client:
+        client.post("/pubsub/push", json=envelope(RECORD))
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert "recordline_ingest_lag_seconds_bucket" in text
+    assert stored_count(text) == 1
+    assert "recordline_queue_depth" in text
+
+
+def test_two_apps_in_one_process_keep_their_own_metrics(store: FaultyStore) -> None:
+    first = create_app(settings(), store=store)
+    second = create_app(settings(), store=FaultyStore(store.inner))
+    with TestClient(first) as one, TestClient(second) as two:
+        one.post("/pubsub/push", json=envelope(RECORD))
+        assert stored_count(one.get("/metrics").text) == 1
+        assert stored_count(two.get("/metrics").text) == 0
+
+
+def stored_count(prometheus_text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in prometheus_text.splitlines()
+        if line.startswith("recordline_messages_total{") and 'outcome="stored"' in line
+    )
+
+
+def test_no_metrics_route_without_prometheus(store: FaultyStore) -> None:
+    app = create_app(settings(OTEL_METRICS_EXPORTER="none"), store=store)
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == 404
+
+
+def test_coarse_reason_names_the_first_field() -> None:
+    assert coarse_reason("payload: Expected `str`, got `int` - at `$.id`") == "id"
+    assert coarse_reason("payload: Object missing required field `id`") == "id"
+    assert coarse_reason("payload: Expected `object`, got `array`") == "payload"
+    assert coarse_reason("payload is not JSON: malformed") == "json"
+    assert coarse_reason("message.data: not valid base64") == "base64"

@@ -1,0 +1,185 @@
+"""From the publisher's span to the stored row, through Cloud Trace's eyes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Litestar
+from litestar.testing import TestClient
+from opentelemetry.trace import SpanKind
+
+from app.asgi import create_app
+from app.telemetry import Telemetry
+from tests.conftest import envelope, served, settings
+from tests.fakes import FaultyStore
+from tests.telemetry.conftest import RECORD, Observed
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN_ID = "b7ad6b7169203331"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
+PUBLISHER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PUBLISHER_SPAN_ID = "00f067aa0ba902b7"
+
+
+def test_push_continues_the_incoming_trace_and_the_row_keeps_its_id(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    response = client.post(
+        "/pubsub/push", json=envelope(RECORD), headers={"traceparent": TRACEPARENT}
+    )
+    assert response.status_code == 204
+
+    (server,) = observed.finished("POST /pubsub/push")
+    assert server.kind is SpanKind.SERVER
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == PARENT_SPAN_ID
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 204
+    assert server.attributes["messaging.system"] == "gcp_pubsub"
+    assert server.attributes["messaging.message.id"] == "m-1"
+    assert server.attributes["messaging.operation.type"] == "process"
+    assert (
+        server.attributes["messaging.destination.subscription.name"]
+        == "projects/demo/subscriptions/records-push"
+    )
+    assert server.attributes["messaging.message.body.size"] > 0
+
+    status = client.get("/v1/messages/m-1").json()
+    assert status["record"]["trace_id"] == TRACE_ID
+
+
+def test_delivery_attempt_is_recorded(client: TestClient[Litestar], observed: Observed) -> None:
+    client.post("/pubsub/push", json=envelope(RECORD, deliveryAttempt=3))
+    (server,) = observed.finished("POST /pubsub/push")
+    assert server.attributes is not None
+    assert server.attributes["messaging.gcp_pubsub.message.delivery_attempt"] == 3
+
+
+def test_publisher_span_from_message_attributes_is_linked(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    attributes = {
+        "googclient_traceparent": f"00-{PUBLISHER_TRACE_ID}-{PUBLISHER_SPAN_ID}-01",
+        "googclient_tracestate": "vendor=value",
+    }
+    response = client.post(
+        "/pubsub/push",
+        json=envelope(RECORD, attributes=attributes),
+        headers={"traceparent": TRACEPARENT},
+    )
+    assert response.status_code == 204
+
+    (server,) = observed.finished("POST /pubsub/push")
+    (link,) = server.links
+    assert f"{link.context.trace_id:032x}" == PUBLISHER_TRACE_ID
+    assert f"{link.context.span_id:016x}" == PUBLISHER_SPAN_ID
+    assert link.context.trace_state.get("vendor") == "value"
+    # Linked, not adopted: the push stays in the trace Cloud Run started.
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+
+
+def test_a_malformed_publisher_traceparent_is_ignored(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    attributes = {"googclient_traceparent": "00-not-a-trace-01"}
+    response = client.post("/pubsub/push", json=envelope(RECORD, attributes=attributes))
+    assert response.status_code == 204
+    (server,) = observed.finished("POST /pubsub/push")
+    assert server.links == ()
+
+
+def test_cloud_run_trace_header_is_honoured(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    # X-Cloud-Trace-Context carries the span id in decimal.
+    header = f"{TRACE_ID}/{int(PARENT_SPAN_ID, 16)};o=1"
+    response = client.post(
+        "/pubsub/push", json=envelope(RECORD), headers={"X-Cloud-Trace-Context": header}
+    )
+    assert response.status_code == 204
+
+    (server,) = observed.finished("POST /pubsub/push")
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == PARENT_SPAN_ID
+    assert client.get("/v1/records/1").json()["trace_id"] == TRACE_ID
+
+
+def test_without_an_incoming_trace_the_row_gets_the_new_trace(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    client.post("/pubsub/push", json=envelope(RECORD))
+    (server,) = observed.finished("POST /pubsub/push")
+    assert server.parent is None
+    assert client.get("/v1/records/1").json()["trace_id"] == f"{server.context.trace_id:032x}"
+
+
+def test_with_tracing_off_the_row_still_keeps_the_callers_trace_id(store: FaultyStore) -> None:
+    with TestClient(create_app(settings(), store=store, telemetry=Telemetry())) as client:
+        client.post("/pubsub/push", json=envelope(RECORD), headers={"traceparent": TRACEPARENT})
+        assert client.get("/v1/records/1").json()["trace_id"] == TRACE_ID
+
+
+async def test_flush_span_links_every_request_it_served(
+    app: Litestar, store: FaultyStore, observed: Observed
+) -> None:
+    # Hold the store so the pushes pile up into one batch.
+    store.release.clear()
+    async with served(app) as client:
+        pushes = [
+            asyncio.create_task(
+                client.post("/pubsub/push", json=envelope({"id": str(n)}, message_id=f"m-{n}"))
+            )
+            for n in range(5)
+        ]
+        await asyncio.sleep(0.2)  # all five are queued or appending by now
+        store.release.set()
+        responses = await asyncio.gather(*pushes)
+    assert [r.status_code for r in responses] == [204] * 5
+
+    servers = {s.context.span_id for s in observed.finished("POST /pubsub/push")}
+    flushes = observed.finished("recordline.flush")
+    linked = {link.context.span_id for f in flushes for link in f.links}
+    assert linked == servers
+    assert sum(f.attributes["recordline.batch.rows"] for f in flushes) == 5  # type: ignore[index]
+    assert any(f.attributes["recordline.batch.rows"] > 1 for f in flushes)  # type: ignore[index]
+    # The store's append is a child of its flush.
+    appends = observed.finished("recordline.store.append")
+    assert {a.parent.span_id for a in appends if a.parent} == {f.context.span_id for f in flushes}
+
+
+def test_failed_append_marks_the_spans_as_errors(
+    client: TestClient[Litestar], store: FaultyStore, observed: Observed
+) -> None:
+    store.failing = True
+    assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 503
+    (server,) = observed.finished("POST /pubsub/push")
+    assert not server.status.is_ok
+    (flush,) = observed.finished("recordline.flush")
+    assert not flush.status.is_ok
+    assert any(e.name == "exception" for e in flush.events)
+
+
+def test_queries_are_traced_with_the_rows_they_return(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    for n in range(3):
+        client.post("/pubsub/push", json=envelope({"id": str(n)}, message_id=f"m-{n}"))
+    assert client.get("/v1/records").status_code == 200
+
+    (server,) = observed.finished("GET /v1/records")
+    (query,) = observed.finished("recordline.store.page")
+    assert query.parent is not None
+    assert query.parent.span_id == server.context.span_id
+    assert query.attributes is not None
+    assert query.attributes["db.response.returned_rows"] == 3
+
+
+def test_health_endpoints_and_metrics_are_not_traced(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    client.get("/metrics")
+    assert observed.finished() == []
