@@ -48,10 +48,6 @@ RowOutcome = str | None
 class Store(Protocol):
     """A durable home for records and rejections, readable by key order."""
 
-    # Rows younger than this many microseconds may still be committing on
-    # another instance; reads stay behind that horizon (0 for a local store).
-    settle_micros: int
-
     async def start(self) -> None:
         """Open connections and create the tables if they are missing."""
 
@@ -60,6 +56,20 @@ class Store(Protocol):
 
     async def check(self) -> None:
         """Raise StoreUnavailable unless the store can take writes and reads."""
+
+    async def barrier(self) -> None:
+        """Return once every append acknowledged before the call is readable.
+
+        Reads call it first, so a client reads its own acknowledged writes.
+        """
+
+    def read_horizon(self, now: int) -> int:
+        """Every row appended with an ingest_time below this is readable (µs).
+
+        A local store answers with the oldest row it acknowledged but cannot
+        read yet; a shared one with `now` less the time another instance may
+        still be committing.
+        """
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         """Store the rows durably, or raise StoreUnavailable having stored none reliably.

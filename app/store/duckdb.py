@@ -1,22 +1,29 @@
 """The embedded default store: one DuckDB file (or memory), one process.
 
-Writes go through a single writer thread as Arrow batches (one INSERT per
-flush: ~4 ms for 64 rows, against ~40 ms for `executemany`). Reads run on a
-small pool of reader threads with their own cursors, so neither blocks the
-event loop and a long read never holds up a write.
+An append is durable once its rows are in the commit journal (one write and
+one fdatasync, see journal.py); an applier task then moves journaled rows into
+DuckDB as Arrow batches through a single writer thread, many appends per
+INSERT. Reads run on a small pool of reader threads with their own cursors, so
+neither blocks the event loop. Pages never reach past the oldest row not yet
+applied (the read horizon), and point reads wait until every append made
+before them is applied, so a client reads its own acknowledged writes.
 
 A DuckDB file is locked by one process, so this store sees every write: it
-keeps message_id unique on insert (`INSERT OR IGNORE` on the primary key),
-and the first stored copy of a message is the only one.
+keeps message_id unique on insert (a primary key), and the first stored copy
+of a message is the only one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
@@ -25,6 +32,7 @@ import pyarrow as pa
 from app.errors import StoreUnavailable
 from app.records import Column, Kind, Record, Rejection, Row, columns
 from app.store import MessageStatus, PageQuery, RowOutcome
+from app.store.journal import Frame, Journal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +57,16 @@ _READER_THREADS = 4
 # many rows; the default (50) is below our page size, and raising it halved
 # the latency of a 100-row page out of 1M rows (p50 16.6 → 7.0 ms).
 _LATE_MATERIALIZATION_ROWS = 2000
+# Journaled rows not yet in DuckDB, at most: past it, appends wait for the
+# applier, and pushes get 503 by their deadline rather than memory growing.
+_MAX_UNAPPLIED_ROWS = 100_000
+# Rows per INSERT when the applier catches up: larger batches amortise
+# DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
+_APPLY_MAX_ROWS = 20_000
+# The journal is emptied once all of it is in DuckDB and it has grown past this.
+_JOURNAL_TRUNCATE_BYTES = 8 * 1024 * 1024
+# A point read waits this long for earlier appends to become readable.
+_READ_BARRIER_SECONDS = 5.0
 
 
 def ddl(table: str, row_type: type[Row]) -> str:
@@ -110,21 +128,49 @@ def _record(values: tuple[Any, ...]) -> Record:
     return Record(**dict(zip(_RECORD_FIELDS, values, strict=True)))
 
 
-class DuckDBStore:
-    """A Store on one DuckDB database (`:memory:` for a throwaway one)."""
+class _Unapplied:
+    __slots__ = ("frame_number", "oldest", "rows")
 
-    settle_micros = 0
+    def __init__(self, frame_number: int, rows: Sequence[Record | Rejection]) -> None:
+        self.frame_number = frame_number
+        self.rows = rows
+        self.oldest = min(r.ingest_time for r in rows)
+
+
+class DuckDBStore:
+    """A Store on one DuckDB database (`:memory:` for a throwaway one, with no journal)."""
+
+    # One append at a time keeps journal frames in ingest-time order, which the
+    # read horizon relies on; an append is a fraction of a millisecond anyway.
     max_in_flight = 1
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._journal = None if path == ":memory:" else Journal(Path(f"{path}.journal"))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
+        self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="duckdb-journal")
         self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
         self._local = threading.local()
+        self._unapplied: deque[_Unapplied] = deque()
+        self._unapplied_rows = 0
+        self._frames = 0  # appends accepted; a journaled store numbers them as its frames
+        self._applied = 0  # appends whose rows are all in DuckDB
+        self._progress = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._apply_error: str | None = None
+        self._applier: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._write(self._open)
+        if self._journal is not None:
+            frames = await self._in_journal_thread(self._journal.open)
+            if frames:
+                log.info("replaying %d journal frames left by the last run", len(frames))
+                for frame in frames:
+                    await self._write(self._insert, [*frame.records, *frame.rejections])
+                await self._in_journal_thread(self._journal.truncate)
+        self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
 
     def _open(self) -> None:
         con = duckdb.connect(self.path)
@@ -134,41 +180,146 @@ class DuckDBStore:
         self._con = con
 
     async def close(self) -> None:
+        if self._applier is not None:
+            # Whatever is not applied now stays in the journal for the next start.
+            try:
+                async with asyncio.timeout(_READ_BARRIER_SECONDS):
+                    await self._caught_up(self._frames)
+            except (TimeoutError, StoreUnavailable):
+                log.warning("closing with %d journaled rows not applied", self._unapplied_rows)
+            self._applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._applier
         con, self._con = self._con, None
         self._readers.shutdown(wait=True)
+        if self._journal is not None:
+            await self._in_journal_thread(self._journal.close)
+        self._journal_thread.shutdown(wait=True)
         if con is not None:
             await self._write(con.close)
         self._writer.shutdown(wait=True)
 
     async def check(self) -> None:
+        if self._apply_error is not None:
+            raise StoreUnavailable(f"journaled rows cannot be applied: {self._apply_error}")
         await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
+
+    def read_horizon(self, now: int) -> int:
+        return min(self._unapplied[0].oldest, now) if self._unapplied else now
 
     # -- writing ---------------------------------------------------------------
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
-        await self._write(self._insert, rows)
+        if self._con is None:
+            raise StoreUnavailable("the DuckDB store is closed")
+        while self._unapplied_rows >= _MAX_UNAPPLIED_ROWS:
+            await self._progress.wait()
+        if self._journal is not None:
+            frame = Frame(
+                records=[r for r in rows if type(r) is Record],
+                rejections=[r for r in rows if type(r) is Rejection],
+            )
+            try:
+                self._frames = await self._in_journal_thread(self._journal.append, frame)
+            except OSError as exc:
+                log.error("journal write failed: %s", exc)
+                raise StoreUnavailable(f"journal write failed: {exc}") from exc
+        else:
+            self._frames += 1
+        self._unapplied.append(_Unapplied(self._frames, rows))
+        self._unapplied_rows += len(rows)
+        self._wake.set()
         return [None] * len(rows)
 
+    async def _apply_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._unapplied:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch: list[_Unapplied] = []
+            count = 0
+            for entry in self._unapplied:
+                if batch and count + len(entry.rows) > _APPLY_MAX_ROWS:
+                    break
+                batch.append(entry)
+                count += len(entry.rows)
+            rows = [row for entry in batch for row in entry.rows]
+            try:
+                await self._write(self._insert, rows)
+            except StoreUnavailable as exc:
+                # The rows are safe in the journal; keep trying, and say so.
+                self._apply_error = str(exc)
+                log.error("applying %d journaled rows failed, retrying: %s", len(rows), exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
+            self._apply_error = None
+            for _ in batch:
+                self._unapplied.popleft()
+            self._unapplied_rows -= count
+            self._applied = batch[-1].frame_number
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
+            if self._journal is not None and not self._unapplied:
+                await self._in_journal_thread(
+                    self._journal.truncate_if_applied,
+                    self._applied,
+                    min_bytes=_JOURNAL_TRUNCATE_BYTES,
+                )
+
+    async def _caught_up(self, frame_number: int) -> None:
+        while self._applied < frame_number:
+            progress = self._progress
+            if self._applier is None or self._applier.done():
+                raise StoreUnavailable("the DuckDB store is not applying writes")
+            await progress.wait()
+
     def _insert(self, rows: Sequence[Record | Rejection]) -> None:
-        con = self._connection()
-        records = [r for r in rows if type(r) is Record]
-        rejections = [r for r in rows if type(r) is Rejection]
-        tables = [(n, t) for n, t in (("records", records), ("rejected", rejections)) if t]
-        if len(tables) > 1:
-            con.begin()
+        # First copy wins, within the batch as across batches.
+        firsts: dict[tuple[type, str], Record | Rejection] = {}
+        for row in rows:
+            firsts.setdefault((type(row), row.message_id), row)
+        records = [r for r in firsts.values() if isinstance(r, Record)]
+        rejections = [r for r in firsts.values() if isinstance(r, Rejection)]
         try:
-            for name, batch in tables:
-                row_type = Record if name == "records" else Rejection
-                con.register("incoming", _arrow(batch, row_type))
-                try:
-                    con.execute(f"INSERT OR IGNORE INTO {name} SELECT * FROM incoming")
-                finally:
-                    con.unregister("incoming")
-            if len(tables) > 1:
-                con.commit()
+            self._insert_rows(records, rejections, on_conflict="")
+        except duckdb.ConstraintException:
+            # A redelivery of a message stored earlier. `INSERT OR IGNORE` costs
+            # ~4x a plain INSERT on a VARCHAR key (12.8 against 3.6 ms for 64
+            # rows into 200k), so it is only the fallback for this rare case.
+            self._insert_rows(records, rejections, on_conflict="OR IGNORE")
+
+    def _insert_rows(
+        self,
+        records: list[Record],
+        rejections: list[Rejection],
+        *,
+        on_conflict: str,
+    ) -> None:
+        con = self._connection()
+        # DuckDB reads these Arrow tables through its replacement scan of the
+        # local variables named in the SQL. Registering and unregistering a view
+        # instead costs two more statements, ~1.5 ms of a ~5 ms append.
+        incoming_records = _arrow(records, Record)  # noqa: F841
+        incoming_rejected = _arrow(rejections, Rejection)  # noqa: F841
+        statements = [
+            f"INSERT {on_conflict} INTO {table} SELECT * FROM incoming_{table}"
+            for table, rows in (("records", records), ("rejected", rejections))
+            if rows
+        ]
+        if len(statements) == 1:  # autocommit: one statement, one commit
+            con.execute(statements[0])
+            return
+        con.begin()
+        try:
+            for statement in statements:
+                con.execute(statement)
+            con.commit()
         except BaseException:
-            if len(tables) > 1:
-                con.rollback()
+            con.rollback()
             raise
 
     # -- reading ---------------------------------------------------------------
@@ -203,7 +354,18 @@ class DuckDBStore:
 
         return await self._read(lookup)
 
+    async def barrier(self) -> None:
+        try:
+            async with asyncio.timeout(_READ_BARRIER_SECONDS):
+                await self._caught_up(self._frames)
+        except TimeoutError:
+            raise StoreUnavailable("recent writes are not readable yet") from None
+
     # -- threads ---------------------------------------------------------------
+
+    async def _in_journal_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._journal_thread, call)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
