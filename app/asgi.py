@@ -11,12 +11,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
+from app.auth.guards import Auth
 from app.errors import PROBLEMS
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
@@ -27,16 +28,28 @@ from app.query.routes import get_message, get_record, list_records
 from app.query.service import Reader
 from app.settings import Settings
 from app.store import Store, open_store
+from app.telemetry import Telemetry
 
 log = logging.getLogger("recordline")
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    telemetry: Telemetry | None = None,
+) -> Litestar:
     settings = settings if settings is not None else Settings.load()
+    # First: a configuration that would leave the service open never gets further.
+    auth = Auth.from_settings(settings)
     store = store if store is not None else open_store(settings)
+    telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
+    # Ingest and reads go through the observed store (spans, durations);
+    # the lifespan and readiness probe talk to the store itself.
+    observed = telemetry.observe(store)
     batch = settings.batch
     batcher = Batcher(
-        store,
+        observed,
         max_rows=batch.max_rows,
         max_bytes=batch.max_bytes,
         max_delay=batch.max_delay_ms / 1000,
@@ -44,14 +57,16 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         queue_bytes=batch.queue_bytes,
         deadline=settings.store.write_deadline_seconds,
         max_in_flight=getattr(store, "max_in_flight", 1),
+        observer=telemetry.flush_observer(),
     )
-    ingest = Ingest(batcher)
+    ingest = Ingest(batcher, observer=telemetry.push_outcomes())
     reader = Reader(
-        store,
+        observed,
         pending_horizon=batcher.horizon,
         tokens=PageTokens(settings.query.page_token_secret),
     )
     readiness = Readiness(store)
+    telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -64,18 +79,31 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             readiness.stopping = True
             await batcher.close(grace=settings.server.shutdown_grace_seconds)
             await store.close()
+            log.info("recordline stopped: accepted rows drained, store closed")
+            await telemetry.shutdown()
 
     def constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
     return Litestar(
-        route_handlers=[push, list_records, get_record, get_message, healthz, readyz],
+        route_handlers=[
+            Router("/", route_handlers=[push], guards=auth.push_guards),
+            Router(
+                "/",
+                route_handlers=[list_records, get_record, get_message],
+                guards=auth.read_guards,
+            ),
+            healthz,
+            readyz,
+            *telemetry.route_handlers,
+        ],
+        middleware=[telemetry.middleware],
         dependencies={
             "ingest": constant(ingest),
             "reader": constant(reader),
             "readiness": constant(readiness),
         },
-        lifespan=[lifespan],
+        lifespan=[auth.lifespan, lifespan],
         plugins=[
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(

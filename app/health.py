@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 from litestar import get
+from litestar.di import NamedDependency
 
 from app.errors import RetryLater
 from app.store import Store
@@ -39,6 +40,6 @@ async def healthz() -> Health:
 
 
 @get("/readyz", summary="The store is reachable and the service takes writes", tags=["health"])
-async def readyz(readiness: Readiness) -> Health:
+async def readyz(readiness: NamedDependency[Readiness]) -> Health:
     await readiness.check()
     return Health("ready")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 from msgspec import Meta
@@ -180,11 +180,126 @@ class QuerySettings(Section, frozen=True):
     ] = 7 * 24 * 3600.0
 
 
+class AuthSettings(Section, frozen=True):
+    push_audience: Annotated[
+        str,
+        env(
+            "RECORDLINE_PUSH_AUDIENCE",
+            "Audience of the push subscription's OIDC token; with "
+            "RECORDLINE_PUSH_SERVICE_ACCOUNTS, only Google-signed pushes are accepted",
+        ),
+    ] = ""
+    push_service_accounts: Annotated[
+        str,
+        env(
+            "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
+            "Comma-separated e-mails of the service accounts a push token may belong to",
+        ),
+    ] = ""
+    oidc_certs_url: Annotated[
+        str,
+        env("RECORDLINE_OIDC_CERTS_URL", "Where Google's token-signing keys are served (JWKS)"),
+    ] = "https://www.googleapis.com/oauth2/v3/certs"
+    push_token: Annotated[
+        str,
+        env(
+            "RECORDLINE_PUSH_TOKEN",
+            "Shared secret a push must carry as `?token=` in its URL, for the Pub/Sub "
+            "emulator, which sends no OIDC token",
+        ),
+    ] = ""
+    read_audience: Annotated[
+        str,
+        env(
+            "RECORDLINE_READ_AUDIENCE",
+            "Audience of the Google ID tokens `/v1/*` requires; with RECORDLINE_READ_PRINCIPALS "
+            "reads need a token",
+        ),
+    ] = ""
+    read_principals: Annotated[
+        str,
+        env(
+            "RECORDLINE_READ_PRINCIPALS",
+            "Comma-separated e-mails and `domain:example.com` entries that may read",
+        ),
+    ] = ""
+
+
+class TelemetrySettings(Section, frozen=True):
+    """OpenTelemetry, configured through its standard `OTEL_*` variables where one exists."""
+
+    service_name: Annotated[str, env("OTEL_SERVICE_NAME", "Service name on traces and metrics")] = (
+        "recordline"
+    )
+    traces_exporter: Annotated[
+        Literal["none", "console", "otlp", "gcp_trace"],
+        env(
+            "OTEL_TRACES_EXPORTER",
+            "`none`, `console` (stdout), `otlp` (OTLP/HTTP) or `gcp_trace` (Cloud Trace)",
+        ),
+    ] = "none"
+    metrics_exporter: Annotated[
+        Literal["none", "prometheus", "otlp", "gcp_monitoring"],
+        env(
+            "OTEL_METRICS_EXPORTER",
+            "`prometheus` (served at `GET /metrics`), `otlp`, `gcp_monitoring` (Cloud "
+            "Monitoring) or `none`",
+        ),
+    ] = "prometheus"
+    traces_sampler: Annotated[
+        Literal[
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ],
+        env(
+            "OTEL_TRACES_SAMPLER",
+            "Which requests are traced; `parentbased_*` follow the caller's sampling decision",
+        ),
+    ] = "parentbased_always_on"
+    traces_sampler_arg: Annotated[
+        float,
+        Meta(ge=0, le=1),
+        env(
+            "OTEL_TRACES_SAMPLER_ARG", "Fraction of new traces kept by the `*traceidratio` samplers"
+        ),
+    ] = 1.0
+    otlp_endpoint: Annotated[
+        str,
+        env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTLP/HTTP collector base URL; `/v1/traces` and `/v1/metrics` are appended",
+        ),
+    ] = "http://localhost:4318"
+    metric_export_interval_ms: Annotated[
+        int,
+        Meta(ge=5000),
+        env(
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            "Milliseconds between pushes to OTLP or Cloud Monitoring, which takes at most one "
+            "point per series every 5 s",
+        ),
+    ] = 60_000
+    project: Annotated[
+        str,
+        env(
+            "GOOGLE_CLOUD_PROJECT",
+            "Project of the Cloud Trace links in log lines and of the exporters; defaults to "
+            "the BigQuery store's project",
+        ),
+    ] = ""
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     query: QuerySettings = msgspec.field(default_factory=QuerySettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

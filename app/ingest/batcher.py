@@ -19,6 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailable, WriteTimeout
@@ -37,18 +38,29 @@ class Appender(Protocol):
 
 
 class FlushObserver(Protocol):
-    """Told about every flush; telemetry implements it."""
+    """Told about every flush; telemetry implements it (one span per flush,
+    linked to the requests it serves)."""
 
-    def flushed(self, rows: int, seconds: float, error: BaseException | None) -> None: ...
+    def submitted(self) -> object:
+        """Called in the submitting request's context; the result travels with
+        the row to `flushing`."""
+        ...
+
+    def flushing(self, origins: Sequence[object]) -> AbstractContextManager[object]:
+        """Wraps the append of the rows submitted with `origins`."""
+        ...
 
 
 class _Pending:
-    __slots__ = ("future", "row", "size")
+    __slots__ = ("future", "origin", "row", "size")
 
-    def __init__(self, row: Row, size: int, future: asyncio.Future[RowOutcome]) -> None:
+    def __init__(
+        self, row: Row, size: int, future: asyncio.Future[RowOutcome], origin: object
+    ) -> None:
         self.row = row
         self.size = size
         self.future = future
+        self.origin = origin
 
 
 class Batcher:
@@ -107,7 +119,8 @@ class Batcher:
         if len(self._queue) >= self._queue_rows or self._queued_bytes + size > self._queue_bytes:
             raise QueueFull(f"{len(self._queue)} rows are waiting to be stored")
         future: asyncio.Future[RowOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(row, size, future))
+        origin = self._observer.submitted() if self._observer is not None else None
+        self._queue.append(_Pending(row, size, future, origin))
         self._queued_bytes += size
         self._arrived.set()
         try:
@@ -195,15 +208,17 @@ class Batcher:
         return batch
 
     async def _append(self, number: int, batch: list[_Pending]) -> None:
-        started = time.perf_counter()
-        error: BaseException | None = None
+        observed = (
+            self._observer.flushing([p.origin for p in batch])
+            if self._observer is not None
+            else contextlib.nullcontext()
+        )
         try:
-            outcomes = await self._store.append([p.row for p in batch])
+            with observed:
+                outcomes = await self._store.append([p.row for p in batch])
         except RecordlineError as exc:
-            error = exc
             self._fail(batch, exc)
         except Exception as exc:
-            error = exc
             log.exception("append of %d rows failed", len(batch))
             self._fail(batch, StoreUnavailable(f"store error: {type(exc).__name__}"))
         except asyncio.CancelledError:
@@ -216,8 +231,6 @@ class Batcher:
         finally:
             del self._in_flight[number]
             self._slots.release()
-            if self._observer is not None:
-                self._observer.flushed(len(batch), time.perf_counter() - started, error)
 
     @staticmethod
     def _fail(batch: Sequence[_Pending], exc: BaseException) -> None:

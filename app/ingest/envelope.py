@@ -157,5 +157,13 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         raw_data=body,
         attributes=attributes,
         subscription=headers.get(f"{_METADATA_PREFIX}subscription-name"),
-        delivery_attempt=int(attempt) if attempt and attempt.isdigit() else None,
+        delivery_attempt=_attempt(attempt),
     )
+
+
+def _attempt(header: str | None) -> int | None:
+    # Pub/Sub counts at most 100 attempts. isdigit() alone also admits "²" and
+    # other digits int() refuses, and an unbounded number would overflow INT64.
+    if header is None or not (header.isascii() and header.isdigit()) or len(header) > 9:
+        return None
+    return int(header)

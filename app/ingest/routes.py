@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, post
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from app.ingest.envelope import decode_unwrapped, decode_wrapped, is_unwrapped
 from app.ingest.service import Ingest
+from app.telemetry import push_received
 
 
 @post(
@@ -22,8 +24,8 @@ from app.ingest.service import Ingest
     ),
     tags=["ingest"],
 )
-async def push(request: Request[Any, Any, Any], ingest: Ingest) -> None:
+async def push(request: Request[Any, Any, Any], ingest: NamedDependency[Ingest]) -> None:
     body = await request.body()
     headers = request.headers
     message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
-    await ingest.accept(message)
+    await ingest.accept(message, trace_id=push_received(message, len(body)))

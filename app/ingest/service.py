@@ -6,11 +6,12 @@ returns; every failure to store surfaces as a RetryLater (503).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 from msgspec import Meta
 
+from app.errors import RetryLater
 from app.ingest.batcher import Batcher
 from app.ingest.envelope import AwareDatetime, PushedMessage, micros
 from app.records import Record, Rejection
@@ -70,15 +71,32 @@ def to_row(message: PushedMessage, *, ingest_time: int, trace_id: str | None) ->
     )
 
 
+class PushObserver(Protocol):
+    """Told how each delivery ended; telemetry implements it (metrics, logs)."""
+
+    def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None: ...
+
+    def retried(self, message_id: str, error: RetryLater) -> None: ...
+
+
 class Ingest:
     """Validates a delivery and waits for its row to be durably stored."""
 
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: Batcher, *, observer: PushObserver | None = None) -> None:
         self._batcher = batcher
+        self._observer = observer
 
     async def accept(
         self, message: PushedMessage, *, trace_id: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
         row = to_row(message, ingest_time=self._batcher.stamp(), trace_id=trace_id)
         size = len(message.raw_data) + 256
-        return row, await self._batcher.submit(row, size)
+        try:
+            outcome = await self._batcher.submit(row, size)
+        except RetryLater as exc:
+            if self._observer is not None:
+                self._observer.retried(message.message_id, exc)
+            raise
+        if self._observer is not None:
+            self._observer.stored(row, outcome)
+        return row, outcome

@@ -6,15 +6,28 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get
-from litestar.params import Parameter
+from litestar import Request, Response, get
+from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency
+from litestar.params import Parameter, PathParameter
 
 from app.errors import BadParameter
 from app.ingest.envelope import AwareDatetime
+from app.ingest.service import MAX_ID_LENGTH
 from app.query.service import DEFAULT_LIMIT, MAX_LIMIT, MessageView, Page, Reader, RecordView
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token"})
+COMPLETE_UNTIL = "Recordline-Complete-Until"
+# A token holds a row key (a Pub/Sub message id, ~20 digits) and a MAC, ~80
+# characters; 2048 leaves room for odd ids and refuses junk before decoding it.
+MAX_PAGE_TOKEN_LENGTH = 2048
+# Ids longer than producers may store cannot exist; refuse them before any query.
+PathId = Annotated[str, PathParameter(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _time(name: str, value: str | None) -> datetime | None:
@@ -34,10 +47,17 @@ def _time(name: str, value: str | None) -> datetime | None:
         "that keeps following it sees every record exactly once, even while writes continue."
     ),
     tags=["records"],
+    response_headers=[
+        ResponseHeader(
+            name=COMPLETE_UNTIL,
+            description="Every record ingested before this time is in this page or an earlier one",
+            documentation_only=True,
+        )
+    ],
 )
 async def list_records(
     request: Request[Any, Any, Any],
-    reader: Reader,
+    reader: NamedDependency[Reader],
     since: Annotated[
         str | None, Parameter(description="RFC 3339; records ingested at or after it")
     ] = None,
@@ -48,22 +68,29 @@ async def list_records(
         int, Parameter(ge=1, le=MAX_LIMIT, description="Records per page")
     ] = DEFAULT_LIMIT,
     page_token: Annotated[
-        str | None, Parameter(description="From the previous page; overrides since and until")
+        str | None,
+        Parameter(
+            max_length=MAX_PAGE_TOKEN_LENGTH,
+            description="From the previous page; overrides since and until",
+        ),
     ] = None,
-) -> Page:
+) -> Response[Page]:
     unknown = sorted(set(request.query_params) - _PAGE_PARAMETERS)
     if unknown:
         raise BadParameter(unknown[0], "unknown parameter")
-    return await reader.page(
+    page = await reader.page(
         since=_time("since", since),
         until=_time("until", until),
         limit=limit,
         page_token=page_token,
     )
+    # The body says it too; the header lets a proxy or a probe read freshness
+    # without parsing the page.
+    return Response(page, headers={COMPLETE_UNTIL: _rfc3339(page.complete_until)})
 
 
 @get("/v1/records/{record_id:str}", summary="The latest version of a record", tags=["records"])
-async def get_record(reader: Reader, record_id: str) -> RecordView:
+async def get_record(reader: NamedDependency[Reader], record_id: PathId) -> RecordView:
     return await reader.record(record_id)
 
 
@@ -72,5 +99,5 @@ async def get_record(reader: Reader, record_id: str) -> RecordView:
     summary="What happened to one Pub/Sub message: stored, or rejected and why",
     tags=["records"],
 )
-async def get_message(reader: Reader, message_id: str) -> MessageView:
+async def get_message(reader: NamedDependency[Reader], message_id: PathId) -> MessageView:
     return await reader.message(message_id)

@@ -95,8 +95,7 @@ class Reader:
         self._clock = clock
 
     def horizon(self) -> int:
-        settled = self._clock() // 1000 - self._store.settle_micros
-        return min(self._pending_horizon(), settled)
+        return min(self._pending_horizon(), self._store.read_horizon(self._clock() // 1000))
 
     async def page(
         self,
@@ -117,6 +116,7 @@ class Reader:
                 raise BadParameter("until", "must be later than since")
             # message_id > "" holds for every row: the page starts at `since`.
             cursor = PageToken(after_time=start, after_message_id="", until=end)
+        await self._store.barrier()
         horizon = self.horizon()
         before = min(cursor.until if cursor.until is not None else _FOREVER, horizon)
         rows = await self._store.page(
@@ -138,12 +138,14 @@ class Reader:
         )
 
     async def record(self, record_id: str) -> RecordView:
+        await self._store.barrier()
         record = await self._store.latest(record_id)
         if record is None:
             raise NotFound(f"no record with id {record_id!r}")
         return RecordView.of(record)
 
     async def message(self, message_id: str) -> MessageView:
+        await self._store.barrier()
         status = await self._store.message(message_id)
         if status is None:
             raise NotFound(f"message {message_id!r} was never stored or rejected")

@@ -1,0 +1,185 @@
+"""What every benchmark shares: a push body, server processes, wrk, peak RSS.
+
+Figures on a shared 2-core machine move by up to 2x between runs, so every
+benchmark measures its baseline in the same run and reports ratios.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDLINE = str(Path(sys.executable).with_name("recordline"))
+
+# A 310-byte record in a ~570-byte envelope, the size PERF_NOTES.md measured.
+DATA = {"text": "Ejemplo de datos", "values": [1, 2, 3], "note": "x" * 180}
+RECORD = json.dumps({"id": "r", "timestamp": "2024-04-27T12:00:00Z", "data": DATA})
+
+# wrk's Lua: every request carries a new message id (so nothing is deduplicated
+# away), and `done` prints one JSON line of results, p95 included, which wrk's
+# own report lacks.
+PUSH_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+%(headers)s
+local data = "%(data)s"
+local counter = 0
+local prefix = tostring(math.random(1, 1000000000))
+request = function()
+  counter = counter + 1
+  local id = prefix .. "-" .. counter
+  local body = '{"message":{"data":"' .. data .. '","messageId":"' .. id ..
+    '","publishTime":"2024-04-27T12:00:01Z","attributes":{"origin":"bench"}},' ..
+    '"subscription":"projects/bench/subscriptions/records-push"}'
+  return wrk.format(nil, "%(path)s", nil, body)
+end
+"""
+DONE_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests":%d,"seconds":%f,"p50":%f,"p95":%f,"p99":%f,"non2xx":%d,' ..
+    '"socket_errors":%d}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
+    latency:percentile(95) / 1000, latency:percentile(99) / 1000, e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def push_script(path: str = "/pubsub/push", headers: dict[str, str] | None = None) -> str:
+    import base64
+
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    data = base64.b64encode(RECORD.encode()).decode()
+    return PUSH_LUA % {"headers": lines, "data": data, "path": path} + DONE_LUA
+
+
+@dataclass(frozen=True)
+class Load:
+    rate: float  # answered requests per second
+    p50: float  # ms
+    p95: float
+    p99: float
+    non2xx: int
+    socket_errors: int
+
+
+def wrk(url: str, script: str, *, connections: int, seconds: float, threads: int = 2) -> Load:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                str(min(threads, connections)),
+                "-c",
+                str(connections),
+                "-d",
+                f"{seconds:g}s",
+                "-s",
+                f.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    line = next(ln for ln in out.splitlines() if ln.startswith("WRK "))
+    r = json.loads(line[4:])
+    return Load(
+        rate=r["requests"] / r["seconds"],
+        p50=r["p50"],
+        p95=r["p95"],
+        p99=r["p99"],
+        non2xx=r["non2xx"],
+        socket_errors=r["socket_errors"],
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        return kb / 1024
+
+
+@contextlib.contextmanager
+def server(argv: Sequence[str], port: int, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Run a server process until the block ends; ready once /healthz answers."""
+    process = subprocess.Popen(
+        list(argv),
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(process.stderr.read().decode())  # type: ignore[union-attr]
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv} did not start")
+            time.sleep(0.1)
+        yield Server(url, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def uvicorn_argv(target: str, port: int) -> list[str]:
+    """A bench app (`module:factory`) served the way `recordline serve` serves."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        target,
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

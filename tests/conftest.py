@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from litestar import Litestar
+from litestar.testing import AsyncTestClient, TestClient
+
+from app.asgi import create_app
+from app.settings import Settings
+from app.store.duckdb import DuckDBStore
+from tests.fakes import FaultyStore
+
+
+def envelope(
+    payload: Any,
+    *,
+    message_id: str = "m-1",
+    publish_time: str = "2024-04-27T12:00:01Z",
+    attributes: dict[str, str] | None = None,
+    raw_data: bytes | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A push envelope as Pub/Sub sends it (both id spellings, like the real thing)."""
+    data = raw_data if raw_data is not None else json.dumps(payload).encode()
+    message: dict[str, Any] = {
+        "data": base64.b64encode(data).decode(),
+        "messageId": message_id,
+        "message_id": message_id,
+        "publishTime": publish_time,
+        "publish_time": publish_time,
+    }
+    if attributes is not None:
+        message["attributes"] = attributes
+    return {"message": message, "subscription": "projects/demo/subscriptions/records-push", **extra}
+
+
+def settings(**env: str) -> Settings:
+    return Settings.load({"RECORDLINE_STORE": "memory:", **env})
+
+
+@pytest.fixture
+def store() -> FaultyStore:
+    return FaultyStore(DuckDBStore(":memory:"))
+
+
+@pytest.fixture
+def app(store: FaultyStore) -> Litestar:
+    return create_app(settings(), store=store)
+
+
+@pytest.fixture
+def client(app: Litestar) -> Iterator[TestClient[Litestar]]:
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+async def aclient(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def duckdb_path(tmp_path: Path) -> Path:
+    return tmp_path / "records.duckdb"
+
+
+@contextlib.asynccontextmanager
+async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """The app behind a real uvicorn on a loopback port, in this event loop.
+
+    Litestar's test clients call the app through a blocking portal, one request
+    at a time; group commit and backpressure need truly concurrent requests.
+    """
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+        ) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI, a test that needs the Pub/Sub emulator may not skip: it fails."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("CI") and item.get_closest_marker("emulator"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where the emulator must run: {report.longrepr}"

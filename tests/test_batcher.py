@@ -1,0 +1,160 @@
+"""Group commit, on the batcher alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from app.errors import QueueFull, ShuttingDown, StoreUnavailable, WriteTimeout
+from app.ingest.batcher import Batcher
+from app.records import Record, Rejection
+from app.store import RowOutcome
+
+
+class Recorder:
+    """An Appender that records each append and can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.error: Exception | None = None
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        await self.gate.wait()
+        if self.error:
+            raise self.error
+        self.batches.append([r.message_id for r in rows])
+        return [None if isinstance(r, Record) else "rejected" for r in rows]
+
+
+def record(n: int, batcher: Batcher) -> Record:
+    return Record(message_id=f"m{n}", publish_time=0, ingest_time=batcher.stamp(), id=str(n))
+
+
+def make(store: Recorder, **overrides: float) -> Batcher:
+    options = dict(
+        max_rows=100,
+        max_bytes=10_000,
+        max_delay=0,
+        queue_rows=1000,
+        queue_bytes=10**6,
+        deadline=2.0,
+    )
+    options.update(overrides)
+    return Batcher(store, **options)  # type: ignore[arg-type]
+
+
+async def test_concurrent_submits_share_appends() -> None:
+    store = Recorder()
+    batcher = make(store)
+    await batcher.start()
+    store.gate.clear()
+    results = asyncio.gather(*(batcher.submit(record(n, batcher), 10) for n in range(250)))
+    await asyncio.sleep(0.05)
+    store.gate.set()
+    assert await results == [None] * 250
+    # Held appends let rows pile up: few appends, each at most max_rows.
+    assert len(store.batches) <= 4
+    assert max(len(b) for b in store.batches) <= 100
+    assert sorted(m for b in store.batches for m in b) == sorted(f"m{n}" for n in range(250))
+    await batcher.close(grace=1)
+
+
+async def test_batches_are_cut_by_bytes() -> None:
+    store = Recorder()
+    batcher = make(store, max_bytes=250)
+    await batcher.start()
+    store.gate.clear()
+    results = asyncio.gather(*(batcher.submit(record(n, batcher), 100) for n in range(6)))
+    await asyncio.sleep(0.01)
+    store.gate.set()
+    await results
+    assert all(len(b) <= 2 for b in store.batches)
+    await batcher.close(grace=1)
+
+
+async def test_each_waiter_gets_its_own_outcome_and_failures_reach_all() -> None:
+    store = Recorder()
+    batcher = make(store)
+    await batcher.start()
+    rejection = Rejection(message_id="bad", publish_time=0, ingest_time=batcher.stamp())
+    assert await batcher.submit(rejection, 10) == "rejected"
+    store.error = StoreUnavailable("down")
+    outcomes = await asyncio.gather(
+        *(batcher.submit(record(n, batcher), 10) for n in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+    store.error = RuntimeError("driver bug")  # unexpected errors are still a 503
+    with pytest.raises(StoreUnavailable):
+        await batcher.submit(record(9, batcher), 10)
+    await batcher.close(grace=1)
+
+
+async def test_queue_bound_and_deadline() -> None:
+    store = Recorder()
+    batcher = make(store, queue_rows=3, deadline=0.2, max_rows=1)
+    await batcher.start()
+    store.gate.clear()
+    waiting = [asyncio.create_task(batcher.submit(record(0, batcher), 10))]
+    await asyncio.sleep(0.01)  # m0 is now in the held append
+    waiting += [asyncio.create_task(batcher.submit(record(n, batcher), 10)) for n in (1, 2, 3)]
+    await asyncio.sleep(0.01)  # m1..m3 fill the queue
+    with pytest.raises(QueueFull):
+        await batcher.submit(record(99, batcher), 10)
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(o, WriteTimeout) for o in outcomes)
+    # Rows whose requests gave up while still queued are not stored at all.
+    store.gate.set()
+    await asyncio.sleep(0.01)  # the flusher drops the abandoned rows
+    assert await batcher.submit(record(100, batcher), 10) is None
+    stored = [m for b in store.batches for m in b]
+    assert "m100" in stored
+    assert stored == ["m0", "m100"]  # m0 was already in the held append
+    await batcher.close(grace=1)
+
+
+async def test_close_drains_accepted_rows_then_refuses() -> None:
+    store = Recorder()
+    batcher = make(store)
+    await batcher.start()
+    store.gate.clear()
+    waiting = [asyncio.create_task(batcher.submit(record(n, batcher), 10)) for n in range(50)]
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(batcher.close(grace=2))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ShuttingDown):
+        await batcher.submit(record(999, batcher), 10)
+    store.gate.set()
+    await closing
+    assert await asyncio.gather(*waiting) == [None] * 50
+    assert len([m for b in store.batches for m in b]) == 50
+
+
+async def test_close_gives_up_after_grace() -> None:
+    store = Recorder()
+    batcher = make(store, deadline=5)
+    await batcher.start()
+    store.gate.clear()
+    waiting = asyncio.create_task(batcher.submit(record(1, batcher), 10))
+    await asyncio.sleep(0.01)
+    await batcher.close(grace=0.1)
+    with pytest.raises(ShuttingDown):
+        await waiting
+
+
+async def test_horizon_stays_behind_unstored_rows() -> None:
+    store = Recorder()
+    batcher = make(store)
+    await batcher.start()
+    store.gate.clear()
+    first = record(1, batcher)
+    task = asyncio.create_task(batcher.submit(first, 10))
+    await asyncio.sleep(0.01)
+    assert batcher.horizon() == first.ingest_time
+    store.gate.set()
+    await task
+    assert batcher.horizon() > first.ingest_time
+    await batcher.close(grace=1)

@@ -1,0 +1,116 @@
+"""No body, envelope or payload makes the push route answer 5xx, or lose a message."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from app.asgi import create_app
+from tests.conftest import settings as app_settings
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+timestamps = st.one_of(
+    st.datetimes().map(lambda d: d.isoformat() + "Z"),
+    st.datetimes().map(lambda d: d.isoformat()),
+    st.text(max_size=30),
+)
+payloads = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"id": st.one_of(st.text(max_size=40), st.integers(), st.none())},
+        optional={"timestamp": timestamps, "data": json_values},
+    ),
+)
+data_fields = st.one_of(
+    payloads.map(lambda p: base64.b64encode(json.dumps(p).encode()).decode()),
+    st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()),
+    st.text(max_size=60),
+    st.integers(),
+    st.none(),
+)
+messages = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": data_fields,
+        "messageId": st.one_of(st.text(max_size=20), st.integers(), st.none()),
+        "message_id": st.text(max_size=20),
+        "publishTime": timestamps,
+        "attributes": st.one_of(
+            st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=5), json_values
+        ),
+        "orderingKey": st.text(max_size=10),
+    },
+)
+envelopes = st.one_of(
+    st.fixed_dictionaries(
+        {"message": messages},
+        optional={"subscription": st.text(max_size=30), "deliveryAttempt": json_values},
+    ),
+    json_values,
+)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient[Litestar]]:
+    with TestClient(create_app(app_settings())) as client:
+        yield client
+
+
+def check(client: TestClient[Litestar], response: Any, message_id: object) -> None:
+    assert response.status_code in (204, 400, 413), response.text
+    if response.status_code != 204:
+        assert response.headers["content-type"].startswith("application/problem+json")
+    elif isinstance(message_id, str) and message_id and "/" not in message_id:
+        # Acknowledged means findable: as a record or as a rejection. (Pub/Sub
+        # ids are digits; an id with a slash cannot be a path segment.)
+        assert client.get(f"/v1/messages/{quote(message_id, safe='')}").status_code == 200
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=envelopes)
+def test_any_json_body(client: TestClient[Litestar], body: Any) -> None:
+    response = client.post("/pubsub/push", json=body)
+    message = body.get("message") if isinstance(body, dict) else None
+    message_id = message.get("messageId") if isinstance(message, dict) else None
+    check(client, response, message_id)
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=st.binary(max_size=300))
+def test_any_bytes(client: TestClient[Litestar], body: bytes) -> None:
+    response = client.post(
+        "/pubsub/push", content=body, headers={"content-type": "application/json"}
+    )
+    check(client, response, None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    body=st.binary(max_size=200),
+    message_id=st.text(
+        alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20
+    ),
+    publish_time=timestamps.filter(lambda t: t.isascii() and "\n" not in t and "\r" not in t),
+)
+def test_any_unwrapped_push(
+    client: TestClient[Litestar], body: bytes, message_id: str, publish_time: str
+) -> None:
+    headers = {
+        "x-goog-pubsub-message-id": message_id,
+        "x-goog-pubsub-publish-time": publish_time,
+    }
+    response = client.post("/pubsub/push", content=body, headers=headers)
+    check(client, response, message_id)

@@ -1,0 +1,143 @@
+"""Decoding, page tokens and the derived schemas, without a server."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import duckdb
+import pytest
+
+from app.cli import config_table, schema_files
+from app.errors import BadEnvelope, BadParameter
+from app.ingest.envelope import decode_unwrapped, decode_wrapped, is_unwrapped
+from app.ingest.service import to_row
+from app.query.page_token import PageToken, PageTokens
+from app.records import Kind, Record, Rejection, bigquery_schema, columns
+from app.settings import Settings, SettingsError, reference
+from app.store.duckdb import ddl
+
+
+def wrapped(**message: object) -> bytes:
+    base = {"messageId": "m", "publishTime": "2024-04-27T12:00:01.5Z", "data": ""}
+    return json.dumps({"message": {**base, **message}, "subscription": "s"}).encode()
+
+
+def test_both_spellings_of_message_fields() -> None:
+    snake = json.dumps(
+        {"message": {"message_id": "a", "publish_time": "2024-04-27T12:00:01Z", "data": ""}}
+    ).encode()
+    camel = wrapped(messageId="a", publishTime="2024-04-27T12:00:01Z")
+    assert decode_wrapped(snake).message_id == decode_wrapped(camel).message_id == "a"
+    assert decode_wrapped(snake).publish_time == decode_wrapped(camel).publish_time
+
+
+def test_publish_time_keeps_microseconds() -> None:
+    message = decode_wrapped(wrapped(publishTime="2024-04-27T12:00:01.123456Z"))
+    assert message.publish_time % 1_000_000 == 123456
+
+
+def test_data_is_base64_decoded_or_kept_raw() -> None:
+    data = base64.b64encode(b'{"id": "x"}').decode()
+    assert decode_wrapped(wrapped(data=data)).data == b'{"id": "x"}'
+    bad = decode_wrapped(wrapped(data="%%%"))
+    assert bad.data is None
+    assert bad.raw_data == b"%%%"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"null",
+        b"{}",
+        b'{"message": null}',
+        b'{"message": {"publishTime": "2024-04-27T12:00:01Z"}}',
+        b'{"message": {"messageId": "m", "publishTime": "2024-04-27T12:00:01Z", "attributes": {"a": 1}}}',
+        b'{"message": {"messageId": "m", "publishTime": "2024-04-27T12:00:01Z", "data": 5}}',
+        b'{"message": {"messageId": "m"}}',
+    ],
+)
+def test_not_an_envelope(body: bytes) -> None:
+    with pytest.raises(BadEnvelope):
+        decode_wrapped(body)
+
+
+def test_too_many_attributes_is_not_pubsub() -> None:
+    with pytest.raises(BadEnvelope, match="attributes"):
+        decode_wrapped(wrapped(attributes={str(n): "v" for n in range(101)}))
+
+
+def test_unwrapped_detection_and_errors() -> None:
+    assert not is_unwrapped({"content-type": "application/json"})
+    headers = {"x-goog-pubsub-message-id": "u", "x-goog-pubsub-publish-time": "later"}
+    assert is_unwrapped(headers)
+    with pytest.raises(BadEnvelope, match="publish-time"):
+        decode_unwrapped(b"{}", headers)
+
+
+def test_to_row_rejects_with_field_path() -> None:
+    message = decode_wrapped(wrapped(data=base64.b64encode(b'{"id": ["x"]}').decode()))
+    row = to_row(message, ingest_time=1, trace_id=None)
+    assert isinstance(row, Rejection)
+    assert "$.id" in row.reason
+    ok = decode_wrapped(wrapped(data=base64.b64encode(b'{"id": "x", "data": {"k": [1]}}').decode()))
+    record = to_row(ok, ingest_time=1, trace_id="ab" * 16)
+    assert isinstance(record, Record)
+    assert record.data == '{"k": [1]}'  # the producer's exact JSON text
+
+
+def test_page_tokens_round_trip_and_refuse_tampering() -> None:
+    tokens = PageTokens("k1")
+    token = PageToken(123, "m-1", 456)
+    text = tokens.encode(token)
+    assert tokens.decode(text) == token
+    with pytest.raises(BadParameter):
+        PageTokens("other key").decode(text)
+    for bad in ("", "x", text[:-3], "!" + text[1:], base64.urlsafe_b64encode(b"\0" * 40).decode()):
+        with pytest.raises(BadParameter) as caught:
+            tokens.decode(bad)
+        assert caught.value.extra["parameter"] == "page_token"
+
+
+def test_columns_come_from_the_row_structs() -> None:
+    names = [c.name for c in columns(Record)]
+    assert names == list(Record.__struct_fields__)
+    kinds = {c.name: c.kind for c in columns(Record)}
+    assert kinds["data"] is Kind.JSON
+    assert kinds["ingest_time"] is Kind.TIMESTAMP
+    assert {c.name for c in columns(Record) if c.nullable} == {
+        "timestamp",
+        "subscription",
+        "delivery_attempt",
+        "trace_id",
+    }
+    assert {c["name"]: c["type"] for c in bigquery_schema(Rejection)}["data"] == "BYTES"
+
+
+def test_duckdb_ddl_matches_the_row_definition() -> None:
+    con = duckdb.connect()
+    con.execute(ddl("records", Record))
+    described = con.execute("DESCRIBE records").fetchall()
+    assert [row[0] for row in described] == list(Record.__struct_fields__)
+    nullable = {row[0] for row in described if row[2] == "YES"}
+    assert nullable == {c.name for c in columns(Record) if c.nullable}
+
+
+def test_committed_schema_files_equal_what_the_code_derives() -> None:
+    for path, text in schema_files().items():
+        assert path.read_text() == text, f"{path} is stale: run `recordline schema --write`"
+
+
+def test_readme_configuration_table_is_current() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert config_table() in readme, "README is stale: paste `recordline config` into it"
+
+
+def test_settings_name_the_variable_on_error() -> None:
+    with pytest.raises(SettingsError, match="PORT"):
+        Settings.load({"PORT": "eighty"})
+    assert Settings.load({"PORT": "9000"}).server.port == 9000
+    assert all(var and doc for var, _default, doc in reference())
