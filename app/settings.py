@@ -223,6 +223,14 @@ class AuthSettings(Section, frozen=True):
             "Comma-separated e-mails and `domain:example.com` entries that may read",
         ),
     ] = ""
+    trust_cloud_run_iam: Annotated[
+        bool,
+        env(
+            "RECORDLINE_TRUST_CLOUD_RUN_IAM",
+            "Accept tokens whose signature Cloud Run replaced after verifying it, checking "
+            "their claims only; set it only behind Cloud Run's invoker check",
+        ),
+    ] = False
 
 
 class TelemetrySettings(Section, frozen=True):

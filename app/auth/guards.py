@@ -88,7 +88,9 @@ class Auth:
         push = None
         if auth.push_audience or auth.push_token:
             push = PushAccess(
-                verifier=IdTokenVerifier(auth.push_audience, certs)
+                verifier=IdTokenVerifier(
+                    auth.push_audience, certs, trust_upstream=auth.trust_cloud_run_iam
+                )
                 if certs and auth.push_audience
                 else None,
                 service_accounts=accounts,
@@ -112,7 +114,10 @@ class Auth:
         read = None
         if certs is not None and auth.read_audience:
             read = ReadAccess(
-                verifier=IdTokenVerifier(auth.read_audience, certs), principals=principals
+                verifier=IdTokenVerifier(
+                    auth.read_audience, certs, trust_upstream=auth.trust_cloud_run_iam
+                ),
+                principals=principals,
             )
         elif not is_loopback(host):
             log.warning(

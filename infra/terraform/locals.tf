@@ -27,10 +27,14 @@ locals {
     RECORDLINE_PUSH_SERVICE_ACCOUNTS  = google_service_account.push.email
     RECORDLINE_READ_AUDIENCE          = var.read_audience
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
-    RECORDLINE_HOST                   = "0.0.0.0"
-    RECORDLINE_LOG_FORMAT             = "json"
-    OTEL_SERVICE_NAME                 = var.service_name
-    OTEL_TRACES_EXPORTER              = "gcp_trace"
-    OTEL_METRICS_EXPORTER             = "gcp_monitoring"
+    # Cloud Run's invoker check (cloud_run.tf: invoker_iam_disabled = false)
+    # verifies each token and replaces its signature before the request reaches
+    # the container; the service then checks the claims (audience, sender, expiry).
+    RECORDLINE_TRUST_CLOUD_RUN_IAM = "true"
+    RECORDLINE_HOST                = "0.0.0.0"
+    RECORDLINE_LOG_FORMAT          = "json"
+    OTEL_SERVICE_NAME              = var.service_name
+    OTEL_TRACES_EXPORTER           = "gcp_trace"
+    OTEL_METRICS_EXPORTER          = "gcp_monitoring"
   })
 }

@@ -164,3 +164,32 @@ async def test_unreachable_certs_mean_retry_later_not_unauthorized(google: FakeG
 async def test_health_stays_open(client: AsyncTestClient[Litestar]) -> None:
     assert (await client.get("/healthz")).status_code == 200
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_behind_cloud_run_iam_a_stripped_token_is_judged_by_its_claims(
+    google: FakeGoogle,
+) -> None:
+    settings = oidc_settings(google, RECORDLINE_TRUST_CLOUD_RUN_IAM="true")
+    async with AsyncTestClient(create_app(settings)) as client:
+        stripped = google.strip_signature(google.mint())
+        response = await client.post(
+            "/pubsub/push", json=envelope(RECORD), headers=bearer(stripped)
+        )
+        assert response.status_code == 204
+        # The claims still decide: another audience, an expired token, another sender.
+        refused = {
+            "audience": google.mint(aud="https://billing.example.com/pubsub/push"),
+            "expired": google.mint(exp=NOW - 3600, iat=NOW - 7200),
+            "sender": google.mint(email="mallory@evil.example.com"),
+        }
+        for case, token in refused.items():
+            answer = await client.post(
+                "/pubsub/push",
+                json=envelope(RECORD, message_id=f"m-{case}"),
+                headers=bearer(google.strip_signature(token)),
+            )
+            assert answer.status_code in (401, 403), case
+        # A token with a real signature is still verified against the keys.
+        forged = google.mint(key=rsa_key("attacker"))
+        answer = await client.post("/pubsub/push", json=envelope(RECORD), headers=bearer(forged))
+        assert answer.status_code == 401
