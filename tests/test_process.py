@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import signal
@@ -11,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -99,81 +101,58 @@ def test_serve_round_trip_over_http(service: Service) -> None:
     service.stop()
 
 
-def test_sigterm_under_load_loses_nothing_acknowledged(service: Service, store_url: str) -> None:
+def push_until_stopped(service: Service, stop: Callable[[], None]) -> tuple[set[str], Counter[str]]:
+    """64 pushers at full speed; `stop` the service after 1.5 s; what was answered 204."""
     acknowledged: set[str] = set()
-    answers: dict[int | str, int] = {}
+    answers: Counter[str] = Counter()
+    counter = itertools.count()
+
+    async def worker() -> None:
+        while service.process.poll() is None:
+            message_id = f"t{next(counter):06d}"
+            raw = rawhttp.request(
+                "/pubsub/push", envelope({"id": message_id}, message_id=message_id)
+            )
+            try:
+                status = await rawhttp.send("127.0.0.1", service.port, raw)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                answers[type(exc).__name__] += 1
+                await asyncio.sleep(0.01)
+                continue
+            answers[str(status)] += 1
+            if status == 204:
+                acknowledged.add(message_id)
 
     async def load() -> None:
-        counter = 0
-
-        async def worker() -> None:
-            nonlocal counter
-            while True:
-                counter += 1
-                message_id = f"t{counter:06d}"
-                raw = rawhttp.request(
-                    "/pubsub/push", envelope({"id": message_id}, message_id=message_id)
-                )
-                try:
-                    status = await rawhttp.send("127.0.0.1", service.port, raw)
-                except (OSError, asyncio.IncompleteReadError) as exc:
-                    answers[type(exc).__name__] = answers.get(type(exc).__name__, 0) + 1
-                    if service.process.poll() is not None:
-                        return
-                    await asyncio.sleep(0.01)
-                    continue
-                answers[status] = answers.get(status, 0) + 1
-                if status == 204:
-                    acknowledged.add(message_id)
-
         workers = [asyncio.create_task(worker()) for _ in range(64)]
         await asyncio.sleep(1.5)
-        service.process.send_signal(signal.SIGTERM)
+        stop()
         await asyncio.wait_for(asyncio.gather(*workers), timeout=30)
 
     asyncio.run(load())
-    service.assert_stopped_cleanly()
     assert len(acknowledged) > 100, answers
+    return acknowledged, answers
 
+
+def stored_after_restart(store_url: str) -> set[str]:
     restarted = Service(store_url)
     try:
-        stored = {str(r["message_id"]) for r in all_records(restarted.url)}
+        return {str(r["message_id"]) for r in all_records(restarted.url)}
     finally:
         restarted.stop()
-    assert acknowledged <= stored, f"lost {len(acknowledged - stored)}; answers {answers}"
+
+
+def test_sigterm_under_load_loses_nothing_acknowledged(service: Service, store_url: str) -> None:
+    acknowledged, answers = push_until_stopped(
+        service, lambda: service.process.send_signal(signal.SIGTERM)
+    )
+    service.assert_stopped_cleanly()
+    lost = acknowledged - stored_after_restart(store_url)
+    assert not lost, f"lost {len(lost)}; answers {answers}"
 
 
 def test_sigkill_under_load_loses_nothing_acknowledged(service: Service, store_url: str) -> None:
     """No drain at all: what was answered 204 must come back from the journal."""
-    acknowledged: set[str] = set()
-
-    async def load() -> None:
-        counter = 0
-
-        async def worker() -> None:
-            nonlocal counter
-            while service.process.poll() is None:
-                counter += 1
-                message_id = f"k{counter:06d}"
-                raw = rawhttp.request(
-                    "/pubsub/push", envelope({"id": message_id}, message_id=message_id)
-                )
-                try:
-                    if await rawhttp.send("127.0.0.1", service.port, raw) == 204:
-                        acknowledged.add(message_id)
-                except (OSError, asyncio.IncompleteReadError):
-                    await asyncio.sleep(0.01)
-
-        workers = [asyncio.create_task(worker()) for _ in range(64)]
-        await asyncio.sleep(1.5)
-        service.process.kill()
-        await asyncio.wait_for(asyncio.gather(*workers), timeout=30)
-
-    asyncio.run(load())
-    assert len(acknowledged) > 100
-    restarted = Service(store_url)
-    try:
-        stored = {str(r["message_id"]) for r in all_records(restarted.url)}
-    finally:
-        restarted.stop()
-    assert acknowledged <= stored, f"lost {len(acknowledged - stored)} acknowledged messages"
+    acknowledged, answers = push_until_stopped(service, service.process.kill)
+    lost = acknowledged - stored_after_restart(store_url)
+    assert not lost, f"lost {len(lost)}; answers {answers}"

@@ -53,7 +53,8 @@ def test_data_is_base64_decoded_or_kept_raw() -> None:
         b"{}",
         b'{"message": null}',
         b'{"message": {"publishTime": "2024-04-27T12:00:01Z"}}',
-        b'{"message": {"messageId": "m", "publishTime": "2024-04-27T12:00:01Z", "attributes": {"a": 1}}}',
+        b'{"message": {"messageId": "m", "publishTime": "2024-04-27T12:00:01Z", '
+        b'"attributes": {"a": 1}}}',
         b'{"message": {"messageId": "m", "publishTime": "2024-04-27T12:00:01Z", "data": 5}}',
         b'{"message": {"messageId": "m"}}',
     ],
