@@ -1,11 +1,11 @@
-"""python3 dev.py bench NAME [options]: ingest | query | writer | auth | telemetry."""
+"""python3 dev.py bench NAME [options]: ingest | query | writer | auth | telemetry | e2e."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-NAMES = ("ingest", "query", "writer", "auth", "telemetry")
+NAMES = ("ingest", "query", "writer", "auth", "telemetry", "e2e")
 
 
 def run(argv: list[str]) -> int:

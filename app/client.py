@@ -1,0 +1,405 @@
+"""Clients of a running Recordline: `recordline publish` and `recordline tail`.
+
+`publish` sends records to a Pub/Sub topic (the emulator's, or a real
+project's) with the client library's OpenTelemetry tracing on, so every
+message carries a `googclient_traceparent` attribute and the service's push
+span links back to the publish. `tail` follows `GET /v1/records` by page
+token, the way any consumer should read: it sees every record once, in ingest
+order, however the writes interleave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import functools
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import msgspec
+
+# Outstanding publishes before `publish()` blocks: bounds memory for any
+# --count, and is the client library's own default message limit.
+MAX_OUTSTANDING_MESSAGES = 1000
+MAX_OUTSTANDING_BYTES = 10 * 1024 * 1024
+# A caught-up follower asks again after this long: new records show up within
+# ~0.5 s, at two cheap requests per second.
+FOLLOW_IDLE_SECONDS = 0.5
+# The largest page the API serves (app.query.service.MAX_LIMIT).
+FOLLOW_PAGE_LIMIT = 1000
+# Redraw the progress bar at most this often: more is flicker, not information.
+PROGRESS_SECONDS = 0.2
+
+
+# -- publish ------------------------------------------------------------------
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def generated_records(count: int, *, first: int = 1) -> Iterator[bytes]:
+    """`count` records shaped as producers send them, ids `first`, `first + 1`, …"""
+    encode = msgspec.json.encode
+    for n in range(first, first + count):
+        yield encode(
+            {
+                "id": str(n),
+                "timestamp": rfc3339(datetime.now(UTC)),
+                "data": {"n": n, "text": "Ejemplo de datos"},
+            }
+        )
+
+
+def file_records(lines: IO[bytes]) -> Iterator[bytes]:
+    """Each non-blank line, as it is: invalid ones too, to exercise `rejected`."""
+    for line in lines:
+        line = line.strip()
+        if line:
+            yield line
+
+
+def topic_path(topic: str, project: str) -> str:
+    return topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}"
+
+
+def publisher_client(*, emulator_host: str | None = None) -> Any:
+    """A PublisherClient with tracing on, for the emulator at `emulator_host` or for Google."""
+    import grpc
+    from google.cloud.pubsub_v1 import PublisherClient, types
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    options = types.PublisherOptions(
+        enable_open_telemetry_tracing=True,
+        flow_control=types.PublishFlowControl(
+            message_limit=MAX_OUTSTANDING_MESSAGES,
+            byte_limit=MAX_OUTSTANDING_BYTES,
+            limit_exceeded_behavior=types.LimitExceededBehavior.BLOCK,
+        ),
+    )
+    if emulator_host:
+        # An explicit plaintext channel: the emulator speaks no TLS and wants no
+        # credentials, whatever the environment says.
+        channel = grpc.insecure_channel(emulator_host)
+        return PublisherClient(
+            publisher_options=options, transport=PublisherGrpcTransport(channel=channel)
+        )
+    return PublisherClient(publisher_options=options)
+
+
+def trace_publishes(*, exporter: str = "none", otlp_endpoint: str = "") -> None:
+    """Install a tracer provider, which the client library's tracing needs.
+
+    The library traces through the global provider; without one its spans have
+    no ids and no traceparent reaches the message. Spans are exported only
+    when `exporter` is `otlp`; either way the ids travel with the messages.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return  # the process has one already
+    provider = TracerProvider(resource=Resource({SERVICE_NAME: "recordline-publish"}))
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        endpoint = otlp_endpoint.rstrip("/") + "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+
+
+class Published(msgspec.Struct, kw_only=True):
+    sent: int = 0
+    acknowledged: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    first_error: str | None = None
+    # Pub/Sub's id for each payload, in input order (when asked for).
+    message_ids: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.acknowledged / self.seconds if self.seconds else 0.0
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent elsewhere (logs, pipes)."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int | None, *, stream: IO[str] | None = None) -> None:
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty()
+        self._started = time.monotonic()
+        self._drawn = 0.0
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._drawn < PROGRESS_SECONDS):
+            return
+        self._drawn = now
+        rate = done / max(now - self._started, 1e-9)
+        if self.total:
+            filled = self.WIDTH * done // self.total
+            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}"
+        else:
+            bar = f"{done}"
+        self.stream.write(f"\r{bar} published, {rate:,.0f}/s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def publish(
+    client: Any,
+    topics: Sequence[str],
+    payloads: Iterable[bytes],
+    *,
+    rate: float = 0.0,
+    attributes: dict[str, str] | None = None,
+    progress: Progress | None = None,
+    keep_ids: bool = False,
+) -> Published:
+    """Publish every payload, round-robin over `topics`, at most `rate` per second (0: no limit).
+
+    Blocks until Pub/Sub has acknowledged or refused each one.
+    """
+    result = Published()
+    settled = threading.Condition()
+    ids: dict[int, str] = {}
+
+    def done(index: int, future: concurrent.futures.Future[str]) -> None:
+        error = future.exception()
+        with settled:
+            if error is None:
+                result.acknowledged += 1
+                if keep_ids:
+                    ids[index] = future.result()
+            else:
+                result.failed += 1
+                result.first_error = result.first_error or repr(error)
+            settled.notify()
+
+    started = time.monotonic()
+    for i, data in enumerate(payloads):
+        if rate > 0:
+            # Paced against the start, not the previous message: a late wake-up
+            # is caught up at once instead of lowering the rate for good.
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        future = client.publish(topics[i % len(topics)], data, **(attributes or {}))
+        result.sent += 1
+        future.add_done_callback(functools.partial(done, i))
+        if progress is not None:
+            progress.update(result.acknowledged)
+    with settled:
+        while result.acknowledged + result.failed < result.sent:
+            settled.wait(timeout=PROGRESS_SECONDS)
+            if progress is not None:
+                progress.update(result.acknowledged)
+    result.seconds = time.monotonic() - started
+    result.message_ids = [ids.get(i, "") for i in range(result.sent)] if keep_ids else []
+    if progress is not None:
+        progress.update(result.acknowledged, force=True)
+        progress.close()
+    return result
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    from app.settings import Settings, SettingsError
+
+    emulator_host = os.environ.get("PUBSUB_EMULATOR_HOST") or None
+    project = args.project or os.environ.get("GOOGLE_CLOUD_PROJECT", "")
+    if not project and not args.topic.startswith("projects/"):
+        if emulator_host is None:
+            print(
+                "recordline publish: name the project (--project or GOOGLE_CLOUD_PROJECT), "
+                "or set PUBSUB_EMULATOR_HOST to publish to the emulator",
+                file=sys.stderr,
+            )
+            return 2
+        from app.devstack import DEV_PROJECT
+
+        project = DEV_PROJECT
+    try:
+        telemetry = Settings.load().telemetry
+    except SettingsError as exc:
+        print(f"recordline publish: {exc}", file=sys.stderr)
+        return 2
+    trace_publishes(exporter=telemetry.traces_exporter, otlp_endpoint=telemetry.otlp_endpoint)
+    topic = topic_path(args.topic, project)
+    client = publisher_client(emulator_host=emulator_host)
+
+    source: IO[bytes] | None = None
+    if args.file is None:
+        total: int | None = args.count
+        payloads: Iterable[bytes] = generated_records(args.count)
+    elif args.file == "-":
+        total, payloads = None, file_records(sys.stdin.buffer)
+    else:
+        path = Path(args.file)
+        with path.open("rb") as counted:
+            total = sum(1 for line in counted if line.strip())
+        source = path.open("rb")
+        payloads = file_records(source)
+    try:
+        result = publish(client, [topic], payloads, rate=args.rate, progress=Progress(total))
+    except KeyboardInterrupt:
+        print("\nrecordline publish: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if source is not None:
+            source.close()
+    print(
+        f"published {result.acknowledged} of {result.sent} messages to {topic} in "
+        f"{result.seconds:.1f} s ({result.rate:,.0f}/s)",
+        file=sys.stderr,
+    )
+    if result.failed:
+        print(
+            f"recordline publish: {result.failed} failed; first: {result.first_error}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topic", required=True, help="topic name, or projects/P/topics/T")
+    parser.add_argument(
+        "--project",
+        help="Google Cloud project (GOOGLE_CLOUD_PROJECT; with PUBSUB_EMULATOR_HOST set, "
+        "default recordline-dev, the dev stack's)",
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--count", type=int, default=100, help="generate this many records (default 100)"
+    )
+    what.add_argument(
+        "--file", help="publish each line of this JSON Lines file as is (- for stdin)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="messages per second (default: as fast as possible)"
+    )
+
+
+# -- tail ---------------------------------------------------------------------
+
+
+class _Page(msgspec.Struct):
+    # Records stay raw JSON: tail prints them exactly as the API served them.
+    records: list[msgspec.Raw]
+    next_page_token: str | None = None
+
+
+_decode_page = msgspec.json.Decoder(_Page).decode
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class FollowError(RuntimeError):
+    """The API refused the request for a reason waiting will not fix (4xx)."""
+
+
+def since_time(value: str | None, *, now: datetime | None = None) -> str:
+    """An RFC 3339 time from `--since`: a time, a duration back (`15m`, `2h`), or now."""
+    now = now or datetime.now(UTC)
+    if value is None:
+        return rfc3339(now)
+    match = _DURATION.fullmatch(value.strip())
+    if match:
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+        return rfc3339(now - timedelta(seconds=seconds))
+    return value  # the service says so if it is not RFC 3339
+
+
+async def follow(
+    http: httpx.AsyncClient,
+    *,
+    since: str | None = None,
+    limit: int = FOLLOW_PAGE_LIMIT,
+    idle: float = FOLLOW_IDLE_SECONDS,
+) -> AsyncIterator[list[msgspec.Raw]]:
+    """Every record from `since` on, page by page, as they arrive; runs until cancelled.
+
+    Waits `idle` whenever a page comes back short (the follower has caught up)
+    and, the same way, while the service is unreachable or answers 5xx: a
+    restarting service is waited for, and the page token stays valid across it.
+    """
+    params: dict[str, str | int] = {"limit": limit}
+    if since is not None:
+        params["since"] = since
+    while True:
+        try:
+            response = await http.get("/v1/records", params=params)
+        except httpx.TransportError:
+            await asyncio.sleep(idle)
+            continue
+        if response.status_code >= 500:
+            await asyncio.sleep(idle)
+            continue
+        if response.is_error:
+            raise FollowError(f"GET /v1/records answered {response.status_code}: {response.text}")
+        page = _decode_page(response.content)
+        if page.records:
+            yield page.records
+        if page.next_page_token is None:
+            return  # only a bounded range ends
+        params = {"limit": limit, "page_token": page.next_page_token}
+        if len(page.records) < limit:
+            await asyncio.sleep(idle)
+
+
+async def _tail(url: str, *, since: str, token: str | None, out: IO[bytes]) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+        async for records in follow(http, since=since):
+            out.write(b"".join(bytes(r) + b"\n" for r in records))
+            out.flush()
+
+
+def tail_command(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(
+            _tail(args.url, since=since_time(args.since), token=args.token, out=sys.stdout.buffer)
+        )
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # `recordline tail | head`: the reader left; say nothing more on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except FollowError as exc:
+        print(f"recordline tail: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="the service (default http://127.0.0.1:8080)"
+    )
+    parser.add_argument(
+        "--since",
+        help="start at this RFC 3339 time, or this long ago (30s, 15m, 2h, 7d); default now",
+    )
+    parser.add_argument(
+        "--token",
+        help="bearer token for reads that require one, e.g. $(gcloud auth print-identity-token)",
+    )

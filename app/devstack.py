@@ -1,0 +1,530 @@
+"""A local replica of the cloud path: the Pub/Sub emulator pushing to the service.
+
+`recordline dev` starts Google's Pub/Sub emulator (it ships with the Google
+Cloud CLI and needs Java), starts `recordline serve` with a random push
+secret, and wires them together the way Terraform wires the cloud: a topic, a
+push subscription with a dead-letter topic (and, on request, a retry policy:
+see `wire`), and a pull subscription that keeps the dead letters. The end-to-end tests and the e2e
+benchmark use the same pieces.
+
+The emulator is started directly, not through `gcloud beta emulators`, whose
+Java child outlives the wrapper. It runs in a process group of its own, so a
+Ctrl-C in the terminal reaches only us, and we stop the whole group.
+
+What the emulator does not do: it sends no OIDC token (the service checks a
+shared secret in the push URL instead) and no `deliveryAttempt`. It also
+pushes at most two messages at a time per subscription (two push loops, each
+pulling one message and waiting for its answer), where Pub/Sub pushes
+hundreds: throughput through it is about 2 / (push round trip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import msgspec
+
+# Where the Google Cloud CLI keeps the emulator, below its SDK root.
+EMULATOR_IN_SDK = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+# The JVM starts in ~3 s on two cores; 60 s covers a cold disk and a busy machine.
+EMULATOR_START_SECONDS = 60.0
+# The emulator's Java process answers SIGTERM at once; a wedged JVM gets SIGKILL.
+EMULATOR_STOP_SECONDS = 5.0
+# `gcloud info` imports the whole CLI: ~2 s when warm, far more on a cold disk.
+GCLOUD_INFO_SECONDS = 30.0
+
+DEV_PROJECT = "recordline-dev"
+DEV_TOPIC = "records"
+# Pub/Sub's smallest allowed value, so a poison message reaches the dead-letter
+# topic after the fewest pushes.
+MIN_DELIVERY_ATTEMPTS = 5
+
+
+class EmulatorNotFound(RuntimeError):
+    """The emulator or Java is missing; the message says which and how to get it."""
+
+
+def find_emulator(environ: Mapping[str, str] | None = None) -> Path:
+    """The emulator's launcher: RECORDLINE_PUBSUB_EMULATOR, else the Google Cloud CLI's.
+
+    Raises EmulatorNotFound with a message that starts "Pub/Sub emulator", so a
+    test that skips on it says why in words a reader can act on.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("RECORDLINE_PUBSUB_EMULATOR", "")
+    if explicit:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise EmulatorNotFound(
+                f"Pub/Sub emulator: RECORDLINE_PUBSUB_EMULATOR={explicit} is not an executable"
+            )
+    else:
+        path = _emulator_in_sdk()
+    if shutil.which("java", path=environ.get("PATH")) is None and not environ.get("JAVA_HOME"):
+        raise EmulatorNotFound(
+            "Pub/Sub emulator: Java is not installed (the emulator needs a Java 11+ runtime)"
+        )
+    return path
+
+
+def _emulator_in_sdk() -> Path:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        raise EmulatorNotFound(
+            "Pub/Sub emulator: not found; install the Google Cloud CLI and "
+            "`gcloud components install pubsub-emulator`, or set RECORDLINE_PUBSUB_EMULATOR"
+        )
+    try:
+        root = subprocess.run(  # noqa: S603 - our own argv, no shell
+            [gcloud, "info", "--format=value(installation.sdk_root)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=GCLOUD_INFO_SECONDS,
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise EmulatorNotFound(f"Pub/Sub emulator: `gcloud info` failed: {exc}") from None
+    path = Path(root) / EMULATOR_IN_SDK
+    if not path.is_file():
+        raise EmulatorNotFound(
+            f"Pub/Sub emulator: not installed in {root}; run "
+            "`gcloud components install pubsub-emulator` (or apt-get install "
+            "google-cloud-cli-pubsub-emulator)"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen[bytes]) -> None:
+    """Poll `url` until it answers 200; fail early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with status {process.returncode} before {url} answered")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def stop_group(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM the process group `process` leads, then SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+class Emulator:
+    """One running emulator process group; a context manager that stops it."""
+
+    def __init__(self, launcher: Path, *, port: int = 0, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="pubsub-emulator-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
+        # The emulator logs a line per connection: into a pipe nobody drains,
+        # it would block after 64 KiB, so its output goes to a file.
+        with log_path.open("ab") as log:
+            self._process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+                [str(launcher), "--host=127.0.0.1", f"--port={self.port}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until_ready(
+                f"http://{self.host}/", timeout=EMULATOR_START_SECONDS, process=self._process
+            )
+        except RuntimeError as exc:
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"Pub/Sub emulator: {exc}\n{tail}") from None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        stop_group(self._process, timeout=EMULATOR_STOP_SECONDS)
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class Backoff(msgspec.Struct, frozen=True):
+    """A push subscription's retry policy: exponential, between these bounds (seconds)."""
+
+    minimum: float
+    maximum: float
+
+
+# Short bounds (Pub/Sub's defaults are 10 s and 600 s): in development a fixed
+# bug should show results soon.
+DEV_BACKOFF = Backoff(1.0, 10.0)
+
+
+class _Received(msgspec.Struct, frozen=True):
+    ackId: str
+    message: dict[str, Any]
+
+
+class _PullResponse(msgspec.Struct, frozen=True):
+    receivedMessages: list[_Received] = []
+
+
+class PubSubAdmin:
+    """Topics and subscriptions through the emulator's REST API.
+
+    The REST surface is the emulator's simplest: one PUT creates a push
+    subscription with its retry and dead-letter policies, which the gRPC
+    admin client would spell in three nested protobuf types.
+    """
+
+    def __init__(self, host: str, project: str = DEV_PROJECT) -> None:
+        self.project = project
+        self._http = httpx.AsyncClient(base_url=f"http://{host}/v1/projects/{project}", timeout=30)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._http.aclose()
+
+    def topic_path(self, topic: str) -> str:
+        return f"projects/{self.project}/topics/{topic}"
+
+    def subscription_path(self, subscription: str) -> str:
+        return f"projects/{self.project}/subscriptions/{subscription}"
+
+    async def create_topic(self, topic: str) -> str:
+        await self._put(f"/topics/{topic}", {})
+        return self.topic_path(topic)
+
+    async def create_push_subscription(
+        self,
+        subscription: str,
+        *,
+        topic: str,
+        endpoint: str,
+        ack_deadline_seconds: int = 10,
+        backoff: Backoff | None = None,
+        dead_letter_topic: str | None = None,
+        max_delivery_attempts: int = MIN_DELIVERY_ATTEMPTS,
+    ) -> str:
+        body: dict[str, Any] = {
+            "topic": self.topic_path(topic),
+            "pushConfig": {"pushEndpoint": endpoint},
+            "ackDeadlineSeconds": ack_deadline_seconds,
+        }
+        if backoff is not None:
+            body["retryPolicy"] = {
+                "minimumBackoff": f"{backoff.minimum:g}s",
+                "maximumBackoff": f"{backoff.maximum:g}s",
+            }
+        if dead_letter_topic is not None:
+            body["deadLetterPolicy"] = {
+                "deadLetterTopic": self.topic_path(dead_letter_topic),
+                "maxDeliveryAttempts": max_delivery_attempts,
+            }
+        await self._put(f"/subscriptions/{subscription}", body)
+        return self.subscription_path(subscription)
+
+    async def create_pull_subscription(self, subscription: str, *, topic: str) -> str:
+        await self._put(f"/subscriptions/{subscription}", {"topic": self.topic_path(topic)})
+        return self.subscription_path(subscription)
+
+    async def pull(self, subscription: str, *, max_messages: int = 100) -> list[dict[str, Any]]:
+        """Messages waiting on a pull subscription, acknowledged once returned."""
+        response = await self._http.post(
+            f"/subscriptions/{subscription}:pull",
+            # Without returnImmediately the emulator holds the call open until
+            # a message arrives, which is never for an empty dead-letter queue.
+            json={"maxMessages": max_messages, "returnImmediately": True},
+        )
+        response.raise_for_status()
+        received = msgspec.json.decode(response.content, type=_PullResponse).receivedMessages
+        if received:
+            ack = {"ackIds": [r.ackId for r in received]}
+            (
+                await self._http.post(f"/subscriptions/{subscription}:acknowledge", json=ack)
+            ).raise_for_status()
+        return [r.message for r in received]
+
+    async def delete_subscription(self, subscription: str) -> None:
+        await self._delete(f"/subscriptions/{subscription}")
+
+    async def delete_topic(self, topic: str) -> None:
+        await self._delete(f"/topics/{topic}")
+
+    async def _put(self, path: str, body: dict[str, Any]) -> None:
+        response = await self._http.put(path, json=body)
+        # 409: it exists already, as wanted (a rerun against a running emulator).
+        if response.status_code != 409:
+            _raise_for_status(response)
+
+    async def _delete(self, path: str) -> None:
+        response = await self._http.delete(path)
+        if response.status_code != 404:
+            _raise_for_status(response)
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_error:
+        raise RuntimeError(
+            f"Pub/Sub emulator: {response.request.method} {response.request.url} answered "
+            f"{response.status_code}: {response.text[:500]}"
+        )
+
+
+# -- recordline dev -------------------------------------------------------------
+
+
+class DevStack(msgspec.Struct, kw_only=True, frozen=True):
+    """What `recordline dev` set up, for the instructions it prints."""
+
+    service_url: str
+    store: str
+    emulator_host: str | None = None
+    project: str = DEV_PROJECT
+    topic: str = DEV_TOPIC
+    push_subscription: str = ""
+    dead_letter_subscription: str = ""
+    emulator_log: str = ""
+
+
+async def wire(
+    admin: PubSubAdmin,
+    *,
+    topic: str,
+    service_url: str,
+    push_token: str,
+    backoff: Backoff | None = None,
+    max_delivery_attempts: int | None = MIN_DELIVERY_ATTEMPTS,
+    # Above the service's 8 s write deadline, so a slow store answers 503
+    # before Pub/Sub gives up on the push.
+    ack_deadline_seconds: int = 10,
+) -> tuple[str, str | None]:
+    """Topic → push subscription → service, with a kept dead-letter queue.
+
+    Returns the push subscription's name and the dead-letter queue's (None
+    when `max_delivery_attempts` is None: no dead-letter policy).
+
+    The emulator (0.8.20) is no faithful model of redelivery, and both ways it
+    differs bear on these choices:
+    - With a retry policy (`backoff`) it strands messages: after a 3 s outage
+      that refused 600 messages twice each, ~150 were never pushed again in
+      the next 100 s. So the retry policy Terraform sets in the cloud is
+      opt-in here.
+    - Without one it redelivers at once: ~1 s after a 503, immediately after
+      a refused connection. A service that is down for a restart therefore
+      burns through 5 attempts in well under a second, and with a dead-letter
+      policy messages land on the dead-letter topic that Pub/Sub, backing off
+      for 10 s and more, would have delivered after the restart.
+    """
+    await admin.create_topic(topic)
+    kept = None
+    dead_letters = f"{topic}-dead-letter"
+    if max_delivery_attempts is not None:
+        await admin.create_topic(dead_letters)
+        # Created before the push subscription, so no dead letter ever lands on
+        # a topic without a subscription (Pub/Sub would drop it).
+        kept = await admin.create_pull_subscription(f"{dead_letters}-kept", topic=dead_letters)
+    push = await admin.create_push_subscription(
+        f"{topic}-push",
+        topic=topic,
+        endpoint=f"{service_url}/pubsub/push?token={push_token}",
+        ack_deadline_seconds=ack_deadline_seconds,
+        backoff=backoff,
+        dead_letter_topic=dead_letters if max_delivery_attempts is not None else None,
+        max_delivery_attempts=max_delivery_attempts or MIN_DELIVERY_ATTEMPTS,
+    )
+    return push, kept
+
+
+def instructions(stack: DevStack) -> str:
+    lines = [
+        "",
+        "Recordline dev stack",
+        f"  service    {stack.service_url}  (store {stack.store}; API docs at /docs)",
+    ]
+    if stack.emulator_host is None:
+        lines += [
+            "  Pub/Sub    not running: the emulator is not installed (see above); the service",
+            "             runs alone and takes pushes on POST /pubsub/push",
+        ]
+    else:
+        lines += [
+            f"  emulator   {stack.emulator_host}  (log {stack.emulator_log})",
+            f"  topic      projects/{stack.project}/topics/{stack.topic}",
+            f"  push       {stack.push_subscription} → {stack.service_url}/pubsub/push",
+            f"  dead       {stack.dead_letter_subscription} keeps messages refused "
+            f"{MIN_DELIVERY_ATTEMPTS} times",
+            "",
+            "Publish, from another terminal:",
+            f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline publish "
+            f"--project {stack.project} --topic {stack.topic} --count 1000 --rate 100",
+            "Dead letters:",
+            f"  curl -X POST http://{stack.emulator_host}/v1/{stack.dead_letter_subscription}:pull "
+            """-d '{"maxMessages": 10}'""",
+            "",
+        ]
+    lines += [
+        "Read:",
+        f"  recordline tail --url {stack.service_url} --since 1h",
+        f"  curl '{stack.service_url}/v1/records?limit=10'",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class _Stop(Exception):
+    """SIGTERM, turned into an exception so cleanup runs as it does for Ctrl-C."""
+
+
+def dev_command(args: argparse.Namespace) -> int:
+    """`recordline dev`: emulator (when installed), service, topology; Ctrl-C stops all."""
+    say = _stderr
+    service_url = f"http://127.0.0.1:{args.port}"
+    try:
+        launcher: Path | None = find_emulator()
+    except EmulatorNotFound as exc:
+        say(f"recordline dev: {exc}")
+        say("recordline dev: running the service alone")
+        launcher = None
+
+    def on_sigterm(*_: object) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    emulator: Emulator | None = None
+    service: subprocess.Popen[bytes] | None = None
+    try:
+        if launcher is not None:
+            say(f"recordline dev: starting the Pub/Sub emulator on 127.0.0.1:{args.emulator_port}")
+            emulator = Emulator(launcher, port=args.emulator_port)
+        token = secrets.token_urlsafe(24)
+        env = dict(os.environ)
+        if emulator is not None:
+            env["RECORDLINE_PUSH_TOKEN"] = token
+        service = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(args.port),
+                "--store",
+                args.store,
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            # Its own group: Ctrl-C reaches us only, and we stop the service
+            # first (it drains in-flight pushes), then the emulator.
+            start_new_session=True,
+        )
+        wait_until_ready(f"{service_url}/readyz", timeout=60, process=service)
+        stack = DevStack(service_url=service_url, store=args.store)
+        if emulator is not None:
+            backoff = DEV_BACKOFF if args.retry_policy else None
+            push, kept = asyncio.run(_wire_dev(emulator.host, service_url, token, backoff))
+            stack = DevStack(
+                service_url=service_url,
+                store=args.store,
+                emulator_host=emulator.host,
+                push_subscription=push,
+                dead_letter_subscription=kept or "",
+                emulator_log=str(emulator.log_path),
+            )
+        print(instructions(stack), flush=True)
+        return service.wait()
+    except (KeyboardInterrupt, _Stop):
+        say("\nrecordline dev: stopping")
+        return 0
+    except RuntimeError as exc:
+        say(f"recordline dev: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if service is not None:
+            # The service's own grace (8 s by default) plus time to close the store.
+            stop_group(service, timeout=15)
+        if emulator is not None:
+            emulator.stop()
+
+
+async def _wire_dev(
+    host: str, service_url: str, token: str, backoff: Backoff | None
+) -> tuple[str, str | None]:
+    async with PubSubAdmin(host) as admin:
+        return await wire(
+            admin, topic=DEV_TOPIC, service_url=service_url, push_token=token, backoff=backoff
+        )
+
+
+def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8080, help="service port (default 8080)")
+    parser.add_argument(
+        "--emulator-port", type=int, default=8085, help="emulator port (default 8085, gcloud's)"
+    )
+    parser.add_argument(
+        "--store",
+        default="duckdb:recordline.duckdb",
+        help="store URL for the service (default duckdb:recordline.duckdb)",
+    )
+    parser.add_argument(
+        "--retry-policy",
+        action="store_true",
+        help=f"give the push subscription a retry policy ({DEV_BACKOFF.minimum:g} s to "
+        f"{DEV_BACKOFF.maximum:g} s backoff), as in the cloud; the emulator then strands "
+        "some refused messages",
+    )
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,153 @@
+"""The emulator pushes to the service in this process, whose store faults on cue.
+
+The store is passed to `create_app`, wrapped in a fake that fails through the
+Store protocol; the emulator reaches the service on a real loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from app.asgi import create_app
+from app.store.duckdb import DuckDBStore
+from tests.conftest import served, settings
+from tests.e2e.conftest import (
+    PUSH_TOKEN,
+    Follower,
+    RecordingStore,
+    Wiring,
+    payloads,
+    percentile,
+    publish_all,
+)
+
+pytestmark = pytest.mark.emulator
+
+
+@asynccontextmanager
+async def service(store: RecordingStore) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    app = create_app(settings(RECORDLINE_PUSH_TOKEN=PUSH_TOKEN), store=store)
+    async with served(app) as http:
+        yield http, str(http.base_url).rstrip("/")
+
+
+def ids(prefix: str, count: int) -> set[str]:
+    return {f"{prefix}-{n}" for n in range(count)}
+
+
+async def test_every_published_message_is_answered_exactly_once(
+    wiring: Wiring, publisher: Any
+) -> None:
+    store = RecordingStore(DuckDBStore(":memory:"))
+    async with service(store) as (http, url), Follower(http) as follower:
+        await wiring.connect(url)
+        await publish_all(publisher, wiring.topic_path, payloads("bulk", 5000))
+        await follower.wait_for(ids("bulk", 5000), timeout=150)
+        # A redelivery that came after the last first delivery would show by now.
+        await asyncio.sleep(1)
+    follower.assert_exactly_once(ids("bulk", 5000))
+    # The publisher traced every message, and the trace context reached storage.
+    assert all("googclient_traceparent" in a for a in follower.attributes.values())
+
+
+async def test_a_store_outage_is_redelivered_and_nothing_is_lost(
+    wiring: Wiring, publisher: Any
+) -> None:
+    store = RecordingStore(DuckDBStore(":memory:"))
+    async with service(store) as (http, url), Follower(http) as follower:
+        await wiring.connect(url)
+        publishing = asyncio.create_task(
+            publish_all(publisher, wiring.topic_path, payloads("outage", 1000), rate=200)
+        )
+        await follower.wait_count(100, timeout=30)
+        store.failing = True  # every append fails: pushes are answered 503
+        await asyncio.sleep(3)
+        store.failing = False
+        refused = sum(store.refusals.values())
+        await publishing
+        await follower.wait_for(ids("outage", 1000), timeout=90)
+        await asyncio.sleep(1)
+    assert refused > 0, "the outage refused nothing: it did not test redelivery"
+    follower.assert_exactly_once(ids("outage", 1000))
+
+
+INVALID = {
+    b"not json": "payload is not JSON",
+    b'{"data": "no id"}': "missing required field `id`",
+    b'{"id": 5}': "`$.id`",
+    b'{"id": "t", "timestamp": "yesterday"}': "`$.timestamp`",
+    b"\xff\xfe\x00": "payload is not JSON",
+}
+
+
+async def test_invalid_payloads_are_rejected_with_a_reason_and_do_not_slow_the_rest(
+    wiring: Wiring, publisher: Any
+) -> None:
+    store = RecordingStore(DuckDBStore(":memory:"))
+    before, after = payloads("before", 100), payloads("after", 100)
+    invalid = list(INVALID) * 6
+    async with service(store) as (http, url), Follower(http) as follower:
+        await wiring.connect(url)
+        message_ids = await publish_all(
+            publisher, wiring.topic_path, before + invalid + after, rate=50
+        )
+        valid = ids("before", 100) | ids("after", 100)
+        await follower.wait_for(valid, timeout=60)
+        await asyncio.sleep(1)
+        rejected = message_ids[len(before) : len(before) + len(invalid)]
+        for message_id, data in zip(rejected, invalid, strict=True):
+            answer = (await http.get(f"/v1/messages/{message_id}")).json()
+            assert answer["status"] == "rejected", answer
+            assert INVALID[data] in answer["reason"], answer
+    follower.assert_exactly_once(valid)
+    # Each message was appended once: no push was refused, so nothing was
+    # redelivered and the subscription never backed off.
+    assert sum(store.appends) == len(message_ids)
+    assert not store.refusals
+    latencies = follower.latencies(ids("after", 100))
+    assert latencies[-1] < 2.0, (
+        f"published after the invalid ones, slowest took {latencies[-1]:.2f} s"
+    )
+
+
+async def test_a_message_the_store_always_refuses_reaches_the_dead_letter_topic(
+    wiring: Wiring, publisher: Any
+) -> None:
+    poison = msgspec.json.encode({"id": "poison", "data": "always refused"})
+    store = RecordingStore(DuckDBStore(":memory:"), poison=frozenset({"poison"}))
+    async with service(store) as (http, url), Follower(http) as follower:
+        await wiring.connect(url)
+        message_ids = await publish_all(
+            publisher, wiring.topic_path, [*payloads("dlq", 20), poison]
+        )
+        dead = await wiring.dead_lettered(timeout=60)
+        await follower.wait_for(ids("dlq", 20), timeout=30)
+        never = await http.get(f"/v1/messages/{message_ids[-1]}")
+    assert len(dead) == 1, dead
+    assert base64.b64decode(dead[0]["data"]) == poison
+    # maxDeliveryAttempts is 5: five pushes, five refusals, then the dead-letter topic.
+    assert dead[0]["attributes"]["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    assert store.refusals["poison"] == 5
+    assert never.status_code == 404
+    follower.assert_exactly_once(ids("dlq", 20))
+
+
+async def test_publish_to_visible_latency(wiring: Wiring, publisher: Any) -> None:
+    store = RecordingStore(DuckDBStore(":memory:"))
+    async with service(store) as (http, url), Follower(http) as follower:
+        await wiring.connect(url)
+        await publish_all(publisher, wiring.topic_path, payloads("fresh", 1000), rate=100)
+        await follower.wait_for(ids("fresh", 1000), timeout=60)
+    latencies = follower.latencies(ids("fresh", 1000))
+    p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+    print(f"publish-to-visible, 1,000 messages at 100/s: p50 {p50:.3f} s, p99 {p99:.3f} s")
+    # Generous: a loaded 2-core machine must not make this flaky.
+    assert p99 < 5.0
