@@ -97,7 +97,6 @@ def create_app(
             readyz,
             *telemetry.route_handlers,
         ],
-        middleware=[telemetry.middleware],
         dependencies={
             "ingest": constant(ingest),
             "reader": constant(reader),
@@ -105,12 +104,13 @@ def create_app(
         },
         lifespan=[auth.lifespan, lifespan],
         plugins=[
+            telemetry.plugin(),
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(
                     enable_for_all_http_exceptions=True,
                     exception_to_problem_detail_map=PROBLEMS,
                 )
-            )
+            ),
         ],
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -140,8 +140,8 @@ class _Unapplied:
 class DuckDBStore:
     """A Store on one DuckDB database (`:memory:` for a throwaway one, with no journal)."""
 
-    # One append at a time keeps journal frames in ingest-time order, which the
-    # read horizon relies on; an append is a fraction of a millisecond anyway.
+    # Appends are serialised on the journal thread anyway, and take a fraction
+    # of a millisecond: a second one in flight would only wait behind the first.
     max_in_flight = 1
 
     def __init__(self, path: str) -> None:
@@ -205,7 +205,9 @@ class DuckDBStore:
         await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
 
     def read_horizon(self, now: int) -> int:
-        return min(self._unapplied[0].oldest, now) if self._unapplied else now
+        # Not just the first entry: appends may arrive out of stamp order when
+        # a caller runs several at once, and any unapplied row holds reads back.
+        return min((entry.oldest for entry in self._unapplied), default=now)
 
     # -- writing ---------------------------------------------------------------
 

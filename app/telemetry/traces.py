@@ -6,44 +6,36 @@ The path of one message through Cloud Trace:
                                    ▲ link
                    recordline.flush (one per batch) ─► recordline.store.append
 
-The push span continues the trace of the incoming `traceparent` or Cloud Run's
-`X-Cloud-Trace-Context`, so the stored row's `trace_id` is the one Cloud Run's
-request log shows. The publisher's span arrives as a message attribute and is
-linked, not adopted as parent: a Pub/Sub delivery is a new operation, and a
-redelivery an hour later should not stretch the publisher's trace.
+The server span is Litestar's OpenTelemetry plugin's (the ASGI
+instrumentation); it continues the trace of the incoming `traceparent` or
+Cloud Run's `X-Cloud-Trace-Context`, so the stored row's `trace_id` is the one
+Cloud Run's request log shows. The publisher's span arrives as a message
+attribute and is linked, not adopted as parent: a Pub/Sub delivery is a new
+operation, and a redelivery an hour later should not stretch the publisher's
+trace.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import time
+import functools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
-from opentelemetry import context, trace
+from litestar import Litestar
+from litestar.exceptions import HTTPException
+from litestar.types import Scope
+from litestar.utils import normalize_path
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.cloud_trace_propagator import CloudTraceFormatPropagator
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import sampling
-from opentelemetry.trace import (
-    Link,
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-)
+from opentelemetry.trace import Link, SpanContext, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.ingest.envelope import PushedMessage
-
-log = logging.getLogger("recordline.http")
 
 # Pub/Sub's client libraries, with tracing on, carry the publisher's context in
 # these message attributes (W3C format).
@@ -55,15 +47,10 @@ PUBLISHER_TRACESTATE = "googclient_tracestate"
 MAX_FLUSH_LINKS = 128
 
 _w3c = TraceContextTextMapPropagator()
-
-
-def propagator() -> TextMapPropagator:
-    """Reads `traceparent` and Cloud Run's `X-Cloud-Trace-Context`.
-
-    When both arrive (Cloud Run sets both, with the same trace), the W3C
-    header wins because it comes last.
-    """
-    return CompositePropagator([CloudTraceFormatPropagator(), _w3c])
+# Reads `traceparent` and Cloud Run's `X-Cloud-Trace-Context`. When both
+# arrive (Cloud Run sets both, with the same trace), the W3C header wins
+# because it comes last. One instance, so installing it twice is a no-op.
+REQUEST_PROPAGATOR = CompositePropagator([CloudTraceFormatPropagator(), _w3c])
 
 
 def sampler(name: str, ratio: float) -> sampling.Sampler:
@@ -84,126 +71,51 @@ def sampler(name: str, ratio: float) -> sampling.Sampler:
 
 # -- HTTP ---------------------------------------------------------------------
 
-_CARRIED_HEADERS = frozenset({b"traceparent", b"tracestate", b"x-cloud-trace-context"})
 
+def configure_http_instrumentation() -> None:
+    """Set the two things the ASGI instrumentation reads only from the process.
 
-class TracingMiddleware:
-    """One SERVER span per HTTP request, current while the handler runs.
+    It extracts the caller's context with the *global* propagator
+    (`opentelemetry.propagate.extract`) and takes neither a propagator nor a
+    getter of ours, so the one that reads X-Cloud-Trace-Context has to be
+    global. Every app in the process wants the same one, so sharing it is
+    harmless; OTEL_PROPAGATORS is not consulted, as these two headers are
+    what Cloud Run sends.
 
-    Leaner than the generic ASGI instrumentation (no spans around `receive`
-    and `send`, no per-request URL rebuilding): the push route's whole budget
-    is ~170 µs per request. It runs after routing, so the span is named by
-    the route template, and a 404 is not traced.
+    It also names attributes and metrics after the stable HTTP conventions
+    (`http.response.status_code`, `http.server.request.duration` by
+    `http.route`) only when OTEL_SEMCONV_STABILITY_OPT_IN says so, and reads
+    that once, when the first app is built; an operator's own value wins.
     """
+    if propagate.get_global_textmap() is not REQUEST_PROPAGATOR:
+        propagate.set_global_textmap(REQUEST_PROPAGATOR)
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        tracer: Tracer,
-        propagator: TextMapPropagator,
-        untraced: frozenset[str],
-    ) -> None:
-        self.app = app
-        self._tracer = tracer
-        self._propagator = propagator
-        self._untraced = untraced
-        self._routes: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
 
-    def _route(self, method: str, template: str) -> tuple[str, dict[str, str]]:
-        # Name and attributes depend only on the route: built once per route.
-        key = (method, template)
-        found = self._routes.get(key)
-        if found is None:
-            attributes = {"http.request.method": method, "http.route": template}
-            found = self._routes[key] = (f"{method} {template}", attributes)
-        return found
+def route_span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """`POST /pubsub/push`, `GET /v1/records/{record_id}`: a server span named by its route.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"] in self._untraced:
-            await self.app(scope, receive, send)
-            return
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in _CARRIED_HEADERS
-        }
-        parent = _parent(carrier, self._propagator)
-        method = scope["method"]
-        name, attributes = self._route(method, scope.get("path_template", scope["path"]))
-        span = self._tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+    The plugin's middleware wraps the router, so the span starts before
+    routing has put `path_template` in the scope. The route is looked up here
+    in the router's own cache, which the router then hits again (<1 µs). A
+    path without a route (404, 405) names the span by its method alone, so
+    a scan of random paths adds no span names.
+    """
+    method = str(scope.get("method", ""))  # only HTTP scopes reach it
+    try:
+        route = Litestar.from_scope(scope).asgi_router.handle_routing(
+            path=normalize_path(scope["path"]), method=method
         )
-        token = context.attach(trace.set_span_in_context(span, parent))
-        try:
-            if not span.is_recording() and not log.isEnabledFor(logging.DEBUG):
-                await self.app(scope, receive, send)
-                return
-            started = time.perf_counter()
-            status = 500
-
-            async def send_and_note_status(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_and_note_status)
-            except Exception as exc:
-                span.record_exception(exc)
-                raise
-            finally:
-                if span.is_recording():
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_status(StatusCode.ERROR)
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug(
-                        "%s %s %d",
-                        method,
-                        scope["path"],
-                        status,
-                        extra={"fields": {"httpRequest": _http_request(scope, status, started)}},
-                    )
-        finally:
-            context.detach(token)
-            span.end()
+    except HTTPException:
+        return method, {}
+    return _route_details(method, route[4])
 
 
-_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-
-
-def _parent(carrier: dict[str, str], propagator: TextMapPropagator) -> Context:
-    """The caller's context. A lone `traceparent` (plus Cloud Run's
-    X-Cloud-Trace-Context, which it overrides anyway) is parsed here: ~1 µs,
-    against ~14 µs through the propagator chain, on every request."""
-    if not carrier:
-        return Context()
-    traceparent = carrier.get("traceparent")
-    if traceparent is not None and "tracestate" not in carrier:
-        found = _TRACEPARENT.fullmatch(traceparent)
-        if found is not None:
-            trace_id, span_id, flags = (int(g, 16) for g in found.groups())
-            if trace_id and span_id:
-                remote = SpanContext(
-                    trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1)
-                )
-                return trace.set_span_in_context(NonRecordingSpan(remote), Context())
-    return propagator.extract(carrier, context=Context())
-
-
-def _http_request(scope: HTTPScope, status: int, started: float) -> dict[str, Any]:
-    """Cloud Logging's HttpRequest shape."""
-    headers = dict(scope["headers"])
-    return {
-        "requestMethod": scope["method"],
-        "requestUrl": scope["path"],
-        "status": status,
-        "latency": f"{time.perf_counter() - started:.6f}s",
-        "userAgent": headers.get(b"user-agent", b"").decode("latin-1"),
-        "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
-    }
+@functools.cache
+def _route_details(method: str, template: str) -> tuple[str, dict[str, Any]]:
+    # Name and attributes depend only on the route: built once per route. The
+    # instrumentation copies the attributes, never changes them.
+    return f"{method} {template}", {"http.route": template}
 
 
 # -- push -------------------------------------------------------------------

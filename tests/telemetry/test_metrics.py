@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.store.duckdb import DuckDBStore
 from app.telemetry.metrics import coarse_reason
 from tests.conftest import envelope, settings
 from tests.fakes import FaultyStore
@@ -131,7 +132,7 @@ def test_prometheus_text_is_served_at_metrics(store: FaultyStore) -> None:
 
 def test_two_apps_in_one_process_keep_their_own_metrics(store: FaultyStore) -> None:
     first = create_app(settings(), store=store)
-    second = create_app(settings(), store=FaultyStore(store.inner))
+    second = create_app(settings(), store=FaultyStore(DuckDBStore(":memory:")))
     with TestClient(first) as one, TestClient(second) as two:
         one.post("/pubsub/push", json=envelope(RECORD))
         assert stored_count(one.get("/metrics").text) == 1

@@ -6,6 +6,7 @@ import asyncio
 
 from litestar import Litestar
 from litestar.testing import TestClient
+from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from app.asgi import create_app
@@ -47,6 +48,24 @@ def test_push_continues_the_incoming_trace_and_the_row_keeps_its_id(
 
     status = client.get("/v1/messages/m-1").json()
     assert status["record"]["trace_id"] == TRACE_ID
+
+
+def test_both_trace_headers_agree_on_the_traceparent(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    # Cloud Run sends both; should they ever differ, the W3C header wins.
+    other = f"{'1' * 32}/1;o=1"
+    headers = {"traceparent": TRACEPARENT, "X-Cloud-Trace-Context": other}
+    assert client.post("/pubsub/push", json=envelope(RECORD), headers=headers).status_code == 204
+    (server,) = observed.finished("POST /pubsub/push")
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+
+
+def test_the_request_propagator_is_installed_once() -> None:
+    Telemetry()
+    installed = propagate.get_global_textmap()
+    Telemetry()
+    assert propagate.get_global_textmap() is installed
 
 
 def test_delivery_attempt_is_recorded(client: TestClient[Litestar], observed: Observed) -> None:
@@ -176,10 +195,37 @@ def test_queries_are_traced_with_the_rows_they_return(
     assert query.attributes["db.response.returned_rows"] == 3
 
 
-def test_health_endpoints_and_metrics_are_not_traced(
+def test_server_spans_are_named_by_route_template(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    client.post("/pubsub/push", json=envelope(RECORD))
+    assert client.get("/v1/records/1").status_code == 200
+    assert client.get("/v1/messages/m-1").status_code == 200
+
+    (record,) = observed.finished("GET /v1/records/{record_id}")
+    assert record.attributes is not None
+    assert record.attributes["http.route"] == "/v1/records/{record_id}"
+    assert record.attributes["http.response.status_code"] == 200
+    (message,) = observed.finished("GET /v1/messages/{message_id}")
+    assert message.attributes is not None
+    assert message.attributes["http.route"] == "/v1/messages/{message_id}"
+
+
+def test_a_path_without_a_route_is_named_by_its_method_alone(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    assert client.get("/v1/records/1/nowhere").status_code == 404
+    assert client.delete("/v1/records").status_code == 405
+    names = {s.name for s in observed.finished() if s.kind is SpanKind.SERVER}
+    assert names == {"GET", "DELETE"}
+    assert all("http.route" not in (s.attributes or {}) for s in observed.finished())
+
+
+def test_health_endpoints_metrics_and_docs_are_not_traced(
     client: TestClient[Litestar], observed: Observed
 ) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     client.get("/metrics")
+    assert client.get("/docs/openapi.json").status_code == 200
     assert observed.finished() == []
