@@ -104,7 +104,7 @@ def create_app(
         },
         lifespan=[auth.lifespan, lifespan],
         plugins=[
-            telemetry.plugin(),
+            *telemetry.plugins(),
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(
                     enable_for_all_http_exceptions=True,

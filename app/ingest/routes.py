@@ -28,4 +28,4 @@ async def push(request: Request[Any, Any, Any], ingest: NamedDependency[Ingest])
     body = await request.body()
     headers = request.headers
     message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
-    await ingest.accept(message, trace_id=push_received(message, len(body)))
+    await ingest.accept(message, trace_id=push_received(message, len(body), headers))

@@ -121,16 +121,19 @@ def _route_details(method: str, template: str) -> tuple[str, dict[str, Any]]:
 # -- push -------------------------------------------------------------------
 
 
-def push_received(message: PushedMessage, body_bytes: int) -> str | None:
+def push_received(
+    message: PushedMessage, body_bytes: int, headers: Mapping[str, str]
+) -> str | None:
     """Describe the push on the current server span; return its trace id (32 hex).
 
     The trace id is the incoming `traceparent`'s when there is one, and exists
-    even when the span is not sampled, so every row leads to its request.
+    even when the span is not sampled, so every row leads to its request. With
+    tracing off there is no server span, and it comes from the headers.
     """
     span = trace.get_current_span()
     span_context = span.get_span_context()
     if not span_context.is_valid:
-        return None
+        return incoming_trace_id(headers)
     if span.is_recording():
         attributes: dict[str, str | int] = {
             "messaging.system": "gcp_pubsub",
@@ -149,6 +152,22 @@ def push_received(message: PushedMessage, body_bytes: int) -> str | None:
         if publisher is not None:
             span.add_link(publisher)
     return f"{span_context.trace_id:032x}"
+
+
+_HEX = frozenset("0123456789abcdef")
+_NO_TRACE = "0" * 32
+
+
+def incoming_trace_id(headers: Mapping[str, str]) -> str | None:
+    """The caller's trace id: W3C `traceparent`, else Cloud Run's X-Cloud-Trace-Context.
+
+    A direct parse (~1 µs): the propagators cost ~14 µs, on every push.
+    """
+    for value in (headers.get("traceparent", "")[3:35], headers.get("x-cloud-trace-context", "")):
+        trace_id = value.split("/", 1)[0].lower()
+        if len(trace_id) == 32 and trace_id != _NO_TRACE and _HEX.issuperset(trace_id):
+            return trace_id
+    return None
 
 
 def publisher_span(attributes: Mapping[str, str]) -> SpanContext | None:

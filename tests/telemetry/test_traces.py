@@ -134,12 +134,6 @@ def test_without_an_incoming_trace_the_row_gets_the_new_trace(
     assert client.get("/v1/records/1").json()["trace_id"] == f"{server.context.trace_id:032x}"
 
 
-def test_with_tracing_off_the_row_still_keeps_the_callers_trace_id(store: FaultyStore) -> None:
-    with TestClient(create_app(settings(), store=store, telemetry=Telemetry())) as client:
-        client.post("/pubsub/push", json=envelope(RECORD), headers={"traceparent": TRACEPARENT})
-        assert client.get("/v1/records/1").json()["trace_id"] == TRACE_ID
-
-
 async def test_flush_span_links_every_request_it_served(
     app: Litestar, store: FaultyStore, observed: Observed
 ) -> None:
@@ -229,3 +223,22 @@ def test_health_endpoints_metrics_and_docs_are_not_traced(
     client.get("/metrics")
     assert client.get("/docs/openapi.json").status_code == 200
     assert observed.finished() == []
+
+
+def test_with_tracing_off_the_callers_trace_id_comes_from_either_header(
+    store: FaultyStore,
+) -> None:
+    app = create_app(settings(), store=store, telemetry=Telemetry())
+    assert not Telemetry().traced
+    cases = {
+        "w3c": ({"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}, "ab" * 16),
+        "cloud": ({"x-cloud-trace-context": f"{'EF' * 16}/123;o=1"}, "ef" * 16),
+        "zero": ({"traceparent": f"00-{'0' * 32}-{'cd' * 8}-01"}, None),
+        "garbage": ({"x-cloud-trace-context": "not-a-trace"}, None),
+    }
+    with TestClient(app) as client:
+        for message_id, (headers, expected) in cases.items():
+            body = envelope(RECORD, message_id=message_id)
+            assert client.post("/pubsub/push", json=body, headers=headers).status_code == 204
+            stored = client.get(f"/v1/messages/{message_id}").json()["record"]
+            assert stored["trace_id"] == expected, message_id
