@@ -60,6 +60,12 @@ _LATE_MATERIALIZATION_ROWS = 2000
 # Journaled rows not yet in DuckDB, at most: past it, appends wait for the
 # applier, and pushes get 503 by their deadline rather than memory growing.
 _MAX_UNAPPLIED_ROWS = 100_000
+# The applier moves journaled rows into DuckDB at most this often while nobody
+# is waiting to read them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its
+# size (89 µs a row in 32-row batches, 19 µs in 256-row ones), CPU the event
+# loop needs: batching appends this way raised ingest by ~20% at 64
+# connections. A read never waits for it: its barrier asks for an apply now.
+_APPLY_EVERY_SECONDS = 0.05
 # Rows per INSERT when the applier catches up: larger batches amortise
 # DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
 _APPLY_MAX_ROWS = 20_000
@@ -158,6 +164,7 @@ class DuckDBStore:
         self._applied = 0  # appends whose rows are all in DuckDB
         self._progress = asyncio.Event()
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._apply_error: str | None = None
         self._applier: asyncio.Task[None] | None = None
 
@@ -240,6 +247,13 @@ class DuckDBStore:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self._unapplied_rows < _APPLY_MAX_ROWS and not self._hurry.is_set():
+                # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read
+                # waiting on its barrier cuts this short.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_APPLY_EVERY_SECONDS):
+                        await self._hurry.wait()
+            self._hurry.clear()
             batch: list[_Unapplied] = []
             count = 0
             for entry in self._unapplied:
@@ -357,6 +371,8 @@ class DuckDBStore:
         return await self._read(lookup)
 
     async def barrier(self) -> None:
+        if self._applied < self._frames:
+            self._hurry.set()
         try:
             async with asyncio.timeout(_READ_BARRIER_SECONDS):
                 await self._caught_up(self._frames)
