@@ -38,6 +38,7 @@ local data = "%(data)s"
 local counter = 0
 local prefix = tostring(math.random(1, 1000000000))
 request = function()
+%(per_request)s
   counter = counter + 1
   local id = prefix .. "-" .. counter
   local body = '{"message":{"data":"' .. data .. '","messageId":"' .. id ..
@@ -59,12 +60,16 @@ end
 """
 
 
-def push_script(path: str = "/pubsub/push", headers: dict[str, str] | None = None) -> str:
+def push_script(
+    path: str = "/pubsub/push", headers: dict[str, str] | None = None, per_request: str = ""
+) -> str:
+    """wrk's Lua for pushes; `per_request` is Lua run before each one is built."""
     import base64
 
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
     data = base64.b64encode(RECORD.encode()).decode()
-    return PUSH_LUA % {"headers": lines, "data": data, "path": path} + DONE_LUA
+    values = {"headers": lines, "data": data, "path": path, "per_request": per_request}
+    return PUSH_LUA % values + DONE_LUA
 
 
 @dataclass(frozen=True)
