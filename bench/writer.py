@@ -120,8 +120,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench writer", description=__doc__.splitlines()[0])
     parser.add_argument("--producers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument(
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="uvicorn uses uvloop"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.loop == "uvloop":
         import uvloop
 
@@ -161,7 +161,9 @@ def main() -> None:
             f"append p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
             f"fake server {result['fake_cpu']:.0%} of a core"
         )
+    print("targets: ≥ 40,000 rows/s with no added latency, ≥ 20,000 with 10 ms")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
