@@ -47,7 +47,13 @@ def sync() -> None:
 
 
 def run(*args: str) -> int:
-    return subprocess.run([uv(), "run", "--frozen", "--no-sync", *args], cwd=ROOT).returncode
+    # uv's own directory goes on PATH, so that what runs finds uvx (the
+    # infrastructure policy tests run checkov through it) even where uv was
+    # installed into .tools/ by this script.
+    tool = uv()
+    path = f"{Path(tool).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    command = [tool, "run", "--frozen", "--no-sync", *args]
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, "PATH": path}).returncode
 
 
 def main(argv: list[str]) -> int:

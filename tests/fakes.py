@@ -11,15 +11,15 @@ from collections.abc import Sequence
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, RowOutcome, Store
+from app.store import RowOutcome, Store, WrappedStore
 
 
-class FaultyStore:
+class FaultyStore(WrappedStore):
     """Delegates to `inner`; appends fail while `failing` is set, or stall for `delay`."""
 
     def __init__(self, inner: Store, *, max_in_flight: int | None = None) -> None:
-        self.inner = inner
-        self.max_in_flight = max_in_flight or getattr(inner, "max_in_flight", 1)
+        super().__init__(inner)
+        self.max_in_flight = max_in_flight or self.max_in_flight
         self.failing = False
         self.delay = 0.0
         self.jitter = 0.0  # up to this much more delay, at random: commits reorder
@@ -27,22 +27,10 @@ class FaultyStore:
         self.release = asyncio.Event()
         self.release.set()
 
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
     async def check(self) -> None:
         if self.failing:
             raise StoreUnavailable("injected: store down")
         await self.inner.check()
-
-    async def barrier(self) -> None:
-        await self.inner.barrier()
-
-    def read_horizon(self, now: int) -> int:
-        return self.inner.read_horizon(now)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         await self.release.wait()
@@ -53,12 +41,3 @@ class FaultyStore:
         outcomes = await self.inner.append(rows)
         self.appends.append(len(rows))
         return outcomes
-
-    async def page(self, query: PageQuery) -> list[Record]:
-        return await self.inner.page(query)
-
-    async def latest(self, record_id: str) -> Record | None:
-        return await self.inner.latest(record_id)
-
-    async def message(self, message_id: str) -> MessageStatus | None:
-        return await self.inner.message(message_id)

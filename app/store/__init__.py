@@ -88,6 +88,41 @@ class Store(Protocol):
         """Whether a message was stored or rejected, if it was ever seen."""
 
 
+class WrappedStore:
+    """A Store around another: forwards every call; subclasses override what they add to."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.max_in_flight: int = getattr(inner, "max_in_flight", 1)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def barrier(self) -> None:
+        await self.inner.barrier()
+
+    def read_horizon(self, now: int) -> int:
+        return self.inner.read_horizon(now)
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        return await self.inner.append(rows)
+
+    async def page(self, query: PageQuery) -> list[Record]:
+        return await self.inner.page(query)
+
+    async def latest(self, record_id: str) -> Record | None:
+        return await self.inner.latest(record_id)
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        return await self.inner.message(message_id)
+
+
 class UnknownStore(RecordlineError):
     title = "Unknown store URL"
 

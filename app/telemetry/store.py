@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from opentelemetry.trace import SpanKind, Tracer
 
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, RowOutcome, Store
+from app.store import MessageStatus, PageQuery, RowOutcome, Store, WrappedStore
 from app.telemetry.metrics import Metrics
 
 # `route` of recordline.query.duration: the API route each query serves.
@@ -22,27 +22,12 @@ _LATEST_ROUTE = {"route": "/v1/records/{record_id}"}
 _MESSAGE_ROUTE = {"route": "/v1/messages/{message_id}"}
 
 
-class ObservedStore:
+class ObservedStore(WrappedStore):
     def __init__(self, inner: Store, *, tracer: Tracer, metrics: Metrics) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._tracer = tracer
         self._metrics = metrics
         self._system = {"recordline.store": type(inner).__name__}
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def barrier(self) -> None:
-        await self.inner.barrier()
-
-    def read_horizon(self, now: int) -> int:
-        return self.inner.read_horizon(now)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         started = time.perf_counter()
