@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from app.records import Record, Rejection
@@ -14,52 +13,57 @@ def record(n: int) -> Record:
     return Record(message_id=f"m{n}", publish_time=n, ingest_time=1000 + n, id=str(n), data="[1]")
 
 
+def frame(*numbers: int) -> Frame:
+    return Frame(records=[record(n) for n in numbers], rejections=[])
+
+
 def test_frames_survive_reopen_and_a_torn_tail_is_dropped(tmp_path: Path) -> None:
-    path = tmp_path / "j"
-    journal = Journal(path)
+    journal = Journal(tmp_path / "j")
     assert journal.open() == []
-    first = Frame(records=[record(1), record(2)], rejections=[])
-    second = Frame(
-        records=[], rejections=[Rejection(message_id="r", publish_time=0, ingest_time=1)]
-    )
+    rejection = Rejection(message_id="r", publish_time=0, ingest_time=1)
+    first, second = frame(1, 2), Frame(records=[], rejections=[rejection])
     assert journal.append(first) == 1
     assert journal.append(second) == 2
-    intact = path.stat().st_size
     journal.close()
     # A crash in the middle of a third write leaves half a frame behind.
-    with path.open("ab") as f:
+    (segment,) = journal.segments()
+    with segment.open("ab") as f:
         f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00partial")
-    reopened = Journal(path)
+    reopened = Journal(tmp_path / "j")
     assert reopened.open() == [first, second]
-    assert path.stat().st_size == intact
+    # The old segment stays until its rows are stored elsewhere.
+    assert segment.exists()
+    reopened.discard_replayed()
+    assert not segment.exists()
+    assert reopened.append(frame(3)) == 1
     reopened.close()
+    assert Journal(tmp_path / "j").open() == [frame(3)]
 
 
 def test_a_corrupt_frame_ends_the_replay(tmp_path: Path) -> None:
-    path = tmp_path / "j"
-    journal = Journal(path)
-    journal.open()
-    journal.append(Frame(records=[record(1)], rejections=[]))
-    journal.append(Frame(records=[record(2)], rejections=[]))
-    journal.close()
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF  # flip bits inside the last frame's payload
-    path.write_bytes(bytes(data))
-    reopened = Journal(path)
-    assert [f.records[0].message_id for f in reopened.open()] == ["m1"]
-    reopened.close()
-
-
-def test_truncate_only_when_everything_written_is_applied(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
     journal.open()
-    journal.append(Frame(records=[record(1)], rejections=[]))
-    journal.append(Frame(records=[record(2)], rejections=[]))
-    journal.truncate_if_applied(1, min_bytes=0)  # frame 2 is not applied yet
-    assert journal.size() > 0
-    journal.truncate_if_applied(2, min_bytes=0)
-    assert journal.size() == 0
+    journal.append(frame(1))
+    journal.append(frame(2))
     journal.close()
+    (segment,) = journal.segments()
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # flip bits inside the last frame's payload
+    segment.write_bytes(bytes(data))
+    assert Journal(tmp_path / "j").open() == [frame(1)]
+
+
+def test_sealed_segments_go_once_applied_and_replay_spans_them(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", segment_bytes=1)  # every frame seals its segment
+    journal.open()
+    for n in range(1, 4):
+        assert journal.append(frame(n)) == n
+    assert len(journal.segments()) == 4  # three sealed, one open and empty
+    journal.release(1)
+    assert len(journal.segments()) == 3
+    journal.close()
+    # A crash now: frames 2 and 3 were never applied, and come back in order.
+    assert Journal(tmp_path / "j").open() == [frame(2), frame(3)]
 
 
 async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> None:
@@ -73,7 +77,7 @@ async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> 
     await store.close()
     journal = Journal(Path(f"{db}.journal"))
     journal.open()
-    journal.append(Frame(records=[record(0), record(1), record(2)], rejections=[]))
+    journal.append(frame(0, 1, 2))
     journal.close()
 
     store = DuckDBStore(str(db))
@@ -83,8 +87,9 @@ async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> 
             status = await store.message(f"m{n}")
             assert status is not None
             assert status.status == "stored"
-        assert os.path.getsize(f"{db}.journal") == 0
-        latest = await store.latest("1")
-        assert latest == record(1)
+        assert await store.latest("1") == record(1)
+        # Replayed segments are gone; only the new, empty one remains.
+        (segment,) = Journal(Path(f"{db}.journal")).segments()
+        assert segment.stat().st_size == 0
     finally:
         await store.close()

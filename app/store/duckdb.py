@@ -69,8 +69,6 @@ _APPLY_EVERY_SECONDS = 0.05
 # Rows per INSERT when the applier catches up: larger batches amortise
 # DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
 _APPLY_MAX_ROWS = 20_000
-# The journal is emptied once all of it is in DuckDB and it has grown past this.
-_JOURNAL_TRUNCATE_BYTES = 8 * 1024 * 1024
 # A point read waits this long for earlier appends to become readable.
 _READ_BARRIER_SECONDS = 5.0
 
@@ -176,7 +174,7 @@ class DuckDBStore:
                 log.info("replaying %d journal frames left by the last run", len(frames))
                 for frame in frames:
                     await self._write(self._insert, [*frame.records, *frame.rejections])
-                await self._in_journal_thread(self._journal.truncate)
+            await self._in_journal_thread(self._journal.discard_replayed)
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
 
     def _open(self) -> None:
@@ -279,12 +277,8 @@ class DuckDBStore:
             self._applied = batch[-1].frame_number
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
-            if self._journal is not None and not self._unapplied:
-                await self._in_journal_thread(
-                    self._journal.truncate_if_applied,
-                    self._applied,
-                    min_bytes=_JOURNAL_TRUNCATE_BYTES,
-                )
+            if self._journal is not None:
+                await self._in_journal_thread(self._journal.release, self._applied)
 
     async def _caught_up(self, frame_number: int) -> None:
         while self._applied < frame_number:

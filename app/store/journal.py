@@ -3,14 +3,19 @@
 DuckDB pays ~3 ms per statement at rest and ~10 ms on a loaded two-core
 machine, whatever the batch, so a push acknowledged only after its own INSERT
 committed capped ingest near 2k msgs/s at 64 connections. A journal frame costs
-one `write` and one `fdatasync` (~0.1 ms on this disk), so a push is
+one `write` and one `fdatasync` (~0.3 ms on this disk), so a push is
 acknowledged as soon as its frame is on disk, and the DuckDB store applies
 journaled rows behind it in large batches.
+
+The journal is a series of segment files, `BASE.00000000`, `BASE.00000001`, …
+A segment is sealed once it passes `segment_bytes`, and deleted once every
+frame in it is applied: under steady load the applier is never fully caught
+up, so a single file could never be emptied.
 
 Frame layout: `<u32 length><u32 crc32>` then `length` bytes of msgpack. A
 frame that is cut short or fails its checksum can only be the last one, left by
 a crash in the middle of a write: its rows were never acknowledged, so replay
-stops there and the tail is cut off.
+stops there.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 import struct
 import zlib
+from collections import deque
 from pathlib import Path
 
 import msgspec
@@ -28,6 +34,9 @@ from app.records import Record, Rejection
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
+# Large enough that sealing is rare (one new file every ~15k pushes), small
+# enough that an applied segment's space comes back soon.
+SEGMENT_BYTES = 8 * 1024 * 1024
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
@@ -42,70 +51,101 @@ _decode = msgspec.msgpack.Decoder(Frame).decode
 
 
 class Journal:
-    """A journal file, used from one thread at a time (the store's journal thread)."""
+    """The journal's segments, used from one thread at a time (the store's journal thread)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, base: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.base = base
+        self._segment_bytes = segment_bytes
         self._fd = -1
+        self._number = 0  # the current segment's
+        self._size = 0
+        # Sealed segments and the number of the last frame each holds.
+        self._sealed: deque[tuple[Path, int]] = deque()
+        self._replayed: list[Path] = []
         # Frames appended since open: each append returns its frame's number.
         self.written = 0
 
+    def segments(self) -> list[Path]:
+        found = self.base.parent.glob(f"{self.base.name}.*")
+        return sorted(p for p in found if p.suffix[1:].isdigit())
+
     def open(self) -> list[Frame]:
-        """Open the journal and return the frames a previous process left in it."""
-        frames, valid = self._read()
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        if valid < os.fstat(self._fd).st_size:
-            log.warning("journal %s: dropping a torn last frame at byte %d", self.path, valid)
-            os.ftruncate(self._fd, valid)
-            os.fsync(self._fd)
+        """Open a new segment; return the frames earlier runs left in the old ones.
+
+        The old segments stay until `discard_replayed`, once their rows are
+        stored elsewhere.
+        """
+        self._replayed = self.segments()
+        frames: list[Frame] = []
+        for path in self._replayed:
+            found, complete = _read(path)
+            frames.extend(found)
+            if not complete:
+                log.warning("journal %s: a torn last frame is dropped", path)
+                break
+        self._number = int(self._replayed[-1].suffix[1:]) + 1 if self._replayed else 0
+        self._start_segment()
         return frames
+
+    def discard_replayed(self) -> None:
+        for path in self._replayed:
+            path.unlink(missing_ok=True)
+        self._replayed = []
 
     def append(self, frame: Frame) -> int:
         """Write the frame; return its number once it is on stable storage."""
         payload = _encode(frame)
-        os.write(self._fd, _HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+        data = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        os.write(self._fd, data)
         os.fdatasync(self._fd)
         self.written += 1
+        self._size += len(data)
+        if self._size >= self._segment_bytes:
+            self._sealed.append((self._path(self._number), self.written))
+            os.close(self._fd)
+            self._number += 1
+            self._start_segment()
         return self.written
 
-    def size(self) -> int:
-        return os.fstat(self._fd).st_size
-
-    def truncate(self) -> None:
-        """Forget every frame: the caller has made all of them durable elsewhere."""
-        os.ftruncate(self._fd, 0)
-        os.fsync(self._fd)
-
-    def truncate_if_applied(self, applied: int, *, min_bytes: int) -> None:
-        """Truncate if frame `applied` is the last one written and the file is large.
-
-        Appends and this run on one thread, so no frame can land between the
-        check and the truncation.
-        """
-        if applied == self.written and self.size() > min_bytes:
-            self.truncate()
+    def release(self, applied: int) -> None:
+        """Delete the sealed segments whose frames are all applied (up to `applied`)."""
+        while self._sealed and self._sealed[0][1] <= applied:
+            path, _ = self._sealed.popleft()
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
-    def _read(self) -> tuple[list[Frame], int]:
+    def _path(self, number: int) -> Path:
+        return self.base.with_name(f"{self.base.name}.{number:08d}")
+
+    def _start_segment(self) -> None:
+        self._fd = os.open(self._path(self._number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = 0
+        # The new file's name must be as durable as the frames about to land in it.
+        directory = os.open(self.base.parent, os.O_RDONLY)
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return [], 0
-        frames: list[Frame] = []
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            length, crc = _HEADER.unpack_from(data, offset)
-            start, end = offset + _HEADER.size, offset + _HEADER.size + length
-            payload = data[start:end]
-            if end > len(data) or zlib.crc32(payload) != crc:
-                break
-            try:
-                frames.append(_decode(payload))
-            except msgspec.DecodeError:
-                break
-            offset = end
-        return frames, offset
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _read(path: Path) -> tuple[list[Frame], bool]:
+    """The frames of one segment, and whether it ended cleanly."""
+    data = path.read_bytes()
+    frames: list[Frame] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        start, end = offset + _HEADER.size, offset + _HEADER.size + length
+        payload = data[start:end]
+        if end > len(data) or zlib.crc32(payload) != crc:
+            return frames, False
+        try:
+            frames.append(_decode(payload))
+        except msgspec.DecodeError:
+            return frames, False
+        offset = end
+    return frames, offset == len(data)
