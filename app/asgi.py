@@ -56,7 +56,7 @@ def create_app(
         queue_rows=batch.queue_rows,
         queue_bytes=batch.queue_bytes,
         deadline=settings.store.write_deadline_seconds,
-        max_in_flight=getattr(store, "max_in_flight", 1),
+        max_in_flight=store.max_in_flight,
         observer=telemetry.flush_observer(),
     )
     ingest = Ingest(batcher, observer=telemetry.push_outcomes())

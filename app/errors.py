@@ -47,11 +47,6 @@ class BadParameter(BadRequest):
         super().__init__(f"{parameter}: {detail}", parameter=parameter)
 
 
-class PayloadTooLarge(RecordlineError):
-    status = 413
-    title = "Payload too large"
-
-
 class NotFound(RecordlineError):
     status = 404
     title = "Not found"

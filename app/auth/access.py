@@ -51,6 +51,20 @@ def _refuse(error: Unauthorized | Forbidden, reason: str, what: str) -> Unauthor
     return error
 
 
+async def verified_identity(
+    verifier: IdTokenVerifier, authorization: str | None, *, realm: str, what: str
+) -> Identity:
+    """The identity behind a valid bearer token, or a logged 401."""
+    token = bearer_token(authorization)
+    if token is None:
+        reason = "no bearer token" if authorization is None else "not a bearer token"
+        raise _refuse(Unauthorized(realm=realm), reason, what)
+    try:
+        return await verifier.verify(token)
+    except InvalidToken as exc:
+        raise _refuse(InvalidCredentials(realm=realm), str(exc), what) from None
+
+
 class Principals:
     """Who may read: e-mail addresses, and `domain:example.com` for a whole domain.
 
@@ -110,14 +124,9 @@ class PushAccess:
             raise _refuse(InvalidCredentials(realm=self.realm), "wrong ?token=", "push")
         if self._verifier is None:
             raise _refuse(Unauthorized(realm=self.realm), "no ?token=", "push")
-        token = bearer_token(authorization)
-        if token is None:
-            reason = "no bearer token" if authorization is None else "not a bearer token"
-            raise _refuse(Unauthorized(realm=self.realm), reason, "push")
-        try:
-            identity = await self._verifier.verify(token)
-        except InvalidToken as exc:
-            raise _refuse(InvalidCredentials(realm=self.realm), str(exc), "push") from None
+        identity = await verified_identity(
+            self._verifier, authorization, realm=self.realm, what="push"
+        )
         if identity.email not in self._service_accounts:
             raise _refuse(
                 Forbidden("This identity may not push to this service."),
@@ -136,14 +145,9 @@ class ReadAccess:
         self._principals = principals
 
     async def check(self, authorization: str | None) -> None:
-        token = bearer_token(authorization)
-        if token is None:
-            reason = "no bearer token" if authorization is None else "not a bearer token"
-            raise _refuse(Unauthorized(realm=self.realm), reason, "read")
-        try:
-            identity = await self._verifier.verify(token)
-        except InvalidToken as exc:
-            raise _refuse(InvalidCredentials(realm=self.realm), str(exc), "read") from None
+        identity = await verified_identity(
+            self._verifier, authorization, realm=self.realm, what="read"
+        )
         if not self._principals.admit(identity):
             raise _refuse(
                 Forbidden("This identity may not read from this service."),

@@ -48,6 +48,10 @@ RowOutcome = str | None
 class Store(Protocol):
     """A durable home for records and rejections, readable by key order."""
 
+    # How many appends the batcher may run at once: 1 where appends serialise
+    # anyway (DuckDB), more where they pipeline (the Storage Write API).
+    max_in_flight: int
+
     async def start(self) -> None:
         """Open connections and create the tables if they are missing."""
 
@@ -93,7 +97,7 @@ class WrappedStore:
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
-        self.max_in_flight: int = getattr(inner, "max_in_flight", 1)
+        self.max_in_flight = inner.max_in_flight
 
     async def start(self) -> None:
         await self.inner.start()

@@ -530,7 +530,3 @@ def _require_stored(outcomes: Sequence[str | None], writer: StorageWriter) -> No
     if reasons:
         log.error("%s refused %d rejections: %s", writer.table, len(reasons), reasons[0])
         raise StoreUnavailable(f"{writer.table} refused a rejection: {reasons[0]}")
-
-
-def _now_micros() -> int:
-    return time.time_ns() // 1000

@@ -8,9 +8,10 @@ processed and job id) to the current span with `record_query`.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from app.records import Record, Rejection
 from app.store import MessageStatus, PageQuery, RowOutcome, Store, WrappedStore
@@ -42,37 +43,31 @@ class ObservedStore(WrappedStore):
                 self._metrics.append_duration.record(time.perf_counter() - started)
 
     async def page(self, query: PageQuery) -> list[Record]:
-        started = time.perf_counter()
-        with self._tracer.start_as_current_span(
-            "recordline.store.page", kind=SpanKind.CLIENT, attributes=self._system
-        ) as span:
-            try:
-                rows = await self.inner.page(query)
-            finally:
-                self._metrics.query_duration.record(time.perf_counter() - started, _PAGE_ROUTE)
+        with self._query("page", _PAGE_ROUTE) as span:
+            rows = await self.inner.page(query)
             span.set_attribute("db.response.returned_rows", len(rows))
             return rows
 
     async def latest(self, record_id: str) -> Record | None:
-        started = time.perf_counter()
-        with self._tracer.start_as_current_span(
-            "recordline.store.latest", kind=SpanKind.CLIENT, attributes=self._system
-        ) as span:
-            try:
-                record = await self.inner.latest(record_id)
-            finally:
-                self._metrics.query_duration.record(time.perf_counter() - started, _LATEST_ROUTE)
+        with self._query("latest", _LATEST_ROUTE) as span:
+            record = await self.inner.latest(record_id)
             span.set_attribute("db.response.returned_rows", int(record is not None))
             return record
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        started = time.perf_counter()
-        with self._tracer.start_as_current_span(
-            "recordline.store.message", kind=SpanKind.CLIENT, attributes=self._system
-        ) as span:
-            try:
-                status = await self.inner.message(message_id)
-            finally:
-                self._metrics.query_duration.record(time.perf_counter() - started, _MESSAGE_ROUTE)
+        with self._query("message", _MESSAGE_ROUTE) as span:
+            status = await self.inner.message(message_id)
             span.set_attribute("db.response.returned_rows", int(status is not None))
             return status
+
+    @contextmanager
+    def _query(self, name: str, route: dict[str, str]) -> Iterator[Span]:
+        """A span for one query, and its duration by API route, failed or not."""
+        started = time.perf_counter()
+        with self._tracer.start_as_current_span(
+            f"recordline.store.{name}", kind=SpanKind.CLIENT, attributes=self._system
+        ) as span:
+            try:
+                yield span
+            finally:
+                self._metrics.query_duration.record(time.perf_counter() - started, route)
