@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +163,34 @@ def server(argv: Sequence[str], port: int, env: dict[str, str] | None = None) ->
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def interleaved(
+    apps: dict[str, Callable[[int], Sequence[str]]],
+    script: str,
+    *,
+    rounds: int,
+    seconds: float,
+    connections: int,
+) -> dict[str, list[Load]]:
+    """Serve every app at once (argv for a port) and load them in turn, `rounds` times over.
+
+    On a shared two-core machine throughput drifts by ±20% over a minute;
+    short runs taken in turn put the same drift on every app, so their
+    ratio holds where separate long runs would not.
+    """
+    loads: dict[str, list[Load]] = {name: [] for name in apps}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name, argv in apps.items():
+            port = free_port()
+            urls[name] = stack.enter_context(server(argv(port), port)).url
+        for url in urls.values():
+            wrk(url, script, connections=connections, seconds=2)  # warm up
+        for _ in range(rounds):
+            for name, url in urls.items():
+                loads[name].append(wrk(url, script, connections=connections, seconds=seconds))
+    return loads
 
 
 def uvicorn_argv(target: str, port: int) -> list[str]:

@@ -2,10 +2,8 @@
 
 `Telemetry` holds the tracer and meter providers one app reports through. It
 is built from settings in `create_app`, or passed in (tests give it in-memory
-exporters). The providers are not registered globally, so many apps can live
-in one process, each with its own. Only what the ASGI instrumentation reads
-from the process is process-wide: the propagator for the caller's trace
-headers and the HTTP conventions' opt-in (see `configure_http_instrumentation`).
+exporters). Nothing is registered globally (providers, propagators), so many
+apps can live in one process, each with its own.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -38,7 +35,7 @@ from app.telemetry.metrics import Metrics, PushOutcomes
 from app.telemetry.store import ObservedStore
 from app.telemetry.traces import (
     FlushTracer,
-    configure_http_instrumentation,
+    ServerSpans,
     push_received,
     record_query,
     route_span_details,
@@ -86,16 +83,14 @@ class Telemetry:
         # Without a provider, the no-op one: spans cost next to nothing and
         # still carry the incoming trace id, so rows and log lines keep their
         # link to Cloud Run's request trace.
-        # Without a tracer provider there is nothing to trace: the HTTP
-        # instrumentation would cost ~40% of a push (measured) for no span.
+        # Without a tracer provider there is nothing to trace, and no server
+        # span middleware.
         self.traced = tracer_provider is not None
         self.tracer_provider = tracer_provider or trace_api.NoOpTracerProvider()
         self.meter_provider = meter_provider or metrics_api.NoOpMeterProvider()
         self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION)
         self.metrics = Metrics(self.meter_provider.get_meter(INSTRUMENTATION))
         self.prometheus = prometheus
-        if self.traced:
-            configure_http_instrumentation()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Telemetry:
@@ -169,24 +164,19 @@ class Telemetry:
         """A SERVER span per HTTP request, current while the handler runs."""
         if not self.traced:
             return []
-        return [
-            OpenTelemetryPlugin(
-                OpenTelemetryConfig(
-                    tracer_provider=self.tracer_provider,
-                    # The instrumentation's own HTTP metrics (five measurements per
-                    # request, ~40 µs) duplicate what Cloud Run already records per
-                    # request (run.googleapis.com/request_latencies, which the SLOs
-                    # use) and what recordline.query.duration records per route.
-                    meter_provider=NoOpMeterProvider(),
-                    scope_span_details_extractor=route_span_details,
-                    exclude=UNTRACED_PATHS,
-                    # A span around every ASGI message would triple the spans a
-                    # push makes, at thousands of pushes per second.
-                    exclude_spans=["receive", "send"],
-                    scopes={ScopeType.HTTP},
-                )
-            )
-        ]
+        config = OpenTelemetryConfig(
+            tracer=self.tracer,
+            middleware_class=ServerSpans,
+            scope_span_details_extractor=route_span_details,
+            exclude=UNTRACED_PATHS,
+            scopes={ScopeType.HTTP},
+        )
+        plugin = OpenTelemetryPlugin(config)
+        # Litestar 2.25's plugin builds its middleware from the default class,
+        # not the config's `middleware_class`; the app's own adapter for a
+        # middleware given in `middleware=` sets the same attribute.
+        plugin._middleware = config.middleware
+        return [plugin]
 
     def flush_observer(self) -> FlushTracer:
         return FlushTracer(self.tracer)

@@ -6,11 +6,16 @@ import asyncio
 
 from litestar import Litestar
 from litestar.testing import TestClient
-from opentelemetry import propagate
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.asgi import create_app
 from app.telemetry import Telemetry
+from app.telemetry.traces import ServerSpans, remote_context
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.telemetry.conftest import RECORD, Observed
@@ -61,11 +66,24 @@ def test_both_trace_headers_agree_on_the_traceparent(
     assert f"{server.context.trace_id:032x}" == TRACE_ID
 
 
-def test_the_request_propagator_is_installed_once() -> None:
-    Telemetry()
-    installed = propagate.get_global_textmap()
-    Telemetry()
-    assert propagate.get_global_textmap() is installed
+def test_the_server_span_middleware_is_ours_and_nothing_global_changes(
+    observed: Observed,
+) -> None:
+    before = propagate.get_global_textmap()
+    app = create_app(settings(), telemetry=observed.telemetry)
+    assert isinstance(app.asgi_handler, ServerSpans)
+    assert propagate.get_global_textmap() is before
+
+
+def test_a_malformed_traceparent_falls_back_to_cloud_runs_header(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    headers = {"traceparent": "00-nonsense-01", "X-Cloud-Trace-Context": f"{TRACE_ID}/17;o=1"}
+    assert client.post("/pubsub/push", json=envelope(RECORD), headers=headers).status_code == 204
+    (server,) = observed.finished("POST /pubsub/push")
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None
+    assert server.parent.span_id == 17
 
 
 def test_delivery_attempt_is_recorded(client: TestClient[Litestar], observed: Observed) -> None:
@@ -242,3 +260,42 @@ def test_with_tracing_off_the_callers_trace_id_comes_from_either_header(
             assert client.post("/pubsub/push", json=body, headers=headers).status_code == 204
             stored = client.get(f"/v1/messages/{message_id}").json()["record"]
             assert stored["trace_id"] == expected, message_id
+
+
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
+@given(
+    st.one_of(
+        st.builds(
+            lambda version, trace_id, span_id, flags, tail: (
+                f"{version}-{trace_id}-{span_id}-{flags}{tail}"
+            ),
+            st.sampled_from(["00", "01", "ff", "0"]),
+            st.one_of(
+                st.text(_HEX_DIGITS, min_size=32, max_size=32),
+                st.sampled_from(["0" * 32, "g" * 32]),
+            ),
+            st.one_of(st.text(_HEX_DIGITS, min_size=16, max_size=16), st.just("0" * 16)),
+            st.text(_HEX_DIGITS, min_size=1, max_size=3),
+            st.sampled_from(["", "-extra", " "]),
+        ),
+        st.text(max_size=60),
+    ),
+    st.one_of(st.none(), st.just("vendor=value")),
+)
+def test_the_fast_traceparent_reader_agrees_with_the_sdk_propagator(
+    traceparent: str, tracestate: str | None
+) -> None:
+    carrier = {"traceparent": traceparent}
+    if tracestate is not None:
+        carrier["tracestate"] = tracestate
+    expected = trace.get_current_span(
+        TraceContextTextMapPropagator().extract(carrier, context=Context())
+    ).get_span_context()
+    found = remote_context(traceparent, tracestate)
+    if not expected.is_valid:
+        assert found is None
+        return
+    assert found is not None
+    assert trace.get_current_span(found).get_span_context() == expected
