@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from litestar import Litestar
-from litestar.testing import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import TestClient
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
