@@ -299,3 +299,38 @@ def test_the_fast_traceparent_reader_agrees_with_the_sdk_propagator(
         return
     assert found is not None
     assert trace.get_current_span(found).get_span_context() == expected
+
+
+def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    # Cloud Run's front end sends a traceparent on every request and flags
+    # only a few sampled; the default sampler follows the flag.
+    unsampled = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-00"
+    response = client.post(
+        "/pubsub/push", json=envelope(RECORD), headers={"traceparent": unsampled}
+    )
+    assert response.status_code == 204
+    assert observed.finished("POST /pubsub/push") == []
+    assert client.get("/v1/messages/m-1").json()["record"]["trace_id"] == TRACE_ID
+    # The flush that stored it is traced, but does not link to a span nobody recorded.
+    (flush,) = observed.finished("recordline.flush")
+    assert flush.links == ()
+
+
+def test_a_sampler_that_keeps_what_the_caller_dropped_is_obeyed(observed: Observed) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(observed.spans))
+    app = create_app(settings(), telemetry=Telemetry(tracer_provider=provider))
+    unsampled = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-00"
+    with TestClient(app) as client:
+        headers = {"traceparent": unsampled}
+        assert (
+            client.post("/pubsub/push", json=envelope(RECORD), headers=headers).status_code == 204
+        )
+    (server,) = observed.finished("POST /pubsub/push")
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
