@@ -2,11 +2,12 @@
 
     python3 dev.py bench telemetry [--seconds 3] [--rounds 8] [--connections 64]
 
-Serves the app three times at once (uvicorn processes, `memory:` store) and
+Serves the app four times at once (uvicorn processes, `memory:` store) and
 drives POST /pubsub/push at each in turn, round after round, so drift on a
-shared machine hits all three alike:
+shared machine hits all of them alike:
 
 - off: no tracer provider, no metrics;
+- metrics: metrics only, as `recordline serve` runs by default;
 - on, as deployed: the default sampler follows the caller's decision, spans go
   to a BatchSpanProcessor whose exporter drops them in the process, metrics
   sit behind a Prometheus reader;
@@ -40,7 +41,7 @@ TRACEPARENT_LUA = """
 """
 
 
-def _app(*, on: bool, every: bool = False) -> Litestar:
+def _app(*, on: bool, every: bool = False, traced: bool = True) -> Litestar:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
@@ -60,12 +61,14 @@ def _app(*, on: bool, every: bool = False) -> Litestar:
     settings = Settings.load({"RECORDLINE_STORE": "memory:", "RECORDLINE_LOG_LEVEL": "WARNING"})
     telemetry = Telemetry()
     if on:
-        tracer_provider = TracerProvider(
-            # As deployed (OTEL_TRACES_SAMPLER's default): the caller decides.
-            sampler=ALWAYS_ON if every else DEFAULT_ON,
-            shutdown_on_exit=False,
-        )
-        tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+        tracer_provider = None
+        if traced:
+            tracer_provider = TracerProvider(
+                # As deployed (OTEL_TRACES_SAMPLER's default): the caller decides.
+                sampler=ALWAYS_ON if every else DEFAULT_ON,
+                shutdown_on_exit=False,
+            )
+            tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
         registry = CollectorRegistry()
         telemetry = Telemetry(
             tracer_provider=tracer_provider,
@@ -89,6 +92,11 @@ def telemetry_on() -> Litestar:
     return _app(on=True)
 
 
+def telemetry_metrics() -> Litestar:
+    """Metrics on, tracing off: the default of `recordline serve`."""
+    return _app(on=True, traced=False)
+
+
 def telemetry_every() -> Litestar:
     """On, with every push traced whatever its caller decided: the worst case."""
     return _app(on=True, every=True)
@@ -96,6 +104,7 @@ def telemetry_every() -> Litestar:
 
 MODES = {
     "off": "no tracer provider, no metrics",
+    "metrics": "metrics only (the local default)",
     "on": "as deployed: the caller decides (1 in 10 sampled)",
     "every": "every push traced, whatever the caller decided",
 }
