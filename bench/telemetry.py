@@ -27,6 +27,7 @@ import statistics
 from collections.abc import Sequence
 
 from litestar import Litestar
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Sampler
 
 from bench.harness import interleaved, push_script, table, uvicorn_argv
 
@@ -41,12 +42,11 @@ TRACEPARENT_LUA = """
 """
 
 
-def _app(*, on: bool, every: bool = False, traced: bool = True) -> Litestar:
+def _app(*, sampler: Sampler | None = None, metrics: bool = True) -> Litestar:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON
     from prometheus_client import CollectorRegistry
 
     from app.asgi import create_app
@@ -59,47 +59,44 @@ def _app(*, on: bool, every: bool = False, traced: bool = True) -> Litestar:
             return SpanExportResult.SUCCESS
 
     settings = Settings.load({"RECORDLINE_STORE": "memory:", "RECORDLINE_LOG_LEVEL": "WARNING"})
-    telemetry = Telemetry()
-    if on:
-        tracer_provider = None
-        if traced:
-            tracer_provider = TracerProvider(
-                # As deployed (OTEL_TRACES_SAMPLER's default): the caller decides.
-                sampler=ALWAYS_ON if every else DEFAULT_ON,
-                shutdown_on_exit=False,
-            )
-            tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    tracer_provider: TracerProvider | None = None
+    if sampler is not None:
+        tracer_provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+        tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    meter_provider: MeterProvider | None = None
+    registry: CollectorRegistry | None = None
+    if metrics:
         registry = CollectorRegistry()
-        telemetry = Telemetry(
-            tracer_provider=tracer_provider,
-            meter_provider=MeterProvider(
-                metric_readers=[PrometheusMetricReader(registry=registry)],
-                shutdown_on_exit=False,
-                exemplar_filter=AlwaysOffExemplarFilter(),  # as Telemetry.from_settings
-            ),
-            prometheus=registry,
+        meter_provider = MeterProvider(
+            metric_readers=[PrometheusMetricReader(registry=registry)],
+            shutdown_on_exit=False,
+            exemplar_filter=AlwaysOffExemplarFilter(),  # as Telemetry.from_settings
         )
+    telemetry = Telemetry(
+        tracer_provider=tracer_provider, meter_provider=meter_provider, prometheus=registry
+    )
     app = create_app(settings, telemetry=telemetry)
     quiet_garbage_collector()  # as `recordline serve`
     return app
 
 
 def telemetry_off() -> Litestar:
-    return _app(on=False)
-
-
-def telemetry_on() -> Litestar:
-    return _app(on=True)
+    return _app(metrics=False)
 
 
 def telemetry_metrics() -> Litestar:
     """Metrics on, tracing off: the default of `recordline serve`."""
-    return _app(on=True, traced=False)
+    return _app()
+
+
+def telemetry_on() -> Litestar:
+    """As deployed: OTEL_TRACES_SAMPLER's default, the caller decides."""
+    return _app(sampler=DEFAULT_ON)
 
 
 def telemetry_every() -> Litestar:
-    """On, with every push traced whatever its caller decided: the worst case."""
-    return _app(on=True, every=True)
+    """Every push traced whatever its caller decided: the worst case."""
+    return _app(sampler=ALWAYS_ON)
 
 
 MODES = {

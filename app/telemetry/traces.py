@@ -94,6 +94,7 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
     """
 
     def __init__(self, app: ASGIApp, config: OpenTelemetryConfig) -> None:
+        # Not the parent's __init__: it would build the ASGI instrumentation.
         AbstractMiddleware.__init__(
             self,
             app=app,
@@ -110,6 +111,25 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         parent, user_agent = _caller(scope["headers"])
         method = str(scope.get("method", ""))
+        span = self._start(parent, method)
+        token = context.attach(parent if span is None else trace.set_span_in_context(span))
+        try:
+            if span is not None and span.is_recording():
+                await self._recorded(span, method, user_agent, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            context.detach(token)
+
+    def _start(self, parent: Context, method: str) -> trace.Span | None:
+        """The server span, or None when the sampler drops a request its caller started.
+
+        Most pushes: Cloud Run samples at most 0.1 requests a second per
+        instance, and the default sampler follows it. A span that is not
+        recorded is never exported; the SDK would still build one (~13 µs,
+        against ~3 µs for asking the sampler) only to carry the caller's trace
+        id, which the caller's own context carries as well.
+        """
         caller = trace.get_current_span(parent).get_span_context()
         if (
             self._sampler is not None
@@ -119,31 +139,20 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
             ).decision
             is sampling.Decision.DROP
         ):
-            # Most pushes: Cloud Run samples at most 0.1 requests a second per
-            # instance, and the default sampler follows it. A span that is not
-            # recorded is never exported; the SDK would still build one (~13
-            # µs, against ~3 µs for asking the sampler) only to carry the
-            # caller's trace id, which the caller's own context carries as well.
-            token = context.attach(parent)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                context.detach(token)
-            return
+            return None
+        return self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
 
-        span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
-        token = context.attach(trace.set_span_in_context(span))
-        if not span.is_recording():  # a sampler that drops a new trace
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                context.detach(token)
-            return
-
-        attributes: dict[str, Any] = {
-            "http.request.method": scope.get("method", ""),
-            "url.path": scope["path"],
-        }
+    async def _recorded(
+        self,
+        span: trace.Span,
+        method: str,
+        user_agent: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Run the request under a sampled span: describe it, record its status, end it."""
+        attributes: dict[str, Any] = {"http.request.method": method, "url.path": scope["path"]}
         if client := scope.get("client"):
             attributes["client.address"] = client[0]
         if user_agent:
@@ -169,7 +178,6 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
             name, route_attributes = self._details(scope)
             span.update_name(name)
             span.set_attributes(route_attributes)
-            context.detach(token)
             span.end()
 
 

@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -318,14 +319,9 @@ def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
     assert flush.links == ()
 
 
-def test_a_sampler_that_keeps_what_the_caller_dropped_is_obeyed(observed: Observed) -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
-    provider = TracerProvider(sampler=ALWAYS_ON)
-    provider.add_span_processor(SimpleSpanProcessor(observed.spans))
-    app = create_app(settings(), telemetry=Telemetry(tracer_provider=provider))
+def test_a_sampler_that_keeps_what_the_caller_dropped_is_obeyed() -> None:
+    observed = Observed(sampler=ALWAYS_ON)
+    app = create_app(settings(), telemetry=observed.telemetry)
     unsampled = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-00"
     with TestClient(app) as client:
         headers = {"traceparent": unsampled}
