@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -73,6 +73,16 @@ class Metrics:
             explicit_bucket_boundaries_advisory=SECONDS,
         )
 
+    def stored(self, rows: Sequence[Record | Rejection]) -> None:
+        """Ingest lag of rows now durably stored, recorded once their append returns.
+
+        One tight loop per append, not one call per request: the SDK's record
+        costs ~4 µs here and ~3x that scattered across request handlers.
+        """
+        record = self.ingest_lag.record
+        for row in rows:
+            record((row.ingest_time - row.publish_time) / 1e6)
+
     def _observe_outcomes(self, _: CallbackOptions) -> Iterable[Observation]:
         for attributes, count in list(self.outcomes.items()):
             yield Observation(count, dict(attributes))
@@ -109,10 +119,8 @@ class PushOutcomes:
 
     def __init__(self, metrics: Metrics) -> None:
         self._outcomes = metrics.outcomes
-        self._lag = metrics.ingest_lag
 
     def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None:
-        self._lag.record((row.ingest_time - row.publish_time) / 1e6)
         if outcome is not None:
             # The store refused the row and kept it as a rejection (BigQuery
             # row errors): acknowledged, but not a record.

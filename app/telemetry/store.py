@@ -37,7 +37,9 @@ class ObservedStore(WrappedStore):
         ) as span:
             span.set_attribute("recordline.append.rows", len(rows))
             try:
-                return await self.inner.append(rows)
+                outcomes = await self.inner.append(rows)
+                self._metrics.stored(rows)
+                return outcomes
             finally:
                 self._metrics.append_rows.record(len(rows))
                 self._metrics.append_duration.record(time.perf_counter() - started)
