@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from app.records import Record, Rejection
@@ -31,18 +32,25 @@ class ObservedStore(WrappedStore):
         self._system = {"recordline.store": type(inner).__name__}
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
-        started = time.perf_counter()
+        # A child of a traced flush only (see FlushTracer): an untraced flush
+        # has no span to hang this one on.
+        if not trace.get_current_span().is_recording():
+            return await self._append(rows)
         with self._tracer.start_as_current_span(
             "recordline.store.append", kind=SpanKind.CLIENT, attributes=self._system
         ) as span:
             span.set_attribute("recordline.append.rows", len(rows))
-            try:
-                outcomes = await self.inner.append(rows)
-                self._metrics.stored(rows)
-                return outcomes
-            finally:
-                self._metrics.append_rows.record(len(rows))
-                self._metrics.append_duration.record(time.perf_counter() - started)
+            return await self._append(rows)
+
+    async def _append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        started = time.perf_counter()
+        try:
+            outcomes = await self.inner.append(rows)
+            self._metrics.stored(rows)
+            return outcomes
+        finally:
+            self._metrics.append_rows.record(len(rows))
+            self._metrics.append_duration.record(time.perf_counter() - started)
 
     async def page(self, query: PageQuery) -> list[Record]:
         with self._query("page", _PAGE_ROUTE) as span:

@@ -181,6 +181,34 @@ async def test_flush_span_links_every_request_it_served(
     assert {a.parent.span_id for a in appends if a.parent} == {f.context.span_id for f in flushes}
 
 
+async def test_a_flush_is_traced_when_one_request_it_serves_is(
+    app: Litestar, store: FaultyStore, observed: Observed
+) -> None:
+    unsampled = {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-00"}
+    store.release.clear()
+    async with served(app) as client:
+        pushes = [
+            asyncio.create_task(
+                client.post(
+                    "/pubsub/push",
+                    json=envelope({"id": str(n)}, message_id=f"m-{n}"),
+                    headers=unsampled if n else {},
+                )
+            )
+            for n in range(4)
+        ]
+        await asyncio.sleep(0.2)
+        store.release.set()
+        assert [r.status_code for r in await asyncio.gather(*pushes)] == [204] * 4
+    (sampled,) = observed.finished("POST /pubsub/push")
+    flushes = observed.finished("recordline.flush")
+    # Only the flush serving the sampled push is traced, linked to it alone.
+    assert [[link.context for link in f.links] for f in flushes] == [[sampled.context]]
+    (append,) = observed.finished("recordline.store.append")
+    assert append.parent is not None
+    assert append.parent.span_id == flushes[0].context.span_id
+
+
 def test_failed_append_marks_the_spans_as_errors(
     client: TestClient[Litestar], store: FaultyStore, observed: Observed
 ) -> None:
@@ -314,9 +342,9 @@ def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
     assert response.status_code == 204
     assert observed.finished("POST /pubsub/push") == []
     assert client.get("/v1/messages/m-1").json()["record"]["trace_id"] == TRACE_ID
-    # The flush that stored it is traced, but does not link to a span nobody recorded.
-    (flush,) = observed.finished("recordline.flush")
-    assert flush.links == ()
+    # Nor has the flush that stored it: no trace leads there.
+    assert observed.finished("recordline.flush") == []
+    assert observed.finished("recordline.store.append") == []
 
 
 def test_a_sampler_that_keeps_what_the_caller_dropped_is_obeyed() -> None:
