@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,24 +172,31 @@ def interleaved(
     rounds: int,
     seconds: float,
     connections: int,
+    env: Mapping[str, Mapping[str, str]] | None = None,
+    inspect: Callable[[str, Server], None] | None = None,
 ) -> dict[str, list[Load]]:
     """Serve every app at once (argv for a port) and load them in turn, `rounds` times over.
 
     On a shared two-core machine throughput drifts by ±20% over a minute;
     short runs taken in turn put the same drift on every app, so their
-    ratio holds where separate long runs would not.
+    ratio holds where separate long runs would not. `env` adds variables per
+    app; `inspect` sees each server after the last round, before it stops.
     """
     loads: dict[str, list[Load]] = {name: [] for name in apps}
     with contextlib.ExitStack() as stack:
-        urls = {}
+        servers = {}
         for name, argv in apps.items():
             port = free_port()
-            urls[name] = stack.enter_context(server(argv(port), port)).url
-        for url in urls.values():
-            wrk(url, script, connections=connections, seconds=2)  # warm up
+            extra = dict((env or {}).get(name, {}))
+            servers[name] = stack.enter_context(server(argv(port), port, extra))
+        for srv in servers.values():
+            wrk(srv.url, script, connections=connections, seconds=2)  # warm up
         for _ in range(rounds):
-            for name, url in urls.items():
-                loads[name].append(wrk(url, script, connections=connections, seconds=seconds))
+            for name, srv in servers.items():
+                loads[name].append(wrk(srv.url, script, connections=connections, seconds=seconds))
+        if inspect is not None:
+            for name, srv in servers.items():
+                inspect(name, srv)
     return loads
 
 
