@@ -173,6 +173,7 @@ def interleaved(
     seconds: float,
     connections: int,
     env: Mapping[str, Mapping[str, str]] | None = None,
+    scripts: Mapping[str, str] | None = None,
     inspect: Callable[[str, Server], None] | None = None,
 ) -> dict[str, list[Load]]:
     """Serve every app at once (argv for a port) and load them in turn, `rounds` times over.
@@ -180,8 +181,10 @@ def interleaved(
     On a shared two-core machine throughput drifts by ±20% over a minute;
     short runs taken in turn put the same drift on every app, so their
     ratio holds where separate long runs would not. `env` adds variables per
-    app; `inspect` sees each server after the last round, before it stops.
+    app, `scripts` a wrk script of its own in place of `script`; `inspect`
+    sees each server after the last round, before it stops.
     """
+    scripts = scripts or {}
     loads: dict[str, list[Load]] = {name: [] for name in apps}
     with contextlib.ExitStack() as stack:
         servers = {}
@@ -189,11 +192,12 @@ def interleaved(
             port = free_port()
             extra = dict((env or {}).get(name, {}))
             servers[name] = stack.enter_context(server(argv(port), port, extra))
-        for srv in servers.values():
-            wrk(srv.url, script, connections=connections, seconds=2)  # warm up
+        for name, srv in servers.items():
+            wrk(srv.url, scripts.get(name, script), connections=connections, seconds=2)  # warm up
         for _ in range(rounds):
             for name, srv in servers.items():
-                loads[name].append(wrk(srv.url, script, connections=connections, seconds=seconds))
+                each = scripts.get(name, script)
+                loads[name].append(wrk(srv.url, each, connections=connections, seconds=seconds))
         if inspect is not None:
             for name, srv in servers.items():
                 inspect(name, srv)
