@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 
+import pytest
+
+from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store.duckdb import DuckDBStore
-from app.store.journal import Frame, Journal
+from app.store.journal import Frame, Journal, encode
+from app.store.journal_process import JournalProcess
 
 
 def record(n: int) -> Record:
@@ -91,5 +98,58 @@ async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> 
         # Replayed segments are gone; only the new, empty one remains.
         (segment,) = Journal(Path(f"{db}.journal")).segments()
         assert segment.stat().st_size == 0
+    finally:
+        await store.close()
+
+
+async def test_the_writer_process_journals_frames_in_order_and_releases_segments(
+    tmp_path: Path,
+) -> None:
+    writer = JournalProcess(tmp_path / "j", segment_bytes=1)  # every frame seals its segment
+    await writer.start(segment=7)
+    numbers = await asyncio.gather(*(writer.append(encode(frame(n))) for n in (1, 2, 3)))
+    assert numbers == [1, 2, 3]
+    writer.release(1)
+    await writer.close()
+    # Segment 7 held frame 1 and is gone; 8 and 9 hold 2 and 3; 10 is open and empty.
+    assert [p.suffix for p in Journal(tmp_path / "j").segments()] == [
+        ".00000008",
+        ".00000009",
+        ".00000010",
+    ]
+    assert Journal(tmp_path / "j").replay() == [frame(2), frame(3)]
+
+
+async def test_the_writer_process_outlives_signals_until_its_pipe_closes(tmp_path: Path) -> None:
+    # Ctrl-C reaches the whole process group, and SIGTERM may: the rows a
+    # draining shutdown still accepts must be journaled.
+    writer = JournalProcess(tmp_path / "j")
+    await writer.start(segment=0)
+    assert writer.pid is not None
+    os.kill(writer.pid, signal.SIGINT)
+    os.kill(writer.pid, signal.SIGTERM)
+    await asyncio.sleep(0.1)
+    assert await writer.append(encode(frame(1))) == 1
+    await writer.close()
+    assert Journal(tmp_path / "j").replay() == [frame(1)]
+
+
+async def test_a_dead_writer_fails_appends_and_readiness(tmp_path: Path) -> None:
+    store = DuckDBStore(str(tmp_path / "records.duckdb"))
+    await store.start()
+    try:
+        await store.append([record(1)])
+        pid = store._journal_writer.pid if store._journal_writer else None
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(StoreUnavailable, match="journal"):
+            await store.append([record(2)])
+        with pytest.raises(StoreUnavailable, match="journal writer exited"):
+            await store.check()
+        # What was acknowledged before stays readable.
+        await store.barrier()
+        status = await store.message("m1")
+        assert status is not None
+        assert status.status == "stored"
     finally:
         await store.close()

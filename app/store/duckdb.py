@@ -1,7 +1,9 @@
 """The embedded default store: one DuckDB file (or memory), one process.
 
 An append is durable once its rows are in the commit journal (one write and
-one fdatasync, see journal.py); an applier task then moves journaled rows into
+one fdatasync, see journal.py, made by a writer process of its own so the
+event loop never waits for the GIL to come back: journal_process.py); an
+applier task then moves journaled rows into
 DuckDB as Arrow batches through a single writer thread, many appends per
 INSERT. Reads run on a small pool of reader threads with their own cursors, so
 neither blocks the event loop. Pages never reach past the oldest row not yet
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 from collections import deque
@@ -32,7 +33,8 @@ import pyarrow as pa
 from app.errors import StoreUnavailable
 from app.records import Column, Kind, Record, Rejection, Row, columns
 from app.store import MessageStatus, PageQuery, RowOutcome
-from app.store.journal import Frame, Journal
+from app.store.journal import Frame, Journal, encode
+from app.store.journal_process import JournalProcess
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,7 +146,7 @@ class _Unapplied:
 class DuckDBStore:
     """A Store on one DuckDB database (`:memory:` for a throwaway one, with no journal)."""
 
-    # Appends are serialised on the journal thread anyway, and take a fraction
+    # Appends are serialised by the journal writer anyway, and take a fraction
     # of a millisecond: a second one in flight would only wait behind the first.
     max_in_flight = 1
 
@@ -152,8 +154,9 @@ class DuckDBStore:
         self.path = path
         self._con: duckdb.DuckDBPyConnection | None = None
         self._journal = None if path == ":memory:" else Journal(Path(f"{path}.journal"))
+        # Frames are written by a process of its own; see journal_process.py.
+        self._journal_writer = None if self._journal is None else JournalProcess(self._journal.base)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
-        self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="duckdb-journal")
         self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
         self._local = threading.local()
         self._unapplied: deque[_Unapplied] = deque()
@@ -168,13 +171,14 @@ class DuckDBStore:
 
     async def start(self) -> None:
         await self._write(self._open)
-        if self._journal is not None:
-            frames = await self._in_journal_thread(self._journal.open)
+        if self._journal is not None and self._journal_writer is not None:
+            frames = await asyncio.to_thread(self._journal.replay)
             if frames:
                 log.info("replaying %d journal frames left by the last run", len(frames))
                 for frame in frames:
                     await self._write(self._insert, [*frame.records, *frame.rejections])
-            await self._in_journal_thread(self._journal.discard_replayed)
+            await asyncio.to_thread(self._journal.discard_replayed)
+            await self._journal_writer.start(self._journal.next_segment)
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
 
     def _open(self) -> None:
@@ -197,14 +201,15 @@ class DuckDBStore:
                 await self._applier
         con, self._con = self._con, None
         self._readers.shutdown(wait=True)
-        if self._journal is not None:
-            await self._in_journal_thread(self._journal.close)
-        self._journal_thread.shutdown(wait=True)
+        if self._journal_writer is not None:
+            await self._journal_writer.close()
         if con is not None:
             await self._write(con.close)
         self._writer.shutdown(wait=True)
 
     async def check(self) -> None:
+        if self._journal_writer is not None and self._journal_writer.failure is not None:
+            raise StoreUnavailable(self._journal_writer.failure)
         if self._apply_error is not None:
             raise StoreUnavailable(f"journaled rows cannot be applied: {self._apply_error}")
         await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
@@ -221,13 +226,13 @@ class DuckDBStore:
             raise StoreUnavailable("the DuckDB store is closed")
         while self._unapplied_rows >= _MAX_UNAPPLIED_ROWS:
             await self._progress.wait()
-        if self._journal is not None:
+        if self._journal_writer is not None:
             frame = Frame(
                 records=[r for r in rows if type(r) is Record],
                 rejections=[r for r in rows if type(r) is Rejection],
             )
             try:
-                self._frames = await self._in_journal_thread(self._journal.append, frame)
+                self._frames = await self._journal_writer.append(encode(frame))
             except OSError as exc:
                 log.error("journal write failed: %s", exc)
                 raise StoreUnavailable(f"journal write failed: {exc}") from exc
@@ -277,8 +282,9 @@ class DuckDBStore:
             self._applied = batch[-1].frame_number
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
-            if self._journal is not None:
-                await self._in_journal_thread(self._journal.release, self._applied)
+            if self._journal_writer is not None:
+                with contextlib.suppress(OSError):  # a failed writer is reported by `check`
+                    self._journal_writer.release(self._applied)
 
     async def _caught_up(self, frame_number: int) -> None:
         while self._applied < frame_number:
@@ -374,10 +380,6 @@ class DuckDBStore:
             raise StoreUnavailable("recent writes are not readable yet") from None
 
     # -- threads ---------------------------------------------------------------
-
-    async def _in_journal_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._journal_thread, call)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:

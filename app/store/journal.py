@@ -75,6 +75,12 @@ class Journal:
         The old segments stay until `discard_replayed`, once their rows are
         stored elsewhere.
         """
+        frames = self.replay()
+        self._start_segment()
+        return frames
+
+    def replay(self) -> list[Frame]:
+        """The frames earlier runs left; the next segment is numbered after them."""
         self._replayed = self.segments()
         frames: list[Frame] = []
         for path in self._replayed:
@@ -84,8 +90,16 @@ class Journal:
                 log.warning("journal %s: a torn last frame is dropped", path)
                 break
         self._number = int(self._replayed[-1].suffix[1:]) + 1 if self._replayed else 0
-        self._start_segment()
         return frames
+
+    @property
+    def next_segment(self) -> int:
+        return self._number
+
+    def start(self, segment: int) -> None:
+        """Start writing at segment number `segment` (after another's `replay`)."""
+        self._number = segment
+        self._start_segment()
 
     def discard_replayed(self) -> None:
         for path in self._replayed:
@@ -94,8 +108,10 @@ class Journal:
 
     def append(self, frame: Frame) -> int:
         """Write the frame; return its number once it is on stable storage."""
-        payload = _encode(frame)
-        data = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        return self.write(encode(frame))
+
+    def write(self, data: bytes) -> int:
+        """Write one encoded frame (`encode`); its number, once on stable storage."""
         os.write(self._fd, data)
         os.fdatasync(self._fd)
         self.written += 1
@@ -130,6 +146,12 @@ class Journal:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def encode(frame: Frame) -> bytes:
+    """A frame as it lies in a segment: header, then msgpack."""
+    payload = _encode(frame)
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def _read(path: Path) -> tuple[list[Frame], bool]:
