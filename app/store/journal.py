@@ -51,7 +51,7 @@ _decode = msgspec.msgpack.Decoder(Frame).decode
 
 
 class Journal:
-    """The journal's segments, used from one thread at a time (the store's journal thread)."""
+    """The journal's segments: written by one process (journal_process.py), read on start."""
 
     def __init__(self, base: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.base = base
