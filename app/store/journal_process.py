@@ -88,8 +88,12 @@ class JournalProcess:
         stdin = self._stdin()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        stdin.write(_REQUEST.pack(_APPEND, len(data)) + data)
-        await stdin.drain()
+        try:
+            stdin.write(_REQUEST.pack(_APPEND, len(data)) + data)
+            await stdin.drain()
+        except OSError:  # the pipe broke: the writer is gone, and will be reported so
+            future.cancel()
+            raise
         return await future
 
     @property
