@@ -1,14 +1,14 @@
 """The embedded default store: one DuckDB file (or memory), one process.
 
-An append is durable once its rows are in the commit journal (one write and
-one fdatasync, see journal.py, made by a writer process of its own so the
-event loop never waits for the GIL to come back: journal_process.py); an
-applier task then moves journaled rows into
-DuckDB as Arrow batches through a single writer thread, many appends per
-INSERT. Reads run on a small pool of reader threads with their own cursors, so
-neither blocks the event loop. Pages never reach past the oldest row not yet
-applied (the read horizon), and point reads wait until every append made
-before them is applied, so a client reads its own acknowledged writes.
+An append is durable once its rows are in the commit journal: one write and
+one fdatasync (journal.py), made by a writer process of its own so that the
+event loop never waits for a thread to win the GIL back (journal_process.py).
+An applier task then moves journaled rows into DuckDB as Arrow batches through
+a single writer thread, many appends per INSERT. Reads run on a small pool of
+reader threads with their own cursors, so neither blocks the event loop. Pages
+never reach past the oldest row not yet applied (the read horizon), and point
+reads wait until every append made before them is applied, so a client reads
+its own acknowledged writes.
 
 A DuckDB file is locked by one process, so this store sees every write: it
 keeps message_id unique on insert (a primary key), and the first stored copy
