@@ -12,7 +12,7 @@ import pytest
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store.duckdb import DuckDBStore
-from app.store.journal import Frame, Journal, encode
+from app.store.journal import SEGMENT_BYTES, Frame, Journal, encode
 from app.store.journal_process import JournalProcess
 
 
@@ -24,53 +24,59 @@ def frame(*numbers: int) -> Frame:
     return Frame(records=[record(n) for n in numbers], rejections=[])
 
 
+def opened(base: Path, *, segment_bytes: int = SEGMENT_BYTES) -> tuple[Journal, list[Frame]]:
+    """A journal written in this process, as the writer process starts one."""
+    journal = Journal(base, segment_bytes=segment_bytes)
+    frames = journal.replay()
+    journal.start(journal.next_segment)
+    return journal, frames
+
+
 def test_frames_survive_reopen_and_a_torn_tail_is_dropped(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j")
-    assert journal.open() == []
+    journal, replayed = opened(tmp_path / "j")
+    assert replayed == []
     rejection = Rejection(message_id="r", publish_time=0, ingest_time=1)
     first, second = frame(1, 2), Frame(records=[], rejections=[rejection])
-    assert journal.append(first) == 1
-    assert journal.append(second) == 2
+    assert journal.write(encode(first)) == 1
+    assert journal.write(encode(second)) == 2
     journal.close()
     # A crash in the middle of a third write leaves half a frame behind.
     (segment,) = journal.segments()
     with segment.open("ab") as f:
         f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00partial")
-    reopened = Journal(tmp_path / "j")
-    assert reopened.open() == [first, second]
+    reopened, replayed = opened(tmp_path / "j")
+    assert replayed == [first, second]
     # The old segment stays until its rows are stored elsewhere.
     assert segment.exists()
     reopened.discard_replayed()
     assert not segment.exists()
-    assert reopened.append(frame(3)) == 1
+    assert reopened.write(encode(frame(3))) == 1
     reopened.close()
-    assert Journal(tmp_path / "j").open() == [frame(3)]
+    assert Journal(tmp_path / "j").replay() == [frame(3)]
 
 
 def test_a_corrupt_frame_ends_the_replay(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j")
-    journal.open()
-    journal.append(frame(1))
-    journal.append(frame(2))
+    journal, _ = opened(tmp_path / "j")
+    journal.write(encode(frame(1)))
+    journal.write(encode(frame(2)))
     journal.close()
     (segment,) = journal.segments()
     data = bytearray(segment.read_bytes())
     data[-3] ^= 0xFF  # flip bits inside the last frame's payload
     segment.write_bytes(bytes(data))
-    assert Journal(tmp_path / "j").open() == [frame(1)]
+    assert Journal(tmp_path / "j").replay() == [frame(1)]
 
 
 def test_sealed_segments_go_once_applied_and_replay_spans_them(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j", segment_bytes=1)  # every frame seals its segment
-    journal.open()
+    journal, _ = opened(tmp_path / "j", segment_bytes=1)  # every frame seals its segment
     for n in range(1, 4):
-        assert journal.append(frame(n)) == n
+        assert journal.write(encode(frame(n))) == n
     assert len(journal.segments()) == 4  # three sealed, one open and empty
     journal.release(1)
     assert len(journal.segments()) == 3
     journal.close()
     # A crash now: frames 2 and 3 were never applied, and come back in order.
-    assert Journal(tmp_path / "j").open() == [frame(2), frame(3)]
+    assert Journal(tmp_path / "j").replay() == [frame(2), frame(3)]
 
 
 async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> None:
@@ -82,9 +88,8 @@ async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> 
     await store.append([record(0)])
     await store.barrier()
     await store.close()
-    journal = Journal(Path(f"{db}.journal"))
-    journal.open()
-    journal.append(frame(0, 1, 2))
+    journal, _ = opened(Path(f"{db}.journal"))
+    journal.write(encode(frame(0, 1, 2)))
     journal.close()
 
     store = DuckDBStore(str(db))
@@ -105,8 +110,12 @@ async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> 
 async def test_the_writer_process_journals_frames_in_order_and_releases_segments(
     tmp_path: Path,
 ) -> None:
+    # Segments 0 to 6 are what earlier runs left: the writer starts at 7.
+    for segment in range(7):
+        (tmp_path / f"j.{segment:08d}").touch()
     writer = JournalProcess(tmp_path / "j", segment_bytes=1)  # every frame seals its segment
-    await writer.start(segment=7)
+    assert await writer.open() == []
+    await writer.discard_replayed()
     numbers = await asyncio.gather(*(writer.append(encode(frame(n))) for n in (1, 2, 3)))
     assert numbers == [1, 2, 3]
     writer.release(1)
@@ -124,7 +133,7 @@ async def test_the_writer_process_outlives_signals_until_its_pipe_closes(tmp_pat
     # Ctrl-C reaches the whole process group, and SIGTERM may: the rows a
     # draining shutdown still accepts must be journaled.
     writer = JournalProcess(tmp_path / "j")
-    await writer.start(segment=0)
+    assert await writer.open() == []
     assert writer.pid is not None
     os.kill(writer.pid, signal.SIGINT)
     os.kill(writer.pid, signal.SIGTERM)
@@ -139,7 +148,7 @@ async def test_a_dead_writer_fails_appends_and_readiness(tmp_path: Path) -> None
     await store.start()
     try:
         await store.append([record(1)])
-        pid = store._journal_writer.pid if store._journal_writer else None
+        pid = store._journal.pid if store._journal else None
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(StoreUnavailable, match="journal"):

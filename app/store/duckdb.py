@@ -33,7 +33,7 @@ import pyarrow as pa
 from app.errors import StoreUnavailable
 from app.records import Column, Kind, Record, Rejection, Row, columns
 from app.store import MessageStatus, PageQuery, RowOutcome
-from app.store.journal import Frame, Journal, encode
+from app.store.journal import Frame, encode
 from app.store.journal_process import JournalProcess
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,7 @@ class DuckDBStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._journal = None if path == ":memory:" else Journal(Path(f"{path}.journal"))
-        # Frames are written by a process of its own; see journal_process.py.
-        self._journal_writer = None if self._journal is None else JournalProcess(self._journal.base)
+        self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
         self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
         self._local = threading.local()
@@ -171,14 +169,13 @@ class DuckDBStore:
 
     async def start(self) -> None:
         await self._write(self._open)
-        if self._journal is not None and self._journal_writer is not None:
-            frames = await asyncio.to_thread(self._journal.replay)
+        if self._journal is not None:
+            frames = await self._journal.open()
             if frames:
                 log.info("replaying %d journal frames left by the last run", len(frames))
                 for frame in frames:
                     await self._write(self._insert, [*frame.records, *frame.rejections])
-            await asyncio.to_thread(self._journal.discard_replayed)
-            await self._journal_writer.start(self._journal.next_segment)
+            await self._journal.discard_replayed()
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
 
     def _open(self) -> None:
@@ -201,15 +198,15 @@ class DuckDBStore:
                 await self._applier
         con, self._con = self._con, None
         self._readers.shutdown(wait=True)
-        if self._journal_writer is not None:
-            await self._journal_writer.close()
+        if self._journal is not None:
+            await self._journal.close()
         if con is not None:
             await self._write(con.close)
         self._writer.shutdown(wait=True)
 
     async def check(self) -> None:
-        if self._journal_writer is not None and self._journal_writer.failure is not None:
-            raise StoreUnavailable(self._journal_writer.failure)
+        if self._journal is not None and self._journal.failure is not None:
+            raise StoreUnavailable(self._journal.failure)
         if self._apply_error is not None:
             raise StoreUnavailable(f"journaled rows cannot be applied: {self._apply_error}")
         await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
@@ -226,13 +223,13 @@ class DuckDBStore:
             raise StoreUnavailable("the DuckDB store is closed")
         while self._unapplied_rows >= _MAX_UNAPPLIED_ROWS:
             await self._progress.wait()
-        if self._journal_writer is not None:
+        if self._journal is not None:
             frame = Frame(
                 records=[r for r in rows if type(r) is Record],
                 rejections=[r for r in rows if type(r) is Rejection],
             )
             try:
-                self._frames = await self._journal_writer.append(encode(frame))
+                self._frames = await self._journal.append(encode(frame))
             except OSError as exc:
                 log.error("journal write failed: %s", exc)
                 raise StoreUnavailable(f"journal write failed: {exc}") from exc
@@ -282,9 +279,9 @@ class DuckDBStore:
             self._applied = batch[-1].frame_number
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
-            if self._journal_writer is not None:
+            if self._journal is not None:
                 with contextlib.suppress(OSError):  # a failed writer is reported by `check`
-                    self._journal_writer.release(self._applied)
+                    self._journal.release(self._applied)
 
     async def _caught_up(self, frame_number: int) -> None:
         while self._applied < frame_number:

@@ -62,25 +62,19 @@ class Journal:
         # Sealed segments and the number of the last frame each holds.
         self._sealed: deque[tuple[Path, int]] = deque()
         self._replayed: list[Path] = []
-        # Frames appended since open: each append returns its frame's number.
+        # Frames written since `start`: each write returns its frame's number.
         self.written = 0
 
     def segments(self) -> list[Path]:
         found = self.base.parent.glob(f"{self.base.name}.*")
         return sorted(p for p in found if p.suffix[1:].isdigit())
 
-    def open(self) -> list[Frame]:
-        """Open a new segment; return the frames earlier runs left in the old ones.
+    def replay(self) -> list[Frame]:
+        """The frames earlier runs left; the next segment is numbered after them.
 
         The old segments stay until `discard_replayed`, once their rows are
         stored elsewhere.
         """
-        frames = self.replay()
-        self._start_segment()
-        return frames
-
-    def replay(self) -> list[Frame]:
-        """The frames earlier runs left; the next segment is numbered after them."""
         self._replayed = self.segments()
         frames: list[Frame] = []
         for path in self._replayed:
@@ -105,10 +99,6 @@ class Journal:
         for path in self._replayed:
             path.unlink(missing_ok=True)
         self._replayed = []
-
-    def append(self, frame: Frame) -> int:
-        """Write the frame; return its number once it is on stable storage."""
-        return self.write(encode(frame))
 
     def write(self, data: bytes) -> int:
         """Write one encoded frame (`encode`); its number, once on stable storage."""

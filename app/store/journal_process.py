@@ -8,8 +8,9 @@ on it. A child process has a GIL of its own, so the event loop hands it each
 frame through a pipe and reads the answer like any other I/O (measured with
 `bench ingest`: ~20% more pushes a second than with the thread).
 
-The child writes the segments (see journal.py); replay on start stays with the
-parent, before the child starts. Over the child's stdin and stdout:
+The child writes the segments (see journal.py); the parent reads what earlier
+runs left (`open`) before the child starts after them. Over the child's stdin
+and stdout:
 
     request  <u8 op><u32 length><body>: op A, body an encoded frame; op R, body <u64 applied>
     answer   to each A, in order: <u64 frame number> once it is on stable
@@ -32,7 +33,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from app.store.journal import SEGMENT_BYTES, Journal
+from app.store.journal import SEGMENT_BYTES, Frame, Journal
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,26 @@ class JournalProcess:
     def __init__(self, base: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.base = base
         self._segment_bytes = segment_bytes
+        self._replay = Journal(base, segment_bytes=segment_bytes)  # reads; never writes
         self._process: asyncio.subprocess.Process | None = None
         self._answers: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[int]] = deque()
         self.failure: str | None = None
 
-    async def start(self, segment: int) -> None:
+    async def open(self) -> list[Frame]:
+        """Start the writer after the segments earlier runs left; return their frames.
+
+        Those segments stay until `discard_replayed`, once their rows are
+        stored elsewhere.
+        """
+        frames = await asyncio.to_thread(self._replay.replay)
+        await self._start(self._replay.next_segment)
+        return frames
+
+    async def discard_replayed(self) -> None:
+        await asyncio.to_thread(self._replay.discard_replayed)
+
+    async def _start(self, segment: int) -> None:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

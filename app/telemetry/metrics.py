@@ -73,7 +73,7 @@ class Metrics:
             explicit_bucket_boundaries_advisory=SECONDS,
         )
 
-    def stored(self, rows: Sequence[Record | Rejection]) -> None:
+    def record_lag(self, rows: Sequence[Record | Rejection]) -> None:
         """Ingest lag of rows now durably stored, recorded once their append returns.
 
         One tight loop per append, not one call per request: the SDK's record

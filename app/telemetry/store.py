@@ -46,7 +46,7 @@ class ObservedStore(WrappedStore):
         started = time.perf_counter()
         try:
             outcomes = await self.inner.append(rows)
-            self._metrics.stored(rows)
+            self._metrics.record_lag(rows)
             return outcomes
         finally:
             self._metrics.append_rows.record(len(rows))
