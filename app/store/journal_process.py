@@ -84,10 +84,11 @@ class JournalProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        if self._process.stdout is None:
+        stdout = self._process.stdout
+        if stdout is None:
             raise OSError("the journal writer has no stdout")
         try:
-            ready = await self._process.stdout.readexactly(len(_READY))
+            ready = await stdout.readexactly(len(_READY))
         except asyncio.IncompleteReadError:
             ready = b""
         if ready != _READY:
@@ -95,7 +96,7 @@ class JournalProcess:
             self._process = None
             raise OSError(f"the journal writer did not start (exit code {code})")
         self._answers = asyncio.create_task(
-            self._read_answers(self._process), name="journal-answers"
+            self._read_answers(self._process, stdout), name="journal-answers"
         )
 
     async def append(self, data: bytes) -> int:
@@ -116,9 +117,11 @@ class JournalProcess:
         return None if self._process is None else self._process.pid
 
     def release(self, applied: int) -> None:
-        """Frames up to `applied` are stored elsewhere: their sealed segments may go."""
-        if self.failure is None:
-            self._stdin().write(_REQUEST.pack(_RELEASE, _NUMBER.size) + _NUMBER.pack(applied))
+        """Frames up to `applied` are stored elsewhere: their sealed segments may go.
+
+        OSError if the writer is gone (its failure is reported by `append`).
+        """
+        self._stdin().write(_REQUEST.pack(_RELEASE, _NUMBER.size) + _NUMBER.pack(applied))
 
     async def close(self) -> None:
         if self._process is None:
@@ -143,10 +146,9 @@ class JournalProcess:
             raise OSError("the journal writer is not running")
         return self._process.stdin
 
-    async def _read_answers(self, process: asyncio.subprocess.Process) -> None:
-        stdout = process.stdout
-        if stdout is None:
-            return
+    async def _read_answers(
+        self, process: asyncio.subprocess.Process, stdout: asyncio.StreamReader
+    ) -> None:
         try:
             while True:
                 (number,) = _NUMBER.unpack(await stdout.readexactly(_NUMBER.size))
