@@ -107,11 +107,12 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
         )
         self._details = config.scope_span_details_extractor
         self._sampler = self._tracer.sampler if isinstance(self._tracer, sdk_trace.Tracer) else None
+        self._follows_callers = follows_remote_callers(self._sampler)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        parent, user_agent = _caller(scope["headers"])
+        parent, caller, user_agent = _caller(scope["headers"])
         method = str(scope.get("method", ""))
-        span = self._start(parent, method)
+        span = self._start(parent, caller, method)
         token = context.attach(parent if span is None else trace.set_span_in_context(span))
         try:
             if span is not None and span.is_recording():
@@ -121,50 +122,50 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
         finally:
             context.detach(token)
 
-    def _start(self, parent: Context, method: str) -> trace.Span | None:
+    def _start(self, parent: Context, caller: SpanContext | None, method: str) -> trace.Span | None:
         """The server span, or None when the sampler drops a request its caller started.
 
         Most pushes: Cloud Run samples at most 0.1 requests a second per
         instance, and the default sampler follows it. A span that is not
-        recorded is never exported; the SDK would still build one (~13 µs,
-        against ~3 µs for asking the sampler) only to carry the caller's trace
-        id, which the caller's own context carries as well.
+        recorded is never exported; the SDK would still build one (~13 µs)
+        only to carry the caller's trace id, which the caller's own context
+        carries as well. A sampler that decides as the caller did (every
+        `parentbased_*` one) is not even asked (~2 µs): the SDK asks it again
+        when it starts a span.
         """
-        caller = trace.get_current_span(parent).get_span_context()
-        if (
-            self._sampler is not None
-            and caller.is_valid
-            and self._sampler.should_sample(
-                parent, caller.trace_id, method, SpanKind.SERVER
-            ).decision
-            is sampling.Decision.DROP
-        ):
-            return None
+        if caller is not None and self._sampler is not None:
+            if self._follows_callers:
+                if not caller.trace_flags.sampled:
+                    return None
+            elif (
+                self._sampler.should_sample(
+                    parent, caller.trace_id, method, SpanKind.SERVER
+                ).decision
+                is sampling.Decision.DROP
+            ):
+                return None
         return self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
 
     async def _recorded(
         self,
         span: trace.Span,
         method: str,
-        user_agent: str | None,
+        user_agent: bytes | None,
         scope: Scope,
         receive: Receive,
         send: Send,
     ) -> None:
-        """Run the request under a sampled span: describe it, record its status, end it."""
-        attributes: dict[str, Any] = {"http.request.method": method, "url.path": scope["path"]}
-        if client := scope.get("client"):
-            attributes["client.address"] = client[0]
-        if user_agent:
-            attributes["user_agent.original"] = user_agent
-        span.set_attributes(attributes)
+        """Run the request under a sampled span: describe it, record its status, end it.
+
+        Its attributes are set once, at the end: each `set_attributes` takes
+        the span's lock and checks every value.
+        """
+        status: int | None = None
 
         async def send_and_observe(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:  # a 4xx is the caller's error, not the server's
-                    span.set_status(StatusCode.ERROR)
             await send(message)
 
         try:
@@ -173,38 +174,71 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             raise
+        else:
+            if status is not None and status >= 500:  # a 4xx is the caller's error
+                span.set_status(StatusCode.ERROR)
         finally:
             # Named once routed: the lookup is paid by sampled spans only.
             name, route_attributes = self._details(scope)
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "url.path": scope["path"],
+                **route_attributes,
+            }
+            if client := scope.get("client"):
+                attributes["client.address"] = client[0]
+            if user_agent:
+                attributes["user_agent.original"] = user_agent.decode("latin-1")
+            if status is not None:
+                attributes["http.response.status_code"] = status
             span.update_name(name)
-            span.set_attributes(route_attributes)
+            span.set_attributes(attributes)
             span.end()
 
 
-def _caller(headers: Iterable[tuple[bytes, bytes]]) -> tuple[Context, str | None]:
-    """The caller's context and user agent, read in one pass over the headers.
+def _caller(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[Context, SpanContext | None, bytes | None]:
+    """The caller's context and span (None if it sent none), and its user agent.
 
-    `traceparent` wins over Cloud Run's X-Cloud-Trace-Context (Cloud Run sends
-    both, for the same trace); only the propagator whose header is present
-    runs, not both.
+    Read in one pass over the headers. `traceparent` wins over Cloud Run's
+    X-Cloud-Trace-Context (Cloud Run sends both, for the same trace); only the
+    propagator whose header is present runs, not both.
     """
     traceparent = tracestate = cloud = user_agent = None
     for key, value in headers:
         if key == b"traceparent":
-            traceparent = value.decode("latin-1")
+            traceparent = value
         elif key == b"x-cloud-trace-context":
-            cloud = value.decode("latin-1")
+            cloud = value
         elif key == b"user-agent":
-            user_agent = value.decode("latin-1")
+            user_agent = value
         elif key == b"tracestate":
             tracestate = value.decode("latin-1")
     if traceparent is not None:
-        found = remote_context(traceparent, tracestate)
+        found = remote_context(traceparent.decode("latin-1"), tracestate)
         if found is not None:
-            return found, user_agent
+            return found, trace.get_current_span(found).get_span_context(), user_agent
     if cloud is not None:
-        return _cloud.extract({"x-cloud-trace-context": cloud}, context=Context()), user_agent
-    return Context(), user_agent
+        found = _cloud.extract(
+            {"x-cloud-trace-context": cloud.decode("latin-1")}, context=Context()
+        )
+        caller = trace.get_current_span(found).get_span_context()
+        return found, caller if caller.is_valid else None, user_agent
+    return Context(), None, user_agent
+
+
+def follows_remote_callers(sampler: sampling.Sampler | None) -> bool:
+    """Whether `sampler` samples a request exactly when its remote caller did.
+
+    True of ParentBased with its defaults for remote callers (every
+    `parentbased_*` sampler here); any other, ServerSpans asks.
+    """
+    return (
+        isinstance(sampler, sampling.ParentBased)
+        and getattr(sampler, "_remote_parent_sampled", None) is sampling.ALWAYS_ON
+        and getattr(sampler, "_remote_parent_not_sampled", None) is sampling.ALWAYS_OFF
+    )
 
 
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
