@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from app.settings import Settings, TelemetrySettings
 from app.store import Store
+from app.telemetry.histogram import export_through
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import Metrics, PushOutcomes
 from app.telemetry.store import ObservedStore
@@ -90,6 +91,8 @@ class Telemetry:
         self.meter_provider = meter_provider or metrics_api.NoOpMeterProvider()
         self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION)
         self.metrics = Metrics(self.meter_provider.get_meter(INSTRUMENTATION))
+        if isinstance(self.meter_provider, MeterProvider):
+            export_through(self.meter_provider, INSTRUMENTATION, [self.metrics.ingest_lag])
         self.prometheus = prometheus
 
     @classmethod

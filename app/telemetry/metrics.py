@@ -19,6 +19,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from app.errors import RetryLater
 from app.records import Record, Rejection
 from app.store import RowOutcome
+from app.telemetry.histogram import BucketHistogram
 
 log = logging.getLogger("recordline.ingest")
 
@@ -39,11 +40,13 @@ class Metrics:
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
-        self.ingest_lag = meter.create_histogram(
+        # Recorded for every stored row: counted here, not by the SDK (see
+        # app.telemetry.histogram); Telemetry hands it to the meter's readers.
+        self.ingest_lag = BucketHistogram(
             "recordline.ingest.lag",
             unit="s",
             description="Publish to durable storage (ingest_time - publish_time): freshness SLI",
-            explicit_bucket_boundaries_advisory=LAG_SECONDS,
+            boundaries=LAG_SECONDS,
         )
         # Outcomes are tallied in plain ints and read at collection time: a
         # synchronous SDK counter costs ~5 µs per add, 3% of a push.
@@ -76,12 +79,9 @@ class Metrics:
     def record_lag(self, rows: Sequence[Record | Rejection]) -> None:
         """Ingest lag of rows now durably stored, recorded once their append returns.
 
-        One tight loop per append, not one call per request: the SDK's record
-        costs ~4 µs here and ~3x that scattered across request handlers.
+        One loop per append, not one call per request.
         """
-        record = self.ingest_lag.record
-        for row in rows:
-            record((row.ingest_time - row.publish_time) / 1e6)
+        self.ingest_lag.record_many((row.ingest_time - row.publish_time) / 1e6 for row in rows)
 
     def _observe_outcomes(self, _: CallbackOptions) -> Iterable[Observation]:
         for attributes, count in list(self.outcomes.items()):
