@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,12 +83,24 @@ class Load:
     socket_errors: int
 
 
-def wrk(url: str, script: str, *, connections: int, seconds: float, threads: int = 2) -> Load:
+def wrk(
+    url: str,
+    script: str,
+    *,
+    connections: int,
+    seconds: float,
+    threads: int = 2,
+    cpus: Sequence[int] | None = None,
+) -> Load:
+    """Load `url` for `seconds`; on `cpus` only, with one thread each, if given."""
+    if cpus:
+        threads = len(cpus)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
         out = subprocess.run(
             [
+                *_taskset(cpus),
                 "wrk",
                 "-t",
                 str(min(threads, connections)),
@@ -143,11 +156,32 @@ def _peak_kb(pid: int) -> int:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
 
 
+def _taskset(cpus: Sequence[int] | None) -> list[str]:
+    return ["taskset", "--cpu-list", ",".join(map(str, cpus))] if cpus else []
+
+
+def split_cpus() -> tuple[list[int], list[int]] | None:
+    """Servers on the first CPU this process may use, the load generator on the
+    others; None with fewer than two (or without taskset)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return None
+    return cpus[:1], cpus[1:]
+
+
 @contextlib.contextmanager
-def server(argv: Sequence[str], port: int, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Run a server process until the block ends; ready once /healthz answers."""
+def server(
+    argv: Sequence[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    cpus: Sequence[int] | None = None,
+) -> Iterator[Server]:
+    """Run a server process (on `cpus`, if given) until the block ends.
+
+    Ready once /healthz answers.
+    """
     process = subprocess.Popen(
-        list(argv),
+        [*_taskset(cpus), *argv],
         env={**os.environ, **(env or {})},
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -184,15 +218,21 @@ def interleaved(
     env: Mapping[str, Mapping[str, str]] | None = None,
     scripts: Mapping[str, str] | None = None,
     inspect: Callable[[str, Server], None] | None = None,
+    pinned: bool = False,
 ) -> dict[str, list[Load]]:
     """Serve every app at once (argv for a port) and load them in turn, `rounds` times over.
 
     On a shared two-core machine throughput drifts by ±20% over a minute;
     short runs taken in turn put the same drift on every app, so their
-    ratio holds where separate long runs would not. `env` adds variables per
-    app, `scripts` a wrk script of its own in place of `script`; `inspect`
-    sees each server after the last round, before it stops.
+    ratio holds where separate long runs would not. Each round starts with
+    the next app, so none always runs first. `env` adds variables per app,
+    `scripts` a wrk script of its own in place of `script`; `inspect` sees
+    each server after the last round, before it stops. `pinned` puts the
+    servers on one CPU and wrk on the rest (see `split_cpus`), so wrk never
+    takes CPU from the server it measures.
     """
+    cpus = split_cpus() if pinned else None
+    server_cpus, load_cpus = cpus if cpus else (None, None)
     scripts = scripts or {}
     loads: dict[str, list[Load]] = {name: [] for name in apps}
     with contextlib.ExitStack() as stack:
@@ -200,13 +240,23 @@ def interleaved(
         for name, argv in apps.items():
             port = free_port()
             extra = dict((env or {}).get(name, {}))
-            servers[name] = stack.enter_context(server(argv(port), port, extra))
-        for name, srv in servers.items():
-            wrk(srv.url, scripts.get(name, script), connections=connections, seconds=2)  # warm up
-        for _ in range(rounds):
-            for name, srv in servers.items():
+            servers[name] = stack.enter_context(server(argv(port), port, extra, server_cpus))
+        names = list(servers)
+        for name in names:  # warm up
+            each = scripts.get(name, script)
+            wrk(servers[name].url, each, connections=connections, seconds=2, cpus=load_cpus)
+        for round_ in range(rounds):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 each = scripts.get(name, script)
-                loads[name].append(wrk(srv.url, each, connections=connections, seconds=seconds))
+                loads[name].append(
+                    wrk(
+                        servers[name].url,
+                        each,
+                        connections=connections,
+                        seconds=seconds,
+                        cpus=load_cpus,
+                    )
+                )
         if inspect is not None:
             for name, srv in servers.items():
                 inspect(name, srv)
