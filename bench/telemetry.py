@@ -1,12 +1,19 @@
 """What tracing and metrics cost on the push path: msgs/s off against on.
 
-    python3 dev.py bench telemetry [--seconds 3] [--rounds 8] [--connections 64]
+    python3 dev.py bench telemetry [--seconds 1] [--rounds 12] [--processes 2]
+                                   [--connections 64]
 
-Serves the app five times at once (uvicorn processes, `memory:` store) and
-drives POST /pubsub/push at each in turn, round after round, so drift on a
-shared machine hits all of them alike:
+Serves every row below twice at once (uvicorn processes, `memory:` store) and
+drives POST /pubsub/push at each server in turn, round after round, so drift
+on a shared machine hits all of them alike; two equal Python processes can
+differ by a few percent, so each row averages two. The servers share one CPU and wrk has
+the other: on Cloud Run the pushes come from elsewhere, and a load generator
+on the server's CPU would take a share of it that changes with the server's
+own speed.
 
 - off: no tracer provider, no metrics;
+- off again: the same app a second time. How far it lands from 1.00 is how
+  far this machine moves two equal apps apart in one run;
 - metrics: metrics only, as `recordline serve` runs by default;
 - on: as deployed, the default sampler follows the caller's decision, spans go
   to a BatchSpanProcessor whose exporter drops them in the process, metrics
@@ -30,7 +37,7 @@ from collections.abc import Sequence
 from litestar import Litestar
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, Sampler
 
-from bench.harness import interleaved, push_script, table, uvicorn_argv
+from bench.harness import Load, interleaved, push_script, split_cpus, table, uvicorn_argv
 
 # A new random trace per push, as Cloud Run's front end starts one for every
 # request; one in `sampled_one_in` is flagged sampled.
@@ -107,40 +114,61 @@ def telemetry_every() -> Litestar:
 
 MODES = {
     "off": "no tracer provider, no metrics",
+    "off_again": "the same app as off: how far two equal apps differ",
     "metrics": "metrics only (the local default)",
     "on": "as deployed: the caller decides (1 in 10 sampled)",
     "cloud_run": "as deployed, at Cloud Run's rate (1 in 40,000)",
     "every": "every push traced, whatever the caller decided",
 }
 # The same app as `on`; only its traffic differs.
-_FACTORY = {"cloud_run": "on"}
+_FACTORY = {"cloud_run": "on", "off_again": "off"}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench telemetry")
-    parser.add_argument("--seconds", type=float, default=3)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=1)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--processes", type=int, default=2, help="servers per row")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args(argv)
-    loads = interleaved(
+    servers = {
+        f"{mode}#{i}": mode for mode in MODES for i in range(args.processes)
+    }  # one Python process differs from an equal one by up to ~5%: average a few
+    by_server = interleaved(
         {
-            mode: functools.partial(
+            name: functools.partial(
                 uvicorn_argv, f"bench.telemetry:telemetry_{_FACTORY.get(mode, mode)}"
             )
-            for mode in MODES
+            for name, mode in servers.items()
         },
         traceparents(10),
         rounds=args.rounds,
         seconds=args.seconds,
         connections=args.connections,
-        scripts={"cloud_run": traceparents(CLOUD_RUN_ONE_IN)},
+        scripts={
+            name: traceparents(CLOUD_RUN_ONE_IN)
+            for name, mode in servers.items()
+            if mode == "cloud_run"
+        },
+        pinned=True,
     )
+    loads: dict[str, list[Load]] = {mode: [] for mode in MODES}
+    for name, mode in servers.items():
+        loads[mode].extend(by_server[name])
+    # Round r of every server, in the order they were taken.
+    rounds = {
+        mode: [
+            statistics.mean(by_server[f"{mode}#{i}"][r].rate for i in range(args.processes))
+            for r in range(args.rounds)
+        ]
+        for mode in MODES
+    }
     rows = [["telemetry", "msgs/s", "p50 ms", "p99 ms", "non-2xx", "vs off", "per round"]]
     off = statistics.mean(load.rate for load in loads["off"])
     for mode, description in MODES.items():
         runs = loads[mode]
         rate = statistics.mean(load.rate for load in runs)
-        per_round = [a.rate / b.rate for a, b in zip(runs, loads["off"], strict=True)]
+        per_round = [a / b for a, b in zip(rounds[mode], rounds["off"], strict=True)]
         rows.append(
             [
                 f"{mode}: {description}",
@@ -153,9 +181,11 @@ def main(argv: list[str]) -> int:
             ]
         )
     print(
-        f"POST /pubsub/push, wrk {args.connections} connections, {args.rounds} rounds of "
-        f"{args.seconds:g} s per app, taken in turn; medians of p50/p99"
+        f"POST /pubsub/push, wrk {args.connections} connections; {args.processes} servers per "
+        f"row, {args.rounds} rounds of {args.seconds:g} s per server, taken in turn; "
+        "medians of p50/p99"
     )
+    print("servers on one CPU, wrk on the other" if split_cpus() else "servers and wrk share CPUs")
     print(table(rows))
     on, cloud_run = (statistics.mean(load.rate for load in loads[m]) for m in ("on", "cloud_run"))
     print(f"on/off = {on / off:.2f}  (budget: ≥ 0.85); at Cloud Run's rate {cloud_run / off:.2f}")
