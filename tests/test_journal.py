@@ -143,6 +143,24 @@ async def test_the_writer_process_outlives_signals_until_its_pipe_closes(tmp_pat
     assert Journal(tmp_path / "j").replay() == [frame(1)]
 
 
+async def test_a_failed_write_is_the_writers_last(tmp_path: Path) -> None:
+    # Segment 1 cannot take a byte. The frame that fails there may be torn,
+    # and replay stops at a torn frame: nothing may be written after it.
+    writer = JournalProcess(tmp_path / "j", segment_bytes=1)  # frame 1 seals segment 0
+    await writer.open()
+    (tmp_path / "j.00000001").symlink_to("/dev/full")
+    try:
+        assert await writer.append(encode(frame(1))) == 1
+        with pytest.raises(OSError, match="No space left"):
+            await writer.append(encode(frame(2)))
+        assert writer.failure is not None
+        assert "failed write" in writer.failure
+        with pytest.raises(OSError, match="failed write"):
+            await writer.append(encode(frame(3)))
+    finally:
+        await writer.close()
+
+
 async def test_a_dead_writer_fails_appends_and_readiness(tmp_path: Path) -> None:
     store = DuckDBStore(str(tmp_path / "records.duckdb"))
     await store.start()

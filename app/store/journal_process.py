@@ -16,6 +16,11 @@ and stdout:
     answer   to each A, in order: <u64 frame number> once it is on stable
              storage, or <u64 0><u32 length><utf-8 reason> when the write failed
 
+A failed write is the child's last: the frame may lie torn in the segment, and
+replay stops at a torn frame, so a frame written after it could be
+acknowledged and still lost. The store then answers 503 until a restart
+replays every frame that was acknowledged.
+
 The child says it is ready once its segment is open. It ignores SIGINT and
 SIGTERM and stops when its stdin closes, after every frame it was sent: a
 shutdown that drains accepted rows still journals them, and a parent that
@@ -157,10 +162,14 @@ class JournalProcess:
                     continue
                 (length,) = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))
                 reason = (await stdout.readexactly(length)).decode()
+                # The writer stops after a failed write (see above).
+                self.failure = f"the journal writer stopped after a failed write: {reason}"
+                log.error("%s", self.failure)
                 _resolve(self._waiting.popleft(), OSError(reason))
         except (asyncio.IncompleteReadError, ConnectionError):
             code = await process.wait()
-            if self._waiting or self._process is not None:  # not a requested stop
+            if self.failure is None and (self._waiting or self._process is not None):
+                # Not a requested stop.
                 self.failure = f"the journal writer exited with code {code}"
                 log.error("%s", self.failure)
             while self._waiting:
@@ -198,7 +207,9 @@ def serve(base: Path, segment: int, segment_bytes: int) -> None:
                 answer = _NUMBER.pack(journal.write(body))
             except OSError as exc:
                 reason = str(exc).encode()
-                answer = _NUMBER.pack(0) + _LENGTH.pack(len(reason)) + reason
+                answers.write(_NUMBER.pack(0) + _LENGTH.pack(len(reason)) + reason)
+                answers.flush()
+                sys.exit(1)  # nothing more goes after a frame that may be torn
             answers.write(answer)
             answers.flush()
     finally:
