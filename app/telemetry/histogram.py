@@ -28,10 +28,8 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
     MetricReader,
     MetricsData,
-    ResourceMetrics,
     ScopeMetrics,
 )
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 
@@ -58,9 +56,9 @@ class BucketHistogram:
         self._state = _State([0] * (len(self.boundaries) + 1))
         # Readers collect on their own threads (a periodic exporter's).
         self._lock = threading.Lock()
-        # Per delta reader: what it was last given, and the low and high since.
+        # Per delta reader: the state it was last given, whose extremes then
+        # widen with every value recorded since.
         self._exported: dict[int, _State] = {}
-        self._interval: dict[int, list[float]] = {}
 
     def record_many(self, values: Iterable[float]) -> None:
         """Count each value; a negative one (a clock ahead of ours) counts as 0."""
@@ -81,7 +79,7 @@ class BucketHistogram:
                 if value > high:
                     high = value
             state.total, state.count = total, count
-            for extremes in (state.extremes, *self._interval.values()):
+            for extremes in (state.extremes, *(e.extremes for e in self._exported.values())):
                 extremes[0] = min(extremes[0], low)
                 extremes[1] = max(extremes[1], high)
 
@@ -95,17 +93,16 @@ class BucketHistogram:
                 extremes=list(self._state.extremes),
             )
             if temporality is AggregationTemporality.DELTA:
-                key = id(reader)
-                last = self._exported.get(key)
-                interval = self._interval.get(key)
-                self._exported[key] = dataclasses.replace(state, since=now)
-                self._interval[key] = [math.inf, -math.inf]
-                if last is not None and interval is not None:
+                last = self._exported.get(id(reader))
+                self._exported[id(reader)] = dataclasses.replace(
+                    state, extremes=[math.inf, -math.inf], since=now
+                )
+                if last is not None:
                     state = _State(
                         [a - b for a, b in zip(state.counts, last.counts, strict=True)],
                         state.total - last.total,
                         state.count - last.count,
-                        interval,
+                        last.extremes,
                         since=last.since,
                     )
         if not state.count:
@@ -139,34 +136,30 @@ def export_through(
     collection that found nothing at all is not handed on by the SDK; the
     app's gauges always report, so this one always is.
     """
-    resource: Resource = provider._sdk_config.resource
     for reader in provider._metric_readers:
         reader._receive_metrics = _including_ours(  # type: ignore[method-assign]
-            reader, histograms, scope, resource
+            reader, histograms, scope
         )
 
 
 def _including_ours(
-    reader: MetricReader, histograms: Sequence[BucketHistogram], scope: str, resource: Resource
+    reader: MetricReader, histograms: Sequence[BucketHistogram], scope: str
 ) -> Callable[..., None]:
     receive = reader._receive_metrics
     temporality = reader._instrument_class_temporality[_Histogram]
 
     def receive_with_ours(data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         ours = [m for h in histograms if (m := h.metric(reader, temporality)) is not None]
-        receive(_including(data, ours, scope, resource), timeout_millis, **kwargs)
+        receive(_including(data, ours, scope), timeout_millis, **kwargs)
 
     return receive_with_ours
 
 
-def _including(
-    data: MetricsData, metrics: list[Metric], scope: str, resource: Resource
-) -> MetricsData:
+def _including(data: MetricsData, metrics: list[Metric], scope: str) -> MetricsData:
+    """`data` with `metrics` added to `scope` (in the provider's one resource)."""
     if not metrics:
         return data
-    resources = list(data.resource_metrics) or [
-        ResourceMetrics(resource=resource, scope_metrics=[], schema_url="")
-    ]
+    resources = list(data.resource_metrics)
     first = resources[0]
     scopes = list(first.scope_metrics)
     for i, found in enumerate(scopes):
