@@ -215,17 +215,17 @@ def _caller(
             user_agent = value
         elif key == b"tracestate":
             tracestate = value.decode("latin-1")
+    caller = None
     if traceparent is not None:
-        found = remote_context(traceparent.decode("latin-1"), tracestate)
-        if found is not None:
-            return found, trace.get_current_span(found).get_span_context(), user_agent
-    if cloud is not None:
-        found = _cloud.extract(
-            {"x-cloud-trace-context": cloud.decode("latin-1")}, context=Context()
-        )
-        caller = trace.get_current_span(found).get_span_context()
-        return found, caller if caller.is_valid else None, user_agent
-    return Context(), None, user_agent
+        caller = remote_span(traceparent.decode("latin-1"), tracestate)
+    if caller is None and cloud is not None:
+        carrier = {"x-cloud-trace-context": cloud.decode("latin-1")}
+        extracted = _cloud.extract(carrier, context=Context())
+        found = trace.get_current_span(extracted).get_span_context()
+        caller = found if found.is_valid else None
+    if caller is None:
+        return Context(), None, user_agent
+    return trace.set_span_in_context(NonRecordingSpan(caller), Context()), caller, user_agent
 
 
 def follows_remote_callers(sampler: sampling.Sampler | None) -> bool:
@@ -244,8 +244,8 @@ def follows_remote_callers(sampler: sampling.Sampler | None) -> bool:
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-def remote_context(traceparent: str, tracestate: str | None = None) -> Context | None:
-    """The W3C caller's context, or None if `traceparent` is not valid.
+def remote_span(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    """The W3C caller's span, or None if `traceparent` is not valid.
 
     Version 00 without a `tracestate` (what Cloud Run and Pub/Sub send) is
     read here in ~1.5 µs; anything else goes to the SDK's propagator (~5 µs),
@@ -255,15 +255,12 @@ def remote_context(traceparent: str, tracestate: str | None = None) -> Context |
         trace_id, span_id = int(m[1], 16), int(m[2], 16)
         if not trace_id or not span_id:
             return None
-        span_context = SpanContext(
-            trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m[3], 16))
-        )
-        return trace.set_span_in_context(NonRecordingSpan(span_context), Context())
+        return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m[3], 16)))
     carrier = {"traceparent": traceparent}
     if tracestate is not None:
         carrier["tracestate"] = tracestate
-    found = _w3c.extract(carrier, context=Context())
-    return found if trace.get_current_span(found).get_span_context().is_valid else None
+    found = trace.get_current_span(_w3c.extract(carrier, context=Context())).get_span_context()
+    return found if found.is_valid else None
 
 
 def route_span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
@@ -352,11 +349,7 @@ def publisher_span(attributes: Mapping[str, str]) -> SpanContext | None:
     traceparent = attributes.get(PUBLISHER_TRACEPARENT)
     if not traceparent:
         return None
-    carrier = {"traceparent": traceparent}
-    if tracestate := attributes.get(PUBLISHER_TRACESTATE):
-        carrier["tracestate"] = tracestate
-    found = trace.get_current_span(_w3c.extract(carrier, context=Context())).get_span_context()
-    return found if found.is_valid else None
+    return remote_span(traceparent, attributes.get(PUBLISHER_TRACESTATE) or None)
 
 
 # -- group commit -------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from litestar import Litestar
@@ -16,7 +17,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from app.asgi import create_app
 from app.telemetry import Telemetry
-from app.telemetry.traces import ServerSpans, remote_context
+from app.telemetry.traces import ServerSpans, follows_remote_callers, remote_span, sampler
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.telemetry.conftest import RECORD, Observed
@@ -322,12 +323,11 @@ def test_the_fast_traceparent_reader_agrees_with_the_sdk_propagator(
     expected = trace.get_current_span(
         TraceContextTextMapPropagator().extract(carrier, context=Context())
     ).get_span_context()
-    found = remote_context(traceparent, tracestate)
+    found = remote_span(traceparent, tracestate)
     if not expected.is_valid:
         assert found is None
         return
-    assert found is not None
-    assert trace.get_current_span(found).get_span_context() == expected
+    assert found == expected
 
 
 def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
@@ -345,6 +345,24 @@ def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
     # Nor has the flush that stored it: no trace leads there.
     assert observed.finished("recordline.flush") == []
     assert observed.finished("recordline.store.append") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "follows"),
+    [
+        ("parentbased_always_on", True),
+        ("parentbased_always_off", True),
+        ("parentbased_traceidratio", True),
+        ("always_on", False),
+        ("traceidratio", False),
+    ],
+)
+def test_only_parent_based_samplers_are_skipped_for_a_remote_caller(
+    name: str, follows: bool
+) -> None:
+    # ServerSpans decides from the caller's flag alone only for these; it
+    # reads ParentBased's own fields, which an SDK upgrade could rename.
+    assert follows_remote_callers(sampler(name, 0.5)) is follows
 
 
 def test_a_sampler_that_keeps_what_the_caller_dropped_is_obeyed() -> None:
