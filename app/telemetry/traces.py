@@ -89,8 +89,9 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
     it runs both propagators, collects a dozen attributes through getters,
     wraps every ASGI message and checks its own exclusion lists. This one
     starts the span in the caller's context; only a sampled span is then
-    described (attributes, status, its name by route). The plugin still
-    decides where it runs (`exclude`, `scopes`) through the config it is given.
+    described (attributes, status, its name by route). It runs where the
+    plugin's config says (`scopes`, `exclude`, `exclude_opt_key`), tested
+    inline as Litestar's own middleware wrapper would.
     """
 
     def __init__(self, app: ASGIApp, config: OpenTelemetryConfig) -> None:
@@ -109,7 +110,11 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
         self._sampler = self._tracer.sampler if isinstance(self._tracer, sdk_trace.Tracer) else None
         self._follows_callers = follows_remote_callers(self._sampler)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The middleware's `__call__` (set after the class, see `_bypassed`)."""
+        if self._bypassed(scope):
+            await self.app(scope, receive, send)
+            return
         parent, caller, user_agent = _caller(scope["headers"])
         method = str(scope.get("method", ""))
         span = self._start(parent, caller, method)
@@ -121,6 +126,27 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
                 await self.app(scope, receive, send)
         finally:
             context.detach(token)
+
+    def _bypassed(self, scope: Scope) -> bool:
+        """Litestar's own test of `scopes`, `exclude` and `exclude_opt_key`, inline.
+
+        Litestar wraps the `__call__` of every AbstractMiddleware in a generic
+        version of this test (two more calls and a frame per request, a push
+        resuming through it twice); `_serve`, set as `__call__` after the class
+        body, runs this one instead.
+        """
+        if scope["type"] not in self.scopes:
+            return True
+        if (
+            self.exclude_opt_key
+            and (handler := scope.get("route_handler")) is not None
+            and handler.opt.get(self.exclude_opt_key)
+        ):
+            return True
+        return (
+            self.exclude_pattern is not None
+            and self.exclude_pattern.search(scope["path"]) is not None
+        )
 
     def _start(self, parent: Context, caller: SpanContext | None, method: str) -> trace.Span | None:
         """The server span, or None when the sampler drops a request its caller started.
@@ -196,6 +222,10 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
             span.end()
 
 
+# Set after the class body, where Litestar no longer wraps it (see ServerSpans._bypassed).
+ServerSpans.__call__ = ServerSpans._serve  # type: ignore[method-assign,assignment]
+
+
 def _caller(
     headers: Iterable[tuple[bytes, bytes]],
 ) -> tuple[Context, SpanContext | None, bytes | None]:
@@ -242,6 +272,7 @@ def follows_remote_callers(sampler: sampling.Sampler | None) -> bool:
 
 
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(256)}
 
 
 def remote_span(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
@@ -255,7 +286,7 @@ def remote_span(traceparent: str, tracestate: str | None = None) -> SpanContext 
         trace_id, span_id = int(m[1], 16), int(m[2], 16)
         if not trace_id or not span_id:
             return None
-        return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m[3], 16)))
+        return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[m[3]])
     carrier = {"traceparent": traceparent}
     if tracestate is not None:
         carrier["tracestate"] = tracestate

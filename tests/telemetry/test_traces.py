@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from litestar import Litestar
+from litestar.enums import ScopeType
+from litestar.middleware._utils import should_bypass_middleware
+from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.testing import TestClient
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -16,7 +20,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.asgi import create_app
-from app.telemetry import Telemetry
+from app.telemetry import UNTRACED_PATHS, Telemetry
 from app.telemetry.traces import ServerSpans, follows_remote_callers, remote_span, sampler
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
@@ -376,3 +380,50 @@ def test_a_sampler_that_keeps_what_the_caller_dropped_is_obeyed() -> None:
         )
     (server,) = observed.finished("POST /pubsub/push")
     assert f"{server.context.trace_id:032x}" == TRACE_ID
+
+
+@given(
+    scope_type=st.sampled_from(["http", "websocket", "lifespan"]),
+    path=st.sampled_from(
+        [
+            "/pubsub/push",
+            "/healthz",
+            "/healthz/x",
+            "/readyz",
+            "/docs",
+            "/docs/x",
+            "/v1/records/metrics",
+        ]
+    )
+    | st.text(min_size=1).map(lambda s: "/" + s),
+    opt=st.sampled_from([None, {}, {"skip_traces": True}, {"skip_traces": False}]),
+    opt_key=st.sampled_from([None, "skip_traces"]),
+    exclude=st.sampled_from([UNTRACED_PATHS, ["metrics"], None]),  # unanchored: searched
+)
+def test_servers_own_bypass_test_agrees_with_litestars(
+    scope_type: str,
+    path: str,
+    opt: dict[str, bool] | None,
+    opt_key: str | None,
+    exclude: list[str] | None,
+) -> None:
+    # ServerSpans runs this test itself, not through Litestar's wrapper of
+    # every middleware's __call__; it must decide exactly as that would.
+    config = OpenTelemetryConfig(
+        tracer_provider=trace.NoOpTracerProvider(),
+        middleware_class=ServerSpans,
+        exclude=exclude,
+        exclude_opt_key=opt_key,
+        scopes={ScopeType.HTTP},
+    )
+    middleware = ServerSpans(app=lambda *_: None, config=config)  # type: ignore[arg-type]
+    scope: dict[str, object] = {"type": scope_type, "path": path}
+    if opt is not None:
+        scope["route_handler"] = SimpleNamespace(opt=opt)
+    litestars = should_bypass_middleware(
+        scope=scope,  # type: ignore[arg-type]
+        scopes=middleware.scopes,
+        exclude_path_pattern=middleware.exclude_pattern,
+        exclude_opt_key=middleware.exclude_opt_key,
+    )
+    assert middleware._bypassed(scope) is litestars  # type: ignore[arg-type]
