@@ -37,9 +37,10 @@ class ObservedStore(WrappedStore):
         if not trace.get_current_span().is_recording():
             return await self._append(rows)
         with self._tracer.start_as_current_span(
-            "recordline.store.append", kind=SpanKind.CLIENT, attributes=self._system
-        ) as span:
-            span.set_attribute("recordline.append.rows", len(rows))
+            "recordline.store.append",
+            kind=SpanKind.CLIENT,
+            attributes={**self._system, "recordline.append.rows": len(rows)},
+        ):
             return await self._append(rows)
 
     async def _append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
