@@ -1,11 +1,14 @@
-"""python3 dev.py bench NAME [options]: ingest | query | writer | auth | telemetry | e2e."""
+"""python3 dev.py bench NAME [options].
+
+NAME: ingest | query | writer | auth | telemetry | instructions | e2e.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-NAMES = ("ingest", "query", "writer", "auth", "telemetry", "e2e")
+NAMES = ("ingest", "query", "writer", "auth", "telemetry", "instructions", "e2e")
 
 
 def run(argv: list[str]) -> int:
