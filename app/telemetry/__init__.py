@@ -92,7 +92,7 @@ class Telemetry:
         self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION)
         self.metrics = Metrics(self.meter_provider.get_meter(INSTRUMENTATION))
         if isinstance(self.meter_provider, MeterProvider):
-            export_through(self.meter_provider, INSTRUMENTATION, [self.metrics.ingest_lag])
+            export_through(self.meter_provider, INSTRUMENTATION, self.metrics.counted)
         self.prometheus = prometheus
 
     @classmethod
