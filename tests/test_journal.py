@@ -180,3 +180,18 @@ async def test_a_dead_writer_fails_appends_and_readiness(tmp_path: Path) -> None
         assert status.status == "stored"
     finally:
         await store.close()
+
+
+def test_a_short_write_is_finished_before_the_frame_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk filling up or a signal can make os.write write only part of a
+    # frame; acknowledging it then would lose it at replay.
+    journal, _ = opened(tmp_path / "j")
+    real_write = os.write
+    monkeypatch.setattr(
+        "app.store.journal.os.write", lambda fd, data: real_write(fd, bytes(data[:5]))
+    )
+    assert journal.write(encode(frame(1, 2))) == 1
+    journal.close()
+    assert Journal(tmp_path / "j").replay() == [frame(1, 2)]

@@ -102,7 +102,11 @@ class Journal:
 
     def write(self, data: bytes) -> int:
         """Write one encoded frame (`encode`); its number, once on stable storage."""
-        os.write(self._fd, data)
+        # os.write may write only part (a disk filling up, a signal): the rest
+        # goes after it, or the failure is raised; a frame is never half acknowledged.
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(self._fd, rest) :]
         os.fdatasync(self._fd)
         self.written += 1
         self._size += len(data)
