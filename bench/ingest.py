@@ -5,8 +5,8 @@
 (a) Recordline on DuckDB, (b) the floor: decode and 204, (c) one INSERT per
 request, and (d) Recordline on the BigQuery store, appending through the real
 Storage Write client to the fake AppendRows server in another process. All
-four are served at once and loaded in turn, round after round (10 s each by
-default), so the machine's drift falls on all of them alike. Prints msgs/s,
+four are served at once and loaded in turn, round after round (five rounds of
+2 s by default), so the machine's drift falls on all of them alike. Prints msgs/s,
 p50/p99, peak RSS, rows per append, and the ratios with their range over the
 rounds. Targets: a/b and d/b ≥ 0.6, a/c ≥ 5, p99 < 50 ms at 64 connections,
 peak RSS < 300 MB.
