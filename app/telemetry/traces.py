@@ -161,14 +161,13 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
         """
         if caller is not None and self._sampler is not None:
             if self._follows_callers:
-                if not caller.trace_flags.sampled:
-                    return None
-            elif (
-                self._sampler.should_sample(
+                dropped = not caller.trace_flags.sampled
+            else:
+                decision = self._sampler.should_sample(
                     parent, caller.trace_id, method, SpanKind.SERVER
                 ).decision
-                is sampling.Decision.DROP
-            ):
+                dropped = decision is sampling.Decision.DROP
+            if dropped:
                 return None
         return self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
 
@@ -245,17 +244,21 @@ def _caller(
             user_agent = value
         elif key == b"tracestate":
             tracestate = value.decode("latin-1")
-    caller = None
     if traceparent is not None:
         caller = remote_span(traceparent.decode("latin-1"), tracestate)
-    if caller is None and cloud is not None:
+        if caller is not None:
+            return (
+                trace.set_span_in_context(NonRecordingSpan(caller), Context()),
+                caller,
+                user_agent,
+            )
+    if cloud is not None:
         carrier = {"x-cloud-trace-context": cloud.decode("latin-1")}
         extracted = _cloud.extract(carrier, context=Context())
         found = trace.get_current_span(extracted).get_span_context()
-        caller = found if found.is_valid else None
-    if caller is None:
-        return Context(), None, user_agent
-    return trace.set_span_in_context(NonRecordingSpan(caller), Context()), caller, user_agent
+        if found.is_valid:
+            return extracted, found, user_agent
+    return Context(), None, user_agent
 
 
 def follows_remote_callers(sampler: sampling.Sampler | None) -> bool:
