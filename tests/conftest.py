@@ -90,7 +90,10 @@ async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
             task.result()
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    # The client lets an idle connection go before uvicorn's 5 s keep-alive
+    # does: at equal timeouts a request can be sent on a connection the
+    # server is closing, and fail with httpx.ReadError.
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=1)
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
