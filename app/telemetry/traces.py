@@ -148,7 +148,7 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
             and self.exclude_pattern.search(scope["path"]) is not None
         )
 
-    def _start(self, parent: Context, caller: SpanContext | None, method: str) -> trace.Span | None:
+    def _start(self, parent: Context, caller: CallerSpan | None, method: str) -> trace.Span | None:
         """The server span, or None when the sampler drops a request its caller started.
 
         Most pushes: Cloud Run samples at most 0.1 requests a second per
@@ -164,7 +164,7 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
                 dropped = not caller.trace_flags.sampled
             else:
                 decision = self._sampler.should_sample(
-                    parent, caller.trace_id, method, SpanKind.SERVER
+                    parent, caller.get_span_context().trace_id, method, SpanKind.SERVER
                 ).decision
                 dropped = decision is sampling.Decision.DROP
             if dropped:
@@ -227,7 +227,7 @@ ServerSpans.__call__ = ServerSpans._serve  # type: ignore[method-assign,assignme
 
 def _caller(
     headers: Iterable[tuple[bytes, bytes]],
-) -> tuple[Context, SpanContext | None, bytes | None]:
+) -> tuple[Context, CallerSpan | None, bytes | None]:
     """The caller's context and span (None if it sent none), and its user agent.
 
     Read in one pass over the headers. `traceparent` wins over Cloud Run's
@@ -244,21 +244,18 @@ def _caller(
             user_agent = value
         elif key == b"tracestate":
             tracestate = value.decode("latin-1")
+    caller = None
     if traceparent is not None:
-        caller = remote_span(traceparent.decode("latin-1"), tracestate)
-        if caller is not None:
-            return (
-                trace.set_span_in_context(NonRecordingSpan(caller), Context()),
-                caller,
-                user_agent,
-            )
-    if cloud is not None:
+        caller = caller_span(traceparent.decode("latin-1"), tracestate)
+    if caller is None and cloud is not None:
         carrier = {"x-cloud-trace-context": cloud.decode("latin-1")}
         extracted = _cloud.extract(carrier, context=Context())
         found = trace.get_current_span(extracted).get_span_context()
         if found.is_valid:
-            return extracted, found, user_agent
-    return Context(), None, user_agent
+            caller = CallerSpan.of(found)
+    if caller is None:
+        return Context(), None, user_agent
+    return trace.set_span_in_context(caller, Context()), caller, user_agent
 
 
 def follows_remote_callers(sampler: sampling.Sampler | None) -> bool:
@@ -276,25 +273,66 @@ def follows_remote_callers(sampler: sampling.Sampler | None) -> bool:
 
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(256)}
+_NO_TRACE = "0" * 32
+_NO_SPAN = "0" * 16
 
 
-def remote_span(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+class CallerSpan(NonRecordingSpan):
+    """A remote caller's span: the request's parent, and current if the request has no span.
+
+    Nearly every push comes from a caller that did not sample it (Cloud Run
+    samples at most 0.1 requests a second per instance), and then needs only
+    the caller's trace id in hex, for the stored row, and its flags, to drop
+    the server span. So its SpanContext (two hex parses and the SDK's checks,
+    ~12k instructions a push in `bench instructions`) is built when something
+    first asks for it: a child span, a sampler, a log line.
+    """
+
+    def __init__(self, trace_id_hex: str, span_id_hex: str, trace_flags: TraceFlags) -> None:
+        # Not the parent's __init__: `_context` is built on first use.
+        self.trace_id_hex = trace_id_hex
+        self.span_id_hex = span_id_hex
+        self.trace_flags = trace_flags
+
+    @classmethod
+    def of(cls, context: SpanContext) -> CallerSpan:
+        span = cls(f"{context.trace_id:032x}", f"{context.span_id:016x}", context.trace_flags)
+        span.__dict__["_context"] = context  # with its trace state, as the propagator read it
+        return span
+
+    @functools.cached_property
+    def _context(self) -> SpanContext:  # type: ignore[override]
+        return SpanContext(
+            int(self.trace_id_hex, 16),
+            int(self.span_id_hex, 16),
+            is_remote=True,
+            trace_flags=self.trace_flags,
+        )
+
+
+def caller_span(traceparent: str, tracestate: str | None = None) -> CallerSpan | None:
     """The W3C caller's span, or None if `traceparent` is not valid.
 
     Version 00 without a `tracestate` (what Cloud Run and Pub/Sub send) is
-    read here in ~1.5 µs; anything else goes to the SDK's propagator (~5 µs),
+    read here in ~1 µs; anything else goes to the SDK's propagator (~5 µs),
     which this agrees with on every input (tests/telemetry/test_traces.py).
     """
     if tracestate is None and (m := _TRACEPARENT_00.fullmatch(traceparent)):
-        trace_id, span_id = int(m[1], 16), int(m[2], 16)
-        if not trace_id or not span_id:
+        trace_id, span_id, flags = m.groups()
+        if trace_id == _NO_TRACE or span_id == _NO_SPAN:
             return None
-        return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_FLAGS[m[3]])
+        return CallerSpan(trace_id, span_id, _FLAGS[flags])
     carrier = {"traceparent": traceparent}
     if tracestate is not None:
         carrier["tracestate"] = tracestate
     found = trace.get_current_span(_w3c.extract(carrier, context=Context())).get_span_context()
-    return found if found.is_valid else None
+    return CallerSpan.of(found) if found.is_valid else None
+
+
+def remote_span(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
+    """The W3C caller's SpanContext, or None if `traceparent` is not valid."""
+    span = caller_span(traceparent, tracestate)
+    return None if span is None else span.get_span_context()
 
 
 def route_span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
@@ -339,6 +377,8 @@ def push_received(
     tracing off there is no server span, and it comes from the headers.
     """
     span = trace.get_current_span()
+    if type(span) is CallerSpan:  # the request has no span of its own: not sampled
+        return span.trace_id_hex
     span_context = span.get_span_context()
     if not span_context.is_valid:
         return incoming_trace_id(headers)
@@ -363,7 +403,6 @@ def push_received(
 
 
 _HEX = frozenset("0123456789abcdef")
-_NO_TRACE = "0" * 32
 
 
 def incoming_trace_id(headers: Mapping[str, str]) -> str | None:
@@ -405,7 +444,10 @@ class FlushTracer:
     def submitted(self) -> SpanContext | None:
         # Called in the request's context. Only sampled spans reach Cloud
         # Trace, so only they are worth a link.
-        found = trace.get_current_span().get_span_context()
+        span = trace.get_current_span()
+        if type(span) is CallerSpan and not span.trace_flags.sampled:
+            return None  # the usual push, without building the caller's context
+        found = span.get_span_context()
         return found if found.trace_flags.sampled else None
 
     @contextmanager

@@ -21,7 +21,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from app.asgi import create_app
 from app.telemetry import UNTRACED_PATHS, Telemetry
-from app.telemetry.traces import ServerSpans, follows_remote_callers, remote_span, sampler
+from app.telemetry.traces import (
+    ServerSpans,
+    caller_span,
+    follows_remote_callers,
+    remote_span,
+    sampler,
+)
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.telemetry.conftest import RECORD, Observed
@@ -296,7 +302,13 @@ def test_with_tracing_off_the_callers_trace_id_comes_from_either_header(
             assert stored["trace_id"] == expected, message_id
 
 
-_HEX_DIGITS = "0123456789abcdefABCDEF"
+def _hex(size: int) -> st.SearchStrategy[str]:
+    """Valid lowercase hex of `size` digits, or hex that W3C refuses (upper case, wrong length)."""
+    return st.one_of(
+        st.text("0123456789abcdef", min_size=size, max_size=size),
+        st.text("0123456789abcdefABCDEF", min_size=size - 1, max_size=size + 1),
+        st.just("0" * size),
+    )
 
 
 @given(
@@ -306,12 +318,9 @@ _HEX_DIGITS = "0123456789abcdefABCDEF"
                 f"{version}-{trace_id}-{span_id}-{flags}{tail}"
             ),
             st.sampled_from(["00", "01", "ff", "0"]),
-            st.one_of(
-                st.text(_HEX_DIGITS, min_size=32, max_size=32),
-                st.sampled_from(["0" * 32, "g" * 32]),
-            ),
-            st.one_of(st.text(_HEX_DIGITS, min_size=16, max_size=16), st.just("0" * 16)),
-            st.text(_HEX_DIGITS, min_size=1, max_size=3),
+            _hex(32) | st.just("g" * 32),
+            _hex(16),
+            _hex(2),
             st.sampled_from(["", "-extra", " "]),
         ),
         st.text(max_size=60),
@@ -321,6 +330,26 @@ _HEX_DIGITS = "0123456789abcdefABCDEF"
 def test_the_fast_traceparent_reader_agrees_with_the_sdk_propagator(
     traceparent: str, tracestate: str | None
 ) -> None:
+    _agrees_with_the_propagator(traceparent, tracestate)
+
+
+@given(
+    st.builds(
+        lambda trace_id, span_id, flags: f"00-{trace_id}-{span_id}-{flags:02x}",
+        st.text("0123456789abcdef", min_size=32, max_size=32),
+        st.text("0123456789abcdef", min_size=16, max_size=16),
+        st.integers(0, 255),
+    ),
+    st.one_of(st.none(), st.just("vendor=value")),
+)
+def test_every_valid_traceparent_is_read_as_the_sdk_propagator_reads_it(
+    traceparent: str, tracestate: str | None
+) -> None:
+    # Most random inputs above are invalid; these are what Cloud Run sends.
+    _agrees_with_the_propagator(traceparent, tracestate)
+
+
+def _agrees_with_the_propagator(traceparent: str, tracestate: str | None) -> None:
     carrier = {"traceparent": traceparent}
     if tracestate is not None:
         carrier["tracestate"] = tracestate
@@ -328,10 +357,16 @@ def test_the_fast_traceparent_reader_agrees_with_the_sdk_propagator(
         TraceContextTextMapPropagator().extract(carrier, context=Context())
     ).get_span_context()
     found = remote_span(traceparent, tracestate)
+    caller = caller_span(traceparent, tracestate)
     if not expected.is_valid:
         assert found is None
+        assert caller is None
         return
     assert found == expected
+    # What a push the caller did not sample reads without building the context.
+    assert caller is not None
+    assert caller.trace_id_hex == f"{expected.trace_id:032x}"
+    assert caller.trace_flags == expected.trace_flags
 
 
 def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
@@ -349,6 +384,20 @@ def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
     # Nor has the flush that stored it: no trace leads there.
     assert observed.finished("recordline.flush") == []
     assert observed.finished("recordline.store.append") == []
+
+
+def test_a_query_the_caller_did_not_sample_is_not_traced_either(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    # The caller's span is the parent the SDK's sampler sees: had it been lost,
+    # the query span would start a trace of its own, sampled.
+    unsampled = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-00"
+    sampled = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
+    assert client.get("/v1/records", headers={"traceparent": unsampled}).status_code == 200
+    assert observed.finished("recordline.store.page") == []
+    assert client.get("/v1/records", headers={"traceparent": sampled}).status_code == 200
+    (query,) = observed.finished("recordline.store.page")
+    assert f"{query.context.trace_id:032x}" == TRACE_ID
 
 
 @pytest.mark.parametrize(
