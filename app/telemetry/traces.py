@@ -33,6 +33,7 @@ from litestar.utils import normalize_path
 from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.cloud_trace_propagator import CloudTraceFormatPropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import (
@@ -248,11 +249,7 @@ def _caller(
     if traceparent is not None:
         caller = caller_span(traceparent.decode("latin-1"), tracestate)
     if caller is None and cloud is not None:
-        carrier = {"x-cloud-trace-context": cloud.decode("latin-1")}
-        extracted = _cloud.extract(carrier, context=Context())
-        found = trace.get_current_span(extracted).get_span_context()
-        if found.is_valid:
-            caller = CallerSpan.of(found)
+        caller = _extracted(_cloud, {"x-cloud-trace-context": cloud.decode("latin-1")})
     if caller is None:
         return Context(), None, user_agent
     return trace.set_span_in_context(caller, Context()), caller, user_agent
@@ -325,8 +322,14 @@ def caller_span(traceparent: str, tracestate: str | None = None) -> CallerSpan |
     carrier = {"traceparent": traceparent}
     if tracestate is not None:
         carrier["tracestate"] = tracestate
-    found = trace.get_current_span(_w3c.extract(carrier, context=Context())).get_span_context()
-    return CallerSpan.of(found) if found.is_valid else None
+    return _extracted(_w3c, carrier)
+
+
+def _extracted(propagator: TextMapPropagator, carrier: dict[str, str]) -> CallerSpan | None:
+    """The caller's span as `propagator` reads it from `carrier`; None if not valid."""
+    found = trace.get_current_span(propagator.extract(carrier, context=Context()))
+    context = found.get_span_context()
+    return CallerSpan.of(context) if context.is_valid else None
 
 
 def remote_span(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
