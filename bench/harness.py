@@ -175,10 +175,14 @@ def server(
     port: int,
     env: dict[str, str] | None = None,
     cpus: Sequence[int] | None = None,
+    *,
+    ready_seconds: float = 60,
+    stop_seconds: float = 30,
 ) -> Iterator[Server]:
     """Run a server process (on `cpus`, if given) until the block ends.
 
-    Ready once /healthz answers.
+    Ready once /healthz answers, within `ready_seconds`; stopped with SIGTERM,
+    and killed if it has not exited `stop_seconds` later.
     """
     process = subprocess.Popen(
         [*_taskset(cpus), *argv],
@@ -189,7 +193,7 @@ def server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + ready_seconds
         while True:
             if process.poll() is not None:
                 raise RuntimeError(process.stderr.read().decode())  # type: ignore[union-attr]
@@ -203,9 +207,10 @@ def server(
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=stop_seconds)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 def interleaved(

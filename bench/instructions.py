@@ -25,20 +25,16 @@ import base64
 import concurrent.futures
 import http.client
 import json
-import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import RECORD, ROOT, free_port, table, uvicorn_argv
+from bench.harness import RECORD, free_port, server, table, uvicorn_argv
 
 ROWS = {
     "off": ("telemetry_off", "00"),
@@ -69,46 +65,26 @@ def count(factory: str, flags: str, pushes: int) -> float:
             f"--callgrind-out-file={out}",
             *uvicorn_argv(f"bench.telemetry:{factory}", port),
         ]
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        server = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            _wait_ready(port)
+        # Under valgrind Python starts ~50 times slower, and writes its counts as it stops.
+        with server(
+            argv, port, {"PYTHONHASHSEED": "0"}, ready_seconds=600, stop_seconds=300
+        ) as running:
             push = _pusher(port, flags)
             for i in range(WARM_UP):
                 push(i)
             subprocess.run(
-                ["callgrind_control", "--instr=on", str(server.pid)],
+                ["callgrind_control", "--instr=on", str(running.process.pid)],
                 check=True,
                 capture_output=True,
             )
             for i in range(WARM_UP, WARM_UP + pushes):
                 push(i)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
         # Thread 1 is the main thread: uvicorn's event loop.
         main_thread = Path(f"{out}-01").read_text()
         found = re.search(r"^summary: (\d+)$", main_thread, re.MULTILINE)
         if found is None:
             raise RuntimeError(f"no callgrind summary for {factory}")
         return int(found.group(1)) / pushes
-
-
-def _wait_ready(port: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout  # valgrind starts Python ~50 times slower
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"server on port {port} not ready in {timeout:g} s")
 
 
 def _pusher(port: int, flags: str) -> Callable[[int], None]:
