@@ -249,7 +249,7 @@ def _caller(
     if traceparent is not None:
         caller = caller_span(traceparent.decode("latin-1"), tracestate)
     if caller is None and cloud is not None:
-        caller = _extracted(_cloud, {"x-cloud-trace-context": cloud.decode("latin-1")})
+        caller = cloud_run_span(cloud.decode("latin-1"))
     if caller is None:
         return Context(), None, user_agent
     return trace.set_span_in_context(caller, Context()), caller, user_agent
@@ -332,6 +332,17 @@ def _extracted(propagator: TextMapPropagator, carrier: dict[str, str]) -> Caller
     return CallerSpan.of(context) if context.is_valid else None
 
 
+def cloud_run_span(header: str) -> CallerSpan | None:
+    """The caller's span from Cloud Run's `X-Cloud-Trace-Context`, or None if not valid.
+
+    `TRACE_ID/SPAN_ID;o=FLAGS`, the trace id in hex. Cloud Run writes it in
+    lower case; an upper-case id names the same trace, but Google's propagator
+    reads lower case only, so the header is lowered first (W3C's
+    `traceparent`, by contrast, is invalid in upper case).
+    """
+    return _extracted(_cloud, {"x-cloud-trace-context": header.lower()})
+
+
 def remote_span(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
     """The W3C caller's SpanContext, or None if `traceparent` is not valid."""
     span = caller_span(traceparent, tracestate)
@@ -405,19 +416,18 @@ def push_received(
     return f"{span_context.trace_id:032x}"
 
 
-_HEX = frozenset("0123456789abcdef")
-
-
 def incoming_trace_id(headers: Mapping[str, str]) -> str | None:
-    """The caller's trace id: W3C `traceparent`, else Cloud Run's X-Cloud-Trace-Context.
+    """The caller's trace id with tracing off: the one the server span would continue.
 
-    A direct parse (~1 µs): the propagators cost ~14 µs, on every push.
+    Read from the same headers by the same rules as `_caller`: a valid
+    `traceparent` wins, else Cloud Run's X-Cloud-Trace-Context.
     """
-    for value in (headers.get("traceparent", "")[3:35], headers.get("x-cloud-trace-context", "")):
-        trace_id = value.split("/", 1)[0].lower()
-        if len(trace_id) == 32 and trace_id != _NO_TRACE and _HEX.issuperset(trace_id):
-            return trace_id
-    return None
+    caller = None
+    if (traceparent := headers.get("traceparent")) is not None:
+        caller = caller_span(traceparent, headers.get("tracestate"))
+    if caller is None and (cloud := headers.get("x-cloud-trace-context")) is not None:
+        caller = cloud_run_span(cloud)
+    return None if caller is None else caller.trace_id_hex
 
 
 def publisher_span(attributes: Mapping[str, str]) -> SpanContext | None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from litestar import Litestar
+from litestar.datastructures import Headers
 from litestar.enums import ScopeType
 from litestar.middleware._utils import should_bypass_middleware
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
@@ -23,8 +24,10 @@ from app.asgi import create_app
 from app.telemetry import UNTRACED_PATHS, Telemetry
 from app.telemetry.traces import (
     ServerSpans,
+    _caller,
     caller_span,
     follows_remote_callers,
+    incoming_trace_id,
     remote_span,
     sampler,
 )
@@ -152,6 +155,20 @@ def test_cloud_run_trace_header_is_honoured(
     assert f"{server.context.trace_id:032x}" == TRACE_ID
     assert server.parent is not None
     assert f"{server.parent.span_id:016x}" == PARENT_SPAN_ID
+    assert client.get("/v1/records/1").json()["trace_id"] == TRACE_ID
+
+
+def test_an_upper_case_cloud_run_trace_id_names_the_same_trace(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    header = f"{TRACE_ID.upper()}/{int(PARENT_SPAN_ID, 16)};o=1"
+    response = client.post(
+        "/pubsub/push", json=envelope(RECORD), headers={"X-Cloud-Trace-Context": header}
+    )
+    assert response.status_code == 204
+
+    (server,) = observed.finished("POST /pubsub/push")
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
     assert client.get("/v1/records/1").json()["trace_id"] == TRACE_ID
 
 
@@ -309,6 +326,34 @@ def _hex(size: int) -> st.SearchStrategy[str]:
         st.text("0123456789abcdefABCDEF", min_size=size - 1, max_size=size + 1),
         st.just("0" * size),
     )
+
+
+@given(
+    st.one_of(st.none(), st.builds(lambda t, s, f: f"00-{t}-{s}-{f}", _hex(32), _hex(16), _hex(2))),
+    st.one_of(st.none(), st.just("vendor=value")),
+    st.one_of(
+        st.none(),
+        st.builds(
+            lambda t, s, o: f"{t}/{s}{o}",
+            st.text("0123456789abcdefABCDEF", min_size=31, max_size=33) | st.just("0" * 32),
+            st.integers(0, 2**64).map(str) | st.just("x"),
+            st.sampled_from(["", ";o=0", ";o=1", ";O=1"]),
+        ),
+    ),
+)
+def test_with_tracing_off_the_row_keeps_the_trace_id_tracing_on_would_continue(
+    traceparent: str | None, tracestate: str | None, cloud: str | None
+) -> None:
+    raw = [(b"content-type", b"application/json")]
+    for name, value in (
+        (b"traceparent", traceparent),
+        (b"tracestate", tracestate),
+        (b"x-cloud-trace-context", cloud),
+    ):
+        if value is not None:
+            raw.append((name, value.encode()))
+    _, caller, _ = _caller(raw)
+    assert incoming_trace_id(Headers(raw)) == (None if caller is None else caller.trace_id_hex)
 
 
 @given(
