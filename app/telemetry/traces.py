@@ -231,25 +231,19 @@ def _caller(
 ) -> tuple[Context, CallerSpan | None, bytes | None]:
     """The caller's context and span (None if it sent none), and its user agent.
 
-    Read in one pass over the headers. `traceparent` wins over Cloud Run's
-    X-Cloud-Trace-Context (Cloud Run sends both, for the same trace); only the
-    propagator whose header is present runs, not both.
+    Read in one pass over the headers, by `incoming_caller`'s rules.
     """
     traceparent = tracestate = cloud = user_agent = None
     for key, value in headers:
         if key == b"traceparent":
-            traceparent = value
+            traceparent = value.decode("latin-1")
         elif key == b"x-cloud-trace-context":
-            cloud = value
+            cloud = value.decode("latin-1")
         elif key == b"user-agent":
             user_agent = value
         elif key == b"tracestate":
             tracestate = value.decode("latin-1")
-    caller = None
-    if traceparent is not None:
-        caller = caller_span(traceparent.decode("latin-1"), tracestate)
-    if caller is None and cloud is not None:
-        caller = cloud_run_span(cloud.decode("latin-1"))
+    caller = incoming_caller(traceparent, tracestate, cloud)
     if caller is None:
         return Context(), None, user_agent
     return trace.set_span_in_context(caller, Context()), caller, user_agent
@@ -330,6 +324,21 @@ def _extracted(propagator: TextMapPropagator, carrier: dict[str, str]) -> Caller
     found = trace.get_current_span(propagator.extract(carrier, context=Context()))
     context = found.get_span_context()
     return CallerSpan.of(context) if context.is_valid else None
+
+
+def incoming_caller(
+    traceparent: str | None, tracestate: str | None, cloud: str | None
+) -> CallerSpan | None:
+    """The caller's span from a request's trace headers, or None if it sent no valid one.
+
+    A valid `traceparent` wins over Cloud Run's X-Cloud-Trace-Context (Cloud
+    Run sends both, for the same trace); the tracing path (`_caller`) and the
+    row's trace id with tracing off (`incoming_trace_id`) both read it here.
+    """
+    caller = None if traceparent is None else caller_span(traceparent, tracestate)
+    if caller is None and cloud is not None:
+        caller = cloud_run_span(cloud)
+    return caller
 
 
 def cloud_run_span(header: str) -> CallerSpan | None:
@@ -417,16 +426,10 @@ def push_received(
 
 
 def incoming_trace_id(headers: Mapping[str, str]) -> str | None:
-    """The caller's trace id with tracing off: the one the server span would continue.
-
-    Read from the same headers by the same rules as `_caller`: a valid
-    `traceparent` wins, else Cloud Run's X-Cloud-Trace-Context.
-    """
-    caller = None
-    if (traceparent := headers.get("traceparent")) is not None:
-        caller = caller_span(traceparent, headers.get("tracestate"))
-    if caller is None and (cloud := headers.get("x-cloud-trace-context")) is not None:
-        caller = cloud_run_span(cloud)
+    """The caller's trace id with tracing off: the one the server span would continue."""
+    caller = incoming_caller(
+        headers.get("traceparent"), headers.get("tracestate"), headers.get("x-cloud-trace-context")
+    )
     return None if caller is None else caller.trace_id_hex
 
 
