@@ -33,6 +33,7 @@ from app.store import Store
 from app.telemetry.histogram import export_through
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import Metrics, PushOutcomes
+from app.telemetry.spans import plain_tracer
 from app.telemetry.store import ObservedStore
 from app.telemetry.traces import (
     FlushTracer,
@@ -89,7 +90,7 @@ class Telemetry:
         self.traced = tracer_provider is not None
         self.tracer_provider = tracer_provider or trace_api.NoOpTracerProvider()
         self.meter_provider = meter_provider or metrics_api.NoOpMeterProvider()
-        self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION)
+        self.tracer = plain_tracer(self.tracer_provider.get_tracer(INSTRUMENTATION))
         self.metrics = Metrics(self.meter_provider.get_meter(INSTRUMENTATION))
         if isinstance(self.meter_provider, MeterProvider):
             export_through(self.meter_provider, INSTRUMENTATION, self.metrics.counted)

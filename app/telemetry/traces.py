@@ -49,6 +49,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.ingest.envelope import PushedMessage
+from app.telemetry.spans import PlainTracer
 
 # Pub/Sub's client libraries, with tracing on, carry the publisher's context in
 # these message attributes (W3C format).
@@ -108,7 +109,11 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
             __name__, tracer_provider=config.tracer_provider
         )
         self._details = config.scope_span_details_extractor
-        self._sampler = self._tracer.sampler if isinstance(self._tracer, sdk_trace.Tracer) else None
+        self._sampler = (
+            self._tracer.sampler
+            if isinstance(self._tracer, sdk_trace.Tracer | PlainTracer)
+            else None
+        )
         self._follows_callers = follows_remote_callers(self._sampler)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
