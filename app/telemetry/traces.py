@@ -188,8 +188,8 @@ class ServerSpans(OpenTelemetryInstrumentationMiddleware):
     ) -> None:
         """Run the request under a sampled span: describe it, record its status, end it.
 
-        Its attributes are set once, at the end: each `set_attributes` takes
-        the span's lock and checks every value.
+        Its attributes are set once, at the end, in one call (with the SDK's
+        own span, each call takes a lock and checks every value).
         """
         status: int | None = None
 
