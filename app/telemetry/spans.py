@@ -35,6 +35,7 @@ from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.semconv.attributes.exception_attributes import (
     EXCEPTION_ESCAPED,
     EXCEPTION_MESSAGE,
@@ -123,10 +124,10 @@ class PlainTracer(trace_api.Tracer):
             kind,
             sampled.attributes,
             links,
+            start_time if start_time is not None else time_ns(),
             record_exception=record_exception,
             set_status_on_exception=set_status_on_exception,
         )
-        span._start_time = start_time if start_time is not None else time_ns()
         # Processors are typed for the SDK's Span; they get what it offers them.
         self.span_processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
@@ -169,8 +170,10 @@ class PlainSpan(trace_api.Span, ReadableSpan):
     _status = Status(StatusCode.UNSET)  # immutable, shared as ReadableSpan's default is
     _end_time: int | None = None
     _dropped_attributes = 0
-    _dropped_events = 0
-    _dropped_links = 0
+    # Most spans have neither: the SDK's own bounded lists (they drop the
+    # oldest and count what they drop) are made for the first one.
+    _events: Sequence[Event] = ()
+    _links: Sequence[Link] = ()
 
     def __init__(
         self,
@@ -181,6 +184,7 @@ class PlainSpan(trace_api.Span, ReadableSpan):
         kind: SpanKind,
         attributes: types.Attributes,
         links: Sequence[Link],
+        start_time: int,
         *,
         record_exception: bool,
         set_status_on_exception: bool,
@@ -194,12 +198,10 @@ class PlainSpan(trace_api.Span, ReadableSpan):
         self._resource = tracer.sdk.resource
         self._instrumentation_info = tracer.info
         self._instrumentation_scope = tracer.scope
-        self._start_time: int | None = None
+        self._start_time = start_time
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
         self._attributes: dict[str, types.AnyValue] = {}
-        self._events: list[Event] = []
-        self._links: list[Link] = []
         if attributes:
             self._set(attributes)
         for link in links:
@@ -211,14 +213,6 @@ class PlainSpan(trace_api.Span, ReadableSpan):
     @property
     def dropped_attributes(self) -> int:
         return self._dropped_attributes
-
-    @property
-    def dropped_events(self) -> int:
-        return self._dropped_events
-
-    @property
-    def dropped_links(self) -> int:
-        return self._dropped_links
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(name="{self._name}", context={self._context})'
@@ -239,14 +233,13 @@ class PlainSpan(trace_api.Span, ReadableSpan):
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         if self._ended("set_attribute"):
             return
-        if self._tracer.limits.max_span_attributes == 0:
-            self._dropped_attributes += 1
-            return
-        if not key or not isinstance(key, str):
-            # As BoundedAttributes: dropped here, where `set_attributes` would
-            # convert a key that is not a str.
-            log.warning("invalid key `%s`. must be non-empty string. Dropping key.", key)
-            self._dropped_attributes += 1
+        if type(key) is not str or not key:
+            # BoundedAttributes' own item check: it drops a key that is not a
+            # str here, where `set_attributes` would convert it.
+            one = BoundedAttributes(None, immutable=False)
+            one[key] = value
+            self._dropped_attributes += one.dropped
+            self._set(one)
             return
         self._set({key: value})
 
@@ -256,20 +249,15 @@ class PlainSpan(trace_api.Span, ReadableSpan):
         if self._ended("add_event"):
             return
         limits = self._tracer.limits
-        event = Event(
-            name,
-            BoundedAttributes(
-                limits.max_event_attributes,
-                attributes,
-                max_value_len=limits.max_attribute_length,
-                immutable=True,
-            ),
-            timestamp,
+        checked = BoundedAttributes(
+            limits.max_event_attributes,
+            attributes,
+            max_value_len=limits.max_attribute_length,
+            immutable=True,
         )
-        self._events.append(event)
-        if limits.max_events is not None and len(self._events) > limits.max_events:
-            del self._events[0]  # the SDK's BoundedList keeps the latest
-            self._dropped_events += 1
+        if not isinstance(self._events, BoundedList):
+            self._events = BoundedList(limits.max_events)
+        self._events.append(Event(name, checked, timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self._ended("add_link"):
@@ -391,7 +379,6 @@ class PlainSpan(trace_api.Span, ReadableSpan):
             max_value_len=limits.max_attribute_length,
             immutable=True,
         )
+        if not isinstance(self._links, BoundedList):
+            self._links = BoundedList(limits.max_links)
         self._links.append(Link(context, checked))
-        if limits.max_links is not None and len(self._links) > limits.max_links:
-            del self._links[0]  # the SDK's BoundedList keeps the latest
-            self._dropped_links += 1
