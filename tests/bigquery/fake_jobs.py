@@ -5,6 +5,11 @@ to /bigquery/v2/projects/P/queries. The fake translates the SQL from the
 BigQuery dialect to DuckDB's with sqlglot, loads the rows the Storage Write
 fake decoded into an in-memory DuckDB, binds the parameters and answers in
 the REST shape, so a read makes the real round trip through the library.
+
+Every query is also billed by `tests.bigquery.billing` (its docstring states
+the model): the answer carries `totalBytesProcessed` and `totalBytesBilled`,
+and a query over the request's `maximumBytesBilled` fails as BigQuery fails
+it, with `bytesBilledLimitExceeded`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,24 @@ import pyarrow as pa
 import sqlglot
 
 from app.records import TABLES, Kind, columns
+from tests.bigquery.billing import Bill, BillingModel, Layout
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+
+# How Terraform lays the tables out (infra/terraform/bigquery.tf; a test holds
+# the two equal): day partitions on ingest_time, clustered on ingest_time so
+# that a time range prunes inside a day, and search indexes for lookups.
+LAYOUTS = {
+    "records": Layout(
+        partition="ingest_time",
+        clustering=("ingest_time",),
+        search_index=frozenset({"id", "message_id"}),
+    ),
+    "rejected": Layout(
+        partition="ingest_time",
+        clustering=("ingest_time",),
+        search_index=frozenset({"message_id"}),
+    ),
+}
 
 _DUCKDB_TYPES = {
     Kind.STRING: "VARCHAR",
@@ -52,16 +74,27 @@ _RESULT_TYPES = {
 _PATH = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries$")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ReceivedQuery:
     sql: str
     params: dict[str, Any]
     body: dict[str, Any]
+    # What BigQuery would have billed it; None if it was refused before running.
+    bill: Bill | None = None
 
 
 def _param_value(param: dict[str, Any]) -> Any:
     kind = param["parameterType"]["type"]
-    value = param["parameterValue"].get("value")
+    if kind == "ARRAY":
+        item = {"type": param["parameterType"]["arrayType"]["type"]}
+        return [
+            _param_value({"parameterType": item, "parameterValue": v})
+            for v in param["parameterValue"].get("arrayValues", [])
+        ]
+    return _scalar(kind, param["parameterValue"].get("value"))
+
+
+def _scalar(kind: str, value: Any) -> Any:
     if value is None:
         return None
     match kind:
@@ -88,10 +121,21 @@ def _cell(value: Any) -> Any:
 
 
 class FakeBigQueryJobs:
-    def __init__(self, write: FakeBigQueryWrite, *, project: str, dataset: str) -> None:
+    def __init__(
+        self,
+        write: FakeBigQueryWrite,
+        *,
+        project: str,
+        dataset: str,
+        billing: BillingModel | None = None,
+    ) -> None:
         self.write = write
         self.project = project
         self.dataset = dataset
+        self.billing = billing or BillingModel(
+            layouts=LAYOUTS,
+            kinds={t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()},
+        )
         self.queries: list[ReceivedQuery] = []
         # (HTTP status, reason) answered to the next queries instead of running them.
         self.failures: list[tuple[int, str]] = []
@@ -137,7 +181,8 @@ class FakeBigQueryJobs:
             return 404, _error(404, "notFound", f"no such endpoint: {path}")
         sql = body["query"]
         params = {p["name"]: _param_value(p) for p in body.get("queryParameters", [])}
-        self.queries.append(ReceivedQuery(sql=sql, params=params, body=body))
+        received = ReceivedQuery(sql=sql, params=params, body=body)
+        self.queries.append(received)
         if body.get("useLegacySql") is not False or (
             params and body.get("parameterMode") != "NAMED"
         ):
@@ -145,6 +190,19 @@ class FakeBigQueryJobs:
         if self.failures:
             status, reason = self.failures.pop(0)
             return status, _error(status, reason, "injected failure")
+        try:
+            bill = self.bill(sql, params)
+        except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
+            return 400, _error(400, "invalidQuery", str(exc))
+        received.bill = bill
+        limit = body.get("maximumBytesBilled")
+        if limit is not None and bill.bytes_billed > int(limit):
+            # BigQuery's own words, so the client raises what it would raise.
+            message = (
+                f"Query exceeded limit for bytes billed: {int(limit)}. "
+                f"{bill.bytes_billed} or higher required."
+            )
+            return 400, _error(400, "bytesBilledLimitExceeded", message)
         try:
             names, types, rows = self.run(sql, params)
         except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
@@ -162,7 +220,25 @@ class FakeBigQueryJobs:
             "rows": [{"f": [{"v": _cell(v)} for v in row]} for row in rows],
             "queryId": f"fake-{len(self.queries)}",
             "location": "US",
+            "cacheHit": False,
+            "totalBytesProcessed": str(bill.bytes_processed),
+            "totalBytesBilled": str(bill.bytes_billed),
         }
+
+    def bill(self, sql: str, params: dict[str, Any]) -> Bill:
+        """What BigQuery would bill this query over the rows stored now."""
+        schema = {
+            self.project: {
+                self.dataset: {
+                    table: {c.name: c.kind.value for c in columns(row_type)}
+                    for table, row_type in TABLES.items()
+                }
+            }
+        }
+        return self.billing.bill(sql, params, self._rows, schema)
+
+    def _rows(self, table: str) -> list[dict[str, Any]]:
+        return self.write.rows(f"projects/{self.project}/datasets/{self.dataset}/tables/{table}")
 
     def run(
         self, sql: str, params: dict[str, Any]
