@@ -381,9 +381,15 @@ class BillingModel:
         scans: list[tuple[str, int]] = []
         for scope in traverse_scope(tree):
             for alias, source in scope.sources.items():
-                if not isinstance(source, exp.Table) or source.name not in self.kinds:
+                if not isinstance(source, exp.Table):
                     continue
                 table = source.name
+                if table.startswith("INFORMATION_SCHEMA."):
+                    # Metadata views bill the 10 MiB minimum, whatever they read.
+                    scans.append((table, 0))
+                    continue
+                if table not in self.kinds:
+                    continue
                 referenced = _referenced(scope, alias)
                 filters = _filters(scope, alias, self._evaluate)
                 scans.append((table, self._scan(table, tables(table), referenced, filters)))

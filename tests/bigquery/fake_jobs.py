@@ -19,6 +19,8 @@ import dataclasses
 import json
 import re
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -230,8 +232,11 @@ class FakeBigQueryJobs:
         schema = {
             self.project: {
                 self.dataset: {
-                    table: {c.name: c.kind.value for c in columns(row_type)}
-                    for table, row_type in TABLES.items()
+                    **{
+                        table: {c.name: c.kind.value for c in columns(row_type)}
+                        for table, row_type in TABLES.items()
+                    },
+                    PARTITIONS_VIEW: PARTITIONS_COLUMNS,
                 }
             }
         }
@@ -261,6 +266,7 @@ class FakeBigQueryJobs:
                 schema = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in cols])
                 incoming = pa.Table.from_pylist(rows, schema=schema)  # noqa: F841 (read by DuckDB)
                 con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
+            _partitions_view(con, f'"{self.project}"."{self.dataset}"', self._rows)
             # Bind only what the statement names: DuckDB refuses unused parameters.
             used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", translated)}
             result = con.execute(translated, used)
@@ -271,6 +277,32 @@ class FakeBigQueryJobs:
             return names, types, result.fetchall()
         finally:
             con.close()
+
+
+# Partition ids of a DAY-partitioned table are its UTC dates, YYYYMMDD.
+PARTITIONS_VIEW = "INFORMATION_SCHEMA.PARTITIONS"
+PARTITIONS_COLUMNS = {"table_name": "STRING", "partition_id": "STRING", "total_rows": "INT64"}
+
+
+def _partitions_view(
+    con: duckdb.DuckDBPyConnection, dataset: str, rows: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    """The dataset's INFORMATION_SCHEMA.PARTITIONS: rows per day partition of each table."""
+    con.execute(
+        f'CREATE TABLE {dataset}."{PARTITIONS_VIEW}" '
+        "(table_name VARCHAR, partition_id VARCHAR, total_rows BIGINT)"
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for table in TABLES:
+        for row in rows(table):
+            day = datetime.fromtimestamp(row["ingest_time"] // 1_000_000, tz=UTC)
+            key = (table, day.strftime("%Y%m%d"))
+            counts[key] = counts.get(key, 0) + 1
+    if counts:
+        con.executemany(
+            f'INSERT INTO {dataset}."{PARTITIONS_VIEW}" VALUES (?, ?, ?)',
+            [(table, day, n) for (table, day), n in counts.items()],
+        )
 
 
 def _error(status: int, reason: str, message: str) -> dict[str, Any]:
