@@ -117,7 +117,7 @@ def billed_bytes(processed: int) -> int:
     return max(_MINIMUM_BILLED, -(-processed // _MIB) * _MIB)
 
 
-def _select(row_type: type[Row], alias: str) -> str:
+def select_list(row_type: type[Row], alias: str) -> str:
     # Timestamps come back as int microseconds and JSON as its text, which is
     # what a Record holds: no datetime or dict is built per row.
     out = []
@@ -143,7 +143,7 @@ def page_sql(records: str) -> str:
     # and within the dedupe window. `previous_copy` is returned so the store
     # can tell which rows' look-back reaches before the scan.
     return f"""
-SELECT {_select(Record, "c")}, UNIX_MICROS(c.previous_copy) AS previous_copy
+SELECT {select_list(Record, "c")}, UNIX_MICROS(c.previous_copy) AS previous_copy
 FROM (
   SELECT r.*, LAG(r.ingest_time) OVER (
     PARTITION BY r.message_id ORDER BY r.ingest_time, r.publish_time, r.trace_id, r.subscription
@@ -197,7 +197,7 @@ def latest_sql(records: str) -> str:
     # later write; message_id only makes the choice deterministic. `id = @id`
     # is served by the search index: only blocks holding the id are read.
     return f"""
-SELECT {_select(Record, "r")}
+SELECT {select_list(Record, "r")}
 FROM {records} AS r
 WHERE r.id = @id
   AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
@@ -208,7 +208,7 @@ LIMIT 1
 
 def stored_sql(records: str) -> str:
     return f"""
-SELECT {_select(Record, "r")}
+SELECT {select_list(Record, "r")}
 FROM {records} AS r
 WHERE r.message_id = @message_id
   AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)

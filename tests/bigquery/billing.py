@@ -272,6 +272,8 @@ class _Block:
     first: tuple[Any, ...] = ()
     last: tuple[Any, ...] = ()
     indexed: dict[str, set[Any]] = dataclasses.field(default_factory=dict)
+    # Bytes of each column over the block's rows, summed once.
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _sort_key(columns: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -348,15 +350,23 @@ class BillingModel:
     def storage(self, table: str, rows: Sequence[dict[str, Any]]) -> list[_Block]:
         recent_since = int((self._now() - self.write_optimized_seconds) * 1_000_000)
         cached = self._cache.get(table)
-        # Rows are only ever appended, and the clock only moves on: a layout is
-        # reused while neither the row count nor the recent boundary changed.
-        key = hash((len(rows), recent_since // 1_000_000))
+        # Rows are only appended (or a table replaced whole), and the clock only
+        # moves on: a layout is reused while neither the rows nor the recent
+        # boundary (to the second) changed.
+        ends = (id(rows[0]), id(rows[-1])) if rows else (0, 0)
+        key = hash((len(rows), *ends, recent_since // 1_000_000))
         if cached is not None and cached[0] == key:
             return cached[1]
         per_block = max(1, self.block_rows // self.row_weight)
         found = _blocks(
             rows, self.layouts.get(table, Layout()), block_rows=per_block, recent_since=recent_since
         )
+        kinds = self.kinds.get(table, {})
+        for block in found:
+            block.sizes = {
+                column: sum(value_size(kind, row[column]) for row in block.rows)
+                for column, kind in kinds.items()
+            }
         self._cache[table] = (key, found)
         return found
 
@@ -410,7 +420,6 @@ class BillingModel:
         filters: Mapping[str, _Range],
     ) -> int:
         layout = self.layouts.get(table, Layout())
-        kinds = self.kinds[table]
         total = 0
         partition_filter = filters.get(layout.partition) if layout.partition else None
         for block in self.storage(table, rows):
@@ -420,11 +429,7 @@ class BillingModel:
                     continue
             if block.clustered and not self._block_survives(block, layout, filters):
                 continue
-            total += sum(
-                value_size(kinds[column], row[column])
-                for row in block.rows
-                for column in referenced
-            )
+            total += sum(block.sizes[column] for column in referenced)
         return total * self.row_weight
 
     @staticmethod

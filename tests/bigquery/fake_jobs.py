@@ -139,6 +139,8 @@ class FakeBigQueryJobs:
             kinds={t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()},
         )
         self.queries: list[ReceivedQuery] = []
+        self._lock = threading.Lock()
+        self._db: tuple[tuple[tuple[int, int, int], ...], duckdb.DuckDBPyConnection] | None = None
         # (HTTP status, reason) answered to the next queries instead of running them.
         self.failures: list[tuple[int, str]] = []
         self._server: ThreadingHTTPServer | None = None
@@ -249,24 +251,9 @@ class FakeBigQueryJobs:
         self, sql: str, params: dict[str, Any]
     ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
         translated = sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
-        con = duckdb.connect(":memory:")
+        # Each request runs on a cursor of its own over the loaded tables.
+        con = self._loaded().cursor()
         try:
-            con.execute(f"ATTACH ':memory:' AS \"{self.project}\"")
-            con.execute(f'CREATE SCHEMA "{self.project}"."{self.dataset}"')
-            for table, row_type in TABLES.items():
-                name = f'"{self.project}"."{self.dataset}"."{table}"'
-                cols = columns(row_type)
-                ddl = ", ".join(f'"{c.name}" {_DUCKDB_TYPES[c.kind]}' for c in cols)
-                con.execute(f"CREATE TABLE {name} ({ddl})")
-                rows = self.write.rows(
-                    f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
-                )
-                if not rows:
-                    continue
-                schema = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in cols])
-                incoming = pa.Table.from_pylist(rows, schema=schema)  # noqa: F841 (read by DuckDB)
-                con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
-            _partitions_view(con, f'"{self.project}"."{self.dataset}"', self._rows)
             # Bind only what the statement names: DuckDB refuses unused parameters.
             used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", translated)}
             result = con.execute(translated, used)
@@ -277,6 +264,37 @@ class FakeBigQueryJobs:
             return names, types, result.fetchall()
         finally:
             con.close()
+
+    def _loaded(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB holding the stored rows, loaded again once they change."""
+        stored = {table: self._rows(table) for table in TABLES}
+        version = tuple(_version(rows) for rows in stored.values())
+        with self._lock:
+            if self._db is not None and self._db[0] == version:
+                return self._db[1]
+            con = duckdb.connect(":memory:")
+            con.execute(f"ATTACH ':memory:' AS \"{self.project}\"")
+            con.execute(f'CREATE SCHEMA "{self.project}"."{self.dataset}"')
+            for table, row_type in TABLES.items():
+                name = f'"{self.project}"."{self.dataset}"."{table}"'
+                cols = columns(row_type)
+                ddl = ", ".join(f'"{c.name}" {_DUCKDB_TYPES[c.kind]}' for c in cols)
+                con.execute(f"CREATE TABLE {name} ({ddl})")
+                if stored[table]:
+                    schema = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in cols])
+                    con.register("incoming", pa.Table.from_pylist(stored[table], schema=schema))
+                    con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
+                    con.unregister("incoming")
+            _partitions_view(con, f'"{self.project}"."{self.dataset}"', stored.__getitem__)
+            if self._db is not None:
+                self._db[1].close()
+            self._db = (version, con)
+            return con
+
+
+def _version(rows: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Which rows a table holds: rows are only appended, or a table replaced whole."""
+    return (len(rows), id(rows[0]), id(rows[-1])) if rows else (0, 0, 0)
 
 
 # Partition ids of a DAY-partitioned table are its UTC dates, YYYYMMDD.
