@@ -7,6 +7,9 @@
 set -euo pipefail
 
 CHECKOV_VERSION=3.2.500
+# hashicorp/google 6.50.0's schema, as published in its prebuilt CDK bindings.
+PROVIDER_SCHEMA_VERSION=16.12.1
+PYTHON_HCL2_VERSION=8.1.4
 
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,14 @@ step() {
 }
 
 step "terraform fmt" terraform fmt -check -recursive -diff infra/terraform
+
+# What `terraform validate` would catch, without downloading the provider: every
+# google_* resource and block against the provider's schema (infra/provider_schema.py).
+step "provider schema (google 6.50, cdktf-cdktf-provider-google $PROVIDER_SCHEMA_VERSION)" \
+  uv run --no-project --python 3.11 \
+    --with "cdktf-cdktf-provider-google==$PROVIDER_SCHEMA_VERSION" \
+    --with "python-hcl2==$PYTHON_HCL2_VERSION" \
+    python infra/provider_schema.py infra/terraform
 
 # One checkov run over the three frameworks (its start-up is most of its time).
 # Skips are written next to the resource they concern, each with its reason.
