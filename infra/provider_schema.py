@@ -40,7 +40,7 @@ META_ARGUMENTS = frozenset(
     {"count", "depends_on", "for_each", "lifecycle", "provider", "provisioner", "connection"}
 )
 
-# "Represents a {@link https://registry.terraform.io/.../resources/bigquery_table google_bigquery_table}"
+# Class summaries: "Represents a {@link .../docs/resources/bigquery_table google_bigquery_table}"
 REPRESENTS = re.compile(r"/docs/(resources|data-sources)/\w+ (google_\w+)\}")
 # Every argument's remarks link its own anchor, which is its Terraform name.
 ANCHOR = re.compile(r"#(\w+) \w+#\w+\}")
