@@ -83,6 +83,13 @@ class StoreUnavailable(RetryLater):
     cause = "store"
 
 
+class QueryTooCostly(RetryLater):
+    """A read BigQuery refused because it would bill more than the cap allows."""
+
+    title = "Read over its cost cap"
+    cause = "cost"
+
+
 class QueueFull(RetryLater):
     title = "Ingest queue full"
     cause = "queue_full"

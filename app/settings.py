@@ -178,6 +178,15 @@ class QuerySettings(Section, frozen=True):
             "cover the subscription's retention",
         ),
     ] = 7 * 24 * 3600.0
+    max_bytes_billed: Annotated[
+        int,
+        Meta(ge=10 * 1024 * 1024),
+        env(
+            "RECORDLINE_QUERY_MAX_BYTES_BILLED",
+            "BigQuery only: most bytes one query may bill (2 GiB is ~$0.01 on demand); a read "
+            "that would bill more is refused with 503 instead of run",
+        ),
+    ] = 2 * 1024**3
 
 
 class AuthSettings(Section, frozen=True):

@@ -119,7 +119,7 @@ class Reader:
         await self._store.barrier()
         horizon = self.horizon()
         before = min(cursor.until if cursor.until is not None else _FOREVER, horizon)
-        rows = await self._store.page(
+        page = await self._store.page(
             PageQuery(
                 after_time=cursor.after_time,
                 after_message_id=cursor.after_message_id,
@@ -127,12 +127,14 @@ class Reader:
                 limit=limit,
             )
         )
-        if rows:
-            last = rows[-1]
-            cursor = PageToken(last.ingest_time, last.message_id, cursor.until)
-        finished = cursor.until is not None and cursor.until <= horizon and len(rows) < limit
+        cursor = PageToken(page.after_time, page.after_message_id, cursor.until)
+        # Done once the store has examined everything before `until`.
+        finished = cursor.until is not None and (
+            cursor.after_time > cursor.until
+            or (cursor.after_time == cursor.until and cursor.after_message_id == "")
+        )
         return Page(
-            records=[RecordView.of(r) for r in rows],
+            records=[RecordView.of(r) for r in page.records],
             next_page_token=None if finished else self._tokens.encode(cursor),
             complete_until=rfc3339(horizon),
         )

@@ -30,6 +30,32 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     before_time: int
     limit: int
 
+    def answer(self, records: list[Record]) -> RecordPage:
+        """The page of `records`, when the store examined every row it could.
+
+        A full page resumes after its last row; a short one examined the
+        whole range, so the next page starts at `before_time`: a reader at
+        the tail never scans again what it already found empty.
+        """
+        if len(records) == self.limit:
+            last = records[-1]
+            return RecordPage(records, last.ingest_time, last.message_id)
+        # message_id > "" holds for every row: the next page starts at before_time.
+        return RecordPage(records, self.before_time, "")
+
+
+class RecordPage(msgspec.Struct, frozen=True):
+    """One page of first copies, and the key the next page continues after.
+
+    The key is the last row the store examined, which is not always the last
+    row returned: a store that skips later copies of a message, or scans a
+    bounded time range, moves the cursor past what it left out.
+    """
+
+    records: list[Record]
+    after_time: int
+    after_message_id: str
+
 
 class MessageStatus(msgspec.Struct, kw_only=True, frozen=True):
     """What happened to one Pub/Sub message."""
@@ -82,7 +108,7 @@ class Store(Protocol):
         is durable (as a record, or as a rejection).
         """
 
-    async def page(self, query: PageQuery) -> list[Record]:
+    async def page(self, query: PageQuery) -> RecordPage:
         """One page of first copies in `(ingest_time, message_id)` order."""
 
     async def latest(self, record_id: str) -> Record | None:
@@ -117,7 +143,7 @@ class WrappedStore:
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         return await self.inner.append(rows)
 
-    async def page(self, query: PageQuery) -> list[Record]:
+    async def page(self, query: PageQuery) -> RecordPage:
         return await self.inner.page(query)
 
     async def latest(self, record_id: str) -> Record | None:

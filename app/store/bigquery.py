@@ -5,9 +5,14 @@ connection per table (`StorageWriter`); reads are short queries (no job is
 created when BigQuery can answer at once) with named parameters, run in a
 worker thread because `google-cloud-bigquery` is synchronous.
 
-The tables themselves (day partitions on `ingest_time`, clustering on `id`)
-belong to Terraform, whose JSON schemas come from `app.records`; `start()` only
-opens clients and touches no table.
+The tables themselves belong to Terraform, whose JSON schemas come from
+`app.records`; `start()` only opens clients and touches no table. Their layout
+is what keeps reads billed by the answer rather than by the table (on-demand
+queries bill every referenced column of every block they cannot prune):
+day partitions on `ingest_time`, clustered on `ingest_time` so that a page's
+time range prunes inside a day, and search indexes on `id` and `message_id`
+so that a lookup reads only the blocks that hold its key. Every query carries
+`maximum_bytes_billed`, and its bytes go to its span and to a metric.
 
 Read cache. Identical reads within `read_cache_seconds` share one query (off
 by default). A page whose `before_time` is behind the settle horizon is
@@ -31,7 +36,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import google.auth
 import grpc
@@ -45,12 +50,13 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
     BigQueryWriteGrpcAsyncIOTransport,
 )
 
-from app.errors import StoreUnavailable
+from app.errors import QueryTooCostly, StoreUnavailable
 from app.records import Kind, Record, Rejection, Row, columns
 from app.settings import QuerySettings, Settings, StoreSettings
-from app.store import MessageStatus, PageQuery, RowOutcome, UnknownStore
+from app.store import MessageStatus, PageQuery, RecordPage, RowOutcome, UnknownStore
 from app.store.bigquery_proto import RowEncoder
 from app.store.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
+from app.telemetry import record_query
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +69,9 @@ _URL: Final = re.compile(
 )
 
 # Lower bound of the `ingest_time` range for lookups that span all history.
-# The tables may require a partition filter; for these reads clustering (on
-# `id`) does the pruning, so the range is explicit rather than selective.
+# The tables may require a partition filter; for these reads the search
+# indexes on `id` and `message_id` do the pruning, so the range is explicit
+# rather than selective.
 _ALL_TIME: Final = 0
 
 # Identical reads kept at most; a page of 100 rows is ~50 KB, so this bounds the
@@ -74,6 +81,40 @@ _CACHE_ENTRIES: Final = 1024
 # The query itself gets the read timeout; the thread is given this much more
 # for the HTTP round trip and decoding before the read is abandoned.
 _QUERY_SLACK_SECONDS: Final = 2.0
+
+# Time ranges one page scans, widened in turn while it finds fewer rows than
+# it may return. A page pays for every block its range touches, so the first
+# range is short (5 minutes is 30,000 rows at 100 msg/s, more than any page);
+# a sparse stream widens to an hour, then a day, the most one page scans.
+# A page that found too few rows even then ends where its scan ended and the
+# next one goes on from there, instead of scanning to the horizon.
+_PAGE_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, 86_400_000_000)
+
+# Every copy of a message is stored after Pub/Sub published it, so an earlier
+# copy of a row lies between its publish_time and its ingest_time, not
+# anywhere in the dedupe window. The margin covers the clocks of Pub/Sub and
+# of this service disagreeing (NTP keeps them within milliseconds).
+_CLOCK_SKEW_MICROS: Final = 60_000_000
+
+# A page's scan starts this far before its cursor, so that the earlier
+# copies of rows published up to (_EARLIER_COPIES - skew) before being stored,
+# which is nearly every row, are found by the page's own query. Rows that
+# waited longer (a backlog draining) are checked by a second, indexed query.
+_EARLIER_COPIES_MICROS: Final = 120_000_000
+
+# On-demand BigQuery bills at least 10 MiB per table a query references, and
+# rounds up to a whole MiB; every read here references one table.
+_MIB: Final = 1 << 20
+_MINIMUM_BILLED: Final = 10 * _MIB
+
+
+def billed_bytes(processed: int) -> int:
+    """What on-demand BigQuery bills for a one-table query that processed `processed` bytes.
+
+    The client library exposes bytes processed, not bytes billed, for short
+    queries; BigQuery's documented rule turns one into the other.
+    """
+    return max(_MINIMUM_BILLED, -(-processed // _MIB) * _MIB)
 
 
 def _select(row_type: type[Row], alias: str) -> str:
@@ -93,38 +134,68 @@ def _select(row_type: type[Row], alias: str) -> str:
 
 
 def page_sql(records: str) -> str:
-    # A message's first copy is the one with the smallest ingest_time. Copies
-    # strictly earlier are found by the anti-join over the dedupe window before
-    # the cursor, so a copy on a later page stays hidden; copies with the same
-    # ingest_time (a batch resent after its answer was lost is byte-identical)
-    # sit on the same side of any cursor and QUALIFY keeps one of them. Both
-    # ranges on `ingest_time` are parameters compared to the column, so
-    # BigQuery prunes partitions for the scan and for the anti-join.
+    # One scan of [reach, end): constant bounds on ingest_time, the partition
+    # and first clustering column, so only the blocks of that range are read.
+    # A message's first copy is the one with the smallest ingest_time (then
+    # publish_time, trace_id, subscription, so byte-identical copies of a
+    # resent batch keep one). A row is shown unless the copy before it lies
+    # within its look-back: after its publish time (less the clock margin)
+    # and within the dedupe window. `previous_copy` is returned so the store
+    # can tell which rows' look-back reaches before the scan.
     return f"""
-SELECT {_select(Record, "r")}
-FROM {records} AS r
-WHERE r.ingest_time >= TIMESTAMP_MICROS(@after_time)
-  AND r.ingest_time < TIMESTAMP_MICROS(@before_time)
-  AND (r.ingest_time > TIMESTAMP_MICROS(@after_time) OR r.message_id > @after_message_id)
-  AND NOT EXISTS (
-    SELECT 1
-    FROM {records} AS e
-    WHERE e.message_id = r.message_id
-      AND e.ingest_time >= TIMESTAMP_MICROS(@window_start)
-      AND e.ingest_time < TIMESTAMP_MICROS(@before_time)
-      AND e.ingest_time < r.ingest_time
+SELECT {_select(Record, "c")}, UNIX_MICROS(c.previous_copy) AS previous_copy
+FROM (
+  SELECT r.*, LAG(r.ingest_time) OVER (
+    PARTITION BY r.message_id ORDER BY r.ingest_time, r.publish_time, r.trace_id, r.subscription
+  ) AS previous_copy
+  FROM {records} AS r
+  WHERE r.ingest_time >= TIMESTAMP_MICROS(@reach)
+    AND r.ingest_time < TIMESTAMP_MICROS(@end)
+) AS c
+WHERE c.ingest_time >= TIMESTAMP_MICROS(@after_time)
+  AND (c.ingest_time > TIMESTAMP_MICROS(@after_time) OR c.message_id > @after_message_id)
+  AND (
+    c.previous_copy IS NULL
+    OR UNIX_MICROS(c.previous_copy) < GREATEST(
+      UNIX_MICROS(c.publish_time) - @clock_skew, UNIX_MICROS(c.ingest_time) - @window
+    )
   )
-QUALIFY ROW_NUMBER() OVER (
-  PARTITION BY r.message_id ORDER BY r.publish_time, r.trace_id, r.subscription
-) = 1
-ORDER BY r.ingest_time, r.message_id
+ORDER BY c.ingest_time, c.message_id
 LIMIT @limit
+""".strip()
+
+
+def earlier_copies_sql(records: str) -> str:
+    # For the few rows whose look-back starts before the page's scan: the
+    # latest copy of each before the scan. A constant IN list and a constant
+    # range, so the search index on message_id and the partitions prune.
+    return f"""
+SELECT e.message_id, UNIX_MICROS(MAX(e.ingest_time)) AS last_copy
+FROM {records} AS e
+WHERE e.message_id IN UNNEST(@message_ids)
+  AND e.ingest_time >= TIMESTAMP_MICROS(@since)
+  AND e.ingest_time < TIMESTAMP_MICROS(@reach)
+GROUP BY e.message_id
+""".strip()
+
+
+def next_partition_sql(partitions: str) -> str:
+    # Partition metadata: which day after an empty scan holds rows, for the
+    # price of the 10 MiB minimum instead of a scan of every day between.
+    return f"""
+SELECT MIN(p.partition_id) AS partition_id
+FROM {partitions} AS p
+WHERE p.table_name = @table
+  AND p.partition_id >= @from_day
+  AND p.partition_id < @before_day
+  AND p.total_rows > 0
 """.strip()
 
 
 def latest_sql(records: str) -> str:
     # An event time beats none (NULLS LAST), then the later publish, then the
-    # later write; message_id only makes the choice deterministic.
+    # later write; message_id only makes the choice deterministic. `id = @id`
+    # is served by the search index: only blocks holding the id are read.
     return f"""
 SELECT {_select(Record, "r")}
 FROM {records} AS r
@@ -255,12 +326,17 @@ class BigQueryStore:
         self._write_endpoint = store.bigquery_write_endpoint or None
         self._query_endpoint = query_endpoint
         self._dedupe_window_micros = int(query.dedupe_window_seconds * 1_000_000)
+        self._max_bytes_billed = query.max_bytes_billed
         self._cache = _ReadCache(store.read_cache_seconds)
 
         self._records_encoder = RowEncoder(Record)
         self._rejected_encoder = RowEncoder(Rejection)
         records = self._table_sql("records")
         self._page_sql = page_sql(records)
+        self._earlier_copies_sql = earlier_copies_sql(records)
+        self._next_partition_sql = next_partition_sql(
+            self._table_sql("INFORMATION_SCHEMA.PARTITIONS")
+        )
         self._latest_sql = latest_sql(records)
         self._stored_sql = stored_sql(records)
         self._rejected_sql = rejected_sql(self._table_sql("rejected"))
@@ -436,34 +512,120 @@ class BigQueryStore:
 
     # Reading
 
-    async def page(self, query: PageQuery) -> list[Record]:
-        params: dict[str, int | str] = {
+    async def page(self, query: PageQuery) -> RecordPage:
+        return await self._cache.get(("page", query), lambda: self._page(query))
+
+    async def _page(self, query: PageQuery) -> RecordPage:
+        found, end = await self._scan(query)
+        if len(found) < query.limit and end < query.before_time:
+            # Nothing near the cursor: jump to the next day that holds rows.
+            start = await self._next_rows(end, query.before_time)
+            if start > end:
+                query = PageQuery(
+                    after_time=start,
+                    after_message_id="",
+                    before_time=query.before_time,
+                    limit=query.limit,
+                )
+                found, end = await self._scan(query)
+        candidates = [_record(row[:-1]) for row in found]
+        hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
+        records = [r for r in candidates if r.message_id not in hidden]
+        if len(candidates) == query.limit:
+            last = candidates[-1]
+            return RecordPage(records, last.ingest_time, last.message_id)
+        return RecordPage(records, end, "")
+
+    async def _scan(self, query: PageQuery) -> tuple[list[tuple[Any, ...]], int]:
+        """Rows after the cursor over widening ranges, and where the last scan ended."""
+        end = query.before_time
+        found: list[tuple[Any, ...]] = []
+        for span in _PAGE_SPANS_MICROS:
+            end = min(query.before_time, query.after_time + span)
+            found = await self._query(self._page_sql, self._page_params(query, end))
+            if len(found) == query.limit or end == query.before_time:
+                break
+        return found, end
+
+    async def _next_rows(self, after: int, before: int) -> int:
+        """Where the first partition at or after `after` that holds rows starts.
+
+        Rows still in write-optimized storage (the last 30 minutes) may not be
+        counted in partition metadata yet, so the jump never passes the start
+        of the day that held `before` an hour earlier: that day is scanned.
+        """
+        floor = (before - _METADATA_LAG_MICROS) // _DAY_MICROS * _DAY_MICROS
+        if after >= floor:
+            return after
+        params: dict[str, QueryValue] = {
+            "table": "records",
+            "from_day": _day(after),
+            "before_day": _day(floor),
+        }
+        ((first,),) = await self._query(self._next_partition_sql, params)
+        if first is None:
+            return floor
+        day = datetime.strptime(first, "%Y%m%d").replace(tzinfo=UTC)
+        return max(after, int(day.timestamp()) * 1_000_000)
+
+    def _page_params(self, query: PageQuery, end: int) -> dict[str, QueryValue]:
+        return {
+            "reach": query.after_time - _EARLIER_COPIES_MICROS,
+            "end": end,
             "after_time": query.after_time,
             "after_message_id": query.after_message_id,
-            "before_time": query.before_time,
-            "window_start": query.after_time - self._dedupe_window_micros,
+            "clock_skew": _CLOCK_SKEW_MICROS,
+            "window": self._dedupe_window_micros,
             "limit": query.limit,
         }
-        return await self._cache.get(
-            ("page", query), lambda: self._records_query(self._page_sql, params)
+
+    def _look_back(self, record: Record) -> int:
+        """Where an earlier copy of this row may start: after its publish, within the window."""
+        return max(
+            record.publish_time - _CLOCK_SKEW_MICROS,
+            record.ingest_time - self._dedupe_window_micros,
         )
 
+    async def _hidden(
+        self, candidates: list[Record], previous: list[int | None], after_time: int
+    ) -> set[str]:
+        """Message ids among `candidates` whose earlier copy lies before the page's scan."""
+        reach = after_time - _EARLIER_COPIES_MICROS
+        unsure = [
+            r
+            for r, before in zip(candidates, previous, strict=True)
+            if before is None and self._look_back(r) < reach
+        ]
+        if not unsure:
+            return set()
+        params: dict[str, QueryValue] = {
+            "message_ids": sorted({r.message_id for r in unsure}),
+            "since": min(self._look_back(r) for r in unsure),
+            "reach": reach,
+        }
+        last_copy = dict(await self._query(self._earlier_copies_sql, params))
+        return {
+            r.message_id
+            for r in unsure
+            if r.message_id in last_copy and last_copy[r.message_id] >= self._look_back(r)
+        }
+
     async def latest(self, record_id: str) -> Record | None:
-        params: dict[str, int | str] = {"id": record_id, "not_before": _ALL_TIME}
+        params: dict[str, QueryValue] = {"id": record_id, "not_before": _ALL_TIME}
 
         async def load() -> Record | None:
-            found = await self._records_query(self._latest_sql, params)
-            return found[0] if found else None
+            found = await self._query(self._latest_sql, params)
+            return _record(found[0]) if found else None
 
         return await self._cache.get(("latest", record_id), load)
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        params: dict[str, int | str] = {"message_id": message_id, "not_before": _ALL_TIME}
+        params: dict[str, QueryValue] = {"message_id": message_id, "not_before": _ALL_TIME}
 
         async def load() -> MessageStatus | None:
-            stored = await self._records_query(self._stored_sql, params)
+            stored = await self._query(self._stored_sql, params)
             if stored:
-                record = stored[0]
+                record = _record(stored[0])
                 return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
             rejected = await self._query(self._rejected_sql, params)
             if rejected:
@@ -473,41 +635,99 @@ class BigQueryStore:
 
         return await self._cache.get(("message", message_id), load)
 
-    async def _records_query(self, sql: str, params: dict[str, int | str]) -> list[Record]:
-        rows = await self._query(sql, params)
-        return [Record(**dict(zip(_RECORD_FIELDS, row, strict=True))) for row in rows]
-
-    async def _query(self, sql: str, params: dict[str, int | str]) -> list[tuple[Any, ...]]:
+    async def _query(self, sql: str, params: dict[str, QueryValue]) -> list[tuple[Any, ...]]:
         if self._query_client is None:
             raise StoreUnavailable("the BigQuery store is not started")
         client = self._query_client
         timeout = self._query_timeout
-        run = _query_runner(client, sql, params, timeout)
+        run = _query_runner(client, sql, params, timeout, self._max_bytes_billed)
         try:
             async with asyncio.timeout(timeout + _QUERY_SLACK_SECONDS):
-                return await asyncio.to_thread(run)
+                answer = await asyncio.to_thread(run)
         except TimeoutError:
             raise StoreUnavailable(f"BigQuery did not answer within {timeout:g} s") from None
-        except (GoogleAPIError, OSError) as exc:
-            # Includes RetryError once the retries ran out of time, and
-            # transport errors; a read the client may simply try again.
+        except GoogleAPIError as exc:
+            if _reason(exc) == "bytesBilledLimitExceeded":
+                log.warning(
+                    "BigQuery refused a read over RECORDLINE_QUERY_MAX_BYTES_BILLED: %s", exc
+                )
+                raise QueryTooCostly(
+                    f"the read would bill more than RECORDLINE_QUERY_MAX_BYTES_BILLED "
+                    f"({self._max_bytes_billed} bytes): {getattr(exc, 'message', exc)}"
+                ) from exc
+            # Includes RetryError once the retries ran out of time; a read the
+            # client may simply try again.
             log.warning("BigQuery read failed: %s", exc)
             raise StoreUnavailable(f"BigQuery read failed: {exc}") from exc
+        except OSError as exc:
+            log.warning("BigQuery read failed: %s", exc)
+            raise StoreUnavailable(f"BigQuery read failed: {exc}") from exc
+        record_query(
+            bytes_processed=answer.bytes_processed,
+            bytes_billed=billed_bytes(answer.bytes_processed),
+            job_id=answer.job_id,
+        )
+        return answer.rows
+
+
+# A named query parameter: INT64, STRING, or an ARRAY<STRING> for IN UNNEST(...).
+QueryValue = int | str | list[str]
+
+
+_DAY_MICROS: Final = 86_400_000_000
+# Twice the 30 minutes rows stay in write-optimized storage.
+_METADATA_LAG_MICROS: Final = 3_600_000_000
+
+
+def _day(micros: int) -> str:
+    """The id of the day partition holding `micros`: YYYYMMDD, UTC."""
+    return datetime.fromtimestamp(micros // 1_000_000, tz=UTC).strftime("%Y%m%d")
+
+
+class _Answer(NamedTuple):
+    rows: list[tuple[Any, ...]]
+    bytes_processed: int
+    # The job's id where BigQuery made one, else the short query's id.
+    job_id: str | None
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(**dict(zip(_RECORD_FIELDS, row, strict=True)))
+
+
+def _parameter(name: str, value: QueryValue) -> Any:
+    match value:
+        case list():
+            return bigquery.ArrayQueryParameter(name, "STRING", value)
+        case int():
+            return bigquery.ScalarQueryParameter(name, "INT64", value)
+        case _:
+            return bigquery.ScalarQueryParameter(name, "STRING", value)
+
+
+def _reason(exc: GoogleAPIError) -> str | None:
+    errors = getattr(exc, "errors", None) or []
+    first = errors[0] if errors else None
+    return first.get("reason") if isinstance(first, dict) else None
 
 
 def _query_runner(
-    client: bigquery.Client, sql: str, params: dict[str, int | str], timeout: float
-) -> Callable[[], list[tuple[Any, ...]]]:
+    client: bigquery.Client,
+    sql: str,
+    params: dict[str, QueryValue],
+    timeout: float,
+    max_bytes_billed: int,
+) -> Callable[[], _Answer]:
     config = bigquery.QueryJobConfig(
-        query_parameters=[
-            bigquery.ScalarQueryParameter(
-                name, "INT64" if isinstance(value, int) else "STRING", value
-            )
-            for name, value in params.items()
-        ]
+        query_parameters=[_parameter(name, value) for name, value in params.items()],
+        # BigQuery refuses, before running it, a query that would bill more.
+        maximum_bytes_billed=max_bytes_billed,
     )
+    # A query keeps running, and billing, after its caller gave up: BigQuery
+    # stops it at the same timeout.
+    config.job_timeout_ms = int(timeout * 1000)
 
-    def run() -> list[tuple[Any, ...]]:
+    def run() -> _Answer:
         # The library retries for up to 10 minutes by default; a read that a
         # client waits for has `timeout` in all, retries included.
         rows = client.query_and_wait(
@@ -518,7 +738,8 @@ def _query_runner(
             retry=DEFAULT_RETRY.with_timeout(timeout),
             job_retry=DEFAULT_JOB_RETRY.with_timeout(timeout),
         )
-        return [tuple(row.values()) for row in rows]
+        found = [tuple(row.values()) for row in rows]
+        return _Answer(found, rows.total_bytes_processed or 0, rows.job_id or rows.query_id)
 
     return run
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from app.errors import StoreUnavailable
 from app.records import Column, Kind, Record, Rejection, Row, columns
-from app.store import MessageStatus, PageQuery, RowOutcome
+from app.store import MessageStatus, PageQuery, RecordPage, RowOutcome
 from app.store.journal import Frame, encode
 from app.store.journal_process import JournalProcess
 
@@ -337,7 +337,7 @@ class DuckDBStore:
 
     # -- reading ---------------------------------------------------------------
 
-    async def page(self, query: PageQuery) -> list[Record]:
+    async def page(self, query: PageQuery) -> RecordPage:
         params = {
             "after_time": query.after_time,
             "after_message_id": query.after_message_id,
@@ -345,7 +345,7 @@ class DuckDBStore:
             "limit": query.limit,
         }
         rows = await self._read(lambda cur: cur.execute(_PAGE_SQL, params).fetchall())
-        return [_record(r) for r in rows]
+        return query.answer([_record(r) for r in rows])
 
     async def latest(self, record_id: str) -> Record | None:
         rows = await self._read(lambda cur: cur.execute(_LATEST_SQL, {"id": record_id}).fetchall())

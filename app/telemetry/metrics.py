@@ -80,6 +80,13 @@ class Metrics:
             description="Duration of one store query, by the API route it serves",
             explicit_bucket_boundaries_advisory=SECONDS,
         )
+        # What reads cost, by route: BigQuery's bytes billed (on-demand
+        # queries are priced by them), so an operator sees the bill coming.
+        self.query_bytes_billed = meter.create_counter(
+            "recordline.query.bytes_billed",
+            unit="By",
+            description="Bytes billed by the store's queries, by the API route they serve",
+        )
 
     def record_lag(self, rows: Sequence[Record | Rejection]) -> None:
         """Ingest lag of rows now durably stored, recorded once their append returns.

@@ -15,8 +15,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, RowOutcome, Store, WrappedStore
+from app.store import MessageStatus, PageQuery, RecordPage, RowOutcome, Store, WrappedStore
 from app.telemetry.metrics import Metrics
+from app.telemetry.traces import QUERY_COST, QueryCost
 
 # `route` of recordline.query.duration: the API route each query serves.
 _PAGE_ROUTE = {"route": "/v1/records"}
@@ -53,11 +54,11 @@ class ObservedStore(WrappedStore):
             self._metrics.append_rows.record(len(rows))
             self._metrics.append_duration.record(time.perf_counter() - started)
 
-    async def page(self, query: PageQuery) -> list[Record]:
+    async def page(self, query: PageQuery) -> RecordPage:
         with self._query("page", _PAGE_ROUTE) as span:
-            rows = await self.inner.page(query)
-            span.set_attribute("db.response.returned_rows", len(rows))
-            return rows
+            page = await self.inner.page(query)
+            span.set_attribute("db.response.returned_rows", len(page.records))
+            return page
 
     async def latest(self, record_id: str) -> Record | None:
         with self._query("latest", _LATEST_ROUTE) as span:
@@ -75,10 +76,15 @@ class ObservedStore(WrappedStore):
     def _query(self, name: str, route: dict[str, str]) -> Iterator[Span]:
         """A span for one query, and its duration by API route, failed or not."""
         started = time.perf_counter()
+        cost = QueryCost()
+        token = QUERY_COST.set(cost)
         with self._tracer.start_as_current_span(
             f"recordline.store.{name}", kind=SpanKind.CLIENT, attributes=self._system
         ) as span:
             try:
                 yield span
             finally:
+                QUERY_COST.reset(token)
                 self._metrics.query_duration.record(time.perf_counter() - started, route)
+                if cost.bytes_billed:
+                    self._metrics.query_bytes_billed.add(cost.bytes_billed, route)

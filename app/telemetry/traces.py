@@ -17,6 +17,7 @@ trace.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -496,14 +497,21 @@ def record_query(
     *,
     rows: int | None = None,
     bytes_processed: int | None = None,
+    bytes_billed: int | None = None,
     job_id: str | None = None,
 ) -> None:
     """Add what a store knows about its query to the current query span.
 
     The store's `page`, `latest` and `message` run inside a query span (see
     app.telemetry.store), so a store calls this from inside them, e.g. the
-    BigQuery store with the job's `total_bytes_processed` and `job_id`.
+    BigQuery store with each query's bytes and its job or query id. Bytes
+    billed also go to `recordline.query.bytes_billed`, by route, whether or
+    not the span is sampled.
     """
+    if bytes_billed:
+        cost = QUERY_COST.get()
+        if cost is not None:
+            cost.bytes_billed += bytes_billed
     span = trace.get_current_span()
     if not span.is_recording():
         return
@@ -512,6 +520,23 @@ def record_query(
         attributes["db.response.returned_rows"] = rows
     if bytes_processed is not None:
         attributes["gcp.bigquery.total_bytes_processed"] = bytes_processed
+    if bytes_billed is not None:
+        attributes["gcp.bigquery.total_bytes_billed"] = bytes_billed
     if job_id is not None:
         attributes["gcp.bigquery.job.id"] = job_id
     span.set_attributes(attributes)
+
+
+class QueryCost:
+    """What the queries behind one store call were billed, summed."""
+
+    __slots__ = ("bytes_billed",)
+
+    def __init__(self) -> None:
+        self.bytes_billed = 0
+
+
+# Set by the query span around a store call; a store's `record_query` adds to it.
+QUERY_COST: contextvars.ContextVar[QueryCost | None] = contextvars.ContextVar(
+    "recordline_query_cost", default=None
+)

@@ -111,9 +111,9 @@ async def walk(store: BigQueryStore, *, limit: int) -> list[Record]:
     """Follow pages from the start, as a consumer following page tokens does."""
     seen: list[Record] = []
     after_time, after_message_id = 0, ""
-    while True:
+    end = BASE_TIME + 3_600_000_000
+    while (after_time, after_message_id) < (end, ""):
         page = await store.page(page_query(after_time, after_message_id, limit=limit))
-        seen.extend(page)
-        if len(page) < limit:
-            return seen
-        after_time, after_message_id = page[-1].ingest_time, page[-1].message_id
+        seen.extend(page.records)
+        after_time, after_message_id = page.after_time, page.after_message_id
+    return seen

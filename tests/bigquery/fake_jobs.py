@@ -5,6 +5,11 @@ to /bigquery/v2/projects/P/queries. The fake translates the SQL from the
 BigQuery dialect to DuckDB's with sqlglot, loads the rows the Storage Write
 fake decoded into an in-memory DuckDB, binds the parameters and answers in
 the REST shape, so a read makes the real round trip through the library.
+
+Every query is also billed by `tests.bigquery.billing` (its docstring states
+the model): the answer carries `totalBytesProcessed` and `totalBytesBilled`,
+and a query over the request's `maximumBytesBilled` fails as BigQuery fails
+it, with `bytesBilledLimitExceeded`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import dataclasses
 import json
 import re
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,7 +29,24 @@ import pyarrow as pa
 import sqlglot
 
 from app.records import TABLES, Kind, columns
+from tests.bigquery.billing import Bill, BillingModel, Layout
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+
+# How Terraform lays the tables out (infra/terraform/bigquery.tf; a test holds
+# the two equal): day partitions on ingest_time, clustered on ingest_time so
+# that a time range prunes inside a day, and search indexes for lookups.
+LAYOUTS = {
+    "records": Layout(
+        partition="ingest_time",
+        clustering=("ingest_time",),
+        search_index=frozenset({"id", "message_id"}),
+    ),
+    "rejected": Layout(
+        partition="ingest_time",
+        clustering=("ingest_time",),
+        search_index=frozenset({"message_id"}),
+    ),
+}
 
 _DUCKDB_TYPES = {
     Kind.STRING: "VARCHAR",
@@ -52,16 +76,27 @@ _RESULT_TYPES = {
 _PATH = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries$")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ReceivedQuery:
     sql: str
     params: dict[str, Any]
     body: dict[str, Any]
+    # What BigQuery would have billed it; None if it was refused before running.
+    bill: Bill | None = None
 
 
 def _param_value(param: dict[str, Any]) -> Any:
     kind = param["parameterType"]["type"]
-    value = param["parameterValue"].get("value")
+    if kind == "ARRAY":
+        item = {"type": param["parameterType"]["arrayType"]["type"]}
+        return [
+            _param_value({"parameterType": item, "parameterValue": v})
+            for v in param["parameterValue"].get("arrayValues", [])
+        ]
+    return _scalar(kind, param["parameterValue"].get("value"))
+
+
+def _scalar(kind: str, value: Any) -> Any:
     if value is None:
         return None
     match kind:
@@ -88,10 +123,21 @@ def _cell(value: Any) -> Any:
 
 
 class FakeBigQueryJobs:
-    def __init__(self, write: FakeBigQueryWrite, *, project: str, dataset: str) -> None:
+    def __init__(
+        self,
+        write: FakeBigQueryWrite,
+        *,
+        project: str,
+        dataset: str,
+        billing: BillingModel | None = None,
+    ) -> None:
         self.write = write
         self.project = project
         self.dataset = dataset
+        self.billing = billing or BillingModel(
+            layouts=LAYOUTS,
+            kinds={t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()},
+        )
         self.queries: list[ReceivedQuery] = []
         # (HTTP status, reason) answered to the next queries instead of running them.
         self.failures: list[tuple[int, str]] = []
@@ -137,7 +183,8 @@ class FakeBigQueryJobs:
             return 404, _error(404, "notFound", f"no such endpoint: {path}")
         sql = body["query"]
         params = {p["name"]: _param_value(p) for p in body.get("queryParameters", [])}
-        self.queries.append(ReceivedQuery(sql=sql, params=params, body=body))
+        received = ReceivedQuery(sql=sql, params=params, body=body)
+        self.queries.append(received)
         if body.get("useLegacySql") is not False or (
             params and body.get("parameterMode") != "NAMED"
         ):
@@ -145,6 +192,19 @@ class FakeBigQueryJobs:
         if self.failures:
             status, reason = self.failures.pop(0)
             return status, _error(status, reason, "injected failure")
+        try:
+            bill = self.bill(sql, params)
+        except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
+            return 400, _error(400, "invalidQuery", str(exc))
+        received.bill = bill
+        limit = body.get("maximumBytesBilled")
+        if limit is not None and bill.bytes_billed > int(limit):
+            # BigQuery's own words, so the client raises what it would raise.
+            message = (
+                f"Query exceeded limit for bytes billed: {int(limit)}. "
+                f"{bill.bytes_billed} or higher required."
+            )
+            return 400, _error(400, "bytesBilledLimitExceeded", message)
         try:
             names, types, rows = self.run(sql, params)
         except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
@@ -162,7 +222,28 @@ class FakeBigQueryJobs:
             "rows": [{"f": [{"v": _cell(v)} for v in row]} for row in rows],
             "queryId": f"fake-{len(self.queries)}",
             "location": "US",
+            "cacheHit": False,
+            "totalBytesProcessed": str(bill.bytes_processed),
+            "totalBytesBilled": str(bill.bytes_billed),
         }
+
+    def bill(self, sql: str, params: dict[str, Any]) -> Bill:
+        """What BigQuery would bill this query over the rows stored now."""
+        schema = {
+            self.project: {
+                self.dataset: {
+                    **{
+                        table: {c.name: c.kind.value for c in columns(row_type)}
+                        for table, row_type in TABLES.items()
+                    },
+                    PARTITIONS_VIEW: PARTITIONS_COLUMNS,
+                }
+            }
+        }
+        return self.billing.bill(sql, params, self._rows, schema)
+
+    def _rows(self, table: str) -> list[dict[str, Any]]:
+        return self.write.rows(f"projects/{self.project}/datasets/{self.dataset}/tables/{table}")
 
     def run(
         self, sql: str, params: dict[str, Any]
@@ -185,6 +266,7 @@ class FakeBigQueryJobs:
                 schema = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in cols])
                 incoming = pa.Table.from_pylist(rows, schema=schema)  # noqa: F841 (read by DuckDB)
                 con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
+            _partitions_view(con, f'"{self.project}"."{self.dataset}"', self._rows)
             # Bind only what the statement names: DuckDB refuses unused parameters.
             used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", translated)}
             result = con.execute(translated, used)
@@ -195,6 +277,32 @@ class FakeBigQueryJobs:
             return names, types, result.fetchall()
         finally:
             con.close()
+
+
+# Partition ids of a DAY-partitioned table are its UTC dates, YYYYMMDD.
+PARTITIONS_VIEW = "INFORMATION_SCHEMA.PARTITIONS"
+PARTITIONS_COLUMNS = {"table_name": "STRING", "partition_id": "STRING", "total_rows": "INT64"}
+
+
+def _partitions_view(
+    con: duckdb.DuckDBPyConnection, dataset: str, rows: Callable[[str], list[dict[str, Any]]]
+) -> None:
+    """The dataset's INFORMATION_SCHEMA.PARTITIONS: rows per day partition of each table."""
+    con.execute(
+        f'CREATE TABLE {dataset}."{PARTITIONS_VIEW}" '
+        "(table_name VARCHAR, partition_id VARCHAR, total_rows BIGINT)"
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for table in TABLES:
+        for row in rows(table):
+            day = datetime.fromtimestamp(row["ingest_time"] // 1_000_000, tz=UTC)
+            key = (table, day.strftime("%Y%m%d"))
+            counts[key] = counts.get(key, 0) + 1
+    if counts:
+        con.executemany(
+            f'INSERT INTO {dataset}."{PARTITIONS_VIEW}" VALUES (?, ?, ?)',
+            [(table, day, n) for (table, day), n in counts.items()],
+        )
 
 
 def _error(status: int, reason: str, message: str) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from sqlglot import exp
 from app.records import Kind, Record, Rejection, Row, columns
 from app.store.bigquery import (
     CHECK_SQL,
+    earlier_copies_sql,
     latest_sql,
+    next_partition_sql,
     page_sql,
     rejected_sql,
     stored_sql,
@@ -77,11 +79,16 @@ def test_rows_round_trip_through_the_descriptor() -> None:
 
 TABLE = "`p-roject.dataset.records`"
 REJECTED = "`p-roject.dataset.rejected`"
-STATEMENTS = {
+SCANS = {
     "page": page_sql(TABLE),
+    "earlier_copies": earlier_copies_sql(TABLE),
     "latest": latest_sql(TABLE),
     "stored": stored_sql(TABLE),
     "rejected": rejected_sql(REJECTED),
+}
+STATEMENTS = {
+    **SCANS,
+    "next_partition": next_partition_sql("`p-roject.dataset.INFORMATION_SCHEMA.PARTITIONS`"),
 }
 
 
@@ -93,12 +100,15 @@ def test_every_statement_parses_as_bigquery(sql: str) -> None:
     assert not [lit for lit in tree.find_all(exp.Literal) if lit.is_string]
 
 
-@pytest.mark.parametrize("name", list(STATEMENTS))
+@pytest.mark.parametrize("name", list(SCANS))
 def test_every_table_scan_has_a_parameter_range_on_ingest_time(name: str) -> None:
-    tree = sqlglot.parse_one(STATEMENTS[name], read="bigquery")
+    tree = sqlglot.parse_one(SCANS[name], read="bigquery")
+    tables = 0
     for select in tree.find_all(exp.Select):
         table = select.args["from_"].this
-        assert isinstance(table, exp.Table)
+        if not isinstance(table, exp.Table):
+            continue  # reads a subquery, whose own scan is checked
+        tables += 1
         alias = table.alias_or_name
         lower_bounds = [
             gte
@@ -109,18 +119,22 @@ def test_every_table_scan_has_a_parameter_range_on_ingest_time(name: str) -> Non
             and gte.expression.find(exp.Parameter) is not None
         ]
         assert lower_bounds, f"{name}: no ingest_time range on {alias}"
+    assert tables == 1
 
 
-def test_page_reads_first_copies_in_key_order() -> None:
-    sql = STATEMENTS["page"]
-    assert "NOT EXISTS" in sql
-    assert "QUALIFY ROW_NUMBER() OVER" in sql
-    assert re.search(r"ORDER BY r\.ingest_time, r\.message_id\s+LIMIT @limit$", sql)
+def test_page_scans_one_bounded_range_in_key_order() -> None:
+    sql = SCANS["page"]
+    assert re.search(r"ORDER BY c\.ingest_time, c\.message_id\s+LIMIT @limit$", sql)
+    # Both ends of the scan are parameters: no join or subquery bounds it.
+    assert "r.ingest_time < TIMESTAMP_MICROS(@end)" in sql
+    assert "NOT EXISTS" not in sql
     assert set(re.findall(r"@(\w+)", sql)) == {
+        "reach",
+        "end",
         "after_time",
         "after_message_id",
-        "before_time",
-        "window_start",
+        "clock_skew",
+        "window",
         "limit",
     }
 

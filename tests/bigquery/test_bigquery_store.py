@@ -47,7 +47,7 @@ async def test_rows_round_trip(store: BigQueryStore, write_fake: FakeBigQueryWri
     ]
     assert write_fake.rows("rejected")[0]["data"] == b"not json \xff"
     # JSON comes back as JSON text; BigQuery may normalize spacing and key order.
-    (read,) = await store.page(page_query())
+    (read,) = (await store.page(page_query())).records
     assert _same(read, stored)
     latest = await store.latest("m-1")
     assert latest is not None
@@ -94,7 +94,9 @@ async def test_page_bounds(store: BigQueryStore) -> None:
             after_time=BASE_TIME + 1, after_message_id="m-1", before_time=BASE_TIME + 4, limit=10
         )
     )
-    assert [r.message_id for r in page] == ["m-2", "m-3"]
+    assert [r.message_id for r in page.records] == ["m-2", "m-3"]
+    # A short page examined its whole range: the next one starts at its end.
+    assert (page.after_time, page.after_message_id) == (BASE_TIME + 4, "")
 
 
 async def test_page_sends_named_parameters(
@@ -106,11 +108,17 @@ async def test_page_sends_named_parameters(
     assert sent.body["parameterMode"] == "NAMED"
     assert sent.body["useLegacySql"] is False
     assert sent.body["jobCreationMode"] == "JOB_CREATION_OPTIONAL"
+    # Every read carries the cost cap, and BigQuery stops it at the read timeout.
+    assert sent.body["maximumBytesBilled"] == str(Settings().query.max_bytes_billed)
+    assert sent.body["jobTimeoutMs"] == str(int(StoreSettings().query_timeout_seconds * 1000))
+    # The first 5 minutes held nothing, so the page widened to its upper bound.
     assert sent.params == {
+        "reach": BASE_TIME - 120_000_000,
+        "end": BASE_TIME + 3_600_000_000,
         "after_time": BASE_TIME,
         "after_message_id": "m-1",
-        "before_time": BASE_TIME + 3_600_000_000,
-        "window_start": BASE_TIME - window,
+        "clock_skew": 60_000_000,
+        "window": window,
         "limit": 7,
     }
     assert f"`{PROJECT}.{DATASET}.records`" in sent.sql
@@ -128,13 +136,17 @@ async def test_values_never_enter_the_sql(
 
 
 async def test_a_copy_outside_the_dedupe_window_shows_again(make_store: Factory) -> None:
-    # The window bounds the cost of the anti-join and is documented as covering
-    # the subscription's retention; this pins what happens beyond it.
+    # The window bounds how far back a row's earlier copy is looked for, and is
+    # documented as covering the subscription's retention; this pins what
+    # happens beyond it. The window is the row's own, so where a reader's
+    # cursor stands does not change whether a row is shown.
     store: BigQueryStore = await make_store(query=QuerySettings(dedupe_window_seconds=1))
     await store.append([record("m-1", BASE_TIME), record("m-1", BASE_TIME + 5_000_000)])
-    assert await store.page(page_query(BASE_TIME, "m-1")) == []
-    beyond = await store.page(page_query(BASE_TIME + 4_500_000, ""))
-    assert [r.ingest_time for r in beyond] == [BASE_TIME + 5_000_000]
+    for cursor in (BASE_TIME, BASE_TIME + 4_500_000):
+        beyond = await store.page(page_query(cursor, "m-1"))
+        assert [r.ingest_time for r in beyond.records] == [BASE_TIME + 5_000_000]
+    within: BigQueryStore = await make_store(query=QuerySettings(dedupe_window_seconds=10))
+    assert [r.ingest_time for r in (await within.page(page_query(BASE_TIME, "m-1"))).records] == []
 
 
 async def test_latest_prefers_an_event_time_then_the_later_publish(store: BigQueryStore) -> None:
@@ -196,16 +208,17 @@ async def test_read_cache_shares_identical_reads(
     cached: BigQueryStore = await make_store(read_cache_seconds=60)
     await cached.append([record("m-1", BASE_TIME)])
     before = len(jobs_fake.queries)
-    first = await cached.page(page_query())
-    assert await cached.page(page_query()) == first
+    first = await cached.page(page_query(BASE_TIME - 1))
+    per_page = len(jobs_fake.queries) - before
+    assert await cached.page(page_query(BASE_TIME - 1)) == first
     assert await cached.latest("m-1") == await cached.latest("m-1")
-    assert len(jobs_fake.queries) == before + 2
+    assert len(jobs_fake.queries) == before + per_page + 1
 
     uncached: BigQueryStore = await make_store(read_cache_seconds=0)
     before = len(jobs_fake.queries)
-    await uncached.page(page_query())
-    await uncached.page(page_query())
-    assert len(jobs_fake.queries) == before + 2
+    await uncached.page(page_query(BASE_TIME - 1))
+    await uncached.page(page_query(BASE_TIME - 1))
+    assert len(jobs_fake.queries) == before + 2 * per_page
 
 
 async def test_read_cache_forgets_failures(

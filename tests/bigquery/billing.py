@@ -1,0 +1,491 @@
+"""What BigQuery bills a query on demand: a model of its documented rules.
+
+The jobs.query fake answers every query with the bytes this model computes, so
+a read that scans more than it should fails a test instead of a budget. Google
+documents the rules; it does not document its block sizes or when appended
+rows are reorganised, so those are parameters, stated here and printed by
+`bench bqcost`.
+
+Rules taken from BigQuery's documentation (pricing, "data type sizes",
+partitioned tables, clustered tables, search indexes):
+
+- A value's size: INT64, FLOAT64, TIMESTAMP 8 bytes; BOOL 1; STRING and BYTES
+  2 + their length in bytes; JSON the UTF-8 length of its text; NULL 0.
+- A query is billed for every *referenced* column of every row in the
+  partitions and blocks it cannot prune, whatever its LIMIT; then rounded up
+  to a whole MiB per table referenced, with a minimum of 10 MiB per table
+  referenced. (A query that references no table is billed nothing.)
+- Partitions (DAY, on one TIMESTAMP column) are pruned only by filters on the
+  partition column alone compared with a constant expression (query
+  parameters count as constants): `col op constant`, `BETWEEN`, `IN`. A
+  filter through a function of the column, a subquery or a join condition
+  prunes nothing.
+- Clustered blocks are pruned only by constant filters on a prefix of the
+  clustering columns (a filter on the second column alone prunes nothing).
+- A search index serves `=` and `IN` on an indexed STRING column: an indexed
+  block holding none of the values is skipped. Rows not yet indexed are
+  always read.
+
+Assumptions of this model (not documented by Google):
+
+- Rows written in the last `write_optimized_seconds` (30 minutes) sit in one
+  unclustered, unindexed block per partition (write-optimized storage): only
+  partition pruning skips it. A row's write time is taken to be its value of
+  the partition column (Recordline stamps `ingest_time` as it appends).
+- Older rows of a partition are sorted by the clustering columns and cut into
+  blocks of `block_rows` rows (100,000: ~40 MB of Recordline rows; BigQuery's
+  guidance is that clustering pays off above 64 MB a partition).
+- Each table reference is scanned, and billed, on its own: a self-join reads
+  the table twice.
+- A query's own rows are read as they are stored: no result cache (BigQuery
+  never uses it for a table that receives Storage Write appends).
+- Scale: each stored row stands for `row_weight` rows, so a month of
+  1,000 msg/s is modelled with a few tens of thousands of rows: bytes are
+  multiplied by the weight and a block holds `block_rows / row_weight` of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from app.records import Kind
+
+MIB = 1 << 20
+MINIMUM_PER_TABLE = 10 * MIB
+DAY_MICROS = 86_400_000_000
+# On-demand price per TiB in most regions (US multi-region), for dollars.
+DOLLARS_PER_TIB = 6.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one table is stored: what can prune a scan of it."""
+
+    partition: str | None = None
+    clustering: tuple[str, ...] = ()
+    search_index: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class Bill:
+    bytes_processed: int
+    bytes_billed: int
+    # Bytes read per table reference, as (table, bytes), in query order.
+    scans: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def dollars(self) -> float:
+        return self.bytes_billed / (1 << 40) * DOLLARS_PER_TIB
+
+
+def value_size(kind: Kind, value: Any) -> int:
+    if value is None:
+        return 0
+    match kind:
+        case Kind.INT64 | Kind.TIMESTAMP:
+            return 8
+        case Kind.STRING:
+            return 2 + len(value.encode())
+        case Kind.BYTES:
+            return 2 + len(value)
+        case Kind.JSON:
+            return len(value.encode()) if isinstance(value, str) else len(value)
+    raise ValueError(f"no size for {kind}")
+
+
+def billed(bytes_by_table: Mapping[str, int]) -> int:
+    return sum(
+        max(MINIMUM_PER_TABLE, math.ceil(scanned / MIB) * MIB)
+        for scanned in bytes_by_table.values()
+    )
+
+
+# -- constraints ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Range:
+    """Values a column may take under a query's constant filters."""
+
+    low: Any = None
+    high: Any = None
+    # Whether `low` / `high` themselves are excluded.
+    low_open: bool = False
+    high_open: bool = False
+    # None: any value between the bounds; else only these.
+    values: set[Any] | None = None
+    empty: bool = False
+
+    def above(self, value: Any, *, open: bool = False) -> None:
+        if value is None:
+            self.empty = True
+        elif self.low is None or value > self.low or (value == self.low and open):
+            self.low, self.low_open = value, open
+
+    def below(self, value: Any, *, open: bool = False) -> None:
+        if value is None:
+            self.empty = True
+        elif self.high is None or value < self.high or (value == self.high and open):
+            self.high, self.high_open = value, open
+
+    def only(self, values: Iterable[Any]) -> None:
+        given = set(values)
+        self.values = given if self.values is None else self.values & given
+        if not self.values:
+            self.empty = True
+
+    def meets(self, low: Any, high: Any) -> bool:
+        """Whether a block whose values lie in [low, high] can hold a match."""
+        if self.empty or self._below(high) or self._above(low):
+            return False
+        if self.values is not None and low is not None and high is not None:
+            return any(
+                low <= v <= high and not self._below(v) and not self._above(v) for v in self.values
+            )
+        return True
+
+    def _below(self, value: Any) -> bool:
+        """Whether `value` lies under the lower bound."""
+        if self.low is None or value is None:
+            return False
+        return bool(value < self.low or (value == self.low and self.low_open))
+
+    def _above(self, value: Any) -> bool:
+        if self.high is None or value is None:
+            return False
+        return bool(value > self.high or (value == self.high and self.high_open))
+
+    def holds(self, value: Any) -> bool:
+        return self.meets(value, value)
+
+
+def _constant(node: exp.Expression) -> bool:
+    return not any(isinstance(n, exp.Column | exp.Select | exp.Subquery) for n in node.walk())
+
+
+class _Evaluator:
+    """Constant expressions, evaluated the way the fake runs the query (DuckDB)."""
+
+    def __init__(self) -> None:
+        self._con = duckdb.connect(":memory:")
+        self._con.execute("SET TimeZone = 'UTC'")
+
+    def value(self, node: exp.Expression) -> Any:
+        sql = sqlglot.transpile(f"SELECT {node.sql('bigquery')}", read="bigquery", write="duckdb")
+        row = self._con.execute(sql[0]).fetchone()
+        return _comparable(row[0] if row else None)
+
+    def values(self, node: exp.Expression) -> list[Any]:
+        if isinstance(node, exp.Unnest):
+            (array,) = node.expressions
+            found = self.value(array)
+            return list(found or [])
+        return [self.value(node)]
+
+
+def _comparable(value: Any) -> Any:
+    # Timestamps are compared as the microseconds the stored rows hold.
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1_000_000)
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+_FLIPPED = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
+
+
+def _conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
+    if where is None:
+        return []
+    node = where.this if isinstance(where, exp.Where) else where
+    return list(node.flatten()) if isinstance(node, exp.And) else [node]
+
+
+def _filters(scope: Scope, alias: str, evaluate: _Evaluator) -> dict[str, _Range]:
+    """Constant filters on one table's own columns in the scope that reads it."""
+    ranges: dict[str, _Range] = {}
+
+    def own(node: exp.Expression) -> str | None:
+        if isinstance(node, exp.Column) and node.table == alias:
+            return node.name
+        return None
+
+    for predicate in _conjuncts(scope.expression.args.get("where")):
+        if isinstance(predicate, exp.Paren):
+            predicate = predicate.unnest()
+        match predicate:
+            case exp.Between():
+                column = own(predicate.this)
+                low, high = predicate.args["low"], predicate.args["high"]
+                if column and _constant(low) and _constant(high):
+                    found = ranges.setdefault(column, _Range())
+                    found.above(evaluate.value(low))
+                    found.below(evaluate.value(high))
+            case exp.In():
+                column = own(predicate.this)
+                options = predicate.args.get("unnest") or None
+                listed = [options] if options is not None else predicate.expressions
+                if column and listed and all(_constant(o) for o in listed):
+                    values = [v for o in listed for v in evaluate.values(o)]
+                    ranges.setdefault(column, _Range()).only(values)
+            case exp.EQ() | exp.GT() | exp.GTE() | exp.LT() | exp.LTE():
+                kind: type[exp.Expression] = type(predicate)
+                left, right = predicate.this, predicate.expression
+                column = own(left)
+                other = right
+                if column is None:
+                    column, other, kind = own(right), left, _FLIPPED[kind]
+                if column is None or not _constant(other):
+                    continue
+                value = evaluate.value(other)
+                found = ranges.setdefault(column, _Range())
+                if kind is exp.EQ:
+                    found.only([value])
+                if kind in (exp.GT, exp.GTE, exp.EQ):
+                    found.above(value, open=kind is exp.GT)
+                if kind in (exp.LT, exp.LTE, exp.EQ):
+                    found.below(value, open=kind is exp.LT)
+    return ranges
+
+
+# -- storage ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Block:
+    rows: list[dict[str, Any]]
+    partition: int | None
+    # Sorted by the clustering columns and indexed; False for write-optimized rows.
+    clustered: bool
+    first: tuple[Any, ...] = ()
+    last: tuple[Any, ...] = ()
+    indexed: dict[str, set[Any]] = dataclasses.field(default_factory=dict)
+
+
+def _sort_key(columns: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    # NULLs first, as BigQuery sorts them ascending.
+    return lambda row: tuple((row[c] is not None, row[c]) for c in columns)
+
+
+def _blocks(
+    rows: Sequence[dict[str, Any]],
+    layout: Layout,
+    *,
+    block_rows: int,
+    recent_since: int | None,
+) -> list[_Block]:
+    partitions: dict[int | None, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = None if layout.partition is None else row[layout.partition] // DAY_MICROS
+        partitions.setdefault(key, []).append(row)
+    blocks = []
+    for partition, members in sorted(partitions.items(), key=lambda kv: (kv[0] is None, kv[0])):
+        recent: list[dict[str, Any]] = []
+        settled: list[dict[str, Any]] = []
+        for row in members:
+            written = row[layout.partition] if layout.partition else None
+            fresh = recent_since is not None and written is not None and written >= recent_since
+            (recent if fresh else settled).append(row)
+        if layout.clustering:
+            settled.sort(key=_sort_key(layout.clustering))
+        for start in range(0, len(settled), block_rows):
+            chunk = settled[start : start + block_rows]
+            blocks.append(
+                _Block(
+                    rows=chunk,
+                    partition=partition,
+                    clustered=True,
+                    first=tuple(chunk[0][c] for c in layout.clustering),
+                    last=tuple(chunk[-1][c] for c in layout.clustering),
+                    indexed={c: {row[c] for row in chunk} for c in layout.search_index},
+                )
+            )
+        if recent:
+            blocks.append(_Block(rows=recent, partition=partition, clustered=False))
+    return blocks
+
+
+class BillingModel:
+    """Bills queries over tables of rows (dicts: TIMESTAMP as µs, JSON as text)."""
+
+    def __init__(
+        self,
+        *,
+        layouts: Mapping[str, Layout],
+        kinds: Mapping[str, Mapping[str, Kind]],
+        block_rows: int = 100_000,
+        row_weight: int = 1,
+        write_optimized_seconds: float = 1800.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.layouts = dict(layouts)
+        self.kinds = {table: dict(k) for table, k in kinds.items()}
+        self.block_rows = block_rows
+        self.row_weight = row_weight
+        self.write_optimized_seconds = write_optimized_seconds
+        # Seconds since the epoch; the bench sets it to the end of the data it made.
+        self.clock = clock
+        self._evaluate = _Evaluator()
+        self._cache: dict[str, tuple[int, list[_Block]]] = {}
+
+    def _now(self) -> float:
+        import time
+
+        return self.clock() if self.clock is not None else time.time()
+
+    def storage(self, table: str, rows: Sequence[dict[str, Any]]) -> list[_Block]:
+        recent_since = int((self._now() - self.write_optimized_seconds) * 1_000_000)
+        cached = self._cache.get(table)
+        # Rows are only ever appended, and the clock only moves on: a layout is
+        # reused while neither the row count nor the recent boundary changed.
+        key = hash((len(rows), recent_since // 1_000_000))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        per_block = max(1, self.block_rows // self.row_weight)
+        found = _blocks(
+            rows, self.layouts.get(table, Layout()), block_rows=per_block, recent_since=recent_since
+        )
+        self._cache[table] = (key, found)
+        return found
+
+    def bill(
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        tables: Callable[[str], Sequence[dict[str, Any]]],
+        schema: Mapping[str, Any],
+    ) -> Bill:
+        """Bytes a query processes and is billed.
+
+        `tables(name)` gives a table's rows; `schema` is sqlglot's nested
+        mapping (project -> dataset -> table -> column -> type) used to expand
+        `*` and resolve unqualified columns.
+        """
+        tree = sqlglot.parse_one(sql, read="bigquery")
+        tree = _substitute(tree, params)
+        tree = qualify(
+            tree, schema=dict(schema), dialect="bigquery", validate_qualify_columns=False
+        )
+        scans: list[tuple[str, int]] = []
+        for scope in traverse_scope(tree):
+            for alias, source in scope.sources.items():
+                if not isinstance(source, exp.Table):
+                    continue
+                table = source.name
+                if table.startswith("INFORMATION_SCHEMA."):
+                    # Metadata views bill the 10 MiB minimum, whatever they read.
+                    scans.append((table, 0))
+                    continue
+                if table not in self.kinds:
+                    continue
+                referenced = _referenced(scope, alias)
+                filters = _filters(scope, alias, self._evaluate)
+                scans.append((table, self._scan(table, tables(table), referenced, filters)))
+        per_table: dict[str, int] = {}
+        for table, scanned in scans:
+            per_table[table] = per_table.get(table, 0) + scanned
+        return Bill(
+            bytes_processed=sum(per_table.values()),
+            bytes_billed=billed(per_table),
+            scans=tuple(scans),
+        )
+
+    def _scan(
+        self,
+        table: str,
+        rows: Sequence[dict[str, Any]],
+        referenced: set[str],
+        filters: Mapping[str, _Range],
+    ) -> int:
+        layout = self.layouts.get(table, Layout())
+        kinds = self.kinds[table]
+        total = 0
+        partition_filter = filters.get(layout.partition) if layout.partition else None
+        for block in self.storage(table, rows):
+            if partition_filter is not None and block.partition is not None:
+                start = block.partition * DAY_MICROS
+                if not partition_filter.meets(start, start + DAY_MICROS - 1):
+                    continue
+            if block.clustered and not self._block_survives(block, layout, filters):
+                continue
+            total += sum(
+                value_size(kinds[column], row[column])
+                for row in block.rows
+                for column in referenced
+            )
+        return total * self.row_weight
+
+    @staticmethod
+    def _block_survives(block: _Block, layout: Layout, filters: Mapping[str, _Range]) -> bool:
+        # A prefix of the clustering columns: the first, then the next while
+        # the block holds a single value of the one before.
+        for depth, column in enumerate(layout.clustering):
+            found = filters.get(column)
+            if found is None:
+                break
+            if not found.meets(block.first[depth], block.last[depth]):
+                return False
+            if block.first[depth] != block.last[depth]:
+                break
+        for column in layout.search_index:
+            found = filters.get(column)
+            if (
+                found is not None
+                and found.values is not None
+                and not (found.values & block.indexed[column])
+            ):
+                return False
+        return True
+
+
+def _referenced(scope: Scope, alias: str) -> set[str]:
+    """Columns of `alias` that the query reads: in its scope, or correlated from below."""
+    names = {c.name for c in scope.columns if c.table == alias}
+    for child in scope.traverse():
+        if child is scope:
+            continue
+        names |= {
+            c.name
+            for c in child.external_columns
+            if c.table == alias and alias not in child.sources
+        }
+    return names
+
+
+def _literal(value: Any) -> exp.Expression:
+    match value:
+        case None:
+            return exp.Null()
+        case bool():
+            return exp.Boolean(this=value)
+        case int() | float():
+            return exp.Literal.number(value)
+        case list() | tuple():
+            return exp.Array(expressions=[_literal(v) for v in value])
+        case _:
+            return exp.Literal.string(str(value))
+
+
+def _substitute(tree: exp.Expression, params: Mapping[str, Any]) -> exp.Expression:
+    """Query parameters become the constants they are to BigQuery's planner."""
+
+    def replace(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Parameter):
+            name = node.name
+            if name in params:
+                return _literal(params[name])
+        return node
+
+    return tree.transform(replace)

@@ -1,0 +1,208 @@
+"""The billing model against the rules in BigQuery's pricing, partitioning,
+clustering and search-index documentation, one worked example each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.records import Kind
+from tests.bigquery.billing import MIB, Bill, BillingModel, Layout, value_size
+
+DAY = 86_400_000_000
+MINUTE = 60_000_000
+T0 = 1_714_176_000_000_000  # 2024-04-27T00:00:00Z
+RANGE = "SELECT n FROM `p.d.events` WHERE ts >= TIMESTAMP_MICROS(@a) AND ts < TIMESTAMP_MICROS(@b)"
+KINDS = {
+    "events": {"ts": Kind.TIMESTAMP, "k": Kind.STRING, "m": Kind.STRING, "n": Kind.INT64},
+    "other": {"ts": Kind.TIMESTAMP, "k": Kind.STRING, "m": Kind.STRING, "n": Kind.INT64},
+}
+SCHEMA = {"p": {"d": {t: {c: k.value for c, k in cols.items()} for t, cols in KINDS.items()}}}
+
+
+def rows(days: int, per_day: int, *, start: int = T0) -> list[dict[str, Any]]:
+    out = []
+    for day in range(days):
+        for i in range(per_day):
+            out.append(
+                {
+                    "ts": start + day * DAY + i * (DAY // per_day),
+                    "k": f"k{(day * per_day + i) % 97:03}",
+                    "m": f"m{day * per_day + i:06}",
+                    "n": i,
+                }
+            )
+    return out
+
+
+def model(layout: Layout, *, now: int, block_rows: int = 100, row_weight: int = 1) -> BillingModel:
+    return BillingModel(
+        layouts={"events": layout, "other": Layout()},
+        kinds=KINDS,
+        block_rows=block_rows,
+        row_weight=row_weight,
+        clock=lambda: now / 1_000_000,
+    )
+
+
+def bill(m: BillingModel, sql: str, data: dict[str, list[dict[str, Any]]], **params: Any) -> Bill:
+    return m.bill(sql, params, lambda t: data.get(t, []), SCHEMA)
+
+
+def scanned(b: Bill) -> int:
+    return sum(n for _, n in b.scans)
+
+
+LONG_AGO = T0 + 400 * DAY  # every row settled long ago: nothing write-optimized
+
+
+def test_value_sizes_follow_the_data_type_table() -> None:
+    # "STRING: 2 logical bytes + the UTF-8 encoded string size"; INT64 and
+    # TIMESTAMP 8; BYTES 2 + bytes; NULL 0 whatever the type.
+    assert value_size(Kind.STRING, "abc") == 5
+    assert value_size(Kind.STRING, "año") == 2 + 4
+    assert value_size(Kind.INT64, 7) == 8
+    assert value_size(Kind.TIMESTAMP, T0) == 8
+    assert value_size(Kind.BYTES, b"\x00\x01") == 4
+    assert value_size(Kind.JSON, '{"a":1}') == 7
+    assert value_size(Kind.STRING, None) == 0
+
+
+def test_referenced_columns_only_whatever_the_limit_and_a_10_mib_minimum() -> None:
+    data = {"events": rows(1, 1000)}
+    m = model(Layout(), now=LONG_AGO)
+    one = bill(m, "SELECT n FROM `p.d.events` LIMIT 1", data)
+    assert one.bytes_processed == 8 * 1000  # LIMIT reads every row of the column
+    assert one.bytes_billed == 10 * MIB
+    both = bill(m, "SELECT n, ts FROM `p.d.events` WHERE k = 'x'", data)
+    assert both.bytes_processed == 1000 * (8 + 8 + 6)  # k is read to filter
+    star = bill(m, "SELECT * FROM `p.d.events`", data)
+    assert star.bytes_processed == 1000 * (8 + 6 + 9 + 8)
+
+
+def test_the_minimum_applies_per_table_and_bills_round_up_to_a_mib() -> None:
+    big = [{"ts": T0, "k": "x" * (MIB - 2), "m": None, "n": 1} for _ in range(11)]
+    m = model(Layout(), now=LONG_AGO)
+    b = bill(m, "SELECT k FROM `p.d.events`", {"events": big})
+    assert b.bytes_processed == 11 * MIB
+    assert b.bytes_billed == 11 * MIB
+    over = bill(m, "SELECT k, n FROM `p.d.events`", {"events": big})
+    assert over.bytes_billed == 12 * MIB  # 11 MiB + 88 bytes rounds up
+    join = bill(
+        m,
+        "SELECT e.n FROM `p.d.events` AS e JOIN `p.d.other` AS o ON e.k = o.k",
+        {"events": rows(1, 10), "other": rows(1, 10)},
+    )
+    assert join.bytes_billed == 20 * MIB
+    assert bill(m, "SELECT 1", {}).bytes_billed == 0
+
+
+def test_partitions_prune_only_on_constant_filters_of_the_partition_column() -> None:
+    data = {"events": rows(10, 100)}
+    m = model(Layout(partition="ts"), now=LONG_AGO)
+    everything = scanned(bill(m, "SELECT n FROM `p.d.events`", data))
+    day = (
+        "SELECT n FROM `p.d.events` WHERE ts >= TIMESTAMP_MICROS(@a) AND ts < TIMESTAMP_MICROS(@b)"
+    )
+    # One day's rows, of n and of ts (a column read to filter is billed too).
+    assert everything == 1000 * 8
+    assert scanned(bill(m, day, data, a=T0 + 3 * DAY, b=T0 + 4 * DAY)) == 100 * 16
+    between = (
+        "SELECT n FROM `p.d.events` WHERE ts BETWEEN TIMESTAMP_MICROS(@a) AND TIMESTAMP_MICROS(@b)"
+    )
+    assert scanned(bill(m, between, data, a=T0 + 3 * DAY, b=T0 + 4 * DAY - 1)) == 100 * 16
+    # A subquery, or a comparison with another column, is not a constant.
+    dynamic = "SELECT n FROM `p.d.events` WHERE ts >= (SELECT MAX(ts) FROM `p.d.other`)"
+    assert max(n for _, n in bill(m, dynamic, {**data, "other": rows(1, 1)}).scans) == 1000 * 16
+    assert scanned(bill(m, "SELECT n FROM `p.d.events` WHERE ts > TIMESTAMP_MICROS(n)", data)) == (
+        1000 * 16
+    )
+
+
+def test_clustering_prunes_on_a_prefix_only() -> None:
+    data = {"events": rows(1, 1000)}
+    m = model(Layout(partition="ts", clustering=("k", "m")), now=LONG_AGO, block_rows=100)
+    full = scanned(bill(m, "SELECT n FROM `p.d.events`", data))
+    by_first = scanned(bill(m, "SELECT n FROM `p.d.events` WHERE k = @k", data, k="k005"))
+    by_second = scanned(bill(m, "SELECT n FROM `p.d.events` WHERE m = @mid", data, mid="m000005"))
+    # k005 holds ~10 rows, all in one block of 100 sorted by k.
+    assert by_first <= 2 * 100 * (8 + 6)
+    assert by_second == full + 1000 * 9  # m is read too, and nothing is pruned
+
+
+def test_time_clustering_prunes_inside_a_day() -> None:
+    data = {"events": rows(1, 1000)}
+    m = model(Layout(partition="ts", clustering=("ts",)), now=LONG_AGO, block_rows=100)
+    hour = (
+        "SELECT n FROM `p.d.events` WHERE ts >= TIMESTAMP_MICROS(@a) AND ts < TIMESTAMP_MICROS(@b)"
+    )
+    # One hour of a day is ~42 rows: one block, or two where it straddles one.
+    assert scanned(bill(m, hour, data, a=T0 + 60 * MINUTE, b=T0 + 120 * MINUTE)) <= 2 * 100 * 16
+
+
+def test_search_index_prunes_indexed_blocks_but_reads_rows_not_yet_indexed() -> None:
+    data = {"events": rows(2, 1000)}
+    layout = Layout(partition="ts", clustering=("ts",), search_index=frozenset({"m"}))
+    settled = model(layout, now=LONG_AGO, block_rows=100)
+    lookup = "SELECT n FROM `p.d.events` WHERE m IN UNNEST(@ids)"
+    assert scanned(bill(settled, lookup, data, ids=["m000005", "m001500"])) == 2 * 100 * (9 + 8)
+    # The last 30 minutes are write-optimized: one unclustered, unindexed
+    # block, read by every query that reaches its partition.
+    now = T0 + 2 * DAY
+    fresh = model(layout, now=now, block_rows=100)
+    recent = [r for r in data["events"] if r["ts"] >= now - 30 * MINUTE]
+    assert len(recent) == 20
+    assert scanned(bill(fresh, lookup, data, ids=["m000005"])) == 100 * 17 + len(recent) * 17
+    not_indexed = model(Layout(partition="ts", clustering=("ts",)), now=LONG_AGO, block_rows=100)
+    assert scanned(bill(not_indexed, lookup, data, ids=["m000005"])) == 2000 * 17
+
+
+def test_row_weight_scales_bytes_and_block_sizes() -> None:
+    data = {"events": rows(1, 1000)}
+    layout = Layout(partition="ts", clustering=("ts",))
+    plain = model(layout, now=LONG_AGO, block_rows=100)
+    weighted = model(layout, now=LONG_AGO, block_rows=100 * 10, row_weight=10)
+    query = "SELECT n FROM `p.d.events` WHERE ts < TIMESTAMP_MICROS(@b)"
+    assert scanned(bill(weighted, query, data, b=T0 + 1)) == 10 * scanned(
+        bill(plain, query, data, b=T0 + 1)
+    )
+
+
+def test_a_self_join_reads_the_table_once_per_reference() -> None:
+    data = {"events": rows(1, 100)}
+    m = model(Layout(), now=LONG_AGO)
+    b = bill(
+        m,
+        "SELECT a.n FROM `p.d.events` AS a WHERE NOT EXISTS "
+        "(SELECT 1 FROM `p.d.events` AS b WHERE b.m = a.m AND b.ts < a.ts)",
+        data,
+    )
+    # a: n, and m and ts read by the correlated condition; b: m and ts.
+    assert sorted(n for _, n in b.scans) == [100 * (9 + 8), 100 * (8 + 9 + 8)]
+    assert b.bytes_billed == 10 * MIB
+
+
+@pytest.mark.parametrize("limit", [10 * MIB - 1, 10 * MIB])
+def test_maximum_bytes_billed_through_the_real_client(jobs_fake: Any, limit: int) -> None:
+    from google.api_core.exceptions import BadRequest
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    client = bigquery.Client(
+        project="fake-project",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": jobs_fake.endpoint},
+        default_job_creation_mode="JOB_CREATION_OPTIONAL",
+    )
+    config = bigquery.QueryJobConfig(maximum_bytes_billed=limit)
+    sql = "SELECT message_id FROM `fake-project.recordline.records`"
+    if limit < 10 * MIB:
+        with pytest.raises(BadRequest) as refused:
+            client.query_and_wait(sql, job_config=config)
+        assert refused.value.errors[0]["reason"] == "bytesBilledLimitExceeded"
+        assert "10485760 or higher required" in refused.value.message
+    else:
+        rows = client.query_and_wait(sql, job_config=config)
+        assert rows.total_bytes_processed == 0
+    assert jobs_fake.queries[-1].bill.bytes_billed == 10 * MIB
