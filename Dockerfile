@@ -3,12 +3,18 @@
 # Base images are pinned by digest so a rebuild of the same commit uses the same bytes;
 # bump the tag and the digest together. Python 3.11 is the version CI tests and types
 # against (pyproject.toml: requires-python, ruff and mypy targets).
-FROM ghcr.io/astral-sh/uv:0.13.0@sha256:cdc6093146eb3ff6a40107b38f008b789e050e77ad87865e381d9917da55a168 AS uv
 
 # --- build: resolve exactly what uv.lock says into /opt/venv ------------------------
 FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
 
-COPY --from=uv /uv /usr/local/bin/uv
+# The uv dev.py and CI use (UV_VERSION in dev.py; a test keeps the three equal), from
+# PyPI with the hashes of its x86_64 and aarch64 wheels, so the image resolves uv.lock
+# with the same resolver the tests ran under.
+RUN printf '%s\n' 'uv==0.13.9 \
+      --hash=sha256:d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19 \
+      --hash=sha256:5435c5ce14a56431208ca0996416d310f1598e8c2c8ba707688985a16bb82dbe' \
+      > /tmp/uv-requirements.txt \
+    && python -m pip install --no-cache-dir --require-hashes -r /tmp/uv-requirements.txt
 
 # Bytecode is compiled once here rather than on every cold start; the venv is copied
 # to the runtime stage, so uv must copy files instead of hard-linking from its cache.

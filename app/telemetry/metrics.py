@@ -25,7 +25,7 @@ log = logging.getLogger("recordline.ingest")
 
 # Latencies from a DuckDB append (~4 ms) to a BigQuery query near its 10 s
 # timeout, and Cloud Run's 30 s ceiling on a slow request.
-SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30)
 # Freshness also has to show a backlog draining after an outage, which is
 # measured in minutes: the lag buckets go on to an hour.
 LAG_SECONDS = (*SECONDS, 60, 120, 300, 600, 1800, 3600)

@@ -92,3 +92,36 @@ resource "google_monitoring_alert_policy" "server_errors" {
     content   = "Pushes answered 503 are redelivered, so a short burst loses nothing; a sustained one fills the subscription backlog. Check `/readyz` and the service logs."
   }
 }
+
+# What reads cost. Each query is capped by query_max_bytes_billed; this catches many
+# queries that each stay under the cap. Alert conditions accept alignment periods up
+# to 25 h, so one aligned point is the bytes billed over the last 24 h (a sliding
+# day, evaluated continuously), summed over routes and instances.
+resource "google_monitoring_alert_policy" "query_bytes_billed" {
+  project               = var.project_id
+  display_name          = "${var.service_name} (${var.environment}): queries billed over ${format("%g", var.query_bytes_billed_daily_budget / 1073741824)} GiB in 24 h"
+  combiner              = "OR"
+  notification_channels = var.notification_channels
+
+  conditions {
+    display_name = "recordline.query.bytes_billed over 24 h > ${var.query_bytes_billed_daily_budget} bytes"
+    condition_threshold {
+      filter          = local.workload_metric["query.bytes_billed"]
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.query_bytes_billed_daily_budget
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "86400s"
+        per_series_aligner   = "ALIGN_DELTA"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "BigQuery bytes billed by ${var.service_name}'s reads passed the daily budget. The dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query."
+  }
+
+  depends_on = [google_monitoring_metric_descriptor.workload]
+}

@@ -23,13 +23,17 @@ resource "google_bigquery_table" "records" {
   schema              = file("${path.module}/schemas/records.json")
   deletion_protection = true
 
-  # Reads page through ingest_time (the `since` axis), so partitions prune them; the
-  # by-id lookup and read-side de-duplication filter on id and message_id.
+  # Reads page through ingest_time (the `since` axis): partitions prune a page to its
+  # days, and clustering on ingest_time prunes it to the blocks inside the day. Lookups
+  # by id and message_id use the search index below instead of clustering. Changing
+  # clustering is an in-place update in provider 6.x (the schema does not mark it as
+  # forcing a new table); BigQuery clusters rows written from then on.
   time_partitioning {
-    type  = "DAY"
-    field = "ingest_time"
+    type          = "DAY"
+    field         = "ingest_time"
+    expiration_ms = local.partition_expiration_ms
   }
-  clustering = ["id", "message_id"]
+  clustering = ["ingest_time"]
 }
 
 resource "google_bigquery_table" "rejected" {
@@ -41,12 +45,46 @@ resource "google_bigquery_table" "rejected" {
   schema              = file("${path.module}/schemas/rejected.json")
   deletion_protection = true
 
+  # As for records: pages by ingest_time, lookups by message_id through the index.
   time_partitioning {
-    type  = "DAY"
-    field = "ingest_time"
+    type          = "DAY"
+    field         = "ingest_time"
+    expiration_ms = local.partition_expiration_ms
   }
-  # No `id` here: an invalid payload may not have one.
-  clustering = ["message_id"]
+  clustering = ["ingest_time"]
+}
+
+# Search indexes on the lookup keys. The provider has no search-index resource, so each
+# is a DDL query job; its id is derived from the statement, so a changed statement runs
+# as a new job and an unchanged one is never run again (a job id is used once per
+# project). IF NOT EXISTS makes a re-run harmless, for instance once BigQuery has
+# forgotten the job after its 180 days of history and Terraform creates it anew.
+#
+# A lookup by id or message_id (`=` or IN) then reads only the blocks that hold the
+# key instead of every block of the partitions it spans; rows written since the last
+# indexing are searched without the index, so no row is missed. NO_OP_ANALYZER
+# indexes each value whole: ids are matched exactly, never as text.
+locals {
+  search_indexes = {
+    records_keys  = "CREATE SEARCH INDEX IF NOT EXISTS records_keys ON `${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.records.table_id}`(id, message_id) OPTIONS (analyzer = 'NO_OP_ANALYZER')"
+    rejected_keys = "CREATE SEARCH INDEX IF NOT EXISTS rejected_keys ON `${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.rejected.table_id}`(message_id) OPTIONS (analyzer = 'NO_OP_ANALYZER')"
+  }
+}
+
+resource "google_bigquery_job" "search_index" {
+  for_each = local.search_indexes
+
+  project  = var.project_id
+  location = google_bigquery_dataset.recordline.location
+  job_id   = "${var.service_name}_${each.key}_${substr(sha256(each.value), 0, 16)}"
+
+  query {
+    query          = each.value
+    use_legacy_sql = false
+    # DDL takes no dispositions; the provider's defaults would be refused.
+    create_disposition = ""
+    write_disposition  = ""
+  }
 }
 
 # Written by the BigQuery subscription on the dead-letter topic (write_metadata), so

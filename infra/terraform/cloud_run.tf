@@ -7,10 +7,10 @@ resource "google_cloud_run_v2_service" "recordline" {
   deletion_protection = true
 
   # Tokens are checked by Cloud Run (run.invoker) before the request reaches the
-  # service, which checks them again. Both audiences are fixed strings the callers
-  # and the service agree on, so nothing here depends on the service's own URL.
+  # service, which checks them again. Both audiences are derived from the service's
+  # deterministic URL (locals.tf), one pair per environment, known before it exists.
   invoker_iam_disabled = false
-  custom_audiences     = [var.push_audience, var.read_audience]
+  custom_audiences     = [local.push_audience, local.read_audience]
 
   template {
     service_account                  = google_service_account.runtime.email
@@ -83,17 +83,25 @@ resource "google_cloud_run_v2_service" "recordline" {
   }
 
   lifecycle {
-    # Deploys own the image (.github/workflows/deploy.yml); Terraform owns the rest.
+    # Deploys own the image (.github/workflows/deploy-environment.yml) and what
+    # `gcloud run deploy` writes with it: template annotations and labels, the revision
+    # name, client and client_version. Reverting them would make every infra apply
+    # after a deploy create a new revision. Terraform owns the rest.
     ignore_changes = [
       template[0].containers[0].image,
+      template[0].annotations,
+      template[0].labels,
+      template[0].revision,
       client,
       client_version,
     ]
   }
 
+  # Cloud Run checks the runtime account's access to the secret when it creates the
+  # revision; the grant has to have propagated by then (time_sleep.iam_propagation).
   depends_on = [
     google_project_service.enabled,
-    google_secret_manager_secret_iam_member.runtime_reads_page_token,
     google_secret_manager_secret_version.page_token,
+    time_sleep.iam_propagation,
   ]
 }

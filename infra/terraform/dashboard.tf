@@ -1,13 +1,11 @@
 locals {
-  workload = "workload.googleapis.com/recordline"
-
   # One chart per seed metric; each data set is [legend, filter, aligner, reducer, group_by].
   dashboard_charts = [
     {
       title = "Ingest lag, publish to stored (s)"
       sets = [
         for p in ["50", "95", "99"] :
-        ["p${p}", "metric.type=\"${local.workload}.ingest.lag\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
+        ["p${p}", local.workload_metric["ingest.lag"], "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
       ]
     },
     {
@@ -20,27 +18,33 @@ locals {
     {
       title = "Query time by route, p95 (s)"
       sets = [
-        ["$${metric.labels.route}", "metric.type=\"${local.workload}.query.duration\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", ["metric.label.\"route\""]],
+        ["$${metric.labels.route}", local.workload_metric["query.duration"], "ALIGN_DELTA", "REDUCE_PERCENTILE_95", ["metric.label.\"route\""]],
+      ]
+    },
+    {
+      title = "BigQuery bytes billed by route (per s)"
+      sets = [
+        ["$${metric.labels.route}", local.workload_metric["query.bytes_billed"], "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"route\""]],
       ]
     },
     {
       title = "Messages by outcome (per s)"
       sets = [
-        ["$${metric.labels.outcome}", "metric.type=\"${local.workload}.messages\"", "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"outcome\""]],
+        ["$${metric.labels.outcome}", local.workload_metric["messages"], "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"outcome\""]],
       ]
     },
     {
       title = "Rows per append"
       sets = [
         for p in ["50", "95"] :
-        ["p${p}", "metric.type=\"${local.workload}.append.rows\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
+        ["p${p}", local.workload_metric["append.rows"], "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
       ]
     },
     {
       title = "Append duration (s)"
       sets = [
         for p in ["50", "95", "99"] :
-        ["p${p}", "metric.type=\"${local.workload}.append.duration\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
+        ["p${p}", local.workload_metric["append.duration"], "ALIGN_DELTA", "REDUCE_PERCENTILE_${p}", []]
       ]
     },
     {
@@ -52,13 +56,13 @@ locals {
     {
       title = "Rejected and retried messages (per s)"
       sets = [
-        ["$${metric.labels.outcome} $${metric.labels.reason}", "metric.type=\"${local.workload}.messages\" metric.label.\"outcome\"!=\"stored\"", "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"outcome\"", "metric.label.\"reason\""]],
+        ["$${metric.labels.outcome} $${metric.labels.reason}", "${local.workload_metric["messages"]} metric.label.\"outcome\"!=\"stored\"", "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"outcome\"", "metric.label.\"reason\""]],
       ]
     },
     {
       title = "Rows waiting in the batcher queue"
       sets = [
-        ["rows", "metric.type=\"${local.workload}.queue.depth\"", "ALIGN_MAX", "REDUCE_SUM", []],
+        ["rows", local.workload_metric["queue.depth"], "ALIGN_MAX", "REDUCE_SUM", []],
       ]
     },
     {
@@ -71,6 +75,17 @@ locals {
   ]
 }
 
+locals {
+  # Two tiles a row, 6 columns wide and 4 high. The API drops a position of 0 from the
+  # stored JSON (it is the default), so writing one would show as a change on every
+  # plan: only the non-zero ones are set.
+  dashboard_tile_positions = [
+    for i in range(length(local.dashboard_charts)) : {
+      for axis, at in { xPos = (i % 2) * 6, yPos = floor(i / 2) * 4 } : axis => at if at != 0
+    }
+  ]
+}
+
 resource "google_monitoring_dashboard" "recordline" {
   project = var.project_id
 
@@ -79,34 +94,34 @@ resource "google_monitoring_dashboard" "recordline" {
     mosaicLayout = {
       columns = 12
       tiles = [
-        for i, chart in local.dashboard_charts : {
-          xPos   = (i % 2) * 6
-          yPos   = floor(i / 2) * 4
-          width  = 6
-          height = 4
-          widget = {
-            title = chart.title
-            xyChart = {
-              dataSets = [
-                for s in chart.sets : {
-                  plotType       = "LINE"
-                  legendTemplate = s[0]
-                  timeSeriesQuery = {
-                    timeSeriesFilter = {
-                      filter = s[1]
-                      aggregation = {
-                        alignmentPeriod    = "60s"
-                        perSeriesAligner   = s[2]
-                        crossSeriesReducer = s[3]
-                        groupByFields      = s[4]
+        for i, chart in local.dashboard_charts : merge(
+          local.dashboard_tile_positions[i],
+          {
+            width  = 6
+            height = 4
+            widget = {
+              title = chart.title
+              xyChart = {
+                dataSets = [
+                  for s in chart.sets : {
+                    plotType       = "LINE"
+                    legendTemplate = s[0]
+                    timeSeriesQuery = {
+                      timeSeriesFilter = {
+                        filter = s[1]
+                        aggregation = {
+                          alignmentPeriod    = "60s"
+                          perSeriesAligner   = s[2]
+                          crossSeriesReducer = s[3]
+                          groupByFields      = s[4]
+                        }
                       }
                     }
                   }
-                }
-              ]
+                ]
+              }
             }
-          }
-        }
+        })
       ]
     }
   })

@@ -20,22 +20,23 @@ resource "google_iam_workload_identity_pool_provider" "github" {
     issuer_uri = "https://token.actions.githubusercontent.com"
   }
 
+  # Only what the bindings and the condition use: the bindings name google.subject,
+  # the condition reads the token's claims directly. A mapping of a claim some tokens
+  # lack (assertion.environment, absent from pull-request tokens) is an error for them.
   attribute_mapping = {
-    "google.subject"        = "assertion.sub"
-    "attribute.repository"  = "assertion.repository"
-    "attribute.ref"         = "assertion.ref"
-    "attribute.environment" = "assertion.environment"
+    "google.subject" = "assertion.sub"
   }
 
   # Any GitHub repository can present a token from this issuer. This provider accepts
-  # only this repository's, and only the subjects bound below: pull requests (plans),
-  # and the deploy and apply environments when the run comes from the deploy branch.
-  # The repository is spelled out rather than taken from a local so policy checks can
-  # read the condition without evaluating the configuration.
+  # only this repository's, and only the subjects bound below: pull requests and the
+  # deploy branch itself (plans), and the deploy and apply environments when the run
+  # comes from the deploy branch. The repository is spelled out rather than taken from
+  # a local so policy checks can read the condition without evaluating the configuration.
   attribute_condition = <<-EOT
     assertion.repository == '${var.github_owner}/${var.github_repo}' && (
       assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:pull_request' || (
         assertion.ref == 'refs/heads/${var.github_deploy_branch}' && assertion.sub in [
+          'repo:${var.github_owner}/${var.github_repo}:ref:refs/heads/${var.github_deploy_branch}',
           'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}',
           'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}'
         ]
@@ -62,11 +63,22 @@ locals {
       account = google_service_account.terraform_apply.name
       subject = "${local.github_principal}:environment:terraform-${var.environment}"
     }
-    terraform_plan = {
-      account = google_service_account.terraform_plan.name
-      subject = "${local.github_principal}:pull_request"
-    }
   }
+
+  # terraform.yml plans on pull requests, and on the deploy branch before each gated
+  # apply (the plan the reviewer approves): read-only, outside any environment.
+  github_plan_subjects = toset([
+    "${local.github_principal}:pull_request",
+    "${local.github_principal}:ref:refs/heads/${var.github_deploy_branch}",
+  ])
+}
+
+resource "google_service_account_iam_member" "github_plans" {
+  for_each = local.github_plan_subjects
+
+  service_account_id = google_service_account.terraform_plan.name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = each.value
 }
 
 resource "google_service_account_iam_member" "github_workload_identity" {

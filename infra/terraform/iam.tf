@@ -20,6 +20,9 @@ resource "google_project_iam_member" "runtime" {
   project = var.project_id
   role    = each.value
   member  = google_service_account.runtime.member
+
+  # Project IAM goes through cloudresourcemanager.googleapis.com, enabled in the same apply.
+  depends_on = [google_project_service.enabled]
 }
 
 # --- who may call the service ---------------------------------------------------
@@ -98,6 +101,7 @@ resource "google_project_iam_member" "terraform_plan" {
   for_each = toset([
     "roles/artifactregistry.reader",
     "roles/bigquery.metadataViewer",
+    "roles/bigquery.resourceViewer", # the search-index DDL jobs (bigquery.tf), refreshed on plan
     "roles/browser",
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
@@ -112,6 +116,8 @@ resource "google_project_iam_member" "terraform_plan" {
   project = var.project_id
   role    = each.value
   member  = google_service_account.terraform_plan.member
+
+  depends_on = [google_project_service.enabled]
 }
 
 resource "google_storage_bucket_iam_member" "terraform_plan_reads_state" {
@@ -127,6 +133,8 @@ resource "google_project_iam_member" "terraform_apply" {
   project = var.project_id
   role    = each.value
   member  = google_service_account.terraform_apply.member
+
+  depends_on = [google_project_service.enabled]
 }
 
 # Creating the Cloud Run service and the authenticated push subscription means acting

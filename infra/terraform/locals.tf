@@ -20,13 +20,27 @@ locals {
     [google_service_account.smoke.email],
   )))
 
-  service_env = merge(var.extra_env, {
+  # Partition expiry of records and rejected; null keeps partitions forever.
+  partition_expiration_ms = var.retention_days > 0 ? var.retention_days * 86400000 : null
+
+  # Cloud Run's deterministic URL, known before the service exists. Audiences derived
+  # from it carry the project number, so each environment has its own: a token minted
+  # for dev is refused by prod.
+  service_url   = "https://${var.service_name}-${data.google_project.this.number}.${var.region}.run.app"
+  push_audience = var.push_audience != "" ? var.push_audience : "${local.service_url}/pubsub/push"
+  read_audience = var.read_audience != "" ? var.read_audience : "${local.service_url}/v1"
+
+  # Set only when rows expire, so the service hears of it exactly when BigQuery drops them.
+  retention_env = var.retention_days > 0 ? { RECORDLINE_RETENTION_DAYS = tostring(var.retention_days) } : {}
+
+  service_env = merge(var.extra_env, local.retention_env, {
     RECORDLINE_STORE                  = "bigquery://${var.project_id}/${google_bigquery_dataset.recordline.dataset_id}"
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
-    RECORDLINE_PUSH_AUDIENCE          = var.push_audience
+    RECORDLINE_PUSH_AUDIENCE          = local.push_audience
     RECORDLINE_PUSH_SERVICE_ACCOUNTS  = google_service_account.push.email
-    RECORDLINE_READ_AUDIENCE          = var.read_audience
+    RECORDLINE_READ_AUDIENCE          = local.read_audience
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
+    RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)
     # Cloud Run's invoker check (cloud_run.tf: invoker_iam_disabled = false)
     # verifies each token and replaces its signature before the request reaches
     # the container; the service then checks the claims (audience, sender, expiry).

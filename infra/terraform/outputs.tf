@@ -43,9 +43,9 @@ output "github_environment_variables" {
     ARTIFACT_REPOSITORY            = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
     CLOUD_RUN_SERVICE              = google_cloud_run_v2_service.recordline.name
     PUSH_SERVICE_ACCOUNT           = google_service_account.push.email
-    PUSH_AUDIENCE                  = var.push_audience
+    PUSH_AUDIENCE                  = local.push_audience
     SMOKE_SERVICE_ACCOUNT          = google_service_account.smoke.email
-    READ_AUDIENCE                  = var.read_audience
+    READ_AUDIENCE                  = local.read_audience
   }
 }
 

@@ -30,7 +30,7 @@ resource "google_pubsub_subscription" "push" {
     # the account holds run.invoker.
     oidc_token {
       service_account_email = google_service_account.push.email
-      audience              = var.push_audience
+      audience              = local.push_audience
     }
   }
 
@@ -74,10 +74,23 @@ resource "google_pubsub_subscription" "dead_letter_to_bigquery" {
     ttl = ""
   }
 
-  depends_on = [google_bigquery_table_iam_member.pubsub_writes_dead_letters]
+  # Pub/Sub checks the agent's access to the table when the subscription is created.
+  depends_on = [time_sleep.iam_propagation]
 }
 
 # --- what the Pub/Sub service agent needs ----------------------------------------
+
+# Google creates the Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub) when
+# pubsub.googleapis.com is enabled, but not at once: a grant to it made right after
+# the enabling fails with "Service account ... does not exist". The pause is taken
+# once, on the apply that enables the API.
+resource "time_sleep" "pubsub_service_agent" {
+  create_duration = "60s"
+
+  triggers = {
+    pubsub = google_project_service.enabled["pubsub.googleapis.com"].id
+  }
+}
 
 # To forward messages to the dead-letter topic...
 resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
@@ -85,6 +98,8 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   topic   = google_pubsub_topic.dead_letter.name
   role    = "roles/pubsub.publisher"
   member  = local.pubsub_service_agent
+
+  depends_on = [time_sleep.pubsub_service_agent]
 }
 
 # ...and to acknowledge them on the source subscription once forwarded.
@@ -93,6 +108,8 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   subscription = google_pubsub_subscription.push.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
+
+  depends_on = [time_sleep.pubsub_service_agent]
 }
 
 # To mint the push OIDC token as the push account.
@@ -100,6 +117,8 @@ resource "google_service_account_iam_member" "pubsub_mints_push_token" {
   service_account_id = google_service_account.push.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.pubsub_service_agent
+
+  depends_on = [time_sleep.pubsub_service_agent]
 }
 
 # To write dead letters through the BigQuery subscription: this table only.
@@ -109,4 +128,6 @@ resource "google_bigquery_table_iam_member" "pubsub_writes_dead_letters" {
   table_id   = google_bigquery_table.dead_letters.table_id
   role       = "roles/bigquery.dataEditor"
   member     = local.pubsub_service_agent
+
+  depends_on = [time_sleep.pubsub_service_agent]
 }

@@ -28,3 +28,17 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_page_token" {
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.runtime.member
 }
+
+# Two resources are checked against a grant the moment they are created, and neither
+# retries: the dead-letter BigQuery subscription (the Pub/Sub agent's access to the
+# table) and the Cloud Run revision (the runtime account's access to the secret). IAM
+# changes take up to about a minute to propagate, so both wait this long after their
+# grants; a grant made anew (its id changes) waits again.
+resource "time_sleep" "iam_propagation" {
+  create_duration = "60s"
+
+  triggers = {
+    dead_letters = google_bigquery_table_iam_member.pubsub_writes_dead_letters.id
+    page_token   = google_secret_manager_secret_iam_member.runtime_reads_page_token.id
+  }
+}

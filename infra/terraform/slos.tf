@@ -1,10 +1,9 @@
 # Service level objectives and their burn-rate alerts.
 #
 # Cloud Run's own metrics (run.googleapis.com/*) describe every request the service
-# answered; the application's OpenTelemetry metrics arrive as workload.googleapis.com/*.
-# The workload filters name the metric only: each environment has its own project, and
-# the exporter picks the monitored-resource type from the runtime, so naming one here
-# would tie the SLO to an exporter detail.
+# answered; the application's OpenTelemetry metrics arrive as workload.googleapis.com/*,
+# on the generic_task resource, and are declared in metrics.tf: an SLO on a metric
+# Cloud Monitoring does not know yet is refused.
 
 locals {
   cloud_run_requests = join(" ", [
@@ -14,7 +13,9 @@ locals {
 
   request_count     = "metric.type=\"run.googleapis.com/request_count\" ${local.cloud_run_requests}"
   request_latencies = "metric.type=\"run.googleapis.com/request_latencies\" ${local.cloud_run_requests}"
-  ingest_lag        = "metric.type=\"workload.googleapis.com/recordline.ingest.lag\""
+
+  # The read routes (app/telemetry/store.py labels each query with the route it serves).
+  read_query_duration = "${local.workload_metric["query.duration"]} metric.label.\"route\"=starts_with(\"/v1/\")"
 
   # Alert when the error budget burns fast enough to be gone in ~2 days (14.4x over the
   # last hour: page-worthy) or in ~5 days (6x over six hours: a slower leak).
@@ -54,21 +55,24 @@ resource "google_monitoring_slo" "read_latency" {
   project             = var.project_id
   service             = google_monitoring_custom_service.recordline.service_id
   slo_id              = "read-latency"
-  display_name        = "${format("%g", var.read_latency_goal * 100)}% of requests answered within ${var.read_latency_threshold_ms} ms"
+  display_name        = "${format("%g", var.read_latency_goal * 100)}% of read queries answered within ${var.read_latency_threshold_seconds} s"
   goal                = var.read_latency_goal
   rolling_period_days = var.slo_rolling_period_days
 
-  # Cloud Run's latency is what the caller sees, cold starts included. It has no route
-  # label, so pushes count too; they are answered when their append commits, normally
-  # well inside the bound, so they do not hide slow reads.
+  # The service's own query duration, by route. Cloud Run's request_latencies has no
+  # route: it counts every push too, and pushes outnumber reads by orders of magnitude,
+  # so slow reads would never spend the budget. The threshold is a bucket boundary of
+  # recordline.query.duration (variables.tf), so the cut is exact.
   request_based_sli {
     distribution_cut {
-      distribution_filter = local.request_latencies
+      distribution_filter = local.read_query_duration
       range {
-        max = var.read_latency_threshold_ms
+        max = var.read_latency_threshold_seconds
       }
     }
   }
+
+  depends_on = [google_monitoring_metric_descriptor.workload]
 }
 
 resource "google_monitoring_slo" "freshness" {
@@ -83,12 +87,14 @@ resource "google_monitoring_slo" "freshness" {
   # The threshold must be a bucket boundary of that histogram to be counted exactly.
   request_based_sli {
     distribution_cut {
-      distribution_filter = local.ingest_lag
+      distribution_filter = local.workload_metric["ingest.lag"]
       range {
         max = var.freshness_threshold_seconds
       }
     }
   }
+
+  depends_on = [google_monitoring_metric_descriptor.workload]
 }
 
 locals {

@@ -130,17 +130,32 @@ variable "ack_deadline_margin_seconds" {
 variable "push_audience" {
   type        = string
   description = <<-EOT
-    Audience of the OIDC token Pub/Sub attaches to each push. A fixed string rather
-    than the service URL: the URL only exists after the service does, and the service
-    must know the audience. It is registered as a Cloud Run custom audience.
+    Audience of the OIDC token Pub/Sub attaches to each push, registered as a Cloud Run
+    custom audience. Empty: the push endpoint's URL, https://SERVICE-PROJECT_NUMBER.
+    REGION.run.app/pubsub/push, which is known before the service exists and differs
+    per environment, so a token minted for one environment is refused by the other.
   EOT
-  default     = "recordline-push"
+  default     = ""
+
+  validation {
+    condition     = var.push_audience == "" || startswith(var.push_audience, "https://")
+    error_message = "push_audience must be a full https:// URL (or empty for the push endpoint's URL)."
+  }
 }
 
 variable "read_audience" {
   type        = string
-  description = "Audience readers put in their ID tokens (RECORDLINE_READ_AUDIENCE); registered as a Cloud Run custom audience."
-  default     = "recordline-read"
+  description = <<-EOT
+    Audience readers put in their ID tokens (RECORDLINE_READ_AUDIENCE), registered as a
+    Cloud Run custom audience. Empty: https://SERVICE-PROJECT_NUMBER.REGION.run.app/v1,
+    one per environment.
+  EOT
+  default     = ""
+
+  validation {
+    condition     = var.read_audience == "" || startswith(var.read_audience, "https://")
+    error_message = "read_audience must be a full https:// URL (or empty for the service's /v1 URL)."
+  }
 }
 
 variable "readers" {
@@ -211,6 +226,46 @@ variable "dataset_location" {
   default     = "EU"
 }
 
+variable "retention_days" {
+  type        = number
+  description = <<-EOT
+    Days a partition of records and rejected is kept (time_partitioning.expiration_ms)
+    and RECORDLINE_RETENTION_DAYS, so reads do not promise rows BigQuery has dropped.
+    0 keeps rows forever.
+  EOT
+  default     = 0
+
+  validation {
+    condition     = var.retention_days >= 0 && floor(var.retention_days) == var.retention_days
+    error_message = "retention_days must be a whole number of days, 0 or more (0 keeps rows forever)."
+  }
+}
+
+variable "query_max_bytes_billed" {
+  type        = number
+  description = <<-EOT
+    RECORDLINE_QUERY_MAX_BYTES_BILLED: BigQuery refuses a read query that would bill more
+    than this, and the service answers 503 instead of paying for it. 2 GiB by default.
+  EOT
+  default     = 2147483648
+
+  validation {
+    condition     = var.query_max_bytes_billed > 0
+    error_message = "query_max_bytes_billed must be greater than 0."
+  }
+}
+
+variable "query_bytes_billed_daily_budget" {
+  type        = number
+  description = "Alert when the service's queries bill more than this many bytes in a day (recordline.query.bytes_billed). 1 TiB by default."
+  default     = 1099511627776
+
+  validation {
+    condition     = var.query_bytes_billed_daily_budget > 0
+    error_message = "query_bytes_billed_daily_budget must be greater than 0."
+  }
+}
+
 # --- images --------------------------------------------------------------------
 
 variable "artifact_repository_id" {
@@ -279,8 +334,19 @@ variable "terraform_apply_roles" {
 
 variable "notification_channels" {
   type        = list(string)
-  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to."
+  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to; prod needs at least one (infra/README.md)."
   default     = []
+
+  # An alert without a channel opens an incident nobody hears of.
+  validation {
+    condition     = var.environment != "prod" || length(var.notification_channels) > 0
+    error_message = "prod needs at least one notification channel: create one and list its id in env/prod.tfvars (see infra/README.md)."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
+    error_message = "Each notification channel must be projects/PROJECT/notificationChannels/ID."
+  }
 }
 
 variable "availability_goal" {
@@ -291,14 +357,21 @@ variable "availability_goal" {
 
 variable "read_latency_goal" {
   type        = number
-  description = "Share of requests that must be answered within read_latency_threshold_ms."
+  description = "Share of read queries that must finish within read_latency_threshold_seconds."
   default     = 0.95
 }
 
-variable "read_latency_threshold_ms" {
+variable "read_latency_threshold_seconds" {
   type        = number
-  description = "Latency bound of the latency SLO, in milliseconds."
-  default     = 300
+  description = "Bound of the read-latency SLO on recordline.query.duration, in seconds; a bucket boundary of that histogram."
+  default     = 0.3
+
+  # SECONDS in app/telemetry/metrics.py: a threshold between two boundaries could not
+  # be counted exactly (a test keeps this list equal to the app's).
+  validation {
+    condition     = contains([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30], var.read_latency_threshold_seconds)
+    error_message = "read_latency_threshold_seconds must be a bucket boundary of recordline.query.duration (SECONDS in app/telemetry/metrics.py)."
+  }
 }
 
 variable "freshness_goal" {
@@ -311,6 +384,12 @@ variable "freshness_threshold_seconds" {
   type        = number
   description = "Publish-to-stored bound of the freshness SLO, in seconds (a bucket boundary of recordline.ingest.lag)."
   default     = 5
+
+  # LAG_SECONDS in app/telemetry/metrics.py (a test keeps this list equal to the app's).
+  validation {
+    condition     = contains([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600], var.freshness_threshold_seconds)
+    error_message = "freshness_threshold_seconds must be a bucket boundary of recordline.ingest.lag (LAG_SECONDS in app/telemetry/metrics.py)."
+  }
 }
 
 variable "slo_rolling_period_days" {

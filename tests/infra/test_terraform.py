@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -128,18 +131,22 @@ def test_table_reads_its_schema_file(table: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("table", "partition", "clustering"),
+    ("table", "partition", "clustering", "expiry"),
     [
-        ("records", "ingest_time", ["id", "message_id"]),
-        ("rejected", "ingest_time", ["message_id"]),
-        ("dead_letters", "publish_time", ["message_id"]),
+        # Pages prune by ingest_time inside a day; lookups go through search indexes.
+        ("records", "ingest_time", ["ingest_time"], "${local.partition_expiration_ms}"),
+        ("rejected", "ingest_time", ["ingest_time"], "${local.partition_expiration_ms}"),
+        ("dead_letters", "publish_time", ["message_id"], None),
     ],
 )
 def test_table_is_partitioned_by_day_and_clustered(
-    table: str, partition: str, clustering: list[str]
+    table: str, partition: str, clustering: list[str], expiry: str | None
 ) -> None:
     resource = _resources("google_bigquery_table")[table]
-    assert resource["time_partitioning"] == [{"type": "DAY", "field": partition}]
+    expected = {"type": "DAY", "field": partition}
+    if expiry:
+        expected["expiration_ms"] = expiry
+    assert resource["time_partitioning"] == [expected]
     assert resource["clustering"] == clustering
     columns = {c["name"] for c in json.loads((TERRAFORM / "schemas" / f"{table}.json").read_text())}
     assert {partition, *clustering} <= columns
@@ -171,7 +178,7 @@ def test_push_subscription_targets_the_service_with_a_token() -> None:
     (token,) = config["oidc_token"]
     assert token == {
         "service_account_email": "${google_service_account.push.email}",
-        "audience": "${var.push_audience}",
+        "audience": "${local.push_audience}",
     }
     (retry,) = push["retry_policy"]
     assert retry.keys() == {"minimum_backoff", "maximum_backoff"}
@@ -265,7 +272,7 @@ def test_service_runs_with_cpu_outside_requests_and_probes_health() -> None:
 def test_service_identity_and_access() -> None:
     service = _resources("google_cloud_run_v2_service")["recordline"]
     assert service["invoker_iam_disabled"] is False
-    assert service["custom_audiences"] == ["${var.push_audience}", "${var.read_audience}"]
+    assert service["custom_audiences"] == ["${local.push_audience}", "${local.read_audience}"]
     assert service["template"][0]["service_account"] == "${google_service_account.runtime.email}"
     invokers = {
         body["member"]
@@ -326,3 +333,384 @@ def test_github_provider_is_pinned_to_the_repository_and_deploy_branch() -> None
     assert "assertion.ref == 'refs/heads/${var.github_deploy_branch}'" in condition
     assert f"repo:{repository}:environment:${{var.environment}}" in condition
     assert f"repo:{repository}:pull_request" in condition
+
+
+# --- what the first apply on a new project needs ------------------------------------
+
+
+def _references(body: Any) -> set[str]:
+    """Resources a block refers to or depends on: `type.name`, as Terraform orders them."""
+    text = json.dumps(body)
+    return {
+        f"{t}.{n}"
+        for t, n in re.findall(r"\b((?:google|time)_[a-z0-9_]+|time_sleep)\.([a-z0-9_]+)", text)
+        if not t.startswith("google_") or t in _all_resources()
+    }
+
+
+@cache
+def _all_resources() -> dict[str, dict[str, dict[str, Any]]]:
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for block in _config()["resource"]:
+        for kind, named in block.items():
+            found.setdefault(kind, {}).update(named)
+    return found
+
+
+def _waits_for(address: str) -> set[str]:
+    """Every resource `address` is created after, directly or through others."""
+    seen: set[str] = set()
+    todo = [address]
+    while todo:
+        rtype, name = todo.pop().split(".", 1)
+        body = _all_resources().get(rtype, {}).get(name)
+        if body is None:
+            continue
+        for ref in _references(body) - seen:
+            seen.add(ref)
+            todo.append(ref)
+    return seen
+
+
+@cache
+def _evaluate(expression: str, values: tuple[tuple[str, str], ...] = ()) -> Any:
+    """`expression` evaluated by `terraform console` (no provider needed), with `local.x`
+    bound to each given HCL value."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed")
+    with tempfile.TemporaryDirectory() as work:
+        bound = "\n".join(f"  {name} = {value}" for name, value in values)
+        Path(work, "main.tf").write_text(f"locals {{\n{bound}\n}}\n")
+        run = subprocess.run(
+            ["terraform", "console"],
+            input=f"jsonencode({expression})\n",
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert run.returncode == 0, run.stderr
+    return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+
+
+def _expression(value: Any) -> str:
+    """An expression as python-hcl2 keeps it (`${...}`), without the interpolation."""
+    assert isinstance(value, str), value
+    assert value.startswith("${"), value
+    assert value.endswith("}"), value
+    return value[2:-1]
+
+
+WORKLOAD = re.compile(
+    r'workload\.googleapis\.com/recordline\.([a-z_.]+)|workload_metric\["([a-z_.]+)"\]'
+)
+
+
+def test_every_workload_metric_named_has_a_descriptor() -> None:
+    named = {a or b for a, b in WORKLOAD.findall(_text())}
+    assert named >= {"ingest.lag", "query.duration", "query.bytes_billed", "messages"}
+    declared = _locals()["workload_metrics"]
+    assert named - declared.keys() == set()
+    descriptor = _resources("google_monitoring_metric_descriptor")["workload"]
+    assert descriptor["for_each"] == "${local.workload_metrics}"
+    assert descriptor["type"] == "workload.googleapis.com/recordline.${each.key}"
+    # Filters name the resource the exporter writes Cloud Run metrics on.
+    assert 'resource.type=\\"generic_task\\"' in _locals()["workload_metric"]
+
+
+def _exported_descriptors() -> dict[str, dict[str, Any]]:
+    """Kind, value type, unit and labels of each app metric, as the Cloud Monitoring
+    exporter derives them from what the SDK collects."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import Gauge, Histogram, InMemoryMetricReader, Sum
+
+    from app.telemetry import Telemetry
+
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    metrics = telemetry.metrics
+    metrics.ingest_lag.record(0.2)
+    metrics.append_rows.record(3)
+    metrics.append_duration.record(0.004)
+    metrics.query_duration.record(0.1, {"route": "/v1/records"})
+    metrics.query_bytes_billed.add(10 << 20, {"route": "/v1/records"})
+    metrics.outcomes[(("outcome", "rejected"), ("reason", "schema"))] += 1
+    metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0)
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, dict[str, Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                point = metric.data.data_points[0]
+                if isinstance(metric.data, Histogram):
+                    kind, value = "CUMULATIVE", "DISTRIBUTION"
+                else:
+                    assert isinstance(metric.data, (Sum, Gauge))
+                    monotonic = isinstance(metric.data, Sum) and metric.data.is_monotonic
+                    kind = "CUMULATIVE" if monotonic else "GAUGE"
+                    value = "INT64" if isinstance(point.value, int) else "DOUBLE"
+                found[metric.name.removeprefix("recordline.")] = {
+                    "kind": kind,
+                    "value": value,
+                    "unit": metric.unit,
+                    "labels": sorted(point.attributes or {}),
+                }
+    return found
+
+
+def test_descriptors_are_what_the_exporter_writes() -> None:
+    declared = {
+        name: {"kind": d["kind"], "value": d["value"], "unit": d["unit"], "labels": d["labels"]}
+        for name, d in _locals()["workload_metrics"].items()
+    }
+    assert declared == _exported_descriptors()
+
+
+def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
+    for name in ("read_latency", "freshness"):
+        slo = _resources("google_monitoring_slo")[name]
+        assert "google_monitoring_metric_descriptor.workload" in _waits_for(
+            f"google_monitoring_slo.{name}"
+        ), name
+        assert "${google_monitoring_metric_descriptor.workload}" in slo["depends_on"], name
+    assert "google_monitoring_metric_descriptor.workload" in _waits_for(
+        "google_monitoring_alert_policy.query_bytes_billed"
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        *(f"google_service_account.{n}" for n in sorted(_resources("google_service_account"))),
+        *(
+            f"google_project_iam_member.{n}"
+            for n in sorted(_resources("google_project_iam_member"))
+        ),
+    ],
+)
+def test_accounts_and_project_grants_wait_for_the_enabled_apis(address: str) -> None:
+    assert "google_project_service.enabled" in _waits_for(address)
+
+
+def test_pubsub_service_agent_grants_wait_for_the_agent() -> None:
+    agent_grants = [
+        f"{rtype}.{name}"
+        for rtype, named in _all_resources().items()
+        for name, body in named.items()
+        if body.get("member") == "${local.pubsub_service_agent}"
+    ]
+    assert len(agent_grants) == 4
+    (pause,) = [
+        n
+        for n, body in _all_resources().get("time_sleep", {}).items()
+        if 'google_project_service.enabled[\\"pubsub.googleapis.com\\"]' in json.dumps(body)
+    ]
+    for grant in agent_grants:
+        assert f"time_sleep.{pause}" in _waits_for(grant), grant
+
+
+@pytest.mark.parametrize(
+    ("address", "grant"),
+    [
+        (
+            "google_pubsub_subscription.dead_letter_to_bigquery",
+            "google_bigquery_table_iam_member.pubsub_writes_dead_letters",
+        ),
+        (
+            "google_cloud_run_v2_service.recordline",
+            "google_secret_manager_secret_iam_member.runtime_reads_page_token",
+        ),
+    ],
+)
+def test_resources_checked_against_a_grant_wait_for_it_to_propagate(
+    address: str, grant: str
+) -> None:
+    pauses = [
+        (name, body)
+        for name, body in _all_resources().get("time_sleep", {}).items()
+        if f"time_sleep.{name}" in _waits_for(address) and grant in _waits_for(f"time_sleep.{name}")
+    ]
+    assert pauses, f"{address} does not wait after {grant}"
+    for _, body in pauses:
+        assert int(body["create_duration"].removesuffix("s")) >= 60
+
+
+def test_read_slo_counts_read_queries_at_a_bucket_boundary() -> None:
+    from app.telemetry.metrics import SECONDS
+
+    slo = _resources("google_monitoring_slo")["read_latency"]
+    (sli,) = slo["request_based_sli"]
+    (cut,) = sli["distribution_cut"]
+    assert cut["distribution_filter"] == "${local.read_query_duration}"
+    read_filter = _locals()["read_query_duration"]
+    assert read_filter.startswith('${local.workload_metric["query.duration"]} ')
+    assert 'metric.label."route"=starts_with("/v1/")' in read_filter
+    assert cut["range"] == [{"max": "${var.read_latency_threshold_seconds}"}]
+    threshold = _variables()["read_latency_threshold_seconds"]
+    assert threshold["default"] in SECONDS
+    # The variable's own check lists exactly the app's boundaries.
+    (check,) = threshold["validation"]
+    listed = _evaluate(re.search(r"contains\((\[[^\]]*\])", check["condition"]).group(1))  # type: ignore[union-attr]
+    assert listed == list(SECONDS)
+
+
+def test_freshness_threshold_is_a_lag_bucket_boundary() -> None:
+    from app.telemetry.metrics import LAG_SECONDS
+
+    variable = _variables()["freshness_threshold_seconds"]
+    assert variable["default"] in LAG_SECONDS
+    (check,) = variable["validation"]
+    listed = _evaluate(re.search(r"contains\((\[[^\]]*\])", check["condition"]).group(1))  # type: ignore[union-attr]
+    assert listed == list(LAG_SECONDS)
+
+
+def _validations_hold(variable: str, values: dict[str, str]) -> bool:
+    """Whether every validation of `variable` passes for the given HCL values."""
+    results = []
+    for check in _variables()[variable]["validation"]:
+        condition = re.sub(r"\bvar\.", "local.", _expression(check["condition"]))
+        results.append(_evaluate(condition, tuple(sorted(values.items()))))
+    return all(results)
+
+
+@pytest.mark.parametrize(
+    ("environment", "channels", "accepted"),
+    [
+        ("prod", "[]", False),
+        ("prod", '["projects/recordline-prod/notificationChannels/123"]', True),
+        ("dev", "[]", True),
+        ("prod", '["oncall@example.com"]', False),
+    ],
+)
+def test_prod_requires_a_notification_channel(
+    environment: str, channels: str, accepted: bool
+) -> None:
+    values = {"environment": f'"{environment}"', "notification_channels": channels}
+    assert _validations_hold("notification_channels", values) is accepted
+
+
+def test_dashboard_tiles_never_write_a_zero_position() -> None:
+    dashboard = _resources("google_monitoring_dashboard")["recordline"]["dashboard_json"]
+    assert "xPos" not in dashboard
+    assert "yPos" not in dashboard
+    assert "local.dashboard_tile_positions[i]" in dashboard
+    charts = len(_locals()["dashboard_charts"])
+    positions = _evaluate(
+        _expression(_locals()["dashboard_tile_positions"]).replace(
+            "length(local.dashboard_charts)", str(charts)
+        )
+    )
+    assert len(positions) == charts
+    assert all(at != 0 for tile in positions for at in tile.values())
+    cells = {(tile.get("xPos", 0), tile.get("yPos", 0)) for tile in positions}
+    assert len(cells) == charts  # no two tiles on one spot
+
+
+def test_dashboard_shows_bytes_billed_by_route() -> None:
+    titles = [c["title"] for c in _locals()["dashboard_charts"]]
+    assert any(t.startswith("BigQuery bytes billed by route") for t in titles)
+
+
+def test_deploy_owned_template_fields_are_ignored() -> None:
+    service = _resources("google_cloud_run_v2_service")["recordline"]
+    (lifecycle,) = service["lifecycle"]
+    ignored = set(lifecycle["ignore_changes"])
+    assert {
+        "${template[0].containers[0].image}",
+        "${template[0].annotations}",
+        "${template[0].labels}",
+        "${template[0].revision}",
+    } <= ignored
+    assert {"client", "client_version"} <= {i.strip("${}") for i in ignored}
+
+
+def test_audiences_are_full_urls_of_each_environment() -> None:
+    for name in ("push_audience", "read_audience"):
+        assert _variables()[name]["default"] == "", name  # no value shared by environments
+        expression = _expression(_locals()[name])
+        derived = _evaluate(
+            re.sub(r"\b(var|local)\.", "local.", expression),
+            (
+                (name, '""'),
+                ("service_url", '"https://recordline-123456.europe-west1.run.app"'),
+            ),
+        )
+        assert derived.startswith("https://recordline-123456.europe-west1.run.app/"), derived
+    # The base is Cloud Run's deterministic URL, which carries the project number.
+    assert "data.google_project.this.number" in _locals()["service_url"]
+    assert _locals()["service_url"].startswith("https://")
+    assert _locals()["push_audience"] != _locals()["read_audience"]
+    for environment in ENVIRONMENTS:
+        values = _load(TERRAFORM / "env" / f"{environment}.tfvars")
+        assert "push_audience" not in values
+        assert "read_audience" not in values
+
+
+def test_workload_identity_maps_only_what_is_used() -> None:
+    provider = _resources("google_iam_workload_identity_pool_provider")["github"]
+    assert provider["attribute_mapping"] == {"google.subject": "assertion.sub"}
+    assert "attribute." not in provider["attribute_condition"]
+
+
+# --- BigQuery read cost -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("index", "table", "columns"),
+    [
+        ("records_keys", "records", "(id, message_id)"),
+        ("rejected_keys", "rejected", "(message_id)"),
+    ],
+)
+def test_lookup_keys_have_exact_match_search_indexes(index: str, table: str, columns: str) -> None:
+    statement = _locals()["search_indexes"][index]
+    assert statement.startswith(f"CREATE SEARCH INDEX IF NOT EXISTS {index} ON ")
+    assert f"google_bigquery_table.{table}.table_id}}`{columns}" in statement
+    assert statement.endswith("OPTIONS (analyzer = 'NO_OP_ANALYZER')")
+    job = _resources("google_bigquery_job")["search_index"]
+    assert job["for_each"] == "${local.search_indexes}"
+    assert "sha256(each.value)" in job["job_id"]  # a new statement is a new job
+    (query,) = job["query"]
+    assert query["query"] == "${each.value}"
+    assert (query["create_disposition"], query["write_disposition"]) == ("", "")
+
+
+def test_query_cost_cap_and_retention_reach_the_service() -> None:
+    env = re.sub(r"\s+", " ", _locals()["service_env"])
+    assert "RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)" in env
+    assert _variables()["query_max_bytes_billed"]["default"] == 2 * 1024**3
+    assert "local.retention_env" in env
+    assert _evaluate(
+        re.sub(r"\bvar\.", "local.", _expression(_locals()["retention_env"])),
+        (("retention_days", "30"),),
+    ) == {"RECORDLINE_RETENTION_DAYS": "30"}
+    assert (
+        _evaluate(
+            re.sub(r"\bvar\.", "local.", _expression(_locals()["retention_env"])),
+            (("retention_days", "0"),),
+        )
+        == {}
+    )
+    expiry = re.sub(r"\bvar\.", "local.", _expression(_locals()["partition_expiration_ms"]))
+    assert _evaluate(expiry, (("retention_days", "30"),)) == 30 * 86_400_000
+    assert _evaluate(expiry, (("retention_days", "0"),)) is None
+    assert _validations_hold("retention_days", {"retention_days": "-1"}) is False
+    assert _validations_hold("query_max_bytes_billed", {"query_max_bytes_billed": "0"}) is False
+
+
+def test_daily_bytes_billed_alert() -> None:
+    alert = _resources("google_monitoring_alert_policy")["query_bytes_billed"]
+    (condition,) = alert["conditions"]
+    (threshold,) = condition["condition_threshold"]
+    assert threshold["filter"] == '${local.workload_metric["query.bytes_billed"]}'
+    assert threshold["threshold_value"] == "${var.query_bytes_billed_daily_budget}"
+    (aggregation,) = threshold["aggregations"]
+    # 24 h, inside the 25 h alert conditions accept.
+    assert aggregation == {
+        "alignment_period": "86400s",
+        "per_series_aligner": "ALIGN_DELTA",
+        "cross_series_reducer": "REDUCE_SUM",
+    }
+    assert _variables()["query_bytes_billed_daily_budget"]["default"] == 1024**4

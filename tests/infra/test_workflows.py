@@ -73,10 +73,97 @@ def test_ci_runs_the_project_commands_and_the_infra_checks() -> None:
 
 def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
     deploy = _load(WORKFLOWS / "deploy.yml")
-    assert deploy["jobs"]["prod"]["needs"] == "dev"
+    assert "dev" in deploy["jobs"]["prod"]["needs"]
+    assert "needs.dev.result == 'success'" in deploy["jobs"]["prod"]["if"]
     assert deploy["jobs"]["prod"]["with"]["environment"] == "prod"
     rollout = _load(WORKFLOWS / "deploy-environment.yml")
     assert rollout["jobs"]["deploy"]["environment"] == "${{ inputs.environment }}"
-    apply = _load(WORKFLOWS / "terraform.yml")["jobs"]["apply"]
-    assert apply["environment"] == "terraform-${{ matrix.environment }}"
-    assert apply["strategy"]["max-parallel"] == 1
+    terraform = _load(WORKFLOWS / "terraform.yml")
+    assert terraform["jobs"]["prod"]["needs"] == "dev"
+    assert "needs.dev.result == 'success'" in terraform["jobs"]["prod"]["if"]
+    apply = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]["apply"]
+    assert apply["environment"] == "terraform-${{ inputs.environment }}"
+
+
+def _job_runs(job: dict[str, Any]) -> str:
+    return "\n".join(s.get("run", "") for s in job.get("steps", []))
+
+
+def test_the_image_is_built_once_and_deployed_by_digest() -> None:
+    deploy = _load(WORKFLOWS / "deploy.yml")
+    build = deploy["jobs"]["build"]
+    assert any("docker/build-push-action@" in s.get("uses", "") for s in build["steps"])
+    # Every environment gets the digest of that one build...
+    for name in ("dev", "prod"):
+        job = deploy["jobs"][name]
+        assert "build" in job["needs"], name
+        assert job["with"]["image_digest"] == "${{ needs.build.outputs.digest }}", name
+    # ...and builds nothing itself: it pushes the built archive with its digest kept,
+    # and gives Cloud Run the digest, never a tag.
+    rollout = _load(WORKFLOWS / "deploy-environment.yml")["jobs"]["deploy"]
+    assert not any("build-push-action" in s.get("uses", "") for s in rollout["steps"])
+    runs = _job_runs(rollout)
+    assert "skopeo copy --preserve-digests" in runs
+    assert '--image="$REPOSITORY@$DIGEST"' in runs
+    # A re-run finds its tag already holding the digest and pushes nothing.
+    assert '"$existing" == "$BUILT_DIGEST"' in runs
+
+
+def test_concurrency_is_per_environment() -> None:
+    # No group spanning both environments: a prod run waiting for approval would hold dev.
+    deploy = _load(WORKFLOWS / "deploy.yml")
+    assert "concurrency" not in deploy
+    rollout = _load(WORKFLOWS / "deploy-environment.yml")["jobs"]["deploy"]
+    assert rollout["concurrency"] == {
+        "group": "deploy-${{ inputs.environment }}",
+        "cancel-in-progress": False,
+    }
+    apply = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]["apply"]
+    assert apply["concurrency"] == {
+        "group": "terraform-apply-${{ inputs.environment }}",
+        "cancel-in-progress": False,
+    }
+    # terraform.yml's own group only serialises a pull request's plans; elsewhere it is
+    # the run's own id, so it spans nothing.
+    group = _load(WORKFLOWS / "terraform.yml")["concurrency"]["group"]
+    assert group == (
+        "terraform-${{ github.event_name == 'pull_request' && github.ref || github.run_id }}"
+    )
+
+
+def test_the_approved_apply_applies_the_saved_plan() -> None:
+    jobs = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]
+    plan, apply = jobs["plan"], jobs["apply"]
+    assert "environment" not in plan  # the plan exists before anyone is asked to approve
+    assert "-out=tfplan" in _job_runs(plan)
+    assert "terraform show -no-color tfplan" in _job_runs(plan)
+    assert "GITHUB_STEP_SUMMARY" in _job_runs(plan)
+    (upload,) = [s for s in plan["steps"] if "upload-artifact@" in s.get("uses", "")]
+    assert "infra/terraform/tfplan" in upload["with"]["path"]
+    assert "infra/terraform/.terraform.lock.hcl" in upload["with"]["path"]
+    assert apply["needs"] == "plan"
+    assert apply["environment"] == "terraform-${{ inputs.environment }}"
+    (download,) = [s for s in apply["steps"] if "download-artifact@" in s.get("uses", "")]
+    assert download["with"]["name"] == upload["with"]["name"]
+    runs = _job_runs(apply)
+    assert "terraform plan" not in runs
+    assert "terraform apply -input=false tfplan" in runs
+    assert "-lockfile=readonly" in runs
+
+
+def _uv_versions() -> dict[str, str]:
+    root = WORKFLOWS.parents[1]
+    dev = re.search(r'^UV_VERSION = "([^"]+)"', (root / "dev.py").read_text(), re.M)
+    docker = re.findall(r"\buv(?:==|:)(\d[\w.]*)", (root / "Dockerfile").read_text())
+    found = {"dev.py": dev.group(1) if dev else "", "Dockerfile": ",".join(sorted(set(docker)))}
+    for path in FILES:
+        for step in _steps(_load(path)):
+            if step.get("uses", "").startswith("astral-sh/setup-uv@"):
+                found[f"{path.name}: {step.get('name', 'setup-uv')}"] = step["with"]["version"]
+    return found
+
+
+def test_one_uv_version_everywhere() -> None:
+    versions = _uv_versions()
+    assert versions["dev.py"]
+    assert set(versions.values()) == {versions["dev.py"]}, versions

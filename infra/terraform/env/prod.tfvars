@@ -13,5 +13,6 @@ max_instances = 20
 # Principals that may read records (user:, serviceAccount: or domain:).
 readers = []
 
-# projects/recordline-prod/notificationChannels/<id> of the on-call channels.
+# projects/recordline-prod/notificationChannels/<id> of the on-call channels. At least one
+# is required: prod does not plan without it (infra/README.md, step 3 of the bootstrap).
 notification_channels = []

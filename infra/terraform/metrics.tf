@@ -1,0 +1,77 @@
+# Descriptors of the service's own metrics (app/telemetry/metrics.py), declared before
+# anything refers to them. Cloud Monitoring refuses an SLO or an alert whose filter
+# names a metric it does not know yet ("The metric referenced by the provided filter
+# is unknown"), and the exporter only creates a descriptor with the first point it
+# writes: on a new project that is after the first deploy, with rows stored.
+#
+# Kind, value type and unit are what the OpenTelemetry Cloud Monitoring exporter
+# writes for each instrument (counter: CUMULATIVE; histogram: CUMULATIVE
+# DISTRIBUTION; gauge: GAUGE; INT64 or DOUBLE from the value the app records), so the
+# exporter's own create call finds an equal descriptor. Labels are the attributes the
+# app records. Metrics arrive on the generic_task resource: the exporter's resource
+# detector describes a Cloud Run instance that way.
+
+locals {
+  workload_metrics = {
+    "ingest.lag" = {
+      kind        = "CUMULATIVE", value = "DISTRIBUTION", unit = "s", labels = []
+      description = "Publish to durable storage (ingest_time - publish_time): freshness SLI"
+    }
+    "messages" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "{message}", labels = ["outcome", "reason"]
+      description = "Push deliveries by outcome: stored, rejected (reason), retried (reason)"
+    }
+    "append.rows" = {
+      kind        = "CUMULATIVE", value = "DISTRIBUTION", unit = "{row}", labels = []
+      description = "Rows per store append"
+    }
+    "append.duration" = {
+      kind        = "CUMULATIVE", value = "DISTRIBUTION", unit = "s", labels = []
+      description = "Duration of one store append"
+    }
+    "query.duration" = {
+      kind        = "CUMULATIVE", value = "DISTRIBUTION", unit = "s", labels = ["route"]
+      description = "Duration of one store query, by the API route it serves"
+    }
+    "query.bytes_billed" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "By", labels = ["route"]
+      description = "Bytes billed by the store's queries, by the API route they serve"
+    }
+    "queue.depth" = {
+      kind        = "GAUGE", value = "INT64", unit = "{row}", labels = []
+      description = "Rows accepted and waiting to be stored"
+    }
+    "watermark.lag" = {
+      kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = []
+      description = "Now minus the read horizon (complete_until)"
+    }
+  }
+
+  # Filters on the service's metrics: the type, and the resource they arrive on.
+  workload_metric = {
+    for name, _ in local.workload_metrics :
+    name => "metric.type=\"${google_monitoring_metric_descriptor.workload[name].type}\" resource.type=\"generic_task\""
+  }
+}
+
+resource "google_monitoring_metric_descriptor" "workload" {
+  for_each = local.workload_metrics
+
+  project      = var.project_id
+  type         = "workload.googleapis.com/recordline.${each.key}"
+  display_name = "recordline.${each.key}"
+  description  = each.value.description
+  metric_kind  = each.value.kind
+  value_type   = each.value.value
+  unit         = each.value.unit
+
+  dynamic "labels" {
+    for_each = each.value.labels
+    content {
+      key        = labels.value
+      value_type = "STRING"
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
