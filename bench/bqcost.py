@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -45,23 +44,17 @@ from app.store.bigquery import (
     select_list,
     stored_sql,
 )
-from bench.harness import DATA
 from tests.bigquery.billing import DOLLARS_PER_TIB, MIB, BillingModel, Layout
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.bigquery.stream import DAY, NOW, SECOND, Stream, make_stream
 
 PROJECT, DATASET = "bench-project", "records"
 RECORDS = f"`{PROJECT}.{DATASET}.records`"
 REJECTED = f"`{PROJECT}.{DATASET}.rejected`"
-DAY = 86_400_000_000
-SECOND = 1_000_000
 SETTLE = 15 * SECOND
-# The end of the data: "now" for the billing model's write-optimized rows.
-NOW = 1_779_000_000 * SECOND
 POLLS_A_DAY = 86_400 // 5
 BLOCK_ROWS = 100_000
-# Stored rows a day at each rate: ~2,000, so 30 days is ~50,000 rows.
-STORED_PER_DAY = 1_728
 
 # The layout the tables had before: clustered on (id, message_id), no index.
 BEFORE_LAYOUTS = {
@@ -92,52 +85,6 @@ QUALIFY ROW_NUMBER() OVER (
 ORDER BY r.ingest_time, r.message_id
 LIMIT @limit
 """.strip()
-
-
-@dataclass
-class Stream:
-    rate: int
-    days: int
-    weight: int
-    records: list[dict[str, Any]]
-    rejections: list[dict[str, Any]]
-
-    def day_old(self) -> dict[str, Any]:
-        """A record stored a day ago: past write-optimized storage."""
-        target = NOW - DAY
-        return min(self.records, key=lambda r: abs(r["ingest_time"] - target))
-
-
-def make_stream(rate: int, days: int) -> Stream:
-    weight = rate * 86_400 // STORED_PER_DAY
-    step = weight * SECOND // rate
-    data = json.dumps(DATA)
-    records: list[dict[str, Any]] = []
-    rejections: list[dict[str, Any]] = []
-    start = NOW - days * DAY
-    for n in range(days * STORED_PER_DAY):
-        ingest = start + n * step
-        message_id = f"{17_000_000_000_000_000 + n}"
-        row = {
-            "message_id": message_id,
-            "publish_time": ingest - 80_000,
-            "ingest_time": ingest,
-            "attributes": json.dumps({"googclient_traceparent": f"00-{n:032x}-{n:016x}-01"}),
-            "subscription": "projects/recordline-prod/subscriptions/records-push",
-            "delivery_attempt": 1,
-            "trace_id": f"{n:032x}",
-        }
-        if n % 1000 == 999:
-            rejections.append(
-                {**row, "data": b"{not json", "reason": "payload is not JSON: invalid character"}
-            )
-            continue
-        record = {**row, "id": f"order-{n:09}", "timestamp": ingest - 900_000, "data": data}
-        records.append(record)
-        if n % 1000 == 500:  # a redelivery, stored again 2 s later
-            records.append({**record, "ingest_time": ingest + 2 * SECOND})
-    records.sort(key=lambda r: r["ingest_time"])
-    return Stream(rate, days, weight, records, rejections)
 
 
 @dataclass
@@ -235,7 +182,7 @@ def calls(stream: Stream, store: BigQueryStore | Before) -> dict[str, Callable[[
             await store.latest(record_id)
 
     return {
-        "tail poll (5 s of rows, limit 1000)": page(horizon - 5 * SECOND, 1000),
+        TAIL: page(horizon - 5 * SECOND, 1000),
         "page 1 day back (limit 100)": page(NOW - DAY, 100),
         "page 30 days back (limit 100)": page(NOW - 30 * DAY + 3600 * SECOND, 100),
         "/v1/records/{id}": latest,
@@ -252,7 +199,7 @@ async def run_rate(rate: int, days_list: list[int], repeat: int) -> dict[tuple[s
     results: dict[tuple[str, int], Any] = {}
     try:
         for days in days_list:
-            stream = make_stream(rate, days)
+            stream = make_stream(rate, days, stored_per_day=1_728)
             write.tables.clear()
             base = f"projects/{PROJECT}/datasets/{DATASET}/tables"
             write.tables[f"{base}/records"] = stream.records
@@ -274,7 +221,9 @@ async def run_rate(rate: int, days_list: list[int], repeat: int) -> dict[tuple[s
                     write_optimized_seconds=recent,
                     clock=lambda: NOW / SECOND,
                 )
-                fakes[name] = FakeBigQueryJobs(write, project=PROJECT, dataset=DATASET, billing=model)
+                fakes[name] = FakeBigQueryJobs(
+                    write, project=PROJECT, dataset=DATASET, billing=model
+                )
                 fakes[name].start()
             store = BigQueryStore(
                 PROJECT,
@@ -310,6 +259,14 @@ async def run_rate(rate: int, days_list: list[int], repeat: int) -> dict[tuple[s
     finally:
         await write.stop()
     return results
+
+
+TAIL = "tail poll (5 s of rows, limit 1000)"
+
+
+def billed(results: dict[tuple[str, int], Any], call: str, days: int) -> int:
+    found: Measured = results[(f"design|{call}", days)]
+    return found.billed
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -383,21 +340,28 @@ def main(argv: list[str]) -> int:
             )
         )
         last = days_list[-1]
-        tail = results[(f"design|tail poll (5 s of rows, limit 1000)", last)]
-        tail_before = results[(f"before|tail poll (5 s of rows, limit 1000)", last)]
+        tail = results[("design|tail poll (5 s of rows, limit 1000)", last)]
+        tail_before = results[("before|tail poll (5 s of rows, limit 1000)", last)]
         print(
             f"\none follower polling every 5 s, {last} days of data: "
             f"before ${tail_before.dollars * POLLS_A_DAY:,.2f}/day, "
             f"design ${tail.dollars * POLLS_A_DAY:,.2f}/day"
         )
         first = days_list[0]
-        for call in ("tail poll (5 s of rows, limit 1000)", "/v1/records/{id}", "/v1/messages/{id} stored"):
-            growth = results[(f"design|{call}", last)].billed / results[(f"design|{call}", first)].billed
-            verdicts.append((f"{rate} msg/s {call}: {last} d / {first} d", f"{growth:.2f}", growth <= 1.5))
+        for call in (TAIL, "/v1/records/{id}", "/v1/messages/{id} stored"):
+            grew = billed(results, call, last) / billed(results, call, first)
+            verdicts.append(
+                (f"{rate} msg/s {call}: {last} d / {first} d", f"{grew:.2f}", grew <= 1.5)
+            )
         if rate == 1000:
-            for call in ("/v1/records/{id}", "/v1/messages/{id} stored", "/v1/messages/{id} never seen"):
-                ratio = results[(f"design|{call}", last)].billed / (10 * MIB)
-                verdicts.append((f"{call} at {last} d of 1,000 msg/s / 10 MiB", f"{ratio:.1f}", ratio <= 2))
+            for call in (
+                "/v1/records/{id}",
+                "/v1/messages/{id} stored",
+                "/v1/messages/{id} never seen",
+            ):
+                over = billed(results, call, last) / (10 * MIB)
+                name = f"{call} at {last} d of 1,000 msg/s / 10 MiB"
+                verdicts.append((name, f"{over:.1f}", over <= 2))
         if rate == 100:
             per_day = tail.dollars * POLLS_A_DAY
             verdicts.append(("follower-day at 100 msg/s", f"${per_day:.2f}", per_day <= 5))

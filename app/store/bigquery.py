@@ -192,6 +192,16 @@ WHERE p.table_name = @table
 """.strip()
 
 
+def first_row_sql(records: str) -> str:
+    # Where the rows of one day partition start: one narrow column of one day.
+    return f"""
+SELECT UNIX_MICROS(MIN(r.ingest_time)) AS first_row
+FROM {records} AS r
+WHERE r.ingest_time >= TIMESTAMP_MICROS(@since)
+  AND r.ingest_time < TIMESTAMP_MICROS(@until)
+""".strip()
+
+
 def latest_sql(records: str) -> str:
     # An event time beats none (NULLS LAST), then the later publish, then the
     # later write; message_id only makes the choice deterministic. `id = @id`
@@ -334,6 +344,7 @@ class BigQueryStore:
         records = self._table_sql("records")
         self._page_sql = page_sql(records)
         self._earlier_copies_sql = earlier_copies_sql(records)
+        self._first_row_sql = first_row_sql(records)
         self._next_partition_sql = next_partition_sql(
             self._table_sql("INFORMATION_SCHEMA.PARTITIONS")
         )
@@ -565,8 +576,13 @@ class BigQueryStore:
         ((first,),) = await self._query(self._next_partition_sql, params)
         if first is None:
             return floor
-        day = datetime.strptime(first, "%Y%m%d").replace(tzinfo=UTC)
-        return max(after, int(day.timestamp()) * 1_000_000)
+        day = int(datetime.strptime(first, "%Y%m%d").replace(tzinfo=UTC).timestamp()) * 1_000_000
+        # The day's first row, read from ingest_time alone: a page starting
+        # at midnight would scan the hours before it with every column.
+        since = max(after, day)
+        bounds: dict[str, QueryValue] = {"since": since, "until": day + _DAY_MICROS}
+        ((row,),) = await self._query(self._first_row_sql, bounds)
+        return since if row is None else int(row)
 
     def _page_params(self, query: PageQuery, end: int) -> dict[str, QueryValue]:
         return {

@@ -22,9 +22,11 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import duckdb
+import hcl2
 import pyarrow as pa
 import sqlglot
 
@@ -32,21 +34,39 @@ from app.records import TABLES, Kind, columns
 from tests.bigquery.billing import Bill, BillingModel, Layout
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
-# How Terraform lays the tables out (infra/terraform/bigquery.tf; a test holds
-# the two equal): day partitions on ingest_time, clustered on ingest_time so
-# that a time range prunes inside a day, and search indexes for lookups.
-LAYOUTS = {
-    "records": Layout(
-        partition="ingest_time",
-        clustering=("ingest_time",),
-        search_index=frozenset({"id", "message_id"}),
-    ),
-    "rejected": Layout(
-        partition="ingest_time",
-        clustering=("ingest_time",),
-        search_index=frozenset({"message_id"}),
-    ),
-}
+BIGQUERY_TF = Path(__file__).resolve().parents[2] / "infra" / "terraform" / "bigquery.tf"
+# `CREATE SEARCH INDEX name ON `...${google_bigquery_table.T.table_id}`(columns)`
+_SEARCH_INDEX = re.compile(
+    r"CREATE SEARCH INDEX[^`]*`[^`]*\$\{google_bigquery_table\.(\w+)\.table_id\}`\(([^)]*)\)"
+)
+
+
+def terraform_layouts(path: Path = BIGQUERY_TF) -> dict[str, Layout]:
+    """How Terraform lays the tables out: partitioning, clustering, search indexes.
+
+    Read from the configuration itself, so the fake bills queries against the
+    layout that is deployed, and a change to it shows in the tests' bills.
+    """
+    options = hcl2.SerializationOptions(with_comments=False, strip_string_quotes=True)
+    config = hcl2.load(path.open(), serialization_options=options)
+    tables: dict[str, dict[str, Any]] = {}
+    for block in config.get("resource", []):
+        tables.update(block.get("google_bigquery_table", {}))
+    indexed: dict[str, set[str]] = {}
+    for name, columns_text in _SEARCH_INDEX.findall(path.read_text()):
+        indexed.setdefault(name, set()).update(c.strip() for c in columns_text.split(","))
+    layouts = {}
+    for name, table in tables.items():
+        partitioning = table.get("time_partitioning") or [{}]
+        layouts[table["table_id"]] = Layout(
+            partition=partitioning[0].get("field"),
+            clustering=tuple(table.get("clustering") or ()),
+            search_index=frozenset(indexed.get(name, ())),
+        )
+    return layouts
+
+
+LAYOUTS = terraform_layouts()
 
 _DUCKDB_TYPES = {
     Kind.STRING: "VARCHAR",

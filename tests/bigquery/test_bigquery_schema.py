@@ -13,6 +13,7 @@ from app.records import Kind, Record, Rejection, Row, columns
 from app.store.bigquery import (
     CHECK_SQL,
     earlier_copies_sql,
+    first_row_sql,
     latest_sql,
     next_partition_sql,
     page_sql,
@@ -82,6 +83,7 @@ REJECTED = "`p-roject.dataset.rejected`"
 SCANS = {
     "page": page_sql(TABLE),
     "earlier_copies": earlier_copies_sql(TABLE),
+    "first_row": first_row_sql(TABLE),
     "latest": latest_sql(TABLE),
     "stored": stored_sql(TABLE),
     "rejected": rejected_sql(REJECTED),

@@ -1,0 +1,166 @@
+"""What reads cost on BigQuery, billed by the jobs.query fake's model on the
+layout Terraform declares: a read's bytes follow its answer, not the table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from app.asgi import create_app
+from app.records import TABLES, columns
+from app.settings import QuerySettings, Settings
+from app.store import PageQuery
+from app.store.bigquery import BigQueryStore
+from tests.bigquery.billing import MIB, BillingModel
+from tests.bigquery.conftest import DATASET, PROJECT
+from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.bigquery.stream import DAY, NOW, SECOND, Stream, make_stream
+from tests.conftest import envelope, served
+
+Factory = Callable[..., Any]
+KINDS = {t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()}
+TABLE_PATH = f"projects/{PROJECT}/datasets/{DATASET}/tables"
+
+
+def load(
+    write: FakeBigQueryWrite,
+    jobs: FakeBigQueryJobs,
+    stream: Stream,
+    *,
+    block_rows: int,
+    now: int = NOW,
+) -> None:
+    """Hand the fakes a stream of 100 msg/s, billed as the rows it stands for."""
+    write.tables.clear()
+    write.tables[f"{TABLE_PATH}/records"] = stream.records
+    write.tables[f"{TABLE_PATH}/rejected"] = stream.rejections
+    jobs.billing = BillingModel(
+        layouts=LAYOUTS,
+        kinds=KINDS,
+        block_rows=block_rows,
+        row_weight=stream.weight,
+        clock=lambda: now / SECOND,
+    )
+
+
+def billed_by(jobs: FakeBigQueryJobs, since: int) -> list[int]:
+    return [q.bill.bytes_billed for q in jobs.queries[since:] if q.bill is not None]
+
+
+async def tail_poll(store: BigQueryStore, jobs: FakeBigQueryJobs) -> int:
+    horizon = NOW - 15 * SECOND
+    before = len(jobs.queries)
+    await store.page(
+        PageQuery(
+            after_time=horizon - 5 * SECOND, after_message_id="", before_time=horizon, limit=1000
+        )
+    )
+    return sum(billed_by(jobs, before))
+
+
+async def test_a_tail_poll_bills_the_same_at_1_and_30_days(
+    store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    cost = {}
+    for days in (1, 30):
+        load(write_fake, jobs_fake, make_stream(100, days, stored_per_day=288), block_rows=100_000)
+        cost[days] = await tail_poll(store, jobs_fake)
+    # The 30 minutes of rows still in write-optimized storage, whatever the
+    # table holds: ~180,000 rows of ~480 bytes.
+    assert cost[30] <= 1.5 * cost[1]
+    assert cost[1] < 100 * MIB
+
+
+async def test_lookups_read_only_the_blocks_that_hold_the_key(
+    store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    stream = make_stream(100, 30, stored_per_day=288)
+    # Blocks of 30,000 rows (~14 MB), every row settled: what is left is the
+    # blocks the search indexes cannot rule out.
+    load(write_fake, jobs_fake, stream, block_rows=30_000, now=NOW + DAY)
+    known = stream.day_old()
+    rejected = stream.rejections[0]["message_id"]
+    before = len(jobs_fake.queries)
+    latest = await store.latest(known["id"])
+    stored = await store.message(known["message_id"])
+    refused = await store.message(rejected)
+    assert await store.message("12345678901234567") is None
+    assert latest is not None
+    assert latest.message_id == known["message_id"]
+    assert stored is not None
+    assert stored.status == "stored"
+    assert refused is not None
+    assert refused.status == "rejected"
+    bills = billed_by(jobs_fake, before)
+    # latest, stored, (stored, rejected) and (stored, rejected): each query
+    # near the 10 MiB minimum, against ~110 GiB that 30 days of these rows hold.
+    assert len(bills) == 6
+    assert all(bill <= 2 * 10 * MIB for bill in bills), bills
+
+
+async def test_every_query_is_capped_and_a_read_over_the_cap_answers_503(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
+    settings = Settings.load(
+        {
+            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+            "RECORDLINE_SETTLE_SECONDS": "0",
+            "RECORDLINE_QUERY_MAX_BYTES_BILLED": str(64 * MIB),
+        }
+    )
+    record = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
+    async with served(create_app(settings)) as client:
+        assert (await client.post("/pubsub/push", json=envelope(record))).status_code == 204
+        cheap = await client.get("/v1/records/1")
+        assert cheap.status_code == 200
+        # Each stored row now stands for ten million: every read is over the cap.
+        jobs_fake.billing = BillingModel(layouts=LAYOUTS, kinds=KINDS, row_weight=10_000_000)
+        costly = await client.get("/v1/records", params={"since": "2024-01-01T00:00:00Z"})
+        assert costly.status_code == 503
+        assert "Retry-After" in costly.headers
+        problem = costly.json()
+        assert problem["title"] == "Read over its cost cap"
+        assert "RECORDLINE_QUERY_MAX_BYTES_BILLED" in problem["detail"]
+        # Nothing else changed: the refusal ran nothing, pushes are stored,
+        # and the service stays ready.
+        refused = jobs_fake.queries[-1]
+        assert refused.body["maximumBytesBilled"] == str(64 * MIB)
+        assert (await client.post("/pubsub/push", json=envelope(record))).status_code == 204
+        assert (await client.get("/readyz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert all(q.body["maximumBytesBilled"] == str(64 * MIB) for q in jobs_fake.queries if q.params)
+    # The lookup's bytes billed, by route: the 10 MiB minimum of one query.
+    route = 'route="/v1/records/\\{record_id\\}"'
+    found = re.search(
+        rf"^recordline_query_bytes_billed_bytes_total\{{[^}}]*{route}[^}}]*\}} (\S+)$",
+        metrics,
+        re.M,
+    )
+    assert found is not None, metrics
+    assert float(found[1]) == 10 * MIB
+
+
+async def test_bytes_billed_are_on_the_query_span(make_store: Factory) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    store: BigQueryStore = await make_store(query=QuerySettings())
+    with provider.get_tracer("test").start_as_current_span("recordline.store.latest"):
+        assert await store.latest("missing") is None
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["gcp.bigquery.total_bytes_billed"] == 10 * MIB
+    assert span.attributes["gcp.bigquery.total_bytes_processed"] == 0
+    assert str(span.attributes["gcp.bigquery.job.id"]).startswith("fake-")
