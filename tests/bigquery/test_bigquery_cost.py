@@ -164,3 +164,36 @@ async def test_bytes_billed_are_on_the_query_span(make_store: Factory) -> None:
     assert span.attributes["gcp.bigquery.total_bytes_billed"] == 10 * MIB
     assert span.attributes["gcp.bigquery.total_bytes_processed"] == 0
     assert str(span.attributes["gcp.bigquery.job.id"]).startswith("fake-")
+
+
+async def test_bad_reads_get_a_problem_document_and_never_a_runaway_query(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.ingest.service import MAX_ID_LENGTH
+
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
+    settings = Settings.load(
+        {
+            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+            "RECORDLINE_SETTLE_SECONDS": "0",
+        }
+    )
+    async with served(create_app(settings)) as client:
+        longest = "x" * MAX_ID_LENGTH
+        for path in (f"/v1/records/{longest}", f"/v1/messages/{longest}"):
+            assert (await client.get(path)).status_code == 404
+        sent = len(jobs_fake.queries)
+        for path, params in (
+            (f"/v1/records/{longest}y", {}),
+            ("/v1/records", {"limit": "1000000"}),
+            ("/v1/records", {"since": "yesterday"}),
+            ("/v1/records", {"page_token": "x" * 100}),
+        ):
+            answer = await client.get(path, params=params)
+            assert answer.status_code == 400, (path, params)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+        # Refused before any query ran.
+        assert len(jobs_fake.queries) == sent
