@@ -28,7 +28,7 @@ resource "google_monitoring_alert_policy" "oldest_unacked_message" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Pushes to ${var.service_name} are not being acknowledged. Check 5xx responses and `recordline.messages{outcome=retried}` on the dashboard."
+    content   = "Pushes to ${var.service_name} are not being acknowledged. Check 5xx responses and `recordline.messages{outcome=retried}` on the dashboard. Runbook: docs/operations.md#oldest-unacknowledged-message"
   }
 }
 
@@ -56,7 +56,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Dead letters are kept in BigQuery: `${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.dead_letters.table_id}`. Republish them to `${google_pubsub_topic.records.name}` once the cause is fixed."
+    content   = "Dead letters are kept in BigQuery: `${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.dead_letters.table_id}`. Republish them to `${google_pubsub_topic.records.name}` once the cause is fixed. Runbook: docs/operations.md#dead-letters"
   }
 }
 
@@ -89,7 +89,7 @@ resource "google_monitoring_alert_policy" "server_errors" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Pushes answered 503 are redelivered, so a short burst loses nothing; a sustained one fills the subscription backlog. Check `/readyz` and the service logs."
+    content   = "Pushes answered 503 are redelivered, so a short burst loses nothing; a sustained one fills the subscription backlog. Check `/readyz` and the service logs. Runbook: docs/operations.md#server-errors-5xx"
   }
 }
 
@@ -120,7 +120,7 @@ resource "google_monitoring_alert_policy" "query_bytes_billed" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "BigQuery bytes billed by ${var.service_name}'s reads passed the daily budget. The dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query."
+    content   = "BigQuery bytes billed by ${var.service_name}'s reads passed the daily budget. The dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query. Runbook: docs/operations.md#query-bytes-billed"
   }
 
   depends_on = [google_monitoring_metric_descriptor.workload]

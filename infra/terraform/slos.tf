@@ -128,6 +128,6 @@ resource "google_monitoring_alert_policy" "slo_burn_rate" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "SLO `${each.value.slo_id}` of ${var.service_name} in ${var.environment} is spending its error budget faster than it can afford. See the `${var.service_name}` dashboard."
+    content   = "SLO `${each.value.slo_id}` of ${var.service_name} in ${var.environment} is spending its error budget faster than it can afford. See the `${var.service_name}` dashboard. Runbook: docs/operations.md#slo-burn-${each.key}"
   }
 }

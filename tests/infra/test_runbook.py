@@ -1,0 +1,70 @@
+"""Every alert policy points the person paged at a section of docs/operations.md."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tests.infra.test_terraform import _locals, _resources
+
+RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+LINK = re.compile(r"Runbook: docs/operations\.md#([^\s\"`)]+)")
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@cache
+def anchors() -> frozenset[str]:
+    text = RUNBOOK.read_text()
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    return frozenset(slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.MULTILINE))
+
+
+def _each_keys(body: dict[str, Any]) -> list[str | None]:
+    """The `each.key` values of a for_each policy, or [None] for a single one."""
+    if "for_each" not in body:
+        return [None]
+    expression = body["for_each"]
+    found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
+    assert found, f"for_each {expression!r}: expected a local map"
+    return list(_locals()[found.group(1)])
+
+
+def _runbook_links() -> dict[str, str]:
+    """Alert policy (with each.key) -> the anchor its documentation names."""
+    links: dict[str, str] = {}
+    for name, body in _resources("google_monitoring_alert_policy").items():
+        documentation = body.get("documentation")
+        assert documentation, f"{name} has no documentation block"
+        content = documentation[0]["content"]
+        found = LINK.search(content)
+        assert found, f"{name}: documentation has no `Runbook: docs/operations.md#...` link"
+        for key in _each_keys(body):
+            anchor = found.group(1)
+            if key is not None:
+                anchor = anchor.replace("${each.key}", key)
+            links[name if key is None else f"{name}[{key}]"] = anchor
+    return links
+
+
+def test_slug_is_the_github_anchor() -> None:
+    assert slug("Server errors (5xx)") == "server-errors-5xx"
+    assert slug("SLO burn: read_latency") == "slo-burn-read_latency"
+
+
+def test_every_alert_policy_links_an_existing_runbook_section() -> None:
+    links = _runbook_links()
+    # Every policy in alerts.tf and slos.tf, each SLO's burn alert counted once.
+    assert len(links) >= 7
+    missing = {policy: anchor for policy, anchor in links.items() if anchor not in anchors()}
+    assert not missing, f"runbook sections not in docs/operations.md: {missing}"
+
+
+def test_the_readme_links_the_runbook() -> None:
+    readme = (RUNBOOK.parents[1] / "README.md").read_text()
+    assert "docs/operations.md" in readme
