@@ -34,6 +34,12 @@ ROWS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 _STORED = (("outcome", "stored"),)
 
+# The attribute that marks a synthetic canary (Cloud Scheduler publishes one a
+# minute, infra/terraform/canary.tf). Attributes are stored as compact JSON
+# text, so the key is found as `"recordline-canary":` without decoding it.
+CANARY_ATTRIBUTE = "recordline-canary"
+_CANARY_KEY = f'"{CANARY_ATTRIBUTE}":'
+
 
 class Metrics:
     """Every instrument Recordline reports, created once per app."""
@@ -73,6 +79,16 @@ class Metrics:
             boundaries=SECONDS,
         )
         self.counted = (self.ingest_lag, self.append_rows, self.append_duration)
+        # Publish time (µs) of the newest canary stored. Its age grows when the
+        # pipeline stalls even with no real traffic; until a canary is stored
+        # there is no point at all, which the absence alert catches.
+        self.canary_published: int | None = None
+        meter.create_observable_gauge(
+            "recordline.canary.age",
+            callbacks=[self._observe_canary],
+            unit="s",
+            description="Now minus the publish time of the newest canary stored",
+        )
         # Per query, and by route: the SDK's.
         self.query_duration = meter.create_histogram(
             "recordline.query.duration",
@@ -89,11 +105,20 @@ class Metrics:
         )
 
     def record_lag(self, rows: Sequence[Record | Rejection]) -> None:
-        """Ingest lag of rows now durably stored, recorded once their append returns.
+        """Ingest lag of rows now durably stored, recorded once their append returns,
+        and the newest canary among them.
 
         One loop per append, not one call per request.
         """
         self.ingest_lag.record_many((row.ingest_time - row.publish_time) / 1e6 for row in rows)
+        for row in rows:
+            if isinstance(row, Record) and _CANARY_KEY in row.attributes:
+                # Pushes arrive out of order: keep the newest.
+                self.canary_published = max(row.publish_time, self.canary_published or 0)
+
+    def _observe_canary(self, _: CallbackOptions) -> Iterable[Observation]:
+        if self.canary_published is not None:
+            yield Observation(max(0.0, time.time() - self.canary_published / 1e6))
 
     def _observe_outcomes(self, _: CallbackOptions) -> Iterable[Observation]:
         for attributes, count in list(self.outcomes.items()):

@@ -4,6 +4,7 @@ resource "google_project_service" "enabled" {
     "bigquery.googleapis.com",
     "bigquerystorage.googleapis.com",
     "cloudresourcemanager.googleapis.com",
+    "cloudscheduler.googleapis.com",
     "cloudtrace.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",

@@ -72,6 +72,12 @@ locals {
         ["dead letters", "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" ${local.push_subscription}", "ALIGN_DELTA", "REDUCE_SUM", []],
       ]
     },
+    {
+      title = "Canary age (s)"
+      sets = [
+        ["newest canary stored", local.workload_metric["canary.age"], "ALIGN_MIN", "REDUCE_MIN", []],
+      ]
+    },
   ]
 }
 

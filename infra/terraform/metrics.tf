@@ -45,6 +45,10 @@ locals {
       kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = []
       description = "Now minus the read horizon (complete_until)"
     }
+    "canary.age" = {
+      kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = []
+      description = "Now minus the publish time of the newest canary stored"
+    }
   }
 
   # Filters on the service's metrics: the type, and the resource they arrive on.

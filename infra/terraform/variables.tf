@@ -409,3 +409,9 @@ variable "error_ratio_threshold" {
   description = "Alert when this share of requests ends in a 5xx over five minutes."
   default     = 0.01
 }
+
+variable "canary_age_threshold_seconds" {
+  type        = number
+  description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
+  default     = 300
+}

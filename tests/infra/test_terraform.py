@@ -437,6 +437,8 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     metrics.query_bytes_billed.add(10 << 20, {"route": "/v1/records"})
     metrics.outcomes[(("outcome", "rejected"), ("reason", "schema"))] += 1
     metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0)
+    # The canary's age is reported once a canary has been stored.
+    metrics.canary_published = 0
     data = reader.get_metrics_data()
     assert data is not None
     found: dict[str, dict[str, Any]] = {}

@@ -111,6 +111,54 @@ def test_queue_depth_and_watermark_lag_are_gauges(
     assert 0 <= watermark.value < 5
 
 
+def _ago(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds))
+
+
+def test_canary_age_is_reported_once_a_canary_is_stored_and_grows_without_one(
+    client: TestClient[Litestar], observed: Observed
+) -> None:
+    # Real traffic alone says nothing about the canary: no point, which the
+    # absence alert sees.
+    client.post("/pubsub/push", json=envelope(RECORD, message_id="real-1", publish_time=_ago(5)))
+    assert observed.points("recordline.canary.age") == []
+
+    canary = {"id": "recordline-canary", "data": {"canary": True}}
+    response = client.post(
+        "/pubsub/push",
+        json=envelope(
+            canary,
+            message_id="canary-1",
+            publish_time=_ago(30),
+            attributes={"recordline-canary": "1"},
+        ),
+    )
+    assert response.status_code == 204
+    # Stored like any record.
+    assert client.get("/v1/messages/canary-1").json()["status"] == "stored"
+    (age,) = observed.points("recordline.canary.age")
+    assert 29 <= age.value < 35
+
+    # A newer canary moves it back.
+    client.post(
+        "/pubsub/push",
+        json=envelope(
+            canary,
+            message_id="canary-2",
+            publish_time=_ago(2),
+            attributes={"recordline-canary": "1"},
+        ),
+    )
+    (age,) = observed.points("recordline.canary.age")
+    assert 1 <= age.value < 7
+
+    # A stalled pipeline: no canary arrives, real traffic or not, and the age grows.
+    client.post("/pubsub/push", json=envelope(RECORD, message_id="real-2", publish_time=_ago(0)))
+    time.sleep(1.1)
+    (later,) = observed.points("recordline.canary.age")
+    assert later.value >= age.value + 1
+
+
 def test_pages_carry_their_freshness_in_a_header(client: TestClient[Litestar]) -> None:
     client.post("/pubsub/push", json=envelope(RECORD))
     response = client.get("/v1/records")
@@ -128,6 +176,24 @@ def test_prometheus_text_is_served_at_metrics(store: FaultyStore) -> None:
     assert "recordline_ingest_lag_seconds_bucket" in text
     assert stored_count(text) == 1
     assert "recordline_queue_depth" in text
+    assert "recordline_canary_age" not in text
+
+
+def test_prometheus_text_shows_the_canary_age(store: FaultyStore) -> None:
+    with TestClient(create_app(settings(), store=store)) as client:
+        client.post(
+            "/pubsub/push",
+            json=envelope(
+                {"id": "recordline-canary"},
+                publish_time=_ago(10),
+                attributes={"recordline-canary": "1"},
+            ),
+        )
+        text = client.get("/metrics").text
+    (line,) = [
+        line for line in text.splitlines() if line.startswith("recordline_canary_age_seconds{")
+    ]
+    assert 9 <= float(line.rsplit(" ", 1)[1]) < 20
 
 
 def test_two_apps_in_one_process_keep_their_own_metrics(store: FaultyStore) -> None:

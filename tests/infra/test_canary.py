@@ -1,0 +1,51 @@
+"""The synthetic canary: Cloud Scheduler publishes to the records topic what the service
+recognises, with a publisher grant on that topic only, and both alerts watch its age."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import msgspec
+
+from app.ingest.service import Payload
+from app.telemetry.metrics import CANARY_ATTRIBUTE
+from tests.infra.test_terraform import _evaluate, _expression, _locals, _resources
+
+
+def test_scheduler_publishes_the_canary_to_the_records_topic_every_minute() -> None:
+    job = _resources("google_cloud_scheduler_job")["canary"]
+    assert job["schedule"] == "* * * * *"
+    (target,) = job["pubsub_target"]
+    assert target["topic_name"] == "${google_pubsub_topic.records.id}"
+    assert _locals()["canary_attribute"] == CANARY_ATTRIBUTE
+    assert target["attributes"] == {"${(local.canary_attribute)}": "1"}
+
+
+def test_canary_payload_is_a_valid_record() -> None:
+    # Rejected canaries would not count: the payload must pass the service's schema.
+    job = _resources("google_cloud_scheduler_job")["canary"]
+    (target,) = job["pubsub_target"]
+    data = _evaluate(
+        _expression(target["data"]), (("canary_attribute", json.dumps(CANARY_ATTRIBUTE)),)
+    )
+    payload = msgspec.json.decode(base64.b64decode(data), type=Payload)
+    assert payload.id == CANARY_ATTRIBUTE
+
+
+def test_scheduler_may_publish_on_the_records_topic_only() -> None:
+    grant = _resources("google_pubsub_topic_iam_member")["canary_publisher"]
+    assert grant["topic"] == "${google_pubsub_topic.records.name}"
+    assert grant["role"] == "roles/pubsub.publisher"
+    assert grant["member"] == "${local.scheduler_service_agent}"
+    assert "gcp-sa-cloudscheduler" in _locals()["scheduler_service_agent"]
+    for binding in _resources("google_project_iam_member").values():
+        assert "scheduler_service_agent" not in str(binding["member"])
+
+
+def test_canary_age_alerts_on_threshold_and_on_absence() -> None:
+    policies = _resources("google_monitoring_alert_policy")
+    (age,) = policies["canary_age"]["conditions"]
+    assert age["condition_threshold"][0]["filter"] == '${local.workload_metric["canary.age"]}'
+    (absent,) = policies["canary_absent"]["conditions"]
+    assert absent["condition_absent"][0]["filter"] == '${local.workload_metric["canary.age"]}'
