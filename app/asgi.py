@@ -65,7 +65,7 @@ def create_app(
         pending_horizon=batcher.horizon,
         tokens=PageTokens(settings.query.page_token_secret),
     )
-    readiness = Readiness(store)
+    readiness = Readiness(store, auth=auth.check)
     telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
 
     @asynccontextmanager
