@@ -66,7 +66,7 @@ def create_app(
         tokens=PageTokens(settings.query.page_token_secret),
         retention_days=settings.store.retention_days,
     )
-    readiness = Readiness(store)
+    readiness = Readiness(store, auth=auth.check)
     telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
 
     @asynccontextmanager

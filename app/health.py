@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from litestar import get
@@ -20,8 +21,10 @@ class Health(msgspec.Struct, frozen=True):
 
 
 class Readiness:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, auth: Callable[[], Awaitable[None]] | None = None) -> None:
         self._store = store
+        # Raises while pushes could not be verified (no token-signing keys).
+        self._auth = auth
         self.stopping = False
 
     async def check(self) -> None:
@@ -32,6 +35,8 @@ class Readiness:
                 await self._store.check()
         except TimeoutError:
             raise RetryLater(f"store did not answer within {_READY_TIMEOUT_SECONDS:g} s") from None
+        if self._auth is not None:
+            await self._auth()
 
 
 @get("/healthz", summary="The process is alive", tags=["health"])
@@ -39,7 +44,11 @@ async def healthz() -> Health:
     return Health("ok")
 
 
-@get("/readyz", summary="The store is reachable and the service takes writes", tags=["health"])
+@get(
+    "/readyz",
+    summary="The store is reachable, pushes can be verified and the service takes writes",
+    tags=["health"],
+)
 async def readyz(readiness: NamedDependency[Readiness]) -> Health:
     await readiness.check()
     return Health("ready")

@@ -216,7 +216,12 @@ class AuthSettings(Section, frozen=True):
     ] = ""
     oidc_certs_url: Annotated[
         str,
-        env("RECORDLINE_OIDC_CERTS_URL", "Where Google's token-signing keys are served (JWKS)"),
+        env(
+            "RECORDLINE_OIDC_CERTS_URL",
+            "Where Google's token-signing keys are served: "
+            "`https://www.googleapis.com/oauth2/v3/certs` (JWKS) or "
+            "`https://www.googleapis.com/oauth2/v1/certs` (X.509 certificates)",
+        ),
     ] = "https://www.googleapis.com/oauth2/v3/certs"
     push_token: Annotated[
         str,

@@ -127,6 +127,11 @@ class Auth:
             )
         return cls(push=push, read=read, certs=certs)
 
+    async def check(self) -> None:
+        """Raise RetryLater while tokens cannot be verified (no signing keys)."""
+        if self._certs is not None:
+            await self._certs.check()
+
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
         if self._certs is None:

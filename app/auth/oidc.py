@@ -3,8 +3,10 @@
 Pub/Sub attaches the same token to every push until it nears expiry (an
 hour), so a token is verified once and its verdict cached by hash until it
 expires: the steady-state cost of a push is one SHA-256 and one dictionary
-look-up. Google's signing keys (JWKS) are fetched with an async client,
-cached for as long as the response's `Cache-Control: max-age` allows, and
+look-up. Google's signing keys are fetched with an async client, in either
+format Google serves them (a JWKS at /oauth2/v3/certs, a map of key id to
+X.509 certificate at /oauth2/v1/certs, the one google-auth reads), cached for
+as long as the response's `Cache-Control: max-age` allows, and
 refetched early only when a token names a key we do not have, at most once a
 minute, so a flood of made-up key ids cannot turn into a flood of fetches.
 
@@ -21,11 +23,15 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import jwt
 import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jwt.algorithms import RSAAlgorithm
 
 from app.errors import RetryLater
 
@@ -80,11 +86,8 @@ class Identity(msgspec.Struct, frozen=True):
     expires: float  # `exp`, seconds since the epoch
 
 
-class _Jwks(msgspec.Struct):
-    keys: list[dict[str, Any]]
-
-
-_decode_jwks = msgspec.json.Decoder(_Jwks).decode
+class NoSigningKeys(ValueError):
+    """A certificate document Recordline cannot take a key from; the message says why."""
 
 
 def certs_ttl(cache_control: str | None, age: str | None) -> float:
@@ -99,10 +102,35 @@ def certs_ttl(cache_control: str | None, age: str | None) -> float:
     return max(float(ttl), MIN_CERTS_TTL_SECONDS)
 
 
-def _rsa_keys(body: bytes) -> dict[str, jwt.PyJWK]:
+def signing_keys(body: bytes, *, now: datetime | None = None) -> dict[str, jwt.PyJWK]:
+    """The RS256 keys of a certificate document, by key id, in either format Google serves.
+
+    Raises NoSigningKeys when the document is neither format or holds no usable key.
+    """
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise NoSigningKeys(f"the response is not JSON ({exc})") from None
+    match document:
+        case {"keys": list(entries)}:
+            keys = _jwks_keys(entries)
+        case dict() if document and all(
+            isinstance(v, str) and "BEGIN CERTIFICATE" in v for v in document.values()
+        ):
+            keys = _certificate_keys(document, now or datetime.now(UTC))
+        case _:
+            raise NoSigningKeys(
+                "the response is neither a JWKS (`keys`) nor a map of key ids to PEM certificates"
+            )
+    if not keys:
+        raise NoSigningKeys("the response holds no usable RS256 signing key")
+    return keys
+
+
+def _jwks_keys(entries: list[Any]) -> dict[str, jwt.PyJWK]:
     keys: dict[str, jwt.PyJWK] = {}
-    for entry in _decode_jwks(body).keys:
-        kid = entry.get("kid")
+    for entry in entries:
+        kid = entry.get("kid") if isinstance(entry, dict) else None
         if not isinstance(kid, str) or entry.get("kty") != "RSA":
             continue
         if entry.get("use", "sig") != "sig" or entry.get("alg", "RS256") != "RS256":
@@ -111,6 +139,31 @@ def _rsa_keys(body: bytes) -> dict[str, jwt.PyJWK]:
             keys[kid] = jwt.PyJWK(entry, algorithm="RS256")
         except jwt.PyJWTError as exc:
             log.warning("ignoring signing key %s: %s", kid, exc)
+    return keys
+
+
+def _certificate_keys(certificates: dict[str, str], now: datetime) -> dict[str, jwt.PyJWK]:
+    keys: dict[str, jwt.PyJWK] = {}
+    for kid, pem in certificates.items():
+        try:
+            certificate = x509.load_pem_x509_certificate(pem.encode())
+        except ValueError as exc:
+            log.warning("ignoring certificate %s: %s", kid, exc)
+            continue
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            log.warning(
+                "ignoring certificate %s: valid from %s to %s only",
+                kid,
+                certificate.not_valid_before_utc.isoformat(),
+                certificate.not_valid_after_utc.isoformat(),
+            )
+            continue
+        public_key = certificate.public_key()
+        if not isinstance(public_key, RSAPublicKey):
+            log.warning("ignoring certificate %s: not an RSA key", kid)
+            continue
+        jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+        keys[kid] = jwt.PyJWK({**jwk, "kid": kid, "alg": "RS256", "use": "sig"}, algorithm="RS256")
     return keys
 
 
@@ -137,6 +190,8 @@ class GoogleCerts:
         self._last_attempt = -math.inf
         self._finished = 0  # fetch attempts completed, successful or not
         self._lock = asyncio.Lock()
+        # Why the last fetch failed (URL and reason); None once one succeeded.
+        self.failure: str | None = None
 
     async def open(self) -> None:
         self._http = httpx.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False)
@@ -166,6 +221,19 @@ class GoogleCerts:
             raise CertsUnavailable("token-signing keys could not be fetched", retry_after=10)
         raise InvalidToken(f"signed with unknown key {kid!r}")
 
+    async def check(self) -> None:
+        """Raise CertsUnavailable, naming the URL and the reason, while no key is held.
+
+        Called by the readiness probe, which so also fetches the keys before
+        the first push needs them.
+        """
+        if self._clock() >= self._fresh_until:
+            await self._refresh()
+        if not self._keys:
+            raise CertsUnavailable(
+                f"no token-signing keys: {self.failure or self._url}", retry_after=10
+            )
+
     async def _refresh(self) -> None:
         finished = self._finished
         async with self._lock:
@@ -174,8 +242,9 @@ class GoogleCerts:
             self._last_attempt = self._clock()
             try:
                 keys, ttl = await self._fetch()
-            except (httpx.HTTPError, msgspec.DecodeError, ValueError) as exc:
+            except (httpx.HTTPError, NoSigningKeys) as exc:
                 keys, ttl = self._keys, RETRY_FETCH_SECONDS
+                self.failure = f"{self._url}: {exc or type(exc).__name__}"
                 log.warning(
                     "could not fetch token-signing keys from %s (%s); %s",
                     self._url,
@@ -183,6 +252,7 @@ class GoogleCerts:
                     f"keeping {len(keys)} known keys" if keys else "none known yet",
                 )
             else:
+                self.failure = None
                 log.info("fetched %d token-signing keys, fresh for %.0f s", len(keys), ttl)
             self._keys = keys
             self._fresh_until = self._clock() + ttl
@@ -193,9 +263,7 @@ class GoogleCerts:
             raise httpx.TransportError("the certificate client is not open")
         response = await self._http.get(self._url, headers={"Accept": "application/json"})
         response.raise_for_status()
-        keys = _rsa_keys(response.content)
-        if not keys:
-            raise ValueError("the response holds no RS256 signing keys")
+        keys = signing_keys(response.content)
         headers = response.headers
         return keys, certs_ttl(headers.get("cache-control"), headers.get("age"))
 

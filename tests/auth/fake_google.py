@@ -1,6 +1,8 @@
-"""A stand-in for Google's token issuer: RSA keys, a JWKS endpoint, and tokens signed with them.
+"""A stand-in for Google's token issuer: RSA keys, a key endpoint, and tokens signed with them.
 
-The JWKS is served over real HTTP from a thread (http.server on 127.0.0.1:0),
+The keys are served in either format Google serves them, `jwks` (like
+/oauth2/v3/certs) or `x509` (like /oauth2/v1/certs: key id -> self-signed PEM
+certificate), over real HTTP from a thread (http.server on 127.0.0.1:0),
 with `Cache-Control: max-age` like Google's, and counts the requests it gets,
 so tests can see when the service fetches keys.
 """
@@ -8,6 +10,7 @@ so tests can see when the service fetches keys.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -18,7 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -37,8 +41,33 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def certificate(
+    key: rsa.RSAPrivateKey, *, valid_from: datetime.datetime, valid_until: datetime.datetime
+) -> str:
+    """A self-signed certificate for `key`, in PEM, as Google publishes its keys at v1."""
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "securetoken.example")])
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_until)
+        .sign(key, hashes.SHA256())
+    )
+    return built.public_bytes(serialization.Encoding.PEM).decode()
+
+
 class FakeGoogle:
-    def __init__(self) -> None:
+    def __init__(self, format: str = "jwks") -> None:
+        self.format = format
+        # Served as the body instead of the keys, when set (a broken endpoint).
+        self.document: Any = None
+        # Validity of the certificates served in the `x509` format.
+        now = datetime.datetime.now(datetime.UTC)
+        self.valid_from = now - datetime.timedelta(days=1)
+        self.valid_until = now + datetime.timedelta(days=14)
         self.keys: dict[str, rsa.RSAPrivateKey] = {"k1": rsa_key("k1")}
         self.max_age = 3600
         self.status = 200
@@ -54,7 +83,8 @@ class FakeGoogle:
     @property
     def certs_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/oauth2/v3/certs"
+        version = "v3" if self.format == "jwks" else "v1"
+        return f"http://{host!s}:{port}/oauth2/{version}/certs"
 
     def start(self) -> FakeGoogle:
         self._thread.start()
@@ -71,13 +101,24 @@ class FakeGoogle:
             keys.append({**jwk, "kid": kid, "alg": "RS256", "use": "sig"})
         return {"keys": keys}
 
+    def certificates(self) -> dict[str, str]:
+        return {
+            kid: certificate(key, valid_from=self.valid_from, valid_until=self.valid_until)
+            for kid, key in self.keys.items()
+        }
+
+    def served(self) -> Any:
+        if self.document is not None:
+            return self.document
+        return self.jwks() if self.format == "jwks" else self.certificates()
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         google = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 google.requests += 1
-                body = json.dumps(google.jwks()).encode()
+                body = json.dumps(google.served()).encode()
                 self.send_response(google.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Cache-Control", f"public, max-age={google.max_age}")

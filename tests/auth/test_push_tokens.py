@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar import Litestar
@@ -193,3 +194,52 @@ async def test_behind_cloud_run_iam_a_stripped_token_is_judged_by_its_claims(
         forged = google.mint(key=rsa_key("attacker"))
         answer = await client.post("/pubsub/push", json=envelope(RECORD), headers=bearer(forged))
         assert answer.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ({"certs": "none here"}, "neither a JWKS"),
+        ({"keys": [{"kty": "EC", "kid": "e1", "crv": "P-256"}]}, "no usable RS256 signing key"),
+        ([1, 2, 3], "neither a JWKS"),
+    ],
+    ids=["neither-format", "no-rsa-key", "not-an-object"],
+)
+async def test_a_document_with_no_usable_key_fails_readiness_and_pushes_wait(
+    google: FakeGoogle, document: object, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    google.document = document
+    async with AsyncTestClient(create_app(oidc_settings(google))) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        detail = ready.json()["detail"]
+        assert google.certs_url in detail
+        assert reason in detail
+        push = await client.post(
+            "/pubsub/push", json=envelope(RECORD), headers=bearer(google.mint())
+        )
+        assert push.status_code == 503
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(google.certs_url in line and reason in line for line in logged), logged
+
+
+@pytest.mark.parametrize("window", ["expired", "not yet valid"])
+async def test_a_certificate_outside_its_validity_window_is_not_used(window: str) -> None:
+    # Only the v1 format carries certificates, and so a validity window.
+    google = FakeGoogle("x509").start()
+    now = datetime.now(UTC)
+    if window == "expired":
+        google.valid_from, google.valid_until = now - timedelta(days=30), now - timedelta(days=1)
+    else:
+        google.valid_from, google.valid_until = now + timedelta(days=1), now + timedelta(days=30)
+    try:
+        async with AsyncTestClient(create_app(oidc_settings(google))) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert "no usable RS256 signing key" in ready.json()["detail"]
+            push = await client.post(
+                "/pubsub/push", json=envelope(RECORD), headers=bearer(google.mint())
+            )
+            assert push.status_code == 503
+    finally:
+        google.stop()
