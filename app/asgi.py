@@ -24,7 +24,7 @@ from app.ingest.batcher import Batcher
 from app.ingest.routes import push
 from app.ingest.service import Ingest
 from app.query.page_token import PageTokens
-from app.query.routes import get_message, get_record, list_records
+from app.query.routes import get_message, get_record, list_records, list_rejections
 from app.query.service import Reader
 from app.settings import Settings
 from app.store import Store, open_store
@@ -64,6 +64,7 @@ def create_app(
         observed,
         pending_horizon=batcher.horizon,
         tokens=PageTokens(settings.query.page_token_secret),
+        retention_days=settings.store.retention_days,
     )
     readiness = Readiness(store, auth=auth.check)
     telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
@@ -90,7 +91,7 @@ def create_app(
             Router("/", route_handlers=[push], guards=auth.push_guards),
             Router(
                 "/",
-                route_handlers=[list_records, get_record, get_message],
+                route_handlers=[list_records, list_rejections, get_record, get_message],
                 guards=auth.read_guards,
             ),
             healthz,

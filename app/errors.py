@@ -52,6 +52,18 @@ class NotFound(RecordlineError):
     title = "Not found"
 
 
+class Gone(RecordlineError):
+    """A read from before the retention: its rows are deleted, so a page would be incomplete."""
+
+    status = 410
+    title = "Gone"
+
+    def __init__(self, parameter: str, detail: str, *, retention_days: int) -> None:
+        super().__init__(
+            f"{parameter}: {detail}", parameter=parameter, retention_days=retention_days
+        )
+
+
 class Unauthorized(RecordlineError):
     status = 401
     title = "Unauthorized"

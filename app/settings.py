@@ -130,6 +130,15 @@ class StoreSettings(Section, frozen=True):
             "races a commit still in flight (see README, Reading)",
         ),
     ] = 15.0
+    retention_days: Annotated[
+        int,
+        Meta(ge=0),
+        env(
+            "RECORDLINE_RETENTION_DAYS",
+            "Days rows are kept (0 keeps them forever): DuckDB deletes older rows hourly, "
+            "BigQuery expires partitions (Terraform), and reads from before it answer 410",
+        ),
+    ] = 0
 
 
 class BatchSettings(Section, frozen=True):

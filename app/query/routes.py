@@ -14,7 +14,15 @@ from litestar.params import Parameter, PathParameter
 from app.errors import BadParameter
 from app.ingest.envelope import AwareDatetime
 from app.ingest.service import MAX_ID_LENGTH
-from app.query.service import DEFAULT_LIMIT, MAX_LIMIT, MessageView, Page, Reader, RecordView
+from app.query.service import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MessageView,
+    Page,
+    Reader,
+    RecordView,
+    RejectionsPage,
+)
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token"})
@@ -37,6 +45,12 @@ def _time(name: str, value: str | None) -> datetime | None:
         return _decode_time(msgspec.json.encode(value))
     except msgspec.DecodeError:
         raise BadParameter(name, f"{value!r} is not an RFC 3339 time with an offset") from None
+
+
+def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
+    unknown = sorted(set(request.query_params) - _PAGE_PARAMETERS)
+    if unknown:
+        raise BadParameter(unknown[0], "unknown parameter")
 
 
 @get(
@@ -75,9 +89,7 @@ async def list_records(
         ),
     ] = None,
 ) -> Response[Page]:
-    unknown = sorted(set(request.query_params) - _PAGE_PARAMETERS)
-    if unknown:
-        raise BadParameter(unknown[0], "unknown parameter")
+    _refuse_unknown(request)
     page = await reader.page(
         since=_time("since", since),
         until=_time("until", until),
@@ -86,6 +98,52 @@ async def list_records(
     )
     # The body says it too; the header lets a proxy or a probe read freshness
     # without parsing the page.
+    return Response(page, headers={COMPLETE_UNTIL: _rfc3339(page.complete_until)})
+
+
+@get(
+    "/v1/rejections",
+    summary="Rejected messages in ingest order, one page at a time",
+    description=(
+        "Ordered by (ingest_time, message_id), paged like `/v1/records`; `data` is the payload "
+        "exactly as received, base64."
+    ),
+    tags=["records"],
+    response_headers=[
+        ResponseHeader(
+            name=COMPLETE_UNTIL,
+            description="Every rejection stored before this time is in this page or an earlier one",
+            documentation_only=True,
+        )
+    ],
+)
+async def list_rejections(
+    request: Request[Any, Any, Any],
+    reader: NamedDependency[Reader],
+    since: Annotated[
+        str | None, Parameter(description="RFC 3339; rejections stored at or after it")
+    ] = None,
+    until: Annotated[
+        str | None, Parameter(description="RFC 3339; rejections stored before it")
+    ] = None,
+    limit: Annotated[
+        int, Parameter(ge=1, le=MAX_LIMIT, description="Rejections per page")
+    ] = DEFAULT_LIMIT,
+    page_token: Annotated[
+        str | None,
+        Parameter(
+            max_length=MAX_PAGE_TOKEN_LENGTH,
+            description="From the previous page; overrides since and until",
+        ),
+    ] = None,
+) -> Response[RejectionsPage]:
+    _refuse_unknown(request)
+    page = await reader.rejections(
+        since=_time("since", since),
+        until=_time("until", until),
+        limit=limit,
+        page_token=page_token,
+    )
     return Response(page, headers={COMPLETE_UNTIL: _rfc3339(page.complete_until)})
 
 

@@ -17,15 +17,16 @@ from typing import Literal
 
 import msgspec
 
-from app.errors import BadParameter, NotFound
+from app.errors import BadParameter, Gone, NotFound
 from app.ingest.envelope import EPOCH, micros
 from app.query.page_token import PageToken, PageTokens
-from app.records import Record
+from app.records import Record, Rejection
 from app.store import PageQuery, Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _FOREVER = 2**62
+_DAY_US = 86_400 * 1_000_000
 
 
 def rfc3339(us: int) -> datetime:
@@ -72,6 +73,39 @@ class Page(msgspec.Struct, kw_only=True, frozen=True):
     complete_until: datetime
 
 
+class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
+    """A stored rejection as the API shows it: the raw payload, and why it was refused."""
+
+    message_id: str
+    reason: str
+    # Bytes exactly as received, base64 (msgspec encodes bytes so in JSON).
+    data: bytes
+    attributes: msgspec.Raw
+    publish_time: datetime
+    ingest_time: datetime
+    subscription: str | None
+    delivery_attempt: int | None
+
+    @classmethod
+    def of(cls, r: Rejection) -> RejectionView:
+        return cls(
+            message_id=r.message_id,
+            reason=r.reason,
+            data=r.data,
+            attributes=msgspec.Raw(r.attributes.encode()),
+            publish_time=rfc3339(r.publish_time),
+            ingest_time=rfc3339(r.ingest_time),
+            subscription=r.subscription,
+            delivery_attempt=r.delivery_attempt,
+        )
+
+
+class RejectionsPage(msgspec.Struct, kw_only=True, frozen=True):
+    rejections: list[RejectionView]
+    next_page_token: str | None
+    complete_until: datetime
+
+
 class MessageView(msgspec.Struct, kw_only=True, frozen=True):
     message_id: str
     status: Literal["stored", "rejected"]
@@ -87,15 +121,38 @@ class Reader:
         *,
         pending_horizon: Callable[[], int],
         tokens: PageTokens,
+        retention_days: int = 0,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._store = store
         self._pending_horizon = pending_horizon
         self._tokens = tokens
+        self._retention_days = retention_days
         self._clock = clock
 
     def horizon(self) -> int:
         return min(self._pending_horizon(), self._store.read_horizon(self._clock() // 1000))
+
+    def _oldest_retained(self) -> int:
+        if not self._retention_days:
+            return 0
+        return self._clock() // 1000 - self._retention_days * _DAY_US
+
+    def _check_retained(self, parameter: str, us: int) -> None:
+        """Refuse a bound older than the retention: rows after it may already be deleted.
+
+        Deletion runs on a schedule (hourly on DuckDB, by partition on
+        BigQuery), so a page there could be silently incomplete; 410 says so.
+        """
+        oldest = self._oldest_retained()
+        if us < oldest:
+            raise Gone(
+                parameter,
+                f"older than the {self._retention_days}-day retention "
+                f"(nothing before {rfc3339(oldest).isoformat()} is kept); start again "
+                "from a later time",
+                retention_days=self._retention_days,
+            )
 
     async def page(
         self,
@@ -105,39 +162,78 @@ class Reader:
         limit: int,
         page_token: str | None,
     ) -> Page:
+        cursor = self._cursor(since, until, limit, page_token)
+        query, horizon = await self._range(cursor, limit)
+        page = await self._store.page(query)
+        return Page(
+            records=[RecordView.of(r) for r in page.records],
+            next_page_token=self._next(cursor, page.after_time, page.after_message_id),
+            complete_until=rfc3339(horizon),
+        )
+
+    async def rejections(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        page_token: str | None,
+    ) -> RejectionsPage:
+        """Rejections in ingest order, paged and bounded exactly like records."""
+        cursor = self._cursor(since, until, limit, page_token)
+        query, horizon = await self._range(cursor, limit)
+        page = await self._store.rejections(query)
+        return RejectionsPage(
+            rejections=[RejectionView.of(r) for r in page.rejections],
+            next_page_token=self._next(cursor, page.after_time, page.after_message_id),
+            complete_until=rfc3339(horizon),
+        )
+
+    def _cursor(
+        self, since: datetime | None, until: datetime | None, limit: int, page_token: str | None
+    ) -> PageToken:
         if not 1 <= limit <= MAX_LIMIT:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
         if page_token is not None:
             cursor = self._tokens.decode(page_token)
-        else:
-            start = micros(since) if since is not None else 0
-            end = micros(until) if until is not None else None
-            if end is not None and end <= start:
-                raise BadParameter("until", "must be later than since")
-            # message_id > "" holds for every row: the page starts at `since`.
-            cursor = PageToken(after_time=start, after_message_id="", until=end)
+            self._check_retained("page_token", cursor.after_time)
+            return cursor
+        # Without `since`, a read starts at the oldest retained time: rows
+        # older than it may linger until the next deletion, and a token
+        # pointing at one would be refused on the next page.
+        start = micros(since) if since is not None else self._oldest_retained()
+        end = micros(until) if until is not None else None
+        if since is not None:
+            self._check_retained("since", start)
+        if end is not None:
+            self._check_retained("until", end)
+        if end is not None and end <= start:
+            raise BadParameter("until", "must be later than since")
+        # message_id > "" holds for every row: the page starts at `since`.
+        return PageToken(after_time=start, after_message_id="", until=end)
+
+    async def _range(self, cursor: PageToken, limit: int) -> tuple[PageQuery, int]:
+        """The store query for the page after `cursor`, never past the read horizon."""
         await self._store.barrier()
         horizon = self.horizon()
         before = min(cursor.until if cursor.until is not None else _FOREVER, horizon)
-        page = await self._store.page(
-            PageQuery(
-                after_time=cursor.after_time,
-                after_message_id=cursor.after_message_id,
-                before_time=before,
-                limit=limit,
-            )
+        query = PageQuery(
+            after_time=cursor.after_time,
+            after_message_id=cursor.after_message_id,
+            before_time=before,
+            limit=limit,
         )
-        cursor = PageToken(page.after_time, page.after_message_id, cursor.until)
+        return query, horizon
+
+    def _next(self, cursor: PageToken, after_time: int, after_message_id: str) -> str | None:
+        """The token of the next page, or None once a bounded range is complete."""
+        cursor = PageToken(after_time, after_message_id, cursor.until)
         # Done once the store has examined everything before `until`.
         finished = cursor.until is not None and (
             cursor.after_time > cursor.until
             or (cursor.after_time == cursor.until and cursor.after_message_id == "")
         )
-        return Page(
-            records=[RecordView.of(r) for r in page.records],
-            next_page_token=None if finished else self._tokens.encode(cursor),
-            complete_until=rfc3339(horizon),
-        )
+        return None if finished else self._tokens.encode(cursor)
 
     async def record(self, record_id: str) -> RecordView:
         await self._store.barrier()

@@ -31,17 +31,20 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     limit: int
 
     def answer(self, records: list[Record]) -> RecordPage:
-        """The page of `records`, when the store examined every row it could.
+        """The page of `records`, when the store examined every row it could."""
+        return RecordPage(records, *self.resume(records))
+
+    def resume(self, rows: Sequence[Record | Rejection]) -> tuple[int, str]:
+        """The key the next page continues after, when the store examined every row it could.
 
         A full page resumes after its last row; a short one examined the
         whole range, so the next page starts at `before_time`: a reader at
         the tail never scans again what it already found empty.
         """
-        if len(records) == self.limit:
-            last = records[-1]
-            return RecordPage(records, last.ingest_time, last.message_id)
+        if len(rows) == self.limit:
+            return rows[-1].ingest_time, rows[-1].message_id
         # message_id > "" holds for every row: the next page starts at before_time.
-        return RecordPage(records, self.before_time, "")
+        return self.before_time, ""
 
 
 class RecordPage(msgspec.Struct, frozen=True):
@@ -53,6 +56,14 @@ class RecordPage(msgspec.Struct, frozen=True):
     """
 
     records: list[Record]
+    after_time: int
+    after_message_id: str
+
+
+class RejectionPage(msgspec.Struct, frozen=True):
+    """One page of rejections, and the key the next page continues after."""
+
+    rejections: list[Rejection]
     after_time: int
     after_message_id: str
 
@@ -111,6 +122,9 @@ class Store(Protocol):
     async def page(self, query: PageQuery) -> RecordPage:
         """One page of first copies in `(ingest_time, message_id)` order."""
 
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        """One page of `rejected` rows in `(ingest_time, message_id)` order."""
+
     async def latest(self, record_id: str) -> Record | None:
         """The latest version of a record: by `timestamp`, then `publish_time`."""
 
@@ -146,6 +160,9 @@ class WrappedStore:
     async def page(self, query: PageQuery) -> RecordPage:
         return await self.inner.page(query)
 
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        return await self.inner.rejections(query)
+
     async def latest(self, record_id: str) -> Record | None:
         return await self.inner.latest(record_id)
 
@@ -165,14 +182,16 @@ def open_store(settings: Settings) -> Store:
         case "memory":
             from app.store.duckdb import DuckDBStore
 
-            return DuckDBStore(":memory:")
+            return DuckDBStore(":memory:", retention_days=settings.store.retention_days)
         case "duckdb":
             from app.store.duckdb import DuckDBStore
 
             # duckdb:///abs/file.duckdb is absolute (an empty host, then the path);
             # duckdb:file.duckdb is relative to the working directory.
             path = rest.removeprefix("//")
-            return DuckDBStore(path or "recordline.duckdb")
+            return DuckDBStore(
+                path or "recordline.duckdb", retention_days=settings.store.retention_days
+            )
         case "bigquery":
             try:
                 from app.store.bigquery import BigQueryStore

@@ -53,7 +53,14 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
 from app.errors import QueryTooCostly, StoreUnavailable
 from app.records import Kind, Record, Rejection, Row, columns
 from app.settings import QuerySettings, Settings, StoreSettings
-from app.store import MessageStatus, PageQuery, RecordPage, RowOutcome, UnknownStore
+from app.store import (
+    MessageStatus,
+    PageQuery,
+    RecordPage,
+    RejectionPage,
+    RowOutcome,
+    UnknownStore,
+)
 from app.store.bigquery_proto import RowEncoder
 from app.store.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
 from app.telemetry import record_query
@@ -179,6 +186,21 @@ GROUP BY e.message_id
 """.strip()
 
 
+def rejections_sql(rejected: str) -> str:
+    # The same constant range as a records page, on the same partitioning and
+    # clustering column; rejections are rare, so no dedupe pass is made: a
+    # message rejected on two deliveries is listed twice (replay is idempotent).
+    return f"""
+SELECT {select_list(Rejection, "j")}
+FROM {rejected} AS j
+WHERE j.ingest_time >= TIMESTAMP_MICROS(@after_time)
+  AND j.ingest_time < TIMESTAMP_MICROS(@end)
+  AND (j.ingest_time > TIMESTAMP_MICROS(@after_time) OR j.message_id > @after_message_id)
+ORDER BY j.ingest_time, j.message_id
+LIMIT @limit
+""".strip()
+
+
 def next_partition_sql(partitions: str) -> str:
     # Partition metadata: which day after an empty scan holds rows, for the
     # price of the 10 MiB minimum instead of a scan of every day between.
@@ -241,6 +263,7 @@ LIMIT 1
 CHECK_SQL: Final = "SELECT 1"
 
 _RECORD_FIELDS: Final = tuple(c.name for c in columns(Record))
+_REJECTION_FIELDS: Final = tuple(c.name for c in columns(Rejection))
 
 
 class _Payload(msgspec.Struct, omit_defaults=True):
@@ -351,6 +374,7 @@ class BigQueryStore:
         self._latest_sql = latest_sql(records)
         self._stored_sql = stored_sql(records)
         self._rejected_sql = rejected_sql(self._table_sql("rejected"))
+        self._rejections_sql = rejections_sql(self._table_sql("rejected"))
 
         self._write_client: BigQueryWriteAsyncClient | None = None
         self._query_client: bigquery.Client | None = None
@@ -547,16 +571,45 @@ class BigQueryStore:
             return RecordPage(records, last.ingest_time, last.message_id)
         return RecordPage(records, end, "")
 
-    async def _scan(self, query: PageQuery) -> tuple[list[tuple[Any, ...]], int]:
-        """Rows after the cursor over widening ranges, and where the last scan ended."""
+    async def _scan(
+        self,
+        query: PageQuery,
+        sql: str | None = None,
+        params: Callable[[PageQuery, int], dict[str, QueryValue]] | None = None,
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """Rows after the cursor over widening ranges, and where the last scan ended.
+
+        `sql` and `params` default to the records page; the rejections page
+        scans its table the same way.
+        """
+        sql = self._page_sql if sql is None else sql
+        params = self._page_params if params is None else params
         end = query.before_time
         found: list[tuple[Any, ...]] = []
         for span in _PAGE_SPANS_MICROS:
             end = min(query.before_time, query.after_time + span)
-            found = await self._query(self._page_sql, self._page_params(query, end))
+            found = await self._query(sql, params(query, end))
             if len(found) == query.limit or end == query.before_time:
                 break
         return found, end
+
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        # Bounded like a records page: at most a day is scanned, and a page
+        # that found too few rows ends where its scan ended. There is no jump
+        # over empty days (rejections are listed rarely, not followed).
+        found, end = await self._scan(query, self._rejections_sql, self._rejections_params)
+        rows = [_rejection(row) for row in found]
+        if len(rows) == query.limit:
+            return RejectionPage(rows, rows[-1].ingest_time, rows[-1].message_id)
+        return RejectionPage(rows, end, "")
+
+    def _rejections_params(self, query: PageQuery, end: int) -> dict[str, QueryValue]:
+        return {
+            "end": end,
+            "after_time": query.after_time,
+            "after_message_id": query.after_message_id,
+            "limit": query.limit,
+        }
 
     async def _next_rows(self, after: int, before: int) -> int:
         """Where the first partition at or after `after` that holds rows starts.
@@ -709,6 +762,10 @@ class _Answer(NamedTuple):
 
 def _record(row: Sequence[Any]) -> Record:
     return Record(**dict(zip(_RECORD_FIELDS, row, strict=True)))
+
+
+def _rejection(row: Sequence[Any]) -> Rejection:
+    return Rejection(**dict(zip(_REJECTION_FIELDS, row, strict=True)))
 
 
 def _parameter(name: str, value: QueryValue) -> Any:

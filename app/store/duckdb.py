@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ import pyarrow as pa
 
 from app.errors import StoreUnavailable
 from app.records import Column, Kind, Record, Rejection, Row, columns
-from app.store import MessageStatus, PageQuery, RecordPage, RowOutcome
+from app.store import MessageStatus, PageQuery, RecordPage, RejectionPage, RowOutcome
 from app.store.journal import Frame, encode
 from app.store.journal_process import JournalProcess
 
@@ -73,6 +74,15 @@ _APPLY_EVERY_SECONDS = 0.05
 _APPLY_MAX_ROWS = 20_000
 # A point read waits this long for earlier appends to become readable.
 _READ_BARRIER_SECONDS = 5.0
+# With a retention, rows older than it are deleted this often: reads refuse
+# bounds older than the retention anyway (410), so an hour of lingering rows
+# costs disk, not correctness, and one DELETE an hour costs nothing measurable.
+_EXPIRE_EVERY_SECONDS = 3600.0
+_DAY_US = 86_400 * 1_000_000
+_EXPIRE_SQL = [
+    f"DELETE FROM {table} WHERE ingest_time < make_timestamptz($before)"
+    for table in ("records", "rejected")
+]
 
 
 def ddl(table: str, row_type: type[Row]) -> str:
@@ -101,14 +111,22 @@ def _select_list(row_type: type[Row]) -> str:
 _RECORD_COLUMNS = _select_list(Record)
 _RECORD_FIELDS = Record.__struct_fields__
 
-_PAGE_SQL = f"""
-SELECT {_RECORD_COLUMNS} FROM records
+_REJECTION_FIELDS = tuple(c.name for c in columns(Rejection))
+
+
+def _page_sql(table: str, select: str) -> str:
+    return f"""
+SELECT {select} FROM {table}
 WHERE ingest_time >= make_timestamptz($after_time)
   AND ingest_time < make_timestamptz($before_time)
   AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)
 ORDER BY ingest_time, message_id
 LIMIT $limit
 """
+
+
+_PAGE_SQL = _page_sql("records", _RECORD_COLUMNS)
+_REJECTIONS_SQL = _page_sql("rejected", _select_list(Rejection))
 _LATEST_SQL = f"""
 SELECT {_RECORD_COLUMNS} FROM records WHERE id = $id
 ORDER BY timestamp DESC NULLS LAST, publish_time DESC, ingest_time DESC
@@ -134,6 +152,10 @@ def _record(values: tuple[Any, ...]) -> Record:
     return Record(**dict(zip(_RECORD_FIELDS, values, strict=True)))
 
 
+def _rejection(values: tuple[Any, ...]) -> Rejection:
+    return Rejection(**dict(zip(_REJECTION_FIELDS, values, strict=True)))
+
+
 class _Unapplied:
     __slots__ = ("frame_number", "oldest", "rows")
 
@@ -150,8 +172,19 @@ class DuckDBStore:
     # of a millisecond: a second one in flight would only wait behind the first.
     max_in_flight = 1
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        retention_days: int = 0,
+        expire_every: float = _EXPIRE_EVERY_SECONDS,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.path = path
+        self._retention_days = retention_days
+        self._expire_every = expire_every
+        self._clock = clock
+        self._expirer: asyncio.Task[None] | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
@@ -177,6 +210,10 @@ class DuckDBStore:
                     await self._write(self._insert, [*frame.records, *frame.rejections])
             await self._journal.discard_replayed()
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
+        if self._retention_days:
+            # Once now, for a store that was closed longer than the interval.
+            await self.expire()
+            self._expirer = asyncio.create_task(self._expire_forever(), name="duckdb-expirer")
 
     def _open(self) -> None:
         con = duckdb.connect(self.path)
@@ -186,6 +223,10 @@ class DuckDBStore:
         self._con = con
 
     async def close(self) -> None:
+        if self._expirer is not None:
+            self._expirer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expirer
         if self._applier is not None:
             # Whatever is not applied now stays in the journal for the next start.
             try:
@@ -283,6 +324,35 @@ class DuckDBStore:
                 with contextlib.suppress(OSError):  # a failed writer is reported by `check`
                     self._journal.release(self._applied)
 
+    async def expire(self) -> int:
+        """Delete records and rejections older than the retention; how many rows went."""
+        if not self._retention_days:
+            return 0
+        before = self._clock() // 1000 - self._retention_days * _DAY_US
+
+        def delete() -> int:
+            con = self._connection()
+            deleted = 0
+            for statement in _EXPIRE_SQL:
+                row = con.execute(statement, {"before": before}).fetchone()
+                deleted += row[0] if row else 0
+            return deleted
+
+        deleted = await self._write(delete)
+        if deleted:
+            log.info(
+                "deleted %d rows older than the %d-day retention", deleted, self._retention_days
+            )
+        return deleted
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._expire_every)
+            try:
+                await self.expire()
+            except StoreUnavailable as exc:  # reported; the next round tries again
+                log.error("deleting expired rows failed: %s", exc)
+
     async def _caught_up(self, frame_number: int) -> None:
         while self._applied < frame_number:
             progress = self._progress
@@ -338,14 +408,21 @@ class DuckDBStore:
     # -- reading ---------------------------------------------------------------
 
     async def page(self, query: PageQuery) -> RecordPage:
+        rows = await self._page_rows(_PAGE_SQL, query)
+        return query.answer([_record(r) for r in rows])
+
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        rows = [_rejection(r) for r in await self._page_rows(_REJECTIONS_SQL, query)]
+        return RejectionPage(rows, *query.resume(rows))
+
+    async def _page_rows(self, sql: str, query: PageQuery) -> list[tuple[Any, ...]]:
         params = {
             "after_time": query.after_time,
             "after_message_id": query.after_message_id,
             "before_time": query.before_time,
             "limit": query.limit,
         }
-        rows = await self._read(lambda cur: cur.execute(_PAGE_SQL, params).fetchall())
-        return query.answer([_record(r) for r in rows])
+        return await self._read(lambda cur: cur.execute(sql, params).fetchall())
 
     async def latest(self, record_id: str) -> Record | None:
         rows = await self._read(lambda cur: cur.execute(_LATEST_SQL, {"id": record_id}).fetchall())

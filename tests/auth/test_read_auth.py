@@ -91,9 +91,10 @@ async def test_other_principals_get_403(
 async def test_reads_without_a_valid_token_get_401(
     client: AsyncTestClient[Litestar], headers: dict[str, str]
 ) -> None:
-    response = await client.get("/v1/records", headers=headers)
-    assert response.status_code == 401
-    assert response.headers["www-authenticate"].startswith('Bearer realm="recordline"')
+    for path in ("/v1/records", "/v1/rejections"):
+        response = await client.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith('Bearer realm="recordline"')
 
 
 async def test_the_push_token_does_not_open_reads(

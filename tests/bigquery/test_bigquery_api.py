@@ -8,10 +8,13 @@ there cannot reach the fake serving on this one.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
 from app.asgi import create_app
+from app.query.page_token import PageToken, PageTokens
 from app.settings import Settings
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
@@ -78,3 +81,41 @@ async def test_a_permanent_write_error_answers_503_and_fails_readiness(
         assert response.status_code == 503
         assert "Retry-After" in response.headers
         assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_reads_older_than_the_retention_answer_410_before_any_query(
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BigQuery drops expired partitions (Terraform sets the expiration from the
+    # same variable): a page reaching into them would be silently incomplete.
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
+    settings = Settings.load(
+        {
+            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+            "RECORDLINE_SETTLE_SECONDS": "0",
+            "RECORDLINE_RETENTION_DAYS": "30",
+        }
+    )
+    tokens = PageTokens(settings.query.page_token_secret)
+    day = 86_400 * 1_000_000
+    now = time.time_ns() // 1000
+    async with served(create_app(settings)) as client:
+        pushed = await client.post("/pubsub/push", json=envelope(RECORD, message_id="m-1"))
+        assert pushed.status_code == 204
+        sent = len(jobs_fake.queries)
+        for params in (
+            {"since": "2024-01-01T00:00:00Z"},
+            {"until": "2024-01-01T00:00:00Z"},
+            {"page_token": tokens.encode(PageToken(now - 31 * day, "m-0"))},
+        ):
+            answer = await client.get("/v1/records", params=params)
+            assert answer.status_code == 410, params
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert answer.json()["retention_days"] == 30
+        assert len(jobs_fake.queries) == sent
+        # Within the retention, and unbounded, the row is there.
+        recent = tokens.encode(PageToken(now - 29 * day, "m-0"))
+        for params in ({"page_token": recent}, {}):
+            page = (await client.get("/v1/records", params=params)).json()
+            assert [r["message_id"] for r in page["records"]] == ["m-1"], params
