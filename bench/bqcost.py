@@ -192,6 +192,19 @@ def calls(stream: Stream, store: BigQueryStore | Before) -> dict[str, Callable[[
     }
 
 
+async def started_store(write_address: str, query_endpoint: str) -> BigQueryStore:
+    """The store as deployed, but with no cost cap: the bench measures what it would bill."""
+    store = BigQueryStore(
+        PROJECT,
+        DATASET,
+        store=StoreSettings(bigquery_write_endpoint=write_address, settle_seconds=15),
+        query=QuerySettings(max_bytes_billed=1 << 50),
+        query_endpoint=query_endpoint,
+    )
+    await store.start()
+    return store
+
+
 async def run_rate(rate: int, days_list: list[int], repeat: int) -> dict[tuple[str, int], Any]:
     write = FakeBigQueryWrite()
     await write.start()
@@ -225,22 +238,8 @@ async def run_rate(rate: int, days_list: list[int], repeat: int) -> dict[tuple[s
                     write, project=PROJECT, dataset=DATASET, billing=model
                 )
                 fakes[name].start()
-            store = BigQueryStore(
-                PROJECT,
-                DATASET,
-                store=StoreSettings(bigquery_write_endpoint=write.address, settle_seconds=15),
-                query=QuerySettings(max_bytes_billed=1 << 50),
-                query_endpoint=fakes["design"].endpoint,
-            )
-            await store.start()
-            settled = BigQueryStore(
-                PROJECT,
-                DATASET,
-                store=StoreSettings(bigquery_write_endpoint=write.address, settle_seconds=15),
-                query=QuerySettings(max_bytes_billed=1 << 50),
-                query_endpoint=fakes["settled"].endpoint,
-            )
-            await settled.start()
+            store = await started_store(write.address, fakes["design"].endpoint)
+            settled = await started_store(write.address, fakes["settled"].endpoint)
             try:
                 before = Before(fakes["before"].endpoint)
                 for (kind, target), jobs in (

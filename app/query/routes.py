@@ -30,6 +30,17 @@ COMPLETE_UNTIL = "Recordline-Complete-Until"
 # A token holds a row key (a Pub/Sub message id, ~20 digits) and a MAC, ~80
 # characters; 2048 leaves room for odd ids and refuses junk before decoding it.
 MAX_PAGE_TOKEN_LENGTH = 2048
+# The parameters of both paged lists, /v1/records and /v1/rejections.
+Since = Annotated[str | None, Parameter(description="RFC 3339; rows stored at or after it")]
+Until = Annotated[str | None, Parameter(description="RFC 3339; rows stored before it")]
+Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Rows per page")]
+PageTokenText = Annotated[
+    str | None,
+    Parameter(
+        max_length=MAX_PAGE_TOKEN_LENGTH,
+        description="From the previous page; overrides since and until",
+    ),
+]
 # Ids longer than producers may store cannot exist; refuse them before any query.
 PathId = Annotated[str, PathParameter(min_length=1, max_length=MAX_ID_LENGTH)]
 
@@ -72,22 +83,10 @@ def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
 async def list_records(
     request: Request[Any, Any, Any],
     reader: NamedDependency[Reader],
-    since: Annotated[
-        str | None, Parameter(description="RFC 3339; records ingested at or after it")
-    ] = None,
-    until: Annotated[
-        str | None, Parameter(description="RFC 3339; records ingested before it")
-    ] = None,
-    limit: Annotated[
-        int, Parameter(ge=1, le=MAX_LIMIT, description="Records per page")
-    ] = DEFAULT_LIMIT,
-    page_token: Annotated[
-        str | None,
-        Parameter(
-            max_length=MAX_PAGE_TOKEN_LENGTH,
-            description="From the previous page; overrides since and until",
-        ),
-    ] = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = DEFAULT_LIMIT,
+    page_token: PageTokenText = None,
 ) -> Response[Page]:
     _refuse_unknown(request)
     page = await reader.page(
@@ -120,22 +119,10 @@ async def list_records(
 async def list_rejections(
     request: Request[Any, Any, Any],
     reader: NamedDependency[Reader],
-    since: Annotated[
-        str | None, Parameter(description="RFC 3339; rejections stored at or after it")
-    ] = None,
-    until: Annotated[
-        str | None, Parameter(description="RFC 3339; rejections stored before it")
-    ] = None,
-    limit: Annotated[
-        int, Parameter(ge=1, le=MAX_LIMIT, description="Rejections per page")
-    ] = DEFAULT_LIMIT,
-    page_token: Annotated[
-        str | None,
-        Parameter(
-            max_length=MAX_PAGE_TOKEN_LENGTH,
-            description="From the previous page; overrides since and until",
-        ),
-    ] = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = DEFAULT_LIMIT,
+    page_token: PageTokenText = None,
 ) -> Response[RejectionsPage]:
     _refuse_unknown(request)
     page = await reader.rejections(

@@ -34,17 +34,18 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
         """The page of `records`, when the store examined every row it could."""
         return RecordPage(records, *self.resume(records))
 
-    def resume(self, rows: Sequence[Record | Rejection]) -> tuple[int, str]:
-        """The key the next page continues after, when the store examined every row it could.
+    def resume(self, rows: Sequence[Record | Rejection], end: int | None = None) -> tuple[int, str]:
+        """The key the next page continues after, `rows` being those the store examined.
 
-        A full page resumes after its last row; a short one examined the
-        whole range, so the next page starts at `before_time`: a reader at
-        the tail never scans again what it already found empty.
+        A full page resumes after its last row; a short one examined its whole
+        range, up to `end` (a store that scans a bounded range) or else
+        `before_time`, so the next page starts there: a reader at the tail
+        never scans again what it already found empty.
         """
         if len(rows) == self.limit:
             return rows[-1].ingest_time, rows[-1].message_id
-        # message_id > "" holds for every row: the next page starts at before_time.
-        return self.before_time, ""
+        # message_id > "" holds for every row: the next page starts at the end.
+        return (self.before_time if end is None else end), ""
 
 
 class RecordPage(msgspec.Struct, frozen=True):

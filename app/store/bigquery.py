@@ -110,18 +110,21 @@ _CLOCK_SKEW_MICROS: Final = 60_000_000
 _EARLIER_COPIES_MICROS: Final = 120_000_000
 
 # On-demand BigQuery bills at least 10 MiB per table a query references, and
-# rounds up to a whole MiB; every read here references one table.
+# rounds up to a whole MiB; every read here references one table, the
+# readiness probe's `SELECT 1` none.
 _MIB: Final = 1 << 20
 _MINIMUM_BILLED: Final = 10 * _MIB
 
 
-def billed_bytes(processed: int) -> int:
-    """What on-demand BigQuery bills for a one-table query that processed `processed` bytes.
+def billed_bytes(processed: int, *, tables: int = 1) -> int:
+    """What on-demand BigQuery bills a query over `tables` tables that processed `processed` bytes.
 
     The client library exposes bytes processed, not bytes billed, for short
     queries; BigQuery's documented rule turns one into the other.
     """
-    return max(_MINIMUM_BILLED, -(-processed // _MIB) * _MIB)
+    if not tables:
+        return 0
+    return max(tables * _MINIMUM_BILLED, -(-processed // _MIB) * _MIB)
 
 
 def select_list(row_type: type[Row], alias: str) -> str:
@@ -479,7 +482,7 @@ class BigQueryStore:
 
     async def check(self) -> None:
         records, rejected = self._writers()
-        await self._query(CHECK_SQL, {})
+        await self._query(CHECK_SQL, {}, tables=0)
         for writer in (records, rejected):
             if writer.failure is not None:
                 raise StoreUnavailable(writer.failure)
@@ -551,7 +554,7 @@ class BigQueryStore:
         return await self._cache.get(("page", query), lambda: self._page(query))
 
     async def _page(self, query: PageQuery) -> RecordPage:
-        found, end = await self._scan(query)
+        found, end = await self._scan(query, self._page_sql, self._page_params)
         if len(found) < query.limit and end < query.before_time:
             # Nothing near the cursor: jump to the next day that holds rows.
             start = await self._next_rows(end, query.before_time)
@@ -562,28 +565,20 @@ class BigQueryStore:
                     before_time=query.before_time,
                     limit=query.limit,
                 )
-                found, end = await self._scan(query)
+                found, end = await self._scan(query, self._page_sql, self._page_params)
         candidates = [_record(row[:-1]) for row in found]
         hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
         records = [r for r in candidates if r.message_id not in hidden]
-        if len(candidates) == query.limit:
-            last = candidates[-1]
-            return RecordPage(records, last.ingest_time, last.message_id)
-        return RecordPage(records, end, "")
+        # Later copies left out still moved the cursor: it follows the candidates.
+        return RecordPage(records, *query.resume(candidates, end))
 
     async def _scan(
         self,
         query: PageQuery,
-        sql: str | None = None,
-        params: Callable[[PageQuery, int], dict[str, QueryValue]] | None = None,
+        sql: str,
+        params: Callable[[PageQuery, int], dict[str, QueryValue]],
     ) -> tuple[list[tuple[Any, ...]], int]:
-        """Rows after the cursor over widening ranges, and where the last scan ended.
-
-        `sql` and `params` default to the records page; the rejections page
-        scans its table the same way.
-        """
-        sql = self._page_sql if sql is None else sql
-        params = self._page_params if params is None else params
+        """Rows after the cursor over widening ranges, and where the last scan ended."""
         end = query.before_time
         found: list[tuple[Any, ...]] = []
         for span in _PAGE_SPANS_MICROS:
@@ -599,9 +594,7 @@ class BigQueryStore:
         # over empty days (rejections are listed rarely, not followed).
         found, end = await self._scan(query, self._rejections_sql, self._rejections_params)
         rows = [_rejection(row) for row in found]
-        if len(rows) == query.limit:
-            return RejectionPage(rows, rows[-1].ingest_time, rows[-1].message_id)
-        return RejectionPage(rows, end, "")
+        return RejectionPage(rows, *query.resume(rows, end))
 
     def _rejections_params(self, query: PageQuery, end: int) -> dict[str, QueryValue]:
         return {
@@ -704,7 +697,9 @@ class BigQueryStore:
 
         return await self._cache.get(("message", message_id), load)
 
-    async def _query(self, sql: str, params: dict[str, QueryValue]) -> list[tuple[Any, ...]]:
+    async def _query(
+        self, sql: str, params: dict[str, QueryValue], *, tables: int = 1
+    ) -> list[tuple[Any, ...]]:
         if self._query_client is None:
             raise StoreUnavailable("the BigQuery store is not started")
         client = self._query_client
@@ -715,8 +710,8 @@ class BigQueryStore:
                 answer = await asyncio.to_thread(run)
         except TimeoutError:
             raise StoreUnavailable(f"BigQuery did not answer within {timeout:g} s") from None
-        except GoogleAPIError as exc:
-            if _reason(exc) == "bytesBilledLimitExceeded":
+        except (GoogleAPIError, OSError) as exc:
+            if isinstance(exc, GoogleAPIError) and _reason(exc) == "bytesBilledLimitExceeded":
                 log.warning(
                     "BigQuery refused a read over RECORDLINE_QUERY_MAX_BYTES_BILLED: %s", exc
                 )
@@ -724,16 +719,13 @@ class BigQueryStore:
                     f"the read would bill more than RECORDLINE_QUERY_MAX_BYTES_BILLED "
                     f"({self._max_bytes_billed} bytes): {getattr(exc, 'message', exc)}"
                 ) from exc
-            # Includes RetryError once the retries ran out of time; a read the
-            # client may simply try again.
-            log.warning("BigQuery read failed: %s", exc)
-            raise StoreUnavailable(f"BigQuery read failed: {exc}") from exc
-        except OSError as exc:
+            # Includes RetryError once the retries ran out of time, and
+            # transport errors; a read the client may simply try again.
             log.warning("BigQuery read failed: %s", exc)
             raise StoreUnavailable(f"BigQuery read failed: {exc}") from exc
         record_query(
             bytes_processed=answer.bytes_processed,
-            bytes_billed=billed_bytes(answer.bytes_processed),
+            bytes_billed=billed_bytes(answer.bytes_processed, tables=tables),
             job_id=answer.job_id,
         )
         return answer.rows

@@ -47,6 +47,24 @@ def load(
     )
 
 
+def operator_settings(
+    write: FakeBigQueryWrite,
+    jobs: FakeBigQueryJobs,
+    monkeypatch: pytest.MonkeyPatch,
+    **extra: str,
+) -> Settings:
+    """The BigQuery store on the fakes, configured as an operator would."""
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs.endpoint)
+    return Settings.load(
+        {
+            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write.address,
+            "RECORDLINE_SETTLE_SECONDS": "0",
+            **extra,
+        }
+    )
+
+
 def billed_by(jobs: FakeBigQueryJobs, since: int) -> list[int]:
     return [q.bill.bytes_billed for q in jobs.queries[since:] if q.bill is not None]
 
@@ -107,14 +125,8 @@ async def test_every_query_is_capped_and_a_read_over_the_cap_answers_503(
     jobs_fake: FakeBigQueryJobs,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
-    settings = Settings.load(
-        {
-            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-            "RECORDLINE_SETTLE_SECONDS": "0",
-            "RECORDLINE_QUERY_MAX_BYTES_BILLED": str(64 * MIB),
-        }
+    settings = operator_settings(
+        write_fake, jobs_fake, monkeypatch, RECORDLINE_QUERY_MAX_BYTES_BILLED=str(64 * MIB)
     )
     record = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
     async with served(create_app(settings)) as client:
@@ -173,14 +185,7 @@ async def test_bad_reads_get_a_problem_document_and_never_a_runaway_query(
 ) -> None:
     from app.ingest.service import MAX_ID_LENGTH
 
-    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
-    settings = Settings.load(
-        {
-            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-            "RECORDLINE_SETTLE_SECONDS": "0",
-        }
-    )
+    settings = operator_settings(write_fake, jobs_fake, monkeypatch)
     async with served(create_app(settings)) as client:
         longest = "x" * MAX_ID_LENGTH
         for path in (f"/v1/records/{longest}", f"/v1/messages/{longest}"):
