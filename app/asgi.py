@@ -83,16 +83,20 @@ def create_app(
             log.info("recordline stopped: accepted rows drained, store closed")
             await telemetry.shutdown()
 
+    traced = telemetry.middleware()
+
     def constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
     return Litestar(
         route_handlers=[
-            Router("/", route_handlers=[push], guards=auth.push_guards),
+            # Probes, scrapes and the docs are not traced: they say nothing about a message.
+            Router("/", route_handlers=[push], guards=auth.push_guards, middleware=traced),
             Router(
                 "/",
                 route_handlers=[list_records, list_rejections, get_record, get_message],
                 guards=auth.read_guards,
+                middleware=traced,
             ),
             healthz,
             readyz,
@@ -105,7 +109,6 @@ def create_app(
         },
         lifespan=[auth.lifespan, lifespan],
         plugins=[
-            *telemetry.plugins(),
             ProblemDetailsPlugin(
                 ProblemDetailsConfig(
                     enable_for_all_http_exceptions=True,

@@ -75,7 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
     from app.telemetry import configure_logging, google_project
 
     configure_logging(
-        settings.server.log_level, settings.server.log_format, project=google_project(settings)
+        settings.server.log_level,
+        settings.server.log_format,
+        project=google_project(settings),
+        system=settings.telemetry.system,
     )
     try:
         # create_app refuses settings that would leave the service open (app.auth).

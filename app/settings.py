@@ -262,6 +262,16 @@ class TelemetrySettings(Section, frozen=True):
     service_name: Annotated[str, env("OTEL_SERVICE_NAME", "Service name on traces and metrics")] = (
         "recordline"
     )
+    system: Annotated[
+        str,
+        Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$"),
+        env(
+            "RECORDLINE_SYSTEM",
+            "Which system this is, where several share a project: on every metric (resource "
+            "`service.namespace`, Cloud Monitoring's `namespace` label), trace and log line "
+            "(label `system`)",
+        ),
+    ] = "recordline"
     traces_exporter: Annotated[
         Literal["none", "console", "otlp", "gcp_trace"],
         env(

@@ -63,11 +63,8 @@ def traceparents(sampled_one_in: int) -> str:
 
 
 def _app(*, sampler: Sampler | None = None, metrics: bool = True) -> Litestar:
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-    from prometheus_client import CollectorRegistry
 
     from app.asgi import create_app
     from app.cli import quiet_garbage_collector
@@ -83,18 +80,8 @@ def _app(*, sampler: Sampler | None = None, metrics: bool = True) -> Litestar:
     if sampler is not None:
         tracer_provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
         tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
-    meter_provider: MeterProvider | None = None
-    registry: CollectorRegistry | None = None
-    if metrics:
-        registry = CollectorRegistry()
-        meter_provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader(registry=registry)],
-            shutdown_on_exit=False,
-            exemplar_filter=AlwaysOffExemplarFilter(),  # as Telemetry.from_settings
-        )
-    telemetry = Telemetry(
-        tracer_provider=tracer_provider, meter_provider=meter_provider, prometheus=registry
-    )
+    # Metrics behind a Prometheus reader, as `recordline serve` runs by default.
+    telemetry = Telemetry(tracer_provider=tracer_provider, prometheus=metrics)
     app = create_app(settings, telemetry=telemetry)
     quiet_garbage_collector()  # as `recordline serve`
     return app

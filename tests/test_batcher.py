@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from app.errors import QueueFull, ShuttingDown, StoreUnavailable, WriteTimeout
-from app.ingest.batcher import Batcher
+from app.ingest.batcher import Batcher, Row
 from app.records import Record, Rejection
 from app.store import RowOutcome
 
@@ -30,8 +30,14 @@ class Recorder:
         return [None if isinstance(r, Record) else "rejected" for r in rows]
 
 
-def record(n: int, batcher: Batcher) -> Record:
-    return Record(message_id=f"m{n}", publish_time=0, ingest_time=batcher.stamp(), id=str(n))
+def record(n: int) -> Callable[[int], Record]:
+    return lambda ingest_time: Record(
+        message_id=f"m{n}", publish_time=0, ingest_time=ingest_time, id=str(n)
+    )
+
+
+async def outcome(batcher: Batcher, build: Callable[[int], Row], size: int) -> RowOutcome:
+    return (await batcher.submit(build, size))[1]
 
 
 def make(store: Recorder, **overrides: float) -> Batcher:
@@ -52,7 +58,7 @@ async def test_concurrent_submits_share_appends() -> None:
     batcher = make(store)
     await batcher.start()
     store.gate.clear()
-    results = asyncio.gather(*(batcher.submit(record(n, batcher), 10) for n in range(250)))
+    results = asyncio.gather(*(outcome(batcher, record(n), 10) for n in range(250)))
     await asyncio.sleep(0.05)
     store.gate.set()
     assert await results == [None] * 250
@@ -68,7 +74,7 @@ async def test_batches_are_cut_by_bytes() -> None:
     batcher = make(store, max_bytes=250)
     await batcher.start()
     store.gate.clear()
-    results = asyncio.gather(*(batcher.submit(record(n, batcher), 100) for n in range(6)))
+    results = asyncio.gather(*(outcome(batcher, record(n), 100) for n in range(6)))
     await asyncio.sleep(0.01)
     store.gate.set()
     await results
@@ -80,16 +86,19 @@ async def test_each_waiter_gets_its_own_outcome_and_failures_reach_all() -> None
     store = Recorder()
     batcher = make(store)
     await batcher.start()
-    rejection = Rejection(message_id="bad", publish_time=0, ingest_time=batcher.stamp())
-    assert await batcher.submit(rejection, 10) == "rejected"
+
+    def rejection(ingest_time: int) -> Rejection:
+        return Rejection(message_id="bad", publish_time=0, ingest_time=ingest_time)
+
+    assert await outcome(batcher, rejection, 10) == "rejected"
     store.error = StoreUnavailable("down")
     outcomes = await asyncio.gather(
-        *(batcher.submit(record(n, batcher), 10) for n in range(5)), return_exceptions=True
+        *(outcome(batcher, record(n), 10) for n in range(5)), return_exceptions=True
     )
     assert all(isinstance(o, StoreUnavailable) for o in outcomes)
     store.error = RuntimeError("driver bug")  # unexpected errors are still a 503
     with pytest.raises(StoreUnavailable):
-        await batcher.submit(record(9, batcher), 10)
+        await outcome(batcher, record(9), 10)
     await batcher.close(grace=1)
 
 
@@ -98,18 +107,18 @@ async def test_queue_bound_and_deadline() -> None:
     batcher = make(store, queue_rows=3, deadline=0.2, max_rows=1)
     await batcher.start()
     store.gate.clear()
-    waiting = [asyncio.create_task(batcher.submit(record(0, batcher), 10))]
+    waiting = [asyncio.create_task(outcome(batcher, record(0), 10))]
     await asyncio.sleep(0.01)  # m0 is now in the held append
-    waiting += [asyncio.create_task(batcher.submit(record(n, batcher), 10)) for n in (1, 2, 3)]
+    waiting += [asyncio.create_task(outcome(batcher, record(n), 10)) for n in (1, 2, 3)]
     await asyncio.sleep(0.01)  # m1..m3 fill the queue
     with pytest.raises(QueueFull):
-        await batcher.submit(record(99, batcher), 10)
+        await outcome(batcher, record(99), 10)
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(o, WriteTimeout) for o in outcomes)
     # Rows whose requests gave up while still queued are not stored at all.
     store.gate.set()
     await asyncio.sleep(0.01)  # the flusher drops the abandoned rows
-    assert await batcher.submit(record(100, batcher), 10) is None
+    assert await outcome(batcher, record(100), 10) is None
     stored = [m for b in store.batches for m in b]
     assert "m100" in stored
     assert stored == ["m0", "m100"]  # m0 was already in the held append
@@ -121,12 +130,12 @@ async def test_close_drains_accepted_rows_then_refuses() -> None:
     batcher = make(store)
     await batcher.start()
     store.gate.clear()
-    waiting = [asyncio.create_task(batcher.submit(record(n, batcher), 10)) for n in range(50)]
+    waiting = [asyncio.create_task(outcome(batcher, record(n), 10)) for n in range(50)]
     await asyncio.sleep(0.01)
     closing = asyncio.create_task(batcher.close(grace=2))
     await asyncio.sleep(0.01)
     with pytest.raises(ShuttingDown):
-        await batcher.submit(record(999, batcher), 10)
+        await outcome(batcher, record(999), 10)
     store.gate.set()
     await closing
     assert await asyncio.gather(*waiting) == [None] * 50
@@ -138,7 +147,7 @@ async def test_close_gives_up_after_grace() -> None:
     batcher = make(store, deadline=5)
     await batcher.start()
     store.gate.clear()
-    waiting = asyncio.create_task(batcher.submit(record(1, batcher), 10))
+    waiting = asyncio.create_task(outcome(batcher, record(1), 10))
     await asyncio.sleep(0.01)
     await batcher.close(grace=0.1)
     with pytest.raises(ShuttingDown):
@@ -150,11 +159,11 @@ async def test_horizon_stays_behind_unstored_rows() -> None:
     batcher = make(store)
     await batcher.start()
     store.gate.clear()
-    first = record(1, batcher)
-    task = asyncio.create_task(batcher.submit(first, 10))
+    task = asyncio.create_task(batcher.submit(record(1), 10))
     await asyncio.sleep(0.01)
-    assert batcher.horizon() == first.ingest_time
+    held = batcher.horizon()
     store.gate.set()
-    await task
+    first, _ = await task
+    assert held == first.ingest_time
     assert batcher.horizon() > first.ingest_time
     await batcher.close(grace=1)

@@ -118,18 +118,19 @@ class Batcher:
 
     # -- producer side ---------------------------------------------------
 
-    def stamp(self) -> int:
-        """A non-decreasing ingest time in microseconds.
-
-        Stamp a row and `submit` it without awaiting in between, so the queue
-        stays in ingest_time order and the read horizon holds.
-        """
+    def _stamp(self) -> int:
+        """A non-decreasing ingest time in microseconds."""
         now = self._clock() // 1000
         self._last_stamp = max(now, self._last_stamp)
         return self._last_stamp
 
-    async def submit(self, row: Row, size: int) -> RowOutcome:
-        """Wait until the row is durably stored; raise a RetryLater if it is not."""
+    async def submit(self, build: Callable[[int], Row], size: int) -> tuple[Row, RowOutcome]:
+        """Build the row with its ingest time, queue it, and wait until it is durably stored.
+
+        Raise a RetryLater if it is not. The row is stamped and queued in one
+        step, with no await between, so the queue stays in ingest_time order
+        and the read horizon holds whatever a caller does.
+        """
         if self._closing:
             raise ShuttingDown("shutting down; retry on another instance")
         if len(self._queue) >= self._queue_rows or self._queued_bytes + size > self._queue_bytes:
@@ -137,6 +138,7 @@ class Batcher:
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[RowOutcome] = loop.create_future()
         origin = self._observer.submitted() if self._observer is not None else None
+        row = build(self._stamp())
         pending = _Pending(row, size, future, origin, loop.time() + self._deadline)
         self._queue.append(pending)
         self._waiting.append(pending)
@@ -145,7 +147,7 @@ class Batcher:
         # The sweeper fails the future with WriteTimeout at the deadline; a row
         # still queued then is dropped at the next flush: no answer, no need to
         # store it. A request that goes away cancels the future the same way.
-        return await future
+        return row, await future
 
     @property
     def depth(self) -> int:
@@ -156,7 +158,7 @@ class Batcher:
         # The queue is in stamp order, so its head is its oldest row.
         oldest = [self._queue[0].row.ingest_time] if self._queue else []
         oldest.extend(self._in_flight.values())
-        return min(oldest) if oldest else self.stamp()
+        return min(oldest) if oldest else self._stamp()
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -6,6 +6,7 @@ returns; every failure to store surfaces as a RetryLater (503).
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Protocol
 
 import msgspec
@@ -34,7 +35,7 @@ _decode_payload = msgspec.json.Decoder(Payload).decode
 _encode = msgspec.json.encode
 
 
-def to_row(message: PushedMessage, *, ingest_time: int, trace_id: str | None) -> Record | Rejection:
+def to_row(message: PushedMessage, ingest_time: int, *, trace_id: str | None) -> Record | Rejection:
     attributes = _encode(message.attributes).decode()
     if message.data is None:
         reason = "message.data: not valid base64"
@@ -89,10 +90,11 @@ class Ingest:
     async def accept(
         self, message: PushedMessage, *, trace_id: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
-        row = to_row(message, ingest_time=self._batcher.stamp(), trace_id=trace_id)
         size = len(message.raw_data) + 256
         try:
-            outcome = await self._batcher.submit(row, size)
+            row, outcome = await self._batcher.submit(
+                functools.partial(to_row, message, trace_id=trace_id), size
+            )
         except RetryLater as exc:
             if self._observer is not None:
                 self._observer.retried(message.message_id, exc)

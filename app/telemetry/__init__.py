@@ -1,7 +1,7 @@
 """Traces, metrics and logs: what an operator follows one message with.
 
 `Telemetry` holds the tracer and meter providers one app reports through. It
-is built from settings in `create_app`, or passed in (tests give it in-memory
+is built from settings in `create_app`, or given (tests give it in-memory
 exporters). Nothing is registered globally (providers, propagators), so many
 apps can live in one process, each with its own.
 """
@@ -11,36 +11,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from litestar import Response, get
-from litestar.enums import ScopeType
 from litestar.handlers import HTTPRouteHandler
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from opentelemetry import metrics as metrics_api
-from opentelemetry import trace as trace_api
+from litestar.middleware import DefineMiddleware
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import NoOpTracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app.settings import Settings, TelemetrySettings
 from app.store import Store
-from app.telemetry.histogram import export_through
+from app.telemetry.distribution import PrometheusDistributions, WithDistributions
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
-from app.telemetry.metrics import Metrics, PushOutcomes
-from app.telemetry.spans import plain_tracer
+from app.telemetry.metrics import Metrics, PushOutcomes, push_histograms
 from app.telemetry.store import ObservedStore
 from app.telemetry.traces import (
     FlushTracer,
     ServerSpans,
+    Tracing,
+    follows_callers,
     push_received,
     record_query,
-    route_span_details,
     sampler,
 )
 
@@ -56,9 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INSTRUMENTATION = "recordline"
-# Probes and scrapes arrive every few seconds and say nothing about a message;
-# the API docs are read by people. Regexes, searched in the request path.
-UNTRACED_PATHS = ["^/(healthz|readyz|metrics)$", "^/docs(/|$)"]
 # Cloud Run gives a stopping instance ~10 s, most of it for flushing rows; an
 # exporter retrying against an unreachable endpoint gets what is left, at most.
 SHUTDOWN_SECONDS = 3.0
@@ -75,26 +75,53 @@ def google_project(settings: Settings) -> str | None:
 
 
 class Telemetry:
+    """Spans through `tracer_provider` (none: no tracing); metrics to `metric_exporters`
+    (each on its own periodic reader) and, with `prometheus`, at `GET /metrics`."""
+
     def __init__(
         self,
         *,
-        tracer_provider: trace_api.TracerProvider | None = None,
-        meter_provider: metrics_api.MeterProvider | None = None,
-        prometheus: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        metric_exporters: Sequence[MetricExporter] = (),
+        prometheus: bool = False,
+        resource: Resource | None = None,
+        export_interval_ms: float = math.inf,
     ) -> None:
-        # Without a provider, the no-op one: spans cost next to nothing and
-        # still carry the incoming trace id, so rows and log lines keep their
-        # link to Cloud Run's request trace.
-        # Without a tracer provider there is nothing to trace, and no server
-        # span middleware.
-        self.traced = tracer_provider is not None
-        self.tracer_provider = tracer_provider or trace_api.NoOpTracerProvider()
-        self.meter_provider = meter_provider or metrics_api.NoOpMeterProvider()
-        self.tracer = plain_tracer(self.tracer_provider.get_tracer(INSTRUMENTATION))
-        self.metrics = Metrics(self.meter_provider.get_meter(INSTRUMENTATION))
-        if isinstance(self.meter_provider, MeterProvider):
-            export_through(self.meter_provider, INSTRUMENTATION, self.metrics.counted)
-        self.prometheus = prometheus
+        self.tracer_provider = tracer_provider
+        histograms = push_histograms()
+        readers: list[MetricReader] = [
+            PeriodicExportingMetricReader(
+                WithDistributions(exporter, histograms, INSTRUMENTATION),
+                export_interval_millis=export_interval_ms,
+            )
+            for exporter in metric_exporters
+        ]
+        self.prometheus: CollectorRegistry | None = None
+        if prometheus:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+            # A registry of our own, not prometheus_client's global one: a
+            # second app in the process would otherwise collide with it.
+            self.prometheus = CollectorRegistry(auto_describe=True)
+            readers.append(PrometheusMetricReader(registry=self.prometheus))
+            self.prometheus.register(PrometheusDistributions(histograms))
+        # Without a reader nothing is measured at all (the API's no-op meter).
+        self.meter_provider: MeterProvider | None = None
+        meter = NoOpMeterProvider().get_meter(INSTRUMENTATION)
+        if readers:
+            self.meter_provider = MeterProvider(
+                metric_readers=readers,
+                resource=resource or Resource.create({}),
+                shutdown_on_exit=False,
+                # Exemplars (a trace id kept per histogram bucket) cost ~10 µs
+                # a query with every span sampled.
+                exemplar_filter=AlwaysOffExemplarFilter(),
+            )
+            meter = self.meter_provider.get_meter(INSTRUMENTATION)
+        self.metrics = Metrics(meter, histograms if readers else None)
+        # Without a tracer provider, the API's no-op tracer: its spans carry
+        # the current (the caller's) trace id, so rows and log lines keep it.
+        self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(INSTRUMENTATION)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Telemetry:
@@ -113,74 +140,36 @@ class Telemetry:
             )
             # Exports run on the processor's thread; a request never waits for one.
             tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(config, project)))
-        registry = None
-        readers: list[MetricReader] = []
+        exporters: list[MetricExporter] = []
         match config.metrics_exporter:
-            case "prometheus":
-                from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
-                # A registry of our own, not prometheus_client's global one:
-                # a second app in the process would otherwise collide with it.
-                registry = CollectorRegistry(auto_describe=True)
-                readers.append(PrometheusMetricReader(registry=registry))
             case "otlp":
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                     OTLPMetricExporter,
                 )
 
-                readers.append(
-                    PeriodicExportingMetricReader(
-                        OTLPMetricExporter(endpoint=_otlp(config, "metrics")),
-                        export_interval_millis=config.metric_export_interval_ms,
-                    )
-                )
+                exporters.append(OTLPMetricExporter(endpoint=_otlp(config, "metrics")))
             case "gcp_monitoring":
                 from opentelemetry.exporter.cloud_monitoring import (
                     CloudMonitoringMetricsExporter,
                 )
 
-                readers.append(
-                    PeriodicExportingMetricReader(
-                        CloudMonitoringMetricsExporter(project_id=project),
-                        export_interval_millis=config.metric_export_interval_ms,
-                    )
-                )
-        meter_provider = (
-            MeterProvider(
-                metric_readers=readers,
-                resource=resource,
-                shutdown_on_exit=False,
-                # Exemplars (a trace id kept per histogram bucket) cost ~10 µs
-                # per push with every span sampled: a quarter of telemetry's
-                # whole budget on this path.
-                exemplar_filter=AlwaysOffExemplarFilter(),
-            )
-            if readers
-            else None
-        )
+                exporters.append(CloudMonitoringMetricsExporter(project_id=project))
         return cls(
-            tracer_provider=tracer_provider, meter_provider=meter_provider, prometheus=registry
+            tracer_provider=tracer_provider,
+            metric_exporters=exporters,
+            prometheus=config.metrics_exporter == "prometheus",
+            resource=resource,
+            export_interval_ms=config.metric_export_interval_ms,
         )
 
     # -- what create_app wires in ---------------------------------------------
 
-    def plugins(self) -> list[OpenTelemetryPlugin]:
-        """A SERVER span per HTTP request, current while the handler runs."""
-        if not self.traced:
+    def middleware(self) -> list[DefineMiddleware]:
+        """For the routers worth tracing: a SERVER span per request, current while it runs."""
+        if self.tracer_provider is None:
             return []
-        config = OpenTelemetryConfig(
-            tracer=self.tracer,
-            middleware_class=ServerSpans,
-            scope_span_details_extractor=route_span_details,
-            exclude=UNTRACED_PATHS,
-            scopes={ScopeType.HTTP},
-        )
-        plugin = OpenTelemetryPlugin(config)
-        # Litestar 2.25's plugin builds its middleware from the default class,
-        # not the config's `middleware_class`; the app's own adapter for a
-        # middleware given in `middleware=` sets the same attribute.
-        plugin._middleware = config.middleware
-        return [plugin]
+        follow = follows_callers(self.tracer_provider.sampler)
+        return [DefineMiddleware(ServerSpans, tracing=Tracing(self.tracer, follow_callers=follow))]
 
     def flush_observer(self) -> FlushTracer:
         return FlushTracer(self.tracer)
@@ -218,13 +207,7 @@ class Telemetry:
         worker thread it would also hold up interpreter exit; a daemon thread
         and a bounded wait keep both out of the way.
         """
-        providers: list[Any] = [
-            p
-            for p in (self.tracer_provider, self.meter_provider)
-            if isinstance(p, TracerProvider | MeterProvider)
-        ]
-        if not providers:
-            return
+        providers = [p for p in (self.tracer_provider, self.meter_provider) if p is not None]
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         millis = int(SHUTDOWN_SECONDS * 1000)
@@ -254,7 +237,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _resource(config: TelemetrySettings) -> Resource:
-    resource = Resource({SERVICE_NAME: config.service_name})
+    # service.namespace names the system: Cloud Monitoring's generic_task
+    # resource keeps it as its `namespace` label, so fifty systems in one
+    # project keep their series apart.
+    resource = Resource({SERVICE_NAME: config.service_name, SERVICE_NAMESPACE: config.system})
     if config.traces_exporter == "gcp_trace" or config.metrics_exporter == "gcp_monitoring":
         # On Cloud Run this names the region, service and instance, which Cloud
         # Monitoring needs to keep each instance's series apart (generic_task).

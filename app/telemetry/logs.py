@@ -13,13 +13,15 @@ import sys
 from typing import Any
 
 import msgspec
-from opentelemetry import trace
+
+from app.telemetry.traces import current_caller
 
 _encode = msgspec.json.encode
 
 TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
 SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
+LABELS_FIELD = "logging.googleapis.com/labels"
 
 
 class CloudLoggingFormatter(logging.Formatter):
@@ -30,8 +32,10 @@ class CloudLoggingFormatter(logging.Formatter):
     handler, the flush span in the batcher.
     """
 
-    def __init__(self, project: str | None = None) -> None:
+    def __init__(self, project: str | None = None, system: str | None = None) -> None:
         super().__init__()
+        # Fifty systems may log to one project: each line names its own.
+        self._labels = {"system": system} if system else None
         # Cloud Logging links a line to Cloud Trace only through the full
         # resource name; a bare trace id still groups a request's lines.
         self._trace_prefix = f"projects/{project}/traces/" if project else ""
@@ -42,10 +46,12 @@ class CloudLoggingFormatter(logging.Formatter):
             "message": record.getMessage(),
             "logger": record.name,
         }
+        if self._labels:
+            entry[LABELS_FIELD] = self._labels
         if record.exc_info:
             entry["message"] += "\n" + self.formatException(record.exc_info)
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
+        span = current_caller()
+        if span is not None:
             entry[TRACE_FIELD] = f"{self._trace_prefix}{span.trace_id:032x}"
             entry[SPAN_FIELD] = f"{span.span_id:016x}"
             entry[SAMPLED_FIELD] = span.trace_flags.sampled
@@ -54,13 +60,15 @@ class CloudLoggingFormatter(logging.Formatter):
         return _encode(entry).decode()
 
 
-def configure_logging(level: str, fmt: str, *, project: str | None = None) -> None:
+def configure_logging(
+    level: str, fmt: str, *, project: str | None = None, system: str | None = None
+) -> None:
     text = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
         if text
-        else CloudLoggingFormatter(project)
+        else CloudLoggingFormatter(project, system)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -13,13 +13,14 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from app.errors import RetryLater
 from app.records import Record, Rejection
 from app.store import RowOutcome
-from app.telemetry.histogram import BucketHistogram
+from app.telemetry.distribution import Distribution
 
 log = logging.getLogger("recordline.ingest")
 
@@ -41,20 +42,45 @@ CANARY_ATTRIBUTE = "recordline-canary"
 _CANARY_KEY = f'"{CANARY_ATTRIBUTE}":'
 
 
-class Metrics:
-    """Every instrument Recordline reports, created once per app."""
+class PushHistograms(NamedTuple):
+    """Recorded for every stored row and every append (under light load, every
+    push): counted in plain Python (app.telemetry.distribution)."""
 
-    def __init__(self, meter: Meter) -> None:
-        self.meter = meter
-        # Recorded for every stored row: counted here, not by the SDK (see
-        # app.telemetry.histogram); Telemetry hands the histograms counted
-        # here (`counted`) to the meter's readers.
-        self.ingest_lag = BucketHistogram(
+    ingest_lag: Distribution
+    append_rows: Distribution
+    append_duration: Distribution
+
+
+def push_histograms() -> PushHistograms:
+    return PushHistograms(
+        Distribution(
             "recordline.ingest.lag",
             unit="s",
             description="Publish to durable storage (ingest_time - publish_time): freshness SLI",
             boundaries=LAG_SECONDS,
-        )
+        ),
+        Distribution(
+            "recordline.append.rows",
+            unit="{row}",
+            description="Rows per store append",
+            boundaries=ROWS,
+        ),
+        Distribution(
+            "recordline.append.duration",
+            unit="s",
+            description="Duration of one store append",
+            boundaries=SECONDS,
+        ),
+    )
+
+
+class Metrics:
+    """Every instrument Recordline reports, created once per app; `histograms`
+    None when nothing reads them."""
+
+    def __init__(self, meter: Meter, histograms: PushHistograms | None) -> None:
+        self.meter = meter
+        self.histograms = histograms
         # Outcomes are tallied in plain ints and read at collection time: a
         # synchronous SDK counter costs ~5 µs per add, 3% of a push.
         self.outcomes: Counter[tuple[tuple[str, str], ...]] = Counter()
@@ -64,21 +90,6 @@ class Metrics:
             unit="{message}",
             description="Push deliveries by outcome: stored, rejected (reason), retried (reason)",
         )
-        # Recorded for every append, which under light load is every push:
-        # counted here as well (two SDK records were ~13% of a lone push).
-        self.append_rows = BucketHistogram(
-            "recordline.append.rows",
-            unit="{row}",
-            description="Rows per store append",
-            boundaries=ROWS,
-        )
-        self.append_duration = BucketHistogram(
-            "recordline.append.duration",
-            unit="s",
-            description="Duration of one store append",
-            boundaries=SECONDS,
-        )
-        self.counted = (self.ingest_lag, self.append_rows, self.append_duration)
         # Publish time (µs) of the newest canary stored. Its age grows when the
         # pipeline stalls even with no real traffic; until a canary is stored
         # there is no point at all, which the absence alert catches.
@@ -89,7 +100,7 @@ class Metrics:
             unit="s",
             description="Now minus the publish time of the newest canary stored",
         )
-        # Per query, and by route: the SDK's.
+        # Per query, and by route: the SDK's (reads are far fewer than pushes).
         self.query_duration = meter.create_histogram(
             "recordline.query.duration",
             unit="s",
@@ -104,14 +115,18 @@ class Metrics:
             description="Bytes billed by the store's queries, by the API route they serve",
         )
 
-    def record_lag(self, rows: Sequence[Record | Rejection]) -> None:
-        """Ingest lag of rows now durably stored, recorded once their append returns,
-        and the newest canary among them.
-
-        One loop per append, not one call per request.
-        """
-        self.ingest_lag.record_many((row.ingest_time - row.publish_time) / 1e6 for row in rows)
+    def appended(self, rows: Sequence[Record | Rejection], seconds: float, stored: bool) -> None:
+        """One append: its size and duration; if `stored`, the ingest lag of its
+        rows (now durable) and the newest canary among them. One call per append."""
+        if self.histograms is None:
+            return
+        lag, size, duration = self.histograms
+        size.record(len(rows))
+        duration.record(seconds)
+        if not stored:
+            return
         for row in rows:
+            lag.record((row.ingest_time - row.publish_time) / 1e6)
             if isinstance(row, Record) and _CANARY_KEY in row.attributes:
                 # Pushes arrive out of order: keep the newest.
                 self.canary_published = max(row.publish_time, self.canary_published or 0)

@@ -7,6 +7,7 @@ processed and job id) to the current span with `record_query`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,13 +47,13 @@ class ObservedStore(WrappedStore):
 
     async def _append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         started = time.perf_counter()
+        stored = False
         try:
             outcomes = await self.inner.append(rows)
-            self._metrics.record_lag(rows)
+            stored = True
             return outcomes
         finally:
-            self._metrics.append_rows.record(len(rows))
-            self._metrics.append_duration.record(time.perf_counter() - started)
+            self._metrics.appended(rows, time.perf_counter() - started, stored)
 
     async def page(self, query: PageQuery) -> RecordPage:
         with self._query("page", _PAGE_ROUTE) as span:
@@ -74,12 +75,18 @@ class ObservedStore(WrappedStore):
 
     @contextmanager
     def _query(self, name: str, route: dict[str, str]) -> Iterator[Span]:
-        """A span for one query, and its duration by API route, failed or not."""
+        """A span for one query (in a traced request only), and its duration by API
+        route, failed or not."""
         started = time.perf_counter()
         cost = QueryCost()
         token = QUERY_COST.set(cost)
-        with self._tracer.start_as_current_span(
-            f"recordline.store.{name}", kind=SpanKind.CLIENT, attributes=self._system
+        traced = trace.get_current_span().is_recording()
+        with (
+            self._tracer.start_as_current_span(
+                f"recordline.store.{name}", kind=SpanKind.CLIENT, attributes=self._system
+            )
+            if traced
+            else contextlib.nullcontext(trace.INVALID_SPAN)
         ) as span:
             try:
                 yield span

@@ -422,24 +422,27 @@ def test_every_workload_metric_named_has_a_descriptor() -> None:
 def _exported_descriptors() -> dict[str, dict[str, Any]]:
     """Kind, value type, unit and labels of each app metric, as the Cloud Monitoring
     exporter derives them from what the SDK collects."""
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import Gauge, Histogram, InMemoryMetricReader, Sum
+    from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
     from app.telemetry import Telemetry
+    from tests.telemetry.conftest import Exported
 
-    reader = InMemoryMetricReader()
-    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    exported = Exported()
+    telemetry = Telemetry(metric_exporters=[exported])
     metrics = telemetry.metrics
-    metrics.ingest_lag.record(0.2)
-    metrics.append_rows.record(3)
-    metrics.append_duration.record(0.004)
+    assert metrics.histograms is not None
+    metrics.histograms.ingest_lag.record(0.2)
+    metrics.histograms.append_rows.record(3)
+    metrics.histograms.append_duration.record(0.004)
     metrics.query_duration.record(0.1, {"route": "/v1/records"})
     metrics.query_bytes_billed.add(10 << 20, {"route": "/v1/records"})
     metrics.outcomes[(("outcome", "rejected"), ("reason", "schema"))] += 1
     metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0)
     # The canary's age is reported once a canary has been stored.
     metrics.canary_published = 0
-    data = reader.get_metrics_data()
+    assert telemetry.meter_provider is not None
+    telemetry.meter_provider.force_flush()
+    data = exported.data
     assert data is not None
     found: dict[str, dict[str, Any]] = {}
     for resource in data.resource_metrics:

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,17 +23,34 @@ from tests.fakes import FaultyStore
 RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
 
 
+class Exported(MetricExporter):
+    """What the last export held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: MetricsData | None = None
+
+    def export(self, metrics_data: MetricsData, *_: Any, **__: Any) -> MetricExportResult:
+        self.data = metrics_data
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 0) -> bool:
+        return True
+
+    def shutdown(self, *_: Any, **__: Any) -> None:
+        pass
+
+
 class Observed:
-    """What one app reported: finished spans and collected metrics."""
+    """What one app reported: finished spans and exported metrics."""
 
     def __init__(self, sampler: Sampler | None = None) -> None:
         self.spans = InMemorySpanExporter()
-        self.reader = InMemoryMetricReader()
+        self.exported = Exported()
         tracer_provider = TracerProvider(sampler=sampler)
         tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.telemetry = Telemetry(
-            tracer_provider=tracer_provider,
-            meter_provider=MeterProvider(metric_readers=[self.reader]),
+            tracer_provider=tracer_provider, metric_exporters=[self.exported]
         )
 
     def finished(self, name: str | None = None) -> list[ReadableSpan]:
@@ -43,7 +59,9 @@ class Observed:
 
     def points(self, metric: str) -> list[Any]:
         """Data points of one metric, collected now (call it while the app runs)."""
-        data = self.reader.get_metrics_data()
+        assert self.telemetry.meter_provider is not None
+        self.telemetry.meter_provider.force_flush()
+        data = self.exported.data
         if data is None:
             return []
         return [
