@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import typing
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -45,21 +46,31 @@ class Row(msgspec.Struct, kw_only=True, frozen=True):
     """Base for stored rows: keyword-only and immutable once built."""
 
 
+# What every stored row says about its delivery, declared once for both tables.
+MessageId = Annotated[str, _doc("Pub/Sub message id; the deduplication key")]
+PublishTime = Annotated[Micros, _doc("When Pub/Sub accepted the message")]
+IngestTime = Annotated[Micros, _doc("When Recordline stored the row; the `since` axis")]
+Attributes = Annotated[JsonText, _doc("Pub/Sub message attributes, a JSON object")]
+Subscription = Annotated[str | None, _doc("Full name of the delivering subscription")]
+DeliveryAttempt = Annotated[
+    int | None, _doc("Delivery attempt, set when the subscription has a dead-letter policy")
+]
+TraceId = Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")]
+
+
 class Record(Row, frozen=True):
     """One accepted message: a row of `records`."""
 
-    message_id: Annotated[str, _doc("Pub/Sub message id; the deduplication key")]
-    publish_time: Annotated[Micros, _doc("When Pub/Sub accepted the message")]
-    ingest_time: Annotated[Micros, _doc("When Recordline stored the row; the `since` axis")]
+    message_id: MessageId
+    publish_time: PublishTime
+    ingest_time: IngestTime
     id: Annotated[str, _doc("The record's own id, from the payload")]
     timestamp: Annotated[Micros | None, _doc("The record's event time, from the payload")] = None
     data: Annotated[JsonText, _doc("The payload's `data`, any JSON value")] = "null"
-    attributes: Annotated[JsonText, _doc("Pub/Sub message attributes, a JSON object")] = "{}"
-    subscription: Annotated[str | None, _doc("Full name of the delivering subscription")] = None
-    delivery_attempt: Annotated[
-        int | None, _doc("Delivery attempt, set when the subscription has a dead-letter policy")
-    ] = None
-    trace_id: Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")] = None
+    attributes: Attributes = "{}"
+    subscription: Subscription = None
+    delivery_attempt: DeliveryAttempt = None
+    trace_id: TraceId = None
 
 
 class Rejection(Row, frozen=True):
@@ -69,17 +80,41 @@ class Rejection(Row, frozen=True):
     consumer can replay them.
     """
 
-    message_id: Annotated[str, _doc("Pub/Sub message id")]
-    publish_time: Annotated[Micros, _doc("When Pub/Sub accepted the message")]
-    ingest_time: Annotated[Micros, _doc("When Recordline stored the rejection")]
+    message_id: MessageId
+    publish_time: PublishTime
+    ingest_time: IngestTime
     data: Annotated[bytes, _doc("The message data exactly as received")] = b""
     reason: Annotated[str, _doc("Why the payload was rejected, naming the field")] = ""
-    attributes: Annotated[JsonText, _doc("Pub/Sub message attributes, a JSON object")] = "{}"
-    subscription: Annotated[str | None, _doc("Full name of the delivering subscription")] = None
-    delivery_attempt: Annotated[
-        int | None, _doc("Delivery attempt, set when the subscription has a dead-letter policy")
-    ] = None
-    trace_id: Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")] = None
+    attributes: Attributes = "{}"
+    subscription: Subscription = None
+    delivery_attempt: DeliveryAttempt = None
+    trace_id: TraceId = None
+
+
+# The fields both rows declare alike (their columns keep each table's order; both
+# also have a `data`, which means the payload in one and the raw bytes in the other).
+DELIVERY_FIELDS = (
+    "message_id",
+    "publish_time",
+    "ingest_time",
+    "attributes",
+    "subscription",
+    "delivery_attempt",
+    "trace_id",
+)
+
+
+def delivery(row: Row) -> dict[str, Any]:
+    """The delivery fields of `row`, to build the other kind of row from it."""
+    return {name: getattr(row, name) for name in DELIVERY_FIELDS}
+
+
+R = typing.TypeVar("R", bound=Row)
+
+
+def row_of(row_type: type[R], values: Sequence[Any]) -> R:
+    """A row from its column values, in column order (as both stores select them)."""
+    return row_type(**dict(zip(row_type.__struct_fields__, values, strict=True)))
 
 
 class Column(msgspec.Struct, frozen=True):

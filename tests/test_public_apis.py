@@ -72,9 +72,7 @@ def private_uses(root: Path) -> list[str]:
                     for alias in node.names
                     if any(_private(part) for part in alias.name.split("."))
                 ]
-            elif (
-                isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in ours
-            ):
+            elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in ours:
                 found.append(f"{where}:{node.lineno}: .{node.attr}")
     return found
 

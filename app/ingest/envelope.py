@@ -31,7 +31,18 @@ _ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 def micros(moment: datetime) -> int:
+    """`moment` as the stores keep time: microseconds since the Unix epoch."""
     return (moment - EPOCH) // _ONE_MICROSECOND
+
+
+def moment(us: int) -> datetime:
+    """The UTC datetime of `us` microseconds since the Unix epoch (`micros`' inverse)."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def rfc3339(when: datetime) -> str:
+    """`when` as RFC 3339 text, UTC written `Z`, as the API writes every time."""
+    return when.isoformat().replace("+00:00", "Z")
 
 
 class _Message(msgspec.Struct, kw_only=True, frozen=True):

@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter, PathParameter
 
 from app.errors import BadParameter
-from app.ingest.envelope import AwareDatetime
+from app.ingest.envelope import AwareDatetime, rfc3339
 from app.ingest.service import MAX_ID_LENGTH
 from app.query.service import (
     DEFAULT_LIMIT,
@@ -43,10 +43,6 @@ PageTokenText = Annotated[
 ]
 # Ids longer than producers may store cannot exist; refuse them before any query.
 PathId = Annotated[str, PathParameter(min_length=1, max_length=MAX_ID_LENGTH)]
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _time(name: str, value: str | None) -> datetime | None:
@@ -97,7 +93,7 @@ async def list_records(
     )
     # The body says it too; the header lets a proxy or a probe read freshness
     # without parsing the page.
-    return Response(page, headers={COMPLETE_UNTIL: _rfc3339(page.complete_until)})
+    return Response(page, headers={COMPLETE_UNTIL: rfc3339(page.complete_until)})
 
 
 @get(
@@ -131,7 +127,7 @@ async def list_rejections(
         limit=limit,
         page_token=page_token,
     )
-    return Response(page, headers={COMPLETE_UNTIL: _rfc3339(page.complete_until)})
+    return Response(page, headers={COMPLETE_UNTIL: rfc3339(page.complete_until)})
 
 
 @get("/v1/records/{record_id:str}", summary="The latest version of a record", tags=["records"])

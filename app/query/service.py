@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 import msgspec
 
 from app.errors import BadParameter, Gone, NotFound
-from app.ingest.envelope import EPOCH, micros
+from app.ingest.envelope import micros, moment
 from app.query.page_token import PageToken, PageTokens
 from app.records import Record, Rejection
 from app.store import PageQuery, Store
@@ -27,10 +27,6 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _FOREVER = 2**62
 _DAY_US = 86_400 * 1_000_000
-
-
-def rfc3339(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 class RecordView(msgspec.Struct, kw_only=True, frozen=True):
@@ -53,11 +49,11 @@ class RecordView(msgspec.Struct, kw_only=True, frozen=True):
         return cls(
             message_id=r.message_id,
             id=r.id,
-            timestamp=None if r.timestamp is None else rfc3339(r.timestamp),
+            timestamp=None if r.timestamp is None else moment(r.timestamp),
             data=msgspec.Raw(r.data.encode()),
             attributes=msgspec.Raw(r.attributes.encode()),
-            publish_time=rfc3339(r.publish_time),
-            ingest_time=rfc3339(r.ingest_time),
+            publish_time=moment(r.publish_time),
+            ingest_time=moment(r.ingest_time),
             subscription=r.subscription,
             delivery_attempt=r.delivery_attempt,
             trace_id=r.trace_id,
@@ -93,8 +89,8 @@ class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
             reason=r.reason,
             data=r.data,
             attributes=msgspec.Raw(r.attributes.encode()),
-            publish_time=rfc3339(r.publish_time),
-            ingest_time=rfc3339(r.ingest_time),
+            publish_time=moment(r.publish_time),
+            ingest_time=moment(r.ingest_time),
             subscription=r.subscription,
             delivery_attempt=r.delivery_attempt,
         )
@@ -149,7 +145,7 @@ class Reader:
             raise Gone(
                 parameter,
                 f"older than the {self._retention_days}-day retention "
-                f"(nothing before {rfc3339(oldest).isoformat()} is kept); start again "
+                f"(nothing before {moment(oldest).isoformat()} is kept); start again "
                 "from a later time",
                 retention_days=self._retention_days,
             )
@@ -168,7 +164,7 @@ class Reader:
         return Page(
             records=[RecordView.of(r) for r in page.records],
             next_page_token=self._next(cursor, page.after_time, page.after_message_id),
-            complete_until=rfc3339(horizon),
+            complete_until=moment(horizon),
         )
 
     async def rejections(
@@ -186,7 +182,7 @@ class Reader:
         return RejectionsPage(
             rejections=[RejectionView.of(r) for r in page.rejections],
             next_page_token=self._next(cursor, page.after_time, page.after_message_id),
-            complete_until=rfc3339(horizon),
+            complete_until=moment(horizon),
         )
 
     def _cursor(
@@ -250,7 +246,7 @@ class Reader:
         return MessageView(
             message_id=message_id,
             status=status.status,
-            ingest_time=rfc3339(status.ingest_time),
+            ingest_time=moment(status.ingest_time),
             reason=status.reason,
             record=None if status.record is None else RecordView.of(status.record),
         )

@@ -51,7 +51,7 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
 )
 
 from app.errors import QueryTooCostly, StoreUnavailable
-from app.records import Kind, Record, Rejection, Row, columns
+from app.records import Kind, Record, Rejection, Row, columns, delivery, row_of
 from app.settings import QuerySettings, Settings, StoreSettings
 from app.store import (
     MessageStatus,
@@ -265,9 +265,6 @@ LIMIT 1
 
 CHECK_SQL: Final = "SELECT 1"
 
-_RECORD_FIELDS: Final = tuple(c.name for c in columns(Record))
-_REJECTION_FIELDS: Final = tuple(c.name for c in columns(Rejection))
-
 
 class _Payload(msgspec.Struct, omit_defaults=True):
     id: str
@@ -287,15 +284,9 @@ def refused_record(record: Record, reason: str) -> Rejection:
         timestamp = moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
     payload = _Payload(id=record.id, data=msgspec.Raw(record.data.encode()), timestamp=timestamp)
     return Rejection(
-        message_id=record.message_id,
-        publish_time=record.publish_time,
-        ingest_time=record.ingest_time,
+        **delivery(record),
         data=msgspec.json.encode(payload),
         reason=f"BigQuery refused the row: {reason}",
-        attributes=record.attributes,
-        subscription=record.subscription,
-        delivery_attempt=record.delivery_attempt,
-        trace_id=record.trace_id,
     )
 
 
@@ -566,7 +557,7 @@ class BigQueryStore:
                     limit=query.limit,
                 )
                 found, end = await self._scan(query, self._page_sql, self._page_params)
-        candidates = [_record(row[:-1]) for row in found]
+        candidates = [row_of(Record, row[:-1]) for row in found]
         hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
         records = [r for r in candidates if r.message_id not in hidden]
         # Later copies left out still moved the cursor: it follows the candidates.
@@ -593,7 +584,7 @@ class BigQueryStore:
         # that found too few rows ends where its scan ended. There is no jump
         # over empty days (rejections are listed rarely, not followed).
         found, end = await self._scan(query, self._rejections_sql, self._rejections_params)
-        rows = [_rejection(row) for row in found]
+        rows = [row_of(Rejection, row) for row in found]
         return RejectionPage(rows, *query.resume(rows, end))
 
     def _rejections_params(self, query: PageQuery, end: int) -> dict[str, QueryValue]:
@@ -677,7 +668,7 @@ class BigQueryStore:
 
         async def load() -> Record | None:
             found = await self._query(self._latest_sql, params)
-            return _record(found[0]) if found else None
+            return row_of(Record, found[0]) if found else None
 
         return await self._cache.get(("latest", record_id), load)
 
@@ -687,7 +678,7 @@ class BigQueryStore:
         async def load() -> MessageStatus | None:
             stored = await self._query(self._stored_sql, params)
             if stored:
-                record = _record(stored[0])
+                record = row_of(Record, stored[0])
                 return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
             rejected = await self._query(self._rejected_sql, params)
             if rejected:
@@ -750,14 +741,6 @@ class _Answer(NamedTuple):
     bytes_processed: int
     # The job's id where BigQuery made one, else the short query's id.
     job_id: str | None
-
-
-def _record(row: Sequence[Any]) -> Record:
-    return Record(**dict(zip(_RECORD_FIELDS, row, strict=True)))
-
-
-def _rejection(row: Sequence[Any]) -> Rejection:
-    return Rejection(**dict(zip(_REJECTION_FIELDS, row, strict=True)))
 
 
 def _parameter(name: str, value: QueryValue) -> Any:

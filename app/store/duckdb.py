@@ -24,16 +24,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+from google.api_core.retry import exponential_sleep_generator
 
 from app.errors import StoreUnavailable
-from app.records import Column, Kind, Record, Rejection, Row, columns
+from app.records import Column, Kind, Record, Rejection, Row, columns, row_of
 from app.store import MessageStatus, PageQuery, RecordPage, RejectionPage, RowOutcome
 from app.store.journal import Frame, encode
 from app.store.journal_process import JournalProcess
@@ -110,9 +111,6 @@ def _select_list(row_type: type[Row]) -> str:
 
 
 _RECORD_COLUMNS = _select_list(Record)
-_RECORD_FIELDS = Record.__struct_fields__
-
-_REJECTION_FIELDS = tuple(c.name for c in columns(Rejection))
 
 
 def _page_sql(table: str, select: str) -> str:
@@ -139,6 +137,12 @@ _REJECTION_BY_MESSAGE_SQL = (
 )
 
 
+def _retry_delays() -> Iterator[float]:
+    """Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s."""
+    delays: Iterator[float] = exponential_sleep_generator(0.05, 5.0)
+    return delays
+
+
 def _arrow(rows: Sequence[Row], row_type: type[Row]) -> pa.Table:
     cols = columns(row_type)
     return pa.table(
@@ -147,14 +151,6 @@ def _arrow(rows: Sequence[Row], row_type: type[Row]) -> pa.Table:
             for c in cols
         }
     )
-
-
-def _record(values: tuple[Any, ...]) -> Record:
-    return Record(**dict(zip(_RECORD_FIELDS, values, strict=True)))
-
-
-def _rejection(values: tuple[Any, ...]) -> Rejection:
-    return Rejection(**dict(zip(_REJECTION_FIELDS, values, strict=True)))
 
 
 class _Unapplied:
@@ -283,7 +279,7 @@ class DuckDBStore:
         return [None] * len(rows)
 
     async def _apply_forever(self) -> None:
-        backoff = 0.05
+        delays = _retry_delays()
         while True:
             if not self._unapplied:
                 self._wake.clear()
@@ -310,10 +306,9 @@ class DuckDBStore:
                 # The rows are safe in the journal; keep trying, and say so.
                 self._apply_error = str(exc)
                 log.error("applying %d journaled rows failed, retrying: %s", len(rows), exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(next(delays))
                 continue
-            backoff = 0.05
+            delays = _retry_delays()
             self._apply_error = None
             for _ in batch:
                 self._unapplied.popleft()
@@ -420,10 +415,10 @@ class DuckDBStore:
 
     async def page(self, query: PageQuery) -> RecordPage:
         rows = await self._page_rows(_PAGE_SQL, query)
-        return query.answer([_record(r) for r in rows])
+        return query.answer([row_of(Record, r) for r in rows])
 
     async def rejections(self, query: PageQuery) -> RejectionPage:
-        rows = [_rejection(r) for r in await self._page_rows(_REJECTIONS_SQL, query)]
+        rows = [row_of(Rejection, r) for r in await self._page_rows(_REJECTIONS_SQL, query)]
         return RejectionPage(rows, *query.resume(rows))
 
     async def _page_rows(self, sql: str, query: PageQuery) -> list[tuple[Any, ...]]:
@@ -437,7 +432,7 @@ class DuckDBStore:
 
     async def latest(self, record_id: str) -> Record | None:
         rows = await self._read(lambda cur: cur.execute(_LATEST_SQL, {"id": record_id}).fetchall())
-        return _record(rows[0]) if rows else None
+        return row_of(Record, rows[0]) if rows else None
 
     async def message(self, message_id: str) -> MessageStatus | None:
         params = {"message_id": message_id}
@@ -445,7 +440,7 @@ class DuckDBStore:
         def lookup(cur: duckdb.DuckDBPyConnection) -> MessageStatus | None:
             stored = cur.execute(_RECORD_BY_MESSAGE_SQL, params).fetchall()
             if stored:
-                record = _record(stored[0])
+                record = row_of(Record, stored[0])
                 return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
             rejected = cur.execute(_REJECTION_BY_MESSAGE_SQL, params).fetchall()
             if rejected:

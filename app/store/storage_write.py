@@ -20,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from google.api_core.exceptions import GoogleAPICallError
 from google.api_core.gapic_v1 import routing_header
+from google.api_core.retry import exponential_sleep_generator
 from google.cloud.bigquery_storage_v1 import types
 from google.protobuf import descriptor_pb2
 
@@ -59,7 +59,7 @@ MAX_REQUEST_ROWS: Final = 5_000
 # varint of at most five bytes.
 _ROW_OVERHEAD: Final = 6
 
-# Reconnect backoff: 0.1 s doubling to 5 s, with jitter so that a fleet of
+# Reconnect backoff: up to 0.1 s doubling to 5 s, jittered so that a fleet of
 # instances does not reconnect in step after a regional blip. Rows never wait
 # longer than the write deadline anyway (8 s by default): their push gets 503.
 _BACKOFF_INITIAL: Final = 0.1
@@ -406,18 +406,19 @@ class StorageWriter:
         return bool(pending)
 
     async def _run(self) -> None:
-        failures = 0
+        # The sleeps of a streak of failed connections; None while they make progress.
+        delays: Iterator[float] | None = None
         while True:
             if not self._has_live_rows():
                 self._work.clear()
                 await self._work.wait()
                 continue
-            if failures:
-                await asyncio.sleep(_backoff(failures))
+            if delays is not None:
+                await asyncio.sleep(next(delays))
             try:
                 connection = await _Connection.open(self._client, self.stream, self._descriptor)
             except Exception as exc:
-                failures += 1
+                delays = delays or _reconnect_delays()
                 self._on_broken(exc, (), ended=True)
                 continue
             self._connection = connection
@@ -426,10 +427,12 @@ class StorageWriter:
             self._connection = None
             connection.abort()
             if error is None:
-                failures = 0
+                delays = None
                 self._requeue(connection.in_flight)
             else:
-                failures = 1 if connection.answered else failures + 1
+                # A connection that got answers starts a new streak.
+                if connection.answered or delays is None:
+                    delays = _reconnect_delays()
                 self._on_broken(error, connection.in_flight, ended=True)
 
     async def _serve(self, connection: _Connection) -> BaseException | None:
@@ -528,6 +531,6 @@ class StorageWriter:
                 submission.fail(detail)
 
 
-def _backoff(failures: int) -> float:
-    ceiling = min(_BACKOFF_MAX, _BACKOFF_INITIAL * 2.0 ** (failures - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+def _reconnect_delays() -> Iterator[float]:
+    delays: Iterator[float] = exponential_sleep_generator(_BACKOFF_INITIAL, _BACKOFF_MAX)
+    return delays

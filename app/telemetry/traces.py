@@ -35,7 +35,15 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.cloud_trace_propagator import CloudTraceFormatPropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import sampling
-from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceFlags, Tracer
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.ingest.envelope import PushedMessage
@@ -84,13 +92,13 @@ def follows_callers(chosen: sampling.Sampler) -> bool:
 # -- the caller ----------------------------------------------------------------
 
 
-class CallerSpan(trace.Span):
-    """A remote caller's span: the parent of the request's spans, or current if it has none.
+class CallerSpan:
+    """A remote caller's span, as a request's trace headers name it.
 
     A push the caller did not sample needs only its trace id in hex (for the
     row) and its flags; the SpanContext (two hex parses and the API's checks,
-    ~12k instructions) is built only if something asks for it: a child span,
-    a sampler, a log line.
+    ~12k instructions) is built only if something asks for it: a server span
+    as its parent, a log line.
     """
 
     def __init__(self, trace_id_hex: str, span_id_hex: str, flags: TraceFlags) -> None:
@@ -106,21 +114,6 @@ class CallerSpan(trace.Span):
             is_remote=True,
             trace_flags=self.trace_flags,
         )
-
-    def get_span_context(self) -> SpanContext:
-        return self.span_context
-
-    # A caller's span is never recorded here: every change is ignored.
-    def is_recording(self) -> bool:
-        return False
-
-    def end(self, end_time: int | None = None) -> None: ...
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None: ...
-    def set_attribute(self, key: str, value: Any) -> None: ...
-    def update_name(self, name: str) -> None: ...
-    def set_status(self, status: Any, description: str | None = None) -> None: ...
-    def add_event(self, name: str, attributes: Any = None, timestamp: Any = None) -> None: ...
-    def record_exception(self, exception: BaseException, *args: Any, **kwargs: Any) -> None: ...
 
 
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -196,7 +189,7 @@ def current_caller() -> SpanContext | None:
     if found.is_valid:
         return found
     caller = UNSAMPLED_CALLER.get()
-    return None if caller is None else caller.get_span_context()
+    return None if caller is None else caller.span_context
 
 
 # -- HTTP ---------------------------------------------------------------------
@@ -255,7 +248,9 @@ class ServerSpans:
             attributes["client.address"] = client[0]
         if user_agent := headers.get(b"user-agent"):
             attributes["user_agent.original"] = user_agent.decode("latin-1")
-        parent = Context() if caller is None else trace.set_span_in_context(caller, Context())
+        parent = Context()
+        if caller is not None:
+            parent = trace.set_span_in_context(NonRecordingSpan(caller.span_context), parent)
         with self.tracer.start_as_current_span(
             f"{method} {route}", context=parent, kind=SpanKind.SERVER, attributes=attributes
         ) as span:
@@ -313,7 +308,7 @@ def publisher_span(attributes: Mapping[str, str]) -> SpanContext | None:
     if not traceparent:
         return None
     span = caller_span(traceparent, attributes.get(PUBLISHER_TRACESTATE) or None)
-    return None if span is None else span.get_span_context()
+    return None if span is None else span.span_context
 
 
 # -- group commit -------------------------------------------------------------

@@ -388,7 +388,7 @@ def _agrees_with_the_propagator(traceparent: str, tracestate: str | None) -> Non
         assert caller is None
         return
     assert caller is not None
-    assert caller.get_span_context() == expected
+    assert caller.span_context == expected
     # What a push the caller did not sample reads without building the context.
     assert caller is not None
     assert caller.trace_id_hex == f"{expected.trace_id:032x}"
