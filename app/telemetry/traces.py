@@ -16,8 +16,9 @@ trace.
 Behind Cloud Run nearly every push arrives from a caller that did not sample
 it (Cloud Run samples ~0.1 requests a second per instance), and with the
 default sampler nothing downstream is recorded either. For those the caller's
-flag decides at once: no span is started, and only a `CallerSpan` (the
-caller's ids, in hex) is made current, which is all a row and a log line need.
+flag decides at once: no span is started, and the caller's ids, in hex, are
+kept in `UNSAMPLED_CALLER` for the request, which is all a row and a log line
+need.
 """
 
 from __future__ import annotations
