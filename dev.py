@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
             return (
                 run("ruff", "check", ".")
                 or run("ruff", "format", "--check", ".")
-                or run("mypy", "app")
+                or run("mypy", "app", "recordline_dev")
             )
         case "bench":
             return run("python", "-m", "bench", *rest)

@@ -8,9 +8,10 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from app import client, devstack
 from app.records import TABLES, bigquery_schema
 from app.settings import Settings, SettingsError, reference
 
@@ -33,14 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("config", help="every setting, as a Markdown table")
 
-    dev = commands.add_parser(
-        "dev", help="the local stack: Pub/Sub emulator pushing to the service (Ctrl-C stops it)"
-    )
-    devstack.add_dev_arguments(dev)
-    publish = commands.add_parser("publish", help="publish records to a Pub/Sub topic")
-    client.add_publish_arguments(publish)
-    tail = commands.add_parser("tail", help="follow /v1/records, printing records as JSON lines")
-    client.add_tail_arguments(tail)
+    tools = _dev_tools()
+    for name, tool in tools.items():
+        tool.add_arguments(commands.add_parser(name, help=tool.help))
+    for name in DEV_TOOLS.difference(tools):
+        commands.add_parser(name, help="(a development tool: not installed here)")
 
     args = parser.parse_args(argv)
     match args.command:
@@ -51,13 +49,37 @@ def main(argv: list[str] | None = None) -> int:
         case "config":
             print(config_table())
             return 0
-        case "dev":
-            return devstack.dev_command(args)
-        case "publish":
-            return client.publish_command(args)
-        case "tail":
-            return client.tail_command(args)
+        case name if name in tools:
+            return tools[name].run(args)
+        case name if name in DEV_TOOLS:
+            print(
+                f"recordline {name}: a development tool, not installed with the service "
+                "(run it from a checkout: python3 dev.py, see README.md)",
+                file=sys.stderr,
+            )
+            return 2
     return 2
+
+
+# The local tools' commands (recordline_dev/, beside the service, not in its image).
+DEV_TOOLS = frozenset({"dev", "publish", "tail"})
+
+
+class DevTool(Protocol):
+    @property
+    def help(self) -> str: ...
+    @property
+    def add_arguments(self) -> Callable[[argparse.ArgumentParser], None]: ...
+    @property
+    def run(self) -> Callable[[argparse.Namespace], int]: ...
+
+
+def _dev_tools() -> dict[str, DevTool]:
+    try:
+        from recordline_dev import commands
+    except ImportError:
+        return {}
+    return dict(commands())
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -29,9 +29,15 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from app.client import follow, generated_records, publish, publisher_client, trace_publishes
-from app.devstack import Emulator, EmulatorNotFound, PubSubAdmin, find_emulator, wire
 from bench.harness import ROOT, free_port, server, table
+from recordline_dev.client import (
+    follow,
+    generated_records,
+    publish,
+    publisher_client,
+    trace_publishes,
+)
+from recordline_dev.devstack import Emulator, EmulatorNotFound, PubSubAdmin, find_emulator, wire
 
 SLO_SECONDS = 5.0
 SERVE = [sys.executable, "-m", "app.cli", "serve"]

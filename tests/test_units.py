@@ -142,3 +142,29 @@ def test_settings_name_the_variable_on_error() -> None:
         Settings.load({"PORT": "eighty"})
     assert Settings.load({"PORT": "9000"}).server.port == 9000
     assert all(var and doc for var, _default, doc in reference())
+
+
+def test_the_dev_tools_are_not_part_of_the_service(capsys: pytest.CaptureFixture[str]) -> None:
+    # The image installs app/ alone: there `recordline dev` says what it is.
+    import sys
+
+    from app.cli import main
+
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("recordline_dev")}
+    try:
+        for name in saved:
+            del sys.modules[name]
+        sys.modules["recordline_dev"] = None  # type: ignore[assignment]
+        assert main(["dev"]) == 2
+    finally:
+        del sys.modules["recordline_dev"]
+        sys.modules.update(saved)
+    assert "a development tool, not installed with the service" in capsys.readouterr().err
+    # Nor are they in its wheel or its image.
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    wheel = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    assert wheel["targets"]["wheel"]["packages"] == ["app"]
+    assert "recordline_dev" not in (root / "Dockerfile").read_text()

@@ -25,8 +25,11 @@ import httpx
 import msgspec
 import pytest
 
-from app.client import follow, publish, publisher_client, trace_publishes
-from app.devstack import (
+from app.errors import StoreUnavailable
+from app.records import Record, Rejection
+from app.store import RowOutcome
+from recordline_dev.client import follow, publish, publisher_client, trace_publishes
+from recordline_dev.devstack import (
     MIN_DELIVERY_ATTEMPTS,
     Emulator,
     EmulatorNotFound,
@@ -37,9 +40,6 @@ from app.devstack import (
     wait_until_ready,
     wire,
 )
-from app.errors import StoreUnavailable
-from app.records import Record, Rejection
-from app.store import RowOutcome
 from tests.fakes import FaultyStore
 
 PUSH_TOKEN = "e2e-push-secret-0123456789"

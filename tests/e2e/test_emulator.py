@@ -18,6 +18,7 @@ import pytest
 
 from app.asgi import create_app
 from app.store.duckdb import DuckDBStore
+from recordline_dev.devstack import Canary
 from tests.conftest import served, settings
 from tests.e2e.conftest import (
     PUSH_TOKEN,
@@ -151,3 +152,47 @@ async def test_publish_to_visible_latency(wiring: Wiring, publisher: Any) -> Non
     print(f"publish-to-visible, 1,000 messages at 100/s: p50 {p50:.3f} s, p99 {p99:.3f} s")
     # Generous: a loaded 2-core machine must not make this flaky.
     assert p99 < 5.0
+
+
+async def _canary_age(http: httpx.AsyncClient) -> float | None:
+    text = (await http.get("/metrics")).text
+    found = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("recordline_canary_age_seconds")
+    ]
+    return found[0] if found else None
+
+
+async def test_the_dev_canary_is_stored_and_its_age_grows_while_the_pipeline_stalls(
+    wiring: Wiring, publisher: Any
+) -> None:
+    # `recordline dev --canary` publishes this, as Cloud Scheduler does in the cloud.
+    store = RecordingStore(DuckDBStore(":memory:"))
+    async with service(store) as (http, url):
+        await wiring.connect(url, dead_letters=False)
+        assert await _canary_age(http) is None  # no canary stored yet: no point
+        with Canary(publisher, wiring.topic_path, every=0.5) as canary:
+            deadline = asyncio.get_running_loop().time() + 30
+            while (age := await _canary_age(http)) is None or age > 2:
+                assert asyncio.get_running_loop().time() < deadline, f"canary age {age}"
+                await asyncio.sleep(0.2)
+            stored = (await http.get("/v1/records/recordline-canary")).json()
+            assert stored["attributes"]["recordline-canary"] == "1"
+            assert stored["data"] == {"canary": True}
+            # Stalled: canaries are published, the store refuses them.
+            store.failing = True
+            await asyncio.sleep(0.5)
+            stalled = await _canary_age(http)
+            assert stalled is not None
+            await asyncio.sleep(3)
+            later = await _canary_age(http)
+            assert later is not None
+            assert later >= stalled + 2.5
+            # Recovered: redelivered canaries bring the age back down.
+            store.failing = False
+            deadline = asyncio.get_running_loop().time() + 30
+            while (age := await _canary_age(http)) is not None and age > 3:
+                assert asyncio.get_running_loop().time() < deadline, f"canary age {age}"
+                await asyncio.sleep(0.2)
+        assert canary.published >= 8

@@ -26,6 +26,10 @@ from typing import IO, Any
 
 import httpx
 import msgspec
+import rich.progress
+from rich.console import Console
+
+from app.ingest.envelope import rfc3339
 
 # Outstanding publishes before `publish()` blocks: bounds memory for any
 # --count, and is the client library's own default message limit.
@@ -41,10 +45,6 @@ PROGRESS_SECONDS = 0.2
 
 
 # -- publish ------------------------------------------------------------------
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def generated_records(count: int, *, first: int = 1) -> Iterator[bytes]:
@@ -134,35 +134,28 @@ class Published(msgspec.Struct, kw_only=True):
 
 
 class Progress:
-    """A one-line progress bar on a terminal; silent elsewhere (logs, pipes)."""
+    """A progress bar on a terminal (rich); silent elsewhere (logs, pipes)."""
 
-    WIDTH = 30
-
-    def __init__(self, total: int | None, *, stream: IO[str] | None = None) -> None:
-        self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty()
-        self._started = time.monotonic()
-        self._drawn = 0.0
+    def __init__(self, total: int | None, *, console: Console | None = None) -> None:
+        console = console if console is not None else Console(stderr=True)
+        self._bar = rich.progress.Progress(
+            rich.progress.TextColumn("published"),
+            rich.progress.BarColumn(),
+            rich.progress.MofNCompleteColumn(),
+            rich.progress.TaskProgressColumn(),
+            rich.progress.TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            refresh_per_second=1 / PROGRESS_SECONDS,
+        )
+        self._task = self._bar.add_task("publish", total=total)
+        self._bar.start()
 
     def update(self, done: int, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._drawn < PROGRESS_SECONDS):
-            return
-        self._drawn = now
-        rate = done / max(now - self._started, 1e-9)
-        if self.total:
-            filled = self.WIDTH * done // self.total
-            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}"
-        else:
-            bar = f"{done}"
-        self.stream.write(f"\r{bar} published, {rate:,.0f}/s ")
-        self.stream.flush()
+        self._bar.update(self._task, completed=done, refresh=force)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.stop()
 
 
 def publish(
@@ -234,7 +227,7 @@ def publish_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        from app.devstack import DEV_PROJECT
+        from recordline_dev.devstack import DEV_PROJECT
 
         project = DEV_PROJECT
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import os
 import secrets
@@ -31,13 +32,23 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
 
+import grpc
 import httpx
 import msgspec
+from google.api_core.exceptions import AlreadyExists, NotFound
+from google.cloud import pubsub_v1
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+from app.telemetry.metrics import CANARY_ATTRIBUTE
+from recordline_dev.client import publisher_client
 
 # Where the Google Cloud CLI keeps the emulator, below its SDK root.
 EMULATOR_IN_SDK = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
@@ -206,42 +217,41 @@ class Backoff(msgspec.Struct, frozen=True):
 DEV_BACKOFF = Backoff(1.0, 10.0)
 
 
-class _Received(msgspec.Struct, frozen=True):
-    ackId: str
-    message: dict[str, Any]
-
-
-class _PullResponse(msgspec.Struct, frozen=True):
-    receivedMessages: list[_Received] = []
-
-
 class PubSubAdmin:
-    """Topics and subscriptions through the emulator's REST API.
+    """Topics and subscriptions on the emulator, through google-cloud-pubsub's admin clients.
 
-    The REST surface is the emulator's simplest: one PUT creates a push
-    subscription with its retry and dead-letter policies, which the gRPC
-    admin client would spell in three nested protobuf types.
+    The clients are synchronous gRPC; each call runs in a worker thread so
+    the tests' and the dev stack's event loops keep running. The channel is
+    plaintext to `host`: the emulator speaks no TLS and wants no credentials.
     """
 
     def __init__(self, host: str, project: str = DEV_PROJECT) -> None:
         self.project = project
-        self._http = httpx.AsyncClient(base_url=f"http://{host}/v1/projects/{project}", timeout=30)
+        self._channel = grpc.insecure_channel(host)
+        self._publisher = pubsub_v1.PublisherClient(
+            transport=PublisherGrpcTransport(channel=self._channel)
+        )
+        self._subscriber = pubsub_v1.SubscriberClient(
+            transport=SubscriberGrpcTransport(channel=self._channel)
+        )
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        await self._http.aclose()
+        self._channel.close()
 
     def topic_path(self, topic: str) -> str:
-        return f"projects/{self.project}/topics/{topic}"
+        return self._publisher.topic_path(self.project, topic)  # type: ignore[no-any-return]
 
     def subscription_path(self, subscription: str) -> str:
-        return f"projects/{self.project}/subscriptions/{subscription}"
+        path = self._subscriber.subscription_path(self.project, subscription)
+        return path  # type: ignore[no-any-return]
 
     async def create_topic(self, topic: str) -> str:
-        await self._put(f"/topics/{topic}", {})
-        return self.topic_path(topic)
+        name = self.topic_path(topic)
+        await _exists_already(self._publisher.create_topic, request={"name": name})
+        return name
 
     async def create_push_subscription(
         self,
@@ -254,69 +264,131 @@ class PubSubAdmin:
         dead_letter_topic: str | None = None,
         max_delivery_attempts: int = MIN_DELIVERY_ATTEMPTS,
     ) -> str:
-        body: dict[str, Any] = {
+        request: dict[str, Any] = {
+            "name": self.subscription_path(subscription),
             "topic": self.topic_path(topic),
-            "pushConfig": {"pushEndpoint": endpoint},
-            "ackDeadlineSeconds": ack_deadline_seconds,
+            "push_config": {"push_endpoint": endpoint},
+            "ack_deadline_seconds": ack_deadline_seconds,
         }
         if backoff is not None:
-            body["retryPolicy"] = {
-                "minimumBackoff": f"{backoff.minimum:g}s",
-                "maximumBackoff": f"{backoff.maximum:g}s",
+            request["retry_policy"] = {
+                "minimum_backoff": timedelta(seconds=backoff.minimum),
+                "maximum_backoff": timedelta(seconds=backoff.maximum),
             }
         if dead_letter_topic is not None:
-            body["deadLetterPolicy"] = {
-                "deadLetterTopic": self.topic_path(dead_letter_topic),
-                "maxDeliveryAttempts": max_delivery_attempts,
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": self.topic_path(dead_letter_topic),
+                "max_delivery_attempts": max_delivery_attempts,
             }
-        await self._put(f"/subscriptions/{subscription}", body)
-        return self.subscription_path(subscription)
+        await _exists_already(self._subscriber.create_subscription, request=request)
+        return str(request["name"])
 
     async def create_pull_subscription(self, subscription: str, *, topic: str) -> str:
-        await self._put(f"/subscriptions/{subscription}", {"topic": self.topic_path(topic)})
-        return self.subscription_path(subscription)
+        name = self.subscription_path(subscription)
+        request = {"name": name, "topic": self.topic_path(topic)}
+        await _exists_already(self._subscriber.create_subscription, request=request)
+        return name
 
     async def pull(self, subscription: str, *, max_messages: int = 100) -> list[dict[str, Any]]:
-        """Messages waiting on a pull subscription, acknowledged once returned."""
-        response = await self._http.post(
-            f"/subscriptions/{subscription}:pull",
-            # Without returnImmediately the emulator holds the call open until
+        """Messages waiting on a pull subscription, acknowledged once returned.
+
+        Each as the REST API shows one: `messageId`, `publishTime`,
+        `attributes` and `data` (base64).
+        """
+        name = self.subscription_path(subscription)
+        response = await asyncio.to_thread(
+            self._subscriber.pull,
+            # Without return_immediately the emulator holds the call open until
             # a message arrives, which is never for an empty dead-letter queue.
-            json={"maxMessages": max_messages, "returnImmediately": True},
+            request={
+                "subscription": name,
+                "max_messages": max_messages,
+                "return_immediately": True,
+            },
+            timeout=30,
         )
-        response.raise_for_status()
-        received = msgspec.json.decode(response.content, type=_PullResponse).receivedMessages
+        received = list(response.received_messages)
         if received:
-            ack = {"ackIds": [r.ackId for r in received]}
-            (
-                await self._http.post(f"/subscriptions/{subscription}:acknowledge", json=ack)
-            ).raise_for_status()
-        return [r.message for r in received]
+            await asyncio.to_thread(
+                self._subscriber.acknowledge,
+                request={"subscription": name, "ack_ids": [r.ack_id for r in received]},
+            )
+        return [
+            {
+                "messageId": r.message.message_id,
+                "publishTime": r.message.publish_time.isoformat(),
+                "attributes": dict(r.message.attributes),
+                "data": base64.b64encode(r.message.data).decode(),
+            }
+            for r in received
+        ]
 
     async def delete_subscription(self, subscription: str) -> None:
-        await self._delete(f"/subscriptions/{subscription}")
+        request = {"subscription": self.subscription_path(subscription)}
+        await _gone_already(self._subscriber.delete_subscription, request=request)
 
     async def delete_topic(self, topic: str) -> None:
-        await self._delete(f"/topics/{topic}")
-
-    async def _put(self, path: str, body: dict[str, Any]) -> None:
-        response = await self._http.put(path, json=body)
-        # 409: it exists already, as wanted (a rerun against a running emulator).
-        if response.status_code != 409:
-            _raise_for_status(response)
-
-    async def _delete(self, path: str) -> None:
-        response = await self._http.delete(path)
-        if response.status_code != 404:
-            _raise_for_status(response)
+        await _gone_already(self._publisher.delete_topic, request={"topic": self.topic_path(topic)})
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    if response.is_error:
-        raise RuntimeError(
-            f"Pub/Sub emulator: {response.request.method} {response.request.url} answered "
-            f"{response.status_code}: {response.text[:500]}"
-        )
+async def _exists_already(call: Any, **kwargs: Any) -> None:
+    # It exists already, as wanted: a rerun against a running emulator.
+    with contextlib.suppress(AlreadyExists):
+        await asyncio.to_thread(call, **kwargs, timeout=30)
+
+
+async def _gone_already(call: Any, **kwargs: Any) -> None:
+    with contextlib.suppress(NotFound):
+        await asyncio.to_thread(call, **kwargs, timeout=30)
+
+
+# -- the canary -----------------------------------------------------------------
+
+# As infra/terraform/canary.tf's Cloud Scheduler job publishes it.
+CANARY_PAYLOAD = msgspec.json.encode({"id": CANARY_ATTRIBUTE, "data": {"canary": True}})
+
+
+class Canary:
+    """Publishes the canary record to `topic` every `every` seconds, on a thread of its own.
+
+    The same message the cloud's Scheduler job publishes once a minute, so the
+    service's `recordline.canary.age` (at /metrics) shows locally what the
+    canary alert watches in the cloud.
+    """
+
+    def __init__(self, publisher: Any, topic: str, *, every: float = 60.0) -> None:
+        self._publisher = publisher
+        self._topic = topic
+        self._every = every
+        self._stopped = threading.Event()
+        self.published = 0
+        self._thread = threading.Thread(target=self._run, name="canary", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                future = self._publisher.publish(
+                    self._topic, CANARY_PAYLOAD, **{CANARY_ATTRIBUTE: "1"}
+                )
+                future.result(timeout=30)
+                self.published += 1
+            except Exception as exc:  # the canary's job is to keep going
+                _stderr(f"recordline dev: canary not published: {exc}")
+            self._stopped.wait(self._every)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=35)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 # -- recordline dev -------------------------------------------------------------
@@ -443,6 +515,7 @@ def dev_command(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     emulator: Emulator | None = None
     service: subprocess.Popen[bytes] | None = None
+    canary: Canary | None = None
     try:
         if launcher is not None:
             say(f"recordline dev: starting the Pub/Sub emulator on 127.0.0.1:{args.emulator_port}")
@@ -473,6 +546,16 @@ def dev_command(args: argparse.Namespace) -> int:
         if emulator is not None:
             backoff = DEV_BACKOFF if args.retry_policy else None
             push, kept = asyncio.run(_wire_dev(emulator.host, service_url, token, backoff))
+            if args.canary:
+                canary_every = args.canary_every
+                publisher = publisher_client(emulator_host=emulator.host)
+                topic = f"projects/{DEV_PROJECT}/topics/{DEV_TOPIC}"
+                canary = Canary(publisher, topic, every=canary_every)
+                canary.start()
+                say(
+                    f"recordline dev: a canary every {canary_every:g} s; its age is "
+                    f"recordline_canary_age_seconds at {service_url}/metrics"
+                )
             stack = DevStack(
                 service_url=service_url,
                 store=args.store,
@@ -491,6 +574,8 @@ def dev_command(args: argparse.Namespace) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if canary is not None:
+            canary.stop()
         if service is not None:
             # The service's own grace (8 s by default) plus time to close the store.
             stop_group(service, timeout=15)
@@ -523,6 +608,19 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"give the push subscription a retry policy ({DEV_BACKOFF.minimum:g} s to "
         f"{DEV_BACKOFF.maximum:g} s backoff), as in the cloud; the emulator then strands "
         "some refused messages",
+    )
+    parser.add_argument(
+        "--canary",
+        action="store_true",
+        help="publish the canary record as the cloud's Scheduler job does, so /metrics shows "
+        "recordline_canary_age_seconds",
+    )
+    parser.add_argument(
+        "--canary-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between canaries (default 60, the Scheduler job's minute)",
     )
 
 
