@@ -21,6 +21,7 @@ from app.auth.guards import Auth
 from app.errors import PROBLEMS
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
+from app.ingest.replay import Replay, replay
 from app.ingest.routes import push
 from app.ingest.service import Ingest
 from app.query.page_token import PageTokens
@@ -98,6 +99,7 @@ def create_app(
                 guards=auth.read_guards,
                 middleware=traced,
             ),
+            Router("/", route_handlers=[replay], guards=auth.replay_guards, middleware=traced),
             healthz,
             readyz,
             *telemetry.route_handlers,
@@ -106,6 +108,7 @@ def create_app(
             "ingest": constant(ingest),
             "reader": constant(reader),
             "readiness": constant(readiness),
+            "replayer": constant(Replay(ingest, observed)),
         },
         lifespan=[auth.lifespan, lifespan],
         plugins=[
@@ -124,7 +127,7 @@ def create_app(
             path="/docs",
             render_plugins=[ScalarRenderPlugin()],
         ),
-        signature_types=[Ingest, Reader, Readiness],
+        signature_types=[Ingest, Reader, Readiness, Replay],
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The local tools' commands (recordline_dev/, beside the service, not in its image).
-DEV_TOOLS = frozenset({"dev", "publish", "tail"})
+DEV_TOOLS = frozenset({"dev", "publish", "tail", "replay"})
 
 
 class DevTool(Protocol):

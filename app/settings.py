@@ -246,6 +246,14 @@ class AuthSettings(Section, frozen=True):
             "Comma-separated e-mails and `domain:example.com` entries that may read",
         ),
     ] = ""
+    operator_principals: Annotated[
+        str,
+        env(
+            "RECORDLINE_OPERATOR_PRINCIPALS",
+            "Comma-separated e-mails and `domain:example.com` entries that may replay "
+            "(`POST /v1/replay`) and read; tokens for RECORDLINE_READ_AUDIENCE",
+        ),
+    ] = ""
     trust_cloud_run_iam: Annotated[
         bool,
         env(

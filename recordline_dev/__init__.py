@@ -1,4 +1,4 @@
-"""Local tools around the service: `recordline dev`, `publish` and `tail`.
+"""Local tools around the service: `recordline dev`, `publish`, `tail` and `replay`.
 
 They live apart from `app/`, the service, and are not in its wheel or image:
 the development environment has this directory on its path (the project's
@@ -24,7 +24,7 @@ class Command(NamedTuple):
 
 
 def commands() -> dict[str, Command]:
-    from recordline_dev import client, devstack
+    from recordline_dev import client, devstack, replay
 
     return {
         "dev": Command(
@@ -36,6 +36,11 @@ def commands() -> dict[str, Command]:
             "publish records to a Pub/Sub topic",
             client.add_publish_arguments,
             client.publish_command,
+        ),
+        "replay": Command(
+            "replay rejected or dead-lettered messages through today's validation, once",
+            replay.add_replay_arguments,
+            replay.replay_command,
         ),
         "tail": Command(
             "follow /v1/records, printing records as JSON lines",

@@ -136,21 +136,31 @@ class PushAccess:
 
 
 class ReadAccess:
-    """Reads need a Google ID token for the read audience, from an allowed principal."""
+    """Reads (and replays) need a Google ID token for the read audience, from an
+    allowed principal: `what` names the action and the setting that lists them."""
 
     realm = "recordline"
 
-    def __init__(self, *, verifier: IdTokenVerifier, principals: Principals) -> None:
+    def __init__(
+        self,
+        *,
+        verifier: IdTokenVerifier,
+        principals: Principals,
+        what: str = "read",
+        setting: str = "RECORDLINE_READ_PRINCIPALS",
+    ) -> None:
         self._verifier = verifier
         self._principals = principals
+        self._what = what
+        self._setting = setting
 
     async def check(self, authorization: str | None) -> None:
         identity = await verified_identity(
-            self._verifier, authorization, realm=self.realm, what="read"
+            self._verifier, authorization, realm=self.realm, what=self._what
         )
         if not self._principals.admit(identity):
             raise _refuse(
-                Forbidden("This identity may not read from this service."),
-                f"{identity.email} is not in RECORDLINE_READ_PRINCIPALS",
-                "read",
+                Forbidden(f"This identity may not {self._what} on this service."),
+                f"{identity.email} is not in {self._setting}",
+                self._what,
             )

@@ -23,6 +23,7 @@ from litestar.types import Guard
 
 from app.auth.access import Principals, PushAccess, ReadAccess, split_list
 from app.auth.oidc import GoogleCerts, IdTokenVerifier
+from app.errors import Forbidden
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,14 @@ class Auth:
         push: PushAccess | None,
         read: ReadAccess | None,
         certs: GoogleCerts | None,
+        operate: ReadAccess | None = None,
+        replay_refusal: str | None = None,
     ) -> None:
         self._push = push
         self._read = read
         self._certs = certs
+        self._operate = operate
+        self._replay_refusal = replay_refusal
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Auth:
@@ -62,6 +67,7 @@ class Auth:
         auth, host = settings.auth, settings.server.host
         accounts = split_list(auth.push_service_accounts)
         principals = Principals(split_list(auth.read_principals))
+        operators = Principals(split_list(auth.operator_principals))
         _pair(
             "RECORDLINE_PUSH_AUDIENCE",
             auth.push_audience,
@@ -75,6 +81,13 @@ class Auth:
             raise SettingsError("RECORDLINE_PUSH_SERVICE_ACCOUNTS: list service-account e-mails")
         if "" in principals.domains:
             raise SettingsError("RECORDLINE_READ_PRINCIPALS: `domain:` needs a domain")
+        if "" in operators.domains:
+            raise SettingsError("RECORDLINE_OPERATOR_PRINCIPALS: `domain:` needs a domain")
+        if operators and not auth.read_audience:
+            raise SettingsError(
+                "RECORDLINE_OPERATOR_PRINCIPALS needs RECORDLINE_READ_AUDIENCE: operators "
+                "sign in with tokens for it"
+            )
         if auth.push_token and len(auth.push_token) < MIN_PUSH_TOKEN_LENGTH:
             raise SettingsError(
                 f"RECORDLINE_PUSH_TOKEN: use at least {MIN_PUSH_TOKEN_LENGTH} random characters"
@@ -111,21 +124,36 @@ class Auth:
                 host,
             )
 
-        read = None
+        read = operate = None
+        replay_refusal = None
         if certs is not None and auth.read_audience:
-            read = ReadAccess(
-                verifier=IdTokenVerifier(
-                    auth.read_audience, certs, trust_upstream=auth.trust_cloud_run_iam
-                ),
-                principals=principals,
+            verifier = IdTokenVerifier(
+                auth.read_audience, certs, trust_upstream=auth.trust_cloud_run_iam
+            )
+            # Operators read what they replay (the rejections) as well.
+            readers = Principals(
+                split_list(auth.read_principals) | split_list(auth.operator_principals)
+            )
+            read = ReadAccess(verifier=verifier, principals=readers)
+            operate = ReadAccess(
+                verifier=verifier,
+                principals=operators,
+                what="replay",
+                setting="RECORDLINE_OPERATOR_PRINCIPALS",
             )
         elif not is_loopback(host):
+            replay_refusal = (
+                "Replay needs RECORDLINE_READ_AUDIENCE and RECORDLINE_OPERATOR_PRINCIPALS on a "
+                "service bound beyond loopback."
+            )
             log.warning(
                 "reads under /v1 need no token: only an outer gate (Cloud Run's invoker check) "
                 "protects them. Set RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS to "
                 "check callers here as well."
             )
-        return cls(push=push, read=read, certs=certs)
+        return cls(
+            push=push, read=read, certs=certs, operate=operate, replay_refusal=replay_refusal
+        )
 
     async def check(self) -> None:
         """Raise RetryLater while tokens cannot be verified (no signing keys)."""
@@ -174,6 +202,28 @@ class Auth:
             await read.check(connection.headers.get("authorization"))
 
         return [check_read]
+
+    @property
+    def replay_guards(self) -> list[Guard]:
+        """Operators only; without any read authentication, loopback callers only."""
+        operate, refusal = self._operate, self._replay_refusal
+        if operate is not None:
+
+            async def check_operator(
+                connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+            ) -> None:
+                await operate.check(connection.headers.get("authorization"))
+
+            return [check_operator]
+
+        async def refuse_without_configuration(
+            connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+        ) -> None:
+            if refusal is not None:
+                log.warning("replay refused with 403: %s", refusal)
+                raise Forbidden(refusal)
+
+        return [refuse_without_configuration]
 
 
 def _pair(name: str, value: str, other: str, values: object) -> None:

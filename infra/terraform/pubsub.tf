@@ -78,6 +78,21 @@ resource "google_pubsub_subscription" "dead_letter_to_bigquery" {
   depends_on = [time_sleep.iam_propagation]
 }
 
+# Keeps every dead letter for `recordline replay dead-letters` (docs/operations.md#dead-letters):
+# a pull subscription nothing reads until an operator replays, acknowledging a message only
+# once the service stored or rejected it. Pub/Sub keeps an unacknowledged message 7 days.
+resource "google_pubsub_subscription" "dead_letter_replay" {
+  project                    = var.project_id
+  name                       = "${var.service_name}-dead-letter-replay"
+  topic                      = google_pubsub_topic.dead_letter.id
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
 # --- what the Pub/Sub service agent needs ----------------------------------------
 
 # Google creates the Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub) when

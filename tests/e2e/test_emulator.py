@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 import httpx
 import msgspec
 import pytest
+from google.cloud import pubsub_v1
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+from rich.console import Console
 
 from app.asgi import create_app
 from app.store.duckdb import DuckDBStore
-from recordline_dev.devstack import Canary
+from recordline_dev.devstack import Canary, free_port
+from recordline_dev.replay import ReplayError, Service, replay_dead_letters
 from tests.conftest import served, settings
 from tests.e2e.conftest import (
     PUSH_TOKEN,
@@ -196,3 +203,84 @@ async def test_the_dev_canary_is_stored_and_its_age_grows_while_the_pipeline_sta
                 assert asyncio.get_running_loop().time() < deadline, f"canary age {age}"
                 await asyncio.sleep(0.2)
         assert canary.published >= 8
+
+
+class StopsBeforeAcknowledging:
+    """A subscriber whose first acknowledge never happens: the replay killed after
+    the service stored a batch and before Pub/Sub heard of it."""
+
+    def __init__(self, subscriber: Any) -> None:
+        self._subscriber = subscriber
+        self.stopped = False
+
+    def pull(self, **kwargs: Any) -> Any:
+        return self._subscriber.pull(**kwargs)
+
+    def acknowledge(self, **kwargs: Any) -> None:
+        if not self.stopped:
+            self.stopped = True
+            raise KeyboardInterrupt
+        self._subscriber.acknowledge(**kwargs)
+
+
+async def test_dead_letters_are_replayed_once_with_their_message_ids(
+    wiring: Wiring, publisher: Any, emulator: Any
+) -> None:
+    # The service unreachable (nothing listens there) for five deliveries each:
+    # every message goes to the dead-letter topic.
+    await wiring.connect(f"http://127.0.0.1:{free_port()}")
+    published = await publish_all(publisher, wiring.topic_path, payloads("dead", 20))
+    await asyncio.sleep(8)
+    subscriber = pubsub_v1.SubscriberClient(
+        transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(emulator.host))
+    )
+    store = RecordingStore(DuckDBStore(":memory:"))
+    try:
+        async with service(store) as (http, url), Follower(http) as follower:
+            replayer = Service(url)
+            replay_started = time.time()
+            console = Console(quiet=True)
+            # Unknown subscription, unreachable service: clear errors, nothing acknowledged.
+            with pytest.raises(ReplayError, match="cannot pull"):
+                await asyncio.to_thread(
+                    replay_dead_letters, replayer, subscriber,
+                    f"projects/{wiring.admin.project}/subscriptions/no-such-subscription",
+                    limit=None, dry_run=False, console=console,
+                )  # fmt: skip
+            with pytest.raises(ReplayError, match="cannot reach"):
+                await asyncio.to_thread(
+                    replay_dead_letters, Service("http://127.0.0.1:9"), subscriber,
+                    wiring.dead_letters, limit=5, dry_run=False, console=console,
+                )  # fmt: skip
+            # Killed halfway: ten pulled and stored, none acknowledged.
+            killed = StopsBeforeAcknowledging(subscriber)
+            with pytest.raises(KeyboardInterrupt):
+                await asyncio.to_thread(
+                    replay_dead_letters, replayer, killed, wiring.dead_letters,
+                    limit=10, dry_run=False, console=console,
+                )  # fmt: skip
+            await follower.wait_count(10, timeout=10)
+            # Run again (and again, until Pub/Sub redelivered the ten left unacknowledged
+            # after their ack deadline): every message answered for, and acknowledged.
+            counts: Counter[str] = Counter()
+            deadline = asyncio.get_running_loop().time() + 60
+            while counts["stored"] + counts["already_stored"] < 20:
+                assert asyncio.get_running_loop().time() < deadline, counts
+                counts += await asyncio.to_thread(
+                    replay_dead_letters, replayer, subscriber, wiring.dead_letters,
+                    limit=None, dry_run=False, console=console,
+                )  # fmt: skip
+                await asyncio.sleep(1)
+            await asyncio.sleep(1)
+            replayer.close()
+        follower.assert_exactly_once(ids("dead", 20))
+        # Pub/Sub forwards a dead letter as a new message, with an id of its own and
+        # no attribute naming the original's: the record keeps the dead letter's id
+        # (the same on every redelivery, so a second replay finds it stored) and the
+        # original's publish time, which the forwarded message carries.
+        assert not set(follower.message_ids) & set(published)
+        assert all(at < replay_started - 1 for at in follower.published_at.values())
+        assert counts["stored"] == 10
+        assert counts["already_stored"] == 10  # the batch stored before the kill
+    finally:
+        subscriber.close()

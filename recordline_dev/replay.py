@@ -1,0 +1,316 @@
+"""`recordline replay rejected|dead-letters`: messages that did not make it, back in, once.
+
+Both hand messages to the service's `POST /v1/replay` (operators only), which
+runs them through today's validation inside the service that owns the store;
+this side only finds them and counts what became of each:
+
+- `rejected` pages through `GET /v1/rejections` (a bounded range: `--until`
+  defaults to now) and sends each matching rejection's raw payload back.
+- `dead-letters` pulls from a dead-letter subscription (Pub/Sub, or the
+  emulator with PUBSUB_EMULATOR_HOST) and acknowledges a message only once the
+  service answered for it: stored, rejected (and so kept in `rejected`), or
+  already stored. A replay stopped at any point loses nothing (what was not
+  acknowledged is pulled again) and duplicates nothing (the service skips
+  what it already stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+import rich.progress
+from rich.console import Console
+
+from app.ingest.envelope import rfc3339
+from app.ingest.replay import MAX_REPLAY_MESSAGES
+
+OUTCOMES = ("stored", "rejected", "already_stored")
+# Pulls wait at most this long for messages; an empty pull ends the replay.
+PULL_SECONDS = 10.0
+# Dead-letter forwarding keeps the original's publish time in this attribute.
+SOURCE_PUBLISH_TIME = "CloudPubSubDeadLetterSourceTopicPublishTime"
+
+
+class ReplayError(RuntimeError):
+    """Said on one line, and the command exits 1."""
+
+
+class _Result(msgspec.Struct):
+    message_id: str
+    outcome: str
+    reason: str | None = None
+
+
+class _Answer(msgspec.Struct):
+    results: list[_Result]
+
+
+class _Rejection(msgspec.Struct):
+    message_id: str
+    reason: str
+    data: str  # base64
+    attributes: dict[str, str]
+    publish_time: str
+
+
+class _RejectionsPage(msgspec.Struct):
+    rejections: list[_Rejection]
+    next_page_token: str | None = None
+
+
+class Service:
+    """The service's replay and rejections endpoints, with clear errors."""
+
+    def __init__(
+        self, url: str, *, token: str | None = None, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=60, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> bytes:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ReplayError(f"cannot reach {self.url}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise ReplayError(
+                f"{method} {path} answered {response.status_code}: replay needs an operator's "
+                f"token (--token; RECORDLINE_OPERATOR_PRINCIPALS): {_detail(response)}"
+            )
+        if response.is_error:
+            raise ReplayError(
+                f"{method} {path} answered {response.status_code}: {_detail(response)}"
+            )
+        return response.content
+
+    def replay(self, messages: Sequence[dict[str, Any]], *, dry_run: bool) -> list[_Result]:
+        body = {"messages": list(messages), "dry_run": dry_run}
+        answer = msgspec.json.decode(self._call("POST", "/v1/replay", json=body), type=_Answer)
+        return answer.results
+
+    def rejections(self, *, since: str | None, until: str) -> Iterator[list[_Rejection]]:
+        params: dict[str, Any] = {"until": until, "limit": 500}
+        if since is not None:
+            params["since"] = since
+        while True:
+            page = msgspec.json.decode(
+                self._call("GET", "/v1/rejections", params=params), type=_RejectionsPage
+            )
+            yield page.rejections
+            if page.next_page_token is None:
+                return
+            params = {"limit": 500, "page_token": page.next_page_token}
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        problem = response.json()
+    except ValueError:
+        return response.text[:300]
+    return str(problem.get("detail") or problem.get("title") or problem)[:300]
+
+
+def _progress(console: Console, what: str) -> rich.progress.Progress:
+    return rich.progress.Progress(
+        rich.progress.SpinnerColumn(),
+        rich.progress.TextColumn(f"{what} {{task.completed}} messages · {{task.description}}"),
+        rich.progress.TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def _summary(counts: Counter[str]) -> str:
+    return ", ".join(f"{counts[o]} {o.replace('_', ' ')}" for o in OUTCOMES)
+
+
+def replay_rejected(
+    service: Service,
+    *,
+    since: str | None,
+    until: str | None,
+    reason_contains: str | None,
+    dry_run: bool,
+    console: Console,
+) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    until = until or rfc3339(datetime.now(UTC))  # a bounded range: it ends
+    with _progress(console, "replayed") as progress:
+        task = progress.add_task("", total=None)
+        for page in service.rejections(since=since, until=until):
+            chosen = [r for r in page if reason_contains is None or reason_contains in r.reason]
+            for start in range(0, len(chosen), MAX_REPLAY_MESSAGES):
+                batch = chosen[start : start + MAX_REPLAY_MESSAGES]
+                messages = [
+                    {
+                        "message_id": r.message_id,
+                        "publish_time": r.publish_time,
+                        "attributes": r.attributes,
+                        "data": r.data,
+                    }
+                    for r in batch
+                ]
+                counts.update(r.outcome for r in service.replay(messages, dry_run=dry_run))
+                progress.update(task, advance=len(batch), description=_summary(counts))
+    return counts
+
+
+def replay_dead_letters(
+    service: Service,
+    subscriber: Any,
+    subscription: str,
+    *,
+    limit: int | None,
+    dry_run: bool,
+    console: Console,
+) -> Counter[str]:
+    from google.api_core.exceptions import GoogleAPICallError
+
+    counts: Counter[str] = Counter()
+    pulled = 0
+    with _progress(console, "replayed") as progress:
+        task = progress.add_task("", total=limit)
+        while limit is None or pulled < limit:
+            wanted = (
+                MAX_REPLAY_MESSAGES if limit is None else min(MAX_REPLAY_MESSAGES, limit - pulled)
+            )
+            try:
+                response = subscriber.pull(
+                    request={"subscription": subscription, "max_messages": wanted},
+                    timeout=PULL_SECONDS,
+                )
+            except GoogleAPICallError as exc:
+                if exc.code == 504 or "DeadlineExceeded" in type(exc).__name__:
+                    break  # nothing waiting
+                raise ReplayError(f"cannot pull from {subscription}: {exc.message}") from None
+            received = list(response.received_messages)
+            if not received:
+                break
+            pulled += len(received)
+            messages = [_as_delivered(r.message) for r in received]
+            results = service.replay(messages, dry_run=dry_run)
+            answered = {r.message_id for r in results}
+            counts.update(r.outcome for r in results)
+            if not dry_run:
+                # Only what the service answered for: it is durable (stored or rejected).
+                subscriber.acknowledge(
+                    request={
+                        "subscription": subscription,
+                        "ack_ids": [r.ack_id for r in received if r.message.message_id in answered],
+                    }
+                )
+            else:
+                # A dry run leaves every message where it was, for the real run.
+                subscriber.modify_ack_deadline(
+                    request={
+                        "subscription": subscription,
+                        "ack_ids": [r.ack_id for r in received],
+                        "ack_deadline_seconds": 0,
+                    }
+                )
+                break  # the same messages would come straight back
+            progress.update(task, advance=len(received), description=_summary(counts))
+    return counts
+
+
+def _as_delivered(message: Any) -> dict[str, Any]:
+    """A pulled message as the replay endpoint takes it: id, publish time, attributes, data."""
+    attributes = dict(message.attributes)
+    published = attributes.get(SOURCE_PUBLISH_TIME) or rfc3339(message.publish_time)
+    return {
+        "message_id": message.message_id,
+        "publish_time": published,
+        "attributes": attributes,
+        "data": base64.b64encode(message.data).decode(),
+    }
+
+
+def subscriber_client() -> Any:
+    """A SubscriberClient for Google, or for the emulator at PUBSUB_EMULATOR_HOST."""
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.SubscriberClient()
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    service = Service(args.url, token=args.token)
+    try:
+        if args.what == "rejected":
+            counts = replay_rejected(
+                service,
+                since=args.since,
+                until=args.until,
+                reason_contains=args.reason_contains,
+                dry_run=args.dry_run,
+                console=console,
+            )
+        else:
+            if not args.subscription.startswith("projects/") or "/subscriptions/" not in (
+                args.subscription
+            ):
+                raise ReplayError("--subscription: name it as projects/P/subscriptions/S")
+            subscriber = subscriber_client()
+            try:
+                counts = replay_dead_letters(
+                    service,
+                    subscriber,
+                    args.subscription,
+                    limit=args.max,
+                    dry_run=args.dry_run,
+                    console=console,
+                )
+            finally:
+                subscriber.close()
+    except ReplayError as exc:
+        print(f"recordline replay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nrecordline replay: interrupted; run it again to go on", file=sys.stderr)
+        return 130
+    finally:
+        service.close()
+    verb = "would be" if args.dry_run else "were"
+    print(f"replay {args.what}: {_summary(counts)} ({verb} the outcomes)", file=sys.stderr)
+    return 0
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_subparsers(dest="what", required=True)
+    for name, text in (
+        ("rejected", "rejections from the service's own `rejected` table"),
+        ("dead-letters", "messages on a dead-letter subscription"),
+    ):
+        sub = what.add_parser(name, help=f"replay {text}")
+        sub.add_argument("--url", required=True, help="the service, e.g. https://…run.app")
+        sub.add_argument(
+            "--token",
+            help="an operator's ID token for the service's read audience, e.g. "
+            "$(gcloud auth print-identity-token --audiences=AUDIENCE)",
+        )
+        sub.add_argument(
+            "--dry-run", action="store_true", help="say what would happen; store nothing"
+        )
+        if name == "rejected":
+            sub.add_argument("--since", help="RFC 3339: rejections stored at or after it")
+            sub.add_argument("--until", help="RFC 3339: rejections stored before it (default now)")
+            sub.add_argument("--reason-contains", help="only rejections whose reason contains this")
+        else:
+            sub.add_argument(
+                "--subscription", required=True, help="projects/P/subscriptions/S to pull from"
+            )
+            sub.add_argument("--max", type=int, help="stop after this many messages")

@@ -1,0 +1,223 @@
+"""Replaying rejections through today's validation: once, under the original message id."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+from rich.console import Console
+
+from app.asgi import create_app
+from app.records import Rejection
+from app.settings import Settings
+from app.store.duckdb import DuckDBStore
+from recordline_dev.replay import ReplayError, Service, replay_rejected
+from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
+from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
+from tests.conftest import served, settings
+
+PUBLISHED = 1_714_219_201_000_000  # 2024-04-27T12:00:01Z
+OPERATOR = "oncall@example.org"
+ANALYST = "analyst@example.org"
+
+
+def rejection(message_id: str, payload: bytes, *, reason: str, ingest_time: int) -> Rejection:
+    return Rejection(
+        message_id=message_id,
+        publish_time=PUBLISHED,
+        ingest_time=ingest_time,
+        data=payload,
+        reason=reason,
+        attributes='{"origin":"replay-test"}',
+    )
+
+
+class RejectedStore(DuckDBStore):
+    """Two rejections made by a validation bug since fixed, and one still invalid,
+    stored through the store protocol as the service starts."""
+
+    async def start(self) -> None:
+        await super().start()
+        now = 1_700_000_000_000_000
+        await self.append(
+            [
+                # Valid today: the old rules wrongly refused a numeric `data`.
+                rejection("m-fixed-1", b'{"id": "r1", "data": 42}', reason="bug", ingest_time=now),
+                rejection("m-fixed-2", b'{"id": "r2", "data": [1]}', reason="bug", ingest_time=now),
+                rejection("m-bad", b"{not json", reason="payload is not JSON", ingest_time=now + 1),
+            ]
+        )
+
+
+@pytest.fixture
+def rejected_store() -> DuckDBStore:
+    return RejectedStore(":memory:")
+
+
+def run_replay(url: str, **options: Any) -> Counter[str]:
+    arguments: dict[str, Any] = {
+        "since": None,
+        "until": None,
+        "reason_contains": None,
+        "dry_run": False,
+        **options,
+    }
+    token = arguments.pop("token", None)
+    service = Service(url, token=token)
+    try:
+        return replay_rejected(service, console=Console(quiet=True), **arguments)
+    finally:
+        service.close()
+
+
+async def test_a_fixed_rejection_becomes_one_record_under_its_original_id(
+    rejected_store: DuckDBStore,
+) -> None:
+    app = create_app(settings(), store=rejected_store)
+    async with served(app) as http:
+        url = str(http.base_url).rstrip("/")
+        dry = await asyncio.to_thread(run_replay, url, dry_run=True)
+        assert dry == Counter({"stored": 2, "rejected": 1})
+        assert (await http.get("/v1/messages/m-fixed-1")).json()["status"] == "rejected"
+
+        first = await asyncio.to_thread(run_replay, url)
+        assert first == Counter({"stored": 2, "rejected": 1})
+        stored = (await http.get("/v1/messages/m-fixed-1")).json()
+        assert stored["status"] == "stored"
+        record = stored["record"]
+        assert record["id"] == "r1"
+        assert record["data"] == 42
+        assert record["publish_time"] == "2024-04-27T12:00:01Z"
+        assert record["attributes"] == {"origin": "replay-test"}
+        still = (await http.get("/v1/messages/m-bad")).json()
+        assert still["status"] == "rejected"
+
+        second = await asyncio.to_thread(run_replay, url)
+        assert second == Counter({"already_stored": 2, "rejected": 1})
+        # Followers see each replayed record once; the rejections stay as they were.
+        page = (await http.get("/v1/records", params={"since": "2023-01-01T00:00:00Z"})).json()
+        assert sorted(r["message_id"] for r in page["records"]) == ["m-fixed-1", "m-fixed-2"]
+        rejections = (
+            await http.get("/v1/rejections", params={"since": "2023-01-01T00:00:00Z"})
+        ).json()["rejections"]
+        assert len(rejections) == 3
+
+
+async def test_only_rejections_whose_reason_matches_are_replayed(
+    rejected_store: DuckDBStore,
+) -> None:
+    app = create_app(settings(), store=rejected_store)
+    async with served(app) as http:
+        url = str(http.base_url).rstrip("/")
+        counts = await asyncio.to_thread(run_replay, url, reason_contains="not JSON")
+        assert counts == Counter({"rejected": 1})
+        assert (await http.get("/v1/messages/m-fixed-1")).json()["status"] == "rejected"
+
+
+async def test_a_replayed_record_joins_the_followers_stream_at_the_moment_of_replay(
+    rejected_store: DuckDBStore,
+) -> None:
+    app = create_app(settings(), store=rejected_store)
+    async with served(app) as http:
+        url = str(http.base_url).rstrip("/")
+        before = (await http.get("/v1/records")).json()
+        assert before["records"] == []
+        await asyncio.to_thread(run_replay, url)
+        # A follower that started before the replay reads on from its token.
+        after = await http.get("/v1/records", params={"page_token": before["next_page_token"]})
+        assert sorted(r["message_id"] for r in after.json()["records"]) == [
+            "m-fixed-1",
+            "m-fixed-2",
+        ]
+
+
+async def test_bad_replays_get_clear_errors_and_store_nothing(rejected_store: DuckDBStore) -> None:
+    app = create_app(settings(), store=rejected_store)
+    async with served(app) as http:
+        url = str(http.base_url).rstrip("/")
+        with pytest.raises(ReplayError, match="400"):
+            await asyncio.to_thread(run_replay, url, since="yesterday")
+        bad = {"messages": [{"message_id": "x", "publish_time": "noon", "data": "e30="}]}
+        assert (await http.post("/v1/replay", json=bad)).status_code == 400
+        too_many = {
+            "messages": [
+                {"message_id": f"m{n}", "publish_time": "2024-04-27T12:00:01Z", "data": "e30="}
+                for n in range(101)
+            ]
+        }
+        assert (await http.post("/v1/replay", json=too_many)).status_code == 400
+        assert (await http.get("/v1/messages/m-fixed-1")).json()["status"] == "rejected"
+    with pytest.raises(ReplayError, match="cannot reach"):
+        await asyncio.to_thread(run_replay, "http://127.0.0.1:9")
+
+
+def test_replay_is_refused_beyond_loopback_without_operators() -> None:
+    app = create_app(
+        Settings.load(
+            {
+                "RECORDLINE_STORE": "memory:",
+                "RECORDLINE_HOST": "0.0.0.0",
+                "RECORDLINE_PUSH_TOKEN": "a-long-enough-push-secret",
+            }
+        )
+    )
+    body = {"messages": [{"message_id": "m", "publish_time": "2024-04-27T12:00:01Z", "data": ""}]}
+    from litestar.testing import TestClient
+
+    with TestClient(app) as client:
+        response = client.post("/v1/replay", json=body)
+    assert response.status_code == 403
+    assert "RECORDLINE_OPERATOR_PRINCIPALS" in response.json()["detail"]
+
+
+async def test_only_operators_replay_and_operators_may_read(google: FakeGoogle) -> None:  # noqa: F811
+    app = create_app(
+        Settings.load(
+            {
+                "RECORDLINE_STORE": "memory:",
+                "RECORDLINE_PUSH_TOKEN": "a-long-enough-push-secret",
+                "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+                "RECORDLINE_READ_PRINCIPALS": ANALYST,
+                "RECORDLINE_OPERATOR_PRINCIPALS": OPERATOR,
+                "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+            }
+        )
+    )
+    payload = base64.b64encode(json.dumps({"id": "r"}).encode()).decode()
+    body = {
+        "messages": [
+            {"message_id": "m-op", "publish_time": "2024-04-27T12:00:01Z", "data": payload}
+        ]
+    }
+    operator = {"Authorization": f"Bearer {google.mint(aud=READ_AUDIENCE, email=OPERATOR)}"}
+    analyst = {"Authorization": f"Bearer {google.mint(aud=READ_AUDIENCE, email=ANALYST)}"}
+    async with AsyncTestClient(app) as client:
+        assert (await client.post("/v1/replay", json=body)).status_code == 401
+        assert (await client.post("/v1/replay", json=body, headers=analyst)).status_code == 403
+        assert (await client.get("/v1/messages/m-op", headers=analyst)).status_code == 404
+        answer = await client.post("/v1/replay", json=body, headers=operator)
+        assert answer.status_code == 200
+        assert answer.json()["results"] == [{"message_id": "m-op", "outcome": "stored"}]
+        assert (await client.get("/v1/rejections", headers=operator)).status_code == 200
+
+
+def test_the_cli_says_when_it_lacks_operator_credentials() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"title": "Unauthorized", "detail": "no bearer token"})
+
+    service = Service("http://recordline.invalid", transport=httpx.MockTransport(answer))
+    with pytest.raises(ReplayError, match="operator's token"):
+        replay_rejected(
+            service,
+            since=None,
+            until=None,
+            reason_contains=None,
+            dry_run=False,
+            console=Console(quiet=True),
+        )
