@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
+from litestar.types import ASGIApp
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -40,7 +41,6 @@ from app.telemetry.store import ObservedStore
 from app.telemetry.traces import (
     FlushTracer,
     ServerSpans,
-    Tracing,
     follows_callers,
     push_received,
     record_query,
@@ -168,8 +168,14 @@ class Telemetry:
         """For the routers worth tracing: a SERVER span per request, current while it runs."""
         if self.tracer_provider is None:
             return []
-        follow = follows_callers(self.tracer_provider.sampler)
-        return [DefineMiddleware(ServerSpans, tracing=Tracing(self.tracer, follow_callers=follow))]
+        tracer, follow = self.tracer, follows_callers(self.tracer_provider.sampler)
+
+        # Litestar deep-copies each router as it registers it; a closure is shared
+        # as it is, where the tracer (with its locks) could not be copied.
+        def server_spans(app: ASGIApp) -> ServerSpans:
+            return ServerSpans(app, tracer=tracer, follow_callers=follow)
+
+        return [DefineMiddleware(server_spans)]
 
     def flush_observer(self) -> FlushTracer:
         return FlushTracer(self.tracer)

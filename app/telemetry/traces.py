@@ -196,18 +196,6 @@ def current_caller() -> SpanContext | None:
 # -- HTTP ---------------------------------------------------------------------
 
 
-class Tracing:
-    """The app's tracer, handed to `ServerSpans` through Litestar, which deep-copies
-    each router as it registers it: the copies share this, uncopied."""
-
-    def __init__(self, tracer: Tracer, *, follow_callers: bool) -> None:
-        self.tracer = tracer
-        self.follow_callers = follow_callers
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Tracing:
-        return self
-
-
 class ServerSpans:
     """Plain ASGI middleware: a SERVER span per request, named by its route, in the caller's trace.
 
@@ -218,10 +206,10 @@ class ServerSpans:
     starts, and the status code when the response starts.
     """
 
-    def __init__(self, app: ASGIApp, *, tracing: Tracing) -> None:
+    def __init__(self, app: ASGIApp, *, tracer: Tracer, follow_callers: bool) -> None:
         self.app = app
-        self.tracer = tracing.tracer
-        self.follow_callers = tracing.follow_callers
+        self.tracer = tracer
+        self.follow_callers = follow_callers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])  # the last of a repeated header wins
