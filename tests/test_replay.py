@@ -152,6 +152,16 @@ async def test_bad_replays_get_clear_errors_and_store_nothing(rejected_store: Du
             ]
         }
         assert (await http.post("/v1/replay", json=too_many)).status_code == 400
+        # Data that is not base64, not even ASCII: a rejection, as on a push.
+        odd = {
+            "messages": [
+                {"message_id": "m-odd", "publish_time": "2024-04-27T12:00:01Z", "data": "é"}
+            ]
+        }
+        answer = await http.post("/v1/replay", json=odd)
+        assert answer.status_code == 200
+        assert answer.json()["results"][0]["outcome"] == "rejected"
+        assert (await http.get("/v1/messages/m-odd")).json()["reason"].startswith("message.data")
         assert (await http.get("/v1/messages/m-fixed-1")).json()["status"] == "rejected"
     with pytest.raises(ReplayError, match="cannot reach"):
         await asyncio.to_thread(run_replay, "http://127.0.0.1:9")

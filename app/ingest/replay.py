@@ -78,7 +78,7 @@ class Replay:
         message_id = replayed.message_id
         try:
             data: bytes | None = binascii.a2b_base64(replayed.data, strict_mode=True)
-        except binascii.Error:
+        except ValueError:  # not base64 (binascii.Error), or not even ASCII
             data = None
         message = PushedMessage(
             message_id=message_id,
