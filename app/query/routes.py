@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 from litestar import Request, Response, get
@@ -41,6 +41,8 @@ PageTokenText = Annotated[
         description="From the previous page; overrides since and until",
     ),
 ]
+# Either list's page: it says up to when it is complete.
+P = TypeVar("P", Page, RejectionsPage, covariant=True)
 # Ids longer than producers may store cannot exist; refuse them before any query.
 PathId = Annotated[str, PathParameter(min_length=1, max_length=MAX_ID_LENGTH)]
 
@@ -60,6 +62,40 @@ def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
         raise BadParameter(unknown[0], "unknown parameter")
 
 
+def _freshness(rows: str) -> list[ResponseHeader]:
+    return [
+        ResponseHeader(
+            name=COMPLETE_UNTIL,
+            description=f"Every {rows} before this time is in this page or an earlier one",
+            documentation_only=True,
+        )
+    ]
+
+
+class _Paged(Protocol[P]):
+    async def __call__(
+        self, *, since: datetime | None, until: datetime | None, limit: int, page_token: str | None
+    ) -> P: ...
+
+
+async def _paged(
+    request: Request[Any, Any, Any],
+    read: _Paged[P],
+    since: str | None,
+    until: str | None,
+    limit: int,
+    page_token: str | None,
+) -> Response[P]:
+    """One page of either list, its parameters checked the same way."""
+    _refuse_unknown(request)
+    page = await read(
+        since=_time("since", since), until=_time("until", until), limit=limit, page_token=page_token
+    )
+    # The body says it too; the header lets a proxy or a probe read freshness
+    # without parsing the page.
+    return Response(page, headers={COMPLETE_UNTIL: rfc3339(page.complete_until)})
+
+
 @get(
     "/v1/records",
     summary="Records in ingest order, one page at a time",
@@ -68,13 +104,7 @@ def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
         "that keeps following it sees every record exactly once, even while writes continue."
     ),
     tags=["records"],
-    response_headers=[
-        ResponseHeader(
-            name=COMPLETE_UNTIL,
-            description="Every record ingested before this time is in this page or an earlier one",
-            documentation_only=True,
-        )
-    ],
+    response_headers=_freshness("record ingested"),
 )
 async def list_records(
     request: Request[Any, Any, Any],
@@ -84,16 +114,7 @@ async def list_records(
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
 ) -> Response[Page]:
-    _refuse_unknown(request)
-    page = await reader.page(
-        since=_time("since", since),
-        until=_time("until", until),
-        limit=limit,
-        page_token=page_token,
-    )
-    # The body says it too; the header lets a proxy or a probe read freshness
-    # without parsing the page.
-    return Response(page, headers={COMPLETE_UNTIL: rfc3339(page.complete_until)})
+    return await _paged(request, reader.page, since, until, limit, page_token)
 
 
 @get(
@@ -104,13 +125,7 @@ async def list_records(
         "exactly as received, base64."
     ),
     tags=["records"],
-    response_headers=[
-        ResponseHeader(
-            name=COMPLETE_UNTIL,
-            description="Every rejection stored before this time is in this page or an earlier one",
-            documentation_only=True,
-        )
-    ],
+    response_headers=_freshness("rejection stored"),
 )
 async def list_rejections(
     request: Request[Any, Any, Any],
@@ -120,14 +135,7 @@ async def list_rejections(
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
 ) -> Response[RejectionsPage]:
-    _refuse_unknown(request)
-    page = await reader.rejections(
-        since=_time("since", since),
-        until=_time("until", until),
-        limit=limit,
-        page_token=page_token,
-    )
-    return Response(page, headers={COMPLETE_UNTIL: rfc3339(page.complete_until)})
+    return await _paged(request, reader.rejections, since, until, limit, page_token)
 
 
 @get("/v1/records/{record_id:str}", summary="The latest version of a record", tags=["records"])
