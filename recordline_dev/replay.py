@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -202,29 +203,43 @@ def replay_dead_letters(
                 break
             pulled += len(received)
             messages = [_as_delivered(r.message) for r in received]
-            results = service.replay(messages, dry_run=dry_run)
-            answered = {r.message_id for r in results}
+            try:
+                results = service.replay(messages, dry_run=dry_run)
+                answered = {r.message_id for r in results}
+                if not dry_run:
+                    # Only what the service answered for: it is durable (stored or rejected).
+                    subscriber.acknowledge(
+                        request={
+                            "subscription": subscription,
+                            "ack_ids": [
+                                r.ack_id for r in received if r.message.message_id in answered
+                            ],
+                        }
+                    )
+            except BaseException:
+                # Failed or interrupted: offer the batch back now. Left leased, it would
+                # be missing for the subscription's ack deadline (60 s in Terraform),
+                # and a run started meanwhile would find the queue empty and say so.
+                _release(subscriber, subscription, [r.ack_id for r in received])
+                raise
             counts.update(r.outcome for r in results)
-            if not dry_run:
-                # Only what the service answered for: it is durable (stored or rejected).
-                subscriber.acknowledge(
-                    request={
-                        "subscription": subscription,
-                        "ack_ids": [r.ack_id for r in received if r.message.message_id in answered],
-                    }
-                )
-            else:
+            if dry_run:
                 # A dry run leaves every message where it was, for the real run.
-                subscriber.modify_ack_deadline(
-                    request={
-                        "subscription": subscription,
-                        "ack_ids": [r.ack_id for r in received],
-                        "ack_deadline_seconds": 0,
-                    }
-                )
+                _release(subscriber, subscription, [r.ack_id for r in received])
                 break  # the same messages would come straight back
             progress.update(task, advance=len(received), description=_summary(counts))
     return counts
+
+
+def _release(subscriber: Any, subscription: str, ack_ids: list[str]) -> None:
+    """Make messages pullable again at once (an ack deadline of 0, a nack)."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    # Should the nack fail too, they come back when their ack deadline passes.
+    with contextlib.suppress(GoogleAPICallError):
+        subscriber.modify_ack_deadline(
+            request={"subscription": subscription, "ack_ids": ack_ids, "ack_deadline_seconds": 0}
+        )
 
 
 def _as_delivered(message: Any) -> dict[str, Any]:
