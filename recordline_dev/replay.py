@@ -183,51 +183,65 @@ def replay_dead_letters(
 
     counts: Counter[str] = Counter()
     pulled = 0
-    with _progress(console, "replayed") as progress:
-        task = progress.add_task("", total=limit)
-        while limit is None or pulled < limit:
-            wanted = (
-                MAX_REPLAY_MESSAGES if limit is None else min(MAX_REPLAY_MESSAGES, limit - pulled)
-            )
-            try:
-                response = subscriber.pull(
-                    request={"subscription": subscription, "max_messages": wanted},
-                    timeout=PULL_SECONDS,
+    # A dry run holds what it pulled until the end (released at once, the same
+    # messages would come straight back) and counts a redelivery once.
+    seen: set[str] = set()
+    held: list[str] = []
+    try:
+        with _progress(console, "replayed") as progress:
+            task = progress.add_task("", total=limit)
+            while limit is None or pulled < limit:
+                wanted = (
+                    MAX_REPLAY_MESSAGES
+                    if limit is None
+                    else min(MAX_REPLAY_MESSAGES, limit - pulled)
                 )
-            except GoogleAPICallError as exc:
-                if exc.code == 504 or "DeadlineExceeded" in type(exc).__name__:
-                    break  # nothing waiting
-                raise ReplayError(f"cannot pull from {subscription}: {exc.message}") from None
-            received = list(response.received_messages)
-            if not received:
-                break
-            pulled += len(received)
-            messages = [_as_delivered(r.message) for r in received]
-            try:
-                results = service.replay(messages, dry_run=dry_run)
-                answered = {r.message_id for r in results}
-                if not dry_run:
-                    # Only what the service answered for: it is durable (stored or rejected).
-                    subscriber.acknowledge(
-                        request={
-                            "subscription": subscription,
-                            "ack_ids": [
-                                r.ack_id for r in received if r.message.message_id in answered
-                            ],
-                        }
+                try:
+                    response = subscriber.pull(
+                        request={"subscription": subscription, "max_messages": wanted},
+                        timeout=PULL_SECONDS,
                     )
-            except BaseException:
-                # Failed or interrupted: offer the batch back now. Left leased, it would
-                # be missing for the subscription's ack deadline (60 s in Terraform),
-                # and a run started meanwhile would find the queue empty and say so.
-                _release(subscriber, subscription, [r.ack_id for r in received])
-                raise
-            counts.update(r.outcome for r in results)
-            if dry_run:
-                # A dry run leaves every message where it was, for the real run.
-                _release(subscriber, subscription, [r.ack_id for r in received])
-                break  # the same messages would come straight back
-            progress.update(task, advance=len(received), description=_summary(counts))
+                except GoogleAPICallError as exc:
+                    if exc.code == 504 or "DeadlineExceeded" in type(exc).__name__:
+                        break  # nothing waiting
+                    raise ReplayError(f"cannot pull from {subscription}: {exc.message}") from None
+                received = list(response.received_messages)
+                if dry_run:
+                    held += [r.ack_id for r in received]
+                fresh = [r for r in received if r.message.message_id not in seen]
+                if not fresh:
+                    break
+                pulled += len(fresh)
+                try:
+                    results = service.replay(
+                        [_as_delivered(r.message) for r in fresh], dry_run=dry_run
+                    )
+                    answered = {r.message_id for r in results}
+                    if not dry_run:
+                        # Only what the service answered for: it is durable (stored or rejected).
+                        subscriber.acknowledge(
+                            request={
+                                "subscription": subscription,
+                                "ack_ids": [
+                                    r.ack_id for r in received if r.message.message_id in answered
+                                ],
+                            }
+                        )
+                except BaseException:
+                    # Failed or interrupted: offer the batch back now. Left leased, it
+                    # would be missing for the subscription's ack deadline (60 s in
+                    # Terraform), and a run started meanwhile would find the queue
+                    # empty and say so.
+                    _release(subscriber, subscription, [r.ack_id for r in received])
+                    raise
+                if dry_run:
+                    seen.update(r.message.message_id for r in fresh)
+                counts.update(r.outcome for r in results)
+                progress.update(task, advance=len(fresh), description=_summary(counts))
+    finally:
+        if held:
+            # A dry run leaves every message where it was, for the real run.
+            _release(subscriber, subscription, held)
     return counts
 
 

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import json
 from collections import Counter
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -14,10 +16,11 @@ from litestar.testing import AsyncTestClient
 from rich.console import Console
 
 from app.asgi import create_app
+from app.ingest.replay import MAX_REPLAY_MESSAGES
 from app.records import Rejection
 from app.settings import Settings
 from app.store.duckdb import DuckDBStore
-from recordline_dev.replay import ReplayError, Service, replay_rejected
+from recordline_dev.replay import ReplayError, Service, replay_dead_letters, replay_rejected
 from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
 from tests.conftest import served, settings
@@ -231,3 +234,60 @@ def test_the_cli_says_when_it_lacks_operator_credentials() -> None:
             dry_run=False,
             console=Console(quiet=True),
         )
+
+
+class QueueSubscriber:
+    """A pull subscription in memory: pull leases, acknowledge removes, a 0 deadline releases."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        published = datetime(2024, 4, 27, 12, 0, 1, tzinfo=UTC)
+        self.waiting = {
+            f"dl-{n}": SimpleNamespace(
+                message_id=f"dl-{n}", publish_time=published, attributes={}, data=payload
+            )
+            for n, payload in enumerate(payloads)
+        }
+        self.leased: set[str] = set()
+        self.acknowledged: list[str] = []
+
+    def pull(self, *, request: dict[str, Any], timeout: float) -> Any:
+        free = [m for m in self.waiting if m not in self.leased][: request["max_messages"]]
+        self.leased.update(free)
+        received = [SimpleNamespace(ack_id=m, message=self.waiting[m]) for m in free]
+        return SimpleNamespace(received_messages=received)
+
+    def acknowledge(self, *, request: dict[str, Any]) -> None:
+        for ack_id in request["ack_ids"]:
+            del self.waiting[ack_id]
+            self.leased.discard(ack_id)
+            self.acknowledged.append(ack_id)
+
+    def modify_ack_deadline(self, *, request: dict[str, Any]) -> None:
+        assert request["ack_deadline_seconds"] == 0
+        self.leased.difference_update(request["ack_ids"])
+
+
+async def test_a_dry_run_counts_every_dead_letter_and_leaves_them_all_waiting(
+    rejected_store: DuckDBStore,
+) -> None:
+    # More than one request's worth, so the dry run must pull past the first batch.
+    count = 2 * MAX_REPLAY_MESSAGES + 30
+    queue = QueueSubscriber([b'{"id": "ok"}'] * (count - 1) + [b"{not json"])
+    async with served(create_app(settings(), store=rejected_store)) as http:
+        service = Service(str(http.base_url).rstrip("/"))
+
+        def replay(dry_run: bool) -> Counter[str]:
+            return replay_dead_letters(
+                service, queue, "projects/p/subscriptions/s",
+                limit=None, dry_run=dry_run, console=Console(quiet=True),
+            )  # fmt: skip
+
+        dry = await asyncio.to_thread(replay, True)
+        assert dry == Counter({"stored": count - 1, "rejected": 1})
+        assert (len(queue.waiting), queue.leased, queue.acknowledged) == (count, set(), [])
+        assert (await http.get("/v1/messages/dl-0")).status_code == 404
+
+        real = await asyncio.to_thread(replay, False)
+        service.close()
+        assert real == dry
+        assert (queue.waiting, queue.leased, len(queue.acknowledged)) == ({}, set(), count)
