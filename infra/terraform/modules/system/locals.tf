@@ -21,8 +21,11 @@ locals {
   # The smoke-test account reads back what the deploy workflow pushed.
   read_principals = join(",", sort(concat(
     [for m in var.readers : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
-    [google_service_account.smoke.email],
+    [google_service_account.smoke.email, local.monitoring_service_agent],
   )))
+
+  # Cloud Monitoring probes as this Google-managed account (uptime.tf).
+  monitoring_service_agent = "service-${var.project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
 
   # Partition expiry of records and rejected; null keeps partitions forever.
   partition_expiration_ms = var.retention_days > 0 ? var.retention_days * 86400000 : null
@@ -42,7 +45,8 @@ locals {
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
     RECORDLINE_PUSH_AUDIENCE          = local.push_audience
     RECORDLINE_PUSH_SERVICE_ACCOUNTS  = google_service_account.push.email
-    RECORDLINE_READ_AUDIENCE          = local.read_audience
+    # The service's own URL too: the uptime check's token names it (uptime.tf).
+    RECORDLINE_READ_AUDIENCE          = "${local.read_audience},${local.service_url}"
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
     RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)
     # Cloud Run's invoker check (cloud_run.tf: invoker_iam_disabled = false)
