@@ -15,7 +15,14 @@ from typing import Protocol
 from app.records import TABLES, bigquery_schema
 from app.settings import Settings, SettingsError, reference
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "infra" / "terraform" / "schemas"
+SCHEMA_DIR = (
+    Path(__file__).resolve().parent.parent
+    / "infra"
+    / "terraform"
+    / "modules"
+    / "system"
+    / "schemas"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,8 +235,8 @@ class AuthSettings(Section, frozen=True):
         str,
         env(
             "RECORDLINE_READ_AUDIENCE",
-            "Audience of the Google ID tokens `/v1/*` requires; with RECORDLINE_READ_PRINCIPALS "
-            "reads need a token",
+            "Audience of the Google ID tokens `/v1/*` requires (comma-separated: any of them); "
+            "with RECORDLINE_READ_PRINCIPALS reads need a token",
         ),
     ] = ""
     read_principals: Annotated[

@@ -185,7 +185,7 @@ def check_directory(schema: Schema, directory: Path) -> tuple[int, list[str]]:
         strip_string_quotes=True,
     )
     checked, errors = 0, []
-    for path in sorted(directory.glob("*.tf")):
+    for path in sorted(directory.rglob("*.tf")):
         with path.open() as f:
             parsed = hcl2.load(f, serialization_options=options)
         for section, table, label in (

@@ -344,7 +344,7 @@ async def _gone_already(call: Any, **kwargs: Any) -> None:
 
 # -- the canary -----------------------------------------------------------------
 
-# As infra/terraform/canary.tf's Cloud Scheduler job publishes it.
+# As infra/terraform/modules/system/canary.tf's Cloud Scheduler job publishes it.
 CANARY_PAYLOAD = msgspec.json.encode({"id": CANARY_ATTRIBUTE, "data": {"canary": True}})
 
 

@@ -127,9 +127,10 @@ class Auth:
         read = operate = None
         replay_refusal = None
         if certs is not None and auth.read_audience:
-            verifier = IdTokenVerifier(
-                auth.read_audience, certs, trust_upstream=auth.trust_cloud_run_iam
-            )
+            # Several audiences: the read audience, and Cloud Run's URL, which an uptime
+            # check's token names (Cloud Monitoring mints it for the URL it probes).
+            audiences = [a.strip() for a in auth.read_audience.split(",") if a.strip()]
+            verifier = IdTokenVerifier(audiences, certs, trust_upstream=auth.trust_cloud_run_iam)
             # Operators read what they replay (the rejections) as well.
             readers = Principals(
                 split_list(auth.read_principals) | split_list(auth.operator_principals)

@@ -269,7 +269,8 @@ class GoogleCerts:
 
 
 class IdTokenVerifier:
-    """Verifies Google ID tokens for one audience; remembers each verdict until `exp`.
+    """Verifies Google ID tokens for an audience (or any of several); remembers each
+    verdict until `exp`.
 
     Only tokens that verified are remembered: an invalid token costs a parse
     and at most one RSA verification (~50 µs) each time it is presented.
@@ -277,7 +278,7 @@ class IdTokenVerifier:
 
     def __init__(
         self,
-        audience: str,
+        audience: str | Collection[str],
         certs: GoogleCerts,
         *,
         issuers: Collection[str] = GOOGLE_ISSUERS,

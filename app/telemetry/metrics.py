@@ -36,7 +36,7 @@ ROWS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _STORED = (("outcome", "stored"),)
 
 # The attribute that marks a synthetic canary (Cloud Scheduler publishes one a
-# minute, infra/terraform/canary.tf). Attributes are stored as compact JSON
+# minute, infra/terraform/modules/system/canary.tf). Attributes are stored as compact JSON
 # text, so the key is found as `"recordline-canary":` without decoding it.
 CANARY_ATTRIBUTE = "recordline-canary"
 _CANARY_KEY = f'"{CANARY_ATTRIBUTE}":'

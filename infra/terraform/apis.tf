@@ -23,3 +23,17 @@ resource "google_project_service" "enabled" {
   # Turning an API off would break whatever else in the project uses it.
   disable_on_destroy = false
 }
+
+# --- what the Pub/Sub service agent needs ----------------------------------------
+
+# Google creates the Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub) when
+# pubsub.googleapis.com is enabled, but not at once: a grant to it made right after
+# the enabling fails with "Service account ... does not exist". The pause is taken
+# once, on the apply that enables the API.
+resource "time_sleep" "pubsub_service_agent" {
+  create_duration = "60s"
+
+  triggers = {
+    pubsub = google_project_service.enabled["pubsub.googleapis.com"].id
+  }
+}

@@ -50,12 +50,6 @@ locals {
       description = "Now minus the publish time of the newest canary stored"
     }
   }
-
-  # Filters on the service's metrics: the type, and the resource they arrive on.
-  workload_metric = {
-    for name, _ in local.workload_metrics :
-    name => "metric.type=\"${google_monitoring_metric_descriptor.workload[name].type}\" resource.type=\"generic_task\""
-  }
 }
 
 resource "google_monitoring_metric_descriptor" "workload" {

@@ -415,3 +415,31 @@ variable "canary_age_threshold_seconds" {
   description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
   default     = 300
 }
+
+variable "systems" {
+  description = "Recordline systems in this project, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it). Empty: one system named service_name. Each may override a few settings."
+  type = map(object({
+    readers               = optional(list(string))
+    notification_channels = optional(list(string))
+    min_instances         = optional(number)
+    max_instances         = optional(number)
+    extra_env             = optional(map(string))
+  }))
+  default = {}
+
+  validation {
+    condition     = alltrue([for name, _ in var.systems : can(regex("^[a-z][a-z0-9-]{0,20}$", name))])
+    error_message = "System names are lower-case letters, digits and dashes, starting with a letter, at most 21 characters (they prefix service-account ids)."
+  }
+}
+
+variable "fleet_outage_systems" {
+  type        = number
+  description = "With several systems, one fleet incident opens when the canary is stale in at least this many of them at once (fleet.tf)."
+  default     = 3
+
+  validation {
+    condition     = var.fleet_outage_systems >= 2
+    error_message = "fleet_outage_systems is at least 2: one system is its own alert's business."
+  }
+}

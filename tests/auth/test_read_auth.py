@@ -115,3 +115,23 @@ async def test_a_read_token_cannot_push(
 async def test_health_and_docs_need_no_token(client: AsyncTestClient[Litestar]) -> None:
     for path in ("/healthz", "/readyz", "/docs/openapi.json"):
         assert (await client.get(path)).status_code == 200, path
+
+
+async def test_any_of_several_read_audiences_is_accepted_and_no_other(google: FakeGoogle) -> None:
+    # Cloud Monitoring's uptime check mints its token for the URL it probes (the service's
+    # own URL), so Terraform gives the service that audience besides the read audience.
+    probe = "https://recordline-123.europe-west1.run.app"
+    settings = Settings.load(
+        {
+            "RECORDLINE_STORE": "memory:",
+            "RECORDLINE_PUSH_TOKEN": "a-long-enough-push-secret",
+            "RECORDLINE_READ_AUDIENCE": f"{READ_AUDIENCE}, {probe}",
+            "RECORDLINE_READ_PRINCIPALS": ANALYST,
+            "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+        }
+    )
+    async with AsyncTestClient(create_app(settings)) as client:
+        for audience, expected in ((READ_AUDIENCE, 200), (probe, 200), (f"{probe}/v1", 401)):
+            token = google.mint(aud=audience, email=ANALYST)
+            response = await client.get("/v1/records", headers=bearer(token))
+            assert response.status_code == expected, audience

@@ -34,7 +34,14 @@ from app.records import TABLES, Kind, columns
 from tests.bigquery.billing import Bill, BillingModel, Layout
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
-BIGQUERY_TF = Path(__file__).resolve().parents[2] / "infra" / "terraform" / "bigquery.tf"
+BIGQUERY_TF = (
+    Path(__file__).resolve().parents[2]
+    / "infra"
+    / "terraform"
+    / "modules"
+    / "system"
+    / "bigquery.tf"
+)
 # `CREATE SEARCH INDEX name ON `...${google_bigquery_table.T.table_id}`(columns)`
 _SEARCH_INDEX = re.compile(
     r"CREATE SEARCH INDEX[^`]*`[^`]*\$\{google_bigquery_table\.(\w+)\.table_id\}`\(([^)]*)\)"

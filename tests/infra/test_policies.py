@@ -79,7 +79,10 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, s
         for key, outcome in (("passed_checks", "PASSED"), ("failed_checks", "FAILED")):
             for item in doc.get("results", {}).get(key, []):
                 tree = Path(item["file_abs_path"]).relative_to(work).parts[0]
-                results[(tree, item["check_id"], item["resource"])] = outcome
+                # A module's resource is named by its address inside the module (checkov
+                # prefixes the module call, `module.system.`), as the module declares it.
+                resource = re.sub(r"^(module\.[\w\[\]\"-]+\.)+", "", item["resource"])
+                results[(tree, item["check_id"], resource)] = outcome
     return results
 
 

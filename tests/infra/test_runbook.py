@@ -59,7 +59,7 @@ def test_slug_is_the_github_anchor() -> None:
 
 def test_every_alert_policy_links_an_existing_runbook_section() -> None:
     links = _runbook_links()
-    # Every policy in alerts.tf and slos.tf, each SLO's burn alert counted once.
+    # Every policy of the system module and the fleet, each SLO's burn alert counted once.
     assert len(links) >= 7
     missing = {policy: anchor for policy, anchor in links.items() if anchor not in anchors()}
     assert not missing, f"runbook sections not in docs/operations.md: {missing}"

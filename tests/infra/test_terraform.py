@@ -38,14 +38,28 @@ def _load(path: Path) -> dict[str, Any]:
 @cache
 def _config() -> dict[str, list[Any]]:
     merged: dict[str, list[Any]] = {}
-    for path in sorted(TERRAFORM.glob("*.tf")):
+    for path in sorted(TERRAFORM.rglob("*.tf")):
         for kind, blocks in _load(path).items():
             merged.setdefault(kind, []).extend(blocks)
     return merged
 
 
-def _variables() -> dict[str, dict[str, Any]]:
-    return {name: body for block in _config()["variable"] for name, body in block.items()}
+MODULE = TERRAFORM / "modules" / "system"
+
+
+def _root(kind: str) -> list[Any]:
+    """Blocks of one kind in the environment root alone (not its modules)."""
+    return [block for path in sorted(TERRAFORM.glob("*.tf")) for block in _load(path).get(kind, [])]
+
+
+def _variables(directory: Path = TERRAFORM) -> dict[str, dict[str, Any]]:
+    """The variables of one module: the environment root's by default."""
+    return {
+        name: body
+        for path in sorted(directory.glob("*.tf"))
+        for block in _load(path).get("variable", [])
+        for name, body in block.items()
+    }
 
 
 def _resources(rtype: str) -> dict[str, dict[str, Any]]:
@@ -62,23 +76,26 @@ def _locals() -> dict[str, Any]:
 
 
 def _text() -> str:
-    return "\n".join(p.read_text() for p in sorted(TERRAFORM.glob("*.tf")))
+    return "\n".join(p.read_text() for p in sorted(TERRAFORM.rglob("*.tf")))
 
 
 # --- variables ------------------------------------------------------------------
 
 
-def test_every_variable_is_typed_and_described() -> None:
-    untyped = [n for n, body in _variables().items() if not body.get("type")]
+@pytest.mark.parametrize("directory", [TERRAFORM, MODULE], ids=["root", "module"])
+def test_every_variable_is_typed_and_described(directory: Path) -> None:
+    variables = _variables(directory)
+    untyped = [n for n, body in variables.items() if not body.get("type")]
     undescribed = [
-        n for n, body in _variables().items() if not str(body.get("description", "")).strip()
+        n for n, body in variables.items() if not str(body.get("description", "")).strip()
     ]
     assert (untyped, undescribed) == ([], [])
 
 
-def test_every_variable_is_used() -> None:
-    text = _text()
-    unused = [n for n in _variables() if not re.search(rf"\bvar\.{n}\b", text)]
+@pytest.mark.parametrize("directory", [TERRAFORM, MODULE], ids=["root", "module"])
+def test_every_variable_is_used(directory: Path) -> None:
+    text = "\n".join(p.read_text() for p in sorted(directory.glob("*.tf")))
+    unused = [n for n in _variables(directory) if not re.search(rf"\bvar\.{n}\b", text)]
     assert unused == []
 
 
@@ -101,12 +118,12 @@ def test_each_environment_has_its_own_state(environment: str) -> None:
 
 
 def test_backend_is_a_partial_gcs_configuration() -> None:
-    (terraform,) = _config()["terraform"]
+    (terraform,) = _root("terraform")
     assert terraform["backend"] == [{"gcs": {}}]
 
 
 def test_provider_versions_are_bounded() -> None:
-    (terraform,) = _config()["terraform"]
+    (terraform,) = _root("terraform")
     assert re.fullmatch(r">= ?[\d.]+, ?< ?[\d.]+", terraform["required_version"])
     for providers in terraform["required_providers"]:
         for name, spec in providers.items():
@@ -118,7 +135,7 @@ def test_provider_versions_are_bounded() -> None:
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_generated_schema_matches_the_code(table: str) -> None:
-    on_disk = json.loads((TERRAFORM / "schemas" / f"{table}.json").read_text())
+    on_disk = json.loads((MODULE / "schemas" / f"{table}.json").read_text())
     assert on_disk == bigquery_schema(TABLES[table])
 
 
@@ -148,7 +165,7 @@ def test_table_is_partitioned_by_day_and_clustered(
         expected["expiration_ms"] = expiry
     assert resource["time_partitioning"] == [expected]
     assert resource["clustering"] == clustering
-    columns = {c["name"] for c in json.loads((TERRAFORM / "schemas" / f"{table}.json").read_text())}
+    columns = {c["name"] for c in json.loads((MODULE / "schemas" / f"{table}.json").read_text())}
     assert {partition, *clustering} <= columns
 
 
@@ -161,7 +178,7 @@ def test_dead_letter_table_has_the_columns_a_bigquery_subscription_writes() -> N
         "data": {"BYTES", "STRING"},
         "attributes": {"STRING", "JSON"},
     }
-    schema = json.loads((TERRAFORM / "schemas" / "dead_letters.json").read_text())
+    schema = json.loads((MODULE / "schemas" / "dead_letters.json").read_text())
     assert {c["name"] for c in schema} == allowed.keys()
     for column in schema:
         assert column["type"] in allowed[column["name"]], column["name"]
@@ -357,10 +374,20 @@ def _all_resources() -> dict[str, dict[str, dict[str, Any]]]:
     return found
 
 
+@cache
+def _module_waits() -> set[str]:
+    """What every resource of the system module is created after: the module block's
+    depends_on, and the root resources its inputs refer to."""
+    (module,) = [named["system"] for block in _root("module") for named in [block]]
+    return _references({k: v for k, v in module.items() if k != "source"})
+
+
 def _waits_for(address: str) -> set[str]:
     """Every resource `address` is created after, directly or through others."""
     seen: set[str] = set()
-    todo = [address]
+    if address.split(".")[0] in _module_resource_types(address):
+        seen |= _module_waits()
+    todo = [address, *seen]
     while todo:
         rtype, name = todo.pop().split(".", 1)
         body = _all_resources().get(rtype, {}).get(name)
@@ -370,6 +397,16 @@ def _waits_for(address: str) -> set[str]:
             seen.add(ref)
             todo.append(ref)
     return seen
+
+
+def _module_resource_types(address: str) -> set[str]:
+    """The resource's type when `address` is declared in the system module, else nothing."""
+    rtype, name = address.split(".", 1)
+    for path in sorted(MODULE.glob("*.tf")):
+        for block in _load(path).get("resource", []):
+            if name in block.get(rtype, {}):
+                return {rtype}
+    return set()
 
 
 @cache
@@ -479,7 +516,10 @@ def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
         assert "google_monitoring_metric_descriptor.workload" in _waits_for(
             f"google_monitoring_slo.{name}"
         ), name
-        assert "${google_monitoring_metric_descriptor.workload}" in slo["depends_on"], name
+        # Through the module's input: each filter names a descriptor's type.
+        assert "local.read_query_duration" in json.dumps(slo) or "local.workload_metric" in (
+            json.dumps(slo)
+        ), name
     assert "google_monitoring_metric_descriptor.workload" in _waits_for(
         "google_monitoring_alert_policy.query_bytes_billed"
     )
@@ -644,7 +684,7 @@ def test_audiences_are_full_urls_of_each_environment() -> None:
         )
         assert derived.startswith("https://recordline-123456.europe-west1.run.app/"), derived
     # The base is Cloud Run's deterministic URL, which carries the project number.
-    assert "data.google_project.this.number" in _locals()["service_url"]
+    assert "var.project_number" in _locals()["service_url"]
     assert _locals()["service_url"].startswith("https://")
     assert _locals()["push_audience"] != _locals()["read_audience"]
     for environment in ENVIRONMENTS:

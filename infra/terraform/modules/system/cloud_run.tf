@@ -100,7 +100,6 @@ resource "google_cloud_run_v2_service" "recordline" {
   # Cloud Run checks the runtime account's access to the secret when it creates the
   # revision; the grant has to have propagated by then (time_sleep.iam_propagation).
   depends_on = [
-    google_project_service.enabled,
     google_secret_manager_secret_version.page_token,
     time_sleep.iam_propagation,
   ]

@@ -29,8 +29,6 @@ resource "google_monitoring_custom_service" "recordline" {
   project      = var.project_id
   service_id   = var.service_name
   display_name = var.service_name
-
-  depends_on = [google_project_service.enabled]
 }
 
 resource "google_monitoring_slo" "availability" {
@@ -71,8 +69,6 @@ resource "google_monitoring_slo" "read_latency" {
       }
     }
   }
-
-  depends_on = [google_monitoring_metric_descriptor.workload]
 }
 
 resource "google_monitoring_slo" "freshness" {
@@ -93,8 +89,6 @@ resource "google_monitoring_slo" "freshness" {
       }
     }
   }
-
-  depends_on = [google_monitoring_metric_descriptor.workload]
 }
 
 locals {

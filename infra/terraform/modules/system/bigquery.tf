@@ -8,8 +8,6 @@ resource "google_bigquery_dataset" "recordline" {
   # Access is granted with dataset IAM members below, never with access blocks here,
   # so the two cannot fight over the dataset's policy.
   delete_contents_on_destroy = false
-
-  depends_on = [google_project_service.enabled]
 }
 
 # The records and rejected schemas are GENERATED from app/records.py (a test keeps them

@@ -1,11 +1,15 @@
-data "google_project" "this" {
-  project_id = var.project_id
-}
-
 locals {
+  # Filters for this system's application metrics: the descriptors are the project's
+  # (metrics.tf), each system's series carry its name as generic_task's `namespace`
+  # (the service's OpenTelemetry resource attribute service.namespace, RECORDLINE_SYSTEM).
+  workload_metric = {
+    for name, type in var.metric_types :
+    name => "metric.type=\"${type}\" resource.type=\"generic_task\" resource.label.\"namespace\"=\"${var.service_name}\""
+  }
+
   # Pub/Sub acts as this Google-managed account when it mints push tokens, forwards
   # dead letters and writes to BigQuery.
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  pubsub_service_agent = "serviceAccount:service-${var.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
   # The acknowledgement deadline is also how long Pub/Sub waits for the push answer.
   # The service gives up on a write after write_deadline_seconds and answers 503; the
@@ -17,8 +21,11 @@ locals {
   # The smoke-test account reads back what the deploy workflow pushed.
   read_principals = join(",", sort(concat(
     [for m in var.readers : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
-    [google_service_account.smoke.email],
+    [google_service_account.smoke.email, local.monitoring_service_agent],
   )))
+
+  # Cloud Monitoring probes as this Google-managed account (uptime.tf).
+  monitoring_service_agent = "service-${var.project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
 
   # Partition expiry of records and rejected; null keeps partitions forever.
   partition_expiration_ms = var.retention_days > 0 ? var.retention_days * 86400000 : null
@@ -26,7 +33,7 @@ locals {
   # Cloud Run's deterministic URL, known before the service exists. Audiences derived
   # from it carry the project number, so each environment has its own: a token minted
   # for dev is refused by prod.
-  service_url   = "https://${var.service_name}-${data.google_project.this.number}.${var.region}.run.app"
+  service_url   = "https://${var.service_name}-${var.project_number}.${var.region}.run.app"
   push_audience = var.push_audience != "" ? var.push_audience : "${local.service_url}/pubsub/push"
   read_audience = var.read_audience != "" ? var.read_audience : "${local.service_url}/v1"
 
@@ -38,7 +45,8 @@ locals {
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
     RECORDLINE_PUSH_AUDIENCE          = local.push_audience
     RECORDLINE_PUSH_SERVICE_ACCOUNTS  = google_service_account.push.email
-    RECORDLINE_READ_AUDIENCE          = local.read_audience
+    # The service's own URL too: the uptime check's token names it (uptime.tf).
+    RECORDLINE_READ_AUDIENCE          = "${local.read_audience},${local.service_url}"
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
     RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)
     # Cloud Run's invoker check (cloud_run.tf: invoker_iam_disabled = false)
@@ -48,6 +56,7 @@ locals {
     RECORDLINE_HOST                = "0.0.0.0"
     RECORDLINE_LOG_FORMAT          = "json"
     OTEL_SERVICE_NAME              = var.service_name
+    RECORDLINE_SYSTEM              = var.service_name
     OTEL_TRACES_EXPORTER           = "gcp_trace"
     OTEL_METRICS_EXPORTER          = "gcp_monitoring"
   })

@@ -122,6 +122,4 @@ resource "google_monitoring_alert_policy" "query_bytes_billed" {
     mime_type = "text/markdown"
     content   = "BigQuery bytes billed by ${var.service_name}'s reads passed the daily budget. The dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query. Runbook: docs/operations.md#query-bytes-billed"
   }
-
-  depends_on = [google_monitoring_metric_descriptor.workload]
 }

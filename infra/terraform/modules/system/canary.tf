@@ -7,7 +7,7 @@
 locals {
   canary_attribute = "recordline-canary"
   # Cloud Scheduler publishes a Pub/Sub target's message as its service agent.
-  scheduler_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+  scheduler_service_agent = "serviceAccount:service-${var.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
 }
 
 resource "google_cloud_scheduler_job" "canary" {
@@ -25,7 +25,6 @@ resource "google_cloud_scheduler_job" "canary" {
   }
 
   depends_on = [
-    google_project_service.enabled,
     google_pubsub_topic_iam_member.canary_publisher,
   ]
 }
@@ -36,8 +35,6 @@ resource "google_pubsub_topic_iam_member" "canary_publisher" {
   topic   = google_pubsub_topic.records.name
   role    = "roles/pubsub.publisher"
   member  = local.scheduler_service_agent
-
-  depends_on = [google_project_service.enabled]
 }
 
 # The slowest instance's view would page for nothing: each instance knows only the
@@ -68,8 +65,6 @@ resource "google_monitoring_alert_policy" "canary_age" {
     mime_type = "text/markdown"
     content   = "No canary published by Cloud Scheduler job `${google_cloud_scheduler_job.canary.name}` has been stored for ${var.canary_age_threshold_seconds} s. Runbook: docs/operations.md#canary-age"
   }
-
-  depends_on = [google_monitoring_metric_descriptor.workload]
 }
 
 # No point at all: no instance has stored a canary, or none exports metrics.
@@ -96,6 +91,4 @@ resource "google_monitoring_alert_policy" "canary_absent" {
     mime_type = "text/markdown"
     content   = "`recordline.canary.age` has not been reported for 10 minutes. Runbook: docs/operations.md#canary-absent"
   }
-
-  depends_on = [google_monitoring_metric_descriptor.workload]
 }

@@ -6,8 +6,6 @@ resource "google_secret_manager_secret" "page_token" {
   replication {
     auto {}
   }
-
-  depends_on = [google_project_service.enabled]
 }
 
 # Generated at apply time and written without ever entering the state file.

@@ -2,16 +2,12 @@ resource "google_pubsub_topic" "records" {
   #checkov:skip=CKV_GCP_83:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project = var.project_id
   name    = var.service_name
-
-  depends_on = [google_project_service.enabled]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
   #checkov:skip=CKV_GCP_83:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project = var.project_id
   name    = "${var.service_name}-dead-letter"
-
-  depends_on = [google_project_service.enabled]
 }
 
 resource "google_pubsub_subscription" "push" {
@@ -93,28 +89,12 @@ resource "google_pubsub_subscription" "dead_letter_replay" {
   }
 }
 
-# --- what the Pub/Sub service agent needs ----------------------------------------
-
-# Google creates the Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub) when
-# pubsub.googleapis.com is enabled, but not at once: a grant to it made right after
-# the enabling fails with "Service account ... does not exist". The pause is taken
-# once, on the apply that enables the API.
-resource "time_sleep" "pubsub_service_agent" {
-  create_duration = "60s"
-
-  triggers = {
-    pubsub = google_project_service.enabled["pubsub.googleapis.com"].id
-  }
-}
-
 # To forward messages to the dead-letter topic...
 resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   project = var.project_id
   topic   = google_pubsub_topic.dead_letter.name
   role    = "roles/pubsub.publisher"
   member  = local.pubsub_service_agent
-
-  depends_on = [time_sleep.pubsub_service_agent]
 }
 
 # ...and to acknowledge them on the source subscription once forwarded.
@@ -123,8 +103,6 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   subscription = google_pubsub_subscription.push.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
-
-  depends_on = [time_sleep.pubsub_service_agent]
 }
 
 # To mint the push OIDC token as the push account.
@@ -132,8 +110,6 @@ resource "google_service_account_iam_member" "pubsub_mints_push_token" {
   service_account_id = google_service_account.push.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.pubsub_service_agent
-
-  depends_on = [time_sleep.pubsub_service_agent]
 }
 
 # To write dead letters through the BigQuery subscription: this table only.
@@ -143,6 +119,4 @@ resource "google_bigquery_table_iam_member" "pubsub_writes_dead_letters" {
   table_id   = google_bigquery_table.dead_letters.table_id
   role       = "roles/bigquery.dataEditor"
   member     = local.pubsub_service_agent
-
-  depends_on = [time_sleep.pubsub_service_agent]
 }

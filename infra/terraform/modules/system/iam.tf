@@ -1,0 +1,96 @@
+# Least privilege: grants sit on the one resource they concern wherever the resource
+# has its own policy; project-level roles are the ones that have no narrower home.
+
+# --- the service ----------------------------------------------------------------
+
+resource "google_bigquery_dataset_iam_member" "runtime_writes_dataset" {
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.recordline.dataset_id
+  role       = "roles/bigquery.dataEditor"
+  member     = google_service_account.runtime.member
+}
+
+resource "google_project_iam_member" "runtime" {
+  for_each = toset([
+    "roles/bigquery.jobUser",        # reads run as query jobs, which belong to a project
+    "roles/cloudtrace.agent",        # span export
+    "roles/monitoring.metricWriter", # OpenTelemetry metrics (workload.googleapis.com/*)
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.runtime.member
+
+  # Project IAM goes through cloudresourcemanager.googleapis.com, enabled in the same apply.
+}
+
+# --- who may call the service ---------------------------------------------------
+
+resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
+  project  = var.project_id
+  location = google_cloud_run_v2_service.recordline.location
+  name     = google_cloud_run_v2_service.recordline.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.push.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "reader_invokers" {
+  for_each = var.readers
+
+  project  = var.project_id
+  location = google_cloud_run_v2_service.recordline.location
+  name     = google_cloud_run_v2_service.recordline.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# The post-deploy smoke test reads back what it pushed (see deploy-environment.yml).
+# Separate from reader_invokers: for_each keys must be known before the account exists.
+resource "google_cloud_run_v2_service_iam_member" "smoke_invoker" {
+  project  = var.project_id
+  location = google_cloud_run_v2_service.recordline.location
+  name     = google_cloud_run_v2_service.recordline.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.smoke.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "deployer_deploys" {
+  project  = var.project_id
+  location = google_cloud_run_v2_service.recordline.location
+  name     = google_cloud_run_v2_service.recordline.name
+  role     = "roles/run.developer"
+  member   = var.deployer_member
+}
+
+# A revision runs as the runtime account, so deploying one means acting as it.
+resource "google_service_account_iam_member" "deployer_acts_as_runtime" {
+  service_account_id = google_service_account.runtime.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = var.deployer_member
+}
+
+# The smoke test pushes as the push account and reads as the smoke account: ID tokens
+# only (serviceAccountOpenIdTokenCreator), no access tokens.
+resource "google_service_account_iam_member" "deployer_mints_smoke_tokens" {
+  for_each = {
+    push  = google_service_account.push.name
+    smoke = google_service_account.smoke.name
+  }
+
+  service_account_id = each.value
+  role               = "roles/iam.serviceAccountOpenIdTokenCreator"
+  member             = var.deployer_member
+}
+
+# Creating the Cloud Run service and the authenticated push subscription means acting
+# as the accounts they run as.
+resource "google_service_account_iam_member" "terraform_apply_acts_as" {
+  for_each = {
+    runtime = google_service_account.runtime.name
+    push    = google_service_account.push.name
+  }
+
+  service_account_id = each.value
+  role               = "roles/iam.serviceAccountUser"
+  member             = var.terraform_apply_member
+}

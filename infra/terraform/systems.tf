@@ -1,0 +1,294 @@
+# One Recordline system per entry of var.systems (modules/system): topic, subscriptions,
+# dead letters, dataset and tables, Cloud Run service, SLOs, alerts, canary and its
+# dashboard. One system is the default, so a single deployment stays one apply; fifty
+# are fifty entries (infra/README.md, "Fifty systems").
+
+locals {
+  # Each system is named by its key: its resources carry the name, its metrics the label
+  # `namespace`, its log lines the label `system`. The default keeps the names a single
+  # deployment always had.
+  systems = length(var.systems) > 0 ? var.systems : { (var.service_name) = {} }
+}
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+module "system" {
+  source   = "./modules/system"
+  for_each = local.systems
+
+  service_name = each.key
+  dataset_id   = each.key == var.service_name ? var.dataset_id : replace(each.key, "-", "_")
+
+  readers               = each.value.readers != null ? each.value.readers : var.readers
+  notification_channels = each.value.notification_channels != null ? each.value.notification_channels : var.notification_channels
+  min_instances         = each.value.min_instances != null ? each.value.min_instances : var.min_instances
+  max_instances         = each.value.max_instances != null ? each.value.max_instances : var.max_instances
+  extra_env             = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+
+  project_id                       = var.project_id
+  project_number                   = data.google_project.this.number
+  region                           = var.region
+  environment                      = var.environment
+  dataset_location                 = var.dataset_location
+  image                            = var.image
+  ingress                          = var.ingress
+  cpu                              = var.cpu
+  memory                           = var.memory
+  concurrency                      = var.concurrency
+  request_timeout_seconds          = var.request_timeout_seconds
+  write_deadline_seconds           = var.write_deadline_seconds
+  ack_deadline_margin_seconds      = var.ack_deadline_margin_seconds
+  max_delivery_attempts            = var.max_delivery_attempts
+  message_retention_duration       = var.message_retention_duration
+  retry_minimum_backoff            = var.retry_minimum_backoff
+  retry_maximum_backoff            = var.retry_maximum_backoff
+  retention_days                   = var.retention_days
+  push_audience                    = var.push_audience
+  read_audience                    = var.read_audience
+  query_max_bytes_billed           = var.query_max_bytes_billed
+  query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
+  availability_goal                = var.availability_goal
+  freshness_goal                   = var.freshness_goal
+  freshness_threshold_seconds      = var.freshness_threshold_seconds
+  read_latency_goal                = var.read_latency_goal
+  read_latency_threshold_seconds   = var.read_latency_threshold_seconds
+  slo_rolling_period_days          = var.slo_rolling_period_days
+  error_ratio_threshold            = var.error_ratio_threshold
+  oldest_unacked_threshold_seconds = var.oldest_unacked_threshold_seconds
+  canary_age_threshold_seconds     = var.canary_age_threshold_seconds
+
+  deployer_member        = google_service_account.deployer.member
+  terraform_apply_member = google_service_account.terraform_apply.member
+  metric_types           = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
+
+  depends_on = [google_project_service.enabled, time_sleep.pubsub_service_agent]
+}
+
+# A deployment made before systems were modules keeps every resource: each moves to
+# the default system, none is destroyed and created again.
+moved {
+  from = google_monitoring_alert_policy.oldest_unacked_message
+  to   = module.system["recordline"].google_monitoring_alert_policy.oldest_unacked_message
+}
+
+moved {
+  from = google_monitoring_alert_policy.dead_letters
+  to   = module.system["recordline"].google_monitoring_alert_policy.dead_letters
+}
+
+moved {
+  from = google_monitoring_alert_policy.server_errors
+  to   = module.system["recordline"].google_monitoring_alert_policy.server_errors
+}
+
+moved {
+  from = google_monitoring_alert_policy.query_bytes_billed
+  to   = module.system["recordline"].google_monitoring_alert_policy.query_bytes_billed
+}
+
+moved {
+  from = google_bigquery_dataset.recordline
+  to   = module.system["recordline"].google_bigquery_dataset.recordline
+}
+
+moved {
+  from = google_bigquery_table.records
+  to   = module.system["recordline"].google_bigquery_table.records
+}
+
+moved {
+  from = google_bigquery_table.rejected
+  to   = module.system["recordline"].google_bigquery_table.rejected
+}
+
+moved {
+  from = google_bigquery_job.search_index
+  to   = module.system["recordline"].google_bigquery_job.search_index
+}
+
+moved {
+  from = google_bigquery_table.dead_letters
+  to   = module.system["recordline"].google_bigquery_table.dead_letters
+}
+
+moved {
+  from = google_cloud_scheduler_job.canary
+  to   = module.system["recordline"].google_cloud_scheduler_job.canary
+}
+
+moved {
+  from = google_pubsub_topic_iam_member.canary_publisher
+  to   = module.system["recordline"].google_pubsub_topic_iam_member.canary_publisher
+}
+
+moved {
+  from = google_monitoring_alert_policy.canary_age
+  to   = module.system["recordline"].google_monitoring_alert_policy.canary_age
+}
+
+moved {
+  from = google_monitoring_alert_policy.canary_absent
+  to   = module.system["recordline"].google_monitoring_alert_policy.canary_absent
+}
+
+moved {
+  from = google_cloud_run_v2_service.recordline
+  to   = module.system["recordline"].google_cloud_run_v2_service.recordline
+}
+
+moved {
+  from = google_monitoring_dashboard.recordline
+  to   = module.system["recordline"].google_monitoring_dashboard.recordline
+}
+
+moved {
+  from = google_bigquery_dataset_iam_member.runtime_writes_dataset
+  to   = module.system["recordline"].google_bigquery_dataset_iam_member.runtime_writes_dataset
+}
+
+moved {
+  from = google_project_iam_member.runtime
+  to   = module.system["recordline"].google_project_iam_member.runtime
+}
+
+moved {
+  from = google_cloud_run_v2_service_iam_member.push_invoker
+  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.push_invoker
+}
+
+moved {
+  from = google_cloud_run_v2_service_iam_member.reader_invokers
+  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.reader_invokers
+}
+
+moved {
+  from = google_cloud_run_v2_service_iam_member.smoke_invoker
+  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.smoke_invoker
+}
+
+moved {
+  from = google_cloud_run_v2_service_iam_member.deployer_deploys
+  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.deployer_deploys
+}
+
+moved {
+  from = google_service_account_iam_member.deployer_acts_as_runtime
+  to   = module.system["recordline"].google_service_account_iam_member.deployer_acts_as_runtime
+}
+
+moved {
+  from = google_service_account_iam_member.deployer_mints_smoke_tokens
+  to   = module.system["recordline"].google_service_account_iam_member.deployer_mints_smoke_tokens
+}
+
+moved {
+  from = google_service_account_iam_member.terraform_apply_acts_as
+  to   = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as
+}
+
+moved {
+  from = google_pubsub_topic.records
+  to   = module.system["recordline"].google_pubsub_topic.records
+}
+
+moved {
+  from = google_pubsub_topic.dead_letter
+  to   = module.system["recordline"].google_pubsub_topic.dead_letter
+}
+
+moved {
+  from = google_pubsub_subscription.push
+  to   = module.system["recordline"].google_pubsub_subscription.push
+}
+
+moved {
+  from = google_pubsub_subscription.dead_letter_to_bigquery
+  to   = module.system["recordline"].google_pubsub_subscription.dead_letter_to_bigquery
+}
+
+moved {
+  from = google_pubsub_subscription.dead_letter_replay
+  to   = module.system["recordline"].google_pubsub_subscription.dead_letter_replay
+}
+
+moved {
+  from = google_pubsub_topic_iam_member.dead_letter_publisher
+  to   = module.system["recordline"].google_pubsub_topic_iam_member.dead_letter_publisher
+}
+
+moved {
+  from = google_pubsub_subscription_iam_member.dead_letter_subscriber
+  to   = module.system["recordline"].google_pubsub_subscription_iam_member.dead_letter_subscriber
+}
+
+moved {
+  from = google_service_account_iam_member.pubsub_mints_push_token
+  to   = module.system["recordline"].google_service_account_iam_member.pubsub_mints_push_token
+}
+
+moved {
+  from = google_bigquery_table_iam_member.pubsub_writes_dead_letters
+  to   = module.system["recordline"].google_bigquery_table_iam_member.pubsub_writes_dead_letters
+}
+
+moved {
+  from = google_secret_manager_secret.page_token
+  to   = module.system["recordline"].google_secret_manager_secret.page_token
+}
+
+moved {
+  from = google_secret_manager_secret_version.page_token
+  to   = module.system["recordline"].google_secret_manager_secret_version.page_token
+}
+
+moved {
+  from = google_secret_manager_secret_iam_member.runtime_reads_page_token
+  to   = module.system["recordline"].google_secret_manager_secret_iam_member.runtime_reads_page_token
+}
+
+moved {
+  from = time_sleep.iam_propagation
+  to   = module.system["recordline"].time_sleep.iam_propagation
+}
+
+moved {
+  from = google_service_account.runtime
+  to   = module.system["recordline"].google_service_account.runtime
+}
+
+moved {
+  from = google_service_account.push
+  to   = module.system["recordline"].google_service_account.push
+}
+
+moved {
+  from = google_service_account.smoke
+  to   = module.system["recordline"].google_service_account.smoke
+}
+
+moved {
+  from = google_monitoring_custom_service.recordline
+  to   = module.system["recordline"].google_monitoring_custom_service.recordline
+}
+
+moved {
+  from = google_monitoring_slo.availability
+  to   = module.system["recordline"].google_monitoring_slo.availability
+}
+
+moved {
+  from = google_monitoring_slo.read_latency
+  to   = module.system["recordline"].google_monitoring_slo.read_latency
+}
+
+moved {
+  from = google_monitoring_slo.freshness
+  to   = module.system["recordline"].google_monitoring_slo.freshness
+}
+
+moved {
+  from = google_monitoring_alert_policy.slo_burn_rate
+  to   = module.system["recordline"].google_monitoring_alert_policy.slo_burn_rate
+}

@@ -1,0 +1,141 @@
+"""Fifty similar systems: a module per system, its name on every signal, one fleet view."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.infra.test_terraform import (
+    MODULE,
+    TERRAFORM,
+    _evaluate,
+    _expression,
+    _load,
+    _locals,
+    _resources,
+    _root,
+    _variables,
+)
+
+
+def _module() -> dict[str, object]:
+    (module,) = [block["system"] for block in _root("module")]
+    return module
+
+
+def _module_resources() -> list[str]:
+    return [
+        f"{rtype}.{name}"
+        for path in sorted(MODULE.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for rtype, named in block.items()
+        for name in named
+    ]
+
+
+def test_the_module_is_instantiated_once_per_system() -> None:
+    module = _module()
+    assert module["source"] == "./modules/system"
+    assert module["for_each"] == "${local.systems}"
+    assert module["service_name"] == "${each.key}"
+    # Every input the module declares is given, and nothing else.
+    given = set(module) - {"source", "for_each", "depends_on"}
+    assert given == set(_variables(MODULE))
+
+
+def test_by_default_there_is_one_system_with_the_names_it_always_had() -> None:
+    expression = _expression(_locals()["systems"])
+    evaluate = re.sub(r"\bvar\.", "local.", expression)
+    one = _evaluate(evaluate, (("systems", "{}"), ("service_name", '"recordline"')))
+    assert list(one) == ["recordline"]
+    two = _evaluate(
+        evaluate,
+        (("systems", "{ recordline = {}, orders = {} }"), ("service_name", '"recordline"')),
+    )
+    assert sorted(two) == ["orders", "recordline"]
+
+
+# Resources the module gained after a single deployment's layout: nothing to move.
+ADDED_WITH_THE_MODULE = {
+    "google_monitoring_uptime_check_config.canary_read",
+    "google_cloud_run_v2_service_iam_member.uptime_invoker",
+    "google_monitoring_alert_policy.canary_unreadable",
+}
+
+
+def test_every_resource_of_a_single_deployment_moves_into_the_default_system() -> None:
+    moved = {(block["from"], block["to"]) for block in _root("moved")}
+    expected = {
+        (f"${{{address}}}", f'${{module.system["recordline"].{address}}}')
+        for address in _module_resources()
+        if address not in ADDED_WITH_THE_MODULE
+    }
+    assert moved == expected, sorted(moved ^ expected)[:5]
+
+
+def test_each_system_names_itself_on_its_metrics_and_logs() -> None:
+    service_env = _locals()["service_env"]
+    assert re.search(r"RECORDLINE_SYSTEM\s+= var\.service_name", service_env)
+    # Its application metrics are its own: filtered by the namespace label.
+    assert (
+        'resource.label.\\"namespace\\"=\\"${var.service_name}\\"' in _locals()["workload_metric"]
+    )
+
+
+def test_the_fleet_dashboard_shows_every_slo_metric_by_system_worst_first() -> None:
+    dashboard = _resources("google_monitoring_dashboard")["fleet"]
+    text = json.dumps(dashboard)
+    charts = _locals()["fleet_charts"]
+    by_metric = {
+        "freshness (ingest lag)": 'fleet_metric[\\"ingest.lag\\"]',
+        "read latency (query time)": 'fleet_metric[\\"query.duration\\"]',
+        "availability (Cloud Run answers)": "run.googleapis.com/request_count",
+    }
+    for slo, metric in by_metric.items():
+        matching = [c for c in charts if metric in json.dumps(c)]
+        assert len(matching) == 1, slo
+        assert "resource.label" in json.dumps(matching[0]), slo  # grouped by the system
+    assert "pickTimeSeriesFilter" in text
+    assert '\\"TOP\\"' in text or "TOP" in text
+    # Drill-down: a link to each system's own dashboard.
+    assert "module.system[name].dashboard" in _locals()["fleet_links"]
+
+
+def test_one_shared_outage_is_one_page() -> None:
+    policy = _resources("google_monitoring_alert_policy")["fleet_canaries_stale"]
+    (condition,) = policy["conditions"]
+    query = condition["condition_prometheus_query_language"][0]["query"]
+    assert query.startswith("count(min by (namespace)")
+    assert (
+        "Runbook: docs/operations.md#fleet-canaries-stale-in-several-systems"
+        in (policy["documentation"][0]["content"])
+    )
+
+
+def test_the_environment_root_has_no_system_resources_of_its_own() -> None:
+    root = [
+        f"{rtype}.{name}"
+        for path in sorted(TERRAFORM.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for rtype, named in block.items()
+        for name in named
+    ]
+    per_system = {"google_pubsub_topic", "google_cloud_run_v2_service", "google_bigquery_table"}
+    assert not [a for a in root if a.split(".")[0] in per_system]
+
+
+def test_the_read_path_is_probed_from_outside_as_a_reader() -> None:
+    check = _resources("google_monitoring_uptime_check_config")["canary_read"]
+    (http,) = check["http_check"]
+    assert http["path"] == "/v1/records/${local.canary_attribute}"
+    assert http["service_agent_authentication"] == [{"type": "OIDC_TOKEN"}]
+    # The probe's token is for the service's URL: an audience the service accepts, from a
+    # principal it admits, through Cloud Run's invoker check.
+    service_env = _locals()["service_env"]
+    assert "${local.read_audience},${local.service_url}" in service_env
+    assert "local.monitoring_service_agent" in _locals()["read_principals"]
+    invoker = _resources("google_cloud_run_v2_service_iam_member")["uptime_invoker"]
+    assert invoker["member"] == "serviceAccount:${local.monitoring_service_agent}"
+    alert = _resources("google_monitoring_alert_policy")["canary_unreadable"]
+    (condition,) = alert["conditions"]
+    assert "canary_read.uptime_check_id" in condition["condition_threshold"][0]["filter"]
