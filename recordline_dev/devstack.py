@@ -478,9 +478,9 @@ def instructions(stack: DevStack) -> str:
             "Publish, from another terminal:",
             f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline publish "
             f"--project {stack.project} --topic {stack.topic} --count 1000 --rate 100",
-            "Dead letters:",
-            f"  curl -X POST http://{stack.emulator_host}/v1/{stack.dead_letter_subscription}:pull "
-            """-d '{"maxMessages": 10}'""",
+            "Dead letters, once the cause is fixed (--dry-run first):",
+            f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline replay dead-letters "
+            f"--subscription {stack.dead_letter_subscription} --url {stack.service_url}",
             "",
         ]
     lines += [
