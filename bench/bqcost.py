@@ -15,7 +15,9 @@ message_id); the SQL the store ran before, on the layout it had then
 
 Prints bytes billed and dollars per call, p50/p95 latency against the fake
 (a fake: the ratios mean something, the milliseconds little), the dollars a
-follower polling every 5 s costs a day, and the targets:
+follower polling every 5 s costs a day, what the look-up behind a replay batch
+of 100 messages bills (one query, against one or two per message), and the
+targets:
 - a tail poll and a lookup at 30 days within 1.5x of the same at 1 day;
 - lookups within 2x of the 10 MiB minimum at 30 days of 1,000 msg/s;
 - one follower at 100 msg/s <= $5 a day.
@@ -91,6 +93,7 @@ LIMIT @limit
 class Measured:
     billed: int
     millis: list[float]
+    queries: int = 0
 
     @property
     def dollars(self) -> float:
@@ -101,7 +104,7 @@ async def measure(
     jobs: FakeBigQueryJobs, call: Callable[[], Awaitable[Any]], repeat: int
 ) -> Measured:
     """Bytes billed by one call (every query it made), and its latency per repeat."""
-    billed = 0
+    billed = queries = 0
     millis = []
     for i in range(repeat):
         before = len(jobs.queries)
@@ -110,8 +113,8 @@ async def measure(
         millis.append((time.perf_counter() - started) * 1000)
         spent = sum(q.bill.bytes_billed for q in jobs.queries[before:] if q.bill is not None)
         if i == 0:
-            billed = spent
-    return Measured(billed, millis)
+            billed, queries = spent, len(jobs.queries) - before
+    return Measured(billed, millis, queries)
 
 
 class Before:
@@ -192,6 +195,22 @@ def calls(stream: Stream, store: BigQueryStore | Before) -> dict[str, Callable[[
     }
 
 
+async def replay_lookups(
+    store: BigQueryStore, jobs: FakeBigQueryJobs, stream: Stream
+) -> dict[str, Measured]:
+    """A /v1/replay batch's look-up: one query for all, against one or two a message."""
+    replayed = stream.replay_batch()
+
+    async def one_by_one() -> None:
+        for message_id in replayed:
+            await store.message(message_id)
+
+    return {
+        "one by one": await measure(jobs, one_by_one, 1),
+        "batched": await measure(jobs, lambda: store.seen(replayed), 1),
+    }
+
+
 async def started_store(write_address: str, query_endpoint: str) -> BigQueryStore:
     """The store as deployed, but with no cost cap: the bench measures what it would bill."""
     store = BigQueryStore(
@@ -250,6 +269,8 @@ async def run_rate(rate: int, days_list: list[int], repeat: int) -> dict[tuple[s
                     for call, fn in calls(stream, target).items():
                         results[(f"{kind}|{call}", days)] = await measure(jobs, fn, repeat)
                 results[("weight", days)] = stream.weight
+                for how, found in (await replay_lookups(store, fakes["design"], stream)).items():
+                    results[(f"replay|{how}", days)] = found
             finally:
                 await store.close()
                 await settled.close()
@@ -345,6 +366,21 @@ def main(argv: list[str]) -> int:
             f"\none follower polling every 5 s, {last} days of data: "
             f"before ${tail_before.dollars * POLLS_A_DAY:,.2f}/day, "
             f"design ${tail.dollars * POLLS_A_DAY:,.2f}/day"
+        )
+        print(f"\nthe look-up of a /v1/replay batch (100 messages), {last} days of data:")
+        print(
+            markdown(
+                ["look-up", "queries", "billed", "$"],
+                [
+                    [how, str(found.queries), size(found.billed), f"${found.dollars:.4f}"]
+                    for how in ("one by one", "batched")
+                    for found in [results[(f"replay|{how}", last)]]
+                ],
+            )
+        )
+        one_by_one = results[("replay|one by one", last)].billed
+        print(
+            f"one by one / batched: {one_by_one / results[('replay|batched', last)].billed:,.0f}x"
         )
         first = days_list[0]
         for call in (TAIL, "/v1/records/{id}", "/v1/messages/{id} stored"):

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -19,11 +20,13 @@ from app.asgi import create_app
 from app.ingest.replay import MAX_REPLAY_MESSAGES
 from app.records import Rejection
 from app.settings import Settings
+from app.store import MessageState, MessageStatus
 from app.store.duckdb import DuckDBStore
 from recordline_dev.replay import ReplayError, Service, replay_dead_letters, replay_rejected
 from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
 from tests.conftest import served, settings
+from tests.fakes import FaultyStore
 
 PUBLISHED = 1_714_219_201_000_000  # 2024-04-27T12:00:01Z
 OPERATOR = "oncall@example.org"
@@ -291,3 +294,80 @@ async def test_a_dry_run_counts_every_dead_letter_and_leaves_them_all_waiting(
         service.close()
         assert real == dry
         assert (queue.waiting, queue.leased, len(queue.acknowledged)) == ({}, set(), count)
+
+
+class CountingStore(FaultyStore):
+    """Counts the look-ups a replay makes."""
+
+    def __init__(self, inner: DuckDBStore) -> None:
+        super().__init__(inner)
+        self.lookups: Counter[str] = Counter()
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        self.lookups["message"] += 1
+        return await self.inner.message(message_id)
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        self.lookups["seen"] += 1
+        return await self.inner.seen(message_ids)
+
+
+def replayed(message_id: str, payload: bytes) -> dict[str, str]:
+    data = base64.b64encode(payload).decode()
+    return {"message_id": message_id, "publish_time": "2024-04-27T12:00:01Z", "data": data}
+
+
+async def test_a_full_batch_costs_one_lookup_and_shares_its_appends(
+    rejected_store: DuckDBStore,
+) -> None:
+    store = CountingStore(rejected_store)
+    fresh = [replayed(f"m-new-{n}", b'{"id": "n%d"}' % n) for n in range(95)]
+    batch = [
+        *fresh,
+        replayed("m-fixed-1", b'{"id": "r1", "data": 42}'),  # rejected before, valid now
+        replayed("m-bad", b"{not json"),  # rejected before, still invalid
+        replayed("m-new-0", b'{"id": "n0"}'),  # the same message twice in one batch
+        replayed("m-dup-bad", b"[]"),
+        replayed("m-dup-bad", b"[]"),
+    ]
+    assert len(batch) == MAX_REPLAY_MESSAGES
+    async with served(create_app(settings(), store=store)) as http:
+        answer = (await http.post("/v1/replay", json={"messages": batch})).json()["results"]
+        assert store.lookups == Counter({"seen": 1})
+        # One group commit takes them all, not one append per message.
+        assert sum(store.appends) == 97
+        assert len(store.appends) <= 3
+        outcomes = [(r["message_id"], r["outcome"]) for r in answer]
+        assert outcomes[:95] == [(f"m-new-{n}", "stored") for n in range(95)]
+        assert outcomes[95:] == [
+            ("m-fixed-1", "stored"),
+            ("m-bad", "rejected"),
+            ("m-new-0", "already_stored"),
+            ("m-dup-bad", "rejected"),
+            ("m-dup-bad", "rejected"),
+        ]
+        page = (await http.get("/v1/records", params={"limit": 1000})).json()["records"]
+        assert len(page) == 96
+        assert len({r["message_id"] for r in page}) == 96
+        rejections = (await http.get("/v1/rejections", params={"limit": 1000})).json()
+        assert [r["message_id"] for r in rejections["rejections"]].count("m-dup-bad") == 1
+
+        again = (await http.post("/v1/replay", json={"messages": batch})).json()["results"]
+        assert Counter(r["outcome"] for r in again) == Counter(
+            {"already_stored": 97, "rejected": 3}
+        )
+        assert store.lookups == Counter({"seen": 2})
+
+
+async def test_seen_tells_stored_from_rejected_and_a_stored_copy_wins(
+    rejected_store: DuckDBStore,
+) -> None:
+    async with served(create_app(settings(), store=rejected_store)) as http:
+        await http.post("/v1/replay", json={"messages": [replayed("m-fixed-1", b'{"id": "r"}')]})
+        await rejected_store.barrier()
+        assert await rejected_store.seen([]) == {}
+        # m-fixed-1 was rejected, then stored by the replay: stored wins.
+        assert await rejected_store.seen(["m-fixed-1", "m-bad", "never", "m-fixed-1"]) == {
+            "m-fixed-1": "stored",
+            "m-bad": "rejected",
+        }

@@ -15,8 +15,10 @@ changes nothing the second time.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
+from collections.abc import Awaitable
 from typing import Annotated, Literal
 
 import msgspec
@@ -27,13 +29,13 @@ from msgspec import Meta
 
 from app.ingest.envelope import AwareDatetime, PushedMessage, micros
 from app.ingest.service import MAX_ID_LENGTH, Ingest, to_row
-from app.records import Rejection
-from app.store import Store
+from app.records import Record, Rejection
+from app.store import RowOutcome, Store
 
 log = logging.getLogger("recordline.replay")
 
-# One request's messages: each may need a look-up (a billed query on BigQuery)
-# and a durable write; 100 keeps a request well inside Cloud Run's timeout.
+# One request's messages: one look-up (a billed query on BigQuery) for all of
+# them, then one group commit; 100 keeps a request well inside Cloud Run's timeout.
 MAX_REPLAY_MESSAGES = 100
 
 
@@ -71,38 +73,80 @@ class Replay:
         self._store = store
 
     async def replay(self, request: ReplayRequest) -> ReplayAnswer:
-        results = [await self._one(m, dry_run=request.dry_run) for m in request.messages]
-        return ReplayAnswer(results=results, dry_run=request.dry_run)
-
-    async def _one(self, replayed: ReplayMessage, *, dry_run: bool) -> ReplayResult:
-        message_id = replayed.message_id
-        try:
-            data: bytes | None = binascii.a2b_base64(replayed.data, strict_mode=True)
-        except ValueError:  # not base64 (binascii.Error), or not even ASCII
-            data = None
-        message = PushedMessage(
-            message_id=message_id,
-            publish_time=micros(replayed.publish_time),
-            data=data,
-            raw_data=replayed.data.encode(),
-            attributes=replayed.attributes,
-        )
+        """One look-up for the whole batch, then every message to store in one
+        group commit: a batch costs one query and about one append, not one of
+        each per message."""
+        messages = [_pushed(m) for m in request.messages]
         await self._store.barrier()  # a record replayed a moment ago is seen
-        before = await self._store.message(message_id)
-        if before is not None and before.status == "stored":
-            return ReplayResult(message_id=message_id, outcome="already_stored")
-        row = to_row(message, 0, trace_id=None)  # today's validation
-        if isinstance(row, Rejection) and (dry_run or before is not None):
-            # Still invalid; already rejected (or a dry run): nothing to write.
-            return ReplayResult(message_id=message_id, outcome="rejected", reason=row.reason)
-        if dry_run:
-            return ReplayResult(message_id=message_id, outcome="stored")
-        stored, outcome = await self._ingest.accept(message)
-        if isinstance(stored, Rejection) or outcome is not None:
-            reason = outcome or getattr(stored, "reason", None)
-            return ReplayResult(message_id=message_id, outcome="rejected", reason=reason)
-        log.info("message %s replayed and stored", message_id)
-        return ReplayResult(message_id=message_id, outcome="stored")
+        before = await self._store.seen([m.message_id for m in messages])
+        first: dict[str, int] = {}  # a message id given twice is replayed once
+        results: list[ReplayResult | None] = []
+        storing: list[tuple[int, Awaitable[tuple[Record | Rejection, RowOutcome]]]] = []
+        for message in messages:
+            message_id = message.message_id
+            if message_id in first:
+                results.append(None)  # answered as its first occurrence, below
+                continue
+            first[message_id] = len(results)
+            if before.get(message_id) == "stored":
+                results.append(_already(message_id))
+                continue
+            row = to_row(message, 0, trace_id=None)  # today's validation
+            if isinstance(row, Rejection) and (request.dry_run or message_id in before):
+                # Still invalid; already rejected (or a dry run): nothing to write.
+                results.append(_rejected(message_id, row.reason))
+            elif request.dry_run:
+                results.append(ReplayResult(message_id=message_id, outcome="stored"))
+            else:
+                results.append(None)
+                storing.append((len(results) - 1, self._ingest.accept(message)))
+        # All at once, so they share appends; every one is settled before the
+        # answer, so a retried request never races rows still in flight.
+        settled = await asyncio.gather(*(a for _, a in storing), return_exceptions=True)
+        for (at, _), done in zip(storing, settled, strict=True):
+            if isinstance(done, BaseException):
+                raise done
+            stored, outcome = done
+            message_id = messages[at].message_id
+            if isinstance(stored, Rejection) or outcome is not None:
+                results[at] = _rejected(message_id, outcome or getattr(stored, "reason", None))
+            else:
+                log.info("message %s replayed and stored", message_id)
+                results[at] = ReplayResult(message_id=message_id, outcome="stored")
+        answers = [
+            result if result is not None else _again(results[first[m.message_id]], m.message_id)
+            for result, m in zip(results, messages, strict=True)
+        ]
+        return ReplayAnswer(results=answers, dry_run=request.dry_run)
+
+
+def _pushed(replayed: ReplayMessage) -> PushedMessage:
+    try:
+        data: bytes | None = binascii.a2b_base64(replayed.data, strict_mode=True)
+    except ValueError:  # not base64 (binascii.Error), or not even ASCII
+        data = None
+    return PushedMessage(
+        message_id=replayed.message_id,
+        publish_time=micros(replayed.publish_time),
+        data=data,
+        raw_data=replayed.data.encode(),
+        attributes=replayed.attributes,
+    )
+
+
+def _already(message_id: str) -> ReplayResult:
+    return ReplayResult(message_id=message_id, outcome="already_stored")
+
+
+def _rejected(message_id: str, reason: str | None) -> ReplayResult:
+    return ReplayResult(message_id=message_id, outcome="rejected", reason=reason)
+
+
+def _again(first: ReplayResult | None, message_id: str) -> ReplayResult:
+    """The answer for a message id given again in the same batch."""
+    if first is None or first.outcome != "rejected":
+        return _already(message_id)
+    return first
 
 
 @post(

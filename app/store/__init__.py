@@ -7,7 +7,7 @@ Protocol.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -69,13 +69,26 @@ class RejectionPage(msgspec.Struct, frozen=True):
     after_message_id: str
 
 
+# What became of a Pub/Sub message: stored as a record, or rejected.
+MessageState = Literal["stored", "rejected"]
+
+
 class MessageStatus(msgspec.Struct, kw_only=True, frozen=True):
     """What happened to one Pub/Sub message."""
 
-    status: Literal["stored", "rejected"]
+    status: MessageState
     ingest_time: int
     reason: str | None = None
     record: Record | None = None
+
+
+def message_states(found: Iterable[tuple[str, MessageState]]) -> dict[str, MessageState]:
+    """`Store.seen`'s answer from (message_id, state) rows, a stored copy winning."""
+    states: dict[str, MessageState] = {}
+    for message_id, state in found:
+        if states.get(message_id) != "stored":
+            states[message_id] = state
+    return states
 
 
 # Per appended row: None when it was stored as given, else the reason the store
@@ -132,6 +145,15 @@ class Store(Protocol):
     async def message(self, message_id: str) -> MessageStatus | None:
         """Whether a message was stored or rejected, if it was ever seen."""
 
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        """What became of each of these messages that was ever seen, in one read.
+
+        "stored" if any copy is a record (a message rejected once and replayed
+        since is stored), else "rejected"; a message never seen is absent.
+        Replay asks it for a whole batch, where `message` would cost a query
+        (a billed one on BigQuery) per message.
+        """
+
 
 class WrappedStore:
     """A Store around another: forwards every call; subclasses override what they add to."""
@@ -169,6 +191,9 @@ class WrappedStore:
 
     async def message(self, message_id: str) -> MessageStatus | None:
         return await self.inner.message(message_id)
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        return await self.inner.seen(message_ids)
 
 
 class UnknownStore(RecordlineError):

@@ -54,12 +54,14 @@ from app.errors import QueryTooCostly, StoreUnavailable
 from app.records import Kind, Record, Rejection, Row, columns, delivery, row_of
 from app.settings import QuerySettings, Settings, StoreSettings
 from app.store import (
+    MessageState,
     MessageStatus,
     PageQuery,
     RecordPage,
     RejectionPage,
     RowOutcome,
     UnknownStore,
+    message_states,
 )
 from app.store.bigquery_proto import RowEncoder
 from app.store.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
@@ -263,6 +265,23 @@ LIMIT 1
 """.strip()
 
 
+def seen_sql(records: str, rejected: str) -> str:
+    # Only message_id and ingest_time are read (bytes billed are per column),
+    # and `IN UNNEST(@message_ids)` is served by both tables' search indexes:
+    # one query answers for a replay batch of up to 100 messages.
+    return f"""
+SELECT DISTINCT r.message_id, 'stored' AS state
+FROM {records} AS r
+WHERE r.message_id IN UNNEST(@message_ids)
+  AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+UNION ALL
+SELECT DISTINCT j.message_id, 'rejected' AS state
+FROM {rejected} AS j
+WHERE j.message_id IN UNNEST(@message_ids)
+  AND j.ingest_time >= TIMESTAMP_MICROS(@not_before)
+""".strip()
+
+
 CHECK_SQL: Final = "SELECT 1"
 
 
@@ -369,6 +388,7 @@ class BigQueryStore:
         self._stored_sql = stored_sql(records)
         self._rejected_sql = rejected_sql(self._table_sql("rejected"))
         self._rejections_sql = rejections_sql(self._table_sql("rejected"))
+        self._seen_sql = seen_sql(records, self._table_sql("rejected"))
 
         self._write_client: BigQueryWriteAsyncClient | None = None
         self._query_client: bigquery.Client | None = None
@@ -687,6 +707,16 @@ class BigQueryStore:
             return None
 
         return await self._cache.get(("message", message_id), load)
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        # Not cached: replay asks it right before writing what it did not find.
+        if not message_ids:
+            return {}
+        params: dict[str, QueryValue] = {
+            "message_ids": sorted(set(message_ids)),
+            "not_before": _ALL_TIME,
+        }
+        return message_states(await self._query(self._seen_sql, params, tables=2))
 
     async def _query(
         self, sql: str, params: dict[str, QueryValue], *, tables: int = 1

@@ -35,7 +35,15 @@ from google.api_core.retry import exponential_sleep_generator
 
 from app.errors import StoreUnavailable
 from app.records import Column, Kind, Record, Rejection, Row, columns, row_of
-from app.store import MessageStatus, PageQuery, RecordPage, RejectionPage, RowOutcome
+from app.store import (
+    MessageState,
+    MessageStatus,
+    PageQuery,
+    RecordPage,
+    RejectionPage,
+    RowOutcome,
+    message_states,
+)
 from app.store.journal import Frame, encode
 from app.store.journal_process import JournalProcess
 
@@ -135,6 +143,11 @@ _RECORD_BY_MESSAGE_SQL = f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_i
 _REJECTION_BY_MESSAGE_SQL = (
     "SELECT epoch_us(ingest_time), reason FROM rejected WHERE message_id = $message_id"
 )
+_SEEN_SQL = """
+SELECT DISTINCT message_id, 'stored' FROM records WHERE message_id IN (SELECT unnest($ids))
+UNION ALL
+SELECT DISTINCT message_id, 'rejected' FROM rejected WHERE message_id IN (SELECT unnest($ids))
+"""
 
 
 def _retry_delays() -> Iterator[float]:
@@ -449,6 +462,14 @@ class DuckDBStore:
             return None
 
         return await self._read(lookup)
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        if not message_ids:
+            return {}
+        params = {"ids": list(message_ids)}
+        return message_states(
+            await self._read(lambda cur: cur.execute(_SEEN_SQL, params).fetchall())
+        )
 
     async def barrier(self) -> None:
         if self._applied < self._frames:

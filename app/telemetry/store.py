@@ -16,7 +16,15 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, RecordPage, RowOutcome, Store, WrappedStore
+from app.store import (
+    MessageState,
+    MessageStatus,
+    PageQuery,
+    RecordPage,
+    RowOutcome,
+    Store,
+    WrappedStore,
+)
 from app.telemetry.metrics import Metrics
 from app.telemetry.traces import QUERY_COST, QueryCost
 
@@ -24,6 +32,7 @@ from app.telemetry.traces import QUERY_COST, QueryCost
 _PAGE_ROUTE = {"route": "/v1/records"}
 _LATEST_ROUTE = {"route": "/v1/records/{record_id}"}
 _MESSAGE_ROUTE = {"route": "/v1/messages/{message_id}"}
+_REPLAY_ROUTE = {"route": "/v1/replay"}
 
 
 class ObservedStore(WrappedStore):
@@ -72,6 +81,12 @@ class ObservedStore(WrappedStore):
             status = await self.inner.message(message_id)
             span.set_attribute("db.response.returned_rows", int(status is not None))
             return status
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        with self._query("seen", _REPLAY_ROUTE) as span:
+            states = await self.inner.seen(message_ids)
+            span.set_attribute("db.response.returned_rows", len(states))
+            return states
 
     @contextmanager
     def _query(self, name: str, route: dict[str, str]) -> Iterator[Span]:

@@ -34,6 +34,13 @@ class Stream:
         target = NOW - DAY
         return min(self.records, key=lambda r: abs(r["ingest_time"] - target))
 
+    def replay_batch(self) -> list[str]:
+        """A full replay request's message ids: 60 records from across the
+        table, 20 rejections, 20 never seen (dead letters)."""
+        records = self.records[:: max(1, len(self.records) // 60)][:60]
+        ids = [r["message_id"] for r in records + self.rejections[:20]]
+        return ids + [f"9{n:016d}" for n in range(100 - len(ids))]
+
 
 def make_stream(rate: int, days: int, *, stored_per_day: int) -> Stream:
     weight = rate * 86_400 // stored_per_day

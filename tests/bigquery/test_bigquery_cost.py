@@ -202,3 +202,28 @@ async def test_bad_reads_get_a_problem_document_and_never_a_runaway_query(
             assert answer.headers["content-type"].startswith("application/problem+json")
         # Refused before any query ran.
         assert len(jobs_fake.queries) == sent
+
+
+async def test_a_replay_batch_is_one_query_of_two_columns(
+    store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    stream = make_stream(100, 30, stored_per_day=288)
+    load(write_fake, jobs_fake, stream, block_rows=30_000, now=NOW + DAY)
+    ids = stream.replay_batch()
+    before = len(jobs_fake.queries)
+    seen = await store.seen(ids)
+    batch = billed_by(jobs_fake, before)
+    assert seen == {
+        **{r["message_id"]: "rejected" for r in stream.rejections[:20]},
+        **{m: "stored" for m in ids[:60]},
+    }
+    assert len(batch) == 1
+
+    before = len(jobs_fake.queries)
+    for message_id in ids:
+        await store.message(message_id)
+    one_by_one = billed_by(jobs_fake, before)
+    # What a replay cost when it asked for each message: one or two queries of
+    # every column each, each at least the 10 MiB minimum.
+    assert len(one_by_one) == 60 + 2 * 40
+    assert sum(batch) * 20 < sum(one_by_one), (sum(batch), sum(one_by_one))

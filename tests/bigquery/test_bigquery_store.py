@@ -200,6 +200,19 @@ async def test_message_prefers_the_stored_copy(store: BigQueryStore) -> None:
     status = await store.message("m-1")
     assert status is not None
     assert status.status == "stored"
+    # A replay batch's look-up agrees, in one query, and counts each message once.
+    await store.append(
+        [
+            Rejection(
+                message_id="m-2", publish_time=BASE_TIME, ingest_time=BASE_TIME + 20, reason="bad"
+            ),
+            record("m-3", BASE_TIME + 30),
+            record("m-3", BASE_TIME + 40),
+        ]
+    )
+    states = await store.seen(["m-1", "m-2", "m-3", "never", "m-2"])
+    assert states == {"m-1": "stored", "m-2": "rejected", "m-3": "stored"}
+    assert await store.seen([]) == {}
 
 
 async def test_read_cache_shares_identical_reads(
