@@ -33,6 +33,9 @@ _PAGE_ROUTE = {"route": "/v1/records"}
 _LATEST_ROUTE = {"route": "/v1/records/{record_id}"}
 _MESSAGE_ROUTE = {"route": "/v1/messages/{message_id}"}
 _REPLAY_ROUTE = {"route": "/v1/replay"}
+# The routes users read through: the read-latency SLO counts these (a test keeps
+# Terraform's list equal), not replay's look-ups, which are an operator's batch.
+READ_ROUTES = tuple(r["route"] for r in (_PAGE_ROUTE, _LATEST_ROUTE, _MESSAGE_ROUTE))
 
 
 class ObservedStore(WrappedStore):

@@ -10,6 +10,8 @@ locals {
     for name, d in google_monitoring_metric_descriptor.workload :
     name => "metric.type=\"${d.type}\" resource.type=\"generic_task\""
   }
+  # The read routes, as each system's read-latency SLO counts them (modules/system/slos.tf).
+  fleet_read_routes  = "metric.label.\"route\"=one_of(\"/v1/records\",\"/v1/records/{record_id}\",\"/v1/messages/{message_id}\")"
   fleet_system_names = sort(keys(local.systems))
   fleet_run_services = join(" OR ", [for s in local.fleet_system_names : "resource.label.\"service_name\"=\"${s}\""])
   fleet_push_subs    = join(" OR ", [for s in local.fleet_system_names : "resource.label.\"subscription_id\"=\"${s}-push\""])
@@ -17,7 +19,7 @@ locals {
   # [title, filter, aligner, reducer, group by (the system's label), worst is TOP or BOTTOM]
   fleet_charts = [
     ["Ingest lag p99 by system (s)", local.fleet_metric["ingest.lag"], "ALIGN_DELTA", "REDUCE_PERCENTILE_99", "resource.label.\"namespace\""],
-    ["Read query time p95 by system (s)", "${local.fleet_metric["query.duration"]} metric.label.\"route\"=starts_with(\"/v1/\")", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", "resource.label.\"namespace\""],
+    ["Read query time p95 by system (s)", "${local.fleet_metric["query.duration"]} ${local.fleet_read_routes}", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", "resource.label.\"namespace\""],
     ["5xx answers by system (per s)", "metric.type=\"run.googleapis.com/request_count\" resource.type=\"cloud_run_revision\" metric.label.\"response_code_class\"=\"5xx\" (${local.fleet_run_services})", "ALIGN_RATE", "REDUCE_SUM", "resource.label.\"service_name\""],
     ["Oldest unacknowledged message by system (s)", "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_MAX", "REDUCE_MAX", "resource.label.\"subscription_id\""],
     ["Dead letters by system", "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_DELTA", "REDUCE_SUM", "resource.label.\"subscription_id\""],

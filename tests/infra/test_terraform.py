@@ -511,15 +511,17 @@ def test_descriptors_are_what_the_exporter_writes() -> None:
 
 
 def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
-    for name in ("read_latency", "freshness"):
+    # Through the module's input: each filter names a descriptor's type.
+    filters = {
+        "read_latency": "local.read_query_duration",
+        "freshness": 'local.workload_metric[\\"ingest.lag\\"]',
+    }
+    for name, metric in filters.items():
         slo = _resources("google_monitoring_slo")[name]
         assert "google_monitoring_metric_descriptor.workload" in _waits_for(
             f"google_monitoring_slo.{name}"
         ), name
-        # Through the module's input: each filter names a descriptor's type.
-        assert "local.read_query_duration" in json.dumps(slo) or "local.workload_metric" in (
-            json.dumps(slo)
-        ), name
+        assert metric in json.dumps(slo), name
     assert "google_monitoring_metric_descriptor.workload" in _waits_for(
         "google_monitoring_alert_policy.query_bytes_billed"
     )
@@ -591,7 +593,12 @@ def test_read_slo_counts_read_queries_at_a_bucket_boundary() -> None:
     assert cut["distribution_filter"] == "${local.read_query_duration}"
     read_filter = _locals()["read_query_duration"]
     assert read_filter.startswith('${local.workload_metric["query.duration"]} ')
-    assert 'metric.label."route"=starts_with("/v1/")' in read_filter
+    # The routes users read through, not replay's look-ups; the fleet chart counts the same.
+    from app.telemetry.store import READ_ROUTES
+
+    routes = 'metric.label."route"=one_of(' + ",".join(f'"{r}"' for r in READ_ROUTES) + ")"
+    assert read_filter.endswith(" " + routes)
+    assert _locals()["fleet_read_routes"] == routes
     assert cut["range"] == [{"max": "${var.read_latency_threshold_seconds}"}]
     threshold = _variables()["read_latency_threshold_seconds"]
     assert threshold["default"] in SECONDS

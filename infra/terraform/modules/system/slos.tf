@@ -14,8 +14,10 @@ locals {
   request_count     = "metric.type=\"run.googleapis.com/request_count\" ${local.cloud_run_requests}"
   request_latencies = "metric.type=\"run.googleapis.com/request_latencies\" ${local.cloud_run_requests}"
 
-  # The read routes (app/telemetry/store.py labels each query with the route it serves).
-  read_query_duration = "${local.workload_metric["query.duration"]} metric.label.\"route\"=starts_with(\"/v1/\")"
+  # The routes users read through (READ_ROUTES in app/telemetry/store.py, which labels
+  # each query with the route it serves; a test keeps both equal). Replay's look-ups
+  # (/v1/replay) are an operator's batches, not a read a user waits for.
+  read_query_duration = "${local.workload_metric["query.duration"]} metric.label.\"route\"=one_of(\"/v1/records\",\"/v1/records/{record_id}\",\"/v1/messages/{message_id}\")"
 
   # Alert when the error budget burns fast enough to be gone in ~2 days (14.4x over the
   # last hour: page-worthy) or in ~5 days (6x over six hours: a slower leak).
