@@ -1,5 +1,6 @@
-# Inputs of one Recordline system. The environment root (../../systems.tf) passes
-# its own variables through, with per-system overrides; validations live there.
+# Inputs of one Recordline system. The environment root (../../systems.tf) sets every
+# one, with per-system overrides, so none has a default here: defaults, validations and
+# the full descriptions are the root variables of the same names (../../variables.tf).
 
 # --- where ---------------------------------------------------------------------
 
@@ -11,139 +12,88 @@ variable "project_id" {
 variable "region" {
   type        = string
   description = "Region of the Cloud Run service and the Artifact Registry repository."
-  default     = "europe-west1"
 }
 
 variable "environment" {
   type        = string
   description = "Environment name; also the GitHub environment that may deploy here."
-
 }
 
 variable "service_name" {
   type        = string
   description = "Name of the Cloud Run service, the image and the OpenTelemetry service."
-  default     = "recordline"
 }
 
 # --- the service ---------------------------------------------------------------
 
 variable "image" {
   type        = string
-  description = <<-EOT
-    Container image for the first revision. Deploys replace it (gcloud run deploy from
-    .github/workflows/deploy.yml), and Terraform ignores the image afterwards. The
-    public sample answers 200 on every path, so the probes pass before the first build.
-  EOT
-  default     = "us-docker.pkg.dev/cloudrun/container/hello"
+  description = "Container image of the first revision; deploys replace it and Terraform ignores it afterwards."
 }
 
 variable "concurrency" {
   type        = number
-  description = <<-EOT
-    Requests one instance serves at once. Push requests mostly wait on the group-commit
-    batcher, so an instance carries many of them; more concurrency means larger appends.
-  EOT
-  default     = 80
-
+  description = "Requests one instance serves at once (larger appends, as pushes wait on group commit)."
 }
 
 variable "min_instances" {
   type        = number
   description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start."
-  default     = 0
 }
 
 variable "max_instances" {
   type        = number
   description = "Upper bound on instances; it caps the parallel Storage Write API connections too."
-  default     = 10
-
 }
 
 variable "cpu" {
   type        = string
   description = "CPU limit of one instance (Cloud Run syntax, e.g. \"1\" or \"2\")."
-  default     = "1"
 }
 
 variable "memory" {
   type        = string
   description = "Memory limit of one instance; it must hold the batcher's queue (RECORDLINE_QUEUE_MAX_BYTES)."
-  default     = "1Gi"
 }
 
 variable "request_timeout_seconds" {
   type        = number
   description = "Cloud Run request timeout; reads are bounded by RECORDLINE_QUERY_TIMEOUT_SECONDS below it."
-  default     = 30
 }
 
 variable "ingress" {
   type        = string
-  description = <<-EOT
-    Cloud Run ingress. Readers outside Google Cloud need INGRESS_TRAFFIC_ALL; every
-    request still needs an ID token of a principal with run.invoker.
-  EOT
-  default     = "INGRESS_TRAFFIC_ALL"
-
+  description = "Cloud Run ingress."
 }
 
 variable "write_deadline_seconds" {
   type        = number
-  description = <<-EOT
-    RECORDLINE_WRITE_DEADLINE_SECONDS: how long a push waits for its row to be stored
-    before it is answered 503. The subscription's acknowledgement deadline is derived
-    from it, so the service always answers before Pub/Sub gives up on the delivery.
-  EOT
-  default     = 8
-
+  description = "RECORDLINE_WRITE_DEADLINE_SECONDS: how long a push waits for its row to be stored."
 }
 
 variable "ack_deadline_margin_seconds" {
   type        = number
   description = "Added to the write deadline to get the acknowledgement deadline: time to send the answer back."
-  default     = 4
 }
 
 variable "push_audience" {
   type        = string
-  description = <<-EOT
-    Audience of the OIDC token Pub/Sub attaches to each push, registered as a Cloud Run
-    custom audience. Empty: the push endpoint's URL, https://SERVICE-PROJECT_NUMBER.
-    REGION.run.app/pubsub/push, which is known before the service exists and differs
-    per environment, so a token minted for one environment is refused by the other.
-  EOT
-  default     = ""
-
+  description = "Audience of the OIDC token Pub/Sub attaches to each push (empty: the push URL)."
 }
 
 variable "read_audience" {
   type        = string
-  description = <<-EOT
-    Audience readers put in their ID tokens (RECORDLINE_READ_AUDIENCE), registered as a
-    Cloud Run custom audience. Empty: https://SERVICE-PROJECT_NUMBER.REGION.run.app/v1,
-    one per environment.
-  EOT
-  default     = ""
-
+  description = "Audience readers put in their ID tokens (RECORDLINE_READ_AUDIENCE; empty: the service URL and /v1)."
 }
 
 variable "readers" {
   type        = set(string)
-  description = <<-EOT
-    Principals allowed to read records: IAM members of the form user:EMAIL,
-    serviceAccount:EMAIL or domain:DOMAIN. They get run.invoker on the service and
-    are listed in RECORDLINE_READ_PRINCIPALS, which the service checks itself.
-  EOT
-  default     = []
-
+  description = "IAM members allowed to read records (user:, group:, serviceAccount:)."
 }
 
 variable "extra_env" {
   type        = map(string)
   description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
-  default     = {}
 }
 
 # --- Pub/Sub -------------------------------------------------------------------
@@ -151,26 +101,21 @@ variable "extra_env" {
 variable "max_delivery_attempts" {
   type        = number
   description = "Deliveries of one message before it is moved to the dead-letter topic."
-  default     = 10
-
 }
 
 variable "retry_minimum_backoff" {
   type        = string
   description = "Shortest wait before a nacked message is pushed again."
-  default     = "10s"
 }
 
 variable "retry_maximum_backoff" {
   type        = string
   description = "Longest wait before a nacked message is pushed again."
-  default     = "600s"
 }
 
 variable "message_retention_duration" {
   type        = string
   description = "How long the subscription keeps unacknowledged messages; RECORDLINE_DEDUPE_WINDOW_SECONDS should cover it."
-  default     = "604800s"
 }
 
 # --- BigQuery ------------------------------------------------------------------
@@ -178,41 +123,26 @@ variable "message_retention_duration" {
 variable "dataset_id" {
   type        = string
   description = "BigQuery dataset holding records, rejected and dead_letters."
-  default     = "recordline"
 }
 
 variable "dataset_location" {
   type        = string
   description = "BigQuery location of the dataset (a multi-region such as EU, or a region)."
-  default     = "EU"
 }
 
 variable "retention_days" {
   type        = number
-  description = <<-EOT
-    Days a partition of records and rejected is kept (time_partitioning.expiration_ms)
-    and RECORDLINE_RETENTION_DAYS, so reads do not promise rows BigQuery has dropped.
-    0 keeps rows forever.
-  EOT
-  default     = 0
-
+  description = "Days a partition of records and rejected is kept, and RECORDLINE_RETENTION_DAYS; 0 keeps rows forever."
 }
 
 variable "query_max_bytes_billed" {
   type        = number
-  description = <<-EOT
-    RECORDLINE_QUERY_MAX_BYTES_BILLED: BigQuery refuses a read query that would bill more
-    than this, and the service answers 503 instead of paying for it. 2 GiB by default.
-  EOT
-  default     = 2147483648
-
+  description = "RECORDLINE_QUERY_MAX_BYTES_BILLED: the most bytes one read query may bill."
 }
 
 variable "query_bytes_billed_daily_budget" {
   type        = number
-  description = "Alert when the service's queries bill more than this many bytes in a day (recordline.query.bytes_billed). 1 TiB by default."
-  default     = 1099511627776
-
+  description = "Alert when the service's queries bill more than this many bytes in a day (recordline.query.bytes_billed)."
 }
 
 # --- monitoring ----------------------------------------------------------------
@@ -220,69 +150,51 @@ variable "query_bytes_billed_daily_budget" {
 variable "notification_channels" {
   type        = list(string)
   description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to; prod needs at least one (infra/README.md)."
-  default     = []
-
-  # An alert without a channel opens an incident nobody hears of.
-
 }
 
 variable "availability_goal" {
   type        = number
   description = "Share of push and read requests that must not fail with a 5xx."
-  default     = 0.999
 }
 
 variable "read_latency_goal" {
   type        = number
   description = "Share of read queries that must finish within read_latency_threshold_seconds."
-  default     = 0.95
 }
 
 variable "read_latency_threshold_seconds" {
   type        = number
   description = "Bound of the read-latency SLO on recordline.query.duration, in seconds; a bucket boundary of that histogram."
-  default     = 0.3
-
-  # SECONDS in app/telemetry/metrics.py: a threshold between two boundaries could not
-  # be counted exactly (a test keeps this list equal to the app's).
 }
 
 variable "freshness_goal" {
   type        = number
   description = "Share of messages that must be stored within freshness_threshold_seconds of publish."
-  default     = 0.99
 }
 
 variable "freshness_threshold_seconds" {
   type        = number
   description = "Publish-to-stored bound of the freshness SLO, in seconds (a bucket boundary of recordline.ingest.lag)."
-  default     = 5
-
-  # LAG_SECONDS in app/telemetry/metrics.py (a test keeps this list equal to the app's).
 }
 
 variable "slo_rolling_period_days" {
   type        = number
   description = "Compliance period of every SLO."
-  default     = 28
 }
 
 variable "oldest_unacked_threshold_seconds" {
   type        = number
   description = "Alert when the oldest unacknowledged message on the push subscription is older than this."
-  default     = 120
 }
 
 variable "error_ratio_threshold" {
   type        = number
   description = "Alert when this share of requests ends in a 5xx over five minutes."
-  default     = 0.01
 }
 
 variable "canary_age_threshold_seconds" {
   type        = number
   description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
-  default     = 300
 }
 
 variable "project_number" {
