@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 
 class Command(NamedTuple):
@@ -50,4 +50,4 @@ def commands() -> dict[str, Command]:
     }
 
 
-__all__: list[Any] = ["Command", "commands"]
+__all__ = ["Command", "commands"]

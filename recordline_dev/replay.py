@@ -20,6 +20,7 @@ import argparse
 import base64
 import contextlib
 import sys
+import typing
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -31,9 +32,9 @@ import rich.progress
 from rich.console import Console
 
 from app.ingest.envelope import rfc3339
-from app.ingest.replay import MAX_REPLAY_MESSAGES
+from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
 
-OUTCOMES = ("stored", "rejected", "already_stored")
+OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
 # Pulls wait at most this long for messages; an empty pull ends the replay.
 PULL_SECONDS = 10.0
 # Dead-letter forwarding keeps the original's publish time in this attribute.
@@ -42,16 +43,6 @@ SOURCE_PUBLISH_TIME = "CloudPubSubDeadLetterSourceTopicPublishTime"
 
 class ReplayError(RuntimeError):
     """Said on one line, and the command exits 1."""
-
-
-class _Result(msgspec.Struct):
-    message_id: str
-    outcome: str
-    reason: str | None = None
-
-
-class _Answer(msgspec.Struct):
-    results: list[_Result]
 
 
 class _Rejection(msgspec.Struct):
@@ -98,9 +89,9 @@ class Service:
             )
         return response.content
 
-    def replay(self, messages: Sequence[dict[str, Any]], *, dry_run: bool) -> list[_Result]:
+    def replay(self, messages: Sequence[dict[str, Any]], *, dry_run: bool) -> list[ReplayResult]:
         body = {"messages": list(messages), "dry_run": dry_run}
-        answer = msgspec.json.decode(self._call("POST", "/v1/replay", json=body), type=_Answer)
+        answer = msgspec.json.decode(self._call("POST", "/v1/replay", json=body), type=ReplayAnswer)
         return answer.results
 
     def rejections(self, *, since: str | None, until: str) -> Iterator[list[_Rejection]]:
@@ -179,7 +170,7 @@ def replay_dead_letters(
     dry_run: bool,
     console: Console,
 ) -> Counter[str]:
-    from google.api_core.exceptions import GoogleAPICallError
+    from google.api_core.exceptions import DeadlineExceeded, GoogleAPICallError
 
     counts: Counter[str] = Counter()
     pulled = 0
@@ -201,9 +192,9 @@ def replay_dead_letters(
                         request={"subscription": subscription, "max_messages": wanted},
                         timeout=PULL_SECONDS,
                     )
+                except DeadlineExceeded:
+                    break  # nothing waiting
                 except GoogleAPICallError as exc:
-                    if exc.code == 504 or "DeadlineExceeded" in type(exc).__name__:
-                        break  # nothing waiting
                     raise ReplayError(f"cannot pull from {subscription}: {exc.message}") from None
                 received = list(response.received_messages)
                 if dry_run:

@@ -167,4 +167,10 @@ def test_the_dev_tools_are_not_part_of_the_service(capsys: pytest.CaptureFixture
     root = Path(__file__).resolve().parent.parent
     wheel = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
     assert wheel["targets"]["wheel"]["packages"] == ["app"]
-    assert "recordline_dev" not in (root / "Dockerfile").read_text()
+    copied = {
+        source
+        for line in (root / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    }
+    assert copied == {"pyproject.toml", "uv.lock", "README.md", "app"}

@@ -79,45 +79,47 @@ class Replay:
         messages = [_pushed(m) for m in request.messages]
         await self._store.barrier()  # a record replayed a moment ago is seen
         before = await self._store.seen([m.message_id for m in messages])
-        first: dict[str, int] = {}  # a message id given twice is replayed once
-        results: list[ReplayResult | None] = []
-        storing: list[tuple[int, Awaitable[tuple[Record | Rejection, RowOutcome]]]] = []
+        # By message id: a message id given twice in a batch is replayed once.
+        answers: dict[str, ReplayResult] = {}
+        storing: dict[str, Awaitable[tuple[Record | Rejection, RowOutcome]]] = {}
         for message in messages:
             message_id = message.message_id
-            if message_id in first:
-                results.append(None)  # answered as its first occurrence, below
+            if message_id in answers or message_id in storing:
                 continue
-            first[message_id] = len(results)
             if before.get(message_id) == "stored":
-                results.append(_already(message_id))
+                answers[message_id] = _already(message_id)
                 continue
             row = to_row(message, 0, trace_id=None)  # today's validation
             if isinstance(row, Rejection) and (request.dry_run or message_id in before):
                 # Still invalid; already rejected (or a dry run): nothing to write.
-                results.append(_rejected(message_id, row.reason))
+                answers[message_id] = _rejected(message_id, row.reason)
             elif request.dry_run:
-                results.append(ReplayResult(message_id=message_id, outcome="stored"))
+                answers[message_id] = ReplayResult(message_id=message_id, outcome="stored")
             else:
-                results.append(None)
-                storing.append((len(results) - 1, self._ingest.accept(message)))
+                storing[message_id] = self._ingest.accept(message)
         # All at once, so they share appends; every one is settled before the
         # answer, so a retried request never races rows still in flight.
-        settled = await asyncio.gather(*(a for _, a in storing), return_exceptions=True)
-        for (at, _), done in zip(storing, settled, strict=True):
+        settled = await asyncio.gather(*storing.values(), return_exceptions=True)
+        for message_id, done in zip(storing, settled, strict=True):
             if isinstance(done, BaseException):
                 raise done
             stored, outcome = done
-            message_id = messages[at].message_id
-            if isinstance(stored, Rejection) or outcome is not None:
-                results[at] = _rejected(message_id, outcome or getattr(stored, "reason", None))
+            if outcome is not None:  # the store refused the row and kept it as a rejection
+                answers[message_id] = _rejected(message_id, outcome)
+            elif isinstance(stored, Rejection):
+                answers[message_id] = _rejected(message_id, stored.reason)
             else:
                 log.info("message %s replayed and stored", message_id)
-                results[at] = ReplayResult(message_id=message_id, outcome="stored")
-        answers = [
-            result if result is not None else _again(results[first[m.message_id]], m.message_id)
-            for result, m in zip(results, messages, strict=True)
-        ]
-        return ReplayAnswer(results=answers, dry_run=request.dry_run)
+                answers[message_id] = ReplayResult(message_id=message_id, outcome="stored")
+        results: list[ReplayResult] = []
+        answered: set[str] = set()
+        for message in messages:
+            result = answers[message.message_id]
+            if message.message_id in answered and result.outcome != "rejected":
+                result = _already(message.message_id)  # its first occurrence stored it
+            answered.add(message.message_id)
+            results.append(result)
+        return ReplayAnswer(results=results, dry_run=request.dry_run)
 
 
 def _pushed(replayed: ReplayMessage) -> PushedMessage:
@@ -140,13 +142,6 @@ def _already(message_id: str) -> ReplayResult:
 
 def _rejected(message_id: str, reason: str | None) -> ReplayResult:
     return ReplayResult(message_id=message_id, outcome="rejected", reason=reason)
-
-
-def _again(first: ReplayResult | None, message_id: str) -> ReplayResult:
-    """The answer for a message id given again in the same batch."""
-    if first is None or first.outcome != "rejected":
-        return _already(message_id)
-    return first
 
 
 @post(

@@ -418,7 +418,7 @@ class StorageWriter:
             try:
                 connection = await _Connection.open(self._client, self.stream, self._descriptor)
             except Exception as exc:
-                delays = delays or _reconnect_delays()
+                delays = delays or exponential_sleep_generator(_BACKOFF_INITIAL, _BACKOFF_MAX)
                 self._on_broken(exc, (), ended=True)
                 continue
             self._connection = connection
@@ -432,7 +432,7 @@ class StorageWriter:
             else:
                 # A connection that got answers starts a new streak.
                 if connection.answered or delays is None:
-                    delays = _reconnect_delays()
+                    delays = exponential_sleep_generator(_BACKOFF_INITIAL, _BACKOFF_MAX)
                 self._on_broken(error, connection.in_flight, ended=True)
 
     async def _serve(self, connection: _Connection) -> BaseException | None:
@@ -529,8 +529,3 @@ class StorageWriter:
         for batch in batches:
             for submission, _ in batch.slots:
                 submission.fail(detail)
-
-
-def _reconnect_delays() -> Iterator[float]:
-    delays: Iterator[float] = exponential_sleep_generator(_BACKOFF_INITIAL, _BACKOFF_MAX)
-    return delays

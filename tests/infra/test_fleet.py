@@ -95,8 +95,11 @@ def test_the_fleet_dashboard_shows_every_slo_metric_by_system_worst_first() -> N
         matching = [c for c in charts if metric in json.dumps(c)]
         assert len(matching) == 1, slo
         assert "resource.label" in json.dumps(matching[0]), slo  # grouped by the system
-    assert "pickTimeSeriesFilter" in text
-    assert '\\"TOP\\"' in text or "TOP" in text
+    # Each chart keeps the ten series that peak highest: the worst systems.
+    assert (
+        'pickTimeSeriesFilter = {rankingMethod = \\"METHOD_MAX\\", numTimeSeries = 10, '
+        'direction = \\"TOP\\"}' in text
+    )
     # Drill-down: a link to each system's own dashboard.
     assert "module.system[name].dashboard" in _locals()["fleet_links"]
 
