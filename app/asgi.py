@@ -18,12 +18,12 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
 from app.auth.guards import Auth
-from app.errors import PROBLEMS
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
 from app.ingest.replay import Replay, replay
 from app.ingest.routes import push
 from app.ingest.service import Ingest
+from app.problems import PROBLEMS, describe_problem
 from app.query.page_token import PageTokens
 from app.query.routes import get_message, get_record, list_records, list_rejections
 from app.query.service import Reader
@@ -102,6 +102,7 @@ def create_app(
             Router("/", route_handlers=[replay], guards=auth.replay_guards, middleware=traced),
             healthz,
             readyz,
+            describe_problem,
             *telemetry.route_handlers,
         ],
         dependencies={

@@ -1,17 +1,15 @@
-"""One error hierarchy, and the one table that maps it to problem details.
+"""One error hierarchy, raised by every layer and answered by the app.
 
-Services raise these; no route catches them. `PROBLEMS` turns each into an
-RFC 9457 answer with the status its callers act on: Pub/Sub redelivers on 503
-and honours nothing but the status; API clients read `detail` and `parameter`.
+Services and stores raise these; no route catches them. The web layer turns
+each into an RFC 9457 problem document (`app/problems.py`) with the status its
+callers act on: Pub/Sub redelivers on 503 and honours nothing but the status;
+API clients read `type`, `detail` and `parameter`. Nothing here knows the web
+framework, so a store or a service can raise them without importing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
-
-from litestar.exceptions import ValidationException
-from litestar.plugins.problem_details import ProblemDetailsException
+from typing import ClassVar
 
 
 class RecordlineError(Exception):
@@ -19,6 +17,9 @@ class RecordlineError(Exception):
 
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
+    # The last part of the problem's `type` URI, `/problems/<problem>`, where
+    # the service describes it; it names the kind of error, never one instance.
+    problem: ClassVar[str] = "internal-error"
     headers: dict[str, str] | None = None
 
     def __init__(self, detail: str, **extra: object) -> None:
@@ -28,28 +29,36 @@ class RecordlineError(Exception):
 
 
 class BadRequest(RecordlineError):
+    """The request cannot be used as sent; `detail` says why."""
+
     status = 400
     title = "Bad request"
+    problem = "bad-request"
 
 
 class BadEnvelope(BadRequest):
     """The body is not a Pub/Sub push delivery at all: only a misconfigured caller sends it."""
 
     title = "Not a Pub/Sub push envelope"
+    problem = "not-a-push-envelope"
 
 
 class BadParameter(BadRequest):
     """A query parameter cannot be used; `parameter` names it."""
 
     title = "Invalid parameter"
+    problem = "invalid-parameter"
 
     def __init__(self, parameter: str, detail: str) -> None:
         super().__init__(f"{parameter}: {detail}", parameter=parameter)
 
 
 class NotFound(RecordlineError):
+    """Nothing is stored under that id (ids are exact: no prefix or case folding)."""
+
     status = 404
     title = "Not found"
+    problem = "not-found"
 
 
 class Gone(RecordlineError):
@@ -57,6 +66,7 @@ class Gone(RecordlineError):
 
     status = 410
     title = "Gone"
+    problem = "gone"
 
     def __init__(self, parameter: str, detail: str, *, retention_days: int) -> None:
         super().__init__(
@@ -65,8 +75,11 @@ class Gone(RecordlineError):
 
 
 class Unauthorized(RecordlineError):
+    """No bearer token, or one that is not valid for this service: send a Google ID token."""
+
     status = 401
     title = "Unauthorized"
+    problem = "unauthorized"
 
     def __init__(self, detail: str = "A valid bearer token is required.", *, realm: str) -> None:
         super().__init__(detail)
@@ -74,8 +87,11 @@ class Unauthorized(RecordlineError):
 
 
 class Forbidden(RecordlineError):
+    """A valid token of a principal that may not call this route."""
+
     status = 403
     title = "Forbidden"
+    problem = "forbidden"
 
 
 class RetryLater(RecordlineError):
@@ -83,6 +99,7 @@ class RetryLater(RecordlineError):
 
     status = 503
     title = "Service unavailable"
+    problem = "unavailable"
     cause: ClassVar[str] = "unavailable"
 
     def __init__(self, detail: str, *, retry_after: int = 1) -> None:
@@ -91,7 +108,13 @@ class RetryLater(RecordlineError):
 
 
 class StoreUnavailable(RetryLater):
+    """The store did not take or answer the request; nothing was stored.
+
+    Retry after `Retry-After`.
+    """
+
     title = "Store unavailable"
+    problem = "store-unavailable"
     cause = "store"
 
 
@@ -99,49 +122,29 @@ class QueryTooCostly(RetryLater):
     """A read BigQuery refused because it would bill more than the cap allows."""
 
     title = "Read over its cost cap"
+    problem = "read-over-cost-cap"
     cause = "cost"
 
 
 class QueueFull(RetryLater):
+    """Too many rows are waiting to be stored; nothing was accepted. Retry after `Retry-After`."""
+
     title = "Ingest queue full"
+    problem = "queue-full"
     cause = "queue_full"
 
 
 class WriteTimeout(RetryLater):
+    """The row was not durably stored within the write deadline, so it is not acknowledged."""
+
     title = "Write deadline exceeded"
+    problem = "write-deadline-exceeded"
     cause = "deadline"
 
 
 class ShuttingDown(RetryLater):
+    """This instance is stopping; another one (or this one, restarted) takes the retry."""
+
     title = "Shutting down"
+    problem = "shutting-down"
     cause = "shutdown"
-
-
-def to_problem(exc: RecordlineError) -> ProblemDetailsException:
-    return ProblemDetailsException(
-        status_code=exc.status,
-        title=exc.title,
-        detail=exc.detail,
-        headers=exc.headers,
-        extra=exc.extra or None,
-    )
-
-
-PROBLEMS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
-    RecordlineError: to_problem
-}
-
-
-def validation_to_problem(exc: ValidationException) -> ProblemDetailsException:
-    """Litestar's own parameter validation, in the same shape as BadParameter."""
-    errors = exc.extra if isinstance(exc.extra, list) else []
-    keys = [e.get("key") for e in errors if isinstance(e, dict) and e.get("key")]
-    extra: dict[str, object] = {"errors": errors}
-    if keys:
-        extra["parameter"] = keys[0]
-    return ProblemDetailsException(
-        status_code=400, title="Invalid parameter", detail=exc.detail, extra=extra
-    )
-
-
-PROBLEMS[ValidationException] = validation_to_problem

@@ -12,6 +12,7 @@ import enum
 import functools
 import typing
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -32,6 +33,31 @@ class Kind(enum.StrEnum):
 # decoder to the store: it is what the Storage Write API takes for TIMESTAMP,
 # what DuckDB stores, and it costs nothing to compare or order.
 Micros = Annotated[int, Meta(extra={"kind": Kind.TIMESTAMP})]
+
+# Longer ids are almost certainly a producer bug, and they bloat the id index.
+MAX_ID_LENGTH = 1024
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A time that says which offset it is in: a naive one would be read in the
+# server's zone, which a publisher cannot know.
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(moment: datetime) -> int:
+    """`moment` as the stores keep time: microseconds since the Unix epoch."""
+    return (moment - EPOCH) // _ONE_MICROSECOND
+
+
+def moment(us: int) -> datetime:
+    """The UTC datetime of `us` microseconds since the Unix epoch (`micros`' inverse)."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def rfc3339(when: datetime) -> str:
+    """`when` as RFC 3339 text, UTC written `Z`, as the API writes every time."""
+    return when.isoformat().replace("+00:00", "Z")
+
 
 # JSON columns hold JSON text exactly as the publisher sent it: the payload's
 # `data` is passed through without being decoded and encoded again.

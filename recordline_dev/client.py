@@ -29,7 +29,7 @@ import msgspec
 import rich.progress
 from rich.console import Console
 
-from app.ingest.envelope import rfc3339
+from app.records import rfc3339
 
 # Outstanding publishes before `publish()` blocks: bounds memory for any
 # --count, and is the client library's own default message limit.

@@ -31,8 +31,8 @@ import msgspec
 import rich.progress
 from rich.console import Console
 
-from app.ingest.envelope import rfc3339
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
+from app.records import rfc3339
 
 OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
 # Pulls wait at most this long for messages; an empty pull ends the replay.

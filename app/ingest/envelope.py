@@ -10,39 +10,19 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from app.errors import BadEnvelope
+from app.records import AwareDatetime, micros
 
 # Pub/Sub allows at most 100 attributes per message; more means the caller is
 # not Pub/Sub.
 MAX_ATTRIBUTES = 100
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-AwareDatetime = Annotated[datetime, Meta(tz=True)]
 Attributes = Annotated[dict[str, str], Meta(max_length=MAX_ATTRIBUTES)]
-
-
-_ONE_MICROSECOND = timedelta(microseconds=1)
-
-
-def micros(moment: datetime) -> int:
-    """`moment` as the stores keep time: microseconds since the Unix epoch."""
-    return (moment - EPOCH) // _ONE_MICROSECOND
-
-
-def moment(us: int) -> datetime:
-    """The UTC datetime of `us` microseconds since the Unix epoch (`micros`' inverse)."""
-    return EPOCH + timedelta(microseconds=us)
-
-
-def rfc3339(when: datetime) -> str:
-    """`when` as RFC 3339 text, UTC written `Z`, as the API writes every time."""
-    return when.isoformat().replace("+00:00", "Z")
 
 
 class _Message(msgspec.Struct, kw_only=True, frozen=True):

@@ -27,9 +27,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
 
-from app.ingest.envelope import AwareDatetime, PushedMessage, micros
-from app.ingest.service import MAX_ID_LENGTH, Ingest, to_row
-from app.records import Record, Rejection
+from app.ingest.envelope import PushedMessage
+from app.ingest.service import Ingest, to_row
+from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, micros
 from app.store import RowOutcome, Store
 
 log = logging.getLogger("recordline.replay")

@@ -14,12 +14,9 @@ from msgspec import Meta
 
 from app.errors import RetryLater
 from app.ingest.batcher import Batcher
-from app.ingest.envelope import AwareDatetime, PushedMessage, micros
-from app.records import Record, Rejection
+from app.ingest.envelope import PushedMessage
+from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, micros
 from app.store import RowOutcome
-
-# Longer ids are almost certainly a producer bug, and they bloat the id index.
-MAX_ID_LENGTH = 1024
 
 
 class Payload(msgspec.Struct, kw_only=True, frozen=True):

@@ -12,8 +12,6 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter, PathParameter
 
 from app.errors import BadParameter
-from app.ingest.envelope import AwareDatetime, rfc3339
-from app.ingest.service import MAX_ID_LENGTH
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -23,6 +21,7 @@ from app.query.service import (
     RecordView,
     RejectionsPage,
 )
+from app.records import MAX_ID_LENGTH, AwareDatetime, rfc3339
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token"})

@@ -18,9 +18,8 @@ from typing import Literal
 import msgspec
 
 from app.errors import BadParameter, Gone, NotFound
-from app.ingest.envelope import micros, moment
 from app.query.page_token import PageToken, PageTokens
-from app.records import Record, Rejection
+from app.records import Record, Rejection, micros, moment
 from app.store import PageQuery, Store
 
 DEFAULT_LIMIT = 100

@@ -12,9 +12,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from app.errors import RecordlineError
 from app.records import Record, Rejection
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 
 class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
@@ -196,8 +195,8 @@ class WrappedStore:
         return await self.inner.seen(message_ids)
 
 
-class UnknownStore(RecordlineError):
-    title = "Unknown store URL"
+class UnknownStore(SettingsError):
+    """RECORDLINE_STORE names no store this build has."""
 
 
 def open_store(settings: Settings) -> Store:

@@ -183,7 +183,7 @@ async def test_bad_reads_get_a_problem_document_and_never_a_runaway_query(
     jobs_fake: FakeBigQueryJobs,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app.ingest.service import MAX_ID_LENGTH
+    from app.records import MAX_ID_LENGTH
 
     settings = operator_settings(write_fake, jobs_fake, monkeypatch)
     async with served(create_app(settings)) as client:
