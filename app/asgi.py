@@ -43,8 +43,8 @@ def create_app(
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
     auth = Auth.from_settings(settings)
-    store = store if store is not None else open_store(settings)
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
+    store = store if store is not None else open_store(settings, observer=telemetry.query_observer)
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)

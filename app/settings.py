@@ -116,6 +116,14 @@ class StoreSettings(Section, frozen=True):
             "`host:port` of an insecure Storage Write API endpoint (a fake or emulator)",
         ),
     ] = ""
+    bigquery_query_endpoint: Annotated[
+        str,
+        env(
+            "BIGQUERY_EMULATOR_HOST",
+            "`http://host:port` of a BigQuery `jobs.query` endpoint (a fake or emulator), "
+            "queried with anonymous credentials",
+        ),
+    ] = ""
     read_cache_seconds: Annotated[
         float,
         Meta(ge=0),

@@ -39,13 +39,8 @@ from google.cloud import bigquery
 from app.records import TABLES, Record, columns
 from app.settings import QuerySettings, StoreSettings
 from app.store import PageQuery
-from app.store.bigquery import (
-    BigQueryStore,
-    latest_sql,
-    rejected_sql,
-    select_list,
-    stored_sql,
-)
+from app.store.bigquery.sql import latest_sql, rejected_sql, select_list, stored_sql
+from app.store.bigquery.store import BigQueryStore
 from tests.bigquery.billing import DOLLARS_PER_TIB, MIB, BillingModel, Layout
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite

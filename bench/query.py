@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import httpx
 
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from bench.harness import DONE_LUA, RECORDLINE, free_port, server, table, wrk
 
 START = datetime(2024, 4, 27, tzinfo=UTC)

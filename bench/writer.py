@@ -27,8 +27,8 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
 )
 
 from app.records import Record
-from app.store.bigquery_proto import RowEncoder
-from app.store.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
+from app.store.bigquery.proto import RowEncoder
+from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "projects/bench/datasets/recordline/tables/records"

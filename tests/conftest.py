@@ -17,7 +17,7 @@ from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
 from app.settings import Settings
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from tests.fakes import FaultyStore
 
 

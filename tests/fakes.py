@@ -11,7 +11,56 @@ from collections.abc import Sequence
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import RowOutcome, Store, WrappedStore
+from app.store import (
+    MessageState,
+    MessageStatus,
+    PageQuery,
+    RecordPage,
+    RejectionPage,
+    RowOutcome,
+    Store,
+)
+
+
+class WrappedStore:
+    """A Store around another: forwards every call; subclasses override what they add to."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.max_in_flight = inner.max_in_flight
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def barrier(self) -> None:
+        await self.inner.barrier()
+
+    def read_horizon(self, now: int) -> int:
+        return self.inner.read_horizon(now)
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        return await self.inner.append(rows)
+
+    async def page(self, query: PageQuery) -> RecordPage:
+        return await self.inner.page(query)
+
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        return await self.inner.rejections(query)
+
+    async def latest(self, record_id: str) -> Record | None:
+        return await self.inner.latest(record_id)
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        return await self.inner.message(message_id)
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        return await self.inner.seen(message_ids)
 
 
 class FaultyStore(WrappedStore):

@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from app.asgi import create_app
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from tests import rawhttp
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore

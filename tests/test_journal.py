@@ -11,9 +11,9 @@ import pytest
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store.duckdb import DuckDBStore
-from app.store.journal import SEGMENT_BYTES, Frame, Journal, encode
-from app.store.journal_process import JournalProcess
+from app.store.duckdb.journal import SEGMENT_BYTES, Frame, Journal, encode
+from app.store.duckdb.journal_process import JournalProcess
+from app.store.duckdb.store import DuckDBStore
 
 
 def record(n: int) -> Record:
@@ -190,7 +190,7 @@ def test_a_short_write_is_finished_before_the_frame_counts(
     journal, _ = opened(tmp_path / "j")
     real_write = os.write
     monkeypatch.setattr(
-        "app.store.journal.os.write", lambda fd, data: real_write(fd, bytes(data[:5]))
+        "app.store.duckdb.journal.os.write", lambda fd, data: real_write(fd, bytes(data[:5]))
     )
     assert journal.write(encode(frame(1, 2))) == 1
     journal.close()

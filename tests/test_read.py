@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 

@@ -21,7 +21,7 @@ from app.ingest.replay import MAX_REPLAY_MESSAGES
 from app.records import Rejection
 from app.settings import Settings
 from app.store import MessageState, MessageStatus
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from recordline_dev.replay import ReplayError, Service, replay_dead_letters, replay_rejected
 from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle

@@ -15,7 +15,7 @@ from app.query.page_token import PageToken, PageTokens
 from app.records import Record, Rejection
 from app.settings import Settings
 from app.store import PageQuery
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
 
 DAY = 86_400 * 1_000_000

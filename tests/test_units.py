@@ -15,7 +15,7 @@ from app.ingest.service import to_row
 from app.query.page_token import PageToken, PageTokens
 from app.records import Kind, Record, Rejection, bigquery_schema, columns
 from app.settings import Settings, SettingsError, reference
-from app.store.duckdb import ddl
+from app.store.duckdb.store import ddl
 
 
 def wrapped(**message: object) -> bytes:

@@ -90,6 +90,19 @@ def message_states(found: Iterable[tuple[str, MessageState]]) -> dict[str, Messa
     return states
 
 
+class QueryObserver(Protocol):
+    """Told what one query behind a store call cost (telemetry puts it on the
+    call's span and in its metrics); stores whose reads are billed report it."""
+
+    def __call__(
+        self,
+        *,
+        bytes_processed: int | None = None,
+        bytes_billed: int | None = None,
+        job_id: str | None = None,
+    ) -> None: ...
+
+
 # Per appended row: None when it was stored as given, else the reason the store
 # refused it and recorded it in `rejected` instead (BigQuery row errors).
 RowOutcome = str | None
@@ -154,62 +167,22 @@ class Store(Protocol):
         """
 
 
-class WrappedStore:
-    """A Store around another: forwards every call; subclasses override what they add to."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.max_in_flight = inner.max_in_flight
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def barrier(self) -> None:
-        await self.inner.barrier()
-
-    def read_horizon(self, now: int) -> int:
-        return self.inner.read_horizon(now)
-
-    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
-        return await self.inner.append(rows)
-
-    async def page(self, query: PageQuery) -> RecordPage:
-        return await self.inner.page(query)
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        return await self.inner.rejections(query)
-
-    async def latest(self, record_id: str) -> Record | None:
-        return await self.inner.latest(record_id)
-
-    async def message(self, message_id: str) -> MessageStatus | None:
-        return await self.inner.message(message_id)
-
-    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        return await self.inner.seen(message_ids)
-
-
 class UnknownStore(SettingsError):
     """RECORDLINE_STORE names no store this build has."""
 
 
-def open_store(settings: Settings) -> Store:
-    """The store a `RECORDLINE_STORE` URL names (not started yet)."""
+def open_store(settings: Settings, *, observer: QueryObserver | None = None) -> Store:
+    """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
+    told what each of its queries cost."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     match scheme:
         case "memory":
-            from app.store.duckdb import DuckDBStore
+            from app.store.duckdb.store import DuckDBStore
 
             return DuckDBStore(":memory:", retention_days=settings.store.retention_days)
         case "duckdb":
-            from app.store.duckdb import DuckDBStore
+            from app.store.duckdb.store import DuckDBStore
 
             # duckdb:///abs/file.duckdb is absolute (an empty host, then the path);
             # duckdb:file.duckdb is relative to the working directory.
@@ -219,10 +192,15 @@ def open_store(settings: Settings) -> Store:
             )
         case "bigquery":
             try:
-                from app.store.bigquery import BigQueryStore
+                from app.store.bigquery.store import BigQueryStore
             except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
                 raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
-            return BigQueryStore.from_url(url, settings)
+            return BigQueryStore.from_url(
+                url,
+                settings,
+                emulator=settings.store.bigquery_query_endpoint or None,
+                observer=observer,
+            )
         case _:
             raise UnknownStore(
                 f"unsupported store URL {url!r}: use duckdb:///path, memory: or bigquery://PROJECT/DATASET"

@@ -33,7 +33,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app.settings import Settings, TelemetrySettings
-from app.store import Store
+from app.store import QueryObserver, Store
 from app.telemetry.distribution import PrometheusDistributions, WithDistributions
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import Metrics, PushOutcomes, push_histograms
@@ -185,6 +185,10 @@ class Telemetry:
 
     def observe(self, store: Store) -> ObservedStore:
         return ObservedStore(store, tracer=self.tracer, metrics=self.metrics)
+
+    # What a store is given to report each query's cost: onto the span of the
+    # store call it serves, and into that call's bytes billed by route.
+    query_observer: QueryObserver = staticmethod(record_query)
 
     def watch(self, *, queue_depth: Callable[[], int], horizon: Callable[[], int]) -> None:
         self.metrics.watch(queue_depth=queue_depth, horizon=horizon)

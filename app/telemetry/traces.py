@@ -28,7 +28,7 @@ import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import trace
@@ -46,8 +46,6 @@ from opentelemetry.trace import (
     Tracer,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-from app.ingest.envelope import PushedMessage
 
 # Pub/Sub's client libraries, with tracing on, carry the publisher's context in
 # these message attributes (W3C format).
@@ -257,9 +255,22 @@ class ServerSpans:
 # -- push -------------------------------------------------------------------
 
 
-def push_received(
-    message: PushedMessage, body_bytes: int, headers: Mapping[str, str]
-) -> str | None:
+class Delivery(Protocol):
+    """What a push span says about the message it delivered (ingest's PushedMessage)."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, str]: ...
+    @property
+    def subscription(self) -> str | None: ...
+    @property
+    def delivery_attempt(self) -> int | None: ...
+    @property
+    def ordering_key(self) -> str | None: ...
+
+
+def push_received(message: Delivery, body_bytes: int, headers: Mapping[str, str]) -> str | None:
     """Describe the push on the current server span; return its trace id (32 hex).
 
     The trace id is the caller's when it sent one, and exists even when the

@@ -7,8 +7,8 @@ import pytest
 
 from app.records import Record
 from app.settings import QuerySettings, StoreSettings
-from app.store import PageQuery
-from app.store.bigquery import BigQueryStore
+from app.store import PageQuery, QueryObserver
+from app.store.bigquery.store import BigQueryStore
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
@@ -39,7 +39,11 @@ async def make_store(
     """Started stores wired to the fakes; settings may be overridden per test."""
     opened: list[BigQueryStore] = []
 
-    async def make(query: QuerySettings | None = None, **overrides: Any) -> BigQueryStore:
+    async def make(
+        query: QuerySettings | None = None,
+        observer: QueryObserver | None = None,
+        **overrides: Any,
+    ) -> BigQueryStore:
         settings = {
             "bigquery_write_endpoint": write_fake.address,
             "settle_seconds": 0.0,
@@ -52,6 +56,7 @@ async def make_store(
             store=StoreSettings(**settings),
             query=query or QuerySettings(),
             query_endpoint=jobs_fake.endpoint,
+            observer=observer,
         )
         await store.start()
         opened.append(store)

@@ -25,14 +25,12 @@ RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de da
 
 
 @pytest.fixture
-def bigquery_settings(
-    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
+def bigquery_settings(write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs) -> Settings:
     # Configured as an operator would: the store URL, the insecure write
     # endpoint, and the library's emulator variable for queries.
-    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
     return Settings.load(
         {
+            "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
             "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
             "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
             "RECORDLINE_SETTLE_SECONDS": "0",
@@ -84,13 +82,13 @@ async def test_a_permanent_write_error_answers_503_and_fails_readiness(
 
 
 async def test_reads_older_than_the_retention_answer_410_before_any_query(
-    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs, monkeypatch: pytest.MonkeyPatch
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
     # BigQuery drops expired partitions (Terraform sets the expiration from the
     # same variable): a page reaching into them would be silently incomplete.
-    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
     settings = Settings.load(
         {
+            "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
             "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
             "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
             "RECORDLINE_SETTLE_SECONDS": "0",

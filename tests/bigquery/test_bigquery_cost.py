@@ -7,13 +7,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from app.asgi import create_app
 from app.records import TABLES, columns
 from app.settings import QuerySettings, Settings
 from app.store import PageQuery
-from app.store.bigquery import BigQueryStore
+from app.store.bigquery.store import BigQueryStore
 from tests.bigquery.billing import MIB, BillingModel
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
@@ -50,13 +48,12 @@ def load(
 def operator_settings(
     write: FakeBigQueryWrite,
     jobs: FakeBigQueryJobs,
-    monkeypatch: pytest.MonkeyPatch,
     **extra: str,
 ) -> Settings:
     """The BigQuery store on the fakes, configured as an operator would."""
-    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs.endpoint)
     return Settings.load(
         {
+            "BIGQUERY_EMULATOR_HOST": jobs.endpoint,
             "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
             "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write.address,
             "RECORDLINE_SETTLE_SECONDS": "0",
@@ -123,10 +120,9 @@ async def test_lookups_read_only_the_blocks_that_hold_the_key(
 async def test_every_query_is_capped_and_a_read_over_the_cap_answers_503(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = operator_settings(
-        write_fake, jobs_fake, monkeypatch, RECORDLINE_QUERY_MAX_BYTES_BILLED=str(64 * MIB)
+        write_fake, jobs_fake, RECORDLINE_QUERY_MAX_BYTES_BILLED=str(64 * MIB)
     )
     record = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
     async with served(create_app(settings)) as client:
@@ -165,10 +161,13 @@ async def test_bytes_billed_are_on_the_query_span(make_store: Factory) -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    from app.telemetry import record_query
+
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    store: BigQueryStore = await make_store(query=QuerySettings())
+    # The store reports each query to the observer it is given: telemetry's.
+    store: BigQueryStore = await make_store(query=QuerySettings(), observer=record_query)
     with provider.get_tracer("test").start_as_current_span("recordline.store.latest"):
         assert await store.latest("missing") is None
     (span,) = exporter.get_finished_spans()
@@ -181,11 +180,10 @@ async def test_bytes_billed_are_on_the_query_span(make_store: Factory) -> None:
 async def test_bad_reads_get_a_problem_document_and_never_a_runaway_query(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from app.records import MAX_ID_LENGTH
 
-    settings = operator_settings(write_fake, jobs_fake, monkeypatch)
+    settings = operator_settings(write_fake, jobs_fake)
     async with served(create_app(settings)) as client:
         longest = "x" * MAX_ID_LENGTH
         for path in (f"/v1/records/{longest}", f"/v1/messages/{longest}"):

@@ -13,7 +13,7 @@ import pytest
 
 from app.errors import StoreUnavailable, WriteTimeout
 from app.records import Record
-from app.store.bigquery import BigQueryStore
+from app.store.bigquery.store import BigQueryStore
 from tests.bigquery.conftest import BASE_TIME, record, walk
 from tests.bigquery.fake_storage_write import (
     Abort,

@@ -17,7 +17,7 @@ import pytest
 from app.records import Rejection
 from app.settings import Settings, StoreSettings
 from app.store import PageQuery
-from app.store.bigquery import BigQueryStore
+from app.store.bigquery.store import BigQueryStore
 from tests.bigquery.conftest import record
 
 pytestmark = pytest.mark.live

@@ -10,7 +10,8 @@ from google.protobuf import descriptor_pb2
 from sqlglot import exp
 
 from app.records import Kind, Record, Rejection, Row, columns
-from app.store.bigquery import (
+from app.store.bigquery.proto import RowEncoder, message_class, row_descriptor
+from app.store.bigquery.sql import (
     CHECK_SQL,
     earlier_copies_sql,
     first_row_sql,
@@ -20,7 +21,6 @@ from app.store.bigquery import (
     rejected_sql,
     stored_sql,
 )
-from app.store.bigquery_proto import RowEncoder, message_class, row_descriptor
 
 F = descriptor_pb2.FieldDescriptorProto
 WIRE = {

@@ -12,7 +12,7 @@ from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.settings import QuerySettings, Settings, StoreSettings
 from app.store import MessageStatus, PageQuery, UnknownStore, open_store
-from app.store.bigquery import BigQueryStore
+from app.store.bigquery.store import BigQueryStore
 from tests.bigquery.conftest import BASE_TIME, DATASET, PROJECT, page_query, record, walk
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite

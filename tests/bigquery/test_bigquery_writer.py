@@ -11,8 +11,8 @@ from google.api_core import exceptions
 
 from app.errors import StoreUnavailable
 from app.records import Record
-from app.store.bigquery_proto import RowEncoder
-from app.store.storage_write import StorageWriter, is_transient
+from app.store.bigquery.proto import RowEncoder
+from app.store.bigquery.storage_write import StorageWriter, is_transient
 from tests.bigquery.conftest import BASE_TIME, record
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 

@@ -22,7 +22,7 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 from rich.console import Console
 
 from app.asgi import create_app
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from recordline_dev.devstack import Canary, free_port
 from recordline_dev.replay import ReplayError, Service, replay_dead_letters
 from tests.conftest import served, settings

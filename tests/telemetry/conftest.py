@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from app.asgi import create_app
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from app.telemetry import Telemetry
 from tests.conftest import settings
 from tests.fakes import FaultyStore

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from app.asgi import create_app
 from app.settings import Settings
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from app.telemetry import CloudLoggingFormatter, Telemetry, google_project
 from tests.conftest import envelope, settings
 from tests.fakes import FaultyStore

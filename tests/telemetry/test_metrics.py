@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
-from app.store.duckdb import DuckDBStore
+from app.store.duckdb.store import DuckDBStore
 from app.telemetry.metrics import coarse_reason
 from tests.conftest import envelope, settings
 from tests.fakes import FaultyStore

@@ -43,8 +43,8 @@ from app.store import (
     RowOutcome,
     message_states,
 )
-from app.store.journal import Frame, encode
-from app.store.journal_process import JournalProcess
+from app.store.duckdb.journal import Frame, encode
+from app.store.duckdb.journal_process import JournalProcess
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,7 +135,7 @@ _PAGE_SQL = _page_sql("records", _RECORD_COLUMNS)
 _REJECTIONS_SQL = _page_sql("rejected", _select_list(Rejection))
 _LATEST_SQL = f"""
 SELECT {_RECORD_COLUMNS} FROM records WHERE id = $id
-ORDER BY timestamp DESC NULLS LAST, publish_time DESC, ingest_time DESC
+ORDER BY timestamp DESC NULLS LAST, publish_time DESC, ingest_time DESC, message_id DESC
 LIMIT 1
 """
 _RECORD_BY_MESSAGE_SQL = f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_id = $message_id"

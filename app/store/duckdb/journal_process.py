@@ -38,7 +38,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from app.store.journal import SEGMENT_BYTES, Frame, Journal
+from app.store.duckdb.journal import SEGMENT_BYTES, Frame, Journal
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The BigQuery store: `store.BigQueryStore` and the parts it is made of."""

@@ -1,0 +1,65 @@
+"""The BigQuery store's read cache: identical reads within a TTL share one query.
+
+A page whose `before_time` is behind the settle horizon is immutable: rows
+that old have finished committing on every instance, and a first copy is
+decided by looking only backwards, so the same question always gets the same
+answer and a cached page is never wrong, whatever the TTL. The query layer
+bounds every page by the settle horizon, so followers' pages are safe to
+cache; they rarely hit, though, because their `before_time` moves with the
+clock, while readers walking the same history share pages. `latest` and
+`message` can change as rows arrive, so for them the TTL is the staleness the
+operator opted into (off by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
+
+# Identical reads kept at most; a page of 100 rows is ~50 KB, so this bounds the
+# cache near 50 MB in the worst case.
+_CACHE_ENTRIES: Final = 1024
+
+
+class ReadCache:
+    """A bounded TTL map from a read to the task answering it.
+
+    Holding the task rather than the result means identical reads arriving
+    together share one query; a failed read is forgotten at once.
+    """
+
+    def __init__(self, ttl_seconds: float, max_entries: int = _CACHE_ENTRIES) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: collections.OrderedDict[object, tuple[float, asyncio.Task[Any]]] = (
+            collections.OrderedDict()
+        )
+
+    async def get(self, key: object, load: Callable[[], Awaitable[T]]) -> T:
+        ttl = self._ttl
+        if ttl <= 0:
+            return await load()
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            task: asyncio.Task[T] = asyncio.ensure_future(load())
+            self._entries[key] = (now + ttl, task)
+            task.add_done_callback(lambda done: self._forget_failure(key, done))
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+            task = entry[1]
+        # Shielded: one caller giving up must not cancel the query for the rest.
+        return await asyncio.shield(task)
+
+    def _forget_failure(self, key: object, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] is task:
+                del self._entries[key]

@@ -1,0 +1,189 @@
+"""How the BigQuery store cuts a page of first copies, and what a page may cost.
+
+The invariant every page keeps: it returns the first copy of each message whose
+first copy lies after the cursor, in `(ingest_time, message_id)` order, and its
+resume key is the last row it *examined*, so the next page neither repeats nor
+skips a row. A row is a later copy, and hidden, when an earlier copy of its
+message lies within its look-back: after its publish time (less the clock
+margin) and within the dedupe window. Every copy of a message is stored after
+Pub/Sub published it, so that window holds every earlier copy there can be.
+
+What a page costs is bounded by construction (each query bills at least the
+10 MiB minimum): one scan per range in `PAGE_SPANS_MICROS` while too few rows
+are found; when the widest range is empty, one look-up of partition metadata
+and one of that day's first row, then the same widening scans from there;
+finally, at most one query for the earlier copies of the rows whose look-back
+starts before the scan. `MAX_QUERIES_PER_PAGE` is that sum, and a test holds
+every page to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Final
+
+from app.records import Record, Rejection, row_of
+from app.store import PageQuery, RecordPage, RejectionPage
+from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
+from app.store.bigquery.sql import Statements
+
+# Time ranges one page scans, widened in turn while it finds fewer rows than
+# it may return. A page pays for every block its range touches, so the first
+# range is short (5 minutes is 30,000 rows at 100 msg/s, more than any page);
+# a sparse stream widens to an hour, then a day, the most one page scans.
+# A page that found too few rows even then ends where its scan ended and the
+# next one goes on from there, instead of scanning to the horizon.
+PAGE_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, 86_400_000_000)
+
+# Two rounds of widening scans, the jump's two look-ups, one earlier-copies query.
+MAX_QUERIES_PER_PAGE: Final = 2 * len(PAGE_SPANS_MICROS) + 2 + 1
+
+# Every copy of a message is stored after Pub/Sub published it, so an earlier
+# copy of a row lies between its publish_time and its ingest_time, not
+# anywhere in the dedupe window. The margin covers the clocks of Pub/Sub and
+# of this service disagreeing (NTP keeps them within milliseconds).
+CLOCK_SKEW_MICROS: Final = 60_000_000
+
+# A page's scan starts this far before its cursor, so that the earlier
+# copies of rows published up to (this - skew) before being stored, which is
+# nearly every row, are found by the page's own query. Rows that waited
+# longer (a backlog draining) are checked by a second, indexed query.
+EARLIER_COPIES_MICROS: Final = 120_000_000
+
+_DAY_MICROS: Final = 86_400_000_000
+# Twice the 30 minutes rows stay in write-optimized storage, where partition
+# metadata may not count them yet.
+_METADATA_LAG_MICROS: Final = 3_600_000_000
+
+Params = Callable[[PageQuery, int], dict[str, QueryValue]]
+
+
+def _day(micros: int) -> str:
+    """The id of the day partition holding `micros`: YYYYMMDD, UTC."""
+    return datetime.fromtimestamp(micros // 1_000_000, tz=UTC).strftime("%Y%m%d")
+
+
+class Pager:
+    """Pages of records and of rejections, cut by the rules in the module notes."""
+
+    def __init__(
+        self, run: QueryRunner, statements: Statements, *, dedupe_window_micros: int
+    ) -> None:
+        self._run = run.run
+        self._sql = statements
+        self._window = dedupe_window_micros
+
+    async def page(self, query: PageQuery) -> RecordPage:
+        found, end = await self._scan(query, self._sql.page, self._page_params)
+        if len(found) < query.limit and end < query.before_time:
+            # Nothing near the cursor: jump to the next day that holds rows.
+            start = await self._next_rows(end, query.before_time)
+            if start > end:
+                query = PageQuery(
+                    after_time=start,
+                    after_message_id="",
+                    before_time=query.before_time,
+                    limit=query.limit,
+                )
+                found, end = await self._scan(query, self._sql.page, self._page_params)
+        candidates = [row_of(Record, row[:-1]) for row in found]
+        hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
+        records = [r for r in candidates if r.message_id not in hidden]
+        # Later copies left out still moved the cursor: it follows the candidates.
+        return RecordPage(records, *query.resume(candidates, end))
+
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        # Bounded like a records page: at most a day is scanned, and a page
+        # that found too few rows ends where its scan ended. There is no jump
+        # over empty days (rejections are listed rarely, not followed), and no
+        # dedupe pass: a message rejected on two deliveries is listed twice
+        # (replay is idempotent).
+        found, end = await self._scan(query, self._sql.rejections, self._rejections_params)
+        rows = [row_of(Rejection, row) for row in found]
+        return RejectionPage(rows, *query.resume(rows, end))
+
+    async def _scan(self, query: PageQuery, sql: str, params: Params) -> tuple[Rows, int]:
+        """Rows after the cursor over widening ranges, and where the last scan ended."""
+        end = query.before_time
+        found: Rows = []
+        for span in PAGE_SPANS_MICROS:
+            end = min(query.before_time, query.after_time + span)
+            found = await self._run(sql, params(query, end))
+            if len(found) == query.limit or end == query.before_time:
+                break
+        return found, end
+
+    def _page_params(self, query: PageQuery, end: int) -> dict[str, QueryValue]:
+        return {
+            "reach": query.after_time - EARLIER_COPIES_MICROS,
+            "end": end,
+            "after_time": query.after_time,
+            "after_message_id": query.after_message_id,
+            "clock_skew": CLOCK_SKEW_MICROS,
+            "window": self._window,
+            "limit": query.limit,
+        }
+
+    @staticmethod
+    def _rejections_params(query: PageQuery, end: int) -> dict[str, QueryValue]:
+        return {
+            "end": end,
+            "after_time": query.after_time,
+            "after_message_id": query.after_message_id,
+            "limit": query.limit,
+        }
+
+    async def _next_rows(self, after: int, before: int) -> int:
+        """Where the first partition at or after `after` that holds rows starts.
+
+        Rows still in write-optimized storage (the last 30 minutes) may not be
+        counted in partition metadata yet, so the jump never passes the start
+        of the day that held `before` an hour earlier: that day is scanned.
+        """
+        floor = (before - _METADATA_LAG_MICROS) // _DAY_MICROS * _DAY_MICROS
+        if after >= floor:
+            return after
+        params: dict[str, QueryValue] = {
+            "table": "records",
+            "from_day": _day(after),
+            "before_day": _day(floor),
+        }
+        ((first,),) = await self._run(self._sql.next_partition, params)
+        if first is None:
+            return floor
+        day = int(datetime.strptime(first, "%Y%m%d").replace(tzinfo=UTC).timestamp()) * 1_000_000
+        # The day's first row, read from ingest_time alone: a page starting
+        # at midnight would scan the hours before it with every column.
+        since = max(after, day)
+        bounds: dict[str, QueryValue] = {"since": since, "until": day + _DAY_MICROS}
+        ((row,),) = await self._run(self._sql.first_row, bounds)
+        return since if row is None else int(row)
+
+    def _look_back(self, record: Record) -> int:
+        """Where an earlier copy of this row may start: after its publish, within the window."""
+        return max(record.publish_time - CLOCK_SKEW_MICROS, record.ingest_time - self._window)
+
+    async def _hidden(
+        self, candidates: list[Record], previous: list[int | None], after_time: int
+    ) -> set[str]:
+        """Message ids among `candidates` whose earlier copy lies before the page's scan."""
+        reach = after_time - EARLIER_COPIES_MICROS
+        unsure = [
+            r
+            for r, before in zip(candidates, previous, strict=True)
+            if before is None and self._look_back(r) < reach
+        ]
+        if not unsure:
+            return set()
+        params: dict[str, QueryValue] = {
+            "message_ids": sorted({r.message_id for r in unsure}),
+            "since": min(self._look_back(r) for r in unsure),
+            "reach": reach,
+        }
+        last_copy: dict[str, int] = dict(await self._run(self._sql.earlier_copies, params))
+        return {
+            r.message_id
+            for r in unsure
+            if r.message_id in last_copy and last_copy[r.message_id] >= self._look_back(r)
+        }

@@ -1,0 +1,205 @@
+"""The SQL of the BigQuery store: every statement it runs, and why each prunes.
+
+On-demand BigQuery bills every referenced column of every partition and
+clustered block a query cannot prune, at least 10 MiB per table referenced.
+The tables are partitioned by day on `ingest_time`, clustered on it, and have
+search indexes on `id` and `message_id`: each statement below filters on
+constants (query parameters) that those can use, and names the few columns it
+needs. Values are always named parameters; only the dataset's own table names,
+held to BigQuery's character set, are put into the text.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+from app.records import Kind, Record, Rejection, Row, columns
+
+
+def select_list(row_type: type[Row], alias: str) -> str:
+    # Timestamps come back as int microseconds and JSON as its text, which is
+    # what a Record holds: no datetime or dict is built per row.
+    out = []
+    for column in columns(row_type):
+        name = f"{alias}.`{column.name}`"
+        match column.kind:
+            case Kind.TIMESTAMP:
+                out.append(f"UNIX_MICROS({name}) AS `{column.name}`")
+            case Kind.JSON:
+                out.append(f"TO_JSON_STRING({name}) AS `{column.name}`")
+            case _:
+                out.append(name)
+    return ", ".join(out)
+
+
+def page_sql(records: str) -> str:
+    # One scan of [reach, end): constant bounds on ingest_time, the partition
+    # and first clustering column, so only the blocks of that range are read.
+    # A message's first copy is the one with the smallest ingest_time (then
+    # publish_time, trace_id, subscription, so byte-identical copies of a
+    # resent batch keep one). A row is shown unless the copy before it lies
+    # within its look-back: after its publish time (less the clock margin)
+    # and within the dedupe window. `previous_copy` is returned so the store
+    # can tell which rows' look-back reaches before the scan.
+    return f"""
+SELECT {select_list(Record, "c")}, UNIX_MICROS(c.previous_copy) AS previous_copy
+FROM (
+  SELECT r.*, LAG(r.ingest_time) OVER (
+    PARTITION BY r.message_id ORDER BY r.ingest_time, r.publish_time, r.trace_id, r.subscription
+  ) AS previous_copy
+  FROM {records} AS r
+  WHERE r.ingest_time >= TIMESTAMP_MICROS(@reach)
+    AND r.ingest_time < TIMESTAMP_MICROS(@end)
+) AS c
+WHERE c.ingest_time >= TIMESTAMP_MICROS(@after_time)
+  AND (c.ingest_time > TIMESTAMP_MICROS(@after_time) OR c.message_id > @after_message_id)
+  AND (
+    c.previous_copy IS NULL
+    OR UNIX_MICROS(c.previous_copy) < GREATEST(
+      UNIX_MICROS(c.publish_time) - @clock_skew, UNIX_MICROS(c.ingest_time) - @window
+    )
+  )
+ORDER BY c.ingest_time, c.message_id
+LIMIT @limit
+""".strip()
+
+
+def earlier_copies_sql(records: str) -> str:
+    # For the few rows whose look-back starts before the page's scan: the
+    # latest copy of each before the scan. A constant IN list and a constant
+    # range, so the search index on message_id and the partitions prune.
+    return f"""
+SELECT e.message_id, UNIX_MICROS(MAX(e.ingest_time)) AS last_copy
+FROM {records} AS e
+WHERE e.message_id IN UNNEST(@message_ids)
+  AND e.ingest_time >= TIMESTAMP_MICROS(@since)
+  AND e.ingest_time < TIMESTAMP_MICROS(@reach)
+GROUP BY e.message_id
+""".strip()
+
+
+def rejections_sql(rejected: str) -> str:
+    # The same constant range as a records page, on the same partitioning and
+    # clustering column; rejections are rare, so no dedupe pass is made: a
+    # message rejected on two deliveries is listed twice (replay is idempotent).
+    return f"""
+SELECT {select_list(Rejection, "j")}
+FROM {rejected} AS j
+WHERE j.ingest_time >= TIMESTAMP_MICROS(@after_time)
+  AND j.ingest_time < TIMESTAMP_MICROS(@end)
+  AND (j.ingest_time > TIMESTAMP_MICROS(@after_time) OR j.message_id > @after_message_id)
+ORDER BY j.ingest_time, j.message_id
+LIMIT @limit
+""".strip()
+
+
+def next_partition_sql(partitions: str) -> str:
+    # Partition metadata: which day after an empty scan holds rows, for the
+    # price of the 10 MiB minimum instead of a scan of every day between.
+    return f"""
+SELECT MIN(p.partition_id) AS partition_id
+FROM {partitions} AS p
+WHERE p.table_name = @table
+  AND p.partition_id >= @from_day
+  AND p.partition_id < @before_day
+  AND p.total_rows > 0
+""".strip()
+
+
+def first_row_sql(records: str) -> str:
+    # Where the rows of one day partition start: one narrow column of one day.
+    return f"""
+SELECT UNIX_MICROS(MIN(r.ingest_time)) AS first_row
+FROM {records} AS r
+WHERE r.ingest_time >= TIMESTAMP_MICROS(@since)
+  AND r.ingest_time < TIMESTAMP_MICROS(@until)
+""".strip()
+
+
+def latest_sql(records: str) -> str:
+    # An event time beats none (NULLS LAST), then the later publish, then the
+    # later write; message_id only makes the choice deterministic. `id = @id`
+    # is served by the search index: only blocks holding the id are read.
+    return f"""
+SELECT {select_list(Record, "r")}
+FROM {records} AS r
+WHERE r.id = @id
+  AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+ORDER BY r.`timestamp` DESC NULLS LAST, r.publish_time DESC, r.ingest_time DESC, r.message_id DESC
+LIMIT 1
+""".strip()
+
+
+def stored_sql(records: str) -> str:
+    return f"""
+SELECT {select_list(Record, "r")}
+FROM {records} AS r
+WHERE r.message_id = @message_id
+  AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+ORDER BY r.ingest_time
+LIMIT 1
+""".strip()
+
+
+def rejected_sql(rejected: str) -> str:
+    return f"""
+SELECT UNIX_MICROS(j.ingest_time) AS ingest_time, j.reason
+FROM {rejected} AS j
+WHERE j.message_id = @message_id
+  AND j.ingest_time >= TIMESTAMP_MICROS(@not_before)
+ORDER BY j.ingest_time
+LIMIT 1
+""".strip()
+
+
+def seen_sql(records: str, rejected: str) -> str:
+    # Only message_id and ingest_time are read (bytes billed are per column),
+    # and `IN UNNEST(@message_ids)` is served by both tables' search indexes:
+    # one query answers for a replay batch of up to 100 messages.
+    return f"""
+SELECT DISTINCT r.message_id, 'stored' AS state
+FROM {records} AS r
+WHERE r.message_id IN UNNEST(@message_ids)
+  AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+UNION ALL
+SELECT DISTINCT j.message_id, 'rejected' AS state
+FROM {rejected} AS j
+WHERE j.message_id IN UNNEST(@message_ids)
+  AND j.ingest_time >= TIMESTAMP_MICROS(@not_before)
+""".strip()
+
+
+# The readiness probe: it references no table, so BigQuery bills it nothing.
+CHECK_SQL: Final = "SELECT 1"
+
+
+class Statements(NamedTuple):
+    """Every statement, for the tables of one dataset."""
+
+    page: str
+    earlier_copies: str
+    first_row: str
+    next_partition: str
+    latest: str
+    stored: str
+    rejected: str
+    rejections: str
+    seen: str
+
+    @classmethod
+    def for_dataset(cls, project: str, dataset: str) -> Statements:
+        def table(name: str) -> str:
+            return f"`{project}.{dataset}.{name}`"
+
+        records, rejected = table("records"), table("rejected")
+        return cls(
+            page=page_sql(records),
+            earlier_copies=earlier_copies_sql(records),
+            first_row=first_row_sql(records),
+            next_partition=next_partition_sql(table("INFORMATION_SCHEMA.PARTITIONS")),
+            latest=latest_sql(records),
+            stored=stored_sql(records),
+            rejected=rejected_sql(rejected),
+            rejections=rejections_sql(rejected),
+            seen=seen_sql(records, rejected),
+        )

@@ -1,0 +1,338 @@
+"""The production store: BigQuery, written through the Storage Write API.
+
+Writes go to each table's `_default` stream through one long-lived AppendRows
+connection per table (`storage_write.StorageWriter`, rows encoded by
+`proto.RowEncoder`); reads are short queries with named parameters
+(`queries.QueryRunner`), whose statements are in `sql.py` and whose paging is
+in `paging.py`, with an optional read cache (`cache.py`).
+
+The tables themselves belong to Terraform, whose JSON schemas come from
+`app.records`; `start()` only opens clients and touches no table. Their layout
+is what keeps reads billed by the answer rather than by the table: day
+partitions on `ingest_time`, clustered on `ingest_time` so that a page's time
+range prunes inside a day, and search indexes on `id` and `message_id` so that
+a lookup reads only the blocks that hold its key. Every query carries
+`maximum_bytes_billed`, and its bill goes to the injected `QueryObserver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+import google.auth
+import grpc
+import msgspec
+from google.cloud.bigquery_storage_v1.services.big_query_write import BigQueryWriteAsyncClient
+from google.cloud.bigquery_storage_v1.services.big_query_write.transports import (
+    BigQueryWriteGrpcAsyncIOTransport,
+)
+
+from app.errors import StoreUnavailable
+from app.records import Record, Rejection, delivery, row_of
+from app.settings import QuerySettings, Settings, StoreSettings
+from app.store import (
+    MessageState,
+    MessageStatus,
+    PageQuery,
+    QueryObserver,
+    RecordPage,
+    RejectionPage,
+    RowOutcome,
+    UnknownStore,
+    message_states,
+)
+from app.store.bigquery.cache import ReadCache
+from app.store.bigquery.paging import Pager
+from app.store.bigquery.proto import RowEncoder
+from app.store.bigquery.queries import QueryRunner, QueryValue
+from app.store.bigquery.sql import CHECK_SQL, Statements
+from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
+
+log = logging.getLogger(__name__)
+
+# bigquery://PROJECT/DATASET. Both names are put into SQL as identifiers (values
+# never are), so they are held to BigQuery's own character sets.
+_URL: Final = re.compile(
+    r"bigquery://(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])/(?P<dataset>[A-Za-z0-9_]{1,1024})/?"
+)
+
+# Lower bound of the `ingest_time` range for lookups that span all history.
+# The tables may require a partition filter; for these reads the search
+# indexes on `id` and `message_id` do the pruning, so the range is explicit
+# rather than selective.
+_ALL_TIME: Final = 0
+
+
+class _Payload(msgspec.Struct, omit_defaults=True):
+    id: str
+    data: msgspec.Raw
+    timestamp: str | None = None
+
+
+def refused_record(record: Record, reason: str) -> Rejection:
+    """The rejection stored for a record BigQuery would not take.
+
+    The raw message is gone by now, so its payload is rebuilt from the record:
+    replaying it publishes the same id, event time and data.
+    """
+    timestamp = None
+    if record.timestamp is not None:
+        moment = datetime.fromtimestamp(record.timestamp / 1e6, tz=UTC)
+        timestamp = moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    payload = _Payload(id=record.id, data=msgspec.Raw(record.data.encode()), timestamp=timestamp)
+    return Rejection(
+        **delivery(record),
+        data=msgspec.json.encode(payload),
+        reason=f"BigQuery refused the row: {reason}",
+    )
+
+
+class BigQueryStore:
+    """Records and rejections in BigQuery; see the module notes."""
+
+    def __init__(
+        self,
+        project: str,
+        dataset: str,
+        *,
+        store: StoreSettings,
+        query: QuerySettings,
+        query_endpoint: str | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        observer: QueryObserver | None = None,
+    ) -> None:
+        self.project = project
+        self.dataset = dataset
+        self.settle_micros = int(store.settle_seconds * 1_000_000)
+        # Concurrent `append` calls worth making: each writer keeps this many
+        # requests in flight, and more callers would only queue behind them.
+        self.max_in_flight = max_in_flight
+        self._write_deadline = store.write_deadline_seconds
+        self._write_endpoint = store.bigquery_write_endpoint or None
+        self._cache = ReadCache(store.read_cache_seconds)
+        self._records_encoder = RowEncoder(Record)
+        self._rejected_encoder = RowEncoder(Rejection)
+        self._sql = Statements.for_dataset(project, dataset)
+        self._queries = QueryRunner(
+            project,
+            timeout=store.query_timeout_seconds,
+            max_bytes_billed=query.max_bytes_billed,
+            endpoint=query_endpoint,
+            observer=observer,
+        )
+        self._pager = Pager(
+            self._queries,
+            self._sql,
+            dedupe_window_micros=int(query.dedupe_window_seconds * 1_000_000),
+        )
+        self._write_client: BigQueryWriteAsyncClient | None = None
+        self._records: StorageWriter | None = None
+        self._rejected: StorageWriter | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        settings: Settings,
+        *,
+        emulator: str | None = None,
+        observer: QueryObserver | None = None,
+    ) -> BigQueryStore:
+        """The store a `bigquery://PROJECT/DATASET` URL names; `emulator` is a
+        `jobs.query` endpoint to send queries to with anonymous credentials."""
+        match = _URL.fullmatch(url)
+        if match is None:
+            raise UnknownStore(f"not a bigquery://PROJECT/DATASET URL: {url!r}")
+        return cls(
+            match["project"],
+            match["dataset"],
+            store=settings.store,
+            query=settings.query,
+            query_endpoint=emulator,
+            observer=observer,
+        )
+
+    def _table_path(self, table: str) -> str:
+        return f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
+
+    async def start(self) -> None:
+        if self._records is not None:
+            return
+        self._write_client = await self._open_write_client()
+        await self._queries.start()
+        self._records = StorageWriter(
+            self._write_client,
+            self._table_path("records"),
+            self._records_encoder.descriptor,
+            max_in_flight=self.max_in_flight,
+        )
+        self._rejected = StorageWriter(
+            self._write_client,
+            self._table_path("rejected"),
+            self._rejected_encoder.descriptor,
+            max_in_flight=self.max_in_flight,
+        )
+        await self._records.start()
+        await self._rejected.start()
+
+    async def _open_write_client(self) -> BigQueryWriteAsyncClient:
+        if self._write_endpoint is not None:
+            channel = grpc.aio.insecure_channel(
+                self._write_endpoint,
+                options=[
+                    ("grpc.max_send_message_length", -1),
+                    ("grpc.max_receive_message_length", -1),
+                ],
+            )
+            # With a channel of its own the transport looks for no credentials.
+            transport = BigQueryWriteGrpcAsyncIOTransport(channel=channel)
+            return BigQueryWriteAsyncClient(transport=transport)
+        # Finding default credentials may ask the metadata server: not on the loop.
+        credentials, _ = await asyncio.to_thread(
+            google.auth.default, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+        return BigQueryWriteAsyncClient(credentials=credentials)
+
+    async def close(self) -> None:
+        for writer in (self._records, self._rejected):
+            if writer is not None:
+                await writer.close()
+        self._records = self._rejected = None
+        if self._write_client is not None:
+            await self._write_client.transport.close()  # type: ignore[no-untyped-call]
+            self._write_client = None
+        await self._queries.close()
+
+    async def barrier(self) -> None:
+        # An append returns once BigQuery committed it; reads see it already.
+        return None
+
+    def read_horizon(self, now: int) -> int:
+        # Another instance may still be committing rows stamped up to a write
+        # deadline ago; pages stay behind that.
+        return now - self.settle_micros
+
+    async def check(self) -> None:
+        records, rejected = self._writers()
+        await self._queries.run(CHECK_SQL, {}, tables=0)
+        for writer in (records, rejected):
+            if writer.failure is not None:
+                raise StoreUnavailable(writer.failure)
+
+    # Writing
+
+    def _writers(self) -> tuple[StorageWriter, StorageWriter]:
+        if self._records is None or self._rejected is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        return self._records, self._rejected
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        records_writer, rejected_writer = self._writers()
+        deadline = asyncio.get_running_loop().time() + self._write_deadline
+        records: list[Record] = []
+        rejections: list[Rejection] = []
+        for row in rows:
+            if isinstance(row, Record):
+                records.append(row)
+            else:
+                rejections.append(row)
+        encode_record = self._records_encoder.encode
+        encode_rejection = self._rejected_encoder.encode
+
+        record_outcomes: Sequence[str | None] = ()
+        if records and rejections:
+            # Both finish (each within the deadline) before either error is
+            # raised, so no write is left running unobserved.
+            record_result, rejection_result = await asyncio.gather(
+                records_writer.append([encode_record(r) for r in records], deadline),
+                rejected_writer.append([encode_rejection(r) for r in rejections], deadline),
+                return_exceptions=True,
+            )
+            if isinstance(record_result, BaseException):
+                raise record_result
+            if isinstance(rejection_result, BaseException):
+                raise rejection_result
+            record_outcomes = record_result
+            _require_stored(rejection_result, rejected_writer)
+        elif records:
+            record_outcomes = await records_writer.append(
+                [encode_record(r) for r in records], deadline
+            )
+        elif rejections:
+            _require_stored(
+                await rejected_writer.append([encode_rejection(r) for r in rejections], deadline),
+                rejected_writer,
+            )
+
+        refused = [
+            refused_record(record, reason)
+            for record, reason in zip(records, record_outcomes, strict=True)
+            if reason is not None
+        ]
+        if refused:
+            log.warning("BigQuery refused %d rows; storing them as rejections", len(refused))
+            _require_stored(
+                await rejected_writer.append([encode_rejection(r) for r in refused], deadline),
+                rejected_writer,
+            )
+        if not refused:
+            return [None] * len(rows)
+        by_record = iter(record_outcomes)
+        return [next(by_record) if isinstance(row, Record) else None for row in rows]
+
+    # Reading
+
+    async def page(self, query: PageQuery) -> RecordPage:
+        return await self._cache.get(("page", query), lambda: self._pager.page(query))
+
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        return await self._pager.rejections(query)
+
+    async def latest(self, record_id: str) -> Record | None:
+        params: dict[str, QueryValue] = {"id": record_id, "not_before": _ALL_TIME}
+
+        async def load() -> Record | None:
+            found = await self._queries.run(self._sql.latest, params)
+            return row_of(Record, found[0]) if found else None
+
+        return await self._cache.get(("latest", record_id), load)
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        params: dict[str, QueryValue] = {"message_id": message_id, "not_before": _ALL_TIME}
+
+        async def load() -> MessageStatus | None:
+            stored = await self._queries.run(self._sql.stored, params)
+            if stored:
+                record = row_of(Record, stored[0])
+                return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
+            rejected = await self._queries.run(self._sql.rejected, params)
+            if rejected:
+                ingest_time, reason = rejected[0]
+                return MessageStatus(status="rejected", ingest_time=ingest_time, reason=reason)
+            return None
+
+        return await self._cache.get(("message", message_id), load)
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        # Not cached: replay asks it right before writing what it did not find.
+        if not message_ids:
+            return {}
+        params: dict[str, QueryValue] = {
+            "message_ids": sorted(set(message_ids)),
+            "not_before": _ALL_TIME,
+        }
+        return message_states(await self._queries.run(self._sql.seen, params, tables=2))
+
+
+def _require_stored(outcomes: Sequence[str | None], writer: StorageWriter) -> None:
+    # A rejection is the last resort: if BigQuery refuses even that, nothing can
+    # hold the message, so it must not be acknowledged.
+    reasons = [reason for reason in outcomes if reason is not None]
+    if reasons:
+        log.error("%s refused %d rejections: %s", writer.table, len(reasons), reasons[0])
+        raise StoreUnavailable(f"{writer.table} refused a rejection: {reasons[0]}")
