@@ -36,7 +36,8 @@ from app.store.bigquery.sql import Statements
 # next one goes on from there, instead of scanning to the horizon.
 PAGE_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, 86_400_000_000)
 
-# Two rounds of widening scans, the jump's two look-ups, one earlier-copies query.
+# Two rounds of widening scans, the jump's two look-ups, one earlier-copies
+# query (records only: a rejections page makes one query fewer at most).
 MAX_QUERIES_PER_PAGE: Final = 2 * len(PAGE_SPANS_MICROS) + 2 + 1
 
 # Every copy of a message is stored after Pub/Sub published it, so an earlier
@@ -75,18 +76,9 @@ class Pager:
         self._window = dedupe_window_micros
 
     async def page(self, query: PageQuery) -> RecordPage:
-        found, end = await self._scan(query, self._sql.page, self._page_params)
-        if len(found) < query.limit and end < query.before_time:
-            # Nothing near the cursor: jump to the next day that holds rows.
-            start = await self._next_rows(end, query.before_time)
-            if start > end:
-                query = PageQuery(
-                    after_time=start,
-                    after_message_id="",
-                    before_time=query.before_time,
-                    limit=query.limit,
-                )
-                found, end = await self._scan(query, self._sql.page, self._page_params)
+        query, found, end = await self._scan_or_jump(
+            query, self._sql.page, self._page_params, "records", self._sql.first_row
+        )
         candidates = [row_of(Record, row[:-1]) for row in found]
         hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
         records = [r for r in candidates if r.message_id not in hidden]
@@ -94,14 +86,37 @@ class Pager:
         return RecordPage(records, *query.resume(candidates, end))
 
     async def rejections(self, query: PageQuery) -> RejectionPage:
-        # Bounded like a records page: at most a day is scanned, and a page
-        # that found too few rows ends where its scan ended. There is no jump
-        # over empty days (rejections are listed rarely, not followed), and no
-        # dedupe pass: a message rejected on two deliveries is listed twice
-        # (replay is idempotent).
-        found, end = await self._scan(query, self._sql.rejections, self._rejections_params)
+        # Cut like a records page, without the dedupe pass: a message rejected
+        # on two deliveries is listed twice (replay is idempotent).
+        _, found, end = await self._scan_or_jump(
+            query,
+            self._sql.rejections,
+            self._rejections_params,
+            "rejected",
+            self._sql.first_rejection,
+        )
         rows = [row_of(Rejection, row) for row in found]
         return RejectionPage(rows, *query.resume(rows, end))
+
+    async def _scan_or_jump(
+        self, query: PageQuery, sql: str, params: Params, table: str, first_row: str
+    ) -> tuple[PageQuery, Rows, int]:
+        """The widening scans after the cursor; if even a day held too few rows,
+        the same scans from the next day of `table` that holds any. Returns the
+        query the rows answer (its cursor moved by a jump), the rows, and
+        where the last scan ended."""
+        found, end = await self._scan(query, sql, params)
+        if len(found) < query.limit and end < query.before_time:
+            start = await self._next_rows(end, query.before_time, table, first_row)
+            if start > end:
+                query = PageQuery(
+                    after_time=start,
+                    after_message_id="",
+                    before_time=query.before_time,
+                    limit=query.limit,
+                )
+                found, end = await self._scan(query, sql, params)
+        return query, found, end
 
     async def _scan(self, query: PageQuery, sql: str, params: Params) -> tuple[Rows, int]:
         """Rows after the cursor over widening ranges, and where the last scan ended."""
@@ -134,7 +149,7 @@ class Pager:
             "limit": query.limit,
         }
 
-    async def _next_rows(self, after: int, before: int) -> int:
+    async def _next_rows(self, after: int, before: int, table: str, first_row: str) -> int:
         """Where the first partition at or after `after` that holds rows starts.
 
         Rows still in write-optimized storage (the last 30 minutes) may not be
@@ -145,7 +160,7 @@ class Pager:
         if after >= floor:
             return after
         params: dict[str, QueryValue] = {
-            "table": "records",
+            "table": table,
             "from_day": _day(after),
             "before_day": _day(floor),
         }
@@ -157,7 +172,7 @@ class Pager:
         # at midnight would scan the hours before it with every column.
         since = max(after, day)
         bounds: dict[str, QueryValue] = {"since": since, "until": day + _DAY_MICROS}
-        ((row,),) = await self._run(self._sql.first_row, bounds)
+        ((row,),) = await self._run(first_row, bounds)
         return since if row is None else int(row)
 
     def _look_back(self, record: Record) -> int:

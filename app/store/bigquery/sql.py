@@ -106,26 +106,34 @@ WHERE p.table_name = @table
 """.strip()
 
 
-def first_row_sql(records: str) -> str:
+def first_row_sql(table: str) -> str:
     # Where the rows of one day partition start: one narrow column of one day.
     return f"""
 SELECT UNIX_MICROS(MIN(r.ingest_time)) AS first_row
-FROM {records} AS r
+FROM {table} AS r
 WHERE r.ingest_time >= TIMESTAMP_MICROS(@since)
   AND r.ingest_time < TIMESTAMP_MICROS(@until)
 """.strip()
 
 
 def latest_sql(records: str) -> str:
-    # An event time beats none (NULLS LAST), then the later publish, then the
+    # Among first copies only (a later copy of a message is never shown), an
+    # event time beats none (NULLS LAST), then the later publish, then the
     # later write; message_id only makes the choice deterministic. `id = @id`
-    # is served by the search index: only blocks holding the id are read.
+    # is served by the search index: only blocks holding the id are read, and
+    # ranking copies there reads no other column or block.
     return f"""
-SELECT {select_list(Record, "r")}
-FROM {records} AS r
-WHERE r.id = @id
-  AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
-ORDER BY r.`timestamp` DESC NULLS LAST, r.publish_time DESC, r.ingest_time DESC, r.message_id DESC
+SELECT {select_list(Record, "c")}
+FROM (
+  SELECT r.*, ROW_NUMBER() OVER (
+    PARTITION BY r.message_id ORDER BY r.ingest_time, r.publish_time, r.trace_id, r.subscription
+  ) AS copy
+  FROM {records} AS r
+  WHERE r.id = @id
+    AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+) AS c
+WHERE c.copy = 1
+ORDER BY c.`timestamp` DESC NULLS LAST, c.publish_time DESC, c.ingest_time DESC, c.message_id DESC
 LIMIT 1
 """.strip()
 
@@ -179,6 +187,7 @@ class Statements(NamedTuple):
     page: str
     earlier_copies: str
     first_row: str
+    first_rejection: str
     next_partition: str
     latest: str
     stored: str
@@ -196,6 +205,7 @@ class Statements(NamedTuple):
             page=page_sql(records),
             earlier_copies=earlier_copies_sql(records),
             first_row=first_row_sql(records),
+            first_rejection=first_row_sql(rejected),
             next_partition=next_partition_sql(table("INFORMATION_SCHEMA.PARTITIONS")),
             latest=latest_sql(records),
             stored=stored_sql(records),
