@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.di import Provide
@@ -20,12 +20,12 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from app.auth.guards import Auth
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
-from app.ingest.replay import Replay, replay
-from app.ingest.routes import push
+from app.ingest.replay import Replay
+from app.ingest.routes import PUSH_ROUTES, REPLAY_ROUTES
 from app.ingest.service import Ingest
 from app.problems import PROBLEMS, describe_problem
 from app.query.page_token import PageTokens
-from app.query.routes import get_message, get_record, list_records, list_rejections
+from app.query.routes import READ_ROUTES
 from app.query.service import Reader
 from app.settings import Settings
 from app.store import Store, open_store
@@ -70,19 +70,23 @@ def create_app(
     readiness = Readiness(store, auth=auth.check)
     telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
 
+    async def drain() -> None:
+        readiness.stopping = True
+        await batcher.close(grace=settings.server.shutdown_grace_seconds)
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await store.start()
-        try:
+        # Undone in reverse, each step even when one before it failed: a store
+        # that fails to close still leaves telemetry flushed.
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(telemetry.shutdown)
+            await store.start()
+            stack.push_async_callback(store.close)
             await batcher.start()
+            stack.push_async_callback(drain)
             log.info("recordline ready on store %s", settings.store.url)
             yield
-        finally:
-            readiness.stopping = True
-            await batcher.close(grace=settings.server.shutdown_grace_seconds)
-            await store.close()
-            log.info("recordline stopped: accepted rows drained, store closed")
-            await telemetry.shutdown()
+        log.info("recordline stopped: accepted rows drained, store closed")
 
     traced = telemetry.middleware()
 
@@ -92,14 +96,9 @@ def create_app(
     return Litestar(
         route_handlers=[
             # Probes, scrapes and the docs are not traced: they say nothing about a message.
-            Router("/", route_handlers=[push], guards=auth.push_guards, middleware=traced),
-            Router(
-                "/",
-                route_handlers=[list_records, list_rejections, get_record, get_message],
-                guards=auth.read_guards,
-                middleware=traced,
-            ),
-            Router("/", route_handlers=[replay], guards=auth.replay_guards, middleware=traced),
+            Router("/", route_handlers=PUSH_ROUTES, guards=auth.push_guards, middleware=traced),
+            Router("/", route_handlers=READ_ROUTES, guards=auth.read_guards, middleware=traced),
+            Router("/", route_handlers=REPLAY_ROUTES, guards=auth.replay_guards, middleware=traced),
             healthz,
             readyz,
             describe_problem,

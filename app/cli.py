@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return tools[name].run(args)
         case name if name in DEV_TOOLS:
             print(
-                f"recordline {name}: a development tool, not installed with the service "
-                "(run it from a checkout: python3 dev.py, see README.md)",
+                f"recordline {name}: a development tool, not installed with the service; "
+                f"from a checkout, run `python3 dev.py {name}` (see README.md)",
                 file=sys.stderr,
             )
             return 2
@@ -82,11 +82,15 @@ class DevTool(Protocol):
 
 
 def _dev_tools() -> dict[str, DevTool]:
+    # Absent from the wheel and the image; in a checkout installed without the
+    # dev dependency group (`pip install -e .`) the package imports but its
+    # modules do not: either way the service's own commands must still run.
     try:
         from recordline_dev import commands
+
+        return dict(commands())
     except ImportError:
         return {}
-    return dict(commands())
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 
-# A 310-byte record in a ~570-byte envelope, the size PERF_NOTES.md measured.
+# A 310-byte record in a ~570-byte envelope: every ingest figure in the README
+# is measured at this size.
 DATA = {"text": "Ejemplo de datos", "values": [1, 2, 3], "note": "x" * 180}
 RECORD = json.dumps({"id": "r", "timestamp": "2024-04-27T12:00:00Z", "data": DATA})
 

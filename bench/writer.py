@@ -32,7 +32,7 @@ from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWrite
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "projects/bench/datasets/recordline/tables/records"
-# A 310-byte record, as in PERF_NOTES.md.
+# A 310-byte record, as in the ingest benchmarks (bench/harness.py).
 DATA = '{"text": "Ejemplo de datos", "values": [1, 2, 3], "note": "' + "x" * 180 + '"}'
 
 

@@ -9,6 +9,7 @@ itself defines.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,25 @@ def test_the_check_finds_private_imports_and_attributes(tmp_path: Path) -> None:
         "import litestar._asgi",
         "._middleware",
     ]
+
+
+def test_the_project_cites_only_its_own_files() -> None:
+    # Every Markdown file a comment or a document names must be in the repository.
+    root = Path(__file__).resolve().parent.parent
+    ours = {"app", "bench", "recordline_dev", "tests", "infra", "docs", ".github"}
+    sources = [
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix in {".py", ".md", ".tf", ".yml", ".sh"}
+        and (p.parent == root or p.relative_to(root).parts[0] in ours)
+    ]
+    present = {p.name for p in sources if p.suffix == ".md"}
+    cited = re.compile(r"\b([A-Z][A-Z_]+\.md)\b")
+    missing = {
+        f"{name} (in {path.relative_to(root)})"
+        for path in sources
+        for name in cited.findall(path.read_text())
+        if name not in present
+    }
+    assert missing == set()

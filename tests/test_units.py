@@ -174,3 +174,26 @@ def test_the_dev_tools_are_not_part_of_the_service(capsys: pytest.CaptureFixture
         for source in line.split()[1:-1]
     }
     assert copied == {"pyproject.toml", "uv.lock", "README.md", "app"}
+
+
+def test_the_service_commands_run_without_the_dev_tools_libraries() -> None:
+    # `pip install -e .` without the dev group: recordline_dev imports, its
+    # libraries (google-cloud-pubsub, rich) do not. The service's commands work.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "for name in ('google.cloud.pubsub_v1', 'rich', 'rich.progress', 'rich.console'):\n"
+        "    sys.modules[name] = None\n"
+        "from app.cli import main\n"
+        "assert main(['config']) == 0\n"
+        "sys.exit(main(['dev']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert "| `RECORDLINE_STORE` |" in done.stdout
+    assert "python3 dev.py dev" in done.stderr
+    assert "Traceback" not in done.stderr

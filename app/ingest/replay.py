@@ -1,4 +1,4 @@
-"""POST /v1/replay: messages that did not make it, through today's validation, once.
+"""Replay: messages that did not make it, through today's validation, once.
 
 An operator hands back messages as Pub/Sub delivered them (the rejected
 table's raw bytes, or a dead-letter subscription's messages), each under its
@@ -22,9 +22,6 @@ from collections.abc import Awaitable
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import post
-from litestar.di import NamedDependency
-from litestar.params import JSONBody
 from msgspec import Meta
 
 from app.ingest.envelope import PushedMessage
@@ -142,20 +139,3 @@ def _already(message_id: str) -> ReplayResult:
 
 def _rejected(message_id: str, reason: str | None) -> ReplayResult:
     return ReplayResult(message_id=message_id, outcome="rejected", reason=reason)
-
-
-@post(
-    "/v1/replay",
-    status_code=200,
-    summary="Replay messages through today's validation (operators only)",
-    description=(
-        f"Up to {MAX_REPLAY_MESSAGES} messages as Pub/Sub delivered them, each under its "
-        "original message id, publish time and attributes. Each is stored as a record if "
-        "today's validation accepts it, kept rejected if not, and skipped if a record with "
-        "its message id exists already. Answers once every stored row is durable; a 503 "
-        "means retry the request. `dry_run` says what would happen and stores nothing."
-    ),
-    tags=["operations"],
-)
-async def replay(data: JSONBody[ReplayRequest], replayer: NamedDependency[Replay]) -> ReplayAnswer:
-    return await replayer.replay(data)

@@ -149,3 +149,7 @@ async def get_record(reader: NamedDependency[Reader], record_id: PathId) -> Reco
 )
 async def get_message(reader: NamedDependency[Reader], message_id: PathId) -> MessageView:
     return await reader.message(message_id)
+
+
+# Called by readers.
+READ_ROUTES = [list_records, list_rejections, get_record, get_message]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from litestar import Response, get
@@ -86,6 +87,7 @@ class Telemetry:
         prometheus: bool = False,
         resource: Resource | None = None,
         export_interval_ms: float = math.inf,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.tracer_provider = tracer_provider
         histograms = push_histograms()
@@ -118,7 +120,7 @@ class Telemetry:
                 exemplar_filter=AlwaysOffExemplarFilter(),
             )
             meter = self.meter_provider.get_meter(INSTRUMENTATION)
-        self.metrics = Metrics(meter, histograms if readers else None)
+        self.metrics = Metrics(meter, histograms if readers else None, clock=clock)
         # Without a tracer provider, the API's no-op tracer: its spans carry
         # the current (the caller's) trace id, so rows and log lines keep it.
         self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(INSTRUMENTATION)

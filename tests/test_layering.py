@@ -1,0 +1,120 @@
+"""Imports run one way: routes and wiring on top, stores and rows at the bottom.
+
+Read from the code with `ast`, like tests/test_public_apis.py: every import in
+`app/`, at module level or inside a function, is checked against the layer
+its module belongs to. A layer may use the ones listed for it and nothing
+above; the web framework and the telemetry libraries stay in the layers that
+need them, so a store or a service can be imported, tested and reused without
+either.
+"""
+
+from __future__ import annotations
+
+import ast
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "app"
+
+# What each layer may import from the project, besides itself.
+MAY_USE: dict[str, set[str]] = {
+    "records": set(),
+    "errors": set(),
+    "settings": {"errors"},
+    "store": {"records", "errors", "settings"},
+    "ingest": {"store", "records", "errors", "settings"},
+    "query": {"store", "records", "errors", "settings"},
+    "auth": {"errors", "settings"},
+    "telemetry": {"store", "records", "errors", "settings"},
+    # Routes and wiring: the top, free to use everything below.
+    "web": {"ingest", "query", "auth", "telemetry", "store", "records", "errors", "settings"},
+}
+# Third-party packages only some layers may import (the framework, telemetry).
+RESTRICTED = {
+    "litestar": {"web", "auth", "telemetry"},
+    "opentelemetry": {"web", "telemetry"},
+    "prometheus_client": {"web", "telemetry"},
+    "uvicorn": {"web"},
+}
+# Modules of the top layer that live inside a feature package: each feature
+# owns its routes, which are wiring, not the feature's logic.
+WEB_MODULES = {"app.asgi", "app.cli", "app.health", "app.problems"}
+
+
+def layer(module: str) -> str:
+    if module in WEB_MODULES or module.endswith(".routes") or module == "app.auth.guards":
+        # Guards are the auth layer's face to the framework: still auth.
+        return "auth" if module == "app.auth.guards" else "web"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "web"
+
+
+def module_name(path: Path, app: Path = APP) -> str:
+    relative = path.relative_to(app.parent).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def violations(app: Path = APP) -> list[str]:
+    wrong = []
+    for path in sorted(app.rglob("*.py")):
+        module = module_name(path, app)
+        own = layer(module)
+        for line, name in imports(path):
+            where = f"{path.relative_to(app.parent)}:{line} imports {name}"
+            top = name.split(".")[0]
+            if top == "app":
+                other = layer(name)
+                if other != own and other not in MAY_USE[own]:
+                    wrong.append(f"{where} ({own} may not use {other})")
+            elif top in RESTRICTED and own not in RESTRICTED[top]:
+                wrong.append(f"{where} ({own} may not use {top})")
+    return wrong
+
+
+def test_the_layers_form_no_cycle() -> None:
+    try:
+        order = list(TopologicalSorter(MAY_USE).static_order())
+    except CycleError as exc:  # pragma: no cover - the table above is acyclic
+        raise AssertionError(f"the layer table has a cycle: {exc.args[1]}") from None
+    assert order[-1] == "web"
+    assert set(order) == set(MAY_USE)
+
+
+def test_every_module_imports_only_what_its_layer_may() -> None:
+    assert violations() == []
+
+
+def test_every_module_belongs_to_a_known_layer() -> None:
+    unknown = {module_name(p) for p in APP.rglob("*.py") if layer(module_name(p)) not in MAY_USE}
+    assert unknown == set()
+
+
+def test_the_check_finds_upward_imports(tmp_path: Path) -> None:
+    # The check itself must be able to fail: a store reaching for telemetry and
+    # the framework, and a service reaching for a route.
+    store = tmp_path / "app" / "store"
+    store.mkdir(parents=True)
+    (store / "bad.py").write_text(
+        "import litestar\n\ndef f():\n    from app.telemetry import record_query\n"
+    )
+    (tmp_path / "app" / "ingest").mkdir()
+    (tmp_path / "app" / "ingest" / "service.py").write_text("from app.query.routes import X\n")
+    assert violations(tmp_path / "app") == [
+        "app/ingest/service.py:1 imports app.query.routes (ingest may not use web)",
+        "app/store/bad.py:1 imports litestar (store may not use litestar)",
+        "app/store/bad.py:4 imports app.telemetry (store may not use telemetry)",
+    ]
