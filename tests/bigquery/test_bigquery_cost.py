@@ -225,3 +225,24 @@ async def test_a_replay_batch_is_one_query_of_two_columns(
     # every column each, each at least the 10 MiB minimum.
     assert len(one_by_one) == 60 + 2 * 40
     assert sum(batch) * 20 < sum(one_by_one), (sum(batch), sum(one_by_one))
+
+
+async def test_listing_rejections_is_billed_by_its_own_route(
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    settings = operator_settings(write_fake, jobs_fake)
+    async with served(create_app(settings)) as client:
+        bad = envelope(None, raw_data=b"not json")
+        assert (await client.post("/pubsub/push", json=bad)).status_code == 204
+        before = len(jobs_fake.queries)
+        listed = await client.get("/v1/rejections", params={"since": "2024-04-27T00:00:00Z"})
+        assert [r["message_id"] for r in listed.json()["rejections"]] == ["m-1"]
+        billed = sum(q.bill.bytes_billed for q in jobs_fake.queries[before:] if q.bill)
+        metrics = (await client.get("/metrics")).text
+    found = re.search(
+        r'^recordline_query_bytes_billed_bytes_total\{[^}]*route="/v1/rejections"[^}]*\} (\S+)$',
+        metrics,
+        re.M,
+    )
+    assert found is not None, metrics
+    assert float(found[1]) == billed >= 10 * MIB

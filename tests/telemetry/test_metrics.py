@@ -93,12 +93,38 @@ def test_queries_are_timed_by_route(client: TestClient[Litestar], observed: Obse
     client.get("/v1/records")
     client.get("/v1/records/1")
     client.get("/v1/messages/m-1")
+    client.get("/v1/rejections")
     routes = {p.attributes["route"]: p.count for p in observed.points("recordline.query.duration")}
     assert routes == {
         "/v1/records": 1,
         "/v1/records/{record_id}": 1,
         "/v1/messages/{message_id}": 1,
+        "/v1/rejections": 1,
     }
+
+
+def test_every_store_call_is_written_out_and_every_read_has_a_route() -> None:
+    # Nothing is forwarded in silence: a method added to the Store protocol
+    # fails here until ObservedStore says how it is observed.
+    import inspect
+
+    from app.store import Store
+    from app.telemetry.store import READ_METHODS, ObservedStore
+
+    protocol = {
+        name
+        for name, member in vars(Store).items()
+        if not name.startswith("_") and (inspect.isfunction(member) or name == "max_in_flight")
+    } | set(Store.__annotations__)
+    written = set(vars(ObservedStore)) | {"max_in_flight", "inner"}
+    assert protocol <= written, f"not observed: {protocol - written}"
+    reads = {
+        name
+        for name in protocol
+        if inspect.iscoroutinefunction(getattr(Store, name, None))
+        and name not in {"start", "close", "check", "barrier", "append"}
+    }
+    assert reads == set(READ_METHODS)
 
 
 def test_queue_depth_and_watermark_lag_are_gauges(
