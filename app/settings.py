@@ -124,6 +124,22 @@ class StoreSettings(Section, frozen=True):
             "queried with anonymous credentials",
         ),
     ] = ""
+    serving: Annotated[
+        str,
+        env(
+            "RECORDLINE_SERVING",
+            "`spanner://projects/P/instances/I/databases/D`: a serving tier beside the "
+            "BigQuery store, which recent rows are read from (see README, Serving tier); "
+            "empty: BigQuery serves every read",
+        ),
+    ] = ""
+    spanner_emulator_host: Annotated[
+        str,
+        env(
+            "SPANNER_EMULATOR_HOST",
+            "`host:port` of a Spanner emulator, used with anonymous credentials",
+        ),
+    ] = ""
     read_cache_seconds: Annotated[
         float,
         Meta(ge=0),

@@ -40,6 +40,7 @@ from app.records import TABLES, Record, columns
 from app.settings import QuerySettings, StoreSettings
 from app.store import PageQuery
 from app.store.bigquery.sql import latest_sql, rejected_sql, select_list, stored_sql
+from app.store.bigquery.store import END_OF_TIME as END
 from app.store.bigquery.store import BigQueryStore
 from tests.bigquery.billing import DOLLARS_PER_TIB, MIB, BillingModel, Layout
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
@@ -146,8 +147,12 @@ class Before:
         )
 
     async def message(self, message_id: str) -> None:
-        if not await self.query(stored_sql(RECORDS), message_id=message_id, not_before=0):
-            await self.query(rejected_sql(REJECTED), message_id=message_id, not_before=0)
+        if not await self.query(
+            stored_sql(RECORDS), message_id=message_id, not_before=0, before=END
+        ):
+            await self.query(
+                rejected_sql(REJECTED), message_id=message_id, not_before=0, before=END
+            )
 
 
 def calls(stream: Stream, store: BigQueryStore | Before) -> dict[str, Callable[[], Awaitable[Any]]]:
@@ -173,7 +178,7 @@ def calls(stream: Stream, store: BigQueryStore | Before) -> dict[str, Callable[[
     if isinstance(store, Before):
 
         async def latest() -> None:
-            await store.query(latest_sql(RECORDS), id=record_id, not_before=0)
+            await store.query(latest_sql(RECORDS), id=record_id, not_before=0, before=END)
     else:
 
         async def latest() -> None:

@@ -19,6 +19,9 @@ from app.asgi import create_app
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
 from tests.fakes import FaultyStore
+from tests.spanner.emulator import EmulatorNotFound as SpannerEmulatorNotFound
+from tests.spanner.emulator import SpannerEmulator
+from tests.spanner.emulator import find_emulator as find_spanner_emulator
 
 
 def envelope(
@@ -112,3 +115,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.skipped and os.environ.get("CI") and item.get_closest_marker("emulator"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where the emulator must run: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def spanner_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpannerEmulator]:
+    """Google's Spanner emulator for the session; each test makes its own database."""
+    try:
+        emulator = SpannerEmulator(
+            find_spanner_emulator(), tmp_path_factory.mktemp("spanner") / "log"
+        )
+    except SpannerEmulatorNotFound as exc:
+        pytest.skip(str(exc))  # starts "Spanner emulator": CI turns it into a failure
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

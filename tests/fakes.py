@@ -28,6 +28,7 @@ class WrappedStore:
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.max_in_flight = inner.max_in_flight
+        self.stamps_at_commit = inner.stamps_at_commit
 
     async def start(self) -> None:
         await self.inner.start()

@@ -126,7 +126,11 @@ class Reader:
         self._clock = clock
 
     def horizon(self) -> int:
-        return min(self._pending_horizon(), self._store.read_horizon(self._clock() // 1000))
+        store = self._store.read_horizon(self._clock() // 1000)
+        if self._store.stamps_at_commit:
+            # Rows still queued here will commit later than any read now.
+            return store
+        return min(self._pending_horizon(), store)
 
     def _oldest_retained(self) -> int:
         if not self._retention_days:
@@ -160,6 +164,8 @@ class Reader:
         cursor = self._cursor(since, until, limit, page_token)
         query, horizon = await self._range(cursor, limit)
         page = await self._store.page(query)
+        if page.complete_until is not None:
+            horizon = min(horizon, page.complete_until)
         return Page(
             records=[RecordView.of(r) for r in page.records],
             next_page_token=self._next(cursor, page.after_time, page.after_message_id),
@@ -178,6 +184,8 @@ class Reader:
         cursor = self._cursor(since, until, limit, page_token)
         query, horizon = await self._range(cursor, limit)
         page = await self._store.rejections(query)
+        if page.complete_until is not None:
+            horizon = min(horizon, page.complete_until)
         return RejectionsPage(
             rejections=[RejectionView.of(r) for r in page.rejections],
             next_page_token=self._next(cursor, page.after_time, page.after_message_id),

@@ -8,12 +8,15 @@ Protocol.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
 from app.records import Record, Rejection
 from app.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from app.store.bigquery.store import BigQueryStore
 
 
 class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
@@ -53,11 +56,17 @@ class RecordPage(msgspec.Struct, frozen=True):
     The key is the last row the store examined, which is not always the last
     row returned: a store that skips later copies of a message, or scans a
     bounded time range, moves the cursor past what it left out.
+
+    `complete_until`, when set, is earlier than the query's `before_time`: the
+    store answered only up to it (the serving tier from its cache of the tail,
+    or from BigQuery up to where Spanner's rows begin), and the next page
+    starts there.
     """
 
     records: list[Record]
     after_time: int
     after_message_id: str
+    complete_until: int | None = None
 
 
 class RejectionPage(msgspec.Struct, frozen=True):
@@ -66,6 +75,7 @@ class RejectionPage(msgspec.Struct, frozen=True):
     rejections: list[Rejection]
     after_time: int
     after_message_id: str
+    complete_until: int | None = None
 
 
 # What became of a Pub/Sub message: stored as a record, or rejected.
@@ -114,6 +124,12 @@ class Store(Protocol):
     # How many appends the batcher may run at once: 1 where appends serialise
     # anyway (DuckDB), more where they pipeline (the Storage Write API).
     max_in_flight: int
+
+    # True where the store stamps each row's ingest_time itself when it commits
+    # (the serving tier: a later commit always gets a later time), so rows
+    # still queued in this process can never land behind a page it serves;
+    # False where rows keep the time the batcher gave them.
+    stamps_at_commit: bool
 
     async def start(self) -> None:
         """Open connections and create the tables if they are missing."""
@@ -176,6 +192,11 @@ def open_store(settings: Settings, *, observer: QueryObserver | None = None) -> 
     told what each of its queries cost."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
+    if settings.store.serving and scheme != "bigquery":
+        raise UnknownStore(
+            f"RECORDLINE_SERVING is a serving tier beside the BigQuery store; "
+            f"RECORDLINE_STORE is {url!r}"
+        )
     match scheme:
         case "memory":
             from app.store.duckdb.store import DuckDBStore
@@ -195,13 +216,34 @@ def open_store(settings: Settings, *, observer: QueryObserver | None = None) -> 
                 from app.store.bigquery.store import BigQueryStore
             except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
                 raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
-            return BigQueryStore.from_url(
+            analytics = BigQueryStore.from_url(
                 url,
                 settings,
                 emulator=settings.store.bigquery_query_endpoint or None,
                 observer=observer,
             )
+            if not settings.store.serving:
+                return analytics
+            return _tiered(settings, analytics)
         case _:
             raise UnknownStore(
                 f"unsupported store URL {url!r}: use duckdb:///path, memory: or bigquery://PROJECT/DATASET"
             )
+
+
+def _tiered(settings: Settings, analytics: BigQueryStore) -> Store:
+    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.tiered import TieredStore
+
+    store = settings.store
+    serving = SpannerServing(
+        SpannerDatabase.from_url(store.serving),
+        emulator_host=store.spanner_emulator_host or None,
+        timeout_seconds=store.query_timeout_seconds,
+    )
+    return TieredStore(
+        serving,
+        analytics,
+        write_deadline_seconds=store.write_deadline_seconds,
+        dedupe_window_seconds=settings.query.dedupe_window_seconds,
+    )

@@ -58,6 +58,7 @@ class ObservedStore:
     def __init__(self, inner: Store, *, tracer: Tracer, metrics: Metrics) -> None:
         self.inner = inner
         self.max_in_flight = inner.max_in_flight
+        self.stamps_at_commit = inner.stamps_at_commit
         self._tracer = tracer
         self._metrics = metrics
         self._system = {"recordline.store": type(inner).__name__}

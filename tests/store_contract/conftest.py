@@ -16,12 +16,15 @@ from app.settings import QuerySettings, StoreSettings
 from app.store import Store
 from app.store.bigquery.store import BigQueryStore
 from app.store.duckdb.store import DuckDBStore
+from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.tiered import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.spanner.emulator import SpannerEmulator
 
-# The stores every contract test runs on.
-STORES = ["duckdb", "memory", "bigquery"]
+# The stores every contract test runs on; the serving tier needs the emulator.
+STORES = ["duckdb", "memory", "bigquery", pytest.param("serving", marks=pytest.mark.emulator)]
 
 
 @pytest.fixture(params=STORES)
@@ -31,7 +34,10 @@ async def make(
     """Unstarted stores of one kind; whatever the test started is closed after it."""
     kind: str = request.param
     stack = contextlib.AsyncExitStack()
-    if kind == "bigquery":
+    if kind == "serving":
+        emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")
+        database = emulator.database()
+    if kind in ("bigquery", "serving"):
         # The real clients against the fakes the BigQuery tests use.
         write = FakeBigQueryWrite()
         await write.start()
@@ -46,19 +52,29 @@ async def make(
                 return DuckDBStore(str(tmp_path / "contract.duckdb"), retention_days=retention_days)
             case "memory":
                 return DuckDBStore(":memory:", retention_days=retention_days)
-            case _:
-                return BigQueryStore(
-                    PROJECT,
-                    DATASET,
-                    store=StoreSettings(
-                        bigquery_write_endpoint=write.address,
-                        settle_seconds=0.0,
-                        write_deadline_seconds=5.0,
-                        retention_days=retention_days,
-                    ),
-                    query=QuerySettings(),
-                    query_endpoint=jobs.endpoint,
+            case "serving":
+                return TieredStore(
+                    SpannerServing(SpannerDatabase.from_url(database), emulator_host=emulator.host),
+                    bigquery(retention_days),
+                    write_deadline_seconds=5.0,
+                    dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
                 )
+            case _:
+                return bigquery(retention_days)
+
+    def bigquery(retention_days: int) -> BigQueryStore:
+        return BigQueryStore(
+            PROJECT,
+            DATASET,
+            store=StoreSettings(
+                bigquery_write_endpoint=write.address,
+                settle_seconds=0.0,
+                write_deadline_seconds=5.0,
+                retention_days=retention_days,
+            ),
+            query=QuerySettings(),
+            query_endpoint=jobs.endpoint,
+        )
 
     async with stack:
         yield build

@@ -131,6 +131,7 @@ FROM (
   FROM {records} AS r
   WHERE r.id = @id
     AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+    AND r.ingest_time < TIMESTAMP_MICROS(@before)
 ) AS c
 WHERE c.copy = 1
 ORDER BY c.`timestamp` DESC NULLS LAST, c.publish_time DESC, c.ingest_time DESC, c.message_id DESC
@@ -144,6 +145,7 @@ SELECT {select_list(Record, "r")}
 FROM {records} AS r
 WHERE r.message_id = @message_id
   AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+  AND r.ingest_time < TIMESTAMP_MICROS(@before)
 ORDER BY r.ingest_time
 LIMIT 1
 """.strip()
@@ -155,6 +157,7 @@ SELECT UNIX_MICROS(j.ingest_time) AS ingest_time, j.reason
 FROM {rejected} AS j
 WHERE j.message_id = @message_id
   AND j.ingest_time >= TIMESTAMP_MICROS(@not_before)
+  AND j.ingest_time < TIMESTAMP_MICROS(@before)
 ORDER BY j.ingest_time
 LIMIT 1
 """.strip()
@@ -169,11 +172,13 @@ SELECT DISTINCT r.message_id, 'stored' AS state
 FROM {records} AS r
 WHERE r.message_id IN UNNEST(@message_ids)
   AND r.ingest_time >= TIMESTAMP_MICROS(@not_before)
+  AND r.ingest_time < TIMESTAMP_MICROS(@before)
 UNION ALL
 SELECT DISTINCT j.message_id, 'rejected' AS state
 FROM {rejected} AS j
 WHERE j.message_id IN UNNEST(@message_ids)
   AND j.ingest_time >= TIMESTAMP_MICROS(@not_before)
+  AND j.ingest_time < TIMESTAMP_MICROS(@before)
 """.strip()
 
 

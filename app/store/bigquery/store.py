@@ -61,11 +61,12 @@ _URL: Final = re.compile(
     r"bigquery://(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])/(?P<dataset>[A-Za-z0-9_]{1,1024})/?"
 )
 
-# Lower bound of the `ingest_time` range for lookups that span all history.
-# The tables may require a partition filter; for these reads the search
-# indexes on `id` and `message_id` do the pruning, so the range is explicit
-# rather than selective.
+# The `ingest_time` range of look-ups that span all history. The tables may
+# require a partition filter; for these reads the search indexes on `id` and
+# `message_id` do the pruning, so the range is explicit rather than
+# selective. Beside a serving tier, look-ups end where it begins instead.
 _ALL_TIME: Final = 0
+END_OF_TIME: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, BigQuery's last
 
 
 class _Payload(msgspec.Struct, omit_defaults=True):
@@ -112,6 +113,8 @@ class BigQueryStore:
         # Concurrent `append` calls worth making: each writer keeps this many
         # requests in flight, and more callers would only queue behind them.
         self.max_in_flight = max_in_flight
+        # Rows keep the time the batcher stamped them with.
+        self.stamps_at_commit = False
         self._write_deadline = store.write_deadline_seconds
         self._write_endpoint = store.bigquery_write_endpoint or None
         self._cache = ReadCache(store.read_cache_seconds)
@@ -231,9 +234,14 @@ class BigQueryStore:
             raise StoreUnavailable("the BigQuery store is not started")
         return self._records, self._rejected
 
-    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+    async def append(
+        self, rows: Sequence[Record | Rejection], *, deadline: float | None = None
+    ) -> Sequence[RowOutcome]:
+        """Store the rows by `deadline` (the event loop's clock), by default the
+        write deadline from now."""
         records_writer, rejected_writer = self._writers()
-        deadline = asyncio.get_running_loop().time() + self._write_deadline
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._write_deadline
         records: list[Record] = []
         rejections: list[Rejection] = []
         for row in rows:
@@ -293,17 +301,27 @@ class BigQueryStore:
     async def rejections(self, query: PageQuery) -> RejectionPage:
         return await self._pager.rejections(query)
 
-    async def latest(self, record_id: str) -> Record | None:
-        params: dict[str, QueryValue] = {"id": record_id, "not_before": _ALL_TIME}
+    async def latest(self, record_id: str, *, before: int = END_OF_TIME) -> Record | None:
+        """The latest version among rows stored before `before`."""
+        params: dict[str, QueryValue] = {
+            "id": record_id,
+            "not_before": _ALL_TIME,
+            "before": before,
+        }
 
         async def load() -> Record | None:
             found = await self._queries.run(self._sql.latest, params)
             return row_of(Record, found[0]) if found else None
 
-        return await self._cache.get(("latest", record_id), load)
+        return await self._cache.get(("latest", record_id, before), load)
 
-    async def message(self, message_id: str) -> MessageStatus | None:
-        params: dict[str, QueryValue] = {"message_id": message_id, "not_before": _ALL_TIME}
+    async def message(self, message_id: str, *, before: int = END_OF_TIME) -> MessageStatus | None:
+        """What became of a message, among rows stored before `before`."""
+        params: dict[str, QueryValue] = {
+            "message_id": message_id,
+            "not_before": _ALL_TIME,
+            "before": before,
+        }
 
         async def load() -> MessageStatus | None:
             stored = await self._queries.run(self._sql.stored, params)
@@ -316,15 +334,18 @@ class BigQueryStore:
                 return MessageStatus(status="rejected", ingest_time=ingest_time, reason=reason)
             return None
 
-        return await self._cache.get(("message", message_id), load)
+        return await self._cache.get(("message", message_id, before), load)
 
-    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+    async def seen(
+        self, message_ids: Sequence[str], *, before: int = END_OF_TIME
+    ) -> dict[str, MessageState]:
         # Not cached: replay asks it right before writing what it did not find.
         if not message_ids:
             return {}
         params: dict[str, QueryValue] = {
             "message_ids": sorted(set(message_ids)),
             "not_before": _ALL_TIME,
+            "before": before,
         }
         return message_states(await self._queries.run(self._sql.seen, params, tables=2))
 

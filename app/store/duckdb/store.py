@@ -191,6 +191,8 @@ class DuckDBStore:
     # Appends are serialised by the journal writer anyway, and take a fraction
     # of a millisecond: a second one in flight would only wait behind the first.
     max_in_flight = 1
+    # Rows keep the time the batcher stamped them with.
+    stamps_at_commit = False
 
     def __init__(
         self,

@@ -1,0 +1,482 @@
+"""Recent rows in Spanner: one read-write transaction per group commit, reads at exact times.
+
+Writes. A group commit is one transaction: it reads which of its messages
+are stored already (by key), inserts the others with the commit timestamp as
+their `ingest_time`, and commits. The first copy of a message wins by the key
+itself; a later copy changes nothing, and the transaction hands back the
+stored copy instead, so the analytics store is given exactly what Spanner
+holds. Spanner aborts a transaction that races another; the client retries
+it with backoff until the write deadline.
+
+Reads. A page is one read at an exact timestamp that is never earlier than
+the page's upper bound: every commit before that bound has a timestamp
+before it (a later commit always gets a later one), so nothing can appear
+behind a cursor afterwards and the page is complete up to its bound. Times
+leave Spanner as microseconds (`UNIX_MICROS`), as `Record` holds them.
+
+`google-cloud-spanner`'s supported API is synchronous, so every call runs on
+a small thread pool of this store's; a group commit or a page is one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Final, NamedTuple, TypeVar
+
+from google.api_core.exceptions import GoogleAPICallError, NotFound, RetryError
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import spanner
+from google.cloud.spanner_v1 import param_types
+
+from app.errors import StoreUnavailable
+from app.records import TABLES, Kind, Record, Rejection, Row, columns, micros, moment, row_of
+from app.settings import SettingsError
+from app.store import MessageState, MessageStatus, PageQuery, message_states
+from app.store.spanner.schema import (
+    ID_INDEX,
+    SHARDS,
+    expected_columns,
+    expected_indexes,
+    shard_of,
+    time_index,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R", bound=Row)
+
+# spanner://projects/P/instances/I/databases/D, Spanner's own resource name.
+_URL: Final = re.compile(
+    r"spanner://(?P<database>projects/(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])"
+    r"/instances/(?P<instance>[a-z][a-z0-9-]{0,62}[a-z0-9])"
+    r"/databases/(?P<name>[a-z][a-z0-9_-]{0,28}[a-z0-9]))"
+)
+
+# Calls in flight at once: a group commit per append slot and a few reads.
+_THREADS: Final = 8
+
+# Spanner keeps old versions for an hour by default: a read never asks for a
+# time older than this, and rows before an older bound were committed long ago,
+# so reading them at this time instead changes nothing.
+_OLDEST_READ_MICROS: Final = 30 * 60 * 1_000_000
+
+# Ranges a page reads, widened in turn while it finds fewer rows than it may
+# return: a follower near the tail reads a second of rows, one far behind at
+# most a day per query, never the whole table to sort it.
+PAGE_SPANS_MICROS: Final = (1_000_000, 60_000_000, 3_600_000_000, 86_400_000_000)
+
+
+class SpannerDatabase(NamedTuple):
+    project: str
+    instance: str
+    database: str
+
+    @classmethod
+    def from_url(cls, url: str) -> SpannerDatabase:
+        match = _URL.fullmatch(url)
+        if match is None:
+            raise SettingsError(
+                f"RECORDLINE_SERVING: {url!r} is not spanner://projects/P/instances/I/databases/D"
+            )
+        return cls(match["project"], match["instance"], match["name"])
+
+    @property
+    def path(self) -> str:
+        return f"projects/{self.project}/instances/{self.instance}/databases/{self.database}"
+
+
+class SchemaMismatch(SettingsError):
+    """The database's schema is not the one the service reads and writes."""
+
+
+def _select_list(row_type: type[Row]) -> str:
+    def expr(name: str, kind: Kind) -> str:
+        return f"UNIX_MICROS(`{name}`)" if kind is Kind.TIMESTAMP else f"`{name}`"
+
+    return ", ".join(expr(c.name, c.kind) for c in columns(row_type))
+
+
+def _page_sql(table: str, row_type: type[Row]) -> str:
+    # Every shard's range of the time index, merged in key order.
+    return f"""
+SELECT {_select_list(row_type)}
+FROM {table}@{{FORCE_INDEX={time_index(table)}}}
+WHERE shard BETWEEN 0 AND {SHARDS - 1}
+  AND ingest_time >= @after_time AND ingest_time < @before_time
+  AND (ingest_time > @after_time OR message_id > @after_message_id)
+ORDER BY ingest_time, message_id
+LIMIT @limit
+""".strip()
+
+
+_LATEST_SQL: Final = f"""
+SELECT {_select_list(Record)}
+FROM records@{{FORCE_INDEX={ID_INDEX}}}
+WHERE id_shard = @id_shard AND id = @id
+ORDER BY `timestamp` DESC, publish_time DESC, ingest_time DESC, message_id DESC
+LIMIT 1
+""".strip()
+
+_RANGE_SQL: Final = f"""
+SELECT {_select_list(Record)}
+FROM records@{{FORCE_INDEX={time_index("records")}}}
+WHERE shard BETWEEN 0 AND {SHARDS - 1}
+  AND ingest_time >= @since AND ingest_time < @before_time
+ORDER BY ingest_time, message_id
+LIMIT @limit
+""".strip()
+_RANGE_TYPES: Final = {
+    "since": param_types.TIMESTAMP,
+    "before_time": param_types.TIMESTAMP,
+    "limit": param_types.INT64,
+}
+
+_PAGE_TYPES: Final = {
+    "after_time": param_types.TIMESTAMP,
+    "before_time": param_types.TIMESTAMP,
+    "after_message_id": param_types.STRING,
+    "limit": param_types.INT64,
+}
+
+
+def _value(row: Row, name: str, kind: Kind) -> Any:
+    value = getattr(row, name)
+    if value is None:
+        return None
+    match kind:
+        case Kind.TIMESTAMP:
+            return moment(value)
+        case Kind.BYTES:
+            # The client sends bytes as given, and Spanner takes them base64.
+            return base64.b64encode(value)
+        case _:
+            return value
+
+
+_BYTES_COLUMNS: Final = {
+    row_type: {i for i, c in enumerate(columns(row_type)) if c.kind is Kind.BYTES}
+    for row_type in TABLES.values()
+}
+
+
+def _stored(row_type: type[R], values: Sequence[Any]) -> R:
+    """A row from Spanner's values: timestamps read by key come back as datetimes
+    (queries select microseconds), and bytes come back base64, as they were sent."""
+    binary = _BYTES_COLUMNS[row_type]
+    converted = [
+        micros(v)
+        if isinstance(v, datetime)
+        else base64.b64decode(v)
+        if i in binary and v is not None
+        else v
+        for i, v in enumerate(values)
+    ]
+    return row_of(row_type, converted)
+
+
+class Committed(NamedTuple):
+    """What one group commit stored: each given row as the store now holds it."""
+
+    rows: list[Record | Rejection]
+    # How many of them were stored by this commit (the rest were there already).
+    new: int
+
+
+class SpannerServing:
+    """The serving tier's Spanner database; see the module notes."""
+
+    def __init__(
+        self,
+        database: SpannerDatabase,
+        *,
+        emulator_host: str | None = None,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self.database = database
+        self._emulator = emulator_host
+        self._timeout = timeout_seconds
+        self._threads = ThreadPoolExecutor(_THREADS, thread_name_prefix="spanner")
+        self._client: spanner.Client | None = None
+        self._db: Any = None
+        # Queries and key reads made, for what reads cost: the Spanner bill
+        # follows compute, which follows them.
+        self.reads = 0
+        self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
+        self._names = {table: [c.name for c in columns(row)] for table, row in TABLES.items()}
+        self._kinds = {table: [c.kind for c in columns(row)] for table, row in TABLES.items()}
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the client; nothing is asked of Spanner yet (see `verify`)."""
+        self._client, self._db = await self._call(self._open)
+
+    def _open(self) -> tuple[spanner.Client, Any]:
+        project = self.database.project
+        if self._emulator:
+            client = spanner.Client(
+                project=project,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                client_options={"api_endpoint": self._emulator},
+            )
+        else:
+            client = spanner.Client(project=project)
+        instance = client.instance(self.database.instance)  # type: ignore[no-untyped-call]
+        db = instance.database(self.database.database)
+        return client, db
+
+    async def close(self) -> None:
+        client, self._client, self._db = self._client, None, None
+        if client is not None:
+            await asyncio.get_running_loop().run_in_executor(self._threads, client.close)
+        self._threads.shutdown(wait=True)
+
+    async def verify(self) -> None:
+        """Raise SchemaMismatch unless the database has every table, column and
+        index the service uses; StoreUnavailable if Spanner cannot be asked."""
+        differences = await self._call(self._schema_differences)
+        if differences:
+            raise SchemaMismatch(
+                f"the Spanner database {self.database.path} differs from the schema "
+                f"`recordline schema spanner` prints: {'; '.join(differences)}"
+            )
+
+    def _schema_differences(self) -> list[str]:
+        with self._database().snapshot(multi_use=True) as snapshot:
+            found_columns = {
+                (table, name): (kind, nullable == "YES")
+                for table, name, kind, nullable in snapshot.execute_sql(
+                    "SELECT table_name, column_name, spanner_type, is_nullable "
+                    "FROM information_schema.columns WHERE table_schema = ''"
+                )
+            }
+            found_indexes: dict[str, list[str]] = {}
+            for index, _table, column in snapshot.execute_sql(
+                "SELECT index_name, table_name, column_name FROM information_schema.index_columns "
+                "WHERE table_schema = '' AND ordinal_position IS NOT NULL "
+                "ORDER BY index_name, ordinal_position"
+            ):
+                found_indexes.setdefault(index, []).append(column)
+        differences = []
+        for column in expected_columns():
+            found = found_columns.get((column.table, column.name))
+            where = f"{column.table}.{column.name}"
+            if found is None:
+                differences.append(f"{where} is missing")
+            elif found != (column.spanner_type, column.nullable):
+                kind, nullable = found
+                differences.append(
+                    f"{where} is {kind}{'' if nullable else ' NOT NULL'}, expected "
+                    f"{column.spanner_type}{'' if column.nullable else ' NOT NULL'}"
+                )
+        for name, (table, keys) in expected_indexes().items():
+            if found_indexes.get(name) != keys:
+                differences.append(f"index {name} on {table}({', '.join(keys)}) is missing")
+        return differences
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Spanner answers a query."""
+        await self._call(self._ping)
+
+    def _ping(self) -> None:
+        with self._database().snapshot() as snapshot:
+            list(snapshot.execute_sql("SELECT 1"))
+
+    # -- writing ---------------------------------------------------------------
+
+    async def commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
+        """Store what is new among `rows` in one transaction, stamped with its commit
+        time, retrying an aborted transaction for up to `within` seconds."""
+        return await self._call(self._commit, rows, within, within=within)
+
+    def _commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
+        # The first copy of a message within the batch is the one to store.
+        firsts: dict[tuple[str, str], Record | Rejection] = {}
+        for row in rows:
+            firsts.setdefault((_table(row), row.message_id), row)
+        by_table: dict[str, list[Record | Rejection]] = {table: [] for table in TABLES}
+        for (table, _), row in firsts.items():
+            by_table[table].append(row)
+        attempts: list[Any] = []
+
+        def work(transaction: Any) -> dict[tuple[str, str], Record | Rejection]:
+            attempts.append(transaction)
+            existing: dict[tuple[str, str], Record | Rejection] = {}
+            for table, pending in by_table.items():
+                if not pending:
+                    continue
+                names = self._names[table]
+                keys = _keys(r.message_id for r in pending)
+                for values in transaction.read(table, names, keys):
+                    held: Record | Rejection = (
+                        _stored(Record, values)
+                        if table == "records"
+                        else _stored(Rejection, values)
+                    )
+                    existing[(table, held.message_id)] = held
+                new = [r for r in pending if (table, r.message_id) not in existing]
+                if new:
+                    transaction.insert(
+                        table,
+                        ["shard", *self._key_names(table), *names],
+                        [self._insert_values(table, r) for r in new],
+                    )
+            return existing
+
+        self.reads += sum(1 for pending in by_table.values() if pending)
+        existing = self._database().run_in_transaction(work, timeout_secs=within)
+        committed = attempts[-1].committed
+        ingest_time = micros(committed)
+        stored: list[Record | Rejection] = []
+        new = 0
+        for row in rows:
+            key = (_table(row), row.message_id)
+            held = existing.get(key)
+            if held is None:
+                first = firsts[key]
+                if first is row:
+                    new += 1
+                held = type(row)(**{**_fields(first), "ingest_time": ingest_time})
+            stored.append(held)
+        return Committed(stored, new)
+
+    def _key_names(self, table: str) -> list[str]:
+        return ["id_shard"] if table == "records" else []
+
+    def _insert_values(self, table: str, row: Record | Rejection) -> list[Any]:
+        values: list[Any] = [shard_of(row.message_id)]
+        if table == "records":
+            assert isinstance(row, Record)
+            values.append(shard_of(row.id))
+        for name, kind in zip(self._names[table], self._kinds[table], strict=True):
+            values.append(
+                spanner.COMMIT_TIMESTAMP if name == "ingest_time" else _value(row, name, kind)
+            )
+        return values
+
+    # -- reading ---------------------------------------------------------------
+
+    async def page(self, table: str, query: PageQuery, now: int) -> list[Row]:
+        """Rows of `table` after the cursor and before `query.before_time`, read at
+        a time no earlier than that bound; at most `query.limit`, in key order."""
+        return await self._call(self._page, table, query, now)
+
+    def _page(self, table: str, query: PageQuery, now: int) -> list[Row]:
+        read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS))
+        found: list[Row] = []
+        with self._database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
+            for span in (*PAGE_SPANS_MICROS, None):
+                end = query.before_time if span is None else query.after_time + span
+                end = min(end, query.before_time)
+                params = {
+                    "after_time": moment(query.after_time),
+                    "before_time": moment(end),
+                    "after_message_id": query.after_message_id,
+                    "limit": query.limit,
+                }
+                self.reads += 1
+                rows = snapshot.execute_sql(
+                    self._page_sql[table], params=params, param_types=_PAGE_TYPES
+                )
+                found = [_stored(TABLES[table], values) for values in rows]
+                if len(found) == query.limit or end == query.before_time:
+                    break
+        return found
+
+    async def rows_between(self, since: int, before: int, limit: int) -> list[Record]:
+        """Records with `since <= ingest_time < before` in key order, at most `limit`,
+        read at exactly `before`: complete, once read, for that whole range."""
+        return await self._call(self._rows_between, since, before, limit)
+
+    def _rows_between(self, since: int, before: int, limit: int) -> list[Record]:
+        params = {"since": moment(since), "before_time": moment(before), "limit": limit}
+        self.reads += 1
+        with self._database().snapshot(read_timestamp=moment(before)) as snapshot:
+            rows = snapshot.execute_sql(_RANGE_SQL, params=params, param_types=_RANGE_TYPES)
+            return [_stored(Record, values) for values in rows]
+
+    async def latest(self, record_id: str) -> Record | None:
+        return await self._call(self._latest, record_id)
+
+    def _latest(self, record_id: str) -> Record | None:
+        self.reads += 1
+        with self._database().snapshot() as snapshot:
+            rows = list(
+                snapshot.execute_sql(
+                    _LATEST_SQL,
+                    params={"id_shard": shard_of(record_id), "id": record_id},
+                    param_types={"id_shard": param_types.INT64, "id": param_types.STRING},
+                )
+            )
+        return _stored(Record, rows[0]) if rows else None
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        return await self._call(self._message, message_id)
+
+    def _message(self, message_id: str) -> MessageStatus | None:
+        keys = _keys([message_id])
+        self.reads += 2
+        with self._database().snapshot(multi_use=True) as snapshot:
+            for values in snapshot.read("records", self._names["records"], keys):
+                record = _stored(Record, values)
+                return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
+            for values in snapshot.read("rejected", self._names["rejected"], keys):
+                rejection = _stored(Rejection, values)
+                return MessageStatus(
+                    status="rejected", ingest_time=rejection.ingest_time, reason=rejection.reason
+                )
+        return None
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        return await self._call(self._seen, message_ids)
+
+    def _seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        keys = _keys(set(message_ids))
+        found: list[tuple[str, MessageState]] = []
+        self.reads += 2
+        with self._database().snapshot(multi_use=True) as snapshot:
+            found += [(m, "stored") for (m,) in snapshot.read("records", ["message_id"], keys)]
+            found += [(m, "rejected") for (m,) in snapshot.read("rejected", ["message_id"], keys)]
+        return message_states(found)
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _database(self) -> Any:
+        if self._db is None:
+            raise StoreUnavailable("the Spanner serving tier is not started")
+        return self._db
+
+    async def _call(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
+        loop = asyncio.get_running_loop()
+        seconds = self._timeout if within is None else within
+        try:
+            async with asyncio.timeout(seconds):
+                return await loop.run_in_executor(self._threads, fn, *args)
+        except TimeoutError:
+            raise StoreUnavailable(f"Spanner did not answer within {seconds:g} s") from None
+        except NotFound as exc:
+            raise StoreUnavailable(f"Spanner: {exc.message}") from exc
+        except (GoogleAPICallError, RetryError, OSError) as exc:
+            log.warning("Spanner call failed: %s", exc)
+            raise StoreUnavailable(f"Spanner failed: {exc}") from exc
+        except RuntimeError as exc:  # the pool is shut down
+            raise StoreUnavailable(f"the Spanner serving tier is closed: {exc}") from exc
+
+
+def _table(row: Record | Rejection) -> str:
+    return "records" if isinstance(row, Record) else "rejected"
+
+
+def _fields(row: Row) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in row.__struct_fields__}
+
+
+def _keys(message_ids: Iterable[str]) -> Any:
+    """The keys of these messages' rows, in either table."""
+    return spanner.KeySet(keys=[[shard_of(m), m] for m in message_ids])  # type: ignore[no-untyped-call]
