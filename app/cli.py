@@ -36,8 +36,20 @@ def main(argv: list[str] | None = None) -> int:
         "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
     )
 
-    schema = commands.add_parser("schema", help="the BigQuery table schemas, derived from the code")
-    schema.add_argument("--write", action="store_true", help=f"write them to {SCHEMA_DIR}")
+    schema = commands.add_parser("schema", help="the table schemas, derived from the code")
+    schema.add_argument(
+        "target",
+        nargs="?",
+        choices=["bigquery", "spanner"],
+        default="bigquery",
+        help="BigQuery's JSON schemas (the default), or the serving tier's Spanner DDL "
+        "(statements ended by `;`, for RECORDLINE_DEDUPE_WINDOW_SECONDS as set)",
+    )
+    schema.add_argument(
+        "--write",
+        action="store_true",
+        help=f"write every schema file Terraform reads to {SCHEMA_DIR}",
+    )
 
     commands.add_parser("config", help="every setting, as a Markdown table")
 
@@ -52,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         case "serve":
             return _serve(args)
         case "schema":
-            return _schema(write=args.write)
+            return _schema(args.target, write=args.write)
         case "config":
             print(config_table())
             return 0
@@ -152,18 +164,35 @@ def quiet_garbage_collector() -> None:
 
 
 def schema_files() -> dict[Path, str]:
-    return {
+    """Every schema file Terraform reads, as the code derives it."""
+    from app.store.spanner.schema import ddl_template
+
+    files = {
         SCHEMA_DIR / f"{name}.json": json.dumps(bigquery_schema(row_type), indent=2) + "\n"
         for name, row_type in TABLES.items()
     }
+    files[SCHEMA_DIR / "spanner.sql.tftpl"] = ddl_template()
+    return files
 
 
-def _schema(*, write: bool) -> int:
-    for path, text in schema_files().items():
-        if write:
+def _schema(target: str, *, write: bool) -> int:
+    if write:
+        for path, text in schema_files().items():
             path.write_text(text)
             print(f"wrote {path}")
-        else:
+        return 0
+    if target == "spanner":
+        from app.store.spanner.schema import ddl_text
+
+        try:
+            settings = Settings.load()
+        except SettingsError as exc:
+            print(f"recordline: {exc}", file=sys.stderr)
+            return 2
+        print(ddl_text(settings.query.dedupe_window_seconds), end="")
+        return 0
+    for path, text in schema_files().items():
+        if path.suffix == ".json":
             print(f"# {path.name}\n{text}")
     return 0
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Request, post
 from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from app.ingest.envelope import decode_unwrapped, decode_wrapped, is_unwrapped
@@ -50,7 +51,7 @@ async def push(request: Request[Any, Any, Any], ingest: NamedDependency[Ingest])
     ),
     tags=["operations"],
 )
-async def replay(data: ReplayRequest, replayer: NamedDependency[Replay]) -> ReplayAnswer:
+async def replay(data: JSONBody[ReplayRequest], replayer: NamedDependency[Replay]) -> ReplayAnswer:
     return await replayer.replay(data)
 
 

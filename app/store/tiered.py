@@ -200,23 +200,44 @@ class TieredStore:
     async def page(self, query: PageQuery) -> RecordPage:
         now = self._now()
         since = self.serving_since(now)
-        if query.after_time < since:
-            old = await self.analytics.page(_before(query, since))
-            return msgspec.structs.replace(old, complete_until=min(query.before_time, since))
+        if query.after_time >= since:
+            return await self._recent_page(query, now)
+        old = await self.analytics.page(_before(query, since))
+        if len(old.records) == query.limit:
+            return old
+        if (old.after_time, old.after_message_id) != (since, "") or query.before_time <= since:
+            # Short, and not yet at Spanner's rows: complete up to where it ended.
+            return msgspec.structs.replace(old, complete_until=old.after_time)
+        # BigQuery's part ends where Spanner's begins: the rest of the page is
+        # Spanner's first rows, later in key order than all of BigQuery's.
+        rest = await self._recent_page(_after(query, since, query.limit - len(old.records)), now)
+        return msgspec.structs.replace(rest, records=[*old.records, *rest.records])
+
+    async def _recent_page(self, query: PageQuery, now: int) -> RecordPage:
         self._ready()
         if not self.tail.end:
             await self.tail.refresh(now)
         if self.tail.covers(query):
             return await self.tail.page(query, self.read_horizon(now))
-        records: list[Record] = await self.serving.page("records", query, now)  # type: ignore[assignment]
-        return query.answer(records)
+        records = await self.serving.page("records", query, now)
+        return query.answer(records)  # type: ignore[arg-type]
 
     async def rejections(self, query: PageQuery) -> RejectionPage:
         now = self._now()
         since = self.serving_since(now)
-        if query.after_time < since:
-            old = await self.analytics.rejections(_before(query, since))
-            return msgspec.structs.replace(old, complete_until=min(query.before_time, since))
+        if query.after_time >= since:
+            return await self._recent_rejections(query, now)
+        old = await self.analytics.rejections(_before(query, since))
+        if len(old.rejections) == query.limit:
+            return old
+        if (old.after_time, old.after_message_id) != (since, "") or query.before_time <= since:
+            return msgspec.structs.replace(old, complete_until=old.after_time)
+        rest = await self._recent_rejections(
+            _after(query, since, query.limit - len(old.rejections)), now
+        )
+        return msgspec.structs.replace(rest, rejections=[*old.rejections, *rest.rejections])
+
+    async def _recent_rejections(self, query: PageQuery, now: int) -> RejectionPage:
         self._ready()
         rows: list[Rejection] = await self.serving.page("rejected", query, now)  # type: ignore[assignment]
         return RejectionPage(rows, *query.resume(rows))
@@ -261,6 +282,13 @@ class TieredStore:
                 if states.get(message_id) != "stored":
                     states[message_id] = state
         return states
+
+
+def _after(query: PageQuery, start: int, limit: int) -> PageQuery:
+    """The query for what follows `start`, the cursor of a page that ended there."""
+    return PageQuery(
+        after_time=start, after_message_id="", before_time=query.before_time, limit=limit
+    )
 
 
 def _before(query: PageQuery, bound: int) -> PageQuery:

@@ -110,7 +110,19 @@ def _column_ddl(column: Column) -> str:
 
 def ddl(dedupe_window_seconds: float) -> list[str]:
     """The statements that create the serving tier's tables and indexes."""
-    days = retention_days(dedupe_window_seconds)
+    return _statements(str(retention_days(dedupe_window_seconds)))
+
+
+# Where Terraform puts the retention it derives from the same setting.
+RETENTION_PLACEHOLDER: Final = "${retention_days}"
+
+
+def ddl_template() -> str:
+    """The statements as Terraform's `templatefile` takes them, the retention left open."""
+    return _text(_statements(RETENTION_PLACEHOLDER))
+
+
+def _statements(days: str) -> list[str]:
     statements = []
     for table, row_type in TABLES.items():
         keys = [f"  `{k.name}` {k.spanner_type} NOT NULL," for k in _key_columns(table)]
@@ -126,4 +138,8 @@ def ddl(dedupe_window_seconds: float) -> list[str]:
 
 def ddl_text(dedupe_window_seconds: float) -> str:
     """The statements as one text, each ended by `;`, as `recordline schema spanner` prints."""
-    return "".join(f"{statement};\n\n" for statement in ddl(dedupe_window_seconds)).rstrip() + "\n"
+    return _text(ddl(dedupe_window_seconds))
+
+
+def _text(statements: list[str]) -> str:
+    return "".join(f"{statement};\n\n" for statement in statements).rstrip() + "\n"

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from app.settings import QuerySettings, Settings, StoreSettings
+from app.store.bigquery.store import BigQueryStore
+from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.tiered import TieredStore
+from tests.bigquery.conftest import DATASET, PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.spanner.emulator import SpannerEmulator
+
+
+@pytest.fixture
+async def write_fake() -> AsyncIterator[FakeBigQueryWrite]:
+    fake = FakeBigQueryWrite()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def jobs_fake(write_fake: FakeBigQueryWrite) -> Any:
+    fake = FakeBigQueryJobs(write_fake, project=PROJECT, dataset=DATASET)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def database(spanner_emulator: SpannerEmulator) -> str:
+    """A fresh database with the service's schema: its RECORDLINE_SERVING URL."""
+    return spanner_emulator.database()
+
+
+@pytest.fixture
+def serving_settings(
+    database: str,
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+) -> Callable[..., Settings]:
+    """Settings for the serving tier on the emulator and the BigQuery fakes, as an
+    operator would write them."""
+
+    def make(**extra: str) -> Settings:
+        return Settings.load(
+            {
+                "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+                "RECORDLINE_SERVING": database,
+                "SPANNER_EMULATOR_HOST": spanner_emulator.host,
+                "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+                "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+                **extra,
+            }
+        )
+
+    return make
+
+
+@pytest.fixture
+async def make_tiered(
+    database: str,
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+) -> AsyncIterator[Callable[..., Any]]:
+    """Started tiered stores; `clock` (ns) and timeouts may be set per test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(
+            *,
+            url: str | None = None,
+            clock: Callable[[], int] | None = None,
+            timeout_seconds: float = 10.0,
+            write_deadline_seconds: float = 5.0,
+            start: bool = True,
+        ) -> TieredStore:
+            analytics = BigQueryStore(
+                PROJECT,
+                DATASET,
+                store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
+                query=QuerySettings(),
+                query_endpoint=jobs_fake.endpoint,
+            )
+            serving = SpannerServing(
+                SpannerDatabase.from_url(url or database),
+                emulator_host=spanner_emulator.host,
+                timeout_seconds=timeout_seconds,
+            )
+            extra = {} if clock is None else {"clock": clock}
+            store = TieredStore(
+                serving,
+                analytics,
+                write_deadline_seconds=write_deadline_seconds,
+                dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
+                **extra,
+            )
+            if start:
+                await store.start()
+                stack.push_async_callback(store.close)
+            return store
+
+        yield make

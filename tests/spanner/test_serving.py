@@ -1,0 +1,264 @@
+"""The serving tier against the Spanner emulator and the BigQuery fakes.
+
+What the contract suite cannot say: that a page is complete exactly up to its
+read time, that both stores hold the same rows stamped alike whatever fails
+between them, that readers beyond Spanner's reach go to BigQuery, that
+followers share their reads, and how start-up meets a wrong or absent database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from app.asgi import create_app
+from app.records import Record
+from app.settings import QuerySettings, Settings
+from app.store import PageQuery
+from app.store.spanner.schema import RETENTION_PLACEHOLDER, ddl, ddl_template, ddl_text
+from app.store.spanner.serving import SchemaMismatch
+from app.store.spanner.tail import TailCache
+from app.store.tiered import TieredStore
+from tests.bigquery.fake_storage_write import Abort, ErrorResponse, FakeBigQueryWrite
+from tests.conftest import envelope, served
+from tests.spanner.emulator import SpannerEmulator
+
+pytestmark = pytest.mark.emulator
+
+DAY = 86_400_000_000
+Make = Callable[..., Any]
+
+
+def record(message_id: str, **fields: Any) -> Record:
+    now = time.time_ns() // 1000
+    values: dict[str, Any] = {
+        "publish_time": now - 1_000,
+        "id": message_id,
+        "data": '"x"',
+        **fields,
+    }
+    return Record(message_id=message_id, ingest_time=now, **values)
+
+
+def query(after: int, before: int, *, after_id: str = "", limit: int = 100) -> PageQuery:
+    return PageQuery(after_time=after, after_message_id=after_id, before_time=before, limit=limit)
+
+
+def stored_rows(write_fake: FakeBigQueryWrite) -> dict[str, int]:
+    """What BigQuery holds: message id -> ingest time, every copy alike."""
+    held: dict[str, set[int]] = {}
+    for row in write_fake.rows("records"):
+        held.setdefault(row["message_id"], set()).add(row["ingest_time"])
+    assert all(len(times) == 1 for times in held.values()), held
+    return {message_id: times.pop() for message_id, times in held.items()}
+
+
+async def test_a_page_is_complete_exactly_up_to_its_read_time(make_tiered: Make) -> None:
+    store: TieredStore = await make_tiered()
+    cache = TailCache(store.serving.rows_between, refresh_seconds=0)
+    await cache.refresh(time.time_ns() // 1000 - 1_000_000)  # the cache begins here
+    await store.append([record("m-1")])
+    status = await store.message("m-1")
+    assert status is not None
+    t = status.ingest_time
+    since = t - 1_000_000
+    # Straight from Spanner: a read at T has not seen the commit at T; one at
+    # T + 1 µs has.
+    assert await store.serving.page("records", query(since, t), t) == []
+    (found,) = await store.serving.page("records", query(since, t + 1), t + 1)
+    assert found.message_id == "m-1"
+    # Through the cache of the tail, refreshed to T, then to T + 1 µs.
+    await cache.refresh(t)
+    upto_t = await cache.page(query(since, t + 1), t)
+    assert (upto_t.records, upto_t.complete_until) == ([], t)
+    assert (upto_t.after_time, upto_t.after_message_id) == (t, "")
+    await cache.refresh(t + 1)
+    upto_next = await cache.page(query(since, t + 1), t + 1)
+    assert ([r.message_id for r in upto_next.records], upto_next.complete_until) == (["m-1"], t + 1)
+
+
+async def test_both_stores_hold_the_same_rows_stamped_with_the_commit_time(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store: TieredStore = await make_tiered()
+    given = [record(f"m-{i}") for i in range(5)]
+    await store.append(given)
+    await store.append([record("m-2", data='"a redelivery with other content"')])
+    spanner = {}
+    for r in given:
+        status = await store.message(r.message_id)
+        assert status is not None
+        assert status.record is not None
+        assert status.record.data == '"x"'
+        spanner[r.message_id] = status.ingest_time
+    # One commit: one timestamp, later than what the batcher stamped.
+    assert len(set(spanner.values())) == 1
+    assert min(spanner.values()) >= max(r.ingest_time for r in given)
+    # BigQuery: the same rows at the same time, the redelivery as Spanner holds it.
+    assert stored_rows(write_fake) == spanner
+    assert {r["data"] for r in write_fake.rows("records")} == {'"x"'}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [ErrorResponse(grpc.StatusCode.INVALID_ARGUMENT), Abort(grpc.StatusCode.PERMISSION_DENIED)],
+)
+async def test_a_failed_append_after_the_commit_is_made_whole_by_the_redelivery(
+    serving_settings: Callable[..., Settings], write_fake: FakeBigQueryWrite, fault: Any
+) -> None:
+    body = envelope({"id": "r-1", "data": 1}, message_id="m-1")
+    async with served(create_app(serving_settings())) as client:
+        write_fake.inject("records", fault)
+        failed = await client.post("/pubsub/push", json=body)
+        assert failed.status_code == 503
+        assert "Retry-After" in failed.headers
+        # Spanner committed it; BigQuery did not: not acknowledged, so Pub/Sub
+        # delivers it again, and that delivery completes BigQuery.
+        assert stored_rows(write_fake) == {}
+        again = await client.post("/pubsub/push", json=body)
+        assert again.status_code == 204
+        message = (await client.get("/v1/messages/m-1")).json()
+        listed = (await client.get("/v1/records")).json()["records"]
+    assert [r["message_id"] for r in listed] == ["m-1"]
+    assert stored_rows(write_fake) == {"m-1": _micros(message["ingest_time"])}
+
+
+def _micros(text: str) -> int:
+    from datetime import datetime
+
+    from app.records import micros
+
+    return micros(datetime.fromisoformat(text))
+
+
+async def test_readers_beyond_spanners_reach_read_bigquerys_settled_days(
+    make_tiered: Make, jobs_fake: Any
+) -> None:
+    # Rows stored now, read ten days from now: they lie before where Spanner's
+    # reads begin, so pages and look-ups of them go to BigQuery, over days
+    # that no row can still enter.
+    later = 10 * DAY * 1000
+    store: TieredStore = await make_tiered(clock=lambda: time.time_ns() + later)
+    writer: TieredStore = await make_tiered()
+    await writer.append([record(f"m-{i}") for i in range(3)])
+    now = time.time_ns() // 1000 + later // 1000
+    since = store.serving_since(now)
+    assert since > time.time_ns() // 1000
+    queries_before = len(jobs_fake.queries)
+    seen: list[str] = []
+    # Up to where Spanner's reads begin (this store's clock is ten days ahead of
+    # Spanner's, which would refuse a read so far in its future).
+    cursor, before = (now - 11 * DAY, ""), since
+    while cursor != (before, ""):
+        page = await store.page(query(cursor[0], before, after_id=cursor[1]))
+        seen += [r.message_id for r in page.records]
+        # Complete only up to where it ended.
+        assert page.complete_until in (None, page.after_time)
+        cursor = (page.after_time, page.after_message_id)
+    assert seen == ["m-0", "m-1", "m-2"]
+    assert len(jobs_fake.queries) > queries_before
+    for sent in jobs_fake.queries[queries_before:]:
+        assert sent.params.get("end", since) <= since
+    # A look-up asks both; BigQuery only before Spanner's reach, and only once a day.
+    asked = len(jobs_fake.queries)
+    assert (await store.latest("m-1")) is not None
+    assert jobs_fake.queries[-1].params["before"] == since
+    assert (await store.latest("m-1")) is not None
+    assert len(jobs_fake.queries) == asked + 1
+
+
+async def test_followers_at_the_tail_share_one_spanner_read(make_tiered: Make) -> None:
+    store: TieredStore = await make_tiered()
+    await store.append([record("m-0")])
+    start = time.time_ns() // 1000
+    await store.tail.refresh(start)  # the cache begins here
+    await store.append([record(f"m-{i}") for i in range(1, 6)])
+    await asyncio.sleep(0.06)  # past the refresh interval: the next poll refreshes
+    reads = store.serving.reads
+    horizon = store.read_horizon(time.time_ns() // 1000)
+    pages = await asyncio.gather(*(store.page(query(start, horizon)) for _ in range(100)))
+    assert {tuple(r.message_id for r in p.records) for p in pages} == {
+        ("m-1", "m-2", "m-3", "m-4", "m-5")
+    }
+    assert store.serving.reads - reads == 1
+    # A follower behind the cache reads Spanner itself.
+    behind = await store.page(query(start - DAY, horizon))
+    assert [r.message_id for r in behind.records][:1] == ["m-0"]
+    assert store.serving.reads - reads >= 2
+
+
+def test_terraform_applies_the_statements_the_service_checks() -> None:
+    for window in (86_400.0, QuerySettings().dedupe_window_seconds, 14 * 86_400.0):
+        days = ddl_text(window).split("INTERVAL ")[1].split(" ")[0]
+        assert ddl_template().replace(RETENTION_PLACEHOLDER, days) == ddl_text(window)
+    assert ddl_text(86_400.0).count("INTERVAL 3 DAY") == 2
+
+
+async def test_a_database_with_another_schema_is_refused_at_start_naming_the_differences(
+    make_tiered: Make, spanner_emulator: SpannerEmulator
+) -> None:
+    statements = ddl(QuerySettings().dedupe_window_seconds)
+    wrong = [
+        statements[0]
+        .replace("  `trace_id` STRING(MAX),\n", "")
+        .replace("`data` STRING(MAX) NOT NULL", "`data` BYTES(MAX) NOT NULL"),
+        statements[1],
+        *statements[2:4],
+    ]
+    url = spanner_emulator.database(wrong)
+    with pytest.raises(SchemaMismatch) as refused:
+        await make_tiered(url=url)
+    message = str(refused.value)
+    assert "records.trace_id is missing" in message
+    assert "records.data is BYTES(MAX) NOT NULL, expected STRING(MAX) NOT NULL" in message
+    assert "index records_by_id on records(id_shard, id) is missing" in message
+    assert "rejected" not in message.split(": ", 1)[1]
+
+
+async def test_spanner_unreachable_at_start_then_lost_and_back(
+    serving_settings: Callable[..., Settings],
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+) -> None:
+    settings = serving_settings(
+        RECORDLINE_QUERY_TIMEOUT_SECONDS="1", RECORDLINE_WRITE_DEADLINE_SECONDS="1"
+    )
+    body = envelope({"id": "r-1", "data": 1}, message_id="m-1")
+    spanner_emulator.pause()
+    try:
+        async with served(create_app(settings)) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert "serving tier not ready" in ready.json()["detail"]
+            pushed = await client.post("/pubsub/push", json=body)
+            assert pushed.status_code == 503
+            assert "Retry-After" in pushed.headers
+            spanner_emulator.resume()
+            for _ in range(50):  # readiness retries the check: no restart
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await client.get("/readyz")).status_code == 200
+            assert (await client.post("/pubsub/push", json=body)).status_code == 204
+            # Lost mid-run: a 503 with Retry-After, nothing acknowledged.
+            spanner_emulator.pause()
+            lost = await client.post(
+                "/pubsub/push", json=envelope({"id": "r-2", "data": 2}, message_id="m-2")
+            )
+            assert lost.status_code == 503
+            assert "Retry-After" in lost.headers
+            spanner_emulator.resume()
+            again = await client.post(
+                "/pubsub/push", json=envelope({"id": "r-2", "data": 2}, message_id="m-2")
+            )
+            assert again.status_code == 204
+            listed = (await client.get("/v1/records")).json()["records"]
+            assert [r["message_id"] for r in listed] == ["m-1", "m-2"]
+    finally:
+        spanner_emulator.resume()
+    assert set(stored_rows(write_fake)) == {"m-1", "m-2"}
