@@ -28,7 +28,7 @@ from litestar.params import JSONBody
 from msgspec import Meta
 
 from app.ingest.envelope import PushedMessage
-from app.ingest.service import Ingest, to_row
+from app.ingest.service import Ingest
 from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, micros
 from app.store import RowOutcome, Store
 
@@ -89,7 +89,7 @@ class Replay:
             if before.get(message_id) == "stored":
                 answers[message_id] = _already(message_id)
                 continue
-            row = to_row(message, 0, trace_id=None)  # today's validation
+            row = await self._ingest.row(message)  # today's schema and mapping
             if isinstance(row, Rejection) and (request.dry_run or message_id in before):
                 # Still invalid; already rejected (or a dry run): nothing to write.
                 answers[message_id] = _rejected(message_id, row.reason)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.errors import StoreUnavailable
-from app.records import Record, Rejection
+from app.records import Record, Rejection, columns
 from app.settings import QuerySettings, Settings, StoreSettings
 from app.store import MessageStatus, PageQuery, UnknownStore, open_store
 from app.store.bigquery import BigQueryStore
@@ -30,6 +30,7 @@ async def test_rows_round_trip(store: BigQueryStore, write_fake: FakeBigQueryWri
         subscription="projects/p/subscriptions/s",
         delivery_attempt=2,
         trace_id="0af7651916cd43dd8448eb211c80319c",
+        schema="projects/p/schemas/orders@0a1b2c3d",
     )
     rejection = Rejection(
         message_id="m-2",
@@ -43,7 +44,7 @@ async def test_rows_round_trip(store: BigQueryStore, write_fake: FakeBigQueryWri
     assert await store.append([stored, rejection]) == [None, None]
 
     assert write_fake.rows("records") == [
-        {**{name: getattr(stored, name) for name in stored.__struct_fields__}}
+        {c.name: getattr(stored, c.name) for c in columns(Record)}
     ]
     assert write_fake.rows("rejected")[0]["data"] == b"not json \xff"
     # JSON comes back as JSON text; BigQuery may normalize spacing and key order.
@@ -65,7 +66,7 @@ async def test_rows_round_trip(store: BigQueryStore, write_fake: FakeBigQueryWri
 
 def _same(read: Record, written: Record) -> bool:
     def normal(row: Record) -> dict[str, Any]:
-        fields = {name: getattr(row, name) for name in row.__struct_fields__}
+        fields = {c.name: getattr(row, c.name) for c in columns(Record)}
         return {**fields, "data": json.loads(row.data), "attributes": json.loads(row.attributes)}
 
     return normal(read) == normal(written)
