@@ -31,6 +31,7 @@ from app.asgi import create_app
 from app.ingest.protobuf import compile_proto
 from app.records import Record, Rejection
 from app.store.duckdb import DuckDBStore, ddl
+from recordline_dev.client import EXAMPLE_SCHEMAS, TopicSchema, generated_values
 from recordline_dev.replay import Service, replay_rejected
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
@@ -474,3 +475,24 @@ async def test_an_existing_duckdb_file_gets_the_schema_column(
         new_record = (await http.get("/v1/records/o-1")).json()
     assert old_record["schema"] is None
     assert new_record["schema"] == f"{SCHEMA}@a1"
+
+
+@pytest.mark.parametrize("encoding", ["BINARY", "JSON"])
+@pytest.mark.parametrize(
+    ("example", "kind"), [("record.avsc", "AVRO"), ("record.proto", "PROTOCOL_BUFFER")]
+)
+async def test_what_recordline_publish_encodes_the_service_decodes(
+    schema_api: FakeSchemaApi, example: str, kind: str, encoding: str
+) -> None:
+    """`recordline publish --schema` and the default mapping: the example schemas
+    carry the contract's fields, so the id and event time are found as before."""
+    schema = TopicSchema(EXAMPLE_SCHEMAS / example, encoding)
+    schema_api.add(SCHEMA, "x1", kind, schema.definition)
+    (value,) = generated_values(1, first=9)
+    async with service(schema_api) as http:
+        body = pushed(schema.encode(value), "m-1", schema_attributes("x1", encoding))
+        assert (await http.post("/pubsub/push", json=body)).status_code == 204
+        record = (await http.get("/v1/records/9")).json()
+    assert datetime.fromisoformat(record["timestamp"]) == value["timestamp"]
+    assert record["schema"] == f"{SCHEMA}@x1"
+    assert record["data"]["data"] == {"n": 9 if kind == "AVRO" else "9", "text": "Ejemplo de datos"}

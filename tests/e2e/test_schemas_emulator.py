@@ -8,9 +8,11 @@ emulator's Schema API (PUBSUB_EMULATOR_HOST) and decodes with it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -29,6 +31,7 @@ from google.pubsub_v1.types import Encoding, Schema
 
 from app.asgi import create_app
 from app.store.duckdb import DuckDBStore
+from recordline_dev.client import EXAMPLE_SCHEMAS, add_publish_arguments, publish_command
 from recordline_dev.devstack import DEV_PROJECT, Emulator
 from tests.conftest import served, settings
 from tests.e2e.conftest import PUSH_TOKEN, Follower, RecordingStore, Wiring, publish_all
@@ -247,3 +250,38 @@ async def test_while_the_schema_api_is_down_nothing_is_acknowledged_and_nothing_
     assert ready.status_code == 503
     assert schema.name in ready.json()["detail"]
     follower.assert_exactly_once(ids)
+
+
+async def test_recordline_publish_with_a_schema_goes_the_whole_way(
+    wiring: Wiring, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `recordline dev` shows it: publish makes the example schema the topic's,
+    publishes in its encoding, and the service stores the records decoded."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    parser = argparse.ArgumentParser()
+    add_publish_arguments(parser)
+    store = RecordingStore(DuckDBStore(":memory:"))
+    app = create_app(
+        settings(RECORDLINE_PUSH_TOKEN=PUSH_TOKEN, PUBSUB_EMULATOR_HOST=emulator.host),
+        store=store,
+    )
+    async with served(app) as http, Follower(http) as follower:
+        await wiring.connect(str(http.base_url).rstrip("/"))
+        for encoding in ("BINARY", "JSON"):
+            args = parser.parse_args(
+                ["--project", DEV_PROJECT, "--topic", wiring.topic, "--count", "5",
+                 "--schema", str(EXAMPLE_SCHEMAS / "record.avsc"), "--encoding", encoding]
+            )  # fmt: skip
+            assert await asyncio.to_thread(publish_command, args) == 0
+        deadline = time.monotonic() + 60
+        while len(follower.message_ids) < 10:
+            assert time.monotonic() < deadline, f"{len(follower.message_ids)} of 10 stored"
+            await asyncio.sleep(0.1)
+        page = (await http.get("/v1/records", params={"since": "2000-01-01T00:00:00Z"})).json()
+    records = page["records"]
+    assert len(records) == 10
+    assert {r["attributes"]["googclient_schemaencoding"] for r in records} == {"BINARY", "JSON"}
+    for record in records:
+        assert record["schema"].startswith(f"projects/{DEV_PROJECT}/schemas/record@")
+        assert record["timestamp"] is not None
+        assert record["data"]["data"] == {"n": int(record["id"]), "text": "Ejemplo de datos"}
