@@ -130,7 +130,8 @@ class TopicSchema:
             message = json_format.ParseDict(_proto_json(value), self._message())
             if self.encoding == "BINARY":
                 return bytes(message.SerializeToString())
-            return json_format.MessageToJson(message, indent=None).encode()
+            text_json: str = json_format.MessageToJson(message, indent=None)
+            return text_json.encode()
         except Exception as exc:  # each library refuses a misfit its own way
             raise SchemaMismatch(f"does not fit {self.path.name}: {exc}") from None
 
@@ -141,6 +142,8 @@ class TopicSchema:
                 import fastavro
 
                 (value,) = fastavro.json_reader(io.StringIO(line.decode()), self._avro)
+                if not isinstance(value, dict):
+                    raise SchemaMismatch(f"is not a record of {self.path.name}")
                 return self.encode(value) if self.encoding == "BINARY" else line
             from google.protobuf import json_format
 
@@ -197,7 +200,8 @@ def attach_schema(
     try:
         schemas = SchemaServiceClient(transport=SchemaServiceGrpcTransport(channel=channel))
         name = f"projects/{project}/schemas/{schema.schema_id}"
-        wanted = {"name": name, "type_": Schema.Type[schema.type], "definition": schema.definition}
+        kind = getattr(Schema.Type, schema.type)
+        wanted = {"name": name, "type_": kind, "definition": schema.definition}
         try:
             made = schemas.create_schema(
                 request={
@@ -212,7 +216,7 @@ def attach_schema(
             if made.definition != schema.definition:
                 made = schemas.commit_schema(request={"name": name, "schema": wanted}, timeout=30)
         publisher = PublisherClient(transport=PublisherGrpcTransport(channel=channel))
-        settings = {"schema": name, "encoding": Encoding[schema.encoding]}
+        settings = {"schema": name, "encoding": getattr(Encoding, schema.encoding)}
         publisher.update_topic(
             request={
                 "topic": {"name": topic, "schema_settings": settings},
