@@ -139,12 +139,26 @@ class Payloads:
         self._shape = shape
         self._schemas = schemas
         self.plain: Reader = CONTRACT if shape.is_contract else JsonReader(shape)
+        # By (decoder, encoding): a few per revision, made once.
+        self._readers: dict[tuple[Decoder, str], SchemaReader] = {}
 
-    async def reader(self, attributes: Mapping[str, str]) -> Reader:
-        """Raises SchemaUnavailable when the named revision cannot be fetched."""
+    def ready(self, attributes: Mapping[str, str]) -> Reader | None:
+        """The reader, when choosing it needs no fetch: no schema, or a revision seen before."""
         name = attributes.get(SCHEMA_NAME)
         if name is None:
             return self.plain
+        encoding = attributes.get(SCHEMA_ENCODING, "")
+        decoder = self._schemas.kept(name, attributes.get(SCHEMA_REVISION, ""))
+        if decoder is None or encoding not in ENCODINGS:
+            return None
+        return self._reader(decoder, encoding)
+
+    async def reader(self, attributes: Mapping[str, str]) -> Reader:
+        """Raises SchemaUnavailable when the named revision cannot be fetched."""
+        ready = self.ready(attributes)
+        if ready is not None:
+            return ready
+        name = attributes[SCHEMA_NAME]
         revision_id = attributes.get(SCHEMA_REVISION, "")
         encoding = attributes.get(SCHEMA_ENCODING, "")
         if not valid_name(name):
@@ -154,5 +168,11 @@ class Payloads:
             problem = f"{SCHEMA_ENCODING} {encoding[:64]!r} is neither JSON nor BINARY"
             decoder = unusable(name, revision_id[:64], problem)
         else:
-            decoder = await self._schemas.decoder(name, revision_id)
+            return self._reader(await self._schemas.decoder(name, revision_id), encoding)
         return SchemaReader(decoder, encoding or "no encoding", self._shape)
+
+    def _reader(self, decoder: Decoder, encoding: str) -> SchemaReader:
+        reader = self._readers.get((decoder, encoding))
+        if reader is None:
+            reader = self._readers[decoder, encoding] = SchemaReader(decoder, encoding, self._shape)
+        return reader

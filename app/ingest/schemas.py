@@ -116,12 +116,19 @@ class Schemas:
         # Revisions whose last fetch failed, oldest first, and why.
         self._failing: dict[tuple[str, str], str] = {}
 
-    async def decoder(self, name: str, revision_id: str) -> Decoder:
-        """The decoder of that revision; raises SchemaUnavailable if it cannot be fetched."""
-        key = (name, revision_id)
-        kept = self._kept.get(key)
+    def kept(self, name: str, revision_id: str) -> Decoder | None:
+        """The decoder of that revision if it was fetched already (no await: the common case)."""
+        kept = self._kept.get((name, revision_id))
         if kept is not None and (kept.until is None or kept.until > self._clock()):
             return kept.decoder
+        return None
+
+    async def decoder(self, name: str, revision_id: str) -> Decoder:
+        """The decoder of that revision; raises SchemaUnavailable if it cannot be fetched."""
+        kept = self.kept(name, revision_id)
+        if kept is not None:
+            return kept
+        key = (name, revision_id)
         fetching = self._fetching.get(key)
         if fetching is None:
             fetching = asyncio.create_task(self._fetch(key), name=f"schema {name}@{revision_id}")

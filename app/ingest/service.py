@@ -96,7 +96,9 @@ class Ingest:
         try:
             # The schema a message names is fetched (once) before its row is
             # built: the batcher builds rows synchronously, in ingest order.
-            reader = await self._payloads.reader(message.attributes)
+            reader = self._payloads.ready(message.attributes)
+            if reader is None:
+                reader = await self._payloads.reader(message.attributes)
             row, outcome = await self._batcher.submit(
                 functools.partial(to_row, message, trace_id=trace_id, reader=reader), size
             )
