@@ -3,7 +3,8 @@
 An operator hands back messages as Pub/Sub delivered them (the rejected
 table's raw bytes, or a dead-letter subscription's messages), each under its
 original message id, attributes and publish time. Each goes through the same
-path as a push (validation, group commit, the same acknowledgement contract:
+path as a push (decoding with the topic schema revision its attributes name and
+today's mapping, validation, group commit, the same acknowledgement contract:
 an answer only once the row is durable), with a new ingest time, so a
 follower of `/v1/records` sees a replayed record once, in ingest order at the
 moment of replay.
