@@ -20,9 +20,13 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from app.auth.guards import Auth
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
+from app.ingest.payload import Payloads
+from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
 from app.ingest.routes import PUSH_ROUTES, REPLAY_ROUTES
+from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest
+from app.ingest.shape import Shape
 from app.problems import PROBLEMS, describe_problem
 from app.query.page_token import PageTokens
 from app.query.routes import READ_ROUTES
@@ -39,6 +43,7 @@ def create_app(
     *,
     store: Store | None = None,
     telemetry: Telemetry | None = None,
+    schema_source: SchemaSource | None = None,
 ) -> Litestar:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
@@ -60,14 +65,22 @@ def create_app(
         max_in_flight=store.max_in_flight,
         observer=telemetry.flush_observer(),
     )
-    ingest = Ingest(batcher, observer=telemetry.push_outcomes())
+    fetch_timeout = settings.schema.fetch_timeout_seconds
+    schemas = Schemas(
+        schema_source
+        if schema_source is not None
+        else PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=fetch_timeout),
+        timeout=fetch_timeout,
+    )
+    shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
+    ingest = Ingest(batcher, Payloads(shape, schemas), observer=telemetry.push_outcomes())
     reader = Reader(
         observed,
         pending_horizon=batcher.horizon,
         tokens=PageTokens(settings.query.page_token_secret),
         retention_days=settings.store.retention_days,
     )
-    readiness = Readiness(store, auth=auth.check)
+    readiness = Readiness(store, checks=[auth.check, schemas.check])
     telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
 
     async def drain() -> None:
@@ -82,6 +95,7 @@ def create_app(
             stack.push_async_callback(telemetry.shutdown)
             await store.start()
             stack.push_async_callback(store.close)
+            stack.push_async_callback(schemas.close)
             await batcher.start()
             stack.push_async_callback(drain)
             log.info("recordline ready on store %s", settings.store.url)

@@ -118,6 +118,19 @@ class StoreUnavailable(RetryLater):
     cause = "store"
 
 
+class SchemaUnavailable(RetryLater):
+    """The topic schema revision a message names could not be fetched from the Pub/Sub
+    Schema API, so the message could not be decoded; nothing was stored.
+
+    Our failure, not the publisher's: `/readyz` says which schema and why. Pub/Sub
+    redelivers after `Retry-After`.
+    """
+
+    title = "Topic schema unavailable"
+    problem = "schema-unavailable"
+    cause = "schema"
+
+
 class QueryTooCostly(RetryLater):
     """A read BigQuery refused because it would bill more than the cap allows."""
 

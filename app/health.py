@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from litestar import get
@@ -21,10 +21,13 @@ class Health(msgspec.Struct, frozen=True):
 
 
 class Readiness:
-    def __init__(self, store: Store, *, auth: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self, store: Store, *, checks: Sequence[Callable[[], Awaitable[None]]] = ()
+    ) -> None:
         self._store = store
-        # Raises while pushes could not be verified (no token-signing keys).
-        self._auth = auth
+        # Each raises a RecordlineError saying what is wrong: pushes could not be
+        # verified (no token-signing keys), a topic schema cannot be fetched…
+        self._checks = tuple(checks)
         self.stopping = False
 
     async def check(self) -> None:
@@ -35,8 +38,8 @@ class Readiness:
                 await self._store.check()
         except TimeoutError:
             raise RetryLater(f"store did not answer within {_READY_TIMEOUT_SECONDS:g} s") from None
-        if self._auth is not None:
-            await self._auth()
+        for check in self._checks:
+            await check()
 
 
 @get("/healthz", summary="The process is alive", tags=["health"])
@@ -46,7 +49,10 @@ async def healthz() -> Health:
 
 @get(
     "/readyz",
-    summary="The store is reachable, pushes can be verified and the service takes writes",
+    summary=(
+        "The store is reachable, pushes can be verified, topic schemas can be fetched and "
+        "the service takes writes"
+    ),
     tags=["health"],
 )
 async def readyz(readiness: NamedDependency[Readiness]) -> Health:

@@ -3,7 +3,8 @@
 `Record` and `Rejection` are the rows of the `records` and `rejected` tables.
 The DuckDB DDL, the Storage Write API protobuf descriptor and the BigQuery
 table schemas (JSON, read by Terraform) are all computed from these Structs by
-`columns()`, so a column is added in exactly one place.
+`columns()`, so a column is added in exactly one place. A new column goes at
+the end of its Struct and is nullable: tables made before it get it appended.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def _doc(text: str) -> Meta:
     return Meta(description=text)
 
 
+# Marks a field a row carries to the store but that is no column of its table.
+NOT_STORED = Meta(extra={"stored": False})
+
+
 class Row(msgspec.Struct, kw_only=True, frozen=True):
     """Base for stored rows: keyword-only and immutable once built."""
 
@@ -82,6 +87,13 @@ DeliveryAttempt = Annotated[
     int | None, _doc("Delivery attempt, set when the subscription has a dead-letter policy")
 ]
 TraceId = Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")]
+SchemaRevision = Annotated[
+    str | None,
+    _doc(
+        "Topic schema revision the message named and was decoded with, "
+        "`projects/P/schemas/S@REVISION`; null for JSON without a schema"
+    ),
+]
 
 
 class Record(Row, frozen=True):
@@ -97,6 +109,11 @@ class Record(Row, frozen=True):
     subscription: Subscription = None
     delivery_attempt: DeliveryAttempt = None
     trace_id: TraceId = None
+    schema: SchemaRevision = None
+    # The message data as received. Not stored with the record: it is there for
+    # a store that refuses the row and keeps it as a rejection, so that a replay
+    # decodes the very bytes the publisher sent, whatever their encoding.
+    received: Annotated[bytes | None, NOT_STORED] = None
 
 
 class Rejection(Row, frozen=True):
@@ -115,6 +132,7 @@ class Rejection(Row, frozen=True):
     subscription: Subscription = None
     delivery_attempt: DeliveryAttempt = None
     trace_id: TraceId = None
+    schema: SchemaRevision = None
 
 
 # The fields both rows declare alike (their columns keep each table's order; both
@@ -127,6 +145,7 @@ DELIVERY_FIELDS = (
     "subscription",
     "delivery_attempt",
     "trace_id",
+    "schema",
 )
 
 
@@ -140,7 +159,8 @@ R = typing.TypeVar("R", bound=Row)
 
 def row_of(row_type: type[R], values: Sequence[Any]) -> R:
     """A row from its column values, in column order (as both stores select them)."""
-    return row_type(**dict(zip(row_type.__struct_fields__, values, strict=True)))
+    names = [c.name for c in columns(row_type)]
+    return row_type(**dict(zip(names, values, strict=True)))
 
 
 class Column(msgspec.Struct, frozen=True):
@@ -151,6 +171,10 @@ class Column(msgspec.Struct, frozen=True):
 
 
 _PLAIN_KINDS: dict[type, Kind] = {str: Kind.STRING, int: Kind.INT64, bytes: Kind.BYTES}
+
+
+def _stored(hint: Any) -> bool:
+    return NOT_STORED not in typing.get_args(hint)[1:]
 
 
 def _column(name: str, hint: Any) -> Column:
@@ -180,9 +204,11 @@ def _column(name: str, hint: Any) -> Column:
 
 @functools.cache
 def columns(row_type: type[Row]) -> tuple[Column, ...]:
-    """The table's columns, in declaration order."""
+    """The table's columns, in declaration order (fields marked NOT_STORED are none)."""
     hints = typing.get_type_hints(row_type, include_extras=True)
-    return tuple(_column(name, hints[name]) for name in row_type.__struct_fields__)
+    return tuple(
+        _column(name, hints[name]) for name in row_type.__struct_fields__ if _stored(hints[name])
+    )
 
 
 TABLES: dict[str, type[Row]] = {"records": Record, "rejected": Rejection}

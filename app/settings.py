@@ -193,6 +193,60 @@ class BatchSettings(Section, frozen=True):
     ] = 256 * 1024 * 1024
 
 
+# A field path: names joined by dots, e.g. `order_id` or `meta.created_at`.
+_FIELD_PATH = r"^[^.\s]+(\.[^.\s]+)*$"
+
+
+class PayloadSettings(Section, frozen=True):
+    """Where a payload keeps its record id and event time: the publisher's own message shape.
+
+    With both defaults and no topic schema, a payload is the `{"id", "timestamp",
+    "data"}` contract and `data` is stored as sent; otherwise the whole decoded
+    payload is stored as `data`.
+    """
+
+    id_field: Annotated[
+        str,
+        Meta(pattern=_FIELD_PATH),
+        env(
+            "RECORDLINE_ID_FIELD",
+            "Field path of the record id in the payload, e.g. `order_id` or `meta.key` "
+            "(text, or an integer stored as its digits)",
+        ),
+    ] = "id"
+    time_field: Annotated[
+        str,
+        Meta(pattern=_FIELD_PATH),
+        env(
+            "RECORDLINE_TIME_FIELD",
+            "Field path of the event time, e.g. `created_at` or `meta.created_at`: RFC 3339 "
+            "text, Avro `timestamp-millis`/`-micros` or a protobuf `Timestamp`; may be absent",
+        ),
+    ] = "timestamp"
+
+
+class SchemaSettings(Section, frozen=True):
+    """The Pub/Sub Schema API, asked for the topic schema revision a message names."""
+
+    emulator_host: Annotated[
+        str,
+        env(
+            "PUBSUB_EMULATOR_HOST",
+            "`host:port` of a Pub/Sub emulator to fetch topic schemas from (plaintext, no "
+            "credentials) instead of Google's Schema API",
+        ),
+    ] = ""
+    fetch_timeout_seconds: Annotated[
+        float,
+        Meta(gt=0),
+        env(
+            "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
+            "Longest a fetch of a schema revision may take; a push waiting for it then gets "
+            "503. Each revision is fetched once, then kept",
+        ),
+    ] = 3.0
+
+
 class QuerySettings(Section, frozen=True):
     page_token_secret: Annotated[
         str,
@@ -370,6 +424,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    payload: PayloadSettings = msgspec.field(default_factory=PayloadSettings)
+    schema: SchemaSettings = msgspec.field(default_factory=SchemaSettings)
     query: QuerySettings = msgspec.field(default_factory=QuerySettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)

@@ -44,7 +44,7 @@ request = function()
   counter = counter + 1
   local id = prefix .. "-" .. counter
   local body = '{"message":{"data":"' .. data .. '","messageId":"' .. id ..
-    '","publishTime":"2024-04-27T12:00:01Z","attributes":{"origin":"bench"}},' ..
+    '","publishTime":"2024-04-27T12:00:01Z","attributes":%(attributes)s},' ..
     '"subscription":"projects/bench/subscriptions/records-push"}'
   return wrk.format(nil, "%(path)s", nil, body)
 end
@@ -63,14 +63,26 @@ end
 
 
 def push_script(
-    path: str = "/pubsub/push", headers: dict[str, str] | None = None, per_request: str = ""
+    path: str = "/pubsub/push",
+    headers: dict[str, str] | None = None,
+    per_request: str = "",
+    *,
+    data: bytes = RECORD.encode(),
+    attributes: dict[str, str] | None = None,
 ) -> str:
-    """wrk's Lua for pushes; `per_request` is Lua run before each one is built."""
+    """wrk's Lua for pushes of `data`; `per_request` is Lua run before each one is built."""
     import base64
 
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
-    data = base64.b64encode(RECORD.encode()).decode()
-    values = {"headers": lines, "data": data, "path": path, "per_request": per_request}
+    encoded = base64.b64encode(data).decode()
+    attributes_json = json.dumps(attributes or {"origin": "bench"}, separators=(",", ":"))
+    values = {
+        "headers": lines,
+        "data": encoded,
+        "path": path,
+        "per_request": per_request,
+        "attributes": attributes_json,
+    }
     return PUSH_LUA % values + DONE_LUA
 
 

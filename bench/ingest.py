@@ -3,32 +3,113 @@
     python3 dev.py bench ingest [--rounds 5] [--seconds 2] [--connections 64]
 
 (a) Recordline on DuckDB, (b) the floor: decode and 204, (c) one INSERT per
-request, and (d) Recordline on the BigQuery store, appending through the real
-Storage Write client to the fake AppendRows server in another process. All
-four are served at once and loaded in turn, round after round (five rounds of
-2 s by default), so the machine's drift falls on all of them alike. Prints msgs/s,
-p50/p99, peak RSS, rows per append, and the ratios with their range over the
-rounds. Targets: a/b and d/b ≥ 0.6, a/c ≥ 5, p99 < 50 ms at 64 connections,
-peak RSS < 300 MB.
+request, (d) Recordline on the BigQuery store, appending through the real
+Storage Write client to the fake AppendRows server in another process, and
+(e) Recordline on DuckDB with the same record in a topic schema's binary Avro
+(the revision served by the fake Schema API in another process, fetched once).
+All five are served at once and loaded in turn, round after round (five rounds
+of 2 s by default), so the machine's drift falls on all of them alike. Prints
+msgs/s, p50/p99, peak RSS, rows per append, and the ratios with their range
+over the rounds. Targets: a/b and d/b ≥ 0.6, a/c ≥ 5, e/a ≥ 0.8, p99 < 50 ms
+at 64 connections, peak RSS < 300 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import json
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
+import fastavro
 import httpx
 
-from bench.harness import RECORDLINE, Load, Server, interleaved, push_script, table, uvicorn_argv
+from bench.harness import (
+    DATA,
+    RECORD,
+    RECORDLINE,
+    ROOT,
+    Load,
+    Server,
+    interleaved,
+    push_script,
+    table,
+    uvicorn_argv,
+)
 from bench.writer import start_fake
 
 BIGQUERY_STORE = "bigquery://bench-project/records"
+
+# The harness's record as a topic schema's binary Avro: the same id, event
+# time and data, 214 bytes instead of 299 of JSON.
+SCHEMA_NAME = "projects/bench/schemas/records"
+SCHEMA_REVISION = "0a1b2c3d"
+AVRO_SCHEMA = {
+    "type": "record",
+    "name": "Record",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {
+            "name": "data",
+            "type": {
+                "type": "record",
+                "name": "Data",
+                "fields": [
+                    {"name": "text", "type": "string"},
+                    {"name": "values", "type": {"type": "array", "items": "long"}},
+                    {"name": "note", "type": "string"},
+                ],
+            },
+        },
+    ],
+}
+SCHEMA_ATTRIBUTES = {
+    "origin": "bench",
+    "googclient_schemaname": SCHEMA_NAME,
+    "googclient_schemarevisionid": SCHEMA_REVISION,
+    "googclient_schemaencoding": "BINARY",
+}
+
+
+def avro_record() -> bytes:
+    record = json.loads(RECORD)
+    value = {**record, "timestamp": datetime.fromisoformat(record["timestamp"]), "data": DATA}
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(AVRO_SCHEMA), value)
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def schema_api_fake(folder: Path) -> Iterator[str]:
+    """The fake Schema API (tests/fake_schema_api.py) serving AVRO_SCHEMA, in a process."""
+    definition = folder / "records.avsc"
+    definition.write_text(json.dumps(AVRO_SCHEMA))
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_schema_api", "--port", "0", "--name", SCHEMA_NAME,
+         "--revision", SCHEMA_REVISION, "--type", "AVRO", "--definition-file", str(definition)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert fake.stdout is not None
+    line = fake.stdout.readline()
+    try:
+        if not line.startswith("listening on "):
+            raise SystemExit(f"fake Schema API did not start: {line!r}")
+        yield line.removeprefix("listening on ").strip()
+    finally:
+        fake.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            fake.wait(timeout=5)
 
 
 @contextlib.contextmanager
@@ -64,13 +145,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args(argv)
     seen: dict[str, tuple[float, float]] = {}
+    decoded: list[bool] = []
 
     def inspect(name: str, srv: Server) -> None:
-        per_append = rows_per_append(srv.url) if name[0] in "ad" else float("nan")
+        per_append = rows_per_append(srv.url) if name[0] in "ade" else float("nan")
         seen[name] = (srv.peak_rss_mb(), per_append)
+        if name[0] == "e":  # the Avro pushes were decoded and stored, not rejected
+            since = {"since": "2000-01-01T00:00:00Z", "limit": 1}
+            (record,) = httpx.get(f"{srv.url}/v1/records", params=since).json()["records"]
+            rejected = httpx.get(f"{srv.url}/v1/rejections", params=since).json()["rejections"]
+            if record["schema"] != f"{SCHEMA_NAME}@{SCHEMA_REVISION}" or rejected:
+                raise SystemExit(f"e did not store decoded records: {record}, {rejected}")
+            decoded.append(
+                record["data"] == {**json.loads(RECORD), "timestamp": "2024-04-27T12:00:00Z"}
+            )
 
-    with tempfile.TemporaryDirectory() as tmp, storage_write_fake() as fake:
-        a_file, c_file = Path(tmp) / "a.duckdb", Path(tmp) / "c.duckdb"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        storage_write_fake() as fake,
+        schema_api_fake(Path(tmp)) as schema_api,
+    ):
+        a_file, c_file, e_file = (Path(tmp) / f"{n}.duckdb" for n in "ace")
         quiet = {"RECORDLINE_LOG_LEVEL": "WARNING"}
         loads = interleaved(
             {
@@ -83,6 +178,9 @@ def main(argv: list[str]) -> int:
                 ),
                 "d recordline (bigquery)": lambda port: [
                     RECORDLINE, "serve", "--store", BIGQUERY_STORE, "--port", str(port)
+                ],
+                "e recordline (duckdb, Avro)": lambda port: [
+                    RECORDLINE, "serve", "--store", f"duckdb://{e_file}", "--port", str(port)
                 ],
             },
             push_script(),
@@ -98,6 +196,12 @@ def main(argv: list[str]) -> int:
                     # No query is made; this only keeps the client off real credentials.
                     "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9",
                 },
+                "e recordline (duckdb, Avro)": {**quiet, "PUBSUB_EMULATOR_HOST": schema_api},
+            },
+            scripts={
+                "e recordline (duckdb, Avro)": push_script(
+                    data=avro_record(), attributes=SCHEMA_ATTRIBUTES
+                )
             },
             inspect=inspect,
         )  # fmt: skip
@@ -116,8 +220,10 @@ def main(argv: list[str]) -> int:
         f"{args.seconds:g} s per design, taken in turn; medians of p50/p99"
     )
     print(table(rows))
-    a, b, c, d = loads.values()
+    a, b, c, d, e = loads.values()
     print(f"a/b = {ratio(a, b)}  (target ≥ 0.6)")
     print(f"a/c = {ratio(a, c)}  (target ≥ 5)")
     print(f"d/b = {ratio(d, b)}  (target ≥ 0.6)")
+    print(f"e/a = {ratio(e, a)}  (target ≥ 0.8: binary Avro against JSON)")
+    print(f"e stored every push as a record decoded with its schema: {all(decoded)}")
     return 0

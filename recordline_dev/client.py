@@ -1,7 +1,8 @@
 """Clients of a running Recordline: `recordline publish` and `recordline tail`.
 
 `publish` sends records to a Pub/Sub topic (the emulator's, or a real
-project's) with the client library's OpenTelemetry tracing on, so every
+project's), as JSON or in a topic schema's encoding (`--schema`), with the
+client library's OpenTelemetry tracing on, so every
 message carries a `googclient_traceparent` attribute and the service's push
 span links back to the publish. `tail` follows `GET /v1/records` by page
 token, the way any consumer should read: it sees every record once, in ingest
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import functools
+import io
 import os
 import re
 import sys
@@ -29,7 +31,7 @@ import msgspec
 import rich.progress
 from rich.console import Console
 
-from app.records import rfc3339
+from app.records import micros, rfc3339
 
 # Outstanding publishes before `publish()` blocks: bounds memory for any
 # --count, and is the client library's own default message limit.
@@ -66,6 +68,165 @@ def file_records(lines: IO[bytes]) -> Iterator[bytes]:
         line = line.strip()
         if line:
             yield line
+
+
+# -- publish in a topic schema's encoding ---------------------------------------
+
+# Example schemas of what `generated_records` makes, for `--schema`.
+EXAMPLE_SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+class SchemaMismatch(ValueError):
+    """A record that does not fit the schema; the message says which and why."""
+
+
+class TopicSchema:
+    """A schema file (`.proto`: Protocol Buffers, else Avro) and the encoding to publish in.
+
+    Records go out as Pub/Sub expects on a topic with that schema: BINARY is
+    Avro's binary encoding or the protobuf wire format, JSON is Avro's JSON
+    encoding (a union value wrapped in its branch's name) or protobuf's JSON
+    mapping.
+    """
+
+    def __init__(self, path: Path, encoding: str) -> None:
+        self.path = path
+        self.encoding = encoding
+        self.definition = path.read_text()
+        self.type = "PROTOCOL_BUFFER" if path.suffix == ".proto" else "AVRO"
+        # The schema's id in a project: the file's name, as Pub/Sub allows ids.
+        self.schema_id = re.sub(r"[^A-Za-z0-9_.~+%-]", "-", path.stem)
+        if self.type == "AVRO":
+            import fastavro
+
+            self._avro = fastavro.parse_schema(msgspec.json.decode(self.definition))
+        else:
+            from google.protobuf import descriptor_pool, message_factory
+
+            from app.ingest.protobuf import compile_proto
+
+            pool = descriptor_pool.DescriptorPool()
+            files = compile_proto(self.definition).file
+            for file in files:
+                pool.Add(file)
+            top = next(iter(pool.FindFileByName(files[-1].name).message_types_by_name.values()))
+            self._message = message_factory.GetMessageClass(top)
+
+    def encode(self, value: dict[str, Any]) -> bytes:
+        """`value` (plain Python: datetimes, dicts, lists) in this schema's encoding."""
+        try:
+            if self.type == "AVRO":
+                import fastavro
+
+                if self.encoding == "BINARY":
+                    out = io.BytesIO()
+                    fastavro.schemaless_writer(out, self._avro, value)
+                    return out.getvalue()
+                text = io.StringIO()
+                fastavro.json_writer(text, self._avro, [value])
+                return text.getvalue().strip().encode()
+            from google.protobuf import json_format
+
+            message = json_format.ParseDict(_proto_json(value), self._message())
+            if self.encoding == "BINARY":
+                return bytes(message.SerializeToString())
+            text_json: str = json_format.MessageToJson(message, indent=None)
+            return text_json.encode()
+        except Exception as exc:  # each library refuses a misfit its own way
+            raise SchemaMismatch(f"does not fit {self.path.name}: {exc}") from None
+
+    def encode_line(self, line: bytes) -> bytes:
+        """A record written in this schema's JSON encoding, in the chosen encoding."""
+        try:
+            if self.type == "AVRO":
+                import fastavro
+
+                (value,) = fastavro.json_reader(io.StringIO(line.decode()), self._avro)
+                if not isinstance(value, dict):
+                    raise SchemaMismatch(f"is not a record of {self.path.name}")
+                return self.encode(value) if self.encoding == "BINARY" else line
+            from google.protobuf import json_format
+
+            message = json_format.Parse(line, self._message())
+        except SchemaMismatch:
+            raise
+        except Exception as exc:
+            raise SchemaMismatch(f"does not fit {self.path.name}: {exc}") from None
+        if self.encoding == "BINARY":
+            return bytes(message.SerializeToString())
+        return line
+
+
+def _proto_json(value: Any) -> Any:
+    """Plain Python values as protobuf's JSON mapping takes them: a time is an object
+    of `seconds` and `nanos` (the example schema's own Timestamp message)."""
+    match value:
+        case datetime():
+            us = micros(value)
+            return {"seconds": us // 1_000_000, "nanos": us % 1_000_000 * 1000}
+        case dict():
+            return {k: _proto_json(v) for k, v in value.items()}
+        case list():
+            return [_proto_json(v) for v in value]
+        case _:
+            return value
+
+
+def generated_values(count: int, *, first: int = 1) -> Iterator[dict[str, Any]]:
+    """What `generated_records` publishes, as values for a topic schema to encode."""
+    for n in range(first, first + count):
+        yield {
+            "id": str(n),
+            "timestamp": datetime.now(UTC),
+            "data": {"n": n, "text": "Ejemplo de datos"},
+        }
+
+
+def attach_schema(
+    schema: TopicSchema, topic: str, *, project: str, emulator_host: str
+) -> tuple[str, str]:
+    """Put `schema` into the emulator (a new revision if its text changed) and make it
+    `topic`'s schema, as Terraform or gcloud would in a project. Its name and revision."""
+    import grpc
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud.pubsub_v1 import PublisherClient
+    from google.protobuf import field_mask_pb2
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+    from google.pubsub_v1.services.schema_service import SchemaServiceClient
+    from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcTransport
+    from google.pubsub_v1.types import Encoding, Schema
+
+    channel = grpc.insecure_channel(emulator_host)
+    try:
+        schemas = SchemaServiceClient(transport=SchemaServiceGrpcTransport(channel=channel))
+        name = f"projects/{project}/schemas/{schema.schema_id}"
+        kind = getattr(Schema.Type, schema.type)
+        wanted = {"name": name, "type_": kind, "definition": schema.definition}
+        try:
+            made = schemas.create_schema(
+                request={
+                    "parent": f"projects/{project}",
+                    "schema_id": schema.schema_id,
+                    "schema": wanted,
+                },
+                timeout=30,
+            )
+        except AlreadyExists:
+            made = schemas.get_schema(request={"name": name, "view": "FULL"}, timeout=30)
+            if made.definition != schema.definition:
+                made = schemas.commit_schema(request={"name": name, "schema": wanted}, timeout=30)
+        publisher = PublisherClient(transport=PublisherGrpcTransport(channel=channel))
+        settings = {"schema": name, "encoding": getattr(Encoding, schema.encoding)}
+        publisher.update_topic(
+            request={
+                "topic": {"name": topic, "schema_settings": settings},
+                "update_mask": field_mask_pb2.FieldMask(paths=["schema_settings"]),
+            },
+            timeout=30,
+        )
+        return name, str(made.revision_id)
+    finally:
+        channel.close()
 
 
 def topic_path(topic: str, project: str) -> str:
@@ -237,12 +398,31 @@ def publish_command(args: argparse.Namespace) -> int:
         return 2
     trace_publishes(exporter=telemetry.traces_exporter, otlp_endpoint=telemetry.otlp_endpoint)
     topic = topic_path(args.topic, project)
+    schema: TopicSchema | None = None
+    if args.schema is not None:
+        try:
+            schema = TopicSchema(Path(args.schema), args.encoding)
+            if emulator_host is not None:
+                name, revision = attach_schema(
+                    schema, topic, project=project, emulator_host=emulator_host
+                )
+                print(
+                    f"recordline publish: {topic} takes {name}@{revision} ({args.encoding})",
+                    file=sys.stderr,
+                )
+        except Exception as exc:  # a file, a definition or the emulator said no
+            print(f"recordline publish: --schema {args.schema}: {exc}", file=sys.stderr)
+            return 2
     client = publisher_client(emulator_host=emulator_host)
 
     source: IO[bytes] | None = None
     if args.file is None:
         total: int | None = args.count
-        payloads: Iterable[bytes] = generated_records(args.count)
+        payloads: Iterable[bytes] = (
+            generated_records(args.count)
+            if schema is None
+            else map(schema.encode, generated_values(args.count))
+        )
     elif args.file == "-":
         total, payloads = None, file_records(sys.stdin.buffer)
     else:
@@ -251,8 +431,13 @@ def publish_command(args: argparse.Namespace) -> int:
             total = sum(1 for line in counted if line.strip())
         source = path.open("rb")
         payloads = file_records(source)
+    if args.file is not None and schema is not None:
+        payloads = map(schema.encode_line, payloads)
     try:
         result = publish(client, [topic], payloads, rate=args.rate, progress=Progress(total))
+    except SchemaMismatch as exc:
+        print(f"\nrecordline publish: a record {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nrecordline publish: interrupted", file=sys.stderr)
         return 130
@@ -289,6 +474,20 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rate", type=float, default=0.0, help="messages per second (default: as fast as possible)"
+    )
+    parser.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="publish in this topic schema's encoding (.avsc Avro, .proto Protocol Buffers): "
+        "generated records fit the examples in recordline_dev/schemas/, --file lines are in "
+        "the schema's JSON encoding; with PUBSUB_EMULATOR_HOST the schema is also made the "
+        "topic's",
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=["BINARY", "JSON"],
+        default="BINARY",
+        help="the topic schema's message encoding (default BINARY)",
     )
 
 

@@ -478,6 +478,10 @@ def instructions(stack: DevStack) -> str:
             "Publish, from another terminal:",
             f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline publish "
             f"--project {stack.project} --topic {stack.topic} --count 1000 --rate 100",
+            "  … in a topic schema's encoding (it becomes the topic's schema):",
+            f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline publish "
+            f"--project {stack.project} --topic {stack.topic} "
+            "--schema recordline_dev/schemas/record.avsc --encoding BINARY --count 100",
             "Dead letters, once the cause is fixed (--dry-run first):",
             f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline replay dead-letters "
             f"--subscription {stack.dead_letter_subscription} --url {stack.service_url}",
@@ -524,6 +528,8 @@ def dev_command(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         if emulator is not None:
             env["RECORDLINE_PUSH_TOKEN"] = token
+            # Topic schemas are fetched from the emulator's Schema API.
+            env["PUBSUB_EMULATOR_HOST"] = emulator.host
         service = subprocess.Popen(  # noqa: S603 - our own argv, no shell
             [
                 sys.executable,

@@ -3,7 +3,8 @@
 An operator hands back messages as Pub/Sub delivered them (the rejected
 table's raw bytes, or a dead-letter subscription's messages), each under its
 original message id, attributes and publish time. Each goes through the same
-path as a push (validation, group commit, the same acknowledgement contract:
+path as a push (decoding with the topic schema revision its attributes name and
+today's mapping, validation, group commit, the same acknowledgement contract:
 an answer only once the row is durable), with a new ingest time, so a
 follower of `/v1/records` sees a replayed record once, in ingest order at the
 moment of replay.
@@ -25,7 +26,7 @@ import msgspec
 from msgspec import Meta
 
 from app.ingest.envelope import PushedMessage
-from app.ingest.service import Ingest, to_row
+from app.ingest.service import Ingest
 from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, micros
 from app.store import RowOutcome, Store
 
@@ -86,7 +87,7 @@ class Replay:
             if before.get(message_id) == "stored":
                 answers[message_id] = _already(message_id)
                 continue
-            row = to_row(message, 0, trace_id=None)  # today's validation
+            row = await self._ingest.row(message)  # today's schema and mapping
             if isinstance(row, Rejection) and (request.dry_run or message_id in before):
                 # Still invalid; already rejected (or a dry run): nothing to write.
                 answers[message_id] = _rejected(message_id, row.reason)

@@ -7,54 +7,50 @@ returns; every failure to store surfaces as a RetryLater (503).
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Protocol
+from typing import Protocol
 
 import msgspec
-from msgspec import Meta
 
 from app.errors import RetryLater
 from app.ingest.batcher import Batcher
 from app.ingest.envelope import PushedMessage
-from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, micros
+from app.ingest.payload import CONTRACT, Payloads, Reader
+from app.ingest.shape import Invalid
+from app.records import Record, Rejection
 from app.store import RowOutcome
 
-
-class Payload(msgspec.Struct, kw_only=True, frozen=True):
-    """What producers publish. Fields they add are ignored, not refused."""
-
-    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
-    timestamp: AwareDatetime | None = None
-    # Kept as the exact JSON text the producer sent: stored without re-encoding.
-    data: msgspec.Raw = msgspec.Raw(b"null")
-
-
-_decode_payload = msgspec.json.Decoder(Payload).decode
 _encode = msgspec.json.encode
 
 
-def to_row(message: PushedMessage, ingest_time: int, *, trace_id: str | None) -> Record | Rejection:
+def to_row(
+    message: PushedMessage,
+    ingest_time: int,
+    *,
+    trace_id: str | None,
+    reader: Reader = CONTRACT,
+) -> Record | Rejection:
     attributes = _encode(message.attributes).decode()
     if message.data is None:
         reason = "message.data: not valid base64"
     else:
         try:
-            payload = _decode_payload(message.data)
-        except msgspec.ValidationError as exc:
-            reason = f"payload: {exc}"
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            reason = f"payload is not JSON: {exc}"
+            read = reader.read(message.data)
+        except Invalid as exc:
+            reason = str(exc)
         else:
             return Record(
                 message_id=message.message_id,
                 publish_time=message.publish_time,
                 ingest_time=ingest_time,
-                id=payload.id,
-                timestamp=None if payload.timestamp is None else micros(payload.timestamp),
-                data=bytes(payload.data).decode(),
+                id=read.id,
+                timestamp=read.timestamp,
+                data=read.data,
                 attributes=attributes,
                 subscription=message.subscription,
                 delivery_attempt=message.delivery_attempt,
                 trace_id=trace_id,
+                schema=reader.schema,
+                received=message.data,
             )
     return Rejection(
         message_id=message.message_id,
@@ -66,6 +62,7 @@ def to_row(message: PushedMessage, ingest_time: int, *, trace_id: str | None) ->
         subscription=message.subscription,
         delivery_attempt=message.delivery_attempt,
         trace_id=trace_id,
+        schema=reader.schema,
     )
 
 
@@ -80,17 +77,30 @@ class PushObserver(Protocol):
 class Ingest:
     """Validates a delivery and waits for its row to be durably stored."""
 
-    def __init__(self, batcher: Batcher, *, observer: PushObserver | None = None) -> None:
+    def __init__(
+        self, batcher: Batcher, payloads: Payloads, *, observer: PushObserver | None = None
+    ) -> None:
         self._batcher = batcher
+        self._payloads = payloads
         self._observer = observer
+
+    async def row(self, message: PushedMessage) -> Record | Rejection:
+        """What `message` would become today (at ingest time 0), storing nothing."""
+        reader = await self._payloads.reader(message.attributes)
+        return to_row(message, 0, trace_id=None, reader=reader)
 
     async def accept(
         self, message: PushedMessage, *, trace_id: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
         size = len(message.raw_data) + 256
         try:
+            # The schema a message names is fetched (once) before its row is
+            # built: the batcher builds rows synchronously, in ingest order.
+            reader = self._payloads.ready(message.attributes)
+            if reader is None:
+                reader = await self._payloads.reader(message.attributes)
             row, outcome = await self._batcher.submit(
-                functools.partial(to_row, message, trace_id=trace_id), size
+                functools.partial(to_row, message, trace_id=trace_id, reader=reader), size
             )
         except RetryLater as exc:
             if self._observer is not None:

@@ -42,6 +42,8 @@ class RecordView(msgspec.Struct, kw_only=True, frozen=True):
     subscription: str | None
     delivery_attempt: int | None
     trace_id: str | None
+    # The topic schema revision the payload was decoded with; null for JSON without one.
+    schema: str | None
 
     @classmethod
     def of(cls, r: Record) -> RecordView:
@@ -56,6 +58,7 @@ class RecordView(msgspec.Struct, kw_only=True, frozen=True):
             subscription=r.subscription,
             delivery_attempt=r.delivery_attempt,
             trace_id=r.trace_id,
+            schema=r.schema,
         )
 
 
@@ -80,6 +83,8 @@ class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
     ingest_time: datetime
     subscription: str | None
     delivery_attempt: int | None
+    # The topic schema revision the message named, which it did not fit.
+    schema: str | None
 
     @classmethod
     def of(cls, r: Rejection) -> RejectionView:
@@ -92,6 +97,7 @@ class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
             ingest_time=moment(r.ingest_time),
             subscription=r.subscription,
             delivery_attempt=r.delivery_attempt,
+            schema=r.schema,
         )
 
 

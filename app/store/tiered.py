@@ -126,6 +126,8 @@ class TieredStore:
         self._clock = clock
         self.tail = tail or TailCache(serving.rows_between)
         self._old = _OldAnswers()
+        # The commit time of the newest row this instance acknowledged.
+        self._acknowledged = 0
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
 
@@ -182,7 +184,9 @@ class TieredStore:
         return None
 
     def read_horizon(self, now: int) -> int:
-        return now - READ_LAG_MICROS
+        # Past this instance's own last commit at least: a client reads what it
+        # was just told is stored (Spanner waits, if need be, to read there).
+        return min(now, max(now - READ_LAG_MICROS, self._acknowledged + 1))
 
     # -- writing ---------------------------------------------------------------
 
@@ -193,7 +197,10 @@ class TieredStore:
         committed = await self.serving.commit(rows, within=self._write_deadline)
         # Spanner holds them now; BigQuery gets the same rows, stamped alike, in
         # what is left of the deadline.
-        return await self.analytics.append(committed.rows, deadline=deadline)
+        outcomes = await self.analytics.append(committed.rows, deadline=deadline)
+        newest = max(row.ingest_time for row in committed.rows)
+        self._acknowledged = max(self._acknowledged, newest)
+        return outcomes
 
     # -- reading ---------------------------------------------------------------
 

@@ -59,6 +59,7 @@ def make_stream(rate: int, days: int, *, stored_per_day: int) -> Stream:
             "subscription": "projects/recordline-prod/subscriptions/records-push",
             "delivery_attempt": 1,
             "trace_id": f"{n:032x}",
+            "schema": None,
         }
         if n % 1000 == 999:
             rejections.append(

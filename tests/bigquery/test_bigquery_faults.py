@@ -111,6 +111,32 @@ async def test_a_refused_row_rejects_only_itself(
     assert [r.message_id for r in await walk(store, limit=10)] == ["m-1", "m-3"]
 
 
+async def test_a_refused_schema_decoded_row_keeps_the_bytes_that_were_sent(
+    store: BigQueryStore, write_fake: FakeBigQueryWrite
+) -> None:
+    """Its `data` is JSON decoded from binary Avro: only the original bytes replay."""
+    sent = b"\x06o-1\xf6\xb9\xe9\xf6\xe3c"
+    write_fake.refuse = lambda row: "value too long" if row.get("id") == "o-1" else None
+    refused = record(
+        "m-1",
+        BASE_TIME,
+        id="o-1",
+        data='{"order_id": "o-1"}',
+        attributes='{"googclient_schemaencoding":"BINARY"}',
+        schema="projects/p/schemas/orders@r1",
+        received=sent,
+    )
+
+    (outcome,) = await store.append([refused])
+
+    assert outcome is not None
+    (rejected,) = write_fake.rows("rejected")
+    assert rejected["data"] == sent
+    assert rejected["schema"] == "projects/p/schemas/orders@r1"
+    assert rejected["attributes"] == '{"googclient_schemaencoding":"BINARY"}'
+    assert "value too long" in rejected["reason"]
+
+
 async def test_a_refused_rejection_is_not_acknowledged(
     store: BigQueryStore, write_fake: FakeBigQueryWrite
 ) -> None:

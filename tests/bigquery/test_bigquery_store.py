@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from app.errors import StoreUnavailable
-from app.records import Rejection
+from app.records import Record, Rejection, columns
 from app.settings import QuerySettings, Settings, StoreSettings
 from app.store import PageQuery, UnknownStore, open_store
 from app.store.bigquery.paging import MAX_QUERIES_PER_PAGE
@@ -33,13 +33,14 @@ async def test_rows_reach_storage_write_as_written(
         subscription="projects/p/subscriptions/s",
         delivery_attempt=2,
         trace_id="0af7651916cd43dd8448eb211c80319c",
+        schema="projects/p/schemas/orders@0a1b2c3d",
     )
     refused = Rejection(
         message_id="m-2", publish_time=BASE_TIME, ingest_time=BASE_TIME + 1, data=b"\xff"
     )
     assert await store.append([stored, refused]) == [None, None]
     assert write_fake.rows("records") == [
-        {name: getattr(stored, name) for name in stored.__struct_fields__}
+        {c.name: getattr(stored, c.name) for c in columns(Record)}
     ]
     assert write_fake.rows("rejected")[0]["data"] == b"\xff"
 

@@ -8,7 +8,7 @@ import json
 
 import msgspec
 
-from app.ingest.service import Payload
+from app.ingest.payload import Payload
 from app.telemetry.metrics import CANARY_ATTRIBUTE
 from tests.infra.test_terraform import _evaluate, _expression, _locals, _resources
 

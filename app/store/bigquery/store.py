@@ -78,9 +78,15 @@ class _Payload(msgspec.Struct, omit_defaults=True):
 def refused_record(record: Record, reason: str) -> Rejection:
     """The rejection stored for a record BigQuery would not take.
 
-    The raw message is gone by now, so its payload is rebuilt from the record:
-    replaying it publishes the same id, event time and data.
+    It keeps the message data as the record received it, so that a replay
+    decodes it as a push would, whatever its encoding (a topic schema's, the
+    publisher's own shape). A record built without it has its payload rebuilt
+    in the default contract: replaying that publishes the same id, event time
+    and data.
     """
+    if record.received is not None:
+        reason = f"BigQuery refused the row: {reason}"
+        return Rejection(**delivery(record), data=record.received, reason=reason)
     timestamp = None
     if record.timestamp is not None:
         moment = datetime.fromtimestamp(record.timestamp / 1e6, tz=UTC)

@@ -102,6 +102,21 @@ def ddl(table: str, row_type: type[Row]) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY (message_id)\n)"
 
 
+def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, row_type: type[Row]) -> None:
+    """Give a table made by an earlier version the columns added since (nullable, at the end)."""
+    found = con.execute(
+        "SELECT column_name FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND table_name = $table ORDER BY column_index",
+        {"table": table},
+    ).fetchall()
+    have = [name for (name,) in found]
+    wanted = columns(row_type)
+    if have != [c.name for c in wanted[: len(have)]]:
+        raise StoreUnavailable(f"table {table} has columns {have}, not a start of {wanted}")
+    for column in wanted[len(have) :]:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {_SQL_TYPES[column.kind]}")
+
+
 def _select_list(row_type: type[Row]) -> str:
     # Timestamps leave as epoch microseconds: cheaper than timezone-aware
     # datetimes (~0.4 ms per 100 rows) and what Record holds anyway.
@@ -239,8 +254,9 @@ class DuckDBStore:
 
     def _open(self) -> None:
         con = duckdb.connect(self.path)
-        con.execute(ddl("records", Record))
-        con.execute(ddl("rejected", Rejection))
+        for table, row_type in (("records", Record), ("rejected", Rejection)):
+            con.execute(ddl(table, row_type))
+            add_missing_columns(con, table, row_type)
         con.execute("CREATE INDEX IF NOT EXISTS records_id ON records (id)")
         self._con = con
 

@@ -1,0 +1,178 @@
+"""What a payload says: its record id, its event time and the data to store.
+
+Which reader reads a message is decided by the message and the settings:
+- it names a topic schema (`googclient_schemaname`): decoded with the named
+  revision in the named encoding, the whole payload stored as `data` (JSON);
+- no schema, the default mapping (`id`, `timestamp`): the `{"id", "timestamp",
+  "data"}` contract, `data` stored as the exact JSON text sent;
+- no schema, a mapping of the publisher's own: the whole JSON payload is
+  `data`, stored as the exact text sent.
+A reader raises `Invalid` with the rule that failed, which becomes the
+rejection's reason; it never raises anything else, so no message is a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, NamedTuple, Protocol
+
+import msgspec
+from msgspec import Meta
+
+from app.ingest.schemas import (
+    ENCODINGS,
+    SCHEMA_ENCODING,
+    SCHEMA_NAME,
+    SCHEMA_REVISION,
+    Decoder,
+    Schemas,
+    unusable,
+    valid_name,
+)
+from app.ingest.shape import Invalid, Shape
+from app.records import MAX_ID_LENGTH, AwareDatetime, micros
+
+
+class Payload(msgspec.Struct, kw_only=True, frozen=True):
+    """The contract producers publish by default. Fields they add are ignored, not refused."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+    timestamp: AwareDatetime | None = None
+    # Kept as the exact JSON text the producer sent: stored without re-encoding.
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_decode_payload = msgspec.json.Decoder(Payload).decode
+_decode_json = msgspec.json.Decoder().decode
+_encode = msgspec.json.encode
+
+
+class Read(NamedTuple):
+    id: str
+    timestamp: int | None  # µs since the epoch
+    data: str  # JSON text
+
+
+class Reader(Protocol):
+    @property
+    def schema(self) -> str | None:
+        """The schema revision the message named (`projects/P/schemas/S@REVISION`)."""
+        ...
+
+    def read(self, data: bytes) -> Read:
+        """What `data` says; raises Invalid naming the rule it broke."""
+        ...
+
+
+class ContractReader:
+    """`{"id", "timestamp", "data"}`, as JSON."""
+
+    schema = None
+
+    def read(self, data: bytes) -> Read:
+        try:
+            payload = _decode_payload(data)
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"payload: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise Invalid(f"payload is not JSON: {exc}") from None
+        timestamp = None if payload.timestamp is None else micros(payload.timestamp)
+        return Read(payload.id, timestamp, bytes(payload.data).decode())
+
+
+CONTRACT = ContractReader()
+
+
+class JsonReader:
+    """Any JSON object, its id and event time where the mapping says."""
+
+    schema = None
+
+    def __init__(self, shape: Shape) -> None:
+        self._shape = shape
+
+    def read(self, data: bytes) -> Read:
+        try:
+            payload = _decode_json(data)
+            text = data.decode()
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise Invalid(f"payload is not JSON: {exc}") from None
+        try:
+            return Read(self._shape.record_id(payload), self._shape.event_time(payload), text)
+        except Invalid as exc:
+            raise Invalid(f"payload: {exc}") from None
+
+
+class SchemaReader:
+    """A message in a topic schema's encoding, decoded with the revision it names."""
+
+    def __init__(self, decoder: Decoder, encoding: str, shape: Shape) -> None:
+        self.schema = decoder.schema
+        self._decoder = decoder
+        self._encoding = encoding
+        self._shape = shape
+
+    def read(self, data: bytes) -> Read:
+        decoder = self._decoder
+        under = f"payload under schema {decoder.schema} ({self._encoding})"
+        if decoder.codec is None:
+            raise Invalid(f"{under}: {decoder.problem}")
+        try:
+            if self._encoding == "BINARY":
+                payload: Any = decoder.codec.binary(data)
+            else:
+                payload = decoder.codec.json(data)
+            record_id = self._shape.record_id(payload)
+            timestamp = self._shape.event_time(payload)
+            text = _encode(payload).decode()
+        except Invalid as exc:
+            raise Invalid(f"{under}: {exc}") from None
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise Invalid(f"{under}: not representable as JSON: {exc}") from None
+        return Read(record_id, timestamp, text)
+
+
+class Payloads:
+    """Chooses each message's reader: by the topic schema it names, else by the mapping."""
+
+    def __init__(self, shape: Shape, schemas: Schemas) -> None:
+        self._shape = shape
+        self._schemas = schemas
+        self.plain: Reader = CONTRACT if shape.is_contract else JsonReader(shape)
+        # By (decoder, encoding): a few per revision, made once.
+        self._readers: dict[tuple[Decoder, str], SchemaReader] = {}
+
+    def ready(self, attributes: Mapping[str, str]) -> Reader | None:
+        """The reader, when choosing it needs no fetch: no schema, or a revision seen before."""
+        name = attributes.get(SCHEMA_NAME)
+        if name is None:
+            return self.plain
+        encoding = attributes.get(SCHEMA_ENCODING, "")
+        decoder = self._schemas.kept(name, attributes.get(SCHEMA_REVISION, ""))
+        if decoder is None or encoding not in ENCODINGS:
+            return None
+        return self._reader(decoder, encoding)
+
+    async def reader(self, attributes: Mapping[str, str]) -> Reader:
+        """Raises SchemaUnavailable when the named revision cannot be fetched."""
+        ready = self.ready(attributes)
+        if ready is not None:
+            return ready
+        name = attributes[SCHEMA_NAME]
+        revision_id = attributes.get(SCHEMA_REVISION, "")
+        encoding = attributes.get(SCHEMA_ENCODING, "")
+        if not valid_name(name):
+            problem = f"{SCHEMA_NAME} {name[:200]!r} is not projects/P/schemas/S"
+            decoder = unusable(name[:200], revision_id[:64], problem)
+        elif encoding not in ENCODINGS:
+            problem = f"{SCHEMA_ENCODING} {encoding[:64]!r} is neither JSON nor BINARY"
+            decoder = unusable(name, revision_id[:64], problem)
+        else:
+            return self._reader(await self._schemas.decoder(name, revision_id), encoding)
+        return SchemaReader(decoder, encoding or "no encoding", self._shape)
+
+    def _reader(self, decoder: Decoder, encoding: str) -> SchemaReader:
+        reader = self._readers.get((decoder, encoding))
+        if reader is None:
+            reader = self._readers[decoder, encoding] = SchemaReader(decoder, encoding, self._shape)
+        return reader

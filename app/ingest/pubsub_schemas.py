@@ -1,0 +1,82 @@
+"""Schema revisions from the Pub/Sub Schema API, through google-cloud-pubsub's async client.
+
+With `PUBSUB_EMULATOR_HOST` set, the client talks plaintext to that emulator
+(or a fake of the API) with no credentials, as Google's own clients do.
+Otherwise it uses Application Default Credentials: on Cloud Run, the
+service's account, which needs `pubsub.schemas.get` on the schemas its topic
+uses (e.g. `roles/pubsub.viewer`).
+
+The client is made on the first fetch, not at start: a service whose topic
+has no schema never looks for credentials (which, off Google Cloud, means a
+metadata-server probe of several seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import google.auth
+import grpc
+from google.api_core.exceptions import GoogleAPICallError, InvalidArgument, NotFound
+from google.auth.exceptions import GoogleAuthError
+from google.pubsub_v1.services.schema_service import SchemaServiceAsyncClient
+from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcAsyncIOTransport
+from google.pubsub_v1.types import GetSchemaRequest, SchemaView
+
+from app.errors import SchemaUnavailable
+from app.ingest.schemas import SchemaNotFound, SchemaRevision
+
+_SCOPES = ("https://www.googleapis.com/auth/pubsub",)
+
+
+class PubSubSchemas:
+    """A SchemaSource over the Schema API's GetSchema."""
+
+    def __init__(self, *, emulator_host: str = "", timeout: float) -> None:
+        self._emulator_host = emulator_host
+        self._timeout = timeout
+        self._client: SchemaServiceAsyncClient | None = None
+        self._opening = asyncio.Lock()
+
+    async def revision(self, name: str, revision_id: str) -> SchemaRevision:
+        client = await self._open()
+        request = GetSchemaRequest(
+            name=f"{name}@{revision_id}" if revision_id else name, view=SchemaView.FULL
+        )
+        try:
+            # No retries here: Pub/Sub redelivering the push is the retry, and
+            # the push must be answered within its acknowledgement deadline.
+            schema = await client.get_schema(request=request, retry=None, timeout=self._timeout)
+        except (NotFound, InvalidArgument) as exc:
+            raise SchemaNotFound(exc.message) from None
+        except GoogleAPICallError as exc:
+            status = exc.grpc_status_code.name if exc.grpc_status_code else exc.code
+            raise SchemaUnavailable(f"the Schema API answered {status}: {exc.message}") from None
+        return SchemaRevision(
+            name=schema.name,
+            revision_id=schema.revision_id,
+            type=schema.type_.name,
+            definition=schema.definition,
+        )
+
+    async def _open(self) -> SchemaServiceAsyncClient:
+        async with self._opening:
+            if self._client is not None:
+                return self._client
+            if self._emulator_host:
+                channel = grpc.aio.insecure_channel(self._emulator_host)
+                transport = SchemaServiceGrpcAsyncIOTransport(channel=channel)
+                self._client = SchemaServiceAsyncClient(transport=transport)
+                return self._client
+            try:
+                # Blocking: it reads files and may ask the metadata server.
+                credentials, _ = await asyncio.to_thread(google.auth.default, scopes=_SCOPES)
+            except GoogleAuthError as exc:
+                raise SchemaUnavailable(f"no credentials for the Schema API: {exc}") from None
+            self._client = SchemaServiceAsyncClient(credentials=credentials)
+            return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.transport.close()  # type: ignore[no-untyped-call]
+            self._client = None

@@ -1,0 +1,212 @@
+"""Topic schemas: the revision a message names, fetched once and kept.
+
+Pub/Sub marks every message of a topic that has a schema with three
+attributes: the schema (`googclient_schemaname`), the revision the message
+was validated against (`googclient_schemarevisionid`) and its encoding
+(`googclient_schemaencoding`: JSON or BINARY). A topic may accept a range of
+revisions, so messages of an older and a newer revision arrive side by side,
+and each is decoded with its own.
+
+Revisions are immutable: each is fetched from the Schema API once (concurrent
+pushes wait for the same fetch) and its codec kept for the life of the
+process. A revision that cannot be fetched is our failure, not the
+publisher's: the push is answered 503 (`SchemaUnavailable`), nothing is
+stored, and readiness reports it until a fetch succeeds. A revision that does
+not exist, or cannot decode (an unsupported type, a definition the decoder
+refuses), is permanent: its messages are rejected, bytes kept for replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import NoReturn, Protocol
+
+import msgspec
+
+from app.errors import SchemaUnavailable
+from app.ingest.avro import AvroCodec
+from app.ingest.codec import Codec, SchemaError
+from app.ingest.protobuf import ProtobufCodec
+
+log = logging.getLogger(__name__)
+
+SCHEMA_NAME = "googclient_schemaname"
+SCHEMA_REVISION = "googclient_schemarevisionid"
+SCHEMA_ENCODING = "googclient_schemaencoding"
+ENCODINGS = frozenset({"JSON", "BINARY"})
+
+# What a schema name looks like; anything else is not worth a call to the API.
+_SCHEMA_NAME = re.compile(r"projects/[^/@\s]+/schemas/[^/@\s]+")
+# A revision the Schema API said does not exist is asked again after this
+# long, not for every message that names it (the API has a per-minute quota).
+_NOT_FOUND_SECONDS = 60.0
+# A message without a revision id is decoded with the schema's latest
+# revision, which a commit can change: that answer is kept this long.
+_LATEST_SECONDS = 60.0
+# The readiness probe's own fetch gives up sooner: the probe has 2 s in all.
+_PROBE_SECONDS = 1.5
+# Revisions whose last fetch failed, reported by readiness; at most this many.
+_MAX_FAILING = 64
+
+
+class SchemaRevision(msgspec.Struct, kw_only=True, frozen=True):
+    """One revision of a topic schema, as the Schema API describes it."""
+
+    name: str  # projects/P/schemas/S
+    revision_id: str
+    type: str  # AVRO or PROTOCOL_BUFFER
+    definition: str
+
+
+class SchemaNotFound(Exception):
+    """The Schema API answered that this schema or revision does not exist."""
+
+
+class SchemaSource(Protocol):
+    """Where revisions come from: the Pub/Sub Schema API, or a fake of it."""
+
+    async def revision(self, name: str, revision_id: str) -> SchemaRevision:
+        """`revision_id` of schema `name` ("" for the latest); raise SchemaNotFound
+        if there is none, SchemaUnavailable if the API cannot be asked."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Decoder(msgspec.Struct, frozen=True):
+    """What a message naming `schema` is decoded with; `problem` when nothing can decode it."""
+
+    schema: str  # projects/P/schemas/S@REVISION
+    codec: Codec | None = None
+    problem: str | None = None
+
+
+def unusable(name: str, revision_id: str, problem: str) -> Decoder:
+    return Decoder(f"{name}@{revision_id}" if revision_id else name, problem=problem)
+
+
+def valid_name(name: str) -> bool:
+    return _SCHEMA_NAME.fullmatch(name) is not None
+
+
+class _Kept(msgspec.Struct):
+    decoder: Decoder
+    until: float | None  # None: for good
+
+
+class Schemas:
+    """The decoders of every revision messages have named so far."""
+
+    def __init__(
+        self,
+        source: SchemaSource,
+        *,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._timeout = timeout
+        self._clock = clock
+        self._kept: dict[tuple[str, str], _Kept] = {}
+        self._fetching: dict[tuple[str, str], asyncio.Task[Decoder]] = {}
+        # Revisions whose last fetch failed, oldest first, and why.
+        self._failing: dict[tuple[str, str], str] = {}
+
+    def kept(self, name: str, revision_id: str) -> Decoder | None:
+        """The decoder of that revision if it was fetched already (no await: the common case)."""
+        kept = self._kept.get((name, revision_id))
+        if kept is not None and (kept.until is None or kept.until > self._clock()):
+            return kept.decoder
+        return None
+
+    async def decoder(self, name: str, revision_id: str) -> Decoder:
+        """The decoder of that revision; raises SchemaUnavailable if it cannot be fetched."""
+        kept = self.kept(name, revision_id)
+        if kept is not None:
+            return kept
+        key = (name, revision_id)
+        fetching = self._fetching.get(key)
+        if fetching is None:
+            fetching = asyncio.create_task(self._fetch(key), name=f"schema {name}@{revision_id}")
+            self._fetching[key] = fetching
+            fetching.add_done_callback(lambda _: self._fetching.pop(key, None))
+        # Shielded: a push that gives up does not cancel the fetch others wait for.
+        return await asyncio.shield(fetching)
+
+    async def check(self) -> None:
+        """Raise SchemaUnavailable while a revision that messages named cannot be fetched.
+
+        The oldest failure is fetched again first, so readiness recovers as
+        soon as the Schema API answers, even when no message names it again.
+        """
+        if not self._failing:
+            return
+        key = next(iter(self._failing))
+        try:
+            async with asyncio.timeout(_PROBE_SECONDS):
+                await self.decoder(*key)
+        except (TimeoutError, SchemaUnavailable):
+            pass
+        if key in self._failing:
+            raise SchemaUnavailable(self._failing[key])
+
+    async def close(self) -> None:
+        for task in list(self._fetching.values()):
+            task.cancel()
+        await self._source.close()
+
+    async def _fetch(self, key: tuple[str, str]) -> Decoder:
+        name, revision_id = key
+        named = f"{name}@{revision_id}" if revision_id else name
+        try:
+            async with asyncio.timeout(self._timeout):
+                revision = await self._source.revision(name, revision_id)
+        except SchemaNotFound as exc:
+            self._failing.pop(key, None)
+            decoder = unusable(name, revision_id, f"the Schema API has no such revision ({exc})")
+            self._keep(key, decoder, _NOT_FOUND_SECONDS)
+            return decoder
+        except TimeoutError:
+            self._failed(key, f"{named}: the Schema API did not answer in {self._timeout:g} s")
+        except SchemaUnavailable as exc:
+            self._failed(key, f"{named}: {exc.detail}")
+        self._failing.pop(key, None)
+        decoder = await _decoder(name, revision)
+        if decoder.problem is not None:
+            log.error("topic schema %s cannot decode: %s", decoder.schema, decoder.problem)
+        self._keep((name, revision.revision_id), decoder, None)
+        if not revision_id:
+            self._keep(key, decoder, _LATEST_SECONDS)
+        return decoder
+
+    def _keep(self, key: tuple[str, str], decoder: Decoder, seconds: float | None) -> None:
+        until = None if seconds is None else self._clock() + seconds
+        self._kept[key] = _Kept(decoder, until)
+
+    def _failed(self, key: tuple[str, str], reason: str) -> NoReturn:
+        detail = f"topic schema {reason}"
+        log.warning("cannot fetch %s", detail)
+        self._failing.pop(key, None)  # to the end: it is the newest failure now
+        self._failing[key] = detail
+        while len(self._failing) > _MAX_FAILING:
+            del self._failing[next(iter(self._failing))]
+        raise SchemaUnavailable(detail)
+
+
+async def _decoder(name: str, revision: SchemaRevision) -> Decoder:
+    schema = f"{name}@{revision.revision_id}"
+    try:
+        match revision.type:
+            case "AVRO":
+                codec: Codec = AvroCodec(revision.definition)
+            case "PROTOCOL_BUFFER":
+                codec = await asyncio.to_thread(ProtobufCodec, revision.definition)
+            case other:
+                return Decoder(schema, problem=f"schema type {other} is not supported")
+    except SchemaError as exc:
+        return Decoder(schema, problem=str(exc))
+    return Decoder(schema, codec=codec)

@@ -1,0 +1,287 @@
+"""Topics with an Avro schema, through the Pub/Sub emulator, end to end.
+
+The emulator keeps Avro schemas and their revisions, refuses a publish that
+does not fit the topic's schema, and delivers each message with the schema,
+revision and encoding attributes; the service fetches the revision from the
+emulator's Schema API (PUBSUB_EMULATOR_HOST) and decodes with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fastavro
+import grpc
+import httpx
+import pytest
+from google.cloud import pubsub_v1
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.schema_service import SchemaServiceClient
+from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcTransport
+from google.pubsub_v1.types import Encoding, Schema
+
+from app.asgi import create_app
+from app.store.duckdb.store import DuckDBStore
+from recordline_dev.client import EXAMPLE_SCHEMAS, add_publish_arguments, publish_command
+from recordline_dev.devstack import DEV_PROJECT, Emulator
+from tests.conftest import served, settings
+from tests.e2e.conftest import PUSH_TOKEN, Follower, RecordingStore, Wiring, publish_all
+from tests.fake_schema_api import FakeSchemaApi
+
+pytestmark = pytest.mark.emulator
+
+ORDER_V1 = {
+    "type": "record",
+    "name": "Order",
+    "fields": [
+        {"name": "order_id", "type": "string"},
+        {
+            "name": "meta",
+            "type": {
+                "type": "record",
+                "name": "Meta",
+                "fields": [
+                    {
+                        "name": "created_at",
+                        "type": {"type": "long", "logicalType": "timestamp-millis"},
+                    }
+                ],
+            },
+        },
+        {"name": "amount", "type": "double"},
+        {"name": "note", "type": ["null", "string"], "default": None},
+    ],
+}
+# The next revision adds a field with a default, as schema evolution does.
+ORDER_V2 = {
+    **ORDER_V1,
+    "fields": [*ORDER_V1["fields"], {"name": "currency", "type": "string", "default": "EUR"}],
+}
+MAPPING = {"RECORDLINE_ID_FIELD": "order_id", "RECORDLINE_TIME_FIELD": "meta.created_at"}
+BASE = datetime(2024, 4, 27, 12, 0, tzinfo=UTC)
+
+
+def order(n: int, prefix: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "order_id": f"{prefix}-{n}",
+        "meta": {"created_at": BASE + timedelta(milliseconds=n)},
+        "amount": n + 0.5,
+        "note": None if n % 2 else f"note {n}",
+        **extra,
+    }
+
+
+def encoded(value: dict[str, Any], schema: dict[str, Any], encoding: str) -> bytes:
+    parsed = fastavro.parse_schema(schema)
+    if encoding == "BINARY":
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, parsed, value)
+        return out.getvalue()
+    text = io.StringIO()  # Avro's JSON encoding: unions wrapped, as Pub/Sub wants
+    fastavro.json_writer(text, parsed, [value])
+    return text.getvalue().strip().encode()
+
+
+class SchemaAdmin:
+    """Schemas and schema-checked topics on the emulator (sync clients, in threads)."""
+
+    def __init__(self, host: str) -> None:
+        self._channel = grpc.insecure_channel(host)
+        self.schemas = SchemaServiceClient(
+            transport=SchemaServiceGrpcTransport(channel=self._channel)
+        )
+        self.publisher = pubsub_v1.PublisherClient(
+            transport=PublisherGrpcTransport(channel=self._channel)
+        )
+
+    async def create(self, schema_id: str, definition: dict[str, Any]) -> Any:
+        request = {
+            "parent": f"projects/{DEV_PROJECT}",
+            "schema_id": schema_id,
+            "schema": {"type_": Schema.Type.AVRO, "definition": json.dumps(definition)},
+        }
+        return await asyncio.to_thread(self.schemas.create_schema, request=request)
+
+    async def commit(self, name: str, definition: dict[str, Any]) -> Any:
+        request = {
+            "name": name,
+            "schema": {
+                "name": name,
+                "type_": Schema.Type.AVRO,
+                "definition": json.dumps(definition),
+            },
+        }
+        return await asyncio.to_thread(self.schemas.commit_schema, request=request)
+
+    async def topic(
+        self, path: str, schema: str, encoding: str, first: str = "", last: str = ""
+    ) -> None:
+        settings_ = {
+            "schema": schema,
+            "encoding": Encoding[encoding],
+            "first_revision_id": first,
+            "last_revision_id": last,
+        }
+        request = {"name": path, "schema_settings": settings_}
+        await asyncio.to_thread(self.publisher.create_topic, request=request)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@pytest.fixture
+def schema_admin(emulator: Emulator) -> Iterator[SchemaAdmin]:
+    admin = SchemaAdmin(emulator.host)
+    yield admin
+    admin.close()
+
+
+@asynccontextmanager
+async def service(store: Any, schema_host: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    app = create_app(
+        settings(RECORDLINE_PUSH_TOKEN=PUSH_TOKEN, PUBSUB_EMULATOR_HOST=schema_host, **MAPPING),
+        store=store,
+    )
+    async with served(app) as http:
+        yield http, str(http.base_url).rstrip("/")
+
+
+def assert_stored(record: dict[str, Any], value: dict[str, Any], schema: str) -> None:
+    """The record holds `value` decoded, its id and event time mapped."""
+    created = value["meta"]["created_at"]
+    assert record["id"] == value["order_id"]
+    assert datetime.fromisoformat(record["timestamp"]) == created
+    data = dict(record["data"])
+    assert datetime.fromisoformat(data.pop("meta")["created_at"]) == created
+    assert data == {k: v for k, v in value.items() if k != "meta"}
+    assert record["schema"] == schema
+
+
+@pytest.mark.parametrize("encoding", ["JSON", "BINARY"])
+async def test_an_avro_topic_is_stored_decoded_with_the_mapped_id_and_time(
+    wiring: Wiring, publisher: Any, emulator: Emulator, schema_admin: SchemaAdmin, encoding: str
+) -> None:
+    schema = await schema_admin.create(f"orders-{uuid.uuid4().hex[:8]}", ORDER_V1)
+    await schema_admin.topic(wiring.topic_path, schema.name, encoding)
+    values = [order(n, encoding) for n in range(40)]
+    store = RecordingStore(DuckDBStore(":memory:"))
+    async with service(store, emulator.host) as (http, url), Follower(http) as follower:
+        await wiring.connect(url)
+        await publish_all(
+            publisher, wiring.topic_path, [encoded(v, ORDER_V1, encoding) for v in values]
+        )
+        await follower.wait_for({v["order_id"] for v in values}, timeout=60)
+        records = [(await http.get(f"/v1/records/{v['order_id']}")).json() for v in values]
+    follower.assert_exactly_once({v["order_id"] for v in values})
+    for value, record in zip(values, records, strict=True):
+        assert_stored(record, value, f"{schema.name}@{schema.revision_id}")
+        assert record["attributes"]["googclient_schemaencoding"] == encoding
+
+
+async def test_two_revisions_published_side_by_side_are_each_stored_with_their_own(
+    wiring: Wiring, publisher: Any, emulator: Emulator, schema_admin: SchemaAdmin
+) -> None:
+    first = await schema_admin.create(f"orders-{uuid.uuid4().hex[:8]}", ORDER_V1)
+    second = await schema_admin.commit(first.name, ORDER_V2)
+    assert second.revision_id != first.revision_id
+    await schema_admin.topic(
+        wiring.topic_path, first.name, "BINARY", first.revision_id, second.revision_id
+    )
+    old = [order(n, "old") for n in range(20)]
+    new = [order(n, "new", currency="USD") for n in range(20)]
+    data = []
+    for before, after in zip(old, new, strict=True):  # interleaved
+        data += [encoded(before, ORDER_V1, "BINARY"), encoded(after, ORDER_V2, "BINARY")]
+    store = RecordingStore(DuckDBStore(":memory:"))
+    ids = {v["order_id"] for v in old + new}
+    async with service(store, emulator.host) as (http, url), Follower(http) as follower:
+        await wiring.connect(url)
+        await publish_all(publisher, wiring.topic_path, data)
+        await follower.wait_for(ids, timeout=60)
+        stored = {i: (await http.get(f"/v1/records/{i}")).json() for i in ids}
+    follower.assert_exactly_once(ids)
+    for value in old:
+        assert_stored(stored[value["order_id"]], value, f"{first.name}@{first.revision_id}")
+        assert "currency" not in stored[value["order_id"]]["data"]
+    for value in new:
+        assert_stored(stored[value["order_id"]], value, f"{first.name}@{second.revision_id}")
+
+
+async def test_while_the_schema_api_is_down_nothing_is_acknowledged_and_nothing_is_lost(
+    wiring: Wiring, publisher: Any, schema_admin: SchemaAdmin
+) -> None:
+    """The service fetches from a fake Schema API (a copy of the emulator's revision)
+    that is down while the emulator pushes: 503s, then all stored once it answers."""
+    schema = await schema_admin.create(f"orders-{uuid.uuid4().hex[:8]}", ORDER_V1)
+    await schema_admin.topic(wiring.topic_path, schema.name, "BINARY")
+    fake = FakeSchemaApi()
+    fake.add(schema.name, schema.revision_id, "AVRO", schema.definition)
+    fake.failing = grpc.StatusCode.UNAVAILABLE
+    await fake.start()
+    values = [order(n, "down") for n in range(20)]
+    ids = {v["order_id"] for v in values}
+    store = RecordingStore(DuckDBStore(":memory:"))
+    try:
+        async with service(store, fake.address) as (http, url), Follower(http) as follower:
+            await wiring.connect(url, dead_letters=False)
+            await publish_all(
+                publisher, wiring.topic_path, [encoded(v, ORDER_V1, "BINARY") for v in values]
+            )
+            await asyncio.sleep(3)
+            ready = await http.get("/readyz")
+            refused_pushes = len(fake.calls)
+            assert store.appends == []
+            assert not follower.ids
+            fake.failing = None
+            await follower.wait_for(ids, timeout=60)
+            await asyncio.sleep(1)
+    finally:
+        await fake.stop()
+    assert refused_pushes >= 2, "the outage refused nothing: it did not test redelivery"
+    assert ready.status_code == 503
+    assert schema.name in ready.json()["detail"]
+    follower.assert_exactly_once(ids)
+
+
+async def test_recordline_publish_with_a_schema_goes_the_whole_way(
+    wiring: Wiring, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `recordline dev` shows it: publish makes the example schema the topic's,
+    publishes in its encoding, and the service stores the records decoded."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    parser = argparse.ArgumentParser()
+    add_publish_arguments(parser)
+    store = RecordingStore(DuckDBStore(":memory:"))
+    app = create_app(
+        settings(RECORDLINE_PUSH_TOKEN=PUSH_TOKEN, PUBSUB_EMULATOR_HOST=emulator.host),
+        store=store,
+    )
+    async with served(app) as http, Follower(http) as follower:
+        await wiring.connect(str(http.base_url).rstrip("/"))
+        for encoding in ("BINARY", "JSON"):
+            args = parser.parse_args(
+                ["--project", DEV_PROJECT, "--topic", wiring.topic, "--count", "5",
+                 "--schema", str(EXAMPLE_SCHEMAS / "record.avsc"), "--encoding", encoding]
+            )  # fmt: skip
+            assert await asyncio.to_thread(publish_command, args) == 0
+        deadline = time.monotonic() + 60
+        while len(follower.message_ids) < 10:
+            assert time.monotonic() < deadline, f"{len(follower.message_ids)} of 10 stored"
+            await asyncio.sleep(0.1)
+        page = (await http.get("/v1/records", params={"since": "2000-01-01T00:00:00Z"})).json()
+    records = page["records"]
+    assert len(records) == 10
+    assert {r["attributes"]["googclient_schemaencoding"] for r in records} == {"BINARY", "JSON"}
+    for record in records:
+        assert record["schema"].startswith(f"projects/{DEV_PROJECT}/schemas/record@")
+        assert record["timestamp"] is not None
+        assert record["data"]["data"] == {"n": int(record["id"]), "text": "Ejemplo de datos"}
