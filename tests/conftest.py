@@ -18,6 +18,7 @@ from litestar.testing import AsyncTestClient, TestClient
 from app.asgi import create_app
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
+from tests.bigquery.threaded import ThreadedBigQuery, serving_store
 from tests.fakes import FaultyStore
 from tests.spanner.emulator import EmulatorNotFound as SpannerEmulatorNotFound
 from tests.spanner.emulator import SpannerEmulator
@@ -51,9 +52,22 @@ def settings(**env: str) -> Settings:
     return Settings.load({"RECORDLINE_STORE": "memory:", **env})
 
 
-@pytest.fixture
-def store() -> FaultyStore:
-    return FaultyStore(DuckDBStore(":memory:"))
+@pytest.fixture(params=["memory", pytest.param("serving", marks=pytest.mark.emulator)])
+def store(request: pytest.FixtureRequest) -> FaultyStore:
+    """The store API tests run on: the embedded default, and the serving tier
+    (Spanner emulator and BigQuery fakes), so every API and fault test holds on both."""
+    if request.param == "memory":
+        return FaultyStore(DuckDBStore(":memory:"))
+    emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")
+    bigquery: ThreadedBigQuery = request.getfixturevalue("threaded_bigquery")
+    return FaultyStore(serving_store(emulator.database(), emulator.host, bigquery))
+
+
+@pytest.fixture(scope="session")
+def threaded_bigquery() -> Iterator[ThreadedBigQuery]:
+    fakes = ThreadedBigQuery()
+    yield fakes
+    fakes.stop()
 
 
 @pytest.fixture

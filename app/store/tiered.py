@@ -225,7 +225,7 @@ class TieredStore:
         if not self.tail.end:
             await self.tail.refresh(now)
         if self.tail.covers(query):
-            return await self.tail.page(query, self.read_horizon(now))
+            return await self.tail.page(query, self.read_horizon(now), past=self._acknowledged)
         records = await self.serving.page("records", query, now)
         return query.answer(records)  # type: ignore[arg-type]
 

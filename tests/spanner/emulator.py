@@ -102,6 +102,7 @@ class SpannerEmulator:
                     project=PROJECT,
                     credentials=AnonymousCredentials(),
                     client_options={"api_endpoint": self.host},
+                    disable_builtin_metrics=True,
                 )
             time.sleep(0.05)
         raise RuntimeError("the Spanner emulator did not listen within 30 s")

@@ -62,9 +62,14 @@ class TailCache:
         """Whether the cache holds every record after the query's cursor (up to `end`)."""
         return self.end > 0 and (query.after_time, query.after_message_id) >= self.start
 
-    async def page(self, query: PageQuery, now: int) -> RecordPage:
-        """The page after a covered cursor, complete up to min(before_time, end)."""
-        if query.before_time > self.end and self._due():
+    async def page(self, query: PageQuery, now: int, *, past: int = 0) -> RecordPage:
+        """The page after a covered cursor, complete up to min(before_time, end).
+
+        The cache is brought up to `now` first when it is due, or when it does
+        not reach past `past` (this instance's own last commit: a client reads
+        what it was just acknowledged, whatever the interval).
+        """
+        if query.before_time > self.end and (self._due() or self.end <= past):
             await self.refresh(now)
         before = min(query.before_time, self.end)
         cursor = (query.after_time, query.after_message_id)
