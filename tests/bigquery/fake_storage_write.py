@@ -9,6 +9,11 @@ pipelining: each answer is due `latency` after its request arrived.
 
 Run alone for benchmarks:
     python -m tests.bigquery.fake_storage_write --port 50051 --latency-ms 10
+
+or as the BigQuery of several service processes, with its `jobs.query` fake:
+    python -m tests.bigquery.fake_storage_write --keep-rows --jobs PROJECT/DATASET \
+        [--refuse-every N] [--lose-every N]
+which prints `listening on HOST:PORT`, then `jobs http://HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -271,16 +276,33 @@ class FakeBigQueryWrite:
         return response
 
 
-async def _serve(port: int, latency_ms: float, keep_rows: bool) -> None:
-    fake = FakeBigQueryWrite(latency=latency_ms / 1000, keep_rows=keep_rows)
-    address = await fake.start(port)
+async def _serve(args: argparse.Namespace) -> None:
+    fake = FakeBigQueryWrite(latency=args.latency_ms / 1000, keep_rows=args.keep_rows)
+    # Faults every Nth request to `records`: refused (nothing stored: the push
+    # is answered 503), or lost (stored, the answer lost: the writer resends).
+    for nth, fault in (
+        (args.refuse_every, ErrorResponse(grpc.StatusCode.INVALID_ARGUMENT)),
+        (args.lose_every, Abort(commit=True)),
+    ):
+        if nth:
+            fake.inject("records", *([None] * (nth - 1) + [fault]) * (100_000 // nth))
+    address = await fake.start(args.port)
     print(f"listening on {address}", flush=True)
+    jobs = None
+    if args.jobs:
+        from tests.bigquery.fake_jobs import FakeBigQueryJobs
+
+        project, dataset = args.jobs.split("/")
+        jobs = FakeBigQueryJobs(fake, project=project, dataset=dataset)
+        print(f"jobs {jobs.start()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print(f"stored {sum(fake.row_counts.values())} rows in {fake.requests} requests", flush=True)
+    if jobs is not None:
+        jobs.stop()
     await fake.stop()
 
 
@@ -289,8 +311,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--keep-rows", action="store_true", help="keep decoded rows in memory")
-    args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.latency_ms, args.keep_rows))
+    parser.add_argument("--jobs", metavar="PROJECT/DATASET", help="serve jobs.query too")
+    parser.add_argument("--refuse-every", type=int, default=0, metavar="N")
+    parser.add_argument("--lose-every", type=int, default=0, metavar="N")
+    asyncio.run(_serve(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import msgspec
 import pytest
 
 from app.errors import StoreUnavailable
-from app.records import Record, Rejection
+from app.records import Record, Rejection, micros
 from app.store import RowOutcome
 from recordline_dev.client import follow, publish, publisher_client, trace_publishes
 from recordline_dev.devstack import (
@@ -134,6 +134,7 @@ class Seen(msgspec.Struct, frozen=True):
     message_id: str
     id: str
     publish_time: str
+    ingest_time: datetime
     attributes: dict[str, str]
 
 
@@ -150,6 +151,8 @@ class Follower:
         self.visible_at: dict[str, float] = {}  # record id → wall clock when first seen
         self.published_at: dict[str, float] = {}
         self.attributes: dict[str, dict[str, str]] = {}
+        self.ingest_times: dict[str, int] = {}  # message id → ingest time (µs)
+        self.order: list[str] = []  # message ids in the order they were answered
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Follower:
@@ -170,6 +173,8 @@ class Follower:
                 seen = _decode_seen(raw)
                 self.ids[seen.id] += 1
                 self.message_ids[seen.message_id] += 1
+                self.ingest_times[seen.message_id] = micros(seen.ingest_time)
+                self.order.append(seen.message_id)
                 if seen.id not in self.visible_at:
                     self.visible_at[seen.id] = now
                     self.published_at[seen.id] = _epoch(seen.publish_time)
@@ -241,27 +246,27 @@ class RecordingStore(FaultyStore):
 class ServiceProcess:
     """`recordline serve` as a real process on a fixed port, to stop and restart in place."""
 
-    def __init__(self, *, port: int, store: str, log: Path) -> None:
+    def __init__(
+        self, *, port: int, store: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.store = store
+        self.store = store  # empty: RECORDLINE_STORE from `env`
         self.log = log
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN, "RECORDLINE_LOG_FORMAT": "json"}
+        env = {
+            **os.environ,
+            **self.env,
+            "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN,
+            "RECORDLINE_LOG_FORMAT": "json",
+        }
+        store = ["--store", self.store] if self.store else []
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "app.cli",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--store",
-                    self.store,
-                ],
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), *store],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
