@@ -12,12 +12,15 @@ resource "google_artifact_registry_repository_iam_member" "deployer_pushes_image
 
 # Plans run on pull requests, with code anyone who can push a branch controls, so the
 # account reads configuration and never data: viewer roles per service, no basic roles.
+# Every type Terraform manages needs its viewer here and its admin in
+# terraform_apply_roles; tests/infra/test_iam_coverage.py maps each type to both.
 resource "google_project_iam_member" "terraform_plan" {
   for_each = toset([
     "roles/artifactregistry.reader",
     "roles/bigquery.metadataViewer",
     "roles/bigquery.resourceViewer", # the search-index DDL jobs (bigquery.tf), refreshed on plan
     "roles/browser",
+    "roles/cloudscheduler.viewer", # the canary's job (modules/system/canary.tf)
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
     "roles/iam.workloadIdentityPoolViewer",

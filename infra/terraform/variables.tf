@@ -319,6 +319,7 @@ variable "terraform_apply_roles" {
   default = [
     "roles/artifactregistry.admin",
     "roles/bigquery.admin",
+    "roles/cloudscheduler.admin",
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
     "roles/monitoring.editor",
