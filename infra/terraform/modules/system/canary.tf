@@ -7,7 +7,7 @@
 locals {
   canary_attribute = "recordline-canary"
   # Cloud Scheduler publishes a Pub/Sub target's message as its service agent.
-  scheduler_service_agent = "serviceAccount:service-${var.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+  scheduler_service_agent = "serviceAccount:${var.service_agents["scheduler"]}"
 }
 
 resource "google_cloud_scheduler_job" "canary" {

@@ -9,7 +9,7 @@ locals {
 
   # Pub/Sub acts as this Google-managed account when it mints push tokens, forwards
   # dead letters and writes to BigQuery.
-  pubsub_service_agent = "serviceAccount:service-${var.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  pubsub_service_agent = "serviceAccount:${var.service_agents["pubsub"]}"
 
   # The acknowledgement deadline is also how long Pub/Sub waits for the push answer.
   # The service gives up on a write after write_deadline_seconds and answers 503; the
@@ -25,7 +25,7 @@ locals {
   )))
 
   # Cloud Monitoring probes as this Google-managed account (uptime.tf).
-  monitoring_service_agent = "service-${var.project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
+  monitoring_service_agent = var.service_agents["monitoring"]
 
   # Partition expiry of records and rejected; null keeps partitions forever.
   partition_expiration_ms = var.retention_days > 0 ? var.retention_days * 86400000 : null

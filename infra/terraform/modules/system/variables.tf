@@ -216,3 +216,8 @@ variable "metric_types" {
   description = "Metric type of each application metric, by short name (root metrics.tf)."
   type        = map(string)
 }
+
+variable "service_agents" {
+  description = "E-mails of the Google-managed service agents, by name (pubsub, scheduler, monitoring), each created before it is read (root apis.tf)."
+  type        = map(string)
+}
