@@ -57,7 +57,7 @@ def test_by_default_there_is_one_system_with_the_names_it_always_had() -> None:
 
 # Resources the module gained after a single deployment's layout: nothing to move.
 ADDED_WITH_THE_MODULE = {
-    "google_monitoring_uptime_check_config.canary_read",
+    "google_monitoring_uptime_check_config.read_path",
     "google_cloud_run_v2_service_iam_member.uptime_invoker",
     "google_monitoring_alert_policy.canary_unreadable",
 }
@@ -128,9 +128,10 @@ def test_the_environment_root_has_no_system_resources_of_its_own() -> None:
 
 
 def test_the_read_path_is_probed_from_outside_as_a_reader() -> None:
-    check = _resources("google_monitoring_uptime_check_config")["canary_read"]
+    check = _resources("google_monitoring_uptime_check_config")["read_path"]
     (http,) = check["http_check"]
-    assert http["path"] == "/v1/records/${local.canary_attribute}"
+    assert http["path"] == "${local.probe_path}"
+    assert _locals()["probe_path"].startswith("/v1/records?")
     assert http["service_agent_authentication"] == [{"type": "OIDC_TOKEN"}]
     # The probe's token is for the service's URL: an audience the service accepts, from a
     # principal it admits, through Cloud Run's invoker check.
@@ -141,4 +142,4 @@ def test_the_read_path_is_probed_from_outside_as_a_reader() -> None:
     assert invoker["member"] == "serviceAccount:${local.monitoring_service_agent}"
     alert = _resources("google_monitoring_alert_policy")["canary_unreadable"]
     (condition,) = alert["conditions"]
-    assert "canary_read.uptime_check_id" in condition["condition_threshold"][0]["filter"]
+    assert "read_path.uptime_check_id" in condition["condition_threshold"][0]["filter"]
