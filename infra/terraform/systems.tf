@@ -32,7 +32,7 @@ module "system" {
   region                           = var.region
   environment                      = var.environment
   dataset_location                 = var.dataset_location
-  image                            = var.image
+  placeholder_image                = var.placeholder_image
   ingress                          = var.ingress
   cpu                              = var.cpu
   memory                           = var.memory

@@ -23,20 +23,34 @@ variable "environment" {
 
 variable "service_name" {
   type        = string
-  description = "Name of the Cloud Run service, the image and the OpenTelemetry service."
+  description = <<-EOT
+    Name of the image, the prefix of the environment's own accounts
+    (<name>-deploy, -tf-plan, -tf-apply, -operator), and the system a configuration
+    without `systems` runs.
+  EOT
   default     = "recordline"
+
+  # A system name (see `systems`) that also fits <name>-tf-apply in 30 characters.
+  validation {
+    condition = (
+      can(regex("^[a-z][a-z0-9-]{1,19}[a-z0-9]$", var.service_name))
+      && !startswith(var.service_name, "goog") && !endswith(var.service_name, "-dead-letter")
+    )
+    error_message = "service_name: 3 to 21 lower-case letters, digits and dashes, a letter first, no dash last, not starting with goog, not ending in -dead-letter."
+  }
 }
 
 # --- the service ---------------------------------------------------------------
 
-variable "image" {
+variable "placeholder_image" {
   type        = string
   description = <<-EOT
-    Container image for the first revision. Deploys replace it (gcloud run deploy from
-    .github/workflows/deploy.yml), and Terraform ignores the image afterwards. The
-    public sample answers 200 on every path, so the probes pass before the first build.
+    Image of a new system's first revision, before any Recordline image is deployed to
+    it: a public Python image running modules/system/placeholder.py, which answers
+    503 to every push (Pub/Sub keeps the messages) and 200 to Cloud Run's probes.
+    Deploys replace it (deploy-environment.yml) and Terraform ignores it afterwards.
   EOT
-  default     = "us-docker.pkg.dev/cloudrun/container/hello"
+  default     = "gcr.io/distroless/python3-debian12:nonroot"
 }
 
 variable "concurrency" {
@@ -428,10 +442,37 @@ variable "systems" {
   }))
   default = {}
 
+  # The limits every resource named after a system meets: 3 characters at least (its
+  # topic), 24 at most (its longest service account, <name>-smoke, has 30); lower-case
+  # letters, digits and dashes, a letter first and no dash last (Cloud Run); not
+  # starting with goog (Pub/Sub refuses such topics); not ending in -dead-letter, the
+  # suffix of every system's dead-letter topic.
   validation {
-    condition     = alltrue([for name, _ in var.systems : can(regex("^[a-z][a-z0-9-]{0,20}$", name))])
-    error_message = "System names are lower-case letters, digits and dashes, starting with a letter, at most 21 characters (they prefix service-account ids)."
+    condition = alltrue([
+      for name in keys(var.systems) :
+      can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", name)) && !startswith(name, "goog") && !endswith(name, "-dead-letter")
+    ])
+    error_message = "System names: 3 to 24 lower-case letters, digits and dashes, a letter first, no dash last, not starting with goog, not ending in -dead-letter."
   }
+
+  # The system a configuration without `systems` runs (named service_name) already
+  # exists: a map without it would destroy it. Keep it, or retire it on purpose.
+  validation {
+    condition     = length(var.systems) == 0 || contains(keys(var.systems), var.service_name) || contains(var.retired_systems, var.service_name)
+    error_message = "systems must keep the system named service_name (the one a configuration without systems runs): leaving it out destroys it. Add it to systems, or retire it as docs/operations.md#retiring-a-system says."
+  }
+
+  # A retired system's topics and dataset are still there (prevent_destroy kept them).
+  validation {
+    condition     = length(setintersection(keys(var.systems), var.retired_systems)) == 0
+    error_message = "A retired system's name cannot be used again: its topics and dataset still exist."
+  }
+}
+
+variable "retired_systems" {
+  type        = set(string)
+  description = "Systems taken out of `systems` on purpose, their topics, subscriptions and dataset kept outside Terraform (docs/operations.md#retiring-a-system). Their names stay taken."
+  default     = []
 }
 
 variable "fleet_outage_systems" {

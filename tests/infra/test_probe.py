@@ -23,7 +23,7 @@ from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import NOW, SECOND, make_stream
 from tests.conftest import served
-from tests.infra.test_terraform import _evaluate, _expression, _locals, _resources
+from tests.infra.test_terraform import _evaluate, _locals, _resources
 
 SERVICE_URL = "https://orders-123456789012.europe-west1.run.app"
 PROJECT, DATASET = "recordline-prod", "orders"
@@ -77,7 +77,9 @@ def _read_audiences() -> list[str]:
     env = _locals()["service_env"]
     found = re.search(r'RECORDLINE_READ_AUDIENCE\s*=\s*"([^"]*)"', env)
     assert found, "the service gets RECORDLINE_READ_AUDIENCE"
-    value = _value(found.group(1), read_audience=f'"{SERVICE_URL}/v1"', service_url=f'"{SERVICE_URL}"')
+    value = _value(
+        found.group(1), read_audience=f'"{SERVICE_URL}/v1"', service_url=f'"{SERVICE_URL}"'
+    )
     return [a.strip() for a in value.split(",") if a.strip()]
 
 

@@ -26,9 +26,9 @@ variable "service_name" {
 
 # --- the service ---------------------------------------------------------------
 
-variable "image" {
+variable "placeholder_image" {
   type        = string
-  description = "Container image of the first revision; deploys replace it and Terraform ignores it afterwards."
+  description = "Public Python image that runs placeholder.py until the first deploy; deploys replace it and Terraform ignores it afterwards."
 }
 
 variable "concurrency" {
