@@ -97,7 +97,7 @@ def create_app(
                 "/",
                 route_handlers=[list_records, list_rejections, get_record, get_message],
                 guards=auth.read_guards,
-                middleware=traced,
+                middleware=[*traced, *telemetry.read_timing()],
             ),
             Router("/", route_handlers=[replay], guards=auth.replay_guards, middleware=traced),
             healthz,
