@@ -189,6 +189,44 @@ variable "readers" {
   }
 }
 
+variable "operators" {
+  type        = set(string)
+  description = <<-EOT
+    Principals who may replay dead letters and rejections in every system (a system's
+    own `operators` replace these): user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN.
+    They are listed in RECORDLINE_OPERATOR_PRINCIPALS, get run.invoker on the service
+    and may pull its dead-letter replay subscription. The operator account
+    (<service_name>-operator, which `oncall` may act as) is always one of them.
+  EOT
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for m in var.operators : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
+    ])
+    error_message = "Each operator must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (the service cannot check group membership; put groups in oncall)."
+  }
+}
+
+variable "oncall" {
+  type        = set(string)
+  description = <<-EOT
+    Who may act as the operator account (<service_name>-operator) to replay in any
+    system: IAM members, groups included (group:oncall@example.com). They get
+    roles/iam.serviceAccountTokenCreator on that account only: an ID token for the
+    service (gcloud auth print-identity-token --impersonate-service-account) and
+    Application Default Credentials for Pub/Sub. docs/operations.md#acting-as-the-operator-account.
+  EOT
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for m in var.oncall : can(regex("^(user|group|serviceAccount|domain):[^\\s,]+$", m))
+    ])
+    error_message = "Each oncall entry must be an IAM member: user:, group:, serviceAccount: or domain:."
+  }
+}
+
 variable "extra_env" {
   type        = map(string)
   description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
@@ -349,7 +387,7 @@ variable "terraform_apply_roles" {
 
 variable "notification_channels" {
   type        = list(string)
-  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to; prod needs at least one (infra/README.md)."
+  description = "Notification channel ids (projects/P/notificationChannels/N) that pages go to: one policy per symptom for the whole fleet (fleet.tf); prod needs at least one (infra/README.md)."
   default     = []
 
   # An alert without a channel opens an incident nobody hears of.
@@ -364,6 +402,33 @@ variable "notification_channels" {
   }
 }
 
+variable "ticket_channels" {
+  type        = list(string)
+  description = "Notification channel ids that tickets go to: each system's own detail of every symptom, and what needs a look in working hours (modules/system/alerts.tf). A system's own ticket_channels replace these."
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.ticket_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
+    error_message = "Each ticket channel must be projects/PROJECT/notificationChannels/ID."
+  }
+}
+
+variable "alert_min_events" {
+  type        = number
+  description = <<-EOT
+    A ratio (an SLO's burn rate) is judged only over at least this many requests,
+    messages or reads in its long window: at canary-level traffic one 503 among sixty
+    pushes an hour is not an outage. A system that is down altogether still pages:
+    its backlog and its canary do.
+  EOT
+  default     = 100
+
+  validation {
+    condition     = var.alert_min_events >= 1
+    error_message = "alert_min_events must be at least 1."
+  }
+}
+
 variable "availability_goal" {
   type        = number
   description = "Share of push and read requests that must not fail with a 5xx."
@@ -372,20 +437,25 @@ variable "availability_goal" {
 
 variable "read_latency_goal" {
   type        = number
-  description = "Share of read queries that must finish within read_latency_threshold_seconds."
+  description = "Share of reads that must be answered within read_latency_threshold_seconds."
   default     = 0.95
 }
 
 variable "read_latency_threshold_seconds" {
   type        = number
-  description = "Bound of the read-latency SLO on recordline.query.duration, in seconds; a bucket boundary of that histogram."
-  default     = 0.3
+  description = <<-EOT
+    Bound of the read-latency SLO on recordline.read.duration (request to response,
+    probes left out), in seconds; a bucket boundary of that histogram. 5 s: a read on BigQuery runs one to three
+    queries one after the other, each hundreds of milliseconds to seconds
+    (docs/operations.md#slis-and-slos).
+  EOT
+  default     = 5
 
   # SECONDS in app/telemetry/metrics.py: a threshold between two boundaries could not
   # be counted exactly (a test keeps this list equal to the app's).
   validation {
     condition     = contains([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30], var.read_latency_threshold_seconds)
-    error_message = "read_latency_threshold_seconds must be a bucket boundary of recordline.query.duration (SECONDS in app/telemetry/metrics.py)."
+    error_message = "read_latency_threshold_seconds must be a bucket boundary of recordline.read.duration (SECONDS in app/telemetry/metrics.py)."
   }
 }
 
@@ -419,12 +489,6 @@ variable "oldest_unacked_threshold_seconds" {
   default     = 120
 }
 
-variable "error_ratio_threshold" {
-  type        = number
-  description = "Alert when this share of requests ends in a 5xx over five minutes."
-  default     = 0.01
-}
-
 variable "canary_age_threshold_seconds" {
   type        = number
   description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
@@ -434,11 +498,12 @@ variable "canary_age_threshold_seconds" {
 variable "systems" {
   description = "Recordline systems in this project, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it). Empty: one system named service_name. Each may override a few settings."
   type = map(object({
-    readers               = optional(list(string))
-    notification_channels = optional(list(string))
-    min_instances         = optional(number)
-    max_instances         = optional(number)
-    extra_env             = optional(map(string))
+    readers         = optional(list(string))
+    operators       = optional(list(string))
+    ticket_channels = optional(list(string))
+    min_instances   = optional(number)
+    max_instances   = optional(number)
+    extra_env       = optional(map(string))
   }))
   default = {}
 
@@ -473,15 +538,4 @@ variable "retired_systems" {
   type        = set(string)
   description = "Systems taken out of `systems` on purpose, their topics, subscriptions and dataset kept outside Terraform (docs/operations.md#retiring-a-system). Their names stay taken."
   default     = []
-}
-
-variable "fleet_outage_systems" {
-  type        = number
-  description = "With several systems, one fleet incident opens when the canary is stale in at least this many of them at once (fleet.tf)."
-  default     = 3
-
-  validation {
-    condition     = var.fleet_outage_systems >= 2
-    error_message = "fleet_outage_systems is at least 2: one system is its own alert's business."
-  }
 }

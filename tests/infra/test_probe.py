@@ -23,7 +23,7 @@ from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import NOW, SECOND, make_stream
 from tests.conftest import served
-from tests.infra.test_terraform import _evaluate, _locals, _resources
+from tests.infra.test_terraform import _evaluate, _locals, _resources, _template
 
 SERVICE_URL = "https://orders-123456789012.europe-west1.run.app"
 PROJECT, DATASET = "recordline-prod", "orders"
@@ -48,7 +48,7 @@ def _hcl(raw: str) -> str:
     (escapes and all), a plain literal comes back unescaped."""
     if "${" not in raw:
         return json.dumps(raw)
-    return '"' + re.sub(r"\b(var|local)\.", "local.", raw) + '"'
+    return _template(re.sub(r"\b(var|local)\.", "local.", raw))
 
 
 def _check() -> dict[str, Any]:

@@ -24,6 +24,18 @@ locals {
     [google_service_account.smoke.email, local.monitoring_service_agent],
   )))
 
+  # Operators as the service checks them, the environment's operator account first
+  # among equals; and as IAM members, keyed by something known before the account
+  # exists (for_each keys must be).
+  operator_principals = join(",", sort(concat(
+    [for m in var.operators : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
+    [var.operator_service_account],
+  )))
+  operator_members = merge(
+    { for m in var.operators : m => m },
+    { operator-account = "serviceAccount:${var.operator_service_account}" },
+  )
+
   # Cloud Monitoring probes as this Google-managed account (uptime.tf).
   monitoring_service_agent = var.service_agents["monitoring"]
 
@@ -48,6 +60,7 @@ locals {
     # The service's own URL too: the uptime check's token names it (uptime.tf).
     RECORDLINE_READ_AUDIENCE          = "${local.read_audience},${local.service_url}"
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
+    RECORDLINE_OPERATOR_PRINCIPALS    = local.operator_principals
     RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)
     # Cloud Run's invoker check (cloud_run.tf: invoker_iam_disabled = false)
     # verifies each token and replaces its signature before the request reaches

@@ -63,38 +63,11 @@ resource "google_monitoring_uptime_check_config" "read_path" {
 }
 
 # Cloud Run's invoker check comes first: the probe's account may invoke this service.
+# The read_path page and ticket watch its results (modules/symptoms, alerts.tf).
 resource "google_cloud_run_v2_service_iam_member" "uptime_invoker" {
   project  = var.project_id
   location = google_cloud_run_v2_service.recordline.location
   name     = google_cloud_run_v2_service.recordline.name
   role     = "roles/run.invoker"
   member   = "serviceAccount:${local.monitoring_service_agent}"
-}
-
-resource "google_monitoring_alert_policy" "canary_unreadable" {
-  project               = var.project_id
-  display_name          = "${var.service_name} (${var.environment}): canary not readable through /v1/records"
-  combiner              = "OR"
-  notification_channels = var.notification_channels
-
-  conditions {
-    display_name = "uptime check failing in 2 or more regions"
-    condition_threshold {
-      filter          = "metric.type=\"monitoring.googleapis.com/uptime_check/check_passed\" resource.type=\"uptime_url\" metric.label.\"check_id\"=\"${google_monitoring_uptime_check_config.read_path.uptime_check_id}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = 1
-      duration        = "600s"
-      aggregations {
-        alignment_period     = "1200s"
-        per_series_aligner   = "ALIGN_NEXT_OLDER"
-        cross_series_reducer = "REDUCE_COUNT_FALSE"
-        group_by_fields      = ["resource.label.host"]
-      }
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = "Cloud Monitoring cannot read the canary back through `GET /v1/records/${local.canary_attribute}`. Runbook: docs/operations.md#canary-not-readable"
-  }
 }
