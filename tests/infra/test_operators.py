@@ -1,4 +1,4 @@
-"""Who may replay and roll back: each system's `operators`, and the operator account on-call acts as.
+"""Who may replay and roll back: each system's `operators`, and the operator account.
 
 The service lets RECORDLINE_OPERATOR_PRINCIPALS replay; replaying also needs Cloud Run's
 invoker check and a pull of the system's dead-letter subscription; rolling back needs
@@ -41,7 +41,13 @@ def test_each_system_takes_operators_and_the_service_hears_of_them() -> None:
     assert "RECORDLINE_OPERATOR_PRINCIPALS = local.operator_principals" in env
     principals = _bound(
         "operator_principals",
-        operators='["user:ada@example.com", "serviceAccount:etl@p.iam.gserviceaccount.com", "domain:example.com"]',
+        operators=json.dumps(
+            [
+                "user:ada@example.com",
+                "serviceAccount:etl@p.iam.gserviceaccount.com",
+                "domain:example.com",
+            ]
+        ),
         operator_service_account=json.dumps(OPERATOR),
     )
     # As the service reads them (app/auth/access.py): e-mails, and domain:DOMAIN.
