@@ -71,3 +71,12 @@ def test_every_alert_policy_links_an_existing_runbook_section() -> None:
 def test_the_readme_links_the_runbook() -> None:
     readme = (RUNBOOK.parents[1] / "README.md").read_text()
     assert "docs/operations.md" in readme
+
+
+def test_every_tile_the_runbook_names_is_on_a_dashboard() -> None:
+    titles = [c["title"] for c in _locals()["dashboard_charts"]]
+    titles += [c[0] for c in _locals()["fleet_charts"]]
+    named = re.findall(r'\btiles? "([^"]+)"', RUNBOOK.read_text())
+    assert named
+    missing = [t for t in named if not any(title.startswith(t) for title in titles)]
+    assert missing == []

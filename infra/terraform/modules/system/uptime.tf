@@ -27,7 +27,7 @@ resource "google_monitoring_uptime_check_config" "read_path" {
 
   selected_regions = ["EUROPE", "USA", "ASIA_PACIFIC"]
 
-  # The service's own label, so one alert can watch every system's probe (fleet.tf).
+  # Which system's probe this is, in the console's list of uptime checks.
   user_labels = {
     recordline-system = var.service_name
   }
