@@ -111,7 +111,12 @@ def create_app(
         route_handlers=[
             # Probes, scrapes and the docs are not traced: they say nothing about a message.
             Router("/", route_handlers=PUSH_ROUTES, guards=auth.push_guards, middleware=traced),
-            Router("/", route_handlers=READ_ROUTES, guards=auth.read_guards, middleware=traced),
+            Router(
+                "/",
+                route_handlers=READ_ROUTES,
+                guards=auth.read_guards,
+                middleware=[*traced, *telemetry.read_timing()],
+            ),
             Router("/", route_handlers=REPLAY_ROUTES, guards=auth.replay_guards, middleware=traced),
             healthz,
             readyz,

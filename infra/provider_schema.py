@@ -1,11 +1,13 @@
-"""Check Terraform configurations against the google provider's published schema, offline.
+"""Check Terraform configurations against the google providers' published schemas, offline.
 
 `terraform validate` needs the provider binary, which the offline checks cannot
 download. The provider's schema is also published on PyPI, inside the prebuilt CDK
-bindings (cdktf-cdktf-provider-google 16.12.1 = hashicorp/google 6.50.0): its jsii
+bindings (cdktf-cdktf-provider-google 16.12.1 = hashicorp/google 6.50.0, and
+cdktf-cdktf-provider-google-beta 16.12.1 = hashicorp/google-beta 6.50.0): each jsii
 manifest lists every resource and data source with each argument, whether it is
-required, and which arguments are nested blocks. This script reads that manifest
-and every `google_*` resource and data source in the given directories, and reports
+required, and which arguments are nested blocks. This script reads both manifests
+and every `google_*` resource and data source in the given directories, each against
+the provider it names (`provider = google-beta`, else google), and reports
 
 - arguments and blocks the resource (or block) does not have: misspellings, and
   arguments of another resource or provider version;
@@ -16,6 +18,7 @@ It checks names and nesting, not values (those are expressions, often known only
 at plan time). Run it in its own environment, as infra/check.sh does:
 
     uv run --no-project --with cdktf-cdktf-provider-google==16.12.1 \
+      --with cdktf-cdktf-provider-google-beta==16.12.1 \
       --with python-hcl2==8.1.4 python infra/provider_schema.py infra/terraform
 """
 
@@ -33,7 +36,11 @@ from typing import Any
 
 import hcl2
 
-DISTRIBUTION = "cdktf-cdktf-provider-google"
+# Terraform's provider name -> the distribution holding its schema.
+DISTRIBUTIONS = {
+    "google": "cdktf-cdktf-provider-google",
+    "google-beta": "cdktf-cdktf-provider-google-beta",
+}
 
 # Terraform's own arguments, valid on every resource and data source.
 META_ARGUMENTS = frozenset(
@@ -78,11 +85,11 @@ class Schema:
             (self.resources if kind == "resources" else self.data_sources)[name] = config
 
     @classmethod
-    def from_distribution(cls) -> Schema:
-        files = importlib.metadata.files(DISTRIBUTION) or []
+    def from_distribution(cls, distribution: str) -> Schema:
+        files = importlib.metadata.files(distribution) or []
         archives = [f for f in files if f.name.endswith(".jsii.tgz")]
         if len(archives) != 1:
-            raise SystemExit(f"{DISTRIBUTION} holds {len(archives)} jsii archives, expected 1")
+            raise SystemExit(f"{distribution} holds {len(archives)} jsii archives, expected 1")
         with tarfile.open(str(archives[0].locate())) as archive:
             member = archive.extractfile("package/.jsii")
             if member is None:
@@ -177,7 +184,13 @@ def check_body(schema: Schema, fqn: str, body: dict[str, Any], where: str) -> li
     return errors
 
 
-def check_directory(schema: Schema, directory: Path) -> tuple[int, list[str]]:
+def provider_of(body: dict[str, Any]) -> str:
+    """The provider a resource names (`provider = google-beta.alias` -> google-beta)."""
+    named = str(body.get("provider", "google")).removeprefix("${").removesuffix("}")
+    return named.split(".", 1)[0]
+
+
+def check_directory(schemas: dict[str, Schema], directory: Path) -> tuple[int, list[str]]:
     options = hcl2.SerializationOptions(
         with_comments=False,
         explicit_blocks=True,
@@ -188,19 +201,22 @@ def check_directory(schema: Schema, directory: Path) -> tuple[int, list[str]]:
     for path in sorted(directory.rglob("*.tf")):
         with path.open() as f:
             parsed = hcl2.load(f, serialization_options=options)
-        for section, table, label in (
-            ("resource", schema.resources, "resource"),
-            ("data", schema.data_sources, "data"),
-        ):
+        for section, label in (("resource", "resource"), ("data", "data")):
             for block in parsed.get(section, []):
                 for rtype, named in block.items():
                     if not rtype.startswith("google_"):
-                        continue  # other providers (random, time) are not in this schema
+                        continue  # other providers (random, time) are not in these schemas
                     for name, body in named.items():
                         where = f"{path.name}: {label} {rtype}.{name}"
                         checked += 1
+                        provider = provider_of(body)
+                        schema = schemas.get(provider)
+                        if schema is None:
+                            errors.append(f"{where}: no schema for provider {provider}")
+                            continue
+                        table = schema.resources if section == "resource" else schema.data_sources
                         if rtype not in table:
-                            errors.append(f"{where}: the google provider has no such {label}")
+                            errors.append(f"{where}: the {provider} provider has no such {label}")
                             continue
                         body = {k: v for k, v in body.items() if k not in META_ARGUMENTS}
                         errors += check_body(schema, table[rtype], body, where)
@@ -211,17 +227,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directories", nargs="+", type=Path)
     args = parser.parse_args()
-    schema = Schema.from_distribution()
-    version = importlib.metadata.version(DISTRIBUTION)
+    schemas = {name: Schema.from_distribution(d) for name, d in DISTRIBUTIONS.items()}
+    versions = ", ".join(f"{d} {importlib.metadata.version(d)}" for d in DISTRIBUTIONS.values())
     failed = False
     for directory in args.directories:
-        checked, errors = check_directory(schema, directory)
+        checked, errors = check_directory(schemas, directory)
         for error in errors:
             print(f"{directory}/{error}")
         failed = failed or bool(errors)
         print(
             f"{directory}: {checked} google resources and data sources checked against "
-            f"{DISTRIBUTION} {version}: {len(errors)} problems",
+            f"{versions}: {len(errors)} problems",
             file=sys.stderr,
         )
     return 1 if failed else 0

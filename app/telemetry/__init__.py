@@ -38,6 +38,7 @@ from app.store import QueryObserver, Store
 from app.telemetry.distribution import PrometheusDistributions, WithDistributions
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import Metrics, PushOutcomes, push_histograms
+from app.telemetry.reads import ReadDurations
 from app.telemetry.store import ObservedStore
 from app.telemetry.traces import (
     FlushTracer,
@@ -178,6 +179,15 @@ class Telemetry:
             return ServerSpans(app, tracer=tracer, follow_callers=follow)
 
         return [DefineMiddleware(server_spans)]
+
+    def read_timing(self) -> list[DefineMiddleware]:
+        """For the read routes: recordline.read.duration of every real read."""
+        histogram = self.metrics.read_duration
+
+        def read_durations(app: ASGIApp) -> ReadDurations:
+            return ReadDurations(app, histogram=histogram)
+
+        return [DefineMiddleware(read_durations)]
 
     def flush_observer(self) -> FlushTracer:
         return FlushTracer(self.tracer)

@@ -115,6 +115,14 @@ class Metrics:
             description="Duration of one store query, by the API route it serves",
             explicit_bucket_boundaries_advisory=SECONDS,
         )
+        # What a reader waits for, by read route (app.telemetry.reads): the
+        # read-latency SLI, probes and the canary left out.
+        self.read_duration = meter.create_histogram(
+            "recordline.read.duration",
+            unit="s",
+            description="From a read request to its response, by route; synthetic reads left out",
+            explicit_bucket_boundaries_advisory=SECONDS,
+        )
         # What reads cost, by route: BigQuery's bytes billed (on-demand
         # queries are priced by them), so an operator sees the bill coming.
         self.query_bytes_billed = meter.create_counter(

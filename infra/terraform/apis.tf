@@ -24,16 +24,35 @@ resource "google_project_service" "enabled" {
   disable_on_destroy = false
 }
 
-# --- what the Pub/Sub service agent needs ----------------------------------------
+# --- the Google-managed service agents this configuration grants roles to -----------
 
-# Google creates the Pub/Sub service agent (service-NUMBER@gcp-sa-pubsub) when
-# pubsub.googleapis.com is enabled, but not at once: a grant to it made right after
-# the enabling fails with "Service account ... does not exist". The pause is taken
-# once, on the apply that enables the API.
-resource "time_sleep" "pubsub_service_agent" {
+# Google creates a service's agent (service-NUMBER@gcp-sa-...) lazily: Pub/Sub's shortly
+# after the API is enabled, Cloud Monitoring's notification agent (which the uptime
+# check probes as) only when something first needs it. A grant naming an agent that
+# does not exist yet fails with "Service account ... does not exist", so each agent is
+# created here, explicitly, and every grant takes its e-mail from
+# time_sleep.service_agents below: after the agent exists and IAM has had a minute to
+# know it. The pause is taken once, on the apply that creates the agents.
+locals {
+  service_agent_apis = {
+    pubsub     = "pubsub.googleapis.com"         # push tokens, dead letters, the BigQuery subscription
+    scheduler  = "cloudscheduler.googleapis.com" # publishes the canary
+    monitoring = "monitoring.googleapis.com"     # the uptime check's ID tokens
+  }
+}
+
+resource "google_project_service_identity" "agents" {
+  # generateServiceIdentity is in the google-beta provider only.
+  provider = google-beta
+  for_each = local.service_agent_apis
+
+  project = var.project_id
+  service = google_project_service.enabled[each.value].service
+}
+
+resource "time_sleep" "service_agents" {
   create_duration = "60s"
 
-  triggers = {
-    pubsub = google_project_service.enabled["pubsub.googleapis.com"].id
-  }
+  # The agents' e-mails, known once they exist: whatever reads them waits for the pause.
+  triggers = { for name, agent in google_project_service_identity.agents : name => agent.email }
 }

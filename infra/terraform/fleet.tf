@@ -11,7 +11,8 @@ locals {
     name => "metric.type=\"${d.type}\" resource.type=\"generic_task\""
   }
   # The read routes, as each system's read-latency SLO counts them (modules/system/slos.tf).
-  fleet_read_routes  = "metric.label.\"route\"=one_of(\"/v1/records\",\"/v1/records/{record_id}\",\"/v1/messages/{message_id}\")"
+  read_routes        = ["/v1/records", "/v1/records/{record_id}", "/v1/messages/{message_id}"]
+  fleet_read_routes  = "metric.label.\"route\"=one_of(${join(",", [for r in local.read_routes : "\"${r}\""])})"
   fleet_system_names = sort(keys(local.systems))
   fleet_run_services = join(" OR ", [for s in local.fleet_system_names : "resource.label.\"service_name\"=\"${s}\""])
   fleet_push_subs    = join(" OR ", [for s in local.fleet_system_names : "resource.label.\"subscription_id\"=\"${s}-push\""])
@@ -19,7 +20,7 @@ locals {
   # [title, filter, aligner, reducer, group by (the system's label), worst is TOP or BOTTOM]
   fleet_charts = [
     ["Ingest lag p99 by system (s)", local.fleet_metric["ingest.lag"], "ALIGN_DELTA", "REDUCE_PERCENTILE_99", "resource.label.\"namespace\""],
-    ["Read query time p95 by system (s)", "${local.fleet_metric["query.duration"]} ${local.fleet_read_routes}", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", "resource.label.\"namespace\""],
+    ["Read time p95 by system, what readers wait for (s)", "${local.fleet_metric["read.duration"]} ${local.fleet_read_routes}", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", "resource.label.\"namespace\""],
     ["5xx answers by system (per s)", "metric.type=\"run.googleapis.com/request_count\" resource.type=\"cloud_run_revision\" metric.label.\"response_code_class\"=\"5xx\" (${local.fleet_run_services})", "ALIGN_RATE", "REDUCE_SUM", "resource.label.\"service_name\""],
     ["Oldest unacknowledged message by system (s)", "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_MAX", "REDUCE_MAX", "resource.label.\"subscription_id\""],
     ["Dead letters by system", "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_DELTA", "REDUCE_SUM", "resource.label.\"subscription_id\""],
@@ -87,34 +88,107 @@ resource "google_monitoring_dashboard" "fleet" {
   })
 }
 
-# One page for one outage. Each system's own policies (modules/system) notify that
-# system's channels (systems[*].notification_channels), its owners; when the same signal
-# goes bad in several systems at once (a region, BigQuery, a bad release), this policy
-# opens one incident for all of them on the fleet's channels instead of a page per system.
-# With one system the count cannot reach fleet_outage_systems (at least 2): it never fires.
-resource "google_monitoring_alert_policy" "fleet_canaries_stale" {
+# --- pages ---------------------------------------------------------------------
+
+# One paging policy per symptom, for the whole fleet: each condition computes the
+# symptom per system (modules/symptoms) and counts the systems that have it, so a
+# shared outage (a region, BigQuery, a bad release) is one incident whatever the
+# number of systems, and its value says how many. Which systems: each has its own
+# ticket for the same symptom (modules/system/alerts.tf), with its commands.
+
+locals {
+  # Multi-window burn rates (the SRE workbook's): the budget of a 28-day SLO gone in
+  # about 2 days (14.4x over the last hour, still so over the last 5 minutes: a page),
+  # or in about 5 days (6x over 6 hours and over the last 30 minutes: a ticket).
+  burn_rates = {
+    fast = { long = "1h", short = "5m", rate = 14.4 }
+    slow = { long = "6h", short = "30m", rate = 6 }
+  }
+
+  # For the commands in the pages: a system's URL and read audience from its name.
+  any_service_url = "https://$SYSTEM-${data.google_project.this.number}.${var.region}.run.app"
+  any_audience    = var.read_audience != "" ? var.read_audience : "${local.any_service_url}/v1"
+  operator_token  = "$(gcloud auth print-identity-token --impersonate-service-account=${google_service_account.operator.email} --audiences=\"${local.any_audience}\" --include-email)"
+  page_commands   = <<-EOT
+    For each system named in the tickets opened with this page (`<system> (${var.environment}): ...`), as a member of `oncall`:
+    ```sh
+    SYSTEM=recordline   # the system's name
+    gcloud run services describe "$SYSTEM" --project=${var.project_id} --region=${var.region} --impersonate-service-account=${google_service_account.operator.email} --format='yaml(status.traffic)'
+    gcloud run revisions list --service="$SYSTEM" --project=${var.project_id} --region=${var.region} --impersonate-service-account=${google_service_account.operator.email} --sort-by=~metadata.creationTimestamp --limit=5
+    curl -sS -w '\n%%{http_code}\n' -H "Authorization: Bearer ${local.operator_token}" "${local.any_service_url}/v1/records?limit=1"
+    ```
+    A bad deploy, in every system it reached: route each back to its revision before it (docs/operations.md#rolling-back).
+  EOT
+
+  # [title, PromQL over every system, how long it holds, runbook section]
+  pages = {
+    backlog = [
+      "pushes not acknowledged for over ${var.oldest_unacked_threshold_seconds} s",
+      module.fleet_symptoms.backlog, "120s", "backlog",
+    ]
+    canary_stale = [
+      "no canary stored for over ${var.canary_age_threshold_seconds} s",
+      module.fleet_symptoms.canary_stale, "120s", "canary-stale",
+    ]
+    read_path = [
+      "records not readable through /v1/records (uptime check)",
+      module.fleet_symptoms.read_path_failing, "0s", "records-not-readable",
+    ]
+    availability = [
+      "error budget of ${format("%g", var.availability_goal * 100)}% of requests without 5xx burning fast",
+      module.fleet_symptoms.burning["availability"]["fast"], "0s", "availability-burning",
+    ]
+    freshness = [
+      "error budget of ${format("%g", var.freshness_goal * 100)}% of messages stored within ${var.freshness_threshold_seconds} s burning fast",
+      module.fleet_symptoms.burning["freshness"]["fast"], "0s", "freshness-burning",
+    ]
+    read_latency = [
+      "error budget of ${format("%g", var.read_latency_goal * 100)}% of reads within ${var.read_latency_threshold_seconds} s burning fast",
+      module.fleet_symptoms.burning["read_latency"]["fast"], "0s", "read-latency-burning",
+    ]
+  }
+}
+
+module "fleet_symptoms" {
+  source = "./modules/symptoms"
+
+  systems                          = local.fleet_system_names
+  project_number                   = data.google_project.this.number
+  region                           = var.region
+  metric_types                     = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
+  oldest_unacked_threshold_seconds = var.oldest_unacked_threshold_seconds
+  canary_age_threshold_seconds     = var.canary_age_threshold_seconds
+  read_path_failing_regions        = 2
+  read_routes                      = local.read_routes
+  burn_rates                       = local.burn_rates
+  min_events                       = var.alert_min_events
+  slos = {
+    availability = { goal = var.availability_goal }
+    freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }
+    read_latency = { goal = var.read_latency_goal, threshold = var.read_latency_threshold_seconds }
+  }
+}
+
+resource "google_monitoring_alert_policy" "page" {
+  for_each = local.pages
+
   project               = var.project_id
-  display_name          = "Recordline fleet (${var.environment}): canaries stale in ${var.fleet_outage_systems} or more systems"
+  display_name          = "Recordline fleet (${var.environment}): ${each.value[0]}"
   combiner              = "OR"
+  severity              = "CRITICAL"
   notification_channels = var.notification_channels
 
   conditions {
-    display_name = "systems whose newest canary is older than ${var.canary_age_threshold_seconds} s >= ${var.fleet_outage_systems}"
+    display_name = "systems where ${each.value[0]}"
     condition_prometheus_query_language {
-      query               = "count(min by (namespace) (workload_googleapis_com:recordline_canary_age{monitored_resource=\"generic_task\"}) > ${var.canary_age_threshold_seconds}) >= ${var.fleet_outage_systems}"
-      duration            = "120s"
+      query               = "count(${each.value[1]})"
+      duration            = each.value[2]
       evaluation_interval = "60s"
     }
   }
 
-  alert_strategy {
-    auto_close = "1800s"
-  }
-
   documentation {
     mime_type = "text/markdown"
-    content   = "The canary is stale in several systems at once: one cause, shared. Runbook: docs/operations.md#fleet-canaries-stale-in-several-systems"
+    content   = "${each.value[0]}, in as many systems as this incident's value says.\n\n${local.page_commands}\nRunbook: docs/operations.md#${each.value[3]}"
   }
-
-  depends_on = [google_monitoring_metric_descriptor.workload]
 }

@@ -8,16 +8,26 @@ resource "google_artifact_registry_repository_iam_member" "deployer_pushes_image
   member     = google_service_account.deployer.member
 }
 
+# Each rollout reads the systems from Terraform's outputs in the state (deploy-environment.yml).
+resource "google_storage_bucket_iam_member" "deployer_reads_state" {
+  bucket = var.terraform_state_bucket
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.deployer.member
+}
+
 # --- Terraform (GitHub Actions, see github_oidc.tf) -----------------------------
 
 # Plans run on pull requests, with code anyone who can push a branch controls, so the
 # account reads configuration and never data: viewer roles per service, no basic roles.
+# Every type Terraform manages needs its viewer here and its admin in
+# terraform_apply_roles; tests/infra/test_iam_coverage.py maps each type to both.
 resource "google_project_iam_member" "terraform_plan" {
   for_each = toset([
     "roles/artifactregistry.reader",
     "roles/bigquery.metadataViewer",
     "roles/bigquery.resourceViewer", # the search-index DDL jobs (bigquery.tf), refreshed on plan
     "roles/browser",
+    "roles/cloudscheduler.viewer", # the canary's job (modules/system/canary.tf)
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
     "roles/iam.workloadIdentityPoolViewer",
@@ -57,4 +67,16 @@ resource "google_storage_bucket_iam_member" "terraform_apply_owns_state" {
   bucket = var.terraform_state_bucket
   role   = "roles/storage.admin"
   member = google_service_account.terraform_apply.member
+}
+
+# --- on-call ----------------------------------------------------------------------
+
+# ID tokens for the service and access tokens for Pub/Sub, as the operator account
+# only: the grant is on the account, not the project.
+resource "google_service_account_iam_member" "oncall_acts_as_operator" {
+  for_each = var.oncall
+
+  service_account_id = google_service_account.operator.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = each.value
 }

@@ -33,6 +33,10 @@ locals {
       kind        = "CUMULATIVE", value = "DISTRIBUTION", unit = "s", labels = ["route"]
       description = "Duration of one store query, by the API route it serves"
     }
+    "read.duration" = {
+      kind        = "CUMULATIVE", value = "DISTRIBUTION", unit = "s", labels = ["route"]
+      description = "From a read request to its response, by route; synthetic reads left out"
+    }
     "query.bytes_billed" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "By", labels = ["route"]
       description = "Bytes billed by the store's queries, by the API route they serve"

@@ -20,7 +20,7 @@ output "workload_identity_provider" {
 }
 
 output "github_environment_variables" {
-  description = "Variables to set on the GitHub environment named like this environment (deploy.yml). RECORDLINE_SYSTEMS is JSON: per system, its service and the smoke test's identities and audiences."
+  description = "Variables to set on the GitHub environment named like this environment (deploy.yml). The systems themselves are read from the state at each rollout (output deploy)."
   value = {
     GCP_PROJECT_ID                 = var.project_id
     GCP_REGION                     = var.region
@@ -28,8 +28,24 @@ output "github_environment_variables" {
     GCP_DEPLOY_SERVICE_ACCOUNT     = google_service_account.deployer.email
     ARTIFACT_REPOSITORY            = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
     IMAGE_NAME                     = var.service_name
-    RECORDLINE_SYSTEMS             = jsonencode({ for name, system in module.system : name => system.deploy })
   }
+}
+
+# Read by deploy-environment.yml from the state when a rollout starts: the systems to
+# deploy, and the one that goes first, alone.
+output "deploy" {
+  description = "Per system: its service, and the smoke test's identities and audiences."
+  value       = { for name, system in module.system : name => system.deploy }
+}
+
+output "deploy_first" {
+  description = "The system a rollout deploys first, alone: the default one (service_name) if there is one."
+  value       = contains(keys(local.systems), var.service_name) ? var.service_name : sort(keys(local.systems))[0]
+}
+
+output "operator_service_account" {
+  description = "The account on-call acts as to replay and roll back (members of `oncall` may)."
+  value       = google_service_account.operator.email
 }
 
 output "github_terraform_variables" {

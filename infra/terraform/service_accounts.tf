@@ -21,3 +21,14 @@ resource "google_service_account" "terraform_apply" {
 
   depends_on = [google_project_service.enabled]
 }
+
+# On-call acts as this account to replay (docs/operations.md#acting-as-the-operator-account):
+# an operator of every system, impersonated by the members of `oncall` (groups too),
+# so no person needs to be listed in each system's RECORDLINE_OPERATOR_PRINCIPALS.
+resource "google_service_account" "operator" {
+  project      = var.project_id
+  account_id   = "${var.service_name}-operator"
+  display_name = "${var.service_name} on-call operator: replays in every system"
+
+  depends_on = [google_project_service.enabled]
+}

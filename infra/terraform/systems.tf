@@ -21,18 +21,19 @@ module "system" {
   service_name = each.key
   dataset_id   = each.key == var.service_name ? var.dataset_id : replace(each.key, "-", "_")
 
-  readers               = each.value.readers != null ? each.value.readers : var.readers
-  notification_channels = each.value.notification_channels != null ? each.value.notification_channels : var.notification_channels
-  min_instances         = each.value.min_instances != null ? each.value.min_instances : var.min_instances
-  max_instances         = each.value.max_instances != null ? each.value.max_instances : var.max_instances
-  extra_env             = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+  readers         = each.value.readers != null ? each.value.readers : var.readers
+  operators       = each.value.operators != null ? each.value.operators : var.operators
+  ticket_channels = each.value.ticket_channels != null ? each.value.ticket_channels : var.ticket_channels
+  min_instances   = each.value.min_instances != null ? each.value.min_instances : var.min_instances
+  max_instances   = each.value.max_instances != null ? each.value.max_instances : var.max_instances
+  extra_env       = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
 
   project_id                       = var.project_id
   project_number                   = data.google_project.this.number
   region                           = var.region
   environment                      = var.environment
   dataset_location                 = var.dataset_location
-  image                            = var.image
+  placeholder_image                = var.placeholder_image
   ingress                          = var.ingress
   cpu                              = var.cpu
   memory                           = var.memory
@@ -55,32 +56,28 @@ module "system" {
   read_latency_goal                = var.read_latency_goal
   read_latency_threshold_seconds   = var.read_latency_threshold_seconds
   slo_rolling_period_days          = var.slo_rolling_period_days
-  error_ratio_threshold            = var.error_ratio_threshold
+  alert_min_events                 = var.alert_min_events
+  burn_rates                       = local.burn_rates
   oldest_unacked_threshold_seconds = var.oldest_unacked_threshold_seconds
   canary_age_threshold_seconds     = var.canary_age_threshold_seconds
 
-  deployer_member        = google_service_account.deployer.member
-  terraform_apply_member = google_service_account.terraform_apply.member
-  metric_types           = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
+  # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
+  service_agents           = time_sleep.service_agents.triggers
+  operator_service_account = google_service_account.operator.email
+  deployer_member          = google_service_account.deployer.member
+  terraform_apply_member   = google_service_account.terraform_apply.member
+  metric_types             = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
 
-  depends_on = [google_project_service.enabled, time_sleep.pubsub_service_agent]
+  depends_on = [google_project_service.enabled]
 }
 
 # A deployment made before systems were modules keeps every resource: each moves to
-# the default system, none is destroyed and created again.
-moved {
-  from = google_monitoring_alert_policy.oldest_unacked_message
-  to   = module.system["recordline"].google_monitoring_alert_policy.oldest_unacked_message
-}
-
+# the default system, none is destroyed and created again. (Its alert policies on
+# single symptoms are replaced by the fleet's pages and the system's tickets; those
+# that remain move.)
 moved {
   from = google_monitoring_alert_policy.dead_letters
   to   = module.system["recordline"].google_monitoring_alert_policy.dead_letters
-}
-
-moved {
-  from = google_monitoring_alert_policy.server_errors
-  to   = module.system["recordline"].google_monitoring_alert_policy.server_errors
 }
 
 moved {
@@ -121,11 +118,6 @@ moved {
 moved {
   from = google_pubsub_topic_iam_member.canary_publisher
   to   = module.system["recordline"].google_pubsub_topic_iam_member.canary_publisher
-}
-
-moved {
-  from = google_monitoring_alert_policy.canary_age
-  to   = module.system["recordline"].google_monitoring_alert_policy.canary_age
 }
 
 moved {
@@ -288,7 +280,3 @@ moved {
   to   = module.system["recordline"].google_monitoring_slo.freshness
 }
 
-moved {
-  from = google_monitoring_alert_policy.slo_burn_rate
-  to   = module.system["recordline"].google_monitoring_alert_policy.slo_burn_rate
-}

@@ -23,20 +23,34 @@ variable "environment" {
 
 variable "service_name" {
   type        = string
-  description = "Name of the Cloud Run service, the image and the OpenTelemetry service."
+  description = <<-EOT
+    Name of the image, the prefix of the environment's own accounts
+    (<name>-deploy, -tf-plan, -tf-apply, -operator), and the system a configuration
+    without `systems` runs.
+  EOT
   default     = "recordline"
+
+  # A system name (see `systems`) that also fits <name>-tf-apply in 30 characters.
+  validation {
+    condition = (
+      can(regex("^[a-z][a-z0-9-]{1,19}[a-z0-9]$", var.service_name))
+      && !startswith(var.service_name, "goog") && !endswith(var.service_name, "-dead-letter")
+    )
+    error_message = "service_name: 3 to 21 lower-case letters, digits and dashes, a letter first, no dash last, not starting with goog, not ending in -dead-letter."
+  }
 }
 
 # --- the service ---------------------------------------------------------------
 
-variable "image" {
+variable "placeholder_image" {
   type        = string
   description = <<-EOT
-    Container image for the first revision. Deploys replace it (gcloud run deploy from
-    .github/workflows/deploy.yml), and Terraform ignores the image afterwards. The
-    public sample answers 200 on every path, so the probes pass before the first build.
+    Image of a new system's first revision, before any Recordline image is deployed to
+    it: a public Python image running modules/system/placeholder.py, which answers
+    503 to every push (Pub/Sub keeps the messages) and 200 to Cloud Run's probes.
+    Deploys replace it (deploy-environment.yml) and Terraform ignores it afterwards.
   EOT
-  default     = "us-docker.pkg.dev/cloudrun/container/hello"
+  default     = "gcr.io/distroless/python3-debian12:nonroot"
 }
 
 variable "concurrency" {
@@ -172,6 +186,44 @@ variable "readers" {
       for m in var.readers : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
     ])
     error_message = "Each reader must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (the service cannot check group membership)."
+  }
+}
+
+variable "operators" {
+  type        = set(string)
+  description = <<-EOT
+    Principals who may replay dead letters and rejections in every system (a system's
+    own `operators` replace these): user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN.
+    They are listed in RECORDLINE_OPERATOR_PRINCIPALS, get run.invoker on the service
+    and may pull its dead-letter replay subscription. The operator account
+    (<service_name>-operator, which `oncall` may act as) is always one of them.
+  EOT
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for m in var.operators : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
+    ])
+    error_message = "Each operator must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (the service cannot check group membership; put groups in oncall)."
+  }
+}
+
+variable "oncall" {
+  type        = set(string)
+  description = <<-EOT
+    Who may act as the operator account (<service_name>-operator) to replay in any
+    system: IAM members, groups included (group:oncall@example.com). They get
+    roles/iam.serviceAccountTokenCreator on that account only: an ID token for the
+    service (gcloud auth print-identity-token --impersonate-service-account) and
+    Application Default Credentials for Pub/Sub. docs/operations.md#acting-as-the-operator-account.
+  EOT
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for m in var.oncall : can(regex("^(user|group|serviceAccount|domain):[^\\s,]+$", m))
+    ])
+    error_message = "Each oncall entry must be an IAM member: user:, group:, serviceAccount: or domain:."
   }
 }
 
@@ -319,6 +371,7 @@ variable "terraform_apply_roles" {
   default = [
     "roles/artifactregistry.admin",
     "roles/bigquery.admin",
+    "roles/cloudscheduler.admin",
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
     "roles/monitoring.editor",
@@ -334,7 +387,7 @@ variable "terraform_apply_roles" {
 
 variable "notification_channels" {
   type        = list(string)
-  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to; prod needs at least one (infra/README.md)."
+  description = "Notification channel ids (projects/P/notificationChannels/N) that pages go to: one policy per symptom for the whole fleet (fleet.tf); prod needs at least one (infra/README.md)."
   default     = []
 
   # An alert without a channel opens an incident nobody hears of.
@@ -349,6 +402,33 @@ variable "notification_channels" {
   }
 }
 
+variable "ticket_channels" {
+  type        = list(string)
+  description = "Notification channel ids that tickets go to: each system's own detail of every symptom, and what needs a look in working hours (modules/system/alerts.tf). A system's own ticket_channels replace these."
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.ticket_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
+    error_message = "Each ticket channel must be projects/PROJECT/notificationChannels/ID."
+  }
+}
+
+variable "alert_min_events" {
+  type        = number
+  description = <<-EOT
+    A ratio (an SLO's burn rate) is judged only over at least this many requests,
+    messages or reads in its long window: at canary-level traffic one 503 among sixty
+    pushes an hour is not an outage. A system that is down altogether still pages:
+    its backlog and its canary do.
+  EOT
+  default     = 100
+
+  validation {
+    condition     = var.alert_min_events >= 1
+    error_message = "alert_min_events must be at least 1."
+  }
+}
+
 variable "availability_goal" {
   type        = number
   description = "Share of push and read requests that must not fail with a 5xx."
@@ -357,20 +437,25 @@ variable "availability_goal" {
 
 variable "read_latency_goal" {
   type        = number
-  description = "Share of read queries that must finish within read_latency_threshold_seconds."
+  description = "Share of reads that must be answered within read_latency_threshold_seconds."
   default     = 0.95
 }
 
 variable "read_latency_threshold_seconds" {
   type        = number
-  description = "Bound of the read-latency SLO on recordline.query.duration, in seconds; a bucket boundary of that histogram."
-  default     = 0.3
+  description = <<-EOT
+    Bound of the read-latency SLO on recordline.read.duration (request to response,
+    probes left out), in seconds; a bucket boundary of that histogram. 5 s: a read on BigQuery runs one to three
+    queries one after the other, each hundreds of milliseconds to seconds
+    (docs/operations.md#slis-and-slos).
+  EOT
+  default     = 5
 
   # SECONDS in app/telemetry/metrics.py: a threshold between two boundaries could not
   # be counted exactly (a test keeps this list equal to the app's).
   validation {
     condition     = contains([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30], var.read_latency_threshold_seconds)
-    error_message = "read_latency_threshold_seconds must be a bucket boundary of recordline.query.duration (SECONDS in app/telemetry/metrics.py)."
+    error_message = "read_latency_threshold_seconds must be a bucket boundary of recordline.read.duration (SECONDS in app/telemetry/metrics.py)."
   }
 }
 
@@ -404,12 +489,6 @@ variable "oldest_unacked_threshold_seconds" {
   default     = 120
 }
 
-variable "error_ratio_threshold" {
-  type        = number
-  description = "Alert when this share of requests ends in a 5xx over five minutes."
-  default     = 0.01
-}
-
 variable "canary_age_threshold_seconds" {
   type        = number
   description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
@@ -419,27 +498,44 @@ variable "canary_age_threshold_seconds" {
 variable "systems" {
   description = "Recordline systems in this project, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it). Empty: one system named service_name. Each may override a few settings."
   type = map(object({
-    readers               = optional(list(string))
-    notification_channels = optional(list(string))
-    min_instances         = optional(number)
-    max_instances         = optional(number)
-    extra_env             = optional(map(string))
+    readers         = optional(list(string))
+    operators       = optional(list(string))
+    ticket_channels = optional(list(string))
+    min_instances   = optional(number)
+    max_instances   = optional(number)
+    extra_env       = optional(map(string))
   }))
   default = {}
 
+  # The limits every resource named after a system meets: 3 characters at least (its
+  # topic), 24 at most (its longest service account, <name>-smoke, has 30); lower-case
+  # letters, digits and dashes, a letter first and no dash last (Cloud Run); not
+  # starting with goog (Pub/Sub refuses such topics); not ending in -dead-letter, the
+  # suffix of every system's dead-letter topic.
   validation {
-    condition     = alltrue([for name, _ in var.systems : can(regex("^[a-z][a-z0-9-]{0,20}$", name))])
-    error_message = "System names are lower-case letters, digits and dashes, starting with a letter, at most 21 characters (they prefix service-account ids)."
+    condition = alltrue([
+      for name in keys(var.systems) :
+      can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", name)) && !startswith(name, "goog") && !endswith(name, "-dead-letter")
+    ])
+    error_message = "System names: 3 to 24 lower-case letters, digits and dashes, a letter first, no dash last, not starting with goog, not ending in -dead-letter."
+  }
+
+  # The system a configuration without `systems` runs (named service_name) already
+  # exists: a map without it would destroy it. Keep it, or retire it on purpose.
+  validation {
+    condition     = length(var.systems) == 0 || contains(keys(var.systems), var.service_name) || contains(var.retired_systems, var.service_name)
+    error_message = "systems must keep the system named service_name (the one a configuration without systems runs): leaving it out destroys it. Add it to systems, or retire it as docs/operations.md#retiring-a-system says."
+  }
+
+  # A retired system's topics and dataset are still there (prevent_destroy kept them).
+  validation {
+    condition     = length(setintersection(keys(var.systems), var.retired_systems)) == 0
+    error_message = "A retired system's name cannot be used again: its topics and dataset still exist."
   }
 }
 
-variable "fleet_outage_systems" {
-  type        = number
-  description = "With several systems, one fleet incident opens when the canary is stale in at least this many of them at once (fleet.tf)."
-  default     = 3
-
-  validation {
-    condition     = var.fleet_outage_systems >= 2
-    error_message = "fleet_outage_systems is at least 2: one system is its own alert's business."
-  }
+variable "retired_systems" {
+  type        = set(string)
+  description = "Systems taken out of `systems` on purpose, their topics, subscriptions and dataset kept outside Terraform (docs/operations.md#retiring-a-system). Their names stay taken."
+  default     = []
 }

@@ -7,6 +7,11 @@ terraform {
       source  = "hashicorp/google"
       version = ">= 6.23, < 7.0"
     }
+    # google_project_service_identity only (apis.tf).
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = ">= 6.23, < 7.0"
+    }
     random = {
       source  = "hashicorp/random"
       version = ">= 3.7, < 4.0"
@@ -23,6 +28,17 @@ terraform {
 }
 
 provider "google" {
+  project = var.project_id
+  region  = var.region
+
+  default_labels = {
+    app         = var.service_name
+    environment = var.environment
+    managed-by  = "terraform"
+  }
+}
+
+provider "google-beta" {
   project = var.project_id
   region  = var.region
 

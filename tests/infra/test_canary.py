@@ -38,14 +38,20 @@ def test_scheduler_may_publish_on_the_records_topic_only() -> None:
     assert grant["topic"] == "${google_pubsub_topic.records.name}"
     assert grant["role"] == "roles/pubsub.publisher"
     assert grant["member"] == "${local.scheduler_service_agent}"
-    assert "gcp-sa-cloudscheduler" in _locals()["scheduler_service_agent"]
+    assert 'var.service_agents["scheduler"]' in _locals()["scheduler_service_agent"]
     for binding in _resources("google_project_iam_member").values():
         assert "scheduler_service_agent" not in str(binding["member"])
 
 
-def test_canary_age_alerts_on_threshold_and_on_absence() -> None:
-    policies = _resources("google_monitoring_alert_policy")
-    (age,) = policies["canary_age"]["conditions"]
-    assert age["condition_threshold"][0]["filter"] == '${local.workload_metric["canary.age"]}'
-    (absent,) = policies["canary_absent"]["conditions"]
+def test_canary_age_is_watched_for_staleness_and_for_absence() -> None:
+    # Stale: the fleet's page and each system's ticket, on the minimum over instances.
+    assert (
+        _locals()["canary_stale"].startswith(
+            '${"label_replace(min by (namespace) (${local.metric[\\"canary.age\\"]}'
+        )
+        or "min by (namespace)" in _locals()["canary_stale"]
+    )
+    assert "canary.age" in _locals()["canary_stale"]
+    # Absent: a ticket.
+    (absent,) = _resources("google_monitoring_alert_policy")["canary_absent"]["conditions"]
     assert absent["condition_absent"][0]["filter"] == '${local.workload_metric["canary.age"]}'

@@ -19,7 +19,7 @@ from tests.infra.test_terraform import (
 
 
 def _module() -> dict[str, object]:
-    (module,) = [block["system"] for block in _root("module")]
+    (module,) = [block["system"] for block in _root("module") if "system" in block]
     return module
 
 
@@ -57,9 +57,13 @@ def test_by_default_there_is_one_system_with_the_names_it_always_had() -> None:
 
 # Resources the module gained after a single deployment's layout: nothing to move.
 ADDED_WITH_THE_MODULE = {
-    "google_monitoring_uptime_check_config.canary_read",
+    "google_monitoring_uptime_check_config.read_path",
     "google_cloud_run_v2_service_iam_member.uptime_invoker",
-    "google_monitoring_alert_policy.canary_unreadable",
+    "google_cloud_run_v2_service_iam_member.operator_invokers",
+    "google_pubsub_subscription_iam_member.operators_pull_dead_letters",
+    "google_cloud_run_v2_service_iam_member.operator_account_rolls_back",
+    "google_service_account_iam_member.operator_account_acts_as_runtime",
+    "google_monitoring_alert_policy.ticket",
 }
 
 
@@ -71,6 +75,9 @@ def test_every_resource_of_a_single_deployment_moves_into_the_default_system() -
         if address not in ADDED_WITH_THE_MODULE
     }
     assert moved == expected, sorted(moved ^ expected)[:5]
+    # The policies a single deployment had on one symptom each are gone, replaced by
+    # the fleet's pages and the system's tickets: nothing of theirs is worth keeping.
+    assert not {"${google_monitoring_alert_policy.slo_burn_rate}"} & {f for f, _ in moved}
 
 
 def test_each_system_names_itself_on_its_metrics_and_logs() -> None:
@@ -88,7 +95,7 @@ def test_the_fleet_dashboard_shows_every_slo_metric_by_system_worst_first() -> N
     charts = _locals()["fleet_charts"]
     by_metric = {
         "freshness (ingest lag)": 'fleet_metric[\\"ingest.lag\\"]',
-        "read latency (query time)": 'fleet_metric[\\"query.duration\\"]',
+        "read latency (what readers wait for)": 'fleet_metric[\\"read.duration\\"]',
         "availability (Cloud Run answers)": "run.googleapis.com/request_count",
     }
     for slo, metric in by_metric.items():
@@ -104,17 +111,6 @@ def test_the_fleet_dashboard_shows_every_slo_metric_by_system_worst_first() -> N
     assert "module.system[name].dashboard" in _locals()["fleet_links"]
 
 
-def test_one_shared_outage_is_one_page() -> None:
-    policy = _resources("google_monitoring_alert_policy")["fleet_canaries_stale"]
-    (condition,) = policy["conditions"]
-    query = condition["condition_prometheus_query_language"][0]["query"]
-    assert query.startswith("count(min by (namespace)")
-    assert (
-        "Runbook: docs/operations.md#fleet-canaries-stale-in-several-systems"
-        in (policy["documentation"][0]["content"])
-    )
-
-
 def test_the_environment_root_has_no_system_resources_of_its_own() -> None:
     root = [
         f"{rtype}.{name}"
@@ -128,9 +124,10 @@ def test_the_environment_root_has_no_system_resources_of_its_own() -> None:
 
 
 def test_the_read_path_is_probed_from_outside_as_a_reader() -> None:
-    check = _resources("google_monitoring_uptime_check_config")["canary_read"]
+    check = _resources("google_monitoring_uptime_check_config")["read_path"]
     (http,) = check["http_check"]
-    assert http["path"] == "/v1/records/${local.canary_attribute}"
+    assert http["path"] == "${local.probe_path}"
+    assert _locals()["probe_path"].startswith("/v1/records?")
     assert http["service_agent_authentication"] == [{"type": "OIDC_TOKEN"}]
     # The probe's token is for the service's URL: an audience the service accepts, from a
     # principal it admits, through Cloud Run's invoker check.
@@ -139,6 +136,7 @@ def test_the_read_path_is_probed_from_outside_as_a_reader() -> None:
     assert "local.monitoring_service_agent" in _locals()["read_principals"]
     invoker = _resources("google_cloud_run_v2_service_iam_member")["uptime_invoker"]
     assert invoker["member"] == "serviceAccount:${local.monitoring_service_agent}"
-    alert = _resources("google_monitoring_alert_policy")["canary_unreadable"]
-    (condition,) = alert["conditions"]
-    assert "canary_read.uptime_check_id" in condition["condition_threshold"][0]["filter"]
+    # Its results are a symptom: the fleet pages on it, each system has a ticket.
+    assert _locals()["pages"]["read_path"][1] == "${module.fleet_symptoms.read_path_failing}"
+    assert _locals()["tickets"]["read_path"][1] == "${module.symptoms.read_path_failing}"
+    assert "monitoring_googleapis_com:uptime_check_check_passed" in _locals()["read_path_failing"]

@@ -39,6 +39,8 @@ def _run() -> tuple[int, str]:
             "--with",
             f"cdktf-cdktf-provider-google=={_pin('PROVIDER_SCHEMA_VERSION')}",
             "--with",
+            f"cdktf-cdktf-provider-google-beta=={_pin('PROVIDER_SCHEMA_VERSION')}",
+            "--with",
             f"python-hcl2=={_pin('PYTHON_HCL2_VERSION')}",
             "python",
             str(ROOT / "infra" / "provider_schema.py"),
@@ -85,6 +87,10 @@ def test_the_configuration_matches_the_provider_schema(problems: dict[str, list[
         ("dynamic_block_misspelled", 'dynamic "envs": no such block'),
         ("missing_required_in_block", 'missing required argument or block "key"'),
         ("unknown_resource", "the google provider has no such resource"),
+        # Beta-only: without `provider = google-beta` it does not exist...
+        ("beta_resource_on_ga", "the google provider has no such resource"),
+        # ...and with it, it is checked against the beta schema.
+        ("beta_misspelled", 'unsupported argument or block "servce"'),
     ],
 )
 def test_a_broken_resource_is_reported(

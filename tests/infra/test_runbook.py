@@ -25,14 +25,14 @@ def anchors() -> frozenset[str]:
     return frozenset(slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.MULTILINE))
 
 
-def _each_keys(body: dict[str, Any]) -> list[str | None]:
-    """The `each.key` values of a for_each policy, or [None] for a single one."""
+def _each(body: dict[str, Any]) -> dict[str | None, Any]:
+    """The `each.key` and `each.value` of a for_each policy, or {None: None} for a single one."""
     if "for_each" not in body:
-        return [None]
+        return {None: None}
     expression = body["for_each"]
     found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
     assert found, f"for_each {expression!r}: expected a local map"
-    return list(_locals()[found.group(1)])
+    return dict(_locals()[found.group(1)])
 
 
 def _runbook_links() -> dict[str, str]:
@@ -44,10 +44,13 @@ def _runbook_links() -> dict[str, str]:
         content = documentation[0]["content"]
         found = LINK.search(content)
         assert found, f"{name}: documentation has no `Runbook: docs/operations.md#...` link"
-        for key in _each_keys(body):
+        for key, value in _each(body).items():
             anchor = found.group(1)
             if key is not None:
                 anchor = anchor.replace("${each.key}", key)
+                item = re.fullmatch(r"\$\{each\.value\[(\d+)\]\}", anchor)
+                if item:
+                    anchor = value[int(item.group(1))]
             links[name if key is None else f"{name}[{key}]"] = anchor
     return links
 
@@ -68,3 +71,12 @@ def test_every_alert_policy_links_an_existing_runbook_section() -> None:
 def test_the_readme_links_the_runbook() -> None:
     readme = (RUNBOOK.parents[1] / "README.md").read_text()
     assert "docs/operations.md" in readme
+
+
+def test_every_tile_the_runbook_names_is_on_a_dashboard() -> None:
+    titles = [c["title"] for c in _locals()["dashboard_charts"]]
+    titles += [c[0] for c in _locals()["fleet_charts"]]
+    named = re.findall(r'\btiles? "([^"]+)"', RUNBOOK.read_text())
+    assert named
+    missing = [t for t in named if not any(title.startswith(t) for title in titles)]
+    assert missing == []

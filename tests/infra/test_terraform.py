@@ -378,7 +378,7 @@ def _all_resources() -> dict[str, dict[str, dict[str, Any]]]:
 def _module_waits() -> set[str]:
     """What every resource of the system module is created after: the module block's
     depends_on, and the root resources its inputs refer to."""
-    (module,) = [named["system"] for block in _root("module") for named in [block]]
+    (module,) = [block["system"] for block in _root("module") if "system" in block]
     return _references({k: v for k, v in module.items() if k != "source"})
 
 
@@ -431,6 +431,29 @@ def _evaluate(expression: str, values: tuple[tuple[str, str], ...] = ()) -> Any:
     return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
 
 
+def _template(raw: str) -> str:
+    """A string as python-hcl2 keeps it, as an HCL string literal again: its literal
+    parts come back unescaped, its interpolations as written."""
+    out, depth, i = ['"'], 0, 0
+    while i < len(raw):
+        if raw.startswith("${", i):
+            depth += 1
+            out.append("${")
+            i += 2
+            continue
+        char = raw[i]
+        if depth:
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+            out.append(char)
+        else:
+            out.append({'"': '\\"', "\\": "\\\\", "\n": "\\n"}.get(char, char))
+        i += 1
+    return "".join(out) + '"'
+
+
 def _expression(value: Any) -> str:
     """An expression as python-hcl2 keeps it (`${...}`), without the interpolation."""
     assert isinstance(value, str), value
@@ -472,6 +495,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     metrics.histograms.append_rows.record(3)
     metrics.histograms.append_duration.record(0.004)
     metrics.query_duration.record(0.1, {"route": "/v1/records"})
+    metrics.read_duration.record(0.2, {"route": "/v1/records"})
     metrics.query_bytes_billed.add(10 << 20, {"route": "/v1/records"})
     metrics.outcomes[(("outcome", "rejected"), ("reason", "schema"))] += 1
     metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0)
@@ -513,7 +537,7 @@ def test_descriptors_are_what_the_exporter_writes() -> None:
 def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
     # Through the module's input: each filter names a descriptor's type.
     filters = {
-        "read_latency": "local.read_query_duration",
+        "read_latency": "local.read_duration",
         "freshness": 'local.workload_metric[\\"ingest.lag\\"]',
     }
     for name, metric in filters.items():
@@ -525,6 +549,12 @@ def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
     assert "google_monitoring_metric_descriptor.workload" in _waits_for(
         "google_monitoring_alert_policy.query_bytes_billed"
     )
+    # The PromQL policies read the descriptors' types through modules/symptoms.
+    assert _locals()["metric"].startswith("${{for name, type in var.metric_types")
+    (fleet,) = [b["fleet_symptoms"] for b in _root("module") if "fleet_symptoms" in b]
+    assert "google_monitoring_metric_descriptor.workload" in fleet["metric_types"]
+    (symptoms,) = [b["symptoms"] for b in _load(MODULE / "alerts.tf")["module"]]
+    assert symptoms["metric_types"] == "${var.metric_types}"
 
 
 @pytest.mark.parametrize(
@@ -541,21 +571,43 @@ def test_accounts_and_project_grants_wait_for_the_enabled_apis(address: str) -> 
     assert "google_project_service.enabled" in _waits_for(address)
 
 
-def test_pubsub_service_agent_grants_wait_for_the_agent() -> None:
-    agent_grants = [
+AGENT_LOCALS = ("pubsub_service_agent", "scheduler_service_agent", "monitoring_service_agent")
+
+
+def test_service_agents_are_created_before_any_grant_names_them() -> None:
+    # No agent's e-mail is spelled out (service-NUMBER@gcp-sa-...): Google creates some
+    # agents lazily, so each is created here and read from what creates it.
+    assert "gcp-sa-" not in json.dumps(_config())
+    agents = _resources("google_project_service_identity")["agents"]
+    assert agents["provider"] == "google-beta"
+    assert agents["for_each"] == "${local.service_agent_apis}"
+    assert agents["service"] == "${google_project_service.enabled[each.value].service}"
+    assert _locals()["service_agent_apis"] == {
+        "pubsub": "pubsub.googleapis.com",
+        "scheduler": "cloudscheduler.googleapis.com",
+        "monitoring": "monitoring.googleapis.com",
+    }
+    pause = _all_resources()["time_sleep"]["service_agents"]
+    assert "google_project_service_identity.agents" in json.dumps(pause["triggers"])
+    assert int(pause["create_duration"].removesuffix("s")) >= 60
+    # The system module reads the e-mails from the pause, so what names one waits for it.
+    (module,) = [block["system"] for block in _root("module") if "system" in block]
+    assert module["service_agents"] == "${time_sleep.service_agents.triggers}"
+    for name, key in zip(AGENT_LOCALS, ("pubsub", "scheduler", "monitoring"), strict=True):
+        assert f'var.service_agents["{key}"]' in _locals()[name], name
+    grants = [
         f"{rtype}.{name}"
         for rtype, named in _all_resources().items()
         for name, body in named.items()
-        if body.get("member") == "${local.pubsub_service_agent}"
+        if any(f"local.{agent}" in str(body.get("member", "")) for agent in AGENT_LOCALS)
     ]
-    assert len(agent_grants) == 4
-    (pause,) = [
-        n
-        for n, body in _all_resources().get("time_sleep", {}).items()
-        if 'google_project_service.enabled[\\"pubsub.googleapis.com\\"]' in json.dumps(body)
-    ]
-    for grant in agent_grants:
-        assert f"time_sleep.{pause}" in _waits_for(grant), grant
+    # Pub/Sub's four (dead letters, push tokens, the BigQuery subscription), the
+    # Scheduler's publisher grant and the uptime check's invoker grant.
+    assert len(grants) == 6, grants
+    for grant in grants:
+        assert {"time_sleep.service_agents", "google_project_service_identity.agents"} <= (
+            _waits_for(grant)
+        ), grant
 
 
 @pytest.mark.parametrize(
@@ -584,21 +636,26 @@ def test_resources_checked_against_a_grant_wait_for_it_to_propagate(
         assert int(body["create_duration"].removesuffix("s")) >= 60
 
 
-def test_read_slo_counts_read_queries_at_a_bucket_boundary() -> None:
+def test_read_slo_counts_what_readers_wait_for_at_a_bucket_boundary() -> None:
     from app.telemetry.metrics import SECONDS
+    from app.telemetry.store import READ_ROUTES
 
     slo = _resources("google_monitoring_slo")["read_latency"]
     (sli,) = slo["request_based_sli"]
     (cut,) = sli["distribution_cut"]
-    assert cut["distribution_filter"] == "${local.read_query_duration}"
-    read_filter = _locals()["read_query_duration"]
-    assert read_filter.startswith('${local.workload_metric["query.duration"]} ')
-    # The routes users read through, not replay's look-ups; the fleet chart counts the same.
-    from app.telemetry.store import READ_ROUTES
-
+    assert cut["distribution_filter"] == "${local.read_duration}"
+    # The read routes' own duration (request to response, probes left out by the
+    # service), not one store query's.
+    read_filter = _locals()["read_duration"]
+    assert read_filter.startswith('${local.workload_metric["read.duration"]} ')
+    # The routes users read through, not replay's look-ups; the fleet chart and the
+    # burn-rate alerts count the same.
+    assert _locals()["read_routes"] == list(READ_ROUTES)
     routes = 'metric.label."route"=one_of(' + ",".join(f'"{r}"' for r in READ_ROUTES) + ")"
-    assert read_filter.endswith(" " + routes)
-    assert _locals()["fleet_read_routes"] == routes
+    for name in ("read_duration", "fleet_read_routes"):
+        expression = re.sub(r"\blocal\.workload_metric\[[^]]*\]", '"M"', _locals()[name])
+        value = _evaluate(_template(expression), (("read_routes", json.dumps(list(READ_ROUTES))),))
+        assert value.endswith(routes), (name, value)
     assert cut["range"] == [{"max": "${var.read_latency_threshold_seconds}"}]
     threshold = _variables()["read_latency_threshold_seconds"]
     assert threshold["default"] in SECONDS

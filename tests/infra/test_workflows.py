@@ -77,7 +77,9 @@ def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
     assert "needs.dev.result == 'success'" in deploy["jobs"]["prod"]["if"]
     assert deploy["jobs"]["prod"]["with"]["environment"] == "prod"
     rollout = _load(WORKFLOWS / "deploy-environment.yml")
-    assert rollout["jobs"]["deploy"]["environment"] == "${{ inputs.environment }}"
+    assert rollout["jobs"]["prepare"]["environment"] == "${{ inputs.environment }}"
+    system = _load(WORKFLOWS / "deploy-system.yml")
+    assert system["jobs"]["rollout"]["environment"] == "${{ inputs.environment }}"
     terraform = _load(WORKFLOWS / "terraform.yml")
     assert terraform["jobs"]["prod"]["needs"] == "dev"
     assert "needs.dev.result == 'success'" in terraform["jobs"]["prod"]["if"]
@@ -100,22 +102,29 @@ def test_the_image_is_built_once_and_deployed_by_digest() -> None:
         assert job["with"]["image_digest"] == "${{ needs.build.outputs.digest }}", name
     # ...and builds nothing itself: it pushes the built archive with its digest kept,
     # and gives Cloud Run the digest, never a tag.
-    rollout = _load(WORKFLOWS / "deploy-environment.yml")["jobs"]["deploy"]
-    assert not any("build-push-action" in s.get("uses", "") for s in rollout["steps"])
-    runs = _job_runs(rollout)
-    assert "skopeo copy --preserve-digests" in runs
-    assert '--image="$REPOSITORY@$DIGEST"' in runs
+    prepare = _load(WORKFLOWS / "deploy-environment.yml")["jobs"]["prepare"]
+    rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
+    for job in (prepare, rollout):
+        assert not any("build-push-action" in s.get("uses", "") for s in job["steps"])
+    assert "skopeo copy --preserve-digests" in _job_runs(prepare)
+    assert '--image="$REPOSITORY@$DIGEST"' in _job_runs(rollout)
     # A re-run finds its tag already holding the digest and pushes nothing.
-    assert '"$existing" == "$BUILT_DIGEST"' in runs
+    assert '"$existing" == "$BUILT_DIGEST"' in _job_runs(prepare)
 
 
 def test_concurrency_is_per_environment() -> None:
     # No group spanning both environments: a prod run waiting for approval would hold dev.
+    # Each environment's whole rollout is one group, each system's deploy another.
     deploy = _load(WORKFLOWS / "deploy.yml")
     assert "concurrency" not in deploy
-    rollout = _load(WORKFLOWS / "deploy-environment.yml")["jobs"]["deploy"]
+    for environment in ("dev", "prod"):
+        assert deploy["jobs"][environment]["concurrency"] == {
+            "group": f"deploy-{environment}",
+            "cancel-in-progress": False,
+        }
+    rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
     assert rollout["concurrency"] == {
-        "group": "deploy-${{ inputs.environment }}",
+        "group": "deploy-${{ inputs.environment }}-${{ inputs.system }}",
         "cancel-in-progress": False,
     }
     apply = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]["apply"]

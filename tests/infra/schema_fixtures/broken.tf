@@ -55,3 +55,12 @@ resource "google_monitoring_metric_descriptor" "missing_required_in_block" {
 resource "google_no_such_thing" "unknown_resource" {
   name = "x"
 }
+
+resource "google_project_service_identity" "beta_resource_on_ga" {
+  service = "pubsub.googleapis.com"
+}
+
+resource "google_project_service_identity" "beta_misspelled" {
+  provider = google-beta
+  servce   = "pubsub.googleapis.com"
+}

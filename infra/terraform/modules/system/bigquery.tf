@@ -1,3 +1,8 @@
+# Whatever holds messages (topics, subscriptions) or rows (the dataset and its tables)
+# is protected by prevent_destroy: a plan that would destroy one, such as a system left
+# out of `systems` or a change that forces a replacement, fails instead of losing
+# data. Retiring a system on purpose: docs/operations.md#retiring-a-system.
+
 resource "google_bigquery_dataset" "recordline" {
   #checkov:skip=CKV_GCP_81:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project     = var.project_id
@@ -8,6 +13,10 @@ resource "google_bigquery_dataset" "recordline" {
   # Access is granted with dataset IAM members below, never with access blocks here,
   # so the two cannot fight over the dataset's policy.
   delete_contents_on_destroy = false
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 # The records and rejected schemas are GENERATED from app/records.py (a test keeps them
@@ -32,6 +41,10 @@ resource "google_bigquery_table" "records" {
     expiration_ms = local.partition_expiration_ms
   }
   clustering = ["ingest_time"]
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 resource "google_bigquery_table" "rejected" {
@@ -50,6 +63,10 @@ resource "google_bigquery_table" "rejected" {
     expiration_ms = local.partition_expiration_ms
   }
   clustering = ["ingest_time"]
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 # Search indexes on the lookup keys. The provider has no search-index resource, so each
@@ -101,4 +118,8 @@ resource "google_bigquery_table" "dead_letters" {
     field = "publish_time"
   }
   clustering = ["message_id"]
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }

@@ -2,12 +2,14 @@
 # topic -> push subscription -> service -> store), so a stalled pipeline is seen even
 # when no producer publishes. The service recognises it by the attribute
 # (app/telemetry/metrics.py, CANARY_ATTRIBUTE), stores it like any record under one
-# id (each canary is that record's newest version) and reports recordline.canary.age.
+# id (each canary is that record's newest version) and reports recordline.canary.age,
+# the minimum over instances (each knows only the canaries it stored), which the
+# canary_stale page and ticket watch (modules/symptoms, alerts.tf).
 
 locals {
   canary_attribute = "recordline-canary"
   # Cloud Scheduler publishes a Pub/Sub target's message as its service agent.
-  scheduler_service_agent = "serviceAccount:service-${var.project_number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+  scheduler_service_agent = "serviceAccount:${var.service_agents["scheduler"]}"
 }
 
 resource "google_cloud_scheduler_job" "canary" {
@@ -35,60 +37,4 @@ resource "google_pubsub_topic_iam_member" "canary_publisher" {
   topic   = google_pubsub_topic.records.name
   role    = "roles/pubsub.publisher"
   member  = local.scheduler_service_agent
-}
-
-# The slowest instance's view would page for nothing: each instance knows only the
-# canaries it stored, so the age is the minimum over instances. 300 s by default is
-# five missed canaries, longer than Pub/Sub's first redeliveries take.
-resource "google_monitoring_alert_policy" "canary_age" {
-  project               = var.project_id
-  display_name          = "${var.service_name} (${var.environment}): canary older than ${var.canary_age_threshold_seconds} s"
-  combiner              = "OR"
-  notification_channels = var.notification_channels
-
-  conditions {
-    display_name = "recordline.canary.age > ${var.canary_age_threshold_seconds} s"
-    condition_threshold {
-      filter          = local.workload_metric["canary.age"]
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.canary_age_threshold_seconds
-      duration        = "120s"
-      aggregations {
-        alignment_period     = "60s"
-        per_series_aligner   = "ALIGN_MIN"
-        cross_series_reducer = "REDUCE_MIN"
-      }
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = "No canary published by Cloud Scheduler job `${google_cloud_scheduler_job.canary.name}` has been stored for ${var.canary_age_threshold_seconds} s. Runbook: docs/operations.md#canary-age"
-  }
-}
-
-# No point at all: no instance has stored a canary, or none exports metrics.
-resource "google_monitoring_alert_policy" "canary_absent" {
-  project               = var.project_id
-  display_name          = "${var.service_name} (${var.environment}): canary age not reported"
-  combiner              = "OR"
-  notification_channels = var.notification_channels
-
-  conditions {
-    display_name = "recordline.canary.age absent for 10 min"
-    condition_absent {
-      filter   = local.workload_metric["canary.age"]
-      duration = "600s"
-      aggregations {
-        alignment_period     = "60s"
-        per_series_aligner   = "ALIGN_MIN"
-        cross_series_reducer = "REDUCE_MIN"
-      }
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = "`recordline.canary.age` has not been reported for 10 minutes. Runbook: docs/operations.md#canary-absent"
-  }
 }

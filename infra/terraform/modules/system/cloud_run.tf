@@ -24,7 +24,13 @@ resource "google_cloud_run_v2_service" "recordline" {
     }
 
     containers {
-      image = var.image
+      # Until its first deploy a new system runs the placeholder (placeholder.py): 503
+      # to every push, so Pub/Sub keeps the messages instead of acknowledging them to
+      # a service that cannot store them. Deploys set the image and clear the command
+      # and arguments (deploy-environment.yml).
+      image   = var.placeholder_image
+      command = ["python3"]
+      args    = ["-c", file("${path.module}/placeholder.py")]
 
       ports {
         container_port = 8080 # Cloud Run passes it to the service as $PORT
@@ -83,17 +89,22 @@ resource "google_cloud_run_v2_service" "recordline" {
   }
 
   lifecycle {
-    # Deploys own the image (.github/workflows/deploy-environment.yml) and what
-    # `gcloud run deploy` writes with it: template annotations and labels, the revision
-    # name, client and client_version. Reverting them would make every infra apply
-    # after a deploy create a new revision. Terraform owns the rest.
+    # Deploys own the image (.github/workflows/deploy-environment.yml), the command
+    # and arguments they clear, what `gcloud run deploy` writes with them (template
+    # annotations and labels, the revision name, client and client_version) and the
+    # traffic split (each deploy promotes its revision; a rollback pins an earlier one).
+    # Reverting them would make every infra apply after a deploy create a new revision,
+    # or undo a rollback. Terraform owns the rest.
     ignore_changes = [
       template[0].containers[0].image,
+      template[0].containers[0].command,
+      template[0].containers[0].args,
       template[0].annotations,
       template[0].labels,
       template[0].revision,
       client,
       client_version,
+      traffic,
     ]
   }
 

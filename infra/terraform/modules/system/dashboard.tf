@@ -16,6 +16,12 @@ locals {
       ]
     },
     {
+      title = "Read time by route, p95: what readers wait for (s)"
+      sets = [
+        ["$${metric.labels.route}", local.workload_metric["read.duration"], "ALIGN_DELTA", "REDUCE_PERCENTILE_95", ["metric.label.\"route\""]],
+      ]
+    },
+    {
       title = "Query time by route, p95 (s)"
       sets = [
         ["$${metric.labels.route}", local.workload_metric["query.duration"], "ALIGN_DELTA", "REDUCE_PERCENTILE_95", ["metric.label.\"route\""]],

@@ -54,6 +54,45 @@ resource "google_cloud_run_v2_service_iam_member" "smoke_invoker" {
   member   = google_service_account.smoke.member
 }
 
+# Operators replay (docs/operations.md#dead-letters): they call the service (Cloud Run's
+# invoker check, then RECORDLINE_OPERATOR_PRINCIPALS) and pull this system's dead
+# letters, acknowledging each once the service answered for it.
+resource "google_cloud_run_v2_service_iam_member" "operator_invokers" {
+  for_each = local.operator_members
+
+  project  = var.project_id
+  location = google_cloud_run_v2_service.recordline.location
+  name     = google_cloud_run_v2_service.recordline.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+resource "google_pubsub_subscription_iam_member" "operators_pull_dead_letters" {
+  for_each = local.operator_members
+
+  project      = var.project_id
+  subscription = google_pubsub_subscription.dead_letter_replay.name
+  role         = "roles/pubsub.subscriber"
+  member       = each.value
+}
+
+# On-call rolls a bad revision back as the operator account (docs/operations.md#rolling-back):
+# a traffic change is a change to the service, which Cloud Run allows developers of
+# the service who may act as the account it runs as.
+resource "google_cloud_run_v2_service_iam_member" "operator_account_rolls_back" {
+  project  = var.project_id
+  location = google_cloud_run_v2_service.recordline.location
+  name     = google_cloud_run_v2_service.recordline.name
+  role     = "roles/run.developer"
+  member   = "serviceAccount:${var.operator_service_account}"
+}
+
+resource "google_service_account_iam_member" "operator_account_acts_as_runtime" {
+  service_account_id = google_service_account.runtime.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${var.operator_service_account}"
+}
+
 resource "google_cloud_run_v2_service_iam_member" "deployer_deploys" {
   project  = var.project_id
   location = google_cloud_run_v2_service.recordline.location

@@ -9,7 +9,7 @@ locals {
 
   # Pub/Sub acts as this Google-managed account when it mints push tokens, forwards
   # dead letters and writes to BigQuery.
-  pubsub_service_agent = "serviceAccount:service-${var.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  pubsub_service_agent = "serviceAccount:${var.service_agents["pubsub"]}"
 
   # The acknowledgement deadline is also how long Pub/Sub waits for the push answer.
   # The service gives up on a write after write_deadline_seconds and answers 503; the
@@ -24,8 +24,20 @@ locals {
     [google_service_account.smoke.email, local.monitoring_service_agent],
   )))
 
+  # Operators as the service checks them, the environment's operator account first
+  # among equals; and as IAM members, keyed by something known before the account
+  # exists (for_each keys must be).
+  operator_principals = join(",", sort(concat(
+    [for m in var.operators : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
+    [var.operator_service_account],
+  )))
+  operator_members = merge(
+    { for m in var.operators : m => m },
+    { operator-account = "serviceAccount:${var.operator_service_account}" },
+  )
+
   # Cloud Monitoring probes as this Google-managed account (uptime.tf).
-  monitoring_service_agent = "service-${var.project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
+  monitoring_service_agent = var.service_agents["monitoring"]
 
   # Partition expiry of records and rejected; null keeps partitions forever.
   partition_expiration_ms = var.retention_days > 0 ? var.retention_days * 86400000 : null
@@ -48,6 +60,7 @@ locals {
     # The service's own URL too: the uptime check's token names it (uptime.tf).
     RECORDLINE_READ_AUDIENCE          = "${local.read_audience},${local.service_url}"
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
+    RECORDLINE_OPERATOR_PRINCIPALS    = local.operator_principals
     RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)
     # Cloud Run's invoker check (cloud_run.tf: invoker_iam_disabled = false)
     # verifies each token and replaces its signature before the request reaches

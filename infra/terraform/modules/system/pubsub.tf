@@ -1,13 +1,26 @@
+# Whatever holds messages (topics, subscriptions) or rows (the dataset and its tables)
+# is protected by prevent_destroy: a plan that would destroy one, such as a system left
+# out of `systems` or a change that forces a replacement, fails instead of losing
+# data. Retiring a system on purpose: docs/operations.md#retiring-a-system.
+
 resource "google_pubsub_topic" "records" {
   #checkov:skip=CKV_GCP_83:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project = var.project_id
   name    = var.service_name
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 resource "google_pubsub_topic" "dead_letter" {
   #checkov:skip=CKV_GCP_83:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project = var.project_id
   name    = "${var.service_name}-dead-letter"
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 resource "google_pubsub_subscription" "push" {
@@ -53,6 +66,10 @@ resource "google_pubsub_subscription" "push" {
     google_service_account_iam_member.pubsub_mints_push_token,
     google_cloud_run_v2_service_iam_member.push_invoker,
   ]
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 # Keeps every dead letter, with its attributes and delivery metadata, in BigQuery.
@@ -72,6 +89,10 @@ resource "google_pubsub_subscription" "dead_letter_to_bigquery" {
 
   # Pub/Sub checks the agent's access to the table when the subscription is created.
   depends_on = [time_sleep.iam_propagation]
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 # Keeps every dead letter for `recordline replay dead-letters` (docs/operations.md#dead-letters):
@@ -86,6 +107,10 @@ resource "google_pubsub_subscription" "dead_letter_replay" {
 
   expiration_policy {
     ttl = ""
+  }
+
+  lifecycle {
+    prevent_destroy = true
   }
 }
 

@@ -1,4 +1,6 @@
-# Service level objectives and their burn-rate alerts.
+# Service level objectives: the error budget each system reports in Cloud Monitoring.
+# Their burn-rate alerts are PromQL on the same events (modules/symptoms: the fleet's
+# pages and this system's tickets), so each can demand a minimum number of events.
 #
 # Cloud Run's own metrics (run.googleapis.com/*) describe every request the service
 # answered; the application's OpenTelemetry metrics arrive as workload.googleapis.com/*,
@@ -14,17 +16,12 @@ locals {
   request_count     = "metric.type=\"run.googleapis.com/request_count\" ${local.cloud_run_requests}"
   request_latencies = "metric.type=\"run.googleapis.com/request_latencies\" ${local.cloud_run_requests}"
 
-  # The routes users read through (READ_ROUTES in app/telemetry/store.py, which labels
-  # each query with the route it serves; a test keeps both equal). Replay's look-ups
-  # (/v1/replay) are an operator's batches, not a read a user waits for.
-  read_query_duration = "${local.workload_metric["query.duration"]} metric.label.\"route\"=one_of(\"/v1/records\",\"/v1/records/{record_id}\",\"/v1/messages/{message_id}\")"
-
-  # Alert when the error budget burns fast enough to be gone in ~2 days (14.4x over the
-  # last hour: page-worthy) or in ~5 days (6x over six hours: a slower leak).
-  burn_rate_windows = {
-    fast = { lookback = "3600s", threshold = 14.4 }
-    slow = { lookback = "21600s", threshold = 6 }
-  }
+  # What readers wait for: recordline.read.duration, from request to response, on the
+  # routes users read through (READ_ROUTES in app/telemetry/store.py, a test keeps
+  # both equal; not /v1/rejections, an operator's listing), uptime probes, the deploy
+  # smoke test and reads of the canary left out by the service (app/telemetry/reads.py).
+  read_routes   = ["/v1/records", "/v1/records/{record_id}", "/v1/messages/{message_id}"]
+  read_duration = "${local.workload_metric["read.duration"]} metric.label.\"route\"=one_of(${join(",", [for r in local.read_routes : "\"${r}\""])})"
 }
 
 resource "google_monitoring_custom_service" "recordline" {
@@ -55,17 +52,17 @@ resource "google_monitoring_slo" "read_latency" {
   project             = var.project_id
   service             = google_monitoring_custom_service.recordline.service_id
   slo_id              = "read-latency"
-  display_name        = "${format("%g", var.read_latency_goal * 100)}% of read queries answered within ${var.read_latency_threshold_seconds} s"
+  display_name        = "${format("%g", var.read_latency_goal * 100)}% of reads answered within ${var.read_latency_threshold_seconds} s"
   goal                = var.read_latency_goal
   rolling_period_days = var.slo_rolling_period_days
 
-  # The service's own query duration, by route. Cloud Run's request_latencies has no
-  # route: it counts every push too, and pushes outnumber reads by orders of magnitude,
-  # so slow reads would never spend the budget. The threshold is a bucket boundary of
-  # recordline.query.duration (variables.tf), so the cut is exact.
+  # Cloud Run's request_latencies has no route: it counts every push too, and pushes
+  # outnumber reads by orders of magnitude, so slow reads would never spend the budget.
+  # The threshold is a bucket boundary of recordline.read.duration (variables.tf), so
+  # the cut is exact.
   request_based_sli {
     distribution_cut {
-      distribution_filter = local.read_query_duration
+      distribution_filter = local.read_duration
       range {
         max = var.read_latency_threshold_seconds
       }
@@ -93,37 +90,3 @@ resource "google_monitoring_slo" "freshness" {
   }
 }
 
-locals {
-  slos = {
-    availability = google_monitoring_slo.availability
-    read_latency = google_monitoring_slo.read_latency
-    freshness    = google_monitoring_slo.freshness
-  }
-}
-
-resource "google_monitoring_alert_policy" "slo_burn_rate" {
-  for_each = local.slos
-
-  project               = var.project_id
-  display_name          = "${var.service_name} (${var.environment}): ${each.value.display_name} — error budget burning"
-  combiner              = "OR"
-  notification_channels = var.notification_channels
-
-  dynamic "conditions" {
-    for_each = local.burn_rate_windows
-    content {
-      display_name = "Burn rate over ${conditions.value.threshold}x for ${conditions.value.lookback} (${conditions.key})"
-      condition_threshold {
-        filter          = "select_slo_burn_rate(\"${each.value.name}\", \"${conditions.value.lookback}\")"
-        comparison      = "COMPARISON_GT"
-        threshold_value = conditions.value.threshold
-        duration        = "0s"
-      }
-    }
-  }
-
-  documentation {
-    mime_type = "text/markdown"
-    content   = "SLO `${each.value.slo_id}` of ${var.service_name} in ${var.environment} is spending its error budget faster than it can afford. See the `${var.service_name}` dashboard. Runbook: docs/operations.md#slo-burn-${each.key}"
-  }
-}

@@ -1,6 +1,7 @@
 # Inputs of one Recordline system. The environment root (../../systems.tf) sets every
-# one, with per-system overrides, so none has a default here: defaults, validations and
-# the full descriptions are the root variables of the same names (../../variables.tf).
+# one, with per-system overrides, so none has a default here: defaults and the full
+# descriptions are the root variables of the same names (../../variables.tf), and so
+# are the validations, but for readers and operators, which a system may override.
 
 # --- where ---------------------------------------------------------------------
 
@@ -26,9 +27,9 @@ variable "service_name" {
 
 # --- the service ---------------------------------------------------------------
 
-variable "image" {
+variable "placeholder_image" {
   type        = string
-  description = "Container image of the first revision; deploys replace it and Terraform ignores it afterwards."
+  description = "Public Python image that runs placeholder.py until the first deploy; deploys replace it and Terraform ignores it afterwards."
 }
 
 variable "concurrency" {
@@ -88,7 +89,29 @@ variable "read_audience" {
 
 variable "readers" {
   type        = set(string)
-  description = "IAM members allowed to read records (user:, group:, serviceAccount:)."
+  description = "Who may read records: user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (RECORDLINE_READ_PRINCIPALS, and run.invoker)."
+
+  # The service checks the token's e-mail or its domain; a token says nothing of
+  # groups, so a group here would get past Cloud Run and be refused by the service.
+  validation {
+    condition     = alltrue([for m in var.readers : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))])
+    error_message = "Each reader must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN: the service cannot check group membership."
+  }
+}
+
+variable "operators" {
+  type        = set(string)
+  description = "Who may replay besides the operator account: user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (RECORDLINE_OPERATOR_PRINCIPALS, run.invoker, the replay subscription)."
+
+  validation {
+    condition     = alltrue([for m in var.operators : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))])
+    error_message = "Each operator must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN: the service cannot check group membership."
+  }
+}
+
+variable "operator_service_account" {
+  type        = string
+  description = "E-mail of the environment's operator account, which on-call acts as (root service_accounts.tf): an operator of every system."
 }
 
 variable "extra_env" {
@@ -147,9 +170,23 @@ variable "query_bytes_billed_daily_budget" {
 
 # --- monitoring ----------------------------------------------------------------
 
-variable "notification_channels" {
+variable "ticket_channels" {
   type        = list(string)
-  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) that alerts go to; prod needs at least one (infra/README.md)."
+  description = "Notification channel ids that this system's tickets go to (its detail of each symptom the fleet pages for, and what needs a look in working hours)."
+}
+
+variable "alert_min_events" {
+  type        = number
+  description = "A burn rate is judged only over at least this many requests, messages or reads in its long window."
+}
+
+variable "burn_rates" {
+  type = map(object({
+    long  = string
+    short = string
+    rate  = number
+  }))
+  description = "Multi-window burn rates by speed (fast, slow), as the fleet's pages use them (root fleet.tf)."
 }
 
 variable "availability_goal" {
@@ -187,11 +224,6 @@ variable "oldest_unacked_threshold_seconds" {
   description = "Alert when the oldest unacknowledged message on the push subscription is older than this."
 }
 
-variable "error_ratio_threshold" {
-  type        = number
-  description = "Alert when this share of requests ends in a 5xx over five minutes."
-}
-
 variable "canary_age_threshold_seconds" {
   type        = number
   description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
@@ -214,5 +246,10 @@ variable "terraform_apply_member" {
 
 variable "metric_types" {
   description = "Metric type of each application metric, by short name (root metrics.tf)."
+  type        = map(string)
+}
+
+variable "service_agents" {
+  description = "E-mails of the Google-managed service agents, by name (pubsub, scheduler, monitoring), each created before it is read (root apis.tf)."
   type        = map(string)
 }

@@ -1,0 +1,66 @@
+"""recordline.read.duration: what a reader waits for, the read-latency SLI.
+
+The time from a read request reaching a read route to its response being sent,
+by route template: token check, every store query the answer took, encoding.
+Recorded for answers a reader acts on (2xx and 404, a look-up that found
+nothing); errors count against availability instead, and refusals (400, 401,
+403) say nothing about how fast reads are.
+
+Synthetic reads are left out, so they neither dilute nor spend the budget:
+Cloud Monitoring's uptime checks (their User-Agent), the deploy's smoke test
+(User-Agent `recordline-smoke`) and reads of the canary record.
+"""
+
+from __future__ import annotations
+
+import time
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry.metrics import Histogram
+
+from app.telemetry.metrics import CANARY_ATTRIBUTE
+
+SYNTHETIC_USER_AGENTS = (b"GoogleStackdriverMonitoring-UptimeChecks", b"recordline-smoke")
+_CANARY_PATH = f"/v1/records/{CANARY_ATTRIBUTE}"
+
+
+def synthetic(scope: Scope) -> bool:
+    """Whether a request is a probe's, the smoke test's or a read of the canary."""
+    if scope["path"] == _CANARY_PATH:
+        return True
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            return value.startswith(SYNTHETIC_USER_AGENTS)
+    return False
+
+
+def counted(status: int) -> bool:
+    return 200 <= status < 300 or status == 404
+
+
+class ReadDurations:
+    """Plain ASGI middleware on the read routes (after routing: the route template is known)."""
+
+    def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if synthetic(scope):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            finished = message["type"] == "http.response.body" and not message.get("more_body")
+            if finished and counted(status):
+                self.histogram.record(
+                    time.perf_counter() - started, {"route": scope["path_template"]}
+                )
+
+        await self.app(scope, receive, observed)

@@ -1,0 +1,166 @@
+# What an on-call engineer is paged or ticketed for, as PromQL over the systems named:
+# each output is a vector with one series per system in trouble (label `system`),
+# empty when none is. The environment root counts them (one page per symptom, however
+# many systems: fleet.tf); each system's module keeps its own series (one ticket per
+# system and symptom: modules/system/alerts.tf). A module of locals and outputs only,
+# so the same text serves both and `terraform console` evaluates it offline.
+#
+# Metric names as Cloud Monitoring maps them to PromQL (the first / to :, other
+# punctuation to _); a distribution is a histogram (_bucket with `le`, _count).
+
+terraform {
+  required_version = ">= 1.11, < 2.0"
+}
+
+variable "systems" {
+  type        = list(string)
+  description = "System names: each is its Cloud Run service, its push subscription's prefix and its metrics' `namespace`."
+}
+
+variable "project_number" {
+  type        = string
+  description = "The project's number, in each service's deterministic URL (the uptime checks' host)."
+}
+
+variable "region" {
+  type        = string
+  description = "Region of the services (their deterministic URLs)."
+}
+
+variable "oldest_unacked_threshold_seconds" {
+  type        = number
+  description = "A backlog: the oldest unacknowledged message on the push subscription is older than this."
+}
+
+variable "canary_age_threshold_seconds" {
+  type        = number
+  description = "A stalled pipeline: the newest canary stored was published longer ago than this."
+}
+
+variable "read_path_failing_regions" {
+  type        = number
+  description = "Unreadable: the uptime check failed every probe for 10 minutes in at least this many regions."
+}
+
+variable "slos" {
+  type = map(object({
+    goal      = number
+    threshold = optional(number)
+  }))
+  description = "Goal (and bucket bound, for the latency SLOs) of availability, freshness and read_latency."
+}
+
+variable "read_routes" {
+  type        = list(string)
+  description = "Route templates of the reads the read-latency SLO counts (READ_ROUTES in the app)."
+}
+
+variable "burn_rates" {
+  type = map(object({
+    long  = string
+    short = string
+    rate  = number
+  }))
+  description = "Multi-window burn rates by speed: the budget burns faster than `rate` over both the long and the short window."
+}
+
+variable "metric_types" {
+  type        = map(string)
+  description = "The type of each application metric by short name (root metrics.tf): read from the descriptors, so a query is written only once they exist."
+}
+
+variable "min_events" {
+  type        = number
+  description = "A ratio is judged only over at least this many requests (messages, reads) in its long window."
+}
+
+locals {
+  # One alternation for every label matcher (PromQL anchors regular expressions).
+  any = "(${join("|", var.systems)})"
+
+  # PromQL's name of each application metric: workload.googleapis.com/recordline.ingest.lag
+  # is workload_googleapis_com:recordline_ingest_lag.
+  metric = {
+    for name, type in var.metric_types : name => join(":", [
+      replace(split("/", type)[0], "/[^a-zA-Z0-9_]/", "_"),
+      replace(join("/", slice(split("/", type), 1, length(split("/", type)))), "/[^a-zA-Z0-9_]/", "_"),
+    ])
+  }
+
+  run_requests = "run_googleapis_com:request_count{monitored_resource=\"cloud_run_revision\",service_name=~\"${local.any}\"}"
+  run_errors   = "run_googleapis_com:request_count{monitored_resource=\"cloud_run_revision\",service_name=~\"${local.any}\",response_code_class=\"5xx\"}"
+  workload     = "monitored_resource=\"generic_task\",namespace=~\"${local.any}\""
+  # Route templates hold braces, literal in a character class.
+  read_routes = join("|", [for r in var.read_routes : replace(replace(r, "{", "[{]"), "}", "[}]")])
+  reads       = "${local.workload},route=~\"${local.read_routes}\""
+
+  # The `le` of a bucket bound, however the exporter spelled it (5, 5.0, 0.3, 0.30).
+  le = {
+    for name, slo in var.slos : name => (
+      slo.threshold == null ? "" : (
+        floor(slo.threshold) == slo.threshold
+        ? "${slo.threshold}([.]0*)?"
+        : "${replace(tostring(slo.threshold), ".", "[.]")}0*"
+      )
+    )
+  }
+
+  # Per SLO and window: bad events / all events, and all events, both by the label that
+  # names the system, and that label.
+  sli = {
+    availability = {
+      label  = "service_name"
+      bad    = "sum by (service_name) (rate(${local.run_errors}[%[1]s])) / sum by (service_name) (rate(${local.run_requests}[%[1]s]))"
+      events = "sum by (service_name) (increase(${local.run_requests}[%[1]s]))"
+    }
+    freshness = {
+      label  = "namespace"
+      bad    = "(1 - sum by (namespace) (rate(${local.metric["ingest.lag"]}_bucket{${local.workload},le=~\"${local.le["freshness"]}\"}[%[1]s])) / sum by (namespace) (rate(${local.metric["ingest.lag"]}_count{${local.workload}}[%[1]s])))"
+      events = "sum by (namespace) (increase(${local.metric["ingest.lag"]}_count{${local.workload}}[%[1]s]))"
+    }
+    read_latency = {
+      label  = "namespace"
+      bad    = "(1 - sum by (namespace) (rate(${local.metric["read.duration"]}_bucket{${local.reads},le=~\"${local.le["read_latency"]}\"}[%[1]s])) / sum by (namespace) (rate(${local.metric["read.duration"]}_count{${local.reads}}[%[1]s])))"
+      events = "sum by (namespace) (increase(${local.metric["read.duration"]}_count{${local.reads}}[%[1]s]))"
+    }
+  }
+
+  backlog           = "label_replace(max by (subscription_id) (pubsub_googleapis_com:subscription_oldest_unacked_message_age{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > ${var.oldest_unacked_threshold_seconds}"
+  canary_stale      = "label_replace(min by (namespace) (${local.metric["canary.age"]}{${local.workload}}), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.canary_age_threshold_seconds}"
+  read_path_failing = "label_replace(count by (host) (max_over_time(monitoring_googleapis_com:uptime_check_check_passed{monitored_resource=\"uptime_url\",host=~\"${local.any}-${var.project_number}[.]${var.region}[.]run[.]app\"}[10m]) == 0), \"system\", \"$1\", \"host\", \"(.*)-${var.project_number}[.].*\") >= ${var.read_path_failing_regions}"
+
+  # The error budget burns at more than `rate` times its sustainable pace over both the
+  # long window (it matters) and the short one (it is still happening), over at least
+  # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
+  burning = {
+    for name, sli in local.sli : name => {
+      for speed, burn in var.burn_rates : speed => join("", [
+        "label_replace(",
+        "(${format(sli.bad, burn.long)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
+        " and (${format(sli.bad, burn.short)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
+        " and ${format(sli.events, burn.long)} >= ${var.min_events}",
+        ", \"system\", \"$1\", \"${sli.label}\", \"(.*)\")",
+      ])
+    }
+  }
+}
+
+output "backlog" {
+  description = "Systems whose oldest unacknowledged push is older than the threshold (value: its age, s)."
+  value       = local.backlog
+}
+
+output "canary_stale" {
+  description = "Systems whose newest stored canary, over all instances, is older than the threshold (value: its age, s)."
+  value       = local.canary_stale
+}
+
+output "read_path_failing" {
+  description = "Systems whose read-path uptime check failed every probe for 10 minutes in enough regions (value: how many regions)."
+  value       = local.read_path_failing
+}
+
+output "burning" {
+  description = "Per SLO (availability, freshness, read_latency) and speed: systems burning their error budget that fast (value: the long window's burn rate)."
+  value       = local.burning
+}

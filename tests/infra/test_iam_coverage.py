@@ -1,0 +1,218 @@
+"""The plan and apply accounts can do what Terraform does with every type it manages.
+
+Every plan refreshes every resource and data source (a read); every apply may create,
+change or delete each one (a write). A type without the roles for that is a 403 on
+the first plan or apply that meets it, so each type Terraform manages is mapped here
+to the permissions the provider calls for it, and each permission must be in a role
+the account holds (tests/infra/gcp_roles.json: Google's predefined roles). A new
+type fails the first test until it is mapped, and a mapped permission no granted role
+holds fails the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from tests.infra.test_terraform import TERRAFORM, _load, _resources, _variables
+
+ROLES_FILE = Path(__file__).with_name("gcp_roles.json")
+
+
+def _crud(prefix: str, *, update: bool = True) -> frozenset[str]:
+    verbs = ("create", "update", "delete") if update else ("create", "delete")
+    return frozenset(f"{prefix}.{verb}" for verb in verbs)
+
+
+def _iam(prefix: str) -> tuple[frozenset[str], frozenset[str]]:
+    """An `*_iam_member`: the resource's policy, read and written."""
+    return frozenset({f"{prefix}.getIamPolicy"}), frozenset({f"{prefix}.setIamPolicy"})
+
+
+# type -> (what a plan reads, what an apply writes), as the google provider calls the API.
+NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "google_project_service": (
+        frozenset({"serviceusage.services.get"}),
+        # disable_on_destroy = false: an apply enables, never disables.
+        frozenset({"serviceusage.services.enable"}),
+    ),
+    # generateServiceIdentity; the provider's read calls nothing (the identity is kept).
+    "google_project_service_identity": (
+        frozenset(),
+        frozenset({"serviceusage.services.enable", "serviceusage.services.use"}),
+    ),
+    "google_artifact_registry_repository": (
+        frozenset({"artifactregistry.repositories.get"}),
+        _crud("artifactregistry.repositories"),
+    ),
+    "google_artifact_registry_repository_iam_member": _iam("artifactregistry.repositories"),
+    "google_monitoring_metric_descriptor": (
+        frozenset({"monitoring.metricDescriptors.get"}),
+        _crud("monitoring.metricDescriptors", update=False),
+    ),
+    "google_monitoring_dashboard": (
+        frozenset({"monitoring.dashboards.get"}),
+        _crud("monitoring.dashboards"),
+    ),
+    "google_monitoring_alert_policy": (
+        frozenset({"monitoring.alertPolicies.get"}),
+        _crud("monitoring.alertPolicies"),
+    ),
+    "google_monitoring_custom_service": (
+        frozenset({"monitoring.services.get"}),
+        _crud("monitoring.services"),
+    ),
+    "google_monitoring_slo": (frozenset({"monitoring.slos.get"}), _crud("monitoring.slos")),
+    "google_monitoring_uptime_check_config": (
+        frozenset({"monitoring.uptimeCheckConfigs.get"}),
+        _crud("monitoring.uptimeCheckConfigs"),
+    ),
+    "google_iam_workload_identity_pool": (
+        frozenset({"iam.googleapis.com/workloadIdentityPools.get"}),
+        _crud("iam.googleapis.com/workloadIdentityPools"),
+    ),
+    "google_iam_workload_identity_pool_provider": (
+        frozenset({"iam.googleapis.com/workloadIdentityPoolProviders.get"}),
+        _crud("iam.googleapis.com/workloadIdentityPoolProviders"),
+    ),
+    "google_service_account": (
+        frozenset({"iam.serviceAccounts.get"}),
+        _crud("iam.serviceAccounts"),
+    ),
+    "google_service_account_iam_member": _iam("iam.serviceAccounts"),
+    "google_project_iam_member": _iam("resourcemanager.projects"),
+    # The state bucket's own policy (it lives in the environment's project).
+    "google_storage_bucket_iam_member": _iam("storage.buckets"),
+    "google_bigquery_dataset": (
+        frozenset({"bigquery.datasets.get"}),
+        _crud("bigquery.datasets"),
+    ),
+    "google_bigquery_table": (frozenset({"bigquery.tables.get"}), _crud("bigquery.tables")),
+    # The search-index DDL: a query job, refreshed on plan (it was run by the apply account).
+    "google_bigquery_job": (
+        frozenset({"bigquery.jobs.get"}),
+        frozenset({"bigquery.jobs.create", "bigquery.tables.createIndex"}),
+    ),
+    "google_bigquery_dataset_iam_member": _iam("bigquery.datasets"),
+    "google_bigquery_table_iam_member": _iam("bigquery.tables"),
+    "google_cloud_scheduler_job": (
+        frozenset({"cloudscheduler.jobs.get"}),
+        _crud("cloudscheduler.jobs"),
+    ),
+    "google_pubsub_topic": (frozenset({"pubsub.topics.get"}), _crud("pubsub.topics")),
+    "google_pubsub_topic_iam_member": _iam("pubsub.topics"),
+    "google_pubsub_subscription": (
+        frozenset({"pubsub.subscriptions.get"}),
+        _crud("pubsub.subscriptions") | {"pubsub.topics.attachSubscription"},
+    ),
+    "google_pubsub_subscription_iam_member": _iam("pubsub.subscriptions"),
+    "google_cloud_run_v2_service": (frozenset({"run.services.get"}), _crud("run.services")),
+    "google_cloud_run_v2_service_iam_member": _iam("run.services"),
+    "google_secret_manager_secret": (
+        frozenset({"secretmanager.secrets.get"}),
+        _crud("secretmanager.secrets"),
+    ),
+    # secret_data_wo: the payload is written, never read back.
+    "google_secret_manager_secret_version": (
+        frozenset({"secretmanager.versions.get"}),
+        frozenset(
+            {
+                "secretmanager.versions.add",
+                "secretmanager.versions.enable",
+                "secretmanager.versions.disable",
+                "secretmanager.versions.destroy",
+            }
+        ),
+    ),
+    "google_secret_manager_secret_iam_member": _iam("secretmanager.secrets"),
+    "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
+    "time_sleep": (frozenset(), frozenset()),
+}
+
+# What a read-only account must never hold: writes, and the data itself.
+WRITING = re.compile(
+    r"\.(create|update|delete|setIamPolicy|enable|disable|add|destroy|undelete|publish|"
+    r"attachSubscription|actAs|getAccessToken|getOpenIdToken|implicitDelegation|signBlob|signJwt)$"
+    r"|\.getData$|\.versions\.access$|\.subscriptions\.consume$|\.routes\.invoke$"
+)
+
+
+@cache
+def _roles() -> dict[str, frozenset[str]]:
+    loaded = json.loads(ROLES_FILE.read_text())["roles"]
+    return {name: frozenset(perms) for name, perms in loaded.items()}
+
+
+def _permissions(roles: set[str]) -> frozenset[str]:
+    unknown = roles - _roles().keys()
+    assert not unknown, f"add these roles to {ROLES_FILE.name}: {sorted(unknown)}"
+    return frozenset().union(*(_roles()[r] for r in roles))
+
+
+def _managed_types() -> set[str]:
+    found: set[str] = set()
+    for path in sorted(TERRAFORM.rglob("*.tf")):
+        parsed = _load(path)
+        found |= {t for block in parsed.get("resource", []) for t in block}
+        found |= {f"data.{t}" for block in parsed.get("data", []) for t in block}
+    return found
+
+
+def _plan_roles() -> set[str]:
+    grant = _resources("google_project_iam_member")["terraform_plan"]
+    roles = set(re.findall(r'"(roles/[^"]+)"', grant["for_each"]))
+    bucket = _resources("google_storage_bucket_iam_member")["terraform_plan_reads_state"]
+    return roles | {bucket["role"]}
+
+
+def _apply_roles() -> set[str]:
+    grant = _resources("google_project_iam_member")["terraform_apply"]
+    assert grant["for_each"] == "${var.terraform_apply_roles}"
+    bucket = _resources("google_storage_bucket_iam_member")["terraform_apply_owns_state"]
+    return set(_variables()["terraform_apply_roles"]["default"]) | {bucket["role"]}
+
+
+def test_every_type_terraform_manages_is_mapped_to_what_it_needs() -> None:
+    managed = _managed_types()
+    assert managed - NEEDS.keys() == set(), "map these types in NEEDS"
+    assert NEEDS.keys() - managed == set(), "types no longer managed: remove them from NEEDS"
+
+
+@pytest.mark.parametrize("rtype", sorted(NEEDS))
+def test_the_plan_account_can_read_it(rtype: str) -> None:
+    reads, _ = NEEDS[rtype]
+    assert reads - _permissions(_plan_roles()) == set()
+
+
+@pytest.mark.parametrize("rtype", sorted(NEEDS))
+def test_the_apply_account_can_read_and_write_it(rtype: str) -> None:
+    reads, writes = NEEDS[rtype]
+    assert (reads | writes) - _permissions(_apply_roles()) == set()
+
+
+def test_the_plan_account_reads_configuration_only() -> None:
+    held = _permissions(_plan_roles())
+    assert sorted(p for p in held if WRITING.search(p)) == []
+
+
+def test_the_apply_account_may_act_as_what_its_resources_run_as() -> None:
+    # A Cloud Run revision runs as the runtime account and a push subscription mints
+    # tokens as the push account: creating either needs iam.serviceAccounts.actAs on it.
+    runs_as = {
+        _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["service_account"],
+        _resources("google_pubsub_subscription")["push"]["push_config"][0]["oidc_token"][0][
+            "service_account_email"
+        ],
+    }
+    grant = _resources("google_service_account_iam_member")["terraform_apply_acts_as"]
+    assert "iam.serviceAccounts.actAs" in _roles()[grant["role"]]
+    assert grant["member"] == "${var.terraform_apply_member}"
+    granted = {
+        f"${{google_service_account.{m}.email}}"
+        for m in re.findall(r"google_service_account\.(\w+)\.name", json.dumps(grant["for_each"]))
+    }
+    assert runs_as <= granted

@@ -1,0 +1,194 @@
+"""Systems come and go without losing a message: names that fit, data that is never
+destroyed by a plan, and a new system that refuses pushes until it is deployed."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.infra.test_terraform import MODULE, _load, _resources, _validations_hold
+
+# The limits of the resources named after a system, as Google documents them.
+PROJECT_NUMBER = "123456789012"  # project numbers have up to 12 digits
+DEPLOY_TAG = "sha-0123456"  # the longest revision tag the deploy workflow gives
+
+
+def _fits_google(name: str) -> list[str]:
+    """What Google would refuse among the resources named after system `name`."""
+    problems = []
+    for suffix in ("-run", "-push", "-smoke"):  # service accounts: 6 to 30, [a-z][-a-z0-9]*[a-z0-9]
+        account = name + suffix
+        if not (6 <= len(account) <= 30 and re.fullmatch(r"[a-z][-a-z0-9]*[a-z0-9]", account)):
+            problems.append(f"service account {account}")
+    # Cloud Run: up to 49, lower-case letters, digits and dashes, a letter first, no dash
+    # last; its deterministic URL's first label, and a tagged revision's, fit in 63.
+    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?", name):
+        problems.append(f"Cloud Run service {name}")
+    if len(f"{DEPLOY_TAG}---{name}-{PROJECT_NUMBER}") > 63:
+        problems.append("tagged revision URL")
+    # Pub/Sub topics and subscriptions: 3 to 255, a letter first, not starting with goog.
+    for topic in (name, f"{name}-dead-letter"):
+        if not (3 <= len(topic) <= 255 and re.fullmatch(r"[A-Za-z][\w.~+%-]*", topic)):
+            problems.append(f"topic {topic}")
+        if topic.startswith("goog"):
+            problems.append(f"topic {topic}")
+    return problems
+
+
+def _accepted(systems: str, *, service_name: str = "recordline", retired: str = "[]") -> bool:
+    return _validations_hold(
+        "systems",
+        {"systems": systems, "service_name": f'"{service_name}"', "retired_systems": retired},
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("orders", ""),
+        ("abc", ""),
+        ("a" * 24, ""),  # fits every limit: <name>-smoke is 30
+        ("eu-orders-2", ""),
+        ("a", "too short for its topic and accounts"),
+        ("ab", "too short for its topic"),
+        ("a" * 25, "<name>-smoke is over 30"),
+        ("orders-", "Cloud Run refuses a last dash"),
+        ("9orders", "a letter first"),
+        ("Orders", "lower case"),
+        ("or_ders", "no underscore in Cloud Run names"),
+        ("google-ads", "Pub/Sub refuses topics starting with goog"),
+        ("orders-dead-letter", "the dead-letter topic of a system named orders"),
+    ],
+)
+def test_system_names_are_refused_exactly_where_google_or_another_system_would(
+    name: str, why: str
+) -> None:
+    accepted = _accepted(f'{{ recordline = {{}}, "{name}" = {{}} }}')
+    collides = name.endswith("-dead-letter")
+    assert accepted is (not why), why or f"{name} fits every limit"
+    assert accepted is (not _fits_google(name) and not collides), _fits_google(name)
+
+
+def test_the_module_names_nothing_else_after_the_system() -> None:
+    # The names _fits_google checks: every resource name the module derives from it.
+    text = "\n".join(p.read_text() for p in sorted(MODULE.glob("*.tf")))
+    derived = set(re.findall(r'"\$\{var\.service_name\}([-_a-z]*)"', text))
+    assert derived <= {
+        "",  # service, topic, custom service
+        "-run",
+        "-push",
+        "-smoke",
+        "-dead-letter",
+        "-dead-letter-bigquery",
+        "-dead-letter-replay",
+        "-page-token",
+        "-canary",
+    }, derived
+
+
+@pytest.mark.parametrize(
+    ("systems", "retired", "accepted"),
+    [
+        ("{}", "[]", True),  # the default: one system named service_name
+        ("{ recordline = {}, orders = {} }", "[]", True),
+        # Written as "add orders", it would destroy the system that exists.
+        ("{ orders = {} }", "[]", False),
+        ("{ orders = {} }", '["recordline"]', True),  # retired on purpose
+        ("{ recordline = {}, orders = {} }", '["recordline"]', False),  # a name reused
+    ],
+)
+def test_a_systems_map_that_would_destroy_the_existing_system_is_refused(
+    systems: str, retired: str, accepted: bool
+) -> None:
+    assert _accepted(systems, retired=retired) is accepted
+
+
+HOLDING_DATA = (
+    "google_pubsub_topic",
+    "google_pubsub_subscription",
+    "google_bigquery_dataset",
+    "google_bigquery_table",
+)
+
+
+def test_everything_that_holds_messages_or_rows_is_never_destroyed_by_a_plan() -> None:
+    found = {
+        f"{rtype}.{name}": body
+        for path in sorted(MODULE.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for rtype, named in block.items()
+        if rtype in HOLDING_DATA
+        for name, body in named.items()
+    }
+    assert len(found) == 9, sorted(found)
+    unprotected = [
+        address
+        for address, body in found.items()
+        if not any(lc.get("prevent_destroy") is True for lc in body.get("lifecycle", []))
+    ]
+    assert unprotected == []
+
+
+# --- a new system before its first deploy ---------------------------------------
+
+
+def test_a_new_system_starts_on_the_placeholder_and_deploys_replace_it() -> None:
+    service = _resources("google_cloud_run_v2_service")["recordline"]
+    (container,) = service["template"][0]["containers"]
+    assert container["image"] == "${var.placeholder_image}"
+    assert container["command"] == ["python3"]
+    assert container["args"] == ["-c", '${file("${path.module}/placeholder.py")}']
+    ignored = set(service["lifecycle"][0]["ignore_changes"])
+    assert {
+        "${template[0].containers[0].image}",
+        "${template[0].containers[0].command}",
+        "${template[0].containers[0].args}",
+    } <= ignored
+
+
+@pytest.fixture(scope="module")
+def placeholder() -> Iterator[str]:
+    """placeholder.py as Cloud Run runs it: `python3 -c <file>`, PORT set."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = (MODULE / "placeholder.py").read_text()
+    process = subprocess.Popen(
+        [sys.executable, "-c", source], env={"PORT": str(port)}, cwd=Path("/")
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_placeholder_refuses_every_push_so_pubsub_keeps_it(placeholder: str) -> None:
+    push = httpx.post(
+        f"{placeholder}/pubsub/push",
+        json={"message": {"data": "e30=", "messageId": "1"}, "subscription": "s"},
+        timeout=5,
+    )
+    assert push.status_code == 503  # not 2xx: Pub/Sub keeps the message and redelivers
+    assert push.headers["Retry-After"] == "60"
+    assert httpx.get(f"{placeholder}/v1/records", timeout=5).status_code == 503
+
+
+def test_the_placeholder_passes_cloud_runs_probes(placeholder: str) -> None:
+    for probe in ("/readyz", "/healthz"):
+        assert httpx.get(f"{placeholder}{probe}", timeout=5).status_code == 200

@@ -1,0 +1,327 @@
+"""The deploy workflows' shell steps, run against a fake cloud (tests/infra/fake_cloud.py).
+
+deploy-environment.yml's `prepare` job (the image pushed once, the systems read from
+Terraform's state), then its waves: one system first, then the rest, each a
+deploy-system.yml job (deploy with no traffic under a tag, smoke test on the tag URL,
+promote; traffic back to what served before if anything fails).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.workflow_runner import Cloud, Expressions, Job, interpolate, load, run_job
+
+PROJECT, NUMBER, REGION = "recordline-prod", "123456789012", "europe-west1"
+REPOSITORY = f"{REGION}-docker.pkg.dev/{PROJECT}/recordline/recordline"
+DEPLOYER = f"recordline-deploy@{PROJECT}.iam.gserviceaccount.com"
+OPERATOR = f"recordline-operator@{PROJECT}.iam.gserviceaccount.com"
+ONCALL = "user:oncall@example.com"
+BUILT = "sha256:" + "b" * 64
+EARLIER = "sha256:" + "e" * 64
+SHA = "c0ffee" + "0" * 34
+VARIABLES = {
+    "GCP_PROJECT_ID": PROJECT,
+    "GCP_REGION": REGION,
+    "GCP_WORKLOAD_IDENTITY_PROVIDER": "projects/1/locations/global/workloadIdentityPools/github",
+    "GCP_DEPLOY_SERVICE_ACCOUNT": DEPLOYER,
+    "ARTIFACT_REPOSITORY": f"{REGION}-docker.pkg.dev/{PROJECT}/recordline",
+    "IMAGE_NAME": "recordline",
+}
+GITHUB = {"sha": SHA, "run_id": "4242", "run_attempt": "1", "event_name": "push"}
+
+
+def account(name: str) -> str:
+    return f"{name}@{PROJECT}.iam.gserviceaccount.com"
+
+
+def deploy_output(system: str) -> dict[str, str]:
+    url = f"https://{system}-{NUMBER}.{REGION}.run.app"
+    return {
+        "service": system,
+        "push_service_account": account(f"{system}-push"),
+        "push_audience": f"{url}/pubsub/push",
+        "smoke_service_account": account(f"{system}-smoke"),
+        "read_audience": f"{url}/v1",
+    }
+
+
+def placeholder(system: str) -> dict[str, Any]:
+    return {
+        "name": f"{system}-00001-x1y",
+        "image": "gcr.io/distroless/python3-debian12:nonroot",
+        "digest": "sha256:" + "0" * 64,
+        "command": ["python3"],
+        "args": ["-c", "placeholder.py"],
+    }
+
+
+def world(systems: list[str], *, deployed: str | None = None) -> dict[str, Any]:
+    """A project after its apply: each system on the placeholder, or on `deployed`."""
+    state = {
+        "version": 4,
+        "outputs": {
+            "deploy": {"value": {s: deploy_output(s) for s in systems}},
+            "deploy_first": {"value": "recordline" if "recordline" in systems else systems[0]},
+        },
+    }
+    services = {}
+    for s in systems:
+        revisions = [placeholder(s)]
+        if deployed:
+            revisions.append(
+                {
+                    "name": f"{s}-00002-x2y",
+                    "image": f"{REPOSITORY}@{deployed}",
+                    "digest": deployed,
+                    "command": None,
+                    "args": None,
+                }
+            )
+        out = deploy_output(s)
+        services[s] = {
+            "revisions": revisions,
+            "traffic": [{"latest": True, "percent": 100}],
+            "developers": [f"serviceAccount:{DEPLOYER}", f"serviceAccount:{OPERATOR}"],
+            "push_audience": out["push_audience"],
+            "read_audience": out["read_audience"],
+            "push_accounts": [out["push_service_account"]],
+            "readers": [out["smoke_service_account"], OPERATOR],
+        }
+    impersonable = {
+        deploy_output(s)[k]: [f"serviceAccount:{DEPLOYER}"]
+        for s in systems
+        for k in ("push_service_account", "smoke_service_account")
+    }
+    impersonable[OPERATOR] = [ONCALL]
+    return {
+        "project": PROJECT,
+        "number": NUMBER,
+        "region": REGION,
+        "hash": "q2w3e4r5t6",
+        "principal": ONCALL,
+        "adc": None,
+        "can_impersonate": impersonable,
+        "registry": {REPOSITORY: {"tags": {}, "digests": [deployed] if deployed else []}},
+        "objects": {"gs://recordline-prod-tfstate/recordline/default.tfstate": json.dumps(state)},
+        "services": services,
+        "broken_digests": [],
+        "built_digest": BUILT,
+    }
+
+
+def rollout(
+    cloud: Cloud, *, image_tag: str = "", cancel_after: str | None = None
+) -> dict[Any, Job | None]:
+    """deploy.yml's prod job: deploy-environment.yml, its jobs in their order."""
+    inputs = {
+        "environment": "prod",
+        "image_tag": image_tag,
+        "image_digest": "" if image_tag else BUILT,
+    }
+    ran: dict[Any, Job | None] = {}
+    prepare = run_job(
+        cloud,
+        "deploy-environment.yml",
+        "prepare",
+        inputs=inputs,
+        variables=VARIABLES,
+        github=GITHUB,
+    )
+    ran["prepare"] = prepare
+    needs: dict[str, Any] = {"prepare": {"outputs": prepare.outputs, "result": prepare.result}}
+    jobs = load("deploy-environment.yml")["jobs"]
+    for wave in ("first", "rest"):
+        job = jobs[wave]
+        wanted = [
+            needs.get(n, {}).get("result")
+            for n in ([job["needs"]] if isinstance(job["needs"], str) else job["needs"])
+        ]
+        status = {"failed": False, "cancelled": False}
+        context = {"needs": needs, "inputs": inputs}
+        if any(r != "success" for r in wanted) or (
+            "if" in job and not interpolate(job["if"], Expressions(context, status))
+        ):
+            ran[wave] = None
+            needs[wave] = {"result": "skipped"}
+            continue
+        systems = interpolate(job["strategy"]["matrix"]["system"], Expressions(context, status))
+        results = []
+        for system in systems:
+            given = {
+                k: interpolate(v, Expressions({**context, "matrix": {"system": system}}, status))
+                for k, v in job["with"].items()
+            }
+            assert job["uses"] == "./.github/workflows/deploy-system.yml"
+            result = run_job(
+                cloud,
+                "deploy-system.yml",
+                "rollout",
+                inputs=given,
+                variables=VARIABLES,
+                github=GITHUB,
+                cancel_after=cancel_after,
+            )
+            ran[(wave, system)] = result
+            results.append(result.result)
+        needs[wave] = {"result": "failure" if "failure" in results else "success"}
+    return ran
+
+
+def serving(cloud: Cloud, system: str) -> list[tuple[str, int, bool]]:
+    """(revision, percent, follows the latest) of what carries traffic."""
+    service = cloud.world["services"][system]
+    latest = service["revisions"][-1]["name"]
+    return [
+        (latest if t.get("latest") else t["revision"], t["percent"], bool(t.get("latest")))
+        for t in service["traffic"]
+        if t["percent"] > 0
+    ]
+
+
+def tags(cloud: Cloud, system: str) -> list[str]:
+    return [t["tag"] for t in cloud.world["services"][system]["traffic"] if t.get("tag")]
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Cloud:
+    return Cloud(tmp_path, world(["recordline"]))
+
+
+def _explain(ran: dict[Any, Job | None]) -> str:
+    return "\n".join(
+        f"{key}: {step.name}: {step.outcome}\n{step.stderr[-1500:]}"
+        for key, job in ran.items()
+        if job is not None
+        for step in job.steps
+        if step.outcome == "failure"
+    )
+
+
+# --- the first deploy ------------------------------------------------------------------
+
+
+def test_the_first_deploy_replaces_the_placeholder_after_its_smoke_test(cloud: Cloud) -> None:
+    ran = rollout(cloud)
+    assert all(j is None or j.result == "success" for j in ran.values()), _explain(ran)
+    # The image was pushed once, by digest, under the commit's tag.
+    assert cloud.world["registry"][REPOSITORY]["tags"] == {SHA: BUILT}
+    # The new revision runs the image's own command: the placeholder's is cleared.
+    new = cloud.world["services"]["recordline"]["revisions"][-1]
+    assert (new["digest"], new["command"], new["args"]) == (BUILT, None, None)
+    # It serves everything, following the latest revision again; its tag is gone.
+    assert serving(cloud, "recordline") == [(new["name"], 100, True)]
+    assert tags(cloud, "recordline") == []
+    # The smoke test's push reached it (the placeholder would have answered 503).
+    record = cloud.world["services"]["recordline"]["records"][f"smoke-{SHA}"]
+    assert record["data"]["run"] == "4242-1-recordline"
+    # Every run command named its project and region.
+    for argv in cloud.calls():
+        if argv[0] == "run":
+            assert any(a.startswith("--region=") for a in argv), argv
+
+
+def test_the_candidate_gets_no_traffic_before_its_smoke_test(cloud: Cloud) -> None:
+    seen: list[Any] = []
+    ran = rollout(cloud)
+    assert ran["prepare"] is not None
+    # Replay the calls: the deploy is --no-traffic, and the push went to the tag URL.
+    deploys = [a for a in cloud.calls() if a[:2] == ["run", "deploy"]]
+    assert len(deploys) == 1
+    assert "--no-traffic" in deploys[0]
+    assert "--tag=sha-c0ffee0" in deploys[0]
+    pushes = [a for a in cloud.calls("curl-answer") if a[1].endswith("/pubsub/push")]
+    seen = [a[1] for a in pushes]
+    assert seen
+    assert all(url.startswith("https://sha-c0ffee0---recordline-") for url in seen)
+
+
+# --- a smoke test that fails -------------------------------------------------------------
+
+
+def test_a_failed_smoke_test_returns_traffic_and_stops_the_rollout(tmp_path: Path) -> None:
+    cloud = Cloud(tmp_path, world(["recordline", "orders", "payments"], deployed=EARLIER))
+    cloud.update(broken_digests=[BUILT])  # the new image answers 500
+    before = {s: serving(cloud, s) for s in ("recordline", "orders", "payments")}
+    ran = rollout(cloud)
+    first = ran[("first", "recordline")]
+    assert first is not None
+    assert first.result == "failure"
+    assert first.step("Smoke test the candidate on its tag URL").outcome == "failure"
+    assert first.step("Promote the candidate").outcome == "skipped"
+    assert first.step("Return the traffic to what served before").outcome == "success"
+    # The first system serves what it served before, and no tag is left behind.
+    assert serving(cloud, "recordline") == [("recordline-00002-x2y", 100, False)]
+    assert tags(cloud, "recordline") == []
+    assert "traffic is back on recordline-00002-x2y=100" in first.summary
+    # The rest were never touched.
+    assert ran["rest"] is None
+    for system in ("orders", "payments"):
+        assert serving(cloud, system) == before[system]
+        assert len(cloud.world["services"][system]["revisions"]) == 2
+
+
+def test_a_cancelled_rollout_returns_traffic_too(cloud: Cloud) -> None:
+    ran = rollout(cloud, cancel_after="Deploy with no traffic, under a tag")
+    job = ran[("first", "recordline")]
+    assert job is not None
+    assert job.step("Return the traffic to what served before").outcome == "success"
+    assert serving(cloud, "recordline") == [("recordline-00001-x1y", 100, False)]
+
+
+# --- fifty systems ---------------------------------------------------------------------------
+
+
+def test_systems_come_from_terraforms_state_one_first_then_the_rest(tmp_path: Path) -> None:
+    systems = ["recordline", *(f"system-{n:02d}" for n in range(1, 12))]
+    cloud = Cloud(tmp_path, world(systems, deployed=EARLIER))
+    ran = rollout(cloud)
+    assert all(j is None or j.result == "success" for j in ran.values()), _explain(ran)
+    prepare = ran["prepare"]
+    assert prepare is not None
+    assert json.loads(prepare.outputs["first"]) == ["recordline"]
+    assert json.loads(prepare.outputs["rest"]) == systems[1:]
+    assert [k for k in ran if isinstance(k, tuple)] == [
+        ("first", "recordline"),
+        *(("rest", s) for s in systems[1:]),
+    ]
+    for system in systems:
+        (_revision, percent, follows) = serving(cloud, system)[0]
+        assert (percent, follows) == (100, True)
+        assert cloud.world["services"][system]["revisions"][-1]["digest"] == BUILT
+    # The list is Terraform's, read from the state bucket: no hand-kept variable.
+    assert [
+        "storage",
+        "cat",
+        "gs://recordline-prod-tfstate/recordline/default.tfstate",
+    ] in cloud.calls()
+    rest = load("deploy-environment.yml")["jobs"]["rest"]
+    assert rest["strategy"]["max-parallel"] == 10
+    assert rest["strategy"]["fail-fast"] is True
+
+
+def test_no_job_timeout_grows_with_the_number_of_systems() -> None:
+    # One system per job: a rollout of fifty is more jobs, not a longer one.
+    for workflow, job in (("deploy-environment.yml", "prepare"), ("deploy-system.yml", "rollout")):
+        assert load(workflow)["jobs"][job]["timeout-minutes"] <= 20
+    assert "${{ vars.RECORDLINE_SYSTEMS }}" not in json.dumps(load("deploy-environment.yml"))
+
+
+# --- after a rollback -------------------------------------------------------------------------
+
+
+def test_a_deploy_after_a_rollback_serves_its_own_revision(tmp_path: Path) -> None:
+    # On-call pinned traffic to an earlier revision (docs/operations.md#rolling-back).
+    cloud = Cloud(tmp_path, world(["recordline"], deployed=EARLIER))
+    services = cloud.world["services"]
+    services["recordline"]["traffic"] = [{"revision": "recordline-00001-x1y", "percent": 100}]
+    services["recordline"]["revisions"][0].update(command=None, args=None, digest=EARLIER)
+    cloud.update(services=services)
+    ran = rollout(cloud)
+    assert all(j is None or j.result == "success" for j in ran.values()), _explain(ran)
+    new = cloud.world["services"]["recordline"]["revisions"][-1]["name"]
+    assert serving(cloud, "recordline") == [(new, 100, True)]

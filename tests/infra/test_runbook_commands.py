@@ -1,0 +1,209 @@
+"""The runbook's commands, and those in the alerts, run as written against a fake cloud.
+
+docs/operations.md's shell blocks (rolling back, acting as the operator account,
+replaying dead letters, reading as the probe does) and each ticket's commands, with
+the values Terraform fills in, are run by bash with tests/infra/fake_cloud.py as gcloud
+and curl, as a member of `oncall`: a user account that holds no role but may act as
+the operator account. The fake refuses what Google refuses (a run command without
+--region, an ID token with --audiences for a user account, a revision that does not
+exist), so a command that only looks right fails here. `recordline replay` is parsed by
+the real command line, and records what it was asked.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.test_rollout import EARLIER, NUMBER, ONCALL, OPERATOR, PROJECT, REGION, world
+from tests.infra.test_runbook import RUNBOOK, slug
+from tests.infra.test_terraform import _evaluate, _locals
+from tests.infra.workflow_runner import ROOT, Cloud
+
+BAD = "sha256:" + "d" * 64
+URL = f"https://recordline-{NUMBER}.{REGION}.run.app"
+
+
+def blocks(section: str) -> list[str]:
+    """The ```sh blocks of one section of docs/operations.md, in order."""
+    text = RUNBOOK.read_text()
+    found: list[str] = []
+    current = None
+    for part in re.split(r"(?m)^(#{2,4} .+)$", text):
+        heading = re.match(r"#{2,4} (.+)$", part)
+        if heading:
+            current = slug(heading.group(1))
+        elif current == section:
+            found += [b.strip() for b in re.findall(r"```sh\n(.*?)```", part, re.S)]
+    assert found, f"no sh block in #{section}"
+    return found
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Cloud:
+    """recordline, its good revision (EARLIER) followed by a bad one that serves."""
+    state = world(["recordline"], deployed=EARLIER)
+    service = state["services"]["recordline"]
+    service["revisions"][0].update(command=None, args=None, digest=EARLIER)
+    service["revisions"][1].update(
+        digest=BAD, image=service["revisions"][1]["image"].replace(EARLIER, BAD)
+    )
+    cloud = Cloud(tmp_path, state)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    recorder = tmp_path / ".venv" / "bin" / "recordline"
+    helper = Path(__file__).with_name("replay_recorder.py")
+    recorder.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" "{helper}" "$@"\n')
+    recorder.chmod(0o755)
+    return cloud
+
+
+def serving(cloud: Cloud) -> list[tuple[str, int, bool]]:
+    service = cloud.world["services"]["recordline"]
+    latest = service["revisions"][-1]["name"]
+    return [
+        (latest if t.get("latest") else t["revision"], t["percent"], bool(t.get("latest")))
+        for t in service["traffic"]
+        if t["percent"] > 0
+    ]
+
+
+def run(cloud: Cloud, *scripts: str) -> str:
+    done = cloud.shell("\n".join(scripts))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def claims(token: str) -> dict[str, Any]:
+    return dict(json.loads(base64.urlsafe_b64decode(token.removeprefix("fake."))))
+
+
+# --- rolling back -------------------------------------------------------------------------
+
+
+def test_rolling_back_at_3am_sends_every_request_to_the_previous_revision(cloud: Cloud) -> None:
+    who, look, roll_back, unpin = blocks("rolling-back")
+    out = run(cloud, who, look, roll_back)
+    assert "rolling recordline back to recordline-00001-x1y" in out
+    assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+    # Every command acted as the operator account, in the system's project and region.
+    for argv in cloud.calls():
+        if argv[0] == "run":
+            assert f"--impersonate-service-account={OPERATOR}" in argv, argv
+            assert f"--region={REGION}" in argv, argv
+            assert f"--project={PROJECT}" in argv, argv
+    # Ending the pin: traffic follows the newest revision again.
+    run(cloud, who, unpin)
+    assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
+
+
+def test_the_old_rollback_command_is_refused(cloud: Cloud) -> None:
+    # What the runbook said before: no region, no project, a revision to guess, and as
+    # the person's own account, which may not change the service.
+    done = cloud.shell(
+        "gcloud run services update-traffic recordline --to-revisions=recordline-00001-x1y=100"
+    )
+    assert done.returncode != 0
+    done = cloud.shell(
+        f"gcloud run services update-traffic recordline --project={PROJECT} --region={REGION} "
+        "--to-revisions=recordline-00001-x1y=100"
+    )
+    assert done.returncode != 0
+    assert "PERMISSION_DENIED" in done.stderr
+    assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
+
+
+# --- acting as the operator account, replaying ---------------------------------------------
+
+
+def test_a_token_for_the_service_is_minted_for_the_operator_account(cloud: Cloud) -> None:
+    (acting,) = blocks("acting-as-the-operator-account")
+    token = run(cloud, acting, 'echo "$TOKEN"').strip()
+    assert claims(token) == {"aud": f"{URL}/v1", "email": OPERATOR}
+    # What the runbook said before fails for a person: gcloud refuses --audiences
+    # for a user account.
+    done = cloud.shell(f"gcloud auth print-identity-token --audiences={URL}/v1")
+    assert "Invalid account type for `--audiences`" in done.stderr
+
+
+def test_replaying_dead_letters_as_written(cloud: Cloud) -> None:
+    (acting,) = blocks("acting-as-the-operator-account")
+    (replay,) = blocks("replaying-dead-letters")
+    run(cloud, acting, replay)
+    # Pub/Sub is pulled with Application Default Credentials of the operator account.
+    assert cloud.world["adc"] == f"serviceAccount:{OPERATOR}"
+    dry, wet = [
+        json.loads(line) for line in (cloud.work / "replays.jsonl").read_text().splitlines()
+    ]
+    assert dry["dry_run"] is True
+    assert wet["dry_run"] is False
+    for args in (dry, wet):
+        assert args["what"] == "dead-letters"
+        assert (
+            args["subscription"]
+            == f"projects/{PROJECT}/subscriptions/recordline-dead-letter-replay"
+        )
+        assert args["url"] == URL
+        assert claims(args["token"]) == {"aud": f"{URL}/v1", "email": OPERATOR}
+
+
+def test_reading_as_the_probe_does(cloud: Cloud) -> None:
+    (read,) = blocks("records-not-readable")
+    # The bad revision answers 500; the good one, once rolled back to, 200.
+    cloud.update(broken_digests=[BAD])
+    assert run(cloud, read).splitlines()[-1] == "500"
+    who, _look, roll_back, _ = blocks("rolling-back")
+    run(cloud, who, roll_back)
+    assert run(cloud, read).splitlines()[-1] == "200"
+
+
+# --- the commands in the alerts ---------------------------------------------------------------
+
+
+def _ticket_commands() -> dict[str, str]:
+    """modules/system/alerts.tf's local.commands, as Terraform fills them in for recordline."""
+    values = {
+        "service_name": '"recordline"',
+        "project_id": f'"{PROJECT}"',
+        "region": f'"{REGION}"',
+        "operator_service_account": f'"{OPERATOR}"',
+        "service_url": f'"{URL}"',
+        "read_audience": f'"{URL}/v1"',
+        "probe_path": json.dumps(_locals()["probe_path"]),
+    }
+    for name in ("scope", "replay_subscription", "operator_token"):
+        values[name] = '"' + re.sub(r"\b(var|local)\.", "local.", _locals()[name]) + '"'
+    commands = {}
+    for key, raw in _locals()["commands"].items():
+        # Heredocs come back from python-hcl2 escaped as a quoted string's body.
+        template = '"' + re.sub(r"\b(var|local)\.", "local.", raw).replace("\n", "\\n") + '"'
+        commands[key] = _evaluate(template, tuple(sorted(values.items())))
+    return commands
+
+
+def _sh(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"```sh\n(.*?)```", text, re.S)]
+
+
+def test_every_ticket_command_runs_as_written_for_the_system(cloud: Cloud) -> None:
+    commands = _ticket_commands()
+    look, roll_back = _sh(commands["revisions"])
+    run(cloud, look)
+    # The one value a person chooses: the revision to return to.
+    chosen = re.sub(r"(?m)^PREV=\S+", "PREV=recordline-00001-x1y", roll_back)
+    assert chosen != roll_back
+    run(cloud, chosen)
+    assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+    (read,) = _sh(commands["read"])
+    assert run(cloud, read).splitlines()[-1] == "200"
+    (replay,) = _sh(commands["replay"])
+    run(cloud, replay)
+    (args,) = [json.loads(line) for line in (cloud.work / "replays.jsonl").read_text().splitlines()]
+    assert args["url"] == URL
+    assert claims(args["token"]) == {"aud": f"{URL}/v1", "email": OPERATOR}
+    assert cloud.world["principal"] == ONCALL  # all of it as a person in `oncall`
