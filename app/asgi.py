@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from litestar import Litestar, Router
+from litestar.config.compression import CompressionConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
@@ -36,6 +37,10 @@ from app.store import Store, open_store
 from app.telemetry import Telemetry
 
 log = logging.getLogger("recordline")
+
+# Responses shorter than this go out as they are: gzip's header and the CPU
+# would cost more than they save (a look-up, a problem document).
+COMPRESS_FROM_BYTES = 1024
 
 
 def create_app(
@@ -139,6 +144,12 @@ def create_app(
             ),
         ],
         request_max_body_size=settings.server.max_body_bytes,
+        # Pages of records compress about tenfold: a follower at 1,000 msg/s
+        # would otherwise pay more for egress than the stores cost. Level 6 is
+        # zlib's default, most of level 9's ratio at a fraction of its CPU.
+        compression_config=CompressionConfig(
+            backend="gzip", minimum_size=COMPRESS_FROM_BYTES, gzip_compress_level=6
+        ),
         openapi_config=OpenAPIConfig(
             title="Recordline",
             version="1",

@@ -1,11 +1,21 @@
 """End to end through the Pub/Sub emulator: publish at a rate, follow the API, time each record.
 
     python3 dev.py bench e2e [--rate 500] [--seconds 20] [--lanes 8]
+                             [--stores duckdb,bigquery,serving]
 
-`recordline serve` runs as a process on a DuckDB file, the emulator pushes to
-it, and a follower walks /v1/records by page token as any consumer would. A
-record is visible when the follower first sees it; its latency is that moment
-minus the publish_time Pub/Sub stamped on it (one machine, one clock).
+`recordline serve` runs as a process, the emulator pushes to it, and a
+follower walks /v1/records by page token as any consumer would. A record is
+visible when the follower first sees it; its latency is that moment minus the
+publish_time Pub/Sub stamped on it (one machine, one clock).
+
+Each store in `--stores` gets a run of its own, in turn, with the same load:
+- `duckdb`: the embedded store, a file;
+- `bigquery`: BigQuery alone, through the fakes of the Storage Write API and
+  of jobs.query in a process of their own (10 ms a write round trip), with the
+  default settle window: a follower reads nothing younger than it;
+- `serving`: the same BigQuery with the Spanner serving tier (Google's Spanner
+  emulator) in front: pages are exact Spanner reads, no settle window.
+The last column is each p99 over BigQuery-only's p99 of the same run.
 
 The emulator pushes at most two messages at a time per subscription, where
 Pub/Sub keeps hundreds in flight, so one subscription caps the stored rate at
@@ -19,12 +29,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -38,6 +52,9 @@ from recordline_dev.client import (
     trace_publishes,
 )
 from recordline_dev.devstack import Emulator, EmulatorNotFound, PubSubAdmin, find_emulator, wire
+from tests.spanner.emulator import EmulatorNotFound as SpannerEmulatorNotFound
+from tests.spanner.emulator import SpannerEmulator
+from tests.spanner.emulator import find_emulator as find_spanner_emulator
 
 SLO_SECONDS = 5.0
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
@@ -55,7 +72,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, round(fraction * (len(values) - 1)))]
 
 
-async def run(emulator: Emulator, url: str, token: str, args: argparse.Namespace) -> list[str]:
+async def run(
+    emulator: Emulator, url: str, token: str, args: argparse.Namespace
+) -> tuple[list[str], float]:
     count = round(args.rate * args.seconds)
     run_id = secrets.token_hex(4)
     async with PubSubAdmin(emulator.host) as admin:
@@ -97,6 +116,7 @@ async def run(emulator: Emulator, url: str, token: str, args: argparse.Namespace
     latencies.sort()
     stored = len(latencies)
     within = sum(1 for v in latencies if v <= SLO_SECONDS) / max(published.acknowledged, 1)
+    p99 = percentile(latencies, 0.99) if latencies else float("inf")
     return [
         f"{args.lanes}",
         f"{published.acknowledged:,}",
@@ -106,7 +126,81 @@ async def run(emulator: Emulator, url: str, token: str, args: argparse.Namespace
         f"{percentile(latencies, 0.99) * 1000:,.0f} ms" if latencies else "-",
         f"{latencies[-1] * 1000:,.0f} ms" if latencies else "-",
         f"{within:.2%}",
-    ]
+    ], p99
+
+
+BIGQUERY = ("recordline-bench", "records")  # project, dataset the fakes serve
+STORES = ("duckdb", "bigquery", "serving")
+
+
+@contextlib.contextmanager
+def bigquery_fakes(tmp: Path) -> Iterator[dict[str, str]]:
+    """The BigQuery fakes in a process of their own: the service's settings for them."""
+    project, dataset = BIGQUERY
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tests.bigquery.fake_storage_write", "--keep-rows"),
+            *("--jobs", f"{project}/{dataset}", "--latency-ms", "10"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=(tmp / "bigquery.log").open("wb"),
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        write = process.stdout.readline().removeprefix("listening on ").strip()
+        jobs = process.stdout.readline().removeprefix("jobs ").strip()
+        if not jobs.startswith("http://"):
+            raise RuntimeError(f"the BigQuery fakes did not start: {tmp / 'bigquery.log'}")
+        yield {
+            "RECORDLINE_STORE": f"bigquery://{project}/{dataset}",
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write,
+            "BIGQUERY_EMULATOR_HOST": jobs,
+        }
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextlib.contextmanager
+def spanner(tmp: Path) -> Iterator[dict[str, str]]:
+    """Google's Spanner emulator with the service's database: the settings for it."""
+    emulator = SpannerEmulator(find_spanner_emulator(), tmp / "spanner.log")
+    try:
+        yield {"RECORDLINE_SERVING": emulator.database(), "SPANNER_EMULATOR_HOST": emulator.host}
+    finally:
+        emulator.stop()
+
+
+def store_settings(name: str, tmp: Path, stack: contextlib.ExitStack) -> dict[str, str]:
+    if name == "duckdb":
+        return {"RECORDLINE_STORE": f"duckdb://{tmp / 'bench.duckdb'}"}
+    settings = stack.enter_context(bigquery_fakes(tmp))
+    if name == "serving":
+        settings |= stack.enter_context(spanner(tmp))
+    return settings
+
+
+def measure(launcher: Any, name: str, args: argparse.Namespace) -> tuple[list[str], float]:
+    """One run on store `name`: its table row and its p99 in seconds."""
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    with (
+        tempfile.TemporaryDirectory() as tmp_name,
+        contextlib.ExitStack() as stack,
+    ):
+        tmp = Path(tmp_name)
+        env = {
+            "RECORDLINE_PUSH_TOKEN": token,
+            "RECORDLINE_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+            **store_settings(name, tmp, stack),
+        }
+        emulator = stack.enter_context(Emulator(launcher, log_path=tmp / "emulator.log"))
+        service = stack.enter_context(server([*SERVE, "--port", str(port)], port, env=env))
+        row, p99 = asyncio.run(run(emulator, service.url, token, args))
+    return [name, *row], p99
 
 
 def main(argv: list[str]) -> int:
@@ -116,35 +210,33 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--lanes", type=int, default=8, help="topics, each with a push subscription (8)"
     )
+    parser.add_argument(
+        "--stores",
+        default=",".join(STORES),
+        help=f"comma-separated, run in turn ({','.join(STORES)})",
+    )
     args = parser.parse_args(argv)
+    stores = [name.strip() for name in args.stores.split(",") if name.strip()]
+    unknown = sorted(set(stores) - set(STORES))
+    if unknown:
+        parser.error(f"--stores: unknown {', '.join(unknown)}; choose from {', '.join(STORES)}")
     try:
         launcher = find_emulator()
-    except EmulatorNotFound as exc:
+        if "serving" in stores:
+            find_spanner_emulator()
+    except (EmulatorNotFound, SpannerEmulatorNotFound) as exc:
         print(exc, file=sys.stderr)
         return 2
 
-    token = secrets.token_urlsafe(24)
-    port = free_port()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        Emulator(launcher, log_path=Path(tmp) / "emulator.log") as emulator,
-        server(
-            [*SERVE, "--port", str(port), "--store", f"duckdb://{Path(tmp) / 'bench.duckdb'}"],
-            port,
-            env={
-                "RECORDLINE_PUSH_TOKEN": token,
-                "RECORDLINE_LOG_LEVEL": "WARNING",
-                "PYTHONPATH": str(ROOT),
-            },
-        ) as service,
-    ):
-        row = asyncio.run(run(emulator, service.url, token, args))
+    results = {name: measure(launcher, name, args) for name in stores}
+    baseline = results["bigquery"][1] if "bigquery" in results else None
     print(
         f"\nend to end through the Pub/Sub emulator: {args.rate:g} messages/s for "
-        f"{args.seconds:g} s, `recordline serve` on a DuckDB file\n"
+        f"{args.seconds:g} s, {args.lanes} lanes, one `recordline serve` per store\n"
     )
-    header = ["lanes", "published", "publish rate", "stored rate", "p50", "p99", "max"]
-    print(table([[*header, f"within {SLO_SECONDS:g} s"], row]))
+    header = ["store", "lanes", "published", "publish rate", "stored rate", "p50", "p99", "max"]
+    rows = [[*row, f"{p99 / baseline:.3f}" if baseline else "-"] for row, p99 in results.values()]
+    print(table([[*header, f"within {SLO_SECONDS:g} s", "p99 / bigquery"], *rows]))
     return 0
 
 

@@ -69,8 +69,13 @@ def push_script(
     *,
     data: bytes = RECORD.encode(),
     attributes: dict[str, str] | None = None,
+    pause_ms: int = 0,
 ) -> str:
-    """wrk's Lua for pushes of `data`; `per_request` is Lua run before each one is built."""
+    """wrk's Lua for pushes of `data`; `per_request` is Lua run before each one is built.
+
+    With `pause_ms`, each connection waits that long before its next push:
+    a load bounded at about connections * 1000 / pause_ms pushes a second.
+    """
     import base64
 
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
@@ -83,7 +88,8 @@ def push_script(
         "per_request": per_request,
         "attributes": attributes_json,
     }
-    return PUSH_LUA % values + DONE_LUA
+    pause = f"delay = function() return {pause_ms} end\n" if pause_ms else ""
+    return PUSH_LUA % values + pause + DONE_LUA
 
 
 @dataclass(frozen=True)
@@ -195,35 +201,44 @@ def server(
     """Run a server process (on `cpus`, if given) until the block ends.
 
     Ready once /healthz answers, within `ready_seconds`; stopped with SIGTERM,
-    and killed if it has not exited `stop_seconds` later.
+    and killed if it has not exited `stop_seconds` later. Its log goes to a
+    file (a pipe nobody reads would stall it once full), shown if it fails.
     """
-    process = subprocess.Popen(
-        [*_taskset(cpus), *argv],
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_seconds
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode())  # type: ignore[union-attr]
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{argv} did not start")
-            time.sleep(0.1)
-        yield Server(url, process)
-    finally:
-        process.terminate()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [*_taskset(cpus), *argv],
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-4000:]
+
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=stop_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + ready_seconds
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(output())
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/healthz").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv} did not start:\n{output()}")
+                time.sleep(0.1)
+            yield Server(url, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=stop_seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if os.environ.get("RECORDLINE_BENCH_LOGS"):
+                print(output(), file=sys.stderr)
 
 
 def interleaved(

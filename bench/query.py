@@ -1,18 +1,36 @@
-"""Read latency: a 100-row `since` page out of 1,000,000 stored rows.
+"""Read latency: a 100-row `since` page out of 1,000,000 stored rows, alone,
+under 32 concurrent clients, and while pushes are being ingested.
 
-    python3 dev.py bench query [--rows 1000000] [--seconds 10]
+    python3 dev.py bench query [--rows 1000000] [--seconds 10] [--ingest 500]
+                               [--before CHECKOUT]
 
 Fills a DuckDB file through the store's own schema (rows in ingest order, as
 ingest writes them), serves it with `recordline serve`, and drives
-`GET /v1/records?since=<random>&limit=100` with wrk: one client, then 32.
-Target: p95 under 20 ms single-client.
+`GET /v1/records?since=<random>&limit=100` with wrk: one client, then 32;
+each once alone and once while two more wrk connections push new messages
+to the same server at about `--ingest` messages a second (each connection
+pausing between pushes, so the load is bounded whatever the server does).
+Every row is compared with the single-client one of the same run.
+
+`--before CHECKOUT` serves a second copy of the file with the `app` package
+of another checkout (e.g. `git worktree add /tmp/before main`), loaded in
+turn with the same phases, so a change is measured against the code it
+replaces on the same machine in the same minutes.
+
+Targets: p95 under 20 ms single-client, and under 50 ms at 32 clients while
+ingest runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shutil
 import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,10 +38,25 @@ import duckdb
 import httpx
 
 from app.store.duckdb.store import DuckDBStore
-from bench.harness import DONE_LUA, RECORDLINE, free_port, server, table, wrk
+from bench.harness import (
+    DONE_LUA,
+    RECORDLINE,
+    Load,
+    Server,
+    free_port,
+    push_script,
+    server,
+    table,
+    wrk,
+)
 
 START = datetime(2024, 4, 27, tzinfo=UTC)
 STEP_US = 1000  # one row per millisecond of ingest time
+# Pushes come from this many wrk connections, each pausing between pushes.
+PUSH_CONNECTIONS = 2
+# Pushes start this long before the reads and stop this long after them, so
+# every read of a phase meets a running ingest.
+PUSH_MARGIN_SECONDS = 1.0
 
 FILL = """
 INSERT INTO records
@@ -75,36 +108,110 @@ def page_script(rows: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Phase:
+    clients: int
+    ingest: bool
+
+
+PHASES = [Phase(1, False), Phase(32, False), Phase(1, True), Phase(32, True)]
+
+
+@dataclass(frozen=True)
+class Result:
+    reads: Load
+    pushes: Load | None
+
+
+def measure(srv: Server, phase: Phase, reads: str, pushes: str, seconds: float) -> Result:
+    """Load `srv` with reads for `seconds`, with pushes running around them if asked."""
+    if not phase.ingest:
+        return Result(wrk(srv.url, reads, connections=phase.clients, seconds=seconds), None)
+    pushed: list[Load] = []
+    pusher = threading.Thread(
+        target=lambda: pushed.append(
+            wrk(
+                srv.url,
+                pushes,
+                connections=PUSH_CONNECTIONS,
+                seconds=seconds + 2 * PUSH_MARGIN_SECONDS,
+            )
+        )
+    )
+    pusher.start()
+    try:
+        time.sleep(PUSH_MARGIN_SECONDS)
+        load = wrk(srv.url, reads, connections=phase.clients, seconds=seconds)
+    finally:
+        pusher.join()
+    return Result(load, pushed[0] if pushed else None)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench query")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument(
+        "--ingest", type=int, default=500, help="pushes a second at most, during ingest phases"
+    )
+    parser.add_argument(
+        "--before", type=Path, help="a checkout whose app is measured beside this one"
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "q.duckdb"
-        fill(path, args.rows)
-        port = free_port()
-        command = [RECORDLINE, "serve", "--store", f"duckdb://{path}", "--port", str(port)]
-        with server(command, port, {"RECORDLINE_LOG_LEVEL": "WARNING"}) as srv:
-            script = page_script(args.rows)
+    pause_ms = max(1, round(PUSH_CONNECTIONS * 1000 / args.ingest))
+    pushes = push_script(pause_ms=pause_ms)
+    script = page_script(args.rows)
+    codes = {"now": None} if args.before is None else {"before": args.before, "now": None}
+    results: dict[tuple[str, Phase], Result] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        filled = Path(tmp) / "q.duckdb"
+        fill(filled, args.rows)
+        servers: dict[str, Server] = {}
+        for code, checkout in codes.items():
+            path = Path(tmp) / f"{code}.duckdb"  # a file is locked by one process
+            shutil.copyfile(filled, path)
+            env = {"RECORDLINE_LOG_LEVEL": "WARNING"}
+            if checkout is not None:  # its `app` package ahead of this one's
+                env["PYTHONPATH"] = str(checkout.resolve())
+            port = free_port()
+            command = [RECORDLINE, "serve", "--store", f"duckdb://{path}", "--port", str(port)]
+            servers[code] = srv = stack.enter_context(server(command, port, env))
             # The pages measured must be full ones, not fast empty answers.
-            probe = httpx.get(f"{srv.url}/v1/records?limit=100&since=2024-04-27T00:01:00Z").json()
-            assert len(probe["records"]) == 100, probe
+            probe = httpx.get(f"{srv.url}/v1/records?limit=100&since=2024-04-27T00:01:00Z")
+            assert len(probe.json()["records"]) == 100, probe.text
             wrk(srv.url, script, connections=1, seconds=2)  # warm up
-            rows = [["clients", "pages/s", "p50 ms", "p95 ms", "p99 ms", "errors"]]
-            for clients in (1, 32):
-                load = wrk(srv.url, script, connections=clients, seconds=args.seconds)
-                rows.append(
-                    [
-                        str(clients),
-                        f"{load.rate:,.0f}",
-                        f"{load.p50:.1f}",
-                        f"{load.p95:.1f}",
-                        f"{load.p99:.1f}",
-                        str(load.non2xx + load.socket_errors),
-                    ]
-                )
-    print(f"GET /v1/records?since=…&limit=100 over {args.rows:,} rows, {args.seconds:g} s each")
+        for phase in PHASES:
+            for code, srv in servers.items():
+                results[code, phase] = measure(srv, phase, script, pushes, args.seconds)
+
+    rows = [["code", "clients", "ingest", "pages/s", "p50 ms", "p95 ms", "p99 ms"]]
+    rows[0] += ["errors", "pushes/s", "p95 / 1 client", "pages/s / 1 client"]
+    for code in servers:
+        alone = results[code, PHASES[0]].reads
+        for phase in PHASES:
+            load, pushed = results[code, phase].reads, results[code, phase].pushes
+            errors = load.non2xx + load.socket_errors
+            if pushed is not None:
+                errors += pushed.non2xx + pushed.socket_errors
+            rows.append(
+                [
+                    code,
+                    str(phase.clients),
+                    "yes" if phase.ingest else "no",
+                    f"{load.rate:,.0f}",
+                    f"{load.p50:.1f}",
+                    f"{load.p95:.1f}",
+                    f"{load.p99:.1f}",
+                    str(errors),
+                    "" if pushed is None else f"{pushed.rate:,.0f}",
+                    f"{load.p95 / alone.p95:.1f}x",
+                    f"{load.rate / alone.rate:.2f}x",
+                ]
+            )
+    print(
+        f"GET /v1/records?since=…&limit=100 over {args.rows:,} rows, {args.seconds:g} s each; "
+        f"ingest: {PUSH_CONNECTIONS} wrk connections pausing {pause_ms} ms between pushes"
+    )
     print(table(rows))
-    print("target: p95 < 20 ms single-client")
+    print("targets: p95 < 20 ms single-client; p95 < 50 ms at 32 clients while ingest runs")
     return 0

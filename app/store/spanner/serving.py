@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,8 @@ from app.store.spanner.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+_MULTIPLEXED_SWITCHES = ("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS",)
 T = TypeVar("T")
 R = TypeVar("R", bound=Row)
 
@@ -204,6 +208,10 @@ class SpannerServing:
         self._threads = ThreadPoolExecutor(_THREADS, thread_name_prefix="spanner")
         self._client: spanner.Client | None = None
         self._db: Any = None
+        # The emulator runs one read-write transaction at a time and aborts any
+        # other, which then backs off for seconds: against it this process's
+        # commits take turns. Spanner itself runs them side by side.
+        self._turns = asyncio.Lock() if emulator_host else contextlib.nullcontext()
         # Queries and key reads made, for what reads cost: the Spanner bill
         # follows compute, which follows them.
         self.reads = 0
@@ -220,6 +228,13 @@ class SpannerServing:
     def _open(self) -> tuple[spanner.Client, Any]:
         project = self.database.project
         if self._emulator:
+            # The emulator fails a read on the multiplexed session the client
+            # uses by default while a read-write transaction is open on it
+            # ("Invalid transaction ID"): reads take pooled sessions there, by
+            # the switch Google documents (cloud.google.com/spanner/docs/sessions).
+            # Only against an emulator, and never over what the user set.
+            for switch in _MULTIPLEXED_SWITCHES:
+                os.environ.setdefault(switch, "false")
             client = spanner.Client(
                 project=project,
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
@@ -296,7 +311,8 @@ class SpannerServing:
     async def commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
         """Store what is new among `rows` in one transaction, stamped with its commit
         time, retrying an aborted transaction for up to `within` seconds."""
-        return await self._call(self._commit, rows, within, within=within)
+        async with self._turns:
+            return await self._call(self._commit, rows, within, within=within)
 
     def _commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
         # The first copy of a message within the batch is the one to store.
