@@ -215,6 +215,8 @@ class SpannerServing:
         # Queries and key reads made, for what reads cost: the Spanner bill
         # follows compute, which follows them.
         self.reads = 0
+        # Key reads inside commits (which copies are there already), apart.
+        self.commit_reads = 0
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
         self._names = {table: [c.name for c in columns(row)] for table, row in TABLES.items()}
         self._kinds = {table: [c.kind for c in columns(row)] for table, row in TABLES.items()}
@@ -348,7 +350,7 @@ class SpannerServing:
                     )
             return existing
 
-        self.reads += sum(1 for pending in by_table.values() if pending)
+        self.commit_reads += sum(1 for pending in by_table.values() if pending)
         existing = self._database().run_in_transaction(work, timeout_secs=within)
         committed = attempts[-1].committed
         ingest_time = micros(committed)
