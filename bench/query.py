@@ -71,7 +71,8 @@ SELECT
   '{{"origin": "bench"}}'::JSON AS attributes,
   'projects/bench/subscriptions/records-push' AS subscription,
   NULL AS delivery_attempt,
-  NULL AS trace_id
+  NULL AS trace_id,
+  NULL AS schema
 FROM range({rows}) t(i)
 """
 
