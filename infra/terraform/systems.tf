@@ -20,6 +20,7 @@ locals {
     min_instances   = null
     max_instances   = null
     extra_env       = null
+    serving         = null
   }
 }
 
@@ -40,6 +41,9 @@ module "system" {
   min_instances   = each.value.min_instances != null ? each.value.min_instances : var.min_instances
   max_instances   = each.value.max_instances != null ? each.value.max_instances : var.max_instances
   extra_env       = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+
+  # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
+  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name } : null
 
   project_id                       = var.project_id
   project_number                   = data.google_project.this.number
