@@ -14,6 +14,7 @@ resource "google_project_service" "enabled" {
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "serviceusage.googleapis.com",
+    "spanner.googleapis.com", # the serving tier (spanner.tf), once a system opts in
     "sts.googleapis.com",
   ])
 

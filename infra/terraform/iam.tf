@@ -36,6 +36,7 @@ resource "google_project_iam_member" "terraform_plan" {
     "roles/run.viewer",
     "roles/secretmanager.viewer",
     "roles/serviceusage.serviceUsageViewer",
+    "roles/spanner.viewer", # the serving tier's instance and databases, never their rows
   ])
 
   project = var.project_id

@@ -7,7 +7,21 @@ locals {
   # Each system is named by its key: its resources carry the name, its metrics the label
   # `namespace`, its log lines the label `system`. The default keeps the names a single
   # deployment always had.
-  systems = length(var.systems) > 0 ? var.systems : { (var.service_name) = {} }
+  systems = length(var.systems) > 0 ? var.systems : { (var.service_name) = local.system_defaults }
+
+  # The default system's entry: every setting an entry of `systems` may override, unset,
+  # so `each.value.<setting>` reads null (the environment's value) for it, as for an
+  # entry that leaves the setting out. An empty entry would have no such attribute and
+  # fail the plan. A test keeps these names equal to the entries' attributes.
+  system_defaults = {
+    readers         = null
+    operators       = null
+    ticket_channels = null
+    min_instances   = null
+    max_instances   = null
+    extra_env       = null
+    serving         = null
+  }
 }
 
 data "google_project" "this" {
@@ -27,6 +41,9 @@ module "system" {
   min_instances   = each.value.min_instances != null ? each.value.min_instances : var.min_instances
   max_instances   = each.value.max_instances != null ? each.value.max_instances : var.max_instances
   extra_env       = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+
+  # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
+  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name } : null
 
   project_id                       = var.project_id
   project_number                   = data.google_project.this.number

@@ -318,6 +318,54 @@ variable "query_bytes_billed_daily_budget" {
   }
 }
 
+# --- the serving tier (Spanner) -----------------------------------------------
+
+variable "serving" {
+  type        = bool
+  description = <<-EOT
+    Whether each system keeps its recent rows in a Spanner database of its own beside
+    BigQuery (RECORDLINE_SERVING: reads answered by Spanner within its retention,
+    followers without a settle window); a system's own `serving` replaces this. The
+    systems that do share one instance (spanner_config, spanner_processing_units).
+  EOT
+  default     = false
+}
+
+variable "spanner_config" {
+  type        = string
+  description = <<-EOT
+    Instance configuration of the serving tier's Spanner instance, where its replicas
+    are: empty for regional-<region> (the service's region), or another one such as
+    regional-europe-west4 or the multi-region eur3. The CPU alert's threshold follows
+    it (65% regional, 45% dual- and multi-region, as Google recommends).
+  EOT
+  default     = ""
+
+  validation {
+    condition     = var.spanner_config == "" || can(regex("^[a-z][a-z0-9-]*[a-z0-9]$", var.spanner_config))
+    error_message = "spanner_config must be empty or an instance configuration name such as regional-europe-west1 or eur3."
+  }
+}
+
+variable "spanner_processing_units" {
+  type        = number
+  description = <<-EOT
+    Compute capacity of the serving tier's instance, shared by every system on it: 100
+    processing units (a tenth of a node) is the smallest and cheapest. Raise it when the
+    Spanner CPU ticket fires (docs/operations.md#spanner-cpu); a change is made online.
+  EOT
+  default     = 100
+
+  # What Spanner accepts: 100 to 900 in steps of 100, then whole nodes of 1000.
+  validation {
+    condition = (
+      (var.spanner_processing_units >= 100 && var.spanner_processing_units < 1000 && var.spanner_processing_units % 100 == 0)
+      || (var.spanner_processing_units >= 1000 && var.spanner_processing_units % 1000 == 0)
+    )
+    error_message = "spanner_processing_units must be 100 to 900 in steps of 100, or a multiple of 1000."
+  }
+}
+
 # --- images --------------------------------------------------------------------
 
 variable "artifact_repository_id" {
@@ -380,6 +428,7 @@ variable "terraform_apply_roles" {
     "roles/run.admin",
     "roles/secretmanager.admin",
     "roles/serviceusage.serviceUsageAdmin",
+    "roles/spanner.admin",
   ]
 }
 
@@ -496,7 +545,7 @@ variable "canary_age_threshold_seconds" {
 }
 
 variable "systems" {
-  description = "Recordline systems in this project, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it). Empty: one system named service_name. Each may override a few settings."
+  description = "Recordline systems in this project, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it). Empty: one system named service_name. Each may override a few settings, `serving` among them."
   type = map(object({
     readers         = optional(list(string))
     operators       = optional(list(string))
@@ -504,6 +553,7 @@ variable "systems" {
     min_instances   = optional(number)
     max_instances   = optional(number)
     extra_env       = optional(map(string))
+    serving         = optional(bool)
   }))
   default = {}
 

@@ -108,16 +108,25 @@ def _module_policies() -> set[str]:
 # --- pages and tickets ------------------------------------------------------------
 
 
+# The fleet's pages (root fleet.tf). Every other policy is a ticket: each system's own
+# (modules/system), and the serving tier's instance, one for the systems sharing it
+# (root spanner.tf).
+PAGES = "page"
+ROOT_TICKETS = {"spanner_cpu"}
+
+
 def test_every_policy_has_a_severity_pages_to_on_call_tickets_to_owners() -> None:
     for name, policy in _policies().items():
-        paging = name not in _module_policies()
+        paging = name == PAGES
         assert policy.get("severity") == ("CRITICAL" if paging else "WARNING"), name
         channels = "${var.notification_channels}" if paging else "${var.ticket_channels}"
         assert policy["notification_channels"] == channels, name
+    root = {name for name in _policies() if name not in _module_policies()}
+    assert root == {PAGES, *ROOT_TICKETS}
 
 
 def test_one_page_per_symptom_for_the_whole_fleet() -> None:
-    (page,) = [p for n, p in _policies().items() if n not in _module_policies()]
+    (page,) = [p for n, p in _policies().items() if p["severity"] == "CRITICAL"]
     assert page["for_each"] == "${local.pages}"
     assert set(_locals()["pages"]) == PAGED
     (condition,) = page["conditions"]

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.infra.test_terraform import (
     MODULE,
     TERRAFORM,
-    _evaluate,
     _expression,
     _load,
     _locals,
@@ -43,16 +50,107 @@ def test_the_module_is_instantiated_once_per_system() -> None:
     assert given == set(_variables(MODULE))
 
 
+# What `terraform console` needs besides `systems`: the root's required variables.
+REQUIRED = {
+    "project_id": '"recordline-dev"',
+    "environment": '"dev"',
+    "github_owner": '"recordline"',
+    "github_repo": '"recordline"',
+    "terraform_state_bucket": '"recordline-dev-tfstate"',
+}
+
+
+def _plain_locals(path: Path) -> str:
+    """The `locals` blocks of a root file that name no resource, data source or module:
+    what terraform console can evaluate without a provider."""
+    blocks = re.findall(r"(?ms)^locals \{\n.*?^\}\n", path.read_text())
+    resources = re.compile(r"\b(google_|data\.|module\.|time_sleep)")
+    return "\n".join(b for b in blocks if not resources.search(b))
+
+
+def _root_console(expression: str, systems: str, overrides: tuple[tuple[str, str], ...]) -> Any:
+    """`expression` as terraform evaluates it over the root's variables and plain locals:
+    the variables' defaults, `overrides` (HCL values), and `systems` converted to the
+    variable's type, as a plan would."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed")
+    with tempfile.TemporaryDirectory() as work:
+        shutil.copy(TERRAFORM / "variables.tf", work)
+        Path(work, "locals.tf").write_text(
+            "\n".join(_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf")))
+        )
+        values = {**REQUIRED, **dict(overrides), "systems": systems}
+        Path(work, "values.tfvars").write_text(
+            "\n".join(f"{k} = {v}" for k, v in values.items()) + "\n"
+        )
+        run = subprocess.run(
+            ["terraform", "console", "-var-file=values.tfvars"],
+            input=f"jsonencode({expression})\n",
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert run.returncode == 0, run.stderr
+    return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+
+
+@cache
+def _system_inputs(systems: str, **overrides: str) -> dict[str, dict[str, Any]]:
+    """The module inputs each system reads from its entry of `systems` (an HCL value),
+    those that name no resource, as terraform evaluates them (`_root_console`)."""
+    inputs = {
+        name: re.sub(r"\beach\.key\b", "k", re.sub(r"\beach\.value\b", "v", _expression(value)))
+        for name, value in _module().items()
+        if isinstance(value, str)
+        and "each." in value
+        and name != "service_name"
+        and not re.search(r"\bgoogle_\w+\.", value)
+    }
+    body = ", ".join(f"{name} = ({expression})" for name, expression in inputs.items())
+    expression = f"{{for k, v in local.systems : k => {{ {body} }}}}"
+    return dict(_root_console(expression, systems, tuple(sorted(overrides.items()))))
+
+
 def test_by_default_there_is_one_system_with_the_names_it_always_had() -> None:
-    expression = _expression(_locals()["systems"])
-    evaluate = re.sub(r"\bvar\.", "local.", expression)
-    one = _evaluate(evaluate, (("systems", "{}"), ("service_name", '"recordline"')))
-    assert list(one) == ["recordline"]
-    two = _evaluate(
-        evaluate,
-        (("systems", "{ recordline = {}, orders = {} }"), ("service_name", '"recordline"')),
-    )
+    (one,) = _system_inputs("{}").items()
+    assert one[0] == "recordline"
+    assert one[1]["dataset_id"] == "recordline"
+    two = _system_inputs("{ recordline = {}, orders = {} }")
     assert sorted(two) == ["orders", "recordline"]
+    assert two["orders"]["dataset_id"] == "orders"
+
+
+def test_the_default_system_takes_the_environments_settings() -> None:
+    # Without `systems`, each setting a system may override reads null from the default
+    # system's entry, and the environment's value is used: the entry has every setting.
+    settings = {
+        "readers": '["domain:example.com"]',
+        "operators": '["user:ada@example.com"]',
+        "min_instances": "1",
+        "max_instances": "7",
+        "extra_env": '{ RECORDLINE_BATCH_MAX_ROWS = "500" }',
+    }
+    (default,) = _system_inputs("{}", **settings).values()
+    assert default["readers"] == ["domain:example.com"]
+    assert default["operators"] == ["user:ada@example.com"]
+    assert (default["min_instances"], default["max_instances"]) == (1, 7)
+    assert default["extra_env"] == {"RECORDLINE_BATCH_MAX_ROWS": "500"}
+    # A system of the map overrides what it sets and takes the rest from the environment.
+    orders = _system_inputs("{ recordline = {}, orders = { max_instances = 3 } }", **settings)[
+        "orders"
+    ]
+    assert (orders["min_instances"], orders["max_instances"]) == (1, 3)
+    assert orders["readers"] == ["domain:example.com"]
+
+
+def test_the_default_systems_entry_has_every_setting_a_system_may_override() -> None:
+    declared = _variables()["systems"]["type"]
+    settings = set(re.findall(r"(\w+)\s*=\s*optional\(", declared))
+    assert settings
+    assert set(_locals()["system_defaults"]) == settings
+    assert all(value is None for value in _locals()["system_defaults"].values())
 
 
 # Resources the module gained after a single deployment's layout: nothing to move.
@@ -64,6 +162,9 @@ ADDED_WITH_THE_MODULE = {
     "google_cloud_run_v2_service_iam_member.operator_account_rolls_back",
     "google_service_account_iam_member.operator_account_acts_as_runtime",
     "google_monitoring_alert_policy.ticket",
+    # The serving tier came later, with systems that opt in.
+    "google_spanner_database.serving",
+    "google_spanner_database_iam_member.runtime_uses_database",
 }
 
 

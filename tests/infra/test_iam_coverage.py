@@ -129,6 +129,25 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         ),
     ),
     "google_secret_manager_secret_iam_member": _iam("secretmanager.secrets"),
+    # The serving tier. Creating or resizing an instance, and creating a database or
+    # changing its DDL, are long-running operations the provider polls until done.
+    "google_spanner_instance": (
+        frozenset({"spanner.instances.get"}),
+        _crud("spanner.instances") | {"spanner.instanceOperations.get"},
+    ),
+    "google_spanner_database": (
+        frozenset({"spanner.databases.get"}),
+        frozenset(
+            {
+                "spanner.databases.create",
+                "spanner.databases.update",  # enable_drop_protection
+                "spanner.databases.updateDdl",  # appended statements, version_retention_period
+                "spanner.databases.drop",
+                "spanner.databaseOperations.get",
+            }
+        ),
+    ),
+    "google_spanner_database_iam_member": _iam("spanner.databases"),
     "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
     "time_sleep": (frozenset(), frozenset()),
 }

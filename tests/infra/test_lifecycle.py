@@ -40,6 +40,9 @@ def _fits_google(name: str) -> list[str]:
             problems.append(f"topic {topic}")
         if topic.startswith("goog"):
             problems.append(f"topic {topic}")
+    # Its Spanner database, with `serving`: 2 to 30, [a-z][-_a-z0-9]*[a-z0-9].
+    if not (2 <= len(name) <= 30 and re.fullmatch(r"[a-z][-_a-z0-9]*[a-z0-9]", name)):
+        problems.append(f"Spanner database {name}")
     return problems
 
 
@@ -116,6 +119,7 @@ HOLDING_DATA = (
     "google_pubsub_subscription",
     "google_bigquery_dataset",
     "google_bigquery_table",
+    "google_spanner_database",
 )
 
 
@@ -128,7 +132,7 @@ def test_everything_that_holds_messages_or_rows_is_never_destroyed_by_a_plan() -
         if rtype in HOLDING_DATA
         for name, body in named.items()
     }
-    assert len(found) == 9, sorted(found)
+    assert len(found) == 10, sorted(found)
     unprotected = [
         address
         for address, body in found.items()

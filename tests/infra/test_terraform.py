@@ -705,16 +705,19 @@ def test_dashboard_tiles_never_write_a_zero_position() -> None:
     assert "xPos" not in dashboard
     assert "yPos" not in dashboard
     assert "local.dashboard_tile_positions[i]" in dashboard
-    charts = len(_locals()["dashboard_charts"])
-    positions = _evaluate(
-        _expression(_locals()["dashboard_tile_positions"]).replace(
-            "length(local.dashboard_charts)", str(charts)
+    assert "for i, chart in local.charts" in dashboard
+    # Without the serving tier's charts, and with them.
+    base = len(_locals()["dashboard_charts"])
+    for charts in (base, base + len(_locals()["serving_charts"])):
+        positions = _evaluate(
+            _expression(_locals()["dashboard_tile_positions"]).replace(
+                "length(local.charts)", str(charts)
+            )
         )
-    )
-    assert len(positions) == charts
-    assert all(at != 0 for tile in positions for at in tile.values())
-    cells = {(tile.get("xPos", 0), tile.get("yPos", 0)) for tile in positions}
-    assert len(cells) == charts  # no two tiles on one spot
+        assert len(positions) == charts
+        assert all(at != 0 for tile in positions for at in tile.values())
+        cells = {(tile.get("xPos", 0), tile.get("yPos", 0)) for tile in positions}
+        assert len(cells) == charts  # no two tiles on one spot
 
 
 def test_dashboard_shows_bytes_billed_by_route() -> None:

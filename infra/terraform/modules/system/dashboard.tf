@@ -88,11 +88,37 @@ locals {
 }
 
 locals {
+  # With `serving` (spanner.tf): the instance it shares with the other serving systems,
+  # and what Spanner does for this system's database. CPU utilization is a fraction of
+  # the instance (1 = 100%); the ticket fires on its high priority (root spanner.tf).
+  spanner_instance = var.serving != null ? var.serving.instance : ""
+  spanner_metric   = "resource.type=\"spanner_instance\" resource.label.\"instance_id\"=\"${local.spanner_instance}\""
+  serving_charts = [
+    {
+      title = "Spanner CPU by priority: the instance, and this database's high (1 = 100%)"
+      sets = [
+        ["instance, $${metric.labels.priority}", "metric.type=\"spanner.googleapis.com/instance/cpu/utilization_by_priority\" ${local.spanner_metric}", "ALIGN_MEAN", "REDUCE_SUM", ["metric.label.\"priority\""]],
+        ["${var.service_name}, high", "metric.type=\"spanner.googleapis.com/instance/cpu/utilization_by_priority\" ${local.spanner_metric} metric.label.\"database\"=\"${var.service_name}\" metric.label.\"priority\"=\"high\"", "ALIGN_MEAN", "REDUCE_SUM", []],
+      ]
+    },
+    {
+      title = "Spanner request latency by method, p95 (s)"
+      sets = [
+        ["$${metric.labels.method}", "metric.type=\"spanner.googleapis.com/api/request_latencies\" ${local.spanner_metric} metric.label.\"database\"=\"${var.service_name}\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", ["metric.label.\"method\""]],
+      ]
+    },
+  ]
+
+  # The dashboard's charts: the serving tier's after the rest, only where it runs.
+  charts = concat(local.dashboard_charts, var.serving != null ? local.serving_charts : [])
+}
+
+locals {
   # Two tiles a row, 6 columns wide and 4 high. The API drops a position of 0 from the
   # stored JSON (it is the default), so writing one would show as a change on every
   # plan: only the non-zero ones are set.
   dashboard_tile_positions = [
-    for i in range(length(local.dashboard_charts)) : {
+    for i in range(length(local.charts)) : {
       for axis, at in { xPos = (i % 2) * 6, yPos = floor(i / 2) * 4 } : axis => at if at != 0
     }
   ]
@@ -106,7 +132,7 @@ resource "google_monitoring_dashboard" "recordline" {
     mosaicLayout = {
       columns = 12
       tiles = [
-        for i, chart in local.dashboard_charts : merge(
+        for i, chart in local.charts : merge(
           local.dashboard_tile_positions[i],
           {
             width  = 6

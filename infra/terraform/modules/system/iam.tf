@@ -24,6 +24,19 @@ resource "google_project_iam_member" "runtime" {
   # Project IAM goes through cloudresourcemanager.googleapis.com, enabled in the same apply.
 }
 
+# Reads and writes rows in its own serving database only (spanner.tf): no role on the
+# instance or the project. databaseUser also holds updateDdl, which the service never
+# uses; no predefined role writes rows without it.
+resource "google_spanner_database_iam_member" "runtime_uses_database" {
+  for_each = google_spanner_database.serving
+
+  project  = var.project_id
+  instance = each.value.instance
+  database = each.value.name
+  role     = "roles/spanner.databaseUser"
+  member   = google_service_account.runtime.member
+}
+
 # --- who may call the service ---------------------------------------------------
 
 resource "google_cloud_run_v2_service_iam_member" "push_invoker" {

@@ -52,7 +52,13 @@ locals {
   # Set only when rows expire, so the service hears of it exactly when BigQuery drops them.
   retention_env = var.retention_days > 0 ? { RECORDLINE_RETENTION_DAYS = tostring(var.retention_days) } : {}
 
-  service_env = merge(var.extra_env, local.retention_env, {
+  # With `serving`, the database the service keeps recent rows in (spanner.tf).
+  serving_env = {
+    for name, database in google_spanner_database.serving :
+    "RECORDLINE_SERVING" => "spanner://projects/${var.project_id}/instances/${var.serving.instance}/databases/${database.name}"
+  }
+
+  service_env = merge(var.extra_env, local.retention_env, local.serving_env, {
     RECORDLINE_STORE                  = "bigquery://${var.project_id}/${google_bigquery_dataset.recordline.dataset_id}"
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
     RECORDLINE_PUSH_AUDIENCE          = local.push_audience

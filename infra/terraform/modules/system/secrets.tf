@@ -29,14 +29,18 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_page_token" {
 
 # Two resources are checked against a grant the moment they are created, and neither
 # retries: the dead-letter BigQuery subscription (the Pub/Sub agent's access to the
-# table) and the Cloud Run revision (the runtime account's access to the secret). IAM
-# changes take up to about a minute to propagate, so both wait this long after their
-# grants; a grant made anew (its id changes) waits again.
+# table) and the Cloud Run revision (the runtime account's access to the secret; with
+# `serving`, its startup probe, /readyz, also needs the runtime account's access to its
+# Spanner database). IAM changes take up to about a minute to propagate, so both wait
+# this long after their grants; a grant made anew (its id changes) waits again.
 resource "time_sleep" "iam_propagation" {
   create_duration = "60s"
 
-  triggers = {
-    dead_letters = google_bigquery_table_iam_member.pubsub_writes_dead_letters.id
-    page_token   = google_secret_manager_secret_iam_member.runtime_reads_page_token.id
-  }
+  triggers = merge(
+    {
+      dead_letters = google_bigquery_table_iam_member.pubsub_writes_dead_letters.id
+      page_token   = google_secret_manager_secret_iam_member.runtime_reads_page_token.id
+    },
+    { for name, grant in google_spanner_database_iam_member.runtime_uses_database : "serving" => grant.id },
+  )
 }

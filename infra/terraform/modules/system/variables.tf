@@ -119,6 +119,15 @@ variable "extra_env" {
   description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
 }
 
+# --- the serving tier ------------------------------------------------------------
+
+variable "serving" {
+  type = object({
+    instance = string
+  })
+  description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING), or null: BigQuery serves every read."
+}
+
 # --- Pub/Sub -------------------------------------------------------------------
 
 variable "max_delivery_attempts" {

@@ -1,0 +1,52 @@
+# The serving tier (infra/README.md, "The serving tier"), when this system has
+# `serving`: a Spanner database of its own on the environment's instance (root
+# spanner.tf). The service commits every batch there first, then to BigQuery, and
+# answers reads within its retention from it (RECORDLINE_SERVING, locals.tf). Without
+# `serving`, nothing here is created and the service runs on BigQuery alone.
+
+locals {
+  serving_databases = var.serving != null ? { (var.service_name) = var.serving.instance } : {}
+
+  # How far back the service reads Spanner: the dedupe window it runs with
+  # (RECORDLINE_DEDUPE_WINDOW_SECONDS, set through extra_env, else its default of 7 days)
+  # and a day. Spanner keeps each row two days past the window, rounded up to a day
+  # (retention_days in app/store/spanner/schema.py; a test keeps the two equal).
+  dedupe_window_seconds  = tonumber(lookup(var.extra_env, "RECORDLINE_DEDUPE_WINDOW_SECONDS", "604800"))
+  spanner_retention_days = ceil(local.dedupe_window_seconds / 86400) + 2
+
+  # `recordline schema spanner`'s statements (schemas/spanner.sql.tftpl, kept equal to
+  # it by a test), one element each, as the DDL list wants them.
+  spanner_ddl = [
+    for statement in split(";", templatefile("${path.module}/schemas/spanner.sql.tftpl", { retention_days = local.spanner_retention_days })) :
+    trimspace(statement) if trimspace(statement) != ""
+  ]
+}
+
+resource "google_spanner_database" "serving" {
+  #checkov:skip=CKV_GCP_93:Encrypted at rest with Google-managed keys, like the BigQuery tables holding the same rows; the data carries no requirement for customer-managed keys.
+  for_each = local.serving_databases
+
+  project  = var.project_id
+  instance = each.value
+  name     = var.service_name
+
+  # Run with the database's creation, all or nothing; the service never changes them,
+  # it checks them at start. The provider applies `ddl` append-only: a statement added
+  # at the end is run by the next apply, but a changed one (a new dedupe window, a new
+  # column in app/records.py) replaces the database, which prevent_destroy below turns
+  # into a failed plan (infra/README.md, "The serving tier").
+  ddl = local.spanner_ddl
+
+  # The service reads no further back than 30 minutes (serving.py), and every row is in
+  # BigQuery too: Spanner's default hour of old versions, written down.
+  version_retention_period = "1h"
+
+  # Terraform refuses to delete it, and Spanner refuses to drop it (or its instance)
+  # through any interface while drop protection is on.
+  deletion_protection    = true
+  enable_drop_protection = true
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}

@@ -1,0 +1,319 @@
+"""The serving tier in Terraform: one Spanner instance for the systems that opt in, a
+database of each one's own with the service's own schema, least privilege, an alert and
+tiles; and nothing at all for a system that does not opt in.
+
+Expressions are evaluated by `terraform console` where their value matters (which
+systems opt in, the DDL, the service's setting); the rest is the structure as written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.settings import QuerySettings
+from app.store.spanner.schema import ddl, retention_days
+from app.store.spanner.serving import _OLDEST_READ_MICROS, SpannerDatabase
+from tests.infra.test_fleet import _module, _root_console
+from tests.infra.test_iam_coverage import _roles
+from tests.infra.test_terraform import (
+    MODULE,
+    TERRAFORM,
+    _evaluate,
+    _expression,
+    _load,
+    _locals,
+    _resources,
+    _validations_hold,
+    _variables,
+    _waits_for,
+)
+
+SETTINGS = (
+    "{serving_systems = local.serving_systems, instances = local.spanner_instances, "
+    "config = local.spanner_config, threshold = local.spanner_cpu_threshold}"
+)
+
+
+def _serving(systems: str, **overrides: str) -> dict[str, Any]:
+    return dict(_root_console(SETTINGS, systems, tuple(sorted(overrides.items()))))
+
+
+# --- who opts in ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("systems", "environment", "expected"),
+    [
+        ("{}", "false", []),  # today's configurations: no serving tier at all
+        ("{ recordline = {}, orders = {} }", "false", []),
+        ("{}", "true", ["recordline"]),  # the default system, through the environment's
+        ("{ recordline = {}, orders = { serving = true } }", "false", ["orders"]),
+        ("{ recordline = {}, orders = { serving = false } }", "true", ["recordline"]),
+    ],
+)
+def test_a_system_has_a_serving_database_only_if_it_opts_in(
+    systems: str, environment: str, expected: list[str]
+) -> None:
+    found = _serving(systems, serving=environment)
+    assert found["serving_systems"] == expected
+    # One instance for all of them, and none without any.
+    assert found["instances"] == (["recordline-serving"] if expected else [])
+
+
+def test_only_the_systems_that_opt_in_get_a_database() -> None:
+    module = _module()
+    given = _expression(module["serving"])
+    assert given.startswith("contains(local.serving_systems, each.key) ? ")
+    assert given.endswith(" : null")
+    assert "google_spanner_instance.serving[local.spanner_instance_name].name" in given
+    databases = _expression(_locals()["serving_databases"])
+    bound = re.sub(r"\bvar\.", "local.", databases)
+    assert _evaluate(bound, (("serving", "null"), ("service_name", '"orders"'))) == {}
+    assert _evaluate(
+        bound, (("serving", '{ instance = "recordline-serving" }'), ("service_name", '"orders"'))
+    ) == {"orders": "recordline-serving"}
+    assert _resources("google_spanner_database")["serving"]["for_each"] == (
+        "${local.serving_databases}"
+    )
+
+
+# --- the instance ---------------------------------------------------------------------------
+
+
+def test_the_instance_is_small_shared_and_never_destroyed_by_a_plan() -> None:
+    instance = _resources("google_spanner_instance")["serving"]
+    assert instance["for_each"] == "${local.spanner_instances}"
+    assert instance["processing_units"] == "${var.spanner_processing_units}"
+    assert _variables()["spanner_processing_units"]["default"] == 100
+    assert instance["config"] == "${local.spanner_config}"
+    assert instance["default_backup_schedule_type"] == "NONE"  # every row is in BigQuery
+    assert instance["lifecycle"] == [{"prevent_destroy": True}]
+    assert "google_project_service.enabled" in _waits_for("google_spanner_instance.serving")
+    (apis,) = [b for b in _config_blocks("google_project_service") if "enabled" in b]
+    assert '"spanner.googleapis.com"' in apis["enabled"]["for_each"]
+
+
+def _config_blocks(rtype: str) -> list[dict[str, Any]]:
+    return [
+        block[rtype]
+        for path in sorted(TERRAFORM.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        if rtype in block
+    ]
+
+
+@pytest.mark.parametrize(
+    ("units", "accepted"),
+    [
+        ("100", True),
+        ("900", True),
+        ("1000", True),
+        ("3000", True),
+        ("0", False),
+        ("50", False),
+        ("150", False),
+        ("1500", False),
+    ],
+)
+def test_processing_units_are_what_spanner_accepts(units: str, accepted: bool) -> None:
+    assert _validations_hold("spanner_processing_units", {"spanner_processing_units": units}) is (
+        accepted
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "expected", "threshold"),
+    [
+        ('""', "regional-europe-west1", 0.65),  # the service's region by default
+        ('"regional-europe-west4"', "regional-europe-west4", 0.65),
+        ('"eur3"', "eur3", 0.45),  # multi-region: 45% per region
+        ('"nam-eur-asia1"', "nam-eur-asia1", 0.45),
+    ],
+)
+def test_the_cpu_threshold_is_googles_for_the_instance_configuration(
+    config: str, expected: str, threshold: float
+) -> None:
+    found = _serving("{}", serving="true", spanner_config=config)
+    assert (found["config"], found["threshold"]) == (expected, threshold)
+
+
+# --- the database ---------------------------------------------------------------------------
+
+
+def _module_locals(expression: str, values: dict[str, str]) -> Any:
+    """`expression` over the locals of modules/system/spanner.tf, with its variables bound
+    to HCL values and the module's schemas/ beside it, as templatefile reads them."""
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not installed")
+    text = (MODULE / "spanner.tf").read_text()
+    (block,) = re.findall(r"(?ms)^locals \{\n.*?^\}\n", text)
+    with tempfile.TemporaryDirectory() as work:
+        shutil.copytree(MODULE / "schemas", Path(work, "schemas"))
+        variables = "".join(f'variable "{name}" {{}}\n' for name in values)
+        Path(work, "main.tf").write_text(variables + block)
+        Path(work, "values.tfvars").write_text(
+            "".join(f"{name} = {value}\n" for name, value in values.items())
+        )
+        run = subprocess.run(
+            ["terraform", "console", "-var-file=values.tfvars"],
+            input=f"jsonencode({expression})\n",
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert run.returncode == 0, run.stderr
+    return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("window", [None, 86_400, 90_000, 3_600.5, 30 * 86_400])
+def test_the_database_gets_the_statements_the_service_expects(window: float | None) -> None:
+    # The dedupe window the service runs with: extra_env's, else its own default.
+    extra_env = "{}" if window is None else f'{{ RECORDLINE_DEDUPE_WINDOW_SECONDS = "{window}" }}'
+    service_window = QuerySettings().dedupe_window_seconds if window is None else window
+    values = {
+        "extra_env": extra_env,
+        "serving": '{ instance = "recordline-serving" }',
+        "service_name": '"orders"',
+    }
+    found = _module_locals("{days = local.spanner_retention_days, ddl = local.spanner_ddl}", values)
+    assert found["days"] == retention_days(service_window)
+    # One statement an element, exactly what `recordline schema spanner` prints.
+    assert found["ddl"] == ddl(service_window)
+
+
+def test_the_database_is_protected_in_terraform_and_in_spanner() -> None:
+    database = _resources("google_spanner_database")["serving"]
+    assert database["ddl"] == "${local.spanner_ddl}"
+    assert database["name"] == "${var.service_name}"
+    assert database["instance"] == "${each.value}"
+    assert database["deletion_protection"] is True
+    assert database["enable_drop_protection"] is True
+    assert database["lifecycle"] == [{"prevent_destroy": True}]
+    # Old versions last longer than the oldest moment the service reads at.
+    period = database["version_retention_period"]
+    seconds = int(period[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[period[-1]]
+    assert seconds * 1_000_000 >= 2 * _OLDEST_READ_MICROS
+
+
+# --- the service ------------------------------------------------------------------------------
+
+
+def _serving_env(databases: str) -> dict[str, str]:
+    expression = re.sub(
+        r"\bgoogle_spanner_database\.serving\b",
+        "local.databases",
+        re.sub(r"\bvar\.", "local.", _expression(_locals()["serving_env"])),
+    )
+    return dict(
+        _evaluate(
+            expression,
+            (
+                ("databases", databases),
+                ("project_id", '"recordline-prod"'),
+                ("serving", '{ instance = "recordline-serving" }'),
+            ),
+        )
+    )
+
+
+def test_the_service_is_told_where_its_database_is_and_nothing_without_one() -> None:
+    env = _serving_env('{ orders = { name = "orders" } }')
+    assert SpannerDatabase.from_url(env["RECORDLINE_SERVING"]) == SpannerDatabase(
+        "recordline-prod", "recordline-serving", "orders"
+    )
+    assert _serving_env("{}") == {}
+    # Terraform's value wins over extra_env's.
+    service_env = re.sub(r"\s+", " ", _locals()["service_env"])
+    assert "merge(var.extra_env, local.retention_env, local.serving_env, {" in service_env
+
+
+def test_the_runtime_account_uses_its_own_database_and_nothing_else() -> None:
+    grant = _resources("google_spanner_database_iam_member")["runtime_uses_database"]
+    assert grant["for_each"] == "${google_spanner_database.serving}"
+    assert (grant["instance"], grant["database"]) == (
+        "${each.value.instance}",
+        "${each.value.name}",
+    )
+    assert grant["role"] == "roles/spanner.databaseUser"
+    assert grant["member"] == "${google_service_account.runtime.member}"
+    assert {"spanner.databases.read", "spanner.databases.write"} <= _roles()[
+        "roles/spanner.databaseUser"
+    ]
+    # Nowhere else: no Spanner role on the project or the instance for anyone.
+    text = "\n".join(p.read_text() for p in sorted(TERRAFORM.rglob("*.tf")))
+    assert "google_spanner_instance_iam" not in text
+    project_roles = json.dumps(_resources("google_project_iam_member")["runtime"])
+    assert "spanner" not in project_roles
+
+
+def test_the_service_waits_for_its_database_grant_to_propagate() -> None:
+    # Its startup probe, /readyz, is red until Spanner answers it.
+    pause = "time_sleep.iam_propagation"
+    assert pause in _waits_for("google_cloud_run_v2_service.recordline")
+    assert "google_spanner_database_iam_member.runtime_uses_database" in _waits_for(pause)
+    # Without `serving` the pause's triggers are what they were: no new wait, no diff.
+    triggers = _resources("time_sleep")["iam_propagation"]["triggers"]
+    expression = re.sub(r"google_\w+\.(\w+)", r"local.\1", _expression(triggers)).replace(
+        "local.runtime_uses_database", "local.grants"
+    )
+    for name in ("pubsub_writes_dead_letters", "runtime_reads_page_token"):
+        assert f"local.{name}.id" in expression
+    bound = (
+        ("grants", "{}"),
+        ("pubsub_writes_dead_letters", '{ id = "a" }'),
+        ("runtime_reads_page_token", '{ id = "b" }'),
+    )
+    assert _evaluate(expression, bound) == {"dead_letters": "a", "page_token": "b"}
+    with_grant = (*bound[1:], ("grants", '{ orders = { id = "c" } }'))
+    assert _evaluate(expression, tuple(sorted(with_grant)))["serving"] == "c"
+
+
+# --- what on-call sees ------------------------------------------------------------------------
+
+
+def test_the_cpu_ticket_is_googles_recommended_alert() -> None:
+    policy = _resources("google_monitoring_alert_policy")["spanner_cpu"]
+    assert policy["for_each"] == "${google_spanner_instance.serving}"
+    assert policy["severity"] == "WARNING"
+    (condition,) = policy["conditions"]
+    (threshold,) = condition["condition_threshold"]
+    metric = 'metric.type=\\"spanner.googleapis.com/instance/cpu/utilization_by_priority\\"'
+    assert metric in json.dumps(threshold["filter"])
+    assert 'metric.label.\\"priority\\"=\\"high\\"' in json.dumps(threshold["filter"])
+    assert 'resource.label.\\"instance_id\\"=\\"${each.value.name}\\"' in json.dumps(
+        threshold["filter"]
+    )
+    assert threshold["comparison"] == "COMPARISON_GT"
+    assert threshold["threshold_value"] == "${local.spanner_cpu_threshold}"
+    assert int(threshold["duration"].removesuffix("s")) >= 300  # sustained, not a spike
+    (aggregation,) = threshold["aggregations"]
+    # Every database and system task of the instance, per region.
+    assert aggregation["cross_series_reducer"] == "REDUCE_SUM"
+    assert 'resource.label."instance_id"' in aggregation["group_by_fields"]
+    assert "Runbook: docs/operations.md#spanner-cpu" in policy["documentation"][0]["content"]
+
+
+def test_a_serving_system_has_spanner_tiles_and_no_other_does() -> None:
+    titles = [c["title"] for c in _locals()["serving_charts"]]
+    assert any(t.startswith("Spanner CPU by priority") for t in titles)
+    assert any(t.startswith("Spanner request latency") for t in titles)
+    filters = json.dumps(_locals()["serving_charts"])
+    assert "instance/cpu/utilization_by_priority" in filters
+    assert "api/request_latencies" in filters
+    assert 'metric.label.\\"database\\"=\\"${var.service_name}\\"' in filters
+    charts = _expression(_locals()["charts"])
+    assert charts == (
+        "concat(local.dashboard_charts, var.serving != null ? local.serving_charts : [])"
+    )
+    dashboard = _resources("google_monitoring_dashboard")["recordline"]["dashboard_json"]
+    assert "for i, chart in local.charts" in dashboard
