@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.records import TABLES, bigquery_schema
-from app.settings import Settings, SettingsError, reference
+from app.settings import Settings, SettingsError, effective, reference
+
+# ASGI, as uvicorn calls an app.
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 SCHEMA_DIR = (
     Path(__file__).resolve().parent.parent
@@ -51,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"write every schema file Terraform reads to {SCHEMA_DIR}",
     )
 
-    commands.add_parser("config", help="every setting, as a Markdown table")
+    config = commands.add_parser(
+        "config", help="every setting's value here and where it came from (secrets hidden)"
+    )
+    config.add_argument(
+        "--reference",
+        action="store_true",
+        help="every setting's default and meaning instead, as the README's Markdown table",
+    )
 
     tools = _dev_tools()
     for name, tool in tools.items():
@@ -66,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         case "schema":
             return _schema(args.target, write=args.write)
         case "config":
-            print(config_table())
-            return 0
+            if args.reference:
+                print(config_table())
+                return 0
+            return _config()
         case name if name in tools:
             return tools[name].run(args)
         case name if name in DEV_TOOLS:
@@ -105,13 +120,34 @@ def _dev_tools() -> dict[str, DevTool]:
         return {}
 
 
+def _settings(environ: dict[str, str]) -> Settings | None:
+    """The settings, or None once a bad one is said, in one line, on stderr."""
+    try:
+        return Settings.load(environ)
+    except SettingsError as exc:
+        print(f"recordline: {exc}", file=sys.stderr)
+        return None
+
+
+def _config() -> int:
+    environ = dict(os.environ)
+    settings = _settings(environ)
+    if settings is None:
+        return 2
+    rows = effective(settings, environ)
+    width = max(len(row.var) for row in rows)
+    value_width = min(60, max(len(row.value) for row in rows))
+    print(f"{'VARIABLE':<{width}}  {'VALUE':<{value_width}}  FROM")
+    for row in rows:
+        print(f"{row.var:<{width}}  {row.value:<{value_width}}  {row.source}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides = {"RECORDLINE_HOST": args.host, "PORT": args.port, "RECORDLINE_STORE": args.store}
     environ = {**os.environ, **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        settings = Settings.load(environ)
-    except SettingsError as exc:
-        print(f"recordline: {exc}", file=sys.stderr)
+    settings = _settings(environ)
+    if settings is None:
         return 2
 
     import uvicorn
@@ -132,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"recordline: {exc}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
-        app,
+        OneLineStartFailure(app),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
@@ -145,8 +181,67 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=75,
     )
     quiet_garbage_collector()
+    # A failure to start exits with uvicorn's status for it, 3.
     uvicorn.Server(config).run()
     return 0
+
+
+start_log = logging.getLogger("recordline")
+
+
+class OneLineStartFailure:
+    """The app, but a failure to start it that the service expects is said in one line.
+
+    Litestar reports a lifespan that raised with its whole traceback, for a store
+    that cannot be opened an ExceptionGroup of some 30 lines. A failure the
+    service raises on purpose (a RecordlineError, such as a store that cannot be
+    reached, or a SettingsError, such as a Spanner schema that differs) is said
+    by its message; anything else is a bug and keeps its traceback.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        failed: list[Message] = []
+
+        async def held(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                failed.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, held)
+        except BaseException as exc:
+            reasons = _expected(exc)
+            if not failed or reasons is None:
+                for message in failed:
+                    await send(message)
+                raise
+            start_log.error("cannot start: %s", "; ".join(reasons))
+            # An empty message: the server says no more than that start-up failed.
+            await send({"type": "lifespan.startup.failed", "message": ""})
+
+
+def _expected(exc: BaseException) -> list[str] | None:
+    """The messages of the failures the service raises on purpose, or None for any other."""
+    from app.errors import RecordlineError
+
+    if isinstance(exc, BaseExceptionGroup):
+        found: list[str] = []
+        for inner in exc.exceptions:
+            reasons = _expected(inner)
+            if reasons is None:
+                return None
+            found += reasons
+        return found
+    if isinstance(exc, RecordlineError | SettingsError):
+        return [str(exc)]
+    return None
 
 
 def quiet_garbage_collector() -> None:
@@ -184,10 +279,8 @@ def _schema(target: str, *, write: bool) -> int:
     if target == "spanner":
         from app.store.spanner.schema import ddl_text
 
-        try:
-            settings = Settings.load()
-        except SettingsError as exc:
-            print(f"recordline: {exc}", file=sys.stderr)
+        settings = _settings(dict(os.environ))
+        if settings is None:
             return 2
         print(ddl_text(settings.query.dedupe_window_seconds), end="")
         return 0

@@ -53,6 +53,32 @@ class BadParameter(BadRequest):
         super().__init__(f"{parameter}: {detail}", parameter=parameter)
 
 
+class BodyTooLarge(RecordlineError):
+    """The request body is larger than the service takes; `max_bytes` says how large it may be.
+
+    The limit is RECORDLINE_MAX_BODY_BYTES. A Pub/Sub message is at most 10 MB, ~13.4 MB
+    once base64-wrapped in a push envelope.
+    """
+
+    status = 413
+    title = "Body too large"
+    problem = "body-too-large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            f"the body is larger than {max_bytes} bytes (RECORDLINE_MAX_BODY_BYTES)",
+            max_bytes=max_bytes,
+        )
+
+
+class MethodNotAllowed(RecordlineError):
+    """The path exists, not for this method; the `Allow` header lists the methods it takes."""
+
+    status = 405
+    title = "Method not allowed"
+    problem = "method-not-allowed"
+
+
 class NotFound(RecordlineError):
     """Nothing is stored under that id (ids are exact: no prefix or case folding)."""
 

@@ -9,7 +9,8 @@ import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 
-from app.errors import RetryLater
+from app.errors import RetryLater, SchemaUnavailable, StoreUnavailable
+from app.problems import problem_responses
 from app.store import Store
 
 # A probe that hangs is worse than one that fails: Cloud Run waits for it.
@@ -54,6 +55,8 @@ async def healthz() -> Health:
         "the service takes writes"
     ),
     tags=["health"],
+    # Token keys that cannot be fetched answer 503 `unavailable` too, saying so.
+    responses=problem_responses(RetryLater, StoreUnavailable, SchemaUnavailable),
 )
 async def readyz(readiness: NamedDependency[Readiness]) -> Health:
     await readiness.check()

@@ -4,60 +4,227 @@
 the one table that turns it into an answer. Each kind of error has a `type`
 URI, `/problems/<name>`, and the service answers that path with what the kind
 means, so a client can branch on `type` and a person can look it up.
+
+`Problem` is both the body every error answer carries and the schema the
+OpenAPI document gives for it: routes declare which kinds of error they answer
+with (`problem_responses`), and the answer is built from the same Struct, so
+the document cannot promise a shape the service does not send.
 """
 
 from __future__ import annotations
 
+import http
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
 from litestar import get
-from litestar.exceptions import ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import PathParameter
 from litestar.plugins.problem_details import ProblemDetailsException
+from msgspec import Meta
 
-from app.errors import BadParameter, NotFound, RecordlineError
+from app.errors import (
+    BadParameter,
+    BadRequest,
+    BodyTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    RecordlineError,
+)
+
+log = logging.getLogger("recordline")
 
 PROBLEM_PATH = "/problems"
+MEDIA_TYPE = "application/problem+json"
+
+# What a problem document echoes of its request is cut here, once for every
+# answer: a 5,000-character id in a path would otherwise come back whole in
+# `detail`, and in every log line that quotes it. A text longer than this keeps
+# its start and its end (where a message names what it expected) and says how
+# much was left out.
+MAX_ECHO = 300
+_ECHO_HEAD = 200
+_ECHO_TAIL = 60
+
+
+def shortened(text: str) -> str:
+    """`text`, or its start and end with the count of characters left out between."""
+    if len(text) <= MAX_ECHO:
+        return text
+    left_out = len(text) - _ECHO_HEAD - _ECHO_TAIL
+    return f"{text[:_ECHO_HEAD]}…[{left_out} characters left out]…{text[-_ECHO_TAIL:]}"
 
 
 def problem_type(error: type[RecordlineError]) -> str:
     return f"{PROBLEM_PATH}/{error.problem}"
 
 
-def to_problem(exc: RecordlineError) -> ProblemDetailsException:
-    return ProblemDetailsException(
-        type_=problem_type(type(exc)),
-        status_code=exc.status,
-        title=exc.title,
-        detail=exc.detail,
-        headers=exc.headers,
-        extra=exc.extra or None,
+class FieldError(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One field of a request that failed validation."""
+
+    message: str
+    key: Annotated[str | None, Meta(description="Where: `limit`, `messages[3].message_id`")] = None
+    source: Annotated[str | None, Meta(description="`query`, `path`, `body`…")] = None
+
+
+class Problem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """An RFC 9457 problem document: the body of every error answer (application/problem+json)."""
+
+    type: Annotated[
+        str,
+        Meta(description="`/problems/<name>`: the kind of error; GET it for what it means"),
+    ]
+    status: Annotated[int, Meta(description="The HTTP status, repeated")]
+    title: Annotated[str, Meta(description="The kind of error, in words; the same for every one")]
+    detail: Annotated[
+        str, Meta(description=f"This occurrence; an echoed input is cut to {MAX_ECHO} characters")
+    ]
+    parameter: Annotated[
+        str | None, Meta(description="The query parameter, path part or body field at fault")
+    ] = None
+    errors: Annotated[
+        list[FieldError] | None, Meta(description="Each field that failed validation")
+    ] = None
+    retention_days: Annotated[
+        int | None, Meta(description="410: rows older than this many days are deleted")
+    ] = None
+    max_bytes: Annotated[int | None, Meta(description="413: the largest body taken")] = None
+
+
+# The members of Problem the plugin sends as they are; the rest travel as `extra`.
+_STANDARD = frozenset({"type", "status", "title", "detail"})
+
+
+def _problem(kind: type[RecordlineError], detail: str, **extra: Any) -> Problem:
+    return Problem(
+        type=problem_type(kind),
+        status=kind.status,
+        title=kind.title,
+        detail=shortened(detail),
+        **extra,
     )
 
 
-def validation_to_problem(exc: ValidationException) -> ProblemDetailsException:
-    """Litestar's own parameter validation, in the same shape as BadParameter."""
-    errors = exc.extra if isinstance(exc.extra, list) else []
-    keys = [e.get("key") for e in errors if isinstance(e, dict) and e.get("key")]
-    extra: dict[str, object] = {"errors": errors}
-    if keys:
-        extra["parameter"] = keys[0]
-    return ProblemDetailsException(
-        type_=problem_type(BadParameter),
-        status_code=BadParameter.status,
-        title=BadParameter.title,
-        detail=exc.detail,
-        extra=extra,
+class Problems:
+    """The one table from an exception to the problem document it is answered with."""
+
+    def __init__(self, *, max_body_bytes: int) -> None:
+        self._max_body_bytes = max_body_bytes
+
+    def of(self, exc: Exception) -> tuple[Problem, dict[str, str] | None]:
+        """The document `exc` is answered with, and the headers that go with it."""
+        match exc:
+            case RecordlineError():
+                return _problem(type(exc), exc.detail, **exc.extra), exc.headers
+            case ValidationException():
+                return _validation(exc), None
+            case RequestEntityTooLarge():
+                too_large = BodyTooLarge(self._max_body_bytes)
+                return _problem(BodyTooLarge, too_large.detail, **too_large.extra), None
+            case NotFoundException():
+                return _problem(NotFound, "nothing is served at this path"), None
+            case MethodNotAllowedException():
+                allowed = (exc.headers or {}).get("allow", "")
+                return _problem(
+                    MethodNotAllowed, f"this path takes {allowed or 'other methods'}"
+                ), exc.headers
+            case HTTPException() if exc.status_code == BadRequest.status:
+                # Litestar's own refusals of a body it cannot decode.
+                return _problem(BadRequest, exc.detail), exc.headers
+            case HTTPException() if exc.status_code < 500:
+                phrase = http.HTTPStatus(exc.status_code).phrase
+                return Problem(
+                    type="about:blank", status=exc.status_code, title=phrase, detail=exc.detail
+                ), exc.headers
+        # Nothing the service meant to raise: a bug, said as little as possible
+        # to the caller and whole in the log.
+        log.error("unexpected error answered 500", exc_info=exc)
+        return _problem(RecordlineError, "an unexpected error; it is logged"), None
+
+    def exception(self, exc: Exception) -> ProblemDetailsException:
+        """`exc` as the problem details plugin sends it."""
+        problem, headers = self.of(exc)
+        fields = msgspec.to_builtins(problem)
+        return ProblemDetailsException(
+            type_=problem.type,
+            status_code=problem.status,
+            title=problem.title,
+            detail=problem.detail,
+            headers=headers,
+            extra={k: v for k, v in fields.items() if k not in _STANDARD} or None,
+        )
+
+    @property
+    def exception_map(self) -> dict[type[Exception], Callable[[Any], ProblemDetailsException]]:
+        """For the problem details plugin: every exception, Litestar's own included."""
+        return {Exception: self.exception}
+
+
+def _validation(exc: ValidationException) -> Problem:
+    """Litestar's own parameter and body validation, in the same shape as BadParameter."""
+    found = exc.extra if isinstance(exc.extra, list) else []
+    errors = [
+        FieldError(
+            message=shortened(str(e.get("message", ""))),
+            key=str(e["key"]) if e.get("key") else None,
+            # Litestar names a parameter's source with an enum member.
+            source=str(getattr(e["source"], "value", e["source"])) if e.get("source") else None,
+        )
+        for e in found
+        if isinstance(e, dict)
+    ]
+    keys = [e.key for e in errors if e.key]
+    return _problem(
+        BadParameter,
+        f"{keys[0]}: {errors[0].message}" if keys else exc.detail,
+        parameter=keys[0] if keys else None,
+        errors=errors,
     )
 
 
-PROBLEMS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
-    RecordlineError: to_problem,
-    ValidationException: validation_to_problem,
-}
+def problem_responses(*kinds: type[RecordlineError]) -> dict[int, ResponseSpec]:
+    """The OpenAPI responses of a route that answers with these kinds of error, by status."""
+    by_status: dict[int, list[type[RecordlineError]]] = {}
+    for kind in kinds:
+        by_status.setdefault(kind.status, []).append(kind)
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            media_type=MEDIA_TYPE,
+            description="\n".join(
+                f"- `{problem_type(kind)}`: {_description(kind)}" for kind in group
+            ),
+            generate_examples=False,
+            examples=[
+                Example(
+                    summary=kind.title,
+                    value={
+                        "type": problem_type(kind),
+                        "status": kind.status,
+                        "title": kind.title,
+                        "detail": "…",
+                    },
+                )
+                for kind in group
+            ],
+        )
+        for status, group in sorted(by_status.items())
+    }
+
+
+def _description(kind: type[RecordlineError]) -> str:
+    return inspect.cleandoc(kind.__doc__ or kind.title).split("\n\n")[0].replace("\n", " ")
 
 
 class ProblemType(msgspec.Struct, kw_only=True, frozen=True):
@@ -89,13 +256,20 @@ def problem_types() -> dict[str, ProblemType]:
     }
 
 
+# A problem's name is short; a longer one cannot be one.
+MAX_PROBLEM_NAME = 64
+
+
 @get(
     f"{PROBLEM_PATH}/{{name:str}}",
     summary="What a problem document's `type` means",
     tags=["health"],
     sync_to_thread=False,
+    responses=problem_responses(BadParameter, NotFound),
 )
-def describe_problem(name: Annotated[str, PathParameter(max_length=64)]) -> ProblemType:
+def describe_problem(
+    name: Annotated[str, PathParameter(max_length=MAX_PROBLEM_NAME)],
+) -> ProblemType:
     known = problem_types()
     if name not in known:
         raise NotFound(f"no problem type {name!r}")

@@ -35,7 +35,13 @@ class Kind(enum.StrEnum):
 # what DuckDB stores, and it costs nothing to compare or order.
 Micros = Annotated[int, Meta(extra={"kind": Kind.TIMESTAMP})]
 
-# Longer ids are almost certainly a producer bug, and they bloat the id index.
+# The longest record id and message id stored, and so the longest one looked up
+# or replayed: every id the push path takes round-trips. Pub/Sub's message ids
+# are ~16 digits, so a longer message id is no push at all (400, nothing stored
+# or acknowledged: Pub/Sub would keep the message, then dead-letter it under a
+# fresh id); a longer record id is a producer bug, kept as a rejection. Both
+# bloat an index, and 1024 characters of UTF-8 (4 KiB at most) stay well within
+# Spanner's 8 KiB keys.
 MAX_ID_LENGTH = 1024
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,24 +1,45 @@
 """Settings, one Struct per concern, read from the environment once.
 
-Each field names its environment variable and says what it does; the README's
-configuration table is generated from these declarations (`recordline config`)
-and a test keeps the two equal. Nothing here runs at import time: `Settings.load`
-is called by the command line or by `create_app`.
+Each field names its environment variable, says what it does and what it
+accepts; the README's configuration table is generated from these declarations
+(`recordline config --reference`) and a test keeps the two equal. Every value
+is checked here, when the settings are read, and a bad one is refused in one
+way: a line naming the variable, the value and what it accepts. Nothing here
+runs at import time: `Settings.load` is called by the command line or by
+`create_app`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, NamedTuple, Self
 
 import msgspec
 from msgspec import Meta
 
 
-def env(name: str, doc: str) -> Meta:
-    return Meta(description=doc, extra={"env": name})
+def env(name: str, doc: str, *, accepts: str | None = None, secret: bool = False) -> Meta:
+    """A setting's variable and meaning; `accepts` says in words what a pattern
+    admits (other types say it themselves); a `secret` is never shown."""
+    extra: dict[str, Any] = {"env": name}
+    if accepts is not None:
+        extra["accepts"] = accepts
+    if secret:
+        extra["secret"] = True
+    return Meta(description=doc, extra=extra)
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def invalid(var: str, value: str, accepts: str, *, secret: bool = False) -> SettingsError:
+    """The one way a bad value is refused: the variable, the value, what it accepts."""
+    shown = f"<{len(value)} characters, not shown>" if secret else repr(value)
+    return SettingsError(f"{var}={shown} is not accepted: expected {accepts}")
 
 
 class Section(msgspec.Struct, kw_only=True, frozen=True):
@@ -26,40 +47,106 @@ class Section(msgspec.Struct, kw_only=True, frozen=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
+        declared = _declared(cls)
         values: dict[str, Any] = {}
-        for field, (var, _doc) in _declared(cls).items():
-            if var in environ and environ[var] != "":
-                values[field] = environ[var]
+        for field, setting in declared.items():
+            if environ.get(setting.var, "") != "":
+                values[field] = environ[setting.var]
         try:
             # strict=False converts "8080" to 8080 and "true" to True.
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
-            raise SettingsError(_name_variable(cls, str(exc))) from None
+            found = _AT_FIELD.search(str(exc))
+            if found is None or found[1] not in declared:
+                raise SettingsError(str(exc)) from None
+            setting = declared[found[1]]
+            value = environ[setting.var]
+            raise invalid(setting.var, value, setting.accepts, secret=setting.secret) from None
 
 
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the variable."""
+_AT_FIELD = re.compile(r"at `\$\.([a-z0-9_]+)`")
 
 
-def _declared(cls: type[Section]) -> dict[str, tuple[str, str]]:
+class Declared(NamedTuple):
+    field: str
+    var: str
+    doc: str
+    accepts: str
+    secret: bool
+
+
+def _declared(cls: type[Section]) -> dict[str, Declared]:
     hints = typing.get_type_hints(cls, include_extras=True)
     out = {}
     for field in cls.__struct_fields__:
-        for meta in typing.get_args(hints[field])[1:]:
+        base, *metas = typing.get_args(hints[field])
+        for meta in metas:
             if isinstance(meta, Meta) and meta.extra and "env" in meta.extra:
-                out[field] = (meta.extra["env"], meta.description or "")
+                out[field] = Declared(
+                    field,
+                    meta.extra["env"],
+                    meta.description or "",
+                    meta.extra.get("accepts") or _accepts(base, metas),
+                    bool(meta.extra.get("secret")),
+                )
     return out
 
 
-def _name_variable(cls: type[Section], message: str) -> str:
-    for field, (var, _doc) in _declared(cls).items():
-        if f"`$.{field}`" in message:
-            return message.replace(f"`$.{field}`", var)
-    return message
+def _accepts(base: Any, metas: list[Any]) -> str:
+    """What a setting of this type and these constraints admits, in words."""
+    if typing.get_origin(base) is Literal:
+        *first, last = (f"`{choice}`" for choice in typing.get_args(base))
+        return f"{', '.join(first)} or {last}" if first else last
+    if base is bool:
+        return "`true` or `false`"
+    noun = {int: "an integer", float: "a number"}.get(base, "text")
+    limits: dict[str, float] = {}
+    for meta in metas:
+        if isinstance(meta, Meta):
+            for name in ("ge", "gt", "le", "lt"):
+                if getattr(meta, name) is not None:
+                    limits[name] = getattr(meta, name)
+    if "ge" in limits and "le" in limits:
+        return f"{noun} from {limits['ge']:g} to {limits['le']:g}"
+    words = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+    bounds = [f"{words[name]} {bound:g}" for name, bound in limits.items()]
+    return f"{noun} {' and '.join(bounds)}" if bounds else noun
+
+
+# The stores a RECORDLINE_STORE URL may name, and Spanner's resource names
+# (their stores parse them with these very patterns).
+BIGQUERY_URL = (
+    r"bigquery://(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])/(?P<dataset>[A-Za-z0-9_]{1,1024})/?"
+)
+SPANNER_URL = (
+    r"spanner://(?P<database>projects/(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])"
+    r"/instances/(?P<instance>[a-z][a-z0-9-]{0,62}[a-z0-9])"
+    r"/databases/(?P<name>[a-z][a-z0-9_-]{0,28}[a-z0-9]))"
+)
+_STORE_URL = rf"^(memory:|duckdb:.+|{BIGQUERY_URL})$"
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 one.
+_HOST_PORT = r"^(|(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):[0-9]{1,5})$"
+_HTTP_URL = r"^https?://\S+$"
+_EMAIL = r"[^\s,:@]+@[^\s,:@]+"
+_EMAILS = rf"^\s*({_EMAIL}\s*(,\s*{_EMAIL}\s*)*)?,?\s*$"
+_PRINCIPAL = rf"(domain:[^\s,:@/]+|{_EMAIL})"
+_PRINCIPALS = rf"^\s*({_PRINCIPAL}\s*(,\s*{_PRINCIPAL}\s*)*)?,?\s*$"
+# The shared push secret travels in a URL anyone may probe; 16 characters of a
+# random string are beyond guessing at any request rate.
+MIN_PUSH_TOKEN_LENGTH = 16
+PRINCIPALS_ACCEPTED = (
+    "comma-separated e-mails (`ada@example.com`, `etl@P.iam.gserviceaccount.com`: no "
+    "`user:` or `serviceAccount:` prefix) and `domain:example.com` entries; a token names "
+    "no groups, so `group:` cannot be checked"
+)
 
 
 class ServerSettings(Section, frozen=True):
-    host: Annotated[str, env("RECORDLINE_HOST", "Address to bind")] = "127.0.0.1"
+    host: Annotated[
+        str,
+        Meta(pattern=r"^[^\s/]+$"),
+        env("RECORDLINE_HOST", "Address to bind", accepts="a host name or an IP address"),
+    ] = "127.0.0.1"
     port: Annotated[
         int, Meta(ge=0, le=65535), env("PORT", "Port to serve on (Cloud Run sets it)")
     ] = 8080
@@ -80,21 +167,33 @@ class ServerSettings(Section, frozen=True):
         ),
     ] = 14 * 1024 * 1024
     log_format: Annotated[
-        str,
+        Literal["auto", "json", "text"],
         env(
             "RECORDLINE_LOG_FORMAT", "`json` (Cloud Logging), `text`, or `auto`: text on a terminal"
         ),
     ] = "auto"
-    log_level: Annotated[str, env("RECORDLINE_LOG_LEVEL", "Logging level")] = "INFO"
+    log_level: Annotated[
+        str,
+        Meta(pattern=r"(?i)^(debug|info|warning|error|critical)$"),
+        env(
+            "RECORDLINE_LOG_LEVEL",
+            "Logging level",
+            accepts="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL` (any case)",
+        ),
+    ] = "INFO"
 
 
 class StoreSettings(Section, frozen=True):
     url: Annotated[
         str,
+        Meta(pattern=_STORE_URL),
         env(
             "RECORDLINE_STORE",
             "`duckdb:FILE` (relative), `duckdb:///abs/FILE`, `memory:` (throwaway) or "
             "`bigquery://PROJECT/DATASET`",
+            accepts="`duckdb:FILE`, `duckdb:///abs/FILE`, `memory:` or "
+            "`bigquery://PROJECT/DATASET` (a project id, then a dataset of letters, digits "
+            "and `_`)",
         ),
     ] = "duckdb:recordline.duckdb"
     write_deadline_seconds: Annotated[
@@ -111,33 +210,42 @@ class StoreSettings(Section, frozen=True):
     ] = 10.0
     bigquery_write_endpoint: Annotated[
         str,
+        Meta(pattern=_HOST_PORT),
         env(
             "RECORDLINE_BIGQUERY_WRITE_ENDPOINT",
             "`host:port` of an insecure Storage Write API endpoint (a fake or emulator)",
+            accepts="`host:port`",
         ),
     ] = ""
     bigquery_query_endpoint: Annotated[
         str,
+        Meta(pattern=r"^(|https?://\S+)$"),
         env(
             "BIGQUERY_EMULATOR_HOST",
             "`http://host:port` of a BigQuery `jobs.query` endpoint (a fake or emulator), "
             "queried with anonymous credentials",
+            accepts="an `http://` or `https://` URL",
         ),
     ] = ""
     serving: Annotated[
         str,
+        Meta(pattern=rf"^(|{SPANNER_URL})$"),
         env(
             "RECORDLINE_SERVING",
             "`spanner://projects/P/instances/I/databases/D`: a serving tier beside the "
             "BigQuery store, which recent rows are read from (see README, Serving tier); "
             "empty: BigQuery serves every read",
+            accepts="`spanner://projects/P/instances/I/databases/D` (Spanner's own names), "
+            "or nothing",
         ),
     ] = ""
     spanner_emulator_host: Annotated[
         str,
+        Meta(pattern=_HOST_PORT),
         env(
             "SPANNER_EMULATOR_HOST",
             "`host:port` of a Spanner emulator, used with anonymous credentials",
+            accepts="`host:port`",
         ),
     ] = ""
     read_cache_seconds: Annotated[
@@ -195,6 +303,7 @@ class BatchSettings(Section, frozen=True):
 
 # A field path: names joined by dots, e.g. `order_id` or `meta.created_at`.
 _FIELD_PATH = r"^[^.\s]+(\.[^.\s]+)*$"
+_FIELD_PATH_ACCEPTED = "field names joined by dots, e.g. `order_id` or `meta.created_at`"
 
 
 class PayloadSettings(Section, frozen=True):
@@ -212,6 +321,7 @@ class PayloadSettings(Section, frozen=True):
             "RECORDLINE_ID_FIELD",
             "Field path of the record id in the payload, e.g. `order_id` or `meta.key` "
             "(text, or an integer stored as its digits)",
+            accepts=_FIELD_PATH_ACCEPTED,
         ),
     ] = "id"
     time_field: Annotated[
@@ -221,6 +331,7 @@ class PayloadSettings(Section, frozen=True):
             "RECORDLINE_TIME_FIELD",
             "Field path of the event time, e.g. `created_at` or `meta.created_at`: RFC 3339 "
             "text, Avro `timestamp-millis`/`-micros` or a protobuf `Timestamp`; may be absent",
+            accepts=_FIELD_PATH_ACCEPTED,
         ),
     ] = "timestamp"
 
@@ -230,10 +341,12 @@ class SchemaSettings(Section, frozen=True):
 
     emulator_host: Annotated[
         str,
+        Meta(pattern=_HOST_PORT),
         env(
             "PUBSUB_EMULATOR_HOST",
             "`host:port` of a Pub/Sub emulator to fetch topic schemas from (plaintext, no "
             "credentials) instead of Google's Schema API",
+            accepts="`host:port`",
         ),
     ] = ""
     fetch_timeout_seconds: Annotated[
@@ -254,6 +367,7 @@ class QuerySettings(Section, frozen=True):
             "RECORDLINE_PAGE_TOKEN_SECRET",
             "Key that signs page tokens so a tampered token is refused; set the same value "
             "on every instance",
+            secret=True,
         ),
     ] = "recordline-page-token"  # noqa: S105 - an integrity key with a documented override
     dedupe_window_seconds: Annotated[
@@ -287,26 +401,33 @@ class AuthSettings(Section, frozen=True):
     ] = ""
     push_service_accounts: Annotated[
         str,
+        Meta(pattern=_EMAILS),
         env(
             "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
             "Comma-separated e-mails of the service accounts a push token may belong to",
+            accepts="comma-separated e-mails",
         ),
     ] = ""
     oidc_certs_url: Annotated[
         str,
+        Meta(pattern=_HTTP_URL),
         env(
             "RECORDLINE_OIDC_CERTS_URL",
             "Where Google's token-signing keys are served: "
             "`https://www.googleapis.com/oauth2/v3/certs` (JWKS) or "
             "`https://www.googleapis.com/oauth2/v1/certs` (X.509 certificates)",
+            accepts="an `http://` or `https://` URL",
         ),
     ] = "https://www.googleapis.com/oauth2/v3/certs"
     push_token: Annotated[
         str,
+        Meta(pattern=rf"^(|.{{{MIN_PUSH_TOKEN_LENGTH},}})$"),
         env(
             "RECORDLINE_PUSH_TOKEN",
             "Shared secret a push must carry as `?token=` in its URL, for the Pub/Sub "
             "emulator, which sends no OIDC token",
+            accepts=f"at least {MIN_PUSH_TOKEN_LENGTH} random characters",
+            secret=True,
         ),
     ] = ""
     read_audience: Annotated[
@@ -319,17 +440,21 @@ class AuthSettings(Section, frozen=True):
     ] = ""
     read_principals: Annotated[
         str,
+        Meta(pattern=_PRINCIPALS),
         env(
             "RECORDLINE_READ_PRINCIPALS",
             "Comma-separated e-mails and `domain:example.com` entries that may read",
+            accepts=PRINCIPALS_ACCEPTED,
         ),
     ] = ""
     operator_principals: Annotated[
         str,
+        Meta(pattern=_PRINCIPALS),
         env(
             "RECORDLINE_OPERATOR_PRINCIPALS",
             "Comma-separated e-mails and `domain:example.com` entries that may replay "
             "(`POST /v1/replay`) and read; tokens for RECORDLINE_READ_AUDIENCE",
+            accepts=PRINCIPALS_ACCEPTED,
         ),
     ] = ""
     trust_cloud_run_iam: Annotated[
@@ -356,6 +481,7 @@ class TelemetrySettings(Section, frozen=True):
             "Which system this is, where several share a project: on every metric (resource "
             "`service.namespace`, Cloud Monitoring's `namespace` label), trace and log line "
             "(label `system`)",
+            accepts="up to 63 lower-case letters, digits and `-`, a letter first",
         ),
     ] = "recordline"
     traces_exporter: Annotated[
@@ -396,9 +522,11 @@ class TelemetrySettings(Section, frozen=True):
     ] = 1.0
     otlp_endpoint: Annotated[
         str,
+        Meta(pattern=_HTTP_URL),
         env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTLP/HTTP collector base URL; `/v1/traces` and `/v1/metrics` are appended",
+            accepts="an `http://` or `https://` URL",
         ),
     ] = "http://localhost:4318"
     metric_export_interval_ms: Annotated[
@@ -412,10 +540,12 @@ class TelemetrySettings(Section, frozen=True):
     ] = 60_000
     project: Annotated[
         str,
+        Meta(pattern=r"^(|[a-z]([a-z0-9.:-]{0,61}[a-z0-9])?)$"),
         env(
             "GOOGLE_CLOUD_PROJECT",
             "Project of the Cloud Trace links in log lines and of the exporters; defaults to "
             "the BigQuery store's project",
+            accepts="a project id (lower-case letters, digits and `-`, a letter first)",
         ),
     ] = ""
 
@@ -441,11 +571,45 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         )
 
 
+def _sections() -> list[tuple[str, type[Section]]]:
+    return list(typing.get_type_hints(Settings).items())
+
+
+def declared() -> list[Declared]:
+    """Every setting, in the order of the README's table."""
+    return [d for _, section in _sections() for d in _declared(section).values()]
+
+
 def reference() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, for the README table."""
     rows = []
-    for section in typing.get_type_hints(Settings).values():
+    for _, section in _sections():
         defaults = section()
-        for field, (var, doc) in _declared(section).items():
-            rows.append((var, repr(getattr(defaults, field)), doc))
+        for field, setting in _declared(section).items():
+            rows.append((setting.var, repr(getattr(defaults, field)), setting.doc))
+    return rows
+
+
+class Effective(NamedTuple):
+    """One setting as a process would run with it."""
+
+    var: str
+    value: str
+    source: Literal["environment", "default"]
+
+
+def effective(settings: Settings, environ: Mapping[str, str]) -> list[Effective]:
+    """Every setting's value in `settings` and whether `environ` set it; secrets hidden."""
+    rows = []
+    for name, section in _sections():
+        values = getattr(settings, name)
+        for field, setting in _declared(section).items():
+            value = getattr(values, field)
+            source: Literal["environment", "default"] = (
+                "environment" if environ.get(setting.var, "") != "" else "default"
+            )
+            shown = repr(value)
+            if setting.secret and source == "environment":
+                shown = f"(set: {len(str(value))} characters, not shown)"
+            rows.append(Effective(setting.var, shown, source))
     return rows

@@ -12,6 +12,11 @@ this side only finds them and counts what became of each:
   already stored. A replay stopped at any point loses nothing (what was not
   acknowledged is pulled again) and duplicates nothing (the service skips
   what it already stored).
+
+A message the service refuses as it stands (a field it cannot take, such as
+a message id longer than it stores) is named with the field and the reason,
+left where it was, and the rest of its batch is sent again without it: one
+such message never stops a replay. The command then exits 1.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import re
 import sys
 import typing
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
@@ -32,9 +38,12 @@ import rich.progress
 from rich.console import Console
 
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
+from app.problems import shortened
 from app.records import rfc3339
 
 OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
+# Counted beside the service's outcomes: messages it refused as they stand.
+REFUSED = "refused"
 # Pulls wait at most this long for messages; an empty pull ends the replay.
 PULL_SECONDS = 10.0
 # Dead-letter forwarding keeps the original's publish time in this attribute.
@@ -43,6 +52,27 @@ SOURCE_PUBLISH_TIME = "CloudPubSubDeadLetterSourceTopicPublishTime"
 
 class ReplayError(RuntimeError):
     """Said on one line, and the command exits 1."""
+
+
+class Refused(NamedTuple):
+    """A message the service would not take as it stands, and why."""
+
+    message_id: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"message {shortened(self.message_id)!r} not replayed: {self.field}: {self.reason}"
+
+
+# A 400 that names one message of the batch: `messages[3].message_id`.
+_ONE_MESSAGE = re.compile(r"messages\[(\d+)\](?:\.(.+))?")
+
+
+class _OneRefused(Exception):
+    def __init__(self, index: int, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.index, self.field, self.reason = index, field, reason
 
 
 class _Rejection(msgspec.Struct):
@@ -83,16 +113,36 @@ class Service:
                 f"{method} {path} answered {response.status_code}: replay needs an operator's "
                 f"token (--token; RECORDLINE_OPERATOR_PRINCIPALS): {_detail(response)}"
             )
+        if response.status_code == 400:
+            _raise_if_one_message(response)
         if response.is_error:
             raise ReplayError(
                 f"{method} {path} answered {response.status_code}: {_detail(response)}"
             )
         return response.content
 
-    def replay(self, messages: Sequence[dict[str, Any]], *, dry_run: bool) -> list[ReplayResult]:
-        body = {"messages": list(messages), "dry_run": dry_run}
-        answer = msgspec.json.decode(self._call("POST", "/v1/replay", json=body), type=ReplayAnswer)
-        return answer.results
+    def replay(
+        self, messages: Sequence[dict[str, Any]], *, dry_run: bool
+    ) -> tuple[list[ReplayResult], list[Refused]]:
+        """What became of each message, and those the service refused as they stand.
+
+        A refused message is taken out and the rest are sent again, so one bad
+        message costs a request, never the batch.
+        """
+        pending = list(messages)
+        refused: list[Refused] = []
+        while pending:
+            body = {"messages": pending, "dry_run": dry_run}
+            try:
+                answer = self._call("POST", "/v1/replay", json=body)
+            except _OneRefused as exc:
+                if not 0 <= exc.index < len(pending):
+                    raise ReplayError(f"POST /v1/replay answered 400: {exc.reason}") from None
+                message = pending.pop(exc.index)
+                refused.append(Refused(str(message.get("message_id")), exc.field, exc.reason))
+                continue
+            return msgspec.json.decode(answer, type=ReplayAnswer).results, refused
+        return [], refused
 
     def rejections(self, *, since: str | None, until: str) -> Iterator[list[_Rejection]]:
         params: dict[str, Any] = {"until": until, "limit": 500}
@@ -108,12 +158,38 @@ class Service:
             params = {"limit": 500, "page_token": page.next_page_token}
 
 
-def _detail(response: httpx.Response) -> str:
+def _problem(response: httpx.Response) -> dict[str, Any]:
     try:
         problem = response.json()
     except ValueError:
-        return response.text[:300]
-    return str(problem.get("detail") or problem.get("title") or problem)[:300]
+        return {}
+    return problem if isinstance(problem, dict) else {}
+
+
+def _detail(response: httpx.Response) -> str:
+    """What a problem document says went wrong, the field it names included."""
+    problem = _problem(response)
+    if not problem:
+        return shortened(response.text)
+    detail = str(problem.get("detail") or problem.get("title") or problem)
+    parameter = problem.get("parameter")
+    if parameter and str(parameter) not in detail:
+        detail = f"{parameter}: {detail}"
+    return shortened(detail)
+
+
+def _raise_if_one_message(response: httpx.Response) -> None:
+    """A 400 that names one message of a replay batch (by its `parameter`) refuses that one."""
+    problem = _problem(response)
+    found = _ONE_MESSAGE.fullmatch(str(problem.get("parameter") or ""))
+    if found is None:
+        return
+    errors = problem.get("errors") or []
+    reason = next(
+        (str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")),
+        str(problem.get("detail") or "refused"),
+    )
+    raise _OneRefused(int(found[1]), found[2] or "message", reason)
 
 
 def _progress(console: Console, what: str) -> rich.progress.Progress:
@@ -127,7 +203,14 @@ def _progress(console: Console, what: str) -> rich.progress.Progress:
 
 
 def _summary(counts: Counter[str]) -> str:
-    return ", ".join(f"{counts[o]} {o.replace('_', ' ')}" for o in OUTCOMES)
+    shown = [*OUTCOMES, REFUSED] if counts[REFUSED] else OUTCOMES
+    return ", ".join(f"{counts[o]} {o.replace('_', ' ')}" for o in shown)
+
+
+def _report(console: Console, refused: Sequence[Refused], counts: Counter[str]) -> None:
+    for message in refused:
+        console.print(str(message), markup=False, highlight=False)
+    counts[REFUSED] += len(refused)
 
 
 def replay_rejected(
@@ -156,7 +239,9 @@ def replay_rejected(
                     }
                     for r in batch
                 ]
-                counts.update(r.outcome for r in service.replay(messages, dry_run=dry_run))
+                results, refused = service.replay(messages, dry_run=dry_run)
+                counts.update(r.outcome for r in results)
+                _report(progress.console, refused, counts)
                 progress.update(task, advance=len(batch), description=_summary(counts))
     return counts
 
@@ -178,6 +263,8 @@ def replay_dead_letters(
     # messages would come straight back) and counts a redelivery once.
     seen: set[str] = set()
     held: list[str] = []
+    # Refused as they stand: left on the subscription, and not sent again this run.
+    refused_ids: set[str] = set()
     try:
         with _progress(console, "replayed") as progress:
             task = progress.add_task("", total=limit)
@@ -199,15 +286,23 @@ def replay_dead_letters(
                 received = list(response.received_messages)
                 if dry_run:
                     held += [r.ack_id for r in received]
-                fresh = [r for r in received if r.message.message_id not in seen]
+                fresh = [
+                    r
+                    for r in received
+                    if r.message.message_id not in seen and r.message.message_id not in refused_ids
+                ]
+                held += [r.ack_id for r in received if r.message.message_id in refused_ids]
                 if not fresh:
                     break
                 pulled += len(fresh)
                 try:
-                    results = service.replay(
+                    results, refused = service.replay(
                         [_as_delivered(r.message) for r in fresh], dry_run=dry_run
                     )
                     answered = {r.message_id for r in results}
+                    refused_ids.update(r.message_id for r in refused)
+                    if not dry_run:
+                        held += [r.ack_id for r in fresh if r.message.message_id in refused_ids]
                     if not dry_run:
                         # Only what the service answered for: it is durable (stored or rejected).
                         subscriber.acknowledge(
@@ -228,10 +323,12 @@ def replay_dead_letters(
                 if dry_run:
                     seen.update(r.message.message_id for r in fresh)
                 counts.update(r.outcome for r in results)
+                _report(progress.console, refused, counts)
                 progress.update(task, advance=len(fresh), description=_summary(counts))
     finally:
         if held:
-            # A dry run leaves every message where it was, for the real run.
+            # A dry run leaves every message where it was, for the real run; a
+            # refused message waits there for whoever fixes it.
             _release(subscriber, subscription, held)
     return counts
 
@@ -306,7 +403,8 @@ def replay_command(args: argparse.Namespace) -> int:
         service.close()
     verb = "would be" if args.dry_run else "were"
     print(f"replay {args.what}: {_summary(counts)} ({verb} the outcomes)", file=sys.stderr)
-    return 0
+    # Every other message was replayed; the refused ones are named above.
+    return 1 if counts[REFUSED] else 0
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:

@@ -65,12 +65,14 @@ class WrappedStore:
 
 
 class FaultyStore(WrappedStore):
-    """Delegates to `inner`; appends fail while `failing` is set, or stall for `delay`."""
+    """Delegates to `inner`; appends fail while `failing` is set, or stall for `delay`;
+    reads fail while `failing_reads` is set."""
 
     def __init__(self, inner: Store, *, max_in_flight: int | None = None) -> None:
         super().__init__(inner)
         self.max_in_flight = max_in_flight or self.max_in_flight
         self.failing = False
+        self.failing_reads = False
         self.delay = 0.0
         self.jitter = 0.0  # up to this much more delay, at random: commits reorder
         self.appends: list[int] = []  # rows per append call that reached the store
@@ -81,6 +83,22 @@ class FaultyStore(WrappedStore):
         if self.failing:
             raise StoreUnavailable("injected: store down")
         await self.inner.check()
+
+    async def barrier(self) -> None:
+        # Every read, and replay's look-up, waits on the barrier first.
+        if self.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        await self.inner.barrier()
+
+    async def page(self, query: PageQuery) -> RecordPage:
+        if self.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await self.inner.page(query)
+
+    async def rejections(self, query: PageQuery) -> RejectionPage:
+        if self.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await self.inner.rejections(query)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         await self.release.wait()

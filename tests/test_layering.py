@@ -38,7 +38,7 @@ RESTRICTED = {
 }
 # Modules of the top layer that live inside a feature package: each feature
 # owns its routes, which are wiring, not the feature's logic.
-WEB_MODULES = {"app.asgi", "app.cli", "app.health", "app.problems"}
+WEB_MODULES = {"app.asgi", "app.cli", "app.docs", "app.health", "app.problems"}
 
 
 def layer(module: str) -> str:

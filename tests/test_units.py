@@ -137,7 +137,9 @@ def test_readme_configuration_table_is_current() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert config_table() in readme, "README is stale: paste `recordline config` into it"
+    assert config_table() in readme, (
+        "README is stale: paste `recordline config --reference` into it"
+    )
 
 
 def test_settings_name_the_variable_on_error() -> None:
@@ -190,6 +192,7 @@ def test_the_service_commands_run_without_the_dev_tools_libraries() -> None:
         "for name in ('google.cloud.pubsub_v1', 'rich', 'rich.progress', 'rich.console'):\n"
         "    sys.modules[name] = None\n"
         "from app.cli import main\n"
+        "assert main(['config', '--reference']) == 0\n"
         "assert main(['config']) == 0\n"
         "sys.exit(main(['dev']))\n"
     )

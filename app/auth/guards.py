@@ -24,13 +24,9 @@ from litestar.types import Guard
 from app.auth.access import Principals, PushAccess, ReadAccess, split_list
 from app.auth.oidc import GoogleCerts, IdTokenVerifier
 from app.errors import Forbidden
-from app.settings import Settings, SettingsError
+from app.settings import MIN_PUSH_TOKEN_LENGTH, Settings, SettingsError
 
 log = logging.getLogger(__name__)
-
-# The shared secret travels in a URL anyone may probe; 16 characters of a
-# random string are beyond guessing at any request rate.
-MIN_PUSH_TOKEN_LENGTH = 16
 
 
 def is_loopback(host: str) -> bool:

@@ -16,7 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import BadEnvelope
-from app.records import AwareDatetime, micros
+from app.records import MAX_ID_LENGTH, AwareDatetime, micros
 
 # Pub/Sub allows at most 100 attributes per message; more means the caller is
 # not Pub/Sub.
@@ -67,9 +67,7 @@ def decode_wrapped(body: bytes) -> PushedMessage:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadEnvelope(f"body is not JSON: {exc}") from None
     message = envelope.message
-    message_id = message.messageId or message.message_id
-    if not message_id:
-        raise BadEnvelope("not a Pub/Sub push envelope: `$.message.messageId` is missing")
+    message_id = _message_id(message.messageId or message.message_id, "`$.message.messageId`")
     published = message.publishTime or message.publish_time
     if published is None:
         raise BadEnvelope("not a Pub/Sub push envelope: `$.message.publishTime` is missing")
@@ -123,9 +121,9 @@ def is_unwrapped(headers: Mapping[str, str]) -> bool:
 
 def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
     """`headers` must have lower-case names, as ASGI gives them."""
-    message_id = headers.get(f"{_METADATA_PREFIX}message-id", "")
-    if not message_id:
-        raise BadEnvelope("unwrapped push without x-goog-pubsub-message-id")
+    message_id = _message_id(
+        headers.get(f"{_METADATA_PREFIX}message-id", ""), f"{_METADATA_PREFIX}message-id"
+    )
     published = headers.get(f"{_METADATA_PREFIX}publish-time", "")
     try:
         publish_time = micros(_decode_time(msgspec.json.encode(published)))
@@ -150,6 +148,18 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         subscription=headers.get(f"{_METADATA_PREFIX}subscription-name"),
         delivery_attempt=_attempt(attempt),
     )
+
+
+def _message_id(value: str, where: str) -> str:
+    # Stored under it, it must be one that look-ups and replay take (app.records).
+    if not value:
+        raise BadEnvelope(f"not a Pub/Sub push envelope: {where} is missing")
+    if len(value) > MAX_ID_LENGTH:
+        raise BadEnvelope(
+            f"not a Pub/Sub push envelope: {where} is {len(value)} characters, more than "
+            f"{MAX_ID_LENGTH} (Pub/Sub's are ~16 digits)"
+        )
+    return value
 
 
 def _attempt(header: str | None) -> int | None:

@@ -11,25 +11,52 @@ from typing import Any
 
 from litestar import Request, post
 from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.types import AfterExceptionHookHandler, Scope
 
+from app.auth.oidc import CertsUnavailable
+from app.errors import (
+    BadEnvelope,
+    BadParameter,
+    BadRequest,
+    BodyTooLarge,
+    Forbidden,
+    QueueFull,
+    RecordlineError,
+    SchemaUnavailable,
+    ShuttingDown,
+    StoreUnavailable,
+    Unauthorized,
+    WriteTimeout,
+)
 from app.ingest.envelope import decode_unwrapped, decode_wrapped, is_unwrapped
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Replay, ReplayAnswer, ReplayRequest
-from app.ingest.service import Ingest
+from app.ingest.service import Ingest, PushObserver
+from app.problems import Problems, problem_responses
 from app.telemetry import push_received
+
+PUSH_PATH = "/pubsub/push"
+# What stops a row from being stored in time: each a 503 with Retry-After.
+NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, ShuttingDown)
 
 
 @post(
-    "/pubsub/push",
+    PUSH_PATH,
     status_code=HTTP_204_NO_CONTENT,
     summary="Receive one Pub/Sub push delivery",
     description=(
         "Answers 204 once the message is durably stored, as a record or, when its payload is "
         "invalid, as a rejection. 503 with Retry-After means it was not stored: Pub/Sub "
-        "redelivers. 400 means the body is not a push delivery at all."
+        "redelivers. 400 means the body is not a push delivery at all. Anything but a 2xx "
+        "is not an acknowledgement: Pub/Sub delivers the message again, and after its "
+        "last attempt to the dead-letter topic."
     ),
     tags=["ingest"],
+    responses=problem_responses(
+        BadEnvelope, Unauthorized, Forbidden, BodyTooLarge, *NOT_STORED, CertsUnavailable
+    ),
 )
 async def push(request: Request[Any, Any, Any], ingest: NamedDependency[Ingest]) -> None:
     body = await request.body()
@@ -50,9 +77,35 @@ async def push(request: Request[Any, Any, Any], ingest: NamedDependency[Ingest])
         "means retry the request. `dry_run` says what would happen and stores nothing."
     ),
     tags=["operations"],
+    responses=problem_responses(
+        BadParameter,
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        BodyTooLarge,
+        *NOT_STORED,
+        CertsUnavailable,
+    ),
 )
 async def replay(data: JSONBody[ReplayRequest], replayer: NamedDependency[Replay]) -> ReplayAnswer:
     return await replayer.replay(data)
+
+
+def push_refusals(
+    observer: PushObserver, problems: Problems
+) -> AfterExceptionHookHandler[Exception]:
+    """Tells `observer` of every push refused before it became a row (400, 401, 403, 413)."""
+
+    def refused(exc: Exception, scope: Scope) -> None:
+        if scope.get("path_template") != PUSH_PATH:
+            return
+        if not isinstance(exc, RecordlineError | HTTPException):
+            return  # a bug: logged where it is answered
+        problem, _ = problems.of(exc)
+        if problem.status < 500:  # a 503 is a retry, counted by ingest
+            observer.refused(problem.status, problem.type.rpartition("/")[2], problem.detail)
+
+    return refused
 
 
 # Called by the push subscription.

@@ -73,6 +73,11 @@ class PushObserver(Protocol):
 
     def retried(self, message_id: str, error: RetryLater) -> None: ...
 
+    def refused(self, status: int, reason: str, detail: str) -> None:
+        """A push answered 4xx before it became a row (no envelope, too large, no
+        valid token): not stored, not acknowledged. `reason` names the problem type."""
+        ...
+
 
 class Ingest:
     """Validates a delivery and waits for its row to be durably stored."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Protocol, TypeVar
+from urllib.parse import quote, unquote
 
 import msgspec
 from litestar import Request, Response, get
@@ -11,7 +12,17 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import Parameter, PathParameter
 
-from app.errors import BadParameter
+from app.auth.oidc import CertsUnavailable
+from app.errors import (
+    BadParameter,
+    Forbidden,
+    Gone,
+    NotFound,
+    QueryTooCostly,
+    StoreUnavailable,
+    Unauthorized,
+)
+from app.problems import problem_responses
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -40,10 +51,46 @@ PageTokenText = Annotated[
         description="From the previous page; overrides since and until",
     ),
 ]
+# What any read may be answered with besides its own errors: no valid token, not
+# a reader, the store (or its cost cap) or the token keys unavailable.
+_READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, CertsUnavailable)
+PAGE_ERRORS = problem_responses(BadParameter, Gone, *_READ_ERRORS)
+LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
 P = TypeVar("P", Page, RejectionsPage, covariant=True)
-# Ids longer than producers may store cannot exist; refuse them before any query.
-PathId = Annotated[str, PathParameter(min_length=1, max_length=MAX_ID_LENGTH)]
+
+# An id may hold any character, `/` included (`orders/123`, asked for as
+# `orders%2F123`). The router decodes a path before matching it, so the id is
+# a `path` parameter (the rest of the path, slashes and all) and is read from
+# the raw, still-encoded path: the decoded one has lost where each `/` was
+# (`a%2F%2Fb%2F` arrives as `/a/b`).
+RECORDS_PREFIX = "/v1/records/"
+MESSAGES_PREFIX = "/v1/messages/"
+
+
+def _path_id(description: str) -> Any:
+    return PathParameter(
+        description=f"{description}, percent-encoded (`/` as `%2F`); at most "
+        f"{MAX_ID_LENGTH} characters, the longest the push path stores"
+    )
+
+
+def exact_id(request: Request[Any, Any, Any], prefix: str, name: str, matched: str) -> str:
+    """The id in the path after `prefix`, exactly as the client encoded it."""
+    found = matched.removeprefix("/")
+    raw: bytes | None = request.scope.get("raw_path")
+    if raw:
+        path = raw.decode("latin-1")  # ASGI: the bytes as sent, which are ASCII
+        path = path.removeprefix(quote(request.scope.get("root_path", "")))
+        if path.startswith(prefix):
+            found = unquote(path[len(prefix) :])
+    if not found:
+        raise BadParameter(name, "empty")
+    # Longer ids are never stored (records: a rejection; messages: a 400 at push):
+    # refused before any query.
+    if len(found) > MAX_ID_LENGTH:
+        raise BadParameter(name, f"{len(found)} characters, more than the {MAX_ID_LENGTH} stored")
+    return found
 
 
 def _time(name: str, value: str | None) -> datetime | None:
@@ -104,6 +151,7 @@ async def _paged(
     ),
     tags=["records"],
     response_headers=_freshness("record ingested"),
+    responses=PAGE_ERRORS,
 )
 async def list_records(
     request: Request[Any, Any, Any],
@@ -125,6 +173,7 @@ async def list_records(
     ),
     tags=["records"],
     response_headers=_freshness("rejection stored"),
+    responses=PAGE_ERRORS,
 )
 async def list_rejections(
     request: Request[Any, Any, Any],
@@ -137,18 +186,32 @@ async def list_rejections(
     return await _paged(request, reader.rejections, since, until, limit, page_token)
 
 
-@get("/v1/records/{record_id:str}", summary="The latest version of a record", tags=["records"])
-async def get_record(reader: NamedDependency[Reader], record_id: PathId) -> RecordView:
-    return await reader.record(record_id)
+@get(
+    RECORDS_PREFIX + "{record_id:path}",
+    summary="The latest version of a record",
+    tags=["records"],
+    responses=LOOKUP_ERRORS,
+)
+async def get_record(
+    request: Request[Any, Any, Any],
+    reader: NamedDependency[Reader],
+    record_id: Annotated[str, _path_id("The record's id, from its payload")],
+) -> RecordView:
+    return await reader.record(exact_id(request, RECORDS_PREFIX, "record_id", record_id))
 
 
 @get(
-    "/v1/messages/{message_id:str}",
+    MESSAGES_PREFIX + "{message_id:path}",
     summary="What happened to one Pub/Sub message: stored, or rejected and why",
     tags=["records"],
+    responses=LOOKUP_ERRORS,
 )
-async def get_message(reader: NamedDependency[Reader], message_id: PathId) -> MessageView:
-    return await reader.message(message_id)
+async def get_message(
+    request: Request[Any, Any, Any],
+    reader: NamedDependency[Reader],
+    message_id: Annotated[str, _path_id("The Pub/Sub message id")],
+) -> MessageView:
+    return await reader.message(exact_id(request, MESSAGES_PREFIX, "message_id", message_id))
 
 
 # Called by readers.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import msgspec
 
 from app.records import Record, Rejection
-from app.settings import Settings, SettingsError
+from app.settings import Settings, SettingsError, declared
 
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
@@ -113,6 +113,35 @@ class QueryObserver(Protocol):
     ) -> None: ...
 
 
+# What makes two copies of a message the same message: a redelivery repeats them
+# (its ingest time, trace and delivery attempt are its own).
+_CONTENT: dict[type[Record | Rejection], tuple[str, ...]] = {
+    Record: ("id", "data", "attributes"),
+    Rejection: ("data", "attributes"),
+}
+
+
+def differing(kept: Record | Rejection, later: Record | Rejection) -> list[str]:
+    """The content in which `later`, a copy of the message `kept` holds, differs from it.
+
+    Empty for a redelivery. Pub/Sub never gives two messages one id, but a
+    publisher-side replay, a topic recreated, or an emulator whose ids start
+    from 1 again can: the store keeps its first copy, and the other is lost.
+    """
+    if type(kept) is not type(later):
+        return []  # a record and a rejection of one message live side by side
+    return [name for name in _CONTENT[type(kept)] if getattr(kept, name) != getattr(later, name)]
+
+
+class ConflictObserver(Protocol):
+    """Told of a later copy of a stored message whose content differs from the stored
+    one (which stays; the later one is acknowledged and dropped): telemetry counts and
+    logs it. Stores that see every copy as they write it (DuckDB, the serving tier)
+    are given one."""
+
+    def __call__(self, kept: Record | Rejection, later: Record | Rejection) -> None: ...
+
+
 # Per appended row: None when it was stored as given, else the reason the store
 # refused it and recorded it in `rejected` instead (BigQuery row errors).
 RowOutcome = str | None
@@ -187,21 +216,29 @@ class UnknownStore(SettingsError):
     """RECORDLINE_STORE names no store this build has."""
 
 
-def open_store(settings: Settings, *, observer: QueryObserver | None = None) -> Store:
+def open_store(
+    settings: Settings,
+    *,
+    observer: QueryObserver | None = None,
+    conflicts: ConflictObserver | None = None,
+) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
-    told what each of its queries cost."""
+    told what each of its queries cost, `conflicts` of each copy of a message
+    that differs from the one stored."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
         raise UnknownStore(
             f"RECORDLINE_SERVING is a serving tier beside the BigQuery store; "
-            f"RECORDLINE_STORE is {url!r}"
+            f"RECORDLINE_STORE={url!r} is not one"
         )
     match scheme:
         case "memory":
             from app.store.duckdb.store import DuckDBStore
 
-            return DuckDBStore(":memory:", retention_days=settings.store.retention_days)
+            return DuckDBStore(
+                ":memory:", retention_days=settings.store.retention_days, conflicts=conflicts
+            )
         case "duckdb":
             from app.store.duckdb.store import DuckDBStore
 
@@ -209,7 +246,9 @@ def open_store(settings: Settings, *, observer: QueryObserver | None = None) -> 
             # duckdb:file.duckdb is relative to the working directory.
             path = rest.removeprefix("//")
             return DuckDBStore(
-                path or "recordline.duckdb", retention_days=settings.store.retention_days
+                path or "recordline.duckdb",
+                retention_days=settings.store.retention_days,
+                conflicts=conflicts,
             )
         case "bigquery":
             try:
@@ -223,15 +262,18 @@ def open_store(settings: Settings, *, observer: QueryObserver | None = None) -> 
                 observer=observer,
             )
             if not settings.store.serving:
+                # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics)
+            return _tiered(settings, analytics, conflicts)
         case _:
-            raise UnknownStore(
-                f"unsupported store URL {url!r}: use duckdb:///path, memory: or bigquery://PROJECT/DATASET"
-            )
+            # Settings.load refuses such a URL already; Settings built by hand get here.
+            accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
+            raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
 
 
-def _tiered(settings: Settings, analytics: BigQueryStore) -> Store:
+def _tiered(
+    settings: Settings, analytics: BigQueryStore, conflicts: ConflictObserver | None
+) -> Store:
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered import TieredStore
 
@@ -246,4 +288,5 @@ def _tiered(settings: Settings, analytics: BigQueryStore) -> Store:
         analytics,
         write_deadline_seconds=store.write_deadline_seconds,
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
+        conflicts=conflicts,
     )

@@ -38,12 +38,14 @@ import msgspec
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import (
+    ConflictObserver,
     MessageState,
     MessageStatus,
     PageQuery,
     RecordPage,
     RejectionPage,
     RowOutcome,
+    differing,
 )
 from app.store.bigquery.store import BigQueryStore
 from app.store.spanner.serving import SchemaMismatch, SpannerServing
@@ -118,8 +120,10 @@ class TieredStore:
         dedupe_window_seconds: float,
         tail: TailCache | None = None,
         clock: Callable[[], int] = time.time_ns,
+        conflicts: ConflictObserver | None = None,
     ) -> None:
         self.serving = serving
+        self._conflicts = conflicts
         self.analytics = analytics
         self._write_deadline = write_deadline_seconds
         self._reach = int((dedupe_window_seconds + 86_400) * 1_000_000)
@@ -195,6 +199,11 @@ class TieredStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._write_deadline
         committed = await self.serving.commit(rows, within=self._write_deadline)
+        if self._conflicts is not None:
+            # Spanner hands back the copy it holds: a redelivery's is the same.
+            for given, held in zip(rows, committed.rows, strict=True):
+                if differing(held, given):
+                    self._conflicts(held, given)
         # Spanner holds them now; BigQuery gets the same rows, stamped alike, in
         # what is left of the deadline.
         outcomes = await self.analytics.append(committed.rows, deadline=deadline)

@@ -19,7 +19,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from app.errors import RetryLater
 from app.records import Record, Rejection
-from app.store import RowOutcome
+from app.store import RowOutcome, differing
 from app.telemetry.distribution import Distribution
 
 log = logging.getLogger("recordline.ingest")
@@ -98,6 +98,15 @@ class Metrics:
             unit="{message}",
             description="Push deliveries by outcome: stored, rejected (reason), retried (reason)",
         )
+        # Later copies of a stored message that differ from it, by the first
+        # field that differs: the first copy is kept, the later one dropped.
+        self.conflicts: Counter[tuple[tuple[str, str], ...]] = Counter()
+        meter.create_observable_counter(
+            "recordline.conflicts",
+            callbacks=[self._observe_conflicts],
+            unit="{message}",
+            description="Later copies of a stored message whose content differs; the first is kept",
+        )
         # Publish time (µs) of the newest canary stored. Its age grows when the
         # pipeline stalls even with no real traffic; until a canary is stored
         # there is no point at all, which the absence alert catches.
@@ -153,6 +162,10 @@ class Metrics:
 
     def _observe_outcomes(self, _: CallbackOptions) -> Iterable[Observation]:
         for attributes, count in list(self.outcomes.items()):
+            yield Observation(count, dict(attributes))
+
+    def _observe_conflicts(self, _: CallbackOptions) -> Iterable[Observation]:
+        for attributes, count in list(self.conflicts.items()):
             yield Observation(count, dict(attributes))
 
     def watch(self, *, queue_depth: Callable[[], int], horizon: Callable[[], int]) -> None:
@@ -217,6 +230,61 @@ class PushOutcomes:
             extra={"fields": {"message_id": message_id, "reason": error.cause}},
         )
 
+    def refused(self, status: int, reason: str, detail: str) -> None:
+        # Not acknowledged: Pub/Sub delivers it again, then dead-letters it. The
+        # log line is where a dead letter's cause is found.
+        self._outcomes[_refused(reason)] += 1
+        if status in (401, 403):
+            return  # logged by the guard that refused it, with the token's fault
+        log.warning(
+            "push refused with %d (%s): %s",
+            status,
+            reason,
+            detail,
+            extra={"fields": {"status": status, "reason": reason, "detail": detail}},
+        )
+
+
+class Conflicts:
+    """A store's conflict observer: counts and logs each later copy of a stored message
+    whose content differs from it (app.store.ConflictObserver).
+
+    Such a copy is acknowledged like any redelivery (retrying would never store
+    it: the message id is taken), so the log line is all that is left of it.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._counts = metrics.conflicts
+
+    def __call__(self, kept: Record | Rejection, later: Record | Rejection) -> None:
+        fields = differing(kept, later)
+        if not fields:
+            return
+        self._counts[_conflict(fields[0])] += 1
+        table = "records" if isinstance(kept, Record) else "rejected"
+        log.warning(
+            "message %s: a later copy differs from the one stored in %s (%s); the first "
+            "copy is kept and the later one dropped",
+            kept.message_id,
+            table,
+            ", ".join(fields),
+            extra={
+                "fields": {
+                    "message_id": kept.message_id,
+                    "reason": "conflict",
+                    "table": table,
+                    "differs": fields,
+                    "kept_trace_id": kept.trace_id,
+                    "later_trace_id": later.trace_id,
+                }
+            },
+        )
+
+
+@functools.cache
+def _conflict(field: str) -> tuple[tuple[str, str], ...]:
+    return (("reason", field),)
+
 
 # Attribute sets are built once per reason, not per message: the reasons are few.
 @functools.cache
@@ -227,6 +295,11 @@ def _rejected(reason: str) -> tuple[tuple[str, str], ...]:
 @functools.cache
 def _retried(cause: str) -> tuple[tuple[str, str], ...]:
     return (("outcome", "retried"), ("reason", cause))
+
+
+@functools.cache
+def _refused(reason: str) -> tuple[tuple[str, str], ...]:
+    return (("outcome", "refused"), ("reason", reason))
 
 
 _FIELD_AT = re.compile(r"at `\$\.([A-Za-z0-9_]+)")

@@ -49,6 +49,10 @@ locals {
       kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = []
       description = "Now minus the read horizon (complete_until)"
     }
+    "conflicts" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "{message}", labels = ["reason"]
+      description = "Later copies of a stored message whose content differs; the first is kept"
+    }
     "canary.age" = {
       kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = []
       description = "Now minus the publish time of the newest canary stored"

@@ -24,9 +24,12 @@ ALLOWED = {
     "/metrics",
     "/problems/{name:str}",
     "/docs",
-    "/docs/scalar",
+    "/docs/swagger",
+    "/docs/oauth2-redirect.html",
     "/docs/{path:str}",
     "/docs/openapi.json",
+    # The docs page's own scripts and styles (app/docs_ui/).
+    "/docs/ui/{file_path:path}",
 }
 
 

@@ -12,6 +12,7 @@ import asyncio
 import threading
 
 from app.settings import QuerySettings, StoreSettings
+from app.store import ConflictObserver
 from app.store.bigquery.store import BigQueryStore
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered import TieredStore
@@ -39,7 +40,13 @@ class ThreadedBigQuery:
         self._thread.join(30)
 
 
-def serving_store(database: str, emulator_host: str, bigquery: ThreadedBigQuery) -> TieredStore:
+def serving_store(
+    database: str,
+    emulator_host: str,
+    bigquery: ThreadedBigQuery,
+    *,
+    conflicts: ConflictObserver | None = None,
+) -> TieredStore:
     """The serving tier on a Spanner emulator database and the threaded BigQuery fakes."""
     return TieredStore(
         SpannerServing(SpannerDatabase.from_url(database), emulator_host=emulator_host),
@@ -52,4 +59,5 @@ def serving_store(database: str, emulator_host: str, bigquery: ThreadedBigQuery)
         ),
         write_deadline_seconds=5.0,
         dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
+        conflicts=conflicts,
     )

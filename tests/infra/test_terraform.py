@@ -498,6 +498,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     metrics.read_duration.record(0.2, {"route": "/v1/records"})
     metrics.query_bytes_billed.add(10 << 20, {"route": "/v1/records"})
     metrics.outcomes[(("outcome", "rejected"), ("reason", "schema"))] += 1
+    metrics.conflicts[(("reason", "data"),)] += 1
     metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0)
     # The canary's age is reported once a canary has been stored.
     metrics.canary_published = 0

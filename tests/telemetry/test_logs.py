@@ -99,7 +99,9 @@ def test_without_a_project_the_trace_field_is_the_bare_id() -> None:
 
 def test_project_comes_from_the_setting_or_the_bigquery_store() -> None:
     assert google_project(Settings.load({"GOOGLE_CLOUD_PROJECT": "p1"})) == "p1"
-    assert google_project(Settings.load({"RECORDLINE_STORE": "bigquery://p2/records"})) == "p2"
+    assert (
+        google_project(Settings.load({"RECORDLINE_STORE": "bigquery://proj-2/records"})) == "proj-2"
+    )
     assert google_project(Settings.load({"RECORDLINE_STORE": "memory:"})) is None
 
 

@@ -34,7 +34,7 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection, delivery, row_of
-from app.settings import QuerySettings, Settings, StoreSettings
+from app.settings import BIGQUERY_URL, QuerySettings, Settings, StoreSettings
 from app.store import (
     MessageState,
     MessageStatus,
@@ -57,9 +57,7 @@ log = logging.getLogger(__name__)
 
 # bigquery://PROJECT/DATASET. Both names are put into SQL as identifiers (values
 # never are), so they are held to BigQuery's own character sets.
-_URL: Final = re.compile(
-    r"bigquery://(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])/(?P<dataset>[A-Za-z0-9_]{1,1024})/?"
-)
+_URL: Final = re.compile(BIGQUERY_URL)
 
 # The `ingest_time` range of look-ups that span all history. The tables may
 # require a partition filter; for these reads the search indexes on `id` and
@@ -156,7 +154,9 @@ class BigQueryStore:
         `jobs.query` endpoint to send queries to with anonymous credentials."""
         match = _URL.fullmatch(url)
         if match is None:
-            raise UnknownStore(f"not a bigquery://PROJECT/DATASET URL: {url!r}")
+            raise UnknownStore(
+                f"RECORDLINE_STORE={url!r} is not accepted: expected bigquery://PROJECT/DATASET"
+            )
         return cls(
             match["project"],
             match["dataset"],

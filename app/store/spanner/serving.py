@@ -38,7 +38,7 @@ from google.cloud.spanner_v1 import param_types
 
 from app.errors import StoreUnavailable
 from app.records import TABLES, Kind, Record, Rejection, Row, columns, micros, moment, row_of
-from app.settings import SettingsError
+from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery, message_states
 from app.store.spanner.schema import (
     ID_INDEX,
@@ -56,11 +56,7 @@ T = TypeVar("T")
 R = TypeVar("R", bound=Row)
 
 # spanner://projects/P/instances/I/databases/D, Spanner's own resource name.
-_URL: Final = re.compile(
-    r"spanner://(?P<database>projects/(?P<project>[a-z][a-z0-9.:-]{4,61}[a-z0-9])"
-    r"/instances/(?P<instance>[a-z][a-z0-9-]{0,62}[a-z0-9])"
-    r"/databases/(?P<name>[a-z][a-z0-9_-]{0,28}[a-z0-9]))"
-)
+_URL: Final = re.compile(SPANNER_URL)
 
 # Calls in flight at once: a group commit per append slot and a few reads.
 _THREADS: Final = 8
@@ -85,9 +81,7 @@ class SpannerDatabase(NamedTuple):
     def from_url(cls, url: str) -> SpannerDatabase:
         match = _URL.fullmatch(url)
         if match is None:
-            raise SettingsError(
-                f"RECORDLINE_SERVING: {url!r} is not spanner://projects/P/instances/I/databases/D"
-            )
+            raise invalid("RECORDLINE_SERVING", url, "spanner://projects/P/instances/I/databases/D")
         return cls(match["project"], match["instance"], match["name"])
 
     @property

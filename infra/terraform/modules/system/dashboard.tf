@@ -60,9 +60,10 @@ locals {
       ]
     },
     {
-      title = "Rejected and retried messages (per s)"
+      title = "Rejected, retried, refused and conflicting messages (per s)"
       sets = [
         ["$${metric.labels.outcome} $${metric.labels.reason}", "${local.workload_metric["messages"]} metric.label.\"outcome\"!=\"stored\"", "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"outcome\"", "metric.label.\"reason\""]],
+        ["conflict $${metric.labels.reason}", local.workload_metric["conflicts"], "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"reason\""]],
       ]
     },
     {

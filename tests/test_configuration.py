@@ -1,0 +1,167 @@
+"""Configuration errors are said one way for every setting, and `recordline config`
+shows what a process would run with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.settings import Settings, SettingsError, declared
+
+# A value each setting refuses. Every setting is here or in FREE_TEXT: a new one
+# must say which.
+BAD_VALUES = {
+    "RECORDLINE_HOST": "two words",
+    "PORT": "abc",
+    "RECORDLINE_SHUTDOWN_GRACE_SECONDS": "0",
+    "RECORDLINE_MAX_BODY_BYTES": "-5",
+    "RECORDLINE_LOG_FORMAT": "xml",
+    "RECORDLINE_LOG_LEVEL": "LOUD",
+    "RECORDLINE_STORE": "bogus://x",
+    "RECORDLINE_WRITE_DEADLINE_SECONDS": "soon",
+    "RECORDLINE_QUERY_TIMEOUT_SECONDS": "-1",
+    "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": "localhost",
+    "BIGQUERY_EMULATOR_HOST": "localhost:9050",
+    "RECORDLINE_SERVING": "spanner://my-db",
+    "SPANNER_EMULATOR_HOST": "http://localhost:9010",
+    "RECORDLINE_READ_CACHE_SECONDS": "-1",
+    "RECORDLINE_SETTLE_SECONDS": "a while",
+    "RECORDLINE_RETENTION_DAYS": "1.5",
+    "RECORDLINE_BATCH_MAX_ROWS": "0",
+    "RECORDLINE_BATCH_MAX_BYTES": "lots",
+    "RECORDLINE_BATCH_MAX_DELAY_MS": "-1",
+    "RECORDLINE_QUEUE_MAX_ROWS": "0",
+    "RECORDLINE_QUEUE_MAX_BYTES": "0",
+    "RECORDLINE_ID_FIELD": "meta..id",
+    "RECORDLINE_TIME_FIELD": "created at",
+    "PUBSUB_EMULATOR_HOST": "8085",
+    "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": "0",
+    "RECORDLINE_DEDUPE_WINDOW_SECONDS": "forever",
+    "RECORDLINE_QUERY_MAX_BYTES_BILLED": "1024",
+    "RECORDLINE_PUSH_SERVICE_ACCOUNTS": "push-account",
+    "RECORDLINE_OIDC_CERTS_URL": "www.googleapis.com/oauth2/v3/certs",
+    "RECORDLINE_PUSH_TOKEN": "short-secret",
+    "RECORDLINE_READ_PRINCIPALS": "group:readers@example.com",
+    "RECORDLINE_OPERATOR_PRINCIPALS": "user:ada@example.com",
+    "RECORDLINE_TRUST_CLOUD_RUN_IAM": "maybe",
+    "RECORDLINE_SYSTEM": "Orders",
+    "OTEL_TRACES_EXPORTER": "zipkin",
+    "OTEL_METRICS_EXPORTER": "statsd",
+    "OTEL_TRACES_SAMPLER": "sometimes",
+    "OTEL_TRACES_SAMPLER_ARG": "2",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
+    "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+    "GOOGLE_CLOUD_PROJECT": "My Project",
+}
+# Any text is a value of these.
+FREE_TEXT = {
+    "OTEL_SERVICE_NAME",
+    "RECORDLINE_PAGE_TOKEN_SECRET",
+    "RECORDLINE_PUSH_AUDIENCE",
+    "RECORDLINE_READ_AUDIENCE",
+}
+SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET", "RECORDLINE_PUSH_TOKEN"}
+
+
+def test_every_setting_is_checked_or_takes_any_text() -> None:
+    variables = {setting.var for setting in declared()}
+    assert set(BAD_VALUES) | FREE_TEXT == variables
+    assert {setting.var for setting in declared() if setting.secret} == SECRETS
+
+
+@pytest.mark.parametrize(("variable", "value"), sorted(BAD_VALUES.items()))
+def test_a_bad_value_is_one_line_naming_the_variable_and_what_it_accepts(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError):
+        Settings.load()
+
+    # `recordline config` reads the settings as `serve` does, and starts nothing.
+    assert main(["config"]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    [line] = said.err.splitlines()
+    assert line.startswith(f"recordline: {variable}=")
+    assert "is not accepted: expected " in line
+    (setting,) = [s for s in declared() if s.var == variable]
+    assert line.endswith(setting.accepts)
+    # A secret is never repeated, not even a wrong one.
+    assert (value in line) is (variable not in SECRETS)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepted"),
+    [
+        ("RECORDLINE_STORE", "bogus://x", "bigquery://PROJECT/DATASET"),
+        ("RECORDLINE_LOG_LEVEL", "LOUD", "CRITICAL"),
+        ("RECORDLINE_LOG_FORMAT", "xml", "`json`"),
+    ],
+)
+def test_serve_refuses_a_bad_setting_in_one_line_with_status_2(
+    variable: str, value: str, accepted: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "0"],
+        env={**os.environ, variable: value},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"recordline: {variable}={value!r} is not accepted")
+    assert accepted in line
+
+
+def test_a_store_that_fails_at_start_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "0"],
+        env={
+            **os.environ,
+            "RECORDLINE_STORE": f"duckdb://{tmp_path}/no/such/directory/records.duckdb",
+            "RECORDLINE_LOG_FORMAT": "text",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 3, said
+    assert "Traceback" not in said
+    assert "ExceptionGroup" not in said
+    [line] = [line for line in said.splitlines() if "cannot start" in line]
+    assert "no/such/directory/records.duckdb" in line
+
+
+def test_config_shows_each_value_and_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for setting in declared():
+        monkeypatch.delenv(setting.var, raising=False)
+    monkeypatch.setenv("PORT", "9090")
+    monkeypatch.setenv("RECORDLINE_LOG_LEVEL", "debug")
+    monkeypatch.setenv("RECORDLINE_PUSH_TOKEN", "a-very-secret-push-token")
+    monkeypatch.setenv("RECORDLINE_PAGE_TOKEN_SECRET", "another-secret")
+
+    assert main(["config"]) == 0
+    said = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in said.splitlines()[1:]}
+    assert set(rows) == {setting.var for setting in declared()}
+    assert rows["PORT"][1:] == ["9090", "environment"]
+    assert rows["RECORDLINE_LOG_LEVEL"][1:] == ["'debug'", "environment"]
+    assert rows["RECORDLINE_HOST"][1:] == ["'127.0.0.1'", "default"]
+    assert rows["RECORDLINE_STORE"][1:] == ["'duckdb:recordline.duckdb'", "default"]
+    assert rows["RECORDLINE_PUSH_TOKEN"][-1] == "environment"
+    assert "a-very-secret-push-token" not in said
+    assert "another-secret" not in said
+    assert "not shown" in " ".join(rows["RECORDLINE_PAGE_TOKEN_SECRET"])

@@ -1,0 +1,185 @@
+"""The docs' examples pass the service's own validation: the curl commands, every
+setting written as `VARIABLE=value`, the `systems` examples' readers and operators
+as Terraform hands them to the service, and the reasons the README quotes."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import hcl2
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from app.asgi import create_app
+from app.auth.guards import Auth
+from app.settings import Settings, declared
+from app.store.duckdb.store import DuckDBStore
+from tests.conftest import envelope, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "infra" / "README.md"]
+MODULE = ROOT / "infra" / "terraform" / "modules" / "system"
+# What the docs write for a value to fill in, and a value of that shape.
+PLACEHOLDERS = {
+    "http://host:port": "http://127.0.0.1:9050",
+    "host:port": "127.0.0.1:9010",
+}
+
+
+def code_blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", path.read_text(), flags=re.DOTALL)
+
+
+def commands(path: Path) -> Iterator[str]:
+    """Each shell command of the file's `sh` blocks, its continuation lines joined."""
+    for block in code_blocks(path, "sh"):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split("  #", 1)[0].strip()  # a comment after the command
+            if command and not command.startswith("#"):
+                yield command
+
+
+def curls() -> list[tuple[str, list[str]]]:
+    found = []
+    for path in DOCS:
+        for command in commands(path):
+            if command.startswith("curl "):
+                found.append((path.name, shlex.split(command)))
+    return found
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient[Litestar]]:
+    with TestClient(create_app(settings(), store=DuckDBStore(":memory:"))) as client:
+        yield client
+
+
+def test_every_curl_in_the_docs_is_answered_as_the_docs_say(client: TestClient[Litestar]) -> None:
+    found = curls()
+    assert len(found) >= 5  # the quick start's four and the runbook's read
+    for source, words in found:
+        method, body, headers, url = "GET", None, {}, ""
+        options = iter(words[1:])
+        for word in options:
+            if word == "-X":
+                method = next(options)
+            elif word == "-d":
+                body = next(options)
+            elif word == "-H":
+                name, _, value = next(options).partition(":")
+                if "$(" not in value:  # a token minted by gcloud: not here
+                    headers[name.strip()] = value.strip()
+            elif word in ("-w", "-o"):
+                next(options)
+            elif not word.startswith("-"):
+                url = word
+        # The service is wherever the docs say ($URL, localhost:8080); the path is ours.
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        answer = client.request(method, target, content=body, headers=headers)
+        assert answer.status_code in (200, 204), (source, url, answer.text)
+        if target.startswith("/pubsub/push"):
+            # The example is a valid record, not a rejection.
+            message_id = re.search(r'"messageId":"([^"]+)"', body or "")
+            assert message_id is not None
+            status = client.get(f"/v1/messages/{message_id[1]}").json()
+            assert status["status"] == "stored", status
+
+
+def settings_written() -> list[tuple[str, str, str]]:
+    """(doc, variable, value) for every `VARIABLE=value` of a setting in the docs."""
+    variables = {setting.var for setting in declared()}
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in re.finditer(r"\b([A-Z][A-Z0-9_]+)=([^\s`'\",)]+)", text):
+            variable, value = match.groups()
+            if variable not in variables:
+                continue
+            for placeholder, example in PLACEHOLDERS.items():
+                if value == placeholder:
+                    value = example
+            # `A|B|C` lists the choices: each must be one.
+            for choice in value.split("|"):
+                found.append((path.name, variable, choice))
+    return found
+
+
+def test_every_setting_the_docs_write_is_accepted() -> None:
+    written = settings_written()
+    assert {"RECORDLINE_ID_FIELD", "PUBSUB_EMULATOR_HOST", "OTEL_TRACES_EXPORTER"} <= {
+        variable for _, variable, _ in written
+    }
+    for source, variable, value in written:
+        Settings.load({variable: value})  # raises SettingsError, naming it
+        assert source
+
+
+def systems_examples() -> list[tuple[str, dict[str, object]]]:
+    found = []
+    for path in DOCS:
+        for block in code_blocks(path, "hcl"):
+            if "systems = {" in block:
+                parsed = hcl2.loads(block)
+                for name, system in parsed["systems"].items():
+                    found.append((f"{path.name}: {name}", system))
+    return found
+
+
+def unquoted(values: object) -> list[str]:
+    assert isinstance(values, list)
+    return [str(v).strip('"') for v in values]
+
+
+def test_the_systems_examples_readers_and_operators_are_what_the_service_takes() -> None:
+    found = systems_examples()
+    assert any("readers" in system for _, system in found)
+    # Terraform's mapping from IAM members to the service's principals (locals.tf),
+    # and the check it makes at plan (variables.tf): the test follows both.
+    mapping = 'trimprefix(trimprefix(m, "user:"), "serviceAccount:")'
+    assert mapping in (MODULE / "locals.tf").read_text()
+    planned = re.compile(r"^(user|serviceAccount|domain):[^\s,]+$")
+    assert planned.pattern.replace("\\", "\\\\") in (MODULE / "variables.tf").read_text()
+    for where, system in found:
+        for key, variable in (
+            ("readers", "RECORDLINE_READ_PRINCIPALS"),
+            ("operators", "RECORDLINE_OPERATOR_PRINCIPALS"),
+        ):
+            members = unquoted(system.get(key, []))
+            assert all(planned.match(m) for m in members), (where, members)
+            principals = ",".join(
+                m.removeprefix("user:").removeprefix("serviceAccount:") for m in members
+            )
+            if principals:
+                loaded = Settings.load(
+                    {
+                        "RECORDLINE_STORE": "memory:",
+                        "RECORDLINE_READ_AUDIENCE": "https://recordline.example.com/v1",
+                        "RECORDLINE_READ_PRINCIPALS": "reader@example.com",
+                        variable: principals,
+                    }
+                )
+                Auth.from_settings(loaded)
+
+
+def test_a_group_is_refused_by_terraform_and_by_the_service_saying_why() -> None:
+    with pytest.raises(ValueError, match="group:"):
+        Settings.load({"RECORDLINE_READ_PRINCIPALS": "group:readers@example.com"})
+
+
+def test_the_reasons_the_readme_quotes_are_the_ones_given() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quoted = "`$.order_id` (the record id, RECORDLINE_ID_FIELD): missing"
+    assert quoted in readme
+    app = create_app(
+        settings(RECORDLINE_ID_FIELD="order_id", RECORDLINE_TIME_FIELD="meta.created_at"),
+        store=DuckDBStore(":memory:"),
+    )
+    with TestClient(app) as client:
+        assert client.post("/pubsub/push", json=envelope({"meta": {}})).status_code == 204
+        assert quoted in client.get("/v1/messages/m-1").json()["reason"]

@@ -1,0 +1,172 @@
+"""Ids round-trip: any id the push path stores is found by look-up and taken by replay."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+from urllib.parse import quote
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from rich.console import Console
+
+from app.asgi import create_app
+from app.records import MAX_ID_LENGTH, Rejection
+from app.store.duckdb.store import DuckDBStore
+from recordline_dev.replay import Service, replay_rejected
+from tests.conftest import envelope, served, settings
+
+# Ids as publishers write them: a path-like key, slashes doubled and trailing,
+# characters a URL gives a meaning to, an encoded-looking one, other scripts.
+ODD_IDS = ["orders/123", "a//b/", "/leading", "sp ace?#&=+%", "m%2F", "clé/日本"]
+
+
+def path(prefix: str, identifier: str) -> str:
+    return prefix + quote(identifier, safe="")
+
+
+@pytest.mark.parametrize("identifier", ODD_IDS)
+def test_a_record_id_with_slashes_or_reserved_characters_is_found(
+    client: TestClient[Litestar], identifier: str
+) -> None:
+    pushed = client.post("/pubsub/push", json=envelope({"id": identifier, "data": 1}))
+    assert pushed.status_code == 204
+
+    found = client.get(path("/v1/records/", identifier))
+    assert found.status_code == 200, found.text
+    assert found.json()["id"] == identifier
+
+
+@pytest.mark.parametrize("identifier", ODD_IDS)
+def test_a_message_id_with_slashes_or_reserved_characters_is_found(
+    client: TestClient[Litestar], identifier: str
+) -> None:
+    pushed = client.post("/pubsub/push", json=envelope({"id": "r"}, message_id=identifier))
+    assert pushed.status_code == 204
+
+    found = client.get(path("/v1/messages/", identifier))
+    assert found.status_code == 200, found.text
+    assert found.json()["message_id"] == identifier
+
+
+def test_look_ups_are_exact_about_slashes(client: TestClient[Litestar]) -> None:
+    client.post("/pubsub/push", json=envelope({"id": "a//b/"}))
+    # The same id with its slashes as sent, unencoded, still finds it.
+    assert client.get("/v1/records/a//b/").status_code == 200
+    # Others that a decoded path would make of it do not.
+    for other in ("a/b", "a//b", "a/b/"):
+        answer = client.get(path("/v1/records/", other))
+        assert answer.status_code == 404, other
+        assert answer.json()["type"] == "/problems/not-found"
+
+
+def test_a_message_id_longer_than_look_ups_take_is_refused_at_push(
+    client: TestClient[Litestar],
+) -> None:
+    # Stored, it could never be looked up or replayed: so it is not stored, not
+    # acknowledged, and the answer names the limit. Pub/Sub keeps the message.
+    long_id = "9" * (MAX_ID_LENGTH + 1)
+    answer = client.post("/pubsub/push", json=envelope({"id": "r"}, message_id=long_id))
+
+    assert answer.status_code == 400
+    problem = answer.json()
+    assert problem["type"] == "/problems/not-a-push-envelope"
+    assert str(MAX_ID_LENGTH) in problem["detail"]
+    assert "messageId" in problem["detail"]
+    assert (
+        client.get("/v1/records", params={"since": "2000-01-01T00:00:00Z"}).json()["records"] == []
+    )
+    unwrapped = client.post(
+        "/pubsub/push",
+        content=b'{"id": "r"}',
+        headers={
+            "x-goog-pubsub-message-id": long_id,
+            "x-goog-pubsub-publish-time": "2024-04-27T12:00:01Z",
+        },
+    )
+    assert unwrapped.status_code == 400
+    assert "x-goog-pubsub-message-id" in unwrapped.json()["detail"]
+
+
+def test_the_longest_message_id_push_takes_is_looked_up_and_replayed(
+    client: TestClient[Litestar],
+) -> None:
+    longest = "7" * MAX_ID_LENGTH
+    assert client.post("/pubsub/push", json=envelope(["bad"], message_id=longest)).status_code == (
+        204
+    )
+    found = client.get(f"/v1/messages/{longest}")
+    assert found.status_code == 200
+    assert found.json()["status"] == "rejected"
+
+    data = base64.b64encode(b'{"id": "fixed"}').decode()
+    replayed = client.post(
+        "/v1/replay",
+        json={
+            "messages": [
+                {"message_id": longest, "publish_time": "2024-04-27T12:00:01Z", "data": data}
+            ]
+        },
+    )
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["results"] == [{"message_id": longest, "outcome": "stored"}]
+    assert client.get(f"/v1/messages/{longest}").json()["status"] == "stored"
+
+
+class LegacyStore(DuckDBStore):
+    """Rejections stored before push refused over-long message ids: one such, among
+    two that today's validation stores."""
+
+    LONG_ID = "x" * (MAX_ID_LENGTH + 500)
+
+    async def start(self) -> None:
+        await super().start()
+        now = 1_700_000_000_000_000
+
+        def rejection(message_id: str, payload: bytes, at: int) -> Rejection:
+            return Rejection(
+                message_id=message_id,
+                publish_time=1_714_219_201_000_000,
+                ingest_time=at,
+                data=payload,
+                reason="an old bug",
+            )
+
+        await self.append(
+            [
+                rejection("m-first", b'{"id": "one"}', now),
+                rejection(self.LONG_ID, b'{"id": "long"}', now + 1),
+                rejection("m-last", b'{"id": "two"}', now + 2),
+            ]
+        )
+
+
+async def test_replaying_rejections_names_a_message_the_service_refuses_and_goes_on() -> None:
+    store = LegacyStore(":memory:")
+    console = Console(record=True, width=400)
+    async with served(create_app(settings(), store=store)) as http:
+        service = Service(str(http.base_url).rstrip("/"))
+        try:
+            counts = await asyncio.to_thread(
+                replay_rejected,
+                service,
+                since=None,
+                until=None,
+                reason_contains=None,
+                dry_run=False,
+                console=console,
+            )
+        finally:
+            service.close()
+        assert counts == Counter({"stored": 2, "refused": 1})
+        for message_id in ("m-first", "m-last"):
+            assert (await http.get(f"/v1/messages/{message_id}")).json()["status"] == "stored"
+
+    said = console.export_text()
+    # The message is named (cut short: it is 1,524 characters), and so is the field.
+    assert "xxxxxxxxxx" in said
+    assert "characters left out" in said
+    assert "message_id" in said
+    assert str(MAX_ID_LENGTH) in said
