@@ -71,6 +71,9 @@ class TailCache:
         """
         if query.before_time > self.end and (self._due() or self.end <= past):
             await self.refresh(now)
+            if self.end <= past < now:
+                # It joined a read that began before that commit: read again.
+                await self.refresh(now)
         before = min(query.before_time, self.end)
         cursor = (query.after_time, query.after_message_id)
         first = bisect.bisect_right(self._keys, cursor)
