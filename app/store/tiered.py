@@ -189,8 +189,10 @@ class TieredStore:
 
     def read_horizon(self, now: int) -> int:
         # Past this instance's own last commit at least: a client reads what it
-        # was just told is stored (Spanner waits, if need be, to read there).
-        return min(now, max(now - READ_LAG_MICROS, self._acknowledged + 1))
+        # was just told is stored. That commit's timestamp may be ahead of this
+        # machine's clock (it is Spanner's); a read there waits, if need be,
+        # until Spanner can serve it, and is complete up to it.
+        return max(now - READ_LAG_MICROS, self._acknowledged + 1)
 
     # -- writing ---------------------------------------------------------------
 

@@ -175,7 +175,8 @@ async def test_readers_beyond_spanners_reach_read_bigquerys_settled_days(
 async def test_followers_at_the_tail_share_one_spanner_read(make_tiered: Make) -> None:
     store: TieredStore = await make_tiered()
     await store.append([record("m-0")])
-    start = time.time_ns() // 1000
+    # After m-0, whose commit time is Spanner's and may be ahead of this clock.
+    start = store.read_horizon(time.time_ns() // 1000)
     await store.tail.refresh(start)  # the cache begins here
     await store.append([record(f"m-{i}") for i in range(1, 6)])
     await asyncio.sleep(0.06)  # past the refresh interval: the next poll refreshes
