@@ -21,6 +21,10 @@ locals {
     max_instances   = null
     extra_env       = null
     serving         = null
+    schema          = null
+    id_field        = null
+    time_field      = null
+    canary_file     = null
   }
 }
 
@@ -41,6 +45,18 @@ module "system" {
   min_instances   = each.value.min_instances != null ? each.value.min_instances : var.min_instances
   max_instances   = each.value.max_instances != null ? each.value.max_instances : var.max_instances
   extra_env       = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+
+  # Its topic's schema and the payload's shape (README, "Your topic, your schema"); files
+  # are paths from the repository's root, this directory's grandparent.
+  topic_schema = each.value.schema == null ? null : {
+    name       = each.value.schema.name != null ? each.value.schema.name : each.key
+    definition = file("${path.root}/../../${each.value.schema.file}")
+    type       = each.value.schema.type
+    encoding   = each.value.schema.encoding
+  }
+  id_field    = each.value.id_field
+  time_field  = each.value.time_field
+  canary_data = each.value.canary_file != null ? filebase64("${path.root}/../../${each.value.canary_file}") : null
 
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name } : null

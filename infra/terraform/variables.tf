@@ -554,6 +554,23 @@ variable "systems" {
     max_instances   = optional(number)
     extra_env       = optional(map(string))
     serving         = optional(bool)
+    # The topic's schema (README, "Your topic, your schema"): its definition, a file in
+    # this repository (a path from its root); AVRO or PROTOCOL_BUFFER; the encoding
+    # publishers use, JSON or BINARY; and its id if not the system's name (a schema
+    # that exists already, imported).
+    schema = optional(object({
+      file     = string
+      type     = string
+      encoding = string
+      name     = optional(string)
+    }))
+    # Where the payload keeps the record id and the event time (RECORDLINE_ID_FIELD,
+    # RECORDLINE_TIME_FIELD): field paths such as order_id or meta.created_at.
+    id_field   = optional(string)
+    time_field = optional(string)
+    # The canary's message in the topic's shape (a file in this repository, sent as its
+    # bytes): required with a schema or an id_field, which today's canary would not fit.
+    canary_file = optional(string)
   }))
   default = {}
 
@@ -575,6 +592,37 @@ variable "systems" {
   validation {
     condition     = length(var.systems) == 0 || contains(keys(var.systems), var.service_name) || contains(var.retired_systems, var.service_name)
     error_message = "systems must keep the system named service_name (the one a configuration without systems runs): leaving it out destroys it. Add it to systems, or retire it as docs/operations.md#retiring-a-system says."
+  }
+
+  # What Pub/Sub and the service accept (the field paths: app/settings.py's pattern).
+  validation {
+    condition = alltrue([
+      for s in values(var.systems) : s.schema == null || (
+        contains(["AVRO", "PROTOCOL_BUFFER"], try(s.schema.type, ""))
+        && contains(["JSON", "BINARY"], try(s.schema.encoding, ""))
+        && (try(s.schema.name, null) == null || can(regex("^[A-Za-z][-\\w.~+%]{2,254}$", s.schema.name)))
+      )
+    ])
+    error_message = "A system's schema: type AVRO or PROTOCOL_BUFFER, encoding JSON or BINARY, and a name (if given) of 3 to 255 letters, digits and -_.~+%, a letter first."
+  }
+
+  validation {
+    condition = alltrue(flatten([
+      for s in values(var.systems) : [
+        for path in [s.id_field, s.time_field] : path == null || can(regex("^[^.\\s]+(\\.[^.\\s]+)*$", path))
+      ]
+    ]))
+    error_message = "id_field and time_field are field paths: names joined by dots, such as order_id or meta.created_at."
+  }
+
+  # Scheduler publishes the canary to the topic every minute: with a schema Pub/Sub
+  # refuses today's canary, and with another id field the service rejects it; either
+  # way the canary alerts would fire for good.
+  validation {
+    condition = alltrue([
+      for s in values(var.systems) : s.canary_file != null || (s.schema == null && s.id_field == null)
+    ])
+    error_message = "A system with a schema or an id_field needs canary_file: one message in its topic's shape, with its record id where id_field says (README, \"Pointing Recordline at an existing topic\")."
   }
 
   # A retired system's topics and dataset are still there (prevent_destroy kept them).

@@ -26,8 +26,13 @@ def test_canary_payload_is_a_valid_record() -> None:
     # Rejected canaries would not count: the payload must pass the service's schema.
     job = _resources("google_cloud_scheduler_job")["canary"]
     (target,) = job["pubsub_target"]
+    # The default one; a system with a topic schema or its own id field sends its own.
+    assert target["data"] == (
+        "${var.canary_data != null ? var.canary_data : local.default_canary_data}"
+    )
     data = _evaluate(
-        _expression(target["data"]), (("canary_attribute", json.dumps(CANARY_ATTRIBUTE)),)
+        _expression(_locals()["default_canary_data"]),
+        (("canary_attribute", json.dumps(CANARY_ATTRIBUTE)),),
     )
     payload = msgspec.json.decode(base64.b64decode(data), type=Payload)
     assert payload.id == CANARY_ATTRIBUTE

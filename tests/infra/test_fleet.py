@@ -68,22 +68,33 @@ def _plain_locals(path: Path) -> str:
     return "\n".join(b for b in blocks if not resources.search(b))
 
 
-def _root_console(expression: str, systems: str, overrides: tuple[tuple[str, str], ...]) -> Any:
-    """`expression` as terraform evaluates it over the root's variables and plain locals:
-    the variables' defaults, `overrides` (HCL values), and `systems` converted to the
-    variable's type, as a plan would."""
+def _root_console_run(
+    expression: str,
+    systems: str,
+    overrides: tuple[tuple[str, str], ...] = (),
+    files: tuple[tuple[str, bytes], ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """terraform console over the root's variables and plain locals: the variables'
+    defaults, `overrides` (HCL values), and `systems` converted to the variable's type and
+    validated, as a plan would. The configuration sits at infra/terraform of a scratch
+    tree holding `files` (paths from its root, as the repository's)."""
     if shutil.which("terraform") is None:
         pytest.skip("terraform is not installed")
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch, "infra", "terraform")
+        work.mkdir(parents=True)
+        for name, content in files:
+            Path(scratch, name).parent.mkdir(parents=True, exist_ok=True)
+            Path(scratch, name).write_bytes(content)
         shutil.copy(TERRAFORM / "variables.tf", work)
-        Path(work, "locals.tf").write_text(
+        (work / "locals.tf").write_text(
             "\n".join(_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf")))
         )
         values = {**REQUIRED, **dict(overrides), "systems": systems}
-        Path(work, "values.tfvars").write_text(
+        (work / "values.tfvars").write_text(
             "\n".join(f"{k} = {v}" for k, v in values.items()) + "\n"
         )
-        run = subprocess.run(
+        return subprocess.run(
             ["terraform", "console", "-var-file=values.tfvars"],
             input=f"jsonencode({expression})\n",
             cwd=work,
@@ -92,24 +103,45 @@ def _root_console(expression: str, systems: str, overrides: tuple[tuple[str, str
             timeout=120,
             check=False,
         )
+
+
+def _root_console(
+    expression: str,
+    systems: str,
+    overrides: tuple[tuple[str, str], ...] = (),
+    files: tuple[tuple[str, bytes], ...] = (),
+) -> Any:
+    """`expression`'s value, as `_root_console_run` evaluates it."""
+    run = _root_console_run(expression, systems, overrides, files)
     assert run.returncode == 0, run.stderr
+    assert "Error" not in run.stderr, run.stderr
     return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+
+
+def _module_inputs(names: list[str]) -> str:
+    """The module's `name = expression` of each of `names`, over `k` and `v`, the key
+    and entry of a system (for a `for k, v in local.systems` expression)."""
+    inputs = {
+        name: re.sub(r"\beach\.key\b", "k", re.sub(r"\beach\.value\b", "v", _expression(value)))
+        for name, value in _module().items()
+        if name in names
+    }
+    return ", ".join(f"{name} = ({expression})" for name, expression in inputs.items())
 
 
 @cache
 def _system_inputs(systems: str, **overrides: str) -> dict[str, dict[str, Any]]:
     """The module inputs each system reads from its entry of `systems` (an HCL value),
     those that name no resource, as terraform evaluates them (`_root_console`)."""
-    inputs = {
-        name: re.sub(r"\beach\.key\b", "k", re.sub(r"\beach\.value\b", "v", _expression(value)))
+    names = [
+        name
         for name, value in _module().items()
         if isinstance(value, str)
         and "each." in value
         and name != "service_name"
-        and not re.search(r"\bgoogle_\w+\.", value)
-    }
-    body = ", ".join(f"{name} = ({expression})" for name, expression in inputs.items())
-    expression = f"{{for k, v in local.systems : k => {{ {body} }}}}"
+        and not re.search(r"\b(google_\w+\.|file\w*\()", value)
+    ]
+    expression = f"{{for k, v in local.systems : k => {{ {_module_inputs(names)} }}}}"
     return dict(_root_console(expression, systems, tuple(sorted(overrides.items()))))
 
 
@@ -145,10 +177,24 @@ def test_the_default_system_takes_the_environments_settings() -> None:
     assert orders["readers"] == ["domain:example.com"]
 
 
+def _top_level_attributes(declared: str) -> set[str]:
+    """The attribute names of `map(object({...}))`, not those of the objects inside it."""
+    body = declared.removeprefix("${map(object({").removesuffix("}))}")
+    names, depth, start = set(), 0, 0
+    for i, char in enumerate(body + ","):
+        if char in "({[":
+            depth += 1
+        elif char in ")}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            names.add(body[start:i].split("=")[0].strip())
+            start = i + 1
+    return names
+
+
 def test_the_default_systems_entry_has_every_setting_a_system_may_override() -> None:
-    declared = _variables()["systems"]["type"]
-    settings = set(re.findall(r"(\w+)\s*=\s*optional\(", declared))
-    assert settings
+    settings = _top_level_attributes(_variables()["systems"]["type"])
+    assert {"readers", "serving", "extra_env"} <= settings
     assert set(_locals()["system_defaults"]) == settings
     assert all(value is None for value in _locals()["system_defaults"].values())
 
@@ -165,6 +211,9 @@ ADDED_WITH_THE_MODULE = {
     # The serving tier came later, with systems that opt in.
     "google_spanner_database.serving",
     "google_spanner_database_iam_member.runtime_uses_database",
+    # So did topic schemas, for systems that declare one.
+    "google_pubsub_schema.records",
+    "google_pubsub_schema_iam_member.runtime_reads_schema",
 }
 
 

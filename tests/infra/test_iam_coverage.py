@@ -103,7 +103,17 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"cloudscheduler.jobs.get"}),
         _crud("cloudscheduler.jobs"),
     ),
-    "google_pubsub_topic": (frozenset({"pubsub.topics.get"}), _crud("pubsub.topics")),
+    # A topic with schema_settings: attaching the schema to it.
+    "google_pubsub_topic": (
+        frozenset({"pubsub.topics.get"}),
+        _crud("pubsub.topics") | {"pubsub.schemas.attach"},
+    ),
+    # A changed definition is committed as a new revision.
+    "google_pubsub_schema": (
+        frozenset({"pubsub.schemas.get"}),
+        frozenset({"pubsub.schemas.create", "pubsub.schemas.commit", "pubsub.schemas.delete"}),
+    ),
+    "google_pubsub_schema_iam_member": _iam("pubsub.schemas"),
     "google_pubsub_topic_iam_member": _iam("pubsub.topics"),
     "google_pubsub_subscription": (
         frozenset({"pubsub.subscriptions.get"}),

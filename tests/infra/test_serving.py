@@ -234,7 +234,7 @@ def test_the_service_is_told_where_its_database_is_and_nothing_without_one() -> 
     assert _serving_env("{}") == {}
     # Terraform's value wins over extra_env's.
     service_env = re.sub(r"\s+", " ", _locals()["service_env"])
-    assert "merge(var.extra_env, local.retention_env, local.serving_env, {" in service_env
+    assert "merge(var.extra_env, local.retention_env, local.serving_env," in service_env
 
 
 def test_the_runtime_account_uses_its_own_database_and_nothing_else() -> None:

@@ -10,6 +10,10 @@ locals {
   canary_attribute = "recordline-canary"
   # Cloud Scheduler publishes a Pub/Sub target's message as its service agent.
   scheduler_service_agent = "serviceAccount:${var.service_agents["scheduler"]}"
+
+  # A record of the service's default shape. A topic with a schema, or a payload with
+  # its id elsewhere, takes the system's own canary message instead (canary_data).
+  default_canary_data = base64encode(jsonencode({ id = local.canary_attribute, data = { canary = true } }))
 }
 
 resource "google_cloud_scheduler_job" "canary" {
@@ -22,7 +26,7 @@ resource "google_cloud_scheduler_job" "canary" {
 
   pubsub_target {
     topic_name = google_pubsub_topic.records.id
-    data       = base64encode(jsonencode({ id = local.canary_attribute, data = { canary = true } }))
+    data       = var.canary_data != null ? var.canary_data : local.default_canary_data
     attributes = { (local.canary_attribute) = "1" }
   }
 

@@ -37,6 +37,17 @@ resource "google_spanner_database_iam_member" "runtime_uses_database" {
   member   = google_service_account.runtime.member
 }
 
+# Reads the revisions of its topic's schema that messages name (pubsub.schemas.get):
+# granted on the schema itself, the narrowest resource the provider has a policy for.
+resource "google_pubsub_schema_iam_member" "runtime_reads_schema" {
+  for_each = google_pubsub_schema.records
+
+  project = var.project_id
+  schema  = each.value.name
+  role    = "roles/pubsub.viewer"
+  member  = google_service_account.runtime.member
+}
+
 # --- who may call the service ---------------------------------------------------
 
 resource "google_cloud_run_v2_service_iam_member" "push_invoker" {

@@ -58,7 +58,14 @@ locals {
     "RECORDLINE_SERVING" => "spanner://projects/${var.project_id}/instances/${var.serving.instance}/databases/${database.name}"
   }
 
-  service_env = merge(var.extra_env, local.retention_env, local.serving_env, {
+  # Where the payload keeps the record id and event time, only where set: otherwise the
+  # service's defaults, today's {"id", "timestamp", "data"} contract.
+  mapping_env = {
+    for name, path in { RECORDLINE_ID_FIELD = var.id_field, RECORDLINE_TIME_FIELD = var.time_field } :
+    name => path if path != null
+  }
+
+  service_env = merge(var.extra_env, local.retention_env, local.serving_env, local.mapping_env, {
     RECORDLINE_STORE                  = "bigquery://${var.project_id}/${google_bigquery_dataset.recordline.dataset_id}"
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
     RECORDLINE_PUSH_AUDIENCE          = local.push_audience

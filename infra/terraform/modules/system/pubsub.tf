@@ -8,6 +8,36 @@ resource "google_pubsub_topic" "records" {
   project = var.project_id
   name    = var.service_name
 
+  # With a schema, Pub/Sub refuses a publish that does not fit it and marks each message
+  # with the revision it fits, which the service decodes it with. No revision range:
+  # every revision is accepted (provider 6.x has no first/last revision id). Adding,
+  # changing or removing these settings updates the topic in place (the provider does
+  # not replace a topic for them); prevent_destroy fails any plan that would.
+  dynamic "schema_settings" {
+    for_each = google_pubsub_schema.records
+    content {
+      schema   = schema_settings.value.id
+      encoding = var.topic_schema.encoding
+    }
+  }
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+# The topic's schema, when the system has one. A changed definition is committed as a
+# new revision of the same schema (Pub/Sub keeps up to 20; delete old ones once no
+# message names them). The service fetches every revision messages name, so the schema
+# outlives any of its revisions' messages: prevent_destroy.
+resource "google_pubsub_schema" "records" {
+  for_each = var.topic_schema != null ? { (var.topic_schema.name) = var.topic_schema } : {}
+
+  project    = var.project_id
+  name       = each.key
+  type       = each.value.type
+  definition = each.value.definition
+
   lifecycle {
     prevent_destroy = true
   }

@@ -150,6 +150,31 @@ variable "message_retention_duration" {
   description = "How long the subscription keeps unacknowledged messages; RECORDLINE_DEDUPE_WINDOW_SECONDS should cover it."
 }
 
+variable "topic_schema" {
+  type = object({
+    name       = string
+    definition = string
+    type       = string
+    encoding   = string
+  })
+  description = "The topic's schema (pubsub.tf): its id, definition, type (AVRO or PROTOCOL_BUFFER) and the encoding publishers use (JSON or BINARY); null: none, any payload is accepted by Pub/Sub."
+}
+
+variable "id_field" {
+  type        = string
+  description = "RECORDLINE_ID_FIELD: where the payload keeps the record id; null leaves the service's default (id)."
+}
+
+variable "time_field" {
+  type        = string
+  description = "RECORDLINE_TIME_FIELD: where the payload keeps the event time; null leaves the service's default (timestamp)."
+}
+
+variable "canary_data" {
+  type        = string
+  description = "The canary's message data, base64, in the topic's shape (canary.tf); null: the default {\"id\", \"data\"} record."
+}
+
 # --- BigQuery ------------------------------------------------------------------
 
 variable "dataset_id" {
