@@ -150,8 +150,9 @@ def left_behind(session: int, markers: Sequence[str] = ()) -> list[tuple[int, st
     Pid, state, command; zombies included: a process nobody reaped is left
     behind too.
     """
+    # -ww: whole command lines; cut at the screen's width, a marker may not show.
     listing = subprocess.run(
-        ["ps", "-e", "-o", "pid=,sid=,stat=,args="],
+        ["ps", "-e", "-ww", "-o", "pid=,sid=,stat=,args="],
         capture_output=True,
         text=True,
         check=True,
