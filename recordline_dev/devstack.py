@@ -625,6 +625,9 @@ def dev_command(args: argparse.Namespace) -> int:
             left = group.stop()
             if left:
                 say(f"recordline dev: still running after SIGKILL: {left}")
+            # A session that stopped before anything wrote to it leaves no directory.
+            with contextlib.suppress(OSError):
+                session.rmdir()
 
 
 def _run_dev(

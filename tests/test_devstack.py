@@ -137,6 +137,7 @@ def test_a_port_taken_by_an_earlier_run_is_named_before_anything_starts(
         assert "starting the Pub/Sub emulator" not in terminal.output
         assert wait_until_gone(terminal.session, terminal.markers, timeout=5) == []
         assert holder.poll() is None
+        assert list((tmp_path / "sessions").iterdir()) == []  # no empty session left
     finally:
         holder.kill()
         holder.wait(timeout=10)
