@@ -39,16 +39,23 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # --- runtime: the interpreter, the venv, nothing else --------------------------------
 FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS runtime
 
+# The service's working directory, the one place it may write: the default DuckDB
+# store and its journal live there (mount a volume on it to keep them).
 RUN groupadd --system --gid 10001 recordline \
-    && useradd --system --uid 10001 --gid recordline --no-create-home --shell /usr/sbin/nologin recordline
+    && useradd --system --uid 10001 --gid recordline --no-create-home --shell /usr/sbin/nologin recordline \
+    && install --directory --owner 10001 --group 10001 --mode 0750 /var/lib/recordline
 
 COPY --from=builder /opt/venv /opt/venv
 
+# The default store by absolute path, in that directory whatever the working directory
+# (`docker run -w`); Cloud Run sets RECORDLINE_STORE to the BigQuery dataset (Terraform).
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PORT=8080
+    PORT=8080 \
+    RECORDLINE_STORE=duckdb:///var/lib/recordline/recordline.duckdb
 
+WORKDIR /var/lib/recordline
 USER 10001:10001
 EXPOSE 8080
 

@@ -1,28 +1,45 @@
 #!/usr/bin/env python3
 """Set up and run Recordline from a fresh checkout, with nothing but Python 3.11+.
 
-    python3 dev.py serve [recordline serve options]   # the service, on DuckDB
-    python3 dev.py test [pytest options]              # the whole test suite
-    python3 dev.py lint                               # ruff and mypy --strict
-    python3 dev.py bench [ingest|query|...]           # benchmarks (see bench/)
+    python3 dev.py serve [options]     # the service, on DuckDB (`recordline serve`)
+    python3 dev.py dev [options]       # the local stack: Pub/Sub emulator → service
+    python3 dev.py publish [options]   # publish records to a topic (the emulator's)
+    python3 dev.py tail [options]      # follow /v1/records as JSON lines
+    python3 dev.py replay [options]    # replay rejected or dead-lettered messages
+    python3 dev.py test [pytest options]   # the whole test suite
+    python3 dev.py lint                # ruff and mypy --strict
+    python3 dev.py bench [ingest|query|...]   # benchmarks (see bench/)
 
-The first run installs uv (pinned) into .tools/ unless uv is already on PATH,
-then creates .venv exactly as uv.lock says (`uv sync --frozen`). Later runs
-only check that .venv still matches the lock, which takes a few milliseconds.
+`python3 dev.py COMMAND --help` shows a command's options. The first run
+installs uv (pinned) into .tools/ unless uv is already on PATH, then creates
+.venv exactly as uv.lock says (`uv sync --frozen`). Later runs only check
+that .venv still matches the lock, which takes a few milliseconds. The
+commands are the `recordline` ones in .venv (`.venv/bin/recordline`, the same
+with the environment activated); serve, test, lint and bench run in the
+checkout, the others where you are.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 UV_VERSION = "0.13.9"
 TOOLS = ROOT / ".tools"
+VENV = ROOT / ".venv"
+# Commands of the `recordline` CLI this script forwards to.
+RECORDLINE_COMMANDS = ("serve", "dev", "publish", "tail", "replay")
+COMMANDS = (*RECORDLINE_COMMANDS, "test", "lint", "bench")
+# A child of this script (uv sync, a lint step) gets this long to stop after
+# the signal that stopped us, before it is killed.
+CHILD_STOP_SECONDS = 10.0
 
 
 def uv() -> str:
@@ -33,49 +50,114 @@ def uv() -> str:
     if not tool.exists():
         print(f"dev.py: installing uv {UV_VERSION} into {TOOLS}", file=sys.stderr)
         venv.create(TOOLS, with_pip=True)
-        subprocess.run(
-            [TOOLS / "bin" / "python", "-m", "pip", "install", "-q", f"uv=={UV_VERSION}"],
-            check=True,
-        )
+        call([str(TOOLS / "bin" / "python"), "-m", "pip", "install", "-q", f"uv=={UV_VERSION}"])
     return str(tool)
 
 
 def sync() -> None:
     # One environment with the dev tools for every command: switching between
     # a lean and a full one on each call would reinstall them every time.
-    subprocess.run([uv(), "sync", "--frozen", "--quiet"], cwd=ROOT, check=True)
+    if call([uv(), "sync", "--frozen", "--quiet"], cwd=ROOT) != 0:
+        sys.exit("dev.py: `uv sync --frozen` failed (see above)")
 
 
-def run(*args: str) -> int:
-    # uv's own directory goes on PATH, so that what runs finds uvx (the
-    # infrastructure policy tests run checkov through it) even where uv was
-    # installed into .tools/ by this script.
-    tool = uv()
-    path = f"{Path(tool).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    command = [tool, "run", "--frozen", "--no-sync", *args]
-    return subprocess.run(command, cwd=ROOT, env={**os.environ, "PATH": path}).returncode
+def environment() -> dict[str, str]:
+    """The environment `uv run` gives: .venv activated, and uv's own directory on PATH,
+    so that what runs finds uvx (the infrastructure policy tests run checkov
+    through it) even where uv was installed into .tools/ by this script."""
+    path = os.pathsep.join([str(VENV / "bin"), str(Path(uv()).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "VIRTUAL_ENV": str(VENV)}
+    env.pop("PYTHONHOME", None)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def replace_with(program: str, *args: str, cwd: Path | None = None) -> None:
+    """Become `program` from .venv: the process a signal reaches is the one that stops.
+
+    A child under this script (and under `uv run`) would leave the server and
+    its journal writer holding the DuckDB lock when only this script got the
+    SIGTERM.
+    """
+    env = environment()
+    # The banners of the dev tools name the command as it was typed.
+    here = Path.cwd() == ROOT
+    env["RECORDLINE_DEV_COMMAND"] = "python3 dev.py" if here else f"python3 {ROOT / 'dev.py'}"
+    if cwd is not None:
+        os.chdir(cwd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(VENV / "bin" / program, [program, *args], env)  # noqa: S606 - our own argv
+
+
+def call(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
+    """Run a child to its end; SIGINT, SIGTERM or SIGHUP for us stop it too, within bounds.
+
+    The child shares our process group, so a Ctrl-C at the terminal reaches
+    it already; a signal sent to this process alone is passed on.
+    """
+    child = subprocess.Popen(command, cwd=cwd, env=env)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, forward) for signum in stop_signals}
+    try:
+        deadline = None
+        while (code := child.poll()) is None:
+            if received and deadline is None:
+                deadline = time.monotonic() + CHILD_STOP_SECONDS
+            if deadline is not None and time.monotonic() > deadline:
+                child.kill()
+                code = child.wait(timeout=CHILD_STOP_SECONDS)
+                break
+            time.sleep(0.05)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        sys.exit(128 + received[0])
+    return code
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"serve", "test", "lint", "bench"}:
+    if argv and argv[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        if argv:
+            print(f"dev.py: no command {argv[0]!r}", file=sys.stderr)
         print(__doc__, file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     sync()
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     match command:
         case "serve":
-            return run("recordline", "serve", *rest)
+            # In the checkout: its default store is ./recordline.duckdb there.
+            replace_with("recordline", "serve", *rest, cwd=ROOT)
+        case "dev" | "publish" | "tail" | "replay":
+            # Where you are: their file arguments are relative to it.
+            replace_with("recordline", command, *rest)
         case "test":
-            return run("pytest", *rest)
-        case "lint":
-            return (
-                run("ruff", "check", ".")
-                or run("ruff", "format", "--check", ".")
-                or run("mypy", "app", "recordline_dev")
-            )
+            replace_with("pytest", *rest, cwd=ROOT)
         case "bench":
-            return run("python", "-m", "bench", *rest)
+            replace_with("python", "-m", "bench", *rest, cwd=ROOT)
+        case "lint":
+            env = environment()
+            steps = (
+                ["ruff", "check", "."],
+                ["ruff", "format", "--check", "."],
+                ["mypy", "app", "recordline_dev"],
+            )
+            for step in steps:
+                code = call([str(VENV / "bin" / step[0]), *step[1:]], cwd=ROOT, env=env)
+                if code:
+                    return code
+            return 0
     return 2
 
 

@@ -1,6 +1,6 @@
 """python3 dev.py bench NAME [options].
 
-NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e.
+NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e | stops.
 """
 
 from __future__ import annotations
@@ -8,7 +8,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-NAMES = ("ingest", "query", "bqcost", "cost", "writer", "auth", "telemetry", "instructions", "e2e")
+NAMES = (
+    "ingest",
+    "query",
+    "bqcost",
+    "cost",
+    "writer",
+    "auth",
+    "telemetry",
+    "instructions",
+    "e2e",
+    "stops",
+)
 
 
 def run(argv: list[str]) -> int:

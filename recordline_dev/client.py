@@ -21,7 +21,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +44,10 @@ FOLLOW_IDLE_SECONDS = 0.5
 FOLLOW_PAGE_LIMIT = 1000
 # Redraw the progress bar at most this often: more is flicker, not information.
 PROGRESS_SECONDS = 0.2
+# How long publish and tail wait for what they talk to (the emulator, Pub/Sub,
+# the service) before giving up with an error. A service restart takes a few
+# seconds and a JVM boot up to ~20 on a busy machine: 30 s rides out both.
+WAIT_SECONDS = 30.0
 
 
 # -- publish ------------------------------------------------------------------
@@ -328,11 +332,14 @@ def publish(
     attributes: dict[str, str] | None = None,
     progress: Progress | None = None,
     keep_ids: bool = False,
+    retry: Any = None,
 ) -> Published:
     """Publish every payload, round-robin over `topics`, at most `rate` per second (0: no limit).
 
-    Blocks until Pub/Sub has acknowledged or refused each one.
+    Blocks until Pub/Sub has acknowledged or refused each one; `retry` (a
+    google.api_core Retry), when given, bounds how long each may take.
     """
+    options: dict[str, Any] = {} if retry is None else {"retry": retry}
     result = Published()
     settled = threading.Condition()
     ids: dict[int, str] = {}
@@ -357,7 +364,7 @@ def publish(
             delay = started + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        future = client.publish(topics[i % len(topics)], data, **(attributes or {}))
+        future = client.publish(topics[i % len(topics)], data, **options, **(attributes or {}))
         result.sent += 1
         future.add_done_callback(functools.partial(done, i))
         if progress is not None:
@@ -398,6 +405,15 @@ def publish_command(args: argparse.Namespace) -> int:
         return 2
     trace_publishes(exporter=telemetry.traces_exporter, otlp_endpoint=telemetry.otlp_endpoint)
     topic = topic_path(args.topic, project)
+    if emulator_host is not None:
+        try:
+            wait_for_emulator(emulator_host, seconds=args.wait, say=_say_publish)
+        except Unreachable as exc:
+            _say_publish(str(exc))
+            return 1
+        except KeyboardInterrupt:
+            _say_publish("interrupted")
+            return 130
     schema: TopicSchema | None = None
     if args.schema is not None:
         try:
@@ -434,7 +450,14 @@ def publish_command(args: argparse.Namespace) -> int:
     if args.file is not None and schema is not None:
         payloads = map(schema.encode_line, payloads)
     try:
-        result = publish(client, [topic], payloads, rate=args.rate, progress=Progress(total))
+        result = publish(
+            client,
+            [topic],
+            payloads,
+            rate=args.rate,
+            progress=Progress(total),
+            retry=bounded_publish_retry(args.wait),
+        )
     except SchemaMismatch as exc:
         print(f"\nrecordline publish: a record {exc}", file=sys.stderr)
         return 1
@@ -451,11 +474,80 @@ def publish_command(args: argparse.Namespace) -> int:
     )
     if result.failed:
         print(
-            f"recordline publish: {result.failed} failed; first: {result.first_error}",
+            f"recordline publish: {result.failed} failed (each given up after {args.wait:g} s, "
+            f"--wait); first: {result.first_error}",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+class Unreachable(RuntimeError):
+    """What a command waits for did not answer in time; the message says what and where."""
+
+
+def wait_for_emulator(host: str, *, seconds: float, say: Callable[[str], None]) -> None:
+    """Return once the Pub/Sub emulator at `host` answers; Unreachable after `seconds`.
+
+    The client library would otherwise retry a refused connection for ten
+    minutes, showing nothing but an empty progress bar.
+    """
+    deadline = time.monotonic() + seconds
+    said = False
+    while True:
+        try:
+            if httpx.get(f"http://{host}/", timeout=2).status_code == 200:
+                return
+            reason = "not an emulator's answer"
+        except httpx.TransportError as exc:
+            reason = _transport_reason(exc)
+        if time.monotonic() >= deadline:
+            raise Unreachable(
+                f"no Pub/Sub emulator answers at {host} (PUBSUB_EMULATOR_HOST) after "
+                f"{seconds:g} s: {reason}. Start one with `recordline dev` "
+                "(`python3 dev.py dev` from a checkout), or fix PUBSUB_EMULATOR_HOST"
+            )
+        if not said:
+            say(
+                f"waiting for the Pub/Sub emulator at {host} (PUBSUB_EMULATOR_HOST): {reason}; "
+                f"giving up after {seconds:g} s (--wait)"
+            )
+            said = True
+        time.sleep(0.5)
+
+
+def bounded_publish_retry(seconds: float) -> Any:
+    """The client library's retry for Publish, bounded at `seconds` in all (its own: 600 s)."""
+    from google.api_core import exceptions
+    from google.api_core.retry import Retry, if_exception_type
+
+    # The errors the library's own Publish retry retries.
+    transient = if_exception_type(
+        exceptions.Aborted,
+        exceptions.Cancelled,
+        exceptions.DeadlineExceeded,
+        exceptions.InternalServerError,
+        exceptions.ResourceExhausted,
+        exceptions.ServiceUnavailable,
+        exceptions.Unknown,
+    )
+    return Retry(initial=0.1, maximum=5.0, multiplier=2, predicate=transient, timeout=seconds)
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    """A transport failure in a few words: a refused connection, above all, says "not running"."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+def _say_publish(text: str) -> None:
+    print(f"recordline publish: {text}", file=sys.stderr, flush=True)
 
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
@@ -488,6 +580,14 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["BINARY", "JSON"],
         default="BINARY",
         help="the topic schema's message encoding (default BINARY)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=WAIT_SECONDS,
+        metavar="SECONDS",
+        help=f"how long to wait for the emulator to answer, and for each message to be "
+        f"acknowledged, before giving up (default {WAIT_SECONDS:g})",
     )
 
 
@@ -527,25 +627,50 @@ async def follow(
     since: str | None = None,
     limit: int = FOLLOW_PAGE_LIMIT,
     idle: float = FOLLOW_IDLE_SECONDS,
+    give_up_after: float | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> AsyncIterator[list[msgspec.Raw]]:
     """Every record from `since` on, page by page, as they arrive; runs until cancelled.
 
     Waits `idle` whenever a page comes back short (the follower has caught up)
     and, the same way, while the service is unreachable or answers 5xx: a
-    restarting service is waited for, and the page token stays valid across it.
+    restarting service is waited for, and the page token stays valid across
+    it. With `give_up_after`, a service that has not answered for that long
+    raises Unreachable. `say` hears when it starts waiting and when it is over.
     """
     params: dict[str, str | int] = {"limit": limit}
     if since is not None:
         params["since"] = since
+    down_since: float | None = None
     while True:
+        reason: str | None = None
         try:
             response = await http.get("/v1/records", params=params)
-        except httpx.TransportError:
+            if response.status_code >= 500:
+                reason = f"it answers {response.status_code}"
+        except httpx.TransportError as exc:
+            reason = _transport_reason(exc)
+        if reason is not None:
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                if say is not None:
+                    limit_text = (
+                        "" if give_up_after is None else f"; giving up after {give_up_after:g} s"
+                    )
+                    say(f"waiting for {http.base_url}: {reason}{limit_text}")
+            elif give_up_after is not None and now - down_since >= give_up_after:
+                raise Unreachable(
+                    f"{http.base_url} has not answered for {give_up_after:g} s ({reason}): is "
+                    "the service running there? (`recordline dev` or `recordline serve`; "
+                    "`python3 dev.py dev|serve` from a checkout)"
+                )
             await asyncio.sleep(idle)
             continue
-        if response.status_code >= 500:
-            await asyncio.sleep(idle)
-            continue
+        if down_since is not None:
+            down_since = None
+            if say is not None:
+                say(f"{http.base_url} answers again")
         if response.is_error:
             raise FollowError(f"GET /v1/records answered {response.status_code}: {response.text}")
         page = _decode_page(response.content)
@@ -558,10 +683,10 @@ async def follow(
             await asyncio.sleep(idle)
 
 
-async def _tail(url: str, *, since: str, token: str | None, out: IO[bytes]) -> None:
+async def _tail(url: str, *, since: str, token: str | None, wait: float, out: IO[bytes]) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
-        async for records in follow(http, since=since):
+        async for records in follow(http, since=since, give_up_after=wait, say=_say_tail):
             out.write(b"".join(bytes(r) + b"\n" for r in records))
             out.flush()
 
@@ -569,7 +694,13 @@ async def _tail(url: str, *, since: str, token: str | None, out: IO[bytes]) -> N
 def tail_command(args: argparse.Namespace) -> int:
     try:
         asyncio.run(
-            _tail(args.url, since=since_time(args.since), token=args.token, out=sys.stdout.buffer)
+            _tail(
+                args.url,
+                since=since_time(args.since),
+                token=args.token,
+                wait=args.wait,
+                out=sys.stdout.buffer,
+            )
         )
     except KeyboardInterrupt:
         return 0
@@ -577,10 +708,14 @@ def tail_command(args: argparse.Namespace) -> int:
         # `recordline tail | head`: the reader left; say nothing more on the way out.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except FollowError as exc:
-        print(f"recordline tail: {exc}", file=sys.stderr)
+    except (FollowError, Unreachable) as exc:
+        _say_tail(str(exc))
         return 1
     return 0
+
+
+def _say_tail(text: str) -> None:
+    print(f"recordline tail: {text}", file=sys.stderr, flush=True)
 
 
 def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
@@ -594,4 +729,12 @@ def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         help="bearer token for reads that require one, e.g. $(gcloud auth print-identity-token)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=WAIT_SECONDS,
+        metavar="SECONDS",
+        help="how long to wait for the service while it does not answer (at the start, or "
+        f"across a restart) before giving up (default {WAIT_SECONDS:g})",
     )

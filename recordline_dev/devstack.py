@@ -8,8 +8,11 @@ see `wire`), and a pull subscription that keeps the dead letters. The end-to-end
 benchmark use the same pieces.
 
 The emulator is started directly, not through `gcloud beta emulators`, whose
-Java child outlives the wrapper. It runs in a process group of its own, so a
-Ctrl-C in the terminal reaches only us, and we stop the whole group.
+Java child outlives the wrapper. It and the service run in one process group,
+not the terminal's, which `recordline dev` stops whatever signal stops it
+(processes.py). Each session gets a store of its own: the emulator numbers
+message ids from 1 every time it starts, and a store that outlived a session
+would take the next session's messages for copies of its own.
 
 What the emulator does not do: it sends no OIDC token (the service checks a
 shared secret in the push URL instead) and no `deliveryAttempt`. It also
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -35,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -48,7 +52,17 @@ from google.pubsub_v1.services.publisher.transports import PublisherGrpcTranspor
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from app.telemetry.metrics import CANARY_ATTRIBUTE
-from recordline_dev.client import publisher_client
+from recordline_dev.client import EXAMPLE_SCHEMAS, publisher_client
+from recordline_dev.processes import (
+    KILL_SECONDS,
+    Interrupted,
+    PortTaken,
+    ProcessGroup,
+    StopSignals,
+    become_subreaper,
+    ensure_free,
+    listener,
+)
 
 # Where the Google Cloud CLI keeps the emulator, below its SDK root.
 EMULATOR_IN_SDK = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
@@ -151,13 +165,26 @@ def stop_group(process: subprocess.Popen[bytes], *, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        # Bounded even now: a process stuck in the kernel is left, not waited on forever.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=KILL_SECONDS)
 
 
 class Emulator:
-    """One running emulator process group; a context manager that stops it."""
+    """One running emulator; a context manager that stops it.
 
-    def __init__(self, launcher: Path, *, port: int = 0, log_path: Path | None = None) -> None:
+    In a process group of its own, or, given `group`, in that one (which then
+    stops it: `recordline dev`).
+    """
+
+    def __init__(
+        self,
+        launcher: Path,
+        *,
+        port: int = 0,
+        log_path: Path | None = None,
+        group: ProcessGroup | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._own_log = log_path is None
@@ -166,16 +193,27 @@ class Emulator:
             os.close(fd)
             log_path = Path(name)
         self.log_path = log_path
+        self._grouped = group is not None
+        argv = [str(launcher), "--host=127.0.0.1", f"--port={self.port}"]
         # The emulator logs a line per connection: into a pipe nobody drains,
         # it would block after 64 KiB, so its output goes to a file.
         with log_path.open("ab") as log:
-            self._process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-                [str(launcher), "--host=127.0.0.1", f"--port={self.port}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            if group is not None:
+                self._process = group.start(
+                    "Pub/Sub emulator",
+                    argv,
+                    stop_seconds=EMULATOR_STOP_SECONDS,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            else:
+                self._process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         try:
             wait_until_ready(
                 f"http://{self.host}/", timeout=EMULATOR_START_SECONDS, process=self._process
@@ -189,12 +227,17 @@ class Emulator:
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self._process
+
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        stop_group(self._process, timeout=EMULATOR_STOP_SECONDS)
+        if not self._grouped:
+            stop_group(self._process, timeout=EMULATOR_STOP_SECONDS)
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
 
@@ -394,17 +437,31 @@ class Canary:
 # -- recordline dev -------------------------------------------------------------
 
 
+# Where `recordline dev` keeps each session's directory (its store and emulator log).
+DEV_DATA_DIR = ".recordline-dev"
+# The service's own grace (8 s by default) plus time to close the store.
+SERVICE_STOP_SECONDS = 15.0
+SERVICE_START_SECONDS = 60.0
+# How often `recordline dev` looks at its children once the stack runs.
+_WATCH_SECONDS = 0.5
+
+
 class DevStack(msgspec.Struct, kw_only=True, frozen=True):
     """What `recordline dev` set up, for the instructions it prints."""
 
     service_url: str
     store: str
+    # The session's directory; the store is in it unless `--store` named another.
+    session: str = ""
+    shared_store: bool = False
     emulator_host: str | None = None
     project: str = DEV_PROJECT
     topic: str = DEV_TOPIC
     push_subscription: str = ""
     dead_letter_subscription: str = ""
     emulator_log: str = ""
+    # How the reader runs the tools: `recordline`, or `python3 dev.py` from a checkout.
+    command: str = "recordline"
 
 
 async def wire(
@@ -457,17 +514,35 @@ async def wire(
 
 
 def instructions(stack: DevStack) -> str:
+    tool = stack.command
     lines = [
         "",
         "Recordline dev stack",
-        f"  service    {stack.service_url}  (store {stack.store}; API docs at /docs)",
+        f"  service    {stack.service_url}  (API docs at /docs)",
+        f"  store      {stack.store}",
     ]
+    if stack.shared_store:
+        lines += [
+            "             named by --store, so kept across sessions: the emulator numbers message",
+            "             ids from 1 in every session, and a message whose id this store holds",
+            "             from an earlier session is taken for a copy of that one, not stored",
+        ]
+    else:
+        indent = " " * 13
+        lines += [
+            f"{indent}this session's own: the emulator numbers message ids from 1 in every",
+            f"{indent}session, so sessions sharing a store would take new messages for old ones.",
+            f"{indent}Earlier sessions' stores stay in {Path(stack.session).parent}:",
+            f"{indent}`{tool} serve --store URL` reads one,",
+            f"{indent}`{tool} dev --store URL` runs on one again.",
+        ]
     if stack.emulator_host is None:
         lines += [
             "  Pub/Sub    not running: the emulator is not installed (see above); the service",
             "             runs alone and takes pushes on POST /pubsub/push",
         ]
     else:
+        emulator_env = f"PUBSUB_EMULATOR_HOST={stack.emulator_host}"
         lines += [
             f"  emulator   {stack.emulator_host}  (log {stack.emulator_log})",
             f"  topic      projects/{stack.project}/topics/{stack.topic}",
@@ -476,20 +551,20 @@ def instructions(stack: DevStack) -> str:
             f"{MIN_DELIVERY_ATTEMPTS} times",
             "",
             "Publish, from another terminal:",
-            f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline publish "
+            f"  {emulator_env} {tool} publish "
             f"--project {stack.project} --topic {stack.topic} --count 1000 --rate 100",
             "  … in a topic schema's encoding (it becomes the topic's schema):",
-            f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline publish "
+            f"  {emulator_env} {tool} publish "
             f"--project {stack.project} --topic {stack.topic} "
-            "--schema recordline_dev/schemas/record.avsc --encoding BINARY --count 100",
+            f"--schema {_shown(EXAMPLE_SCHEMAS / 'record.avsc')} --encoding BINARY --count 100",
             "Dead letters, once the cause is fixed (--dry-run first):",
-            f"  PUBSUB_EMULATOR_HOST={stack.emulator_host} recordline replay dead-letters "
+            f"  {emulator_env} {tool} replay dead-letters "
             f"--subscription {stack.dead_letter_subscription} --url {stack.service_url}",
             "",
         ]
     lines += [
         "Read:",
-        f"  recordline tail --url {stack.service_url} --since 1h",
+        f"  {tool} tail --url {stack.service_url} --since 1h",
         f"  curl '{stack.service_url}/v1/records?limit=10'",
         "",
         "Ctrl-C stops everything.",
@@ -498,95 +573,146 @@ def instructions(stack: DevStack) -> str:
     return "\n".join(lines)
 
 
-class _Stop(Exception):
-    """SIGTERM, turned into an exception so cleanup runs as it does for Ctrl-C."""
+def _shown(path: Path) -> str:
+    """`path` as the reader may type it here: relative when below the current directory."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def new_session(data_dir: Path, *, now: datetime | None = None) -> Path:
+    """A new directory for one `recordline dev` session, named by when it started."""
+    stem = (now or datetime.now()).strftime("session-%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        directory = data_dir / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            directory.mkdir(parents=True)
+        except FileExistsError:
+            continue  # two sessions started within a second
+        return directory.resolve()
+    raise AssertionError("unreachable")
+
+
+def session_store(session: Path) -> str:
+    return f"duckdb://{session / 'records.duckdb'}"
 
 
 def dev_command(args: argparse.Namespace) -> int:
     """`recordline dev`: emulator (when installed), service, topology; Ctrl-C stops all."""
     say = _stderr
-    service_url = f"http://127.0.0.1:{args.port}"
     try:
         launcher: Path | None = find_emulator()
     except EmulatorNotFound as exc:
         say(f"recordline dev: {exc}")
         say("recordline dev: running the service alone")
         launcher = None
+    session = new_session(Path(args.data_dir))
+    # The service's journal writer is our grandchild: if the service dies
+    # first, we adopt and reap it (see become_subreaper).
+    become_subreaper()
+    with StopSignals() as signals:
+        group = ProcessGroup(signals, say=say)
+        try:
+            return _run_dev(args, launcher, session, group)
+        except Interrupted as stop:
+            say(f"\nrecordline dev: {stop.name}: stopping")
+            return 0
+        except RuntimeError as exc:  # PortTaken among them
+            say(f"recordline dev: {exc}")
+            return 1
+        finally:
+            left = group.stop()
+            if left:
+                say(f"recordline dev: still running after SIGKILL: {left}")
+            # A session that stopped before anything wrote to it leaves no directory.
+            with contextlib.suppress(OSError):
+                session.rmdir()
 
-    def on_sigterm(*_: object) -> None:
-        raise _Stop
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+def _run_dev(
+    args: argparse.Namespace, launcher: Path | None, session: Path, group: ProcessGroup
+) -> int:
+    say = _stderr
+    service_url = f"http://127.0.0.1:{args.port}"
+    store = args.store or session_store(session)
+    # Before anything starts: a stale emulator would be taken for ours (with
+    # another push token: every push a 401), a stale service for the new one.
+    ensure_free(args.port, "service", "--port")
+    if launcher is not None:
+        ensure_free(args.emulator_port, "Pub/Sub emulator", "--emulator-port")
     emulator: Emulator | None = None
-    service: subprocess.Popen[bytes] | None = None
-    canary: Canary | None = None
-    try:
-        if launcher is not None:
-            say(f"recordline dev: starting the Pub/Sub emulator on 127.0.0.1:{args.emulator_port}")
-            emulator = Emulator(launcher, port=args.emulator_port)
-        token = secrets.token_urlsafe(24)
-        env = dict(os.environ)
-        if emulator is not None:
-            env["RECORDLINE_PUSH_TOKEN"] = token
-            # Topic schemas are fetched from the emulator's Schema API.
-            env["PUBSUB_EMULATOR_HOST"] = emulator.host
-        service = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "serve",
-                "--port",
-                str(args.port),
-                "--store",
-                args.store,
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            # Its own group: Ctrl-C reaches us only, and we stop the service
-            # first (it drains in-flight pushes), then the emulator.
-            start_new_session=True,
+    if launcher is not None:
+        say(
+            f"recordline dev: starting the Pub/Sub emulator on 127.0.0.1:{args.emulator_port} "
+            "(a JVM: a few seconds)"
         )
-        wait_until_ready(f"{service_url}/readyz", timeout=60, process=service)
-        stack = DevStack(service_url=service_url, store=args.store)
-        if emulator is not None:
-            backoff = DEV_BACKOFF if args.retry_policy else None
-            push, kept = asyncio.run(_wire_dev(emulator.host, service_url, token, backoff))
-            if args.canary:
-                canary_every = args.canary_every
-                publisher = publisher_client(emulator_host=emulator.host)
-                topic = f"projects/{DEV_PROJECT}/topics/{DEV_TOPIC}"
-                canary = Canary(publisher, topic, every=canary_every)
-                canary.start()
-                say(
-                    f"recordline dev: a canary every {canary_every:g} s; its age is "
-                    f"recordline_canary_age_seconds at {service_url}/metrics"
-                )
-            stack = DevStack(
-                service_url=service_url,
-                store=args.store,
-                emulator_host=emulator.host,
-                push_subscription=push,
-                dead_letter_subscription=kept or "",
-                emulator_log=str(emulator.log_path),
+        emulator = Emulator(
+            launcher, port=args.emulator_port, log_path=session / "emulator.log", group=group
+        )
+        _ensure_ours(args.emulator_port, group, "Pub/Sub emulator")
+    token = secrets.token_urlsafe(24)
+    env = dict(os.environ)
+    if emulator is not None:
+        env["RECORDLINE_PUSH_TOKEN"] = token
+        # Topic schemas are fetched from the emulator's Schema API.
+        env["PUBSUB_EMULATOR_HOST"] = emulator.host
+    say(f"recordline dev: starting the service on {service_url}, store {store}")
+    service = group.start(
+        "service",
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(args.port), "--store", store],
+        stop_seconds=SERVICE_STOP_SECONDS,
+        env=env,
+    )
+    wait_until_ready(f"{service_url}/readyz", timeout=SERVICE_START_SECONDS, process=service)
+    _ensure_ours(args.port, group, "service")
+    stack = DevStack(
+        service_url=service_url,
+        store=store,
+        session=str(session),
+        shared_store=bool(args.store),
+        command=os.environ.get("RECORDLINE_DEV_COMMAND", "recordline"),
+    )
+    canary: Canary | None = None
+    if emulator is not None:
+        backoff = DEV_BACKOFF if args.retry_policy else None
+        push, kept = asyncio.run(_wire_dev(emulator.host, service_url, token, backoff))
+        if args.canary:
+            publisher = publisher_client(emulator_host=emulator.host)
+            topic = f"projects/{DEV_PROJECT}/topics/{DEV_TOPIC}"
+            canary = Canary(publisher, topic, every=args.canary_every)
+            canary.start()
+            say(
+                f"recordline dev: a canary every {args.canary_every:g} s; its age is "
+                f"recordline_canary_age_seconds at {service_url}/metrics"
             )
-        print(instructions(stack), flush=True)
-        return service.wait()
-    except (KeyboardInterrupt, _Stop):
-        say("\nrecordline dev: stopping")
-        return 0
-    except RuntimeError as exc:
-        say(f"recordline dev: {exc}")
-        return 1
+        stack = msgspec.structs.replace(
+            stack,
+            emulator_host=emulator.host,
+            push_subscription=push,
+            dead_letter_subscription=kept or "",
+            emulator_log=str(emulator.log_path),
+        )
+    try:
+        _print(instructions(stack))
+        while True:
+            for child in group.children:
+                if (code := child.process.poll()) is not None:
+                    raise RuntimeError(f"the {child.name} exited with status {code}; stopping")
+            time.sleep(_WATCH_SECONDS)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if canary is not None:
             canary.stop()
-        if service is not None:
-            # The service's own grace (8 s by default) plus time to close the store.
-            stop_group(service, timeout=15)
-        if emulator is not None:
-            emulator.stop()
+
+
+def _ensure_ours(port: int, group: ProcessGroup, what: str) -> None:
+    """What answers on `port` is the process this run started, as far as /proc tells."""
+    found = listener(port)
+    if found is not None and found.pgid != group.pgid:
+        raise PortTaken(
+            f"the {what} answering on 127.0.0.1:{port} is {found}, not the one this run "
+            f"started; stop it (kill {found.pid})"
+        )
 
 
 async def _wire_dev(
@@ -604,9 +730,16 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         "--emulator-port", type=int, default=8085, help="emulator port (default 8085, gcloud's)"
     )
     parser.add_argument(
+        "--data-dir",
+        default=DEV_DATA_DIR,
+        help=f"where each session gets a directory of its own, with its DuckDB store and the "
+        f"emulator's log (default {DEV_DATA_DIR}, in the current directory)",
+    )
+    parser.add_argument(
         "--store",
-        default="duckdb:recordline.duckdb",
-        help="store URL for the service (default duckdb:recordline.duckdb)",
+        help="run on this store URL instead of the session's own (e.g. an earlier session's "
+        "duckdb:///…/records.duckdb, or memory:); the emulator numbers message ids from 1 "
+        "in every session, so a message whose id the store already holds is not stored",
     )
     parser.add_argument(
         "--retry-policy",
@@ -630,5 +763,13 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _print(text: str) -> None:
+    # The terminal may be gone (SIGHUP): the stop must still run.
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
+
+
 def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # The terminal may be gone (SIGHUP): the stop must still run.
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
 from tests.fakes import FaultyStore
+from tests.processes import Terminal
 from tests.spanner.emulator import EmulatorNotFound as SpannerEmulatorNotFound
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
@@ -144,3 +145,12 @@ def spanner_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spann
         yield emulator
     finally:
         emulator.stop()
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    """Terminals a test opens (tests/processes.py); whatever they hold at its end is killed."""
+    started: list[Terminal] = []
+    yield started
+    for terminal in started:
+        terminal.kill_everything()

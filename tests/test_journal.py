@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -79,7 +80,9 @@ def test_sealed_segments_go_once_applied_and_replay_spans_them(tmp_path: Path) -
     assert Journal(tmp_path / "j").replay() == [frame(2), frame(3)]
 
 
-async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> None:
+async def test_store_replays_journaled_rows_it_never_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "records.duckdb"
     # The state a crash leaves: rows acknowledged (in the journal) and not yet
     # in DuckDB, plus one that is in both.
@@ -94,6 +97,11 @@ async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> 
 
     store = DuckDBStore(str(db))
     await store.start()
+    # The log says what happened and what recovery does, in one line.
+    (line,) = [r.getMessage() for r in caplog.records if "journal" in r.getMessage()]
+    assert "stopped without closing the store" in line
+    assert "1 frames, 3 rows" in line
+    assert "each stored once" in line
     try:
         for n in (0, 1, 2):
             status = await store.message(f"m{n}")
@@ -105,6 +113,28 @@ async def test_store_replays_journaled_rows_it_never_applied(tmp_path: Path) -> 
         assert segment.stat().st_size == 0
     finally:
         await store.close()
+
+
+async def test_a_clean_stop_leaves_nothing_to_recover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every restart used to replay the last run's journal and say so, as if it
+    # had crashed: a clean close now leaves the rows in DuckDB and no journal.
+    db = tmp_path / "records.duckdb"
+    store = DuckDBStore(str(db))
+    await store.start()
+    await store.append([record(1), record(2)])
+    await store.close()
+    assert Journal(Path(f"{db}.journal")).segments() == []
+
+    caplog.set_level(logging.INFO)
+    store = DuckDBStore(str(db))
+    await store.start()
+    try:
+        assert await store.latest("2") == record(2)
+    finally:
+        await store.close()
+    assert [r.getMessage() for r in caplog.records if "journal" in r.getMessage()] == []
 
 
 async def test_the_writer_process_journals_frames_in_order_and_releases_segments(
@@ -130,13 +160,13 @@ async def test_the_writer_process_journals_frames_in_order_and_releases_segments
 
 
 async def test_the_writer_process_outlives_signals_until_its_pipe_closes(tmp_path: Path) -> None:
-    # Ctrl-C reaches the whole process group, and SIGTERM may: the rows a
-    # draining shutdown still accepts must be journaled.
+    # Ctrl-C reaches the whole process group, and SIGTERM and SIGHUP (a terminal
+    # closing) may: the rows a draining shutdown still accepts must be journaled.
     writer = JournalProcess(tmp_path / "j")
     assert await writer.open() == []
     assert writer.pid is not None
-    os.kill(writer.pid, signal.SIGINT)
-    os.kill(writer.pid, signal.SIGTERM)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        os.kill(writer.pid, signum)
     await asyncio.sleep(0.1)
     assert await writer.append(encode(frame(1))) == 1
     await writer.close()

@@ -100,6 +100,12 @@ class Journal:
             path.unlink(missing_ok=True)
         self._replayed = []
 
+    def discard_all(self) -> None:
+        """Delete every segment, the one being written included: for a closed journal."""
+        for path in self.segments():
+            path.unlink(missing_ok=True)
+        self._replayed = []
+
     def write(self, data: bytes) -> int:
         """Write one encoded frame (`encode`); its number, once on stable storage."""
         # os.write may write only part (a disk filling up, a signal): the rest

@@ -21,10 +21,10 @@ replay stops at a torn frame, so a frame written after it could be
 acknowledged and still lost. The store then answers 503 until a restart
 replays every frame that was acknowledged.
 
-The child says it is ready once its segment is open. It ignores SIGINT and
-SIGTERM and stops when its stdin closes, after every frame it was sent: a
-shutdown that drains accepted rows still journals them, and a parent that
-dies closes the pipe.
+The child says it is ready once its segment is open. It ignores SIGINT,
+SIGTERM and SIGHUP and stops when its stdin closes, after every frame it was
+sent: a shutdown that drains accepted rows still journals them, and a parent
+that dies closes the pipe.
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ class JournalProcess:
 
     async def discard_replayed(self) -> None:
         await asyncio.to_thread(self._replay.discard_replayed)
+
+    async def discard(self) -> None:
+        """Delete every segment: once closed, with all their rows stored elsewhere."""
+        if self._process is not None:
+            raise RuntimeError("the journal writer still runs")
+        await asyncio.to_thread(self._replay.discard_all)
 
     async def _start(self, segment: int) -> None:
         self._process = await asyncio.create_subprocess_exec(
@@ -187,8 +193,10 @@ def _resolve(future: asyncio.Future[int], outcome: int | OSError) -> None:
 
 def serve(base: Path, segment: int, segment_bytes: int) -> None:
     """The child: journal what arrives on stdin until it closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Its process group's signals (Ctrl-C, a terminal closing) are for the
+    # service, which drains and then closes our stdin.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     journal = Journal(base, segment_bytes=segment_bytes)
     journal.start(segment)
     requests, answers = sys.stdin.buffer, sys.stdout.buffer

@@ -254,7 +254,15 @@ class DuckDBStore:
         if self._journal is not None:
             frames = await self._journal.open()
             if frames:
-                log.info("replaying %d journal frames left by the last run", len(frames))
+                # A store closed cleanly leaves no journal (see close): these
+                # frames are a stop that never closed it.
+                log.warning(
+                    "recovering: the last run stopped without closing the store (killed, or "
+                    "the machine went down), so its journal is replayed: %d frames, %d rows it "
+                    "acknowledged, each stored once (rows it had applied already are skipped)",
+                    len(frames),
+                    sum(len(f.records) + len(f.rejections) for f in frames),
+                )
                 for frame in frames:
                     # Replayed whether or not it was applied before the stop, so a
                     # conflicting copy in it was most likely told already: telling
@@ -286,7 +294,11 @@ class DuckDBStore:
                 async with asyncio.timeout(_READ_BARRIER_SECONDS):
                     await self._caught_up(self._frames)
             except (TimeoutError, StoreUnavailable):
-                log.warning("closing with %d journaled rows not applied", self._unapplied_rows)
+                log.warning(
+                    "closing with %d journaled rows not applied: the next start recovers them "
+                    "from the journal",
+                    self._unapplied_rows,
+                )
             self._applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._applier
@@ -295,8 +307,21 @@ class DuckDBStore:
         if self._journal is not None:
             await self._journal.close()
         if con is not None:
+            # DuckDB checkpoints on close: every applied row is in the file now.
             await self._write(con.close)
+            if self._journal is not None and self._everything_applied():
+                # So a clean stop leaves nothing to replay, and the next start
+                # recovers only after a stop that never got here.
+                await self._journal.discard()
         self._writer.shutdown(wait=True)
+
+    def _everything_applied(self) -> bool:
+        return (
+            not self._unapplied
+            and self._applied == self._frames
+            and self._apply_error is None
+            and (self._journal is None or self._journal.failure is None)
+        )
 
     async def check(self) -> None:
         if self._journal is not None and self._journal.failure is not None:

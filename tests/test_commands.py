@@ -1,0 +1,200 @@
+"""The commands a new user types, as the README gives them, run as processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.settings import Settings
+from recordline_dev.devstack import DevStack, instructions
+from tests.processes import (
+    RECORDLINE,
+    ROOT,
+    START_SECONDS,
+    Terminal,
+    assert_nothing_left,
+    free_port,
+)
+
+
+def run(
+    *argv: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+# -- dev.py -----------------------------------------------------------------------
+
+
+def test_dev_py_help_lists_every_command_and_exits_0() -> None:
+    done = run(sys.executable, "dev.py", "--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("serve", "dev", "publish", "tail", "replay", "test", "lint", "bench"):
+        assert f"python3 dev.py {command}" in done.stdout
+    unknown = run(sys.executable, "dev.py", "nonsense")
+    assert unknown.returncode == 2
+    assert "no command 'nonsense'" in unknown.stderr
+
+
+def test_dev_py_runs_the_dev_tools_where_the_user_is(tmp_path: Path) -> None:
+    # As the README writes it, from any directory: tail gives up on a service
+    # that is not there, and says what it waited for.
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = run(
+        sys.executable, str(ROOT / "dev.py"), "tail", "--url", url, "--wait", "1", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"recordline tail: waiting for {url}: connection refused" in done.stderr
+    assert f"{url} has not answered for 1 s" in done.stderr
+    assert "is the service running there?" in done.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_the_readme_gives_only_commands_dev_py_has() -> None:
+    import dev
+
+    readme = (ROOT / "README.md").read_text()
+    used = set(re.findall(r"python3 dev\.py ([a-z]+)", readme))
+    assert {"serve", "dev", "publish", "tail", "replay"} <= used
+    assert used <= set(dev.COMMANDS)
+    # No dev tool is given as a command to type with a bare `recordline …`, which
+    # is not on PATH after set-up: neither a line of a code block nor inline code
+    # that sets the environment first.
+    tools = r"recordline (?:dev|publish|tail|replay)\b"
+    bare = re.findall(rf"^\s*(?:\S+=\S+ )*{tools}.*$", readme, re.M)
+    bare += re.findall(rf"`(?:[A-Z_]+=\S+ )+{tools}", readme)
+    assert bare == []
+
+
+def test_the_banner_gives_commands_as_they_run_here() -> None:
+    stack = DevStack(
+        service_url="http://127.0.0.1:8080",
+        store="duckdb:///x/records.duckdb",
+        session="/x/.recordline-dev/session-1",
+        emulator_host="127.0.0.1:8085",
+        command="python3 dev.py",
+    )
+    text = instructions(stack)
+    assert "PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python3 dev.py publish" in text
+    assert "python3 dev.py tail --url http://127.0.0.1:8080" in text
+    assert " recordline " not in text
+
+
+# -- publish and tail give up -----------------------------------------------------
+
+
+def test_publish_without_an_emulator_says_what_it_waits_for_and_gives_up() -> None:
+    host = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": host}
+    started = time.monotonic()
+    done = run(RECORDLINE, "publish", "--topic", "records", "--count", "1", "--wait", "1", env=env)
+    assert done.returncode == 1, done.stderr
+    assert f"waiting for the Pub/Sub emulator at {host} (PUBSUB_EMULATOR_HOST)" in done.stderr
+    assert f"no Pub/Sub emulator answers at {host} (PUBSUB_EMULATOR_HOST) after 1 s" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60
+
+
+# -- serve ------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_serve_quietly(tmp_path: Path, terminals: list[Terminal]) -> None:
+    # Ctrl-C used to end in a traceback and ~50 lines of "nanobind: leaked"
+    # from DuckDB's bindings: objects frozen out of the garbage collector at
+    # start-up were still alive when the interpreter exited.
+    port = free_port()
+    terminal = Terminal(
+        [RECORDLINE, "serve", "--port", str(port), "--store", f"duckdb://{tmp_path / 'r.duckdb'}"],
+        cwd=tmp_path,
+    )
+    terminals.append(terminal)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        assert terminal.process.poll() is None, terminal.output
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    terminal.ctrl_c()
+    assert_nothing_left(terminal, "ctrl-c", "once ready", statuses=frozenset({130}))
+    assert "accepted rows drained, store closed" in terminal.output
+    assert "nanobind" not in terminal.output
+    assert "Traceback" not in terminal.output
+
+
+# -- schema --write ---------------------------------------------------------------
+
+
+def test_schema_write_refuses_outside_a_checkout(tmp_path: Path) -> None:
+    # As installed from a wheel: app/ alone in site-packages, no repository around it.
+    site = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "app", site / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    # Nor are the dev tools there (see test_the_dev_tools_are_not_part_of_the_service).
+    script = (
+        f"import sys; sys.path.insert(0, {str(site)!r}); sys.modules['recordline_dev'] = None; "
+        "from app.cli import main; sys.exit(main(['schema', '--write']))"
+    )
+    done = run(sys.executable, "-c", script, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"recordline schema --write: {site} is not a checkout of Recordline" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in site.iterdir()) == ["app"]  # nothing written
+    from app.cli import in_checkout
+
+    assert in_checkout()  # where the tests run, it would write
+
+
+# -- the image --------------------------------------------------------------------
+
+
+def runtime_stage() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    start = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    return lines[start:]
+
+
+def test_the_image_runs_in_a_directory_it_may_write_with_an_absolute_store() -> None:
+    # `docker run IMAGE` started in /, where user 10001 may not write, and the
+    # default store was relative to it.
+    stage = runtime_stage()
+    (workdir,) = [line.split()[1] for line in stage if line.startswith("WORKDIR ")]
+    (user,) = [line.split()[1] for line in stage if line.startswith("USER ")]
+    uid, gid = user.split(":")
+    assert workdir.startswith("/")
+    assert any(
+        f"install --directory --owner {uid} --group {gid}" in line and workdir in line
+        for line in stage
+        if line.startswith("RUN ")
+    ), "the working directory is not made the service user's"
+    (store,) = re.findall(
+        r"RECORDLINE_STORE=(\S+)", " ".join(s for s in stage if s.startswith("ENV "))
+    )
+    assert store.startswith("duckdb:///"), store
+    assert store.removeprefix("duckdb://").startswith(workdir + "/")
+    assert Settings.load({"RECORDLINE_STORE": store}).store.url == store
+
+
+@pytest.mark.skipif(
+    shutil.which("hadolint", path=str(Path(sys.executable).parent)) is None,
+    reason="hadolint is not installed",
+)
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint is not None
+    done = run(hadolint, "Dockerfile")
+    assert done.returncode == 0, done.stdout + done.stderr

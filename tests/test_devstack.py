@@ -1,0 +1,203 @@
+"""`recordline dev` and `python3 dev.py serve` as a user runs them, stopped at any moment.
+
+Each runs in a terminal of its own (tests/processes.py): a Ctrl-C is a ^C
+typed into it, a terminal closing is its hang-up. Signals land at random
+moments of start-up, each drawn after a line the command prints (so that
+start-up's phases are all reached however slow the machine): `RECORDLINE_SEED`
+repeats a run. Afterwards `ps` must list nothing of the session. Without
+Java this file runs a stand-in for the emulator's launcher, which boots for
+ever and leaves a helper deaf to SIGTERM; the real emulator runs in
+tests/e2e/test_devstack_emulator.py.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from tests.processes import (
+    BANNER,
+    ROOT,
+    START_SECONDS,
+    STOP_SECONDS,
+    Terminal,
+    assert_nothing_left,
+    dev_terminal,
+    fake_emulator,
+    free_port,
+    stop,
+    wait_until_gone,
+)
+
+SEED = int(os.environ.get("RECORDLINE_SEED", time.time_ns() % 1_000_000))
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    return random.Random(f"{SEED}-{request.node.name}")
+
+
+def dev_env(tmp_path: Path, *, emulator: bool) -> dict[str, str]:
+    """The environment: the stand-in emulator, or one that is missing (the service alone)."""
+    launcher = fake_emulator(tmp_path) if emulator else tmp_path / "no-emulator-here"
+    # find_emulator wants Java too; the stand-in needs none.
+    return {**os.environ, "RECORDLINE_PUBSUB_EMULATOR": str(launcher), "JAVA_HOME": "/nonexistent"}
+
+
+def dev(
+    tmp_path: Path, terminals: list[Terminal], *, emulator: bool, extra: tuple[str, ...] = ()
+) -> Terminal:
+    terminal, _port, _emulator_port = dev_terminal(
+        tmp_path, *extra, env=dev_env(tmp_path, emulator=emulator)
+    )
+    terminals.append(terminal)
+    return terminal
+
+
+# Where each stop lands: after which line, plus a random delay up to how long.
+CASES = [
+    # While the emulator boots (the stand-in never answers, as a slow JVM).
+    ("ctrl-c", True, "starting the Pub/Sub emulator", 1.5),
+    # While the service starts: its imports, its store, its journal writer.
+    ("SIGTERM", False, "starting the service", 2.0),
+    ("terminal closes", False, "starting the service", 2.0),
+    # Anywhere from the first instant, the interpreter's own start included.
+    ("terminal closes", True, "", 3.0),
+    # Once it runs (on a store named by --store, kept across sessions).
+    ("ctrl-c", False, BANNER, 1.0),
+]
+
+
+@pytest.mark.parametrize(("how", "emulator", "after", "within"), CASES)
+def test_a_stop_at_a_random_moment_of_start_up_leaves_no_process(
+    tmp_path: Path,
+    terminals: list[Terminal],
+    rng: random.Random,
+    how: str,
+    emulator: bool,
+    after: str,
+    within: float,
+) -> None:
+    kept = tmp_path / "kept.duckdb"
+    extra = ("--store", f"duckdb://{kept}") if after == BANNER else ()
+    terminal = dev(tmp_path, terminals, emulator=emulator, extra=extra)
+    if after:
+        assert terminal.wait_for(after, timeout=START_SECONDS), terminal.output
+    delay = rng.uniform(0, within)
+    time.sleep(delay)
+    stop(terminal, how)
+    assert_nothing_left(terminal, how, f"{delay:.2f} s after {after or 'the start'!r}, seed {SEED}")
+    if after == BANNER:
+        assert "stopping" in terminal.output
+        # The store --store named is used, and the banner says ids may collide there.
+        assert f"store      duckdb://{kept}" in terminal.output
+        assert "named by --store, so kept across sessions" in terminal.output
+        assert kept.exists()
+
+
+@pytest.mark.parametrize("taken", ["emulator", "service"])
+def test_a_port_taken_by_an_earlier_run_is_named_before_anything_starts(
+    tmp_path: Path, terminals: list[Terminal], taken: str
+) -> None:
+    # What a killed `recordline dev` leaves: a process still listening on the port.
+    port = free_port()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, time\n"
+            f"s = socket.create_server(('127.0.0.1', {port}))\n"
+            "print('listening', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"listening\n"
+        option = "--emulator-port" if taken == "emulator" else "--port"
+        terminal = dev(tmp_path, terminals, emulator=True, extra=(option, str(port)))
+        status = terminal.wait(STOP_SECONDS)
+        assert status == 1, terminal.output
+        what = "Pub/Sub emulator" if taken == "emulator" else "service"
+        assert f"port {port}, for the {what}, is taken by pid {holder.pid} (" in terminal.output
+        assert f"kill {holder.pid}" in terminal.output
+        assert option in terminal.output.split("is taken by", 1)[1]
+        # Named, not reused, and nothing else started.
+        assert BANNER not in terminal.output
+        assert "starting the Pub/Sub emulator" not in terminal.output
+        assert wait_until_gone(terminal.session, terminal.markers, timeout=5) == []
+        assert holder.poll() is None
+        assert list((tmp_path / "sessions").iterdir()) == []  # no empty session left
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+# -- python3 dev.py serve ---------------------------------------------------------
+
+
+def serve(tmp_path: Path, terminals: list[Terminal]) -> tuple[Terminal, str, Path]:
+    port = free_port()
+    db = tmp_path / "records.duckdb"
+    terminal = Terminal(
+        [
+            sys.executable,
+            str(ROOT / "dev.py"),
+            "serve",
+            "--port",
+            str(port),
+            "--store",
+            f"duckdb://{db}",
+        ],
+        cwd=tmp_path,
+        markers=(str(tmp_path),),
+    )
+    terminals.append(terminal)
+    return terminal, f"http://127.0.0.1:{port}", db
+
+
+def wait_ready(url: str, terminal: Terminal) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        assert terminal.process.poll() is None, terminal.output
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"not ready in {START_SECONDS} s\n{terminal.output}")
+
+
+def test_dev_py_serve_killed_with_sigterm_leaves_nothing_holding_the_store(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # `kill PID` reaches the process the user started, and that process alone.
+    terminal, url, db = serve(tmp_path, terminals)
+    wait_ready(url, terminal)
+    terminal.process.send_signal(signal.SIGTERM)
+    assert_nothing_left(terminal, "SIGTERM", "once ready")
+    assert "accepted rows drained, store closed" in terminal.output
+    duckdb.connect(str(db)).close()  # the lock is free
+
+
+def test_dev_py_serve_stops_at_a_random_moment_of_start_up(
+    tmp_path: Path, terminals: list[Terminal], rng: random.Random
+) -> None:
+    terminal, _url, db = serve(tmp_path, terminals)
+    delay = rng.uniform(0, 4)
+    time.sleep(delay)
+    stop(terminal, rng.choice(["SIGTERM", "terminal closes"]))
+    assert_nothing_left(terminal, "a stop", f"{delay:.2f} s after the start, seed {SEED}")
+    if db.exists():
+        duckdb.connect(str(db)).close()
