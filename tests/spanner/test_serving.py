@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from app.asgi import create_app
+from app.errors import StoreUnavailable
 from app.records import Record
 from app.settings import QuerySettings, Settings
 from app.store import PageQuery
@@ -263,3 +264,23 @@ async def test_spanner_unreachable_at_start_then_lost_and_back(
     finally:
         spanner_emulator.resume()
     assert set(stored_rows(write_fake)) == {"m-1", "m-2"}
+
+
+async def test_waiting_for_a_turn_counts_against_the_write_deadline(
+    make_tiered: Make, spanner_emulator: SpannerEmulator
+) -> None:
+    # Against the emulator a process's commits take turns: the one queued
+    # behind a stalled commit has only what is left of its own deadline.
+    store: TieredStore = await make_tiered(write_deadline_seconds=1.0)
+    spanner_emulator.pause()
+    try:
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            store.append([record("m-1")]), store.append([record("m-2")]), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        spanner_emulator.resume()
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    # Both were answered by their shared deadline, not one deadline after another.
+    assert elapsed < 1.8, elapsed

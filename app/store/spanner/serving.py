@@ -206,11 +206,10 @@ class SpannerServing:
         # other, which then backs off for seconds: against it this process's
         # commits take turns. Spanner itself runs them side by side.
         self._turns = asyncio.Lock() if emulator_host else contextlib.nullcontext()
-        # Queries and key reads made, for what reads cost: the Spanner bill
-        # follows compute, which follows them.
+        # Queries and key reads made for readers, for what reads cost: the
+        # Spanner bill follows compute, which follows them. A commit's own key
+        # reads are the write's cost, not counted.
         self.reads = 0
-        # Key reads inside commits (which copies are there already), apart.
-        self.commit_reads = 0
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
         self._names = {table: [c.name for c in columns(row)] for table, row in TABLES.items()}
         self._kinds = {table: [c.kind for c in columns(row)] for table, row in TABLES.items()}
@@ -306,9 +305,13 @@ class SpannerServing:
 
     async def commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
         """Store what is new among `rows` in one transaction, stamped with its commit
-        time, retrying an aborted transaction for up to `within` seconds."""
+        time, retrying an aborted transaction for up to `within` seconds, waiting
+        for its turn included."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         async with self._turns:
-            return await self._call(self._commit, rows, within, within=within)
+            left = max(deadline - loop.time(), 0.0)
+            return await self._call(self._commit, rows, left, within=left)
 
     def _commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
         # The first copy of a message within the batch is the one to store.
@@ -344,7 +347,6 @@ class SpannerServing:
                     )
             return existing
 
-        self.commit_reads += sum(1 for pending in by_table.values() if pending)
         existing = self._database().run_in_transaction(work, timeout_secs=within)
         committed = attempts[-1].committed
         ingest_time = micros(committed)
