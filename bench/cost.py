@@ -42,10 +42,11 @@ from app.settings import QuerySettings, Settings
 from app.store.spanner.schema import retention_days
 from bench.bqcost import TAIL, billed, run_rate
 from bench.harness import table
+from recordline_dev.devstack import EmulatorNotFound
 from tests.bigquery.billing import DOLLARS_PER_TIB
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
 from tests.conftest import served
-from tests.spanner.emulator import EmulatorNotFound, SpannerEmulator, find_emulator
+from tests.spanner.emulator import SpannerEmulator, find_emulator
 
 # --- list prices and capacity, with where they come from ------------------------
 HOURS_A_MONTH = 730
@@ -107,12 +108,12 @@ def envelope(n: int, rng: random.Random) -> dict[str, object]:
 
 
 @contextmanager
-def serving() -> Iterator[tuple[SpannerEmulator, ThreadedBigQuery, str]]:
+def serving() -> Iterator[tuple[SpannerEmulator, ThreadedBigQuery]]:
     with TemporaryDirectory() as tmp:
         emulator = SpannerEmulator(find_emulator(), Path(tmp) / "spanner.log")
         bigquery = ThreadedBigQuery()
         try:
-            yield emulator, bigquery, emulator.database()
+            yield emulator, bigquery
         finally:
             bigquery.stop()
             emulator.stop()
@@ -163,7 +164,6 @@ async def follow_and_count(
         await asyncio.gather(writer(), *(follower(k) for k in range(followers)))
         counts["polls"] = polls
         counts["spanner reads"] = store.serving.reads - reads_before
-        counts["commit reads"] = store.serving.commit_reads
         counts["bigquery queries"] = len(bigquery.jobs.queries) - queries_before
         middle = await client.get("/v1/records", params={"since": start_at, "limit": 50})
         row = middle.json()["records"][-1]
@@ -222,7 +222,7 @@ def main(argv: list[str]) -> int:
 
     tail_billed = {rate: billed(asyncio.run(run_rate(rate, [30], 1)), TAIL, 30) for rate in rates}
     measured = {}
-    with serving() as (emulator, bigquery, _):
+    with serving() as (emulator, bigquery):
         for n in follower_counts:
             measured[n] = asyncio.run(follow_and_count(emulator, bigquery, n, args.seconds))
     page_plain = measured[follower_counts[0]].get("page bytes", 0)

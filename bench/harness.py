@@ -202,7 +202,8 @@ def server(
 
     Ready once /healthz answers, within `ready_seconds`; stopped with SIGTERM,
     and killed if it has not exited `stop_seconds` later. Its log goes to a
-    file (a pipe nobody reads would stall it once full), shown if it fails.
+    file (a pipe nobody reads would stall it once full), shown if it fails to
+    start, and after it stops when RECORDLINE_BENCH_LOGS is set.
     """
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(

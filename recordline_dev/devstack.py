@@ -108,11 +108,25 @@ def find_emulator(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def _emulator_in_sdk() -> Path:
+    return emulator_in_sdk(
+        "Pub/Sub emulator",
+        EMULATOR_IN_SDK,
+        install="`gcloud components install pubsub-emulator` (or apt-get install "
+        "google-cloud-cli-pubsub-emulator)",
+        override="RECORDLINE_PUBSUB_EMULATOR",
+    )
+
+
+def emulator_in_sdk(name: str, relative: Path, *, install: str, override: str) -> Path:
+    """The emulator at `relative` in the Google Cloud CLI's installation.
+
+    Raises EmulatorNotFound with a message that starts with `name` and says how to
+    install it (`install`) or where else to point (`override`, a variable).
+    """
     gcloud = shutil.which("gcloud")
     if gcloud is None:
         raise EmulatorNotFound(
-            "Pub/Sub emulator: not found; install the Google Cloud CLI and "
-            "`gcloud components install pubsub-emulator`, or set RECORDLINE_PUBSUB_EMULATOR"
+            f"{name}: not found; install the Google Cloud CLI and {install}, or set {override}"
         )
     try:
         root = subprocess.run(  # noqa: S603 - our own argv, no shell
@@ -123,14 +137,10 @@ def _emulator_in_sdk() -> Path:
             timeout=GCLOUD_INFO_SECONDS,
         ).stdout.strip()
     except (subprocess.SubprocessError, OSError) as exc:
-        raise EmulatorNotFound(f"Pub/Sub emulator: `gcloud info` failed: {exc}") from None
-    path = Path(root) / EMULATOR_IN_SDK
+        raise EmulatorNotFound(f"{name}: `gcloud info` failed: {exc}") from None
+    path = Path(root) / relative
     if not path.is_file():
-        raise EmulatorNotFound(
-            f"Pub/Sub emulator: not installed in {root}; run "
-            "`gcloud components install pubsub-emulator` (or apt-get install "
-            "google-cloud-cli-pubsub-emulator)"
-        )
+        raise EmulatorNotFound(f"{name}: not installed in {root}; run {install}")
     return path
 
 

@@ -18,10 +18,14 @@ from litestar.testing import AsyncTestClient, TestClient
 from app.asgi import create_app
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
+from recordline_dev.devstack import EmulatorNotFound
+from tests.bigquery.conftest import DATASET as BIGQUERY_DATASET
+from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
 from tests.fakes import FaultyStore
 from tests.processes import Terminal
-from tests.spanner.emulator import EmulatorNotFound as SpannerEmulatorNotFound
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
 
@@ -132,6 +136,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped in CI, where the emulator must run: {report.longrepr}"
 
 
+@pytest.fixture
+async def write_fake() -> AsyncIterator[FakeBigQueryWrite]:
+    """The Storage Write fake on this test's loop (BigQuery and serving-tier tests)."""
+    fake = FakeBigQueryWrite()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def jobs_fake(write_fake: FakeBigQueryWrite) -> Iterator[FakeBigQueryJobs]:
+    """The jobs.query fake, reading what `write_fake` stored."""
+    fake = FakeBigQueryJobs(write_fake, project=BIGQUERY_PROJECT, dataset=BIGQUERY_DATASET)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
 @pytest.fixture(scope="session")
 def spanner_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpannerEmulator]:
     """Google's Spanner emulator for the session; each test makes its own database."""
@@ -139,7 +161,7 @@ def spanner_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spann
         emulator = SpannerEmulator(
             find_spanner_emulator(), tmp_path_factory.mktemp("spanner") / "log"
         )
-    except SpannerEmulatorNotFound as exc:
+    except EmulatorNotFound as exc:
         pytest.skip(str(exc))  # starts "Spanner emulator": CI turns it into a failure
     try:
         yield emulator

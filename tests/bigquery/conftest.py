@@ -17,22 +17,6 @@ DATASET = "recordline"
 
 
 @pytest.fixture
-async def write_fake() -> AsyncIterator[FakeBigQueryWrite]:
-    fake = FakeBigQueryWrite()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-def jobs_fake(write_fake: FakeBigQueryWrite) -> Any:
-    fake = FakeBigQueryJobs(write_fake, project=PROJECT, dataset=DATASET)
-    fake.start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 async def make_store(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> AsyncIterator[Callable[..., Any]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.infra.console import console, require_terraform
 from tests.infra.test_runbook import RUNBOOK, slug
 from tests.infra.test_terraform import (
     MODULE,
@@ -52,8 +52,7 @@ def _hcl(value: Any) -> str:
 @cache
 def _symptoms(systems: tuple[str, ...], min_events: int = 100) -> dict[str, Any]:
     """Every output of modules/symptoms for these systems, evaluated by terraform."""
-    if shutil.which("terraform") is None:
-        pytest.skip("terraform is not installed")
+    require_terraform()
     values = {
         "systems": list(systems),
         "project_number": "123456789012",
@@ -79,17 +78,7 @@ def _symptoms(systems: tuple[str, ...], min_events: int = 100) -> dict[str, Any]
         Path(work, "values.tfvars").write_text(
             "\n".join(f"{k} = {_hcl(v)}" for k, v in values.items()) + "\n"
         )
-        run = subprocess.run(
-            ["terraform", "console", "-var-file=values.tfvars"],
-            input=f"jsonencode({expression})\n",
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    assert run.returncode == 0, run.stderr
-    return dict(json.loads(json.loads(run.stdout.strip().splitlines()[-1])))
+        return dict(console(work, expression, var_file="values.tfvars"))
 
 
 def _policies() -> dict[str, dict[str, Any]]:

@@ -11,8 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.infra.console import console_run, decoded, require_terraform
 from tests.infra.test_terraform import (
     MODULE,
     TERRAFORM,
@@ -78,8 +77,7 @@ def _root_console_run(
     defaults, `overrides` (HCL values), and `systems` converted to the variable's type and
     validated, as a plan would. The configuration sits at infra/terraform of a scratch
     tree holding `files` (paths from its root, as the repository's)."""
-    if shutil.which("terraform") is None:
-        pytest.skip("terraform is not installed")
+    require_terraform()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch, "infra", "terraform")
         work.mkdir(parents=True)
@@ -94,15 +92,7 @@ def _root_console_run(
         (work / "values.tfvars").write_text(
             "\n".join(f"{k} = {v}" for k, v in values.items()) + "\n"
         )
-        return subprocess.run(
-            ["terraform", "console", "-var-file=values.tfvars"],
-            input=f"jsonencode({expression})\n",
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return console_run(work, expression, var_file="values.tfvars")
 
 
 def _root_console(
@@ -113,9 +103,8 @@ def _root_console(
 ) -> Any:
     """`expression`'s value, as `_root_console_run` evaluates it."""
     run = _root_console_run(expression, systems, overrides, files)
-    assert run.returncode == 0, run.stderr
     assert "Error" not in run.stderr, run.stderr
-    return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+    return decoded(run)
 
 
 def _module_inputs(names: list[str]) -> str:

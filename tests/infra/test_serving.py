@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from app.settings import QuerySettings
 from app.store.spanner.schema import ddl, retention_days
 from app.store.spanner.serving import _OLDEST_READ_MICROS, SpannerDatabase
+from tests.infra.console import console, require_terraform
 from tests.infra.test_fleet import _module, _root_console
 from tests.infra.test_iam_coverage import _roles
 from tests.infra.test_terraform import (
@@ -151,8 +151,7 @@ def test_the_cpu_threshold_is_googles_for_the_instance_configuration(
 def _module_locals(expression: str, values: dict[str, str]) -> Any:
     """`expression` over the locals of modules/system/spanner.tf, with its variables bound
     to HCL values and the module's schemas/ beside it, as templatefile reads them."""
-    if shutil.which("terraform") is None:
-        pytest.skip("terraform is not installed")
+    require_terraform()
     text = (MODULE / "spanner.tf").read_text()
     (block,) = re.findall(r"(?ms)^locals \{\n.*?^\}\n", text)
     with tempfile.TemporaryDirectory() as work:
@@ -162,17 +161,7 @@ def _module_locals(expression: str, values: dict[str, str]) -> Any:
         Path(work, "values.tfvars").write_text(
             "".join(f"{name} = {value}\n" for name, value in values.items())
         )
-        run = subprocess.run(
-            ["terraform", "console", "-var-file=values.tfvars"],
-            input=f"jsonencode({expression})\n",
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    assert run.returncode == 0, run.stderr
-    return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+        return console(work, expression, var_file="values.tfvars")
 
 
 @pytest.mark.parametrize("window", [None, 86_400, 90_000, 3_600.5, 30 * 86_400])

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -19,6 +17,7 @@ import hcl2
 import pytest
 
 from app.records import TABLES, bigquery_schema
+from tests.infra.console import console, require_terraform
 
 TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
 ENVIRONMENTS = ("dev", "prod")
@@ -413,22 +412,11 @@ def _module_resource_types(address: str) -> set[str]:
 def _evaluate(expression: str, values: tuple[tuple[str, str], ...] = ()) -> Any:
     """`expression` evaluated by `terraform console` (no provider needed), with `local.x`
     bound to each given HCL value."""
-    if shutil.which("terraform") is None:
-        pytest.skip("terraform is not installed")
+    require_terraform()
     with tempfile.TemporaryDirectory() as work:
         bound = "\n".join(f"  {name} = {value}" for name, value in values)
         Path(work, "main.tf").write_text(f"locals {{\n{bound}\n}}\n")
-        run = subprocess.run(
-            ["terraform", "console"],
-            input=f"jsonencode({expression})\n",
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    assert run.returncode == 0, run.stderr
-    return json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+        return console(work, expression)
 
 
 def _template(raw: str) -> str:

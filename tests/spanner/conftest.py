@@ -17,22 +17,6 @@ from tests.spanner.emulator import SpannerEmulator
 
 
 @pytest.fixture
-async def write_fake() -> AsyncIterator[FakeBigQueryWrite]:
-    fake = FakeBigQueryWrite()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-def jobs_fake(write_fake: FakeBigQueryWrite) -> Any:
-    fake = FakeBigQueryJobs(write_fake, project=PROJECT, dataset=DATASET)
-    fake.start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def database(spanner_emulator: SpannerEmulator) -> str:
     """A fresh database with the service's schema: its RECORDLINE_SERVING URL."""
     return spanner_emulator.database()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,14 +24,11 @@ from google.cloud import spanner
 
 from app.settings import QuerySettings
 from app.store.spanner.schema import ddl
+from recordline_dev.devstack import emulator_in_sdk, free_port
 
 PROJECT = "recordline-test"
 INSTANCE = "serving"
 EMULATOR_IN_SDK = Path("bin/cloud_spanner_emulator/emulator_main")
-
-
-class EmulatorNotFound(Exception):
-    pass
 
 
 def find_emulator() -> Path:
@@ -40,33 +36,12 @@ def find_emulator() -> Path:
     explicit = os.environ.get("RECORDLINE_SPANNER_EMULATOR", "")
     if explicit:
         return Path(explicit)
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        raise EmulatorNotFound(
-            "Spanner emulator: not found; install the Google Cloud CLI and "
-            "`gcloud components install cloud-spanner-emulator`, or set "
-            "RECORDLINE_SPANNER_EMULATOR"
-        )
-    root = subprocess.run(
-        [gcloud, "info", "--format=value(installation.sdk_root)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
-    path = Path(root) / EMULATOR_IN_SDK
-    if not path.is_file():
-        raise EmulatorNotFound(
-            f"Spanner emulator: {path} is missing; run "
-            "`gcloud components install cloud-spanner-emulator`"
-        )
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return emulator_in_sdk(
+        "Spanner emulator",
+        EMULATOR_IN_SDK,
+        install="`gcloud components install cloud-spanner-emulator`",
+        override="RECORDLINE_SPANNER_EMULATOR",
+    )
 
 
 class SpannerEmulator:

@@ -17,12 +17,15 @@ import asyncio
 import itertools
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from app.asgi import create_app
 from app.records import Record, Rejection
 from app.store import MessageStatus, PageQuery, Store
 from tests.conftest import envelope, served, settings
+
+R = TypeVar("R", Record, Rejection)
 
 HOUR = 3_600_000_000
 _ticks = itertools.count()
@@ -94,26 +97,40 @@ async def stored_time(store: Store, message_id: str) -> int:
 
 async def walk(store: Store, *, limit: int, since: int, before: int) -> list[Record]:
     """Every record a follower of page tokens meets from `since` to `before`."""
-    seen: list[Record] = []
-    after_time, after_id = since, ""
-    for _ in range(1000):
-        page = await store.page(query(after_time, after_id, before=before, limit=limit))
-        seen += page.records
-        assert (page.after_time, page.after_message_id) > (after_time, after_id), "no progress"
-        after_time, after_id = page.after_time, page.after_message_id
-        if (after_time, after_id) == (before, ""):
-            return seen
-    raise AssertionError("the walk did not end")
+
+    async def read(q: PageQuery) -> tuple[list[Record], int, str]:
+        page = await store.page(q)
+        return page.records, page.after_time, page.after_message_id
+
+    return await _follow(read, limit=limit, since=since, before=before)
 
 
 async def walk_rejections(store: Store, *, limit: int, since: int, before: int) -> list[Rejection]:
-    seen: list[Rejection] = []
+    """The same, through the rejections."""
+
+    async def read(q: PageQuery) -> tuple[list[Rejection], int, str]:
+        page = await store.rejections(q)
+        return page.rejections, page.after_time, page.after_message_id
+
+    return await _follow(read, limit=limit, since=since, before=before)
+
+
+async def _follow(
+    read: Callable[[PageQuery], Awaitable[tuple[list[R], int, str]]],
+    *,
+    limit: int,
+    since: int,
+    before: int,
+) -> list[R]:
+    seen: list[R] = []
     after_time, after_id = since, ""
     for _ in range(1000):
-        page = await store.rejections(query(after_time, after_id, before=before, limit=limit))
-        seen += page.rejections
-        assert (page.after_time, page.after_message_id) > (after_time, after_id), "no progress"
-        after_time, after_id = page.after_time, page.after_message_id
+        rows, page_time, page_id = await read(
+            query(after_time, after_id, before=before, limit=limit)
+        )
+        seen += rows
+        assert (page_time, page_id) > (after_time, after_id), "no progress"
+        after_time, after_id = page_time, page_id
         if (after_time, after_id) == (before, ""):
             return seen
     raise AssertionError("the walk did not end")
