@@ -17,9 +17,10 @@ async def test_a_client_reads_its_own_commit_even_when_a_refresh_was_already_run
     committed: list[Record] = []
     gate = asyncio.Event()
 
-    async def read(since: int, before: int, limit: int) -> list[Record]:
+    async def read(since: int, before: int, limit: int) -> list[Record] | None:
         await gate.wait()
-        return [r for r in committed if since <= r.ingest_time < before][:limit]
+        found = [r for r in committed if since <= r.ingest_time < before]
+        return found if len(found) <= limit else None
 
     cache = TailCache(read, refresh_seconds=3600)
     await cache.refresh(1_000)  # the cache starts empty at t = 1,000

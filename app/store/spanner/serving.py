@@ -121,20 +121,6 @@ ORDER BY `timestamp` DESC, publish_time DESC, ingest_time DESC, message_id DESC
 LIMIT 1
 """.strip()
 
-_RANGE_SQL: Final = f"""
-SELECT {_select_list(Record)}
-FROM records@{{FORCE_INDEX={time_index("records")}}}
-WHERE shard BETWEEN 0 AND {SHARDS - 1}
-  AND ingest_time >= @since AND ingest_time < @before_time
-ORDER BY ingest_time, message_id
-LIMIT @limit
-""".strip()
-_RANGE_TYPES: Final = {
-    "since": param_types.TIMESTAMP,
-    "before_time": param_types.TIMESTAMP,
-    "limit": param_types.INT64,
-}
-
 _PAGE_TYPES: Final = {
     "after_time": param_types.TIMESTAMP,
     "before_time": param_types.TIMESTAMP,
@@ -406,17 +392,50 @@ class SpannerServing:
                     break
         return found
 
-    async def rows_between(self, since: int, before: int, limit: int) -> list[Record]:
-        """Records with `since <= ingest_time < before` in key order, at most `limit`,
-        read at exactly `before`: complete, once read, for that whole range."""
+    async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
+        """Every record with `since <= ingest_time < before`, in key order, read at
+        exactly `before` (so complete, once read, for that whole range); None if
+        there are more than `limit`."""
         return await self._call(self._rows_between, since, before, limit)
 
-    def _rows_between(self, since: int, before: int, limit: int) -> list[Record]:
-        params = {"since": moment(since), "before_time": moment(before), "limit": limit}
-        self.reads += 1
-        with self._database().snapshot(read_timestamp=moment(before)) as snapshot:
-            rows = snapshot.execute_sql(_RANGE_SQL, params=params, param_types=_RANGE_TYPES)
-            return [_stored(Record, values) for values in rows]
+    def _rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
+        # Key reads, not SQL: each shard's range of the time index is a seek by
+        # construction, whatever a query plan would make of a range of shards,
+        # then the rows by their keys, at the same timestamp. (The emulator's
+        # SQL scans the whole index: a tail read took 240 ms at 20,000 rows,
+        # against 13 ms this way.)
+        ranges = [
+            spanner.KeyRange(  # type: ignore[no-untyped-call]
+                start_closed=[shard, moment(since)], end_open=[shard, moment(before)]
+            )
+            for shard in range(SHARDS)
+        ]
+        index = time_index("records")
+        with self._database().snapshot(read_timestamp=moment(before), multi_use=True) as snapshot:
+            self.reads += 1
+            keys = [
+                list(key)
+                for key in snapshot.read(
+                    "records",
+                    ["shard", "message_id"],
+                    spanner.KeySet(ranges=ranges),  # type: ignore[no-untyped-call]
+                    index=index,
+                    limit=limit + 1,
+                )
+            ]
+            if len(keys) > limit:
+                return None
+            if not keys:
+                return []
+            self.reads += 1
+            rows = snapshot.read(
+                "records",
+                self._names["records"],
+                spanner.KeySet(keys=keys),  # type: ignore[no-untyped-call]
+            )
+            records = [_stored(Record, values) for values in rows]
+        records.sort(key=lambda r: (r.ingest_time, r.message_id))
+        return records
 
     async def latest(self, record_id: str) -> Record | None:
         return await self._call(self._latest, record_id)

@@ -30,7 +30,9 @@ from app.store import PageQuery, RecordPage
 MAX_ROWS: Final = 50_000
 
 Key = tuple[int, str]
-Reader = Callable[[int, int, int], Awaitable[list[Record]]]
+# (since, before, limit) -> every record in [since, before) in key order, or
+# None if there are more than limit.
+Reader = Callable[[int, int, int], Awaitable[list[Record] | None]]
 
 
 class TailCache:
@@ -110,8 +112,8 @@ class TailCache:
         if now <= self.end:
             return
         since = self.end
-        found = await self._read(since, now, self._max_rows + 1)
-        if len(found) > self._max_rows:
+        found = await self._read(since, now, self._max_rows)
+        if found is None:
             # More than the cache holds: start afresh after this range.
             self._rows, self._keys = [], []
             self.start, self.end = (now, ""), now
