@@ -6,7 +6,10 @@
 `recordline serve` runs as a process, the emulator pushes to it, and a
 follower walks /v1/records by page token as any consumer would. A record is
 visible when the follower first sees it; its latency is that moment minus the
-publish_time Pub/Sub stamped on it (one machine, one clock).
+publish_time Pub/Sub stamped on it (one machine, one clock). The follower
+is at the tail when publishing begins (it has read once from that moment):
+a first page over the whole retention, which takes seconds on BigQuery, is
+catching up, not publish-to-visible latency.
 
 Each store in `--stores` gets a run of its own, in turn, with the same load:
 - `duckdb`: the embedded store, a file;
@@ -48,6 +51,7 @@ from recordline_dev.client import (
     generated_records,
     publish,
     publisher_client,
+    since_time,
     trace_publishes,
 )
 from recordline_dev.devstack import Emulator, EmulatorNotFound, PubSubAdmin, find_emulator, wire
@@ -89,9 +93,9 @@ async def run(
     latencies: list[float] = []
     first_visible = last_visible = 0.0
 
-    async def follower(http: httpx.AsyncClient) -> None:
+    async def follower(http: httpx.AsyncClient, since: str) -> None:
         nonlocal first_visible, last_visible
-        async for page in follow(http, idle=0.05):
+        async for page in follow(http, since=since, idle=0.05):
             now = time.time()
             first_visible = first_visible or now
             last_visible = now
@@ -100,7 +104,11 @@ async def run(
     trace_publishes()
     client = publisher_client(emulator_host=emulator.host)
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        following = asyncio.create_task(follower(http))
+        # The follower is at the tail before the first publish: this measures
+        # publish to visible, not a first page over the whole retention.
+        since = since_time(None)
+        (await http.get("/v1/records", params={"since": since})).raise_for_status()
+        following = asyncio.create_task(follower(http, since))
         started = time.time()
         published = await asyncio.to_thread(
             publish, client, topics, generated_records(count), rate=args.rate
