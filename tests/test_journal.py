@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,54 @@ def test_a_short_write_is_finished_before_the_frame_counts(
     assert journal.write(encode(frame(1, 2))) == 1
     journal.close()
     assert Journal(tmp_path / "j").replay() == [frame(1, 2)]
+
+
+# A fresh interpreter where OpenTelemetry's MeterProvider registers its
+# at-fork hook before `concurrent.futures.thread` is imported (as an installed
+# `recordline serve` does), then the writer starts under uvloop. uvloop's own
+# subprocess spawn runs that hook in the forked child, where it waits forever
+# on a lock the parent held at the fork: start-up hung.
+_UNDER_UVLOOP = """
+import sys
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+provider = MeterProvider(resource=Resource({"service.name": "recordline"}))
+assert "concurrent.futures.thread" not in sys.modules
+import asyncio
+from pathlib import Path
+import uvloop
+from app.records import Record
+from app.store.duckdb.journal import Frame, encode
+from app.store.duckdb.journal_process import JournalProcess
+
+async def main() -> None:
+    writer = JournalProcess(Path(sys.argv[1]))
+    await writer.open()
+    row = Record(message_id="m1", publish_time=1, ingest_time=1001, id="1", data="[1]")
+    assert await writer.append(encode(Frame(records=[row], rejections=[]))) == 1
+    await writer.close()
+    print("journaled")
+
+uvloop.run(main())
+"""
+
+
+def test_the_writer_starts_under_uvloop_whatever_at_fork_hooks_the_process_has(
+    tmp_path: Path,
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _UNDER_UVLOOP, str(tmp_path / "j")],
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a hung child's forked copy is stopped with it
+    )
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the journal writer did not start within 60 s")
+    assert (process.returncode, out.strip()) == (0, "journaled"), err
+    assert Journal(tmp_path / "j").replay() == [frame(1)]

@@ -34,8 +34,10 @@ import contextlib
 import logging
 import signal
 import struct
+import subprocess
 import sys
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.store.duckdb.journal import SEGMENT_BYTES, Frame, Journal
@@ -53,6 +55,57 @@ _READY = b"journal\n"
 _STOP_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class _Child:
+    """The running writer: the process and the event loop's ends of its pipes."""
+
+    process: subprocess.Popen[bytes]
+    stdin: asyncio.StreamWriter
+    stdout: asyncio.StreamReader
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def wait(self) -> int:
+        return await asyncio.to_thread(self.process.wait)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+async def _spawn(args: list[str]) -> _Child:
+    """Start `args` with pipes on stdin and stdout that the event loop reads and writes.
+
+    `subprocess.Popen`, not `asyncio.create_subprocess_exec`: under uvloop the
+    latter forks and runs this process's `os.register_at_fork` hooks in the
+    child before it execs, and OpenTelemetry's MeterProvider hook runs a thread
+    pool there, which can wait forever on a lock held at the fork (the service
+    then hangs at start-up). Popen runs no Python in the child.
+    """
+    loop = asyncio.get_running_loop()
+    # Fork and exec in a thread: the event loop goes on meanwhile.
+    process = await asyncio.to_thread(
+        subprocess.Popen,  # our own argv, no shell
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        if process.stdin is None or process.stdout is None:
+            raise OSError("the journal writer's pipes did not open")
+        stdout = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), process.stdout)
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), process.stdin
+        )
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return _Child(process, asyncio.StreamWriter(transport, protocol, None, loop), stdout)
+
+
 class JournalProcess:
     """The parent's end: `append` an encoded frame, get its number once durable."""
 
@@ -60,7 +113,7 @@ class JournalProcess:
         self.base = base
         self._segment_bytes = segment_bytes
         self._replay = Journal(base, segment_bytes=segment_bytes)  # reads; never writes
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: _Child | None = None
         self._answers: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[int]] = deque()
         self.failure: str | None = None
@@ -85,19 +138,10 @@ class JournalProcess:
         await asyncio.to_thread(self._replay.discard_all)
 
     async def _start(self, segment: int) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            __name__,
-            str(self.base),
-            str(segment),
-            str(self._segment_bytes),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+        self._process = await _spawn(
+            [sys.executable, "-m", __name__, str(self.base), str(segment), str(self._segment_bytes)]
         )
         stdout = self._process.stdout
-        if stdout is None:
-            raise OSError("the journal writer has no stdout")
         try:
             ready = await stdout.readexactly(len(_READY))
         except asyncio.IncompleteReadError:
@@ -138,8 +182,7 @@ class JournalProcess:
         if self._process is None:
             return
         process, self._process = self._process, None
-        if process.stdin is not None:
-            process.stdin.close()
+        process.stdin.close()
         try:
             await asyncio.wait_for(process.wait(), _STOP_SECONDS)
         except TimeoutError:
@@ -153,13 +196,11 @@ class JournalProcess:
     def _stdin(self) -> asyncio.StreamWriter:
         if self.failure is not None:
             raise OSError(self.failure)
-        if self._process is None or self._process.stdin is None:
+        if self._process is None:
             raise OSError("the journal writer is not running")
         return self._process.stdin
 
-    async def _read_answers(
-        self, process: asyncio.subprocess.Process, stdout: asyncio.StreamReader
-    ) -> None:
+    async def _read_answers(self, process: _Child, stdout: asyncio.StreamReader) -> None:
         try:
             while True:
                 (number,) = _NUMBER.unpack(await stdout.readexactly(_NUMBER.size))
