@@ -278,3 +278,13 @@ def test_the_writer_starts_under_uvloop_whatever_at_fork_hooks_the_process_has(
         pytest.fail("the journal writer did not start within 60 s")
     assert (process.returncode, out.strip()) == (0, "journaled"), err
     assert Journal(tmp_path / "j").replay() == [frame(1)]
+
+
+async def test_a_writer_that_cannot_open_its_segment_fails_the_start(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    writer = JournalProcess(tmp_path / "file" / "j")
+    with pytest.raises(OSError, match=r"the journal writer did not start \(exit code 1\)"):
+        await writer.open()
+    assert writer.pid is None
+    with pytest.raises(OSError, match="not running"):
+        await writer.append(encode(frame(1)))

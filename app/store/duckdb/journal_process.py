@@ -62,6 +62,7 @@ class _Child:
     process: subprocess.Popen[bytes]
     stdin: asyncio.StreamWriter
     stdout: asyncio.StreamReader
+    stdout_transport: asyncio.ReadTransport
 
     @property
     def pid(self) -> int:
@@ -72,6 +73,10 @@ class _Child:
 
     def kill(self) -> None:
         self.process.kill()
+
+    def close_pipes(self) -> None:
+        self.stdin.close()
+        self.stdout_transport.close()
 
 
 async def _spawn(args: list[str]) -> _Child:
@@ -95,7 +100,9 @@ async def _spawn(args: list[str]) -> _Child:
         if process.stdin is None or process.stdout is None:
             raise OSError("the journal writer's pipes did not open")
         stdout = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), process.stdout)
+        reading, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stdout), process.stdout
+        )
         transport, protocol = await loop.connect_write_pipe(
             lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), process.stdin
         )
@@ -103,7 +110,8 @@ async def _spawn(args: list[str]) -> _Child:
         process.kill()
         process.wait()
         raise
-    return _Child(process, asyncio.StreamWriter(transport, protocol, None, loop), stdout)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return _Child(process, writer, stdout, reading)
 
 
 class JournalProcess:
@@ -147,6 +155,7 @@ class JournalProcess:
         except asyncio.IncompleteReadError:
             ready = b""
         if ready != _READY:
+            self._process.close_pipes()
             code = await self._process.wait()
             self._process = None
             raise OSError(f"the journal writer did not start (exit code {code})")
@@ -192,6 +201,7 @@ class JournalProcess:
         if self._answers is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._answers
+        process.close_pipes()
 
     def _stdin(self) -> asyncio.StreamWriter:
         if self.failure is not None:
