@@ -23,14 +23,14 @@ from app.ingest.batcher import Batcher
 from app.ingest.payload import Payloads
 from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
-from app.ingest.routes import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest
 from app.ingest.shape import Shape
 from app.problems import Problems, describe_problem
 from app.query.page_token import PageTokens
-from app.query.routes import READ_ROUTES
 from app.query.service import Reader
+from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
+from app.routes.query import READ_ROUTES
 from app.settings import Settings
 from app.store import Store, open_store
 from app.telemetry import Telemetry

@@ -36,17 +36,15 @@ RESTRICTED = {
     "prometheus_client": {"web", "telemetry"},
     "uvicorn": {"web"},
 }
-# Modules of the top layer that live inside a feature package: each feature
-# owns its routes, which are wiring, not the feature's logic.
-WEB_MODULES = {"app.asgi", "app.cli", "app.docs", "app.health", "app.problems"}
+# The top layer: routes and wiring.
+WEB_MODULES = {"app.asgi", "app.cli", "app.docs", "app.health", "app.problems", "app.routes"}
 
 
 def layer(module: str) -> str:
-    if module in WEB_MODULES or module.endswith(".routes") or module == "app.auth.guards":
-        # Guards are the auth layer's face to the framework: still auth.
-        return "auth" if module == "app.auth.guards" else "web"
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "web"
+    if len(parts) < 2 or ".".join(parts[:2]) in WEB_MODULES:
+        return "web"
+    return parts[1]
 
 
 def module_name(path: Path, app: Path = APP) -> str:
@@ -112,9 +110,9 @@ def test_the_check_finds_upward_imports(tmp_path: Path) -> None:
         "import litestar\n\ndef f():\n    from app.telemetry import record_query\n"
     )
     (tmp_path / "app" / "ingest").mkdir()
-    (tmp_path / "app" / "ingest" / "service.py").write_text("from app.query.routes import X\n")
+    (tmp_path / "app" / "ingest" / "service.py").write_text("from app.routes.query import X\n")
     assert violations(tmp_path / "app") == [
-        "app/ingest/service.py:1 imports app.query.routes (ingest may not use web)",
+        "app/ingest/service.py:1 imports app.routes.query (ingest may not use web)",
         "app/store/bad.py:1 imports litestar (store may not use litestar)",
         "app/store/bad.py:4 imports app.telemetry (store may not use telemetry)",
     ]

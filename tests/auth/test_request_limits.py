@@ -13,8 +13,8 @@ from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from app.ingest.envelope import MAX_ATTRIBUTES
-from app.query.routes import MAX_PAGE_TOKEN_LENGTH
 from app.records import MAX_ID_LENGTH
+from app.routes.query import MAX_PAGE_TOKEN_LENGTH
 from app.settings import Settings
 from tests.conftest import envelope
 
