@@ -50,10 +50,28 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
+# The times every store holds and every reader represents: years 1 to 9999 in
+# UTC (BigQuery's and Spanner's TIMESTAMP range, and Python's datetime). RFC 3339
+# text with an offset names times outside it (`9999-12-31T23:59:59-14:00` is in
+# year 10000 once in UTC), so every time is checked as it becomes microseconds.
+MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+TIME_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"
+
+
+class TimeOutOfRange(ValueError):
+    """A time outside the years 1 to 9999 once in UTC: no store can hold it."""
+
 
 def micros(moment: datetime) -> int:
-    """`moment` as the stores keep time: microseconds since the Unix epoch."""
-    return (moment - EPOCH) // _ONE_MICROSECOND
+    """`moment` as the stores keep time: microseconds since the Unix epoch.
+
+    Raises TimeOutOfRange for a time no store holds, so no such time is ever stored.
+    """
+    us = (moment - EPOCH) // _ONE_MICROSECOND
+    if not MIN_MICROS <= us <= MAX_MICROS:
+        raise TimeOutOfRange(f"{moment.isoformat()} is outside {TIME_RANGE} once in UTC")
+    return us
 
 
 def moment(us: int) -> datetime:

@@ -293,6 +293,43 @@ async def test_bytes_that_do_not_decode_are_a_rejection_naming_the_revision(
 
 
 @pytest.mark.parametrize(
+    ("json_text", "reason"),
+    [
+        # fastavro's JSON reader passes a wrong type through: it was stored.
+        (
+            '{"order_id": "o-1", "meta": {"created_at": "soon", "source": "web"}, '
+            '"amount": 1.0, "note": null}',
+            "`$.meta.created_at`: expected long, got text",
+        ),
+        (
+            '{"order_id": "o-1", "meta": {"created_at": 1, "source": "web"}, "amount": "1"}',
+            "`$.amount`: expected double, got text",
+        ),
+        # It failed without naming the field ("no value and no default").
+        (
+            '{"order_id": "o-1", "amount": 1.0}',
+            "`$.meta`: missing, and the schema gives it no default",
+        ),
+        (
+            '{"order_id": "o-1", "meta": {"created_at": 1, "source": "web"}, "amount": 1.0, '
+            '"note": "bare"}',
+            "`$.note`: a union value is an object naming its branch (string), got text",
+        ),
+    ],
+)
+async def test_avro_json_that_does_not_fit_the_revision_is_a_rejection_naming_the_field(
+    schema_api: FakeSchemaApi, json_text: str, reason: str
+) -> None:
+    schema_api.add(SCHEMA, "a1", "AVRO", json.dumps(ORDERS_AVRO))
+    async with service(schema_api, **MAPPING) as http:
+        body = pushed(json_text.encode(), "m-1", schema_attributes("a1", "JSON"))
+        assert (await http.post("/pubsub/push", json=body)).status_code == 204
+        status = (await http.get("/v1/messages/m-1")).json()
+    assert status["status"] == "rejected"
+    assert reason in status["reason"]
+
+
+@pytest.mark.parametrize(
     ("payload", "reason"),
     [
         (

@@ -10,19 +10,36 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from app.errors import BadEnvelope
-from app.records import MAX_ID_LENGTH, AwareDatetime, micros
+from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros
 
-# Pub/Sub allows at most 100 attributes per message; more means the caller is
-# not Pub/Sub.
+# Pub/Sub allows at most 100 attributes per message, keys of at most 256 bytes
+# and values of at most 1,024: more means the caller is not Pub/Sub. Counted
+# here in characters (at most 4 bytes each), which every message Pub/Sub
+# delivers passes, and which keeps a row's attributes within what every store
+# holds (~0.5 MB at most).
 MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_KEY = 256
+MAX_ATTRIBUTE_VALUE = 1024
+# A subscription's full name is ~300 characters at most (a 30-character
+# project, a 255-character subscription id).
+MAX_SUBSCRIPTION = 1024
+# Pub/Sub's own field is an int32.
+MAX_DELIVERY_ATTEMPT = 2**31 - 1
 
-Attributes = Annotated[dict[str, str], Meta(max_length=MAX_ATTRIBUTES)]
+Attributes = Annotated[
+    dict[
+        Annotated[str, Meta(max_length=MAX_ATTRIBUTE_KEY)],
+        Annotated[str, Meta(max_length=MAX_ATTRIBUTE_VALUE)],
+    ],
+    Meta(max_length=MAX_ATTRIBUTES),
+]
 
 
 class _Message(msgspec.Struct, kw_only=True, frozen=True):
@@ -39,8 +56,8 @@ class _Message(msgspec.Struct, kw_only=True, frozen=True):
 
 class _Envelope(msgspec.Struct, kw_only=True, frozen=True):
     message: _Message
-    subscription: str | None = None
-    deliveryAttempt: int | None = None
+    subscription: Annotated[str, Meta(max_length=MAX_SUBSCRIPTION)] | None = None
+    deliveryAttempt: Annotated[int, Meta(ge=0, le=MAX_DELIVERY_ATTEMPT)] | None = None
 
 
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
@@ -66,6 +83,8 @@ def decode_wrapped(body: bytes) -> PushedMessage:
         raise BadEnvelope(f"not a Pub/Sub push envelope: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadEnvelope(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadEnvelope("not a Pub/Sub push envelope: nested too deeply to read") from None
     message = envelope.message
     message_id = _message_id(message.messageId or message.message_id, "`$.message.messageId`")
     published = message.publishTime or message.publish_time
@@ -78,7 +97,7 @@ def decode_wrapped(body: bytes) -> PushedMessage:
         data = None
     return PushedMessage(
         message_id=message_id,
-        publish_time=micros(published),
+        publish_time=_publish_time(published, "`$.message.publishTime`"),
         data=data,
         raw_data=raw,
         attributes=message.attributes or {},
@@ -124,14 +143,12 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
     message_id = _message_id(
         headers.get(f"{_METADATA_PREFIX}message-id", ""), f"{_METADATA_PREFIX}message-id"
     )
-    published = headers.get(f"{_METADATA_PREFIX}publish-time", "")
+    where = f"{_METADATA_PREFIX}publish-time"
+    published = headers.get(where, "")
     try:
-        publish_time = micros(_decode_time(msgspec.json.encode(published)))
+        publish_time = _publish_time(_decode_time(msgspec.json.encode(published)), where)
     except msgspec.DecodeError:
-        raise BadEnvelope(
-            f"x-goog-pubsub-publish-time is not an RFC 3339 time: {published!r}"
-        ) from None
-    attempt = headers.get(f"{_METADATA_PREFIX}delivery-attempt")
+        raise BadEnvelope(f"{where} is not an RFC 3339 time: {published!r}") from None
     attributes = {
         name: value
         for name, value in headers.items()
@@ -139,14 +156,25 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
     }
     if len(attributes) > MAX_ATTRIBUTES:
         raise BadEnvelope(f"more than {MAX_ATTRIBUTES} attribute headers")
+    for name, value in attributes.items():
+        if len(name) > MAX_ATTRIBUTE_KEY or len(value) > MAX_ATTRIBUTE_VALUE:
+            raise BadEnvelope(
+                f"attribute header {name[:64]!r}: names are at most {MAX_ATTRIBUTE_KEY} "
+                f"characters and values at most {MAX_ATTRIBUTE_VALUE}, as Pub/Sub allows"
+            )
+    subscription = headers.get(f"{_METADATA_PREFIX}subscription-name")
+    if subscription is not None and len(subscription) > MAX_SUBSCRIPTION:
+        raise BadEnvelope(
+            f"{_METADATA_PREFIX}subscription-name is longer than {MAX_SUBSCRIPTION} characters"
+        )
     return PushedMessage(
         message_id=message_id,
         publish_time=publish_time,
         data=body,
         raw_data=body,
         attributes=attributes,
-        subscription=headers.get(f"{_METADATA_PREFIX}subscription-name"),
-        delivery_attempt=_attempt(attempt),
+        subscription=subscription,
+        delivery_attempt=_attempt(headers.get(f"{_METADATA_PREFIX}delivery-attempt")),
     )
 
 
@@ -162,9 +190,20 @@ def _message_id(value: str, where: str) -> str:
     return value
 
 
+def _publish_time(published: datetime, where: str) -> int:
+    try:
+        return micros(published)
+    except TimeOutOfRange as exc:
+        raise BadEnvelope(f"not a Pub/Sub push envelope: {where}: {exc}") from None
+
+
 def _attempt(header: str | None) -> int | None:
-    # Pub/Sub counts at most 100 attempts. isdigit() alone also admits "²" and
-    # other digits int() refuses, and an unbounded number would overflow INT64.
-    if header is None or not (header.isascii() and header.isdigit()) or len(header) > 9:
+    # isdigit() alone also admits "²" and other digits int() refuses.
+    if header is None:
         return None
-    return int(header)
+    if header.isascii() and header.isdigit() and int(header) <= MAX_DELIVERY_ATTEMPT:
+        return int(header)
+    raise BadEnvelope(
+        f"{_METADATA_PREFIX}delivery-attempt {header[:64]!r} is not a whole number "
+        f"from 0 to {MAX_DELIVERY_ATTEMPT}"
+    )

@@ -19,6 +19,7 @@ from typing import Annotated, Any, NamedTuple, Protocol
 import msgspec
 from msgspec import Meta
 
+from app.ingest.limits import TOO_DEEP, too_deep
 from app.ingest.schemas import (
     ENCODINGS,
     SCHEMA_ENCODING,
@@ -30,7 +31,7 @@ from app.ingest.schemas import (
     valid_name,
 )
 from app.ingest.shape import Invalid, Shape
-from app.records import MAX_ID_LENGTH, AwareDatetime, micros
+from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros
 
 
 class Payload(msgspec.Struct, kw_only=True, frozen=True):
@@ -72,12 +73,21 @@ class ContractReader:
     def read(self, data: bytes) -> Read:
         try:
             payload = _decode_payload(data)
+            # The decoder passes `data` through unread: its text is checked here.
+            text = bytes(payload.data).decode()
         except msgspec.ValidationError as exc:
             raise Invalid(f"payload: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise Invalid(f"payload is not JSON: {exc}") from None
-        timestamp = None if payload.timestamp is None else micros(payload.timestamp)
-        return Read(payload.id, timestamp, bytes(payload.data).decode())
+        except RecursionError:
+            raise Invalid(f"payload: {TOO_DEEP}") from None
+        try:
+            timestamp = None if payload.timestamp is None else micros(payload.timestamp)
+        except TimeOutOfRange as exc:
+            raise Invalid(f"payload: `$.timestamp`: {exc}") from None
+        if too_deep(text):
+            raise Invalid(f"payload: `$.data` is {TOO_DEEP}")
+        return Read(payload.id, timestamp, text)
 
 
 CONTRACT = ContractReader()
@@ -97,6 +107,10 @@ class JsonReader:
             text = data.decode()
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise Invalid(f"payload is not JSON: {exc}") from None
+        except RecursionError:
+            raise Invalid(f"payload is {TOO_DEEP}") from None
+        if too_deep(text):
+            raise Invalid(f"payload is {TOO_DEEP}")
         try:
             return Read(self._shape.record_id(payload), self._shape.event_time(payload), text)
         except Invalid as exc:
@@ -127,8 +141,12 @@ class SchemaReader:
             text = _encode(payload).decode()
         except Invalid as exc:
             raise Invalid(f"{under}: {exc}") from None
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise Invalid(f"{under}: not representable as JSON: {exc}") from None
+        except RecursionError:
+            raise Invalid(f"{under}: {TOO_DEEP}") from None
+        if too_deep(text):
+            raise Invalid(f"{under}: {TOO_DEEP}")
         return Read(record_id, timestamp, text)
 
 

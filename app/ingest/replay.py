@@ -25,9 +25,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from app.errors import BadParameter, BadRequest
 from app.ingest.envelope import PushedMessage
 from app.ingest.service import Ingest
-from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, micros
+from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, TimeOutOfRange, micros
 from app.store import RowOutcome, Store
 
 log = logging.getLogger("recordline.replay")
@@ -74,7 +75,7 @@ class Replay:
         """One look-up for the whole batch, then every message to store in one
         group commit: a batch costs one query and about one append, not one of
         each per message."""
-        messages = [_pushed(m) for m in request.messages]
+        messages = [_pushed(i, m) for i, m in enumerate(request.messages)]
         await self._store.barrier()  # a record replayed a moment ago is seen
         before = await self._store.seen([m.message_id for m in messages])
         # By message id: a message id given twice in a batch is replayed once.
@@ -120,14 +121,36 @@ class Replay:
         return ReplayAnswer(results=results, dry_run=request.dry_run)
 
 
-def _pushed(replayed: ReplayMessage) -> PushedMessage:
+_decode_json = msgspec.json.Decoder().decode
+
+
+def check_body(body: bytes) -> None:
+    """Raise BadRequest unless `body` is JSON the framework can decode into a request.
+
+    Its decoder answers a type mismatch itself (400, naming the field), but lets
+    invalid UTF-8 inside a string and nesting past its recursion limit through
+    as errors of its own: those are caught here first.
+    """
+    try:
+        _decode_json(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply to read") from None
+
+
+def _pushed(index: int, replayed: ReplayMessage) -> PushedMessage:
     try:
         data: bytes | None = binascii.a2b_base64(replayed.data, strict_mode=True)
     except ValueError:  # not base64 (binascii.Error), or not even ASCII
         data = None
+    try:
+        publish_time = micros(replayed.publish_time)
+    except TimeOutOfRange as exc:
+        raise BadParameter(f"messages[{index}].publish_time", str(exc)) from None
     return PushedMessage(
         message_id=replayed.message_id,
-        publish_time=micros(replayed.publish_time),
+        publish_time=publish_time,
         data=data,
         raw_data=replayed.data.encode(),
         attributes=replayed.attributes,

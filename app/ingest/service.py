@@ -7,6 +7,7 @@ returns; every failure to store surfaces as a RetryLater (503).
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Protocol
 
 import msgspec
@@ -20,6 +21,7 @@ from app.records import Record, Rejection
 from app.store import RowOutcome
 
 _encode = msgspec.json.encode
+log = logging.getLogger(__name__)
 
 
 def to_row(
@@ -37,6 +39,12 @@ def to_row(
             read = reader.read(message.data)
         except Invalid as exc:
             reason = str(exc)
+        except Exception as exc:
+            # A reader raises Invalid only; anything else is its bug. The message
+            # is kept as a rejection, to replay once it is fixed, rather than
+            # answered 500 at every redelivery until it is dead-lettered.
+            log.exception("message %s: its payload could not be read", message.message_id)
+            reason = f"payload could not be read ({type(exc).__name__}: {exc}); kept for replay"
         else:
             return Record(
                 message_id=message.message_id,

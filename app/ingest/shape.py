@@ -14,12 +14,15 @@ from typing import Any
 
 import msgspec
 
-from app.records import MAX_ID_LENGTH, AwareDatetime, micros
-
-# BigQuery's TIMESTAMP range, 0001-01-01 to 9999-12-31, in seconds since the
-# epoch: a protobuf Timestamp may say anything its int64 holds.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
+from app.records import (
+    MAX_ID_LENGTH,
+    MAX_MICROS,
+    MIN_MICROS,
+    TIME_RANGE,
+    AwareDatetime,
+    TimeOutOfRange,
+    micros,
+)
 
 
 class Invalid(ValueError):
@@ -67,25 +70,32 @@ class Shape:
         found, value = _lookup(payload, self._time_path, where)
         if not found or value is None:
             return None
-        match value:
-            case datetime() if value.tzinfo is not None:
-                return micros(value)  # Avro timestamp-millis/-micros, decoded
-            case datetime():
-                raise Invalid(f"{where}: a local time without an offset (Avro local-timestamp)")
-            case str():
-                try:
-                    return micros(_time_text(value))
-                except msgspec.ValidationError:
-                    raise Invalid(
-                        f"{where}: not an RFC 3339 time with an offset: {value[:64]!r}"
-                    ) from None
-            case {"seconds": seconds, **rest} if set(rest) <= {"nanos"}:
-                return _timestamp(where, seconds, rest.get("nanos", 0))
-            case _:
+        try:
+            return _event_time(where, value)
+        except TimeOutOfRange as exc:
+            raise Invalid(f"{where}: {exc}") from None
+
+
+def _event_time(where: str, value: Any) -> int:
+    match value:
+        case datetime() if value.tzinfo is not None:
+            return micros(value)  # Avro timestamp-millis/-micros, decoded
+        case datetime():
+            raise Invalid(f"{where}: a local time without an offset (Avro local-timestamp)")
+        case str():
+            try:
+                return micros(_time_text(value))
+            except msgspec.ValidationError:
                 raise Invalid(
-                    f"{where}: expected RFC 3339 text, an Avro timestamp or a protobuf "
-                    f"Timestamp, got {_kind(value)}"
-                )
+                    f"{where}: not an RFC 3339 time with an offset: {value[:64]!r}"
+                ) from None
+        case {"seconds": seconds, **rest} if set(rest) <= {"nanos"}:
+            return _timestamp(where, seconds, rest.get("nanos", 0))
+        case _:
+            raise Invalid(
+                f"{where}: expected RFC 3339 text, an Avro timestamp or a protobuf "
+                f"Timestamp, got {_kind(value)}"
+            )
 
 
 def _timestamp(where: str, seconds: Any, nanos: Any) -> int:
@@ -93,11 +103,12 @@ def _timestamp(where: str, seconds: Any, nanos: Any) -> int:
     try:
         whole = int(seconds)
         fraction = int(nanos)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         raise Invalid(f"{where}: a Timestamp whose seconds or nanos are not integers") from None
-    if not (_MIN_SECONDS <= whole <= _MAX_SECONDS and 0 <= fraction < 1_000_000_000):
-        raise Invalid(f"{where}: a Timestamp outside years 1 to 9999")
-    return whole * 1_000_000 + fraction // 1000
+    us = whole * 1_000_000 + fraction // 1000
+    if not (MIN_MICROS <= us <= MAX_MICROS and 0 <= fraction < 1_000_000_000):
+        raise Invalid(f"{where}: a Timestamp outside {TIME_RANGE}")
+    return us
 
 
 def _lookup(payload: Any, path: tuple[str, ...], where: str) -> tuple[bool, Any]:

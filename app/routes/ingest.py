@@ -32,7 +32,13 @@ from app.errors import (
     WriteTimeout,
 )
 from app.ingest.envelope import decode_unwrapped, decode_wrapped, is_unwrapped
-from app.ingest.replay import MAX_REPLAY_MESSAGES, Replay, ReplayAnswer, ReplayRequest
+from app.ingest.replay import (
+    MAX_REPLAY_MESSAGES,
+    Replay,
+    ReplayAnswer,
+    ReplayRequest,
+    check_body,
+)
 from app.ingest.service import Ingest, PushObserver
 from app.problems import Problems, problem_responses
 from app.telemetry import push_received
@@ -65,6 +71,10 @@ async def push(request: Request[Any, Any, Any], ingest: NamedDependency[Ingest])
     await ingest.accept(message, trace_id=push_received(message, len(body), headers))
 
 
+async def _readable_body(request: Request[Any, Any, Any]) -> None:
+    check_body(await request.body())
+
+
 @post(
     "/v1/replay",
     status_code=200,
@@ -77,6 +87,7 @@ async def push(request: Request[Any, Any, Any], ingest: NamedDependency[Ingest])
         "means retry the request. `dry_run` says what would happen and stores nothing."
     ),
     tags=["operations"],
+    before_request=_readable_body,
     responses=problem_responses(
         BadParameter,
         BadRequest,

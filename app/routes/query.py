@@ -32,7 +32,7 @@ from app.query.service import (
     RecordView,
     RejectionsPage,
 )
-from app.records import MAX_ID_LENGTH, AwareDatetime, rfc3339
+from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros, rfc3339
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token"})
@@ -97,9 +97,13 @@ def _time(name: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return _decode_time(msgspec.json.encode(value))
+        when = _decode_time(msgspec.json.encode(value))
+        micros(when)  # in the range every store holds
     except msgspec.DecodeError:
         raise BadParameter(name, f"{value!r} is not an RFC 3339 time with an offset") from None
+    except TimeOutOfRange as exc:
+        raise BadParameter(name, str(exc)) from None
+    return when
 
 
 def _refuse_unknown(request: Request[Any, Any, Any]) -> None:

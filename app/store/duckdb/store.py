@@ -294,11 +294,18 @@ class DuckDBStore:
                 async with asyncio.timeout(_READ_BARRIER_SECONDS):
                     await self._caught_up(self._frames)
             except (TimeoutError, StoreUnavailable):
-                log.warning(
-                    "closing with %d journaled rows not applied: the next start recovers them "
-                    "from the journal",
-                    self._unapplied_rows,
-                )
+                if self._journal is not None:
+                    log.warning(
+                        "closing with %d journaled rows not applied: the next start recovers "
+                        "them from the journal",
+                        self._unapplied_rows,
+                    )
+                else:
+                    log.error(
+                        "closing with %d rows not applied: a memory store keeps no journal, "
+                        "so they are lost",
+                        self._unapplied_rows,
+                    )
             self._applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._applier
@@ -328,6 +335,8 @@ class DuckDBStore:
             raise StoreUnavailable(self._journal.failure)
         if self._apply_error is not None:
             raise StoreUnavailable(f"journaled rows cannot be applied: {self._apply_error}")
+        if self._applier is None or self._applier.done():
+            raise StoreUnavailable("the DuckDB store is not applying writes")
         await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
 
     def read_horizon(self, now: int) -> int:
@@ -383,10 +392,18 @@ class DuckDBStore:
             rows = [row for entry in batch for row in entry.rows]
             try:
                 conflicts = await self._write(self._insert, rows)
-            except StoreUnavailable as exc:
-                # The rows are safe in the journal; keep trying, and say so.
-                self._apply_error = str(exc)
-                log.error("applying %d journaled rows failed, retrying: %s", len(rows), exc)
+            except Exception as exc:
+                # The rows are safe in the journal; keep trying, and say so:
+                # readiness is red until they are applied. Anything but a DuckDB
+                # error (which `_write` turns into StoreUnavailable) is a row
+                # validation let through, logged whole.
+                self._apply_error = str(exc) or type(exc).__name__
+                log.error(
+                    "applying %d journaled rows failed, retrying: %s",
+                    len(rows),
+                    exc,
+                    exc_info=not isinstance(exc, StoreUnavailable),
+                )
                 await asyncio.sleep(next(delays))
                 continue
             delays = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
