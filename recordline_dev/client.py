@@ -68,16 +68,26 @@ def generated_records(count: int, *, first: int = 1) -> Iterator[bytes]:
 
 def file_records(lines: IO[bytes]) -> Iterator[bytes]:
     """Each non-blank line, as it is: invalid ones too, to exercise `rejected`."""
-    for line in lines:
+    for _, line in numbered_lines(lines):
+        yield line
+
+
+def numbered_lines(lines: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Each non-blank line, stripped, with its number in the file (from 1)."""
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if line:
-            yield line
+            yield number, line
 
 
 # -- publish in a topic schema's encoding ---------------------------------------
 
 # Example schemas of what `generated_records` makes, for `--schema`.
 EXAMPLE_SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+# Lines that do not fit a schema named in one error, at most.
+_MISFITS_SHOWN = 10
 
 
 class SchemaMismatch(ValueError):
@@ -103,7 +113,10 @@ class TopicSchema:
         if self.type == "AVRO":
             import fastavro
 
+            from app.ingest.avro import AvroCodec
+
             self._avro = fastavro.parse_schema(msgspec.json.decode(self.definition))
+            self._avro_json = AvroCodec(self.definition)
         else:
             from google.protobuf import descriptor_pool, message_factory
 
@@ -143,9 +156,8 @@ class TopicSchema:
         """A record written in this schema's JSON encoding, in the chosen encoding."""
         try:
             if self.type == "AVRO":
-                import fastavro
-
-                (value,) = fastavro.json_reader(io.StringIO(line.decode()), self._avro)
+                # The service's own reader: it names the field that does not fit.
+                value = self._avro_json.json(line)
                 if not isinstance(value, dict):
                     raise SchemaMismatch(f"is not a record of {self.path.name}")
                 return self.encode(value) if self.encoding == "BINARY" else line
@@ -154,11 +166,30 @@ class TopicSchema:
             message = json_format.Parse(line, self._message())
         except SchemaMismatch:
             raise
-        except Exception as exc:
+        except Exception as exc:  # Invalid (Avro), ParseError (protobuf): each names the field
             raise SchemaMismatch(f"does not fit {self.path.name}: {exc}") from None
         if self.encoding == "BINARY":
             return bytes(message.SerializeToString())
         return line
+
+    def encode_lines(self, lines: Iterable[tuple[int, bytes]]) -> list[bytes]:
+        """Every line encoded, or SchemaMismatch naming each line that does not fit
+        (up to ten), before anything is published."""
+        encoded: list[bytes] = []
+        misfits: list[str] = []
+        for number, line in lines:
+            try:
+                encoded.append(self.encode_line(line))
+            except SchemaMismatch as exc:
+                misfits.append(f"line {number} {exc}")
+        if misfits:
+            shown = "\n  ".join(misfits[:_MISFITS_SHOWN])
+            more = len(misfits) - _MISFITS_SHOWN
+            raise SchemaMismatch(
+                f"{len(misfits)} records do not fit, nothing was published:\n  {shown}"
+                + (f"\n  … and {more} more" if more > 0 else "")
+            )
+        return encoded
 
 
 def _proto_json(value: Any) -> Any:
@@ -439,6 +470,19 @@ def publish_command(args: argparse.Namespace) -> int:
             if schema is None
             else map(schema.encode, generated_values(args.count))
         )
+    elif schema is not None:
+        # Lines in the schema's JSON encoding are all checked before any is
+        # published: a file is published whole, or not at all.
+        try:
+            if args.file == "-":
+                payloads = schema.encode_lines(numbered_lines(sys.stdin.buffer))
+            else:
+                with Path(args.file).open("rb") as lines:
+                    payloads = schema.encode_lines(numbered_lines(lines))
+        except SchemaMismatch as exc:
+            print(f"recordline publish: {args.file}: {exc}", file=sys.stderr)
+            return 1
+        total = len(payloads)
     elif args.file == "-":
         total, payloads = None, file_records(sys.stdin.buffer)
     else:
@@ -447,8 +491,6 @@ def publish_command(args: argparse.Namespace) -> int:
             total = sum(1 for line in counted if line.strip())
         source = path.open("rb")
         payloads = file_records(source)
-    if args.file is not None and schema is not None:
-        payloads = map(schema.encode_line, payloads)
     try:
         result = publish(
             client,

@@ -31,7 +31,7 @@ from app.asgi import create_app
 from app.ingest.protobuf import compile_proto
 from app.records import Record, Rejection
 from app.store.duckdb.store import DuckDBStore, ddl
-from recordline_dev.client import EXAMPLE_SCHEMAS, TopicSchema, generated_values
+from recordline_dev.client import EXAMPLE_SCHEMAS, SchemaMismatch, TopicSchema, generated_values
 from recordline_dev.replay import Service, replay_rejected
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
@@ -533,3 +533,29 @@ async def test_what_recordline_publish_encodes_the_service_decodes(
     assert datetime.fromisoformat(record["timestamp"]) == value["timestamp"]
     assert record["schema"] == f"{SCHEMA}@x1"
     assert record["data"]["data"] == {"n": 9 if kind == "AVRO" else "9", "text": "Ejemplo de datos"}
+
+
+@pytest.mark.parametrize("encoding", ["BINARY", "JSON"])
+def test_publishing_a_file_names_every_line_that_does_not_fit(
+    tmp_path: Path, encoding: str
+) -> None:
+    path = tmp_path / "orders.avsc"
+    path.write_text(json.dumps(ORDERS_AVRO))
+    schema = TopicSchema(path, encoding)
+    good = avro_json(ORDER)
+    lines = [
+        (1, good),
+        (3, b'{"order_id": "o-2", "amount": 1.0}'),
+        (4, good),
+        (7, good.replace(b'"amount": 12.5', b'"amount": "lots"')),
+    ]
+    with pytest.raises(SchemaMismatch) as refused:
+        schema.encode_lines(lines)
+    said = str(refused.value)
+    assert "2 records do not fit, nothing was published" in said
+    assert "line 3 " in said
+    assert "`$.meta`: missing" in said
+    assert "line 7 " in said
+    assert "`$.amount`: expected double" in said
+    encoded = schema.encode_lines([lines[0], lines[2]])
+    assert len(encoded) == 2
