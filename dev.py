@@ -7,6 +7,7 @@
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
     python3 dev.py test [pytest options]   # the whole test suite
+    python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff and mypy --strict
     python3 dev.py bench [ingest|query|...]   # benchmarks (see bench/)
 
@@ -36,7 +37,7 @@ TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 # Commands of the `recordline` CLI this script forwards to.
 RECORDLINE_COMMANDS = ("serve", "dev", "publish", "tail", "replay")
-COMMANDS = (*RECORDLINE_COMMANDS, "test", "lint", "bench")
+COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench")
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.
 CHILD_STOP_SECONDS = 10.0
@@ -146,6 +147,8 @@ def main(argv: list[str]) -> int:
             replace_with("pytest", *rest, cwd=ROOT)
         case "bench":
             replace_with("python", "-m", "bench", *rest, cwd=ROOT)
+        case "fuzz":
+            replace_with("python", "-m", "tests.fuzz", *rest, cwd=ROOT)
         case "lint":
             env = environment()
             steps = (

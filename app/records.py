@@ -44,6 +44,23 @@ Micros = Annotated[int, Meta(extra={"kind": Kind.TIMESTAMP})]
 # Spanner's 8 KiB keys.
 MAX_ID_LENGTH = 1024
 
+
+def unaddressable(value: str) -> str | None:
+    """Why `value` cannot be an id (empty, too long, or no path can name it), or None.
+
+    A look-up names its id in a path (`/v1/records/{id}`), percent-encoded. An id of
+    slashes only (`/`, `//`) cannot be one: servers read `%2F` as `/`, and the
+    router drops a path's trailing slashes, so it names the list instead.
+    """
+    if not value:
+        return "empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{len(value)} characters, more than {MAX_ID_LENGTH}"
+    if not value.strip("/"):
+        return "only slashes, which no path can name"
+    return None
+
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A time that says which offset it is in: a naive one would be read in the
 # server's zone, which a publisher cannot know.

@@ -5,6 +5,8 @@ import base64
 import contextlib
 import json
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,32 @@ async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.contextmanager
+def served_in_thread(app: Litestar) -> Iterator[httpx.Client]:
+    """The app behind a real uvicorn on a loopback port, on an event loop of its own
+    thread: for synchronous tests (Hypothesis) that must send what a real server
+    receives. Litestar's test transport decodes a path twice (`%252F` arrives as `/`)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
+    server = uvicorn.Server(config)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(
+        target=loop.run_until_complete, args=(server.serve(),), name="uvicorn", daemon=True
+    )
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)  # polling the server's own flag, from another thread
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        loop.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -320,3 +320,19 @@ def test_a_replay_body_that_cannot_be_read_is_a_400(
     response = client.post("/v1/replay", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_an_id_no_path_can_name_is_refused(client: TestClient[Litestar]) -> None:
+    # `/v1/messages/%2F` reaches the router as `/v1/messages//`, whose trailing
+    # slashes it drops: such an id could be stored but never looked up.
+    for message_id in ("/", "//"):
+        response = push_bytes(client, b'{"id": "1"}', message_id)
+        assert response.status_code == 400
+        assert "only slashes" in response.json()["detail"]
+    assert push_bytes(client, b'{"id": "/"}', "m-1").status_code == 204
+    assert "only slashes" in rejected_because(client, "m-1")
+    # Ids with a slash among other characters, or of dots, are fine.
+    for message_id, record_id in (("m-2", "a/"), ("m-3", "/a"), ("m-4", "."), ("m-5", "..")):
+        body = json.dumps({"id": record_id}).encode()
+        assert push_bytes(client, body, message_id).status_code == 204
+        assert client.get(f"/v1/messages/{message_id}").json()["status"] == "stored"

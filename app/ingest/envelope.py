@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import BadEnvelope
-from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros
+from app.records import AwareDatetime, TimeOutOfRange, micros, unaddressable
 
 # Pub/Sub allows at most 100 attributes per message, keys of at most 256 bytes
 # and values of at most 1,024: more means the caller is not Pub/Sub. Counted
@@ -182,10 +182,10 @@ def _message_id(value: str, where: str) -> str:
     # Stored under it, it must be one that look-ups and replay take (app.records).
     if not value:
         raise BadEnvelope(f"not a Pub/Sub push envelope: {where} is missing")
-    if len(value) > MAX_ID_LENGTH:
+    problem = unaddressable(value)
+    if problem is not None:
         raise BadEnvelope(
-            f"not a Pub/Sub push envelope: {where} is {len(value)} characters, more than "
-            f"{MAX_ID_LENGTH} (Pub/Sub's are ~16 digits)"
+            f"not a Pub/Sub push envelope: {where} is {problem} (Pub/Sub's are ~16 digits)"
         )
     return value
 

@@ -31,7 +31,7 @@ from app.ingest.schemas import (
     valid_name,
 )
 from app.ingest.shape import Invalid, Shape
-from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros
+from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros, unaddressable
 
 
 class Payload(msgspec.Struct, kw_only=True, frozen=True):
@@ -87,6 +87,9 @@ class ContractReader:
             raise Invalid(f"payload: `$.timestamp`: {exc}") from None
         if too_deep(text):
             raise Invalid(f"payload: `$.data` is {TOO_DEEP}")
+        problem = unaddressable(payload.id)
+        if problem is not None:
+            raise Invalid(f"payload: `$.id` is {problem}")
         return Read(payload.id, timestamp, text)
 
 

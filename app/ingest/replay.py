@@ -28,7 +28,15 @@ from msgspec import Meta
 from app.errors import BadParameter, BadRequest
 from app.ingest.envelope import PushedMessage
 from app.ingest.service import Ingest
-from app.records import MAX_ID_LENGTH, AwareDatetime, Record, Rejection, TimeOutOfRange, micros
+from app.records import (
+    MAX_ID_LENGTH,
+    AwareDatetime,
+    Record,
+    Rejection,
+    TimeOutOfRange,
+    micros,
+    unaddressable,
+)
 from app.store import RowOutcome, Store
 
 log = logging.getLogger("recordline.replay")
@@ -148,6 +156,9 @@ def _pushed(index: int, replayed: ReplayMessage) -> PushedMessage:
         publish_time = micros(replayed.publish_time)
     except TimeOutOfRange as exc:
         raise BadParameter(f"messages[{index}].publish_time", str(exc)) from None
+    problem = unaddressable(replayed.message_id)
+    if problem is not None:
+        raise BadParameter(f"messages[{index}].message_id", problem)
     return PushedMessage(
         message_id=replayed.message_id,
         publish_time=publish_time,

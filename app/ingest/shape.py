@@ -15,13 +15,13 @@ from typing import Any
 import msgspec
 
 from app.records import (
-    MAX_ID_LENGTH,
     MAX_MICROS,
     MIN_MICROS,
     TIME_RANGE,
     AwareDatetime,
     TimeOutOfRange,
     micros,
+    unaddressable,
 )
 
 
@@ -58,10 +58,9 @@ class Shape:
             value = str(value)
         if not isinstance(value, str):
             raise Invalid(f"{where}: expected text or an integer, got {_kind(value)}")
-        if not value:
-            raise Invalid(f"{where}: empty")
-        if len(value) > MAX_ID_LENGTH:
-            raise Invalid(f"{where}: longer than {MAX_ID_LENGTH} characters")
+        problem = unaddressable(value)
+        if problem is not None:
+            raise Invalid(f"{where}: {problem}")
         return value
 
     def event_time(self, payload: Any) -> int | None:

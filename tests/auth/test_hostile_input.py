@@ -25,6 +25,7 @@ from app.ingest.envelope import decode_unwrapped, decode_wrapped
 from app.ingest.service import to_row
 from app.records import Record, Rejection
 from app.settings import Settings
+from tests.fuzz.budget import EXAMPLES
 
 PUSH_TOKEN = "a1b2c3d4e5f6a7b8c9d0"
 
@@ -55,7 +56,7 @@ SCHEMA = schemathesis.openapi.from_asgi("/docs/openapi.json", Restartable())
 
 
 @SCHEMA.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_route_answers_5xx(case: schemathesis.Case) -> None:
     # Pushes carry the shared secret so they get past the guard to the decoders.
     params = {"token": PUSH_TOKEN} if case.path == "/pubsub/push" else None
@@ -134,7 +135,7 @@ def settles(decode: Any, *args: Any) -> Record | Rejection | None:
 
 
 @given(st.binary(max_size=512) | envelopes)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES * 12, deadline=None)
 def test_decode_wrapped_never_crashes(body: bytes) -> None:
     row = settles(decode_wrapped, body)
     assert row is None or isinstance(row, Record | Rejection)
@@ -149,14 +150,14 @@ def test_decode_wrapped_never_crashes(body: bytes) -> None:
         "x-goog-pubsub-delivery-attempt": "\xb2",  # superscript two: isdigit(), but not int()
     },
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES * 12, deadline=None)
 def test_decode_unwrapped_never_crashes(body: bytes, headers: dict[str, str]) -> None:
     row = settles(decode_unwrapped, body, headers)
     assert row is None or isinstance(row, Record | Rejection)
 
 
 @given(payloads)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=EXAMPLES * 8, deadline=None)
 def test_every_payload_becomes_a_record_or_a_rejection(payload: bytes) -> None:
     body = json.dumps(
         {
