@@ -74,6 +74,12 @@ _ONE_MICROSECOND = timedelta(microseconds=1)
 MIN_MICROS = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 MAX_MICROS = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 TIME_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"
+DAY_MICROS = 86_400_000_000
+# Every copy of a message is stored after Pub/Sub published it; this covers the
+# clocks of Pub/Sub and of this service disagreeing (NTP keeps them within
+# milliseconds). A publish time later than its ingest time by more is no
+# publish time at all, and would defeat the deduplication that relies on it.
+CLOCK_SKEW_MICROS = 60_000_000
 
 
 class TimeOutOfRange(ValueError):

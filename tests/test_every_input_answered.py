@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -336,3 +337,23 @@ def test_an_id_no_path_can_name_is_refused(client: TestClient[Litestar]) -> None
         body = json.dumps({"id": record_id}).encode()
         assert push_bytes(client, body, message_id).status_code == 204
         assert client.get(f"/v1/messages/{message_id}").json()["status"] == "stored"
+
+
+def test_a_publish_time_later_than_the_push_is_a_rejection(client: TestClient[Litestar]) -> None:
+    # Deduplication looks for a message's earlier copies after its publish
+    # time: a later one hid nothing, and a follower read the message twice.
+    for attempt in range(2):
+        response = push_bytes(
+            client,
+            b'{"id": "1"}',
+            "m-1",
+            publish_time="3519-12-22T08:44:32Z",
+            deliveryAttempt=attempt + 1,
+        )
+        assert response.status_code == 204
+    assert "publishTime" in rejected_because(client, "m-1")
+    assert everything_reads(client) == []
+    # Within the clocks' margin of now, it is stored.
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    assert push_bytes(client, b'{"id": "2"}', "m-2", publish_time=soon).status_code == 204
+    assert client.get("/v1/messages/m-2").json()["status"] == "stored"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Protocol
 
 import msgspec
@@ -17,7 +18,7 @@ from app.ingest.batcher import Batcher
 from app.ingest.envelope import PushedMessage
 from app.ingest.payload import CONTRACT, Payloads, Reader
 from app.ingest.shape import Invalid
-from app.records import Record, Rejection
+from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
 
 _encode = msgspec.json.encode
@@ -34,6 +35,13 @@ def to_row(
     attributes = _encode(message.attributes).decode()
     if message.data is None:
         reason = "message.data: not valid base64"
+    elif message.publish_time > ingest_time + CLOCK_SKEW_MICROS:
+        # Later than it reached us: no publish time Pub/Sub gives, and the
+        # deduplication of copies relies on it.
+        reason = (
+            f"publishTime: {rfc3339(moment(message.publish_time))} is later than the message "
+            f"was received ({rfc3339(moment(ingest_time))})"
+        )
     else:
         try:
             read = reader.read(message.data)
@@ -98,9 +106,9 @@ class Ingest:
         self._observer = observer
 
     async def row(self, message: PushedMessage) -> Record | Rejection:
-        """What `message` would become today (at ingest time 0), storing nothing."""
+        """What `message` would become now, storing nothing."""
         reader = await self._payloads.reader(message.attributes)
-        return to_row(message, 0, trace_id=None, reader=reader)
+        return to_row(message, time.time_ns() // 1000, trace_id=None, reader=reader)
 
     async def accept(
         self, message: PushedMessage, *, trace_id: str | None = None

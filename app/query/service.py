@@ -19,13 +19,12 @@ import msgspec
 
 from app.errors import BadParameter, Gone, NotFound
 from app.query.page_token import PageToken, PageTokens
-from app.records import Record, Rejection, micros, moment
+from app.records import DAY_MICROS, Record, Rejection, micros, moment
 from app.store import PageQuery, Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _FOREVER = 2**62
-_DAY_US = 86_400 * 1_000_000
 
 
 class RecordView(msgspec.Struct, kw_only=True, frozen=True):
@@ -141,7 +140,7 @@ class Reader:
     def _oldest_retained(self) -> int:
         if not self._retention_days:
             return 0
-        return self._clock() // 1000 - self._retention_days * _DAY_US
+        return self._clock() // 1000 - self._retention_days * DAY_MICROS
 
     def _check_retained(self, parameter: str, us: int) -> None:
         """Refuse a bound older than the retention: rows after it may already be deleted.

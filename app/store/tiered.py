@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from app.errors import StoreUnavailable
-from app.records import Record, Rejection
+from app.records import DAY_MICROS, Record, Rejection
 from app.store import (
     ConflictObserver,
     MessageState,
@@ -54,7 +54,6 @@ from app.store.spanner.tail import TailCache
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_DAY_MICROS: Final = 86_400_000_000
 
 # Pages are read at a time this far behind now: Spanner's leader serves such a
 # read at once, where a read at "now" may wait out its clock's uncertainty
@@ -140,7 +139,7 @@ class TieredStore:
 
     def serving_since(self, now: int) -> int:
         """Where Spanner's reads begin (µs): the dedupe window and a day ago, at midnight."""
-        return (now - self._reach) // _DAY_MICROS * _DAY_MICROS
+        return (now - self._reach) // DAY_MICROS * DAY_MICROS
 
     # -- life cycle ------------------------------------------------------------
 

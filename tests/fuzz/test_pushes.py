@@ -37,6 +37,7 @@ from tests.bigquery.threaded import ThreadedBigQuery
 from tests.conftest import served_in_thread
 from tests.fuzz.budget import EXAMPLES
 from tests.fuzz.strategies import FORMATS, MAPPED, Push, SchemaRevisions, pushes
+from tests.spanner.emulator import SpannerEmulator
 
 
 def path_id(value: str) -> str:
@@ -126,26 +127,34 @@ def running(name: str, env: dict[str, str]) -> Iterator[Service]:
         service.walk_everything()
 
 
-STORES = ["memory", "duckdb", "bigquery"]
+# The serving tier needs the Spanner emulator.
+STORES = ["memory", "duckdb", "bigquery", pytest.param("serving", marks=pytest.mark.emulator)]
 
 
 @contextlib.contextmanager
-def store_env(store: str, tmp: Path) -> Iterator[dict[str, str]]:
-    """Settings of a fresh `store` of each kind (BigQuery: fakes of its own)."""
-    match store:
+def store_env(request: pytest.FixtureRequest, tmp: Path) -> Iterator[dict[str, str]]:
+    """Settings of a fresh store of the requested kind (BigQuery: fakes of its own)."""
+    match request.param:
         case "memory":
             yield {"RECORDLINE_STORE": "memory:"}
         case "duckdb":
             yield {"RECORDLINE_STORE": f"duckdb:{tmp / 'fuzz.duckdb'}"}
-        case _:
+        case kind:
             fakes = ThreadedBigQuery()
-            try:
-                yield {
-                    "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-                    "BIGQUERY_EMULATOR_HOST": fakes.jobs.endpoint,
-                    "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": fakes.write.address,
-                    "RECORDLINE_SETTLE_SECONDS": "0",
+            env = {
+                "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+                "BIGQUERY_EMULATOR_HOST": fakes.jobs.endpoint,
+                "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": fakes.write.address,
+                "RECORDLINE_SETTLE_SECONDS": "0",
+            }
+            if kind == "serving":
+                emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")
+                env |= {
+                    "RECORDLINE_SERVING": emulator.database(),
+                    "SPANNER_EMULATOR_HOST": emulator.host,
                 }
+            try:
+                yield env
             finally:
                 fakes.stop()
 
@@ -155,7 +164,7 @@ def service(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     with (
-        store_env(request.param, tmp_path_factory.mktemp(request.param)) as env,
+        store_env(request, tmp_path_factory.mktemp(request.param)) as env,
         running(request.param, env) as service,
     ):
         yield service
@@ -167,7 +176,7 @@ def mapped_service(
 ) -> Iterator[Service]:
     mapping = {"RECORDLINE_ID_FIELD": "order.key", "RECORDLINE_TIME_FIELD": "at"}
     with (
-        store_env(request.param, tmp_path_factory.mktemp(f"{request.param}-mapped")) as env,
+        store_env(request, tmp_path_factory.mktemp(f"{request.param}-mapped")) as env,
         running(request.param, env | mapping) as service,
     ):
         yield service

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from app.records import Record, Rejection, row_of
+from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, row_of
 from app.store import PageQuery, RecordPage, RejectionPage
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
 from app.store.bigquery.sql import Statements
@@ -41,10 +41,8 @@ PAGE_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, 86_400_000_000)
 MAX_QUERIES_PER_PAGE: Final = 2 * len(PAGE_SPANS_MICROS) + 2 + 1
 
 # Every copy of a message is stored after Pub/Sub published it, so an earlier
-# copy of a row lies between its publish_time and its ingest_time, not
-# anywhere in the dedupe window. The margin covers the clocks of Pub/Sub and
-# of this service disagreeing (NTP keeps them within milliseconds).
-CLOCK_SKEW_MICROS: Final = 60_000_000
+# copy of a row lies between its publish_time (less CLOCK_SKEW_MICROS) and its
+# ingest_time, not anywhere in the dedupe window.
 
 # A page's scan starts this far before its cursor, so that the earlier
 # copies of rows published up to (this - skew) before being stored, which is
@@ -52,7 +50,6 @@ CLOCK_SKEW_MICROS: Final = 60_000_000
 # longer (a backlog draining) are checked by a second, indexed query.
 EARLIER_COPIES_MICROS: Final = 120_000_000
 
-_DAY_MICROS: Final = 86_400_000_000
 # Twice the 30 minutes rows stay in write-optimized storage, where partition
 # metadata may not count them yet.
 _METADATA_LAG_MICROS: Final = 3_600_000_000
@@ -156,7 +153,7 @@ class Pager:
         counted in partition metadata yet, so the jump never passes the start
         of the day that held `before` an hour earlier: that day is scanned.
         """
-        floor = (before - _METADATA_LAG_MICROS) // _DAY_MICROS * _DAY_MICROS
+        floor = (before - _METADATA_LAG_MICROS) // DAY_MICROS * DAY_MICROS
         if after >= floor:
             return after
         params: dict[str, QueryValue] = {
@@ -171,7 +168,7 @@ class Pager:
         # The day's first row, read from ingest_time alone: a page starting
         # at midnight would scan the hours before it with every column.
         since = max(after, day)
-        bounds: dict[str, QueryValue] = {"since": since, "until": day + _DAY_MICROS}
+        bounds: dict[str, QueryValue] = {"since": since, "until": day + DAY_MICROS}
         ((row,),) = await self._run(first_row, bounds)
         return since if row is None else int(row)
 

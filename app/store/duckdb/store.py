@@ -35,7 +35,7 @@ import pyarrow as pa
 from google.api_core.retry import exponential_sleep_generator
 
 from app.errors import StoreUnavailable
-from app.records import Column, Kind, Record, Rejection, Row, columns, row_of
+from app.records import DAY_MICROS, Column, Kind, Record, Rejection, Row, columns, row_of
 from app.store import (
     ConflictObserver,
     MessageState,
@@ -91,7 +91,6 @@ _READ_BARRIER_SECONDS = 5.0
 # bounds older than the retention anyway (410), so an hour of lingering rows
 # costs disk, not correctness, and one DELETE an hour costs nothing measurable.
 _EXPIRE_EVERY_SECONDS = 3600.0
-_DAY_US = 86_400 * 1_000_000
 _EXPIRE_SQL = [
     f"DELETE FROM {table} WHERE ingest_time < make_timestamptz($before)"
     for table in ("records", "rejected")
@@ -423,7 +422,7 @@ class DuckDBStore:
         """Delete records and rejections older than the retention; how many rows went."""
         if not self._retention_days:
             return 0
-        before = self._clock() // 1000 - self._retention_days * _DAY_US
+        before = self._clock() // 1000 - self._retention_days * DAY_MICROS
 
         def delete() -> int:
             con = self._connection()
