@@ -7,6 +7,7 @@ suite passes on it unchanged.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -22,9 +23,27 @@ from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.spanner.emulator import SpannerEmulator
+from tests.store_contract.mutants import mutant
 
 # The stores every contract test runs on; the serving tier needs the emulator.
-STORES = ["duckdb", "memory", "bigquery", pytest.param("serving", marks=pytest.mark.emulator)]
+# `bigquery-settled` is BigQuery with a settle window, as deployed (rows of the
+# last moments are not read until every instance's writes are in).
+STORES = [
+    "duckdb",
+    "memory",
+    "bigquery",
+    "bigquery-settled",
+    pytest.param("serving", marks=pytest.mark.emulator),
+]
+# Stores that give back `data` as the exact text sent; BigQuery keeps the same
+# JSON value in its JSON type, whose text is its own.
+EXACT_DATA = {"duckdb", "memory", "serving"}
+# With RECORDLINE_CONTRACT_MUTANT set, the contract runs on that broken store
+# alone (mutants.py), which must fail it.
+MUTANT = os.environ.get("RECORDLINE_CONTRACT_MUTANT")
+if MUTANT:
+    STORES = [f"mutant:{MUTANT}"]
+    EXACT_DATA = {STORES[0]}
 
 
 @pytest.fixture(params=STORES)
@@ -37,7 +56,7 @@ async def make(
     if kind == "serving":
         emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")
         database = emulator.database()
-    if kind in ("bigquery", "serving"):
+    if kind in ("bigquery", "bigquery-settled", "serving"):
         # The real clients against the fakes the BigQuery tests use.
         write = FakeBigQueryWrite()
         await write.start()
@@ -59,16 +78,20 @@ async def make(
                     write_deadline_seconds=5.0,
                     dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
                 )
-            case _:
+            case "bigquery-settled":
+                return bigquery(retention_days, settle_seconds=0.5)
+            case "bigquery":
                 return bigquery(retention_days)
+            case _:
+                return mutant(kind.removeprefix("mutant:"), retention_days)
 
-    def bigquery(retention_days: int) -> BigQueryStore:
+    def bigquery(retention_days: int, settle_seconds: float = 0.0) -> BigQueryStore:
         return BigQueryStore(
             PROJECT,
             DATASET,
             store=StoreSettings(
                 bigquery_write_endpoint=write.address,
-                settle_seconds=0.0,
+                settle_seconds=settle_seconds,
                 write_deadline_seconds=5.0,
                 retention_days=retention_days,
             ),
@@ -87,3 +110,10 @@ async def store(make: Callable[[int], Store]) -> AsyncIterator[Store]:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(started.close)
         yield started
+
+
+@pytest.fixture
+def exact_data(request: pytest.FixtureRequest) -> bool:
+    """Whether the store gives back `data` as the exact text sent (else the same JSON value)."""
+    kind: str = request.node.callspec.params["make"]
+    return kind in EXACT_DATA

@@ -1,0 +1,95 @@
+"""Deliberately broken stores: each must fail at least one contract test.
+
+Each is the memory store with one promise broken the way a real store could
+break it. `test_mutants.py` runs the contract on every one and fails if any
+passes: a contract that lets a broken store through proves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from app.errors import StoreUnavailable
+from app.records import Record, Rejection
+from app.store import PageQuery, RecordPage, RowOutcome, Store
+from app.store.duckdb.store import DuckDBStore
+from tests.fakes import WrappedStore
+
+HOUR = 3_600_000_000
+
+
+class NeverReady(WrappedStore):
+    async def check(self) -> None:
+        raise StoreUnavailable("always")
+
+
+class ForgetsTheSchema(WrappedStore):
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        return await self.inner.append([msgspec.structs.replace(r, schema=None) for r in rows])
+
+
+class ReencodesData(WrappedStore):
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        def reencoded(row: Record | Rejection) -> Record | Rejection:
+            if not isinstance(row, Record):
+                return row
+            text = json.dumps(json.loads(row.data), sort_keys=True, separators=(",", ":"))
+            return msgspec.structs.replace(row, data=text)
+
+        return await self.inner.append([reencoded(r) for r in rows])
+
+
+class DropsAttributes(WrappedStore):
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        return await self.inner.append([msgspec.structs.replace(r, attributes="{}") for r in rows])
+
+
+class CompleteTooFar(WrappedStore):
+    async def page(self, query: PageQuery) -> RecordPage:
+        page = await self.inner.page(query)
+        return msgspec.structs.replace(page, complete_until=query.before_time + HOUR)
+
+
+class PastTheHorizon(WrappedStore):
+    """Answers beyond the bound it was asked for: rows that may still change."""
+
+    async def page(self, query: PageQuery) -> RecordPage:
+        return await self.inner.page(msgspec.structs.replace(query, before_time=2**62))
+
+
+class LosesRowsInFlight(WrappedStore):
+    """Claims to take appends side by side, and drops a row of one that overlaps another."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.max_in_flight = 4
+        self._in_flight = 0
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        self._in_flight += 1
+        try:
+            await asyncio.sleep(0)  # let another append start: the overlap is the bug
+            kept = rows[:-1] if self._in_flight > 1 and len(rows) > 1 else rows
+            await self.inner.append(kept)
+            return [None] * len(rows)
+        finally:
+            self._in_flight -= 1
+
+
+MUTANTS: dict[str, Callable[[Store], Store]] = {
+    "never-ready": NeverReady,
+    "forgets-the-schema": ForgetsTheSchema,
+    "reencodes-data": ReencodesData,
+    "drops-attributes": DropsAttributes,
+    "complete-too-far": CompleteTooFar,
+    "past-the-horizon": PastTheHorizon,
+    "loses-rows-in-flight": LosesRowsInFlight,
+}
+
+
+def mutant(name: str, retention_days: int) -> Store:
+    return MUTANTS[name](DuckDBStore(":memory:", retention_days=retention_days))
