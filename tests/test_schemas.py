@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from rich.console import Console
 
 from app.asgi import create_app
 from app.ingest.protobuf import compile_proto
+from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
 from app.records import Record, Rejection
 from app.store.duckdb.store import DuckDBStore, ddl
 from recordline_dev.client import EXAMPLE_SCHEMAS, SchemaMismatch, TopicSchema, generated_values
@@ -559,3 +561,35 @@ def test_publishing_a_file_names_every_line_that_does_not_fit(
     assert "`$.amount`: expected double" in said
     encoded = schema.encode_lines([lines[0], lines[2]])
     assert len(encoded) == 2
+
+
+class NoSuchRevisions:
+    """A Schema API that has none of the revisions asked for."""
+
+    async def revision(self, name: str, revision_id: str) -> SchemaRevision:
+        raise SchemaNotFound(f"{name}@{revision_id}")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_made_up_revisions_leave_memory_bounded() -> None:
+    # A sender may name any revision: each not-found answer is kept a minute,
+    # so a flood of made-up ones must not grow memory without end.
+    schemas = Schemas(NoSuchRevisions(), timeout=1.0)
+
+    async def name(count: int, start: int) -> None:
+        for n in range(start, start + count):
+            decoder = await schemas.decoder("projects/p/schemas/s", f"made-up-{n}")
+            assert decoder.problem is not None
+
+    tracemalloc.start()
+    try:
+        await name(5_000, 0)
+        before = tracemalloc.get_traced_memory()[0]
+        await name(10_000, 5_000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Each kept decoder is ~0.5 KB: 10,000 more kept would be ~5 MB.
+    assert grown < 250_000, f"{grown} bytes more after 10,000 more made-up revisions"

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
 from typing import NoReturn, Protocol
 
+import cachetools
 import msgspec
 
 from app.errors import SchemaUnavailable
@@ -51,6 +53,9 @@ _LATEST_SECONDS = 60.0
 _PROBE_SECONDS = 1.5
 # Revisions whose last fetch failed, reported by readiness; at most this many.
 _MAX_FAILING = 64
+# Decoders kept at most. A topic accepts a few revisions at a time; a decoder
+# is small (a parsed Avro schema, a protobuf class), so 1,024 is a few MB.
+_MAX_KEPT = 1024
 
 
 class SchemaRevision(msgspec.Struct, kw_only=True, frozen=True):
@@ -93,11 +98,6 @@ def valid_name(name: str) -> bool:
     return _SCHEMA_NAME.fullmatch(name) is not None
 
 
-class _Kept(msgspec.Struct):
-    decoder: Decoder
-    until: float | None  # None: for good
-
-
 class Schemas:
     """The decoders of every revision messages have named so far."""
 
@@ -111,7 +111,12 @@ class Schemas:
         self._source = source
         self._timeout = timeout
         self._clock = clock
-        self._kept: dict[tuple[str, str], _Kept] = {}
+        # Each decoder until its own expiry (forever for a revision, which never
+        # changes), and at most _MAX_KEPT of them: revisions a sender makes up
+        # would otherwise grow it without end. One evicted is fetched again.
+        self._kept: cachetools.TLRUCache[tuple[str, str], tuple[Decoder, float]] = (
+            cachetools.TLRUCache(_MAX_KEPT, ttu=lambda _key, kept, _now: kept[1], timer=clock)
+        )
         self._fetching: dict[tuple[str, str], asyncio.Task[Decoder]] = {}
         # Revisions whose last fetch failed, oldest first, and why.
         self._failing: dict[tuple[str, str], str] = {}
@@ -119,9 +124,7 @@ class Schemas:
     def kept(self, name: str, revision_id: str) -> Decoder | None:
         """The decoder of that revision if it was fetched already (no await: the common case)."""
         kept = self._kept.get((name, revision_id))
-        if kept is not None and (kept.until is None or kept.until > self._clock()):
-            return kept.decoder
-        return None
+        return None if kept is None else kept[0]
 
     async def decoder(self, name: str, revision_id: str) -> Decoder:
         """The decoder of that revision; raises SchemaUnavailable if it cannot be fetched."""
@@ -184,8 +187,7 @@ class Schemas:
         return decoder
 
     def _keep(self, key: tuple[str, str], decoder: Decoder, seconds: float | None) -> None:
-        until = None if seconds is None else self._clock() + seconds
-        self._kept[key] = _Kept(decoder, until)
+        self._kept[key] = (decoder, math.inf if seconds is None else self._clock() + seconds)
 
     def _failed(self, key: tuple[str, str], reason: str) -> NoReturn:
         detail = f"topic schema {reason}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -61,10 +61,6 @@ class Distribution:
             self.min = value
         if value > self.max:
             self.max = value
-
-    def record_many(self, values: Iterable[float]) -> None:
-        for value in values:
-            self.record(value)
 
     def point(self) -> HistogramDataPoint | None:
         """Everything counted so far, or None if nothing was."""

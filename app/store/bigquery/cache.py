@@ -14,10 +14,11 @@ operator opted into (off by default).
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
+
+import cachetools
 
 T = TypeVar("T")
 
@@ -35,31 +36,21 @@ class ReadCache:
 
     def __init__(self, ttl_seconds: float, max_entries: int = _CACHE_ENTRIES) -> None:
         self._ttl = ttl_seconds
-        self._max = max_entries
-        self._entries: collections.OrderedDict[object, tuple[float, asyncio.Task[Any]]] = (
-            collections.OrderedDict()
+        self._entries: cachetools.TTLCache[object, asyncio.Task[Any]] = cachetools.TTLCache(
+            max_entries, ttl=max(ttl_seconds, 0.0), timer=time.monotonic
         )
 
     async def get(self, key: object, load: Callable[[], Awaitable[T]]) -> T:
-        ttl = self._ttl
-        if ttl <= 0:
+        if self._ttl <= 0:
             return await load()
-        now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is None or entry[0] <= now:
-            task: asyncio.Task[T] = asyncio.ensure_future(load())
-            self._entries[key] = (now + ttl, task)
+        task: asyncio.Task[T] | None = self._entries.get(key)
+        if task is None:
+            task = asyncio.ensure_future(load())
+            self._entries[key] = task
             task.add_done_callback(lambda done: self._forget_failure(key, done))
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(key)
-            task = entry[1]
         # Shielded: one caller giving up must not cancel the query for the rest.
         return await asyncio.shield(task)
 
     def _forget_failure(self, key: object, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            entry = self._entries.get(key)
-            if entry is not None and entry[1] is task:
-                del self._entries[key]
+        if (task.cancelled() or task.exception() is not None) and self._entries.get(key) is task:
+            del self._entries[key]
