@@ -32,7 +32,8 @@ from app.query.service import Reader
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.routes.query import READ_ROUTES
 from app.settings import Settings
-from app.store import Store, open_store
+from app.store import Store
+from app.store.open import open_store
 from app.telemetry import Telemetry
 
 log = logging.getLogger("recordline")

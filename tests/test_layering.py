@@ -56,13 +56,70 @@ def module_name(path: Path, app: Path = APP) -> str:
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
+    return [(line, name) for line, name, _ in _imports(path)]
+
+
+def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """Every import, at module level or inside a function: (line, module, names)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    found = []
+    found: list[tuple[int, str, list[str]]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
+            found += [(node.lineno, alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
+            found.append((node.lineno, node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def module_graph(app: Path = APP) -> dict[str, set[str]]:
+    """Which project modules each module imports (`from app.x import y` is app.x.y
+    when that is a module, else app.x), inside functions as well as at the top."""
+    modules = {module_name(path, app) for path in app.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in app.rglob("*.py"):
+        module = module_name(path, app)
+        targets: set[str] = set()
+        for _, name, names in _imports(path):
+            if name.split(".")[0] != "app":
+                continue
+            submodules = {f"{name}.{n}" for n in names} & modules
+            targets |= submodules or ({name} & modules)
+            if len(submodules) < len(names) and name in modules:
+                targets.add(name)
+        graph[module] = targets - {module}
+    return graph
+
+
+def cycles(app: Path = APP) -> list[list[str]]:
+    """Every set of modules that import each other, round and round (Tarjan's SCCs)."""
+    graph = module_graph(app)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
     return found
 
 
@@ -94,6 +151,26 @@ def test_the_layers_form_no_cycle() -> None:
 
 def test_every_module_imports_only_what_its_layer_may() -> None:
     assert violations() == []
+
+
+def test_no_modules_import_each_other_round_and_round() -> None:
+    # Even inside functions: such a cycle works only while the call comes late
+    # enough, and ties the modules so that none can be read or moved alone.
+    assert cycles() == []
+
+
+def test_the_check_finds_a_cycle_through_a_function(tmp_path: Path) -> None:
+    store = tmp_path / "app" / "store"
+    (store / "duckdb").mkdir(parents=True)
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (store / "__init__.py").write_text(
+        "class Store: ...\n\ndef open_store():\n    from app.store.duckdb.store import D\n"
+    )
+    (store / "duckdb" / "__init__.py").write_text("")
+    (store / "duckdb" / "store.py").write_text("from app.store import Store\n")
+    assert cycles(tmp_path / "app") == [["app.store", "app.store.duckdb.store"]]
+    (store / "__init__.py").write_text("class Store: ...\n")
+    assert cycles(tmp_path / "app") == []
 
 
 def test_every_module_belongs_to_a_known_layer() -> None:

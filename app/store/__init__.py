@@ -1,22 +1,18 @@
-"""The Store protocol: what ingest and query need from a backend.
+"""The Store protocol: what ingest and query need from a backend, and the values it speaks.
 
-Backends are chosen where the app is assembled (`open_store`), never patched.
-Each implementation lives in its own module; test fakes implement the same
-Protocol.
+Backends are chosen where the app is assembled (`app.store.open`), never
+patched. Each implementation lives in a package of its own; test fakes
+implement the same Protocol; `tests/store_contract/` holds what every one must do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Sequence
+from typing import Literal, Protocol
 
 import msgspec
 
 from app.records import Record, Rejection
-from app.settings import Settings, SettingsError, declared
-
-if TYPE_CHECKING:
-    from app.store.bigquery.store import BigQueryStore
 
 
 class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
@@ -91,15 +87,6 @@ class MessageStatus(msgspec.Struct, kw_only=True, frozen=True):
     record: Record | None = None
 
 
-def message_states(found: Iterable[tuple[str, MessageState]]) -> dict[str, MessageState]:
-    """`Store.seen`'s answer from (message_id, state) rows, a stored copy winning."""
-    states: dict[str, MessageState] = {}
-    for message_id, state in found:
-        if states.get(message_id) != "stored":
-            states[message_id] = state
-    return states
-
-
 class QueryObserver(Protocol):
     """Told what one query behind a store call cost (telemetry puts it on the
     call's span and in its metrics); stores whose reads are billed report it."""
@@ -111,35 +98,6 @@ class QueryObserver(Protocol):
         bytes_billed: int | None = None,
         job_id: str | None = None,
     ) -> None: ...
-
-
-# What makes two copies of a message the same message: a redelivery repeats them
-# (its ingest time, trace and delivery attempt are its own).
-_CONTENT: dict[type[Record | Rejection], tuple[str, ...]] = {
-    Record: ("id", "data", "attributes"),
-    Rejection: ("data", "attributes"),
-}
-
-
-def differing(kept: Record | Rejection, later: Record | Rejection) -> list[str]:
-    """The content in which `later`, a copy of the message `kept` holds, differs from it.
-
-    Empty for a redelivery. Pub/Sub never gives two messages one id, but a
-    publisher-side replay, a topic recreated, or an emulator whose ids start
-    from 1 again can: the store keeps its first copy, and the other is lost.
-    """
-    if type(kept) is not type(later):
-        return []  # a record and a rejection of one message live side by side
-    return [name for name in _CONTENT[type(kept)] if getattr(kept, name) != getattr(later, name)]
-
-
-class ConflictObserver(Protocol):
-    """Told of a later copy of a stored message whose content differs from the stored
-    one (which stays; the later one is acknowledged and dropped): telemetry counts and
-    logs it. Stores that see every copy as they write it (DuckDB, the serving tier)
-    are given one."""
-
-    def __call__(self, kept: Record | Rejection, later: Record | Rejection) -> None: ...
 
 
 # Per appended row: None when it was stored as given, else the reason the store
@@ -210,83 +168,3 @@ class Store(Protocol):
         Replay asks it for a whole batch, where `message` would cost a query
         (a billed one on BigQuery) per message.
         """
-
-
-class UnknownStore(SettingsError):
-    """RECORDLINE_STORE names no store this build has."""
-
-
-def open_store(
-    settings: Settings,
-    *,
-    observer: QueryObserver | None = None,
-    conflicts: ConflictObserver | None = None,
-) -> Store:
-    """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
-    told what each of its queries cost, `conflicts` of each copy of a message
-    that differs from the one stored."""
-    url = settings.store.url
-    scheme, _, rest = url.partition(":")
-    if settings.store.serving and scheme != "bigquery":
-        raise UnknownStore(
-            f"RECORDLINE_SERVING is a serving tier beside the BigQuery store; "
-            f"RECORDLINE_STORE={url!r} is not one"
-        )
-    match scheme:
-        case "memory":
-            from app.store.duckdb.store import DuckDBStore
-
-            return DuckDBStore(
-                ":memory:", retention_days=settings.store.retention_days, conflicts=conflicts
-            )
-        case "duckdb":
-            from app.store.duckdb.store import DuckDBStore
-
-            # duckdb:///abs/file.duckdb is absolute (an empty host, then the path);
-            # duckdb:file.duckdb is relative to the working directory.
-            path = rest.removeprefix("//")
-            return DuckDBStore(
-                path or "recordline.duckdb",
-                retention_days=settings.store.retention_days,
-                conflicts=conflicts,
-            )
-        case "bigquery":
-            try:
-                from app.store.bigquery.store import BigQueryStore
-            except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
-                raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
-            analytics = BigQueryStore.from_url(
-                url,
-                settings,
-                emulator=settings.store.bigquery_query_endpoint or None,
-                observer=observer,
-            )
-            if not settings.store.serving:
-                # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
-                return analytics
-            return _tiered(settings, analytics, conflicts)
-        case _:
-            # Settings.load refuses such a URL already; Settings built by hand get here.
-            accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
-            raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
-
-
-def _tiered(
-    settings: Settings, analytics: BigQueryStore, conflicts: ConflictObserver | None
-) -> Store:
-    from app.store.spanner.serving import SpannerDatabase, SpannerServing
-    from app.store.tiered import TieredStore
-
-    store = settings.store
-    serving = SpannerServing(
-        SpannerDatabase.from_url(store.serving),
-        emulator_host=store.spanner_emulator_host or None,
-        timeout_seconds=store.query_timeout_seconds,
-    )
-    return TieredStore(
-        serving,
-        analytics,
-        write_deadline_seconds=store.write_deadline_seconds,
-        dedupe_window_seconds=settings.query.dedupe_window_seconds,
-        conflicts=conflicts,
-    )

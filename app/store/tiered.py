@@ -37,17 +37,9 @@ import msgspec
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection
-from app.store import (
-    ConflictObserver,
-    MessageState,
-    MessageStatus,
-    PageQuery,
-    RecordPage,
-    RejectionPage,
-    RowOutcome,
-    differing,
-)
+from app.store import MessageState, MessageStatus, PageQuery, RecordPage, RejectionPage, RowOutcome
 from app.store.bigquery.store import BigQueryStore
+from app.store.copies import ConflictObserver, differing
 from app.store.spanner.serving import SchemaMismatch, SpannerServing
 from app.store.spanner.tail import TailCache
 

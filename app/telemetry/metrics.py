@@ -19,7 +19,8 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from app.errors import RetryLater
 from app.records import Record, Rejection
-from app.store import RowOutcome, differing
+from app.store import RowOutcome
+from app.store.copies import differing
 from app.telemetry.distribution import Distribution
 
 log = logging.getLogger("recordline.ingest")

@@ -9,10 +9,11 @@ import pytest
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection, columns
-from app.settings import QuerySettings, Settings, StoreSettings
-from app.store import PageQuery, UnknownStore, open_store
+from app.settings import QuerySettings, Settings, SettingsError, StoreSettings
+from app.store import PageQuery
 from app.store.bigquery.paging import MAX_QUERIES_PER_PAGE
 from app.store.bigquery.store import BigQueryStore
+from app.store.open import open_store
 from tests.bigquery.conftest import BASE_TIME, DATASET, PROJECT, page_query, record
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -159,7 +160,7 @@ def test_from_url_builds_nothing_until_started(write_fake: FakeBigQueryWrite) ->
     ],
 )
 def test_from_url_refuses_malformed_urls(url: str) -> None:
-    with pytest.raises(UnknownStore):
+    with pytest.raises(SettingsError, match="RECORDLINE_STORE"):
         BigQueryStore.from_url(url, Settings())
 
 

@@ -12,8 +12,8 @@ import asyncio
 import threading
 
 from app.settings import QuerySettings, StoreSettings
-from app.store import ConflictObserver
 from app.store.bigquery.store import BigQueryStore
+from app.store.copies import ConflictObserver
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT

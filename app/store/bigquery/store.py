@@ -34,7 +34,7 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection, delivery, row_of
-from app.settings import BIGQUERY_URL, QuerySettings, Settings, StoreSettings
+from app.settings import BIGQUERY_URL, QuerySettings, Settings, StoreSettings, invalid
 from app.store import (
     MessageState,
     MessageStatus,
@@ -43,8 +43,6 @@ from app.store import (
     RecordPage,
     RejectionPage,
     RowOutcome,
-    UnknownStore,
-    message_states,
 )
 from app.store.bigquery.cache import ReadCache
 from app.store.bigquery.paging import Pager
@@ -52,6 +50,7 @@ from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.queries import QueryRunner, QueryValue
 from app.store.bigquery.sql import CHECK_SQL, Statements
 from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
+from app.store.copies import message_states
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +153,7 @@ class BigQueryStore:
         `jobs.query` endpoint to send queries to with anonymous credentials."""
         match = _URL.fullmatch(url)
         if match is None:
-            raise UnknownStore(
-                f"RECORDLINE_STORE={url!r} is not accepted: expected bigquery://PROJECT/DATASET"
-            )
+            raise invalid("RECORDLINE_STORE", url, "bigquery://PROJECT/DATASET")
         return cls(
             match["project"],
             match["dataset"],

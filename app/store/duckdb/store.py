@@ -36,17 +36,8 @@ from google.api_core.retry import exponential_sleep_generator
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Column, Kind, Record, Rejection, Row, columns, row_of
-from app.store import (
-    ConflictObserver,
-    MessageState,
-    MessageStatus,
-    PageQuery,
-    RecordPage,
-    RejectionPage,
-    RowOutcome,
-    differing,
-    message_states,
-)
+from app.store import MessageState, MessageStatus, PageQuery, RecordPage, RejectionPage, RowOutcome
+from app.store.copies import ConflictObserver, differing, message_states
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
 

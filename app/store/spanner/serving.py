@@ -39,7 +39,8 @@ from google.cloud.spanner_v1 import param_types
 from app.errors import StoreUnavailable
 from app.records import TABLES, Kind, Record, Rejection, Row, columns, micros, moment, row_of
 from app.settings import SPANNER_URL, SettingsError, invalid
-from app.store import MessageState, MessageStatus, PageQuery, message_states
+from app.store import MessageState, MessageStatus, PageQuery
+from app.store.copies import message_states
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,

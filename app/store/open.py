@@ -1,0 +1,97 @@
+"""The store a RECORDLINE_STORE URL names: where the service chooses its backend.
+
+Each store's module is imported only when named: the Google clients the
+BigQuery store and the serving tier need take most of a second to import,
+which a service on DuckDB never pays.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from app.settings import Settings, SettingsError, declared
+from app.store import QueryObserver, Store
+from app.store.copies import ConflictObserver
+
+if TYPE_CHECKING:
+    from app.store.bigquery.store import BigQueryStore
+
+
+class UnknownStore(SettingsError):
+    """RECORDLINE_STORE names no store this build has."""
+
+
+def open_store(
+    settings: Settings,
+    *,
+    observer: QueryObserver | None = None,
+    conflicts: ConflictObserver | None = None,
+) -> Store:
+    """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
+    told what each of its queries cost, `conflicts` of each copy of a message
+    that differs from the one stored."""
+    url = settings.store.url
+    scheme, _, rest = url.partition(":")
+    if settings.store.serving and scheme != "bigquery":
+        raise UnknownStore(
+            f"RECORDLINE_SERVING is a serving tier beside the BigQuery store; "
+            f"RECORDLINE_STORE={url!r} is not one"
+        )
+    match scheme:
+        case "memory":
+            from app.store.duckdb.store import DuckDBStore
+
+            return DuckDBStore(
+                ":memory:", retention_days=settings.store.retention_days, conflicts=conflicts
+            )
+        case "duckdb":
+            from app.store.duckdb.store import DuckDBStore
+
+            # duckdb:///abs/file.duckdb is absolute (an empty host, then the path);
+            # duckdb:file.duckdb is relative to the working directory.
+            path = rest.removeprefix("//")
+            return DuckDBStore(
+                path or "recordline.duckdb",
+                retention_days=settings.store.retention_days,
+                conflicts=conflicts,
+            )
+        case "bigquery":
+            try:
+                from app.store.bigquery.store import BigQueryStore
+            except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
+                raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
+            analytics = BigQueryStore.from_url(
+                url,
+                settings,
+                emulator=settings.store.bigquery_query_endpoint or None,
+                observer=observer,
+            )
+            if not settings.store.serving:
+                # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
+                return analytics
+            return _tiered(settings, analytics, conflicts)
+        case _:
+            # Settings.load refuses such a URL already; Settings built by hand get here.
+            accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
+            raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
+
+
+def _tiered(
+    settings: Settings, analytics: BigQueryStore, conflicts: ConflictObserver | None
+) -> Store:
+    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.tiered import TieredStore
+
+    store = settings.store
+    serving = SpannerServing(
+        SpannerDatabase.from_url(store.serving),
+        emulator_host=store.spanner_emulator_host or None,
+        timeout_seconds=store.query_timeout_seconds,
+    )
+    return TieredStore(
+        serving,
+        analytics,
+        write_deadline_seconds=store.write_deadline_seconds,
+        dedupe_window_seconds=settings.query.dedupe_window_seconds,
+        conflicts=conflicts,
+    )
