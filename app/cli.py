@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.records import TABLES, bigquery_schema
+from app.records import TABLES
 from app.settings import Settings, SettingsError, effective, reference
+from app.store.bigquery.schema import bigquery_schema
 
 # ASGI, as uvicorn calls an app.
 Message = MutableMapping[str, Any]

@@ -259,16 +259,3 @@ def columns(row_type: type[Row]) -> tuple[Column, ...]:
 
 
 TABLES: dict[str, type[Row]] = {"records": Record, "rejected": Rejection}
-
-
-def bigquery_schema(row_type: type[Row]) -> list[dict[str, str]]:
-    """The BigQuery table schema, in the JSON form `bq` and Terraform take."""
-    return [
-        {
-            "name": c.name,
-            "type": c.kind.value,
-            "mode": "NULLABLE" if c.nullable else "REQUIRED",
-            "description": c.description,
-        }
-        for c in columns(row_type)
-    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import duckdb
 import pytest
@@ -13,9 +14,13 @@ from app.errors import BadEnvelope, BadParameter
 from app.ingest.envelope import decode_unwrapped, decode_wrapped, is_unwrapped
 from app.ingest.service import to_row
 from app.query.page_token import PageToken, PageTokens
-from app.records import Kind, Record, Rejection, bigquery_schema, columns
+from app.records import Kind, Record, Rejection, columns
 from app.settings import Settings, SettingsError, reference
+from app.store.bigquery.schema import bigquery_schema
 from app.store.duckdb.store import ddl
+
+# An ingest time as the batcher stamps one: now.
+NOW = time.time_ns() // 1000
 
 
 def wrapped(**message: object) -> bytes:
@@ -79,11 +84,11 @@ def test_unwrapped_detection_and_errors() -> None:
 
 def test_to_row_rejects_with_field_path() -> None:
     message = decode_wrapped(wrapped(data=base64.b64encode(b'{"id": ["x"]}').decode()))
-    row = to_row(message, ingest_time=1, trace_id=None)
+    row = to_row(message, ingest_time=NOW, trace_id=None)
     assert isinstance(row, Rejection)
     assert "$.id" in row.reason
     ok = decode_wrapped(wrapped(data=base64.b64encode(b'{"id": "x", "data": {"k": [1]}}').decode()))
-    record = to_row(ok, ingest_time=1, trace_id="ab" * 16)
+    record = to_row(ok, ingest_time=NOW, trace_id="ab" * 16)
     assert isinstance(record, Record)
     assert record.data == '{"k": [1]}'  # the producer's exact JSON text
 

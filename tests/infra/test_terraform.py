@@ -16,7 +16,8 @@ from typing import Any
 import hcl2
 import pytest
 
-from app.records import TABLES, bigquery_schema
+from app.records import TABLES
+from app.store.bigquery.schema import bigquery_schema
 from tests.infra.console import console, require_terraform
 
 TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
