@@ -1,4 +1,5 @@
-"""A fake of BigQuery's Storage Write API: AppendRows only, over real gRPC.
+"""A fake of BigQuery's Storage Write API over real gRPC: the `_default` stream and
+application-created streams, as the API reference documents them.
 
 The real `BigQueryWriteAsyncClient` talks to it through an insecure channel.
 It decodes rows with the writer schema each connection sends (a message class
@@ -6,6 +7,21 @@ built from the received DescriptorProto, as BigQuery does), keeps the decoded
 rows per table, checks the routing header, and injects the faults a
 production stream meets. Responses are delayed by `latency` without losing
 pipelining: each answer is due `latency` after its request arrived.
+
+Application-created streams (`CreateWriteStream`) follow the reference of
+google.cloud.bigquery.storage.v1 (BigQueryWrite):
+- AppendRows with an `offset` checks it against the end of the stream:
+  `OUT_OF_RANGE` if beyond it, `ALREADY_EXISTS` if that offset has been written
+  to, in the response's error, storing nothing; the response's `append_result`
+  carries the offset the rows were written at. Without an offset the rows go at
+  the end.
+- COMMITTED: rows are visible once the append is acknowledged. PENDING: rows
+  are invisible until the stream is finalized (`FinalizeWriteStream`, which
+  answers its row count) and committed (`BatchCommitWriteStreams`, at most
+  once; a stream not finalized is a stream error). BUFFERED: rows are visible
+  up to the offset `FlushRows` advanced to.
+- A finalized stream takes no more appends (`STREAM_FINALIZED`, INVALID_ARGUMENT);
+  an unknown stream is NOT_FOUND.
 
 Run alone for benchmarks:
     python -m tests.bigquery.fake_storage_write --port 50051 --latency-ms 10
@@ -67,6 +83,34 @@ class UpdatedSchema:
 
 Fault = Abort | ErrorResponse | Drop | UpdatedSchema
 
+_WriteStream: Any = types.WriteStream.pb()
+_CreateRequest: Any = types.CreateWriteStreamRequest.pb()
+_GetRequest: Any = types.GetWriteStreamRequest.pb()
+_FinalizeRequest: Any = types.FinalizeWriteStreamRequest.pb()
+_FinalizeResponse: Any = types.FinalizeWriteStreamResponse.pb()
+_BatchCommitRequest: Any = types.BatchCommitWriteStreamsRequest.pb()
+_BatchCommitResponse: Any = types.BatchCommitWriteStreamsResponse.pb()
+_FlushRequest: Any = types.FlushRowsRequest.pb()
+_FlushResponse: Any = types.FlushRowsResponse.pb()
+_StorageError: Any = types.StorageError.pb()
+COMMITTED, PENDING, BUFFERED = 1, 2, 3  # WriteStream.Type
+
+
+@dataclasses.dataclass
+class AppStream:
+    """An application-created stream: its rows in stream order, and its state."""
+
+    name: str
+    table: str
+    type: int
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    finalized: bool = False
+    committed: bool = False
+    # Rows of the stream the table shows: all for COMMITTED, up to the last flush
+    # for BUFFERED, none for PENDING until it is committed.
+    visible: int = 0
+
+
 _END = object()
 
 
@@ -109,6 +153,11 @@ class FakeBigQueryWrite:
         self.protocol_errors: list[str] = []
         # Most requests one connection had received and not yet answered.
         self.max_unanswered = 0
+        self.streams: dict[str, AppStream] = {}
+        # One-shot faults of the unary calls, by method name (`CreateWriteStream`…).
+        self.call_faults: dict[str, collections.deque[grpc.StatusCode]] = collections.defaultdict(
+            collections.deque
+        )
         self._server: grpc.aio.Server | None = None
         self.address = ""
 
@@ -123,6 +172,13 @@ class FakeBigQueryWrite:
         self.faults[table].extend(faults)
 
     async def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
+        def unary(method: Any, request: Any, response: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                method,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -130,7 +186,14 @@ class FakeBigQueryWrite:
                     self._append_rows,
                     request_deserializer=_Request.FromString,
                     response_serializer=_Response.SerializeToString,
-                )
+                ),
+                "CreateWriteStream": unary(self._create, _CreateRequest, _WriteStream),
+                "GetWriteStream": unary(self._get, _GetRequest, _WriteStream),
+                "FinalizeWriteStream": unary(self._finalize, _FinalizeRequest, _FinalizeResponse),
+                "BatchCommitWriteStreams": unary(
+                    self._batch_commit, _BatchCommitRequest, _BatchCommitResponse
+                ),
+                "FlushRows": unary(self._flush, _FlushRequest, _FlushResponse),
             },
         )
         self._server = grpc.aio.server(
@@ -234,9 +297,14 @@ class FakeBigQueryWrite:
                 response.row_errors.extend(errors)
                 post(response)
                 continue
-            self.row_counts[table] += len(rows)
-            if self.keep_rows:
-                self.tables[table].extend(rows)
+            if stream.endswith("/_default"):
+                self._show(table, rows)
+            else:
+                refused = self._append_to(stream, request, rows)
+                if refused is not None:
+                    post(refused)
+                    continue
+                response.append_result.offset.value = len(self.streams[stream].rows) - len(rows)
             if isinstance(fault, Abort):
                 post(fault)
                 return
@@ -245,6 +313,127 @@ class FakeBigQueryWrite:
                 response.updated_schema.fields.add(name="added_later", type_=1, mode=1)
             post(response)
         post(_END)
+
+    def _show(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Rows the table shows from now on (what jobs.query reads)."""
+        self.row_counts[table] += len(rows)
+        if self.keep_rows:
+            self.tables[table].extend(rows)
+
+    def _append_to(self, name: str, request: Any, rows: list[dict[str, Any]]) -> Any:
+        """Rows into an application-created stream; a response with the error, if refused."""
+        stream = self.streams.get(name)
+        if stream is None:
+            return self._storage_error(
+                grpc.StatusCode.NOT_FOUND, 3, name, f"Stream not found: {name}"
+            )
+        if stream.finalized:
+            return self._storage_error(
+                grpc.StatusCode.INVALID_ARGUMENT, 6, name, f"Stream is finalized: {name}"
+            )
+        end = len(stream.rows)
+        if request.HasField("offset"):
+            offset = request.offset.value
+            if offset < end:
+                return self._storage_error(
+                    grpc.StatusCode.ALREADY_EXISTS, 8, name, f"The offset {offset} has been written"
+                )
+            if offset > end:
+                return self._storage_error(
+                    grpc.StatusCode.OUT_OF_RANGE, 9, name, f"The offset {offset} is beyond {end}"
+                )
+        stream.rows.extend(rows)
+        if stream.type == COMMITTED:
+            self._show(stream.table, rows)
+            stream.visible = len(stream.rows)
+        return None
+
+    @staticmethod
+    def _storage_error(code: grpc.StatusCode, storage: int, entity: str, message: str) -> Any:
+        response = _Response()
+        response.error.code = code.value[0]
+        response.error.message = message
+        detail = _StorageError(code=storage, entity=entity, error_message=message)
+        response.error.details.add().Pack(detail)
+        return response
+
+    async def _unary_fault(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self.call_faults[method]:
+            await context.abort(self.call_faults[method].popleft(), f"injected: {method} failed")
+
+    def _described(self, stream: AppStream) -> Any:
+        return _WriteStream(name=stream.name, type_=stream.type, write_mode=1)
+
+    async def _create(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unary_fault("CreateWriteStream", context)
+        kind = request.write_stream.type_
+        if kind not in (COMMITTED, PENDING, BUFFERED):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a stream type is required")
+        name = f"{request.parent}/streams/s{len(self.streams) + 1:08d}"
+        stream = AppStream(name=name, table=request.parent, type=kind)
+        self.streams[name] = stream
+        return self._described(stream)
+
+    async def _stream(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AppStream:
+        stream = self.streams.get(name)
+        if stream is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Stream not found: {name}")
+            raise AssertionError  # abort raises
+        return stream
+
+    async def _get(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unary_fault("GetWriteStream", context)
+        return self._described(await self._stream(request.name, context))
+
+    async def _finalize(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unary_fault("FinalizeWriteStream", context)
+        stream = await self._stream(request.name, context)
+        stream.finalized = True
+        return _FinalizeResponse(row_count=len(stream.rows))
+
+    async def _batch_commit(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unary_fault("BatchCommitWriteStreams", context)
+        streams = [self.streams.get(name) for name in request.write_streams]
+        response = _BatchCommitResponse()
+        for name, stream in zip(request.write_streams, streams, strict=True):
+            problem = (
+                (3, "not found")
+                if stream is None
+                else (4, "not a PENDING stream")
+                if stream.type != PENDING
+                else (2, "already committed")
+                if stream.committed
+                else (5, "not finalized")
+                if not stream.finalized
+                else None
+            )
+            if problem is not None:
+                response.stream_errors.add(code=problem[0], entity=name, error_message=problem[1])
+        if response.stream_errors:
+            return response  # atomically: none is committed
+        for stream in streams:
+            assert stream is not None
+            stream.committed = True
+            self._show(stream.table, stream.rows)
+            stream.visible = len(stream.rows)
+        response.commit_time.GetCurrentTime()
+        return response
+
+    async def _flush(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await self._unary_fault("FlushRows", context)
+        stream = await self._stream(request.write_stream, context)
+        if stream.type != BUFFERED:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "FlushRows needs a BUFFERED stream"
+            )
+        # Flushes up to and including the row at `offset`.
+        upto = request.offset.value + 1
+        if upto > len(stream.rows):
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset beyond {len(stream.rows)}")
+        if upto > stream.visible:
+            self._show(stream.table, stream.rows[stream.visible : upto])
+            stream.visible = upto
+        return _FlushResponse(offset=request.offset.value)
 
     def _receiver_done(self, task: asyncio.Task[None], outbox: asyncio.Queue[Any]) -> None:
         # A bug in the fake must fail the test, not hang it until the deadline.
