@@ -1,0 +1,170 @@
+"""Appending to an application-created COMMITTED stream at offsets the caller keeps.
+
+The Storage Write API checks an append's offset against the end of its
+stream: an offset already written to is refused with `ALREADY_EXISTS`, one
+beyond the end with `OUT_OF_RANGE`, and nothing is stored either way. So a
+writer that knows which rows belong at which offset, and resends exactly
+those after a crash or a lost answer, stores each row exactly once: the
+resend either lands or is refused as already there. Rows on a COMMITTED
+stream are visible as soon as the append is acknowledged.
+
+One writer per stream, one request in flight: the exporter's batches are
+large and its pace is set by Spanner reads, not by round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+from google.api_core.exceptions import GoogleAPICallError
+from google.api_core.gapic_v1 import routing_header
+from google.cloud.bigquery_storage_v1 import types
+from google.protobuf import descriptor_pb2
+
+from app.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from google.cloud.bigquery_storage_v1.services.big_query_write import (
+        BigQueryWriteAsyncClient,
+    )
+
+_AppendRowsRequestPb: Final[Any] = types.AppendRowsRequest.pb()
+_AppendRowsResponse: Final[Any] = types.AppendRowsResponse
+_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
+# How long one append may take, answer included.
+APPEND_SECONDS: Final = 30.0
+
+
+class Appended(enum.Enum):
+    """What became of an append at an offset."""
+
+    STORED = "stored"  # the rows are stored now, at that offset
+    ALREADY = "already"  # that offset was written to before: by an earlier try of this append
+
+
+class RowsRefused(Exception):
+    """BigQuery refused rows of the append; nothing of it was stored."""
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        first = min(reasons)
+        super().__init__(f"row {first} refused: {reasons[first]}")
+        self.reasons = reasons
+
+
+class StreamBroken(Exception):
+    """The stream cannot take this append and never will: gone, finalized, or
+    shorter than the writer knows it to be (`OUT_OF_RANGE`)."""
+
+
+class OffsetStream:
+    """Appends rows of one table at offsets, to COMMITTED streams it creates."""
+
+    def __init__(
+        self,
+        client: BigQueryWriteAsyncClient,
+        table: str,
+        descriptor: descriptor_pb2.DescriptorProto,
+    ) -> None:
+        self.table = table
+        self._client = client
+        self._descriptor = descriptor
+        self._stream = ""
+        self._requests: asyncio.Queue[types.AppendRowsRequest | None] | None = None
+        self._call: Any = None
+
+    async def create(self) -> str:
+        """A new COMMITTED stream of the table; its name."""
+        try:
+            stream = await self._client.create_write_stream(
+                parent=self.table,
+                write_stream=types.WriteStream(type_=types.WriteStream.Type.COMMITTED),
+            )
+        except GoogleAPICallError as exc:
+            raise StoreUnavailable(f"{self.table}: CreateWriteStream failed: {exc}") from exc
+        name: str = stream.name
+        return name
+
+    async def finalize(self, stream: str) -> None:
+        """No more appends to `stream` (it keeps what it holds)."""
+        if self._stream == stream:
+            self.close()
+        try:
+            await self._client.finalize_write_stream(name=stream)
+        except GoogleAPICallError as exc:
+            raise StoreUnavailable(f"{stream}: FinalizeWriteStream failed: {exc}") from exc
+
+    async def append(self, stream: str, offset: int, rows: Sequence[bytes]) -> Appended:
+        """Store `rows` at `offset` of `stream`, or learn they were stored there before.
+
+        Raises RowsRefused (BigQuery refused a row), StreamBroken (the stream
+        cannot take them) or StoreUnavailable (try again later: BigQuery did
+        not answer, or answered with a transient error).
+        """
+        try:
+            async with asyncio.timeout(APPEND_SECONDS):
+                response = await self._exchange(stream, offset, rows)
+        except (TimeoutError, GoogleAPICallError, grpc.RpcError, asyncio.InvalidStateError) as exc:
+            self.close()  # its answer may still come: no later request may be read as it
+            raise StoreUnavailable(f"{stream}: AppendRows failed: {exc or 'timed out'}") from exc
+        if response.row_errors:
+            raise RowsRefused({e.index: e.message or "refused" for e in response.row_errors})
+        if not response.HasField("error"):
+            return Appended.STORED
+        code = _CODES.get(response.error.code, grpc.StatusCode.UNKNOWN)
+        match code:
+            case grpc.StatusCode.ALREADY_EXISTS:
+                return Appended.ALREADY
+            case grpc.StatusCode.OUT_OF_RANGE | grpc.StatusCode.NOT_FOUND:
+                self.close()
+                raise StreamBroken(f"{stream}: {code.name}: {response.error.message}")
+            case grpc.StatusCode.INVALID_ARGUMENT if "finalized" in response.error.message.lower():
+                self.close()
+                raise StreamBroken(f"{stream}: {response.error.message}")
+        self.close()
+        raise StoreUnavailable(f"{stream}: {code.name}: {response.error.message}")
+
+    async def _exchange(self, stream: str, offset: int, rows: Sequence[bytes]) -> Any:
+        first = self._call is None or self._stream != stream
+        if first:
+            self.close()
+            await self._open(stream)
+        assert self._requests is not None
+        request = _AppendRowsRequestPb()
+        request.offset.value = offset
+        if first:
+            # The stream name and writer schema ride on a connection's first request.
+            request.write_stream = stream
+            request.proto_rows.writer_schema.proto_descriptor.CopyFrom(self._descriptor)
+        request.proto_rows.rows.serialized_rows.extend(rows)
+        self._requests.put_nowait(types.AppendRowsRequest.wrap(request))
+        response = await self._call.read()
+        if response is grpc.aio.EOF:
+            raise StoreUnavailable(f"{stream}: the stream ended before answering")
+        return _AppendRowsResponse.pb(response)
+
+    async def _open(self, stream: str) -> None:
+        requests: asyncio.Queue[types.AppendRowsRequest | None] = asyncio.Queue()
+        # The async client does not add the routing header for a streaming call.
+        metadata = (routing_header.to_grpc_metadata((("write_stream", stream),)),)  # type: ignore[no-untyped-call]
+        self._call = await self._client.append_rows(_drain(requests), metadata=metadata, retry=None)
+        self._requests = requests
+        self._stream = stream
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        if self._requests is not None:
+            self._requests.put_nowait(None)
+        self._call = self._requests = None
+        self._stream = ""
+
+
+async def _drain(
+    requests: asyncio.Queue[types.AppendRowsRequest | None],
+) -> AsyncIterator[types.AppendRowsRequest]:
+    while (request := await requests.get()) is not None:
+        yield request
