@@ -171,3 +171,25 @@ def test_pages_are_gzipped_for_clients_that_accept_it(client: TestClient[Litesta
     small = client.get("/v1/records/r1", headers={"Accept-Encoding": "gzip"})
     assert small.status_code == 200
     assert "content-encoding" not in small.headers
+
+
+# Accept-Encoding as RFC 9110 reads it: codings are case-insensitive tokens, a
+# qvalue of 0 means "not acceptable", `*` stands for any coding not listed, and
+# identity is acceptable unless excluded; the server picks among the rest.
+GZIPPED = ["gzip", "GZIP", "Gzip;Q=1", "x-gzip", "gzip ; q=0.5", "*", "identity;q=0, gzip"]
+GZIPPED += ["deflate, gzip;q=0.001", "br;q=1, gzip;q=0.8, identity;q=0.8", "identity, gzip"]
+PLAIN = ["gzip;q=0", "GZIP; q=0.000", "gzip;q=0, *", "*;q=0", "br, deflate", "identity", ""]
+PLAIN += ["gzip;q=0.5, identity;q=1", "gzip;q=abc", "gzip;q=2", "*;q=0.3, identity"]
+
+
+def test_gzip_is_chosen_as_accept_encoding_says(client: TestClient[Litestar]) -> None:
+    for n in range(50):
+        push(client, n, note="the same words again and again " * 4)
+    records = client.get("/v1/records", headers={"Accept-Encoding": "identity"}).json()["records"]
+    for accept in GZIPPED + PLAIN:
+        answer = client.get("/v1/records", headers={"Accept-Encoding": accept})
+        assert answer.status_code == 200, (accept, answer.text)
+        coding = answer.headers.get("content-encoding")
+        assert coding == ("gzip" if accept in GZIPPED else None), accept
+        assert answer.json()["records"] == records, accept
+
