@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import cast
 
 from litestar import Litestar, Router
 from litestar.config.compression import CompressionConfig
@@ -18,7 +19,15 @@ from litestar.datastructures import Headers
 from litestar.di import Provide
 from litestar.middleware.compression import CompressionMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
-from litestar.types import Receive, Scope, Send
+from litestar.types import (
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
@@ -115,13 +124,45 @@ class NegotiatedCompression(CompressionMiddleware):
         await self.app(scope, receive, compressing)
 
 
+class Recordline(Litestar):
+    """The service's app: Litestar, with HEAD answered wherever GET is.
+
+    RFC 9110 §9.3.2: HEAD is GET without the content. A HEAD request is routed,
+    guarded and answered as the GET it stands for (so the same guards apply,
+    and the headers are the GET's, Content-Length included), and its body is
+    not sent. Litestar answers only the methods a handler names, and a route
+    declared for HEAD as well would show each operation twice in the OpenAPI
+    document.
+    """
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if cast("dict[str, object]", scope).get("method") != "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+        http_send = cast("Send", send)
+
+        async def without_content(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await http_send(message)
+
+        # A copy: the server keeps its own scope, which still says HEAD.
+        as_get = cast("Scope", {**scope, "method": "GET"})
+        await super().__call__(as_get, receive, without_content)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     store: Store | None = None,
     telemetry: Telemetry | None = None,
     schema_source: SchemaSource | None = None,
-) -> Litestar:
+) -> Recordline:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
     auth = Auth.from_settings(settings)
@@ -189,7 +230,7 @@ def create_app(
     def constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
-    return Litestar(
+    return Recordline(
         route_handlers=[
             # Probes, scrapes and the docs are not traced: they say nothing about a message.
             Router("/", route_handlers=PUSH_ROUTES, guards=auth.push_guards, middleware=traced),
