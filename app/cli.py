@@ -29,6 +29,16 @@ SCHEMA_DIR = CHECKOUT / "infra" / "terraform" / "modules" / "system" / "schemas"
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `recordline schema | head -1`: the reader left. Nothing more can be said
+        # there, at exit included: the rest goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="recordline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 

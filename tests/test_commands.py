@@ -46,6 +46,59 @@ def test_dev_py_help_lists_every_command_and_exits_0() -> None:
     assert "no command 'nonsense'" in unknown.stderr
 
 
+def to_a_reader_that_left(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`argv | head -1` where head has gone before a byte is written: every write fails."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            list(argv), cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (sys.executable, "dev.py", "--help"),
+        (RECORDLINE, "--help"),
+        (RECORDLINE, "schema"),
+        (RECORDLINE, "config", "--reference"),
+    ],
+    ids=["dev.py --help", "recordline --help", "schema", "config --reference"],
+)
+def test_output_to_a_reader_that_left_is_no_error(argv: tuple[str, ...]) -> None:
+    done = to_a_reader_that_left(*argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+def test_dev_py_bench_help_lists_the_benchmarks_and_exits_0() -> None:
+    done = run(sys.executable, "dev.py", "bench", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "NAME: ingest | query" in done.stdout
+    unknown = run(sys.executable, "dev.py", "bench", "nonsense")
+    assert unknown.returncode == 2
+    assert "no benchmark 'nonsense'" in unknown.stderr
+
+
+def test_dev_py_runs_the_service_commands_the_readme_shows(tmp_path: Path) -> None:
+    config = run(sys.executable, str(ROOT / "dev.py"), "config", cwd=tmp_path)
+    assert config.returncode == 0, config.stderr
+    store = r"^RECORDLINE_STORE +'duckdb:recordline.duckdb' +default$"
+    assert re.search(store, config.stdout, re.M)
+    reference = run(sys.executable, str(ROOT / "dev.py"), "config", "--reference", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    assert reference.stdout.startswith("| Variable | Default | Meaning |")
+    spanner = run(sys.executable, str(ROOT / "dev.py"), "schema", "spanner", cwd=tmp_path)
+    assert spanner.returncode == 0, spanner.stderr
+    assert spanner.stdout.startswith("CREATE TABLE records (")
+    bigquery = run(sys.executable, str(ROOT / "dev.py"), "schema", cwd=tmp_path)
+    assert bigquery.returncode == 0, bigquery.stderr
+    assert bigquery.stdout.startswith("# records.json")
+
+
 def test_dev_py_runs_the_dev_tools_where_the_user_is(tmp_path: Path) -> None:
     # As the README writes it, from any directory: tail gives up on a service
     # that is not there, and says what it waited for.
@@ -66,8 +119,13 @@ def test_the_readme_gives_only_commands_dev_py_has() -> None:
 
     readme = (ROOT / "README.md").read_text()
     used = set(re.findall(r"python3 dev\.py ([a-z]+)", readme))
-    assert {"serve", "dev", "publish", "tail", "replay"} <= used
+    assert {"serve", "dev", "publish", "tail", "replay", "config", "schema"} <= used
     assert used <= set(dev.COMMANDS)
+    # Every `recordline` command the README names runs through dev.py as well.
+    commands = set(run(RECORDLINE, "--help").stdout.split("{", 1)[1].split("}", 1)[0].split(","))
+    named = set(re.findall(r"recordline ([a-z]+)", readme)) & commands
+    assert {"serve", "config", "schema", "dev"} <= named
+    assert named <= set(dev.COMMANDS)
     # No dev tool is given as a command to type with a bare `recordline …`, which
     # is not on PATH after set-up: neither a line of a code block nor inline code
     # that sets the environment first.
