@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from recordline_dev.client import follow
 from recordline_dev.devstack import DevStack, instructions
 from tests.processes import (
     RECORDLINE,
@@ -150,6 +152,47 @@ def test_the_banner_gives_commands_as_they_run_here() -> None:
 
 
 # -- publish and tail give up -----------------------------------------------------
+
+
+def test_tail_gives_up_when_it_says_it_will_on_a_service_that_never_answers() -> None:
+    # A service that takes connections and never answers (stopped, wedged): each
+    # request used to wait out its own 30 s, so "giving up after 2 s" came a
+    # minute late. It stops at the time it named.
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        started = time.monotonic()
+        done = run(RECORDLINE, "tail", "--url", url, "--wait", "2", timeout=25)
+        took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert f"waiting for {url}: no answer in time; giving up after 2 s" in done.stderr
+    assert f"{url} has not answered for 2 s" in done.stderr
+    assert took < 15, took
+
+
+async def test_tail_rides_out_an_outage_shorter_than_its_wait() -> None:
+    # Three 503s, a refused connection, then the page: waited for, said, and read on.
+    answers: list[httpx.Response | Exception] = [httpx.Response(503) for _ in range(3)]
+    answers.append(httpx.ConnectError("refused", request=httpx.Request("GET", "http://x")))
+    answers.append(httpx.Response(200, json={"records": [{"id": "r1"}], "next_page_token": None}))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        found = answers.pop(0)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    said: list[str] = []
+    transport = httpx.MockTransport(answer)
+    async with httpx.AsyncClient(base_url="http://svc", transport=transport) as http:
+        pages = [
+            page
+            async for page in follow(http, since="1h", idle=0.01, give_up_after=30, say=said.append)
+        ]
+    assert [[bytes(r) for r in page] for page in pages] == [[b'{"id":"r1"}']]
+    assert said == [
+        "waiting for http://svc: it answers 503; giving up after 30 s",
+        "http://svc answers again",
+    ]
 
 
 def test_publish_without_an_emulator_says_what_it_waits_for_and_gives_up() -> None:
