@@ -29,14 +29,15 @@ from app.ingest.schemas import (
     unusable,
     valid_name,
 )
-from app.ingest.shape import Invalid, Shape
+from app.ingest.shape import Invalid, Shape, contract_id
 from app.records import MAX_ID_LENGTH, AwareDatetime, micros
 
 
 class Payload(msgspec.Struct, kw_only=True, frozen=True):
     """The contract producers publish by default. Fields they add are ignored, not refused."""
 
-    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+    # Text, or an integer kept as its digits (contract_id), as under a mapping.
+    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)] | int
     timestamp: AwareDatetime | None = None
     # Kept as the exact JSON text the producer sent: stored without re-encoding.
     data: msgspec.Raw = msgspec.Raw(b"null")
@@ -77,7 +78,7 @@ class ContractReader:
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise Invalid(f"payload is not JSON: {exc}") from None
         timestamp = None if payload.timestamp is None else micros(payload.timestamp)
-        return Read(payload.id, timestamp, bytes(payload.data).decode())
+        return Read(contract_id(payload.id), timestamp, bytes(payload.data).decode())
 
 
 CONTRACT = ContractReader()

@@ -26,6 +26,16 @@ class Invalid(ValueError):
     """The payload cannot become a record; the message says which rule it broke."""
 
 
+def contract_id(value: str | int) -> str:
+    """The contract's `id`: text as it is, an integer as its digits, as under a mapping."""
+    if isinstance(value, str):
+        return value
+    digits = str(value)
+    if len(digits) > MAX_ID_LENGTH:
+        raise Invalid(f"payload: `$.id`: an integer longer than {MAX_ID_LENGTH} characters")
+    return digits
+
+
 def _time_text(text: str) -> datetime:
     return msgspec.convert(text, AwareDatetime)
 

@@ -42,7 +42,7 @@ def test_stored_message_records_its_lag_and_outcome(
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        (envelope({"id": 7}), "id"),
+        (envelope({"id": True}), "id"),
         (envelope({"data": "no id"}), "id"),
         (envelope({"id": "1", "timestamp": "yesterday"}), "timestamp"),
         (envelope([1, 2]), "payload"),
