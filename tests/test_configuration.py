@@ -4,6 +4,7 @@ shows what a process would run with."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.settings import Settings, SettingsError, declared
+from app.settings import TOOL_VARIABLES, Settings, SettingsError, declared
 
 # A value each setting refuses. Every setting is here or in FREE_TEXT: a new one
 # must say which.
@@ -141,6 +142,84 @@ def test_a_store_that_fails_at_start_is_one_line(tmp_path: Path) -> None:
     assert "ExceptionGroup" not in said
     [line] = [line for line in said.splitlines() if "cannot start" in line]
     assert "no/such/directory/records.duckdb" in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("RECORDLINE_RETENTION_DAY", "RECORDLINE_RETENTION_DAYS"),
+        ("RECORDLINE_STORAGE", "RECORDLINE_STORE"),
+        ("RECORDLINE_PUSHTOKEN", "RECORDLINE_PUSH_TOKEN"),
+        ("RECORDLINE_PORT", "PORT"),
+        ("RECORDLINE_PUBSUB_EMULATR", "RECORDLINE_PUBSUB_EMULATOR"),
+        ("RECORDLINE_WHATEVER", None),
+    ],
+)
+def test_a_misspelled_variable_is_refused_naming_the_closest_one(
+    variable: str,
+    meant: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Read by nothing, it would leave the setting meant at its default in silence.
+    with pytest.raises(SettingsError):
+        Settings.load({"RECORDLINE_STORE": "memory:", variable: "7"})
+    monkeypatch.setenv(variable, "7")
+    assert main(["config"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    hint = f": did you mean {meant}?" if meant else ""
+    assert line == (
+        f"recordline: {variable} is not a setting of Recordline{hint} "
+        "(`recordline config --reference` lists them all)"
+    )
+
+
+def test_serve_refuses_a_misspelled_variable_before_starting_anything(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "0"],
+        env={**os.environ, "RECORDLINE_STORAGE": "memory:"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("recordline: RECORDLINE_STORAGE is not a setting of Recordline")
+    assert "did you mean RECORDLINE_STORE?" in line
+    assert list(tmp_path.iterdir()) == []  # no store was made at the default's place
+
+
+def variables_named_in(path: Path) -> set[str]:
+    """RECORDLINE_ names the file gives as whole strings (Python) or assigns (Terraform,
+    the Dockerfile): the variables it reads or sets."""
+    text = path.read_text()
+    if path.suffix == ".py":
+        return set(re.findall(r"[\"'](RECORDLINE_[A-Z0-9_]+)[\"']", text))
+    return set(re.findall(r"\b(RECORDLINE_[A-Z0-9_]+)\s*=", text))
+
+
+def test_every_recordline_variable_the_repository_uses_is_known() -> None:
+    # A variable the tools, tests or deployment read or set that the service
+    # does not know would make it refuse to start wherever they set it.
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "dev.py", root / "Dockerfile"]
+    for directory, pattern in [
+        ("app", "*.py"),
+        ("recordline_dev", "*.py"),
+        ("bench", "*.py"),
+        ("tests", "*.py"),
+        ("infra", "*.tf"),
+    ]:
+        files += sorted((root / directory).rglob(pattern))
+    used: set[str] = set()
+    for path in files:
+        if path != Path(__file__).resolve():
+            used |= variables_named_in(path)
+    known = {setting.var for setting in declared()} | TOOL_VARIABLES
+    assert used - known == set()
+    assert used >= TOOL_VARIABLES  # none listed that nothing uses
 
 
 def test_config_shows_each_value_and_where_it_came_from(
