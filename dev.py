@@ -2,6 +2,8 @@
 """Set up and run Recordline from a fresh checkout, with nothing but Python 3.11+.
 
     python3 dev.py serve [options]     # the service, on DuckDB (`recordline serve`)
+    python3 dev.py config [--reference]   # every setting's value here, and where it came from
+    python3 dev.py schema [spanner] [--write]   # the table schemas, derived from the code
     python3 dev.py dev [options]       # the local stack: Pub/Sub emulator → service
     python3 dev.py publish [options]   # publish records to a topic (the emulator's)
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
@@ -30,13 +32,14 @@ import sys
 import time
 import venv
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent
 UV_VERSION = "0.13.9"
 TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 # Commands of the `recordline` CLI this script forwards to.
-RECORDLINE_COMMANDS = ("serve", "dev", "publish", "tail", "replay")
+RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay")
 COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench")
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.
@@ -125,14 +128,23 @@ def call(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | N
     return code
 
 
+def show(text: str, stream: TextIO) -> None:
+    """Print `text`; a reader that left (`python3 dev.py --help | head -1`) is no error."""
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        # Nothing more can be said there, at exit included: the rest goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] in {"-h", "--help", "help"}:
-        print(__doc__)
+        show(__doc__ or "", sys.stdout)
         return 0
     if not argv or argv[0] not in COMMANDS:
         if argv:
-            print(f"dev.py: no command {argv[0]!r}", file=sys.stderr)
-        print(__doc__, file=sys.stderr)
+            show(f"dev.py: no command {argv[0]!r}", sys.stderr)
+        show(__doc__ or "", sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     sync()
@@ -140,8 +152,9 @@ def main(argv: list[str]) -> int:
         case "serve":
             # In the checkout: its default store is ./recordline.duckdb there.
             replace_with("recordline", "serve", *rest, cwd=ROOT)
-        case "dev" | "publish" | "tail" | "replay":
-            # Where you are: their file arguments are relative to it.
+        case "config" | "schema" | "dev" | "publish" | "tail" | "replay":
+            # Where you are: their file arguments are relative to it. (`schema
+            # --write` writes into the checkout .venv's recordline runs from.)
             replace_with("recordline", command, *rest)
         case "test":
             replace_with("pytest", *rest, cwd=ROOT)

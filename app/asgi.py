@@ -8,13 +8,26 @@ and closed there; nothing connects at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import cast
 
 from litestar import Litestar, Router
 from litestar.config.compression import CompressionConfig
+from litestar.datastructures import Headers
 from litestar.di import Provide
+from litestar.middleware.compression import CompressionMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
+from litestar.types import (
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
@@ -43,13 +56,114 @@ log = logging.getLogger("recordline")
 COMPRESS_FROM_BYTES = 1024
 
 
+# A qvalue (RFC 9110 §12.4.2): 0 to 1 with at most three decimals.
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
+def accepted_codings(header: str) -> dict[str, float]:
+    """An Accept-Encoding value as coding → qvalue (RFC 9110 §12.5.3).
+
+    Codings and parameter names are case-insensitive; `x-gzip` is `gzip`; a
+    member whose qvalue is malformed is taken as not acceptable (q=0).
+    """
+    codings: dict[str, float] = {}
+    for member in header.split(","):
+        name, *parameters = member.split(";")
+        coding = name.strip().lower()
+        if not coding:
+            continue
+        weight = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                text = value.strip()
+                weight = float(text) if _QVALUE.fullmatch(text) else 0.0
+        coding = "gzip" if coding == "x-gzip" else coding
+        codings[coding] = min(weight, codings.get(coding, weight))
+    return codings
+
+
+def negotiated_coding(header: str | None, offered: Sequence[str]) -> str | None:
+    """The coding of `offered` the client accepts most, at least as much as none at all.
+
+    No header, or an empty one, asks for none. `*` is any coding not listed,
+    identity included. Unlisted, identity is only the fallback, acceptable
+    unless excluded: the listed coding with the highest non-zero qvalue is
+    preferred. On a tie between a coding and identity, the coding.
+    """
+    if not header:
+        return None
+    weights = accepted_codings(header)
+    anything = weights.get("*")
+    identity = weights.get("identity", 0.0 if anything is None else anything)
+    best, best_weight = None, 0.0
+    for coding in offered:
+        weight = weights.get(coding, 0.0 if anything is None else anything)
+        if weight > best_weight:
+            best, best_weight = coding, weight
+    return best if best is not None and best_weight >= identity else None
+
+
+class NegotiatedCompression(CompressionMiddleware):
+    """Litestar's compression, with the coding chosen as RFC 9110 says.
+
+    Litestar's own looks for the coding's name as a substring of the header:
+    `gzip;q=0` got gzip, and `GZIP` none.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        offered = [self.config.compression_facade.encoding]
+        if self.config.gzip_fallback:
+            offered.append("gzip")
+        coding = negotiated_coding(Headers.from_scope(scope).get("accept-encoding"), offered)
+        if coding is None:
+            await self.app(scope, receive, send)
+            return
+        compressing = self.create_compression_send_wrapper(
+            send=send, compression_encoding=coding, scope=scope
+        )
+        await self.app(scope, receive, compressing)
+
+
+class Recordline(Litestar):
+    """The service's app: Litestar, with HEAD answered wherever GET is.
+
+    RFC 9110 §9.3.2: HEAD is GET without the content. A HEAD request is routed,
+    guarded and answered as the GET it stands for (so the same guards apply,
+    and the headers are the GET's, Content-Length included), and its body is
+    not sent. Litestar answers only the methods a handler names, and a route
+    declared for HEAD as well would show each operation twice in the OpenAPI
+    document.
+    """
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if cast("dict[str, object]", scope).get("method") != "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+        http_send = cast("Send", send)
+
+        async def without_content(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await http_send(message)
+
+        # A copy: the server keeps its own scope, which still says HEAD.
+        as_get = cast("Scope", {**scope, "method": "GET"})
+        await super().__call__(as_get, receive, without_content)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     store: Store | None = None,
     telemetry: Telemetry | None = None,
     schema_source: SchemaSource | None = None,
-) -> Litestar:
+) -> Recordline:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
     auth = Auth.from_settings(settings)
@@ -117,7 +231,7 @@ def create_app(
     def constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
-    return Litestar(
+    return Recordline(
         route_handlers=[
             # Probes, scrapes and the docs are not traced: they say nothing about a message.
             Router("/", route_handlers=PUSH_ROUTES, guards=auth.push_guards, middleware=traced),
@@ -153,7 +267,10 @@ def create_app(
         # would otherwise pay more for egress than the stores cost. Level 6 is
         # zlib's default, most of level 9's ratio at a fraction of its CPU.
         compression_config=CompressionConfig(
-            backend="gzip", minimum_size=COMPRESS_FROM_BYTES, gzip_compress_level=6
+            backend="gzip",
+            minimum_size=COMPRESS_FROM_BYTES,
+            gzip_compress_level=6,
+            middleware_class=NegotiatedCompression,
         ),
         openapi_config=openapi_config(),
         signature_types=[Ingest, Reader, Readiness, Replay],

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +33,16 @@ SCHEMA_DIR = CHECKOUT / "infra" / "terraform" / "modules" / "system" / "schemas"
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `recordline schema | head -1`: the reader left. Nothing more can be said
+        # there, at exit included: the rest goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="recordline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -165,8 +178,24 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"recordline: {exc}", file=sys.stderr)
         return 2
+    # The port first: taken, nothing else starts (no store is opened or made),
+    # and it is said in one line.
+    try:
+        listening = bind(settings.server.host, settings.server.port)
+    except OSError as exc:
+        start_log.error(
+            "cannot start: %s:%d cannot be listened on (%s); stop what holds it, or choose "
+            "another port (--port, PORT)",
+            settings.server.host,
+            settings.server.port,
+            exc.strerror or exc,
+        )
+        return STARTUP_FAILED
+    errors = StartErrors()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(errors)
     config = uvicorn.Config(
-        OneLineStartFailure(app),
+        OneLineStartFailure(app, errors, url=_url(listening)),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
@@ -182,7 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
     quiet_garbage_collector()
     # A failure to start exits with uvicorn's status for it, 3.
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[listening])
     except KeyboardInterrupt:
         # Ctrl-C: uvicorn drained and stopped, then raised it again; said already.
         return 130
@@ -205,6 +234,67 @@ def stop_on_hangup() -> None:
 
 
 start_log = logging.getLogger("recordline")
+# uvicorn's exit status for a start that failed, which `recordline serve` keeps.
+STARTUP_FAILED = 3
+# The most an error logged while the service starts waits to be said (StartErrors).
+HOLD_SECONDS = 5.0
+# What uvicorn logs once the app's start failed; the `cannot start:` line says more.
+_UVICORN_START_FAILED = "Application startup failed. Exiting."
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket's address, bound as uvicorn binds one (SO_REUSEADDR, IPv6
+    for a host with a colon); OSError if it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+class StartErrors(logging.Filter):
+    """Errors the service logs while it starts, held until the start is over.
+
+    A store that cannot be opened logs why, then raises it; the start fails,
+    and its one line (`cannot start: …`) says it again, as uvicorn would once
+    more. A held line that the failure repeats is dropped, and so is uvicorn's;
+    any other is said when the start ends, or HOLD_SECONDS after it began,
+    whichever is first: a slow start hides nothing for long.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._held: list[logging.LogRecord] | None = []
+        self.failed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.failed and record.name == "uvicorn.error":
+            return record.getMessage() != _UVICORN_START_FAILED
+        if record.levelno < logging.ERROR or not record.name.startswith("app."):
+            return True
+        with self._lock:
+            if self._held is None:
+                return True
+            self._held.append(record)
+            return False
+
+    def release(self, said: Sequence[str] = ()) -> None:
+        """Say what was held, but for what one of `said` repeats; hold nothing more."""
+        with self._lock:
+            held, self._held = self._held or [], None
+        for record in held:
+            if not any(record.getMessage() in reason for reason in said):
+                logging.getLogger(record.name).handle(record)
 
 
 class OneLineStartFailure:
@@ -214,35 +304,60 @@ class OneLineStartFailure:
     that cannot be opened an ExceptionGroup of some 30 lines. A failure the
     service raises on purpose (a RecordlineError, such as a store that cannot be
     reached, or a SettingsError, such as a Spanner schema that differs) is said
-    by its message; anything else is a bug and keeps its traceback.
+    by its message, once (StartErrors); anything else is a bug and keeps its
+    traceback.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        errors: StartErrors | None = None,
+        *,
+        url: str | None = None,
+    ) -> None:
         self.app = app
+        self.errors = errors or StartErrors()
+        # Where the server listens once started (it says nothing of a socket it is given).
+        self.url = url
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
+        errors = self.errors
         failed: list[Message] = []
+        # However long the start takes, what it logged is said by then.
+        timer = asyncio.get_running_loop().call_later(HOLD_SECONDS, errors.release)
 
         async def held(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed":
                 failed.append(message)
-            else:
-                await send(message)
+                return
+            if message["type"] == "lifespan.startup.complete":
+                timer.cancel()
+                errors.release()
+                if self.url is not None:
+                    start_log.info("serving on %s", self.url)
+            await send(message)
 
         try:
             await self.app(scope, receive, held)
         except BaseException as exc:
+            timer.cancel()
             reasons = _expected(exc)
             if not failed or reasons is None:
+                errors.release()
                 for message in failed:
                     await send(message)
                 raise
+            errors.failed = True
+            errors.release(reasons)
             start_log.error("cannot start: %s", "; ".join(reasons))
             # An empty message: the server says no more than that start-up failed.
             await send({"type": "lifespan.startup.failed", "message": ""})
+        finally:
+            timer.cancel()
+            errors.release()
 
 
 def _expected(exc: BaseException) -> list[str] | None:

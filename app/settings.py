@@ -11,6 +11,7 @@ runs at import time: `Settings.load` is called by the command line or by
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import typing
@@ -562,13 +563,53 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings `environ` gives; SettingsError for a value that cannot be used,
+        or a RECORDLINE_ variable that is no setting (a misspelling would go unread)."""
         environ = os.environ if environ is None else environ
+        refuse_unknown(environ)
         return cls(
             **{
                 name: typing.get_type_hints(cls)[name].from_env(environ)
                 for name in cls.__struct_fields__
             }
         )
+
+
+# RECORDLINE_ variables that are not the service's settings: the local tools',
+# the tests' and the benchmarks' own (recordline_dev/, tests/, bench/, dev.py),
+# which the service inherits when they start it.
+TOOL_VARIABLES = frozenset(
+    {
+        "RECORDLINE_BENCH_LOGS",
+        "RECORDLINE_CONTRACT_MUTANT",
+        "RECORDLINE_DEV_COMMAND",
+        "RECORDLINE_FUZZ_EXAMPLES",
+        "RECORDLINE_LIVE_DATASET",
+        "RECORDLINE_PUBSUB_EMULATOR",
+        "RECORDLINE_SEED",
+        "RECORDLINE_SPANNER_EMULATOR",
+    }
+)
+_OURS = "RECORDLINE_"
+
+
+def refuse_unknown(environ: Mapping[str, str]) -> None:
+    """SettingsError naming the first RECORDLINE_ variable in `environ` that nothing reads,
+    and the known variable it is closest to."""
+    known = {setting.var for setting in declared()} | TOOL_VARIABLES
+    unknown = sorted(var for var in environ if var.startswith(_OURS) and var not in known)
+    if not unknown:
+        return
+    var = unknown[0]
+    # Compared without the prefix they all share, which would make any name look close.
+    # (PORT is compared as it is: RECORDLINE_PORT is close to it.)
+    names = {name.removeprefix(_OURS): name for name in known}
+    close = difflib.get_close_matches(var.removeprefix(_OURS), sorted(names), n=1, cutoff=0.6)
+    hint = f": did you mean {names[close[0]]}?" if close else ""
+    raise SettingsError(
+        f"{var} is not a setting of Recordline{hint} "
+        "(`recordline config --reference` lists them all)"
+    )
 
 
 def _sections() -> list[tuple[str, type[Section]]]:

@@ -1,6 +1,7 @@
 """python3 dev.py bench NAME [options].
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e | stops.
+`python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ NAMES = (
 
 
 def run(argv: list[str]) -> int:
+    if argv and argv[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return 0
     if not argv or argv[0] not in NAMES:
+        if argv:
+            print(f"bench: no benchmark {argv[0]!r}", file=sys.stderr)
         print(__doc__, file=sys.stderr)
         return 2
     module = importlib.import_module(f"bench.{argv[0]}")

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from app.settings import QuerySettings
 from bench.harness import ROOT, free_port, server, table
 from recordline_dev.client import (
     follow,
@@ -55,8 +55,12 @@ from recordline_dev.client import (
     trace_publishes,
 )
 from recordline_dev.devstack import Emulator, EmulatorNotFound, PubSubAdmin, find_emulator, wire
-from tests.spanner.emulator import SpannerEmulator
-from tests.spanner.emulator import find_emulator as find_spanner_emulator
+from recordline_dev.serving import (
+    BigQueryStandIn,
+    SpannerEmulator,
+    find_spanner_emulator,
+    service_database,
+)
 
 SLO_SECONDS = 5.0
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
@@ -143,40 +147,23 @@ STORES = ("duckdb", "bigquery", "serving")
 def bigquery_fakes(tmp: Path) -> Iterator[dict[str, str]]:
     """The BigQuery fakes in a process of their own: the service's settings for them."""
     project, dataset = BIGQUERY
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "tests.bigquery.fake_storage_write", "--keep-rows"),
-            *("--jobs", f"{project}/{dataset}", "--latency-ms", "10"),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=(tmp / "bigquery.log").open("wb"),
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        write = process.stdout.readline().removeprefix("listening on ").strip()
-        jobs = process.stdout.readline().removeprefix("jobs ").strip()
-        if not jobs.startswith("http://"):
-            raise RuntimeError(f"the BigQuery fakes did not start: {tmp / 'bigquery.log'}")
-        yield {
-            "RECORDLINE_STORE": f"bigquery://{project}/{dataset}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write,
-            "BIGQUERY_EMULATOR_HOST": jobs,
-        }
-    finally:
-        process.terminate()
-        process.wait(30)
+    log = tmp / "bigquery.log"
+    with BigQueryStandIn(project, dataset, log_path=log, extra=("--latency-ms", "10")) as fakes:
+        yield fakes.settings
 
 
 @contextlib.contextmanager
 def spanner(tmp: Path) -> Iterator[dict[str, str]]:
     """Google's Spanner emulator with the service's database: the settings for it."""
-    emulator = SpannerEmulator(find_spanner_emulator(), tmp / "spanner.log")
-    try:
-        yield {"RECORDLINE_SERVING": emulator.database(), "SPANNER_EMULATOR_HOST": emulator.host}
-    finally:
-        emulator.stop()
+    with SpannerEmulator(find_spanner_emulator(), log_path=tmp / "spanner.log") as emulator:
+        database = service_database(
+            emulator,
+            project=BIGQUERY[0],
+            instance="serving",
+            database="recordline",
+            window=QuerySettings().dedupe_window_seconds,
+        )
+        yield {"RECORDLINE_SERVING": database, "SPANNER_EMULATOR_HOST": emulator.host}
 
 
 def store_settings(name: str, tmp: Path, stack: contextlib.ExitStack) -> dict[str, str]:

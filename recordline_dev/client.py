@@ -683,31 +683,46 @@ async def follow(
     params: dict[str, str | int] = {"limit": limit}
     if since is not None:
         params["since"] = since
+    # When the service stopped answering: the start of the first request it
+    # did not answer, so a request that hangs counts from when it was sent.
     down_since: float | None = None
+    reason: str | None = None
     while True:
-        reason: str | None = None
-        try:
-            response = await http.get("/v1/records", params=params)
-            if response.status_code >= 500:
-                reason = f"it answers {response.status_code}"
-        except httpx.TransportError as exc:
-            reason = _transport_reason(exc)
-        if reason is not None:
-            now = time.monotonic()
-            if down_since is None:
-                down_since = now
-                if say is not None:
-                    limit_text = (
-                        "" if give_up_after is None else f"; giving up after {give_up_after:g} s"
-                    )
-                    say(f"waiting for {http.base_url}: {reason}{limit_text}")
-            elif give_up_after is not None and now - down_since >= give_up_after:
+        started = time.monotonic()
+        timeout: httpx.Timeout | None = None
+        if give_up_after is not None:
+            left = give_up_after - (0.0 if down_since is None else started - down_since)
+            if left <= 0:
                 raise Unreachable(
                     f"{http.base_url} has not answered for {give_up_after:g} s ({reason}): is "
                     "the service running there? (`recordline dev` or `recordline serve`; "
                     "`python3 dev.py dev|serve` from a checkout)"
                 )
-            await asyncio.sleep(idle)
+            # No request outlasts the time left: a service that takes the
+            # connection and never answers is given up on when it was said.
+            timeout = httpx.Timeout(left)
+        reason = None
+        try:
+            if timeout is None:
+                response = await http.get("/v1/records", params=params)
+            else:
+                response = await http.get("/v1/records", params=params, timeout=timeout)
+            if response.status_code >= 500:
+                reason = f"it answers {response.status_code}"
+        except httpx.TransportError as exc:
+            reason = _transport_reason(exc)
+        if reason is not None:
+            if down_since is None:
+                down_since = started
+                if say is not None:
+                    limit_text = (
+                        "" if give_up_after is None else f"; giving up after {give_up_after:g} s"
+                    )
+                    say(f"waiting for {http.base_url}: {reason}{limit_text}")
+            pause = idle
+            if give_up_after is not None:
+                pause = min(idle, max(0.0, give_up_after - (time.monotonic() - down_since)))
+            await asyncio.sleep(pause)
             continue
         if down_since is not None:
             down_since = None

@@ -5,7 +5,9 @@ Cloud CLI and needs Java), starts `recordline serve` with a random push
 secret, and wires them together the way Terraform wires the cloud: a topic, a
 push subscription with a dead-letter topic (and, on request, a retry policy:
 see `wire`), and a pull subscription that keeps the dead letters. The end-to-end tests and the e2e
-benchmark use the same pieces.
+benchmark use the same pieces. With `--serving` the service runs on the
+serving tier instead of DuckDB: Spanner's emulator with the service's
+database, and the BigQuery stand-in (serving.py), in the same process group.
 
 The emulator is started directly, not through `gcloud beta emulators`, whose
 Java child outlives the wrapper. It and the service run in one process group,
@@ -51,6 +53,7 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+from app.settings import Settings, SettingsError
 from app.telemetry.metrics import CANARY_ATTRIBUTE
 from recordline_dev.client import EXAMPLE_SCHEMAS, publisher_client
 from recordline_dev.processes import (
@@ -75,6 +78,10 @@ GCLOUD_INFO_SECONDS = 30.0
 
 DEV_PROJECT = "recordline-dev"
 DEV_TOPIC = "records"
+# `recordline dev --serving`: the stand-in's dataset, Spanner's instance and database.
+DEV_DATASET = "recordline"
+DEV_INSTANCE = "recordline"
+DEV_DATABASE = "recordline"
 # Pub/Sub's smallest allowed value, so a poison message reaches the dead-letter
 # topic after the fewest pushes.
 MIN_DELIVERY_ATTEMPTS = 5
@@ -472,6 +479,13 @@ class DevStack(msgspec.Struct, kw_only=True, frozen=True):
     emulator_log: str = ""
     # How the reader runs the tools: `recordline`, or `python3 dev.py` from a checkout.
     command: str = "recordline"
+    # --serving: the Spanner database (RECORDLINE_SERVING) and where each part runs.
+    serving: str = ""
+    spanner_host: str = ""
+    spanner_log: str = ""
+    bigquery_write: str = ""
+    bigquery_jobs: str = ""
+    bigquery_log: str = ""
 
 
 async def wire(
@@ -531,7 +545,17 @@ def instructions(stack: DevStack) -> str:
         f"  service    {stack.service_url}  (API docs at /docs)",
         f"  store      {stack.store}",
     ]
-    if stack.shared_store:
+    if stack.serving:
+        indent = " " * 13
+        lines += [
+            f"{indent}the BigQuery stand-in: Storage Write at {stack.bigquery_write},",
+            f"{indent}jobs.query at {stack.bigquery_jobs}  (log {stack.bigquery_log})",
+            f"  serving    {stack.serving}",
+            f"{indent}Spanner's emulator at {stack.spanner_host}  (log {stack.spanner_log}),",
+            f"{indent}made with the statements `{tool} schema spanner` prints",
+            f"{indent}both keep this session's rows in memory: they go when the stack stops",
+        ]
+    elif stack.shared_store:
         lines += [
             "             named by --store, so kept across sessions: the emulator numbers message",
             "             ids from 1 in every session, and a message whose id this store holds",
@@ -611,6 +635,22 @@ def session_store(session: Path) -> str:
 def dev_command(args: argparse.Namespace) -> int:
     """`recordline dev`: emulator (when installed), service, topology; Ctrl-C stops all."""
     say = _stderr
+    serving: ServingParts | None = None
+    if args.serving:
+        if args.store:
+            say(
+                "recordline dev: --serving runs on the BigQuery stand-in and Spanner's "
+                "emulator, so it takes no --store"
+            )
+            return 2
+        try:
+            serving = serving_parts()
+        except EmulatorNotFound as exc:
+            say(f"recordline dev --serving: {exc}")
+            return 1
+        except SettingsError as exc:
+            say(f"recordline dev --serving: {exc}")
+            return 2
     try:
         launcher: Path | None = find_emulator()
     except EmulatorNotFound as exc:
@@ -624,7 +664,7 @@ def dev_command(args: argparse.Namespace) -> int:
     with StopSignals() as signals:
         group = ProcessGroup(signals, say=say)
         try:
-            return _run_dev(args, launcher, session, group)
+            return _run_dev(args, launcher, session, group, serving)
         except Interrupted as stop:
             say(f"\nrecordline dev: {stop.name}: stopping")
             return 0
@@ -640,8 +680,70 @@ def dev_command(args: argparse.Namespace) -> int:
                 session.rmdir()
 
 
+class ServingParts(msgspec.Struct, frozen=True):
+    """What `recordline dev --serving` needs, found before anything starts."""
+
+    spanner: Path
+    # The dedupe window the service will run with: the database's deletion policy.
+    window: float
+
+
+def serving_parts() -> ServingParts:
+    """EmulatorNotFound naming what is missing, SettingsError for the environment's settings."""
+    # serving.py is built on this module's pieces, so it is imported where it is used.
+    from recordline_dev.serving import find_spanner_emulator, find_stand_in
+
+    spanner = find_spanner_emulator()
+    find_stand_in()
+    return ServingParts(spanner, Settings.load().query.dedupe_window_seconds)
+
+
+def _start_serving(
+    parts: ServingParts, port: int, session: Path, group: ProcessGroup, env: dict[str, str]
+) -> DevStack:
+    """Spanner's emulator with the service's database, then the BigQuery stand-in; `env`
+    gets the service's settings for them. Returns the banner's part of them."""
+    from recordline_dev.serving import BigQueryStandIn, SpannerEmulator, service_database
+
+    say = _stderr
+    say(f"recordline dev: starting Spanner's emulator on 127.0.0.1:{port}")
+    spanner = SpannerEmulator(
+        parts.spanner, port=port, log_path=session / "spanner.log", group=group
+    )
+    _ensure_ours(port, group, "Spanner emulator")
+    say("recordline dev: creating its instance and database with `recordline schema spanner`")
+    database = service_database(
+        spanner,
+        project=DEV_PROJECT,
+        instance=DEV_INSTANCE,
+        database=DEV_DATABASE,
+        window=parts.window,
+    )
+    say("recordline dev: starting the BigQuery stand-in")
+    bigquery = BigQueryStandIn(
+        DEV_PROJECT, DEV_DATASET, log_path=session / "bigquery.log", group=group
+    )
+    env.update(bigquery.settings)
+    env["RECORDLINE_SERVING"] = database
+    env["SPANNER_EMULATOR_HOST"] = spanner.host
+    return DevStack(
+        service_url="",
+        store=bigquery.url,
+        serving=database,
+        spanner_host=spanner.host,
+        spanner_log=str(spanner.log_path),
+        bigquery_write=bigquery.write,
+        bigquery_jobs=bigquery.jobs,
+        bigquery_log=str(bigquery.log_path),
+    )
+
+
 def _run_dev(
-    args: argparse.Namespace, launcher: Path | None, session: Path, group: ProcessGroup
+    args: argparse.Namespace,
+    launcher: Path | None,
+    session: Path,
+    group: ProcessGroup,
+    serving: ServingParts | None = None,
 ) -> int:
     say = _stderr
     service_url = f"http://127.0.0.1:{args.port}"
@@ -651,6 +753,8 @@ def _run_dev(
     ensure_free(args.port, "service", "--port")
     if launcher is not None:
         ensure_free(args.emulator_port, "Pub/Sub emulator", "--emulator-port")
+    if serving is not None:
+        ensure_free(args.spanner_port, "Spanner emulator", "--spanner-port")
     emulator: Emulator | None = None
     if launcher is not None:
         say(
@@ -667,6 +771,10 @@ def _run_dev(
         env["RECORDLINE_PUSH_TOKEN"] = token
         # Topic schemas are fetched from the emulator's Schema API.
         env["PUBSUB_EMULATOR_HOST"] = emulator.host
+    tier: DevStack | None = None
+    if serving is not None:
+        tier = _start_serving(serving, args.spanner_port, session, group, env)
+        store = tier.store
     say(f"recordline dev: starting the service on {service_url}, store {store}")
     service = group.start(
         "service",
@@ -683,6 +791,13 @@ def _run_dev(
         shared_store=bool(args.store),
         command=os.environ.get("RECORDLINE_DEV_COMMAND", "recordline"),
     )
+    if tier is not None:
+        stack = msgspec.structs.replace(
+            tier,
+            service_url=stack.service_url,
+            session=stack.session,
+            command=stack.command,
+        )
     canary: Canary | None = None
     if emulator is not None:
         backoff = DEV_BACKOFF if args.retry_policy else None
@@ -750,6 +865,20 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         help="run on this store URL instead of the session's own (e.g. an earlier session's "
         "duckdb:///…/records.duckdb, or memory:); the emulator numbers message ids from 1 "
         "in every session, so a message whose id the store already holds is not stored",
+    )
+    parser.add_argument(
+        "--serving",
+        action="store_true",
+        help=f"run on the serving tier, as in the cloud: the service on the BigQuery stand-in "
+        f"(bigquery://{DEV_PROJECT}/{DEV_DATASET}, the tests' fakes) with Spanner's emulator as "
+        "RECORDLINE_SERVING, its database made from `recordline schema spanner`; both keep "
+        "the session's rows in memory",
+    )
+    parser.add_argument(
+        "--spanner-port",
+        type=int,
+        default=9010,
+        help="Spanner emulator port with --serving (default 9010, gcloud's)",
     )
     parser.add_argument(
         "--retry-policy",

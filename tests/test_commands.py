@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from recordline_dev.client import follow
 from recordline_dev.devstack import DevStack, instructions
 from tests.processes import (
     RECORDLINE,
@@ -46,6 +48,59 @@ def test_dev_py_help_lists_every_command_and_exits_0() -> None:
     assert "no command 'nonsense'" in unknown.stderr
 
 
+def to_a_reader_that_left(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`argv | head -1` where head has gone before a byte is written: every write fails."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            list(argv), cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (sys.executable, "dev.py", "--help"),
+        (RECORDLINE, "--help"),
+        (RECORDLINE, "schema"),
+        (RECORDLINE, "config", "--reference"),
+    ],
+    ids=["dev.py --help", "recordline --help", "schema", "config --reference"],
+)
+def test_output_to_a_reader_that_left_is_no_error(argv: tuple[str, ...]) -> None:
+    done = to_a_reader_that_left(*argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
+def test_dev_py_bench_help_lists_the_benchmarks_and_exits_0() -> None:
+    done = run(sys.executable, "dev.py", "bench", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "NAME: ingest | query" in done.stdout
+    unknown = run(sys.executable, "dev.py", "bench", "nonsense")
+    assert unknown.returncode == 2
+    assert "no benchmark 'nonsense'" in unknown.stderr
+
+
+def test_dev_py_runs_the_service_commands_the_readme_shows(tmp_path: Path) -> None:
+    config = run(sys.executable, str(ROOT / "dev.py"), "config", cwd=tmp_path)
+    assert config.returncode == 0, config.stderr
+    store = r"^RECORDLINE_STORE +'duckdb:recordline.duckdb' +default$"
+    assert re.search(store, config.stdout, re.M)
+    reference = run(sys.executable, str(ROOT / "dev.py"), "config", "--reference", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    assert reference.stdout.startswith("| Variable | Default | Meaning |")
+    spanner = run(sys.executable, str(ROOT / "dev.py"), "schema", "spanner", cwd=tmp_path)
+    assert spanner.returncode == 0, spanner.stderr
+    assert spanner.stdout.startswith("CREATE TABLE records (")
+    bigquery = run(sys.executable, str(ROOT / "dev.py"), "schema", cwd=tmp_path)
+    assert bigquery.returncode == 0, bigquery.stderr
+    assert bigquery.stdout.startswith("# records.json")
+
+
 def test_dev_py_runs_the_dev_tools_where_the_user_is(tmp_path: Path) -> None:
     # As the README writes it, from any directory: tail gives up on a service
     # that is not there, and says what it waited for.
@@ -66,8 +121,13 @@ def test_the_readme_gives_only_commands_dev_py_has() -> None:
 
     readme = (ROOT / "README.md").read_text()
     used = set(re.findall(r"python3 dev\.py ([a-z]+)", readme))
-    assert {"serve", "dev", "publish", "tail", "replay"} <= used
+    assert {"serve", "dev", "publish", "tail", "replay", "config", "schema"} <= used
     assert used <= set(dev.COMMANDS)
+    # Every `recordline` command the README names runs through dev.py as well.
+    commands = set(run(RECORDLINE, "--help").stdout.split("{", 1)[1].split("}", 1)[0].split(","))
+    named = set(re.findall(r"recordline ([a-z]+)", readme)) & commands
+    assert {"serve", "config", "schema", "dev"} <= named
+    assert named <= set(dev.COMMANDS)
     # No dev tool is given as a command to type with a bare `recordline …`, which
     # is not on PATH after set-up: neither a line of a code block nor inline code
     # that sets the environment first.
@@ -92,6 +152,47 @@ def test_the_banner_gives_commands_as_they_run_here() -> None:
 
 
 # -- publish and tail give up -----------------------------------------------------
+
+
+def test_tail_gives_up_when_it_says_it_will_on_a_service_that_never_answers() -> None:
+    # A service that takes connections and never answers (stopped, wedged): each
+    # request used to wait out its own 30 s, so "giving up after 2 s" came a
+    # minute late. It stops at the time it named.
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        started = time.monotonic()
+        done = run(RECORDLINE, "tail", "--url", url, "--wait", "2", timeout=25)
+        took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert f"waiting for {url}: no answer in time; giving up after 2 s" in done.stderr
+    assert f"{url} has not answered for 2 s" in done.stderr
+    assert took < 15, took
+
+
+async def test_tail_rides_out_an_outage_shorter_than_its_wait() -> None:
+    # Three 503s, a refused connection, then the page: waited for, said, and read on.
+    answers: list[httpx.Response | Exception] = [httpx.Response(503) for _ in range(3)]
+    answers.append(httpx.ConnectError("refused", request=httpx.Request("GET", "http://x")))
+    answers.append(httpx.Response(200, json={"records": [{"id": "r1"}], "next_page_token": None}))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        found = answers.pop(0)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    said: list[str] = []
+    transport = httpx.MockTransport(answer)
+    async with httpx.AsyncClient(base_url="http://svc", transport=transport) as http:
+        pages = [
+            page
+            async for page in follow(http, since="1h", idle=0.01, give_up_after=30, say=said.append)
+        ]
+    assert [[bytes(r) for r in page] for page in pages] == [[b'{"id":"r1"}']]
+    assert said == [
+        "waiting for http://svc: it answers 503; giving up after 30 s",
+        "http://svc answers again",
+    ]
 
 
 def test_publish_without_an_emulator_says_what_it_waits_for_and_gives_up() -> None:

@@ -3,15 +3,21 @@ shows what a process would run with."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.cli import main
-from app.settings import Settings, SettingsError, declared
+from app.settings import TOOL_VARIABLES, Settings, SettingsError, declared
+from tests.processes import free_port
 
 # A value each setting refuses. Every setting is here or in FREE_TEXT: a new one
 # must say which.
@@ -121,26 +127,181 @@ def test_serve_refuses_a_bad_setting_in_one_line_with_status_2(
     assert accepted in line
 
 
-def test_a_store_that_fails_at_start_is_one_line(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", "0"],
-        env={
-            **os.environ,
-            "RECORDLINE_STORE": f"duckdb://{tmp_path}/no/such/directory/records.duckdb",
-            "RECORDLINE_LOG_FORMAT": "text",
-        },
+def serve(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", *args],
+        env={**os.environ, "RECORDLINE_LOG_FORMAT": "json", **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def errors_said(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """The messages of the lines at ERROR or above, and no traceback anywhere."""
     said = done.stdout + done.stderr
-    assert done.returncode == 3, said
     assert "Traceback" not in said
     assert "ExceptionGroup" not in said
-    [line] = [line for line in said.splitlines() if "cannot start" in line]
+    lines = [json.loads(line) for line in said.splitlines() if line.startswith("{")]
+    return [line["message"] for line in lines if line["severity"] in {"ERROR", "CRITICAL"}]
+
+
+def test_a_store_that_fails_at_start_is_one_line(tmp_path: Path) -> None:
+    # The store logged its error, then `cannot start:` said it again, then
+    # uvicorn said that start-up failed: three lines for one cause.
+    store = f"duckdb://{tmp_path}/no/such/directory/records.duckdb"
+    done = serve(tmp_path, "--port", "0", RECORDLINE_STORE=store)
+    assert done.returncode == 3, done.stdout + done.stderr
+    [line] = errors_said(done)
+    assert line.startswith("cannot start: ")
     assert "no/such/directory/records.duckdb" in line
+    assert "No such file or directory" in line
+
+
+def test_a_store_held_by_another_process_is_one_line(tmp_path: Path) -> None:
+    store = f"duckdb://{tmp_path / 'records.duckdb'}"
+    port = str(free_port())
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", port, "--store", store],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready(f"http://127.0.0.1:{port}", holder)
+        done = serve(tmp_path, "--port", "0", "--store", store)
+    finally:
+        holder.terminate()
+        holder.wait(30)
+    assert done.returncode == 3, done.stdout + done.stderr
+    [line] = errors_said(done)
+    assert line.startswith("cannot start: ")
+    assert "lock" in line
+
+
+def test_a_port_in_use_is_one_line_and_opens_no_store(tmp_path: Path) -> None:
+    # The store was opened (its file made, "recordline ready" said) before the
+    # bind failed, and the bind's error came between start-up and shutdown lines.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = serve(tmp_path, "--port", str(port), "--store", "duckdb:records.duckdb")
+    assert done.returncode == 3, done.stdout + done.stderr
+    [line] = errors_said(done)
+    assert line.startswith(f"cannot start: 127.0.0.1:{port} cannot be listened on (")
+    assert "choose another port (--port, PORT)" in line
+    assert "recordline ready" not in done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_says_where_it_serves(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--store", "memory:"],
+        env={**os.environ, "RECORDLINE_LOG_FORMAT": "json"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        said, _ = process.communicate(timeout=30)
+    messages = [json.loads(line)["message"] for line in said.splitlines() if line.startswith("{")]
+    assert f"serving on http://127.0.0.1:{port}" in messages
+
+
+def ready(url: str, process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"exited with {process.returncode}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"{url} was not ready within 60 s")
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("RECORDLINE_RETENTION_DAY", "RECORDLINE_RETENTION_DAYS"),
+        ("RECORDLINE_STORAGE", "RECORDLINE_STORE"),
+        ("RECORDLINE_PUSHTOKEN", "RECORDLINE_PUSH_TOKEN"),
+        ("RECORDLINE_PORT", "PORT"),
+        ("RECORDLINE_PUBSUB_EMULATR", "RECORDLINE_PUBSUB_EMULATOR"),
+        ("RECORDLINE_WHATEVER", None),
+    ],
+)
+def test_a_misspelled_variable_is_refused_naming_the_closest_one(
+    variable: str,
+    meant: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Read by nothing, it would leave the setting meant at its default in silence.
+    with pytest.raises(SettingsError):
+        Settings.load({"RECORDLINE_STORE": "memory:", variable: "7"})
+    monkeypatch.setenv(variable, "7")
+    assert main(["config"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    hint = f": did you mean {meant}?" if meant else ""
+    assert line == (
+        f"recordline: {variable} is not a setting of Recordline{hint} "
+        "(`recordline config --reference` lists them all)"
+    )
+
+
+def test_serve_refuses_a_misspelled_variable_before_starting_anything(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "0"],
+        env={**os.environ, "RECORDLINE_STORAGE": "memory:"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("recordline: RECORDLINE_STORAGE is not a setting of Recordline")
+    assert "did you mean RECORDLINE_STORE?" in line
+    assert list(tmp_path.iterdir()) == []  # no store was made at the default's place
+
+
+def variables_named_in(path: Path) -> set[str]:
+    """RECORDLINE_ names the file gives as whole strings (Python) or assigns (Terraform,
+    the Dockerfile): the variables it reads or sets."""
+    text = path.read_text()
+    if path.suffix == ".py":
+        return set(re.findall(r"[\"'](RECORDLINE_[A-Z0-9_]+)[\"']", text))
+    return set(re.findall(r"\b(RECORDLINE_[A-Z0-9_]+)\s*=", text))
+
+
+def test_every_recordline_variable_the_repository_uses_is_known() -> None:
+    # A variable the tools, tests or deployment read or set that the service
+    # does not know would make it refuse to start wherever they set it.
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "dev.py", root / "Dockerfile"]
+    for directory, pattern in [
+        ("app", "*.py"),
+        ("recordline_dev", "*.py"),
+        ("bench", "*.py"),
+        ("tests", "*.py"),
+        ("infra", "*.tf"),
+    ]:
+        files += sorted((root / directory).rglob(pattern))
+    used: set[str] = set()
+    for path in files:
+        if path != Path(__file__).resolve():
+            used |= variables_named_in(path)
+    known = {setting.var for setting in declared()} | TOOL_VARIABLES
+    assert used - known == set()
+    assert used >= TOOL_VARIABLES  # none listed that nothing uses
 
 
 def test_config_shows_each_value_and_where_it_came_from(

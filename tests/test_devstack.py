@@ -201,3 +201,29 @@ def test_dev_py_serve_stops_at_a_random_moment_of_start_up(
     assert_nothing_left(terminal, "a stop", f"{delay:.2f} s after the start, seed {SEED}")
     if db.exists():
         duckdb.connect(str(db)).close()
+
+
+# -- recordline dev --serving, refused before anything starts ---------------------
+
+
+def test_dev_serving_takes_no_store(tmp_path: Path, terminals: list[Terminal]) -> None:
+    terminal = dev(tmp_path, terminals, emulator=True, extra=("--serving", "--store", "memory:"))
+    assert terminal.wait(STOP_SECONDS) == 2, terminal.output
+    assert "--serving runs on the BigQuery stand-in and Spanner's emulator" in terminal.output
+    assert "starting" not in terminal.output
+    assert list((tmp_path / "sessions").glob("*")) == []
+
+
+def test_dev_serving_without_the_spanner_emulator_says_how_to_get_it(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    env = {**dev_env(tmp_path, emulator=True), "RECORDLINE_SPANNER_EMULATOR": "/no/emulator"}
+    terminal, _port, _emulator_port = dev_terminal(tmp_path, "--serving", env=env)
+    terminals.append(terminal)
+    assert terminal.wait(STOP_SECONDS) == 1, terminal.output
+    assert (
+        "recordline dev --serving: Spanner emulator: RECORDLINE_SPANNER_EMULATOR=/no/emulator "
+        "is not an executable" in terminal.output
+    )
+    assert "starting" not in terminal.output
+    assert wait_until_gone(terminal.session, terminal.markers, timeout=5) == []

@@ -62,6 +62,53 @@ def test_look_ups_are_exact_about_slashes(client: TestClient[Litestar]) -> None:
         assert answer.json()["type"] == "/problems/not-found"
 
 
+@pytest.mark.parametrize("encoded", ["%FF", "a%C3", "%ED%A0%80", "%C0%AF"])
+@pytest.mark.parametrize(
+    ("prefix", "parameter"), [("/v1/records/", "record_id"), ("/v1/messages/", "message_id")]
+)
+def test_an_id_that_is_not_percent_encoded_utf8_is_a_400(
+    client: TestClient[Litestar], encoded: str, prefix: str, parameter: str
+) -> None:
+    # Decoded leniently, each of these became U+FFFD, and found this record.
+    pushed = client.post("/pubsub/push", json=envelope({"id": "\ufffd"}, message_id="\ufffd"))
+    assert pushed.status_code == 204
+    assert client.get(path(prefix, "\ufffd")).status_code == 200
+
+    answer = client.get(prefix + encoded)
+    assert answer.status_code == 400, answer.text
+    problem = answer.json()
+    assert problem["type"] == "/problems/invalid-parameter"
+    assert problem["parameter"] == parameter
+    assert "not UTF-8 once percent-decoded" in problem["detail"]
+
+
+async def test_a_percent_sign_that_is_no_escape_is_a_400() -> None:
+    # What curl sends for `/v1/records/100%`: httpx would encode the `%`, so the
+    # request goes over a socket as typed.
+    async def get(port: int, target: bytes) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        return int(answer.split(b" ", 2)[1]), answer.partition(b"\r\n\r\n")[2]
+
+    app = create_app(settings(), store=DuckDBStore(":memory:"))
+    async with served(app) as http:
+        port = http.base_url.port
+        assert port is not None
+        pushed = await http.post("/pubsub/push", json=envelope({"id": "100%"}))
+        assert pushed.status_code == 204
+        status, body = await get(port, b"/v1/records/100%25")
+        assert status == 200, body
+        status, body = await get(port, b"/v1/records/100%")
+        assert status == 400, body
+        assert b"record_id: `%` at character 4 is not followed by two hex digits" in body
+        assert b"`%` as `%25`" in body
+        status, body = await get(port, b"/v1/messages/%zz")
+        assert status == 400, body
+        assert b"message_id: `%` at character 1 is not followed by two hex digits" in body
+
+
 def test_a_message_id_longer_than_look_ups_take_is_refused_at_push(
     client: TestClient[Litestar],
 ) -> None:

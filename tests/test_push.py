@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import duckdb
+import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.records import MAX_ID_LENGTH
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 
@@ -63,7 +65,8 @@ def test_invalid_payload_is_stored_as_rejection_and_acknowledged(
     cases = {
         "no-id": ({"data": 1}, "`id`"),
         "empty-id": ({"id": "", "data": 1}, "$.id"),
-        "int-id": ({"id": 7}, "$.id"),
+        "bool-id": ({"id": True}, "$.id"),
+        "fraction-id": ({"id": 7.5}, "$.id"),
         "bad-time": ({"id": "x", "timestamp": "yesterday"}, "$.timestamp"),
         "naive-time": ({"id": "x", "timestamp": "2024-04-27T12:00:00"}, "$.timestamp"),
         "not-object": ([1, 2], "payload"),
@@ -74,6 +77,34 @@ def test_invalid_payload_is_stored_as_rejection_and_acknowledged(
         status = client.get(f"/v1/messages/{message_id}").json()
         assert status["status"] == "rejected", message_id
         assert field in status["reason"], (message_id, status["reason"])
+
+
+@pytest.mark.parametrize("mapping", [False, True], ids=["contract", "mapping"])
+def test_an_integer_id_is_its_digits_by_the_contract_and_under_a_mapping(mapping: bool) -> None:
+    # The same rule either way: text as it is, an integer as its digits (JSON
+    # holds integers of any size exactly); any other number, or a boolean, is
+    # refused naming the field, and so are more digits than an id may have.
+    field = "order_id" if mapping else "id"
+    config = settings(RECORDLINE_ID_FIELD=field) if mapping else settings()
+    big = 12345678901234567890123
+    stored = {"m-7": 7, "m-neg": -12, "m-big": big, "m-text": "7x"}
+    refused = {"m-frac": 7.5, "m-bool": True, "m-long": int("9" * (MAX_ID_LENGTH + 1))}
+    with TestClient(create_app(config)) as client:
+        for message_id, value in {**stored, **refused}.items():
+            body = envelope({field: value, "data": 1}, message_id=message_id)
+            assert client.post("/pubsub/push", json=body).status_code == 204
+        for message_id, value in stored.items():
+            status = client.get(f"/v1/messages/{message_id}").json()
+            assert status["status"] == "stored", (message_id, status)
+            assert status["record"]["id"] == str(value)
+        assert client.get("/v1/records/7").json()["message_id"] == "m-7"
+        assert client.get(f"/v1/records/{big}").json()["message_id"] == "m-big"
+        for message_id in refused:
+            status = client.get(f"/v1/messages/{message_id}").json()
+            assert status["status"] == "rejected", (message_id, status)
+            assert f"$.{field}" in status["reason"], status["reason"]
+        too_long = client.get("/v1/messages/m-long").json()["reason"]
+        assert f"longer than {MAX_ID_LENGTH} characters" in too_long
 
 
 def test_undecodable_data_is_rejected_with_its_bytes(duckdb_path: Path) -> None:

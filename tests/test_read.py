@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from litestar import Litestar
-from litestar.testing import TestClient
+from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
@@ -171,3 +171,94 @@ def test_pages_are_gzipped_for_clients_that_accept_it(client: TestClient[Litesta
     small = client.get("/v1/records/r1", headers={"Accept-Encoding": "gzip"})
     assert small.status_code == 200
     assert "content-encoding" not in small.headers
+
+
+# Accept-Encoding as RFC 9110 reads it: codings are case-insensitive tokens, a
+# qvalue of 0 means "not acceptable", `*` stands for any coding not listed, and
+# identity is acceptable unless excluded; the server picks among the rest.
+GZIPPED = ["gzip", "GZIP", "Gzip;Q=1", "x-gzip", "gzip ; q=0.5", "*", "identity;q=0, gzip"]
+GZIPPED += ["deflate, gzip;q=0.001", "br;q=1, gzip;q=0.8, identity;q=0.8", "identity, gzip"]
+PLAIN = ["gzip;q=0", "GZIP; q=0.000", "gzip;q=0, *", "*;q=0", "br, deflate", "identity", ""]
+PLAIN += ["gzip;q=0.5, identity;q=1", "gzip;q=abc", "gzip;q=2", "*;q=0.3, identity"]
+
+
+def test_gzip_is_chosen_as_accept_encoding_says(client: TestClient[Litestar]) -> None:
+    for n in range(50):
+        push(client, n, note="the same words again and again " * 4)
+    records = client.get("/v1/records", headers={"Accept-Encoding": "identity"}).json()["records"]
+    for accept in GZIPPED + PLAIN:
+        answer = client.get("/v1/records", headers={"Accept-Encoding": accept})
+        assert answer.status_code == 200, (accept, answer.text)
+        coding = answer.headers.get("content-encoding")
+        assert coding == ("gzip" if accept in GZIPPED else None), accept
+        assert answer.json()["records"] == records, accept
+
+
+# Every GET route of the service, with a path that exists once m0000 is stored.
+GET_PATHS = [
+    "/v1/records",
+    "/v1/records/r0",
+    "/v1/messages/m0000",
+    "/v1/rejections",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/problems/not-found",
+    "/docs",
+    "/docs/openapi.json",
+]
+
+
+async def test_head_is_answered_wherever_get_is_with_its_headers_and_no_content() -> None:
+    app = create_app(settings(), store=DuckDBStore(":memory:"))
+    async with served(app) as http:
+        pushed = await http.post("/pubsub/push", json=envelope({"id": "r0"}, message_id="m0000"))
+        assert pushed.status_code == 204
+        for path in GET_PATHS:
+            get = await http.get(path, headers={"Accept-Encoding": "identity"})
+            head = await http.head(path, headers={"Accept-Encoding": "identity"})
+            assert get.status_code == 200, (path, get.text)
+            assert head.status_code == 200, (path, head.text)
+            assert head.content == b""
+            for name in ("content-type", "content-length"):
+                assert head.headers.get(name) == get.headers.get(name), (path, name)
+        # Where GET is not allowed, neither is HEAD.
+        refused = await http.head("/pubsub/push")
+        assert refused.status_code == 405
+        assert "POST" in refused.headers["allow"]
+        assert (await http.head("/nowhere")).status_code == 404
+
+
+async def test_the_app_itself_sends_no_content_for_head() -> None:
+    # The server drops content sent for a HEAD; the app does not send it either.
+    app = create_app(settings(), store=DuckDBStore(":memory:"))
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "HEAD",
+        "scheme": "http",
+        "path": "/v1/records",
+        "raw_path": b"/v1/records",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    async with AsyncTestClient(app):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert scope["method"] == "HEAD"  # the server's own scope is left as it was
+    start, *bodies = sent
+    assert start["status"] == 200
+    assert dict(start["headers"])[b"content-length"] != b"0"  # type: ignore[call-overload]
+    assert bodies
+    assert all(body["body"] == b"" for body in bodies)

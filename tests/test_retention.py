@@ -65,6 +65,28 @@ def test_without_retention_old_bounds_are_served(client: TestClient[Litestar]) -
     assert client.get("/v1/records", params={"page_token": token}).status_code == 200
 
 
+def test_without_retention_bounds_before_1970_are_served(client: TestClient[Litestar]) -> None:
+    # Nothing is deleted, so a bound before the epoch is a page like any other,
+    # never a 410: it used to be compared with a retention start of 0 µs.
+    body = envelope({"id": "r1", "data": 1}, message_id="m1")
+    assert client.post("/pubsub/push", json=body).status_code == 204
+    for since in ("1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z"):
+        answer = client.get("/v1/records", params={"since": since})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        assert [r["message_id"] for r in page["records"]] == ["m1"]
+        following = client.get("/v1/records", params={"page_token": page["next_page_token"]})
+        assert following.status_code == 200, following.text
+        assert client.get("/v1/rejections", params={"since": since}).status_code == 200
+    # An empty range before the epoch is an empty page.
+    bounded = client.get(
+        "/v1/records", params={"since": "1900-01-01T00:00:00Z", "until": "1969-01-01T00:00:00Z"}
+    )
+    assert bounded.status_code == 200, bounded.text
+    assert bounded.json()["records"] == []
+    assert bounded.json()["next_page_token"] is None
+
+
 def rows(ingest_time: int, n: int) -> list[Record | Rejection]:
     return [
         Record(

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 class InvalidCredentials(Unauthorized):
     """A credential was presented and did not verify (RFC 6750 `invalid_token`)."""
 
-    def __init__(self, *, realm: str) -> None:
-        super().__init__(realm=realm)
+    def __init__(self, *, realm: str, detail: str = "A valid bearer token is required.") -> None:
+        super().__init__(detail, realm=realm)
         self.headers = {"WWW-Authenticate": f'Bearer realm="{realm}", error="invalid_token"'}
 
 
@@ -94,6 +94,11 @@ class Principals:
         return bool(self.emails or self.domains)
 
 
+# What a push with the shared secret (the emulator's) is told when it is wrong or missing.
+WRONG_IN_URL = "The ?token= in the push URL is wrong."
+MISSING_FROM_URL = "A push needs the shared secret as ?token= in its URL."
+
+
 class PushAccess:
     """Only the push subscription may write.
 
@@ -121,9 +126,11 @@ class PushAccess:
             # Bytes, so that a non-ASCII guess is simply wrong rather than a TypeError.
             if hmac.compare_digest(url_token.encode("utf-8", "replace"), self._shared_token):
                 return
-            raise _refuse(InvalidCredentials(realm=self.realm), "wrong ?token=", "push")
+            wrong = InvalidCredentials(realm=self.realm, detail=WRONG_IN_URL)
+            raise _refuse(wrong, "wrong ?token=", "push")
         if self._verifier is None:
-            raise _refuse(Unauthorized(realm=self.realm), "no ?token=", "push")
+            missing = Unauthorized(MISSING_FROM_URL, realm=self.realm)
+            raise _refuse(missing, "no ?token=", "push")
         identity = await verified_identity(
             self._verifier, authorization, realm=self.realm, what="push"
         )

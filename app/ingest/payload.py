@@ -30,14 +30,15 @@ from app.ingest.schemas import (
     unusable,
     valid_name,
 )
-from app.ingest.shape import Invalid, Shape
+from app.ingest.shape import Invalid, Shape, contract_id
 from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros, unaddressable
 
 
 class Payload(msgspec.Struct, kw_only=True, frozen=True):
     """The contract producers publish by default. Fields they add are ignored, not refused."""
 
-    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+    # Text, or an integer kept as its digits (contract_id), as under a mapping.
+    id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)] | int
     timestamp: AwareDatetime | None = None
     # Kept as the exact JSON text the producer sent: stored without re-encoding.
     data: msgspec.Raw = msgspec.Raw(b"null")
@@ -87,10 +88,11 @@ class ContractReader:
             raise Invalid(f"payload: `$.timestamp`: {exc}") from None
         if too_deep(text):
             raise Invalid(f"payload: `$.data` is {TOO_DEEP}")
-        problem = unaddressable(payload.id)
+        record_id = contract_id(payload.id)
+        problem = unaddressable(record_id)
         if problem is not None:
             raise Invalid(f"payload: `$.id` is {problem}")
-        return Read(payload.id, timestamp, text)
+        return Read(record_id, timestamp, text)
 
 
 CONTRACT = ContractReader()

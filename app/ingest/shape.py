@@ -29,6 +29,11 @@ class Invalid(ValueError):
     """The payload cannot become a record; the message says which rule it broke."""
 
 
+def contract_id(value: str | int) -> str:
+    """The contract's `id`: text as it is, an integer as its digits, as under a mapping."""
+    return value if isinstance(value, str) else str(value)
+
+
 def _time_text(text: str) -> datetime:
     return msgspec.convert(text, AwareDatetime)
 

@@ -147,7 +147,10 @@ class Reader:
 
         Deletion runs on a schedule (hourly on DuckDB, by partition on
         BigQuery), so a page there could be silently incomplete; 410 says so.
+        Without a retention nothing is deleted, and no bound is too old.
         """
+        if not self._retention_days:
+            return
         oldest = self._oldest_retained()
         if us < oldest:
             raise Gone(
@@ -217,6 +220,10 @@ class Reader:
             self._check_retained("until", end)
         if end is not None and end <= start:
             raise BadParameter("until", "must be later than since")
+        # No row is ingested before the epoch: an earlier bound reads from it,
+        # and no store is asked for times its SQL cannot hold (a margin before
+        # 0001-01-01 overflows BigQuery's TIMESTAMP).
+        start, end = max(start, 0), None if end is None else max(end, 0)
         # message_id > "" holds for every row: the page starts at `since`.
         return PageToken(after_time=start, after_message_id="", until=end)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Protocol, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote_to_bytes
 
 import msgspec
 from litestar import Request, Response, get
@@ -70,20 +71,24 @@ MESSAGES_PREFIX = "/v1/messages/"
 
 def _path_id(description: str) -> Any:
     return PathParameter(
-        description=f"{description}, percent-encoded (`/` as `%2F`); at most "
-        f"{MAX_ID_LENGTH} characters, the longest the push path stores"
+        description=f"{description}, as percent-encoded UTF-8 (`/` as `%2F`, `%` as `%25`); "
+        f"at most {MAX_ID_LENGTH} characters, the longest the push path stores"
     )
 
 
 def exact_id(request: Request[Any, Any, Any], prefix: str, name: str, matched: str) -> str:
-    """The id in the path after `prefix`, exactly as the client encoded it."""
+    """The id in the path after `prefix`, exactly as the client encoded it.
+
+    Its bytes, percent-decoded, must be UTF-8: a 400 says where they are not,
+    rather than a look-up of an id with U+FFFD where the client's bytes were.
+    """
     found = matched.removeprefix("/")
     raw: bytes | None = request.scope.get("raw_path")
     if raw:
-        path = raw.decode("latin-1")  # ASGI: the bytes as sent, which are ASCII
+        path = raw.decode("latin-1")  # ASGI: the bytes as sent, one character each
         path = path.removeprefix(quote(request.scope.get("root_path", "")))
         if path.startswith(prefix):
-            found = unquote(path[len(prefix) :])
+            found = _decoded(name, path[len(prefix) :].encode("latin-1"))
     if not found:
         raise BadParameter(name, "empty")
     # Longer ids are never stored (records: a rejection; messages: a 400 at push):
@@ -91,6 +96,28 @@ def exact_id(request: Request[Any, Any, Any], prefix: str, name: str, matched: s
     if len(found) > MAX_ID_LENGTH:
         raise BadParameter(name, f"{len(found)} characters, more than the {MAX_ID_LENGTH} stored")
     return found
+
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def _decoded(name: str, encoded: bytes) -> str:
+    """Percent-encoded UTF-8 as text; BadParameter naming what is not."""
+    bad = _BAD_ESCAPE.search(encoded)
+    if bad is not None:
+        raise BadParameter(
+            name,
+            f"`%` at character {bad.start() + 1} is not followed by two hex digits; "
+            "percent-encode the id (`%` as `%25`)",
+        )
+    try:
+        return unquote_to_bytes(encoded).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadParameter(
+            name,
+            f"not UTF-8 once percent-decoded (byte {exc.start + 1} of the id is not valid "
+            "there); percent-encode the id's UTF-8",
+        ) from None
 
 
 def _time(name: str, value: str | None) -> datetime | None:

@@ -31,7 +31,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resourc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import NoOpTracerProvider
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from app.settings import Settings, TelemetrySettings
 from app.store import QueryObserver, Store
@@ -57,6 +57,11 @@ __all__ = [
     "push_received",
     "record_query",
 ]
+
+# What generate_latest writes, with its default escaping: the text format 0.0.4
+# (prometheus_client's CONTENT_TYPE_PLAIN_0_0_4). Litestar adds `; charset=utf-8`
+# to a text/ type itself, so it is left out here.
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +224,11 @@ class Telemetry:
             "/metrics",
             summary="Metrics in Prometheus text format",
             tags=["health"],
+            media_type=PROMETHEUS_TEXT,
             sync_to_thread=False,
         )
         def prometheus_metrics() -> Response[bytes]:
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)
 
         return [prometheus_metrics]
 

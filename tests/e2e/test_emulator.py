@@ -89,7 +89,7 @@ async def test_a_store_outage_is_redelivered_and_nothing_is_lost(
 INVALID = {
     b"not json": "payload is not JSON",
     b'{"data": "no id"}': "missing required field `id`",
-    b'{"id": 5}': "`$.id`",
+    b'{"id": true}': "`$.id`",
     b'{"id": "t", "timestamp": "yesterday"}': "`$.timestamp`",
     b"\xff\xfe\x00": "payload is not JSON",
 }

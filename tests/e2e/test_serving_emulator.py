@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from recordline_dev.devstack import Emulator, PubSubAdmin, free_port
+from recordline_dev.serving import BigQueryStandIn
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.e2e.conftest import PUSH_TOKEN, Follower, ServiceProcess, payloads, publish_all
 from tests.spanner.emulator import SpannerEmulator
@@ -42,37 +41,12 @@ MESSAGES = 2_000
 @contextlib.contextmanager
 def bigquery_fakes(log: Path) -> Iterator[tuple[str, str]]:
     """The BigQuery fakes in a process the instances share: (write address, jobs endpoint)."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.bigquery.fake_storage_write",
-            "--keep-rows",
-            "--jobs",
-            f"{PROJECT}/{DATASET}",
-            # Every 25th append to records refused after Spanner committed it,
-            # every 40th stored with its answer lost; 10 ms a round trip.
-            "--refuse-every",
-            "25",
-            "--lose-every",
-            "40",
-            "--latency-ms",
-            "10",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log.open("wb"),
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        write = process.stdout.readline().removeprefix("listening on ").strip()
-        jobs = process.stdout.readline().removeprefix("jobs ").strip()
-        assert write, "the fakes printed no write address"
-        assert jobs.startswith("http://"), jobs
-        yield write, jobs
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+    # Every 25th append to records refused after Spanner committed it, every
+    # 40th stored with its answer lost; 10 ms a round trip.
+    faults = ("--refuse-every", "25", "--lose-every", "40", "--latency-ms", "10")
+    with BigQueryStandIn(PROJECT, DATASET, log_path=log, extra=faults) as fakes:
+        assert fakes.jobs.startswith("http://"), fakes.jobs
+        yield fakes.write, fakes.jobs
 
 
 def held_by_bigquery(jobs: str) -> dict[str, tuple[int, int]]:

@@ -45,7 +45,7 @@ def logged() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 def test_rejection_is_logged_with_message_id_reason_and_trace(
     client: TestClient[Litestar], observed: Observed, logged: Callable[[], list[dict[str, Any]]]
 ) -> None:
-    client.post("/pubsub/push", json=envelope({"id": 7}), headers={"traceparent": TRACEPARENT})
+    client.post("/pubsub/push", json=envelope({"id": True}), headers={"traceparent": TRACEPARENT})
     (server,) = observed.finished("POST /pubsub/push")
     (line,) = [x for x in logged() if x.get("message_id") == "m-1"]
     assert line["severity"] == "WARNING"
@@ -61,7 +61,7 @@ def test_a_rejection_the_caller_did_not_sample_is_logged_under_the_callers_span(
     # No server span: the line belongs to the caller's span, as Cloud Run's
     # own request log line does.
     unsampled = f"00-{TRACE_ID}-b7ad6b7169203331-00"
-    client.post("/pubsub/push", json=envelope({"id": 7}), headers={"traceparent": unsampled})
+    client.post("/pubsub/push", json=envelope({"id": True}), headers={"traceparent": unsampled})
     assert observed.finished("POST /pubsub/push") == []
     (line,) = [x for x in logged() if x.get("message_id") == "m-1"]
     assert line["logging.googleapis.com/trace"] == f"projects/demo/traces/{TRACE_ID}"

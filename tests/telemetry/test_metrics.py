@@ -7,6 +7,8 @@ import time
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
@@ -40,7 +42,7 @@ def test_stored_message_records_its_lag_and_outcome(
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        (envelope({"id": 7}), "id"),
+        (envelope({"id": True}), "id"),
         (envelope({"data": "no id"}), "id"),
         (envelope({"id": "1", "timestamp": "yesterday"}), "timestamp"),
         (envelope([1, 2]), "payload"),
@@ -200,12 +202,25 @@ def test_prometheus_text_is_served_at_metrics(store: FaultyStore) -> None:
         client.post("/pubsub/push", json=envelope(RECORD))
         response = client.get("/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    # One charset, the version of the format generate_latest writes, as
+    # prometheus_client itself serves it.
+    assert response.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = response.text
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert "recordline_messages" in names
     assert "recordline_ingest_lag_seconds_bucket" in text
     assert stored_count(text) == 1
     assert "recordline_queue_depth" in text
     assert "recordline_canary_age" not in text
+
+
+def test_the_openapi_document_says_metrics_are_prometheus_text(store: FaultyStore) -> None:
+    with TestClient(create_app(settings(), store=store)) as client:
+        document = client.get("/docs/openapi.json").json()
+    answer = document["paths"]["/metrics"]["get"]["responses"]["200"]
+    assert list(answer["content"]) == ["text/plain; version=0.0.4"]
+    assert answer["content"]["text/plain; version=0.0.4"]["schema"]["type"] == "string"
 
 
 def test_prometheus_text_shows_the_canary_age(store: FaultyStore) -> None:
