@@ -301,7 +301,8 @@ def contract_payloads(draw: st.DrawFn) -> tuple[bytes, bool | None, str | None]:
     kind = draw(st.integers(0, 5))
     if kind <= 2:  # fits
         data = draw(json_texts)
-        payload = {"id": draw(record_ids)}
+        # An integer id is kept as its digits.
+        payload = {"id": draw(record_ids | st.integers(-(2**63), 2**64 - 1))}
         text = "{" + f'"id": {json.dumps(payload["id"])}'
         if draw(st.booleans()):
             text += f', "timestamp": {json.dumps(draw(storable_times).isoformat())}'
@@ -312,7 +313,9 @@ def contract_payloads(draw: st.DrawFn) -> tuple[bytes, bool | None, str | None]:
             st.sampled_from(
                 [
                     '{"id": ""}',
-                    '{"id": 17}',
+                    '{"id": true}',
+                    '{"id": 1.5}',
+                    '{"id": "/"}',
                     '{"timestamp": "2024-04-27T12:00:00Z"}',
                     '{"id": "x", "timestamp": "9999-12-31T23:59:59-14:00"}',
                     '{"id": "x", "timestamp": "0001-01-01T00:00:00+00:01"}',
