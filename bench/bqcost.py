@@ -168,7 +168,7 @@ def calls(stream: Stream, store: BigQueryStore | Before) -> dict[str, Callable[[
         if isinstance(store, Before):
             return lambda: store.page(after, horizon, limit)
         query = PageQuery(after_time=after, after_message_id="", before_time=horizon, limit=limit)
-        return lambda: store.page(query)
+        return lambda: store.page(Record, query)
 
     def message(message_id: str) -> Callable[[], Awaitable[Any]]:
         return lambda: store.message(message_id)

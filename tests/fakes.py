@@ -14,9 +14,9 @@ from app.records import Record, Rejection
 from app.store import (
     MessageState,
     MessageStatus,
+    Page,
     PageQuery,
-    RecordPage,
-    RejectionPage,
+    R,
     RowOutcome,
     Store,
 )
@@ -48,11 +48,8 @@ class WrappedStore:
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         return await self.inner.append(rows)
 
-    async def page(self, query: PageQuery) -> RecordPage:
-        return await self.inner.page(query)
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        return await self.inner.rejections(query)
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        return await self.inner.page(kind, query)
 
     async def latest(self, record_id: str) -> Record | None:
         return await self.inner.latest(record_id)
@@ -90,15 +87,10 @@ class FaultyStore(WrappedStore):
             raise StoreUnavailable("injected: reads fail")
         await self.inner.barrier()
 
-    async def page(self, query: PageQuery) -> RecordPage:
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         if self.failing_reads:
             raise StoreUnavailable("injected: reads fail")
-        return await self.inner.page(query)
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        if self.failing_reads:
-            raise StoreUnavailable("injected: reads fail")
-        return await self.inner.rejections(query)
+        return await self.inner.page(kind, query)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         await self.release.wait()

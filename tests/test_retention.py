@@ -109,9 +109,9 @@ def rows(ingest_time: int, n: int) -> list[Record | Rejection]:
 async def everything(store: DuckDBStore) -> list[str]:
     await store.barrier()
     page = await store.page(
-        PageQuery(after_time=0, after_message_id="", before_time=2**62, limit=100)
+        Record, PageQuery(after_time=0, after_message_id="", before_time=2**62, limit=100)
     )
-    return [r.message_id for r in page.records]
+    return [r.message_id for r in page.rows]
 
 
 async def test_duckdb_deletes_rows_older_than_the_retention() -> None:

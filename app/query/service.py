@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from app.errors import BadParameter, Gone, NotFound
 from app.query.page_token import PageToken, PageTokens
-from app.records import DAY_MICROS, Record, Rejection, micros, moment
+from app.records import DAY_MICROS, TABLES, Kind, Record, Rejection, columns, micros, moment
 from app.store import PageQuery, Store
 
 DEFAULT_LIMIT = 100
@@ -44,31 +44,6 @@ class RecordView(msgspec.Struct, kw_only=True, frozen=True):
     # The topic schema revision the payload was decoded with; null for JSON without one.
     schema: str | None
 
-    @classmethod
-    def of(cls, r: Record) -> RecordView:
-        return cls(
-            message_id=r.message_id,
-            id=r.id,
-            timestamp=None if r.timestamp is None else moment(r.timestamp),
-            data=msgspec.Raw(r.data.encode()),
-            attributes=msgspec.Raw(r.attributes.encode()),
-            publish_time=moment(r.publish_time),
-            ingest_time=moment(r.ingest_time),
-            subscription=r.subscription,
-            delivery_attempt=r.delivery_attempt,
-            trace_id=r.trace_id,
-            schema=r.schema,
-        )
-
-
-class Page(msgspec.Struct, kw_only=True, frozen=True):
-    records: list[RecordView]
-    # Follow it to get what comes next; null only once a bounded (`until`)
-    # range is complete.
-    next_page_token: str | None
-    # Every record ingested before this time is in this page or an earlier one.
-    complete_until: datetime
-
 
 class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
     """A stored rejection as the API shows it: the raw payload, and why it was refused."""
@@ -85,25 +60,62 @@ class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
     # The topic schema revision the message named, which it did not fit.
     schema: str | None
 
-    @classmethod
-    def of(cls, r: Rejection) -> RejectionView:
-        return cls(
-            message_id=r.message_id,
-            reason=r.reason,
-            data=r.data,
-            attributes=msgspec.Raw(r.attributes.encode()),
-            publish_time=moment(r.publish_time),
-            ingest_time=moment(r.ingest_time),
-            subscription=r.subscription,
-            delivery_attempt=r.delivery_attempt,
-            schema=r.schema,
-        )
+
+View = TypeVar("View", RecordView, RejectionView)
+# Each column kind as a view holds it: times as datetimes, JSON as its text.
+_AS_VIEWED: dict[Kind, Callable[[Any], Any]] = {
+    Kind.TIMESTAMP: moment,
+    Kind.JSON: lambda text: msgspec.Raw(text.encode()),
+}
 
 
-class RejectionsPage(msgspec.Struct, kw_only=True, frozen=True):
+def view(view_type: type[View], row: Record | Rejection) -> View:
+    """`row` as the API shows it: each of the view's fields from the row's column of that
+    name, converted as its kind says (a view leaves out what it does not declare)."""
+    kinds = _KINDS[type(row)]
+    values = {}
+    for field in msgspec.structs.fields(view_type):
+        value = getattr(row, field.name)
+        convert = _AS_VIEWED.get(kinds[field.name])
+        values[field.name] = value if value is None or convert is None else convert(value)
+    return view_type(**values)
+
+
+_KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
+
+
+class RecordsPage(msgspec.Struct, frozen=True):
+    records: list[RecordView]
+    # Follow it to get what comes next; null only once a bounded (`until`)
+    # range is complete.
+    next_page_token: str | None
+    # Every record ingested before this time is in this page or an earlier one.
+    complete_until: datetime
+
+
+class RejectionsPage(msgspec.Struct, frozen=True):
     rejections: list[RejectionView]
     next_page_token: str | None
     complete_until: datetime
+
+
+AnyPage = TypeVar("AnyPage", RecordsPage, RejectionsPage)
+
+
+class Listing(msgspec.Struct, Generic[AnyPage], frozen=True):
+    """One paged list of the API: which table's rows, shown as which view, in which page.
+
+    The three go together (`RECORDS`, `REJECTIONS`); the tests of both lists check
+    each view and page holds what its table stores.
+    """
+
+    kind: Any  # type[Record] or type[Rejection]
+    view: Any  # type[RecordView] or type[RejectionView]
+    page: type[AnyPage]
+
+
+RECORDS = Listing(Record, RecordView, RecordsPage)
+REJECTIONS = Listing(Rejection, RejectionView, RejectionsPage)
 
 
 class MessageView(msgspec.Struct, kw_only=True, frozen=True):
@@ -163,41 +175,29 @@ class Reader:
 
     async def page(
         self,
+        listing: Listing[AnyPage],
         *,
         since: datetime | None,
         until: datetime | None,
         limit: int,
         page_token: str | None,
-    ) -> Page:
+    ) -> AnyPage:
+        """One page of a list, in ingest order; records and rejections page alike."""
         cursor = self._cursor(since, until, limit, page_token)
         query, horizon = await self._range(cursor, limit)
-        page = await self._store.page(query)
+        page = await self._store.page(listing.kind, query)
         if page.complete_until is not None:
             horizon = min(horizon, page.complete_until)
-        return Page(
-            records=[RecordView.of(r) for r in page.records],
-            next_page_token=self._next(cursor, page.after_time, page.after_message_id),
-            complete_until=moment(horizon),
+        # A page never says less than the one before it did: its cursor was
+        # complete when given out, whichever instance and cache answer now.
+        resume = max(
+            (page.after_time, page.after_message_id), (cursor.after_time, cursor.after_message_id)
         )
-
-    async def rejections(
-        self,
-        *,
-        since: datetime | None,
-        until: datetime | None,
-        limit: int,
-        page_token: str | None,
-    ) -> RejectionsPage:
-        """Rejections in ingest order, paged and bounded exactly like records."""
-        cursor = self._cursor(since, until, limit, page_token)
-        query, horizon = await self._range(cursor, limit)
-        page = await self._store.rejections(query)
-        if page.complete_until is not None:
-            horizon = min(horizon, page.complete_until)
-        return RejectionsPage(
-            rejections=[RejectionView.of(r) for r in page.rejections],
-            next_page_token=self._next(cursor, page.after_time, page.after_message_id),
-            complete_until=moment(horizon),
+        horizon = max(horizon, cursor.after_time)
+        return listing.page(
+            [view(listing.view, row) for row in page.rows],
+            self._next(cursor, *resume),
+            moment(horizon),
         )
 
     def _cursor(
@@ -255,7 +255,7 @@ class Reader:
         record = await self._store.latest(record_id)
         if record is None:
             raise NotFound(f"no record with id {record_id!r}")
-        return RecordView.of(record)
+        return view(RecordView, record)
 
     async def message(self, message_id: str) -> MessageView:
         await self._store.barrier()
@@ -267,5 +267,5 @@ class Reader:
             status=status.status,
             ingest_time=moment(status.ingest_time),
             reason=status.reason,
-            record=None if status.record is None else RecordView.of(status.record),
+            record=None if status.record is None else view(RecordView, status.record),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 import msgspec
@@ -27,9 +27,12 @@ from app.problems import problem_responses
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    RECORDS,
+    REJECTIONS,
+    Listing,
     MessageView,
-    Page,
     Reader,
+    RecordsPage,
     RecordView,
     RejectionsPage,
 )
@@ -58,7 +61,7 @@ _READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, Certs
 PAGE_ERRORS = problem_responses(BadParameter, Gone, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
-P = TypeVar("P", Page, RejectionsPage, covariant=True)
+P = TypeVar("P", RecordsPage, RejectionsPage)
 
 # An id may hold any character, `/` included (`orders/123`, asked for as
 # `orders%2F123`). The router decodes a path before matching it, so the id is
@@ -149,15 +152,10 @@ def _freshness(rows: str) -> list[ResponseHeader]:
     ]
 
 
-class _Paged(Protocol[P]):
-    async def __call__(
-        self, *, since: datetime | None, until: datetime | None, limit: int, page_token: str | None
-    ) -> P: ...
-
-
 async def _paged(
     request: Request[Any, Any, Any],
-    read: _Paged[P],
+    reader: Reader,
+    listing: Listing[P],
     since: str | None,
     until: str | None,
     limit: int,
@@ -165,8 +163,12 @@ async def _paged(
 ) -> Response[P]:
     """One page of either list, its parameters checked the same way."""
     _refuse_unknown(request)
-    page = await read(
-        since=_time("since", since), until=_time("until", until), limit=limit, page_token=page_token
+    page = await reader.page(
+        listing,
+        since=_time("since", since),
+        until=_time("until", until),
+        limit=limit,
+        page_token=page_token,
     )
     # The body says it too; the header lets a proxy or a probe read freshness
     # without parsing the page.
@@ -191,8 +193,8 @@ async def list_records(
     until: Until = None,
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
-) -> Response[Page]:
-    return await _paged(request, reader.page, since, until, limit, page_token)
+) -> Response[RecordsPage]:
+    return await _paged(request, reader, RECORDS, since, until, limit, page_token)
 
 
 @get(
@@ -214,7 +216,7 @@ async def list_rejections(
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
 ) -> Response[RejectionsPage]:
-    return await _paged(request, reader.rejections, since, until, limit, page_token)
+    return await _paged(request, reader, REJECTIONS, since, until, limit, page_token)
 
 
 @get(

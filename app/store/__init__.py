@@ -8,19 +8,22 @@ implement the same Protocol; `tests/store_contract/` holds what every one must d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
 from app.records import Record, Rejection
 
+# A page is of one table's rows: records, or rejections.
+R = TypeVar("R", Record, Rejection)
+
 
 class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
-    """Records strictly after the cursor and strictly before `before`, in key order.
+    """Rows strictly after the cursor and strictly before `before`, in key order.
 
     The key is `(ingest_time, message_id)`. A message_id is returned only for
-    its first stored copy, so a reader that walks the key range meets each
-    message once.
+    its first stored copy of records, so a reader that walks the key range meets
+    each message once.
     """
 
     after_time: int
@@ -28,9 +31,9 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     before_time: int
     limit: int
 
-    def answer(self, records: list[Record]) -> RecordPage:
-        """The page of `records`, when the store examined every row it could."""
-        return RecordPage(records, *self.resume(records))
+    def answer(self, rows: list[R], end: int | None = None) -> Page[R]:
+        """The page of `rows`, the rows the store examined (see `resume`)."""
+        return Page(rows, *self.resume(rows, end))
 
     def resume(self, rows: Sequence[Record | Rejection], end: int | None = None) -> tuple[int, str]:
         """The key the next page continues after, `rows` being those the store examined.
@@ -46,8 +49,8 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
         return (self.before_time if end is None else end), ""
 
 
-class RecordPage(msgspec.Struct, frozen=True):
-    """One page of first copies, and the key the next page continues after.
+class Page(msgspec.Struct, Generic[R], frozen=True):
+    """One page of a table's rows, and the key the next page continues after.
 
     The key is the last row the store examined, which is not always the last
     row returned: a store that skips later copies of a message, or scans a
@@ -59,16 +62,7 @@ class RecordPage(msgspec.Struct, frozen=True):
     starts there.
     """
 
-    records: list[Record]
-    after_time: int
-    after_message_id: str
-    complete_until: int | None = None
-
-
-class RejectionPage(msgspec.Struct, frozen=True):
-    """One page of rejections, and the key the next page continues after."""
-
-    rejections: list[Rejection]
+    rows: list[R]
     after_time: int
     after_message_id: str
     complete_until: int | None = None
@@ -148,11 +142,9 @@ class Store(Protocol):
         is durable (as a record, or as a rejection).
         """
 
-    async def page(self, query: PageQuery) -> RecordPage:
-        """One page of first copies in `(ingest_time, message_id)` order."""
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        """One page of `rejected` rows in `(ingest_time, message_id)` order."""
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        """One page of `kind`'s rows in `(ingest_time, message_id)` order: first
+        copies of records, every rejection."""
 
     async def latest(self, record_id: str) -> Record | None:
         """The latest version of a record: by `timestamp`, then `publish_time`."""

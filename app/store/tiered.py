@@ -37,7 +37,7 @@ import msgspec
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection
-from app.store import MessageState, MessageStatus, PageQuery, RecordPage, RejectionPage, RowOutcome
+from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.bigquery.store import BigQueryStore
 from app.store.copies import ConflictObserver, differing
 from app.store.spanner.serving import SchemaMismatch, SpannerServing
@@ -206,50 +206,35 @@ class TieredStore:
 
     # -- reading ---------------------------------------------------------------
 
-    async def page(self, query: PageQuery) -> RecordPage:
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         now = self._now()
         since = self.serving_since(now)
         if query.after_time >= since:
-            return await self._recent_page(query, now)
-        old = await self.analytics.page(_before(query, since))
-        if len(old.records) == query.limit:
+            return await self._recent(kind, query, now)
+        old: Page[R] = await self.analytics.page(kind, _before(query, since))
+        if len(old.rows) == query.limit:
             return old
         if (old.after_time, old.after_message_id) != (since, "") or query.before_time <= since:
             # Short, and not yet at Spanner's rows: complete up to where it ended.
             return msgspec.structs.replace(old, complete_until=old.after_time)
         # BigQuery's part ends where Spanner's begins: the rest of the page is
         # Spanner's first rows, later in key order than all of BigQuery's.
-        rest = await self._recent_page(_after(query, since, query.limit - len(old.records)), now)
-        return msgspec.structs.replace(rest, records=[*old.records, *rest.records])
-
-    async def _recent_page(self, query: PageQuery, now: int) -> RecordPage:
-        self._ready()
-        if not self.tail.end:
-            await self.tail.refresh(now)
-        if self.tail.covers(query):
-            return await self.tail.page(query, self.read_horizon(now), past=self._acknowledged)
-        records = await self.serving.page("records", query, now)
-        return query.answer(records)  # type: ignore[arg-type]
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        now = self._now()
-        since = self.serving_since(now)
-        if query.after_time >= since:
-            return await self._recent_rejections(query, now)
-        old = await self.analytics.rejections(_before(query, since))
-        if len(old.rejections) == query.limit:
-            return old
-        if (old.after_time, old.after_message_id) != (since, "") or query.before_time <= since:
-            return msgspec.structs.replace(old, complete_until=old.after_time)
-        rest = await self._recent_rejections(
-            _after(query, since, query.limit - len(old.rejections)), now
+        rest: Page[R] = await self._recent(
+            kind, _after(query, since, query.limit - len(old.rows)), now
         )
-        return msgspec.structs.replace(rest, rejections=[*old.rejections, *rest.rejections])
+        return msgspec.structs.replace(rest, rows=[*old.rows, *rest.rows])
 
-    async def _recent_rejections(self, query: PageQuery, now: int) -> RejectionPage:
+    async def _recent(self, kind: type[R], query: PageQuery, now: int) -> Page[R]:
         self._ready()
-        rows: list[Rejection] = await self.serving.page("rejected", query, now)  # type: ignore[assignment]
-        return RejectionPage(rows, *query.resume(rows))
+        if kind is Record:
+            if not self.tail.end:
+                await self.tail.refresh(now)
+            if self.tail.covers(query):
+                page: Page[Any] = await self.tail.page(
+                    query, self.read_horizon(now), past=self._acknowledged
+                )
+                return page
+        return query.answer(await self.serving.page(kind, query, now))
 
     async def latest(self, record_id: str) -> Record | None:
         self._ready()

@@ -24,9 +24,9 @@ from app.records import Record, Rejection
 from app.store import (
     MessageState,
     MessageStatus,
+    Page,
     PageQuery,
-    RecordPage,
-    RejectionPage,
+    R,
     RowOutcome,
     Store,
 )
@@ -44,6 +44,8 @@ _REPLAY_ROUTE = {"route": "/v1/replay"}
 READ_ROUTES = tuple(r["route"] for r in (_PAGE_ROUTE, _LATEST_ROUTE, _MESSAGE_ROUTE))
 
 
+# A page of records or of rejections: each its own read, as each is its own route.
+_PAGE_OF: dict[type[Record | Rejection], str] = {Record: "page", Rejection: "rejections"}
 # Each read of the Store protocol, and the route whose duration it is counted in.
 READ_METHODS = {
     "page": _PAGE_ROUTE,
@@ -102,16 +104,10 @@ class ObservedStore:
         finally:
             self._metrics.appended(rows, time.perf_counter() - started, stored)
 
-    async def page(self, query: PageQuery) -> RecordPage:
-        with self._query("page") as span:
-            page = await self.inner.page(query)
-            span.set_attribute("db.response.returned_rows", len(page.records))
-            return page
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        with self._query("rejections") as span:
-            page = await self.inner.rejections(query)
-            span.set_attribute("db.response.returned_rows", len(page.rejections))
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        with self._query(_PAGE_OF[kind]) as span:
+            page = await self.inner.page(kind, query)
+            span.set_attribute("db.response.returned_rows", len(page.rows))
             return page
 
     async def latest(self, record_id: str) -> Record | None:

@@ -102,7 +102,7 @@ async def walk(store: BigQueryStore, *, limit: int) -> list[Record]:
     after_time, after_message_id = 0, ""
     end = BASE_TIME + 3_600_000_000
     while (after_time, after_message_id) < (end, ""):
-        page = await store.page(page_query(after_time, after_message_id, limit=limit))
-        seen.extend(page.records)
+        page = await store.page(Record, page_query(after_time, after_message_id, limit=limit))
+        seen.extend(page.rows)
         after_time, after_message_id = page.after_time, page.after_message_id
     return seen

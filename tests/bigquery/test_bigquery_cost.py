@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.asgi import create_app
-from app.records import TABLES, columns
+from app.records import TABLES, Record, columns
 from app.settings import QuerySettings, Settings
 from app.store import PageQuery
 from app.store.bigquery.store import BigQueryStore
@@ -70,9 +70,10 @@ async def tail_poll(store: BigQueryStore, jobs: FakeBigQueryJobs) -> int:
     horizon = NOW - 15 * SECOND
     before = len(jobs.queries)
     await store.page(
+        Record,
         PageQuery(
             after_time=horizon - 5 * SECOND, after_message_id="", before_time=horizon, limit=1000
-        )
+        ),
     )
     return sum(billed_by(jobs, before))
 

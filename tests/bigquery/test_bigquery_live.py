@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from app.records import Rejection
+from app.records import Record, Rejection
 from app.settings import Settings, StoreSettings
 from app.store import PageQuery
 from app.store.bigquery.store import BigQueryStore
@@ -57,7 +57,8 @@ async def test_round_trip_on_bigquery() -> None:
         await store.append(rows)
 
         page = await store.page(
-            PageQuery(after_time=now - 1, after_message_id="", before_time=now + 10, limit=10)
+            Record,
+            PageQuery(after_time=now - 1, after_message_id="", before_time=now + 10, limit=10),
         )
         assert [r.message_id for r in page if r.message_id.startswith(run)] == [
             r.message_id for r in rows

@@ -50,7 +50,7 @@ async def test_page_sends_named_parameters(
     store: BigQueryStore, jobs_fake: FakeBigQueryJobs
 ) -> None:
     window = int(Settings().query.dedupe_window_seconds * 1_000_000)
-    await store.page(page_query(BASE_TIME, "m-1", limit=7))
+    await store.page(Record, page_query(BASE_TIME, "m-1", limit=7))
     sent = jobs_fake.queries[-1]
     assert sent.body["parameterMode"] == "NAMED"
     assert sent.body["useLegacySql"] is False
@@ -90,10 +90,12 @@ async def test_a_copy_outside_the_dedupe_window_shows_again(make_store: Factory)
     store: BigQueryStore = await make_store(query=QuerySettings(dedupe_window_seconds=1))
     await store.append([record("m-1", BASE_TIME), record("m-1", BASE_TIME + 5_000_000)])
     for cursor in (BASE_TIME, BASE_TIME + 4_500_000):
-        beyond = await store.page(page_query(cursor, "m-1"))
-        assert [r.ingest_time for r in beyond.records] == [BASE_TIME + 5_000_000]
+        beyond = await store.page(Record, page_query(cursor, "m-1"))
+        assert [r.ingest_time for r in beyond.rows] == [BASE_TIME + 5_000_000]
     within: BigQueryStore = await make_store(query=QuerySettings(dedupe_window_seconds=10))
-    assert [r.ingest_time for r in (await within.page(page_query(BASE_TIME, "m-1"))).records] == []
+    assert [
+        r.ingest_time for r in (await within.page(Record, page_query(BASE_TIME, "m-1"))).rows
+    ] == []
 
 
 async def test_read_cache_shares_identical_reads(
@@ -102,16 +104,16 @@ async def test_read_cache_shares_identical_reads(
     cached: BigQueryStore = await make_store(read_cache_seconds=60)
     await cached.append([record("m-1", BASE_TIME)])
     before = len(jobs_fake.queries)
-    first = await cached.page(page_query(BASE_TIME - 1))
+    first = await cached.page(Record, page_query(BASE_TIME - 1))
     per_page = len(jobs_fake.queries) - before
-    assert await cached.page(page_query(BASE_TIME - 1)) == first
+    assert await cached.page(Record, page_query(BASE_TIME - 1)) == first
     assert await cached.latest("m-1") == await cached.latest("m-1")
     assert len(jobs_fake.queries) == before + per_page + 1
 
     uncached: BigQueryStore = await make_store(read_cache_seconds=0)
     before = len(jobs_fake.queries)
-    await uncached.page(page_query(BASE_TIME - 1))
-    await uncached.page(page_query(BASE_TIME - 1))
+    await uncached.page(Record, page_query(BASE_TIME - 1))
+    await uncached.page(Record, page_query(BASE_TIME - 1))
     assert len(jobs_fake.queries) == before + 2 * per_page
 
 
@@ -178,20 +180,21 @@ async def test_rejections_page_over_a_bounded_constant_range(
     await store.append(
         [Rejection(message_id="x-1", publish_time=BASE_TIME, ingest_time=BASE_TIME, data=b"x")]
     )
-    await store.rejections(page_query(BASE_TIME - 1, limit=2))
+    await store.page(Rejection, page_query(BASE_TIME - 1, limit=2))
     sent = jobs_fake.queries[-1]
     assert sent.body["parameterMode"] == "NAMED"
     assert sent.body["maximumBytesBilled"] == str(Settings().query.max_bytes_billed)
     assert f"`{PROJECT}.{DATASET}.rejected`" in sent.sql
     assert "TIMESTAMP_MICROS(@end)" in sent.sql
     # A range far wider than a day is scanned one day at most per query.
-    await store.rejections(
+    await store.page(
+        Rejection,
         PageQuery(
             after_time=BASE_TIME + 10_000,
             after_message_id="",
             before_time=BASE_TIME + 30 * 86_400_000_000,
             limit=2,
-        )
+        ),
     )
     ends = [
         q.params["end"] - q.params["after_time"] for q in jobs_fake.queries if "end" in q.params
@@ -212,7 +215,7 @@ async def test_a_page_issues_at_most_its_stated_number_of_queries(
         [record("m-1", first), record("m-2", first + 1_000, publish_time=first - 3_600_000_000)]
     )
     before = len(jobs_fake.queries)
-    page = await store.page(page_query(BASE_TIME - 3 * day))
+    page = await store.page(Record, page_query(BASE_TIME - 3 * day))
     issued = len(jobs_fake.queries) - before
-    assert [r.message_id for r in page.records] == ["m-1", "m-2"]
+    assert [r.message_id for r in page.rows] == ["m-1", "m-2"]
     assert issued == MAX_QUERIES_PER_PAGE == 9

@@ -70,17 +70,17 @@ async def test_a_page_is_complete_exactly_up_to_its_read_time(make_tiered: Make)
     since = t - 1_000_000
     # Straight from Spanner: a read at T has not seen the commit at T; one at
     # T + 1 µs has.
-    assert await store.serving.page("records", query(since, t), t) == []
-    (found,) = await store.serving.page("records", query(since, t + 1), t + 1)
+    assert await store.serving.page(Record, query(since, t), t) == []
+    (found,) = await store.serving.page(Record, query(since, t + 1), t + 1)
     assert found.message_id == "m-1"
     # Through the cache of the tail, refreshed to T, then to T + 1 µs.
     await cache.refresh(t)
     upto_t = await cache.page(query(since, t + 1), t)
-    assert (upto_t.records, upto_t.complete_until) == ([], t)
+    assert (upto_t.rows, upto_t.complete_until) == ([], t)
     assert (upto_t.after_time, upto_t.after_message_id) == (t, "")
     await cache.refresh(t + 1)
     upto_next = await cache.page(query(since, t + 1), t + 1)
-    assert ([r.message_id for r in upto_next.records], upto_next.complete_until) == (["m-1"], t + 1)
+    assert ([r.message_id for r in upto_next.rows], upto_next.complete_until) == (["m-1"], t + 1)
 
 
 async def test_the_tail_read_is_every_record_of_its_range_in_key_order_or_none(
@@ -189,8 +189,8 @@ async def test_readers_beyond_spanners_reach_read_bigquerys_settled_days(
     # Spanner's, which would refuse a read so far in its future).
     cursor, before = (now - 11 * DAY, ""), since
     while cursor != (before, ""):
-        page = await store.page(query(cursor[0], before, after_id=cursor[1]))
-        seen += [r.message_id for r in page.records]
+        page = await store.page(Record, query(cursor[0], before, after_id=cursor[1]))
+        seen += [r.message_id for r in page.rows]
         # Complete only up to where it ended.
         assert page.complete_until in (None, page.after_time)
         cursor = (page.after_time, page.after_message_id)
@@ -216,15 +216,15 @@ async def test_followers_at_the_tail_share_one_spanner_read(make_tiered: Make) -
     await asyncio.sleep(0.06)  # past the refresh interval: the next poll refreshes
     reads = store.serving.reads
     horizon = store.read_horizon(time.time_ns() // 1000)
-    pages = await asyncio.gather(*(store.page(query(start, horizon)) for _ in range(100)))
-    assert {tuple(r.message_id for r in p.records) for p in pages} == {
+    pages = await asyncio.gather(*(store.page(Record, query(start, horizon)) for _ in range(100)))
+    assert {tuple(r.message_id for r in p.rows) for p in pages} == {
         ("m-1", "m-2", "m-3", "m-4", "m-5")
     }
     # One refresh for all of them: the time index's keys, then their rows.
     assert store.serving.reads - reads == 2
     # A follower behind the cache reads Spanner itself.
-    behind = await store.page(query(start - DAY, horizon))
-    assert [r.message_id for r in behind.records][:1] == ["m-0"]
+    behind = await store.page(Record, query(start - DAY, horizon))
+    assert [r.message_id for r in behind.rows][:1] == ["m-0"]
     assert store.serving.reads - reads >= 2
 
 

@@ -36,5 +36,5 @@ async def test_a_client_reads_its_own_commit_even_when_a_refresh_was_already_run
     page = await own
     # The page the committing client reads holds its record, and claims no
     # more than was read.
-    assert [r.message_id for r in page.records] == ["m-1"]
+    assert [r.message_id for r in page.rows] == ["m-1"]
     assert page.complete_until == 3_000

@@ -43,7 +43,7 @@ EXACT_DATA = {"duckdb", "memory", "serving"}
 MUTANT = os.environ.get("RECORDLINE_CONTRACT_MUTANT")
 if MUTANT:
     STORES = [f"mutant:{MUTANT}"]
-    EXACT_DATA = {STORES[0]}
+    EXACT_DATA = {f"mutant:{MUTANT}"}
 
 
 @pytest.fixture(params=STORES)

@@ -15,7 +15,7 @@ import msgspec
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import PageQuery, RecordPage, RowOutcome, Store
+from app.store import Page, PageQuery, R, RowOutcome, Store
 from app.store.duckdb.store import DuckDBStore
 from tests.fakes import WrappedStore
 
@@ -49,16 +49,16 @@ class DropsAttributes(WrappedStore):
 
 
 class CompleteTooFar(WrappedStore):
-    async def page(self, query: PageQuery) -> RecordPage:
-        page = await self.inner.page(query)
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        page = await self.inner.page(kind, query)
         return msgspec.structs.replace(page, complete_until=query.before_time + HOUR)
 
 
 class PastTheHorizon(WrappedStore):
     """Answers beyond the bound it was asked for: rows that may still change."""
 
-    async def page(self, query: PageQuery) -> RecordPage:
-        return await self.inner.page(msgspec.structs.replace(query, before_time=2**62))
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        return await self.inner.page(kind, msgspec.structs.replace(query, before_time=2**62))
 
 
 class LosesRowsInFlight(WrappedStore):

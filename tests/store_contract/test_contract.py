@@ -103,8 +103,8 @@ async def walk(store: Store, *, limit: int, since: int, before: int) -> list[Rec
     """Every record a follower of page tokens meets from `since` to `before`."""
 
     async def read(q: PageQuery) -> tuple[list[Record], int, str, int | None]:
-        page = await store.page(q)
-        return page.records, page.after_time, page.after_message_id, page.complete_until
+        page = await store.page(Record, q)
+        return page.rows, page.after_time, page.after_message_id, page.complete_until
 
     return await _follow(read, limit=limit, since=since, before=before)
 
@@ -113,8 +113,8 @@ async def walk_rejections(store: Store, *, limit: int, since: int, before: int) 
     """The same, through the rejections."""
 
     async def read(q: PageQuery) -> tuple[list[Rejection], int, str, int | None]:
-        page = await store.rejections(q)
-        return page.rejections, page.after_time, page.after_message_id, page.complete_until
+        page = await store.page(Rejection, q)
+        return page.rows, page.after_time, page.after_message_id, page.complete_until
 
     return await _follow(read, limit=limit, since=since, before=before)
 
@@ -240,13 +240,13 @@ async def test_a_page_is_bounded_and_says_where_the_next_one_starts(store: Store
     assert t == sorted(t)
     until = await horizon(store, t[-1])
     # After (t1, "m-1"), before t4: the rows between.
-    short = await store.page(query(t[1], "m-1", before=t[4], limit=10))
-    assert [r.message_id for r in short.records] == ["m-2", "m-3"]
+    short = await store.page(Record, query(t[1], "m-1", before=t[4], limit=10))
+    assert [r.message_id for r in short.rows] == ["m-2", "m-3"]
     # A short page examined its whole range: the next one starts at its end.
     assert (short.after_time, short.after_message_id) == (t[4], "")
     # A full page goes on after its last row.
-    full = await store.page(query(t[0] - 1, "", before=until, limit=2))
-    assert [r.message_id for r in full.records] == ["m-0", "m-1"]
+    full = await store.page(Record, query(t[0] - 1, "", before=until, limit=2))
+    assert [r.message_id for r in full.rows] == ["m-0", "m-1"]
     assert (full.after_time, full.after_message_id) == (t[1], "m-1")
 
 
@@ -257,8 +257,8 @@ async def test_the_cursor_is_exclusive_on_the_whole_key(store: Store) -> None:
     t = await stored_time(store, "m-0z")
     assert await stored_time(store, "m-5a") == t
     await horizon(store, t)
-    tie = await store.page(query(t, "m-0z", before=t + 1))
-    assert [r.message_id for r in tie.records] == ["m-1", "m-5a"]
+    tie = await store.page(Record, query(t, "m-0z", before=t + 1))
+    assert [r.message_id for r in tie.rows] == ["m-1", "m-5a"]
 
 
 async def test_every_row_below_the_read_horizon_is_readable(store: Store) -> None:
@@ -420,4 +420,4 @@ async def test_a_started_store_is_ready_and_a_closed_one_is_not(make: Any) -> No
     with pytest.raises(StoreUnavailable):
         await store.append([record("m-2")])
     with pytest.raises(StoreUnavailable):
-        await store.page(query(0, "", before=stamp()))
+        await store.page(Record, query(0, "", before=stamp()))

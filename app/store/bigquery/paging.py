@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, row_of
-from app.store import PageQuery, RecordPage, RejectionPage
+from app.store import Page, PageQuery
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
 from app.store.bigquery.sql import Statements
 
@@ -72,7 +72,7 @@ class Pager:
         self._sql = statements
         self._window = dedupe_window_micros
 
-    async def page(self, query: PageQuery) -> RecordPage:
+    async def records(self, query: PageQuery) -> Page[Record]:
         query, found, end = await self._scan_or_jump(
             query, self._sql.page, self._page_params, "records", self._sql.first_row
         )
@@ -80,9 +80,9 @@ class Pager:
         hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
         records = [r for r in candidates if r.message_id not in hidden]
         # Later copies left out still moved the cursor: it follows the candidates.
-        return RecordPage(records, *query.resume(candidates, end))
+        return Page(records, *query.resume(candidates, end))
 
-    async def rejections(self, query: PageQuery) -> RejectionPage:
+    async def rejections(self, query: PageQuery) -> Page[Rejection]:
         # Cut like a records page, without the dedupe pass: a message rejected
         # on two deliveries is listed twice (replay is idempotent).
         _, found, end = await self._scan_or_jump(
@@ -93,7 +93,7 @@ class Pager:
             self._sql.first_rejection,
         )
         rows = [row_of(Rejection, row) for row in found]
-        return RejectionPage(rows, *query.resume(rows, end))
+        return query.answer(rows, end)
 
     async def _scan_or_jump(
         self, query: PageQuery, sql: str, params: Params, table: str, first_row: str

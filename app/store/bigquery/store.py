@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import google.auth
 import grpc
@@ -38,10 +38,10 @@ from app.settings import BIGQUERY_URL, QuerySettings, Settings, StoreSettings, i
 from app.store import (
     MessageState,
     MessageStatus,
+    Page,
     PageQuery,
     QueryObserver,
-    RecordPage,
-    RejectionPage,
+    R,
     RowOutcome,
 )
 from app.store.bigquery.cache import ReadCache
@@ -298,11 +298,11 @@ class BigQueryStore:
 
     # Reading
 
-    async def page(self, query: PageQuery) -> RecordPage:
-        return await self._cache.get(("page", query), lambda: self._pager.page(query))
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        return await self._pager.rejections(query)
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        # Records are deduplicated on read; rejections are listed as stored.
+        read = self._pager.records if kind is Record else self._pager.rejections
+        page: Page[Any] = await self._cache.get((kind, query), lambda: read(query))
+        return page
 
     async def latest(self, record_id: str, *, before: int = END_OF_TIME) -> Record | None:
         """The latest version among rows stored before `before`."""

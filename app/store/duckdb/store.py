@@ -36,7 +36,7 @@ from google.api_core.retry import exponential_sleep_generator
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Column, Kind, Record, Rejection, Row, columns, row_of
-from app.store import MessageState, MessageStatus, PageQuery, RecordPage, RejectionPage, RowOutcome
+from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.copies import ConflictObserver, differing, message_states
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
@@ -140,8 +140,10 @@ LIMIT $limit
 """
 
 
-_PAGE_SQL = _page_sql("records", _RECORD_COLUMNS)
-_REJECTIONS_SQL = _page_sql("rejected", _select_list(Rejection))
+_PAGE_SQL: dict[type[Row], str] = {
+    Record: _page_sql("records", _RECORD_COLUMNS),
+    Rejection: _page_sql("rejected", _select_list(Rejection)),
+}
 _LATEST_SQL = f"""
 SELECT {_RECORD_COLUMNS} FROM records WHERE id = $id
 ORDER BY timestamp DESC NULLS LAST, publish_time DESC, ingest_time DESC, message_id DESC
@@ -521,13 +523,9 @@ class DuckDBStore:
 
     # -- reading ---------------------------------------------------------------
 
-    async def page(self, query: PageQuery) -> RecordPage:
-        rows = await self._page_rows(_PAGE_SQL, query)
-        return query.answer([row_of(Record, r) for r in rows])
-
-    async def rejections(self, query: PageQuery) -> RejectionPage:
-        rows = [row_of(Rejection, r) for r in await self._page_rows(_REJECTIONS_SQL, query)]
-        return RejectionPage(rows, *query.resume(rows))
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        rows = await self._page_rows(_PAGE_SQL[kind], query)
+        return query.answer([row_of(kind, r) for r in rows])
 
     async def _page_rows(self, sql: str, query: PageQuery) -> list[tuple[Any, ...]]:
         params = {

@@ -366,14 +366,15 @@ class SpannerServing:
 
     # -- reading ---------------------------------------------------------------
 
-    async def page(self, table: str, query: PageQuery, now: int) -> list[Row]:
-        """Rows of `table` after the cursor and before `query.before_time`, read at
+    async def page(self, kind: type[R], query: PageQuery, now: int) -> list[R]:
+        """Rows of `kind` after the cursor and before `query.before_time`, read at
         a time no earlier than that bound; at most `query.limit`, in key order."""
-        return await self._call(self._page, table, query, now)
+        return await self._call(self._page, kind, query, now)
 
-    def _page(self, table: str, query: PageQuery, now: int) -> list[Row]:
+    def _page(self, kind: type[R], query: PageQuery, now: int) -> list[R]:
+        table = _TABLE_OF[kind]
         read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS))
-        found: list[Row] = []
+        found: list[R] = []
         with self._database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
             for span in (*PAGE_SPANS_MICROS, None):
                 end = query.before_time if span is None else query.after_time + span
@@ -388,7 +389,7 @@ class SpannerServing:
                 rows = snapshot.execute_sql(
                     self._page_sql[table], params=params, param_types=_PAGE_TYPES
                 )
-                found = [_stored(TABLES[table], values) for values in rows]
+                found = [_stored(kind, values) for values in rows]
                 if len(found) == query.limit or end == query.before_time:
                     break
         return found
@@ -506,8 +507,11 @@ class SpannerServing:
             raise StoreUnavailable(f"the Spanner serving tier is closed: {exc}") from exc
 
 
+_TABLE_OF: Final = {row_type: table for table, row_type in TABLES.items()}
+
+
 def _table(row: Record | Rejection) -> str:
-    return "records" if isinstance(row, Record) else "rejected"
+    return _TABLE_OF[type(row)]
 
 
 def _fields(row: Row) -> dict[str, Any]:

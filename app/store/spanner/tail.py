@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from app.records import Record
-from app.store import PageQuery, RecordPage
+from app.store import Page, PageQuery
 
 # Records one refresh may bring; a larger burst empties the cache and the
 # followers it would have served read Spanner until they are near the tail.
@@ -64,7 +64,7 @@ class TailCache:
         """Whether the cache holds every record after the query's cursor (up to `end`)."""
         return self.end > 0 and (query.after_time, query.after_message_id) >= self.start
 
-    async def page(self, query: PageQuery, now: int, *, past: int = 0) -> RecordPage:
+    async def page(self, query: PageQuery, now: int, *, past: int = 0) -> Page[Record]:
         """The page after a covered cursor, complete up to min(before_time, end).
 
         The cache is brought up to `now` first when it is due, or when it does
@@ -85,7 +85,7 @@ class TailCache:
             after = (records[-1].ingest_time, records[-1].message_id)
         else:
             after = (before, "")
-        return RecordPage(records, *after, complete_until=before)
+        return Page(records, *after, complete_until=before)
 
     def _due(self) -> bool:
         return self._monotonic() - self._refreshed >= self._refresh_every
