@@ -20,6 +20,7 @@ still has the placeholder's command, or with 500 when its digest is marked broke
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -488,12 +489,7 @@ def container(
             return 401, "wrong audience"
         if token_claims.get("email") not in service["push_accounts"]:
             return 403, "not a push account"
-        envelope = json.loads(body)
-        record = json.loads(base64.b64decode(envelope["message"]["data"]))
-        service.setdefault("records", {})[record["id"]] = record
-        world["services"][name] = service
-        world.save()
-        return 204, ""
+        return push(world, name, service, body)
     if path.startswith("/v1/") and method == "GET":
         audiences = {
             service["read_audience"],
@@ -506,8 +502,64 @@ def container(
         if path.startswith("/v1/records/"):
             record = service.get("records", {}).get(path.removeprefix("/v1/records/"))
             return (200, json.dumps(record)) if record else (404, '{"status":404}')
+        if path.startswith("/v1/messages/"):
+            message = service.get("messages", {}).get(path.removeprefix("/v1/messages/"))
+            return (200, json.dumps(message)) if message else (404, '{"status":404}')
         return 200, '{"records":[],"next_page_token":null}'
     return 404, "no such route"
+
+
+def push(world: World, name: str, service: dict[str, Any], body: str) -> tuple[int, str]:
+    """A push as Recordline takes it: the envelope, then the payload read by the service's
+    own code (app/ingest) with the system's shape (RECORDLINE_ID_FIELD, _TIME_FIELD) and,
+    for a message naming a topic schema, that schema's newest revision from the world.
+    A payload that does not fit is a rejection, acknowledged (204) like a stored record."""
+    from app.ingest.envelope import BadEnvelope, decode_wrapped
+    from app.ingest.payload import Payloads
+    from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
+    from app.ingest.shape import Invalid, Shape
+
+    class Registry:
+        async def revision(self, schema: str, revision_id: str) -> SchemaRevision:
+            found = world.data.get("schemas", {}).get(schema)
+            if found is None or revision_id not in ("", found["revision_id"]):
+                raise SchemaNotFound(schema)
+            return SchemaRevision(name=schema, **found)
+
+        async def close(self) -> None:
+            pass
+
+    try:
+        message = decode_wrapped(body.encode())
+    except BadEnvelope as exc:
+        return 400, str(exc)
+    shape = service.get("shape", {})
+    payloads = Payloads(
+        Shape(
+            id_field=shape.get("id_field") or "id",
+            time_field=shape.get("time_field") or "timestamp",
+        ),
+        Schemas(Registry(), timeout=5),
+    )
+
+    async def read() -> tuple[str, str]:
+        reader = await payloads.reader(message.attributes)
+        assert message.data is not None, "not base64"
+        found = reader.read(message.data)
+        return found.id, found.data
+
+    stored: dict[str, Any]
+    try:
+        record_id, data = asyncio.run(read())
+        record = {"message_id": message.message_id, "id": record_id, "data": json.loads(data)}
+        service.setdefault("records", {})[record_id] = record
+        stored = {"message_id": message.message_id, "status": "stored", "record": record}
+    except Invalid as exc:
+        stored = {"message_id": message.message_id, "status": "rejected", "reason": str(exc)}
+    service.setdefault("messages", {})[message.message_id] = stored
+    world["services"][name] = service
+    world.save()
+    return 204, ""
 
 
 def curl(argv: list[str]) -> None:

@@ -27,7 +27,8 @@ def test_canary_payload_is_a_valid_record() -> None:
     job = _resources("google_cloud_scheduler_job")["canary"]
     (target,) = job["pubsub_target"]
     # The default one; a system with a topic schema or its own id field sends its own.
-    assert target["data"] == (
+    assert target["data"] == "${local.canary_data}"
+    assert _locals()["canary_data"] == (
         "${var.canary_data != null ? var.canary_data : local.default_canary_data}"
     )
     data = _evaluate(

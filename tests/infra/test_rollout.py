@@ -8,12 +8,15 @@ promote; traffic back to what served before if anything fails).
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.infra.test_topic_schemas import AVRO as AVRO_ORDER
+from tests.infra.test_topic_schemas import CANARY as AVRO_CANARY
 from tests.infra.workflow_runner import Cloud, Expressions, Job, interpolate, load, run_job
 
 PROJECT, NUMBER, REGION = "recordline-prod", "123456789012", "europe-west1"
@@ -39,14 +42,24 @@ def account(name: str) -> str:
     return f"{name}@{PROJECT}.iam.gserviceaccount.com"
 
 
-def deploy_output(system: str) -> dict[str, str]:
+# The default canary (modules/system/canary.tf): a record of the service's default shape.
+DEFAULT_CANARY = json.dumps({"data": {"canary": True}, "id": "recordline-canary"}).encode()
+
+
+def deploy_output(system: str, shape: dict[str, Any] | None = None) -> dict[str, str]:
+    """Terraform's output `deploy` for one system (modules/system/outputs.tf)."""
     url = f"https://{system}-{NUMBER}.{REGION}.run.app"
+    shape = shape or {}
+    schema = shape.get("schema")
     return {
         "service": system,
         "push_service_account": account(f"{system}-push"),
         "push_audience": f"{url}/pubsub/push",
         "smoke_service_account": account(f"{system}-smoke"),
         "read_audience": f"{url}/v1",
+        "canary_data": base64.b64encode(shape.get("canary", DEFAULT_CANARY)).decode(),
+        "schema": f"projects/{PROJECT}/schemas/{schema['name']}" if schema else "",
+        "encoding": schema["encoding"] if schema else "",
     }
 
 
@@ -60,12 +73,20 @@ def placeholder(system: str) -> dict[str, Any]:
     }
 
 
-def world(systems: list[str], *, deployed: str | None = None) -> dict[str, Any]:
-    """A project after its apply: each system on the placeholder, or on `deployed`."""
+def world(
+    systems: list[str],
+    *,
+    deployed: str | None = None,
+    shapes: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A project after its apply: each system on the placeholder, or on `deployed`.
+    `shapes`: a system's id_field, time_field, canary (bytes) and topic schema
+    ({name, type, encoding, definition}), as its entry of `systems` declares them."""
+    shapes = shapes or {}
     state = {
         "version": 4,
         "outputs": {
-            "deploy": {"value": {s: deploy_output(s) for s in systems}},
+            "deploy": {"value": {s: deploy_output(s, shapes.get(s)) for s in systems}},
             "deploy_first": {"value": "recordline" if "recordline" in systems else systems[0]},
         },
     }
@@ -91,6 +112,8 @@ def world(systems: list[str], *, deployed: str | None = None) -> dict[str, Any]:
             "read_audience": out["read_audience"],
             "push_accounts": [out["push_service_account"]],
             "readers": [out["smoke_service_account"], OPERATOR],
+            # What the service is told (RECORDLINE_ID_FIELD, RECORDLINE_TIME_FIELD).
+            "shape": {k: shapes.get(s, {}).get(k) for k in ("id_field", "time_field")},
         }
     impersonable = {
         deploy_output(s)[k]: [f"serviceAccount:{DEPLOYER}"]
@@ -111,6 +134,16 @@ def world(systems: list[str], *, deployed: str | None = None) -> dict[str, Any]:
         "services": services,
         "broken_digests": [],
         "built_digest": BUILT,
+        # The topic schemas Terraform created (google_pubsub_schema), newest revision.
+        "schemas": {
+            deploy_output(s, shape)["schema"]: {
+                "revision_id": "a1b2c3d4",
+                "type": shape["schema"]["type"],
+                "definition": shape["schema"]["definition"],
+            }
+            for s, shape in shapes.items()
+            if shape.get("schema")
+        },
     }
 
 
@@ -216,9 +249,11 @@ def test_the_first_deploy_replaces_the_placeholder_after_its_smoke_test(cloud: C
     # It serves everything, following the latest revision again; its tag is gone.
     assert serving(cloud, "recordline") == [(new["name"], 100, True)]
     assert tags(cloud, "recordline") == []
-    # The smoke test's push reached it (the placeholder would have answered 503).
-    record = cloud.world["services"]["recordline"]["records"][f"smoke-{SHA}"]
-    assert record["data"]["run"] == "4242-1-recordline"
+    # The smoke test's push reached it (the placeholder would have answered 503): the
+    # system's canary message under a message id of this run's own.
+    message = cloud.world["services"]["recordline"]["messages"]["smoke-4242-1-recordline"]
+    assert message["status"] == "stored"
+    assert message["record"]["id"] == "recordline-canary"
     # Every run command named its project and region.
     for argv in cloud.calls():
         if argv[0] == "run":
@@ -309,6 +344,67 @@ def test_no_job_timeout_grows_with_the_number_of_systems() -> None:
     for workflow, job in (("deploy-environment.yml", "prepare"), ("deploy-system.yml", "rollout")):
         assert load(workflow)["jobs"][job]["timeout-minutes"] <= 20
     assert "${{ vars.RECORDLINE_SYSTEMS }}" not in json.dumps(load("deploy-environment.yml"))
+
+
+# --- systems with a shape of their own ----------------------------------------------------
+
+# README, "Pointing Recordline at an existing topic": orders on an Avro topic, its id in
+# order_id; payments in plain JSON with its id nested. Each canary in its own shape.
+SHAPES: dict[str, dict[str, Any]] = {
+    "orders": {
+        "id_field": "order_id",
+        "time_field": "meta.created_at",
+        "canary": AVRO_CANARY,
+        "schema": {
+            "name": "orders",
+            "type": "AVRO",
+            "encoding": "BINARY",
+            "definition": AVRO_ORDER.decode(),
+        },
+    },
+    "payments": {
+        "id_field": "payment.id",
+        "canary": b'{"payment": {"id": "recordline-canary", "cents": 1}}',
+    },
+}
+
+
+def test_systems_with_their_own_shape_are_deployed_with_their_own_canary(
+    tmp_path: Path,
+) -> None:
+    systems = ["recordline", "orders", "payments"]
+    cloud = Cloud(tmp_path, world(systems, deployed=EARLIER, shapes=SHAPES))
+    ran = rollout(cloud)
+    assert all(j is None or j.result == "success" for j in ran.values()), _explain(ran)
+    for system in systems:
+        service = cloud.world["services"][system]
+        message = service["messages"][f"smoke-4242-1-{system}"]
+        # Stored under the id its own field holds, not refused as a rejection.
+        assert message["status"] == "stored", message
+        assert message["record"]["id"] == "recordline-canary"
+        assert serving(cloud, system)[0][1:] == (100, True)
+    # The Avro canary was decoded with the topic's schema, as Pub/Sub would mark it.
+    assert cloud.world["services"]["orders"]["records"]["recordline-canary"]["data"] == {
+        "order_id": "recordline-canary",
+        "total": 1,
+    }
+
+
+def test_a_canary_the_candidate_rejects_fails_its_smoke_test_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    # A canary_file without the record id where id_field says: the service would store
+    # every such message as a rejection, so the candidate must not get the traffic.
+    shapes = {"payments": {"id_field": "payment.id", "canary": b'{"id": "recordline-canary"}'}}
+    cloud = Cloud(tmp_path, world(["recordline", "payments"], deployed=EARLIER, shapes=shapes))
+    ran = rollout(cloud)
+    job = ran[("rest", "payments")]
+    assert job is not None
+    smoke = job.step("Smoke test the candidate on its tag URL")
+    assert smoke.outcome == "failure"
+    assert "rejected its canary message" in smoke.stderr
+    assert "`$.payment.id` (the record id, RECORDLINE_ID_FIELD): missing" in smoke.stderr
+    assert serving(cloud, "payments") == [("payments-00002-x2y", 100, False)]
 
 
 # --- after a rollback -------------------------------------------------------------------------

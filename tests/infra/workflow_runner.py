@@ -65,7 +65,10 @@ class Cloud:
         self.world_file.write_text(json.dumps(world, indent=1))
         for tool in ("gcloud", "curl", "skopeo"):
             path = self.bin / tool
-            path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" {tool} "$@"\n')
+            # The fake Cloud Run reads pushes with the service's own code (app/ingest).
+            path.write_text(
+                f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" "{FAKE}" {tool} "$@"\n'
+            )
             path.chmod(0o755)
         (self.bin / "sleep").write_text("#!/bin/sh\nexit 0\n")
         (self.bin / "sleep").chmod(0o755)

@@ -46,6 +46,12 @@ output "deploy" {
     push_audience         = local.push_audience
     smoke_service_account = google_service_account.smoke.email
     read_audience         = local.read_audience
+    # The smoke test's message: the canary's data (base64) and, on a topic with a
+    # schema, the attributes Pub/Sub adds to each message (the schema and its
+    # encoding; no revision id, so the service decodes it with the newest revision).
+    canary_data = local.canary_data
+    schema      = join("", [for s in google_pubsub_schema.records : s.id])
+    encoding    = var.topic_schema != null ? var.topic_schema.encoding : ""
   }
 }
 
