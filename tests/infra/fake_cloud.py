@@ -514,7 +514,8 @@ def push(world: World, name: str, service: dict[str, Any], body: str) -> tuple[i
     own code (app/ingest) with the system's shape (RECORDLINE_ID_FIELD, _TIME_FIELD) and,
     for a message naming a topic schema, that schema's newest revision from the world.
     A payload that does not fit is a rejection, acknowledged (204) like a stored record."""
-    from app.ingest.envelope import BadEnvelope, decode_wrapped
+    from app.errors import BadEnvelope
+    from app.ingest.envelope import decode_wrapped
     from app.ingest.payload import Payloads
     from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
     from app.ingest.shape import Invalid, Shape
