@@ -71,6 +71,45 @@ def test_ci_runs_the_project_commands_and_the_infra_checks() -> None:
     assert "bash infra/check.sh" in runs
 
 
+def test_ci_installs_what_the_emulator_tests_need_before_they_run() -> None:
+    # With CI set, a test that needs an emulator fails instead of skipping
+    # (tests/conftest.py), so GitHub's runners need Java and both emulators first.
+    steps = _load(WORKFLOWS / "ci.yml")["jobs"]["test"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    (install,) = [i for i, run in enumerate(runs) if "google-cloud-cli-spanner-emulator" in run]
+    assert install < runs.index("python3 dev.py test")
+    script = runs[install]
+    version = steps[install]["env"]["GCLOUD_VERSION"]
+    for package in (
+        "google-cloud-cli",
+        "google-cloud-cli-pubsub-emulator",
+        "google-cloud-cli-spanner-emulator",
+    ):
+        assert f'"{package}=$GCLOUD_VERSION-0"' in script, package  # pinned, all alike
+    assert "openjdk-17-jre-headless" in script  # the Pub/Sub emulator is a Java program
+    assert "https://packages.cloud.google.com/apt cloud-sdk main" in script
+    # Where the tests look (recordline_dev/devstack.py, tests/spanner/emulator.py).
+    assert "platform/pubsub-emulator/bin/cloud-pubsub-emulator" in script
+    assert "bin/cloud_spanner_emulator/emulator_main" in script
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+
+
+def test_one_pinned_gcloud_everywhere() -> None:
+    (ci,) = [
+        s["env"]["GCLOUD_VERSION"]
+        for s in _load(WORKFLOWS / "ci.yml")["jobs"]["test"]["steps"]
+        if "GCLOUD_VERSION" in s.get("env", {})
+    ]
+    setups = [
+        (path.name, step.get("with", {}).get("version"))
+        for path in FILES
+        for step in _steps(_load(path))
+        if step.get("uses", "").startswith("google-github-actions/setup-gcloud@")
+    ]
+    assert setups
+    assert {version for _, version in setups} == {ci}, setups
+
+
 def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
     deploy = _load(WORKFLOWS / "deploy.yml")
     assert "dev" in deploy["jobs"]["prod"]["needs"]
