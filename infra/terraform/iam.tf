@@ -15,7 +15,36 @@ resource "google_storage_bucket_iam_member" "deployer_reads_state" {
   member = google_service_account.deployer.member
 }
 
+# The smoke test pushes as the push account and reads as the smoke account: ID tokens
+# only (serviceAccountOpenIdTokenCreator), no access tokens.
+resource "google_service_account_iam_member" "deployer_mints_smoke_tokens" {
+  for_each = {
+    push  = google_service_account.push.name
+    smoke = google_service_account.smoke.name
+  }
+
+  service_account_id = each.value
+  role               = "roles/iam.serviceAccountOpenIdTokenCreator"
+  member             = google_service_account.deployer.member
+}
+
+# --- Pub/Sub ----------------------------------------------------------------------
+
+# To mint each system's push OIDC token as the push account.
+resource "google_service_account_iam_member" "pubsub_mints_push_token" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}"
+}
+
 # --- Terraform (GitHub Actions, see github_oidc.tf) -----------------------------
+
+# Creating an authenticated push subscription means acting as its account.
+resource "google_service_account_iam_member" "terraform_apply_acts_as_push" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.terraform_apply.member
+}
 
 # Plans run on pull requests, with code anyone who can push a branch controls, so the
 # account reads configuration and never data: viewer roles per service, no basic roles.

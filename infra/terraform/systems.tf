@@ -97,11 +97,46 @@ module "system" {
   # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
   service_agents           = time_sleep.service_agents.triggers
   operator_service_account = google_service_account.operator.email
+  push_service_account     = google_service_account.push.email
+  smoke_service_account    = google_service_account.smoke.email
   deployer_member          = google_service_account.deployer.member
   terraform_apply_member   = google_service_account.terraform_apply.member
   metric_types             = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
 
-  depends_on = [google_project_service.enabled]
+  # Pub/Sub checks it may sign as the push account when a push subscription is created.
+  depends_on = [
+    google_project_service.enabled,
+    google_service_account_iam_member.pubsub_mints_push_token,
+    google_service_account_iam_member.terraform_apply_acts_as_push,
+  ]
+}
+
+# The identities every system shares came out of the default system's module: the
+# default system's accounts and grants become the environment's, nothing is destroyed.
+# (Other systems' own push and smoke accounts are deleted: nothing else uses them.)
+moved {
+  from = module.system["recordline"].google_service_account.push
+  to   = google_service_account.push
+}
+
+moved {
+  from = module.system["recordline"].google_service_account.smoke
+  to   = google_service_account.smoke
+}
+
+moved {
+  from = module.system["recordline"].google_service_account_iam_member.pubsub_mints_push_token
+  to   = google_service_account_iam_member.pubsub_mints_push_token
+}
+
+moved {
+  from = module.system["recordline"].google_service_account_iam_member.deployer_mints_smoke_tokens
+  to   = google_service_account_iam_member.deployer_mints_smoke_tokens
+}
+
+moved {
+  from = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as["push"]
+  to   = google_service_account_iam_member.terraform_apply_acts_as_push
 }
 
 # A deployment made before systems were modules keeps every resource: each moves to
@@ -204,11 +239,6 @@ moved {
 }
 
 moved {
-  from = google_service_account_iam_member.deployer_mints_smoke_tokens
-  to   = module.system["recordline"].google_service_account_iam_member.deployer_mints_smoke_tokens
-}
-
-moved {
   from = google_service_account_iam_member.terraform_apply_acts_as
   to   = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as
 }
@@ -249,11 +279,6 @@ moved {
 }
 
 moved {
-  from = google_service_account_iam_member.pubsub_mints_push_token
-  to   = module.system["recordline"].google_service_account_iam_member.pubsub_mints_push_token
-}
-
-moved {
   from = google_bigquery_table_iam_member.pubsub_writes_dead_letters
   to   = module.system["recordline"].google_bigquery_table_iam_member.pubsub_writes_dead_letters
 }
@@ -281,16 +306,6 @@ moved {
 moved {
   from = google_service_account.runtime
   to   = module.system["recordline"].google_service_account.runtime
-}
-
-moved {
-  from = google_service_account.push
-  to   = module.system["recordline"].google_service_account.push
-}
-
-moved {
-  from = google_service_account.smoke
-  to   = module.system["recordline"].google_service_account.smoke
 }
 
 moved {

@@ -625,11 +625,31 @@ variable "systems" {
     error_message = "A system with a schema or an id_field needs canary_file: one message in its topic's shape, with its record id where id_field says (README, \"Pointing Recordline at an existing topic\")."
   }
 
+  # Every system has a service account of its own (its runtime account) and the
+  # environment six (deploy, tf-plan, tf-apply, operator, push, smoke): a plan with
+  # more systems than the project may hold accounts for is refused here, before it
+  # creates any, rather than failing part-way through the apply.
+  validation {
+    condition     = max(length(var.systems), 1) + 6 <= var.service_account_quota
+    error_message = "More systems than the project's service-account quota holds: each system has one account and the environment 6. Raise the quota (https://cloud.google.com/iam/quotas) and service_account_quota with it, or split the systems across projects."
+  }
+
   # A retired system's topics and dataset are still there (prevent_destroy kept them).
   validation {
     condition     = length(setintersection(keys(var.systems), var.retired_systems)) == 0
     error_message = "A retired system's name cannot be used again: its topics and dataset still exist."
   }
+}
+
+variable "service_account_quota" {
+  type        = number
+  description = <<-EOT
+    Service accounts the project may hold: 100 by default
+    (https://cloud.google.com/iam/quotas, "Service accounts per project"), more once a
+    quota increase is granted. With one account per system and six for the
+    environment, 94 systems fit by default.
+  EOT
+  default     = 100
 }
 
 variable "retired_systems" {

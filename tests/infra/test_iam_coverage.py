@@ -244,4 +244,10 @@ def test_the_apply_account_may_act_as_what_its_resources_run_as() -> None:
         f"${{google_service_account.{m}.email}}"
         for m in re.findall(r"google_service_account\.(\w+)\.name", json.dumps(grant["for_each"]))
     }
+    # The push account is the environment's (the module's var.push_service_account).
+    push = _resources("google_service_account_iam_member")["terraform_apply_acts_as_push"]
+    assert push["service_account_id"] == "${google_service_account.push.name}"
+    assert push["member"] == "${google_service_account.terraform_apply.member}"
+    assert "iam.serviceAccounts.actAs" in _roles()[push["role"]]
+    granted.add("${var.push_service_account}")
     assert runs_as <= granted

@@ -203,3 +203,33 @@ def test_the_placeholder_refuses_every_push_so_pubsub_keeps_it(placeholder: str)
 def test_the_placeholder_passes_cloud_runs_probes(placeholder: str) -> None:
     for probe in ("/readyz", "/healthz"):
         assert httpx.get(f"{placeholder}{probe}", timeout=5).status_code == 200
+
+
+# --- how many systems a project holds -------------------------------------------------
+
+
+def _accounts(directory: Path) -> list[str]:
+    return [
+        name
+        for path in sorted(directory.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for name, body in block.get("google_service_account", {}).items()
+        if "for_each" not in body and "count" not in body
+    ]
+
+
+def test_fifty_systems_fit_in_the_projects_service_accounts() -> None:
+    # A project holds 100 service accounts unless a quota increase is granted
+    # (https://cloud.google.com/iam/quotas): what each system creates decides how many fit.
+    per_system, environment = _accounts(MODULE), _accounts(MODULE.parents[1])
+    assert per_system == ["runtime"]  # the one that holds the system's data
+    assert len(environment) == 6
+    assert 50 * len(per_system) + len(environment) <= 100
+    # The plan refuses what would not fit, before creating any (the quota can be raised).
+    names = [f"system-{n:03d}" for n in range(1, 95)]
+    fits = "{ " + ", ".join(f'"{n}" = {{}}' for n in ["recordline", *names[:-1]]) + " }"
+    over = "{ " + ", ".join(f'"{n}" = {{}}' for n in ["recordline", *names]) + " }"
+    assert _accepted(fits) is True  # 94 systems
+    assert _accepted(over) is False  # 95
+    run = _root_console_run("keys(var.systems)", over, (("service_account_quota", "200"),))
+    assert run.returncode == 0, run.stderr

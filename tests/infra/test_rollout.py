@@ -53,9 +53,10 @@ def deploy_output(system: str, shape: dict[str, Any] | None = None) -> dict[str,
     schema = shape.get("schema")
     return {
         "service": system,
-        "push_service_account": account(f"{system}-push"),
+        # The environment's push and smoke accounts, shared (root service_accounts.tf).
+        "push_service_account": account("recordline-push"),
         "push_audience": f"{url}/pubsub/push",
-        "smoke_service_account": account(f"{system}-smoke"),
+        "smoke_service_account": account("recordline-smoke"),
         "read_audience": f"{url}/v1",
         "canary_data": base64.b64encode(shape.get("canary", DEFAULT_CANARY)).decode(),
         "schema": f"projects/{PROJECT}/schemas/{schema['name']}" if schema else "",

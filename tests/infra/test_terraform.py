@@ -193,9 +193,12 @@ def test_push_subscription_targets_the_service_with_a_token() -> None:
     assert config["push_endpoint"] == "${google_cloud_run_v2_service.recordline.uri}/pubsub/push"
     (token,) = config["oidc_token"]
     assert token == {
-        "service_account_email": "${google_service_account.push.email}",
+        "service_account_email": "${var.push_service_account}",
         "audience": "${local.push_audience}",
     }
+    # The environment's push account, shared: each system's audience is its own.
+    (module,) = [block["system"] for block in _root("module") if "system" in block]
+    assert module["push_service_account"] == "${google_service_account.push.email}"
     (retry,) = push["retry_policy"]
     assert retry.keys() == {"minimum_backoff", "maximum_backoff"}
     (dead_letter,) = push["dead_letter_policy"]
@@ -236,9 +239,13 @@ def test_pubsub_service_agent_has_what_dead_lettering_and_push_tokens_need() -> 
     assert grants == {
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
         ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
-        ("google_service_account_iam_member", "roles/iam.serviceAccountTokenCreator"),
         ("google_bigquery_table_iam_member", "roles/bigquery.dataEditor"),
     }
+    # Signing pushes as the shared push account: granted once, on that account.
+    mints = _resources("google_service_account_iam_member")["pubsub_mints_push_token"]
+    assert mints["service_account_id"] == "${google_service_account.push.name}"
+    assert mints["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert mints["member"] == 'serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}'
 
 
 # --- Cloud Run ------------------------------------------------------------------
@@ -295,7 +302,7 @@ def test_service_identity_and_access() -> None:
         for body in _resources("google_cloud_run_v2_service_iam_member").values()
         if body["role"] == "roles/run.invoker"
     }
-    assert "${google_service_account.push.member}" in invokers
+    assert "serviceAccount:${var.push_service_account}" in invokers
 
 
 # --- IAM ------------------------------------------------------------------------
@@ -589,9 +596,10 @@ def test_service_agents_are_created_before_any_grant_names_them() -> None:
         for rtype, named in _all_resources().items()
         for name, body in named.items()
         if any(f"local.{agent}" in str(body.get("member", "")) for agent in AGENT_LOCALS)
+        or "time_sleep.service_agents.triggers" in str(body.get("member", ""))
     ]
-    # Pub/Sub's four (dead letters, push tokens, the BigQuery subscription), the
-    # Scheduler's publisher grant and the uptime check's invoker grant.
+    # Pub/Sub's four (dead letters, push tokens at the root, the BigQuery subscription),
+    # the Scheduler's publisher grant and the uptime check's invoker grant.
     assert len(grants) == 6, grants
     for grant in grants:
         assert {"time_sleep.service_agents", "google_project_service_identity.agents"} <= (

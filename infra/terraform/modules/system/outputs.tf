@@ -42,9 +42,9 @@ output "deploy" {
   description = "What the deploy workflow needs for this system: its service and the smoke test's identities and audiences."
   value = {
     service               = google_cloud_run_v2_service.recordline.name
-    push_service_account  = google_service_account.push.email
+    push_service_account  = var.push_service_account
     push_audience         = local.push_audience
-    smoke_service_account = google_service_account.smoke.email
+    smoke_service_account = var.smoke_service_account
     read_audience         = local.read_audience
     # The smoke test's message: the canary's data (base64) and, on a topic with a
     # schema, the attributes Pub/Sub adds to each message (the schema and its

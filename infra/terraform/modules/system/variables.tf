@@ -109,6 +109,16 @@ variable "operators" {
   }
 }
 
+variable "push_service_account" {
+  type        = string
+  description = "E-mail of the environment's push account (root service_accounts.tf): the identity of every system's push subscription, which each service admits (RECORDLINE_PUSH_SERVICE_ACCOUNTS) with its own audience."
+}
+
+variable "smoke_service_account" {
+  type        = string
+  description = "E-mail of the environment's smoke-test account (root service_accounts.tf): a reader of every system, as which the deploy reads back its test message."
+}
+
 variable "operator_service_account" {
   type        = string
   description = "E-mail of the environment's operator account, which on-call acts as (root service_accounts.tf): an operator of every system."
