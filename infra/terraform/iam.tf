@@ -57,6 +57,7 @@ resource "google_project_iam_member" "terraform_plan" {
     "roles/bigquery.resourceViewer", # the search-index DDL jobs (bigquery.tf), refreshed on plan
     "roles/browser",
     "roles/cloudscheduler.viewer", # the canary's job (modules/system/canary.tf)
+    "roles/iam.roleViewer",        # the operator's custom role
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
     "roles/iam.workloadIdentityPoolViewer",
@@ -109,4 +110,60 @@ resource "google_service_account_iam_member" "oncall_acts_as_operator" {
   service_account_id = google_service_account.operator.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = each.value
+}
+
+# What the runbook's commands need at the project, as the operator account (each is
+# run in tests/infra/test_runbook_commands.py against a fake that checks these
+# permissions where Google does): run.viewer for `gcloud run revisions list`, which
+# Cloud Run checks on the project however the service's own policy reads (and for
+# `gcloud projects describe`: resourcemanager.projects.get); the canary's Scheduler job
+# resumed or paused (Cloud Scheduler has no per-job policy), through a role of exactly
+# those permissions.
+resource "google_project_iam_member" "operator" {
+  for_each = toset([
+    "roles/run.viewer",
+    google_project_iam_custom_role.operator_scheduler.id,
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.operator.member
+}
+
+resource "google_project_iam_custom_role" "operator_scheduler" {
+  project     = var.project_id
+  role_id     = "recordlineOperatorScheduler"
+  title       = "Recordline on-call: the canary's Scheduler jobs"
+  description = "Read, pause, resume and run Cloud Scheduler jobs (the canaries), nothing else."
+  permissions = [
+    "cloudscheduler.jobs.enable",
+    "cloudscheduler.jobs.get",
+    "cloudscheduler.jobs.list",
+    "cloudscheduler.jobs.pause",
+    "cloudscheduler.jobs.run",
+  ]
+
+  depends_on = [google_project_service.enabled]
+}
+
+# On-call looks as themselves and acts as the operator account: the members of `oncall`
+# see dashboards, alerts, Metrics Explorer and the Logs Explorer, and query the dead
+# letters (the table itself is granted per system: modules/system/iam.tf), but change
+# nothing. Reading the dead letters is no more than acting as the operator already
+# allows (it pulls them to replay).
+locals {
+  oncall_project_roles = ["roles/monitoring.viewer", "roles/logging.viewer", "roles/bigquery.jobUser"]
+}
+
+resource "google_project_iam_member" "oncall_looks" {
+  for_each = {
+    for pair in setproduct(sort(tolist(var.oncall)), local.oncall_project_roles) :
+    "${pair[1]} ${pair[0]}" => { member = pair[0], role = pair[1] }
+  }
+
+  project = var.project_id
+  role    = each.value.role
+  member  = each.value.member
+
+  depends_on = [google_project_service.enabled]
 }

@@ -97,6 +97,7 @@ module "system" {
   # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
   service_agents           = time_sleep.service_agents.triggers
   operator_service_account = google_service_account.operator.email
+  oncall                   = var.oncall
   push_service_account     = google_service_account.push.email
   smoke_service_account    = google_service_account.smoke.email
   deployer_member          = google_service_account.deployer.member

@@ -219,6 +219,12 @@ variable "oncall" {
   EOT
   default     = []
 
+  # Without anyone who may act as the operator account, no runbook command works.
+  validation {
+    condition     = var.environment != "prod" || length(var.oncall) > 0
+    error_message = "prod needs someone on call: list the on-call group (group:...) in oncall in env/prod.tfvars (infra/README.md, step 2)."
+  }
+
   validation {
     condition = alltrue([
       for m in var.oncall : can(regex("^(user|group|serviceAccount|domain):[^\\s,]+$", m))
@@ -420,6 +426,7 @@ variable "terraform_apply_roles" {
     "roles/artifactregistry.admin",
     "roles/bigquery.admin",
     "roles/cloudscheduler.admin",
+    "roles/iam.roleAdmin",
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
     "roles/monitoring.editor",
@@ -455,6 +462,13 @@ variable "ticket_channels" {
   type        = list(string)
   description = "Notification channel ids that tickets go to: each system's own detail of every symptom, and what needs a look in working hours (modules/system/alerts.tf). A system's own ticket_channels replace these."
   default     = []
+
+  # Dead letters (kept 7 days for replay), the Spanner CPU and every system's tickets go
+  # here unless a system names its own: in prod they must reach someone.
+  validation {
+    condition     = var.environment != "prod" || length(var.ticket_channels) > 0
+    error_message = "prod needs at least one ticket channel: create one and list its id in ticket_channels in env/prod.tfvars (infra/README.md, step 3)."
+  }
 
   validation {
     condition     = alltrue([for c in var.ticket_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])

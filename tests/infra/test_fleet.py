@@ -203,6 +203,8 @@ ADDED_WITH_THE_MODULE = {
     # So did topic schemas, for systems that declare one.
     "google_pubsub_schema.records",
     "google_pubsub_schema_iam_member.runtime_reads_schema",
+    # And on-call's read of the dead letters.
+    "google_bigquery_table_iam_member.oncall_reads_dead_letters",
 }
 
 

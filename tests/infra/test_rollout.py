@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.infra.test_terraform import _locals, _resources
 from tests.infra.test_topic_schemas import AVRO as AVRO_ORDER
 from tests.infra.test_topic_schemas import CANARY as AVRO_CANARY
 from tests.infra.workflow_runner import Cloud, Expressions, Job, interpolate, load, run_job
@@ -24,6 +26,7 @@ REPOSITORY = f"{REGION}-docker.pkg.dev/{PROJECT}/recordline/recordline"
 DEPLOYER = f"recordline-deploy@{PROJECT}.iam.gserviceaccount.com"
 OPERATOR = f"recordline-operator@{PROJECT}.iam.gserviceaccount.com"
 ONCALL = "user:oncall@example.com"
+ONCALL_GROUP = "group:recordline-oncall@example.com"  # `oncall` in env/prod.tfvars
 BUILT = "sha256:" + "b" * 64
 EARLIER = "sha256:" + "e" * 64
 SHA = "c0ffee" + "0" * 34
@@ -74,6 +77,84 @@ def placeholder(system: str) -> dict[str, Any]:
     }
 
 
+def _role(rtype: str, name: str) -> str:
+    role = _resources(rtype)[name]["role"]
+    assert role.startswith("roles/"), role
+    return str(role)
+
+
+CUSTOM_ROLES = f"projects/{PROJECT}/roles/"
+
+
+def terraform_iam(systems: list[str]) -> dict[str, Any]:
+    """Who holds which role where, as Terraform grants it (read from infra/terraform, so a
+    grant taken away there is taken away here), for the fake cloud to check. `oncall` is
+    one group with one person in it, the person every runbook test runs as."""
+    deployer, operator = f"serviceAccount:{DEPLOYER}", f"serviceAccount:{OPERATOR}"
+    custom = {
+        f"{CUSTOM_ROLES}{body['role_id']}": body["permissions"]
+        for body in _resources("google_project_iam_custom_role").values()
+    }
+    granted = str(_resources("google_project_iam_member")["operator"]["for_each"])
+    operator_roles = [
+        m.group(0) if m.group(1) is None else f"{CUSTOM_ROLES}{_custom_id(m.group(1))}"
+        for m in re.finditer(r"roles/[\w.]+|google_project_iam_custom_role\.(\w+)\.id", granted)
+    ]
+    project: dict[str, list[str]] = {
+        operator: operator_roles,
+        ONCALL_GROUP: list(_locals()["oncall_project_roles"]),
+    }
+    runner = "google_cloud_run_v2_service_iam_member"
+    services = {
+        s: {
+            deployer: [_role(runner, "deployer_deploys")],
+            operator: [
+                _role(runner, "operator_account_rolls_back"),
+                _role(runner, "operator_invokers"),
+            ],
+            f"serviceAccount:{account('recordline-push')}": [_role(runner, "push_invoker")],
+            f"serviceAccount:{account('recordline-smoke')}": [_role(runner, "smoke_invoker")],
+        }
+        for s in systems
+    }
+    accounts_iam = "google_service_account_iam_member"
+    service_accounts: dict[str, dict[str, list[str]]] = {
+        OPERATOR: {ONCALL_GROUP: [_role(accounts_iam, "oncall_acts_as_operator")]},
+        account("recordline-push"): {
+            deployer: [_role(accounts_iam, "deployer_mints_smoke_tokens")]
+        },
+        account("recordline-smoke"): {
+            deployer: [_role(accounts_iam, "deployer_mints_smoke_tokens")]
+        },
+    }
+    for s in systems:
+        service_accounts[account(f"{s}-run")] = {
+            deployer: [_role(accounts_iam, "deployer_acts_as_runtime")],
+            operator: [_role(accounts_iam, "operator_account_acts_as_runtime")],
+        }
+    tables = {
+        f"{s.replace('-', '_')}.dead_letters": {
+            ONCALL_GROUP: [_role("google_bigquery_table_iam_member", "oncall_reads_dead_letters")]
+        }
+        for s in systems
+    }
+    return {
+        "iam": {
+            "project": project,
+            "services": services,
+            "service_accounts": service_accounts,
+            "tables": tables,
+        },
+        "custom_roles": custom,
+        "groups": {ONCALL_GROUP: [ONCALL]},
+        "scheduler_jobs": {f"{s}-canary": "ENABLED" for s in systems},
+    }
+
+
+def _custom_id(resource: str) -> str:
+    return str(_resources("google_project_iam_custom_role")[resource]["role_id"])
+
+
 def world(
     systems: list[str],
     *,
@@ -108,7 +189,7 @@ def world(
         services[s] = {
             "revisions": revisions,
             "traffic": [{"latest": True, "percent": 100}],
-            "developers": [f"serviceAccount:{DEPLOYER}", f"serviceAccount:{OPERATOR}"],
+            "runtime_account": account(f"{s}-run"),
             "push_audience": out["push_audience"],
             "read_audience": out["read_audience"],
             "push_accounts": [out["push_service_account"]],
@@ -116,12 +197,6 @@ def world(
             # What the service is told (RECORDLINE_ID_FIELD, RECORDLINE_TIME_FIELD).
             "shape": {k: shapes.get(s, {}).get(k) for k in ("id_field", "time_field")},
         }
-    impersonable = {
-        deploy_output(s)[k]: [f"serviceAccount:{DEPLOYER}"]
-        for s in systems
-        for k in ("push_service_account", "smoke_service_account")
-    }
-    impersonable[OPERATOR] = [ONCALL]
     return {
         "project": PROJECT,
         "number": NUMBER,
@@ -129,7 +204,7 @@ def world(
         "hash": "q2w3e4r5t6",
         "principal": ONCALL,
         "adc": None,
-        "can_impersonate": impersonable,
+        **terraform_iam(systems),
         "registry": {REPOSITORY: {"tags": {}, "digests": [deployed] if deployed else []}},
         "objects": {"gs://recordline-prod-tfstate/recordline/default.tfstate": json.dumps(state)},
         "services": services,
@@ -293,6 +368,12 @@ def test_a_failed_smoke_test_returns_traffic_and_stops_the_rollout(tmp_path: Pat
     # The first system serves what it served before, and no tag is left behind.
     assert serving(cloud, "recordline") == [("recordline-00002-x2y", 100, False)]
     assert tags(cloud, "recordline") == []
+    # Nor the candidate: it never served, so the revision before the serving one is
+    # always one that served (what the runbook's rollback picks).
+    assert [r["name"] for r in cloud.world["services"]["recordline"]["revisions"]] == [
+        "recordline-00001-x1y",
+        "recordline-00002-x2y",
+    ]
     assert "traffic is back on recordline-00002-x2y=100" in first.summary
     # The rest were never touched.
     assert ran["rest"] is None

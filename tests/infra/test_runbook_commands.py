@@ -23,7 +23,7 @@ import pytest
 
 from tests.infra.test_rollout import EARLIER, NUMBER, ONCALL, OPERATOR, PROJECT, REGION, world
 from tests.infra.test_runbook import RUNBOOK, slug
-from tests.infra.test_terraform import _evaluate, _locals
+from tests.infra.test_terraform import _evaluate, _locals, _resources, _template
 from tests.infra.workflow_runner import ROOT, Cloud
 
 BAD = "sha256:" + "d" * 64
@@ -89,7 +89,7 @@ def claims(token: str) -> dict[str, Any]:
 def test_rolling_back_at_3am_sends_every_request_to_the_previous_revision(cloud: Cloud) -> None:
     who, look, roll_back, unpin = blocks("rolling-back")
     out = run(cloud, who, look, roll_back)
-    assert "rolling recordline back to recordline-00001-x1y" in out
+    assert "rolling recordline back from recordline-00002-x2y to recordline-00001-x1y" in out
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
     # Every command acted as the operator account, in the system's project and region.
     for argv in cloud.calls():
@@ -207,3 +207,75 @@ def test_every_ticket_command_runs_as_written_for_the_system(cloud: Cloud) -> No
     assert args["url"] == URL
     assert claims(args["token"]) == {"aud": f"{URL}/v1", "email": OPERATOR}
     assert cloud.world["principal"] == ONCALL  # all of it as a person in `oncall`
+
+
+# --- on-call looks as themselves, acts as the operator account ---------------------------
+
+
+def test_on_call_looks_at_logs_and_dead_letters_as_themselves(cloud: Cloud) -> None:
+    who, logs, dead_letters = blocks("where-to-look-used-by-every-section")
+    run(cloud, who, logs, dead_letters)
+    queried = [argv for argv in cloud.calls("bq")]
+    assert queried
+    assert f"`{PROJECT}.recordline.dead_letters`" in queried[0][-1]
+    # Someone not on call may do neither: the grants are what lets them.
+    cloud.update(principal="user:someone-else@example.com")
+    assert cloud.shell("\n".join([who, logs])).returncode != 0
+    assert cloud.shell("\n".join([who, dead_letters])).returncode != 0
+
+
+def test_a_paused_canary_is_resumed_as_the_operator_account(cloud: Cloud) -> None:
+    (who,) = blocks("where-to-look-used-by-every-section")[:1]
+    (resume,) = blocks("canary-stale")
+    cloud.update(scheduler_jobs={"recordline-canary": "PAUSED"})
+    run(cloud, who, resume)
+    assert cloud.world["scheduler_jobs"]["recordline-canary"] == "ENABLED"
+    # What the runbook said before: as the person, who may change nothing.
+    done = cloud.shell(
+        f"gcloud scheduler jobs resume recordline-canary --location={REGION} --project={PROJECT}"
+    )
+    assert "cloudscheduler.jobs.enable" in done.stderr
+
+
+def test_the_project_number_is_read_as_the_operator_account(cloud: Cloud) -> None:
+    (acting,) = blocks("acting-as-the-operator-account")
+    assert "NUMBER=" in acting
+    run(cloud, acting)
+    # Someone who is not on call may neither act as the operator nor read the project.
+    cloud.update(principal="user:someone-else@example.com")
+    assert "getAccessToken" in cloud.shell(acting).stderr
+    done = cloud.shell(f"gcloud projects describe {PROJECT} --format='value(projectNumber)'")
+    assert "resourcemanager.projects.get" in done.stderr
+
+
+def test_rolling_back_skips_a_candidate_that_never_served(cloud: Cloud) -> None:
+    # recordline-00002 (bad) serves; a later deploy's candidate failed its smoke test
+    # and is still there, newest, without traffic.
+    services = cloud.world["services"]
+    service = services["recordline"]
+    failed = {**service["revisions"][1], "name": "recordline-00003-x3y"}
+    service["revisions"].append(failed)
+    service["traffic"] = [{"revision": "recordline-00002-x2y", "percent": 100}]
+    cloud.update(services=services)
+    who, _look, roll_back, _ = blocks("rolling-back")
+    out = run(cloud, who, roll_back)
+    assert "back from recordline-00002-x2y to recordline-00001-x1y" in out
+    assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+
+
+def test_a_page_names_the_systems_it_counts(cloud: Cloud) -> None:
+    from tests.infra.test_alerts import _symptoms
+
+    query = _symptoms(("orders", "payments", "recordline"))["backlog"]
+    assert "'" not in query  # it goes inside single quotes
+    raw = re.sub(r"\bvar\.", "local.", _locals()["which_systems"])
+    template = _evaluate(_template(raw), (("project_id", f'"{PROJECT}"'),))
+    cloud.update(prometheus={query: ["orders", "payments"]})
+    assert run(cloud, template % query).split() == ["orders", "payments"]
+    content = _resources("google_monitoring_alert_policy")["page"]["documentation"][0]["content"]
+    assert "format(local.which_systems, each.value[1])" in content
+    # The runbook's own copy of the command runs too.
+    (command,) = [b for b in blocks("pages-and-tickets") if "prometheus" in b]
+    who = blocks("where-to-look-used-by-every-section")[0]
+    out = run(cloud, who, f"QUERY='{query}'", command)
+    assert out.split() == ["orders", "payments"]

@@ -63,7 +63,7 @@ class Cloud:
         self.bin.mkdir(parents=True)
         self.world_file = work / "world.json"
         self.world_file.write_text(json.dumps(world, indent=1))
-        for tool in ("gcloud", "curl", "skopeo"):
+        for tool in ("gcloud", "curl", "skopeo", "bq"):
             path = self.bin / tool
             # The fake Cloud Run reads pushes with the service's own code (app/ingest).
             path.write_text(

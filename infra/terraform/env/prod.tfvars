@@ -16,3 +16,12 @@ readers = []
 # projects/recordline-prod/notificationChannels/<id> of the on-call channels. At least one
 # is required: prod does not plan without it (infra/README.md, step 3 of the bootstrap).
 notification_channels = []
+
+# Where tickets go (dead letters, Spanner CPU, each system's detail of a page) unless a
+# system names its own: at least one is required in prod (step 3 of the bootstrap).
+ticket_channels = []
+
+# Who is on call: they may act as the operator account (rollbacks, replays) and see the
+# dashboards, logs and dead letters. At least one is required in prod, a group is best:
+# group:recordline-oncall@example.com (infra/README.md, step 2).
+oncall = []

@@ -117,6 +117,18 @@ resource "google_service_account_iam_member" "operator_account_acts_as_runtime" 
   member             = "serviceAccount:${var.operator_service_account}"
 }
 
+# On-call queries this system's dead letters as themselves (docs/operations.md, "Where
+# to look"): reading this table, nothing else of the dataset.
+resource "google_bigquery_table_iam_member" "oncall_reads_dead_letters" {
+  for_each = var.oncall
+
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.recordline.dataset_id
+  table_id   = google_bigquery_table.dead_letters.table_id
+  role       = "roles/bigquery.dataViewer"
+  member     = each.value
+}
+
 resource "google_cloud_run_v2_service_iam_member" "deployer_deploys" {
   project  = var.project_id
   location = google_cloud_run_v2_service.recordline.location

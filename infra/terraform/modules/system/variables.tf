@@ -119,6 +119,11 @@ variable "smoke_service_account" {
   description = "E-mail of the environment's smoke-test account (root service_accounts.tf): a reader of every system, as which the deploy reads back its test message."
 }
 
+variable "oncall" {
+  type        = set(string)
+  description = "Who is on call (root variables.tf): they query this system's dead-letter table as themselves."
+}
+
 variable "operator_service_account" {
   type        = string
   description = "E-mail of the environment's operator account, which on-call acts as (root service_accounts.tf): an operator of every system."
