@@ -245,10 +245,22 @@ def describe_status(world: World, name: str, service: dict[str, Any]) -> dict[st
             entry["tag"] = t["tag"]
             entry["url"] = tag_url(world, name, t["tag"])
         traffic.append(entry)
+    # spec.traffic as the service declares it (Knative's TrafficTarget:
+    # https://cloud.google.com/run/docs/reference/rest/v1/namespaces.services#TrafficTarget).
+    spec = []
+    for t in service["traffic"]:
+        target: dict[str, Any] = (
+            {"latestRevision": True} if t.get("latest") else {"revisionName": t["revision"]}
+        )
+        target["percent"] = t["percent"]
+        if t.get("tag"):
+            target["tag"] = t["tag"]
+        spec.append(target)
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {"name": name},
+        "spec": {"traffic": spec},
         "status": {
             "url": f"https://{name}-{world['hash']}.a.run.app",
             "latestReadyRevisionName": latest(service),

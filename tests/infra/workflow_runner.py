@@ -62,6 +62,7 @@ class Cloud:
         self.bin = work / "bin"
         self.bin.mkdir(parents=True)
         self.world_file = work / "world.json"
+        self.artifacts = work / "artifacts"  # what a job's download-artifact step gets
         self.world_file.write_text(json.dumps(world, indent=1))
         for tool in ("gcloud", "curl", "skopeo", "bq"):
             path = self.bin / tool
@@ -298,7 +299,10 @@ def run_job(
             outputs, ok = _action(cloud, step, expressions, workspace, temp)
             stderr = ""
         else:
-            outputs, ok, stderr = _run(cloud, step, expressions, env, workspace, temp, github)
+            defaults = definition.get("defaults", {}).get("run", {})
+            outputs, ok, stderr = _run(
+                cloud, step, expressions, env, workspace, temp, github, defaults
+            )
         job.steps.append(Step(name, "success" if ok else "failure", outputs, stderr))
         if "id" in step:
             steps[step["id"]] = {"outputs": outputs, "outcome": "success" if ok else "failure"}
@@ -322,15 +326,24 @@ def _action(
         case "google-github-actions/auth":
             cloud.update(principal=f"serviceAccount:{given['service_account']}")
             return {"access_token": "fake-access-token"}, True
-        case "google-github-actions/setup-gcloud" | "docker/login-action":
+        case (
+            "google-github-actions/setup-gcloud"
+            | "docker/login-action"
+            | "hashicorp/setup-terraform"
+        ):
             return {}, True
         case "actions/checkout":
             shutil.copytree(ROOT / "infra", workspace / "infra", dirs_exist_ok=True)
             return {}, True
         case "actions/download-artifact":
             target = Path(str(given["path"]))
+            if not target.is_absolute():
+                target = workspace / target
             target.mkdir(parents=True, exist_ok=True)
-            (target / "image.tar").write_bytes(b"an OCI archive")
+            if given["name"] == "image":
+                (target / "image.tar").write_bytes(b"an OCI archive")
+            else:  # a saved plan: the test put it in cloud.artifacts
+                shutil.copytree(cloud.artifacts / str(given["name"]), target, dirs_exist_ok=True)
             return {}, True
     raise ValueError(f"action {action} is not modelled")
 
@@ -343,15 +356,17 @@ def _run(
     workspace: Path,
     temp: Path,
     github: dict[str, str],
+    defaults: dict[str, str],
 ) -> tuple[dict[str, str], bool, str]:
     script = temp / "step.sh"
     script.write_text(step["run"])
+    directory = step.get("working-directory", defaults.get("working-directory", "."))
     output = temp / "output"
     output.write_text("")
     step_env = {k: _text(interpolate(v, expressions)) for k, v in step.get("env", {}).items()}
     run = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-        cwd=workspace,
+        cwd=workspace / directory,
         env={
             **cloud.env(),
             **env,

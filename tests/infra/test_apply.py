@@ -1,0 +1,130 @@
+"""terraform-environment.yml's apply job against the fake cloud: an approved saved plan is
+applied only while every Cloud Run service it updates still has the revision and the
+traffic the plan read.
+
+The provider sends a service whole when it updates it, as the plan holds it: with the
+image and traffic of plan time, whatever ignore_changes keeps out of the diff. A deploy
+or an on-call rollback between the plan and its approval would be undone. terraform is
+a stand-in here that shows a saved plan as `terraform show -json` does (its JSON
+format: https://developer.hashicorp.com/terraform/internals/json-format) and records
+what it was asked to apply.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.test_rollout import EARLIER, GITHUB, PROJECT, REGION, world
+from tests.infra.workflow_runner import Cloud, Job, run_job
+
+APPLIER = f"recordline-tf-apply@{PROJECT}.iam.gserviceaccount.com"
+SERVICE = 'module.system["recordline"].google_cloud_run_v2_service.recordline'
+LATEST = {
+    "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST",
+    "revision": "",
+    "percent": 100,
+    "tag": "",
+}
+
+
+def plan(*changes: dict[str, Any]) -> dict[str, Any]:
+    return {"format_version": "1.2", "resource_changes": list(changes)}
+
+
+def service_update(revision: str, traffic: list[dict[str, Any]]) -> dict[str, Any]:
+    """The plan's change to the service: an update, `before` as read at plan time."""
+    before = {
+        "project": PROJECT,
+        "location": REGION,
+        "name": "recordline",
+        "latest_created_revision": revision,
+        "traffic": traffic,
+    }
+    return {
+        "address": SERVICE,
+        "type": "google_cloud_run_v2_service",
+        "change": {"actions": ["update"], "before": before, "after": before},
+    }
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Cloud:
+    state = world(["recordline"], deployed=EARLIER)
+    # The apply account's project roles (variables.tf, terraform_apply_roles).
+    state["iam"]["project"][f"serviceAccount:{APPLIER}"] = ["roles/run.admin"]
+    cloud = Cloud(tmp_path, state)
+    terraform = cloud.bin / "terraform"
+    terraform.write_text(
+        '#!/bin/sh\necho "$*" >> "$HOME/terraform.log"\nif [ "$1" = show ]; then cat "$3"; fi\n'
+    )
+    terraform.chmod(0o755)
+    return cloud
+
+
+def apply(cloud: Cloud, saved: dict[str, Any]) -> tuple[Job, list[str]]:
+    artifact = cloud.artifacts / "tfplan-prod"
+    artifact.mkdir(parents=True, exist_ok=True)
+    (artifact / "tfplan").write_text(json.dumps(saved))
+    job = run_job(
+        cloud,
+        "terraform-environment.yml",
+        "apply",
+        inputs={"environment": "prod", "apply": True},
+        variables={
+            "GCP_WORKLOAD_IDENTITY_PROVIDER": "projects/1/locations/global/workloadIdentityPools/github",
+            "TF_APPLY_SERVICE_ACCOUNT": APPLIER,
+        },
+        github=GITHUB,
+    )
+    log = cloud.work / "terraform.log"
+    return job, log.read_text().splitlines() if log.exists() else []
+
+
+def _applied(calls: list[str]) -> bool:
+    return "apply -input=false tfplan" in calls
+
+
+def test_a_plan_of_what_still_serves_is_applied(cloud: Cloud) -> None:
+    job, calls = apply(cloud, plan(service_update("recordline-00002-x2y", [LATEST])))
+    assert job.result == "success", [(s.name, s.stderr) for s in job.steps]
+    assert _applied(calls)
+
+
+def test_a_plan_older_than_a_deploy_is_refused(cloud: Cloud) -> None:
+    # Planned when 00001 was the newest revision; a deploy made 00002 since.
+    job, calls = apply(cloud, plan(service_update("recordline-00001-x1y", [LATEST])))
+    refused = job.step("Refuse a plan older than a deploy or a rollback")
+    assert refused.outcome == "failure"
+    assert "A deploy or a rollback came after this plan" in refused.stderr
+    assert not _applied(calls)
+
+
+def test_a_plan_older_than_a_rollback_is_refused(cloud: Cloud) -> None:
+    # On-call pinned every request to 00001 after the plan was made.
+    services = cloud.world["services"]
+    services["recordline"]["traffic"] = [{"revision": "recordline-00001-x1y", "percent": 100}]
+    cloud.update(services=services)
+    job, calls = apply(cloud, plan(service_update("recordline-00002-x2y", [LATEST])))
+    assert job.step("Refuse a plan older than a deploy or a rollback").outcome == "failure"
+    assert not _applied(calls)
+    # Planned again, with the pin it now reads, it is applied and keeps the pin.
+    pinned = {**LATEST, "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"}
+    pinned["revision"] = "recordline-00001-x1y"
+    job, calls = apply(cloud, plan(service_update("recordline-00002-x2y", [pinned])))
+    assert job.result == "success", [(s.name, s.stderr) for s in job.steps]
+    assert _applied(calls)
+
+
+def test_a_plan_that_changes_no_service_is_applied_whatever_serves(cloud: Cloud) -> None:
+    other = {
+        "address": 'module.system["recordline"].google_monitoring_dashboard.recordline',
+        "type": "google_monitoring_dashboard",
+        "change": {"actions": ["update"], "before": {}, "after": {}},
+    }
+    job, calls = apply(cloud, plan(other))
+    assert job.result == "success", [(s.name, s.stderr) for s in job.steps]
+    assert _applied(calls)
