@@ -408,6 +408,26 @@ variable "github_repo" {
   }
 }
 
+variable "github_repository_id" {
+  type        = string
+  description = "Numeric id of that repository (gh api repos/OWNER/REPO --jq .id): tokens are accepted by id, so a repository created again under the same name is not."
+
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.github_repository_id))
+    error_message = "github_repository_id must be the repository's numeric id: gh api repos/OWNER/REPO --jq .id (infra/README.md, step 2)."
+  }
+}
+
+variable "github_owner_id" {
+  type        = string
+  description = "Numeric id of the repository's owner (gh api repos/OWNER/REPO --jq .owner.id)."
+
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.github_owner_id))
+    error_message = "github_owner_id must be the owner's numeric id: gh api repos/OWNER/REPO --jq .owner.id (infra/README.md, step 2)."
+  }
+}
+
 variable "github_deploy_branch" {
   type        = string
   description = "The only branch whose workflows may obtain deploy or apply credentials."

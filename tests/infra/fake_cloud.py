@@ -593,6 +593,8 @@ def answer(
     host = parts.hostname or ""
     if host == "monitoring.googleapis.com":
         return prometheus(world, parts.path, headers, body)
+    if host == "api.github.com":
+        return github_api(world, parts.path)
     for name, service in world["services"].items():
         hosts = {
             f"{name}-{world['hash']}.a.run.app",
@@ -748,9 +750,26 @@ def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> t
     )
 
 
+def github_api(world: World, path: str) -> tuple[int, str]:
+    """GitHub's REST API, the one call the workflows make: an environment and its
+    protection rules (https://docs.github.com/en/rest/deployments/environments#get-an-environment).
+    The world lists the environments that exist (`github_environments`: name -> the
+    types of their protection rules); GitHub answers 404 for any other."""
+    match = re.fullmatch(r"/repos/([^/]+/[^/]+)/environments/([^/]+)", path)
+    if not match:
+        return 404, '{"message":"Not Found"}'
+    rules = world.data.get("github_environments", {}).get(match.group(2))
+    if rules is None:
+        return 404, '{"message":"Not Found"}'
+    return 200, json.dumps(
+        {"name": match.group(2), "protection_rules": [{"type": t} for t in rules]}
+    )
+
+
 def curl(argv: list[str]) -> None:
     world = World()
     method, output, write_out, body = "GET", None, "", ""
+    fail_on_error = False
     headers: dict[str, str] = {}
     url = None
     i = 0
@@ -788,8 +807,8 @@ def curl(argv: list[str]) -> None:
                 method = "POST" if method == "GET" else method
             elif arg == "-A":
                 headers["user-agent"] = value
-        elif arg in ("-s", "-S", "-sS", "-f", "-fsS"):
-            pass
+        elif arg in ("-s", "-S", "-sS", "-f", "-fsS", "-fsSL", "-L"):
+            fail_on_error = fail_on_error or "f" in arg
         elif arg.startswith("-"):
             fail(f"fake curl: option {arg} is not modelled", 3)
         else:
@@ -799,6 +818,9 @@ def curl(argv: list[str]) -> None:
         fail("curl: no URL specified", 2)
     status, text = answer(world, method, url, headers, body)
     log("curl-answer", [method, url], status=status)
+    if fail_on_error and status >= 400:  # -f: no body, exit 22
+        print(f"curl: (22) The requested URL returned error: {status}", file=sys.stderr)
+        sys.exit(22)
     if output:
         Path(output).write_text(text)
     else:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.test_rollout import EARLIER, GITHUB, PROJECT, REGION, world
+from tests.infra.test_rollout import EARLIER, GITHUB, PROJECT, REGION, VARIABLES, world
 from tests.infra.workflow_runner import Cloud, Job, run_job
 
 APPLIER = f"recordline-tf-apply@{PROJECT}.iam.gserviceaccount.com"
@@ -75,7 +75,7 @@ def apply(cloud: Cloud, saved: dict[str, Any]) -> tuple[Job, list[str]]:
         "apply",
         inputs={"environment": "prod", "apply": True},
         variables={
-            "GCP_WORKLOAD_IDENTITY_PROVIDER": "projects/1/locations/global/workloadIdentityPools/github",
+            "GCP_WORKLOAD_IDENTITY_PROVIDER": VARIABLES["GCP_WORKLOAD_IDENTITY_PROVIDER"],
             "TF_APPLY_SERVICE_ACCOUNT": APPLIER,
         },
         github=GITHUB,
@@ -128,3 +128,25 @@ def test_a_plan_that_changes_no_service_is_applied_whatever_serves(cloud: Cloud)
     job, calls = apply(cloud, plan(other))
     assert job.result == "success", [(s.name, s.stderr) for s in job.steps]
     assert _applied(calls)
+
+
+def test_a_prod_apply_refuses_an_environment_without_a_reviewer(cloud: Cloud) -> None:
+    saved = plan(service_update("recordline-00002-x2y", [LATEST]))
+    artifact = cloud.artifacts / "tfplan-prod"
+    artifact.mkdir(parents=True, exist_ok=True)
+    (artifact / "tfplan").write_text(json.dumps(saved))
+    cloud.update(github_environments={"terraform-prod": ["branch_policy"]})
+    job = run_job(
+        cloud,
+        "terraform-environment.yml",
+        "apply",
+        inputs={"environment": "prod", "apply": True, "reviewed": True},
+        variables={
+            "GCP_WORKLOAD_IDENTITY_PROVIDER": VARIABLES["GCP_WORKLOAD_IDENTITY_PROVIDER"],
+            "TF_APPLY_SERVICE_ACCOUNT": APPLIER,
+        },
+        github=GITHUB,
+    )
+    assert job.step("Check that the environment requires a reviewer").outcome == "failure"
+    log = cloud.work / "terraform.log"
+    assert not log.exists() or not _applied(log.read_text().splitlines())

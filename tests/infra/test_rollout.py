@@ -148,6 +148,12 @@ def terraform_iam(systems: list[str]) -> dict[str, Any]:
         "custom_roles": custom,
         "groups": {ONCALL_GROUP: [ONCALL]},
         "scheduler_jobs": {f"{s}-canary": "ENABLED" for s in systems},
+        # The GitHub environments set up at bootstrap (infra/README.md, step 5).
+        "github_environments": {
+            "prod": ["required_reviewers", "branch_policy"],
+            "prod-rollout": ["branch_policy"],
+            "terraform-prod": ["required_reviewers", "branch_policy"],
+        },
     }
 
 
@@ -231,6 +237,7 @@ def rollout(
         "environment": "prod",
         "image_tag": image_tag,
         "image_digest": "" if image_tag else BUILT,
+        "reviewed": True,  # deploy.yml's prod job
     }
     ran: dict[Any, Job | None] = {}
     prepare = run_job(
@@ -503,3 +510,22 @@ def test_a_deploy_after_a_rollback_serves_its_own_revision(tmp_path: Path) -> No
     assert all(j is None or j.result == "success" for j in ran.values()), _explain(ran)
     new = cloud.world["services"]["recordline"]["revisions"][-1]["name"]
     assert serving(cloud, "recordline") == [(new, 100, True)]
+
+
+# --- an environment GitHub made on first use --------------------------------------------------
+
+
+def test_a_prod_rollout_refuses_an_environment_without_a_reviewer(cloud: Cloud) -> None:
+    # prod named by a job before anyone set it up: GitHub creates it, unprotected.
+    cloud.update(github_environments={"prod": [], "prod-rollout": []})
+    before = cloud.world
+    ran = rollout(cloud)
+    prepare = ran["prepare"]
+    assert prepare is not None
+    check = prepare.step("Check that the environment requires a reviewer")
+    assert check.outcome == "failure"
+    assert "requires no reviewer" in check.stderr
+    # Nothing was pushed, nothing deployed.
+    assert cloud.world["registry"] == before["registry"]
+    assert cloud.world["services"] == before["services"]
+    assert ran["first"] is None

@@ -118,7 +118,10 @@ def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
     rollout = _load(WORKFLOWS / "deploy-environment.yml")
     assert rollout["jobs"]["prepare"]["environment"] == "${{ inputs.environment }}"
     system = _load(WORKFLOWS / "deploy-system.yml")
-    assert system["jobs"]["rollout"]["environment"] == "${{ inputs.environment }}"
+    # Each system's job runs after that approval, in <environment>-rollout (no reviewers).
+    assert system["jobs"]["rollout"]["environment"] == "${{ inputs.environment }}-rollout"
+    assert deploy["jobs"]["prod"]["with"]["reviewed"] is True
+    assert "reviewed" not in deploy["jobs"]["dev"]["with"]
     terraform = _load(WORKFLOWS / "terraform.yml")
     assert terraform["jobs"]["prod"]["needs"] == "dev"
     assert "needs.dev.result == 'success'" in terraform["jobs"]["prod"]["if"]
@@ -159,7 +162,8 @@ def test_concurrency_is_per_environment() -> None:
     for environment in ("dev", "prod"):
         assert deploy["jobs"][environment]["concurrency"] == {
             "group": f"deploy-{environment}",
-            "cancel-in-progress": False,
+            # A rollback cancels what runs (tests/infra/test_identity.py).
+            "cancel-in-progress": "${{ inputs.image_tag != '' }}",
         }
     rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
     assert rollout["concurrency"] == {

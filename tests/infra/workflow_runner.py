@@ -219,6 +219,8 @@ class Expressions:
     def _lookup(self, path: str) -> Any:
         value: Any = self.context
         for part in path.split("."):
+            if value == "":  # what is missing (a step that did not run) is null: empty
+                return ""
             if not isinstance(value, dict):
                 raise ValueError(f"{path}: {part} of a non-object")
             value = value.get(part, "")
@@ -274,7 +276,7 @@ def run_job(
     context: dict[str, Any] = {
         "inputs": inputs,
         "vars": variables,
-        "github": github,
+        "github": {"token": "fake-github-token", **github},
         "needs": needs or {},
         "steps": steps,
         "runner": {"temp": str(temp)},
@@ -291,6 +293,9 @@ def run_job(
         condition = step.get("if", "success()")
         if isinstance(condition, str):
             condition = re.sub(r"^\$\{\{(.*)\}\}$", r"\1", condition.strip(), flags=re.S)
+            # GitHub adds success() to a condition that names no status function.
+            if not re.search(r"\b(success|failure|cancelled|always)\(", condition):
+                condition = f"success() && ({condition})"
         wanted = condition if isinstance(condition, bool) else expressions.evaluate(condition)
         if not wanted:
             job.steps.append(Step(name, "skipped", {}))
@@ -376,6 +381,8 @@ def _run(
             "GITHUB_SHA": github["sha"],
             "GITHUB_RUN_ID": github["run_id"],
             "GITHUB_RUN_ATTEMPT": github["run_attempt"],
+            "GITHUB_REPOSITORY": github.get("repository", "recordline/recordline"),
+            "GITHUB_API_URL": "https://api.github.com",
             "RUNNER_TEMP": str(temp),
         },
         capture_output=True,

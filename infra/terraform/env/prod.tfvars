@@ -1,9 +1,13 @@
-project_id             = "recordline-prod"
-environment            = "prod"
-region                 = "europe-west1"
-dataset_location       = "EU"
-github_owner           = "recordline"
-github_repo            = "recordline"
+project_id       = "recordline-prod"
+environment      = "prod"
+region           = "europe-west1"
+dataset_location = "EU"
+github_owner     = "recordline"
+github_repo      = "recordline"
+# Numeric ids (gh api repos/OWNER/REPO --jq '.id, .owner.id'): 0 until set, which the
+# plan refuses (infra/README.md, step 2).
+github_repository_id   = "0"
+github_owner_id        = "0"
 terraform_state_bucket = "recordline-prod-tfstate"
 
 # One warm instance keeps pushes off cold starts; the freshness SLO is 5 s.
