@@ -233,3 +233,29 @@ def test_fifty_systems_fit_in_the_projects_service_accounts() -> None:
     assert _accepted(over) is False  # 95
     run = _root_console_run("keys(var.systems)", over, (("service_account_quota", "200"),))
     assert run.returncode == 0, run.stderr
+
+
+# --- retiring a system --------------------------------------------------------------------
+
+
+def test_retiring_a_system_meets_no_deletion_protection_it_cannot_lift() -> None:
+    # A resource's deletion_protection is in its own state: once the system is out of
+    # `systems`, nothing can set it to false, and the apply would fail on it after
+    # destroying part of the system. So each one is removed from the state first, as
+    # the runbook says, or has none.
+    from tests.infra.test_runbook import RUNBOOK
+
+    text = RUNBOOK.read_text()
+    section = text[text.index("### Retiring a system") :]
+    section = section[: section.index("\n## ") if "\n## " in section else len(section)]
+    removed = set(re.findall(r"\b(google_\w+\.\w+)\b", section))
+    protected = {
+        f"{rtype}.{name}"
+        for path in sorted(MODULE.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for rtype, named in block.items()
+        for name, body in named.items()
+        if body.get("deletion_protection") is True
+    }
+    assert protected, "the tables and the Spanner database keep theirs"
+    assert protected <= removed, sorted(protected - removed)
