@@ -649,6 +649,17 @@ variable "systems" {
     error_message = "id_field and time_field are field paths: names joined by dots, such as order_id or meta.created_at."
   }
 
+  # Files a system reads live under schemas/, which terraform.yml plans on: a changed
+  # schema or canary is a change to the environment (a schema revision, a new canary).
+  validation {
+    condition = alltrue([
+      for s in values(var.systems) : alltrue([
+        for f in compact([try(s.schema.file, null), s.canary_file]) : startswith(f, "schemas/") && !strcontains(f, "..")
+      ])
+    ])
+    error_message = "A system's schema file and canary_file are paths under schemas/ (from the repository's root), where terraform.yml looks for changes."
+  }
+
   # Scheduler publishes the canary to the topic every minute: with a schema Pub/Sub
   # refuses today's canary, and with another id field the service rejects it; either
   # way the canary alerts would fire for good.

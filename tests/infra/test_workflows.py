@@ -190,8 +190,12 @@ def test_the_approved_apply_applies_the_saved_plan() -> None:
     assert "-out=tfplan" in _job_runs(plan)
     assert "terraform show -no-color tfplan" in _job_runs(plan)
     assert "GITHUB_STEP_SUMMARY" in _job_runs(plan)
-    (upload,) = [s for s in plan["steps"] if "upload-artifact@" in s.get("uses", "")]
-    assert "infra/terraform/tfplan" in upload["with"]["path"]
+    (upload,) = [
+        s
+        for s in plan["steps"]
+        if "upload-artifact@" in s.get("uses", "") and "tfplan" in s["with"]["path"]
+    ]
+    assert "infra/terraform/tfplan\n" in upload["with"]["path"]
     assert "infra/terraform/.terraform.lock.hcl" in upload["with"]["path"]
     assert apply["needs"] == "plan"
     assert apply["environment"] == "terraform-${{ inputs.environment }}"

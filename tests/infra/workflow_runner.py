@@ -340,6 +340,16 @@ def _action(
         case "actions/checkout":
             shutil.copytree(ROOT / "infra", workspace / "infra", dirs_exist_ok=True)
             return {}, True
+        case "actions/upload-artifact":
+            uploaded = cloud.work / "uploaded" / str(given["name"])
+            uploaded.mkdir(parents=True, exist_ok=True)
+            for line in str(given["path"]).split():
+                source = workspace / line
+                if source.is_file():
+                    shutil.copy(source, uploaded / source.name)
+                elif given.get("if-no-files-found") == "error":
+                    return {}, False
+            return {}, True
         case "actions/download-artifact":
             target = Path(str(given["path"]))
             if not target.is_absolute():
