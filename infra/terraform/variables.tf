@@ -48,9 +48,18 @@ variable "placeholder_image" {
     Image of a new system's first revision, before any Recordline image is deployed to
     it: a public Python image running modules/system/placeholder.py, which answers
     503 to every push (Pub/Sub keeps the messages) and 200 to Cloud Run's probes.
-    Deploys replace it (deploy-environment.yml) and Terraform ignores it afterwards.
+    Deploys replace it (deploy-system.yml) and Terraform ignores it afterwards. It runs
+    as the system's runtime account, so it is pinned by digest: the base image the
+    service's own Dockerfile pins (a test keeps the two equal), whose only code that
+    runs is the interpreter, on placeholder.py.
   EOT
-  default     = "gcr.io/distroless/python3-debian12:nonroot"
+  default     = "docker.io/library/python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d"
+
+  # A tag can be moved to other bytes by whoever publishes it; a digest cannot.
+  validation {
+    condition     = can(regex("@sha256:[0-9a-f]{64}$", var.placeholder_image))
+    error_message = "placeholder_image must be pinned by digest: IMAGE@sha256:<64 hex>."
+  }
 }
 
 variable "concurrency" {

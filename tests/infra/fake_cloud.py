@@ -850,6 +850,32 @@ def skopeo(argv: list[str]) -> None:
     world.save()
 
 
+# --- gh: an image's provenance -------------------------------------------------------------
+
+
+def gh(argv: list[str]) -> None:
+    """`gh attestation verify oci://REPOSITORY@DIGEST --repo OWNER/REPO --signer-workflow
+    OWNER/REPO/.github/workflows/FILE`: succeeds only when the registry holds that digest
+    and GitHub holds a provenance attestation for it, signed by a workflow of that
+    repository at that path (https://cli.github.com/manual/gh_attestation_verify). The
+    world's `attestations`: digest -> the repository and workflow that attested it."""
+    world = World()
+    if argv[:2] != ["attestation", "verify"] or len(argv) != 7:
+        fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
+    subject, flags = argv[2], dict(zip(argv[3::2], argv[4::2], strict=True))
+    if set(flags) != {"--repo", "--signer-workflow"} or not subject.startswith("oci://"):
+        fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
+    repository, _, digest = subject.removeprefix("oci://").partition("@")
+    if digest not in world["registry"].get(repository, {}).get("digests", []):
+        fail(f"Error: failed to fetch {subject}: MANIFEST_UNKNOWN")
+    found = world.data.get("attestations", {}).get(digest)
+    if found is None:
+        fail(f"Error: no attestations found for {digest}")
+    if found["repo"] != flags["--repo"] or found["workflow"] != flags["--signer-workflow"]:
+        fail(f"Error: verifying with issuer: {digest} was attested by {found}")
+    print(f"Loaded digest {digest} for {subject}\n✓ Verification succeeded!")
+
+
 # --- bq: the dead-letter query ------------------------------------------------------------
 
 
@@ -884,7 +910,7 @@ def bq(argv: list[str]) -> None:
 def main() -> None:
     tool, argv = sys.argv[1], sys.argv[2:]
     log(tool, argv)
-    {"gcloud": gcloud, "curl": curl, "skopeo": skopeo, "bq": bq}[tool](argv)
+    {"gcloud": gcloud, "curl": curl, "skopeo": skopeo, "bq": bq, "gh": gh}[tool](argv)
 
 
 if __name__ == "__main__":

@@ -259,3 +259,50 @@ def test_retiring_a_system_meets_no_deletion_protection_it_cannot_lift() -> None
     }
     assert protected, "the tables and the Spanner database keep theirs"
     assert protected <= removed, sorted(protected - removed)
+
+
+# --- supply chain --------------------------------------------------------------------------
+
+
+def test_the_placeholder_is_the_services_own_base_image_pinned_by_digest() -> None:
+    from tests.infra.test_terraform import _validations_hold, _variables
+
+    default = _variables()["placeholder_image"]["default"]
+    dockerfile = (MODULE.parents[3] / "Dockerfile").read_text()
+    (base,) = set(re.findall(r"(?m)^FROM (\S+@sha256:[0-9a-f]{64}) AS runtime$", dockerfile))
+    assert default == f"docker.io/library/{base}"
+    assert _validations_hold("placeholder_image", {"placeholder_image": f'"{default}"'})
+    # A tag can be moved to other bytes by whoever publishes it: refused.
+    tag = '"gcr.io/distroless/python3-debian12:nonroot"'
+    assert not _validations_hold("placeholder_image", {"placeholder_image": tag})
+
+
+def test_the_providers_are_locked_with_their_hashes() -> None:
+    from tests.infra.test_terraform import TERRAFORM, _root
+
+    lock = hcl_lock(TERRAFORM / ".terraform.lock.hcl")
+    (terraform,) = _root("terraform")
+    required = {
+        name: spec
+        for providers in terraform["required_providers"]
+        for name, spec in providers.items()
+    }
+    assert set(lock) == {f"registry.terraform.io/{spec['source']}" for spec in required.values()}
+    for address, (version, hashes) in lock.items():
+        assert version, address
+        assert any(h.startswith("zh:") for h in hashes), address  # every platform's package
+    # The schema infra/check.sh checks the configuration against is that of the locked
+    # google providers.
+    check = (MODULE.parents[2] / "check.sh").read_text()
+    assert "google and google-beta 6.50" in check
+    assert lock["registry.terraform.io/hashicorp/google"][0] == "6.50.0"
+    assert lock["registry.terraform.io/hashicorp/google-beta"][0] == "6.50.0"
+
+
+def hcl_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """provider address: (version, hashes), as .terraform.lock.hcl records them."""
+    found = {}
+    for address, body in re.findall(r'(?ms)^provider "([^"]+)" \{\n(.*?)^\}', path.read_text()):
+        (version,) = re.findall(r'version\s*=\s*"([^"]+)"', body)
+        found[address] = (version, re.findall(r'"((?:h1|zh):[^"]+)"', body))
+    return found

@@ -70,7 +70,7 @@ def deploy_output(system: str, shape: dict[str, Any] | None = None) -> dict[str,
 def placeholder(system: str) -> dict[str, Any]:
     return {
         "name": f"{system}-00001-x1y",
-        "image": "gcr.io/distroless/python3-debian12:nonroot",
+        "image": "docker.io/library/python:3.11.14-slim-bookworm@sha256:" + "6" * 64,
         "digest": "sha256:" + "0" * 64,
         "command": ["python3"],
         "args": ["-c", "placeholder.py"],
@@ -216,6 +216,14 @@ def world(
         "services": services,
         "broken_digests": [],
         "built_digest": BUILT,
+        # Provenance GitHub holds: each image deploy.yml built (build job, attest).
+        "attestations": {
+            digest: {
+                "repo": "recordline/recordline",
+                "workflow": "recordline/recordline/.github/workflows/deploy.yml",
+            }
+            for digest in (BUILT, EARLIER)
+        },
         # The topic schemas Terraform created (google_pubsub_schema), newest revision.
         "schemas": {
             deploy_output(s, shape)["schema"]: {
@@ -529,3 +537,37 @@ def test_a_prod_rollout_refuses_an_environment_without_a_reviewer(cloud: Cloud) 
     assert cloud.world["registry"] == before["registry"]
     assert cloud.world["services"] == before["services"]
     assert ran["first"] is None
+
+
+# --- supply chain ----------------------------------------------------------------------------
+
+
+def test_an_image_without_this_repositorys_provenance_is_never_deployed(tmp_path: Path) -> None:
+    # A digest pushed to the registry by hand, tagged as a commit: no provenance.
+    cloud = Cloud(tmp_path, world(["recordline"], deployed=EARLIER))
+    stranger = "sha256:" + "f" * 64
+    registry = cloud.world["registry"]
+    registry[REPOSITORY]["digests"].append(stranger)
+    registry[REPOSITORY]["tags"][SHA] = stranger
+    cloud.update(registry=registry)
+    ran = rollout(cloud, image_tag=SHA)
+    prepare = ran["prepare"]
+    assert prepare is not None
+    step = prepare.step("Push the built image, or find the requested one")
+    assert step.outcome == "failure"
+    assert "no attestations found" in step.stderr
+    assert ran["first"] is None
+    assert serving(cloud, "recordline") == [("recordline-00002-x2y", 100, True)]
+
+
+def test_the_build_attests_provenance_and_sbom_of_the_digest_it_hands_on() -> None:
+    build = load("deploy.yml")["jobs"]["build"]
+    uses = {s.get("uses", "").split("@")[0]: s for s in build["steps"]}
+    digest = "${{ steps.digest.outputs.digest }}"
+    assert uses["actions/attest-build-provenance"]["with"]["subject-digest"] == digest
+    assert uses["actions/attest-sbom"]["with"]["subject-digest"] == digest
+    assert (
+        uses["actions/attest-sbom"]["with"]["sbom-path"]
+        == (uses["anchore/sbom-action"]["with"]["output-file"])
+    )
+    assert build["permissions"]["attestations"] == "write"

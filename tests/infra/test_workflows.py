@@ -61,7 +61,11 @@ def test_only_google_authenticating_jobs_get_an_id_token() -> None:
                 s.get("uses", "").startswith("google-github-actions/auth@")
                 for s in job.get("steps", [])
             )
-            assert calls_reusable or authenticates, f"{path.name}: {name}"
+            # Sigstore signs a build's attestations with the job's token.
+            attests = job.get("permissions", {}).get("attestations") == "write" and any(
+                s.get("uses", "").startswith("actions/attest-") for s in job.get("steps", [])
+            )
+            assert calls_reusable or authenticates or attests, f"{path.name}: {name}"
 
 
 def test_ci_runs_the_project_commands_and_the_infra_checks() -> None:

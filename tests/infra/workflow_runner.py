@@ -64,7 +64,7 @@ class Cloud:
         self.world_file = work / "world.json"
         self.artifacts = work / "artifacts"  # what a job's download-artifact step gets
         self.world_file.write_text(json.dumps(world, indent=1))
-        for tool in ("gcloud", "curl", "skopeo", "bq"):
+        for tool in ("gcloud", "curl", "skopeo", "bq", "gh"):
             path = self.bin / tool
             # The fake Cloud Run reads pushes with the service's own code (app/ingest).
             path.write_text(
