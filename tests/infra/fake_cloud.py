@@ -260,7 +260,24 @@ def describe_status(world: World, name: str, service: dict[str, Any]) -> dict[st
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {"name": name},
-        "spec": {"traffic": spec},
+        # The newest revision's container, as the service's template now says it.
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "image": service["revisions"][-1]["image"],
+                            **(
+                                {"command": service["revisions"][-1]["command"]}
+                                if service["revisions"][-1]["command"]
+                                else {}
+                            ),
+                        }
+                    ]
+                }
+            },
+            "traffic": spec,
+        },
         "status": {
             "url": f"https://{name}-{world['hash']}.a.run.app",
             "latestReadyRevisionName": latest(service),
@@ -524,9 +541,13 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         command = "artifacts.docker.images.describe"
         (ref,), flags = parse(args, command)
         allow(command, flags, {"--format", "--project"})
+        repository, at, digest = ref.partition("@")
+        if flags.get("--format") == "value(tags)" and at:
+            held = world["registry"].get(repository, {}).get("tags", {})
+            print(",".join(tag for tag, d in held.items() if d == digest))
+            return None
         if flags.get("--format") != "value(image_summary.digest)":
             fail(f"fake gcloud: output format {flags.get('--format')!r} is not modelled", 3)
-        repository, at, digest = ref.partition("@")
         images = world["registry"].get(repository if at else ref.rpartition(":")[0], {})
         found = digest if at and digest in images.get("digests", []) else None
         if not at:

@@ -150,3 +150,89 @@ def test_a_prod_apply_refuses_an_environment_without_a_reviewer(cloud: Cloud) ->
     assert job.step("Check that the environment requires a reviewer").outcome == "failure"
     log = cloud.work / "terraform.log"
     assert not log.exists() or not _applied(log.read_text().splitlines())
+
+
+# --- a system the apply created -------------------------------------------------------------
+
+
+def test_a_system_an_apply_creates_is_deployed_right_after_it(tmp_path: Path) -> None:
+    from tests.infra.test_rollout import DEPLOYER, REPOSITORY, VARIABLES, deploy_output, serving
+    from tests.infra.workflow_runner import Expressions, interpolate, load
+
+    earlier_tag = "e" * 40
+    state = world(["recordline", "orders"], deployed=EARLIER)
+    state["iam"]["project"][f"serviceAccount:{APPLIER}"] = ["roles/run.admin"]
+    state["services"]["orders"]["revisions"] = state["services"]["orders"]["revisions"][:1]
+    state["registry"][REPOSITORY]["tags"] = {earlier_tag: EARLIER}
+    cloud = Cloud(tmp_path, state)
+    outputs = {
+        "deploy": {"value": {s: deploy_output(s) for s in ("recordline", "orders")}},
+        "deploy_first": {"value": "recordline"},
+        "github_environment_variables": {"value": VARIABLES},
+    }
+    (cloud.work / "outputs.json").write_text(json.dumps(outputs))
+    terraform = cloud.bin / "terraform"
+    terraform.write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >> "$HOME/terraform.log"\n'
+        'if [ "$1" = show ]; then cat "$3"; fi\n'
+        'if [ "$1" = output ]; then cat "$HOME/outputs.json"; fi\n'
+    )
+    terraform.chmod(0o755)
+    created = {
+        "address": 'module.system["orders"].google_cloud_run_v2_service.recordline',
+        "type": "google_cloud_run_v2_service",
+        "change": {"actions": ["create"], "before": None, "after": {}},
+    }
+    job, calls = apply(cloud, plan(created))
+    assert job.result == "success", [(s.name, s.stderr) for s in job.steps]
+    assert _applied(calls)
+    assert json.loads(job.outputs["new"]) == ["orders"]
+    assert (job.outputs["digest"], job.outputs["image_tag"]) == (EARLIER, earlier_tag)
+    # deploy-new: each new system through deploy-system.yml, as a rollout's systems are.
+    deploy_new = load("terraform-environment.yml")["jobs"]["deploy-new"]
+    assert deploy_new["needs"] == "apply"
+    context = {
+        "needs": {"apply": {"outputs": job.outputs, "result": "success"}},
+        "inputs": {"environment": "prod"},
+    }
+    status = {"failed": False, "cancelled": False}
+    assert interpolate(deploy_new["if"], Expressions(context, status)) is True
+    (system,) = interpolate(
+        deploy_new["strategy"]["matrix"]["system"], Expressions(context, status)
+    )
+    given = {
+        k: interpolate(v, Expressions({**context, "matrix": {"system": system}}, status))
+        for k, v in deploy_new["with"].items()
+    }
+    assert given["service_account"] == DEPLOYER
+    rollout = run_job(
+        cloud, "deploy-system.yml", "rollout", inputs=given, variables={}, github=GITHUB
+    )
+    assert rollout.result == "success", [(s.name, s.stderr) for s in rollout.steps]
+    served = cloud.world["services"]["orders"]["revisions"][-1]
+    assert (served["digest"], served["command"]) == (EARLIER, None)
+    assert serving(cloud, "orders")[0][1:] == (100, True)
+
+
+def test_nothing_is_deployed_by_an_apply_before_the_first_rollout(tmp_path: Path) -> None:
+    from tests.infra.test_rollout import VARIABLES, deploy_output
+
+    state = world(["recordline"])  # on the placeholder: the first deploy has not run
+    state["iam"]["project"][f"serviceAccount:{APPLIER}"] = ["roles/run.admin"]
+    cloud = Cloud(tmp_path, state)
+    outputs = {
+        "deploy": {"value": {"recordline": deploy_output("recordline")}},
+        "deploy_first": {"value": "recordline"},
+        "github_environment_variables": {"value": VARIABLES},
+    }
+    (cloud.work / "outputs.json").write_text(json.dumps(outputs))
+    (cloud.bin / "terraform").write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = show ]; then cat "$3"; fi\n'
+        'if [ "$1" = output ]; then cat "$HOME/outputs.json"; fi\n'
+    )
+    (cloud.bin / "terraform").chmod(0o755)
+    job, _ = apply(cloud, plan())
+    assert job.result == "success", [(s.name, s.stderr) for s in job.steps]
+    assert json.loads(job.outputs["new"]) == []
