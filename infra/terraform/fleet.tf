@@ -167,6 +167,7 @@ module "fleet_symptoms" {
   read_routes                      = local.read_routes
   burn_rates                       = local.burn_rates
   min_events                       = var.alert_min_events
+  query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }

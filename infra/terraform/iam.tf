@@ -61,6 +61,7 @@ resource "google_project_iam_member" "terraform_plan" {
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
     "roles/iam.workloadIdentityPoolViewer",
+    "roles/logging.viewer", # the request-log exclusion (logging.tf)
     "roles/monitoring.viewer",
     "roles/pubsub.viewer",
     "roles/run.viewer",

@@ -39,12 +39,11 @@ module "system" {
   service_name = each.key
   dataset_id   = each.key == var.service_name ? var.dataset_id : replace(each.key, "-", "_")
 
-  readers         = each.value.readers != null ? each.value.readers : var.readers
-  operators       = each.value.operators != null ? each.value.operators : var.operators
-  ticket_channels = each.value.ticket_channels != null ? each.value.ticket_channels : var.ticket_channels
-  min_instances   = each.value.min_instances != null ? each.value.min_instances : var.min_instances
-  max_instances   = each.value.max_instances != null ? each.value.max_instances : var.max_instances
-  extra_env       = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+  readers       = each.value.readers != null ? each.value.readers : var.readers
+  operators     = each.value.operators != null ? each.value.operators : var.operators
+  min_instances = each.value.min_instances != null ? each.value.min_instances : var.min_instances
+  max_instances = each.value.max_instances != null ? each.value.max_instances : var.max_instances
+  extra_env     = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
 
   # Its topic's schema and the payload's shape (README, "Your topic, your schema"); files
   # are paths from the repository's root, this directory's grandparent.
@@ -61,38 +60,33 @@ module "system" {
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name } : null
 
-  project_id                       = var.project_id
-  project_number                   = data.google_project.this.number
-  region                           = var.region
-  environment                      = var.environment
-  dataset_location                 = var.dataset_location
-  placeholder_image                = var.placeholder_image
-  ingress                          = var.ingress
-  cpu                              = var.cpu
-  memory                           = var.memory
-  concurrency                      = var.concurrency
-  request_timeout_seconds          = var.request_timeout_seconds
-  write_deadline_seconds           = var.write_deadline_seconds
-  ack_deadline_margin_seconds      = var.ack_deadline_margin_seconds
-  max_delivery_attempts            = var.max_delivery_attempts
-  message_retention_duration       = var.message_retention_duration
-  retry_minimum_backoff            = var.retry_minimum_backoff
-  retry_maximum_backoff            = var.retry_maximum_backoff
-  retention_days                   = var.retention_days
-  push_audience                    = var.push_audience
-  read_audience                    = var.read_audience
-  query_max_bytes_billed           = var.query_max_bytes_billed
-  query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
-  availability_goal                = var.availability_goal
-  freshness_goal                   = var.freshness_goal
-  freshness_threshold_seconds      = var.freshness_threshold_seconds
-  read_latency_goal                = var.read_latency_goal
-  read_latency_threshold_seconds   = var.read_latency_threshold_seconds
-  slo_rolling_period_days          = var.slo_rolling_period_days
-  alert_min_events                 = var.alert_min_events
-  burn_rates                       = local.burn_rates
-  oldest_unacked_threshold_seconds = var.oldest_unacked_threshold_seconds
-  canary_age_threshold_seconds     = var.canary_age_threshold_seconds
+  project_id                     = var.project_id
+  project_number                 = data.google_project.this.number
+  region                         = var.region
+  environment                    = var.environment
+  dataset_location               = var.dataset_location
+  placeholder_image              = var.placeholder_image
+  ingress                        = var.ingress
+  cpu                            = var.cpu
+  memory                         = var.memory
+  concurrency                    = var.concurrency
+  request_timeout_seconds        = var.request_timeout_seconds
+  write_deadline_seconds         = var.write_deadline_seconds
+  ack_deadline_margin_seconds    = var.ack_deadline_margin_seconds
+  max_delivery_attempts          = var.max_delivery_attempts
+  message_retention_duration     = var.message_retention_duration
+  retry_minimum_backoff          = var.retry_minimum_backoff
+  retry_maximum_backoff          = var.retry_maximum_backoff
+  retention_days                 = var.retention_days
+  push_audience                  = var.push_audience
+  read_audience                  = var.read_audience
+  query_max_bytes_billed         = var.query_max_bytes_billed
+  availability_goal              = var.availability_goal
+  freshness_goal                 = var.freshness_goal
+  freshness_threshold_seconds    = var.freshness_threshold_seconds
+  read_latency_goal              = var.read_latency_goal
+  read_latency_threshold_seconds = var.read_latency_threshold_seconds
+  slo_rolling_period_days        = var.slo_rolling_period_days
 
   # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
   service_agents           = time_sleep.service_agents.triggers

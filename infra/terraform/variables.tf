@@ -458,6 +458,7 @@ variable "terraform_apply_roles" {
     "roles/iam.roleAdmin",
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
+    "roles/logging.configWriter", # the exclusion of successful pushes' request logs
     "roles/monitoring.editor",
     "roles/pubsub.admin",
     "roles/resourcemanager.projectIamAdmin",

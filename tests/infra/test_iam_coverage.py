@@ -87,6 +87,10 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "google_project_iam_member": _iam("resourcemanager.projects"),
     # The operator's role of exactly the Scheduler permissions on-call uses.
     "google_project_iam_custom_role": (frozenset({"iam.roles.get"}), _crud("iam.roles")),
+    "google_logging_project_exclusion": (
+        frozenset({"logging.exclusions.get"}),
+        _crud("logging.exclusions"),
+    ),
     # The state bucket's own policy (it lives in the environment's project).
     "google_storage_bucket_iam_member": _iam("storage.buckets"),
     "google_bigquery_dataset": (

@@ -165,24 +165,34 @@ def test_reading_as_the_probe_does(cloud: Cloud) -> None:
 # --- the commands in the alerts ---------------------------------------------------------------
 
 
-def _ticket_commands() -> dict[str, str]:
-    """modules/system/alerts.tf's local.commands, as Terraform fills them in for recordline."""
+def _ticket_commands(system: str = "recordline") -> dict[str, str]:
+    """tickets.tf's local.ticket_commands as Terraform fills them in, and as Cloud
+    Monitoring fills in ${metric.label.system} for an incident of `system`."""
+
+    def hcl(raw: str) -> str:
+        bound = re.sub(r"\b(var|local)\.", "local.", raw)
+        bound = bound.replace("google_service_account.operator.email", "local.operator")
+        bound = bound.replace("data.google_project.this.number", "local.number")
+        return bound.replace("values(module.system)[0].probe_path", "local.probe_path")
+
     values = {
-        "service_name": '"recordline"',
         "project_id": f'"{PROJECT}"',
         "region": f'"{REGION}"',
-        "operator_service_account": f'"{OPERATOR}"',
-        "service_url": f'"{URL}"',
-        "read_audience": f'"{URL}/v1"',
+        "operator": f'"{OPERATOR}"',
+        "number": f'"{NUMBER}"',
+        "read_audience": '""',
         "probe_path": json.dumps(_locals()["probe_path"]),
     }
-    for name in ("scope", "replay_subscription", "operator_token"):
-        values[name] = '"' + re.sub(r"\b(var|local)\.", "local.", _locals()[name]) + '"'
+    values["ticket_probe_path"] = "local.probe_path"
+    for name in ("ticket_system", "ticket_scope", "ticket_service_url", "ticket_token"):
+        values[name] = _template(hcl(_locals()[name]))
+    values["ticket_audience"] = hcl(_locals()["ticket_audience"]).removeprefix("${")[:-1]
     commands = {}
-    for key, raw in _locals()["commands"].items():
+    for key, raw in _locals()["ticket_commands"].items():
         # Heredocs come back from python-hcl2 escaped as a quoted string's body.
-        template = '"' + re.sub(r"\b(var|local)\.", "local.", raw).replace("\n", "\\n") + '"'
-        commands[key] = _evaluate(template, tuple(sorted(values.items())))
+        template = '"' + hcl(raw).replace("\n", "\\n") + '"'
+        text = _evaluate(template, tuple(sorted(values.items())))
+        commands[key] = text.replace("${metric.label.system}", system)
     return commands
 
 

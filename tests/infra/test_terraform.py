@@ -542,15 +542,12 @@ def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
             f"google_monitoring_slo.{name}"
         ), name
         assert metric in json.dumps(slo), name
-    assert "google_monitoring_metric_descriptor.workload" in _waits_for(
-        "google_monitoring_alert_policy.query_bytes_billed"
-    )
-    # The PromQL policies read the descriptors' types through modules/symptoms.
+    # The PromQL policies (pages and tickets, the bytes billed among them) read the
+    # descriptors' types through modules/symptoms.
     assert _locals()["metric"].startswith("${{for name, type in var.metric_types")
-    (fleet,) = [b["fleet_symptoms"] for b in _root("module") if "fleet_symptoms" in b]
-    assert "google_monitoring_metric_descriptor.workload" in fleet["metric_types"]
-    (symptoms,) = [b["symptoms"] for b in _load(MODULE / "alerts.tf")["module"]]
-    assert symptoms["metric_types"] == "${var.metric_types}"
+    for name in ("fleet_symptoms", "ticket_symptoms"):
+        (module,) = [b[name] for b in _root("module") if name in b]
+        assert "google_monitoring_metric_descriptor.workload" in module["metric_types"], name
 
 
 @pytest.mark.parametrize(
@@ -810,16 +807,12 @@ def test_query_cost_cap_and_retention_reach_the_service() -> None:
 
 
 def test_daily_bytes_billed_alert() -> None:
-    alert = _resources("google_monitoring_alert_policy")["query_bytes_billed"]
-    (condition,) = alert["conditions"]
-    (threshold,) = condition["condition_threshold"]
-    assert threshold["filter"] == '${local.workload_metric["query.bytes_billed"]}'
-    assert threshold["threshold_value"] == "${var.query_bytes_billed_daily_budget}"
-    (aggregation,) = threshold["aggregations"]
-    # 24 h, inside the 25 h alert conditions accept.
-    assert aggregation == {
-        "alignment_period": "86400s",
-        "per_series_aligner": "ALIGN_DELTA",
-        "cross_series_reducer": "REDUCE_SUM",
-    }
+    from tests.infra.test_alerts import _symptoms
+
+    query = _symptoms(("orders",))["bytes_billed"]
+    # The last 24 h of each system's reads' bytes (a PromQL alert looks back 24 h at
+    # most), over the budget.
+    assert "increase(workload_googleapis_com:recordline_query_bytes_billed{" in query
+    assert "[1d]" in query
+    assert query.endswith("> 1099511627776")
     assert _variables()["query_bytes_billed_daily_budget"]["default"] == 1024**4

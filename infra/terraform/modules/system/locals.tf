@@ -87,3 +87,11 @@ locals {
     OTEL_METRICS_EXPORTER          = "gcp_monitoring"
   })
 }
+
+locals {
+  # This system's push subscription, as Cloud Monitoring filters name it (dashboard.tf).
+  push_subscription = join(" ", [
+    "resource.type=\"pubsub_subscription\"",
+    "resource.label.\"subscription_id\"=\"${google_pubsub_subscription.push.name}\"",
+  ])
+}

@@ -59,3 +59,8 @@ output "runtime_service_account" {
   description = "Identity the service runs as."
   value       = google_service_account.runtime.email
 }
+
+output "probe_path" {
+  description = "What the uptime check reads (uptime.tf): the tickets' read command reads the same."
+  value       = local.probe_path
+}
