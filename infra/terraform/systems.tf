@@ -135,19 +135,8 @@ moved {
 }
 
 # A deployment made before systems were modules keeps every resource: each moves to
-# the default system, none is destroyed and created again. (Its alert policies on
-# single symptoms are replaced by the fleet's pages and the system's tickets; those
-# that remain move.)
-moved {
-  from = google_monitoring_alert_policy.dead_letters
-  to   = module.system["recordline"].google_monitoring_alert_policy.dead_letters
-}
-
-moved {
-  from = google_monitoring_alert_policy.query_bytes_billed
-  to   = module.system["recordline"].google_monitoring_alert_policy.query_bytes_billed
-}
-
+# the default system, none is destroyed and created again. (Its alert policies are
+# replaced by the fleet's pages and tickets, tickets.tf: nothing of theirs is kept.)
 moved {
   from = google_bigquery_dataset.recordline
   to   = module.system["recordline"].google_bigquery_dataset.recordline
@@ -181,11 +170,6 @@ moved {
 moved {
   from = google_pubsub_topic_iam_member.canary_publisher
   to   = module.system["recordline"].google_pubsub_topic_iam_member.canary_publisher
-}
-
-moved {
-  from = google_monitoring_alert_policy.canary_absent
-  to   = module.system["recordline"].google_monitoring_alert_policy.canary_absent
 }
 
 moved {
