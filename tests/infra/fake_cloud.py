@@ -27,7 +27,6 @@ still has the placeholder's command, or with 500 when its digest is marked broke
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -697,6 +696,8 @@ def push(world: World, name: str, service: dict[str, Any], body: str) -> tuple[i
     own code (app/ingest) with the system's shape (RECORDLINE_ID_FIELD, _TIME_FIELD) and,
     for a message naming a topic schema, that schema's newest revision from the world.
     A payload that does not fit is a rejection, acknowledged (204) like a stored record."""
+    import asyncio  # here: most calls need no event loop, and importing it takes time
+
     from app.errors import BadEnvelope
     from app.ingest.envelope import decode_wrapped
     from app.ingest.payload import Payloads
