@@ -30,6 +30,8 @@ Send = Callable[[Message], Awaitable[None]]
 # directory above app/ is site-packages.
 CHECKOUT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = CHECKOUT / "infra" / "terraform" / "modules" / "system" / "schemas"
+# The serving tier's statements as Terraform applies them: append only.
+SPANNER_TEMPLATE = SCHEMA_DIR / "spanner.sql.tftpl"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,8 +401,28 @@ def schema_files() -> dict[Path, str]:
         SCHEMA_DIR / f"{name}.json": json.dumps(bigquery_schema(row_type), indent=2) + "\n"
         for name, row_type in TABLES.items()
     }
-    files[SCHEMA_DIR / "spanner.sql.tftpl"] = ddl_template()
+    files[SPANNER_TEMPLATE] = ddl_template()
     return files
+
+
+def _rewrites_released_statements(text: str) -> str | None:
+    """Why writing `text` over the Spanner statements Terraform applies would rewrite a
+    released one, or None when it keeps every one of them and only appends."""
+    from app.store.spanner.schema import split_statements
+
+    if not SPANNER_TEMPLATE.exists():
+        return None
+    released = split_statements(SPANNER_TEMPLATE.read_text())
+    now = split_statements(text)
+    for index, statement in enumerate(released):
+        if index >= len(now) or now[index] != statement:
+            return (
+                f"statement {index + 1} of {SPANNER_TEMPLATE.name} was released and would be "
+                "rewritten or removed, which replaces every serving database: keep BASELINE "
+                "and MIGRATIONS in app/store/spanner/schema.py as they were and append a "
+                f"migration instead. Released: {statement.splitlines()[0]}"
+            )
+    return None
 
 
 def in_checkout() -> bool:
@@ -425,7 +447,12 @@ def _schema(target: str, *, write: bool) -> int:
                 file=sys.stderr,
             )
             return 2
-        for path, text in schema_files().items():
+        files = schema_files()
+        refused = _rewrites_released_statements(files[SPANNER_TEMPLATE])
+        if refused:
+            print(f"recordline schema --write: {refused}", file=sys.stderr)
+            return 2
+        for path, text in files.items():
             path.write_text(text)
             print(f"wrote {path}")
         return 0

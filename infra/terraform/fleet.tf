@@ -109,8 +109,13 @@ locals {
   any_service_url = "https://$SYSTEM-${data.google_project.this.number}.${var.region}.run.app"
   any_audience    = var.read_audience != "" ? var.read_audience : "${local.any_service_url}/v1"
   operator_token  = "$(gcloud auth print-identity-token --impersonate-service-account=${google_service_account.operator.email} --audiences=\"${local.any_audience}\" --include-email)"
-  page_commands   = <<-EOT
-    For each system named in the tickets opened with this page (`<system> (${var.environment}): ...`), as a member of `oncall`:
+  # The page counts the systems (one incident for a shared outage); this names them: the
+  # page's own query through Cloud Monitoring's Prometheus HTTP API
+  # (https://cloud.google.com/stackdriver/docs/managed-prometheus/query-api-ui), as
+  # yourself (members of `oncall` read Cloud Monitoring: iam.tf). %s is the query.
+  which_systems = "curl -sS -H \"Authorization: Bearer $(gcloud auth print-access-token)\" --data-urlencode 'query=%s' 'https://monitoring.googleapis.com/v1/projects/${var.project_id}/location/global/prometheus/api/v1/query' | jq -r '.data.result[].metric.system'"
+  page_commands = <<-EOT
+    For each system the command above names (its tickets, `<system> (${var.environment}): ...`, say the same), as a member of `oncall`:
     ```sh
     SYSTEM=recordline   # the system's name
     gcloud run services describe "$SYSTEM" --project=${var.project_id} --region=${var.region} --impersonate-service-account=${google_service_account.operator.email} --format='yaml(status.traffic)'
@@ -162,6 +167,7 @@ module "fleet_symptoms" {
   read_routes                      = local.read_routes
   burn_rates                       = local.burn_rates
   min_events                       = var.alert_min_events
+  query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }
@@ -189,6 +195,6 @@ resource "google_monitoring_alert_policy" "page" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "${each.value[0]}, in as many systems as this incident's value says.\n\n${local.page_commands}\nRunbook: docs/operations.md#${each.value[3]}"
+    content   = "${each.value[0]}, in as many systems as this incident's value says. Which ones, now:\n```sh\n${format(local.which_systems, each.value[1])}\n```\n${local.page_commands}\nRunbook: docs/operations.md#${each.value[3]}"
   }
 }

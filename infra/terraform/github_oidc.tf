@@ -28,18 +28,36 @@ resource "google_iam_workload_identity_pool_provider" "github" {
   }
 
   # Any GitHub repository can present a token from this issuer. This provider accepts
-  # only this repository's, and only the subjects bound below: pull requests and the
-  # deploy branch itself (plans), and the deploy and apply environments when the run
-  # comes from the deploy branch. The repository is spelled out rather than taken from
-  # a local so policy checks can read the condition without evaluating the configuration.
+  # only this repository's, by its ids (a repository deleted and created again under
+  # the same name has another id), and only the subjects bound below, each from the one
+  # workflow file that may use it (job_workflow_ref: for a reusable workflow, the file
+  # the job is defined in): plans (pull requests, and the deploy branch), the deploy
+  # environment (the approved job of a rollout), its reviewer-free rollout environment
+  # (each system's job) and the apply environment, those three only on the deploy
+  # branch. The values are spelled out rather than taken from a local so policy checks
+  # can read the condition without evaluating the configuration. GitHub's claims:
+  # https://docs.github.com/en/actions/reference/security/oidc
   attribute_condition = <<-EOT
-    assertion.repository == '${var.github_owner}/${var.github_repo}' && (
-      assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:pull_request' || (
-        assertion.ref == 'refs/heads/${var.github_deploy_branch}' && assertion.sub in [
-          'repo:${var.github_owner}/${var.github_repo}:ref:refs/heads/${var.github_deploy_branch}',
-          'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}',
-          'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}'
-        ]
+    assertion.repository_id == '${var.github_repository_id}' && assertion.repository_owner_id == '${var.github_owner_id}' && assertion.repository == '${var.github_owner}/${var.github_repo}' && (
+      (
+        assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:pull_request' &&
+        assertion.job_workflow_ref.startsWith('${var.github_owner}/${var.github_repo}/.github/workflows/terraform-environment.yml@')
+      ) || (
+        assertion.ref == 'refs/heads/${var.github_deploy_branch}' && (
+          (
+            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:ref:refs/heads/${var.github_deploy_branch}' &&
+            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/terraform-environment.yml@refs/heads/${var.github_deploy_branch}'
+          ) || (
+            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}' &&
+            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-environment.yml@refs/heads/${var.github_deploy_branch}'
+          ) || (
+            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}-rollout' &&
+            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-system.yml@refs/heads/${var.github_deploy_branch}'
+          ) || (
+            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}' &&
+            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/terraform-environment.yml@refs/heads/${var.github_deploy_branch}'
+          )
+        )
       )
     )
   EOT
@@ -53,10 +71,17 @@ locals {
   github_principal = "principal://iam.googleapis.com/${google_iam_workload_identity_pool.github.name}/subject/repo:${local.github_repository}"
 
   github_identities = {
-    # deploy.yml jobs run in the GitHub environment named like this one (approval for prod).
+    # A rollout's first job (the image, the systems) runs in the GitHub environment
+    # named like this one: for prod, the one approval a rollout asks for.
     deployer = {
       account = google_service_account.deployer.name
       subject = "${local.github_principal}:environment:${var.environment}"
+    }
+    # Then each system's job, in <environment>-rollout, which has no reviewers: the
+    # same account, for deploy-system.yml on the deploy branch only (the condition).
+    deployer_rollout = {
+      account = google_service_account.deployer.name
+      subject = "${local.github_principal}:environment:${var.environment}-rollout"
     }
     # terraform.yml apply jobs run in the GitHub environment terraform-<environment>.
     terraform_apply = {

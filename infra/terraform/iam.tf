@@ -15,7 +15,36 @@ resource "google_storage_bucket_iam_member" "deployer_reads_state" {
   member = google_service_account.deployer.member
 }
 
+# The smoke test pushes as the push account and reads as the smoke account: ID tokens
+# only (serviceAccountOpenIdTokenCreator), no access tokens.
+resource "google_service_account_iam_member" "deployer_mints_smoke_tokens" {
+  for_each = {
+    push  = google_service_account.push.name
+    smoke = google_service_account.smoke.name
+  }
+
+  service_account_id = each.value
+  role               = "roles/iam.serviceAccountOpenIdTokenCreator"
+  member             = google_service_account.deployer.member
+}
+
+# --- Pub/Sub ----------------------------------------------------------------------
+
+# To mint each system's push OIDC token as the push account.
+resource "google_service_account_iam_member" "pubsub_mints_push_token" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}"
+}
+
 # --- Terraform (GitHub Actions, see github_oidc.tf) -----------------------------
+
+# Creating an authenticated push subscription means acting as its account.
+resource "google_service_account_iam_member" "terraform_apply_acts_as_push" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.terraform_apply.member
+}
 
 # Plans run on pull requests, with code anyone who can push a branch controls, so the
 # account reads configuration and never data: viewer roles per service, no basic roles.
@@ -28,9 +57,11 @@ resource "google_project_iam_member" "terraform_plan" {
     "roles/bigquery.resourceViewer", # the search-index DDL jobs (bigquery.tf), refreshed on plan
     "roles/browser",
     "roles/cloudscheduler.viewer", # the canary's job (modules/system/canary.tf)
+    "roles/iam.roleViewer",        # the operator's custom role
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
     "roles/iam.workloadIdentityPoolViewer",
+    "roles/logging.viewer", # the request-log exclusion (logging.tf)
     "roles/monitoring.viewer",
     "roles/pubsub.viewer",
     "roles/run.viewer",
@@ -80,4 +111,60 @@ resource "google_service_account_iam_member" "oncall_acts_as_operator" {
   service_account_id = google_service_account.operator.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = each.value
+}
+
+# What the runbook's commands need at the project, as the operator account (each is
+# run in tests/infra/test_runbook_commands.py against a fake that checks these
+# permissions where Google does): run.viewer for `gcloud run revisions list`, which
+# Cloud Run checks on the project however the service's own policy reads (and for
+# `gcloud projects describe`: resourcemanager.projects.get); the canary's Scheduler job
+# resumed or paused (Cloud Scheduler has no per-job policy), through a role of exactly
+# those permissions.
+resource "google_project_iam_member" "operator" {
+  for_each = toset([
+    "roles/run.viewer",
+    google_project_iam_custom_role.operator_scheduler.id,
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.operator.member
+}
+
+resource "google_project_iam_custom_role" "operator_scheduler" {
+  project     = var.project_id
+  role_id     = "recordlineOperatorScheduler"
+  title       = "Recordline on-call: the canary's Scheduler jobs"
+  description = "Read, pause, resume and run Cloud Scheduler jobs (the canaries), nothing else."
+  permissions = [
+    "cloudscheduler.jobs.enable",
+    "cloudscheduler.jobs.get",
+    "cloudscheduler.jobs.list",
+    "cloudscheduler.jobs.pause",
+    "cloudscheduler.jobs.run",
+  ]
+
+  depends_on = [google_project_service.enabled]
+}
+
+# On-call looks as themselves and acts as the operator account: the members of `oncall`
+# see dashboards, alerts, Metrics Explorer and the Logs Explorer, and query the dead
+# letters (the table itself is granted per system: modules/system/iam.tf), but change
+# nothing. Reading the dead letters is no more than acting as the operator already
+# allows (it pulls them to replay).
+locals {
+  oncall_project_roles = ["roles/monitoring.viewer", "roles/logging.viewer", "roles/bigquery.jobUser"]
+}
+
+resource "google_project_iam_member" "oncall_looks" {
+  for_each = {
+    for pair in setproduct(sort(tolist(var.oncall)), local.oncall_project_roles) :
+    "${pair[1]} ${pair[0]}" => { member = pair[0], role = pair[1] }
+  }
+
+  project = var.project_id
+  role    = each.value.role
+  member  = each.value.member
+
+  depends_on = [google_project_service.enabled]
 }

@@ -32,3 +32,24 @@ resource "google_service_account" "operator" {
 
   depends_on = [google_project_service.enabled]
 }
+
+# Shared by every system, since they hold nothing (a project holds 100 accounts by
+# default, https://cloud.google.com/iam/quotas; each system has one of its own, its
+# runtime account). Pub/Sub signs each system's pushes as this account, with that
+# system's audience, which only that system's service accepts.
+resource "google_service_account" "push" {
+  project      = var.project_id
+  account_id   = "${var.service_name}-push"
+  display_name = "${var.service_name} push subscriptions (OIDC token identity of every system's)"
+
+  depends_on = [google_project_service.enabled]
+}
+
+# The deploy's smoke test reads back, as this account, what it pushed to each system.
+resource "google_service_account" "smoke" {
+  project      = var.project_id
+  account_id   = "${var.service_name}-smoke"
+  display_name = "${var.service_name} post-deploy smoke test (a reader of every system)"
+
+  depends_on = [google_project_service.enabled]
+}

@@ -15,6 +15,14 @@ locals {
   spanner_instances     = length(local.serving_systems) > 0 ? toset([local.spanner_instance_name]) : toset([])
   spanner_config        = var.spanner_config != "" ? var.spanner_config : "regional-${var.region}"
 
+  # An instance under 1,000 processing units holds 10 databases per 100 units, one of
+  # 1,000 or more holds 100 (https://cloud.google.com/spanner/quotas, "Databases per
+  # instance"): the instance is never smaller than its serving databases need, whatever
+  # spanner_processing_units says, so the eleventh system that opts in raises it (an
+  # online change) in the apply that creates its database, before creating it.
+  spanner_units_needed     = min(ceil(length(local.serving_systems) / 10) * 100, 1000)
+  spanner_processing_units = max(var.spanner_processing_units, local.spanner_units_needed)
+
   # Google's recommended maximum of high-priority CPU: 65% for a regional instance, 45%
   # per region for a dual- or multi-region one, so the instance can still serve with a
   # zone (or a region) lost (https://cloud.google.com/spanner/docs/cpu-utilization).
@@ -28,7 +36,7 @@ resource "google_spanner_instance" "serving" {
   name             = each.key
   config           = local.spanner_config
   display_name     = "${var.service_name} serving"
-  processing_units = var.spanner_processing_units
+  processing_units = local.spanner_processing_units
 
   # Every row is in BigQuery too: the daily backups a new instance takes by default
   # would keep a week of copies of rows that are kept there anyway.
@@ -41,6 +49,12 @@ resource "google_spanner_instance" "serving" {
   # destroy it (the last system leaving `serving`) fails here first.
   lifecycle {
     prevent_destroy = true
+
+    # 100 databases is the most any instance holds, however large.
+    precondition {
+      condition     = length(local.serving_systems) <= 100
+      error_message = "More than 100 systems with serving: a Spanner instance holds at most 100 databases (https://cloud.google.com/spanner/quotas). Split the systems across projects."
+    }
   }
 }
 

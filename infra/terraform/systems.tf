@@ -39,12 +39,11 @@ module "system" {
   service_name = each.key
   dataset_id   = each.key == var.service_name ? var.dataset_id : replace(each.key, "-", "_")
 
-  readers         = each.value.readers != null ? each.value.readers : var.readers
-  operators       = each.value.operators != null ? each.value.operators : var.operators
-  ticket_channels = each.value.ticket_channels != null ? each.value.ticket_channels : var.ticket_channels
-  min_instances   = each.value.min_instances != null ? each.value.min_instances : var.min_instances
-  max_instances   = each.value.max_instances != null ? each.value.max_instances : var.max_instances
-  extra_env       = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+  readers       = each.value.readers != null ? each.value.readers : var.readers
+  operators     = each.value.operators != null ? each.value.operators : var.operators
+  min_instances = each.value.min_instances != null ? each.value.min_instances : var.min_instances
+  max_instances = each.value.max_instances != null ? each.value.max_instances : var.max_instances
+  extra_env     = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
 
   # Its topic's schema and the payload's shape (README, "Your topic, your schema"); files
   # are paths from the repository's root, this directory's grandparent.
@@ -61,63 +60,83 @@ module "system" {
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name } : null
 
-  project_id                       = var.project_id
-  project_number                   = data.google_project.this.number
-  region                           = var.region
-  environment                      = var.environment
-  dataset_location                 = var.dataset_location
-  placeholder_image                = var.placeholder_image
-  ingress                          = var.ingress
-  cpu                              = var.cpu
-  memory                           = var.memory
-  concurrency                      = var.concurrency
-  request_timeout_seconds          = var.request_timeout_seconds
-  write_deadline_seconds           = var.write_deadline_seconds
-  ack_deadline_margin_seconds      = var.ack_deadline_margin_seconds
-  max_delivery_attempts            = var.max_delivery_attempts
-  message_retention_duration       = var.message_retention_duration
-  retry_minimum_backoff            = var.retry_minimum_backoff
-  retry_maximum_backoff            = var.retry_maximum_backoff
-  retention_days                   = var.retention_days
-  push_audience                    = var.push_audience
-  read_audience                    = var.read_audience
-  query_max_bytes_billed           = var.query_max_bytes_billed
-  query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
-  availability_goal                = var.availability_goal
-  freshness_goal                   = var.freshness_goal
-  freshness_threshold_seconds      = var.freshness_threshold_seconds
-  read_latency_goal                = var.read_latency_goal
-  read_latency_threshold_seconds   = var.read_latency_threshold_seconds
-  slo_rolling_period_days          = var.slo_rolling_period_days
-  alert_min_events                 = var.alert_min_events
-  burn_rates                       = local.burn_rates
-  oldest_unacked_threshold_seconds = var.oldest_unacked_threshold_seconds
-  canary_age_threshold_seconds     = var.canary_age_threshold_seconds
+  project_id                     = var.project_id
+  project_number                 = data.google_project.this.number
+  region                         = var.region
+  environment                    = var.environment
+  dataset_location               = var.dataset_location
+  placeholder_image              = var.placeholder_image
+  ingress                        = var.ingress
+  cpu                            = var.cpu
+  memory                         = var.memory
+  concurrency                    = var.concurrency
+  request_timeout_seconds        = var.request_timeout_seconds
+  write_deadline_seconds         = var.write_deadline_seconds
+  ack_deadline_margin_seconds    = var.ack_deadline_margin_seconds
+  max_delivery_attempts          = var.max_delivery_attempts
+  message_retention_duration     = var.message_retention_duration
+  retry_minimum_backoff          = var.retry_minimum_backoff
+  retry_maximum_backoff          = var.retry_maximum_backoff
+  retention_days                 = var.retention_days
+  push_audience                  = var.push_audience
+  read_audience                  = var.read_audience
+  query_max_bytes_billed         = var.query_max_bytes_billed
+  availability_goal              = var.availability_goal
+  freshness_goal                 = var.freshness_goal
+  freshness_threshold_seconds    = var.freshness_threshold_seconds
+  read_latency_goal              = var.read_latency_goal
+  read_latency_threshold_seconds = var.read_latency_threshold_seconds
+  slo_rolling_period_days        = var.slo_rolling_period_days
 
   # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
   service_agents           = time_sleep.service_agents.triggers
   operator_service_account = google_service_account.operator.email
+  oncall                   = var.oncall
+  push_service_account     = google_service_account.push.email
+  smoke_service_account    = google_service_account.smoke.email
   deployer_member          = google_service_account.deployer.member
   terraform_apply_member   = google_service_account.terraform_apply.member
   metric_types             = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
 
-  depends_on = [google_project_service.enabled]
+  # Pub/Sub checks it may sign as the push account when a push subscription is created.
+  depends_on = [
+    google_project_service.enabled,
+    google_service_account_iam_member.pubsub_mints_push_token,
+    google_service_account_iam_member.terraform_apply_acts_as_push,
+  ]
+}
+
+# The identities every system shares came out of the default system's module: the
+# default system's accounts and grants become the environment's, nothing is destroyed.
+# (Other systems' own push and smoke accounts are deleted: nothing else uses them.)
+moved {
+  from = module.system["recordline"].google_service_account.push
+  to   = google_service_account.push
+}
+
+moved {
+  from = module.system["recordline"].google_service_account.smoke
+  to   = google_service_account.smoke
+}
+
+moved {
+  from = module.system["recordline"].google_service_account_iam_member.pubsub_mints_push_token
+  to   = google_service_account_iam_member.pubsub_mints_push_token
+}
+
+moved {
+  from = module.system["recordline"].google_service_account_iam_member.deployer_mints_smoke_tokens
+  to   = google_service_account_iam_member.deployer_mints_smoke_tokens
+}
+
+moved {
+  from = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as["push"]
+  to   = google_service_account_iam_member.terraform_apply_acts_as_push
 }
 
 # A deployment made before systems were modules keeps every resource: each moves to
-# the default system, none is destroyed and created again. (Its alert policies on
-# single symptoms are replaced by the fleet's pages and the system's tickets; those
-# that remain move.)
-moved {
-  from = google_monitoring_alert_policy.dead_letters
-  to   = module.system["recordline"].google_monitoring_alert_policy.dead_letters
-}
-
-moved {
-  from = google_monitoring_alert_policy.query_bytes_billed
-  to   = module.system["recordline"].google_monitoring_alert_policy.query_bytes_billed
-}
-
+# the default system, none is destroyed and created again. (Its alert policies are
+# replaced by the fleet's pages and tickets, tickets.tf: nothing of theirs is kept.)
 moved {
   from = google_bigquery_dataset.recordline
   to   = module.system["recordline"].google_bigquery_dataset.recordline
@@ -151,11 +170,6 @@ moved {
 moved {
   from = google_pubsub_topic_iam_member.canary_publisher
   to   = module.system["recordline"].google_pubsub_topic_iam_member.canary_publisher
-}
-
-moved {
-  from = google_monitoring_alert_policy.canary_absent
-  to   = module.system["recordline"].google_monitoring_alert_policy.canary_absent
 }
 
 moved {
@@ -204,11 +218,6 @@ moved {
 }
 
 moved {
-  from = google_service_account_iam_member.deployer_mints_smoke_tokens
-  to   = module.system["recordline"].google_service_account_iam_member.deployer_mints_smoke_tokens
-}
-
-moved {
   from = google_service_account_iam_member.terraform_apply_acts_as
   to   = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as
 }
@@ -249,11 +258,6 @@ moved {
 }
 
 moved {
-  from = google_service_account_iam_member.pubsub_mints_push_token
-  to   = module.system["recordline"].google_service_account_iam_member.pubsub_mints_push_token
-}
-
-moved {
   from = google_bigquery_table_iam_member.pubsub_writes_dead_letters
   to   = module.system["recordline"].google_bigquery_table_iam_member.pubsub_writes_dead_letters
 }
@@ -281,16 +285,6 @@ moved {
 moved {
   from = google_service_account.runtime
   to   = module.system["recordline"].google_service_account.runtime
-}
-
-moved {
-  from = google_service_account.push
-  to   = module.system["recordline"].google_service_account.push
-}
-
-moved {
-  from = google_service_account.smoke
-  to   = module.system["recordline"].google_service_account.smoke
 }
 
 moved {

@@ -48,9 +48,18 @@ variable "placeholder_image" {
     Image of a new system's first revision, before any Recordline image is deployed to
     it: a public Python image running modules/system/placeholder.py, which answers
     503 to every push (Pub/Sub keeps the messages) and 200 to Cloud Run's probes.
-    Deploys replace it (deploy-environment.yml) and Terraform ignores it afterwards.
+    Deploys replace it (deploy-system.yml) and Terraform ignores it afterwards. It runs
+    as the system's runtime account, so it is pinned by digest: the base image the
+    service's own Dockerfile pins (a test keeps the two equal), whose only code that
+    runs is the interpreter, on placeholder.py.
   EOT
-  default     = "gcr.io/distroless/python3-debian12:nonroot"
+  default     = "docker.io/library/python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d"
+
+  # A tag can be moved to other bytes by whoever publishes it; a digest cannot.
+  validation {
+    condition     = can(regex("@sha256:[0-9a-f]{64}$", var.placeholder_image))
+    error_message = "placeholder_image must be pinned by digest: IMAGE@sha256:<64 hex>."
+  }
 }
 
 variable "concurrency" {
@@ -218,6 +227,12 @@ variable "oncall" {
     Application Default Credentials for Pub/Sub. docs/operations.md#acting-as-the-operator-account.
   EOT
   default     = []
+
+  # Without anyone who may act as the operator account, no runbook command works.
+  validation {
+    condition     = var.environment != "prod" || length(var.oncall) > 0
+    error_message = "prod needs someone on call: list the on-call group (group:...) in oncall in env/prod.tfvars (infra/README.md, step 2)."
+  }
 
   validation {
     condition = alltrue([
@@ -402,6 +417,26 @@ variable "github_repo" {
   }
 }
 
+variable "github_repository_id" {
+  type        = string
+  description = "Numeric id of that repository (gh api repos/OWNER/REPO --jq .id): tokens are accepted by id, so a repository created again under the same name is not."
+
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.github_repository_id))
+    error_message = "github_repository_id must be the repository's numeric id: gh api repos/OWNER/REPO --jq .id (infra/README.md, step 2)."
+  }
+}
+
+variable "github_owner_id" {
+  type        = string
+  description = "Numeric id of the repository's owner (gh api repos/OWNER/REPO --jq .owner.id)."
+
+  validation {
+    condition     = can(regex("^[1-9][0-9]*$", var.github_owner_id))
+    error_message = "github_owner_id must be the owner's numeric id: gh api repos/OWNER/REPO --jq .owner.id (infra/README.md, step 2)."
+  }
+}
+
 variable "github_deploy_branch" {
   type        = string
   description = "The only branch whose workflows may obtain deploy or apply credentials."
@@ -420,8 +455,10 @@ variable "terraform_apply_roles" {
     "roles/artifactregistry.admin",
     "roles/bigquery.admin",
     "roles/cloudscheduler.admin",
+    "roles/iam.roleAdmin",
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
+    "roles/logging.configWriter", # the exclusion of successful pushes' request logs
     "roles/monitoring.editor",
     "roles/pubsub.admin",
     "roles/resourcemanager.projectIamAdmin",
@@ -455,6 +492,13 @@ variable "ticket_channels" {
   type        = list(string)
   description = "Notification channel ids that tickets go to: each system's own detail of every symptom, and what needs a look in working hours (modules/system/alerts.tf). A system's own ticket_channels replace these."
   default     = []
+
+  # Dead letters (kept 7 days for replay), the Spanner CPU and every system's tickets go
+  # here unless a system names its own: in prod they must reach someone.
+  validation {
+    condition     = var.environment != "prod" || length(var.ticket_channels) > 0
+    error_message = "prod needs at least one ticket channel: create one and list its id in ticket_channels in env/prod.tfvars (infra/README.md, step 3)."
+  }
 
   validation {
     condition     = alltrue([for c in var.ticket_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
@@ -615,6 +659,17 @@ variable "systems" {
     error_message = "id_field and time_field are field paths: names joined by dots, such as order_id or meta.created_at."
   }
 
+  # Files a system reads live under schemas/, which terraform.yml plans on: a changed
+  # schema or canary is a change to the environment (a schema revision, a new canary).
+  validation {
+    condition = alltrue([
+      for s in values(var.systems) : alltrue([
+        for f in compact([try(s.schema.file, null), s.canary_file]) : startswith(f, "schemas/") && !strcontains(f, "..")
+      ])
+    ])
+    error_message = "A system's schema file and canary_file are paths under schemas/ (from the repository's root), where terraform.yml looks for changes."
+  }
+
   # Scheduler publishes the canary to the topic every minute: with a schema Pub/Sub
   # refuses today's canary, and with another id field the service rejects it; either
   # way the canary alerts would fire for good.
@@ -625,11 +680,31 @@ variable "systems" {
     error_message = "A system with a schema or an id_field needs canary_file: one message in its topic's shape, with its record id where id_field says (README, \"Pointing Recordline at an existing topic\")."
   }
 
+  # Every system has a service account of its own (its runtime account) and the
+  # environment six (deploy, tf-plan, tf-apply, operator, push, smoke): a plan with
+  # more systems than the project may hold accounts for is refused here, before it
+  # creates any, rather than failing part-way through the apply.
+  validation {
+    condition     = max(length(var.systems), 1) + 6 <= var.service_account_quota
+    error_message = "More systems than the project's service-account quota holds: each system has one account and the environment 6. Raise the quota (https://cloud.google.com/iam/quotas) and service_account_quota with it, or split the systems across projects."
+  }
+
   # A retired system's topics and dataset are still there (prevent_destroy kept them).
   validation {
     condition     = length(setintersection(keys(var.systems), var.retired_systems)) == 0
     error_message = "A retired system's name cannot be used again: its topics and dataset still exist."
   }
+}
+
+variable "service_account_quota" {
+  type        = number
+  description = <<-EOT
+    Service accounts the project may hold: 100 by default
+    (https://cloud.google.com/iam/quotas, "Service accounts per project"), more once a
+    quota increase is granted. With one account per system and six for the
+    environment, 94 systems fit by default.
+  EOT
+  default     = 100
 }
 
 variable "retired_systems" {

@@ -9,6 +9,13 @@ without --region, an ID token with --audiences for a user account, acting as an
 account without the grant, a revision or image that does not exist, a flag it does
 not know. Anything it does not model is an error, never a silent success.
 
+Who may do what is the world's IAM: roles bound on the project, on each service, on
+each service account and on each table (tests build it from Terraform's grants), the
+members of groups, and the permissions of each role (gcp_roles.json, and the world's
+custom roles). Each command checks the permission Google checks, on the resource
+Google checks it on, as the comment beside each check cites; what a command needs
+that is not checked here is said where it is answered.
+
 Cloud Run's behaviour it keeps: `deploy` creates a revision that inherits the last
 one's command and arguments unless given; a service whose traffic follows the latest
 revision sends the new one everything, while a pinned one sends it nothing (unless
@@ -27,9 +34,12 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 WORLD = Path(os.environ["FAKE_CLOUD_WORLD"])
+ROLES: dict[str, list[str]] = json.loads(Path(__file__).with_name("gcp_roles.json").read_text())[
+    "roles"
+]
 LOG = WORLD.with_name("calls.jsonl")
 
 # Flags that take a value (the rest are switches), by the command words they follow.
@@ -50,6 +60,8 @@ VALUE_FLAGS = {
     "--limit",
     "--audiences",
     "--impersonate-service-account",
+    "--location",
+    "--freshness",
 }
 SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email"}
 RUN_FLAGS = {"--project", "--region", "--format", "--quiet", "--impersonate-service-account"}
@@ -121,18 +133,55 @@ def allow(command: str, flags: dict[str, Any], allowed: set[str]) -> None:
         fail(f"ERROR: (gcloud.{command}) unrecognized arguments: {' '.join(sorted(unknown))}", 2)
 
 
-def acting(world: World, flags: dict[str, Any], command: str) -> str:
+def holds(world: World, principal: str, permission: str, *where: tuple[str, str]) -> bool:
+    """Whether `principal` holds `permission` through a role bound on any of `where`
+    ((kind, name): ("project", ""), ("services", NAME), ("service_accounts", EMAIL),
+    ("tables", DATASET.TABLE)), directly or through a group it is a member of."""
+    iam = world["iam"]
+    who = {principal} | {
+        group for group, members in world.data.get("groups", {}).items() if principal in members
+    }
+    custom = world.data.get("custom_roles", {})
+
+    def permissions(role: str) -> list[str]:
+        if role not in ROLES and role not in custom:
+            fail(f"fake cloud: role {role} is not in gcp_roles.json nor a custom role", 3)
+        return ROLES.get(role) or custom[role]
+
+    for kind, name in where:
+        bindings = iam.get(kind, {}) if kind == "project" else iam.get(kind, {}).get(name, {})
+        for member, roles in bindings.items():
+            if member in who and any(permission in permissions(r) for r in roles):
+                return True
+    return False
+
+
+def denied(command: str, permission: str, principal: str, resource: str) -> NoReturn:
+    fail(
+        f"ERROR: (gcloud.{command}) PERMISSION_DENIED: Permission '{permission}' denied on "
+        f"resource '{resource}' (or it may not exist). [{principal}]"
+    )
+
+
+PROJECT = ("project", "")
+
+
+def acting(world: World, flags: dict[str, Any], command: str, *, id_token: bool = False) -> str:
     """The principal a command runs as: the credentials, or the account impersonated."""
     principal = str(world["principal"])
     account = flags.get("--impersonate-service-account")
     if account is None:
         return principal
-    if principal not in world["can_impersonate"].get(account, []):
-        fail(
-            f"ERROR: (gcloud.{command}) PERMISSION_DENIED: Permission "
-            f"'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist). "
-            f"[{principal} may not act as {account}]"
-        )
+    # Impersonation is a short-lived credential of the account, asked for by the caller:
+    # an access token needs iam.serviceAccounts.getAccessToken on the account, an ID token
+    # iam.serviceAccounts.getOpenIdToken, each granted by Service Account Token Creator
+    # (https://cloud.google.com/iam/docs/service-account-impersonation,
+    # https://cloud.google.com/iam/docs/create-short-lived-credentials-direct).
+    permission = (
+        "iam.serviceAccounts.getOpenIdToken" if id_token else "iam.serviceAccounts.getAccessToken"
+    )
+    if not holds(world, principal, permission, PROJECT, ("service_accounts", account)):
+        denied(command, permission, principal, f"projects/-/serviceAccounts/{account}")
     return f"serviceAccount:{account}"
 
 
@@ -157,12 +206,12 @@ def service_of(world: World, name: str, command: str) -> dict[str, Any]:
     return dict(service)
 
 
-def may(world: World, service: dict[str, Any], principal: str, verb: str, command: str) -> None:
-    if principal not in service["developers"]:
-        fail(
-            f"ERROR: (gcloud.{command}) PERMISSION_DENIED: Permission 'run.services.{verb}' "
-            f"denied on resource [{principal}]"
-        )
+def may(world: World, name: str, principal: str, permission: str, command: str) -> None:
+    """A Cloud Run service permission, held on the service or inherited from the project
+    (https://cloud.google.com/run/docs/securing/managing-access: roles granted on a
+    service apply to it; on the project, to every service)."""
+    if not holds(world, principal, permission, PROJECT, ("services", name)):
+        denied(command, permission, principal, f"namespaces/{world['project']}/services/{name}")
 
 
 def latest(service: dict[str, Any]) -> str:
@@ -195,10 +244,39 @@ def describe_status(world: World, name: str, service: dict[str, Any]) -> dict[st
             entry["tag"] = t["tag"]
             entry["url"] = tag_url(world, name, t["tag"])
         traffic.append(entry)
+    # spec.traffic as the service declares it (Knative's TrafficTarget:
+    # https://cloud.google.com/run/docs/reference/rest/v1/namespaces.services#TrafficTarget).
+    spec = []
+    for t in service["traffic"]:
+        target: dict[str, Any] = (
+            {"latestRevision": True} if t.get("latest") else {"revisionName": t["revision"]}
+        )
+        target["percent"] = t["percent"]
+        if t.get("tag"):
+            target["tag"] = t["tag"]
+        spec.append(target)
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {"name": name},
+        # The newest revision's container, as the service's template now says it.
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "image": service["revisions"][-1]["image"],
+                            **(
+                                {"command": service["revisions"][-1]["command"]}
+                                if service["revisions"][-1]["command"]
+                                else {}
+                            ),
+                        }
+                    ]
+                }
+            },
+            "traffic": spec,
+        },
         "status": {
             "url": f"https://{name}-{world['hash']}.a.run.app",
             "latestReadyRevisionName": latest(service),
@@ -231,7 +309,16 @@ def run_deploy(world: World, args: list[str]) -> None:
     scope(world, flags, command)
     service = service_of(world, name, command)
     principal = acting(world, flags, command)
-    may(world, service, principal, "update", command)
+    # Replacing the service (a new revision) is run.services.update on it
+    # (https://cloud.google.com/run/docs/reference/rest/v1/namespaces.services/replaceService),
+    # and a revision runs as the service's account: deploying one is acting as it,
+    # iam.serviceAccounts.actAs (https://cloud.google.com/run/docs/securing/service-identity).
+    may(world, name, principal, "run.services.update", command)
+    runtime = service.get("runtime_account", "")
+    if runtime and not holds(
+        world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", runtime)
+    ):
+        denied(command, "iam.serviceAccounts.actAs", principal, runtime)
     image = flags.get("--image")
     if not image:
         fail(f"ERROR: (gcloud.{command}) deploying needs --image here", 2)
@@ -279,7 +366,8 @@ def run_update_traffic(world: World, args: list[str]) -> None:
     )
     scope(world, flags, command)
     service = service_of(world, name, command)
-    may(world, service, acting(world, flags, command), "update", command)
+    # A traffic change replaces the service: run.services.update (as `deploy`).
+    may(world, name, acting(world, flags, command), "run.services.update", command)
     names = {r["name"] for r in service["revisions"]}
     tags = [t for t in service["traffic"] if t.get("tag")]
     if flags.get("--to-latest"):
@@ -323,9 +411,9 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         allow(command, flags, RUN_FLAGS)
         scope(world, flags, command)
         service = service_of(world, name, command)
-        principal = acting(world, flags, command)
-        if principal not in service["developers"] + service.get("viewers", []):
-            fail(f"ERROR: (gcloud.{command}) PERMISSION_DENIED: run.services.get [{principal}]")
+        # namespaces.services.get: run.services.get on the service
+        # (https://cloud.google.com/run/docs/reference/rest/v1/namespaces.services/get).
+        may(world, name, acting(world, flags, command), "run.services.get", command)
         return show(describe_status(world, name, service), flags.get("--format"), command)
     if words == ["run", "revisions", "list"]:
         command = "run.revisions.list"
@@ -333,7 +421,13 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         allow(command, flags, RUN_FLAGS | {"--service", "--sort-by", "--limit"})
         scope(world, flags, command)
         service = service_of(world, flags.get("--service", ""), command)
-        acting(world, flags, command)
+        principal = acting(world, flags, command)
+        # gcloud lists revisions with namespaces.revisions.list, whose parent is the
+        # namespace, the project, filtered by a label of the service: run.revisions.list
+        # is checked on the project, and a role on the service alone does not grant it
+        # (https://cloud.google.com/run/docs/reference/rest/v1/namespaces.revisions/list).
+        if not holds(world, principal, "run.revisions.list", PROJECT):
+            denied(command, "run.revisions.list", principal, f"namespaces/{world['project']}")
         revisions = list(reversed(service["revisions"]))  # newest first
         if flags.get("--sort-by") not in (None, "~metadata.creationTimestamp"):
             fail(f"fake gcloud: --sort-by={flags['--sort-by']} is not modelled", 3)
@@ -347,15 +441,38 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         else:
             fail(f"fake gcloud: output format {fmt!r} of {command} is not modelled", 3)
         return None
+    if words == ["run", "revisions", "delete"]:
+        command = "run.revisions.delete"
+        (name,), flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS)
+        scope(world, flags, command)
+        principal = acting(world, flags, command)
+        for service_name, service in world["services"].items():
+            for r in service["revisions"]:
+                if r["name"] == name:
+                    # namespaces.revisions.delete: run.revisions.delete, on the revision's
+                    # service or the project; Cloud Run refuses to delete a revision that
+                    # serves traffic or carries a tag
+                    # (https://cloud.google.com/run/docs/managing/revisions#delete).
+                    may(world, service_name, principal, "run.revisions.delete", command)
+                    if any(t.get("revision") == name for t in service["traffic"]):
+                        fail(f"ERROR: (gcloud.{command}) Revision {name} is in use")
+                    service["revisions"] = [x for x in service["revisions"] if x is not r]
+                    world["services"][service_name] = service
+                    world.save()
+                    return None
+        fail(f"ERROR: (gcloud.{command}) Revision [{name}] could not be found.")
     if words == ["run", "revisions", "describe"]:
         command = "run.revisions.describe"
         (name,), flags = parse(args, command)
         allow(command, flags, RUN_FLAGS)
         scope(world, flags, command)
-        acting(world, flags, command)
-        for service in world["services"].values():
+        principal = acting(world, flags, command)
+        for service_name, service in world["services"].items():
             for r in service["revisions"]:
                 if r["name"] == name:
+                    # run.revisions.get, held on the revision's service or the project.
+                    may(world, service_name, principal, "run.revisions.get", command)
                     repository = r["image"].split("@")[0]
                     status = {"status": {"imageDigest": f"{repository}@{r['digest']}"}}
                     return show(status, flags.get("--format"), command)
@@ -364,7 +481,7 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         command = "auth.print-identity-token"
         _, flags = parse(args, command)
         allow(command, flags, {"--audiences", "--include-email", "--impersonate-service-account"})
-        principal = acting(world, flags, command)
+        principal = acting(world, flags, command, id_token=True)
         if "--audiences" in flags and principal.startswith("user:"):
             fail(
                 f"ERROR: (gcloud.{command}) Invalid account type for `--audiences`. "
@@ -372,6 +489,45 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
             )
         email = principal.partition(":")[2] if flags.get("--include-email") else None
         print(token(email, flags.get("--audiences", "32555940559.apps.googleusercontent.com")))
+        return None
+    if words == ["auth", "print-access-token"]:
+        command = "auth.print-access-token"
+        _, flags = parse(args, command)
+        allow(command, flags, {"--impersonate-service-account"})
+        principal = acting(world, flags, command)
+        print("access." + base64.urlsafe_b64encode(principal.encode()).decode())
+        return None
+    if words == ["scheduler", "jobs", "resume"] or words == ["scheduler", "jobs", "pause"]:
+        command = f"scheduler.jobs.{words[2]}"
+        (job,), flags = parse(args, command)
+        allow(command, flags, {"--location", "--project", "--impersonate-service-account"})
+        scope(world, flags, command)
+        if flags.get("--location") != world["region"]:
+            fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Job not found in {flags.get('--location')}")
+        principal = acting(world, flags, command)
+        # projects.locations.jobs.resume needs cloudscheduler.jobs.enable, .pause
+        # cloudscheduler.jobs.pause, on the project: jobs have no policy of their own
+        # (https://cloud.google.com/scheduler/docs/reference/rest/v1/projects.locations.jobs/resume,
+        # https://cloud.google.com/scheduler/docs/reference/rest/v1/projects.locations.jobs/pause).
+        permission = "cloudscheduler.jobs." + ("enable" if words[2] == "resume" else "pause")
+        if not holds(world, principal, permission, PROJECT):
+            denied(command, permission, principal, f"projects/{world['project']}/jobs/{job}")
+        if job not in world.data.get("scheduler_jobs", {}):
+            fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Job {job} not found")
+        world.data["scheduler_jobs"][job] = "ENABLED" if words[2] == "resume" else "PAUSED"
+        world.save()
+        return None
+    if words == ["logging", "read"]:
+        command = "logging.read"
+        (_filter,), flags = parse(args, command)
+        allow(command, flags, {"--project", "--freshness", "--limit", "--format"})
+        scope(world, flags, command)
+        # entries.list needs logging.logEntries.list on the project
+        # (https://cloud.google.com/logging/docs/reference/v2/rest/v2/entries/list).
+        principal = str(world["principal"])
+        if not holds(world, principal, "logging.logEntries.list", PROJECT):
+            denied(command, "logging.logEntries.list", principal, f"projects/{world['project']}")
+        print("[]")
         return None
     if words == ["auth", "application-default", "login"]:
         command = "auth.application-default.login"
@@ -384,9 +540,13 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         command = "artifacts.docker.images.describe"
         (ref,), flags = parse(args, command)
         allow(command, flags, {"--format", "--project"})
+        repository, at, digest = ref.partition("@")
+        if flags.get("--format") == "value(tags)" and at:
+            held = world["registry"].get(repository, {}).get("tags", {})
+            print(",".join(tag for tag, d in held.items() if d == digest))
+            return None
         if flags.get("--format") != "value(image_summary.digest)":
             fail(f"fake gcloud: output format {flags.get('--format')!r} is not modelled", 3)
-        repository, at, digest = ref.partition("@")
         images = world["registry"].get(repository if at else ref.rpartition(":")[0], {})
         found = digest if at and digest in images.get("digests", []) else None
         if not at:
@@ -404,9 +564,14 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return None
     if words == ["projects", "describe"]:
         (project,), flags = parse(args, "projects.describe")
-        allow("projects.describe", flags, {"--format"})
+        allow("projects.describe", flags, {"--format", "--impersonate-service-account"})
         if project != world["project"] or flags.get("--format") != "value(projectNumber)":
             fail("fake gcloud: only value(projectNumber) of the world's project is modelled", 3)
+        principal = acting(world, flags, "projects.describe")
+        # projects.get: resourcemanager.projects.get on the project
+        # (https://cloud.google.com/resource-manager/reference/rest/v1/projects/get).
+        if not holds(world, principal, "resourcemanager.projects.get", PROJECT):
+            denied("projects.describe", "resourcemanager.projects.get", principal, project)
         print(world["number"])
         return None
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
@@ -418,7 +583,12 @@ COMMANDS = (
     ("run", "services", "update-traffic"),
     ("run", "revisions", "list"),
     ("run", "revisions", "describe"),
+    ("run", "revisions", "delete"),
     ("auth", "print-identity-token"),
+    ("auth", "print-access-token"),
+    ("scheduler", "jobs", "resume"),
+    ("scheduler", "jobs", "pause"),
+    ("logging", "read"),
     ("auth", "application-default", "login"),
     ("artifacts", "docker", "images", "describe"),
     ("storage", "cat"),
@@ -441,6 +611,10 @@ def answer(
 ) -> tuple[int, str]:
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if host == "monitoring.googleapis.com":
+        return prometheus(world, parts.path, headers, body)
+    if host == "api.github.com":
+        return github_api(world, parts.path)
     for name, service in world["services"].items():
         hosts = {
             f"{name}-{world['hash']}.a.run.app",
@@ -461,6 +635,15 @@ def answer(
         else:
             continue
         (revision,) = [r for r in service["revisions"] if r["name"] == revision_name]
+        # Cloud Run's own check before the container: a valid ID token of a principal
+        # holding run.routes.invoke on the service (roles/run.invoker), else 401 or 403
+        # (https://cloud.google.com/run/docs/authenticating/service-to-service).
+        email = claims(headers.get("authorization", "").removeprefix("Bearer ")).get("email")
+        if not email:
+            return 401, "no ID token"
+        caller = ("serviceAccount:" if email.endswith("gserviceaccount.com") else "user:") + email
+        if not holds(world, caller, "run.routes.invoke", PROJECT, ("services", name)):
+            return 403, f"{caller} may not invoke {name}"
         return container(world, name, service, revision, method, parts.path, headers, body)
     print(f"curl: (6) Could not resolve host: {host}", file=sys.stderr)
     sys.exit(6)
@@ -488,12 +671,7 @@ def container(
             return 401, "wrong audience"
         if token_claims.get("email") not in service["push_accounts"]:
             return 403, "not a push account"
-        envelope = json.loads(body)
-        record = json.loads(base64.b64decode(envelope["message"]["data"]))
-        service.setdefault("records", {})[record["id"]] = record
-        world["services"][name] = service
-        world.save()
-        return 204, ""
+        return push(world, name, service, body)
     if path.startswith("/v1/") and method == "GET":
         audiences = {
             service["read_audience"],
@@ -506,19 +684,130 @@ def container(
         if path.startswith("/v1/records/"):
             record = service.get("records", {}).get(path.removeprefix("/v1/records/"))
             return (200, json.dumps(record)) if record else (404, '{"status":404}')
+        if path.startswith("/v1/messages/"):
+            message = service.get("messages", {}).get(path.removeprefix("/v1/messages/"))
+            return (200, json.dumps(message)) if message else (404, '{"status":404}')
         return 200, '{"records":[],"next_page_token":null}'
     return 404, "no such route"
+
+
+def push(world: World, name: str, service: dict[str, Any], body: str) -> tuple[int, str]:
+    """A push as Recordline takes it: the envelope, then the payload read by the service's
+    own code (app/ingest) with the system's shape (RECORDLINE_ID_FIELD, _TIME_FIELD) and,
+    for a message naming a topic schema, that schema's newest revision from the world.
+    A payload that does not fit is a rejection, acknowledged (204) like a stored record."""
+    import asyncio  # here: most calls need no event loop, and importing it takes time
+
+    from app.errors import BadEnvelope
+    from app.ingest.envelope import decode_wrapped
+    from app.ingest.payload import Payloads
+    from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
+    from app.ingest.shape import Invalid, Shape
+
+    class Registry:
+        async def revision(self, schema: str, revision_id: str) -> SchemaRevision:
+            found = world.data.get("schemas", {}).get(schema)
+            if found is None or revision_id not in ("", found["revision_id"]):
+                raise SchemaNotFound(schema)
+            return SchemaRevision(name=schema, **found)
+
+        async def close(self) -> None:
+            pass
+
+    try:
+        message = decode_wrapped(body.encode())
+    except BadEnvelope as exc:
+        return 400, str(exc)
+    shape = service.get("shape", {})
+    payloads = Payloads(
+        Shape(
+            id_field=shape.get("id_field") or "id",
+            time_field=shape.get("time_field") or "timestamp",
+        ),
+        Schemas(Registry(), timeout=5),
+    )
+
+    async def read() -> tuple[str, str]:
+        reader = await payloads.reader(message.attributes)
+        assert message.data is not None, "not base64"
+        found = reader.read(message.data)
+        return found.id, found.data
+
+    stored: dict[str, Any]
+    try:
+        record_id, data = asyncio.run(read())
+        record = {"message_id": message.message_id, "id": record_id, "data": json.loads(data)}
+        service.setdefault("records", {})[record_id] = record
+        stored = {"message_id": message.message_id, "status": "stored", "record": record}
+    except Invalid as exc:
+        stored = {"message_id": message.message_id, "status": "rejected", "reason": str(exc)}
+    service.setdefault("messages", {})[message.message_id] = stored
+    world["services"][name] = service
+    world.save()
+    return 204, ""
+
+
+def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> tuple[int, str]:
+    """Cloud Monitoring's Prometheus HTTP API, as the pages' "which systems" command
+    calls it (https://cloud.google.com/stackdriver/docs/managed-prometheus/query-api-ui):
+    POST .../prometheus/api/v1/query with an access token; it needs
+    monitoring.timeSeries.list on the project
+    (https://cloud.google.com/monitoring/access-control). The world says which systems
+    each query finds (`prometheus`: query -> systems)."""
+    if path != f"/v1/projects/{world['project']}/location/global/prometheus/api/v1/query":
+        return 404, "no such path"
+    bearer = headers.get("authorization", "").removeprefix("Bearer ")
+    if not bearer.startswith("access."):
+        return 401, "no access token"
+    principal = base64.urlsafe_b64decode(bearer.removeprefix("access.")).decode()
+    if not holds(world, principal, "monitoring.timeSeries.list", PROJECT):
+        return 403, f"{principal}: monitoring.timeSeries.list denied"
+    query = dict(parse_qsl(body)).get("query", "")
+    found = world.data.get("prometheus", {}).get(query)
+    if found is None:
+        return 400, f"fake monitoring: no result modelled for {query[:80]!r}"
+    series = [{"metric": {"system": system}, "value": [0, "1"]} for system in found]
+    return 200, json.dumps(
+        {"status": "success", "data": {"resultType": "vector", "result": series}}
+    )
+
+
+def github_api(world: World, path: str) -> tuple[int, str]:
+    """GitHub's REST API, the one call the workflows make: an environment and its
+    protection rules (https://docs.github.com/en/rest/deployments/environments#get-an-environment).
+    The world lists the environments that exist (`github_environments`: name -> the
+    types of their protection rules); GitHub answers 404 for any other."""
+    match = re.fullmatch(r"/repos/([^/]+/[^/]+)/environments/([^/]+)", path)
+    if not match:
+        return 404, '{"message":"Not Found"}'
+    rules = world.data.get("github_environments", {}).get(match.group(2))
+    if rules is None:
+        return 404, '{"message":"Not Found"}'
+    return 200, json.dumps(
+        {"name": match.group(2), "protection_rules": [{"type": t} for t in rules]}
+    )
 
 
 def curl(argv: list[str]) -> None:
     world = World()
     method, output, write_out, body = "GET", None, "", ""
+    fail_on_error = False
     headers: dict[str, str] = {}
     url = None
     i = 0
     while i < len(argv):
         arg = argv[i]
-        takes = {"-o", "-w", "-X", "-H", "--data", "-A", "--retry", "--retry-delay"}
+        takes = {
+            "-o",
+            "-w",
+            "-X",
+            "-H",
+            "--data",
+            "--data-urlencode",
+            "-A",
+            "--retry",
+            "--retry-delay",
+        }
         if arg in takes:
             i += 1
             value = argv[i]
@@ -534,10 +823,14 @@ def curl(argv: list[str]) -> None:
             elif arg == "--data":
                 body = value
                 method = "POST" if method == "GET" else method
+            elif arg == "--data-urlencode":
+                key, _, text = value.partition("=")
+                body = (body + "&" if body else "") + urlencode({key: text})
+                method = "POST" if method == "GET" else method
             elif arg == "-A":
                 headers["user-agent"] = value
-        elif arg in ("-s", "-S", "-sS", "-f", "-fsS"):
-            pass
+        elif arg in ("-s", "-S", "-sS", "-f", "-fsS", "-fsSL", "-L"):
+            fail_on_error = fail_on_error or "f" in arg
         elif arg.startswith("-"):
             fail(f"fake curl: option {arg} is not modelled", 3)
         else:
@@ -547,6 +840,9 @@ def curl(argv: list[str]) -> None:
         fail("curl: no URL specified", 2)
     status, text = answer(world, method, url, headers, body)
     log("curl-answer", [method, url], status=status)
+    if fail_on_error and status >= 400:  # -f: no body, exit 22
+        print(f"curl: (22) The requested URL returned error: {status}", file=sys.stderr)
+        sys.exit(22)
     if output:
         Path(output).write_text(text)
     else:
@@ -576,10 +872,67 @@ def skopeo(argv: list[str]) -> None:
     world.save()
 
 
+# --- gh: an image's provenance -------------------------------------------------------------
+
+
+def gh(argv: list[str]) -> None:
+    """`gh attestation verify oci://REPOSITORY@DIGEST --repo OWNER/REPO --signer-workflow
+    OWNER/REPO/.github/workflows/FILE`: succeeds only when the registry holds that digest
+    and GitHub holds a provenance attestation for it, signed by a workflow of that
+    repository at that path (https://cli.github.com/manual/gh_attestation_verify). The
+    world's `attestations`: digest -> the repository and workflow that attested it."""
+    world = World()
+    if argv[:2] != ["attestation", "verify"] or len(argv) != 7:
+        fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
+    subject, flags = argv[2], dict(zip(argv[3::2], argv[4::2], strict=True))
+    if set(flags) != {"--repo", "--signer-workflow"} or not subject.startswith("oci://"):
+        fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
+    repository, _, digest = subject.removeprefix("oci://").partition("@")
+    if digest not in world["registry"].get(repository, {}).get("digests", []):
+        fail(f"Error: failed to fetch {subject}: MANIFEST_UNKNOWN")
+    found = world.data.get("attestations", {}).get(digest)
+    if found is None:
+        fail(f"Error: no attestations found for {digest}")
+    if found["repo"] != flags["--repo"] or found["workflow"] != flags["--signer-workflow"]:
+        fail(f"Error: verifying with issuer: {digest} was attested by {found}")
+    print(f"Loaded digest {digest} for {subject}\n✓ Verification succeeded!")
+
+
+# --- bq: the dead-letter query ------------------------------------------------------------
+
+
+def bq(argv: list[str]) -> None:
+    """`bq query --project_id=P --use_legacy_sql=false SQL`, as the person logged in:
+    a query job needs bigquery.jobs.create on the project
+    (https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/query) and
+    bigquery.tables.getData on each table it reads
+    (https://cloud.google.com/bigquery/docs/access-control)."""
+    world = World()
+    if argv[:1] != ["query"] or len(argv) != 4 or argv[2] != "--use_legacy_sql=false":
+        fail(f"fake bq: `bq {' '.join(argv)}` is not modelled", 3)
+    project = argv[1].removeprefix("--project_id=")
+    if project != world["project"]:
+        fail(f"BigQuery error in query operation: Project {project} not found")
+    principal = str(world["principal"])
+    if not holds(world, principal, "bigquery.jobs.create", PROJECT):
+        fail(
+            f"BigQuery error in query operation: Access Denied: bigquery.jobs.create [{principal}]"
+        )
+    for table in re.findall(r"`([\w-]+)\.(\w+\.\w+)`", argv[3]):
+        if table[0] != world["project"] or not holds(
+            world, principal, "bigquery.tables.getData", ("tables", table[1])
+        ):
+            fail(
+                f"BigQuery error in query operation: Access Denied: Table {'.'.join(table)}: "
+                f"bigquery.tables.getData [{principal}]"
+            )
+    print("[]")
+
+
 def main() -> None:
     tool, argv = sys.argv[1], sys.argv[2:]
     log(tool, argv)
-    {"gcloud": gcloud, "curl": curl, "skopeo": skopeo}[tool](argv)
+    {"gcloud": gcloud, "curl": curl, "skopeo": skopeo, "bq": bq, "gh": gh}[tool](argv)
 
 
 if __name__ == "__main__":

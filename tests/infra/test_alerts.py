@@ -38,7 +38,7 @@ SYMPTOMS = TERRAFORM / "modules" / "symptoms"
 PAGED = {"backlog", "canary_stale", "read_path", "availability", "freshness", "read_latency"}
 METRICS = {
     name: f"workload.googleapis.com/recordline.{name}"
-    for name in ("ingest.lag", "read.duration", "canary.age")
+    for name in ("ingest.lag", "read.duration", "canary.age", "query.bytes_billed")
 }
 FAST = {"long": "1h", "short": "5m", "rate": 14.4}
 SLOW = {"long": "6h", "short": "30m", "rate": 6}
@@ -64,6 +64,7 @@ def _symptoms(systems: tuple[str, ...], min_events: int = 100) -> dict[str, Any]
         "read_routes": ["/v1/records", "/v1/records/{record_id}", "/v1/messages/{message_id}"],
         "burn_rates": {"fast": FAST, "slow": SLOW},
         "min_events": min_events,
+        "query_bytes_billed_daily_budget": 1099511627776,
         "slos": {
             "availability": {"goal": 0.999},
             "freshness": {"goal": 0.99, "threshold": 5},
@@ -97,21 +98,23 @@ def _module_policies() -> set[str]:
 # --- pages and tickets ------------------------------------------------------------
 
 
-# The fleet's pages (root fleet.tf). Every other policy is a ticket: each system's own
-# (modules/system), and the serving tier's instance, one for the systems sharing it
-# (root spanner.tf).
+# The fleet's pages (root fleet.tf). Every other policy is a ticket: one per symptom for
+# the systems whose tickets go to the same channels (root tickets.tf), and the serving
+# tier's instance, one for the systems sharing it (root spanner.tf). No system has a
+# policy of its own: their number never grows with the fleet.
 PAGES = "page"
-ROOT_TICKETS = {"spanner_cpu"}
+TICKETS = {"ticket": "${local.ticket_groups[each.value.group].channels}"}
+ROOT_TICKETS = {"spanner_cpu": "${var.ticket_channels}"}
 
 
 def test_every_policy_has_a_severity_pages_to_on_call_tickets_to_owners() -> None:
     for name, policy in _policies().items():
         paging = name == PAGES
         assert policy.get("severity") == ("CRITICAL" if paging else "WARNING"), name
-        channels = "${var.notification_channels}" if paging else "${var.ticket_channels}"
+        channels = "${var.notification_channels}" if paging else {**TICKETS, **ROOT_TICKETS}[name]
         assert policy["notification_channels"] == channels, name
-    root = {name for name in _policies() if name not in _module_policies()}
-    assert root == {PAGES, *ROOT_TICKETS}
+    assert _module_policies() == set()
+    assert set(_policies()) == {PAGES, *TICKETS, *ROOT_TICKETS}
 
 
 def test_one_page_per_symptom_for_the_whole_fleet() -> None:
@@ -140,13 +143,56 @@ def test_the_fleet_query_watches_every_system_and_a_ticket_one() -> None:
         assert ', "system", "$1", ' in fleet[name], name
 
 
+TICKETED = PAGED | {"dead_letters", "bytes_billed", "canary_absent"}
+
+
 def test_each_system_has_a_ticket_for_every_paged_symptom() -> None:
     tickets = _policies()["ticket"]
-    assert tickets["for_each"] == "${local.tickets}"
-    assert set(_locals()["tickets"]) == PAGED
-    (module,) = [b["symptoms"] for b in _load(MODULE / "alerts.tf")["module"]]
-    assert module["systems"] == ["${var.service_name}"]
-    assert module["source"] == "../symptoms"
+    assert (
+        "setproduct(sort(keys(local.ticket_groups)), sort(keys(local.ticket_specs)))"
+        in (tickets["for_each"])
+    )
+    assert set(_locals()["ticket_specs"]) == TICKETED
+    for symptom in TICKETED:  # every symptom has its query, in every group
+        assert f"{symptom} = " in re.sub(r"\s+", " ", _locals()["ticket_queries"]), symptom
+    (module,) = [b["ticket_symptoms"] for b in _root("module") if "ticket_symptoms" in b]
+    assert module["for_each"] == "${local.ticket_groups}"
+    assert module["systems"] == "${each.value.systems}"
+    assert module["source"] == "./modules/symptoms"
+    # Each system in trouble is an incident of its own: no count() around the query.
+    (condition,) = tickets["conditions"]
+    (promql,) = condition["condition_prometheus_query_language"]
+    assert promql["query"] == "${local.ticket_queries[each.value.group][each.value.symptom]}"
+    assert "metric.label.system" in tickets["documentation"][0]["subject"]
+
+
+def _ticket_groups(systems: str, **overrides: str) -> dict[str, Any]:
+    from tests.infra.test_fleet import _root_console
+
+    return dict(_root_console("local.ticket_groups", systems, tuple(sorted(overrides.items()))))
+
+
+def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
+    # A project holds 500 alerting policies and each condition is billed: nine per
+    # system (450 at fifty) would grow with every system, and stop the 56th.
+    fifty = "{ " + ", ".join(f'"system-{n:02d}" = {{}}' for n in range(50)) + ", recordline = {} }"
+    env = {"ticket_channels": '["projects/p/notificationChannels/1"]'}
+    groups = _ticket_groups(fifty, **env)
+    (group,) = groups.values()
+    assert len(group["systems"]) == 51
+    assert group["channels"] == ["projects/p/notificationChannels/1"]
+    # Tickets, pages and the Spanner CPU ticket: the same for 1 system as for 51.
+    policies = len(_locals()["ticket_specs"]) * len(groups) + len(_locals()["pages"]) + 1
+    assert policies == 16
+    # A system with owners of its own gets its tickets there, in a group of its own.
+    own = (
+        '{ recordline = {}, orders = { ticket_channels = ["projects/p/notificationChannels/9"] } }'
+    )
+    groups = sorted(_ticket_groups(own, **env).values(), key=lambda g: g["systems"])
+    assert [(g["systems"], g["channels"]) for g in groups] == [
+        (["orders"], ["projects/p/notificationChannels/9"]),
+        (["recordline"], ["projects/p/notificationChannels/1"]),
+    ]
 
 
 # --- burn rates and ratios ------------------------------------------------------------
@@ -177,9 +223,9 @@ def test_burn_rate_windows_are_the_workbooks() -> None:
     # Pages burn fast; tickets either.
     for key in ("availability", "freshness", "read_latency"):
         assert '["fast"]' in _locals()["pages"][key][1]
-        ticket = _locals()["tickets"][key][1]
-        assert '["fast"]' in ticket
-        assert '["slow"]' in ticket
+        ticket = re.sub(r"\s+", " ", _locals()["ticket_queries"])
+        assert f'{key} = "(${{symptoms.burning["{key}"]["fast"]}})' in ticket, key
+        assert f'or (${{symptoms.burning["{key}"]["slow"]}})"' in ticket, key
 
 
 def test_every_ratio_is_judged_over_a_minimum_of_events() -> None:
@@ -200,18 +246,15 @@ def test_every_ratio_is_judged_over_a_minimum_of_events() -> None:
 def test_event_alerts_close_themselves() -> None:
     # A count of events (dead letters) has no "back to normal" point: without
     # auto_close its incident would stay open for a week.
-    events = [
-        name
-        for name, policy in _policies().items()
-        for condition in policy["conditions"]
-        for threshold in condition.get("condition_threshold", [])
-        if threshold.get("threshold_value") == 0
-        and threshold["aggregations"][0]["per_series_aligner"] == "ALIGN_DELTA"
-    ]
-    assert events == ["dead_letters"]
-    for name in events:
-        (strategy,) = _policies()[name]["alert_strategy"]
-        assert strategy["auto_close"] == "1800s"
+    tickets = _policies()["ticket"]
+    (dynamic,) = tickets["dynamic"]
+    strategy = dynamic["alert_strategy"]
+    assert strategy["for_each"] == '${each.value.symptom == "dead_letters" ? [1] : []}'
+    assert strategy["content"][0]["auto_close"] == "1800s"
+    assert (
+        "increase(pubsub_googleapis_com:subscription_dead_letter_message_count"
+        in (_symptoms(("orders",))["dead_letters"])
+    )
 
 
 # --- what the alerts say -----------------------------------------------------------------
@@ -235,7 +278,7 @@ def _sections() -> dict[str, str]:
 def _documentation() -> dict[str, str]:
     texts = {name: p["documentation"][0]["content"] for name, p in _policies().items()}
     texts["page commands"] = _locals()["page_commands"]
-    texts.update({f"ticket command {k}": v for k, v in _locals()["commands"].items()})
+    texts.update({f"ticket command {k}": v for k, v in _locals()["ticket_commands"].items()})
     return texts
 
 
@@ -257,5 +300,24 @@ def test_every_command_in_an_alert_is_in_the_runbook_it_links() -> None:
             assert verb in runbook, f"{name}: `{verb}` is not in docs/operations.md"
     for key, spec in _locals()["pages"].items():
         assert spec[3] in sections, key
-    for key, spec in _locals()["tickets"].items():
-        assert spec[3] in sections, key
+    for key, spec in _locals()["ticket_specs"].items():
+        assert spec[2] in sections, key
+
+
+# --- what logging costs ------------------------------------------------------------------
+
+
+def test_successful_pushes_are_not_logged_one_by_one() -> None:
+    # One request log per push: 86.4 million a day per system at 1,000 msg/s.
+    exclusion = _resources("google_logging_project_exclusion")["successful_pushes"]
+    text = exclusion["filter"]
+    for part in (
+        'log_id(\\"run.googleapis.com/requests\\")',
+        'httpRequest.requestUrl:\\"/pubsub/push\\"',
+        "httpRequest.status<400",  # refused and failed pushes are kept whole
+        "sample(insertId, 0.99)",  # a 1% sample of the rest is kept to look at
+    ):
+        assert part in text, part
+    # Reads and the service's own lines are never excluded.
+    assert "/v1/" not in text
+    assert "severity" not in text

@@ -27,7 +27,8 @@ def test_canary_payload_is_a_valid_record() -> None:
     job = _resources("google_cloud_scheduler_job")["canary"]
     (target,) = job["pubsub_target"]
     # The default one; a system with a topic schema or its own id field sends its own.
-    assert target["data"] == (
+    assert target["data"] == "${local.canary_data}"
+    assert _locals()["canary_data"] == (
         "${var.canary_data != null ? var.canary_data : local.default_canary_data}"
     )
     data = _evaluate(
@@ -57,6 +58,12 @@ def test_canary_age_is_watched_for_staleness_and_for_absence() -> None:
         or "min by (namespace)" in _locals()["canary_stale"]
     )
     assert "canary.age" in _locals()["canary_stale"]
-    # Absent: a ticket.
-    (absent,) = _resources("google_monitoring_alert_policy")["canary_absent"]["conditions"]
-    assert absent["condition_absent"][0]["filter"] == '${local.workload_metric["canary.age"]}'
+    # Absent: a ticket, per system: no instance reported a canary age for 10 minutes.
+    from tests.infra.test_alerts import _symptoms
+
+    absent = _symptoms(("orders", "payments"))["canary_absent"]
+    assert 'label_replace(vector(1), "system", "orders", "", "")' in absent
+    assert "unless on (system)" in absent
+    assert "last_over_time(workload_googleapis_com:recordline_canary_age{" in absent
+    assert "[10m]" in absent
+    assert "canary_absent" in _locals()["ticket_specs"]

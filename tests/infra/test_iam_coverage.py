@@ -85,6 +85,12 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "google_service_account_iam_member": _iam("iam.serviceAccounts"),
     "google_project_iam_member": _iam("resourcemanager.projects"),
+    # The operator's role of exactly the Scheduler permissions on-call uses.
+    "google_project_iam_custom_role": (frozenset({"iam.roles.get"}), _crud("iam.roles")),
+    "google_logging_project_exclusion": (
+        frozenset({"logging.exclusions.get"}),
+        _crud("logging.exclusions"),
+    ),
     # The state bucket's own policy (it lives in the environment's project).
     "google_storage_bucket_iam_member": _iam("storage.buckets"),
     "google_bigquery_dataset": (
@@ -244,4 +250,10 @@ def test_the_apply_account_may_act_as_what_its_resources_run_as() -> None:
         f"${{google_service_account.{m}.email}}"
         for m in re.findall(r"google_service_account\.(\w+)\.name", json.dumps(grant["for_each"]))
     }
+    # The push account is the environment's (the module's var.push_service_account).
+    push = _resources("google_service_account_iam_member")["terraform_apply_acts_as_push"]
+    assert push["service_account_id"] == "${google_service_account.push.name}"
+    assert push["member"] == "${google_service_account.terraform_apply.member}"
+    assert "iam.serviceAccounts.actAs" in _roles()[push["role"]]
+    granted.add("${var.push_service_account}")
     assert runs_as <= granted

@@ -203,3 +203,106 @@ def test_the_placeholder_refuses_every_push_so_pubsub_keeps_it(placeholder: str)
 def test_the_placeholder_passes_cloud_runs_probes(placeholder: str) -> None:
     for probe in ("/readyz", "/healthz"):
         assert httpx.get(f"{placeholder}{probe}", timeout=5).status_code == 200
+
+
+# --- how many systems a project holds -------------------------------------------------
+
+
+def _accounts(directory: Path) -> list[str]:
+    return [
+        name
+        for path in sorted(directory.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for name, body in block.get("google_service_account", {}).items()
+        if "for_each" not in body and "count" not in body
+    ]
+
+
+def test_fifty_systems_fit_in_the_projects_service_accounts() -> None:
+    # A project holds 100 service accounts unless a quota increase is granted
+    # (https://cloud.google.com/iam/quotas): what each system creates decides how many fit.
+    per_system, environment = _accounts(MODULE), _accounts(MODULE.parents[1])
+    assert per_system == ["runtime"]  # the one that holds the system's data
+    assert len(environment) == 6
+    assert 50 * len(per_system) + len(environment) <= 100
+    # The plan refuses what would not fit, before creating any (the quota can be raised).
+    names = [f"system-{n:03d}" for n in range(1, 95)]
+    fits = "{ " + ", ".join(f'"{n}" = {{}}' for n in ["recordline", *names[:-1]]) + " }"
+    over = "{ " + ", ".join(f'"{n}" = {{}}' for n in ["recordline", *names]) + " }"
+    assert _accepted(fits) is True  # 94 systems
+    assert _accepted(over) is False  # 95
+    run = _root_console_run("keys(var.systems)", over, (("service_account_quota", "200"),))
+    assert run.returncode == 0, run.stderr
+
+
+# --- retiring a system --------------------------------------------------------------------
+
+
+def test_retiring_a_system_meets_no_deletion_protection_it_cannot_lift() -> None:
+    # A resource's deletion_protection is in its own state: once the system is out of
+    # `systems`, nothing can set it to false, and the apply would fail on it after
+    # destroying part of the system. So each one is removed from the state first, as
+    # the runbook says, or has none.
+    from tests.infra.test_runbook import RUNBOOK
+
+    text = RUNBOOK.read_text()
+    section = text[text.index("### Retiring a system") :]
+    section = section[: section.index("\n## ") if "\n## " in section else len(section)]
+    removed = set(re.findall(r"\b(google_\w+\.\w+)\b", section))
+    protected = {
+        f"{rtype}.{name}"
+        for path in sorted(MODULE.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for rtype, named in block.items()
+        for name, body in named.items()
+        if body.get("deletion_protection") is True
+    }
+    assert protected, "the tables and the Spanner database keep theirs"
+    assert protected <= removed, sorted(protected - removed)
+
+
+# --- supply chain --------------------------------------------------------------------------
+
+
+def test_the_placeholder_is_the_services_own_base_image_pinned_by_digest() -> None:
+    from tests.infra.test_terraform import _validations_hold, _variables
+
+    default = _variables()["placeholder_image"]["default"]
+    dockerfile = (MODULE.parents[3] / "Dockerfile").read_text()
+    (base,) = set(re.findall(r"(?m)^FROM (\S+@sha256:[0-9a-f]{64}) AS runtime$", dockerfile))
+    assert default == f"docker.io/library/{base}"
+    assert _validations_hold("placeholder_image", {"placeholder_image": f'"{default}"'})
+    # A tag can be moved to other bytes by whoever publishes it: refused.
+    tag = '"gcr.io/distroless/python3-debian12:nonroot"'
+    assert not _validations_hold("placeholder_image", {"placeholder_image": tag})
+
+
+def test_the_providers_are_locked_with_their_hashes() -> None:
+    from tests.infra.test_terraform import TERRAFORM, _root
+
+    lock = hcl_lock(TERRAFORM / ".terraform.lock.hcl")
+    (terraform,) = _root("terraform")
+    required = {
+        name: spec
+        for providers in terraform["required_providers"]
+        for name, spec in providers.items()
+    }
+    assert set(lock) == {f"registry.terraform.io/{spec['source']}" for spec in required.values()}
+    for address, (version, hashes) in lock.items():
+        assert version, address
+        assert any(h.startswith("zh:") for h in hashes), address  # every platform's package
+    # The schema infra/check.sh checks the configuration against is that of the locked
+    # google providers.
+    check = (MODULE.parents[2] / "check.sh").read_text()
+    assert "google and google-beta 6.50" in check
+    assert lock["registry.terraform.io/hashicorp/google"][0] == "6.50.0"
+    assert lock["registry.terraform.io/hashicorp/google-beta"][0] == "6.50.0"
+
+
+def hcl_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """provider address: (version, hashes), as .terraform.lock.hcl records them."""
+    found = {}
+    for address, body in re.findall(r'(?ms)^provider "([^"]+)" \{\n(.*?)^\}', path.read_text()):
+        (version,) = re.findall(r'version\s*=\s*"([^"]+)"', body)
+        found[address] = (version, re.findall(r'"((?:h1|zh):[^"]+)"', body))
+    return found

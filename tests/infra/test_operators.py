@@ -17,10 +17,13 @@ import pytest
 from tests.infra.test_iam_coverage import _roles
 from tests.infra.test_terraform import (
     MODULE,
+    TERRAFORM,
     _evaluate,
+    _load,
     _locals,
     _resources,
     _root,
+    _validations_hold,
     _variables,
 )
 
@@ -113,7 +116,9 @@ def test_a_group_is_refused_where_the_service_checks_principals(variable: str) -
 
 
 def test_groups_may_act_as_the_operator_account() -> None:
-    (check,) = _variables()["oncall"]["validation"]
+    (check,) = [
+        v for v in _variables()["oncall"]["validation"] if "var.environment" not in v["condition"]
+    ]
     condition = re.sub(r"\bvar\.", "local.", check["condition"]).removeprefix("${")
     accepted = _evaluate(condition.removesuffix("}"), (("oncall", '["group:oncall@example.com"]'),))
     assert accepted is True
@@ -137,3 +142,45 @@ def test_the_documented_systems_examples_are_accepted() -> None:
             for listed in re.findall(rf"\b{variable}\s*=\s*(\[[^\]]*\])", block):
                 members = json.loads(listed)
                 assert _module_accepts(variable, members), f"{doc}: {variable} = {listed}"
+
+
+# --- prod has someone who can act, and tickets reach someone ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accepted"),
+    [
+        ({}, False),  # what env/prod.tfvars held: nobody on call, tickets to nobody
+        ({"ticket_channels": '["projects/p/notificationChannels/2"]'}, False),
+        ({"oncall": '["group:oncall@example.com"]'}, False),
+        (
+            {
+                "oncall": '["group:oncall@example.com"]',
+                "ticket_channels": '["projects/p/notificationChannels/2"]',
+            },
+            True,
+        ),
+    ],
+)
+def test_prod_refuses_to_plan_without_oncall_and_ticket_channels(
+    overrides: dict[str, str], accepted: bool
+) -> None:
+    values = {
+        "environment": '"prod"',
+        "notification_channels": '["projects/p/notificationChannels/1"]',
+        "oncall": "[]",
+        "ticket_channels": "[]",
+        **overrides,
+    }
+    held = all(_validations_hold(variable, values) for variable in ("oncall", "ticket_channels"))
+    assert held is accepted
+    # dev may leave both empty.
+    dev = {**values, "environment": '"dev"', "oncall": "[]", "ticket_channels": "[]"}
+    assert _validations_hold("oncall", dev)
+    assert _validations_hold("ticket_channels", dev)
+
+
+def test_prod_tfvars_names_oncall_and_ticket_channels_to_fill_in() -> None:
+    # Each is written out (empty until the bootstrap fills it), next to notification_channels.
+    values = _load(TERRAFORM / "env" / "prod.tfvars")
+    assert {"notification_channels", "ticket_channels", "oncall"} <= values.keys()

@@ -29,6 +29,20 @@ SERVICE_URL = "https://orders-123456789012.europe-west1.run.app"
 PROJECT, DATASET = "recordline-prod", "orders"
 
 
+# Checker locations per uptime-check region (UptimeCheckRegion,
+# https://cloud.google.com/monitoring/api/ref_v3/rest/v3/projects.uptimeCheckConfigs#uptimecheckregion):
+# USA is a checker in each of Oregon, Iowa and Virginia, each probing and each billed.
+CHECKERS = {
+    "USA": 3,
+    "USA_OREGON": 1,
+    "USA_IOWA": 1,
+    "USA_VIRGINIA": 1,
+    "EUROPE": 1,
+    "SOUTH_AMERICA": 1,
+    "ASIA_PACIFIC": 1,
+}
+
+
 def _value(template: str, **given: str) -> Any:
     """A module string (as python-hcl2 keeps it) evaluated by terraform, with the
     variables and locals in `given` (HCL) and any other local it names bound in turn."""
@@ -147,7 +161,9 @@ async def test_the_probe_reads_for_the_10_mib_minimum_however_much_is_stored(
     assert billed == 10 * MIB
     # Cents a day: every region, every period.
     check = _check()
-    probes_a_day = len(check["selected_regions"]) * 86_400 // int(check["period"].rstrip("s"))
+    checkers = sum(CHECKERS[region] for region in check["selected_regions"])
+    assert checkers == 3  # three regions, the fewest a check may have, one checker each
+    probes_a_day = checkers * 86_400 // int(check["period"].rstrip("s"))
     dollars = probes_a_day * billed / 2**40 * DOLLARS_PER_TIB
     assert dollars < 0.10, f"${dollars:.2f} a day"
     # What a look-up of the canary bills at this rate, for comparison: the

@@ -79,7 +79,17 @@ def parse(tmp_path_factory: pytest.TempPathFactory) -> Parse:
 
 def _queries(systems: tuple[str, ...]) -> dict[str, str]:
     symptoms = _symptoms(systems)
-    queries = {name: symptoms[name] for name in ("backlog", "canary_stale", "read_path_failing")}
+    queries = {
+        name: symptoms[name]
+        for name in (
+            "backlog",
+            "canary_stale",
+            "read_path_failing",
+            "dead_letters",
+            "bytes_billed",
+            "canary_absent",
+        )
+    }
     for slo, speeds in symptoms["burning"].items():
         queries.update({f"{slo} {speed}": q for speed, q in speeds.items()})
         queries[f"{slo} ticket"] = f"({speeds['fast']}) or ({speeds['slow']})"

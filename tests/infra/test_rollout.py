@@ -8,12 +8,17 @@ promote; traffic back to what served before if anything fails).
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.infra.test_terraform import _locals, _resources
+from tests.infra.test_topic_schemas import AVRO as AVRO_ORDER
+from tests.infra.test_topic_schemas import CANARY as AVRO_CANARY
 from tests.infra.workflow_runner import Cloud, Expressions, Job, interpolate, load, run_job
 
 PROJECT, NUMBER, REGION = "recordline-prod", "123456789012", "europe-west1"
@@ -21,6 +26,7 @@ REPOSITORY = f"{REGION}-docker.pkg.dev/{PROJECT}/recordline/recordline"
 DEPLOYER = f"recordline-deploy@{PROJECT}.iam.gserviceaccount.com"
 OPERATOR = f"recordline-operator@{PROJECT}.iam.gserviceaccount.com"
 ONCALL = "user:oncall@example.com"
+ONCALL_GROUP = "group:recordline-oncall@example.com"  # `oncall` in env/prod.tfvars
 BUILT = "sha256:" + "b" * 64
 EARLIER = "sha256:" + "e" * 64
 SHA = "c0ffee" + "0" * 34
@@ -39,33 +45,136 @@ def account(name: str) -> str:
     return f"{name}@{PROJECT}.iam.gserviceaccount.com"
 
 
-def deploy_output(system: str) -> dict[str, str]:
+# The default canary (modules/system/canary.tf): a record of the service's default shape.
+DEFAULT_CANARY = json.dumps({"data": {"canary": True}, "id": "recordline-canary"}).encode()
+
+
+def deploy_output(system: str, shape: dict[str, Any] | None = None) -> dict[str, str]:
+    """Terraform's output `deploy` for one system (modules/system/outputs.tf)."""
     url = f"https://{system}-{NUMBER}.{REGION}.run.app"
+    shape = shape or {}
+    schema = shape.get("schema")
     return {
         "service": system,
-        "push_service_account": account(f"{system}-push"),
+        # The environment's push and smoke accounts, shared (root service_accounts.tf).
+        "push_service_account": account("recordline-push"),
         "push_audience": f"{url}/pubsub/push",
-        "smoke_service_account": account(f"{system}-smoke"),
+        "smoke_service_account": account("recordline-smoke"),
         "read_audience": f"{url}/v1",
+        "canary_data": base64.b64encode(shape.get("canary", DEFAULT_CANARY)).decode(),
+        "schema": f"projects/{PROJECT}/schemas/{schema['name']}" if schema else "",
+        "encoding": schema["encoding"] if schema else "",
     }
 
 
 def placeholder(system: str) -> dict[str, Any]:
     return {
         "name": f"{system}-00001-x1y",
-        "image": "gcr.io/distroless/python3-debian12:nonroot",
+        "image": "docker.io/library/python:3.11.14-slim-bookworm@sha256:" + "6" * 64,
         "digest": "sha256:" + "0" * 64,
         "command": ["python3"],
         "args": ["-c", "placeholder.py"],
     }
 
 
-def world(systems: list[str], *, deployed: str | None = None) -> dict[str, Any]:
-    """A project after its apply: each system on the placeholder, or on `deployed`."""
+def _role(rtype: str, name: str) -> str:
+    role = _resources(rtype)[name]["role"]
+    assert role.startswith("roles/"), role
+    return str(role)
+
+
+CUSTOM_ROLES = f"projects/{PROJECT}/roles/"
+
+
+def terraform_iam(systems: list[str]) -> dict[str, Any]:
+    """Who holds which role where, as Terraform grants it (read from infra/terraform, so a
+    grant taken away there is taken away here), for the fake cloud to check. `oncall` is
+    one group with one person in it, the person every runbook test runs as."""
+    deployer, operator = f"serviceAccount:{DEPLOYER}", f"serviceAccount:{OPERATOR}"
+    custom = {
+        f"{CUSTOM_ROLES}{body['role_id']}": body["permissions"]
+        for body in _resources("google_project_iam_custom_role").values()
+    }
+    granted = str(_resources("google_project_iam_member")["operator"]["for_each"])
+    operator_roles = [
+        m.group(0) if m.group(1) is None else f"{CUSTOM_ROLES}{_custom_id(m.group(1))}"
+        for m in re.finditer(r"roles/[\w.]+|google_project_iam_custom_role\.(\w+)\.id", granted)
+    ]
+    project: dict[str, list[str]] = {
+        operator: operator_roles,
+        ONCALL_GROUP: list(_locals()["oncall_project_roles"]),
+    }
+    runner = "google_cloud_run_v2_service_iam_member"
+    services = {
+        s: {
+            deployer: [_role(runner, "deployer_deploys")],
+            operator: [
+                _role(runner, "operator_account_rolls_back"),
+                _role(runner, "operator_invokers"),
+            ],
+            f"serviceAccount:{account('recordline-push')}": [_role(runner, "push_invoker")],
+            f"serviceAccount:{account('recordline-smoke')}": [_role(runner, "smoke_invoker")],
+        }
+        for s in systems
+    }
+    accounts_iam = "google_service_account_iam_member"
+    service_accounts: dict[str, dict[str, list[str]]] = {
+        OPERATOR: {ONCALL_GROUP: [_role(accounts_iam, "oncall_acts_as_operator")]},
+        account("recordline-push"): {
+            deployer: [_role(accounts_iam, "deployer_mints_smoke_tokens")]
+        },
+        account("recordline-smoke"): {
+            deployer: [_role(accounts_iam, "deployer_mints_smoke_tokens")]
+        },
+    }
+    for s in systems:
+        service_accounts[account(f"{s}-run")] = {
+            deployer: [_role(accounts_iam, "deployer_acts_as_runtime")],
+            operator: [_role(accounts_iam, "operator_account_acts_as_runtime")],
+        }
+    tables = {
+        f"{s.replace('-', '_')}.dead_letters": {
+            ONCALL_GROUP: [_role("google_bigquery_table_iam_member", "oncall_reads_dead_letters")]
+        }
+        for s in systems
+    }
+    return {
+        "iam": {
+            "project": project,
+            "services": services,
+            "service_accounts": service_accounts,
+            "tables": tables,
+        },
+        "custom_roles": custom,
+        "groups": {ONCALL_GROUP: [ONCALL]},
+        "scheduler_jobs": {f"{s}-canary": "ENABLED" for s in systems},
+        # The GitHub environments set up at bootstrap (infra/README.md, step 5).
+        "github_environments": {
+            "prod": ["required_reviewers", "branch_policy"],
+            "prod-rollout": ["branch_policy"],
+            "terraform-prod": ["required_reviewers", "branch_policy"],
+        },
+    }
+
+
+def _custom_id(resource: str) -> str:
+    return str(_resources("google_project_iam_custom_role")[resource]["role_id"])
+
+
+def world(
+    systems: list[str],
+    *,
+    deployed: str | None = None,
+    shapes: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A project after its apply: each system on the placeholder, or on `deployed`.
+    `shapes`: a system's id_field, time_field, canary (bytes) and topic schema
+    ({name, type, encoding, definition}), as its entry of `systems` declares them."""
+    shapes = shapes or {}
     state = {
         "version": 4,
         "outputs": {
-            "deploy": {"value": {s: deploy_output(s) for s in systems}},
+            "deploy": {"value": {s: deploy_output(s, shapes.get(s)) for s in systems}},
             "deploy_first": {"value": "recordline" if "recordline" in systems else systems[0]},
         },
     }
@@ -86,18 +195,14 @@ def world(systems: list[str], *, deployed: str | None = None) -> dict[str, Any]:
         services[s] = {
             "revisions": revisions,
             "traffic": [{"latest": True, "percent": 100}],
-            "developers": [f"serviceAccount:{DEPLOYER}", f"serviceAccount:{OPERATOR}"],
+            "runtime_account": account(f"{s}-run"),
             "push_audience": out["push_audience"],
             "read_audience": out["read_audience"],
             "push_accounts": [out["push_service_account"]],
             "readers": [out["smoke_service_account"], OPERATOR],
+            # What the service is told (RECORDLINE_ID_FIELD, RECORDLINE_TIME_FIELD).
+            "shape": {k: shapes.get(s, {}).get(k) for k in ("id_field", "time_field")},
         }
-    impersonable = {
-        deploy_output(s)[k]: [f"serviceAccount:{DEPLOYER}"]
-        for s in systems
-        for k in ("push_service_account", "smoke_service_account")
-    }
-    impersonable[OPERATOR] = [ONCALL]
     return {
         "project": PROJECT,
         "number": NUMBER,
@@ -105,12 +210,30 @@ def world(systems: list[str], *, deployed: str | None = None) -> dict[str, Any]:
         "hash": "q2w3e4r5t6",
         "principal": ONCALL,
         "adc": None,
-        "can_impersonate": impersonable,
+        **terraform_iam(systems),
         "registry": {REPOSITORY: {"tags": {}, "digests": [deployed] if deployed else []}},
         "objects": {"gs://recordline-prod-tfstate/recordline/default.tfstate": json.dumps(state)},
         "services": services,
         "broken_digests": [],
         "built_digest": BUILT,
+        # Provenance GitHub holds: each image deploy.yml built (build job, attest).
+        "attestations": {
+            digest: {
+                "repo": "recordline/recordline",
+                "workflow": "recordline/recordline/.github/workflows/deploy.yml",
+            }
+            for digest in (BUILT, EARLIER)
+        },
+        # The topic schemas Terraform created (google_pubsub_schema), newest revision.
+        "schemas": {
+            deploy_output(s, shape)["schema"]: {
+                "revision_id": "a1b2c3d4",
+                "type": shape["schema"]["type"],
+                "definition": shape["schema"]["definition"],
+            }
+            for s, shape in shapes.items()
+            if shape.get("schema")
+        },
     }
 
 
@@ -122,6 +245,7 @@ def rollout(
         "environment": "prod",
         "image_tag": image_tag,
         "image_digest": "" if image_tag else BUILT,
+        "reviewed": True,  # deploy.yml's prod job
     }
     ran: dict[Any, Job | None] = {}
     prepare = run_job(
@@ -216,9 +340,11 @@ def test_the_first_deploy_replaces_the_placeholder_after_its_smoke_test(cloud: C
     # It serves everything, following the latest revision again; its tag is gone.
     assert serving(cloud, "recordline") == [(new["name"], 100, True)]
     assert tags(cloud, "recordline") == []
-    # The smoke test's push reached it (the placeholder would have answered 503).
-    record = cloud.world["services"]["recordline"]["records"][f"smoke-{SHA}"]
-    assert record["data"]["run"] == "4242-1-recordline"
+    # The smoke test's push reached it (the placeholder would have answered 503): the
+    # system's canary message under a message id of this run's own.
+    message = cloud.world["services"]["recordline"]["messages"]["smoke-4242-1-recordline"]
+    assert message["status"] == "stored"
+    assert message["record"]["id"] == "recordline-canary"
     # Every run command named its project and region.
     for argv in cloud.calls():
         if argv[0] == "run":
@@ -257,6 +383,12 @@ def test_a_failed_smoke_test_returns_traffic_and_stops_the_rollout(tmp_path: Pat
     # The first system serves what it served before, and no tag is left behind.
     assert serving(cloud, "recordline") == [("recordline-00002-x2y", 100, False)]
     assert tags(cloud, "recordline") == []
+    # Nor the candidate: it never served, so the revision before the serving one is
+    # always one that served (what the runbook's rollback picks).
+    assert [r["name"] for r in cloud.world["services"]["recordline"]["revisions"]] == [
+        "recordline-00001-x1y",
+        "recordline-00002-x2y",
+    ]
     assert "traffic is back on recordline-00002-x2y=100" in first.summary
     # The rest were never touched.
     assert ran["rest"] is None
@@ -311,6 +443,67 @@ def test_no_job_timeout_grows_with_the_number_of_systems() -> None:
     assert "${{ vars.RECORDLINE_SYSTEMS }}" not in json.dumps(load("deploy-environment.yml"))
 
 
+# --- systems with a shape of their own ----------------------------------------------------
+
+# README, "Pointing Recordline at an existing topic": orders on an Avro topic, its id in
+# order_id; payments in plain JSON with its id nested. Each canary in its own shape.
+SHAPES: dict[str, dict[str, Any]] = {
+    "orders": {
+        "id_field": "order_id",
+        "time_field": "meta.created_at",
+        "canary": AVRO_CANARY,
+        "schema": {
+            "name": "orders",
+            "type": "AVRO",
+            "encoding": "BINARY",
+            "definition": AVRO_ORDER.decode(),
+        },
+    },
+    "payments": {
+        "id_field": "payment.id",
+        "canary": b'{"payment": {"id": "recordline-canary", "cents": 1}}',
+    },
+}
+
+
+def test_systems_with_their_own_shape_are_deployed_with_their_own_canary(
+    tmp_path: Path,
+) -> None:
+    systems = ["recordline", "orders", "payments"]
+    cloud = Cloud(tmp_path, world(systems, deployed=EARLIER, shapes=SHAPES))
+    ran = rollout(cloud)
+    assert all(j is None or j.result == "success" for j in ran.values()), _explain(ran)
+    for system in systems:
+        service = cloud.world["services"][system]
+        message = service["messages"][f"smoke-4242-1-{system}"]
+        # Stored under the id its own field holds, not refused as a rejection.
+        assert message["status"] == "stored", message
+        assert message["record"]["id"] == "recordline-canary"
+        assert serving(cloud, system)[0][1:] == (100, True)
+    # The Avro canary was decoded with the topic's schema, as Pub/Sub would mark it.
+    assert cloud.world["services"]["orders"]["records"]["recordline-canary"]["data"] == {
+        "order_id": "recordline-canary",
+        "total": 1,
+    }
+
+
+def test_a_canary_the_candidate_rejects_fails_its_smoke_test_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    # A canary_file without the record id where id_field says: the service would store
+    # every such message as a rejection, so the candidate must not get the traffic.
+    shapes = {"payments": {"id_field": "payment.id", "canary": b'{"id": "recordline-canary"}'}}
+    cloud = Cloud(tmp_path, world(["recordline", "payments"], deployed=EARLIER, shapes=shapes))
+    ran = rollout(cloud)
+    job = ran[("rest", "payments")]
+    assert job is not None
+    smoke = job.step("Smoke test the candidate on its tag URL")
+    assert smoke.outcome == "failure"
+    assert "rejected its canary message" in smoke.stderr
+    assert "`$.payment.id` (the record id, RECORDLINE_ID_FIELD): missing" in smoke.stderr
+    assert serving(cloud, "payments") == [("payments-00002-x2y", 100, False)]
+
+
 # --- after a rollback -------------------------------------------------------------------------
 
 
@@ -325,3 +518,56 @@ def test_a_deploy_after_a_rollback_serves_its_own_revision(tmp_path: Path) -> No
     assert all(j is None or j.result == "success" for j in ran.values()), _explain(ran)
     new = cloud.world["services"]["recordline"]["revisions"][-1]["name"]
     assert serving(cloud, "recordline") == [(new, 100, True)]
+
+
+# --- an environment GitHub made on first use --------------------------------------------------
+
+
+def test_a_prod_rollout_refuses_an_environment_without_a_reviewer(cloud: Cloud) -> None:
+    # prod named by a job before anyone set it up: GitHub creates it, unprotected.
+    cloud.update(github_environments={"prod": [], "prod-rollout": []})
+    before = cloud.world
+    ran = rollout(cloud)
+    prepare = ran["prepare"]
+    assert prepare is not None
+    check = prepare.step("Check that the environment requires a reviewer")
+    assert check.outcome == "failure"
+    assert "requires no reviewer" in check.stderr
+    # Nothing was pushed, nothing deployed.
+    assert cloud.world["registry"] == before["registry"]
+    assert cloud.world["services"] == before["services"]
+    assert ran["first"] is None
+
+
+# --- supply chain ----------------------------------------------------------------------------
+
+
+def test_an_image_without_this_repositorys_provenance_is_never_deployed(tmp_path: Path) -> None:
+    # A digest pushed to the registry by hand, tagged as a commit: no provenance.
+    cloud = Cloud(tmp_path, world(["recordline"], deployed=EARLIER))
+    stranger = "sha256:" + "f" * 64
+    registry = cloud.world["registry"]
+    registry[REPOSITORY]["digests"].append(stranger)
+    registry[REPOSITORY]["tags"][SHA] = stranger
+    cloud.update(registry=registry)
+    ran = rollout(cloud, image_tag=SHA)
+    prepare = ran["prepare"]
+    assert prepare is not None
+    step = prepare.step("Push the built image, or find the requested one")
+    assert step.outcome == "failure"
+    assert "no attestations found" in step.stderr
+    assert ran["first"] is None
+    assert serving(cloud, "recordline") == [("recordline-00002-x2y", 100, True)]
+
+
+def test_the_build_attests_provenance_and_sbom_of_the_digest_it_hands_on() -> None:
+    build = load("deploy.yml")["jobs"]["build"]
+    uses = {s.get("uses", "").split("@")[0]: s for s in build["steps"]}
+    digest = "${{ steps.digest.outputs.digest }}"
+    assert uses["actions/attest-build-provenance"]["with"]["subject-digest"] == digest
+    assert uses["actions/attest-sbom"]["with"]["subject-digest"] == digest
+    assert (
+        uses["actions/attest-sbom"]["with"]["sbom-path"]
+        == (uses["anchore/sbom-action"]["with"]["output-file"])
+    )
+    assert build["permissions"]["attestations"] == "write"

@@ -30,6 +30,9 @@ def _each(body: dict[str, Any]) -> dict[str | None, Any]:
     if "for_each" not in body:
         return {None: None}
     expression = body["for_each"]
+    if "local.ticket_specs" in expression:
+        # One per symptom and channel set: each.value.symptom keys local.ticket_specs.
+        return {k: {"symptom": k} for k in _locals()["ticket_specs"]}
     found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
     if found is None:
         # One policy for each resource (the serving tier's instance): one section for all.
@@ -55,6 +58,11 @@ def _runbook_links() -> dict[str, str]:
                 item = re.fullmatch(r"\$\{each\.value\[(\d+)\]\}", anchor)
                 if item:
                     anchor = value[int(item.group(1))]
+                spec = re.fullmatch(
+                    r"\$\{local\.ticket_specs\[each\.value\.symptom\]\[(\d+)\]\}", anchor
+                )
+                if spec:
+                    anchor = _locals()["ticket_specs"][value["symptom"]][int(spec.group(1))]
             links[name if key is None else f"{name}[{key}]"] = anchor
     return links
 

@@ -23,15 +23,15 @@ import pytest
 
 from tests.infra.test_rollout import EARLIER, NUMBER, ONCALL, OPERATOR, PROJECT, REGION, world
 from tests.infra.test_runbook import RUNBOOK, slug
-from tests.infra.test_terraform import _evaluate, _locals
+from tests.infra.test_terraform import _evaluate, _locals, _resources, _template
 from tests.infra.workflow_runner import ROOT, Cloud
 
 BAD = "sha256:" + "d" * 64
 URL = f"https://recordline-{NUMBER}.{REGION}.run.app"
 
 
-def blocks(section: str) -> list[str]:
-    """The ```sh blocks of one section of docs/operations.md, in order."""
+def blocks(section: str, language: str = "sh") -> list[str]:
+    """The ```sh (or other `language`) blocks of one section of docs/operations.md."""
     text = RUNBOOK.read_text()
     found: list[str] = []
     current = None
@@ -40,7 +40,7 @@ def blocks(section: str) -> list[str]:
         if heading:
             current = slug(heading.group(1))
         elif current == section:
-            found += [b.strip() for b in re.findall(r"```sh\n(.*?)```", part, re.S)]
+            found += [b.strip() for b in re.findall(rf"```{language}\n(.*?)```", part, re.S)]
     assert found, f"no sh block in #{section}"
     return found
 
@@ -89,7 +89,7 @@ def claims(token: str) -> dict[str, Any]:
 def test_rolling_back_at_3am_sends_every_request_to_the_previous_revision(cloud: Cloud) -> None:
     who, look, roll_back, unpin = blocks("rolling-back")
     out = run(cloud, who, look, roll_back)
-    assert "rolling recordline back to recordline-00001-x1y" in out
+    assert "rolling recordline back from recordline-00002-x2y to recordline-00001-x1y" in out
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
     # Every command acted as the operator account, in the system's project and region.
     for argv in cloud.calls():
@@ -165,24 +165,34 @@ def test_reading_as_the_probe_does(cloud: Cloud) -> None:
 # --- the commands in the alerts ---------------------------------------------------------------
 
 
-def _ticket_commands() -> dict[str, str]:
-    """modules/system/alerts.tf's local.commands, as Terraform fills them in for recordline."""
+def _ticket_commands(system: str = "recordline") -> dict[str, str]:
+    """tickets.tf's local.ticket_commands as Terraform fills them in, and as Cloud
+    Monitoring fills in ${metric.label.system} for an incident of `system`."""
+
+    def hcl(raw: str) -> str:
+        bound = re.sub(r"\b(var|local)\.", "local.", raw)
+        bound = bound.replace("google_service_account.operator.email", "local.operator")
+        bound = bound.replace("data.google_project.this.number", "local.number")
+        return bound.replace("values(module.system)[0].probe_path", "local.probe_path")
+
     values = {
-        "service_name": '"recordline"',
         "project_id": f'"{PROJECT}"',
         "region": f'"{REGION}"',
-        "operator_service_account": f'"{OPERATOR}"',
-        "service_url": f'"{URL}"',
-        "read_audience": f'"{URL}/v1"',
+        "operator": f'"{OPERATOR}"',
+        "number": f'"{NUMBER}"',
+        "read_audience": '""',
         "probe_path": json.dumps(_locals()["probe_path"]),
     }
-    for name in ("scope", "replay_subscription", "operator_token"):
-        values[name] = '"' + re.sub(r"\b(var|local)\.", "local.", _locals()[name]) + '"'
+    values["ticket_probe_path"] = "local.probe_path"
+    for name in ("ticket_system", "ticket_scope", "ticket_service_url", "ticket_token"):
+        values[name] = _template(hcl(_locals()[name]))
+    values["ticket_audience"] = hcl(_locals()["ticket_audience"]).removeprefix("${")[:-1]
     commands = {}
-    for key, raw in _locals()["commands"].items():
+    for key, raw in _locals()["ticket_commands"].items():
         # Heredocs come back from python-hcl2 escaped as a quoted string's body.
-        template = '"' + re.sub(r"\b(var|local)\.", "local.", raw).replace("\n", "\\n") + '"'
-        commands[key] = _evaluate(template, tuple(sorted(values.items())))
+        template = '"' + hcl(raw).replace("\n", "\\n") + '"'
+        text = _evaluate(template, tuple(sorted(values.items())))
+        commands[key] = text.replace("${metric.label.system}", system)
     return commands
 
 
@@ -207,3 +217,76 @@ def test_every_ticket_command_runs_as_written_for_the_system(cloud: Cloud) -> No
     assert args["url"] == URL
     assert claims(args["token"]) == {"aud": f"{URL}/v1", "email": OPERATOR}
     assert cloud.world["principal"] == ONCALL  # all of it as a person in `oncall`
+
+
+# --- on-call looks as themselves, acts as the operator account ---------------------------
+
+
+def test_on_call_looks_at_logs_and_dead_letters_as_themselves(cloud: Cloud) -> None:
+    who, logs, dead_letters = blocks("where-to-look-used-by-every-section")
+    run(cloud, who, logs, dead_letters)
+    queried = [argv for argv in cloud.calls("bq")]
+    assert queried
+    assert f"`{PROJECT}.recordline.dead_letters`" in queried[0][-1]
+    # Someone not on call may do neither: the grants are what lets them.
+    cloud.update(principal="user:someone-else@example.com")
+    assert cloud.shell("\n".join([who, logs])).returncode != 0
+    assert cloud.shell("\n".join([who, dead_letters])).returncode != 0
+
+
+def test_a_paused_canary_is_resumed_as_the_operator_account(cloud: Cloud) -> None:
+    (who,) = blocks("where-to-look-used-by-every-section")[:1]
+    (resume,) = blocks("canary-stale")
+    cloud.update(scheduler_jobs={"recordline-canary": "PAUSED"})
+    run(cloud, who, resume)
+    assert cloud.world["scheduler_jobs"]["recordline-canary"] == "ENABLED"
+    # What the runbook said before: as the person, who may change nothing.
+    done = cloud.shell(
+        f"gcloud scheduler jobs resume recordline-canary --location={REGION} --project={PROJECT}"
+    )
+    assert "cloudscheduler.jobs.enable" in done.stderr
+
+
+def test_the_project_number_is_read_as_the_operator_account(cloud: Cloud) -> None:
+    (acting,) = blocks("acting-as-the-operator-account")
+    assert "NUMBER=" in acting
+    run(cloud, acting)
+    # Someone who is not on call may neither act as the operator nor read the project.
+    cloud.update(principal="user:someone-else@example.com")
+    assert "getAccessToken" in cloud.shell(acting).stderr
+    done = cloud.shell(f"gcloud projects describe {PROJECT} --format='value(projectNumber)'")
+    assert "resourcemanager.projects.get" in done.stderr
+
+
+def test_rolling_back_skips_a_candidate_that_never_served(cloud: Cloud) -> None:
+    # recordline-00002 (bad) serves; a later deploy's candidate failed its smoke test
+    # and is still there, newest, without traffic.
+    services = cloud.world["services"]
+    service = services["recordline"]
+    failed = {**service["revisions"][1], "name": "recordline-00003-x3y"}
+    service["revisions"].append(failed)
+    service["traffic"] = [{"revision": "recordline-00002-x2y", "percent": 100}]
+    cloud.update(services=services)
+    who, _look, roll_back, _ = blocks("rolling-back")
+    out = run(cloud, who, roll_back)
+    assert "back from recordline-00002-x2y to recordline-00001-x1y" in out
+    assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+
+
+def test_a_page_names_the_systems_it_counts(cloud: Cloud) -> None:
+    from tests.infra.test_alerts import _symptoms
+
+    query = _symptoms(("orders", "payments", "recordline"))["backlog"]
+    assert "'" not in query  # it goes inside single quotes
+    raw = re.sub(r"\bvar\.", "local.", _locals()["which_systems"])
+    template = _evaluate(_template(raw), (("project_id", f'"{PROJECT}"'),))
+    cloud.update(prometheus={query: ["orders", "payments"]})
+    assert run(cloud, template % query).split() == ["orders", "payments"]
+    content = _resources("google_monitoring_alert_policy")["page"]["documentation"][0]["content"]
+    assert "format(local.which_systems, each.value[1])" in content
+    # The runbook's own copy of the command runs too (a bash block: it calls Cloud
+    # Monitoring, not the service whose API the sh blocks' curls are checked against).
+    (command,) = [b for b in blocks("pages-and-tickets", "bash") if "prometheus" in b]
+    who = blocks("where-to-look-used-by-every-section")[0]
+    out = run(cloud, who, f"QUERY='{query}'", command)
+    assert out.split() == ["orders", "payments"]

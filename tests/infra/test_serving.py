@@ -91,14 +91,45 @@ def test_only_the_systems_that_opt_in_get_a_database() -> None:
 def test_the_instance_is_small_shared_and_never_destroyed_by_a_plan() -> None:
     instance = _resources("google_spanner_instance")["serving"]
     assert instance["for_each"] == "${local.spanner_instances}"
-    assert instance["processing_units"] == "${var.spanner_processing_units}"
+    assert instance["processing_units"] == "${local.spanner_processing_units}"
     assert _variables()["spanner_processing_units"]["default"] == 100
     assert instance["config"] == "${local.spanner_config}"
     assert instance["default_backup_schedule_type"] == "NONE"  # every row is in BigQuery
-    assert instance["lifecycle"] == [{"prevent_destroy": True}]
+    assert instance["lifecycle"][0]["prevent_destroy"] is True
     assert "google_project_service.enabled" in _waits_for("google_spanner_instance.serving")
     (apis,) = [b for b in _config_blocks("google_project_service") if "enabled" in b]
     assert '"spanner.googleapis.com"' in apis["enabled"]["for_each"]
+
+
+def _units(serving_systems: int, **overrides: str) -> int:
+    names = ["recordline", *(f"system-{n:03d}" for n in range(1, serving_systems))]
+    systems = "{ " + ", ".join(f'"{n}" = {{ serving = true }}' for n in names) + " }"
+    expression = "{ units = local.spanner_processing_units, n = length(local.serving_systems) }"
+    # (Beyond 94 systems the project's service-account quota must be raised too.)
+    values = {"service_account_quota": "200", **overrides}
+    found = _root_console(expression, systems, tuple(sorted(values.items())))
+    assert found["n"] == serving_systems
+    return int(found["units"])
+
+
+@pytest.mark.parametrize(
+    ("databases", "units"),
+    [(1, 100), (10, 100), (11, 200), (55, 600), (91, 1000), (100, 1000)],
+)
+def test_the_instance_holds_every_serving_database(databases: int, units: int) -> None:
+    # Under 1,000 processing units an instance holds 10 databases per 100 units; from
+    # 1,000 on, 100 (https://cloud.google.com/spanner/quotas): the eleventh serving
+    # system would otherwise fail to create its database.
+    assert _units(databases) == units
+    instance = _resources("google_spanner_instance")["serving"]
+    assert instance["processing_units"] == "${local.spanner_processing_units}"
+
+
+def test_more_units_than_the_databases_need_are_kept_and_past_100_databases_refused() -> None:
+    assert _units(11, spanner_processing_units="2000") == 2000
+    (lifecycle,) = _resources("google_spanner_instance")["serving"]["lifecycle"]
+    (precondition,) = lifecycle["precondition"]
+    assert precondition["condition"] == "${length(local.serving_systems) <= 100}"
 
 
 def _config_blocks(rtype: str) -> list[dict[str, Any]]:

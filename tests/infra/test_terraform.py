@@ -194,9 +194,12 @@ def test_push_subscription_targets_the_service_with_a_token() -> None:
     assert config["push_endpoint"] == "${google_cloud_run_v2_service.recordline.uri}/pubsub/push"
     (token,) = config["oidc_token"]
     assert token == {
-        "service_account_email": "${google_service_account.push.email}",
+        "service_account_email": "${var.push_service_account}",
         "audience": "${local.push_audience}",
     }
+    # The environment's push account, shared: each system's audience is its own.
+    (module,) = [block["system"] for block in _root("module") if "system" in block]
+    assert module["push_service_account"] == "${google_service_account.push.email}"
     (retry,) = push["retry_policy"]
     assert retry.keys() == {"minimum_backoff", "maximum_backoff"}
     (dead_letter,) = push["dead_letter_policy"]
@@ -237,9 +240,13 @@ def test_pubsub_service_agent_has_what_dead_lettering_and_push_tokens_need() -> 
     assert grants == {
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
         ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
-        ("google_service_account_iam_member", "roles/iam.serviceAccountTokenCreator"),
         ("google_bigquery_table_iam_member", "roles/bigquery.dataEditor"),
     }
+    # Signing pushes as the shared push account: granted once, on that account.
+    mints = _resources("google_service_account_iam_member")["pubsub_mints_push_token"]
+    assert mints["service_account_id"] == "${google_service_account.push.name}"
+    assert mints["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert mints["member"] == 'serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}'
 
 
 # --- Cloud Run ------------------------------------------------------------------
@@ -296,7 +303,7 @@ def test_service_identity_and_access() -> None:
         for body in _resources("google_cloud_run_v2_service_iam_member").values()
         if body["role"] == "roles/run.invoker"
     }
-    assert "${google_service_account.push.member}" in invokers
+    assert "serviceAccount:${var.push_service_account}" in invokers
 
 
 # --- IAM ------------------------------------------------------------------------
@@ -536,15 +543,12 @@ def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
             f"google_monitoring_slo.{name}"
         ), name
         assert metric in json.dumps(slo), name
-    assert "google_monitoring_metric_descriptor.workload" in _waits_for(
-        "google_monitoring_alert_policy.query_bytes_billed"
-    )
-    # The PromQL policies read the descriptors' types through modules/symptoms.
+    # The PromQL policies (pages and tickets, the bytes billed among them) read the
+    # descriptors' types through modules/symptoms.
     assert _locals()["metric"].startswith("${{for name, type in var.metric_types")
-    (fleet,) = [b["fleet_symptoms"] for b in _root("module") if "fleet_symptoms" in b]
-    assert "google_monitoring_metric_descriptor.workload" in fleet["metric_types"]
-    (symptoms,) = [b["symptoms"] for b in _load(MODULE / "alerts.tf")["module"]]
-    assert symptoms["metric_types"] == "${var.metric_types}"
+    for name in ("fleet_symptoms", "ticket_symptoms"):
+        (module,) = [b[name] for b in _root("module") if name in b]
+        assert "google_monitoring_metric_descriptor.workload" in module["metric_types"], name
 
 
 @pytest.mark.parametrize(
@@ -590,9 +594,10 @@ def test_service_agents_are_created_before_any_grant_names_them() -> None:
         for rtype, named in _all_resources().items()
         for name, body in named.items()
         if any(f"local.{agent}" in str(body.get("member", "")) for agent in AGENT_LOCALS)
+        or "time_sleep.service_agents.triggers" in str(body.get("member", ""))
     ]
-    # Pub/Sub's four (dead letters, push tokens, the BigQuery subscription), the
-    # Scheduler's publisher grant and the uptime check's invoker grant.
+    # Pub/Sub's four (dead letters, push tokens at the root, the BigQuery subscription),
+    # the Scheduler's publisher grant and the uptime check's invoker grant.
     assert len(grants) == 6, grants
     for grant in grants:
         assert {"time_sleep.service_agents", "google_project_service_identity.agents"} <= (
@@ -803,16 +808,12 @@ def test_query_cost_cap_and_retention_reach_the_service() -> None:
 
 
 def test_daily_bytes_billed_alert() -> None:
-    alert = _resources("google_monitoring_alert_policy")["query_bytes_billed"]
-    (condition,) = alert["conditions"]
-    (threshold,) = condition["condition_threshold"]
-    assert threshold["filter"] == '${local.workload_metric["query.bytes_billed"]}'
-    assert threshold["threshold_value"] == "${var.query_bytes_billed_daily_budget}"
-    (aggregation,) = threshold["aggregations"]
-    # 24 h, inside the 25 h alert conditions accept.
-    assert aggregation == {
-        "alignment_period": "86400s",
-        "per_series_aligner": "ALIGN_DELTA",
-        "cross_series_reducer": "REDUCE_SUM",
-    }
+    from tests.infra.test_alerts import _symptoms
+
+    query = _symptoms(("orders",))["bytes_billed"]
+    # The last 24 h of each system's reads' bytes (a PromQL alert looks back 24 h at
+    # most), over the budget.
+    assert "increase(workload_googleapis_com:recordline_query_bytes_billed{" in query
+    assert "[1d]" in query
+    assert query.endswith("> 1099511627776")
     assert _variables()["query_bytes_billed_daily_budget"]["default"] == 1024**4

@@ -183,10 +183,23 @@ def test_the_mapping_reaches_the_service_only_where_it_is_set() -> None:
     assert "local.serving_env, local.mapping_env, {" in env  # Terraform's wins over extra_env
 
 
+def _root_outputs_deploy() -> dict[str, Any]:
+    (deploy,) = [
+        block["deploy"]
+        for block in _config()["output"]
+        if "deploy" in block and isinstance(block["deploy"]["value"], dict)
+    ]
+    return dict(deploy["value"])
+
+
 def test_the_canary_is_the_systems_own_message_where_it_has_one() -> None:
     (target,) = _resources("google_cloud_scheduler_job")["canary"]["pubsub_target"]
-    assert _expression(target["data"]) == (
+    assert _expression(target["data"]) == "local.canary_data"
+    assert _expression(_locals()["canary_data"]) == (
         "var.canary_data != null ? var.canary_data : local.default_canary_data"
     )
+    # The deploy's smoke test pushes the same message (modules/system/outputs.tf).
+    deploy = _root_outputs_deploy()
+    assert deploy["canary_data"] == "${local.canary_data}"
     (module,) = [block["system"] for block in _root("module") if "system" in block]
     assert "filebase64(" in module["canary_data"]  # the file's bytes, binary encodings too

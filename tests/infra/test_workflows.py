@@ -61,7 +61,11 @@ def test_only_google_authenticating_jobs_get_an_id_token() -> None:
                 s.get("uses", "").startswith("google-github-actions/auth@")
                 for s in job.get("steps", [])
             )
-            assert calls_reusable or authenticates, f"{path.name}: {name}"
+            # Sigstore signs a build's attestations with the job's token.
+            attests = job.get("permissions", {}).get("attestations") == "write" and any(
+                s.get("uses", "").startswith("actions/attest-") for s in job.get("steps", [])
+            )
+            assert calls_reusable or authenticates or attests, f"{path.name}: {name}"
 
 
 def test_ci_runs_the_project_commands_and_the_infra_checks() -> None:
@@ -69,6 +73,45 @@ def test_ci_runs_the_project_commands_and_the_infra_checks() -> None:
     assert "python3 dev.py test" in runs
     assert "python3 dev.py lint" in runs
     assert "bash infra/check.sh" in runs
+
+
+def test_ci_installs_what_the_emulator_tests_need_before_they_run() -> None:
+    # With CI set, a test that needs an emulator fails instead of skipping
+    # (tests/conftest.py), so GitHub's runners need Java and both emulators first.
+    steps = _load(WORKFLOWS / "ci.yml")["jobs"]["test"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    (install,) = [i for i, run in enumerate(runs) if "google-cloud-cli-spanner-emulator" in run]
+    assert install < runs.index("python3 dev.py test")
+    script = runs[install]
+    version = steps[install]["env"]["GCLOUD_VERSION"]
+    for package in (
+        "google-cloud-cli",
+        "google-cloud-cli-pubsub-emulator",
+        "google-cloud-cli-spanner-emulator",
+    ):
+        assert f'"{package}=$GCLOUD_VERSION-0"' in script, package  # pinned, all alike
+    assert "openjdk-17-jre-headless" in script  # the Pub/Sub emulator is a Java program
+    assert "https://packages.cloud.google.com/apt cloud-sdk main" in script
+    # Where the tests look (recordline_dev/devstack.py, tests/spanner/emulator.py).
+    assert "platform/pubsub-emulator/bin/cloud-pubsub-emulator" in script
+    assert "bin/cloud_spanner_emulator/emulator_main" in script
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+
+
+def test_one_pinned_gcloud_everywhere() -> None:
+    (ci,) = [
+        s["env"]["GCLOUD_VERSION"]
+        for s in _load(WORKFLOWS / "ci.yml")["jobs"]["test"]["steps"]
+        if "GCLOUD_VERSION" in s.get("env", {})
+    ]
+    setups = [
+        (path.name, step.get("with", {}).get("version"))
+        for path in FILES
+        for step in _steps(_load(path))
+        if step.get("uses", "").startswith("google-github-actions/setup-gcloud@")
+    ]
+    assert setups
+    assert {version for _, version in setups} == {ci}, setups
 
 
 def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
@@ -79,7 +122,10 @@ def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
     rollout = _load(WORKFLOWS / "deploy-environment.yml")
     assert rollout["jobs"]["prepare"]["environment"] == "${{ inputs.environment }}"
     system = _load(WORKFLOWS / "deploy-system.yml")
-    assert system["jobs"]["rollout"]["environment"] == "${{ inputs.environment }}"
+    # Each system's job runs after that approval, in <environment>-rollout (no reviewers).
+    assert system["jobs"]["rollout"]["environment"] == "${{ inputs.environment }}-rollout"
+    assert deploy["jobs"]["prod"]["with"]["reviewed"] is True
+    assert "reviewed" not in deploy["jobs"]["dev"]["with"]
     terraform = _load(WORKFLOWS / "terraform.yml")
     assert terraform["jobs"]["prod"]["needs"] == "dev"
     assert "needs.dev.result == 'success'" in terraform["jobs"]["prod"]["if"]
@@ -120,7 +166,8 @@ def test_concurrency_is_per_environment() -> None:
     for environment in ("dev", "prod"):
         assert deploy["jobs"][environment]["concurrency"] == {
             "group": f"deploy-{environment}",
-            "cancel-in-progress": False,
+            # A rollback cancels what runs (tests/infra/test_identity.py).
+            "cancel-in-progress": "${{ inputs.image_tag != '' }}",
         }
     rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
     assert rollout["concurrency"] == {
@@ -147,8 +194,12 @@ def test_the_approved_apply_applies_the_saved_plan() -> None:
     assert "-out=tfplan" in _job_runs(plan)
     assert "terraform show -no-color tfplan" in _job_runs(plan)
     assert "GITHUB_STEP_SUMMARY" in _job_runs(plan)
-    (upload,) = [s for s in plan["steps"] if "upload-artifact@" in s.get("uses", "")]
-    assert "infra/terraform/tfplan" in upload["with"]["path"]
+    (upload,) = [
+        s
+        for s in plan["steps"]
+        if "upload-artifact@" in s.get("uses", "") and "tfplan" in s["with"]["path"]
+    ]
+    assert "infra/terraform/tfplan\n" in upload["with"]["path"]
     assert "infra/terraform/.terraform.lock.hcl" in upload["with"]["path"]
     assert apply["needs"] == "plan"
     assert apply["environment"] == "terraform-${{ inputs.environment }}"

@@ -62,10 +62,14 @@ class Cloud:
         self.bin = work / "bin"
         self.bin.mkdir(parents=True)
         self.world_file = work / "world.json"
+        self.artifacts = work / "artifacts"  # what a job's download-artifact step gets
         self.world_file.write_text(json.dumps(world, indent=1))
-        for tool in ("gcloud", "curl", "skopeo"):
+        for tool in ("gcloud", "curl", "skopeo", "bq", "gh"):
             path = self.bin / tool
-            path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" {tool} "$@"\n')
+            # The fake Cloud Run reads pushes with the service's own code (app/ingest).
+            path.write_text(
+                f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" "{FAKE}" {tool} "$@"\n'
+            )
             path.chmod(0o755)
         (self.bin / "sleep").write_text("#!/bin/sh\nexit 0\n")
         (self.bin / "sleep").chmod(0o755)
@@ -215,6 +219,8 @@ class Expressions:
     def _lookup(self, path: str) -> Any:
         value: Any = self.context
         for part in path.split("."):
+            if value == "":  # what is missing (a step that did not run) is null: empty
+                return ""
             if not isinstance(value, dict):
                 raise ValueError(f"{path}: {part} of a non-object")
             value = value.get(part, "")
@@ -270,7 +276,7 @@ def run_job(
     context: dict[str, Any] = {
         "inputs": inputs,
         "vars": variables,
-        "github": github,
+        "github": {"token": "fake-github-token", **github},
         "needs": needs or {},
         "steps": steps,
         "runner": {"temp": str(temp)},
@@ -287,6 +293,9 @@ def run_job(
         condition = step.get("if", "success()")
         if isinstance(condition, str):
             condition = re.sub(r"^\$\{\{(.*)\}\}$", r"\1", condition.strip(), flags=re.S)
+            # GitHub adds success() to a condition that names no status function.
+            if not re.search(r"\b(success|failure|cancelled|always)\(", condition):
+                condition = f"success() && ({condition})"
         wanted = condition if isinstance(condition, bool) else expressions.evaluate(condition)
         if not wanted:
             job.steps.append(Step(name, "skipped", {}))
@@ -295,7 +304,10 @@ def run_job(
             outputs, ok = _action(cloud, step, expressions, workspace, temp)
             stderr = ""
         else:
-            outputs, ok, stderr = _run(cloud, step, expressions, env, workspace, temp, github)
+            defaults = definition.get("defaults", {}).get("run", {})
+            outputs, ok, stderr = _run(
+                cloud, step, expressions, env, workspace, temp, github, defaults
+            )
         job.steps.append(Step(name, "success" if ok else "failure", outputs, stderr))
         if "id" in step:
             steps[step["id"]] = {"outputs": outputs, "outcome": "success" if ok else "failure"}
@@ -319,15 +331,34 @@ def _action(
         case "google-github-actions/auth":
             cloud.update(principal=f"serviceAccount:{given['service_account']}")
             return {"access_token": "fake-access-token"}, True
-        case "google-github-actions/setup-gcloud" | "docker/login-action":
+        case (
+            "google-github-actions/setup-gcloud"
+            | "docker/login-action"
+            | "hashicorp/setup-terraform"
+        ):
             return {}, True
         case "actions/checkout":
             shutil.copytree(ROOT / "infra", workspace / "infra", dirs_exist_ok=True)
             return {}, True
+        case "actions/upload-artifact":
+            uploaded = cloud.work / "uploaded" / str(given["name"])
+            uploaded.mkdir(parents=True, exist_ok=True)
+            for line in str(given["path"]).split():
+                source = workspace / line
+                if source.is_file():
+                    shutil.copy(source, uploaded / source.name)
+                elif given.get("if-no-files-found") == "error":
+                    return {}, False
+            return {}, True
         case "actions/download-artifact":
             target = Path(str(given["path"]))
+            if not target.is_absolute():
+                target = workspace / target
             target.mkdir(parents=True, exist_ok=True)
-            (target / "image.tar").write_bytes(b"an OCI archive")
+            if given["name"] == "image":
+                (target / "image.tar").write_bytes(b"an OCI archive")
+            else:  # a saved plan: the test put it in cloud.artifacts
+                shutil.copytree(cloud.artifacts / str(given["name"]), target, dirs_exist_ok=True)
             return {}, True
     raise ValueError(f"action {action} is not modelled")
 
@@ -340,15 +371,17 @@ def _run(
     workspace: Path,
     temp: Path,
     github: dict[str, str],
+    defaults: dict[str, str],
 ) -> tuple[dict[str, str], bool, str]:
     script = temp / "step.sh"
     script.write_text(step["run"])
+    directory = step.get("working-directory", defaults.get("working-directory", "."))
     output = temp / "output"
     output.write_text("")
     step_env = {k: _text(interpolate(v, expressions)) for k, v in step.get("env", {}).items()}
     run = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-        cwd=workspace,
+        cwd=workspace / directory,
         env={
             **cloud.env(),
             **env,
@@ -358,6 +391,8 @@ def _run(
             "GITHUB_SHA": github["sha"],
             "GITHUB_RUN_ID": github["run_id"],
             "GITHUB_RUN_ATTEMPT": github["run_attempt"],
+            "GITHUB_REPOSITORY": github.get("repository", "recordline/recordline"),
+            "GITHUB_API_URL": "https://api.github.com",
             "RUNNER_TEMP": str(temp),
         },
         capture_output=True,

@@ -18,16 +18,23 @@ import pytest
 
 from app.asgi import create_app
 from app.errors import StoreUnavailable
-from app.records import Record
+from app.records import TABLES, Record
 from app.settings import QuerySettings, Settings
 from app.store import PageQuery
-from app.store.spanner.schema import RETENTION_PLACEHOLDER, ddl, ddl_template, ddl_text
+from app.store.spanner.schema import (
+    RETENTION_PLACEHOLDER,
+    add_column,
+    ddl,
+    ddl_template,
+    ddl_text,
+)
 from app.store.spanner.serving import SchemaMismatch
 from app.store.spanner.tail import TailCache
 from app.store.tiered import TieredStore
 from tests.bigquery.fake_storage_write import Abort, ErrorResponse, FakeBigQueryWrite
 from tests.conftest import envelope, served
 from tests.spanner.emulator import SpannerEmulator
+from tests.spanner.test_schema import _RecordWithRegion
 
 pytestmark = pytest.mark.emulator
 
@@ -254,6 +261,42 @@ async def test_a_database_with_another_schema_is_refused_at_start_naming_the_dif
     assert "records.data is BYTES(MAX) NOT NULL, expected STRING(MAX) NOT NULL" in message
     assert "index records_by_id on records(id_shard, id) is missing" in message
     assert "rejected" not in message.split(": ", 1)[1]
+
+
+async def test_a_migration_applied_before_the_image_that_needs_it(
+    make_tiered: Make, spanner_emulator: SpannerEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database as Terraform created it, then an image whose rows have a new column.
+    url = spanner_emulator.database()
+    monkeypatch.setitem(TABLES, "records", _RecordWithRegion)
+    with pytest.raises(SchemaMismatch) as refused:
+        await make_tiered(url=url)
+    assert "records.region is missing" in str(refused.value)
+    # The migration, appended to Terraform's ddl, is run on the database in place...
+    database = spanner_emulator.instance.database(url.rsplit("/", 1)[1])
+    database.update_ddl([add_column("records", "region")]).result(60)
+    # ...and the same image starts on it.
+    await make_tiered(url=url)
+
+
+async def test_a_database_ahead_of_the_image_is_served_as_before(
+    make_tiered: Make, spanner_emulator: SpannerEmulator
+) -> None:
+    # Migrations released after this image: a column, a table and an index it never uses.
+    ahead = [
+        *ddl(QuerySettings().dedupe_window_seconds),
+        "ALTER TABLE records ADD COLUMN `region` STRING(MAX)",
+        "CREATE TABLE export_progress (`shard` INT64 NOT NULL, `until` TIMESTAMP) "
+        "PRIMARY KEY (shard)",
+        "CREATE INDEX records_by_region ON records (region)",
+    ]
+    store: TieredStore = await make_tiered(url=spanner_emulator.database(ahead))
+    await store.append([record("m-ahead")])
+    status = await store.message("m-ahead")
+    assert status is not None
+    t = status.ingest_time
+    (found,) = await store.serving.page("records", query(t - 1_000_000, t + 1), t + 1)
+    assert found.message_id == "m-ahead"
 
 
 async def test_spanner_unreachable_at_start_then_lost_and_back(

@@ -1,10 +1,20 @@
 """The serving tier's Spanner schema, derived from the row definition.
 
-Every column of `Record` and `Rejection` (`app/records.py`) becomes a column of
-the table of the same name; `recordline schema spanner` prints the statements
-and Terraform applies the same ones. The service never changes the schema: at
-start it compares the database with `expected_columns` and refuses to serve a
-database that differs, naming each difference.
+Every column of `Record` and `Rejection` (`app/records.py`) is a column of the
+table of the same name. The statements are the baseline every serving database
+was created with (`BASELINE`, never changed) followed by the released
+migrations (`MIGRATIONS`, append only); `recordline schema spanner` prints them
+and Terraform applies the same list, whose `ddl` only ever grows: the provider
+runs statements appended at its end on the existing database, and replaces the
+database (which `prevent_destroy` refuses) for any other change. A new column
+of `app/records.py` is one line appended to `MIGRATIONS`:
+`add_column("records", "name")`; a new table or index, its `CREATE` statement.
+
+The service never changes the schema: at start it checks that the database
+has at least every column (of the type it writes) and index it uses, and
+refuses to serve one that lacks any, naming each. So the migration is applied
+(Terraform) before the image that needs it is deployed; a database ahead of
+the image is served as before, since every migration only adds.
 
 Keys. Pub/Sub message ids grow with time and the commit timestamp always
 does, so a key or an index that starts with either would send every write to
@@ -99,46 +109,111 @@ def expected_indexes() -> dict[str, tuple[str, list[str]]]:
 
 
 def _column_ddl(column: Column) -> str:
-    ddl = f"  `{column.name}` {_TYPES[column.kind]}"
+    ddl = f"`{column.name}` {_TYPES[column.kind]}"
     if not column.nullable:
         ddl += " NOT NULL"
     if column.name == "ingest_time":
         # The serving tier stamps every row with its commit timestamp.
         ddl += " OPTIONS (allow_commit_timestamp = true)"
-    return ddl + ","
+    return ddl
+
+
+# Where Terraform puts the retention it derives from the dedupe window: each row is
+# kept `retention_days(window)` days.
+RETENTION_PLACEHOLDER: Final = "${retention_days}"
+
+# The statements every serving database was first created with, as released: never
+# edited, since a changed statement would replace every database (see the module's
+# docstring). Columns added to app/records.py since are migrations below.
+BASELINE: Final = (
+    "CREATE TABLE records (\n"
+    "  `shard` INT64 NOT NULL,\n"
+    "  `id_shard` INT64 NOT NULL,\n"
+    "  `message_id` STRING(MAX) NOT NULL,\n"
+    "  `publish_time` TIMESTAMP NOT NULL,\n"
+    "  `ingest_time` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
+    "  `id` STRING(MAX) NOT NULL,\n"
+    "  `timestamp` TIMESTAMP,\n"
+    "  `data` STRING(MAX) NOT NULL,\n"
+    "  `attributes` STRING(MAX) NOT NULL,\n"
+    "  `subscription` STRING(MAX),\n"
+    "  `delivery_attempt` INT64,\n"
+    "  `trace_id` STRING(MAX),\n"
+    "  `schema` STRING(MAX),\n"
+    ") PRIMARY KEY (shard, message_id),\n"
+    "  ROW DELETION POLICY (OLDER_THAN(ingest_time, INTERVAL ${retention_days} DAY))",
+    "CREATE TABLE rejected (\n"
+    "  `shard` INT64 NOT NULL,\n"
+    "  `message_id` STRING(MAX) NOT NULL,\n"
+    "  `publish_time` TIMESTAMP NOT NULL,\n"
+    "  `ingest_time` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
+    "  `data` BYTES(MAX) NOT NULL,\n"
+    "  `reason` STRING(MAX) NOT NULL,\n"
+    "  `attributes` STRING(MAX) NOT NULL,\n"
+    "  `subscription` STRING(MAX),\n"
+    "  `delivery_attempt` INT64,\n"
+    "  `trace_id` STRING(MAX),\n"
+    "  `schema` STRING(MAX),\n"
+    ") PRIMARY KEY (shard, message_id),\n"
+    "  ROW DELETION POLICY (OLDER_THAN(ingest_time, INTERVAL ${retention_days} DAY))",
+    "CREATE INDEX records_by_ingest_time ON records (shard, ingest_time, message_id)",
+    "CREATE INDEX rejected_by_ingest_time ON rejected (shard, ingest_time, message_id)",
+    "CREATE INDEX records_by_id ON records (id_shard, id)",
+)
+
+
+def add_column(table: str, name: str) -> str:
+    """The migration that adds column `name` of `table` as app/records.py declares it.
+
+    Spanner adds a column to a table that has rows only if it is nullable or has a
+    default; a NOT NULL column gets its type's zero value as the default.
+    """
+    (column,) = [c for c in columns(TABLES[table]) if c.name == name]
+    ddl = _column_ddl(column)
+    if not column.nullable:
+        ddl += f" DEFAULT ({_ZERO[column.kind]})"
+    return f"ALTER TABLE {table} ADD COLUMN {ddl}"
+
+
+_ZERO: Final = {
+    Kind.STRING: "''",
+    Kind.INT64: "0",
+    Kind.TIMESTAMP: "TIMESTAMP '1970-01-01T00:00:00Z'",
+    Kind.JSON: "'null'",
+    Kind.BYTES: "b''",
+}
+
+# Released migrations, in the order they were released, each run once on every
+# serving database after the baseline (Terraform appends them to its `ddl`). Append
+# only: a statement here is never edited, moved or removed, and only ever adds (a
+# column, a table, an index), so the image before it serves a migrated database too.
+MIGRATIONS: Final[tuple[str, ...]] = ()
+
+
+def statements() -> tuple[str, ...]:
+    """The baseline and every migration, the retention left as its placeholder."""
+    return BASELINE + MIGRATIONS
 
 
 def ddl(dedupe_window_seconds: float) -> list[str]:
     """The statements that create the serving tier's tables and indexes."""
-    return _statements(str(retention_days(dedupe_window_seconds)))
-
-
-# Where Terraform puts the retention it derives from the same setting.
-RETENTION_PLACEHOLDER: Final = "${retention_days}"
+    days = str(retention_days(dedupe_window_seconds))
+    return [s.replace(RETENTION_PLACEHOLDER, days) for s in statements()]
 
 
 def ddl_template() -> str:
     """The statements as Terraform's `templatefile` takes them, the retention left open."""
-    return _text(_statements(RETENTION_PLACEHOLDER))
-
-
-def _statements(days: str) -> list[str]:
-    statements = []
-    for table, row_type in TABLES.items():
-        keys = [f"  `{k.name}` {k.spanner_type} NOT NULL," for k in _key_columns(table)]
-        body = "\n".join([*keys, *(_column_ddl(c) for c in columns(row_type))])
-        statements.append(
-            f"CREATE TABLE {table} (\n{body}\n) PRIMARY KEY (shard, message_id),\n"
-            f"  ROW DELETION POLICY (OLDER_THAN(ingest_time, INTERVAL {days} DAY))"
-        )
-    for name, (table, keys) in expected_indexes().items():
-        statements.append(f"CREATE INDEX {name} ON {table} ({', '.join(keys)})")
-    return statements
+    return _text(list(statements()))
 
 
 def ddl_text(dedupe_window_seconds: float) -> str:
     """The statements as one text, each ended by `;`, as `recordline schema spanner` prints."""
     return _text(ddl(dedupe_window_seconds))
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of a text such as ddl_template()'s, as Terraform splits it."""
+    return [part.strip() for part in text.split(";") if part.strip()]
 
 
 def _text(statements: list[str]) -> str:

@@ -1,9 +1,13 @@
-project_id             = "recordline-prod"
-environment            = "prod"
-region                 = "europe-west1"
-dataset_location       = "EU"
-github_owner           = "recordline"
-github_repo            = "recordline"
+project_id       = "recordline-prod"
+environment      = "prod"
+region           = "europe-west1"
+dataset_location = "EU"
+github_owner     = "recordline"
+github_repo      = "recordline"
+# Numeric ids (gh api repos/OWNER/REPO --jq '.id, .owner.id'): 0 until set, which the
+# plan refuses (infra/README.md, step 2).
+github_repository_id   = "0"
+github_owner_id        = "0"
 terraform_state_bucket = "recordline-prod-tfstate"
 
 # One warm instance keeps pushes off cold starts; the freshness SLO is 5 s.
@@ -16,3 +20,12 @@ readers = []
 # projects/recordline-prod/notificationChannels/<id> of the on-call channels. At least one
 # is required: prod does not plan without it (infra/README.md, step 3 of the bootstrap).
 notification_channels = []
+
+# Where tickets go (dead letters, Spanner CPU, each system's detail of a page) unless a
+# system names its own: at least one is required in prod (step 3 of the bootstrap).
+ticket_channels = []
+
+# Who is on call: they may act as the operator account (rollbacks, replays) and see the
+# dashboards, logs and dead letters. At least one is required in prod, a group is best:
+# group:recordline-oncall@example.com (infra/README.md, step 2).
+oncall = []

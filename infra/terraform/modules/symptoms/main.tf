@@ -69,6 +69,11 @@ variable "metric_types" {
   description = "The type of each application metric by short name (root metrics.tf): read from the descriptors, so a query is written only once they exist."
 }
 
+variable "query_bytes_billed_daily_budget" {
+  type        = number
+  description = "Bytes a system's reads may bill in 24 h before its ticket opens."
+}
+
 variable "min_events" {
   type        = number
   description = "A ratio is judged only over at least this many requests (messages, reads) in its long window."
@@ -129,6 +134,14 @@ locals {
   canary_stale      = "label_replace(min by (namespace) (${local.metric["canary.age"]}{${local.workload}}), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.canary_age_threshold_seconds}"
   read_path_failing = "label_replace(count by (host) (max_over_time(monitoring_googleapis_com:uptime_check_check_passed{monitored_resource=\"uptime_url\",host=~\"${local.any}-${var.project_number}[.]${var.region}[.]run[.]app\"}[10m]) == 0), \"system\", \"$1\", \"host\", \"(.*)-${var.project_number}[.].*\") >= ${var.read_path_failing_regions}"
 
+  # Tickets alone. Dead letters: an event, any in the last five minutes. Bytes billed:
+  # the last 24 h of the reads' BigQuery bytes, over the budget. Canary absent: a system
+  # none of whose instances reported a canary age for 10 minutes (one constant series
+  # per system, less those that reported).
+  dead_letters  = "label_replace(sum by (subscription_id) (increase(pubsub_googleapis_com:subscription_dead_letter_message_count{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}[5m])), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > 0"
+  bytes_billed  = "label_replace(sum by (namespace) (increase(${local.metric["query.bytes_billed"]}{${local.workload}}[1d])), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.query_bytes_billed_daily_budget}"
+  canary_absent = "(${join(" or ", [for s in var.systems : "label_replace(vector(1), \"system\", \"${s}\", \"\", \"\")"])}) unless on (system) label_replace(count by (namespace) (last_over_time(${local.metric["canary.age"]}{${local.workload}}[10m])), \"system\", \"$1\", \"namespace\", \"(.*)\")"
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
@@ -163,4 +176,19 @@ output "read_path_failing" {
 output "burning" {
   description = "Per SLO (availability, freshness, read_latency) and speed: systems burning their error budget that fast (value: the long window's burn rate)."
   value       = local.burning
+}
+
+output "dead_letters" {
+  description = "Systems whose push subscription dead-lettered messages in the last 5 minutes (value: how many)."
+  value       = local.dead_letters
+}
+
+output "bytes_billed" {
+  description = "Systems whose reads billed more than the daily budget in the last 24 h (value: bytes)."
+  value       = local.bytes_billed
+}
+
+output "canary_absent" {
+  description = "Systems none of whose instances reported a canary age in the last 10 minutes."
+  value       = local.canary_absent
 }

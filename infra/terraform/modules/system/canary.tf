@@ -14,6 +14,10 @@ locals {
   # A record of the service's default shape. A topic with a schema, or a payload with
   # its id elsewhere, takes the system's own canary message instead (canary_data).
   default_canary_data = base64encode(jsonencode({ id = local.canary_attribute, data = { canary = true } }))
+
+  # What the canary publishes, base64: also what the deploy's smoke test pushes to a new
+  # revision (outputs.tf, deploy), so the test speaks the system's own shape.
+  canary_data = var.canary_data != null ? var.canary_data : local.default_canary_data
 }
 
 resource "google_cloud_scheduler_job" "canary" {
@@ -26,7 +30,7 @@ resource "google_cloud_scheduler_job" "canary" {
 
   pubsub_target {
     topic_name = google_pubsub_topic.records.id
-    data       = var.canary_data != null ? var.canary_data : local.default_canary_data
+    data       = local.canary_data
     attributes = { (local.canary_attribute) = "1" }
   }
 

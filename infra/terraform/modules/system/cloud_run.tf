@@ -4,7 +4,12 @@ resource "google_cloud_run_v2_service" "recordline" {
   location = var.region
   ingress  = var.ingress
 
-  deletion_protection = true
+  # Off: deletion_protection lives in the resource's own state, so once a retired
+  # system's module instance is gone it cannot be lifted, and the apply that retires
+  # it would fail part-way. The service holds nothing (messages wait in Pub/Sub, rows
+  # are in BigQuery and Spanner, each with prevent_destroy, which a plan enforces) and
+  # its URL is deterministic, so an unintended replacement shows in the plan as one.
+  deletion_protection = false
 
   # Tokens are checked by Cloud Run (run.invoker) before the request reaches the
   # service, which checks them again. Both audiences are derived from the service's

@@ -55,7 +55,7 @@ resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
   location = google_cloud_run_v2_service.recordline.location
   name     = google_cloud_run_v2_service.recordline.name
   role     = "roles/run.invoker"
-  member   = google_service_account.push.member
+  member   = "serviceAccount:${var.push_service_account}"
 }
 
 resource "google_cloud_run_v2_service_iam_member" "reader_invokers" {
@@ -75,7 +75,7 @@ resource "google_cloud_run_v2_service_iam_member" "smoke_invoker" {
   location = google_cloud_run_v2_service.recordline.location
   name     = google_cloud_run_v2_service.recordline.name
   role     = "roles/run.invoker"
-  member   = google_service_account.smoke.member
+  member   = "serviceAccount:${var.smoke_service_account}"
 }
 
 # Operators replay (docs/operations.md#dead-letters): they call the service (Cloud Run's
@@ -117,6 +117,18 @@ resource "google_service_account_iam_member" "operator_account_acts_as_runtime" 
   member             = "serviceAccount:${var.operator_service_account}"
 }
 
+# On-call queries this system's dead letters as themselves (docs/operations.md, "Where
+# to look"): reading this table, nothing else of the dataset.
+resource "google_bigquery_table_iam_member" "oncall_reads_dead_letters" {
+  for_each = var.oncall
+
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.recordline.dataset_id
+  table_id   = google_bigquery_table.dead_letters.table_id
+  role       = "roles/bigquery.dataViewer"
+  member     = each.value
+}
+
 resource "google_cloud_run_v2_service_iam_member" "deployer_deploys" {
   project  = var.project_id
   location = google_cloud_run_v2_service.recordline.location
@@ -132,25 +144,11 @@ resource "google_service_account_iam_member" "deployer_acts_as_runtime" {
   member             = var.deployer_member
 }
 
-# The smoke test pushes as the push account and reads as the smoke account: ID tokens
-# only (serviceAccountOpenIdTokenCreator), no access tokens.
-resource "google_service_account_iam_member" "deployer_mints_smoke_tokens" {
-  for_each = {
-    push  = google_service_account.push.name
-    smoke = google_service_account.smoke.name
-  }
-
-  service_account_id = each.value
-  role               = "roles/iam.serviceAccountOpenIdTokenCreator"
-  member             = var.deployer_member
-}
-
-# Creating the Cloud Run service and the authenticated push subscription means acting
-# as the accounts they run as.
+# Creating the Cloud Run service means acting as the account it runs as (the push
+# subscription's account, shared, is granted at the root: service_accounts.tf).
 resource "google_service_account_iam_member" "terraform_apply_acts_as" {
   for_each = {
     runtime = google_service_account.runtime.name
-    push    = google_service_account.push.name
   }
 
   service_account_id = each.value

@@ -21,7 +21,7 @@ locals {
   # The smoke-test account reads back what the deploy workflow pushed.
   read_principals = join(",", sort(concat(
     [for m in var.readers : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
-    [google_service_account.smoke.email, local.monitoring_service_agent],
+    [var.smoke_service_account, local.monitoring_service_agent],
   )))
 
   # Operators as the service checks them, the environment's operator account first
@@ -69,7 +69,7 @@ locals {
     RECORDLINE_STORE                  = "bigquery://${var.project_id}/${google_bigquery_dataset.recordline.dataset_id}"
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
     RECORDLINE_PUSH_AUDIENCE          = local.push_audience
-    RECORDLINE_PUSH_SERVICE_ACCOUNTS  = google_service_account.push.email
+    RECORDLINE_PUSH_SERVICE_ACCOUNTS  = var.push_service_account
     # The service's own URL too: the uptime check's token names it (uptime.tf).
     RECORDLINE_READ_AUDIENCE          = "${local.read_audience},${local.service_url}"
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
@@ -86,4 +86,12 @@ locals {
     OTEL_TRACES_EXPORTER           = "gcp_trace"
     OTEL_METRICS_EXPORTER          = "gcp_monitoring"
   })
+}
+
+locals {
+  # This system's push subscription, as Cloud Monitoring filters name it (dashboard.tf).
+  push_subscription = join(" ", [
+    "resource.type=\"pubsub_subscription\"",
+    "resource.label.\"subscription_id\"=\"${google_pubsub_subscription.push.name}\"",
+  ])
 }

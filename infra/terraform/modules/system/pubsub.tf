@@ -68,7 +68,7 @@ resource "google_pubsub_subscription" "push" {
     # (RECORDLINE_PUSH_AUDIENCE, RECORDLINE_PUSH_SERVICE_ACCOUNTS); Cloud Run checks that
     # the account holds run.invoker.
     oidc_token {
-      service_account_email = google_service_account.push.email
+      service_account_email = var.push_service_account
       audience              = local.push_audience
     }
   }
@@ -93,7 +93,6 @@ resource "google_pubsub_subscription" "push" {
 
   depends_on = [
     google_pubsub_topic_iam_member.dead_letter_publisher,
-    google_service_account_iam_member.pubsub_mints_push_token,
     google_cloud_run_v2_service_iam_member.push_invoker,
   ]
 
@@ -158,13 +157,6 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   subscription = google_pubsub_subscription.push.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
-}
-
-# To mint the push OIDC token as the push account.
-resource "google_service_account_iam_member" "pubsub_mints_push_token" {
-  service_account_id = google_service_account.push.name
-  role               = "roles/iam.serviceAccountTokenCreator"
-  member             = local.pubsub_service_agent
 }
 
 # To write dead letters through the BigQuery subscription: this table only.

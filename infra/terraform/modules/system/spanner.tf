@@ -30,11 +30,11 @@ resource "google_spanner_database" "serving" {
   instance = each.value
   name     = var.service_name
 
-  # Run with the database's creation, all or nothing; the service never changes them,
-  # it checks them at start. The provider applies `ddl` append-only: a statement added
-  # at the end is run by the next apply, but a changed one (a new dedupe window, a new
-  # column in app/records.py) replaces the database, which prevent_destroy below turns
-  # into a failed plan (infra/README.md, "The serving tier").
+  # The baseline, then the migrations (app/store/spanner/schema.py): the list only ever
+  # grows. The provider runs statements appended at its end on the existing database;
+  # a changed or removed one (a new dedupe window, a rewritten baseline) would replace
+  # it, which prevent_destroy below turns into a failed plan (infra/README.md, "The
+  # serving tier"). The service never changes the schema; it checks it at start.
   ddl = local.spanner_ddl
 
   # The service reads no further back than 30 minutes (serving.py), and every row is in

@@ -109,6 +109,21 @@ variable "operators" {
   }
 }
 
+variable "push_service_account" {
+  type        = string
+  description = "E-mail of the environment's push account (root service_accounts.tf): the identity of every system's push subscription, which each service admits (RECORDLINE_PUSH_SERVICE_ACCOUNTS) with its own audience."
+}
+
+variable "smoke_service_account" {
+  type        = string
+  description = "E-mail of the environment's smoke-test account (root service_accounts.tf): a reader of every system, as which the deploy reads back its test message."
+}
+
+variable "oncall" {
+  type        = set(string)
+  description = "Who is on call (root variables.tf): they query this system's dead-letter table as themselves."
+}
+
 variable "operator_service_account" {
   type        = string
   description = "E-mail of the environment's operator account, which on-call acts as (root service_accounts.tf): an operator of every system."
@@ -197,31 +212,11 @@ variable "query_max_bytes_billed" {
   description = "RECORDLINE_QUERY_MAX_BYTES_BILLED: the most bytes one read query may bill."
 }
 
-variable "query_bytes_billed_daily_budget" {
-  type        = number
-  description = "Alert when the service's queries bill more than this many bytes in a day (recordline.query.bytes_billed)."
-}
 
 # --- monitoring ----------------------------------------------------------------
 
-variable "ticket_channels" {
-  type        = list(string)
-  description = "Notification channel ids that this system's tickets go to (its detail of each symptom the fleet pages for, and what needs a look in working hours)."
-}
 
-variable "alert_min_events" {
-  type        = number
-  description = "A burn rate is judged only over at least this many requests, messages or reads in its long window."
-}
 
-variable "burn_rates" {
-  type = map(object({
-    long  = string
-    short = string
-    rate  = number
-  }))
-  description = "Multi-window burn rates by speed (fast, slow), as the fleet's pages use them (root fleet.tf)."
-}
 
 variable "availability_goal" {
   type        = number
@@ -253,15 +248,7 @@ variable "slo_rolling_period_days" {
   description = "Compliance period of every SLO."
 }
 
-variable "oldest_unacked_threshold_seconds" {
-  type        = number
-  description = "Alert when the oldest unacknowledged message on the push subscription is older than this."
-}
 
-variable "canary_age_threshold_seconds" {
-  type        = number
-  description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
-}
 
 variable "project_number" {
   description = "The project's number (service agents and Cloud Run URLs are named by it)."

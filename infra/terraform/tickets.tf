@@ -1,0 +1,154 @@
+# Tickets: each system's detail of every symptom the fleet pages for, and what needs a
+# look in working hours (dead letters, the bytes billed, a canary no longer reported).
+# Each is one policy for the systems whose tickets go to the same channels, not one per
+# system: its condition computes the symptom per system (modules/symptoms), and each
+# system in trouble is an incident of its own, named by its label `system`. A project
+# holds 500 alerting policies and each condition is billed
+# (https://cloud.google.com/monitoring/quotas, https://cloud.google.com/stackdriver/pricing):
+# nine per system would stop a project at 55 systems; nine per channel set never grow
+# with the fleet. The commands name the incident's system through the documentation
+# variable of that label (https://cloud.google.com/monitoring/alerts/doc-variables).
+
+locals {
+  # Where each system's tickets go: its own ticket_channels, else the environment's.
+  ticket_channels_of = {
+    for name, system in local.systems :
+    name => sort(distinct(system.ticket_channels != null ? system.ticket_channels : var.ticket_channels))
+  }
+  # The systems that share their channels, by a key known at plan time.
+  ticket_groups = {
+    for channels in distinct([for name, c in local.ticket_channels_of : join(",", c)]) :
+    (channels == "" ? "unrouted" : substr(sha256(channels), 0, 8)) => {
+      channels = channels == "" ? [] : split(",", channels)
+      systems  = sort([for name, c in local.ticket_channels_of : name if join(",", c) == channels])
+    }
+  }
+}
+
+locals {
+  # The commands, for the system the incident names. As the operator account: on-call
+  # holds no role that changes anything (docs/operations.md#acting-as-the-operator-account).
+  ticket_system      = "SYSTEM=$${metric.label.system}   # the system this incident names"
+  ticket_scope       = "--project=${var.project_id} --region=${var.region} --impersonate-service-account=${google_service_account.operator.email}"
+  ticket_service_url = "https://$SYSTEM-${data.google_project.this.number}.${var.region}.run.app"
+  ticket_audience    = var.read_audience != "" ? var.read_audience : "${local.ticket_service_url}/v1"
+  ticket_token       = "$(gcloud auth print-identity-token --impersonate-service-account=${google_service_account.operator.email} --audiences=\"${local.ticket_audience}\" --include-email)"
+  ticket_probe_path  = values(module.system)[0].probe_path
+
+  ticket_commands = {
+    revisions = <<-EOT
+      ```sh
+      ${local.ticket_system}
+      gcloud run services describe "$SYSTEM" ${local.ticket_scope} --format='yaml(status.traffic)'
+      gcloud run revisions list --service="$SYSTEM" ${local.ticket_scope} --sort-by=~metadata.creationTimestamp --limit=5
+      ```
+      A bad deploy: route every request back to the revision before it (docs/operations.md#rolling-back):
+      ```sh
+      ${local.ticket_system}
+      PREV=$SYSTEM-00000-xxx   # the revision before the bad one, from the list above
+      gcloud run services update-traffic "$SYSTEM" ${local.ticket_scope} --to-revisions="$PREV=100"
+      ```
+    EOT
+    read      = <<-EOT
+      Read as the uptime check does:
+      ```sh
+      ${local.ticket_system}
+      curl -sS -w '\n%%{http_code}\n' -H "Authorization: Bearer ${local.ticket_token}" "${local.ticket_service_url}${local.ticket_probe_path}"
+      ```
+    EOT
+    replay    = <<-EOT
+      Once the cause is fixed, replay them through today's validation (from a checkout, after `python3 dev.py lint` made .venv); --dry-run first:
+      ```sh
+      ${local.ticket_system}
+      gcloud auth application-default login --impersonate-service-account=${google_service_account.operator.email}
+      .venv/bin/recordline replay dead-letters --subscription="projects/${var.project_id}/subscriptions/$SYSTEM-dead-letter-replay" --url="${local.ticket_service_url}" --token="${local.ticket_token}" --dry-run
+      ```
+      Never publish them again by hand: a new message gets a new id, and the service could not tell it from the original.
+    EOT
+  }
+
+  # [title, the symptom's query (by group), how long it holds, runbook section, what to run]
+  ticket_specs = {
+    backlog       = ["pushes not acknowledged for over ${var.oldest_unacked_threshold_seconds} s", "120s", "backlog", local.ticket_commands.revisions]
+    canary_stale  = ["no canary stored for over ${var.canary_age_threshold_seconds} s", "120s", "canary-stale", local.ticket_commands.revisions]
+    read_path     = ["records not readable through /v1/records (uptime check)", "0s", "records-not-readable", "${local.ticket_commands.read}\n${local.ticket_commands.revisions}"]
+    availability  = ["error budget of ${format("%g", var.availability_goal * 100)}% of requests without 5xx burning", "0s", "availability-burning", local.ticket_commands.revisions]
+    freshness     = ["error budget of ${format("%g", var.freshness_goal * 100)}% of messages stored within ${var.freshness_threshold_seconds} s burning", "0s", "freshness-burning", local.ticket_commands.revisions]
+    read_latency  = ["error budget of ${format("%g", var.read_latency_goal * 100)}% of reads within ${var.read_latency_threshold_seconds} s burning", "0s", "read-latency-burning", "${local.ticket_commands.read}\n${local.ticket_commands.revisions}"]
+    dead_letters  = ["messages sent to the dead-letter topic", "0s", "dead-letters", local.ticket_commands.replay]
+    bytes_billed  = ["queries billed over ${format("%g", var.query_bytes_billed_daily_budget / 1073741824)} GiB in 24 h", "0s", "query-bytes-billed", "The dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query."]
+    canary_absent = ["canary age not reported", "0s", "canary-absent", local.ticket_commands.revisions]
+  }
+
+  ticket_queries = {
+    for group, symptoms in module.ticket_symptoms : group => {
+      backlog       = symptoms.backlog
+      canary_stale  = symptoms.canary_stale
+      read_path     = symptoms.read_path_failing
+      availability  = "(${symptoms.burning["availability"]["fast"]}) or (${symptoms.burning["availability"]["slow"]})"
+      freshness     = "(${symptoms.burning["freshness"]["fast"]}) or (${symptoms.burning["freshness"]["slow"]})"
+      read_latency  = "(${symptoms.burning["read_latency"]["fast"]}) or (${symptoms.burning["read_latency"]["slow"]})"
+      dead_letters  = symptoms.dead_letters
+      bytes_billed  = symptoms.bytes_billed
+      canary_absent = symptoms.canary_absent
+    }
+  }
+}
+
+module "ticket_symptoms" {
+  source   = "./modules/symptoms"
+  for_each = local.ticket_groups
+
+  systems                          = each.value.systems
+  project_number                   = data.google_project.this.number
+  region                           = var.region
+  metric_types                     = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
+  oldest_unacked_threshold_seconds = var.oldest_unacked_threshold_seconds
+  canary_age_threshold_seconds     = var.canary_age_threshold_seconds
+  read_path_failing_regions        = 2
+  read_routes                      = local.read_routes
+  burn_rates                       = local.burn_rates
+  min_events                       = var.alert_min_events
+  query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
+  slos = {
+    availability = { goal = var.availability_goal }
+    freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }
+    read_latency = { goal = var.read_latency_goal, threshold = var.read_latency_threshold_seconds }
+  }
+}
+
+resource "google_monitoring_alert_policy" "ticket" {
+  for_each = {
+    for pair in setproduct(sort(keys(local.ticket_groups)), sort(keys(local.ticket_specs))) :
+    "${pair[1]} ${pair[0]}" => { group = pair[0], symptom = pair[1] }
+  }
+
+  project               = var.project_id
+  display_name          = "Recordline (${var.environment}), each system: ${local.ticket_specs[each.value.symptom][0]}${length(local.ticket_groups) > 1 ? " [tickets ${each.value.group}]" : ""}"
+  combiner              = "OR"
+  severity              = "WARNING"
+  notification_channels = local.ticket_groups[each.value.group].channels
+
+  conditions {
+    display_name = local.ticket_specs[each.value.symptom][0]
+    condition_prometheus_query_language {
+      query               = local.ticket_queries[each.value.group][each.value.symptom]
+      duration            = local.ticket_specs[each.value.symptom][1]
+      evaluation_interval = "60s"
+    }
+  }
+
+  # Dead letters are events: the incident closes itself half an hour after the last.
+  dynamic "alert_strategy" {
+    for_each = each.value.symptom == "dead_letters" ? [1] : []
+    content {
+      auto_close = "1800s"
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    subject   = "$${metric.label.system} (${var.environment}): ${local.ticket_specs[each.value.symptom][0]}"
+    content   = "$${metric.label.system} in ${var.environment}: ${local.ticket_specs[each.value.symptom][0]}. The fleet's page for it, if it pages, names how many systems share it.\n\n${local.ticket_specs[each.value.symptom][3]}\nRunbook: docs/operations.md#${local.ticket_specs[each.value.symptom][2]}"
+  }
+}

@@ -1,0 +1,128 @@
+"""What reviewers see before they approve an apply, and what makes a plan at all.
+
+The plan job's summary step runs against a stand-in terraform that shows a saved plan of
+fifty systems (`terraform show -json`'s format:
+https://developer.hashicorp.com/terraform/internals/json-format, and a text of that
+size); GitHub drops a step summary over 1 MiB whole
+(https://docs.github.com/en/actions/reference/workflows-and-actions/workflow-commands#adding-a-job-summary).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from tests.infra.test_fleet import _root_console_run
+from tests.infra.test_rollout import GITHUB, VARIABLES, world
+from tests.infra.test_terraform import TERRAFORM, _text
+from tests.infra.workflow_runner import ROOT, Cloud, run_job
+
+MIB = 1 << 20
+
+
+def _fifty_systems_plan(cloud: Cloud) -> None:
+    changes = []
+    for n in range(50):
+        system = f'module.system["system-{n:02d}"]'
+        for resource in range(40):
+            changes.append(
+                {
+                    "address": f"{system}.google_monitoring_alert_policy.ticket_{resource}",
+                    "type": "google_monitoring_alert_policy",
+                    "change": {"actions": ["update"]},
+                }
+            )
+    changes.append(
+        {
+            "address": 'module.system["system-07"].google_cloud_run_v2_service.recordline',
+            "type": "google_cloud_run_v2_service",
+            "change": {"actions": ["delete", "create"]},
+        }
+    )
+    (cloud.work / "plan.json").write_text(json.dumps({"resource_changes": changes}))
+    line = '      ~ display_name = "a ticket of one system, as terraform shows it"\n'
+    (cloud.work / "plan.txt").write_text(line * (3 * MIB // len(line)))
+    terraform = cloud.bin / "terraform"
+    terraform.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        '  "show -json") cat "$HOME/plan.json" ;;\n'
+        '  "show -no-color") cat "$HOME/plan.txt" ;;\n'
+        "esac\n"
+    )
+    terraform.chmod(0o755)
+
+
+def test_reviewers_see_every_destruction_of_a_fifty_system_plan(tmp_path: Path) -> None:
+    cloud = Cloud(tmp_path, world(["recordline"]))
+    _fifty_systems_plan(cloud)
+    job = run_job(
+        cloud,
+        "terraform-environment.yml",
+        "plan",
+        inputs={
+            "environment": "prod",
+            "apply": True,
+            "plan_workload_identity_provider": VARIABLES["GCP_WORKLOAD_IDENTITY_PROVIDER"],
+            "plan_service_account": "recordline-tf-plan@recordline-prod.iam.gserviceaccount.com",
+        },
+        variables={},
+        github=GITHUB,
+    )
+    step = job.step("Show the plan in the run summary")
+    assert step.outcome == "success", step.stderr
+    summary = job.summary
+    assert len(summary.encode()) < MIB  # GitHub shows it
+    assert "2001 resources change: 1 delete then create, 2000 update" in summary
+    assert (
+        '- `module.system["system-07"].google_cloud_run_v2_service.recordline` '
+        "(delete then create)" in summary
+    )
+    assert "the whole of it is the artifact tfplan-prod-text" in summary
+    uploads = [
+        s
+        for s in yaml.safe_load((ROOT / ".github/workflows/terraform-environment.yml").read_text())[
+            "jobs"
+        ]["plan"]["steps"]
+        if "upload-artifact@" in s.get("uses", "")
+    ]
+    assert any(u["with"]["name"] == "tfplan-${{ inputs.environment }}-text" for u in uploads)
+
+
+# --- what terraform.yml plans on ----------------------------------------------------------
+
+
+def test_every_file_a_plan_reads_is_one_terraform_yml_plans_on() -> None:
+    on = yaml.safe_load((ROOT / ".github/workflows/terraform.yml").read_text())[True]
+    for event in ("pull_request", "push"):
+        paths = on[event]["paths"]
+        assert "infra/terraform/**" in paths
+        # Files read from outside infra/terraform: the systems' schemas and canaries.
+        assert "schemas/**" in paths
+    outside = re.findall(r"\$\{path\.root\}/\.\./\.\./\$\{([^}]+)\}", _text())
+    assert sorted(outside) == ["each.value.canary_file", "each.value.schema.file"]
+
+
+def _accepted(schema_file: str, canary_file: str) -> bool:
+    systems = (
+        '{ recordline = {}, orders = { schema = { file = "'
+        + schema_file
+        + '", type = "AVRO", encoding = "JSON" }, canary_file = "'
+        + canary_file
+        + '" } }'
+    )
+    run = _root_console_run("keys(var.systems)", systems)
+    refused = "Invalid value for variable" in run.stderr
+    assert refused or run.returncode == 0, run.stderr
+    return not refused
+
+
+def test_a_systems_files_must_be_where_a_change_makes_a_plan() -> None:
+    assert _accepted("schemas/orders.avsc", "schemas/orders-canary.bin")
+    assert not _accepted("app/orders.avsc", "schemas/orders-canary.bin")
+    assert not _accepted("schemas/orders.avsc", "orders-canary.bin")
+    assert not _accepted("schemas/../app/x.avsc", "schemas/orders-canary.bin")
+    assert TERRAFORM.is_dir()
