@@ -201,6 +201,28 @@ def delivery(row: Row) -> dict[str, Any]:
     return {name: getattr(row, name) for name in DELIVERY_FIELDS}
 
 
+class _Payload(msgspec.Struct, omit_defaults=True):
+    id: str
+    data: msgspec.Raw
+    timestamp: str | None = None
+
+
+def rejected_record(record: Record, reason: str) -> Rejection:
+    """The rejection stored for a record a store would not take, saying `reason`.
+
+    It keeps the message data as the record received it, so that a replay
+    decodes it as a push would, whatever its encoding (a topic schema's, the
+    publisher's own shape). A record built without it has its payload rebuilt
+    in the default contract: replaying that publishes the same id, event time
+    and data.
+    """
+    if record.received is not None:
+        return Rejection(**delivery(record), data=record.received, reason=reason)
+    timestamp = None if record.timestamp is None else rfc3339(moment(record.timestamp))
+    payload = _Payload(id=record.id, data=msgspec.Raw(record.data.encode()), timestamp=timestamp)
+    return Rejection(**delivery(record), data=msgspec.json.encode(payload), reason=reason)
+
+
 R = typing.TypeVar("R", bound=Row)
 
 

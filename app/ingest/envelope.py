@@ -32,6 +32,10 @@ MAX_ATTRIBUTE_VALUE = 1024
 MAX_SUBSCRIPTION = 1024
 # Pub/Sub's own field is an int32.
 MAX_DELIVERY_ATTEMPT = 2**31 - 1
+# A Pub/Sub message's data is at most 10 MB: more is no message at all. Taken
+# as 10 MiB (10,485,760 bytes), which is also what a Spanner BYTES(MAX) cell
+# holds, so every message the push path takes fits a rejection, everywhere.
+MAX_DATA_BYTES = 10 * 1024 * 1024
 
 Attributes = Annotated[
     dict[
@@ -95,6 +99,7 @@ def decode_wrapped(body: bytes) -> PushedMessage:
         data: bytes | None = binascii.a2b_base64(raw, strict_mode=True)
     except binascii.Error:
         data = None
+    _check_size(len(raw) if data is None else len(data), "`$.message.data`")
     return PushedMessage(
         message_id=message_id,
         publish_time=_publish_time(published, "`$.message.publishTime`"),
@@ -167,6 +172,7 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         raise BadEnvelope(
             f"{_METADATA_PREFIX}subscription-name is longer than {MAX_SUBSCRIPTION} characters"
         )
+    _check_size(len(body), "the body")
     return PushedMessage(
         message_id=message_id,
         publish_time=publish_time,
@@ -188,6 +194,14 @@ def _message_id(value: str, where: str) -> str:
             f"not a Pub/Sub push envelope: {where} is {problem} (Pub/Sub's are ~16 digits)"
         )
     return value
+
+
+def _check_size(size: int, where: str) -> None:
+    if size > MAX_DATA_BYTES:
+        raise BadEnvelope(
+            f"not a Pub/Sub push envelope: {where} is {size:,} bytes, more than a Pub/Sub "
+            f"message holds ({MAX_DATA_BYTES:,})"
+        )
 
 
 def _publish_time(published: datetime, where: str) -> int:

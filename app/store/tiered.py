@@ -1,46 +1,42 @@
-"""BigQuery with a serving tier: Spanner holds the recent rows readers ask for.
+"""BigQuery with a serving tier: Spanner the system of record, BigQuery fed from it.
 
-BigQuery stays the analytics store, written through the Storage Write API as
-without the tier; Spanner (`app.store.spanner`) takes every row first and
-serves every read of its retention, in milliseconds and at a price that does
-not grow with followers or with the table.
+Writing. A group commit is one Spanner transaction; its rows carry the
+commit timestamp as their `ingest_time`, and the batch is acknowledged once
+it is durable there. BigQuery is not written from the push path: the exporter
+(`app.store.spanner.export`) appends Spanner's rows to it, each exactly once,
+in `(ingest_time, message_id)` order. Every row is checked against both
+stores' limits before the commit (`serving.too_large`): one Spanner could not
+hold becomes a rejection naming the limit, and never fails its batch-mates.
 
-Writing. A group commit is one Spanner transaction, then one append of the
-same rows to BigQuery, each row carrying Spanner's commit timestamp as its
-`ingest_time`. The batch is acknowledged only when both are durable; a
-failure of either is a 503 and Pub/Sub delivers again. A redelivered message
-Spanner holds already is appended to BigQuery again as Spanner holds it (same
-content, same ingest time), so no acknowledged message is ever in one store
-and missing from the other; BigQuery's reads collapse such identical copies.
-
-Reading. `serving_since` is where Spanner's reads begin: the dedupe window
-and a day before now, rounded down to a day. A cursor at or after it reads
-Spanner: one read at an exact time, so a page is complete up to its bound and
-no settle window is needed. An older cursor reads BigQuery up to that day,
-where no row can still land: every row is appended with an ingest time at
-most a write deadline old. Look-ups ask Spanner, and BigQuery only about
-rows older than Spanner's reach, whose answers cannot change until the next
-day begins and are kept until then.
+Reading. `serving_since` is where Spanner's reads begin: the dedupe window and
+a day before now, rounded down to a day, and never past the exporter's
+watermark (every row before it is in BigQuery), rounded down alike. A cursor at
+or after it reads Spanner: one read at an exact time, so a page is complete up
+to its bound. An older cursor reads BigQuery up to that day, where every row
+is final and exported. Look-ups ask Spanner, and BigQuery only about rows
+older than Spanner's reach, whose answers cannot change until the day moves,
+and are kept until then.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
+import cachetools
 import msgspec
 
 from app.errors import StoreUnavailable
-from app.records import DAY_MICROS, Record, Rejection
+from app.records import DAY_MICROS, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.bigquery.store import BigQueryStore
 from app.store.copies import ConflictObserver, differing
-from app.store.spanner.serving import SchemaMismatch, SpannerServing
+from app.store.spanner.export import Exporter, ExportObserver, Ledger, holder_name
+from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
 
 log = logging.getLogger(__name__)
@@ -55,6 +51,9 @@ READ_LAG_MICROS: Final = 10_000
 # How long start waits for Spanner to show its schema before going on without
 # it (readiness stays red, pushes get 503, until it answers).
 _VERIFY_AT_START_SECONDS: Final = 5.0
+
+# How often each instance reads the exporter's watermark from Spanner.
+WATERMARK_SECONDS: Final = 5.0
 
 # Look-ups of rows older than Spanner's reach kept at most; each answer holds
 # one record, so 10,000 is a few megabytes.
@@ -78,19 +77,17 @@ class _OldAnswers:
 
     def __init__(self) -> None:
         self._since = -1
-        self._answers: collections.OrderedDict[object, Any] = collections.OrderedDict()
+        self._answers: cachetools.LRUCache[object, Any] = cachetools.LRUCache(_OLD_ANSWERS)
 
     async def get(self, since: int, key: object, load: Callable[[], Awaitable[T]]) -> T:
         if since != self._since:
-            self._since, self._answers = since, collections.OrderedDict()
+            self._since = since
+            self._answers.clear()
         if key in self._answers:
-            self._answers.move_to_end(key)
             answer: T = self._answers[key]
             return answer
         answer = await load()
         self._answers[key] = answer
-        while len(self._answers) > _OLD_ANSWERS:
-            self._answers.popitem(last=False)
         return answer
 
 
@@ -112,6 +109,8 @@ class TieredStore:
         tail: TailCache | None = None,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
+        export: bool = True,
+        export_observer: ExportObserver | None = None,
     ) -> None:
         self.serving = serving
         self._conflicts = conflicts
@@ -125,13 +124,21 @@ class TieredStore:
         self._acknowledged = 0
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
+        self._export = export
+        self._export_observer = export_observer
+        self.exporter: Exporter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        # Every row before it is in BigQuery (µs): the least of the tables'
+        # watermarks, as last read from Spanner (every instance reads it).
+        self.watermark = 0
 
     def _now(self) -> int:
         return self._clock() // 1000
 
     def serving_since(self, now: int) -> int:
-        """Where Spanner's reads begin (µs): the dedupe window and a day ago, at midnight."""
-        return (now - self._reach) // DAY_MICROS * DAY_MICROS
+        """Where Spanner's reads begin (µs): the dedupe window and a day ago, at midnight,
+        and no later than the exporter's watermark, at midnight too."""
+        return min(now - self._reach, self.watermark) // DAY_MICROS * DAY_MICROS
 
     # -- life cycle ------------------------------------------------------------
 
@@ -146,6 +153,26 @@ class TieredStore:
             # pushes get 503 until it answers. A wrong schema is (SchemaMismatch).
             self._unverified = f"Spanner unreachable: {exc}" if str(exc) else "Spanner unreachable"
             log.error("serving tier not ready: %s", self._unverified)
+        ledger = Ledger(self.serving, holder_name())
+        with contextlib.suppress(StoreUnavailable):
+            self.watermark = min((await ledger.watermarks()).values())
+        self._tasks.append(asyncio.create_task(self._follow_watermark(ledger), name="watermark"))
+        if self._export:
+            self.exporter = Exporter(
+                self.serving,
+                {kind: self.analytics.offset_stream(kind) for kind in (Record, Rejection)},
+                observer=self._export_observer,
+            )
+            self._tasks.append(asyncio.create_task(self.exporter.run(), name="exporter"))
+
+    async def _follow_watermark(self, ledger: Ledger) -> None:
+        """Keep `watermark` as Spanner says it is, every WATERMARK_SECONDS."""
+        while True:
+            await asyncio.sleep(WATERMARK_SECONDS)
+            try:
+                self.watermark = min((await ledger.watermarks()).values())
+            except StoreUnavailable as exc:
+                log.warning("export watermark unknown: %s", exc)
 
     async def _verify(self) -> None:
         await self.serving.verify()
@@ -154,6 +181,12 @@ class TieredStore:
         self._unverified = None
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.analytics.close)
             stack.push_async_callback(self.serving.close)
@@ -175,7 +208,7 @@ class TieredStore:
             raise StoreUnavailable(f"serving tier not ready: {self._unverified}")
 
     async def barrier(self) -> None:
-        # An append returns once both stores committed it.
+        # An append returns once Spanner committed it.
         return None
 
     def read_horizon(self, now: int) -> int:
@@ -189,17 +222,22 @@ class TieredStore:
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         self._ready()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._write_deadline
-        committed = await self.serving.commit(rows, within=self._write_deadline)
+        # What Spanner cannot hold is kept as a rejection saying why; every row
+        # Spanner takes, BigQuery takes too (the limits of `too_large`).
+        outcomes: list[RowOutcome] = []
+        fitting: list[Record | Rejection] = []
+        for row in rows:
+            reason = too_large(row)
+            if reason is not None and isinstance(row, Record):
+                row = rejected_record(row, reason)
+            outcomes.append(reason)
+            fitting.append(row)
+        committed = await self.serving.commit(fitting, within=self._write_deadline)
         if self._conflicts is not None:
             # Spanner hands back the copy it holds: a redelivery's is the same.
-            for given, held in zip(rows, committed.rows, strict=True):
+            for given, held in zip(fitting, committed.rows, strict=True):
                 if differing(held, given):
                     self._conflicts(held, given)
-        # Spanner holds them now; BigQuery gets the same rows, stamped alike, in
-        # what is left of the deadline.
-        outcomes = await self.analytics.append(committed.rows, deadline=deadline)
         newest = max(row.ingest_time for row in committed.rows)
         self._acknowledged = max(self._acknowledged, newest)
         return outcomes

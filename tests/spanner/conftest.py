@@ -64,6 +64,7 @@ async def make_tiered(
             timeout_seconds: float = 10.0,
             write_deadline_seconds: float = 5.0,
             start: bool = True,
+            export: bool = False,
         ) -> TieredStore:
             analytics = BigQueryStore(
                 PROJECT,
@@ -83,6 +84,7 @@ async def make_tiered(
                 analytics,
                 write_deadline_seconds=write_deadline_seconds,
                 dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
+                export=export,
                 **extra,
             )
             if start:

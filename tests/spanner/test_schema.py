@@ -43,6 +43,8 @@ RELEASED = [
     "a77e9890fc8f155d",  # CREATE INDEX records_by_ingest_time
     "5a6a9e328370148f",  # CREATE INDEX rejected_by_ingest_time
     "92fbf7deef39e69d",  # CREATE INDEX records_by_id
+    "27c53e66a7e1bf8e",  # CREATE TABLE export_progress
+    "1cb808f415c4b362",  # CREATE TABLE export_lease
 ]
 
 
@@ -65,7 +67,7 @@ def test_the_template_terraform_applies_is_these_statements_in_this_order() -> N
 
 # --- what the statements create ------------------------------------------------------------
 
-_TYPE = r"(STRING\(MAX\)|BYTES\(MAX\)|INT64|TIMESTAMP|BOOL|FLOAT64|DATE|JSON)"
+_TYPE = r"(STRING\((?:MAX|\d+)\)|BYTES\((?:MAX|\d+)\)|INT64|TIMESTAMP|BOOL|FLOAT64|DATE|JSON)"
 _ADD_COLUMN = rf"ALTER TABLE (\w+) ADD COLUMN `(\w+)` {_TYPE}( NOT NULL)?"
 Columns = dict[tuple[str, str], tuple[str, bool]]
 Indexes = dict[str, tuple[str, list[str]]]

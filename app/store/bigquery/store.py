@@ -21,19 +21,17 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import google.auth
 import grpc
-import msgspec
 from google.cloud.bigquery_storage_v1.services.big_query_write import BigQueryWriteAsyncClient
 from google.cloud.bigquery_storage_v1.services.big_query_write.transports import (
     BigQueryWriteGrpcAsyncIOTransport,
 )
 
 from app.errors import StoreUnavailable
-from app.records import Record, Rejection, delivery, row_of
+from app.records import MAX_MICROS, Record, Rejection, rejected_record, row_of
 from app.settings import BIGQUERY_URL, QuerySettings, Settings, StoreSettings, invalid
 from app.store import (
     MessageState,
@@ -50,6 +48,7 @@ from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.queries import QueryRunner, QueryValue
 from app.store.bigquery.sql import CHECK_SQL, Statements
 from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
+from app.store.bigquery.stream import OffsetStream
 from app.store.copies import message_states
 
 log = logging.getLogger(__name__)
@@ -63,37 +62,7 @@ _URL: Final = re.compile(BIGQUERY_URL)
 # `message_id` do the pruning, so the range is explicit rather than
 # selective. Beside a serving tier, look-ups end where it begins instead.
 _ALL_TIME: Final = 0
-END_OF_TIME: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, BigQuery's last
-
-
-class _Payload(msgspec.Struct, omit_defaults=True):
-    id: str
-    data: msgspec.Raw
-    timestamp: str | None = None
-
-
-def refused_record(record: Record, reason: str) -> Rejection:
-    """The rejection stored for a record BigQuery would not take.
-
-    It keeps the message data as the record received it, so that a replay
-    decodes it as a push would, whatever its encoding (a topic schema's, the
-    publisher's own shape). A record built without it has its payload rebuilt
-    in the default contract: replaying that publishes the same id, event time
-    and data.
-    """
-    if record.received is not None:
-        reason = f"BigQuery refused the row: {reason}"
-        return Rejection(**delivery(record), data=record.received, reason=reason)
-    timestamp = None
-    if record.timestamp is not None:
-        moment = datetime.fromtimestamp(record.timestamp / 1e6, tz=UTC)
-        timestamp = moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    payload = _Payload(id=record.id, data=msgspec.Raw(record.data.encode()), timestamp=timestamp)
-    return Rejection(
-        **delivery(record),
-        data=msgspec.json.encode(payload),
-        reason=f"BigQuery refused the row: {reason}",
-    )
+END_OF_TIME: Final = MAX_MICROS  # 9999-12-31T23:59:59.999999Z, BigQuery's last
 
 
 class BigQueryStore:
@@ -204,6 +173,14 @@ class BigQueryStore:
         )
         return BigQueryWriteAsyncClient(credentials=credentials)
 
+    def offset_stream(self, kind: type[Record] | type[Rejection]) -> OffsetStream:
+        """A writer of application-created streams of `kind`'s table (the exporter's)."""
+        if self._write_client is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        encoder = self._records_encoder if kind is Record else self._rejected_encoder
+        table = "records" if kind is Record else "rejected"
+        return OffsetStream(self._write_client, self._table_path(table), encoder.descriptor)
+
     async def close(self) -> None:
         for writer in (self._records, self._rejected):
             if writer is not None:
@@ -281,7 +258,7 @@ class BigQueryStore:
             )
 
         refused = [
-            refused_record(record, reason)
+            rejected_record(record, f"BigQuery refused the row: {reason}")
             for record, reason in zip(records, record_outcomes, strict=True)
             if reason is not None
         ]

@@ -88,6 +88,30 @@ def _key_columns(table: str) -> list[ExpectedColumn]:
     return keys
 
 
+# The exporter's tables (their statements are MIGRATIONS'): column, type, nullable.
+EXPORT_COLUMNS: Final = {
+    "export_progress": [
+        ("table_name", "STRING(64)", False),
+        ("stream", "STRING(MAX)", True),
+        ("next_offset", "INT64", False),
+        ("done_time", "TIMESTAMP", False),
+        ("done_message_id", "STRING(MAX)", False),
+        ("watermark", "TIMESTAMP", False),
+        ("pending_time", "TIMESTAMP", True),
+        ("pending_message_id", "STRING(MAX)", True),
+        ("pending_rows", "INT64", True),
+        ("pending_watermark", "TIMESTAMP", True),
+        ("blocked", "STRING(MAX)", True),
+        ("updated", "TIMESTAMP", False),
+    ],
+    "export_lease": [
+        ("name", "STRING(64)", False),
+        ("holder", "STRING(MAX)", False),
+        ("expires", "TIMESTAMP", False),
+    ],
+}
+
+
 def expected_columns() -> list[ExpectedColumn]:
     """Every column the service reads or writes, as INFORMATION_SCHEMA names it."""
     out = []
@@ -96,6 +120,8 @@ def expected_columns() -> list[ExpectedColumn]:
         out += [
             ExpectedColumn(table, c.name, _TYPES[c.kind], c.nullable) for c in columns(row_type)
         ]
+    for table, export_columns in EXPORT_COLUMNS.items():
+        out += [ExpectedColumn(table, *column) for column in export_columns]
     return out
 
 
@@ -187,7 +213,28 @@ _ZERO: Final = {
 # serving database after the baseline (Terraform appends them to its `ddl`). Append
 # only: a statement here is never edited, moved or removed, and only ever adds (a
 # column, a table, an index), so the image before it serves a migrated database too.
-MIGRATIONS: Final[tuple[str, ...]] = ()
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # The exporter's progress per table and its lease (app/store/spanner/export.py).
+    "CREATE TABLE export_progress (\n"
+    "  `table_name` STRING(64) NOT NULL,\n"
+    "  `stream` STRING(MAX),\n"
+    "  `next_offset` INT64 NOT NULL,\n"
+    "  `done_time` TIMESTAMP NOT NULL,\n"
+    "  `done_message_id` STRING(MAX) NOT NULL,\n"
+    "  `watermark` TIMESTAMP NOT NULL,\n"
+    "  `pending_time` TIMESTAMP,\n"
+    "  `pending_message_id` STRING(MAX),\n"
+    "  `pending_rows` INT64,\n"
+    "  `pending_watermark` TIMESTAMP,\n"
+    "  `blocked` STRING(MAX),\n"
+    "  `updated` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
+    ") PRIMARY KEY (table_name)",
+    "CREATE TABLE export_lease (\n"
+    "  `name` STRING(64) NOT NULL,\n"
+    "  `holder` STRING(MAX) NOT NULL,\n"
+    "  `expires` TIMESTAMP NOT NULL,\n"
+    ") PRIMARY KEY (name)",
+)
 
 
 def statements() -> tuple[str, ...]:

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -88,6 +89,77 @@ class SpannerDatabase(NamedTuple):
     @property
     def path(self) -> str:
         return f"projects/{self.project}/instances/{self.instance}/databases/{self.database}"
+
+
+# Spanner's documented limits (cloud.google.com/spanner/quotas, "Tables"): a
+# STRING(MAX) cell holds 2,621,440 characters, a BYTES(MAX) cell 10 MiB.
+STRING_MAX_CHARACTERS: Final = 2_621_440
+BYTES_MAX: Final = 10 * 1024 * 1024
+_CELLS: Final = (Kind.STRING, Kind.JSON, Kind.BYTES)
+_SIZED: Final = {
+    row_type: [
+        (c.name, c.kind)
+        for c in columns(row_type)
+        if c.kind in (Kind.STRING, Kind.JSON, Kind.BYTES)
+    ]
+    for row_type in TABLES.values()
+}
+
+
+def too_large(row: Record | Rejection) -> str | None:
+    """Why Spanner cannot hold `row` (a cell over its limit, named), or None if it can.
+
+    BigQuery takes whatever Spanner does: a row of at most a Pub/Sub message's
+    10 MB plus its attributes is within an AppendRows request, and every value
+    was checked for BigQuery's types at validation (`app.ingest`).
+    """
+    for name, kind in _SIZED[type(row)]:
+        value = getattr(row, name)
+        if value is None:
+            continue
+        if kind is Kind.BYTES:
+            if len(value) > BYTES_MAX:
+                return (
+                    f"`{name}` is {len(value):,} bytes, more than the {BYTES_MAX:,} a Spanner "
+                    "BYTES(MAX) cell holds"
+                )
+        elif len(value) > STRING_MAX_CHARACTERS:
+            return (
+                f"`{name}` is {len(value):,} characters, more than the "
+                f"{STRING_MAX_CHARACTERS:,} a Spanner STRING(MAX) cell holds"
+            )
+    return None
+
+
+class Accommodations(NamedTuple):
+    """What the service does differently against the Spanner emulator, each by name.
+
+    Measured on the emulator (cloud-spanner-emulator of Cloud SDK 528): two
+    read-write transactions at once fail the later one ("Invalid transaction
+    ID", FAILED_PRECONDITION, which the client does not retry); a read on the
+    client's default multiplexed session while a read-write transaction is
+    open fails that transaction ("Transaction not found"); and the client's
+    built-in metrics go to Cloud Monitoring, which an emulator has not. Spanner
+    itself runs commits side by side (aborting one of two that touch the same
+    keys, which the client retries), serves reads on multiplexed sessions, and
+    takes the metrics for free: in production every one is off.
+    """
+
+    # This process's read-write transactions take turns (an asyncio lock).
+    commit_turns: bool = False
+    # Reads take pooled sessions, by the switch Google documents
+    # (GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS=false; cloud.google.com/spanner/docs/sessions).
+    pooled_sessions: bool = False
+    # The client sends no metrics of its own.
+    no_builtin_metrics: bool = False
+
+    @classmethod
+    def for_emulator(cls) -> Accommodations:
+        return cls(commit_turns=True, pooled_sessions=True, no_builtin_metrics=True)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, on in self._asdict().items() if on]
 
 
 class SchemaMismatch(SettingsError):
@@ -181,22 +253,26 @@ class SpannerServing:
         database: SpannerDatabase,
         *,
         emulator_host: str | None = None,
+        accommodations: Accommodations | None = None,
         timeout_seconds: float = 10.0,
     ) -> None:
         self.database = database
         self._emulator = emulator_host
+        self.accommodations = accommodations or (
+            Accommodations.for_emulator() if emulator_host else Accommodations()
+        )
         self._timeout = timeout_seconds
         self._threads = ThreadPoolExecutor(_THREADS, thread_name_prefix="spanner")
         self._client: spanner.Client | None = None
         self._db: Any = None
-        # The emulator runs one read-write transaction at a time and aborts any
-        # other, which then backs off for seconds: against it this process's
-        # commits take turns. Spanner itself runs them side by side.
-        self._turns = asyncio.Lock() if emulator_host else contextlib.nullcontext()
+        self.turns: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if self.accommodations.commit_turns else contextlib.nullcontext()
+        )
         # Queries and key reads made for readers, for what reads cost: the
         # Spanner bill follows compute, which follows them. A commit's own key
-        # reads are the write's cost, not counted.
+        # reads are the write's cost, not counted. Counted from several threads.
         self.reads = 0
+        self._reads_lock = threading.Lock()
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
         self._names = {table: [c.name for c in columns(row)] for table, row in TABLES.items()}
         self._kinds = {table: [c.kind for c in columns(row)] for table, row in TABLES.items()}
@@ -205,28 +281,29 @@ class SpannerServing:
 
     async def start(self) -> None:
         """Open the client; nothing is asked of Spanner yet (see `verify`)."""
+        if self.accommodations.names:
+            log.info("Spanner emulator accommodations: %s", ", ".join(self.accommodations.names))
+        if self.accommodations.pooled_sessions:
+            # The library reads its switch from the environment at each
+            # transaction: set here, on the event loop's thread before any of
+            # this store's threads runs, and never over what the user set.
+            for switch in _MULTIPLEXED_SWITCHES:
+                os.environ.setdefault(switch, "false")
         self._client, self._db = await self._call(self._open)
 
     def _open(self) -> tuple[spanner.Client, Any]:
         project = self.database.project
         if self._emulator:
-            # The emulator fails a read on the multiplexed session the client
-            # uses by default while a read-write transaction is open on it
-            # ("Invalid transaction ID"): reads take pooled sessions there, by
-            # the switch Google documents (cloud.google.com/spanner/docs/sessions).
-            # Only against an emulator, and never over what the user set.
-            for switch in _MULTIPLEXED_SWITCHES:
-                os.environ.setdefault(switch, "false")
             client = spanner.Client(
                 project=project,
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                 client_options={"api_endpoint": self._emulator},
-                # The client's own metrics go to Cloud Monitoring, which an
-                # emulator has not; against Spanner they are on (and free).
-                disable_builtin_metrics=True,
+                disable_builtin_metrics=self.accommodations.no_builtin_metrics,
             )
         else:
-            client = spanner.Client(project=project)
+            client = spanner.Client(
+                project=project, disable_builtin_metrics=self.accommodations.no_builtin_metrics
+            )
         instance = client.instance(self.database.instance)  # type: ignore[no-untyped-call]
         db = instance.database(self.database.database)
         return client, db
@@ -296,7 +373,7 @@ class SpannerServing:
         for its turn included."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        async with self._turns:
+        async with self.turns:
             left = max(deadline - loop.time(), 0.0)
             return await self._call(self._commit, rows, left, within=left)
 
@@ -371,7 +448,7 @@ class SpannerServing:
         a time no earlier than that bound; at most `query.limit`, in key order."""
         return await self._call(self._page, kind, query, now)
 
-    def _page(self, kind: type[R], query: PageQuery, now: int) -> list[R]:
+    def _page(self, kind: type[R], query: PageQuery, now: int, counted: bool = True) -> list[R]:
         table = _TABLE_OF[kind]
         read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS))
         found: list[R] = []
@@ -385,7 +462,8 @@ class SpannerServing:
                     "after_message_id": query.after_message_id,
                     "limit": query.limit,
                 }
-                self.reads += 1
+                if counted:
+                    self._count_reads(1)
                 rows = snapshot.execute_sql(
                     self._page_sql[table], params=params, param_types=_PAGE_TYPES
                 )
@@ -393,6 +471,26 @@ class SpannerServing:
                 if len(found) == query.limit or end == query.before_time:
                     break
         return found
+
+    async def rows_after(
+        self, kind: type[R], after: tuple[int, str], until: int, limit: int
+    ) -> list[R]:
+        """At most `limit` rows of `kind` after the key `after` with `ingest_time <= until`,
+        in key order, read at `until` or later: final, every commit before it being in.
+        The exporter's read, not counted among readers' reads."""
+        query = PageQuery(
+            after_time=after[0], after_message_id=after[1], before_time=until + 1, limit=limit
+        )
+        return await self._call(self._page, kind, query, until + 1, False)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on this store's threads, its failures as StoreUnavailable:
+        for code beside this class that speaks to the same database."""
+        return await self._call(fn, *args)
+
+    def database_handle(self) -> Any:
+        """The client's handle of the database (StoreUnavailable until started)."""
+        return self._database()
 
     async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
         """Every record with `since <= ingest_time < before`, in key order, read at
@@ -414,7 +512,7 @@ class SpannerServing:
         ]
         index = time_index("records")
         with self._database().snapshot(read_timestamp=moment(before), multi_use=True) as snapshot:
-            self.reads += 1
+            self._count_reads(1)
             keys = [
                 list(key)
                 for key in snapshot.read(
@@ -429,7 +527,7 @@ class SpannerServing:
                 return None
             if not keys:
                 return []
-            self.reads += 1
+            self._count_reads(1)
             rows = snapshot.read(
                 "records",
                 self._names["records"],
@@ -443,7 +541,7 @@ class SpannerServing:
         return await self._call(self._latest, record_id)
 
     def _latest(self, record_id: str) -> Record | None:
-        self.reads += 1
+        self._count_reads(1)
         with self._database().snapshot() as snapshot:
             rows = list(
                 snapshot.execute_sql(
@@ -459,7 +557,7 @@ class SpannerServing:
 
     def _message(self, message_id: str) -> MessageStatus | None:
         keys = _keys([message_id])
-        self.reads += 2
+        self._count_reads(2)
         with self._database().snapshot(multi_use=True) as snapshot:
             for values in snapshot.read("records", self._names["records"], keys):
                 record = _stored(Record, values)
@@ -477,13 +575,17 @@ class SpannerServing:
     def _seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         keys = _keys(set(message_ids))
         found: list[tuple[str, MessageState]] = []
-        self.reads += 2
+        self._count_reads(2)
         with self._database().snapshot(multi_use=True) as snapshot:
             found += [(m, "stored") for (m,) in snapshot.read("records", ["message_id"], keys)]
             found += [(m, "rejected") for (m,) in snapshot.read("rejected", ["message_id"], keys)]
         return message_states(found)
 
     # -- plumbing --------------------------------------------------------------
+
+    def _count_reads(self, reads: int) -> None:
+        with self._reads_lock:
+            self.reads += reads
 
     def _database(self) -> Any:
         if self._db is None:

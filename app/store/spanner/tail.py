@@ -71,7 +71,10 @@ class TailCache:
         not reach past `past` (this instance's own last commit: a client reads
         what it was just acknowledged, whatever the interval).
         """
-        if query.before_time > self.end and (self._due() or self.end <= past):
+        # Due, or behind this instance's own commit, or behind the cursor itself
+        # (another instance served the page before, further on than this cache).
+        behind = self.end <= max(past, query.after_time)
+        if query.before_time > self.end and (self._due() or behind):
             await self.refresh(now)
             if self.end <= past < now:
                 # It joined a read that began before that commit: read again.

@@ -1,0 +1,458 @@
+"""The exporter: Spanner's rows into BigQuery, each exactly once, by one instance at a time.
+
+With a serving tier, Spanner is the system of record: a push is acknowledged
+once its group commit is durable there, and BigQuery is fed from Spanner by
+this exporter, never from the push path.
+
+Closed windows. Every row's `ingest_time` is its commit timestamp, and a read
+at an exact timestamp `T` sees every commit at or before `T` (a commit still
+in flight gets a later timestamp, or the read waits for it). So the rows with
+`ingest_time <= T`, read at `T`, are final: no row can appear among them
+later. The exporter reads such windows, `SETTLED_MICROS` behind now so that
+the read never waits, in `(ingest_time, message_id)` order after the last row
+it exported.
+
+Exactly once. Each table is appended to one application-created COMMITTED
+Storage Write stream at offsets (`OffsetStream`): an append at an offset
+already written to is refused as `ALREADY_EXISTS`. Before appending a batch
+the exporter writes to Spanner which rows it is (the key of its last row and
+their count: an intent) and at which offset; after BigQuery acknowledged it
+(or refused it as already there), it writes the batch done. An exporter that
+restarts, or another that takes over, finds the intent and appends exactly
+those rows at exactly that offset again: stored once, or refused as there.
+Progress is kept per table in `export_progress`.
+
+One at a time. The exporter runs in every instance and works only while it
+holds the lease in `export_lease` (`LEASE_SECONDS`, renewed three times
+as often); one whose instance died is taken over once its lease
+expires. Every progress write checks the lease in the same transaction, so an
+exporter that lost it (paused, partitioned) cannot move progress; and since its
+appends repeat an intent the new holder repeats too, neither can double a row.
+
+Never a row skipped. A row BigQuery refuses stops the export of its table at
+that row: the exporter names the message and the reason (`blocked`), logs
+it, and tries again every `BLOCKED_RETRY_SECONDS`; the lag alert fires while
+it waits. So does a batch whose rows are no longer in Spanner (deleted by the
+row deletion policy before they were exported), or a stream that no longer
+holds what the progress says it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+import msgspec
+from google.cloud import spanner
+from google.cloud.spanner_v1 import param_types
+
+from app.errors import StoreUnavailable
+from app.records import TABLES, Record, Rejection, micros, moment
+from app.store.bigquery.proto import RowEncoder
+from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
+from app.store.spanner.serving import SpannerServing
+
+log = logging.getLogger(__name__)
+
+PROGRESS_TABLE: Final = "export_progress"
+LEASE_TABLE: Final = "export_lease"
+# The lease's only row: one exporter per serving database (per system).
+LEASE_NAME: Final = "bigquery"
+# An exporter whose instance died is taken over this long after its last
+# renewal at most; the holder renews three times per lease.
+LEASE_SECONDS: Final = 15.0
+# Rows committed at least this long ago are exported: a read at a timestamp
+# that old is served at once (a read at "now" may wait out Spanner's clock
+# uncertainty). The exporter's lag is at least this.
+SETTLED_MICROS: Final = 1_000_000
+# A batch: one Spanner read, one append. 1,000 rows of ~1 KB append in one
+# request well within AppendRows' 10 MB; a payload of several MB is cut by size.
+BATCH_ROWS: Final = 1000
+BATCH_BYTES: Final = 8 * 1024 * 1024
+# Between rounds that found nothing to export.
+IDLE_SECONDS: Final = 0.5
+# An idle exporter moves the watermark on in steps this large: one progress
+# write per table every few seconds, not one per round.
+WATERMARK_STEP_MICROS: Final = 5_000_000
+# After an error (BigQuery or Spanner unavailable), before trying again.
+RETRY_SECONDS: Final = 2.0
+BLOCKED_RETRY_SECONDS: Final = 60.0
+
+# Progress rows, one per table.
+_PROGRESS_COLUMNS: Final = (
+    "table_name",
+    "stream",
+    "next_offset",
+    "done_time",
+    "done_message_id",
+    "watermark",
+    "pending_time",
+    "pending_message_id",
+    "pending_rows",
+    "pending_watermark",
+    "blocked",
+    "updated",
+)
+_TABLES_OF: Final = {row_type: table for table, row_type in TABLES.items()}
+# The rows of either table, and either table's row type.
+Rows = list[Record | Rejection]
+Kind = type[Record] | type[Rejection]
+
+
+class Progress(msgspec.Struct, kw_only=True, frozen=True):
+    """How far the export of one table got (times in µs since the epoch)."""
+
+    table: str
+    # The stream rows are appended to, and the offset the next batch goes at.
+    stream: str | None = None
+    next_offset: int = 0
+    # The key of the last row exported; (0, "") before the first.
+    done_time: int = 0
+    done_message_id: str = ""
+    # Every row with an ingest time before this is in BigQuery.
+    watermark: int = 0
+    # A batch whose append may have happened: its last row's key, its row count,
+    # and the watermark once it is done. None between batches.
+    pending_time: int | None = None
+    pending_message_id: str | None = None
+    pending_rows: int | None = None
+    pending_watermark: int | None = None
+    # Why the export of this table stopped at a row, if it did.
+    blocked: str | None = None
+
+
+class LeaseLost(Exception):
+    """This exporter no longer holds the lease: another one works now."""
+
+
+class ExportObserver(Protocol):
+    """Told what the exporter does; telemetry implements it (metrics, logs)."""
+
+    def exported(self, table: str, rows: int) -> None: ...
+
+    def blocked(self, table: str, reason: str) -> None: ...
+
+
+class Ledger:
+    """The exporter's state in Spanner: its lease, and each table's progress."""
+
+    def __init__(
+        self, serving: SpannerServing, holder: str, *, lease_seconds: float = LEASE_SECONDS
+    ) -> None:
+        self._serving = serving
+        self.holder = holder
+        self._lease_micros = int(lease_seconds * 1_000_000)
+
+    async def claim(self) -> bool:
+        """Take or renew the lease; whether this exporter holds it now."""
+        async with self._serving.turns:
+            return await self._serving.run(self._claim)
+
+    def _claim(self) -> bool:
+        def work(transaction: Any) -> bool:
+            ((now,),) = list(transaction.execute_sql("SELECT CURRENT_TIMESTAMP()"))
+            rows = list(
+                transaction.execute_sql(
+                    f"SELECT holder, expires FROM {LEASE_TABLE} WHERE name = @name",
+                    params={"name": LEASE_NAME},
+                    param_types={"name": param_types.STRING},
+                )
+            )
+            if rows and rows[0][0] != self.holder and rows[0][1] > now:
+                return False
+            expires = moment(micros(now) + self._lease_micros)
+            transaction.insert_or_update(
+                LEASE_TABLE, ["name", "holder", "expires"], [[LEASE_NAME, self.holder, expires]]
+            )
+            return True
+
+        claimed: bool = self._serving.database_handle().run_in_transaction(work)
+        return claimed
+
+    async def progress(self, table: str) -> Progress:
+        """The table's progress now (a strong read); a new one if it has none."""
+        return await self._serving.run(self._progress, table)
+
+    def _progress(self, table: str) -> Progress:
+        with self._serving.database_handle().snapshot() as snapshot:
+            return _progress_of(
+                table,
+                list(
+                    snapshot.read(
+                        PROGRESS_TABLE,
+                        _PROGRESS_COLUMNS[:-1],
+                        spanner.KeySet(keys=[[table]]),  # type: ignore[no-untyped-call]
+                    )
+                ),
+            )
+
+    async def watermarks(self) -> dict[str, int]:
+        """Each table's watermark (0 before its first export), in one read."""
+        return await self._serving.run(self._watermarks)
+
+    def _watermarks(self) -> dict[str, int]:
+        with self._serving.database_handle().snapshot() as snapshot:
+            rows = snapshot.read(
+                PROGRESS_TABLE,
+                ["table_name", "watermark"],
+                spanner.KeySet(all_=True),  # type: ignore[no-untyped-call]
+            )
+            found = {table: micros(watermark) for table, watermark in rows}
+        return {table: found.get(table, 0) for table in TABLES}
+
+    async def record(self, progress: Progress) -> None:
+        """Write `progress`, if this exporter still holds the lease; else LeaseLost."""
+        async with self._serving.turns:
+            await self._serving.run(self._record, progress)
+
+    def _record(self, progress: Progress) -> None:
+        def work(transaction: Any) -> None:
+            rows = list(
+                transaction.execute_sql(
+                    f"SELECT holder FROM {LEASE_TABLE} "
+                    "WHERE name = @name AND expires > CURRENT_TIMESTAMP()",
+                    params={"name": LEASE_NAME},
+                    param_types={"name": param_types.STRING},
+                )
+            )
+            if not rows or rows[0][0] != self.holder:
+                raise LeaseLost(f"the export lease is not {self.holder}'s")
+            transaction.insert_or_update(PROGRESS_TABLE, _PROGRESS_COLUMNS, [_values(progress)])
+
+        self._serving.database_handle().run_in_transaction(work)
+
+
+def _progress_of(table: str, rows: list[Any]) -> Progress:
+    if not rows:
+        return Progress(table=table)
+    values = dict(zip(_PROGRESS_COLUMNS, rows[0], strict=False))
+    values["table"] = values.pop("table_name")
+    return msgspec.convert(
+        {k: micros(v) if isinstance(v, datetime) else v for k, v in values.items()}, Progress
+    )
+
+
+def _values(progress: Progress) -> list[Any]:
+    def time_or_none(us: int | None) -> datetime | None:
+        return None if us is None else moment(us)
+
+    return [
+        progress.table,
+        progress.stream,
+        progress.next_offset,
+        moment(progress.done_time),
+        progress.done_message_id,
+        moment(progress.watermark),
+        time_or_none(progress.pending_time),
+        progress.pending_message_id,
+        progress.pending_rows,
+        time_or_none(progress.pending_watermark),
+        progress.blocked,
+        spanner.COMMIT_TIMESTAMP,
+    ]
+
+
+def holder_name() -> str:
+    """This exporter's name in the lease: where it runs, and a nonce for this process."""
+    revision = os.environ.get("K_REVISION", "")
+    return f"{socket.gethostname()}/{revision}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class Exporter:
+    """Feeds BigQuery from Spanner: see the module notes."""
+
+    def __init__(
+        self,
+        serving: SpannerServing,
+        streams: dict[Kind, OffsetStream],
+        *,
+        holder: str | None = None,
+        observer: ExportObserver | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        batch_rows: int = BATCH_ROWS,
+        batch_bytes: int = BATCH_BYTES,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self._serving = serving
+        self._streams = streams
+        self._encoders = {kind: RowEncoder(kind) for kind in streams}
+        self.ledger = Ledger(serving, holder or holder_name(), lease_seconds=lease_seconds)
+        self._renew_seconds = lease_seconds / 3
+        self._observer = observer
+        self._clock = clock
+        self._batch_rows = batch_rows
+        self._batch_bytes = batch_bytes
+        # Whether this exporter held the lease at its last claim.
+        self.leading = False
+        self._claimed_at = -float("inf")
+        # Why each table's export is stopped, while it is.
+        self.blocked: dict[str, str] = {}
+
+    # -- the loop --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Export for as long as it runs: cancel it to stop (an intent left behind
+        is finished by whichever exporter holds the lease next)."""
+        while True:
+            try:
+                busy = await self.step()
+            except (StoreUnavailable, LeaseLost) as exc:
+                log.warning("export paused: %s", exc)
+                self.leading = self.leading and not isinstance(exc, LeaseLost)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if not busy:
+                await asyncio.sleep(BLOCKED_RETRY_SECONDS if self._all_blocked() else IDLE_SECONDS)
+
+    def _all_blocked(self) -> bool:
+        return bool(self.blocked) and set(self.blocked) == {_TABLES_OF[k] for k in self._streams}
+
+    async def step(self) -> bool:
+        """One batch of each table, if this exporter holds the lease; whether any
+        rows were exported (True: there may be more at once)."""
+        if time.monotonic() - self._claimed_at >= self._renew_seconds or not self.leading:
+            self.leading = await self.ledger.claim()
+            self._claimed_at = time.monotonic()
+        if not self.leading:
+            return False
+        exported = 0
+        for kind in self._streams:
+            exported += await self._export(kind)
+        return exported > 0
+
+    # -- one table ---------------------------------------------------------------
+
+    async def _export(self, kind: Kind) -> int:
+        table = _TABLES_OF[kind]
+        progress = await self.ledger.progress(table)
+        if progress.blocked is not None:
+            self.blocked[table] = progress.blocked
+        if progress.pending_rows is not None:
+            # A batch that may have been appended: the very same rows, at the very
+            # same offset, so it is stored once or refused as already there.
+            rows = await self._pending_rows(kind, progress)
+            if rows is None:
+                return 0
+            return await self._append(kind, progress, rows)
+        if progress.stream is None:
+            stream = await self._streams[kind].create()
+            progress = msgspec.structs.replace(progress, stream=stream, next_offset=0)
+            await self.ledger.record(progress)
+            log.info("exporting %s to %s", table, stream)
+        until = self._clock() // 1000 - SETTLED_MICROS
+        found = await self._serving.rows_after(
+            kind, (progress.done_time, progress.done_message_id), until, self._batch_rows
+        )
+        rows = self._cut(kind, found)
+        if not rows:
+            if until - progress.watermark >= WATERMARK_STEP_MICROS:
+                await self.ledger.record(msgspec.structs.replace(progress, watermark=until + 1))
+            return 0
+        last = rows[-1]
+        full = len(found) == self._batch_rows or len(rows) < len(found)
+        # Rows committed with the last one's timestamp may remain when the batch
+        # is full: the watermark stops short of them.
+        watermark = last.ingest_time if full else until + 1
+        intent = msgspec.structs.replace(
+            progress,
+            pending_time=last.ingest_time,
+            pending_message_id=last.message_id,
+            pending_rows=len(rows),
+            pending_watermark=max(watermark, progress.watermark),
+        )
+        await self.ledger.record(intent)
+        return await self._append(kind, intent, rows)
+
+    def _cut(self, kind: Kind, rows: Rows) -> Rows:
+        """The longest start of `rows` within a batch's bytes (one row at least)."""
+        encoder = self._encoders[kind]
+        size = 0
+        for index, row in enumerate(rows):
+            size += len(encoder.encode(row)) + 6  # framing: a tag and a length varint
+            if size > self._batch_bytes and index:
+                return rows[:index]
+        return rows
+
+    async def _pending_rows(self, kind: Kind, progress: Progress) -> Rows | None:
+        assert progress.pending_time is not None
+        assert progress.pending_rows is not None
+        rows = await self._serving.rows_after(
+            kind,
+            (progress.done_time, progress.done_message_id),
+            progress.pending_time,
+            progress.pending_rows + 1,
+        )
+        last = (progress.pending_time, progress.pending_message_id or "")
+        rows = [r for r in rows if (r.ingest_time, r.message_id) <= last]
+        if len(rows) != progress.pending_rows:
+            await self._block(
+                progress,
+                f"the batch of {progress.pending_rows} rows ending at message "
+                f"{progress.pending_message_id} is {len(rows)} rows in Spanner now: rows "
+                "were deleted before they were exported",
+            )
+            return None
+        return rows
+
+    async def _append(self, kind: Kind, intent: Progress, rows: Rows) -> int:
+        table = _TABLES_OF[kind]
+        assert intent.stream is not None
+        encoder = self._encoders[kind]
+        try:
+            appended = await self._streams[kind].append(
+                intent.stream, intent.next_offset, [encoder.encode(r) for r in rows]
+            )
+        except RowsRefused as exc:
+            index = min(exc.reasons)
+            await self._block(
+                intent,
+                f"BigQuery refused message {rows[index].message_id} of {table}: "
+                f"{exc.reasons[index]}",
+            )
+            return 0
+        except StreamBroken as exc:
+            await self._block(intent, f"the stream cannot take the batch: {exc}")
+            return 0
+        done = msgspec.structs.replace(
+            intent,
+            next_offset=intent.next_offset + len(rows),
+            done_time=rows[-1].ingest_time,
+            done_message_id=rows[-1].message_id,
+            watermark=intent.pending_watermark or intent.watermark,
+            pending_time=None,
+            pending_message_id=None,
+            pending_rows=None,
+            pending_watermark=None,
+            blocked=None,
+        )
+        await self.ledger.record(done)
+        if table in self.blocked:
+            log.info("export of %s goes on", table)
+            del self.blocked[table]
+        if appended is Appended.ALREADY:
+            log.info(
+                "%s: %d rows at offset %d were appended before; not again",
+                table,
+                len(rows),
+                intent.next_offset,
+            )
+        if self._observer is not None:
+            self._observer.exported(table, len(rows))
+        return len(rows)
+
+    async def _block(self, progress: Progress, reason: str) -> None:
+        table = progress.table
+        if self.blocked.get(table) != reason:
+            log.error("export of %s stopped: %s", table, reason)
+        self.blocked[table] = reason
+        if self._observer is not None:
+            self._observer.blocked(table, reason)
+        if progress.blocked != reason:
+            await self.ledger.record(msgspec.structs.replace(progress, blocked=reason))
