@@ -170,7 +170,10 @@ def create_app(
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
     if store is None:
         store = open_store(
-            settings, observer=telemetry.query_observer, conflicts=telemetry.conflicts()
+            settings,
+            observer=telemetry.query_observer,
+            conflicts=telemetry.conflicts(),
+            exports=telemetry.export_observer(),
         )
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.

@@ -15,6 +15,7 @@ from app.store.copies import ConflictObserver
 
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
+    from app.store.spanner.export import ExportObserver
 
 
 class UnknownStore(SettingsError):
@@ -26,10 +27,11 @@ def open_store(
     *,
     observer: QueryObserver | None = None,
     conflicts: ConflictObserver | None = None,
+    exports: ExportObserver | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
-    that differs from the one stored."""
+    that differs from the one stored, `exports` what a serving tier's exporter does."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -69,7 +71,7 @@ def open_store(
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics, conflicts)
+            return _tiered(settings, analytics, conflicts, exports)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
@@ -77,7 +79,10 @@ def open_store(
 
 
 def _tiered(
-    settings: Settings, analytics: BigQueryStore, conflicts: ConflictObserver | None
+    settings: Settings,
+    analytics: BigQueryStore,
+    conflicts: ConflictObserver | None,
+    exports: ExportObserver | None,
 ) -> Store:
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered import TieredStore
@@ -94,4 +99,5 @@ def _tiered(
         write_deadline_seconds=store.write_deadline_seconds,
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
         conflicts=conflicts,
+        export_observer=exports,
     )

@@ -155,7 +155,7 @@ class TieredStore:
             log.error("serving tier not ready: %s", self._unverified)
         ledger = Ledger(self.serving, holder_name())
         with contextlib.suppress(StoreUnavailable):
-            self.watermark = min((await ledger.watermarks()).values())
+            await self._read_watermark(ledger)
         self._tasks.append(asyncio.create_task(self._follow_watermark(ledger), name="watermark"))
         if self._export:
             self.exporter = Exporter(
@@ -170,9 +170,16 @@ class TieredStore:
         while True:
             await asyncio.sleep(WATERMARK_SECONDS)
             try:
-                self.watermark = min((await ledger.watermarks()).values())
+                await self._read_watermark(ledger)
             except StoreUnavailable as exc:
                 log.warning("export watermark unknown: %s", exc)
+
+    async def _read_watermark(self, ledger: Ledger) -> None:
+        watermarks = await ledger.watermarks()
+        self.watermark = min(watermarks.values())
+        if self._export_observer is not None:
+            for table, watermark in watermarks.items():
+                self._export_observer.watermark(table, watermark)
 
     async def _verify(self) -> None:
         await self.serving.verify()

@@ -141,6 +141,43 @@ class Metrics:
             description="Bytes billed by the store's queries, by the API route they serve",
         )
 
+        # The serving tier's exporter (app.store.spanner.export), by table: rows
+        # appended to BigQuery, how far behind now its watermark is, and whether
+        # a row BigQuery refused has stopped it.
+        self.exported: Counter[str] = Counter()
+        self.export_watermarks: dict[str, int] = {}
+        self.export_blocked: dict[str, bool] = {}
+        meter.create_observable_counter(
+            "recordline.export.rows",
+            callbacks=[self._observe_exported],
+            unit="{row}",
+            description="Rows the exporter appended to BigQuery, by table",
+        )
+        meter.create_observable_gauge(
+            "recordline.export.lag",
+            callbacks=[self._observe_export_lag],
+            unit="s",
+            description="Now minus the export watermark: every row before it is in BigQuery",
+        )
+        meter.create_observable_gauge(
+            "recordline.export.blocked",
+            callbacks=[self._observe_export_blocked],
+            unit="1",
+            description="1 while a row BigQuery refused stops the export of its table",
+        )
+
+    def _observe_exported(self, _: CallbackOptions) -> Iterable[Observation]:
+        for table, rows in list(self.exported.items()):
+            yield Observation(rows, {"table": table})
+
+    def _observe_export_lag(self, _: CallbackOptions) -> Iterable[Observation]:
+        for table, watermark in list(self.export_watermarks.items()):
+            yield Observation(max(0.0, self._clock() - watermark / 1e6), {"table": table})
+
+    def _observe_export_blocked(self, _: CallbackOptions) -> Iterable[Observation]:
+        for table, blocked in list(self.export_blocked.items()):
+            yield Observation(int(blocked), {"table": table})
+
     def appended(self, rows: Sequence[Record | Rejection], seconds: float, stored: bool) -> None:
         """One append: its size and duration; if `stored`, the ingest lag of its
         rows (now durable) and the newest canary among them. One call per append."""
@@ -320,3 +357,21 @@ def coarse_reason(reason: str) -> str:
         return "json"
     found = _FIELD_AT.search(reason) or _MISSING_FIELD.search(reason)
     return found.group(1) if found else "payload"
+
+
+class ExportMetrics:
+    """The exporter's observer: rows exported, its watermark and whether it is blocked."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def exported(self, table: str, rows: int) -> None:
+        self._metrics.exported[table] += rows
+        self._metrics.export_blocked[table] = False
+
+    def blocked(self, table: str, reason: str) -> None:
+        # The exporter logs the reason itself, once per distinct reason.
+        self._metrics.export_blocked[table] = True
+
+    def watermark(self, table: str, micros: int) -> None:
+        self._metrics.export_watermarks[table] = micros

@@ -44,12 +44,15 @@ _REPLAY_ROUTE = {"route": "/v1/replay"}
 READ_ROUTES = tuple(r["route"] for r in (_PAGE_ROUTE, _LATEST_ROUTE, _MESSAGE_ROUTE))
 
 
-# A page of records or of rejections: each its own read, as each is its own route.
-_PAGE_OF: dict[type[Record | Rejection], str] = {Record: "page", Rejection: "rejections"}
-# Each read of the Store protocol, and the route whose duration it is counted in.
+# A page of records or of rejections: each is its own route, and its own span name.
+_PAGES: dict[type[Record | Rejection], tuple[str, dict[str, str]]] = {
+    Record: ("page", _PAGE_ROUTE),
+    Rejection: ("rejections", _REJECTIONS_ROUTE),
+}
+# Each read of the Store protocol, and the route whose duration it is counted in
+# (a page's, by what it pages: `_PAGES`).
 READ_METHODS = {
     "page": _PAGE_ROUTE,
-    "rejections": _REJECTIONS_ROUTE,
     "latest": _LATEST_ROUTE,
     "message": _MESSAGE_ROUTE,
     "seen": _REPLAY_ROUTE,
@@ -105,34 +108,33 @@ class ObservedStore:
             self._metrics.appended(rows, time.perf_counter() - started, stored)
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
-        with self._query(_PAGE_OF[kind]) as span:
+        with self._query(*_PAGES[kind]) as span:
             page = await self.inner.page(kind, query)
             span.set_attribute("db.response.returned_rows", len(page.rows))
             return page
 
     async def latest(self, record_id: str) -> Record | None:
-        with self._query("latest") as span:
+        with self._query("latest", _LATEST_ROUTE) as span:
             record = await self.inner.latest(record_id)
             span.set_attribute("db.response.returned_rows", int(record is not None))
             return record
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        with self._query("message") as span:
+        with self._query("message", _MESSAGE_ROUTE) as span:
             status = await self.inner.message(message_id)
             span.set_attribute("db.response.returned_rows", int(status is not None))
             return status
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        with self._query("seen") as span:
+        with self._query("seen", _REPLAY_ROUTE) as span:
             states = await self.inner.seen(message_ids)
             span.set_attribute("db.response.returned_rows", len(states))
             return states
 
     @contextmanager
-    def _query(self, name: str) -> Iterator[Span]:
+    def _query(self, name: str, route: dict[str, str]) -> Iterator[Span]:
         """A span for one read (in a traced request only), and its duration by API
         route, failed or not."""
-        route = READ_METHODS[name]
         started = time.perf_counter()
         cost = QueryCost()
         token = QUERY_COST.set(cost)

@@ -9,6 +9,7 @@ followers share their reads, and how start-up meets a wrong or absent database.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -377,3 +378,27 @@ async def test_waiting_for_a_turn_counts_against_the_write_deadline(
     assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
     # Both were answered by their shared deadline, not one deadline after another.
     assert elapsed < 1.8, elapsed
+
+
+async def test_a_payload_over_spanners_limit_is_a_rejection_and_fails_none_of_its_batch(
+    serving_settings: Callable[..., Settings],
+) -> None:
+    big = envelope({"id": "big", "data": "x" * 3_000_000}, message_id="m-big")
+    small = [envelope({"id": f"s-{i}", "data": i}, message_id=f"m-{i}") for i in range(20)]
+    async with served(create_app(serving_settings())) as client:
+        # Sent together, so the big one shares group commits with the small ones.
+        answers = await asyncio.gather(
+            *(client.post("/pubsub/push", json=body) for body in [*small[:10], big, *small[10:]])
+        )
+        assert [a.status_code for a in answers] == [204] * 21
+        for i in range(20):
+            status = (await client.get(f"/v1/messages/m-{i}")).json()
+            assert status["status"] == "stored", status
+        refused = (await client.get("/v1/messages/m-big")).json()
+        listed = (await client.get("/v1/rejections")).json()["rejections"]
+    assert refused["status"] == "rejected"
+    assert "2,621,440" in refused["reason"]
+    assert "`data`" in refused["reason"]
+    # The bytes as received are kept, to replay once the limit allows.
+    (kept,) = [r for r in listed if r["message_id"] == "m-big"]
+    assert len(base64.b64decode(kept["data"])) > 3_000_000

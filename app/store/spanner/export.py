@@ -133,11 +133,15 @@ class LeaseLost(Exception):
 
 
 class ExportObserver(Protocol):
-    """Told what the exporter does; telemetry implements it (metrics, logs)."""
+    """Told what the exporter does; telemetry implements it (metrics)."""
 
     def exported(self, table: str, rows: int) -> None: ...
 
     def blocked(self, table: str, reason: str) -> None: ...
+
+    def watermark(self, table: str, micros: int) -> None:
+        """Every row of `table` before `micros` is in BigQuery (each instance reads it)."""
+        ...
 
 
 class Ledger:
