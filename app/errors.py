@@ -27,6 +27,20 @@ class RecordlineError(Exception):
         self.detail = detail
         self.extra = extra
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # A subclass is a kind of error of its own, described at its own
+        # `/problems/<problem>`: one that kept its parent's name would take over
+        # the parent's description. An occurrence that differs only in its
+        # detail or headers is the same kind, raised with other arguments.
+        super().__init_subclass__(**kwargs)
+        own = {"problem": "problem", "title": "title", "__doc__": "docstring"}
+        missing = [word for name, word in own.items() if not cls.__dict__.get(name)]
+        if missing:
+            raise TypeError(
+                f"{cls.__qualname__} is a kind of error of its own: declare its "
+                + " and ".join(missing)
+            )
+
 
 class BadRequest(RecordlineError):
     """The request cannot be used as sent; `detail` says why."""
@@ -101,15 +115,28 @@ class Gone(RecordlineError):
 
 
 class Unauthorized(RecordlineError):
-    """No bearer token, or one that is not valid for this service: send a Google ID token."""
+    """No bearer token, or one that is not valid for this service: send a Google ID token.
+
+    A credential that was sent and did not verify is also said in `WWW-Authenticate`
+    with RFC 6750's `error="invalid_token"`.
+    """
 
     status = 401
     title = "Unauthorized"
     problem = "unauthorized"
 
-    def __init__(self, detail: str = "A valid bearer token is required.", *, realm: str) -> None:
+    def __init__(
+        self,
+        detail: str = "A valid bearer token is required.",
+        *,
+        realm: str,
+        invalid_token: bool = False,
+    ) -> None:
         super().__init__(detail)
-        self.headers = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
+        challenge = f'Bearer realm="{realm}"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        self.headers = {"WWW-Authenticate": challenge}
 
 
 class Forbidden(RecordlineError):
@@ -187,3 +214,15 @@ class ShuttingDown(RetryLater):
     title = "Shutting down"
     problem = "shutting-down"
     cause = "shutdown"
+
+
+class CertsUnavailable(RetryLater):
+    """Google's token-signing keys could not be fetched, so no token can be verified: not
+    the caller's fault, so 503 rather than 401. Retry after `Retry-After`.
+
+    `/readyz` names where the keys are fetched from and why they could not be.
+    """
+
+    title = "Token verification unavailable"
+    problem = "token-verification-unavailable"
+    cause = "certs"

@@ -9,7 +9,7 @@ import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 
-from app.errors import RetryLater, SchemaUnavailable, StoreUnavailable
+from app.errors import CertsUnavailable, RetryLater, SchemaUnavailable, StoreUnavailable
 from app.problems import problem_responses
 from app.store import Store
 
@@ -55,8 +55,7 @@ async def healthz() -> Health:
         "the service takes writes"
     ),
     tags=["health"],
-    # Token keys that cannot be fetched answer 503 `unavailable` too, saying so.
-    responses=problem_responses(RetryLater, StoreUnavailable, SchemaUnavailable),
+    responses=problem_responses(RetryLater, StoreUnavailable, SchemaUnavailable, CertsUnavailable),
 )
 async def readyz(readiness: NamedDependency[Readiness]) -> Health:
     await readiness.check()

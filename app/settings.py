@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NamedTuple, Self
@@ -50,22 +49,20 @@ class Section(msgspec.Struct, kw_only=True, frozen=True):
     def from_env(cls, environ: Mapping[str, str]) -> Self:
         declared = _declared(cls)
         values: dict[str, Any] = {}
-        for field, setting in declared.items():
-            if environ.get(setting.var, "") != "":
-                values[field] = environ[setting.var]
-        try:
-            # strict=False converts "8080" to 8080 and "true" to True.
-            return msgspec.convert(values, cls, strict=False)
-        except msgspec.ValidationError as exc:
-            found = _AT_FIELD.search(str(exc))
-            if found is None or found[1] not in declared:
-                raise SettingsError(str(exc)) from None
-            setting = declared[found[1]]
+        for field in msgspec.structs.fields(cls):
+            setting = declared.get(field.name)
+            if setting is None or environ.get(setting.var, "") == "":
+                continue
             value = environ[setting.var]
-            raise invalid(setting.var, value, setting.accepts, secret=setting.secret) from None
-
-
-_AT_FIELD = re.compile(r"at `\$\.([a-z0-9_]+)`")
+            # Each value on its own, against its field's type and constraints, so
+            # a refusal names its setting without reading msgspec's message (which
+            # is worded for people). strict=False converts "8080" to 8080 and
+            # "true" to True.
+            try:
+                values[field.name] = msgspec.convert(value, field.type, strict=False)
+            except msgspec.ValidationError:
+                raise invalid(setting.var, value, setting.accepts, secret=setting.secret) from None
+        return cls(**values)
 
 
 class Declared(NamedTuple):

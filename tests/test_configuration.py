@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from app.cli import main
@@ -99,6 +101,39 @@ def test_a_bad_value_is_one_line_naming_the_variable_and_what_it_accepts(
     assert line.endswith(setting.accepts)
     # A secret is never repeated, not even a wrong one.
     assert (value in line) is (variable not in SECRETS)
+
+
+@pytest.mark.parametrize(("variable", "value"), sorted(BAD_VALUES.items()))
+def test_a_refusal_names_its_setting_however_msgspec_words_its_error(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # msgspec's messages are written for people and may be reworded in any
+    # release; the setting at fault is known without reading them.
+    convert = msgspec.convert
+    refusals = []
+
+    def reworded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return convert(*args, **kwargs)
+        except msgspec.ValidationError:
+            refusals.append(args)
+            raise msgspec.ValidationError("Wert ungültig") from None
+
+    monkeypatch.setattr(msgspec, "convert", reworded)
+    with pytest.raises(SettingsError) as refused:
+        Settings.load({variable: value})
+
+    assert refusals, "msgspec was not asked"
+    (setting,) = [s for s in declared() if s.var == variable]
+    shown = f"<{len(value)} characters, not shown>" if variable in SECRETS else repr(value)
+    assert str(refused.value) == f"{variable}={shown} is not accepted: expected {setting.accepts}"
+
+
+def test_of_several_bad_values_the_first_setting_in_the_reference_is_named() -> None:
+    order = [setting.var for setting in declared()]
+    bad = sorted(BAD_VALUES.items(), key=lambda item: order.index(item[0]), reverse=True)
+    with pytest.raises(SettingsError, match=f"^{order[0]}="):
+        Settings.load(dict(bad))
 
 
 @pytest.mark.parametrize(

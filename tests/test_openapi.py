@@ -51,7 +51,18 @@ class Service:
 
 @pytest.fixture
 def service() -> Iterator[Service]:
+    yield from serve(FakeGoogle().start())
+
+
+@pytest.fixture
+def unverifiable() -> Iterator[Service]:
+    """The service while Google's token-signing keys cannot be fetched."""
     google = FakeGoogle().start()
+    google.status = 500
+    yield from serve(google)
+
+
+def serve(google: FakeGoogle) -> Iterator[Service]:
     settings = Settings.load(
         {
             "RECORDLINE_STORE": "memory:",
@@ -193,6 +204,33 @@ def test_each_error_answer_is_what_the_document_says(
     assert body["status"] == status
     assert body["type"].startswith("/problems/")
     assert service.client.get(body["type"]).json()["status"] == status
+    assert (body["type"], body["title"]) in documented_kinds(content)
+
+
+def documented_kinds(content: dict[str, Any]) -> set[tuple[str, str]]:
+    """The (type, title) of each kind of problem a documented response lists."""
+    return {(e["value"]["type"], e["value"]["title"]) for e in content["examples"].values()}
+
+
+def test_every_route_documents_token_verification_unavailable_where_it_answers_it(
+    unverifiable: Service,
+) -> None:
+    # Each route that verifies tokens (and readiness, which fetches the keys) answers
+    # 503 of its own kind while the keys cannot be fetched, as its document says.
+    answered = set()
+    for (route, method, status), (request, _) in sorted(CASES.items()):
+        if status != 503:
+            continue
+        answer = request(unverifiable)
+        assert answer.status_code == 503, (route, answer.text)
+        body = answer.json()
+        documented = unverifiable.document["paths"][route][method]["responses"]["503"]
+        [content] = documented["content"].values()
+        assert (body["type"], body["title"]) in documented_kinds(content), route
+        answered.add(route)
+        assert body["type"] == "/problems/token-verification-unavailable", route
+    assert "/readyz" in answered
+    assert {P, R, "/v1/records"} <= answered
 
 
 def test_the_old_shapes_are_gone(service: Service) -> None:

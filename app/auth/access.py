@@ -17,14 +17,6 @@ from app.errors import Forbidden, Unauthorized
 log = logging.getLogger(__name__)
 
 
-class InvalidCredentials(Unauthorized):
-    """A credential was presented and did not verify (RFC 6750 `invalid_token`)."""
-
-    def __init__(self, *, realm: str, detail: str = "A valid bearer token is required.") -> None:
-        super().__init__(detail, realm=realm)
-        self.headers = {"WWW-Authenticate": f'Bearer realm="{realm}", error="invalid_token"'}
-
-
 def split_list(value: str) -> frozenset[str]:
     """`a@x.com, b@y.com` → {"a@x.com", "b@y.com"}, lower-cased (e-mails compare so)."""
     return frozenset(item.strip().lower() for item in value.split(",") if item.strip())
@@ -62,7 +54,7 @@ async def verified_identity(
     try:
         return await verifier.verify(token)
     except InvalidToken as exc:
-        raise _refuse(InvalidCredentials(realm=realm), str(exc), what) from None
+        raise _refuse(Unauthorized(realm=realm, invalid_token=True), str(exc), what) from None
 
 
 class Principals:
@@ -126,7 +118,7 @@ class PushAccess:
             # Bytes, so that a non-ASCII guess is simply wrong rather than a TypeError.
             if hmac.compare_digest(url_token.encode("utf-8", "replace"), self._shared_token):
                 return
-            wrong = InvalidCredentials(realm=self.realm, detail=WRONG_IN_URL)
+            wrong = Unauthorized(WRONG_IN_URL, realm=self.realm, invalid_token=True)
             raise _refuse(wrong, "wrong ?token=", "push")
         if self._verifier is None:
             missing = Unauthorized(MISSING_FROM_URL, realm=self.realm)

@@ -33,7 +33,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import RSAAlgorithm
 
-from app.errors import RetryLater
+# Declared with every other kind of error; raised here, and named from here by the
+# routes that answer with it.
+from app.errors import CertsUnavailable as CertsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,6 @@ _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*(\d+)", re.IGNORECASE)
 
 class InvalidToken(Exception):
     """The token proves nothing; the message says why, for the log only."""
-
-
-class CertsUnavailable(RetryLater):
-    """No signing keys could be fetched yet: not the caller's fault, so 503."""
-
-    title = "Token verification unavailable"
-    cause = "certs"
 
 
 class Identity(msgspec.Struct, frozen=True):

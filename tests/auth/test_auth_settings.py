@@ -120,8 +120,12 @@ async def test_shared_token_in_the_url_admits_the_emulator() -> None:
         assert refused.status_code == 401
         assert refused.headers["www-authenticate"].startswith("Bearer")
         assert refused.headers["content-type"].startswith("application/problem+json")
-    # Each is told what was wrong with it: not that a bearer token is required.
+        assert refused.json()["type"] == "/problems/unauthorized"
+    # Each is told what was wrong with it: not that a bearer token is required. A
+    # secret that was sent and is wrong is RFC 6750's `invalid_token`; none sent is not.
     for refused in (wrong, not_ascii):
         assert refused.json()["detail"] == "The ?token= in the push URL is wrong."
+        assert refused.headers["www-authenticate"].endswith(', error="invalid_token"')
     for refused in (missing, bearer):
         assert refused.json()["detail"] == "A push needs the shared secret as ?token= in its URL."
+        assert "error=" not in refused.headers["www-authenticate"]

@@ -84,8 +84,13 @@ async def test_forged_token_is_refused_with_401(
     assert response.status_code == 401, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.headers["www-authenticate"].startswith('Bearer realm="pubsub-push"')
-    # The answer tells a client what to bring, not which check failed.
+    # The answer tells a client what to bring, not which check failed; a token that
+    # was sent and did not verify is RFC 6750's `invalid_token`, none sent is not.
+    assert response.json()["type"] == "/problems/unauthorized"
     assert response.json()["detail"] == "A valid bearer token is required."
+    sent = case not in {"no header", "wrong scheme", "empty bearer"}
+    invalid = ', error="invalid_token"' if sent else ""
+    assert response.headers["www-authenticate"] == f'Bearer realm="pubsub-push"{invalid}'
     [logged] = [r for r in caplog.records if r.name.startswith("app.auth")]
     assert logged.levelno == logging.WARNING
     assert "401" in logged.getMessage()
@@ -160,6 +165,7 @@ async def test_unreachable_certs_mean_retry_later_not_unauthorized(google: FakeG
     # Pub/Sub redelivers a 503; a 401 would be the same nack, but it would blame the sender.
     assert response.status_code == 503
     assert "retry-after" in response.headers
+    assert response.json()["type"] == "/problems/token-verification-unavailable"
 
 
 async def test_health_stays_open(client: AsyncTestClient[Litestar]) -> None:
