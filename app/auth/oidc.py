@@ -35,7 +35,7 @@ from jwt.algorithms import RSAAlgorithm
 
 # Declared with every other kind of error; raised here, and named from here by the
 # routes that answer with it.
-from app.errors import CertsUnavailable as CertsUnavailable
+from app.errors import CertsUnavailable
 
 log = logging.getLogger(__name__)
 

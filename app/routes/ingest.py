@@ -16,12 +16,12 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import AfterExceptionHookHandler, Scope
 
-from app.auth.oidc import CertsUnavailable
 from app.errors import (
     BadEnvelope,
     BadParameter,
     BadRequest,
     BodyTooLarge,
+    CertsUnavailable,
     Forbidden,
     QueueFull,
     RecordlineError,

@@ -13,9 +13,9 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import Parameter, PathParameter
 
-from app.auth.oidc import CertsUnavailable
 from app.errors import (
     BadParameter,
+    CertsUnavailable,
     Forbidden,
     Gone,
     NotFound,
