@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.records import TABLES
+from app.records import BIGQUERY_TABLES
 from app.settings import Settings, SettingsError, effective, reference
 from app.store.bigquery.schema import bigquery_schema
 
@@ -399,7 +399,7 @@ def schema_files() -> dict[Path, str]:
 
     files = {
         SCHEMA_DIR / f"{name}.json": json.dumps(bigquery_schema(row_type), indent=2) + "\n"
-        for name, row_type in TABLES.items()
+        for name, row_type in BIGQUERY_TABLES.items()
     }
     files[SPANNER_TEMPLATE] = ddl_template()
     return files

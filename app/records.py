@@ -281,3 +281,20 @@ def columns(row_type: type[Row]) -> tuple[Column, ...]:
 
 
 TABLES: dict[str, type[Row]] = {"records": Record, "rejected": Rejection}
+
+
+class ExportWatermark(Row, frozen=True):
+    """How far the serving tier's export to BigQuery got: a row of `export_watermarks`.
+
+    The exporter appends one as its watermark moves on, so an analyst asks BigQuery
+    itself up to when a table is complete:
+    `SELECT MAX(watermark) FROM export_watermarks WHERE table_name = 'records'`.
+    """
+
+    table_name: Annotated[str, _doc("The table exported: records or rejected")]
+    watermark: Annotated[Micros, _doc("Every row with an ingest_time before this is in the table")]
+    exported_at: Annotated[Micros, _doc("When the exporter said so")]
+
+
+# Tables BigQuery holds besides the messages' own.
+BIGQUERY_TABLES: dict[str, type[Row]] = {**TABLES, "export_watermarks": ExportWatermark}

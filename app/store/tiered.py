@@ -33,7 +33,7 @@ import msgspec
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
-from app.store.bigquery.store import BigQueryStore
+from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import ConflictObserver, differing
 from app.store.spanner.export import Exporter, ExportObserver, Ledger, holder_name
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
@@ -127,6 +127,7 @@ class TieredStore:
         self._export = export
         self._export_observer = export_observer
         self.exporter: Exporter | None = None
+        self._watermark_writer: WatermarkWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Every row before it is in BigQuery (µs): the least of the tables'
         # watermarks, as last read from Spanner (every instance reads it).
@@ -158,9 +159,12 @@ class TieredStore:
             await self._read_watermark(ledger)
         self._tasks.append(asyncio.create_task(self._follow_watermark(ledger), name="watermark"))
         if self._export:
+            self._watermark_writer = self.analytics.watermark_writer()
+            await self._watermark_writer.start()
             self.exporter = Exporter(
                 self.serving,
                 {kind: self.analytics.offset_stream(kind) for kind in (Record, Rejection)},
+                watermarks=self._watermark_writer,
                 observer=self._export_observer,
             )
             self._tasks.append(asyncio.create_task(self.exporter.run(), name="exporter"))
@@ -197,6 +201,8 @@ class TieredStore:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.analytics.close)
             stack.push_async_callback(self.serving.close)
+            if self._watermark_writer is not None:
+                stack.push_async_callback(self._watermark_writer.close)
 
     async def check(self) -> None:
         await self.analytics.check()

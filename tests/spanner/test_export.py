@@ -53,8 +53,11 @@ async def test_every_row_once_in_order_with_its_commit_time(
         await stored(store, [f"m-{batch}-{i}" for i in range(5)])
     await stored(store, ["r-1", "r-2"], rejected=True)
     await settle_clock()
-    one = exporter(store)
+    told = store.analytics.watermark_writer()
+    await told.start()
+    one = exporter(store, watermarks=told)
     await drain(one)
+    await told.close()
     assert copies(write_fake, "records") == {f"m-{b}-{i}": 1 for b in range(3) for i in range(5)}
     assert copies(write_fake, "rejected") == {"r-1": 1, "r-2": 1}
     exported = write_fake.rows("records")
@@ -66,6 +69,10 @@ async def test_every_row_once_in_order_with_its_commit_time(
         assert status.ingest_time == row["ingest_time"]
     watermarks = await one.ledger.watermarks()
     assert min(watermarks.values()) > max(t for t, _ in keys)
+    # BigQuery is told too: an analyst asks it up to when each table is complete.
+    published = {r["table_name"]: r["watermark"] for r in write_fake.rows("export_watermarks")}
+    assert published.keys() == {"records", "rejected"}
+    assert published["records"] > max(t for t, _ in keys)
 
 
 async def test_an_answer_lost_after_the_rows_were_stored_stores_them_once(

@@ -31,7 +31,14 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
 )
 
 from app.errors import StoreUnavailable
-from app.records import MAX_MICROS, Record, Rejection, rejected_record, row_of
+from app.records import (
+    MAX_MICROS,
+    ExportWatermark,
+    Record,
+    Rejection,
+    rejected_record,
+    row_of,
+)
 from app.settings import BIGQUERY_URL, QuerySettings, Settings, StoreSettings, invalid
 from app.store import (
     MessageState,
@@ -172,6 +179,16 @@ class BigQueryStore:
             google.auth.default, scopes=["https://www.googleapis.com/auth/cloud-platform"]
         )
         return BigQueryWriteAsyncClient(credentials=credentials)
+
+    def watermark_writer(self) -> WatermarkWriter:
+        """Appends the exporter's watermarks to `export_watermarks` (its `_default` stream)."""
+        if self._write_client is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        encoder = RowEncoder(ExportWatermark)
+        writer = StorageWriter(
+            self._write_client, self._table_path("export_watermarks"), encoder.descriptor
+        )
+        return WatermarkWriter(writer, encoder)
 
     def offset_stream(self, kind: type[Record] | type[Rejection]) -> OffsetStream:
         """A writer of application-created streams of `kind`'s table (the exporter's)."""
@@ -328,6 +345,26 @@ class BigQueryStore:
             "before": before,
         }
         return message_states(await self._queries.run(self._sql.seen, params, tables=2))
+
+
+class WatermarkWriter:
+    """The exporter's watermarks into BigQuery, at least once (readers take the greatest)."""
+
+    def __init__(self, writer: StorageWriter, encoder: RowEncoder) -> None:
+        self._writer = writer
+        self._encoder = encoder
+
+    async def start(self) -> None:
+        await self._writer.start()
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    async def publish(self, row: ExportWatermark, *, within: float) -> None:
+        deadline = asyncio.get_running_loop().time() + within
+        (refused,) = await self._writer.append([self._encoder.encode(row)], deadline)
+        if refused is not None:
+            raise StoreUnavailable(f"export_watermarks refused a row: {refused}")
 
 
 def _require_stored(outcomes: Sequence[str | None], writer: StorageWriter) -> None:

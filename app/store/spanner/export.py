@@ -54,7 +54,7 @@ from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
 from app.errors import StoreUnavailable
-from app.records import TABLES, Record, Rejection, micros, moment
+from app.records import TABLES, ExportWatermark, Record, Rejection, micros, moment
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
 from app.store.spanner.serving import SpannerServing
@@ -81,6 +81,8 @@ IDLE_SECONDS: Final = 0.5
 # An idle exporter moves the watermark on in steps this large: one progress
 # write per table every few seconds, not one per round.
 WATERMARK_STEP_MICROS: Final = 5_000_000
+# BigQuery is told the watermark (`export_watermarks`) as it moves on by this much.
+PUBLISH_MICROS: Final = 60_000_000
 # After an error (BigQuery or Spanner unavailable), before trying again.
 RETRY_SECONDS: Final = 2.0
 BLOCKED_RETRY_SECONDS: Final = 60.0
@@ -269,6 +271,12 @@ def holder_name() -> str:
     return f"{socket.gethostname()}/{revision}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
+class WatermarkSink(Protocol):
+    """Where the exporter tells BigQuery its watermarks (`export_watermarks`)."""
+
+    async def publish(self, row: ExportWatermark, *, within: float) -> None: ...
+
+
 class Exporter:
     """Feeds BigQuery from Spanner: see the module notes."""
 
@@ -277,6 +285,7 @@ class Exporter:
         serving: SpannerServing,
         streams: dict[Kind, OffsetStream],
         *,
+        watermarks: WatermarkSink | None = None,
         holder: str | None = None,
         observer: ExportObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
@@ -298,6 +307,9 @@ class Exporter:
         self._claimed_at = -float("inf")
         # Why each table's export is stopped, while it is.
         self.blocked: dict[str, str] = {}
+        self._watermarks = watermarks
+        # The last watermark told to BigQuery, per table.
+        self._published: dict[str, int] = {}
 
     # -- the loop --------------------------------------------------------------
 
@@ -358,6 +370,7 @@ class Exporter:
         if not rows:
             if until - progress.watermark >= WATERMARK_STEP_MICROS:
                 await self.ledger.record(msgspec.structs.replace(progress, watermark=until + 1))
+                await self._publish(table, until + 1)
             return 0
         last = rows[-1]
         full = len(found) == self._batch_rows or len(rows) < len(found)
@@ -437,6 +450,7 @@ class Exporter:
             blocked=None,
         )
         await self.ledger.record(done)
+        await self._publish(table, done.watermark)
         if table in self.blocked:
             log.info("export of %s goes on", table)
             del self.blocked[table]
@@ -450,6 +464,22 @@ class Exporter:
         if self._observer is not None:
             self._observer.exported(table, len(rows))
         return len(rows)
+
+    async def _publish(self, table: str, watermark: int) -> None:
+        """Tell BigQuery the watermark, at most every PUBLISH_MICROS of it: an analyst
+        asks `export_watermarks` up to when a table is complete. Best effort: the
+        next one says the same and more."""
+        if self._watermarks is None or watermark - self._published.get(table, 0) < PUBLISH_MICROS:
+            return
+        row = ExportWatermark(
+            table_name=table, watermark=watermark, exported_at=self._clock() // 1000
+        )
+        try:
+            await self._watermarks.publish(row, within=RETRY_SECONDS * 5)
+        except StoreUnavailable as exc:
+            log.warning("the export watermark of %s not told to BigQuery: %s", table, exc)
+            return
+        self._published[table] = watermark
 
     async def _block(self, progress: Progress, reason: str) -> None:
         table = progress.table
