@@ -134,7 +134,7 @@ DeliveryAttempt = Annotated[
     int | None, _doc("Delivery attempt, set when the subscription has a dead-letter policy")
 ]
 TraceId = Annotated[str | None, _doc("Trace that wrote the row (32 hex digits)")]
-SchemaRevision = Annotated[
+RevisionName = Annotated[
     str | None,
     _doc(
         "Topic schema revision the message named and was decoded with, "
@@ -156,7 +156,7 @@ class Record(Row, frozen=True):
     subscription: Subscription = None
     delivery_attempt: DeliveryAttempt = None
     trace_id: TraceId = None
-    schema: SchemaRevision = None
+    schema: RevisionName = None
     # The message data as received. Not stored with the record: it is there for
     # a store that refuses the row and keeps it as a rejection, so that a replay
     # decodes the very bytes the publisher sent, whatever their encoding.
@@ -179,7 +179,7 @@ class Rejection(Row, frozen=True):
     subscription: Subscription = None
     delivery_attempt: DeliveryAttempt = None
     trace_id: TraceId = None
-    schema: SchemaRevision = None
+    schema: RevisionName = None
 
 
 # The fields both rows declare alike (their columns keep each table's order; both

@@ -28,13 +28,13 @@ from app.store import RowOutcome
 
 log = logging.getLogger(__name__)
 
-Row = Record | Rejection
+StoredRow = Record | Rejection
 
 
 class Appender(Protocol):
     """The part of a Store the batcher writes to."""
 
-    async def append(self, rows: Sequence[Row]) -> Sequence[RowOutcome]: ...
+    async def append(self, rows: Sequence[StoredRow]) -> Sequence[RowOutcome]: ...
 
 
 class FlushObserver(Protocol):
@@ -62,7 +62,7 @@ class _Pending:
 
     def __init__(
         self,
-        row: Row,
+        row: StoredRow,
         size: int,
         future: asyncio.Future[RowOutcome],
         origin: object,
@@ -124,7 +124,9 @@ class Batcher:
         self._last_stamp = max(now, self._last_stamp)
         return self._last_stamp
 
-    async def submit(self, build: Callable[[int], Row], size: int) -> tuple[Row, RowOutcome]:
+    async def submit(
+        self, build: Callable[[int], StoredRow], size: int
+    ) -> tuple[StoredRow, RowOutcome]:
         """Build the row with its ingest time, queue it, and wait until it is durably stored.
 
         Raise a RetryLater if it is not. The row is stamped and queued in one

@@ -37,7 +37,7 @@ MAX_DELIVERY_ATTEMPT = 2**31 - 1
 # holds, so every message the push path takes fits a rejection, everywhere.
 MAX_DATA_BYTES = 10 * 1024 * 1024
 
-Attributes = Annotated[
+PushAttributes = Annotated[
     dict[
         Annotated[str, Meta(max_length=MAX_ATTRIBUTE_KEY)],
         Annotated[str, Meta(max_length=MAX_ATTRIBUTE_VALUE)],
@@ -50,7 +50,7 @@ class _Message(msgspec.Struct, kw_only=True, frozen=True):
     # Base64 text, decoded by hand: data that is not base64 is the publisher's
     # problem (a rejection), not a reason to refuse the whole delivery.
     data: str = ""
-    attributes: Attributes | None = None
+    attributes: PushAttributes | None = None
     messageId: str = ""
     message_id: str = ""
     publishTime: AwareDatetime | None = None

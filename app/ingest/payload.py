@@ -55,7 +55,7 @@ class Read(NamedTuple):
     data: str  # JSON text
 
 
-class Reader(Protocol):
+class PayloadReader(Protocol):
     @property
     def schema(self) -> str | None:
         """The schema revision the message named (`projects/P/schemas/S@REVISION`)."""
@@ -161,11 +161,11 @@ class Payloads:
     def __init__(self, shape: Shape, schemas: Schemas) -> None:
         self._shape = shape
         self._schemas = schemas
-        self.plain: Reader = CONTRACT if shape.is_contract else JsonReader(shape)
+        self.plain: PayloadReader = CONTRACT if shape.is_contract else JsonReader(shape)
         # By (decoder, encoding): a few per revision, made once.
         self._readers: dict[tuple[Decoder, str], SchemaReader] = {}
 
-    def ready(self, attributes: Mapping[str, str]) -> Reader | None:
+    def ready(self, attributes: Mapping[str, str]) -> PayloadReader | None:
         """The reader, when choosing it needs no fetch: no schema, or a revision seen before."""
         name = attributes.get(SCHEMA_NAME)
         if name is None:
@@ -176,7 +176,7 @@ class Payloads:
             return None
         return self._reader(decoder, encoding)
 
-    async def reader(self, attributes: Mapping[str, str]) -> Reader:
+    async def reader(self, attributes: Mapping[str, str]) -> PayloadReader:
         """Raises SchemaUnavailable when the named revision cannot be fetched."""
         ready = self.ready(attributes)
         if ready is not None:

@@ -16,7 +16,7 @@ import msgspec
 from app.errors import RetryLater
 from app.ingest.batcher import Batcher
 from app.ingest.envelope import PushedMessage
-from app.ingest.payload import CONTRACT, Payloads, Reader
+from app.ingest.payload import CONTRACT, PayloadReader, Payloads
 from app.ingest.shape import Invalid
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
@@ -30,7 +30,7 @@ def to_row(
     ingest_time: int,
     *,
     trace_id: str | None,
-    reader: Reader = CONTRACT,
+    reader: PayloadReader = CONTRACT,
 ) -> Record | Rejection:
     attributes = _encode(message.attributes).decode()
     if message.data is None:

@@ -116,7 +116,7 @@ class TieredStore:
         self._conflicts = conflicts
         self.analytics = analytics
         self._write_deadline = write_deadline_seconds
-        self._reach = int((dedupe_window_seconds + 86_400) * 1_000_000)
+        self._reach = int(dedupe_window_seconds * 1_000_000) + DAY_MICROS
         self._clock = clock
         self.tail = tail or TailCache(serving.rows_between)
         self._old = _OldAnswers()

@@ -9,7 +9,7 @@ margin) and within the dedupe window. Every copy of a message is stored after
 Pub/Sub published it, so that window holds every earlier copy there can be.
 
 What a page costs is bounded by construction (each query bills at least the
-10 MiB minimum): one scan per range in `PAGE_SPANS_MICROS` while too few rows
+10 MiB minimum): one scan per range in `SCAN_SPANS_MICROS` while too few rows
 are found; when the widest range is empty, one look-up of partition metadata
 and one of that day's first row, then the same widening scans from there;
 finally, at most one query for the earlier copies of the rows whose look-back
@@ -34,11 +34,11 @@ from app.store.bigquery.sql import Statements
 # a sparse stream widens to an hour, then a day, the most one page scans.
 # A page that found too few rows even then ends where its scan ended and the
 # next one goes on from there, instead of scanning to the horizon.
-PAGE_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, 86_400_000_000)
+SCAN_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, DAY_MICROS)
 
 # Two rounds of widening scans, the jump's two look-ups, one earlier-copies
 # query (records only: a rejections page makes one query fewer at most).
-MAX_QUERIES_PER_PAGE: Final = 2 * len(PAGE_SPANS_MICROS) + 2 + 1
+MAX_QUERIES_PER_PAGE: Final = 2 * len(SCAN_SPANS_MICROS) + 2 + 1
 
 # Every copy of a message is stored after Pub/Sub published it, so an earlier
 # copy of a row lies between its publish_time (less CLOCK_SKEW_MICROS) and its
@@ -119,7 +119,7 @@ class Pager:
         """Rows after the cursor over widening ranges, and where the last scan ended."""
         end = query.before_time
         found: Rows = []
-        for span in PAGE_SPANS_MICROS:
+        for span in SCAN_SPANS_MICROS:
             end = min(query.before_time, query.after_time + span)
             found = await self._run(sql, params(query, end))
             if len(found) == query.limit or end == query.before_time:

@@ -68,7 +68,7 @@ LEASE_NAME: Final = "bigquery"
 # An exporter whose instance died is taken over this long after its last
 # renewal at most; the holder renews three times per lease.
 LEASE_SECONDS: Final = 15.0
-# Rows committed at least this long ago are exported: a read at a timestamp
+# Batch committed at least this long ago are exported: a read at a timestamp
 # that old is served at once (a read at "now" may wait out Spanner's clock
 # uncertainty). The exporter's lag is at least this.
 SETTLED_MICROS: Final = 1_000_000
@@ -104,8 +104,8 @@ _PROGRESS_COLUMNS: Final = (
 )
 _TABLES_OF: Final = {row_type: table for table, row_type in TABLES.items()}
 # The rows of either table, and either table's row type.
-Rows = list[Record | Rejection]
-Kind = type[Record] | type[Rejection]
+Batch = list[Record | Rejection]
+RowType = type[Record] | type[Rejection]
 
 
 class Progress(msgspec.Struct, kw_only=True, frozen=True):
@@ -283,7 +283,7 @@ class Exporter:
     def __init__(
         self,
         serving: SpannerServing,
-        streams: dict[Kind, OffsetStream],
+        streams: dict[RowType, OffsetStream],
         *,
         watermarks: WatermarkSink | None = None,
         holder: str | None = None,
@@ -345,7 +345,7 @@ class Exporter:
 
     # -- one table ---------------------------------------------------------------
 
-    async def _export(self, kind: Kind) -> int:
+    async def _export(self, kind: RowType) -> int:
         table = _TABLES_OF[kind]
         progress = await self.ledger.progress(table)
         if progress.blocked is not None:
@@ -374,7 +374,7 @@ class Exporter:
             return 0
         last = rows[-1]
         full = len(found) == self._batch_rows or len(rows) < len(found)
-        # Rows committed with the last one's timestamp may remain when the batch
+        # Batch committed with the last one's timestamp may remain when the batch
         # is full: the watermark stops short of them.
         watermark = last.ingest_time if full else until + 1
         intent = msgspec.structs.replace(
@@ -387,7 +387,7 @@ class Exporter:
         await self.ledger.record(intent)
         return await self._append(kind, intent, rows)
 
-    def _cut(self, kind: Kind, rows: Rows) -> Rows:
+    def _cut(self, kind: RowType, rows: Batch) -> Batch:
         """The longest start of `rows` within a batch's bytes (one row at least)."""
         encoder = self._encoders[kind]
         size = 0
@@ -397,7 +397,7 @@ class Exporter:
                 return rows[:index]
         return rows
 
-    async def _pending_rows(self, kind: Kind, progress: Progress) -> Rows | None:
+    async def _pending_rows(self, kind: RowType, progress: Progress) -> Batch | None:
         assert progress.pending_time is not None
         assert progress.pending_rows is not None
         rows = await self._serving.rows_after(
@@ -418,7 +418,7 @@ class Exporter:
             return None
         return rows
 
-    async def _append(self, kind: Kind, intent: Progress, rows: Rows) -> int:
+    async def _append(self, kind: RowType, intent: Progress, rows: Batch) -> int:
         table = _TABLES_OF[kind]
         assert intent.stream is not None
         encoder = self._encoders[kind]

@@ -35,7 +35,7 @@ import math
 import zlib
 from typing import Final, NamedTuple
 
-from app.records import TABLES, Column, Kind, columns
+from app.records import DAY_MICROS, TABLES, Column, Kind, columns
 
 # Ranges each table's writes and time index are spread over. Spanner splits a
 # range when it is busy; 16 lets a table take writes on 16 splits at once
@@ -49,7 +49,6 @@ _TYPES: Final = {
     Kind.JSON: "STRING(MAX)",
     Kind.BYTES: "BYTES(MAX)",
 }
-_DAY_SECONDS: Final = 86_400
 
 
 def shard_of(key: str) -> int:
@@ -71,7 +70,7 @@ def retention_days(dedupe_window_seconds: float) -> int:
     BigQuery (`serving_since`); the second day covers that rounding, and
     Spanner deletes expired rows some time after they expire, never before.
     """
-    return math.ceil(dedupe_window_seconds / _DAY_SECONDS) + 2
+    return math.ceil(dedupe_window_seconds * 1_000_000 / DAY_MICROS) + 2
 
 
 class ExpectedColumn(NamedTuple):

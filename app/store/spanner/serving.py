@@ -38,7 +38,18 @@ from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
 from app.errors import StoreUnavailable
-from app.records import TABLES, Kind, Record, Rejection, Row, columns, micros, moment, row_of
+from app.records import (
+    DAY_MICROS,
+    TABLES,
+    Kind,
+    Record,
+    Rejection,
+    Row,
+    columns,
+    micros,
+    moment,
+    row_of,
+)
 from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery
 from app.store.copies import message_states
@@ -71,7 +82,7 @@ _OLDEST_READ_MICROS: Final = 30 * 60 * 1_000_000
 # Ranges a page reads, widened in turn while it finds fewer rows than it may
 # return: a follower near the tail reads a second of rows, one far behind at
 # most a day per query, never the whole table to sort it.
-PAGE_SPANS_MICROS: Final = (1_000_000, 60_000_000, 3_600_000_000, 86_400_000_000)
+READ_SPANS_MICROS: Final = (1_000_000, 60_000_000, 3_600_000_000, DAY_MICROS)
 
 
 class SpannerDatabase(NamedTuple):
@@ -453,7 +464,7 @@ class SpannerServing:
         read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS))
         found: list[R] = []
         with self._database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
-            for span in (*PAGE_SPANS_MICROS, None):
+            for span in (*READ_SPANS_MICROS, None):
                 end = query.before_time if span is None else query.after_time + span
                 end = min(end, query.before_time)
                 params = {

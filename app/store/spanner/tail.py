@@ -32,7 +32,7 @@ MAX_ROWS: Final = 50_000
 Key = tuple[int, str]
 # (since, before, limit) -> every record in [since, before) in key order, or
 # None if there are more than limit.
-Reader = Callable[[int, int, int], Awaitable[list[Record] | None]]
+RangeRead = Callable[[int, int, int], Awaitable[list[Record] | None]]
 
 
 class TailCache:
@@ -40,7 +40,7 @@ class TailCache:
 
     def __init__(
         self,
-        read: Reader,
+        read: RangeRead,
         *,
         window_seconds: float = 60.0,
         refresh_seconds: float = 0.05,
