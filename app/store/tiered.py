@@ -29,6 +29,7 @@ from typing import Any, Final, TypeVar
 
 import cachetools
 import msgspec
+from google.api_core.exceptions import InvalidArgument
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
@@ -245,15 +246,46 @@ class TieredStore:
                 row = rejected_record(row, reason)
             outcomes.append(reason)
             fitting.append(row)
-        committed = await self.serving.commit(fitting, within=self._write_deadline)
+        deadline = asyncio.get_running_loop().time() + self._write_deadline
+        committed = await self._commit(fitting, outcomes, 0, deadline)
         if self._conflicts is not None:
             # Spanner hands back the copy it holds: a redelivery's is the same.
-            for given, held in zip(fitting, committed.rows, strict=True):
+            for given, held in zip(fitting, committed, strict=True):
                 if differing(held, given):
                     self._conflicts(held, given)
-        newest = max(row.ingest_time for row in committed.rows)
+        newest = max(row.ingest_time for row in committed)
         self._acknowledged = max(self._acknowledged, newest)
         return outcomes
+
+    async def _commit(
+        self,
+        rows: list[Record | Rejection],
+        outcomes: list[RowOutcome],
+        first: int,
+        deadline: float,
+    ) -> list[Record | Rejection]:
+        """Commit `rows` (outcomes[first:] are theirs); if Spanner refuses the batch
+        for what a row holds (INVALID_ARGUMENT), commit each half on its own, down to
+        the row, which is kept as a rejection saying why: one row never fails the
+        others. Every other failure is the batch's (503, delivered again)."""
+        left = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        try:
+            return (await self.serving.commit(rows, within=left)).rows
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, InvalidArgument):
+                raise
+            refused = exc.__cause__
+        if len(rows) > 1:
+            half = len(rows) // 2
+            head = await self._commit(rows[:half], outcomes, first, deadline)
+            return [*head, *await self._commit(rows[half:], outcomes, first + half, deadline)]
+        (row,) = rows
+        if not isinstance(row, Record):
+            raise StoreUnavailable(f"Spanner refused a rejection: {refused.message}") from refused
+        reason = f"Spanner refused the row: {refused.message}"
+        log.warning("message %s: %s", row.message_id, reason)
+        outcomes[first] = reason
+        return await self._commit([rejected_record(row, reason)], outcomes, first, deadline)
 
     # -- reading ---------------------------------------------------------------
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 import msgspec
 import pytest
+from google.api_core.exceptions import InvalidArgument
 
 from app.asgi import create_app
 from app.errors import StoreUnavailable
-from app.records import TABLES, Record
+from app.records import TABLES, Record, Rejection
 from app.settings import QuerySettings, Settings
 from app.store import PageQuery
 from app.store.spanner.schema import (
@@ -30,7 +31,7 @@ from app.store.spanner.schema import (
     ddl_template,
     ddl_text,
 )
-from app.store.spanner.serving import SchemaMismatch
+from app.store.spanner.serving import Committed, SchemaMismatch, SpannerDatabase, SpannerServing
 from app.store.spanner.tail import TailCache
 from app.store.tiered import TieredStore
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
@@ -402,3 +403,49 @@ async def test_a_payload_over_spanners_limit_is_a_rejection_and_fails_none_of_it
     # The bytes as received are kept, to replay once the limit allows.
     (kept,) = [r for r in listed if r["message_id"] == "m-big"]
     assert len(base64.b64decode(kept["data"])) > 3_000_000
+
+
+class RefusesOneRow(SpannerServing):
+    """Spanner refusing any commit that holds one row, for what that row holds: as it
+    would for a limit the service does not know of."""
+
+    commits = 0
+
+    async def commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
+        self.commits += 1
+        if any(isinstance(r, Record) and r.id == "poison" for r in rows):
+            raise StoreUnavailable("refused") from InvalidArgument("a value too large")
+        return await super().commit(rows, within)
+
+
+async def test_a_row_spanner_refuses_is_a_rejection_and_its_batch_is_stored(
+    make_tiered: Make, database: str, spanner_emulator: SpannerEmulator
+) -> None:
+    store: TieredStore = await make_tiered(start=False)
+    refusing = RefusesOneRow(
+        SpannerDatabase.from_url(database), emulator_host=spanner_emulator.host
+    )
+    tiered = TieredStore(
+        refusing,
+        store.analytics,
+        write_deadline_seconds=5.0,
+        dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
+        export=False,
+    )
+    await tiered.start()
+    try:
+        rows = [record(f"m-{i}") for i in range(7)]
+        rows[4] = record("m-4", id="poison")
+        outcomes = await tiered.append(rows)
+        assert [o is None for o in outcomes] == [True] * 4 + [False] + [True] * 2
+        assert "Spanner refused the row: a value too large" in str(outcomes[4])
+        for i in (0, 1, 2, 3, 5, 6):
+            status = await tiered.message(f"m-{i}")
+            assert status is not None
+            assert status.status == "stored"
+        refused = await tiered.message("m-4")
+        assert refused is not None
+        assert refused.status == "rejected"
+        assert refused.reason == outcomes[4]
+    finally:
+        await tiered.close()
