@@ -42,6 +42,7 @@ from app.ingest.shape import Shape
 from app.problems import Problems, describe_problem
 from app.query.page_token import PageTokens
 from app.query.service import Reader
+from app.routes.follow import Followers, on_terminate
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.routes.query import READ_ROUTES
 from app.settings import Settings
@@ -206,12 +207,20 @@ def create_app(
         tokens=PageTokens(settings.query.page_token_secret),
         retention_days=settings.store.retention_days,
     )
+    followers = Followers(
+        stream_seconds=settings.query.stream_seconds,
+        heartbeat_seconds=settings.query.heartbeat_seconds,
+        # Private unless configured: an outer gate (Cloud Run's invoker check) may
+        # guard reads this service does not check itself.
+        shared_cache=settings.query.shared_cache,
+    )
     readiness = Readiness(store, checks=[auth.check, schemas.check])
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
 
     async def drain() -> None:
         readiness.stopping = True
+        followers.stopping.set()
         await batcher.close(grace=settings.server.shutdown_grace_seconds)
 
     @asynccontextmanager
@@ -225,6 +234,9 @@ def create_app(
             stack.push_async_callback(schemas.close)
             await batcher.start()
             stack.push_async_callback(drain)
+            # uvicorn waits for open requests before the lifespan ends: waiting
+            # pages and streams must hear of a SIGTERM at once to end in the grace.
+            stack.enter_context(on_terminate(followers.stopping.set))
             log.info("recordline ready on store %s", settings.store.url)
             yield
         log.info("recordline stopped: accepted rows drained, store closed")
@@ -256,6 +268,7 @@ def create_app(
             "reader": constant(reader),
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),
+            "followers": constant(followers),
         },
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(outcomes, problems)],
@@ -276,7 +289,7 @@ def create_app(
             middleware_class=NegotiatedCompression,
         ),
         openapi_config=openapi_config(),
-        signature_types=[Ingest, Reader, Readiness, Replay],
+        signature_types=[Ingest, Reader, Readiness, Replay, Followers],
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )

@@ -386,6 +386,31 @@ class QuerySettings(Section, frozen=True):
             "that would bill more is refused with 503 instead of run",
         ),
     ] = 2 * 1024**3
+    stream_seconds: Annotated[
+        float,
+        Meta(gt=0, le=3600),
+        env(
+            "RECORDLINE_STREAM_SECONDS",
+            "How long a stream of pages (server-sent events) stays open before it ends with "
+            "the token to resume from, so load balancers spread followers again",
+        ),
+    ] = 300.0
+    heartbeat_seconds: Annotated[
+        float,
+        Meta(gt=0),
+        env(
+            "RECORDLINE_HEARTBEAT_SECONDS",
+            "How often a stream with nothing new sends a heartbeat comment",
+        ),
+    ] = 15.0
+    shared_cache: Annotated[
+        bool,
+        env(
+            "RECORDLINE_SHARED_CACHE",
+            "Let shared caches (a CDN) keep full pages, which never change; without it only "
+            "the client's own cache may (`private`): reads may be guarded by a token",
+        ),
+    ] = False
 
 
 class AuthSettings(Section, frozen=True):

@@ -29,6 +29,7 @@ class WrappedStore:
         self.inner = inner
         self.max_in_flight = inner.max_in_flight
         self.stamps_at_commit = inner.stamps_at_commit
+        self.bell = inner.bell
 
     async def start(self) -> None:
         await self.inner.start()

@@ -10,8 +10,9 @@ continue sees every record exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -24,6 +25,9 @@ from app.store import PageQuery, Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# The longest a page may wait for rows (`wait`): a minute keeps a request well
+# inside every proxy's idle timeout, and a follower asks again at once.
+MAX_WAIT_SECONDS = 60.0
 _FOREVER = 2**62
 
 
@@ -181,9 +185,40 @@ class Reader:
         until: datetime | None,
         limit: int,
         page_token: str | None,
+        wait: float = 0.0,
+        stop: asyncio.Event | None = None,
     ) -> AnyPage:
-        """One page of a list, in ingest order; records and rejections page alike."""
+        """One page of a list, in ingest order; records and rejections page alike.
+
+        With `wait`, a page that would be empty is held back until a row past
+        the cursor is readable (the store's bell), `wait` seconds pass, or
+        `stop` is set: then it is answered as it is, empty, with the same
+        cursor and a fresh `complete_until`.
+        """
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
         cursor = self._cursor(since, until, limit, page_token)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        bell = self._store.bell
+        while True:
+            seen = bell.version
+            rows, resume, horizon = await self._read(listing, cursor, limit)
+            left = deadline - loop.time()
+            finished = resume is None
+            if rows or finished or left <= 0 or (stop is not None and stop.is_set()):
+                break
+            await _first(bell.wait(seen, left), stop)
+        if rows and len(rows) == limit:
+            # A full page can never change: its rows are final, and it says it is
+            # complete up to its last row, so every answer to it is the same.
+            horizon = max(cursor.after_time, rows[-1].ingest_time)
+        return listing.page([view(listing.view, row) for row in rows], resume, moment(horizon))
+
+    async def _read(
+        self, listing: Listing[AnyPage], cursor: PageToken, limit: int
+    ) -> tuple[list[Any], str | None, int]:
+        """One read: the rows after `cursor`, the next page's token, complete until when."""
         query, horizon = await self._range(cursor, limit)
         page = await self._store.page(listing.kind, query)
         if page.complete_until is not None:
@@ -193,12 +228,14 @@ class Reader:
         resume = max(
             (page.after_time, page.after_message_id), (cursor.after_time, cursor.after_message_id)
         )
-        horizon = max(horizon, cursor.after_time)
-        return listing.page(
-            [view(listing.view, row) for row in page.rows],
-            self._next(cursor, *resume),
-            moment(horizon),
-        )
+        return page.rows, self._next(cursor, *resume), max(horizon, cursor.after_time)
+
+    def check(
+        self, since: datetime | None, until: datetime | None, limit: int, page_token: str | None
+    ) -> None:
+        """Raise what a page of these bounds would (400, 410), without reading: a stream
+        checks its start so that an expired cursor is a 410, never an empty stream."""
+        self._cursor(since, until, limit, page_token)
 
     def _cursor(
         self, since: datetime | None, until: datetime | None, limit: int, page_token: str | None
@@ -269,3 +306,16 @@ class Reader:
             reason=status.reason,
             record=None if status.record is None else view(RecordView, status.record),
         )
+
+
+async def _first(waiting: Awaitable[bool], stop: asyncio.Event | None) -> None:
+    """Wait for `waiting`, or until `stop` is set, whichever comes first."""
+    if stop is None:
+        await waiting
+        return
+    tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

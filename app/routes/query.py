@@ -27,6 +27,7 @@ from app.problems import problem_responses
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    MAX_WAIT_SECONDS,
     RECORDS,
     REJECTIONS,
     Listing,
@@ -36,11 +37,11 @@ from app.query.service import (
     RecordView,
     RejectionsPage,
 )
-from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros, rfc3339
+from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros
+from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
-_PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token"})
-COMPLETE_UNTIL = "Recordline-Complete-Until"
+_PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"})
 # A token holds a row key (a Pub/Sub message id, ~20 digits) and a MAC, ~80
 # characters; 2048 leaves room for odd ids and refuses junk before decoding it.
 MAX_PAGE_TOKEN_LENGTH = 2048
@@ -48,6 +49,17 @@ MAX_PAGE_TOKEN_LENGTH = 2048
 Since = Annotated[str | None, Parameter(description="RFC 3339; rows stored at or after it")]
 Until = Annotated[str | None, Parameter(description="RFC 3339; rows stored before it")]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Rows per page")]
+Wait = Annotated[
+    float,
+    Parameter(
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description=(
+            "Seconds a page that would be empty waits for a row past the cursor (long-poll); "
+            "at the end it is answered empty, with the same cursor"
+        ),
+    ),
+]
 PageTokenText = Annotated[
     str | None,
     Parameter(
@@ -155,24 +167,31 @@ def _freshness(rows: str) -> list[ResponseHeader]:
 async def _paged(
     request: Request[Any, Any, Any],
     reader: Reader,
+    followers: Followers,
     listing: Listing[P],
     since: str | None,
     until: str | None,
     limit: int,
     page_token: str | None,
-) -> Response[P]:
-    """One page of either list, its parameters checked the same way."""
+    wait: float,
+) -> Response[Any]:
+    """One page of either list, its parameters checked the same way; or, asked for
+    `text/event-stream`, the pages as they come (`app.routes.follow`)."""
     _refuse_unknown(request)
-    page = await reader.page(
-        listing,
-        since=_time("since", since),
-        until=_time("until", until),
-        limit=limit,
-        page_token=page_token,
-    )
-    # The body says it too; the header lets a proxy or a probe read freshness
-    # without parsing the page.
-    return Response(page, headers={COMPLETE_UNTIL: rfc3339(page.complete_until)})
+    bounds = {"since": _time("since", since), "until": _time("until", until)}
+    if wants_stream(request):
+        # A client resuming a stream sends the last event's id, which is its token.
+        token = request.headers.get("last-event-id") or page_token
+        reader.check(**bounds, limit=limit, page_token=token)
+        return stream(
+            reader, listing, followers, request, page_token=token, first=bounds, limit=limit
+        )
+    async with until_gone(request, followers) as stop:
+        page = await reader.page(
+            listing, **bounds, limit=limit, page_token=page_token, wait=wait, stop=stop
+        )
+    rows = page.records if isinstance(page, RecordsPage) else page.rejections
+    return answer(request, page, full=len(rows) == limit, shared_cache=followers.shared_cache)
 
 
 @get(
@@ -189,12 +208,14 @@ async def _paged(
 async def list_records(
     request: Request[Any, Any, Any],
     reader: NamedDependency[Reader],
+    followers: NamedDependency[Followers],
     since: Since = None,
     until: Until = None,
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
+    wait: Wait = 0.0,
 ) -> Response[RecordsPage]:
-    return await _paged(request, reader, RECORDS, since, until, limit, page_token)
+    return await _paged(request, reader, followers, RECORDS, since, until, limit, page_token, wait)
 
 
 @get(
@@ -211,12 +232,16 @@ async def list_records(
 async def list_rejections(
     request: Request[Any, Any, Any],
     reader: NamedDependency[Reader],
+    followers: NamedDependency[Followers],
     since: Since = None,
     until: Until = None,
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
+    wait: Wait = 0.0,
 ) -> Response[RejectionsPage]:
-    return await _paged(request, reader, REJECTIONS, since, until, limit, page_token)
+    return await _paged(
+        request, reader, followers, REJECTIONS, since, until, limit, page_token, wait
+    )
 
 
 @get(

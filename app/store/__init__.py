@@ -13,6 +13,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 import msgspec
 
 from app.records import Record, Rejection
+from app.store.bell import Bell
 
 # A page is of one table's rows: records, or rejections.
 R = TypeVar("R", Record, Rejection)
@@ -105,6 +106,10 @@ class Store(Protocol):
     # How many appends the batcher may run at once: 1 where appends serialise
     # anyway (DuckDB), more where they pipeline (the Storage Write API).
     max_in_flight: int
+
+    # Rung when rows may have become readable here (a commit on this instance, a
+    # refresh that found other instances' commits): waiting followers read again.
+    bell: Bell
 
     # True where the store stamps each row's ingest_time itself when it commits
     # (the serving tier: a later commit always gets a later time), so rows

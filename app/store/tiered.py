@@ -34,6 +34,7 @@ from google.api_core.exceptions import InvalidArgument
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
+from app.store.bell import Bell
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import ConflictObserver, differing
 from app.store.spanner.export import Exporter, ExportObserver, Ledger, holder_name
@@ -128,6 +129,7 @@ class TieredStore:
         self._export = export
         self._export_observer = export_observer
         self.exporter: Exporter | None = None
+        self.bell = Bell()
         self._watermark_writer: WatermarkWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Every row before it is in BigQuery (µs): the least of the tables'
@@ -155,6 +157,7 @@ class TieredStore:
             # pushes get 503 until it answers. A wrong schema is (SchemaMismatch).
             self._unverified = f"Spanner unreachable: {exc}" if str(exc) else "Spanner unreachable"
             log.error("serving tier not ready: %s", self._unverified)
+        self._tasks.append(asyncio.create_task(self._watch_tail(), name="tail"))
         ledger = Ledger(self.serving, holder_name())
         with contextlib.suppress(StoreUnavailable):
             await self._read_watermark(ledger)
@@ -169,6 +172,24 @@ class TieredStore:
                 observer=self._export_observer,
             )
             self._tasks.append(asyncio.create_task(self.exporter.run(), name="exporter"))
+
+    async def _watch_tail(self) -> None:
+        """While followers wait, read what every instance committed since, once per
+        refresh interval for all of them, and ring the bell when there is some: a
+        commit elsewhere reaches them within the interval, and Spanner's reads grow
+        with instances, never with followers."""
+        while True:
+            await self.bell.wanted.wait()
+            await asyncio.sleep(self.tail.refresh_seconds)
+            if not self.bell.waiting:
+                continue
+            try:
+                found = await self.tail.refresh(self._now())
+            except StoreUnavailable as exc:
+                log.warning("tail not refreshed: %s", exc)
+                continue
+            if found:
+                self.bell.ring()
 
     async def _follow_watermark(self, ledger: Ledger) -> None:
         """Keep `watermark` as Spanner says it is, every WATERMARK_SECONDS."""
@@ -255,6 +276,7 @@ class TieredStore:
                     self._conflicts(held, given)
         newest = max(row.ingest_time for row in committed)
         self._acknowledged = max(self._acknowledged, newest)
+        self.bell.ring()  # readable now: waiting followers read again
         return outcomes
 
     async def _commit(

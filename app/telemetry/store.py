@@ -64,6 +64,7 @@ class ObservedStore:
         self.inner = inner
         self.max_in_flight = inner.max_in_flight
         self.stamps_at_commit = inner.stamps_at_commit
+        self.bell = inner.bell
         self._tracer = tracer
         self._metrics = metrics
         self._system = {"recordline.store": type(inner).__name__}

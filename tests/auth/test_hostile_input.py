@@ -64,6 +64,10 @@ SCHEMA = schemathesis.openapi.from_asgi("/docs/openapi.json", Restartable())
 def test_no_route_answers_5xx(case: schemathesis.Case) -> None:
     # Pushes carry the shared secret so they get past the guard to the decoders.
     params = {"token": PUSH_TOKEN} if case.path == "/pubsub/push" else None
+    wait = (case.query or {}).get("wait")
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= 60:
+        # A valid wait holds an empty page that long: the case keeps its shape, shorter.
+        case.query["wait"] = min(wait, 0.05)
     response = case.call(params=params)
     case.validate_response(response, checks=[not_a_server_error])
 

@@ -49,6 +49,7 @@ from app.store import (
     R,
     RowOutcome,
 )
+from app.store.bell import Bell
 from app.store.bigquery.cache import ReadCache
 from app.store.bigquery.paging import Pager
 from app.store.bigquery.proto import RowEncoder
@@ -69,6 +70,8 @@ _URL: Final = re.compile(BIGQUERY_URL)
 # `message_id` do the pruning, so the range is explicit rather than
 # selective. Beside a serving tier, look-ups end where it begins instead.
 _ALL_TIME: Final = 0
+# Waiting followers read again at least this often on BigQuery alone.
+_RING_SECONDS: Final = 1.0
 END_OF_TIME: Final = MAX_MICROS  # 9999-12-31T23:59:59.999999Z, BigQuery's last
 
 
@@ -89,6 +92,8 @@ class BigQueryStore:
         self.project = project
         self.dataset = dataset
         self.settle_micros = int(store.settle_seconds * 1_000_000)
+        self.bell = Bell()
+        self._ringer: asyncio.Task[None] | None = None
         # Concurrent `append` calls worth making: each writer keeps this many
         # requests in flight, and more callers would only queue behind them.
         self.max_in_flight = max_in_flight
@@ -161,6 +166,7 @@ class BigQueryStore:
         )
         await self._records.start()
         await self._rejected.start()
+        self._ringer = asyncio.create_task(self._ring_while_wanted(), name="bigquery-bell")
 
     async def _open_write_client(self) -> BigQueryWriteAsyncClient:
         if self._write_endpoint is not None:
@@ -199,6 +205,9 @@ class BigQueryStore:
         return OffsetStream(self._write_client, self._table_path(table), encoder.descriptor)
 
     async def close(self) -> None:
+        if self._ringer is not None:
+            self._ringer.cancel()
+            self._ringer = None
         for writer in (self._records, self._rejected):
             if writer is not None:
                 await writer.close()
@@ -236,6 +245,23 @@ class BigQueryStore:
     ) -> Sequence[RowOutcome]:
         """Store the rows by `deadline` (the event loop's clock), by default the
         write deadline from now."""
+        outcomes = await self._append(rows, deadline)
+        # Readable once the settle window has passed: waiting followers read then.
+        asyncio.get_running_loop().call_later(self.settle_micros / 1e6, self.bell.ring)
+        return outcomes
+
+    async def _ring_while_wanted(self) -> None:
+        """While followers wait, ring every settle window (at least a second): other
+        instances' rows become readable as the window passes, and this one cannot
+        tell when without a query (which each follower makes anyway)."""
+        while True:
+            await self.bell.wanted.wait()
+            await asyncio.sleep(max(self.settle_micros / 1e6, _RING_SECONDS))
+            self.bell.ring()
+
+    async def _append(
+        self, rows: Sequence[Record | Rejection], deadline: float | None
+    ) -> Sequence[RowOutcome]:
         records_writer, rejected_writer = self._writers()
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self._write_deadline

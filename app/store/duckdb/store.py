@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -37,9 +37,11 @@ from google.api_core.retry import exponential_sleep_generator
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Column, Kind, Record, Rejection, Row, columns, row_of
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
+from app.store.bell import Bell
 from app.store.copies import ConflictObserver, differing, message_states
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
+from app.store.tail import Tail
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,6 +195,13 @@ def _insert_table(
         con.unregister("incoming")
 
 
+class _Inserted(NamedTuple):
+    """What one insert did: the records it stored, and the differing copies it dropped."""
+
+    records: list[Record]
+    conflicts: list[tuple[Record | Rejection, Record | Rejection]]
+
+
 class _Unapplied:
     __slots__ = ("frame_number", "oldest", "rows")
 
@@ -240,6 +249,10 @@ class DuckDBStore:
         self._hurry = asyncio.Event()
         self._apply_error: str | None = None
         self._applier: asyncio.Task[None] | None = None
+        # The newest records, which followers at the tail read with no query:
+        # this store sees every write, so the tail is complete up to what is applied.
+        self.tail = Tail()
+        self.bell = Bell()
 
     async def start(self) -> None:
         await self._write(self._open)
@@ -261,6 +274,7 @@ class DuckDBStore:
                     # it again would count it at every restart.
                     await self._write(self._insert, [*frame.records, *frame.rejections])
             await self._journal.discard_replayed()
+        self.tail.reset(self._clock() // 1000)
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
         if self._retention_days:
             # Once now, for a store that was closed longer than the interval.
@@ -367,9 +381,14 @@ class DuckDBStore:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._unapplied_rows < _APPLY_MAX_ROWS and not self._hurry.is_set():
+            if (
+                self._unapplied_rows < _APPLY_MAX_ROWS
+                and not self._hurry.is_set()
+                and not self.bell.waiting
+            ):
                 # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read
-                # waiting on its barrier cuts this short.
+                # waiting on its barrier, or a follower waiting for rows, cuts
+                # this short.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_APPLY_EVERY_SECONDS):
                         await self._hurry.wait()
@@ -383,7 +402,7 @@ class DuckDBStore:
                 count += len(entry.rows)
             rows = [row for entry in batch for row in entry.rows]
             try:
-                conflicts = await self._write(self._insert, rows)
+                inserted = await self._write(self._insert, rows)
             except Exception as exc:
                 # The rows are safe in the journal; keep trying, and say so:
                 # readiness is red until they are applied. Anything but a DuckDB
@@ -399,7 +418,8 @@ class DuckDBStore:
                 await asyncio.sleep(next(delays))
                 continue
             delays = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
-            self._report(conflicts)
+            self._report(inserted.conflicts)
+            self.tail.add(inserted.records, now=self._clock() // 1000)
             self._apply_error = None
             for _ in batch:
                 self._unapplied.popleft()
@@ -407,6 +427,7 @@ class DuckDBStore:
             self._applied = batch[-1].frame_number
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
+            self.bell.ring()  # readable now: waiting followers read again, from the tail
             if self._journal is not None:
                 with contextlib.suppress(OSError):  # a failed writer is reported by `check`
                     self._journal.release(self._applied)
@@ -452,11 +473,10 @@ class DuckDBStore:
             for kept, later in conflicts:
                 self._conflicts(kept, later)
 
-    def _insert(
-        self, rows: Sequence[Record | Rejection]
-    ) -> list[tuple[Record | Rejection, Record | Rejection]]:
-        """Insert the first copy of each message; the later copies whose content
-        differs from the copy kept, with it (to report on the event loop)."""
+    def _insert(self, rows: Sequence[Record | Rejection]) -> _Inserted:
+        """Insert the first copy of each message: the records that are new, and the
+        later copies whose content differs from the copy kept, with it (to report
+        on the event loop)."""
         # First copy wins, within the batch as across batches.
         firsts: dict[tuple[type, str], Record | Rejection] = {}
         conflicts: list[tuple[Record | Rejection, Record | Rejection]] = []
@@ -473,14 +493,19 @@ class DuckDBStore:
             # ~4x a plain INSERT on a VARCHAR key (12.8 against 3.6 ms for 64
             # rows into 200k), so it is only the fallback for this rare case,
             # and so is asking which of the copies differ from what is stored.
-            conflicts += self._stored_conflicts(records, rejections)
+            stored, differ = self._stored_copies(records, rejections)
+            conflicts += differ
             self._insert_rows(records, rejections, ignore_copies=True)
-        return conflicts
+            records = [r for r in records if r.message_id not in stored]
+        return _Inserted(records, conflicts)
 
-    def _stored_conflicts(
+    def _stored_copies(
         self, records: list[Record], rejections: list[Rejection]
-    ) -> list[tuple[Record | Rejection, Record | Rejection]]:
+    ) -> tuple[set[str], list[tuple[Record | Rejection, Record | Rejection]]]:
+        """The message ids among `records` stored already, and the copies of both
+        whose content differs from the stored one."""
         con = self._connection()
+        stored: set[str] = set()
         found: list[tuple[Record | Rejection, Record | Rejection]] = []
         tables: tuple[tuple[str, Sequence[Record | Rejection], type[Record | Rejection]], ...] = (
             (_RECORDS_BY_MESSAGES_SQL, records, Record),
@@ -492,10 +517,12 @@ class DuckDBStore:
             given = {r.message_id: r for r in rows}
             for values in con.execute(sql, {"ids": list(given)}).fetchall():
                 kept = row_of(row_type, values)
+                if row_type is Record:
+                    stored.add(kept.message_id)
                 later = given[kept.message_id]
                 if differing(later, kept):
                     found.append((kept, later))
-        return found
+        return stored, found
 
     def _insert_rows(
         self, records: list[Record], rejections: list[Rejection], *, ignore_copies: bool
@@ -524,6 +551,11 @@ class DuckDBStore:
     # -- reading ---------------------------------------------------------------
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        if kind is Record and self.tail.covers(query):
+            # Every record before `before_time` is applied (the read horizon), so
+            # the tail holds every one after the cursor: no query.
+            page: Page[Any] = self.tail.page(query, query.before_time)
+            return page
         rows = await self._page_rows(_PAGE_SQL[kind], query)
         return query.answer([row_of(kind, r) for r in rows])
 

@@ -1,0 +1,195 @@
+"""Followers told at once: a page that waits (long-poll), a stream of pages
+(server-sent events), and pages that say when they can never change.
+
+- `wait=SECONDS` holds a page that would be empty until a row past the cursor
+  is readable, up to the wait (`Reader.page`); at the end it is answered empty,
+  with the same cursor and a fresh `complete_until`.
+- `Accept: text/event-stream` streams pages as events, each an `event: page`
+  whose `id` is the token to resume from (a client reconnecting sends it back
+  as `Last-Event-ID`), with a comment as heartbeat while nothing comes; after
+  `stream_seconds` (so load balancers rebalance) or when the service stops,
+  a last `event: end` gives the token to resume from.
+- A full page can never change (`Reader.page`): it carries a strong `ETag`
+  and a `Cache-Control` a cache may honour (shared only where reads need no
+  token, or where configured), and `If-None-Match` gets a 304. A page at the
+  tail may still grow: `no-cache`.
+
+A follower that disconnects frees its wait at once; one that reads slowly is
+served page by page at its own pace (a stream produces the next page only once
+the previous one is sent), from the tail in memory while near it and from the
+store once behind it: nothing is buffered per follower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
+from typing import Any, Final, TypeVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.status_codes import HTTP_304_NOT_MODIFIED
+
+from app.query.service import Listing, Reader, RecordsPage, RejectionsPage
+from app.records import rfc3339
+
+P = TypeVar("P", RecordsPage, RejectionsPage)
+
+COMPLETE_UNTIL: Final = "Recordline-Complete-Until"
+EVENT_STREAM: Final = "text/event-stream"
+# A page that can never change may be kept this long (a year: as long as HTTP allows).
+IMMUTABLE_SECONDS: Final = 31_536_000
+_encode = msgspec.json.encode
+
+
+class Followers:
+    """What every waiting page and stream of one app shares: when to stop, how long."""
+
+    def __init__(
+        self, *, stream_seconds: float, heartbeat_seconds: float, shared_cache: bool
+    ) -> None:
+        self.stream_seconds = stream_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.shared_cache = shared_cache
+        # Set when the service starts stopping (SIGTERM): waits end, streams say
+        # where to resume, so the grace period is enough for every one.
+        self.stopping = asyncio.Event()
+        # Waiting pages and open streams now (for metrics and tests).
+        self.open = 0
+
+
+@contextlib.asynccontextmanager
+async def until_gone(
+    request: Request[Any, Any, Any], followers: Followers
+) -> AsyncIterator[asyncio.Event]:
+    """An event set when the client disconnects or the service stops, while inside."""
+    stop = asyncio.Event()
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        stop.set()
+
+    async def stopping() -> None:
+        await followers.stopping.wait()
+        stop.set()
+
+    watchers = [asyncio.ensure_future(disconnected()), asyncio.ensure_future(stopping())]
+    followers.open += 1
+    try:
+        yield stop
+    finally:
+        followers.open -= 1
+        for watcher in watchers:
+            watcher.cancel()
+
+
+def wants_stream(request: Request[Any, Any, Any]) -> bool:
+    return EVENT_STREAM in request.headers.get("accept", "")
+
+
+def answer(
+    request: Request[Any, Any, Any], page: P, *, full: bool, shared_cache: bool
+) -> Response[Any]:
+    """The page as JSON, with its freshness, and for a full one what caches may do."""
+    headers = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
+    if not full:
+        headers["Cache-Control"] = "no-cache"
+        return Response(page, headers=headers)
+    body = _encode(page)
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    scope = "public" if shared_cache else "private"
+    headers |= {"ETag": etag, "Cache-Control": f"{scope}, max-age={IMMUTABLE_SECONDS}, immutable"}
+    if etag in _etags(request.headers.get("if-none-match", "")):
+        return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
+def stream(
+    reader: Reader,
+    listing: Listing[P],
+    followers: Followers,
+    request: Request[Any, Any, Any],
+    *,
+    page_token: str | None,
+    first: dict[str, Any],
+    limit: int,
+) -> ServerSentEvent:
+    """The pages from `page_token` (or `first`'s since/until) on, as events."""
+
+    async def events() -> AsyncIterator[ServerSentEventMessage]:
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + followers.stream_seconds
+        token = page_token
+        complete = None
+        async with until_gone(request, followers) as stop:
+            while not stop.is_set() and loop.time() < ends:
+                wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
+                page = await reader.page(
+                    listing,
+                    **(first if token is None else {"since": None, "until": None}),
+                    limit=limit,
+                    page_token=token,
+                    wait=wait,
+                    stop=stop,
+                )
+                token, complete = page.next_page_token, page.complete_until
+                rows = page.records if isinstance(page, RecordsPage) else page.rejections
+                if rows:
+                    yield ServerSentEventMessage(
+                        data=_encode(page).decode(), event="page", id=token
+                    )
+                elif token is not None:
+                    yield ServerSentEventMessage(comment="heartbeat", data=None)
+                if token is None:  # a bounded range, complete
+                    break
+            # Where to resume: the same stream, asked again with this id.
+            end = {
+                "next_page_token": token,
+                "complete_until": None if complete is None else rfc3339(complete),
+            }
+            yield ServerSentEventMessage(data=_encode(end).decode(), event="end", id=token)
+
+    return ServerSentEvent(
+        events(),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@contextlib.contextmanager
+def on_terminate(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` (on the event loop) when the process gets SIGTERM, then let the
+    handler that was there (the server's: drain and stop) do its part, while inside.
+
+    Only the main thread may handle signals: elsewhere (an app in a test's thread)
+    this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

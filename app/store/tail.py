@@ -1,0 +1,90 @@
+"""The newest records in memory: what a follower at the tail reads, with no query.
+
+Followers sit at the tail and ask again and again; every one of those pages
+read from the store would make its load grow with followers. A store keeps
+the records of the last `window_seconds` here instead, and answers a page
+whose cursor lies within them from memory.
+
+`start` is the key before the oldest record held: every record after it (and
+before what the store can read) is here. A page after a cursor at or past
+`start` is therefore answered from here alone; one further back reads the
+store. The store says up to when the tail is complete (`page`'s `until`): the
+embedded store as it applies rows (it sees every write), the serving tier as
+it reads what was committed since (`app.store.spanner.tail`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from typing import Final
+
+from app.records import Record
+from app.store import Page, PageQuery
+
+# Records held at most: a burst larger than this since the window began makes
+# the tail start afresh after it (`reset`), and its followers read the store
+# until they are near the tail again.
+MAX_ROWS: Final = 50_000
+
+Key = tuple[int, str]
+
+
+class Tail:
+    """Records of the last `window_seconds`, in key order."""
+
+    def __init__(self, *, window_seconds: float = 60.0, max_rows: int = MAX_ROWS) -> None:
+        self._window = int(window_seconds * 1_000_000)
+        self._max_rows = max_rows
+        self._rows: list[Record] = []
+        self._keys: list[Key] = []
+        # Nothing lies after (start, "") until the first rows: a tail starts
+        # where it was made, and older records are read from the store.
+        self.start: Key = (2**62, "")
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def covers(self, query: PageQuery) -> bool:
+        """Whether every record after the query's cursor is here (up to `page`'s `until`)."""
+        return (query.after_time, query.after_message_id) >= self.start
+
+    def reset(self, at: int) -> None:
+        """Hold nothing, from `at` on: records after it are added as they come."""
+        self._rows, self._keys = [], []
+        self.start = (at, "")
+
+    def add(self, records: Iterable[Record], *, now: int) -> None:
+        """Records stored since: after `start`, in any order (each lands in key order)."""
+        for record in records:
+            key = (record.ingest_time, record.message_id)
+            if key <= self.start:
+                continue
+            if not self._keys or key > self._keys[-1]:
+                self._keys.append(key)
+                self._rows.append(record)
+            else:  # stored late, behind rows already here: rare, in order all the same
+                at = bisect.bisect_left(self._keys, key)
+                self._keys.insert(at, key)
+                self._rows.insert(at, record)
+        self._evict(now - self._window)
+
+    def page(self, query: PageQuery, until: int) -> Page[Record]:
+        """The page after a covered cursor, complete up to min(before_time, until)."""
+        before = min(query.before_time, until)
+        cursor = (query.after_time, query.after_message_id)
+        first = bisect.bisect_right(self._keys, cursor)
+        last = bisect.bisect_left(self._keys, (before, ""), lo=first)
+        records = self._rows[first : min(last, first + query.limit)]
+        if len(records) == query.limit:
+            after = (records[-1].ingest_time, records[-1].message_id)
+        else:
+            after = (before, "")
+        return Page(records, *after, complete_until=before)
+
+    def _evict(self, oldest: int) -> None:
+        cut = bisect.bisect_left(self._keys, (oldest, ""))
+        cut = max(cut, len(self._keys) - self._max_rows)
+        if cut > 0:
+            self.start = self._keys[cut - 1]
+            del self._rows[:cut], self._keys[:cut]
