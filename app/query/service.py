@@ -213,6 +213,11 @@ class Reader:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
+        elif not rows and wait and resume is not None:
+            # A wait that found nothing gives the cursor back as it came: every
+            # follower waiting at the tail asks the same URL, which a cache in front
+            # can answer with one request to the service.
+            resume = self._tokens.encode(cursor)
         return listing.page([view(listing.view, row) for row in rows], resume, moment(horizon))
 
     async def _read(

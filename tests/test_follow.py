@@ -1,0 +1,207 @@
+"""Followers told at once: long-poll, server-sent events and pages that never change,
+through a real server, on the embedded store and on the serving tier."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from app.asgi import create_app
+from app.store.duckdb.store import DuckDBStore
+from tests.conftest import served, settings
+from tests.fakes import FaultyStore
+
+
+def push_body(n: int) -> dict[str, Any]:
+    data = base64.b64encode(json.dumps({"id": f"r-{n}", "data": n}).encode()).decode()
+    return {
+        "message": {"data": data, "messageId": f"m-{n}", "publishTime": "2024-04-27T12:00:01Z"},
+        "subscription": "projects/p/subscriptions/s",
+    }
+
+
+async def tail_token(client: httpx.AsyncClient) -> str:
+    """A token at the tail: every page after it is empty until a push."""
+    page = (await client.get("/v1/records", params={"limit": 1000})).json()
+    token: str = page["next_page_token"]
+    return token
+
+
+@pytest.fixture
+def app(store: FaultyStore) -> Litestar:
+    return create_app(
+        settings(RECORDLINE_HEARTBEAT_SECONDS="0.2", RECORDLINE_STREAM_SECONDS="2"), store=store
+    )
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(app) as client:
+        yield client
+
+
+async def test_a_waiting_page_answers_as_soon_as_a_row_is_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    token = await tail_token(client)
+    waiting = asyncio.create_task(
+        client.get("/v1/records", params={"page_token": token, "wait": 20})
+    )
+    await asyncio.sleep(0.2)  # the page is waiting when the push comes: time itself
+    assert not waiting.done()
+    pushed_at = time.monotonic()
+    assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
+    page = (await waiting).json()
+    woke = time.monotonic() - pushed_at
+    assert [r["message_id"] for r in page["records"]] == ["m-1"]
+    assert woke < 5, f"woke {woke:.2f} s after the push"
+
+
+async def test_a_wait_that_ends_answers_empty_with_the_same_cursor(
+    client: httpx.AsyncClient,
+) -> None:
+    token = await tail_token(client)
+    before = (await client.get("/v1/records", params={"page_token": token})).json()
+    started = time.monotonic()
+    answer = await client.get("/v1/records", params={"page_token": token, "wait": 0.5})
+    assert time.monotonic() - started >= 0.5
+    page = answer.json()
+    assert page["records"] == []
+    assert page["next_page_token"] == token
+    assert page["complete_until"] >= before["complete_until"]
+    assert answer.headers["cache-control"] == "no-cache"
+
+
+async def test_a_wait_beyond_the_limit_is_a_400_naming_it(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/v1/records", params={"wait": 61})
+    assert answer.status_code == 400
+    problem = answer.json()
+    assert problem["parameter"] == "wait"
+    assert "60" in problem["detail"]
+
+
+async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
+    app: Litestar, client: httpx.AsyncClient
+) -> None:
+    token = await tail_token(client)
+    waiting = asyncio.create_task(
+        client.get("/v1/records", params={"page_token": token, "wait": 30})
+    )
+    open_followers = app.dependencies["followers"]
+    tracker = await open_followers()  # the Followers instance the routes are given
+    for _ in range(200):
+        if tracker.open == 1:
+            break
+        await asyncio.sleep(0.01)  # until the wait has begun
+    assert tracker.open == 1
+    left = time.monotonic()
+    waiting.cancel()  # the client closes the connection
+    for _ in range(200):
+        if tracker.open == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert tracker.open == 0, "the wait went on after the client left"
+    assert time.monotonic() - left < 1.0
+
+
+async def events(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None, **params: Any
+) -> AsyncIterator[dict[str, str]]:
+    """The stream's events as {field: value} (comments as {"comment": text})."""
+    async with client.stream(
+        "GET",
+        "/v1/records",
+        params=params,
+        headers={"accept": "text/event-stream", **(headers or {})},
+    ) as stream:
+        assert stream.status_code == 200, await stream.aread()
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event: dict[str, str] = {}
+        async for line in stream.aiter_lines():
+            if not line:
+                if event:
+                    yield event
+                event = {}
+            elif line.startswith(":"):
+                event["comment"] = line[1:].strip()
+            else:
+                field, _, value = line.partition(":")
+                event[field] = value.removeprefix(" ")
+
+
+async def test_a_stream_sends_pages_as_rows_come_and_ends_with_where_to_resume(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/pubsub/push", json=push_body(0))
+    seen: list[str] = []
+    kinds: list[str] = []
+    last_id = None
+
+    async def push_later() -> None:
+        await asyncio.sleep(0.3)  # while the stream is open: time itself
+        await client.post("/pubsub/push", json=push_body(1))
+
+    pushing = asyncio.create_task(push_later())
+    async for event in events(client):
+        kinds.append(event.get("event", "comment"))
+        if event.get("event") == "page":
+            seen += [r["message_id"] for r in json.loads(event["data"])["records"]]
+            last_id = event["id"]
+        if event.get("event") == "end":
+            end = json.loads(event["data"])
+            assert event["id"] == end["next_page_token"]
+    await pushing
+    assert seen == ["m-0", "m-1"]
+    assert "comment" in kinds  # heartbeats while nothing came
+    assert kinds[-1] == "end"  # after RECORDLINE_STREAM_SECONDS
+    # Resuming from the last page's id reads on from there, nothing twice.
+    await client.post("/pubsub/push", json=push_body(2))
+    resumed: list[str] = []
+    async for event in events(client, headers={"last-event-id": str(last_id)}):
+        if event.get("event") == "page":
+            resumed += [r["message_id"] for r in json.loads(event["data"])["records"]]
+    assert resumed == ["m-2"]
+
+
+async def test_a_stream_from_a_cursor_behind_the_retention_is_a_410() -> None:
+    app = create_app(
+        settings(RECORDLINE_RETENTION_DAYS="1"), store=FaultyStore(DuckDBStore(":memory:"))
+    )
+    async with served(app) as client:
+        answer = await client.get(
+            "/v1/records",
+            params={"since": "2000-01-01T00:00:00Z"},
+            headers={"accept": "text/event-stream"},
+        )
+    assert answer.status_code == 410
+    assert answer.json()["parameter"] == "since"
+
+
+async def test_a_full_page_never_changes_and_says_so(client: httpx.AsyncClient) -> None:
+    for n in range(3):
+        await client.post("/pubsub/push", json=push_body(n))
+    first = await client.get("/v1/records", params={"limit": 2})
+    etag = first.headers["etag"]
+    assert "immutable" in first.headers["cache-control"]
+    assert first.headers["cache-control"].startswith("private")
+    await client.post("/pubsub/push", json=push_body(3))
+    again = await client.get("/v1/records", params={"limit": 2})
+    assert again.content == first.content
+    assert again.headers["etag"] == etag
+    unchanged = await client.get(
+        "/v1/records", params={"limit": 2}, headers={"if-none-match": etag}
+    )
+    assert unchanged.status_code == 304
+    assert unchanged.content == b""
+    # The page at the tail may still grow: no validator, no-cache.
+    tail = await client.get("/v1/records", params={"limit": 100})
+    assert "etag" not in tail.headers
+    assert tail.headers["cache-control"] == "no-cache"
