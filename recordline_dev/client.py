@@ -37,8 +37,10 @@ from app.records import micros, rfc3339
 # --count, and is the client library's own default message limit.
 MAX_OUTSTANDING_MESSAGES = 1000
 MAX_OUTSTANDING_BYTES = 10 * 1024 * 1024
-# A caught-up follower asks again after this long: new records show up within
-# ~0.5 s, at two cheap requests per second.
+# How long a follower at the tail asks the service to hold each request: a
+# record reaches it as soon as it is stored, at one request per record or per 20 s.
+FOLLOW_WAIT_SECONDS = 20.0
+# Between requests while the service does not answer, or when polling (wait=0).
 FOLLOW_IDLE_SECONDS = 0.5
 # The largest page the API serves (app.query.service.MAX_LIMIT).
 FOLLOW_PAGE_LIMIT = 1000
@@ -669,17 +671,24 @@ async def follow(
     since: str | None = None,
     limit: int = FOLLOW_PAGE_LIMIT,
     idle: float = FOLLOW_IDLE_SECONDS,
+    wait: float = FOLLOW_WAIT_SECONDS,
     give_up_after: float | None = None,
     say: Callable[[str], None] | None = None,
 ) -> AsyncIterator[list[msgspec.Raw]]:
     """Every record from `since` on, page by page, as they arrive; runs until cancelled.
 
-    Waits `idle` whenever a page comes back short (the follower has caught up)
-    and, the same way, while the service is unreachable or answers 5xx: a
-    restarting service is waited for, and the page token stays valid across
-    it. With `give_up_after`, a service that has not answered for that long
-    raises Unreachable. `say` hears when it starts waiting and when it is over.
+    Once caught up (a page came back short), each request asks the service to
+    hold it up to `wait` seconds until a record comes (long-poll): a record
+    arrives as soon as it is stored, with no request in between. With
+    `wait=0` it polls instead, `idle` seconds apart. While the service is
+    unreachable or answers 5xx it waits `idle` and asks again: a restarting
+    service is waited for, and the page token stays valid across it. With
+    `give_up_after`, a service that has not answered for that long raises
+    Unreachable. `say` hears when it starts waiting and when it is over.
     """
+    if give_up_after is not None:
+        # A held request must not look like a service that stopped answering.
+        wait = min(wait, give_up_after / 2)
     params: dict[str, str | int] = {"limit": limit}
     if since is not None:
         params["since"] = since
@@ -737,7 +746,10 @@ async def follow(
             return  # only a bounded range ends
         params = {"limit": limit, "page_token": page.next_page_token}
         if len(page.records) < limit:
-            await asyncio.sleep(idle)
+            if wait > 0:
+                params["wait"] = f"{wait:g}"  # the service holds it until a record comes
+            else:
+                await asyncio.sleep(idle)
 
 
 async def _tail(url: str, *, since: str, token: str | None, wait: float, out: IO[bytes]) -> None:

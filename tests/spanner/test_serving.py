@@ -449,3 +449,30 @@ async def test_a_row_spanner_refuses_is_a_rejection_and_its_batch_is_stored(
         assert refused.reason == outcomes[4]
     finally:
         await tiered.close()
+
+
+async def test_a_follower_waiting_on_one_instance_hears_of_a_commit_on_another(
+    make_tiered: Make,
+) -> None:
+    one: TieredStore = await make_tiered()
+    two: TieredStore = await make_tiered()
+    async with (
+        served(create_app(Settings.load({"RECORDLINE_STORE": "memory:"}), store=one)) as first,
+        served(create_app(Settings.load({"RECORDLINE_STORE": "memory:"}), store=two)) as second,
+    ):
+        token = (await first.get("/v1/records")).json()["next_page_token"]
+        reads = one.serving.reads
+        waiting = asyncio.create_task(
+            first.get("/v1/records", params={"page_token": token, "wait": 20})
+        )
+        await asyncio.sleep(0.3)  # the follower waits on the first: time itself
+        body = envelope({"id": "r-1", "data": 1}, message_id="m-1")
+        pushed_at = time.monotonic()
+        assert (await second.post("/pubsub/push", json=body)).status_code == 204
+        page = (await waiting).json()
+        woke = time.monotonic() - pushed_at
+    assert [r["message_id"] for r in page["records"]] == ["m-1"]
+    # Within the refresh interval and the emulator's read, give or take the machine.
+    assert woke < 3, f"woke {woke:.2f} s after the commit on the other instance"
+    # While it waited, the first instance read Spanner once a refresh, not once a poll.
+    assert one.serving.reads - reads < 2 * (0.3 + woke) / one.tail.refresh_seconds + 10
