@@ -1,6 +1,7 @@
 """python3 dev.py bench NAME [options].
 
-NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e | stops.
+NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
+      stops | followers.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -20,6 +21,7 @@ NAMES = (
     "instructions",
     "e2e",
     "stops",
+    "followers",
 )
 
 

@@ -1,0 +1,225 @@
+"""Followers told at once, against followers that poll: wake-up, reads and memory.
+
+    python3 dev.py bench followers [--followers 1000] [--rounds 5] [--poll 0.5]
+                                   [--serving]
+
+1. On one `recordline serve` (a DuckDB file), `--followers` long-poll requests
+   wait at the tail (`wait=30`); one push is made and each follower's wake-up
+   is timed from the push's 204 to its page, `--rounds` times. Beside it, the
+   same followers polling every `--poll` seconds (what `recordline tail` did):
+   their publish-to-visible latency and their requests per second. The
+   server's resident memory is read before and while they wait: the memory an
+   idle follower costs.
+2. With `--serving` (the Spanner emulator and the BigQuery fakes, in this
+   process): the Spanner reads a second one instance makes while 1, 10, 100
+   and `--followers` followers wait on it and another instance commits once a
+   second. The tail is refreshed once for all of them, so the rate does not
+   grow with followers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.harness import free_port, server, table
+
+SERVE = [sys.executable, "-m", "app.cli", "serve"]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def push_body(n: int) -> dict[str, Any]:
+    data = base64.b64encode(json.dumps({"id": f"r-{n}", "data": n}).encode()).decode()
+    return {"message": {"data": data, "messageId": f"b-{n}", "publishTime": "2024-04-27T12:00:01Z"}}
+
+
+def rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+
+
+async def wake_ups(url: str, token: str, pid: int, args: argparse.Namespace) -> list[list[str]]:
+    limits = httpx.Limits(max_connections=args.followers + 50, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        tail = (await http.get("/v1/records", params={"page_token": token})).json()
+        token = tail["next_page_token"]
+        latencies: list[float] = []
+        memory: list[float] = []
+        pushed = 0
+        for _ in range(args.rounds):
+            before = rss_kb(pid)
+            waits = [
+                asyncio.create_task(
+                    http.get("/v1/records", params={"page_token": token, "wait": 30})
+                )
+                for _ in range(args.followers)
+            ]
+            await asyncio.sleep(2.0)  # every follower is waiting by now
+            memory.append((rss_kb(pid) - before) / args.followers)
+            pushed += 1
+            push = await http.post("/pubsub/push", json=push_body(pushed))
+            push.raise_for_status()
+            at = time.monotonic()
+            for done in asyncio.as_completed(waits):
+                page = (await done).json()
+                assert page["records"], page
+                latencies.append(time.monotonic() - at)
+            token = page["next_page_token"]
+        # The same followers polling, as they did before they could wait.
+        polled: list[float] = []
+        requests = 0
+        stop = asyncio.Event()
+
+        async def poller(cursor: str) -> None:
+            nonlocal requests
+            while not stop.is_set():
+                await asyncio.sleep(args.poll * secrets.randbelow(1000) / 1000)
+                page = (await http.get("/v1/records", params={"page_token": cursor})).json()
+                requests += 1
+                cursor = page["next_page_token"]
+                if page["records"]:
+                    polled.append(time.monotonic() - pushed_at)
+                    return
+
+        pollers = [asyncio.create_task(poller(token)) for _ in range(args.followers)]
+        await asyncio.sleep(args.poll)
+        started = time.monotonic()
+        pushed += 1
+        (await http.post("/pubsub/push", json=push_body(pushed))).raise_for_status()
+        pushed_at = time.monotonic()
+        await asyncio.gather(*pollers)
+        poll_rate = requests / (time.monotonic() - started)
+    p99_wait, p99_poll = percentile(latencies, 0.99), percentile(polled, 0.99)
+    return [
+        [
+            "long-poll (wait=30)",
+            f"{len(latencies):,}",
+            f"{percentile(latencies, 0.5) * 1000:,.0f} ms",
+            f"{p99_wait * 1000:,.0f} ms",
+            f"{max(memory) / 1024:,.1f} KiB",
+            "one per record",
+            f"{p99_wait / p99_poll:.3f}",
+        ],
+        [
+            f"polling every {args.poll:g} s",
+            f"{len(polled):,}",
+            f"{percentile(polled, 0.5) * 1000:,.0f} ms",
+            f"{p99_poll * 1000:,.0f} ms",
+            "-",
+            f"{poll_rate:,.0f}/s",
+            "1.000",
+        ],
+    ]
+
+
+def http_part(args: argparse.Namespace) -> None:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "RECORDLINE_STORE": f"duckdb://{Path(tmp) / 'followers.duckdb'}",
+            "RECORDLINE_LOG_LEVEL": "WARNING",
+        }
+        with server([*SERVE, "--port", str(port)], port, env=env) as service:
+            httpx.post(f"{service.url}/pubsub/push", json=push_body(0)).raise_for_status()
+            token = httpx.get(f"{service.url}/v1/records").json()["next_page_token"]
+            rows = asyncio.run(wake_ups(service.url, token, service.process.pid, args))
+    print(
+        f"\n{args.followers:,} followers at the tail of one instance (DuckDB),"
+        f" {args.rounds} pushes\n"
+    )
+    header = ["followers", "pages", "p50", "p99", "memory each", "requests", "p99 / polling"]
+    print(table([header, *rows]))
+
+
+async def reads_while_waiting(args: argparse.Namespace) -> list[list[str]]:
+    from app.query.page_token import PageTokens
+    from app.query.service import RECORDS, Reader
+    from app.records import Record
+    from tests.bigquery.threaded import ThreadedBigQuery, serving_store
+    from tests.spanner.emulator import SpannerEmulator, find_emulator
+
+    async def follow(reader: Reader, cursor: str | None) -> None:
+        while True:
+            page = await reader.page(
+                RECORDS, since=None, until=None, limit=1000, page_token=cursor, wait=20
+            )
+            cursor = page.next_page_token
+            if page.records:
+                return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        emulator = SpannerEmulator(find_emulator(), Path(tmp) / "spanner.log")
+        fakes = ThreadedBigQuery()
+        try:
+            database = emulator.database()
+            followed = serving_store(database, emulator.host, fakes)
+            writer = serving_store(database, emulator.host, fakes)
+            await followed.start()
+            await writer.start()
+            reader = Reader(followed, pending_horizon=lambda: 2**62, tokens=PageTokens("bench"))
+            rows: list[list[str]] = []
+            commits = 0
+            alone = 0.0
+            for count in sorted({1, 10, 100, args.followers}):
+                token = (
+                    await reader.page(RECORDS, since=None, until=None, limit=1000, page_token=None)
+                ).next_page_token
+                reads, started = followed.serving.reads, time.monotonic()
+                for _ in range(5):  # a commit a second on the other instance
+                    waiting = [asyncio.create_task(follow(reader, token)) for _ in range(count)]
+                    await asyncio.sleep(1.0)
+                    commits += 1
+                    now = time.time_ns() // 1000
+                    record = Record(
+                        message_id=f"c-{commits}", publish_time=now, ingest_time=now, id="c"
+                    )
+                    await writer.append([record])
+                    await asyncio.gather(*waiting)
+                    token = (
+                        await reader.page(
+                            RECORDS, since=None, until=None, limit=1000, page_token=token
+                        )
+                    ).next_page_token
+                rate = (followed.serving.reads - reads) / (time.monotonic() - started)
+                alone = alone or rate
+                rows.append([f"{count:,}", f"{rate:,.1f}", f"{rate / alone:.2f}"])
+            await followed.close()
+            await writer.close()
+        finally:
+            fakes.stop()
+            emulator.stop()
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench followers", description=__doc__)
+    parser.add_argument("--followers", type=int, default=1000, help="followers waiting (1000)")
+    parser.add_argument("--rounds", type=int, default=5, help="pushes they wait for (5)")
+    parser.add_argument("--poll", type=float, default=0.5, help="the pollers' interval (0.5)")
+    parser.add_argument("--serving", action="store_true", help="count Spanner reads per commit")
+    args = parser.parse_args(argv)
+    http_part(args)
+    if args.serving:
+        rows = asyncio.run(reads_while_waiting(args))
+        print("\nSpanner reads a second on one instance while followers wait on it,")
+        print("one commit a second on another instance\n")
+        print(table([["followers", "reads/s", "vs one follower"], *rows]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
