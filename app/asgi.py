@@ -216,7 +216,11 @@ def create_app(
     )
     readiness = Readiness(store, checks=[auth.check, schemas.check])
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
-    telemetry.watch(queue_depth=lambda: batcher.depth, horizon=reader.horizon)
+    telemetry.watch(
+        queue_depth=lambda: batcher.depth,
+        horizon=reader.horizon,
+        followers=lambda: followers.open,
+    )
 
     async def drain() -> None:
         readiness.stopping = True

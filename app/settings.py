@@ -230,9 +230,10 @@ class StoreSettings(Section, frozen=True):
         Meta(pattern=rf"^(|{SPANNER_URL})$"),
         env(
             "RECORDLINE_SERVING",
-            "`spanner://projects/P/instances/I/databases/D`: a serving tier beside the "
-            "BigQuery store, which recent rows are read from (see README, Serving tier); "
-            "empty: BigQuery serves every read",
+            "`spanner://projects/P/instances/I/databases/D`: a serving tier in front of "
+            "the BigQuery store: pushes are stored in Spanner, recent rows read from it, "
+            "and an exporter copies every row to BigQuery once (see README, Serving tier); "
+            "empty: BigQuery stores and serves every row",
             accepts="`spanner://projects/P/instances/I/databases/D` (Spanner's own names), "
             "or nothing",
         ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -102,6 +103,8 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
             break
         await asyncio.sleep(0.01)  # until the wait has begun
     assert tracker.open == 1
+    metrics = (await client.get("/metrics")).text
+    assert re.search(r"^recordline_followers(\{[^}]*\})? 1(\.0)?$", metrics, re.M), metrics
     left = time.monotonic()
     waiting.cancel()  # the client closes the connection
     for _ in range(200):

@@ -215,8 +215,14 @@ class Telemetry:
     # store call it serves, and into that call's bytes billed by route.
     query_observer: QueryObserver = staticmethod(record_query)
 
-    def watch(self, *, queue_depth: Callable[[], int], horizon: Callable[[], int]) -> None:
-        self.metrics.watch(queue_depth=queue_depth, horizon=horizon)
+    def watch(
+        self,
+        *,
+        queue_depth: Callable[[], int],
+        horizon: Callable[[], int],
+        followers: Callable[[], int],
+    ) -> None:
+        self.metrics.watch(queue_depth=queue_depth, horizon=horizon, followers=followers)
 
     @property
     def route_handlers(self) -> list[HTTPRouteHandler]:

@@ -206,11 +206,20 @@ class Metrics:
         for attributes, count in list(self.conflicts.items()):
             yield Observation(count, dict(attributes))
 
-    def watch(self, *, queue_depth: Callable[[], int], horizon: Callable[[], int]) -> None:
+    def watch(
+        self,
+        *,
+        queue_depth: Callable[[], int],
+        horizon: Callable[[], int],
+        followers: Callable[[], int],
+    ) -> None:
         """Gauges read at collection time (every export, or each /metrics scrape)."""
 
         def depth(_: CallbackOptions) -> Iterable[Observation]:
             yield Observation(queue_depth())
+
+        def waiting(_: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(followers())
 
         def watermark_lag(_: CallbackOptions) -> Iterable[Observation]:
             yield Observation(max(0.0, self._clock() - horizon() / 1e6))
@@ -226,6 +235,12 @@ class Metrics:
             callbacks=[watermark_lag],
             unit="s",
             description="Now minus the read horizon (complete_until)",
+        )
+        self.meter.create_observable_gauge(
+            "recordline.followers",
+            callbacks=[waiting],
+            unit="{request}",
+            description="Pages waiting for a row (wait=) and streams of pages open",
         )
 
 

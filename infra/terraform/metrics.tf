@@ -49,6 +49,10 @@ locals {
       kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = []
       description = "Now minus the read horizon (complete_until)"
     }
+    "followers" = {
+      kind        = "GAUGE", value = "INT64", unit = "{request}", labels = []
+      description = "Pages waiting for a row (wait=) and streams of pages open"
+    }
     "conflicts" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "{message}", labels = ["reason"]
       description = "Later copies of a stored message whose content differs; the first is kept"

@@ -495,7 +495,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     metrics.query_bytes_billed.add(10 << 20, {"route": "/v1/records"})
     metrics.outcomes[(("outcome", "rejected"), ("reason", "schema"))] += 1
     metrics.conflicts[(("reason", "data"),)] += 1
-    metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0)
+    metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0, followers=lambda: 3)
     # The canary's age is reported once a canary has been stored.
     metrics.canary_published = 0
     assert telemetry.meter_provider is not None
