@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import json
+import re
 import secrets
 import sys
 import tempfile
@@ -52,6 +53,18 @@ def rss_kb(pid: int) -> int:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
 
 
+async def waiting_on(http: httpx.AsyncClient, followers: int) -> None:
+    """Until the service says that many followers wait (`recordline.followers`)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        metrics = (await http.get("/metrics")).text
+        found = re.search(r"^recordline_followers(?:\{[^}]*\})? ([0-9.]+)$", metrics, re.M)
+        if found and float(found[1]) >= followers:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{followers} followers were not all waiting after 60 s")
+
+
 async def wake_ups(url: str, token: str, pid: int, args: argparse.Namespace) -> list[list[str]]:
     limits = httpx.Limits(max_connections=args.followers + 50, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
@@ -68,7 +81,7 @@ async def wake_ups(url: str, token: str, pid: int, args: argparse.Namespace) -> 
                 )
                 for _ in range(args.followers)
             ]
-            await asyncio.sleep(2.0)  # every follower is waiting by now
+            await waiting_on(http, args.followers)
             memory.append((rss_kb(pid) - before) / args.followers)
             pushed += 1
             push = await http.post("/pubsub/push", json=push_body(pushed))

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from app.errors import QueueFull, ShuttingDown, StoreUnavailable, WriteTimeout
-from app.ingest.batcher import Batcher, Row
+from app.ingest.batcher import Batcher, StoredRow
 from app.records import Record, Rejection
 from app.store import RowOutcome
 
@@ -36,7 +36,7 @@ def record(n: int) -> Callable[[int], Record]:
     )
 
 
-async def outcome(batcher: Batcher, build: Callable[[int], Row], size: int) -> RowOutcome:
+async def outcome(batcher: Batcher, build: Callable[[int], StoredRow], size: int) -> RowOutcome:
     return (await batcher.submit(build, size))[1]
 
 

@@ -201,14 +201,15 @@ class Reader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         bell = self._store.bell
-        while True:
-            seen = bell.version
-            rows, resume, horizon = await self._read(listing, cursor, limit)
+        seen = bell.version
+        rows, resume, horizon = await self._read(listing, cursor, limit)
+        while not rows and resume is not None and not (stop is not None and stop.is_set()):
             left = deadline - loop.time()
-            finished = resume is None
-            if rows or finished or left <= 0 or (stop is not None and stop.is_set()):
+            if left <= 0:
                 break
             await _first(bell.wait(seen, left), stop)
+            seen = bell.version
+            rows, resume, horizon = await self._read(listing, cursor, limit)
         if rows and len(rows) == limit:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
