@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tests.fakes import FaultyStore
 from tests.processes import Terminal
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
+from tests.waiting import until, until_blocking
 
 
 def envelope(
@@ -109,10 +109,13 @@ async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+            task.result()  # it failed to start: its error
+        return server.started
+
+    await until(started, timeout=120, what="uvicorn to start")
     port = server.servers[0].sockets[0].getsockname()[1]
     # The client lets an idle connection go before uvicorn's 5 s keep-alive
     # does: at equal timeouts a request can be sent on a connection the
@@ -141,10 +144,13 @@ def served_in_thread(app: Litestar) -> Iterator[httpx.Client]:
     )
     thread.start()
     try:
-        while not server.started:
+
+        def started() -> bool:
             if not thread.is_alive():
                 raise RuntimeError("the server did not start")
-            time.sleep(0.01)  # polling the server's own flag, from another thread
+            return server.started
+
+        until_blocking(started, timeout=120, what="uvicorn to start in its thread")
         port = server.servers[0].sockets[0].getsockname()[1]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield client
