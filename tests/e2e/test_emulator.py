@@ -244,8 +244,8 @@ async def test_dead_letters_are_replayed_once_with_their_message_ids(
     # The service unreachable (nothing listens there) for five deliveries each:
     # every message goes to the dead-letter topic.
     await wiring.connect(f"http://127.0.0.1:{free_port()}")
-    # A second subscription to the dead-letter topic, for the test to watch
-    # them arrive; the kept one stays untouched for the replays.
+    # A second subscription to the dead-letter topic lets the test watch the
+    # dead letters arrive; the kept one stays untouched for the replays.
     watch = f"{wiring.topic}-dead-letter-watch"
     await wiring.admin.create_pull_subscription(watch, topic=f"{wiring.topic}-dead-letter")
     try:
