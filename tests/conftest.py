@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tests.fakes import FaultyStore
 from tests.processes import Terminal
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
+from tests.waiting import until, until_blocking
 
 
 def envelope(
@@ -99,6 +99,14 @@ def duckdb_path(tmp_path: Path) -> Path:
     return tmp_path / "records.duckdb"
 
 
+# How long the test servers keep an idle connection open. A client counts a
+# connection's idle time from when it read the last response, the server from
+# when it sent it; on a loaded machine, where the client's task may run
+# seconds late, only a server that waits far longer than the client
+# (httpx: 5 s by default) never closes a connection the client is reusing.
+KEEP_ALIVE_SECONDS = 300
+
+
 @contextlib.asynccontextmanager
 async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     """The app behind a real uvicorn on a loopback port, in this event loop.
@@ -106,17 +114,27 @@ async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     Litestar's test clients call the app through a blocking portal, one request
     at a time; group commit and backpressure need truly concurrent requests.
     """
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_config=None,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+            task.result()  # it failed to start: its error
+        return server.started
+
+    await until(started, timeout=120, what="uvicorn to start")
     port = server.servers[0].sockets[0].getsockname()[1]
-    # The client lets an idle connection go before uvicorn's 5 s keep-alive
-    # does: at equal timeouts a request can be sent on a connection the
-    # server is closing, and fail with httpx.ReadError.
+    # The client lets an idle connection go long before the server does:
+    # otherwise a request can be sent on a connection the server is closing,
+    # and fail with httpx.ReadError or RemoteProtocolError.
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=1)
     try:
         async with httpx.AsyncClient(
@@ -133,7 +151,14 @@ def served_in_thread(app: Litestar) -> Iterator[httpx.Client]:
     """The app behind a real uvicorn on a loopback port, on an event loop of its own
     thread: for synchronous tests (Hypothesis) that must send what a real server
     receives. Litestar's test transport decodes a path twice (`%252F` arrives as `/`)."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_config=None,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
     server = uvicorn.Server(config)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(
@@ -141,10 +166,13 @@ def served_in_thread(app: Litestar) -> Iterator[httpx.Client]:
     )
     thread.start()
     try:
-        while not server.started:
+
+        def started() -> bool:
             if not thread.is_alive():
                 raise RuntimeError("the server did not start")
-            time.sleep(0.01)  # polling the server's own flag, from another thread
+            return server.started
+
+        until_blocking(started, timeout=120, what="uvicorn to start in its thread")
         port = server.servers[0].sockets[0].getsockname()[1]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield client

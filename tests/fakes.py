@@ -74,6 +74,7 @@ class FaultyStore(WrappedStore):
         self.delay = 0.0
         self.jitter = 0.0  # up to this much more delay, at random: commits reorder
         self.appends: list[int] = []  # rows per append call that reached the store
+        self.appending = 0  # rows of the append calls under way (held by `release`, say)
         self.release = asyncio.Event()
         self.release.set()
 
@@ -94,11 +95,16 @@ class FaultyStore(WrappedStore):
         return await self.inner.page(kind, query)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
-        await self.release.wait()
-        if self.delay or self.jitter:
-            await asyncio.sleep(self.delay + random.random() * self.jitter)
-        if self.failing:
-            raise StoreUnavailable("injected: store down")
-        outcomes = await self.inner.append(rows)
+        self.appending += len(rows)
+        try:
+            await self.release.wait()
+            if self.delay or self.jitter:
+                # A slow store: the delay is what the test is about, not a wait.
+                await asyncio.sleep(self.delay + random.random() * self.jitter)
+            if self.failing:
+                raise StoreUnavailable("injected: store down")
+            outcomes = await self.inner.append(rows)
+        finally:
+            self.appending -= len(rows)
         self.appends.append(len(rows))
         return outcomes

@@ -19,11 +19,13 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.waiting import until_blocking
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
@@ -113,12 +115,14 @@ class Terminal:
         return b"".join(self._chunks).decode(errors="replace")
 
     def wait_for(self, text: str, *, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                return text in self.output
-            time.sleep(0.05)
-        return True
+        """Whether `text` shows within `timeout` seconds, or before the command ends."""
+        with contextlib.suppress(AssertionError):  # the time ran out
+            until_blocking(
+                lambda: text in self.output or self.process.poll() is not None,
+                timeout=timeout,
+                interval=0.05,
+            )
+        return text in self.output
 
     def ctrl_c(self) -> None:
         """What a Ctrl-C does: the line discipline signals the foreground group."""
@@ -176,10 +180,27 @@ def wait_until_gone(
 
     A process stopped at once may take a moment to be reaped by its parent.
     """
-    deadline = time.monotonic() + timeout
-    while (left := left_behind(session, markers)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    with contextlib.suppress(AssertionError):  # the time ran out
+        until_blocking(lambda: not left_behind(session, markers), timeout=timeout, interval=0.1)
+    return left_behind(session, markers)
+
+
+def wait_ready(url: str, terminal: Terminal) -> None:
+    """Until the service at `url` answers /readyz with 200; fails at once if it ends."""
+
+    def ready() -> bool:
+        assert terminal.process.poll() is None, terminal.output
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    until_blocking(
+        ready,
+        timeout=START_SECONDS,
+        interval=0.1,
+        what=lambda: f"{url}/readyz to answer 200\n{terminal.output}",
+    )
 
 
 def free_port() -> int:

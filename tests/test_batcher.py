@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -11,6 +12,7 @@ from app.errors import QueueFull, ShuttingDown, StoreUnavailable, WriteTimeout
 from app.ingest.batcher import Batcher, StoredRow
 from app.records import Record, Rejection
 from app.store import RowOutcome
+from tests.waiting import until
 
 
 class Recorder:
@@ -18,11 +20,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.entered: list[str] = []  # every row an append was called with, held or not
         self.gate = asyncio.Event()
         self.gate.set()
         self.error: Exception | None = None
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        self.entered.extend(r.message_id for r in rows)
         await self.gate.wait()
         if self.error:
             raise self.error
@@ -38,6 +42,24 @@ def record(n: int) -> Callable[[int], Record]:
 
 async def outcome(batcher: Batcher, build: Callable[[int], StoredRow], size: int) -> RowOutcome:
     return (await batcher.submit(build, size))[1]
+
+
+async def accepted(batcher: Batcher, store: Recorder, rows: int) -> None:
+    """Until `rows` rows are in the batcher's queue or in an append the store holds."""
+    await until(
+        lambda: len(store.entered) + batcher.depth == rows,
+        what=lambda: f"{rows} rows accepted ({store.entered} appending, {batcher.depth} queued)",
+    )
+
+
+async def begun(task: asyncio.Task[None]) -> None:
+    """Until the task's coroutine ran to its first await."""
+    coroutine = task.get_coro()
+    assert inspect.iscoroutine(coroutine)
+    await until(
+        lambda: inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED,
+        what=f"{task.get_name()} to begin",
+    )
 
 
 def make(store: Recorder, **overrides: float) -> Batcher:
@@ -59,7 +81,7 @@ async def test_concurrent_submits_share_appends() -> None:
     await batcher.start()
     store.gate.clear()
     results = asyncio.gather(*(outcome(batcher, record(n), 10) for n in range(250)))
-    await asyncio.sleep(0.05)
+    await accepted(batcher, store, 250)
     store.gate.set()
     assert await results == [None] * 250
     # Held appends let rows pile up: few appends, each at most max_rows.
@@ -75,7 +97,7 @@ async def test_batches_are_cut_by_bytes() -> None:
     await batcher.start()
     store.gate.clear()
     results = asyncio.gather(*(outcome(batcher, record(n), 100) for n in range(6)))
-    await asyncio.sleep(0.01)
+    await accepted(batcher, store, 6)
     store.gate.set()
     await results
     assert all(len(b) <= 2 for b in store.batches)
@@ -108,16 +130,16 @@ async def test_queue_bound_and_deadline() -> None:
     await batcher.start()
     store.gate.clear()
     waiting = [asyncio.create_task(outcome(batcher, record(0), 10))]
-    await asyncio.sleep(0.01)  # m0 is now in the held append
+    await until(lambda: store.entered == ["m0"], what="m0 in the held append")
     waiting += [asyncio.create_task(outcome(batcher, record(n), 10)) for n in (1, 2, 3)]
-    await asyncio.sleep(0.01)  # m1..m3 fill the queue
+    await until(lambda: batcher.depth == 3, what="m1..m3 filling the queue")
     with pytest.raises(QueueFull):
         await outcome(batcher, record(99), 10)
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(o, WriteTimeout) for o in outcomes)
     # Rows whose requests gave up while still queued are not stored at all.
     store.gate.set()
-    await asyncio.sleep(0.01)  # the flusher drops the abandoned rows
+    await until(lambda: batcher.depth == 0, what="the flusher to drop the abandoned rows")
     assert await outcome(batcher, record(100), 10) is None
     stored = [m for b in store.batches for m in b]
     assert "m100" in stored
@@ -131,9 +153,9 @@ async def test_close_drains_accepted_rows_then_refuses() -> None:
     await batcher.start()
     store.gate.clear()
     waiting = [asyncio.create_task(outcome(batcher, record(n), 10)) for n in range(50)]
-    await asyncio.sleep(0.01)
+    await accepted(batcher, store, 50)
     closing = asyncio.create_task(batcher.close(grace=2))
-    await asyncio.sleep(0.01)
+    await begun(closing)
     with pytest.raises(ShuttingDown):
         await outcome(batcher, record(999), 10)
     store.gate.set()
@@ -148,7 +170,7 @@ async def test_close_gives_up_after_grace() -> None:
     await batcher.start()
     store.gate.clear()
     waiting = asyncio.create_task(outcome(batcher, record(1), 10))
-    await asyncio.sleep(0.01)
+    await accepted(batcher, store, 1)
     await batcher.close(grace=0.1)
     with pytest.raises(ShuttingDown):
         await waiting
@@ -160,7 +182,7 @@ async def test_horizon_stays_behind_unstored_rows() -> None:
     await batcher.start()
     store.gate.clear()
     task = asyncio.create_task(batcher.submit(record(1), 10))
-    await asyncio.sleep(0.01)
+    await accepted(batcher, store, 1)
     held = batcher.horizon()
     store.gate.set()
     first, _ = await task

@@ -20,10 +20,10 @@ from recordline_dev.devstack import DevStack, instructions
 from tests.processes import (
     RECORDLINE,
     ROOT,
-    START_SECONDS,
     Terminal,
     assert_nothing_left,
     free_port,
+    wait_ready,
 )
 
 
@@ -220,14 +220,7 @@ def test_ctrl_c_stops_serve_quietly(tmp_path: Path, terminals: list[Terminal]) -
         cwd=tmp_path,
     )
     terminals.append(terminal)
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        assert terminal.process.poll() is None, terminal.output
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_ready(f"http://127.0.0.1:{port}", terminal)
     terminal.ctrl_c()
     assert_nothing_left(terminal, "ctrl-c", "once ready", statuses=frozenset({130}))
     assert "accepted rows drained, store closed" in terminal.output

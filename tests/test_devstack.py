@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import httpx
 import pytest
 
 from tests.processes import (
@@ -35,6 +34,7 @@ from tests.processes import (
     fake_emulator,
     free_port,
     stop,
+    wait_ready,
     wait_until_gone,
 )
 
@@ -93,7 +93,7 @@ def test_a_stop_at_a_random_moment_of_start_up_leaves_no_process(
     if after:
         assert terminal.wait_for(after, timeout=START_SECONDS), terminal.output
     delay = rng.uniform(0, within)
-    time.sleep(delay)
+    time.sleep(delay)  # the moment of the stop is what is tested: a random one
     stop(terminal, how)
     assert_nothing_left(terminal, how, f"{delay:.2f} s after {after or 'the start'!r}, seed {SEED}")
     if after == BANNER:
@@ -110,37 +110,38 @@ def test_a_port_taken_by_an_earlier_run_is_named_before_anything_starts(
 ) -> None:
     # What a killed `recordline dev` leaves: a process still listening on the port.
     port = free_port()
-    holder = subprocess.Popen(
+    # It listens until the test closes its stdin, or ends.
+    with subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import socket, time\n"
+            "import socket, sys\n"
             f"s = socket.create_server(('127.0.0.1', {port}))\n"
             "print('listening', flush=True)\n"
-            "time.sleep(120)\n",
+            "sys.stdin.read()\n",
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"listening\n"
-        option = "--emulator-port" if taken == "emulator" else "--port"
-        terminal = dev(tmp_path, terminals, emulator=True, extra=(option, str(port)))
-        status = terminal.wait(STOP_SECONDS)
-        assert status == 1, terminal.output
-        what = "Pub/Sub emulator" if taken == "emulator" else "service"
-        assert f"port {port}, for the {what}, is taken by pid {holder.pid} (" in terminal.output
-        assert f"kill {holder.pid}" in terminal.output
-        assert option in terminal.output.split("is taken by", 1)[1]
-        # Named, not reused, and nothing else started.
-        assert BANNER not in terminal.output
-        assert "starting the Pub/Sub emulator" not in terminal.output
-        assert wait_until_gone(terminal.session, terminal.markers, timeout=5) == []
-        assert holder.poll() is None
-        assert list((tmp_path / "sessions").iterdir()) == []  # no empty session left
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == b"listening\n"
+            option = "--emulator-port" if taken == "emulator" else "--port"
+            terminal = dev(tmp_path, terminals, emulator=True, extra=(option, str(port)))
+            status = terminal.wait(STOP_SECONDS)
+            assert status == 1, terminal.output
+            what = "Pub/Sub emulator" if taken == "emulator" else "service"
+            assert f"port {port}, for the {what}, is taken by pid {holder.pid} (" in terminal.output
+            assert f"kill {holder.pid}" in terminal.output
+            assert option in terminal.output.split("is taken by", 1)[1]
+            # Named, not reused, and nothing else started.
+            assert BANNER not in terminal.output
+            assert "starting the Pub/Sub emulator" not in terminal.output
+            assert wait_until_gone(terminal.session, terminal.markers, timeout=5) == []
+            assert holder.poll() is None
+            assert list((tmp_path / "sessions").iterdir()) == []  # no empty session left
+        finally:
+            holder.kill()
 
 
 # -- python3 dev.py serve ---------------------------------------------------------
@@ -166,19 +167,6 @@ def serve(tmp_path: Path, terminals: list[Terminal]) -> tuple[Terminal, str, Pat
     return terminal, f"http://127.0.0.1:{port}", db
 
 
-def wait_ready(url: str, terminal: Terminal) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        assert terminal.process.poll() is None, terminal.output
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"not ready in {START_SECONDS} s\n{terminal.output}")
-
-
 def test_dev_py_serve_killed_with_sigterm_leaves_nothing_holding_the_store(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -196,7 +184,7 @@ def test_dev_py_serve_stops_at_a_random_moment_of_start_up(
 ) -> None:
     terminal, _url, db = serve(tmp_path, terminals)
     delay = rng.uniform(0, 4)
-    time.sleep(delay)
+    time.sleep(delay)  # the moment of the stop is what is tested: a random one
     stop(terminal, rng.choice(["SIGTERM", "terminal closes"]))
     assert_nothing_left(terminal, "a stop", f"{delay:.2f} s after the start, seed {SEED}")
     if db.exists():

@@ -17,6 +17,7 @@ from app.records import Record, Rejection
 from app.store.duckdb.journal import SEGMENT_BYTES, Frame, Journal, encode
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.store import DuckDBStore
+from tests.waiting import until
 
 
 def record(n: int) -> Record:
@@ -161,15 +162,27 @@ async def test_the_writer_process_journals_frames_in_order_and_releases_segments
     assert Journal(tmp_path / "j").replay() == [frame(2), frame(3)]
 
 
+def pending_signals(pid: int) -> int:
+    """The signals sent to process `pid` and not yet delivered, as the kernel's bit mask
+    (none once it is gone: what it left undone shows elsewhere)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+
+
 async def test_the_writer_process_outlives_signals_until_its_pipe_closes(tmp_path: Path) -> None:
     # Ctrl-C reaches the whole process group, and SIGTERM and SIGHUP (a terminal
     # closing) may: the rows a draining shutdown still accepts must be journaled.
     writer = JournalProcess(tmp_path / "j")
     assert await writer.open() == []
-    assert writer.pid is not None
+    pid = writer.pid
+    assert pid is not None
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        os.kill(writer.pid, signum)
-    await asyncio.sleep(0.1)
+        os.kill(pid, signum)
+    await until(lambda: pending_signals(pid) == 0, what="the signals to reach the writer")
     assert await writer.append(encode(frame(1))) == 1
     await writer.close()
     assert Journal(tmp_path / "j").replay() == [frame(1)]

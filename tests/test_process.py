@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 from tests import rawhttp
 from tests.conftest import envelope
+from tests.waiting import until, until_blocking
 
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 
@@ -42,16 +42,16 @@ class Service:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(self.process.stdout.read().decode())  # type: ignore[union-attr]
             try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return
+                return httpx.get(f"{self.url}/readyz").status_code == 200
             except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("recordline serve did not become ready in 30 s")
+                return False
+
+        until_blocking(ready, timeout=60, interval=0.1, what="recordline serve to be ready")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -101,8 +101,13 @@ def test_serve_round_trip_over_http(service: Service) -> None:
     service.stop()
 
 
+# Pushes answered 204 before the stop: by then all 64 pushers are under way.
+LOAD_BEFORE_STOP = 500
+
+
 def push_until_stopped(service: Service, stop: Callable[[], None]) -> tuple[set[str], Counter[str]]:
-    """64 pushers at full speed; `stop` the service after 1.5 s; what was answered 204."""
+    """64 pushers at full speed; `stop` the service once 500 pushes were acknowledged;
+    what was answered 204."""
     acknowledged: set[str] = set()
     answers: Counter[str] = Counter()
     counter = itertools.count()
@@ -117,6 +122,8 @@ def push_until_stopped(service: Service, stop: Callable[[], None]) -> tuple[set[
                 status = await rawhttp.send("127.0.0.1", service.port, raw)
             except (OSError, asyncio.IncompleteReadError) as exc:
                 answers[type(exc).__name__] += 1
+                # A pause before trying again, not a wait for anything: a
+                # stopping service refuses connections until its process ends.
                 await asyncio.sleep(0.01)
                 continue
             answers[str(status)] += 1
@@ -125,7 +132,11 @@ def push_until_stopped(service: Service, stop: Callable[[], None]) -> tuple[set[
 
     async def load() -> None:
         workers = [asyncio.create_task(worker()) for _ in range(64)]
-        await asyncio.sleep(1.5)
+        await until(
+            lambda: len(acknowledged) >= LOAD_BEFORE_STOP or service.process.poll() is not None,
+            timeout=60,
+            what=lambda: f"{LOAD_BEFORE_STOP} pushes acknowledged ({answers})",
+        )
         stop()
         await asyncio.wait_for(asyncio.gather(*workers), timeout=30)
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
@@ -16,6 +17,7 @@ from app.asgi import create_app
 from app.records import MAX_ID_LENGTH
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
+from tests.waiting import until
 
 RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
 
@@ -194,6 +196,13 @@ def test_store_failure_is_503_with_retry_after_and_nothing_acknowledged(
     assert client.get("/readyz").status_code == 200
 
 
+async def queue_depth(client: httpx.AsyncClient) -> int:
+    """The rows the batcher holds, as /metrics reports them."""
+    text = (await client.get("/metrics")).text
+    (line,) = [line for line in text.splitlines() if line.startswith("recordline_queue_depth{")]
+    return int(float(line.rsplit(" ", 1)[1]))
+
+
 async def test_full_queue_is_503_and_accepted_rows_still_land(store: FaultyStore) -> None:
     app = create_app(settings(RECORDLINE_QUEUE_MAX_ROWS="2"), store=store)
     store.release.clear()  # appends stall, so the queue fills up behind them
@@ -204,12 +213,14 @@ async def test_full_queue_is_503_and_accepted_rows_still_land(store: FaultyStore
             )
             for n in range(6)
         ]
+
         # Two rows wait in the queue (a third may already sit in the stalled
         # append, depending on when the flusher ran); the rest bounce at once.
-        settled = -1
-        while settled != sum(t.done() for t in pushes):  # until no answer came for 1 s
-            settled = sum(t.done() for t in pushes)
-            await asyncio.sleep(1)
+        async def accounted() -> bool:
+            answered = sum(t.done() for t in pushes)
+            return answered + store.appending + await queue_depth(client) == len(pushes)
+
+        await until(accounted, what="every push answered, queued or in the stalled append")
         refused = [t for t in pushes if t.done()]
         assert len(refused) in (3, 4)
         assert all(t.result().status_code == 503 for t in refused)

@@ -12,6 +12,7 @@ from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
+from tests.waiting import until
 
 
 def push(client: TestClient[Litestar], n: int, **payload: object) -> None:
@@ -129,6 +130,8 @@ async def test_follower_sees_every_record_exactly_once_while_writes_continue() -
 
         async def writer() -> None:
             async def one(n: int) -> None:
+                # Spread over half a second, so the follower reads while writes
+                # go on: the workload's shape in time, not a wait for anything.
                 await asyncio.sleep(random.random() * 0.5)
                 body = envelope({"id": f"r{n}"}, message_id=f"w{n:04d}")
                 response = await client.post("/pubsub/push", json=body)
@@ -139,16 +142,18 @@ async def test_follower_sees_every_record_exactly_once_while_writes_continue() -
 
         async def follower() -> list[str]:
             seen: list[str] = []
-            token = (await client.get("/v1/records", params={"limit": 13})).json()
-            seen += [r["message_id"] for r in token["records"]]
-            token = token["next_page_token"]
-            for _ in range(2000):
+            first = (await client.get("/v1/records", params={"limit": 13})).json()
+            seen += [r["message_id"] for r in first["records"]]
+            token = first["next_page_token"]
+
+            async def read_on() -> bool:
+                nonlocal token
                 page = (await client.get("/v1/records", params={"page_token": token})).json()
-                seen += [r["message_id"] for r in page["records"]]
+                seen.extend(r["message_id"] for r in page["records"])
                 token = page["next_page_token"]
-                if len(seen) >= total:
-                    break
-                await asyncio.sleep(0.005)
+                return len(seen) >= total
+
+            await until(read_on, interval=0.005, what=lambda: f"{total} read, {len(seen)} were")
             return seen
 
         _, seen = await asyncio.gather(writer(), follower())

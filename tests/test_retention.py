@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from app.settings import Settings
 from app.store import PageQuery
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
+from tests.waiting import until
 
 DAY = 86_400 * 1_000_000
 
@@ -140,15 +140,15 @@ async def test_duckdb_deletes_on_a_schedule(duckdb_path: Path) -> None:
     await store.start()
     try:
         await store.append([*rows(now - 2 * DAY, 1), *rows(now, 2)])
-        await asyncio.sleep(0.1)
+
+        async def left(ids: list[str]) -> bool:
+            return await everything(store) == ids
+
+        await until(lambda: left(["m2"]), what="a round of the schedule to delete m1")
         assert await everything(store) == ["m2"]
         # Time passes: the next round deletes the rest.
         clock[0] += 2 * DAY * 1000
-        for _ in range(100):
-            if not await everything(store):
-                break
-            await asyncio.sleep(0.02)
-        assert await everything(store) == []
+        await until(lambda: left([]), what="the next round to delete m2")
     finally:
         await store.close()
 

@@ -15,6 +15,7 @@ from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.storage_write import StorageWriter, is_transient
 from tests.bigquery.conftest import BASE_TIME, record
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.waiting import until
 
 TABLE = "projects/fake-project/datasets/recordline/tables/records"
 ENCODER = RowEncoder(Record)
@@ -96,7 +97,7 @@ async def test_close_fails_what_cannot_finish(
     write_fake.latency = 5.0
     writer = await started(write_client)
     pending = asyncio.ensure_future(writer.append(rows(1), deadline(30)))
-    await asyncio.sleep(0.1)
+    await until(lambda: write_fake.requests == 1, what="the request to reach BigQuery")
     await writer.close(grace=0.1)
     with pytest.raises(StoreUnavailable):
         await pending
@@ -108,14 +109,16 @@ async def test_an_abandoned_row_is_not_sent(
     write_fake.latency = 0.3
     writer = await started(write_client, max_in_flight=1)
     first = asyncio.ensure_future(writer.append(rows(1), deadline()))
-    await asyncio.sleep(0.05)
+    await until(lambda: write_fake.requests == 1, what="the first request to reach BigQuery")
     # Waits behind the one request allowed in flight, then gives up.
     second = asyncio.ensure_future(writer.append(rows(1, start=1), deadline(0.1)))
     with pytest.raises(Exception, match="deadline"):
         await second
     assert await first == [None]
-    await asyncio.sleep(0.05)
-    assert [r["message_id"] for r in write_fake.rows("records")] == ["m-0"]
+    # Requests go in order: had the abandoned row been sent, it would be stored
+    # before (or with) this one, which is answered only after it.
+    assert await writer.append(rows(1, start=2), deadline()) == [None]
+    assert [r["message_id"] for r in write_fake.rows("records")] == ["m-0", "m-2"]
     await writer.close()
 
 

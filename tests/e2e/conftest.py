@@ -41,6 +41,7 @@ from recordline_dev.devstack import (
     wire,
 )
 from tests.fakes import FaultyStore
+from tests.waiting import until
 
 PUSH_TOKEN = "e2e-push-secret-0123456789"
 
@@ -89,12 +90,9 @@ class Wiring(msgspec.Struct, kw_only=True):
 
     async def dead_lettered(self, *, timeout: float) -> list[dict[str, Any]]:
         """Pull the dead-letter queue until something arrives."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            messages = await self.admin.pull(self.dead_letters.rsplit("/", 1)[1])
-            if messages:
-                return messages
-            await asyncio.sleep(0.5)
+        subscription = self.dead_letters.rsplit("/", 1)[1]
+        with contextlib.suppress(AssertionError):  # the time ran out: nothing arrived
+            return await until(lambda: self.admin.pull(subscription), timeout=timeout, interval=0.5)
         return []
 
 
@@ -181,26 +179,25 @@ class Follower:
                     self.attributes[seen.id] = seen.attributes
 
     async def wait_for(self, ids: set[str], *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not ids <= self.ids.keys():
+        def seen() -> bool:
             assert self._task is not None
             if self._task.done():
-                self._task.result()
-            if time.monotonic() > deadline:
-                missing = ids - self.ids.keys()
-                raise AssertionError(
-                    f"{len(missing)} of {len(ids)} never became visible in {timeout:g} s, "
-                    f"e.g. {sorted(missing)[:5]}"
-                )
-            await asyncio.sleep(0.1)
+                self._task.result()  # it failed: its error
+            return ids <= self.ids.keys()
+
+        def missing() -> str:
+            missing = ids - self.ids.keys()
+            return f"all {len(ids)} to show, {len(missing)} never did, e.g. {sorted(missing)[:5]}"
+
+        await until(seen, timeout=timeout, interval=0.1, what=missing)
 
     async def wait_count(self, count: int, *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.ids) < count:
-            assert time.monotonic() < deadline, (
-                f"{len(self.ids)} of {count} visible in {timeout:g} s"
-            )
-            await asyncio.sleep(0.05)
+        await until(
+            lambda: len(self.ids) >= count,
+            timeout=timeout,
+            interval=0.05,
+            what=lambda: f"{count} to show, {len(self.ids)} did",
+        )
 
     def assert_exactly_once(self, ids: set[str]) -> None:
         assert self.ids.keys() == ids, f"unexpected records: {sorted(self.ids.keys() - ids)[:5]}"

@@ -8,6 +8,7 @@ nothing behind (tests/test_devstack.py does the same with a stand-in).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from tests.processes import (
     dev_terminal,
     stop,
 )
+from tests.waiting import until_blocking
 
 pytestmark = pytest.mark.emulator
 
@@ -45,15 +47,16 @@ def launcher() -> Path:
 
 def stored_ids(url: str, *, want: set[str], timeout: float) -> set[str]:
     """The record ids the service at `url` serves, once `want` are among them or time is up."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ids() -> set[str]:
         page = httpx.get(
             f"{url}/v1/records", params={"since": "2000-01-01T00:00:00Z", "limit": 1000}
         ).json()
-        ids = {r["id"] for r in page["records"]}
-        if want <= ids or time.monotonic() > deadline:
-            return ids
-        time.sleep(0.2)
+        return {r["id"] for r in page["records"]}
+
+    with contextlib.suppress(AssertionError):  # the time ran out
+        until_blocking(lambda: want <= ids(), timeout=timeout, interval=0.2)
+    return ids()
 
 
 @pytest.mark.usefixtures("launcher")
@@ -110,6 +113,6 @@ def test_ctrl_c_while_the_jvm_boots_leaves_no_process(
     terminals.append(terminal)
     assert terminal.wait_for("starting the Pub/Sub emulator", timeout=START_SECONDS)
     delay = random.Random(SEED).uniform(0, 3)
-    time.sleep(delay)
+    time.sleep(delay)  # the moment of the stop is what is tested: a random one
     stop(terminal, "ctrl-c")
     assert_nothing_left(terminal, "ctrl-c", f"{delay:.2f} s into the JVM's boot, seed {SEED}")

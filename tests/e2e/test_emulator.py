@@ -35,6 +35,7 @@ from tests.e2e.conftest import (
     percentile,
     publish_all,
 )
+from tests.waiting import until
 
 pytestmark = pytest.mark.emulator
 
@@ -58,7 +59,8 @@ async def test_every_published_message_is_answered_exactly_once(
         await wiring.connect(url)
         await publish_all(publisher, wiring.topic_path, payloads("bulk", 5000))
         await follower.wait_for(ids("bulk", 5000), timeout=150)
-        # A redelivery that came after the last first delivery would show by now.
+        # A quiet second, for what it tests: a redelivery that came after the
+        # last first delivery would show twice by its end.
         await asyncio.sleep(1)
     follower.assert_exactly_once(ids("bulk", 5000))
     # The publisher traced every message, and the trace context reached storage.
@@ -76,12 +78,18 @@ async def test_a_store_outage_is_redelivered_and_nothing_is_lost(
         )
         await follower.wait_count(100, timeout=30)
         store.failing = True  # every append fails: pushes are answered 503
-        await asyncio.sleep(3)
+        # The outage lasts until a refused record came again and was refused
+        # again: redelivery is under way. Not much longer: a record refused on
+        # all 5 delivery attempts goes to the dead-letter topic, not the store.
+        await until(
+            lambda: max(store.refusals.values(), default=0) >= 2,
+            what=lambda: f"a redelivery refused ({len(store.refusals)} records refused)",
+        )
         store.failing = False
         refused = sum(store.refusals.values())
         await publishing
         await follower.wait_for(ids("outage", 1000), timeout=90)
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # a quiet second, for what it tests: no record shows twice
     assert refused > 0, "the outage refused nothing: it did not test redelivery"
     follower.assert_exactly_once(ids("outage", 1000))
 
@@ -108,7 +116,11 @@ async def test_invalid_payloads_are_rejected_with_a_reason_and_do_not_slow_the_r
         )
         valid = ids("before", 100) | ids("after", 100)
         await follower.wait_for(valid, timeout=60)
-        await asyncio.sleep(1)
+        await until(
+            lambda: sum(store.appends) >= len(message_ids),
+            what=lambda: f"all {len(message_ids)} appended, {sum(store.appends)} were",
+        )
+        await asyncio.sleep(1)  # a quiet second, for what it tests: none is appended twice
         rejected = message_ids[len(before) : len(before) + len(invalid)]
         for message_id, data in zip(rejected, invalid, strict=True):
             answer = (await http.get(f"/v1/messages/{message_id}")).json()
@@ -179,28 +191,31 @@ async def test_the_dev_canary_is_stored_and_its_age_grows_while_the_pipeline_sta
         await wiring.connect(url, dead_letters=False)
         assert await _canary_age(http) is None  # no canary stored yet: no point
         with Canary(publisher, wiring.topic_path, every=0.5) as canary:
-            deadline = asyncio.get_running_loop().time() + 30
-            while (age := await _canary_age(http)) is None or age > 2:
-                assert asyncio.get_running_loop().time() < deadline, f"canary age {age}"
-                await asyncio.sleep(0.2)
+
+            async def age_below(seconds: float) -> bool:
+                age = await _canary_age(http)
+                return age is not None and age <= seconds
+
+            await until(lambda: age_below(2), interval=0.2, what="a canary age of 2 s at most")
             stored = (await http.get("/v1/records/recordline-canary")).json()
             assert stored["attributes"]["recordline-canary"] == "1"
             assert stored["data"] == {"canary": True}
             # Stalled: canaries are published, the store refuses them.
             store.failing = True
-            await asyncio.sleep(0.5)
+            # Stalled once a canary is refused and no append is left under way.
+            await until(
+                lambda: store.refusals["recordline-canary"] > 0 and not store.appending,
+                what="a canary to be refused",
+            )
             stalled = await _canary_age(http)
             assert stalled is not None
-            await asyncio.sleep(3)
+            await asyncio.sleep(3)  # the age grows with the time that passes: what is tested
             later = await _canary_age(http)
             assert later is not None
             assert later >= stalled + 2.5
             # Recovered: redelivered canaries bring the age back down.
             store.failing = False
-            deadline = asyncio.get_running_loop().time() + 30
-            while (age := await _canary_age(http)) is not None and age > 3:
-                assert asyncio.get_running_loop().time() < deadline, f"canary age {age}"
-                await asyncio.sleep(0.2)
+            await until(lambda: age_below(3), interval=0.2, what="a canary age of 3 s at most")
         assert canary.published >= 8
 
 
@@ -231,8 +246,26 @@ async def test_dead_letters_are_replayed_once_with_their_message_ids(
     # The service unreachable (nothing listens there) for five deliveries each:
     # every message goes to the dead-letter topic.
     await wiring.connect(f"http://127.0.0.1:{free_port()}")
-    published = await publish_all(publisher, wiring.topic_path, payloads("dead", 20))
-    await asyncio.sleep(8)
+    # A second subscription to the dead-letter topic lets the test watch the
+    # dead letters arrive; the kept one stays untouched for the replays.
+    watch = f"{wiring.topic}-dead-letter-watch"
+    await wiring.admin.create_pull_subscription(watch, topic=f"{wiring.topic}-dead-letter")
+    try:
+        published = await publish_all(publisher, wiring.topic_path, payloads("dead", 20))
+        dead: set[str] = set()
+
+        async def all_dead() -> bool:
+            dead.update(m["messageId"] for m in await wiring.admin.pull(watch))
+            return len(dead) == len(published)
+
+        await until(
+            all_dead,
+            timeout=120,
+            interval=0.5,
+            what=lambda: f"all 20 dead-lettered, {len(dead)} were",
+        )
+    finally:
+        await wiring.admin.delete_subscription(watch)
     subscriber = pubsub_v1.SubscriberClient(
         transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(emulator.host))
     )
@@ -274,7 +307,8 @@ async def test_dead_letters_are_replayed_once_with_their_message_ids(
                 limit=None, dry_run=False, console=console,
             )  # fmt: skip
             assert sum(again.values()) == 0
-            await asyncio.sleep(1)
+            await follower.wait_for(ids("dead", 20), timeout=30)
+            await asyncio.sleep(1)  # a quiet second, for what it tests: no record shows twice
             replayer.close()
         follower.assert_exactly_once(ids("dead", 20))
         # Pub/Sub forwards a dead letter as a new message, with an id of its own and

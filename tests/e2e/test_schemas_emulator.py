@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import io
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -36,6 +35,7 @@ from recordline_dev.devstack import DEV_PROJECT, Emulator
 from tests.conftest import served, settings
 from tests.e2e.conftest import PUSH_TOKEN, Follower, RecordingStore, Wiring, publish_all
 from tests.fake_schema_api import FakeSchemaApi
+from tests.waiting import until
 
 pytestmark = pytest.mark.emulator
 
@@ -155,6 +155,17 @@ async def service(store: Any, schema_host: str) -> AsyncIterator[tuple[httpx.Asy
         yield http, str(http.base_url).rstrip("/")
 
 
+async def retried(http: httpx.AsyncClient, *, at_least: int) -> bool:
+    """Whether the service answered `at_least` pushes with a retry (/metrics)."""
+    text = (await http.get("/metrics")).text
+    counts = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("recordline_messages_total{") and 'outcome="retried"' in line
+    ]
+    return sum(counts) >= at_least
+
+
 def assert_stored(record: dict[str, Any], value: dict[str, Any], schema: str) -> None:
     """The record holds `value` decoded, its id and event time mapped."""
     created = value["meta"]["created_at"]
@@ -236,14 +247,19 @@ async def test_while_the_schema_api_is_down_nothing_is_acknowledged_and_nothing_
             await publish_all(
                 publisher, wiring.topic_path, [encoded(v, ORDER_V1, "BINARY") for v in values]
             )
-            await asyncio.sleep(3)
+            # Until redeliveries were refused too: twice as many refused pushes as messages.
+            await until(
+                lambda: retried(http, at_least=2 * len(values)),
+                interval=0.1,
+                what=f"{2 * len(values)} pushes refused",
+            )
             ready = await http.get("/readyz")
             refused_pushes = len(fake.calls)
             assert store.appends == []
             assert not follower.ids
             fake.failing = None
             await follower.wait_for(ids, timeout=60)
-            await asyncio.sleep(1)
+            await asyncio.sleep(1)  # a quiet second, for what it tests: no record shows twice
     finally:
         await fake.stop()
     assert refused_pushes >= 2, "the outage refused nothing: it did not test redelivery"
@@ -273,10 +289,11 @@ async def test_recordline_publish_with_a_schema_goes_the_whole_way(
                  "--schema", str(EXAMPLE_SCHEMAS / "record.avsc"), "--encoding", encoding]
             )  # fmt: skip
             assert await asyncio.to_thread(publish_command, args) == 0
-        deadline = time.monotonic() + 60
-        while len(follower.message_ids) < 10:
-            assert time.monotonic() < deadline, f"{len(follower.message_ids)} of 10 stored"
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: len(follower.message_ids) >= 10,
+            timeout=60,
+            what=lambda: f"10 stored, {len(follower.message_ids)} were",
+        )
         page = (await http.get("/v1/records", params={"since": "2000-01-01T00:00:00Z"})).json()
     records = page["records"]
     assert len(records) == 10

@@ -49,7 +49,7 @@ async def test_sigterm_and_restart_mid_run_loses_and_repeats_nothing(
         await asyncio.to_thread(service_process.start)
         await publishing
         await follower.wait_for(ids("restart", 1200), timeout=90)
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # a quiet second, for what it tests: no record shows twice
     assert stopped_at < 1200, "the service stopped after the run: nothing was redelivered"
     assert "accepted rows drained" in service_process.log.read_text()
     follower.assert_exactly_once(ids("restart", 1200))
@@ -72,12 +72,12 @@ async def test_a_pause_past_the_ack_deadline_loses_and_repeats_nothing(
         await follower.wait_count(200, timeout=30)
         service_process.signal(signal.SIGSTOP)
         try:
-            await asyncio.sleep(PAUSE_SECONDS)
+            await asyncio.sleep(PAUSE_SECONDS)  # past the ack deadline: what is tested
             paused_at = len(follower.ids)
         finally:
             service_process.signal(signal.SIGCONT)
         await publishing
         await follower.wait_for(ids("pause", 800), timeout=90)
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # a quiet second, for what it tests: no record shows twice
     assert paused_at < 800, "the pause came after the run: it tested nothing"
     follower.assert_exactly_once(ids("pause", 800))

@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from tests.infra.test_fleet import _root_console_run
 from tests.infra.test_terraform import MODULE, _load, _resources
+from tests.waiting import until_blocking
 
 # The limits of the resources named after a system, as Google documents them.
 PROJECT_NUMBER = "123456789012"  # project numbers have up to 12 digits
@@ -176,13 +176,17 @@ def placeholder() -> Iterator[str]:
         [sys.executable, "-c", source], env={"PORT": str(port)}, cwd=Path("/")
     )
     url = f"http://127.0.0.1:{port}"
+
+    def listening() -> bool:
+        assert process.poll() is None, f"placeholder.py exited with {process.returncode}"
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
     try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        until_blocking(listening, interval=0.05, what="placeholder.py to listen")
         yield url
     finally:
         process.terminate()

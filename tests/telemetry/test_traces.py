@@ -28,12 +28,24 @@ from app.telemetry.traces import (
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.telemetry.conftest import RECORD, Observed
+from tests.waiting import until
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN_ID = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 PUBLISHER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PUBLISHER_SPAN_ID = "00f067aa0ba902b7"
+
+
+async def accepted(pushes: int, observed: Observed, store: FaultyStore) -> None:
+    """Until `pushes` rows wait in the batcher's queue or in the store's held append."""
+
+    def rows() -> int:
+        (depth,) = observed.points("recordline.queue.depth")
+        assert isinstance(depth.value, int)
+        return depth.value + store.appending
+
+    await until(lambda: rows() == pushes, what=f"{pushes} pushes queued or appending")
 
 
 def test_push_continues_the_incoming_trace_and_the_row_keeps_its_id(
@@ -175,7 +187,7 @@ async def test_flush_span_links_every_request_it_served(
             )
             for n in range(5)
         ]
-        await asyncio.sleep(0.2)  # all five are queued or appending by now
+        await accepted(5, observed, store)
         store.release.set()
         responses = await asyncio.gather(*pushes)
     assert [r.status_code for r in responses] == [204] * 5
@@ -207,7 +219,7 @@ async def test_a_flush_is_traced_when_one_request_it_serves_is(
             )
             for n in range(4)
         ]
-        await asyncio.sleep(0.2)
+        await accepted(4, observed, store)
         store.release.set()
         assert [r.status_code for r in await asyncio.gather(*pushes)] == [204] * 4
     (sampled,) = observed.finished("POST /pubsub/push")

@@ -277,6 +277,11 @@ class StorageWriter:
         self.requests_sent = 0
         self.rows_sent = 0
 
+    @property
+    def unanswered(self) -> int:
+        """Requests sent on the current connection and not answered yet."""
+        return 0 if self._connection is None else len(self._connection.in_flight)
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"storage-write {self.table}")

@@ -221,6 +221,11 @@ class BigQueryStore:
         # An append returns once BigQuery committed it; reads see it already.
         return None
 
+    @property
+    def unanswered(self) -> int:
+        """AppendRows requests sent to either table and not answered yet."""
+        return sum(w.unanswered for w in (self._records, self._rejected) if w is not None)
+
     def read_horizon(self, now: int) -> int:
         # Another instance may still be committing rows stamped up to a write
         # deadline ago; pages stay behind that.
