@@ -337,3 +337,30 @@ def test_a_serving_system_has_spanner_tiles_and_no_other_does() -> None:
     )
     dashboard = _resources("google_monitoring_dashboard")["recordline"]["dashboard_json"]
     assert "for i, chart in local.charts" in dashboard
+
+
+# --- the exporter -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("serving", "configured", "kept"),
+    [
+        ("null", "0", 0),  # BigQuery alone: scale to zero as configured
+        ("null", "2", 2),
+        ('{ instance = "recordline-serving" }', "0", 1),  # the exporter needs an instance
+        ('{ instance = "recordline-serving" }', "3", 3),
+    ],
+)
+def test_a_serving_system_keeps_an_instance_for_its_exporter(
+    serving: str, configured: str, kept: int
+) -> None:
+    # The exporter runs in the service (app/store/spanner/export.py), with CPU always
+    # allocated: at zero instances the export would wait for the next request.
+    (scaling,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["scaling"]
+    assert scaling["min_instance_count"] == "${local.min_instances}"
+    expression = re.sub(r"\bvar\.", "local.", _expression(_locals()["min_instances"]))
+    assert _evaluate(expression, (("min_instances", configured), ("serving", serving))) == kept
+    (container,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0][
+        "containers"
+    ]
+    assert container["resources"][0]["cpu_idle"] is False
