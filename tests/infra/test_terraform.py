@@ -481,6 +481,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
     from app.telemetry import Telemetry
+    from app.telemetry.metrics import ExportMetrics
     from tests.telemetry.conftest import Exported
 
     exported = Exported()
@@ -498,6 +499,11 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0, followers=lambda: 3)
     # The canary's age is reported once a canary has been stored.
     metrics.canary_published = 0
+    # The exporter's, as the serving tier reports them.
+    export = ExportMetrics(metrics)
+    export.watermark("records", 1_714_219_200_000_000)
+    export.exported("records", 3)
+    export.blocked("records", "BigQuery refused message 1 of records: too long")
     assert telemetry.meter_provider is not None
     telemetry.meter_provider.force_flush()
     data = exported.data
