@@ -25,6 +25,8 @@ locals {
     ["Oldest unacknowledged message by system (s)", "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_MAX", "REDUCE_MAX", "resource.label.\"subscription_id\""],
     ["Dead letters by system", "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_DELTA", "REDUCE_SUM", "resource.label.\"subscription_id\""],
     ["Canary age by system (s)", local.fleet_metric["canary.age"], "ALIGN_MIN", "REDUCE_MIN", "resource.label.\"namespace\""],
+    # Systems with `serving` only: their furthest-behind table, as any instance reports it.
+    ["Export lag to BigQuery by system, its furthest-behind table (s)", local.fleet_metric["export.lag"], "ALIGN_MAX", "REDUCE_MAX", "resource.label.\"namespace\""],
   ]
 
   fleet_links = join("\n", [

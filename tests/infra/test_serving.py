@@ -364,3 +364,26 @@ def test_a_serving_system_keeps_an_instance_for_its_exporter(
         "containers"
     ]
     assert container["resources"][0]["cpu_idle"] is False
+
+
+def test_a_serving_system_shows_its_export_lag_by_table_and_the_fleet_by_system() -> None:
+    charts = {c["title"]: c for c in _locals()["serving_charts"]}
+    (lag,) = [c for t, c in charts.items() if t.startswith("Export to BigQuery: lag")]
+    ((legend, metric, aligner, reducer, group_by),) = lag["sets"]
+    assert metric == '${local.workload_metric["export.lag"]}'
+    # The worst any instance reports, one line per table.
+    assert (aligner, reducer, group_by) == ("ALIGN_MAX", "REDUCE_MAX", ['metric.label."table"'])
+    assert legend == "$${metric.labels.table}"
+    (moved,) = [c for t, c in charts.items() if t.startswith("Export to BigQuery: rows")]
+    assert [s[1] for s in moved["sets"]] == [
+        '${local.workload_metric["export.rows"]}',
+        '${local.workload_metric["export.blocked"]}',
+    ]
+    # The fleet's: one line per system, its furthest-behind table, the ten worst kept.
+    (fleet,) = [c for c in _locals()["fleet_charts"] if "export.lag" in json.dumps(c)]
+    assert fleet[1:] == [
+        '${local.fleet_metric["export.lag"]}',
+        "ALIGN_MAX",
+        "REDUCE_MAX",
+        'resource.label."namespace"',
+    ]
