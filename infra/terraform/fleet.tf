@@ -153,6 +153,13 @@ locals {
       "error budget of ${format("%g", var.read_latency_goal * 100)}% of reads within ${var.read_latency_threshold_seconds} s burning fast",
       module.fleet_symptoms.burning["read_latency"]["fast"], "0s", "read-latency-burning",
     ]
+    # Systems with `serving`: well before Spanner's row deletion policy could remove a row
+    # the export has not reached (export_lag_page_seconds, variables.tf). Held 5 minutes:
+    # a new system reports a lag from the epoch until its first export, seconds later.
+    export_lag = [
+      "export to BigQuery over ${format("%g", var.export_lag_page_seconds / 3600)} h behind",
+      module.fleet_symptoms.export_lag, "300s", "export-behind",
+    ]
   }
 }
 
@@ -170,6 +177,7 @@ module "fleet_symptoms" {
   burn_rates                       = local.burn_rates
   min_events                       = var.alert_min_events
   query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
+  export_lag_threshold_seconds     = var.export_lag_page_seconds
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }

@@ -588,6 +588,32 @@ variable "canary_age_threshold_seconds" {
   default     = 300
 }
 
+variable "export_lag_ticket_seconds" {
+  type        = number
+  description = "Ticket a system with `serving` whose export to BigQuery is further behind now than this (recordline.export.lag): BigQuery's readers miss what Spanner holds."
+  default     = 3600
+}
+
+variable "export_lag_page_seconds" {
+  type        = number
+  description = <<-EOT
+    Page when a system's export to BigQuery is further behind now than this. Spanner
+    deletes a row retention_days(dedupe window) days after it was written (the window
+    rounded up to days, plus 2: at least 3 days, 9 with the default window), exported or
+    not; a row it deletes before the export reached it is in neither store. The default,
+    6 hours, is beyond what BigQuery's own incidents usually last (the ticket covers
+    those) and leaves at least 66 hours of the shortest retention to act in.
+  EOT
+  default     = 21600
+
+  # At most a third of the shortest retention any system can have (3 days), so a page
+  # leaves at least two days to act in; above the ticket, which comes first.
+  validation {
+    condition     = var.export_lag_page_seconds > var.export_lag_ticket_seconds && var.export_lag_page_seconds <= 86400
+    error_message = "export_lag_page_seconds must be above export_lag_ticket_seconds and at most 86400 (a day, a third of the shortest retention of Spanner's rows): a page must leave time to act before rows are deleted."
+  }
+}
+
 variable "systems" {
   description = "Recordline systems in this project, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it). Empty: one system named service_name. Each may override a few settings, `serving` among them."
   type = map(object({

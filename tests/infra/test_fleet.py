@@ -200,6 +200,7 @@ ADDED_WITH_THE_MODULE = {
     # The serving tier came later, with systems that opt in.
     "google_spanner_database.serving",
     "google_spanner_database_iam_member.runtime_uses_database",
+    "google_spanner_database_iam_member.operator_reads_database",
     # So did topic schemas, for systems that declare one.
     "google_pubsub_schema.records",
     "google_pubsub_schema_iam_member.runtime_reads_schema",
