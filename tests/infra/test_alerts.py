@@ -394,7 +394,11 @@ def test_an_hour_behind_or_blocked_is_a_ticket_and_a_page_comes_before_spanner_d
         "${var.export_lag_ticket_seconds}"
     )
     pages, tickets = _locals()["pages"], _locals()["ticket_specs"]
-    assert pages["export_lag"][1:] == ["${module.fleet_symptoms.export_lag}", "300s", "export-behind"]
+    assert pages["export_lag"][1:] == [
+        "${module.fleet_symptoms.export_lag}",
+        "300s",
+        "export-behind",
+    ]
     assert tickets["export_lag"][1:3] == ["300s", "export-behind"]
     assert tickets["export_blocked"][1:3] == ["300s", "export-blocked"]  # blocked 5 minutes
     queries = re.sub(r"\s+", " ", _locals()["ticket_queries"])

@@ -254,7 +254,9 @@ def test_why_the_export_stopped_is_read_as_the_operator_account(cloud: Cloud) ->
     out = run(cloud, look)
     assert BLOCKED in out
     assert "2026-11-23T11:40:00Z" in out  # the other table's watermark
-    (query,) = [argv for argv in cloud.calls() if argv[:3] == ["spanner", "databases", "execute-sql"]]
+    (query,) = [
+        argv for argv in cloud.calls() if argv[:3] == ["spanner", "databases", "execute-sql"]
+    ]
     assert f"--impersonate-service-account={OPERATOR}" in query
     assert query[3] == "recordline"  # the system's database, on the serving instance
     assert "--instance=recordline-serving" in query
