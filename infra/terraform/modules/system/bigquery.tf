@@ -69,6 +69,33 @@ resource "google_bigquery_table" "rejected" {
   }
 }
 
+# Up to when BigQuery is complete, for analysts (README, "BigQuery"): with `serving`, the
+# exporter (app/store/spanner/export.py) appends a row per table each time its watermark
+# moves on by a minute, through the table's _default stream; every row of that table
+# with an ingest_time before the watermark is in BigQuery. Empty without `serving`; here
+# for every system all the same, so turning `serving` on needs nothing else. Generated
+# from app/records.py (ExportWatermark), like records and rejected.
+#
+# Neither partitioned nor clustered: at most two rows a minute, about a million a year,
+# some 18 bytes of them in the two columns the analyst's query reads (table_name,
+# watermark). That query (the greatest watermark per table) has no date to prune by, so
+# partitions would spare it nothing; it bills BigQuery's 10 MB minimum for the first
+# half year and about 20 MB a year after (~$0.0001 a query). No expiry either: one would
+# empty the table of a system whose export stopped, which is what it must show.
+resource "google_bigquery_table" "export_watermarks" {
+  #checkov:skip=CKV_GCP_80:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
+  project             = var.project_id
+  dataset_id          = google_bigquery_dataset.recordline.dataset_id
+  table_id            = "export_watermarks"
+  description         = "With a serving tier: up to when records and rejected are complete. Every row of table_name with an ingest_time before watermark is in BigQuery: take the greatest watermark per table_name."
+  schema              = file("${path.module}/schemas/export_watermarks.json")
+  deletion_protection = true
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
 # Search indexes on the lookup keys. The provider has no search-index resource, so each
 # is a DDL query job; its id is derived from the statement, so a changed statement runs
 # as a new job and an unchanged one is never run again (a job id is used once per
