@@ -12,7 +12,7 @@ locals {
 
   # How far back the service reads Spanner: the dedupe window it runs with
   # (RECORDLINE_DEDUPE_WINDOW_SECONDS, set through extra_env, else its default of 7 days)
-  # and a day. Spanner keeps each row two days past the window, rounded up to a day
+  # and a day. BigQuery's records_unique looks back the same window (bigquery.tf). Spanner keeps each row two days past the window, rounded up to a day
   # (retention_days in app/store/spanner/schema.py; a test keeps the two equal).
   dedupe_window_seconds  = tonumber(lookup(var.extra_env, "RECORDLINE_DEDUPE_WINDOW_SECONDS", "604800"))
   spanner_retention_days = ceil(local.dedupe_window_seconds / 86400) + 2
