@@ -206,6 +206,9 @@ ADDED_WITH_THE_MODULE = {
     "google_pubsub_schema_iam_member.runtime_reads_schema",
     # And on-call's read of the dead letters.
     "google_bigquery_table_iam_member.oncall_reads_dead_letters",
+    # And, for analysts, the export's watermarks and the deduplicated records.
+    "google_bigquery_table.export_watermarks",
+    "google_bigquery_routine.records_unique",
 }
 
 
