@@ -16,7 +16,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from app.records import BIGQUERY_TABLES, TABLES
+from app.records import BIGQUERY_TABLES
 from app.store.bigquery.schema import bigquery_schema
 from tests.infra.console import console, require_terraform
 
