@@ -25,6 +25,8 @@ locals {
     ["Oldest unacknowledged message by system (s)", "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_MAX", "REDUCE_MAX", "resource.label.\"subscription_id\""],
     ["Dead letters by system", "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_DELTA", "REDUCE_SUM", "resource.label.\"subscription_id\""],
     ["Canary age by system (s)", local.fleet_metric["canary.age"], "ALIGN_MIN", "REDUCE_MIN", "resource.label.\"namespace\""],
+    # Systems with `serving` only: their furthest-behind table, as any instance reports it.
+    ["Export lag to BigQuery by system, its furthest-behind table (s)", local.fleet_metric["export.lag"], "ALIGN_MAX", "REDUCE_MAX", "resource.label.\"namespace\""],
   ]
 
   fleet_links = join("\n", [
@@ -151,6 +153,13 @@ locals {
       "error budget of ${format("%g", var.read_latency_goal * 100)}% of reads within ${var.read_latency_threshold_seconds} s burning fast",
       module.fleet_symptoms.burning["read_latency"]["fast"], "0s", "read-latency-burning",
     ]
+    # Systems with `serving`: well before Spanner's row deletion policy could remove a row
+    # the export has not reached (export_lag_page_seconds, variables.tf). Held 5 minutes:
+    # a new system reports a lag from the epoch until its first export, seconds later.
+    export_lag = [
+      "export to BigQuery over ${format("%g", var.export_lag_page_seconds / 3600)} h behind",
+      module.fleet_symptoms.export_lag, "300s", "export-behind",
+    ]
   }
 }
 
@@ -168,6 +177,7 @@ module "fleet_symptoms" {
   burn_rates                       = local.burn_rates
   min_events                       = var.alert_min_events
   query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
+  export_lag_threshold_seconds     = var.export_lag_page_seconds
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }

@@ -61,6 +61,21 @@ locals {
       kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = []
       description = "Now minus the publish time of the newest canary stored"
     }
+    # The serving tier's exporter, by table (records, rejected): reported only by the
+    # systems with `serving`. Every instance reads the watermark from Spanner and
+    # reports the lag; the one holding the export's lease reports rows and blocked.
+    "export.rows" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "{row}", labels = ["table"]
+      description = "Rows the exporter appended to BigQuery, by table"
+    }
+    "export.lag" = {
+      kind        = "GAUGE", value = "DOUBLE", unit = "s", labels = ["table"]
+      description = "Now minus the export watermark: every row before it is in BigQuery"
+    }
+    "export.blocked" = {
+      kind        = "GAUGE", value = "INT64", unit = "1", labels = ["table"]
+      description = "1 while a row BigQuery refused stops the export of its table"
+    }
   }
 }
 

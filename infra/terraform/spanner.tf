@@ -1,5 +1,6 @@
 # The serving tier (infra/README.md, "The serving tier"): the systems with `serving`
-# keep their recent rows in Spanner beside BigQuery, each in a database of its own
+# keep their recent rows in Spanner, their system of record, from which an exporter in
+# each service feeds BigQuery; each system's rows are in a database of its own
 # (modules/system/spanner.tf), all on one instance: 100 processing units hold the
 # databases of many systems, and capacity is added where it is paid for, in one place.
 # The instance exists once a system opts in; without any, nothing here is created.
@@ -38,8 +39,10 @@ resource "google_spanner_instance" "serving" {
   display_name     = "${var.service_name} serving"
   processing_units = local.spanner_processing_units
 
-  # Every row is in BigQuery too: the daily backups a new instance takes by default
-  # would keep a week of copies of rows that are kept there anyway.
+  # Spanner replicates every commit across zones before it is acknowledged, and the
+  # exporter puts each row in BigQuery within seconds (its lag alerts say otherwise):
+  # the daily backups a new instance takes by default would keep, a day late, a week of
+  # copies of rows BigQuery holds already, and miss the seconds it does not yet.
   default_backup_schedule_type = "NONE"
 
   depends_on = [google_project_service.enabled]

@@ -1,11 +1,12 @@
 # Tickets: each system's detail of every symptom the fleet pages for, and what needs a
-# look in working hours (dead letters, the bytes billed, a canary no longer reported).
+# look in working hours (dead letters, the bytes billed, a canary no longer reported, an
+# export to BigQuery an hour behind or stopped at a row).
 # Each is one policy for the systems whose tickets go to the same channels, not one per
 # system: its condition computes the symptom per system (modules/symptoms), and each
 # system in trouble is an incident of its own, named by its label `system`. A project
 # holds 500 alerting policies and each condition is billed
 # (https://cloud.google.com/monitoring/quotas, https://cloud.google.com/stackdriver/pricing):
-# nine per system would stop a project at 55 systems; nine per channel set never grow
+# eleven per system would stop a project at 46 systems; eleven per channel set never grow
 # with the fleet. The commands name the incident's system through the documentation
 # variable of that label (https://cloud.google.com/monitoring/alerts/doc-variables).
 
@@ -65,6 +66,17 @@ locals {
       ```
       Never publish them again by hand: a new message gets a new id, and the service could not tell it from the original.
     EOT
+    # The exporter's state is in the system's Spanner database, which the operator
+    # account reads (modules/system/iam.tf); why it stopped is logged at ERROR too.
+    export = <<-EOT
+      Each table's watermark (every row before it is in BigQuery), the batch the exporter may have appended, and why it stopped, if it did:
+      ```sh
+      ${local.ticket_system}
+      gcloud spanner databases execute-sql "$SYSTEM" --instance=${local.spanner_instance_name} --project=${var.project_id} --impersonate-service-account=${google_service_account.operator.email} --sql='SELECT table_name, watermark, pending_rows, pending_message_id, blocked, updated FROM export_progress'
+      gcloud logging read "resource.type=\"cloud_run_revision\" labels.system=\"$SYSTEM\" severity>=ERROR jsonPayload.message:\"export of\"" --project=${var.project_id} --freshness=1d --limit=5
+      ```
+      Pushes are still acknowledged and readable meanwhile: Spanner holds every row until its deletion policy removes it.
+    EOT
   }
 
   # [title, the symptom's query (by group), how long it holds, runbook section, what to run]
@@ -78,19 +90,25 @@ locals {
     dead_letters  = ["messages sent to the dead-letter topic", "0s", "dead-letters", local.ticket_commands.replay]
     bytes_billed  = ["queries billed over ${format("%g", var.query_bytes_billed_daily_budget / 1073741824)} GiB in 24 h", "0s", "query-bytes-billed", "The dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query."]
     canary_absent = ["canary age not reported", "0s", "canary-absent", local.ticket_commands.revisions]
+    # Systems with `serving` only. Held 5 minutes: a new system reports a lag from the
+    # epoch until its first export, and a refused row is retried every minute.
+    export_lag     = ["export to BigQuery over ${format("%g", var.export_lag_ticket_seconds / 3600)} h behind", "300s", "export-behind", local.ticket_commands.export]
+    export_blocked = ["export to BigQuery stopped at a row it cannot append", "300s", "export-blocked", local.ticket_commands.export]
   }
 
   ticket_queries = {
     for group, symptoms in module.ticket_symptoms : group => {
-      backlog       = symptoms.backlog
-      canary_stale  = symptoms.canary_stale
-      read_path     = symptoms.read_path_failing
-      availability  = "(${symptoms.burning["availability"]["fast"]}) or (${symptoms.burning["availability"]["slow"]})"
-      freshness     = "(${symptoms.burning["freshness"]["fast"]}) or (${symptoms.burning["freshness"]["slow"]})"
-      read_latency  = "(${symptoms.burning["read_latency"]["fast"]}) or (${symptoms.burning["read_latency"]["slow"]})"
-      dead_letters  = symptoms.dead_letters
-      bytes_billed  = symptoms.bytes_billed
-      canary_absent = symptoms.canary_absent
+      backlog        = symptoms.backlog
+      canary_stale   = symptoms.canary_stale
+      read_path      = symptoms.read_path_failing
+      availability   = "(${symptoms.burning["availability"]["fast"]}) or (${symptoms.burning["availability"]["slow"]})"
+      freshness      = "(${symptoms.burning["freshness"]["fast"]}) or (${symptoms.burning["freshness"]["slow"]})"
+      read_latency   = "(${symptoms.burning["read_latency"]["fast"]}) or (${symptoms.burning["read_latency"]["slow"]})"
+      dead_letters   = symptoms.dead_letters
+      bytes_billed   = symptoms.bytes_billed
+      canary_absent  = symptoms.canary_absent
+      export_lag     = symptoms.export_lag
+      export_blocked = symptoms.export_blocked
     }
   }
 }
@@ -110,6 +128,7 @@ module "ticket_symptoms" {
   burn_rates                       = local.burn_rates
   min_events                       = var.alert_min_events
   query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
+  export_lag_threshold_seconds     = var.export_lag_ticket_seconds
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }

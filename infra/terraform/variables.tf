@@ -78,7 +78,7 @@ variable "concurrency" {
 
 variable "min_instances" {
   type        = number
-  description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start."
+  description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start. A system with `serving` keeps at least 1 whatever this says: its exporter to BigQuery runs in the service."
   default     = 0
 }
 
@@ -586,6 +586,32 @@ variable "canary_age_threshold_seconds" {
   type        = number
   description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
   default     = 300
+}
+
+variable "export_lag_ticket_seconds" {
+  type        = number
+  description = "Ticket a system with `serving` whose export to BigQuery is further behind now than this (recordline.export.lag): BigQuery's readers miss what Spanner holds."
+  default     = 3600
+}
+
+variable "export_lag_page_seconds" {
+  type        = number
+  description = <<-EOT
+    Page when a system's export to BigQuery is further behind now than this. Spanner
+    deletes a row retention_days(dedupe window) days after it was written (the window
+    rounded up to days, plus 2: at least 3 days, 9 with the default window), exported or
+    not; a row it deletes before the export reached it is in neither store. The default,
+    6 hours, is beyond what BigQuery's own incidents usually last (the ticket covers
+    those) and leaves at least 66 hours of the shortest retention to act in.
+  EOT
+  default     = 21600
+
+  # At most a third of the shortest retention any system can have (3 days), so a page
+  # leaves at least two days to act in; above the ticket, which comes first.
+  validation {
+    condition     = var.export_lag_page_seconds > var.export_lag_ticket_seconds && var.export_lag_page_seconds <= 86400
+    error_message = "export_lag_page_seconds must be above export_lag_ticket_seconds and at most 86400 (a day, a third of the shortest retention of Spanner's rows): a page must leave time to act before rows are deleted."
+  }
 }
 
 variable "systems" {

@@ -62,6 +62,8 @@ VALUE_FLAGS = {
     "--impersonate-service-account",
     "--location",
     "--freshness",
+    "--instance",
+    "--sql",
 }
 SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email"}
 RUN_FLAGS = {"--project", "--region", "--format", "--quiet", "--impersonate-service-account"}
@@ -574,7 +576,52 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
             denied("projects.describe", "resourcemanager.projects.get", principal, project)
         print(world["number"])
         return None
+    if words == ["spanner", "databases", "execute-sql"]:
+        return spanner_execute_sql(world, args)
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
+
+
+def spanner_execute_sql(world: World, args: list[str]) -> None:
+    """`gcloud spanner databases execute-sql DATABASE --instance=I --sql=SQL`: a SELECT
+    over the world's rows of that database (its tables, run by SQLite: plain SELECTs read
+    the same). gcloud opens a session, then runs the query in it: CreateSession needs
+    spanner.sessions.create and ExecuteSql spanner.databases.select, on the database or
+    its instance or project (https://cloud.google.com/spanner/docs/iam#databases,
+    https://cloud.google.com/spanner/docs/iam#sessions)."""
+    import sqlite3  # here: only this command needs it
+
+    command = "spanner.databases.execute-sql"
+    (database,), flags = parse(args, command)
+    allow(command, flags, {"--instance", "--sql", "--project", "--impersonate-service-account"})
+    scope(world, flags, command)
+    for required in ("--instance", "--sql"):
+        if not flags.get(required):
+            fail(f"ERROR: (gcloud.{command}) argument {required}: Must be specified.", 2)
+    instance = flags["--instance"]
+    principal = acting(world, flags, command)
+    path = f"projects/{world['project']}/instances/{instance}/databases/{database}"
+    where = (PROJECT, ("instances", instance), ("databases", f"{instance}/{database}"))
+    for permission in ("spanner.sessions.create", "spanner.databases.select"):
+        if not holds(world, principal, permission, *where):
+            denied(command, permission, principal, path)
+    tables = world.data.get("spanner", {}).get(f"{instance}/{database}")
+    if tables is None:
+        fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Database not found: {path}")
+    con = sqlite3.connect(":memory:")
+    for table, rows in tables.items():
+        names = sorted({name for row in rows for name in row})
+        con.execute(f"CREATE TABLE {table} ({', '.join(names)})")
+        con.executemany(
+            f"INSERT INTO {table} VALUES ({', '.join('?' for _ in names)})",
+            [[row.get(n) for n in names] for row in rows],
+        )
+    try:
+        cursor = con.execute(flags["--sql"])
+    except sqlite3.Error as exc:
+        fail(f"ERROR: (gcloud.{command}) INVALID_ARGUMENT: {exc}")
+    print("\t".join(d[0] for d in cursor.description or ()))
+    for row in cursor.fetchall():
+        print("\t".join("NULL" if v is None else str(v) for v in row))
 
 
 COMMANDS = (
@@ -593,6 +640,7 @@ COMMANDS = (
     ("artifacts", "docker", "images", "describe"),
     ("storage", "cat"),
     ("projects", "describe"),
+    ("spanner", "databases", "execute-sql"),
 )
 
 

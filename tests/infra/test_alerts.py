@@ -35,10 +35,25 @@ from tests.infra.test_terraform import (
 )
 
 SYMPTOMS = TERRAFORM / "modules" / "symptoms"
-PAGED = {"backlog", "canary_stale", "read_path", "availability", "freshness", "read_latency"}
+PAGED = {
+    "backlog",
+    "canary_stale",
+    "read_path",
+    "availability",
+    "freshness",
+    "read_latency",
+    "export_lag",
+}
 METRICS = {
     name: f"workload.googleapis.com/recordline.{name}"
-    for name in ("ingest.lag", "read.duration", "canary.age", "query.bytes_billed")
+    for name in (
+        "ingest.lag",
+        "read.duration",
+        "canary.age",
+        "query.bytes_billed",
+        "export.lag",
+        "export.blocked",
+    )
 }
 FAST = {"long": "1h", "short": "5m", "rate": 14.4}
 SLOW = {"long": "6h", "short": "30m", "rate": 6}
@@ -50,7 +65,9 @@ def _hcl(value: Any) -> str:
 
 
 @cache
-def _symptoms(systems: tuple[str, ...], min_events: int = 100) -> dict[str, Any]:
+def _symptoms(
+    systems: tuple[str, ...], min_events: int = 100, export_lag: int = 3600
+) -> dict[str, Any]:
     """Every output of modules/symptoms for these systems, evaluated by terraform."""
     require_terraform()
     values = {
@@ -65,6 +82,7 @@ def _symptoms(systems: tuple[str, ...], min_events: int = 100) -> dict[str, Any]
         "burn_rates": {"fast": FAST, "slow": SLOW},
         "min_events": min_events,
         "query_bytes_billed_daily_budget": 1099511627776,
+        "export_lag_threshold_seconds": export_lag,
         "slos": {
             "availability": {"goal": 0.999},
             "freshness": {"goal": 0.99, "threshold": 5},
@@ -143,7 +161,7 @@ def test_the_fleet_query_watches_every_system_and_a_ticket_one() -> None:
         assert ', "system", "$1", ' in fleet[name], name
 
 
-TICKETED = PAGED | {"dead_letters", "bytes_billed", "canary_absent"}
+TICKETED = PAGED | {"dead_letters", "bytes_billed", "canary_absent", "export_blocked"}
 
 
 def test_each_system_has_a_ticket_for_every_paged_symptom() -> None:
@@ -183,7 +201,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
     assert group["channels"] == ["projects/p/notificationChannels/1"]
     # Tickets, pages and the Spanner CPU ticket: the same for 1 system as for 51.
     policies = len(_locals()["ticket_specs"]) * len(groups) + len(_locals()["pages"]) + 1
-    assert policies == 16
+    assert policies == 19
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = (
         '{ recordline = {}, orders = { ticket_channels = ["projects/p/notificationChannels/9"] } }'
@@ -321,3 +339,69 @@ def test_successful_pushes_are_not_logged_one_by_one() -> None:
     # Reads and the service's own lines are never excluded.
     assert "/v1/" not in text
     assert "severity" not in text
+
+
+# --- the export to BigQuery (systems with `serving`) ----------------------------------------
+
+
+def test_the_export_lag_is_the_freshest_reading_of_the_furthest_behind_table() -> None:
+    query = _symptoms(("orders", "payments"), export_lag=7200)["export_lag"]
+    lag = "workload_googleapis_com:recordline_export_lag"
+    # Per table the least any instance reports (each reads the watermark from Spanner),
+    # per system its furthest-behind table, named by `system`, over the threshold.
+    assert query == (
+        "label_replace(max by (namespace) (min by (namespace, table) ("
+        f'{lag}{{monitored_resource="generic_task",namespace=~"(orders|payments)"}})), '
+        '"system", "$1", "namespace", "(.*)") > 7200'
+    )
+    blocked = _symptoms(("orders",))["export_blocked"]
+    assert "min by (namespace, table) (workload_googleapis_com:recordline_export_blocked{" in (
+        blocked
+    )
+    assert blocked.endswith('"system", "$1", "namespace", "(.*)") > 0')
+
+
+def test_an_hour_behind_or_blocked_is_a_ticket_and_a_page_comes_before_spanner_deletes() -> None:
+    from app.store.spanner.schema import retention_days
+    from tests.infra.test_terraform import _validations_hold, _variables
+
+    variables = _variables()
+    ticket, page = (
+        variables["export_lag_ticket_seconds"]["default"],
+        variables["export_lag_page_seconds"]["default"],
+    )
+    assert (ticket, page) == (3600, 6 * 3600)
+    # Spanner keeps a row retention_days(window) days, at least 3: the page leaves two
+    # thirds of the shortest at least, and every page threshold the variable accepts does.
+    shortest = retention_days(1) * 86_400
+    assert shortest == 3 * 86_400
+    assert page <= shortest / 3
+
+    def accepted(page: int, ticket: int = 3600) -> bool:
+        values = {"export_lag_page_seconds": str(page), "export_lag_ticket_seconds": str(ticket)}
+        return _validations_hold("export_lag_page_seconds", values)
+
+    assert accepted(21600)
+    assert accepted(86400)
+    assert not accepted(86401)  # past a third of the shortest retention
+    assert not accepted(3600)  # not after the ticket
+    # Each module instance with its threshold: the fleet's pages, the tickets.
+    modules = {name: b[name] for b in _root("module") for name in b}
+    assert modules["fleet_symptoms"]["export_lag_threshold_seconds"] == (
+        "${var.export_lag_page_seconds}"
+    )
+    assert modules["ticket_symptoms"]["export_lag_threshold_seconds"] == (
+        "${var.export_lag_ticket_seconds}"
+    )
+    pages, tickets = _locals()["pages"], _locals()["ticket_specs"]
+    assert pages["export_lag"][1:] == [
+        "${module.fleet_symptoms.export_lag}",
+        "300s",
+        "export-behind",
+    ]
+    assert tickets["export_lag"][1:3] == ["300s", "export-behind"]
+    assert tickets["export_blocked"][1:3] == ["300s", "export-blocked"]  # blocked 5 minutes
+    queries = re.sub(r"\s+", " ", _locals()["ticket_queries"])
+    assert "export_lag = symptoms.export_lag" in queries
+    assert "export_blocked = symptoms.export_blocked" in queries
+    assert "export_lag_page_seconds / 3600" in pages["export_lag"][0]

@@ -200,11 +200,15 @@ ADDED_WITH_THE_MODULE = {
     # The serving tier came later, with systems that opt in.
     "google_spanner_database.serving",
     "google_spanner_database_iam_member.runtime_uses_database",
+    "google_spanner_database_iam_member.operator_reads_database",
     # So did topic schemas, for systems that declare one.
     "google_pubsub_schema.records",
     "google_pubsub_schema_iam_member.runtime_reads_schema",
     # And on-call's read of the dead letters.
     "google_bigquery_table_iam_member.oncall_reads_dead_letters",
+    # And, for analysts, the export's watermarks and the deduplicated records.
+    "google_bigquery_table.export_watermarks",
+    "google_bigquery_routine.records_unique",
 }
 
 

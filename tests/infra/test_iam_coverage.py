@@ -98,6 +98,11 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         _crud("bigquery.datasets"),
     ),
     "google_bigquery_table": (frozenset({"bigquery.tables.get"}), _crud("bigquery.tables")),
+    # records_unique, the analysts' table function.
+    "google_bigquery_routine": (
+        frozenset({"bigquery.routines.get"}),
+        _crud("bigquery.routines"),
+    ),
     # The search-index DDL: a query job, refreshed on plan (it was run by the apply account).
     "google_bigquery_job": (
         frozenset({"bigquery.jobs.get"}),

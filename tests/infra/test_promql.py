@@ -88,6 +88,8 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
             "dead_letters",
             "bytes_billed",
             "canary_absent",
+            "export_lag",
+            "export_blocked",
         )
     }
     for slo, speeds in symptoms["burning"].items():

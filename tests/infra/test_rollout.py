@@ -138,12 +138,20 @@ def terraform_iam(systems: list[str]) -> dict[str, Any]:
         }
         for s in systems
     }
+    # Each system's serving database, were it to have `serving` (instance/database).
+    databases = {
+        f"recordline-serving/{s}": {
+            operator: [_role("google_spanner_database_iam_member", "operator_reads_database")]
+        }
+        for s in systems
+    }
     return {
         "iam": {
             "project": project,
             "services": services,
             "service_accounts": service_accounts,
             "tables": tables,
+            "databases": databases,
         },
         "custom_roles": custom,
         "groups": {ONCALL_GROUP: [ONCALL]},

@@ -182,6 +182,7 @@ def _ticket_commands(system: str = "recordline") -> dict[str, str]:
         "number": f'"{NUMBER}"',
         "read_audience": '""',
         "probe_path": json.dumps(_locals()["probe_path"]),
+        "spanner_instance_name": '"recordline-serving"',
     }
     values["ticket_probe_path"] = "local.probe_path"
     for name in ("ticket_system", "ticket_scope", "ticket_service_url", "ticket_token"):
@@ -217,6 +218,61 @@ def test_every_ticket_command_runs_as_written_for_the_system(cloud: Cloud) -> No
     assert args["url"] == URL
     assert claims(args["token"]) == {"aud": f"{URL}/v1", "email": OPERATOR}
     assert cloud.world["principal"] == ONCALL  # all of it as a person in `oncall`
+
+
+# --- the exporter's state, with a serving tier ---------------------------------------------
+
+BLOCKED = "BigQuery refused message 1714219200000017 of records: too many fields"
+
+
+def _exporter_stopped(cloud: Cloud) -> None:
+    """recordline's serving database, its export of records stopped at a refused row."""
+    progress = [
+        {
+            "table_name": "records",
+            "watermark": "2026-11-23T10:00:00Z",
+            "pending_rows": 3,
+            "pending_message_id": "1714219200000017",
+            "blocked": BLOCKED,
+            "updated": "2026-11-23T10:41:00Z",
+        },
+        {
+            "table_name": "rejected",
+            "watermark": "2026-11-23T11:40:00Z",
+            "pending_rows": None,
+            "pending_message_id": None,
+            "blocked": None,
+            "updated": "2026-11-23T11:40:05Z",
+        },
+    ]
+    cloud.update(spanner={"recordline-serving/recordline": {"export_progress": progress}})
+
+
+def test_why_the_export_stopped_is_read_as_the_operator_account(cloud: Cloud) -> None:
+    _exporter_stopped(cloud)
+    (look,) = blocks("export-behind")
+    out = run(cloud, look)
+    assert BLOCKED in out
+    assert "2026-11-23T11:40:00Z" in out  # the other table's watermark
+    (query,) = [
+        argv for argv in cloud.calls() if argv[:3] == ["spanner", "databases", "execute-sql"]
+    ]
+    assert f"--impersonate-service-account={OPERATOR}" in query
+    assert query[3] == "recordline"  # the system's database, on the serving instance
+    assert "--instance=recordline-serving" in query
+    # On-call as themselves hold no Spanner role; someone not on call may not act as it.
+    as_themselves = re.sub(r" --impersonate-service-account=\S+", "", look)
+    assert "spanner.sessions.create" in cloud.shell(as_themselves).stderr
+    cloud.update(principal="user:someone-else@example.com")
+    assert cloud.shell(look).returncode != 0
+
+
+def test_the_export_tickets_command_runs_as_written_for_the_system(cloud: Cloud) -> None:
+    _exporter_stopped(cloud)
+    (look,) = _sh(_ticket_commands()["export"])
+    out = run(cloud, look)
+    assert BLOCKED in out
+    assert cloud.world["principal"] == ONCALL
 
 
 # --- on-call looks as themselves, acts as the operator account ---------------------------

@@ -337,3 +337,53 @@ def test_a_serving_system_has_spanner_tiles_and_no_other_does() -> None:
     )
     dashboard = _resources("google_monitoring_dashboard")["recordline"]["dashboard_json"]
     assert "for i, chart in local.charts" in dashboard
+
+
+# --- the exporter -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("serving", "configured", "kept"),
+    [
+        ("null", "0", 0),  # BigQuery alone: scale to zero as configured
+        ("null", "2", 2),
+        ('{ instance = "recordline-serving" }', "0", 1),  # the exporter needs an instance
+        ('{ instance = "recordline-serving" }', "3", 3),
+    ],
+)
+def test_a_serving_system_keeps_an_instance_for_its_exporter(
+    serving: str, configured: str, kept: int
+) -> None:
+    # The exporter runs in the service (app/store/spanner/export.py), with CPU always
+    # allocated: at zero instances the export would wait for the next request.
+    (scaling,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["scaling"]
+    assert scaling["min_instance_count"] == "${local.min_instances}"
+    expression = re.sub(r"\bvar\.", "local.", _expression(_locals()["min_instances"]))
+    assert _evaluate(expression, (("min_instances", configured), ("serving", serving))) == kept
+    (container,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0][
+        "containers"
+    ]
+    assert container["resources"][0]["cpu_idle"] is False
+
+
+def test_a_serving_system_shows_its_export_lag_by_table_and_the_fleet_by_system() -> None:
+    charts = {c["title"]: c for c in _locals()["serving_charts"]}
+    (lag,) = [c for t, c in charts.items() if t.startswith("Export to BigQuery: lag")]
+    ((legend, metric, aligner, reducer, group_by),) = lag["sets"]
+    assert metric == '${local.workload_metric["export.lag"]}'
+    # The worst any instance reports, one line per table.
+    assert (aligner, reducer, group_by) == ("ALIGN_MAX", "REDUCE_MAX", ['metric.label."table"'])
+    assert legend == "$${metric.labels.table}"
+    (moved,) = [c for t, c in charts.items() if t.startswith("Export to BigQuery: rows")]
+    assert [s[1] for s in moved["sets"]] == [
+        '${local.workload_metric["export.rows"]}',
+        '${local.workload_metric["export.blocked"]}',
+    ]
+    # The fleet's: one line per system, its furthest-behind table, the ten worst kept.
+    (fleet,) = [c for c in _locals()["fleet_charts"] if "export.lag" in json.dumps(c)]
+    assert fleet[1:] == [
+        '${local.fleet_metric["export.lag"]}',
+        "ALIGN_MAX",
+        "REDUCE_MAX",
+        'resource.label."namespace"',
+    ]

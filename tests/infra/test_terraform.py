@@ -16,7 +16,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from app.records import TABLES
+from app.records import BIGQUERY_TABLES
 from app.store.bigquery.schema import bigquery_schema
 from tests.infra.console import console, require_terraform
 
@@ -133,13 +133,13 @@ def test_provider_versions_are_bounded() -> None:
 # --- BigQuery -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("table", sorted(TABLES))
+@pytest.mark.parametrize("table", sorted(BIGQUERY_TABLES))
 def test_generated_schema_matches_the_code(table: str) -> None:
     on_disk = json.loads((MODULE / "schemas" / f"{table}.json").read_text())
-    assert on_disk == bigquery_schema(TABLES[table])
+    assert on_disk == bigquery_schema(BIGQUERY_TABLES[table])
 
 
-@pytest.mark.parametrize("table", [*sorted(TABLES), "dead_letters"])
+@pytest.mark.parametrize("table", [*sorted(BIGQUERY_TABLES), "dead_letters"])
 def test_table_reads_its_schema_file(table: str) -> None:
     resource = _resources("google_bigquery_table")[table]
     assert resource["table_id"] == table
@@ -167,6 +167,28 @@ def test_table_is_partitioned_by_day_and_clustered(
     assert resource["clustering"] == clustering
     columns = {c["name"] for c in json.loads((MODULE / "schemas" / f"{table}.json").read_text())}
     assert {partition, *clustering} <= columns
+
+
+def test_the_export_watermarks_table_is_small_whole_and_written_by_the_service() -> None:
+    # The exporter appends to it with the serving tier (app/store/spanner/export.py):
+    # two rows a minute at most, read whole by the analyst's query, kept for good.
+    table = _resources("google_bigquery_table")["export_watermarks"]
+    assert "time_partitioning" not in table
+    assert "clustering" not in table
+    assert table["lifecycle"] == [{"prevent_destroy": True}]
+    assert table["dataset_id"] == "${google_bigquery_dataset.recordline.dataset_id}"
+    columns = [
+        c["name"] for c in json.loads((MODULE / "schemas/export_watermarks.json").read_text())
+    ]
+    assert columns == ["table_name", "watermark", "exported_at"]
+    # The runtime account writes every table of its dataset: none of its own is needed.
+    grant = _resources("google_bigquery_dataset_iam_member")["runtime_writes_dataset"]
+    assert grant["role"] == "roles/bigquery.dataEditor"
+    assert not [
+        g
+        for g in _resources("google_bigquery_table_iam_member").values()
+        if "runtime" in str(g.get("member"))
+    ]
 
 
 def test_dead_letter_table_has_the_columns_a_bigquery_subscription_writes() -> None:
@@ -481,6 +503,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
     from app.telemetry import Telemetry
+    from app.telemetry.metrics import ExportMetrics
     from tests.telemetry.conftest import Exported
 
     exported = Exported()
@@ -498,6 +521,11 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     metrics.watch(queue_depth=lambda: 2, horizon=lambda: 0, followers=lambda: 3)
     # The canary's age is reported once a canary has been stored.
     metrics.canary_published = 0
+    # The exporter's, as the serving tier reports them.
+    export = ExportMetrics(metrics)
+    export.watermark("records", 1_714_219_200_000_000)
+    export.exported("records", 3)
+    export.blocked("records", "BigQuery refused message 1 of records: too long")
     assert telemetry.meter_provider is not None
     telemetry.meter_provider.force_flush()
     data = exported.data

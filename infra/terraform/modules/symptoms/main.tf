@@ -74,6 +74,11 @@ variable "query_bytes_billed_daily_budget" {
   description = "Bytes a system's reads may bill in 24 h before its ticket opens."
 }
 
+variable "export_lag_threshold_seconds" {
+  type        = number
+  description = "The export to BigQuery is behind: a table's watermark is older than this (only systems with `serving` report an export lag)."
+}
+
 variable "min_events" {
   type        = number
   description = "A ratio is judged only over at least this many requests (messages, reads) in its long window."
@@ -142,6 +147,17 @@ locals {
   bytes_billed  = "label_replace(sum by (namespace) (increase(${local.metric["query.bytes_billed"]}{${local.workload}}[1d])), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.query_bytes_billed_daily_budget}"
   canary_absent = "(${join(" or ", [for s in var.systems : "label_replace(vector(1), \"system\", \"${s}\", \"\", \"\")"])}) unless on (system) label_replace(count by (namespace) (last_over_time(${local.metric["canary.age"]}{${local.workload}}[10m])), \"system\", \"$1\", \"namespace\", \"(.*)\")"
 
+  # The export to BigQuery, in the systems with `serving` (the others report neither
+  # metric, so they never appear). Per table, the least any instance reports: each reads
+  # the one watermark Spanner keeps every 5 s, so the least is the freshest reading, and
+  # an instance that cannot read Spanner (its own alerts say so) reports an old one that
+  # says nothing of the export. Blocked: the holder of the export's lease reports 1 while
+  # a refused row stops a table, and 0 once that very row is exported; an instance that
+  # lost the lease meanwhile keeps its last 1, which the new holder's 0 outweighs here.
+  # Per system, its furthest-behind (or any blocked) table.
+  export_lag     = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.lag"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.export_lag_threshold_seconds}"
+  export_blocked = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.blocked"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
@@ -191,4 +207,14 @@ output "bytes_billed" {
 output "canary_absent" {
   description = "Systems none of whose instances reported a canary age in the last 10 minutes."
   value       = local.canary_absent
+}
+
+output "export_lag" {
+  description = "Systems whose export to BigQuery is further behind now than the threshold, in its furthest-behind table (value: that lag, s)."
+  value       = local.export_lag
+}
+
+output "export_blocked" {
+  description = "Systems whose export to BigQuery is stopped at a row BigQuery refused, in any table (value: 1)."
+  value       = local.export_blocked
 }

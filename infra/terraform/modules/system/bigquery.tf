@@ -69,6 +69,76 @@ resource "google_bigquery_table" "rejected" {
   }
 }
 
+# Up to when BigQuery is complete, for analysts (README, "BigQuery"): with `serving`, the
+# exporter (app/store/spanner/export.py) appends a row per table each time its watermark
+# moves on by a minute, through the table's _default stream; every row of that table
+# with an ingest_time before the watermark is in BigQuery. Empty without `serving`; here
+# for every system all the same, so turning `serving` on needs nothing else. Generated
+# from app/records.py (ExportWatermark), like records and rejected.
+#
+# Neither partitioned nor clustered: at most two rows a minute, about a million a year,
+# some 18 bytes of them in the two columns the analyst's query reads (table_name,
+# watermark). That query (the greatest watermark per table) has no date to prune by, so
+# partitions would spare it nothing; it bills BigQuery's 10 MB minimum for the first
+# half year and about 20 MB a year after (~$0.0001 a query). No expiry either: one would
+# empty the table of a system whose export stopped, which is what it must show.
+resource "google_bigquery_table" "export_watermarks" {
+  #checkov:skip=CKV_GCP_80:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
+  project             = var.project_id
+  dataset_id          = google_bigquery_dataset.recordline.dataset_id
+  table_id            = "export_watermarks"
+  description         = "With a serving tier: up to when records and rejected are complete. Every row of table_name with an ingest_time before watermark is in BigQuery: take the greatest watermark per table_name."
+  schema              = file("${path.module}/schemas/export_watermarks.json")
+  deletion_protection = true
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+# records_unique(since, until), for analysts (README, "BigQuery"): the first copy of each
+# message among the records with an ingest_time in [since, until), the copies the
+# service's own reads leave out left out too (sql/records_unique.sql.tftpl). Without a
+# serving tier the table is at-least-once, a row per delivery, and reads remove the
+# copies; with one, the exporter appends each message once and this changes nothing.
+#
+# A table function, not a view: a view over a window function (LAG ... PARTITION BY
+# message_id) cannot take a caller's filter on ingest_time below the window, so every
+# query of it would scan the whole table; the function's arguments bound its scans, and
+# BigQuery prunes by them as by constants. What a call bills: every column of the
+# partitions of `records` the range touches (it returns whole rows), plus message_id
+# and ingest_time of the dedupe window's partitions before `since`, at least 10 MB; the
+# clustering on ingest_time trims the range's first and last day to their blocks.
+#
+# No return_table_type: the columns are those of `records` at query time, so a column
+# added there (a migration) is returned without a change here, and the API's spelling of
+# a declared type can never differ from ours on every plan.
+resource "google_bigquery_routine" "records_unique" {
+  project      = var.project_id
+  dataset_id   = google_bigquery_dataset.recordline.dataset_id
+  routine_id   = "records_unique"
+  routine_type = "TABLE_VALUED_FUNCTION"
+  language     = "SQL"
+  description  = "The first copy of each message among the records with an ingest_time in [since, until), as the service's reads show them: a later delivery of a message within the dedupe window (${local.dedupe_window_seconds} s) is left out. Bills every column of the partitions in [since, until) and message_id, ingest_time of the window before since (at least 10 MB). With a serving tier BigQuery holds each message once already; this also removes copies stored before it."
+
+  definition_body = templatefile("${path.module}/sql/records_unique.sql.tftpl", {
+    records = "`${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.records.table_id}`"
+    # The window the service reads with (spanner.tf), and its clock margin
+    # (CLOCK_SKEW_MICROS in app/records.py; a test keeps them equal).
+    window_micros     = format("%d", floor(local.dedupe_window_seconds * 1000000))
+    clock_skew_micros = 60000000
+  })
+
+  arguments {
+    name      = "since"
+    data_type = jsonencode({ typeKind = "TIMESTAMP" })
+  }
+  arguments {
+    name      = "until"
+    data_type = jsonencode({ typeKind = "TIMESTAMP" })
+  }
+}
+
 # Search indexes on the lookup keys. The provider has no search-index resource, so each
 # is a DDL query job; its id is derived from the statement, so a changed statement runs
 # as a new job and an unchanged one is never run again (a job id is used once per

@@ -108,6 +108,22 @@ locals {
         ["$${metric.labels.method}", "metric.type=\"spanner.googleapis.com/api/request_latencies\" ${local.spanner_metric} metric.label.\"database\"=\"${var.service_name}\"", "ALIGN_DELTA", "REDUCE_PERCENTILE_95", ["metric.label.\"method\""]],
       ]
     },
+    # The exporter (app/store/spanner/export.py): how far behind now BigQuery is, per
+    # table. Every instance reports the watermark it last read from Spanner (every 5 s),
+    # so they agree within seconds; the line is the highest any of them reports.
+    {
+      title = "Export to BigQuery: lag behind now by table (s)"
+      sets = [
+        ["$${metric.labels.table}", local.workload_metric["export.lag"], "ALIGN_MAX", "REDUCE_MAX", ["metric.label.\"table\""]],
+      ]
+    },
+    {
+      title = "Export to BigQuery: rows exported (per s) and tables blocked (1)"
+      sets = [
+        ["$${metric.labels.table}", local.workload_metric["export.rows"], "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"table\""]],
+        ["blocked $${metric.labels.table}", local.workload_metric["export.blocked"], "ALIGN_MAX", "REDUCE_MAX", ["metric.label.\"table\""]],
+      ]
+    },
   ]
 
   # The dashboard's charts: the serving tier's after the rest, only where it runs.

@@ -111,6 +111,20 @@ resource "google_cloud_run_v2_service_iam_member" "operator_account_rolls_back" 
   member   = "serviceAccount:${var.operator_service_account}"
 }
 
+# On-call reads the exporter's state in this system's Spanner database (export_progress:
+# each table's watermark, and why its export stopped; docs/operations.md#export-blocked)
+# as the operator account, which reads every record through the service already: SQL
+# reads of this one database, no writes, no schema changes.
+resource "google_spanner_database_iam_member" "operator_reads_database" {
+  for_each = google_spanner_database.serving
+
+  project  = var.project_id
+  instance = each.value.instance
+  database = each.value.name
+  role     = "roles/spanner.databaseReader"
+  member   = "serviceAccount:${var.operator_service_account}"
+}
+
 resource "google_service_account_iam_member" "operator_account_acts_as_runtime" {
   service_account_id = google_service_account.runtime.name
   role               = "roles/iam.serviceAccountUser"

@@ -1,15 +1,18 @@
 # The serving tier (infra/README.md, "The serving tier"), when this system has
 # `serving`: a Spanner database of its own on the environment's instance (root
-# spanner.tf). The service commits every batch there first, then to BigQuery, and
-# answers reads within its retention from it (RECORDLINE_SERVING, locals.tf). Without
-# `serving`, nothing here is created and the service runs on BigQuery alone.
+# spanner.tf). It is the system of record: the service acknowledges a batch once it is
+# committed there, an exporter inside the service appends its rows to BigQuery, each
+# exactly once, keeping its lease and progress in the same database (`export_lease`,
+# `export_progress`), and reads within its retention are answered from it
+# (RECORDLINE_SERVING, locals.tf). Without `serving`, nothing here is created and the
+# service runs on BigQuery alone.
 
 locals {
   serving_databases = var.serving != null ? { (var.service_name) = var.serving.instance } : {}
 
   # How far back the service reads Spanner: the dedupe window it runs with
   # (RECORDLINE_DEDUPE_WINDOW_SECONDS, set through extra_env, else its default of 7 days)
-  # and a day. Spanner keeps each row two days past the window, rounded up to a day
+  # and a day. BigQuery's records_unique looks back the same window (bigquery.tf). Spanner keeps each row two days past the window, rounded up to a day
   # (retention_days in app/store/spanner/schema.py; a test keeps the two equal).
   dedupe_window_seconds  = tonumber(lookup(var.extra_env, "RECORDLINE_DEDUPE_WINDOW_SECONDS", "604800"))
   spanner_retention_days = ceil(local.dedupe_window_seconds / 86400) + 2
@@ -37,8 +40,8 @@ resource "google_spanner_database" "serving" {
   # serving tier"). The service never changes the schema; it checks it at start.
   ddl = local.spanner_ddl
 
-  # The service reads no further back than 30 minutes (serving.py), and every row is in
-  # BigQuery too: Spanner's default hour of old versions, written down.
+  # The service reads no further back than 30 minutes (serving.py): Spanner's default
+  # hour of old versions, written down.
   version_retention_period = "1h"
 
   # Terraform refuses to delete it, and Spanner refuses to drop it (or its instance)

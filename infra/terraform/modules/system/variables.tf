@@ -39,7 +39,7 @@ variable "concurrency" {
 
 variable "min_instances" {
   type        = number
-  description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start."
+  description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start. A system with `serving` keeps at least 1 whatever this says: its exporter to BigQuery runs in the service."
 }
 
 variable "max_instances" {
