@@ -32,12 +32,18 @@ import msgspec
 from google.api_core.exceptions import InvalidArgument
 
 from app.errors import StoreUnavailable
-from app.records import DAY_MICROS, Record, Rejection, rejected_record
+from app.records import DAY_MICROS, TABLES, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.bell import Bell
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import ConflictObserver, differing
-from app.store.spanner.export import Exporter, ExportObserver, Ledger, holder_name
+from app.store.spanner.export import (
+    SETTLED_MICROS,
+    Exporter,
+    ExportObserver,
+    Ledger,
+    holder_name,
+)
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
 
@@ -203,9 +209,21 @@ class TieredStore:
     async def _read_watermark(self, ledger: Ledger) -> None:
         watermarks = await ledger.watermarks()
         self.watermark = min(watermarks.values())
-        if self._export_observer is not None:
-            for table, watermark in watermarks.items():
-                self._export_observer.watermark(table, watermark)
+        if self._export_observer is None:
+            return
+        for table, watermark in watermarks.items():
+            self._export_observer.watermark(table, watermark or await self._first_owed(table))
+
+    async def _first_owed(self, table: str) -> int:
+        """Where the export of `table` stands before its first progress: at its oldest
+        row in Spanner, or at the settled present if it has none (nothing is owed)."""
+        settled = self._now() - SETTLED_MICROS
+        kinds: tuple[type[Record] | type[Rejection], ...] = (Record, Rejection)
+        for kind in kinds:
+            if TABLES[table] is kind:
+                oldest = await self.serving.rows_after(kind, (0, ""), settled, 1)
+                return oldest[0].ingest_time if oldest else settled
+        return settled
 
     async def _verify(self) -> None:
         await self.serving.verify()

@@ -388,5 +388,8 @@ class ExportMetrics:
         # The exporter logs the reason itself, once per distinct reason.
         self._metrics.export_blocked[table] = True
 
+    def unblocked(self, table: str) -> None:
+        self._metrics.export_blocked[table] = False
+
     def watermark(self, table: str, micros: int) -> None:
         self._metrics.export_watermarks[table] = micros

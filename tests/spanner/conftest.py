@@ -8,6 +8,7 @@ import pytest
 
 from app.settings import QuerySettings, Settings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
+from app.store.spanner.export import ExportObserver
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -65,6 +66,7 @@ async def make_tiered(
             write_deadline_seconds: float = 5.0,
             start: bool = True,
             export: bool = False,
+            export_observer: ExportObserver | None = None,
         ) -> TieredStore:
             analytics = BigQueryStore(
                 PROJECT,
@@ -85,6 +87,7 @@ async def make_tiered(
                 write_deadline_seconds=write_deadline_seconds,
                 dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
                 export=export,
+                export_observer=export_observer,
                 **extra,
             )
             if start:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store.spanner.export import Exporter, LeaseLost, Progress
+from app.store.spanner.export import SETTLED_MICROS, Exporter, LeaseLost, Progress
 from app.store.tiered import TieredStore
 from tests.bigquery.fake_storage_write import Abort, ErrorResponse, FakeBigQueryWrite
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
@@ -146,18 +147,133 @@ async def test_a_row_bigquery_refuses_stops_the_export_there_and_says_which(
     await stored(store, ["m-1", "m-2", "m-bad", "m-3"])
     await settle_clock()
     write_fake.refuse = lambda row: "no such column" if row["message_id"] == "m-bad" else None
-    one = exporter(store)
+    one = exporter(store, blocked_retry_seconds=60)
     await drain(one)
     assert copies(write_fake, "records") == {}
     assert "m-bad" in one.blocked["records"]
     assert "no such column" in one.blocked["records"]
     progress = await one.ledger.progress("records")
     assert progress.blocked == one.blocked["records"]
-    # Mended (the table fixed), it goes on from that very row.
+    # Within the minute the refused batch is not sent again, and the other
+    # table's export goes on.
+    refused = write_fake.requests
     write_fake.refuse = None
+    await stored(store, ["r-1"], rejected=True)
+    await settle_clock()
     await drain(one)
+    assert copies(write_fake, "rejected") == {"r-1": 1}
+    assert copies(write_fake, "records") == {}
+    assert write_fake.requests == refused + 1  # the rejection's append alone
+    # Tried again (here by an exporter restarted in its place): mended, the
+    # table fixed, it goes on from that very row.
+    again = exporter(store)
+    await drain(again)
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1, "m-bad": 1, "m-3": 1}
+    assert "records" not in again.blocked
+
+
+class Told:
+    """An ExportObserver that keeps what it was told last."""
+
+    def __init__(self) -> None:
+        self.says_blocked: dict[str, bool] = {}
+        self.watermarks: dict[str, int] = {}
+
+    def exported(self, table: str, rows: int) -> None:
+        self.says_blocked[table] = False
+
+    def blocked(self, table: str, reason: str) -> None:
+        self.says_blocked[table] = True
+
+    def unblocked(self, table: str) -> None:
+        self.says_blocked[table] = False
+
+    def watermark(self, table: str, micros: int) -> None:
+        self.watermarks[table] = micros
+
+
+async def test_before_the_first_export_the_lag_runs_from_the_oldest_row(
+    make_tiered: Make,
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1", "m-2"])
+    oldest = await store.serving.message("m-1")
+    assert oldest is not None
+    await settle_clock()
+    # An instance starting now, before any export: the records are owed from their
+    # oldest row, not from 1970; nothing is owed of the empty table.
+    told = Told()
+    before = time.time_ns() // 1000
+    await make_tiered(export_observer=told)
+    assert told.watermarks["records"] == oldest.ingest_time
+    assert before - SETTLED_MICROS <= told.watermarks["rejected"] <= time.time_ns() // 1000
+
+
+async def test_an_exporter_that_lost_the_lease_no_longer_says_a_table_is_blocked(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-bad"])
+    await settle_clock()
+    write_fake.refuse = lambda row: "no such column"
+    told = Told()
+    one = exporter(store, holder="one", lease_seconds=1.0, observer=told)
+    await drain(one)
+    assert told.says_blocked == {"records": True}
+    # Another instance takes over once the lease ran out (1 s: time itself); the
+    # table is blocked for it now, and it says so, not the instance that left.
+    await asyncio.sleep(1.2)
+    two = exporter(store, holder="two", lease_seconds=60.0)
+    await drain(two)
+    assert two.blocked.keys() == {"records"}
+    assert not await one.step()
+    assert told.says_blocked == {"records": False}
+    assert one.blocked == {}
+
+
+async def test_a_stream_bigquery_dropped_is_replaced_for_a_new_batch(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1", "m-2"])
+    await settle_clock()
+    one = exporter(store)
+    await drain(one)
+    first = (await one.ledger.progress("records")).stream
+    assert first is not None
+    # Idle for long, say: BigQuery finalized the stream.
+    await store.analytics.offset_stream(Record).finalize(first)
+    await stored(store, ["m-3"])
+    await settle_clock()
+    await drain(one)
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1, "m-3": 1}
+    progress = await one.ledger.progress("records")
+    assert progress.stream not in (None, first)
+    assert progress.next_offset == 1
     assert "records" not in one.blocked
+
+
+async def test_a_batch_that_may_be_in_a_dropped_stream_blocks_its_table(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    one = exporter(store)
+    await drain(one)
+    await stored(store, ["m-2"])
+    await settle_clock()
+    # The batch's append lands, its answer is lost, then the stream is finalized:
+    # whether m-2 is in BigQuery only the old stream knew, so nothing may guess.
+    write_fake.inject("records", Abort(commit=True))
+    with pytest.raises(StoreUnavailable):
+        await one.step()
+    stream = (await one.ledger.progress("records")).stream
+    assert stream is not None
+    await store.analytics.offset_stream(Record).finalize(stream)
+    await drain(one)
+    assert "the stream cannot take the batch" in one.blocked["records"]
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
 
 
 async def test_bigquery_down_for_a_while_then_everything_once(

@@ -57,7 +57,15 @@ class RowsRefused(Exception):
 
 class StreamBroken(Exception):
     """The stream cannot take this append and never will: gone, finalized, or
-    shorter than the writer knows it to be (`OUT_OF_RANGE`)."""
+    shorter than the writer knows it to be (`OUT_OF_RANGE`).
+
+    `gone`: the stream no longer exists or is finalized, so it takes nothing
+    more; not when it merely holds fewer rows than the offset says.
+    """
+
+    def __init__(self, message: str, *, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 class OffsetStream:
@@ -120,10 +128,13 @@ class OffsetStream:
                 return Appended.ALREADY
             case grpc.StatusCode.OUT_OF_RANGE | grpc.StatusCode.NOT_FOUND:
                 self.close()
-                raise StreamBroken(f"{stream}: {code.name}: {response.error.message}")
+                raise StreamBroken(
+                    f"{stream}: {code.name}: {response.error.message}",
+                    gone=code is grpc.StatusCode.NOT_FOUND,
+                )
             case grpc.StatusCode.INVALID_ARGUMENT if "finalized" in response.error.message.lower():
                 self.close()
-                raise StreamBroken(f"{stream}: {response.error.message}")
+                raise StreamBroken(f"{stream}: {response.error.message}", gone=True)
         self.close()
         raise StoreUnavailable(f"{stream}: {code.name}: {response.error.message}")
 

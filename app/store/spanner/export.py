@@ -31,10 +31,14 @@ appends repeat an intent the new holder repeats too, neither can double a row.
 
 Never a row skipped. A row BigQuery refuses stops the export of its table at
 that row: the exporter names the message and the reason (`blocked`), logs
-it, and tries again every `BLOCKED_RETRY_SECONDS`; the lag alert fires while
-it waits. So does a batch whose rows are no longer in Spanner (deleted by the
-row deletion policy before they were exported), or a stream that no longer
-holds what the progress says it does.
+it, and tries that table again every `BLOCKED_RETRY_SECONDS` while the other
+goes on; the lag alert fires while it waits. So does a batch whose rows are no
+longer in Spanner (deleted by the row deletion policy before they were
+exported), or a stream that no longer holds what the progress says it does.
+A stream BigQuery no longer has, or has finalized, is replaced by a new one
+when the batch is new (none of its rows can be in the old stream); a batch
+that may have been appended before stays blocked, since only the old stream
+knew whether it was.
 """
 
 from __future__ import annotations
@@ -140,6 +144,10 @@ class ExportObserver(Protocol):
     def exported(self, table: str, rows: int) -> None: ...
 
     def blocked(self, table: str, reason: str) -> None: ...
+
+    def unblocked(self, table: str) -> None:
+        """The export of `table` goes on, or this instance no longer exports it."""
+        ...
 
     def watermark(self, table: str, micros: int) -> None:
         """Every row of `table` before `micros` is in BigQuery (each instance reads it)."""
@@ -292,6 +300,7 @@ class Exporter:
         batch_rows: int = BATCH_ROWS,
         batch_bytes: int = BATCH_BYTES,
         lease_seconds: float = LEASE_SECONDS,
+        blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
     ) -> None:
         self._serving = serving
         self._streams = streams
@@ -307,6 +316,9 @@ class Exporter:
         self._claimed_at = -float("inf")
         # Why each table's export is stopped, while it is.
         self.blocked: dict[str, str] = {}
+        # When a blocked table is tried again (monotonic seconds), and how long after.
+        self._retry_at: dict[str, float] = {}
+        self._blocked_retry_seconds = blocked_retry_seconds
         self._watermarks = watermarks
         # The last watermark told to BigQuery, per table.
         self._published: dict[str, int] = {}
@@ -321,21 +333,31 @@ class Exporter:
                 busy = await self.step()
             except (StoreUnavailable, LeaseLost) as exc:
                 log.warning("export paused: %s", exc)
-                self.leading = self.leading and not isinstance(exc, LeaseLost)
+                if isinstance(exc, LeaseLost):
+                    self._follow()
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             if not busy:
-                await asyncio.sleep(BLOCKED_RETRY_SECONDS if self._all_blocked() else IDLE_SECONDS)
+                # Blocked tables wait for their own retry (see _export); the
+                # lease is renewed meanwhile.
+                await asyncio.sleep(IDLE_SECONDS)
 
-    def _all_blocked(self) -> bool:
-        return bool(self.blocked) and set(self.blocked) == {_TABLES_OF[k] for k in self._streams}
+    def _follow(self) -> None:
+        """This exporter no longer holds the lease: what it knew of blocked tables is
+        the new holder's to say."""
+        self.leading = False
+        for table in list(self.blocked):
+            self._unblock(table)
 
     async def step(self) -> bool:
         """One batch of each table, if this exporter holds the lease; whether any
         rows were exported (True: there may be more at once)."""
         if time.monotonic() - self._claimed_at >= self._renew_seconds or not self.leading:
-            self.leading = await self.ledger.claim()
+            leading = await self.ledger.claim()
             self._claimed_at = time.monotonic()
+            if not leading:
+                self._follow()
+            self.leading = leading
         if not self.leading:
             return False
         exported = 0
@@ -347,6 +369,8 @@ class Exporter:
 
     async def _export(self, kind: RowType) -> int:
         table = _TABLES_OF[kind]
+        if time.monotonic() < self._retry_at.get(table, -float("inf")):
+            return 0
         progress = await self.ledger.progress(table)
         if progress.blocked is not None:
             self.blocked[table] = progress.blocked
@@ -356,7 +380,7 @@ class Exporter:
             rows = await self._pending_rows(kind, progress)
             if rows is None:
                 return 0
-            return await self._append(kind, progress, rows)
+            return await self._append(kind, progress, rows, fresh=False)
         if progress.stream is None:
             stream = await self._streams[kind].create()
             progress = msgspec.structs.replace(progress, stream=stream, next_offset=0)
@@ -385,7 +409,7 @@ class Exporter:
             pending_watermark=max(watermark, progress.watermark),
         )
         await self.ledger.record(intent)
-        return await self._append(kind, intent, rows)
+        return await self._append(kind, intent, rows, fresh=True)
 
     def _cut(self, kind: RowType, rows: Batch) -> Batch:
         """The longest start of `rows` within a batch's bytes (one row at least)."""
@@ -418,7 +442,8 @@ class Exporter:
             return None
         return rows
 
-    async def _append(self, kind: RowType, intent: Progress, rows: Batch) -> int:
+    async def _append(self, kind: RowType, intent: Progress, rows: Batch, *, fresh: bool) -> int:
+        """Append the batch `intent` names; `fresh` if no attempt at it came before."""
         table = _TABLES_OF[kind]
         assert intent.stream is not None
         encoder = self._encoders[kind]
@@ -426,6 +451,18 @@ class Exporter:
             appended = await self._streams[kind].append(
                 intent.stream, intent.next_offset, [encoder.encode(r) for r in rows]
             )
+        except StreamBroken as exc:
+            if not (fresh and exc.gone):
+                await self._block(intent, f"the stream cannot take the batch: {exc}")
+                return 0
+            # The stream is gone or finalized (idle for long, say) and no attempt at
+            # this batch came before: none of its rows are in BigQuery, so a new
+            # stream takes it from offset 0.
+            stream = await self._streams[kind].create()
+            log.info("%s: %s; exporting to %s from now on", table, exc, stream)
+            intent = msgspec.structs.replace(intent, stream=stream, next_offset=0)
+            await self.ledger.record(intent)
+            return await self._append(kind, intent, rows, fresh=False)
         except RowsRefused as exc:
             index = min(exc.reasons)
             await self._block(
@@ -433,9 +470,6 @@ class Exporter:
                 f"BigQuery refused message {rows[index].message_id} of {table}: "
                 f"{exc.reasons[index]}",
             )
-            return 0
-        except StreamBroken as exc:
-            await self._block(intent, f"the stream cannot take the batch: {exc}")
             return 0
         done = msgspec.structs.replace(
             intent,
@@ -453,7 +487,7 @@ class Exporter:
         await self._publish(table, done.watermark)
         if table in self.blocked:
             log.info("export of %s goes on", table)
-            del self.blocked[table]
+            self._unblock(table)
         if appended is Appended.ALREADY:
             log.info(
                 "%s: %d rows at offset %d were appended before; not again",
@@ -486,7 +520,14 @@ class Exporter:
         if self.blocked.get(table) != reason:
             log.error("export of %s stopped: %s", table, reason)
         self.blocked[table] = reason
+        self._retry_at[table] = time.monotonic() + self._blocked_retry_seconds
         if self._observer is not None:
             self._observer.blocked(table, reason)
         if progress.blocked != reason:
             await self.ledger.record(msgspec.structs.replace(progress, blocked=reason))
+
+    def _unblock(self, table: str) -> None:
+        self.blocked.pop(table, None)
+        self._retry_at.pop(table, None)
+        if self._observer is not None:
+            self._observer.unblocked(table)
