@@ -71,6 +71,7 @@ module "system" {
   memory                         = var.memory
   concurrency                    = var.concurrency
   request_timeout_seconds        = var.request_timeout_seconds
+  stream_seconds                 = var.stream_seconds
   write_deadline_seconds         = var.write_deadline_seconds
   ack_deadline_margin_seconds    = var.ack_deadline_margin_seconds
   max_delivery_attempts          = var.max_delivery_attempts

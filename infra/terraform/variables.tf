@@ -67,8 +67,12 @@ variable "concurrency" {
   description = <<-EOT
     Requests one instance serves at once. Push requests mostly wait on the group-commit
     batcher, so an instance carries many of them; more concurrency means larger appends.
+    A follower waiting for a record (`wait=`, or a stream of pages) holds one request and
+    no CPU: at 80, a thousand followers would keep thirteen instances up for nothing.
+    The batcher's queue (RECORDLINE_QUEUE_MAX_BYTES) still bounds what pushes hold, and
+    Cloud Run adds instances on CPU as well.
   EOT
-  default     = 80
+  default     = 1000
 
   validation {
     condition     = var.concurrency >= 1 && var.concurrency <= 1000
@@ -107,8 +111,34 @@ variable "memory" {
 
 variable "request_timeout_seconds" {
   type        = number
-  description = "Cloud Run request timeout; reads are bounded by RECORDLINE_QUERY_TIMEOUT_SECONDS below it."
-  default     = 30
+  description = <<-EOT
+    Cloud Run request timeout. Pushes and reads end well before it by their own deadlines
+    (RECORDLINE_WRITE_DEADLINE_SECONDS, RECORDLINE_QUERY_TIMEOUT_SECONDS); what it bounds
+    is a follower's request: a long-poll (`wait=`, at most 60 s) and a stream of pages
+    (stream_seconds). Both must end by the service, with the token to resume from, not be
+    cut by Cloud Run.
+  EOT
+  default     = 330
+
+  validation {
+    condition     = var.request_timeout_seconds >= max(var.stream_seconds, 60) + 10 && var.request_timeout_seconds <= 3600
+    error_message = "request_timeout_seconds must be at least 10 s above stream_seconds and above 60 (the longest wait=), and at most 3600: a follower's request must end by the service, not be cut by Cloud Run."
+  }
+}
+
+variable "stream_seconds" {
+  type        = number
+  description = <<-EOT
+    How long a follower's stream of pages (server-sent events) stays open before it ends
+    with the token to resume from (RECORDLINE_STREAM_SECONDS): the load balancer then
+    spreads followers over instances again, and a deploy's old revision drains.
+  EOT
+  default     = 300
+
+  validation {
+    condition     = var.stream_seconds >= 10 && var.stream_seconds <= 3590
+    error_message = "stream_seconds must be between 10 and 3590."
+  }
 }
 
 variable "ingress" {

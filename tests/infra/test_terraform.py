@@ -238,6 +238,33 @@ def test_ack_deadline_and_service_write_deadline_come_from_one_variable() -> Non
     assert "RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)" in env
 
 
+def test_a_followers_request_ends_by_the_service_before_cloud_run_cuts_it() -> None:
+    from app.query.service import MAX_WAIT_SECONDS
+    from app.settings import QuerySettings
+
+    variables = _variables()
+    timeout = variables["request_timeout_seconds"]["default"]
+    stream = variables["stream_seconds"]["default"]
+    assert stream == QuerySettings().stream_seconds
+    assert timeout >= max(stream, MAX_WAIT_SECONDS) + 10
+    env = _locals()["service_env"]
+    assert "RECORDLINE_STREAM_SECONDS = tostring(var.stream_seconds)" in env
+    (template,) = _resources("google_cloud_run_v2_service")["recordline"]["template"]
+    assert template["timeout"] == "${var.request_timeout_seconds}s"
+
+    def accepted(timeout: int, stream: int = 300) -> bool:
+        values = {"request_timeout_seconds": str(timeout), "stream_seconds": str(stream)}
+        return _validations_hold("request_timeout_seconds", values)
+
+    assert accepted(310)
+    assert not accepted(309)  # Cloud Run would cut a stream as it ends
+    assert accepted(70, stream=30)
+    assert not accepted(69, stream=30)  # nor a long-poll of 60 s
+    assert not accepted(3601, stream=300)
+    # Followers hold requests, not CPU: a thousand of them fit on one instance.
+    assert variables["concurrency"]["default"] == 1000
+
+
 def test_dead_letters_are_kept_in_bigquery_with_metadata() -> None:
     sub = _resources("google_pubsub_subscription")["dead_letter_to_bigquery"]
     assert sub["topic"] == "${google_pubsub_topic.dead_letter.id}"

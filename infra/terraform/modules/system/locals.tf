@@ -75,6 +75,7 @@ locals {
     RECORDLINE_READ_PRINCIPALS        = local.read_principals
     RECORDLINE_OPERATOR_PRINCIPALS    = local.operator_principals
     RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)
+    RECORDLINE_STREAM_SECONDS         = tostring(var.stream_seconds)
     # Cloud Run's invoker check (cloud_run.tf: invoker_iam_disabled = false)
     # verifies each token and replaces its signature before the request reaches
     # the container; the service then checks the claims (audience, sender, expiry).

@@ -59,7 +59,12 @@ variable "memory" {
 
 variable "request_timeout_seconds" {
   type        = number
-  description = "Cloud Run request timeout; reads are bounded by RECORDLINE_QUERY_TIMEOUT_SECONDS below it."
+  description = "Cloud Run request timeout; above stream_seconds and the longest wait= (60 s), so followers' requests end by the service."
+}
+
+variable "stream_seconds" {
+  type        = number
+  description = "RECORDLINE_STREAM_SECONDS: how long a stream of pages stays open before it ends with the token to resume from."
 }
 
 variable "ingress" {
