@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
@@ -208,3 +209,39 @@ async def test_a_full_page_never_changes_and_says_so(client: httpx.AsyncClient) 
     tail = await client.get("/v1/records", params={"limit": 100})
     assert "etag" not in tail.headers
     assert tail.headers["cache-control"] == "no-cache"
+
+
+async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spin() -> None:
+    # ASGI has a receive after the request's body return only once the client has
+    # gone; one that answers at once, again and again, is asked twice, not in a loop.
+    app = create_app(settings(), store=DuckDBStore(":memory:"))
+    received = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/records",
+        "raw_path": b"/v1/records",
+        "root_path": "",
+        "query_string": b"wait=0.5",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    async with AsyncTestClient(app):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 200
+    assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["records"] == []
+    assert received <= 2

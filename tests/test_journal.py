@@ -214,6 +214,17 @@ async def test_a_dead_writer_fails_appends_and_readiness(tmp_path: Path) -> None
         pid = store._journal.pid if store._journal else None
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
+
+        def gone() -> bool:
+            # Dead once it is a zombie or reaped: the signal is delivered asynchronously,
+            # and a writer not yet dead could still take the next append.
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except FileNotFoundError:
+                return True
+            return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+
+        await until(gone, what="the journal writer to die")
         with pytest.raises(StoreUnavailable, match="journal"):
             await store.append([record(2)])
         with pytest.raises(StoreUnavailable, match="journal writer exited"):

@@ -11,6 +11,7 @@ continue sees every record exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -76,16 +77,25 @@ _AS_VIEWED: dict[Kind, Callable[[Any], Any]] = {
 def view(view_type: type[View], row: Record | Rejection) -> View:
     """`row` as the API shows it: each of the view's fields from the row's column of that
     name, converted as its kind says (a view leaves out what it does not declare)."""
-    kinds = _KINDS[type(row)]
     values = {}
-    for field in msgspec.structs.fields(view_type):
-        value = getattr(row, field.name)
-        convert = _AS_VIEWED.get(kinds[field.name])
-        values[field.name] = value if value is None or convert is None else convert(value)
+    for name, convert in _viewing(view_type, type(row)):
+        value = getattr(row, name)
+        values[name] = value if value is None or convert is None else convert(value)
     return view_type(**values)
 
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
+
+
+@functools.cache
+def _viewing(view_type: type[Any], row_type: type[Any]) -> tuple[tuple[str, Any], ...]:
+    """Each field of the view, and how a row's value becomes it: worked out once per
+    pair of types (reading a struct's fields evaluates its annotations)."""
+    kinds = _KINDS[row_type]
+    return tuple(
+        (field.name, _AS_VIEWED.get(kinds[field.name]))
+        for field in msgspec.structs.fields(view_type)
+    )
 
 
 class RecordsPage(msgspec.Struct, frozen=True):
@@ -145,6 +155,10 @@ class Reader:
         self._tokens = tokens
         self._retention_days = retention_days
         self._clock = clock
+        # The pages read after the bell's last ring, by what was asked: followers
+        # woken together at one cursor read and convert its rows once between them.
+        self._woken: dict[tuple[Any, PageToken, int], asyncio.Future[Any]] = {}
+        self._woken_version = -1
 
     def horizon(self) -> int:
         store = self._store.read_horizon(self._clock() // 1000)
@@ -202,24 +216,61 @@ class Reader:
         deadline = loop.time() + wait
         bell = self._store.bell
         seen = bell.version
-        rows, resume, horizon = await self._read(listing, cursor, limit)
-        while not rows and resume is not None and not (stop is not None and stop.is_set()):
+        page, found = await self._page(listing, cursor, limit)
+        while not found and page.next_page_token is not None:
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or (stop is not None and stop.is_set()):
                 break
             await _first(bell.wait(seen, left), stop)
+            if bell.version == seen:
+                # Time is up, or the client left: read once more, for a fresh horizon.
+                page, found = await self._page(listing, cursor, limit)
+                continue
             seen = bell.version
-            rows, resume, horizon = await self._read(listing, cursor, limit)
+            page, found = await self._woken_page(listing, cursor, limit, seen)
+        if not found and wait and page.next_page_token is not None:
+            # A wait that found nothing gives the cursor back as it came: every
+            # follower waiting at the tail asks the same URL, which a cache in front
+            # can answer with one request to the service.
+            return listing.page([], self._tokens.encode(cursor), page.complete_until)
+        return page
+
+    async def _woken_page(
+        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, version: int
+    ) -> tuple[AnyPage, bool]:
+        """The page after `cursor` as read once the bell rang `version`: followers woken
+        by one ring at one cursor share one read (the rows a commit made readable
+        are the same for all of them), so a thousand cost one read, not a thousand."""
+        if version != self._woken_version:
+            self._woken.clear()
+            self._woken_version = version
+        key = (listing.kind, cursor, limit)
+        shared = self._woken.get(key)
+        if shared is None:
+            shared = self._woken[key] = asyncio.ensure_future(self._page(listing, cursor, limit))
+            # A read that failed is not handed to followers woken later.
+            shared.add_done_callback(
+                lambda done: (
+                    None
+                    if not done.cancelled() and done.exception() is None
+                    else self._woken.pop(key, None)
+                )
+            )
+        # One follower leaving (cancelled) must not cancel the others' read.
+        found: tuple[AnyPage, bool] = await asyncio.shield(shared)
+        return found
+
+    async def _page(
+        self, listing: Listing[AnyPage], cursor: PageToken, limit: int
+    ) -> tuple[AnyPage, bool]:
+        """The page after `cursor` as the store has it now, and whether it has rows."""
+        rows, resume, horizon = await self._read(listing, cursor, limit)
         if rows and len(rows) == limit:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
-        elif not rows and wait and resume is not None:
-            # A wait that found nothing gives the cursor back as it came: every
-            # follower waiting at the tail asks the same URL, which a cache in front
-            # can answer with one request to the service.
-            resume = self._tokens.encode(cursor)
-        return listing.page([view(listing.view, row) for row in rows], resume, moment(horizon))
+        page = listing.page([view(listing.view, row) for row in rows], resume, moment(horizon))
+        return page, bool(rows)
 
     async def _read(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int

@@ -186,9 +186,14 @@ async def _paged(
         return stream(
             reader, listing, followers, request, page_token=token, first=bounds, limit=limit
         )
-    async with until_gone(request, followers) as stop:
+    if wait:
+        async with until_gone(request, followers) as stop:
+            page = await reader.page(
+                listing, **bounds, limit=limit, page_token=page_token, wait=wait, stop=stop
+            )
+    else:
         page = await reader.page(
-            listing, **bounds, limit=limit, page_token=page_token, wait=wait, stop=stop
+            listing, **bounds, limit=limit, page_token=page_token, wait=0.0, stop=None
         )
     rows = page.records if isinstance(page, RecordsPage) else page.rejections
     return answer(request, page, full=len(rows) == limit, shared_cache=followers.shared_cache)

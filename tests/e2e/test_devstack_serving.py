@@ -40,6 +40,7 @@ from tests.processes import (
     free_port,
     stop,
 )
+from tests.waiting import until_blocking
 
 pytestmark = pytest.mark.emulator
 
@@ -127,9 +128,10 @@ def test_dev_serving_runs_the_serving_tier_in_one_command(
     assert published.returncode == 0, published.stderr
     url = f"http://127.0.0.1:{port}"
     assert served_ids(url, want, timeout=60) == want, terminal.output[-3000:]
-    # Stored in both tiers: Spanner, which serves the reads, and BigQuery.
+    # Stored in Spanner, which serves the reads, and exported from it to BigQuery
+    # within seconds.
     assert in_spanner(f"127.0.0.1:{spanner_port}") == want
-    assert in_bigquery(jobs[1]) == want
+    until_blocking(lambda: in_bigquery(jobs[1]) == want, timeout=60, what="the export to BigQuery")
 
     stop(terminal, "ctrl-c")
     assert_nothing_left(terminal, "ctrl-c", "once the serving tier ran")

@@ -23,6 +23,9 @@ from recordline_dev import serving
 
 PROJECT = "recordline-test"
 INSTANCE = "serving"
+# An instance holds at most 100 databases (the emulator keeps Spanner's quota):
+# a session's tests fill a new instance once one is nearly full.
+DATABASES_PER_INSTANCE = 90
 
 
 def find_emulator() -> Path:
@@ -41,13 +44,18 @@ class SpannerEmulator:
         self._names = itertools.count()
         self.client: Any = self._emulator.client(PROJECT)
         self.instance = self._emulator.create_instance(self.client, INSTANCE)
+        self._instances = itertools.count(1)
 
     def database(self, statements: list[str] | None = None) -> str:
         """A new database with `statements` (the service's schema by default): its URL."""
         window = QuerySettings().dedupe_window_seconds
+        number = next(self._names)
+        if number and not number % DATABASES_PER_INSTANCE:
+            name = f"{INSTANCE}-{next(self._instances)}"
+            self.instance = self._emulator.create_instance(self.client, name)
         return self._emulator.create_database(
             self.instance,
-            f"db{next(self._names)}",
+            f"db{number}",
             ddl(window) if statements is None else statements,
         )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -142,7 +143,8 @@ def too_large(row: Record | Rejection) -> str | None:
     return None
 
 
-class Accommodations(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Accommodations:
     """What the service does differently against the Spanner emulator, each by name.
 
     Measured on the emulator (cloud-spanner-emulator of Cloud SDK 528): two
@@ -170,7 +172,7 @@ class Accommodations(NamedTuple):
 
     @property
     def names(self) -> list[str]:
-        return [name for name, on in self._asdict().items() if on]
+        return [name for name, on in dataclasses.asdict(self).items() if on]
 
 
 class SchemaMismatch(SettingsError):
