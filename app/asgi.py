@@ -44,7 +44,7 @@ from app.query.page_token import PageTokens
 from app.query.service import Reader
 from app.routes.follow import Followers, on_terminate
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
-from app.routes.query import READ_ROUTES
+from app.routes.query import READ_ROUTES, Paging
 from app.settings import Settings
 from app.store import Store
 from app.store.open import open_store
@@ -272,7 +272,7 @@ def create_app(
             "reader": constant(reader),
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),
-            "followers": constant(followers),
+            "paging": constant(Paging(reader, followers)),
         },
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(outcomes, problems)],
@@ -293,7 +293,7 @@ def create_app(
             middleware_class=NegotiatedCompression,
         ),
         openapi_config=openapi_config(),
-        signature_types=[Ingest, Reader, Readiness, Replay, Followers],
+        signature_types=[Ingest, Reader, Readiness, Replay, Paging],
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )

@@ -17,9 +17,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.routes.follow import Followers
+from app.routes.query import Paging
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
+from tests.waiting import until
 
 
 def push_body(n: int) -> dict[str, Any]:
@@ -37,6 +40,18 @@ async def tail_token(client: httpx.AsyncClient) -> str:
     return token
 
 
+async def following(app: Litestar) -> Followers:
+    """The Followers instance the app's paged routes are given."""
+    paging: Paging = await app.dependencies["paging"]()
+    return paging.followers
+
+
+async def until_waiting(app: Litestar, count: int) -> Followers:
+    followers = await following(app)
+    await until(lambda: followers.open == count, what=f"{count} followers to wait")
+    return followers
+
+
 @pytest.fixture
 def app(store: FaultyStore) -> Litestar:
     return create_app(
@@ -51,13 +66,13 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_a_waiting_page_answers_as_soon_as_a_row_is_stored(
-    client: httpx.AsyncClient,
+    app: Litestar, client: httpx.AsyncClient
 ) -> None:
     token = await tail_token(client)
     waiting = asyncio.create_task(
         client.get("/v1/records", params={"page_token": token, "wait": 20})
     )
-    await asyncio.sleep(0.2)  # the page is waiting when the push comes: time itself
+    await until_waiting(app, 1)  # the page is waiting when the push comes
     assert not waiting.done()
     pushed_at = time.monotonic()
     assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
@@ -97,22 +112,12 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
     waiting = asyncio.create_task(
         client.get("/v1/records", params={"page_token": token, "wait": 30})
     )
-    open_followers = app.dependencies["followers"]
-    tracker = await open_followers()  # the Followers instance the routes are given
-    for _ in range(200):
-        if tracker.open == 1:
-            break
-        await asyncio.sleep(0.01)  # until the wait has begun
-    assert tracker.open == 1
+    tracker = await until_waiting(app, 1)
     metrics = (await client.get("/metrics")).text
     assert re.search(r"^recordline_followers(\{[^}]*\})? 1(\.0)?$", metrics, re.M), metrics
     left = time.monotonic()
     waiting.cancel()  # the client closes the connection
-    for _ in range(200):
-        if tracker.open == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert tracker.open == 0, "the wait went on after the client left"
+    await until(lambda: tracker.open == 0, what="the wait to end as the client left")
     assert time.monotonic() - left < 1.0
 
 
@@ -148,21 +153,19 @@ async def test_a_stream_sends_pages_as_rows_come_and_ends_with_where_to_resume(
     seen: list[str] = []
     kinds: list[str] = []
     last_id = None
-
-    async def push_later() -> None:
-        await asyncio.sleep(0.3)  # while the stream is open: time itself
-        await client.post("/pubsub/push", json=push_body(1))
-
-    pushing = asyncio.create_task(push_later())
+    pushing: asyncio.Task[httpx.Response] | None = None
     async for event in events(client):
         kinds.append(event.get("event", "comment"))
         if event.get("event") == "page":
             seen += [r["message_id"] for r in json.loads(event["data"])["records"]]
             last_id = event["id"]
+            if pushing is None:  # the stream is open: a row stored now comes next
+                pushing = asyncio.create_task(client.post("/pubsub/push", json=push_body(1)))
         if event.get("event") == "end":
             end = json.loads(event["data"])
             assert event["id"] == end["next_page_token"]
-    await pushing
+    assert pushing is not None
+    assert (await pushing).status_code == 204
     assert seen == ["m-0", "m-1"]
     assert "comment" in kinds  # heartbeats while nothing came
     assert kinds[-1] == "end"  # after RECORDLINE_STREAM_SECONDS
