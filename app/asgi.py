@@ -224,7 +224,7 @@ def create_app(
 
     async def drain() -> None:
         readiness.stopping = True
-        followers.stopping.set()
+        followers.stop()
         await batcher.close(grace=settings.server.shutdown_grace_seconds)
 
     @asynccontextmanager
@@ -240,7 +240,7 @@ def create_app(
             stack.push_async_callback(drain)
             # uvicorn waits for open requests before the lifespan ends: waiting
             # pages and streams must hear of a SIGTERM at once to end in the grace.
-            stack.enter_context(on_terminate(followers.stopping.set))
+            stack.enter_context(on_terminate(followers.stop))
             log.info("recordline ready on store %s", settings.store.url)
             yield
         log.info("recordline stopped: accepted rows drained, store closed")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
+import cachetools
 import msgspec
 
 from app.errors import BadParameter, Gone, NotFound
@@ -29,6 +30,11 @@ MAX_LIMIT = 1000
 # The longest a page may wait for rows (`wait`): a minute keeps a request well
 # inside every proxy's idle timeout, and a follower asks again at once.
 MAX_WAIT_SECONDS = 60.0
+# A page read for a follower is given to the followers asking for the same one
+# within this long (and no commit since): at most this much older than a read of
+# its own, and a thousand followers woken at once cost a few reads.
+SHARED_READ_SECONDS = 0.05
+SHARED_READS = 4096
 _FOREVER = 2**62
 
 
@@ -155,10 +161,12 @@ class Reader:
         self._tokens = tokens
         self._retention_days = retention_days
         self._clock = clock
-        # The pages read after the bell's last ring, by what was asked: followers
-        # woken together at one cursor read and convert its rows once between them.
-        self._woken: dict[tuple[Any, PageToken, int], asyncio.Future[Any]] = {}
-        self._woken_version = -1
+        # Followers' pages, by what was asked, read since the bell's last ring and
+        # within SHARED_READ_SECONDS (`_followed`).
+        self._shared: cachetools.TTLCache[tuple[Any, PageToken, int], asyncio.Future[Any]] = (
+            cachetools.TTLCache(maxsize=SHARED_READS, ttl=SHARED_READ_SECONDS, timer=time.monotonic)
+        )
+        self._shared_version = -1
 
     def horizon(self) -> int:
         store = self._store.read_horizon(self._clock() // 1000)
@@ -200,14 +208,16 @@ class Reader:
         limit: int,
         page_token: str | None,
         wait: float = 0.0,
-        stop: asyncio.Event | None = None,
+        stop: asyncio.Future[None] | None = None,
     ) -> AnyPage:
         """One page of a list, in ingest order; records and rejections page alike.
 
         With `wait`, a page that would be empty is held back until a row past
         the cursor is readable (the store's bell), `wait` seconds pass, or
-        `stop` is set: then it is answered as it is, empty, with the same
-        cursor and a fresh `complete_until`.
+        `stop` is done: then it is answered as it is, empty, with the same
+        cursor and a fresh `complete_until`. A follower's reads (with `wait`)
+        are shared with the followers reading at the same cursor at the same
+        moment (`_followed`).
         """
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
@@ -215,19 +225,16 @@ class Reader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         bell = self._store.bell
+        read = self._followed if wait else self._page
         seen = bell.version
-        page, found = await self._page(listing, cursor, limit)
+        page, found = await read(listing, cursor, limit)
         while not found and page.next_page_token is not None:
             left = deadline - loop.time()
-            if left <= 0 or (stop is not None and stop.is_set()):
+            if left <= 0 or (stop is not None and stop.done()):
                 break
-            await _first(bell.wait(seen, left), stop)
-            if bell.version == seen:
-                # Time is up, or the client left: read once more, for a fresh horizon.
-                page, found = await self._page(listing, cursor, limit)
-                continue
+            await bell.wait(seen, left, stop)
             seen = bell.version
-            page, found = await self._woken_page(listing, cursor, limit, seen)
+            page, found = await read(listing, cursor, limit)
         if not found and wait and page.next_page_token is not None:
             # A wait that found nothing gives the cursor back as it came: every
             # follower waiting at the tail asks the same URL, which a cache in front
@@ -235,30 +242,31 @@ class Reader:
             return listing.page([], self._tokens.encode(cursor), page.complete_until)
         return page
 
-    async def _woken_page(
-        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, version: int
+    async def _followed(
+        self, listing: Listing[AnyPage], cursor: PageToken, limit: int
     ) -> tuple[AnyPage, bool]:
-        """The page after `cursor` as read once the bell rang `version`: followers woken
-        by one ring at one cursor share one read (the rows a commit made readable
-        are the same for all of them), so a thousand cost one read, not a thousand."""
-        if version != self._woken_version:
-            self._woken.clear()
-            self._woken_version = version
+        """The page after `cursor` for a follower: one read for every follower at that
+        cursor within SHARED_READ_SECONDS and no ring of the bell. A thousand followers
+        woken by one commit cost one read and one encoding, not a thousand; a page
+        read a moment ago was complete then, so it is a true answer now (the next
+        page starts where it ends)."""
+        version = self._store.bell.version
+        if version != self._shared_version:
+            self._shared.clear()
+            self._shared_version = version
         key = (listing.kind, cursor, limit)
-        shared = self._woken.get(key)
+        shared = self._shared.get(key)
         if shared is None:
-            shared = self._woken[key] = asyncio.ensure_future(self._page(listing, cursor, limit))
-            # A read that failed is not handed to followers woken later.
-            shared.add_done_callback(
-                lambda done: (
-                    None
-                    if not done.cancelled() and done.exception() is None
-                    else self._woken.pop(key, None)
-                )
-            )
+            shared = self._shared[key] = asyncio.ensure_future(self._page(listing, cursor, limit))
+            # A read that failed is not handed to the next follower.
+            shared.add_done_callback(lambda done: self._forget_failed(key, done))
         # One follower leaving (cancelled) must not cancel the others' read.
         found: tuple[AnyPage, bool] = await asyncio.shield(shared)
         return found
+
+    def _forget_failed(self, key: tuple[Any, PageToken, int], read: asyncio.Future[Any]) -> None:
+        if (read.cancelled() or read.exception() is not None) and self._shared.get(key) is read:
+            del self._shared[key]
 
     async def _page(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int
@@ -363,16 +371,3 @@ class Reader:
             reason=status.reason,
             record=None if status.record is None else view(RecordView, status.record),
         )
-
-
-async def _first(waiting: Awaitable[bool], stop: asyncio.Event | None) -> None:
-    """Wait for `waiting`, or until `stop` is set, whichever comes first."""
-    if stop is None:
-        await waiting
-        return
-    tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(stop.wait())}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

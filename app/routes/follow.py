@@ -23,6 +23,7 @@ store once behind it: nothing is buffered per follower.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import signal
@@ -33,7 +34,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 from litestar import Request, Response
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
 from app.query.service import Listing, Reader, RecordsPage, RejectionsPage
@@ -45,6 +46,9 @@ COMPLETE_UNTIL: Final = "Recordline-Complete-Until"
 EVENT_STREAM: Final = "text/event-stream"
 # A page that can never change may be kept this long (a year: as long as HTTP allows).
 IMMUTABLE_SECONDS: Final = 31_536_000
+# Pages whose encoding is kept, the latest ones (followers woken together are
+# sent the same page object, so it is encoded once for all of them).
+ENCODED_PAGES: Final = 64
 _encode = msgspec.json.encode
 
 
@@ -57,19 +61,56 @@ class Followers:
         self.stream_seconds = stream_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.shared_cache = shared_cache
-        # Set when the service starts stopping (SIGTERM): waits end, streams say
+        # True once the service starts stopping (SIGTERM): waits end, streams say
         # where to resume, so the grace period is enough for every one.
-        self.stopping = asyncio.Event()
+        self.stopping = False
+        # What ends each waiting page and open stream early (`until_gone`).
+        self._stops: set[asyncio.Future[None]] = set()
         # Waiting pages and open streams now (for metrics and tests).
         self.open = 0
+        self._encoded: collections.OrderedDict[int, tuple[object, bytes, bytes]] = (
+            collections.OrderedDict()
+        )
+
+    def stop(self) -> None:
+        """The service stops: every wait ends now, and so does every stream."""
+        self.stopping = True
+        for stop in self._stops:
+            if not stop.done():
+                stop.set_result(None)
+
+    @contextlib.contextmanager
+    def following(self, stop: asyncio.Future[None]) -> Iterator[None]:
+        """Count a waiting page or stream while inside; `stop` is done if the service stops."""
+        if self.stopping:
+            stop.set_result(None)
+        self._stops.add(stop)
+        self.open += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            self._stops.discard(stop)
+
+    def encoded(self, page: RecordsPage | RejectionsPage) -> tuple[bytes, bytes]:
+        """The page as JSON, and as the data of an event: made once per page object."""
+        found = self._encoded.get(id(page))
+        if found is not None and found[0] is page:
+            return found[1], found[2]
+        body = _encode(page)
+        event = _event("page", page.next_page_token, body)
+        self._encoded[id(page)] = (page, body, event)
+        if len(self._encoded) > ENCODED_PAGES:
+            self._encoded.popitem(last=False)
+        return body, event
 
 
 @contextlib.asynccontextmanager
 async def until_gone(
     request: Request[Any, Any, Any], followers: Followers
-) -> AsyncIterator[asyncio.Event]:
-    """An event set when the client disconnects or the service stops, while inside."""
-    stop = asyncio.Event()
+) -> AsyncIterator[asyncio.Future[None]]:
+    """A future done when the client disconnects or the service stops, while inside."""
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def disconnected() -> None:
         # The request's body first (none, for a GET), then a receive that returns
@@ -81,21 +122,15 @@ async def until_gone(
             message = await request.receive()
         if message["type"] != "http.disconnect":
             message = await request.receive()
-        if message["type"] == "http.disconnect":
-            stop.set()
+        if message["type"] == "http.disconnect" and not stop.done():
+            stop.set_result(None)
 
-    async def stopping() -> None:
-        await followers.stopping.wait()
-        stop.set()
-
-    watchers = [asyncio.ensure_future(disconnected()), asyncio.ensure_future(stopping())]
-    followers.open += 1
+    watcher = asyncio.ensure_future(disconnected())
     try:
-        yield stop
+        with followers.following(stop):
+            yield stop
     finally:
-        followers.open -= 1
-        for watcher in watchers:
-            watcher.cancel()
+        watcher.cancel()
 
 
 def wants_stream(request: Request[Any, Any, Any]) -> bool:
@@ -103,16 +138,16 @@ def wants_stream(request: Request[Any, Any, Any]) -> bool:
 
 
 def answer(
-    request: Request[Any, Any, Any], page: P, *, full: bool, shared_cache: bool
+    request: Request[Any, Any, Any], page: P, *, full: bool, followers: Followers
 ) -> Response[Any]:
     """The page as JSON, with its freshness, and for a full one what caches may do."""
     headers = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
+    body, _ = followers.encoded(page)
     if not full:
         headers["Cache-Control"] = "no-cache"
-        return Response(page, headers=headers)
-    body = _encode(page)
+        return Response(body, media_type="application/json", headers=headers)
     etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-    scope = "public" if shared_cache else "private"
+    scope = "public" if followers.shared_cache else "private"
     headers |= {"ETag": etag, "Cache-Control": f"{scope}, max-age={IMMUTABLE_SECONDS}, immutable"}
     if etag in _etags(request.headers.get("if-none-match", "")):
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
@@ -121,6 +156,15 @@ def answer(
 
 def _etags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
+def _event(kind: str, event_id: str | None, data: bytes) -> bytes:
+    """One server-sent event; `data` is JSON from msgspec, which is one line."""
+    head = b"" if event_id is None else b"id: " + event_id.encode() + b"\n"
+    return head + b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+HEARTBEAT: Final = b": heartbeat\n\n"
 
 
 def stream(
@@ -132,16 +176,16 @@ def stream(
     page_token: str | None,
     first: dict[str, Any],
     limit: int,
-) -> ServerSentEvent:
+) -> Stream:
     """The pages from `page_token` (or `first`'s since/until) on, as events."""
 
-    async def events() -> AsyncIterator[ServerSentEventMessage]:
+    async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         ends = loop.time() + followers.stream_seconds
         token = page_token
         complete = None
         async with until_gone(request, followers) as stop:
-            while not stop.is_set() and loop.time() < ends:
+            while not stop.done() and loop.time() < ends:
                 wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
                 page = await reader.page(
                     listing,
@@ -154,11 +198,9 @@ def stream(
                 token, complete = page.next_page_token, page.complete_until
                 rows = page.records if isinstance(page, RecordsPage) else page.rejections
                 if rows:
-                    yield ServerSentEventMessage(
-                        data=_encode(page).decode(), event="page", id=token
-                    )
+                    yield followers.encoded(page)[1]
                 elif token is not None:
-                    yield ServerSentEventMessage(comment="heartbeat", data=None)
+                    yield HEARTBEAT
                 if token is None:  # a bounded range, complete
                     break
             # Where to resume: the same stream, asked again with this id.
@@ -166,10 +208,11 @@ def stream(
                 "next_page_token": token,
                 "complete_until": None if complete is None else rfc3339(complete),
             }
-            yield ServerSentEventMessage(data=_encode(end).decode(), event="end", id=token)
+            yield _event("end", token, _encode(end))
 
-    return ServerSentEvent(
+    return Stream(
         events(),
+        media_type=f"{EVENT_STREAM}; charset=utf-8",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

@@ -208,7 +208,7 @@ async def _paged(
             listing, **bounds, limit=limit, page_token=page_token, wait=0.0, stop=None
         )
     rows = page.records if isinstance(page, RecordsPage) else page.rejections
-    return answer(request, page, full=len(rows) == limit, shared_cache=followers.shared_cache)
+    return answer(request, page, full=len(rows) == limit, followers=followers)
 
 
 @get(

@@ -9,40 +9,47 @@ one read between them, not a thousand.
 
 `version` grows with every ring; a follower notes it before it reads and
 waits for it to grow, so a ring between its read and its wait is not lost.
+A ring is a future every waiter of that moment shares, and a waiter's other
+reason to stop is a future too: waiting on both makes no task.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 
 class Bell:
     def __init__(self) -> None:
         self.version = 0
         self.waiting = 0
-        self._rung = asyncio.Event()
+        # Done at the next ring; made by the first waiter after a ring.
+        self._rung: asyncio.Future[None] | None = None
         # Set while someone waits: a store that has to look for other instances'
         # commits does so only then.
         self.wanted = asyncio.Event()
 
     def ring(self) -> None:
         self.version += 1
-        rung, self._rung = self._rung, asyncio.Event()
-        rung.set()
+        rung, self._rung = self._rung, None
+        if rung is not None and not rung.done():
+            rung.set_result(None)
 
-    async def wait(self, seen: int, within: float) -> bool:
+    async def wait(
+        self, seen: int, within: float, stop: asyncio.Future[None] | None = None
+    ) -> bool:
         """Return once the bell rang since `version` was `seen` (True), or after
-        `within` seconds (False)."""
+        `within` seconds or once `stop` is done (False)."""
         if self.version != seen:
             return True
-        rung = self._rung
+        if self._rung is None:
+            self._rung = asyncio.get_running_loop().create_future()
+        waiting: set[asyncio.Future[None]] = {self._rung}
+        if stop is not None:
+            waiting.add(stop)
         self.waiting += 1
         self.wanted.set()
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(within):
-                    await rung.wait()
+            await asyncio.wait(waiting, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.waiting -= 1
             if not self.waiting:
