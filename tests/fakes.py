@@ -74,6 +74,7 @@ class FaultyStore(WrappedStore):
         self.delay = 0.0
         self.jitter = 0.0  # up to this much more delay, at random: commits reorder
         self.appends: list[int] = []  # rows per append call that reached the store
+        self.pages = 0  # reads of a page that reached the store
         self.appending = 0  # rows of the append calls under way (held by `release`, say)
         self.release = asyncio.Event()
         self.release.set()
@@ -92,6 +93,7 @@ class FaultyStore(WrappedStore):
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         if self.failing_reads:
             raise StoreUnavailable("injected: reads fail")
+        self.pages += 1
         return await self.inner.page(kind, query)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:

@@ -8,11 +8,13 @@ import base64
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -20,7 +22,7 @@ from app.asgi import create_app
 from app.routes.follow import Followers
 from app.routes.query import Paging
 from app.store.duckdb.store import DuckDBStore
-from tests.conftest import served, settings
+from tests.conftest import served, served_in_thread, settings
 from tests.fakes import FaultyStore
 from tests.waiting import until
 
@@ -248,3 +250,71 @@ async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spi
     assert sent[0]["status"] == 200
     assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["records"] == []
     assert received <= 2
+
+
+async def test_followers_woken_by_one_push_share_their_reads(
+    app: Litestar, client: httpx.AsyncClient, store: FaultyStore
+) -> None:
+    token = await tail_token(client)
+    waits = [
+        asyncio.create_task(client.get("/v1/records", params={"page_token": token, "wait": 20}))
+        for _ in range(50)
+    ]
+    await until_waiting(app, 50)
+    before = store.pages
+    assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
+    pages = [(await w).json() for w in waits]
+    assert all([r["message_id"] for r in p["records"]] == ["m-1"] for p in pages)
+    # One read for the followers woken within 50 ms of each other, not one each.
+    assert store.pages - before < 10, store.pages - before
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_HEADER = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
+
+
+@pytest.fixture(scope="module")
+def streams() -> Iterator[httpx.Client]:
+    app = create_app(
+        settings(RECORDLINE_HEARTBEAT_SECONDS="0.05", RECORDLINE_STREAM_SECONDS="0.2"),
+        store=DuckDBStore(":memory:"),
+    )
+    with served_in_thread(app) as client:
+        client.post("/pubsub/push", json=push_body(0)).raise_for_status()
+        yield client
+
+
+@hypothesis.settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(
+    params=st.fixed_dictionaries(
+        {},
+        optional={
+            "since": _TEXT | st.just("2024-04-27T12:00:00Z"),
+            "until": _TEXT | st.just("2030-01-01T00:00:00Z"),
+            "limit": st.integers(-5, 2000).map(str) | _TEXT,
+            "page_token": _TEXT,
+            "wait": st.floats(-1, 100).map(str),
+        },
+    ),
+    last_event_id=st.none() | _HEADER,
+)
+def test_any_stream_request_is_a_stream_that_ends_or_a_problem(
+    streams: httpx.Client, params: dict[str, str], last_event_id: str | None
+) -> None:
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    with streams.stream("GET", "/v1/records", params=params, headers=headers) as answer:
+        body = answer.read()
+    assert answer.status_code < 500, body
+    if answer.status_code == 200:
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        # Every stream ends by itself (here after 0.2 s) saying where to resume.
+        *_, last = body.decode().strip().split("\n\n")
+        assert "event: end" in last, body
+    else:
+        assert answer.headers["content-type"] == "application/problem+json", body
