@@ -3,13 +3,15 @@
     python3 dev.py bench e2e [--rate 500] [--seconds 20] [--lanes 8]
                              [--stores duckdb,bigquery,serving]
 
-`recordline serve` runs as a process, the emulator pushes to it, and a
-follower walks /v1/records by page token as any consumer would. A record is
-visible when the follower first sees it; its latency is that moment minus the
-publish_time Pub/Sub stamped on it (one machine, one clock). The follower
-is at the tail when publishing begins (it has read once from that moment):
-a first page over the whole retention, which takes seconds on BigQuery, is
-catching up, not publish-to-visible latency.
+`recordline serve` runs as a process, the emulator pushes to it, and three
+followers walk /v1/records by page token side by side, on the same records:
+one polling every 50 ms (`wait=0`), one by long-poll (`wait=30`), one by a
+stream of pages (server-sent events). A record is visible to a follower when
+it first sees it; its latency is that moment minus the publish_time Pub/Sub
+stamped on it (one machine, one clock). The followers are at the tail when
+publishing begins (each has read once from that moment): a first page over the
+whole retention, which takes seconds on BigQuery, is catching up, not
+publish-to-visible latency.
 
 Each store in `--stores` gets a run of its own, in turn, with the same load:
 - `duckdb`: the embedded store, a file;
@@ -18,9 +20,10 @@ Each store in `--stores` gets a run of its own, in turn, with the same load:
   default settle window: a follower reads nothing younger than it;
 - `serving`: the same BigQuery with the Spanner serving tier (Google's Spanner
   emulator) in front: pages are exact Spanner reads, no settle window.
-The last column is each p99 over BigQuery-only's p99 of the same run. Beside
-the follower's figures: what a push waits for (the append's p99) and, with the
-serving tier, the exporter's rate into BigQuery and its lag behind now.
+Each follower's p99 is printed over the polling follower's p99 of the same
+run, and over BigQuery-only's polling p99. Beside the followers' figures:
+what a push waits for (the append's p99) and, with the serving tier, the
+exporter's rate into BigQuery and its lag behind now.
 
 The emulator pushes at most two messages at a time per subscription, where
 Pub/Sub keeps hundreds in flight, so one subscription caps the stored rate at
@@ -66,6 +69,8 @@ from recordline_dev.serving import (
 )
 
 SLO_SECONDS = 5.0
+FOLLOWERS = ("polling every 50 ms", "long-poll (wait=30)", "server-sent events")
+POLLING = FOLLOWERS[0]
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
 
 
@@ -75,6 +80,13 @@ class _Seen(msgspec.Struct, frozen=True):
 
 
 _decode = msgspec.json.Decoder(_Seen).decode
+
+
+class _Page(msgspec.Struct):
+    records: list[msgspec.Raw]
+
+
+_PAGE = msgspec.json.Decoder(_Page).decode
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -102,7 +114,7 @@ def bucket_percentile(samples: list[tuple[dict[str, str], float]], fraction: flo
 
 async def run(
     emulator: Emulator, url: str, token: str, args: argparse.Namespace
-) -> tuple[list[str], float]:
+) -> tuple[list[str], dict[str, Seen]]:
     count = round(args.rate * args.seconds)
     run_id = secrets.token_hex(4)
     async with PubSubAdmin(emulator.host) as admin:
@@ -116,16 +128,39 @@ async def run(
             )
             topics.append(admin.topic_path(topic))
 
-    latencies: list[float] = []
-    first_visible = last_visible = 0.0
+    seen: dict[str, list[float]] = {mode: [] for mode in FOLLOWERS}
+    last_visible = 0.0
 
-    async def follower(http: httpx.AsyncClient, since: str) -> None:
-        nonlocal first_visible, last_visible
-        async for page in follow(http, since=since, idle=0.05):
-            now = time.time()
-            first_visible = first_visible or now
-            last_visible = now
-            latencies.extend(now - _decode(raw).publish_time.timestamp() for raw in page)
+    def saw(mode: str, page: list[msgspec.Raw]) -> None:
+        nonlocal last_visible
+        now = time.time()
+        last_visible = max(last_visible, now)
+        seen[mode].extend(now - _decode(raw).publish_time.timestamp() for raw in page)
+
+    async def polling(http: httpx.AsyncClient, since: str) -> None:
+        async for page in follow(http, since=since, idle=0.05, wait=0):
+            saw("polling every 50 ms", page)
+
+    async def long_poll(http: httpx.AsyncClient, since: str) -> None:
+        async for page in follow(http, since=since):
+            saw("long-poll (wait=30)", page)
+
+    async def streaming(http: httpx.AsyncClient, since: str) -> None:
+        token: str | None = None
+        while True:  # each stream ends after a while, saying where to resume
+            params = {"page_token": token} if token else {"since": since}
+            headers = {"Accept": "text/event-stream"}
+            async with http.stream("GET", "/v1/records", params=params, headers=headers) as sse:
+                event: dict[str, str] = {}
+                async for line in sse.aiter_lines():
+                    if line:
+                        field, _, value = line.partition(": ")
+                        event[field] = value
+                        continue
+                    if event.get("event") == "page":
+                        saw("server-sent events", _PAGE(event["data"]).records)
+                    token = event.get("id", token)
+                    event = {}
 
     # The serving tier's exporter, from the service's own metrics as it runs.
     export_lags: list[float] = []
@@ -152,15 +187,19 @@ async def run(
         # publish to visible, not a first page over the whole retention.
         since = since_time(None)
         (await http.get("/v1/records", params={"since": since})).raise_for_status()
-        following = asyncio.create_task(follower(http, since))
+        followers = [
+            asyncio.create_task(follower(http, since))
+            for follower in (polling, long_poll, streaming)
+        ]
         started = time.time()
         published = await asyncio.to_thread(
             publish, client, topics, generated_records(count), rate=args.rate
         )
         deadline = time.monotonic() + 120
-        while len(latencies) < published.acknowledged and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        following.cancel()
+        while min(map(len, seen.values())) < published.acknowledged and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # a glance at the followers' counts
+        for following in followers:
+            following.cancel()
         watching.cancel()
         ended = time.time()
         metrics = scrape((await http.get("/metrics")).text)
@@ -173,23 +212,40 @@ async def run(
     export_rate = (exported - exported_before) / max(ended - started, 1e-9)
     export_lags.sort()
 
-    latencies.sort()
-    stored = len(latencies)
-    within = sum(1 for v in latencies if v <= SLO_SECONDS) / max(published.acknowledged, 1)
-    p99 = percentile(latencies, 0.99) if latencies else float("inf")
-    return [
+    stored = max(map(len, seen.values()))
+    store_row = [
         f"{args.lanes}",
         f"{published.acknowledged:,}",
         f"{published.rate:,.0f}/s",
         f"{stored / max(last_visible - started, 1e-9):,.0f}/s",
-        f"{percentile(latencies, 0.5) * 1000:,.0f} ms" if latencies else "-",
-        f"{percentile(latencies, 0.99) * 1000:,.0f} ms" if latencies else "-",
-        f"{latencies[-1] * 1000:,.0f} ms" if latencies else "-",
-        f"{within:.2%}",
         f"≤ {append_p99 * 1000:,.0f} ms",
         f"{export_rate:,.0f}/s" if exported else "-",
         f"{percentile(export_lags, 0.99):,.1f} s" if export_lags else "-",
-    ], p99
+    ]
+    return store_row, {mode: Seen(sorted(v), published.acknowledged) for mode, v in seen.items()}
+
+
+class Seen(msgspec.Struct, frozen=True):
+    """What one follower saw: each record's publish-to-visible seconds, in order."""
+
+    latencies: list[float]
+    acknowledged: int
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 0.99) if self.latencies else float("inf")
+
+    def row(self) -> list[str]:
+        if not self.latencies:
+            return ["0", "-", "-", "-", "0.00%"]
+        within = sum(1 for v in self.latencies if v <= SLO_SECONDS) / max(self.acknowledged, 1)
+        return [
+            f"{len(self.latencies):,}",
+            f"{percentile(self.latencies, 0.5) * 1000:,.0f} ms",
+            f"{self.p99 * 1000:,.0f} ms",
+            f"{self.latencies[-1] * 1000:,.0f} ms",
+            f"{within:.2%}",
+        ]
 
 
 BIGQUERY = ("recordline-bench", "records")  # project, dataset the fakes serve
@@ -228,8 +284,10 @@ def store_settings(name: str, tmp: Path, stack: contextlib.ExitStack) -> dict[st
     return settings
 
 
-def measure(launcher: Path, name: str, args: argparse.Namespace) -> tuple[list[str], float]:
-    """One run on store `name`: its table row and its p99 in seconds."""
+def measure(
+    launcher: Path, name: str, args: argparse.Namespace
+) -> tuple[list[str], dict[str, Seen]]:
+    """One run on store `name`: its row, and what each follower saw."""
     token = secrets.token_urlsafe(24)
     port = free_port()
     with (
@@ -245,8 +303,8 @@ def measure(launcher: Path, name: str, args: argparse.Namespace) -> tuple[list[s
         }
         emulator = stack.enter_context(Emulator(launcher, log_path=tmp / "emulator.log"))
         service = stack.enter_context(server([*SERVE, "--port", str(port)], port, env=env))
-        row, p99 = asyncio.run(run(emulator, service.url, token, args))
-    return [name, *row], p99
+        row, seen = asyncio.run(run(emulator, service.url, token, args))
+    return [name, *row], seen
 
 
 def main(argv: list[str]) -> int:
@@ -275,20 +333,37 @@ def main(argv: list[str]) -> int:
         return 2
 
     results = {name: measure(launcher, name, args) for name in stores}
-    baseline = results["bigquery"][1] if "bigquery" in results else None
+    baseline = results["bigquery"][1][POLLING].p99 if "bigquery" in results else None
     print(
         f"\nend to end through the Pub/Sub emulator: {args.rate:g} messages/s for "
         f"{args.seconds:g} s, {args.lanes} lanes, one `recordline serve` per store\n"
     )
-    header = ["store", "lanes", "published", "publish rate", "stored rate", "p50", "p99", "max"]
-    header += [f"within {SLO_SECONDS:g} s", "append p99", "exported", "export lag p99"]
-    rows = [[*row, f"{p99 / baseline:.3f}" if baseline else "-"] for row, p99 in results.values()]
-    print(table([[*header, "p99 / bigquery"], *rows]))
+    header = ["store", "follower", "records", "p50", "p99", "max", f"within {SLO_SECONDS:g} s"]
+    header += ["p99 / polling", "p99 / bigquery polling"]
+    rows = []
+    for name, (_, seen) in results.items():
+        polled = seen[POLLING].p99
+        for mode, one in seen.items():
+            rows.append(
+                [
+                    name,
+                    mode,
+                    *one.row(),
+                    f"{one.p99 / polled:.3f}",
+                    f"{one.p99 / baseline:.3f}" if baseline else "-",
+                ]
+            )
+    print(table([header, *rows]))
+    header = ["store", "lanes", "published", "publish rate", "stored rate", "append p99"]
+    header += ["exported", "export lag p99"]
+    print()
+    print(table([header, *(row for row, _ in results.values())]))
     print(
-        "\np50/p99/max: publish to visible to a follower. append p99: a group commit's "
-        "duration, what a push waits for (the bound of its histogram bucket). exported, "
-        "export lag p99: the serving tier's exporter, rows/s into BigQuery and its "
-        "watermark's lag behind now, sampled every 0.5 s."
+        "\np50/p99/max: publish to visible to each follower, the three reading side by "
+        "side. append p99: a group commit's duration, what a push waits for (the bound "
+        "of its histogram bucket). exported, export lag p99: the serving tier's "
+        "exporter, rows/s into BigQuery and its watermark's lag behind now, sampled "
+        "every 0.5 s."
     )
     return 0
 
