@@ -239,6 +239,7 @@ def main(argv: list[str]) -> int:
     )
     print(table(rows))
     print(
-        "targets: p95 < 20 ms single-client; p95 < 50 ms at 32 clients at the tail while ingest runs"
+        "targets: p95 < 20 ms single-client; p95 < 50 ms at 32 clients at the tail "
+        "while ingest runs"
     )
     return 0
