@@ -186,7 +186,13 @@ def test_dev_py_serve_stops_at_a_random_moment_of_start_up(
     delay = rng.uniform(0, 4)
     time.sleep(delay)  # the moment of the stop is what is tested: a random one
     stop(terminal, rng.choice(["SIGTERM", "terminal closes"]))
-    assert_nothing_left(terminal, "a stop", f"{delay:.2f} s after the start, seed {SEED}")
+    # A stop while dev.py still prepares the environment (its `call`) is passed on to
+    # the child, and dev.py exits 128 + the signal, as a shell does.
+    handled = frozenset({128 + signal.SIGTERM, 128 + signal.SIGHUP})
+    allowed = handled | {0, -signal.SIGTERM, -signal.SIGHUP}
+    assert_nothing_left(
+        terminal, "a stop", f"{delay:.2f} s after the start, seed {SEED}", statuses=allowed
+    )
     if db.exists():
         duckdb.connect(str(db)).close()
 
