@@ -318,3 +318,29 @@ def test_any_stream_request_is_a_stream_that_ends_or_a_problem(
         assert "event: end" in last, body
     else:
         assert answer.headers["content-type"] == "application/problem+json", body
+
+
+async def test_a_stream_whose_reads_fail_ends_with_where_to_resume_and_why(
+    client: httpx.AsyncClient, store: FaultyStore
+) -> None:
+    await client.post("/pubsub/push", json=push_body(0))
+    seen: list[dict[str, str]] = []
+    async for event in events(client):
+        seen.append(event)
+        if event.get("event") == "page":
+            store.failing_reads = True  # the store stops answering after the first page
+    store.failing_reads = False
+    page, end = seen[0], seen[-1]
+    assert page["event"] == "page"
+    assert end["event"] == "end"
+    ended = json.loads(end["data"])
+    assert ended["problem"]["type"] == "/problems/store-unavailable"
+    assert ended["problem"]["status"] == 503
+    # Where to resume is the token after the last page sent: nothing lost, nothing twice.
+    assert end["id"] == page["id"] == ended["next_page_token"]
+    await client.post("/pubsub/push", json=push_body(1))
+    resumed: list[str] = []
+    async for event in events(client, headers={"last-event-id": end["id"]}):
+        if event.get("event") == "page":
+            resumed += [r["message_id"] for r in json.loads(event["data"])["records"]]
+    assert resumed == ["m-1"]

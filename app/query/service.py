@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -146,6 +146,16 @@ class MessageView(msgspec.Struct, kw_only=True, frozen=True):
     record: RecordView | None = None
 
 
+class SharedRead:
+    """A read of a page that followers share: when it began (monotonic), and it."""
+
+    __slots__ = ("begun", "read")
+
+    def __init__(self, begun: float, read: Awaitable[Any]) -> None:
+        self.begun = begun
+        self.read: asyncio.Future[Any] = asyncio.ensure_future(read)
+
+
 class Reader:
     def __init__(
         self,
@@ -163,7 +173,7 @@ class Reader:
         self._clock = clock
         # Followers' pages, by what was asked, read since the bell's last ring and
         # within SHARED_READ_SECONDS (`_followed`).
-        self._shared: cachetools.TTLCache[tuple[Any, PageToken, int], asyncio.Future[Any]] = (
+        self._shared: cachetools.TTLCache[tuple[Any, PageToken, int], SharedRead] = (
             cachetools.TTLCache(maxsize=SHARED_READS, ttl=SHARED_READ_SECONDS, timer=time.monotonic)
         )
         self._shared_version = -1
@@ -209,6 +219,7 @@ class Reader:
         page_token: str | None,
         wait: float = 0.0,
         stop: asyncio.Future[None] | None = None,
+        asked_at: float | None = None,
     ) -> AnyPage:
         """One page of a list, in ingest order; records and rejections page alike.
 
@@ -217,7 +228,9 @@ class Reader:
         `stop` is done: then it is answered as it is, empty, with the same
         cursor and a fresh `complete_until`. A follower's reads (with `wait`)
         are shared with the followers reading at the same cursor at the same
-        moment (`_followed`).
+        moment (`_followed`), if they began after `asked_at` (monotonic; by
+        default, now): the moment the follower's request began, so that what it
+        was acknowledged before then is in every page it gets.
         """
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
@@ -225,7 +238,15 @@ class Reader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         bell = self._store.bell
-        read = self._followed if wait else self._page
+        asked = time.monotonic() if asked_at is None else asked_at
+
+        async def read(
+            listing: Listing[AnyPage], cursor: PageToken, limit: int
+        ) -> tuple[AnyPage, bool]:
+            if not wait:
+                return await self._page(listing, cursor, limit)
+            return await self._followed(listing, cursor, limit, asked)
+
         seen = bell.version
         page, found = await read(listing, cursor, limit)
         while not found and page.next_page_token is not None:
@@ -243,29 +264,34 @@ class Reader:
         return page
 
     async def _followed(
-        self, listing: Listing[AnyPage], cursor: PageToken, limit: int
+        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, asked: float
     ) -> tuple[AnyPage, bool]:
-        """The page after `cursor` for a follower: one read for every follower at that
-        cursor within SHARED_READ_SECONDS and no ring of the bell. A thousand followers
-        woken by one commit cost one read and one encoding, not a thousand; a page
-        read a moment ago was complete then, so it is a true answer now (the next
-        page starts where it ends)."""
+        """The page after `cursor` for a follower who asked at `asked`: one read for
+        every follower at that cursor within SHARED_READ_SECONDS, with no ring of the
+        bell since, and begun after the follower asked (its barrier then covers all
+        that follower was acknowledged). A thousand followers woken by one commit
+        cost one read and one encoding, not a thousand; a page read a moment ago was
+        complete then, so it is a true answer now (the next page starts where it
+        ends)."""
         version = self._store.bell.version
         if version != self._shared_version:
             self._shared.clear()
             self._shared_version = version
         key = (listing.kind, cursor, limit)
         shared = self._shared.get(key)
-        if shared is None:
-            shared = self._shared[key] = asyncio.ensure_future(self._page(listing, cursor, limit))
+        if shared is None or shared.begun < asked:
+            shared = SharedRead(time.monotonic(), self._page(listing, cursor, limit))
+            self._shared[key] = shared
             # A read that failed is not handed to the next follower.
-            shared.add_done_callback(lambda done: self._forget_failed(key, done))
+            shared.read.add_done_callback(lambda done: self._forget_failed(key, done))
         # One follower leaving (cancelled) must not cancel the others' read.
-        found: tuple[AnyPage, bool] = await asyncio.shield(shared)
+        found: tuple[AnyPage, bool] = await asyncio.shield(shared.read)
         return found
 
     def _forget_failed(self, key: tuple[Any, PageToken, int], read: asyncio.Future[Any]) -> None:
-        if (read.cancelled() or read.exception() is not None) and self._shared.get(key) is read:
+        failed = read.cancelled() or read.exception() is not None
+        shared = self._shared.get(key)
+        if failed and shared is not None and shared.read is read:
             del self._shared[key]
 
     async def _page(

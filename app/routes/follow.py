@@ -26,8 +26,10 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import Any, Final, TypeVar
@@ -37,10 +39,13 @@ from litestar import Request, Response
 from litestar.response import Stream
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
+from app.errors import RetryLater
+from app.problems import problem_type
 from app.query.service import Listing, Reader, RecordsPage, RejectionsPage
 from app.records import rfc3339
 
 P = TypeVar("P", RecordsPage, RejectionsPage)
+log = logging.getLogger(__name__)
 
 COMPLETE_UNTIL: Final = "Recordline-Complete-Until"
 EVENT_STREAM: Final = "text/event-stream"
@@ -182,19 +187,31 @@ def stream(
     async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         ends = loop.time() + followers.stream_seconds
+        # What this follower was acknowledged before its stream began is in every
+        # page the stream sends (`Reader.page`'s `asked_at`).
+        asked_at = time.monotonic()
         token = page_token
         complete = None
+        failed: RetryLater | None = None
         async with until_gone(request, followers) as stop:
             while not stop.done() and loop.time() < ends:
                 wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
-                page = await reader.page(
-                    listing,
-                    **(first if token is None else {"since": None, "until": None}),
-                    limit=limit,
-                    page_token=token,
-                    wait=wait,
-                    stop=stop,
-                )
+                try:
+                    page = await reader.page(
+                        listing,
+                        **(first if token is None else {"since": None, "until": None}),
+                        limit=limit,
+                        page_token=token,
+                        wait=wait,
+                        stop=stop,
+                        asked_at=asked_at,
+                    )
+                except RetryLater as exc:
+                    # The store did not answer: the stream ends as it would, with
+                    # where to resume, and says why.
+                    log.warning("stream of pages ended early: %s", exc.detail)
+                    failed = exc
+                    break
                 token, complete = page.next_page_token, page.complete_until
                 rows = page.records if isinstance(page, RecordsPage) else page.rejections
                 if rows:
@@ -204,10 +221,17 @@ def stream(
                 if token is None:  # a bounded range, complete
                     break
             # Where to resume: the same stream, asked again with this id.
-            end = {
+            end: dict[str, Any] = {
                 "next_page_token": token,
                 "complete_until": None if complete is None else rfc3339(complete),
             }
+            if failed is not None:
+                end["problem"] = {
+                    "type": problem_type(type(failed)),
+                    "title": failed.title,
+                    "status": failed.status,
+                    "detail": failed.detail,
+                }
             yield _event("end", token, _encode(end))
 
     return Stream(

@@ -201,11 +201,21 @@ async def _paged(
     if wait:
         async with until_gone(request, followers) as stop:
             page = await reader.page(
-                listing, **bounds, limit=limit, page_token=page_token, wait=wait, stop=stop
+                listing,
+                since=bounds["since"],
+                until=bounds["until"],
+                limit=limit,
+                page_token=page_token,
+                wait=wait,
+                stop=stop,
             )
     else:
         page = await reader.page(
-            listing, **bounds, limit=limit, page_token=page_token, wait=0.0, stop=None
+            listing,
+            since=bounds["since"],
+            until=bounds["until"],
+            limit=limit,
+            page_token=page_token,
         )
     rows = page.records if isinstance(page, RecordsPage) else page.rejections
     return answer(request, page, full=len(rows) == limit, followers=followers)
