@@ -150,17 +150,20 @@ async def run(
         while True:  # each stream ends after a while, saying where to resume
             params = {"page_token": token} if token else {"since": since}
             headers = {"Accept": "text/event-stream"}
-            async with http.stream("GET", "/v1/records", params=params, headers=headers) as sse:
-                event: dict[str, str] = {}
-                async for line in sse.aiter_lines():
-                    if line:
-                        field, _, value = line.partition(": ")
-                        event[field] = value
-                        continue
-                    if event.get("event") == "page":
-                        saw("server-sent events", _PAGE(event["data"]).records)
-                    token = event.get("id", token)
-                    event = {}
+            try:
+                async with http.stream("GET", "/v1/records", params=params, headers=headers) as sse:
+                    event: dict[str, str] = {}
+                    async for line in sse.aiter_lines():
+                        if line:
+                            field, _, value = line.partition(": ")
+                            event[field] = value
+                            continue
+                        if event.get("event") == "page":
+                            saw("server-sent events", _PAGE(event["data"]).records)
+                        token = event.get("id", token)
+                        event = {}
+            except httpx.HTTPError as exc:  # as EventSource does: reconnect, from the last id
+                print(f"stream of pages broke ({exc!r}); resuming", file=sys.stderr)
 
     # The serving tier's exporter, from the service's own metrics as it runs.
     export_lags: list[float] = []
