@@ -344,3 +344,18 @@ async def test_a_stream_whose_reads_fail_ends_with_where_to_resume_and_why(
         if event.get("event") == "page":
             resumed += [r["message_id"] for r in json.loads(event["data"])["records"]]
     assert resumed == ["m-1"]
+
+
+async def test_a_last_event_id_that_is_no_token_is_a_400_naming_the_header(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.get(
+        "/v1/records", headers={"Accept": "text/event-stream", "Last-Event-ID": "garbage"}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["parameter"] == "Last-Event-ID"
+    # The same token as a parameter is named as the parameter.
+    answer = await client.get(
+        "/v1/records", params={"page_token": "garbage"}, headers={"Accept": "text/event-stream"}
+    )
+    assert answer.json()["parameter"] == "page_token"
