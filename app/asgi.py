@@ -239,7 +239,7 @@ def create_app(
             await batcher.start()
             stack.push_async_callback(drain)
             # uvicorn waits for open requests before the lifespan ends: waiting
-            # pages and streams must hear of a SIGTERM at once to end in the grace.
+            # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
             stack.enter_context(on_terminate(followers.stop))
             log.info("recordline ready on store %s", settings.store.url)
             yield

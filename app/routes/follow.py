@@ -243,8 +243,9 @@ def stream(
 
 @contextlib.contextmanager
 def on_terminate(callback: Callable[[], None]) -> Iterator[None]:
-    """Call `callback` (on the event loop) when the process gets SIGTERM, then let the
-    handler that was there (the server's: drain and stop) do its part, while inside.
+    """Call `callback` (on the event loop) when the process is asked to stop (SIGTERM,
+    or SIGINT: Ctrl-C), then let the handler that was there (the server's: drain and
+    stop) do its part, while inside.
 
     Only the main thread may handle signals: elsewhere (an app in a test's thread)
     this does nothing.
@@ -253,18 +254,22 @@ def on_terminate(callback: Callable[[], None]) -> Iterator[None]:
         yield
         return
     loop = asyncio.get_running_loop()
-    previous = signal.getsignal(signal.SIGTERM)
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in stops}
 
     def terminated(signum: int, frame: FrameType | None) -> None:
         loop.call_soon_threadsafe(callback)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.raise_signal(signal.SIGTERM)
+        before = previous[signal.Signals(signum)]
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
-    signal.signal(signal.SIGTERM, terminated)
+    for signum in stops:
+        signal.signal(signum, terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
