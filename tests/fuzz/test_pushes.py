@@ -186,11 +186,14 @@ def check(service: Service, batch: list[Push]) -> None:
     answered: list[tuple[Push, int]] = [(push, service.push(push)) for push in batch]
     # The push whose copy of each message is the stored one: the first that fit.
     firsts: dict[str, Push] = {}
+    # Messages an earlier copy in this batch left unknown (it may have been stored or
+    # rejected): the first copy wins, so no later copy says which.
+    unknown: set[str] = set()
     for push, status in answered:
         if push.fits is not None and status == 400:
             # A usable envelope: only the payload was in question.
             raise AssertionError(f"a usable envelope was refused: {push}")
-        if status != 204:
+        if status != 204 or push.message_id in unknown:
             continue
         known = service.outcomes.get(push.message_id)
         if push.fits:
@@ -203,6 +206,7 @@ def check(service: Service, batch: list[Push]) -> None:
             # It may have been stored: what the service says is taken below.
             service.outcomes.pop(push.message_id, None)
             firsts.pop(push.message_id, None)
+            unknown.add(push.message_id)
     for push, status in answered:
         if status != 204:
             continue
