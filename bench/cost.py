@@ -42,7 +42,7 @@ from app.settings import QuerySettings, Settings
 from app.store.spanner.schema import retention_days
 from bench.bqcost import TAIL, billed, run_rate
 from bench.harness import table
-from recordline_dev.devstack import EmulatorNotFound
+from recordline_dev.processes import EmulatorNotFound
 from tests.bigquery.billing import DOLLARS_PER_TIB
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
 from tests.conftest import served

@@ -60,7 +60,8 @@ from recordline_dev.client import (
     since_time,
     trace_publishes,
 )
-from recordline_dev.devstack import Emulator, EmulatorNotFound, PubSubAdmin, find_emulator, wire
+from recordline_dev.devstack import Emulator, PubSubAdmin, find_emulator, wire
+from recordline_dev.processes import EmulatorNotFound
 from recordline_dev.serving import (
     BigQueryStandIn,
     SpannerEmulator,

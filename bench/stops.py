@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from recordline_dev.devstack import EmulatorNotFound, find_emulator
-from recordline_dev.processes import port_is_free
+from recordline_dev.devstack import find_emulator
+from recordline_dev.processes import EmulatorNotFound, port_is_free
 from tests.processes import BANNER, STOP_SECONDS, dev_terminal, wait_until_gone
 
 # What a run printed last before the stop, in start-up order.

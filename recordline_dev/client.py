@@ -33,6 +33,8 @@ from rich.console import Console
 
 from app.records import micros, rfc3339
 
+# The project the local tools use against the emulator when none is named.
+DEV_PROJECT = "recordline-dev"
 # Outstanding publishes before `publish()` blocks: bounds memory for any
 # --count, and is the client library's own default message limit.
 MAX_OUTSTANDING_MESSAGES = 1000
@@ -428,8 +430,6 @@ def publish_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        from recordline_dev.devstack import DEV_PROJECT
-
         project = DEV_PROJECT
     try:
         telemetry = Settings.load().telemetry

@@ -33,8 +33,6 @@ import itertools
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,16 +53,19 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 
 from app.settings import Settings, SettingsError
 from app.telemetry.metrics import CANARY_ATTRIBUTE
-from recordline_dev.client import EXAMPLE_SCHEMAS, publisher_client
+from recordline_dev.client import DEV_PROJECT, EXAMPLE_SCHEMAS, publisher_client
 from recordline_dev.processes import (
-    KILL_SECONDS,
+    EmulatorNotFound,
     Interrupted,
     PortTaken,
     ProcessGroup,
     StopSignals,
     become_subreaper,
+    emulator_in_sdk,
     ensure_free,
+    free_port,
     listener,
+    stop_group,
 )
 
 # Where the Google Cloud CLI keeps the emulator, below its SDK root.
@@ -73,10 +74,7 @@ EMULATOR_IN_SDK = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 EMULATOR_START_SECONDS = 60.0
 # The emulator's Java process answers SIGTERM at once; a wedged JVM gets SIGKILL.
 EMULATOR_STOP_SECONDS = 5.0
-# `gcloud info` imports the whole CLI: ~2 s when warm, far more on a cold disk.
-GCLOUD_INFO_SECONDS = 30.0
 
-DEV_PROJECT = "recordline-dev"
 DEV_TOPIC = "records"
 # `recordline dev --serving`: the stand-in's dataset, Spanner's instance and database.
 DEV_DATASET = "recordline"
@@ -85,10 +83,6 @@ DEV_DATABASE = "recordline"
 # Pub/Sub's smallest allowed value, so a poison message reaches the dead-letter
 # topic after the fewest pushes.
 MIN_DELIVERY_ATTEMPTS = 5
-
-
-class EmulatorNotFound(RuntimeError):
-    """The emulator or Java is missing; the message says which and how to get it."""
 
 
 def find_emulator(environ: Mapping[str, str] | None = None) -> Path:
@@ -124,39 +118,6 @@ def _emulator_in_sdk() -> Path:
     )
 
 
-def emulator_in_sdk(name: str, relative: Path, *, install: str, override: str) -> Path:
-    """The emulator at `relative` in the Google Cloud CLI's installation.
-
-    Raises EmulatorNotFound with a message that starts with `name` and says how to
-    install it (`install`) or where else to point (`override`, a variable).
-    """
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        raise EmulatorNotFound(
-            f"{name}: not found; install the Google Cloud CLI and {install}, or set {override}"
-        )
-    try:
-        root = subprocess.run(  # noqa: S603 - our own argv, no shell
-            [gcloud, "info", "--format=value(installation.sdk_root)"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=GCLOUD_INFO_SECONDS,
-        ).stdout.strip()
-    except (subprocess.SubprocessError, OSError) as exc:
-        raise EmulatorNotFound(f"{name}: `gcloud info` failed: {exc}") from None
-    path = Path(root) / relative
-    if not path.is_file():
-        raise EmulatorNotFound(f"{name}: not installed in {root}; run {install}")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen[bytes]) -> None:
     """Poll `url` until it answers 200; fail early if `process` exits."""
     deadline = time.monotonic() + timeout
@@ -169,22 +130,6 @@ def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen[byte
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer within {timeout:g} s")
         time.sleep(0.1)
-
-
-def stop_group(process: subprocess.Popen[bytes], *, timeout: float) -> None:
-    """SIGTERM the process group `process` leads, then SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        # Bounded even now: a process stuck in the kernel is left, not waited on forever.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=KILL_SECONDS)
 
 
 class Emulator:

@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # After SIGKILL a process is gone within milliseconds unless it is stuck in the
 # kernel (a dead NFS mount); past this, it is reported rather than waited for.
 KILL_SECONDS = 5.0
+# `gcloud info` imports the whole CLI: ~2 s when warm, far more on a cold disk.
+GCLOUD_INFO_SECONDS = 30.0
 # How often a stop looks at its children while it waits.
 _POLL_SECONDS = 0.05
 # prctl(2): PR_SET_CHILD_SUBREAPER.
@@ -332,3 +335,56 @@ def _killpg(pgid: int, signum: int) -> None:
     # PermissionError: no member left that we may signal (one changed user).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
+
+
+class EmulatorNotFound(RuntimeError):
+    """The emulator or Java is missing; the message says which and how to get it."""
+
+
+def emulator_in_sdk(name: str, relative: Path, *, install: str, override: str) -> Path:
+    """The emulator at `relative` in the Google Cloud CLI's installation.
+
+    Raises EmulatorNotFound with a message that starts with `name` and says how to
+    install it (`install`) or where else to point (`override`, a variable).
+    """
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        raise EmulatorNotFound(
+            f"{name}: not found; install the Google Cloud CLI and {install}, or set {override}"
+        )
+    try:
+        root = subprocess.run(  # noqa: S603 - our own argv, no shell
+            [gcloud, "info", "--format=value(installation.sdk_root)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=GCLOUD_INFO_SECONDS,
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise EmulatorNotFound(f"{name}: `gcloud info` failed: {exc}") from None
+    path = Path(root) / relative
+    if not path.is_file():
+        raise EmulatorNotFound(f"{name}: not installed in {root}; run {install}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_group(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM the process group `process` leads, then SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        # Bounded even now: a process stuck in the kernel is left, not waited on forever.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=KILL_SECONDS)

@@ -30,8 +30,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from recordline_dev.devstack import EmulatorNotFound, emulator_in_sdk, free_port, stop_group
-from recordline_dev.processes import ProcessGroup
+from recordline_dev.processes import (
+    EmulatorNotFound,
+    ProcessGroup,
+    emulator_in_sdk,
+    free_port,
+    stop_group,
+)
 
 # Where the Google Cloud CLI keeps the emulator, below its SDK root.
 SPANNER_IN_SDK = Path("bin/cloud_spanner_emulator/emulator_main")

@@ -19,7 +19,7 @@ from litestar.testing import AsyncTestClient, TestClient
 from app.asgi import create_app
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
-from recordline_dev.devstack import EmulatorNotFound
+from recordline_dev.processes import EmulatorNotFound
 from tests.bigquery.conftest import DATASET as BIGQUERY_DATASET
 from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs

@@ -32,14 +32,12 @@ from recordline_dev.client import follow, publish, publisher_client, trace_publi
 from recordline_dev.devstack import (
     MIN_DELIVERY_ATTEMPTS,
     Emulator,
-    EmulatorNotFound,
     PubSubAdmin,
     find_emulator,
-    free_port,
-    stop_group,
     wait_until_ready,
     wire,
 )
+from recordline_dev.processes import EmulatorNotFound, free_port, stop_group
 from tests.fakes import FaultyStore
 from tests.waiting import until
 

@@ -20,7 +20,8 @@ import duckdb
 import httpx
 import pytest
 
-from recordline_dev.devstack import EmulatorNotFound, find_emulator
+from recordline_dev.devstack import find_emulator
+from recordline_dev.processes import EmulatorNotFound
 from tests.processes import (
     BANNER,
     RECORDLINE,

@@ -21,14 +21,9 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, spanner
 
-from recordline_dev.devstack import (
-    DEV_DATABASE,
-    DEV_DATASET,
-    DEV_INSTANCE,
-    DEV_PROJECT,
-    EmulatorNotFound,
-    find_emulator,
-)
+from recordline_dev.client import DEV_PROJECT
+from recordline_dev.devstack import DEV_DATABASE, DEV_DATASET, DEV_INSTANCE, find_emulator
+from recordline_dev.processes import EmulatorNotFound
 from recordline_dev.serving import find_spanner_emulator
 from tests.processes import (
     BANNER,

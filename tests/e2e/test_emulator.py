@@ -23,7 +23,8 @@ from rich.console import Console
 
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
-from recordline_dev.devstack import Canary, free_port
+from recordline_dev.devstack import Canary
+from recordline_dev.processes import free_port
 from recordline_dev.replay import ReplayError, Service, replay_dead_letters
 from tests.conftest import served, settings
 from tests.e2e.conftest import (

@@ -30,8 +30,13 @@ from google.pubsub_v1.types import Encoding, Schema
 
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
-from recordline_dev.client import EXAMPLE_SCHEMAS, add_publish_arguments, publish_command
-from recordline_dev.devstack import DEV_PROJECT, Emulator
+from recordline_dev.client import (
+    DEV_PROJECT,
+    EXAMPLE_SCHEMAS,
+    add_publish_arguments,
+    publish_command,
+)
+from recordline_dev.devstack import Emulator
 from tests.conftest import served, settings
 from tests.e2e.conftest import PUSH_TOKEN, Follower, RecordingStore, Wiring, publish_all
 from tests.fake_schema_api import FakeSchemaApi

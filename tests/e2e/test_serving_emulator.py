@@ -33,7 +33,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from app.records import micros
-from recordline_dev.devstack import Emulator, PubSubAdmin, free_port
+from recordline_dev.devstack import Emulator, PubSubAdmin
+from recordline_dev.processes import free_port
 from recordline_dev.serving import BigQueryStandIn
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.e2e.conftest import PUSH_TOKEN, ServiceProcess, payloads, publish_all
