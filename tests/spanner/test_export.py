@@ -220,9 +220,9 @@ async def test_an_exporter_that_lost_the_lease_no_longer_says_a_table_is_blocked
     one = exporter(store, holder="one", lease_seconds=1.0, observer=told)
     await drain(one)
     assert told.says_blocked == {"records": True}
-    # Another instance takes over once the lease ran out (1 s: time itself); the
-    # table is blocked for it now, and it says so, not the instance that left.
-    await asyncio.sleep(1.2)
+    # Another instance takes over once the lease ran out; the table is blocked for
+    # it now, and it says so, not the instance that left.
+    await asyncio.sleep(1.2)  # the lease (1 s) runs out: time itself is what is tested
     two = exporter(store, holder="two", lease_seconds=60.0)
     await drain(two)
     assert two.blocked.keys() == {"records"}
