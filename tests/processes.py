@@ -14,7 +14,6 @@ import fcntl
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import termios
@@ -25,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recordline_dev.processes import free_port
 from tests.waiting import until_blocking
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,12 +201,6 @@ def wait_ready(url: str, terminal: Terminal) -> None:
         interval=0.1,
         what=lambda: f"{url}/readyz to answer 200\n{terminal.output}",
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dev_terminal(

@@ -9,7 +9,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from app.cli import main
 from app.settings import TOOL_VARIABLES, Settings, SettingsError, declared
 from tests.processes import free_port
+from tests.waiting import until_blocking
 
 # A value each setting refuses. Every setting is here or in FREE_TEXT: a new one
 # must say which.
@@ -253,15 +253,14 @@ def test_serve_says_where_it_serves(tmp_path: Path) -> None:
 
 
 def ready(url: str, process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         assert process.poll() is None, f"exited with {process.returncode}"
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
         except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"{url} was not ready within 60 s")
+            return False
+
+    until_blocking(answers, timeout=60, interval=0.1, what=f"{url}/readyz to answer 200")
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from app.asgi import create_app
 from app.routes.follow import Followers
 from app.routes.query import Paging
 from app.store.duckdb.store import DuckDBStore
-from tests.conftest import served, served_in_thread, settings
+from tests.conftest import http_scope, served, served_in_thread, settings
 from tests.fakes import FaultyStore
 from tests.waiting import until
 
@@ -231,20 +231,7 @@ async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spi
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/v1/records",
-        "raw_path": b"/v1/records",
-        "root_path": "",
-        "query_string": b"wait=0.5",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = http_scope("GET", "/v1/records", b"wait=0.5")
     async with AsyncTestClient(app):
         await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] == 200

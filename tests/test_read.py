@@ -10,7 +10,7 @@ from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
-from tests.conftest import envelope, served, settings
+from tests.conftest import envelope, http_scope, served, settings
 from tests.fakes import FaultyStore
 from tests.waiting import until
 
@@ -249,20 +249,7 @@ async def test_the_app_itself_sends_no_content_for_head() -> None:
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "HEAD",
-        "scheme": "http",
-        "path": "/v1/records",
-        "raw_path": b"/v1/records",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = http_scope("HEAD", "/v1/records")
     async with AsyncTestClient(app):
         await app(scope, receive, send)  # type: ignore[arg-type]
     assert scope["method"] == "HEAD"  # the server's own scope is left as it was

@@ -43,18 +43,20 @@ class PageTokens:
         body = _encode(token)
         return base64.urlsafe_b64encode(self._mac(body) + body).rstrip(b"=").decode()
 
-    def decode(self, text: str) -> PageToken:
+    def decode(self, text: str, *, parameter: str = "page_token") -> PageToken:
+        """The token `text` stands for; BadParameter naming `parameter` (where the
+        client sent it) if it is none, was altered, or is of another version."""
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
-            raise BadParameter("page_token", "not a page token") from None
+            raise BadParameter(parameter, "not a page token") from None
         mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
         if len(mac) != _MAC_BYTES or not hmac.compare_digest(mac, self._mac(body)):
-            raise BadParameter("page_token", "not a page token, or altered") from None
+            raise BadParameter(parameter, "not a page token, or altered") from None
         try:
             token = _decode(body)
         except msgspec.DecodeError:
-            raise BadParameter("page_token", "not a page token") from None
+            raise BadParameter(parameter, "not a page token") from None
         if token.version != _VERSION:
-            raise BadParameter("page_token", "issued by an incompatible version; start again")
+            raise BadParameter(parameter, "issued by an incompatible version; start again")
         return token

@@ -322,20 +322,32 @@ class Reader:
         return page.rows, self._next(cursor, *resume), max(horizon, cursor.after_time)
 
     def check(
-        self, since: datetime | None, until: datetime | None, limit: int, page_token: str | None
+        self,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        page_token: str | None,
+        *,
+        sent_as: str = "page_token",
     ) -> None:
         """Raise what a page of these bounds would (400, 410), without reading: a stream
-        checks its start so that an expired cursor is a 410, never an empty stream."""
-        self._cursor(since, until, limit, page_token)
+        checks its start so that an expired cursor is a 410, never an empty stream.
+        `sent_as` is where the client sent the token (`Last-Event-ID`)."""
+        self._cursor(since, until, limit, page_token, sent_as)
 
     def _cursor(
-        self, since: datetime | None, until: datetime | None, limit: int, page_token: str | None
+        self,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        page_token: str | None,
+        sent_as: str = "page_token",
     ) -> PageToken:
         if not 1 <= limit <= MAX_LIMIT:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
         if page_token is not None:
-            cursor = self._tokens.decode(page_token)
-            self._check_retained("page_token", cursor.after_time)
+            cursor = self._tokens.decode(page_token, parameter=sent_as)
+            self._check_retained(sent_as, cursor.after_time)
             return cursor
         # Without `since`, a read starts at the oldest retained time: rows
         # older than it may linger until the next deletion, and a token

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from recordline_dev.serving import BigQueryStandIn
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.e2e.conftest import PUSH_TOKEN, ServiceProcess, payloads, publish_all
 from tests.spanner.emulator import SpannerEmulator
+from tests.waiting import until
 
 pytestmark = pytest.mark.emulator
 
@@ -116,7 +116,7 @@ class AlternatingFollower:
                 await asyncio.sleep(0.05)  # an instance restarting: the other answers next
                 continue
             if answer.status_code != 200:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # a client's pause before asking again
                 continue
             page = answer.json()
             until = datetime.fromisoformat(page["complete_until"]).replace(tzinfo=None)
@@ -133,22 +133,25 @@ class AlternatingFollower:
                 self.order.append(record["message_id"])
             token = page["next_page_token"]
 
+    def _seen_all(self, ids: set[str]) -> bool:
+        assert self._task is not None
+        if self._task.done():
+            self._task.result()  # the follower failed: say how
+        return ids <= self.seen.keys()
+
     async def wait_for(self, ids: set[str], *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not ids <= self.seen.keys():
-            assert self._task is not None
-            if self._task.done():
-                self._task.result()
-            assert time.monotonic() < deadline, (
-                f"{len(ids - self.seen.keys())} of {len(ids)} never became visible"
-            )
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: self._seen_all(ids),
+            timeout=timeout,
+            what=lambda: f"{len(ids - self.seen.keys())} of {len(ids)} to become visible",
+        )
 
     async def wait_count(self, count: int, *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.seen) < count:
-            assert time.monotonic() < deadline, f"{len(self.seen)} of {count} visible"
-            await asyncio.sleep(0.05)
+        await until(
+            lambda: len(self.seen) >= count,
+            timeout=timeout,
+            what=lambda: f"{count} visible (have {len(self.seen)})",
+        )
 
 
 async def test_two_instances_a_follower_between_them_and_an_exporter_killed_halfway(
@@ -203,8 +206,8 @@ async def test_two_instances_a_follower_between_them_and_an_exporter_killed_half
                     message_ids = await publishing
                     await follower.wait_for(set(message_ids), timeout=180)
                     pages_then = follower.pages
-                    while follower.pages < pages_then + 20:  # anything read twice shows by now
-                        await asyncio.sleep(0.05)
+                    # Anything read twice shows within 20 more pages.
+                    await until(lambda: follower.pages >= pages_then + 20, what="20 more pages")
                     assert not follower.regressions, follower.regressions[:5]
                     assert follower.seen.keys() == set(message_ids)
                     repeated = {m: n for m, n in follower.seen.items() if n != 1}
@@ -214,14 +217,16 @@ async def test_two_instances_a_follower_between_them_and_an_exporter_killed_half
                 for name in ("one", "two"):
                     await admin.delete_subscription(f"{topic}-{name}")
                 await admin.delete_topic(topic)
+
             # BigQuery: every message once, at Spanner's commit time, whatever failed
             # and whoever exported (the lease passed on after the kill).
-            deadline = time.monotonic() + 120
-            while len(held := await asyncio.to_thread(held_by_bigquery, jobs)) < MESSAGES:
-                assert time.monotonic() < deadline, (
-                    f"BigQuery misses {len(set(message_ids) - held.keys())} messages"
-                )
-                await asyncio.sleep(0.5)
+            async def exported() -> dict[str, tuple[int, int]] | None:
+                held = await asyncio.to_thread(held_by_bigquery, jobs)
+                return held if len(held) >= MESSAGES else None
+
+            held = await until(
+                exported, timeout=120, interval=0.5, what="BigQuery to hold every message"
+            )
             assert held.keys() == set(message_ids)
             doubled = {m: copies for m, (copies, _) in held.items() if copies != 1}
             assert not doubled, f"in BigQuery more than once: {list(doubled.items())[:5]}"

@@ -43,4 +43,4 @@ async def drain(*exporters: Exporter, tables: int = 2) -> None:
 async def settle_clock() -> None:
     # The exporter takes rows committed at least a second ago: a read there is served
     # at once. Waiting that out is what the test waits for (time itself).
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # rows a second old are settled: time itself is what is waited for

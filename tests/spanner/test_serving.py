@@ -39,6 +39,12 @@ from tests.conftest import envelope, served
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.exporting import drain, exporter, settle_clock
 from tests.spanner.test_schema import _RecordWithRegion
+from tests.waiting import until
+
+
+async def _status(answer: Any, status: int) -> bool:
+    return bool((await answer).status_code == status)
+
 
 pytestmark = pytest.mark.emulator
 
@@ -164,10 +170,7 @@ async def test_bigquery_down_pushes_are_acknowledged_and_exported_once_it_is_bac
         listed = (await client.get("/v1/records")).json()["records"]
         assert [r["message_id"] for r in listed] == ["m-0", "m-1", "m-2"]
         # The exporter (in the app) retries until BigQuery takes the rows.
-        for _ in range(300):
-            if len(stored_rows(write_fake)) == 3:
-                break
-            await asyncio.sleep(0.1)  # waiting on the exporter's own retry interval
+        await until(lambda: len(stored_rows(write_fake)) == 3, timeout=30, what="the export")
         message = (await client.get("/v1/messages/m-1")).json()
     assert sorted(stored_rows(write_fake)) == ["m-0", "m-1", "m-2"]
     assert len(write_fake.rows("records")) == 3
@@ -332,11 +335,8 @@ async def test_spanner_unreachable_at_start_then_lost_and_back(
             assert pushed.status_code == 503
             assert "Retry-After" in pushed.headers
             spanner_emulator.resume()
-            for _ in range(50):  # readiness retries the check: no restart
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.1)
-            assert (await client.get("/readyz")).status_code == 200
+            # Readiness retries the check: no restart.
+            await until(lambda: _status(client.get("/readyz"), 200), timeout=30, what="readiness")
             assert (await client.post("/pubsub/push", json=body)).status_code == 204
             # Lost mid-run: a 503 with Retry-After, nothing acknowledged.
             spanner_emulator.pause()
@@ -352,10 +352,11 @@ async def test_spanner_unreachable_at_start_then_lost_and_back(
             assert again.status_code == 204
             listed = (await client.get("/v1/records")).json()["records"]
             assert [r["message_id"] for r in listed] == ["m-1", "m-2"]
-            for _ in range(300):  # the exporter in the app catches up
-                if set(stored_rows(write_fake)) == {"m-1", "m-2"}:
-                    break
-                await asyncio.sleep(0.1)  # waiting on the exporter's own retry interval
+            await until(  # the exporter in the app catches up
+                lambda: set(stored_rows(write_fake)) == {"m-1", "m-2"},
+                timeout=30,
+                what="the export",
+            )
     finally:
         spanner_emulator.resume()
     assert set(stored_rows(write_fake)) == {"m-1", "m-2"}
