@@ -132,6 +132,10 @@ _PRINCIPALS = rf"^\s*({_PRINCIPAL}\s*(,\s*{_PRINCIPAL}\s*)*)?,?\s*$"
 # The shared push secret travels in a URL anyone may probe; 16 characters of a
 # random string are beyond guessing at any request rate.
 MIN_PUSH_TOKEN_LENGTH = 16
+# Page tokens are signed with this key: the published default, or a short key,
+# would let anyone sign a cursor. Beyond loopback, a key of 16 or more characters.
+DEFAULT_PAGE_TOKEN_SECRET = "recordline-page-token"  # noqa: S105 - refused beyond loopback
+MIN_PAGE_TOKEN_SECRET_LENGTH = 16
 PRINCIPALS_ACCEPTED = (
     "comma-separated e-mails (`ada@example.com`, `etl@P.iam.gserviceaccount.com`: no "
     "`user:` or `serviceAccount:` prefix) and `domain:example.com` entries; a token names "
@@ -368,7 +372,7 @@ class QuerySettings(Section, frozen=True):
             "on every instance",
             secret=True,
         ),
-    ] = "recordline-page-token"  # noqa: S105 - an integrity key with a documented override
+    ] = DEFAULT_PAGE_TOKEN_SECRET
     dedupe_window_seconds: Annotated[
         float,
         Meta(gt=0),
@@ -396,6 +400,15 @@ class QuerySettings(Section, frozen=True):
             "the token to resume from, so load balancers spread followers again",
         ),
     ] = 300.0
+    max_followers: Annotated[
+        int,
+        Meta(ge=1),
+        env(
+            "RECORDLINE_MAX_FOLLOWERS",
+            "Most waiting pages (`wait=`) and streams one instance holds at once; one more is "
+            "answered 503 with Retry-After",
+        ),
+    ] = 1000
     heartbeat_seconds: Annotated[
         float,
         Meta(gt=0),
@@ -486,7 +499,16 @@ class AuthSettings(Section, frozen=True):
         env(
             "RECORDLINE_TRUST_CLOUD_RUN_IAM",
             "Accept tokens whose signature Cloud Run replaced after verifying it, checking "
-            "their claims only; set it only behind Cloud Run's invoker check",
+            "their claims only; set it only where every request passes Cloud Run's invoker "
+            "check",
+        ),
+    ] = False
+    public_reads: Annotated[
+        bool,
+        env(
+            "RECORDLINE_PUBLIC_READS",
+            "Serve `/v1` reads without a token on a service bound beyond loopback; without "
+            "it (or RECORDLINE_READ_AUDIENCE) such a service refuses to start",
         ),
     ] = False
 

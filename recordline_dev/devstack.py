@@ -422,6 +422,8 @@ class DevStack(msgspec.Struct, kw_only=True, frozen=True):
     push_subscription: str = ""
     dead_letter_subscription: str = ""
     emulator_log: str = ""
+    # The service's RECORDLINE_PUSH_TOKEN, which replay sends as its bearer token.
+    push_token: str = ""
     # How the reader runs the tools: `recordline`, or `python3 dev.py` from a checkout.
     command: str = "recordline"
     # --serving: the Spanner database (RECORDLINE_SERVING) and where each part runs.
@@ -538,7 +540,8 @@ def instructions(stack: DevStack) -> str:
             f"--schema {_shown(EXAMPLE_SCHEMAS / 'record.avsc')} --encoding BINARY --count 100",
             "Dead letters, once the cause is fixed (--dry-run first):",
             f"  {emulator_env} {tool} replay dead-letters "
-            f"--subscription {stack.dead_letter_subscription} --url {stack.service_url}",
+            f"--subscription {stack.dead_letter_subscription} --url {stack.service_url} "
+            f"--token {stack.push_token}",
             "",
         ]
     lines += [
@@ -762,6 +765,7 @@ def _run_dev(
             push_subscription=push,
             dead_letter_subscription=kept or "",
             emulator_log=str(emulator.log_path),
+            push_token=token,
         )
     try:
         _print(instructions(stack))

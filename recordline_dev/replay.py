@@ -418,7 +418,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--token",
             help="an operator's ID token for the service's read audience, e.g. "
-            "$(gcloud auth print-identity-token --audiences=AUDIENCE)",
+            "$(gcloud auth print-identity-token --audiences=AUDIENCE); where pushes carry "
+            "only RECORDLINE_PUSH_TOKEN (the emulator's setup), that secret",
         )
         sub.add_argument(
             "--dry-run", action="store_true", help="say what would happen; store nothing"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from app.auth.oidc import Identity, IdTokenVerifier, InvalidToken
 from app.errors import Forbidden, Unauthorized
@@ -43,10 +44,42 @@ def _refuse(error: Unauthorized | Forbidden, reason: str, what: str) -> Unauthor
     return error
 
 
+class Credentials(NamedTuple):
+    """The headers a caller may prove who it is with."""
+
+    authorization: str | None
+    # Cloud Run's: when a request carries it, Cloud Run's invoker check reads it, not
+    # `Authorization`, which then reaches the service exactly as the caller wrote it.
+    serverless_authorization: str | None = None
+
+
+def presented(credentials: Credentials, *, behind_cloud_run: bool) -> str | None:
+    """The `Authorization`-style header that names the caller.
+
+    Behind Cloud Run's invoker check (`behind_cloud_run`), the caller is whom that
+    check verified: `X-Serverless-Authorization` when the request carries it, else
+    `Authorization`. Beside `X-Serverless-Authorization`, `Authorization` was checked
+    by nobody, so it must say the same or the request is refused: otherwise any
+    invoker could send its own token to Cloud Run and a forged one, its signature
+    "removed by Google", to this service. Elsewhere only `Authorization` counts, and
+    every token in it is verified here, signature included.
+    """
+    authorization, serverless = credentials
+    if not behind_cloud_run or serverless is None:
+        return authorization
+    if authorization is not None and bearer_token(authorization) != bearer_token(serverless):
+        raise InvalidToken("Authorization and X-Serverless-Authorization name different tokens")
+    return serverless
+
+
 async def verified_identity(
-    verifier: IdTokenVerifier, authorization: str | None, *, realm: str, what: str
+    verifier: IdTokenVerifier, credentials: Credentials, *, realm: str, what: str
 ) -> Identity:
     """The identity behind a valid bearer token, or a logged 401."""
+    try:
+        authorization = presented(credentials, behind_cloud_run=verifier.trusts_upstream)
+    except InvalidToken as exc:
+        raise _refuse(Unauthorized(realm=realm, invalid_token=True), str(exc), what) from None
     token = bearer_token(authorization)
     if token is None:
         reason = "no bearer token" if authorization is None else "not a bearer token"
@@ -113,7 +146,7 @@ class PushAccess:
         self._service_accounts = service_accounts
         self._shared_token = shared_token.encode() if shared_token else None
 
-    async def check(self, authorization: str | None, url_token: str | None) -> None:
+    async def check(self, credentials: Credentials, url_token: str | None) -> None:
         if self._shared_token is not None and url_token is not None:
             # Bytes, so that a non-ASCII guess is simply wrong rather than a TypeError.
             if hmac.compare_digest(url_token.encode("utf-8", "replace"), self._shared_token):
@@ -124,7 +157,7 @@ class PushAccess:
             missing = Unauthorized(MISSING_FROM_URL, realm=self.realm)
             raise _refuse(missing, "no ?token=", "push")
         identity = await verified_identity(
-            self._verifier, authorization, realm=self.realm, what="push"
+            self._verifier, credentials, realm=self.realm, what="push"
         )
         if identity.email not in self._service_accounts:
             raise _refuse(
@@ -153,9 +186,9 @@ class ReadAccess:
         self._what = what
         self._setting = setting
 
-    async def check(self, authorization: str | None) -> None:
+    async def check(self, credentials: Credentials) -> None:
         identity = await verified_identity(
-            self._verifier, authorization, realm=self.realm, what=self._what
+            self._verifier, credentials, realm=self.realm, what=self._what
         )
         if not self._principals.admit(identity):
             raise _refuse(
@@ -163,3 +196,30 @@ class ReadAccess:
                 f"{identity.email} is not in {self._setting}",
                 self._what,
             )
+
+
+class SecretAccess:
+    """Replay with the shared push secret, where no Google identity can be checked
+    (the emulator's setup): it proves the caller holds what configured the service."""
+
+    realm = "recordline"
+
+    def __init__(self, secret: str, *, what: str = "replay") -> None:
+        self._secret = secret.encode()
+        self._what = what
+
+    async def check(self, credentials: Credentials) -> None:
+        token = bearer_token(credentials.authorization)
+        if token is None:
+            missing = Unauthorized(
+                f"To {self._what} here, send RECORDLINE_PUSH_TOKEN as a bearer token.",
+                realm=self.realm,
+            )
+            raise _refuse(missing, "no bearer token", self._what)
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), self._secret):
+            wrong = Unauthorized(
+                "The bearer token is not RECORDLINE_PUSH_TOKEN.",
+                realm=self.realm,
+                invalid_token=True,
+            )
+            raise _refuse(wrong, "wrong shared secret", self._what)

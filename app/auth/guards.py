@@ -21,10 +21,23 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Guard
 
-from app.auth.access import Principals, PushAccess, ReadAccess, split_list
+from app.auth.access import (
+    Credentials,
+    Principals,
+    PushAccess,
+    ReadAccess,
+    SecretAccess,
+    split_list,
+)
 from app.auth.oidc import GoogleCerts, IdTokenVerifier
 from app.errors import Forbidden
-from app.settings import MIN_PUSH_TOKEN_LENGTH, Settings, SettingsError
+from app.settings import (
+    DEFAULT_PAGE_TOKEN_SECRET,
+    MIN_PAGE_TOKEN_SECRET_LENGTH,
+    MIN_PUSH_TOKEN_LENGTH,
+    Settings,
+    SettingsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +61,7 @@ class Auth:
         push: PushAccess | None,
         read: ReadAccess | None,
         certs: GoogleCerts | None,
-        operate: ReadAccess | None = None,
+        operate: ReadAccess | SecretAccess | None = None,
         replay_refusal: str | None = None,
     ) -> None:
         self._push = push
@@ -120,7 +133,9 @@ class Auth:
                 host,
             )
 
-        read = operate = None
+        _refuse_open_reads(settings)
+        read: ReadAccess | None = None
+        operate: ReadAccess | SecretAccess | None = None
         replay_refusal = None
         if certs is not None and auth.read_audience:
             # Several audiences: the read audience, and Cloud Run's URL, which an uptime
@@ -138,15 +153,22 @@ class Auth:
                 what="replay",
                 setting="RECORDLINE_OPERATOR_PRINCIPALS",
             )
-        elif not is_loopback(host):
+        elif auth.push_token:
+            # No Google identity to check (the emulator's setup): replay takes the
+            # secret that configured the service, as a bearer token.
+            operate = SecretAccess(auth.push_token)
+        elif push is not None or not is_loopback(host):
+            # Once anything is authenticated, a same-host proxy must not make replay an
+            # unauthenticated write: only the loopback dev service, with no
+            # authentication at all, replays for anyone who can reach it.
             replay_refusal = (
                 "Replay needs RECORDLINE_READ_AUDIENCE and RECORDLINE_OPERATOR_PRINCIPALS on a "
-                "service bound beyond loopback."
+                "service that authenticates pushes or is bound beyond loopback."
             )
+        if read is None and auth.public_reads:
             log.warning(
-                "reads under /v1 need no token: only an outer gate (Cloud Run's invoker check) "
-                "protects them. Set RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS to "
-                "check callers here as well."
+                "READS ARE PUBLIC (RECORDLINE_PUBLIC_READS): /v1 needs no token here, and only an "
+                "outer gate such as Cloud Run's invoker check protects records and rejections."
             )
         return cls(
             push=push, read=read, certs=certs, operate=operate, replay_refusal=replay_refusal
@@ -181,9 +203,7 @@ class Auth:
         async def check_push(
             connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
         ) -> None:
-            await push.check(
-                connection.headers.get("authorization"), connection.query_params.get("token")
-            )
+            await push.check(credentials(connection), connection.query_params.get("token"))
 
         return [check_push]
 
@@ -196,20 +216,21 @@ class Auth:
         async def check_read(
             connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
         ) -> None:
-            await read.check(connection.headers.get("authorization"))
+            await read.check(credentials(connection))
 
         return [check_read]
 
     @property
     def replay_guards(self) -> list[Guard]:
-        """Operators only; without any read authentication, loopback callers only."""
+        """Operators only (or the push secret where no Google identity is checked);
+        with no authentication at all, loopback callers only."""
         operate, refusal = self._operate, self._replay_refusal
         if operate is not None:
 
             async def check_operator(
                 connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
             ) -> None:
-                await operate.check(connection.headers.get("authorization"))
+                await operate.check(credentials(connection))
 
             return [check_operator]
 
@@ -221,6 +242,40 @@ class Auth:
                 raise Forbidden(refusal)
 
         return [refuse_without_configuration]
+
+
+def credentials(connection: ASGIConnection[Any, Any, Any, Any]) -> Credentials:
+    headers = connection.headers
+    return Credentials(headers.get("authorization"), headers.get("x-serverless-authorization"))
+
+
+def _refuse_open_reads(settings: Settings) -> None:
+    """Beyond loopback, reads are authenticated unless declared public, and page
+    tokens are signed with a key of this deployment's own."""
+    auth, host = settings.auth, settings.server.host
+    if auth.public_reads and auth.read_audience:
+        raise SettingsError(
+            "RECORDLINE_PUBLIC_READS and RECORDLINE_READ_AUDIENCE contradict each other: "
+            "reads are either public or authenticated"
+        )
+    if is_loopback(host):
+        return
+    if not auth.read_audience and not auth.public_reads:
+        raise SettingsError(
+            f"reads are not authenticated and RECORDLINE_HOST={host!r} is not a loopback "
+            "address: set RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS, or "
+            "RECORDLINE_PUBLIC_READS=true if an outer gate (Cloud Run's invoker check) "
+            "decides who reads, or bind to 127.0.0.1"
+        )
+    secret = settings.query.page_token_secret
+    if secret == DEFAULT_PAGE_TOKEN_SECRET or len(secret) < MIN_PAGE_TOKEN_SECRET_LENGTH:
+        raise SettingsError(
+            "RECORDLINE_PAGE_TOKEN_SECRET is the published default or shorter than "
+            f"{MIN_PAGE_TOKEN_SECRET_LENGTH} characters, and RECORDLINE_HOST={host!r} is not a "
+            "loopback address: anyone could sign page tokens with it. Set it to "
+            f"at least {MIN_PAGE_TOKEN_SECRET_LENGTH} random characters, the same on every "
+            "instance"
+        )
 
 
 def _pair(name: str, value: str, other: str, values: object) -> None:

@@ -45,6 +45,10 @@ GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"
 # Google's clock and ours may disagree by a few seconds; 30 s tolerates that
 # without accepting a token noticeably past its one-hour life.
 CLOCK_SKEW_SECONDS = 30.0
+# Google issues ID tokens for one hour (`exp - iat` is 3600 s). A token claiming
+# a longer life is not one of Google's: refused, so that no token, least of all
+# one whose signature Cloud Run replaced, is good for longer than Google meant.
+MAX_TOKEN_LIFETIME_SECONDS = 3600.0
 # Google's ID tokens are about 1 KB; anything past 8 KB is not one, and is
 # refused before it is hashed or parsed.
 MAX_TOKEN_LENGTH = 8192
@@ -290,6 +294,11 @@ class IdTokenVerifier:
         self._verified: dict[bytes, Identity] = {}
 
     @property
+    def trusts_upstream(self) -> bool:
+        """Whether a token whose signature Cloud Run replaced is judged by its claims."""
+        return self._trust_upstream
+
+    @property
     def cached_tokens(self) -> int:
         return len(self._verified)
 
@@ -359,6 +368,13 @@ class IdTokenVerifier:
         expires, issued = claims["exp"], claims["iat"]
         if not _is_number(expires) or not _is_number(issued):
             raise InvalidToken("exp or iat is not a number")
+        if not (math.isfinite(expires) and math.isfinite(issued)):
+            raise InvalidToken("exp or iat is not a finite time")
+        if expires - issued > MAX_TOKEN_LIFETIME_SECONDS + CLOCK_SKEW_SECONDS:
+            raise InvalidToken(
+                f"valid for {expires - issued:.0f} s; Google's tokens live "
+                f"{MAX_TOKEN_LIFETIME_SECONDS:.0f} s"
+            )
         if expires + CLOCK_SKEW_SECONDS <= now:
             raise InvalidToken("expired")
         if issued - CLOCK_SKEW_SECONDS > now:

@@ -153,6 +153,13 @@ class FakeGoogle:
         signer = key if key is not None else self.keys[kid]
         return jwt.encode(self.claims(**overrides), signer, algorithm="RS256", headers={"kid": kid})
 
+    def mint_text(self, claims: str, *, kid: str = "k1") -> str:
+        """A token signed with the published key over claims written as JSON text, for
+        values json.dumps never writes (`1e400`, which JSON parsers read as infinity)."""
+        return jwt.PyJWS().encode(
+            claims.encode(), self.keys[kid], algorithm="RS256", headers={"kid": kid}
+        )
+
     def forge_hs256(self, kid: str = "k1") -> str:
         """HS256 keyed with the published public key: the classic algorithm-confusion attack."""
         secret = (

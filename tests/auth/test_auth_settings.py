@@ -46,13 +46,80 @@ def test_unauthenticated_push_starts_on_loopback_with_a_warning(
     assert warning.levelno == logging.WARNING
 
 
-def test_open_reads_off_loopback_are_allowed_with_a_warning(
+PAGE_SECRET = "a-page-token-key-of-this-deployment"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.7"])
+def test_unauthenticated_reads_refuse_to_start_off_loopback(host: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        create_app(
+            settings(
+                RECORDLINE_HOST=host,
+                RECORDLINE_PUSH_TOKEN=PUSH_TOKEN,
+                RECORDLINE_PAGE_TOKEN_SECRET=PAGE_SECRET,
+            )
+        )
+
+    message = str(raised.value)
+    for variable in (
+        "RECORDLINE_READ_AUDIENCE",
+        "RECORDLINE_READ_PRINCIPALS",
+        "RECORDLINE_PUBLIC_READS",
+    ):
+        assert variable in message
+
+
+def test_public_reads_off_loopback_start_only_when_declared_and_say_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="app.auth"):
-        create_app(settings(RECORDLINE_HOST="0.0.0.0", RECORDLINE_PUSH_TOKEN=PUSH_TOKEN))
+        create_app(public_settings())
 
-    assert "RECORDLINE_READ_PRINCIPALS" in caplog.text
+    [warning] = [r for r in caplog.records if "READS ARE PUBLIC" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+
+
+def test_public_reads_and_a_read_audience_contradict() -> None:
+    with pytest.raises(SettingsError, match="RECORDLINE_PUBLIC_READS and RECORDLINE_READ_AUDIENCE"):
+        create_app(
+            settings(
+                RECORDLINE_PUBLIC_READS="true",
+                RECORDLINE_READ_AUDIENCE="https://x",
+                RECORDLINE_READ_PRINCIPALS="a@example.com",
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "secret", [None, "recordline-page-token", "short"], ids=["unset", "default", "short"]
+)
+def test_a_published_or_short_page_token_key_refuses_to_start_off_loopback(
+    secret: str | None,
+) -> None:
+    env = {"RECORDLINE_PAGE_TOKEN_SECRET": secret} if secret is not None else {}
+    with pytest.raises(SettingsError, match="RECORDLINE_PAGE_TOKEN_SECRET"):
+        create_app(
+            settings(
+                RECORDLINE_HOST="0.0.0.0",
+                RECORDLINE_PUSH_TOKEN=PUSH_TOKEN,
+                RECORDLINE_PUBLIC_READS="true",
+                **env,
+            )
+        )
+    # On loopback the default still serves, for a first run on this machine.
+    create_app(settings(RECORDLINE_PUSH_TOKEN=PUSH_TOKEN, **env))
+
+
+def public_settings(**env: str) -> Settings:
+    """Bound beyond loopback with every setting that takes: a push secret, a page-token
+    key of its own, and reads declared public."""
+    return settings(
+        RECORDLINE_HOST="0.0.0.0",
+        RECORDLINE_PUSH_TOKEN=PUSH_TOKEN,
+        RECORDLINE_PAGE_TOKEN_SECRET=PAGE_SECRET,
+        RECORDLINE_PUBLIC_READS="true",
+        **env,
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,7 +170,7 @@ def test_serve_prints_the_refusal_and_exits_2(
 
 
 async def test_shared_token_in_the_url_admits_the_emulator() -> None:
-    app = create_app(settings(RECORDLINE_HOST="0.0.0.0", RECORDLINE_PUSH_TOKEN=PUSH_TOKEN))
+    app = create_app(public_settings())
     async with AsyncTestClient(app) as client:
         body = envelope(RECORD)
         accepted = await client.post(f"/pubsub/push?token={PUSH_TOKEN}", json=body)

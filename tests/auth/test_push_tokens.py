@@ -127,7 +127,12 @@ async def test_certs_are_fetched_once_across_many_pushes(
     google: FakeGoogle, client: AsyncTestClient[Litestar]
 ) -> None:
     # Several distinct tokens (two accounts, re-minted), each pushed many times.
-    tokens = [google.mint(), google.mint(iat=NOW - 1), google.mint(email=PUSHER.upper())]
+    now = int(time.time())
+    tokens = [
+        google.mint(),
+        google.mint(iat=now - 1, exp=now + 3599),
+        google.mint(email=PUSHER.upper()),
+    ]
     for n in range(60):
         headers = bearer(tokens[n % len(tokens)])
         response = await client.post(

@@ -273,7 +273,7 @@ async def test_dead_letters_are_replayed_once_with_their_message_ids(
     store = RecordingStore(DuckDBStore(":memory:"))
     try:
         async with service(store) as (http, url), Follower(http) as follower:
-            replayer = Service(url)
+            replayer = Service(url, token=PUSH_TOKEN)
             replay_started = time.time()
             console = Console(quiet=True)
             # Unknown subscription, unreachable service: clear errors, nothing acknowledged.
