@@ -210,6 +210,7 @@ def create_app(
     followers = Followers(
         stream_seconds=settings.query.stream_seconds,
         heartbeat_seconds=settings.query.heartbeat_seconds,
+        max_open=settings.query.max_followers,
         # Private unless configured: an outer gate (Cloud Run's invoker check) may
         # guard reads this service does not check itself.
         shared_cache=settings.query.shared_cache,

@@ -216,6 +216,16 @@ class ShuttingDown(RetryLater):
     cause = "shutdown"
 
 
+class TooManyFollowers(RetryLater):
+    """This instance already holds as many waiting pages and streams as it serves
+    (RECORDLINE_MAX_FOLLOWERS); retry after `Retry-After`, when another instance (or
+    this one) may have room."""
+
+    title = "Too many followers"
+    problem = "too-many-followers"
+    cause = "followers"
+
+
 class CertsUnavailable(RetryLater):
     """Google's token-signing keys could not be fetched, so no token can be verified: not
     the caller's fault, so 503 rather than 401. Retry after `Retry-After`.

@@ -19,8 +19,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
 from app.routes.follow import Followers
 from app.routes.query import Paging
+from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import http_scope, served, served_in_thread, settings
 from tests.fakes import FaultyStore
@@ -346,3 +348,71 @@ async def test_a_last_event_id_that_is_no_token_is_a_400_naming_the_header(
         "/v1/records", params={"page_token": "garbage"}, headers={"Accept": "text/event-stream"}
     )
     assert answer.json()["parameter"] == "page_token"
+
+
+async def test_an_overlong_last_event_id_is_a_400_before_it_is_decoded(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.get(
+        "/v1/records", headers={"Accept": "text/event-stream", "Last-Event-ID": "A" * 10_240}
+    )
+    assert answer.status_code == 400
+    problem = answer.json()
+    assert problem["parameter"] == "Last-Event-ID"
+    assert str(MAX_TOKEN_LENGTH) in problem["detail"]
+
+
+# Signed with the key the service signs with: a valid signature over values no page
+# ever holds (a key that leaked, or the loopback default, lets anyone sign these).
+OUT_OF_RANGE = {
+    "after 2**62": PageToken(after_time=2**62, after_message_id=""),
+    "after before the epoch": PageToken(after_time=-1, after_message_id=""),
+    "until 2**62": PageToken(after_time=0, after_message_id="", until=2**62),
+    "an id of 5,000 characters": PageToken(after_time=0, after_message_id="9" * 5000),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_RANGE))
+async def test_a_signed_cursor_out_of_range_is_a_400_never_a_500(
+    client: httpx.AsyncClient, case: str
+) -> None:
+    token = PageTokens(DEFAULT_PAGE_TOKEN_SECRET).encode(OUT_OF_RANGE[case])
+    for path in ("/v1/records", "/v1/rejections"):
+        answer = await client.get(path, params={"page_token": token})
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["parameter"] == "page_token"
+    # Resuming a stream with it is refused before the stream's 200.
+    answer = await client.get(
+        "/v1/records", headers={"Accept": "text/event-stream", "Last-Event-ID": token}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["parameter"] == "Last-Event-ID"
+
+
+async def test_followers_past_the_instances_cap_get_503_with_retry_after(
+    store: FaultyStore,
+) -> None:
+    app = create_app(settings(RECORDLINE_MAX_FOLLOWERS="2"), store=store)
+    async with served(app) as client:
+        token = await tail_token(client)
+        waits = [
+            asyncio.create_task(client.get("/v1/records", params={"page_token": token, "wait": 30}))
+            for _ in range(2)
+        ]
+        followers = await until_waiting(app, 2)
+        refused = [
+            await client.get("/v1/records", params={"page_token": token, "wait": 30}),
+            await client.get("/v1/rejections", params={"wait": 5}),
+            await client.get("/v1/records", headers={"Accept": "text/event-stream"}),
+        ]
+        for answer in refused:
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "5"
+            assert answer.json()["type"] == "/problems/too-many-followers"
+        # A read that does not wait still answers at once, and so does a follower once
+        # a place is free.
+        assert (await client.get("/v1/records", params={"page_token": token})).status_code == 200
+        waits[0].cancel()
+        await until(lambda: followers.open == 1, what="a follower to leave")
+        assert (await client.get("/v1/records", params={"wait": 0.1})).status_code == 200
+        waits[1].cancel()

@@ -12,19 +12,32 @@ import base64
 import binascii
 import hashlib
 import hmac
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from app.errors import BadParameter
+from app.records import MAX_ID_LENGTH, MAX_MICROS
 
 _VERSION = 1
 _MAC_BYTES = 16
+# A token holds a row key (a Pub/Sub message id, ~20 digits) and a MAC, ~80
+# characters; 2048 leaves room for odd ids and refuses junk before decoding it,
+# wherever it was sent (the `page_token` parameter or a `Last-Event-ID` header).
+MAX_TOKEN_LENGTH = 2048
+
+
+# A signature proves who made a token, not that what it says is sane: whoever
+# holds the key (or a leaked one) could sign any value, so every field is held to
+# what this service ever puts in one, and anything else is refused with a 400.
+Micros = Annotated[int, Meta(ge=0, le=MAX_MICROS)]
 
 
 class PageToken(msgspec.Struct, array_like=True, frozen=True):
-    after_time: int  # µs
-    after_message_id: str
-    until: int | None = None  # µs, exclusive; None follows the stream forever
+    after_time: Micros
+    after_message_id: Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+    until: Micros | None = None  # exclusive; None follows the stream forever
     version: int = _VERSION
 
 
@@ -46,6 +59,8 @@ class PageTokens:
     def decode(self, text: str, *, parameter: str = "page_token") -> PageToken:
         """The token `text` stands for; BadParameter naming `parameter` (where the
         client sent it) if it is none, was altered, or is of another version."""
+        if len(text) > MAX_TOKEN_LENGTH:
+            raise BadParameter(parameter, f"longer than {MAX_TOKEN_LENGTH} characters")
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
@@ -55,6 +70,8 @@ class PageTokens:
             raise BadParameter(parameter, "not a page token, or altered") from None
         try:
             token = _decode(body)
+        except msgspec.ValidationError as exc:
+            raise BadParameter(parameter, f"holds a value out of range ({exc})") from None
         except msgspec.DecodeError:
             raise BadParameter(parameter, "not a page token") from None
         if token.version != _VERSION:

@@ -39,7 +39,7 @@ from litestar import Request, Response
 from litestar.response import Stream
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
-from app.errors import RetryLater
+from app.errors import RetryLater, TooManyFollowers
 from app.problems import problem_type
 from app.query.service import Listing, Reader, RecordsPage, RejectionsPage
 from app.records import rfc3339
@@ -55,15 +55,25 @@ IMMUTABLE_SECONDS: Final = 31_536_000
 # sent the same page object, so it is encoded once for all of them).
 ENCODED_PAGES: Final = 64
 _encode = msgspec.json.encode
+DEFAULT_MAX_FOLLOWERS: Final = 1000
+# A full instance is asked again after this long: followers end within a stream's
+# life, and a retry may reach another instance.
+FULL_RETRY_SECONDS: Final = 5
 
 
 class Followers:
     """What every waiting page and stream of one app shares: when to stop, how long."""
 
     def __init__(
-        self, *, stream_seconds: float, heartbeat_seconds: float, shared_cache: bool
+        self,
+        *,
+        stream_seconds: float,
+        heartbeat_seconds: float,
+        shared_cache: bool,
+        max_open: int = DEFAULT_MAX_FOLLOWERS,
     ) -> None:
         self.stream_seconds = stream_seconds
+        self.max_open = max_open
         self.heartbeat_seconds = heartbeat_seconds
         self.shared_cache = shared_cache
         # True once the service starts stopping (SIGTERM): waits end, streams say
@@ -76,6 +86,18 @@ class Followers:
         self._encoded: collections.OrderedDict[int, tuple[object, bytes, bytes]] = (
             collections.OrderedDict()
         )
+
+    def admit(self) -> None:
+        """Raise TooManyFollowers while this instance holds `max_open` followers: each
+        holds a connection, a task and a wait, and a client opening thousands must not
+        take them all. Checked before a stream's headers are sent, so it is refused
+        with a status, never cut after its 200."""
+        if self.open >= self.max_open:
+            raise TooManyFollowers(
+                f"this instance holds {self.open} waiting pages and streams, its most "
+                "(RECORDLINE_MAX_FOLLOWERS); retry, or read without waiting",
+                retry_after=FULL_RETRY_SECONDS,
+            )
 
     def stop(self) -> None:
         """The service stops: every wait ends now, and so does every stream."""

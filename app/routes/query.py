@@ -22,9 +22,11 @@ from app.errors import (
     NotFound,
     QueryTooCostly,
     StoreUnavailable,
+    TooManyFollowers,
     Unauthorized,
 )
 from app.problems import problem_responses
+from app.query.page_token import MAX_TOKEN_LENGTH
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -43,9 +45,6 @@ from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_g
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"})
-# A token holds a row key (a Pub/Sub message id, ~20 digits) and a MAC, ~80
-# characters; 2048 leaves room for odd ids and refuses junk before decoding it.
-MAX_PAGE_TOKEN_LENGTH = 2048
 # The parameters of both paged lists, /v1/records and /v1/rejections.
 Since = Annotated[str | None, Parameter(description="RFC 3339; rows stored at or after it")]
 Until = Annotated[str | None, Parameter(description="RFC 3339; rows stored before it")]
@@ -64,14 +63,14 @@ Wait = Annotated[
 PageTokenText = Annotated[
     str | None,
     Parameter(
-        max_length=MAX_PAGE_TOKEN_LENGTH,
+        max_length=MAX_TOKEN_LENGTH,
         description="From the previous page; overrides since and until",
     ),
 ]
 # What any read may be answered with besides its own errors: no valid token, not
 # a reader, the store (or its cost cap) or the token keys unavailable.
 _READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, CertsUnavailable)
-PAGE_ERRORS = problem_responses(BadParameter, Gone, *_READ_ERRORS)
+PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
 P = TypeVar("P", RecordsPage, RejectionsPage)
@@ -191,7 +190,10 @@ async def _paged(
     reader, followers = paging.reader, paging.followers
     _refuse_unknown(request)
     bounds = {"since": _time("since", since), "until": _time("until", until)}
-    if wants_stream(request):
+    streaming = wants_stream(request)
+    if streaming or wait:
+        followers.admit()
+    if streaming:
         # A client resuming a stream sends the last event's id, which is its token.
         resumed = request.headers.get("last-event-id")
         token = resumed or page_token

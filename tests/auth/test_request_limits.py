@@ -13,8 +13,8 @@ from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from app.ingest.envelope import MAX_ATTRIBUTES
+from app.query.page_token import MAX_TOKEN_LENGTH
 from app.records import MAX_ID_LENGTH
-from app.routes.query import MAX_PAGE_TOKEN_LENGTH
 from app.settings import Settings
 from tests.conftest import envelope
 
@@ -168,7 +168,7 @@ async def test_an_overlong_record_id_is_rejected_and_acknowledged(
 @pytest.mark.parametrize(
     ("path", "parameter"),
     [
-        (f"/v1/records?page_token={'A' * (MAX_PAGE_TOKEN_LENGTH + 1)}", "page_token"),
+        (f"/v1/records?page_token={'A' * (MAX_TOKEN_LENGTH + 1)}", "page_token"),
         (f"/v1/records/{'r' * (MAX_ID_LENGTH + 1)}", "record_id"),
         (f"/v1/messages/{'9' * (MAX_ID_LENGTH + 1)}", "message_id"),
         ("/v1/records?page=2", "page"),
