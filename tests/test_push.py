@@ -179,6 +179,38 @@ def test_unwrapped_push_with_metadata_headers(client: TestClient[Litestar]) -> N
     assert record["attributes"] == {"origin-system": "billing"}
 
 
+# Every header that carries a caller's credential, as a client or a proxy sends it.
+CREDENTIAL_HEADERS = {
+    "Cookie": "session=s3cr3t",
+    "Proxy-Authorization": "Basic dXNlcjpwYXNz",
+    "X-Serverless-Authorization": "Bearer eyJhbGciOi.eyJlbWFpbCI.SIGNATURE_REMOVED_BY_GOOGLE",
+    "X-Api-Key": "AIzaSyD-0123456789",
+    "X-Auth-Token": "t0k3n",
+    "X-Access-Token": "t0k3n",
+    "X-CSRF-Token": "t0k3n",
+    "X-Amzn-Oidc-Data": "eyJ0eXAiOi",
+    "Sec-Fetch-Site": "cross-site",
+}
+
+
+def test_no_credential_header_of_an_unwrapped_push_is_stored_as_an_attribute(
+    client: TestClient[Litestar],
+) -> None:
+    headers = {
+        "x-goog-pubsub-message-id": "u-1",
+        "x-goog-pubsub-publish-time": "2024-04-27T12:00:01.123Z",
+        "origin-system": "billing",
+        **CREDENTIAL_HEADERS,
+    }
+    response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
+    assert response.status_code == 204
+    # Served to every reader: only the publisher's attribute is there.
+    assert client.get("/v1/records/1").json()["attributes"] == {"origin-system": "billing"}
+    assert client.get("/v1/messages/u-1").json()["record"]["attributes"] == {
+        "origin-system": "billing"
+    }
+
+
 def test_store_failure_is_503_with_retry_after_and_nothing_acknowledged(
     client: TestClient[Litestar], store: FaultyStore
 ) -> None:

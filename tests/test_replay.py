@@ -158,6 +158,19 @@ async def test_bad_replays_get_clear_errors_and_store_nothing(rejected_store: Du
             ]
         }
         assert (await http.post("/v1/replay", json=too_many)).status_code == 400
+        # Attributes are held to what Pub/Sub delivers, as on a push: 100 at most, keys
+        # of 256 characters, values of 1,024.
+        for attributes in (
+            {f"k{n}": "v" for n in range(101)},
+            {"k" * 257: "v"},
+            {"k": "v" * 1025},
+        ):
+            message = {"message_id": "m-attrs", "publish_time": "2024-04-27T12:00:01Z"}
+            oversized = {"messages": [{**message, "data": "e30=", "attributes": attributes}]}
+            refused = await http.post("/v1/replay", json=oversized)
+            assert refused.status_code == 400, refused.text
+            assert "attributes" in refused.json()["detail"]
+        assert (await http.get("/v1/messages/m-attrs")).status_code == 404
         # Data that is not base64, not even ASCII: a rejection, as on a push.
         odd = {
             "messages": [
@@ -173,21 +186,52 @@ async def test_bad_replays_get_clear_errors_and_store_nothing(rejected_store: Du
         await asyncio.to_thread(run_replay, "http://127.0.0.1:9")
 
 
-def test_replay_is_refused_beyond_loopback_without_operators() -> None:
+REPLAY = {"messages": [{"message_id": "m", "publish_time": "2024-04-27T12:00:01Z", "data": ""}]}
+PUSH_SECRET = "a-long-enough-push-secret"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_where_pushes_carry_the_shared_secret_replay_needs_it_too(host: str) -> None:
+    # On loopback too: a same-host proxy must not turn replay into an unauthenticated write.
     app = create_app(
         Settings.load(
             {
                 "RECORDLINE_STORE": "memory:",
-                "RECORDLINE_HOST": "0.0.0.0",
-                "RECORDLINE_PUSH_TOKEN": "a-long-enough-push-secret",
+                "RECORDLINE_HOST": host,
+                "RECORDLINE_PUSH_TOKEN": PUSH_SECRET,
+                "RECORDLINE_PUBLIC_READS": "true",
+                "RECORDLINE_PAGE_TOKEN_SECRET": "a-long-enough-page-secret",
             }
         )
     )
-    body = {"messages": [{"message_id": "m", "publish_time": "2024-04-27T12:00:01Z", "data": ""}]}
     from litestar.testing import TestClient
 
     with TestClient(app) as client:
-        response = client.post("/v1/replay", json=body)
+        for headers in ({}, {"Authorization": "Bearer not-the-push-secret"}):
+            refused = client.post("/v1/replay", json=REPLAY, headers=headers)
+            assert refused.status_code == 401
+            assert "RECORDLINE_PUSH_TOKEN" in refused.json()["detail"]
+            assert client.get("/v1/messages/m").status_code == 404
+        secret = {"Authorization": f"Bearer {PUSH_SECRET}"}
+        assert client.post("/v1/replay", json=REPLAY, headers=secret).status_code == 200
+        assert client.get("/v1/messages/m").status_code == 200
+
+
+def test_replay_is_refused_without_operators_where_pushes_are_google_signed() -> None:
+    app = create_app(
+        Settings.load(
+            {
+                "RECORDLINE_STORE": "memory:",
+                "RECORDLINE_PUSH_AUDIENCE": "https://recordline.example.com/pubsub/push",
+                "RECORDLINE_PUSH_SERVICE_ACCOUNTS": "push@demo.iam.gserviceaccount.com",
+            }
+        )
+    )
+    from litestar.testing import TestClient
+
+    with TestClient(app) as client:
+        response = client.post("/v1/replay", json=REPLAY)
+        assert client.get("/v1/messages/m").status_code == 404
     assert response.status_code == 403
     assert "RECORDLINE_OPERATOR_PRINCIPALS" in response.json()["detail"]
 

@@ -114,28 +114,65 @@ def decode_wrapped(body: bytes) -> PushedMessage:
 
 # With `no_wrapper` + `write_metadata`, Pub/Sub sends the metadata in these
 # headers and each attribute as a header of its own. Everything a proxy, a load
-# balancer or the HTTP stack adds is not an attribute.
+# balancer, a browser or the HTTP stack adds is not an attribute, and neither is
+# any header that carries a credential: an attribute is served to every reader,
+# and a caller's cookie or key must never be. Publishers' attributes with these
+# names do not survive an unwrapped push (they would collide with HTTP's own).
 _METADATA_PREFIX = "x-goog-pubsub-"
 _NOT_ATTRIBUTES = frozenset(
     {
+        # HTTP itself.
         "accept",
         "accept-encoding",
-        "authorization",
+        "accept-language",
+        "cache-control",
         "connection",
+        "content-encoding",
         "content-length",
         "content-type",
+        "expect",
         "forwarded",
         "from",
         "host",
+        "keep-alive",
+        "last-event-id",
+        "origin",
+        "pragma",
+        "priority",
+        "referer",
         "te",
         "traceparent",
         "tracestate",
         "transfer-encoding",
+        "upgrade",
         "user-agent",
         "via",
+        "x-real-ip",
+        "x-request-id",
+        # Credentials.
+        "authorization",
+        "cookie",
+        "x-api-key",
+        "x-access-token",
+        "x-auth-token",
+        "x-csrf-token",
+        "x-id-token",
+        "x-xsrf-token",
     }
 )
-_NOT_ATTRIBUTE_PREFIXES = ("x-goog-", "x-cloud-", "x-forwarded-", "x-envoy-", "grpc-")
+# `proxy-authorization` and `x-serverless-authorization` (Cloud Run's) among them.
+_NOT_ATTRIBUTE_PREFIXES = (
+    "x-goog-",
+    "x-cloud-",
+    "x-serverless-",
+    "x-forwarded-",
+    "x-envoy-",
+    "x-amzn-",
+    "proxy-",
+    "grpc-",
+    "sec-",
+    "cf-",
+)
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 
 

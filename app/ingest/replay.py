@@ -26,7 +26,7 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import BadParameter, BadRequest
-from app.ingest.envelope import PushedMessage
+from app.ingest.envelope import PushAttributes, PushedMessage
 from app.ingest.service import Ingest
 from app.records import (
     MAX_ID_LENGTH,
@@ -50,7 +50,8 @@ class ReplayMessage(msgspec.Struct, kw_only=True, frozen=True):
     message_id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
     publish_time: AwareDatetime
     data: Annotated[str, Meta(description="The message data, base64")]
-    attributes: dict[str, str] = msgspec.field(default_factory=dict)
+    # Held to what a push may carry: a replay stores what Pub/Sub could have delivered.
+    attributes: PushAttributes = msgspec.field(default_factory=dict)
 
 
 class ReplayRequest(msgspec.Struct, kw_only=True, frozen=True):

@@ -11,12 +11,15 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
+from litestar.testing import TestClient
 from litestar.types import Receive, Scope, Send
 from schemathesis.checks import not_a_server_error
 
@@ -24,8 +27,9 @@ from app.asgi import create_app
 from app.errors import BadEnvelope
 from app.ingest.envelope import decode_unwrapped, decode_wrapped
 from app.ingest.service import to_row
-from app.records import Record, Rejection
-from app.settings import Settings
+from app.query.page_token import PageToken, PageTokens
+from app.records import MAX_ID_LENGTH, MAX_MICROS, Record, Rejection
+from app.settings import DEFAULT_PAGE_TOKEN_SECRET, Settings
 from tests.fuzz.budget import EXAMPLES
 
 PUSH_TOKEN = "a1b2c3d4e5f6a7b8c9d0"
@@ -124,6 +128,10 @@ header_names = st.sampled_from(
         "x-goog-pubsub-subscription-name",
         "authorization",
         "content-type",
+        "cookie",
+        "proxy-authorization",
+        "x-serverless-authorization",
+        "x-api-key",
     ]
 ) | st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
 header_values = st.text(latin1, max_size=30) | st.sampled_from(
@@ -162,6 +170,60 @@ def test_decode_wrapped_never_crashes(body: bytes) -> None:
 def test_decode_unwrapped_never_crashes(body: bytes, headers: dict[str, str]) -> None:
     row = settles(decode_unwrapped, body, headers)
     assert row is None or isinstance(row, Record | Rejection)
+    if row is not None:
+        # No credential a caller sent is ever served back as an attribute.
+        assert not set(json.loads(row.attributes or "{}")) & CREDENTIALS
+
+
+CREDENTIALS = {
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-serverless-authorization",
+    "x-api-key",
+}
+
+
+# -- cursors -------------------------------------------------------------------
+
+# Any value a page token's fields can be made to hold, signed with the key the
+# service uses: the signature is valid, the values need not be.
+# (Any that MessagePack holds: 64 bits, signed or not.)
+msgpack_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+cursors = st.builds(
+    PageToken,
+    after_time=msgpack_ints | st.sampled_from([0, MAX_MICROS, MAX_MICROS + 1, -1]),
+    after_message_id=st.text(max_size=40) | st.just("9" * (MAX_ID_LENGTH + 1)),
+    until=st.none() | msgpack_ints,
+)
+
+
+@pytest.fixture(scope="module")
+def reader() -> Iterator[TestClient[Litestar]]:
+    # A stream that starts ends at once: each example is a request, not a follower.
+    app = create_app(
+        Settings.load({"RECORDLINE_STORE": "memory:", "RECORDLINE_STREAM_SECONDS": "0.01"})
+    )
+    with TestClient(app) as client:
+        yield client
+
+
+@given(cursors, st.sampled_from(["/v1/records", "/v1/rejections"]), st.booleans())
+@settings(max_examples=EXAMPLES * 4, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_signed_cursor_breaks_a_read(
+    reader: TestClient[Litestar], cursor: PageToken, path: str, resumed: bool
+) -> None:
+    token = PageTokens(DEFAULT_PAGE_TOKEN_SECRET).encode(cursor)
+    if resumed:
+        # As a stream's Last-Event-ID, it is checked before the stream's 200.
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": token}
+        answer = reader.get(path, headers=headers)
+        if answer.status_code == 200:
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            return
+    else:
+        answer = reader.get(path, params={"page_token": token})
+    assert answer.status_code in (200, 400, 410), answer.text
 
 
 @given(payloads)
