@@ -39,6 +39,8 @@ class PageToken(msgspec.Struct, array_like=True, frozen=True):
     after_message_id: Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
     until: Micros | None = None  # exclusive; None follows the stream forever
     version: int = _VERSION
+    # The list it pages (`records`, `rejections`); empty in tokens of older releases.
+    listing: Annotated[str, Meta(max_length=16)] = ""
 
 
 _encode = msgspec.msgpack.encode

@@ -132,10 +132,12 @@ class Listing(msgspec.Struct, Generic[AnyPage], frozen=True):
     kind: Any  # type[Record] or type[Rejection]
     view: Any  # type[RecordView] or type[RejectionView]
     page: type[AnyPage]
+    # The list's name in its path (`/v1/records`), which its page tokens carry.
+    name: str
 
 
-RECORDS = Listing(Record, RecordView, RecordsPage)
-REJECTIONS = Listing(Rejection, RejectionView, RejectionsPage)
+RECORDS = Listing(Record, RecordView, RecordsPage, "records")
+REJECTIONS = Listing(Rejection, RejectionView, RejectionsPage, "rejections")
 
 
 class MessageView(msgspec.Struct, kw_only=True, frozen=True):
@@ -234,7 +236,7 @@ class Reader:
         """
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
-        cursor = self._cursor(since, until, limit, page_token)
+        cursor = self._cursor(listing, since, until, limit, page_token)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         bell = self._store.bell
@@ -323,6 +325,7 @@ class Reader:
 
     def check(
         self,
+        listing: Listing[Any],
         since: datetime | None,
         until: datetime | None,
         limit: int,
@@ -333,10 +336,11 @@ class Reader:
         """Raise what a page of these bounds would (400, 410), without reading: a stream
         checks its start so that an expired cursor is a 410, never an empty stream.
         `sent_as` is where the client sent the token (`Last-Event-ID`)."""
-        self._cursor(since, until, limit, page_token, sent_as)
+        self._cursor(listing, since, until, limit, page_token, sent_as)
 
     def _cursor(
         self,
+        listing: Listing[Any],
         since: datetime | None,
         until: datetime | None,
         limit: int,
@@ -347,6 +351,19 @@ class Reader:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
         if page_token is not None:
             cursor = self._tokens.decode(page_token, parameter=sent_as)
+            # A token read on another list, or up to another time, would skip or
+            # repeat rows without a word: it is refused instead. (A token of an
+            # older release names no list, and is taken where it is sent.)
+            if cursor.listing and cursor.listing != listing.name:
+                raise BadParameter(
+                    sent_as, f"was issued by /v1/{cursor.listing}, not /v1/{listing.name}"
+                )
+            if until is not None and max(micros(until), 0) != cursor.until:
+                raise BadParameter(
+                    sent_as,
+                    "was issued for another `until`; send it with the `until` of the first "
+                    "page, or without one",
+                )
             self._check_retained(sent_as, cursor.after_time)
             return cursor
         # Without `since`, a read starts at the oldest retained time: rows
@@ -365,7 +382,7 @@ class Reader:
         # 0001-01-01 overflows BigQuery's TIMESTAMP).
         start, end = max(start, 0), None if end is None else max(end, 0)
         # message_id > "" holds for every row: the page starts at `since`.
-        return PageToken(after_time=start, after_message_id="", until=end)
+        return PageToken(after_time=start, after_message_id="", until=end, listing=listing.name)
 
     async def _range(self, cursor: PageToken, limit: int) -> tuple[PageQuery, int]:
         """The store query for the page after `cursor`, never past the read horizon."""
@@ -382,7 +399,7 @@ class Reader:
 
     def _next(self, cursor: PageToken, after_time: int, after_message_id: str) -> str | None:
         """The token of the next page, or None once a bounded range is complete."""
-        cursor = PageToken(after_time, after_message_id, cursor.until)
+        cursor = PageToken(after_time, after_message_id, cursor.until, listing=cursor.listing)
         # Done once the store has examined everything before `until`.
         finished = cursor.until is not None and (
             cursor.after_time > cursor.until

@@ -199,7 +199,7 @@ async def _paged(
         token = resumed or page_token
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
-        reader.check(**bounds, limit=limit, page_token=token, sent_as=where)
+        reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where)
         return stream(
             reader, listing, followers, request, page_token=token, first=bounds, limit=limit
         )
