@@ -36,6 +36,8 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 from litestar import Request, Response
+from litestar.datastructures import Accept, CacheControlHeader, ETag
+from litestar.datastructures.headers import Header
 from litestar.response import Stream
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE_UNTIL: Final = "Recordline-Complete-Until"
 EVENT_STREAM: Final = "text/event-stream"
+JSON: Final = "application/json"
 # A page that can never change may be kept this long (a year: as long as HTTP allows).
 IMMUTABLE_SECONDS: Final = 31_536_000
 # Pages whose encoding is kept, the latest ones (followers woken together are
@@ -161,7 +164,41 @@ async def until_gone(
 
 
 def wants_stream(request: Request[Any, Any, Any]) -> bool:
-    return EVENT_STREAM in request.headers.get("accept", "")
+    """Whether the client's `Accept` prefers a stream of events to one JSON page.
+
+    Negotiated as RFC 9110 says (section 12.5.1): media ranges compare
+    case-insensitively, each type takes the quality of the most specific range
+    that matches it, and a quality of 0 is "not acceptable", so
+    `text/event-stream;q=0, */*` never streams. (Litestar's `Accept.best_match`
+    matches a `q=0` range like any other, so only its parsing is used.) The higher
+    quality wins; a tie, no header, or nothing acceptable: JSON.
+    """
+    header = request.headers.get("accept")
+    if not header:
+        return False
+    ranges = [_media_range(media) for media in Accept(header.lower())]
+    stream = _quality(ranges, EVENT_STREAM)
+    return stream > 0 and stream > _quality(ranges, JSON)
+
+
+def _media_range(media: str) -> tuple[str, float]:
+    """`text/*;q=0.5` → ("text/*", 0.5); a missing or unreadable q is 1."""
+    kind, *parameters = media.split(";")
+    quality = 1.0
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "q":
+            with contextlib.suppress(ValueError):
+                quality = float(value.strip())
+    return kind.strip(), quality
+
+
+def _quality(ranges: list[tuple[str, float]], media_type: str) -> float:
+    """The quality of `media_type`: its most specific matching range's, or 0."""
+    wildcard = media_type.partition("/")[0] + "/*"
+    specificity = {media_type: 2, wildcard: 1, "*/*": 0}
+    matching = [(specificity[r], q) for r, q in ranges if r in specificity]
+    return max(matching)[1] if matching else 0.0
 
 
 def answer(
@@ -171,14 +208,24 @@ def answer(
     headers = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
     body, _ = followers.encoded(page)
     if not full:
-        headers["Cache-Control"] = "no-cache"
-        return Response(body, media_type="application/json", headers=headers)
-    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-    scope = "public" if followers.shared_cache else "private"
-    headers |= {"ETag": etag, "Cache-Control": f"{scope}, max-age={IMMUTABLE_SECONDS}, immutable"}
-    if etag in _etags(request.headers.get("if-none-match", "")):
+        headers |= _header(NO_CACHE)
+        return Response(body, media_type=JSON, headers=headers)
+    etag = ETag(value=hashlib.sha256(body).hexdigest()[:32])
+    shared = followers.shared_cache
+    cache_control = CacheControlHeader(
+        public=shared or None, private=not shared or None, max_age=IMMUTABLE_SECONDS, immutable=True
+    )
+    headers |= _header(etag) | _header(cache_control)
+    if etag.to_header() in _etags(request.headers.get("if-none-match", "")):
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
-    return Response(body, media_type="application/json", headers=headers)
+    return Response(body, media_type=JSON, headers=headers)
+
+
+NO_CACHE: Final = CacheControlHeader(no_cache=True)
+
+
+def _header(header: Header) -> dict[str, str]:
+    return {header.HEADER_NAME: header.to_header()}
 
 
 def _etags(header: str) -> set[str]:
@@ -258,8 +305,9 @@ def stream(
 
     return Stream(
         events(),
-        media_type=f"{EVENT_STREAM}; charset=utf-8",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Litestar adds the one `charset=utf-8` a text type needs.
+        media_type=EVENT_STREAM,
+        headers={"X-Accel-Buffering": "no"} | _header(NO_CACHE),
     )
 
 
