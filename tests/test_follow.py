@@ -318,13 +318,13 @@ _QUALITIES = [None, "0", "0.0", "0.001", "0.5", "1", "1.0"]
 
 
 def _spelled(text: str, upper: list[bool]) -> str:
-    return "".join(c.upper() if up else c for c, up in zip(text, upper + [False] * len(text)))
+    return "".join(c.upper() if n < len(upper) and upper[n] else c for n, c in enumerate(text))
 
 
 def _acceptable_quality(ranges: list[tuple[str, str | None]], media_type: str) -> float:
     """The quality RFC 9110 gives `media_type` under these ranges: that of the most
     specific range that matches it (0 when none does)."""
-    kind, _, sub = media_type.partition("/")
+    kind = media_type.partition("/")[0]
     best: tuple[int, float] = (-1, 0.0)
     for media_range, q in ranges:
         r_kind, _, r_sub = media_range.partition("/")
