@@ -11,6 +11,7 @@
     python3 dev.py test [pytest options]   # the whole test suite
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff and mypy --strict
+    python3 dev.py docs [--serve]      # the documentation site, built strict into site/
     python3 dev.py bench [ingest|query|...]   # benchmarks (see bench/)
 
 `python3 dev.py COMMAND --help` shows a command's options. The first run
@@ -40,7 +41,7 @@ TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 # Commands of the `recordline` CLI this script forwards to.
 RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay")
-COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench")
+COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench", "docs")
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.
 CHILD_STOP_SECONDS = 10.0
@@ -162,6 +163,13 @@ def main(argv: list[str]) -> int:
             replace_with("python", "-m", "bench", *rest, cwd=ROOT)
         case "fuzz":
             replace_with("python", "-m", "tests.fuzz", *rest, cwd=ROOT)
+        case "docs":
+            # Warnings (a broken link or anchor) fail the build. (Material's notice of
+            # its successor is not one of ours.)
+            os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+            if rest[:1] == ["--serve"]:
+                replace_with("mkdocs", "serve", "--strict", *rest[1:], cwd=ROOT)
+            replace_with("mkdocs", "build", "--strict", *rest, cwd=ROOT)
         case "lint":
             env = environment()
             steps = (

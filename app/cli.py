@@ -76,7 +76,7 @@ def _main(argv: list[str] | None) -> int:
     config.add_argument(
         "--reference",
         action="store_true",
-        help="every setting's default and meaning instead, as the README's Markdown table",
+        help="every setting's default and meaning instead, as docs/configuration.md's table",
     )
 
     tools = _dev_tools()

@@ -1,7 +1,7 @@
 """Settings, one Struct per concern, read from the environment once.
 
 Each field names its environment variable, says what it does and what it
-accepts; the README's configuration table is generated from these declarations
+accepts; the configuration table of docs/configuration.md is generated from these declarations
 (`recordline config --reference`) and a test keeps the two equal. Every value
 is checked here, when the settings are read, and a bad one is refused in one
 way: a line naming the variable, the value and what it accepts. Nothing here
@@ -236,7 +236,7 @@ class StoreSettings(Section, frozen=True):
             "RECORDLINE_SERVING",
             "`spanner://projects/P/instances/I/databases/D`: a serving tier in front of "
             "the BigQuery store: pushes are stored in Spanner, recent rows read from it, "
-            "and an exporter copies every row to BigQuery once (see README, Serving tier); "
+            "and an exporter copies every row to BigQuery once (see docs/stores.md, Serving tier); "
             "empty: BigQuery stores and serves every row",
             accepts="`spanner://projects/P/instances/I/databases/D` (Spanner's own names), "
             "or nothing",
@@ -262,7 +262,7 @@ class StoreSettings(Section, frozen=True):
         env(
             "RECORDLINE_SETTLE_SECONDS",
             "BigQuery only: rows younger than this are not served yet, so a page never "
-            "races a commit still in flight (see README, Reading)",
+            "races a commit still in flight (see docs/reading.md)",
         ),
     ] = 15.0
     retention_days: Annotated[
@@ -662,12 +662,12 @@ def _sections() -> list[tuple[str, type[Section]]]:
 
 
 def declared() -> list[Declared]:
-    """Every setting, in the order of the README's table."""
+    """Every setting, in the order of the configuration table."""
     return [d for _, section in _sections() for d in _declared(section).values()]
 
 
 def reference() -> list[tuple[str, str, str]]:
-    """(variable, default, meaning) for every setting, for the README table."""
+    """(variable, default, meaning) for every setting, for the configuration table."""
     rows = []
     for _, section in _sections():
         defaults = section()

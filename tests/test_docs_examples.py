@@ -22,7 +22,7 @@ from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", ROOT / "docs" / "operations.md", ROOT / "infra" / "README.md"]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
 MODULE = ROOT / "infra" / "terraform" / "modules" / "system"
 # What the docs write for a value to fill in, and a value of that shape.
 PLACEHOLDERS = {
@@ -55,7 +55,9 @@ def curls() -> list[tuple[str, list[str]]]:
 
 @pytest.fixture
 def client() -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(settings(), store=DuckDBStore(":memory:"))) as client:
+    # A stream the docs open (the tour's follower) ends after half a second here.
+    app = create_app(settings(RECORDLINE_STREAM_SECONDS="0.5"), store=DuckDBStore(":memory:"))
+    with TestClient(app) as client:
         yield client
 
 
@@ -172,10 +174,10 @@ def test_a_group_is_refused_by_terraform_and_by_the_service_saying_why() -> None
         Settings.load({"RECORDLINE_READ_PRINCIPALS": "group:readers@example.com"})
 
 
-def test_the_reasons_the_readme_quotes_are_the_ones_given() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_reasons_the_docs_quote_are_the_ones_given() -> None:
+    page = (ROOT / "docs" / "schemas.md").read_text()
     quoted = "`$.order_id` (the record id, RECORDLINE_ID_FIELD): missing"
-    assert quoted in readme
+    assert quoted in page
     app = create_app(
         settings(RECORDLINE_ID_FIELD="order_id", RECORDLINE_TIME_FIELD="meta.created_at"),
         store=DuckDBStore(":memory:"),
@@ -183,3 +185,14 @@ def test_the_reasons_the_readme_quotes_are_the_ones_given() -> None:
     with TestClient(app) as client:
         assert client.post("/pubsub/push", json=envelope({"meta": {}})).status_code == 204
         assert quoted in client.get("/v1/messages/m-1").json()["reason"]
+
+
+def test_every_page_the_readme_links_exists() -> None:
+    """The README is the front door: each of its links into the repository leads
+    somewhere (the site's own links and anchors are checked by its strict build)."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if "://" not in link]
+    assert {"docs/security.md", "docs/operations.md", "docs/configuration.md"} <= set(local)
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert missing == []

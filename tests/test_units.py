@@ -138,12 +138,12 @@ def test_committed_schema_files_equal_what_the_code_derives() -> None:
         assert path.read_text() == text, f"{path} is stale: run `recordline schema --write`"
 
 
-def test_readme_configuration_table_is_current() -> None:
+def test_the_configuration_page_table_is_current() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert config_table() in readme, (
-        "README is stale: paste `recordline config --reference` into it"
+    page = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    assert config_table() in page, (
+        "docs/configuration.md is stale: paste `recordline config --reference` into it"
     )
 
 

@@ -170,6 +170,9 @@ def _freshness(rows: str) -> list[ResponseHeader]:
         ResponseHeader(
             name=COMPLETE_UNTIL,
             description=f"Every {rows} before this time is in this page or an earlier one",
+            # Litestar derives the header's schema (OpenAPI requires one) from a value's
+            # type: an RFC 3339 time is a string. Documentation only: never sent as is.
+            value="2024-04-27T12:00:01.123456Z",
             documentation_only=True,
         )
     ]

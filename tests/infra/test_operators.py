@@ -127,7 +127,8 @@ def test_groups_may_act_as_the_operator_account() -> None:
 def _hcl_examples() -> list[tuple[str, str]]:
     root = Path(__file__).resolve().parents[2]
     found = []
-    for doc in ("README.md", "docs/operations.md", "infra/README.md"):
+    docs = ["README.md", *(f"docs/{page.name}" for page in (root / "docs").glob("*.md"))]
+    for doc in (*docs, "infra/README.md"):
         for block in re.findall(r"```hcl\n(.*?)```", (root / doc).read_text(), re.S):
             if "systems" in block:
                 found.append((doc, block))
