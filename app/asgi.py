@@ -175,6 +175,7 @@ def create_app(
             observer=telemetry.query_observer,
             conflicts=telemetry.conflicts(),
             exports=telemetry.export_observer(),
+            loops=telemetry.loop_observer(),
         )
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.

@@ -19,8 +19,9 @@ import pytest
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store.spanner.export import SETTLED_MICROS, Exporter, LeaseLost, Progress
-from app.store.tiered import TieredStore
+from app.store.spanner.ledger import LeaseLost, Progress
+from app.store.tiered.exporter import SETTLED_MICROS, Exporter
+from app.store.tiered.store import TieredStore
 from tests.bigquery.fake_storage_write import Abort, ErrorResponse, FakeBigQueryWrite
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
 from tests.spanner.test_serving import record
@@ -103,7 +104,7 @@ async def test_an_exporter_killed_between_the_append_and_its_progress(
     recorded = first.ledger.record
 
     async def dies_after_the_append(progress: Progress) -> None:
-        if progress.pending_rows is None and progress.next_offset > 0:
+        if progress.pending is None and progress.next_offset > 0:
             raise Killed  # the append happened; the instance died before saying so
         await recorded(progress)
 
