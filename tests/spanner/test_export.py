@@ -266,7 +266,8 @@ async def test_a_batch_that_may_be_in_a_dropped_stream_blocks_its_table(
     await settle_clock()
     # The batch's append lands, its answer is lost, then the stream is finalized:
     # whether m-2 is in BigQuery only the old stream knew, so nothing may guess.
-    write_fake.inject("records", Abort(commit=True))
+    # (The exporter sends an append once more on a new connection: that fails too.)
+    write_fake.inject("records", Abort(commit=True), Abort())
     with pytest.raises(StoreUnavailable):
         await one.step()
     stream = (await one.ledger.progress("records")).stream
@@ -293,3 +294,73 @@ async def test_bigquery_down_for_a_while_then_everything_once(
     await settle_clock()
     await drain(one)
     assert copies(write_fake, "records") == {**{f"m-{i}": 1 for i in range(5)}, "m-late": 1}
+
+
+class Clock:
+    """The Storage Write fake's clock (seconds), moved by the test instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_connection_idle_for_eleven_minutes_is_replaced_and_nothing_doubles(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    clock = Clock()
+    write_fake.clock = clock
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    one = exporter(store)
+    await drain(one)
+    stream = (await one.ledger.progress("records")).stream
+    # Eleven quiet minutes: BigQuery closed the connection (ABORTED, inactive for
+    # 600 seconds). The next row goes out at once on a new one, to the same stream.
+    clock.now += 11 * 60
+    await stored(store, ["m-2"])
+    await settle_clock()
+    assert await one.step()
+    assert write_fake.idle_closed == 1
+    assert (await one.ledger.progress("records")).stream == stream
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+    # And after it a resend: the next append lands, its answer is lost, and the
+    # same rows at the same offset are refused as already there.
+    write_fake.inject("records", Abort(commit=True))
+    await stored(store, ["m-3"])
+    await settle_clock()
+    await drain(one)
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1, "m-3": 1}
+    assert not one.blocked
+
+
+async def test_a_stream_gone_after_days_without_traffic_is_replaced_and_nothing_doubles(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    clock = Clock()
+    write_fake.clock = clock
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    one = exporter(store)
+    await drain(one)
+    old = (await one.ledger.progress("records")).stream
+    # Five days without a row: the stream's four-day TTL has passed, it is gone.
+    clock.now += 5 * 24 * 3600
+    await stored(store, ["m-2"])
+    await settle_clock()
+    await drain(one)
+    progress = await one.ledger.progress("records")
+    assert old in write_fake.expired
+    assert progress.stream != old
+    assert progress.next_offset == 1  # m-2 went at offset 0 of the new stream
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+    # A resend on the new stream: stored once.
+    write_fake.inject("records", Abort(commit=True))
+    await stored(store, ["m-3"])
+    await settle_clock()
+    await drain(one)
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1, "m-3": 1}
+    assert not one.blocked
