@@ -94,7 +94,7 @@ RETRY_MAX_SECONDS: Final = 30.0
 PUBLISH_SECONDS: Final = 10.0
 BLOCKED_RETRY_SECONDS: Final = 60.0
 # How long a stopping exporter tries to hand its lease back.
-RELEASE_SECONDS: Final = 2.0
+RELEASE_SECONDS: Final = 1.0
 
 _TABLES_OF: Final = {row_type: table for table, row_type in TABLES.items()}
 # The rows of either table, and either table's row type.

@@ -48,15 +48,21 @@ class _Loop:
         self.body = body
         self.interval = interval
         self.backoff = Backoff(RESTART_SECONDS, RESTART_MAX_SECONDS)
-        # When the current run began, and when the streak of failures began.
-        self.running_since = now
+        # When the current run began (None while it waits to start again), and
+        # when the streak of failures began.
+        self.running_since: float | None = now
         self.failing_since: float | None = None
         self.error: str | None = None
         self.restarts = 0
 
     def settle(self, now: float) -> None:
         """A run that lasted its interval ends the streak of failures before it."""
-        if self.failing_since is not None and now - self.running_since >= self.interval:
+        running = self.running_since
+        if (
+            self.failing_since is not None
+            and running is not None
+            and now - running >= self.interval
+        ):
             self.failing_since = None
             self.error = None
             self.backoff.reset()
@@ -99,6 +105,7 @@ class Supervisor:
             except Exception as exc:  # any failure: logged, counted, restarted
                 now = self._monotonic()
                 loop.settle(now)
+                loop.running_since = None
                 if loop.failing_since is None:
                     loop.failing_since = now
                 loop.error = f"{type(exc).__name__}: {exc}"
