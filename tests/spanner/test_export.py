@@ -364,3 +364,21 @@ async def test_a_stream_gone_after_days_without_traffic_is_replaced_and_nothing_
     await drain(one)
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1, "m-3": 1}
     assert not one.blocked
+
+
+async def test_an_exporter_that_stops_hands_the_lease_to_the_next_at_once(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    first = exporter(store, holder="first")  # a lease of 15 s
+    second = exporter(store, holder="second")
+    await drain(first)
+    assert not await second.step()  # the first holds it
+    await first.stop()
+    assert not first.leading
+    await stored(store, ["m-2"])
+    await settle_clock()
+    assert await second.step()  # at once, not once the first's lease expired
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}

@@ -205,7 +205,8 @@ class OffsetStream:
             request.proto_rows.writer_schema.proto_descriptor.CopyFrom(self._descriptor)
         request.proto_rows.rows.serialized_rows.extend(rows)
         self._requests.put_nowait(types.AppendRowsRequest.wrap(request))
-        response = await self._call.read()
+        # Within the append's own deadline (the caller's bounds the resend too).
+        response = await asyncio.wait_for(self._call.read(), timeout=APPEND_SECONDS)
         if response is grpc.aio.EOF:
             raise StoreUnavailable(f"{stream}: the stream ended before answering")
         self._active = self._monotonic()
