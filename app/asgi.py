@@ -7,10 +7,15 @@ and closed there; nothing connects at import time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import FrameType
 from typing import cast
 
 from litestar import Litestar, Router
@@ -42,7 +47,7 @@ from app.ingest.shape import Shape
 from app.problems import Problems, describe_problem
 from app.query.page_token import PageTokens
 from app.query.service import Reader
-from app.routes.follow import Followers, on_terminate
+from app.routes.follow import Followers
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.routes.query import READ_ROUTES, Paging
 from app.settings import Settings
@@ -158,6 +163,40 @@ class Recordline(Litestar):
         await super().__call__(as_get, receive, without_content)
 
 
+@contextlib.contextmanager
+def on_terminate(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` (on the event loop) when the process is asked to stop (SIGTERM,
+    or SIGINT: Ctrl-C), then let the handler that was there (the server's: drain and
+    stop) do its part, while inside.
+
+    Only the main thread may handle signals: elsewhere (an app in a test's thread)
+    this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in stops}
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        before = previous[signal.Signals(signum)]
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for signum in stops:
+        signal.signal(signum, terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -175,6 +214,7 @@ def create_app(
             observer=telemetry.query_observer,
             conflicts=telemetry.conflicts(),
             exports=telemetry.export_observer(),
+            loops=telemetry.loop_observer(),
         )
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.

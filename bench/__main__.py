@@ -1,7 +1,7 @@
 """python3 dev.py bench NAME [options].
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
-      stops | followers.
+      stops | followers | outage.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -22,6 +22,7 @@ NAMES = (
     "e2e",
     "stops",
     "followers",
+    "outage",
 )
 
 

@@ -38,6 +38,11 @@ RESTRICTED = {
 }
 # The top layer: routes and wiring.
 WEB_MODULES = {"app.asgi", "app.cli", "app.docs", "app.health", "app.problems", "app.routes"}
+# Inside the store layer: each backend speaks only through its public interface,
+# and only the serving tier's package composes two of them. A backend never
+# imports another backend, nor the composition.
+BACKENDS = {"app.store.bigquery", "app.store.duckdb", "app.store.spanner"}
+COMPOSITION = "app.store.tiered"
 
 
 def layer(module: str) -> str:
@@ -138,6 +143,47 @@ def violations(app: Path = APP) -> list[str]:
             elif top in RESTRICTED and own not in RESTRICTED[top]:
                 wrong.append(f"{where} ({own} may not use {top})")
     return wrong
+
+
+def _package(module: str, packages: set[str]) -> str | None:
+    return next((p for p in packages if module == p or module.startswith(f"{p}.")), None)
+
+
+def backend_violations(app: Path = APP) -> list[str]:
+    """Imports from one backend into another, or into the composition above them."""
+    wrong = []
+    for path in sorted(app.rglob("*.py")):
+        own = _package(module_name(path, app), BACKENDS)
+        if own is None:
+            continue
+        for line, name in imports(path):
+            other = _package(name, BACKENDS | {COMPOSITION})
+            if other is not None and other != own:
+                wrong.append(f"{path.relative_to(app.parent)}:{line} imports {name}")
+    return wrong
+
+
+def test_no_backend_imports_another_backend_or_the_composition() -> None:
+    assert backend_violations() == []
+
+
+def test_the_check_finds_a_backend_importing_another(tmp_path: Path) -> None:
+    store = tmp_path / "app" / "store"
+    for package in ("spanner", "bigquery", "tiered"):
+        (store / package).mkdir(parents=True)
+    (store / "spanner" / "export.py").write_text(
+        "from app.store.bigquery.stream import OffsetStream\n"
+        "from app.store.spanner.schema import ddl\n"
+        "from app.store import Store\n"
+    )
+    (store / "bigquery" / "store.py").write_text(
+        "def f():\n    from app.store.tiered.store import TieredStore\n"
+    )
+    (store / "tiered" / "store.py").write_text("from app.store.spanner.serving import S\n")
+    assert backend_violations(tmp_path / "app") == [
+        "app/store/bigquery/store.py:2 imports app.store.tiered.store",
+        "app/store/spanner/export.py:1 imports app.store.bigquery.stream",
+    ]
 
 
 def test_the_layers_form_no_cycle() -> None:

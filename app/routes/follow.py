@@ -27,11 +27,8 @@ import collections
 import contextlib
 import hashlib
 import logging
-import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from types import FrameType
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -309,37 +306,3 @@ def stream(
         media_type=EVENT_STREAM,
         headers={"X-Accel-Buffering": "no"} | _header(NO_CACHE),
     )
-
-
-@contextlib.contextmanager
-def on_terminate(callback: Callable[[], None]) -> Iterator[None]:
-    """Call `callback` (on the event loop) when the process is asked to stop (SIGTERM,
-    or SIGINT: Ctrl-C), then let the handler that was there (the server's: drain and
-    stop) do its part, while inside.
-
-    Only the main thread may handle signals: elsewhere (an app in a test's thread)
-    this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    stops = (signal.SIGTERM, signal.SIGINT)
-    previous = {signum: signal.getsignal(signum) for signum in stops}
-
-    def terminated(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(callback)
-        before = previous[signal.Signals(signum)]
-        if callable(before):
-            before(signum, frame)
-        elif before == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-
-    for signum in stops:
-        signal.signal(signum, terminated)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -15,7 +15,8 @@ from app.store.copies import ConflictObserver
 
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
-    from app.store.spanner.export import ExportObserver
+    from app.store.tiered.exporter import ExportObserver
+    from app.store.tiered.supervisor import LoopObserver
 
 
 class UnknownStore(SettingsError):
@@ -28,10 +29,12 @@ def open_store(
     observer: QueryObserver | None = None,
     conflicts: ConflictObserver | None = None,
     exports: ExportObserver | None = None,
+    loops: LoopObserver | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
-    that differs from the one stored, `exports` what a serving tier's exporter does."""
+    that differs from the one stored, `exports` what a serving tier's exporter does,
+    `loops` each restart of a serving tier's background loops."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -71,7 +74,7 @@ def open_store(
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics, conflicts, exports)
+            return _tiered(settings, analytics, conflicts, exports, loops)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
@@ -83,9 +86,10 @@ def _tiered(
     analytics: BigQueryStore,
     conflicts: ConflictObserver | None,
     exports: ExportObserver | None,
+    loops: LoopObserver | None,
 ) -> Store:
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
-    from app.store.tiered import TieredStore
+    from app.store.tiered.store import TieredStore
 
     store = settings.store
     serving = SpannerServing(
@@ -100,4 +104,5 @@ def _tiered(
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
         conflicts=conflicts,
         export_observer=exports,
+        loop_observer=loops,
     )

@@ -37,7 +37,14 @@ from app.settings import Settings, TelemetrySettings
 from app.store import QueryObserver, Store
 from app.telemetry.distribution import PrometheusDistributions, WithDistributions
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
-from app.telemetry.metrics import Conflicts, ExportMetrics, Metrics, PushOutcomes, push_histograms
+from app.telemetry.metrics import (
+    Conflicts,
+    ExportMetrics,
+    LoopRestarts,
+    Metrics,
+    PushOutcomes,
+    push_histograms,
+)
 from app.telemetry.reads import ReadDurations
 from app.telemetry.store import ObservedStore
 from app.telemetry.traces import (
@@ -203,6 +210,10 @@ class Telemetry:
     def export_observer(self) -> ExportMetrics:
         """What the serving tier's exporter is given to report its progress."""
         return ExportMetrics(self.metrics)
+
+    def loop_observer(self) -> LoopRestarts:
+        """What a store is given to count each restart of one of its background loops."""
+        return LoopRestarts(self.metrics)
 
     def conflicts(self) -> Conflicts:
         """What a store is given to report a copy of a message that differs from the stored one."""

@@ -141,7 +141,7 @@ class Metrics:
             description="Bytes billed by the store's queries, by the API route they serve",
         )
 
-        # The serving tier's exporter (app.store.spanner.export), by table: rows
+        # The serving tier's exporter (app.store.tiered.exporter), by table: rows
         # appended to BigQuery, how far behind now its watermark is, and whether
         # a row BigQuery refused has stopped it.
         self.exported: Counter[str] = Counter()
@@ -165,6 +165,20 @@ class Metrics:
             unit="1",
             description="1 while a row BigQuery refused stops the export of its table",
         )
+
+        # Background loops of a store started again after a failure, by loop
+        # (app.store.tiered.supervisor): any is a bug or an unforeseen error.
+        self.loop_restarts: Counter[str] = Counter()
+        meter.create_observable_counter(
+            "recordline.loop.restarts",
+            callbacks=[self._observe_loop_restarts],
+            unit="{restart}",
+            description="Background loops started again after a failure, by loop",
+        )
+
+    def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
+        for loop, restarts in list(self.loop_restarts.items()):
+            yield Observation(restarts, {"loop": loop})
 
     def _observe_exported(self, _: CallbackOptions) -> Iterable[Observation]:
         for table, rows in list(self.exported.items()):
@@ -393,3 +407,13 @@ class ExportMetrics:
 
     def watermark(self, table: str, micros: int) -> None:
         self._metrics.export_watermarks[table] = micros
+
+
+class LoopRestarts:
+    """A store's loop observer: counts each restart, by loop (the supervisor logs it)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def restarted(self, loop: str) -> None:
+        self._metrics.loop_restarts[loop] += 1

@@ -23,6 +23,18 @@ google.cloud.bigquery.storage.v1 (BigQueryWrite):
 - A finalized stream takes no more appends (`STREAM_FINALIZED`, INVALID_ARGUMENT);
   an unknown stream is NOT_FOUND.
 
+Time, on the fake's `clock` (seconds; tests move it instead of waiting):
+- A connection idle for `IDLE_SECONDS` (600) is closed by the server with
+  ABORTED, "Closing the stream because it has been inactive for 600 seconds",
+  as BigQuery answers (googleapis/python-bigquery-storage#593 shows the
+  status). The fake closes it when the next request arrives on it, before
+  reading that request: nothing of it is stored, as with a connection the
+  server had closed already.
+- An application-created stream with no traffic for `STREAM_TTL_SECONDS` is
+  gone: "A committed stream has a TTL of four days if there is no traffic on
+  the stream" (cloud.google.com/bigquery/docs/write-api-streaming). An append
+  to it is then NOT_FOUND, as to any unknown stream.
+
 Run alone for benchmarks:
     python -m tests.bigquery.fake_storage_write --port 50051 --latency-ms 10
 
@@ -38,7 +50,9 @@ import argparse
 import asyncio
 import collections
 import dataclasses
+import itertools
 import signal
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -94,6 +108,9 @@ _FlushRequest: Any = types.FlushRowsRequest.pb()
 _FlushResponse: Any = types.FlushRowsResponse.pb()
 _StorageError: Any = types.StorageError.pb()
 COMMITTED, PENDING, BUFFERED = 1, 2, 3  # WriteStream.Type
+# See the module notes: an idle connection is closed, an unused stream is gone.
+IDLE_SECONDS = 600.0
+STREAM_TTL_SECONDS = 4 * 24 * 3600.0
 
 
 @dataclasses.dataclass
@@ -109,6 +126,8 @@ class AppStream:
     # Rows of the stream the table shows: all for COMMITTED, up to the last flush
     # for BUFFERED, none for PENDING until it is committed.
     visible: int = 0
+    # When it last had traffic (created, appended to), on the fake's clock.
+    used: float = 0.0
 
 
 _END = object()
@@ -135,9 +154,20 @@ def table_of(stream: str) -> str:
 
 
 class FakeBigQueryWrite:
-    def __init__(self, *, latency: float = 0.0, keep_rows: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        keep_rows: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.latency = latency
         self.keep_rows = keep_rows
+        # What idle connections and unused streams are timed by (seconds).
+        self.clock = clock
+        # Connections closed for being idle, streams gone for being unused.
+        self.idle_closed = 0
+        self.expired: list[str] = []
         self.tables: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self.row_counts: collections.Counter[str] = collections.Counter()
         # One-shot faults per table name (`records`, `rejected`), one per request.
@@ -154,6 +184,8 @@ class FakeBigQueryWrite:
         # Most requests one connection had received and not yet answered.
         self.max_unanswered = 0
         self.streams: dict[str, AppStream] = {}
+        # Stream names are never reused, gone streams' included.
+        self._stream_numbers = itertools.count(1)
         # One-shot faults of the unary calls, by method name (`CreateWriteStream`…).
         self.call_faults: dict[str, collections.deque[grpc.StatusCode]] = collections.defaultdict(
             collections.deque
@@ -253,11 +285,22 @@ class FakeBigQueryWrite:
         loop = asyncio.get_running_loop()
         stream = ""
         decode: Callable[[bytes], dict[str, Any]] | None = None
+        active = self.clock()
 
         def post(item: object) -> None:
             outbox.put_nowait((loop.time() + self.latency, item))
 
         async for request in requests:
+            now = self.clock()
+            if now - active >= IDLE_SECONDS:
+                self.idle_closed += 1
+                inactive = (
+                    f"Closing the stream because it has been inactive for {IDLE_SECONDS:.0f} "
+                    f"seconds. Entity: {stream}"
+                )
+                post(Abort(grpc.StatusCode.ABORTED, details=inactive))
+                return
+            active = now
             self.requests += 1
             unanswered[0] += 1
             self.max_unanswered = max(self.max_unanswered, unanswered[0])
@@ -322,11 +365,12 @@ class FakeBigQueryWrite:
 
     def _append_to(self, name: str, request: Any, rows: list[dict[str, Any]]) -> Any:
         """Rows into an application-created stream; a response with the error, if refused."""
-        stream = self.streams.get(name)
+        stream = self._live(name)
         if stream is None:
             return self._storage_error(
                 grpc.StatusCode.NOT_FOUND, 3, name, f"Stream not found: {name}"
             )
+        stream.used = self.clock()
         if stream.finalized:
             return self._storage_error(
                 grpc.StatusCode.INVALID_ARGUMENT, 6, name, f"Stream is finalized: {name}"
@@ -347,6 +391,15 @@ class FakeBigQueryWrite:
             self._show(stream.table, rows)
             stream.visible = len(stream.rows)
         return None
+
+    def _live(self, name: str) -> AppStream | None:
+        """The stream, unless unknown or gone for want of traffic (then forgotten)."""
+        stream = self.streams.get(name)
+        if stream is not None and self.clock() - stream.used >= STREAM_TTL_SECONDS:
+            del self.streams[name]
+            self.expired.append(name)
+            return None
+        return stream
 
     @staticmethod
     def _storage_error(code: grpc.StatusCode, storage: int, entity: str, message: str) -> Any:
@@ -369,13 +422,13 @@ class FakeBigQueryWrite:
         kind = request.write_stream.type_
         if kind not in (COMMITTED, PENDING, BUFFERED):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a stream type is required")
-        name = f"{request.parent}/streams/s{len(self.streams) + 1:08d}"
-        stream = AppStream(name=name, table=request.parent, type=kind)
+        name = f"{request.parent}/streams/s{next(self._stream_numbers):08d}"
+        stream = AppStream(name=name, table=request.parent, type=kind, used=self.clock())
         self.streams[name] = stream
         return self._described(stream)
 
     async def _stream(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AppStream:
-        stream = self.streams.get(name)
+        stream = self._live(name)
         if stream is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Stream not found: {name}")
             raise AssertionError  # abort raises

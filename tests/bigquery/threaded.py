@@ -15,7 +15,7 @@ from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.store.copies import ConflictObserver
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.tiered import TieredStore
+from app.store.tiered.store import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite

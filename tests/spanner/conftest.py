@@ -8,9 +8,9 @@ import pytest
 
 from app.settings import QuerySettings, Settings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
-from app.store.spanner.export import ExportObserver
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.tiered import TieredStore
+from app.store.tiered.exporter import ExportObserver
+from app.store.tiered.store import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite

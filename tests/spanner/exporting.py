@@ -10,8 +10,9 @@ from typing import Any
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store.spanner.export import Exporter, LeaseLost
-from app.store.tiered import TieredStore
+from app.store.spanner.ledger import LeaseLost
+from app.store.tiered.exporter import Exporter
+from app.store.tiered.store import TieredStore
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
 

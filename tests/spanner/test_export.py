@@ -19,8 +19,9 @@ import pytest
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store.spanner.export import SETTLED_MICROS, Exporter, LeaseLost, Progress
-from app.store.tiered import TieredStore
+from app.store.spanner.ledger import LeaseLost, Progress
+from app.store.tiered.exporter import SETTLED_MICROS, Exporter
+from app.store.tiered.store import TieredStore
 from tests.bigquery.fake_storage_write import Abort, ErrorResponse, FakeBigQueryWrite
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
 from tests.spanner.test_serving import record
@@ -103,7 +104,7 @@ async def test_an_exporter_killed_between_the_append_and_its_progress(
     recorded = first.ledger.record
 
     async def dies_after_the_append(progress: Progress) -> None:
-        if progress.pending_rows is None and progress.next_offset > 0:
+        if progress.pending is None and progress.next_offset > 0:
             raise Killed  # the append happened; the instance died before saying so
         await recorded(progress)
 
@@ -265,7 +266,8 @@ async def test_a_batch_that_may_be_in_a_dropped_stream_blocks_its_table(
     await settle_clock()
     # The batch's append lands, its answer is lost, then the stream is finalized:
     # whether m-2 is in BigQuery only the old stream knew, so nothing may guess.
-    write_fake.inject("records", Abort(commit=True))
+    # (The exporter sends an append once more on a new connection: that fails too.)
+    write_fake.inject("records", Abort(commit=True), Abort())
     with pytest.raises(StoreUnavailable):
         await one.step()
     stream = (await one.ledger.progress("records")).stream
@@ -292,3 +294,91 @@ async def test_bigquery_down_for_a_while_then_everything_once(
     await settle_clock()
     await drain(one)
     assert copies(write_fake, "records") == {**{f"m-{i}": 1 for i in range(5)}, "m-late": 1}
+
+
+class Clock:
+    """The Storage Write fake's clock (seconds), moved by the test instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_connection_idle_for_eleven_minutes_is_replaced_and_nothing_doubles(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    clock = Clock()
+    write_fake.clock = clock
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    one = exporter(store)
+    await drain(one)
+    stream = (await one.ledger.progress("records")).stream
+    # Eleven quiet minutes: BigQuery closed the connection (ABORTED, inactive for
+    # 600 seconds). The next row goes out at once on a new one, to the same stream.
+    clock.now += 11 * 60
+    await stored(store, ["m-2"])
+    await settle_clock()
+    assert await one.step()
+    assert write_fake.idle_closed == 1
+    assert (await one.ledger.progress("records")).stream == stream
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+    # And after it a resend: the next append lands, its answer is lost, and the
+    # same rows at the same offset are refused as already there.
+    write_fake.inject("records", Abort(commit=True))
+    await stored(store, ["m-3"])
+    await settle_clock()
+    await drain(one)
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1, "m-3": 1}
+    assert not one.blocked
+
+
+async def test_a_stream_gone_after_days_without_traffic_is_replaced_and_nothing_doubles(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    clock = Clock()
+    write_fake.clock = clock
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    one = exporter(store)
+    await drain(one)
+    old = (await one.ledger.progress("records")).stream
+    # Five days without a row: the stream's four-day TTL has passed, it is gone.
+    clock.now += 5 * 24 * 3600
+    await stored(store, ["m-2"])
+    await settle_clock()
+    await drain(one)
+    progress = await one.ledger.progress("records")
+    assert old in write_fake.expired
+    assert progress.stream != old
+    assert progress.next_offset == 1  # m-2 went at offset 0 of the new stream
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+    # A resend on the new stream: stored once.
+    write_fake.inject("records", Abort(commit=True))
+    await stored(store, ["m-3"])
+    await settle_clock()
+    await drain(one)
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1, "m-3": 1}
+    assert not one.blocked
+
+
+async def test_an_exporter_that_stops_hands_the_lease_to_the_next_at_once(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    first = exporter(store, holder="first")  # a lease of 15 s
+    second = exporter(store, holder="second")
+    await drain(first)
+    assert not await second.step()  # the first holds it
+    await first.stop()
+    assert not first.leading
+    await stored(store, ["m-2"])
+    await settle_clock()
+    assert await second.step()  # at once, not once the first's lease expired
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}

@@ -33,7 +33,7 @@ from app.store.spanner.schema import (
 )
 from app.store.spanner.serving import Committed, SchemaMismatch, SpannerDatabase, SpannerServing
 from app.store.spanner.tail import TailCache
-from app.store.tiered import TieredStore
+from app.store.tiered.store import TieredStore
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
 from tests.conftest import envelope, served
 from tests.spanner.emulator import SpannerEmulator

@@ -18,7 +18,7 @@ from app.store import Store
 from app.store.bigquery.store import BigQueryStore
 from app.store.duckdb.store import DuckDBStore
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.tiered import TieredStore
+from app.store.tiered.store import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite

@@ -10,18 +10,32 @@ stream are visible as soon as the append is acknowledged.
 
 One writer per stream, one request in flight: the exporter's batches are
 large and its pace is set by Spanner reads, not by round trips.
+
+A quiet system. BigQuery closes a connection idle for 600 s (ABORTED,
+"Closing the stream because it has been inactive for 600 seconds"), and an
+application-created COMMITTED stream with no traffic for four days is gone
+("A committed stream has a TTL of four days if there is no traffic on the
+stream", cloud.google.com/bigquery/docs/write-api-streaming). A connection
+idle for `IDLE_RECONNECT_SECONDS` is replaced before it is used; one that
+fails anyway after having been used before is replaced and the same request
+sent again at once, at the same offset (stored once, or refused as there).
+A stream that is gone answers NOT_FOUND: `StreamBroken(gone=True)`, and the
+exporter starts a new one (`app.store.tiered.exporter`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
-from google.api_core.exceptions import GoogleAPICallError
+from google.api_core.exceptions import GoogleAPICallError, ServiceUnavailable
 from google.api_core.gapic_v1 import routing_header
+from google.api_core.retry import AsyncRetry, if_exception_type
 from google.cloud.bigquery_storage_v1 import types
 from google.protobuf import descriptor_pb2
 
@@ -35,8 +49,16 @@ if TYPE_CHECKING:
 _AppendRowsRequestPb: Final[Any] = types.AppendRowsRequest.pb()
 _AppendRowsResponse: Final[Any] = types.AppendRowsResponse
 _CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
-# How long one append may take, answer included.
+log = logging.getLogger(__name__)
+
+# How long one append may take, answer included (a resend on a new connection too).
 APPEND_SECONDS: Final = 30.0
+# How long creating or finalizing a stream may take; UNAVAILABLE is retried
+# with backoff (0.25 s doubling to 4 s, jittered) until then.
+STREAM_CALL_SECONDS: Final = 30.0
+# A connection unused this long is replaced before it is written to: BigQuery
+# closes one idle for 600 s, and a request sent as it does would be lost.
+IDLE_RECONNECT_SECONDS: Final = 540.0
 
 
 class Appended(enum.Enum):
@@ -76,13 +98,21 @@ class OffsetStream:
         client: BigQueryWriteAsyncClient,
         table: str,
         descriptor: descriptor_pb2.DescriptorProto,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
         self._client = client
         self._descriptor = descriptor
+        self._monotonic = monotonic
         self._stream = ""
         self._requests: asyncio.Queue[types.AppendRowsRequest | None] | None = None
         self._call: Any = None
+        # When the connection last had a request or an answer.
+        self._active = 0.0
+        # Connections replaced for being idle, and requests sent again on a new one.
+        self.reconnects = 0
+        self.resends = 0
 
     async def create(self) -> str:
         """A new COMMITTED stream of the table; its name."""
@@ -90,6 +120,8 @@ class OffsetStream:
             stream = await self._client.create_write_stream(
                 parent=self.table,
                 write_stream=types.WriteStream(type_=types.WriteStream.Type.COMMITTED),
+                timeout=STREAM_CALL_SECONDS,
+                retry=_stream_call_retry(),
             )
         except GoogleAPICallError as exc:
             raise StoreUnavailable(f"{self.table}: CreateWriteStream failed: {exc}") from exc
@@ -101,7 +133,9 @@ class OffsetStream:
         if self._stream == stream:
             self.close()
         try:
-            await self._client.finalize_write_stream(name=stream)
+            await self._client.finalize_write_stream(
+                name=stream, timeout=STREAM_CALL_SECONDS, retry=_stream_call_retry()
+            )
         except GoogleAPICallError as exc:
             raise StoreUnavailable(f"{stream}: FinalizeWriteStream failed: {exc}") from exc
 
@@ -114,7 +148,7 @@ class OffsetStream:
         """
         try:
             async with asyncio.timeout(APPEND_SECONDS):
-                response = await self._exchange(stream, offset, rows)
+                response = await self._exchange_once_more(stream, offset, rows)
         except (TimeoutError, GoogleAPICallError, grpc.RpcError, asyncio.InvalidStateError) as exc:
             self.close()  # its answer may still come: no later request may be read as it
             raise StoreUnavailable(f"{stream}: AppendRows failed: {exc or 'timed out'}") from exc
@@ -138,7 +172,26 @@ class OffsetStream:
         self.close()
         raise StoreUnavailable(f"{stream}: {code.name}: {response.error.message}")
 
+    async def _exchange_once_more(self, stream: str, offset: int, rows: Sequence[bytes]) -> Any:
+        """The exchange; on a connection used before that fails (closed as idle by
+        the server, or broken while it waited), once more on a new one."""
+        if self._call is not None and self._monotonic() - self._active >= IDLE_RECONNECT_SECONDS:
+            self.close()
+            self.reconnects += 1
+        reused = self._call is not None and self._stream == stream
+        try:
+            return await self._exchange(stream, offset, rows)
+        except (GoogleAPICallError, grpc.RpcError, asyncio.InvalidStateError, StoreUnavailable):
+            if not reused:
+                raise
+        # The same rows at the same offset: stored once, or refused as already there.
+        log.info("%s: the connection failed; sending the append at %d again", stream, offset)
+        self.close()
+        self.resends += 1
+        return await self._exchange(stream, offset, rows)
+
     async def _exchange(self, stream: str, offset: int, rows: Sequence[bytes]) -> Any:
+        self._active = self._monotonic()
         first = self._call is None or self._stream != stream
         if first:
             self.close()
@@ -152,9 +205,11 @@ class OffsetStream:
             request.proto_rows.writer_schema.proto_descriptor.CopyFrom(self._descriptor)
         request.proto_rows.rows.serialized_rows.extend(rows)
         self._requests.put_nowait(types.AppendRowsRequest.wrap(request))
-        response = await self._call.read()
+        # Within the append's own deadline (the caller's bounds the resend too).
+        response = await asyncio.wait_for(self._call.read(), timeout=APPEND_SECONDS)
         if response is grpc.aio.EOF:
             raise StoreUnavailable(f"{stream}: the stream ended before answering")
+        self._active = self._monotonic()
         return _AppendRowsResponse.pb(response)
 
     async def _open(self, stream: str) -> None:
@@ -172,6 +227,16 @@ class OffsetStream:
             self._requests.put_nowait(None)
         self._call = self._requests = None
         self._stream = ""
+
+
+def _stream_call_retry() -> AsyncRetry:
+    return AsyncRetry(
+        predicate=if_exception_type(ServiceUnavailable),
+        initial=0.25,
+        maximum=4.0,
+        multiplier=2.0,
+        timeout=STREAM_CALL_SECONDS,
+    )
 
 
 async def _drain(

@@ -1,7 +1,9 @@
-"""The serving tier: recent rows in Spanner, beside the BigQuery store (`app.store.tiered`).
+"""The serving tier's Spanner backend: recent rows, read at exact times.
 
 `schema.py` derives its tables from `app/records.py`; `serving.py` writes a
 group commit in one read-write transaction and reads pages at exact
-timestamps; `tail.py` keeps each instance's newest rows in memory for the
-followers it serves.
+timestamps, every call within a deadline; `ledger.py` reads and writes the
+export's lease and progress rows; `tail.py` keeps each instance's newest rows
+in memory for the followers it serves. The composition with BigQuery is
+`app.store.tiered`'s.
 """

@@ -36,6 +36,7 @@ import zlib
 from typing import Final, NamedTuple
 
 from app.records import DAY_MICROS, TABLES, Column, Kind, columns
+from app.store.spanner.ledger import UPDATED, progress_columns
 
 # Ranges each table's writes and time index are spread over. Spanner splits a
 # range when it is busy; 16 lets a table take writes on 16 splits at once
@@ -88,20 +89,15 @@ def _key_columns(table: str) -> list[ExpectedColumn]:
 
 
 # The exporter's tables (their statements are MIGRATIONS'): column, type, nullable.
+# The progress row's columns come from its Struct (`ledger.progress_columns`);
+# the table's name is a key, kept short.
 EXPORT_COLUMNS: Final = {
     "export_progress": [
-        ("table_name", "STRING(64)", False),
-        ("stream", "STRING(MAX)", True),
-        ("next_offset", "INT64", False),
-        ("done_time", "TIMESTAMP", False),
-        ("done_message_id", "STRING(MAX)", False),
-        ("watermark", "TIMESTAMP", False),
-        ("pending_time", "TIMESTAMP", True),
-        ("pending_message_id", "STRING(MAX)", True),
-        ("pending_rows", "INT64", True),
-        ("pending_watermark", "TIMESTAMP", True),
-        ("blocked", "STRING(MAX)", True),
-        ("updated", "TIMESTAMP", False),
+        *[
+            (c.name, "STRING(64)" if c.name == "table_name" else _TYPES[c.kind], c.nullable)
+            for c in progress_columns()
+        ],
+        (UPDATED, "TIMESTAMP", False),
     ],
     "export_lease": [
         ("name", "STRING(64)", False),
@@ -213,7 +209,7 @@ _ZERO: Final = {
 # only: a statement here is never edited, moved or removed, and only ever adds (a
 # column, a table, an index), so the image before it serves a migrated database too.
 MIGRATIONS: Final[tuple[str, ...]] = (
-    # The exporter's progress per table and its lease (app/store/spanner/export.py).
+    # The exporter's progress per table and its lease (app/store/tiered/exporter.py).
     "CREATE TABLE export_progress (\n"
     "  `table_name` STRING(64) NOT NULL,\n"
     "  `stream` STRING(MAX),\n"

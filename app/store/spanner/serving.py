@@ -15,7 +15,23 @@ behind a cursor afterwards and the page is complete up to its bound. Times
 leave Spanner as microseconds (`UNIX_MICROS`), as `Record` holds them.
 
 `google-cloud-spanner`'s supported API is synchronous, so every call runs on
-a small thread pool of this store's; a group commit or a page is one call.
+a small pool of daemon threads of this store's (`app.store.threads`); a group
+commit or a page is one call.
+
+Deadlines. Every call has one (`Deadline`), and every request it makes to
+Spanner is bounded by what is left of it: each read and query is given that
+as its `timeout` and a `retry` of its own (UNAVAILABLE retried with jittered
+exponential backoff until then), each transaction `timeout_secs`. Without
+them a Spanner that refuses connections made a thread spin: the client
+restarts a streamed read after UNAVAILABLE at once and forever
+(`_restart_on_unavailable` in `google.cloud.spanner_v1.snapshot`), and an
+idle instance burnt most of a core. Two requests the client library makes
+on its own take no deadline from the caller: a commit inside
+`run_in_transaction` (retried on UNAVAILABLE up to the library's hour, with
+backoff to 32 s) and the session pool's session calls (30 s). Those are bounded
+another way: the caller stops waiting at its deadline, the thread waits in
+backoff (no CPU), and a stop closes the channels and leaves the daemon thread
+behind (`close`).
 """
 
 from __future__ import annotations
@@ -28,12 +44,19 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
-from google.api_core.exceptions import GoogleAPICallError, NotFound, RetryError
+from google.api_core.exceptions import (
+    DeadlineExceeded,
+    GoogleAPICallError,
+    NotFound,
+    RetryError,
+    ServiceUnavailable,
+)
+from google.api_core.retry import Retry, if_exception_type
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
@@ -54,6 +77,7 @@ from app.records import (
 from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery
 from app.store.copies import message_states
+from app.store.spanner import ledger
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,
@@ -62,6 +86,7 @@ from app.store.spanner.schema import (
     shard_of,
     time_index,
 )
+from app.store.threads import DaemonThreads
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +100,18 @@ _URL: Final = re.compile(SPANNER_URL)
 # Calls in flight at once: a group commit per append slot and a few reads.
 _THREADS: Final = 8
 
+# A read or query that Spanner refuses (UNAVAILABLE) is tried again after
+# 0.1 s, doubling to at most 2 s, jittered, until its call's deadline: the
+# client's own retry settings for unary calls, with a shorter ceiling because
+# every call here has a deadline of seconds, not minutes.
+_RETRY_INITIAL: Final = 0.1
+_RETRY_MAXIMUM: Final = 2.0
+# The least time a request is given: one whose call's deadline has passed
+# fails rather than going out with none.
+_LEAST_SECONDS: Final = 0.01
+# How long a stop waits for the channels to close (a local operation).
+_CLOSE_SECONDS: Final = 2.0
+
 # Spanner keeps old versions for an hour by default: a read never asks for a
 # time older than this, and rows before an older bound were committed long ago,
 # so reading them at this time instead changes nothing.
@@ -84,6 +121,45 @@ _OLDEST_READ_MICROS: Final = 30 * 60 * 1_000_000
 # return: a follower near the tail reads a second of rows, one far behind at
 # most a day per query, never the whole table to sort it.
 READ_SPANS_MICROS: Final = (1_000_000, 60_000_000, 3_600_000_000, DAY_MICROS)
+
+
+class Deadline:
+    """When one call to Spanner must be over: what each of its requests is given."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left; DeadlineExceeded once none are."""
+        left = self._end - time.monotonic()
+        if left < _LEAST_SECONDS:
+            passed = f"the call's deadline of {self.seconds:g} s passed"
+            raise DeadlineExceeded(passed)  # type: ignore[no-untyped-call]
+        return left
+
+    def retry(self) -> Retry:
+        """UNAVAILABLE retried with backoff until the deadline, then RetryError."""
+        return Retry(
+            predicate=if_exception_type(ServiceUnavailable),
+            initial=_RETRY_INITIAL,
+            maximum=_RETRY_MAXIMUM,
+            multiplier=2.0,
+            timeout=self.left(),
+        )
+
+
+def sql_rows(source: Any, deadline: Deadline, sql: str, **options: Any) -> Any:
+    """`source.execute_sql`, within the deadline (a snapshot or a transaction)."""
+    return source.execute_sql(sql, timeout=deadline.left(), retry=deadline.retry(), **options)
+
+
+def key_rows(
+    source: Any, deadline: Deadline, table: str, names: Any, keys: Any, **options: Any
+) -> Any:
+    """`source.read`, within the deadline (a snapshot or a transaction)."""
+    left, retry = deadline.left(), deadline.retry()
+    return source.read(table, names, keys, timeout=left, retry=retry, **options)
 
 
 class SpannerDatabase(NamedTuple):
@@ -275,10 +351,10 @@ class SpannerServing:
             Accommodations.for_emulator() if emulator_host else Accommodations()
         )
         self._timeout = timeout_seconds
-        self._threads = ThreadPoolExecutor(_THREADS, thread_name_prefix="spanner")
+        self._threads = DaemonThreads(_THREADS, prefix="spanner")
         self._client: spanner.Client | None = None
         self._db: Any = None
-        self.turns: contextlib.AbstractAsyncContextManager[Any] = (
+        self._turns: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if self.accommodations.commit_turns else contextlib.nullcontext()
         )
         # Queries and key reads made for readers, for what reads cost: the
@@ -304,7 +380,7 @@ class SpannerServing:
                 os.environ.setdefault(switch, "false")
         self._client, self._db = await self._call(self._open)
 
-    def _open(self) -> tuple[spanner.Client, Any]:
+    def _open(self, _: Deadline) -> tuple[spanner.Client, Any]:
         project = self.database.project
         if self._emulator:
             client = spanner.Client(
@@ -322,35 +398,52 @@ class SpannerServing:
         return client, db
 
     async def close(self) -> None:
-        client, self._client, self._db = self._client, None, None
-        if client is not None:
-            await asyncio.get_running_loop().run_in_executor(self._threads, client.close)
-        self._threads.shutdown(wait=True)
+        """Stop at once, whatever Spanner does: calls not started are dropped, the
+        channels closed (a request in flight ends with them), and threads still
+        inside a call are left to end on their own; they are daemons, so the
+        process exits without them."""
+        client, db, self._client, self._db = self._client, self._db, None, None
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        if client is None:
+            return
+        closing = DaemonThreads(1, prefix="spanner-close")
+        try:
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await asyncio.get_running_loop().run_in_executor(closing, _close, client, db)
+        except TimeoutError:
+            log.warning("Spanner's client did not close within %g s; left behind", _CLOSE_SECONDS)
+        finally:
+            closing.shutdown(wait=False)
 
-    async def verify(self) -> None:
+    async def verify(self, *, within: float | None = None) -> None:
         """Raise SchemaMismatch unless the database has every table, column and
-        index the service uses; StoreUnavailable if Spanner cannot be asked."""
-        differences = await self._call(self._schema_differences)
+        index the service uses; StoreUnavailable if Spanner cannot be asked (within
+        `within` s, by default the store's timeout)."""
+        differences = await self._call(self._schema_differences, within=within)
         if differences:
             raise SchemaMismatch(
                 f"the Spanner database {self.database.path} differs from the schema "
                 f"`recordline schema spanner` prints: {'; '.join(differences)}"
             )
 
-    def _schema_differences(self) -> list[str]:
+    def _schema_differences(self, deadline: Deadline) -> list[str]:
         with self._database().snapshot(multi_use=True) as snapshot:
             found_columns = {
                 (table, name): (kind, nullable == "YES")
-                for table, name, kind, nullable in snapshot.execute_sql(
+                for table, name, kind, nullable in sql_rows(
+                    snapshot,
+                    deadline,
                     "SELECT table_name, column_name, spanner_type, is_nullable "
-                    "FROM information_schema.columns WHERE table_schema = ''"
+                    "FROM information_schema.columns WHERE table_schema = ''",
                 )
             }
             found_indexes: dict[str, list[str]] = {}
-            for index, _table, column in snapshot.execute_sql(
+            for index, _table, column in sql_rows(
+                snapshot,
+                deadline,
                 "SELECT index_name, table_name, column_name FROM information_schema.index_columns "
                 "WHERE table_schema = '' AND ordinal_position IS NOT NULL "
-                "ORDER BY index_name, ordinal_position"
+                "ORDER BY index_name, ordinal_position",
             ):
                 found_indexes.setdefault(index, []).append(column)
         differences = []
@@ -370,13 +463,14 @@ class SpannerServing:
                 differences.append(f"index {name} on {table}({', '.join(keys)}) is missing")
         return differences
 
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless Spanner answers a query."""
-        await self._call(self._ping)
+    async def ping(self, *, within: float | None = None) -> None:
+        """Raise StoreUnavailable unless Spanner answers a query (within `within` s,
+        by default the store's timeout)."""
+        await self._call(self._ping, within=within)
 
-    def _ping(self) -> None:
+    def _ping(self, deadline: Deadline) -> None:
         with self._database().snapshot() as snapshot:
-            list(snapshot.execute_sql("SELECT 1"))
+            list(sql_rows(snapshot, deadline, "SELECT 1"))
 
     # -- writing ---------------------------------------------------------------
 
@@ -384,13 +478,89 @@ class SpannerServing:
         """Store what is new among `rows` in one transaction, stamped with its commit
         time, retrying an aborted transaction for up to `within` seconds, waiting
         for its turn included."""
+        return await self._transact(self._commit, rows, within=within)
+
+    async def _transact(self, fn: Callable[..., T], *args: Any, within: float) -> T:
+        """`_call` for a read-write transaction: its turn first (`Accommodations`),
+        the wait for it counted against `within`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        async with self.turns:
-            left = max(deadline - loop.time(), 0.0)
-            return await self._call(self._commit, rows, left, within=left)
+        try:
+            async with asyncio.timeout(within), self._turns:
+                left = max(deadline - loop.time(), 0.0)
+                return await self._call(fn, *args, within=left)
+        except TimeoutError:
+            raise StoreUnavailable(f"Spanner did not answer within {within:g} s") from None
 
-    def _commit(self, rows: Sequence[Record | Rejection], within: float) -> Committed:
+    # -- the export's ledger (app.store.spanner.ledger) ---------------------------
+
+    async def claim_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew lease `name` for `seconds` from Spanner's now; whether
+        `holder` holds it now."""
+        lease_micros = int(seconds * 1_000_000)
+        return await self._transact(
+            self._claim_lease, name, holder, lease_micros, within=self._timeout
+        )
+
+    def _claim_lease(self, deadline: Deadline, name: str, holder: str, lease_micros: int) -> bool:
+        def work(transaction: Any) -> bool:
+            return ledger.claim(transaction, _statement(deadline), name, holder, lease_micros)
+
+        claimed: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return claimed
+
+    async def release_lease(self, name: str, holder: str, *, within: float) -> bool:
+        """Hand lease `name` back if `holder` holds it; whether it did."""
+        return await self._transact(self._release_lease, name, holder, within=within)
+
+    def _release_lease(self, deadline: Deadline, name: str, holder: str) -> bool:
+        def work(transaction: Any) -> bool:
+            return ledger.release(transaction, _statement(deadline), name, holder)
+
+        released: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return released
+
+    async def progress(self, table: str) -> ledger.Progress:
+        """The export progress of `table` now (a strong read); a new one if it has none."""
+        return await self._call(self._progress, table)
+
+    def _progress(self, deadline: Deadline, table: str) -> ledger.Progress:
+        with self._database().snapshot() as snapshot:
+            found = key_rows(
+                snapshot,
+                deadline,
+                ledger.PROGRESS_TABLE,
+                ledger.progress_names(),
+                ledger.progress_key(table),
+            )
+            return ledger.progress_of(table, list(found))
+
+    async def record_progress(self, name: str, holder: str, progress: ledger.Progress) -> None:
+        """Write `progress` if `holder` holds lease `name`, checked in the same
+        transaction; LeaseLost if it does not."""
+        await self._transact(self._record_progress, name, holder, progress, within=self._timeout)
+
+    def _record_progress(
+        self, deadline: Deadline, name: str, holder: str, progress: ledger.Progress
+    ) -> None:
+        def work(transaction: Any) -> None:
+            ledger.record(transaction, _statement(deadline), name, holder, progress)
+
+        self._database().run_in_transaction(work, timeout_secs=deadline.left())
+
+    async def watermarks(self) -> dict[str, int]:
+        """Each table's export watermark (0 before its first export), in one read."""
+        return await self._call(self._watermarks)
+
+    def _watermarks(self, deadline: Deadline) -> dict[str, int]:
+        with self._database().snapshot() as snapshot:
+            names = ["table_name", "watermark"]
+            keys = ledger.watermark_keys()
+            return ledger.watermarks_of(
+                key_rows(snapshot, deadline, ledger.PROGRESS_TABLE, names, keys)
+            )
+
+    def _commit(self, deadline: Deadline, rows: Sequence[Record | Rejection]) -> Committed:
         # The first copy of a message within the batch is the one to store.
         firsts: dict[tuple[str, str], Record | Rejection] = {}
         for row in rows:
@@ -408,7 +578,7 @@ class SpannerServing:
                     continue
                 names = self._names[table]
                 keys = _keys(r.message_id for r in pending)
-                for values in transaction.read(table, names, keys):
+                for values in key_rows(transaction, deadline, table, names, keys):
                     held: Record | Rejection = (
                         _stored(Record, values)
                         if table == "records"
@@ -424,7 +594,7 @@ class SpannerServing:
                     )
             return existing
 
-        existing = self._database().run_in_transaction(work, timeout_secs=within)
+        existing = self._database().run_in_transaction(work, timeout_secs=deadline.left())
         committed = attempts[-1].committed
         ingest_time = micros(committed)
         stored: list[Record | Rejection] = []
@@ -461,7 +631,9 @@ class SpannerServing:
         a time no earlier than that bound; at most `query.limit`, in key order."""
         return await self._call(self._page, kind, query, now)
 
-    def _page(self, kind: type[R], query: PageQuery, now: int, counted: bool = True) -> list[R]:
+    def _page(
+        self, deadline: Deadline, kind: type[R], query: PageQuery, now: int, counted: bool = True
+    ) -> list[R]:
         table = _TABLE_OF[kind]
         read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS))
         found: list[R] = []
@@ -477,8 +649,12 @@ class SpannerServing:
                 }
                 if counted:
                     self._count_reads(1)
-                rows = snapshot.execute_sql(
-                    self._page_sql[table], params=params, param_types=_PAGE_TYPES
+                rows = sql_rows(
+                    snapshot,
+                    deadline,
+                    self._page_sql[table],
+                    params=params,
+                    param_types=_PAGE_TYPES,
                 )
                 found = [_stored(kind, values) for values in rows]
                 if len(found) == query.limit or end == query.before_time:
@@ -496,22 +672,15 @@ class SpannerServing:
         )
         return await self._call(self._page, kind, query, until + 1, False)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on this store's threads, its failures as StoreUnavailable:
-        for code beside this class that speaks to the same database."""
-        return await self._call(fn, *args)
-
-    def database_handle(self) -> Any:
-        """The client's handle of the database (StoreUnavailable until started)."""
-        return self._database()
-
     async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
         """Every record with `since <= ingest_time < before`, in key order, read at
         exactly `before` (so complete, once read, for that whole range); None if
         there are more than `limit`."""
         return await self._call(self._rows_between, since, before, limit)
 
-    def _rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
+    def _rows_between(
+        self, deadline: Deadline, since: int, before: int, limit: int
+    ) -> list[Record] | None:
         # Key reads, not SQL: each shard's range of the time index is a seek by
         # construction, whatever a query plan would make of a range of shards,
         # then the rows by their keys, at the same timestamp. (The emulator's
@@ -528,7 +697,9 @@ class SpannerServing:
             self._count_reads(1)
             keys = [
                 list(key)
-                for key in snapshot.read(
+                for key in key_rows(
+                    snapshot,
+                    deadline,
                     "records",
                     ["shard", "message_id"],
                     spanner.KeySet(ranges=ranges),  # type: ignore[no-untyped-call]
@@ -541,7 +712,9 @@ class SpannerServing:
             if not keys:
                 return []
             self._count_reads(1)
-            rows = snapshot.read(
+            rows = key_rows(
+                snapshot,
+                deadline,
                 "records",
                 self._names["records"],
                 spanner.KeySet(keys=keys),  # type: ignore[no-untyped-call]
@@ -553,11 +726,13 @@ class SpannerServing:
     async def latest(self, record_id: str) -> Record | None:
         return await self._call(self._latest, record_id)
 
-    def _latest(self, record_id: str) -> Record | None:
+    def _latest(self, deadline: Deadline, record_id: str) -> Record | None:
         self._count_reads(1)
         with self._database().snapshot() as snapshot:
             rows = list(
-                snapshot.execute_sql(
+                sql_rows(
+                    snapshot,
+                    deadline,
                     _LATEST_SQL,
                     params={"id_shard": shard_of(record_id), "id": record_id},
                     param_types={"id_shard": param_types.INT64, "id": param_types.STRING},
@@ -568,14 +743,14 @@ class SpannerServing:
     async def message(self, message_id: str) -> MessageStatus | None:
         return await self._call(self._message, message_id)
 
-    def _message(self, message_id: str) -> MessageStatus | None:
+    def _message(self, deadline: Deadline, message_id: str) -> MessageStatus | None:
         keys = _keys([message_id])
         self._count_reads(2)
         with self._database().snapshot(multi_use=True) as snapshot:
-            for values in snapshot.read("records", self._names["records"], keys):
+            for values in key_rows(snapshot, deadline, "records", self._names["records"], keys):
                 record = _stored(Record, values)
                 return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
-            for values in snapshot.read("rejected", self._names["rejected"], keys):
+            for values in key_rows(snapshot, deadline, "rejected", self._names["rejected"], keys):
                 rejection = _stored(Rejection, values)
                 return MessageStatus(
                     status="rejected", ingest_time=rejection.ingest_time, reason=rejection.reason
@@ -585,13 +760,19 @@ class SpannerServing:
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         return await self._call(self._seen, message_ids)
 
-    def _seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+    def _seen(self, deadline: Deadline, message_ids: Sequence[str]) -> dict[str, MessageState]:
         keys = _keys(set(message_ids))
         found: list[tuple[str, MessageState]] = []
         self._count_reads(2)
         with self._database().snapshot(multi_use=True) as snapshot:
-            found += [(m, "stored") for (m,) in snapshot.read("records", ["message_id"], keys)]
-            found += [(m, "rejected") for (m,) in snapshot.read("rejected", ["message_id"], keys)]
+            tables: tuple[tuple[str, MessageState], ...] = (
+                ("records", "stored"),
+                ("rejected", "rejected"),
+            )
+            for table, state in tables:
+                found += [
+                    (m, state) for (m,) in key_rows(snapshot, deadline, table, ["message_id"], keys)
+                ]
         return message_states(found)
 
     # -- plumbing --------------------------------------------------------------
@@ -606,12 +787,17 @@ class SpannerServing:
         return self._db
 
     async def _call(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
+        """`fn(deadline, *args)` on this store's threads, its failures as StoreUnavailable.
+
+        The thread is given the same deadline as the caller's wait, counted from
+        now (time queued for a thread included), and stops its requests there."""
         loop = asyncio.get_running_loop()
         seconds = self._timeout if within is None else within
+        deadline = Deadline(seconds)
         try:
             async with asyncio.timeout(seconds):
-                return await loop.run_in_executor(self._threads, fn, *args)
-        except TimeoutError:
+                return await loop.run_in_executor(self._threads, fn, deadline, *args)
+        except (TimeoutError, DeadlineExceeded):
             raise StoreUnavailable(f"Spanner did not answer within {seconds:g} s") from None
         except NotFound as exc:
             raise StoreUnavailable(f"Spanner: {exc.message}") from exc
@@ -631,6 +817,22 @@ def _table(row: Record | Rejection) -> str:
 
 def _fields(row: Row) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__struct_fields__}
+
+
+def _statement(deadline: Deadline) -> Callable[..., Any]:
+    """`sql_rows` within `deadline`, for the ledger's statements."""
+
+    def run(source: Any, sql: str, **options: Any) -> Any:
+        return sql_rows(source, deadline, sql, **options)
+
+    return run
+
+
+def _close(client: spanner.Client, db: Any) -> None:
+    """Close the database's channel (a request in flight on it ends) and the client."""
+    if db is not None:
+        db.spanner_api.transport.close()
+    client.close()  # type: ignore[no-untyped-call]
 
 
 def _keys(message_ids: Iterable[str]) -> Any:

@@ -1,9 +1,15 @@
 """BigQuery with a serving tier: Spanner the system of record, BigQuery fed from it.
 
+The package is the composition of the two backends, which never import each
+other: this store, the exporter that feeds BigQuery from Spanner
+(`exporter.py`, with its ledger in Spanner), and the supervisor of their
+background loops (`supervisor.py`: the tail's refresh, the watermark's
+reading, the export).
+
 Writing. A group commit is one Spanner transaction; its rows carry the
 commit timestamp as their `ingest_time`, and the batch is acknowledged once
 it is durable there. BigQuery is not written from the push path: the exporter
-(`app.store.spanner.export`) appends Spanner's rows to it, each exactly once,
+(`app.store.tiered.exporter`) appends Spanner's rows to it, each exactly once,
 in `(ingest_time, message_id)` order. Every row is checked against both
 stores' limits before the commit (`serving.too_large`): one Spanner could not
 hold becomes a rejection naming the limit, and never fails its batch-mates.
@@ -37,15 +43,17 @@ from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcom
 from app.store.bell import Bell
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import ConflictObserver, differing
-from app.store.spanner.export import (
+from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
+from app.store.spanner.tail import TailCache
+from app.store.tiered.exporter import (
+    LEASE_SECONDS,
     SETTLED_MICROS,
     Exporter,
     ExportObserver,
     Ledger,
     holder_name,
 )
-from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
-from app.store.spanner.tail import TailCache
+from app.store.tiered.supervisor import LoopObserver, Supervisor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,9 +67,16 @@ READ_LAG_MICROS: Final = 10_000
 # How long start waits for Spanner to show its schema before going on without
 # it (readiness stays red, pushes get 503, until it answers).
 _VERIFY_AT_START_SECONDS: Final = 5.0
+# What a readiness check gives Spanner: within the probe's own budget (2 s,
+# app.health), so that the answer says why, and a probe a second during an
+# outage holds no thread past its answer.
+_CHECK_SECONDS: Final = 1.5
 
 # How often each instance reads the exporter's watermark from Spanner.
 WATERMARK_SECONDS: Final = 5.0
+# How long the tail's refresh may be down before readiness says so: a follower
+# hears of another instance's commit within about this.
+TAIL_DOWN_SECONDS: Final = 1.0
 
 # Look-ups of rows older than Spanner's reach kept at most; each answer holds
 # one record, so 10,000 is a few megabytes.
@@ -119,6 +134,7 @@ class TieredStore:
         conflicts: ConflictObserver | None = None,
         export: bool = True,
         export_observer: ExportObserver | None = None,
+        loop_observer: LoopObserver | None = None,
     ) -> None:
         self.serving = serving
         self._conflicts = conflicts
@@ -137,7 +153,8 @@ class TieredStore:
         self.exporter: Exporter | None = None
         self.bell = Bell()
         self._watermark_writer: WatermarkWriter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        # Owns every background loop of this store.
+        self.supervisor = Supervisor(observer=loop_observer)
         # Every row before it is in BigQuery (µs): the least of the tables'
         # watermarks, as last read from Spanner (every instance reads it).
         self.watermark = 0
@@ -156,18 +173,20 @@ class TieredStore:
         await self.analytics.start()
         await self.serving.start()
         try:
-            async with asyncio.timeout(_VERIFY_AT_START_SECONDS):
-                await self._verify()
-        except (TimeoutError, StoreUnavailable) as exc:
+            await self._verify(within=_VERIFY_AT_START_SECONDS)
+        except StoreUnavailable as exc:
             # Spanner unreachable is not a reason to stop: readiness says so and
             # pushes get 503 until it answers. A wrong schema is (SchemaMismatch).
             self._unverified = f"Spanner unreachable: {exc}" if str(exc) else "Spanner unreachable"
             log.error("serving tier not ready: %s", self._unverified)
-        self._tasks.append(asyncio.create_task(self._watch_tail(), name="tail"))
+        await self.supervisor.start()
+        self.supervisor.run("tail", self._watch_tail, interval=TAIL_DOWN_SECONDS)
         ledger = Ledger(self.serving, holder_name())
         with contextlib.suppress(StoreUnavailable):
             await self._read_watermark(ledger)
-        self._tasks.append(asyncio.create_task(self._follow_watermark(ledger), name="watermark"))
+        self.supervisor.run(
+            "watermark", lambda: self._follow_watermark(ledger), interval=WATERMARK_SECONDS
+        )
         if self._export:
             self._watermark_writer = self.analytics.watermark_writer()
             await self._watermark_writer.start()
@@ -177,7 +196,8 @@ class TieredStore:
                 watermarks=self._watermark_writer,
                 observer=self._export_observer,
             )
-            self._tasks.append(asyncio.create_task(self.exporter.run(), name="exporter"))
+            # Down longer than a lease: another instance may take the export over.
+            self.supervisor.run("exporter", self.exporter.run, interval=LEASE_SECONDS)
 
     async def _watch_tail(self) -> None:
         """While followers wait, read what every instance committed since, once per
@@ -225,36 +245,38 @@ class TieredStore:
                 return oldest[0].ingest_time if oldest else settled
         return settled
 
-    async def _verify(self) -> None:
-        await self.serving.verify()
+    async def _verify(self, *, within: float) -> None:
+        await self.serving.verify(within=within)
         if self._unverified is not None:
             log.info("serving tier ready: %s", self.serving.database.path)
         self._unverified = None
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        """Stop every loop, hand the export lease back, and close every client: each
+        step even when one before it failed (undone in reverse order)."""
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.analytics.close)
             stack.push_async_callback(self.serving.close)
             if self._watermark_writer is not None:
                 stack.push_async_callback(self._watermark_writer.close)
+            if self.exporter is not None:
+                stack.push_async_callback(self.exporter.stop)
+            stack.push_async_callback(self.supervisor.close)
 
     async def check(self) -> None:
+        down = self.supervisor.down()
+        if down:
+            raise StoreUnavailable(f"background work down: {'; '.join(down)}")
         await self.analytics.check()
         if self._unverified is not None:
             try:
-                await self._verify()
+                await self._verify(within=_CHECK_SECONDS)
             except SchemaMismatch as exc:
                 raise StoreUnavailable(str(exc)) from exc
             except StoreUnavailable as exc:
                 raise StoreUnavailable(f"serving tier not ready: {exc}") from exc
         else:
-            await self.serving.ping()
+            await self.serving.ping(within=_CHECK_SECONDS)
 
     def _ready(self) -> None:
         if self._unverified is not None:

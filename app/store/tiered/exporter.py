@@ -50,27 +50,25 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import msgspec
-from google.cloud import spanner
-from google.cloud.spanner_v1 import param_types
 
 from app.errors import StoreUnavailable
-from app.records import TABLES, ExportWatermark, Record, Rejection, micros, moment
+from app.records import TABLES, ExportWatermark, Record, Rejection
+from app.store.backoff import Backoff
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
+from app.store.spanner.ledger import Intent, LeaseLost, Progress
 from app.store.spanner.serving import SpannerServing
 
 log = logging.getLogger(__name__)
 
-PROGRESS_TABLE: Final = "export_progress"
-LEASE_TABLE: Final = "export_lease"
 # The lease's only row: one exporter per serving database (per system).
 LEASE_NAME: Final = "bigquery"
 # An exporter whose instance died is taken over this long after its last
-# renewal at most; the holder renews three times per lease.
+# renewal at most; the holder renews three times per lease. One that stops
+# hands it back (`Exporter.stop`), and the next claim takes it at once.
 LEASE_SECONDS: Final = 15.0
 # Batch committed at least this long ago are exported: a read at a timestamp
 # that old is served at once (a read at "now" may wait out Spanner's clock
@@ -87,55 +85,21 @@ IDLE_SECONDS: Final = 0.5
 WATERMARK_STEP_MICROS: Final = 5_000_000
 # BigQuery is told the watermark (`export_watermarks`) as it moves on by this much.
 PUBLISH_MICROS: Final = 60_000_000
-# After an error (BigQuery or Spanner unavailable), before trying again.
-RETRY_SECONDS: Final = 2.0
+# After an error (BigQuery or Spanner unavailable), before trying again: from
+# 1 s, doubling per failure to at most 30 s, jittered (`app.store.backoff`). A
+# Spanner that refuses connections is asked about twice a minute per instance.
+RETRY_SECONDS: Final = 1.0
+RETRY_MAX_SECONDS: Final = 30.0
+# How long a watermark row may take to reach BigQuery (it is best effort).
+PUBLISH_SECONDS: Final = 10.0
 BLOCKED_RETRY_SECONDS: Final = 60.0
+# How long a stopping exporter tries to hand its lease back.
+RELEASE_SECONDS: Final = 1.0
 
-# Progress rows, one per table.
-_PROGRESS_COLUMNS: Final = (
-    "table_name",
-    "stream",
-    "next_offset",
-    "done_time",
-    "done_message_id",
-    "watermark",
-    "pending_time",
-    "pending_message_id",
-    "pending_rows",
-    "pending_watermark",
-    "blocked",
-    "updated",
-)
 _TABLES_OF: Final = {row_type: table for table, row_type in TABLES.items()}
 # The rows of either table, and either table's row type.
 Batch = list[Record | Rejection]
 RowType = type[Record] | type[Rejection]
-
-
-class Progress(msgspec.Struct, kw_only=True, frozen=True):
-    """How far the export of one table got (times in µs since the epoch)."""
-
-    table: str
-    # The stream rows are appended to, and the offset the next batch goes at.
-    stream: str | None = None
-    next_offset: int = 0
-    # The key of the last row exported; (0, "") before the first.
-    done_time: int = 0
-    done_message_id: str = ""
-    # Every row with an ingest time before this is in BigQuery.
-    watermark: int = 0
-    # A batch whose append may have happened: its last row's key, its row count,
-    # and the watermark once it is done. None between batches.
-    pending_time: int | None = None
-    pending_message_id: str | None = None
-    pending_rows: int | None = None
-    pending_watermark: int | None = None
-    # Why the export of this table stopped at a row, if it did.
-    blocked: str | None = None
-
-
-class LeaseLost(Exception):
-    """This exporter no longer holds the lease: another one works now."""
 
 
 class ExportObserver(Protocol):
@@ -162,115 +126,27 @@ class Ledger:
     ) -> None:
         self._serving = serving
         self.holder = holder
-        self._lease_micros = int(lease_seconds * 1_000_000)
+        self._lease_seconds = lease_seconds
 
     async def claim(self) -> bool:
         """Take or renew the lease; whether this exporter holds it now."""
-        async with self._serving.turns:
-            return await self._serving.run(self._claim)
+        return await self._serving.claim_lease(LEASE_NAME, self.holder, self._lease_seconds)
 
-    def _claim(self) -> bool:
-        def work(transaction: Any) -> bool:
-            ((now,),) = list(transaction.execute_sql("SELECT CURRENT_TIMESTAMP()"))
-            rows = list(
-                transaction.execute_sql(
-                    f"SELECT holder, expires FROM {LEASE_TABLE} WHERE name = @name",
-                    params={"name": LEASE_NAME},
-                    param_types={"name": param_types.STRING},
-                )
-            )
-            if rows and rows[0][0] != self.holder and rows[0][1] > now:
-                return False
-            expires = moment(micros(now) + self._lease_micros)
-            transaction.insert_or_update(
-                LEASE_TABLE, ["name", "holder", "expires"], [[LEASE_NAME, self.holder, expires]]
-            )
-            return True
-
-        claimed: bool = self._serving.database_handle().run_in_transaction(work)
-        return claimed
+    async def release(self, *, within: float = RELEASE_SECONDS) -> bool:
+        """Hand the lease back if this exporter holds it; whether it did."""
+        return await self._serving.release_lease(LEASE_NAME, self.holder, within=within)
 
     async def progress(self, table: str) -> Progress:
         """The table's progress now (a strong read); a new one if it has none."""
-        return await self._serving.run(self._progress, table)
-
-    def _progress(self, table: str) -> Progress:
-        with self._serving.database_handle().snapshot() as snapshot:
-            return _progress_of(
-                table,
-                list(
-                    snapshot.read(
-                        PROGRESS_TABLE,
-                        _PROGRESS_COLUMNS[:-1],
-                        spanner.KeySet(keys=[[table]]),  # type: ignore[no-untyped-call]
-                    )
-                ),
-            )
+        return await self._serving.progress(table)
 
     async def watermarks(self) -> dict[str, int]:
         """Each table's watermark (0 before its first export), in one read."""
-        return await self._serving.run(self._watermarks)
-
-    def _watermarks(self) -> dict[str, int]:
-        with self._serving.database_handle().snapshot() as snapshot:
-            rows = snapshot.read(
-                PROGRESS_TABLE,
-                ["table_name", "watermark"],
-                spanner.KeySet(all_=True),  # type: ignore[no-untyped-call]
-            )
-            found = {table: micros(watermark) for table, watermark in rows}
-        return {table: found.get(table, 0) for table in TABLES}
+        return await self._serving.watermarks()
 
     async def record(self, progress: Progress) -> None:
         """Write `progress`, if this exporter still holds the lease; else LeaseLost."""
-        async with self._serving.turns:
-            await self._serving.run(self._record, progress)
-
-    def _record(self, progress: Progress) -> None:
-        def work(transaction: Any) -> None:
-            rows = list(
-                transaction.execute_sql(
-                    f"SELECT holder FROM {LEASE_TABLE} "
-                    "WHERE name = @name AND expires > CURRENT_TIMESTAMP()",
-                    params={"name": LEASE_NAME},
-                    param_types={"name": param_types.STRING},
-                )
-            )
-            if not rows or rows[0][0] != self.holder:
-                raise LeaseLost(f"the export lease is not {self.holder}'s")
-            transaction.insert_or_update(PROGRESS_TABLE, _PROGRESS_COLUMNS, [_values(progress)])
-
-        self._serving.database_handle().run_in_transaction(work)
-
-
-def _progress_of(table: str, rows: list[Any]) -> Progress:
-    if not rows:
-        return Progress(table=table)
-    values = dict(zip(_PROGRESS_COLUMNS, rows[0], strict=False))
-    values["table"] = values.pop("table_name")
-    return msgspec.convert(
-        {k: micros(v) if isinstance(v, datetime) else v for k, v in values.items()}, Progress
-    )
-
-
-def _values(progress: Progress) -> list[Any]:
-    def time_or_none(us: int | None) -> datetime | None:
-        return None if us is None else moment(us)
-
-    return [
-        progress.table,
-        progress.stream,
-        progress.next_offset,
-        moment(progress.done_time),
-        progress.done_message_id,
-        moment(progress.watermark),
-        time_or_none(progress.pending_time),
-        progress.pending_message_id,
-        progress.pending_rows,
-        time_or_none(progress.pending_watermark),
-        progress.blocked,
-        spanner.COMMIT_TIMESTAMP,
-    ]
+        await self._serving.record_progress(LEASE_NAME, self.holder, progress)
 
 
 def holder_name() -> str:
@@ -327,20 +203,37 @@ class Exporter:
 
     async def run(self) -> None:
         """Export for as long as it runs: cancel it to stop (an intent left behind
-        is finished by whichever exporter holds the lease next)."""
+        is finished by whichever exporter holds the lease next; `stop` hands the
+        lease back so that it is taken at once)."""
+        backoff = Backoff(RETRY_SECONDS, RETRY_MAX_SECONDS)
         while True:
             try:
                 busy = await self.step()
             except (StoreUnavailable, LeaseLost) as exc:
-                log.warning("export paused: %s", exc)
+                pause = backoff.next()
+                log.warning("export paused for %.1f s: %s", pause, exc)
                 if isinstance(exc, LeaseLost):
                     self._follow()
-                await asyncio.sleep(RETRY_SECONDS)
+                await asyncio.sleep(pause)
                 continue
+            backoff.reset()
             if not busy:
                 # Blocked tables wait for their own retry (see _export); the
                 # lease is renewed meanwhile.
                 await asyncio.sleep(IDLE_SECONDS)
+
+    async def stop(self) -> None:
+        """Hand the lease back, if held, within RELEASE_SECONDS: another instance
+        exports at its next round instead of once the lease expires. Best effort:
+        if Spanner does not answer, the lease expires on its own."""
+        if not self.leading:
+            return
+        self.leading = False
+        try:
+            if await self.ledger.release(within=RELEASE_SECONDS):
+                log.info("export lease handed back")
+        except StoreUnavailable as exc:
+            log.warning("export lease not handed back (it expires on its own): %s", exc)
 
     def _follow(self) -> None:
         """This exporter no longer holds the lease: what it knew of blocked tables is
@@ -374,13 +267,13 @@ class Exporter:
         progress = await self.ledger.progress(table)
         if progress.blocked is not None:
             self.blocked[table] = progress.blocked
-        if progress.pending_rows is not None:
+        if progress.pending is not None:
             # A batch that may have been appended: the very same rows, at the very
             # same offset, so it is stored once or refused as already there.
-            rows = await self._pending_rows(kind, progress)
+            rows = await self._pending_rows(kind, progress, progress.pending)
             if rows is None:
                 return 0
-            return await self._append(kind, progress, rows, fresh=False)
+            return await self._append(kind, progress, progress.pending, rows, fresh=False)
         if progress.stream is None:
             stream = await self._streams[kind].create()
             progress = msgspec.structs.replace(progress, stream=stream, next_offset=0)
@@ -401,15 +294,15 @@ class Exporter:
         # Batch committed with the last one's timestamp may remain when the batch
         # is full: the watermark stops short of them.
         watermark = last.ingest_time if full else until + 1
-        intent = msgspec.structs.replace(
-            progress,
-            pending_time=last.ingest_time,
-            pending_message_id=last.message_id,
-            pending_rows=len(rows),
-            pending_watermark=max(watermark, progress.watermark),
+        pending = Intent(
+            time=last.ingest_time,
+            message_id=last.message_id,
+            rows=len(rows),
+            watermark=max(watermark, progress.watermark),
         )
+        intent = msgspec.structs.replace(progress, pending=pending)
         await self.ledger.record(intent)
-        return await self._append(kind, intent, rows, fresh=True)
+        return await self._append(kind, intent, pending, rows, fresh=True)
 
     def _cut(self, kind: RowType, rows: Batch) -> Batch:
         """The longest start of `rows` within a batch's bytes (one row at least)."""
@@ -421,35 +314,37 @@ class Exporter:
                 return rows[:index]
         return rows
 
-    async def _pending_rows(self, kind: RowType, progress: Progress) -> Batch | None:
-        assert progress.pending_time is not None
-        assert progress.pending_rows is not None
+    async def _pending_rows(
+        self, kind: RowType, progress: Progress, pending: Intent
+    ) -> Batch | None:
         rows = await self._serving.rows_after(
-            kind,
-            (progress.done_time, progress.done_message_id),
-            progress.pending_time,
-            progress.pending_rows + 1,
+            kind, (progress.done_time, progress.done_message_id), pending.time, pending.rows + 1
         )
-        last = (progress.pending_time, progress.pending_message_id or "")
+        last = (pending.time, pending.message_id)
         rows = [r for r in rows if (r.ingest_time, r.message_id) <= last]
-        if len(rows) != progress.pending_rows:
+        if len(rows) != pending.rows:
             await self._block(
                 progress,
-                f"the batch of {progress.pending_rows} rows ending at message "
-                f"{progress.pending_message_id} is {len(rows)} rows in Spanner now: rows "
-                "were deleted before they were exported",
+                f"the batch of {pending.rows} rows ending at message {pending.message_id} "
+                f"is {len(rows)} rows in Spanner now: rows were deleted before they were "
+                "exported",
             )
             return None
         return rows
 
-    async def _append(self, kind: RowType, intent: Progress, rows: Batch, *, fresh: bool) -> int:
-        """Append the batch `intent` names; `fresh` if no attempt at it came before."""
+    async def _append(
+        self, kind: RowType, intent: Progress, pending: Intent, rows: Batch, *, fresh: bool
+    ) -> int:
+        """Append the batch `intent` names (`pending`); `fresh` if no attempt at it came
+        before."""
         table = _TABLES_OF[kind]
-        assert intent.stream is not None
+        stream = intent.stream
+        if stream is None:  # every intent is recorded with its stream
+            raise StoreUnavailable(f"{table}: a pending batch without a stream")
         encoder = self._encoders[kind]
         try:
             appended = await self._streams[kind].append(
-                intent.stream, intent.next_offset, [encoder.encode(r) for r in rows]
+                stream, intent.next_offset, [encoder.encode(r) for r in rows]
             )
         except StreamBroken as exc:
             if not (fresh and exc.gone):
@@ -462,7 +357,7 @@ class Exporter:
             log.info("%s: %s; exporting to %s from now on", table, exc, stream)
             intent = msgspec.structs.replace(intent, stream=stream, next_offset=0)
             await self.ledger.record(intent)
-            return await self._append(kind, intent, rows, fresh=False)
+            return await self._append(kind, intent, pending, rows, fresh=False)
         except RowsRefused as exc:
             index = min(exc.reasons)
             await self._block(
@@ -476,11 +371,8 @@ class Exporter:
             next_offset=intent.next_offset + len(rows),
             done_time=rows[-1].ingest_time,
             done_message_id=rows[-1].message_id,
-            watermark=intent.pending_watermark or intent.watermark,
-            pending_time=None,
-            pending_message_id=None,
-            pending_rows=None,
-            pending_watermark=None,
+            watermark=pending.watermark,
+            pending=None,
             blocked=None,
         )
         await self.ledger.record(done)
@@ -509,14 +401,14 @@ class Exporter:
             table_name=table, watermark=watermark, exported_at=self._clock() // 1000
         )
         try:
-            await self._watermarks.publish(row, within=RETRY_SECONDS * 5)
+            await self._watermarks.publish(row, within=PUBLISH_SECONDS)
         except StoreUnavailable as exc:
             log.warning("the export watermark of %s not told to BigQuery: %s", table, exc)
             return
         self._published[table] = watermark
 
     async def _block(self, progress: Progress, reason: str) -> None:
-        table = progress.table
+        table = progress.table_name
         if self.blocked.get(table) != reason:
             log.error("export of %s stopped: %s", table, reason)
         self.blocked[table] = reason

@@ -1,0 +1,139 @@
+"""One owner for a store's background loops: each restarted when it fails, counted,
+and named by readiness while it stays down.
+
+A loop that ends for a reason nobody caught (a bug, a library raising what
+its documentation does not say) used to end for good, in silence: `/readyz`
+stayed green while nothing was exported. Here every loop runs in one
+`asyncio.TaskGroup`; a failure of any kind is logged with its traceback,
+told to the observer (`recordline.loop.restarts`, by loop), and the loop is
+started again after a jittered backoff (`RESTART_SECONDS`, doubling to
+`RESTART_MAX_SECONDS`). A loop whose failures go on for longer than its own
+interval (the time within which it does its work) is `down`, and the
+store's readiness names it. `close` cancels them all and waits for them,
+whatever state each is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
+
+from app.store.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+# A failed loop starts again after 0.5 s, doubling per failure in a row to 30 s:
+# a loop that fails at once every time costs a wake-up a half-minute.
+RESTART_SECONDS: Final = 0.5
+RESTART_MAX_SECONDS: Final = 30.0
+
+
+class LoopObserver(Protocol):
+    """Told of each restart; telemetry implements it (`recordline.loop.restarts`)."""
+
+    def restarted(self, loop: str) -> None: ...
+
+
+class _Loop:
+    """One supervised loop and the streak of failures it is in, if any."""
+
+    def __init__(
+        self, name: str, body: Callable[[], Awaitable[None]], interval: float, now: float
+    ) -> None:
+        self.name = name
+        self.body = body
+        self.interval = interval
+        self.backoff = Backoff(RESTART_SECONDS, RESTART_MAX_SECONDS)
+        # When the current run began (None while it waits to start again), and
+        # when the streak of failures began.
+        self.running_since: float | None = now
+        self.failing_since: float | None = None
+        self.error: str | None = None
+        self.restarts = 0
+
+    def settle(self, now: float) -> None:
+        """A run that lasted its interval ends the streak of failures before it."""
+        running = self.running_since
+        if (
+            self.failing_since is not None
+            and running is not None
+            and now - running >= self.interval
+        ):
+            self.failing_since = None
+            self.error = None
+            self.backoff.reset()
+
+
+class Supervisor:
+    """Runs loops until `close`; see the module notes."""
+
+    def __init__(
+        self,
+        *,
+        observer: LoopObserver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._observer = observer
+        self._monotonic = monotonic
+        self._loops: dict[str, _Loop] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
+
+    def run(self, name: str, body: Callable[[], Awaitable[None]], *, interval: float) -> None:
+        """Run `body()` (a coroutine that never returns) until `close`, started again
+        whenever it fails; `interval`: how long it may be down before readiness says so."""
+        if self._group is None:
+            raise RuntimeError("the supervisor is not started")
+        loop = _Loop(name, body, interval, self._monotonic())
+        self._loops[name] = loop
+        self._tasks.append(self._group.create_task(self._keep(loop), name=name))
+
+    async def _keep(self, loop: _Loop) -> None:
+        while True:
+            loop.running_since = self._monotonic()
+            try:
+                await loop.body()
+                raise RuntimeError(f"the {loop.name} loop returned; it never should")
+            except Exception as exc:  # any failure: logged, counted, restarted
+                now = self._monotonic()
+                loop.settle(now)
+                loop.running_since = None
+                if loop.failing_since is None:
+                    loop.failing_since = now
+                loop.error = f"{type(exc).__name__}: {exc}"
+                loop.restarts += 1
+                pause = loop.backoff.next()
+                log.exception("the %s loop failed; starting it again in %.1f s", loop.name, pause)
+                if self._observer is not None:
+                    self._observer.restarted(loop.name)
+            await asyncio.sleep(pause)
+
+    def down(self) -> list[str]:
+        """Each loop failing for longer than its interval, as `name (error) for N s`."""
+        now = self._monotonic()
+        found = []
+        for loop in self._loops.values():
+            loop.settle(now)
+            if loop.failing_since is not None and now - loop.failing_since > loop.interval:
+                found.append(f"{loop.name} ({loop.error}) for {now - loop.failing_since:.0f} s")
+        return found
+
+    def restarts(self, name: str) -> int:
+        """How often loop `name` was started again."""
+        return self._loops[name].restarts
+
+    async def close(self) -> None:
+        """Cancel every loop and wait for each to end."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        self._group = None
+        await self._stack.aclose()

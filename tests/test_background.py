@@ -1,0 +1,78 @@
+"""What keeps background work bounded: backoff between attempts, daemon threads for
+blocking clients, and the supervisor that restarts a store's loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from app.store.backoff import Backoff
+from app.store.threads import DaemonThreads
+from app.store.tiered.supervisor import Supervisor
+from tests.waiting import until
+
+
+def test_backoff_doubles_to_its_ceiling_never_below_half_and_starts_over() -> None:
+    lows = Backoff(1.0, 8.0, draw=lambda: 0.0)
+    assert [lows.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    highs = Backoff(1.0, 8.0, draw=lambda: 0.999999)
+    assert [round(highs.next(), 3) for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert highs.failures == 5
+    highs.reset()
+    assert (round(highs.next(), 3), highs.failures) == (1.0, 1)
+    with pytest.raises(ValueError, match="initial <= maximum"):
+        Backoff(2.0, 1.0)
+
+
+def test_a_call_that_never_returns_does_not_hold_up_a_stop() -> None:
+    threads = DaemonThreads(2, prefix="test")
+    stuck = threading.Event()
+    started = threads.submit(stuck.wait)
+    queued = [threads.submit(stuck.wait) for _ in range(3)]
+    until_started = threading.Event()
+    threads.submit(until_started.set)  # queued behind the two stuck threads
+    assert threads.busy == 2
+    threads.shutdown(wait=False, cancel_futures=True)
+    # What had not started is cancelled; the stuck calls are daemons, left behind.
+    assert all(future.cancelled() for future in queued[1:])
+    assert not started.done()
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("test_"))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        threads.submit(print)
+    stuck.set()
+    assert started.result(timeout=5) is True
+
+
+async def test_a_loop_that_fails_is_restarted_with_backoff_and_named_while_down() -> None:
+    now = [0.0]
+    restarted: list[str] = []
+
+    class Observer:
+        def restarted(self, loop: str) -> None:
+            restarted.append(loop)
+
+    supervisor = Supervisor(observer=Observer(), monotonic=lambda: now[0])
+    await supervisor.start()
+    runs = [0]
+    calm = asyncio.Event()
+
+    async def flaky() -> None:
+        runs[0] += 1
+        if runs[0] <= 2:
+            raise RuntimeError(f"injected failure {runs[0]}")
+        calm.set()
+        await asyncio.Event().wait()  # runs for good from the third start
+
+    supervisor.run("flaky", flaky, interval=10.0)
+    await until(lambda: len(restarted) == 1, what="the first restart")
+    assert supervisor.down() == []  # failing, but not yet for longer than its interval
+    now[0] += 11.0
+    assert supervisor.down() == ["flaky (RuntimeError: injected failure 1) for 11 s"]
+    await asyncio.wait_for(calm.wait(), timeout=30)
+    assert restarted == ["flaky", "flaky"]
+    assert supervisor.restarts("flaky") == 2
+    now[0] += 10.0  # a run as long as its interval ends the streak
+    assert supervisor.down() == []
+    await supervisor.close()
