@@ -166,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.asgi import create_app
+    from app.http_limits import bounded_httptools
     from app.telemetry import configure_logging, google_project
 
     configure_logging(
@@ -193,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
             exc.strerror or exc,
         )
         return STARTUP_FAILED
+    server = settings.server
     errors = StartErrors()
     for handler in logging.getLogger().handlers:
         handler.addFilter(errors)
@@ -201,13 +203,18 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http="httptools",
+        # Every input bounded before the app sees it (app.http_limits): heads by size
+        # and time, idle connections, and connections at once.
+        http=bounded_httptools(
+            header_timeout=server.header_timeout_seconds, max_header_bytes=server.max_header_bytes
+        ),
+        limit_concurrency=server.max_connections,
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=math.ceil(settings.server.shutdown_grace_seconds),
+        timeout_graceful_shutdown=math.ceil(server.shutdown_grace_seconds),
         # Pub/Sub keeps connections open; a short idle timeout would churn them.
-        timeout_keep_alive=75,
+        timeout_keep_alive=math.ceil(server.keep_alive_seconds),
     )
     stop_on_hangup()
     quiet_garbage_collector()

@@ -168,6 +168,41 @@ class ServerSettings(Section, frozen=True):
             "Largest push body accepted; a 10 MB Pub/Sub message is ~13.4 MB once base64-wrapped",
         ),
     ] = 14 * 1024 * 1024
+    max_header_bytes: Annotated[
+        int,
+        Meta(ge=16 * 1024, le=16 * 1024 * 1024),
+        env(
+            "RECORDLINE_MAX_HEADER_BYTES",
+            "Largest request line and headers together; more is a 400 and a closed connection "
+            "(an unwrapped push with 100 attributes of Pub/Sub's largest sends ~130 KB)",
+        ),
+    ] = 256 * 1024
+    header_timeout_seconds: Annotated[
+        float,
+        Meta(gt=0, le=300),
+        env(
+            "RECORDLINE_HEADER_TIMEOUT_SECONDS",
+            "How long a request's line and headers may take to arrive, from its first byte "
+            "(from the connection's opening, for its first request); then it is closed",
+        ),
+    ] = 10.0
+    keep_alive_seconds: Annotated[
+        float,
+        Meta(gt=0, le=3600),
+        env(
+            "RECORDLINE_KEEP_ALIVE_SECONDS",
+            "How long an idle connection is kept between requests; Pub/Sub reuses them",
+        ),
+    ] = 75.0
+    max_connections: Annotated[
+        int,
+        Meta(ge=1),
+        env(
+            "RECORDLINE_MAX_CONNECTIONS",
+            "Most connections (and requests) one process serves at once; one more request is "
+            "answered 503. Cloud Run's own concurrency is at most 1,000 per instance",
+        ),
+    ] = 1000
     log_format: Annotated[
         Literal["auto", "json", "text"],
         env(

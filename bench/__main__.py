@@ -1,7 +1,7 @@
 """python3 dev.py bench NAME [options].
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
-      stops | followers | outage.
+      stops | followers | outage | server.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -23,6 +23,7 @@ NAMES = (
     "stops",
     "followers",
     "outage",
+    "server",
 )
 
 

@@ -60,16 +60,21 @@ SEED = 1
 
 def count(factory: str, flags: str, pushes: int) -> float:
     """Event-loop thread instructions per push for `bench.telemetry:<factory>`."""
+    port = free_port()
+    return per_push(uvicorn_argv(f"bench.telemetry:{factory}", port), port, flags, pushes)
+
+
+def per_push(server_argv: list[str], port: int, flags: str, pushes: int) -> float:
+    """Event-loop thread instructions per push of the server `server_argv` starts."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        port = free_port()
         argv = [
             "valgrind",
             "--tool=callgrind",
             "--separate-threads=yes",
             "--instr-atstart=no",
             f"--callgrind-out-file={out}",
-            *uvicorn_argv(f"bench.telemetry:{factory}", port),
+            *server_argv,
         ]
         # Under valgrind Python starts ~50 times slower, and writes its counts as it stops.
         with server(
@@ -89,7 +94,7 @@ def count(factory: str, flags: str, pushes: int) -> float:
         main_thread = Path(f"{out}-01").read_text()
         found = re.search(r"^summary: (\d+)$", main_thread, re.MULTILINE)
         if found is None:
-            raise RuntimeError(f"no callgrind summary for {factory}")
+            raise RuntimeError(f"no callgrind summary for {server_argv}")
         return int(found.group(1)) / pushes
 
 

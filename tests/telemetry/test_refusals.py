@@ -95,8 +95,18 @@ def test_every_refused_push_is_counted_by_its_reason_and_the_400s_and_413s_logge
 
 
 def test_a_413_states_the_limit(client: TestClient[Litestar], google: FakeGoogle) -> None:
-    for path in ("/pubsub/push", "/v1/replay"):
-        answer = client.post(path, content=b"x" * (LIMIT + 1), headers=bearer(google.mint()))
+    # Replay is an operator's: where pushes carry a shared secret, that secret.
+    secret = "a-long-enough-push-secret"
+    replays = create_app(
+        settings(RECORDLINE_MAX_BODY_BYTES=str(LIMIT), RECORDLINE_PUSH_TOKEN=secret),
+        store=DuckDBStore(":memory:"),
+    )
+    with TestClient(replays) as operator:
+        answers = [
+            client.post("/pubsub/push", content=b"x" * (LIMIT + 1), headers=bearer(google.mint())),
+            operator.post("/v1/replay", content=b"x" * (LIMIT + 1), headers=bearer(secret)),
+        ]
+    for answer in answers:
         assert answer.status_code == 413
         assert answer.headers["content-type"].startswith("application/problem+json")
         problem = answer.json()
