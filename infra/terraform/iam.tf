@@ -61,7 +61,6 @@ resource "google_project_iam_member" "terraform_plan" {
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
     "roles/iam.workloadIdentityPoolViewer",
-    "roles/logging.viewer", # the request-log exclusion (logging.tf)
     "roles/monitoring.viewer",
     "roles/pubsub.viewer",
     "roles/run.viewer",
@@ -75,6 +74,28 @@ resource "google_project_iam_member" "terraform_plan" {
   member  = google_service_account.terraform_plan.member
 
   depends_on = [google_project_service.enabled]
+}
+
+# The request-log exclusion (logging.tf) is read on every plan. roles/logging.viewer
+# would also let the account list every log entry, which a pull request's code could
+# print: the plan gets the exclusion's configuration and nothing else.
+resource "google_project_iam_custom_role" "terraform_plan_logging" {
+  project     = var.project_id
+  role_id     = "recordlineTerraformPlanLogging"
+  title       = "Recordline Terraform plan: log exclusions"
+  description = "Read the project's log exclusions (their configuration, never a log entry)."
+  permissions = [
+    "logging.exclusions.get",
+    "logging.exclusions.list",
+  ]
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "terraform_plan_logging" {
+  project = var.project_id
+  role    = google_project_iam_custom_role.terraform_plan_logging.id
+  member  = google_service_account.terraform_plan.member
 }
 
 resource "google_storage_bucket_iam_member" "terraform_plan_reads_state" {
