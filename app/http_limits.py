@@ -16,7 +16,7 @@ connection is served by `BoundedHttpTools`, uvicorn's httptools protocol with:
 uvicorn's own settings do the rest: `timeout_keep_alive` for a connection idle
 between requests, `limit_concurrency` for connections and requests at once.
 uvicorn's h11 protocol bounds a head's size (`h11_max_incomplete_event_size`)
-but not its time, and costs a push 2.2 times the event loop's instructions
+but not its time, and costs a push 1.7 times the event loop's instructions
 (`python3 dev.py bench server`); httptools' parser, fed the same bytes
 first, follows each head for a fraction of that, through its public callbacks.
 """
