@@ -16,6 +16,7 @@ from __future__ import annotations
 import http
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -176,7 +177,7 @@ def _validation(exc: ValidationException) -> Problem:
     found = exc.extra if isinstance(exc.extra, list) else []
     errors = [
         FieldError(
-            message=shortened(str(e.get("message", ""))),
+            message=shortened(_plainly(str(e.get("message", "")))),
             key=str(e["key"]) if e.get("key") else None,
             # Litestar names a parameter's source with an enum member.
             source=str(getattr(e["source"], "value", e["source"])) if e.get("source") else None,
@@ -191,6 +192,25 @@ def _validation(exc: ValidationException) -> Problem:
         parameter=keys[0] if keys else None,
         errors=errors,
     )
+
+
+# msgspec's words for a query parameter it could not take, said as a client reads
+# them: `limit=1.5` was "Expected `int`, got `str`" (every query value is text).
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "`true` or `false`"}
+_PLAIN: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"Expected `(int|float|bool)`, got `str`"), "must be {kind}"),
+    (re.compile(r"Expected `(?:int|float)` >= (\S+)"), "must be at least {0}"),
+    (re.compile(r"Expected `(?:int|float)` > (\S+)"), "must be more than {0}"),
+    (re.compile(r"Expected `(?:int|float)` <= (\S+)"), "must be at most {0}"),
+    (re.compile(r"Expected `(?:int|float)` < (\S+)"), "must be less than {0}"),
+]
+
+
+def _plainly(message: str) -> str:
+    for pattern, words in _PLAIN:
+        if (found := pattern.fullmatch(message)) is not None:
+            return words.format(found[1], kind=_KINDS.get(found[1], ""))
+    return message
 
 
 def problem_responses(*kinds: type[RecordlineError]) -> dict[int, ResponseSpec]:

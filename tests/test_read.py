@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient, TestClient
 
@@ -258,3 +259,29 @@ async def test_the_app_itself_sends_no_content_for_head() -> None:
     assert dict(start["headers"])[b"content-length"] != b"0"  # type: ignore[call-overload]
     assert bodies
     assert all(body["body"] == b"" for body in bodies)
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("limit=1.5", "limit: must be a whole number"),
+        ("limit=abc", "limit: must be a whole number"),
+        ("limit=0", "limit: must be at least 1"),
+        ("limit=5000", "limit: must be at most 1000"),
+        ("wait=abc", "wait: must be a number"),
+        ("wait=61", "wait: must be at most 60"),
+        # Written as RFC 3339, naming no time: the date is the problem, not the format.
+        ("since=0000-01-01T00:00:00Z", "since: '0000-01-01T00:00:00Z' names no date and time in"),
+        ("until=2024-02-30T00:00:00Z", "until: '2024-02-30T00:00:00Z' names no date and time in"),
+        ("since=yesterday", "since: 'yesterday' is not an RFC 3339 time with an offset"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/records", "/v1/rejections"])
+def test_a_bad_parameter_is_told_what_it_must_be(
+    client: TestClient[Litestar], path: str, query: str, detail: str
+) -> None:
+    answer = client.get(f"{path}?{query}")
+    assert answer.status_code == 400
+    problem = answer.json()
+    assert problem["detail"].startswith(detail), problem
+    assert problem["parameter"] == query.partition("=")[0]

@@ -40,10 +40,12 @@ from app.query.service import (
     RecordView,
     RejectionsPage,
 )
-from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros
+from app.records import MAX_ID_LENGTH, TIME_RANGE, AwareDatetime, TimeOutOfRange, micros
 from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
+# RFC 3339's shape of a time with an offset, whatever its numbers.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"})
 # The parameters of both paged lists, /v1/records and /v1/rejections.
 Since = Annotated[str | None, Parameter(description="RFC 3339; rows stored at or after it")]
@@ -153,6 +155,9 @@ def _time(name: str, value: str | None) -> datetime | None:
         when = _decode_time(msgspec.json.encode(value))
         micros(when)  # in the range every store holds
     except msgspec.DecodeError:
+        if _RFC3339.fullmatch(value):
+            # Written right, naming no time: year 0, month 13, February 30…
+            raise BadParameter(name, f"{value!r} names no date and time in {TIME_RANGE}") from None
         raise BadParameter(name, f"{value!r} is not an RFC 3339 time with an offset") from None
     except TimeOutOfRange as exc:
         raise BadParameter(name, str(exc)) from None
