@@ -133,12 +133,22 @@ def _dev_tools() -> dict[str, DevTool]:
         return {}
 
 
-def _settings(environ: dict[str, str]) -> Settings | None:
-    """The settings, or None once a bad one is said, in one line, on stderr."""
+def _settings(environ: dict[str, str], flags: dict[str, str] | None = None) -> Settings | None:
+    """The settings, or None once a bad one is said, in one line, on stderr. A value
+    given by a flag (`flags`: variable → flag) is named by the flag the user typed."""
     try:
         return Settings.load(environ)
     except SettingsError as exc:
-        print(f"recordline: {exc}", file=sys.stderr)
+        flag = (flags or {}).get(exc.var or "")
+        if flag is not None and exc.var is not None:
+            value = environ[exc.var]
+            print(
+                f"recordline: {flag} {value!r} is not accepted: expected {exc.accepts} "
+                f"(it sets {exc.var})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"recordline: {exc}", file=sys.stderr)
         return None
 
 
@@ -158,8 +168,10 @@ def _config() -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {"RECORDLINE_HOST": args.host, "PORT": args.port, "RECORDLINE_STORE": args.store}
-    environ = {**os.environ, **{k: v for k, v in overrides.items() if v is not None}}
-    settings = _settings(environ)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    environ = {**os.environ, **given}
+    flags = {"RECORDLINE_HOST": "--host", "PORT": "--port", "RECORDLINE_STORE": "--store"}
+    settings = _settings(environ, {var: flags[var] for var in given})
     if settings is None:
         return 2
 

@@ -33,13 +33,21 @@ def env(name: str, doc: str, *, accepts: str | None = None, secret: bool = False
 
 
 class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the variable."""
+    """A setting has a value that cannot be used; the message names the variable
+    (`var`, when one value is the cause, and what it `accepts`)."""
+
+    def __init__(self, message: str, *, var: str | None = None, accepts: str = "") -> None:
+        super().__init__(message)
+        self.var = var
+        self.accepts = accepts
 
 
 def invalid(var: str, value: str, accepts: str, *, secret: bool = False) -> SettingsError:
     """The one way a bad value is refused: the variable, the value, what it accepts."""
     shown = f"<{len(value)} characters, not shown>" if secret else repr(value)
-    return SettingsError(f"{var}={shown} is not accepted: expected {accepts}")
+    return SettingsError(
+        f"{var}={shown} is not accepted: expected {accepts}", var=var, accepts=accepts
+    )
 
 
 class Section(msgspec.Struct, kw_only=True, frozen=True):

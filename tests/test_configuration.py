@@ -369,3 +369,26 @@ def test_config_shows_each_value_and_where_it_came_from(
     assert "a-very-secret-push-token" not in said
     assert "another-secret" not in said
     assert "not shown" in " ".join(rows["RECORDLINE_PAGE_TOKEN_SECRET"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["--port", "99999"],
+            "--port '99999' is not accepted: expected an integer from 0 to 65535",
+        ),
+        (["--store", "bogus://x"], "--store 'bogus://x' is not accepted"),
+        (["--host", "two words"], "--host 'two words' is not accepted"),
+    ],
+)
+def test_a_bad_flag_of_serve_is_named_as_it_was_typed(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"recordline: {said}"), err
+    # The variable it stands for is named too, for whoever looks for it in the docs.
+    assert "(it sets " in err
