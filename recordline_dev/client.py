@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -787,9 +788,24 @@ def _say_tail(text: str) -> None:
     print(f"recordline tail: {text}", file=sys.stderr, flush=True)
 
 
+def service_url(text: str) -> str:
+    """`--url`, refused at once (argparse: exit 2) unless it is an http(s) URL: without a
+    scheme, `127.0.0.1:8080` would be retried as if the service were down."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        hint = f"; did you mean http://{text}?" if "://" not in text else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http:// or https:// URL of the service{hint}"
+        )
+    return text
+
+
 def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--url", default="http://127.0.0.1:8080", help="the service (default http://127.0.0.1:8080)"
+        "--url",
+        type=service_url,
+        default="http://127.0.0.1:8080",
+        help="the service (default http://127.0.0.1:8080)",
     )
     parser.add_argument(
         "--since",

@@ -40,6 +40,7 @@ from rich.console import Console
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
 from app.problems import shortened
 from app.records import rfc3339
+from recordline_dev.client import service_url
 
 OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
 # Counted beside the service's outcomes: messages it refused as they stand.
@@ -414,7 +415,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         ("dead-letters", "messages on a dead-letter subscription"),
     ):
         sub = what.add_parser(name, help=f"replay {text}")
-        sub.add_argument("--url", required=True, help="the service, e.g. https://…run.app")
+        sub.add_argument(
+            "--url", required=True, type=service_url, help="the service, e.g. https://…run.app"
+        )
         sub.add_argument(
             "--token",
             help="an operator's ID token for the service's read audience, e.g. "

@@ -292,3 +292,16 @@ def test_hadolint_passes() -> None:
     assert hadolint is not None
     done = run(hadolint, "Dockerfile")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["tail", "--url", "127.0.0.1:8080"], ["replay", "rejected", "--url", "localhost:8080"]],
+)
+def test_a_url_without_its_scheme_is_refused_at_once(argv: list[str]) -> None:
+    # Without http://, it was retried for 30 s as if the service were down.
+    started = time.monotonic()
+    done = run(RECORDLINE, *argv)
+    assert done.returncode == 2, done.stderr
+    assert f"did you mean http://{argv[-1]}?" in done.stderr
+    assert time.monotonic() - started < 20
