@@ -18,6 +18,7 @@ import functools
 import io
 import os
 import re
+import secrets
 import sys
 import threading
 import time
@@ -58,13 +59,19 @@ WAIT_SECONDS = 30.0
 # -- publish ------------------------------------------------------------------
 
 
-def generated_records(count: int, *, first: int = 1) -> Iterator[bytes]:
-    """`count` records shaped as producers send them, ids `first`, `first + 1`, …"""
+def run_prefix() -> str:
+    """A prefix of ids no other run of publish uses: its start, and 16 random bits for
+    two runs in the same second."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}-"
+
+
+def generated_records(count: int, *, first: int = 1, prefix: str = "") -> Iterator[bytes]:
+    """`count` records shaped as producers send them, ids `prefix` + `first`, `first + 1`, …"""
     encode = msgspec.json.encode
     for n in range(first, first + count):
         yield encode(
             {
-                "id": str(n),
+                "id": f"{prefix}{n}",
                 "timestamp": rfc3339(datetime.now(UTC)),
                 "data": {"n": n, "text": "Ejemplo de datos"},
             }
@@ -212,11 +219,11 @@ def _proto_json(value: Any) -> Any:
             return value
 
 
-def generated_values(count: int, *, first: int = 1) -> Iterator[dict[str, Any]]:
+def generated_values(count: int, *, first: int = 1, prefix: str = "") -> Iterator[dict[str, Any]]:
     """What `generated_records` publishes, as values for a topic schema to encode."""
     for n in range(first, first + count):
         yield {
-            "id": str(n),
+            "id": f"{prefix}{n}",
             "timestamp": datetime.now(UTC),
             "data": {"n": n, "text": "Ejemplo de datos"},
         }
@@ -466,13 +473,16 @@ def publish_command(args: argparse.Namespace) -> int:
     client = publisher_client(emulator_host=emulator_host)
 
     source: IO[bytes] | None = None
+    prefix = run_prefix() if args.id_prefix is None else args.id_prefix
     if args.file is None:
+        # Ids of this run's own: a second run adds records, never overwrites the first's.
         total: int | None = args.count
         payloads: Iterable[bytes] = (
-            generated_records(args.count)
+            generated_records(args.count, prefix=prefix)
             if schema is None
-            else map(schema.encode, generated_values(args.count))
+            else map(schema.encode, generated_values(args.count, prefix=prefix))
         )
+        print(f"recordline publish: record ids {prefix}1 to {prefix}{args.count}", file=sys.stderr)
     elif schema is not None:
         # Lines in the schema's JSON encoding are all checked before any is
         # published: a file is published whole, or not at all.
@@ -605,6 +615,11 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--count", type=int, default=100, help="generate this many records (default 100)"
+    )
+    parser.add_argument(
+        "--id-prefix",
+        help="prefix of the generated records' ids (default: the run's start, "
+        "20261124T093000-1a2b-, so that each run's ids are its own)",
     )
     what.add_argument(
         "--file", help="publish each line of this JSON Lines file as is (- for stdin)"

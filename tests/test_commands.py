@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from app.settings import Settings
@@ -305,3 +306,12 @@ def test_a_url_without_its_scheme_is_refused_at_once(argv: list[str]) -> None:
     assert done.returncode == 2, done.stderr
     assert f"did you mean http://{argv[-1]}?" in done.stderr
     assert time.monotonic() - started < 20
+
+
+def test_each_run_of_publish_numbers_its_records_under_ids_of_its_own() -> None:
+    from recordline_dev.client import generated_records, run_prefix
+
+    first, second = run_prefix(), run_prefix()
+    assert first != second  # two runs in the same second too
+    ids = [msgspec.json.decode(r)["id"] for r in generated_records(2, prefix=first)]
+    assert ids == [f"{first}1", f"{first}2"]
