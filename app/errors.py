@@ -67,6 +67,17 @@ class BadParameter(BadRequest):
         super().__init__(f"{parameter}: {detail}", parameter=parameter)
 
 
+class InvalidBody(BadRequest):
+    """A field of the request's JSON body cannot be used; `field` names it, as a path
+    from the body (`messages[0].publish_time`, `$` for the body itself)."""
+
+    title = "Invalid body"
+    problem = "invalid-body"
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}", field=field)
+
+
 class BodyTooLarge(RecordlineError):
     """The request body is larger than the service takes; `max_bytes` says how large it may be.
 

@@ -39,6 +39,7 @@ from app.errors import (
     BadParameter,
     BadRequest,
     BodyTooLarge,
+    InvalidBody,
     MethodNotAllowed,
     NotFound,
     RecordlineError,
@@ -92,7 +93,11 @@ class Problem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
         str, Meta(description=f"This occurrence; an echoed input is cut to {MAX_ECHO} characters")
     ]
     parameter: Annotated[
-        str | None, Meta(description="The query parameter, path part or body field at fault")
+        str | None, Meta(description="The query parameter, path part or header at fault")
+    ] = None
+    field: Annotated[
+        str | None,
+        Meta(description="The JSON body's field at fault, as a path (`$`: the body itself)"),
     ] = None
     errors: Annotated[
         list[FieldError] | None, Meta(description="Each field that failed validation")
@@ -186,6 +191,10 @@ def _validation(exc: ValidationException) -> Problem:
         if isinstance(e, dict)
     ]
     keys = [e.key for e in errors if e.key]
+    if errors and errors[0].source == "body":
+        # Litestar names the body itself by the handler's parameter, `data`.
+        field = "$" if keys[:1] in ([], ["data"]) else keys[0]
+        return _problem(InvalidBody, f"{field}: {errors[0].message}", field=field, errors=errors)
     return _problem(
         BadParameter,
         f"{keys[0]}: {errors[0].message}" if keys else exc.detail,

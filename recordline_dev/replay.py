@@ -173,16 +173,16 @@ def _detail(response: httpx.Response) -> str:
     if not problem:
         return shortened(response.text)
     detail = str(problem.get("detail") or problem.get("title") or problem)
-    parameter = problem.get("parameter")
-    if parameter and str(parameter) not in detail:
-        detail = f"{parameter}: {detail}"
+    where = problem.get("field") or problem.get("parameter")
+    if where and str(where) not in detail:
+        detail = f"{where}: {detail}"
     return shortened(detail)
 
 
 def _raise_if_one_message(response: httpx.Response) -> None:
-    """A 400 that names one message of a replay batch (by its `parameter`) refuses that one."""
+    """A 400 that names one message of a replay batch (by its `field`) refuses that one."""
     problem = _problem(response)
-    found = _ONE_MESSAGE.fullmatch(str(problem.get("parameter") or ""))
+    found = _ONE_MESSAGE.fullmatch(str(problem.get("field") or ""))
     if found is None:
         return
     errors = problem.get("errors") or []

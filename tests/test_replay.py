@@ -150,7 +150,12 @@ async def test_bad_replays_get_clear_errors_and_store_nothing(rejected_store: Du
         with pytest.raises(ReplayError, match="400"):
             await asyncio.to_thread(run_replay, url, since="yesterday")
         bad = {"messages": [{"message_id": "x", "publish_time": "noon", "data": "e30="}]}
-        assert (await http.post("/v1/replay", json=bad)).status_code == 400
+        refused = await http.post("/v1/replay", json=bad)
+        assert refused.status_code == 400
+        # A body's field, named as one: not a query parameter.
+        assert refused.json()["type"] == "/problems/invalid-body"
+        assert refused.json()["field"] == "messages[0].publish_time"
+        assert "parameter" not in refused.json()
         too_many = {
             "messages": [
                 {"message_id": f"m{n}", "publish_time": "2024-04-27T12:00:01Z", "data": "e30="}

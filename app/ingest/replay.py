@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from app.errors import BadParameter, BadRequest
+from app.errors import BadRequest, InvalidBody
 from app.ingest.envelope import PushAttributes, PushedMessage
 from app.ingest.service import Ingest
 from app.records import (
@@ -156,10 +156,10 @@ def _pushed(index: int, replayed: ReplayMessage) -> PushedMessage:
     try:
         publish_time = micros(replayed.publish_time)
     except TimeOutOfRange as exc:
-        raise BadParameter(f"messages[{index}].publish_time", str(exc)) from None
+        raise InvalidBody(f"messages[{index}].publish_time", str(exc)) from None
     problem = unaddressable(replayed.message_id)
     if problem is not None:
-        raise BadParameter(f"messages[{index}].message_id", problem)
+        raise InvalidBody(f"messages[{index}].message_id", problem)
     return PushedMessage(
         message_id=replayed.message_id,
         publish_time=publish_time,

@@ -18,11 +18,11 @@ from litestar.types import AfterExceptionHookHandler, Scope
 
 from app.errors import (
     BadEnvelope,
-    BadParameter,
     BadRequest,
     BodyTooLarge,
     CertsUnavailable,
     Forbidden,
+    InvalidBody,
     QueueFull,
     RecordlineError,
     SchemaUnavailable,
@@ -89,7 +89,7 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
     tags=["operations"],
     before_request=_readable_body,
     responses=problem_responses(
-        BadParameter,
+        InvalidBody,
         BadRequest,
         Unauthorized,
         Forbidden,
