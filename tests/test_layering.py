@@ -35,9 +35,18 @@ RESTRICTED = {
     "opentelemetry": {"web", "telemetry"},
     "prometheus_client": {"web", "telemetry"},
     "uvicorn": {"web"},
+    "httptools": {"web"},
 }
 # The top layer: routes and wiring.
-WEB_MODULES = {"app.asgi", "app.cli", "app.docs", "app.health", "app.problems", "app.routes"}
+WEB_MODULES = {
+    "app.asgi",
+    "app.cli",
+    "app.docs",
+    "app.health",
+    "app.http_limits",
+    "app.problems",
+    "app.routes",
+}
 # Inside the store layer: each backend speaks only through its public interface,
 # and only the serving tier's package composes two of them. A backend never
 # imports another backend, nor the composition.
