@@ -80,8 +80,17 @@ def _main(argv: list[str] | None) -> int:
     )
 
     tools = _dev_tools()
+    asked = _asked(sys.argv[1:] if argv is None else argv)
+    runs: dict[str, Callable[[argparse.Namespace], int]] = {}
     for name, tool in tools.items():
-        tool.add_arguments(commands.add_parser(name, help=tool.help))
+        tool_parser = commands.add_parser(name, help=tool.help)
+        if name == asked:
+            # Only the command asked for imports its module (and its libraries).
+            try:
+                add_arguments, runs[name] = tool.load()
+            except ImportError:
+                continue  # installed without the dev dependency group
+            add_arguments(tool_parser)
     for name in DEV_TOOLS.difference(tools):
         commands.add_parser(name, help="(a development tool: not installed here)")
 
@@ -96,8 +105,8 @@ def _main(argv: list[str] | None) -> int:
                 print(config_table())
                 return 0
             return _config()
-        case name if name in tools:
-            return tools[name].run(args)
+        case name if name in runs:
+            return runs[name](args)
         case name if name in DEV_TOOLS:
             print(
                 f"recordline {name}: a development tool, not installed with the service; "
@@ -115,10 +124,14 @@ DEV_TOOLS = frozenset({"dev", "publish", "tail", "replay"})
 class DevTool(Protocol):
     @property
     def help(self) -> str: ...
-    @property
-    def add_arguments(self) -> Callable[[argparse.ArgumentParser], None]: ...
-    @property
-    def run(self) -> Callable[[argparse.Namespace], int]: ...
+    def load(
+        self,
+    ) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]: ...
+
+
+def _asked(argv: Sequence[str]) -> str | None:
+    """The command in `argv`: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _dev_tools() -> dict[str, DevTool]:

@@ -11,6 +11,23 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+# What a problem document echoes of its request is cut here, once for every
+# answer: a 5,000-character id in a path would otherwise come back whole in
+# `detail`, and in every log line that quotes it. A text longer than this keeps
+# its start and its end (where a message names what it expected) and says how
+# much was left out.
+MAX_ECHO = 300
+_ECHO_HEAD = 200
+_ECHO_TAIL = 60
+
+
+def shortened(text: str) -> str:
+    """`text`, or its start and end with the count of characters left out between."""
+    if len(text) <= MAX_ECHO:
+        return text
+    left_out = len(text) - _ECHO_HEAD - _ECHO_TAIL
+    return f"{text[:_ECHO_HEAD]}…[{left_out} characters left out]…{text[-_ECHO_TAIL:]}"
+
 
 class RecordlineError(Exception):
     """Base of every error Recordline answers with a problem document."""

@@ -67,6 +67,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
+# The attribute that marks a synthetic canary (Cloud Scheduler publishes one a
+# minute, infra/terraform/modules/system/canary.tf; `recordline dev --canary` too).
+CANARY_ATTRIBUTE = "recordline-canary"
+
 # The times every store holds and every reader represents: years 1 to 9999 in
 # UTC (BigQuery's and Spanner's TIMESTAMP range, and Python's datetime). RFC 3339
 # text with an offset names times outside it (`9999-12-31T23:59:59-14:00` is in

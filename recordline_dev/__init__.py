@@ -7,47 +7,58 @@ with the dev dependency group. `app.cli` adds their subcommands when this
 package can be imported.
 
 A new command: a module here with `add_arguments(parser)` and `run(args)`,
-listed in COMMANDS.
+listed in COMMANDS by name (imported only when the command runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from typing import NamedTuple
 
 
 class Command(NamedTuple):
+    """A command, named by where it lives: its module is imported only once the
+    command is asked for, so that `recordline --help` imports none of them."""
+
     help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+    module: str
+    add_arguments: str
+    run: str
+
+    def load(self) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
+        module = importlib.import_module(f"recordline_dev.{self.module}")
+        return getattr(module, self.add_arguments), getattr(module, self.run)
+
+
+COMMANDS: dict[str, Command] = {
+    "dev": Command(
+        "the local stack: Pub/Sub emulator pushing to the service (Ctrl-C stops it)",
+        "devstack",
+        "add_dev_arguments",
+        "dev_command",
+    ),
+    "publish": Command(
+        "publish records to a Pub/Sub topic", "client", "add_publish_arguments", "publish_command"
+    ),
+    "replay": Command(
+        "replay rejected or dead-lettered messages through today's validation, once",
+        "replay",
+        "add_replay_arguments",
+        "replay_command",
+    ),
+    "tail": Command(
+        "follow /v1/records, printing records as JSON lines",
+        "client",
+        "add_tail_arguments",
+        "tail_command",
+    ),
+}
 
 
 def commands() -> dict[str, Command]:
-    from recordline_dev import client, devstack, replay
-
-    return {
-        "dev": Command(
-            "the local stack: Pub/Sub emulator pushing to the service (Ctrl-C stops it)",
-            devstack.add_dev_arguments,
-            devstack.dev_command,
-        ),
-        "publish": Command(
-            "publish records to a Pub/Sub topic",
-            client.add_publish_arguments,
-            client.publish_command,
-        ),
-        "replay": Command(
-            "replay rejected or dead-lettered messages through today's validation, once",
-            replay.add_replay_arguments,
-            replay.replay_command,
-        ),
-        "tail": Command(
-            "follow /v1/records, printing records as JSON lines",
-            client.add_tail_arguments,
-            client.tail_command,
-        ),
-    }
+    return dict(COMMANDS)
 
 
-__all__ = ["Command", "commands"]
+__all__ = ["COMMANDS", "Command", "commands"]

@@ -43,16 +43,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-import grpc
 import httpx
 import msgspec
-from google.api_core.exceptions import AlreadyExists, NotFound
-from google.cloud import pubsub_v1
-from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+from app.records import CANARY_ATTRIBUTE
 from app.settings import Settings, SettingsError
-from app.telemetry.metrics import CANARY_ATTRIBUTE
 from recordline_dev.client import DEV_PROJECT, EXAMPLE_SCHEMAS, publisher_client
 from recordline_dev.processes import (
     EmulatorNotFound,
@@ -231,6 +226,12 @@ class PubSubAdmin:
     """
 
     def __init__(self, host: str, project: str = DEV_PROJECT) -> None:
+        # Imported here: `recordline dev --help` need not load the Pub/Sub client.
+        import grpc
+        from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
         self.project = project
         self._channel = grpc.insecure_channel(host)
         self._publisher = pubsub_v1.PublisherClient(
@@ -337,12 +338,16 @@ class PubSubAdmin:
 
 
 async def _exists_already(call: Any, **kwargs: Any) -> None:
+    from google.api_core.exceptions import AlreadyExists
+
     # It exists already, as wanted: a rerun against a running emulator.
     with contextlib.suppress(AlreadyExists):
         await asyncio.to_thread(call, **kwargs, timeout=30)
 
 
 async def _gone_already(call: Any, **kwargs: Any) -> None:
+    from google.api_core.exceptions import NotFound
+
     with contextlib.suppress(NotFound):
         await asyncio.to_thread(call, **kwargs, timeout=30)
 

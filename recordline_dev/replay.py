@@ -37,8 +37,8 @@ import msgspec
 import rich.progress
 from rich.console import Console
 
+from app.errors import shortened
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
-from app.problems import shortened
 from app.records import rfc3339
 from recordline_dev.client import service_url
 

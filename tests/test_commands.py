@@ -315,3 +315,31 @@ def test_each_run_of_publish_numbers_its_records_under_ids_of_its_own() -> None:
     assert first != second  # two runs in the same second too
     ids = [msgspec.json.decode(r)["id"] for r in generated_records(2, prefix=first)]
     assert ids == [f"{first}1", f"{first}2"]
+
+
+# What no command's --help may import: each costs a start of its own (the Pub/Sub
+# client alone ~0.2 s), and together they made every --help take ~1.5 s.
+HEAVY = ("litestar", "duckdb", "grpc", "google.cloud.pubsub_v1", "google.cloud.bigquery")
+HELP_PROBE = """
+import sys
+from app.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted({m.split(".")[0] if m.split(".")[0] in HEAVY else m for m in sys.modules
+                if m in HEAVY or m.startswith(tuple(h + "." for h in HEAVY))})
+print(" ".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["serve"], ["config"], ["schema"], ["dev"], ["publish"], ["tail"], ["replay"]]
+)
+def test_help_imports_nothing_heavy(command: list[str]) -> None:
+    probe = f"HEAVY = {HEAVY!r}\n{HELP_PROBE}"
+    done = run(sys.executable, "-c", probe, *command, "--help")
+    assert "usage: recordline" in done.stdout
+    assert done.stderr.strip() == "", (
+        f"recordline {' '.join(command)} --help imported {done.stderr}"
+    )

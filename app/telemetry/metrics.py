@@ -18,7 +18,7 @@ from typing import NamedTuple
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from app.errors import RetryLater
-from app.records import Record, Rejection
+from app.records import CANARY_ATTRIBUTE, Record, Rejection
 from app.store import RowOutcome
 from app.store.copies import differing
 from app.telemetry.distribution import Distribution
@@ -36,10 +36,8 @@ ROWS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 _STORED = (("outcome", "stored"),)
 
-# The attribute that marks a synthetic canary (Cloud Scheduler publishes one a
-# minute, infra/terraform/modules/system/canary.tf). Attributes are stored as compact JSON
-# text, so the key is found as `"recordline-canary":` without decoding it.
-CANARY_ATTRIBUTE = "recordline-canary"
+# Attributes are stored as compact JSON text, so the canary's key is found as
+# `"recordline-canary":` without decoding it.
 _CANARY_KEY = f'"{CANARY_ATTRIBUTE}":'
 
 

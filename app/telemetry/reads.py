@@ -18,7 +18,7 @@ import time
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.metrics import Histogram
 
-from app.telemetry.metrics import CANARY_ATTRIBUTE
+from app.records import CANARY_ATTRIBUTE
 
 SYNTHETIC_USER_AGENTS = (b"GoogleStackdriverMonitoring-UptimeChecks", b"recordline-smoke")
 _CANARY_PATH = f"/v1/records/{CANARY_ATTRIBUTE}"

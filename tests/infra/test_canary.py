@@ -9,7 +9,7 @@ import json
 import msgspec
 
 from app.ingest.payload import Payload
-from app.telemetry.metrics import CANARY_ATTRIBUTE
+from app.records import CANARY_ATTRIBUTE
 from tests.infra.test_terraform import _evaluate, _expression, _locals, _resources
 
 
