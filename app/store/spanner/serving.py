@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
+import msgspec
 from google.api_core.exceptions import (
     DeadlineExceeded,
     GoogleAPICallError,
@@ -535,18 +536,27 @@ class SpannerServing:
             )
             return ledger.progress_of(table, list(found))
 
-    async def record_progress(self, name: str, holder: str, progress: ledger.Progress) -> None:
-        """Write `progress` if `holder` holds lease `name`, checked in the same
-        transaction; LeaseLost if it does not."""
-        await self._transact(self._record_progress, name, holder, progress, within=self._timeout)
+    async def record_progress(
+        self, name: str, holder: str, progress: ledger.Progress
+    ) -> ledger.Progress:
+        """Write `progress` if `holder` holds lease `name` (else LeaseLost) and the row
+        is still the one it was made from (else ProgressMoved), both checked in the
+        same transaction; the progress as written, its `updated` the commit's time."""
+        return await self._transact(
+            self._record_progress, name, holder, progress, within=self._timeout
+        )
 
     def _record_progress(
         self, deadline: Deadline, name: str, holder: str, progress: ledger.Progress
-    ) -> None:
+    ) -> ledger.Progress:
+        attempts: list[Any] = []
+
         def work(transaction: Any) -> None:
+            attempts.append(transaction)
             ledger.record(transaction, _statement(deadline), name, holder, progress)
 
         self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return msgspec.structs.replace(progress, updated=micros(attempts[-1].committed))
 
     async def watermarks(self) -> dict[str, int]:
         """Each table's export watermark (0 before its first export), in one read."""
