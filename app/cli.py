@@ -79,6 +79,13 @@ def _main(argv: list[str] | None) -> int:
         help="every setting's default and meaning instead, as docs/configuration.md's table",
     )
 
+    export = commands.add_parser(
+        "export", help="the serving tier's export to BigQuery: status, retry, verify"
+    )
+    from app.store.tiered import operator
+
+    operator.add_arguments(export)
+
     tools = _dev_tools()
     for name, tool in tools.items():
         tool.add_arguments(commands.add_parser(name, help=tool.help))
@@ -91,6 +98,8 @@ def _main(argv: list[str] | None) -> int:
             return _serve(args)
         case "schema":
             return _schema(args.target, write=args.write)
+        case "export":
+            return _export(args)
         case "config":
             if args.reference:
                 print(config_table())
@@ -140,6 +149,16 @@ def _settings(environ: dict[str, str]) -> Settings | None:
     except SettingsError as exc:
         print(f"recordline: {exc}", file=sys.stderr)
         return None
+
+
+def _export(args: argparse.Namespace) -> int:
+    from app.store.tiered import operator
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(operator.run(args, settings))
 
 
 def _config() -> int:

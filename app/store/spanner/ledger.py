@@ -240,6 +240,25 @@ def record(transaction: Any, query: Any, name: str, holder: str, progress: Progr
     transaction.insert_or_update(PROGRESS_TABLE, [*_NAMES, UPDATED], [progress_values(progress)])
 
 
+def unblock(transaction: Any, query: Any, table: str, reason: str) -> bool:
+    """Clear `table`'s `blocked` if it still says `reason` (an operator's retry), in
+    `transaction`; whether it did. Only that column and `updated` change: the
+    holder's next write finds a newer row, reads it again, and tries the table."""
+    rows = list(
+        query(
+            transaction,
+            f"SELECT blocked FROM {PROGRESS_TABLE} WHERE table_name = @table",
+            params={"table": table},
+            param_types={"table": param_types.STRING},
+        )
+    )
+    if not rows or rows[0][0] != reason:
+        return False
+    names = ["table_name", "blocked", UPDATED]
+    transaction.update(PROGRESS_TABLE, names, [[table, None, spanner.COMMIT_TIMESTAMP]])
+    return True
+
+
 def watermark_keys() -> Any:
     return spanner.KeySet(all_=True)  # type: ignore[no-untyped-call]
 

@@ -40,6 +40,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -558,6 +559,18 @@ class SpannerServing:
         self._database().run_in_transaction(work, timeout_secs=deadline.left())
         return msgspec.structs.replace(progress, updated=micros(attempts[-1].committed))
 
+    async def unblock_export(self, table: str, reason: str) -> bool:
+        """Clear the export of `table`'s `blocked` if it still says `reason`; whether
+        it did (an operator's retry: `recordline export retry`)."""
+        return await self._transact(self._unblock_export, table, reason, within=self._timeout)
+
+    def _unblock_export(self, deadline: Deadline, table: str, reason: str) -> bool:
+        def work(transaction: Any) -> bool:
+            return ledger.unblock(transaction, _statement(deadline), table, reason)
+
+        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return done
+
     async def watermarks(self) -> dict[str, int]:
         """Each table's export watermark (0 before its first export), in one read."""
         return await self._call(self._watermarks)
@@ -633,6 +646,33 @@ class SpannerServing:
                 spanner.COMMIT_TIMESTAMP if name == "ingest_time" else _value(row, name, kind)
             )
         return values
+
+    async def window_digests(
+        self, table: str, since: int, until: int, window: int, *, within: float
+    ) -> dict[int, tuple[int, int]]:
+        """Per window of `ingest_time` (`time // window`), from `since` to `until`:
+        how many rows `table` holds and the digest of their message ids
+        (`app.store.tiered.verify.digest`), in one strong read of two columns."""
+        return await self._call(self._window_digests, table, since, until, window, within=within)
+
+    def _window_digests(
+        self, deadline: Deadline, table: str, since: int, until: int, window: int
+    ) -> dict[int, tuple[int, int]]:
+        found: dict[int, tuple[int, int]] = {}
+        sql = (
+            f"SELECT UNIX_MICROS(ingest_time), message_id FROM {table} "
+            "WHERE ingest_time >= @since AND ingest_time < @until"
+        )
+        params = {"since": moment(since), "until": moment(until)}
+        types = {"since": param_types.TIMESTAMP, "until": param_types.TIMESTAMP}
+        with self._database().snapshot() as snapshot:
+            for time_micros, message_id in sql_rows(
+                snapshot, deadline, sql, params=params, param_types=types
+            ):
+                key = time_micros // window
+                count, xor = found.get(key, (0, 0))
+                found[key] = (count + 1, xor ^ id_digest(message_id))
+        return found
 
     # -- reading ---------------------------------------------------------------
 
@@ -819,6 +859,13 @@ class SpannerServing:
 
 
 _TABLE_OF: Final = {row_type: table for table, row_type in TABLES.items()}
+
+
+def id_digest(message_id: str) -> int:
+    """A message id's digest: the first 60 bits of its MD5, as BigQuery computes it
+    too (`CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5(id)), 1, 15)) AS INT64)`); a window's
+    is the XOR of its rows'."""
+    return int(hashlib.md5(message_id.encode(), usedforsecurity=False).hexdigest()[:15], 16)
 
 
 def _table(row: Record | Rejection) -> str:

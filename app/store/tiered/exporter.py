@@ -339,9 +339,13 @@ class Exporter:
 
     async def _export(self, kind: RowType) -> int:
         table = _TABLES_OF[kind]
+        progress = await self.ledger.progress(table)
+        if progress.blocked is None and table in self._retry_at:
+            # An operator cleared it (`recordline export retry`): tried at once.
+            log.warning("export of %s tried again as an operator asked", table)
+            self._retry_at.pop(table)
         if time.monotonic() < self._retry_at.get(table, -float("inf")):
             return 0
-        progress = await self.ledger.progress(table)
         if progress.blocked is not None:
             self.blocked[table] = progress.blocked
         if progress.pending is not None:
