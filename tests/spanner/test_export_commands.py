@@ -120,3 +120,51 @@ def test_the_cli_has_the_export_commands(capsys: pytest.CaptureFixture[str]) -> 
     said = capsys.readouterr().out
     for action in ("status", "retry", "verify"):
         assert action in said
+
+
+async def test_a_row_bigquery_never_takes_is_moved_to_the_rejections_by_an_operator(
+    make_tiered: Make,
+    serving_settings: Callable[..., Settings],
+    write_fake: FakeBigQueryWrite,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1", "m-bad", "m-2"])
+    await settle_clock()
+    # BigQuery's `records` refuses it (a rejection, which has a reason, it takes).
+    write_fake.refuse = lambda row: (
+        "no such column" if row["message_id"] == "m-bad" and "reason" not in row else None
+    )
+    one = exporter(store, blocked_retry_seconds=60)
+    await drain(one)
+    assert "m-bad" in one.blocked["records"]
+    settings = serving_settings()
+
+    def reject(message_id: str) -> argparse.Namespace:
+        return argparse.Namespace(
+            action="reject", message_id=message_id, reason="its column was dropped"
+        )
+
+    # Only the row the stop names: another message is refused, nothing moves.
+    assert await operator.run(reject("m-1"), settings) == 1
+    assert "nothing moved" in capsys.readouterr().out
+    assert (await store.serving.message("m-1")) is not None
+    assert (await one.ledger.progress("records")).blocked is not None
+    assert await operator.run(reject("m-bad"), settings) == 0
+    # The export goes on at the holder's next round, without it, each row once; the
+    # rejection, committed now, once it is a second old.
+    await drain(one)
+    assert "records" not in one.blocked
+    await settle_clock()
+    await drain(one)
+    assert "records" not in one.blocked
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+    assert copies(write_fake, "rejected") == {"m-bad": 1}
+    (moved,) = write_fake.rows("rejected")
+    assert "moved to the rejections by an operator: its column was dropped" in moved["reason"]
+    assert "no such column" in moved["reason"]
+    status = await store.serving.message("m-bad")
+    assert status is not None
+    assert status.status == "rejected"
+    # Spanner and BigQuery agree on both tables.
+    assert await operator.run(verify_args(0), settings) == 0

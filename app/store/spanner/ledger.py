@@ -259,6 +259,19 @@ def unblock(transaction: Any, query: Any, table: str, reason: str) -> bool:
     return True
 
 
+def progress_in(transaction: Any, rows: Any, table: str) -> Progress:
+    """`table`'s progress from a key read of `progress_names` made in `transaction`."""
+    return progress_of(table, list(rows))
+
+
+def write_past_refused(transaction: Any, progress: Progress) -> None:
+    """Write `progress` with its batch and its stop cleared, in `transaction` (an
+    operator moved the row BigQuery refused to the rejections): the next round
+    cuts a new batch at the same offset, where nothing was appended."""
+    cleared = msgspec.structs.replace(progress, pending=None, blocked=None)
+    transaction.insert_or_update(PROGRESS_TABLE, [*_NAMES, UPDATED], [progress_values(cleared)])
+
+
 def watermark_keys() -> Any:
     return spanner.KeySet(all_=True)  # type: ignore[no-untyped-call]
 

@@ -74,6 +74,7 @@ from app.records import (
     columns,
     micros,
     moment,
+    rejected_record,
     row_of,
 )
 from app.settings import SPANNER_URL, SettingsError, invalid
@@ -571,6 +572,47 @@ class SpannerServing:
         done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
         return done
 
+    async def reject_refused(self, message_id: str, reason: str, blocked: str) -> bool:
+        """Move record `message_id`, which BigQuery refused and at which the export of
+        `records` is blocked (saying `blocked`), to the rejections with `reason`,
+        and clear the export's batch and stop; all in one transaction, only if the
+        progress still says `blocked` and has a batch. Whether it did."""
+        return await self._transact(
+            self._reject_refused, message_id, reason, blocked, within=self._timeout
+        )
+
+    def _reject_refused(
+        self, deadline: Deadline, message_id: str, reason: str, blocked: str
+    ) -> bool:
+        def work(transaction: Any) -> bool:
+            names = ledger.progress_names()
+            keys = ledger.progress_key("records")
+            found = key_rows(transaction, deadline, ledger.PROGRESS_TABLE, names, keys)
+            progress = ledger.progress_in(transaction, found, "records")
+            if progress.blocked != blocked or progress.pending is None:
+                return False
+            held = [
+                _stored(Record, values)
+                for values in key_rows(
+                    transaction, deadline, "records", self._names["records"], _keys([message_id])
+                )
+            ]
+            if not held:
+                return False
+            record = held[0]
+            transaction.delete("records", _keys([message_id]))
+            rejection = rejected_record(record, reason)
+            transaction.insert(
+                "rejected",
+                ["shard", *self._names["rejected"]],
+                [self._insert_values("rejected", rejection)],
+            )
+            ledger.write_past_refused(transaction, progress)
+            return True
+
+        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return done
+
     async def watermarks(self) -> dict[str, int]:
         """Each table's export watermark (0 before its first export), in one read."""
         return await self._call(self._watermarks)
@@ -682,10 +724,16 @@ class SpannerServing:
         return await self._call(self._page, kind, query, now)
 
     def _page(
-        self, deadline: Deadline, kind: type[R], query: PageQuery, now: int, counted: bool = True
+        self,
+        deadline: Deadline,
+        kind: type[R],
+        query: PageQuery,
+        now: int,
+        counted: bool = True,
+        read_after: int = 0,
     ) -> list[R]:
         table = _TABLE_OF[kind]
-        read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS))
+        read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS, read_after))
         found: list[R] = []
         with self._database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
             for span in (*READ_SPANS_MICROS, None):
@@ -712,15 +760,17 @@ class SpannerServing:
         return found
 
     async def rows_after(
-        self, kind: type[R], after: tuple[int, str], until: int, limit: int
+        self, kind: type[R], after: tuple[int, str], until: int, limit: int, *, seen: int = 0
     ) -> list[R]:
         """At most `limit` rows of `kind` after the key `after` with `ingest_time <= until`,
         in key order, read at `until` or later: final, every commit before it being in.
+        Read after `seen` too (a commit time, µs), so that what that commit changed
+        among those rows (an operator moving one to the rejections) is seen.
         The exporter's read, not counted among readers' reads."""
         query = PageQuery(
             after_time=after[0], after_message_id=after[1], before_time=until + 1, limit=limit
         )
-        return await self._call(self._page, kind, query, until + 1, False)
+        return await self._call(self._page, kind, query, until + 1, False, seen + 1)
 
     async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
         """Every record with `since <= ingest_time < before`, in key order, read at

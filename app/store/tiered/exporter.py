@@ -362,7 +362,11 @@ class Exporter:
             log.info("exporting %s to %s", table, stream)
         until = self._clock() // 1000 - SETTLED_MICROS
         found = await self._serving.rows_after(
-            kind, (progress.done_time, progress.done_message_id), until, self._batch_rows
+            kind,
+            (progress.done_time, progress.done_message_id),
+            until,
+            self._batch_rows,
+            seen=progress.updated or 0,
         )
         rows = self._cut(kind, found)
         if not rows:

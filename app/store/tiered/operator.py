@@ -6,6 +6,14 @@ service's settings (see docs/operations.md, "Export blocked").
 - `retry TABLE`: clear a blocked table's reason, so that the exporter holding
   the lease tries it again at its next round instead of within a minute (after
   a table or a permission is fixed). The decision is logged with what it cleared.
+- `reject MESSAGE_ID --reason TEXT`: where `records` is blocked at a row BigQuery
+  refused, move that record to the rejections (its reason says an operator did,
+  why, and what BigQuery said) and let the export go on without it. BigQuery
+  appended none of a batch it refused rows of (AppendRowsResponse.row_errors:
+  "no rows in the batch will be appended"), so the next batch is cut again at
+  the same offset. The record leaves `records` and the API answers for it as a
+  rejection, which the export copies to BigQuery's `rejected`; the decision is
+  logged.
 - `verify --since T`: Spanner against BigQuery, window by window
   (`app.store.tiered.verify`); exit 1 if a window differs.
 
@@ -38,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions.add_parser("status", help="each table's export progress, and why it is blocked")
     retry = actions.add_parser("retry", help="try a blocked table again now")
     retry.add_argument("table", choices=sorted(TABLES))
+    reject = actions.add_parser(
+        "reject", help="move the record BigQuery refuses, where records is blocked, to rejected"
+    )
+    reject.add_argument("message_id", help="the message the blocked reason names")
+    reject.add_argument("--reason", required=True, help="why, kept in the rejection")
     check = actions.add_parser("verify", help="compare Spanner and BigQuery window by window")
     check.add_argument(
         "--since",
@@ -76,6 +89,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 return await _status(serving)
             case "retry":
                 return await _retry(serving, args.table)
+            case "reject":
+                return await _reject(serving, args.message_id, args.reason)
             case _:
                 analytics = BigQueryStore.from_url(
                     settings.store.url,
@@ -130,6 +145,24 @@ async def _retry(serving: SpannerServing, table: str) -> int:
         progress.blocked,
     )
     print(f"{table}: cleared; the exporter tries it again at its next round")
+    return 0
+
+
+async def _reject(serving: SpannerServing, message_id: str, reason: str) -> int:
+    progress = await serving.progress("records")
+    refused = f"BigQuery refused message {message_id} of records:"
+    if progress.blocked is None or not progress.blocked.startswith(refused):
+        print(
+            f"records: not blocked at a row BigQuery refused named {message_id}; "
+            "nothing moved (see `recordline export status`)"
+        )
+        return 1
+    said = f"moved to the rejections by an operator: {reason} ({progress.blocked})"
+    if not await serving.reject_refused(message_id, said, progress.blocked):
+        print("records: its progress changed meanwhile; nothing moved")
+        return 1
+    log.warning("operator moved record %s to the rejections: %s", message_id, said)
+    print(f"{message_id}: now a rejection; the export of records goes on at its next round")
     return 0
 
 
