@@ -20,7 +20,16 @@ import pytest
 from google.api_core.exceptions import Aborted
 
 from app.store.spanner import ledger
-from app.store.spanner.ledger import LeaseLost, Progress, ProgressMoved
+from app.store.spanner.ledger import (
+    LeaseLost,
+    Progress,
+    ProgressMoved,
+    Standing,
+    lease_holder,
+    standing_of,
+)
+from app.store.spanner.schema import MIGRATIONS
+from app.store.tiered.exporter import code_version
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
 from tests.spanner.test_export import stored
@@ -264,3 +273,26 @@ async def test_a_holder_traffic_left_is_taken_over_by_one_that_has_it(
     await older.step()
     assert older.leading
     assert not await newer.ledger.claim()
+
+
+def test_the_code_version_is_the_schema_and_the_revision_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("K_REVISION", "recordline-prod-00012-x7k")
+    assert code_version() == (len(MIGRATIONS), 12)
+    monkeypatch.setenv("K_REVISION", "recordline-by-hand")
+    assert code_version() == (len(MIGRATIONS), 0)
+    monkeypatch.delenv("K_REVISION")
+    assert code_version() == (len(MIGRATIONS), 0)
+
+
+def test_a_holder_names_its_standing_and_an_old_holder_stands_lowest() -> None:
+    standing = Standing(serving=True, schema=3, revision=12)
+    holder = lease_holder(standing, "host/rev/1/ab|cd")
+    assert standing_of(holder) == (standing, "host/rev/1/ab|cd")
+    old, name = standing_of("host/rev/1/abcd")
+    assert name == "host/rev/1/abcd"
+    assert old < Standing(serving=False, schema=0, revision=1)
+    # Traffic first, then the schema, then the revision.
+    assert Standing(True, 3, 1) > Standing(False, 4, 99)
+    assert Standing(True, 4, 1) > Standing(True, 3, 99)
