@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from google.api_core.exceptions import Aborted
 
+from app.records import Record
 from app.store.spanner import ledger
 from app.store.spanner.ledger import (
     LeaseLost,
@@ -296,3 +297,43 @@ def test_a_holder_names_its_standing_and_an_old_holder_stands_lowest() -> None:
     # Traffic first, then the schema, then the revision.
     assert Standing(True, 3, 1) > Standing(False, 4, 99)
     assert Standing(True, 4, 1) > Standing(True, 3, 99)
+
+
+async def test_an_exporter_that_lost_the_lease_mid_batch_never_says_a_table_is_blocked(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1", "m-2"])
+    await settle_clock()
+    said: list[str] = []
+
+    class Told:
+        def exported(self, table: str, rows: int) -> None: ...
+
+        def blocked(self, table: str, reason: str) -> None:
+            said.append(table)
+
+        def unblocked(self, table: str) -> None: ...
+
+        def watermark(self, table: str, micros: int) -> None: ...
+
+    old = exporter(store, holder="old", version=(3, 11), observer=Told())
+    new = exporter(store, holder="new", version=(3, 12))
+    stream = old._streams[Record]
+    append = stream.append
+
+    async def newer_first(name: str, offset: int, rows: Any) -> Any:
+        # The old one wrote its intent; before its append goes out, the newer
+        # revision takes the lease, appends the same batch and moves on.
+        await drain(new)
+        return await append(name, offset, rows)
+
+    stream.append = newer_first  # type: ignore[method-assign]
+    # The old one's append is refused as there (a batch it sent the first time):
+    # it would block the table, but it no longer holds the lease: it says nothing.
+    with pytest.raises(LeaseLost):
+        await old.step()
+    assert old.blocked == {}
+    assert said == []
+    assert (await new.ledger.progress("records")).blocked is None
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}

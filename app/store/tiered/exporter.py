@@ -513,15 +513,18 @@ class Exporter:
         self._published[table] = watermark
 
     async def _block(self, progress: Progress, reason: str) -> None:
+        """Stop `table` at this batch: written first, so that only the lease holder,
+        writing from the progress it read, says a table is blocked (one that lost
+        the lease meanwhile, or read an older row, is refused and says nothing)."""
         table = progress.table_name
+        if progress.blocked != reason:
+            await self.ledger.record(msgspec.structs.replace(progress, blocked=reason))
         if self.blocked.get(table) != reason:
             log.error("export of %s stopped: %s", table, reason)
         self.blocked[table] = reason
         self._retry_at[table] = time.monotonic() + self._blocked_retry_seconds
         if self._observer is not None:
             self._observer.blocked(table, reason)
-        if progress.blocked != reason:
-            await self.ledger.record(msgspec.structs.replace(progress, blocked=reason))
 
     def _unblock(self, table: str) -> None:
         self.blocked.pop(table, None)
