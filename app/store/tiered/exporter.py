@@ -245,8 +245,8 @@ class Exporter:
         self._streams = streams
         self._encoders = {kind: RowEncoder(kind) for kind in streams}
         # Whether this instance serves traffic (by default, it does): one that
-        # does not never takes the lease while another holds it, and never
-        # claims at all unless it is free (see `step`).
+        # does not never takes the lease, free or not; it only renews one it
+        # holds (see `step`).
         self._serving_traffic = serving_traffic or (lambda: True)
         schema, revision = version or code_version()
         self.ledger = Ledger(
