@@ -337,3 +337,21 @@ async def test_an_exporter_that_lost_the_lease_mid_batch_never_says_a_table_is_b
     assert said == []
     assert (await new.ledger.progress("records")).blocked is None
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+
+
+async def test_only_an_instance_that_acknowledged_pushes_takes_the_export(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    # Two instances with their exporters running: one is pushed to, the other
+    # (a revision deployed with no traffic, say) never is.
+    idle = await make_tiered(export=True)
+    pushed = await make_tiered(export=True)
+    assert not idle.serving_traffic()
+    assert not pushed.serving_traffic()
+    await stored(pushed, ["m-1", "m-2"])
+    assert pushed.serving_traffic()
+    assert pushed.exporter is not None
+    assert idle.exporter is not None
+    await until(lambda: copies(write_fake, "records") == {"m-1": 1, "m-2": 1}, timeout=30)
+    assert pushed.exporter.leading
+    assert not idle.exporter.leading
