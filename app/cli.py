@@ -79,6 +79,13 @@ def _main(argv: list[str] | None) -> int:
         help="every setting's default and meaning instead, as docs/configuration.md's table",
     )
 
+    export = commands.add_parser(
+        "export", help="the serving tier's export to BigQuery: status, retry, verify"
+    )
+    from app.store.tiered import operator
+
+    operator.add_arguments(export)
+
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
     runs: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -100,6 +107,8 @@ def _main(argv: list[str] | None) -> int:
             return _serve(args)
         case "schema":
             return _schema(args.target, write=args.write)
+        case "export":
+            return _export(args)
         case "config":
             if args.reference:
                 print(config_table())
@@ -163,6 +172,16 @@ def _settings(environ: dict[str, str], flags: dict[str, str] | None = None) -> S
         else:
             print(f"recordline: {exc}", file=sys.stderr)
         return None
+
+
+def _export(args: argparse.Namespace) -> int:
+    from app.store.tiered import operator
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(operator.run(args, settings))
 
 
 def _config() -> int:

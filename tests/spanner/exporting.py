@@ -10,7 +10,7 @@ from typing import Any
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store.spanner.ledger import LeaseLost
+from app.store.spanner.ledger import LeaseLost, ProgressMoved
 from app.store.tiered.exporter import Exporter
 from app.store.tiered.store import TieredStore
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -32,8 +32,9 @@ async def drain(*exporters: Exporter, tables: int = 2) -> None:
     for _ in range(200):
         busy = False
         for one in exporters:
-            # As Exporter.run does: a lost lease or an unavailable store is tried again.
-            with contextlib.suppress(LeaseLost, StoreUnavailable):
+            # As Exporter.run does: a lost lease, a progress written meanwhile or an
+            # unavailable store is tried again.
+            with contextlib.suppress(LeaseLost, ProgressMoved, StoreUnavailable):
                 busy = await one.step() or busy
         settled = 0 if busy else settled + 1
         if settled >= 2:

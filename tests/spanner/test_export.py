@@ -19,7 +19,7 @@ import pytest
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store.spanner.ledger import LeaseLost, Progress
+from app.store.spanner.ledger import LeaseLost, Progress, ProgressMoved
 from app.store.tiered.exporter import SETTLED_MICROS, Exporter
 from app.store.tiered.store import TieredStore
 from tests.bigquery.fake_storage_write import Abort, ErrorResponse, FakeBigQueryWrite
@@ -103,10 +103,10 @@ async def test_an_exporter_killed_between_the_append_and_its_progress(
 
     recorded = first.ledger.record
 
-    async def dies_after_the_append(progress: Progress) -> None:
+    async def dies_after_the_append(progress: Progress) -> Progress:
         if progress.pending is None and progress.next_offset > 0:
             raise Killed  # the append happened; the instance died before saying so
-        await recorded(progress)
+        return await recorded(progress)
 
     first.ledger.record = dies_after_the_append  # type: ignore[method-assign]
     with pytest.raises(Killed):
@@ -132,7 +132,7 @@ async def test_two_exporters_racing_never_double_a_row(
 
     async def race(exporter: Exporter) -> None:
         for _ in range(30):
-            with contextlib.suppress(LeaseLost, StoreUnavailable):
+            with contextlib.suppress(LeaseLost, ProgressMoved, StoreUnavailable):
                 await exporter.step()
             await asyncio.sleep(0.05)  # interleaves the two: time itself
 

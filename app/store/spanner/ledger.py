@@ -5,8 +5,15 @@ What they mean, and who writes them when, is the exporter's
 (`app.store.tiered.exporter`); this module only reads and writes the rows,
 each within the deadline of the call it serves, for `SpannerServing`'s
 public methods (`claim_lease`, `release_lease`, `progress`, `record_progress`,
-`watermarks`). The progress row's columns are derived from `Progress` and
-`Intent` (a pending batch's columns are the Intent's, prefixed `pending_`),
+`watermarks`). Every progress write is a compare-and-set: it changes the row
+only if the row is still the one its writer read (`Progress.updated`, the
+commit time of the write that made it), checked in the same transaction as
+the lease, else `ProgressMoved` and nothing is written. A transaction that
+Spanner aborted and the client library ran again after its caller gave up
+(or whose commit lands late) thus cannot put back an older state.
+
+The progress row's columns are derived from `Progress` and `Intent` (a
+pending batch's columns are the Intent's, prefixed `pending_`),
 as `app.records.columns` derives a table's from its row: the schema check
 (`schema.expected_columns`) reads them from here too.
 """
@@ -14,8 +21,9 @@ as `app.records.columns` derives a table's from its row: the schema check
 from __future__ import annotations
 
 import functools
+import re
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NamedTuple
 
 import msgspec
 from google.cloud import spanner
@@ -31,6 +39,12 @@ UPDATED: Final = "updated"
 
 class LeaseLost(Exception):
     """This exporter no longer holds the lease: another one works now."""
+
+
+class ProgressMoved(Exception):
+    """The progress row is no longer the one this write was made from: another
+    write came first (this exporter's own, committed late, or another's). Nothing
+    was written; the exporter reads the row again."""
 
 
 class Intent(Row, frozen=True):
@@ -59,6 +73,9 @@ class Progress(Row, frozen=True):
     pending: Annotated[Intent | None, NOT_STORED] = None
     # Why the export of this table stopped at a row, if it did.
     blocked: str | None = None
+    # When the row read was written (its `updated` column), None if there was
+    # none: what a write made from this progress expects to find (see `record`).
+    updated: Annotated[Micros | None, NOT_STORED] = None
 
 
 _PENDING: Final = "pending"
@@ -67,7 +84,8 @@ _PENDING: Final = "pending"
 @functools.cache
 def progress_columns() -> tuple[Column, ...]:
     """`export_progress`'s columns but `updated`, in order: Progress's own, the
-    Intent's in the place of `pending` (prefixed, nullable: none between batches)."""
+    Intent's in the place of `pending` (prefixed, nullable: none between batches).
+    (`Progress.updated` is the `updated` column as read, never written from.)"""
     pending = tuple(
         msgspec.structs.replace(c, name=f"{_PENDING}_{c.name}", nullable=True)
         for c in columns(Intent)
@@ -75,6 +93,8 @@ def progress_columns() -> tuple[Column, ...]:
     own = {c.name: c for c in columns(Progress)}
     found: list[Column] = []
     for name in Progress.__struct_fields__:
+        if name == UPDATED:
+            continue
         found += pending if name == _PENDING else [own[name]]
     return tuple(found)
 
@@ -85,12 +105,12 @@ _INTENT_FIELDS: Final = Intent.__struct_fields__
 
 
 def progress_of(table: str, rows: list[Any]) -> Progress:
-    """The progress row read (columns as `progress_columns`), or a new one if none."""
+    """The progress row read (columns as `progress_names`), or a new one if none."""
     if not rows:
         return Progress(table_name=table)
     values = {
         name: micros(v) if isinstance(v, datetime) else v
-        for name, v in zip(_NAMES, rows[0], strict=True)
+        for name, v in zip([*_NAMES, UPDATED], rows[0], strict=True)
     }
     intent = {f: values.pop(f"{_PENDING}_{f}") for f in _INTENT_FIELDS}
     pending = None if intent["rows"] is None else msgspec.convert(intent, Intent)
@@ -100,6 +120,7 @@ def progress_of(table: str, rows: list[Any]) -> Progress:
 def progress_values(progress: Progress) -> list[Any]:
     """The progress row to write: `progress_columns`' values, then `updated`."""
     values: dict[str, Any] = {n: getattr(progress, n) for n in Progress.__struct_fields__}
+    values.pop(UPDATED)
     pending = values.pop(_PENDING)
     for field in _INTENT_FIELDS:
         values[f"{_PENDING}_{field}"] = None if pending is None else getattr(pending, field)
@@ -109,8 +130,44 @@ def progress_values(progress: Progress) -> list[Any]:
     return [*row, spanner.COMMIT_TIMESTAMP]
 
 
+class Standing(NamedTuple):
+    """Which exporter should hold the lease, compared field by field (greater wins):
+    one whose instance serves traffic, then the newer row schema (released
+    migrations), then the newer revision (Cloud Run's revision generation)."""
+
+    serving: bool
+    schema: int
+    revision: int
+
+
+_STANDING: Final = re.compile(r"^([01])\.(\d+)\.(\d+)\|(.*)$", re.DOTALL)
+# A holder written without a standing (before there was one): below every other.
+_UNKNOWN: Final = Standing(serving=False, schema=0, revision=0)
+
+
+def lease_holder(standing: Standing, name: str) -> str:
+    """The lease's `holder` value: the exporter's standing, then its name."""
+    return f"{int(standing.serving)}.{standing.schema}.{standing.revision}|{name}"
+
+
+def standing_of(holder: str) -> tuple[Standing, str]:
+    """A `holder` value's standing and the exporter's name."""
+    found = _STANDING.match(holder)
+    if found is None:
+        return _UNKNOWN, holder
+    serving, schema, revision, name = found.groups()
+    return Standing(serving == "1", int(schema), int(revision)), name
+
+
 def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: int) -> bool:
-    """Take or renew lease `name` for `holder` in `transaction`; whether it holds it.
+    """Take or renew lease `name` for `holder` (`lease_holder`'s) in `transaction`;
+    whether it holds it.
+
+    A live lease of another exporter is taken over only by one that serves
+    traffic and stands higher (`Standing`): after a deploy the new revision takes
+    the export within one renewal, and neither an older revision nor one that
+    serves no traffic ever takes it from the one that should have it. A lease
+    that is free or expired goes to whoever claims it.
 
     `query(transaction, sql, **options)` runs a statement within the call's deadline.
     """
@@ -123,8 +180,11 @@ def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: in
             param_types={"name": param_types.STRING},
         )
     )
-    if rows and rows[0][0] != holder and rows[0][1] > now:
-        return False
+    mine, me = standing_of(holder)
+    if rows and rows[0][1] > now:
+        theirs, them = standing_of(rows[0][0])
+        if them != me and not (mine.serving and theirs < mine):
+            return False
     expires = moment(micros(now) + lease_micros)
     transaction.insert_or_update(
         LEASE_TABLE, ["name", "holder", "expires"], [[name, holder, expires]]
@@ -142,6 +202,7 @@ def release(transaction: Any, query: Any, name: str, holder: str) -> bool:
 
 
 def holds(transaction: Any, query: Any, name: str, holder: str) -> bool:
+    """Whether the exporter `holder` names (whatever its standing) holds lease `name`."""
     rows = list(
         query(
             transaction,
@@ -151,14 +212,64 @@ def holds(transaction: Any, query: Any, name: str, holder: str) -> bool:
             param_types={"name": param_types.STRING},
         )
     )
-    return bool(rows) and rows[0][0] == holder
+    return bool(rows) and standing_of(rows[0][0])[1] == standing_of(holder)[1]
 
 
 def record(transaction: Any, query: Any, name: str, holder: str, progress: Progress) -> None:
-    """Write `progress` if `holder` holds lease `name`, in the same transaction; else LeaseLost."""
+    """Write `progress` in `transaction` if `holder` holds lease `name` (else LeaseLost)
+    and the row is still the one `progress` was made from (`progress.updated`; else
+    ProgressMoved). Both are read in the transaction, so Spanner commits it only if
+    neither changed before the commit: run again after an abort, however late, it
+    finds the newer row and writes nothing."""
     if not holds(transaction, query, name, holder):
         raise LeaseLost(f"the export lease is not {holder}'s")
+    rows = list(
+        query(
+            transaction,
+            f"SELECT UNIX_MICROS({UPDATED}) FROM {PROGRESS_TABLE} WHERE table_name = @table",
+            params={"table": progress.table_name},
+            param_types={"table": param_types.STRING},
+        )
+    )
+    found = rows[0][0] if rows else None
+    if found != progress.updated:
+        raise ProgressMoved(
+            f"the progress of {progress.table_name} was written at {found}, "
+            f"not at {progress.updated} as read"
+        )
     transaction.insert_or_update(PROGRESS_TABLE, [*_NAMES, UPDATED], [progress_values(progress)])
+
+
+def unblock(transaction: Any, query: Any, table: str, reason: str) -> bool:
+    """Clear `table`'s `blocked` if it still says `reason` (an operator's retry), in
+    `transaction`; whether it did. Only that column and `updated` change: the
+    holder's next write finds a newer row, reads it again, and tries the table."""
+    rows = list(
+        query(
+            transaction,
+            f"SELECT blocked FROM {PROGRESS_TABLE} WHERE table_name = @table",
+            params={"table": table},
+            param_types={"table": param_types.STRING},
+        )
+    )
+    if not rows or rows[0][0] != reason:
+        return False
+    names = ["table_name", "blocked", UPDATED]
+    transaction.update(PROGRESS_TABLE, names, [[table, None, spanner.COMMIT_TIMESTAMP]])
+    return True
+
+
+def progress_in(transaction: Any, rows: Any, table: str) -> Progress:
+    """`table`'s progress from a key read of `progress_names` made in `transaction`."""
+    return progress_of(table, list(rows))
+
+
+def write_past_refused(transaction: Any, progress: Progress) -> None:
+    """Write `progress` with its batch and its stop cleared, in `transaction` (an
+    operator moved the row BigQuery refused to the rejections): the next round
+    cuts a new batch at the same offset, where nothing was appended."""
+    cleared = msgspec.structs.replace(progress, pending=None, blocked=None)
+    transaction.insert_or_update(PROGRESS_TABLE, [*_NAMES, UPDATED], [progress_values(cleared)])
 
 
 def watermark_keys() -> Any:
@@ -170,7 +281,8 @@ def progress_key(table: str) -> Any:
 
 
 def progress_names() -> list[str]:
-    return list(_NAMES)
+    """The columns a progress read asks for: `progress_columns`', then `updated`."""
+    return [*_NAMES, UPDATED]
 
 
 def watermarks_of(rows: Any) -> dict[str, int]:

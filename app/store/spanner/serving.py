@@ -40,6 +40,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -49,6 +50,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
+import msgspec
 from google.api_core.exceptions import (
     DeadlineExceeded,
     GoogleAPICallError,
@@ -72,6 +74,7 @@ from app.records import (
     columns,
     micros,
     moment,
+    rejected_record,
     row_of,
 )
 from app.settings import SPANNER_URL, SettingsError, invalid
@@ -535,18 +538,80 @@ class SpannerServing:
             )
             return ledger.progress_of(table, list(found))
 
-    async def record_progress(self, name: str, holder: str, progress: ledger.Progress) -> None:
-        """Write `progress` if `holder` holds lease `name`, checked in the same
-        transaction; LeaseLost if it does not."""
-        await self._transact(self._record_progress, name, holder, progress, within=self._timeout)
+    async def record_progress(
+        self, name: str, holder: str, progress: ledger.Progress
+    ) -> ledger.Progress:
+        """Write `progress` if `holder` holds lease `name` (else LeaseLost) and the row
+        is still the one it was made from (else ProgressMoved), both checked in the
+        same transaction; the progress as written, its `updated` the commit's time."""
+        return await self._transact(
+            self._record_progress, name, holder, progress, within=self._timeout
+        )
 
     def _record_progress(
         self, deadline: Deadline, name: str, holder: str, progress: ledger.Progress
-    ) -> None:
+    ) -> ledger.Progress:
+        attempts: list[Any] = []
+
         def work(transaction: Any) -> None:
+            attempts.append(transaction)
             ledger.record(transaction, _statement(deadline), name, holder, progress)
 
         self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return msgspec.structs.replace(progress, updated=micros(attempts[-1].committed))
+
+    async def unblock_export(self, table: str, reason: str) -> bool:
+        """Clear the export of `table`'s `blocked` if it still says `reason`; whether
+        it did (an operator's retry: `recordline export retry`)."""
+        return await self._transact(self._unblock_export, table, reason, within=self._timeout)
+
+    def _unblock_export(self, deadline: Deadline, table: str, reason: str) -> bool:
+        def work(transaction: Any) -> bool:
+            return ledger.unblock(transaction, _statement(deadline), table, reason)
+
+        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return done
+
+    async def reject_refused(self, message_id: str, reason: str, blocked: str) -> bool:
+        """Move record `message_id`, which BigQuery refused and at which the export of
+        `records` is blocked (saying `blocked`), to the rejections with `reason`,
+        and clear the export's batch and stop; all in one transaction, only if the
+        progress still says `blocked` and has a batch. Whether it did."""
+        return await self._transact(
+            self._reject_refused, message_id, reason, blocked, within=self._timeout
+        )
+
+    def _reject_refused(
+        self, deadline: Deadline, message_id: str, reason: str, blocked: str
+    ) -> bool:
+        def work(transaction: Any) -> bool:
+            names = ledger.progress_names()
+            keys = ledger.progress_key("records")
+            found = key_rows(transaction, deadline, ledger.PROGRESS_TABLE, names, keys)
+            progress = ledger.progress_in(transaction, found, "records")
+            if progress.blocked != blocked or progress.pending is None:
+                return False
+            held = [
+                _stored(Record, values)
+                for values in key_rows(
+                    transaction, deadline, "records", self._names["records"], _keys([message_id])
+                )
+            ]
+            if not held:
+                return False
+            record = held[0]
+            transaction.delete("records", _keys([message_id]))
+            rejection = rejected_record(record, reason)
+            transaction.insert(
+                "rejected",
+                ["shard", *self._names["rejected"]],
+                [self._insert_values("rejected", rejection)],
+            )
+            ledger.write_past_refused(transaction, progress)
+            return True
+
+        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return done
 
     async def watermarks(self) -> dict[str, int]:
         """Each table's export watermark (0 before its first export), in one read."""
@@ -624,6 +689,33 @@ class SpannerServing:
             )
         return values
 
+    async def window_digests(
+        self, table: str, since: int, until: int, window: int, *, within: float
+    ) -> dict[int, tuple[int, int]]:
+        """Per window of `ingest_time` (`time // window`), from `since` to `until`:
+        how many rows `table` holds and the digest of their message ids
+        (`app.store.tiered.verify.digest`), in one strong read of two columns."""
+        return await self._call(self._window_digests, table, since, until, window, within=within)
+
+    def _window_digests(
+        self, deadline: Deadline, table: str, since: int, until: int, window: int
+    ) -> dict[int, tuple[int, int]]:
+        found: dict[int, tuple[int, int]] = {}
+        sql = (
+            f"SELECT UNIX_MICROS(ingest_time), message_id FROM {table} "
+            "WHERE ingest_time >= @since AND ingest_time < @until"
+        )
+        params = {"since": moment(since), "until": moment(until)}
+        types = {"since": param_types.TIMESTAMP, "until": param_types.TIMESTAMP}
+        with self._database().snapshot() as snapshot:
+            for time_micros, message_id in sql_rows(
+                snapshot, deadline, sql, params=params, param_types=types
+            ):
+                key = time_micros // window
+                count, xor = found.get(key, (0, 0))
+                found[key] = (count + 1, xor ^ id_digest(message_id))
+        return found
+
     # -- reading ---------------------------------------------------------------
 
     async def page(self, kind: type[R], query: PageQuery, now: int) -> list[R]:
@@ -632,10 +724,16 @@ class SpannerServing:
         return await self._call(self._page, kind, query, now)
 
     def _page(
-        self, deadline: Deadline, kind: type[R], query: PageQuery, now: int, counted: bool = True
+        self,
+        deadline: Deadline,
+        kind: type[R],
+        query: PageQuery,
+        now: int,
+        counted: bool = True,
+        read_after: int = 0,
     ) -> list[R]:
         table = _TABLE_OF[kind]
-        read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS))
+        read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS, read_after))
         found: list[R] = []
         with self._database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
             for span in (*READ_SPANS_MICROS, None):
@@ -662,15 +760,17 @@ class SpannerServing:
         return found
 
     async def rows_after(
-        self, kind: type[R], after: tuple[int, str], until: int, limit: int
+        self, kind: type[R], after: tuple[int, str], until: int, limit: int, *, seen: int = 0
     ) -> list[R]:
         """At most `limit` rows of `kind` after the key `after` with `ingest_time <= until`,
         in key order, read at `until` or later: final, every commit before it being in.
+        Read after `seen` too (a commit time, µs), so that what that commit changed
+        among those rows (an operator moving one to the rejections) is seen.
         The exporter's read, not counted among readers' reads."""
         query = PageQuery(
             after_time=after[0], after_message_id=after[1], before_time=until + 1, limit=limit
         )
-        return await self._call(self._page, kind, query, until + 1, False)
+        return await self._call(self._page, kind, query, until + 1, False, seen + 1)
 
     async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
         """Every record with `since <= ingest_time < before`, in key order, read at
@@ -809,6 +909,13 @@ class SpannerServing:
 
 
 _TABLE_OF: Final = {row_type: table for table, row_type in TABLES.items()}
+
+
+def id_digest(message_id: str) -> int:
+    """A message id's digest: the first 60 bits of its MD5, as BigQuery computes it
+    too (`CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5(id)), 1, 15)) AS INT64)`); a window's
+    is the XOR of its rows'."""
+    return int(hashlib.md5(message_id.encode(), usedforsecurity=False).hexdigest()[:15], 16)
 
 
 def _table(row: Record | Rejection) -> str:

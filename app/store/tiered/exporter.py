@@ -22,10 +22,36 @@ restarts, or another that takes over, finds the intent and appends exactly
 those rows at exactly that offset again: stored once, or refused as there.
 Progress is kept per table in `export_progress`.
 
+Progress never goes back. Every progress write is a compare-and-set on the
+row its writer read, in the same transaction as the lease check
+(`app.store.spanner.ledger.record`): a transaction that Spanner aborted and
+the client library ran again after its caller stopped waiting, or whose
+commit lands late, finds a newer row and writes nothing (`ProgressMoved`);
+the exporter then reads the row again. And `ALREADY_EXISTS` counts as
+"stored" only for a batch that may have been appended before (an intent read
+back from Spanner, or one the stream itself sent again): for a batch sent for
+the first time it means the stream holds rows the progress does not know of,
+and the table is blocked with that reason, nothing marked done.
+
 One at a time. The exporter runs in every instance and works only while it
 holds the lease in `export_lease` (`LEASE_SECONDS`, renewed three times
 as often); one whose instance died is taken over once its lease
-expires. Every progress write checks the lease in the same transaction, so an
+expires.
+
+One code version. The lease names its holder's standing
+(`app.store.spanner.ledger.Standing`): whether its instance serves traffic,
+its row schema, its revision (`code_version`). An exporter whose instance
+serves traffic and stands higher takes a live lease over at its next claim:
+after a deploy, the new revision holds the export within one renewal, and
+an older one never takes it back. An instance serves traffic while it has
+acknowledged a push in the last `TRAFFIC_SECONDS` (the tiered store tells
+it): pushes reach only revisions with a share of the traffic, so a
+candidate deployed `--no-traffic` never claims the lease, and a holder that
+traffic left is taken over by one that has it. A holder with no pushes
+lately keeps renewing (a quiet system's watermark moves on), but one with
+none never takes a lease that is free.
+
+Every progress write checks the lease in the same transaction, so an
 exporter that lost it (paused, partitioned) cannot move progress; and since its
 appends repeat an intent the new holder repeats too, neither can double a row.
 
@@ -46,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -59,7 +86,15 @@ from app.records import TABLES, ExportWatermark, Record, Rejection
 from app.store.backoff import Backoff
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
-from app.store.spanner.ledger import Intent, LeaseLost, Progress
+from app.store.spanner.ledger import (
+    Intent,
+    LeaseLost,
+    Progress,
+    ProgressMoved,
+    Standing,
+    lease_holder,
+)
+from app.store.spanner.schema import MIGRATIONS
 from app.store.spanner.serving import SpannerServing
 
 log = logging.getLogger(__name__)
@@ -93,9 +128,15 @@ RETRY_MAX_SECONDS: Final = 30.0
 # How long a watermark row may take to reach BigQuery (it is best effort).
 PUBLISH_SECONDS: Final = 10.0
 BLOCKED_RETRY_SECONDS: Final = 60.0
+# An instance serves traffic while it has acknowledged a push within this long:
+# Pub/Sub pushes a busy subscription many times a minute, and a revision that
+# lost its traffic stops taking the lease within ten minutes.
+TRAFFIC_SECONDS: Final = 600.0
 # How long a stopping exporter tries to hand its lease back.
 RELEASE_SECONDS: Final = 1.0
 
+# Cloud Run's revision names: the service's, its generation, a random suffix.
+_GENERATION: Final = re.compile(r"-(\d+)-[a-z0-9]+$")
 _TABLES_OF: Final = {row_type: table for table, row_type in TABLES.items()}
 # The rows of either table, and either table's row type.
 Batch = list[Record | Rejection]
@@ -122,19 +163,28 @@ class Ledger:
     """The exporter's state in Spanner: its lease, and each table's progress."""
 
     def __init__(
-        self, serving: SpannerServing, holder: str, *, lease_seconds: float = LEASE_SECONDS
+        self,
+        serving: SpannerServing,
+        holder: str,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        standing: Callable[[], Standing] | None = None,
     ) -> None:
         self._serving = serving
         self.holder = holder
         self._lease_seconds = lease_seconds
+        self._standing = standing or (lambda: Standing(True, *code_version()))
+
+    def _holder(self) -> str:
+        return lease_holder(self._standing(), self.holder)
 
     async def claim(self) -> bool:
         """Take or renew the lease; whether this exporter holds it now."""
-        return await self._serving.claim_lease(LEASE_NAME, self.holder, self._lease_seconds)
+        return await self._serving.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
 
     async def release(self, *, within: float = RELEASE_SECONDS) -> bool:
         """Hand the lease back if this exporter holds it; whether it did."""
-        return await self._serving.release_lease(LEASE_NAME, self.holder, within=within)
+        return await self._serving.release_lease(LEASE_NAME, self._holder(), within=within)
 
     async def progress(self, table: str) -> Progress:
         """The table's progress now (a strong read); a new one if it has none."""
@@ -144,9 +194,20 @@ class Ledger:
         """Each table's watermark (0 before its first export), in one read."""
         return await self._serving.watermarks()
 
-    async def record(self, progress: Progress) -> None:
-        """Write `progress`, if this exporter still holds the lease; else LeaseLost."""
-        await self._serving.record_progress(LEASE_NAME, self.holder, progress)
+    async def record(self, progress: Progress) -> Progress:
+        """Write `progress`, if this exporter still holds the lease (else LeaseLost)
+        and the row is still the one it was made from (else ProgressMoved); the
+        progress as written, what the next write is made from."""
+        return await self._serving.record_progress(LEASE_NAME, self._holder(), progress)
+
+
+def code_version() -> tuple[int, int]:
+    """This code's place in the order of versions: its row schema (how many
+    migrations it knows were released) and its Cloud Run revision's generation
+    (`K_REVISION` is `SERVICE-GENERATION-SUFFIX`, the generation counting the
+    service's revisions; 0 outside Cloud Run or for a revision named by hand)."""
+    found = _GENERATION.search(os.environ.get("K_REVISION", ""))
+    return len(MIGRATIONS), int(found.group(1)) if found else 0
 
 
 def holder_name() -> str:
@@ -177,11 +238,23 @@ class Exporter:
         batch_bytes: int = BATCH_BYTES,
         lease_seconds: float = LEASE_SECONDS,
         blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
+        version: tuple[int, int] | None = None,
+        serving_traffic: Callable[[], bool] | None = None,
     ) -> None:
         self._serving = serving
         self._streams = streams
         self._encoders = {kind: RowEncoder(kind) for kind in streams}
-        self.ledger = Ledger(serving, holder or holder_name(), lease_seconds=lease_seconds)
+        # Whether this instance serves traffic (by default, it does): one that
+        # does not never takes the lease, free or not; it only renews one it
+        # holds (see `step`).
+        self._serving_traffic = serving_traffic or (lambda: True)
+        schema, revision = version or code_version()
+        self.ledger = Ledger(
+            serving,
+            holder or holder_name(),
+            lease_seconds=lease_seconds,
+            standing=lambda: Standing(self._serving_traffic(), schema, revision),
+        )
         self._renew_seconds = lease_seconds / 3
         self._observer = observer
         self._clock = clock
@@ -209,7 +282,7 @@ class Exporter:
         while True:
             try:
                 busy = await self.step()
-            except (StoreUnavailable, LeaseLost) as exc:
+            except (StoreUnavailable, LeaseLost, ProgressMoved) as exc:
                 pause = backoff.next()
                 log.warning("export paused for %.1f s: %s", pause, exc)
                 if isinstance(exc, LeaseLost):
@@ -245,6 +318,10 @@ class Exporter:
     async def step(self) -> bool:
         """One batch of each table, if this exporter holds the lease; whether any
         rows were exported (True: there may be more at once)."""
+        if not self.leading and not self._serving_traffic():
+            # An instance that serves no traffic (a revision deployed without,
+            # or one traffic has left) never takes the export: only renews it.
+            return False
         if time.monotonic() - self._claimed_at >= self._renew_seconds or not self.leading:
             leading = await self.ledger.claim()
             self._claimed_at = time.monotonic()
@@ -262,9 +339,13 @@ class Exporter:
 
     async def _export(self, kind: RowType) -> int:
         table = _TABLES_OF[kind]
+        progress = await self.ledger.progress(table)
+        if progress.blocked is None and table in self._retry_at:
+            # An operator cleared it (`recordline export retry`): tried at once.
+            log.warning("export of %s tried again as an operator asked", table)
+            self._retry_at.pop(table)
         if time.monotonic() < self._retry_at.get(table, -float("inf")):
             return 0
-        progress = await self.ledger.progress(table)
         if progress.blocked is not None:
             self.blocked[table] = progress.blocked
         if progress.pending is not None:
@@ -273,15 +354,19 @@ class Exporter:
             rows = await self._pending_rows(kind, progress, progress.pending)
             if rows is None:
                 return 0
-            return await self._append(kind, progress, progress.pending, rows, fresh=False)
+            return await self._append(kind, progress, progress.pending, rows, repeat=True)
         if progress.stream is None:
             stream = await self._streams[kind].create()
             progress = msgspec.structs.replace(progress, stream=stream, next_offset=0)
-            await self.ledger.record(progress)
+            progress = await self.ledger.record(progress)
             log.info("exporting %s to %s", table, stream)
         until = self._clock() // 1000 - SETTLED_MICROS
         found = await self._serving.rows_after(
-            kind, (progress.done_time, progress.done_message_id), until, self._batch_rows
+            kind,
+            (progress.done_time, progress.done_message_id),
+            until,
+            self._batch_rows,
+            seen=progress.updated or 0,
         )
         rows = self._cut(kind, found)
         if not rows:
@@ -300,9 +385,8 @@ class Exporter:
             rows=len(rows),
             watermark=max(watermark, progress.watermark),
         )
-        intent = msgspec.structs.replace(progress, pending=pending)
-        await self.ledger.record(intent)
-        return await self._append(kind, intent, pending, rows, fresh=True)
+        intent = await self.ledger.record(msgspec.structs.replace(progress, pending=pending))
+        return await self._append(kind, intent, pending, rows, repeat=False, replace=True)
 
     def _cut(self, kind: RowType, rows: Batch) -> Batch:
         """The longest start of `rows` within a batch's bytes (one row at least)."""
@@ -333,21 +417,31 @@ class Exporter:
         return rows
 
     async def _append(
-        self, kind: RowType, intent: Progress, pending: Intent, rows: Batch, *, fresh: bool
+        self,
+        kind: RowType,
+        intent: Progress,
+        pending: Intent,
+        rows: Batch,
+        *,
+        repeat: bool,
+        replace: bool = False,
     ) -> int:
-        """Append the batch `intent` names (`pending`); `fresh` if no attempt at it came
-        before."""
+        """Append the batch `intent` names (`pending`). `repeat`: an attempt at it may
+        have come before (so ALREADY_EXISTS means stored); `replace`: none did, and
+        a stream gone may be replaced by a new one."""
         table = _TABLES_OF[kind]
         stream = intent.stream
         if stream is None:  # every intent is recorded with its stream
             raise StoreUnavailable(f"{table}: a pending batch without a stream")
         encoder = self._encoders[kind]
+        offset_stream = self._streams[kind]
+        resends = offset_stream.resends
         try:
-            appended = await self._streams[kind].append(
+            appended = await offset_stream.append(
                 stream, intent.next_offset, [encoder.encode(r) for r in rows]
             )
         except StreamBroken as exc:
-            if not (fresh and exc.gone):
+            if not (replace and exc.gone):
                 await self._block(intent, f"the stream cannot take the batch: {exc}")
                 return 0
             # The stream is gone or finalized (idle for long, say) and no attempt at
@@ -356,14 +450,25 @@ class Exporter:
             stream = await self._streams[kind].create()
             log.info("%s: %s; exporting to %s from now on", table, exc, stream)
             intent = msgspec.structs.replace(intent, stream=stream, next_offset=0)
-            await self.ledger.record(intent)
-            return await self._append(kind, intent, pending, rows, fresh=False)
+            intent = await self.ledger.record(intent)
+            return await self._append(kind, intent, pending, rows, repeat=False)
         except RowsRefused as exc:
             index = min(exc.reasons)
             await self._block(
                 intent,
                 f"BigQuery refused message {rows[index].message_id} of {table}: "
                 f"{exc.reasons[index]}",
+            )
+            return 0
+        if appended is Appended.ALREADY and not repeat and offset_stream.resends == resends:
+            # Sent once, and refused as there: the stream holds rows at this offset
+            # that no intent of this progress put there. Marking the batch done
+            # would skip rows; appending elsewhere could double them.
+            await self._block(
+                intent,
+                f"the stream already holds rows at offset {intent.next_offset}, where a "
+                f"batch of {table} was sent for the first time: the progress is behind "
+                "the stream",
             )
             return 0
         done = msgspec.structs.replace(
@@ -375,7 +480,7 @@ class Exporter:
             pending=None,
             blocked=None,
         )
-        await self.ledger.record(done)
+        done = await self.ledger.record(done)
         await self._publish(table, done.watermark)
         if table in self.blocked:
             log.info("export of %s goes on", table)
@@ -408,15 +513,18 @@ class Exporter:
         self._published[table] = watermark
 
     async def _block(self, progress: Progress, reason: str) -> None:
+        """Stop `table` at this batch: written first, so that only the lease holder,
+        writing from the progress it read, says a table is blocked (one that lost
+        the lease meanwhile, or read an older row, is refused and says nothing)."""
         table = progress.table_name
+        if progress.blocked != reason:
+            await self.ledger.record(msgspec.structs.replace(progress, blocked=reason))
         if self.blocked.get(table) != reason:
             log.error("export of %s stopped: %s", table, reason)
         self.blocked[table] = reason
         self._retry_at[table] = time.monotonic() + self._blocked_retry_seconds
         if self._observer is not None:
             self._observer.blocked(table, reason)
-        if progress.blocked != reason:
-            await self.ledger.record(msgspec.structs.replace(progress, blocked=reason))
 
     def _unblock(self, table: str) -> None:
         self.blocked.pop(table, None)

@@ -48,6 +48,7 @@ from app.store.spanner.tail import TailCache
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     SETTLED_MICROS,
+    TRAFFIC_SECONDS,
     Exporter,
     ExportObserver,
     Ledger,
@@ -144,8 +145,10 @@ class TieredStore:
         self._clock = clock
         self.tail = tail or TailCache(serving.rows_between)
         self._old = _OldAnswers()
-        # The commit time of the newest row this instance acknowledged.
+        # The commit time of the newest row this instance acknowledged, and when
+        # (monotonic seconds) it last acknowledged a push.
         self._acknowledged = 0
+        self._pushed_at = -float("inf")
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
         self._export = export
@@ -158,6 +161,11 @@ class TieredStore:
         # Every row before it is in BigQuery (µs): the least of the tables'
         # watermarks, as last read from Spanner (every instance reads it).
         self.watermark = 0
+
+    def serving_traffic(self) -> bool:
+        """Whether this instance acknowledged a push within TRAFFIC_SECONDS: only
+        revisions with a share of the traffic are pushed to (the exporter's rule)."""
+        return time.monotonic() - self._pushed_at < TRAFFIC_SECONDS
 
     def _now(self) -> int:
         return self._clock() // 1000
@@ -195,6 +203,7 @@ class TieredStore:
                 {kind: self.analytics.offset_stream(kind) for kind in (Record, Rejection)},
                 watermarks=self._watermark_writer,
                 observer=self._export_observer,
+                serving_traffic=self.serving_traffic,
             )
             # Down longer than a lease: another instance may take the export over.
             self.supervisor.run("exporter", self.exporter.run, interval=LEASE_SECONDS)
@@ -316,6 +325,7 @@ class TieredStore:
                     self._conflicts(held, given)
         newest = max(row.ingest_time for row in committed)
         self._acknowledged = max(self._acknowledged, newest)
+        self._pushed_at = time.monotonic()
         self.bell.ring()  # readable now: waiting followers read again
         return outcomes
 
