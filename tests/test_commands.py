@@ -334,7 +334,8 @@ print(" ".join(heavy), file=sys.stderr)
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["serve"], ["config"], ["schema"], ["dev"], ["publish"], ["tail"], ["replay"]]
+    "command",
+    [[], ["serve"], ["config"], ["schema"], ["export"], ["dev"], ["publish"], ["tail"], ["replay"]],
 )
 def test_help_imports_nothing_heavy(command: list[str]) -> None:
     probe = f"HEAVY = {HEAVY!r}\n{HELP_PROBE}"

@@ -173,6 +173,28 @@ async def test_a_row_bigquery_refuses_stops_the_export_there_and_says_which(
     assert "records" not in again.blocked
 
 
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT]
+)
+async def test_a_permanent_refusal_blocks_the_table_saying_why_instead_of_retrying_for_ever(
+    make_tiered: Make, write_fake: FakeBigQueryWrite, code: grpc.StatusCode
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1"])
+    await settle_clock()
+    write_fake.inject("records", ErrorResponse(code, "the account may not write here"))
+    one = exporter(store, blocked_retry_seconds=60)
+    await drain(one)
+    assert code.name in one.blocked["records"]
+    assert "the account may not write here" in one.blocked["records"]
+    assert copies(write_fake, "records") == {}
+    # Mended (the fault was injected once), tried again: every row once.
+    again = exporter(store)
+    await drain(again)
+    assert copies(write_fake, "records") == {"m-1": 1}
+    assert "records" not in again.blocked
+
+
 class Told:
     """An ExportObserver that keeps what it was told last."""
 

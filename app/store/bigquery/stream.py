@@ -78,8 +78,9 @@ class RowsRefused(Exception):
 
 
 class StreamBroken(Exception):
-    """The stream cannot take this append and never will: gone, finalized, or
-    shorter than the writer knows it to be (`OUT_OF_RANGE`).
+    """The stream cannot take this append and never will: gone, finalized, shorter
+    than the writer knows it to be (`OUT_OF_RANGE`), or refused for a reason asking
+    again cannot mend (`INVALID_ARGUMENT`, `PERMISSION_DENIED`).
 
     `gone`: the stream no longer exists or is finalized, so it takes nothing
     more; not when it merely holds fewer rows than the offset says.
@@ -169,6 +170,11 @@ class OffsetStream:
             case grpc.StatusCode.INVALID_ARGUMENT if "finalized" in response.error.message.lower():
                 self.close()
                 raise StreamBroken(f"{stream}: {response.error.message}", gone=True)
+            case grpc.StatusCode.INVALID_ARGUMENT | grpc.StatusCode.PERMISSION_DENIED:
+                # Permanent until someone changes something (the table's schema, the
+                # account's roles): asked again as it is, it fails again for ever.
+                self.close()
+                raise StreamBroken(f"{stream}: {code.name}: {response.error.message}", gone=False)
         self.close()
         raise StoreUnavailable(f"{stream}: {code.name}: {response.error.message}")
 
