@@ -151,12 +151,13 @@ locals {
   # metric, so they never appear). Per table, the least any instance reports: each reads
   # the one watermark Spanner keeps every 5 s, so the least is the freshest reading, and
   # an instance that cannot read Spanner (its own alerts say so) reports an old one that
-  # says nothing of the export. Blocked: the holder of the export's lease reports 1 while
-  # a refused row stops a table, and 0 once that very row is exported; an instance that
-  # lost the lease meanwhile keeps its last 1, which the new holder's 0 outweighs here.
+  # says nothing of the export. Blocked: only the holder of the export's lease says so
+  # (1 while a refused row stops a table, 0 once that very row is exported); an instance
+  # that loses the lease reports 0, and one that never held it reports nothing. So the
+  # most any instance reports: the least would let a former holder's 0 hide the holder's 1.
   # Per system, its furthest-behind (or any blocked) table.
   export_lag     = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.lag"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.export_lag_threshold_seconds}"
-  export_blocked = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.blocked"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
+  export_blocked = "label_replace(max by (namespace) (max by (namespace, table) (${local.metric["export.blocked"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
