@@ -304,7 +304,7 @@ def test_replay_of_a_publish_time_no_store_holds_names_the_message(
     ]
     answer = client.post("/v1/replay", json={"messages": batch})
     assert answer.status_code == 400
-    assert answer.json()["parameter"] == "messages[1].publish_time"
+    assert answer.json()["field"] == "messages[1].publish_time"
     everything_reads(client)
 
 

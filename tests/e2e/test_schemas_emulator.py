@@ -306,4 +306,6 @@ async def test_recordline_publish_with_a_schema_goes_the_whole_way(
     for record in records:
         assert record["schema"].startswith(f"projects/{DEV_PROJECT}/schemas/record@")
         assert record["timestamp"] is not None
-        assert record["data"]["data"] == {"n": int(record["id"]), "text": "Ejemplo de datos"}
+        # Ids are the run's own prefix and the record's number.
+        number = int(record["id"].rpartition("-")[2])
+        assert record["data"]["data"] == {"n": number, "text": "Ejemplo de datos"}

@@ -13,7 +13,8 @@ from recordline_dev import commands
 
 parser = argparse.ArgumentParser(prog="recordline")
 sub = parser.add_subparsers(dest="command", required=True)
-commands()["replay"].add_arguments(sub.add_parser("replay"))
+add_arguments, _ = commands()["replay"].load()
+add_arguments(sub.add_parser("replay"))
 args = parser.parse_args()
 with Path(os.environ["FAKE_CLOUD_WORLD"]).with_name("replays.jsonl").open("a") as f:
     f.write(json.dumps(vars(args)) + "\n")
