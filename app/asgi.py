@@ -13,6 +13,7 @@ import logging
 import re
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import FrameType
@@ -163,6 +164,33 @@ class Recordline(Litestar):
         await super().__call__(as_get, receive, without_content)
 
 
+# Of the stop's budget, what is kept after in-flight writes are answered: the
+# export lease handed back (1 s at most), the clients closed, and spans flushed.
+CLOSING_SECONDS = 2.0
+# The least given to flushing telemetry, last of all.
+TELEMETRY_SECONDS = 0.5
+
+
+class StopBudget:
+    """One clock for the whole stop, started by SIGTERM (or by the lifespan's end,
+    whichever comes first): each step takes what is left of it, so the process exits
+    within `seconds` whatever its dependencies do. Cloud Run kills 10 s after SIGTERM."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._began: float | None = None
+
+    def begin(self) -> float:
+        """When the stop began (now, the first time)."""
+        if self._began is None:
+            self._began = time.monotonic()
+        return self._began
+
+    def left(self, *, keeping: float = 0.0) -> float:
+        """Seconds left of the budget, less what later steps keep (never below 0)."""
+        return max(0.0, self.begin() + self.seconds - keeping - time.monotonic())
+
+
 @contextlib.contextmanager
 def on_terminate(callback: Callable[[], None]) -> Iterator[None]:
     """Call `callback` (on the event loop) when the process is asked to stop (SIGTERM,
@@ -263,25 +291,45 @@ def create_app(
         followers=lambda: followers.open,
     )
 
+    stop = StopBudget(settings.server.shutdown_grace_seconds)
+
+    def stopping() -> None:
+        # SIGTERM: the stop's clock starts now, not once uvicorn is done waiting.
+        stop.begin()
+        followers.stop()
+        batcher.hurry(within=stop.left(keeping=CLOSING_SECONDS))
+
     async def drain() -> None:
         readiness.stopping = True
         followers.stop()
-        await batcher.close(grace=settings.server.shutdown_grace_seconds)
+        await batcher.close(grace=stop.left(keeping=CLOSING_SECONDS))
+
+    async def close_store() -> None:
+        # The clients are closed in what is left; a close cut short leaves
+        # only daemon threads, which do not hold the process up.
+        try:
+            async with asyncio.timeout(stop.left(keeping=TELEMETRY_SECONDS)):
+                await store.close()
+        except TimeoutError:
+            log.warning("the store did not close within the stop's budget; exiting anyway")
+
+    async def flush_telemetry() -> None:
+        await telemetry.shutdown(within=max(stop.left(), TELEMETRY_SECONDS))
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         # Undone in reverse, each step even when one before it failed: a store
         # that fails to close still leaves telemetry flushed.
         async with AsyncExitStack() as stack:
-            stack.push_async_callback(telemetry.shutdown)
+            stack.push_async_callback(flush_telemetry)
             await store.start()
-            stack.push_async_callback(store.close)
+            stack.push_async_callback(close_store)
             stack.push_async_callback(schemas.close)
             await batcher.start()
             stack.push_async_callback(drain)
             # uvicorn waits for open requests before the lifespan ends: waiting
             # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
-            stack.enter_context(on_terminate(followers.stop))
+            stack.enter_context(on_terminate(stopping))
             log.info("recordline ready on store %s", settings.store.url)
             yield
         log.info("recordline stopped: accepted rows drained, store closed")

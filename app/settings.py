@@ -165,9 +165,10 @@ class ServerSettings(Section, frozen=True):
         Meta(gt=0),
         env(
             "RECORDLINE_SHUTDOWN_GRACE_SECONDS",
-            "On SIGTERM, how long in-flight requests get to finish; Cloud Run allows 10 s",
+            "On SIGTERM, the time within which the process exits: in-flight pushes are "
+            "answered 2 s before it ends, whatever the store does; Cloud Run kills at 10 s",
         ),
-    ] = 8.0
+    ] = 7.0
     max_body_bytes: Annotated[
         int,
         Meta(gt=0),

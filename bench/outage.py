@@ -8,13 +8,16 @@ running, `/readyz` asked once a second as Cloud Run's probe would. Its CPU
 (user and system, from /proc) is measured over `--seconds` while Spanner
 answers (the baseline, in the same run), then while it refuses connections
 (the emulator killed) or hangs (stopped with SIGSTOP), each in a run of its
-own. Then SIGTERM, timed to the exit. The ratio is the outage's CPU over the
+own. Then SIGTERM with a push in flight (its write hung or refused), timed to
+the exit; the push's answer is shown beside it. The ratio is the outage's CPU over the
 baseline's; the issue's bound is 0.1 of a core.
 
 Before deadlines were given to every Spanner call, Spanner refusing
 connections took 0.43 of a core of an idle instance here (its client
 restarted streamed reads at once, forever), and SIGTERM did not end the
-process (it waited for those threads).
+process (it waited for those threads). Then, with a push in flight while
+Spanner hung, the exit took 8.6 s: the push's own 8 s write deadline, now cut
+to what is left of the stop's budget.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +44,9 @@ from recordline_dev.serving import (
     find_spanner_emulator,
     service_database,
 )
+from tests import rawhttp
 from tests.bigquery.conftest import DATASET, PROJECT
+from tests.conftest import envelope
 
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
 # How long the instance is left to settle after a change before it is measured.
@@ -111,11 +117,19 @@ def one_run(fault: str, seconds: float) -> list[str]:
                     os.killpg(emulator.process.pid, signal.SIGSTOP)
                 time.sleep(SETTLE_SECONDS)
                 failing, slowest = idle_cores(process.pid, url, seconds)
-                stopping = time.monotonic()
-                process.send_signal(signal.SIGTERM)
+                # The stop's worst case: a push in flight, its row in a write
+                # that Spanner does not answer.
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as push:
+                    push.sendall(rawhttp.request("/pubsub/push", envelope({"id": "last"})))
+                    client_port = push.getsockname()[1]
+                    while not rawhttp.read_by_server(port, client_port):
+                        time.sleep(0.01)
+                    stopping = time.monotonic()
+                    process.send_signal(signal.SIGTERM)
+                    answer = push.recv(64).split(b" ")[1].decode()
                 try:
                     process.wait(30)
-                    stop = f"{time.monotonic() - stopping:.1f} s"
+                    stop = f"{time.monotonic() - stopping:.1f} s (push: {answer})"
                 except subprocess.TimeoutExpired:
                     stop = "> 30 s"
         finally:

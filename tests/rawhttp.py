@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -31,12 +32,13 @@ async def send(host: str, port: int, raw: bytes) -> int:
     try:
         writer.write(raw)
         await writer.drain()
-        return await _status(reader)
+        return await status(reader)
     finally:
         writer.close()
 
 
-async def _status(reader: asyncio.StreamReader) -> int:
+async def status(reader: asyncio.StreamReader) -> int:
+    """The status of the answer the connection reads next (its body read and dropped)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -48,3 +50,15 @@ async def _status(reader: asyncio.StreamReader) -> int:
     if length:
         await reader.readexactly(length)
     return status
+
+
+def read_by_server(port: int, client_port: int) -> bool:
+    """Whether the server on 127.0.0.1:`port` has read every byte the client at
+    `client_port` sent it: its socket's receive queue (Linux's /proc/net/tcp) is
+    empty. A request read is one the server is answering, stop or no stop."""
+    local, remote = f"0100007F:{port:04X}", f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[2] == remote:
+            return int(fields[4].split(":")[1], 16) == 0
+    return False

@@ -176,6 +176,28 @@ async def test_close_gives_up_after_grace() -> None:
         await waiting
 
 
+async def test_a_stop_answers_rows_in_flight_within_its_budget() -> None:
+    # A store that hangs: without `hurry`, each push would wait out its own
+    # 60 s deadline and the instance would be killed before it could answer.
+    store = Recorder()
+    batcher = make(store, deadline=60, max_rows=1)
+    await batcher.start()
+    store.gate.clear()
+    in_append = asyncio.create_task(outcome(batcher, record(1), 10))
+    await until(lambda: store.entered == ["m1"], what="m1 in the held append")
+    queued = asyncio.create_task(outcome(batcher, record(2), 10))
+    await accepted(batcher, store, 2)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    batcher.hurry(within=0.2)
+    # A row submitted after the stop began gets no more than what is left.
+    late = asyncio.create_task(outcome(batcher, record(3), 10))
+    answers = await asyncio.gather(in_append, queued, late, return_exceptions=True)
+    assert [type(a) for a in answers] == [ShuttingDown] * 3, answers
+    assert loop.time() - began < 1.0
+    await batcher.close(grace=0.1)
+
+
 async def test_horizon_stays_behind_unstored_rows() -> None:
     store = Recorder()
     batcher = make(store)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -115,6 +116,9 @@ class Batcher:
         # Every row not yet answered, in arrival (and so deadline) order.
         self._waiting: deque[_Pending] = deque()
         self._sweeper: asyncio.Task[None] | None = None
+        # Loop time by which every row is answered once the instance is stopping
+        # (`hurry`), whatever its own deadline.
+        self._cutoff = math.inf
 
     # -- producer side ---------------------------------------------------
 
@@ -141,7 +145,8 @@ class Batcher:
         future: asyncio.Future[RowOutcome] = loop.create_future()
         origin = self._observer.submitted() if self._observer is not None else None
         row = build(self._stamp())
-        pending = _Pending(row, size, future, origin, loop.time() + self._deadline)
+        deadline = min(loop.time() + self._deadline, self._cutoff)
+        pending = _Pending(row, size, future, origin, deadline)
         self._queue.append(pending)
         self._waiting.append(pending)
         self._queued_bytes += size
@@ -178,10 +183,26 @@ class Batcher:
             now = self._loop.time() if self._loop is not None else 0.0
             while waiting and (waiting[0].future.done() or waiting[0].deadline <= now):
                 pending = waiting.popleft()
-                if not pending.future.done():
+                if pending.future.done():
+                    continue
+                if now >= self._cutoff:
+                    pending.future.set_exception(
+                        ShuttingDown("the instance stopped before the row was stored")
+                    )
+                else:
                     pending.future.set_exception(
                         WriteTimeout(f"not stored within {self._deadline:g} s")
                     )
+
+    def hurry(self, within: float) -> None:
+        """The instance is stopping: answer every row not stored `within` seconds
+        from now (a 503, so Pub/Sub delivers it again elsewhere), whatever its own
+        deadline, so that the process exits in its stop budget while a store hangs.
+        Deadlines stay in arrival order: each becomes the earlier of the two."""
+        loop = self._loop or asyncio.get_running_loop()
+        self._cutoff = min(self._cutoff, loop.time() + within)
+        for pending in self._waiting:
+            pending.deadline = min(pending.deadline, self._cutoff)
 
     async def close(self, grace: float) -> None:
         """Refuse new rows, store what was accepted (within `grace`), then stop."""

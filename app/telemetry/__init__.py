@@ -253,8 +253,8 @@ class Telemetry:
 
         return [prometheus_metrics]
 
-    async def shutdown(self) -> None:
-        """Export what is buffered, for at most SHUTDOWN_SECONDS, then stop.
+    async def shutdown(self, within: float = SHUTDOWN_SECONDS) -> None:
+        """Export what is buffered, for at most `within` (and SHUTDOWN_SECONDS), then stop.
 
         The SDK's shutdown waits up to 30 s for a failing exporter, and from a
         worker thread it would also hold up interpreter exit; a daemon thread
@@ -263,7 +263,8 @@ class Telemetry:
         providers = [p for p in (self.tracer_provider, self.meter_provider) if p is not None]
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        millis = int(SHUTDOWN_SECONDS * 1000)
+        within = min(within, SHUTDOWN_SECONDS)
+        millis = int(within * 1000)
 
         def stop() -> None:
             try:
@@ -278,10 +279,10 @@ class Telemetry:
 
         threading.Thread(target=stop, name="telemetry-shutdown", daemon=True).start()
         try:
-            async with asyncio.timeout(SHUTDOWN_SECONDS):
+            async with asyncio.timeout(within):
                 await done
         except TimeoutError:
-            log.warning("telemetry not flushed within %g s; dropping the rest", SHUTDOWN_SECONDS)
+            log.warning("telemetry not flushed within %g s; dropping the rest", within)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -37,6 +37,7 @@ from app.store.tiered.store import TieredStore
 from app.telemetry import Telemetry
 from recordline_dev.processes import free_port
 from recordline_dev.serving import BigQueryStandIn
+from tests import rawhttp
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.conftest import envelope, served
 from tests.e2e.conftest import PUSH_TOKEN, ServiceProcess
@@ -101,11 +102,14 @@ async def test_spanner_failing_under_two_instances(fault: str, tmp_path: Path) -
                 "SPANNER_EMULATOR_HOST": emulator.host,
                 "RECORDLINE_WRITE_DEADLINE_SECONDS": "5",
             }
+            # The second keeps the default write deadline (8 s): a push in flight
+            # when it is stopped must still be answered within the stop's budget.
+            second = {
+                k: v for k, v in environment.items() if k != "RECORDLINE_WRITE_DEADLINE_SECONDS"
+            }
             services = [
-                ServiceProcess(
-                    port=free_port(), store="", log=tmp_path / f"{name}.log", env=environment
-                )
-                for name in ("one", "two")
+                ServiceProcess(port=free_port(), store="", log=tmp_path / f"{name}.log", env=env)
+                for name, env in (("one", environment), ("two", second))
             ]
             await asyncio.gather(*(asyncio.to_thread(s.start) for s in services))
             async with (
@@ -159,12 +163,26 @@ async def test_spanner_failing_under_two_instances(fault: str, tmp_path: Path) -
                 ]
                 assert max(cores) < IDLE_CORES, cores
 
-                # SIGTERM stops an instance within 8 s, whatever Spanner does.
+                # SIGTERM stops an instance within 8 s, whatever Spanner does, with
+                # a push in flight: answered (not acknowledged) before the exit.
+                last = push(99, "stopping")
+                reader, writer = await asyncio.open_connection("127.0.0.1", services[1].port)
+                writer.write(rawhttp.request(f"/pubsub/push?token={PUSH_TOKEN}", last))
+                await writer.drain()
+                client_port = writer.get_extra_info("sockname")[1]
+                await until(
+                    lambda: rawhttp.read_by_server(services[1].port, client_port),
+                    what="the instance to read the last push",
+                )
                 stopping = time.monotonic()
                 services[1].signal(signal.SIGTERM)
                 assert services[1].process is not None
+                async with asyncio.timeout(STOP_SECONDS + 5):
+                    assert await rawhttp.status(reader) == 503
+                writer.close()
                 await asyncio.to_thread(services[1].process.wait, STOP_SECONDS + 5)
                 assert time.monotonic() - stopping < STOP_SECONDS
+                during.append(last)
 
                 if fault == "refuses":
                     return  # the killed emulator forgot its rows: nothing to recover
