@@ -45,6 +45,7 @@ from app.ingest.replay import Replay
 from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest
 from app.ingest.shape import Shape
+from app.ingest.traffic import Traffic
 from app.problems import Problems, describe_problem
 from app.query.page_token import PageTokens
 from app.query.service import Reader
@@ -231,14 +232,17 @@ def create_app(
     store: Store | None = None,
     telemetry: Telemetry | None = None,
     schema_source: SchemaSource | None = None,
+    traffic: Traffic | None = None,
 ) -> Recordline:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
     auth = Auth.from_settings(settings)
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
+    traffic = traffic if traffic is not None else Traffic()
     if store is None:
         store = open_store(
             settings,
+            traffic=traffic.serving,
             observer=telemetry.query_observer,
             conflicts=telemetry.conflicts(),
             exports=telemetry.export_observer(),
@@ -358,6 +362,7 @@ def create_app(
         ],
         dependencies={
             "ingest": constant(ingest),
+            "traffic": constant(traffic),
             "reader": constant(reader),
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),

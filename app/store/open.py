@@ -14,6 +14,8 @@ from app.store import QueryObserver, Store
 from app.store.copies import ConflictObserver
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.store.bigquery.store import BigQueryStore
     from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.supervisor import LoopObserver
@@ -30,11 +32,13 @@ def open_store(
     conflicts: ConflictObserver | None = None,
     exports: ExportObserver | None = None,
     loops: LoopObserver | None = None,
+    traffic: Callable[[], bool] | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
     that differs from the one stored, `exports` what a serving tier's exporter does,
-    `loops` each restart of a serving tier's background loops."""
+    `loops` each restart of a serving tier's background loops, `traffic` whether
+    this instance serves push traffic (a serving tier's exporter asks)."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -74,7 +78,7 @@ def open_store(
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics, conflicts, exports, loops)
+            return _tiered(settings, analytics, conflicts, exports, loops, traffic)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
@@ -87,6 +91,7 @@ def _tiered(
     conflicts: ConflictObserver | None,
     exports: ExportObserver | None,
     loops: LoopObserver | None,
+    traffic: Callable[[], bool] | None,
 ) -> Store:
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.store import TieredStore
@@ -105,4 +110,5 @@ def _tiered(
         conflicts=conflicts,
         export_observer=exports,
         loop_observer=loops,
+        serving_traffic=traffic,
     )

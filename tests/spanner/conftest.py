@@ -67,6 +67,7 @@ async def make_tiered(
             start: bool = True,
             export: bool = False,
             export_observer: ExportObserver | None = None,
+            serving_traffic: Callable[[], bool] | None = None,
         ) -> TieredStore:
             analytics = BigQueryStore(
                 PROJECT,
@@ -88,6 +89,7 @@ async def make_tiered(
                 dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
                 export=export,
                 export_observer=export_observer,
+                serving_traffic=serving_traffic,
                 **extra,
             )
             if start:

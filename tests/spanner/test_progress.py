@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from google.api_core.exceptions import Aborted
 
+from app.ingest.traffic import Traffic
 from app.records import Record
 from app.store.spanner import ledger
 from app.store.spanner.ledger import (
@@ -343,15 +344,19 @@ async def test_only_an_instance_that_acknowledged_pushes_takes_the_export(
     make_tiered: Make, write_fake: FakeBigQueryWrite
 ) -> None:
     # Two instances with their exporters running: one is pushed to, the other
-    # (a revision deployed with no traffic, say) never is.
-    idle = await make_tiered(export=True)
-    pushed = await make_tiered(export=True)
-    assert not idle.serving_traffic()
-    assert not pushed.serving_traffic()
+    # (a revision deployed with no traffic, say) only on its tag URL, as the
+    # deploy's smoke test does.
+    traffic = {"idle": Traffic(), "pushed": Traffic()}
+    idle = await make_tiered(export=True, serving_traffic=traffic["idle"].serving)
+    pushed = await make_tiered(export=True, serving_traffic=traffic["pushed"].serving)
+    await stored(idle, ["smoke-1"])
+    traffic["idle"].pushed("sha-1a2b3c4---orders-abcdefghij-ew.a.run.app")
     await stored(pushed, ["m-1", "m-2"])
-    assert pushed.serving_traffic()
+    traffic["pushed"].pushed("orders-abcdefghij-ew.a.run.app")
     assert pushed.exporter is not None
     assert idle.exporter is not None
-    await until(lambda: copies(write_fake, "records") == {"m-1": 1, "m-2": 1}, timeout=30)
+    await until(
+        lambda: copies(write_fake, "records") == {"smoke-1": 1, "m-1": 1, "m-2": 1}, timeout=30
+    )
     assert pushed.exporter.leading
     assert not idle.exporter.leading

@@ -44,8 +44,9 @@ its row schema, its revision (`code_version`). An exporter whose instance
 serves traffic and stands higher takes a live lease over at its next claim:
 after a deploy, the new revision holds the export within one renewal, and
 an older one never takes it back. An instance serves traffic while it has
-acknowledged a push in the last `TRAFFIC_SECONDS` (the tiered store tells
-it): pushes reach only revisions with a share of the traffic, so a
+acknowledged a push through its service's own URL within ten minutes
+(`app.ingest.traffic`; a push to a tag URL, the deploy's smoke test, does not
+count): pushes reach only revisions with a share of the traffic, so a
 candidate deployed `--no-traffic` never claims the lease, and a holder that
 traffic left is taken over by one that has it. A holder with no pushes
 lately keeps renewing (a quiet system's watermark moves on), but one with
@@ -128,10 +129,6 @@ RETRY_MAX_SECONDS: Final = 30.0
 # How long a watermark row may take to reach BigQuery (it is best effort).
 PUBLISH_SECONDS: Final = 10.0
 BLOCKED_RETRY_SECONDS: Final = 60.0
-# An instance serves traffic while it has acknowledged a push within this long:
-# Pub/Sub pushes a busy subscription many times a minute, and a revision that
-# lost its traffic stops taking the lease within ten minutes.
-TRAFFIC_SECONDS: Final = 600.0
 # How long a stopping exporter tries to hand its lease back.
 RELEASE_SECONDS: Final = 1.0
 

@@ -48,7 +48,6 @@ from app.store.spanner.tail import TailCache
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     SETTLED_MICROS,
-    TRAFFIC_SECONDS,
     Exporter,
     ExportObserver,
     Ledger,
@@ -136,6 +135,7 @@ class TieredStore:
         export: bool = True,
         export_observer: ExportObserver | None = None,
         loop_observer: LoopObserver | None = None,
+        serving_traffic: Callable[[], bool] | None = None,
     ) -> None:
         self.serving = serving
         self._conflicts = conflicts
@@ -145,10 +145,11 @@ class TieredStore:
         self._clock = clock
         self.tail = tail or TailCache(serving.rows_between)
         self._old = _OldAnswers()
-        # The commit time of the newest row this instance acknowledged, and when
-        # (monotonic seconds) it last acknowledged a push.
+        # The commit time of the newest row this instance acknowledged.
         self._acknowledged = 0
-        self._pushed_at = -float("inf")
+        # Whether this instance serves push traffic (`app.ingest.traffic`, which
+        # the app tells of each push), by default always.
+        self.serving_traffic = serving_traffic or (lambda: True)
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
         self._export = export
@@ -161,11 +162,6 @@ class TieredStore:
         # Every row before it is in BigQuery (µs): the least of the tables'
         # watermarks, as last read from Spanner (every instance reads it).
         self.watermark = 0
-
-    def serving_traffic(self) -> bool:
-        """Whether this instance acknowledged a push within TRAFFIC_SECONDS: only
-        revisions with a share of the traffic are pushed to (the exporter's rule)."""
-        return time.monotonic() - self._pushed_at < TRAFFIC_SECONDS
 
     def _now(self) -> int:
         return self._clock() // 1000
@@ -325,7 +321,6 @@ class TieredStore:
                     self._conflicts(held, given)
         newest = max(row.ingest_time for row in committed)
         self._acknowledged = max(self._acknowledged, newest)
-        self._pushed_at = time.monotonic()
         self.bell.ring()  # readable now: waiting followers read again
         return outcomes
 
