@@ -5,10 +5,13 @@ that nothing was lost."""
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+import msgspec
 import pytest
 
 from app.cli import _main
@@ -16,7 +19,8 @@ from app.settings import Settings
 from app.store.tiered import operator
 from app.store.tiered.verify import WINDOW_MICROS
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
-from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
+from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
 from tests.spanner.test_export import stored
 
@@ -118,7 +122,7 @@ def test_the_cli_has_the_export_commands(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         _main(["export", "--help"])
     said = capsys.readouterr().out
-    for action in ("status", "retry", "verify"):
+    for action in ("status", "retry", "reject", "resync", "verify"):
         assert action in said
 
 
@@ -168,3 +172,109 @@ async def test_a_row_bigquery_never_takes_is_moved_to_the_rejections_by_an_opera
     assert status.status == "rejected"
     # Spanner and BigQuery agree on both tables.
     assert await operator.run(verify_args(0), settings) == 0
+
+
+def resync_args(table: str = "records") -> argparse.Namespace:
+    return argparse.Namespace(action="resync", table=table, reason="stream ahead after a restore")
+
+
+async def test_a_progress_behind_the_stream_is_resynced_past_what_bigquery_holds(
+    make_tiered: Make,
+    serving_settings: Callable[..., Settings],
+    write_fake: FakeBigQueryWrite,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1", "m-2"])
+    await settle_clock()
+    one = exporter(store, batch_rows=2, blocked_retry_seconds=60)
+    await drain(one)
+    behind = await one.ledger.progress("records")
+    await stored(store, ["m-3", "m-4"])
+    await settle_clock()
+    await drain(one)
+    assert copies(write_fake, "records") == {f"m-{n}": 1 for n in range(1, 5)}
+    # The progress goes back to before m-3 and m-4 (a database restored from a
+    # backup, say): the stream holds them, the progress says it does not.
+    ahead = await one.ledger.progress("records")
+    await one.ledger.record(msgspec.structs.replace(behind, updated=ahead.updated))
+    await stored(store, ["m-5"])
+    await settle_clock()
+    await drain(one)
+    assert "the progress is behind the stream" in one.blocked["records"]
+    settings = serving_settings()
+    assert await operator.run(resync_args(), settings) == 0
+    said = capsys.readouterr().out
+    assert "BigQuery holds 2 rows past the progress" in said
+    assert "after message m-4 on a new stream" in said
+    moved = await one.ledger.progress("records")
+    assert (moved.done_message_id, moved.stream, moved.blocked) == ("m-4", None, None)
+    # The exporter goes on from there: m-5 once, nothing doubled.
+    await drain(one)
+    assert "records" not in one.blocked
+    assert copies(write_fake, "records") == {f"m-{n}": 1 for n in range(1, 6)}
+    # Not blocked now: nothing to do.
+    assert await operator.run(resync_args(), settings) == 0
+    assert "not blocked" in capsys.readouterr().out
+
+
+async def test_a_resync_moves_nothing_where_bigquery_lacks_a_row_before_one_it_holds(
+    make_tiered: Make,
+    serving_settings: Callable[..., Settings],
+    write_fake: FakeBigQueryWrite,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1", "m-2"])
+    await settle_clock()
+    one = exporter(store, batch_rows=2, blocked_retry_seconds=60)
+    await drain(one)
+    behind = await one.ledger.progress("records")
+    await stored(store, ["m-3", "m-4"])
+    await settle_clock()
+    await drain(one)
+    ahead = await one.ledger.progress("records")
+    await one.ledger.record(msgspec.structs.replace(behind, updated=ahead.updated))
+    await stored(store, ["m-5"])
+    await settle_clock()
+    await drain(one)
+    assert "records" in one.blocked
+    drop(write_fake, "records", "m-3")  # BigQuery holds m-4 but not m-3 before it
+    blocked = await one.ledger.progress("records")
+    assert await operator.run(resync_args(), serving_settings()) == 1
+    assert "but not message m-3 before it" in capsys.readouterr().out
+    assert await one.ledger.progress("records") == blocked
+
+
+async def test_rows_deleted_before_their_export_are_resynced_past_by_an_operator(
+    make_tiered: Make,
+    serving_settings: Callable[..., Settings],
+    write_fake: FakeBigQueryWrite,
+    spanner_emulator: SpannerEmulator,
+    database: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = await make_tiered()
+    await stored(store, ["m-1", "m-2", "m-3"])
+    await settle_clock()
+    one = exporter(store, blocked_retry_seconds=60)
+    # The batch's intent is written, its append fails: the batch stays pending.
+    write_fake.inject("records", ErrorResponse(grpc.StatusCode.UNAVAILABLE))
+    with pytest.raises(Exception, match="UNAVAILABLE"):
+        await one.step()
+    assert (await one.ledger.progress("records")).pending is not None
+    # A row of it is deleted before it is exported (retention ran past the export).
+    instance, name = re.fullmatch(r".*/instances/([^/]+)/databases/([^/]+)", database).groups()  # type: ignore[union-attr]
+    handle = spanner_emulator.client.instance(instance).database(name)
+    handle.run_in_transaction(
+        lambda t: t.execute_update("DELETE FROM records WHERE message_id = 'm-2'")
+    )
+    await settle_clock()
+    await drain(one)
+    assert "rows were deleted before they were exported" in one.blocked["records"]
+    assert await operator.run(resync_args(), serving_settings()) == 0
+    assert "BigQuery holds 0 rows past the progress" in capsys.readouterr().out
+    # What Spanner still has is exported, once; what it lost is in neither store.
+    await drain(one)
+    assert "records" not in one.blocked
+    assert copies(write_fake, "records") == {"m-1": 1, "m-3": 1}

@@ -223,21 +223,37 @@ def record(transaction: Any, query: Any, name: str, holder: str, progress: Progr
     finds the newer row and writes nothing."""
     if not holds(transaction, query, name, holder):
         raise LeaseLost(f"the export lease is not {holder}'s")
-    rows = list(
-        query(
-            transaction,
-            f"SELECT UNIX_MICROS({UPDATED}) FROM {PROGRESS_TABLE} WHERE table_name = @table",
-            params={"table": progress.table_name},
-            param_types={"table": param_types.STRING},
-        )
-    )
-    found = rows[0][0] if rows else None
+    found = _written_at(transaction, query, progress.table_name)
     if found != progress.updated:
         raise ProgressMoved(
             f"the progress of {progress.table_name} was written at {found}, "
             f"not at {progress.updated} as read"
         )
     transaction.insert_or_update(PROGRESS_TABLE, [*_NAMES, UPDATED], [progress_values(progress)])
+
+
+def overwrite(transaction: Any, query: Any, read: Progress, moved: Progress) -> bool:
+    """Write `moved` in `transaction` if the row is still `read` (its `updated`): an
+    operator's decision (`recordline export resync`), made from what they read
+    while the export was blocked; whether it was written. Like `record`, a
+    compare-and-set: a commit that lands late finds a newer row and writes nothing."""
+    if _written_at(transaction, query, read.table_name) != read.updated:
+        return False
+    transaction.insert_or_update(PROGRESS_TABLE, [*_NAMES, UPDATED], [progress_values(moved)])
+    return True
+
+
+def _written_at(transaction: Any, query: Any, table: str) -> int | None:
+    """When `table`'s progress row was last written (µs), None if it has none."""
+    rows = list(
+        query(
+            transaction,
+            f"SELECT UNIX_MICROS({UPDATED}) FROM {PROGRESS_TABLE} WHERE table_name = @table",
+            params={"table": table},
+            param_types={"table": param_types.STRING},
+        )
+    )
+    return rows[0][0] if rows else None
 
 
 def unblock(transaction: Any, query: Any, table: str, reason: str) -> bool:

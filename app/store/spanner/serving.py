@@ -572,6 +572,22 @@ class SpannerServing:
         done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
         return done
 
+    async def move_export(self, read: ledger.Progress, moved: ledger.Progress) -> bool:
+        """Write `moved` over `read`, a table's progress as an operator read it, if
+        nothing wrote it since; whether it did (`recordline export resync`). No lease
+        is checked: the holder of a blocked table writes nothing until its progress
+        changes, and any write it makes first turns this one into a no-op."""
+        return await self._transact(self._move_export, read, moved, within=self._timeout)
+
+    def _move_export(
+        self, deadline: Deadline, read: ledger.Progress, moved: ledger.Progress
+    ) -> bool:
+        def work(transaction: Any) -> bool:
+            return ledger.overwrite(transaction, _statement(deadline), read, moved)
+
+        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return done
+
     async def reject_refused(self, message_id: str, reason: str, blocked: str) -> bool:
         """Move record `message_id`, which BigQuery refused and at which the export of
         `records` is blocked (saying `blocked`), to the rejections with `reason`,

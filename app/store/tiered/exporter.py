@@ -398,8 +398,15 @@ class Exporter:
     async def _pending_rows(
         self, kind: RowType, progress: Progress, pending: Intent
     ) -> Batch | None:
+        # Read as Spanner is now, not as it was at the batch's last row: the batch
+        # may be hours old (BigQuery down meanwhile), past the versions Spanner
+        # keeps (an hour), and a row deleted since must be seen as gone.
         rows = await self._serving.rows_after(
-            kind, (progress.done_time, progress.done_message_id), pending.time, pending.rows + 1
+            kind,
+            (progress.done_time, progress.done_message_id),
+            pending.time,
+            pending.rows + 1,
+            seen=self._clock() // 1000 - SETTLED_MICROS,
         )
         last = (pending.time, pending.message_id)
         rows = [r for r in rows if (r.ingest_time, r.message_id) <= last]

@@ -14,6 +14,15 @@ service's settings (see docs/operations.md, "Export blocked").
   the same offset. The record leaves `records` and the API answers for it as a
   rejection, which the export copies to BigQuery's `rejected`; the decision is
   logged.
+- `resync TABLE --reason TEXT`: where a table is blocked with its progress and
+  BigQuery's stream at odds (the stream holds rows past the progress, or is
+  finalized or gone while a batch's answer was unknown, or rows were deleted
+  before they were exported), ask BigQuery which rows past the progress it
+  holds, and, if they are every row Spanner has up to the last of them (rows
+  since deleted from Spanner aside), move the progress past them onto a new
+  stream: nothing doubled, nothing skipped that Spanner still has. Otherwise
+  nothing moves, and it says which row breaks the run. The decision is logged
+  with the reason given.
 - `verify --since T`: Spanner against BigQuery, window by window
   (`app.store.tiered.verify`); exit 1 if a window differs.
 
@@ -30,7 +39,9 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from app.records import TABLES, moment
+import msgspec
+
+from app.records import TABLES, Record, Rejection, moment
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -51,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     reject.add_argument("message_id", help="the message the blocked reason names")
     reject.add_argument("--reason", required=True, help="why, kept in the rejection")
+    resync = actions.add_parser(
+        "resync",
+        help="move a blocked table's progress past the rows BigQuery holds, onto a new stream",
+    )
+    resync.add_argument("table", choices=sorted(TABLES))
+    resync.add_argument("--reason", required=True, help="why, kept in the log")
     check = actions.add_parser("verify", help="compare Spanner and BigQuery window by window")
     check.add_argument(
         "--since",
@@ -91,22 +108,23 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 return await _retry(serving, args.table)
             case "reject":
                 return await _reject(serving, args.message_id, args.reason)
-            case _:
-                analytics = BigQueryStore.from_url(
-                    settings.store.url,
-                    settings,
-                    emulator=settings.store.bigquery_query_endpoint or None,
-                )
-                queries = QueryRunner(
-                    analytics.project,
-                    timeout=settings.store.query_timeout_seconds,
-                    max_bytes_billed=settings.query.max_bytes_billed,
-                    endpoint=settings.store.bigquery_query_endpoint or None,
-                )
-                await queries.start()
-                stack.push_async_callback(queries.close)
-                names = {t: f"`{analytics.project}.{analytics.dataset}.{t}`" for t in TABLES}
-                return await _verify(serving, queries, names, args.since, args.window)
+        analytics = BigQueryStore.from_url(
+            settings.store.url,
+            settings,
+            emulator=settings.store.bigquery_query_endpoint or None,
+        )
+        queries = QueryRunner(
+            analytics.project,
+            timeout=settings.store.query_timeout_seconds,
+            max_bytes_billed=settings.query.max_bytes_billed,
+            endpoint=settings.store.bigquery_query_endpoint or None,
+        )
+        await queries.start()
+        stack.push_async_callback(queries.close)
+        names = {t: f"`{analytics.project}.{analytics.dataset}.{t}`" for t in TABLES}
+        if args.action == "resync":
+            return await _resync(serving, queries, names[args.table], args.table, args.reason)
+        return await _verify(serving, queries, names, args.since, args.window)
 
 
 async def _status(serving: SpannerServing) -> int:
@@ -163,6 +181,75 @@ async def _reject(serving: SpannerServing, message_id: str, reason: str) -> int:
         return 1
     log.warning("operator moved record %s to the rejections: %s", message_id, said)
     print(f"{message_id}: now a rejection; the export of records goes on at its next round")
+    return 0
+
+
+# What BigQuery holds past a table's progress: the rows' keys, from the progress's
+# own partition on (billed for these two columns of those partitions).
+_HELD_SQL = (
+    "SELECT UNIX_MICROS(ingest_time) AS t, message_id FROM {table} "
+    "WHERE ingest_time >= TIMESTAMP_MICROS(@since)"
+)
+# Spanner's rows are read this many at a time, up to the last row BigQuery holds.
+_PAGE_ROWS = 1000
+_KINDS: dict[str, type[Record] | type[Rejection]] = {"records": Record, "rejected": Rejection}
+
+
+async def _resync(
+    serving: SpannerServing, queries: QueryRunner, name: str, table: str, reason: str
+) -> int:
+    progress = await serving.progress(table)
+    if progress.blocked is None:
+        print(f"{table}: not blocked; nothing to resync")
+        return 0
+    after = (progress.done_time, progress.done_message_id)
+    rows = await queries.run(_HELD_SQL.format(table=name), {"since": progress.done_time})
+    held = sorted({key for key in ((int(t), str(m)) for t, m in rows) if key > after})
+    moved = msgspec.structs.replace(
+        progress, stream=None, next_offset=0, pending=None, blocked=None
+    )
+    if held:
+        # Every row Spanner has up to the last one BigQuery holds must be held too:
+        # then the progress moves past them all and nothing is doubled or skipped.
+        # (A row BigQuery holds that Spanner no longer has was deleted since.)
+        kept = set(held)
+        cursor, last = after, held[-1]
+        # Read as Spanner is now (a second ago, served at once), not as it was then.
+        now = time.time_ns() // 1000 - 1_000_000
+        while True:
+            page = await serving.rows_after(_KINDS[table], cursor, last[0], _PAGE_ROWS, seen=now)
+            keys = [(r.ingest_time, r.message_id) for r in page]
+            gap = next((k for k in keys if k <= last and k not in kept), None)
+            if gap is not None:
+                print(
+                    f"{table}: BigQuery holds rows past the progress up to message {last[1]}, "
+                    f"but not message {gap[1]} before it: moving on would skip it, and "
+                    "exporting it again would double the rows after it. Nothing moved; "
+                    "`recordline export verify` shows the windows that differ."
+                )
+                return 1
+            if len(page) < _PAGE_ROWS or keys[-1] >= last:
+                break
+            cursor = keys[-1]
+        moved = msgspec.structs.replace(moved, done_time=last[0], done_message_id=last[1])
+    if not await serving.move_export(progress, moved):
+        print(f"{table}: its progress changed meanwhile; nothing moved (see `export status`)")
+        return 1
+    log.warning(
+        "operator resync of the export of %s, blocked since %s (%s): BigQuery held %d rows "
+        "past message %r; exporting from message %r on a new stream. Reason: %s",
+        table,
+        _time(progress.updated or 0),
+        progress.blocked,
+        len(held),
+        progress.done_message_id,
+        moved.done_message_id,
+        reason,
+    )
+    print(
+        f"{table}: BigQuery holds {len(held)} rows past the progress; the export goes on "
+        f"after message {moved.done_message_id or '(the first)'} on a new stream at its next round"
+    )
     return 0
 
 
