@@ -17,6 +17,7 @@ import pytest
 from app.cli import _main
 from app.settings import Settings
 from app.store.tiered import operator
+from app.store.tiered.exporter import Exporter
 from app.store.tiered.verify import WINDOW_MICROS
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
@@ -178,12 +179,10 @@ def resync_args(table: str = "records") -> argparse.Namespace:
     return argparse.Namespace(action="resync", table=table, reason="stream ahead after a restore")
 
 
-async def test_a_progress_behind_the_stream_is_resynced_past_what_bigquery_holds(
-    make_tiered: Make,
-    serving_settings: Callable[..., Settings],
-    write_fake: FakeBigQueryWrite,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def behind_the_stream(make_tiered: Make, write_fake: FakeBigQueryWrite) -> Exporter:
+    """m-1..m-4 exported in two batches, then the progress put back to before m-3
+    and m-4 (a database restored from a backup, say): the stream holds them, the
+    progress says it does not, and the export of m-5 blocks there."""
     store = await make_tiered()
     await stored(store, ["m-1", "m-2"])
     await settle_clock()
@@ -194,14 +193,22 @@ async def test_a_progress_behind_the_stream_is_resynced_past_what_bigquery_holds
     await settle_clock()
     await drain(one)
     assert copies(write_fake, "records") == {f"m-{n}": 1 for n in range(1, 5)}
-    # The progress goes back to before m-3 and m-4 (a database restored from a
-    # backup, say): the stream holds them, the progress says it does not.
     ahead = await one.ledger.progress("records")
     await one.ledger.record(msgspec.structs.replace(behind, updated=ahead.updated))
     await stored(store, ["m-5"])
     await settle_clock()
     await drain(one)
     assert "the progress is behind the stream" in one.blocked["records"]
+    return one
+
+
+async def test_a_progress_behind_the_stream_is_resynced_past_what_bigquery_holds(
+    make_tiered: Make,
+    serving_settings: Callable[..., Settings],
+    write_fake: FakeBigQueryWrite,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    one = await behind_the_stream(make_tiered, write_fake)
     settings = serving_settings()
     assert await operator.run(resync_args(), settings) == 0
     said = capsys.readouterr().out
@@ -224,21 +231,7 @@ async def test_a_resync_moves_nothing_where_bigquery_lacks_a_row_before_one_it_h
     write_fake: FakeBigQueryWrite,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store = await make_tiered()
-    await stored(store, ["m-1", "m-2"])
-    await settle_clock()
-    one = exporter(store, batch_rows=2, blocked_retry_seconds=60)
-    await drain(one)
-    behind = await one.ledger.progress("records")
-    await stored(store, ["m-3", "m-4"])
-    await settle_clock()
-    await drain(one)
-    ahead = await one.ledger.progress("records")
-    await one.ledger.record(msgspec.structs.replace(behind, updated=ahead.updated))
-    await stored(store, ["m-5"])
-    await settle_clock()
-    await drain(one)
-    assert "records" in one.blocked
+    one = await behind_the_stream(make_tiered, write_fake)
     drop(write_fake, "records", "m-3")  # BigQuery holds m-4 but not m-3 before it
     blocked = await one.ledger.progress("records")
     assert await operator.run(resync_args(), serving_settings()) == 1
