@@ -56,6 +56,12 @@ def fake_emulator(directory: Path) -> Path:
 def _controlling_terminal() -> None:
     # In the child, after setsid(): stdin, the pty's slave end, becomes its terminal.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # As a shell gives a command it runs in a terminal: the suite itself may run
+    # as a background job (`… &` in a script: SIGINT and SIGQUIT ignored) or under
+    # nohup (SIGHUP ignored), and a child inherits what is ignored: Ctrl-C or the
+    # terminal closing would then reach nothing.
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 class Terminal:
