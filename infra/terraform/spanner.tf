@@ -21,8 +21,60 @@ locals {
   # instance"): the instance is never smaller than its serving databases need, whatever
   # spanner_processing_units says, so the eleventh system that opts in raises it (an
   # online change) in the apply that creates its database, before creating it.
-  spanner_units_needed     = min(ceil(length(local.serving_systems) / 10) * 100, 1000)
-  spanner_processing_units = max(var.spanner_processing_units, local.spanner_units_needed)
+  spanner_units_needed = min(ceil(length(local.serving_systems) / 10) * 100, 1000)
+
+  # Storage grows with compute too (https://cloud.google.com/spanner/docs/compute-capacity,
+  # "Storage limits"): 409.6 GB per 100 processing units below one node, 4 TB per node
+  # (1,000 units) from one node on (10 TB in configurations with increased storage: 4 TB
+  # is the floor counted here). At the limit Spanner refuses writes: every push would
+  # answer 503 and the backlog go to the dead-letter topic.
+  spanner_bytes_per_100_units = 409.6e9
+  spanner_bytes_per_node      = 4e12
+  # Sized to be at most this full: the storage ticket's threshold, leaving room for a
+  # backlog and for the old versions Spanner's compaction removes only every few days.
+  spanner_storage_fill = 0.7
+  # What one message takes in Spanner besides its data: keys, times, attributes,
+  # subscription and trace id (about 250 bytes) and its two index entries
+  # (records_by_ingest_time, records_by_id: about 150). An estimate from the schema
+  # (app/store/spanner/schema.py); the storage alerts say what it really is.
+  spanner_row_overhead_bytes = 400
+  # Each serving system keeps its rows for its retention (the dedupe window rounded up
+  # to days, plus 2: modules/system/spanner.tf, 9 days by default), and the rows deleted
+  # since as old versions for spanner_recovery_hours more.
+  serving_windows = {
+    for name in local.serving_systems : name => tonumber(lookup(
+      merge(var.extra_env, local.systems[name].extra_env != null ? local.systems[name].extra_env : {}),
+      "RECORDLINE_DEDUPE_WINDOW_SECONDS", "604800"
+    ))
+  }
+  serving_stored_bytes = {
+    for name in local.serving_systems : name => (
+      (local.systems[name].rate != null ? local.systems[name].rate : var.serving_rate)
+      * ((local.systems[name].message_bytes != null ? local.systems[name].message_bytes : var.serving_message_bytes) + local.spanner_row_overhead_bytes)
+      * 86400 * (ceil(local.serving_windows[name] / 86400) + 2 + var.spanner_recovery_hours / 24)
+    )
+  }
+  spanner_stored_bytes = sum(concat([0], values(local.serving_stored_bytes)))
+  # The fewest units whose storage, filled to spanner_storage_fill, holds it all:
+  # 100 to 900 in steps of 100, then whole nodes.
+  spanner_units_for_storage = (
+    local.spanner_stored_bytes <= 9 * local.spanner_bytes_per_100_units * local.spanner_storage_fill
+    ? max(100, ceil(local.spanner_stored_bytes / (local.spanner_bytes_per_100_units * local.spanner_storage_fill)) * 100)
+    : ceil(local.spanner_stored_bytes / (local.spanner_bytes_per_node * local.spanner_storage_fill)) * 1000
+  )
+  spanner_processing_units = max(var.spanner_processing_units, local.spanner_units_needed, local.spanner_units_for_storage)
+  spanner_storage_bytes = (
+    local.spanner_processing_units < 1000
+    ? local.spanner_processing_units / 100 * local.spanner_bytes_per_100_units
+    : local.spanner_processing_units / 1000 * local.spanner_bytes_per_node
+  )
+
+  # Storage used over the limit: a ticket at 70% (what the instance is sized to),
+  # a page at 90% (writes are refused at 100%).
+  spanner_storage_alerts = {
+    ticket = { threshold = 0.7, severity = "WARNING", channels = var.ticket_channels }
+    page   = { threshold = 0.9, severity = "CRITICAL", channels = var.notification_channels }
+  }
 
   # Google's recommended maximum of high-priority CPU: 65% for a regional instance, 45%
   # per region for a dual- or multi-region one, so the instance can still serve with a
@@ -93,4 +145,38 @@ resource "google_monitoring_alert_policy" "spanner_cpu" {
     mime_type = "text/markdown"
     content   = "The Spanner instance `${each.value.name}` (${each.value.processing_units} processing units, ${each.value.config}), which holds the serving databases of ${join(", ", local.serving_systems)}, has spent over ${format("%g", local.spanner_cpu_threshold * 100)}% of its CPU on high-priority work for 10 minutes: past Google's recommended maximum, reads and commits slow down, and losing a zone would leave too little. Each system's dashboard has the tile \"Spanner CPU by priority\". Add processing units with `spanner_processing_units` in env/${var.environment}.tfvars (an online change).\n\nRunbook: docs/operations.md#spanner-cpu"
   }
+}
+
+# Storage: what the databases hold over what the instance's compute allows. Spanner
+# refuses writes past it, so it pages before, and tickets when the instance is fuller
+# than it was sized to be. The metric is the instance's own fraction of its limit.
+resource "google_monitoring_alert_policy" "spanner_storage" {
+  for_each = length(local.spanner_instances) > 0 ? local.spanner_storage_alerts : {}
+
+  project               = var.project_id
+  display_name          = "Recordline serving tier (${var.environment}): Spanner storage over ${format("%g", each.value.threshold * 100)}% of its limit"
+  combiner              = "OR"
+  severity              = each.value.severity
+  notification_channels = each.value.channels
+
+  conditions {
+    display_name = "instance/storage/utilization > ${each.value.threshold} for 10 min"
+    condition_threshold {
+      filter          = "metric.type=\"spanner.googleapis.com/instance/storage/utilization\" resource.type=\"spanner_instance\" resource.label.\"instance_id\"=\"${local.spanner_instance_name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = each.value.threshold
+      duration        = "600s"
+      aggregations {
+        alignment_period   = "300s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "The Spanner instance `${local.spanner_instance_name}` (${local.spanner_processing_units} processing units: ${format("%.0f", local.spanner_storage_bytes / 1e9)} GB of storage) holds over ${format("%g", each.value.threshold * 100)}% of what its compute allows. It was sized for ${format("%.0f", local.spanner_stored_bytes / 1e9)} GB from each system's declared rate and message size; at 100% Spanner refuses writes and every push answers 503. Raise `spanner_processing_units` in env/${var.environment}.tfvars (an online change), and correct the systems' `rate` and `message_bytes`.\n\nRunbook: docs/operations.md#spanner-storage"
+  }
+
+  depends_on = [google_spanner_instance.serving]
 }

@@ -21,6 +21,8 @@ locals {
     max_instances   = null
     extra_env       = null
     serving         = null
+    rate            = null
+    message_bytes   = null
     schema          = null
     id_field        = null
     time_field      = null
@@ -58,7 +60,7 @@ module "system" {
   canary_data = each.value.canary_file != null ? filebase64("${path.root}/../../${each.value.canary_file}") : null
 
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
-  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name } : null
+  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name, recovery_hours = var.spanner_recovery_hours } : null
 
   project_id                     = var.project_id
   project_number                 = data.google_project.this.number

@@ -280,10 +280,17 @@ variable "extra_env" {
 
 # --- Pub/Sub -------------------------------------------------------------------
 
+# How long an outage Pub/Sub absorbs before it dead-letters: the waits between a
+# message's deliveries, from retry_minimum_backoff doubling up to retry_maximum_backoff.
+# With the defaults, 32 deliveries wait 10 + 20 + 40 + 80 + 160 + 320 s, then 25 times
+# 600 s: 15,630 s, 4 h 20 min, past a 4-hour outage of the service or its stores with
+# nothing dead-lettered (docs/operations.md#outages-and-what-to-run-after; a test keeps
+# that table equal to these figures). Pub/Sub also slows pushes to a failing endpoint,
+# which only lengthens it.
 variable "max_delivery_attempts" {
   type        = number
-  description = "Deliveries of one message before it is moved to the dead-letter topic."
-  default     = 10
+  description = "Deliveries of one message before it is moved to the dead-letter topic: 32 absorb an outage of 4 h 20 min with the default backoff."
+  default     = 32
 
   validation {
     condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
@@ -408,6 +415,49 @@ variable "spanner_processing_units" {
       || (var.spanner_processing_units >= 1000 && var.spanner_processing_units % 1000 == 0)
     )
     error_message = "spanner_processing_units must be 100 to 900 in steps of 100, or a multiple of 1000."
+  }
+}
+
+variable "serving_rate" {
+  type        = number
+  description = <<-EOT
+    Messages per second, on average, a system with `serving` takes, unless its own
+    `rate` says: with serving_message_bytes, what the instance is sized by for storage
+    (spanner.tf). Declare each system's own where it differs.
+  EOT
+  default     = 10
+
+  validation {
+    condition     = var.serving_rate > 0
+    error_message = "serving_rate must be greater than 0 (messages per second)."
+  }
+}
+
+variable "serving_message_bytes" {
+  type        = number
+  description = "Mean size of a message's data (bytes) of a system with `serving`, unless its own `message_bytes` says (spanner.tf)."
+  default     = 1024
+
+  validation {
+    condition     = var.serving_message_bytes > 0 && var.serving_message_bytes <= 10485760
+    error_message = "serving_message_bytes must be between 1 and 10 MiB, Pub/Sub's largest message."
+  }
+}
+
+variable "spanner_recovery_hours" {
+  type        = number
+  description = <<-EOT
+    How far back each serving database can be read or restored to (Spanner's
+    version_retention_period, point-in-time recovery): long enough to notice an
+    operator's mistake (a bad delete or DDL) over a weekend. Old versions are kept
+    that long, and cost storage (spanner.tf, docs/operations.md#recovering-a-serving-database).
+  EOT
+  default     = 72
+
+  # What Spanner accepts: one hour to seven days.
+  validation {
+    condition     = var.spanner_recovery_hours >= 1 && var.spanner_recovery_hours <= 168 && floor(var.spanner_recovery_hours) == var.spanner_recovery_hours
+    error_message = "spanner_recovery_hours must be a whole number of hours from 1 to 168 (Spanner's version_retention_period is 1h to 7d)."
   }
 }
 
@@ -654,6 +704,10 @@ variable "systems" {
     max_instances   = optional(number)
     extra_env       = optional(map(string))
     serving         = optional(bool)
+    # With `serving`: its mean rate (messages/s) and message size (bytes), what the
+    # Spanner instance is sized by (serving_rate, serving_message_bytes by default).
+    rate          = optional(number)
+    message_bytes = optional(number)
     # The topic's schema (README, "Your topic, your schema"): its definition, a file in
     # this repository (a path from its root); AVRO or PROTOCOL_BUFFER; the encoding
     # publishers use, JSON or BINARY; and its id if not the system's name (a schema

@@ -123,16 +123,23 @@ def _module_policies() -> set[str]:
 PAGES = "page"
 TICKETS = {"ticket": "${local.ticket_groups[each.value.group].channels}"}
 ROOT_TICKETS = {"spanner_cpu": "${var.ticket_channels}"}
+# The serving tier's storage, one policy per level: a ticket and a page (their
+# severities and channels: tests/infra/test_serving.py).
+LEVELLED = {"spanner_storage": "${each.value.channels}"}
 
 
 def test_every_policy_has_a_severity_pages_to_on_call_tickets_to_owners() -> None:
     for name, policy in _policies().items():
+        if name in LEVELLED:
+            assert policy["notification_channels"] == LEVELLED[name]
+            assert policy["severity"] == "${each.value.severity}"
+            continue
         paging = name == PAGES
         assert policy.get("severity") == ("CRITICAL" if paging else "WARNING"), name
         channels = "${var.notification_channels}" if paging else {**TICKETS, **ROOT_TICKETS}[name]
         assert policy["notification_channels"] == channels, name
     assert _module_policies() == set()
-    assert set(_policies()) == {PAGES, *TICKETS, *ROOT_TICKETS}
+    assert set(_policies()) == {PAGES, *TICKETS, *ROOT_TICKETS, *LEVELLED}
 
 
 def test_one_page_per_symptom_for_the_whole_fleet() -> None:

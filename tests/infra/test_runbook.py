@@ -7,7 +7,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tests.infra.test_terraform import _locals, _resources
+from app.settings import QuerySettings
+from app.store.spanner.schema import retention_days
+from tests.infra.test_terraform import _locals, _resources, _variables
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 LINK = re.compile(r"Runbook: docs/operations\.md#([^\s\"`)]+)")
@@ -33,7 +35,11 @@ def _each(body: dict[str, Any]) -> dict[str | None, Any]:
     if "local.ticket_specs" in expression:
         # One per symptom and channel set: each.value.symptom keys local.ticket_specs.
         return {k: {"symptom": k} for k in _locals()["ticket_specs"]}
-    found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
+    found = re.fullmatch(r"\$\{local\.(\w+)\}", expression) or re.fullmatch(
+        # Policies of the serving tier's instance, one per level, where there is one.
+        r"\$\{length\(local\.spanner_instances\) > 0 \? local\.(\w+) : \{\}\}",
+        expression,
+    )
     if found is None:
         # One policy for each resource (the serving tier's instance): one section for all.
         assert re.fullmatch(r"\$\{google_\w+\.\w+\}", expression), expression
@@ -92,3 +98,43 @@ def test_every_tile_the_runbook_names_is_on_a_dashboard() -> None:
     assert named
     missing = [t for t in named if not any(title.startswith(t) for title in titles)]
     assert missing == []
+
+
+def _seconds(duration: str) -> int:
+    """A Terraform duration such as "600s" in seconds."""
+    assert duration.endswith("s"), duration
+    return int(duration[:-1])
+
+
+def _spoken(seconds: int) -> str:
+    """Seconds as the outage table says them: whole days, else hours and minutes."""
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} days"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def test_the_outage_table_is_what_the_terraform_defaults_absorb() -> None:
+    variables = {name: body.get("default") for name, body in _variables().items()}
+    # Pub/Sub waits between a message's deliveries from the minimum backoff, doubling,
+    # up to the maximum: the dead-letter topic gets it after the last of them.
+    attempts = variables["max_delivery_attempts"]
+    least, most = (_seconds(variables[f"retry_{e}_backoff"]) for e in ("minimum", "maximum"))
+    absorbed = sum(min(least * 2**k, most) for k in range(attempts - 1))
+    assert absorbed >= 4 * 3600  # a 4-hour outage dead-letters nothing
+    retention = _seconds(variables["message_retention_duration"])
+    window = QuerySettings().dedupe_window_seconds
+    spanner_days = retention_days(window)
+    text = RUNBOOK.read_text()
+    table = text.split("## Outages, and what to run after", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    said = [re.findall(r"\*\*([^*]+)\*\*", row.split(" | ")[0]) for row in rows[1:]]
+    assert said == [
+        [_spoken(absorbed)],
+        [_spoken(absorbed), _spoken(retention)],
+        [_spoken(retention)],
+        [f"{spanner_days} days"],
+        [f"{spanner_days} days"],
+    ]
+    flat = " ".join(table.split())
+    assert f"{attempts} deliveries with backoff from {least} s doubling to {most} s" in flat
+    assert f"refused {attempts} times" in flat

@@ -125,6 +125,59 @@ def test_the_instance_holds_every_serving_database(databases: int, units: int) -
     assert instance["processing_units"] == "${local.spanner_processing_units}"
 
 
+def _sized(systems: str, **overrides: str) -> dict[str, Any]:
+    expression = (
+        "{ units = local.spanner_processing_units, stored = local.spanner_stored_bytes,"
+        " capacity = local.spanner_storage_bytes }"
+    )
+    return dict(_root_console(expression, systems, tuple(sorted(overrides.items()))))
+
+
+def test_the_instance_is_sized_by_what_its_databases_store() -> None:
+    # Twenty systems at 100 messages/s of 1 KiB: each keeps 9 days of rows and 3 of old
+    # versions, about 148 GB; 2.95 TB in all, more than 100 units (409.6 GB) hold.
+    names = ["recordline", *(f"system-{n:03d}" for n in range(1, 20))]
+    busy = "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in names) + " }"
+    sized = _sized(busy)
+    per_system = 100 * (1024 + 400) * 86400 * (9 + 3)
+    assert sized["stored"] == pytest.approx(20 * per_system)
+    assert sized["units"] == 2000  # two nodes: 8 TB, filled to 37%
+    assert sized["capacity"] * 0.7 >= sized["stored"]
+    # Below a node, in steps of 100 units: one system at 100/s fills 100 units (409.6
+    # GB) to 36%; three fill 200 units to 54%.
+    one = _sized("{ recordline = { serving = true, rate = 100 } }")
+    assert (one["units"], one["capacity"]) == (100, 409.6e9)
+    trio = ("recordline", "b-system", "c-system")
+    three = _sized(
+        "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in trio) + " }"
+    )
+    assert three["stored"] == pytest.approx(3 * per_system)
+    assert three["units"] == 200  # 443 GB over 70% of 409.6 GB: two hundred units
+    assert three["capacity"] * 0.7 >= three["stored"]
+    # What a system declares of itself counts, and so does a longer dedupe window.
+    big = _sized("{ recordline = { serving = true, rate = 10, message_bytes = 100000 } }")
+    assert big["stored"] == pytest.approx(10 * 100400 * 86400 * 12)
+    assert big["units"] == 400
+    # The default: ten messages a second of 1 KiB, well within the smallest instance.
+    assert _sized("{ recordline = { serving = true } }")["units"] == 100
+
+
+def test_storage_is_ticketed_at_70_and_paged_at_90_percent() -> None:
+    policy = _resources("google_monitoring_alert_policy")["spanner_storage"]
+    alerts = _locals()["spanner_storage_alerts"]
+    assert {k: (v["threshold"], v["severity"]) for k, v in alerts.items()} == {
+        "ticket": (0.7, "WARNING"),
+        "page": (0.9, "CRITICAL"),
+    }
+    assert alerts["page"]["channels"] == "${var.notification_channels}"
+    assert alerts["ticket"]["channels"] == "${var.ticket_channels}"
+    (condition,) = policy["conditions"]
+    (threshold,) = condition["condition_threshold"]
+    assert "spanner.googleapis.com/instance/storage/utilization" in threshold["filter"]
+    assert threshold["comparison"] == "COMPARISON_GT"
+    assert "docs/operations.md#spanner-storage" in policy["documentation"][0]["content"]
+
+
 def test_more_units_than_the_databases_need_are_kept_and_past_100_databases_refused() -> None:
     assert _units(11, spanner_processing_units="2000") == 2000
     (lifecycle,) = _resources("google_spanner_instance")["serving"]["lifecycle"]
@@ -219,10 +272,15 @@ def test_the_database_is_protected_in_terraform_and_in_spanner() -> None:
     assert database["deletion_protection"] is True
     assert database["enable_drop_protection"] is True
     assert database["lifecycle"] == [{"prevent_destroy": True}]
-    # Old versions last longer than the oldest moment the service reads at.
-    period = database["version_retention_period"]
-    seconds = int(period[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[period[-1]]
-    assert seconds * 1_000_000 >= 2 * _OLDEST_READ_MICROS
+    # Old versions last as long as the environment says (point-in-time recovery), and
+    # its least is longer than the oldest moment the service reads at.
+    assert database["version_retention_period"] == "${var.serving.recovery_hours}h"
+    recovery = _variables()["spanner_recovery_hours"]
+    assert recovery["default"] == 72  # a mistake made on a Friday, found on Monday
+    assert _validations_hold("spanner_recovery_hours", {"spanner_recovery_hours": "1"})
+    assert 2 * _OLDEST_READ_MICROS <= 3600 * 1_000_000
+    for refused in ("0", "169", "1.5"):
+        assert not _validations_hold("spanner_recovery_hours", {"spanner_recovery_hours": refused})
 
 
 # --- the service ------------------------------------------------------------------------------

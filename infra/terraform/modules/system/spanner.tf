@@ -40,9 +40,12 @@ resource "google_spanner_database" "serving" {
   # serving tier"). The service never changes the schema; it checks it at start.
   ddl = local.spanner_ddl
 
-  # The service reads no further back than 30 minutes (serving.py): Spanner's default
-  # hour of old versions, written down.
-  version_retention_period = "1h"
+  # Point-in-time recovery: old versions kept this long (spanner_recovery_hours, 3 days
+  # by default), so a bad delete or DDL can be read past or restored from
+  # (docs/operations.md#recovering-a-serving-database). The service itself reads no
+  # further back than 30 minutes (serving.py). The versions cost storage: the
+  # instance is sized for them (root spanner.tf).
+  version_retention_period = "${var.serving.recovery_hours}h"
 
   # Terraform refuses to delete it, and Spanner refuses to drop it (or its instance)
   # through any interface while drop protection is on.

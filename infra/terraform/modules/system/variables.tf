@@ -143,9 +143,10 @@ variable "extra_env" {
 
 variable "serving" {
   type = object({
-    instance = string
+    instance       = string
+    recovery_hours = number
   })
-  description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING), or null: BigQuery serves every read."
+  description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING) and how far back it can be recovered (hours of old versions kept), or null: BigQuery serves every read."
 }
 
 # --- Pub/Sub -------------------------------------------------------------------
