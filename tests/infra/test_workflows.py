@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.infra.workflow_runner import Expressions, interpolate
+
 WORKFLOWS = Path(__file__).resolve().parents[2] / ".github" / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
 
@@ -158,25 +160,49 @@ def test_the_image_is_built_once_and_deployed_by_digest() -> None:
     assert '"$existing" == "$BUILT_DIGEST"' in _job_runs(prepare)
 
 
-def test_concurrency_is_per_environment() -> None:
-    # No group spanning both environments: a prod run waiting for approval would hold dev.
-    # Each environment's whole rollout is one group, each system's deploy another.
-    deploy = _load(WORKFLOWS / "deploy.yml")
-    assert "concurrency" not in deploy
+def _live_groups(path: Path) -> dict[str, Any]:
+    """Each job of a workflow that names a group of `live-`, and its concurrency."""
+    return {
+        name: job["concurrency"]
+        for name, job in _load(path)["jobs"].items()
+        if "live-" in str(job.get("concurrency", {}).get("group", ""))
+    }
+
+
+def _group(concurrency: dict[str, Any], **context: Any) -> str:
+    """The group a job's concurrency names, its expression evaluated in `context`."""
+    return str(interpolate(concurrency["group"], Expressions(context, {})))
+
+
+def test_one_queue_per_environment_for_every_change_to_what_runs() -> None:
+    # Rollouts and rollbacks (deploy.yml), a merge's plan, apply and deploy of new systems
+    # (terraform.yml) and the drift plan share one group per environment: whichever
+    # starts second waits for the first. No group spans both environments (a prod run
+    # waiting for approval would hold dev), and nothing in one is ever cancelled
+    # half-way: a rollback that cut an apply short would leave it half-made.
+    main = {"event_name": "push", "ref": "refs/heads/main"}
     for environment in ("dev", "prod"):
-        assert deploy["jobs"][environment]["concurrency"] == {
-            "group": f"deploy-{environment}",
-            # A rollback cancels what runs (tests/infra/test_identity.py).
-            "cancel-in-progress": "${{ inputs.image_tag != '' }}",
-        }
+        queue = f"live-{environment}"
+        deploy = _load(WORKFLOWS / "deploy.yml")["jobs"][environment]["concurrency"]
+        terraform = _load(WORKFLOWS / "terraform.yml")["jobs"][environment]["concurrency"]
+        drift = _load(WORKFLOWS / "drift.yml")["jobs"]["plan"]["concurrency"]
+        rollback = {"inputs": {"image_tag": "a" * 40}}
+        assert _group(deploy, inputs={}) == _group(deploy, **rollback) == queue
+        assert _group(terraform, github=main) == queue
+        assert _group(drift, matrix={"environment": environment}) == queue
+        for concurrency in (deploy, terraform, drift):
+            assert concurrency["cancel-in-progress"] is False
+        # A pull request's plan changes nothing and waits in no environment's queue.
+        pull = {"event_name": "pull_request", "ref": "refs/pull/7/merge", "run_id": "42"}
+        assert _group(terraform, github=pull) == "42"
+    assert "concurrency" not in _load(WORKFLOWS / "deploy.yml")
+    # The workflows those jobs call never wait on the queue their caller holds: that
+    # would be the queue waiting on itself. Each system's deploy has its own group.
+    for called in ("deploy-environment.yml", "deploy-system.yml", "terraform-environment.yml"):
+        assert _live_groups(WORKFLOWS / called) == {}, called
     rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
     assert rollout["concurrency"] == {
         "group": "deploy-${{ inputs.environment }}-${{ inputs.system }}",
-        "cancel-in-progress": False,
-    }
-    apply = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]["apply"]
-    assert apply["concurrency"] == {
-        "group": "terraform-apply-${{ inputs.environment }}",
         "cancel-in-progress": False,
     }
     # terraform.yml's own group only serialises a pull request's plans; elsewhere it is
@@ -185,6 +211,21 @@ def test_concurrency_is_per_environment() -> None:
     assert group == (
         "terraform-${{ github.event_name == 'pull_request' && github.ref || github.run_id }}"
     )
+
+
+def test_the_drift_plan_tickets_a_project_that_differs_from_main() -> None:
+    job = _load(WORKFLOWS / "drift.yml")["jobs"]["plan"]
+    workflow = _load(WORKFLOWS / "drift.yml")
+    assert workflow[True]["schedule"]  # YAML 1.1 reads the key `on` as true
+    runs = _job_runs(job)
+    assert "-detailed-exitcode" in runs
+    assert "-lock=false" in runs  # the read-only plan account
+    assert "gh issue create" in runs
+    assert "gh issue comment" in runs
+    assert job["permissions"]["issues"] == "write"
+    (auth,) = [s for s in job["steps"] if "google-github-actions/auth@" in s.get("uses", "")]
+    assert "TF_PLAN_SERVICE_ACCOUNT" in str(job["strategy"]["matrix"])
+    assert auth["with"]["service_account"] == "${{ vars[matrix.account] }}"
 
 
 def test_the_approved_apply_applies_the_saved_plan() -> None:
