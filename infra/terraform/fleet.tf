@@ -14,8 +14,10 @@ locals {
   read_routes        = ["/v1/records", "/v1/records/{record_id}", "/v1/messages/{message_id}"]
   fleet_read_routes  = "metric.label.\"route\"=one_of(${join(",", [for r in local.read_routes : "\"${r}\""])})"
   fleet_system_names = sort(keys(local.systems))
-  fleet_run_services = join(" OR ", [for s in local.fleet_system_names : "resource.label.\"service_name\"=\"${s}\""])
-  fleet_push_subs    = join(" OR ", [for s in local.fleet_system_names : "resource.label.\"subscription_id\"=\"${s}-push\""])
+  # Every system's service and push subscription, by no list of names: the project
+  # holds Recordline's systems alone, and a filter that named each would grow with them.
+  fleet_run_services = "resource.label.\"service_name\"=monitoring.regex.full_match(\"[a-z][a-z0-9-]*\")"
+  fleet_push_subs    = "resource.label.\"subscription_id\"=ends_with(\"-push\")"
 
   # [title, filter, aligner, reducer, group by (the system's label), worst is TOP or BOTTOM]
   fleet_charts = [
@@ -161,12 +163,21 @@ locals {
       module.fleet_symptoms.export_lag, "300s", "export-behind",
     ]
   }
+
+  # Each page's text: what it means, the command naming the systems, and what to run.
+  page_documentation = {
+    for key, page in local.pages :
+    key => "${page[0]}, in as many systems as this incident's value says. Which ones, now:\n```sh\n${format(local.which_systems, page[1])}\n```\n${local.page_commands}\nRunbook: docs/operations.md#${page[3]}"
+  }
 }
 
 module "fleet_symptoms" {
   source = "./modules/symptoms"
 
+  # Every system of the project, named by no list: the pages' queries, and the
+  # documentation that quotes them, stay the same size at 2 systems or 200.
   systems                          = local.fleet_system_names
+  every_system                     = true
   project_number                   = data.google_project.this.number
   region                           = var.region
   metric_types                     = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
@@ -205,6 +216,17 @@ resource "google_monitoring_alert_policy" "page" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "${each.value[0]}, in as many systems as this incident's value says. Which ones, now:\n```sh\n${format(local.which_systems, each.value[1])}\n```\n${local.page_commands}\nRunbook: docs/operations.md#${each.value[3]}"
+    content   = local.page_documentation[each.key]
+  }
+
+  # Cloud Monitoring refuses a documentation over 8,192 characters or 10,240 bytes
+  # (https://cloud.google.com/monitoring/api/ref_v3/rest/v3/projects.alertPolicies#documentation):
+  # said at plan time, not as an apply that fails half-way. (Base64 of n bytes has
+  # 4 * ceil(n / 3) characters: 13,652 of them is at most 10,239 bytes.)
+  lifecycle {
+    precondition {
+      condition     = length(local.page_documentation[each.key]) <= 8192 && length(base64encode(local.page_documentation[each.key])) <= 13652
+      error_message = "The page \"${each.key}\"'s documentation is ${length(local.page_documentation[each.key])} characters: Cloud Monitoring takes at most 8,192 characters and 10,240 bytes. Shorten page_commands (fleet.tf)."
+    }
   }
 }

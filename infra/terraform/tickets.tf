@@ -117,7 +117,10 @@ module "ticket_symptoms" {
   source   = "./modules/symptoms"
   for_each = local.ticket_groups
 
+  # One group (every system's tickets to the same channels, the usual case) names no
+  # system: its queries stay the same size however many systems there are.
   systems                          = each.value.systems
+  every_system                     = length(local.ticket_groups) == 1
   project_number                   = data.google_project.this.number
   region                           = var.region
   metric_types                     = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }

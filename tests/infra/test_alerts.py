@@ -66,12 +66,13 @@ def _hcl(value: Any) -> str:
 
 @cache
 def _symptoms(
-    systems: tuple[str, ...], min_events: int = 100, export_lag: int = 3600
+    systems: tuple[str, ...], min_events: int = 100, export_lag: int = 3600, every: bool = False
 ) -> dict[str, Any]:
     """Every output of modules/symptoms for these systems, evaluated by terraform."""
     require_terraform()
     values = {
         "systems": list(systems),
+        "every_system": every,
         "project_number": "123456789012",
         "region": "europe-west1",
         "metric_types": METRICS,
@@ -152,7 +153,8 @@ def test_one_page_per_symptom_for_the_whole_fleet() -> None:
     # the number of systems; its value is that number.
     assert promql["query"] == "count(${each.value[1]})"
     (fleet,) = [b["fleet_symptoms"] for b in _root("module") if "fleet_symptoms" in b]
-    assert fleet["systems"] == "${local.fleet_system_names}"
+    # Every system, named by no list: the queries stay one size however many there are.
+    assert fleet["every_system"] is True
     for key, page_spec in _locals()["pages"].items():
         assert "module.fleet_symptoms." in page_spec[1], key
 
@@ -166,6 +168,73 @@ def test_the_fleet_query_watches_every_system_and_a_ticket_one() -> None:
         assert "payments" not in one[name], name
         assert fleet[name].startswith("label_replace("), name  # series named by `system`
         assert ', "system", "$1", ' in fleet[name], name
+
+
+def test_the_fleet_query_is_one_size_whatever_the_number_of_systems() -> None:
+    few = _symptoms(("payments", "orders"), every=True)
+    many = _symptoms(tuple(f"system-{n:03d}".ljust(30, "x") for n in range(100)), every=True)
+    for name, query in many.items():
+        if name == "canary_absent":  # a ticket's, which must know whom to expect
+            continue
+        assert query == few[name], name
+        text = json.dumps(query)
+        assert "[a-z][a-z0-9-]*" in text, name
+        assert "|" not in re.sub(r'route=~\\"[^"]*\\"', "", text), name  # no list of names
+
+
+def _page_documentation(systems: int, name_length: int) -> dict[str, list[int]]:
+    """Each page's documentation, as Terraform renders it for `systems` systems with
+    names of `name_length` characters and a project id of 30 (the longest Google
+    allows): its length in characters and in base64 (4 per 3 bytes)."""
+    from tests.infra.test_fleet import _root_console
+
+    (block,) = [
+        b
+        for b in re.findall(r"(?ms)^locals \{\n.*?^\}\n", (TERRAFORM / "fleet.tf").read_text())
+        if "page_documentation" in b
+    ]
+    # What a plan would know from the provider, stood in for.
+    block = block.replace("module.fleet_symptoms.", "local.symptoms.")
+    block = block.replace("data.google_project.this.number", '"123456789012"')
+    block = block.replace(
+        "google_service_account.operator.email",
+        '"recordline-operator@${var.project_id}.iam.gserviceaccount.com"',
+    )
+    symptoms = json.dumps(_symptoms(("payments", "orders"), every=True))
+    pages = f'{block}\nlocals {{\n  symptoms = jsondecode(file("symptoms.json"))\n}}\n'
+    names = [f"s{n:03d}".ljust(name_length, "x") for n in range(systems)]
+    hcl = "{ " + ", ".join(f'"{n}" = {{}}' for n in [*names, "recordline"]) + " }"
+    expression = (
+        "{ for k, v in local.page_documentation : k => [length(v), length(base64encode(v))] }"
+    )
+    project = "recordline-prod-abcdefghijklmn"  # 30 characters
+    found = _root_console(
+        expression,
+        hcl,
+        (("project_id", f'"{project}"'), ("service_account_quota", "300")),
+        (
+            ("infra/terraform/pages.tf", pages.encode()),
+            ("infra/terraform/symptoms.json", symptoms.encode()),
+        ),
+    )
+    return dict(found)
+
+
+def test_every_page_fits_cloud_monitoring_at_100_systems_with_the_longest_names() -> None:
+    # Cloud Monitoring takes a documentation of at most 8,192 characters and 10,240
+    # bytes. The pages name no system: at 100 systems of 24 characters each (the longest
+    # name variables.tf accepts) is as long as at one.
+    many = _page_documentation(100, 24)
+    one = _page_documentation(1, 3)
+    assert set(many) == PAGED
+    for page, (characters, base64) in many.items():
+        assert characters <= 8192, page
+        assert base64 <= 13652, page  # at most 10,239 bytes
+        assert many[page] == one[page], page
+    (page,) = [p for n, p in _policies().items() if n == PAGES]
+    (precondition,) = page["lifecycle"][0]["precondition"]
+    assert "<= 8192" in precondition["condition"]
+    assert "<= 13652" in precondition["condition"]
 
 
 TICKETED = PAGED | {"dead_letters", "bytes_billed", "canary_absent", "export_blocked"}
@@ -182,7 +251,9 @@ def test_each_system_has_a_ticket_for_every_paged_symptom() -> None:
         assert f"{symptom} = " in re.sub(r"\s+", " ", _locals()["ticket_queries"]), symptom
     (module,) = [b["ticket_symptoms"] for b in _root("module") if "ticket_symptoms" in b]
     assert module["for_each"] == "${local.ticket_groups}"
+    # One group (the usual case) names no system; several name each its own.
     assert module["systems"] == "${each.value.systems}"
+    assert module["every_system"] == "${length(local.ticket_groups) == 1}"
     assert module["source"] == "./modules/symptoms"
     # Each system in trouble is an incident of its own: no count() around the query.
     (condition,) = tickets["conditions"]
