@@ -18,7 +18,7 @@ import subprocess
 import sys
 import termios
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -56,12 +56,33 @@ def fake_emulator(directory: Path) -> Path:
 def _controlling_terminal() -> None:
     # In the child, after setsid(): stdin, the pty's slave end, becomes its terminal.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    # As a shell gives a command it runs in a terminal: the suite itself may run
-    # as a background job (`… &` in a script: SIGINT and SIGQUIT ignored) or under
-    # nohup (SIGHUP ignored), and a child inherits what is ignored: Ctrl-C or the
-    # terminal closing would then reach nothing.
-    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+
+
+def _ignore_nothing(signum: int, frame: object) -> None:
+    """A handler in name only: what matters is that a child's exec turns it into
+    the signal's default action, where an ignored signal stays ignored."""
+
+
+@contextlib.contextmanager
+def _signals_as_a_shell_gives_them() -> Iterator[None]:
+    """While a child starts, the stop signals this process ignores are handled
+    instead, so the child gets them at their defaults, as a shell gives a command it
+    runs in a terminal. The suite may run as a background job (`… &` in a script:
+    SIGINT and SIGQUIT ignored) or under nohup (SIGHUP ignored), and a child inherits
+    what is ignored: Ctrl-C or the terminal closing would then reach nothing. (Not in
+    the child itself: between fork and exec, with threads about, Python must not run.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+    ignored = [s for s in stops if signal.getsignal(s) == signal.SIG_IGN]
+    for signum in ignored:
+        signal.signal(signum, _ignore_nothing)
+    try:
+        yield
+    finally:
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 class Terminal:
@@ -80,16 +101,17 @@ class Terminal:
         self.markers = tuple(markers)
         master, slave = os.openpty()
         self._master = master
-        self.process = subprocess.Popen(
-            list(argv),
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=_controlling_terminal,
-        )
+        with _signals_as_a_shell_gives_them():
+            self.process = subprocess.Popen(
+                list(argv),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_controlling_terminal,
+            )
         os.close(slave)
         self.session = self.process.pid
         self._chunks: list[bytes] = []
