@@ -652,7 +652,12 @@ def serving_parts() -> ServingParts:
 
 
 def _start_serving(
-    parts: ServingParts, port: int, session: Path, group: ProcessGroup, env: dict[str, str]
+    parts: ServingParts,
+    port: int,
+    session: Path,
+    group: ProcessGroup,
+    env: dict[str, str],
+    bigquery_port: int = 0,
 ) -> DevStack:
     """Spanner's emulator with the service's database, then the BigQuery stand-in; `env`
     gets the service's settings for them. Returns the banner's part of them."""
@@ -674,7 +679,12 @@ def _start_serving(
     )
     say("recordline dev: starting the BigQuery stand-in")
     bigquery = BigQueryStandIn(
-        DEV_PROJECT, DEV_DATASET, log_path=session / "bigquery.log", group=group
+        DEV_PROJECT,
+        DEV_DATASET,
+        log_path=session / "bigquery.log",
+        group=group,
+        write_port=bigquery_port,
+        jobs_port=bigquery_port + 1 if bigquery_port else 0,
     )
     env.update(bigquery.settings)
     env["RECORDLINE_SERVING"] = database
@@ -708,6 +718,9 @@ def _run_dev(
         ensure_free(args.emulator_port, "Pub/Sub emulator", "--emulator-port")
     if serving is not None:
         ensure_free(args.spanner_port, "Spanner emulator", "--spanner-port")
+        if args.bigquery_port:
+            for port in (args.bigquery_port, args.bigquery_port + 1):
+                ensure_free(port, "BigQuery stand-in", "--bigquery-port")
     emulator: Emulator | None = None
     if launcher is not None:
         say(
@@ -726,7 +739,7 @@ def _run_dev(
         env["PUBSUB_EMULATOR_HOST"] = emulator.host
     tier: DevStack | None = None
     if serving is not None:
-        tier = _start_serving(serving, args.spanner_port, session, group, env)
+        tier = _start_serving(serving, args.spanner_port, session, group, env, args.bigquery_port)
         store = tier.store
     say(f"recordline dev: starting the service on {service_url}, store {store}")
     service = group.start(
@@ -833,6 +846,13 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=9010,
         help="Spanner emulator port with --serving (default 9010, gcloud's)",
+    )
+    parser.add_argument(
+        "--bigquery-port",
+        type=int,
+        default=0,
+        help="the BigQuery stand-in's Storage Write port with --serving; its jobs.query "
+        "endpoint takes the next one (default: free ports, named in the banner)",
     )
     parser.add_argument(
         "--retry-policy",

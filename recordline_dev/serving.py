@@ -226,7 +226,8 @@ class BigQueryStandIn:
     """The BigQuery fakes (Storage Write and jobs.query) in a process of their own.
 
     `settings` are what the service needs to use them as its BigQuery store.
-    `extra` passes options to the fakes (`--latency-ms`, `--refuse-every`, …).
+    `extra` passes options to the fakes (`--latency-ms`, `--refuse-every`, …);
+    `write_port` and `jobs_port` are their ports (0: any free one).
     """
 
     def __init__(
@@ -238,12 +239,14 @@ class BigQueryStandIn:
         extra: Sequence[str] = (),
         group: ProcessGroup | None = None,
         checkout: Path = CHECKOUT,
+        write_port: int = 0,
+        jobs_port: int = 0,
     ) -> None:
         self.project, self.dataset = project, dataset
         self.log_path = log_path
         self._grouped = group is not None
-        argv = [sys.executable, "-m", STAND_IN_MODULE, "--keep-rows"]
-        argv += ["--jobs", f"{project}/{dataset}", *extra]
+        argv = [sys.executable, "-m", STAND_IN_MODULE, "--keep-rows", "--port", str(write_port)]
+        argv += ["--jobs", f"{project}/{dataset}", "--jobs-port", str(jobs_port), *extra]
         self.process = _start(
             "BigQuery stand-in",
             argv,

@@ -174,7 +174,8 @@ class FakeBigQueryJobs:
         self._thread: threading.Thread | None = None
         self.endpoint = ""
 
-    def start(self) -> str:
+    def start(self, port: int = 0) -> str:
+        """Serve on 127.0.0.1:`port` (0: any free one); the endpoint URL."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -192,7 +193,7 @@ class FakeBigQueryJobs:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

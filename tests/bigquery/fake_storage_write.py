@@ -536,7 +536,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
         project, dataset = args.jobs.split("/")
         jobs = FakeBigQueryJobs(fake, project=project, dataset=dataset)
-        print(f"jobs {jobs.start()}", flush=True)
+        print(f"jobs {jobs.start(args.jobs_port)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -554,6 +554,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--keep-rows", action="store_true", help="keep decoded rows in memory")
     parser.add_argument("--jobs", metavar="PROJECT/DATASET", help="serve jobs.query too")
+    parser.add_argument("--jobs-port", type=int, default=0, help="jobs.query's port (0: any)")
     parser.add_argument("--refuse-every", type=int, default=0, metavar="N")
     parser.add_argument("--lose-every", type=int, default=0, metavar="N")
     asyncio.run(_serve(parser.parse_args()))

@@ -23,7 +23,7 @@ from google.cloud import bigquery, spanner
 
 from recordline_dev.client import DEV_PROJECT
 from recordline_dev.devstack import DEV_DATABASE, DEV_DATASET, DEV_INSTANCE, find_emulator
-from recordline_dev.processes import EmulatorNotFound
+from recordline_dev.processes import EmulatorNotFound, port_is_free
 from recordline_dev.serving import find_spanner_emulator
 from tests.processes import (
     BANNER,
@@ -51,10 +51,19 @@ def emulators() -> None:
         pytest.skip(str(exc))  # "Pub/Sub emulator" or "Spanner emulator": CI fails it
 
 
-def serving_terminal(tmp_path: Path, terminals: list[Terminal]) -> tuple[Terminal, int, int, int]:
+def two_free_ports() -> int:
+    """A free port whose next one is free too (the BigQuery stand-in's two)."""
+    while not port_is_free((port := free_port()) + 1):
+        continue
+    return port
+
+
+def serving_terminal(
+    tmp_path: Path, terminals: list[Terminal], *more: str
+) -> tuple[Terminal, int, int, int]:
     spanner_port = free_port()
     terminal, port, emulator_port = dev_terminal(
-        tmp_path, "--serving", "--spanner-port", str(spanner_port)
+        tmp_path, "--serving", "--spanner-port", str(spanner_port), *more
     )
     terminals.append(terminal)
     return terminal, port, emulator_port, spanner_port
@@ -94,7 +103,10 @@ def in_bigquery(jobs: str) -> set[str]:
 def test_dev_serving_runs_the_serving_tier_in_one_command(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:
-    terminal, port, emulator_port, spanner_port = serving_terminal(tmp_path, terminals)
+    bigquery_port = two_free_ports()
+    terminal, port, emulator_port, spanner_port = serving_terminal(
+        tmp_path, terminals, "--bigquery-port", str(bigquery_port)
+    )
     assert terminal.wait_for(BANNER, timeout=START_SECONDS), terminal.output
     banner = terminal.output
     database = f"projects/{DEV_PROJECT}/instances/{DEV_INSTANCE}/databases/{DEV_DATABASE}"
@@ -103,6 +115,9 @@ def test_dev_serving_runs_the_serving_tier_in_one_command(
     assert f"Spanner's emulator at 127.0.0.1:{spanner_port}" in banner
     jobs = re.search(r"jobs\.query at (http://\S+)", banner)
     assert jobs is not None, banner
+    # On the ports asked for: Storage Write on the one given, jobs.query the next.
+    assert jobs[1] == f"http://127.0.0.1:{bigquery_port + 1}", banner
+    assert f"127.0.0.1:{bigquery_port}" in banner
 
     want = {f"serving-{n}" for n in range(3)}
     lines = tmp_path / "records.jsonl"
