@@ -33,8 +33,10 @@ def merge(table: Sequence[Field], revision: Sequence[Field]) -> tuple[Field, ...
     """The table's fields once it also holds `revision`'s."""
     theirs = {f.name: f for f in revision}
     merged = [_merge_field(f, theirs[f.name]) if f.name in theirs else f for f in table]
-    ours = {f.name for f in table}
-    merged += [f for f in revision if f.name not in ours]
+    # Column names are case-insensitive: a field whose name differs from a
+    # column's only in case is no new column (its values are projection errors).
+    ours = {f.name.casefold() for f in table}
+    merged += [f for f in revision if f.name.casefold() not in ours]
     return tuple(merged)
 
 

@@ -309,6 +309,13 @@ def _proto_value(field: FieldDescriptor, open_messages: set[str]) -> Shape:
 
 
 def _record(fields: tuple[Field, ...]) -> Shape:
+    # [types] column names are case-insensitive: of two fields whose names differ
+    # only in case, the first is the column, and the other's values are
+    # projection errors (app.typed.projection).
+    first: dict[str, Field] = {}
+    for field in fields:
+        first.setdefault(field.name.casefold(), field)
+    fields = tuple(first.values())
     # A RECORD needs at least one field in BigQuery: an empty one is kept as JSON.
     return Shape(Type.RECORD, fields=fields) if fields else _JSON
 

@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from app.asgi import create_app
+from app.records import Record
 from app.store.duckdb.store import DuckDBStore
+from app.typed.mapping import Field, Type
 from app.typed.revisions import Revisions
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
@@ -184,3 +186,26 @@ async def test_records_without_a_schema_have_no_typed_fields(tmp_path: Path) -> 
     assert _query(path, "SELECT id, fields, projection_errors FROM records_typed") == [
         ("p-1", None, None)
     ]
+
+
+async def test_a_fault_of_the_typed_columns_stores_the_record_and_says_why(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fault.duckdb"
+    revisions = Revisions()
+    # Fields no DuckDB column can have (an empty name): the ALTER fails.
+    revisions.learn("s@1", (Field(name="", type=Type.STRING),))
+    store = DuckDBStore(str(path), revisions=revisions)
+    await store.start()
+    try:
+        record = Record(
+            message_id="m-1", publish_time=1, ingest_time=2, id="r-1", data="{}", schema="s@1"
+        )
+        assert await store.append([record]) == [None]
+        await store.barrier()
+        assert await store.latest("r-1") == record
+    finally:
+        await store.close()
+    ((errors,),) = _query(path, "SELECT projection_errors FROM records_typed")
+    assert [(e["field"], e["revision"]) for e in errors] == [("$", "s@1")]
+    assert errors[0]["reason"].startswith("typed columns failed:")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.typed.evolution import merge
-from app.typed.mapping import Field, Mode, Type
+from app.typed.mapping import Field, Mode, Type, avro_fields
 from app.typed.projection import project
 from tests.typed.accounting import unaccounted
 
@@ -86,3 +86,22 @@ def test_a_value_out_of_range_is_an_error_not_a_wrong_value() -> None:
     )
     assert projection.values == {"i": None, "n": None, "t": None}
     assert sorted(e.field for e in projection.errors) == ["i", "n", "t"]
+
+
+def test_names_that_differ_only_in_case_are_one_column() -> None:
+    # BigQuery's (and DuckDB's) column names are case-insensitive.
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [
+            {"name": "amount", "type": "long"},
+            {"name": "note", "type": "string"},
+            {"name": "Amount", "type": "string"},
+        ],
+    }
+    fields = avro_fields(schema)
+    assert [f.name for f in fields] == ["amount", "note"]
+    assert merge(fields, (Field(name="NOTE", type=Type.STRING),)) == fields
+    projection = project({"amount": 1, "note": "n", "Amount": "one"}, fields, "s@1")
+    assert projection.values == {"amount": 1, "note": "n"}
+    assert [e.field for e in projection.errors] == ["Amount"]
