@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import pytest
 from app.asgi import create_app
 from app.records import Record
 from app.store.duckdb.store import DuckDBStore
-from app.typed.mapping import Field, Type
+from app.typed.mapping import Field, Type, avro_fields
 from app.typed.revisions import Revisions
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
+from tests.typed.stored import avro_stored
+from tests.typed.test_mapping import AVRO_ROWS
 
 SCHEMA = "projects/shop/schemas/orders"
 FIRST = {
@@ -209,3 +212,61 @@ async def test_a_fault_of_the_typed_columns_stores_the_record_and_says_why(
     ((errors,),) = _query(path, "SELECT projection_errors FROM records_typed")
     assert [(e["field"], e["revision"]) for e in errors] == [("$", "s@1")]
     assert errors[0]["reason"].startswith("typed columns failed:")
+
+
+PROTO = """
+syntax = "proto3";
+message Order {
+  string order_id = 1;
+  uint64 amount = 2;
+  map<string, int64> counts = 3;
+}
+"""
+
+
+async def test_a_protocol_buffers_revision_gets_typed_columns(
+    schema_api: FakeSchemaApi, tmp_path: Path
+) -> None:
+    schema_api.add(SCHEMA, "p1", "PROTOCOL_BUFFER", PROTO)
+    path = tmp_path / "proto.duckdb"
+    message = {"order_id": "o-1", "amount": str(2**64 - 1), "counts": {"a": "3"}}
+    attributes = {
+        "googclient_schemaname": SCHEMA,
+        "googclient_schemarevisionid": "p1",
+        "googclient_schemaencoding": "JSON",
+    }
+    push = envelope(
+        None, message_id="m-1", attributes=attributes, raw_data=json.dumps(message).encode()
+    )
+    async with service(schema_api, path) as http:
+        assert (await http.post("/pubsub/push", json=push)).status_code == 204
+        assert (await http.get("/v1/records/o-1")).status_code == 200
+    rows = _query(path, "SELECT fields.amount, fields.counts, projection_errors FROM records_typed")
+    assert rows == [(Decimal(2**64 - 1), [{"key": "a", "value": 3}], [])]
+
+
+async def test_every_mapped_type_round_trips_through_duckdb(tmp_path: Path) -> None:
+    # Every row of the Avro mapping at once, including its extreme values.
+    fields_in = [{"name": f"f{n}", "type": row[0]} for n, row in enumerate(AVRO_ROWS.values())]
+    schema = {"type": "record", "name": "Row", "fields": fields_in}
+    datum = {f"f{n}": row[1] for n, row in enumerate(AVRO_ROWS.values())}
+    revisions = Revisions()
+    revisions.learn("s@1", avro_fields(schema))
+    path = tmp_path / "types.duckdb"
+    store = DuckDBStore(str(path), revisions=revisions)
+    await store.start()
+    try:
+        data = json.dumps(avro_stored(schema, datum))
+        record = Record(
+            message_id="m-1", publish_time=1, ingest_time=2, id="r", data=data, schema="s@1"
+        )
+        await store.append([record])
+        await store.barrier()
+    finally:
+        await store.close()
+    ((fields, errors),) = _query(path, "SELECT fields, projection_errors FROM records_typed")
+    assert errors == []
+    for n, (_, _, kind, _, _, typed) in enumerate(AVRO_ROWS.values()):
+        # BIGNUMERIC is its exact decimal text in DuckDB (its decimals stop at 38 digits).
+        expected = str(typed) if kind is Type.BIGNUMERIC else typed
+        assert fields[f"f{n}"] == expected, kind

@@ -552,9 +552,10 @@ class DuckDBStore:
         ]
         try:
             typed = self._typed.arrow(con, records)
-        except (duckdb.Error, pa.ArrowException, ValueError, TypeError) as exc:
-            # A fault of the typed columns never holds a record back: it is
-            # stored, its payload in `data`, and its projection error says why.
+        except Exception as exc:
+            # A fault of the typed columns, whatever it is, never holds a record
+            # back (the applier would retry it for ever): the record is stored,
+            # its payload in `data`, and its projection error says why.
             log.exception("typed columns for %d records failed", len(records))
             typed = self._typed.unprojected(records, f"typed columns failed: {exc}")
         if typed is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import duckdb
@@ -68,6 +68,8 @@ _ERRORS_ARROW = pa.list_(
 )
 _ERRORS_SQL = "STRUCT(field VARCHAR, reason VARCHAR, revision VARCHAR)[]"
 _NUMERIC_STEP = Decimal(1).scaleb(-NUMERIC_SCALE)
+# Room for NUMERIC's 38 digits (Python's default context holds 28).
+_NUMERIC_CONTEXT = Context(prec=38)
 _decode = msgspec.json.decode
 
 
@@ -107,7 +109,7 @@ def _for_arrow(value: Any, field: Field) -> Any:
         case Type.RECORD:
             return {f.name: _for_arrow(value.get(f.name), f) for f in field.fields}
         case Type.NUMERIC:
-            return value.quantize(_NUMERIC_STEP)
+            return value.quantize(_NUMERIC_STEP, context=_NUMERIC_CONTEXT)
         case Type.BIGNUMERIC:
             return str(value)
         case _:
