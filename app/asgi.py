@@ -56,6 +56,7 @@ from app.settings import Settings
 from app.store import Store
 from app.store.open import open_store
 from app.telemetry import Telemetry
+from app.typed.revisions import Revisions
 
 log = logging.getLogger("recordline")
 
@@ -233,15 +234,20 @@ def create_app(
     telemetry: Telemetry | None = None,
     schema_source: SchemaSource | None = None,
     traffic: Traffic | None = None,
+    revisions: Revisions | None = None,
 ) -> Recordline:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
     auth = Auth.from_settings(settings)
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
     traffic = traffic if traffic is not None else Traffic()
+    # Each decoded schema revision's typed fields, from the push path to the
+    # store that projects them (a store passed in shares this one to do so).
+    revisions = revisions if revisions is not None else Revisions()
     if store is None:
         store = open_store(
             settings,
+            revisions=revisions,
             traffic=traffic.serving,
             observer=telemetry.query_observer,
             conflicts=telemetry.conflicts(),
@@ -269,6 +275,7 @@ def create_app(
         if schema_source is not None
         else PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=fetch_timeout),
         timeout=fetch_timeout,
+        revisions=revisions,
     )
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()

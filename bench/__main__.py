@@ -1,7 +1,7 @@
 """python3 dev.py bench NAME [options].
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
-      stops | followers | outage | server.
+      stops | followers | outage | server | typedcost.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -24,6 +24,7 @@ NAMES = (
     "followers",
     "outage",
     "server",
+    "typedcost",
 )
 
 

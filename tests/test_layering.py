@@ -21,13 +21,25 @@ MAY_USE: dict[str, set[str]] = {
     "records": set(),
     "errors": set(),
     "settings": {"errors"},
-    "store": {"records", "errors", "settings"},
-    "ingest": {"store", "records", "errors", "settings"},
+    # Typed columns: pure mapping and projection, below every store.
+    "typed": {"records"},
+    "store": {"records", "errors", "settings", "typed"},
+    "ingest": {"store", "records", "errors", "settings", "typed"},
     "query": {"store", "records", "errors", "settings"},
     "auth": {"errors", "settings"},
     "telemetry": {"store", "records", "errors", "settings"},
     # Routes and wiring: the top, free to use everything below.
-    "web": {"ingest", "query", "auth", "telemetry", "store", "records", "errors", "settings"},
+    "web": {
+        "ingest",
+        "query",
+        "auth",
+        "telemetry",
+        "store",
+        "records",
+        "errors",
+        "settings",
+        "typed",
+    },
 }
 # Third-party packages only some layers may import (the framework, telemetry).
 RESTRICTED = {

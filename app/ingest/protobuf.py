@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_tools import protoc
 
@@ -80,6 +81,8 @@ class ProtobufCodec:
         messages = list(schema.message_types_by_name.values())
         if not messages:
             raise SchemaError("the .proto text defines no message")
+        # The message type, for the typed columns its fields map to (app.typed).
+        self.descriptor: Descriptor = messages[0]
         self._message: type[Message] = message_factory.GetMessageClass(messages[0])
 
     def binary(self, data: bytes) -> Any:

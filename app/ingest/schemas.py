@@ -33,6 +33,8 @@ from app.errors import SchemaUnavailable
 from app.ingest.avro import AvroCodec
 from app.ingest.codec import Codec, SchemaError
 from app.ingest.protobuf import ProtobufCodec
+from app.typed.mapping import Field, avro_fields, protobuf_fields
+from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class Decoder(msgspec.Struct, frozen=True):
     schema: str  # projects/P/schemas/S@REVISION
     codec: Codec | None = None
     problem: str | None = None
+    # The typed columns the revision's fields map to (app.typed.mapping).
+    fields: tuple[Field, ...] = ()
 
 
 def unusable(name: str, revision_id: str, problem: str) -> Decoder:
@@ -107,8 +111,11 @@ class Schemas:
         *,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        revisions: Revisions | None = None,
     ) -> None:
         self._source = source
+        # Told each decoded revision's typed fields, for a store that projects them.
+        self._revisions = revisions
         self._timeout = timeout
         self._clock = clock
         # Each decoder until its own expiry (forever for a revision, which never
@@ -181,6 +188,8 @@ class Schemas:
         decoder = await _decoder(name, revision)
         if decoder.problem is not None:
             log.error("topic schema %s cannot decode: %s", decoder.schema, decoder.problem)
+        elif self._revisions is not None:
+            self._revisions.learn(decoder.schema, decoder.fields)
         self._keep((name, revision.revision_id), decoder, None)
         if not revision_id:
             self._keep(key, decoder, _LATEST_SECONDS)
@@ -205,10 +214,12 @@ async def _decoder(name: str, revision: SchemaRevision) -> Decoder:
         match revision.type:
             case "AVRO":
                 codec: Codec = AvroCodec(revision.definition)
+                fields = avro_fields(revision.definition)
             case "PROTOCOL_BUFFER":
-                codec = await asyncio.to_thread(ProtobufCodec, revision.definition)
+                proto = await asyncio.to_thread(ProtobufCodec, revision.definition)
+                codec, fields = proto, protobuf_fields(proto.descriptor)
             case other:
                 return Decoder(schema, problem=f"schema type {other} is not supported")
     except SchemaError as exc:
         return Decoder(schema, problem=str(exc))
-    return Decoder(schema, codec=codec)
+    return Decoder(schema, codec=codec, fields=fields)

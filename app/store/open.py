@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
     from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.supervisor import LoopObserver
+    from app.typed.revisions import Revisions
 
 
 class UnknownStore(SettingsError):
@@ -33,12 +34,14 @@ def open_store(
     exports: ExportObserver | None = None,
     loops: LoopObserver | None = None,
     traffic: Callable[[], bool] | None = None,
+    revisions: Revisions | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
     that differs from the one stored, `exports` what a serving tier's exporter does,
     `loops` each restart of a serving tier's background loops, `traffic` whether
-    this instance serves push traffic (a serving tier's exporter asks)."""
+    this instance serves push traffic (a serving tier's exporter asks),
+    `revisions` each decoded schema revision's typed fields (DuckDB projects them)."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -51,7 +54,10 @@ def open_store(
             from app.store.duckdb.store import DuckDBStore
 
             return DuckDBStore(
-                ":memory:", retention_days=settings.store.retention_days, conflicts=conflicts
+                ":memory:",
+                retention_days=settings.store.retention_days,
+                conflicts=conflicts,
+                revisions=revisions,
             )
         case "duckdb":
             from app.store.duckdb.store import DuckDBStore
@@ -63,6 +69,7 @@ def open_store(
                 path or "recordline.duckdb",
                 retention_days=settings.store.retention_days,
                 conflicts=conflicts,
+                revisions=revisions,
             )
         case "bigquery":
             try:

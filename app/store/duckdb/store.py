@@ -41,7 +41,9 @@ from app.store.bell import Bell
 from app.store.copies import ConflictObserver, differing, message_states
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
+from app.store.duckdb.typed import TypedColumns
 from app.store.tail import Tail
+from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,6 +90,12 @@ _EXPIRE_SQL = [
     f"DELETE FROM {table} WHERE ingest_time < make_timestamptz($before)"
     for table in ("records", "rejected")
 ]
+# The typed columns of the records that went (written in their records'
+# transaction, so no other row lacks its record).
+_EXPIRE_TYPED_SQL = (
+    "DELETE FROM record_fields f "
+    "WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.message_id = f.message_id)"
+)
 
 
 def ddl(table: str, row_type: type[Row]) -> str:
@@ -228,9 +236,13 @@ class DuckDBStore:
         expire_every: float = _EXPIRE_EVERY_SECONDS,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
+        revisions: Revisions | None = None,
     ) -> None:
         self.path = path
         self._conflicts = conflicts
+        # Records of a topic schema's revisions get typed columns (typed.py);
+        # `revisions` is where the push path tells each revision's fields.
+        self._typed = TypedColumns(revisions)
         self._retention_days = retention_days
         self._expire_every = expire_every
         self._clock = clock
@@ -287,6 +299,7 @@ class DuckDBStore:
             con.execute(ddl(table, row_type))
             add_missing_columns(con, table, row_type)
         con.execute("CREATE INDEX IF NOT EXISTS records_id ON records (id)")
+        self._typed.open(con)
         self._con = con
 
     async def close(self) -> None:
@@ -444,6 +457,7 @@ class DuckDBStore:
             for statement in _EXPIRE_SQL:
                 row = con.execute(statement, {"before": before}).fetchone()
                 deleted += row[0] if row else 0
+            con.execute(_EXPIRE_TYPED_SQL)
             return deleted
 
         deleted = await self._write(delete)
@@ -536,6 +550,18 @@ class DuckDBStore:
             )
             if rows
         ]
+        try:
+            typed = self._typed.arrow(con, records)
+        except Exception as exc:
+            # A fault of the typed columns, whatever it is, never holds a record
+            # back (the applier would retry it for ever): the record is stored,
+            # its payload in `data`, and its projection error says why.
+            log.exception("typed columns for %d records failed", len(records))
+            typed = self._typed.unprojected(records, f"typed columns failed: {exc}")
+        if typed is not None:
+            # In the records' own transaction: a record is never without its
+            # typed columns, nor replayed from the journal into a second copy.
+            incoming.append(("record_fields", typed))
         if len(incoming) == 1:  # autocommit: one statement, one commit
             _insert_table(con, *incoming[0], ignore_copies=ignore_copies)
             return

@@ -1,0 +1,244 @@
+"""Typed columns in DuckDB: each record's payload projected onto its topic schema's fields.
+
+The projection lives in a table of its own, `record_fields` (message_id, then
+`projection_errors`, then one STRUCT column `fields` of the table's typed
+fields), joined to `records` by the view `records_typed`. Not columns of
+`records` itself: that table is derived from `Record` like every store's, and
+the API reads it as it always did, while `fields` changes type with every
+revision that adds or widens a field (`ALTER COLUMN … SET DATA TYPE`, which
+DuckDB applies by field name: older rows get NULL in the new fields).
+
+Each revision's fields are kept in `typed_revisions` in the order revisions
+first arrived, so the table's fields are the same merge after a restart, and
+rows replayed from the journal are projected without asking the Schema API.
+Everything here runs on the store's single writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from decimal import Context, Decimal
+from typing import Any
+
+import duckdb
+import msgspec
+import pyarrow as pa
+
+from app.records import Record
+from app.typed.evolution import merge
+from app.typed.mapping import NUMERIC_SCALE, Field, Mode, Type, fields_from_json, fields_json
+from app.typed.projection import ProjectionError, project
+from app.typed.revisions import Revisions
+
+log = logging.getLogger(__name__)
+
+VIEW = "records_typed"
+_SQL_TYPES = {
+    Type.STRING: "VARCHAR",
+    Type.BYTES: "BLOB",
+    Type.INT64: "BIGINT",
+    Type.FLOAT64: "DOUBLE",
+    Type.NUMERIC: f"DECIMAL(38, {NUMERIC_SCALE})",
+    # DuckDB's decimals stop at 38 digits: BIGNUMERIC's 76 are kept exactly as text.
+    Type.BIGNUMERIC: "VARCHAR",
+    Type.BOOL: "BOOLEAN",
+    Type.TIMESTAMP: "TIMESTAMPTZ",
+    Type.DATE: "DATE",
+    Type.TIME: "TIME",
+    Type.DATETIME: "TIMESTAMP",
+    Type.JSON: "JSON",
+}
+_ARROW_TYPES = {
+    Type.STRING: pa.string(),
+    Type.BYTES: pa.binary(),
+    Type.INT64: pa.int64(),
+    Type.FLOAT64: pa.float64(),
+    Type.NUMERIC: pa.decimal128(38, NUMERIC_SCALE),
+    Type.BIGNUMERIC: pa.string(),
+    Type.BOOL: pa.bool_(),
+    Type.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    Type.DATE: pa.date32(),
+    Type.TIME: pa.time64("us"),
+    Type.DATETIME: pa.timestamp("us"),
+    Type.JSON: pa.string(),
+}
+_ERRORS_ARROW = pa.list_(
+    pa.struct([("field", pa.string()), ("reason", pa.string()), ("revision", pa.string())])
+)
+_ERRORS_SQL = "STRUCT(field VARCHAR, reason VARCHAR, revision VARCHAR)[]"
+_NUMERIC_STEP = Decimal(1).scaleb(-NUMERIC_SCALE)
+# Room for NUMERIC's 38 digits (Python's default context holds 28).
+_NUMERIC_CONTEXT = Context(prec=38)
+_decode = msgspec.json.decode
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_type(field: Field) -> str:
+    if field.type is Type.RECORD:
+        inner = ", ".join(f"{_quoted(f.name)} {sql_type(f)}" for f in field.fields)
+        base = f"STRUCT({inner})"
+    else:
+        base = _SQL_TYPES[field.type]
+    return f"{base}[]" if field.mode is Mode.REPEATED else base
+
+
+def _arrow_type(field: Field) -> pa.DataType:
+    if field.type is Type.RECORD:
+        base = pa.struct([(f.name, _arrow_type(f)) for f in field.fields])
+    else:
+        base = _ARROW_TYPES[field.type]
+    return pa.list_(base) if field.mode is Mode.REPEATED else base
+
+
+def _fields_type(fields: Sequence[Field]) -> Field:
+    return Field(name="fields", type=Type.RECORD, fields=tuple(fields))
+
+
+def _for_arrow(value: Any, field: Field) -> Any:
+    """A projected value as Arrow takes it for the field's DuckDB type."""
+    if value is None:
+        return None
+    if field.mode is Mode.REPEATED:
+        item = Field(name=field.name, type=field.type, fields=field.fields)
+        return [_for_arrow(v, item) for v in value]
+    match field.type:
+        case Type.RECORD:
+            return {f.name: _for_arrow(value.get(f.name), f) for f in field.fields}
+        case Type.NUMERIC:
+            return value.quantize(_NUMERIC_STEP, context=_NUMERIC_CONTEXT)
+        case Type.BIGNUMERIC:
+            return str(value)
+        case _:
+            return value
+
+
+class TypedColumns:
+    """The typed fields of one DuckDB store's records."""
+
+    def __init__(self, revisions: Revisions | None) -> None:
+        self._revisions = revisions
+        self._known: dict[str, tuple[Field, ...]] = {}
+        self.fields: tuple[Field, ...] = ()
+
+    def open(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS typed_revisions ("
+            "schema VARCHAR PRIMARY KEY, position BIGINT NOT NULL, fields JSON NOT NULL)"
+        )
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS record_fields ("
+            f"message_id VARCHAR PRIMARY KEY, projection_errors {_ERRORS_SQL})"
+        )
+        rows = con.execute(
+            "SELECT schema, fields::VARCHAR FROM typed_revisions ORDER BY position"
+        ).fetchall()
+        for schema, text in rows:
+            self._known[schema] = fields_from_json(text)
+            self.fields = merge(self.fields, self._known[schema])
+        has_fields = con.execute(
+            "SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' "
+            "AND table_name = 'record_fields' AND column_name = 'fields'"
+        ).fetchone()
+        if self.fields and not (has_fields and has_fields[0]):
+            con.execute(f"ALTER TABLE record_fields ADD COLUMN fields {sql_type(self._type)}")
+        self._view(con)
+
+    @property
+    def _type(self) -> Field:
+        return _fields_type(self.fields)
+
+    def _view(self, con: duckdb.DuckDBPyConnection) -> None:
+        fields = "f.fields" if self.fields else "NULL::JSON AS fields"
+        con.execute(
+            f"CREATE OR REPLACE VIEW {VIEW} AS SELECT r.*, {fields}, f.projection_errors "
+            "FROM records r LEFT JOIN record_fields f USING (message_id)"
+        )
+
+    def arrow(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record]) -> pa.Table | None:
+        """The `record_fields` rows of the records that name a schema revision, or None.
+
+        A revision seen for the first time widens the table's fields first.
+        """
+        typed = [r for r in records if r.schema is not None]
+        if not typed:
+            return None
+        for schema in dict.fromkeys(r.schema for r in typed if r.schema is not None):
+            self._learn(con, schema)
+        message_ids: list[str] = []
+        errors: list[list[dict[str, Any]]] = []
+        values: list[dict[str, Any]] = []
+        for record in typed:
+            found, why = self._project(record)
+            message_ids.append(record.message_id)
+            errors.append([msgspec.structs.asdict(e) for e in why])
+            values.append(found)
+        columns: dict[str, pa.Array] = {
+            "message_id": pa.array(message_ids, type=pa.string()),
+            "projection_errors": pa.array(errors, type=_ERRORS_ARROW),
+        }
+        if self.fields:
+            kind = self._type
+            columns["fields"] = pa.array(
+                [_for_arrow(v, kind) for v in values], type=_arrow_type(kind)
+            )
+        return pa.table(columns)
+
+    def unprojected(self, records: Sequence[Record], reason: str) -> pa.Table | None:
+        """`record_fields` rows that only say why `records` have no typed columns."""
+        typed = [r for r in records if r.schema is not None]
+        if not typed:
+            return None
+        errors = [[{"field": "$", "reason": reason, "revision": r.schema}] for r in typed]
+        columns: dict[str, pa.Array] = {
+            "message_id": pa.array([r.message_id for r in typed], type=pa.string()),
+            "projection_errors": pa.array(errors, type=_ERRORS_ARROW),
+        }
+        if self.fields:
+            columns["fields"] = pa.nulls(len(typed), type=_arrow_type(self._type))
+        return pa.table(columns)
+
+    def _project(self, record: Record) -> tuple[dict[str, Any], list[ProjectionError]]:
+        schema = record.schema
+        if schema not in self._known:
+            # Decoded by an earlier process whose catalogue this one never saw:
+            # kept in `data`, and said so.
+            reason = "the revision's fields are unknown to this store"
+            return {}, [ProjectionError(field="$", reason=reason, revision=schema)]
+        try:
+            payload = _decode(record.data)
+        except (msgspec.DecodeError, RecursionError):
+            reason = "the stored payload is not JSON this process can read"
+            return {}, [ProjectionError(field="$", reason=reason, revision=schema)]
+        projection = project(payload, self.fields, schema)
+        return projection.values, projection.errors
+
+    def _learn(self, con: duckdb.DuckDBPyConnection, schema: str) -> None:
+        if schema in self._known or self._revisions is None:
+            return
+        fields = self._revisions.fields(schema)
+        if fields is None:
+            return
+        merged = merge(self.fields, fields)
+        con.execute(
+            "INSERT OR IGNORE INTO typed_revisions VALUES ("
+            "$schema, (SELECT count(*) FROM typed_revisions), $fields)",
+            {"schema": schema, "fields": fields_json(fields).decode()},
+        )
+        if merged != self.fields:
+            if not self.fields:
+                con.execute(
+                    f"ALTER TABLE record_fields ADD COLUMN fields {sql_type(_fields_type(merged))}"
+                )
+            else:
+                con.execute(
+                    "ALTER TABLE record_fields ALTER COLUMN fields "
+                    f"SET DATA TYPE {sql_type(_fields_type(merged))}"
+                )
+            log.info("typed columns of %s: %d fields", schema, len(merged))
+            self.fields = merged
+            self._view(con)
+        self._known[schema] = fields

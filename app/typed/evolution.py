@@ -1,0 +1,59 @@
+"""A table's typed fields after a new revision: what BigQuery lets a schema update do.
+
+BigQuery's schema updates may add NULLABLE (or REPEATED) columns and relax a
+REQUIRED one to NULLABLE, and `ALTER COLUMN SET DATA TYPE` may change a column
+to a type its values coerce to; nothing else changes a column in place
+(https://cloud.google.com/bigquery/docs/managing-table-schemas). So the merged
+fields keep every field the table has (a field a revision removed stays,
+NULLABLE, for the rows that have it), add the revision's new ones at the end,
+widen a type where coercion allows it, and otherwise keep the table's type:
+a value of the revision's other type is then a projection error, never a
+blocked or dropped row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from app.typed.mapping import Field, Type
+
+# https://cloud.google.com/bigquery/docs/reference/standard-sql/conversion_rules
+# ("Coerce to"): INT64 → NUMERIC, BIGNUMERIC, FLOAT64; NUMERIC → BIGNUMERIC,
+# FLOAT64; BIGNUMERIC → FLOAT64; DATE → DATETIME. These are the changes ALTER
+# COLUMN SET DATA TYPE accepts.
+WIDENINGS: dict[Type, frozenset[Type]] = {
+    Type.INT64: frozenset({Type.NUMERIC, Type.BIGNUMERIC, Type.FLOAT64}),
+    Type.NUMERIC: frozenset({Type.BIGNUMERIC, Type.FLOAT64}),
+    Type.BIGNUMERIC: frozenset({Type.FLOAT64}),
+    Type.DATE: frozenset({Type.DATETIME}),
+}
+
+
+def merge(table: Sequence[Field], revision: Sequence[Field]) -> tuple[Field, ...]:
+    """The table's fields once it also holds `revision`'s."""
+    theirs = {f.name: f for f in revision}
+    merged = [_merge_field(f, theirs[f.name]) if f.name in theirs else f for f in table]
+    # Column names are case-insensitive: a field whose name differs from a
+    # column's only in case is no new column (its values are projection errors).
+    ours = {f.name.casefold() for f in table}
+    merged += [f for f in revision if f.name.casefold() not in ours]
+    return tuple(merged)
+
+
+def _merge_field(ours: Field, theirs: Field) -> Field:
+    if ours.mode is not theirs.mode:
+        return ours  # NULLABLE and REPEATED never change into each other
+    if ours.type is Type.RECORD and theirs.type is Type.RECORD:
+        fields = merge(ours.fields, theirs.fields)
+        return (
+            ours
+            if fields == ours.fields
+            else Field(name=ours.name, type=ours.type, mode=ours.mode, fields=fields)
+        )
+    if theirs.type in WIDENINGS.get(ours.type, frozenset()):
+        return Field(name=ours.name, type=theirs.type, mode=ours.mode)
+    return ours
+
+
+def widened(before: Type, after: Type) -> bool:
+    return after in WIDENINGS.get(before, frozenset())

@@ -1,0 +1,337 @@
+"""One stored payload projected onto a table's typed fields.
+
+The payload is the JSON the service stores as `data`, decoded: a JSON topic's
+own text; an Avro datum as fastavro reads it and msgspec writes it (bytes as
+base64, decimals as their text, times as RFC 3339); a Protocol Buffers message
+in its JSON mapping (64-bit integers as digits, bytes as base64, NaN as
+"NaN"). Every value lands in its typed field, or in a `ProjectionError`
+saying where it was and why it did not fit: a typed value is NULL only where
+the payload had none or an error says why. Nothing here raises, whatever the
+payload and the fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import decimal
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+
+from app.records import MAX_MICROS, MIN_MICROS
+from app.typed.mapping import (
+    BIGNUMERIC_INTEGER_DIGITS,
+    BIGNUMERIC_SCALE,
+    NUMERIC_INTEGER_DIGITS,
+    NUMERIC_SCALE,
+    Field,
+    Mode,
+    Type,
+    is_entries,
+)
+
+_INT64 = (-(2**63), 2**63 - 1)
+# [types] BIGNUMERIC's range is exactly -2^255e-38 to (2^255 - 1)e-38.
+_BIGNUMERIC_UNSCALED = (-(2**255), 2**255 - 1)
+_FLOAT_WORDS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Enough digits for any value the two decimal types hold; a longer text is
+# out of range anyway, and parsing a million digits is a cost no payload sets.
+_MAX_DECIMAL_TEXT = 200
+_DECIMALS = decimal.Context(prec=_MAX_DECIMAL_TEXT, traps=[decimal.InvalidOperation])
+_encode_json = msgspec.json.encode
+
+
+class ProjectionError(msgspec.Struct, kw_only=True, frozen=True):
+    """A value that is in `data` but not in its typed field, and why."""
+
+    field: str  # its path in the payload: `amount`, `items[2].sku`, `$` for the payload itself
+    reason: str
+    revision: str | None = None  # the schema revision the message was decoded with
+
+
+class Projection(NamedTuple):
+    values: dict[str, Any]
+    errors: list[ProjectionError]
+
+
+class _Misfit(Exception):
+    """A value that does not fit its field; the message says why."""
+
+
+def project(payload: Any, fields: Sequence[Field], revision: str | None = None) -> Projection:
+    """The typed value of each field in `payload`, and every value that did not fit.
+
+    Typed values are Python's: int, float, bool, str, bytes, decimal.Decimal,
+    aware datetime (TIMESTAMP), date, time, naive datetime (DATETIME), JSON as
+    its text, a dict per RECORD and a list per REPEATED field.
+    """
+    errors: list[ProjectionError] = []
+    projector = _Projector(errors, revision)
+    if not isinstance(payload, dict):
+        if payload is not None:
+            projector.fail("$", f"the payload is {_kind(payload)}, not an object")
+        return Projection({f.name: _empty(f) for f in fields}, errors)
+    try:
+        values = projector.record(payload, fields, "")
+    except RecursionError:  # deeper than Python recurses: kept whole in `data`
+        errors.append(ProjectionError(field="$", reason="nested too deep", revision=revision))
+        values = {f.name: _empty(f) for f in fields}
+    return Projection(values, errors)
+
+
+def _empty(field: Field) -> Any:
+    return [] if field.mode is Mode.REPEATED else None
+
+
+class _Projector:
+    def __init__(self, errors: list[ProjectionError], revision: str | None) -> None:
+        self.errors = errors
+        self.revision = revision
+
+    def fail(self, path: str, reason: str) -> None:
+        self.errors.append(ProjectionError(field=path, reason=reason, revision=self.revision))
+
+    def record(self, value: dict[str, Any], fields: Sequence[Field], path: str) -> dict[str, Any]:
+        out = {f.name: self.field(value.get(f.name), f, _join(path, f.name)) for f in fields}
+        known = {f.name for f in fields}
+        for name, item in value.items():
+            if name not in known and item is not None:
+                self.fail(_join(path, str(name)), "no typed field of this name in the table")
+        return out
+
+    def field(self, value: Any, field: Field, path: str) -> Any:
+        if field.mode is Mode.REPEATED:
+            return self.repeated(value, field, path)
+        return self.single(value, field, path)
+
+    def repeated(self, value: Any, field: Field, path: str) -> list[Any]:
+        if value is None:
+            return []
+        if is_entries(field) and isinstance(value, dict):
+            # A map: its entries, in the payload's order.
+            key_field, value_field = field.fields
+            entries = []
+            for key, item in value.items():
+                where = _join(path, str(key))
+                try:
+                    typed_key = _scalar(key, key_field.type)
+                except _Misfit as exc:
+                    self.fail(where, f"key: {exc}")
+                    continue
+                typed = self.field(item, value_field, where)
+                entries.append({"key": typed_key, "value": typed})
+            return entries
+        if not isinstance(value, list):
+            self.fail(path, f"expected an array, got {_kind(value)}")
+            return []
+        items = []
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            if item is None:
+                # [types] an ARRAY cannot hold NULL elements.
+                self.fail(where, "null in an array, which BigQuery's arrays cannot hold")
+                continue
+            typed = self.single(item, field, where)
+            if typed is not None:
+                items.append(typed)
+        return items
+
+    def single(self, value: Any, field: Field, path: str) -> Any:
+        if value is None:
+            return None
+        if field.type is Type.RECORD:
+            if isinstance(value, dict):
+                return self.record(value, field.fields, path)
+            self.fail(path, f"expected a record (an object), got {_kind(value)}")
+            return None
+        try:
+            return _scalar(value, field.type)
+        except _Misfit as exc:
+            self.fail(path, str(exc))
+            return None
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _scalar(value: Any, kind: Type) -> Any:
+    match kind:
+        case Type.STRING:
+            if isinstance(value, str):
+                return value
+        case Type.BOOL:
+            if isinstance(value, bool):
+                return value
+            if value in ("true", "false"):  # a protobuf map's bool keys are text
+                return value == "true"
+        case Type.INT64:
+            return _int64(value)
+        case Type.FLOAT64:
+            return _float64(value)
+        case Type.NUMERIC | Type.BIGNUMERIC:
+            return _decimal(value, kind)
+        case Type.BYTES:
+            if isinstance(value, str):
+                try:
+                    return base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    raise _Misfit("expected base64 text (bytes), got other text") from None
+        case Type.TIMESTAMP:
+            return _timestamp(value)
+        case Type.DATE:
+            return _parsed(value, dt.date.fromisoformat, "a date (YYYY-MM-DD)")
+        case Type.TIME:
+            return _parsed(value, dt.time.fromisoformat, "a time of day")
+        case Type.DATETIME:
+            moment = _parsed(value, dt.datetime.fromisoformat, "a date and time")
+            if moment.tzinfo is None:
+                return moment
+            raise _Misfit("expected a date and time without an offset (DATETIME)")
+        case Type.JSON:
+            try:
+                return _encode_json(value).decode()
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                raise _Misfit(f"not representable as JSON: {exc}") from None
+        case _:
+            raise _Misfit(f"no value fits a {kind} field")
+    raise _Misfit(f"expected {_expected(kind)}, got {_kind(value)}")
+
+
+def _expected(kind: Type) -> str:
+    return {
+        Type.STRING: "text",
+        Type.BOOL: "a boolean",
+        Type.BYTES: "base64 text (bytes)",
+        Type.TIMESTAMP: "an RFC 3339 time with an offset",
+    }.get(kind, kind.value)
+
+
+def _int64(value: Any) -> int:
+    if isinstance(value, bool):
+        raise _Misfit("expected an integer, got a boolean")
+    number: int
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and _is_digits(value):
+        # 64-bit integers travel as digits in the protobuf JSON mapping.
+        number = int(value)
+    else:
+        raise _Misfit(f"expected an integer, got {_kind(value)}")
+    if not _INT64[0] <= number <= _INT64[1]:
+        raise _Misfit(f"{number} is out of INT64's range")
+    return number
+
+
+def _is_digits(text: str) -> bool:
+    digits = text[1:] if text[:1] == "-" else text
+    return 0 < len(digits) <= 20 and digits.isascii() and digits.isdigit()
+
+
+def _float64(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Misfit("expected a number, got a boolean")
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        number = float(value) if abs(value) < 2**1023 else math.inf
+        if math.isinf(number):
+            raise _Misfit("an integer out of FLOAT64's range")
+        return number
+    if isinstance(value, str) and value in _FLOAT_WORDS:
+        return _FLOAT_WORDS[value]
+    raise _Misfit(f"expected a number, got {_kind(value)}")
+
+
+def _decimal(value: Any, kind: Type) -> decimal.Decimal:
+    if isinstance(value, bool):
+        raise _Misfit("expected a decimal number, got a boolean")
+    try:
+        if isinstance(value, int):
+            number = _DECIMALS.create_decimal(value)
+        elif isinstance(value, float):
+            number = _DECIMALS.create_decimal(repr(value))
+        elif isinstance(value, str) and len(value) <= _MAX_DECIMAL_TEXT:
+            number = _DECIMALS.create_decimal(value.strip())
+        else:
+            raise _Misfit(f"expected a decimal number, got {_kind(value)}")
+    except (decimal.InvalidOperation, ValueError):
+        raise _Misfit(f"expected a decimal number, got {_kind(value)}") from None
+    if not number.is_finite():
+        raise _Misfit(f"{value} is no finite number, which {kind} cannot hold")
+    # The range first: a number this wide is never quantized to its scale below.
+    if kind is Type.NUMERIC and number.adjusted() >= NUMERIC_INTEGER_DIGITS:
+        raise _Misfit(f"{number} is out of NUMERIC's range")
+    if kind is Type.BIGNUMERIC and number.adjusted() > BIGNUMERIC_INTEGER_DIGITS:
+        raise _Misfit(f"{number} is out of BIGNUMERIC's range")
+    scale = NUMERIC_SCALE if kind is Type.NUMERIC else BIGNUMERIC_SCALE
+    step = decimal.Decimal(1).scaleb(-scale)
+    if number != number.quantize(step, context=_DECIMALS):
+        raise _Misfit(f"{number} has more than {scale} digits after the point, as {kind} holds")
+    if kind is Type.BIGNUMERIC:
+        unscaled = int(number.scaleb(BIGNUMERIC_SCALE, _DECIMALS))
+        if not _BIGNUMERIC_UNSCALED[0] <= unscaled <= _BIGNUMERIC_UNSCALED[1]:
+            raise _Misfit(f"{number} is out of BIGNUMERIC's range")
+    return number
+
+
+def _timestamp(value: Any) -> dt.datetime:
+    moment: dt.datetime = _parsed(
+        value, dt.datetime.fromisoformat, "an RFC 3339 time with an offset"
+    )
+    if moment.tzinfo is None:
+        raise _Misfit("expected an RFC 3339 time with an offset, got one without")
+    try:
+        us = (moment - _EPOCH) // dt.timedelta(microseconds=1)
+    except OverflowError:
+        us = MAX_MICROS + 1
+    if not MIN_MICROS <= us <= MAX_MICROS:
+        raise _Misfit(f"{value} is outside the years 1 to 9999 once in UTC")
+    return moment.astimezone(dt.UTC)
+
+
+def _parsed(value: Any, parse: Any, what: str) -> Any:
+    if not isinstance(value, str):
+        raise _Misfit(f"expected {what}, got {_kind(value)}")
+    try:
+        # Python reads `Z` and up to 6 fractional digits; protobuf writes up to 9.
+        return parse(_nanos_to_micros(value))
+    except ValueError:
+        raise _Misfit(f"expected {what}, got {value[:64]!r}") from None
+
+
+def _nanos_to_micros(text: str) -> str:
+    point = text.find(".")
+    if point < 0:
+        return text
+    end = point + 1
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    if end - point - 1 <= 6:
+        return text
+    return text[: point + 7] + text[end:]
+
+
+def _kind(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "text"
+        case list():
+            return "an array"
+        case dict():
+            return "an object"
+        case _:
+            return type(value).__name__

@@ -1,0 +1,272 @@
+"""Typed columns on DuckDB, end to end: pushes of a topic schema's revisions become
+typed fields analysts query in `records_typed`, a new revision's fields appear while
+the service runs, and every value that does not fit is in `projection_errors`."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fastavro
+import httpx
+import pytest
+
+from app.asgi import create_app
+from app.records import Record
+from app.store.duckdb.store import DuckDBStore
+from app.typed.mapping import Field, Type, avro_fields
+from app.typed.revisions import Revisions
+from tests.conftest import envelope, served, settings
+from tests.fake_schema_api import FakeSchemaApi
+from tests.typed.stored import avro_stored
+from tests.typed.test_mapping import AVRO_ROWS
+
+SCHEMA = "projects/shop/schemas/orders"
+FIRST = {
+    "type": "record",
+    "name": "Order",
+    "fields": [
+        {"name": "order_id", "type": "string"},
+        {"name": "amount", "type": "long"},
+        {"name": "code", "type": "string"},
+        {"name": "lines", "type": {"type": "array", "items": "string"}},
+    ],
+}
+# Adds a field, widens `amount` (INT64 → FLOAT64) and changes `code` to a type
+# its column cannot take (STRING stays; a long is a projection error).
+SECOND = {
+    "type": "record",
+    "name": "Order",
+    "fields": [
+        {"name": "order_id", "type": "string"},
+        {"name": "amount", "type": "double"},
+        {"name": "code", "type": "long"},
+        {"name": "lines", "type": {"type": "array", "items": "string"}},
+        {"name": "currency", "type": "string", "default": "EUR"},
+    ],
+}
+MAPPING = {"RECORDLINE_ID_FIELD": "order_id", "RECORDLINE_TIME_FIELD": "no_such_field"}
+
+
+def _binary(schema: dict[str, Any], value: dict[str, Any]) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), value)
+    return out.getvalue()
+
+
+def _push(revision: str, message_id: str, data: bytes) -> dict[str, Any]:
+    attributes = {
+        "googclient_schemaname": SCHEMA,
+        "googclient_schemarevisionid": revision,
+        "googclient_schemaencoding": "BINARY",
+    }
+    return envelope(None, message_id=message_id, attributes=attributes, raw_data=data)
+
+
+@pytest.fixture
+async def schema_api() -> AsyncIterator[FakeSchemaApi]:
+    fake = FakeSchemaApi()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@asynccontextmanager
+async def service(api: FakeSchemaApi, path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    revisions = Revisions()
+    store = DuckDBStore(str(path), revisions=revisions)
+    app = create_app(
+        settings(PUBSUB_EMULATOR_HOST=api.address, **MAPPING), store=store, revisions=revisions
+    )
+    async with served(app) as http:
+        yield http
+
+
+def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    # Another connection to the store's database, as an analyst's would be.
+    with duckdb.connect(str(path)) as con:
+        return con.execute(sql).fetchall()
+
+
+async def _stored(http: httpx.AsyncClient, revision: str, n: int, data: bytes) -> None:
+    response = await http.post("/pubsub/push", json=_push(revision, f"m-{n}", data))
+    assert response.status_code == 204
+    # A point read waits until every earlier append is applied.
+    assert (await http.get(f"/v1/records/o-{n}")).status_code == 200
+
+
+async def test_a_new_revision_s_fields_are_queryable_while_the_service_runs(
+    schema_api: FakeSchemaApi, tmp_path: Path
+) -> None:
+    schema_api.add(SCHEMA, "r1", "AVRO", json.dumps(FIRST))
+    schema_api.add(SCHEMA, "r2", "AVRO", json.dumps(SECOND))
+    path = tmp_path / "typed.duckdb"
+    first = {"order_id": "o-1", "amount": 12, "code": "A7", "lines": ["x"]}
+    second = {"order_id": "o-2", "amount": 0.5, "code": 7, "lines": [], "currency": "USD"}
+    async with service(schema_api, path) as http:
+        await _stored(http, "r1", 1, _binary(FIRST, first))
+        assert _query(
+            path, "SELECT fields.amount, fields.code, fields.lines FROM records_typed"
+        ) == [(12, "A7", ["x"])]
+        await _stored(http, "r2", 2, _binary(SECOND, second))
+        rows = _query(
+            path,
+            "SELECT id, fields.amount, fields.code, fields.currency, projection_errors "
+            "FROM records_typed ORDER BY id",
+        )
+        # The API's own answer is the payload, as before.
+        answer = (await http.get("/v1/records/o-2")).json()
+    assert answer["data"] == second
+    assert rows == [
+        ("o-1", 12.0, "A7", None, []),
+        (
+            "o-2",
+            0.5,
+            None,
+            "USD",
+            [
+                {
+                    "field": "code",
+                    "reason": "expected text, got a number",
+                    "revision": f"{SCHEMA}@r2",
+                }
+            ],
+        ),
+    ]
+    column = _query(
+        path,
+        "SELECT data_type FROM duckdb_columns() "
+        "WHERE table_name = 'record_fields' AND column_name = 'fields'",
+    )
+    assert column == [
+        (
+            "STRUCT(order_id VARCHAR, amount DOUBLE, code VARCHAR, lines VARCHAR[], "
+            "currency VARCHAR)",
+        )
+    ]
+
+
+async def test_the_typed_fields_survive_a_restart_without_the_schema_api(
+    schema_api: FakeSchemaApi, tmp_path: Path
+) -> None:
+    schema_api.add(SCHEMA, "r1", "AVRO", json.dumps(FIRST))
+    path = tmp_path / "typed.duckdb"
+    async with service(schema_api, path) as http:
+        await _stored(
+            http,
+            "r1",
+            1,
+            _binary(FIRST, {"order_id": "o-1", "amount": 3, "code": "c", "lines": []}),
+        )
+    # A fresh process: its catalogue is empty, the store remembers each revision's fields.
+    store = DuckDBStore(str(path), revisions=Revisions())
+    await store.start()
+    try:
+        assert await store.latest("o-1") is not None
+    finally:
+        await store.close()
+    assert _query(path, "SELECT fields.amount FROM records_typed") == [(3,)]
+
+
+async def test_records_without_a_schema_have_no_typed_fields(tmp_path: Path) -> None:
+    path = tmp_path / "plain.duckdb"
+    revisions = Revisions()
+    app = create_app(
+        settings(), store=DuckDBStore(str(path), revisions=revisions), revisions=revisions
+    )
+    async with served(app) as http:
+        response = await http.post("/pubsub/push", json=envelope({"id": "p-1", "data": {"a": 1}}))
+        assert response.status_code == 204
+        assert (await http.get("/v1/records/p-1")).status_code == 200
+    assert _query(path, "SELECT id, fields, projection_errors FROM records_typed") == [
+        ("p-1", None, None)
+    ]
+
+
+async def test_a_fault_of_the_typed_columns_stores_the_record_and_says_why(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fault.duckdb"
+    revisions = Revisions()
+    # Fields no DuckDB column can have (an empty name): the ALTER fails.
+    revisions.learn("s@1", (Field(name="", type=Type.STRING),))
+    store = DuckDBStore(str(path), revisions=revisions)
+    await store.start()
+    try:
+        record = Record(
+            message_id="m-1", publish_time=1, ingest_time=2, id="r-1", data="{}", schema="s@1"
+        )
+        assert await store.append([record]) == [None]
+        await store.barrier()
+        assert await store.latest("r-1") == record
+    finally:
+        await store.close()
+    ((errors,),) = _query(path, "SELECT projection_errors FROM records_typed")
+    assert [(e["field"], e["revision"]) for e in errors] == [("$", "s@1")]
+    assert errors[0]["reason"].startswith("typed columns failed:")
+
+
+PROTO = """
+syntax = "proto3";
+message Order {
+  string order_id = 1;
+  uint64 amount = 2;
+  map<string, int64> counts = 3;
+}
+"""
+
+
+async def test_a_protocol_buffers_revision_gets_typed_columns(
+    schema_api: FakeSchemaApi, tmp_path: Path
+) -> None:
+    schema_api.add(SCHEMA, "p1", "PROTOCOL_BUFFER", PROTO)
+    path = tmp_path / "proto.duckdb"
+    message = {"order_id": "o-1", "amount": str(2**64 - 1), "counts": {"a": "3"}}
+    attributes = {
+        "googclient_schemaname": SCHEMA,
+        "googclient_schemarevisionid": "p1",
+        "googclient_schemaencoding": "JSON",
+    }
+    push = envelope(
+        None, message_id="m-1", attributes=attributes, raw_data=json.dumps(message).encode()
+    )
+    async with service(schema_api, path) as http:
+        assert (await http.post("/pubsub/push", json=push)).status_code == 204
+        assert (await http.get("/v1/records/o-1")).status_code == 200
+    rows = _query(path, "SELECT fields.amount, fields.counts, projection_errors FROM records_typed")
+    assert rows == [(Decimal(2**64 - 1), [{"key": "a", "value": 3}], [])]
+
+
+async def test_every_mapped_type_round_trips_through_duckdb(tmp_path: Path) -> None:
+    # Every row of the Avro mapping at once, including its extreme values.
+    fields_in = [{"name": f"f{n}", "type": row[0]} for n, row in enumerate(AVRO_ROWS.values())]
+    schema = {"type": "record", "name": "Row", "fields": fields_in}
+    datum = {f"f{n}": row[1] for n, row in enumerate(AVRO_ROWS.values())}
+    revisions = Revisions()
+    revisions.learn("s@1", avro_fields(schema))
+    path = tmp_path / "types.duckdb"
+    store = DuckDBStore(str(path), revisions=revisions)
+    await store.start()
+    try:
+        data = json.dumps(avro_stored(schema, datum))
+        record = Record(
+            message_id="m-1", publish_time=1, ingest_time=2, id="r", data=data, schema="s@1"
+        )
+        await store.append([record])
+        await store.barrier()
+    finally:
+        await store.close()
+    ((fields, errors),) = _query(path, "SELECT fields, projection_errors FROM records_typed")
+    assert errors == []
+    for n, (_, _, kind, _, _, typed) in enumerate(AVRO_ROWS.values()):
+        # BIGNUMERIC is its exact decimal text in DuckDB (its decimals stop at 38 digits).
+        expected = str(typed) if kind is Type.BIGNUMERIC else typed
+        assert fields[f"f{n}"] == expected, kind
