@@ -214,19 +214,20 @@ resource "google_monitoring_alert_policy" "page" {
     }
   }
 
+  # Held to Cloud Monitoring's limits at plan time (modules/alert_documentation).
   documentation {
     mime_type = "text/markdown"
-    content   = local.page_documentation[each.key]
+    content   = module.alert_documentation.texts["page ${each.key}"]
   }
+}
 
-  # Cloud Monitoring refuses a documentation over 8,192 characters or 10,240 bytes
-  # (https://cloud.google.com/monitoring/api/ref_v3/rest/v3/projects.alertPolicies#documentation):
-  # said at plan time, not as an apply that fails half-way. (Base64 of n bytes has
-  # 4 * ceil(n / 3) characters: 13,652 of them is at most 10,239 bytes.)
-  lifecycle {
-    precondition {
-      condition     = length(local.page_documentation[each.key]) <= 8192 && length(base64encode(local.page_documentation[each.key])) <= 13652
-      error_message = "The page \"${each.key}\"'s documentation is ${length(local.page_documentation[each.key])} characters: Cloud Monitoring takes at most 8,192 characters and 10,240 bytes. Shorten page_commands (fleet.tf)."
-    }
-  }
+# Every page's and ticket's text, checked against what Cloud Monitoring accepts before
+# anything is applied: a plan past it stops, naming the text and its size.
+module "alert_documentation" {
+  source = "./modules/alert_documentation"
+
+  texts = merge(
+    { for key, text in local.page_documentation : "page ${key}" => text },
+    { for symptom, text in local.ticket_documentation : "ticket ${symptom}" => text },
+  )
 }

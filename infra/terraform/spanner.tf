@@ -141,9 +141,10 @@ resource "google_monitoring_alert_policy" "spanner_cpu" {
     }
   }
 
+  # The systems counted, not named: a hundred names would grow the text with the fleet.
   documentation {
     mime_type = "text/markdown"
-    content   = "The Spanner instance `${each.value.name}` (${each.value.processing_units} processing units, ${each.value.config}), which holds the serving databases of ${join(", ", local.serving_systems)}, has spent over ${format("%g", local.spanner_cpu_threshold * 100)}% of its CPU on high-priority work for 10 minutes: past Google's recommended maximum, reads and commits slow down, and losing a zone would leave too little. Each system's dashboard has the tile \"Spanner CPU by priority\". Add processing units with `spanner_processing_units` in env/${var.environment}.tfvars (an online change).\n\nRunbook: docs/operations.md#spanner-cpu"
+    content   = "The Spanner instance `${each.value.name}` (${each.value.processing_units} processing units, ${each.value.config}), which holds the serving databases of ${length(local.serving_systems)} systems (those with `serving` in env/${var.environment}.tfvars), has spent over ${format("%g", local.spanner_cpu_threshold * 100)}% of its CPU on high-priority work for 10 minutes: past Google's recommended maximum, reads and commits slow down, and losing a zone would leave too little. Each system's dashboard has the tile \"Spanner CPU by priority\". Add processing units with `spanner_processing_units` in env/${var.environment}.tfvars (an online change).\n\nRunbook: docs/operations.md#spanner-cpu"
   }
 }
 

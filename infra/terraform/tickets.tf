@@ -96,6 +96,12 @@ locals {
     export_blocked = ["export to BigQuery stopped at a row it cannot append", "300s", "export-blocked", local.ticket_commands.export]
   }
 
+  # Each symptom's text, the same for every group: the incident's label names the system.
+  ticket_documentation = {
+    for symptom, spec in local.ticket_specs :
+    symptom => "$${metric.label.system} in ${var.environment}: ${spec[0]}. The fleet's page for it, if it pages, names how many systems share it.\n\n${spec[3]}\nRunbook: docs/operations.md#${spec[2]}"
+  }
+
   ticket_queries = {
     for group, symptoms in module.ticket_symptoms : group => {
       backlog        = symptoms.backlog
@@ -168,9 +174,10 @@ resource "google_monitoring_alert_policy" "ticket" {
     }
   }
 
+  # Held to Cloud Monitoring's limits at plan time (fleet.tf, module.alert_documentation).
   documentation {
     mime_type = "text/markdown"
     subject   = "$${metric.label.system} (${var.environment}): ${local.ticket_specs[each.value.symptom][0]}"
-    content   = "$${metric.label.system} in ${var.environment}: ${local.ticket_specs[each.value.symptom][0]}. The fleet's page for it, if it pages, names how many systems share it.\n\n${local.ticket_specs[each.value.symptom][3]}\nRunbook: docs/operations.md#${local.ticket_specs[each.value.symptom][2]}"
+    content   = module.alert_documentation.texts["ticket ${each.value.symptom}"]
   }
 }

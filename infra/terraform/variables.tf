@@ -298,22 +298,44 @@ variable "max_delivery_attempts" {
   }
 }
 
+# What Pub/Sub accepts (RetryPolicy, https://cloud.google.com/pubsub/docs/reference/rest/v1/projects.subscriptions#retrypolicy;
+# message retention, https://cloud.google.com/pubsub/docs/subscription-properties):
+# refused here, at plan time, rather than by the API in the middle of an apply.
 variable "retry_minimum_backoff" {
   type        = string
-  description = "Shortest wait before a nacked message is pushed again."
+  description = "Shortest wait before a nacked message is pushed again (whole seconds, 0s to 600s)."
   default     = "10s"
+
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.retry_minimum_backoff)) && try(tonumber(trimsuffix(var.retry_minimum_backoff, "s")) <= 600, false)
+    error_message = "retry_minimum_backoff must be whole seconds from 0s to 600s: Pub/Sub's RetryPolicy takes no more than 600 s."
+  }
 }
 
 variable "retry_maximum_backoff" {
   type        = string
-  description = "Longest wait before a nacked message is pushed again."
+  description = "Longest wait before a nacked message is pushed again (whole seconds, up to 600s, at least retry_minimum_backoff)."
   default     = "600s"
+
+  validation {
+    condition = (
+      can(regex("^[0-9]+s$", var.retry_maximum_backoff))
+      && try(tonumber(trimsuffix(var.retry_maximum_backoff, "s")) <= 600, false)
+      && try(tonumber(trimsuffix(var.retry_maximum_backoff, "s")) >= tonumber(trimsuffix(var.retry_minimum_backoff, "s")), false)
+    )
+    error_message = "retry_maximum_backoff must be whole seconds up to 600s (Pub/Sub's RetryPolicy takes no more than 600 s) and at least retry_minimum_backoff."
+  }
 }
 
 variable "message_retention_duration" {
   type        = string
-  description = "How long the subscription keeps unacknowledged messages; RECORDLINE_DEDUPE_WINDOW_SECONDS should cover it."
+  description = "How long the subscription keeps unacknowledged messages (whole seconds, 600s to 2678400s); RECORDLINE_DEDUPE_WINDOW_SECONDS should cover it."
   default     = "604800s"
+
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.message_retention_duration)) && try(tonumber(trimsuffix(var.message_retention_duration, "s")) >= 600 && tonumber(trimsuffix(var.message_retention_duration, "s")) <= 2678400, false)
+    error_message = "message_retention_duration must be whole seconds from 600s (10 minutes) to 2678400s (31 days), what Pub/Sub keeps a subscription's messages for."
+  }
 }
 
 # --- BigQuery ------------------------------------------------------------------

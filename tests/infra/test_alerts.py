@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.console import console, require_terraform
+from tests.infra.console import console, decoded, require_terraform
 from tests.infra.test_runbook import RUNBOOK, slug
 from tests.infra.test_terraform import (
     MODULE,
@@ -173,68 +174,130 @@ def test_the_fleet_query_watches_every_system_and_a_ticket_one() -> None:
 def test_the_fleet_query_is_one_size_whatever_the_number_of_systems() -> None:
     few = _symptoms(("payments", "orders"), every=True)
     many = _symptoms(tuple(f"system-{n:03d}".ljust(30, "x") for n in range(100)), every=True)
+    # The tickets' canary_absent too: whom it expects is named by no list either.
+    assert "canary_absent" in many
     for name, query in many.items():
-        if name == "canary_absent":  # a ticket's, which must know whom to expect
-            continue
         assert query == few[name], name
         text = json.dumps(query)
         assert "[a-z][a-z0-9-]*" in text, name
         assert "|" not in re.sub(r'route=~\\"[^"]*\\"', "", text), name  # no list of names
 
 
-def _page_documentation(systems: int, name_length: int) -> dict[str, list[int]]:
-    """Each page's documentation, as Terraform renders it for `systems` systems with
-    names of `name_length` characters and a project id of 30 (the longest Google
-    allows): its length in characters and in base64 (4 per 3 bytes)."""
-    from tests.infra.test_fleet import _root_console
+# A top-level locals block, or the call of the documentation's check.
+BLOCK = r'(?ms)^(?:locals|module "alert_documentation") \{\n.*?^\}\n'
 
-    (block,) = [
+
+def _alert_documentation_run(
+    systems: int, name_length: int, *overrides: tuple[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """terraform console over every page's and ticket's documentation, as the root
+    renders them for `systems` systems with names of `name_length` characters and a
+    project id of 30 (the longest Google allows), passed through
+    module.alert_documentation as the root passes them: each text's length in characters
+    and in bytes, or the error of the module's check."""
+    from tests.infra.test_fleet import _root_console_run
+
+    blocks = [
         b
-        for b in re.findall(r"(?ms)^locals \{\n.*?^\}\n", (TERRAFORM / "fleet.tf").read_text())
-        if "page_documentation" in b
+        for path in ("fleet.tf", "tickets.tf")
+        for b in re.findall(
+            r'(?ms)^(?:locals|module "alert_documentation") \{\n.*?^\}\n',
+            (TERRAFORM / path).read_text(),
+        )
+        if "page_documentation" in b or "ticket_documentation" in b
     ]
-    # What a plan would know from the provider, stood in for.
-    block = block.replace("module.fleet_symptoms.", "local.symptoms.")
-    block = block.replace("data.google_project.this.number", '"123456789012"')
-    block = block.replace(
+    texts = "\n".join(blocks)
+    # What a plan would know from the provider and the other modules, stood in for.
+    texts = texts.replace("module.fleet_symptoms.", "local.symptoms.")
+    texts = texts.replace("data.google_project.this.number", '"123456789012"')
+    texts = texts.replace(
         "google_service_account.operator.email",
         '"recordline-operator@${var.project_id}.iam.gserviceaccount.com"',
     )
+    texts = texts.replace("values(module.system)[0].probe_path", '"/v1/records?limit=1"')
+    texts = texts.replace("module.ticket_symptoms", "{}")
+    texts = texts.replace("./modules/alert_documentation", "./alert_documentation")
     symptoms = json.dumps(_symptoms(("payments", "orders"), every=True))
-    pages = f'{block}\nlocals {{\n  symptoms = jsondecode(file("symptoms.json"))\n}}\n'
+    texts += '\nlocals {\n  symptoms = jsondecode(file("symptoms.json"))\n}\n'
     names = [f"s{n:03d}".ljust(name_length, "x") for n in range(systems)]
     hcl = "{ " + ", ".join(f'"{n}" = {{}}' for n in [*names, "recordline"]) + " }"
+    bytes_of = 'length(base64encode(v)) / 4 * 3 - length(regexall("=", base64encode(v)))'
     expression = (
-        "{ for k, v in local.page_documentation : k => [length(v), length(base64encode(v))] }"
+        f"{{ for k, v in module.alert_documentation.texts : k => [length(v), {bytes_of}] }}"
     )
     project = "recordline-prod-abcdefghijklmn"  # 30 characters
-    found = _root_console(
+    return _root_console_run(
         expression,
         hcl,
-        (("project_id", f'"{project}"'), ("service_account_quota", "300")),
+        (("project_id", f'"{project}"'), ("service_account_quota", "300"), *overrides),
         (
-            ("infra/terraform/pages.tf", pages.encode()),
+            ("infra/terraform/documentation.tf", texts.encode()),
             ("infra/terraform/symptoms.json", symptoms.encode()),
+            (
+                "infra/terraform/alert_documentation/main.tf",
+                (TERRAFORM / "modules" / "alert_documentation" / "main.tf").read_bytes(),
+            ),
         ),
+        modules=True,
     )
-    return dict(found)
 
 
-def test_every_page_fits_cloud_monitoring_at_100_systems_with_the_longest_names() -> None:
+def test_every_page_and_ticket_fits_cloud_monitoring_at_100_systems_with_the_longest_names() -> (
+    None
+):
     # Cloud Monitoring takes a documentation of at most 8,192 characters and 10,240
-    # bytes. The pages name no system: at 100 systems of 24 characters each (the longest
-    # name variables.tf accepts) is as long as at one.
-    many = _page_documentation(100, 24)
-    one = _page_documentation(1, 3)
-    assert set(many) == PAGED
-    for page, (characters, base64) in many.items():
-        assert characters <= 8192, page
-        assert base64 <= 13652, page  # at most 10,239 bytes
-        assert many[page] == one[page], page
-    (page,) = [p for n, p in _policies().items() if n == PAGES]
-    (precondition,) = page["lifecycle"][0]["precondition"]
-    assert "<= 8192" in precondition["condition"]
-    assert "<= 13652" in precondition["condition"]
+    # bytes. The texts name no system: at 100 systems of 24 characters each (the longest
+    # name variables.tf accepts) each is as long as at one.
+    many = dict(decoded(_alert_documentation_run(100, 24)))
+    one = dict(decoded(_alert_documentation_run(1, 3)))
+    assert set(many) == {f"page {p}" for p in PAGED} | {f"ticket {t}" for t in TICKETED}
+    for key, (characters, size) in many.items():
+        assert characters <= 8192, key
+        assert size <= 10240, key
+        assert many[key] == one[key], key
+
+
+def test_a_documentation_past_cloud_monitorings_limit_fails_the_plan_naming_it() -> None:
+    # A read audience of 9,000 characters (nothing else bounds it) goes into every
+    # command that mints a reader's token: those texts pass the limit, and the plan
+    # stops before any policy is sent, naming the limit and each text past it.
+    audience = "https://" + "a" * 9000 + ".example.com"
+    run = _alert_documentation_run(1, 3, ("read_audience", f'"{audience}"'))
+    # The console prints the plan's error where its value would be.
+    error = " ".join(re.sub(r"\x1b\[[0-9;]*m|[│╷╵]", "", run.stdout + run.stderr).split())
+    assert "Error: Invalid value for variable" in error
+    assert "at most 8,192 characters and 10,240 bytes" in error
+    assert re.search(r"page backlog, 1\d{4} characters and 1\d{4} bytes", error), error
+    assert "ticket read_path, " in error
+    assert "ticket dead_letters, " in error  # the replay command's token
+    assert "ticket bytes_billed" not in error  # no token in it: within the limit
+    # Bytes, not characters: 4,500 two-byte characters keep a page under 8,192
+    # characters and take it past 10,240 bytes.
+    run = _alert_documentation_run(1, 3, ("read_audience", f'"https://{"é" * 4500}"'))
+    error = " ".join(re.sub(r"\x1b\[[0-9;]*m|[│╷╵]", "", run.stdout + run.stderr).split())
+    assert re.search(r"page backlog, [67]\d{3} characters and 1\d{4} bytes", error), error
+    # Every text goes through the check on its way to its policy.
+    policies = _policies()
+    assert (
+        policies[PAGES]["documentation"][0]["content"]
+        == '${module.alert_documentation.texts["page ${each.key}"]}'
+    )
+    assert (
+        policies["ticket"]["documentation"][0]["content"]
+        == '${module.alert_documentation.texts["ticket ${each.value.symptom}"]}'
+    )
+
+
+def test_no_alert_documentation_names_the_systems_one_by_one() -> None:
+    # A list of systems in a text grows it with the fleet; a count, or the incident's own
+    # label, stays one size. The serving tier's texts are held to this here.
+    listing = re.compile(r"join\(|[\[{]\s*for\s")
+    texts = {n: p["documentation"][0]["content"] for n, p in _policies().items()}
+    texts["page"] = _locals()["page_documentation"].split("=>", 1)[1]
+    texts["ticket"] = _locals()["ticket_documentation"].split("=>", 1)[1]
+    for name, text in texts.items():
+        assert not listing.search(text), name
+    assert listing.search('${join(", ", local.serving_systems)}')
 
 
 TICKETED = PAGED | {"dead_letters", "bytes_billed", "canary_absent", "export_blocked"}
@@ -373,6 +436,9 @@ def _sections() -> dict[str, str]:
 
 def _documentation() -> dict[str, str]:
     texts = {name: p["documentation"][0]["content"] for name, p in _policies().items()}
+    # The pages' and tickets' texts, as module.alert_documentation passes them on.
+    texts["page"] = _locals()["page_documentation"]
+    texts["ticket"] = _locals()["ticket_documentation"]
     texts["page commands"] = _locals()["page_commands"]
     texts.update({f"ticket command {k}": v for k, v in _locals()["ticket_commands"].items()})
     return texts

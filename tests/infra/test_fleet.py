@@ -72,11 +72,14 @@ def _root_console_run(
     systems: str,
     overrides: tuple[tuple[str, str], ...] = (),
     files: tuple[tuple[str, bytes], ...] = (),
+    *,
+    modules: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """terraform console over the root's variables and plain locals: the variables'
     defaults, `overrides` (HCL values), and `systems` converted to the variable's type and
     validated, as a plan would. The configuration sits at infra/terraform of a scratch
-    tree holding `files` (paths from its root, as the repository's)."""
+    tree holding `files` (paths from its root, as the repository's); with `modules`, the
+    local modules those files call are installed first (terraform init, offline)."""
     require_terraform()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch, "infra", "terraform")
@@ -92,6 +95,16 @@ def _root_console_run(
         (work / "values.tfvars").write_text(
             "\n".join(f"{k} = {v}" for k, v in values.items()) + "\n"
         )
+        if modules:
+            init = subprocess.run(
+                ["terraform", "init", "-backend=false", "-input=false", "-no-color"],
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert init.returncode == 0, init.stderr
         return console_run(work, expression, var_file="values.tfvars")
 
 

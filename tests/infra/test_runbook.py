@@ -54,9 +54,14 @@ def _runbook_links() -> dict[str, str]:
         documentation = body.get("documentation")
         assert documentation, f"{name} has no documentation block"
         content = documentation[0]["content"]
-        if content == "${local.page_documentation[each.key]}":
+        if content == '${module.alert_documentation.texts["page ${each.key}"]}':
             # The pages' texts, one per page (fleet.tf): its runbook section is page[3].
             content = _locals()["page_documentation"].replace("page[3]", "each.value[3]")
+        if content == '${module.alert_documentation.texts["ticket ${each.value.symptom}"]}':
+            # The tickets' texts, one per symptom (tickets.tf): its section is spec[2].
+            content = _locals()["ticket_documentation"].replace(
+                "spec[2]", "local.ticket_specs[each.value.symptom][2]"
+            )
         found = LINK.search(content)
         assert found, f"{name}: documentation has no `Runbook: docs/operations.md#...` link"
         for key, value in _each(body).items():

@@ -339,7 +339,7 @@ def test_a_page_names_the_systems_it_counts(cloud: Cloud) -> None:
     cloud.update(prometheus={query: ["orders", "payments"]})
     assert run(cloud, template % query).split() == ["orders", "payments"]
     content = _resources("google_monitoring_alert_policy")["page"]["documentation"][0]["content"]
-    assert content == "${local.page_documentation[each.key]}"
+    assert content == '${module.alert_documentation.texts["page ${each.key}"]}'
     assert "format(local.which_systems, page[1])" in _locals()["page_documentation"]
     # The runbook's own copy of the command runs too (a bash block: it calls Cloud
     # Monitoring, not the service whose API the sh blocks' curls are checked against).

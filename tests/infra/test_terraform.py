@@ -735,6 +735,29 @@ def _validations_hold(variable: str, values: dict[str, str]) -> bool:
 
 
 @pytest.mark.parametrize(
+    ("variable", "values", "accepted"),
+    [
+        ("retry_minimum_backoff", {"retry_minimum_backoff": '"10s"'}, True),
+        ("retry_minimum_backoff", {"retry_minimum_backoff": '"0s"'}, True),
+        ("retry_minimum_backoff", {"retry_minimum_backoff": '"601s"'}, False),
+        ("retry_minimum_backoff", {"retry_minimum_backoff": '"10m"'}, False),
+        ("retry_maximum_backoff", {"retry_maximum_backoff": '"600s"'}, True),
+        ("retry_maximum_backoff", {"retry_maximum_backoff": '"900s"'}, False),
+        ("retry_maximum_backoff", {"retry_maximum_backoff": '"5s"'}, False),  # under minimum
+        ("message_retention_duration", {"message_retention_duration": '"604800s"'}, True),
+        ("message_retention_duration", {"message_retention_duration": '"2678400s"'}, True),
+        ("message_retention_duration", {"message_retention_duration": '"2678401s"'}, False),
+        ("message_retention_duration", {"message_retention_duration": '"599s"'}, False),
+    ],
+)
+def test_pubsub_settings_google_would_refuse_fail_at_plan_time(
+    variable: str, values: dict[str, str], accepted: bool
+) -> None:
+    values = {"retry_minimum_backoff": '"10s"', **values}
+    assert _validations_hold(variable, values) is accepted
+
+
+@pytest.mark.parametrize(
     ("environment", "channels", "accepted"),
     [
         ("prod", "[]", False),

@@ -228,6 +228,31 @@ def test_the_drift_plan_tickets_a_project_that_differs_from_main() -> None:
     assert auth["with"]["service_account"] == "${{ vars[matrix.account] }}"
 
 
+def test_two_applies_queued_back_to_back_both_apply_the_second_from_a_new_plan() -> None:
+    # The queue is held by terraform.yml's job for the environment, which calls the whole
+    # of terraform-environment.yml: its plan, made from the state as it is when the run
+    # gets the queue, and the apply of that plan, from this run's own artifact (no
+    # run-id: never a plan an earlier run saved). The second of two merges plans after
+    # the first is applied, so its plan is never stale, and both apply.
+    main = {"event_name": "push", "ref": "refs/heads/main"}
+    callers = _load(WORKFLOWS / "terraform.yml")["jobs"]
+    called = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]
+    for environment in ("dev", "prod"):
+        caller = callers[environment]
+        assert _group(caller["concurrency"], github=main) == f"live-{environment}"
+        assert caller["uses"].startswith("./.github/workflows/terraform-environment.yml")
+        assert _group(_load(WORKFLOWS / "deploy.yml")["jobs"][environment]["concurrency"]) == (
+            f"live-{environment}"
+        )
+    assert called["apply"]["needs"] == "plan"
+    assert "needs" not in called["plan"]
+    plan_runs = _job_runs(called["plan"])
+    assert "terraform plan " in plan_runs
+    assert "-refresh=false" not in plan_runs  # read from the live project, not the state
+    (download,) = [s for s in called["apply"]["steps"] if "download-artifact@" in s.get("uses", "")]
+    assert set(download["with"]) == {"name", "path"}
+
+
 def test_the_approved_apply_applies_the_saved_plan() -> None:
     jobs = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]
     plan, apply = jobs["plan"], jobs["apply"]

@@ -19,7 +19,7 @@ variable "systems" {
 
 variable "every_system" {
   type        = bool
-  description = "The systems are every system of the project: the queries match any name instead of listing them, so they stay one size whatever their number (the project holds Recordline's systems alone). canary_absent, which must know whom to expect, still lists them."
+  description = "The systems are every system of the project: the queries match any name instead of listing them, so they stay one size whatever their number (the project holds Recordline's systems alone)."
   default     = false
 }
 
@@ -148,11 +148,15 @@ locals {
 
   # Tickets alone. Dead letters: an event, any in the last five minutes. Bytes billed:
   # the last 24 h of the reads' BigQuery bytes, over the budget. Canary absent: a system
-  # none of whose instances reported a canary age for 10 minutes (one constant series
-  # per system, less those that reported).
+  # none of whose instances reported a canary age for 10 minutes. Whom to expect comes
+  # from the uptime checks, which probe every system's read path every 5 minutes from
+  # three regions whatever the service does (modules/system/uptime.tf): one series per
+  # system probed, less those that reported. Listing the systems instead made the query
+  # grow by some 60 characters a system.
   dead_letters  = "label_replace(sum by (subscription_id) (increase(pubsub_googleapis_com:subscription_dead_letter_message_count{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}[5m])), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > 0"
   bytes_billed  = "label_replace(sum by (namespace) (increase(${local.metric["query.bytes_billed"]}{${local.workload}}[1d])), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.query_bytes_billed_daily_budget}"
-  canary_absent = "(${join(" or ", [for s in var.systems : "label_replace(vector(1), \"system\", \"${s}\", \"\", \"\")"])}) unless on (system) label_replace(count by (namespace) (last_over_time(${local.metric["canary.age"]}{${local.workload}}[10m])), \"system\", \"$1\", \"namespace\", \"(.*)\")"
+  probed        = "label_replace(last_over_time(monitoring_googleapis_com:uptime_check_check_passed{monitored_resource=\"uptime_url\",host=~\"${local.any}-${var.project_number}[.]${var.region}[.]run[.]app\"}[10m]), \"system\", \"$1\", \"host\", \"(.*)-${var.project_number}[.].*\")"
+  canary_absent = "count by (system) (${local.probed}) unless on (system) label_replace(count by (namespace) (last_over_time(${local.metric["canary.age"]}{${local.workload}}[10m])), \"system\", \"$1\", \"namespace\", \"(.*)\")"
 
   # The export to BigQuery, in the systems with `serving` (the others report neither
   # metric, so they never appear). Per table, the least any instance reports: each reads
