@@ -5,7 +5,10 @@ runs them through today's validation inside the service that owns the store;
 this side only finds them and counts what became of each:
 
 - `rejected` pages through `GET /v1/rejections` (a bounded range: `--until`
-  defaults to now) and sends each matching rejection's raw payload back.
+  defaults to now) and sends each matching rejection's raw payload back,
+  under the subscription that first delivered it. A rejection the service
+  marks `stored` (a replay stored its message since) is counted as already
+  stored and not sent again.
 - `dead-letters` pulls from a dead-letter subscription (Pub/Sub, or the
   emulator with PUBSUB_EMULATOR_HOST) and acknowledges a message only once the
   service answered for it: stored, rejected (and so kept in `rejected`), or
@@ -47,8 +50,11 @@ OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
 REFUSED = "refused"
 # Pulls wait at most this long for messages; an empty pull ends the replay.
 PULL_SECONDS = 10.0
-# Dead-letter forwarding keeps the original's publish time in this attribute.
+# Dead-letter forwarding keeps the original's publish time, and the
+# subscription that gave up on it, in these attributes.
 SOURCE_PUBLISH_TIME = "CloudPubSubDeadLetterSourceTopicPublishTime"
+SOURCE_PROJECT = "CloudPubSubDeadLetterSourceSubscriptionProject"
+SOURCE_SUBSCRIPTION = "CloudPubSubDeadLetterSourceSubscription"
 
 
 class ReplayError(RuntimeError):
@@ -82,6 +88,8 @@ class _Rejection(msgspec.Struct):
     data: str  # base64
     attributes: dict[str, str]
     publish_time: str
+    subscription: str | None = None
+    stored: bool = False
 
 
 class _RejectionsPage(msgspec.Struct):
@@ -229,6 +237,11 @@ def replay_rejected(
         task = progress.add_task("", total=None)
         for page in service.rejections(since=since, until=until):
             chosen = [r for r in page if reason_contains is None or reason_contains in r.reason]
+            # Stored since: the service would answer `already_stored`; nothing to send.
+            already = sum(r.stored for r in chosen)
+            counts["already_stored"] += already
+            chosen = [r for r in chosen if not r.stored]
+            progress.update(task, advance=already, description=_summary(counts))
             for start in range(0, len(chosen), MAX_REPLAY_MESSAGES):
                 batch = chosen[start : start + MAX_REPLAY_MESSAGES]
                 messages = [
@@ -237,6 +250,7 @@ def replay_rejected(
                         "publish_time": r.publish_time,
                         "attributes": r.attributes,
                         "data": r.data,
+                        "subscription": r.subscription,
                     }
                     for r in batch
                 ]
@@ -349,11 +363,15 @@ def _as_delivered(message: Any) -> dict[str, Any]:
     """A pulled message as the replay endpoint takes it: id, publish time, attributes, data."""
     attributes = dict(message.attributes)
     published = attributes.get(SOURCE_PUBLISH_TIME) or rfc3339(message.publish_time)
+    project, subscription = attributes.get(SOURCE_PROJECT), attributes.get(SOURCE_SUBSCRIPTION)
     return {
         "message_id": message.message_id,
         "publish_time": published,
         "attributes": attributes,
         "data": base64.b64encode(message.data).decode(),
+        "subscription": (
+            f"projects/{project}/subscriptions/{subscription}" if project and subscription else None
+        ),
     }
 
 

@@ -29,6 +29,7 @@ from tests.conftest import served, settings
 from tests.fakes import FaultyStore
 
 PUBLISHED = 1_714_219_201_000_000  # 2024-04-27T12:00:01Z
+SUBSCRIPTION = "projects/p/subscriptions/orders-push"
 OPERATOR = "oncall@example.org"
 ANALYST = "analyst@example.org"
 
@@ -41,6 +42,7 @@ def rejection(message_id: str, payload: bytes, *, reason: str, ingest_time: int)
         data=payload,
         reason=reason,
         attributes='{"origin":"replay-test"}',
+        subscription=SUBSCRIPTION,
     )
 
 
@@ -101,6 +103,8 @@ async def test_a_fixed_rejection_becomes_one_record_under_its_original_id(
         assert record["data"] == 42
         assert record["publish_time"] == "2024-04-27T12:00:01Z"
         assert record["attributes"] == {"origin": "replay-test"}
+        # The subscription that first delivered it, not the replay's lack of one.
+        assert record["subscription"] == SUBSCRIPTION
         still = (await http.get("/v1/messages/m-bad")).json()
         assert still["status"] == "rejected"
 
@@ -288,6 +292,71 @@ def test_the_cli_says_when_it_lacks_operator_credentials() -> None:
         )
 
 
+class SentReplays(httpx.HTTPTransport):
+    """The message ids of each replay request the CLI sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[list[str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/replay":
+            body = json.loads(request.read())
+            self.sent.append([m["message_id"] for m in body["messages"]])
+        return super().handle_request(request)
+
+
+async def test_a_rejection_stored_since_says_so_and_is_not_sent_again(
+    rejected_store: DuckDBStore,
+) -> None:
+    async with served(create_app(settings(), store=rejected_store)) as http:
+        url = str(http.base_url).rstrip("/")
+
+        async def rejections(**params: Any) -> httpx.Response:
+            return await http.get(
+                "/v1/rejections", params={"since": "2023-01-01T00:00:00Z", **params}
+            )
+
+        def replay() -> tuple[Counter[str], list[list[str]]]:
+            transport = SentReplays()
+            service = Service(url, transport=transport)
+            try:
+                counts = replay_rejected(
+                    service, since=None, until=None, reason_contains=None, dry_run=False,
+                    console=Console(quiet=True),
+                )  # fmt: skip
+            finally:
+                service.close()
+            return counts, transport.sent
+
+        before = (await rejections()).json()["rejections"]
+        assert [r["stored"] for r in before] == [False, False, False]
+        # A full page of rejections may still change: revalidated, never kept as final.
+        full = await rejections(limit=1)
+        assert full.headers["cache-control"] == "no-cache"
+        assert full.headers["etag"]
+
+        first, sent = await asyncio.to_thread(replay)
+        assert first == Counter({"stored": 2, "rejected": 1})
+        assert sent == [["m-fixed-1", "m-fixed-2", "m-bad"]]
+        after = {r["message_id"]: r for r in (await rejections()).json()["rejections"]}
+        assert {m: r["stored"] for m, r in after.items()} == {
+            "m-fixed-1": True,
+            "m-fixed-2": True,
+            "m-bad": False,
+        }
+        # The rejection and the message's own answer agree.
+        for message_id, rejection_row in after.items():
+            status = (await http.get(f"/v1/messages/{message_id}")).json()["status"]
+            assert status == ("stored" if rejection_row["stored"] else "rejected")
+        # The same page answered again, now different: its ETag changed with it.
+        assert (await rejections(limit=1)).headers["etag"] != full.headers["etag"]
+
+        second, sent = await asyncio.to_thread(replay)
+        assert second == Counter({"already_stored": 2, "rejected": 1})
+        assert sent == [["m-bad"]]  # only what may still change
+
+
 class QueueSubscriber:
     """A pull subscription in memory: pull leases, acknowledge removes, a 0 deadline releases."""
 
@@ -383,6 +452,7 @@ async def test_a_full_batch_costs_one_lookup_and_shares_its_appends(
     async with served(create_app(settings(), store=store)) as http:
         answer = (await http.post("/v1/replay", json={"messages": batch})).json()["results"]
         assert store.lookups == Counter({"seen": 1})
+        store.lookups.clear()
         # One group commit takes them all, not one append per message.
         assert sum(store.appends) == 97
         assert len(store.appends) <= 3
@@ -400,12 +470,15 @@ async def test_a_full_batch_costs_one_lookup_and_shares_its_appends(
         assert len({r["message_id"] for r in page}) == 96
         rejections = (await http.get("/v1/rejections", params={"limit": 1000})).json()
         assert [r["message_id"] for r in rejections["rejections"]].count("m-dup-bad") == 1
+        # A page of rejections costs one look-up too, to say which were stored since.
+        assert store.lookups == Counter({"seen": 1})
+        store.lookups.clear()
 
         again = (await http.post("/v1/replay", json={"messages": batch})).json()["results"]
         assert Counter(r["outcome"] for r in again) == Counter(
             {"already_stored": 97, "rejected": 3}
         )
-        assert store.lookups == Counter({"seen": 2})
+        assert store.lookups == Counter({"seen": 1})
 
 
 async def test_seen_tells_stored_from_rejected_and_a_stored_copy_wins(

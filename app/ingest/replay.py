@@ -26,7 +26,7 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import BadRequest, InvalidBody
-from app.ingest.envelope import PushAttributes, PushedMessage
+from app.ingest.envelope import MAX_SUBSCRIPTION, PushAttributes, PushedMessage
 from app.ingest.service import Ingest
 from app.records import (
     MAX_ID_LENGTH,
@@ -52,6 +52,17 @@ class ReplayMessage(msgspec.Struct, kw_only=True, frozen=True):
     data: Annotated[str, Meta(description="The message data, base64")]
     # Held to what a push may carry: a replay stores what Pub/Sub could have delivered.
     attributes: PushAttributes = msgspec.field(default_factory=dict)
+    subscription: (
+        Annotated[
+            str,
+            Meta(
+                max_length=MAX_SUBSCRIPTION,
+                description="The subscription that first delivered it (a rejection's "
+                "`subscription`), kept on the stored record",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ReplayRequest(msgspec.Struct, kw_only=True, frozen=True):
@@ -166,6 +177,7 @@ def _pushed(index: int, replayed: ReplayMessage) -> PushedMessage:
         data=data,
         raw_data=replayed.data.encode(),
         attributes=replayed.attributes,
+        subscription=replayed.subscription,
     )
 
 

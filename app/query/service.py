@@ -23,7 +23,7 @@ import msgspec
 from app.errors import BadParameter, Gone, NotFound
 from app.query.page_token import PageToken, PageTokens
 from app.records import DAY_MICROS, TABLES, Kind, Record, Rejection, columns, micros, moment
-from app.store import PageQuery, Store
+from app.store import READ_ROUTE, PageQuery, Store
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -70,6 +70,9 @@ class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
     delivery_attempt: int | None
     # The topic schema revision the message named, which it did not fit.
     schema: str | None
+    # True once the message was stored as a record since (a replay after a fix):
+    # `/v1/messages/{id}` then answers `stored`, and replaying it again changes nothing.
+    stored: bool = False
 
 
 View = TypeVar("View", RecordView, RejectionView)
@@ -101,6 +104,7 @@ def _viewing(view_type: type[Any], row_type: type[Any]) -> tuple[tuple[str, Any]
     return tuple(
         (field.name, _AS_VIEWED.get(kinds[field.name]))
         for field in msgspec.structs.fields(view_type)
+        if field.name in kinds  # not a column (`stored`): the view works it out
     )
 
 
@@ -134,10 +138,13 @@ class Listing(msgspec.Struct, Generic[AnyPage], frozen=True):
     page: type[AnyPage]
     # The list's name in its path (`/v1/records`), which its page tokens carry.
     name: str
+    # Whether a full page can never change. A rejection can: it is marked
+    # `stored` once a replay stores its message.
+    final: bool
 
 
-RECORDS = Listing(Record, RecordView, RecordsPage, "records")
-REJECTIONS = Listing(Rejection, RejectionView, RejectionsPage, "rejections")
+RECORDS = Listing(Record, RecordView, RecordsPage, "records", final=True)
+REJECTIONS = Listing(Rejection, RejectionView, RejectionsPage, "rejections", final=False)
 
 
 class MessageView(msgspec.Struct, kw_only=True, frozen=True):
@@ -305,8 +312,25 @@ class Reader:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
-        page = listing.page([view(listing.view, row) for row in rows], resume, moment(horizon))
+        views = [view(listing.view, row) for row in rows]
+        if listing.kind is Rejection and views:
+            views = await self._mark_stored(views)
+        page = listing.page(views, resume, moment(horizon))
         return page, bool(rows)
+
+    async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
+        """Say of each rejection whether its message was stored since, as
+        `/v1/messages/{id}` would: one look-up for the page (on BigQuery a query
+        reading only `message_id` and `ingest_time`, through their search index)."""
+        route = READ_ROUTE.set("/v1/rejections")
+        try:
+            states = await self._store.seen([v.message_id for v in views])
+        finally:
+            READ_ROUTE.reset(route)
+        return [
+            msgspec.structs.replace(v, stored=True) if states.get(v.message_id) == "stored" else v
+            for v in views
+        ]
 
     async def _read(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int

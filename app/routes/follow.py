@@ -9,10 +9,11 @@
   as `Last-Event-ID`), with a comment as heartbeat while nothing comes; after
   `stream_seconds` (so load balancers rebalance) or when the service stops,
   a last `event: end` gives the token to resume from.
-- A full page can never change (`Reader.page`): it carries a strong `ETag`
-  and a `Cache-Control` a cache may honour (shared only where reads need no
-  token, or where configured), and `If-None-Match` gets a 304. A page at the
-  tail may still grow: `no-cache`.
+- A full page of records can never change (`Reader.page`): it carries a
+  strong `ETag` and a `Cache-Control` a cache may honour (shared only where
+  reads need no token, or where configured), and `If-None-Match` gets a 304.
+  A page at the tail may still grow, and a rejection may yet be marked
+  `stored` by a replay: `no-cache`, with the `ETag` to revalidate.
 
 A follower that disconnects frees its wait at once; one that reads slowly is
 served page by page at its own pace (a stream produces the next page only once
@@ -199,9 +200,15 @@ def _quality(ranges: list[tuple[str, float]], media_type: str) -> float:
 
 
 def answer(
-    request: Request[Any, Any, Any], page: P, *, full: bool, followers: Followers
+    request: Request[Any, Any, Any],
+    page: P,
+    *,
+    full: bool,
+    final: bool,
+    followers: Followers,
 ) -> Response[Any]:
-    """The page as JSON, with its freshness, and for a full one what caches may do."""
+    """The page as JSON, with its freshness, and what caches may do: keep a `final`
+    full page, revalidate any other full one by its `ETag`, ask again for the tail."""
     headers = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
     body, _ = followers.encoded(page)
     if not full:
@@ -209,8 +216,15 @@ def answer(
         return Response(body, media_type=JSON, headers=headers)
     etag = ETag(value=hashlib.sha256(body).hexdigest()[:32])
     shared = followers.shared_cache
-    cache_control = CacheControlHeader(
-        public=shared or None, private=not shared or None, max_age=IMMUTABLE_SECONDS, immutable=True
+    cache_control = (
+        CacheControlHeader(
+            public=shared or None,
+            private=not shared or None,
+            max_age=IMMUTABLE_SECONDS,
+            immutable=True,
+        )
+        if final
+        else NO_CACHE
     )
     headers |= _header(etag) | _header(cache_control)
     if etag.to_header() in _etags(request.headers.get("if-none-match", "")):

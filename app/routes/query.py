@@ -231,7 +231,7 @@ async def _paged(
             page_token=page_token,
         )
     rows = page.records if isinstance(page, RecordsPage) else page.rejections
-    return answer(request, page, full=len(rows) == limit, followers=followers)
+    return answer(request, page, full=len(rows) == limit, final=listing.final, followers=followers)
 
 
 @get(

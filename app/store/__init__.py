@@ -8,6 +8,7 @@ implement the same Protocol; `tests/store_contract/` holds what every one must d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
@@ -93,6 +94,13 @@ class QueryObserver(Protocol):
         bytes_billed: int | None = None,
         job_id: str | None = None,
     ) -> None: ...
+
+
+# The API route a read serves, set where it is not the usual one for the store
+# method called: a page of rejections asks `seen` (replay's look-up) which of its
+# messages were stored since. Telemetry counts the read's time and bytes billed
+# under this route.
+READ_ROUTE: ContextVar[str | None] = ContextVar("recordline_read_route", default=None)
 
 
 # Per appended row: None when it was stored as given, else the reason the store

@@ -22,6 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 
 from app.records import Record, Rejection
 from app.store import (
+    READ_ROUTE,
     MessageState,
     MessageStatus,
     Page,
@@ -151,6 +152,9 @@ class ObservedStore:
                 yield span
             finally:
                 QUERY_COST.reset(token)
+                served = READ_ROUTE.get()
+                if served is not None:
+                    route = {"route": served}
                 self._metrics.query_duration.record(time.perf_counter() - started, route)
                 if cost.bytes_billed:
                     self._metrics.query_bytes_billed.add(cost.bytes_billed, route)

@@ -309,6 +309,11 @@ async def test_dead_letters_are_replayed_once_with_their_message_ids(
             )  # fmt: skip
             assert sum(again.values()) == 0
             await follower.wait_for(ids("dead", 20), timeout=30)
+            # Each record names the subscription that gave up on it (the dead letter's
+            # CloudPubSubDeadLetterSourceSubscription[Project]), not none.
+            for message_id in follower.message_ids:
+                answer = (await http.get(f"/v1/messages/{message_id}")).json()
+                assert answer["record"]["subscription"] == wiring.push_subscription
             await asyncio.sleep(1)  # a quiet second, for what it tests: no record shows twice
             replayer.close()
         follower.assert_exactly_once(ids("dead", 20))
