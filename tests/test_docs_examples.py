@@ -37,7 +37,12 @@ def code_blocks(path: Path, language: str) -> list[str]:
 
 def commands(path: Path) -> Iterator[str]:
     """Each shell command of the file's `sh` blocks, its continuation lines joined."""
-    for block in code_blocks(path, "sh"):
+    return shell_commands(path.read_text())
+
+
+def shell_commands(text: str) -> Iterator[str]:
+    """Each shell command of the text's `sh` blocks, in order, continuation lines joined."""
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
         for command in block.replace("\\\n", " ").splitlines():
             command = command.split("  #", 1)[0].strip()  # a comment after the command
             if command and not command.startswith("#"):
