@@ -1,7 +1,7 @@
 """python3 dev.py bench NAME [options].
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
-      stops | followers | outage | server | typedcost.
+      stops | followers | outage | server | typedcost | devrate.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -25,6 +25,7 @@ NAMES = (
     "outage",
     "server",
     "typedcost",
+    "devrate",
 )
 
 

@@ -489,6 +489,11 @@ async def wire(
     return push, kept
 
 
+# The publish rate the banner suggests: well within what each stack keeps up with.
+DUCKDB_RATE = 100
+SERVING_RATE = 50
+
+
 def instructions(stack: DevStack) -> str:
     tool = stack.command
     lines = [
@@ -529,6 +534,19 @@ def instructions(stack: DevStack) -> str:
         ]
     else:
         emulator_env = f"PUBSUB_EMULATOR_HOST={stack.emulator_host}"
+        # Measured (`bench devrate`, 2 cores): the serving stack, three servers on one
+        # machine, kept up with 100 msg/s and fell behind from 150, its lag growing
+        # through the run; the DuckDB stack kept up with 300.
+        rate = SERVING_RATE if stack.serving else DUCKDB_RATE
+        pace = (
+            [
+                f"  the serving stack runs three servers here: past ~{2 * SERVING_RATE} msg/s on "
+                "2 cores records arrive later and later",
+                "  (in a checkout, `python3 dev.py bench devrate` measures this machine)",
+            ]
+            if stack.serving
+            else []
+        )
         lines += [
             f"  emulator   {stack.emulator_host}  (log {stack.emulator_log})",
             f"  topic      projects/{stack.project}/topics/{stack.topic}",
@@ -538,7 +556,8 @@ def instructions(stack: DevStack) -> str:
             "",
             "Publish, from another terminal:",
             f"  {emulator_env} {tool} publish "
-            f"--project {stack.project} --topic {stack.topic} --count 1000 --rate 100",
+            f"--project {stack.project} --topic {stack.topic} --count 1000 --rate {rate}",
+            *pace,
             "  … in a topic schema's encoding (it becomes the topic's schema):",
             f"  {emulator_env} {tool} publish "
             f"--project {stack.project} --topic {stack.topic} "

@@ -150,6 +150,24 @@ def test_the_banner_gives_commands_as_they_run_here() -> None:
     assert "PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python3 dev.py publish" in text
     assert "python3 dev.py tail --url http://127.0.0.1:8080" in text
     assert " recordline " not in text
+    assert "--rate 100" in text
+    assert "later and later" not in text
+
+
+def test_the_serving_banner_suggests_a_rate_it_keeps_up_with_and_says_why() -> None:
+    # Measured by `bench devrate` on 2 cores: --serving kept up with 100 msg/s and fell
+    # behind from 150, where the DuckDB stack kept up with 300.
+    stack = DevStack(
+        service_url="http://127.0.0.1:8080",
+        store="bigquery://recordline-dev/recordline",
+        emulator_host="127.0.0.1:8085",
+        command="python3 dev.py",
+        serving="projects/recordline-dev/instances/dev/databases/serving",
+    )
+    text = instructions(stack)
+    assert "--count 1000 --rate 50\n" in text
+    assert "past ~100 msg/s on 2 cores records arrive later and later" in text
+    assert "python3 dev.py bench devrate" in text
 
 
 # -- publish and tail give up -----------------------------------------------------
