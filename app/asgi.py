@@ -52,11 +52,11 @@ from app.query.service import Reader
 from app.routes.follow import Followers
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.routes.query import READ_ROUTES, Paging
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
 from app.telemetry import Telemetry
-from app.typed.revisions import Revisions
+from app.typed.revisions import DeclaredSchemaError, Revisions
 
 log = logging.getLogger("recordline")
 
@@ -244,6 +244,13 @@ def create_app(
     # Each decoded schema revision's typed fields, from the push path to the
     # store that projects them (a store passed in shares this one to do so).
     revisions = revisions if revisions is not None else Revisions()
+    if settings.schema.json_topic_schema:
+        try:
+            revisions.declare(settings.schema.json_topic_schema)
+        except DeclaredSchemaError as exc:
+            raise SettingsError(
+                f"RECORDLINE_JSON_TOPIC_SCHEMA: {exc}", var="RECORDLINE_JSON_TOPIC_SCHEMA"
+            ) from None
     if store is None:
         store = open_store(
             settings,

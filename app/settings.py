@@ -405,6 +405,20 @@ class SchemaSettings(Section, frozen=True):
             "503. Each revision is fetched once, then kept",
         ),
     ] = 3.0
+    json_topic_schema: Annotated[
+        str,
+        # A JSON object here; that it is an Avro record schema is checked where the
+        # typed columns are set up (`create_app`), which refuses it naming this variable.
+        Meta(pattern=r"(?s)^\s*\{.*\}\s*$"),
+        env(
+            "RECORDLINE_JSON_TOPIC_SCHEMA",
+            "For a topic with no schema (JSON): an Avro record schema, its JSON text, whose "
+            "fields become typed columns (`fields`) of the records that name no revision. "
+            "Payloads are validated as without it; a value that does not fit is a projection "
+            "error, and stays in `data`",
+            accepts="the JSON text of an Avro schema of type record, or empty",
+        ),
+    ] = ""
 
 
 class QuerySettings(Section, frozen=True):

@@ -4,11 +4,28 @@ The push path learns a revision's fields as it builds the revision's decoder;
 a store that projects typed columns looks them up by the `schema` a record
 names (`projects/P/schemas/S@REVISION`). Revisions are immutable, so an entry
 never changes once learned.
+
+A topic with no schema (JSON) may have one declared by its system instead
+(`RECORDLINE_JSON_TOPIC_SCHEMA`, an Avro record schema): its records, which
+name no revision, are projected onto the declared fields under a revision
+name made from the schema's text, `declared@<sha-256 prefix>`. Declaring
+another schema is a new revision, merged into the table like a topic's.
 """
 
 from __future__ import annotations
 
-from app.typed.mapping import Field
+import hashlib
+
+import fastavro
+import msgspec
+
+from app.typed.mapping import Field, avro_fields
+
+DECLARED = "declared@"
+
+
+class DeclaredSchemaError(ValueError):
+    """The declared schema is no Avro record schema with fields; the message says why."""
 
 
 class Revisions:
@@ -16,6 +33,8 @@ class Revisions:
 
     def __init__(self) -> None:
         self._fields: dict[str, tuple[Field, ...]] = {}
+        # The revision name records with no revision of their own are projected under.
+        self.declared: str | None = None
 
     def learn(self, revision: str, fields: tuple[Field, ...]) -> None:
         self._fields[revision] = fields
@@ -23,3 +42,27 @@ class Revisions:
     def fields(self, revision: str) -> tuple[Field, ...] | None:
         """The fields of `revision`, or None when it was never decoded here."""
         return self._fields.get(revision)
+
+    def declare(self, schema: str) -> str:
+        """Project records that name no revision onto the fields of this Avro record
+        schema (its JSON text); returns the revision name they are projected under."""
+        try:
+            definition = msgspec.json.decode(schema)
+        except msgspec.DecodeError as exc:
+            raise DeclaredSchemaError(f"not JSON: {exc}") from None
+        if not isinstance(definition, dict) or definition.get("type") != "record":
+            raise DeclaredSchemaError('an Avro schema of `"type": "record"` is expected')
+        try:
+            fastavro.parse_schema(definition)  # the schema a publisher's Avro would be
+            fields = avro_fields(definition)
+        except (fastavro.schema.SchemaParseException, KeyError, TypeError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise DeclaredSchemaError(f"not an Avro record schema: {why}") from None
+        if not fields:
+            raise DeclaredSchemaError("the record declares no fields")
+        # The canonical text: the same schema, however it is spaced, is one revision.
+        canonical = msgspec.json.encode(definition, order="sorted")
+        name = DECLARED + hashlib.sha256(canonical).hexdigest()[:16]
+        self.learn(name, fields)
+        self.declared = name
+        return name

@@ -27,6 +27,7 @@ locals {
     id_field        = null
     time_field      = null
     canary_file     = null
+    json_schema     = null
   }
 }
 
@@ -58,6 +59,8 @@ module "system" {
   id_field    = each.value.id_field
   time_field  = each.value.time_field
   canary_data = each.value.canary_file != null ? filebase64("${path.root}/../../${each.value.canary_file}") : null
+  # A JSON topic's declared schema: its typed columns.
+  json_topic_schema = each.value.json_schema != null ? file("${path.root}/../../${each.value.json_schema}") : null
 
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name, recovery_hours = var.spanner_recovery_hours } : null

@@ -747,6 +747,9 @@ variable "systems" {
     # The canary's message in the topic's shape (a file in this repository, sent as its
     # bytes): required with a schema or an id_field, which today's canary would not fit.
     canary_file = optional(string)
+    # For a topic with no schema (JSON): an Avro record schema, a file under schemas/,
+    # whose fields become the records' typed columns (RECORDLINE_JSON_TOPIC_SCHEMA).
+    json_schema = optional(string)
   }))
   default = {}
 
@@ -796,10 +799,16 @@ variable "systems" {
   validation {
     condition = alltrue([
       for s in values(var.systems) : alltrue([
-        for f in compact([try(s.schema.file, null), s.canary_file]) : startswith(f, "schemas/") && !strcontains(f, "..")
+        for f in compact([try(s.schema.file, null), s.canary_file, s.json_schema]) : startswith(f, "schemas/") && !strcontains(f, "..")
       ])
     ])
-    error_message = "A system's schema file and canary_file are paths under schemas/ (from the repository's root), where terraform.yml looks for changes."
+    error_message = "A system's schema file, canary_file and json_schema are paths under schemas/ (from the repository's root), where terraform.yml looks for changes."
+  }
+
+  # A topic with a schema has its typed columns from it: a declared one would be ignored.
+  validation {
+    condition     = alltrue([for s in values(var.systems) : s.schema == null || s.json_schema == null])
+    error_message = "A system has a topic schema or a json_schema, not both: its topic schema's fields are its typed columns already."
   }
 
   # Scheduler publishes the canary to the topic every minute: with a schema Pub/Sub

@@ -103,7 +103,11 @@ def test_every_file_a_plan_reads_is_one_terraform_yml_plans_on() -> None:
         # Files read from outside infra/terraform: the systems' schemas and canaries.
         assert "schemas/**" in paths
     outside = re.findall(r"\$\{path\.root\}/\.\./\.\./\$\{([^}]+)\}", _text())
-    assert sorted(outside) == ["each.value.canary_file", "each.value.schema.file"]
+    assert sorted(outside) == [
+        "each.value.canary_file",
+        "each.value.json_schema",
+        "each.value.schema.file",
+    ]
 
 
 def _accepted(schema_file: str, canary_file: str) -> bool:

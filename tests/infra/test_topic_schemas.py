@@ -33,14 +33,18 @@ AVRO = json.dumps(
     }
 ).encode()
 CANARY = b'"recordline-canary\x02'  # an Order in Avro's binary encoding
-FILES = (("schemas/orders.avsc", AVRO), ("schemas/orders-canary.bin", CANARY))
+FILES = (
+    ("schemas/orders.avsc", AVRO),
+    ("schemas/orders-canary.bin", CANARY),
+    ("schemas/payments.avsc", AVRO),
+)
 ORDERS = (
     '{ file = "schemas/orders.avsc", type = "AVRO", encoding = "BINARY" }',
     'id_field = "order_id"',
     'time_field = "meta.created_at"',
     'canary_file = "schemas/orders-canary.bin"',
 )
-INPUTS = ["topic_schema", "id_field", "time_field", "canary_data"]
+INPUTS = ["topic_schema", "id_field", "time_field", "canary_data", "json_topic_schema"]
 
 
 def _inputs(systems: str) -> dict[str, dict[str, Any]]:
@@ -73,6 +77,16 @@ def test_a_system_declares_its_schema_mapping_and_canary_from_files_in_the_repos
     assert default == dict.fromkeys(INPUTS)
 
 
+def test_a_json_topic_declares_the_schema_of_its_typed_columns() -> None:
+    systems = '{ recordline = {}, payments = { json_schema = "schemas/payments.avsc" } }'
+    payments = _inputs(systems)["payments"]
+    # The file's text, as the service reads RECORDLINE_JSON_TOPIC_SCHEMA; no topic schema.
+    assert payments == {**dict.fromkeys(INPUTS), "json_topic_schema": AVRO.decode()}
+    # The service is told it where set, and nothing where not.
+    declared = _mapping_env("null", "null", json.dumps(AVRO.decode()))
+    assert declared == {"RECORDLINE_JSON_TOPIC_SCHEMA": AVRO.decode()}
+
+
 def test_an_existing_schema_keeps_its_name() -> None:
     schema = '{ file = "schemas/orders.avsc", type = "AVRO", encoding = "JSON", name = "Orders" }'
     assert _inputs(_orders(schema))["orders"]["topic_schema"]["name"] == "Orders"
@@ -95,6 +109,9 @@ def test_an_existing_schema_keeps_its_name() -> None:
         ('{ recordline = {}, orders = { id_field = "order_id" } }', "canary_file"),
         # An event time elsewhere alone leaves today's canary a record (time may be absent).
         ('{ recordline = {}, orders = { time_field = "meta.created_at" } }', None),
+        # A declared schema is a file under schemas/, and only for a topic with none.
+        ('{ recordline = {}, orders = { json_schema = "app/orders.avsc" } }', "json_schema"),
+        (_orders(ORDERS[0], *ORDERS[1:], 'json_schema = "schemas/payments.avsc"'), "not both"),
     ],
 )
 def test_what_pubsub_and_the_service_would_refuse_is_refused_at_plan(
@@ -167,9 +184,10 @@ def test_only_the_service_account_reads_the_schema_and_only_the_schema() -> None
 # --- the service and the canary ----------------------------------------------------------------
 
 
-def _mapping_env(id_field: str, time_field: str) -> dict[str, str]:
+def _mapping_env(id_field: str, time_field: str, json_schema: str = "null") -> dict[str, str]:
     expression = re.sub(r"\bvar\.", "local.", _expression(_locals()["mapping_env"]))
-    return dict(_evaluate(expression, (("id_field", id_field), ("time_field", time_field))))
+    bound = (("id_field", id_field), ("time_field", time_field), ("json_topic_schema", json_schema))
+    return dict(_evaluate(expression, bound))
 
 
 def test_the_mapping_reaches_the_service_only_where_it_is_set() -> None:

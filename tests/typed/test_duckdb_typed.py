@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -19,6 +20,7 @@ import pytest
 
 from app.asgi import create_app
 from app.records import Record
+from app.settings import SettingsError
 from app.store.duckdb.store import DuckDBStore
 from app.typed.mapping import Field, Type, avro_fields
 from app.typed.revisions import Revisions
@@ -270,3 +272,79 @@ async def test_every_mapped_type_round_trips_through_duckdb(tmp_path: Path) -> N
         # BIGNUMERIC is its exact decimal text in DuckDB (its decimals stop at 38 digits).
         expected = str(typed) if kind is Type.BIGNUMERIC else typed
         assert fields[f"f{n}"] == expected, kind
+
+
+DECLARED = {
+    "type": "record",
+    "name": "Order",
+    "fields": [
+        {"name": "amount", "type": "long"},
+        {"name": "customer", "type": ["null", "string"], "default": None},
+    ],
+}
+# A second declaration: the field publishers began sending before the first named it.
+DECLARED_LATER = {
+    **DECLARED,
+    "fields": [*DECLARED["fields"], {"name": "note", "type": ["null", "string"], "default": None}],
+}
+
+
+@asynccontextmanager
+async def json_service(path: Path, declared: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+    revisions = Revisions()
+    store = DuckDBStore(str(path), revisions=revisions)
+    configured = settings(RECORDLINE_JSON_TOPIC_SCHEMA=json.dumps(declared))
+    async with served(create_app(configured, store=store, revisions=revisions)) as http:
+        yield http
+
+
+async def _json_stored(http: httpx.AsyncClient, n: int, data: Any) -> None:
+    payload = {"id": f"o-{n}", "data": data}
+    answer = await http.post("/pubsub/push", json=envelope(payload, message_id=f"m-{n}"))
+    assert answer.status_code == 204
+    assert (await http.get(f"/v1/records/o-{n}")).status_code == 200
+
+
+async def test_a_json_topic_gets_typed_columns_from_the_schema_its_system_declares(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "records.duckdb"
+    async with json_service(path, DECLARED) as http:
+        await _json_stored(http, 1, {"amount": 7, "customer": "Ada"})
+        # A field no declaration names yet, and a value its column cannot take:
+        # stored all the same, each a projection error, each still in `data`.
+        await _json_stored(http, 2, {"amount": "lots", "note": "early"})
+    async with json_service(path, DECLARED_LATER) as http:
+        await _json_stored(http, 3, {"amount": 9, "note": "declared now"})
+    # Two declarations, two revisions, merged like a topic's.
+    revisions = [r[0] for r in _query(path, "SELECT schema FROM typed_revisions ORDER BY position")]
+    assert [r.split("@")[0] for r in revisions] == ["declared", "declared"]
+    first, second = revisions  # o-3 has `note` typed: only the second declares it
+    assert first != second
+    rows = _query(
+        path,
+        "SELECT id, fields.amount, fields.customer, fields.note, "
+        "[e.field for e in projection_errors], [e.revision for e in projection_errors], "
+        "data->>'$.note' FROM records_typed ORDER BY id",
+    )
+    assert rows == [
+        ("o-1", 7, "Ada", None, [], [], None),
+        ("o-2", None, None, None, ["amount", "note"], [first, first], "early"),
+        ("o-3", 9, None, "declared now", [], [], "declared now"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("declared", "why"),
+    [
+        ("{not json}", "not JSON"),
+        ('{"type": "string"}', '"type": "record"'),
+        ('{"type": "record", "name": "O", "fields": []}', "declares no fields"),
+        ('{"type": "record", "name": "O", "fields": [{"name": "a", "type": "nosuch"}]}', "nosuch"),
+    ],
+)
+def test_a_declared_schema_that_is_no_avro_record_is_refused_naming_the_setting(
+    declared: str, why: str
+) -> None:
+    with pytest.raises(SettingsError, match=f"RECORDLINE_JSON_TOPIC_SCHEMA: .*{re.escape(why)}"):
+        create_app(settings(RECORDLINE_JSON_TOPIC_SCHEMA=declared))

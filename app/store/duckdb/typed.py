@@ -8,6 +8,9 @@ the API reads it as it always did, while `fields` changes type with every
 revision that adds or widens a field (`ALTER COLUMN … SET DATA TYPE`, which
 DuckDB applies by field name: older rows get NULL in the new fields).
 
+Records that name no revision are projected under the declared one, where
+the system declares a schema for its JSON topic (`Revisions.declare`).
+
 Each revision's fields are kept in `typed_revisions` in the order revisions
 first arrived, so the table's fields are the same merge after a restart, and
 rows replayed from the journal are projected without asking the Schema API.
@@ -163,11 +166,12 @@ class TypedColumns:
 
         A revision seen for the first time widens the table's fields first.
         """
-        typed = [r for r in records if r.schema is not None]
+        typed = [r for r in records if self._revision(r) is not None]
         if not typed:
             return None
-        for schema in dict.fromkeys(r.schema for r in typed if r.schema is not None):
-            self._learn(con, schema)
+        for schema in dict.fromkeys(self._revision(r) for r in typed):
+            if schema is not None:
+                self._learn(con, schema)
         message_ids: list[str] = []
         errors: list[list[dict[str, Any]]] = []
         values: list[dict[str, Any]] = []
@@ -189,10 +193,10 @@ class TypedColumns:
 
     def unprojected(self, records: Sequence[Record], reason: str) -> pa.Table | None:
         """`record_fields` rows that only say why `records` have no typed columns."""
-        typed = [r for r in records if r.schema is not None]
+        typed = [r for r in records if self._revision(r) is not None]
         if not typed:
             return None
-        errors = [[{"field": "$", "reason": reason, "revision": r.schema}] for r in typed]
+        errors = [[{"field": "$", "reason": reason, "revision": self._revision(r)}] for r in typed]
         columns: dict[str, pa.Array] = {
             "message_id": pa.array([r.message_id for r in typed], type=pa.string()),
             "projection_errors": pa.array(errors, type=_ERRORS_ARROW),
@@ -201,8 +205,14 @@ class TypedColumns:
             columns["fields"] = pa.nulls(len(typed), type=_arrow_type(self._type))
         return pa.table(columns)
 
+    def _revision(self, record: Record) -> str | None:
+        """The revision a record is projected under: its own, or else the declared one."""
+        if record.schema is not None:
+            return record.schema
+        return None if self._revisions is None else self._revisions.declared
+
     def _project(self, record: Record) -> tuple[dict[str, Any], list[ProjectionError]]:
-        schema = record.schema
+        schema = self._revision(record)
         if schema not in self._known:
             # Decoded by an earlier process whose catalogue this one never saw:
             # kept in `data`, and said so.

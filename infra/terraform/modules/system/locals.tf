@@ -61,8 +61,12 @@ locals {
   # Where the payload keeps the record id and event time, only where set: otherwise the
   # service's defaults, today's {"id", "timestamp", "data"} contract.
   mapping_env = {
-    for name, path in { RECORDLINE_ID_FIELD = var.id_field, RECORDLINE_TIME_FIELD = var.time_field } :
-    name => path if path != null
+    for name, value in {
+      RECORDLINE_ID_FIELD          = var.id_field
+      RECORDLINE_TIME_FIELD        = var.time_field
+      RECORDLINE_JSON_TOPIC_SCHEMA = var.json_topic_schema
+    } :
+    name => value if value != null
   }
 
   service_env = merge(var.extra_env, local.retention_env, local.serving_env, local.mapping_env, {

@@ -191,6 +191,11 @@ variable "time_field" {
   description = "RECORDLINE_TIME_FIELD: where the payload keeps the event time; null leaves the service's default (timestamp)."
 }
 
+variable "json_topic_schema" {
+  type        = string
+  description = "RECORDLINE_JSON_TOPIC_SCHEMA: for a topic with no schema, an Avro record schema (its JSON text) whose fields become typed columns; null: none."
+}
+
 variable "canary_data" {
   type        = string
   description = "The canary's message data, base64, in the topic's shape (canary.tf); null: the default {\"id\", \"data\"} record."
