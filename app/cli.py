@@ -86,6 +86,22 @@ def _main(argv: list[str] | None) -> int:
 
     operator.add_arguments(export)
 
+    typed = commands.add_parser(
+        "typed", help="typed columns: project stored records again (DuckDB)"
+    )
+    typed_commands = typed.add_subparsers(dest="typed", required=True)
+    backfill = typed_commands.add_parser(
+        "backfill",
+        help="project the records stored in a range again, as the code and schemas are now "
+        "(after a mapping fix, or for records stored before a json_schema was declared); "
+        "with the service stopped",
+    )
+    backfill.add_argument(
+        "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
+    )
+    backfill.add_argument("--since", help="RFC 3339: records ingested at or after it")
+    backfill.add_argument("--until", help="RFC 3339: records ingested before it (default: now)")
+
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
     runs: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -109,6 +125,8 @@ def _main(argv: list[str] | None) -> int:
             return _schema(args.target, write=args.write)
         case "export":
             return _export(args)
+        case "typed":
+            return _backfill(args)
         case "config":
             if args.reference:
                 print(config_table())
@@ -182,6 +200,85 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return asyncio.run(operator.run(args, settings))
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    """`recordline typed backfill`: every first copy of a record in the range, its
+    typed fields projected again, a page at a time."""
+    from datetime import UTC, datetime
+
+    import msgspec
+
+    from app.records import AwareDatetime, Record, micros
+    from app.errors import StoreUnavailable
+    from app.store import PageQuery
+    from app.store.duckdb.store import DuckDBStore
+    from app.store.open import open_store
+    from app.typed.revisions import DeclaredSchemaError, Revisions
+
+    environ = dict(os.environ)
+    if args.store:
+        environ["RECORDLINE_STORE"] = args.store
+    settings = _settings(environ, {"RECORDLINE_STORE": "--store"})
+    if settings is None:
+        return 2
+    if not settings.store.url.startswith("duckdb:"):
+        print(
+            "recordline typed backfill: runs on a DuckDB file (duckdb:…); "
+            f"RECORDLINE_STORE is {settings.store.url!r}",
+            file=sys.stderr,
+        )
+        return 2
+    bounds = []
+    for flag, text, default in (("--since", args.since, 0), ("--until", args.until, None)):
+        if text is None:
+            bounds.append(default if default is not None else micros(datetime.now(UTC)))
+            continue
+        try:
+            bounds.append(micros(msgspec.convert(text, AwareDatetime)))
+        except (msgspec.ValidationError, ValueError) as exc:
+            print(f"recordline typed backfill: {flag} {text!r}: {exc}", file=sys.stderr)
+            return 2
+    since, until = bounds
+    revisions = Revisions()
+    if settings.schema.json_topic_schema:
+        try:
+            revisions.declare(settings.schema.json_topic_schema)
+        except DeclaredSchemaError as exc:
+            print(f"recordline: RECORDLINE_JSON_TOPIC_SCHEMA: {exc}", file=sys.stderr)
+            return 2
+    store = open_store(settings, revisions=revisions)
+    assert isinstance(store, DuckDBStore), store  # what a duckdb: URL opens
+
+    async def run() -> int:
+        await store.start()
+        try:
+            projected = 0
+            # Every row after (since, ""): those ingested at `since` included.
+            query = PageQuery(after_time=since, after_message_id="", before_time=until, limit=1000)
+            while True:
+                page = await store.page(Record, query)
+                projected += await store.reproject(page.rows)
+                resume = (page.after_time, page.after_message_id)
+                if resume[0] >= until or resume == (query.after_time, query.after_message_id):
+                    return projected  # the whole range was examined
+                query = msgspec.structs.replace(
+                    query, after_time=resume[0], after_message_id=resume[1]
+                )
+        finally:
+            await store.close()
+
+    try:
+        projected = asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(
+            f"recordline typed backfill: {exc} (a DuckDB file is open in one process at a "
+            "time: stop the service first)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"recordline typed backfill: {projected} records projected again", file=sys.stderr)
+    return 0
 
 
 def _config() -> int:

@@ -4,9 +4,12 @@ the service runs, and every value that does not fit is in `projection_errors`.""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -19,6 +22,7 @@ import httpx
 import pytest
 
 from app.asgi import create_app
+from app.cli import main
 from app.records import Record
 from app.settings import SettingsError
 from app.store.duckdb.store import DuckDBStore
@@ -348,3 +352,70 @@ def test_a_declared_schema_that_is_no_avro_record_is_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(SettingsError, match=f"RECORDLINE_JSON_TOPIC_SCHEMA: .*{re.escape(why)}"):
         create_app(settings(RECORDLINE_JSON_TOPIC_SCHEMA=declared))
+
+
+async def _plain_service_stores(path: Path, count: int) -> None:
+    """Records of a JSON topic stored with no schema declared: no typed fields."""
+    store = DuckDBStore(str(path))
+    async with served(create_app(settings(), store=store)) as http:
+        for n in range(1, count + 1):
+            await _json_stored(http, n, {"amount": n, "customer": f"c{n}"})
+
+
+async def test_a_backfill_types_records_stored_before_their_schema_was_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "records.duckdb"
+    await _plain_service_stores(path, 3)
+    assert _query(path, "SELECT count(*) FROM records_typed WHERE projection_errors IS NULL") == [
+        (3,)
+    ]
+    monkeypatch.setenv("RECORDLINE_JSON_TOPIC_SCHEMA", json.dumps(DECLARED))
+    store = f"duckdb://{path}"
+    # A range that ends before any record: nothing to do.
+    assert (
+        await asyncio.to_thread(
+            main, ["typed", "backfill", "--store", store, "--until", "2020-01-01T00:00:00Z"]
+        )
+        == 0
+    )
+    assert "0 records projected again" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["typed", "backfill", "--store", store]) == 0
+    assert "3 records projected again" in capsys.readouterr().err
+    rows = _query(
+        path, "SELECT id, fields.amount, fields.customer, projection_errors FROM records_typed"
+    )
+    assert sorted(rows) == [(f"o-{n}", n, f"c{n}", []) for n in (1, 2, 3)]
+    # Twice changes nothing, and no record shows twice, in SQL or in the API.
+    assert await asyncio.to_thread(main, ["typed", "backfill", "--store", store]) == 0
+    assert _query(path, "SELECT count(*), count(DISTINCT message_id) FROM records_typed") == [
+        (3, 3)
+    ]
+    async with served(create_app(settings(), store=DuckDBStore(str(path)))) as http:
+        listed = (await http.get("/v1/records", params={"since": "2000-01-01T00:00:00Z"})).json()
+    assert sorted(r["id"] for r in listed["records"]) == ["o-1", "o-2", "o-3"]
+
+
+def test_a_backfill_says_when_the_store_is_open_elsewhere_or_is_no_duckdb_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "records.duckdb"
+    duckdb.connect(str(path)).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
+         "print('open', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        assert main(["typed", "backfill", "--store", f"duckdb://{path}"]) == 1
+        assert "stop the service first" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["typed", "backfill", "--store", "bigquery://my-project/recordline"]) == 2
+    assert "runs on a DuckDB file" in capsys.readouterr().err
+    assert main(["typed", "backfill", "--store", f"duckdb://{path}", "--since", "noon"]) == 2
+    assert "--since 'noon'" in capsys.readouterr().err

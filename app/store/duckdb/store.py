@@ -648,6 +648,40 @@ class DuckDBStore:
             self._local.cursor = cursor
         return cursor
 
+    async def reproject(self, records: Sequence[Record]) -> int:
+        """Project these stored records again, as the code and revisions are now, and
+        replace their typed fields; returns how many were projected.
+
+        For a mapping fixed since they were stored, or records stored before their
+        system declared a schema. `record_fields` is keyed by message id, and each
+        record's row is replaced in one transaction, so no record ever shows twice
+        (or without a row) in `records_typed`. Records that name no revision, where
+        none is declared, have nothing to project.
+        """
+
+        def replace() -> int:
+            con = self._connection()
+            typed = self._typed.arrow(con, records)
+            if typed is None:
+                return 0
+            con.register("reprojected", typed)
+            con.begin()
+            try:
+                con.execute(
+                    "DELETE FROM record_fields WHERE message_id IN "
+                    "(SELECT message_id FROM reprojected)"
+                )
+                con.execute("INSERT INTO record_fields SELECT * FROM reprojected")
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+            finally:
+                con.unregister("reprojected")
+            return int(typed.num_rows)
+
+        return await self._write(replace)
+
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
