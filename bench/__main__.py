@@ -1,7 +1,8 @@
 """python3 dev.py bench NAME [options].
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
-      stops | followers | outage | server | typedcost | devrate.
+      stops | followers | outage | server | typedcost | devrate |
+      typedingest.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -26,6 +27,7 @@ NAMES = (
     "server",
     "typedcost",
     "devrate",
+    "typedingest",
 )
 
 
