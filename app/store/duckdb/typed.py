@@ -123,6 +123,7 @@ class TypedColumns:
     """The typed fields of one DuckDB store's records."""
 
     def __init__(self, revisions: Revisions | None) -> None:
+        # Where the push path tells each revision's fields; None: no typed columns.
         self._revisions = revisions
         self._known: dict[str, tuple[Field, ...]] = {}
         self.fields: tuple[Field, ...] = ()
@@ -206,10 +207,11 @@ class TypedColumns:
         return pa.table(columns)
 
     def _revision(self, record: Record) -> str | None:
-        """The revision a record is projected under: its own, or else the declared one."""
-        if record.schema is not None:
-            return record.schema
-        return None if self._revisions is None else self._revisions.declared
+        """The revision a record is projected under: its own, or else the declared one;
+        none at all for a store given no revisions, which projects nothing."""
+        if self._revisions is None:
+            return None
+        return record.schema if record.schema is not None else self._revisions.declared
 
     def _project(self, record: Record) -> tuple[dict[str, Any], list[ProjectionError]]:
         schema = self._revision(record)
