@@ -209,8 +209,8 @@ def _backfill(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from app.records import AwareDatetime, Record, micros
     from app.errors import StoreUnavailable
+    from app.records import AwareDatetime, Record, micros
     from app.store import PageQuery
     from app.store.duckdb.store import DuckDBStore
     from app.store.open import open_store

@@ -46,7 +46,16 @@ def test_since_and_until_bound_the_range(client: TestClient[Litestar]) -> None:
     t = all_records[0]["ingest_time"]
     assert client.get("/v1/records", params={"since": t}).json()["records"]
     assert not client.get("/v1/records", params={"until": t}).json()["records"]
-    assert not client.get("/v1/records", params={"since": "2999-01-01T00:00:00Z"}).json()["records"]
+    future = client.get("/v1/records", params={"since": "2999-01-01T00:00:00Z"})
+    assert not future.json()["records"]
+    # Complete up to now, not up to the year 2999: a client's lag is never negative.
+    assert future.json()["complete_until"] < "2100"
+    assert future.headers["recordline-complete-until"] == future.json()["complete_until"]
+    assert future.json()["complete_until"] >= t
+    # Its token still starts at 2999: a record stored now is not in it.
+    push(client, 2)
+    after = client.get("/v1/records", params={"page_token": future.json()["next_page_token"]})
+    assert after.json()["records"] == []
     # A bounded range whose end has passed is complete: no token to follow.
     done = client.get(
         "/v1/records", params={"since": "2000-01-01T00:00:00Z", "until": "2001-01-01T00:00:00Z"}

@@ -269,7 +269,15 @@ class Reader:
             # A wait that found nothing gives the cursor back as it came: every
             # follower waiting at the tail asks the same URL, which a cache in front
             # can answer with one request to the service.
-            return listing.page([], self._tokens.encode(cursor), page.complete_until)
+            page = listing.page([], self._tokens.encode(cursor), page.complete_until)
+        if page_token is None and not found:
+            # A `since` later than anything readable (a future time): the page is
+            # complete up to now, not up to that time, so a client's lag (now -
+            # complete_until) is never negative. A token's cursor keeps its time:
+            # another instance's page may have said it was complete up to there.
+            now = moment(self.horizon())
+            if page.complete_until > now:
+                page = msgspec.structs.replace(page, complete_until=now)
         return page
 
     async def _followed(
