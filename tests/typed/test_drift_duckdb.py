@@ -1,0 +1,161 @@
+"""The drift matrix on DuckDB's real path: pushes to the service, stored, then read from
+`records_typed` as an analyst would.
+
+Each change of tests/typed/test_drift.py, for a topic's Avro schema (two revisions
+served by the fake Schema API, each message in its revision's binary encoding) and
+for a JSON topic's declared schema (the service restarted with the second
+declaration, as a deploy does). For each: 0 messages lost (both stored), 0 stuck
+(each push answered 204 the first time: nothing redelivered or dead-lettered
+because of the change), 0 silent drops (every value of the stored payload is in its
+typed column or named by a projection error), and the second revision's columns
+queryable as soon as its first record is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fastavro
+import httpx
+import msgspec
+import pytest
+
+from app.asgi import create_app
+from app.store.duckdb.store import DuckDBStore
+from app.typed.projection import Projection, ProjectionError
+from app.typed.revisions import Revisions
+from tests.conftest import envelope, served, settings
+from tests.fake_schema_api import FakeSchemaApi
+from tests.typed.accounting import unaccounted
+from tests.typed.test_drift import CHANGES, _schema
+
+SCHEMA = "projects/shop/schemas/orders"
+
+
+@pytest.fixture
+async def schema_api() -> AsyncIterator[FakeSchemaApi]:
+    fake = FakeSchemaApi()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@asynccontextmanager
+async def service(path: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
+    revisions = Revisions()
+    store = DuckDBStore(str(path), revisions=revisions)
+    async with served(create_app(settings(**env), store=store, revisions=revisions)) as http:
+        yield http
+
+
+def _avro(fields: list[dict[str, Any]], message: dict[str, Any]) -> bytes:
+    """The message as its publisher's Avro encoder writes it: the revision's fields only."""
+    declared = {f["name"] for f in fields}
+    out = io.BytesIO()
+    datum = {k: v for k, v in message.items() if k in declared}
+    fastavro.schemaless_writer(out, fastavro.parse_schema(_schema(fields)), datum)
+    return out.getvalue()
+
+
+async def _pushed(http: httpx.AsyncClient, body: dict[str, Any], record_id: str) -> None:
+    answer = await http.post("/pubsub/push", json=body)
+    # Stored on the first delivery: a refusal here is a message stuck in redelivery.
+    assert answer.status_code == 204, answer.text
+    status = (await http.get(f"/v1/messages/{body['message']['messageId']}")).json()
+    assert status["status"] == "stored", status  # not rejected: nothing lost to the change
+    assert status["record"]["id"] == record_id
+
+
+def _typed(path: Path) -> dict[str, tuple[Any, Any, list[dict[str, Any]], list[str]]]:
+    """Each record's stored payload, typed fields, projection errors, and the names of
+    the table's typed fields, as an analyst's query reads them."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute(
+            "SELECT id, data::VARCHAR, fields, projection_errors FROM records_typed"
+        ).fetchall()
+        (kind,) = con.execute("SELECT typeof(fields) FROM records_typed LIMIT 1").fetchone() or (
+            "",
+        )
+    columns = [part.split(" ")[0] for part in _top_level(kind)]
+    return {
+        row[0]: (msgspec.json.decode(row[1]), row[2] or {}, row[3] or [], columns) for row in rows
+    }
+
+
+def _top_level(struct_type: str) -> list[str]:
+    """The top-level members of DuckDB's STRUCT(a T, b STRUCT(...)) type text."""
+    inner = struct_type[struct_type.index("(") + 1 : -1] if "(" in struct_type else ""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(inner):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(inner[start:i].strip())
+            start = i + 1
+    return [*parts, inner[start:].strip()] if inner else []
+
+
+def _accounted(payload: Any, fields: dict[str, Any], errors: list[dict[str, Any]]) -> list[str]:
+    projection = Projection(
+        values=fields,
+        errors=[ProjectionError(field=e["field"], reason=e["reason"], revision=e["revision"])
+                for e in errors],
+    )  # fmt: skip
+    return unaccounted(payload, projection)
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+async def test_avro_drift_through_the_service(
+    change: str, schema_api: FakeSchemaApi, tmp_path: Path
+) -> None:
+    case = CHANGES[change]
+    schema_api.add(SCHEMA, "r1", "AVRO", json.dumps(_schema(case.before)))
+    schema_api.add(SCHEMA, "r2", "AVRO", json.dumps(_schema(case.after)))
+    path = tmp_path / "records.duckdb"
+    async with service(path, PUBSUB_EMULATOR_HOST=schema_api.address) as http:
+        for n, (revision, fields, message) in enumerate(
+            [("r1", case.before, case.first), ("r2", case.after, case.second)], 1
+        ):
+            attributes = {
+                "googclient_schemaname": SCHEMA,
+                "googclient_schemarevisionid": revision,
+                "googclient_schemaencoding": "BINARY",
+            }
+            body = envelope(
+                None, message_id=f"m-{n}", attributes=attributes, raw_data=_avro(fields, message)
+            )
+            await _pushed(http, body, message["id"])
+    _check(path, case.after, change)
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+async def test_declared_json_drift_through_the_service(change: str, tmp_path: Path) -> None:
+    case = CHANGES[change]
+    path = tmp_path / "records.duckdb"
+    for n, (fields, message) in enumerate(
+        [(case.before, case.first), (case.after, case.second)], 1
+    ):
+        # Each declaration deployed in turn: the service restarted with the next one.
+        declared = json.dumps(_schema(fields))
+        async with service(path, RECORDLINE_JSON_TOPIC_SCHEMA=declared) as http:
+            data = json.loads(json.dumps(message, default=str))  # as a publisher's JSON
+            body = envelope({"id": message["id"], "data": data}, message_id=f"m-{n}")
+            await _pushed(http, body, message["id"])
+    _check(path, case.after, change)
+
+
+def _check(path: Path, after: list[dict[str, Any]], change: str) -> None:
+    typed = _typed(path)
+    assert sorted(typed) == ["1", "2"], change  # both stored, once each
+    for record_id, (payload, fields, errors, columns) in typed.items():
+        assert _accounted(payload, fields, errors) == [], (change, record_id, payload, errors)
+        assert all(e["revision"] for e in errors), errors
+        # The second revision's fields are columns once its first record is stored.
+        assert {f["name"] for f in after} <= set(columns), (change, columns)
