@@ -2,8 +2,9 @@
 `records_typed` as an analyst would.
 
 Each change of tests/typed/test_drift.py, for a topic's Avro schema (two revisions
-served by the fake Schema API, each message in its revision's binary encoding) and
-for a JSON topic's declared schema (the service restarted with the second
+served by the fake Schema API, each message in its revision's binary encoding), for
+a Protocol Buffers one (each message in its revision's JSON encoding), and for a
+JSON topic's declared schema (the service restarted with the second
 declaration, as a deploy does). For each: 0 messages lost (both stored), 0 stuck
 (each push answered 204 the first time: nothing redelivered or dead-lettered
 because of the change), 0 silent drops (every value of the stored payload is in its
@@ -33,7 +34,7 @@ from app.typed.revisions import Revisions
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
 from tests.typed.accounting import unaccounted
-from tests.typed.test_drift import CHANGES, _schema
+from tests.typed.test_drift import CHANGES, PROTO_CHANGES, _schema
 
 SCHEMA = "projects/shop/schemas/orders"
 
@@ -84,7 +85,7 @@ def _typed(path: Path) -> dict[str, tuple[Any, Any, list[dict[str, Any]], list[s
         (kind,) = con.execute("SELECT typeof(fields) FROM records_typed LIMIT 1").fetchone() or (
             "",
         )
-    columns = [part.split(" ")[0] for part in _top_level(kind)]
+    columns = [part.split(" ")[0].strip('"') for part in _top_level(kind)]
     return {
         row[0]: (msgspec.json.decode(row[1]), row[2] or {}, row[3] or [], columns) for row in rows
     }
@@ -133,6 +134,34 @@ async def test_avro_drift_through_the_service(
             )
             await _pushed(http, body, message["id"])
     _check(path, case.after, change)
+
+
+@pytest.mark.parametrize("change", list(PROTO_CHANGES))
+async def test_protobuf_drift_through_the_service(
+    change: str, schema_api: FakeSchemaApi, tmp_path: Path
+) -> None:
+    before, after, first, second, name, _kind, misfit = PROTO_CHANGES[change]
+    for revision, body in (("r1", before), ("r2", after)):
+        definition = f'syntax = "proto3";\nmessage Order {{ {body} }}\n'
+        schema_api.add(SCHEMA, revision, "PROTOCOL_BUFFER", definition)
+    path = tmp_path / "records.duckdb"
+    async with service(path, PUBSUB_EMULATOR_HOST=schema_api.address) as http:
+        for n, (revision, message) in enumerate([("r1", first), ("r2", second)], 1):
+            attributes = {
+                "googclient_schemaname": SCHEMA,
+                "googclient_schemarevisionid": revision,
+                "googclient_schemaencoding": "JSON",
+            }
+            raw = json.dumps(message).encode()
+            body = envelope(None, message_id=f"m-{n}", attributes=attributes, raw_data=raw)
+            await _pushed(http, body, message["id"])
+    typed = _typed(path)
+    assert sorted(typed) == ["1", "2"], change
+    for record_id, (payload, fields, errors, columns) in typed.items():
+        assert _accounted(payload, fields, errors) == [], (change, record_id, payload, errors)
+        assert name in columns, (change, columns)
+    # A value that does not fit its column is an error; one that fits is typed.
+    assert (name in [e["field"] for e in typed["2"][2]]) is misfit, typed["2"]
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
