@@ -141,8 +141,8 @@ async def test_protobuf_drift_through_the_service(
     change: str, schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
     before, after, first, second, name, _kind, misfit = PROTO_CHANGES[change]
-    for revision, body in (("r1", before), ("r2", after)):
-        definition = f'syntax = "proto3";\nmessage Order {{ {body} }}\n'
+    for revision, fields in (("r1", before), ("r2", after)):
+        definition = f'syntax = "proto3";\nmessage Order {{ {fields} }}\n'
         schema_api.add(SCHEMA, revision, "PROTOCOL_BUFFER", definition)
     path = tmp_path / "records.duckdb"
     async with service(path, PUBSUB_EMULATOR_HOST=schema_api.address) as http:
