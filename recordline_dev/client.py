@@ -26,14 +26,15 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
 import msgspec
-import rich.progress
-from rich.console import Console
 
 from app.records import micros, rfc3339
+
+if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
+    import httpx
+    from rich.console import Console
 
 # The project the local tools use against the emulator when none is named.
 DEV_PROJECT = "recordline-dev"
@@ -345,6 +346,9 @@ class Progress:
     """A progress bar on a terminal (rich); silent elsewhere (logs, pipes)."""
 
     def __init__(self, total: int | None, *, console: Console | None = None) -> None:
+        import rich.progress
+        from rich.console import Console
+
         console = console if console is not None else Console(stderr=True)
         self._bar = rich.progress.Progress(
             rich.progress.TextColumn("published"),
@@ -547,6 +551,8 @@ def wait_for_emulator(host: str, *, seconds: float, say: Callable[[str], None]) 
     The client library would otherwise retry a refused connection for ten
     minutes, showing nothing but an empty progress bar.
     """
+    import httpx
+
     deadline = time.monotonic() + seconds
     said = False
     while True:
@@ -591,6 +597,8 @@ def bounded_publish_retry(seconds: float) -> Any:
 
 def _transport_reason(exc: httpx.TransportError) -> str:
     """A transport failure in a few words: a refused connection, above all, says "not running"."""
+    import httpx
+
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ConnectionRefusedError):
@@ -702,6 +710,8 @@ async def follow(
     `give_up_after`, a service that has not answered for that long raises
     Unreachable. `say` hears when it starts waiting and when it is over.
     """
+    import httpx
+
     if give_up_after is not None:
         # A held request must not look like a service that stopped answering.
         wait = min(wait, give_up_after / 2)
@@ -769,6 +779,8 @@ async def follow(
 
 
 async def _tail(url: str, *, since: str, token: str | None, wait: float, out: IO[bytes]) -> None:
+    import httpx
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
         async for records in follow(http, since=since, give_up_after=wait, say=_say_tail):

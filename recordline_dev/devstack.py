@@ -43,7 +43,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-import httpx
 import msgspec
 
 from app.records import CANARY_ATTRIBUTE
@@ -115,6 +114,8 @@ def _emulator_in_sdk() -> Path:
 
 def wait_until_ready(url: str, *, timeout: float, process: subprocess.Popen[bytes]) -> None:
     """Poll `url` until it answers 200; fail early if `process` exits."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:

@@ -33,17 +33,19 @@ import typing
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import httpx
 import msgspec
-import rich.progress
-from rich.console import Console
 
 from app.errors import shortened
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
 from app.records import rfc3339
 from recordline_dev.client import service_url
+
+if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
+    import httpx
+    import rich.progress
+    from rich.console import Console
 
 OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
 # Counted beside the service's outcomes: messages it refused as they stand.
@@ -103,6 +105,8 @@ class Service:
     def __init__(
         self, url: str, *, token: str | None = None, transport: httpx.BaseTransport | None = None
     ) -> None:
+        import httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self._http = httpx.Client(
@@ -113,6 +117,8 @@ class Service:
         self._http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> bytes:
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -202,6 +208,8 @@ def _raise_if_one_message(response: httpx.Response) -> None:
 
 
 def _progress(console: Console, what: str) -> rich.progress.Progress:
+    import rich.progress
+
     return rich.progress.Progress(
         rich.progress.SpinnerColumn(),
         rich.progress.TextColumn(f"{what} {{task.completed}} messages · {{task.description}}"),
@@ -383,6 +391,8 @@ def subscriber_client() -> Any:
 
 
 def replay_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     console = Console(stderr=True)
     service = Service(args.url, token=args.token)
     try:

@@ -20,14 +20,13 @@ import asyncio
 import binascii
 import logging
 from collections.abc import Awaitable
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from app.errors import BadRequest, InvalidBody
 from app.ingest.envelope import MAX_SUBSCRIPTION, PushAttributes, PushedMessage
-from app.ingest.service import Ingest
 from app.records import (
     MAX_ID_LENGTH,
     AwareDatetime,
@@ -38,6 +37,9 @@ from app.records import (
     unaddressable,
 )
 from app.store import RowOutcome, Store
+
+if TYPE_CHECKING:  # the replay tool imports this module's types alone, to start fast
+    from app.ingest.service import Ingest
 
 log = logging.getLogger("recordline.replay")
 
