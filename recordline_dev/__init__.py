@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,9 +29,22 @@ class Command(NamedTuple):
     run: str
 
     def load(self) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
+        """The command's argument builder and runner; ImportError where the dev
+        dependency group is not installed (its libraries are looked for, not
+        imported: the modules import them where they use them, so `--help` is quick)."""
+        for library in DEV_LIBRARIES:
+            try:
+                found = importlib.util.find_spec(library)
+            except ImportError:  # its parent package is missing too
+                found = None
+            if found is None:
+                raise ImportError(f"{library} is not installed (the dev dependency group)")
         module = importlib.import_module(f"recordline_dev.{self.module}")
         return getattr(module, self.add_arguments), getattr(module, self.run)
 
+
+# What the tools need beyond the service's own dependencies: the dev group's.
+DEV_LIBRARIES = ("rich", "google.cloud.pubsub_v1")
 
 COMMANDS: dict[str, Command] = {
     "dev": Command(
