@@ -25,6 +25,7 @@ from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
+from tests.fake_schema_api import FakeSchemaApi
 from tests.fakes import FaultyStore
 from tests.processes import Terminal
 from tests.spanner.emulator import SpannerEmulator
@@ -250,3 +251,14 @@ def http_scope(method: str, path: str, query_string: bytes = b"") -> dict[str, o
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
+
+
+@pytest.fixture
+async def schema_api() -> AsyncIterator[FakeSchemaApi]:
+    """The fake Pub/Sub Schema API (tests/fake_schema_api.py), served for one test."""
+    fake = FakeSchemaApi()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()

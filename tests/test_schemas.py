@@ -143,16 +143,6 @@ def pushed(data: bytes, message_id: str, attributes: dict[str, str]) -> dict[str
     return envelope(None, message_id=message_id, attributes=attributes, raw_data=data)
 
 
-@pytest.fixture
-async def schema_api() -> AsyncIterator[FakeSchemaApi]:
-    fake = FakeSchemaApi()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
-
-
 @asynccontextmanager
 async def service(
     api: FakeSchemaApi, store: Any = None, **env: str

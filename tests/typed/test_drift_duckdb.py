@@ -39,16 +39,6 @@ from tests.typed.test_drift import CHANGES, PROTO_CHANGES, _schema
 SCHEMA = "projects/shop/schemas/orders"
 
 
-@pytest.fixture
-async def schema_api() -> AsyncIterator[FakeSchemaApi]:
-    fake = FakeSchemaApi()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
-
-
 @asynccontextmanager
 async def service(path: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
     revisions = Revisions()

@@ -75,16 +75,6 @@ def _push(revision: str, message_id: str, data: bytes) -> dict[str, Any]:
     return envelope(None, message_id=message_id, attributes=attributes, raw_data=data)
 
 
-@pytest.fixture
-async def schema_api() -> AsyncIterator[FakeSchemaApi]:
-    fake = FakeSchemaApi()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
-
-
 @asynccontextmanager
 async def service(api: FakeSchemaApi, path: Path) -> AsyncIterator[httpx.AsyncClient]:
     revisions = Revisions()
@@ -401,9 +391,11 @@ def test_a_backfill_says_when_the_store_is_open_elsewhere_or_is_no_duckdb_file(
 ) -> None:
     path = tmp_path / "records.duckdb"
     duckdb.connect(str(path)).close()
+    # Another process holding the file, as a running service does, until told to go.
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
-         "print('open', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(path)!r}); "
+         "print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -413,8 +405,7 @@ def test_a_backfill_says_when_the_store_is_open_elsewhere_or_is_no_duckdb_file(
         assert main(["typed", "backfill", "--store", f"duckdb://{path}"]) == 1
         assert "stop the service first" in capsys.readouterr().err
     finally:
-        holder.kill()
-        holder.wait()
+        holder.communicate(timeout=30)  # its stdin closed: it ends
     assert main(["typed", "backfill", "--store", "bigquery://my-project/recordline"]) == 2
     assert "runs on a DuckDB file" in capsys.readouterr().err
     assert main(["typed", "backfill", "--store", f"duckdb://{path}", "--since", "noon"]) == 2
