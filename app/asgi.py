@@ -227,6 +227,18 @@ def on_terminate(callback: Callable[[], None]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def declared(settings: Settings, revisions: Revisions) -> Revisions:
+    """`revisions`, told the schema a JSON topic's system declares, if any; a schema
+    that is no Avro record is a SettingsError naming the variable."""
+    if settings.schema.json_topic_schema:
+        try:
+            revisions.declare(settings.schema.json_topic_schema)
+        except DeclaredSchemaError as exc:
+            var = "RECORDLINE_JSON_TOPIC_SCHEMA"
+            raise SettingsError(f"{var}: {exc}", var=var) from None
+    return revisions
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -243,14 +255,7 @@ def create_app(
     traffic = traffic if traffic is not None else Traffic()
     # Each decoded schema revision's typed fields, from the push path to the
     # store that projects them (a store passed in shares this one to do so).
-    revisions = revisions if revisions is not None else Revisions()
-    if settings.schema.json_topic_schema:
-        try:
-            revisions.declare(settings.schema.json_topic_schema)
-        except DeclaredSchemaError as exc:
-            raise SettingsError(
-                f"RECORDLINE_JSON_TOPIC_SCHEMA: {exc}", var="RECORDLINE_JSON_TOPIC_SCHEMA"
-            ) from None
+    revisions = declared(settings, revisions if revisions is not None else Revisions())
     if store is None:
         store = open_store(
             settings,

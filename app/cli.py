@@ -209,12 +209,13 @@ def _backfill(args: argparse.Namespace) -> int:
 
     import msgspec
 
+    from app.asgi import declared
     from app.errors import StoreUnavailable
     from app.records import AwareDatetime, Record, micros
     from app.store import PageQuery
     from app.store.duckdb.store import DuckDBStore
     from app.store.open import open_store
-    from app.typed.revisions import DeclaredSchemaError, Revisions
+    from app.typed.revisions import Revisions
 
     environ = dict(os.environ)
     if args.store:
@@ -240,13 +241,11 @@ def _backfill(args: argparse.Namespace) -> int:
             print(f"recordline typed backfill: {flag} {text!r}: {exc}", file=sys.stderr)
             return 2
     since, until = bounds
-    revisions = Revisions()
-    if settings.schema.json_topic_schema:
-        try:
-            revisions.declare(settings.schema.json_topic_schema)
-        except DeclaredSchemaError as exc:
-            print(f"recordline: RECORDLINE_JSON_TOPIC_SCHEMA: {exc}", file=sys.stderr)
-            return 2
+    try:
+        revisions = declared(settings, Revisions())
+    except SettingsError as exc:
+        print(f"recordline: {exc}", file=sys.stderr)
+        return 2
     store = open_store(settings, revisions=revisions)
     assert isinstance(store, DuckDBStore), store  # what a duckdb: URL opens
 
