@@ -103,6 +103,26 @@ def value_size(kind: Kind, value: Any) -> int:
     raise ValueError(f"no size for {kind}")
 
 
+def nested_size(value: Any) -> int:
+    """The size of a RECORD or REPEATED value, leaf by leaf (as decoded from a row)."""
+    match value:
+        case None:
+            return 0
+        case bool():
+            return 1
+        case int() | float():
+            return 8
+        case str():
+            return 2 + len(value.encode())
+        case bytes():
+            return 2 + len(value)
+        case dict():
+            return sum(nested_size(v) for v in value.values())
+        case list():
+            return sum(nested_size(v) for v in value)
+    raise ValueError(f"no size for {type(value).__name__}")
+
+
 def billed(bytes_by_table: Mapping[str, int]) -> int:
     return sum(
         max(MINIMUM_PER_TABLE, math.ceil(scanned / MIB) * MIB)
@@ -429,8 +449,16 @@ class BillingModel:
                     continue
             if block.clustered and not self._block_survives(block, layout, filters):
                 continue
-            total += sum(block.sizes[column] for column in referenced)
+            total += sum(self._size(block, column) for column in referenced)
         return total * self.row_weight
+
+    @staticmethod
+    def _size(block: _Block, column: str) -> int:
+        if column not in block.sizes:
+            # A column no Record has (a RECORD of typed fields): billed whole, every
+            # leaf by its type's size, even where the query names one of them.
+            block.sizes[column] = sum(nested_size(row.get(column)) for row in block.rows)
+        return block.sizes[column]
 
     @staticmethod
     def _block_survives(block: _Block, layout: Layout, filters: Mapping[str, _Range]) -> bool:

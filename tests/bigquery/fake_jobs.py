@@ -20,7 +20,8 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,9 @@ _RESULT_TYPES = {
     "BLOB": "BYTES",
 }
 _PATH = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries$")
+_TABLE = re.compile(
+    r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$"
+)
 
 
 @dataclasses.dataclass
@@ -170,6 +174,12 @@ class FakeBigQueryJobs:
         self._db: tuple[tuple[tuple[int, int, int], ...], duckdb.DuckDBPyConnection] | None = None
         # (HTTP status, reason) answered to the next queries instead of running them.
         self.failures: list[tuple[int, str]] = []
+        # …and to the next table patches; every patch body received.
+        self.table_failures: list[tuple[int, str]] = []
+        self.table_patches: list[dict[str, Any]] = []
+        # Called once each, in turn, right after a `tables.get` is answered (a
+        # change landing between another instance's read and its write).
+        self.after_get: list[Callable[[], None]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -182,7 +192,19 @@ class FakeBigQueryJobs:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                status, answer = fake.handle(self.path, body)
+                self._answer(*fake.handle(self.path, body))
+
+            def do_GET(self) -> None:
+                self._answer(*fake.table(self.path, None, None))
+                if fake.after_get:
+                    fake.after_get.pop(0)()
+
+            def do_PATCH(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                self._answer(*fake.table(self.path, body, self.headers.get("If-Match")))
+
+            def _answer(self, status: int, answer: dict[str, Any]) -> None:
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -206,6 +228,40 @@ class FakeBigQueryJobs:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def table(
+        self, path: str, patch: dict[str, Any] | None, if_match: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """`tables.get`, or `tables.patch` of the schema (with `If-Match`, as
+        `Client.update_table` sends the ETag it read), of a table the write fake
+        holds a schema of."""
+        match = _TABLE.match(path.split("?", 1)[0])
+        if match is None:
+            return 404, _error(404, "notFound", f"no such endpoint: {path}")
+        full = f"projects/{match['project']}/datasets/{match['dataset']}/tables/{match['table']}"
+        if full not in self.write.schemas:
+            return 404, _error(404, "notFound", f"Not found: Table {match['table']}")
+        if patch is not None:
+            self.table_patches.append(patch)
+            if self.table_failures:
+                status, reason = self.table_failures.pop(0)
+                return status, _error(status, reason, "injected failure")
+            try:
+                self.write.patch(full, patch["schema"]["fields"], if_match)
+            except ValueError as exc:
+                return 412, _error(412, "conditionNotMet", f"Precondition check failed: {exc}")
+        schema = self.write.schemas[full]
+        return 200, {
+            "kind": "bigquery#table",
+            "id": f"{match['project']}:{match['dataset']}.{match['table']}",
+            "tableReference": {
+                "projectId": match["project"],
+                "datasetId": match["dataset"],
+                "tableId": match["table"],
+            },
+            "schema": {"fields": schema.fields},
+            "etag": schema.etag,
+        }
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         match = _PATH.match(path.split("?", 1)[0])
@@ -272,6 +328,15 @@ class FakeBigQueryJobs:
         }
         return self.billing.bill(sql, params, self._rows, schema)
 
+    def _typed_columns(self, table: str) -> list[dict[str, Any]]:
+        """Columns of the table's schema that its Record does not have (typed columns)."""
+        path = f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
+        schema = self.write.schemas.get(path)
+        if schema is None:
+            return []
+        own = {c.name for c in columns(TABLES[table])}
+        return [f for f in schema.fields if f["name"] not in own]
+
     def _rows(self, table: str) -> list[dict[str, Any]]:
         return self.write.rows(f"projects/{self.project}/datasets/{self.dataset}/tables/{table}")
 
@@ -296,7 +361,11 @@ class FakeBigQueryJobs:
     def _loaded(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB holding the stored rows, loaded again once they change."""
         stored = {table: self._rows(table) for table in TABLES}
-        version = tuple(_version(rows) for rows in stored.values())
+        typed = {table: self._typed_columns(table) for table in TABLES}
+        version = (
+            *(_version(rows) for rows in stored.values()),
+            *(json.dumps(t) for t in typed.values()),
+        )
         with self._lock:
             if self._db is not None and self._db[0] == version:
                 return self._db[1]
@@ -306,11 +375,20 @@ class FakeBigQueryJobs:
             for table, row_type in TABLES.items():
                 name = f'"{self.project}"."{self.dataset}"."{table}"'
                 cols = columns(row_type)
-                ddl = ", ".join(f'"{c.name}" {_DUCKDB_TYPES[c.kind]}' for c in cols)
+                ddl = ", ".join(
+                    [f'"{c.name}" {_DUCKDB_TYPES[c.kind]}' for c in cols]
+                    + [f'"{f["name"]}" {_duckdb_type(f)}' for f in typed[table]]
+                )
                 con.execute(f"CREATE TABLE {name} ({ddl})")
                 if stored[table]:
-                    schema = pa.schema([(c.name, _ARROW_TYPES[c.kind]) for c in cols])
-                    con.register("incoming", pa.Table.from_pylist(stored[table], schema=schema))
+                    schema = pa.schema(
+                        [(c.name, _ARROW_TYPES[c.kind]) for c in cols]
+                        + [(f["name"], _arrow_type(f)) for f in typed[table]]
+                    )
+                    rows = stored[table]
+                    if typed[table]:
+                        rows = [_typed_row(row, typed[table]) for row in rows]
+                    con.register("incoming", pa.Table.from_pylist(rows, schema=schema))
                     con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
                     con.unregister("incoming")
             _partitions_view(con, f'"{self.project}"."{self.dataset}"', stored.__getitem__)
@@ -318,6 +396,67 @@ class FakeBigQueryJobs:
                 self._db[1].close()
             self._db = (version, con)
             return con
+
+
+_NESTED_TYPES = {
+    "STRING": ("VARCHAR", pa.string()),
+    "BYTES": ("BLOB", pa.binary()),
+    "INT64": ("BIGINT", pa.int64()),
+    "INTEGER": ("BIGINT", pa.int64()),
+    "FLOAT64": ("DOUBLE", pa.float64()),
+    "FLOAT": ("DOUBLE", pa.float64()),
+    "NUMERIC": ("DECIMAL(38, 9)", pa.decimal128(38, 9)),
+    "BIGNUMERIC": ("VARCHAR", pa.string()),
+    "BOOL": ("BOOLEAN", pa.bool_()),
+    "BOOLEAN": ("BOOLEAN", pa.bool_()),
+    "TIMESTAMP": ("TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    "DATE": ("DATE", pa.date32()),
+    "TIME": ("VARCHAR", pa.string()),
+    "DATETIME": ("VARCHAR", pa.string()),
+    "JSON": ("JSON", pa.string()),
+}
+
+
+def _duckdb_type(field: dict[str, Any]) -> str:
+    """A RECORD or typed column of the table's schema as DuckDB declares it."""
+    if field["type"] in ("RECORD", "STRUCT"):
+        inner = ", ".join(f'"{f["name"]}" {_duckdb_type(f)}' for f in field["fields"])
+        base = f"STRUCT({inner})"
+    else:
+        base = _NESTED_TYPES[field["type"]][0]
+    return f"{base}[]" if field.get("mode") == "REPEATED" else base
+
+
+def _arrow_type(field: dict[str, Any]) -> pa.DataType:
+    if field["type"] in ("RECORD", "STRUCT"):
+        base = pa.struct([(f["name"], _arrow_type(f)) for f in field["fields"]])
+    else:
+        base = _NESTED_TYPES[field["type"]][1]
+    return pa.list_(base) if field.get("mode") == "REPEATED" else base
+
+
+def _typed_row(row: dict[str, Any], typed: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stored row with its typed columns as Arrow takes them (from their wire form)."""
+    return {**row, **{f["name"]: _typed_value(row.get(f["name"]), f) for f in typed}}
+
+
+def _typed_value(value: Any, field: dict[str, Any]) -> Any:
+    if value is None:
+        return None
+    if field.get("mode") == "REPEATED":
+        single = {**field, "mode": "NULLABLE"}
+        return [_typed_value(v, single) for v in value]
+    match field["type"]:
+        case "RECORD" | "STRUCT":
+            return {f["name"]: _typed_value(value.get(f["name"]), f) for f in field["fields"]}
+        case "NUMERIC":
+            return Decimal(value)
+        case "TIMESTAMP":
+            return datetime.fromtimestamp(0, tz=UTC) + timedelta(microseconds=value)
+        case "DATE":
+            return date(1970, 1, 1) + timedelta(days=value)
+        case _:
+            return value
 
 
 def _version(rows: list[dict[str, Any]]) -> tuple[int, int, int]:

@@ -35,6 +35,18 @@ Time, on the fake's `clock` (seconds; tests move it instead of waiting):
   the stream" (cloud.google.com/bigquery/docs/write-api-streaming). An append
   to it is then NOT_FOUND, as to any unknown stream.
 
+Table schemas (`define`, then `patch` through the `tables` fake in
+`fake_jobs.py`), for the tables a test gives one; other tables take any row:
+- Each schema change has an ETag; a patch naming another ETag is refused,
+  as `tables.patch` with `If-Match` is (412).
+- A change reaches the write path `schema_lag` seconds later on the clock:
+  "the Storage Write API learns a new table schema on the order of minutes".
+  Until then a row whose writer schema names a column the write path does not
+  know is refused, nothing stored: "Input schema has more fields than
+  BigQuery schema, extra fields: '…'" (INVALID_ARGUMENT), as BigQuery says.
+- `GetWriteStream` of `_default` with the FULL view shows the schema as the
+  write path sees it (`table_schema`), which is how a writer learns it.
+
 Run alone for benchmarks:
     python -m tests.bigquery.fake_storage_write --port 50051 --latency-ms 10
 
@@ -51,10 +63,12 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import json
 import signal
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -114,6 +128,52 @@ STREAM_TTL_SECONDS = 4 * 24 * 3600.0
 
 
 @dataclasses.dataclass
+class TableSchema:
+    """A table's columns (`tables.get`'s JSON), their ETag, and when each version
+    of them reached the write path (on the clock)."""
+
+    fields: list[dict[str, Any]]
+    etag: str
+    versions: list[tuple[float, list[dict[str, Any]]]]
+
+
+_STORAGE_TYPES = {"FLOAT": "DOUBLE", "FLOAT64": "DOUBLE", "INTEGER": "INT64", "BOOLEAN": "BOOL"}
+_STORAGE_TYPES |= {"RECORD": "STRUCT"}
+
+
+def storage_fields(fields: list[dict[str, Any]]) -> list[Any]:
+    """REST schema fields as the Storage Write API's TableFieldSchema."""
+    out = []
+    for field in fields:
+        kind = field["type"].upper()
+        out.append(
+            types.TableFieldSchema(
+                name=field["name"],
+                type_=types.TableFieldSchema.Type[_STORAGE_TYPES.get(kind, kind)],
+                mode=types.TableFieldSchema.Mode[field.get("mode", "NULLABLE")],
+                fields=storage_fields(field.get("fields", [])),
+            )
+        )
+    return out
+
+
+def _extra_fields(descriptor: Any, fields: list[dict[str, Any]], path: str = "") -> list[str]:
+    """Fields of a writer schema no column of `fields` has (by name, as BigQuery matches)."""
+    columns = {f["name"].casefold(): f for f in fields}
+    nested = {n.name: n for n in descriptor.nested_type}
+    extra = []
+    for field in descriptor.field:
+        where = f"{path}{field.name}"
+        column = columns.get(field.name.casefold())
+        if column is None:
+            extra.append(where)
+        elif field.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE:
+            inner = nested[field.type_name.rsplit(".", 1)[-1]]
+            extra += _extra_fields(inner, column.get("fields", []), f"{where}.")
+    return extra
+
+
+@dataclasses.dataclass
 class AppStream:
     """An application-created stream: its rows in stream order, and its state."""
 
@@ -139,6 +199,12 @@ def _decoder(descriptor: descriptor_pb2.DescriptorProto) -> Callable[[bytes], di
     file.message_type.add().CopyFrom(descriptor)
     pool.Add(file)
     cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(descriptor.name))
+    if descriptor.nested_type:
+
+        def decode_nested(data: bytes) -> dict[str, Any]:
+            return _as_dict(cls.FromString(data))
+
+        return decode_nested
     names = [field.name for field in descriptor.field]
 
     def decode(data: bytes) -> dict[str, Any]:
@@ -146,6 +212,21 @@ def _decoder(descriptor: descriptor_pb2.DescriptorProto) -> Callable[[bytes], di
         return {n: getattr(message, n) if message.HasField(n) else None for n in names}
 
     return decode
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    """A row message as a dict: nested messages as dicts, repeated fields as lists."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        nested = field.message_type is not None
+        if field.is_repeated:
+            out[field.name] = [_as_dict(v) if nested else v for v in value]
+        elif message.HasField(field.name):
+            out[field.name] = _as_dict(value) if nested else value
+        else:
+            out[field.name] = None
+    return out
 
 
 def table_of(stream: str) -> str:
@@ -190,8 +271,37 @@ class FakeBigQueryWrite:
         self.call_faults: dict[str, collections.deque[grpc.StatusCode]] = collections.defaultdict(
             collections.deque
         )
+        # Schemas of the tables a test defined (by full path); see the module notes.
+        self.schemas: dict[str, TableSchema] = {}
+        self.schema_lag = 0.0
+        self._etags = itertools.count(1)
         self._server: grpc.aio.Server | None = None
         self.address = ""
+
+    def define(self, table: str, fields: list[dict[str, Any]]) -> None:
+        """Give a table (full path) a schema, known to the write path at once."""
+        self.schemas[table] = TableSchema(
+            fields=fields, etag=f"e{next(self._etags)}", versions=[(-1e18, fields)]
+        )
+
+    def patch(self, table: str, fields: list[dict[str, Any]], if_match: str | None) -> TableSchema:
+        """`tables.patch` of the schema; KeyError if no such table, ValueError on
+        another ETag than `if_match`."""
+        schema = self.schemas[table]
+        if if_match is not None and if_match != schema.etag:
+            raise ValueError(f"ETag {if_match} is not the table's ({schema.etag})")
+        schema.fields = fields
+        schema.etag = f"e{next(self._etags)}"
+        schema.versions.append((self.clock() + self.schema_lag, fields))
+        return schema
+
+    def write_path_fields(self, table: str) -> list[dict[str, Any]] | None:
+        """The table's columns as the write path knows them now, if it has a schema."""
+        schema = self.schemas.get(table)
+        if schema is None:
+            return None
+        now = self.clock()
+        return [fields for since, fields in schema.versions if since <= now][-1]
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Stored rows of a table, by full path or by its last name."""
@@ -285,6 +395,9 @@ class FakeBigQueryWrite:
         loop = asyncio.get_running_loop()
         stream = ""
         decode: Callable[[bytes], dict[str, Any]] | None = None
+        # The extra fields of a refused writer schema: later requests without a
+        # schema of their own are read with it, and refused too.
+        refused_schema: list[str] = []
         active = self.clock()
 
         def post(item: object) -> None:
@@ -331,6 +444,24 @@ class FakeBigQueryWrite:
             if isinstance(fault, Drop) or (isinstance(fault, Abort) and not fault.commit):
                 post(fault)
                 return
+            known = self.write_path_fields(table)
+            extra = (
+                _extra_fields(proto_rows.writer_schema.proto_descriptor, known)
+                if known is not None and proto_rows.HasField("writer_schema")
+                else []
+            )
+            if known is not None and not proto_rows.HasField("writer_schema") and refused_schema:
+                extra = refused_schema
+            if extra:
+                refused_schema = extra
+                response = _Response()
+                response.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                response.error.message = (
+                    "Input schema has more fields than BigQuery schema, extra fields: "
+                    + ", ".join(f"'{e}'" for e in extra)
+                )
+                post(response)
+                continue
             rows, errors = self._decode(decode, proto_rows.rows.serialized_rows)
             response = _Response()
             if errors:
@@ -436,6 +567,14 @@ class FakeBigQueryWrite:
 
     async def _get(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await self._unary_fault("GetWriteStream", context)
+        if request.name.endswith("/streams/_default"):
+            answer = _WriteStream(name=request.name, type_=COMMITTED)
+            known = self.write_path_fields(table_of(request.name))
+            if known is not None and request.view == 2:  # WriteStreamView.FULL
+                answer.table_schema.CopyFrom(
+                    types.TableSchema.pb(types.TableSchema(fields=storage_fields(known)))
+                )
+            return answer
         return self._described(await self._stream(request.name, context))
 
     async def _finalize(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -535,6 +674,11 @@ async def _serve(args: argparse.Namespace) -> None:
         from tests.bigquery.fake_jobs import FakeBigQueryJobs
 
         project, dataset = args.jobs.split("/")
+        # The tables as Terraform creates them, so `tables.get` finds them.
+        schemas = Path(__file__).resolve().parents[2] / "infra/terraform/modules/system/schemas"
+        for table in ("records", "rejected", "export_watermarks"):
+            path = f"projects/{project}/datasets/{dataset}/tables/{table}"
+            fake.define(path, json.loads((schemas / f"{table}.json").read_text()))
         jobs = FakeBigQueryJobs(fake, project=project, dataset=dataset)
         print(f"jobs {jobs.start(args.jobs_port)}", flush=True)
     stop = asyncio.Event()

@@ -12,7 +12,7 @@ anyway, so numbers only have to be stable within one connection.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
@@ -71,18 +71,24 @@ def message_class(descriptor: descriptor_pb2.DescriptorProto) -> type[Message]:
 
 
 class RowEncoder:
-    """Serializes one table's rows for AppendRows."""
+    """Serializes one table's rows for AppendRows; `descriptor`, where given, is
+    the row's with more fields than `row_type` has (a record's typed columns)."""
 
-    def __init__(self, row_type: type[Row]) -> None:
+    def __init__(
+        self, row_type: type[Row], descriptor: descriptor_pb2.DescriptorProto | None = None
+    ) -> None:
         self.row_type = row_type
-        self.descriptor = row_descriptor(row_type)
+        self.descriptor = descriptor if descriptor is not None else row_descriptor(row_type)
         self._message = message_class(self.descriptor)
         self._names = tuple(c.name for c in columns(row_type))
 
-    def encode(self, row: Row) -> bytes:
+    def encode(self, row: Row, more: dict[str, Any] | None = None) -> bytes:
+        """The row, and `more` fields' values (nested messages as dicts)."""
         # Unset optional fields are how proto2 says NULL, so None values are
         # left out rather than set. Every value already has its wire type (see
         # PROTO_TYPES): no conversion happens per row.
         values = {name: value for name in self._names if (value := getattr(row, name)) is not None}
+        if more:
+            values.update(more)
         encoded: bytes = self._message(**values).SerializeToString()
         return encoded

@@ -6,8 +6,10 @@ connection per table (`storage_write.StorageWriter`, rows encoded by
 (`queries.QueryRunner`), whose statements are in `sql.py` and whose paging is
 in `paging.py`, with an optional read cache (`cache.py`).
 
-The tables themselves belong to Terraform, whose JSON schemas come from
-`app.records`; `start()` only opens clients and touches no table. Their layout
+Terraform creates the tables, with JSON schemas from `app.records`; after
+that the schema of `records` is the service's: `start()` adds any column of
+`Record` it lacks, and, given the schema revisions (`revisions`), records are
+projected onto typed columns that each new revision adds (`typed.py`). Their layout
 is what keeps reads billed by the answer rather than by the table: day
 partitions on `ingest_time`, clustered on `ingest_time` so that a page's time
 range prunes inside a day, and search indexes on `id` and `message_id` so that
@@ -21,10 +23,14 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import google.auth
 import grpc
+import msgspec
+from google.api_core.exceptions import GoogleAPIError
+from google.cloud import bigquery
+from google.cloud.bigquery_storage_v1 import types
 from google.cloud.bigquery_storage_v1.services.big_query_write import BigQueryWriteAsyncClient
 from google.cloud.bigquery_storage_v1.services.big_query_write.transports import (
     BigQueryWriteGrpcAsyncIOTransport,
@@ -54,10 +60,24 @@ from app.store.bigquery.cache import ReadCache
 from app.store.bigquery.paging import Pager
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.queries import QueryRunner, QueryValue
+from app.store.bigquery.schema import bigquery_schema
 from app.store.bigquery.sql import CHECK_SQL, Statements
 from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
 from app.store.bigquery.stream import OffsetStream
+from app.store.bigquery.typed import (
+    TypedTable,
+    add_missing_columns,
+    error_values,
+    proto_values,
+    typed_descriptor,
+    write_path_field,
+)
 from app.store.copies import message_states
+from app.typed.mapping import Field
+from app.typed.projection import ProjectionError, project
+
+if TYPE_CHECKING:
+    from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +93,10 @@ _ALL_TIME: Final = 0
 # Waiting followers read again at least this often on BigQuery alone.
 _RING_SECONDS: Final = 1.0
 END_OF_TIME: Final = MAX_MICROS  # 9999-12-31T23:59:59.999999Z, BigQuery's last
+# A row of a revision whose new typed fields the write path does not take yet
+# waits at most this long, and at most half of what is left of its deadline.
+TYPED_WAIT_SECONDS: Final = 4.0
+_decode_json = msgspec.json.decode
 
 
 class BigQueryStore:
@@ -88,6 +112,7 @@ class BigQueryStore:
         query_endpoint: str | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         observer: QueryObserver | None = None,
+        revisions: Revisions | None = None,
     ) -> None:
         self.project = project
         self.dataset = dataset
@@ -120,6 +145,15 @@ class BigQueryStore:
         self._write_client: BigQueryWriteAsyncClient | None = None
         self._records: StorageWriter | None = None
         self._rejected: StorageWriter | None = None
+        # Typed columns (`typed.py`): where each revision's fields are learned,
+        # the table's typed fields, and the writer of rows that carry them, for
+        # the fields it was opened with. Writers replaced by a wider one close
+        # in the background.
+        self._revisions = revisions
+        self._query_timeout = store.query_timeout_seconds
+        self.typed: TypedTable | None = None
+        self._typed_writer: tuple[tuple[Field, ...], StorageWriter, RowEncoder] | None = None
+        self._retiring: dict[StorageWriter, asyncio.Task[None]] = {}
 
     @classmethod
     def from_url(
@@ -129,9 +163,12 @@ class BigQueryStore:
         *,
         emulator: str | None = None,
         observer: QueryObserver | None = None,
+        revisions: Revisions | None = None,
     ) -> BigQueryStore:
         """The store a `bigquery://PROJECT/DATASET` URL names; `emulator` is a
-        `jobs.query` endpoint to send queries to with anonymous credentials."""
+        `jobs.query` endpoint to send queries to with anonymous credentials;
+        `revisions`, where given, the schema revisions records are projected
+        onto typed columns with."""
         match = _URL.fullmatch(url)
         if match is None:
             raise invalid("RECORDLINE_STORE", url, "bigquery://PROJECT/DATASET")
@@ -142,6 +179,7 @@ class BigQueryStore:
             query=settings.query,
             query_endpoint=emulator,
             observer=observer,
+            revisions=revisions,
         )
 
     def _table_path(self, table: str) -> str:
@@ -166,7 +204,35 @@ class BigQueryStore:
         )
         await self._records.start()
         await self._rejected.start()
+        await self._own_columns()
+        if self._revisions is not None:
+            self.typed = TypedTable(
+                f"{self.project}.{self.dataset}.records",
+                call=self._queries.call,
+                write_schema=self._write_path_schema,
+                timeout=self._query_timeout,
+            )
         self._ringer = asyncio.create_task(self._ring_while_wanted(), name="bigquery-bell")
+
+    async def _own_columns(self) -> None:
+        """Add the columns of `records` a `Record` has and the table lacks. Never
+        fatal: a store that cannot read its table fails its writes and readiness."""
+        wanted = [bigquery.SchemaField.from_api_repr(c) for c in bigquery_schema(Record)]
+        # A column the table lacks must be NULLABLE: BigQuery adds no REQUIRED one.
+        wanted = [
+            bigquery.SchemaField(c.name, c.field_type, mode="NULLABLE", description=c.description)
+            for c in wanted
+        ]
+        table = f"{self.project}.{self.dataset}.records"
+        try:
+            added = await add_missing_columns(
+                self._queries.call, table, wanted, self._query_timeout
+            )
+        except (GoogleAPIError, OSError, TimeoutError) as exc:
+            log.warning("the columns of %s could not be checked: %s", table, exc)
+            return
+        if added:
+            log.info("added to %s the columns %s", table, ", ".join(added))
 
     async def _open_write_client(self) -> BigQueryWriteAsyncClient:
         if self._write_endpoint is not None:
@@ -208,10 +274,15 @@ class BigQueryStore:
         if self._ringer is not None:
             self._ringer.cancel()
             self._ringer = None
-        for writer in (self._records, self._rejected):
+        typed = self._typed_writer[1] if self._typed_writer is not None else None
+        for writer in (self._records, self._rejected, typed):
             if writer is not None:
                 await writer.close()
-        self._records = self._rejected = None
+        self._records = self._rejected = self._typed_writer = None
+        for retired, task in list(self._retiring.items()):
+            task.cancel()
+            await retired.close()
+        self._retiring.clear()
         if self._write_client is not None:
             await self._write_client.transport.close()  # type: ignore[no-untyped-call]
             self._write_client = None
@@ -224,7 +295,8 @@ class BigQueryStore:
     @property
     def unanswered(self) -> int:
         """AppendRows requests sent to either table and not answered yet."""
-        return sum(w.unanswered for w in (self._records, self._rejected) if w is not None)
+        typed = self._typed_writer[1] if self._typed_writer is not None else None
+        return sum(w.unanswered for w in (self._records, self._rejected, typed) if w is not None)
 
     def read_horizon(self, now: int) -> int:
         # Another instance may still be committing rows stamped up to a write
@@ -267,7 +339,7 @@ class BigQueryStore:
     async def _append(
         self, rows: Sequence[Record | Rejection], deadline: float | None
     ) -> Sequence[RowOutcome]:
-        records_writer, rejected_writer = self._writers()
+        _, rejected_writer = self._writers()
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self._write_deadline
         records: list[Record] = []
@@ -277,7 +349,6 @@ class BigQueryStore:
                 records.append(row)
             else:
                 rejections.append(row)
-        encode_record = self._records_encoder.encode
         encode_rejection = self._rejected_encoder.encode
 
         record_outcomes: Sequence[str | None] = ()
@@ -285,7 +356,7 @@ class BigQueryStore:
             # Both finish (each within the deadline) before either error is
             # raised, so no write is left running unobserved.
             record_result, rejection_result = await asyncio.gather(
-                records_writer.append([encode_record(r) for r in records], deadline),
+                self._append_records(records, deadline),
                 rejected_writer.append([encode_rejection(r) for r in rejections], deadline),
                 return_exceptions=True,
             )
@@ -296,9 +367,7 @@ class BigQueryStore:
             record_outcomes = record_result
             _require_stored(rejection_result, rejected_writer)
         elif records:
-            record_outcomes = await records_writer.append(
-                [encode_record(r) for r in records], deadline
-            )
+            record_outcomes = await self._append_records(records, deadline)
         elif rejections:
             _require_stored(
                 await rejected_writer.append([encode_rejection(r) for r in rejections], deadline),
@@ -320,6 +389,130 @@ class BigQueryStore:
             return [None] * len(rows)
         by_record = iter(record_outcomes)
         return [next(by_record) if isinstance(row, Record) else None for row in rows]
+
+    async def _append_records(
+        self, records: Sequence[Record], deadline: float
+    ) -> Sequence[str | None]:
+        """Per record, as `StorageWriter.append` answers: records projected onto the
+        typed columns through the typed writer, the others through the plain one."""
+        records_writer, _ = self._writers()
+        revisions = [self._revision(r) for r in records]
+        if not any(revisions):
+            encode = self._records_encoder.encode
+            return await records_writer.append([encode(r) for r in records], deadline)
+        projected = await self._project(records, revisions, deadline)
+        if projected is None:
+            # The write path has no typed columns (yet): every record as JSON alone.
+            encode = self._records_encoder.encode
+            return await records_writer.append([encode(r) for r in records], deadline)
+        typed_writer, encoded = projected
+        plain = [r for r, revision in zip(records, revisions, strict=True) if not revision]
+        typed_rows = [row for row in encoded if row is not None]
+        encode = self._records_encoder.encode
+        plain_result, typed_result = await asyncio.gather(
+            records_writer.append([encode(r) for r in plain], deadline),
+            typed_writer.append(typed_rows, deadline),
+            return_exceptions=True,
+        )
+        if isinstance(plain_result, BaseException):
+            raise plain_result
+        if isinstance(typed_result, BaseException):
+            raise typed_result
+        plain_outcomes, typed_outcomes = iter(plain_result), iter(typed_result)
+        return [
+            next(typed_outcomes) if revision else next(plain_outcomes) for revision in revisions
+        ]
+
+    def _revision(self, record: Record) -> str | None:
+        """The revision a record is projected under: its own, else the declared one."""
+        if self._revisions is None:
+            return None
+        return record.schema if record.schema is not None else self._revisions.declared
+
+    async def _project(
+        self, records: Sequence[Record], revisions: Sequence[str | None], deadline: float
+    ) -> tuple[StorageWriter, list[bytes | None]] | None:
+        """The writer of typed rows and, per record with a revision, its typed row;
+        None where the write path has no typed columns."""
+        assert self.typed is not None
+        assert self._revisions is not None
+        for name in dict.fromkeys(r for r in revisions if r):
+            fields = self._revisions.fields(name)
+            if fields is not None:
+                await self.typed.widen(name, fields)
+        now = asyncio.get_running_loop().time()
+        writable = await self.typed.catch_up(now + min(TYPED_WAIT_SECONDS, (deadline - now) / 2))
+        if writable is None:
+            return None
+        writer, encoder = await self._typed_writer_for(writable)
+        rows: list[bytes | None] = []
+        for record, revision in zip(records, revisions, strict=True):
+            if not revision:
+                rows.append(None)
+                continue
+            values, errors = self._projection(record, revision, writable)
+            typed = {"fields": proto_values(values, writable), "projection_errors": errors}
+            rows.append(encoder.encode(record, typed))
+        return writer, rows
+
+    def _projection(
+        self, record: Record, revision: str, writable: tuple[Field, ...]
+    ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        assert self._revisions is not None
+        if self._revisions.fields(revision) is None:
+            reason = "the revision's fields are unknown to this instance"
+            return {}, error_values([ProjectionError(field="$", reason=reason, revision=revision)])
+        try:
+            payload = _decode_json(record.data)
+        except (msgspec.DecodeError, RecursionError):
+            reason = "the stored payload is not JSON this process can read"
+            return {}, error_values([ProjectionError(field="$", reason=reason, revision=revision)])
+        projection = project(payload, writable, revision)
+        return projection.values, error_values(projection.errors)
+
+    async def _typed_writer_for(
+        self, writable: tuple[Field, ...]
+    ) -> tuple[StorageWriter, RowEncoder]:
+        """The writer of rows with these typed fields; a narrower one retires."""
+        current = self._typed_writer
+        if current is not None and current[0] == writable:
+            return current[1], current[2]
+        if self._write_client is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        encoder = RowEncoder(Record, typed_descriptor(writable))
+        writer = StorageWriter(
+            self._write_client,
+            self._table_path("records"),
+            encoder.descriptor,
+            max_in_flight=self.max_in_flight,
+        )
+        await writer.start()
+        self._typed_writer = (writable, writer, encoder)
+        if current is not None:
+            retired = current[1]
+            self._retiring[retired] = asyncio.create_task(self._retire(retired))
+        return writer, encoder
+
+    async def _retire(self, writer: StorageWriter) -> None:
+        # Rows handed to it finish there: each within its deadline, at most a
+        # write deadline from when it was handed over.
+        await asyncio.sleep(self._write_deadline)
+        await writer.close()
+        self._retiring.pop(writer, None)
+
+    async def _write_path_schema(self) -> list[Field]:
+        """The records table's columns as the Storage Write API's `_default` stream sees them."""
+        if self._write_client is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        request = types.GetWriteStreamRequest(
+            name=f"{self._table_path('records')}/streams/_default",
+            view=types.WriteStreamView.FULL,
+        )
+        async with asyncio.timeout(self._query_timeout):
+            stream = await self._write_client.get_write_stream(
+                request=request, retry=None, timeout=self._query_timeout
+            )
+        return [write_path_field(c) for c in stream.table_schema.fields]
 
     # Reading
 
