@@ -21,6 +21,10 @@ resource "google_bigquery_dataset" "recordline" {
 
 # The records and rejected schemas are GENERATED from app/records.py (a test keeps them
 # equal); the service writes exactly these columns through the Storage Write API.
+# Once `records` exists its schema is the service's: it adds the typed columns of each
+# schema revision (`fields`, `projection_errors`) and a release's new columns, only ever
+# adding, with the table's ETag. Terraform ignores the schema so that no plan tries to
+# drop a column the service added (docs/typed-columns.md).
 resource "google_bigquery_table" "records" {
   #checkov:skip=CKV_GCP_80:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project             = var.project_id
@@ -44,6 +48,7 @@ resource "google_bigquery_table" "records" {
 
   lifecycle {
     prevent_destroy = true
+    ignore_changes  = [schema]
   }
 }
 
