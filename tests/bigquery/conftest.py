@@ -9,6 +9,7 @@ from app.records import Record
 from app.settings import QuerySettings, StoreSettings
 from app.store import PageQuery, QueryObserver
 from app.store.bigquery.store import BigQueryStore
+from app.typed.revisions import Revisions
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
@@ -26,6 +27,7 @@ async def make_store(
     async def make(
         query: QuerySettings | None = None,
         observer: QueryObserver | None = None,
+        revisions: Revisions | None = None,
         **overrides: Any,
     ) -> BigQueryStore:
         settings = {
@@ -41,6 +43,7 @@ async def make_store(
             query=query or QuerySettings(),
             query_endpoint=jobs_fake.endpoint,
             observer=observer,
+            revisions=revisions,
         )
         await store.start()
         opened.append(store)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from app.records import Record
-from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.typed.mapping import avro_fields
 from app.typed.revisions import Revisions
@@ -97,31 +96,22 @@ def table(write_fake: FakeBigQueryWrite) -> None:
 
 
 @pytest.fixture
-async def open_store(
-    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs, table: None
-) -> AsyncIterator[Callable[[Revisions], Any]]:
-    opened: list[BigQueryStore] = []
-
+def open_store(make_store: Callable[..., Any], table: None) -> Callable[[Revisions], Any]:
     async def make(revisions: Revisions) -> BigQueryStore:
-        store = BigQueryStore(
-            PROJECT,
-            DATASET,
-            store=StoreSettings(
-                bigquery_write_endpoint=write_fake.address,
-                settle_seconds=0.0,
-                write_deadline_seconds=6.0,
-            ),
-            query=QuerySettings(),
-            query_endpoint=jobs_fake.endpoint,
-            revisions=revisions,
-        )
-        await store.start()
-        opened.append(store)
+        store: BigQueryStore = await make_store(revisions=revisions, write_deadline_seconds=6.0)
         return store
 
-    yield make
-    for store in opened:
-        await store.close()
+    return make
+
+
+async def widening(open_store: Callable[[Revisions], Any]) -> tuple[BigQueryStore, str]:
+    """A store whose table holds revision r1's fields; the name of r2, which adds `note`."""
+    revisions = Revisions()
+    r1 = revision(revisions, "r1", order())
+    r2 = revision(revisions, "r2", order(NOTE))
+    store = await open_store(revisions)
+    await store.append([stored(order(), {"id": "o-1", "amount": 1}, "m1", r1)])
+    return store, r2
 
 
 async def query(jobs_fake: FakeBigQueryJobs, sql: str) -> list[tuple[Any, ...]]:
@@ -136,7 +126,7 @@ async def query(jobs_fake: FakeBigQueryJobs, sql: str) -> list[tuple[Any, ...]]:
         try:
             return [tuple(row.values()) for row in client.query_and_wait(sql)]
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
 
     return await asyncio.to_thread(run)
 
@@ -194,11 +184,7 @@ async def test_a_new_revision_is_written_once_the_write_path_takes_its_columns(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
 ) -> None:
-    revisions = Revisions()
-    r1 = revision(revisions, "r1", order())
-    r2 = revision(revisions, "r2", order(NOTE))
-    store = await open_store(revisions)
-    await store.append([stored(order(), {"id": "o-1", "amount": 1}, "m1", r1)])
+    store, r2 = await widening(open_store)
     # The Storage Write API learns the next schema change a second late.
     write_fake.schema_lag = 1.0
     started = time.monotonic()
@@ -221,11 +207,7 @@ async def test_rows_outwaiting_the_write_path_say_what_it_could_not_take(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
 ) -> None:
-    revisions = Revisions()
-    r1 = revision(revisions, "r1", order())
-    r2 = revision(revisions, "r2", order(NOTE))
-    store = await open_store(revisions)
-    await store.append([stored(order(), {"id": "o-1", "amount": 1}, "m1", r1)])
+    store, r2 = await widening(open_store)
     write_fake.schema_lag = 600.0  # minutes, as BigQuery may take
     note = {"id": "o-2", "amount": 2, "note": "gift"}
     assert await store.append([stored(order(NOTE), note, "m2", r2)]) == [None]

@@ -153,7 +153,10 @@ class BigQueryStore:
         self._query_timeout = store.query_timeout_seconds
         self.typed: TypedTable | None = None
         self._typed_writer: tuple[tuple[Field, ...], StorageWriter, RowEncoder] | None = None
-        self._retiring: dict[StorageWriter, asyncio.Task[None]] = {}
+        # Writers a wider one replaced, with when (the loop's clock) every row
+        # handed to them has passed its deadline: closed at the next swap after
+        # that, or with the store. No task of their own to supervise.
+        self._retired: list[tuple[StorageWriter, float]] = []
 
     @classmethod
     def from_url(
@@ -274,15 +277,14 @@ class BigQueryStore:
         if self._ringer is not None:
             self._ringer.cancel()
             self._ringer = None
-        typed = self._typed_writer[1] if self._typed_writer is not None else None
+        typed = self._typed_stream
         for writer in (self._records, self._rejected, typed):
             if writer is not None:
                 await writer.close()
         self._records = self._rejected = self._typed_writer = None
-        for retired, task in list(self._retiring.items()):
-            task.cancel()
+        for retired, _ in self._retired:
             await retired.close()
-        self._retiring.clear()
+        self._retired.clear()
         if self._write_client is not None:
             await self._write_client.transport.close()  # type: ignore[no-untyped-call]
             self._write_client = None
@@ -295,7 +297,7 @@ class BigQueryStore:
     @property
     def unanswered(self) -> int:
         """AppendRows requests sent to either table and not answered yet."""
-        typed = self._typed_writer[1] if self._typed_writer is not None else None
+        typed = self._typed_stream
         return sum(w.unanswered for w in (self._records, self._rejected, typed) if w is not None)
 
     def read_horizon(self, now: int) -> int:
@@ -306,11 +308,19 @@ class BigQueryStore:
     async def check(self) -> None:
         records, rejected = self._writers()
         await self._queries.run(CHECK_SQL, {}, tables=0)
-        for writer in (records, rejected):
+        typed = self._typed_stream
+        for writer in (records, rejected, typed):
+            if writer is None:
+                continue
             if writer.failure is not None:
                 raise StoreUnavailable(writer.failure)
 
     # Writing
+
+    @property
+    def _typed_stream(self) -> StorageWriter | None:
+        """The writer of records with typed columns, once one was needed."""
+        return self._typed_writer[1] if self._typed_writer is not None else None
 
     def _writers(self) -> tuple[StorageWriter, StorageWriter]:
         if self._records is None or self._rejected is None:
@@ -488,17 +498,16 @@ class BigQueryStore:
         )
         await writer.start()
         self._typed_writer = (writable, writer, encoder)
+        now = asyncio.get_running_loop().time()
+        done = [w for w, idle_at in self._retired if idle_at <= now]
+        self._retired = [(w, t) for w, t in self._retired if t > now]
         if current is not None:
-            retired = current[1]
-            self._retiring[retired] = asyncio.create_task(self._retire(retired))
+            # Rows handed to it finish there, each within its deadline: at most a
+            # write deadline from now.
+            self._retired.append((current[1], now + self._write_deadline))
+        for retired in done:
+            await retired.close()
         return writer, encoder
-
-    async def _retire(self, writer: StorageWriter) -> None:
-        # Rows handed to it finish there: each within its deadline, at most a
-        # write deadline from when it was handed over.
-        await asyncio.sleep(self._write_deadline)
-        await writer.close()
-        self._retiring.pop(writer, None)
 
     async def _write_path_schema(self) -> list[Field]:
         """The records table's columns as the Storage Write API's `_default` stream sees them."""
