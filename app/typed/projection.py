@@ -44,6 +44,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MAX_DECIMAL_TEXT = 200
 _DECIMALS = decimal.Context(prec=_MAX_DECIMAL_TEXT, traps=[decimal.InvalidOperation])
 _encode_json = msgspec.json.encode
+_decode_json = msgspec.json.decode
 
 
 class ProjectionError(msgspec.Struct, kw_only=True, frozen=True):
@@ -82,6 +83,22 @@ def project(payload: Any, fields: Sequence[Field], revision: str | None = None) 
         errors.append(ProjectionError(field="$", reason="nested too deep", revision=revision))
         values = {f.name: _empty(f) for f in fields}
     return Projection(values, errors)
+
+
+def project_stored(data: bytes | str, fields: Sequence[Field] | None, revision: str) -> Projection:
+    """`project` of a stored payload (`Record.data`, JSON text) under `revision`, whose
+    fields are `fields` (the table's, which hold the revision's) or None when
+    the revision's own are unknown here: the payload is then one error, kept in
+    `data` as always."""
+    if fields is None:
+        reason = "the revision's fields are unknown here"
+        return Projection({}, [ProjectionError(field="$", reason=reason, revision=revision)])
+    try:
+        payload = _decode_json(data)
+    except (msgspec.DecodeError, RecursionError):
+        reason = "the stored payload is not JSON this process can read"
+        return Projection({}, [ProjectionError(field="$", reason=reason, revision=revision)])
+    return project(payload, fields, revision)
 
 
 def _empty(field: Field) -> Any:

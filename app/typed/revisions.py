@@ -10,11 +10,16 @@ A topic with no schema (JSON) may have one declared by its system instead
 name no revision, are projected onto the declared fields under a revision
 name made from the schema's text, `declared@<sha-256 prefix>`. Declaring
 another schema is a new revision, merged into the table like a topic's.
+
+The serving tier's exporter projects rows that any instance decoded, so it
+may meet a revision this process never saw: `lookup` then asks the wiring's
+`fetch` (the push path's Schema API client) to learn it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import fastavro
 import msgspec
@@ -22,6 +27,11 @@ import msgspec
 from app.typed.mapping import Field, avro_fields
 
 DECLARED = "declared@"
+
+# Learns a revision by its name (into the Revisions it was given to); raises
+# StoreUnavailable while the revision cannot be fetched, returns having
+# learned nothing when there is no such revision.
+Fetch = Callable[[str], Awaitable[None]]
 
 
 class DeclaredSchemaError(ValueError):
@@ -35,6 +45,24 @@ class Revisions:
         self._fields: dict[str, tuple[Field, ...]] = {}
         # The revision name records with no revision of their own are projected under.
         self.declared: str | None = None
+        self._fetch: Fetch | None = None
+
+    def fetch_with(self, fetch: Fetch) -> None:
+        self._fetch = fetch
+
+    def revision_of(self, schema: str | None) -> str | None:
+        """The revision a record naming `schema` (`Record.schema`) is projected under:
+        its own, or else the declared one."""
+        return schema if schema is not None else self.declared
+
+    async def lookup(self, revision: str) -> tuple[Field, ...] | None:
+        """The fields of `revision`, fetched if this process never decoded it; None
+        when there is no such revision."""
+        fields = self._fields.get(revision)
+        if fields is None and self._fetch is not None and not revision.startswith(DECLARED):
+            await self._fetch(revision)
+            fields = self._fields.get(revision)
+        return fields
 
     def learn(self, revision: str, fields: tuple[Field, ...]) -> None:
         self._fields[revision] = fields

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import google.auth
 import grpc
-import msgspec
 from google.api_core.exceptions import GoogleAPIError
 from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import types
@@ -67,14 +66,12 @@ from app.store.bigquery.stream import OffsetStream
 from app.store.bigquery.typed import (
     TypedTable,
     add_missing_columns,
-    error_values,
-    proto_values,
+    typed_columns,
     typed_descriptor,
     write_path_field,
 )
 from app.store.copies import message_states
 from app.typed.mapping import Field
-from app.typed.projection import ProjectionError, project
 
 if TYPE_CHECKING:
     from app.typed.revisions import Revisions
@@ -96,7 +93,6 @@ END_OF_TIME: Final = MAX_MICROS  # 9999-12-31T23:59:59.999999Z, BigQuery's last
 # A row of a revision whose new typed fields the write path does not take yet
 # waits at most this long, and at most half of what is left of its deadline.
 TYPED_WAIT_SECONDS: Final = 4.0
-_decode_json = msgspec.json.decode
 
 
 class BigQueryStore:
@@ -437,7 +433,7 @@ class BigQueryStore:
         """The revision a record is projected under: its own, else the declared one."""
         if self._revisions is None:
             return None
-        return record.schema if record.schema is not None else self._revisions.declared
+        return self._revisions.revision_of(record.schema)
 
     async def _project(
         self, records: Sequence[Record], revisions: Sequence[str | None], deadline: float
@@ -460,25 +456,9 @@ class BigQueryStore:
             if not revision:
                 rows.append(None)
                 continue
-            values, errors = self._projection(record, revision, writable)
-            typed = {"fields": proto_values(values, writable), "projection_errors": errors}
-            rows.append(encoder.encode(record, typed))
+            known = self._revisions.fields(revision) is not None
+            rows.append(encoder.encode(record, typed_columns(record, revision, writable, known)))
         return writer, rows
-
-    def _projection(
-        self, record: Record, revision: str, writable: tuple[Field, ...]
-    ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        assert self._revisions is not None
-        if self._revisions.fields(revision) is None:
-            reason = "the revision's fields are unknown to this instance"
-            return {}, error_values([ProjectionError(field="$", reason=reason, revision=revision)])
-        try:
-            payload = _decode_json(record.data)
-        except (msgspec.DecodeError, RecursionError):
-            reason = "the stored payload is not JSON this process can read"
-            return {}, error_values([ProjectionError(field="$", reason=reason, revision=revision)])
-        projection = project(payload, writable, revision)
-        return projection.values, error_values(projection.errors)
 
     async def _typed_writer_for(
         self, writable: tuple[Field, ...]

@@ -39,7 +39,7 @@ from app.records import Record
 from app.store.bigquery.proto import row_descriptor
 from app.typed.evolution import merge
 from app.typed.mapping import Field, Mode, Type
-from app.typed.projection import ProjectionError
+from app.typed.projection import ProjectionError, project_stored
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,19 @@ def _proto_value(value: Any, field: Field) -> Any:
             return value.isoformat(sep=" ") if field.type is Type.DATETIME else value.isoformat()
         case _:
             return value
+
+
+def typed_columns(
+    record: Record, revision: str, writable: Sequence[Field], known: bool
+) -> dict[str, Any]:
+    """The typed columns of `record`'s row (`typed_descriptor(writable)`'s): its
+    payload projected onto the fields the write path takes, under `revision`
+    (`known`: whose fields this process has), and every value that is not there."""
+    projection = project_stored(record.data, writable if known else None, revision)
+    return {
+        FIELDS: proto_values(projection.values, writable),
+        ERRORS: error_values(projection.errors),
+    }
 
 
 def error_values(errors: Sequence[ProjectionError]) -> list[dict[str, str]]:

@@ -31,7 +31,7 @@ import pyarrow as pa
 from app.records import Record
 from app.typed.evolution import merge
 from app.typed.mapping import NUMERIC_SCALE, Field, Mode, Type, fields_from_json, fields_json
-from app.typed.projection import ProjectionError, project
+from app.typed.projection import ProjectionError, project_stored
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ _ERRORS_SQL = "STRUCT(field VARCHAR, reason VARCHAR, revision VARCHAR)[]"
 _NUMERIC_STEP = Decimal(1).scaleb(-NUMERIC_SCALE)
 # Room for NUMERIC's 38 digits (Python's default context holds 28).
 _NUMERIC_CONTEXT = Context(prec=38)
-_decode = msgspec.json.decode
 
 
 def _quoted(name: str) -> str:
@@ -207,25 +206,19 @@ class TypedColumns:
         return pa.table(columns)
 
     def _revision(self, record: Record) -> str | None:
-        """The revision a record is projected under: its own, or else the declared one;
-        none at all for a store given no revisions, which projects nothing."""
+        """The revision a record is projected under; none at all for a store given
+        no revisions, which projects nothing."""
         if self._revisions is None:
             return None
-        return record.schema if record.schema is not None else self._revisions.declared
+        return self._revisions.revision_of(record.schema)
 
     def _project(self, record: Record) -> tuple[dict[str, Any], list[ProjectionError]]:
         schema = self._revision(record)
-        if schema not in self._known:
-            # Decoded by an earlier process whose catalogue this one never saw:
-            # kept in `data`, and said so.
-            reason = "the revision's fields are unknown to this store"
-            return {}, [ProjectionError(field="$", reason=reason, revision=schema)]
-        try:
-            payload = _decode(record.data)
-        except (msgspec.DecodeError, RecursionError):
-            reason = "the stored payload is not JSON this process can read"
-            return {}, [ProjectionError(field="$", reason=reason, revision=schema)]
-        projection = project(payload, self.fields, schema)
+        assert schema is not None
+        # A revision decoded by an earlier process whose catalogue this one never
+        # saw has no fields here: kept in `data`, and said so.
+        known = self.fields if schema in self._known else None
+        projection = project_stored(record.data, known, schema)
         return projection.values, projection.errors
 
     def _learn(self, con: duckdb.DuckDBPyConnection, schema: str) -> None:
