@@ -289,6 +289,8 @@ def create_app(
         timeout=fetch_timeout,
         revisions=revisions,
     )
+    # A revision another instance decoded is fetched when a store meets it.
+    revisions.fetch_with(schemas.learn)
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
     ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)

@@ -41,8 +41,8 @@ def open_store(
     that differs from the one stored, `exports` what a serving tier's exporter does,
     `loops` each restart of a serving tier's background loops, `traffic` whether
     this instance serves push traffic (a serving tier's exporter asks),
-    `revisions` each decoded schema revision's typed fields (DuckDB and BigQuery
-    alone project them; the serving tier keeps JSON)."""
+    `revisions` each decoded schema revision's typed fields (every store projects
+    them: the serving tier keeps JSON in Spanner and projects on export)."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -82,7 +82,7 @@ def open_store(
                 settings,
                 emulator=settings.store.bigquery_query_endpoint or None,
                 observer=observer,
-                revisions=None if settings.store.serving else revisions,
+                revisions=revisions,
             )
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).

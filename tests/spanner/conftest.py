@@ -11,6 +11,7 @@ from app.store.bigquery.store import BigQueryStore
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered.exporter import ExportObserver
 from app.store.tiered.store import TieredStore
+from app.typed.revisions import Revisions
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -68,6 +69,7 @@ async def make_tiered(
             export: bool = False,
             export_observer: ExportObserver | None = None,
             serving_traffic: Callable[[], bool] | None = None,
+            revisions: Revisions | None = None,
         ) -> TieredStore:
             analytics = BigQueryStore(
                 PROJECT,
@@ -75,6 +77,7 @@ async def make_tiered(
                 store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
                 query=QuerySettings(),
                 query_endpoint=jobs_fake.endpoint,
+                revisions=revisions,
             )
             serving = SpannerServing(
                 SpannerDatabase.from_url(url or database),

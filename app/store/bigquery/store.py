@@ -181,6 +181,11 @@ class BigQueryStore:
             revisions=revisions,
         )
 
+    @property
+    def revisions(self) -> Revisions | None:
+        """The schema revisions records are projected with; None: no typed columns."""
+        return self._revisions
+
     def _table_path(self, table: str) -> str:
         return f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
 

@@ -107,6 +107,8 @@ class OffsetStream:
         self._descriptor = descriptor
         self._monotonic = monotonic
         self._stream = ""
+        # The writer schema the open connection was given.
+        self._sent: descriptor_pb2.DescriptorProto | None = None
         self._requests: asyncio.Queue[types.AppendRowsRequest | None] | None = None
         self._call: Any = None
         # When the connection last had a request or an answer.
@@ -140,8 +142,18 @@ class OffsetStream:
         except GoogleAPICallError as exc:
             raise StoreUnavailable(f"{stream}: FinalizeWriteStream failed: {exc}") from exc
 
-    async def append(self, stream: str, offset: int, rows: Sequence[bytes]) -> Appended:
+    async def append(
+        self,
+        stream: str,
+        offset: int,
+        rows: Sequence[bytes],
+        descriptor: descriptor_pb2.DescriptorProto | None = None,
+    ) -> Appended:
         """Store `rows` at `offset` of `stream`, or learn they were stored there before.
+
+        `descriptor` is the rows' writer schema where it is not the stream's own
+        (rows with typed columns): a connection carries one, so another opens one
+        of its own.
 
         Raises RowsRefused (BigQuery refused a row), StreamBroken (the stream
         cannot take them) or StoreUnavailable (try again later: BigQuery did
@@ -149,7 +161,9 @@ class OffsetStream:
         """
         try:
             async with asyncio.timeout(APPEND_SECONDS):
-                response = await self._exchange_once_more(stream, offset, rows)
+                response = await self._exchange_once_more(
+                    stream, offset, rows, descriptor or self._descriptor
+                )
         except (TimeoutError, GoogleAPICallError, grpc.RpcError, asyncio.InvalidStateError) as exc:
             self.close()  # its answer may still come: no later request may be read as it
             raise StoreUnavailable(f"{stream}: AppendRows failed: {exc or 'timed out'}") from exc
@@ -178,15 +192,21 @@ class OffsetStream:
         self.close()
         raise StoreUnavailable(f"{stream}: {code.name}: {response.error.message}")
 
-    async def _exchange_once_more(self, stream: str, offset: int, rows: Sequence[bytes]) -> Any:
+    async def _exchange_once_more(
+        self,
+        stream: str,
+        offset: int,
+        rows: Sequence[bytes],
+        descriptor: descriptor_pb2.DescriptorProto,
+    ) -> Any:
         """The exchange; on a connection used before that fails (closed as idle by
         the server, or broken while it waited), once more on a new one."""
         if self._call is not None and self._monotonic() - self._active >= IDLE_RECONNECT_SECONDS:
             self.close()
             self.reconnects += 1
-        reused = self._call is not None and self._stream == stream
+        reused = self._call is not None and self._stream == stream and self._sent is descriptor
         try:
-            return await self._exchange(stream, offset, rows)
+            return await self._exchange(stream, offset, rows, descriptor)
         except (GoogleAPICallError, grpc.RpcError, asyncio.InvalidStateError, StoreUnavailable):
             if not reused:
                 raise
@@ -194,21 +214,28 @@ class OffsetStream:
         log.info("%s: the connection failed; sending the append at %d again", stream, offset)
         self.close()
         self.resends += 1
-        return await self._exchange(stream, offset, rows)
+        return await self._exchange(stream, offset, rows, descriptor)
 
-    async def _exchange(self, stream: str, offset: int, rows: Sequence[bytes]) -> Any:
+    async def _exchange(
+        self,
+        stream: str,
+        offset: int,
+        rows: Sequence[bytes],
+        descriptor: descriptor_pb2.DescriptorProto,
+    ) -> Any:
         self._active = self._monotonic()
-        first = self._call is None or self._stream != stream
+        first = self._call is None or self._stream != stream or self._sent is not descriptor
         if first:
             self.close()
             await self._open(stream)
+            self._sent = descriptor
         assert self._requests is not None
         request = _AppendRowsRequestPb()
         request.offset.value = offset
         if first:
             # The stream name and writer schema ride on a connection's first request.
             request.write_stream = stream
-            request.proto_rows.writer_schema.proto_descriptor.CopyFrom(self._descriptor)
+            request.proto_rows.writer_schema.proto_descriptor.CopyFrom(descriptor)
         request.proto_rows.rows.serialized_rows.extend(rows)
         self._requests.put_nowait(types.AppendRowsRequest.wrap(request))
         # Within the append's own deadline (the caller's bounds the resend too).
@@ -233,6 +260,7 @@ class OffsetStream:
             self._requests.put_nowait(None)
         self._call = self._requests = None
         self._stream = ""
+        self._sent = None
 
 
 def _stream_call_retry() -> AsyncRetry:

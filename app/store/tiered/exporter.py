@@ -81,6 +81,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 import msgspec
+from google.protobuf import descriptor_pb2
 
 from app.errors import StoreUnavailable
 from app.records import TABLES, ExportWatermark, Record, Rejection
@@ -97,6 +98,7 @@ from app.store.spanner.ledger import (
 )
 from app.store.spanner.schema import MIGRATIONS
 from app.store.spanner.serving import SpannerServing
+from app.store.tiered.typed import Encoding, TypedExport
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +239,13 @@ class Exporter:
         blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
         version: tuple[int, int] | None = None,
         serving_traffic: Callable[[], bool] | None = None,
+        typed: TypedExport | None = None,
     ) -> None:
         self._serving = serving
         self._streams = streams
         self._encoders = {kind: RowEncoder(kind) for kind in streams}
+        # Records' typed columns (`typed.py`), where the table has them.
+        self.typed = typed
         # Whether this instance serves traffic (by default, it does): one that
         # does not never takes the lease, free or not; it only renews one it
         # holds (see `step`).
@@ -351,7 +356,14 @@ class Exporter:
             rows = await self._pending_rows(kind, progress, progress.pending)
             if rows is None:
                 return 0
-            return await self._append(kind, progress, progress.pending, rows, repeat=True)
+            encoding = await self._encoding(kind, rows)
+            if encoding is None:
+                return 0
+            descriptor, encode = encoding
+            encoded = [encode(r) for r in rows]
+            return await self._append(
+                kind, progress, progress.pending, rows, (descriptor, encoded), repeat=True
+            )
         if progress.stream is None:
             stream = await self._streams[kind].create()
             progress = msgspec.structs.replace(progress, stream=stream, next_offset=0)
@@ -365,7 +377,10 @@ class Exporter:
             self._batch_rows,
             seen=progress.updated or 0,
         )
-        rows = self._cut(kind, found)
+        encoding = await self._encoding(kind, found) if found else None
+        if found and encoding is None:
+            return 0  # the batch waits in Spanner (see `typed.py`)
+        rows, encoded = self._cut(encoding, found)
         if not rows:
             if until - progress.watermark >= WATERMARK_STEP_MICROS:
                 await self.ledger.record(msgspec.structs.replace(progress, watermark=until + 1))
@@ -383,17 +398,30 @@ class Exporter:
             watermark=max(watermark, progress.watermark),
         )
         intent = await self.ledger.record(msgspec.structs.replace(progress, pending=pending))
-        return await self._append(kind, intent, pending, rows, repeat=False, replace=True)
+        batch = (encoding[0] if encoding else self._encoders[kind].descriptor, encoded)
+        return await self._append(kind, intent, pending, rows, batch, repeat=False, replace=True)
 
-    def _cut(self, kind: RowType, rows: Batch) -> Batch:
-        """The longest start of `rows` within a batch's bytes (one row at least)."""
+    async def _encoding(self, kind: RowType, rows: Batch) -> Encoding | None:
+        """How `rows` are appended: with records' typed columns where the table has
+        them; None while they wait in Spanner for BigQuery to take new ones."""
+        if kind is Record and self.typed is not None:
+            return await self.typed.encoding([r for r in rows if isinstance(r, Record)])
         encoder = self._encoders[kind]
+        return encoder.descriptor, encoder.encode
+
+    def _cut(self, encoding: Encoding | None, rows: Batch) -> tuple[Batch, list[bytes]]:
+        """The longest start of `rows` within a batch's bytes (one row at least), encoded."""
+        if encoding is None:
+            return [], []
+        encode = encoding[1]
+        encoded: list[bytes] = []
         size = 0
         for index, row in enumerate(rows):
-            size += len(encoder.encode(row)) + 6  # framing: a tag and a length varint
+            encoded.append(encode(row))
+            size += len(encoded[-1]) + 6  # framing: a tag and a length varint
             if size > self._batch_bytes and index:
-                return rows[:index]
-        return rows
+                return rows[:index], encoded[:index]
+        return rows, encoded
 
     async def _pending_rows(
         self, kind: RowType, progress: Progress, pending: Intent
@@ -426,24 +454,23 @@ class Exporter:
         intent: Progress,
         pending: Intent,
         rows: Batch,
+        batch: tuple[descriptor_pb2.DescriptorProto, list[bytes]],
         *,
         repeat: bool,
         replace: bool = False,
     ) -> int:
-        """Append the batch `intent` names (`pending`). `repeat`: an attempt at it may
-        have come before (so ALREADY_EXISTS means stored); `replace`: none did, and
-        a stream gone may be replaced by a new one."""
+        """Append the batch `intent` names (`pending`): `rows`, as `batch` encodes them
+        (writer schema, bytes). `repeat`: an attempt at it may have come before (so
+        ALREADY_EXISTS means stored); `replace`: none did, and a stream gone may
+        be replaced by a new one."""
         table = _TABLES_OF[kind]
         stream = intent.stream
         if stream is None:  # every intent is recorded with its stream
             raise StoreUnavailable(f"{table}: a pending batch without a stream")
-        encoder = self._encoders[kind]
         offset_stream = self._streams[kind]
         resends = offset_stream.resends
         try:
-            appended = await offset_stream.append(
-                stream, intent.next_offset, [encoder.encode(r) for r in rows]
-            )
+            appended = await offset_stream.append(stream, intent.next_offset, batch[1], batch[0])
         except StreamBroken as exc:
             if not (replace and exc.gone):
                 await self._block(intent, f"the stream cannot take the batch: {exc}")
@@ -455,7 +482,7 @@ class Exporter:
             log.info("%s: %s; exporting to %s from now on", table, exc, stream)
             intent = msgspec.structs.replace(intent, stream=stream, next_offset=0)
             intent = await self.ledger.record(intent)
-            return await self._append(kind, intent, pending, rows, repeat=False)
+            return await self._append(kind, intent, pending, rows, batch, repeat=False)
         except RowsRefused as exc:
             index = min(exc.reasons)
             await self._block(

@@ -54,6 +54,7 @@ from app.store.tiered.exporter import (
     holder_name,
 )
 from app.store.tiered.supervisor import LoopObserver, Supervisor
+from app.store.tiered.typed import TypedExport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,9 +201,17 @@ class TieredStore:
                 watermarks=self._watermark_writer,
                 observer=self._export_observer,
                 serving_traffic=self.serving_traffic,
+                typed=self._typed_export(),
             )
             # Down longer than a lease: another instance may take the export over.
             self.supervisor.run("exporter", self.exporter.run, interval=LEASE_SECONDS)
+
+    def _typed_export(self) -> TypedExport | None:
+        """Records' typed columns on export, where the analytics store projects them."""
+        table, revisions = self.analytics.typed, self.analytics.revisions
+        if table is None or revisions is None:
+            return None
+        return TypedExport(table, revisions)
 
     async def _watch_tail(self) -> None:
         """While followers wait, read what every instance committed since, once per

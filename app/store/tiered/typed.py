@@ -1,0 +1,128 @@
+"""Typed columns on the way from Spanner to BigQuery: the exporter's rows of `records`.
+
+Spanner keeps each payload as JSON (`data`); the exporter projects it onto the
+typed columns of `records` (`app.store.bigquery.typed`) as it appends it, the
+same projection BigQuery alone makes on the push path. The exporter meets rows
+that any instance decoded, so a revision this process never saw is fetched
+(`Revisions.lookup`); while it cannot be, the export pauses (rows wait in
+Spanner, nothing is skipped).
+
+A revision that adds or widens a field patches the table first (with its
+ETag). The Storage Write API learns the new schema "on the order of
+minutes", and refuses a row naming a column it does not know yet; so a batch
+that needs fields the write path lacks waits in Spanner, the exporter
+asking again each round, at most `WAIT_SECONDS`. Past that it is appended
+with the fields the write path takes, every value it could not take named in
+`projection_errors` (and in `data`, as always), for `recordline typed
+backfill` later. Waiting delays the export and nothing else: the push path
+never waits on BigQuery, and the lag alert says when the wait grows long.
+
+Exactly once holds whatever the encoding: a batch appended again after a
+restart may be encoded with more fields than its first attempt, but it goes
+to the same offset, so BigQuery keeps one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from google.protobuf import descriptor_pb2
+
+from app.records import Record
+from app.store.bigquery.proto import RowEncoder
+from app.store.bigquery.typed import ERRORS, FIELDS, TypedTable, typed_columns, typed_descriptor
+from app.typed.evolution import merge
+from app.typed.mapping import Field
+from app.typed.revisions import Revisions
+
+log = logging.getLogger(__name__)
+
+# How long a batch waits in Spanner for the write path to take its new typed
+# fields: the Storage Write API documents "on the order of minutes"; the
+# export's lag ticket fires long before Spanner's deletion could matter.
+WAIT_SECONDS: Final = 600.0
+# How long one export round asks the write path before it lets the other table go.
+_ROUND_SECONDS: Final = 1.0
+
+# How one batch is appended: the writer schema and each row's bytes.
+Encoding = tuple[descriptor_pb2.DescriptorProto, Callable[[Any], bytes]]
+
+
+class TypedExport:
+    """Encodes the exporter's `records` rows with the typed columns BigQuery takes."""
+
+    def __init__(
+        self,
+        table: TypedTable,
+        revisions: Revisions,
+        *,
+        wait_seconds: float = WAIT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self._revisions = revisions
+        self._wait_seconds = wait_seconds
+        self._clock = clock
+        self._plain = RowEncoder(Record)
+        self._encoders: dict[tuple[Field, ...], RowEncoder] = {}
+        # Since when batches wait for the write path (None: none does).
+        self.waiting_since: float | None = None
+
+    async def encoding(self, rows: Sequence[Record]) -> Encoding | None:
+        """How to append `rows`; None while they wait for the write path.
+
+        Raises StoreUnavailable while a revision they name cannot be fetched.
+        """
+        known: dict[str, bool] = {}
+        for name in dict.fromkeys(self._revisions.revision_of(r.schema) for r in rows):
+            if name is None:
+                continue
+            fields = await self._revisions.lookup(name)
+            known[name] = fields is not None
+            if fields is not None:
+                await self.table.widen(name, fields)
+        writable = await self.table.catch_up(self._clock() + _ROUND_SECONDS)
+        wanted = self.table.fields
+        if wanted is not None and (writable is None or merge(writable, wanted) != writable):
+            now = self._clock()
+            if self.waiting_since is None:
+                self.waiting_since = now
+                log.info(
+                    "records wait in Spanner until BigQuery's write path takes the new "
+                    "typed fields of %s (at most %g s)",
+                    self.table.table,
+                    self._wait_seconds,
+                )
+            if now - self.waiting_since < self._wait_seconds:
+                return None
+            log.warning(
+                "BigQuery's write path still lacks typed fields of %s after %g s: "
+                "records are exported without them, named in projection_errors",
+                self.table.table,
+                self._wait_seconds,
+            )
+        else:
+            self.waiting_since = None
+        if writable is None:
+            return self._plain.descriptor, self._plain.encode
+        encoder = self._encoder(writable)
+        nothing: dict[str, Any] = {FIELDS: {}, ERRORS: []}
+
+        def encode(record: Record) -> bytes:
+            revision = self._revisions.revision_of(record.schema)
+            if revision is None:
+                return encoder.encode(record, nothing)
+            columns = typed_columns(record, revision, writable, known.get(revision, False))
+            return encoder.encode(record, columns)
+
+        return encoder.descriptor, encode
+
+    def _encoder(self, writable: tuple[Field, ...]) -> RowEncoder:
+        encoder = self._encoders.get(writable)
+        if encoder is None:
+            # One per schema the write path has had: a handful over a table's life.
+            encoder = self._encoders[writable] = RowEncoder(Record, typed_descriptor(writable))
+        return encoder
