@@ -169,7 +169,8 @@ async def test_a_revision_that_cannot_be_fetched_pauses_the_export_and_skips_not
         await one.step()  # the exporter's loop backs off and tries again
     assert write_fake.rows("records") == []
     progress = await one.ledger.progress("records")
-    assert progress.pending is None and progress.done_message_id == ""
+    assert progress.pending is None
+    assert progress.done_message_id == ""
 
     api.down = False
     await drain(one)
@@ -193,4 +194,3 @@ async def test_a_revision_the_schema_api_does_not_have_is_kept_in_data_and_said_
         f"FROM {TABLE}, UNNEST(projection_errors) AS e",
     )
     assert rows == [("o-1", "$", "the revision's fields are unknown here", gone, "1")]
-
