@@ -323,11 +323,11 @@ async def test_an_exporter_that_lost_the_lease_mid_batch_never_says_a_table_is_b
     stream = old._streams[Record]
     append = stream.append
 
-    async def newer_first(name: str, offset: int, rows: Any) -> Any:
+    async def newer_first(name: str, offset: int, rows: Any, *schema: Any) -> Any:
         # The old one wrote its intent; before its append goes out, the newer
         # revision takes the lease, appends the same batch and moves on.
         await drain(new)
-        return await append(name, offset, rows)
+        return await append(name, offset, rows, *schema)
 
     stream.append = newer_first  # type: ignore[method-assign]
     # The old one's append is refused as there (a batch it sent the first time):
