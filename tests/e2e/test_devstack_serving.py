@@ -2,7 +2,8 @@
 
 Google's Pub/Sub emulator pushes to the service, which stores on the BigQuery
 stand-in with Spanner's emulator serving reads: every record published reads
-back, and is in both Spanner and BigQuery. A stop at any moment of start-up,
+back, and is in both Spanner and BigQuery; one published in the example Avro
+schema's encoding has typed columns there too. A stop at any moment of start-up,
 the database's making included, leaves nothing behind.
 """
 
@@ -18,11 +19,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from google.api_core.exceptions import BadRequest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, spanner
 
 from recordline_dev.client import DEV_PROJECT
-from recordline_dev.devstack import DEV_DATABASE, DEV_DATASET, DEV_INSTANCE, find_emulator
+from recordline_dev.devstack import (
+    DEV_DATABASE,
+    DEV_DATASET,
+    DEV_INSTANCE,
+    EXAMPLE_SCHEMAS,
+    find_emulator,
+)
 from recordline_dev.processes import EmulatorNotFound, port_is_free
 from recordline_dev.serving import find_spanner_emulator
 from tests.processes import (
@@ -89,6 +97,23 @@ def in_spanner(host: str) -> set[str]:
         client.close()
 
 
+def typed_in_bigquery(jobs: str) -> list[tuple[int, int]]:
+    """Each typed record's `fields.data.n` and how many projection errors it has."""
+    client = bigquery.Client(
+        project=DEV_PROJECT,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": jobs},
+    )
+    try:
+        rows = client.query_and_wait(
+            "SELECT fields.data.n, ARRAY_LENGTH(projection_errors) "
+            f"FROM `{DEV_PROJECT}.{DEV_DATASET}.records` WHERE fields IS NOT NULL"
+        )
+    except BadRequest:  # no `fields` column until the first typed record is exported
+        return []
+    return [(row[0], row[1]) for row in rows]
+
+
 def in_bigquery(jobs: str) -> set[str]:
     client = bigquery.Client(
         project=DEV_PROJECT,
@@ -143,6 +168,29 @@ def test_dev_serving_runs_the_serving_tier_in_one_command(
     # within seconds.
     assert in_spanner(f"127.0.0.1:{spanner_port}") == want
     until_blocking(lambda: in_bigquery(jobs[1]) == want, timeout=60, what="the export to BigQuery")
+
+    # Published in the example Avro schema's encoding (the emulator keeps it as the
+    # topic's schema): Spanner keeps JSON, and the export projects each record onto
+    # typed columns, read back by an analyst's query.
+    published = subprocess.run(
+        [RECORDLINE, "publish", "--topic", "records", "--count", "5",
+         "--schema", str(EXAMPLE_SCHEMAS / "record.avsc"), "--encoding", "BINARY"],
+        env={**os.environ, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{emulator_port}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    until_blocking(
+        lambda: len(typed_in_bigquery(jobs[1])) == 5,
+        timeout=60,
+        what=lambda: f"5 typed records in BigQuery\n{terminal.output[-3000:]}",
+    )
+    typed = typed_in_bigquery(jobs[1])
+    assert sorted(n for n, _ in typed) == [1, 2, 3, 4, 5]
+    assert {errors for _, errors in typed} == {0}
+    assert len(in_bigquery(jobs[1])) == len(want) + 5  # each once
 
     stop(terminal, "ctrl-c")
     assert_nothing_left(terminal, "ctrl-c", "once the serving tier ran")
