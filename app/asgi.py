@@ -265,6 +265,7 @@ def create_app(
             conflicts=telemetry.conflicts(),
             exports=telemetry.export_observer(),
             loops=telemetry.loop_observer(),
+            patches=telemetry.patch_observer(),
         )
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.

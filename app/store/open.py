@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from app.store.bigquery.store import BigQueryStore
+    from app.store.bigquery.typed import PatchObserver
     from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.supervisor import LoopObserver
     from app.typed.revisions import Revisions
@@ -35,6 +36,7 @@ def open_store(
     loops: LoopObserver | None = None,
     traffic: Callable[[], bool] | None = None,
     revisions: Revisions | None = None,
+    patches: PatchObserver | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
@@ -42,7 +44,8 @@ def open_store(
     `loops` each restart of a serving tier's background loops, `traffic` whether
     this instance serves push traffic (a serving tier's exporter asks),
     `revisions` each decoded schema revision's typed fields (every store projects
-    them: the serving tier keeps JSON in Spanner and projects on export)."""
+    them: the serving tier keeps JSON in Spanner and projects on export), `patches`
+    each change of BigQuery's typed columns that BigQuery refused."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -83,6 +86,7 @@ def open_store(
                 emulator=settings.store.bigquery_query_endpoint or None,
                 observer=observer,
                 revisions=revisions,
+                patches=patches,
             )
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).

@@ -43,6 +43,7 @@ from app.telemetry.metrics import (
     LoopRestarts,
     Metrics,
     PushOutcomes,
+    TypedPatches,
     push_histograms,
 )
 from app.telemetry.reads import ReadDurations
@@ -210,6 +211,10 @@ class Telemetry:
     def export_observer(self) -> ExportMetrics:
         """What the serving tier's exporter is given to report its progress."""
         return ExportMetrics(self.metrics)
+
+    def patch_observer(self) -> TypedPatches:
+        """What the BigQuery store is given to count changes of its typed columns refused."""
+        return TypedPatches(self.metrics)
 
     def loop_observer(self) -> LoopRestarts:
         """What a store is given to count each restart of one of its background loops."""

@@ -164,6 +164,17 @@ class Metrics:
             description="1 while a row BigQuery refused stops the export of its table",
         )
 
+        # Changes of the typed columns of `records` BigQuery refused (permissions,
+        # a field it would not take): each is tried again 30 s later, and the
+        # rows meanwhile go without the new columns (app.store.bigquery.typed).
+        self.typed_patches_refused = 0
+        meter.create_observable_counter(
+            "recordline.typed.patches_refused",
+            callbacks=[self._observe_typed_patches_refused],
+            unit="{patch}",
+            description="Changes of the typed columns BigQuery refused; each is tried again",
+        )
+
         # Background loops of a store started again after a failure, by loop
         # (app.store.tiered.supervisor): any is a bug or an unforeseen error.
         self.loop_restarts: Counter[str] = Counter()
@@ -173,6 +184,9 @@ class Metrics:
             unit="{restart}",
             description="Background loops started again after a failure, by loop",
         )
+
+    def _observe_typed_patches_refused(self, _: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.typed_patches_refused)
 
     def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
         for loop, restarts in list(self.loop_restarts.items()):
@@ -405,6 +419,17 @@ class ExportMetrics:
 
     def watermark(self, table: str, micros: int) -> None:
         self._metrics.export_watermarks[table] = micros
+
+
+class TypedPatches:
+    """The BigQuery store's patch observer: counts each change of its typed columns
+    BigQuery refused (the store logs why)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def refused(self, table: str) -> None:
+        self._metrics.typed_patches_refused += 1
 
 
 class LoopRestarts:

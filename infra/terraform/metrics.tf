@@ -76,6 +76,11 @@ locals {
       kind        = "GAUGE", value = "INT64", unit = "1", labels = ["table"]
       description = "1 while a row BigQuery refused stops the export of its table"
     }
+    # Typed columns: reported by every instance that writes records to BigQuery.
+    "typed.patches_refused" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "{patch}", labels = []
+      description = "Changes of the typed columns BigQuery refused; each is tried again"
+    }
   }
 }
 

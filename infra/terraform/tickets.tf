@@ -77,6 +77,14 @@ locals {
       ```
       Pushes are still acknowledged and readable meanwhile: Spanner holds every row until its deletion policy removes it.
     EOT
+    typed  = <<-EOT
+      Why BigQuery refused, naming the revision and the table (`bq show --schema` it):
+      ```sh
+      ${local.ticket_system}
+      gcloud logging read "resource.type=\"cloud_run_revision\" labels.system=\"$SYSTEM\" severity>=ERROR jsonPayload.message:\"typed columns of\"" --project=${var.project_id} --freshness=1d --limit=5
+      ```
+      Nothing is lost meanwhile: records are stored without the new columns, every value in `data` and named in `projection_errors`.
+    EOT
   }
 
   # [title, the symptom's query (by group), how long it holds, runbook section, what to run]
@@ -94,6 +102,7 @@ locals {
     # epoch until its first export, and a refused row is retried every minute.
     export_lag     = ["export to BigQuery over ${format("%g", var.export_lag_ticket_seconds / 3600)} h behind", "300s", "export-behind", local.ticket_commands.export]
     export_blocked = ["export to BigQuery stopped at a row it cannot append", "300s", "export-blocked", local.ticket_commands.export]
+    typed_refused  = ["BigQuery refuses to add typed columns a schema revision needs", "0s", "typed-columns-refused", local.ticket_commands.typed]
   }
 
   # Each symptom's text, the same for every group: the incident's label names the system.
@@ -115,6 +124,7 @@ locals {
       canary_absent  = symptoms.canary_absent
       export_lag     = symptoms.export_lag
       export_blocked = symptoms.export_blocked
+      typed_refused  = symptoms.typed_refused
     }
   }
 }

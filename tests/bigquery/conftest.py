@@ -9,6 +9,7 @@ from app.records import Record
 from app.settings import QuerySettings, StoreSettings
 from app.store import PageQuery, QueryObserver
 from app.store.bigquery.store import BigQueryStore
+from app.store.bigquery.typed import PatchObserver
 from app.typed.revisions import Revisions
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -28,6 +29,7 @@ async def make_store(
         query: QuerySettings | None = None,
         observer: QueryObserver | None = None,
         revisions: Revisions | None = None,
+        patches: PatchObserver | None = None,
         **overrides: Any,
     ) -> BigQueryStore:
         settings = {
@@ -44,6 +46,7 @@ async def make_store(
             query_endpoint=jobs_fake.endpoint,
             observer=observer,
             revisions=revisions,
+            patches=patches,
         )
         await store.start()
         opened.append(store)

@@ -282,14 +282,21 @@ async def test_a_change_landing_between_read_and_write_is_kept(
     assert len(jobs_fake.table_patches) == 2
 
 
+@pytest.mark.usefixtures("table")
 async def test_a_refused_patch_loses_no_row_and_waits_before_trying_again(
-    open_store: Callable[[Revisions], Any],
+    make_store: Callable[..., Any],
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
 ) -> None:
     revisions = Revisions()
     r1 = revision(revisions, "r1", order())
-    store = await open_store(revisions)
+    refused: list[str] = []
+
+    class Told:
+        def refused(self, table: str) -> None:
+            refused.append(table)
+
+    store = await make_store(revisions=revisions, patches=Told())
     jobs_fake.table_failures.append((403, "accessDenied"))
     outcome = await store.append([stored(order(), {"id": "o-1", "amount": 7}, "m1", r1)])
     assert outcome == [None]
@@ -299,6 +306,7 @@ async def test_a_refused_patch_loses_no_row_and_waits_before_trying_again(
     assert len(jobs_fake.table_patches) == 1
     assert store.typed is not None
     assert store.typed.failures == 1
+    assert refused == [f"{PROJECT}.{DATASET}.records"]  # counted, so an operator is ticketed
     # With no typed columns in the table, the rows are what they were before them.
     rows = await query(
         jobs_fake, f"SELECT id, JSON_VALUE(data, '$.amount') FROM {TABLE} ORDER BY id"

@@ -54,6 +54,7 @@ METRICS = {
         "query.bytes_billed",
         "export.lag",
         "export.blocked",
+        "typed.patches_refused",
     )
 }
 FAST = {"long": "1h", "short": "5m", "rate": 14.4}
@@ -300,7 +301,13 @@ def test_no_alert_documentation_names_the_systems_one_by_one() -> None:
     assert listing.search('${join(", ", local.serving_systems)}')
 
 
-TICKETED = PAGED | {"dead_letters", "bytes_billed", "canary_absent", "export_blocked"}
+TICKETED = PAGED | {
+    "dead_letters",
+    "bytes_billed",
+    "canary_absent",
+    "export_blocked",
+    "typed_refused",
+}
 
 
 def test_each_system_has_a_ticket_for_every_paged_symptom() -> None:
@@ -342,7 +349,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
     assert group["channels"] == ["projects/p/notificationChannels/1"]
     # Tickets, pages and the Spanner CPU ticket: the same for 1 system as for 51.
     policies = len(_locals()["ticket_specs"]) * len(groups) + len(_locals()["pages"]) + 1
-    assert policies == 19
+    assert policies == 20
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = (
         '{ recordline = {}, orders = { ticket_channels = ["projects/p/notificationChannels/9"] } }'

@@ -90,6 +90,7 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
             "canary_absent",
             "export_lag",
             "export_blocked",
+            "typed_refused",
         )
     }
     for slo, speeds in symptoms["burning"].items():

@@ -530,7 +530,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
     from app.telemetry import Telemetry
-    from app.telemetry.metrics import ExportMetrics
+    from app.telemetry.metrics import ExportMetrics, TypedPatches
     from tests.telemetry.conftest import Exported
 
     exported = Exported()
@@ -553,6 +553,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     export.watermark("records", 1_714_219_200_000_000)
     export.exported("records", 3)
     export.blocked("records", "BigQuery refused message 1 of records: too long")
+    TypedPatches(metrics).refused("p.d.records")
     assert telemetry.meter_provider is not None
     telemetry.meter_provider.force_flush()
     data = exported.data

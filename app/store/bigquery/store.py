@@ -64,6 +64,7 @@ from app.store.bigquery.sql import CHECK_SQL, Statements
 from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
 from app.store.bigquery.stream import OffsetStream
 from app.store.bigquery.typed import (
+    PatchObserver,
     TypedTable,
     add_missing_columns,
     typed_columns,
@@ -109,6 +110,7 @@ class BigQueryStore:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         observer: QueryObserver | None = None,
         revisions: Revisions | None = None,
+        patches: PatchObserver | None = None,
     ) -> None:
         self.project = project
         self.dataset = dataset
@@ -146,6 +148,7 @@ class BigQueryStore:
         # the fields it was opened with. Writers replaced by a wider one close
         # in the background.
         self._revisions = revisions
+        self._patches = patches
         self._query_timeout = store.query_timeout_seconds
         self.typed: TypedTable | None = None
         self._typed_writer: tuple[tuple[Field, ...], StorageWriter, RowEncoder] | None = None
@@ -163,11 +166,12 @@ class BigQueryStore:
         emulator: str | None = None,
         observer: QueryObserver | None = None,
         revisions: Revisions | None = None,
+        patches: PatchObserver | None = None,
     ) -> BigQueryStore:
         """The store a `bigquery://PROJECT/DATASET` URL names; `emulator` is a
         `jobs.query` endpoint to send queries to with anonymous credentials;
         `revisions`, where given, the schema revisions records are projected
-        onto typed columns with."""
+        onto typed columns with, `patches` told of each change of them BigQuery refused."""
         match = _URL.fullmatch(url)
         if match is None:
             raise invalid("RECORDLINE_STORE", url, "bigquery://PROJECT/DATASET")
@@ -179,6 +183,7 @@ class BigQueryStore:
             query_endpoint=emulator,
             observer=observer,
             revisions=revisions,
+            patches=patches,
         )
 
     @property
@@ -215,6 +220,7 @@ class BigQueryStore:
                 call=self._queries.call,
                 write_schema=self._write_path_schema,
                 timeout=self._query_timeout,
+                observer=self._patches,
             )
         self._ringer = asyncio.create_task(self._ring_while_wanted(), name="bigquery-bell")
 

@@ -27,7 +27,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from google.api_core.exceptions import GoogleAPIError, PreconditionFailed
 from google.cloud import bigquery
@@ -89,6 +89,13 @@ RETRY_PATCH_SECONDS: Final = 30.0
 _POLL_SECONDS: Final = 0.5
 # Read-modify-write rounds lost to other instances' changes before giving up.
 _PATCH_ROUNDS: Final = 8
+
+
+class PatchObserver(Protocol):
+    """Told of each change of the typed columns BigQuery refused; telemetry counts them
+    (an operator is ticketed), the store logs why."""
+
+    def refused(self, table: str) -> None: ...
 
 
 # The table's schema, both ways
@@ -276,8 +283,10 @@ class TypedTable:
         write_schema: Callable[[], Any],
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        observer: PatchObserver | None = None,
     ) -> None:
         self.table = table  # project.dataset.records
+        self._observer = observer
         self._call = call
         self._timeout = timeout
         self._write_schema = write_schema
@@ -311,6 +320,8 @@ class TypedTable:
                 self.failures += 1
                 self.last_failure = f"{type(exc).__name__}: {exc}"
                 self._refused[revision] = self._clock() + RETRY_PATCH_SECONDS
+                if self._observer is not None:
+                    self._observer.refused(self.table)
                 log.error(
                     "typed columns of %s could not be added to %s (tried again in %g s): %s",
                     revision,

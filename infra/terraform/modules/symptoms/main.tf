@@ -170,6 +170,11 @@ locals {
   export_lag     = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.lag"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.export_lag_threshold_seconds}"
   export_blocked = "label_replace(max by (namespace) (max by (namespace, table) (${local.metric["export.blocked"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
+  # A change of the typed columns BigQuery refused (permissions, a field it will not
+  # take), tried again every 30 s while rows of its revision arrive: records are stored
+  # and exported meanwhile, without the new columns. Any in the last 30 minutes.
+  typed_refused = "label_replace(sum by (namespace) (increase(${local.metric["typed.patches_refused"]}{${local.workload}}[30m])), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
@@ -224,6 +229,11 @@ output "canary_absent" {
 output "export_lag" {
   description = "Systems whose export to BigQuery is further behind now than the threshold, in its furthest-behind table (value: that lag, s)."
   value       = local.export_lag
+}
+
+output "typed_refused" {
+  description = "Systems where BigQuery refused a change of the typed columns in the last 30 minutes (value: how many)."
+  value       = local.typed_refused
 }
 
 output "export_blocked" {
