@@ -328,3 +328,17 @@ async def test_a_release_s_new_column_is_added_by_the_service(
     assert [(c["name"], c["type"], c["mode"]) for c in added] == [
         ("trace_id", "STRING", "NULLABLE")
     ]
+
+
+async def test_a_declared_schema_s_columns_are_there_before_its_first_record(
+    open_store: Callable[[Revisions], Any],
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+) -> None:
+    """A JSON topic's declared schema is known when the service starts: its columns
+    are queryable at once, before any record arrives."""
+    revisions = Revisions()
+    revisions.declare(json.dumps(order(NOTE)))
+    await open_store(revisions)
+    assert set(typed_columns(write_fake)) == {"id", "amount", "note"}
+    assert await query(jobs_fake, f"SELECT fields.note FROM {TABLE}") == []

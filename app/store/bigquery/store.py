@@ -222,6 +222,13 @@ class BigQueryStore:
                 timeout=self._query_timeout,
                 observer=self._patches,
             )
+            declared = self._revisions.declared
+            fields = self._revisions.fields(declared) if declared is not None else None
+            if declared is not None and fields is not None:
+                # A JSON topic's declared schema is known at start: its columns are
+                # in the table before its first record (analysts' queries and views
+                # may name them at once). Never fails the start (see `widen`).
+                await self.typed.widen(declared, fields)
         self._ringer = asyncio.create_task(self._ring_while_wanted(), name="bigquery-bell")
 
     async def _own_columns(self) -> None:
