@@ -1,39 +1,63 @@
 """What a one-field query costs on BigQuery: a typed column against JSON_VALUE over `data`.
 
     python3 dev.py bench typedcost [--rate 100] [--days 30] [--payload-bytes 1024]
+                                   [--stored-per-day 1440]
 
 An analyst sums one field over a month of records, either way:
 
     SELECT SUM(CAST(JSON_VALUE(data, '$.amount') AS NUMERIC)) FROM records
-    WHERE ingest_time >= @month_start                      -- JSON: reads `data`
+    WHERE ingest_time >= @month_start AND ingest_time < @month_end   -- reads `data`
     SELECT SUM(fields.amount) FROM records
-    WHERE ingest_time >= @month_start                      -- typed: reads one leaf
+    WHERE ingest_time >= @month_start AND ingest_time < @month_end   -- reads one leaf
 
-Payloads of `--payload-bytes` JSON (an order with an `amount` and a padded
-note) are decoded and projected by the real mapping (app.typed) onto their
-Avro schema's fields, and each row's bytes are sized by the billing model of
-`tests/bigquery/billing.py` (`value_size`, `billed`: BigQuery's data type
-sizes, whole MiB per table, 10 MiB minimum). Not through the jobs.query fake:
-its tables have no RECORD columns yet, so the two queries' referenced columns
-are sized here, with one assumption of this model stated: BigQuery stores a
-RECORD's fields as columns of their own (Dremel's columnar nesting) and bills
-only the leaves a query references, so `fields.amount` is 16 bytes a row
-(NUMERIC's documented size), not the whole RECORD.
+Both run through the real `bigquery.Client` against the jobs.query fake
+(`tests/bigquery/fake_jobs.py`), which runs them on DuckDB and bills them by
+`tests/bigquery/billing.py` (its docstring states the model: BigQuery's data
+type sizes, only the referenced columns and RECORD leaves, partition pruning,
+whole MiB per table with a 10 MiB minimum).
 
-Prints bytes billed and dollars for each query, and the ratio (goal: typed ≤ 1/10).
+The table is `records` as Terraform creates it plus the typed columns the
+service adds (`fields`, `projection_errors`), holding a month-shaped stream
+(`tests/bigquery/stream.py`: publish times, trace context, 0.1% redeliveries)
+whose payloads are `--payload-bytes` of JSON (an order with an `amount` and a
+padded note), each projected onto its Avro schema's fields by the real code
+(`app.store.bigquery.typed`), as the store writes them. Scaled down: the
+table stores `--stored-per-day` rows a day, each standing for
+`rate * 86,400 / stored-per-day` rows (the billing model's row weight).
+
+Prints, for each query, the bytes processed as the client's result reports
+them (`total_bytes_processed`) and the bytes billed as the `jobs.query`
+response carries them (`totalBytesBilled`, read off the wire: the client's
+result does not keep it), with dollars; then the ratio typed / JSON (goal ≤ 0.1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
-import msgspec
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
 
-from app.records import Kind
-from app.typed.mapping import Type, avro_fields
-from app.typed.projection import project
-from tests.bigquery.billing import DOLLARS_PER_TIB, MIB, billed, value_size
+from app.records import TABLES, columns
+from app.store.bigquery.typed import (
+    ERRORS,
+    ERRORS_FIELD,
+    FIELDS,
+    column_of,
+    error_values,
+    proto_values,
+)
+from app.typed.mapping import Field, Type, avro_fields
+from app.typed.projection import project_stored
+from tests.bigquery.billing import DOLLARS_PER_TIB, MIB, BillingModel
+from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.bigquery.stream import DAY, NOW, SECOND, make_stream
 
 SCHEMA = {
     "type": "record",
@@ -47,10 +71,23 @@ SCHEMA = {
         {"name": "note", "type": "string"},
     ],
 }
-# https://cloud.google.com/bigquery/pricing#data_type_sizes: NUMERIC 16 bytes,
-# BIGNUMERIC 32, FLOAT64 and INT64 8.
-_TYPED_SIZES = {Type.NUMERIC: 16, Type.BIGNUMERIC: 32, Type.FLOAT64: 8, Type.INT64: 8}
-_SAMPLES = 1000
+PROJECT, DATASET = "bench-project", "recordline"
+TABLE = f"projects/{PROJECT}/datasets/{DATASET}/tables/records"
+REVISION = f"projects/{PROJECT}/schemas/orders@r1"
+RECORDS_JSON = (
+    Path(__file__).resolve().parents[1] / "infra/terraform/modules/system/schemas/records.json"
+)
+BLOCK_ROWS = 100_000
+_WHERE = "ingest_time >= TIMESTAMP_MICROS(@start) AND ingest_time < TIMESTAMP_MICROS(@end)"
+QUERIES = {
+    "JSON_VALUE(data, '$.amount')": (
+        "SELECT SUM(CAST(JSON_VALUE(data, '$.amount') AS NUMERIC)) AS total "
+        f"FROM `{PROJECT}.{DATASET}.records` WHERE {_WHERE}"
+    ),
+    "fields.amount": (
+        f"SELECT SUM(fields.amount) AS total FROM `{PROJECT}.{DATASET}.records` WHERE {_WHERE}"
+    ),
+}
 
 
 def payload(n: int, size: int) -> str:
@@ -61,39 +98,146 @@ def payload(n: int, size: int) -> str:
     return json.dumps(order, separators=(",", ":"))
 
 
+def table_schema(fields: tuple[Field, ...]) -> list[dict[str, Any]]:
+    """`records` as Terraform creates it, and the typed columns the store adds."""
+    own: list[dict[str, Any]] = json.loads(RECORDS_JSON.read_text())
+    typed = [
+        column_of(Field(name=FIELDS, type=Type.RECORD, fields=fields)),
+        column_of(ERRORS_FIELD),
+    ]
+    return [*own, *(c.to_api_repr() for c in typed)]
+
+
+def month(
+    rate: int, days: int, stored_per_day: int, size: int, fields: tuple[Field, ...]
+) -> tuple[list[dict[str, Any]], int]:
+    """A month-shaped stream's stored rows with typed columns, and each row's weight."""
+    stream = make_stream(rate, days, stored_per_day=stored_per_day)
+    rows = []
+    for n, record in enumerate(stream.records):
+        data = payload(n, size)
+        projection = project_stored(data, fields, REVISION)
+        assert projection.errors == [], projection.errors
+        rows.append(
+            {
+                **record,
+                "data": data,
+                "schema": REVISION,
+                FIELDS: proto_values(projection.values, fields),
+                ERRORS: error_values(projection.errors),
+            }
+        )
+    return rows, stream.weight
+
+
+class Measured:
+    def __init__(self, processed: int, billed: int, total: Decimal, seconds: float) -> None:
+        self.processed, self.billed, self.total, self.seconds = processed, billed, total, seconds
+
+    @property
+    def dollars(self) -> float:
+        return self.billed / (1 << 40) * DOLLARS_PER_TIB
+
+
+def run(client: bigquery.Client, jobs: FakeBigQueryJobs, sql: str, days: int) -> Measured:
+    config = bigquery.QueryJobConfig(
+        query_parameters=[
+            bigquery.ScalarQueryParameter("start", "INT64", NOW - days * DAY),
+            bigquery.ScalarQueryParameter("end", "INT64", NOW + SECOND),
+        ]
+    )
+    started = time.perf_counter()
+    rows = client.query_and_wait(sql, job_config=config)
+    (total,) = [Decimal(str(row["total"])) for row in rows]
+    seconds = time.perf_counter() - started
+    processed = rows.total_bytes_processed
+    # Billed as the fake answered it (`totalBytesBilled`): the client's fast path
+    # keeps only the bytes processed, so it is read from the fake's own record.
+    bill = jobs.queries[-1].bill
+    assert processed is not None
+    assert bill is not None
+    assert bill.bytes_processed == processed, (bill, processed)
+    return Measured(processed, bill.bytes_billed, total, seconds)
+
+
+def measure(
+    rate: int, days: int, stored_per_day: int, size: int
+) -> tuple[int, dict[str, Measured]]:
+    fields = avro_fields(SCHEMA)
+    rows, weight = month(rate, days, stored_per_day, size, fields)
+    write = FakeBigQueryWrite()  # holds the table; nothing is appended through it
+    write.define(TABLE, table_schema(fields))
+    write.tables[TABLE] = rows
+    model = BillingModel(
+        layouts=LAYOUTS,
+        kinds={t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()},
+        block_rows=BLOCK_ROWS,
+        row_weight=weight,
+        clock=lambda: NOW / SECOND,
+    )
+    jobs = FakeBigQueryJobs(write, project=PROJECT, dataset=DATASET, billing=model)
+    jobs.start()
+    client = bigquery.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": jobs.endpoint},
+        default_job_creation_mode="JOB_CREATION_OPTIONAL",
+    )
+    try:
+        found = {name: run(client, jobs, sql, days) for name, sql in QUERIES.items()}
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+        jobs.stop()
+    # Both queries summed the same amounts.
+    json_total, typed_total = (m.total for m in found.values())
+    assert json_total == typed_total, (json_total, typed_total)
+    return weight, found
+
+
+def size(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", MIB)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,} B"
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bench typedcost", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bench typedcost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rate", type=int, default=100, help="messages a second")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--payload-bytes", type=int, default=1024)
-    args = parser.parse_args(argv)
-    rows = args.rate * 86_400 * args.days
-    fields = avro_fields(SCHEMA)
-    amount = next(f for f in fields if f.name == "amount")
-    # Sizes of a sample of rows, the typed value projected by the real code.
-    json_bytes = typed_bytes = 0
-    for n in range(_SAMPLES):
-        data = payload(n, args.payload_bytes)
-        projection = project(msgspec.json.decode(data), fields, "bench@1")
-        assert projection.errors == [], projection.errors
-        stamp = value_size(Kind.TIMESTAMP, 0)  # ingest_time, the month's filter
-        json_bytes += value_size(Kind.JSON, data) + stamp
-        typed = 0 if projection.values["amount"] is None else _TYPED_SIZES[amount.type]
-        typed_bytes += typed + stamp
-    scale = rows / _SAMPLES
-    bills = {
-        "JSON_VALUE(data, '$.amount')": billed({"records": round(json_bytes * scale)}),
-        f"fields.amount ({amount.type})": billed({"records": round(typed_bytes * scale)}),
-    }
-    print(
-        f"one-field query over {args.days} days at {args.rate} msg/s "
-        f"({rows:,} rows of {args.payload_bytes}-byte payloads), on demand at "
-        f"${DOLLARS_PER_TIB}/TiB:"
+    parser.add_argument(
+        "--stored-per-day",
+        type=int,
+        default=1440,
+        help="rows stored a day; each stands for rate * 86,400 / this many",
     )
-    for name, bill in bills.items():
-        dollars = bill / (1 << 40) * DOLLARS_PER_TIB
-        print(f"  {name:<32} {bill / MIB:>12,.0f} MiB  ${dollars:,.4f}")
-    json_bill, typed_bill = bills.values()
-    ratio = typed_bill / json_bill
-    print(f"  typed / JSON: {ratio:.3f} (goal ≤ 0.100: {'met' if ratio <= 0.1 else 'NOT met'})")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    weight, found = measure(args.rate, args.days, args.stored_per_day, args.payload_bytes)
+    rows = args.rate * 86_400 * args.days
+    print(
+        f"one-field query over {args.days} days at {args.rate} msg/s ({rows:,} rows of "
+        f"{args.payload_bytes}-byte payloads), through bigquery.Client to the jobs.query fake;\n"
+        f"scale: {args.stored_per_day:,} rows stored a day, each standing for {weight:,} rows; "
+        f"on demand at ${DOLLARS_PER_TIB}/TiB:"
+    )
+    print(f"  {'query':<30} {'processed':>12} {'billed':>12} {'billed, bytes':>19} {'$':>9}")
+    for name, m in found.items():
+        print(
+            f"  {name:<30} {size(m.processed):>12} {size(m.billed):>12} "
+            f"{m.billed:>19,} {m.dollars:>9,.4f}"
+        )
+    json_m, typed_m = found.values()
+    ratio = typed_m.billed / json_m.billed
+    print(
+        f"  typed / JSON billed: {ratio:.3f} "
+        f"(goal ≤ 0.100: {'met' if ratio <= 0.1 else 'NOT met'}); "
+        f"both summed {typed_m.total.normalize():,} over the stored rows; "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return 0

@@ -15,6 +15,20 @@ partitioned tables, clustered tables, search indexes):
   partitions and blocks it cannot prune, whatever its LIMIT; then rounded up
   to a whole MiB per table referenced, with a minimum of 10 MiB per table
   referenced. (A query that references no table is billed nothing.)
+- Nested and repeated columns: each leaf of a RECORD (STRUCT) is a column of
+  its own. A STRUCT is "0 logical bytes + the size of the contained fields"
+  and an ARRAY "0 logical bytes + the size of the contained elements" (the
+  pricing page's data type sizes), and a query is billed for the columns it
+  reads: `fields.amount` bills that one leaf, `fields.lines[OFFSET(0)].qty`
+  the `qty` leaf of every element, and `fields` (or `fields.*`, or `*`) every
+  leaf of the RECORD. (https://cloud.google.com/bigquery/pricing#data_type_sizes;
+  "On-demand query size calculation" in
+  https://cloud.google.com/bigquery/docs/estimate-costs; Tigani & Naidu,
+  *Google BigQuery Analytics*, ch. 7, table 7.3: a RECORD itself costs
+  nothing, each field referenced inside it counts as any column does.)
+  A leaf is sized by its type in the table's schema where the query's schema
+  gives it (NUMERIC 16 bytes, BIGNUMERIC 32, DATE/TIME/DATETIME 8, ...),
+  else by its Python value.
 - Partitions (DAY, on one TIMESTAMP column) are pruned only by filters on the
   partition column alone compared with a constant expression (query
   parameters count as constants): `col op constant`, `BETWEEN`, `IN`. A
@@ -47,8 +61,9 @@ Assumptions of this model (not documented by Google):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +76,8 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from app.records import Kind
 
 MIB = 1 << 20
+# A column as a query reads it: its name, then the fields into a RECORD, if any.
+Path = tuple[str, ...]
 MINIMUM_PER_TABLE = 10 * MIB
 DAY_MICROS = 86_400_000_000
 # On-demand price per TiB in most regions (US multi-region), for dollars.
@@ -121,6 +138,82 @@ def nested_size(value: Any) -> int:
         case list():
             return sum(nested_size(v) for v in value)
     raise ValueError(f"no size for {type(value).__name__}")
+
+
+_T = exp.DataType.Type
+# Logical bytes of the fixed-size types (pricing: data type sizes).
+_FIXED_SIZES = {
+    _T.BIGINT: 8,
+    _T.INT: 8,
+    _T.DOUBLE: 8,
+    _T.FLOAT: 8,
+    _T.TIMESTAMPTZ: 8,
+    _T.TIMESTAMP: 8,
+    _T.DATETIME: 8,
+    _T.DATE: 8,
+    _T.TIME: 8,
+    _T.BOOLEAN: 1,
+    _T.DECIMAL: 16,
+    _T.BIGDECIMAL: 32,
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def data_type(text: str) -> exp.DataType:
+    """A column's type as a query's schema spells it (`STRUCT<amount NUMERIC, ...>`)."""
+    return exp.DataType.build(text, dialect="bigquery")
+
+
+def _member(kind: exp.DataType | None, name: str) -> exp.DataType | None:
+    """The type of field `name` of a STRUCT type; None if unknown."""
+    if kind is None or kind.this != _T.STRUCT:
+        return None
+    for member in kind.expressions:
+        if member.name == name and isinstance(member.args.get("kind"), exp.DataType):
+            found: exp.DataType = member.args["kind"]
+            return found
+    return None
+
+
+def _item(kind: exp.DataType | None) -> exp.DataType | None:
+    """The element type of an ARRAY type; None if unknown."""
+    if kind is None or kind.this != _T.ARRAY or not kind.expressions:
+        return None
+    found = kind.expressions[0]
+    return found if isinstance(found, exp.DataType) else None
+
+
+def typed_size(kind: exp.DataType | None, value: Any) -> int:
+    """A value's size by its column's type: a STRUCT is the sum of its fields, an
+    ARRAY of its elements; by its Python value where the type is unknown."""
+    if value is None:
+        return 0
+    if kind is None:
+        return nested_size(value)
+    if kind.this == _T.ARRAY:
+        return sum(typed_size(_item(kind), v) for v in value)
+    if kind.this == _T.STRUCT:
+        return sum(typed_size(_member(kind, name), v) for name, v in value.items())
+    if kind.this == _T.JSON:
+        return len(value.encode()) if isinstance(value, str) else len(value)
+    fixed = _FIXED_SIZES.get(kind.this)
+    # STRING and BYTES, 2 + their length, as their values are sized.
+    return fixed if fixed is not None else nested_size(value)
+
+
+def path_size(kind: exp.DataType | None, value: Any, path: Path) -> int:
+    """The size of the leaves at `path` inside `value` (of type `kind`): through
+    every element of an ARRAY, and the whole value where `path` ends."""
+    if value is None:
+        return 0
+    if not path:
+        return typed_size(kind, value)
+    if isinstance(value, list):
+        return sum(path_size(_item(kind), v, path) for v in value)
+    if isinstance(value, dict):
+        return path_size(_member(kind, path[0]), value.get(path[0]), path[1:])
+    # A field of a scalar (a JSON value's member): the column is read whole.
+    return typed_size(kind, value)
 
 
 def billed(bytes_by_table: Mapping[str, int]) -> int:
@@ -238,6 +331,7 @@ def _filters(scope: Scope, alias: str, evaluate: _Evaluator) -> dict[str, _Range
     ranges: dict[str, _Range] = {}
 
     def own(node: exp.Expression) -> str | None:
+        # A column itself; a field of a RECORD (`fields.amount`) is not.
         if isinstance(node, exp.Column) and node.table == alias:
             return node.name
         return None
@@ -292,8 +386,8 @@ class _Block:
     first: tuple[Any, ...] = ()
     last: tuple[Any, ...] = ()
     indexed: dict[str, set[Any]] = dataclasses.field(default_factory=dict)
-    # Bytes of each column over the block's rows, summed once.
-    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Bytes of each column (or RECORD leaf) over the block's rows, summed once.
+    sizes: dict[Path, int] = dataclasses.field(default_factory=dict)
 
 
 def _sort_key(columns: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -384,7 +478,7 @@ class BillingModel:
         kinds = self.kinds.get(table, {})
         for block in found:
             block.sizes = {
-                column: sum(value_size(kind, row[column]) for row in block.rows)
+                (column,): sum(value_size(kind, row[column]) for row in block.rows)
                 for column, kind in kinds.items()
             }
         self._cache[table] = (key, found)
@@ -401,7 +495,8 @@ class BillingModel:
 
         `tables(name)` gives a table's rows; `schema` is sqlglot's nested
         mapping (project -> dataset -> table -> column -> type) used to expand
-        `*` and resolve unqualified columns.
+        `*` and resolve unqualified columns, and to size the leaves of a
+        RECORD column (a `STRUCT<...>` or `ARRAY<...>` type there).
         """
         tree = sqlglot.parse_one(sql, read="bigquery")
         tree = _substitute(tree, params)
@@ -420,9 +515,12 @@ class BillingModel:
                     continue
                 if table not in self.kinds:
                     continue
-                referenced = _referenced(scope, alias)
+                kinds = self.kinds[table]
+                referenced = _covering(_referenced(scope, alias), kinds)
+                types = _column_types(schema, source)
                 filters = _filters(scope, alias, self._evaluate)
-                scans.append((table, self._scan(table, tables(table), referenced, filters)))
+                scanned = self._scan(table, tables(table), referenced, filters, types)
+                scans.append((table, scanned))
         per_table: dict[str, int] = {}
         for table, scanned in scans:
             per_table[table] = per_table.get(table, 0) + scanned
@@ -436,8 +534,9 @@ class BillingModel:
         self,
         table: str,
         rows: Sequence[dict[str, Any]],
-        referenced: set[str],
+        referenced: set[Path],
         filters: Mapping[str, _Range],
+        types: Mapping[str, exp.DataType],
     ) -> int:
         layout = self.layouts.get(table, Layout())
         total = 0
@@ -449,16 +548,18 @@ class BillingModel:
                     continue
             if block.clustered and not self._block_survives(block, layout, filters):
                 continue
-            total += sum(self._size(block, column) for column in referenced)
+            total += sum(self._size(block, path, types) for path in referenced)
         return total * self.row_weight
 
     @staticmethod
-    def _size(block: _Block, column: str) -> int:
-        if column not in block.sizes:
-            # A column no Record has (a RECORD of typed fields): billed whole, every
-            # leaf by its type's size, even where the query names one of them.
-            block.sizes[column] = sum(nested_size(row.get(column)) for row in block.rows)
-        return block.sizes[column]
+    def _size(block: _Block, path: Path, types: Mapping[str, exp.DataType]) -> int:
+        if path not in block.sizes:
+            # A column no Record has (a RECORD of typed fields), or a leaf of
+            # one: only the leaves the path reaches, each by its type's size.
+            column, inner = path[0], path[1:]
+            kind = types.get(column)
+            block.sizes[path] = sum(path_size(kind, row.get(column), inner) for row in block.rows)
+        return block.sizes[path]
 
     @staticmethod
     def _block_survives(block: _Block, layout: Layout, filters: Mapping[str, _Range]) -> bool:
@@ -483,18 +584,59 @@ class BillingModel:
         return True
 
 
-def _referenced(scope: Scope, alias: str) -> set[str]:
-    """Columns of `alias` that the query reads: in its scope, or correlated from below."""
-    names = {c.name for c in scope.columns if c.table == alias}
+def _referenced(scope: Scope, alias: str) -> set[Path]:
+    """Columns of `alias` that the query reads, in its scope or correlated from
+    below: each as far into a RECORD as the query names it."""
+    paths = {_path(c) for c in scope.columns if c.table == alias}
     for child in scope.traverse():
         if child is scope:
             continue
-        names |= {
-            c.name
+        paths |= {
+            _path(c)
             for c in child.external_columns
             if c.table == alias and alias not in child.sources
         }
-    return names
+    return paths
+
+
+def _path(column: exp.Column) -> Path:
+    """`r.fields.lines[OFFSET(0)].qty` reads ("fields", "lines", "qty"): the
+    fields named after a column, through any subscript of a repeated one. A
+    `.*` or anything else ends the path (`fields.*` reads all of `fields`)."""
+    path = [column.name]
+    node: exp.Expression = column
+    while (parent := node.parent) is not None:
+        if isinstance(parent, exp.Bracket) and parent.this is node:
+            node = parent
+        elif (
+            isinstance(parent, exp.Dot)
+            and parent.this is node
+            and isinstance(parent.expression, exp.Identifier)
+        ):
+            path.append(parent.expression.name)
+            node = parent
+        else:
+            break
+    return tuple(path)
+
+
+def _covering(paths: set[Path], scalar: Collection[str]) -> set[Path]:
+    """Each column read once: a path into a column that is not a RECORD (a JSON
+    member) reads the column, and a RECORD read whole covers its leaves."""
+    whole = {p[:1] if p[0] in scalar else p for p in paths}
+    return {p for p in whole if not any(p[:n] in whole for n in range(1, len(p)))}
+
+
+def _column_types(schema: Mapping[str, Any], table: exp.Table) -> dict[str, exp.DataType]:
+    """The types `schema` gives a table's columns, by name."""
+    found: Any = schema
+    for part in (table.catalog, table.db, table.name):
+        if not isinstance(found, Mapping) or part not in found:
+            return {}
+        found = found[part]
+    if not isinstance(found, Mapping):
+        return {}
+    return {column: data_type(text) for column, text in found.items() if isinstance(text, str)}
 
 
 def _literal(value: Any) -> exp.Expression:

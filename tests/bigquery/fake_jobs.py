@@ -319,7 +319,11 @@ class FakeBigQueryJobs:
             self.project: {
                 self.dataset: {
                     **{
-                        table: {c.name: c.kind.value for c in columns(row_type)}
+                        table: {
+                            **{c.name: c.kind.value for c in columns(row_type)},
+                            # Typed columns by type, so a query bills the leaves it names.
+                            **{f["name"]: _sql_type(f) for f in self._typed_columns(table)},
+                        }
                         for table, row_type in TABLES.items()
                     },
                     PARTITIONS_VIEW: PARTITIONS_COLUMNS,
@@ -425,6 +429,19 @@ def _duckdb_type(field: dict[str, Any]) -> str:
     else:
         base = _NESTED_TYPES[field["type"]][0]
     return f"{base}[]" if field.get("mode") == "REPEATED" else base
+
+
+def _sql_type(field: dict[str, Any]) -> str:
+    """A column of the table's schema as GoogleSQL spells its type (`STRUCT<...>`)."""
+    if field["type"] in ("RECORD", "STRUCT"):
+        inner = ", ".join(f"`{f['name']}` {_sql_type(f)}" for f in field["fields"])
+        base = f"STRUCT<{inner}>"
+    else:
+        base = _SQL_NAMES.get(field["type"], field["type"])
+    return f"ARRAY<{base}>" if field.get("mode") == "REPEATED" else base
+
+
+_SQL_NAMES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
 
 
 def _arrow_type(field: dict[str, Any]) -> pa.DataType:

@@ -3,6 +3,7 @@ clustering and search-index documentation, one worked example each."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -206,3 +207,149 @@ def test_maximum_bytes_billed_through_the_real_client(jobs_fake: Any, limit: int
         rows = client.query_and_wait(sql, job_config=config)
         assert rows.total_bytes_processed == 0
     assert jobs_fake.queries[-1].bill.bytes_billed == 10 * MIB
+
+
+# A table with typed columns: `fields` a RECORD (one nested two levels deep, one
+# repeated), `data` the same payload as JSON text.
+ORDER_TYPE = (
+    "STRUCT<amount NUMERIC, note STRING, "
+    "buyer STRUCT<name STRING, address STRUCT<city STRING, zip STRING>>, "
+    "lines ARRAY<STRUCT<sku STRING, qty INT64>>>"
+)
+ORDER_KINDS = {"orders": {"ts": Kind.TIMESTAMP, "data": Kind.JSON}}
+ORDER_SCHEMA = {"p": {"d": {"orders": {"ts": "TIMESTAMP", "data": "JSON", "fields": ORDER_TYPE}}}}
+NOTE = "n" * 100  # 102 bytes
+CITY = "Lisboa"  # 8 bytes
+ZIP = "1000-001"  # 10 bytes
+NAME = "Ana"  # 5 bytes
+LINES = [{"sku": "a", "qty": 1}, {"sku": "bb", "qty": 2}]  # sku 3 + 4, qty 8 + 8
+# Every leaf of one row's `fields`: NUMERIC 16, note, name, city, zip, lines.
+WHOLE = 16 + 102 + 5 + 8 + 10 + (3 + 8) + (4 + 8)
+
+
+def orders(days: int, per_day: int) -> list[dict[str, Any]]:
+    out = []
+    for day in range(days):
+        for i in range(per_day):
+            fields = {
+                "amount": f"{i}.50",
+                "note": NOTE,
+                "buyer": {"name": NAME, "address": {"city": CITY, "zip": ZIP}},
+                "lines": LINES,
+            }
+            out.append({"ts": T0 + day * DAY + i, "data": '{"amount":"1.50"}', "fields": fields})
+    return out
+
+
+def order_bill(sql: str, data: list[dict[str, Any]], **params: Any) -> Bill:
+    m = BillingModel(
+        layouts={"orders": Layout(partition="ts")},
+        kinds=ORDER_KINDS,
+        clock=lambda: LONG_AGO / 1_000_000,
+    )
+    return m.bill(sql, params, lambda t: data if t == "orders" else [], ORDER_SCHEMA)
+
+
+def test_one_leaf_of_a_record_bills_that_leaf_only() -> None:
+    data = orders(1, 1000)
+    leaf = order_bill("SELECT fields.amount FROM `p.d.orders`", data)
+    whole = order_bill("SELECT fields FROM `p.d.orders`", data)
+    # NUMERIC is 16 bytes, whatever its digits; the RECORD is every leaf.
+    assert leaf.bytes_processed == 1000 * 16
+    assert whole.bytes_processed == 1000 * WHOLE
+    assert leaf.bytes_processed < whole.bytes_processed
+    # Two leaves, the same one twice, and a leaf with its whole RECORD.
+    two = order_bill("SELECT SUM(fields.amount), MAX(fields.note) FROM `p.d.orders`", data)
+    assert two.bytes_processed == 1000 * (16 + 102)
+    again = order_bill("SELECT fields.amount FROM `p.d.orders` WHERE fields.amount > 1", data)
+    assert again.bytes_processed == 1000 * 16
+    both = order_bill("SELECT fields, fields.amount FROM `p.d.orders`", data)
+    assert both.bytes_processed == 1000 * WHOLE
+    # The minimum per table still applies to a query of one small leaf.
+    assert leaf.bytes_billed == 10 * MIB
+
+
+def test_a_record_referenced_whole_bills_every_leaf() -> None:
+    data = orders(1, 100)
+    for sql in (
+        "SELECT fields FROM `p.d.orders`",
+        "SELECT o.fields FROM `p.d.orders` AS o",
+        "SELECT fields.* FROM `p.d.orders`",
+        "SELECT TO_JSON_STRING(fields) FROM `p.d.orders`",
+    ):
+        assert order_bill(sql, data).bytes_processed == 100 * WHOLE, sql
+    star = order_bill("SELECT * FROM `p.d.orders`", data)
+    assert star.bytes_processed == 100 * (8 + 17 + WHOLE)
+
+
+def test_nested_leaves_bill_as_deep_as_the_query_names_them() -> None:
+    data = orders(1, 100)
+    city = order_bill("SELECT fields.buyer.address.city FROM `p.d.orders`", data)
+    assert city.bytes_processed == 100 * 8
+    address = order_bill("SELECT o.fields.buyer.address FROM `p.d.orders` AS o", data)
+    assert address.bytes_processed == 100 * (8 + 10)
+    buyer = order_bill("SELECT fields.buyer FROM `p.d.orders`", data)
+    assert buyer.bytes_processed == 100 * (5 + 8 + 10)
+    # A leaf of a repeated RECORD: that leaf of every element, whichever is picked.
+    qty = order_bill("SELECT fields.lines[OFFSET(1)].qty FROM `p.d.orders`", data)
+    assert qty.bytes_processed == 100 * (8 + 8)
+    lines = order_bill("SELECT ARRAY_LENGTH(fields.lines) FROM `p.d.orders`", data)
+    assert lines.bytes_processed == 100 * (3 + 8 + 4 + 8)
+
+
+def test_a_leaf_of_a_record_is_pruned_by_partition_like_any_column() -> None:
+    data = orders(10, 100)
+    sql = (
+        "SELECT SUM(fields.amount) FROM `p.d.orders` "
+        "WHERE ts >= TIMESTAMP_MICROS(@a) AND ts < TIMESTAMP_MICROS(@b)"
+    )
+    week = order_bill(sql, data, a=T0 + 2 * DAY, b=T0 + 9 * DAY)
+    # Seven days of the leaf, and of `ts` read to filter.
+    assert week.bytes_processed == 7 * 100 * (16 + 8)
+    json = order_bill(
+        "SELECT SUM(CAST(JSON_VALUE(data, '$.amount') AS NUMERIC)) FROM `p.d.orders` "
+        "WHERE ts >= TIMESTAMP_MICROS(@a) AND ts < TIMESTAMP_MICROS(@b)",
+        data,
+        a=T0 + 2 * DAY,
+        b=T0 + 9 * DAY,
+    )
+    assert json.bytes_processed == 7 * 100 * (17 + 8)
+
+
+def test_the_jobs_fake_bills_typed_leaves_through_the_real_client(jobs_fake: Any) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    from app.records import Record, columns
+
+    table = "projects/fake-project/datasets/recordline/tables/records"
+    own = [{"name": c.name, "type": c.kind.value, "mode": "NULLABLE"} for c in columns(Record)]
+    typed = {
+        "name": "fields",
+        "type": "RECORD",
+        "mode": "NULLABLE",
+        "fields": [
+            {"name": "amount", "type": "NUMERIC", "mode": "NULLABLE"},
+            {"name": "note", "type": "STRING", "mode": "NULLABLE"},
+        ],
+    }
+    jobs_fake.write.define(table, [*own, typed])
+    row = {c.name: None for c in columns(Record)}
+    jobs_fake.write.tables[table] = [
+        {**row, "message_id": f"m{n}", "ingest_time": T0 + n, "id": f"o{n}", "data": "{}"}
+        | {"fields": {"amount": "1.25", "note": NOTE}}
+        for n in range(100)
+    ]
+    client = bigquery.Client(
+        project="fake-project",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": jobs_fake.endpoint},
+        default_job_creation_mode="JOB_CREATION_OPTIONAL",
+    )
+    records = "`fake-project.recordline.records`"
+    leaf = client.query_and_wait(f"SELECT SUM(fields.amount) FROM {records}")
+    # (The fake answers a DECIMAL as its text.)
+    assert [Decimal(r[0]) for r in leaf] == [Decimal(125)]
+    assert leaf.total_bytes_processed == 100 * 16
+    whole = client.query_and_wait(f"SELECT fields FROM {records}")
+    assert whole.total_bytes_processed == 100 * (16 + 102)
