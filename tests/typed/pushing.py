@@ -34,15 +34,21 @@ def proto(body: str) -> str:
     return f'syntax = "proto3";\nmessage Order {{ {body} }}\n'
 
 
-def avro_push(n: int, revision: str, fields: list[dict[str, Any]], message: dict[str, Any]) -> Push:
-    """Message `n` in revision `revision`'s binary encoding, as its publisher's Avro
-    encoder writes it: the revision's fields only."""
+def avro_push(
+    n: int,
+    revision: str,
+    fields: list[dict[str, Any]],
+    message: dict[str, Any],
+    schema: str = SCHEMA,
+) -> Push:
+    """Message `n` in revision `revision` (of `schema`)'s binary encoding, as its
+    publisher's Avro encoder writes it: the revision's fields only."""
     declared = {f["name"] for f in fields}
     datum = {k: v for k, v in message.items() if k in declared}
     out = io.BytesIO()
     fastavro.schemaless_writer(out, fastavro.parse_schema(order(fields)), datum)
     attributes = {
-        "googclient_schemaname": SCHEMA,
+        "googclient_schemaname": schema,
         "googclient_schemarevisionid": revision,
         "googclient_schemaencoding": "BINARY",
     }
@@ -50,10 +56,13 @@ def avro_push(n: int, revision: str, fields: list[dict[str, Any]], message: dict
     return Push(body, message["id"], avro_stored(order(fields), datum))
 
 
-def protobuf_push(n: int, revision: str, definition: str, message: dict[str, Any]) -> Push:
-    """Message `n` (given in the proto3 JSON mapping) in revision `revision`'s JSON encoding."""
+def protobuf_push(
+    n: int, revision: str, definition: str, message: dict[str, Any], schema: str = SCHEMA
+) -> Push:
+    """Message `n` (given in the proto3 JSON mapping) in revision `revision` (of
+    `schema`)'s JSON encoding."""
     attributes = {
-        "googclient_schemaname": SCHEMA,
+        "googclient_schemaname": schema,
         "googclient_schemarevisionid": revision,
         "googclient_schemaencoding": "JSON",
     }
