@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.typed.projection import Projection
+from app.typed.projection import Projection, ProjectionError
 
 
 def unaccounted(payload: Any, projection: Projection) -> list[str]:
@@ -57,3 +57,16 @@ def _missing(value: Any, typed: Any, path: str, errors: list[str]) -> list[str]:
             j += 1
         return found
     return [path] if typed is None else []
+
+
+def unaccounted_row(payload: Any, fields: Any, errors: Any) -> list[str]:
+    """`unaccounted` of a stored row as a query reads it: its `fields` (a dict, or
+    None) and its `projection_errors` (dicts of `field`, `reason`, `revision`)."""
+    projection = Projection(
+        values=fields or {},
+        errors=[
+            ProjectionError(field=e["field"], reason=e["reason"], revision=e.get("revision"))
+            for e in errors or []
+        ],
+    )
+    return unaccounted(payload, projection)

@@ -14,7 +14,6 @@ queryable as soon as its first record is.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,21 +21,26 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import fastavro
 import httpx
 import msgspec
 import pytest
 
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
-from app.typed.projection import Projection, ProjectionError
 from app.typed.revisions import Revisions
-from tests.conftest import envelope, served, settings
+from tests.conftest import served, settings
 from tests.fake_schema_api import FakeSchemaApi
-from tests.typed.accounting import unaccounted
-from tests.typed.test_drift import CHANGES, PROTO_CHANGES, _schema
-
-SCHEMA = "projects/shop/schemas/orders"
+from tests.typed.accounting import unaccounted_row
+from tests.typed.pushing import (
+    SCHEMA,
+    avro_push,
+    json_push,
+    order,
+    proto,
+    protobuf_push,
+    pushed,
+)
+from tests.typed.test_drift import CHANGES, PROTO_CHANGES
 
 
 @asynccontextmanager
@@ -45,24 +49,6 @@ async def service(path: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
     store = DuckDBStore(str(path), revisions=revisions)
     async with served(create_app(settings(**env), store=store, revisions=revisions)) as http:
         yield http
-
-
-def _avro(fields: list[dict[str, Any]], message: dict[str, Any]) -> bytes:
-    """The message as its publisher's Avro encoder writes it: the revision's fields only."""
-    declared = {f["name"] for f in fields}
-    out = io.BytesIO()
-    datum = {k: v for k, v in message.items() if k in declared}
-    fastavro.schemaless_writer(out, fastavro.parse_schema(_schema(fields)), datum)
-    return out.getvalue()
-
-
-async def _pushed(http: httpx.AsyncClient, body: dict[str, Any], record_id: str) -> None:
-    answer = await http.post("/pubsub/push", json=body)
-    # Stored on the first delivery: a refusal here is a message stuck in redelivery.
-    assert answer.status_code == 204, answer.text
-    status = (await http.get(f"/v1/messages/{body['message']['messageId']}")).json()
-    assert status["status"] == "stored", status  # not rejected: nothing lost to the change
-    assert status["record"]["id"] == record_id
 
 
 def _typed(path: Path) -> dict[str, tuple[Any, Any, list[dict[str, Any]], list[str]]]:
@@ -93,36 +79,17 @@ def _top_level(struct_type: str) -> list[str]:
     return [*parts, inner[start:].strip()] if inner else []
 
 
-def _accounted(payload: Any, fields: dict[str, Any], errors: list[dict[str, Any]]) -> list[str]:
-    projection = Projection(
-        values=fields,
-        errors=[ProjectionError(field=e["field"], reason=e["reason"], revision=e["revision"])
-                for e in errors],
-    )  # fmt: skip
-    return unaccounted(payload, projection)
-
-
 @pytest.mark.parametrize("change", list(CHANGES))
 async def test_avro_drift_through_the_service(
     change: str, schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
     case = CHANGES[change]
-    schema_api.add(SCHEMA, "r1", "AVRO", json.dumps(_schema(case.before)))
-    schema_api.add(SCHEMA, "r2", "AVRO", json.dumps(_schema(case.after)))
+    schema_api.add(SCHEMA, "r1", "AVRO", json.dumps(order(case.before)))
+    schema_api.add(SCHEMA, "r2", "AVRO", json.dumps(order(case.after)))
     path = tmp_path / "records.duckdb"
     async with service(path, PUBSUB_EMULATOR_HOST=schema_api.address) as http:
-        for n, (revision, fields, message) in enumerate(
-            [("r1", case.before, case.first), ("r2", case.after, case.second)], 1
-        ):
-            attributes = {
-                "googclient_schemaname": SCHEMA,
-                "googclient_schemarevisionid": revision,
-                "googclient_schemaencoding": "BINARY",
-            }
-            body = envelope(
-                None, message_id=f"m-{n}", attributes=attributes, raw_data=_avro(fields, message)
-            )
-            await _pushed(http, body, message["id"])
+        await pushed(http, avro_push(1, "r1", case.before, case.first))
+        await pushed(http, avro_push(2, "r2", case.after, case.second))
     _check(path, case.after, change)
 
 
@@ -131,24 +98,16 @@ async def test_protobuf_drift_through_the_service(
     change: str, schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
     before, after, first, second, name, _kind, misfit = PROTO_CHANGES[change]
-    for revision, fields in (("r1", before), ("r2", after)):
-        definition = f'syntax = "proto3";\nmessage Order {{ {fields} }}\n'
-        schema_api.add(SCHEMA, revision, "PROTOCOL_BUFFER", definition)
+    schema_api.add(SCHEMA, "r1", "PROTOCOL_BUFFER", proto(before))
+    schema_api.add(SCHEMA, "r2", "PROTOCOL_BUFFER", proto(after))
     path = tmp_path / "records.duckdb"
     async with service(path, PUBSUB_EMULATOR_HOST=schema_api.address) as http:
-        for n, (revision, message) in enumerate([("r1", first), ("r2", second)], 1):
-            attributes = {
-                "googclient_schemaname": SCHEMA,
-                "googclient_schemarevisionid": revision,
-                "googclient_schemaencoding": "JSON",
-            }
-            raw = json.dumps(message).encode()
-            body = envelope(None, message_id=f"m-{n}", attributes=attributes, raw_data=raw)
-            await _pushed(http, body, message["id"])
+        await pushed(http, protobuf_push(1, "r1", proto(before), first))
+        await pushed(http, protobuf_push(2, "r2", proto(after), second))
     typed = _typed(path)
     assert sorted(typed) == ["1", "2"], change
     for record_id, (payload, fields, errors, columns) in typed.items():
-        assert _accounted(payload, fields, errors) == [], (change, record_id, payload, errors)
+        assert unaccounted_row(payload, fields, errors) == [], (change, record_id, payload, errors)
         assert name in columns, (change, columns)
     # A value that does not fit its column is an error; one that fits is typed.
     assert (name in [e["field"] for e in typed["2"][2]]) is misfit, typed["2"]
@@ -162,11 +121,9 @@ async def test_declared_json_drift_through_the_service(change: str, tmp_path: Pa
         [(case.before, case.first), (case.after, case.second)], 1
     ):
         # Each declaration deployed in turn: the service restarted with the next one.
-        declared = json.dumps(_schema(fields))
+        declared = json.dumps(order(fields))
         async with service(path, RECORDLINE_JSON_TOPIC_SCHEMA=declared) as http:
-            data = json.loads(json.dumps(message, default=str))  # as a publisher's JSON
-            body = envelope({"id": message["id"], "data": data}, message_id=f"m-{n}")
-            await _pushed(http, body, message["id"])
+            await pushed(http, json_push(n, message))
     _check(path, case.after, change)
 
 
@@ -174,7 +131,7 @@ def _check(path: Path, after: list[dict[str, Any]], change: str) -> None:
     typed = _typed(path)
     assert sorted(typed) == ["1", "2"], change  # both stored, once each
     for record_id, (payload, fields, errors, columns) in typed.items():
-        assert _accounted(payload, fields, errors) == [], (change, record_id, payload, errors)
+        assert unaccounted_row(payload, fields, errors) == [], (change, record_id, payload, errors)
         assert all(e["revision"] for e in errors), errors
         # The second revision's fields are columns once its first record is stored.
         assert {f["name"] for f in after} <= set(columns), (change, columns)
