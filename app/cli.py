@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from app.records import BIGQUERY_TABLES
 from app.settings import Settings, SettingsError, effective, reference
-from app.store.bigquery.schema import bigquery_schema
+from app.store.bigquery.schema import created_schema
 
 # ASGI, as uvicorn calls an app.
 Message = MutableMapping[str, Any]
@@ -545,7 +545,7 @@ def schema_files() -> dict[Path, str]:
     from app.store.spanner.schema import ddl_template
 
     files = {
-        SCHEMA_DIR / f"{name}.json": json.dumps(bigquery_schema(row_type), indent=2) + "\n"
+        SCHEMA_DIR / f"{name}.json": json.dumps(created_schema(row_type), indent=2) + "\n"
         for name, row_type in BIGQUERY_TABLES.items()
     }
     files[SPANNER_TEMPLATE] = ddl_template()

@@ -322,11 +322,14 @@ async def test_a_release_s_new_column_is_added_by_the_service(
     typed columns it would otherwise drop): the service adds a column of its own
     that the table lacks, NULLABLE, when it starts."""
     columns = json.loads(RECORDS_JSON.read_text())
-    write_fake.define(RECORDS, [c for c in columns if c["name"] != "trace_id"])
+    new = ("trace_id", "projection_errors")
+    write_fake.define(RECORDS, [c for c in columns if c["name"] not in new])
     await open_store(Revisions())
-    added = [c for c in write_fake.schemas[RECORDS].fields if c["name"] == "trace_id"]
+    added = [c for c in write_fake.schemas[RECORDS].fields if c["name"] in new]
     assert [(c["name"], c["type"], c["mode"]) for c in added] == [
-        ("trace_id", "STRING", "NULLABLE")
+        ("trace_id", "STRING", "NULLABLE"),
+        # A table made before typed columns gets the column they start with.
+        ("projection_errors", "RECORD", "REPEATED"),
     ]
 
 

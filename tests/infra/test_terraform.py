@@ -17,7 +17,7 @@ import hcl2
 import pytest
 
 from app.records import BIGQUERY_TABLES
-from app.store.bigquery.schema import bigquery_schema
+from app.store.bigquery.schema import created_schema
 from tests.infra.console import console, require_terraform
 
 TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
@@ -136,7 +136,7 @@ def test_provider_versions_are_bounded() -> None:
 @pytest.mark.parametrize("table", sorted(BIGQUERY_TABLES))
 def test_generated_schema_matches_the_code(table: str) -> None:
     on_disk = json.loads((MODULE / "schemas" / f"{table}.json").read_text())
-    assert on_disk == bigquery_schema(BIGQUERY_TABLES[table])
+    assert on_disk == created_schema(BIGQUERY_TABLES[table])
 
 
 @pytest.mark.parametrize("table", [*sorted(BIGQUERY_TABLES), "dead_letters"])

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from app.records import Row, columns
+from typing import Any
+
+from app.records import Record, Row, columns
 
 
 def bigquery_schema(row_type: type[Row]) -> list[dict[str, str]]:
@@ -19,3 +21,12 @@ def bigquery_schema(row_type: type[Row]) -> list[dict[str, str]]:
         }
         for c in columns(row_type)
     ]
+
+
+def created_schema(row_type: type[Row]) -> list[dict[str, Any]]:
+    """The schema a table is created with (its schema file, which Terraform reads):
+    its row's columns, and for `records` the typed columns it starts with."""
+    from app.store.bigquery.typed import created_columns
+
+    own: list[dict[str, Any]] = list(bigquery_schema(row_type))
+    return own + created_columns() if row_type is Record else own

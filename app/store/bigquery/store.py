@@ -59,7 +59,7 @@ from app.store.bigquery.cache import ReadCache
 from app.store.bigquery.paging import Pager
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.queries import QueryRunner, QueryValue
-from app.store.bigquery.schema import bigquery_schema
+from app.store.bigquery.schema import created_schema
 from app.store.bigquery.sql import CHECK_SQL, Statements
 from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
 from app.store.bigquery.stream import OffsetStream
@@ -151,7 +151,7 @@ class BigQueryStore:
         self._patches = patches
         self._query_timeout = store.query_timeout_seconds
         self.typed: TypedTable | None = None
-        self._typed_writer: tuple[tuple[Field, ...], StorageWriter, RowEncoder] | None = None
+        self._typed_writer: tuple[tuple[Field, ...] | None, StorageWriter, RowEncoder] | None = None
         # Writers a wider one replaced, with when (the loop's clock) every row
         # handed to them has passed its deadline: closed at the next swap after
         # that, or with the store. No task of their own to supervise.
@@ -232,12 +232,15 @@ class BigQueryStore:
         self._ringer = asyncio.create_task(self._ring_while_wanted(), name="bigquery-bell")
 
     async def _own_columns(self) -> None:
-        """Add the columns of `records` a `Record` has and the table lacks. Never
-        fatal: a store that cannot read its table fails its writes and readiness."""
-        wanted = [bigquery.SchemaField.from_api_repr(c) for c in bigquery_schema(Record)]
-        # A column the table lacks must be NULLABLE: BigQuery adds no REQUIRED one.
+        """Add the columns `records` is created with (a `Record`'s, `projection_errors`)
+        that the table lacks. Never fatal: a store that cannot read its table fails
+        its writes and readiness."""
+        wanted = [bigquery.SchemaField.from_api_repr(c) for c in created_schema(Record)]
+        # A column the table lacks must not be REQUIRED: BigQuery adds none.
         wanted = [
-            bigquery.SchemaField(c.name, c.field_type, mode="NULLABLE", description=c.description)
+            c
+            if c.mode != "REQUIRED"
+            else bigquery.SchemaField(c.name, c.field_type, description=c.description)
             for c in wanted
         ]
         table = f"{self.project}.{self.dataset}.records"
@@ -457,7 +460,7 @@ class BigQueryStore:
         self, records: Sequence[Record], revisions: Sequence[str | None], deadline: float
     ) -> tuple[StorageWriter, list[bytes | None]] | None:
         """The writer of typed rows and, per record with a revision, its typed row;
-        None where the write path has no typed columns."""
+        None where the write path has no typed columns, not even `projection_errors`."""
         assert self.typed is not None
         assert self._revisions is not None
         for name in dict.fromkeys(r for r in revisions if r):
@@ -466,7 +469,7 @@ class BigQueryStore:
                 await self.typed.widen(name, fields)
         now = asyncio.get_running_loop().time()
         writable = await self.typed.catch_up(now + min(TYPED_WAIT_SECONDS, (deadline - now) / 2))
-        if writable is None:
+        if writable is None and not self.typed.errors_writable:
             return None
         writer, encoder = await self._typed_writer_for(writable)
         rows: list[bytes | None] = []
@@ -479,7 +482,7 @@ class BigQueryStore:
         return writer, rows
 
     async def _typed_writer_for(
-        self, writable: tuple[Field, ...]
+        self, writable: tuple[Field, ...] | None
     ) -> tuple[StorageWriter, RowEncoder]:
         """The writer of rows with these typed fields; a narrower one retires."""
         current = self._typed_writer

@@ -91,6 +91,19 @@ _POLL_SECONDS: Final = 0.5
 _PATCH_ROUNDS: Final = 8
 
 
+def created_columns() -> list[dict[str, Any]]:
+    """The typed columns `records` is created with (`bigquery_schema` gives the rest):
+    `projection_errors` alone, so that from a system's first row on, a value the
+    write path cannot take in `fields` yet is named there. `fields` comes with the
+    first revision (BigQuery has no RECORD without fields)."""
+    column = column_of(ERRORS_FIELD).to_api_repr()
+    column["description"] = (
+        "Each value of the payload that is not in its typed field under `fields`, and why "
+        "(it is always in `data`)"
+    )
+    return [column]
+
+
 class PatchObserver(Protocol):
     """Told of each change of the typed columns BigQuery refused; telemetry counts them
     (an operator is ticketed), the store logs why."""
@@ -142,12 +155,14 @@ def typed_of(columns: Sequence[Field]) -> tuple[Field, ...] | None:
 # Rows
 
 
-def typed_descriptor(fields: Sequence[Field]) -> descriptor_pb2.DescriptorProto:
-    """A record's row with its typed columns: `Record`'s, then `fields`, then the errors."""
+def typed_descriptor(fields: Sequence[Field] | None) -> descriptor_pb2.DescriptorProto:
+    """A record's row with its typed columns: `Record`'s, then `fields` (None: the
+    write path has none yet), then the errors."""
     message = row_descriptor(Record)
     number = len(message.field)
     names = iter(range(1, 1_000_000))
-    for column in (Field(name=FIELDS, type=Type.RECORD, fields=tuple(fields)), ERRORS_FIELD):
+    typed = [] if fields is None else [Field(name=FIELDS, type=Type.RECORD, fields=tuple(fields))]
+    for column in (*typed, ERRORS_FIELD):
         number += 1
         _add(message, column, number, names)
     return message
@@ -200,16 +215,20 @@ def _proto_value(value: Any, field: Field) -> Any:
 
 
 def typed_columns(
-    record: Record, revision: str, writable: Sequence[Field], known: bool
+    record: Record, revision: str | None, writable: Sequence[Field] | None, known: bool
 ) -> dict[str, Any]:
     """The typed columns of `record`'s row (`typed_descriptor(writable)`'s): its
-    payload projected onto the fields the write path takes, under `revision`
-    (`known`: whose fields this process has), and every value that is not there."""
-    projection = project_stored(record.data, writable if known else None, revision)
-    return {
-        FIELDS: proto_values(projection.values, writable),
-        ERRORS: error_values(projection.errors),
-    }
+    payload projected onto the fields the write path takes (None: none yet, so every
+    value is an error), under `revision` (None: the record has none, and no typed
+    values; `known`: whose fields this process has), and every value not there."""
+    if revision is None:
+        return {ERRORS: []} if writable is None else {FIELDS: {}, ERRORS: []}
+    fields = () if writable is None else writable
+    projection = project_stored(record.data, fields if known else None, revision)
+    errors = {ERRORS: error_values(projection.errors)}
+    if writable is None:
+        return errors
+    return {FIELDS: proto_values(projection.values, writable), **errors}
 
 
 def error_values(errors: Sequence[ProjectionError]) -> list[dict[str, str]]:
@@ -294,8 +313,10 @@ class TypedTable:
         # The typed fields the table holds, as last read or written here; None
         # until read.
         self.fields: tuple[Field, ...] | None = None
-        # Those the Storage Write API accepts in a row yet.
+        # Those the Storage Write API accepts in a row yet, and whether it takes
+        # `projection_errors` (created with the table; else added at start).
         self.writable: tuple[Field, ...] | None = None
+        self.errors_writable = False
         # Revisions whose fields the table holds; revisions refused until a time.
         self._merged: set[str] = set()
         self._refused: dict[str, float] = {}
@@ -385,3 +406,4 @@ class TypedTable:
                 log.warning("the write path's schema of %s: %s", self.table, exc)
                 continue
             self.writable = typed_of(columns)
+            self.errors_writable = any(c.name == ERRORS for c in columns)

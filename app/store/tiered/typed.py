@@ -33,7 +33,7 @@ from google.protobuf import descriptor_pb2
 
 from app.records import Record
 from app.store.bigquery.proto import RowEncoder
-from app.store.bigquery.typed import ERRORS, FIELDS, TypedTable, typed_columns, typed_descriptor
+from app.store.bigquery.typed import TypedTable, typed_columns, typed_descriptor
 from app.typed.evolution import merge
 from app.typed.mapping import Field
 from app.typed.revisions import Revisions
@@ -67,7 +67,7 @@ class TypedExport:
         self._wait_seconds = wait_seconds
         self._clock = clock
         self._plain = RowEncoder(Record)
-        self._encoders: dict[tuple[Field, ...], RowEncoder] = {}
+        self._encoders: dict[tuple[Field, ...] | None, RowEncoder] = {}
         # Since when batches wait for the write path (None: none does).
         self.waiting_since: float | None = None
 
@@ -76,12 +76,12 @@ class TypedExport:
 
         Raises StoreUnavailable while a revision they name cannot be fetched.
         """
-        known: dict[str, bool] = {}
+        known_here: dict[str, bool] = {}
         for name in dict.fromkeys(self._revisions.revision_of(r.schema) for r in rows):
             if name is None:
                 continue
             fields = await self._revisions.lookup(name)
-            known[name] = fields is not None
+            known_here[name] = fields is not None
             if fields is not None:
                 await self.table.widen(name, fields)
         writable = await self.table.catch_up(self._clock() + _ROUND_SECONDS)
@@ -106,21 +106,18 @@ class TypedExport:
             )
         else:
             self.waiting_since = None
-        if writable is None:
+        if writable is None and not self.table.errors_writable:
             return self._plain.descriptor, self._plain.encode
         encoder = self._encoder(writable)
-        nothing: dict[str, Any] = {FIELDS: {}, ERRORS: []}
 
         def encode(record: Record) -> bytes:
             revision = self._revisions.revision_of(record.schema)
-            if revision is None:
-                return encoder.encode(record, nothing)
-            columns = typed_columns(record, revision, writable, known.get(revision, False))
-            return encoder.encode(record, columns)
+            known = revision is not None and known_here.get(revision, False)
+            return encoder.encode(record, typed_columns(record, revision, writable, known))
 
         return encoder.descriptor, encode
 
-    def _encoder(self, writable: tuple[Field, ...]) -> RowEncoder:
+    def _encoder(self, writable: tuple[Field, ...] | None) -> RowEncoder:
         encoder = self._encoders.get(writable)
         if encoder is None:
             # One per schema the write path has had: a handful over a table's life.
