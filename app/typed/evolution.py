@@ -9,6 +9,12 @@ NULLABLE, for the rows that have it), add the revision's new ones at the end,
 widen a type where coercion allows it, and otherwise keep the table's type:
 a value of the revision's other type is then a projection error, never a
 blocked or dropped row.
+
+BigQuery changes a type only through `ALTER COLUMN SET DATA TYPE`, which
+reaches top-level columns, not the fields of a RECORD; the typed fields all
+live in one RECORD (`fields`), so BigQuery's tables merge with `widen=False`:
+only added, never changed in place (`tables.patch` refuses a changed type).
+DuckDB changes a STRUCT's field types in place, so it widens.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ WIDENINGS: dict[Type, frozenset[Type]] = {
 }
 
 
-def merge(table: Sequence[Field], revision: Sequence[Field]) -> tuple[Field, ...]:
-    """The table's fields once it also holds `revision`'s."""
+def merge(
+    table: Sequence[Field], revision: Sequence[Field], *, widen: bool = True
+) -> tuple[Field, ...]:
+    """The table's fields once it also holds `revision`'s; `widen`: a type the
+    revision widens changes (else the table's stays)."""
     theirs = {f.name: f for f in revision}
-    merged = [_merge_field(f, theirs[f.name]) if f.name in theirs else f for f in table]
+    merged = [_merge_field(f, theirs[f.name], widen) if f.name in theirs else f for f in table]
     # Column names are case-insensitive: a field whose name differs from a
     # column's only in case is no new column (its values are projection errors).
     ours = {f.name.casefold() for f in table}
@@ -40,17 +49,17 @@ def merge(table: Sequence[Field], revision: Sequence[Field]) -> tuple[Field, ...
     return tuple(merged)
 
 
-def _merge_field(ours: Field, theirs: Field) -> Field:
+def _merge_field(ours: Field, theirs: Field, widen: bool) -> Field:
     if ours.mode is not theirs.mode:
         return ours  # NULLABLE and REPEATED never change into each other
     if ours.type is Type.RECORD and theirs.type is Type.RECORD:
-        fields = merge(ours.fields, theirs.fields)
+        fields = merge(ours.fields, theirs.fields, widen=widen)
         return (
             ours
             if fields == ours.fields
             else Field(name=ours.name, type=ours.type, mode=ours.mode, fields=fields)
         )
-    if theirs.type in WIDENINGS.get(ours.type, frozenset()):
+    if widen and theirs.type in WIDENINGS.get(ours.type, frozenset()):
         return Field(name=ours.name, type=theirs.type, mode=ours.mode)
     return ours
 

@@ -33,7 +33,7 @@ import sqlglot
 
 from app.records import TABLES, Kind, columns
 from tests.bigquery.billing import Bill, BillingModel, Layout
-from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite, SchemaRefused
 
 BIGQUERY_TF = (
     Path(__file__).resolve().parents[2]
@@ -250,6 +250,8 @@ class FakeBigQueryJobs:
                 self.write.patch(full, patch["schema"]["fields"], if_match)
             except ValueError as exc:
                 return 412, _error(412, "conditionNotMet", f"Precondition check failed: {exc}")
+            except SchemaRefused as exc:
+                return 400, _error(400, "invalid", str(exc))
         schema = self.write.schemas[full]
         return 200, {
             "kind": "bigquery#table",

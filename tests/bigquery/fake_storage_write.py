@@ -127,6 +127,40 @@ IDLE_SECONDS = 600.0
 STREAM_TTL_SECONDS = 4 * 24 * 3600.0
 
 
+class SchemaRefused(Exception):
+    """A schema update BigQuery refuses; the message is BigQuery's."""
+
+
+def _refused_change(
+    before: list[dict[str, Any]], after: list[dict[str, Any]], table: str, path: str = ""
+) -> str | None:
+    """Why BigQuery would refuse to change `before` into `after`, or None."""
+    mismatch = f"Provided Schema does not match Table {table}."
+    names = [f["name"].casefold() for f in after]
+    if names[: len(before)] != [f["name"].casefold() for f in before]:
+        return f"{mismatch} Cannot remove or reorder fields of {path or 'the table'}."
+    for old, new in zip(before, after, strict=False):
+        name = f"{path}{old['name']}"
+        kind = (_LEGACY.get(old["type"], old["type"]), _LEGACY.get(new["type"], new["type"]))
+        if kind[0] != kind[1]:
+            return f"{mismatch} Field {name} has changed type from {kind[0]} to {kind[1]}"
+        modes = (old.get("mode", "NULLABLE"), new.get("mode", "NULLABLE"))
+        if modes[0] != modes[1] and modes != ("REQUIRED", "NULLABLE"):
+            return f"{mismatch} Field {name} has changed mode from {modes[0]} to {modes[1]}"
+        if kind[0] in ("RECORD", "STRUCT"):
+            inner = _refused_change(old.get("fields", []), new.get("fields", []), table, f"{name}.")
+            if inner is not None:
+                return inner
+    for new in after[len(before) :]:
+        if new.get("mode") == "REQUIRED":
+            return f"{mismatch} Field {path}{new['name']} cannot be added as REQUIRED."
+    return None
+
+
+# The legacy SQL names the REST API may give a type, as GoogleSQL's.
+_LEGACY = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "STRUCT": "RECORD"}
+
+
 @dataclasses.dataclass
 class TableSchema:
     """A table's columns (`tables.get`'s JSON), their ETag, and when each version
@@ -286,10 +320,16 @@ class FakeBigQueryWrite:
 
     def patch(self, table: str, fields: list[dict[str, Any]], if_match: str | None) -> TableSchema:
         """`tables.patch` of the schema; KeyError if no such table, ValueError on
-        another ETag than `if_match`."""
+        another ETag than `if_match`, SchemaRefused for a change BigQuery does not
+        make through the API: only columns (and nested fields) added NULLABLE or
+        REPEATED at the end, or REQUIRED relaxed to NULLABLE; never a column
+        dropped, renamed or changed in type."""
         schema = self.schemas[table]
         if if_match is not None and if_match != schema.etag:
             raise ValueError(f"ETag {if_match} is not the table's ({schema.etag})")
+        refused = _refused_change(schema.fields, fields, table.rsplit("/", 1)[-1])
+        if refused is not None:
+            raise SchemaRefused(refused)
         schema.fields = fields
         schema.etag = f"e{next(self._etags)}"
         schema.versions.append((self.clock() + self.schema_lag, fields))

@@ -7,7 +7,9 @@ which says of every value not in its typed field why not. The typed fields
 are the merge of every revision's (`app.typed.evolution`), learned from the
 table itself, so instances that started at different times agree.
 
-A revision that adds or widens a field changes the table first: read the
+A revision that adds a field changes the table first (a type it widens stays
+the table's: BigQuery changes no field of a RECORD in place, see
+`app.typed.evolution`): read the
 table, merge, write it back with the ETag read (`If-Match`), again from the
 read if another instance changed it in between. The Storage Write API learns
 a table's new schema late ("on the order of minutes"); until it does, a row
@@ -360,13 +362,18 @@ class TypedTable:
             columns = [field_of(c) for c in table.schema]
             current = typed_of(columns)
             self.fields = current
-            merged = merge(current or (), fields)
+            merged = merge(current or (), fields, widen=False)
             has_errors = any(c.name == ERRORS for c in columns)
             if current is not None and merged == current and has_errors:
                 return
-            schema = [c for c in table.schema if c.name not in (FIELDS, ERRORS)]
-            schema.append(column_of(Field(name=FIELDS, type=Type.RECORD, fields=merged)))
-            schema.append(column_of(ERRORS_FIELD))
+            # Columns keep their places (BigQuery reorders none): `fields` changes
+            # where it is, and what the table lacks goes at the end.
+            typed = column_of(Field(name=FIELDS, type=Type.RECORD, fields=merged))
+            schema = [typed if c.name == FIELDS else c for c in table.schema]
+            if current is None:
+                schema.append(typed)
+            if not has_errors:
+                schema.append(column_of(ERRORS_FIELD))
             table.schema = schema
             try:
                 await self._call(_update_schema(table, self._timeout))
@@ -386,7 +393,8 @@ class TypedTable:
             if self._polled and (
                 self.fields is None
                 or (
-                    self.writable is not None and merge(self.writable, self.fields) == self.writable
+                    self.writable is not None
+                    and merge(self.writable, self.fields, widen=False) == self.writable
                 )
             ):
                 return self.writable

@@ -7,7 +7,7 @@ that any instance decoded, so a revision this process never saw is fetched
 (`Revisions.lookup`); while it cannot be, the export pauses (rows wait in
 Spanner, nothing is skipped).
 
-A revision that adds or widens a field patches the table first (with its
+A revision that adds a field patches the table first (with its
 ETag). The Storage Write API learns the new schema "on the order of
 minutes", and refuses a row naming a column it does not know yet; so a batch
 that needs fields the write path lacks waits in Spanner, the exporter
@@ -86,7 +86,9 @@ class TypedExport:
                 await self.table.widen(name, fields)
         writable = await self.table.catch_up(self._clock() + _ROUND_SECONDS)
         wanted = self.table.fields
-        if wanted is not None and (writable is None or merge(writable, wanted) != writable):
+        if wanted is not None and (
+            writable is None or merge(writable, wanted, widen=False) != writable
+        ):
             now = self._clock()
             if self.waiting_since is None:
                 self.waiting_since = now
