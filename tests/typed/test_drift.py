@@ -418,3 +418,27 @@ def test_protobuf_drift(change: str) -> None:
     if not misfit:  # the value is typed, in whichever message carries it
         carrier = 1 if name in second else 0
         assert projected[carrier].values[name] not in (None, [])
+
+
+def test_bigquery_s_merge_only_adds_fields() -> None:
+    """BigQuery changes no field of a RECORD in place: without widening, a wider type
+    keeps the table's, nested too, and new fields are still added."""
+    table = (
+        _field("n", Type.INT64),
+        Field(name="r", type=Type.RECORD, fields=(_field("d", Type.DATE),)),
+    )
+    revision = (
+        _field("n", Type.FLOAT64),
+        Field(
+            name="r", type=Type.RECORD, fields=(_field("d", Type.DATETIME), _field("e", Type.BOOL))
+        ),
+        _field("note", Type.STRING),
+    )
+    merged = merge(table, revision, widen=False)
+    assert merged == (
+        _field("n", Type.INT64),
+        Field(name="r", type=Type.RECORD, fields=(_field("d", Type.DATE), _field("e", Type.BOOL))),
+        _field("note", Type.STRING),
+    )
+    # DuckDB's merge widens the same types.
+    assert [f.type for f in merge(table, revision)][:1] == [Type.FLOAT64]
