@@ -19,6 +19,7 @@ import dataclasses
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -180,6 +181,13 @@ class FakeBigQueryJobs:
         # Called once each, in turn, right after a `tables.get` is answered (a
         # change landing between another instance's read and its write).
         self.after_get: list[Callable[[], None]] = []
+        # How long each `tables.get` and `tables.patch` takes to answer (seconds),
+        # as BigQuery's REST API takes a while; and the patches refused for a
+        # stale ETag (412). A patch is checked and applied at once, as BigQuery
+        # applies it: two at the same time never both pass one ETag.
+        self.table_latency = 0.0
+        self.stale_patches = 0
+        self._tables_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -241,18 +249,24 @@ class FakeBigQueryJobs:
         full = f"projects/{match['project']}/datasets/{match['dataset']}/tables/{match['table']}"
         if full not in self.write.schemas:
             return 404, _error(404, "notFound", f"Not found: Table {match['table']}")
-        if patch is not None:
-            self.table_patches.append(patch)
-            if self.table_failures:
-                status, reason = self.table_failures.pop(0)
-                return status, _error(status, reason, "injected failure")
-            try:
-                self.write.patch(full, patch["schema"]["fields"], if_match)
-            except ValueError as exc:
-                return 412, _error(412, "conditionNotMet", f"Precondition check failed: {exc}")
-            except SchemaRefused as exc:
-                return 400, _error(400, "invalid", str(exc))
-        schema = self.write.schemas[full]
+        if self.table_latency:
+            time.sleep(self.table_latency)
+        with self._tables_lock:
+            if patch is not None:
+                self.table_patches.append(patch)
+                if self.table_failures:
+                    status, reason = self.table_failures.pop(0)
+                    return status, _error(status, reason, "injected failure")
+                try:
+                    self.write.patch(full, patch["schema"]["fields"], if_match)
+                except ValueError as exc:
+                    self.stale_patches += 1
+                    message = f"Precondition check failed: {exc}"
+                    return 412, _error(412, "conditionNotMet", message)
+                except SchemaRefused as exc:
+                    return 400, _error(400, "invalid", str(exc))
+            schema = self.write.schemas[full]
+            fields, etag = schema.fields, schema.etag
         return 200, {
             "kind": "bigquery#table",
             "id": f"{match['project']}:{match['dataset']}.{match['table']}",
@@ -261,8 +275,8 @@ class FakeBigQueryJobs:
                 "datasetId": match["dataset"],
                 "tableId": match["table"],
             },
-            "schema": {"fields": schema.fields},
-            "etag": schema.etag,
+            "schema": {"fields": fields},
+            "etag": etag,
         }
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -52,8 +52,10 @@ Run alone for benchmarks:
 
 or as the BigQuery of several service processes, with its `jobs.query` fake:
     python -m tests.bigquery.fake_storage_write --keep-rows --jobs PROJECT/DATASET \
-        [--refuse-every N] [--lose-every N]
-which prints `listening on HOST:PORT`, then `jobs http://HOST:PORT`.
+        [--refuse-every N] [--lose-every N] [--schema-lag SECONDS] [--tables-latency-ms MS]
+which prints `listening on HOST:PORT`, then `jobs http://HOST:PORT`; stopped
+(SIGTERM, SIGINT), what it stored, and how many `tables.patch` calls it applied
+and refused for a stale ETag (412).
 """
 
 from __future__ import annotations
@@ -699,6 +701,7 @@ class FakeBigQueryWrite:
 
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeBigQueryWrite(latency=args.latency_ms / 1000, keep_rows=args.keep_rows)
+    fake.schema_lag = args.schema_lag
     # Faults every Nth request to `records`: refused (nothing stored: the push
     # is answered 503), or lost (stored, the answer lost: the writer resends).
     for nth, fault in (
@@ -720,6 +723,7 @@ async def _serve(args: argparse.Namespace) -> None:
             path = f"projects/{project}/datasets/{dataset}/tables/{table}"
             fake.define(path, json.loads((schemas / f"{table}.json").read_text()))
         jobs = FakeBigQueryJobs(fake, project=project, dataset=dataset)
+        jobs.table_latency = args.tables_latency_ms / 1000
         print(f"jobs {jobs.start(args.jobs_port)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -728,6 +732,11 @@ async def _serve(args: argparse.Namespace) -> None:
     await stop.wait()
     print(f"stored {sum(fake.row_counts.values())} rows in {fake.requests} requests", flush=True)
     if jobs is not None:
+        applied = len(jobs.table_patches) - jobs.stale_patches
+        print(
+            f"tables.patch: {applied} applied, {jobs.stale_patches} refused for a stale ETag",
+            flush=True,
+        )
         jobs.stop()
     await fake.stop()
 
@@ -740,6 +749,19 @@ def main() -> None:
     parser.add_argument("--jobs", metavar="PROJECT/DATASET", help="serve jobs.query too")
     parser.add_argument("--jobs-port", type=int, default=0, help="jobs.query's port (0: any)")
     parser.add_argument("--refuse-every", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--schema-lag",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="how late the write path learns each change of a table's schema",
+    )
+    parser.add_argument(
+        "--tables-latency-ms",
+        type=float,
+        default=0.0,
+        help="how long each tables.get and tables.patch takes to answer",
+    )
     parser.add_argument("--lose-every", type=int, default=0, metavar="N")
     asyncio.run(_serve(parser.parse_args()))
 
