@@ -13,9 +13,9 @@ minutes", and refuses a row naming a column it does not know yet; so a batch
 that needs fields the write path lacks waits in Spanner, the exporter
 asking again each round, at most `WAIT_SECONDS`. Past that it is appended
 with the fields the write path takes, every value it could not take named in
-`projection_errors` (and in `data`, as always), for `recordline typed
-backfill` later. Waiting delays the export and nothing else: the push path
-never waits on BigQuery, and the lag alert says when the wait grows long.
+`projection_errors` (and in `data`, as always). Waiting delays the export
+and nothing else: the push path never waits on BigQuery, and the lag alert
+says when the wait grows long.
 
 Exactly once holds whatever the encoding: a batch appended again after a
 restart may be encoded with more fields than its first attempt, but it goes
@@ -70,6 +70,7 @@ class TypedExport:
         self._encoders: dict[tuple[Field, ...] | None, RowEncoder] = {}
         # Since when batches wait for the write path (None: none does).
         self.waiting_since: float | None = None
+        self._outwaited = False  # said so once, until the write path catches up
 
     async def encoding(self, rows: Sequence[Record]) -> Encoding | None:
         """How to append `rows`; None while they wait for the write path.
@@ -100,14 +101,17 @@ class TypedExport:
                 )
             if now - self.waiting_since < self._wait_seconds:
                 return None
-            log.warning(
-                "BigQuery's write path still lacks typed fields of %s after %g s: "
-                "records are exported without them, named in projection_errors",
-                self.table.table,
-                self._wait_seconds,
-            )
+            if not self._outwaited:
+                self._outwaited = True
+                log.warning(
+                    "BigQuery's write path still lacks typed fields of %s after %g s: "
+                    "records are exported without them, named in projection_errors",
+                    self.table.table,
+                    self._wait_seconds,
+                )
         else:
             self.waiting_since = None
+            self._outwaited = False
         if writable is None and not self.table.errors_writable:
             return self._plain.descriptor, self._plain.encode
         encoder = self._encoder(writable)
