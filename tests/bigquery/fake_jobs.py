@@ -187,6 +187,8 @@ class FakeBigQueryJobs:
         # applies it: two at the same time never both pass one ETag.
         self.table_latency = 0.0
         self.stale_patches = 0
+        # …and those applied (none refused for any reason).
+        self.applied_patches = 0
         self._tables_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -265,6 +267,7 @@ class FakeBigQueryJobs:
                     return 412, _error(412, "conditionNotMet", message)
                 except SchemaRefused as exc:
                     return 400, _error(400, "invalid", str(exc))
+                self.applied_patches += 1
             schema = self.write.schemas[full]
             fields, etag = schema.fields, schema.etag
         return 200, {

@@ -732,9 +732,9 @@ async def _serve(args: argparse.Namespace) -> None:
     await stop.wait()
     print(f"stored {sum(fake.row_counts.values())} rows in {fake.requests} requests", flush=True)
     if jobs is not None:
-        applied = len(jobs.table_patches) - jobs.stale_patches
+        applied, stale = jobs.applied_patches, jobs.stale_patches
         print(
-            f"tables.patch: {applied} applied, {jobs.stale_patches} refused for a stale ETag",
+            f"tables.patch: {applied} applied, {stale} refused for a stale ETag",
             flush=True,
         )
         jobs.stop()

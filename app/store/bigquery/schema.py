@@ -26,6 +26,8 @@ def bigquery_schema(row_type: type[Row]) -> list[dict[str, str]]:
 def created_schema(row_type: type[Row]) -> list[dict[str, Any]]:
     """The schema a table is created with (its schema file, which Terraform reads):
     its row's columns, and for `records` the typed columns it starts with."""
+    # Here, not at the top: the typed columns' module loads the Google clients
+    # (most of a second), which `recordline --help` and DuckDB never need.
     from app.store.bigquery.typed import created_columns
 
     own: list[dict[str, Any]] = list(bigquery_schema(row_type))

@@ -463,13 +463,11 @@ class BigQueryStore:
         None where the write path has no typed columns, not even `projection_errors`."""
         assert self.typed is not None
         assert self._revisions is not None
-        for name in dict.fromkeys(r for r in revisions if r):
-            fields = self._revisions.fields(name)
-            if fields is not None:
-                await self.typed.widen(name, fields)
+        # Every revision was decoded here, on the push path: nothing is fetched.
+        known = await self.typed.hold(self._revisions, revisions)
         now = asyncio.get_running_loop().time()
         writable = await self.typed.catch_up(now + min(TYPED_WAIT_SECONDS, (deadline - now) / 2))
-        if writable is None and not self.typed.errors_writable:
+        if not self.typed.takes_typed_rows:
             return None
         writer, encoder = await self._typed_writer_for(writable)
         rows: list[bytes | None] = []
@@ -477,8 +475,8 @@ class BigQueryStore:
             if not revision:
                 rows.append(None)
                 continue
-            known = self._revisions.fields(revision) is not None
-            rows.append(encoder.encode(record, typed_columns(record, revision, writable, known)))
+            columns = typed_columns(record, revision, writable, known[revision])
+            rows.append(encoder.encode(record, columns))
         return writer, rows
 
     async def _typed_writer_for(

@@ -28,7 +28,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from google.api_core.exceptions import GoogleAPIError, PreconditionFailed
@@ -42,6 +42,7 @@ from app.store.bigquery.proto import row_descriptor
 from app.typed.evolution import merge
 from app.typed.mapping import Field, Mode, Type
 from app.typed.projection import ProjectionError, project_stored
+from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
 
@@ -386,17 +387,36 @@ class TypedTable:
             return
         raise TimeoutError(f"{_PATCH_ROUNDS} changes of {self.table} raced this one")
 
+    async def hold(self, revisions: Revisions, names: Iterable[str | None]) -> dict[str, bool]:
+        """Make the table hold the fields of each revision named (`widen`); of each,
+        whether its fields are known here (fetched if need be: StoreUnavailable
+        while they cannot be)."""
+        known: dict[str, bool] = {}
+        for name in dict.fromkeys(n for n in names if n):
+            fields = await revisions.lookup(name)
+            known[name] = fields is not None
+            if fields is not None:
+                await self.widen(name, fields)
+        return known
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether the write path takes every typed field the table holds, as last seen."""
+        return self.fields is None or (
+            self.writable is not None
+            and merge(self.writable, self.fields, widen=False) == self.writable
+        )
+
+    @property
+    def takes_typed_rows(self) -> bool:
+        """Whether the write path takes a typed column at all (`fields` or the errors)."""
+        return self.writable is not None or self.errors_writable
+
     async def catch_up(self, until: float) -> tuple[Field, ...] | None:
         """The typed fields the write path takes (None: it has no `fields` column),
         once they hold the table's, or at `until` (the clock's)."""
         while True:
-            if self._polled and (
-                self.fields is None
-                or (
-                    self.writable is not None
-                    and merge(self.writable, self.fields, widen=False) == self.writable
-                )
-            ):
+            if self._polled and self.caught_up:
                 return self.writable
             now = self._clock()
             if now >= until and self._polled:

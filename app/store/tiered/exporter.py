@@ -140,6 +140,8 @@ _TABLES_OF: Final = {row_type: table for table, row_type in TABLES.items()}
 # The rows of either table, and either table's row type.
 Batch = list[Record | Rejection]
 RowType = type[Record] | type[Rejection]
+# A batch as it is appended: its writer schema and its rows' bytes.
+Encoded = tuple[descriptor_pb2.DescriptorProto, list[bytes]]
 
 
 class ExportObserver(Protocol):
@@ -358,12 +360,9 @@ class Exporter:
                 return 0
             encoding = await self._encoding(kind, rows)
             if encoding is None:
-                return 0
-            descriptor, encode = encoding
-            encoded = [encode(r) for r in rows]
-            return await self._append(
-                kind, progress, progress.pending, rows, (descriptor, encoded), repeat=True
-            )
+                return 0  # the batch waits in Spanner (see `typed.py`)
+            batch = (encoding[0], [encoding[1](r) for r in rows])
+            return await self._append(kind, progress, progress.pending, rows, batch, repeat=True)
         if progress.stream is None:
             stream = await self._streams[kind].create()
             progress = msgspec.structs.replace(progress, stream=stream, next_offset=0)
@@ -378,14 +377,14 @@ class Exporter:
             seen=progress.updated or 0,
         )
         encoding = await self._encoding(kind, found) if found else None
-        if found and encoding is None:
-            return 0  # the batch waits in Spanner (see `typed.py`)
-        rows, encoded = self._cut(encoding, found)
-        if not rows:
+        if encoding is None:
+            if found:
+                return 0  # the batch waits in Spanner (see `typed.py`)
             if until - progress.watermark >= WATERMARK_STEP_MICROS:
                 await self.ledger.record(msgspec.structs.replace(progress, watermark=until + 1))
                 await self._publish(table, until + 1)
             return 0
+        rows, batch = self._cut(encoding, found)
         last = rows[-1]
         full = len(found) == self._batch_rows or len(rows) < len(found)
         # Batch committed with the last one's timestamp may remain when the batch
@@ -398,7 +397,6 @@ class Exporter:
             watermark=max(watermark, progress.watermark),
         )
         intent = await self.ledger.record(msgspec.structs.replace(progress, pending=pending))
-        batch = (encoding[0] if encoding else self._encoders[kind].descriptor, encoded)
         return await self._append(kind, intent, pending, rows, batch, repeat=False, replace=True)
 
     async def _encoding(self, kind: RowType, rows: Batch) -> Encoding | None:
@@ -409,19 +407,18 @@ class Exporter:
         encoder = self._encoders[kind]
         return encoder.descriptor, encoder.encode
 
-    def _cut(self, encoding: Encoding | None, rows: Batch) -> tuple[Batch, list[bytes]]:
-        """The longest start of `rows` within a batch's bytes (one row at least), encoded."""
-        if encoding is None:
-            return [], []
-        encode = encoding[1]
+    def _cut(self, encoding: Encoding, rows: Batch) -> tuple[Batch, Encoded]:
+        """The longest start of `rows` within a batch's bytes (one row at least), and
+        its writer schema and bytes."""
+        descriptor, encode = encoding
         encoded: list[bytes] = []
         size = 0
         for index, row in enumerate(rows):
             encoded.append(encode(row))
             size += len(encoded[-1]) + 6  # framing: a tag and a length varint
             if size > self._batch_bytes and index:
-                return rows[:index], encoded[:index]
-        return rows, encoded
+                return rows[:index], (descriptor, encoded[:index])
+        return rows, (descriptor, encoded)
 
     async def _pending_rows(
         self, kind: RowType, progress: Progress, pending: Intent
@@ -454,7 +451,7 @@ class Exporter:
         intent: Progress,
         pending: Intent,
         rows: Batch,
-        batch: tuple[descriptor_pb2.DescriptorProto, list[bytes]],
+        batch: Encoded,
         *,
         repeat: bool,
         replace: bool = False,

@@ -34,7 +34,6 @@ from google.protobuf import descriptor_pb2
 from app.records import Record
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.typed import TypedTable, typed_columns, typed_descriptor
-from app.typed.evolution import merge
 from app.typed.mapping import Field
 from app.typed.revisions import Revisions
 
@@ -77,19 +76,10 @@ class TypedExport:
 
         Raises StoreUnavailable while a revision they name cannot be fetched.
         """
-        known_here: dict[str, bool] = {}
-        for name in dict.fromkeys(self._revisions.revision_of(r.schema) for r in rows):
-            if name is None:
-                continue
-            fields = await self._revisions.lookup(name)
-            known_here[name] = fields is not None
-            if fields is not None:
-                await self.table.widen(name, fields)
+        revision_of = self._revisions.revision_of
+        known = await self.table.hold(self._revisions, (revision_of(r.schema) for r in rows))
         writable = await self.table.catch_up(self._clock() + _ROUND_SECONDS)
-        wanted = self.table.fields
-        if wanted is not None and (
-            writable is None or merge(writable, wanted, widen=False) != writable
-        ):
+        if not self.table.caught_up:
             now = self._clock()
             if self.waiting_since is None:
                 self.waiting_since = now
@@ -112,14 +102,14 @@ class TypedExport:
         else:
             self.waiting_since = None
             self._outwaited = False
-        if writable is None and not self.table.errors_writable:
+        if not self.table.takes_typed_rows:
             return self._plain.descriptor, self._plain.encode
         encoder = self._encoder(writable)
 
         def encode(record: Record) -> bytes:
-            revision = self._revisions.revision_of(record.schema)
-            known = revision is not None and known_here.get(revision, False)
-            return encoder.encode(record, typed_columns(record, revision, writable, known))
+            revision = revision_of(record.schema)
+            here = revision is not None and known[revision]
+            return encoder.encode(record, typed_columns(record, revision, writable, here))
 
         return encoder.descriptor, encode
 
