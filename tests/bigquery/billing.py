@@ -484,6 +484,30 @@ class BillingModel:
         self._cache[table] = (key, found)
         return found
 
+    def forget(self, table: str) -> None:
+        """Lay the table out again at the next bill: rows of it changed in place."""
+        self._cache.pop(table, None)
+
+    def modified(
+        self,
+        table: str,
+        rows: Sequence[dict[str, Any]],
+        partitions: Collection[int | None],
+        types: Mapping[str, exp.DataType],
+    ) -> int:
+        """What a DML statement that changes rows in `partitions` (days since the
+        epoch) is billed for them beyond what it reads: every column of each such
+        partition, as it is before the statement ("the total size of all partitions
+        being updated", BigQuery's DML pricing for partitioned tables; None: the
+        whole of a table with no partitions)."""
+        columns = [(c,) for c in self.kinds.get(table, {})]
+        columns += [(c,) for c in types if (c,) not in columns]
+        total = 0
+        for block in self.storage(table, rows):
+            if block.partition in partitions:
+                total += sum(self._size(block, path, types) for path in columns)
+        return total * self.row_weight
+
     def bill(
         self,
         sql: str,

@@ -33,7 +33,7 @@ import pyarrow as pa
 import sqlglot
 
 from app.records import TABLES, Kind, columns
-from tests.bigquery.billing import Bill, BillingModel, Layout
+from tests.bigquery.billing import DAY_MICROS, Bill, BillingModel, Layout, billed, data_type
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite, SchemaRefused
 
 BIGQUERY_TF = (
@@ -106,6 +106,14 @@ _PATH = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries$")
 _TABLE = re.compile(
     r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$"
 )
+_TABLES = re.compile(
+    r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables$"
+)
+# A column of a table the fake was asked to create, as the billing model sizes it.
+_KINDS = {"STRING": Kind.STRING, "INT64": Kind.INT64, "INTEGER": Kind.INT64, "BYTES": Kind.BYTES}
+_KINDS |= {"TIMESTAMP": Kind.TIMESTAMP, "JSON": Kind.JSON}
+# The row's place in its table, in the copy a DML statement runs on.
+_ROW = "__row"
 
 
 @dataclasses.dataclass
@@ -172,7 +180,7 @@ class FakeBigQueryJobs:
         )
         self.queries: list[ReceivedQuery] = []
         self._lock = threading.Lock()
-        self._db: tuple[tuple[tuple[int, int, int], ...], duckdb.DuckDBPyConnection] | None = None
+        self._db: tuple[tuple[object, ...], duckdb.DuckDBPyConnection] | None = None
         # (HTTP status, reason) answered to the next queries instead of running them.
         self.failures: list[tuple[int, str]] = []
         # …and to the next table patches; every patch body received.
@@ -190,6 +198,12 @@ class FakeBigQueryJobs:
         # …and those applied (none refused for any reason).
         self.applied_patches = 0
         self._tables_lock = threading.Lock()
+        # Tables made through `tables.insert` (their request bodies), by name, and
+        # the names of those dropped since.
+        self.created: dict[str, dict[str, Any]] = {}
+        self.dropped: list[str] = []
+        # DML statements applied.
+        self.updates = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -202,7 +216,18 @@ class FakeBigQueryJobs:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if _TABLES.match(self.path.split("?", 1)[0]):
+                    self._answer(*fake.create_table(self.path, body))
+                    return
                 self._answer(*fake.handle(self.path, body))
+
+            def do_DELETE(self) -> None:
+                status, answer = fake.delete_table(self.path)
+                if status == 204:
+                    self.send_response(204)
+                    self.end_headers()
+                    return
+                self._answer(status, answer)
 
             def do_GET(self) -> None:
                 self._answer(*fake.table(self.path, None, None))
@@ -282,6 +307,38 @@ class FakeBigQueryJobs:
             "etag": etag,
         }
 
+    def create_table(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`tables.insert` of a table in the dataset (a backfill's staging table): its
+        schema goes to the write fake, which takes appends to it from then on."""
+        match = _TABLES.match(path.split("?", 1)[0])
+        assert match is not None
+        name = body["tableReference"]["tableId"]
+        full = f"projects/{match['project']}/datasets/{match['dataset']}/tables/{name}"
+        with self._tables_lock:
+            if full in self.write.schemas:
+                return 409, _error(409, "duplicate", f"Already Exists: Table {name}")
+            self.created[name] = body
+            self.write.define(full, body["schema"]["fields"])
+            self.billing.kinds[name] = {
+                f["name"]: _KINDS[f["type"]]
+                for f in body["schema"]["fields"]
+                if f["type"] in _KINDS and f.get("mode") != "REPEATED"
+            }
+        return self.table(f"{path.split('?', 1)[0]}/{name}", None, None)
+
+    def delete_table(self, path: str) -> tuple[int, dict[str, Any]]:
+        """`tables.delete` of a table the fake was asked to create."""
+        match = _TABLE.match(path.split("?", 1)[0])
+        if match is None or match["table"] not in self.created:
+            return 404, _error(404, "notFound", f"Not found: {path}")
+        full = f"projects/{match['project']}/datasets/{match['dataset']}/tables/{match['table']}"
+        with self._tables_lock:
+            self.created.pop(match["table"])
+            self.dropped.append(match["table"])
+            self.write.drop(full)
+            self.billing.kinds.pop(match["table"], None)
+        return 204, {}
+
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         match = _PATH.match(path.split("?", 1)[0])
         if match is None:
@@ -297,6 +354,12 @@ class FakeBigQueryJobs:
         if self.failures:
             status, reason = self.failures.pop(0)
             return status, _error(status, reason, "injected failure")
+        try:
+            statement = sqlglot.parse_one(sql, read="bigquery")
+        except sqlglot.errors.SqlglotError as exc:
+            return 400, _error(400, "invalidQuery", str(exc))
+        if isinstance(statement, sqlglot.exp.Update):
+            return self._update(statement, sql, params, received, body.get("maximumBytesBilled"))
         try:
             bill = self.bill(sql, params)
         except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
@@ -332,6 +395,109 @@ class FakeBigQueryJobs:
             "totalBytesBilled": str(bill.bytes_billed),
         }
 
+    def _update(
+        self,
+        statement: sqlglot.exp.Update,
+        sql: str,
+        params: dict[str, Any],
+        received: ReceivedQuery,
+        limit: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """A DML UPDATE, as BigQuery runs one: every row it matches changes at once
+        (one transaction), and it is billed as DML on a partitioned table is, what
+        it reads plus every column of each partition it changes."""
+        table = statement.this.name
+        path = self._path(table)
+        if path not in self.write.schemas:
+            return 404, _error(404, "notFound", f"Not found: Table {table}")
+        # What it reads: its assignments' values over its tables, where it matches.
+        reads = sqlglot.select(*(a.expression.copy() for a in statement.expressions))
+        reads = reads.from_(statement.this.copy())
+        source = statement.find(sqlglot.exp.From)
+        if source is not None:
+            reads = reads.join(source.this.copy())
+        where = statement.find(sqlglot.exp.Where)
+        if where is not None:
+            reads = reads.where(where.this.copy())
+        try:
+            read = self.bill(reads.sql(dialect="bigquery"), params)
+            changes = self._run_update(statement, sql, params)
+        except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
+            return 400, _error(400, "invalidQuery", str(exc))
+        except _AmbiguousUpdate as exc:
+            return 400, _error(400, "invalidQuery", str(exc))
+        rows = self._rows(table)
+        partition = self.billing.layouts.get(table, Layout()).partition
+        partitions = {rows[i][partition] // DAY_MICROS if partition else None for i in changes}
+        types = {f["name"]: data_type(_sql_type(f)) for f in self.write.schemas[path].fields}
+        per_table: dict[str, int] = {}
+        for name, scanned in read.scans:
+            per_table[name] = per_table.get(name, 0) + scanned
+        per_table[table] = per_table.get(table, 0) + self.billing.modified(
+            table, rows, partitions, types
+        )
+        bill = Bill(
+            bytes_processed=sum(per_table.values()),
+            bytes_billed=billed(per_table),
+            scans=tuple(per_table.items()),
+        )
+        received.bill = bill
+        if limit is not None and bill.bytes_billed > int(limit):
+            message = (
+                f"Query exceeded limit for bytes billed: {int(limit)}. "
+                f"{bill.bytes_billed} or higher required."
+            )
+            return 400, _error(400, "bytesBilledLimitExceeded", message)
+        self.write.update_rows(path, changes)
+        self.billing.forget(table)
+        self.updates += 1
+        return 200, {
+            "kind": "bigquery#queryResponse",
+            "jobComplete": True,
+            "numDmlAffectedRows": str(len(changes)),
+            "dmlStats": {"updatedRowCount": str(len(changes))},
+            "queryId": f"fake-{len(self.queries)}",
+            "location": "US",
+            "cacheHit": False,
+            "totalBytesProcessed": str(bill.bytes_processed),
+            "totalBytesBilled": str(bill.bytes_billed),
+        }
+
+    def _run_update(
+        self, statement: sqlglot.exp.Update, sql: str, params: dict[str, Any]
+    ) -> dict[int, dict[str, Any]]:
+        """The rows an UPDATE changes, by their place in the target table, and their
+        new values in the write fake's form; run on a copy of the tables it names."""
+        target = statement.this.name
+        named = {t.name for t in statement.find_all(sqlglot.exp.Table)}
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute(f"ATTACH ':memory:' AS \"{self.project}\"")
+            con.execute(f'CREATE SCHEMA "{self.project}"."{self.dataset}"')
+            for table in named:
+                self._fill(con, table, numbered=table == target)
+            assigned = [a.this.name for a in statement.expressions]
+            translated = sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
+            returning = ", ".join(f'"{c}"' for c in (_ROW, *assigned))
+            translated = f"{translated} RETURNING {returning}"
+            used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", translated)}
+            found = con.execute(translated, used).fetchall()
+        finally:
+            con.close()
+        places = [row[0] for row in found]
+        if len(set(places)) != len(places):
+            raise _AmbiguousUpdate(
+                "UPDATE/MERGE must match at most one source row for each target row"
+            )
+        fields = {f["name"]: f for f in self.write.schemas[self._path(target)].fields}
+        return {
+            row[0]: {c: _wire_value(v, fields[c]) for c, v in zip(assigned, row[1:], strict=True)}
+            for row in found
+        }
+
+    def _path(self, table: str) -> str:
+        return f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
+
     def bill(self, sql: str, params: dict[str, Any]) -> Bill:
         """What BigQuery would bill this query over the rows stored now."""
         schema = {
@@ -345,11 +511,24 @@ class FakeBigQueryJobs:
                         }
                         for table, row_type in TABLES.items()
                     },
+                    **{
+                        table: {f["name"]: _sql_type(f) for f in fields}
+                        for table, fields in self._created_fields().items()
+                    },
                     PARTITIONS_VIEW: PARTITIONS_COLUMNS,
                 }
             }
         }
         return self.billing.bill(sql, params, self._rows, schema)
+
+    def _created_fields(self) -> dict[str, list[dict[str, Any]]]:
+        """The columns of each table made through `tables.insert` that still exists."""
+        found = {}
+        for table in list(self.created):
+            schema = self.write.schemas.get(self._path(table))
+            if schema is not None:
+                found[table] = schema.fields
+        return found
 
     def _typed_columns(self, table: str) -> list[dict[str, Any]]:
         """Columns of the table's schema that its Record does not have (typed columns)."""
@@ -381,13 +560,46 @@ class FakeBigQueryJobs:
         finally:
             con.close()
 
+    def _fill(self, con: duckdb.DuckDBPyConnection, table: str, *, numbered: bool = False) -> None:
+        """Create `table` in `con` and load its stored rows; `numbered`: with a first
+        column `__row`, each row's place in the write fake's table."""
+        name = f'"{self.project}"."{self.dataset}"."{table}"'
+        rows = self._rows(table)
+        if table in TABLES:
+            cols = columns(TABLES[table])
+            typed = self._typed_columns(table)
+            ddl = [f'"{c.name}" {_DUCKDB_TYPES[c.kind]}' for c in cols]
+            arrow = [(c.name, _ARROW_TYPES[c.kind]) for c in cols]
+        else:
+            schema = self.write.schemas.get(self._path(table))
+            typed = schema.fields if schema is not None else []
+            ddl, arrow = [], []
+        ddl += [f'"{f["name"]}" {_duckdb_type(f)}' for f in typed]
+        arrow += [(f["name"], _arrow_type(f)) for f in typed]
+        if numbered:
+            ddl.insert(0, f'"{_ROW}" BIGINT')
+            arrow.insert(0, (_ROW, pa.int64()))
+        con.execute(f"CREATE TABLE {name} ({', '.join(ddl)})")
+        if not rows:
+            return
+        if typed:
+            rows = [_typed_row(row, typed) for row in rows]
+        if numbered:
+            rows = [{_ROW: place, **row} for place, row in enumerate(rows)]
+        con.register("incoming", pa.Table.from_pylist(rows, schema=pa.schema(arrow)))
+        con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
+        con.unregister("incoming")
+
     def _loaded(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB holding the stored rows, loaded again once they change."""
         stored = {table: self._rows(table) for table in TABLES}
-        typed = {table: self._typed_columns(table) for table in TABLES}
+        created = self._created_fields()
         version = (
+            self.write.rows_changed,
             *(_version(rows) for rows in stored.values()),
-            *(json.dumps(t) for t in typed.values()),
+            *(json.dumps(self._typed_columns(t)) for t in TABLES),
+            *(_version(self._rows(t)) for t in created),
+            json.dumps(created),
         )
         with self._lock:
             if self._db is not None and self._db[0] == version:
@@ -395,25 +607,8 @@ class FakeBigQueryJobs:
             con = duckdb.connect(":memory:")
             con.execute(f"ATTACH ':memory:' AS \"{self.project}\"")
             con.execute(f'CREATE SCHEMA "{self.project}"."{self.dataset}"')
-            for table, row_type in TABLES.items():
-                name = f'"{self.project}"."{self.dataset}"."{table}"'
-                cols = columns(row_type)
-                ddl = ", ".join(
-                    [f'"{c.name}" {_DUCKDB_TYPES[c.kind]}' for c in cols]
-                    + [f'"{f["name"]}" {_duckdb_type(f)}' for f in typed[table]]
-                )
-                con.execute(f"CREATE TABLE {name} ({ddl})")
-                if stored[table]:
-                    schema = pa.schema(
-                        [(c.name, _ARROW_TYPES[c.kind]) for c in cols]
-                        + [(f["name"], _arrow_type(f)) for f in typed[table]]
-                    )
-                    rows = stored[table]
-                    if typed[table]:
-                        rows = [_typed_row(row, typed[table]) for row in rows]
-                    con.register("incoming", pa.Table.from_pylist(rows, schema=schema))
-                    con.execute(f"INSERT INTO {name} SELECT * FROM incoming")
-                    con.unregister("incoming")
+            for table in (*TABLES, *created):
+                self._fill(con, table)
             _partitions_view(con, f'"{self.project}"."{self.dataset}"', stored.__getitem__)
             if self._db is not None:
                 self._db[1].close()
@@ -493,6 +688,30 @@ def _typed_value(value: Any, field: dict[str, Any]) -> Any:
             return date(1970, 1, 1) + timedelta(days=value)
         case _:
             return value
+
+
+def _wire_value(value: Any, field: dict[str, Any]) -> Any:
+    """A value DuckDB gives back, in the form the write fake keeps (`_typed_value`'s inverse)."""
+    if value is None:
+        return None
+    if field.get("mode") == "REPEATED":
+        single = {**field, "mode": "NULLABLE"}
+        return [_wire_value(v, single) for v in value]
+    match field["type"]:
+        case "RECORD" | "STRUCT":
+            return {f["name"]: _wire_value(value.get(f["name"]), f) for f in field["fields"]}
+        case "NUMERIC":
+            return format(value, "f")
+        case "TIMESTAMP":
+            return (value - datetime.fromtimestamp(0, tz=UTC)) // timedelta(microseconds=1)
+        case "DATE":
+            return (value - date(1970, 1, 1)).days
+        case _:
+            return value
+
+
+class _AmbiguousUpdate(Exception):
+    """An UPDATE matched a target row with more than one source row: BigQuery refuses it."""
 
 
 def _version(rows: list[dict[str, Any]]) -> tuple[int, int, int]:

@@ -309,6 +309,8 @@ class FakeBigQueryWrite:
         )
         # Schemas of the tables a test defined (by full path); see the module notes.
         self.schemas: dict[str, TableSchema] = {}
+        # Times stored rows were changed or dropped rather than appended to.
+        self.rows_changed = 0
         self.schema_lag = 0.0
         self._etags = itertools.count(1)
         self._server: grpc.aio.Server | None = None
@@ -351,6 +353,21 @@ class FakeBigQueryWrite:
             if path == table or path.endswith(f"/tables/{table}"):
                 return list(rows)
         return []
+
+    def update_rows(self, table: str, changes: dict[int, dict[str, Any]]) -> None:
+        """Change stored rows of a table (full path), by their place in it: what a
+        DML statement the jobs fake ran did. Each row is replaced whole, never
+        changed in place, so readers holding the old one keep it."""
+        rows = self.tables[table]
+        for index, values in changes.items():
+            rows[index] = {**rows[index], **values}
+        self.rows_changed += 1
+
+    def drop(self, table: str) -> None:
+        """`tables.delete`: the table's schema and rows are gone."""
+        self.schemas.pop(table, None)
+        self.tables.pop(table, None)
+        self.rows_changed += 1
 
     def inject(self, table: str, *faults: Fault | None) -> None:
         self.faults[table].extend(faults)

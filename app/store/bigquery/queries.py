@@ -95,13 +95,17 @@ class QueryRunner:
         if client is not None:
             await asyncio.to_thread(client.close)
 
-    async def call(self, function: Callable[[bigquery.Client], Any]) -> Any:
+    async def call(
+        self, function: Callable[[bigquery.Client], Any], *, seconds: float | None = None
+    ) -> Any:
         """`function` of the client, in a thread; it must bound its own HTTP calls by
-        the read timeout, which this waits for plus the thread's slack."""
+        `seconds` (default: the read timeout), which this waits for plus the thread's
+        slack."""
         if self._client is None:
             raise StoreUnavailable("the BigQuery store is not started")
         client = self._client
-        async with asyncio.timeout(self._timeout + _QUERY_SLACK_SECONDS):
+        seconds = self._timeout if seconds is None else seconds
+        async with asyncio.timeout(seconds + _QUERY_SLACK_SECONDS):
             return await asyncio.to_thread(function, client)
 
     async def run(self, sql: str, params: dict[str, QueryValue], *, tables: int = 1) -> Rows:

@@ -55,6 +55,7 @@ from app.store import (
     RowOutcome,
 )
 from app.store.bell import Bell
+from app.store.bigquery.backfill import Backfill, Backfilled
 from app.store.bigquery.cache import ReadCache
 from app.store.bigquery.paging import Pager
 from app.store.bigquery.proto import RowEncoder
@@ -507,6 +508,31 @@ class BigQueryStore:
         for retired in done:
             await retired.close()
         return writer, encoder
+
+    async def backfill(
+        self,
+        since: int,
+        until: int,
+        *,
+        statement_seconds: float,
+        max_bytes_billed: int | None = None,
+    ) -> Backfilled:
+        """Project the records ingested in [since, until) (µs) onto the typed columns
+        again, in place (`backfill.py`); BackfillError says why it could not."""
+        if self.typed is None or self._revisions is None or self._write_client is None:
+            raise StoreUnavailable("the BigQuery store is not started with schema revisions")
+        client = self._write_client
+        run = Backfill(
+            project=self.project,
+            dataset=self.dataset,
+            call=self._queries.call,
+            stream=lambda path, descriptor: OffsetStream(client, path, descriptor),
+            typed=self.typed,
+            revisions=self._revisions,
+            statement_seconds=statement_seconds,
+            max_bytes_billed=max_bytes_billed,
+        )
+        return await run.run(since, until)
 
     async def _write_path_schema(self) -> list[Field]:
         """The records table's columns as the Storage Write API's `_default` stream sees them."""

@@ -171,6 +171,20 @@ def typed_descriptor(fields: Sequence[Field] | None) -> descriptor_pb2.Descripto
     return message
 
 
+def keyed_descriptor(fields: Sequence[Field] | None) -> descriptor_pb2.DescriptorProto:
+    """A row of a record's typed columns alone, keyed by its `message_id` (a
+    backfill's staging rows): `message_id`, then `fields` (None: none), then the errors."""
+    message = descriptor_pb2.DescriptorProto(name="TypedColumns")
+    message.field.add(
+        name="message_id", number=1, type=_Proto.TYPE_STRING, label=_Proto.LABEL_REQUIRED
+    )
+    names = iter(range(1, 1_000_000))
+    typed = [] if fields is None else [Field(name=FIELDS, type=Type.RECORD, fields=tuple(fields))]
+    for number, column in enumerate((*typed, ERRORS_FIELD), start=2):
+        _add(message, column, number, names)
+    return message
+
+
 def _add(message: descriptor_pb2.DescriptorProto, field: Field, number: int, names: Any) -> None:
     label = _Proto.LABEL_REPEATED if field.mode is Mode.REPEATED else _Proto.LABEL_OPTIONAL
     if field.type is not Type.RECORD:
@@ -226,8 +240,15 @@ def typed_columns(
     values; `known`: whose fields this process has), and every value not there."""
     if revision is None:
         return {ERRORS: []} if writable is None else {FIELDS: {}, ERRORS: []}
+    return typed_values(record.data, revision, writable, known)
+
+
+def typed_values(
+    data: str, revision: str, writable: Sequence[Field] | None, known: bool
+) -> dict[str, Any]:
+    """`typed_columns` of a payload (`Record.data`) that names `revision`."""
     fields = () if writable is None else writable
-    projection = project_stored(record.data, fields if known else None, revision)
+    projection = project_stored(data, fields if known else None, revision)
     errors = {ERRORS: error_values(projection.errors)}
     if writable is None:
         return errors
