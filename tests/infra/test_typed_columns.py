@@ -1,7 +1,9 @@
-"""A system's typed columns from its schema file: the `fields` column the file makes,
-generated beside it by the service's own mapping (`recordline schema typed FILE --type T
---write`, `<file>.bigquery.json`), since HCL cannot map a .proto or a nested Avro
-schema; the service's merge of that revision then changes nothing in a table that has it.
+"""A system's typed columns at apply time: `records` is created with the `fields` column
+its schema file makes, generated beside the file by the service's own mapping
+(`recordline schema typed FILE --type T --write`, `<file>.bigquery.json`), since HCL
+cannot map a .proto or a nested Avro schema. The plan refuses a file without it or with
+a stale one; the service's merge of that revision then changes nothing; and Terraform
+still ignores the schema of a table that exists, so no plan drops what the service added.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from app.ingest.schemas import revision_codec
 from app.records import Record
 from app.store.bigquery.schema import created_schema
 from app.store.bigquery.typed import TypedTable
-from tests.infra.test_terraform import TERRAFORM
+from tests.infra.console import console, require_terraform
+from tests.infra.test_fleet import _module, _root_console, _root_console_run
+from tests.infra.test_terraform import MODULE, TERRAFORM, _expression, _resources
 
 ROOT = TERRAFORM.parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
@@ -229,3 +233,116 @@ def test_every_typed_columns_file_in_the_repository_is_what_the_code_makes() -> 
     for path, text in typed_files().items():
         assert text is not None, f"{path}: no schema file beside it, or no type"
         assert path.read_text() == text, f"{path} is stale: python3 dev.py schema --write"
+
+
+# --- the plan: the file is read, and refused missing or stale ----------------------------
+
+
+def _files(kind: str, *, sibling: str | None) -> tuple[tuple[str, bytes], ...]:
+    name, definition = SCHEMAS[kind]
+    files = [(f"schemas/{name}", definition)]
+    if sibling is not None:
+        files.append((f"schemas/{name}{TYPED_SUFFIX}", sibling.encode()))
+    return tuple(files)
+
+
+def _system(kind: str) -> str:
+    name = SCHEMAS[kind][0]
+    return (
+        f'{{ recordline = {{}}, shop = {{ schema = {{ file = "schemas/{name}", type = "{kind}",'
+        f' encoding = "BINARY" }}, canary_file = "schemas/{name}" }} }}'
+    )
+
+
+def _typed_columns_input(systems: str, files: tuple[tuple[str, bytes], ...]) -> dict[str, Any]:
+    module = _module()
+    expression = _expression(module["typed_columns"]).replace("each.key", "k")
+    return dict(
+        _root_console(f"{{for k, v in local.systems : k => {expression}}}", systems, files=files)
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEMAS))
+def test_the_module_is_given_the_generated_column(kind: str) -> None:
+    _, text = _generated(kind)
+    given = _typed_columns_input(_system(kind), _files(kind, sibling=text))
+    assert given["recordline"] is None  # no schema: no typed columns, as ever
+    assert json.loads(given["shop"]) == json.loads(text)["column"]
+    # A JSON topic's declared schema: the same, as Avro.
+    systems = '{ recordline = {}, shop = { json_schema = "schemas/orders.avsc" } }'
+    if kind == "AVRO":
+        given = _typed_columns_input(systems, _files(kind, sibling=text))
+        assert json.loads(given["shop"]) == json.loads(text)["column"]
+
+
+def _refused(systems: str, files: tuple[tuple[str, bytes], ...]) -> str:
+    run = _root_console_run("keys(var.systems)", systems, files=files)
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m|[│╷╵]", "", run.stdout + run.stderr).split())
+    return text if "Invalid value for variable" in text else ""
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEMAS))
+def test_a_missing_or_stale_file_fails_the_plan_naming_the_command(kind: str) -> None:
+    name = SCHEMAS[kind][0]
+    command = f"python3 dev.py schema typed schemas/{name} --type {kind} --write"
+    definition, text = _generated(kind)
+    assert _refused(_system(kind), _files(kind, sibling=text)) == ""
+    # Missing.
+    assert command in _refused(_system(kind), _files(kind, sibling=None))
+    # Made from another version of the file (the file changed, a new revision).
+    changed = text.replace(hashlib.sha256(definition).hexdigest(), "0" * 64)
+    assert command in _refused(_system(kind), _files(kind, sibling=changed))
+    # Made for another type.
+    other = {"AVRO": "PROTOCOL_BUFFER", "PROTOCOL_BUFFER": "AVRO"}[kind]
+    wrong = text.replace(f'"type": "{kind}"', f'"type": "{other}"')
+    assert command in _refused(_system(kind), _files(kind, sibling=wrong))
+    # Not JSON at all.
+    assert command in _refused(_system(kind), _files(kind, sibling="{"))
+
+
+def test_a_declared_json_schema_is_checked_the_same_way() -> None:
+    systems = '{ recordline = {}, shop = { json_schema = "schemas/orders.avsc" } }'
+    command = "python3 dev.py schema typed schemas/orders.avsc --type AVRO --write"
+    assert command in _refused(systems, _files("AVRO", sibling=None))
+    assert _refused(systems, _files("AVRO", sibling=_generated("AVRO")[1])) == ""
+
+
+# --- the table: created with the column, its schema then the service's -------------------
+
+
+def _records_schema(typed_columns: str | None) -> list[dict[str, Any]]:
+    """`records`' schema as the module composes it (local.records_schema), by terraform."""
+    require_terraform()
+    (block,) = [
+        b
+        for b in re.findall(r"(?ms)^locals \{\n.*?^\}\n", (MODULE / "bigquery.tf").read_text())
+        if "records_schema" in b
+    ]
+    with tempfile.TemporaryDirectory() as work:
+        Path(work, "schemas").mkdir()
+        Path(work, "schemas", "records.json").write_bytes(
+            (MODULE / "schemas" / "records.json").read_bytes()
+        )
+        Path(work, "main.tf").write_text(
+            f'variable "typed_columns" {{\n  type = string\n}}\n{block}'
+        )
+        value = "null" if typed_columns is None else json.dumps(typed_columns)
+        Path(work, "values.tfvars").write_text(f"typed_columns = {value}\n")
+        return list(console(work, "jsondecode(local.records_schema)", var_file="values.tfvars"))
+
+
+def test_records_is_created_with_the_service_columns_and_the_systems_typed_ones() -> None:
+    assert _resources("google_bigquery_table")["records"]["schema"] == "${local.records_schema}"
+    # Without a schema, exactly the schema file, as before.
+    assert _records_schema(None) == created_schema(Record)
+    # With one: `fields` last, where the service's own patch puts it.
+    _, text = _generated("PROTOCOL_BUFFER")
+    column = json.loads(text)["column"]
+    assert _records_schema(json.dumps(column)) == [*created_schema(Record), column]
+
+
+def test_terraform_never_plans_to_drop_a_column_the_service_added() -> None:
+    # What the module composes only shapes a new table: the schema of one that exists
+    # is the service's (a later revision's fields, a release's columns).
+    lifecycle = _resources("google_bigquery_table")["records"]["lifecycle"]
+    assert lifecycle == [{"prevent_destroy": True, "ignore_changes": ["schema"]}]
