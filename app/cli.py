@@ -607,18 +607,16 @@ def typed_columns_file(source: Path, kind: str) -> str:
 
 def typed_files() -> dict[Path, str | None]:
     """Every typed columns file under SYSTEM_SCHEMAS, as the code derives it from its
-    schema file and the type it names; None for one whose schema file is gone or
-    that names no type."""
+    schema file and the type it names; None for one whose schema file is gone, that
+    names no type, or whose schema file does not decode as that type."""
     files: dict[Path, str | None] = {}
     for path in sorted(SYSTEM_SCHEMAS.rglob(f"*{TYPED_SUFFIX}")):
         source = path.with_name(path.name.removesuffix(TYPED_SUFFIX))
         try:
             kind = json.loads(path.read_text()).get("type")
-        except (ValueError, AttributeError):
-            kind = None
-        files[path] = (
-            typed_columns_file(source, kind) if source.is_file() and kind in SCHEMA_TYPES else None
-        )
+            files[path] = typed_columns_file(source, kind) if kind in SCHEMA_TYPES else None
+        except (OSError, ValueError, AttributeError):  # SchemaError is a ValueError
+            files[path] = None
     return files
 
 
@@ -709,9 +707,9 @@ def _schema(target: str, *, write: bool) -> int:
             print(f"wrote {path}")
         for path in lost:
             print(
-                f"recordline schema --write: {path} has no schema file beside it, or names no "
-                f"type ({' or '.join(SCHEMA_TYPES)}): delete it, or write it again with "
-                f"`recordline schema typed FILE --type TYPE --write`",
+                f"recordline schema --write: {path} has no schema file beside it that "
+                f"decodes as the type it names ({' or '.join(SCHEMA_TYPES)}): delete it, or "
+                "write it again with `recordline schema typed FILE --type TYPE --write`",
                 file=sys.stderr,
             )
         return 2 if lost else 0

@@ -21,7 +21,8 @@ import hcl2
 import pytest
 from google.cloud import bigquery
 
-from app.cli import SYSTEM_SCHEMAS, TYPED_SUFFIX, typed_columns_file, typed_files
+from app import cli
+from app.cli import SYSTEM_SCHEMAS, TYPED_SUFFIX, main, typed_columns_file, typed_files
 from app.ingest.schemas import revision_codec
 from app.records import Record
 from app.store.bigquery.schema import created_schema
@@ -175,6 +176,48 @@ def test_a_schema_that_makes_no_fields_makes_no_column(tmp_path: Path) -> None:
     source = tmp_path / "plain.avsc"
     source.write_text('"string"')
     assert json.loads(typed_columns_file(source, "AVRO"))["column"] is None
+
+
+def test_the_command_writes_the_file_beside_the_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "payments.proto"
+    source.write_bytes(PROTO)
+    assert main(["schema", "typed", str(source), "--type", "PROTOCOL_BUFFER"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == typed_columns_file(source, "PROTOCOL_BUFFER")
+    assert main(["schema", "typed", str(source), "--type", "PROTOCOL_BUFFER", "--write"]) == 0
+    assert (tmp_path / f"payments.proto{TYPED_SUFFIX}").read_text() == printed
+    # What the service could not decode with, a file that is not there, a type left out.
+    assert main(["schema", "typed", str(source), "--type", "AVRO"]) == 2
+    assert f"{source} is no AVRO schema" in capsys.readouterr().err
+    assert main(["schema", "typed", str(tmp_path / "nope.avsc"), "--type", "AVRO"]) == 2
+    assert main(["schema", "typed", str(source)]) == 2
+    assert "--type AVRO|PROTOCOL_BUFFER are required" in capsys.readouterr().err
+
+
+def test_schema_write_makes_every_typed_columns_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only the typed columns files here (the table schemas' own test is test_units'), and
+    # nothing of the checkout written.
+    template = tmp_path / "spanner.sql.tftpl"
+    monkeypatch.setattr(cli, "SPANNER_TEMPLATE", template)
+    monkeypatch.setattr(cli, "schema_files", lambda: {template: ""})
+    monkeypatch.setattr(cli, "SYSTEM_SCHEMAS", tmp_path)
+    (tmp_path / "teams").mkdir()
+    source = tmp_path / "teams" / "orders.avsc"
+    source.write_bytes(AVRO)
+    stale = tmp_path / "teams" / f"orders.avsc{TYPED_SUFFIX}"
+    stale.write_text('{"type": "AVRO", "source_sha256": "0", "column": null}')
+    assert main(["schema", "--write"]) == 0
+    assert stale.read_text() == typed_columns_file(source, "AVRO")
+    # One whose schema file is gone is said, and fails the command; the rest are written.
+    (tmp_path / f"gone.avsc{TYPED_SUFFIX}").write_text('{"type": "AVRO"}')
+    stale.write_text('{"type": "AVRO"}')
+    assert main(["schema", "--write"]) == 2
+    assert stale.read_text() == typed_columns_file(source, "AVRO")
+    assert f"gone.avsc{TYPED_SUFFIX} has no schema file beside it" in capsys.readouterr().err
 
 
 # --- every schema file the repository's systems name has an up-to-date file ---------------
