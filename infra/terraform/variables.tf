@@ -817,7 +817,9 @@ variable "systems" {
   # refuses a schema file without one, or with one made from another version of the file
   # or for another type, naming the command that makes it. (A change of the mapping
   # itself: tests/infra/test_typed_columns.py.) A file that does not exist is left to
-  # the file() that reads it, which names it.
+  # the file() that reads it, which names it. The check is written twice, as the
+  # condition and as the message's list: a validation may read no local computed from
+  # its own variable (a cycle), and its condition must read the variable.
   validation {
     condition = alltrue(flatten([
       for s in values(var.systems) : [
