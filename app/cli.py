@@ -32,6 +32,11 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = CHECKOUT / "infra" / "terraform" / "modules" / "system" / "schemas"
 # The serving tier's statements as Terraform applies them: append only.
 SPANNER_TEMPLATE = SCHEMA_DIR / "spanner.sql.tftpl"
+# Where the systems' topic schemas live (infra/terraform/variables.tf refuses others),
+# and the typed columns generated beside each (`recordline schema typed`).
+SYSTEM_SCHEMAS = CHECKOUT / "schemas"
+TYPED_SUFFIX = ".bigquery.json"
+SCHEMA_TYPES = ("AVRO", "PROTOCOL_BUFFER")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +64,30 @@ def _main(argv: list[str] | None) -> int:
     schema.add_argument(
         "target",
         nargs="?",
-        choices=["bigquery", "spanner"],
+        choices=["bigquery", "spanner", "typed"],
         default="bigquery",
-        help="BigQuery's JSON schemas (the default), or the serving tier's Spanner DDL "
-        "(statements ended by `;`, for RECORDLINE_DEDUPE_WINDOW_SECONDS as set)",
+        help="BigQuery's JSON schemas (the default), the serving tier's Spanner DDL "
+        "(statements ended by `;`, for RECORDLINE_DEDUPE_WINDOW_SECONDS as set), or the "
+        "typed columns a system's schema FILE gives `records` when Terraform creates it",
+    )
+    schema.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="with typed: a system's schema file (its schema.file, or its json_schema)",
+    )
+    schema.add_argument(
+        "--type",
+        dest="schema_type",
+        choices=SCHEMA_TYPES,
+        help="with typed: the schema's type (a json_schema is AVRO)",
     )
     schema.add_argument(
         "--write",
         action="store_true",
-        help=f"write every schema file Terraform reads to {SCHEMA_DIR}",
+        help=f"write every schema file Terraform reads to {SCHEMA_DIR}, and regenerate "
+        f"every FILE{TYPED_SUFFIX} under {SYSTEM_SCHEMAS}; with typed: write "
+        f"FILE{TYPED_SUFFIX}",
     )
 
     config = commands.add_parser(
@@ -132,7 +152,11 @@ def _main(argv: list[str] | None) -> int:
     match args.command:
         case "serve":
             return _serve(args)
+        case "schema" if args.target == "typed":
+            return _typed_schema(args.file, args.schema_type, write=args.write)
         case "schema":
+            if args.file is not None or args.schema_type is not None:
+                schema.error("FILE and --type go with `recordline schema typed`")
             return _schema(args.target, write=args.write)
         case "export":
             return _export(args)
@@ -620,6 +644,78 @@ def schema_files() -> dict[Path, str]:
     return files
 
 
+def typed_columns_file(source: Path, kind: str) -> str:
+    """The text of `source`'s typed columns file (`source` + TYPED_SUFFIX), which
+    Terraform creates a system's `records` with: the `fields` column that the
+    schema's fields make (null when they make none), exactly as the service patches
+    it into the table on the revision's first row, so that its merge of that
+    revision then changes nothing; the schema's type; and the SHA-256 of the
+    file's bytes, which the plan compares with the file's (filesha256). Raises
+    SchemaError when the service could not decode with the schema."""
+    import hashlib
+
+    from app.ingest.schemas import revision_codec
+    from app.store.bigquery.typed import FIELDS, column_of
+    from app.typed.mapping import Field, Type
+
+    definition = source.read_bytes()
+    _, fields = revision_codec(kind, definition.decode())
+    column = (
+        column_of(Field(name=FIELDS, type=Type.RECORD, fields=fields)).to_api_repr()
+        if fields
+        else None
+    )
+    generated = {
+        "source_sha256": hashlib.sha256(definition).hexdigest(),
+        "type": kind,
+        "column": column,
+    }
+    return json.dumps(generated, indent=2) + "\n"
+
+
+def typed_files() -> dict[Path, str | None]:
+    """Every typed columns file under SYSTEM_SCHEMAS, as the code derives it from its
+    schema file and the type it names; None for one whose schema file is gone, that
+    names no type, or whose schema file does not decode as that type."""
+    files: dict[Path, str | None] = {}
+    for path in sorted(SYSTEM_SCHEMAS.rglob(f"*{TYPED_SUFFIX}")):
+        source = path.with_name(path.name.removesuffix(TYPED_SUFFIX))
+        try:
+            kind = json.loads(path.read_text()).get("type")
+            files[path] = typed_columns_file(source, kind) if kind in SCHEMA_TYPES else None
+        except (OSError, ValueError, AttributeError):  # SchemaError is a ValueError
+            files[path] = None
+    return files
+
+
+def _typed_schema(file: str | None, kind: str | None, *, write: bool) -> int:
+    from app.ingest.codec import SchemaError
+
+    if file is None or kind is None:
+        print(
+            "recordline schema typed: FILE and --type AVRO|PROTOCOL_BUFFER are required, "
+            "e.g. `recordline schema typed schemas/orders.avsc --type AVRO --write`",
+            file=sys.stderr,
+        )
+        return 2
+    source = Path(file)
+    try:
+        text = typed_columns_file(source, kind)
+    except OSError as exc:
+        print(f"recordline schema typed: {file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except (SchemaError, UnicodeDecodeError) as exc:
+        print(f"recordline schema typed: {file} is no {kind} schema: {exc}", file=sys.stderr)
+        return 2
+    if not write:
+        print(text, end="")
+        return 0
+    target = source.with_name(source.name + TYPED_SUFFIX)
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
 def _rewrites_released_statements(text: str) -> str | None:
     """Why writing `text` over the Spanner statements Terraform applies would rewrite a
     released one, or None when it keeps every one of them and only appends."""
@@ -670,7 +766,21 @@ def _schema(target: str, *, write: bool) -> int:
         for path, text in files.items():
             path.write_text(text)
             print(f"wrote {path}")
-        return 0
+        lost = []
+        for path, typed in typed_files().items():
+            if typed is None:
+                lost.append(path)
+                continue
+            path.write_text(typed)
+            print(f"wrote {path}")
+        for path in lost:
+            print(
+                f"recordline schema --write: {path} has no schema file beside it that "
+                f"decodes as the type it names ({' or '.join(SCHEMA_TYPES)}): delete it, or "
+                "write it again with `recordline schema typed FILE --type TYPE --write`",
+                file=sys.stderr,
+            )
+        return 2 if lost else 0
     if target == "spanner":
         from app.store.spanner.schema import ddl_text
 

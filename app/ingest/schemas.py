@@ -221,15 +221,27 @@ class Schemas:
 async def _decoder(name: str, revision: SchemaRevision) -> Decoder:
     schema = f"{name}@{revision.revision_id}"
     try:
-        match revision.type:
-            case "AVRO":
-                codec: Codec = AvroCodec(revision.definition)
-                fields = avro_fields(revision.definition)
-            case "PROTOCOL_BUFFER":
-                proto = await asyncio.to_thread(ProtobufCodec, revision.definition)
-                codec, fields = proto, protobuf_fields(proto.descriptor)
-            case other:
-                return Decoder(schema, problem=f"schema type {other} is not supported")
+        if revision.type == "PROTOCOL_BUFFER":  # protoc runs in a worker thread
+            codec, fields = await asyncio.to_thread(
+                revision_codec, revision.type, revision.definition
+            )
+        else:
+            codec, fields = revision_codec(revision.type, revision.definition)
     except SchemaError as exc:
         return Decoder(schema, problem=str(exc))
     return Decoder(schema, codec=codec, fields=fields)
+
+
+def revision_codec(kind: str, definition: str) -> tuple[Codec, tuple[Field, ...]]:
+    """A revision's codec and the typed fields it maps to, from its type (AVRO or
+    PROTOCOL_BUFFER) and definition; SchemaError when it cannot decode. What the
+    push path decodes with, and what `recordline schema typed` generates the
+    columns Terraform creates `records` with from."""
+    match kind:
+        case "AVRO":
+            return AvroCodec(definition), avro_fields(definition)
+        case "PROTOCOL_BUFFER":
+            proto = ProtobufCodec(definition)
+            return proto, protobuf_fields(proto.descriptor)
+        case other:
+            raise SchemaError(f"schema type {other} is not supported")

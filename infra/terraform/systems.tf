@@ -31,6 +31,22 @@ locals {
   }
 }
 
+locals {
+  # The typed columns each system's schema names (its topic's, or a JSON topic's declared
+  # one): the `fields` column its file's fields make, as the service's own mapping made
+  # it into <file>.bigquery.json (`recordline schema typed`; HCL cannot read a .proto,
+  # and that is the column the service would patch in), JSON; null without a schema, or
+  # where the file makes no column. The plan refuses a missing or stale one
+  # (variables.tf), so a null here is never a file not generated.
+  typed_column = {
+    for k, v in local.systems : k => try(
+      jsondecode(file("${path.root}/../../${coalesce(try(v.schema.file, null), v.json_schema)}.bigquery.json")).column,
+      null,
+    )
+  }
+  typed_columns = { for k, column in local.typed_column : k => column == null ? null : jsonencode(column) }
+}
+
 data "google_project" "this" {
   project_id = var.project_id
 }
@@ -61,6 +77,8 @@ module "system" {
   canary_data = each.value.canary_file != null ? filebase64("${path.root}/../../${each.value.canary_file}") : null
   # A JSON topic's declared schema: its typed columns.
   json_topic_schema = each.value.json_schema != null ? file("${path.root}/../../${each.value.json_schema}") : null
+  # What `records` is created with besides the service's columns (modules/system/bigquery.tf).
+  typed_columns = local.typed_columns[each.key]
 
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name, recovery_hours = var.spanner_recovery_hours } : null

@@ -811,6 +811,37 @@ variable "systems" {
     error_message = "A system has a topic schema or a json_schema, not both: its topic schema's fields are its typed columns already."
   }
 
+  # A system's typed columns (the `fields` column `records` is created with, systems.tf)
+  # come from its schema file through the service's own mapping, generated beside it as
+  # <file>.bigquery.json: HCL cannot map a .proto or a nested Avro schema. The plan
+  # refuses a schema file without one, or with one made from another version of the file
+  # or for another type, naming the command that makes it. (A change of the mapping
+  # itself: tests/infra/test_typed_columns.py.) A file that does not exist is left to
+  # the file() that reads it, which names it. The check is written twice, as the
+  # condition and as the message's list: a validation may read no local computed from
+  # its own variable (a cycle), and its condition must read the variable.
+  validation {
+    condition = alltrue(flatten([
+      for s in values(var.systems) : [
+        for f in compact([try(s.schema.file, null), s.json_schema]) : !fileexists("${path.root}/../../${f}") || try(
+          jsondecode(file("${path.root}/../../${f}.bigquery.json")).source_sha256 == filesha256("${path.root}/../../${f}")
+          && jsondecode(file("${path.root}/../../${f}.bigquery.json")).type == try(s.schema.type, "AVRO"),
+          false,
+        )
+      ]
+    ]))
+    error_message = "A system's schema file needs its typed columns generated beside it, from this version of the file (<file>.bigquery.json: the `fields` column records is created with, docs/typed-columns.md). Run from the repository's root and commit what it writes: ${join("; ", flatten([
+      for s in values(var.systems) : [
+        for f in compact([try(s.schema.file, null), s.json_schema]) : "python3 dev.py schema typed ${f} --type ${try(s.schema.type, "AVRO")} --write"
+        if fileexists("${path.root}/../../${f}") && !try(
+          jsondecode(file("${path.root}/../../${f}.bigquery.json")).source_sha256 == filesha256("${path.root}/../../${f}")
+          && jsondecode(file("${path.root}/../../${f}.bigquery.json")).type == try(s.schema.type, "AVRO"),
+          false,
+        )
+      ]
+    ]))}."
+  }
+
   # Scheduler publishes the canary to the topic every minute: with a schema Pub/Sub
   # refuses today's canary, and with another id field the service rejects it; either
   # way the canary alerts would fire for good.

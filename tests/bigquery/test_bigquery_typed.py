@@ -16,6 +16,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
+from app.cli import typed_columns_file
 from app.records import Record
 from app.store.bigquery.store import BigQueryStore
 from app.typed.mapping import avro_fields
@@ -345,3 +346,34 @@ async def test_a_declared_schema_s_columns_are_there_before_its_first_record(
     await open_store(revisions)
     assert set(typed_columns(write_fake)) == {"id", "amount", "note"}
     assert await query(jobs_fake, f"SELECT fields.note FROM {TABLE}") == []
+
+
+async def test_a_table_terraform_created_with_a_schema_s_columns_takes_its_rows_unpatched(
+    open_store: Callable[[Revisions], Any],
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    tmp_path: Path,
+) -> None:
+    """`records` as Terraform creates it for a system with a schema: records.json and the
+    `fields` column `recordline schema typed` generated from the schema file. The
+    revision's first row is written typed at once, with no patch and no wait: the
+    service's merge of that revision is the table's own."""
+    source = tmp_path / "orders.avsc"
+    source.write_text(json.dumps(EVERY_TYPE))
+    column = json.loads(typed_columns_file(source, "AVRO"))["column"]
+    write_fake.define(RECORDS, [*json.loads(RECORDS_JSON.read_text()), column])
+    write_fake.schema_lag = 600.0  # a patch now would keep its row from its typed values
+    revisions = Revisions()
+    rev = revision(revisions, "r1", EVERY_TYPE)
+    store = await open_store(revisions)
+    datum = {"id": "o-1", "amount": 7, "at": 0, "day": 0, "price": b"\x01", "ratio": 0.5}
+    datum |= {"paid": False, "blob": b"", "status": "NEW", "lines": [], "tags": {}}
+    assert await store.append([stored(EVERY_TYPE, datum, "m1", rev)]) == [None]
+
+    assert jobs_fake.table_patches == []
+    assert write_fake.schemas[RECORDS].fields[-1] == column
+    rows = await query(
+        jobs_fake,
+        f"SELECT fields.amount, fields.status, ARRAY_LENGTH(projection_errors) FROM {TABLE}",
+    )
+    assert rows == [(7, "NEW", 0)]

@@ -103,11 +103,21 @@ def test_every_file_a_plan_reads_is_one_terraform_yml_plans_on() -> None:
         # Files read from outside infra/terraform: the systems' schemas and canaries.
         assert "schemas/**" in paths
     outside = re.findall(r"\$\{path\.root\}/\.\./\.\./\$\{([^}]+)\}", _text())
-    assert sorted(outside) == [
+    # A system's schema file and its typed columns beside it (<file>.bigquery.json, so
+    # under schemas/ too): the module's input, and the plan's check of them, whose `f`
+    # ranges over the same files.
+    assert sorted(set(outside)) == [
+        "coalesce(try(v.schema.file, null), v.json_schema)",
         "each.value.canary_file",
         "each.value.json_schema",
         "each.value.schema.file",
+        "f",
     ]
+    loops = re.findall(r"for (\w+) in compact\(\[([^\]]*)\]\)", _text())
+    assert {files for name, files in loops if name == "f"} == {
+        "try(s.schema.file, null), s.json_schema",
+        "try(s.schema.file, null), s.canary_file, s.json_schema",  # the check of where
+    }
 
 
 def _accepted(schema_file: str, canary_file: str) -> bool:

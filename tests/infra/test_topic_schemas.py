@@ -6,6 +6,7 @@ service's account alone; the two mapping settings; and a canary in the topic's s
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from typing import Any
@@ -33,10 +34,29 @@ AVRO = json.dumps(
     }
 ).encode()
 CANARY = b'"recordline-canary\x02'  # an Order in Avro's binary encoding
+# Each schema file with its typed columns beside it, as `recordline schema typed` makes
+# them (tests/infra/test_typed_columns.py): the plan refuses one without.
+TYPED = json.dumps(
+    {
+        "source_sha256": hashlib.sha256(AVRO).hexdigest(),
+        "type": "AVRO",
+        "column": {
+            "name": "fields",
+            "type": "RECORD",
+            "mode": "NULLABLE",
+            "fields": [
+                {"name": "order_id", "type": "STRING", "mode": "NULLABLE"},
+                {"name": "total", "type": "INT64", "mode": "NULLABLE"},
+            ],
+        },
+    }
+).encode()
 FILES = (
     ("schemas/orders.avsc", AVRO),
+    ("schemas/orders.avsc.bigquery.json", TYPED),
     ("schemas/orders-canary.bin", CANARY),
     ("schemas/payments.avsc", AVRO),
+    ("schemas/payments.avsc.bigquery.json", TYPED),
 )
 ORDERS = (
     '{ file = "schemas/orders.avsc", type = "AVRO", encoding = "BINARY" }',

@@ -21,17 +21,29 @@ resource "google_bigquery_dataset" "recordline" {
 
 # The records and rejected schemas are GENERATED from app/records.py (a test keeps them
 # equal); the service writes exactly these columns through the Storage Write API.
+# A system with a schema (a topic's, or a JSON topic's declared one) has `records`
+# created with its typed columns too: the `fields` column its schema file makes, last,
+# as generated beside the file by the service's own mapping (var.typed_columns), so
+# they are there at apply and the service's merge of that revision changes nothing.
 # Once `records` exists its schema is the service's: it adds the typed columns of each
 # schema revision (`fields`, `projection_errors`) and a release's new columns, only ever
 # adding, with the table's ETag. Terraform ignores the schema so that no plan tries to
-# drop a column the service added (docs/typed-columns.md).
+# drop a column the service added (docs/typed-columns.md): what is here shapes a new
+# table only.
+locals {
+  records_schema = jsonencode(concat(
+    jsondecode(file("${path.module}/schemas/records.json")),
+    var.typed_columns == null ? [] : [jsondecode(var.typed_columns)],
+  ))
+}
+
 resource "google_bigquery_table" "records" {
   #checkov:skip=CKV_GCP_80:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project             = var.project_id
   dataset_id          = google_bigquery_dataset.recordline.dataset_id
   table_id            = "records"
   description         = "Accepted messages, one row per delivery; reads remove duplicate message_ids."
-  schema              = file("${path.module}/schemas/records.json")
+  schema              = local.records_schema
   deletion_protection = true
 
   # Reads page through ingest_time (the `since` axis): partitions prune a page to its

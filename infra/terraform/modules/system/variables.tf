@@ -196,6 +196,11 @@ variable "json_topic_schema" {
   description = "RECORDLINE_JSON_TOPIC_SCHEMA: for a topic with no schema, an Avro record schema (its JSON text) whose fields become typed columns; null: none."
 }
 
+variable "typed_columns" {
+  type        = string
+  description = "The `fields` column (BigQuery's JSON of one column) that the system's schema file makes, generated beside it by the service's own mapping (`recordline schema typed`): `records` is created with it; null: created without, the service adds it with a revision's first row."
+}
+
 variable "canary_data" {
   type        = string
   description = "The canary's message data, base64, in the topic's shape (canary.tf); null: the default {\"id\", \"data\"} record."
