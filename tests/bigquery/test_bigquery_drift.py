@@ -105,10 +105,15 @@ class World:
             http = await stack.enter_async_context(self._served(step.env))
             self._service = (step.env, http, stack)
         await pushed(self._service[1], step.push)
+        await self.landed(step)
         columns = await asyncio.to_thread(self.typed_columns)
         assert columns is not None, f"{self.name}: no typed columns after {step.push.record_id}"
         missing = _missing(step.fields, columns)
         assert not missing, f"{self.name}: {missing} not columns once its message was stored"
+
+    async def landed(self, step: Step) -> None:
+        """Once its push is answered, a message is in `records` here (the store writes
+        it there before it answers)."""
 
     @asynccontextmanager
     async def _served(self, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
@@ -187,11 +192,12 @@ async def _run(
     cases: dict[str, list[Step]],
     *,
     lags: Sequence[float] = (LAG_SECONDS, LAG_SECONDS),
+    world: Callable[[str, str, FakeBigQueryWrite], World] = World,
 ) -> dict[str, Stored]:
     """Push each case's steps to a world of its own, all cases side by side, step by
     step: the write path learns the changes each step makes to the table `lags[n]`
     seconds late. What each case stored, read once every push is answered."""
-    worlds = {name: World(name, f"drift_{i}", write) for i, name in enumerate(cases)}
+    worlds = {name: world(name, f"drift_{i}", write) for i, name in enumerate(cases)}
     try:
         for n, lag in enumerate(lags):
             write.schema_lag = lag
