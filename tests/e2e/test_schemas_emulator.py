@@ -29,7 +29,12 @@ from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrp
 from google.pubsub_v1.types import Encoding, Schema
 
 from app.asgi import create_app
+from app.settings import QuerySettings, StoreSettings
+from app.store.bigquery.store import BigQueryStore
 from app.store.duckdb.store import DuckDBStore
+from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.tiered.store import TieredStore
+from app.typed.revisions import Revisions
 from recordline_dev.client import (
     DEV_PROJECT,
     EXAMPLE_SCHEMAS,
@@ -37,9 +42,14 @@ from recordline_dev.client import (
     publish_command,
 )
 from recordline_dev.devstack import Emulator
+from tests.bigquery.conftest import DATASET, PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.bigquery.test_bigquery_typed import RECORDS, RECORDS_JSON, TABLE, query
 from tests.conftest import served, settings
 from tests.e2e.conftest import PUSH_TOKEN, Follower, RecordingStore, Wiring, publish_all
 from tests.fake_schema_api import FakeSchemaApi
+from tests.spanner.emulator import SpannerEmulator
 from tests.waiting import until
 
 pytestmark = pytest.mark.emulator
@@ -309,3 +319,73 @@ async def test_recordline_publish_with_a_schema_goes_the_whole_way(
         # Ids are the run's own prefix and the record's number.
         number = int(record["id"].rpartition("-")[2])
         assert record["data"]["data"] == {"n": number, "text": "Ejemplo de datos"}
+
+
+async def test_a_revision_change_through_pubsub_reaches_typed_columns_behind_the_serving_tier(
+    wiring: Wiring,
+    publisher: Any,
+    emulator: Emulator,
+    schema_admin: SchemaAdmin,
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+) -> None:
+    """Published through the emulator in two revisions, the second adding a field with
+    a default: Spanner keeps JSON, and the service's exporter projects each record onto
+    `records.fields` in BigQuery, the new column there once the first message of its
+    revision is exported; the Storage Write API learns it a second late."""
+    first = await schema_admin.create(f"orders-{uuid.uuid4().hex[:8]}", ORDER_V1)
+    second = await schema_admin.commit(first.name, ORDER_V2)
+    await schema_admin.topic(
+        wiring.topic_path, first.name, "BINARY", first.revision_id, second.revision_id
+    )
+    write_fake.define(RECORDS, json.loads(RECORDS_JSON.read_text()))
+    write_fake.schema_lag = 1.0
+    revisions = Revisions()
+    analytics = BigQueryStore(
+        PROJECT,
+        DATASET,
+        store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
+        query=QuerySettings(),
+        query_endpoint=jobs_fake.endpoint,
+        revisions=revisions,
+    )
+    serving = SpannerServing(
+        SpannerDatabase.from_url(spanner_emulator.database()),
+        emulator_host=spanner_emulator.host,
+        timeout_seconds=10.0,
+    )
+    store = TieredStore(
+        serving,
+        analytics,
+        write_deadline_seconds=5.0,
+        dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
+    )
+    old = [order(n, "old") for n in range(5)]
+    new = [order(n, "new", currency="USD") for n in range(5)]
+    app = create_app(
+        settings(RECORDLINE_PUSH_TOKEN=PUSH_TOKEN, PUBSUB_EMULATOR_HOST=emulator.host, **MAPPING),
+        store=store,
+        revisions=revisions,
+    )
+    async with served(app) as http:
+        await wiring.connect(str(http.base_url).rstrip("/"))
+        await publish_all(
+            publisher, wiring.topic_path, [encoded(v, ORDER_V1, "BINARY") for v in old]
+        )
+        await until(lambda: len(write_fake.rows("records")) == 5, timeout=60, interval=0.2)
+        await publish_all(
+            publisher, wiring.topic_path, [encoded(v, ORDER_V2, "BINARY") for v in new]
+        )
+        await until(lambda: len(write_fake.rows("records")) == 10, timeout=60, interval=0.2)
+
+    rows = await query(
+        jobs_fake,
+        "SELECT id, fields.amount, fields.currency, ARRAY_LENGTH(projection_errors) "
+        f"FROM {TABLE} ORDER BY id",
+    )
+    assert rows == sorted(
+        [(v["order_id"], v["amount"], None, 0) for v in old]
+        + [(v["order_id"], v["amount"], "USD", 0) for v in new]
+    )
+    assert sorted(r["id"] for r in write_fake.rows("records")) == sorted(r[0] for r in rows)
