@@ -29,11 +29,7 @@ from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrp
 from google.pubsub_v1.types import Encoding, Schema
 
 from app.asgi import create_app
-from app.settings import QuerySettings, StoreSettings
-from app.store.bigquery.store import BigQueryStore
 from app.store.duckdb.store import DuckDBStore
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.tiered.store import TieredStore
 from app.typed.revisions import Revisions
 from recordline_dev.client import (
     DEV_PROJECT,
@@ -42,7 +38,6 @@ from recordline_dev.client import (
     publish_command,
 )
 from recordline_dev.devstack import Emulator
-from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.test_bigquery_typed import RECORDS, RECORDS_JSON, TABLE, query
@@ -50,6 +45,7 @@ from tests.conftest import served, settings
 from tests.e2e.conftest import PUSH_TOKEN, Follower, RecordingStore, Wiring, publish_all
 from tests.fake_schema_api import FakeSchemaApi
 from tests.spanner.emulator import SpannerEmulator
+from tests.spanner.exporting import tiered_store
 from tests.waiting import until
 
 pytestmark = pytest.mark.emulator
@@ -342,24 +338,12 @@ async def test_a_revision_change_through_pubsub_reaches_typed_columns_behind_the
     write_fake.define(RECORDS, json.loads(RECORDS_JSON.read_text()))
     write_fake.schema_lag = 1.0
     revisions = Revisions()
-    analytics = BigQueryStore(
-        PROJECT,
-        DATASET,
-        store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
-        query=QuerySettings(),
-        query_endpoint=jobs_fake.endpoint,
+    store = tiered_store(
+        spanner_emulator.database(),
+        spanner_emulator.host,
+        write_fake,
+        jobs_fake.endpoint,
         revisions=revisions,
-    )
-    serving = SpannerServing(
-        SpannerDatabase.from_url(spanner_emulator.database()),
-        emulator_host=spanner_emulator.host,
-        timeout_seconds=10.0,
-    )
-    store = TieredStore(
-        serving,
-        analytics,
-        write_deadline_seconds=5.0,
-        dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
     )
     old = [order(n, "old") for n in range(5)]
     new = [order(n, "new", currency="USD") for n in range(5)]

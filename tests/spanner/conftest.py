@@ -6,9 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import QuerySettings, Settings, StoreSettings
-from app.store.bigquery.store import BigQueryStore
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.settings import Settings
 from app.store.tiered.exporter import ExportObserver
 from app.store.tiered.store import TieredStore
 from app.typed.revisions import Revisions
@@ -16,6 +14,7 @@ from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.spanner.emulator import SpannerEmulator
+from tests.spanner.exporting import tiered_store
 
 
 @pytest.fixture
@@ -71,25 +70,15 @@ async def make_tiered(
             serving_traffic: Callable[[], bool] | None = None,
             revisions: Revisions | None = None,
         ) -> TieredStore:
-            analytics = BigQueryStore(
-                PROJECT,
-                DATASET,
-                store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
-                query=QuerySettings(),
-                query_endpoint=jobs_fake.endpoint,
-                revisions=revisions,
-            )
-            serving = SpannerServing(
-                SpannerDatabase.from_url(url or database),
-                emulator_host=spanner_emulator.host,
-                timeout_seconds=timeout_seconds,
-            )
             extra = {} if clock is None else {"clock": clock}
-            store = TieredStore(
-                serving,
-                analytics,
+            store = tiered_store(
+                url or database,
+                spanner_emulator.host,
+                write_fake,
+                jobs_fake.endpoint,
+                revisions=revisions,
+                timeout_seconds=timeout_seconds,
                 write_deadline_seconds=write_deadline_seconds,
-                dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
                 export=export,
                 export_observer=export_observer,
                 serving_traffic=serving_traffic,

@@ -10,9 +10,14 @@ from typing import Any
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
+from app.settings import QuerySettings, StoreSettings
+from app.store.bigquery.store import BigQueryStore
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
+from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered.exporter import Exporter
 from app.store.tiered.store import TieredStore
+from app.typed.revisions import Revisions
+from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
 
@@ -46,3 +51,39 @@ async def settle_clock() -> None:
     # The exporter takes rows committed at least a second ago: a read there is served
     # at once. Waiting that out is what the test waits for (time itself).
     await asyncio.sleep(1.1)  # rows a second old are settled: time itself is what is waited for
+
+
+def tiered_store(
+    database: str,
+    emulator_host: str,
+    write_fake: FakeBigQueryWrite,
+    jobs_endpoint: str,
+    *,
+    dataset: str = DATASET,
+    revisions: Revisions | None = None,
+    timeout_seconds: float = 10.0,
+    write_deadline_seconds: float = 5.0,
+    **options: Any,
+) -> TieredStore:
+    """A serving tier (not started) on a database of the Spanner emulator, exporting
+    to the BigQuery fakes' `dataset`; `options` go to the TieredStore."""
+    analytics = BigQueryStore(
+        PROJECT,
+        dataset,
+        store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
+        query=QuerySettings(),
+        query_endpoint=jobs_endpoint,
+        revisions=revisions,
+    )
+    serving = SpannerServing(
+        SpannerDatabase.from_url(database),
+        emulator_host=emulator_host,
+        timeout_seconds=timeout_seconds,
+    )
+    return TieredStore(
+        serving,
+        analytics,
+        write_deadline_seconds=write_deadline_seconds,
+        dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
+        **options,
+    )

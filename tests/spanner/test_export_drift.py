@@ -22,18 +22,14 @@ import httpx
 import pytest
 
 from app.asgi import create_app
-from app.settings import QuerySettings, StoreSettings
-from app.store.bigquery.store import BigQueryStore
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.tiered.store import TieredStore
 from app.typed.projection import project
 from app.typed.revisions import Revisions
-from tests.bigquery.conftest import PROJECT
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.test_bigquery_drift import KINDS, Step, World, _check, _reasons, _run
 from tests.conftest import served, settings
 from tests.fake_schema_api import FakeSchemaApi
 from tests.spanner.emulator import SpannerEmulator
+from tests.spanner.exporting import tiered_store
 
 pytestmark = pytest.mark.emulator
 
@@ -69,25 +65,10 @@ class ServingWorld(World):
     @asynccontextmanager
     async def _served(self, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
         revisions = Revisions()
-        analytics = BigQueryStore(
-            PROJECT,
-            self.dataset,
-            store=StoreSettings(bigquery_write_endpoint=self.write.address, settle_seconds=0.0),
-            query=QuerySettings(),
-            query_endpoint=self.jobs.endpoint,
-            revisions=revisions,
-        )
-        serving = SpannerServing(
-            SpannerDatabase.from_url(self.database),
-            emulator_host=self.emulator_host,
-            timeout_seconds=10.0,
-        )
-        store = TieredStore(
-            serving,
-            analytics,
-            write_deadline_seconds=5.0,
-            dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
-        )
+        store = tiered_store(
+            self.database, self.emulator_host, self.write, self.jobs.endpoint,
+            dataset=self.dataset, revisions=revisions,
+        )  # fmt: skip
         app = create_app(settings(**env), store=store, revisions=revisions)
         async with served(app) as http:
             yield http
