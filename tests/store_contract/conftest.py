@@ -38,12 +38,12 @@ STORES = [
 # Stores that give back `data` as the exact text sent; BigQuery keeps the same
 # JSON value in its JSON type, whose text is its own.
 EXACT_DATA = {"duckdb", "memory", "serving"}
-# With RECORDLINE_CONTRACT_MUTANT set, the contract runs on that broken store
-# alone (mutants.py), which must fail it.
-MUTANT = os.environ.get("RECORDLINE_CONTRACT_MUTANT")
-if MUTANT:
-    STORES = [f"mutant:{MUTANT}"]
-    EXACT_DATA = {f"mutant:{MUTANT}"}
+# With RECORDLINE_CONTRACT_MUTANT set (names, comma-separated), the contract runs
+# on those broken stores alone (mutants.py), each of which must fail it.
+MUTANTS = os.environ.get("RECORDLINE_CONTRACT_MUTANT")
+if MUTANTS:
+    STORES = [f"mutant:{name}" for name in MUTANTS.split(",")]
+    EXACT_DATA = set(STORES)
 
 
 @pytest.fixture(params=STORES)
