@@ -158,6 +158,13 @@ def main(argv: list[str]) -> int:
             # --write` writes into the checkout .venv's recordline runs from.)
             replace_with("recordline", command, *rest)
         case "test":
+            # The suite starts the service, the CLI and pytest itself in many Python
+            # processes: without compiled bytecode each compiles every module it
+            # imports again (seconds each). So it is kept, in .tools/pycache, outside
+            # the source tree: also where PYTHONDONTWRITEBYTECODE keeps it from
+            # beside the sources.
+            os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+            os.environ.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / ".tools" / "pycache"))
             replace_with("pytest", *rest, cwd=ROOT)
         case "bench":
             replace_with("python", "-m", "bench", *rest, cwd=ROOT)
