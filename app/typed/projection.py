@@ -16,8 +16,9 @@ import base64
 import binascii
 import datetime as dt
 import decimal
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -45,6 +46,11 @@ _MAX_DECIMAL_TEXT = 200
 _DECIMALS = decimal.Context(prec=_MAX_DECIMAL_TEXT, traps=[decimal.InvalidOperation])
 _encode_json = msgspec.json.encode
 _decode_json = msgspec.json.decode
+# Each decimal type's digits after the point, and its smallest step.
+_DECIMAL_STEPS = {
+    kind: (scale, decimal.Decimal(1).scaleb(-scale))
+    for kind, scale in ((Type.NUMERIC, NUMERIC_SCALE), (Type.BIGNUMERIC, BIGNUMERIC_SCALE))
+}
 
 
 class ProjectionError(msgspec.Struct, kw_only=True, frozen=True):
@@ -71,18 +77,7 @@ def project(payload: Any, fields: Sequence[Field], revision: str | None = None) 
     aware datetime (TIMESTAMP), date, time, naive datetime (DATETIME), JSON as
     its text, a dict per RECORD and a list per REPEATED field.
     """
-    errors: list[ProjectionError] = []
-    projector = _Projector(errors, revision)
-    if not isinstance(payload, dict):
-        if payload is not None:
-            projector.fail("$", f"the payload is {_kind(payload)}, not an object")
-        return Projection({f.name: _empty(f) for f in fields}, errors)
-    try:
-        values = projector.record(payload, fields, "")
-    except RecursionError:  # deeper than Python recurses: kept whole in `data`
-        errors.append(ProjectionError(field="$", reason="nested too deep", revision=revision))
-        values = {f.name: _empty(f) for f in fields}
-    return Projection(values, errors)
+    return projector(tuple(fields))(payload, revision)
 
 
 def project_stored(data: bytes | str, fields: Sequence[Field] | None, revision: str) -> Projection:
@@ -93,19 +88,80 @@ def project_stored(data: bytes | str, fields: Sequence[Field] | None, revision: 
     if fields is None:
         reason = "the revision's fields are unknown here"
         return Projection({}, [ProjectionError(field="$", reason=reason, revision=revision)])
-    try:
-        payload = _decode_json(data)
-    except (msgspec.DecodeError, RecursionError):
-        reason = "the stored payload is not JSON this process can read"
-        return Projection({}, [ProjectionError(field="$", reason=reason, revision=revision)])
-    return project(payload, fields, revision)
+    return projector(tuple(fields)).stored(data, revision)
+
+
+@functools.lru_cache(maxsize=64)
+def projector(fields: tuple[Field, ...]) -> Projector:
+    """The `Projector` of these fields, compiled once for every payload projected onto them."""
+    return Projector(fields)
+
+
+Row = list[Any]  # a record's typed values, in the order of its fields
+
+
+class Projector:
+    """`project` onto one tuple of fields, compiled once into a closure per field.
+
+    Walking the field tree for every payload (matching each field's mode and
+    type, joining every path) cost more than the values themselves; a table's
+    fields change only with a revision, so the walk is done once, here, and a
+    payload only meets the closures. Paths are still joined as the walk would
+    join them and errors come in the walk's order: a payload's projection is
+    the same whichever way it is made.
+    """
+
+    def __init__(self, fields: tuple[Field, ...]) -> None:
+        self.fields = fields
+        self.names = tuple(f.name for f in fields)
+        self._record = _record_of(fields)
+
+    def __call__(self, payload: Any, revision: str | None = None) -> Projection:
+        row, errors = self.row(payload, revision)
+        return Projection(dict(zip(self.names, row, strict=True)), errors)
+
+    def stored(self, data: bytes | str, revision: str) -> Projection:
+        """`project_stored` onto these fields."""
+        row, errors = self.stored_row(data, revision)
+        values = {} if row is None else dict(zip(self.names, row, strict=True))
+        return Projection(values, errors)
+
+    def row(self, payload: Any, revision: str | None = None) -> tuple[Row, list[ProjectionError]]:
+        """`project`, its values as a list in the order of the fields."""
+        errors: list[ProjectionError] = []
+        if not isinstance(payload, dict):
+            if payload is not None:
+                reason = f"the payload is {_kind(payload)}, not an object"
+                errors.append(ProjectionError(field="$", reason=reason, revision=revision))
+            return [_empty(f) for f in self.fields], errors
+        try:
+            return self._record(payload, "", _Sink(errors, revision)), errors
+        except RecursionError:  # deeper than Python recurses: kept whole in `data`
+            errors.append(ProjectionError(field="$", reason="nested too deep", revision=revision))
+            return [_empty(f) for f in self.fields], errors
+
+    def stored_row(
+        self, data: bytes | str, revision: str
+    ) -> tuple[Row | None, list[ProjectionError]]:
+        """`stored`, its values as `row` gives them, or None where `stored` gives none
+        (a payload that is no JSON)."""
+        try:
+            payload = _decode_json(data)
+        except (msgspec.DecodeError, RecursionError):
+            reason = "the stored payload is not JSON this process can read"
+            return None, [ProjectionError(field="$", reason=reason, revision=revision)]
+        return self.row(payload, revision)
 
 
 def _empty(field: Field) -> Any:
     return [] if field.mode is Mode.REPEATED else None
 
 
-class _Projector:
+class _Sink:
+    """Where one payload's errors go, each saying the revision it was decoded with."""
+
+    __slots__ = ("errors", "revision")
+
     def __init__(self, errors: list[ProjectionError], revision: str | None) -> None:
         self.errors = errors
         self.revision = revision
@@ -113,64 +169,113 @@ class _Projector:
     def fail(self, path: str, reason: str) -> None:
         self.errors.append(ProjectionError(field=path, reason=reason, revision=self.revision))
 
-    def record(self, value: dict[str, Any], fields: Sequence[Field], path: str) -> dict[str, Any]:
-        out = {f.name: self.field(value.get(f.name), f, _join(path, f.name)) for f in fields}
-        known = {f.name for f in fields}
-        for name, item in value.items():
-            if name not in known and item is not None:
-                self.fail(_join(path, str(name)), "no typed field of this name in the table")
-        return out
 
-    def field(self, value: Any, field: Field, path: str) -> Any:
-        if field.mode is Mode.REPEATED:
-            return self.repeated(value, field, path)
-        return self.single(value, field, path)
+# A compiled field: its value in a payload (None where absent), the value's
+# path, and where errors go; returns the typed value.
+_Convert = Callable[[Any, str, _Sink], Any]
+# A compiled record: an object's typed values in the order of its fields.
+_Record = Callable[[dict[str, Any], str, _Sink], Row]
+# Exactly these Python types are their typed values as they are, and in range
+# (an int only with its range checked, below): no need to ask `_scalar`.
+_AS_IS: dict[Type, type] = {Type.STRING: str, Type.BOOL: bool, Type.FLOAT64: float}
 
-    def repeated(self, value: Any, field: Field, path: str) -> list[Any]:
+
+def _record_of(fields: Sequence[Field]) -> _Record:
+    names = tuple(f.name for f in fields)
+    converts = tuple(_convert_of(f) for f in fields)
+    pairs = tuple(zip(names, converts, strict=True))
+    known = frozenset(names)
+
+    def record(value: dict[str, Any], path: str, sink: _Sink) -> Row:
+        if path:
+            row = [convert(value.get(name), f"{path}.{name}", sink) for name, convert in pairs]
+        else:
+            row = [convert(value.get(name), name, sink) for name, convert in pairs]
+        if not known.issuperset(value):
+            for name, item in value.items():
+                if name not in known and item is not None:
+                    sink.fail(_join(path, str(name)), "no typed field of this name in the table")
+        return row
+
+    return record
+
+
+def _convert_of(field: Field) -> _Convert:
+    return _repeated_of(field) if field.mode is Mode.REPEATED else _single_of(field)
+
+
+def _single_of(field: Field) -> _Convert:
+    """A field's one value (or an array's item): a record's or a scalar's."""
+    if field.type is Type.RECORD:
+        record = _record_of(field.fields)
+        names = tuple(f.name for f in field.fields)
+
+        def nested(value: Any, path: str, sink: _Sink) -> Any:
+            if value is None:
+                return None
+            if isinstance(value, dict):
+                return dict(zip(names, record(value, path, sink), strict=True))
+            sink.fail(path, f"expected a record (an object), got {_kind(value)}")
+            return None
+
+        return nested
+    kind = field.type
+    as_is = _AS_IS.get(kind)
+    low, high = _INT64
+
+    def scalar(value: Any, path: str, sink: _Sink) -> Any:
+        if value is None:
+            return None
+        cls = type(value)
+        if cls is as_is or (cls is int and kind is Type.INT64 and low <= value <= high):
+            return value
+        try:
+            return _scalar(value, kind)
+        except _Misfit as exc:
+            sink.fail(path, str(exc))
+            return None
+
+    return scalar
+
+
+def _repeated_of(field: Field) -> _Convert:
+    single = _single_of(field)
+    if is_entries(field):
+        key_type = field.fields[0].type
+        entry_value = _convert_of(field.fields[1])
+    else:
+        entry_value = None
+
+    def repeated(value: Any, path: str, sink: _Sink) -> list[Any]:
         if value is None:
             return []
-        if is_entries(field) and isinstance(value, dict):
+        if entry_value is not None and isinstance(value, dict):
             # A map: its entries, in the payload's order.
-            key_field, value_field = field.fields
             entries = []
             for key, item in value.items():
                 where = _join(path, str(key))
                 try:
-                    typed_key = _scalar(key, key_field.type)
+                    typed_key = _scalar(key, key_type)
                 except _Misfit as exc:
-                    self.fail(where, f"key: {exc}")
+                    sink.fail(where, f"key: {exc}")
                     continue
-                typed = self.field(item, value_field, where)
-                entries.append({"key": typed_key, "value": typed})
+                entries.append({"key": typed_key, "value": entry_value(item, where, sink)})
             return entries
         if not isinstance(value, list):
-            self.fail(path, f"expected an array, got {_kind(value)}")
+            sink.fail(path, f"expected an array, got {_kind(value)}")
             return []
         items = []
         for i, item in enumerate(value):
-            where = f"{path}[{i}]"
             if item is None:
                 # [types] an ARRAY cannot hold NULL elements.
-                self.fail(where, "null in an array, which BigQuery's arrays cannot hold")
+                sink.fail(f"{path}[{i}]", "null in an array, which BigQuery's arrays cannot hold")
                 continue
-            typed = self.single(item, field, where)
+            typed = single(item, f"{path}[{i}]", sink)
             if typed is not None:
                 items.append(typed)
         return items
 
-    def single(self, value: Any, field: Field, path: str) -> Any:
-        if value is None:
-            return None
-        if field.type is Type.RECORD:
-            if isinstance(value, dict):
-                return self.record(value, field.fields, path)
-            self.fail(path, f"expected a record (an object), got {_kind(value)}")
-            return None
-        try:
-            return _scalar(value, field.type)
-        except _Misfit as exc:
-            self.fail(path, str(exc))
-            return None
+    return repeated
 
 
 def _join(path: str, name: str) -> str:
@@ -288,8 +393,7 @@ def _decimal(value: Any, kind: Type) -> decimal.Decimal:
         raise _Misfit(f"{number} is out of NUMERIC's range")
     if kind is Type.BIGNUMERIC and number.adjusted() > BIGNUMERIC_INTEGER_DIGITS:
         raise _Misfit(f"{number} is out of BIGNUMERIC's range")
-    scale = NUMERIC_SCALE if kind is Type.NUMERIC else BIGNUMERIC_SCALE
-    step = decimal.Decimal(1).scaleb(-scale)
+    scale, step = _DECIMAL_STEPS[kind]
     if number != number.quantize(step, context=_DECIMALS):
         raise _Misfit(f"{number} has more than {scale} digits after the point, as {kind} holds")
     if kind is Type.BIGNUMERIC:

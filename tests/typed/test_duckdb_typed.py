@@ -19,19 +19,27 @@ from typing import Any
 import duckdb
 import fastavro
 import httpx
+import msgspec
+import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_for
+from hypothesis import strategies as st
 
 from app.asgi import create_app
 from app.cli import main
 from app.records import Record
 from app.settings import SettingsError
 from app.store.duckdb.store import DuckDBStore
+from app.store.duckdb.typed import TypedColumns, _arrow_type, _for_arrow
 from app.typed.mapping import Field, Type, avro_fields
+from app.typed.projection import project_stored
 from app.typed.revisions import Revisions
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
 from tests.typed.stored import avro_stored
 from tests.typed.test_mapping import AVRO_ROWS
+from tests.typed.test_projection import fields_lists, json_values
 
 SCHEMA = "projects/shop/schemas/orders"
 FIRST = {
@@ -410,3 +418,32 @@ def test_a_backfill_says_when_the_store_is_open_elsewhere_or_is_no_duckdb_file(
     assert "runs on a DuckDB file (duckdb:…) or on BigQuery" in capsys.readouterr().err
     assert main(["typed", "backfill", "--store", f"duckdb://{path}", "--since", "noon"]) == 2
     assert "--since 'noon'" in capsys.readouterr().err
+
+
+@settings_for(max_examples=60, deadline=None)
+@given(payloads=st.lists(json_values, min_size=1, max_size=4), fields=fields_lists.filter(bool))
+def test_the_fields_column_is_each_record_s_projection(
+    payloads: list[Any], fields: tuple[Field, ...]
+) -> None:
+    # The column is built a field at a time; each row must still be that record's
+    # own projection, as Arrow takes it, and a payload that is no JSON all NULL.
+    revisions = Revisions()
+    revisions.learn("s@1", fields)
+    texts = [*(json.dumps(p) for p in payloads), "{no json"]
+    records = [
+        Record(message_id=f"m-{n}", publish_time=1, ingest_time=2, id="r", data=t, schema="s@1")
+        for n, t in enumerate(texts)
+    ]
+    kind = Field(name="fields", type=Type.RECORD, fields=fields)
+    with duckdb.connect(":memory:") as con:
+        con.execute("CREATE TABLE records (message_id VARCHAR)")  # what the view joins
+        typed = TypedColumns(revisions)
+        typed.open(con)
+        table = typed.arrow(con, records)
+    assert table is not None
+    expected = [_for_arrow(project_stored(t, fields, "s@1").values, kind) for t in texts]
+    assert table["fields"].combine_chunks() == pa.array(expected, type=_arrow_type(kind))
+    errors = [
+        [msgspec.structs.asdict(e) for e in project_stored(t, fields, "s@1").errors] for t in texts
+    ]
+    assert table["projection_errors"].to_pylist() == errors

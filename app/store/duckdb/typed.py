@@ -31,7 +31,7 @@ import pyarrow as pa
 from app.records import Record
 from app.typed.evolution import merge
 from app.typed.mapping import NUMERIC_SCALE, Field, Mode, Type, fields_from_json, fields_json
-from app.typed.projection import ProjectionError, project_stored
+from app.typed.projection import Row, project_stored, projector
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,29 @@ def _for_arrow(value: Any, field: Field) -> Any:
             return value
 
 
+def _as_is(field: Field) -> bool:
+    """Whether Arrow takes a field's projected values as they are (no decimal in it)."""
+    if field.type is Type.RECORD:
+        return all(_as_is(f) for f in field.fields)
+    return field.type not in (Type.NUMERIC, Type.BIGNUMERIC)
+
+
+def _fields_array(fields: Sequence[Field], rows: Sequence[Row | None]) -> pa.StructArray:
+    """The `fields` column of projected rows (None: a row with no values, all NULL),
+    built a field at a time: Arrow converts a list of scalars in one call, far
+    cheaper than a dict per row for the whole STRUCT."""
+    empty = [None] * len(fields)
+    columns = zip(*[empty if row is None else row for row in rows], strict=True)
+    arrays = []
+    for field, values in zip(fields, columns, strict=True):
+        if not _as_is(field):
+            values = tuple(_for_arrow(v, field) for v in values)
+        arrays.append(pa.array(values, type=_arrow_type(field)))
+    return pa.StructArray.from_arrays(
+        arrays, fields=[pa.field(f.name, a.type) for f, a in zip(fields, arrays, strict=True)]
+    )
+
+
 class TypedColumns:
     """The typed fields of one DuckDB store's records."""
 
@@ -166,29 +189,33 @@ class TypedColumns:
 
         A revision seen for the first time widens the table's fields first.
         """
-        typed = [r for r in records if self._revision(r) is not None]
+        typed: list[tuple[Record, str]] = []
+        for record in records:
+            schema = self._revision(record)
+            if schema is not None:
+                typed.append((record, schema))
         if not typed:
             return None
-        for schema in dict.fromkeys(self._revision(r) for r in typed):
-            if schema is not None:
-                self._learn(con, schema)
-        message_ids: list[str] = []
+        for schema in dict.fromkeys(schema for _, schema in typed):
+            self._learn(con, schema)
+        onto = projector(self.fields)
+        rows: list[Row | None] = []
         errors: list[list[dict[str, Any]]] = []
-        values: list[dict[str, Any]] = []
-        for record in typed:
-            found, why = self._project(record)
-            message_ids.append(record.message_id)
-            errors.append([msgspec.structs.asdict(e) for e in why])
-            values.append(found)
+        for record, schema in typed:
+            if schema in self._known:
+                row, why = onto.stored_row(record.data, schema)
+            else:
+                # A revision decoded by an earlier process whose catalogue this one
+                # never saw has no fields here: kept in `data`, and said so.
+                row, why = None, project_stored(record.data, None, schema).errors
+            rows.append(row)
+            errors.append([msgspec.structs.asdict(e) for e in why] if why else [])
         columns: dict[str, pa.Array] = {
-            "message_id": pa.array(message_ids, type=pa.string()),
+            "message_id": pa.array([r.message_id for r, _ in typed], type=pa.string()),
             "projection_errors": pa.array(errors, type=_ERRORS_ARROW),
         }
         if self.fields:
-            kind = self._type
-            columns["fields"] = pa.array(
-                [_for_arrow(v, kind) for v in values], type=_arrow_type(kind)
-            )
+            columns["fields"] = _fields_array(self.fields, rows)
         return pa.table(columns)
 
     def unprojected(self, records: Sequence[Record], reason: str) -> pa.Table | None:
@@ -211,15 +238,6 @@ class TypedColumns:
         if self._revisions is None:
             return None
         return self._revisions.revision_of(record.schema)
-
-    def _project(self, record: Record) -> tuple[dict[str, Any], list[ProjectionError]]:
-        schema = self._revision(record)
-        assert schema is not None
-        # A revision decoded by an earlier process whose catalogue this one never
-        # saw has no fields here: kept in `data`, and said so.
-        known = self.fields if schema in self._known else None
-        projection = project_stored(record.data, known, schema)
-        return projection.values, projection.errors
 
     def _learn(self, con: duckdb.DuckDBPyConnection, schema: str) -> None:
         if schema in self._known or self._revisions is None:
