@@ -239,6 +239,25 @@ def declared(settings: Settings, revisions: Revisions) -> Revisions:
     return revisions
 
 
+def fetching_schemas(
+    settings: Settings, revisions: Revisions, source: SchemaSource | None = None
+) -> Schemas:
+    """The schema revisions' decoders, fetched from `source` (the Schema API by
+    default) as messages name them; `revisions` learns each one's typed fields, and
+    fetches through them a revision a store meets that no push here decoded (one
+    another instance decoded)."""
+    timeout = settings.schema.fetch_timeout_seconds
+    schemas = Schemas(
+        source
+        if source is not None
+        else PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=timeout),
+        timeout=timeout,
+        revisions=revisions,
+    )
+    revisions.fetch_with(schemas.learn)
+    return schemas
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -282,16 +301,7 @@ def create_app(
         max_in_flight=store.max_in_flight,
         observer=telemetry.flush_observer(),
     )
-    fetch_timeout = settings.schema.fetch_timeout_seconds
-    schemas = Schemas(
-        schema_source
-        if schema_source is not None
-        else PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=fetch_timeout),
-        timeout=fetch_timeout,
-        revisions=revisions,
-    )
-    # A revision another instance decoded is fetched when a store meets it.
-    revisions.fetch_with(schemas.learn)
+    schemas = fetching_schemas(settings, revisions, schema_source)
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
     ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)

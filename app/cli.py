@@ -15,11 +15,14 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.records import BIGQUERY_TABLES
 from app.settings import Settings, SettingsError, effective, reference
 from app.store.bigquery.schema import created_schema
+
+if TYPE_CHECKING:
+    from app.typed.revisions import Revisions
 
 # ASGI, as uvicorn calls an app.
 Message = MutableMapping[str, Any]
@@ -319,26 +322,19 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _backfill_bigquery(
-    args: argparse.Namespace, settings: Settings, revisions: Any, since: int, until: int
+    args: argparse.Namespace, settings: Settings, revisions: Revisions, since: int, until: int
 ) -> int:
     """`recordline typed backfill` on BigQuery's `records` (alone or behind the serving
     tier), in place, while the service runs (app/store/bigquery/backfill.py)."""
     from google.auth.exceptions import GoogleAuthError
 
+    from app.asgi import fetching_schemas
     from app.errors import StoreUnavailable
-    from app.ingest.pubsub_schemas import PubSubSchemas
-    from app.ingest.schemas import Schemas
     from app.store.bigquery.backfill import BackfillError
     from app.store.bigquery.store import BigQueryStore
 
-    timeout = settings.schema.fetch_timeout_seconds
-    schemas = Schemas(
-        PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=timeout),
-        timeout=timeout,
-        revisions=revisions,
-    )
-    # Records name their revision; those no instance of this run decoded are fetched.
-    revisions.fetch_with(schemas.learn)
+    # Records name their revision; one no process of this run decoded is fetched.
+    fetching_schemas(settings, revisions)
     store = BigQueryStore.from_url(
         settings.store.url,
         settings,

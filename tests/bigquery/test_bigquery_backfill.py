@@ -10,6 +10,7 @@ partitioned table), then dropped.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -67,8 +68,6 @@ def payment(message_id: str, ingest_time: int, data: dict[str, Any]) -> Record:
 
 
 def rfc3339(micros: int) -> str:
-    import datetime as dt
-
     moment = dt.datetime.fromtimestamp(micros / 1_000_000, tz=dt.UTC)
     return moment.isoformat().replace("+00:00", "Z")
 

@@ -13,8 +13,6 @@ table once its message is exported, within a minute of its push.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -30,6 +28,7 @@ from tests.conftest import served, settings
 from tests.fake_schema_api import FakeSchemaApi
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.exporting import tiered_store
+from tests.waiting import until
 
 pytestmark = pytest.mark.emulator
 
@@ -56,11 +55,12 @@ class ServingWorld(World):
     async def landed(self, step: Step) -> None:
         """Acknowledged once Spanner has it; in `records` once the exporter took it."""
         message_id = step.push.body["message"]["messageId"]
-        started = time.monotonic()
-        while not any(row["message_id"] == message_id for row in self.write.rows(self.table)):
-            waited = time.monotonic() - started
-            assert waited < QUERYABLE_SECONDS, f"{self.name}: {message_id} not exported"
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: any(row["message_id"] == message_id for row in self.write.rows(self.table)),
+            timeout=QUERYABLE_SECONDS,
+            interval=0.1,
+            what=f"{self.name}: {message_id} exported",
+        )
 
     @asynccontextmanager
     async def _served(self, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:

@@ -51,7 +51,7 @@ from app.errors import StoreUnavailable
 from app.store.backoff import Backoff
 from app.store.bigquery.proto import message_class
 from app.store.bigquery.queries import billed_bytes
-from app.store.bigquery.stream import Appended, OffsetStream, StreamBroken
+from app.store.bigquery.stream import OffsetStream, RowsRefused, StreamBroken
 from app.store.bigquery.typed import (
     ERRORS,
     ERRORS_FIELD,
@@ -102,7 +102,7 @@ Call = Callable[..., Any]
 class Backfill:
     """One run over `[since, until)` (µs since the epoch, on `ingest_time`).
 
-    `call(function, timeout=…)` runs a function of the `bigquery.Client` in a
+    `call(function, seconds=…)` runs a function of the `bigquery.Client` in a
     thread within a deadline (the store's `QueryRunner.call`); `stream` makes
     an `OffsetStream` for a table path and a writer schema; `typed` is the
     store's `TypedTable` of `records`.
@@ -133,15 +133,15 @@ class Backfill:
     async def run(self, since: int, until: int) -> Backfilled:
         done = Backfilled()
         names = await self._revisions_in_range(since, until, done)
-        revisions = {n: self._revisions.revision_of(n) for n in names}
-        if not any(revisions.values()):
+        revisions = [self._revisions.revision_of(name) for name in names]
+        if not any(revisions):
             return done  # no record of the range has a schema: nothing to project
-        known = await self._typed.hold(self._revisions, [r for r in revisions.values() if r])
+        known = await self._typed.hold(self._revisions, revisions)
         fields = await self._table_fields()
         staging = f"records_backfill_{uuid.uuid4().hex[:12]}"
         await self._create(staging, fields)
         try:
-            await self._stage(staging, fields, since, until, revisions, known, done)
+            await self._stage(staging, fields, since, until, known, done)
             if done.projected:
                 if await self._table_fields() != fields:
                     raise BackfillError(
@@ -168,7 +168,6 @@ class Backfill:
         fields: tuple[Field, ...] | None,
         since: int,
         until: int,
-        revisions: dict[str | None, str | None],
         known: dict[str, bool],
         done: Backfilled,
     ) -> None:
@@ -189,7 +188,7 @@ class Backfill:
         _, pages = await self._query(sql, {"since": since, "until": until}, done, paged=True)
         async for rows in pages:
             for message_id, data, schema in rows:
-                revision = revisions.get(schema, self._revisions.revision_of(schema))
+                revision = self._revisions.revision_of(schema)
                 if revision is None:
                     continue
                 if not known.get(revision, False):
@@ -210,21 +209,22 @@ class Backfill:
     async def _append(
         self, writer: OffsetStream, stream: str, offset: int, rows: list[bytes]
     ) -> int:
-        """Store `rows` at `offset`, sent again while BigQuery does not answer; the next offset."""
+        """Store `rows` at `offset`, sent again while BigQuery does not answer; the next
+        offset. Stored or refused as already there (a resend), they are there once."""
         backoff = Backoff(0.5, 8.0)
-        for attempt in range(1, _APPEND_ATTEMPTS + 1):
-            try:
-                outcome = await writer.append(stream, offset, rows)
-            except StoreUnavailable as exc:
-                if attempt == _APPEND_ATTEMPTS:
-                    raise BackfillError(f"the staging rows could not be written: {exc}") from exc
+        failure: StoreUnavailable | None = None
+        for _ in range(_APPEND_ATTEMPTS):
+            if failure is not None:
                 await asyncio.sleep(backoff.next())
+            try:
+                await writer.append(stream, offset, rows)
+            except StoreUnavailable as exc:
+                failure = exc
                 continue
-            except StreamBroken as exc:
+            except (StreamBroken, RowsRefused) as exc:
                 raise BackfillError(f"the staging rows could not be written: {exc}") from exc
-            if outcome in (Appended.STORED, Appended.ALREADY):
-                return offset + len(rows)
-        raise AssertionError("unreachable")
+            return offset + len(rows)
+        raise BackfillError(f"the staging rows could not be written: {failure}") from failure
 
     async def _update(
         self,
