@@ -57,6 +57,9 @@ IMMUTABLE_SECONDS: Final = 31_536_000
 ENCODED_PAGES: Final = 64
 _encode = msgspec.json.encode
 DEFAULT_MAX_FOLLOWERS: Final = 1000
+# How long a stream's long-poll waits for rows before its 204: under the 30 s
+# many HTTP clients give a response (the Durable Streams Python client's default).
+DEFAULT_LONG_POLL_SECONDS: Final = 20.0
 # A full instance is asked again after this long: followers end within a stream's
 # life, and a retry may reach another instance.
 FULL_RETRY_SECONDS: Final = 5
@@ -72,8 +75,10 @@ class Followers:
         heartbeat_seconds: float,
         shared_cache: bool,
         max_open: int = DEFAULT_MAX_FOLLOWERS,
+        long_poll_seconds: float = DEFAULT_LONG_POLL_SECONDS,
     ) -> None:
         self.stream_seconds = stream_seconds
+        self.long_poll_seconds = long_poll_seconds
         self.max_open = max_open
         self.heartbeat_seconds = heartbeat_seconds
         self.shared_cache = shared_cache

@@ -40,6 +40,7 @@ from app.query.service import (
     RecordView,
     RejectionsPage,
 )
+from app.query.streams import Streams
 from app.records import MAX_ID_LENGTH, TIME_RANGE, AwareDatetime, TimeOutOfRange, micros
 from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
 
@@ -80,12 +81,14 @@ P = TypeVar("P", RecordsPage, RejectionsPage)
 
 @dataclasses.dataclass(frozen=True)
 class Paging:
-    """What the paged lists read with: the reader, and what every follower shares.
-    One dependency, not two: Litestar resolves several side by side in a task
-    group, which costs a page more than its read."""
+    """What the paged lists and their streams read with: the reader, what every
+    follower shares, and the streams (on the same reader). One dependency, not
+    several: Litestar resolves several side by side in a task group, which costs
+    a page more than its read."""
 
     reader: Reader
     followers: Followers
+    streams: Streams
 
 
 # An id may hold any character, `/` included (`orders/123`, asked for as
