@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -180,3 +181,50 @@ async def test_the_typescript_client_follows_kill_and_resume(
     after = await resumed
     everything = (await duckdb_client.get("/v1/records")).json()["records"]
     assert before["rows"] + after["rows"] == [row["message_id"] for row in everything]
+
+
+# -- the docs' examples, as written ------------------------------------------------
+
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "streams.md"
+DOCS_URL = "http://127.0.0.1:8080"
+
+
+def example(language: str, index: int, url: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", DOCS_PAGE.read_text(), flags=re.DOTALL)
+    return str(blocks[index]).replace(DOCS_URL, url)
+
+
+async def test_the_docs_python_catch_up_runs_as_written(
+    duckdb_client: httpx.AsyncClient,
+) -> None:
+    await push(duckdb_client, range(3))
+    namespace: dict[str, Any] = {}
+    # The synchronous client, in a thread: the server runs on this event loop.
+    await asyncio.to_thread(exec, example("python", 0, str(duckdb_client.base_url)), namespace)
+    assert [r["message_id"] for r in namespace["records"]] == ["m-0", "m-1", "m-2"]
+    tail = (await duckdb_client.head(STREAM)).headers["stream-next-offset"]
+    assert namespace["offset"] == tail
+
+
+async def test_the_docs_typescript_follower_runs_as_written(
+    duckdb_client: httpx.AsyncClient,
+) -> None:
+    package_dir = npm_package("@durable-streams/client")
+    await push(duckdb_client, range(2))
+    script = package_dir / "follow.mjs"
+    script.write_text(example("js", 0, str(duckdb_client.base_url)))
+    process = await asyncio.create_subprocess_exec(
+        "node", str(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        async with asyncio.timeout(30):
+            while not lines or not lines[-1].startswith("resume from"):
+                lines.append((await process.stdout.readline()).decode().strip())
+    finally:
+        process.kill()  # it follows for ever, as the docs say
+        await process.wait()
+    assert [line.split()[0] for line in lines[:-1]] == ["m-0", "m-1"]
+    tail = (await duckdb_client.head(STREAM)).headers["stream-next-offset"]
+    assert lines[-1] == f"resume from {tail}"

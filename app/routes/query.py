@@ -75,6 +75,7 @@ PageTokenText = Annotated[
 _READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, CertsUnavailable)
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
+STREAM_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyFollowers, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
 P = TypeVar("P", RecordsPage, RejectionsPage)
 

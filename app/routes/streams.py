@@ -38,7 +38,7 @@ from app.query.page_token import PageToken
 from app.query.streams import STREAMS, Chunk, Control, cursor_after
 from app.records import moment, rfc3339
 from app.routes.follow import COMPLETE_UNTIL, EVENT_STREAM, HEARTBEAT, JSON, until_gone
-from app.routes.query import PAGE_ERRORS, Paging
+from app.routes.query import STREAM_ERRORS, Paging
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
             documentation_only=True,
         ),
     ],
-    responses=PAGE_ERRORS,
+    responses=STREAM_ERRORS,
 )
 async def read_stream(
     request: Request[Any, Any, Any],
