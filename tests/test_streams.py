@@ -20,15 +20,16 @@ from litestar import Litestar
 from app.asgi import create_app
 from app.query.offsets import ALPHABET, SEPARATOR, Offsets
 from app.query.page_token import PageToken, PageTokens
-from app.query.service import RECORDS, Reader
+from app.query.service import RECORDS, Reader, RecordView, record_view, view
 from app.query.streams import (
     CURSOR_EPOCH_SECONDS,
     CURSOR_INTERVAL_SECONDS,
     Streams,
     cursor_after,
 )
-from app.records import MAX_ID_LENGTH, MAX_MICROS, Record
+from app.records import MAX_ID_LENGTH, MAX_MICROS, MIN_MICROS, Record
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
+from app.store import PageQuery
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
@@ -478,3 +479,50 @@ def test_an_offset_names_only_url_safe_characters() -> None:
     offsets = Offsets("s")
     for key in [(0, ""), (2**58, "é/?&=,"), (123, "12345")]:
         assert re.fullmatch(r"[A-Za-z0-9._-]+", offsets.encode("records", *key))
+
+
+@given(
+    st.builds(
+        Record,
+        message_id=st.text(max_size=20),
+        publish_time=st.integers(MIN_MICROS, MAX_MICROS),
+        ingest_time=st.integers(0, MAX_MICROS),
+        id=st.text(max_size=20),
+        timestamp=st.none() | st.integers(MIN_MICROS, MAX_MICROS),
+        data=st.sampled_from(['"x"', "1", '{"a": [1, 2.5e3]}', "null"]),
+        attributes=st.sampled_from(["{}", '{"k": "v"}']),
+        subscription=st.none() | st.text(max_size=10),
+        delivery_attempt=st.none() | st.integers(1, 100),
+        trace_id=st.none() | st.text(max_size=32),
+        schema=st.none() | st.text(max_size=10),
+    )
+)
+def test_a_record_is_viewed_alike_the_quick_way_and_the_general_one(record: Record) -> None:
+    assert record_view(record) == view(RecordView, record)
+
+
+async def test_a_restarted_store_holds_its_tail_again_at_once(tmp_path: Any) -> None:
+    """After a restart, the records of the tail's window are in memory from the start (a
+    follower near the tail reads no query), and the tail answers as DuckDB does."""
+    path = str(tmp_path / "records.duckdb")
+    now = time.time_ns() // 1000
+    old = Record(message_id="old", publish_time=now, ingest_time=now - 3_600_000_000, id="o")
+    recent = [
+        Record(message_id=f"m-{i}", publish_time=now, ingest_time=now - 1000 + i, id=str(i))
+        for i in range(5)
+    ]
+    first = DuckDBStore(path)
+    await first.start()
+    await first.append([old, *recent])
+    await first.close()
+    second = DuckDBStore(path)
+    await second.start()
+    try:
+        assert len(second.tail) == 5  # the window's, not the hour-old one
+        query = PageQuery(after_time=now - 2000, after_message_id="", before_time=now, limit=10)
+        assert second.tail.covers(query)
+        from_memory = await second.page(Record, query)
+        assert [r.message_id for r in from_memory.rows] == [r.message_id for r in recent]
+        assert from_memory.rows == recent
+    finally:
+        await second.close()

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 import cachetools
@@ -94,6 +94,30 @@ def view(view_type: type[View], row: Record | Rejection) -> View:
         value = getattr(row, name)
         values[name] = value if value is None or convert is None else convert(value)
     return view_type(**values)
+
+
+_EPOCH = moment(0)
+_Raw = msgspec.Raw
+_micros = timedelta
+
+
+def record_view(r: Record) -> RecordView:
+    """What `view(RecordView, r)` makes, written out: half the time of the general way,
+    and a reader far behind makes one per record (a test checks both agree)."""
+    t = r.timestamp
+    return RecordView(
+        message_id=r.message_id,
+        id=r.id,
+        timestamp=None if t is None else _EPOCH + _micros(microseconds=t),
+        data=_Raw(r.data),
+        attributes=_Raw(r.attributes),
+        publish_time=_EPOCH + _micros(microseconds=r.publish_time),
+        ingest_time=_EPOCH + _micros(microseconds=r.ingest_time),
+        subscription=r.subscription,
+        delivery_attempt=r.delivery_attempt,
+        trace_id=r.trace_id,
+        schema=r.schema,
+    )
 
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
@@ -395,7 +419,10 @@ class Reader:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
-        views = [view(listing.view, row) for row in rows]
+        if listing.view is RecordView:
+            views: list[Any] = [record_view(row) for row in rows]
+        else:
+            views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
             views = await self._mark_stored(views)
         return Read(listing, cursor, rows, views, resume, horizon, full)

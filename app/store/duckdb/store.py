@@ -170,6 +170,11 @@ _RECORDS_BY_MESSAGES_SQL = (
 _REJECTIONS_BY_MESSAGES_SQL = (
     f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
 )
+_NEWEST_RECORDS_SQL = f"""
+SELECT {_RECORD_COLUMNS} FROM records WHERE ingest_time >= make_timestamptz($since)
+ORDER BY ingest_time DESC, message_id DESC
+LIMIT $limit
+"""
 _STORED_RECORD_IDS_SQL = "SELECT message_id FROM records WHERE message_id IN (SELECT unnest($ids))"
 _SEEN_SQL = """
 SELECT DISTINCT message_id, 'stored' FROM records WHERE message_id IN (SELECT unnest($ids))
@@ -298,12 +303,30 @@ class DuckDBStore:
                     # it again would count it at every restart.
                     await self._write(self._insert, [*frame.records, *frame.rejections])
             await self._journal.discard_replayed()
-        self.tail.reset(self._clock() // 1000)
+        await self._warm_tail()
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
         if self._retention_days:
             # Once now, for a store that was closed longer than the interval.
             await self.expire()
             self._expirer = asyncio.create_task(self._expire_forever(), name="duckdb-expirer")
+
+    async def _warm_tail(self) -> None:
+        """Start the tail with the records of its window, as DuckDB holds them: a
+        follower near the tail reads memory after a restart as before it, rather than
+        a query a page until the tail has filled again."""
+        since = self._clock() // 1000 - self.tail.window
+        limit = self.tail.max_rows + 1
+        params = {"since": since, "limit": limit}
+        found = await self._write(
+            lambda: self._connection().execute(_NEWEST_RECORDS_SQL, params).fetchall()
+        )
+        records = [row_of(Record, values) for values in reversed(found)]
+        if len(records) == limit:
+            # More than the tail holds: it starts after the oldest of those read.
+            oldest = records.pop(0)
+            self.tail.fill((oldest.ingest_time, oldest.message_id), records)
+        else:
+            self.tail.fill((since, ""), records)
 
     def _open(self) -> None:
         con = duckdb.connect(self.path)
