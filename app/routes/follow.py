@@ -37,7 +37,9 @@ from litestar import Request, Response
 from litestar.datastructures import Accept, CacheControlHeader, ETag
 from litestar.datastructures.headers import Header
 from litestar.response import Stream
+from litestar.response.streaming import ASGIStreamingResponse
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
+from litestar.types import Receive, Send
 
 from app.errors import RetryLater, TooManyFollowers
 from app.problems import problem_type
@@ -166,6 +168,80 @@ async def until_gone(
         watcher.cancel()
 
 
+async def _until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> None:
+    """Set `stop` once the client has gone (as `until_gone` reads it)."""
+    message = await receive()
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await receive()
+    if message["type"] != "http.disconnect":
+        message = await receive()
+    if message["type"] == "http.disconnect" and not stop.done():
+        stop.set_result(None)
+
+
+class _FollowerEvents(ASGIStreamingResponse):
+    """A follower's events, sent from its request's own task, while one task waits for
+    the client to leave and then sets `stop`. (Litestar's streaming response runs the
+    stream in a task group beside a listener: a group and two tasks a follower, which
+    an idle follower need not hold.)"""
+
+    __slots__ = ("stop",)
+
+    def __init__(self, *, stop: asyncio.Future[None], **options: Any) -> None:
+        super().__init__(**options)
+        self.stop = stop
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        watcher = asyncio.ensure_future(_until_disconnected(receive, self.stop))
+        try:
+            async for chunk in self.iterator:
+                body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+
+
+class EventStream(Stream):
+    """Server-sent events for a follower: its generator ends once `stop` is done (the
+    client left, or the service stops), and nothing else runs beside it."""
+
+    __slots__ = ("stop",)
+
+    def __init__(self, content: Any, *, stop: asyncio.Future[None], **options: Any) -> None:
+        super().__init__(content, **options)
+        self.stop = stop
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: Any = None,
+        cookies: Any = None,
+        encoded_headers: Any = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: str | None = None,
+        status_code: int | None = None,
+        type_encoders: Any = None,
+    ) -> ASGIStreamingResponse:
+        # As Stream's own, with the response that holds nothing beside the stream.
+        return _FollowerEvents(
+            stop=self.stop,
+            background=self.background or background,
+            content_length=0,
+            cookies=self.cookies if cookies is None else [*self.cookies, *cookies],
+            encoded_headers=encoded_headers,
+            encoding=self.encoding,
+            headers={**headers, **self.headers} if headers is not None else self.headers,
+            is_head_response=is_head_response,
+            iterator=self.iterator,
+            media_type=str(media_type or self.media_type),
+            status_code=self.status_code or status_code,
+        )
+
+
 def wants_stream(request: Request[Any, Any, Any]) -> bool:
     """Whether the client's `Accept` prefers a stream of events to one JSON page.
 
@@ -268,6 +344,8 @@ def stream(
     limit: int,
 ) -> Stream:
     """The pages from `page_token` (or `first`'s since/until) on, as events."""
+    # Done once the client leaves (the response watches) or the service stops.
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -278,7 +356,7 @@ def stream(
         token = page_token
         complete = None
         failed: RetryLater | None = None
-        async with until_gone(request, followers) as stop:
+        with followers.following(stop):
             while not stop.done() and loop.time() < ends:
                 wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
                 try:
@@ -319,8 +397,9 @@ def stream(
                 }
             yield _event("end", token, _encode(end))
 
-    return Stream(
+    return EventStream(
         events(),
+        stop=stop,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,
         headers={"X-Accel-Buffering": "no"} | _header(NO_CACHE),

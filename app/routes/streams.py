@@ -30,14 +30,20 @@ from litestar.datastructures import CacheControlHeader, ETag, ResponseHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import MethodNotAllowedException
 from litestar.params import Parameter, PathParameter
-from litestar.response import Stream
 from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from app.errors import RetryLater
 from app.query.page_token import PageToken
 from app.query.streams import STREAMS, Chunk, Control, cursor_after
 from app.records import moment, rfc3339
-from app.routes.follow import COMPLETE_UNTIL, EVENT_STREAM, HEARTBEAT, JSON, until_gone
+from app.routes.follow import (
+    COMPLETE_UNTIL,
+    EVENT_STREAM,
+    HEARTBEAT,
+    JSON,
+    EventStream,
+    until_gone,
+)
 from app.routes.query import STREAM_ERRORS, Paging
 
 log = logging.getLogger(__name__)
@@ -183,7 +189,7 @@ async def read_stream(
     if start is None:
         start = await streams.tail(listing)
     if live == "sse":
-        return _sse(request, paging, listing, start, cursor)
+        return _sse(paging, listing, start, cursor)
     async with until_gone(request, followers) as stop:
         chunk = await streams.chunk(listing, start, wait=followers.long_poll_seconds, stop=stop)
     headers = _positioned(chunk) | {CURSOR: next_cursor}
@@ -204,13 +210,14 @@ def _event(kind: bytes, data: bytes) -> bytes:
 
 
 def _sse(
-    request: Request[Any, Any, Any],
     paging: Paging,
     listing: Any,
     start: PageToken,
     cursor: str | None,
-) -> Stream:
+) -> EventStream:
     streams, followers = paging.streams, paging.followers
+    # Done once the client leaves (the response watches) or the service stops.
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -221,7 +228,7 @@ def _sse(
         position = start
         told = False  # whether a control event said where the stream stands
         sent = cursor
-        async with until_gone(request, followers) as stop:
+        with followers.following(stop):
             while not stop.done() and loop.time() < ends:
                 wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
                 try:
@@ -241,13 +248,18 @@ def _sse(
                         streamCursor=sent,
                         upToDate=chunk.up_to_date,
                     )
-                    yield _data(chunk) + _event(b"control", _encode(control))
+                    event = _data(chunk) + _event(b"control", _encode(control))
+                    # An idle stream holds its position, not the chunk it sent.
+                    del chunk
+                    yield event
                     told = True
                 else:
+                    del chunk
                     yield HEARTBEAT
 
-    return Stream(
+    return EventStream(
         events(),
+        stop=stop,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,
         headers={"X-Accel-Buffering": "no"} | _headers(NO_CACHE),
