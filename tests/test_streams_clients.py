@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -228,3 +229,60 @@ async def test_the_docs_typescript_follower_runs_as_written(
     assert [line.split()[0] for line in lines[:-1]] == ["m-0", "m-1"]
     tail = (await duckdb_client.head(STREAM)).headers["stream-next-offset"]
     assert lines[-1] == f"resume from {tail}"
+
+
+# -- the official conformance suite --------------------------------------------------
+
+# What of @durable-streams/server-conformance-tests applies to a server that only
+# reads: every other test creates its own stream (PUT) and most append to it (POST),
+# which a read-only server refuses (405); the suite has no way to be pointed at a
+# stream that exists already. These read streams that do not exist, in each mode.
+CONFORMANCE_READS = [
+    "HEAD Metadata should return 404 for non-existent stream",
+    "Offset Validation and Resumability should return 404 for offset=now on non-existent stream",
+    "Offset Validation and Resumability should return 404 for offset=now with long-poll on "
+    "non-existent stream",
+    "Offset Validation and Resumability should return 404 for offset=now with SSE on "
+    "non-existent stream",
+]
+CONFORMANCE_RUNNER = (
+    'import { runConformanceTests } from "@durable-streams/server-conformance-tests"\n'
+    "runConformanceTests({ baseUrl: process.env.CONFORMANCE_TEST_URL })\n"
+)
+
+
+async def test_the_read_only_part_of_the_conformance_suite_passes(
+    duckdb_client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    package_dir = npm_package("@durable-streams/server-conformance-tests")
+    (package_dir / "conformance.test.mjs").write_text(CONFORMANCE_RUNNER)
+    report = tmp_path / "conformance.json"
+    pattern = "^(" + "|".join(re.escape(name) for name in CONFORMANCE_READS) + ")$"
+    process = await asyncio.create_subprocess_exec(
+        str(package_dir / "node_modules" / ".bin" / "vitest"),
+        "run",
+        "conformance.test.mjs",
+        "--no-coverage",
+        "--reporter=json",
+        f"--outputFile={report}",
+        "--testNamePattern",
+        pattern,
+        cwd=package_dir,
+        env={**os.environ, "CONFORMANCE_TEST_URL": str(duckdb_client.base_url)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    results = json.loads(report.read_text())
+    outcomes = {
+        test["fullName"]: test["status"]
+        for suite in results["testResults"]
+        for test in suite["assertionResults"]
+        if test["status"] != "skipped" and test["status"] != "pending"
+    }
+    assert outcomes == dict.fromkeys(CONFORMANCE_READS, "passed"), err.decode()[-2000:]
