@@ -18,8 +18,8 @@ reference. Printed: the medians of the rounds, and Recordline / reference
 - Memory: the server's resident memory before and with `--followers` idle SSE
   followers at the tail, per follower; then one write, timed to each of them.
 - Catch-up: one reader from the start to the tail, chunk by chunk
-  (`Stream-Next-Offset`), of `--records` records; then the same after a
-  restart, read from storage.
+  (`Stream-Next-Offset`), of `--records` records (and the writes before them),
+  the best of three reads; then the first read after a restart.
 """
 
 from __future__ import annotations
@@ -150,12 +150,20 @@ class Target:
 
     async def write(self) -> None:
         """One record, returned once the server acknowledged it."""
-        if self.writer is None:
-            self.writer = await Connection.open(self.port)
         self.written += 1
-        status, _, _ = await self.writer.request(
-            "POST", self.write_path, self.write_body(self.written), **{"content-type": JSON}
-        )
+        body = self.write_body(self.written)
+        for _ in range(2):
+            if self.writer is None:
+                self.writer = await Connection.open(self.port)
+            try:
+                status, _, _ = await self.writer.request(
+                    "POST", self.write_path, body, **{"content-type": JSON}
+                )
+                break
+            except (ConnectionError, h11.ProtocolError):
+                # Closed while idle (node keeps an idle connection 5 s): once more, anew.
+                self.writer.close()
+                self.writer = None
         assert status in (200, 204), status
 
     def rss_kib(self) -> int:
@@ -397,7 +405,10 @@ async def round_on(target: Target, args: argparse.Namespace) -> None:
     memory, woke = await idle_followers(target, args.followers)
     figures.setdefault("memory", []).append(memory)
     figures.setdefault("wake_p99", []).append(percentile(woke, 0.99))
-    figures.setdefault("catch_up", []).append(await catch_up(target))
+    await asyncio.sleep(2)  # the followers' connections closed and cleared first
+    # The best of three reads: what the server can do, less the shared machine's noise.
+    best = max([await catch_up(target) for _ in range(3)])
+    figures.setdefault("catch_up", []).append(best)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -439,6 +450,7 @@ def main(argv: list[str]) -> int:
                     else reference(package_dir, data_dir)
                 )
                 with again as target:
+                    # The first read after the restart: what is read from storage.
                     results[name].setdefault("restarted", []).append(asyncio.run(catch_up(target)))
                 print(f"round {round_ + 1} {name}: done", file=sys.stderr)
     rows = []

@@ -105,18 +105,30 @@ def _positioned(chunk: Chunk) -> dict[str, str]:
     return headers
 
 
-def _caching(paging: Paging, final: bool) -> CacheControlHeader:
-    """A chunk of records may be kept a minute (its rows never change); one of rejections
-    is revalidated (a replay may mark one `stored`)."""
-    if not final:
-        return CacheControlHeader(private=True, no_cache=True)
-    shared = paging.followers.shared_cache
-    return CacheControlHeader(
-        public=shared or None,
-        private=not shared or None,
-        max_age=CHUNK_MAX_AGE,
-        stale_while_revalidate=CHUNK_STALE_SECONDS,
+def _kept(shared: bool) -> dict[str, str]:
+    return _headers(
+        CacheControlHeader(
+            public=shared or None,
+            private=not shared or None,
+            max_age=CHUNK_MAX_AGE,
+            stale_while_revalidate=CHUNK_STALE_SECONDS,
+        )
     )
+
+
+# What caches may do with a chunk, written once: one of records may be kept a minute
+# (its rows never change), by the client's cache or (shared) any; one of rejections is
+# revalidated (a replay may mark one `stored`).
+_CACHING: Final = {
+    (True, False): _kept(shared=False),
+    (True, True): _kept(shared=True),
+    (False, False): _headers(CacheControlHeader(private=True, no_cache=True)),
+    (False, True): _headers(CacheControlHeader(private=True, no_cache=True)),
+}
+
+
+def _caching(paging: Paging, final: bool) -> dict[str, str]:
+    return _CACHING[final, paging.followers.shared_cache]
 
 
 def _unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
@@ -180,7 +192,7 @@ async def read_stream(
             )
         chunk = await streams.chunk(listing, start)
         etag = ETag(value=chunk.etag)
-        headers = _positioned(chunk) | _headers(etag, _caching(paging, listing.final))
+        headers = _positioned(chunk) | _headers(etag) | _caching(paging, listing.final)
         if _unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(chunk.body, media_type=JSON, headers=headers)
@@ -197,7 +209,7 @@ async def read_stream(
         headers[UP_TO_DATE] = "true"
         return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | _headers(NO_STORE))
     etag = ETag(value=chunk.etag)
-    headers |= _headers(etag, _caching(paging, listing.final))
+    headers |= _headers(etag) | _caching(paging, listing.final)
     return Response(chunk.body, media_type=JSON, headers=headers)
 
 
