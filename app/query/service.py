@@ -24,6 +24,7 @@ from app.errors import BadParameter, Gone, NotFound
 from app.query.page_token import PageToken, PageTokens
 from app.records import DAY_MICROS, TABLES, Kind, Record, Rejection, columns, micros, moment
 from app.store import READ_ROUTE, PageQuery, Store
+from app.store.bell import Bell
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -256,6 +257,11 @@ class Reader:
         )
         self._shared_version = -1
 
+    @property
+    def bell(self) -> Bell:
+        """What rings when rows may have become readable (the store's)."""
+        return self._store.bell
+
     def horizon(self) -> int:
         store = self._store.read_horizon(self._clock() // 1000)
         if self._store.stamps_at_commit:
@@ -346,6 +352,7 @@ class Reader:
         wait: float = 0.0,
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
+        followed: bool = False,
     ) -> Read[AnyPage]:
         """The rows after `cursor`, at most `limit` of them: what both protocols page.
 
@@ -355,7 +362,8 @@ class Reader:
         `wait`) are shared with the followers reading at the same cursor at the
         same moment (`_followed`), if they began after `asked_at` (monotonic; by
         default, now): the moment the follower's request began, so that what it
-        was acknowledged before then is in every read it gets.
+        was acknowledged before then is in every read it gets. A follower that waits
+        on the bell itself (`followed`) shares its reads alike.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -363,7 +371,7 @@ class Reader:
         asked = time.monotonic() if asked_at is None else asked_at
 
         async def once() -> Read[AnyPage]:
-            if not wait:
+            if not wait and not followed:
                 return await self._page(listing, cursor, limit)
             return await self._followed(listing, cursor, limit, asked)
 

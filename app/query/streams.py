@@ -186,11 +186,19 @@ class Streams:
         wait: float = 0.0,
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
+        followed: bool = False,
     ) -> Chunk:
         """The rows after `cursor` as one chunk, waiting up to `wait` for some if none
-        are readable yet (the Reader's wait: the bell, shared reads)."""
+        are readable yet (the Reader's wait: the bell, shared reads; `followed`: a
+        follower that waits on the bell itself, whose reads are shared too)."""
         first = await self.reader.read(
-            listing, cursor, self._page_rows, wait=wait, stop=stop, asked_at=asked_at
+            listing,
+            cursor,
+            self._page_rows,
+            wait=wait,
+            stop=stop,
+            asked_at=asked_at,
+            followed=followed,
         )
         if not first.full:
             # At the tail: the chunk is this read's, shared by every follower given it.

@@ -240,12 +240,14 @@ def _sse(
         position = start
         told = False  # whether a control event said where the stream stands
         sent = cursor
+        bell = streams.reader.bell
+        quiet_since = loop.time()
         with followers.following(stop):
             while not stop.done() and loop.time() < ends:
-                wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
+                seen = bell.version
                 try:
                     chunk = await streams.chunk(
-                        listing, position, wait=wait if told else 0.0, stop=stop, asked_at=asked_at
+                        listing, position, stop=stop, asked_at=asked_at, followed=True
                     )
                 except RetryLater as exc:
                     # The store did not answer: the stream ends, and the client
@@ -261,13 +263,20 @@ def _sse(
                         upToDate=chunk.up_to_date,
                     )
                     event = _data(chunk) + _event(b"control", _encode(control))
-                    # An idle stream holds its position, not the chunk it sent.
-                    del chunk
+                    del chunk  # an idle stream holds its position, not what it sent
                     yield event
-                    told = True
-                else:
-                    del chunk
+                    told, quiet_since = True, loop.time()
+                    continue
+                del chunk
+                # Nothing new: wait for the bell here, where an idle follower holds
+                # the least (no read under way), and say it is alive now and then.
+                beat = quiet_since + followers.heartbeat_seconds
+                left = min(beat, ends) - loop.time()
+                if left > 0 and await bell.wait(seen, left, stop):
+                    continue
+                if loop.time() >= beat and not stop.done():
                     yield HEARTBEAT
+                    quiet_since = loop.time()
 
     return EventStream(
         events(),
