@@ -164,7 +164,12 @@ async def wake_ups(
             nonlocal requests
             while not stop.is_set():
                 await asyncio.sleep(args.poll * secrets.randbelow(1000) / 1000)
-                page = (await http.get("/v1/records", params={"page_token": cursor})).json()
+                try:
+                    answer = await http.get("/v1/records", params={"page_token": cursor})
+                except httpx.TransportError:
+                    # A kept-alive connection the server closed meanwhile: asked again.
+                    continue
+                page = answer.json()
                 requests += 1
                 cursor = page["next_page_token"]
                 if page["records"]:

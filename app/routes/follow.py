@@ -337,7 +337,6 @@ def stream(
     reader: Reader,
     listing: Listing[P],
     followers: Followers,
-    request: Request[Any, Any, Any],
     *,
     page_token: str | None,
     first: dict[str, Any],
