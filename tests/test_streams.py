@@ -523,3 +523,35 @@ async def test_a_restarted_store_holds_its_tail_again_at_once(tmp_path: Any) -> 
         assert from_memory.rows == recent
     finally:
         await second.close()
+
+
+async def test_a_chunk_holds_about_its_bytes_at_most_and_one_row_at_least() -> None:
+    """An SSE stream's events are bounded in bytes (a slow reader holds one), and any
+    chunk holds a row however large: the stream always moves on."""
+    store = DuckDBStore(":memory:")
+    await store.start()
+    try:
+        big = '"' + "x" * 1000 + '"'
+        rows = [
+            Record(message_id=f"m-{i:02}", publish_time=i, ingest_time=10 + i, id=str(i), data=big)
+            for i in range(12)
+        ]
+        await store.append(rows)
+        reader = Reader(store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"))
+        streams = Streams(reader, Offsets("s"))
+        position: PageToken | None = streams.start(RECORDS, None)
+        assert position is not None
+        sizes, seen = [], []
+        while True:
+            chunk = await streams.chunk(RECORDS, position, max_bytes=4_000)
+            sizes.append(chunk.rows)
+            seen += ids(json.loads(chunk.body))
+            position = chunk.after
+            if chunk.up_to_date:
+                break
+        assert seen == [r.message_id for r in rows]
+        assert max(sizes) == 3  # ~1,330 bytes a row: three fit in about 4,000
+        one = await streams.chunk(RECORDS, streams.start(RECORDS, None), max_bytes=10)
+        assert one.rows == 1
+    finally:
+        await store.close()

@@ -187,10 +187,13 @@ class Streams:
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
         followed: bool = False,
+        max_bytes: int | None = None,
     ) -> Chunk:
         """The rows after `cursor` as one chunk, waiting up to `wait` for some if none
         are readable yet (the Reader's wait: the bell, shared reads; `followed`: a
-        follower that waits on the bell itself, whose reads are shared too)."""
+        follower that waits on the bell itself, whose reads are shared too), of about
+        `max_bytes` at most (by default CHUNK_BYTES)."""
+        budget = self._chunk_bytes if max_bytes is None else max_bytes
         first = await self.reader.read(
             listing,
             cursor,
@@ -202,14 +205,14 @@ class Streams:
         )
         if not first.full:
             # At the tail: the chunk is this read's, shared by every follower given it.
-            made: Chunk | None = first.encodings.get(Streams)
+            made: Chunk | None = first.encodings.get((Streams, budget))
             if made is None:
-                made = self._chunk(listing, cursor, [first])
-                first.encodings[Streams] = made
+                made = self._chunk(listing, cursor, [first], budget)
+                first.encodings[Streams, budget] = made
             return made
         reads = [first]
         rows, size = len(first.rows), sum(map(_size, first.rows))
-        while reads[-1].full and rows < self._chunk_rows and size < self._chunk_bytes:
+        while reads[-1].full and rows < self._chunk_rows and size < budget:
             last = reads[-1]
             after = PageToken(*last.resume, None, listing=listing.name)
             more = await self.reader.read(
@@ -218,20 +221,25 @@ class Streams:
             reads.append(more)
             rows += len(more.rows)
             size += sum(map(_size, more.rows))
-        return self._chunk(listing, cursor, reads)
+        return self._chunk(listing, cursor, reads, budget)
 
-    def _chunk(self, listing: Listing[Any], cursor: PageToken, reads: list[Read[Any]]) -> Chunk:
+    def _chunk(
+        self, listing: Listing[Any], cursor: PageToken, reads: list[Read[Any]], budget: int
+    ) -> Chunk:
         rows = [row for read in reads for row in read.rows]
         views = [v for read in reads for v in read.views]
         last = reads[-1]
-        # Past about CHUNK_BYTES, the rest waits for the next chunk.
+        # Past about `budget` bytes, the rest waits for the next chunk.
         size, keep = 0, len(rows)
         for at, row in enumerate(rows):
             size += _size(row)
-            if size > self._chunk_bytes and at:
+            if size > budget and at:
                 keep = at
                 break
-        more = last.full or keep < len(rows)
+        # The time of the first row left for the next chunk, where it is known (None
+        # past a full read: more may share its last row's time).
+        following = rows[keep].ingest_time if keep < len(rows) else None
+        more = last.full or following is not None
         rows, views = rows[:keep], views[:keep]
         if not rows:
             # Nothing new: the offset as it was asked with, the tail's.
@@ -242,11 +250,14 @@ class Streams:
             up_to_date, after = True, (rows[-1].ingest_time + 1, "")
         else:
             up_to_date = False
-            end = len(rows) - 1
-            while end > 0 and rows[end - 1].ingest_time == rows[end].ingest_time:
+            # The chunk ends with its last whole microsecond: one whose rows are all
+            # in it (the next row's time is later, or, unknown, the one before is).
+            end = len(rows)
+            if following is None or following == rows[-1].ingest_time:
                 end -= 1
+                while end > 0 and rows[end - 1].ingest_time == rows[end].ingest_time:
+                    end -= 1
             if end > 0:
-                # Ends with the last whole microsecond; its rows after it come next.
                 rows, views = rows[:end], views[:end]
                 after = (rows[-1].ingest_time + 1, "")
             else:

@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -59,6 +59,9 @@ IMMUTABLE_SECONDS: Final = 31_536_000
 ENCODED_PAGES: Final = 64
 _encode = msgspec.json.encode
 DEFAULT_MAX_FOLLOWERS: Final = 1000
+# A stream whose client takes no event for this long (its connection's buffers full)
+# is cut off: it held one event meanwhile, never more, and reconnects from where it was.
+SLOW_FOLLOWER_SECONDS: Final = 30.0
 # How long a stream's long-poll waits for rows before its 204: under the 30 s
 # many HTTP clients give a response (the Durable Streams Python client's default).
 DEFAULT_LONG_POLL_SECONDS: Final = 20.0
@@ -196,7 +199,19 @@ class _FollowerEvents(ASGIStreamingResponse):
         try:
             async for chunk in self.iterator:
                 body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                try:
+                    # The next event is made only once this one is taken (a slow reader
+                    # is paused, holding one), and one not taken in time cuts it off.
+                    async with asyncio.timeout(SLOW_FOLLOWER_SECONDS):
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                except TimeoutError:
+                    log.warning(
+                        "a follower took no event for %g s: cut off, to resume where it was",
+                        SLOW_FOLLOWER_SECONDS,
+                    )
+                    if isinstance(self.iterator, AsyncGenerator):
+                        await self.iterator.aclose()  # it counts as a follower no more
+                    return  # the server closes the connection: the response is unfinished
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()

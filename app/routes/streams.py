@@ -57,6 +57,9 @@ HEAD_REQUEST: Final = "recordline.head"
 # An SSE stream ends after about this long, or the instance's stream_seconds if
 # shorter (§10.2: so that new clients collapse onto the edge's requests).
 SSE_SECONDS: Final = 60.0
+# An SSE stream's events hold about this much at most: a follower far behind whose
+# client reads slowly holds one of them while paused, not a catch-up chunk.
+SSE_EVENT_BYTES: Final = 1024 * 1024
 # What a catch-up chunk or a long-poll's rows may be kept for (§10.1).
 CHUNK_MAX_AGE: Final = 60
 CHUNK_STALE_SECONDS: Final = 300
@@ -247,7 +250,12 @@ def _sse(
                 seen = bell.version
                 try:
                     chunk = await streams.chunk(
-                        listing, position, stop=stop, asked_at=asked_at, followed=True
+                        listing,
+                        position,
+                        stop=stop,
+                        asked_at=asked_at,
+                        followed=True,
+                        max_bytes=SSE_EVENT_BYTES,
                     )
                 except RetryLater as exc:
                     # The store did not answer: the stream ends, and the client
