@@ -555,3 +555,24 @@ async def test_a_chunk_holds_about_its_bytes_at_most_and_one_row_at_least() -> N
         assert one.rows == 1
     finally:
         await store.close()
+
+
+async def test_a_follower_that_takes_nothing_is_cut_off_not_buffered(app: Litestar) -> None:
+    """A client that stops reading its SSE stream is paused (one event held, the next
+    not made) and, after the instance's limit, cut off: it counts as a follower no more."""
+    paging = await app.dependencies["paging"]()
+    paging.followers.slow_seconds = 1.0  # this instance's limit, short for the test
+    async with served(app) as client:
+        reader, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
+        # Reads nothing once its request is sent: the server's sends fill the buffers.
+        writer.transport.pause_reading()
+        writer.write(f"GET {STREAM}?live=sse HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        await until(lambda: paging.followers.open == 1, what="the stream to open")
+        big = "x" * 20_000
+        for n in range(600):  # ~12 MB: more than every buffer on the way holds
+            answer = await client.post("/pubsub/push", json=push_body(n, data=big))
+            assert answer.status_code == 204
+            if not paging.followers.open:
+                break
+        await until(lambda: paging.followers.open == 0, timeout=30, what="the cut-off")
+        writer.close()

@@ -83,6 +83,8 @@ class Followers:
         long_poll_seconds: float = DEFAULT_LONG_POLL_SECONDS,
     ) -> None:
         self.stream_seconds = stream_seconds
+        # How long a stream may wait for its client to take one event (SLOW_FOLLOWER_SECONDS).
+        self.slow_seconds = SLOW_FOLLOWER_SECONDS
         self.long_poll_seconds = long_poll_seconds
         self.max_open = max_open
         self.heartbeat_seconds = heartbeat_seconds
@@ -188,11 +190,12 @@ class _FollowerEvents(ASGIStreamingResponse):
     stream in a task group beside a listener: a group and two tasks a follower, which
     an idle follower need not hold.)"""
 
-    __slots__ = ("stop",)
+    __slots__ = ("slow_seconds", "stop")
 
-    def __init__(self, *, stop: asyncio.Future[None], **options: Any) -> None:
+    def __init__(self, *, stop: asyncio.Future[None], slow_seconds: float, **options: Any) -> None:
         super().__init__(**options)
         self.stop = stop
+        self.slow_seconds = slow_seconds
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         watcher = asyncio.ensure_future(_until_disconnected(receive, self.stop))
@@ -202,12 +205,12 @@ class _FollowerEvents(ASGIStreamingResponse):
                 try:
                     # The next event is made only once this one is taken (a slow reader
                     # is paused, holding one), and one not taken in time cuts it off.
-                    async with asyncio.timeout(SLOW_FOLLOWER_SECONDS):
+                    async with asyncio.timeout(self.slow_seconds):
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                 except TimeoutError:
                     log.warning(
                         "a follower took no event for %g s: cut off, to resume where it was",
-                        SLOW_FOLLOWER_SECONDS,
+                        self.slow_seconds,
                     )
                     if isinstance(self.iterator, AsyncGenerator):
                         await self.iterator.aclose()  # it counts as a follower no more
@@ -221,11 +224,19 @@ class EventStream(Stream):
     """Server-sent events for a follower: its generator ends once `stop` is done (the
     client left, or the service stops), and nothing else runs beside it."""
 
-    __slots__ = ("stop",)
+    __slots__ = ("slow_seconds", "stop")
 
-    def __init__(self, content: Any, *, stop: asyncio.Future[None], **options: Any) -> None:
+    def __init__(
+        self,
+        content: Any,
+        *,
+        stop: asyncio.Future[None],
+        slow_seconds: float = SLOW_FOLLOWER_SECONDS,
+        **options: Any,
+    ) -> None:
         super().__init__(content, **options)
         self.stop = stop
+        self.slow_seconds = slow_seconds
 
     def to_asgi_response(
         self,
@@ -244,6 +255,7 @@ class EventStream(Stream):
         # As Stream's own, with the response that holds nothing beside the stream.
         return _FollowerEvents(
             stop=self.stop,
+            slow_seconds=self.slow_seconds,
             background=self.background or background,
             content_length=0,
             cookies=self.cookies if cookies is None else [*self.cookies, *cookies],
@@ -414,6 +426,7 @@ def stream(
     return EventStream(
         events(),
         stop=stop,
+        slow_seconds=followers.slow_seconds,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,
         headers={"X-Accel-Buffering": "no"} | _header(NO_CACHE),

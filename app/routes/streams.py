@@ -289,6 +289,7 @@ def _sse(
     return EventStream(
         events(),
         stop=stop,
+        slow_seconds=followers.slow_seconds,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,
         headers={"X-Accel-Buffering": "no"} | _headers(NO_CACHE),
