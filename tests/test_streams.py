@@ -563,7 +563,7 @@ async def test_a_follower_that_takes_nothing_is_cut_off_not_buffered(app: Litest
     paging = await app.dependencies["paging"]()
     paging.followers.slow_seconds = 1.0  # this instance's limit, short for the test
     async with served(app) as client:
-        reader, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
+        _, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
         # Reads nothing once its request is sent: the server's sends fill the buffers.
         writer.transport.pause_reading()
         writer.write(f"GET {STREAM}?live=sse HTTP/1.1\r\nHost: test\r\n\r\n".encode())
