@@ -47,11 +47,14 @@ from app.ingest.service import Ingest
 from app.ingest.shape import Shape
 from app.ingest.traffic import Traffic
 from app.problems import Problems, describe_problem
+from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.service import Reader
+from app.query.streams import Streams
 from app.routes.follow import Followers
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.routes.query import READ_ROUTES, Paging
+from app.routes.streams import HEAD_REQUEST, STREAM_ROUTES
 from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
@@ -161,8 +164,9 @@ class Recordline(Litestar):
                 message = {**message, "body": b""}
             await http_send(message)
 
-        # A copy: the server keeps its own scope, which still says HEAD.
-        as_get = cast("Scope", {**scope, "method": "GET"})
+        # A copy: the server keeps its own scope, which still says HEAD. A route
+        # whose HEAD says something its GET does not (a stream's tail) reads the mark.
+        as_get = cast("Scope", {**scope, "method": "GET", HEAD_REQUEST: True})
         await super().__call__(as_get, receive, without_content)
 
 
@@ -315,6 +319,7 @@ def create_app(
         stream_seconds=settings.query.stream_seconds,
         heartbeat_seconds=settings.query.heartbeat_seconds,
         max_open=settings.query.max_followers,
+        long_poll_seconds=settings.query.long_poll_seconds,
         # Private unless configured: an outer gate (Cloud Run's invoker check) may
         # guard reads this service does not check itself.
         shared_cache=settings.query.shared_cache,
@@ -381,7 +386,7 @@ def create_app(
             Router("/", route_handlers=PUSH_ROUTES, guards=auth.push_guards, middleware=traced),
             Router(
                 "/",
-                route_handlers=READ_ROUTES,
+                route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
                 guards=auth.read_guards,
                 middleware=[*traced, *telemetry.read_timing()],
             ),
@@ -398,7 +403,11 @@ def create_app(
             "reader": constant(reader),
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),
-            "paging": constant(Paging(reader, followers)),
+            "paging": constant(
+                Paging(
+                    reader, followers, Streams(reader, Offsets(settings.query.page_token_secret))
+                )
+            ),
         },
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(outcomes, problems)],

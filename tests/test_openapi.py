@@ -21,8 +21,9 @@ from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.docs import ASSETS
+from app.query.offsets import Offsets
 from app.records import MAX_ID_LENGTH
-from app.settings import Settings
+from app.settings import DEFAULT_PAGE_TOKEN_SECRET, Settings
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 from tests.conftest import envelope
@@ -145,6 +146,20 @@ for L in ("/v1/records", "/v1/rejections"):
         )
     )
     case(L, "get", 503, failing_reads)(lambda s, L=L: s.client.get(L, headers=s.token(ANALYST)))
+# -- the streams -----------------------------------------------------------------
+S, SR = "/v1/streams/{name}", "/v1/streams/records"
+case(S, "get", 400)(lambda s: s.client.get(SR, params={"offset": "a,b"}, headers=s.token(ANALYST)))
+case(S, "get", 401)(lambda s: s.client.get(SR))
+case(S, "get", 403)(lambda s: s.client.get(SR, headers=s.token(STRANGER)))
+case(S, "get", 404)(lambda s: s.client.get("/v1/streams/orders", headers=s.token(ANALYST)))
+case(S, "get", 410)(
+    lambda s: s.client.get(
+        SR,
+        params={"offset": Offsets(DEFAULT_PAGE_TOKEN_SECRET).encode("records", 1)},
+        headers=s.token(ANALYST),
+    )
+)
+case(S, "get", 503, failing_reads)(lambda s: s.client.get(SR, headers=s.token(ANALYST)))
 # -- look-ups ------------------------------------------------------------------
 for route, prefix in (
     ("/v1/records/{record_id}", "/v1/records/"),

@@ -40,6 +40,7 @@ from app.query.service import (
     RecordView,
     RejectionsPage,
 )
+from app.query.streams import Streams
 from app.records import MAX_ID_LENGTH, TIME_RANGE, AwareDatetime, TimeOutOfRange, micros
 from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
 
@@ -74,18 +75,21 @@ PageTokenText = Annotated[
 _READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, CertsUnavailable)
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
+STREAM_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyFollowers, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
 P = TypeVar("P", RecordsPage, RejectionsPage)
 
 
 @dataclasses.dataclass(frozen=True)
 class Paging:
-    """What the paged lists read with: the reader, and what every follower shares.
-    One dependency, not two: Litestar resolves several side by side in a task
-    group, which costs a page more than its read."""
+    """What the paged lists and their streams read with: the reader, what every
+    follower shares, and the streams (on the same reader). One dependency, not
+    several: Litestar resolves several side by side in a task group, which costs
+    a page more than its read."""
 
     reader: Reader
     followers: Followers
+    streams: Streams
 
 
 # An id may hold any character, `/` included (`orders/123`, asked for as
@@ -208,9 +212,7 @@ async def _paged(
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
         reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where)
-        return stream(
-            reader, listing, followers, request, page_token=token, first=bounds, limit=limit
-        )
+        return stream(reader, listing, followers, page_token=token, first=bounds, limit=limit)
     if wait:
         async with until_gone(request, followers) as stop:
             page = await reader.page(
