@@ -14,20 +14,22 @@ locals {
   # entry that leaves the setting out. An empty entry would have no such attribute and
   # fail the plan. A test keeps these names equal to the entries' attributes.
   system_defaults = {
-    readers         = null
-    operators       = null
-    ticket_channels = null
-    min_instances   = null
-    max_instances   = null
-    extra_env       = null
-    serving         = null
-    rate            = null
-    message_bytes   = null
-    schema          = null
-    id_field        = null
-    time_field      = null
-    canary_file     = null
-    json_schema     = null
+    readers          = null
+    operators        = null
+    ticket_channels  = null
+    min_instances    = null
+    max_instances    = null
+    extra_env        = null
+    serving          = null
+    rate             = null
+    message_bytes    = null
+    json_bytes       = null
+    spanner_instance = null
+    schema           = null
+    id_field         = null
+    time_field       = null
+    canary_file      = null
+    json_schema      = null
   }
 }
 
@@ -81,7 +83,7 @@ module "system" {
   typed_columns = local.typed_columns[each.key]
 
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
-  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name, recovery_hours = var.spanner_recovery_hours } : null
+  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.serving_instance[each.key]].name, recovery_hours = var.spanner_recovery_hours } : null
 
   project_id                     = var.project_id
   project_number                 = data.google_project.this.number

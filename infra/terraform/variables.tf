@@ -421,6 +421,43 @@ variable "spanner_config" {
   }
 }
 
+variable "spanner_edition" {
+  type        = string
+  description = <<-EOT
+    Spanner edition of the serving tier's instances: empty for the least the
+    configuration allows (STANDARD for a regional one, ENTERPRISE_PLUS for a dual- or
+    multi-region one such as eur3, which exist in that edition only), or STANDARD,
+    ENTERPRISE or ENTERPRISE_PLUS. infra/fleet_cost.py prices it.
+  EOT
+  default     = ""
+
+  validation {
+    condition = contains(["", "STANDARD", "ENTERPRISE", "ENTERPRISE_PLUS"], var.spanner_edition) && (
+      var.spanner_edition == "" || var.spanner_edition == "ENTERPRISE_PLUS" || var.spanner_config == "" || startswith(var.spanner_config, "regional-")
+    )
+    error_message = "spanner_edition must be empty, STANDARD, ENTERPRISE or ENTERPRISE_PLUS, and ENTERPRISE_PLUS (or empty) for a dual- or multi-region spanner_config: Spanner offers those configurations in that edition only."
+  }
+}
+
+variable "binary_json_ratio" {
+  type        = number
+  description = <<-EOT
+    How much larger a BINARY topic's message is as the JSON the service stores (every
+    field named, numbers as text) than as published: what a serving system with a
+    BINARY schema and no `json_bytes` of its own is sized by. The ratio follows the
+    schema: the example order of schemas/orders.avsc is 49 bytes in Avro and 144 as
+    JSON (2.9) with its strings filled in, 18 and 112 (6.2) with short ones; the fewer
+    and longer the strings, the nearer 1. Declare a system's `json_bytes` (the size of
+    its stored `data`, which /v1/records returns) rather than rely on this.
+  EOT
+  default     = 3
+
+  validation {
+    condition     = var.binary_json_ratio >= 1
+    error_message = "binary_json_ratio must be at least 1: JSON names what binary leaves out."
+  }
+}
+
 variable "spanner_processing_units" {
   type        = number
   description = <<-EOT
@@ -726,10 +763,19 @@ variable "systems" {
     max_instances   = optional(number)
     extra_env       = optional(map(string))
     serving         = optional(bool)
-    # With `serving`: its mean rate (messages/s) and message size (bytes), what the
-    # Spanner instance is sized by (serving_rate, serving_message_bytes by default).
+    # With `serving`: its mean rate (messages/s) and message size (bytes, as published),
+    # what the Spanner instance is sized by (serving_rate, serving_message_bytes by
+    # default); and, for a BINARY topic, the size of a message's data as the JSON it
+    # decodes to, which is what Spanner stores (message_bytes x binary_json_ratio if
+    # left out).
     rate          = optional(number)
     message_bytes = optional(number)
+    json_bytes    = optional(number)
+    # With `serving`: the Spanner instance its database is on, 1 (<service_name>-serving)
+    # unless the first is full: an instance holds at most 90 of this configuration's
+    # databases, and the systems added past that name 2 (<service_name>-serving-2), and
+    # so on. Never changed once the database exists: it would be replaced.
+    spanner_instance = optional(number)
     # The topic's schema (README, "Your topic, your schema"): its definition, a file in
     # this repository (a path from its root); AVRO or PROTOCOL_BUFFER; the encoding
     # publishers use, JSON or BINARY; and its id if not the system's name (a schema
