@@ -436,7 +436,7 @@ def test_the_runtime_account_uses_its_own_database_and_nothing_else() -> None:
     # Nowhere else: no Spanner role on the project or the instance for anyone.
     text = "\n".join(p.read_text() for p in sorted(TERRAFORM.rglob("*.tf")))
     assert "google_spanner_instance_iam" not in text
-    project_roles = json.dumps(_resources("google_project_iam_member")["runtime"])
+    project_roles = json.dumps(_resources("google_project_iam_custom_role")["runtime"])
     assert "spanner" not in project_roles
 
 
