@@ -83,7 +83,11 @@ module "system" {
   typed_columns = local.typed_columns[each.key]
 
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
-  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.serving_instance[each.key]].name, recovery_hours = var.spanner_recovery_hours } : null
+  serving = contains(local.serving_systems, each.key) ? {
+    instance       = google_spanner_instance.serving[local.serving_instance[each.key]].name
+    recovery_hours = var.spanner_recovery_hours
+    restore_role   = google_project_iam_custom_role.operator_restore_rows.id
+  } : null
 
   project_id                     = var.project_id
   project_number                 = data.google_project.this.number

@@ -214,6 +214,7 @@ ADDED_WITH_THE_MODULE = {
     "google_spanner_database.serving",
     "google_spanner_database_iam_member.runtime_uses_database",
     "google_spanner_database_iam_member.operator_reads_database",
+    "google_spanner_database_iam_member.operator_restores_rows",
     # So did topic schemas, for systems that declare one.
     "google_pubsub_schema.records",
     "google_pubsub_schema_iam_member.runtime_reads_schema",

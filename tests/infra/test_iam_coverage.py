@@ -171,6 +171,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         ),
     ),
     "google_spanner_database_iam_member": _iam("spanner.databases"),
+    # On-call's capacity role on each serving instance (capacity.tf).
+    "google_spanner_instance_iam_member": _iam("spanner.instances"),
     "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
     "time_sleep": (frozenset(), frozenset()),
 }

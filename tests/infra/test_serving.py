@@ -433,11 +433,60 @@ def test_the_runtime_account_uses_its_own_database_and_nothing_else() -> None:
     assert {"spanner.databases.read", "spanner.databases.write"} <= _roles()[
         "roles/spanner.databaseUser"
     ]
-    # Nowhere else: no Spanner role on the project or the instance for anyone.
-    text = "\n".join(p.read_text() for p in sorted(TERRAFORM.rglob("*.tf")))
-    assert "google_spanner_instance_iam" not in text
+    # Nowhere else: no Spanner role on the project or an instance for the runtime account.
     project_roles = json.dumps(_resources("google_project_iam_custom_role")["runtime"])
     assert "spanner" not in project_roles
+    for grant in _resources("google_spanner_instance_iam_member").values():
+        assert "runtime" not in grant["member"]
+
+
+def _custom(name: str) -> set[str]:
+    return set(_resources("google_project_iam_custom_role")[name]["permissions"])
+
+
+def test_on_call_may_add_capacity_at_once_and_only_that() -> None:
+    # The break-glass path (capacity.tf): the operator account resizes each serving
+    # instance itself, with no workflow and no queue to wait for.
+    grant = _resources("google_spanner_instance_iam_member")["operator_capacity"]
+    assert grant["for_each"] == "${google_spanner_instance.serving}"
+    assert grant["instance"] == "${each.value.name}"
+    assert grant["member"] == "${google_service_account.operator.member}"
+    assert grant["role"] == "${google_project_iam_custom_role.operator_capacity.id}"
+    assert _custom("operator_capacity") == {
+        "spanner.instanceOperations.get",
+        "spanner.instances.get",
+        "spanner.instances.update",
+    }
+
+
+def test_on_call_may_restore_rows_but_never_change_a_schema_or_drop_a_database() -> None:
+    # Recovery (recovery.tf): backups and a scratch instance on the project, inserts into
+    # each serving database; no DDL, no drop, nothing on another service's data.
+    restore, rows = _custom("operator_restore"), _custom("operator_restore_rows")
+    assert {
+        "spanner.instances.create",
+        "spanner.instances.delete",
+        "spanner.backups.create",
+        "spanner.databases.createBackup",
+        "spanner.backups.restoreDatabase",
+        "spanner.databases.create",
+    } <= restore
+    assert {"spanner.databases.write", "spanner.databases.beginOrRollbackReadWriteTransaction"} <= (
+        rows
+    )
+    for permissions in (restore, rows):
+        assert all(p.startswith("spanner.") for p in permissions)
+        assert not {"spanner.databases.updateDdl", "spanner.databases.drop"} & permissions
+    assert "spanner.databases.write" not in restore  # writes go to serving databases only
+    project = _resources("google_project_iam_member")["operator_restore"]
+    assert project["role"] == "${google_project_iam_custom_role.operator_restore.id}"
+    assert project["member"] == "${google_service_account.operator.member}"
+    grant = _resources("google_spanner_database_iam_member")["operator_restores_rows"]
+    assert grant["for_each"] == "${google_spanner_database.serving}"
+    assert grant["role"] == "${var.serving.restore_role}"
+    assert grant["member"] == "serviceAccount:${var.operator_service_account}"
+    given = _expression(_module()["serving"])
+    assert "restore_role = google_project_iam_custom_role.operator_restore_rows.id" in given
 
 
 def test_the_service_waits_for_its_database_grant_to_propagate() -> None:

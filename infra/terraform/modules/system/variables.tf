@@ -145,8 +145,9 @@ variable "serving" {
   type = object({
     instance       = string
     recovery_hours = number
+    restore_role   = string
   })
-  description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING) and how far back it can be recovered (hours of old versions kept), or null: BigQuery serves every read."
+  description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING), how far back it can be recovered (hours of old versions kept) and the role on-call writes rows back with (root recovery.tf), or null: BigQuery serves every read."
 }
 
 # --- Pub/Sub -------------------------------------------------------------------
