@@ -65,6 +65,8 @@ module "system" {
   min_instances = each.value.min_instances != null ? each.value.min_instances : var.min_instances
   max_instances = each.value.max_instances != null ? each.value.max_instances : var.max_instances
   extra_env     = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+  # The share of traces kept (OTEL_TRACES_SAMPLER_ARG), the same for every system.
+  trace_sample_ratio = var.trace_sample_ratio
 
   # Its topic's schema and the payload's shape (README, "Your topic, your schema"); files
   # are paths from the repository's root, this directory's grandparent.

@@ -11,6 +11,22 @@ variable "region" {
   default     = "europe-west1"
 }
 
+variable "standby_region" {
+  type        = string
+  description = <<-EOT
+    A second region that holds every image too (artifact_registry.tf), where the
+    service moves if its region is lost (docs/operations.md#losing-a-zone-or-a-region):
+    empty for none. With a multi-region spanner_config (eur3) that covers both regions,
+    no acknowledged message waits for the lost region to come back.
+  EOT
+  default     = ""
+
+  validation {
+    condition     = var.standby_region == "" || (can(regex("^[a-z]+-[a-z]+[0-9]+$", var.standby_region)) && var.standby_region != var.region)
+    error_message = "standby_region must be empty or a region (such as europe-west4) other than region."
+  }
+}
+
 variable "environment" {
   type        = string
   description = "Environment name; also the GitHub environment that may deploy here."
@@ -269,6 +285,23 @@ variable "oncall" {
       for m in var.oncall : can(regex("^(user|group|serviceAccount|domain):[^\\s,]+$", m))
     ])
     error_message = "Each oncall entry must be an IAM member: user:, group:, serviceAccount: or domain:."
+  }
+}
+
+variable "trace_sample_ratio" {
+  type        = number
+  description = <<-EOT
+    Share of the traces each service starts itself that Cloud Trace keeps
+    (OTEL_TRACES_SAMPLER=parentbased_traceidratio): every push starts one (Pub/Sub's
+    push carries no trace context), three spans a push, billed per span past Cloud
+    Trace's free allotment. 1% keeps about a trace a second at ten pushes a second; a
+    caller that sends its own sampled trace context is always traced.
+  EOT
+  default     = 0.01
+
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
   }
 }
 

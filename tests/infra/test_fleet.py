@@ -252,12 +252,13 @@ SHARED_AGAIN = {
 
 
 def test_every_resource_of_a_single_deployment_moves_into_the_default_system() -> None:
-    # (The serving tier's storage policies, one per level when there was one instance,
-    # move to the first instance's keys: spanner.tf, not a system's.)
+    # (Moves within the environment's own resources, such as the serving tier's storage
+    # policies to the first instance's keys or the image repository to its region's,
+    # are not a system's.)
     moved = {
         (block["from"], block["to"])
         for block in _root("moved")
-        if not block["from"].startswith("${google_monitoring_alert_policy.spanner_storage")
+        if "module.system" in block["from"] + block["to"]
     }
     expected = {
         (f"${{{address}}}", f'${{module.system["recordline"].{address}}}')

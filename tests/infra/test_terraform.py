@@ -330,6 +330,9 @@ def test_service_environment() -> None:
         'RECORDLINE_LOG_FORMAT = "json"',
         'OTEL_TRACES_EXPORTER = "gcp_trace"',
         'OTEL_METRICS_EXPORTER = "gcp_monitoring"',
+        # Sampled: every push starts a trace (infra/fleet_cost.py prices the spans).
+        'OTEL_TRACES_SAMPLER = "parentbased_traceidratio"',
+        "OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)",
     ):
         assert fixed in re.sub(r"\s+", " ", env), fixed
     (secret,) = [e for e in _container()["env"] if e["name"] == "RECORDLINE_PAGE_TOKEN_SECRET"]

@@ -134,6 +134,11 @@ variable "operator_service_account" {
   description = "E-mail of the environment's operator account, which on-call acts as (root service_accounts.tf): an operator of every system."
 }
 
+variable "trace_sample_ratio" {
+  type        = number
+  description = "Share of the traces the service starts itself (pushes, and reads with no trace context) that are kept (OTEL_TRACES_SAMPLER_ARG)."
+}
+
 variable "extra_env" {
   type        = map(string)
   description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
