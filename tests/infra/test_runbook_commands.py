@@ -400,3 +400,39 @@ def test_the_restore_commands_are_ones_recordline_takes(cloud: Cloud) -> None:
     assert parsed[0]["dry_run"] is True
     assert parsed[1]["at"].startswith("2026-11-24 09:00:00")
     assert parsed[2]["source"].endswith("/instances/recordline-restore/databases/recordline")
+
+
+# --- a region lost ------------------------------------------------------------------------------
+
+
+def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the_state() -> None:
+    # The state edit of docs/operations.md#losing-a-zone-or-a-region: what lives in the
+    # lost region (its location or region is the environment's region, or a Cloud Run
+    # service's) leaves the state, so no plan waits on it; what is global or
+    # multi-regional (Pub/Sub, BigQuery, Spanner, Monitoring, IAM on accounts) stays.
+    (state_edit,) = blocks("losing-a-zone-or-a-region")
+    (pattern,) = re.findall(r"grep -E '([^']+)'", state_edit)
+    from tests.infra.test_terraform import MODULE, TERRAFORM, _load
+
+    regional, kept = set(), set()
+    for path in [*sorted(TERRAFORM.glob("*.tf")), *sorted(MODULE.glob("*.tf"))]:
+        module = 'module.system["orders"].' if path.parent == MODULE else ""
+        for block in _load(path).get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    key = '["europe-west1"]' if "for_each" in body else ""
+                    address = f"{module}{rtype}.{name}{key}"
+                    where = json.dumps({k: body.get(k) for k in ("location", "region")})
+                    if rtype.startswith("google_artifact_registry_repository"):
+                        # One per region, keyed by it: the standby's is kept.
+                        regional.add(address)
+                        kept.add(address.replace("europe-west1", "europe-west4"))
+                        continue
+                    lost = "var.region" in where or "google_cloud_run_v2_service" in where
+                    (regional if lost else kept).add(address)
+    assert 'module.system["orders"].google_cloud_run_v2_service.recordline' in regional
+    assert 'module.system["orders"].google_cloud_scheduler_job.canary' in regional
+    for address in regional:
+        assert re.search(pattern, address), address
+    for address in kept:
+        assert not re.search(pattern, address), address
