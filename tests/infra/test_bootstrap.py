@@ -100,51 +100,74 @@ def _budget() -> int:
     return int(workflow["env"]["APPLY_BATCH_RESOURCES"])
 
 
-def test_a_hundred_systems_are_applied_in_batches_that_fit_the_apply_job(tmp_path: Path) -> None:
+def _run(cloud: Cloud) -> tuple[Job, int, list[str]]:
+    """One run's plan job: the job, what its saved plan creates, the systems it applies."""
+    job = _plan(cloud)
+    step = job.step("Cut a plan too large for one apply to a batch of new systems")
+    assert step.outcome == "success", step.stderr
+    show = subprocess.run(
+        [str(cloud.bin / "terraform"), "show", "-json", "tfplan"],
+        env=cloud.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    creates = len(json.loads(show.stdout)["resource_changes"])
+    return job, creates, _applied(cloud)
+
+
+def test_a_hundred_systems_start_with_a_batch_that_fits_and_end_whole(tmp_path: Path) -> None:
     # As many resources a system as the module declares: about fifty.
     per_system = len(_module_resources())
     assert per_system >= 40
     systems = sorted(["recordline", *(f"system-{n:03d}" for n in range(1, 100))])
     cloud = _cloud(tmp_path, systems, per_system)
     budget = _budget()
-    created: list[str] = []
-    runs = 0
-    while True:
-        runs += 1
-        job = _plan(cloud)
-        step = job.step("Cut a plan too large for one apply to a batch of new systems")
-        assert step.outcome == "success", step.stderr
-        show = json.loads(
-            subprocess.run(
-                [str(cloud.bin / "terraform"), "show", "-json", "tfplan"],
-                env=cloud.env(),
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        creates = len(show["resource_changes"])
-        batch = _applied(cloud)
-        created += batch
-        # Each batch fits one apply: its systems' resources within the budget (the first
-        # carries the environment's own too, which any apply of a system needs).
-        assert len(batch) * per_system <= budget, (runs, len(batch))
-        assert creates <= budget + SHARED, (runs, creates)
-        left = 100 - len(created)
-        assert job.outputs["remaining"] == str(left if left else 0), runs
-        assert job.outputs["changes"] == "true"
-        # In order of their names, each once.
-        assert batch == systems[len(created) - len(batch) : len(created)]
-        if left == 0:
-            break
-        assert f"{left} new systems follow" in job.summary
-        assert runs < 50
-    assert created == systems
-    assert runs == math.ceil(100 / (budget // per_system))
-    # The first run planned the whole, then cut it; the last was whole again.
+    fits = budget // per_system
+    job, creates, batch = _run(cloud)
+    # The first run planned all 100 systems (4,800 resources, far past what one apply
+    # holds), then planned again for the first that fit, by name, and what they need.
     plans = [json.loads(line) for line in (cloud.work / "plans.log").read_text().splitlines()]
-    assert plans[0] == []
-    assert plans[1] == systems[: budget // per_system]
+    assert plans == [[], systems[:fits]]
+    assert batch == systems[:fits]
+    assert len(batch) * per_system <= budget
+    assert creates == len(batch) * per_system + SHARED
+    assert job.outputs["remaining"] == str(100 - fits)
+    assert f"{100 - fits} new systems follow" in job.summary
+    # The runs in between alike (test_batches_follow_one_another); the last plans the
+    # few systems left, whole, and says none is left.
+    state = json.loads((cloud.work / "world-plan.json").read_text())
+    state["left"] = systems[-(fits - 2) :]
+    (cloud.work / "world-plan.json").write_text(json.dumps(state))
+    job, creates, batch = _run(cloud)
+    assert batch == systems[-(fits - 2) :]
+    assert json.loads((cloud.work / "plans.log").read_text().splitlines()[-1]) == []
+    assert job.outputs["remaining"] == "0"
+    # 100 systems take this many runs: each an approval in prod, each a job that fits.
+    assert math.ceil(100 / fits) == 12
+
+
+def test_batches_follow_one_another_each_fitting_until_every_system_is_applied(
+    tmp_path: Path,
+) -> None:
+    per_system = len(_module_resources())
+    systems = sorted(f"system-{n:02d}" for n in range(20))
+    cloud = _cloud(tmp_path, systems, per_system)
+    budget = _budget()
+    created: list[str] = []
+    for run in range(1, 10):
+        job, creates, batch = _run(cloud)
+        assert len(batch) * per_system <= budget, run
+        assert creates <= budget + SHARED, run
+        # In order of their names, each once.
+        assert batch == systems[len(created) : len(created) + len(batch)]
+        created += batch
+        assert job.outputs["remaining"] == str(len(systems) - len(created))
+        assert job.outputs["changes"] == "true"
+        if len(created) == len(systems):
+            break
+    assert created == systems
+    assert run == math.ceil(len(systems) / (budget // per_system))
 
 
 def test_a_plan_that_fits_is_applied_whole(tmp_path: Path) -> None:
