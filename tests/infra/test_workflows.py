@@ -283,10 +283,18 @@ def test_an_apply_is_asked_for_only_when_its_plan_changes_something() -> None:
     needs = {"dev-plan": {"result": "success", "outputs": {"changes": "true"}}}
     assert _if(jobs["dev-approve"], github=pull, needs=needs) is False
     # prod is planned after dev applied, or when dev had nothing to apply; not after a
-    # failed dev apply.
-    for dev, wanted in (("success", True), ("skipped", True), ("failure", False)):
-        needs = {"dev-plan": {"result": "success"}, "dev": {"result": dev}}
-        assert _if(jobs["prod-plan"], github=MAIN, needs=needs) is wanted, dev
+    # failed dev apply, nor when dev's approval was refused (dev skipped with changes).
+    for dev, changes, wanted in (
+        ("success", "true", True),
+        ("skipped", "false", True),
+        ("failure", "true", False),
+        ("skipped", "true", False),
+    ):
+        needs = {
+            "dev-plan": {"result": "success", "outputs": {"changes": changes}},
+            "dev": {"result": dev},
+        }
+        assert _if(jobs["prod-plan"], github=MAIN, needs=needs) is wanted, (dev, changes)
 
 
 def _paths_match(pattern: str, path: str) -> bool:
