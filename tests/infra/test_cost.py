@@ -174,3 +174,13 @@ def test_the_region_plan_is_priced_at_least_at_eur3_s_list_price() -> None:
     figures = [float(x.replace(",", "")) for x in re.findall(r"\$([\d,]+)", text)]
     regional, eur3 = figures
     assert eur3 > 2 * regional
+
+
+def test_the_runbook_says_how_many_series_an_instance_writes() -> None:
+    cost = fleet_cost()
+    metrics = cost.evaluate(1)["metrics"]
+    series = {**cost.INGEST_SERIES, **cost.EXPORT_SERIES}
+    distributions = sum(n for m, n in series.items() if metrics[m] == "DISTRIBUTION")
+    numbers = sum(n for m, n in series.items() if metrics[m] != "DISTRIBUTION")
+    text = re.sub(r"\s+", " ", RUNBOOK.read_text())
+    assert f"{distributions} distributions and {numbers} numbers an instance" in text
