@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,7 @@ def _plain_locals(path: Path) -> str:
     return "\n".join(b for b in blocks if not resources.search(b))
 
 
+@cache
 def evaluate(systems: int) -> dict[str, Any]:
     """The variables, the serving tier's sizing and the metric descriptors, for `systems`
     serving systems at the defaults, as `terraform console` evaluates them."""

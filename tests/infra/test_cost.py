@@ -126,7 +126,7 @@ def test_the_planned_topology_is_an_exporter_service_and_ingest_billed_by_reques
     assert all(planned > today for planned, today in zip(ingest[3:], ingest[:3], strict=True))
     assert "below 6.6 pushes a second" in cost.break_even()
     # A system at rest costs nothing billed by request.
-    found = dict(cost.evaluate(1), rate=0)
+    found = {**cost.evaluate(1), "rate": 0}
     assert cost.month(1, found)["Cloud Run: ingest services"][1] == 0
 
 
