@@ -109,6 +109,13 @@ def _main(argv: list[str] | None) -> int:
 
     operator.add_arguments(export)
 
+    restore = commands.add_parser(
+        "restore", help="the serving tier: write back the rows a serving database lost"
+    )
+    from app.store.spanner import restore as restoring
+
+    restoring.add_arguments(restore)
+
     typed = commands.add_parser(
         "typed", help="typed columns: project stored records again (DuckDB, BigQuery)"
     )
@@ -163,6 +170,8 @@ def _main(argv: list[str] | None) -> int:
             return _schema(args.target, write=args.write)
         case "export":
             return _export(args)
+        case "restore":
+            return _restore(args)
         case "typed":
             return _backfill(args)
         case "config":
@@ -238,6 +247,16 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return asyncio.run(operator.run(args, settings))
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from app.store.spanner import restore
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return restore.run(args, settings)
 
 
 def _backfill(args: argparse.Namespace) -> int:

@@ -1,9 +1,17 @@
 # --- deploys (GitHub Actions, see github_oidc.tf) -------------------------------
 
+# (The region's repository kept its grant's address when the standby came.)
+moved {
+  from = google_artifact_registry_repository_iam_member.deployer_pushes_images
+  to   = google_artifact_registry_repository_iam_member.deployer_pushes_images["europe-west1"]
+}
+
 resource "google_artifact_registry_repository_iam_member" "deployer_pushes_images" {
+  for_each = google_artifact_registry_repository.images
+
   project    = var.project_id
-  location   = google_artifact_registry_repository.images.location
-  repository = google_artifact_registry_repository.images.name
+  location   = each.value.location
+  repository = each.value.name
   role       = "roles/artifactregistry.writer"
   member     = google_service_account.deployer.member
 }

@@ -64,6 +64,7 @@ VALUE_FLAGS = {
     "--freshness",
     "--instance",
     "--sql",
+    "--processing-units",
 }
 SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email"}
 RUN_FLAGS = {"--project", "--region", "--format", "--quiet", "--impersonate-service-account"}
@@ -578,7 +579,53 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return None
     if words == ["spanner", "databases", "execute-sql"]:
         return spanner_execute_sql(world, args)
+    if words in (["spanner", "instances", "describe"], ["spanner", "instances", "update"]):
+        return spanner_instance(world, words[2], args)
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
+
+
+def spanner_instance(world: World, verb: str, args: list[str]) -> None:
+    """`gcloud spanner instances describe I --format='value(processingUnits)'` and
+    `gcloud spanner instances update I --processing-units=N`: the world's
+    `spanner_instances` (name -> processing_units). GetInstance needs
+    spanner.instances.get, UpdateInstance spanner.instances.update, on the instance or
+    the project (https://cloud.google.com/spanner/docs/iam#instances); gcloud waits for
+    the update's operation (spanner.instanceOperations.get). Spanner takes 100 to 900 in
+    steps of 100, then whole nodes of 1000."""
+    command = f"spanner.instances.{verb}"
+    (name,), flags = parse(args, command)
+    extra = {"--format"} if verb == "describe" else {"--processing-units"}
+    allow(command, flags, {"--project", "--impersonate-service-account"} | extra)
+    scope(world, flags, command)
+    principal = acting(world, flags, command)
+    path = f"projects/{world['project']}/instances/{name}"
+    needed = (
+        ["spanner.instances.get"]
+        if verb == "describe"
+        else [
+            "spanner.instances.update",
+            "spanner.instanceOperations.get",
+        ]
+    )
+    for permission in needed:
+        if not holds(world, principal, permission, PROJECT, ("instances", name)):
+            denied(command, permission, principal, path)
+    instances = world.data.get("spanner_instances", {})
+    if name not in instances:
+        fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Instance not found: {path}")
+    if verb == "describe":
+        if flags.get("--format") != "value(processingUnits)":
+            fail(f"fake gcloud: output format {flags.get('--format')!r} is not modelled", 3)
+        print(instances[name]["processing_units"])
+        return None
+    units = int(flags["--processing-units"])
+    if not ((100 <= units < 1000 and units % 100 == 0) or (units >= 1000 and units % 1000 == 0)):
+        fail(f"ERROR: (gcloud.{command}) INVALID_ARGUMENT: processing units {units} not allowed")
+    instances[name]["processing_units"] = units
+    world.data["spanner_instances"] = instances
+    world.save()
+    print(f"Updated instance [{name}].")
+    return None
 
 
 def spanner_execute_sql(world: World, args: list[str]) -> None:
@@ -641,6 +688,8 @@ COMMANDS = (
     ("storage", "cat"),
     ("projects", "describe"),
     ("spanner", "databases", "execute-sql"),
+    ("spanner", "instances", "describe"),
+    ("spanner", "instances", "update"),
 )
 
 
@@ -903,6 +952,8 @@ def curl(argv: list[str]) -> None:
 
 def skopeo(argv: list[str]) -> None:
     world = World()
+    if argv[:2] == ["copy", "--preserve-digests"] and len(argv) == 8:
+        return skopeo_between_registries(world, argv[2:])
     if argv[:2] != ["copy", "--preserve-digests"] or len(argv) != 4:
         fail(f"fake skopeo: `skopeo {' '.join(argv)}` is not modelled", 3)
     source, target = argv[2], argv[3]
@@ -918,6 +969,30 @@ def skopeo(argv: list[str]) -> None:
     images["tags"][tag] = world["built_digest"]
     images["digests"].append(world["built_digest"])
     world.save()
+    return None
+
+
+def skopeo_between_registries(world: World, args: list[str]) -> None:
+    """`skopeo copy --preserve-digests --src-registry-token T --dest-registry-token T
+    docker://REPOSITORY@DIGEST docker://OTHER:TAG`: the image of that digest, held by the
+    source registry, tagged in the other; an existing tag is immutable. The world's
+    `registry_down`: registries that answer nothing (a region lost)."""
+    flags, (source, target) = dict(zip(args[:4:2], args[1:4:2], strict=True)), args[4:]
+    if set(flags) != {"--src-registry-token", "--dest-registry-token"} or not all(flags.values()):
+        fail(f"fake skopeo: `skopeo copy {' '.join(args)}` is not modelled", 3)
+    repository, at, digest = source.removeprefix("docker://").partition("@")
+    other, _, tag = target.removeprefix("docker://").rpartition(":")
+    for held in (repository, other):
+        if held.split("/")[0] in world.data.get("registry_down", []):
+            fail(f"FATA[0030] pinging container registry {held.split('/')[0]}: i/o timeout")
+    if not at or digest not in world["registry"].get(repository, {}).get("digests", []):
+        fail(f"FATA[0000] Error initializing source {source}: manifest unknown")
+    images = world["registry"].setdefault(other, {"tags": {}, "digests": []})
+    if tag in images["tags"]:
+        fail(f"FATA[0000] tag {tag} is immutable and exists already")
+    images["tags"][tag] = digest
+    images["digests"].append(digest)
+    world.save()
 
 
 # --- gh: an image's provenance -------------------------------------------------------------
@@ -930,6 +1005,8 @@ def gh(argv: list[str]) -> None:
     repository at that path (https://cli.github.com/manual/gh_attestation_verify). The
     world's `attestations`: digest -> the repository and workflow that attested it."""
     world = World()
+    if argv[:2] in (["run", "list"], ["workflow", "run"]) or argv[:1] == ["issue"]:
+        return gh_actions(world, argv)
     if argv[:2] != ["attestation", "verify"] or len(argv) != 7:
         fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
     subject, flags = argv[2], dict(zip(argv[3::2], argv[4::2], strict=True))
@@ -944,6 +1021,87 @@ def gh(argv: list[str]) -> None:
     if found["repo"] != flags["--repo"] or found["workflow"] != flags["--signer-workflow"]:
         fail(f"Error: verifying with issuer: {digest} was attested by {found}")
     print(f"Loaded digest {digest} for {subject}\n✓ Verification succeeded!")
+    return None
+
+
+def gh_actions(world: World, argv: list[str]) -> None:
+    """The runs, dispatches and issues drift.yml and terraform.yml use, on the world's
+    `github_runs` (workflow file -> runs, each with the fields `gh run list --json`
+    names: https://cli.github.com/manual/gh_run_list) and `issues` (number -> title,
+    state, comments). `gh workflow run` records the dispatch as a new queued run."""
+    import subprocess  # here: only the --jq forms need it
+
+    words = argv[:2]
+    # `gh issue comment N` and `gh workflow run FILE` have a third word before the flags.
+    first = 3 if words in (["issue", "comment"], ["workflow", "run"]) else 2
+    flags = dict(zip(argv[first::2], argv[first + 1 :: 2], strict=True))
+    if flags.get("--repo") != "recordline/recordline":
+        fail(f"fake gh: `gh {' '.join(argv)}` names no repository it knows", 3)
+    runs: dict[str, list[dict[str, Any]]] = world.data.setdefault("github_runs", {})
+    issues: dict[str, dict[str, Any]] = world.data.setdefault("issues", {})
+
+    def printed(value: Any) -> None:
+        text = json.dumps(value)
+        if "--jq" in flags:
+            text = subprocess.run(
+                ["jq", "-r", flags["--jq"]], input=text, capture_output=True, text=True, check=True
+            ).stdout
+        print(text.rstrip("\n"))
+
+    match words:
+        case ["run", "list"]:
+            allow(
+                "gh run list",
+                flags,
+                {"--repo", "--workflow", "--branch", "--limit", "--json", "--jq"},
+            )
+            if flags.get("--branch") != "main":
+                fail("fake gh: only runs on main are modelled", 3)
+            fields = flags["--json"].split(",")
+            found = sorted(runs.get(flags["--workflow"], []), key=lambda r: r["createdAt"])
+            found = list(reversed(found))[: int(flags.get("--limit", 20))]
+            printed([{k: r[k] for k in fields} for r in found])
+        case ["workflow", "run"]:
+            workflow = argv[2]
+            allow("gh workflow run", flags, {"--repo", "--ref"})
+            if flags.get("--ref") != "main":
+                fail("fake gh: only dispatches on main are modelled", 3)
+            newest = max(
+                (r["createdAt"] for rs in runs.values() for r in rs), default="2026-01-01T00:00:00Z"
+            )
+            runs.setdefault(workflow, []).append(
+                {
+                    "databaseId": 900 + sum(len(r) for r in runs.values()),
+                    "event": "workflow_dispatch",
+                    "status": "queued",
+                    "conclusion": "",
+                    "headSha": world.data.get("main_sha", "f" * 40),
+                    "createdAt": newest.replace("Z", "1Z"),
+                }
+            )
+        case ["issue", "list"]:
+            title = re.fullmatch(r'in:title "(.*)"', flags.get("--search", ""))
+            wanted = title.group(1) if title else ""
+            printed(
+                [
+                    {"number": int(n)}
+                    for n, issue in issues.items()
+                    if issue["state"] == flags.get("--state") and wanted in issue["title"]
+                ]
+            )
+        case ["issue", "create"]:
+            number = str(len(issues) + 1)
+            issues[number] = {
+                "title": flags["--title"],
+                "state": "open",
+                "comments": [flags["--body"]],
+            }
+        case ["issue", "comment"]:
+            issues[argv[2]]["comments"].append(flags["--body"])
+        case _:
+            fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
+    world.save()
+    return None
 
 
 # --- bq: the dead-letter query ------------------------------------------------------------

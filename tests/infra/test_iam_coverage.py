@@ -85,6 +85,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "google_service_account_iam_member": _iam("iam.serviceAccounts"),
     "google_project_iam_member": _iam("resourcemanager.projects"),
+    # The runtime accounts' role, one binding for every system (runtime_iam.tf).
+    "google_project_iam_binding": _iam("resourcemanager.projects"),
     # The operator's role of exactly the Scheduler permissions on-call uses.
     "google_project_iam_custom_role": (frozenset({"iam.roles.get"}), _crud("iam.roles")),
     "google_logging_project_exclusion": (
@@ -169,6 +171,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         ),
     ),
     "google_spanner_database_iam_member": _iam("spanner.databases"),
+    # On-call's capacity role on each serving instance (capacity.tf).
+    "google_spanner_instance_iam_member": _iam("spanner.instances"),
     "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
     "time_sleep": (frozenset(), frozenset()),
 }

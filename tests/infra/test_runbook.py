@@ -35,11 +35,10 @@ def _each(body: dict[str, Any]) -> dict[str | None, Any]:
     if "local.ticket_specs" in expression:
         # One per symptom and channel set: each.value.symptom keys local.ticket_specs.
         return {k: {"symptom": k} for k in _locals()["ticket_specs"]}
-    found = re.fullmatch(r"\$\{local\.(\w+)\}", expression) or re.fullmatch(
-        # Policies of the serving tier's instance, one per level, where there is one.
-        r"\$\{length\(local\.spanner_instances\) > 0 \? local\.(\w+) : \{\}\}",
-        expression,
-    )
+    if expression == "${local.spanner_storage_policies}":
+        # The serving tier's instances' policies, one per instance and level: one section.
+        return {None: None}
+    found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
     if found is None:
         # One policy for each resource (the serving tier's instance): one section for all.
         assert re.fullmatch(r"\$\{google_\w+\.\w+\}", expression), expression

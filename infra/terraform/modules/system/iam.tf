@@ -10,19 +10,8 @@ resource "google_bigquery_dataset_iam_member" "runtime_writes_dataset" {
   member     = google_service_account.runtime.member
 }
 
-resource "google_project_iam_member" "runtime" {
-  for_each = toset([
-    "roles/bigquery.jobUser",        # reads run as query jobs, which belong to a project
-    "roles/cloudtrace.agent",        # span export
-    "roles/monitoring.metricWriter", # OpenTelemetry metrics (workload.googleapis.com/*)
-  ])
-
-  project = var.project_id
-  role    = each.value
-  member  = google_service_account.runtime.member
-
-  # Project IAM goes through cloudresourcemanager.googleapis.com, enabled in the same apply.
-}
+# Its project-level permissions (query jobs, spans, metrics) come from one role bound to
+# every system's runtime account at once (root runtime_iam.tf).
 
 # Reads and writes rows in its own serving database only (spanner.tf): no role on the
 # instance or the project. databaseUser also holds updateDdl, which the service never
