@@ -51,8 +51,9 @@ class _Message(msgspec.Struct, kw_only=True, frozen=True):
     # problem (a rejection), not a reason to refuse the whole delivery.
     data: str = ""
     attributes: PushAttributes | None = None
-    messageId: str = ""
-    message_id: str = ""
+    # None when absent: an id sent empty is said to be empty, not missing.
+    messageId: str | None = None
+    message_id: str | None = None
     publishTime: AwareDatetime | None = None
     publish_time: AwareDatetime | None = None
     orderingKey: str | None = None
@@ -90,7 +91,9 @@ def decode_wrapped(body: bytes) -> PushedMessage:
     except RecursionError:
         raise BadEnvelope("not a Pub/Sub push envelope: nested too deeply to read") from None
     message = envelope.message
-    message_id = _message_id(message.messageId or message.message_id, "`$.message.messageId`")
+    if message.messageId is None and message.message_id is None:
+        raise BadEnvelope("not a Pub/Sub push envelope: `$.message.messageId` is missing")
+    message_id = _message_id(message.messageId or message.message_id or "", "`$.message.messageId`")
     published = message.publishTime or message.publish_time
     if published is None:
         raise BadEnvelope("not a Pub/Sub push envelope: `$.message.publishTime` is missing")
@@ -224,7 +227,7 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
 def _message_id(value: str, where: str) -> str:
     # Stored under it, it must be one that look-ups and replay take (app.records).
     if not value:
-        raise BadEnvelope(f"not a Pub/Sub push envelope: {where} is missing")
+        raise BadEnvelope(f"not a Pub/Sub push envelope: {where} is empty")
     problem = unaddressable(value)
     if problem is not None:
         raise BadEnvelope(
