@@ -10,8 +10,11 @@ and every version of the service shows the page it was tested with. Swagger UI
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from litestar import Response
 from litestar.datastructures import CacheControlHeader
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.router import Router
@@ -40,7 +43,18 @@ def openapi_config() -> OpenAPIConfig:
         ),
         path=DOCS_PATH,
         render_plugins=[ui],
+        openapi_router=Router(
+            DOCS_PATH, route_handlers=[], include_in_schema=False, after_request=_problem_if_absent
+        ),
     )
+
+
+async def _problem_if_absent(response: Response[Any]) -> Response[Any]:
+    """Litestar answers a path under /docs that no page has (`/docs/redoc`) with an HTML
+    404 of its own; here, as everywhere else, an error is a problem document."""
+    if response.status_code == 404:
+        raise NotFoundException
+    return response
 
 
 def docs_assets() -> Router:
