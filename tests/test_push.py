@@ -160,7 +160,8 @@ def test_not_an_envelope_is_400_problem(client: TestClient[Litestar]) -> None:
         ({}, "`$.message.messageId` is missing"),
         ({"messageId": ""}, "`$.message.messageId` is empty"),
         ({"messageId": "", "message_id": ""}, "`$.message.messageId` is empty"),
-        ({"message_id": ""}, "`$.message.messageId` is empty"),
+        ({"message_id": ""}, "`$.message.message_id` is empty"),
+        ({"messageId": "m-1", "message_id": "/"}, "`$.message.message_id` is only slashes"),
     ],
 )
 def test_a_message_id_sent_empty_is_said_to_be_empty_not_missing(
