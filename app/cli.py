@@ -230,6 +230,15 @@ def _settings(environ: dict[str, str], flags: dict[str, str] | None = None) -> S
         return None
 
 
+def _as_typed(exc: SettingsError, flags: dict[str, str]) -> str:
+    """`exc`'s message, naming the flag the user typed where it begins with the variable
+    that flag set (`RECORDLINE_HOST='0.0.0.0' is not…` as `--host '0.0.0.0' is not…`)."""
+    text, flag = str(exc), flags.get(exc.var or "")
+    if flag is None or not text.startswith(f"{exc.var}="):
+        return text
+    return f"{flag} {text.removeprefix(f'{exc.var}=')}"
+
+
 def _export(args: argparse.Namespace) -> int:
     from app.store.tiered import operator
 
@@ -387,7 +396,8 @@ def _serve(args: argparse.Namespace) -> int:
     given = {k: v for k, v in overrides.items() if v is not None}
     environ = {**os.environ, **given}
     flags = {"RECORDLINE_HOST": "--host", "PORT": "--port", "RECORDLINE_STORE": "--store"}
-    settings = _settings(environ, {var: flags[var] for var in given})
+    typed = {var: flags[var] for var in given}
+    settings = _settings(environ, typed)
     if settings is None:
         return 2
 
@@ -407,7 +417,7 @@ def _serve(args: argparse.Namespace) -> int:
         # create_app refuses settings that would leave the service open (app.auth).
         app = create_app(settings)
     except SettingsError as exc:
-        print(f"recordline: {exc}", file=sys.stderr)
+        print(f"recordline: {_as_typed(exc, typed)}", file=sys.stderr)
         return 2
     # The port first: taken, nothing else starts (no store is opened or made),
     # and it is said in one line.
