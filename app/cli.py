@@ -138,6 +138,10 @@ def _main(argv: list[str] | None) -> int:
 
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
+    if asked in DEV_TOOLS and asked not in tools:
+        # Said before its arguments are parsed: a placeholder knows none of them, and
+        # `recordline publish --topic t` would end in argparse's "unrecognized arguments".
+        return _not_installed(asked)
     runs: dict[str, Callable[[argparse.Namespace], int]] = {}
     for name, tool in tools.items():
         tool_parser = commands.add_parser(name, help=tool.help)
@@ -145,11 +149,12 @@ def _main(argv: list[str] | None) -> int:
             # Only the command asked for imports its module (and its libraries).
             try:
                 add_arguments, runs[name] = tool.load()
-            except ImportError:
-                continue  # installed without the dev dependency group
+            except ImportError:  # installed without the dev dependency group
+                return _not_installed(name)
             add_arguments(tool_parser)
-    for name in DEV_TOOLS.difference(tools):
-        commands.add_parser(name, help="(a development tool: not installed here)")
+    for name in DEV_TOOLS:
+        if name not in tools:
+            commands.add_parser(name, help="(a development tool: not installed here)")
 
     args = parser.parse_args(argv)
     match args.command:
@@ -172,18 +177,21 @@ def _main(argv: list[str] | None) -> int:
             return _config()
         case name if name in runs:
             return runs[name](args)
-        case name if name in DEV_TOOLS:
-            print(
-                f"recordline {name}: a development tool, not installed with the service; "
-                f"from a checkout, run `python3 dev.py {name}` (see README.md)",
-                file=sys.stderr,
-            )
-            return 2
     return 2
 
 
-# The local tools' commands (recordline_dev/, beside the service, not in its image).
-DEV_TOOLS = frozenset({"dev", "publish", "tail", "replay"})
+def _not_installed(name: str) -> int:
+    print(
+        f"recordline {name}: a development tool, not installed with the service; "
+        f"from a checkout, run `python3 dev.py {name}` (see README.md)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+# The local tools' commands (recordline_dev/, beside the service, not in its image), in
+# the order `--help` lists them: a set's order changes from one run to the next.
+DEV_TOOLS = ("dev", "publish", "replay", "tail")
 
 
 class DevTool(Protocol):
