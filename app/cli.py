@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from app.records import BIGQUERY_TABLES
 from app.settings import Settings, SettingsError, effective, reference
@@ -52,8 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is said in one line: its usage, several lines for some
+    commands, is one `--help` away. Every subcommand's parser is one too (argparse
+    makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="recordline", description=__doc__)
+    parser = OneLineParser(prog="recordline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service")

@@ -382,3 +382,123 @@ def test_help_imports_nothing_heavy(command: list[str]) -> None:
     assert done.stderr.strip() == "", (
         f"recordline {' '.join(command)} --help imported {done.stderr}"
     )
+
+
+# -- a newcomer's mistakes: one line each, no traceback ---------------------------------
+
+
+def said_in_one_line(done: subprocess.CompletedProcess[str], *, status: int = 2) -> str:
+    assert done.returncode == status, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--count", "-5"], "argument --count: -5 is not 1 or more"),
+        (["--count", "0"], "argument --count: 0 is not 1 or more"),
+        (["--rate", "-1"], "argument --rate: -1 is negative"),
+        (["--wait", "0"], "argument --wait: 0 is not more than 0 seconds"),
+        # A FileNotFoundError traceback, once the emulator had been waited for.
+        (["--file", "no/such/file.jsonl"], "--file no/such/file.jsonl: No such file"),
+    ],
+)
+def test_publish_refuses_what_it_cannot_do_in_one_line(argv: list[str], said: str) -> None:
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}"}
+    started = time.monotonic()
+    done = run(RECORDLINE, "publish", "--topic", "records", *argv, env=env, timeout=60)
+    assert said in said_in_one_line(done)
+    assert time.monotonic() - started < 20  # nothing was waited for
+
+
+def without_google_credentials(tmp_path: Path, metadata: str) -> dict[str, str]:
+    """No emulator, no key file, no gcloud login; Google's metadata server at `metadata`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"}
+    }
+    return {
+        **env,
+        "HOME": str(tmp_path),
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "GCE_METADATA_HOST": metadata,
+        "GCE_METADATA_IP": metadata,
+    }
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["publish", "--topic", "projects/p/topics/records", "--count", "1"],
+        [
+            "replay",
+            "dead-letters",
+            "--url",
+            "http://127.0.0.1:9",
+            "--subscription",
+            "projects/p/subscriptions/dl",
+        ],
+    ],
+    ids=["publish", "replay"],
+)
+def test_without_an_emulator_or_credentials_the_tool_says_what_to_set_at_once(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    # Where the metadata server's address takes connections and never answers (publish)
+    # google-auth waited ~14 s for it, then printed a 29-line DefaultCredentialsError;
+    # where nothing is there (replay), the traceback came sooner.
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        metadata = f"127.0.0.1:{hung.getsockname()[1] if argv[0] == 'publish' else free_port()}"
+        started = time.monotonic()
+        done = run(RECORDLINE, *argv, env=without_google_credentials(tmp_path, metadata))
+        took = time.monotonic() - started
+    line = said_in_one_line(done, status=2 if argv[0] == "publish" else 1)
+    assert "no Google credentials" in line
+    assert "PUBSUB_EMULATOR_HOST" in line
+    assert "gcloud auth application-default login" in line
+    assert took < 10, took
+
+
+def test_a_topic_that_does_not_exist_is_said_so_not_given_up_on() -> None:
+    # It was "1 failed (each given up after 30 s, --wait)", 0.0 s after the start.
+    import concurrent.futures
+
+    from google.api_core.exceptions import NotFound
+
+    from recordline_dev.client import publish
+
+    class NoSuchTopic:
+        def publish(self, topic: str, data: bytes, **_: object) -> concurrent.futures.Future[str]:
+            future: concurrent.futures.Future[str] = concurrent.futures.Future()
+            future.set_exception(NotFound("Topic not found"))
+            return future
+
+    result = publish(NoSuchTopic(), ["projects/p/topics/nosuchtopic"], [b"{}", b"{}"])
+    assert result.failed == 2
+    assert result.first_error is not None
+    assert result.first_error.startswith("projects/p/topics/nosuchtopic does not exist")
+    assert "given up" not in result.first_error
+
+
+def test_tail_refuses_a_since_it_cannot_read_in_one_line() -> None:
+    # It printed the service's problem document, raw JSON.
+    done = run(RECORDLINE, "tail", "--since", "yesterday", "--url", "http://127.0.0.1:9")
+    line = said_in_one_line(done)
+    assert "--since: 'yesterday' is neither how long ago" in line
+    assert "{" not in line
+
+
+async def test_a_refusal_the_tail_meets_is_said_by_its_detail() -> None:
+    from recordline_dev.client import FollowError
+
+    problem = {"status": 400, "type": "/problems/invalid-parameter", "detail": "since: no"}
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, json=problem))
+    async with httpx.AsyncClient(base_url="http://svc", transport=transport) as http:
+        with pytest.raises(FollowError) as raised:
+            async for _ in follow(http, since="x"):
+                pass
+    assert str(raised.value) == "GET /v1/records answered 400: since: no"
