@@ -8,6 +8,7 @@
     python3 dev.py publish [options]   # publish records to a topic (the emulator's)
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
+    python3 dev.py sql [--dev] "SQL"   # query the DuckDB store (typed columns), read-only
     python3 dev.py test [pytest options]   # the whole test suite
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff and mypy --strict
@@ -41,7 +42,7 @@ UV_VERSION = "0.13.9"
 TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 # Commands of the `recordline` CLI this script forwards to.
-RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay")
+RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay", "sql")
 COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench", "docs")
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.
@@ -191,7 +192,7 @@ def main(argv: list[str]) -> int:
         case "serve":
             # In the checkout: its default store is ./recordline.duckdb there.
             replace_with("recordline", "serve", *rest, cwd=ROOT)
-        case "config" | "schema" | "dev" | "publish" | "tail" | "replay":
+        case "config" | "schema" | "dev" | "publish" | "tail" | "replay" | "sql":
             # Where you are: their file arguments are relative to it. (`schema
             # --write` writes into the checkout .venv's recordline runs from.)
             replace_with("recordline", command, *rest)

@@ -111,6 +111,22 @@ def _main(argv: list[str] | None) -> int:
         help="every setting's default and meaning instead, as docs/configuration.md's table",
     )
 
+    sql = commands.add_parser(
+        "sql",
+        help="query a DuckDB store with SQL, read-only (`records_typed` holds the typed "
+        "columns), while its service runs too",
+    )
+    sql.add_argument("query", metavar="SQL", help='e.g. "SELECT * FROM records_typed LIMIT 10"')
+    where = sql.add_mutually_exclusive_group()
+    where.add_argument(
+        "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
+    )
+    where.add_argument(
+        "--dev",
+        action="store_true",
+        help=f"the store of the newest `recordline dev` session here ({DEV_SESSIONS}/)",
+    )
+
     export = commands.add_parser(
         "export", help="the serving tier's export to BigQuery: status, retry, verify"
     )
@@ -177,6 +193,8 @@ def _main(argv: list[str] | None) -> int:
             return _schema(args.target, write=args.write)
         case "export":
             return _export(args)
+        case "sql":
+            return _sql(args)
         case "typed":
             return _backfill(args)
         case "config":
@@ -254,6 +272,73 @@ def _as_typed(exc: SettingsError, flags: dict[str, str]) -> str:
     if flag is None or not text.startswith(f"{exc.var}="):
         return text
     return f"{flag} {text.removeprefix(f'{exc.var}=')}"
+
+
+# Where `recordline dev` keeps its sessions, below where it runs (recordline_dev.devstack).
+DEV_SESSIONS = ".recordline-dev"
+
+
+def _duckdb_file(args: argparse.Namespace) -> Path | str:
+    """The DuckDB file `recordline sql` reads, or why there is none."""
+    if args.dev:
+        sessions = sorted(Path(DEV_SESSIONS).glob("session-*/records.duckdb"))
+        if not sessions:
+            return (
+                f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
+                "here: run it from the directory `recordline dev` ran in, or name the file "
+                "(--store duckdb:PATH; `recordline dev` prints its store)"
+            )
+        return sessions[-1]  # session-YYYYmmdd-HHMMSS: the newest last
+    environ = dict(os.environ)
+    if args.store:
+        environ["RECORDLINE_STORE"] = args.store
+    settings = _settings(environ, {"RECORDLINE_STORE": "--store"})
+    if settings is None:
+        return ""
+    scheme, _, rest = settings.store.url.partition(":")
+    if scheme != "duckdb":
+        return (
+            f"reads a DuckDB file (duckdb:…); the store is {settings.store.url!r} "
+            "(memory: lives inside its service; BigQuery has its own console and `bq query`)"
+        )
+    return Path(rest.removeprefix("//") or "recordline.duckdb")
+
+
+def _sql(args: argparse.Namespace) -> int:
+    """`recordline sql`: one statement against a DuckDB store's file, read-only; a
+    consistent copy of it when a running service holds it (app.store.duckdb.snapshot)."""
+    import duckdb
+
+    from app.store.duckdb.snapshot import SnapshotError, reading
+
+    path = _duckdb_file(args)
+    if isinstance(path, Path) and not path.exists():
+        path = (
+            f"{path} does not exist: name the store's file (--store duckdb:PATH), or use --dev "
+            "for the dev stack's"
+        )
+    if isinstance(path, str):
+        if path:  # a refused setting said its own line
+            print(f"recordline sql: {path}", file=sys.stderr)
+        return 2
+    try:
+        with reading(path) as (con, copied):
+            if copied:
+                print(
+                    f"recordline sql: {path} is open in a running service: reading a copy "
+                    "of it taken now",
+                    file=sys.stderr,
+                )
+            answer = con.sql(args.query)
+            if answer is not None:
+                answer.show(max_rows=1000)
+    except SnapshotError as exc:
+        print(f"recordline sql: {exc}", file=sys.stderr)
+        return 1
+    except duckdb.Error as exc:
+        print(f"recordline sql: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -216,6 +216,8 @@ def test_the_banner_gives_commands_as_they_run_here() -> None:
     assert " recordline " not in text
     assert "--rate 100" in text
     assert "later and later" not in text
+    # How to query the typed columns, on the session's own file.
+    assert 'python3 dev.py sql --store duckdb:///x/records.duckdb "SELECT' in text
 
 
 def test_the_serving_banner_suggests_a_rate_it_keeps_up_with_and_says_why() -> None:
@@ -437,6 +439,7 @@ print(" ".join(heavy), file=sys.stderr)
         ["publish"],
         ["tail"],
         ["replay"],
+        ["sql"],
     ],
 )
 def test_help_imports_nothing_heavy(command: list[str]) -> None:
@@ -566,3 +569,70 @@ async def test_a_refusal_the_tail_meets_is_said_by_its_detail() -> None:
             async for _ in follow(http, since="x"):
                 pass
     assert str(raised.value) == "GET /v1/records answered 400: since: no"
+
+
+# -- recordline sql ---------------------------------------------------------------------
+
+
+def test_sql_reads_a_duckdb_store_while_its_service_runs_and_after(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # Nothing said how to query a session's file, and opening it while the service ran
+    # failed on DuckDB's lock (no duckdb CLI in .venv either).
+    store = f"duckdb://{tmp_path / 'r.duckdb'}"
+    port = free_port()
+    server = Terminal([RECORDLINE, "serve", "--port", str(port), "--store", store], cwd=tmp_path)
+    terminals.append(server)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, server)
+    body = {
+        "message": {
+            "data": "eyJpZCI6InNxbC0xIn0=",  # {"id":"sql-1"}
+            "messageId": "m-sql",
+            "publishTime": "2024-04-27T12:00:01Z",
+        }
+    }
+    assert httpx.post(f"{url}/pubsub/push", json=body, timeout=30).status_code == 204
+    query = "SELECT id, message_id FROM records_typed"
+    while_running = run(RECORDLINE, "sql", "--store", store, query)
+    assert while_running.returncode == 0, while_running.stderr
+    assert "sql-1" in while_running.stdout
+    assert "m-sql" in while_running.stdout
+    assert "reading a copy" in while_running.stderr
+    server.ctrl_c()
+    server.wait(STOP_SECONDS)
+    after = run(RECORDLINE, "sql", "--store", store, query)
+    assert after.returncode == 0, after.stderr
+    assert "sql-1" in after.stdout
+    assert after.stderr == ""
+    # Read-only: what would change the store is refused, in one line.
+    write = run(RECORDLINE, "sql", "--store", store, "DELETE FROM records")
+    assert "read-only" in said_in_one_line(write, status=1)
+
+
+def test_sql_finds_the_newest_dev_session(tmp_path: Path) -> None:
+    import duckdb
+
+    for name, value in (("session-20260101-000000", "old"), ("session-20260102-000000", "new")):
+        (tmp_path / ".recordline-dev" / name).mkdir(parents=True)
+        with duckdb.connect(str(tmp_path / ".recordline-dev" / name / "records.duckdb")) as con:
+            con.execute(f"CREATE TABLE t AS SELECT '{value}' AS v")
+    done = run(RECORDLINE, "sql", "--dev", "SELECT v FROM t", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "new" in done.stdout
+    assert "old" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--store", "memory:"], "reads a DuckDB file"),
+        (["--store", "duckdb:nothing-here.duckdb"], "nothing-here.duckdb does not exist"),
+        (["--dev"], "no `recordline dev` session with a DuckDB store"),
+    ],
+)
+def test_sql_says_in_one_line_what_it_cannot_read(
+    tmp_path: Path, argv: list[str], said: str
+) -> None:
+    done = run(RECORDLINE, "sql", *argv, "SELECT 1", cwd=tmp_path)
+    assert said in said_in_one_line(done)
