@@ -99,17 +99,18 @@ def decode_wrapped(body: bytes) -> PushedMessage:
     message = envelope.message
     # Pub/Sub sends each field under both spellings. Each one sent must be usable (the
     # OpenAPI document says so), and the camel-case one is used where both are.
+    # (Pub/Sub sends the two alike: the second is checked only where it differs.)
     message_id = publish_time = None
     if message.messageId is not None:
         message_id = _message_id(message.messageId, "`$.message.messageId`")
-    if message.message_id is not None:
+    if message.message_id is not None and message.message_id != message_id:
         snake_id = _message_id(message.message_id, "`$.message.message_id`")
         message_id = message_id if message_id is not None else snake_id
     if message_id is None:
         raise BadEnvelope("not a Pub/Sub push envelope: `$.message.messageId` is missing")
     if message.publishTime is not None:
         publish_time = _publish_time(message.publishTime, "`$.message.publishTime`")
-    if message.publish_time is not None:
+    if message.publish_time is not None and message.publish_time != message.publishTime:
         snake_time = _publish_time(message.publish_time, "`$.message.publish_time`")
         publish_time = publish_time if publish_time is not None else snake_time
     if publish_time is None:
