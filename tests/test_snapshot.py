@@ -43,7 +43,7 @@ def test_a_file_a_writer_holds_is_read_from_a_consistent_copy(tmp_path: Path) ->
             duckdb.connect(str(path), read_only=True)  # why a copy is needed
         copies, last = 0, 0
         # The writer runs on past the copies (it is killed after): every read is a copy.
-        while copies < 10:
+        while copies < 6:
             with reading(path) as (con, copied):
                 rows, total, pairs = con.execute(
                     "SELECT count(*), coalesce(sum(v), 0), count(DISTINCT k) FROM t"
