@@ -312,16 +312,15 @@ def _docs_rows(heading: str) -> dict[str, tuple[str, str, str]]:
     return rows
 
 
-def _duckdb_type(kind: Type, mode: Mode, nested: tuple[Field, ...]) -> str:
+def _duckdb_type(
+    con: duckdb.DuckDBPyConnection, kind: Type, mode: Mode, nested: tuple[Field, ...]
+) -> str:
     """The type DuckDB gives the column the store makes for the field, as it names it
     (`duckdb_columns()`); a record's members and a map's types are shown as "…" and
     "key, value"."""
     field = Field(name="f", type=kind, mode=mode, fields=nested)
-    with duckdb.connect(":memory:") as con:
-        con.execute(f"CREATE TABLE t (f {sql_type(field)})")
-        found = con.execute(
-            "SELECT data_type FROM duckdb_columns() WHERE table_name = 't'"
-        ).fetchone()
+    con.execute(f"CREATE OR REPLACE TEMP TABLE t (f {sql_type(field)})")
+    found = con.execute("SELECT data_type FROM duckdb_columns() WHERE table_name = 't'").fetchone()
     assert found is not None
     shown = str(found[0])
     if shown.startswith('STRUCT("key"'):
@@ -342,9 +341,10 @@ def _shown(kind: Type, nested: tuple[Field, ...]) -> str:
 def test_the_docs_table_is_the_mapping(heading: str, rows: dict[str, Any]) -> None:
     documented = _docs_rows(heading)
     assert set(documented) == set(rows)
-    for name, (_, _, kind, mode, nested, _) in rows.items():
-        expected = (_shown(kind, nested), _duckdb_type(kind, mode, nested), mode.value)
-        assert documented[name] == expected, name
+    with duckdb.connect(":memory:") as con:
+        for name, (_, _, kind, mode, nested, _) in rows.items():
+            expected = (_shown(kind, nested), _duckdb_type(con, kind, mode, nested), mode.value)
+            assert documented[name] == expected, name
 
 
 def test_a_declared_schema_s_revision_is_named_as_the_docs_say() -> None:
