@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from app.records import BIGQUERY_TABLES
 from app.settings import Settings, SettingsError, effective, reference
@@ -52,8 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is said in one line: its usage, several lines for some
+    commands, is one `--help` away. Every subcommand's parser is one too (argparse
+    makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="recordline", description=__doc__)
+    parser = OneLineParser(prog="recordline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service")
@@ -102,6 +111,22 @@ def _main(argv: list[str] | None) -> int:
         help="every setting's default and meaning instead, as docs/configuration.md's table",
     )
 
+    sql = commands.add_parser(
+        "sql",
+        help="query a DuckDB store with SQL, read-only (`records_typed` holds the typed "
+        "columns), while its service runs too",
+    )
+    sql.add_argument("query", metavar="SQL", help='e.g. "SELECT * FROM records_typed LIMIT 10"')
+    where = sql.add_mutually_exclusive_group()
+    where.add_argument(
+        "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
+    )
+    where.add_argument(
+        "--dev",
+        action="store_true",
+        help=f"the store of the newest `recordline dev` session here ({DEV_SESSIONS}/)",
+    )
+
     export = commands.add_parser(
         "export", help="the serving tier's export to BigQuery: status, retry, verify"
     )
@@ -145,6 +170,10 @@ def _main(argv: list[str] | None) -> int:
 
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
+    if asked in DEV_TOOLS and asked not in tools:
+        # Said before its arguments are parsed: a placeholder knows none of them, and
+        # `recordline publish --topic t` would end in argparse's "unrecognized arguments".
+        return _not_installed(asked)
     runs: dict[str, Callable[[argparse.Namespace], int]] = {}
     for name, tool in tools.items():
         tool_parser = commands.add_parser(name, help=tool.help)
@@ -152,11 +181,12 @@ def _main(argv: list[str] | None) -> int:
             # Only the command asked for imports its module (and its libraries).
             try:
                 add_arguments, runs[name] = tool.load()
-            except ImportError:
-                continue  # installed without the dev dependency group
+            except ImportError:  # installed without the dev dependency group
+                return _not_installed(name)
             add_arguments(tool_parser)
-    for name in DEV_TOOLS.difference(tools):
-        commands.add_parser(name, help="(a development tool: not installed here)")
+    for name in DEV_TOOLS:
+        if name not in tools:
+            commands.add_parser(name, help="(a development tool: not installed here)")
 
     args = parser.parse_args(argv)
     match args.command:
@@ -172,6 +202,8 @@ def _main(argv: list[str] | None) -> int:
             return _export(args)
         case "restore":
             return _restore(args)
+        case "sql":
+            return _sql(args)
         case "typed":
             return _backfill(args)
         case "config":
@@ -181,18 +213,21 @@ def _main(argv: list[str] | None) -> int:
             return _config()
         case name if name in runs:
             return runs[name](args)
-        case name if name in DEV_TOOLS:
-            print(
-                f"recordline {name}: a development tool, not installed with the service; "
-                f"from a checkout, run `python3 dev.py {name}` (see README.md)",
-                file=sys.stderr,
-            )
-            return 2
     return 2
 
 
-# The local tools' commands (recordline_dev/, beside the service, not in its image).
-DEV_TOOLS = frozenset({"dev", "publish", "tail", "replay"})
+def _not_installed(name: str) -> int:
+    print(
+        f"recordline {name}: a development tool, not installed with the service; "
+        f"from a checkout, run `python3 dev.py {name}` (see README.md)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+# The local tools' commands (recordline_dev/, beside the service, not in its image), in
+# the order `--help` lists them: a set's order changes from one run to the next.
+DEV_TOOLS = ("dev", "publish", "replay", "tail")
 
 
 class DevTool(Protocol):
@@ -237,6 +272,82 @@ def _settings(environ: dict[str, str], flags: dict[str, str] | None = None) -> S
         else:
             print(f"recordline: {exc}", file=sys.stderr)
         return None
+
+
+def _as_typed(exc: SettingsError, flags: dict[str, str]) -> str:
+    """`exc`'s message, naming the flag the user typed where it begins with the variable
+    that flag set (`RECORDLINE_HOST='0.0.0.0' is not…` as `--host '0.0.0.0' is not…`)."""
+    text, flag = str(exc), flags.get(exc.var or "")
+    if flag is None or not text.startswith(f"{exc.var}="):
+        return text
+    return f"{flag} {text.removeprefix(f'{exc.var}=')}"
+
+
+# Where `recordline dev` keeps its sessions, below where it runs (recordline_dev.devstack).
+DEV_SESSIONS = ".recordline-dev"
+
+
+def _duckdb_file(args: argparse.Namespace) -> Path | str:
+    """The DuckDB file `recordline sql` reads, or why there is none."""
+    if args.dev:
+        sessions = sorted(Path(DEV_SESSIONS).glob("session-*/records.duckdb"))
+        if not sessions:
+            return (
+                f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
+                "here: run it from the directory `recordline dev` ran in, or name the file "
+                "(--store duckdb:PATH; `recordline dev` prints its store)"
+            )
+        return sessions[-1]  # session-YYYYmmdd-HHMMSS: the newest last
+    environ = dict(os.environ)
+    if args.store:
+        environ["RECORDLINE_STORE"] = args.store
+    settings = _settings(environ, {"RECORDLINE_STORE": "--store"})
+    if settings is None:
+        return ""
+    scheme, _, rest = settings.store.url.partition(":")
+    if scheme != "duckdb":
+        return (
+            f"reads a DuckDB file (duckdb:…); the store is {settings.store.url!r} "
+            "(memory: lives inside its service; BigQuery has its own console and `bq query`)"
+        )
+    return Path(rest.removeprefix("//") or "recordline.duckdb")
+
+
+def _sql(args: argparse.Namespace) -> int:
+    """`recordline sql`: one statement against a DuckDB store's file, read-only; a
+    consistent copy of it when a running service holds it (app.store.duckdb.snapshot)."""
+    import duckdb
+
+    from app.store.duckdb.snapshot import SnapshotError, reading
+
+    path = _duckdb_file(args)
+    if isinstance(path, Path) and not path.exists():
+        path = (
+            f"{path} does not exist: name the store's file (--store duckdb:PATH), or use --dev "
+            "for the dev stack's"
+        )
+    if isinstance(path, str):
+        if path:  # a refused setting said its own line
+            print(f"recordline sql: {path}", file=sys.stderr)
+        return 2
+    try:
+        with reading(path) as (con, copied):
+            if copied:
+                print(
+                    f"recordline sql: {path} is open in a running service: reading a copy "
+                    "of it taken now",
+                    file=sys.stderr,
+                )
+            answer = con.sql(args.query)
+            if answer is not None:
+                answer.show(max_rows=1000)
+    except SnapshotError as exc:
+        print(f"recordline sql: {exc}", file=sys.stderr)
+        return 1
+    except duckdb.Error as exc:
+        print(f"recordline sql: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -406,7 +517,8 @@ def _serve(args: argparse.Namespace) -> int:
     given = {k: v for k, v in overrides.items() if v is not None}
     environ = {**os.environ, **given}
     flags = {"RECORDLINE_HOST": "--host", "PORT": "--port", "RECORDLINE_STORE": "--store"}
-    settings = _settings(environ, {var: flags[var] for var in given})
+    typed = {var: flags[var] for var in given}
+    settings = _settings(environ, typed)
     if settings is None:
         return 2
 
@@ -426,7 +538,7 @@ def _serve(args: argparse.Namespace) -> int:
         # create_app refuses settings that would leave the service open (app.auth).
         app = create_app(settings)
     except SettingsError as exc:
-        print(f"recordline: {exc}", file=sys.stderr)
+        print(f"recordline: {_as_typed(exc, typed)}", file=sys.stderr)
         return 2
     # The port first: taken, nothing else starts (no store is opened or made),
     # and it is said in one line.

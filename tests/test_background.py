@@ -76,3 +76,15 @@ async def test_a_loop_that_fails_is_restarted_with_backoff_and_named_while_down(
     now[0] += 10.0  # a run as long as its interval ends the streak
     assert supervisor.down() == []
     await supervisor.close()
+
+
+def test_backoff_leaves_the_shared_random_generator_alone() -> None:
+    # Its jitter came from `random.random`: a background loop's draw changed the state
+    # a test framework had seeded, which Hypothesis reports as a deprecated use of
+    # `random` when it happens while a strategy draws.
+    import random
+
+    state = random.getstate()
+    waits = [Backoff(0.1, 1.0).next() for _ in range(5)]
+    assert random.getstate() == state
+    assert all(0.05 <= wait <= 0.1 for wait in waits)

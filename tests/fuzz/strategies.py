@@ -183,19 +183,19 @@ class Push:
 # up to 1,024 characters), and the id must still round-trip through a path.
 message_ids = st.one_of(
     st.integers(min_value=1, max_value=10**17).map(str),
-    st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40),
+    st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40),
     st.sampled_from(
         ["a/b", "%2F", "..", ".", "/", "//", "a b", "?x=1", "#", "\u00ff", "\x00", "~"]
     ),
 )
 # Header values arrive as latin-1 text with no line breaks.
 header_ids = st.text(
-    st.characters(min_codepoint=0x21, max_codepoint=0xFF, blacklist_characters="\x7f"),
+    st.characters(min_codepoint=0x21, max_codepoint=0xFF, exclude_characters="\x7f"),
     min_size=1,
     max_size=40,
 )
 # Ids that fit: slashes alone are no id (no path can name one).
-record_ids = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40).filter(
+record_ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40).filter(
     lambda text: text.strip("/")
 )
 

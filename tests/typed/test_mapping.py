@@ -10,9 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from app.ingest.protobuf import ProtobufCodec
+from app.store.duckdb.typed import sql_type
 from app.typed.mapping import Field, Mode, Type, avro_fields, protobuf_fields
 from app.typed.projection import project
 from tests.typed.stored import avro_stored, protobuf_stored
@@ -295,18 +297,35 @@ def test_a_recursive_record_is_json_where_it_recurses() -> None:
     )
 
 
-def _docs_rows(heading: str) -> dict[str, tuple[str, str]]:
-    """The rows of the docs' mapping table under `heading`: name → (type, mode)."""
+def _docs_rows(heading: str) -> dict[str, tuple[str, str, str]]:
+    """The rows of the docs' mapping table under `heading`: name → (BigQuery type,
+    DuckDB type, mode)."""
     text = DOCS.read_text()
     section = text.split(heading, 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[0] and not set(cells[0]) <= set("-: "):
+        if len(cells) >= 4 and cells[0] and not set(cells[0]) <= set("-: "):
             name = re.sub(r"`", "", cells[0])
-            rows[name] = (cells[1].strip("`"), cells[2].strip("`"))
+            rows[name] = (cells[1].strip("`"), cells[2].strip("`"), cells[3].strip("`"))
     rows.pop("schema type", None)
     return rows
+
+
+def _duckdb_type(
+    con: duckdb.DuckDBPyConnection, kind: Type, mode: Mode, nested: tuple[Field, ...]
+) -> str:
+    """The type DuckDB gives the column the store makes for the field, as it names it
+    (`duckdb_columns()`); a record's members and a map's types are shown as "…" and
+    "key, value"."""
+    field = Field(name="f", type=kind, mode=mode, fields=nested)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE t (f {sql_type(field)})")
+    found = con.execute("SELECT data_type FROM duckdb_columns() WHERE table_name = 't'").fetchone()
+    assert found is not None
+    shown = str(found[0])
+    if shown.startswith('STRUCT("key"'):
+        return "STRUCT(key, value)[]"
+    return "STRUCT(…)" if shown.startswith("STRUCT(") else shown
 
 
 def _shown(kind: Type, nested: tuple[Field, ...]) -> str:
@@ -322,5 +341,24 @@ def _shown(kind: Type, nested: tuple[Field, ...]) -> str:
 def test_the_docs_table_is_the_mapping(heading: str, rows: dict[str, Any]) -> None:
     documented = _docs_rows(heading)
     assert set(documented) == set(rows)
-    for name, (_, _, kind, mode, nested, _) in rows.items():
-        assert documented[name] == (_shown(kind, nested), mode.value), name
+    with duckdb.connect(":memory:") as con:
+        for name, (_, _, kind, mode, nested, _) in rows.items():
+            expected = (_shown(kind, nested), _duckdb_type(con, kind, mode, nested), mode.value)
+            assert documented[name] == expected, name
+
+
+def test_a_declared_schema_s_revision_is_named_as_the_docs_say() -> None:
+    # The docs said "named from its text"; the name is from its content, keys sorted.
+    import hashlib
+    import json
+
+    from app.typed.revisions import Revisions
+
+    text = (DOCS.parent.parent / "schemas" / "payments.avsc").read_text()
+    schema = json.loads(text)
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    named = "declared@" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert Revisions().declare(text) == named
+    # Spaced and ordered otherwise, the same schema is the same revision.
+    assert Revisions().declare(json.dumps(dict(reversed(schema.items())), indent=4)) == named
+    assert "`declared@` and the first 16 hex digits of the SHA-256" in DOCS.read_text()

@@ -88,6 +88,32 @@ def sql_type(field: Field) -> str:
     return f"{base}[]" if field.mode is Mode.REPEATED else base
 
 
+def _widened(value: str, new: Field, old: Field | None) -> str:
+    """SQL for `value`, of `old`'s type, as `new`'s: an array or map `old` lacks is
+    `[]` (not NULL) wherever the record holding it is not NULL, as a row projected
+    after it exists has it, and as BigQuery, whose REPEATED fields are never NULL,
+    reads it. A record that is NULL stays NULL."""
+    if old is None:
+        return f"[]::{sql_type(new)}" if new.mode is Mode.REPEATED else f"NULL::{sql_type(new)}"
+    if new.type is Type.RECORD and old.type is Type.RECORD and new.mode is old.mode:
+        if new.mode is Mode.REPEATED:
+            item = Field(name=new.name, type=new.type, fields=new.fields)
+            was = Field(name=old.name, type=old.type, fields=old.fields)
+            return f"list_transform({value}, lambda x: {_widened('x', item, was)})"
+        olds = {f.name: f for f in old.fields}
+        members = ", ".join(
+            f"{_quoted(f.name)} := "
+            + _widened(f"struct_extract({value}, {_literal(f.name)})", f, olds.get(f.name))
+            for f in new.fields
+        )
+        return f"CASE WHEN {value} IS NULL THEN NULL ELSE struct_pack({members}) END"
+    return f"{value}::{sql_type(new)}"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _arrow_type(field: Field) -> pa.DataType:
     if field.type is Type.RECORD:
         base = pa.struct([(f.name, _arrow_type(f)) for f in field.fields])
@@ -113,7 +139,8 @@ def _for_arrow(value: Any, field: Field) -> Any:
         case Type.NUMERIC:
             return value.quantize(_NUMERIC_STEP, context=_NUMERIC_CONTEXT)
         case Type.BIGNUMERIC:
-            return str(value)
+            # Positional, as BigQuery writes it: str() gives `-1E-12` for -0.000000000001.
+            return format(value, "f")
         case _:
             return value
 
@@ -257,9 +284,10 @@ class TypedColumns:
                     f"ALTER TABLE record_fields ADD COLUMN fields {sql_type(_fields_type(merged))}"
                 )
             else:
+                wider = _fields_type(merged)
                 con.execute(
-                    "ALTER TABLE record_fields ALTER COLUMN fields "
-                    f"SET DATA TYPE {sql_type(_fields_type(merged))}"
+                    f"ALTER TABLE record_fields ALTER COLUMN fields SET DATA TYPE "
+                    f"{sql_type(wider)} USING {_widened('fields', wider, self._type)}"
                 )
             log.info("typed columns of %s: %d fields", schema, len(merged))
             self.fields = merged
