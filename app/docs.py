@@ -261,3 +261,53 @@ class ReplayOperation(Operation):
                 )
             },
         )
+
+
+@dataclass
+class StreamOperation(Operation):
+    """GET /v1/streams/{name}: a chunk as JSON, events with `live=sse`, and the answers
+    a live or conditional read may get besides (204 at the long-poll's end, 304)."""
+
+    def __post_init__(self) -> None:
+        answer = (self.responses or {}).get("200")
+        if isinstance(answer, OpenAPIResponse):
+            answer.content = {
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.OBJECT),
+                        description="The rows `/v1/records` (or `/v1/rejections`) lists",
+                    )
+                ),
+                # One event's schema: its `event` and its `data` line.
+                "text/event-stream": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["event", "data"],
+                        properties={
+                            "event": Schema(type=OpenAPIType.STRING, enum=["data", "control"]),
+                            "data": Schema(
+                                type=OpenAPIType.STRING,
+                                description="`data`: a JSON array of rows; `control`: a JSON "
+                                "object of `streamNextOffset`, `streamCursor` and `upToDate`",
+                            ),
+                        },
+                        description="With `live=sse`: `data` events, each followed by a "
+                        "`control` event",
+                    )
+                ),
+            }
+            headers = answer.headers
+        else:
+            headers = None
+        self.responses = {
+            **(self.responses or {}),
+            "204": OpenAPIResponse(
+                description="A long-poll that found nothing new before its end: read again "
+                "from `Stream-Next-Offset`",
+                headers=headers,
+            ),
+            "304": OpenAPIResponse(
+                description="The chunk is the one `If-None-Match` names", headers=headers
+            ),
+        }

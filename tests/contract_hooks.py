@@ -32,6 +32,9 @@ BEYOND_A_SCHEMA = {
     # A token is opaque and signed (app/query/page_token.py): no schema says which
     # strings are tokens. The run reaches real ones through the links (`next`).
     ("page_token", "not a page token"),
+    # A stream's offset likewise (app/query/offsets.py); the links do not reach
+    # one (a header gives it), so the run meets only offsets it made up.
+    ("offset", "not an offset of this stream"),
     # Relations between two parameters.
     ("page_token", "was issued for another `until`"),
     ("until", "must be later than since"),

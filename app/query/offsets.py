@@ -49,6 +49,9 @@ MAX_OFFSET_LENGTH: Final = 6_000
 # The protocol's sentinels, never issued as offsets.
 BEGINNING: Final = "-1"
 NOW: Final = "now"
+# The shape of what `offset` takes, for the OpenAPI document: a sentinel, or a
+# position (at least the time's characters) and its signature.
+OFFSET_PATTERN: Final = r"^(-1|now|[.0-9A-Z_a-z]{10,}-[.0-9A-Z_a-z]+)$"
 
 _STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _TO_SORTED = bytes.maketrans(_STANDARD, ALPHABET.encode())

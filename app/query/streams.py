@@ -50,7 +50,7 @@ CURSOR_INTERVAL_SECONDS: Final = 20
 _JITTER_SECONDS: Final = (1, 3600)
 # A cursor a client sends back is at most this many digits: intervals since the
 # epoch fit in 8 for the next thousand years.
-_CURSOR_DIGITS: Final = 15
+CURSOR_DIGITS: Final = 15
 
 _encode = msgspec.json.encode
 
@@ -109,7 +109,7 @@ def cursor_after(sent: str | None, *, now: float | None = None) -> str:
     current = int(seconds - CURSOR_EPOCH_SECONDS) // CURSOR_INTERVAL_SECONDS
     if sent is None:
         return str(current)
-    if not sent.isascii() or not sent.isdigit() or len(sent) > _CURSOR_DIGITS:
+    if not sent.isascii() or not sent.isdigit() or len(sent) > CURSOR_DIGITS:
         raise BadParameter("cursor", "not a cursor: send back the last Stream-Cursor as it came")
     echoed = int(sent)
     if echoed < current:

@@ -32,9 +32,11 @@ from litestar.exceptions import MethodNotAllowedException
 from litestar.params import Parameter, PathParameter
 from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
+from app.docs import StreamOperation
 from app.errors import RetryLater
+from app.query.offsets import MAX_OFFSET_LENGTH, OFFSET_PATTERN
 from app.query.page_token import PageToken
-from app.query.streams import STREAMS, Chunk, Control, cursor_after
+from app.query.streams import CURSOR_DIGITS, STREAMS, Chunk, Control, cursor_after
 from app.records import moment, rfc3339
 from app.routes.follow import (
     COMPLETE_UNTIL,
@@ -67,7 +69,14 @@ NO_STORE: Final = CacheControlHeader(no_store=True)
 NO_CACHE: Final = CacheControlHeader(no_cache=True)
 ALLOW: Final = "GET, HEAD"
 
-Name = Annotated[str, PathParameter(description=f"The stream: {' or '.join(STREAMS)}")]
+Name = Annotated[
+    str,
+    PathParameter(
+        description=f"The stream: {' or '.join(STREAMS)}",
+        # Any other name is a 404: the document lists the streams there are.
+        schema_extra={"enum": list(STREAMS)},
+    ),
+]
 OffsetText = Annotated[
     str | None,
     Parameter(
@@ -75,7 +84,9 @@ OffsetText = Annotated[
             "Where to read from: a `Stream-Next-Offset` this stream gave, `-1` (or none) for "
             "the oldest row kept, `now` for the tail"
         ),
-        max_length=6000,
+        max_length=MAX_OFFSET_LENGTH,
+        # What an offset may look like; only one this stream signed is read.
+        schema_extra={"pattern": OFFSET_PATTERN},
     ),
 ]
 Live = Annotated[
@@ -84,7 +95,11 @@ Live = Annotated[
 ]
 CursorText = Annotated[
     str | None,
-    Parameter(description="The last `Stream-Cursor` received, sent back as it came"),
+    Parameter(
+        description="The last `Stream-Cursor` received, sent back as it came",
+        # A cursor is a count of intervals: digits only.
+        schema_extra={"pattern": f"^[0-9]{{1,{CURSOR_DIGITS}}}$"},
+    ),
 ]
 
 
@@ -170,6 +185,7 @@ def _unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
         ),
     ],
     responses=STREAM_ERRORS,
+    operation_class=StreamOperation,
 )
 async def read_stream(
     request: Request[Any, Any, Any],
@@ -185,6 +201,8 @@ async def read_stream(
         tail = streams.position(listing, await streams.tail(listing))
         return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | _headers(NO_STORE))
     start = streams.start(listing, offset)
+    # Checked in every mode: a cursor that is none is a 400 wherever it is sent.
+    next_cursor = cursor_after(cursor)
     if live is None:
         if start is None:  # offset=now: nothing, and where the tail is
             now = streams.position(listing, await streams.tail(listing))
@@ -199,7 +217,6 @@ async def read_stream(
         if _unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(chunk.body, media_type=JSON, headers=headers)
-    next_cursor = cursor_after(cursor)
     followers.admit()
     if start is None:
         start = await streams.tail(listing)
