@@ -801,18 +801,26 @@ class SpannerServing:
     async def keys_after(
         self, kind: type[R], after: tuple[int, str], until: int, limit: int, *, seen: int = 0
     ) -> list[tuple[int, str]]:
-        """The keys `(ingest_time, message_id)` of what `rows_after` would answer:
-        two columns of the time index, which read whatever the rows hold."""
-        return await self._call(self._keys_after, kind, after, until, limit, seen)
+        """The keys `(ingest_time, message_id)` of what `rows_after` would answer (read
+        at `until` or later, and after `seen`): two columns of the time index, which
+        read whatever the rows hold."""
+        read_at = max(until + 1, seen + 1)
+        return await self._call(self._keys_after, _TABLE_OF[kind], after, until, limit, read_at)
+
+    async def first_time(self, table: str, since: int, until: int) -> int | None:
+        """The ingest time of `table`'s first row with `since <= ingest_time < until`
+        (a strong read), None if it has none there."""
+        found = await self._call(self._keys_after, table, (since, ""), until - 1, 1, None)
+        return found[0][0] if found else None
 
     def _keys_after(
         self,
         deadline: Deadline,
-        kind: type[R],
+        table: str,
         after: tuple[int, str],
         until: int,
         limit: int,
-        seen: int,
+        read_at: int | None,
     ) -> list[tuple[int, str]]:
         params = {
             "after_time": moment(after[0]),
@@ -820,14 +828,15 @@ class SpannerServing:
             "after_message_id": after[1],
             "limit": limit,
         }
-        read_at = moment(max(until + 1, seen + 1))
-        with self._database().snapshot(read_timestamp=read_at) as snapshot:
+        database = self._database()
+        snapshot = (
+            database.snapshot()
+            if read_at is None
+            else database.snapshot(read_timestamp=moment(read_at))
+        )
+        with snapshot as reading:
             rows = sql_rows(
-                snapshot,
-                deadline,
-                _KEYS_SQL[_TABLE_OF[kind]],
-                params=params,
-                param_types=_PAGE_TYPES,
+                reading, deadline, _KEYS_SQL[table], params=params, param_types=_PAGE_TYPES
             )
             return [(int(t), str(m)) for t, m in rows]
 
