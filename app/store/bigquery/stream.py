@@ -150,8 +150,10 @@ class Said(NamedTuple):
     def __str__(self) -> str:
         storage = ""
         if self.storage:
-            known = self.storage in _Storage._value2member_map_
-            storage = f" ({_Storage(self.storage).name if known else self.storage})"
+            try:
+                storage = f" ({_Storage(self.storage).name})"
+            except ValueError:  # a code this library does not know yet
+                storage = f" ({self.storage})"
         return f"{self.code.name}{storage}: {self.message}"
 
 
