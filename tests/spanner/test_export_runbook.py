@@ -1,9 +1,9 @@
-"""The runbook's "Export behind" and "Export blocked" incidents, walked as on-call walks
-them: as a member of `oncall` acting as the operator account, with docs/operations.md's
-commands run as written by bash against the fake cloud (tests/infra/fake_cloud.py),
-whose export job runs this checkout's `recordline export …` with the job's settings
-against the Spanner emulator and the BigQuery fakes. Who may do what is Terraform's
-IAM (tests/infra/test_rollout.py: terraform_iam)."""
+"""The runbook's "Export behind" and "Export blocked" incidents, at once, walked as
+on-call walks them: as a member of `oncall` acting as the operator account, with
+docs/operations.md's commands run as written by bash against the fake cloud
+(tests/infra/fake_cloud.py), whose export job runs this checkout's `recordline export
+…` with the job's settings against the Spanner emulator and the BigQuery fakes. Who
+may do what is Terraform's IAM (tests/infra/test_rollout.py: terraform_iam)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 import pytest
 
-from app.settings import Settings
 from app.store.spanner.ledger import DECISIONS_TABLE
 from tests.bigquery.conftest import DATASET
 from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
@@ -73,26 +72,31 @@ def chosen(block: str, starts: str, **values: str) -> str:
     return line
 
 
-async def test_export_blocked_walked_as_on_call_runs_it(
+async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     make_tiered: Make,
     database: str,
     spanner_emulator: SpannerEmulator,
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
-    serving_settings: Callable[..., Settings],
     tmp_path: Path,
 ) -> None:
     store = await make_tiered()
     await stored(store, ["m-1", "m-bad", "m-2"])
+    await stored(store, ["r-1"], rejected=True)
     await settle_clock()
-    # BigQuery's `records` refuses a row (a value its column will not take): the
-    # export of records stops there; the ticket fires.
+    # Two incidents at once. BigQuery's `records` refuses a row (a value its column
+    # will not take): the export of records stops there, and "Export blocked" fires.
+    # BigQuery refuses `rejected` for a while (a quota): it falls behind, and "Export
+    # behind" would fire in an hour.
     write_fake.refuse = lambda row: (
         "value too long" if row["message_id"] == "m-bad" and "reason" not in row else None
     )
+    write_fake.broken["rejected"] = ErrorResponse(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota")
     one = exporter(store, blocked_retry_seconds=60)
-    await drain(one)
+    for _ in range(3):
+        await one.step()
     assert "m-bad" in one.blocked["records"]
+    assert "rejected" not in one.blocked
     cloud = on_call(tmp_path, database, spanner_emulator, write_fake, jobs_fake)
 
     # Running export commands: the job set to the image that serves, then `status`.
@@ -100,6 +104,10 @@ async def test_export_blocked_walked_as_on_call_runs_it(
     said = await run(cloud, running)
     assert "BLOCKED since" in said
     assert "BigQuery refused message m-bad of records: value too long" in said
+    # `rejected` is behind, not blocked: its batch in flight, retried by itself.
+    assert re.search(r"rejected: stream \S+ at offset 0; complete before", said)
+    assert "in flight: 1 rows ending at message r-1" in said
+    assert said.count("BLOCKED") == 1
     assert "Container called exit(1)." in said  # 1: a table is blocked
     assert cloud.world["jobs"][JOB]["image"].endswith(f"@{EARLIER}")
     who = running.split("\nexport_job status")[0]
@@ -131,12 +139,14 @@ async def test_export_blocked_walked_as_on_call_runs_it(
     assert row[:3] == ["records", "reject", decided["operator"]]
     assert row[3] == "a value BigQuery will never take"
 
-    # The exporter goes on without it; verify says BigQuery holds what Spanner holds.
+    # Export behind: BigQuery's quota passes; the exporter catches up by itself, and
+    # goes on without the row. Verify says BigQuery holds what Spanner holds.
+    del write_fake.broken["rejected"]
     await drain(one)
     await settle_clock()
     await drain(one)
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
-    assert copies(write_fake, "rejected") == {"m-bad": 1}
+    assert copies(write_fake, "rejected") == {"r-1": 1, "m-bad": 1}
     (check,) = [line for line in look.splitlines() if "export_job verify" in line]
     said = await run(cloud, who, check)
     assert "DIFFERS" not in said
@@ -147,45 +157,6 @@ async def test_export_blocked_walked_as_on_call_runs_it(
     for argv in cloud.calls():
         if argv[:2] == ["run", "jobs"]:
             assert f"--impersonate-service-account={OPERATOR}" in argv, argv
-
-
-async def test_export_behind_walked_as_on_call_runs_it(
-    make_tiered: Make,
-    database: str,
-    spanner_emulator: SpannerEmulator,
-    write_fake: FakeBigQueryWrite,
-    jobs_fake: FakeBigQueryJobs,
-    tmp_path: Path,
-) -> None:
-    store = await make_tiered()
-    await stored(store, ["m-1", "m-2"])
-    await stored(store, ["r-1"], rejected=True)
-    await settle_clock()
-    # BigQuery refuses `rejected` for a while (a quota): that table falls behind;
-    # `records` goes on.
-    write_fake.broken["rejected"] = ErrorResponse(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota")
-    one = exporter(store)
-    for _ in range(3):
-        await one.step()
-    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
-    assert copies(write_fake, "rejected") == {}
-    cloud = on_call(tmp_path, database, spanner_emulator, write_fake, jobs_fake)
-    (running,) = blocks("running-export-commands")
-    said = await run(cloud, running)
-    # Nothing is blocked: `rejected` is behind, its batch in flight, `records` is not.
-    assert "BLOCKED" not in said
-    assert re.search(r"rejected: stream \S+ at offset 0; complete before", said)
-    assert "in flight: 1 rows ending at message r-1" in said
-    assert "Container called exit(0)." in said
-    # Export behind says: BigQuery unavailable, wait; once caught up, verify.
-    del write_fake.broken["rejected"]
-    await drain(one)
-    assert copies(write_fake, "rejected") == {"r-1": 1}
-    who = running.split("\nexport_job status")[0]
-    (verify,) = [line for line in blocks("export-blocked")[0].splitlines() if "verify" in line]
-    said = await run(cloud, who, verify)
-    assert "DIFFERS" not in said
-    assert "Container called exit(0)." in said
 
 
 def _decisions(emulator: SpannerEmulator, database: str) -> list[list[Any]]:
