@@ -615,11 +615,20 @@ class Exporter:
             raise _Stop from exc
 
     async def _read(
-        self, kind: RowType, progress: Progress, after: Key, until: int, limit: int, *, seen: int
+        self,
+        kind: RowType,
+        progress: Progress,
+        after: Key,
+        until: int,
+        limit: int,
+        *,
+        seen: int,
+        whole: bool = False,
     ) -> Batch:
         """Up to `limit` rows after `after`, read as `rows_after` does. Should a row
         not read (any exception but Spanner unavailable), the rows before it are
-        the batch, and with none before it the table is blocked naming it."""
+        the batch, and with none before it (or with `whole`: a batch that must be
+        read as it was) the table is blocked naming it."""
         source = self._source
         try:
             found: Batch = list(await source.rows_after(kind, after, until, limit, seen=seen))
@@ -629,7 +638,7 @@ class Exporter:
         except Exception as exc:  # a row that cannot be read: which one?
             unreadable = await self._unreadable(kind, after, until, limit, seen, exc)
         readable, (key, error) = unreadable
-        if readable:
+        if readable and not whole:
             return readable
         table = _TABLES_OF[kind]
         where = (
@@ -721,6 +730,7 @@ class Exporter:
             pending.time,
             pending.rows + 1,
             seen=self._clock() // 1000 - SETTLED_MICROS,
+            whole=True,
         )
         last = (pending.time, pending.message_id)
         rows = [r for r in found if (r.ingest_time, r.message_id) <= last]
