@@ -909,7 +909,9 @@ class Exporter:
             return None
         done = (intent.done_time, intent.done_message_id)
         batch = [(r.ingest_time, r.message_id) for r in rows]
-        held = {key for key in await self._held.held(table, intent.done_time) if key > done}
+        # From the batch's first row: what BigQuery holds from before it (rows of a time
+        # before the serving tier, say) says nothing of the batch, and is not billed.
+        held = {key for key in await self._held.held(table, batch[0][0]) if key > done}
         past = sorted(key for key in held if key > batch[-1])
         among = [key for key in batch if key in held]
         if not past and len(among) in (0, len(batch)):
