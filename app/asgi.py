@@ -283,7 +283,7 @@ def create_app(
         store = open_store(
             settings,
             revisions=revisions,
-            traffic=traffic.serving,
+            traffic=traffic,
             observer=telemetry.query_observer,
             conflicts=telemetry.conflicts(),
             exports=telemetry.export_observer(),

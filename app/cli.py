@@ -128,7 +128,8 @@ def _main(argv: list[str] | None) -> int:
     )
 
     export = commands.add_parser(
-        "export", help="the serving tier's export to BigQuery: status, retry, verify"
+        "export",
+        help="the serving tier's export to BigQuery: status, retry, reject, resync, verify",
     )
     from app.store.tiered import operator
 
@@ -166,6 +167,14 @@ def _main(argv: list[str] | None) -> int:
         "--max-bytes-billed",
         type=int,
         help="BigQuery: refuse any statement that would bill more than this many bytes",
+    )
+    backfill.add_argument(
+        "--reason",
+        help="why (required on BigQuery, where the service's own table changes): logged "
+        "with the range and the operator",
+    )
+    backfill.add_argument(
+        "--operator", help="who runs it (an e-mail; required on BigQuery), logged with the reason"
     )
 
     tools = _dev_tools()
@@ -352,11 +361,19 @@ def _sql(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from app.store.tiered import operator
+    from app.telemetry import configure_logging, google_project
 
     settings = _settings(dict(os.environ))
     if settings is None:
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # As the service logs (JSON lines where it runs as a Cloud Run job, so that a
+    # decision's operator and reason are fields of its entry), warnings and up.
+    configure_logging(
+        "WARNING",
+        settings.server.log_format,
+        project=google_project(settings),
+        system=settings.telemetry.system,
+    )
     return asyncio.run(operator.run(args, settings))
 
 
@@ -416,6 +433,21 @@ def _backfill(args: argparse.Namespace) -> int:
         print(f"recordline: {exc}", file=sys.stderr)
         return 2
     if on_bigquery:
+        if not args.reason or not args.operator:
+            print(
+                "recordline typed backfill: on BigQuery, --reason and --operator are required "
+                "(the service's own table changes, and whoever reads its logs asks why)",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("app.cli").warning(
+            "operator %s backfills the typed columns of records from %s to %s. Reason: %s",
+            args.operator,
+            args.since or "the first record",
+            args.until or "now",
+            args.reason,
+            extra={"fields": {"operator": args.operator, "reason": args.reason}},
+        )
         return _backfill_bigquery(args, settings, revisions, since, until)
     store = open_store(settings, revisions=revisions)
     assert isinstance(store, DuckDBStore), store  # what a duckdb: URL opens

@@ -636,3 +636,52 @@ def test_sql_says_in_one_line_what_it_cannot_read(
 ) -> None:
     done = run(RECORDLINE, "sql", *argv, "SELECT 1", cwd=tmp_path)
     assert said in said_in_one_line(done)
+
+
+# -- recordline export: what on-call reads at 3 a.m. ---------------------------------------
+
+SERVING = "spanner://projects/recordline-prod/instances/serving/databases/recordline"
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra", "code", "said"),
+    [
+        # No credentials where it runs: one line, not google.auth's traceback.
+        (
+            ["status"],
+            {"GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/key.json"},
+            4,
+            "unavailable: Spanner: no usable credentials",
+        ),
+        # Spanner refusing connections: unavailable, within the read timeout.
+        (
+            ["status"],
+            {"SPANNER_EMULATOR_HOST": "127.0.0.1:{port}", "RECORDLINE_QUERY_TIMEOUT_SECONDS": "1"},
+            4,
+            "unavailable: Spanner",
+        ),
+        # A decision without its reason is a usage error.
+        (["retry", "records", "--operator", "ada@example.com"], {}, 2, "--reason"),
+    ],
+    ids=["no-credentials", "spanner-refuses", "no-reason"],
+)
+def test_export_commands_say_one_line_and_a_distinct_exit_code(
+    argv: list[str], extra: dict[str, str], code: int, said: str
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "RECORDLINE_STORE": "bigquery://recordline-prod/recordline",
+        "RECORDLINE_SERVING": SERVING,
+        **{k: v.format(port=port) for k, v in extra.items()},
+    }
+    done = run(str(RECORDLINE), "export", *argv, env=env, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    # One line says what went wrong (argparse's usage lines aside).
+    errors = [line for line in done.stderr.splitlines() if line.startswith("recordline export")]
+    assert len(errors) == 1, done.stderr

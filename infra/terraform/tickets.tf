@@ -77,6 +77,14 @@ locals {
       ```
       Pushes are still acknowledged and readable meanwhile: Spanner holds every row until its deletion policy removes it.
     EOT
+    loops  = <<-EOT
+      Which loop, and why it fails (its traceback, in the line that restarts it):
+      ```sh
+      ${local.ticket_system}
+      gcloud logging read "resource.type=\"cloud_run_revision\" labels.system=\"$SYSTEM\" severity>=ERROR jsonPayload.message:\"loop failed\"" --project=${var.project_id} --freshness=1h --limit=5
+      ```
+      An exporter down for longer than a lease hands the export to another instance; readiness names the loop on the instance where it is down.
+    EOT
     typed  = <<-EOT
       Why BigQuery refused, naming the revision and the table (`bq show --schema` it):
       ```sh
@@ -103,6 +111,7 @@ locals {
     export_lag     = ["export to BigQuery over ${format("%g", var.export_lag_ticket_seconds / 3600)} h behind", "300s", "export-behind", local.ticket_commands.export]
     export_blocked = ["export to BigQuery stopped at a row it cannot append", "300s", "export-blocked", local.ticket_commands.export]
     typed_refused  = ["BigQuery refuses to add typed columns a schema revision needs", "0s", "typed-columns-refused", local.ticket_commands.typed]
+    loop_restarts  = ["a background loop restarted over ${var.loop_restarts_ticket_count} times in 10 minutes", "0s", "loop-restarting", local.ticket_commands.loops]
   }
 
   # Each symptom's text, the same for every group: the incident's label names the system.
@@ -124,6 +133,7 @@ locals {
       canary_absent  = symptoms.canary_absent
       export_lag     = symptoms.export_lag
       export_blocked = symptoms.export_blocked
+      loop_restarts  = symptoms.loop_restarts
       typed_refused  = symptoms.typed_refused
     }
   }
@@ -148,6 +158,7 @@ module "ticket_symptoms" {
   min_events                       = var.alert_min_events
   query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
   export_lag_threshold_seconds     = var.export_lag_ticket_seconds
+  loop_restarts_threshold          = var.loop_restarts_ticket_count
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }

@@ -766,6 +766,12 @@ variable "export_lag_ticket_seconds" {
   default     = 3600
 }
 
+variable "loop_restarts_ticket_count" {
+  type        = number
+  description = "Ticket a system a background loop of which (the serving tier's exporter, its tail or watermark) restarted more than this many times in 10 minutes, over its instances (recordline.loop.restarts): a failure that happens every time, a bug or a row nothing else contains."
+  default     = 5
+}
+
 variable "export_lag_page_seconds" {
   type        = number
   description = <<-EOT

@@ -23,6 +23,16 @@ google.cloud.bigquery.storage.v1 (BigQueryWrite):
 - A finalized stream takes no more appends (`STREAM_FINALIZED`, INVALID_ARGUMENT);
   an unknown stream is NOT_FOUND.
 
+Failures come where BigQuery puts them: in a response (`AppendRowsResponse.error`,
+a google.rpc.Status whose details carry a `StorageError`), or at the RPC level,
+the call ending with a status whose trailers (`grpc-status-details-bin`) carry
+the same details, as in googleapis/python-bigquery-storage#593 (NOT_FOUND
+"Requested entity was not found", INVALID_ARGUMENT "Invalid stream name"). A
+test plans them per table (`inject`: one per request), for good (`broken`:
+every request to the table until removed), or per stream (`StreamGone`: this
+stream answers so from now on, as one BigQuery finalized, dropped or expired
+does, while new streams of the table work).
+
 Time, on the fake's `clock` (seconds; tests move it instead of waiting):
 - A connection idle for `IDLE_SECONDS` (600) is closed by the server with
   ABORTED, "Closing the stream because it has been inactive for 600 seconds",
@@ -76,6 +86,7 @@ from typing import Any
 import grpc
 from google.cloud.bigquery_storage_v1 import types
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.rpc import status_pb2
 
 _Request: Any = types.AppendRowsRequest.pb()
 _Response: Any = types.AppendRowsResponse.pb()
@@ -86,19 +97,41 @@ SERVICE = "google.cloud.bigquery.storage.v1.BigQueryWrite"
 
 @dataclasses.dataclass(frozen=True)
 class Abort:
-    """End the call with `code`; with `commit`, store the rows first (the answer is lost)."""
+    """End the call with `code` (at the RPC level), its trailers carrying a
+    `StorageError` of code `storage` if given; with `commit`, store the rows first
+    (the answer is lost)."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     commit: bool = False
     details: str = "injected abort"
+    storage: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ErrorResponse:
-    """Answer the request with `error` set; nothing is stored."""
+    """Answer the request with `error` set (its details a `StorageError` of code
+    `storage`, if given); nothing is stored."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     message: str = "injected error"
+    storage: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamGone:
+    """The stream the request names is gone from now on: this request and every
+    later one to it are answered with `code` (and a `StorageError` of `storage`),
+    at the RPC level with `rpc`, else in the response; nothing more is stored in
+    it. With `commit`, this request's rows are stored first (and their answer
+    lost). `finalized`: BigQuery finalized it (FinalizeWriteStream answers its row
+    count), else it no longer knows it (NOT_FOUND)."""
+
+    code: grpc.StatusCode = grpc.StatusCode.NOT_FOUND
+    message: str = "Requested entity was not found."
+    storage: int | None = None
+    rpc: bool = False
+    commit: bool = False
+    finalized: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +144,7 @@ class UpdatedSchema:
     """Store the rows and answer with `updated_schema` set, as after an ALTER TABLE."""
 
 
-Fault = Abort | ErrorResponse | Drop | UpdatedSchema
+Fault = Abort | ErrorResponse | Drop | UpdatedSchema | StreamGone
 
 _WriteStream: Any = types.WriteStream.pb()
 _CreateRequest: Any = types.CreateWriteStreamRequest.pb()
@@ -123,6 +156,8 @@ _BatchCommitResponse: Any = types.BatchCommitWriteStreamsResponse.pb()
 _FlushRequest: Any = types.FlushRowsRequest.pb()
 _FlushResponse: Any = types.FlushRowsResponse.pb()
 _StorageError: Any = types.StorageError.pb()
+# Where a gRPC status's details travel at the RPC level (the rich error model).
+STATUS_DETAILS = "grpc-status-details-bin"
 COMMITTED, PENDING, BUFFERED = 1, 2, 3  # WriteStream.Type
 # See the module notes: an idle connection is closed, an unused stream is gone.
 IDLE_SECONDS = 600.0
@@ -224,6 +259,8 @@ class AppStream:
     visible: int = 0
     # When it last had traffic (created, appended to), on the fake's clock.
     used: float = 0.0
+    # How it answers every append since it is gone (StreamGone), if it is.
+    gone: Any = None
 
 
 _END = object()
@@ -265,6 +302,16 @@ def _as_dict(message: Any) -> dict[str, Any]:
     return out
 
 
+def _trailers(fault: Abort) -> tuple[tuple[str, bytes], ...]:
+    """The trailers of an RPC that ends with `fault`: its status, with a
+    `StorageError` among the details, as BigQuery sends the rich error model."""
+    if fault.storage is None:
+        return ()
+    status = status_pb2.Status(code=fault.code.value[0], message=fault.details)
+    status.details.add().Pack(_StorageError(code=fault.storage, error_message=fault.details))
+    return ((STATUS_DETAILS, status.SerializeToString()),)
+
+
 def table_of(stream: str) -> str:
     # projects/P/datasets/D/tables/T/streams/_default -> projects/P/datasets/D/tables/T
     return stream.rsplit("/streams/", 1)[0]
@@ -293,6 +340,10 @@ class FakeBigQueryWrite:
         )
         # A persistent row check: a message refuses the row (a row error).
         self.refuse: Callable[[dict[str, Any]], str | None] | None = None
+        # Faults of every request to a table (by name), until removed.
+        self.broken: dict[str, Fault] = {}
+        # Requests answered with a fault, per table name.
+        self.failed: collections.Counter[str] = collections.Counter()
         self.connections = 0
         self.requests = 0
         self.schemas_received = 0
@@ -301,6 +352,8 @@ class FakeBigQueryWrite:
         # Most requests one connection had received and not yet answered.
         self.max_unanswered = 0
         self.streams: dict[str, AppStream] = {}
+        # Streams made gone (StreamGone) that BigQuery no longer knows, by name.
+        self._forgotten: dict[str, AppStream] = {}
         # Stream names are never reused, gone streams' included.
         self._stream_numbers = itertools.count(1)
         # One-shot faults of the unary calls, by method name (`CreateWriteStream`…).
@@ -438,7 +491,7 @@ class FakeBigQueryWrite:
                 if item is _END or isinstance(item, Drop):
                     return
                 if isinstance(item, Abort):
-                    await context.abort(item.code, item.details)
+                    await context.abort(item.code, item.details, trailing_metadata=_trailers(item))
                 unanswered[0] -= 1
                 yield item
         finally:
@@ -495,7 +548,20 @@ class FakeBigQueryWrite:
                 return
             table = table_of(stream)
             name = table.rsplit("/", 1)[-1]
-            fault = self.faults[name].popleft() if self.faults[name] else None
+            fault = self.faults[name].popleft() if self.faults[name] else self.broken.get(name)
+            app_stream = self.streams.get(stream) or self._forgotten.get(stream)
+            if fault is None and app_stream is not None and app_stream.gone is not None:
+                fault = app_stream.gone
+            if fault is not None:
+                self.failed[name] += 1
+            if isinstance(fault, StreamGone):
+                gone = self._gone(stream, request, decode, fault)
+                if gone is not None:
+                    post(gone)
+                    if isinstance(gone, Abort):
+                        return
+                    continue
+                fault = None
             # After an abort or a drop the server reads nothing more from the call.
             if isinstance(fault, ErrorResponse):
                 post(self._error_response(fault))
@@ -709,11 +775,42 @@ class FakeBigQueryWrite:
         return rows, errors
 
     @staticmethod
-    def _error_response(fault: ErrorResponse) -> Any:
+    def _error_response(fault: ErrorResponse | StreamGone) -> Any:
         response = _Response()
         response.error.code = fault.code.value[0]
         response.error.message = fault.message
+        if fault.storage is not None:
+            detail = _StorageError(code=fault.storage, error_message=fault.message)
+            response.error.details.add().Pack(detail)
         return response
+
+    def _gone(
+        self,
+        name: str,
+        request: Any,
+        decode: Callable[[bytes], dict[str, Any]],
+        fault: StreamGone,
+    ) -> Any:
+        """A request to a stream that is (or goes) gone: its answer (an Abort at the
+        RPC level, else a response with the error); None for a `_default` stream,
+        which is never gone."""
+        stream = self.streams.get(name) or self._forgotten.get(name)
+        if stream is None:
+            return None
+        if stream.gone is None:
+            if fault.commit:
+                # Stored as any append is (offset checked); its answer is lost.
+                rows, errors = self._decode(decode, request.proto_rows.rows.serialized_rows)
+                if not errors:
+                    self._append_to(name, request, rows)
+            stream.gone = dataclasses.replace(fault, commit=False)
+            stream.finalized = True
+            if not fault.finalized:
+                del self.streams[name]
+                self._forgotten[name] = stream
+        if fault.rpc:
+            return Abort(fault.code, details=fault.message, storage=fault.storage)
+        return self._error_response(fault)
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -16,6 +16,14 @@ custom roles). Each command checks the permission Google checks, on the resource
 Google checks it on, as the comment beside each check cites; what a command needs
 that is not checked here is said where it is answered.
 
+Cloud Run jobs (`run jobs update | execute | executions list`) run the job's
+command, when its image is one the registry holds (an image built from this
+checkout), as a process of this checkout's `recordline` with the job's
+environment; its stdout and stderr lines become the job's log entries (a JSON line
+a `jsonPayload`, any other a `textPayload`, as Cloud Logging reads a container's
+output), followed by Cloud Run's own `Container called exit(N).`, which
+`logging read` returns.
+
 Cloud Run's behaviour it keeps: `deploy` creates a revision that inherits the last
 one's command and arguments unless given; a service whose traffic follows the latest
 revision sends the new one everything, while a pinned one sends it nothing (unless
@@ -65,8 +73,10 @@ VALUE_FLAGS = {
     "--instance",
     "--sql",
     "--processing-units",
+    "--job",
+    "--order",
 }
-SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email"}
+SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email", "--wait"}
 RUN_FLAGS = {"--project", "--region", "--format", "--quiet", "--impersonate-service-account"}
 
 
@@ -522,15 +532,28 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return None
     if words == ["logging", "read"]:
         command = "logging.read"
-        (_filter,), flags = parse(args, command)
-        allow(command, flags, {"--project", "--freshness", "--limit", "--format"})
+        (query,), flags = parse(args, command)
+        allow(command, flags, {"--project", "--freshness", "--limit", "--format", "--order"})
         scope(world, flags, command)
         # entries.list needs logging.logEntries.list on the project
         # (https://cloud.google.com/logging/docs/reference/v2/rest/v2/entries/list).
         principal = str(world["principal"])
         if not holds(world, principal, "logging.logEntries.list", PROJECT):
             denied(command, "logging.logEntries.list", principal, f"projects/{world['project']}")
-        print("[]")
+        found = [e for e in world.data.get("logs", []) if matches(e, query)]
+        if flags.get("--order", "desc") == "desc":
+            found.reverse()
+        found = found[: int(flags.get("--limit", len(found)))]
+        fmt = flags.get("--format")
+        if fmt is None:
+            print(json.dumps(found))
+            return None
+        wanted = re.fullmatch(r"value\((.+)\)", fmt)
+        if not wanted:
+            fail(f"fake gcloud: output format {fmt!r} of {command} is not modelled", 3)
+        for entry in found:
+            values = [field_of(entry, path.strip()) for path in wanted.group(1).split(",")]
+            print("\t".join("" if v is None else str(v) for v in values))
         return None
     if words == ["auth", "application-default", "login"]:
         command = "auth.application-default.login"
@@ -581,6 +604,15 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return spanner_execute_sql(world, args)
     if words in (["spanner", "instances", "describe"], ["spanner", "instances", "update"]):
         return spanner_instance(world, words[2], args)
+    if words[:2] == ["run", "jobs"]:
+        return run_jobs(world, words, args)
+    if words == ["config", "get-value"]:
+        (prop,), flags = parse(args, "config.get-value")
+        allow("config.get-value", flags, set())
+        if prop != "account":
+            fail(f"fake gcloud: config property {prop} is not modelled", 3)
+        print(str(world["principal"]).partition(":")[2])
+        return None
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
 
 
@@ -628,6 +660,140 @@ def spanner_instance(world: World, verb: str, args: list[str]) -> None:
     return None
 
 
+def job_of(world: World, name: str, command: str) -> dict[str, Any]:
+    job = world.data.get("jobs", {}).get(name)
+    if job is None:
+        fail(f"ERROR: (gcloud.{command}) Job [{name}] could not be found.")
+    return dict(job)
+
+
+def may_job(world: World, name: str, principal: str, permission: str, command: str) -> None:
+    """A Cloud Run job permission, held on the job or inherited from the project
+    (https://cloud.google.com/run/docs/securing/managing-access#jobs)."""
+    if not holds(world, principal, permission, PROJECT, ("jobs", name)):
+        denied(command, permission, principal, f"namespaces/{world['project']}/jobs/{name}")
+
+
+def listed(value: str) -> list[str]:
+    """A gcloud list flag's items: split at commas, or at the delimiter `^D^` names
+    first (`gcloud topic escaping`)."""
+    found = re.fullmatch(r"\^(.+?)\^(.*)", value, re.DOTALL)
+    if found:
+        return found.group(2).split(found.group(1))
+    return value.split(",")
+
+
+def run_jobs(world: World, words: list[str], args: list[str]) -> None:
+    command = "run.jobs." + ".".join(words[2:])
+    if words == ["run", "jobs", "update"]:
+        (name,), flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS | {"--image"})
+        scope(world, flags, command)
+        job = job_of(world, name, command)
+        principal = acting(world, flags, command)
+        # jobs.replaceJob: run.jobs.update on the job, and acting as the account it
+        # runs as (https://cloud.google.com/run/docs/reference/iam/roles#additional-configuration).
+        may_job(world, name, principal, "run.jobs.update", command)
+        runtime = job["service_account"]
+        if not holds(
+            world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", runtime)
+        ):
+            denied(command, "iam.serviceAccounts.actAs", principal, runtime)
+        image = flags.get("--image", "")
+        repository, _, digest = image.partition("@")
+        if digest not in world["registry"].get(repository, {}).get("digests", []):
+            fail(f"ERROR: (gcloud.{command}) Image '{image}' not found.")
+        job["image"] = image
+        world["jobs"][name] = job
+        world.save()
+        print(f"Job [{name}] has successfully been updated.", file=sys.stderr)
+        return None
+    if words == ["run", "jobs", "execute"]:
+        (name,), flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS | {"--args", "--wait"})
+        scope(world, flags, command)
+        job = job_of(world, name, command)
+        principal = acting(world, flags, command)
+        # jobs.run: run.jobs.run, and run.jobs.runWithOverrides to change its
+        # arguments (https://cloud.google.com/run/docs/execute/jobs#override-job-configuration).
+        overrides = "--args" in flags
+        may_job(world, name, principal, "run.jobs.run", command)
+        if overrides:
+            may_job(world, name, principal, "run.jobs.runWithOverrides", command)
+        return execute(world, name, job, listed(flags["--args"]) if overrides else job["args"])
+    if words == ["run", "jobs", "executions", "list"]:
+        _, flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS | {"--job", "--limit", "--format"})
+        scope(world, flags, command)
+        name = flags.get("--job", "")
+        job_of(world, name, command)
+        may_job(world, name, acting(world, flags, command), "run.executions.list", command)
+        if flags.get("--format") != "value(metadata.name)":
+            fail(f"fake gcloud: output format {flags.get('--format')!r} is not modelled", 3)
+        runs = [e for e in reversed(world.data.get("executions", [])) if e["job"] == name]
+        for ran in runs[: int(flags.get("--limit", len(runs)))]:
+            print(ran["name"])
+        return None
+    fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
+
+
+def execute(world: World, name: str, job: dict[str, Any], args: list[str]) -> None:
+    """One execution of the job, waited for: its task runs the job's command in the
+    job's image, which must be one the registry holds (built from this checkout)."""
+    import subprocess  # here: only executions need it
+
+    repository, _, digest = str(job["image"]).partition("@")
+    if digest not in world["registry"].get(repository, {}).get("digests", []):
+        fail(f"ERROR: (gcloud.run.jobs.execute) The execution failed: image {job['image']!r}")
+    executions = world.data.setdefault("executions", [])
+    execution = f"{name}-{len(executions) + 1:05d}"
+    if job["command"] != ["recordline"]:
+        fail(f"fake cloud: a job running {job['command']} is not modelled", 3)
+    environment = {
+        **job["env"],
+        # The image's code is this checkout's (the fake's own PYTHONPATH).
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "CLOUD_RUN_JOB": name,
+        "CLOUD_RUN_EXECUTION": execution,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    resource = {"type": "cloud_run_job", "labels": {"job_name": name}}
+    labels = {"run.googleapis.com/execution_name": execution}
+    entries = world.data.setdefault("logs", [])
+    for line in (done.stdout + done.stderr).splitlines():
+        entry: dict[str, Any] = {"resource": resource, "labels": labels}
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            entry.update(jsonPayload=payload, severity=payload.get("severity", "DEFAULT"))
+        else:
+            entry.update(textPayload=line, severity="DEFAULT")
+        entries.append(entry)
+    entries.append(
+        {
+            "resource": resource,
+            "labels": labels,
+            "severity": "INFO" if done.returncode == 0 else "ERROR",
+            "textPayload": f"Container called exit({done.returncode}).",
+        }
+    )
+    executions.append({"job": name, "name": execution, "args": args, "exit": done.returncode})
+    world.save()
+    if done.returncode != 0:
+        fail("ERROR: (gcloud.run.jobs.execute) The execution failed.")
+    print(f"Execution [{execution}] has successfully completed.", file=sys.stderr)
+
+
 def spanner_execute_sql(world: World, args: list[str]) -> None:
     """`gcloud spanner databases execute-sql DATABASE --instance=I --sql=SQL`: a SELECT
     over the world's rows of that database (its tables, run by SQLite: plain SELECTs read
@@ -671,6 +837,39 @@ def spanner_execute_sql(world: World, args: list[str]) -> None:
         print("\t".join("NULL" if v is None else str(v) for v in row))
 
 
+# A term of a Logging query: a field (its parts plain or quoted), `=`, `:` (has) or
+# `>=`, and a value, quoted or not (https://cloud.google.com/logging/docs/view/logging-query-language).
+_TERM = re.compile(
+    r'((?:[A-Za-z_]\w*|"[^"]+")(?:\.(?:[A-Za-z_]\w*|"[^"]+"))*)\s*(>=|=|:)\s*(?:"([^"]*)"|(\S+))'
+)
+_SEVERITIES = ["DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL"]
+
+
+def field_of(entry: dict[str, Any], path: str) -> Any:
+    found: Any = entry
+    for quoted, plain in re.findall(r'"([^"]+)"|([A-Za-z_]\w*)', path):
+        if not isinstance(found, dict):
+            return None
+        found = found.get(quoted or plain)
+    return found
+
+
+def matches(entry: dict[str, Any], query: str) -> bool:
+    """Whether a log entry matches a query of terms joined by AND (space)."""
+    for path, op, quoted, bare in _TERM.findall(query):
+        value = quoted or bare
+        found = field_of(entry, path)
+        if op == ">=":
+            held = _SEVERITIES.index(str(found or "DEFAULT")) >= _SEVERITIES.index(value)
+        elif op == ":":
+            held = found is not None and value in str(found)
+        else:
+            held = found == value
+        if not held:
+            return False
+    return True
+
+
 COMMANDS = (
     ("run", "deploy"),
     ("run", "services", "describe"),
@@ -690,6 +889,10 @@ COMMANDS = (
     ("spanner", "databases", "execute-sql"),
     ("spanner", "instances", "describe"),
     ("spanner", "instances", "update"),
+    ("run", "jobs", "update"),
+    ("run", "jobs", "execute"),
+    ("run", "jobs", "executions", "list"),
+    ("config", "get-value"),
 )
 
 

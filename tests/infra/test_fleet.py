@@ -223,6 +223,10 @@ ADDED_WITH_THE_MODULE = {
     # And, for analysts, the export's watermarks and the deduplicated records.
     "google_bigquery_table.export_watermarks",
     "google_bigquery_routine.records_unique",
+    # And on-call's remedies for the export: its job, and the operator's grants.
+    "google_cloud_run_v2_job.export",
+    "google_cloud_run_v2_job_iam_member.operator_runs_export",
+    "google_bigquery_table_iam_member.operator_reads_exported",
 }
 
 

@@ -135,6 +135,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "google_pubsub_subscription_iam_member": _iam("pubsub.subscriptions"),
     "google_cloud_run_v2_service": (frozenset({"run.services.get"}), _crud("run.services")),
     "google_cloud_run_v2_service_iam_member": _iam("run.services"),
+    "google_cloud_run_v2_job": (frozenset({"run.jobs.get"}), _crud("run.jobs")),
+    "google_cloud_run_v2_job_iam_member": _iam("run.jobs"),
     "google_secret_manager_secret": (
         frozenset({"secretmanager.secrets.get"}),
         _crud("secretmanager.secrets"),

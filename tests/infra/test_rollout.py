@@ -145,6 +145,13 @@ def terraform_iam(systems: list[str]) -> dict[str, Any]:
         }
         for s in systems
     }
+    # Each system's export job, were it to have `serving`.
+    jobs = {
+        f"{s}-export": {
+            operator: [_role("google_cloud_run_v2_job_iam_member", "operator_runs_export")]
+        }
+        for s in systems
+    }
     return {
         "iam": {
             "project": project,
@@ -152,6 +159,7 @@ def terraform_iam(systems: list[str]) -> dict[str, Any]:
             "service_accounts": service_accounts,
             "tables": tables,
             "databases": databases,
+            "jobs": jobs,
         },
         "custom_roles": custom,
         "groups": {ONCALL_GROUP: [ONCALL]},

@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from tests.infra.test_rollout import EARLIER, NUMBER, ONCALL, OPERATOR, PROJECT, REGION, world
+from tests.infra.test_rollout import (
+    EARLIER,
+    NUMBER,
+    ONCALL,
+    OPERATOR,
+    PROJECT,
+    REGION,
+    account,
+    world,
+)
 from tests.infra.test_runbook import RUNBOOK, slug
 from tests.infra.test_terraform import _evaluate, _locals, _resources, _template
 from tests.infra.workflow_runner import ROOT, Cloud
@@ -436,3 +445,62 @@ def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the
         assert re.search(pattern, address), address
     for address in kept:
         assert not re.search(pattern, address), address
+
+
+# --- the export commands, as the system's export job -------------------------------------
+
+JOB = "recordline-export"
+
+
+def with_export_job(env: dict[str, str]) -> dict[str, Any]:
+    """recordline's project as Terraform leaves it with `serving`: the revision EARLIER
+    serves, and the export job (modules/system/export_job.tf: its command, arguments and
+    account) runs with the service's settings, `env` among them."""
+    state = world(["recordline"], deployed=EARLIER)
+    service = state["services"]["recordline"]
+    service["revisions"][0].update(command=None, args=None, digest=EARLIER)
+    service["traffic"] = [{"revision": service["revisions"][1]["name"], "percent": 100}]
+    job = _resources("google_cloud_run_v2_job")["export"]
+    assert job["name"] == "${var.service_name}-export"
+    task = job["template"][0]["template"][0]
+    (container,) = task["containers"]
+    assert task["service_account"] == "${google_service_account.runtime.email}"
+    assert task["max_retries"] == 0  # a decision is never run twice on its own
+    assert container["dynamic"][0]["env"]["for_each"] == "${local.service_env}"
+    state["jobs"] = {
+        JOB: {
+            "image": "python:3.11-slim",  # the placeholder, until the runbook sets it
+            "command": container["command"],
+            "args": container["args"],
+            "service_account": account("recordline-run"),
+            "env": {**env, "RECORDLINE_LOG_FORMAT": "json", "RECORDLINE_SYSTEM": "recordline"},
+        }
+    }
+    return state
+
+
+def test_only_on_call_as_the_operator_account_runs_the_export_job(tmp_path: Path) -> None:
+    cloud = Cloud(tmp_path, with_export_job({}))
+    (running,) = blocks("running-export-commands")
+    # Someone not on call may not act as the operator account.
+    cloud.update(principal="user:someone-else@example.com")
+    done = cloud.shell(running)
+    assert done.returncode != 0
+    assert "getAccessToken" in done.stderr
+    # On call, acting as the operator account, which may set the job's image and run
+    # it: the run happens (and fails here, with no serving database: exit 2, said).
+    cloud.update(principal=ONCALL)
+    done = cloud.shell(running)
+    assert done.returncode == 0, done.stderr
+    assert "no serving tier" in done.stdout
+    assert "Container called exit(2)." in done.stdout
+    (ran,) = cloud.world["executions"]
+    assert ran["args"] == ["export", "status"]
+    # Without its grant on the job, the operator account may do neither.
+    state = cloud.world
+    state["iam"]["jobs"] = {}
+    cloud.update(**state)
+    done = cloud.shell(running)
+    assert done.returncode != 0
+    assert "run.jobs.update" in done.stderr
+    assert len(cloud.world["executions"]) == 1

@@ -563,7 +563,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
     from app.telemetry import Telemetry
-    from app.telemetry.metrics import ExportMetrics, TypedPatches
+    from app.telemetry.metrics import ExportMetrics, LoopRestarts, TypedPatches
     from tests.telemetry.conftest import Exported
 
     exported = Exported()
@@ -587,6 +587,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     export.exported("records", 3)
     export.blocked("records", "BigQuery refused message 1 of records: too long")
     TypedPatches(metrics).refused("p.d.records")
+    LoopRestarts(metrics).restarted("exporter")
     assert telemetry.meter_provider is not None
     telemetry.meter_provider.force_flush()
     data = exported.data
