@@ -38,14 +38,18 @@ class AvroCodec:
 
     def __init__(self, definition: str) -> None:
         try:
-            self._definition = msgspec.json.decode(definition)
-            self._schema = fastavro.parse_schema(self._definition)
+            # The definition, decoded: what the typed columns are mapped from.
+            self.definition: Any = msgspec.json.decode(definition)
+            self._schema = fastavro.parse_schema(self.definition)
+            self._named: dict[str, Any] = {}
+            _collect(self.definition, "", self._named)
         except (msgspec.DecodeError, ValueError, TypeError, KeyError) as exc:
             # fastavro raises SchemaParseException (a ValueError) and, for some
             # malformed definitions, plain KeyError or TypeError.
             raise SchemaError(f"not an Avro schema fastavro can read: {exc}") from None
-        self._named: dict[str, Any] = {}
-        _collect(self._definition, "", self._named)
+        except RecursionError:
+            # msgspec, fastavro and _collect each read a definition by recursion.
+            raise SchemaError("an Avro schema nested too deeply to read") from None
 
     def binary(self, data: bytes) -> Any:
         buffer = io.BytesIO(data)
@@ -71,7 +75,7 @@ class AvroCodec:
         except RecursionError:
             raise Invalid(f"not Avro JSON of this revision: {TOO_DEEP}") from None
         try:
-            problem = _mismatch(self._definition, datum, "$", self._named, "")
+            problem = _mismatch(self.definition, datum, "$", self._named, "")
         except RecursionError:
             problem = TOO_DEEP
         if problem is not None:

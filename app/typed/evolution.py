@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.typed.mapping import Field, Type
+from app.typed.mapping import BIGQUERY_MAX_COLUMNS, MAX_FIELDS, Field, OverCap, Type, field_count
 
 # https://cloud.google.com/bigquery/docs/reference/standard-sql/conversion_rules
 # ("Coerce to"): INT64 → NUMERIC, BIGNUMERIC, FLOAT64; NUMERIC → BIGNUMERIC,
@@ -66,3 +66,20 @@ def _merge_field(ours: Field, theirs: Field, widen: bool) -> Field:
 
 def widened(before: Type, after: Type) -> bool:
     return after in WIDENINGS.get(before, frozenset())
+
+
+def merge_within_cap(
+    table: Sequence[Field], revision: Sequence[Field], *, widen: bool = True
+) -> tuple[Field, ...]:
+    """`merge`, or OverCap when the table would then hold more than MAX_FIELDS typed
+    fields: each revision is within the cap, but many of them together may not be,
+    and a table past it would make every row's write pay for every field."""
+    merged = merge(table, revision, widen=widen)
+    count = field_count(merged)
+    if count > MAX_FIELDS:
+        raise OverCap(
+            f"with this revision's fields the table would have {count:,} typed fields, more "
+            f"than the {MAX_FIELDS:,} a table may have (BigQuery holds "
+            f"{BIGQUERY_MAX_COLUMNS:,} columns, nested ones included)"
+        )
+    return merged

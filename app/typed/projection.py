@@ -33,6 +33,7 @@ from app.typed.mapping import (
     Mode,
     Type,
     is_entries,
+    unholdable,
 )
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -80,13 +81,15 @@ def project(payload: Any, fields: Sequence[Field], revision: str | None = None) 
     return projector(tuple(fields))(payload, revision)
 
 
-def project_stored(data: bytes | str, fields: Sequence[Field] | None, revision: str) -> Projection:
+def project_stored(
+    data: bytes | str, fields: Sequence[Field] | None, revision: str, unmapped: str | None = None
+) -> Projection:
     """`project` of a stored payload (`Record.data`, JSON text) under `revision`, whose
     fields are `fields` (the table's, which hold the revision's) or None when
-    the revision's own are unknown here: the payload is then one error, kept in
-    `data` as always."""
+    the revision's own are unknown here, or it has none (`unmapped` says why):
+    the payload is then one error, kept in `data` as always."""
     if fields is None:
-        reason = "the revision's fields are unknown here"
+        reason = unmapped or "the revision's fields are unknown here"
         return Projection({}, [ProjectionError(field="$", reason=reason, revision=revision)])
     return projector(tuple(fields)).stored(data, revision)
 
@@ -194,7 +197,7 @@ def _record_of(fields: Sequence[Field]) -> _Record:
         if not known.issuperset(value):
             for name, item in value.items():
                 if name not in known and item is not None:
-                    sink.fail(_join(path, str(name)), "no typed field of this name in the table")
+                    sink.fail(_join(path, str(name)), _no_field(str(name)))
         return row
 
     return record
@@ -276,6 +279,13 @@ def _repeated_of(field: Field) -> _Convert:
         return items
 
     return repeated
+
+
+def _no_field(name: str) -> str:
+    why = unholdable(name)
+    if why is None:
+        return "no typed field of this name in the table"
+    return f"no typed field can hold it: {why}"
 
 
 def _join(path: str, name: str) -> str:

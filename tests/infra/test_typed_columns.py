@@ -23,7 +23,7 @@ from google.cloud import bigquery
 
 from app import cli
 from app.cli import SYSTEM_SCHEMAS, TYPED_SUFFIX, main, typed_columns_file, typed_files
-from app.ingest.schemas import revision_codec
+from app.ingest.schemas import revision_codec, typed_fields
 from app.records import Record
 from app.store.bigquery.schema import created_schema
 from app.store.bigquery.typed import TypedTable
@@ -130,7 +130,7 @@ def _widened(columns: list[dict[str, Any]], kind: str) -> _Tables:
         return []
 
     _, definition = SCHEMAS[kind]
-    _, fields = revision_codec(kind, definition.decode())
+    fields = typed_fields(revision_codec(kind, definition.decode()))
     table = TypedTable("p.d.records", call=call, write_schema=write_schema, timeout=5.0)
     asyncio.run(table.widen("projects/p/schemas/s@r1", fields))
     assert table.failures == 0, table.last_failure

@@ -195,27 +195,81 @@ async def test_records_without_a_schema_have_no_typed_fields(tmp_path: Path) -> 
     ]
 
 
-async def test_a_fault_of_the_typed_columns_stores_the_record_and_says_why(
+async def test_a_change_duckdb_refuses_stores_the_record_says_why_and_the_file_starts_again(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "fault.duckdb"
     revisions = Revisions()
-    # Fields no DuckDB column can have (an empty name): the ALTER fails.
+    # Fields no DuckDB column can have (an empty name, which the mapping never
+    # makes, given here directly): the ALTER fails.
     revisions.learn("s@1", (Field(name="", type=Type.STRING),))
+    revisions.learn("s@2", (Field(name="fine", type=Type.STRING),))
+    record = Record(
+        message_id="m-1", publish_time=1, ingest_time=2, id="r-1", data="{}", schema="s@1"
+    )
+    later = Record(
+        message_id="m-2",
+        publish_time=3,
+        ingest_time=4,
+        id="r-2",
+        data='{"fine": "x"}',
+        schema="s@2",
+    )
     store = DuckDBStore(str(path), revisions=revisions)
     await store.start()
     try:
-        record = Record(
-            message_id="m-1", publish_time=1, ingest_time=2, id="r-1", data="{}", schema="s@1"
-        )
         assert await store.append([record]) == [None]
+        assert await store.append([later]) == [None]
         await store.barrier()
         assert await store.latest("r-1") == record
     finally:
         await store.close()
-    ((errors,),) = _query(path, "SELECT projection_errors FROM records_typed")
+    rows = _query(path, "SELECT id, fields, projection_errors FROM records_typed ORDER BY id")
+    ((_, none, errors), (_, fine, no_errors)) = rows
+    assert not any((none or {}).values())  # (a column added later reads NULL fields)
     assert [(e["field"], e["revision"]) for e in errors] == [("$", "s@1")]
-    assert errors[0]["reason"].startswith("typed columns failed:")
+    assert errors[0]["reason"].startswith("no typed columns: the table's change for them failed")
+    assert "zero-length delimited identifier" in errors[0]["reason"]
+    assert (fine, no_errors) == ({"fine": "x"}, [])
+    # The refused change left no trace: the revision is not kept, and the file
+    # opens again (it did not, when the revision was kept before its ALTER ran).
+    assert _query(path, "SELECT schema FROM typed_revisions") == [("s@2",)]
+    again = DuckDBStore(str(path), revisions=Revisions())
+    await again.start()
+    try:
+        assert await again.latest("r-2") == later
+    finally:
+        await again.close()
+
+
+async def test_a_file_that_kept_a_revision_whose_change_failed_starts(tmp_path: Path) -> None:
+    """What an earlier release left: a revision kept in `typed_revisions` whose ALTER
+    then failed, so the table never took its fields."""
+    path = tmp_path / "kept.duckdb"
+    store = DuckDBStore(str(path), revisions=Revisions())
+    await store.start()
+    await store.close()
+    with duckdb.connect(str(path)) as con:
+        bad = '[{"name": "", "type": "STRING", "mode": "NULLABLE", "fields": []}]'
+        con.execute("INSERT INTO typed_revisions VALUES ('s@1', 0, $fields)", {"fields": bad})
+    revisions = Revisions()
+    revisions.learn("s@2", (Field(name="fine", type=Type.STRING),))
+    again = DuckDBStore(str(path), revisions=revisions)
+    await again.start()
+    try:
+        record = Record(
+            message_id="m-2",
+            publish_time=3,
+            ingest_time=4,
+            id="r-2",
+            data='{"fine": "x"}',
+            schema="s@2",
+        )
+        assert await again.append([record]) == [None]
+        await again.barrier()
+    finally:
+        await again.close()
+    assert _query(path, "SELECT fields FROM records_typed") == [({"fine": "x"},)]
 
 
 PROTO = """

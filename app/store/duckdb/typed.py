@@ -14,6 +14,11 @@ the system declares a schema for its JSON topic (`Revisions.declare`).
 Each revision's fields are kept in `typed_revisions` in the order revisions
 first arrived, so the table's fields are the same merge after a restart, and
 rows replayed from the journal are projected without asking the Schema API.
+A revision is kept there in the transaction that changes `fields` for it, so
+a change DuckDB refuses leaves neither, and the next start has nothing to
+redo. A revision the table cannot take (past a cap of the mapping, or a change
+DuckDB refused) has no typed columns: its records are stored, each with a
+projection error that says why.
 Everything here runs on the store's single writer thread.
 """
 
@@ -29,8 +34,17 @@ import msgspec
 import pyarrow as pa
 
 from app.records import Record
-from app.typed.evolution import merge
-from app.typed.mapping import NUMERIC_SCALE, Field, Mode, Type, fields_from_json, fields_json
+from app.typed.evolution import merge, merge_within_cap
+from app.typed.mapping import (
+    NUMERIC_SCALE,
+    Field,
+    Mode,
+    OverCap,
+    Type,
+    fields_from_json,
+    fields_json,
+    unholdable,
+)
 from app.typed.projection import Row, project_stored, projector
 from app.typed.revisions import Revisions
 
@@ -141,6 +155,14 @@ def _fields_array(fields: Sequence[Field], rows: Sequence[Row | None]) -> pa.Str
     )
 
 
+def _unholdable_in(fields: Sequence[Field]) -> str | None:
+    for field in fields:
+        problem = unholdable(field.name) or _unholdable_in(field.fields)
+        if problem is not None:
+            return f"`{field.name}`: {problem}"
+    return None
+
+
 class TypedColumns:
     """The typed fields of one DuckDB store's records."""
 
@@ -148,6 +170,8 @@ class TypedColumns:
         # Where the push path tells each revision's fields; None: no typed columns.
         self._revisions = revisions
         self._known: dict[str, tuple[Field, ...]] = {}
+        # Revisions this table has no typed columns for, and why.
+        self._unmapped: dict[str, str] = {}
         self.fields: tuple[Field, ...] = ()
 
     def open(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -163,8 +187,15 @@ class TypedColumns:
             "SELECT schema, fields::VARCHAR FROM typed_revisions ORDER BY position"
         ).fetchall()
         for schema, text in rows:
-            self._known[schema] = fields_from_json(text)
-            self.fields = merge(self.fields, self._known[schema])
+            fields = fields_from_json(text)
+            problem = _unholdable_in(fields)
+            if problem is not None:
+                # Kept by an earlier release, whose ALTER then failed: its records
+                # have no typed columns, and the table never took its fields.
+                log.warning("typed columns of %s are left out: %s", schema, problem)
+                continue
+            self._known[schema] = fields
+            self.fields = merge(self.fields, fields)
         has_fields = con.execute(
             "SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' "
             "AND table_name = 'record_fields' AND column_name = 'fields'"
@@ -177,10 +208,14 @@ class TypedColumns:
     def _type(self) -> Field:
         return _fields_type(self.fields)
 
-    def _view(self, con: duckdb.DuckDBPyConnection) -> None:
-        fields = "f.fields" if self.fields else "NULL::JSON AS fields"
+    def _view(
+        self, con: duckdb.DuckDBPyConnection, fields: tuple[Field, ...] | None = None
+    ) -> None:
+        typed = (
+            "f.fields" if (self.fields if fields is None else fields) else "NULL::JSON AS fields"
+        )
         con.execute(
-            f"CREATE OR REPLACE VIEW {VIEW} AS SELECT r.*, {fields}, f.projection_errors "
+            f"CREATE OR REPLACE VIEW {VIEW} AS SELECT r.*, {typed}, f.projection_errors "
             "FROM records r LEFT JOIN record_fields f USING (message_id)"
         )
 
@@ -205,9 +240,13 @@ class TypedColumns:
             if schema in self._known:
                 row, why = onto.stored_row(record.data, schema)
             else:
-                # A revision decoded by an earlier process whose catalogue this one
-                # never saw has no fields here: kept in `data`, and said so.
-                row, why = None, project_stored(record.data, None, schema).errors
+                # A revision past a cap, or decoded by an earlier process whose
+                # catalogue this one never saw, has no fields here: kept in
+                # `data`, and said so.
+                unmapped = self._unmapped.get(schema)
+                if unmapped is None and self._revisions is not None:
+                    unmapped = self._revisions.unmapped(schema)
+                row, why = None, project_stored(record.data, None, schema, unmapped).errors
             rows.append(row)
             errors.append([msgspec.structs.asdict(e) for e in why] if why else [])
         columns: dict[str, pa.Array] = {
@@ -240,28 +279,46 @@ class TypedColumns:
         return self._revisions.revision_of(record.schema)
 
     def _learn(self, con: duckdb.DuckDBPyConnection, schema: str) -> None:
-        if schema in self._known or self._revisions is None:
+        if schema in self._known or schema in self._unmapped or self._revisions is None:
             return
         fields = self._revisions.fields(schema)
         if fields is None:
             return
-        merged = merge(self.fields, fields)
-        con.execute(
-            "INSERT OR IGNORE INTO typed_revisions VALUES ("
-            "$schema, (SELECT count(*) FROM typed_revisions), $fields)",
-            {"schema": schema, "fields": fields_json(fields).decode()},
-        )
+        try:
+            merged = merge_within_cap(self.fields, fields)
+        except OverCap as exc:
+            self._unmap(schema, f"no typed columns: {exc}")
+            return
+        # The revision and the change it makes, both or neither.
+        con.begin()
+        try:
+            con.execute(
+                "INSERT OR IGNORE INTO typed_revisions VALUES ("
+                "$schema, (SELECT count(*) FROM typed_revisions), $fields)",
+                {"schema": schema, "fields": fields_json(fields).decode()},
+            )
+            if merged != self.fields:
+                if not self.fields:
+                    con.execute(
+                        "ALTER TABLE record_fields ADD COLUMN fields "
+                        f"{sql_type(_fields_type(merged))}"
+                    )
+                else:
+                    con.execute(
+                        "ALTER TABLE record_fields ALTER COLUMN fields "
+                        f"SET DATA TYPE {sql_type(_fields_type(merged))}"
+                    )
+                self._view(con, merged)
+            con.commit()
+        except Exception as exc:
+            con.rollback()
+            self._unmap(schema, f"no typed columns: the table's change for them failed ({exc})")
+            return
         if merged != self.fields:
-            if not self.fields:
-                con.execute(
-                    f"ALTER TABLE record_fields ADD COLUMN fields {sql_type(_fields_type(merged))}"
-                )
-            else:
-                con.execute(
-                    "ALTER TABLE record_fields ALTER COLUMN fields "
-                    f"SET DATA TYPE {sql_type(_fields_type(merged))}"
-                )
             log.info("typed columns of %s: %d fields", schema, len(merged))
             self.fields = merged
-            self._view(con)
         self._known[schema] = fields
+
+    def _unmap(self, schema: str, reason: str) -> None:
+        log.error("typed columns of %s: %s", schema, reason)
+        self._unmapped[schema] = reason
