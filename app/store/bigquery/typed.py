@@ -48,7 +48,7 @@ from app.records import Record
 from app.store.bigquery.proto import add_field, proto_name, row_descriptor
 from app.typed.evolution import merge, merge_within_cap
 from app.typed.mapping import Field, Mode, OverCap, Type
-from app.typed.projection import ProjectionError, project_stored
+from app.typed.projection import ByIdentity, ProjectionError, project_stored, projector
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -211,18 +211,28 @@ def _add(message: descriptor_pb2.DescriptorProto, field: Field, number: int, nam
 
 
 def proto_values(values: dict[str, Any], fields: Sequence[Field]) -> dict[str, Any]:
-    """Projected values (see `app.typed.projection.project`) as the row message takes
-    them, each under its field's proto name (`proto.proto_name`)."""
+    """Projected values (see `app.typed.projection.project`; only those a payload has
+    are needed) as the row message takes them, each under its field's proto name
+    (`proto.proto_name`). What it costs follows the values, not the fields."""
+    named = _by_name(tuple(fields))
     out: dict[str, Any] = {}
-    for field in fields:
-        value = values.get(field.name)
-        if value is None or value == []:
+    for name, value in values.items():
+        field = named.get(name)
+        if field is None or value is None or value == []:
             continue
         if field.mode is Mode.REPEATED:
-            out[proto_name(field.name)] = [_proto_value(v, field) for v in value]
+            out[proto_name(name)] = [_proto_value(v, field) for v in value]
         else:
-            out[proto_name(field.name)] = _proto_value(value, field)
+            out[proto_name(name)] = _proto_value(value, field)
     return out
+
+
+def _named(fields: tuple[Field, ...]) -> dict[str, Field]:
+    return {f.name: f for f in fields}
+
+
+# Each record's fields by name, found again by the fields' identity (see ByIdentity).
+_by_name: ByIdentity[tuple[Field, ...], dict[str, Field]] = ByIdentity(_named, size=4096)
 
 
 def _proto_value(value: Any, field: Field) -> Any:
@@ -267,12 +277,15 @@ def typed_values(
     unmapped: str | None = None,
 ) -> dict[str, Any]:
     """`typed_columns` of a payload (`Record.data`) that names `revision`."""
-    fields = () if writable is None else writable
-    projection = project_stored(data, fields if known else None, revision, unmapped)
-    errors = {ERRORS: error_values(projection.errors)}
+    fields = () if writable is None else tuple(writable)
+    if known:
+        values, projected = projector(fields).stored_sparse(data, revision)
+    else:
+        values, projected = None, project_stored(data, None, revision, unmapped).errors
+    errors = {ERRORS: error_values(projected)}
     if writable is None:
         return errors
-    return {FIELDS: proto_values(projection.values, writable), **errors}
+    return {FIELDS: proto_values(values or {}, fields), **errors}
 
 
 def error_values(errors: Sequence[ProjectionError]) -> list[dict[str, str]]:

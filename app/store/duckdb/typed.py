@@ -25,7 +25,7 @@ Everything here runs on the store's single writer thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Context, Decimal
 from typing import Any
 
@@ -45,7 +45,7 @@ from app.typed.mapping import (
     fields_json,
     unholdable,
 )
-from app.typed.projection import Row, project_stored, projector
+from app.typed.projection import ByIdentity, Sparse, project_stored, projector
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -139,20 +139,66 @@ def _as_is(field: Field) -> bool:
     return field.type not in (Type.NUMERIC, Type.BIGNUMERIC)
 
 
-def _fields_array(fields: Sequence[Field], rows: Sequence[Row | None]) -> pa.StructArray:
-    """The `fields` column of projected rows (None: a row with no values, all NULL),
-    built a field at a time: Arrow converts a list of scalars in one call, far
-    cheaper than a dict per row for the whole STRUCT."""
-    empty = [None] * len(fields)
-    columns = zip(*[empty if row is None else row for row in rows], strict=True)
-    arrays = []
-    for field, values in zip(fields, columns, strict=True):
-        if not _as_is(field):
-            values = tuple(_for_arrow(v, field) for v in values)
-        arrays.append(pa.array(values, type=_arrow_type(field)))
-    return pa.StructArray.from_arrays(
-        arrays, fields=[pa.field(f.name, a.type) for f, a in zip(fields, arrays, strict=True)]
-    )
+def _to_arrow_of(field: Field) -> Callable[[Any], Any]:
+    """`_for_arrow` of one field's values, compiled: a RECORD's by the names its
+    value has, not by every field the table gave it."""
+    if field.mode is Mode.REPEATED:
+        item = _to_arrow_of(Field(name=field.name, type=field.type, fields=field.fields))
+        return lambda value: None if value is None else [item(v) for v in value]
+    match field.type:
+        case Type.RECORD:
+            inner = {f.name: _to_arrow_of(f) for f in field.fields}
+            return lambda value: (
+                None if value is None else {k: inner[k](v) for k, v in value.items() if k in inner}
+            )
+        case Type.NUMERIC:
+            return lambda value: (
+                None if value is None else value.quantize(_NUMERIC_STEP, context=_NUMERIC_CONTEXT)
+            )
+        case Type.BIGNUMERIC:
+            return lambda value: None if value is None else str(value)
+        case _:
+            return lambda value: value
+
+
+class _Columns:
+    """How the `fields` column of one table's fields is built from sparse rows
+    (`app.typed.projection.Sparse`), made once per change of the fields.
+
+    Only the fields some row of the batch has become Arrow columns (a row that
+    lacks one has NULL there); DuckDB casts the STRUCT to the table's by name,
+    and fills every other field with NULL. So what Python does for a batch
+    follows its rows' fields, never the table's width.
+    """
+
+    def __init__(self, fields: tuple[Field, ...]) -> None:
+        self.fields = fields
+        self._place = {f.name: i for i, f in enumerate(fields)}
+        self._types = [_arrow_type(f) for f in fields]
+        self._converts = [None if _as_is(f) else _to_arrow_of(f) for f in fields]
+
+    def array(self, rows: Sequence[Sparse | None]) -> pa.StructArray:
+        names: set[str] = set()
+        for row in rows:
+            if row:
+                names.update(row)
+        # An Arrow STRUCT has a field at least: the first, NULL, when no row has any.
+        places = sorted(self._place[n] for n in names) or [0]
+        arrays = []
+        for place in places:
+            name = self.fields[place].name
+            values = [None if row is None else row.get(name) for row in rows]
+            convert = self._converts[place]
+            if convert is not None:
+                values = [convert(v) for v in values]
+            arrays.append(pa.array(values, type=self._types[place]))
+        fields = [
+            pa.field(self.fields[p].name, a.type) for p, a in zip(places, arrays, strict=True)
+        ]
+        return pa.StructArray.from_arrays(arrays, fields=fields)
+
+
+_columns: ByIdentity[tuple[Field, ...], _Columns] = ByIdentity(_Columns, size=8)
 
 
 def _unholdable_in(fields: Sequence[Field]) -> str | None:
@@ -234,11 +280,11 @@ class TypedColumns:
         for schema in dict.fromkeys(schema for _, schema in typed):
             self._learn(con, schema)
         onto = projector(self.fields)
-        rows: list[Row | None] = []
+        rows: list[Sparse | None] = []
         errors: list[list[dict[str, Any]]] = []
         for record, schema in typed:
             if schema in self._known:
-                row, why = onto.stored_row(record.data, schema)
+                row, why = onto.stored_sparse(record.data, schema)
             else:
                 # A revision past a cap, or decoded by an earlier process whose
                 # catalogue this one never saw, has no fields here: kept in
@@ -254,7 +300,7 @@ class TypedColumns:
             "projection_errors": pa.array(errors, type=_ERRORS_ARROW),
         }
         if self.fields:
-            columns["fields"] = _fields_array(self.fields, rows)
+            columns["fields"] = _columns(self.fields).array(rows)
         return pa.table(columns)
 
     def unprojected(self, records: Sequence[Record], reason: str) -> pa.Table | None:
