@@ -69,17 +69,24 @@ def widened(before: Type, after: Type) -> bool:
 
 
 def merge_within_cap(
-    table: Sequence[Field], revision: Sequence[Field], *, widen: bool = True
+    table: Sequence[Field],
+    revision: Sequence[Field],
+    *,
+    widen: bool = True,
+    cap: int = MAX_FIELDS,
+    why: str = (
+        f"BigQuery holds {BIGQUERY_MAX_COLUMNS:,} columns in a table, nested ones included"
+    ),
 ) -> tuple[Field, ...]:
-    """`merge`, or OverCap when the table would then hold more than MAX_FIELDS typed
-    fields: each revision is within the cap, but many of them together may not be,
-    and a table past it would make every row's write pay for every field."""
+    """`merge`, or OverCap when the table would then hold more than `cap` typed fields
+    (`why` says why a table may have no more): each revision is within the mapping's
+    caps, but many of them together may not be, and a table past its cap would make
+    every later write pay for every field."""
     merged = merge(table, revision, widen=widen)
     count = field_count(merged)
-    if count > MAX_FIELDS:
+    if count > cap:
         raise OverCap(
             f"with this revision's fields the table would have {count:,} typed fields, more "
-            f"than the {MAX_FIELDS:,} a table may have (BigQuery holds "
-            f"{BIGQUERY_MAX_COLUMNS:,} columns, nested ones included)"
+            f"than the {cap:,} it may have ({why})"
         )
     return merged

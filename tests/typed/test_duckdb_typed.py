@@ -31,6 +31,7 @@ from app.cli import main
 from app.records import Record
 from app.settings import SettingsError
 from app.store.duckdb.store import DuckDBStore
+from app.store.duckdb.typed import MAX_FIELDS as DUCKDB_MAX_FIELDS
 from app.store.duckdb.typed import TypedColumns, _arrow_type, _for_arrow
 from app.typed.mapping import Field, Type, avro_fields
 from app.typed.projection import project_stored, projector
@@ -505,3 +506,37 @@ def test_the_fields_column_is_each_record_s_projection(
         [msgspec.structs.asdict(e) for e in project_stored(t, fields, "s@1").errors] for t in texts
     ]
     assert table["projection_errors"].to_pylist() == errors
+
+
+async def test_a_revision_that_would_take_the_table_past_duckdb_s_cap_has_no_typed_columns(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wide.duckdb"
+    revisions = Revisions()
+    wide = tuple(Field(name=f"f{i}", type=Type.INT64) for i in range(DUCKDB_MAX_FIELDS + 1))
+    revisions.learn("s@wide", wide)
+    revisions.learn("s@small", (Field(name="amount", type=Type.INT64),))
+    store = DuckDBStore(str(path), revisions=revisions)
+    await store.start()
+    try:
+        for n, schema in enumerate(("s@wide", "s@small")):
+            record = Record(
+                message_id=f"m-{n}",
+                publish_time=1,
+                ingest_time=2 + n,
+                id=f"r-{n}",
+                data='{"amount": 3, "f1": 4}',
+                schema=schema,
+            )
+            assert await store.append([record]) == [None]
+        await store.barrier()
+    finally:
+        await store.close()
+    rows = _query(path, "SELECT id, fields, projection_errors FROM records_typed ORDER BY id")
+    (_, _, errors), (_, fields, small_errors) = rows
+    (error,) = errors
+    assert error["field"] == "$"
+    assert "the table would have 1,001 typed fields, more than the 1,000" in error["reason"]
+    assert fields == {"amount": 3}
+    assert [e["field"] for e in small_errors] == ["f1"]  # the wide revision's: no column
+    assert _query(path, "SELECT schema FROM typed_revisions") == [("s@small",)]
