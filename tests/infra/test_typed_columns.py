@@ -30,6 +30,7 @@ from app.store.bigquery.typed import TypedTable
 from tests.infra.console import console, require_terraform
 from tests.infra.test_fleet import _module, _root_console, _root_console_run
 from tests.infra.test_terraform import MODULE, TERRAFORM, _expression, _resources
+from tests.typed.bombs import avro_bomb
 
 ROOT = TERRAFORM.parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
@@ -393,3 +394,13 @@ def test_terraform_never_plans_to_drop_a_column_the_service_added() -> None:
     # is the service's (a later revision's fields, a release's columns).
     lifecycle = _resources("google_bigquery_table")["records"]["lifecycle"]
     assert lifecycle == [{"prevent_destroy": True, "ignore_changes": ["schema"]}]
+
+
+def test_the_command_says_which_cap_a_schema_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "bomb.avsc"
+    source.write_text(json.dumps(avro_bomb(17, 2)))
+    assert main(["schema", "typed", str(source), "--type", "AVRO"]) == 2
+    error = capsys.readouterr().err
+    assert f"recordline schema typed: {source}: the revision nests records more than 14" in error

@@ -22,8 +22,9 @@ import httpx
 import pytest
 
 from app.asgi import create_app
+from app.ingest.schemas import Decoder, SchemaRevision, decoder_of
 from app.store.duckdb.store import DuckDBStore
-from app.typed.revisions import Revisions
+from app.typed.revisions import DeclaredSchemaError, Revisions
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
 from tests.typed.bombs import avro_bomb, proto_bomb
@@ -230,3 +231,44 @@ async def test_names_a_column_can_have_are_typed_and_others_say_why(
             "no typed field can hold it: a name that begins with _TABLE_, which BigQuery reserves",
         )
     ]
+
+
+def _nested_proto(depth: int) -> str:
+    lines = ['syntax = "proto3";', "message Top { string order_id = 1; M1 next = 2; }"]
+    lines += [f"message M{k} {{ M{k + 1} next = 1; int64 v = 2; }}" for k in range(1, depth)]
+    return "\n".join([*lines, f"message M{depth} {{ int64 v = 1; }}"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "definition"),
+    [
+        ("AVRO", _nested_definition),
+        ("PROTOCOL_BUFFER", _nested_proto),
+    ],
+)
+def test_a_decoder_is_made_of_any_nesting_and_says_what_it_cannot_do(
+    kind: str, definition: Any
+) -> None:
+    """Made in a worker thread, it never raises: 200 records deep decodes with no
+    typed columns, 2,000 deep is a decoder that rejects, saying why."""
+    name = "projects/p/schemas/s"
+
+    def made(depth: int) -> Decoder:
+        text = definition(depth)
+        return decoder_of(
+            name, SchemaRevision(name=name, revision_id="r", type=kind, definition=text)
+        )
+
+    deep = made(200)
+    assert deep.codec is not None
+    assert deep.unmapped is not None
+    assert "more than 14 levels deep" in deep.unmapped
+    deeper = made(2_000)
+    assert deeper.codec is None
+    assert deeper.problem is not None
+    assert deeper.problem.endswith("nested too deeply to read")
+
+
+def test_a_declared_schema_past_a_cap_is_refused_at_start() -> None:
+    with pytest.raises(DeclaredSchemaError, match="more than 9,984 typed fields"):
+        Revisions().declare(json.dumps(_with_id(avro_bomb(8, 4))))
