@@ -22,7 +22,7 @@ from google.protobuf import descriptor_pb2
 from app.cli import typed_columns_file
 from app.records import Record
 from app.store.bigquery.store import BigQueryStore
-from app.typed.mapping import avro_fields
+from app.typed.mapping import MAX_FIELDS, avro_fields
 from app.typed.revisions import Revisions
 from tests.bigquery.conftest import BASE_TIME, DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
@@ -455,3 +455,31 @@ async def test_the_fake_refuses_a_writer_schema_field_name_that_is_no_proto_iden
             pass
     assert write_fake.rows("records") == []
     assert len(write_fake.invalid_schemas) == 1
+
+
+async def test_a_revision_that_would_take_the_table_past_the_cap_has_no_typed_columns(
+    open_store: Callable[[Revisions], Any], write_fake: FakeBigQueryWrite
+) -> None:
+    """Each revision within the cap, the two together past it: the second's records
+    are written with no typed columns, their projection error naming the cap."""
+    half = MAX_FIELDS // 2 + 1
+
+    def wide(prefix: str) -> dict[str, Any]:
+        return order(*({"name": f"{prefix}{i}", "type": "long"} for i in range(half)))
+
+    revisions = Revisions()
+    first = revision(revisions, "r1", wide("a"))
+    second = revision(revisions, "r2", wide("b"))
+    store = await open_store(revisions)
+    datum = {"id": "o-1", "amount": 1, **{f"a{i}": i for i in range(half)}}
+    assert await store.append([stored(wide("a"), datum, "m1", first)]) == [None]
+    datum = {"id": "o-2", "amount": 2, **{f"b{i}": i for i in range(half)}}
+    assert await store.append([stored(wide("b"), datum, "m2", second)]) == [None]
+
+    assert len(typed_columns(write_fake)) == 2 + half
+    rows = {r["id"]: r for r in write_fake.rows("records")}
+    assert rows["o-1"]["projection_errors"] == []
+    (error,) = rows["o-2"]["projection_errors"]
+    assert (error["field"], error["revision"]) == ("$", second)
+    assert error["reason"].startswith("no typed columns: with this revision's fields the table")
+    assert "more than the 9,984 it may have" in error["reason"]
