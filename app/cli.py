@@ -810,15 +810,16 @@ def typed_columns_file(source: Path, kind: str) -> str:
     it into the table on the revision's first row, so that its merge of that
     revision then changes nothing; the schema's type; and the SHA-256 of the
     file's bytes, which the plan compares with the file's (filesha256). Raises
-    SchemaError when the service could not decode with the schema."""
+    SchemaError when the service could not decode with the schema, OverCap when
+    its fields pass a cap of the mapping (the service gives it no typed columns)."""
     import hashlib
 
-    from app.ingest.schemas import revision_codec
+    from app.ingest.schemas import revision_codec, typed_fields
     from app.store.bigquery.typed import FIELDS, column_of
     from app.typed.mapping import Field, Type
 
     definition = source.read_bytes()
-    _, fields = revision_codec(kind, definition.decode())
+    fields = typed_fields(revision_codec(kind, definition.decode()))
     column = (
         column_of(Field(name=FIELDS, type=Type.RECORD, fields=fields)).to_api_repr()
         if fields
@@ -849,6 +850,7 @@ def typed_files() -> dict[Path, str | None]:
 
 def _typed_schema(file: str | None, kind: str | None, *, write: bool) -> int:
     from app.ingest.codec import SchemaError
+    from app.typed.mapping import OverCap
 
     if file is None or kind is None:
         print(
@@ -862,6 +864,9 @@ def _typed_schema(file: str | None, kind: str | None, *, write: bool) -> int:
         text = typed_columns_file(source, kind)
     except OSError as exc:
         print(f"recordline schema typed: {file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except OverCap as exc:
+        print(f"recordline schema typed: {file}: {exc}", file=sys.stderr)
         return 2
     except (SchemaError, UnicodeDecodeError) as exc:
         print(f"recordline schema typed: {file} is no {kind} schema: {exc}", file=sys.stderr)

@@ -486,7 +486,8 @@ class BigQueryStore:
             if not revision:
                 rows.append(None)
                 continue
-            columns = typed_columns(record, revision, writable, known[revision])
+            unmapped = self.typed.unmapped(revision)
+            columns = typed_columns(record, revision, writable, known[revision], unmapped)
             rows.append(encoder.encode(record, columns))
         return writer, rows
 

@@ -666,13 +666,16 @@ class DuckDBStore:
             # In the records' own transaction: a record is never without its
             # typed columns, nor replayed from the journal into a second copy.
             incoming.append(("record_fields", typed))
-        if len(incoming) == 1:  # autocommit: one statement, one commit
+        if len(incoming) == 1 and typed is None:  # autocommit: one statement, one commit
             _insert_table(con, *incoming[0], ignore_copies=ignore_copies)
             return
         con.begin()
         try:
             for table, arrow in incoming:
-                _insert_table(con, table, arrow, ignore_copies=ignore_copies)
+                if table == "record_fields":
+                    self._typed.insert(con, arrow, ignore_copies=ignore_copies)
+                else:
+                    _insert_table(con, table, arrow, ignore_copies=ignore_copies)
             con.commit()
         except BaseException:
             con.rollback()
@@ -792,7 +795,7 @@ class DuckDBStore:
                     "DELETE FROM record_fields WHERE message_id IN "
                     "(SELECT message_id FROM reprojected)"
                 )
-                con.execute("INSERT INTO record_fields SELECT * FROM reprojected")
+                self._typed.insert(con, typed)
                 con.commit()
             except BaseException:
                 con.rollback()
