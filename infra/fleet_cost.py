@@ -161,6 +161,8 @@ INGEST_SERIES = {
     "watermark.lag": 1,
     "followers": 1,
     "conflicts": 0,
+    # Written only by a loop that failed and was started again: none in a healthy month.
+    "loop.restarts": 0,
     "canary.age": 1,
 }
 EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}

@@ -417,7 +417,7 @@ def test_the_restore_commands_are_ones_recordline_takes(cloud: Cloud) -> None:
 def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the_state() -> None:
     # The state edit of docs/operations.md#losing-a-zone-or-a-region: what lives in the
     # lost region (its location or region is the environment's region, or a Cloud Run
-    # service's) leaves the state, so no plan waits on it; what is global or
+    # service's or job's) leaves the state, so no plan waits on it; what is global or
     # multi-regional (Pub/Sub, BigQuery, Spanner, Monitoring, IAM on accounts) stays.
     (state_edit,) = blocks("losing-a-zone-or-a-region")
     (pattern,) = re.findall(r"grep -E '([^']+)'", state_edit)
@@ -437,7 +437,8 @@ def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the
                         regional.add(address)
                         kept.add(address.replace("europe-west1", "europe-west4"))
                         continue
-                    lost = "var.region" in where or "google_cloud_run_v2_service" in where
+                    # In the region, or where a Cloud Run service or job is.
+                    lost = "var.region" in where or "google_cloud_run_v2_" in where
                     (regional if lost else kept).add(address)
     assert 'module.system["orders"].google_cloud_run_v2_service.recordline' in regional
     assert 'module.system["orders"].google_cloud_scheduler_job.canary' in regional
