@@ -17,6 +17,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import AfterExceptionHookHandler, Scope
 
 from app.errors import (
+    AmbiguousRequest,
     BadEnvelope,
     BadRequest,
     BodyTooLarge,
@@ -28,6 +29,7 @@ from app.errors import (
     SchemaUnavailable,
     ShuttingDown,
     StoreUnavailable,
+    TooManyReads,
     Unauthorized,
     WriteTimeout,
 )
@@ -62,7 +64,13 @@ NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, Shut
     ),
     tags=["ingest"],
     responses=problem_responses(
-        BadEnvelope, Unauthorized, Forbidden, BodyTooLarge, *NOT_STORED, CertsUnavailable
+        BadEnvelope,
+        AmbiguousRequest,
+        Unauthorized,
+        Forbidden,
+        BodyTooLarge,
+        *NOT_STORED,
+        CertsUnavailable,
     ),
 )
 async def push(
@@ -97,10 +105,12 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
     responses=problem_responses(
         InvalidBody,
         BadRequest,
+        AmbiguousRequest,
         Unauthorized,
         Forbidden,
         BodyTooLarge,
         *NOT_STORED,
+        TooManyReads,
         CertsUnavailable,
     ),
 )

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter, PathParameter
 
 from app.errors import (
+    AmbiguousRequest,
     BadParameter,
     CertsUnavailable,
     Forbidden,
@@ -23,6 +24,7 @@ from app.errors import (
     QueryTooCostly,
     StoreUnavailable,
     TooManyFollowers,
+    TooManyReads,
     Unauthorized,
 )
 from app.problems import problem_responses
@@ -71,7 +73,15 @@ PageTokenText = Annotated[
 ]
 # What any read may be answered with besides its own errors: no valid token, not
 # a reader, the store (or its cost cap) or the token keys unavailable.
-_READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, CertsUnavailable)
+_READ_ERRORS = (
+    AmbiguousRequest,
+    Unauthorized,
+    Forbidden,
+    StoreUnavailable,
+    QueryTooCostly,
+    TooManyReads,
+    CertsUnavailable,
+)
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
