@@ -2,7 +2,7 @@
 
     python3 dev.py bench server [--pushes 300] [--rounds 3] [--seconds 5]
                                 [--only ROWS] [--measure both|instructions|load]
-                                [--app floor|deployed]
+                                [--app floor|deployed] [--unpinned]
 
 `recordline serve` serves HTTP/1.1 with uvicorn's httptools protocol and a
 bound on every byte of every request, in size and in time (`app.http_limits`),
@@ -25,10 +25,15 @@ Two measures:
   on one connection, counted from the first push to the last (start and stop
   left out), divided by the pushes: those of the event loop's thread (the main
   thread), and those of every thread of the process (Granian parses in threads
-  of its own, so the event loop's thread alone would flatter it). No machine noise;
+  of its own, so the event loop's thread alone would flatter it). No machine
+  noise, but no kernel time either;
 - load: wrk at 64 connections, rows taken in turn for `--rounds` short runs
-  (see `bench.harness.interleaved`), servers on one CPU and wrk on the other:
-  pushes a second and p99, as ratios to httptools in the same run.
+  (as `bench.harness.interleaved`), servers on one CPU and wrk on the other
+  (`--unpinned`: all on every CPU): pushes a second, p99, and the server
+  process's CPU time (user and system, every thread) a push, as ratios to
+  httptools in the same run. On a shared machine a server with more threads
+  takes a larger share of its CPU from other jobs, so its pushes a second
+  flatter it: its CPU a push does not.
 
 Granian and Hypercorn are no dependencies of Recordline: the bench runs itself
 again under `uv run --with` them when they are missing, leaving .venv as it is.
@@ -39,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import math
@@ -47,9 +54,10 @@ import shutil
 import statistics
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from bench.harness import free_port, interleaved, push_script, table
+from bench.harness import free_port, push_script, server, split_cpus, table, wrk
 from bench.instructions import by_thread
 
 # The app each row serves: the throughput floor's (Litestar, msgspec, a 204; no
@@ -156,6 +164,53 @@ def _granian(port: int, limits: Any, app: str) -> None:
     uvloop.run(run())
 
 
+@dataclasses.dataclass(frozen=True)
+class Round:
+    rate: float  # pushes answered a second
+    p99: float  # ms
+    cpu_us: float  # the server process's CPU time (user and system) a push
+    errors: int
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(
+    rows: Sequence[str], app: str, *, rounds: int, seconds: float, pinned: bool
+) -> dict[str, list[Round]]:
+    """Every row served at once, loaded in turn (as `bench.harness.interleaved`), with
+    the CPU time each server spent on its pushes: on a shared machine a server with
+    more threads gets a larger share of a CPU, so pushes a second alone flatter it."""
+    cpus = split_cpus() if pinned else None
+    server_cpus, load_cpus = cpus if cpus else (None, None)
+    script = push_script()
+    found: dict[str, list[Round]] = {row: [] for row in rows}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for row in rows:
+            port = free_port()
+            servers[row] = stack.enter_context(server(argv(row, port, app), port, {}, server_cpus))
+        for row in rows:  # warm up
+            wrk(servers[row].url, script, connections=64, seconds=2, cpus=load_cpus)
+        for n in range(rounds):
+            for row in [*rows[n % len(rows) :], *rows[: n % len(rows)]]:
+                pid = servers[row].process.pid
+                before = _cpu_seconds(pid)
+                done = wrk(
+                    servers[row].url, script, connections=64, seconds=seconds, cpus=load_cpus
+                )
+                spent = _cpu_seconds(pid) - before
+                pushes = max(done.rate * seconds, 1)
+                found[row].append(
+                    Round(
+                        done.rate, done.p99, spent / pushes * 1e6, done.non2xx + done.socket_errors
+                    )
+                )
+    return found
+
+
 def _with_candidates(argv_: Sequence[str]) -> int | None:
     """Run this bench again under `uv run --with` the candidate servers if one is
     missing here; None if they are all importable (or uv is nowhere)."""
@@ -196,6 +251,9 @@ def main(argv_: list[str]) -> int:
     parser.add_argument("--only", default=",".join(ROWS), help="rows, comma-separated")
     parser.add_argument("--measure", choices=["both", "instructions", "load"], default="both")
     parser.add_argument("--app", choices=sorted(APPS), default="floor", help="the app served")
+    parser.add_argument(
+        "--unpinned", action="store_true", help="servers and wrk share every CPU (load)"
+    )
     args = parser.parse_args(argv_)
     rows = [row for row in args.only.split(",") if row]
     app = APPS[args.app]
@@ -225,21 +283,14 @@ def main(argv_: list[str]) -> int:
         if not shutil.which("wrk"):
             print("bench server needs wrk for the load", file=sys.stderr)
             return 2
-        loads = interleaved(
-            {row: (lambda port, row=row: argv(row, port, app)) for row in rows},
-            push_script(),
-            rounds=args.rounds,
-            seconds=args.seconds,
-            connections=64,
-            pinned=True,
-        )
-        rate = {row: statistics.median(load.rate for load in runs) for row, runs in loads.items()}
-        p99 = {row: statistics.median(load.p99 for load in runs) for row, runs in loads.items()}
-        errors = {
-            row: sum(load.non2xx + load.socket_errors for load in runs)
-            for row, runs in loads.items()
-        }
-        lines = [["server", "pushes/s", f"/ {base}", "p99 ms", f"/ {base}", "errors"]]
+        loads = load(rows, app, rounds=args.rounds, seconds=args.seconds, pinned=not args.unpinned)
+        rate = {r: statistics.median(x.rate for x in runs) for r, runs in loads.items()}
+        p99 = {r: statistics.median(x.p99 for x in runs) for r, runs in loads.items()}
+        cpu = {r: statistics.median(x.cpu_us for x in runs) for r, runs in loads.items()}
+        errors = {r: sum(x.errors for x in runs) for r, runs in loads.items()}
+        lines = [
+            ["server", "pushes/s", f"/ {base}", "p99 ms", f"/ {base}", "CPU µs a push", f"/ {base}"]
+        ]
         lines += [
             [
                 r,
@@ -247,15 +298,19 @@ def main(argv_: list[str]) -> int:
                 f"{rate[r] / rate[base]:.3f}",
                 f"{p99[r]:.1f}",
                 f"{p99[r] / p99[base]:.2f}",
-                str(errors[r]),
+                f"{cpu[r]:.0f}",
+                f"{cpu[r] / cpu[base]:.3f}",
             ]
             for r in rows
         ]
+        where = "servers and wrk on every CPU" if args.unpinned else "servers on one CPU"
         print(
             f"wrk, 64 connections, {args.rounds} rounds of {args.seconds:g} s in turn (medians), "
-            "servers on one CPU"
+            f"{where}; CPU: the server process's user and system time"
         )
         print(table(lines))
+        if any(errors.values()):
+            print(f"errors (non-2xx or socket): {errors}")
     return 0
 
 
