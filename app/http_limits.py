@@ -39,19 +39,20 @@ lose track of the first):
   requests.
 
 Why a layer over uvicorn's httptools rather than a server with bounds of its
-own (`python3 dev.py bench server`: instructions a push under callgrind, and
-wrk at 64 connections). None of the servers measured bounds what this layer
-bounds. uvicorn's h11 protocol takes a 100 KB head in one read past a 16 KiB
-bound, holds a body sent a byte a second, and costs the event loop 1.43 times
-httptools' instructions a push. Hypercorn bounds heads, but switches an `h2c`
-upgrade to HTTP/2, holds a slow body, and costs 1.8 times. Granian (hyper, in
-Rust threads of its own) bounds heads and their time natively and costs fewer
-instructions than httptools, but answers a 64 MiB trailer with the app's 500 (a
-5xx a sender controls), passes `CONNECT` to the app, has no body deadline, no
-bound on connections and no `Host` check: it would need a layer of its own in
-the app, and a new process model for `recordline serve` (its start, its stop
-within Cloud Run's 10 s). This layer costs the event loop 2% of a push, as the
-second parser it replaces did.
+own (`python3 dev.py bench server`, and docs/benchmarks.md): none of the servers
+measured bounds what this layer bounds. uvicorn's h11 protocol takes a 100 KB
+head in one read past a 16 KiB bound, holds a body sent a byte a second, and
+costs 2.2 times httptools' instructions a push (1.43 times, serving Recordline).
+Hypercorn bounds heads, but switches an `h2c` upgrade to HTTP/2, holds a slow
+body, and costs 3.1 times. Granian (hyper, in Rust threads of its own) bounds
+heads and their time natively and costs as many instructions (0.99, every thread
+counted) and less CPU a push on one CPU (0.79 to 0.91; 1.14 across two), but
+answers a 64 MiB trailer with the app's 500 (a 5xx a sender controls), passes
+`CONNECT` to the app, and has no body deadline, no bound on connections and no
+`Host` check: it would need a layer of its own in the app, and a process model
+of its own for `recordline serve` (its start, its stop within Cloud Run's 10 s).
+This layer costs 2% of a Recordline push's instructions (5.7% of the floor's
+lighter push), as the second parser it replaces did.
 """
 
 from __future__ import annotations
