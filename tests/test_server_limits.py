@@ -166,7 +166,14 @@ def flood(sock: socket.socket, first: bytes, filler: bytes, size: int) -> bytes:
     return everything it answers: read as it comes, so that a connection the server
     resets once it stops reading loses none of the answer."""
     answered: list[bytes] = []
-    reading = threading.Thread(target=lambda: answered.append(everything(sock)))
+
+    def read() -> None:
+        try:
+            answered.append(everything(sock))
+        except TimeoutError:
+            answered.append(b"(the server neither answered nor closed within 10 s)")
+
+    reading = threading.Thread(target=read)
     reading.start()
     with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
         sock.sendall(first)
