@@ -54,6 +54,7 @@ from app.query.streams import Streams
 from app.routes.follow import Followers
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.routes.query import READ_ROUTES, Paging
+from app.routes.reads import Reads
 from app.routes.streams import HEAD_REQUEST, STREAM_ROUTES
 from app.settings import Settings, SettingsError
 from app.store import Store
@@ -324,6 +325,8 @@ def create_app(
         # guard reads this service does not check itself.
         shared_cache=settings.query.shared_cache,
     )
+    # Reads in flight leave room for pushes on the connections the server keeps.
+    reads = Reads(settings.server.max_reads).middleware()
     readiness = Readiness(store, checks=[auth.check, schemas.check])
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     telemetry.watch(
@@ -388,9 +391,14 @@ def create_app(
                 "/",
                 route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
                 guards=auth.read_guards,
-                middleware=[*traced, *telemetry.read_timing()],
+                middleware=[reads, *traced, *telemetry.read_timing()],
             ),
-            Router("/", route_handlers=REPLAY_ROUTES, guards=auth.replay_guards, middleware=traced),
+            Router(
+                "/",
+                route_handlers=REPLAY_ROUTES,
+                guards=auth.replay_guards,
+                middleware=[reads, *traced],
+            ),
             healthz,
             readyz,
             describe_problem,

@@ -594,12 +594,11 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        # Every input bounded before the app sees it (app.http_limits): heads by size
-        # and time, idle connections, and connections at once.
-        http=bounded_httptools(
-            header_timeout=server.header_timeout_seconds, max_header_bytes=server.max_header_bytes
-        ),
-        limit_concurrency=server.max_connections,
+        # Every byte of every request bounded in size and time, and connections at once
+        # (app.http_limits), which answers past its bound itself: no limit_concurrency.
+        http=bounded_httptools(server),
+        # No WebSocket route: an upgrade is refused (app.http_limits), never handed over.
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -18,6 +18,7 @@ from litestar.types import AfterExceptionHookHandler, Scope
 
 from app.docs import PushOperation, ReplayOperation
 from app.errors import (
+    AmbiguousRequest,
     BadEnvelope,
     BadRequest,
     BodyTooLarge,
@@ -29,6 +30,7 @@ from app.errors import (
     SchemaUnavailable,
     ShuttingDown,
     StoreUnavailable,
+    TooManyReads,
     Unauthorized,
     WriteTimeout,
 )
@@ -64,7 +66,13 @@ NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, Shut
     tags=["ingest"],
     operation_class=PushOperation,
     responses=problem_responses(
-        BadEnvelope, Unauthorized, Forbidden, BodyTooLarge, *NOT_STORED, CertsUnavailable
+        BadEnvelope,
+        AmbiguousRequest,
+        Unauthorized,
+        Forbidden,
+        BodyTooLarge,
+        *NOT_STORED,
+        CertsUnavailable,
     ),
 )
 async def push(
@@ -100,10 +108,12 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
     responses=problem_responses(
         InvalidBody,
         BadRequest,
+        AmbiguousRequest,
         Unauthorized,
         Forbidden,
         BodyTooLarge,
         *NOT_STORED,
+        TooManyReads,
         CertsUnavailable,
     ),
 )
