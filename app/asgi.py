@@ -304,7 +304,7 @@ def create_app(
     schemas = fetching_schemas(settings, revisions, schema_source)
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
-    ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)
+    ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes, traffic=traffic)
     reader = Reader(
         observed,
         pending_horizon=batcher.horizon,
@@ -394,7 +394,6 @@ def create_app(
         ],
         dependencies={
             "ingest": constant(ingest),
-            "traffic": constant(traffic),
             "reader": constant(reader),
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),

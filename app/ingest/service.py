@@ -18,6 +18,7 @@ from app.ingest.batcher import Batcher
 from app.ingest.envelope import PushedMessage
 from app.ingest.payload import CONTRACT, PayloadReader, Payloads
 from app.ingest.shape import Invalid
+from app.ingest.traffic import Traffic
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
 
@@ -96,14 +97,31 @@ class PushObserver(Protocol):
 
 
 class Ingest:
-    """Validates a delivery and waits for its row to be durably stored."""
+    """Validates a delivery and waits for its row to be durably stored; tells `traffic`
+    of each push acknowledged."""
 
     def __init__(
-        self, batcher: Batcher, payloads: Payloads, *, observer: PushObserver | None = None
+        self,
+        batcher: Batcher,
+        payloads: Payloads,
+        *,
+        observer: PushObserver | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self._batcher = batcher
         self._payloads = payloads
         self._observer = observer
+        self._traffic = traffic if traffic is not None else Traffic()
+
+    async def push(
+        self, message: PushedMessage, *, host: str | None, trace_id: str | None = None
+    ) -> tuple[Record | Rejection, RowOutcome]:
+        """`accept` a push delivery that came through `host` (its Host header); once it is
+        stored, it counts as this instance's traffic (`app.ingest.traffic`). A replay is
+        no push: it is `accept`ed alone."""
+        stored = await self.accept(message, trace_id=trace_id)
+        self._traffic.pushed(host)
+        return stored
 
     async def row(self, message: PushedMessage) -> Record | Rejection:
         """What `message` would become now, storing nothing."""
