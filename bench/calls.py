@@ -215,7 +215,7 @@ async def measure(profile: str | None = None) -> Costs:
         finally:
             await stop()
     if profile is not None:
-        pstats.Stats(profiles[profile], stream=sys.stderr).sort_stats("ncalls").print_stats(80)
+        pstats.Stats(profiles[profile], stream=sys.stderr).sort_stats("ncalls").print_stats(400)
     return {path: {"calls": min(each), "each": each} for path, each in counts.items()}
 
 
