@@ -202,7 +202,11 @@ class Telemetry:
 
         return [DefineMiddleware(read_durations)]
 
-    def flush_observer(self) -> FlushTracer:
+    def flush_observer(self) -> FlushTracer | None:
+        """For the batcher: a span per flush that serves a sampled push. None with
+        tracing off: no span is ever sampled, and asking costs a push 9 calls."""
+        if self.tracer_provider is None:
+            return None
         return FlushTracer(self.tracer)
 
     def push_outcomes(self) -> PushOutcomes:
