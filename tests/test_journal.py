@@ -248,6 +248,24 @@ async def test_a_dead_writer_fails_appends_and_readiness(tmp_path: Path) -> None
         await store.close()
 
 
+async def test_a_reader_has_rows_applied_once_they_waited_long_enough(tmp_path: Path) -> None:
+    # Rows nobody reads wait for the applier's next round (here an hour away); a
+    # reader that finds rows older than the freshness bound has them applied now.
+    store = DuckDBStore(str(tmp_path / "records.duckdb"), apply_every=3600)
+    await store.start()
+    try:
+        await store.append([record(1)])
+        oldest = record(1).ingest_time
+        soon = oldest + 10_000  # 10 ms later: fresh enough
+        assert store.read_horizon(soon) == oldest
+        await asyncio.sleep(0.1)
+        assert store.read_horizon(soon) == oldest, "applied with no reader asking"
+        assert store.read_horizon(oldest + 60_000) == oldest  # 60 ms: it asks
+        await until(lambda: store.read_horizon(soon) == soon, what="the row applied")
+    finally:
+        await store.close()
+
+
 def test_a_short_write_is_finished_before_the_frame_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,11 +72,17 @@ _LATE_MATERIALIZATION_ROWS = 2000
 # applier, and pushes get 503 by their deadline rather than memory growing.
 _MAX_UNAPPLIED_ROWS = 100_000
 # The applier moves journaled rows into DuckDB at most this often while nobody
-# is waiting to read them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its
-# size (89 µs a row in 32-row batches, 19 µs in 256-row ones), CPU the event
-# loop needs: batching appends this way raised ingest by ~20% at 64
-# connections. A read never waits for it: its barrier asks for an apply now.
-_APPLY_EVERY_SECONDS = 0.05
+# reads them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its size (89 µs a
+# row in 32-row batches, 19 µs in 256-row ones), CPU the event loop needs, and
+# its writer thread takes the GIL from the loop: at 64 connections, applying
+# every 50 ms cost a push ~30 µs of CPU beside the loop's ~150, every 250 ms
+# ~12 µs. A read never waits for it: a point read's barrier, or a page or a
+# follower waiting for rows, asks for an apply now; so does a page read while
+# a row has waited longer than _FRESH_SECONDS, so that a client polling pages
+# finds rows as soon as it did when the applier ran every 50 ms.
+_APPLY_EVERY_SECONDS = 0.25
+_FRESH_SECONDS = 0.05
+_FRESH_MICROS = int(_FRESH_SECONDS * 1_000_000)
 # Rows per INSERT when the applier catches up: larger batches amortise
 # DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
 _APPLY_MAX_ROWS = 20_000
@@ -234,6 +240,7 @@ class DuckDBStore:
         *,
         retention_days: int = 0,
         expire_every: float = _EXPIRE_EVERY_SECONDS,
+        apply_every: float = _APPLY_EVERY_SECONDS,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
         revisions: Revisions | None = None,
@@ -245,6 +252,7 @@ class DuckDBStore:
         self._typed = TypedColumns(revisions)
         self._retention_days = retention_days
         self._expire_every = expire_every
+        self._apply_every = apply_every
         self._clock = clock
         self._expirer: asyncio.Task[None] | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -361,7 +369,11 @@ class DuckDBStore:
     def read_horizon(self, now: int) -> int:
         # Not just the first entry: appends may arrive out of stamp order when
         # a caller runs several at once, and any unapplied row holds reads back.
-        return min((entry.oldest for entry in self._unapplied), default=now)
+        oldest = min((entry.oldest for entry in self._unapplied), default=now)
+        if now - oldest > _FRESH_MICROS:
+            # A reader: what has waited this long is applied now, for its next page.
+            self._hurry.set()
+        return oldest
 
     # -- writing ---------------------------------------------------------------
 
@@ -403,7 +415,7 @@ class DuckDBStore:
                 # waiting on its barrier, or a follower waiting for rows, cuts
                 # this short.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_APPLY_EVERY_SECONDS):
+                    async with asyncio.timeout(self._apply_every):
                         await self._hurry.wait()
             self._hurry.clear()
             batch: list[_Unapplied] = []
