@@ -317,6 +317,7 @@ class DuckDBStore:
                 await self._expirer
         if self._applier is not None:
             # Whatever is not applied now stays in the journal for the next start.
+            self._hurry.set()
             try:
                 async with asyncio.timeout(_READ_BARRIER_SECONDS):
                     await self._caught_up(self._frames)
