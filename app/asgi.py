@@ -152,7 +152,7 @@ class Recordline(Litestar):
         receive: Receive | LifeSpanReceive,
         send: Send | LifeSpanSend,
     ) -> None:
-        if cast("dict[str, object]", scope).get("method") != "HEAD":
+        if scope.get("method") != "HEAD":
             await super().__call__(scope, receive, send)
             return
         http_send = cast("Send", send)

@@ -113,24 +113,20 @@ class Ingest:
         self._observer = observer
         self._traffic = traffic if traffic is not None else Traffic()
 
-    async def push(
-        self, message: PushedMessage, *, host: str | None, trace_id: str | None = None
-    ) -> tuple[Record | Rejection, RowOutcome]:
-        """`accept` a push delivery that came through `host` (its Host header); once it is
-        stored, it counts as this instance's traffic (`app.ingest.traffic`). A replay is
-        no push: it is `accept`ed alone."""
-        stored = await self.accept(message, trace_id=trace_id)
-        self._traffic.pushed(host)
-        return stored
-
     async def row(self, message: PushedMessage) -> Record | Rejection:
         """What `message` would become now, storing nothing."""
         reader = await self._payloads.reader(message.attributes)
         return to_row(message, time.time_ns() // 1000, trace_id=None, reader=reader)
 
     async def accept(
-        self, message: PushedMessage, *, trace_id: str | None = None
+        self, message: PushedMessage, *, trace_id: str | None = None, host: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
+        """Store `message`'s row; a RetryLater if it is not stored in time.
+
+        `host` is the Host header a push came through ("" if it had none): once its
+        row is stored, the push counts as this instance's traffic
+        (`app.ingest.traffic`). A replay is no push, and gives none.
+        """
         size = len(message.raw_data) + 256
         try:
             # The schema a message names is fetched (once) before its row is
@@ -147,4 +143,6 @@ class Ingest:
             raise
         if self._observer is not None:
             self._observer.stored(row, outcome)
+        if host is not None:
+            self._traffic.pushed(host)
         return row, outcome

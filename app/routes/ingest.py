@@ -77,8 +77,10 @@ def push_routes(ingest: Ingest) -> list[HTTPRouteHandler]:
         body = await request.body()
         headers = request.headers
         message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
-        await ingest.push(
-            message, host=headers.get("host"), trace_id=push_received(message, len(body), headers)
+        await ingest.accept(
+            message,
+            trace_id=push_received(message, len(body), headers),
+            host=headers.get("host", ""),
         )
 
     return [push]
