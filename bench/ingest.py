@@ -151,10 +151,10 @@ def checkout_design(directory: str) -> tuple[str, Path]:
     if not recordline.exists():
         raise SystemExit(f"{recordline} is missing: run `python3 dev.py lint` in {checkout}")
     commit = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(checkout), "describe", "--always", "--dirty=+"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    return f"a@{commit} recordline (duckdb) at {commit}", recordline
+    return f"a@{commit} recordline (duckdb) in {checkout}", recordline
 
 
 def main(argv: list[str]) -> int:
