@@ -394,7 +394,10 @@ def create_app(
         route_handlers=[
             # Called by the push subscription.
             Router(
-                "/", route_handlers=push_routes(ingest), guards=auth.push_guards, middleware=traced
+                "/",
+                route_handlers=push_routes(ingest, telemetry.push_traces),
+                guards=auth.push_guards,
+                middleware=traced,
             ),
             Router(
                 "/",

@@ -42,15 +42,15 @@ from app.ingest.replay import (
 )
 from app.ingest.service import Ingest, PushObserver
 from app.problems import Problems, problem_responses
-from app.telemetry import push_received
+from app.telemetry import PushTraces, push_received
 
 PUSH_PATH = "/pubsub/push"
 # What stops a row from being stored in time: each a 503 with Retry-After.
 NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, ShuttingDown)
 
 
-def push_routes(ingest: Ingest) -> list[HTTPRouteHandler]:
-    """The push route, storing through `ingest`.
+def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTPRouteHandler]:
+    """The push route, storing through `ingest`; `traces` gives each push its trace id.
 
     The handler holds `ingest` itself rather than asking Litestar for it: a
     dependency is resolved on every request (with two or more, in a task group
@@ -79,7 +79,7 @@ def push_routes(ingest: Ingest) -> list[HTTPRouteHandler]:
         message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
         await ingest.accept(
             message,
-            trace_id=push_received(message, len(body), headers),
+            trace_id=traces(message, len(body), headers),
             host=headers.get("host", ""),
         )
 
