@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+import msgspec
+
 from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailable, WriteTimeout
 from app.records import Record, Rejection
 from app.store import RowOutcome
@@ -58,22 +60,14 @@ class FlushObserver(Protocol):
 _SWEEP_SECONDS = 0.05
 
 
-class _Pending:
-    __slots__ = ("deadline", "future", "origin", "row", "size")
+class _Pending(msgspec.Struct):
+    """A row waiting to be stored (a Struct: made in C, once per push)."""
 
-    def __init__(
-        self,
-        row: StoredRow,
-        size: int,
-        future: asyncio.Future[RowOutcome],
-        origin: object,
-        deadline: float,
-    ) -> None:
-        self.row = row
-        self.size = size
-        self.future = future
-        self.origin = origin
-        self.deadline = deadline
+    row: StoredRow
+    size: int
+    future: asyncio.Future[RowOutcome]
+    origin: object
+    deadline: float
 
 
 class Batcher:
