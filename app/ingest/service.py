@@ -18,6 +18,7 @@ from app.ingest.batcher import Batcher
 from app.ingest.envelope import PushedMessage
 from app.ingest.payload import CONTRACT, PayloadReader, Payloads
 from app.ingest.shape import Invalid
+from app.ingest.traffic import Traffic
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
 
@@ -100,14 +101,21 @@ class PushObserver(Protocol):
 
 
 class Ingest:
-    """Validates a delivery and waits for its row to be durably stored."""
+    """Validates a delivery and waits for its row to be durably stored; tells `traffic`
+    of each push acknowledged."""
 
     def __init__(
-        self, batcher: Batcher, payloads: Payloads, *, observer: PushObserver | None = None
+        self,
+        batcher: Batcher,
+        payloads: Payloads,
+        *,
+        observer: PushObserver | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self._batcher = batcher
         self._payloads = payloads
         self._observer = observer
+        self._traffic = traffic if traffic is not None else Traffic()
 
     async def row(self, message: PushedMessage) -> Record | Rejection:
         """What `message` would become now, storing nothing."""
@@ -115,8 +123,14 @@ class Ingest:
         return to_row(message, time.time_ns() // 1000, trace_id=None, reader=reader)
 
     async def accept(
-        self, message: PushedMessage, *, trace_id: str | None = None
+        self, message: PushedMessage, *, trace_id: str | None = None, host: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
+        """Store `message`'s row; a RetryLater if it is not stored in time.
+
+        `host` is the Host header a push came through ("" if it had none): once its
+        row is stored, the push counts as this instance's traffic
+        (`app.ingest.traffic`). A replay is no push, and gives none.
+        """
         size = len(message.raw_data) + 256
         try:
             # The schema a message names is fetched (once) before its row is
@@ -133,4 +147,6 @@ class Ingest:
             raise
         if self._observer is not None:
             self._observer.stored(row, outcome)
+        if host is not None:
+            self._traffic.pushed(host)
         return row, outcome

@@ -28,9 +28,9 @@ class Traffic:
         self._pushed_at = -float("inf")
         self._pushed_wall: float | None = None
 
-    def pushed(self, host: str | None) -> None:
-        """A push to `host` (its Host header) was acknowledged."""
-        if host is not None and TAG_SEPARATOR in host:
+    def pushed(self, host: str) -> None:
+        """A push to `host` (its Host header, "" if it had none) was acknowledged."""
+        if TAG_SEPARATOR in host:
             return
         self._pushed_at = time.monotonic()
         self._pushed_wall = time.time()

@@ -73,11 +73,17 @@ _LATE_MATERIALIZATION_ROWS = 2000
 # applier, and pushes get 503 by their deadline rather than memory growing.
 _MAX_UNAPPLIED_ROWS = 100_000
 # The applier moves journaled rows into DuckDB at most this often while nobody
-# is waiting to read them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its
-# size (89 µs a row in 32-row batches, 19 µs in 256-row ones), CPU the event
-# loop needs: batching appends this way raised ingest by ~20% at 64
-# connections. A read never waits for it: its barrier asks for an apply now.
-_APPLY_EVERY_SECONDS = 0.05
+# reads them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its size (89 µs a
+# row in 32-row batches, 19 µs in 256-row ones), CPU the event loop needs, and
+# its writer thread takes the GIL from the loop: at 64 connections, applying
+# every 50 ms cost a push ~30 µs of CPU beside the loop's ~150, every 250 ms
+# ~12 µs. A read never waits for it: a point read's barrier, or a page or a
+# follower waiting for rows, asks for an apply now; so does a page read while
+# a row has waited longer than _FRESH_SECONDS, so that a client polling pages
+# finds rows as soon as it did when the applier ran every 50 ms.
+_APPLY_EVERY_SECONDS = 0.25
+_FRESH_SECONDS = 0.05
+_FRESH_MICROS = int(_FRESH_SECONDS * 1_000_000)
 # Rows per INSERT when the applier catches up: larger batches amortise
 # DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
 _APPLY_MAX_ROWS = 20_000
@@ -234,9 +240,13 @@ class _Unapplied:
 class DuckDBStore:
     """A Store on one DuckDB database (`:memory:` for a throwaway one, with no journal)."""
 
-    # Appends are serialised by the journal writer anyway, and take a fraction
-    # of a millisecond: a second one in flight would only wait behind the first.
-    max_in_flight = 1
+    # The journal writer takes frames one at a time, each synced before it is
+    # answered. A second append in flight waits in its pipe, so the writer goes
+    # on to it as soon as it answers the first, not once the event loop has read
+    # that answer and cut the next batch: on a busy two-core machine that raised
+    # pushes a second at 64 connections by 5-10%. Answers come in frame order,
+    # so the appends still complete in order.
+    max_in_flight = 2
     # Rows keep the time the batcher stamped them with.
     stamps_at_commit = False
 
@@ -246,6 +256,7 @@ class DuckDBStore:
         *,
         retention_days: int = 0,
         expire_every: float = _EXPIRE_EVERY_SECONDS,
+        apply_every: float = _APPLY_EVERY_SECONDS,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
         revisions: Revisions | None = None,
@@ -257,6 +268,7 @@ class DuckDBStore:
         self._typed = TypedColumns(revisions)
         self._retention_days = retention_days
         self._expire_every = expire_every
+        self._apply_every = apply_every
         self._clock = clock
         self._expirer: asyncio.Task[None] | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -344,6 +356,7 @@ class DuckDBStore:
                 await self._expirer
         if self._applier is not None:
             # Whatever is not applied now stays in the journal for the next start.
+            self._hurry.set()
             try:
                 async with asyncio.timeout(_READ_BARRIER_SECONDS):
                     await self._caught_up(self._frames)
@@ -398,6 +411,9 @@ class DuckDBStore:
         # a caller runs several at once, and any unapplied row holds reads back,
         # but those already in the tail: a read of the tail has them, and every
         # other read first waits for what was journaled to be applied (`_applied_now`).
+        if self._unapplied and now - min(e.oldest for e in self._unapplied) > _FRESH_MICROS:
+            # A reader: what has waited this long is applied now, for its next page.
+            self._hurry.set()
         return min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
 
     # -- writing ---------------------------------------------------------------
@@ -494,7 +510,7 @@ class DuckDBStore:
                 # waiting on its barrier, or a follower waiting for rows, cuts
                 # this short.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_APPLY_EVERY_SECONDS):
+                    async with asyncio.timeout(self._apply_every):
                         await self._hurry.wait()
             self._hurry.clear()
             batch: list[_Unapplied] = []
