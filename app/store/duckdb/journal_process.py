@@ -216,8 +216,10 @@ class JournalProcess:
         process.close_pipes()
 
     def _stdin(self) -> asyncio.StreamWriter:
-        if self.failure is not None:
-            raise OSError(self.failure)
+        # What is known, not the process asked (a system call per append): a dead
+        # writer's pipe refuses the write anyway.
+        if self._failure is not None:
+            raise OSError(self._failure)
         if self._process is None:
             raise OSError("the journal writer is not running")
         return self._process.stdin
