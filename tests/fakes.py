@@ -30,6 +30,7 @@ class WrappedStore:
         self.max_in_flight = inner.max_in_flight
         self.stamps_at_commit = inner.stamps_at_commit
         self.bell = inner.bell
+        self.completeness = inner.completeness
 
     async def start(self) -> None:
         await self.inner.start()
