@@ -37,6 +37,7 @@ from litestar.types import (
 
 from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
+from app.errors import StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
 from app.ingest.payload import Payloads
@@ -48,13 +49,16 @@ from app.ingest.shape import Shape
 from app.ingest.traffic import Traffic
 from app.problems import Problems, describe_problem
 from app.query.page_token import PageTokens
+from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.routes.follow import Followers
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
+from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
+from app.store.tiered.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
 
@@ -305,10 +309,11 @@ def create_app(
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
     ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)
+    tokens = PageTokens(settings.query.page_token_secret)
     reader = Reader(
         observed,
         pending_horizon=batcher.horizon,
-        tokens=PageTokens(settings.query.page_token_secret),
+        tokens=tokens,
         retention_days=settings.store.retention_days,
     )
     followers = Followers(
@@ -319,7 +324,21 @@ def create_app(
         # guard reads this service does not check itself.
         shared_cache=settings.query.shared_cache,
     )
-    readiness = Readiness(store, checks=[auth.check, schemas.check])
+    producers = Producers(
+        store.completeness, tokens=tokens, grace_seconds=settings.query.producer_grace_seconds
+    )
+    # The ledger's `missing` metric, read by a loop of the app's own (a store with no
+    # ledger has none): restarted if it fails, and named by readiness while it is down.
+    watching = Supervisor(observer=telemetry.loop_observer())
+    watch = MissingWatch(producers)
+    telemetry.metrics.producers_missing = lambda: watch.missing
+
+    async def watch_check() -> None:
+        down = watching.down()
+        if down:
+            raise StoreUnavailable(f"background work down: {'; '.join(down)}")
+
+    readiness = Readiness(store, checks=[auth.check, schemas.check, watch_check])
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
@@ -363,6 +382,10 @@ def create_app(
             stack.push_async_callback(schemas.close)
             await batcher.start()
             stack.push_async_callback(drain)
+            if store.completeness is not None:
+                await watching.start()
+                stack.push_async_callback(watching.close)
+                watching.run("producers", watch.run, interval=WATCH_SECONDS)
             # uvicorn waits for open requests before the lifespan ends: waiting
             # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
             stack.enter_context(on_terminate(stopping))
@@ -386,6 +409,7 @@ def create_app(
                 middleware=[*traced, *telemetry.read_timing()],
             ),
             Router("/", route_handlers=REPLAY_ROUTES, guards=auth.replay_guards, middleware=traced),
+            Router("/", route_handlers=PRODUCER_ROUTES, guards=auth.read_guards, middleware=traced),
             healthz,
             readyz,
             describe_problem,
@@ -399,6 +423,7 @@ def create_app(
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),
             "paging": constant(Paging(reader, followers)),
+            "producers": constant(producers),
         },
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(outcomes, problems)],
@@ -419,7 +444,7 @@ def create_app(
             middleware_class=NegotiatedCompression,
         ),
         openapi_config=openapi_config(),
-        signature_types=[Ingest, Reader, Readiness, Replay, Paging],
+        signature_types=[Ingest, Reader, Readiness, Replay, Paging, Producers],
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )

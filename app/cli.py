@@ -136,6 +136,15 @@ def _main(argv: list[str] | None) -> int:
         help="BigQuery: refuse any statement that would bill more than this many bytes",
     )
 
+    audit = commands.add_parser(
+        "audit",
+        help="per hour, messages with a producer sequence received, stored, rejected, "
+        "dropped as copies, and missing (exit 1 naming the first missing range)",
+    )
+    from app.query import audit as auditing
+
+    auditing.add_arguments(audit)
+
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
     runs: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -163,6 +172,8 @@ def _main(argv: list[str] | None) -> int:
             return _schema(args.target, write=args.write)
         case "export":
             return _export(args)
+        case "audit":
+            return auditing.run(args)
         case "typed":
             return _backfill(args)
         case "config":

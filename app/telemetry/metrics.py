@@ -179,6 +179,16 @@ class Metrics:
             description="Changes of the typed columns BigQuery refused; each is tried again",
         )
 
+        # Sequences presumed lost, per producer (app.query.producers.MissingWatch):
+        # read from the ledger every minute, for the producers missing most.
+        self.producers_missing: Callable[[], dict[str, int]] = dict
+        meter.create_observable_gauge(
+            "recordline.producer.missing",
+            callbacks=[self._observe_producers_missing],
+            unit="{message}",
+            description="Sequences of a producer missing past the grace period, by producer",
+        )
+
         # Background loops of a store started again after a failure, by loop
         # (app.store.tiered.supervisor): any is a bug or an unforeseen error.
         self.loop_restarts: Counter[str] = Counter()
@@ -191,6 +201,10 @@ class Metrics:
 
     def _observe_typed_patches_refused(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.typed_patches_refused)
+
+    def _observe_producers_missing(self, _: CallbackOptions) -> Iterable[Observation]:
+        for producer, missing in list(self.producers_missing().items()):
+            yield Observation(missing, {"producer": producer})
 
     def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
         for loop, restarts in list(self.loop_restarts.items()):

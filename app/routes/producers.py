@@ -1,0 +1,102 @@
+"""The completeness ledger's routes: GET /v1/producers, /v1/producers/{id} and /v1/audit.
+
+Thin, like every read route: parameters checked, one call, its answer. They are
+behind the read guards (`create_app`): whoever may read records may read what
+was received of them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.di import NamedDependency
+from litestar.params import Parameter
+
+from app.errors import BadParameter, NotFound
+from app.problems import problem_responses
+from app.query.page_token import MAX_TOKEN_LENGTH
+from app.query.producers import (
+    DEFAULT_PRODUCERS,
+    MAX_PRODUCERS,
+    AuditReport,
+    Producers,
+    ProducersPage,
+    ProducerView,
+)
+from app.routes.query import _READ_ERRORS, _path_id, _time, exact_id
+
+PRODUCERS_PREFIX = "/v1/producers/"
+
+
+@get(
+    "/v1/producers",
+    summary="The completeness ledger: every producer's epochs, gaps and counts, by producer id",
+    description=(
+        "Messages that carry a producer sequence (`recordline-producer`, `recordline-epoch`, "
+        "`recordline-seq`) are accounted for per producer and epoch: the highest contiguous "
+        "sequence, the gaps (a gap older than RECORDLINE_PRODUCER_GRACE_SECONDS is missing), "
+        "and how many were stored, rejected and dropped as a publisher's copy. A page lists "
+        "each epoch's first 10 gaps; `/v1/producers/{producer}` lists them all. 404 on a store "
+        "that keeps no ledger (BigQuery alone)."
+    ),
+    tags=["producers"],
+    responses=problem_responses(BadParameter, NotFound, *_READ_ERRORS),
+)
+async def list_producers(
+    producers: NamedDependency[Producers],
+    limit: Annotated[
+        int, Parameter(ge=1, le=MAX_PRODUCERS, description="Producers per page")
+    ] = DEFAULT_PRODUCERS,
+    page_token: Annotated[
+        str | None,
+        Parameter(max_length=MAX_TOKEN_LENGTH, description="From the previous page"),
+    ] = None,
+) -> ProducersPage:
+    return await producers.page(limit=limit, page_token=page_token)
+
+
+@get(
+    PRODUCERS_PREFIX + "{producer:path}",
+    summary="One producer's epochs, every gap and count",
+    tags=["producers"],
+    responses=problem_responses(BadParameter, NotFound, *_READ_ERRORS),
+)
+async def get_producer(
+    request: Request[Any, Any, Any],
+    producers: NamedDependency[Producers],
+    producer: Annotated[str, _path_id("The producer's id (`recordline-producer`)")],
+) -> ProducerView:
+    return await producers.producer(exact_id(request, PRODUCERS_PREFIX, "producer", producer))
+
+
+@get(
+    "/v1/audit",
+    summary="Per hour: messages with a producer sequence received, stored, rejected, "
+    "dropped as a publisher's copy, and missing",
+    description=(
+        "Hours of ingest from `since` to `until` (at most a week, the counts the ledger "
+        "keeps), and the oldest missing ranges whose gap opened then: what "
+        "`recordline audit` prints, exiting non-zero while any is missing."
+    ),
+    tags=["producers"],
+    responses=problem_responses(BadParameter, NotFound, *_READ_ERRORS),
+)
+async def audit(
+    producers: NamedDependency[Producers],
+    since: Annotated[str, Parameter(description="RFC 3339: the first hour's start")],
+    until: Annotated[str, Parameter(description="RFC 3339: the end of the range")],
+) -> AuditReport:
+    return await producers.audit(_required_time("since", since), _required_time("until", until))
+
+
+def _required_time(name: str, value: str) -> datetime:
+    when = _time(name, value)
+    if when is None:  # a required parameter: never absent here
+        raise BadParameter(name, "missing")
+    return when
+
+
+# Called by readers.
+PRODUCER_ROUTES = [list_producers, get_producer, audit]
