@@ -324,9 +324,7 @@ def create_app(
         # guard reads this service does not check itself.
         shared_cache=settings.query.shared_cache,
     )
-    producers = Producers(
-        store.completeness, tokens=tokens, grace_seconds=settings.query.producer_grace_seconds
-    )
+    producers = Producers(store, tokens=tokens, grace_seconds=settings.query.producer_grace_seconds)
     # The ledger's `missing` metric, read by a loop of the app's own (a store with no
     # ledger has none): restarted if it fails, and named by readiness while it is down.
     watching = Supervisor(observer=telemetry.loop_observer())

@@ -11,8 +11,9 @@ first missing range (the oldest), 2 when the question could not be asked.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO
 
 import msgspec
@@ -27,7 +28,10 @@ _decode = msgspec.json.Decoder(AuditReport).decode
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--since", required=True, type=_time, help="RFC 3339: the first hour's start"
+        "--since",
+        required=True,
+        type=_time,
+        help="RFC 3339, or this long ago (30m, 24h, 7d): the first hour's start",
     )
     parser.add_argument("--until", type=_time, help="RFC 3339: the end of the range (default: now)")
     parser.add_argument(
@@ -41,7 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_AGO = re.compile(r"([0-9]+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def _time(text: str) -> datetime:
+    """RFC 3339, or a duration before now: `30m`, `24h`, `7d`."""
+    ago = _AGO.fullmatch(text)
+    if ago is not None:
+        return datetime.now(UTC) - timedelta(seconds=int(ago[1]) * _UNIT_SECONDS[ago[2]])
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

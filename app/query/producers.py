@@ -22,6 +22,7 @@ import msgspec
 from app.errors import BadParameter, NotFound, RetryLater
 from app.query.page_token import PageToken, PageTokens
 from app.records import micros, moment
+from app.store import Store
 from app.store.producers import (
     HOUR_MICROS,
     HOURS_KEPT,
@@ -192,13 +193,13 @@ class Producers:
 
     def __init__(
         self,
-        ledger: Completeness | None,
+        store: Store,
         *,
         tokens: PageTokens,
         grace_seconds: float,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        self._ledger = ledger
+        self._store = store
         self._tokens = tokens
         self._grace = int(grace_seconds * 1_000_000)
         self._clock = clock
@@ -207,13 +208,14 @@ class Producers:
         return self._clock() // 1000
 
     def _book(self) -> Completeness:
-        if self._ledger is None:
+        ledger = self._store.completeness
+        if ledger is None:
             raise NotFound(
                 "this store keeps no ledger of producer sequences: BigQuery alone stores "
                 "every copy it is given (records_unique(since, until) leaves later copies "
                 "out); a serving tier or DuckDB keeps one"
             )
-        return self._ledger
+        return ledger
 
     async def page(self, *, limit: int, page_token: str | None) -> ProducersPage:
         if not 1 <= limit <= MAX_PRODUCERS:

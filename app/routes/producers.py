@@ -14,7 +14,14 @@ from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 
-from app.errors import BadParameter, NotFound
+from app.errors import (
+    BadParameter,
+    CertsUnavailable,
+    Forbidden,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
 from app.problems import problem_responses
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.query.producers import (
@@ -25,9 +32,13 @@ from app.query.producers import (
     ProducersPage,
     ProducerView,
 )
-from app.routes.query import _READ_ERRORS, _path_id, _time, exact_id
+from app.routes.query import _path_id, _time, exact_id
 
 PRODUCERS_PREFIX = "/v1/producers/"
+# 404: no such producer, or a store that keeps no ledger (BigQuery alone).
+_ERRORS = problem_responses(
+    BadParameter, NotFound, Unauthorized, Forbidden, StoreUnavailable, CertsUnavailable
+)
 
 
 @get(
@@ -42,7 +53,7 @@ PRODUCERS_PREFIX = "/v1/producers/"
         "that keeps no ledger (BigQuery alone)."
     ),
     tags=["producers"],
-    responses=problem_responses(BadParameter, NotFound, *_READ_ERRORS),
+    responses=_ERRORS,
 )
 async def list_producers(
     producers: NamedDependency[Producers],
@@ -61,7 +72,7 @@ async def list_producers(
     PRODUCERS_PREFIX + "{producer:path}",
     summary="One producer's epochs, every gap and count",
     tags=["producers"],
-    responses=problem_responses(BadParameter, NotFound, *_READ_ERRORS),
+    responses=_ERRORS,
 )
 async def get_producer(
     request: Request[Any, Any, Any],
@@ -81,7 +92,7 @@ async def get_producer(
         "`recordline audit` prints, exiting non-zero while any is missing."
     ),
     tags=["producers"],
-    responses=problem_responses(BadParameter, NotFound, *_READ_ERRORS),
+    responses=_ERRORS,
 )
 async def audit(
     producers: NamedDependency[Producers],
