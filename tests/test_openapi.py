@@ -189,9 +189,7 @@ case("/v1/producers", "get", 404, no_ledger)(
     lambda s: s.client.get("/v1/producers", headers=s.token(ANALYST))
 )
 case("/v1/producers/{producer}", "get", 400)(
-    lambda s: s.client.get(
-        "/v1/producers/" + "p" * (MAX_ID_LENGTH + 1), headers=s.token(ANALYST)
-    )
+    lambda s: s.client.get("/v1/producers/" + "p" * (MAX_ID_LENGTH + 1), headers=s.token(ANALYST))
 )
 case("/v1/producers/{producer}", "get", 404)(
     lambda s: s.client.get("/v1/producers/nobody", headers=s.token(ANALYST))

@@ -289,9 +289,7 @@ async def test_it_leaves_out_a_publishers_later_copies_which_the_services_pages_
 ) -> None:
     rows = [*copies(), *producer_copies()]
     write_fake.tables[RECORDS] = rows
-    answer = query(
-        jobs_fake, callable_sql(routine_body(WINDOW), "u.message_id"), SINCE, UNTIL
-    )
+    answer = query(jobs_fake, callable_sql(routine_body(WINDOW), "u.message_id"), SINCE, UNTIL)
     found = {r["f"][0]["v"] for r in answer.get("rows", [])}
     plain = {m for m, _ in first_copies(copies(), SINCE, UNTIL, WINDOW)}
     assert found == plain | {"p1", "p6", "p7", "p8", "p10"}
