@@ -243,7 +243,8 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
     epoch: int
     highest: int = -1
     gaps: list[Gap] = []
-    # Messages stored as records, kept as rejections, and later copies not stored.
+    # Messages stored as records, kept as rejections, and deliveries of later copies
+    # not stored (a copy Pub/Sub delivers twice counts twice: none of it is kept).
     stored: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -373,8 +374,10 @@ class Tally:
             if sequence is None:
                 verdicts.append(None)
                 continue
+            # Stored already, or by an earlier row of the batch: a redelivery. A copy
+            # that was not stored is counted again if delivered again: `duplicates`
+            # counts deliveries, which is what a store that keeps no copy can count.
             again = message_id in stored_before or message_id in ids_in_batch
-            ids_in_batch.add(message_id)
             if sequence.ended_epoch is not None and sequence.ended_count is not None:
                 batch.end(sequence.producer, sequence.ended_epoch, sequence.ended_count)
             entry = batch.entry(sequence.producer, sequence.epoch)
@@ -385,6 +388,7 @@ class Tally:
                 assert kept is not None
                 kept.zombies += 1
                 kept.last_seen = max(kept.last_seen, now)
+                ids_in_batch.add(message_id)
                 verdicts.append("store")
                 continue
             entry.last_seen = max(entry.last_seen, now)
@@ -397,6 +401,7 @@ class Tally:
                 hour.duplicates += 1
                 verdicts.append("duplicate")
                 continue
+            ids_in_batch.add(message_id)
             if not _take(entry, sequence.sequence, now):
                 entry.refused += 1
                 entry.rejected += 1
