@@ -8,6 +8,7 @@
     python3 dev.py publish [options]   # publish records to a topic (the emulator's)
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
+    python3 dev.py audit --since 24h   # producer sequences by hour; exit 1 naming what is missing
     python3 dev.py test [pytest options]   # the whole test suite
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff and mypy --strict
@@ -40,7 +41,7 @@ UV_VERSION = "0.13.9"
 TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 # Commands of the `recordline` CLI this script forwards to.
-RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay")
+RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay", "audit")
 COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench", "docs")
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.

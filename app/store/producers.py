@@ -222,7 +222,7 @@ class Gap(msgspec.Struct, array_like=True, frozen=True):
     opened: int
 
 
-class HourCount(msgspec.Struct, array_like=True):
+class HourCount(msgspec.Struct, array_like=True, frozen=True):
     """What one hour (since the Unix epoch) brought of an epoch's messages."""
 
     hour: int
@@ -308,7 +308,8 @@ def _copy(entry: EpochEntry) -> EpochEntry:
     return msgspec.structs.replace(
         entry,
         gaps=list(entry.gaps),
-        hours=[msgspec.structs.replace(h) for h in entry.hours],
+        # Each hour's count is replaced, never changed: the list alone is copied.
+        hours=list(entry.hours),
     )
 
 
@@ -392,20 +393,21 @@ class Tally:
                 verdicts.append("store")
                 continue
             entry.last_seen = max(entry.last_seen, now)
-            hour = _hour(entry, now)
+            # This batch's counts for the hour, added to the entry once, at the end.
+            counts = batch.counts(entry)
             if entry.seen(sequence.sequence):
                 if again:
                     verdicts.append("again")
                     continue
                 entry.duplicates += 1
-                hour.duplicates += 1
+                counts[2] += 1
                 verdicts.append("duplicate")
                 continue
             ids_in_batch.add(message_id)
             if not _take(entry, sequence.sequence, now):
                 entry.refused += 1
                 entry.rejected += 1
-                hour.rejected += 1
+                counts[1] += 1
                 reasons[index] = (
                     f"{SEQUENCE_ATTRIBUTE}: {sequence.sequence} of producer "
                     f"{sequence.producer!r} epoch {sequence.epoch} would open a gap past the "
@@ -417,11 +419,12 @@ class Tally:
                 entry.zombies += 1
             if is_record:
                 entry.stored += 1
-                hour.stored += 1
+                counts[0] += 1
             else:
                 entry.rejected += 1
-                hour.rejected += 1
+                counts[1] += 1
             verdicts.append("store")
+        batch.add_counts(now // HOUR_MICROS)
         return Settled(verdicts, reasons, batch.changed, batch.dropped)
 
     def commit(self, settled: Settled) -> None:
@@ -450,6 +453,22 @@ class _Batch:
         self._views: dict[str, dict[int, EpochEntry]] = {}
         self.changed: dict[tuple[str, int], EpochEntry] = {}
         self.dropped: set[tuple[str, int]] = set()
+        # Per entry changed: stored, rejected and duplicates in this batch.
+        self._counts: dict[tuple[str, int], list[int]] = {}
+
+    def counts(self, entry: EpochEntry) -> list[int]:
+        key = (entry.producer, entry.epoch)
+        found = self._counts.get(key)
+        if found is None:
+            found = self._counts[key] = [0, 0, 0]
+        return found
+
+    def add_counts(self, hour: int) -> None:
+        """Add the batch's counts to the hour's of each entry it changed."""
+        for key, (stored, rejected, duplicates) in self._counts.items():
+            entry = self.changed.get(key)
+            if entry is not None:
+                _count_hour(entry, hour, stored, rejected, duplicates)
 
     def _view(self, producer: str) -> dict[int, EpochEntry]:
         view = self._views.get(producer)
@@ -498,21 +517,24 @@ class _Batch:
         ended.end_said = self._now
 
 
-def _hour(entry: EpochEntry, now: int) -> HourCount:
-    """The count of `now`'s hour, made if need be; hours past HOURS_KEPT dropped."""
-    hour = now // HOUR_MICROS
+def _count_hour(entry: EpochEntry, hour: int, stored: int, rejected: int, duplicates: int) -> None:
+    """Add to `hour`'s counts of `entry` (made if need be); hours past HOURS_KEPT go."""
     hours = entry.hours
-    if hours and hours[-1].hour == hour:
-        return hours[-1]
-    i = bisect.bisect_left(hours, hour, key=_hour_of)
-    if i < len(hours) and hours[i].hour == hour:
-        return hours[i]
-    count = HourCount(hour=hour)
-    hours.insert(i, count)
+    i = len(hours) - 1 if hours and hours[-1].hour == hour else None
+    if i is None:
+        i = bisect.bisect_left(hours, hour, key=_hour_of)
+        if i == len(hours) or hours[i].hour != hour:
+            hours.insert(i, HourCount(hour=hour))
+    was = hours[i]
+    hours[i] = HourCount(
+        hour=hour,
+        stored=was.stored + stored,
+        rejected=was.rejected + rejected,
+        duplicates=was.duplicates + duplicates,
+    )
     oldest = hour - HOURS_KEPT
     while hours and hours[0].hour <= oldest:
         hours.pop(0)
-    return count
 
 
 def _hour_of(count: HourCount) -> int:
