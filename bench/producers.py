@@ -27,6 +27,7 @@ producers take in a DuckDB file.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import http.client
 import json
@@ -44,6 +45,7 @@ import duckdb
 from litestar import Litestar
 
 from app.asgi import create_app
+from app.records import Record
 from app.settings import Settings
 from app.store.duckdb import producers as book
 from app.store.duckdb.store import DuckDBStore
@@ -74,13 +76,25 @@ _PUBLISHED = 1_714_219_201_000_000
 
 # As bench/harness.py's PUSH_LUA, the attributes numbered per request: each wrk
 # thread (its own Lua state) is a producer of its own, numbering from 0.
+# As bench/harness.py's PUSH_LUA, the attributes numbered per request: each wrk
+# thread is a producer of its own, numbering from 0. Its message ids and producer id
+# are the run's start and the thread's number: every run's pushes are new messages
+# (math.random gives every thread, and every run, the same first number).
 _LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local data = "%(data)s"
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("index", threads)
+end
 local counter = -1
-local prefix = tostring(math.random(1, 1000000000))
+local prefix = nil
 request = function()
+  if prefix == nil then
+    prefix = tostring(os.time()) .. "-" .. tostring(index)
+  end
   counter = counter + 1
   local id = prefix .. "-" .. counter
   local body = '{"message":{"data":"' .. data .. '","messageId":"' .. id ..
@@ -183,13 +197,25 @@ def _pusher(port: int, variant: str) -> Callable[[int], None]:
                 "subscription": "projects/bench/subscriptions/records-push",
             }
         )
-        connection.request("POST", "/pubsub/push", body, {"content-type": "application/json"})
-        response = connection.getresponse()
-        response.read()
+        nonlocal connection
+        try:
+            response = _send(connection, body)
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # An idle connection the server closed (valgrind makes every wait long):
+            # sent again on a new one, a redelivery if the first was stored.
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+            response = _send(connection, body)
         if response.status != 204:
             raise RuntimeError(f"push answered {response.status}")
 
     return push
+
+
+def _send(connection: http.client.HTTPConnection, body: str) -> http.client.HTTPResponse:
+    connection.request("POST", "/pubsub/push", body, {"content-type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    return response
 
 
 def instructions(variant: str, pushes: int) -> tuple[float, float]:
@@ -231,6 +257,76 @@ def instructions(variant: str, pushes: int) -> tuple[float, float]:
         return counts["callgrind.out-01"] / pushes, sum(counts.values()) / pushes
 
 
+def _rows(variant: str, count: int) -> list[Record]:
+    producer, epoch, sequence = NAMES[variant]
+    return [
+        Record(
+            message_id=f"m-{n}",
+            publish_time=_PUBLISHED,
+            ingest_time=_PUBLISHED + n,
+            id=f"r-{n}",
+            data=json.dumps({"text": "Ejemplo de datos", "n": n}),
+            attributes=json.dumps(
+                {producer: "bench", epoch: "1", sequence: str(n)}, separators=(",", ":")
+            ),
+        )
+        for n in range(count)
+    ]
+
+
+async def _append(path: str, rows: list[Record], batch: int) -> None:
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        for start in range(0, len(rows), batch):
+            outcomes = await store.append(rows[start : start + batch])
+            assert all(o is None for o in outcomes), outcomes
+            # Each group commit applied on its own: the same batches in every run.
+            await store.barrier()
+    finally:
+        await store.close()
+
+
+def worker(argv: list[str]) -> int:
+    variant, count, batch = argv[0], int(argv[1]), int(argv[2])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "records.duckdb")
+        asyncio.run(_append(path, _rows(variant, count), batch))
+        with duckdb.connect(path, read_only=True) as con:
+            stored = con.execute("SELECT count(*) FROM records").fetchone()
+            entries = book.load(con)
+    assert stored == (count,), stored
+    assert sum(e.stored for e in entries) == (count if variant == "on" else 0)
+    return 0
+
+
+def store_instructions(variant: str, count: int, batch: int) -> int:
+    """Instructions of the whole process (DuckDB's threads included) appending `count`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-m",
+                "bench.producers",
+                "--worker",
+                variant,
+                str(count),
+                str(batch),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=1800,
+        )
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
+        if found is None:
+            raise RuntimeError("no callgrind summary")
+        return int(found[1])
+
+
 def count(args: argparse.Namespace) -> int:
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("bench producers --count needs valgrind (apt-get install valgrind)", file=sys.stderr)
@@ -259,6 +355,31 @@ def count(args: argparse.Namespace) -> int:
     print(
         f"event loop off / on = {loop_ratio:.3f} (goal ≥ {GOAL}: "
         f"{'met' if loop_ratio >= GOAL else 'NOT met'})"
+    )
+    # Under load a group commit holds many pushes: the store alone, in batches.
+    n, batch = args.records, args.batch
+    per_record = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {
+            (name, k): pool.submit(store_instructions, name, k * n, batch)
+            for name in NAMES
+            for k in (1, 2)
+        }
+        for name in NAMES:
+            per_record[name] = (runs[(name, 2)].result() - runs[(name, 1)].result()) / n
+    store_ratio = per_record["off"] / per_record["on"]
+    print(
+        f"\nthe DuckDB store alone, group commits of {batch} (each applied before the next), "
+        f"instructions per record of the whole process (the second {n:,} records):"
+    )
+    print(
+        table(
+            [
+                ["sequences", "instructions / record", "off / on"],
+                ["off", f"{per_record['off']:,.0f}", "1.000"],
+                ["on", f"{per_record['on']:,.0f}", f"{store_ratio:.3f}"],
+            ]
+        )
     )
     return 0
 
@@ -349,6 +470,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--count", action="store_true", help="instructions per push")
     parser.add_argument("--pushes", type=int, default=300)
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--storage", action="store_true", help="the ledger's bytes per producer")
     args = parser.parse_args(argv)
     if args.storage:
@@ -359,4 +482,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        sys.exit(worker(sys.argv[2:]))
     sys.exit(main(sys.argv[1:]))

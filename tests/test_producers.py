@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import pytest
@@ -27,6 +28,7 @@ from prometheus_client import generate_latest
 
 from app.asgi import create_app
 from app.errors import StoreUnavailable
+from app.ingest.publisher import SequencedPublisher
 from app.query import audit as auditing
 from app.query.page_token import PageTokens
 from app.query.producers import AuditReport, MissingWatch, Producers
@@ -37,8 +39,10 @@ from app.store.duckdb.store import DuckDBStore
 from app.store.producers import (
     MAX_EPOCHS,
     MAX_GAPS,
+    SEQUENCE_ATTRIBUTES,
     EpochEntry,
     ProducerSequence,
+    SequenceError,
     Tally,
     encode_entry,
     read_sequence,
@@ -153,13 +157,11 @@ def test_any_sequence_attributes_are_read_or_refused_with_the_attribute_named(
 ) -> None:
     problem = sequence_problem(given)
     if problem is not None:
-        # It names an attribute that was given, or one a given one needs.
+        # It names an attribute that was given, or one of the three a given one needs.
         named = problem.split(":", 1)[0]
-        assert named in given or named in (
-            "recordline-producer",
-            "recordline-epoch",
-            "recordline-seq",
-        )
+        if named not in given:
+            assert named in SEQUENCE_ATTRIBUTES[:3]
+            assert problem.startswith(f"{named}: missing;")
         return
     found = read_sequence(given)
     if found is None:
@@ -423,6 +425,10 @@ def test_the_api_lists_producers_in_pages_with_their_gaps(client: TestClient[Lit
         (4, 6, False),
     ]
     assert (epoch["stored"], epoch["duplicates"], one["missing"]) == (4, 1, 0)
+    # b restarts as epoch 1 without saying where epoch 0 ended: its end is unknown.
+    assert push(client, "b-e1", attributes(0, producer="b", epoch=1)) == 204
+    ends = [e["end"] for e in client.get("/v1/producers/b").json()["epochs"]]
+    assert ends == ["unknown", "open"]
     assert client.get("/v1/messages/a-3-retry").status_code == 404
     # A page token of another list is refused, and so is one of this list elsewhere.
     records = client.get("/v1/records", params={"limit": 1}).json()["next_page_token"]
@@ -526,3 +532,51 @@ def test_the_report_decodes_what_the_service_answers() -> None:
     out = io.StringIO()
     auditing.write(msgspec.json.decode(msgspec.json.encode(report), type=AuditReport), out)
     assert "2 epochs ended without saying how many messages they published" in out.getvalue()
+
+
+# -- the publisher ------------------------------------------------------------------------------
+
+
+class _Client:
+    """A PublisherClient's `publish`, recording each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes, dict[str, Any]]] = []
+
+    def publish(self, topic: str, data: bytes, **options: Any) -> str:
+        self.calls.append((topic, data, options))
+        return f"future-{len(self.calls)}"
+
+
+def test_the_publisher_numbers_each_message_and_passes_the_clients_options_on() -> None:
+    client = _Client()
+    publisher = SequencedPublisher(client, "orders-api", epoch=9, ended=(8, 120))
+    assert publisher.publish("t", b"a", origin="web") == "future-1"
+    publisher.publish("t", b"b", retry="a retry", timeout=5.0, ordering_key="k")
+    assert publisher.published == 2
+    (_, _, first), (_, _, second) = client.calls
+    assert first == {
+        "origin": "web",
+        "recordline-producer": "orders-api",
+        "recordline-epoch": "9",
+        "recordline-seq": "0",
+        "recordline-epoch-ended": "8:120",
+    }
+    assert second.pop("retry") == "a retry"
+    assert second.pop("timeout") == 5.0
+    assert second.pop("ordering_key") == "k"
+    assert second["recordline-seq"] == "1"
+    # What the service reads back is what was set.
+    assert read_sequence({k: v for k, v in second.items()}) == ProducerSequence(
+        "orders-api", 9, 1, ended_epoch=8, ended_count=120
+    )
+
+
+def test_a_publisher_starts_a_later_epoch_each_time_and_refuses_a_bad_id() -> None:
+    first = SequencedPublisher(_Client(), "orders-api")
+    second = SequencedPublisher(_Client(), "orders-api")
+    assert 0 < first.epoch < second.epoch < 2**63
+    with pytest.raises(SequenceError, match="recordline-producer: empty"):
+        SequencedPublisher(_Client(), "")
+    with pytest.raises(SequenceError, match="recordline-epoch-ended: epoch 3 is not before"):
+        SequencedPublisher(_Client(), "p", epoch=3, ended=(3, 1))
