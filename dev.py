@@ -8,6 +8,7 @@
     python3 dev.py publish [options]   # publish records to a topic (the emulator's)
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
+    python3 dev.py sql [--dev] "SQL"   # query the DuckDB store (typed columns), read-only
     python3 dev.py audit --since 24h   # producer sequences by hour; exit 1 naming what is missing
     python3 dev.py test [pytest options]   # the whole test suite
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
@@ -17,22 +18,23 @@
 
 `python3 dev.py COMMAND --help` shows a command's options. The first run
 installs uv (pinned) into .tools/ unless uv is already on PATH, then creates
-.venv exactly as uv.lock says (`uv sync --frozen`). Later runs only check
-that .venv still matches the lock, which takes a few milliseconds. The
-commands are the `recordline` ones in .venv (`.venv/bin/recordline`, the same
-with the environment activated); serve, test, lint and bench run in the
-checkout, the others where you are.
+.venv exactly as uv.lock says (`uv sync --frozen`). Later runs sync again only
+when uv.lock or pyproject.toml changed, or a package was added to or removed from
+.venv, since the last sync (a stamp in .venv says which: a millisecond or two to
+check, where `uv sync` takes ~0.1 s and its start as much again). Ctrl-C during
+the set-up stops it; the next run goes on from there. The commands are the
+`recordline` ones in .venv (`.venv/bin/recordline`, the same with the environment
+activated); serve, test, lint and bench run in the checkout, the others where you
+are.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
-import venv
 from pathlib import Path
 from typing import TextIO
 
@@ -41,11 +43,26 @@ UV_VERSION = "0.13.9"
 TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 # Commands of the `recordline` CLI this script forwards to.
-RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay", "audit")
+RECORDLINE_COMMANDS = (
+    "serve",
+    "config",
+    "schema",
+    "dev",
+    "publish",
+    "tail",
+    "replay",
+    "sql",
+    "audit",
+)
 COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench", "docs")
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.
 CHILD_STOP_SECONDS = 10.0
+
+
+# What the last `uv sync` made .venv from (lock_state), so that a run with nothing
+# changed starts the command at once.
+SYNCED = VENV / ".dev-py-synced"
 
 
 def uv() -> str:
@@ -54,17 +71,44 @@ def uv() -> str:
         return found
     tool = TOOLS / "bin" / "uv"
     if not tool.exists():
+        import venv
+
         print(f"dev.py: installing uv {UV_VERSION} into {TOOLS}", file=sys.stderr)
         venv.create(TOOLS, with_pip=True)
-        call([str(TOOLS / "bin" / "python"), "-m", "pip", "install", "-q", f"uv=={UV_VERSION}"])
+        installed = call(
+            [str(TOOLS / "bin" / "python"), "-m", "pip", "install", "-q", f"uv=={UV_VERSION}"]
+        )
+        if installed != 0 or not tool.exists():
+            sys.exit(f"dev.py: installing uv {UV_VERSION} failed (see above)")
     return str(tool)
+
+
+def lock_state() -> str | None:
+    """The lock and project file as .venv was synced from them, and the state of its
+    packages (their directory's mtime moves when one is added or removed); None
+    when there is no .venv."""
+    packages = sorted(VENV.glob("lib/python3*/site-packages"))
+    if not packages:
+        return None
+    digest = hashlib.sha256()
+    for path in (ROOT / "uv.lock", ROOT / "pyproject.toml"):
+        digest.update(path.read_bytes())
+    return f"{digest.hexdigest()} {packages[0].stat().st_mtime_ns}"
 
 
 def sync() -> None:
     # One environment with the dev tools for every command: switching between
     # a lean and a full one on each call would reinstall them every time.
+    try:
+        if SYNCED.read_text() == lock_state():
+            return
+    except OSError:
+        pass  # no stamp: never synced by this script, or .venv is new
     if call([uv(), "sync", "--frozen", "--quiet"], cwd=ROOT) != 0:
         sys.exit("dev.py: `uv sync --frozen` failed (see above)")
+    state = lock_state()
+    if state is not None:
+        SYNCED.write_text(state)
 
 
 def environment() -> dict[str, str]:
@@ -102,6 +146,10 @@ def call(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | N
     The child shares our process group, so a Ctrl-C at the terminal reaches
     it already; a signal sent to this process alone is passed on.
     """
+    # Imported here: most runs start no child of their own (they become the command).
+    import subprocess
+    import time
+
     child = subprocess.Popen(command, cwd=cwd, env=env)
     received: list[int] = []
 
@@ -126,6 +174,7 @@ def call(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | N
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if received:
+        show(f"dev.py: stopped ({signal.Signals(received[0]).name})", sys.stderr)
         sys.exit(128 + received[0])
     return code
 
@@ -154,7 +203,7 @@ def main(argv: list[str]) -> int:
         case "serve":
             # In the checkout: its default store is ./recordline.duckdb there.
             replace_with("recordline", "serve", *rest, cwd=ROOT)
-        case "config" | "schema" | "dev" | "publish" | "tail" | "replay":
+        case "config" | "schema" | "dev" | "publish" | "tail" | "replay" | "sql":
             # Where you are: their file arguments are relative to it. (`schema
             # --write` writes into the checkout .venv's recordline runs from.)
             replace_with("recordline", command, *rest)
@@ -194,4 +243,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        # Ctrl-C while this script itself works (making .tools/): nothing is half-done
+        # that the next run does not redo.
+        show("\ndev.py: interrupted; run the command again to go on", sys.stderr)
+        sys.exit(130)

@@ -48,13 +48,16 @@ from app.ingest.service import Ingest
 from app.ingest.shape import Shape
 from app.ingest.traffic import Traffic
 from app.problems import Problems, describe_problem
+from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
+from app.query.streams import Streams
 from app.routes.follow import Followers
 from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
+from app.routes.streams import HEAD_REQUEST, STREAM_ROUTES
 from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
@@ -165,8 +168,9 @@ class Recordline(Litestar):
                 message = {**message, "body": b""}
             await http_send(message)
 
-        # A copy: the server keeps its own scope, which still says HEAD.
-        as_get = cast("Scope", {**scope, "method": "GET"})
+        # A copy: the server keeps its own scope, which still says HEAD. A route
+        # whose HEAD says something its GET does not (a stream's tail) reads the mark.
+        as_get = cast("Scope", {**scope, "method": "GET", HEAD_REQUEST: True})
         await super().__call__(as_get, receive, without_content)
 
 
@@ -283,7 +287,7 @@ def create_app(
         store = open_store(
             settings,
             revisions=revisions,
-            traffic=traffic.serving,
+            traffic=traffic,
             observer=telemetry.query_observer,
             conflicts=telemetry.conflicts(),
             exports=telemetry.export_observer(),
@@ -320,6 +324,7 @@ def create_app(
         stream_seconds=settings.query.stream_seconds,
         heartbeat_seconds=settings.query.heartbeat_seconds,
         max_open=settings.query.max_followers,
+        long_poll_seconds=settings.query.long_poll_seconds,
         # Private unless configured: an outer gate (Cloud Run's invoker check) may
         # guard reads this service does not check itself.
         shared_cache=settings.query.shared_cache,
@@ -402,7 +407,7 @@ def create_app(
             Router("/", route_handlers=PUSH_ROUTES, guards=auth.push_guards, middleware=traced),
             Router(
                 "/",
-                route_handlers=READ_ROUTES,
+                route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
                 guards=auth.read_guards,
                 middleware=[*traced, *telemetry.read_timing()],
             ),
@@ -420,7 +425,11 @@ def create_app(
             "reader": constant(reader),
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),
-            "paging": constant(Paging(reader, followers)),
+            "paging": constant(
+                Paging(
+                    reader, followers, Streams(reader, Offsets(settings.query.page_token_secret))
+                )
+            ),
             "producers": constant(producers),
         },
         lifespan=[auth.lifespan, lifespan],

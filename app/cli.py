@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from app.records import BIGQUERY_TABLES
 from app.settings import Settings, SettingsError, effective, reference
@@ -52,8 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is said in one line: its usage, several lines for some
+    commands, is one `--help` away. Every subcommand's parser is one too (argparse
+    makes them of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="recordline", description=__doc__)
+    parser = OneLineParser(prog="recordline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service")
@@ -102,12 +111,36 @@ def _main(argv: list[str] | None) -> int:
         help="every setting's default and meaning instead, as docs/configuration.md's table",
     )
 
+    sql = commands.add_parser(
+        "sql",
+        help="query a DuckDB store with SQL, read-only (`records_typed` holds the typed "
+        "columns), while its service runs too",
+    )
+    sql.add_argument("query", metavar="SQL", help='e.g. "SELECT * FROM records_typed LIMIT 10"')
+    where = sql.add_mutually_exclusive_group()
+    where.add_argument(
+        "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
+    )
+    where.add_argument(
+        "--dev",
+        action="store_true",
+        help=f"the store of the newest `recordline dev` session here ({DEV_SESSIONS}/)",
+    )
+
     export = commands.add_parser(
-        "export", help="the serving tier's export to BigQuery: status, retry, verify"
+        "export",
+        help="the serving tier's export to BigQuery: status, retry, reject, resync, verify",
     )
     from app.store.tiered import operator
 
     operator.add_arguments(export)
+
+    restore = commands.add_parser(
+        "restore", help="the serving tier: write back the rows a serving database lost"
+    )
+    from app.store.spanner import restore as restoring
+
+    restoring.add_arguments(restore)
 
     typed = commands.add_parser(
         "typed", help="typed columns: project stored records again (DuckDB, BigQuery)"
@@ -135,6 +168,14 @@ def _main(argv: list[str] | None) -> int:
         type=int,
         help="BigQuery: refuse any statement that would bill more than this many bytes",
     )
+    backfill.add_argument(
+        "--reason",
+        help="why (required on BigQuery, where the service's own table changes): logged "
+        "with the range and the operator",
+    )
+    backfill.add_argument(
+        "--operator", help="who runs it (an e-mail; required on BigQuery), logged with the reason"
+    )
 
     audit = commands.add_parser(
         "audit",
@@ -147,6 +188,10 @@ def _main(argv: list[str] | None) -> int:
 
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
+    if asked in DEV_TOOLS and asked not in tools:
+        # Said before its arguments are parsed: a placeholder knows none of them, and
+        # `recordline publish --topic t` would end in argparse's "unrecognized arguments".
+        return _not_installed(asked)
     runs: dict[str, Callable[[argparse.Namespace], int]] = {}
     for name, tool in tools.items():
         tool_parser = commands.add_parser(name, help=tool.help)
@@ -154,11 +199,12 @@ def _main(argv: list[str] | None) -> int:
             # Only the command asked for imports its module (and its libraries).
             try:
                 add_arguments, runs[name] = tool.load()
-            except ImportError:
-                continue  # installed without the dev dependency group
+            except ImportError:  # installed without the dev dependency group
+                return _not_installed(name)
             add_arguments(tool_parser)
-    for name in DEV_TOOLS.difference(tools):
-        commands.add_parser(name, help="(a development tool: not installed here)")
+    for name in DEV_TOOLS:
+        if name not in tools:
+            commands.add_parser(name, help="(a development tool: not installed here)")
 
     args = parser.parse_args(argv)
     match args.command:
@@ -174,6 +220,10 @@ def _main(argv: list[str] | None) -> int:
             return _export(args)
         case "audit":
             return auditing.run(args)
+        case "restore":
+            return _restore(args)
+        case "sql":
+            return _sql(args)
         case "typed":
             return _backfill(args)
         case "config":
@@ -183,18 +233,21 @@ def _main(argv: list[str] | None) -> int:
             return _config()
         case name if name in runs:
             return runs[name](args)
-        case name if name in DEV_TOOLS:
-            print(
-                f"recordline {name}: a development tool, not installed with the service; "
-                f"from a checkout, run `python3 dev.py {name}` (see README.md)",
-                file=sys.stderr,
-            )
-            return 2
     return 2
 
 
-# The local tools' commands (recordline_dev/, beside the service, not in its image).
-DEV_TOOLS = frozenset({"dev", "publish", "tail", "replay"})
+def _not_installed(name: str) -> int:
+    print(
+        f"recordline {name}: a development tool, not installed with the service; "
+        f"from a checkout, run `python3 dev.py {name}` (see README.md)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+# The local tools' commands (recordline_dev/, beside the service, not in its image), in
+# the order `--help` lists them: a set's order changes from one run to the next.
+DEV_TOOLS = ("dev", "publish", "replay", "tail")
 
 
 class DevTool(Protocol):
@@ -241,14 +294,108 @@ def _settings(environ: dict[str, str], flags: dict[str, str] | None = None) -> S
         return None
 
 
+def _as_typed(exc: SettingsError, flags: dict[str, str]) -> str:
+    """`exc`'s message, naming the flag the user typed where it begins with the variable
+    that flag set (`RECORDLINE_HOST='0.0.0.0' is not…` as `--host '0.0.0.0' is not…`)."""
+    text, flag = str(exc), flags.get(exc.var or "")
+    if flag is None or not text.startswith(f"{exc.var}="):
+        return text
+    return f"{flag} {text.removeprefix(f'{exc.var}=')}"
+
+
+# Where `recordline dev` keeps its sessions, below where it runs (recordline_dev.devstack).
+DEV_SESSIONS = ".recordline-dev"
+
+
+def _duckdb_file(args: argparse.Namespace) -> Path | str:
+    """The DuckDB file `recordline sql` reads, or why there is none."""
+    if args.dev:
+        sessions = sorted(Path(DEV_SESSIONS).glob("session-*/records.duckdb"))
+        if not sessions:
+            return (
+                f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
+                "here: run it from the directory `recordline dev` ran in, or name the file "
+                "(--store duckdb:PATH; `recordline dev` prints its store)"
+            )
+        return sessions[-1]  # session-YYYYmmdd-HHMMSS: the newest last
+    environ = dict(os.environ)
+    if args.store:
+        environ["RECORDLINE_STORE"] = args.store
+    settings = _settings(environ, {"RECORDLINE_STORE": "--store"})
+    if settings is None:
+        return ""
+    scheme, _, rest = settings.store.url.partition(":")
+    if scheme != "duckdb":
+        return (
+            f"reads a DuckDB file (duckdb:…); the store is {settings.store.url!r} "
+            "(memory: lives inside its service; BigQuery has its own console and `bq query`)"
+        )
+    return Path(rest.removeprefix("//") or "recordline.duckdb")
+
+
+def _sql(args: argparse.Namespace) -> int:
+    """`recordline sql`: one statement against a DuckDB store's file, read-only; a
+    consistent copy of it when a running service holds it (app.store.duckdb.snapshot)."""
+    import duckdb
+
+    from app.store.duckdb.snapshot import SnapshotError, reading
+
+    path = _duckdb_file(args)
+    if isinstance(path, Path) and not path.exists():
+        path = (
+            f"{path} does not exist: name the store's file (--store duckdb:PATH), or use --dev "
+            "for the dev stack's"
+        )
+    if isinstance(path, str):
+        if path:  # a refused setting said its own line
+            print(f"recordline sql: {path}", file=sys.stderr)
+        return 2
+    try:
+        with reading(path) as (con, copied):
+            if copied:
+                print(
+                    f"recordline sql: {path} is open in a running service: reading a copy "
+                    "of it taken now",
+                    file=sys.stderr,
+                )
+            answer = con.sql(args.query)
+            if answer is not None:
+                answer.show(max_rows=1000)
+    except SnapshotError as exc:
+        print(f"recordline sql: {exc}", file=sys.stderr)
+        return 1
+    except duckdb.Error as exc:
+        print(f"recordline sql: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from app.store.tiered import operator
+    from app.telemetry import configure_logging, google_project
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    # As the service logs (JSON lines where it runs as a Cloud Run job, so that a
+    # decision's operator and reason are fields of its entry), warnings and up.
+    configure_logging(
+        "WARNING",
+        settings.server.log_format,
+        project=google_project(settings),
+        system=settings.telemetry.system,
+    )
+    return asyncio.run(operator.run(args, settings))
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from app.store.spanner import restore
 
     settings = _settings(dict(os.environ))
     if settings is None:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return asyncio.run(operator.run(args, settings))
+    return restore.run(args, settings)
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -297,6 +444,21 @@ def _backfill(args: argparse.Namespace) -> int:
         print(f"recordline: {exc}", file=sys.stderr)
         return 2
     if on_bigquery:
+        if not args.reason or not args.operator:
+            print(
+                "recordline typed backfill: on BigQuery, --reason and --operator are required "
+                "(the service's own table changes, and whoever reads its logs asks why)",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("app.cli").warning(
+            "operator %s backfills the typed columns of records from %s to %s. Reason: %s",
+            args.operator,
+            args.since or "the first record",
+            args.until or "now",
+            args.reason,
+            extra={"fields": {"operator": args.operator, "reason": args.reason}},
+        )
         return _backfill_bigquery(args, settings, revisions, since, until)
     store = open_store(settings, revisions=revisions)
     assert isinstance(store, DuckDBStore), store  # what a duckdb: URL opens
@@ -398,7 +560,8 @@ def _serve(args: argparse.Namespace) -> int:
     given = {k: v for k, v in overrides.items() if v is not None}
     environ = {**os.environ, **given}
     flags = {"RECORDLINE_HOST": "--host", "PORT": "--port", "RECORDLINE_STORE": "--store"}
-    settings = _settings(environ, {var: flags[var] for var in given})
+    typed = {var: flags[var] for var in given}
+    settings = _settings(environ, typed)
     if settings is None:
         return 2
 
@@ -418,7 +581,7 @@ def _serve(args: argparse.Namespace) -> int:
         # create_app refuses settings that would leave the service open (app.auth).
         app = create_app(settings)
     except SettingsError as exc:
-        print(f"recordline: {exc}", file=sys.stderr)
+        print(f"recordline: {_as_typed(exc, typed)}", file=sys.stderr)
         return 2
     # The port first: taken, nothing else starts (no store is opened or made),
     # and it is said in one line.
@@ -658,15 +821,16 @@ def typed_columns_file(source: Path, kind: str) -> str:
     it into the table on the revision's first row, so that its merge of that
     revision then changes nothing; the schema's type; and the SHA-256 of the
     file's bytes, which the plan compares with the file's (filesha256). Raises
-    SchemaError when the service could not decode with the schema."""
+    SchemaError when the service could not decode with the schema, OverCap when
+    its fields pass a cap of the mapping (the service gives it no typed columns)."""
     import hashlib
 
-    from app.ingest.schemas import revision_codec
+    from app.ingest.schemas import revision_codec, typed_fields
     from app.store.bigquery.typed import FIELDS, column_of
     from app.typed.mapping import Field, Type
 
     definition = source.read_bytes()
-    _, fields = revision_codec(kind, definition.decode())
+    fields = typed_fields(revision_codec(kind, definition.decode()))
     column = (
         column_of(Field(name=FIELDS, type=Type.RECORD, fields=fields)).to_api_repr()
         if fields
@@ -697,6 +861,7 @@ def typed_files() -> dict[Path, str | None]:
 
 def _typed_schema(file: str | None, kind: str | None, *, write: bool) -> int:
     from app.ingest.codec import SchemaError
+    from app.typed.mapping import OverCap
 
     if file is None or kind is None:
         print(
@@ -710,6 +875,9 @@ def _typed_schema(file: str | None, kind: str | None, *, write: bool) -> int:
         text = typed_columns_file(source, kind)
     except OSError as exc:
         print(f"recordline schema typed: {file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except OverCap as exc:
+        print(f"recordline schema typed: {file}: {exc}", file=sys.stderr)
         return 2
     except (SchemaError, UnicodeDecodeError) as exc:
         print(f"recordline schema typed: {file} is no {kind} schema: {exc}", file=sys.stderr)

@@ -282,7 +282,15 @@ MAX_PROBLEM_NAME = 64
     responses=problem_responses(BadParameter, NotFound),
 )
 def describe_problem(
-    name: Annotated[str, PathParameter(max_length=MAX_PROBLEM_NAME)],
+    name: Annotated[
+        str,
+        PathParameter(
+            max_length=MAX_PROBLEM_NAME,
+            # Every error kind is defined in app.errors, imported above: the
+            # document lists each name there is, and any other is a 404.
+            schema_extra={"enum": sorted(kind.problem for kind in _kinds())},
+        ),
+    ],
 ) -> ProblemType:
     known = problem_types()
     if name not in known:

@@ -45,6 +45,11 @@ Micros = Annotated[int, Meta(extra={"kind": Kind.TIMESTAMP})]
 MAX_ID_LENGTH = 1024
 
 
+# unaddressable()'s rule as a JSON Schema (and msgspec) pattern, which is searched,
+# not matched: a character other than `/` somewhere. Lengths are said apart.
+ID_PATTERN = "[^/]"
+
+
 def unaddressable(value: str) -> str | None:
     """Why `value` cannot be an id (empty, too long, or no path can name it), or None.
 

@@ -467,6 +467,16 @@ class QuerySettings(Section, frozen=True):
             "answered 503 with Retry-After",
         ),
     ] = 1000
+    long_poll_seconds: Annotated[
+        float,
+        Meta(gt=0, le=60),
+        env(
+            "RECORDLINE_LONG_POLL_SECONDS",
+            "How long a stream's long-poll (`/v1/streams/...?live=long-poll`) waits for rows "
+            "before it answers 204; keep it under the clients' read timeout (30 s in the "
+            "Durable Streams Python client)",
+        ),
+    ] = 20.0
     heartbeat_seconds: Annotated[
         float,
         Meta(gt=0),

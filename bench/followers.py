@@ -2,10 +2,13 @@
 
     python3 dev.py bench followers [--followers 1000] [--rounds 5] [--poll 0.5]
                                    [--serving]
+    python3 dev.py bench followers --peer [options]   # beside the reference server (bench/peer.py)
 
 1. On one `recordline serve` (a DuckDB file), `--followers` long-poll requests
    wait at the tail (`wait=30`); one push is made and each follower's wake-up
-   is timed from the push's 204 to its page, `--rounds` times. Beside it, the
+   is timed from the push's 204 to its page, `--rounds` times; then the same
+   as a stream of pages, and through the Durable Streams read side
+   (`/v1/streams/records`, long-poll and SSE). Beside it, the
    same followers polling every `--poll` seconds (what `recordline tail` did):
    their publish-to-visible latency and their requests per second. The
    server's resident memory is read before and while they wait: the memory an
@@ -72,30 +75,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def follower(port: int, token: str, sse: bool, woke: list[float]) -> None:
-    """One follower waiting at `token` on a raw connection (an HTTP client library
+async def follower(port: int, path: str, sse: bytes | None, woke: list[float]) -> None:
+    """One follower waiting on `path` on a raw connection (an HTTP client library
     would cost more CPU than the service's answer, on the same cores): the moment
-    its page arrives goes to `woke`."""
+    its page (or, streaming, its event `sse`) arrives goes to `woke`."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     accept = "Accept: text/event-stream\r\n" if sse else ""
-    writer.write(
-        f"GET /v1/records?page_token={token}&wait=30 HTTP/1.1\r\nHost: bench\r\n"
-        f"{accept}\r\n".encode()
-    )
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{accept}\r\n".encode())
     await writer.drain()
     try:
         if sse:
-            while not (await reader.readline()).startswith(b"event: page"):
+            while not (await reader.readline()).startswith(sse):
                 pass
         else:
             head = await reader.readuntil(b"\r\n\r\n")
             length = re.search(rb"content-length: (\d+)", head, re.I)
             assert head.startswith(b"HTTP/1.1 200"), head
             assert length is not None, head
-            assert b'"records":[]' not in await reader.readexactly(int(length[1]))
+            body = await reader.readexactly(int(length[1]))
+            assert b'"records":[]' not in body
+            assert body != b"[]"
         woke.append(time.monotonic())
     finally:
         writer.close()
+
+
+# Each way to follow: the API's long-poll and stream of pages, and the Durable
+# Streams read side's long-poll and SSE, each waiting at the tail.
+WAYS = (
+    ("long-poll (wait=30)", "/v1/records?page_token={token}&wait=30", None),
+    ("server-sent events", "/v1/records?page_token={token}&wait=30", b"event: page"),
+    ("streams, long-poll", "/v1/streams/records?offset={offset}&live=long-poll", None),
+    ("streams, SSE", "/v1/streams/records?offset={offset}&live=sse", b"event: data"),
+)
 
 
 async def wake_ups(
@@ -106,15 +118,17 @@ async def wake_ups(
         pushed = 0
         rows: list[list[str]] = []
         p99s: dict[str, float] = {}
-        for name, sse in (("long-poll (wait=30)", False), ("server-sent events", True)):
+        for name, path, sse in WAYS:
             latencies: list[float] = []
             cpu: list[float] = []
             memory = 0.0
             for round_ in range(args.rounds):
                 before = rss_kb(pid)
                 woke: list[float] = []
+                offset = (await http.head("/v1/streams/records")).headers["stream-next-offset"]
+                target = path.format(token=token, offset=offset)
                 waits = [
-                    asyncio.create_task(follower(port, token, sse, woke))
+                    asyncio.create_task(follower(port, target, sse, woke))
                     for _ in range(args.followers)
                 ]
                 await waiting_on(http, args.followers)
@@ -150,7 +164,12 @@ async def wake_ups(
             nonlocal requests
             while not stop.is_set():
                 await asyncio.sleep(args.poll * secrets.randbelow(1000) / 1000)
-                page = (await http.get("/v1/records", params={"page_token": cursor})).json()
+                try:
+                    answer = await http.get("/v1/records", params={"page_token": cursor})
+                except httpx.TransportError:
+                    # A kept-alive connection the server closed meanwhile: asked again.
+                    continue
+                page = answer.json()
                 requests += 1
                 cursor = page["next_page_token"]
                 if page["records"]:
@@ -272,6 +291,10 @@ async def reads_while_waiting(args: argparse.Namespace) -> list[list[str]]:
 
 
 def main(argv: list[str]) -> int:
+    if "--peer" in argv:
+        from bench import peer
+
+        return peer.main([a for a in argv if a != "--peer"])
     parser = argparse.ArgumentParser(prog="bench followers", description=__doc__)
     parser.add_argument("--followers", type=int, default=1000, help="followers waiting (1000)")
     parser.add_argument("--rounds", type=int, default=5, help="pushes they wait for (5)")

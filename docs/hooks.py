@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +28,25 @@ def on_pre_build(config: Any) -> None:
     finally:
         logging.disable(logging.NOTSET)
     OPENAPI.write_text(json.dumps(app.openapi_schema.to_schema(), indent=1))
+
+
+# The heading the OpenAPI plugin opens its Markdown with: the document's title and
+# version (`# Recordline <span class="api-version">1</span>`).
+_OPENAPI_TITLE = re.compile(r'^# .*<span class="api-version">.*</span>\s*$', re.M)
+
+
+# Its "Servers" section: the one server is `/`, wherever the service runs, and a link to
+# `/` from a page opened from the file system leads to the disk's root.
+_OPENAPI_SERVERS = re.compile(r"^## Servers\n.*?(?=^## )", re.M | re.S)
+
+
+def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
+    """The API reference is one page under its own title: the rendered document's
+    title ("Recordline 1") is dropped, so that its sections are the page's and
+    show in its table of contents (which lists the sections under the page's first
+    title only), and so is its list of servers. Runs after the plugins (MkDocs loads
+    hooks last)."""
+    if page.file.src_path != "api.md":
+        return markdown
+    markdown = _OPENAPI_TITLE.sub("", markdown, count=1)
+    return _OPENAPI_SERVERS.sub("", markdown, count=1)

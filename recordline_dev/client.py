@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from app.records import micros, rfc3339
+from app.records import AwareDatetime, micros, rfc3339
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
     import httpx
@@ -281,8 +281,9 @@ def topic_path(topic: str, project: str) -> str:
     return topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}"
 
 
-def publisher_client(*, emulator_host: str | None = None) -> Any:
-    """A PublisherClient with tracing on, for the emulator at `emulator_host` or for Google."""
+def publisher_client(*, emulator_host: str | None = None, credentials: Any = None) -> Any:
+    """A PublisherClient with tracing on, for the emulator at `emulator_host` or for Google
+    (with `credentials`, from google_credentials())."""
     import grpc
     from google.cloud.pubsub_v1 import PublisherClient, types
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
@@ -302,7 +303,7 @@ def publisher_client(*, emulator_host: str | None = None) -> Any:
         return PublisherClient(
             publisher_options=options, transport=PublisherGrpcTransport(channel=channel)
         )
-    return PublisherClient(publisher_options=options)
+    return PublisherClient(publisher_options=options, credentials=credentials)
 
 
 def trace_publishes(*, exporter: str = "none", otlp_endpoint: str = "") -> None:
@@ -400,7 +401,7 @@ def publish(
                     ids[index] = future.result()
             else:
                 result.failed += 1
-                result.first_error = result.first_error or repr(error)
+                result.first_error = result.first_error or publish_failure(error, topics)
             settled.notify()
 
     started = time.monotonic()
@@ -429,6 +430,71 @@ def publish(
     return result
 
 
+def publish_failure(error: BaseException, topics: Sequence[str]) -> str:
+    """Why a publish failed, in words that say what to do: a topic that does not exist
+    fails at once, and is not a publish "given up after" its wait."""
+    from google.api_core import exceptions
+
+    where = " or ".join(topics)
+    match error:
+        case exceptions.NotFound():
+            return (
+                f"{where} does not exist: create it, or name one that does (--topic); the dev "
+                "stack's is `records` (`recordline dev` prints the command)"
+            )
+        case exceptions.PermissionDenied():
+            return (
+                f"not allowed to publish to {where} ({error.message}): the account needs "
+                "roles/pubsub.publisher on it"
+            )
+        case exceptions.RetryError() | exceptions.DeadlineExceeded():
+            return f"not acknowledged in time (--wait): {error}"
+        case exceptions.GoogleAPICallError():
+            return f"{type(error).__name__}: {error.message}"
+    return f"{type(error).__name__}: {error}"
+
+
+# How long looking for Google's default credentials may take. A key file or gcloud's
+# login is found at once, and on Google Cloud the metadata server answers in
+# milliseconds; elsewhere google-auth waits for that server ~14 s (three tries of
+# 3 s) before it says there are none.
+CREDENTIALS_SECONDS = 3.0
+PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
+
+
+class NoCredentials(RuntimeError):
+    """No Google credentials here; the message says what to set."""
+
+
+def google_credentials(*, seconds: float = CREDENTIALS_SECONDS) -> Any:
+    """Application Default Credentials for Pub/Sub, or NoCredentials within `seconds`."""
+    import google.auth
+    from google.auth.exceptions import GoogleAuthError
+
+    found: list[Any] = []
+
+    def look() -> None:
+        try:
+            found.append(google.auth.default(scopes=[PUBSUB_SCOPE])[0])
+        except GoogleAuthError as exc:
+            found.append(exc)
+
+    # A daemon: one still asking the metadata server does not keep the command alive.
+    looking = threading.Thread(target=look, name="credentials", daemon=True)
+    looking.start()
+    looking.join(seconds)
+    how = (
+        "set PUBSUB_EMULATOR_HOST to use the dev stack's emulator (`recordline dev` prints "
+        "it; `python3 dev.py dev` from a checkout), or sign in for a Google Cloud project "
+        "(`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS)"
+    )
+    if not found:
+        raise NoCredentials(f"no Google credentials found within {seconds:g} s: {how}")
+    if isinstance(found[0], GoogleAuthError):
+        raise NoCredentials(f"no Google credentials: {how}")
+    return found[0]
+
+
 def publish_command(args: argparse.Namespace) -> int:
     from app.settings import Settings, SettingsError
 
@@ -448,8 +514,23 @@ def publish_command(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"recordline publish: {exc}", file=sys.stderr)
         return 2
-    trace_publishes(exporter=telemetry.traces_exporter, otlp_endpoint=telemetry.otlp_endpoint)
     topic = topic_path(args.topic, project)
+    # The file first: a mistyped path is said before anything is waited for.
+    if args.file not in (None, "-"):
+        try:
+            with Path(args.file).open("rb"):
+                pass
+        except OSError as exc:
+            _say_publish(f"--file {args.file}: {exc.strerror or exc}")
+            return 2
+    credentials = None
+    if emulator_host is None:
+        try:
+            credentials = google_credentials()
+        except NoCredentials as exc:
+            _say_publish(str(exc))
+            return 2
+    trace_publishes(exporter=telemetry.traces_exporter, otlp_endpoint=telemetry.otlp_endpoint)
     if emulator_host is not None:
         try:
             wait_for_emulator(emulator_host, seconds=args.wait, say=_say_publish)
@@ -474,7 +555,7 @@ def publish_command(args: argparse.Namespace) -> int:
         except Exception as exc:  # a file, a definition or the emulator said no
             print(f"recordline publish: --schema {args.schema}: {exc}", file=sys.stderr)
             return 2
-    client = publisher_client(emulator_host=emulator_host)
+    client = publisher_client(emulator_host=emulator_host, credentials=credentials)
     prefix = run_prefix() if args.id_prefix is None else args.id_prefix
     if args.producer != "":
         from app.ingest.publisher import SequencedPublisher
@@ -549,8 +630,7 @@ def publish_command(args: argparse.Namespace) -> int:
     )
     if result.failed:
         print(
-            f"recordline publish: {result.failed} failed (each given up after {args.wait:g} s, "
-            f"--wait); first: {result.first_error}",
+            f"recordline publish: {result.failed} failed; the first: {result.first_error}",
             file=sys.stderr,
         )
         return 1
@@ -636,6 +716,43 @@ def _say_publish(text: str) -> None:
     print(f"recordline publish: {text}", file=sys.stderr, flush=True)
 
 
+def at_least_one(text: str) -> int:
+    """A whole number of 1 or more (argparse: refused at once, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """0 or more (argparse: refused at once, exit 2)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """More than 0 seconds (argparse: refused at once, exit 2)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0 seconds")
+    return value
+
+
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", required=True, help="topic name, or projects/P/topics/T")
     parser.add_argument(
@@ -645,7 +762,10 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
-        "--count", type=int, default=100, help="generate this many records (default 100)"
+        "--count",
+        type=at_least_one,
+        default=100,
+        help="generate this many records (default 100)",
     )
     parser.add_argument(
         "--id-prefix",
@@ -656,7 +776,10 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
         "--file", help="publish each line of this JSON Lines file as is (- for stdin)"
     )
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="messages per second (default: as fast as possible)"
+        "--rate",
+        type=_not_negative,
+        default=0.0,
+        help="messages per second (default 0: as fast as possible)",
     )
     parser.add_argument(
         "--schema",
@@ -674,7 +797,7 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=_positive_seconds,
         default=WAIT_SECONDS,
         metavar="SECONDS",
         help=f"how long to wait for the emulator to answer, and for each message to be "
@@ -727,7 +850,22 @@ def since_time(value: str | None, *, now: datetime | None = None) -> str:
     if match:
         seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
         return rfc3339(now - timedelta(seconds=seconds))
-    return value  # the service says so if it is not RFC 3339
+    return value  # checked as an argument (since_argument)
+
+
+def since_argument(text: str) -> str:
+    """`--since` as argparse takes it: a duration back, or an RFC 3339 time with an
+    offset; anything else refused at once (exit 2), in one line."""
+    if _DURATION.fullmatch(text.strip()):
+        return text
+    try:
+        msgspec.json.decode(msgspec.json.encode(text), type=AwareDatetime)
+    except msgspec.ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither how long ago (30s, 15m, 2h, 7d) nor an RFC 3339 time with "
+            "an offset (2024-04-27T12:00:00Z)"
+        ) from None
+    return text
 
 
 async def follow(
@@ -805,7 +943,9 @@ async def follow(
             if say is not None:
                 say(f"{http.base_url} answers again")
         if response.is_error:
-            raise FollowError(f"GET /v1/records answered {response.status_code}: {response.text}")
+            raise FollowError(
+                f"GET /v1/records answered {response.status_code}: {problem_detail(response)}"
+            )
         page = _decode_page(response.content)
         if page.records:
             yield page.records
@@ -817,6 +957,18 @@ async def follow(
                 params["wait"] = f"{wait:g}"  # the service holds it until a record comes
             else:
                 await asyncio.sleep(idle)
+
+
+def problem_detail(response: httpx.Response) -> str:
+    """What a problem document says went wrong (its `detail`), not its raw JSON."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if isinstance(problem, dict) and problem.get("detail"):
+        return str(problem["detail"])
+    text = response.text.strip()
+    return text[:300] or response.reason_phrase
 
 
 async def _tail(url: str, *, since: str, token: str | None, wait: float, out: IO[bytes]) -> None:
@@ -877,6 +1029,7 @@ def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--since",
+        type=since_argument,
         help="start at this RFC 3339 time, or this long ago (30s, 15m, 2h, 7d); default now",
     )
     parser.add_argument(
@@ -885,7 +1038,7 @@ def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=_positive_seconds,
         default=WAIT_SECONDS,
         metavar="SECONDS",
         help="how long to wait for the service while it does not answer (at the start, or "

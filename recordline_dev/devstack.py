@@ -45,6 +45,7 @@ from typing import Any, Self
 
 import msgspec
 
+from app.cli import DEV_SESSIONS
 from app.records import CANARY_ATTRIBUTE
 from app.settings import Settings, SettingsError
 from recordline_dev.client import DEV_PROJECT, EXAMPLE_SCHEMAS, publisher_client
@@ -405,8 +406,9 @@ class Canary:
 # -- recordline dev -------------------------------------------------------------
 
 
-# Where `recordline dev` keeps each session's directory (its store and emulator log).
-DEV_DATA_DIR = ".recordline-dev"
+# Where `recordline dev` keeps each session's directory (its store and emulator log),
+# where `recordline sql --dev` looks for the newest.
+DEV_DATA_DIR = DEV_SESSIONS
 # The service's own grace (8 s by default) plus time to close the store.
 SERVICE_STOP_SECONDS = 15.0
 SERVICE_START_SECONDS = 60.0
@@ -573,6 +575,14 @@ def instructions(stack: DevStack) -> str:
         "Read:",
         f"  {tool} tail --url {stack.service_url} --since 1h",
         f"  curl '{stack.service_url}/v1/records?limit=10'",
+    ]
+    if stack.store.startswith("duckdb:") and not stack.serving:
+        lines += [
+            "SQL on the store, typed columns included (read-only; while the stack runs, a copy):",
+            f"  {tool} sql --store {stack.store} "
+            '"SELECT id, fields.data.n FROM records_typed LIMIT 10"',
+        ]
+    lines += [
         "",
         "Ctrl-C stops everything.",
         "",

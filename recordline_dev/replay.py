@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import os
 import re
 import sys
 import typing
@@ -40,7 +41,7 @@ import msgspec
 from app.errors import shortened
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
 from app.records import rfc3339
-from recordline_dev.client import service_url
+from recordline_dev.client import NoCredentials, at_least_one, google_credentials, service_url
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
     import httpx
@@ -384,10 +385,17 @@ def _as_delivered(message: Any) -> dict[str, Any]:
 
 
 def subscriber_client() -> Any:
-    """A SubscriberClient for Google, or for the emulator at PUBSUB_EMULATOR_HOST."""
+    """A SubscriberClient for the emulator at PUBSUB_EMULATOR_HOST, or for Google with
+    the credentials found here (ReplayError, at once, where there are none)."""
     from google.cloud import pubsub_v1
 
-    return pubsub_v1.SubscriberClient()
+    if os.environ.get("PUBSUB_EMULATOR_HOST"):
+        return pubsub_v1.SubscriberClient()
+    try:
+        credentials = google_credentials()
+    except NoCredentials as exc:
+        raise ReplayError(str(exc)) from None
+    return pubsub_v1.SubscriberClient(credentials=credentials)
 
 
 def replay_command(args: argparse.Namespace) -> int:
@@ -463,4 +471,4 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
             sub.add_argument(
                 "--subscription", required=True, help="projects/P/subscriptions/S to pull from"
             )
-            sub.add_argument("--max", type=int, help="stop after this many messages")
+            sub.add_argument("--max", type=at_least_one, help="stop after this many messages")

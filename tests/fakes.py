@@ -22,6 +22,9 @@ from app.store import (
 )
 from app.store.producers import Completeness, ProducerEntries
 
+# Delays of their own: the module's shared generator is the tests' (Hypothesis seeds it).
+_JITTER = random.Random()
+
 
 class WrappedStore:
     """A Store around another: forwards every call; subclasses override what they add to."""
@@ -106,7 +109,7 @@ class FaultyStore(WrappedStore):
             await self.release.wait()
             if self.delay or self.jitter:
                 # A slow store: the delay is what the test is about, not a wait.
-                await asyncio.sleep(self.delay + random.random() * self.jitter)
+                await asyncio.sleep(self.delay + _JITTER.random() * self.jitter)
             if self.failing:
                 raise StoreUnavailable("injected: store down")
             outcomes = await self.inner.append(rows)

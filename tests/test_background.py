@@ -76,3 +76,45 @@ async def test_a_loop_that_fails_is_restarted_with_backoff_and_named_while_down(
     now[0] += 10.0  # a run as long as its interval ends the streak
     assert supervisor.down() == []
     await supervisor.close()
+
+
+def test_backoff_leaves_the_shared_random_generator_alone() -> None:
+    # Its jitter came from `random.random`: a background loop's draw changed the state
+    # a test framework had seeded, which Hypothesis reports as a deprecated use of
+    # `random` when it happens while a strategy draws.
+    import random
+
+    state = random.getstate()
+    waits = [Backoff(0.1, 1.0).next() for _ in range(5)]
+    assert random.getstate() == state
+    assert all(0.05 <= wait <= 0.1 for wait in waits)
+
+
+async def test_a_loop_down_for_longer_than_its_interval_is_told_so_once_a_streak() -> None:
+    now = [0.0]
+    supervisor = Supervisor(monotonic=lambda: now[0])
+    await supervisor.start()
+    told: list[float] = []
+    fail = [True]
+    calm = asyncio.Event()
+
+    async def step_down() -> None:
+        told.append(now[0])
+
+    async def failing() -> None:
+        now[0] += 6.0  # each run fails six (clock) seconds after it starts
+        if fail[0]:
+            raise RuntimeError("injected: a bug")
+        calm.set()
+        await asyncio.Event().wait()
+
+    supervisor.run("exporter", failing, interval=10.0, on_down=step_down)
+    # Failing since its first run ended (6 s): down once that is over 10 s ago, at the
+    # third failure (18 s), and told so then, once however long the streak goes on.
+    await until(lambda: supervisor.restarts("exporter") >= 4, timeout=60, what="restarts")
+    assert told == [18.0]
+    fail[0] = False
+    await asyncio.wait_for(calm.wait(), timeout=60)
+    now[0] += 10.0  # a run as long as its interval ends the streak
+    assert supervisor.down() == []
+    await supervisor.close()

@@ -21,6 +21,7 @@ from recordline_dev.devstack import DevStack, instructions
 from tests.processes import (
     RECORDLINE,
     ROOT,
+    STOP_SECONDS,
     Terminal,
     assert_nothing_left,
     free_port,
@@ -117,6 +118,69 @@ def test_dev_py_runs_the_dev_tools_where_the_user_is(tmp_path: Path) -> None:
     assert time.monotonic() - started < 60
 
 
+def checkout_copy(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
+    """dev.py in a checkout of its own: the lock it reads, a .venv whose `recordline`
+    says it ran, and a `uv` first on PATH that notes each call (and does nothing)."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("dev.py", "uv.lock", "pyproject.toml"):
+        shutil.copy(ROOT / name, checkout / name)
+    (checkout / ".venv" / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    recordline = checkout / ".venv" / "bin" / "recordline"
+    recordline.parent.mkdir()
+    recordline.write_text('#!/bin/sh\necho ran "$@"\n')
+    calls = tmp_path / "uv-calls"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "uv").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    for script in (recordline, tools / "uv"):
+        script.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+    return checkout, env, calls
+
+
+def test_dev_py_syncs_only_when_the_lock_or_the_environment_changed(tmp_path: Path) -> None:
+    # Every command ran `uv sync` first: ~0.4 s of the ~0.65 s dev.py added to each.
+    checkout, env, calls = checkout_copy(tmp_path)
+
+    def syncs() -> int:
+        done = run(sys.executable, str(checkout / "dev.py"), "config", "--reference", env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "ran config --reference\n"
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    assert syncs() == 1  # never synced
+    assert syncs() == 1  # nothing changed: the command at once
+    with (checkout / "uv.lock").open("a") as lock:
+        lock.write("\n")
+    assert syncs() == 2  # the lock changed
+    assert syncs() == 2
+    (checkout / ".venv" / "lib" / "python3.11" / "site-packages" / "extra").mkdir()
+    assert syncs() == 3  # a package added (or removed) by hand
+    assert syncs() == 3
+
+
+def test_ctrl_c_during_the_first_run_set_up_is_said_in_one_line(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # The first run installs uv into .tools/; a Ctrl-C there ended in a KeyboardInterrupt
+    # traceback.
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    shutil.copy(ROOT / "dev.py", checkout / "dev.py")
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "uv").exists()]
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
+    terminal = Terminal([sys.executable, "dev.py", "config"], env=env, cwd=checkout)
+    terminals.append(terminal)
+    assert terminal.wait_for("dev.py: installing uv", timeout=60), terminal.output
+    terminal.ctrl_c()
+    assert terminal.wait(STOP_SECONDS) == 130, terminal.output
+    said = terminal.output.split("into")[1]
+    assert "Traceback" not in said, terminal.output
+    assert "KeyboardInterrupt" not in said, terminal.output
+    assert re.search(r"dev\.py: (interrupted; run the command again|stopped \(SIGINT\))", said)
+
+
 def test_the_readme_gives_only_commands_dev_py_has() -> None:
     import dev
 
@@ -152,6 +216,8 @@ def test_the_banner_gives_commands_as_they_run_here() -> None:
     assert " recordline " not in text
     assert "--rate 100" in text
     assert "later and later" not in text
+    # How to query the typed columns, on the session's own file.
+    assert 'python3 dev.py sql --store duckdb:///x/records.duckdb "SELECT' in text
 
 
 def test_the_serving_banner_suggests_a_rate_it_keeps_up_with_and_says_why() -> None:
@@ -373,6 +439,7 @@ print(" ".join(heavy), file=sys.stderr)
         ["publish"],
         ["tail"],
         ["replay"],
+        ["sql"],
     ],
 )
 def test_help_imports_nothing_heavy(command: list[str]) -> None:
@@ -382,3 +449,239 @@ def test_help_imports_nothing_heavy(command: list[str]) -> None:
     assert done.stderr.strip() == "", (
         f"recordline {' '.join(command)} --help imported {done.stderr}"
     )
+
+
+# -- a newcomer's mistakes: one line each, no traceback ---------------------------------
+
+
+def said_in_one_line(done: subprocess.CompletedProcess[str], *, status: int = 2) -> str:
+    assert done.returncode == status, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--count", "-5"], "argument --count: -5 is not 1 or more"),
+        (["--count", "0"], "argument --count: 0 is not 1 or more"),
+        (["--rate", "-1"], "argument --rate: -1 is negative"),
+        (["--wait", "0"], "argument --wait: 0 is not more than 0 seconds"),
+        # A FileNotFoundError traceback, once the emulator had been waited for.
+        (["--file", "no/such/file.jsonl"], "--file no/such/file.jsonl: No such file"),
+    ],
+)
+def test_publish_refuses_what_it_cannot_do_in_one_line(argv: list[str], said: str) -> None:
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}"}
+    started = time.monotonic()
+    done = run(RECORDLINE, "publish", "--topic", "records", *argv, env=env, timeout=60)
+    assert said in said_in_one_line(done)
+    assert time.monotonic() - started < 20  # nothing was waited for
+
+
+def without_google_credentials(tmp_path: Path, metadata: str) -> dict[str, str]:
+    """No emulator, no key file, no gcloud login; Google's metadata server at `metadata`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"}
+    }
+    return {
+        **env,
+        "HOME": str(tmp_path),
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "GCE_METADATA_HOST": metadata,
+        "GCE_METADATA_IP": metadata,
+    }
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["publish", "--topic", "projects/p/topics/records", "--count", "1"],
+        [
+            "replay",
+            "dead-letters",
+            "--url",
+            "http://127.0.0.1:9",
+            "--subscription",
+            "projects/p/subscriptions/dl",
+        ],
+    ],
+    ids=["publish", "replay"],
+)
+def test_without_an_emulator_or_credentials_the_tool_says_what_to_set_at_once(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    # Where the metadata server's address takes connections and never answers (publish)
+    # google-auth waited ~14 s for it, then printed a 29-line DefaultCredentialsError;
+    # where nothing is there (replay), the traceback came sooner.
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        metadata = f"127.0.0.1:{hung.getsockname()[1] if argv[0] == 'publish' else free_port()}"
+        started = time.monotonic()
+        done = run(RECORDLINE, *argv, env=without_google_credentials(tmp_path, metadata))
+        took = time.monotonic() - started
+    line = said_in_one_line(done, status=2 if argv[0] == "publish" else 1)
+    assert "no Google credentials" in line
+    assert "PUBSUB_EMULATOR_HOST" in line
+    assert "gcloud auth application-default login" in line
+    assert took < 10, took
+
+
+def test_a_topic_that_does_not_exist_is_said_so_not_given_up_on() -> None:
+    # It was "1 failed (each given up after 30 s, --wait)", 0.0 s after the start.
+    import concurrent.futures
+
+    from google.api_core.exceptions import NotFound
+
+    from recordline_dev.client import publish
+
+    class NoSuchTopic:
+        def publish(self, topic: str, data: bytes, **_: object) -> concurrent.futures.Future[str]:
+            future: concurrent.futures.Future[str] = concurrent.futures.Future()
+            future.set_exception(NotFound("Topic not found"))
+            return future
+
+    result = publish(NoSuchTopic(), ["projects/p/topics/nosuchtopic"], [b"{}", b"{}"])
+    assert result.failed == 2
+    assert result.first_error is not None
+    assert result.first_error.startswith("projects/p/topics/nosuchtopic does not exist")
+    assert "given up" not in result.first_error
+
+
+def test_tail_refuses_a_since_it_cannot_read_in_one_line() -> None:
+    # It printed the service's problem document, raw JSON.
+    done = run(RECORDLINE, "tail", "--since", "yesterday", "--url", "http://127.0.0.1:9")
+    line = said_in_one_line(done)
+    assert "--since: 'yesterday' is neither how long ago" in line
+    assert "{" not in line
+
+
+async def test_a_refusal_the_tail_meets_is_said_by_its_detail() -> None:
+    from recordline_dev.client import FollowError
+
+    problem = {"status": 400, "type": "/problems/invalid-parameter", "detail": "since: no"}
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, json=problem))
+    async with httpx.AsyncClient(base_url="http://svc", transport=transport) as http:
+        with pytest.raises(FollowError) as raised:
+            async for _ in follow(http, since="x"):
+                pass
+    assert str(raised.value) == "GET /v1/records answered 400: since: no"
+
+
+# -- recordline sql ---------------------------------------------------------------------
+
+
+def test_sql_reads_a_duckdb_store_while_its_service_runs_and_after(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # Nothing said how to query a session's file, and opening it while the service ran
+    # failed on DuckDB's lock (no duckdb CLI in .venv either).
+    store = f"duckdb://{tmp_path / 'r.duckdb'}"
+    port = free_port()
+    server = Terminal([RECORDLINE, "serve", "--port", str(port), "--store", store], cwd=tmp_path)
+    terminals.append(server)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, server)
+    body = {
+        "message": {
+            "data": "eyJpZCI6InNxbC0xIn0=",  # {"id":"sql-1"}
+            "messageId": "m-sql",
+            "publishTime": "2024-04-27T12:00:01Z",
+        }
+    }
+    assert httpx.post(f"{url}/pubsub/push", json=body, timeout=30).status_code == 204
+    query = "SELECT id, message_id FROM records_typed"
+    while_running = run(RECORDLINE, "sql", "--store", store, query)
+    assert while_running.returncode == 0, while_running.stderr
+    assert "sql-1" in while_running.stdout
+    assert "m-sql" in while_running.stdout
+    assert "reading a copy" in while_running.stderr
+    server.ctrl_c()
+    server.wait(STOP_SECONDS)
+    after = run(RECORDLINE, "sql", "--store", store, query)
+    assert after.returncode == 0, after.stderr
+    assert "sql-1" in after.stdout
+    assert after.stderr == ""
+    # Read-only: what would change the store is refused, in one line.
+    write = run(RECORDLINE, "sql", "--store", store, "DELETE FROM records")
+    assert "read-only" in said_in_one_line(write, status=1)
+
+
+def test_sql_finds_the_newest_dev_session(tmp_path: Path) -> None:
+    import duckdb
+
+    for name, value in (("session-20260101-000000", "old"), ("session-20260102-000000", "new")):
+        (tmp_path / ".recordline-dev" / name).mkdir(parents=True)
+        with duckdb.connect(str(tmp_path / ".recordline-dev" / name / "records.duckdb")) as con:
+            con.execute(f"CREATE TABLE t AS SELECT '{value}' AS v")
+    done = run(RECORDLINE, "sql", "--dev", "SELECT v FROM t", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "new" in done.stdout
+    assert "old" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--store", "memory:"], "reads a DuckDB file"),
+        (["--store", "duckdb:nothing-here.duckdb"], "nothing-here.duckdb does not exist"),
+        (["--dev"], "no `recordline dev` session with a DuckDB store"),
+    ],
+)
+def test_sql_says_in_one_line_what_it_cannot_read(
+    tmp_path: Path, argv: list[str], said: str
+) -> None:
+    done = run(RECORDLINE, "sql", *argv, "SELECT 1", cwd=tmp_path)
+    assert said in said_in_one_line(done)
+
+
+# -- recordline export: what on-call reads at 3 a.m. ---------------------------------------
+
+SERVING = "spanner://projects/recordline-prod/instances/serving/databases/recordline"
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra", "code", "said"),
+    [
+        # No credentials where it runs: one line, not google.auth's traceback.
+        (
+            ["status"],
+            {"GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/key.json"},
+            4,
+            "unavailable: Spanner: no usable credentials",
+        ),
+        # Spanner refusing connections: unavailable, within the read timeout.
+        (
+            ["status"],
+            {"SPANNER_EMULATOR_HOST": "127.0.0.1:{port}", "RECORDLINE_QUERY_TIMEOUT_SECONDS": "1"},
+            4,
+            "unavailable: Spanner",
+        ),
+        # A decision without its reason is a usage error.
+        (["retry", "records", "--operator", "ada@example.com"], {}, 2, "--reason"),
+    ],
+    ids=["no-credentials", "spanner-refuses", "no-reason"],
+)
+def test_export_commands_say_one_line_and_a_distinct_exit_code(
+    argv: list[str], extra: dict[str, str], code: int, said: str
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "RECORDLINE_STORE": "bigquery://recordline-prod/recordline",
+        "RECORDLINE_SERVING": SERVING,
+        **{k: v.format(port=port) for k, v in extra.items()},
+    }
+    done = run(str(RECORDLINE), "export", *argv, env=env, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    # One line says what went wrong (argparse's usage lines aside).
+    errors = [line for line in done.stderr.splitlines() if line.startswith("recordline export")]
+    assert len(errors) == 1, done.stderr

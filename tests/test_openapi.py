@@ -21,8 +21,9 @@ from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.docs import ASSETS
+from app.query.offsets import Offsets
 from app.records import MAX_ID_LENGTH
-from app.settings import Settings
+from app.settings import DEFAULT_PAGE_TOKEN_SECRET, Settings
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 from tests.conftest import envelope
@@ -145,6 +146,20 @@ for L in ("/v1/records", "/v1/rejections"):
         )
     )
     case(L, "get", 503, failing_reads)(lambda s, L=L: s.client.get(L, headers=s.token(ANALYST)))
+# -- the streams -----------------------------------------------------------------
+S, SR = "/v1/streams/{name}", "/v1/streams/records"
+case(S, "get", 400)(lambda s: s.client.get(SR, params={"offset": "a,b"}, headers=s.token(ANALYST)))
+case(S, "get", 401)(lambda s: s.client.get(SR))
+case(S, "get", 403)(lambda s: s.client.get(SR, headers=s.token(STRANGER)))
+case(S, "get", 404)(lambda s: s.client.get("/v1/streams/orders", headers=s.token(ANALYST)))
+case(S, "get", 410)(
+    lambda s: s.client.get(
+        SR,
+        params={"offset": Offsets(DEFAULT_PAGE_TOKEN_SECRET).encode("records", 1)},
+        headers=s.token(ANALYST),
+    )
+)
+case(S, "get", 503, failing_reads)(lambda s: s.client.get(SR, headers=s.token(ANALYST)))
 # -- look-ups ------------------------------------------------------------------
 for route, prefix in (
     ("/v1/records/{record_id}", "/v1/records/"),
@@ -319,3 +334,128 @@ def test_the_wheel_ships_the_docs_page(tmp_path: Path) -> None:
     shipped = set(zipfile.ZipFile(wheel).namelist())
     for asset in ASSETS.iterdir():
         assert f"app/docs_ui/{asset.name}" in shipped
+
+
+# -- the document says what the service takes --------------------------------------
+
+
+def test_the_document_states_the_times_a_list_takes_and_the_service_takes_those(
+    service: Service,
+) -> None:
+    # `since=` (empty) was valid by the document (any string) and refused.
+    for route in ("/v1/records", "/v1/rejections"):
+        parameters = service.document["paths"][route]["get"]["parameters"]
+        for name in ("since", "until"):
+            [schema] = [p["schema"] for p in parameters if p["name"] == name]
+            assert schema["format"] == "date-time"
+            pattern = re.compile(schema["pattern"])
+            for value in (
+                "",
+                "yesterday",
+                "2999-04-27T12:00:00Z",
+                "2999-04-27t12:00:00.5z",
+                "2999-04-27 12:00:00+02:00",
+                "2999-04-27T12:00:00+0200",
+                "2999-04-27T12:00Z",
+                # In the years 1 to 9999, but not once in UTC: from the start, to the end.
+                "0001-01-01T00:00:00+01:00",
+                "9999-12-31T23:00:00-05:00",
+            ):
+                answer = service.client.get(
+                    route, params={name: value}, headers=service.token(ANALYST)
+                )
+                valid = pattern.search(value) is not None
+                # (Rows older than the retention are gone: 410, a time taken.)
+                expected = {200, 410} if valid else {400}
+                assert answer.status_code in expected, (route, name, value, answer.text)
+
+
+def test_a_push_without_a_body_is_invalid_by_the_document_too(service: Service) -> None:
+    body = service.document["paths"][P]["post"]["requestBody"]
+    assert body["required"] is True
+    envelope_schema = body["content"]["application/json"]["schema"]
+    validator = jsonschema_rs.Draft202012Validator(envelope_schema)
+    assert not validator.is_valid({})
+    assert validator.is_valid(envelope({"id": "1"}))
+    answer = service.client.post(P, headers=pusher(service))
+    assert answer.status_code == 400
+    assert answer.json()["type"] == "/problems/not-a-push-envelope"
+
+
+@pytest.mark.parametrize(
+    ("message", "valid"),
+    [
+        ({"messageId": "m-1", "publishTime": "2024-04-27T12:00:01Z"}, True),
+        ({"message_id": "m-1", "publish_time": "2024-04-27T12:00:01Z"}, True),
+        ({"messageId": "", "message_id": "m-1", "publishTime": "2024-04-27T12:00:01Z"}, False),
+        ({"messageId": "//", "publishTime": "2024-04-27T12:00:01Z"}, False),
+        ({"messageId": None, "message_id": "m-1", "publishTime": "2024-04-27T12:00:01Z"}, True),
+        ({"messageId": None, "publishTime": "2024-04-27T12:00:01Z"}, False),
+        ({"messageId": "m-1"}, False),
+        ({"messageId": "m-1", "publishTime": "soon"}, False),
+        ({"messageId": "m-1", "publishTime": "2024-04-27T12:00:01Z", "data": None}, False),
+    ],
+)
+def test_the_push_envelope_the_document_gives_is_the_one_the_service_takes(
+    service: Service, message: dict[str, Any], valid: bool
+) -> None:
+    schema = service.document["paths"][P]["post"]["requestBody"]["content"]["application/json"]
+    body = {"message": {"data": "e30=", **message}}
+    validator = jsonschema_rs.Draft202012Validator(schema["schema"], validate_formats=True)
+    assert validator.is_valid(body) is valid
+    answer = service.client.post(P, json=body, headers=pusher(service))
+    assert answer.status_code == (204 if valid else 400), answer.text
+
+
+def test_replay_takes_booleans_as_booleans(service: Service) -> None:
+    # `"dry_run": 0` was taken as false (and a number as a publish time).
+    for body in (
+        {**REPLAY, "dry_run": 0},
+        {**REPLAY, "dry_run": "false"},
+        {"messages": [{**REPLAY["messages"][0], "publish_time": 1714219201}]},
+    ):
+        answer = service.client.post(R, json=body, headers=service.token(OPERATOR))
+        assert answer.status_code == 400, body
+        assert answer.json()["type"] == "/problems/invalid-body"
+    field = service.client.post(
+        R, json={**REPLAY, "dry_run": 0}, headers=service.token(OPERATOR)
+    ).json()["field"]
+    assert field == "dry_run"
+    assert (
+        service.client.post(
+            R, json={**REPLAY, "dry_run": True}, headers=service.token(OPERATOR)
+        ).status_code
+        == 200
+    )
+
+
+def test_lists_link_to_what_their_rows_name(service: Service) -> None:
+    # Generated clients and stateful testing follow these; there were none.
+    paths = service.document["paths"]
+
+    def links(route: str, method: str = "get") -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = paths[route][method]["responses"]["200"]["links"]
+        return found
+
+    def target(link: dict[str, Any]) -> str:
+        pointer = link["operationRef"].removeprefix("#/paths/").rsplit("/", 1)[0]
+        path = pointer.replace("~1", "/").replace("~0", "~")
+        assert path in paths, link
+        return path
+
+    records = links("/v1/records")
+    assert target(records["record"]) == "/v1/records/{record_id}"
+    assert records["record"]["parameters"] == {"record_id": "$response.body#/records/0/id"}
+    assert target(records["message"]) == "/v1/messages/{message_id}"
+    assert target(records["next"]) == "/v1/records"
+    assert target(links("/v1/rejections")["message"]) == "/v1/messages/{message_id}"
+    assert target(links(R, "post")["message"]) == "/v1/messages/{message_id}"
+
+
+@pytest.mark.parametrize("route", ["/v1/records", "/v1/rejections"])
+def test_a_parameter_given_twice_is_refused_naming_it(service: Service, route: str) -> None:
+    # The last one given was taken silently.
+    answer = service.client.get(f"{route}?limit=5&limit=7", headers=service.token(ANALYST))
+    assert answer.status_code == 400
+    assert answer.json()["parameter"] == "limit"
+    assert "more than once" in answer.json()["detail"]

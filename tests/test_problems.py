@@ -47,6 +47,19 @@ def test_an_error_answer_names_its_type(client: TestClient[Litestar]) -> None:
     assert described["status"] == 400
 
 
+def test_a_path_under_docs_that_serves_nothing_is_a_problem_document(
+    client: TestClient[Litestar],
+) -> None:
+    # Litestar's own answer there was an HTML page ("Error 404").
+    for path in ("/docs/redoc", "/docs/nothing", "/docs/a/b", "/docs/ui/nothing"):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        assert answer.headers["content-type"].startswith("application/problem+json"), path
+        assert answer.json()["type"] == "/problems/not-found", path
+    assert client.get("/docs").headers["content-type"].startswith("text/html")
+    assert client.get("/docs/openapi.json").status_code == 200
+
+
 def every_kind() -> list[type[RecordlineError]]:
     """Every RecordlineError class anywhere in app/, each of its modules imported first:
     what the service can raise, not what the table of problem types kept."""

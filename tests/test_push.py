@@ -154,6 +154,49 @@ def test_not_an_envelope_is_400_problem(client: TestClient[Litestar]) -> None:
         assert response.json()["status"] == 400
 
 
+@pytest.mark.parametrize(
+    ("id_fields", "said"),
+    [
+        ({}, "`$.message.messageId` is missing"),
+        ({"messageId": ""}, "`$.message.messageId` is empty"),
+        ({"messageId": "", "message_id": ""}, "`$.message.messageId` is empty"),
+        ({"message_id": ""}, "`$.message.message_id` is empty"),
+        ({"messageId": "m-1", "message_id": "/"}, "`$.message.message_id` is only slashes"),
+    ],
+)
+def test_a_message_id_sent_empty_is_said_to_be_empty_not_missing(
+    client: TestClient[Litestar], id_fields: dict[str, str], said: str
+) -> None:
+    body = {"message": {"data": "e30=", "publishTime": "2024-04-27T12:00:01Z", **id_fields}}
+    response = client.post("/pubsub/push", json=body)
+    assert response.status_code == 400
+    assert said in response.json()["detail"]
+
+
+@pytest.mark.parametrize("data", [None, ""])
+def test_a_message_without_data_is_rejected_as_having_none(
+    client: TestClient[Litestar], data: str | None
+) -> None:
+    # Pub/Sub delivers a message of attributes alone with no `data`; it was
+    # rejected as "payload is not JSON: Input data was truncated".
+    body = envelope(None, message_id="no-data", attributes={"kind": "ping"})
+    if data is None:
+        del body["message"]["data"]
+    else:
+        body["message"]["data"] = data
+    assert client.post("/pubsub/push", json=body).status_code == 204
+    status = client.get("/v1/messages/no-data").json()
+    assert status["status"] == "rejected"
+    assert status["reason"].startswith("message.data: absent or empty"), status["reason"]
+    unwrapped = {
+        "x-goog-pubsub-message-id": "no-body",
+        "x-goog-pubsub-publish-time": "2024-04-27T12:00:01Z",
+    }
+    assert client.post("/pubsub/push", content=b"", headers=unwrapped).status_code == 204
+    reason = client.get("/v1/messages/no-body").json()["reason"]
+    assert reason.startswith("message.data: absent or empty"), reason
+
+
 def test_unknown_envelope_fields_are_tolerated(client: TestClient[Litestar]) -> None:
     body = envelope(RECORD, futureField={"a": 1}, deliveryAttempt=3)
     body["message"]["somethingNew"] = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 
 import duckdb
@@ -166,10 +167,16 @@ def test_the_dev_tools_are_not_part_of_the_service(capsys: pytest.CaptureFixture
             del sys.modules[name]
         sys.modules["recordline_dev"] = None  # type: ignore[assignment]
         assert main(["dev"]) == 2
+        assert "a development tool, not installed with the service" in capsys.readouterr().err
+        # With its arguments too (argparse said "unrecognized arguments: --topic t").
+        assert main(["publish", "--topic", "t", "--count", "3"]) == 2
+        said = capsys.readouterr().err
+        assert said.startswith("recordline publish: a development tool, not installed"), said
+        assert main(["tail", "--since", "1h"]) == 2
+        assert "python3 dev.py tail" in capsys.readouterr().err
     finally:
         del sys.modules["recordline_dev"]
         sys.modules.update(saved)
-    assert "a development tool, not installed with the service" in capsys.readouterr().err
     # Nor are they in its wheel or its image.
     import tomllib
     from pathlib import Path
@@ -184,6 +191,36 @@ def test_the_dev_tools_are_not_part_of_the_service(capsys: pytest.CaptureFixture
         for source in line.split()[1:-1]
     }
     assert copied == {"pyproject.toml", "uv.lock", "README.md", "app"}
+
+
+@pytest.mark.parametrize("dev_tools", [True, False], ids=["checkout", "wheel"])
+def test_help_lists_the_commands_in_one_order_whatever_the_run(dev_tools: bool) -> None:
+    # Without the dev tools (the wheel), they were listed in a set's order: a
+    # different one in each process (string hashing is salted per process).
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        + ("" if dev_tools else "sys.modules['recordline_dev'] = None\n")
+        + "from app.cli import main\nmain(['--help'])\n"
+    )
+    listings = set()
+    for seed in ("1", "2", "3", "4"):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        listings.add(done.stdout)
+    assert len(listings) == 1, listings
+    assert (
+        "{serve,schema,config,sql,export,restore,typed,audit,dev,publish,replay,tail}"
+        in listings.pop()
+    )
 
 
 def test_the_service_commands_run_without_the_dev_tools_libraries() -> None:

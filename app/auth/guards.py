@@ -118,14 +118,7 @@ class Auth:
                 service_accounts=accounts,
                 shared_token=auth.push_token or None,
             )
-        elif not is_loopback(host):
-            raise SettingsError(
-                f"push authentication is not configured and RECORDLINE_HOST={host!r} is not a "
-                "loopback address: set RECORDLINE_PUSH_AUDIENCE and "
-                "RECORDLINE_PUSH_SERVICE_ACCOUNTS (Google-signed pushes) or RECORDLINE_PUSH_TOKEN "
-                "(the emulator's ?token=), or bind to 127.0.0.1"
-            )
-        else:
+        elif is_loopback(host):
             log.warning(
                 "PUSH IS UNAUTHENTICATED: anything that reaches %s can write records. Set "
                 "RECORDLINE_PUSH_AUDIENCE and RECORDLINE_PUSH_SERVICE_ACCOUNTS, or "
@@ -133,7 +126,7 @@ class Auth:
                 host,
             )
 
-        _refuse_open_reads(settings)
+        _refuse_open_service(settings, push_authenticated=push is not None)
         read: ReadAccess | None = None
         operate: ReadAccess | SecretAccess | None = None
         replay_refusal = None
@@ -249,9 +242,10 @@ def credentials(connection: ASGIConnection[Any, Any, Any, Any]) -> Credentials:
     return Credentials(headers.get("authorization"), headers.get("x-serverless-authorization"))
 
 
-def _refuse_open_reads(settings: Settings) -> None:
-    """Beyond loopback, reads are authenticated unless declared public, and page
-    tokens are signed with a key of this deployment's own."""
+def _refuse_open_service(settings: Settings, *, push_authenticated: bool) -> None:
+    """Beyond loopback, pushes and reads are authenticated (or reads declared public),
+    and page tokens are signed with a key of this deployment's own. What is missing is
+    said all at once: one refusal per run would take a run per setting to learn."""
     auth, host = settings.auth, settings.server.host
     if auth.public_reads and auth.read_audience:
         raise SettingsError(
@@ -260,21 +254,31 @@ def _refuse_open_reads(settings: Settings) -> None:
         )
     if is_loopback(host):
         return
+    missing = []
+    if not push_authenticated:
+        missing.append(
+            "push authentication (RECORDLINE_PUSH_AUDIENCE and RECORDLINE_PUSH_SERVICE_ACCOUNTS "
+            "for Google-signed pushes, or RECORDLINE_PUSH_TOKEN, the emulator's ?token=)"
+        )
     if not auth.read_audience and not auth.public_reads:
-        raise SettingsError(
-            f"reads are not authenticated and RECORDLINE_HOST={host!r} is not a loopback "
-            "address: set RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS, or "
-            "RECORDLINE_PUBLIC_READS=true if an outer gate (Cloud Run's invoker check) "
-            "decides who reads, or bind to 127.0.0.1"
+        missing.append(
+            "read authentication (RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS, or "
+            "RECORDLINE_PUBLIC_READS=true if an outer gate such as Cloud Run's invoker check "
+            "decides who reads)"
         )
     secret = settings.query.page_token_secret
     if secret == DEFAULT_PAGE_TOKEN_SECRET or len(secret) < MIN_PAGE_TOKEN_SECRET_LENGTH:
+        missing.append(
+            f"a page-token key of its own (RECORDLINE_PAGE_TOKEN_SECRET: at least "
+            f"{MIN_PAGE_TOKEN_SECRET_LENGTH} random characters, the same on every instance; "
+            "the published default, or a shorter one, lets anyone sign page tokens)"
+        )
+    if missing:
         raise SettingsError(
-            "RECORDLINE_PAGE_TOKEN_SECRET is the published default or shorter than "
-            f"{MIN_PAGE_TOKEN_SECRET_LENGTH} characters, and RECORDLINE_HOST={host!r} is not a "
-            "loopback address: anyone could sign page tokens with it. Set it to "
-            f"at least {MIN_PAGE_TOKEN_SECRET_LENGTH} random characters, the same on every "
-            "instance"
+            f"RECORDLINE_HOST={host!r} is not a loopback address, and a service beyond "
+            f"loopback needs {'; '.join(missing)}. Set {'it' if len(missing) == 1 else 'them'}, "
+            "or bind to 127.0.0.1",
+            var="RECORDLINE_HOST",
         )
 
 

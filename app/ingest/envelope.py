@@ -51,8 +51,9 @@ class _Message(msgspec.Struct, kw_only=True, frozen=True):
     # problem (a rejection), not a reason to refuse the whole delivery.
     data: str = ""
     attributes: PushAttributes | None = None
-    messageId: str = ""
-    message_id: str = ""
+    # None when absent: an id sent empty is said to be empty, not missing.
+    messageId: str | None = None
+    message_id: str | None = None
     publishTime: AwareDatetime | None = None
     publish_time: AwareDatetime | None = None
     orderingKey: str | None = None
@@ -61,7 +62,13 @@ class _Message(msgspec.Struct, kw_only=True, frozen=True):
 class _Envelope(msgspec.Struct, kw_only=True, frozen=True):
     message: _Message
     subscription: Annotated[str, Meta(max_length=MAX_SUBSCRIPTION)] | None = None
-    deliveryAttempt: Annotated[int, Meta(ge=0, le=MAX_DELIVERY_ATTEMPT)] | None = None
+    # JSON has one kind of number: `5.0` is the integer 5 to JSON Schema (and so to the
+    # OpenAPI document), if not to msgspec, and is taken as 5.
+    deliveryAttempt: (
+        Annotated[int, Meta(ge=0, le=MAX_DELIVERY_ATTEMPT)]
+        | Annotated[float, Meta(ge=0, le=MAX_DELIVERY_ATTEMPT)]
+        | None
+    ) = None
 
 
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
@@ -90,9 +97,23 @@ def decode_wrapped(body: bytes) -> PushedMessage:
     except RecursionError:
         raise BadEnvelope("not a Pub/Sub push envelope: nested too deeply to read") from None
     message = envelope.message
-    message_id = _message_id(message.messageId or message.message_id, "`$.message.messageId`")
-    published = message.publishTime or message.publish_time
-    if published is None:
+    # Pub/Sub sends each field under both spellings. Each one sent must be usable (the
+    # OpenAPI document says so), and the camel-case one is used where both are.
+    # (Pub/Sub sends the two alike: the second is checked only where it differs.)
+    message_id = publish_time = None
+    if message.messageId is not None:
+        message_id = _message_id(message.messageId, "`$.message.messageId`")
+    if message.message_id is not None and message.message_id != message_id:
+        snake_id = _message_id(message.message_id, "`$.message.message_id`")
+        message_id = message_id if message_id is not None else snake_id
+    if message_id is None:
+        raise BadEnvelope("not a Pub/Sub push envelope: `$.message.messageId` is missing")
+    if message.publishTime is not None:
+        publish_time = _publish_time(message.publishTime, "`$.message.publishTime`")
+    if message.publish_time is not None and message.publish_time != message.publishTime:
+        snake_time = _publish_time(message.publish_time, "`$.message.publish_time`")
+        publish_time = publish_time if publish_time is not None else snake_time
+    if publish_time is None:
         raise BadEnvelope("not a Pub/Sub push envelope: `$.message.publishTime` is missing")
     raw = message.data.encode()
     try:
@@ -102,12 +123,12 @@ def decode_wrapped(body: bytes) -> PushedMessage:
     _check_size(len(raw) if data is None else len(data), "`$.message.data`")
     return PushedMessage(
         message_id=message_id,
-        publish_time=_publish_time(published, "`$.message.publishTime`"),
+        publish_time=publish_time,
         data=data,
         raw_data=raw,
         attributes=message.attributes or {},
         subscription=envelope.subscription,
-        delivery_attempt=envelope.deliveryAttempt,
+        delivery_attempt=_whole(envelope.deliveryAttempt),
         ordering_key=message.orderingKey,
     )
 
@@ -224,7 +245,7 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
 def _message_id(value: str, where: str) -> str:
     # Stored under it, it must be one that look-ups and replay take (app.records).
     if not value:
-        raise BadEnvelope(f"not a Pub/Sub push envelope: {where} is missing")
+        raise BadEnvelope(f"not a Pub/Sub push envelope: {where} is empty")
     problem = unaddressable(value)
     if problem is not None:
         raise BadEnvelope(
@@ -246,6 +267,16 @@ def _publish_time(published: datetime, where: str) -> int:
         return micros(published)
     except TimeOutOfRange as exc:
         raise BadEnvelope(f"not a Pub/Sub push envelope: {where}: {exc}") from None
+
+
+def _whole(attempt: float | None) -> int | None:
+    if isinstance(attempt, float):
+        if not attempt.is_integer():
+            raise BadEnvelope(
+                f"not a Pub/Sub push envelope: `$.deliveryAttempt` {attempt!r} is not whole"
+            )
+        return int(attempt)
+    return attempt
 
 
 def _attempt(header: str | None) -> int | None:

@@ -28,6 +28,7 @@ from msgspec import Meta
 from app.errors import BadRequest, InvalidBody
 from app.ingest.envelope import MAX_SUBSCRIPTION, PushAttributes, PushedMessage
 from app.records import (
+    ID_PATTERN,
     MAX_ID_LENGTH,
     AwareDatetime,
     Record,
@@ -49,7 +50,7 @@ MAX_REPLAY_MESSAGES = 100
 
 
 class ReplayMessage(msgspec.Struct, kw_only=True, frozen=True):
-    message_id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+    message_id: Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
     publish_time: AwareDatetime
     data: Annotated[str, Meta(description="The message data, base64")]
     # Held to what a push may carry: a replay stores what Pub/Sub could have delivered.
@@ -146,14 +147,18 @@ class Replay:
 
 
 _decode_json = msgspec.json.Decoder().decode
+# Strict, as the OpenAPI document reads: the framework converts its request bodies
+# leniently (`"dry_run": 0` would be false, a number a publish time).
+_decode_request = msgspec.json.Decoder(ReplayRequest).decode
 
 
 def check_body(body: bytes) -> None:
-    """Raise BadRequest unless `body` is JSON the framework can decode into a request.
+    """Raise BadRequest unless `body` is JSON the framework can decode into a request,
+    and InvalidBody, naming the field, unless it is a ReplayRequest as the OpenAPI
+    document describes it, without conversions.
 
-    Its decoder answers a type mismatch itself (400, naming the field), but lets
-    invalid UTF-8 inside a string and nesting past its recursion limit through
-    as errors of its own: those are caught here first.
+    The framework's decoder lets invalid UTF-8 inside a string and nesting past
+    its recursion limit through as errors of its own: those are caught here first.
     """
     try:
         _decode_json(body)
@@ -161,6 +166,14 @@ def check_body(body: bytes) -> None:
         raise BadRequest(f"body is not JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("body is nested too deeply to read") from None
+    try:
+        _decode_request(body)
+    except msgspec.ValidationError as exc:
+        # msgspec says where as "… - at `$.messages[0].dry_run`".
+        reason, _, where = str(exc).rpartition(" - at `")
+        if not reason:
+            raise InvalidBody("$", str(exc)) from None
+        raise InvalidBody(where.rstrip("`").removeprefix("$.") or "$", reason) from None
 
 
 def _pushed(index: int, replayed: ReplayMessage) -> PushedMessage:

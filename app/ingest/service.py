@@ -36,6 +36,10 @@ def to_row(
     attributes = _encode(message.attributes).decode()
     if message.data is None:
         reason = "message.data: not valid base64"
+    elif not message.data:
+        # Pub/Sub delivers a message of attributes alone without `data`: a payload
+        # that is not there is said to be absent, not to be truncated JSON.
+        reason = "message.data: absent or empty (the message has no payload to read a record from)"
     elif message.publish_time > ingest_time + CLOCK_SKEW_MICROS:
         # Later than it reached us: no publish time Pub/Sub gives, and the
         # deduplication of copies relies on it.

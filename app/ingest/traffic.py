@@ -26,12 +26,20 @@ class Traffic:
     def __init__(self, *, window: float = TRAFFIC_SECONDS) -> None:
         self._window = window
         self._pushed_at = -float("inf")
+        self._pushed_wall: float | None = None
 
     def pushed(self, host: str | None) -> None:
         """A push to `host` (its Host header) was acknowledged."""
         if host is not None and TAG_SEPARATOR in host:
             return
         self._pushed_at = time.monotonic()
+        self._pushed_wall = time.time()
+
+    def last_push(self) -> float | None:
+        """When a push through the service's own URL was last acknowledged (seconds
+        since the epoch, as other instances' clocks read it), None if never: the
+        exporter's lease compares it with other revisions' (a rollback)."""
+        return self._pushed_wall
 
     def serving(self) -> bool:
         """Whether a push through the service's own URL was acknowledged lately."""

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 import cachetools
@@ -24,6 +24,7 @@ from app.errors import BadParameter, Gone, NotFound
 from app.query.page_token import PageToken, PageTokens
 from app.records import DAY_MICROS, TABLES, Kind, Record, Rejection, columns, micros, moment
 from app.store import READ_ROUTE, PageQuery, Store
+from app.store.bell import Bell
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -36,6 +37,9 @@ MAX_WAIT_SECONDS = 60.0
 SHARED_READ_SECONDS = 0.05
 SHARED_READS = 4096
 _FOREVER = 2**62
+# How far back `Reader.newest` looks first (µs), and how much further each time.
+_NEWEST_FIRST_SPAN = 1_000_000
+_NEWEST_SPAN_GROWTH = 60
 
 
 class RecordView(msgspec.Struct, kw_only=True, frozen=True):
@@ -91,6 +95,30 @@ def view(view_type: type[View], row: Record | Rejection) -> View:
         value = getattr(row, name)
         values[name] = value if value is None or convert is None else convert(value)
     return view_type(**values)
+
+
+_EPOCH = moment(0)
+_Raw = msgspec.Raw
+_micros = timedelta
+
+
+def record_view(r: Record) -> RecordView:
+    """What `view(RecordView, r)` makes, written out: half the time of the general way,
+    and a reader far behind makes one per record (a test checks both agree)."""
+    t = r.timestamp
+    return RecordView(
+        message_id=r.message_id,
+        id=r.id,
+        timestamp=None if t is None else _EPOCH + _micros(microseconds=t),
+        data=_Raw(r.data),
+        attributes=_Raw(r.attributes),
+        publish_time=_EPOCH + _micros(microseconds=r.publish_time),
+        ingest_time=_EPOCH + _micros(microseconds=r.ingest_time),
+        subscription=r.subscription,
+        delivery_attempt=r.delivery_attempt,
+        trace_id=r.trace_id,
+        schema=r.schema,
+    )
 
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
@@ -165,6 +193,48 @@ class SharedRead:
         self.read: asyncio.Future[Any] = asyncio.ensure_future(read)
 
 
+class Read(Generic[AnyPage]):
+    """One read of a list after a cursor, as the store had it: the rows, their views,
+    where the next read goes on, and up to when it is complete. Both protocols encode
+    it, each once however many followers it is given to (`encodings`): the API's
+    page (`Reader.page`) and a stream's chunk (`app.query.streams`)."""
+
+    __slots__ = (
+        "complete_until",
+        "cursor",
+        "encodings",
+        "full",
+        "listing",
+        "resume",
+        "rows",
+        "views",
+    )
+
+    def __init__(
+        self,
+        listing: Listing[AnyPage],
+        cursor: PageToken,
+        rows: list[Any],
+        views: list[Any],
+        resume: tuple[int, str],
+        complete_until: int,
+        full: bool,
+    ) -> None:
+        self.listing: Listing[AnyPage] = listing
+        self.cursor = cursor
+        # The store's rows (Record or Rejection), in key order, and each as the API shows it.
+        self.rows = rows
+        self.views = views
+        # The key the next read continues after (past rows the store skipped).
+        self.resume = resume
+        # Every row before this (µs) is in this read or an earlier one.
+        self.complete_until = complete_until
+        # As many rows as asked for: more may follow at once.
+        self.full = full
+        # What each protocol made of it, by the protocol's own key.
+        self.encodings: dict[object, Any] = {}
+
+
 class Reader:
     def __init__(
         self,
@@ -186,6 +256,11 @@ class Reader:
             cachetools.TTLCache(maxsize=SHARED_READS, ttl=SHARED_READ_SECONDS, timer=time.monotonic)
         )
         self._shared_version = -1
+
+    @property
+    def bell(self) -> Bell:
+        """What rings when rows may have become readable (the store's)."""
+        return self._store.bell
 
     def horizon(self) -> int:
         store = self._store.read_horizon(self._clock() // 1000)
@@ -233,38 +308,16 @@ class Reader:
         """One page of a list, in ingest order; records and rejections page alike.
 
         With `wait`, a page that would be empty is held back until a row past
-        the cursor is readable (the store's bell), `wait` seconds pass, or
-        `stop` is done: then it is answered as it is, empty, with the same
-        cursor and a fresh `complete_until`. A follower's reads (with `wait`)
-        are shared with the followers reading at the same cursor at the same
-        moment (`_followed`), if they began after `asked_at` (monotonic; by
-        default, now): the moment the follower's request began, so that what it
-        was acknowledged before then is in every page it gets.
+        the cursor is readable (`read`): then, or at the end of the wait, it is
+        answered as it is. A wait that found nothing gives the cursor back as
+        it came, with a fresh `complete_until`.
         """
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
         cursor = self._cursor(listing, since, until, limit, page_token)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        bell = self._store.bell
-        asked = time.monotonic() if asked_at is None else asked_at
-
-        async def read(
-            listing: Listing[AnyPage], cursor: PageToken, limit: int
-        ) -> tuple[AnyPage, bool]:
-            if not wait:
-                return await self._page(listing, cursor, limit)
-            return await self._followed(listing, cursor, limit, asked)
-
-        seen = bell.version
-        page, found = await read(listing, cursor, limit)
-        while not found and page.next_page_token is not None:
-            left = deadline - loop.time()
-            if left <= 0 or (stop is not None and stop.done()):
-                break
-            await bell.wait(seen, left, stop)
-            seen = bell.version
-            page, found = await read(listing, cursor, limit)
+        read = await self.read(listing, cursor, limit, wait=wait, stop=stop, asked_at=asked_at)
+        found = bool(read.rows)
+        page = self.as_page(read)
         if not found and wait and page.next_page_token is not None:
             # A wait that found nothing gives the cursor back as it came: every
             # follower waiting at the tail asks the same URL, which a cache in front
@@ -280,10 +333,63 @@ class Reader:
                 page = msgspec.structs.replace(page, complete_until=now)
         return page
 
+    def as_page(self, read: Read[AnyPage]) -> AnyPage:
+        """The API's page of a read: made once, whichever follower asks first."""
+        page: AnyPage | None = read.encodings.get(Reader)
+        if page is None:
+            page = read.listing.page(
+                read.views, self._next(read.cursor, *read.resume), moment(read.complete_until)
+            )
+            read.encodings[Reader] = page
+        return page
+
+    async def read(
+        self,
+        listing: Listing[AnyPage],
+        cursor: PageToken,
+        limit: int,
+        *,
+        wait: float = 0.0,
+        stop: asyncio.Future[None] | None = None,
+        asked_at: float | None = None,
+        followed: bool = False,
+    ) -> Read[AnyPage]:
+        """The rows after `cursor`, at most `limit` of them: what both protocols page.
+
+        With `wait`, a read that finds nothing is held back until a row past
+        the cursor is readable (the store's bell), `wait` seconds pass, or
+        `stop` is done, and is then answered as it is. A follower's reads (with
+        `wait`) are shared with the followers reading at the same cursor at the
+        same moment (`_followed`), if they began after `asked_at` (monotonic; by
+        default, now): the moment the follower's request began, so that what it
+        was acknowledged before then is in every read it gets. A follower that waits
+        on the bell itself (`followed`) shares its reads alike.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        bell = self._store.bell
+        asked = time.monotonic() if asked_at is None else asked_at
+
+        async def once() -> Read[AnyPage]:
+            if not wait and not followed:
+                return await self._page(listing, cursor, limit)
+            return await self._followed(listing, cursor, limit, asked)
+
+        seen = bell.version
+        read = await once()
+        while not read.rows and (cursor.until is None or self._next(cursor, *read.resume)):
+            left = deadline - loop.time()
+            if left <= 0 or (stop is not None and stop.done()):
+                break
+            await bell.wait(seen, left, stop)
+            seen = bell.version
+            read = await once()
+        return read
+
     async def _followed(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int, asked: float
-    ) -> tuple[AnyPage, bool]:
-        """The page after `cursor` for a follower who asked at `asked`: one read for
+    ) -> Read[AnyPage]:
+        """The read after `cursor` for a follower who asked at `asked`: one read for
         every follower at that cursor within SHARED_READ_SECONDS, with no ring of the
         bell since, and begun after the follower asked (its barrier then covers all
         that follower was acknowledged). A thousand followers woken by one commit
@@ -302,7 +408,7 @@ class Reader:
             # A read that failed is not handed to the next follower.
             shared.read.add_done_callback(lambda done: self._forget_failed(key, done))
         # One follower leaving (cancelled) must not cancel the others' read.
-        found: tuple[AnyPage, bool] = await asyncio.shield(shared.read)
+        found: Read[AnyPage] = await asyncio.shield(shared.read)
         return found
 
     def _forget_failed(self, key: tuple[Any, PageToken, int], read: asyncio.Future[Any]) -> None:
@@ -313,18 +419,21 @@ class Reader:
 
     async def _page(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int
-    ) -> tuple[AnyPage, bool]:
-        """The page after `cursor` as the store has it now, and whether it has rows."""
+    ) -> Read[AnyPage]:
+        """The read after `cursor` as the store has it now."""
         rows, resume, horizon = await self._read(listing, cursor, limit)
-        if rows and len(rows) == limit:
+        full = bool(rows) and len(rows) == limit
+        if full:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
-        views = [view(listing.view, row) for row in rows]
+        if listing.view is RecordView:
+            views: list[Any] = [record_view(row) for row in rows]
+        else:
+            views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
             views = await self._mark_stored(views)
-        page = listing.page(views, resume, moment(horizon))
-        return page, bool(rows)
+        return Read(listing, cursor, rows, views, resume, horizon, full)
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
         """Say of each rejection whether its message was stored since, as
@@ -342,8 +451,9 @@ class Reader:
 
     async def _read(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int
-    ) -> tuple[list[Any], str | None, int]:
-        """One read: the rows after `cursor`, the next page's token, complete until when."""
+    ) -> tuple[list[Any], tuple[int, str], int]:
+        """One read: the rows after `cursor`, the key the next continues after, and
+        up to when it is complete."""
         query, horizon = await self._range(cursor, limit)
         page = await self._store.page(listing.kind, query)
         if page.complete_until is not None:
@@ -353,7 +463,7 @@ class Reader:
         resume = max(
             (page.after_time, page.after_message_id), (cursor.after_time, cursor.after_message_id)
         )
-        return page.rows, self._next(cursor, *resume), max(horizon, cursor.after_time)
+        return page.rows, resume, max(horizon, cursor.after_time)
 
     def check(
         self,
@@ -415,6 +525,44 @@ class Reader:
         start, end = max(start, 0), None if end is None else max(end, 0)
         # message_id > "" holds for every row: the page starts at `since`.
         return PageToken(after_time=start, after_message_id="", until=end, listing=listing.name)
+
+    def start(self, listing: Listing[Any], cursor: PageToken | None, *, sent_as: str) -> PageToken:
+        """Where a stream reads from: `cursor`, or without one the oldest row kept (as a
+        page without `since`). Gone (410) if rows after it may have been deleted."""
+        if cursor is None:
+            return PageToken(max(self._oldest_retained(), 0), "", None, listing=listing.name)
+        self._check_retained(sent_as, cursor.after_time)
+        return cursor
+
+    async def newest(self, listing: Listing[Any]) -> tuple[int, str] | None:
+        """The key of the newest row readable now, or None if there is none.
+
+        Read backwards from the read horizon through the list's own pages, a
+        second, then a minute, an hour, 2.5 days and so on at most, each read
+        forwards to the horizon: a stream that has rows lately costs one read
+        (from the tail in memory, on the stores that keep one), a quiet one a
+        few more, and no store needs a query of its own for it.
+        """
+        # What was acknowledged before is readable, and so below the horizon.
+        await self._store.barrier()
+        horizon = self.horizon()
+        oldest = max(self._oldest_retained(), 0)
+        span = _NEWEST_FIRST_SPAN
+        while True:
+            begin = max(horizon - span, oldest)
+            cursor = PageToken(begin, "", horizon, listing=listing.name)
+            newest: tuple[int, str] | None = None
+            while True:
+                read = await self._page(listing, cursor, MAX_LIMIT)
+                if read.rows:
+                    last = read.rows[-1]
+                    newest = (last.ingest_time, last.message_id)
+                if not read.full:
+                    break
+                cursor = PageToken(*read.resume, horizon, listing=listing.name)
+            if newest is not None or begin <= oldest:
+                return newest
+            span *= _NEWEST_SPAN_GROWTH
 
     async def _range(self, cursor: PageToken, limit: int) -> tuple[PageQuery, int]:
         """The store query for the page after `cursor`, never past the read horizon."""

@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -37,7 +37,9 @@ from litestar import Request, Response
 from litestar.datastructures import Accept, CacheControlHeader, ETag
 from litestar.datastructures.headers import Header
 from litestar.response import Stream
+from litestar.response.streaming import ASGIStreamingResponse
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
+from litestar.types import Receive, Send
 
 from app.errors import RetryLater, TooManyFollowers
 from app.problems import problem_type
@@ -57,6 +59,12 @@ IMMUTABLE_SECONDS: Final = 31_536_000
 ENCODED_PAGES: Final = 64
 _encode = msgspec.json.encode
 DEFAULT_MAX_FOLLOWERS: Final = 1000
+# A stream whose client takes no event for this long (its connection's buffers full)
+# is cut off: it held one event meanwhile, never more, and reconnects from where it was.
+SLOW_FOLLOWER_SECONDS: Final = 30.0
+# How long a stream's long-poll waits for rows before its 204: under the 30 s
+# many HTTP clients give a response (the Durable Streams Python client's default).
+DEFAULT_LONG_POLL_SECONDS: Final = 20.0
 # A full instance is asked again after this long: followers end within a stream's
 # life, and a retry may reach another instance.
 FULL_RETRY_SECONDS: Final = 5
@@ -72,8 +80,12 @@ class Followers:
         heartbeat_seconds: float,
         shared_cache: bool,
         max_open: int = DEFAULT_MAX_FOLLOWERS,
+        long_poll_seconds: float = DEFAULT_LONG_POLL_SECONDS,
     ) -> None:
         self.stream_seconds = stream_seconds
+        # How long a stream may wait for its client to take one event (SLOW_FOLLOWER_SECONDS).
+        self.slow_seconds = SLOW_FOLLOWER_SECONDS
+        self.long_poll_seconds = long_poll_seconds
         self.max_open = max_open
         self.heartbeat_seconds = heartbeat_seconds
         self.shared_cache = shared_cache
@@ -159,6 +171,102 @@ async def until_gone(
             yield stop
     finally:
         watcher.cancel()
+
+
+async def _until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> None:
+    """Set `stop` once the client has gone (as `until_gone` reads it)."""
+    message = await receive()
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await receive()
+    if message["type"] != "http.disconnect":
+        message = await receive()
+    if message["type"] == "http.disconnect" and not stop.done():
+        stop.set_result(None)
+
+
+class _FollowerEvents(ASGIStreamingResponse):
+    """A follower's events, sent from its request's own task, while one task waits for
+    the client to leave and then sets `stop`. (Litestar's streaming response runs the
+    stream in a task group beside a listener: a group and two tasks a follower, which
+    an idle follower need not hold.)"""
+
+    __slots__ = ("slow_seconds", "stop")
+
+    def __init__(self, *, stop: asyncio.Future[None], slow_seconds: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.stop = stop
+        self.slow_seconds = slow_seconds
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        watcher = asyncio.ensure_future(_until_disconnected(receive, self.stop))
+        try:
+            async for chunk in self.iterator:
+                body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
+                try:
+                    # The next event is made only once this one is taken (a slow reader
+                    # is paused, holding one), and one not taken in time cuts it off.
+                    async with asyncio.timeout(self.slow_seconds):
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                except TimeoutError:
+                    log.warning(
+                        "a follower took no event for %g s: cut off, to resume where it was",
+                        self.slow_seconds,
+                    )
+                    if isinstance(self.iterator, AsyncGenerator):
+                        await self.iterator.aclose()  # it counts as a follower no more
+                    return  # the server closes the connection: the response is unfinished
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+
+
+class EventStream(Stream):
+    """Server-sent events for a follower: its generator ends once `stop` is done (the
+    client left, or the service stops), and nothing else runs beside it."""
+
+    __slots__ = ("slow_seconds", "stop")
+
+    def __init__(
+        self,
+        content: Any,
+        *,
+        stop: asyncio.Future[None],
+        slow_seconds: float = SLOW_FOLLOWER_SECONDS,
+        **options: Any,
+    ) -> None:
+        super().__init__(content, **options)
+        self.stop = stop
+        self.slow_seconds = slow_seconds
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: Any = None,
+        cookies: Any = None,
+        encoded_headers: Any = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: str | None = None,
+        status_code: int | None = None,
+        type_encoders: Any = None,
+    ) -> ASGIStreamingResponse:
+        # As Stream's own, with the response that holds nothing beside the stream.
+        return _FollowerEvents(
+            stop=self.stop,
+            slow_seconds=self.slow_seconds,
+            background=self.background or background,
+            content_length=0,
+            cookies=self.cookies if cookies is None else [*self.cookies, *cookies],
+            encoded_headers=encoded_headers,
+            encoding=self.encoding,
+            headers={**headers, **self.headers} if headers is not None else self.headers,
+            is_head_response=is_head_response,
+            iterator=self.iterator,
+            media_type=str(media_type or self.media_type),
+            status_code=self.status_code or status_code,
+        )
 
 
 def wants_stream(request: Request[Any, Any, Any]) -> bool:
@@ -256,13 +364,14 @@ def stream(
     reader: Reader,
     listing: Listing[P],
     followers: Followers,
-    request: Request[Any, Any, Any],
     *,
     page_token: str | None,
     first: dict[str, Any],
     limit: int,
 ) -> Stream:
     """The pages from `page_token` (or `first`'s since/until) on, as events."""
+    # Done once the client leaves (the response watches) or the service stops.
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -273,7 +382,7 @@ def stream(
         token = page_token
         complete = None
         failed: RetryLater | None = None
-        async with until_gone(request, followers) as stop:
+        with followers.following(stop):
             while not stop.done() and loop.time() < ends:
                 wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
                 try:
@@ -314,8 +423,10 @@ def stream(
                 }
             yield _event("end", token, _encode(end))
 
-    return Stream(
+    return EventStream(
         events(),
+        stop=stop,
+        slow_seconds=followers.slow_seconds,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,
         headers={"X-Accel-Buffering": "no"} | _header(NO_CACHE),

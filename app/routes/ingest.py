@@ -16,6 +16,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import AfterExceptionHookHandler, Scope
 
+from app.docs import PushOperation, ReplayOperation
 from app.errors import (
     BadEnvelope,
     BadRequest,
@@ -61,6 +62,7 @@ NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, Shut
         "last attempt to the dead-letter topic."
     ),
     tags=["ingest"],
+    operation_class=PushOperation,
     responses=problem_responses(
         BadEnvelope, Unauthorized, Forbidden, BodyTooLarge, *NOT_STORED, CertsUnavailable
     ),
@@ -93,6 +95,7 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
         "means retry the request. `dry_run` says what would happen and stores nothing."
     ),
     tags=["operations"],
+    operation_class=ReplayOperation,
     before_request=_readable_body,
     responses=problem_responses(
         InvalidBody,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
@@ -14,6 +14,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import Parameter, PathParameter
 
+from app.docs import RecordsOperation, RejectionsOperation
 from app.errors import (
     BadParameter,
     CertsUnavailable,
@@ -40,16 +41,44 @@ from app.query.service import (
     RecordView,
     RejectionsPage,
 )
-from app.records import MAX_ID_LENGTH, TIME_RANGE, AwareDatetime, TimeOutOfRange, micros
+from app.query.streams import Streams
+from app.records import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_MICROS,
+    MIN_MICROS,
+    TIME_RANGE,
+    AwareDatetime,
+    TimeOutOfRange,
+    micros,
+    moment,
+)
 from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
-# RFC 3339's shape of a time with an offset, whatever its numbers.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+# RFC 3339's date-time (its section 5.6, a space allowed for the T as its 5.6 note
+# allows), whatever its numbers: what `since` and `until` take, as the OpenAPI
+# document says (a pattern, and the date-time format for the numbers).
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN)
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"})
+
+
+def _bound(description: str) -> Any:
+    return Parameter(
+        description=f"{description}: an RFC 3339 time with an offset, such as "
+        "`2024-04-27T12:00:00Z`. A time before the year 1 or after 9999 once in UTC reads "
+        "from the start, or to the end",
+        schema_extra={"format": "date-time", "pattern": RFC3339_PATTERN},
+    )
+
+
 # The parameters of both paged lists, /v1/records and /v1/rejections.
-Since = Annotated[str | None, Parameter(description="RFC 3339; rows stored at or after it")]
-Until = Annotated[str | None, Parameter(description="RFC 3339; rows stored before it")]
+Since = Annotated[str | None, _bound("Rows stored at or after it")]
+Until = Annotated[str | None, _bound("Rows stored before it, later than `since`")]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Rows per page")]
 Wait = Annotated[
     float,
@@ -66,7 +95,8 @@ PageTokenText = Annotated[
     str | None,
     Parameter(
         max_length=MAX_TOKEN_LENGTH,
-        description="From the previous page; overrides since and until",
+        description="From the previous page, opaque: overrides `since`; sent with an "
+        "`until`, the one of the first page",
     ),
 ]
 # What any read may be answered with besides its own errors: no valid token, not
@@ -74,18 +104,21 @@ PageTokenText = Annotated[
 _READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, CertsUnavailable)
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
+STREAM_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyFollowers, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
 P = TypeVar("P", RecordsPage, RejectionsPage)
 
 
 @dataclasses.dataclass(frozen=True)
 class Paging:
-    """What the paged lists read with: the reader, and what every follower shares.
-    One dependency, not two: Litestar resolves several side by side in a task
-    group, which costs a page more than its read."""
+    """What the paged lists and their streams read with: the reader, what every
+    follower shares, and the streams (on the same reader). One dependency, not
+    several: Litestar resolves several side by side in a task group, which costs
+    a page more than its read."""
 
     reader: Reader
     followers: Followers
+    streams: Streams
 
 
 # An id may hold any character, `/` included (`orders/123`, asked for as
@@ -100,7 +133,9 @@ MESSAGES_PREFIX = "/v1/messages/"
 def _path_id(description: str) -> Any:
     return PathParameter(
         description=f"{description}, as percent-encoded UTF-8 (`/` as `%2F`, `%` as `%25`); "
-        f"at most {MAX_ID_LENGTH} characters, the longest the push path stores"
+        f"at most {MAX_ID_LENGTH} characters, the longest the push path stores",
+        # Documented only: exact_id checks the id as the client encoded it.
+        schema_extra={"minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN},
     )
 
 
@@ -148,26 +183,37 @@ def _decoded(name: str, encoded: bytes) -> str:
         ) from None
 
 
+# The bounds of what every store holds: a bound beyond them reads from the start or
+# to the end, as the same bound at the edge does.
+_FIRST, _LAST = moment(MIN_MICROS), moment(MAX_MICROS)
+
+
 def _time(name: str, value: str | None) -> datetime | None:
     if value is None:
         return None
+    if not _RFC3339.fullmatch(value):
+        raise BadParameter(name, f"{value!r} is not an RFC 3339 time with an offset")
     try:
         when = _decode_time(msgspec.json.encode(value))
         micros(when)  # in the range every store holds
     except msgspec.DecodeError:
-        if _RFC3339.fullmatch(value):
-            # Written right, naming no time: year 0, month 13, February 30…
-            raise BadParameter(name, f"{value!r} names no date and time in {TIME_RANGE}") from None
-        raise BadParameter(name, f"{value!r} is not an RFC 3339 time with an offset") from None
-    except TimeOutOfRange as exc:
-        raise BadParameter(name, str(exc)) from None
+        # Written right, naming no time: year 0, month 13, February 30…
+        raise BadParameter(name, f"{value!r} names no date and time in {TIME_RANGE}") from None
+    except TimeOutOfRange:
+        # An RFC 3339 time that is one (0001-01-01T00:00:00+01:00), if not in UTC.
+        return _FIRST if (when.utcoffset() or timedelta(0)) > timedelta(0) else _LAST
     return when
 
 
 def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
-    unknown = sorted(set(request.query_params) - _PAGE_PARAMETERS)
+    params = request.query_params
+    unknown = sorted(set(params) - _PAGE_PARAMETERS)
     if unknown:
         raise BadParameter(unknown[0], "unknown parameter")
+    # Each is one value: given twice, the framework would take one and drop the other.
+    for name in params:
+        if len(params.getall(name)) > 1:
+            raise BadParameter(name, "given more than once; give it once")
 
 
 def _freshness(rows: str) -> list[ResponseHeader]:
@@ -208,9 +254,7 @@ async def _paged(
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
         reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where)
-        return stream(
-            reader, listing, followers, request, page_token=token, first=bounds, limit=limit
-        )
+        return stream(reader, listing, followers, page_token=token, first=bounds, limit=limit)
     if wait:
         async with until_gone(request, followers) as stop:
             page = await reader.page(
@@ -242,6 +286,7 @@ async def _paged(
         "that keeps following it sees every record exactly once, even while writes continue."
     ),
     tags=["records"],
+    operation_class=RecordsOperation,
     response_headers=_freshness("record ingested"),
     responses=PAGE_ERRORS,
 )
@@ -265,6 +310,7 @@ async def list_records(
         "exactly as received, base64."
     ),
     tags=["records"],
+    operation_class=RejectionsOperation,
     response_headers=_freshness("rejection stored"),
     responses=PAGE_ERRORS,
 )

@@ -14,6 +14,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+# The jitter's own generator, not the module's shared one: whoever seeds that (a test
+# framework seeds it per example) would make every instance seeded alike wait alike,
+# and a draw from it in a background thread changes the state others rely on.
+_JITTER = random.Random()
+
 
 class Backoff:
     """The waits of one streak of failures: call `next()` after each, `reset()` after a success."""
@@ -24,7 +29,7 @@ class Backoff:
         maximum: float,
         *,
         multiplier: float = 2.0,
-        draw: Callable[[], float] = random.random,
+        draw: Callable[[], float] = _JITTER.random,
     ) -> None:
         if not 0 < initial <= maximum:
             raise ValueError(f"backoff wants 0 < initial <= maximum, not {initial}, {maximum}")

@@ -14,11 +14,9 @@ from app.store import QueryObserver, Store
 from app.store.copies import ConflictObserver
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from app.store.bigquery.store import BigQueryStore
     from app.store.bigquery.typed import PatchObserver
-    from app.store.tiered.exporter import ExportObserver
+    from app.store.tiered.exporter import ExportObserver, Traffic
     from app.store.tiered.supervisor import LoopObserver
     from app.typed.revisions import Revisions
 
@@ -34,7 +32,7 @@ def open_store(
     conflicts: ConflictObserver | None = None,
     exports: ExportObserver | None = None,
     loops: LoopObserver | None = None,
-    traffic: Callable[[], bool] | None = None,
+    traffic: Traffic | None = None,
     revisions: Revisions | None = None,
     patches: PatchObserver | None = None,
 ) -> Store:
@@ -42,7 +40,8 @@ def open_store(
     told what each of its queries cost, `conflicts` of each copy of a message
     that differs from the one stored, `exports` what a serving tier's exporter does,
     `loops` each restart of a serving tier's background loops, `traffic` whether
-    this instance serves push traffic (a serving tier's exporter asks),
+    this instance serves push traffic and when it last had a push (a serving
+    tier's exporter asks),
     `revisions` each decoded schema revision's typed fields (every store projects
     them: the serving tier keeps JSON in Spanner and projects on export), `patches`
     each change of BigQuery's typed columns that BigQuery refused."""
@@ -104,7 +103,7 @@ def _tiered(
     conflicts: ConflictObserver | None,
     exports: ExportObserver | None,
     loops: LoopObserver | None,
-    traffic: Callable[[], bool] | None,
+    traffic: Traffic | None,
 ) -> Store:
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.store import TieredStore
@@ -123,5 +122,5 @@ def _tiered(
         conflicts=conflicts,
         export_observer=exports,
         loop_observer=loops,
-        serving_traffic=traffic,
+        traffic=traffic,
     )

@@ -35,7 +35,7 @@ class Tail:
 
     def __init__(self, *, window_seconds: float = 60.0, max_rows: int = MAX_ROWS) -> None:
         self._window = int(window_seconds * 1_000_000)
-        self._max_rows = max_rows
+        self.max_rows = max_rows
         self._rows: list[Record] = []
         self._keys: list[Key] = []
         # Nothing lies after (start, "") until the first rows: a tail starts
@@ -49,10 +49,22 @@ class Tail:
         """Whether every record after the query's cursor is here (up to `page`'s `until`)."""
         return (query.after_time, query.after_message_id) >= self.start
 
+    @property
+    def window(self) -> int:
+        """How far back the tail holds records (µs)."""
+        return self._window
+
     def reset(self, at: int) -> None:
         """Hold nothing, from `at` on: records after it are added as they come."""
         self._rows, self._keys = [], []
         self.start = (at, "")
+
+    def fill(self, start: Key, records: list[Record]) -> None:
+        """Hold `records`, every record after `start` in key order (a store warming
+        its tail from storage as it starts)."""
+        self._rows = list(records)
+        self._keys = [(r.ingest_time, r.message_id) for r in records]
+        self.start = start
 
     def add(self, records: Iterable[Record], *, now: int) -> None:
         """Records stored since: after `start`, in any order (each lands in key order)."""
@@ -84,7 +96,7 @@ class Tail:
 
     def _evict(self, oldest: int) -> None:
         cut = bisect.bisect_left(self._keys, (oldest, ""))
-        cut = max(cut, len(self._keys) - self._max_rows)
+        cut = max(cut, len(self._keys) - self.max_rows)
         if cut > 0:
             self.start = self._keys[cut - 1]
             del self._rows[:cut], self._keys[:cut]

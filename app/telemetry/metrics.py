@@ -411,17 +411,22 @@ def _refused(reason: str) -> tuple[tuple[str, str], ...]:
     return (("outcome", "refused"), ("reason", reason))
 
 
+# How app.ingest.service begins the reason of a message with no data.
+_NO_DATA = "message.data: absent or empty"
 _FIELD_AT = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
 _MISSING_FIELD = re.compile(r"missing required field `([A-Za-z0-9_]+)`")
 
 
 @functools.lru_cache(maxsize=256)
 def coarse_reason(reason: str) -> str:
-    """A metric label from a rejection's reason: the payload field, `json` or `base64`.
+    """A metric label from a rejection's reason: the payload field, `json`, `base64` or
+    `empty` (a message with no data).
 
     Only fields of the payload schema can appear (unknown ones are ignored, not
     refused), so the label's values stay few.
     """
+    if reason.startswith(_NO_DATA):
+        return "empty"
     if reason.startswith("message.data"):
         return "base64"
     if reason.startswith("payload is not JSON"):

@@ -1,10 +1,21 @@
+# The images, in the service's region and, with standby_region, in a second region too:
+# every deploy pushes each image to both (deploy-environment.yml), so a region lost
+# takes no image with it. One repository per location, keyed by it: moving the
+# service to the standby region (docs/operations.md#losing-a-zone-or-a-region) swaps
+# `region` and `standby_region` and replaces neither repository.
+locals {
+  image_locations = toset(compact([var.region, var.standby_region]))
+}
+
 resource "google_artifact_registry_repository" "images" {
   #checkov:skip=CKV_GCP_84:Encrypted at rest with Google-managed keys; images hold no data that requires customer-managed keys.
+  for_each = local.image_locations
+
   project       = var.project_id
-  location      = var.region
+  location      = each.key
   repository_id = var.artifact_repository_id
   format        = "DOCKER"
-  description   = "Images of ${var.service_name}, tagged with the commit they were built from."
+  description   = "Images of ${var.service_name}, tagged with the commit they were built from${each.key == var.region ? "" : " (standby: the same images as in ${var.region})"}."
 
   docker_config {
     # A commit SHA names exactly one image, so rolling back to a tag is exact.
@@ -29,4 +40,10 @@ resource "google_artifact_registry_repository" "images" {
   }
 
   depends_on = [google_project_service.enabled]
+}
+
+# The repository of a deployment made before there was a standby: the region's.
+moved {
+  from = google_artifact_registry_repository.images
+  to   = google_artifact_registry_repository.images["europe-west1"]
 }

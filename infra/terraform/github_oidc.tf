@@ -29,13 +29,15 @@ resource "google_iam_workload_identity_pool_provider" "github" {
 
   # Any GitHub repository can present a token from this issuer. This provider accepts
   # only this repository's, by its ids (a repository deleted and created again under
-  # the same name has another id), and only the subjects bound below, each from the one
-  # workflow file that may use it (job_workflow_ref: for a reusable workflow, the file
-  # the job is defined in): plans (pull requests, and the deploy branch), the deploy
-  # environment (the approved job of a rollout), its reviewer-free rollout environment
-  # (each system's job) and the apply environment, those three only on the deploy
-  # branch. The values are spelled out rather than taken from a local so policy checks
-  # can read the condition without evaluating the configuration. GitHub's claims:
+  # the same name has another id), and only the subjects bound below, each from the
+  # workflow files that may use it (job_workflow_ref: for a reusable workflow, the file
+  # the job is defined in): plans (pull requests, and the deploy branch: a merge's plan
+  # and drift.yml's), and, on the deploy branch only, a rollout's jobs in the
+  # reviewer-free <environment>-rollout and an apply in the reviewer-free
+  # terraform-<environment>-apply. Their approval is given before the environment's
+  # queue, in a job that authenticates nowhere (approve.yml), which their callers need.
+  # The values are spelled out rather than taken from a local so policy checks can read
+  # the condition without evaluating the configuration. GitHub's claims:
   # https://docs.github.com/en/actions/reference/security/oidc
   attribute_condition = <<-EOT
     assertion.repository_id == '${var.github_repository_id}' && assertion.repository_owner_id == '${var.github_owner_id}' && assertion.repository == '${var.github_owner}/${var.github_repo}' && (
@@ -45,17 +47,18 @@ resource "google_iam_workload_identity_pool_provider" "github" {
       ) || (
         assertion.ref == 'refs/heads/${var.github_deploy_branch}' && (
           (
-            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:ref:refs/heads/${var.github_deploy_branch}' &&
-            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/terraform-environment.yml@refs/heads/${var.github_deploy_branch}'
+            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:ref:refs/heads/${var.github_deploy_branch}' && (
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/terraform-environment.yml@refs/heads/${var.github_deploy_branch}' ||
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/drift.yml@refs/heads/${var.github_deploy_branch}'
+            )
           ) || (
-            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}' &&
-            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-environment.yml@refs/heads/${var.github_deploy_branch}'
+            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}-rollout' && (
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-environment.yml@refs/heads/${var.github_deploy_branch}' ||
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-system.yml@refs/heads/${var.github_deploy_branch}'
+            )
           ) || (
-            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}-rollout' &&
-            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-system.yml@refs/heads/${var.github_deploy_branch}'
-          ) || (
-            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}' &&
-            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/terraform-environment.yml@refs/heads/${var.github_deploy_branch}'
+            assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}-apply' &&
+            assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/terraform-apply.yml@refs/heads/${var.github_deploy_branch}'
           )
         )
       )
@@ -71,27 +74,25 @@ locals {
   github_principal = "principal://iam.googleapis.com/${google_iam_workload_identity_pool.github.name}/subject/repo:${local.github_repository}"
 
   github_identities = {
-    # A rollout's first job (the image, the systems) runs in the GitHub environment
-    # named like this one: for prod, the one approval a rollout asks for.
-    deployer = {
-      account = google_service_account.deployer.name
-      subject = "${local.github_principal}:environment:${var.environment}"
-    }
-    # Then each system's job, in <environment>-rollout, which has no reviewers: the
-    # same account, for deploy-system.yml on the deploy branch only (the condition).
+    # A rollout's jobs (the image and the systems, then each system's) run in the
+    # GitHub environment <environment>-rollout, which has no reviewers: the rollout was
+    # approved before its queue, in <environment> (approve.yml). The deploy account,
+    # for deploy-environment.yml and deploy-system.yml on the deploy branch only.
     deployer_rollout = {
       account = google_service_account.deployer.name
       subject = "${local.github_principal}:environment:${var.environment}-rollout"
     }
-    # terraform.yml apply jobs run in the GitHub environment terraform-<environment>.
+    # terraform-apply.yml's apply runs in terraform-<environment>-apply, approved before
+    # its queue in terraform-<environment>.
     terraform_apply = {
       account = google_service_account.terraform_apply.name
-      subject = "${local.github_principal}:environment:terraform-${var.environment}"
+      subject = "${local.github_principal}:environment:terraform-${var.environment}-apply"
     }
   }
 
   # terraform.yml plans on pull requests, and on the deploy branch before each gated
-  # apply (the plan the reviewer approves): read-only, outside any environment.
+  # apply (the plan the reviewer approves), and drift.yml there: read-only, outside any
+  # environment.
   github_plan_subjects = toset([
     "${local.github_principal}:pull_request",
     "${local.github_principal}:ref:refs/heads/${var.github_deploy_branch}",

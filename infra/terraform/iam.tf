@@ -1,9 +1,17 @@
 # --- deploys (GitHub Actions, see github_oidc.tf) -------------------------------
 
+# (The region's repository kept its grant's address when the standby came.)
+moved {
+  from = google_artifact_registry_repository_iam_member.deployer_pushes_images
+  to   = google_artifact_registry_repository_iam_member.deployer_pushes_images["europe-west1"]
+}
+
 resource "google_artifact_registry_repository_iam_member" "deployer_pushes_images" {
+  for_each = google_artifact_registry_repository.images
+
   project    = var.project_id
-  location   = google_artifact_registry_repository.images.location
-  repository = google_artifact_registry_repository.images.name
+  location   = each.value.location
+  repository = each.value.name
   role       = "roles/artifactregistry.writer"
   member     = google_service_account.deployer.member
 }
@@ -140,10 +148,13 @@ resource "google_service_account_iam_member" "oncall_acts_as_operator" {
 # Cloud Run checks on the project however the service's own policy reads (and for
 # `gcloud projects describe`: resourcemanager.projects.get); the canary's Scheduler job
 # resumed or paused (Cloud Scheduler has no per-job policy), through a role of exactly
-# those permissions.
+# those permissions; query jobs for `recordline export verify` run from a checkout
+# (BigQuery runs a job in a project; what it may read is granted per table:
+# modules/system/iam.tf, operator_reads_exported).
 resource "google_project_iam_member" "operator" {
   for_each = toset([
     "roles/run.viewer",
+    "roles/bigquery.jobUser",
     google_project_iam_custom_role.operator_scheduler.id,
   ])
 

@@ -76,6 +76,12 @@ locals {
       kind        = "GAUGE", value = "INT64", unit = "1", labels = ["table"]
       description = "1 while a row BigQuery refused stops the export of its table"
     }
+    # A store's background loops (the serving tier's exporter, tail and watermark),
+    # started again after a failure.
+    "loop.restarts" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "{restart}", labels = ["loop"]
+      description = "Background loops started again after a failure, by loop"
+    }
     # Typed columns: reported by every instance that writes records to BigQuery.
     "typed.patches_refused" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "{patch}", labels = []

@@ -26,8 +26,10 @@ output "github_environment_variables" {
     GCP_REGION                     = var.region
     GCP_WORKLOAD_IDENTITY_PROVIDER = google_iam_workload_identity_pool_provider.github.name
     GCP_DEPLOY_SERVICE_ACCOUNT     = google_service_account.deployer.email
-    ARTIFACT_REPOSITORY            = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
-    IMAGE_NAME                     = var.service_name
+    ARTIFACT_REPOSITORY            = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images[var.region].repository_id}"
+    # Where every deploy also pushes the image (empty without standby_region).
+    ARTIFACT_STANDBY_REPOSITORY = var.standby_region == "" ? "" : "${var.standby_region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images[var.standby_region].repository_id}"
+    IMAGE_NAME                  = var.service_name
   }
 }
 

@@ -14,20 +14,22 @@ locals {
   # entry that leaves the setting out. An empty entry would have no such attribute and
   # fail the plan. A test keeps these names equal to the entries' attributes.
   system_defaults = {
-    readers         = null
-    operators       = null
-    ticket_channels = null
-    min_instances   = null
-    max_instances   = null
-    extra_env       = null
-    serving         = null
-    rate            = null
-    message_bytes   = null
-    schema          = null
-    id_field        = null
-    time_field      = null
-    canary_file     = null
-    json_schema     = null
+    readers          = null
+    operators        = null
+    ticket_channels  = null
+    min_instances    = null
+    max_instances    = null
+    extra_env        = null
+    serving          = null
+    rate             = null
+    message_bytes    = null
+    json_bytes       = null
+    spanner_instance = null
+    schema           = null
+    id_field         = null
+    time_field       = null
+    canary_file      = null
+    json_schema      = null
   }
 }
 
@@ -63,6 +65,8 @@ module "system" {
   min_instances = each.value.min_instances != null ? each.value.min_instances : var.min_instances
   max_instances = each.value.max_instances != null ? each.value.max_instances : var.max_instances
   extra_env     = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
+  # The share of traces kept (OTEL_TRACES_SAMPLER_ARG), the same for every system.
+  trace_sample_ratio = var.trace_sample_ratio
 
   # Its topic's schema and the payload's shape (README, "Your topic, your schema"); files
   # are paths from the repository's root, this directory's grandparent.
@@ -81,7 +85,11 @@ module "system" {
   typed_columns = local.typed_columns[each.key]
 
   # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
-  serving = contains(local.serving_systems, each.key) ? { instance = google_spanner_instance.serving[local.spanner_instance_name].name, recovery_hours = var.spanner_recovery_hours } : null
+  serving = contains(local.serving_systems, each.key) ? {
+    instance       = google_spanner_instance.serving[local.serving_instance[each.key]].name
+    recovery_hours = var.spanner_recovery_hours
+    restore_role   = google_project_iam_custom_role.operator_restore_rows.id
+  } : null
 
   project_id                     = var.project_id
   project_number                 = data.google_project.this.number

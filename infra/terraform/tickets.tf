@@ -87,6 +87,14 @@ locals {
       ```
       Dead letters first (their ticket's replay closes the gaps they hold), then the publisher's own logs for those sequences, then the subscription's retention.
     EOT
+    loops     = <<-EOT
+      Which loop, and why it fails (its traceback, in the line that restarts it):
+      ```sh
+      ${local.ticket_system}
+      gcloud logging read "resource.type=\"cloud_run_revision\" labels.system=\"$SYSTEM\" severity>=ERROR jsonPayload.message:\"loop failed\"" --project=${var.project_id} --freshness=1h --limit=5
+      ```
+      An exporter down for longer than a lease hands the export to another instance; readiness names the loop on the instance where it is down.
+    EOT
     typed     = <<-EOT
       Why BigQuery refused, naming the revision and the table (`bq show --schema` it):
       ```sh
@@ -113,6 +121,7 @@ locals {
     export_lag     = ["export to BigQuery over ${format("%g", var.export_lag_ticket_seconds / 3600)} h behind", "300s", "export-behind", local.ticket_commands.export]
     export_blocked = ["export to BigQuery stopped at a row it cannot append", "300s", "export-blocked", local.ticket_commands.export]
     typed_refused  = ["BigQuery refuses to add typed columns a schema revision needs", "0s", "typed-columns-refused", local.ticket_commands.typed]
+    loop_restarts  = ["a background loop restarted over ${var.loop_restarts_ticket_count} times in 10 minutes", "0s", "loop-restarting", local.ticket_commands.loops]
     # Held 5 minutes: the metric is read from the ledger every minute, and a gap is
     # missing only once older than the grace period already.
     producers_missing = ["sequences of a producer missing past the grace period", "300s", "producers-missing", "${local.ticket_commands.producers}\n${local.ticket_commands.replay}"]
@@ -137,6 +146,7 @@ locals {
       canary_absent     = symptoms.canary_absent
       export_lag        = symptoms.export_lag
       export_blocked    = symptoms.export_blocked
+      loop_restarts     = symptoms.loop_restarts
       typed_refused     = symptoms.typed_refused
       producers_missing = symptoms.producers_missing
     }
@@ -162,6 +172,7 @@ module "ticket_symptoms" {
   min_events                       = var.alert_min_events
   query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
   export_lag_threshold_seconds     = var.export_lag_ticket_seconds
+  loop_restarts_threshold          = var.loop_restarts_ticket_count
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal, threshold = var.freshness_threshold_seconds }

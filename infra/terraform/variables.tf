@@ -11,6 +11,22 @@ variable "region" {
   default     = "europe-west1"
 }
 
+variable "standby_region" {
+  type        = string
+  description = <<-EOT
+    A second region that holds every image too (artifact_registry.tf), where the
+    service moves if its region is lost (docs/operations.md#losing-a-zone-or-a-region):
+    empty for none. With a multi-region spanner_config (eur3) that covers both regions,
+    no acknowledged message waits for the lost region to come back.
+  EOT
+  default     = ""
+
+  validation {
+    condition     = var.standby_region == "" || (can(regex("^[a-z]+-[a-z]+[0-9]+$", var.standby_region)) && var.standby_region != var.region)
+    error_message = "standby_region must be empty or a region (such as europe-west4) other than region."
+  }
+}
+
 variable "environment" {
   type        = string
   description = "Environment name; also the GitHub environment that may deploy here."
@@ -272,6 +288,23 @@ variable "oncall" {
   }
 }
 
+variable "trace_sample_ratio" {
+  type        = number
+  description = <<-EOT
+    Share of the traces each service starts itself that Cloud Trace keeps
+    (OTEL_TRACES_SAMPLER=parentbased_traceidratio): every push starts one (Pub/Sub's
+    push carries no trace context), three spans a push, billed per span past Cloud
+    Trace's free allotment. 1% keeps about a trace a second at ten pushes a second; a
+    caller that sends its own sampled trace context is always traced.
+  EOT
+  default     = 0.01
+
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
+  }
+}
+
 variable "extra_env" {
   type        = map(string)
   description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
@@ -418,6 +451,43 @@ variable "spanner_config" {
   validation {
     condition     = var.spanner_config == "" || can(regex("^[a-z][a-z0-9-]*[a-z0-9]$", var.spanner_config))
     error_message = "spanner_config must be empty or an instance configuration name such as regional-europe-west1 or eur3."
+  }
+}
+
+variable "spanner_edition" {
+  type        = string
+  description = <<-EOT
+    Spanner edition of the serving tier's instances: empty for the least the
+    configuration allows (STANDARD for a regional one, ENTERPRISE_PLUS for a dual- or
+    multi-region one such as eur3, which exist in that edition only), or STANDARD,
+    ENTERPRISE or ENTERPRISE_PLUS. infra/fleet_cost.py prices it.
+  EOT
+  default     = ""
+
+  validation {
+    condition = contains(["", "STANDARD", "ENTERPRISE", "ENTERPRISE_PLUS"], var.spanner_edition) && (
+      var.spanner_edition == "" || var.spanner_edition == "ENTERPRISE_PLUS" || var.spanner_config == "" || startswith(var.spanner_config, "regional-")
+    )
+    error_message = "spanner_edition must be empty, STANDARD, ENTERPRISE or ENTERPRISE_PLUS, and ENTERPRISE_PLUS (or empty) for a dual- or multi-region spanner_config: Spanner offers those configurations in that edition only."
+  }
+}
+
+variable "binary_json_ratio" {
+  type        = number
+  description = <<-EOT
+    How much larger a BINARY topic's message is as the JSON the service stores (every
+    field named, numbers as text) than as published: what a serving system with a
+    BINARY schema and no `json_bytes` of its own is sized by. The ratio follows the
+    schema: the example order of schemas/orders.avsc is 49 bytes in Avro and 144 as
+    JSON (2.9) with its strings filled in, 18 and 112 (6.2) with short ones; the fewer
+    and longer the strings, the nearer 1. Declare a system's `json_bytes` (the size of
+    its stored `data`, which /v1/records returns) rather than rely on this.
+  EOT
+  default     = 3
+
+  validation {
+    condition     = var.binary_json_ratio >= 1
+    error_message = "binary_json_ratio must be at least 1: JSON names what binary leaves out."
   }
 }
 
@@ -696,6 +766,12 @@ variable "export_lag_ticket_seconds" {
   default     = 3600
 }
 
+variable "loop_restarts_ticket_count" {
+  type        = number
+  description = "Ticket a system a background loop of which (the serving tier's exporter, its tail or watermark) restarted more than this many times in 10 minutes, over its instances (recordline.loop.restarts): a failure that happens every time, a bug or a row nothing else contains."
+  default     = 5
+}
+
 variable "export_lag_page_seconds" {
   type        = number
   description = <<-EOT
@@ -726,10 +802,19 @@ variable "systems" {
     max_instances   = optional(number)
     extra_env       = optional(map(string))
     serving         = optional(bool)
-    # With `serving`: its mean rate (messages/s) and message size (bytes), what the
-    # Spanner instance is sized by (serving_rate, serving_message_bytes by default).
+    # With `serving`: its mean rate (messages/s) and message size (bytes, as published),
+    # what the Spanner instance is sized by (serving_rate, serving_message_bytes by
+    # default); and, for a BINARY topic, the size of a message's data as the JSON it
+    # decodes to, which is what Spanner stores (message_bytes x binary_json_ratio if
+    # left out).
     rate          = optional(number)
     message_bytes = optional(number)
+    json_bytes    = optional(number)
+    # With `serving`: the Spanner instance its database is on, 1 (<service_name>-serving)
+    # unless the first is full: an instance holds at most 90 of this configuration's
+    # databases, and the systems added past that name 2 (<service_name>-serving-2), and
+    # so on. Never changed once the database exists: it would be replaced.
+    spanner_instance = optional(number)
     # The topic's schema (README, "Your topic, your schema"): its definition, a file in
     # this repository (a path from its root); AVRO or PROTOCOL_BUFFER; the encoding
     # publishers use, JSON or BINARY; and its id if not the system's name (a schema

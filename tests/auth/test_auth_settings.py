@@ -166,7 +166,44 @@ def test_serve_prints_the_refusal_and_exits_2(
         monkeypatch.delenv(variable, raising=False)
 
     assert main(["serve", "--host", "0.0.0.0", "--store", "memory:"]) == 2
-    assert "RECORDLINE_PUSH_TOKEN" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    # One line naming all that is missing (it took a run per setting), and the flag
+    # typed rather than the variable it sets.
+    assert said.count("\n") == 1, said
+    assert said.startswith("recordline: --host '0.0.0.0' is not a loopback address"), said
+    for variable in (
+        "RECORDLINE_PUSH_TOKEN",
+        "RECORDLINE_READ_AUDIENCE",
+        "RECORDLINE_PUBLIC_READS",
+        "RECORDLINE_PAGE_TOKEN_SECRET",
+    ):
+        assert variable in said
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({}, {"push", "read", "page-token"}),
+        ({"RECORDLINE_PUSH_TOKEN": PUSH_TOKEN}, {"read", "page-token"}),
+        ({"RECORDLINE_PUBLIC_READS": "true"}, {"push", "page-token"}),
+        ({"RECORDLINE_PAGE_TOKEN_SECRET": PAGE_SECRET}, {"push", "read"}),
+    ],
+)
+def test_one_refusal_names_everything_a_service_beyond_loopback_lacks(
+    env: dict[str, str], missing: set[str]
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        create_app(settings(RECORDLINE_HOST="0.0.0.0", **env))
+    said = {
+        kind
+        for kind, text in (
+            ("push", "push authentication"),
+            ("read", "read authentication"),
+            ("page-token", "page-token key"),
+        )
+        if text in str(raised.value)
+    }
+    assert said == missing, str(raised.value)
 
 
 async def test_shared_token_in_the_url_admits_the_emulator() -> None:

@@ -103,6 +103,10 @@ _RESULT_TYPES = {
     "BLOB": "BYTES",
 }
 _PATH = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries$")
+# `client.query(sql).result()`: jobs.insert, then jobs.getQueryResults and jobs.get.
+_JOBS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs$")
+_JOB = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/jobs/(?P<job>[^/]+)$")
+_RESULTS = re.compile(r"^/bigquery/v2/projects/(?P<project>[^/]+)/queries/(?P<job>[^/]+)$")
 _TABLE = re.compile(
     r"^/bigquery/v2/projects/(?P<project>[^/]+)/datasets/(?P<dataset>[^/]+)/tables/(?P<table>[^/]+)$"
 )
@@ -204,6 +208,9 @@ class FakeBigQueryJobs:
         self.dropped: list[str] = []
         # DML statements applied.
         self.updates = 0
+        # Query jobs inserted (`client.query`), by id: the job and its answer, each run
+        # to its end as it is inserted.
+        self.jobs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -219,6 +226,9 @@ class FakeBigQueryJobs:
                 if _TABLES.match(self.path.split("?", 1)[0]):
                     self._answer(*fake.create_table(self.path, body))
                     return
+                if _JOBS.match(self.path.split("?", 1)[0]):
+                    self._answer(*fake.insert_job(self.path, body))
+                    return
                 self._answer(*fake.handle(self.path, body))
 
             def do_DELETE(self) -> None:
@@ -230,6 +240,11 @@ class FakeBigQueryJobs:
                 self._answer(status, answer)
 
             def do_GET(self) -> None:
+                if _JOB.match(self.path.split("?", 1)[0]) or _RESULTS.match(
+                    self.path.split("?", 1)[0]
+                ):
+                    self._answer(*fake.job(self.path))
+                    return
                 self._answer(*fake.table(self.path, None, None))
                 if fake.after_get:
                     fake.after_get.pop(0)()
@@ -338,6 +353,55 @@ class FakeBigQueryJobs:
             self.write.drop(full)
             self.billing.kinds.pop(match["table"], None)
         return 204, {}
+
+    def insert_job(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`jobs.insert` of a query job (`client.query(sql)`): run as `jobs.query` runs
+        a query, at once; its answer kept for `jobs.getQueryResults`. A query refused
+        is refused here, as BigQuery refuses one it cannot parse."""
+        match = _JOBS.match(path.split("?", 1)[0])
+        assert match is not None
+        query = (body.get("configuration") or {}).get("query")
+        if not isinstance(query, dict) or "query" not in query:
+            return 400, _error(400, "invalid", "only query jobs are served here")
+        reference = {
+            "projectId": match["project"],
+            "jobId": (body.get("jobReference") or {}).get("jobId") or f"fake-{len(self.jobs)}",
+            "location": "US",
+        }
+        status, answer = self.handle(f"/bigquery/v2/projects/{match['project']}/queries", query)
+        if status != 200:
+            return status, answer
+        answer = {**answer, "jobReference": reference}
+        job = {
+            "kind": "bigquery#job",
+            "id": f"{reference['projectId']}:US.{reference['jobId']}",
+            "jobReference": reference,
+            "configuration": body["configuration"],
+            "status": {"state": "DONE"},
+            "statistics": {
+                "query": {
+                    "totalBytesProcessed": answer.get("totalBytesProcessed", "0"),
+                    "totalBytesBilled": answer.get("totalBytesBilled", "0"),
+                    "cacheHit": False,
+                }
+            },
+        }
+        with self._lock:
+            self.jobs[reference["jobId"]] = (job, answer)
+        return 200, job
+
+    def job(self, path: str) -> tuple[int, dict[str, Any]]:
+        """`jobs.get` (the job, done) or `jobs.getQueryResults` (its rows, all at once)."""
+        bare = path.split("?", 1)[0]
+        found = _RESULTS.match(bare) or _JOB.match(bare)
+        assert found is not None
+        kept = self.jobs.get(found["job"])
+        if kept is None:
+            return 404, _error(404, "notFound", f"Not found: Job {found['job']}")
+        job, answer = kept
+        if _RESULTS.match(bare):
+            return 200, {**answer, "kind": "bigquery#getQueryResultsResponse"}
+        return 200, job
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         match = _PATH.match(path.split("?", 1)[0])

@@ -23,6 +23,16 @@ google.cloud.bigquery.storage.v1 (BigQueryWrite):
 - A finalized stream takes no more appends (`STREAM_FINALIZED`, INVALID_ARGUMENT);
   an unknown stream is NOT_FOUND.
 
+Failures come where BigQuery puts them: in a response (`AppendRowsResponse.error`,
+a google.rpc.Status whose details carry a `StorageError`), or at the RPC level,
+the call ending with a status whose trailers (`grpc-status-details-bin`) carry
+the same details, as in googleapis/python-bigquery-storage#593 (NOT_FOUND
+"Requested entity was not found", INVALID_ARGUMENT "Invalid stream name"). A
+test plans them per table (`inject`: one per request), for good (`broken`:
+every request to the table until removed), or per stream (`StreamGone`: this
+stream answers so from now on, as one BigQuery finalized, dropped or expired
+does, while new streams of the table work).
+
 Time, on the fake's `clock` (seconds; tests move it instead of waiting):
 - A connection idle for `IDLE_SECONDS` (600) is closed by the server with
   ABORTED, "Closing the stream because it has been inactive for 600 seconds",
@@ -47,6 +57,16 @@ Table schemas (`define`, then `patch` through the `tables` fake in
 - `GetWriteStream` of `_default` with the FULL view shows the schema as the
   write path sees it (`table_schema`), which is how a writer learns it.
 
+Writer schemas are read as BigQuery reads them: a descriptor protobuf itself
+would not build (a field name that is no proto identifier, `café`) fails the
+call with INVALID_ARGUMENT, "Invalid proto schema: BqMessage.proto: …" (the
+form BigQuery answers in, googleapis/python-bigquery-storage#519), storing
+nothing; a field's `column_name` annotation
+(google/cloud/bigquery/storage/v1/annotations.proto, field 454943157 of
+FieldOptions) names its column instead of the field's own name, for matching
+columns and in the rows kept. The annotation is read from the options' raw
+fields here, not through the code under test.
+
 Run alone for benchmarks:
     python -m tests.bigquery.fake_storage_write --port 50051 --latency-ms 10
 
@@ -66,6 +86,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import re
 import signal
 import time
 import urllib.parse
@@ -75,7 +96,8 @@ from typing import Any
 
 import grpc
 from google.cloud.bigquery_storage_v1 import types
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
+from google.rpc import status_pb2
 
 _Request: Any = types.AppendRowsRequest.pb()
 _Response: Any = types.AppendRowsResponse.pb()
@@ -86,19 +108,41 @@ SERVICE = "google.cloud.bigquery.storage.v1.BigQueryWrite"
 
 @dataclasses.dataclass(frozen=True)
 class Abort:
-    """End the call with `code`; with `commit`, store the rows first (the answer is lost)."""
+    """End the call with `code` (at the RPC level), its trailers carrying a
+    `StorageError` of code `storage` if given; with `commit`, store the rows first
+    (the answer is lost)."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     commit: bool = False
     details: str = "injected abort"
+    storage: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ErrorResponse:
-    """Answer the request with `error` set; nothing is stored."""
+    """Answer the request with `error` set (its details a `StorageError` of code
+    `storage`, if given); nothing is stored."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     message: str = "injected error"
+    storage: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamGone:
+    """The stream the request names is gone from now on: this request and every
+    later one to it are answered with `code` (and a `StorageError` of `storage`),
+    at the RPC level with `rpc`, else in the response; nothing more is stored in
+    it. With `commit`, this request's rows are stored first (and their answer
+    lost). `finalized`: BigQuery finalized it (FinalizeWriteStream answers its row
+    count), else it no longer knows it (NOT_FOUND)."""
+
+    code: grpc.StatusCode = grpc.StatusCode.NOT_FOUND
+    message: str = "Requested entity was not found."
+    storage: int | None = None
+    rpc: bool = False
+    commit: bool = False
+    finalized: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +155,7 @@ class UpdatedSchema:
     """Store the rows and answer with `updated_schema` set, as after an ALTER TABLE."""
 
 
-Fault = Abort | ErrorResponse | Drop | UpdatedSchema
+Fault = Abort | ErrorResponse | Drop | UpdatedSchema | StreamGone
 
 _WriteStream: Any = types.WriteStream.pb()
 _CreateRequest: Any = types.CreateWriteStreamRequest.pb()
@@ -123,6 +167,8 @@ _BatchCommitResponse: Any = types.BatchCommitWriteStreamsResponse.pb()
 _FlushRequest: Any = types.FlushRowsRequest.pb()
 _FlushResponse: Any = types.FlushRowsResponse.pb()
 _StorageError: Any = types.StorageError.pb()
+# Where a gRPC status's details travel at the RPC level (the rich error model).
+STATUS_DETAILS = "grpc-status-details-bin"
 COMMITTED, PENDING, BUFFERED = 1, 2, 3  # WriteStream.Type
 # See the module notes: an idle connection is closed, an unused stream is gone.
 IDLE_SECONDS = 600.0
@@ -193,14 +239,57 @@ def storage_fields(fields: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
+# annotations.proto: `extend google.protobuf.FieldOptions { string column_name = 454943157; }`
+COLUMN_NAME = 454943157
+# What protobuf takes as a field's name (and BigQuery's descriptor check with it).
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class InvalidSchema(Exception):
+    """A writer schema BigQuery refuses; the message is BigQuery's."""
+
+
+def column_name(field: Any) -> str:
+    """The column a writer schema's field (a FieldDescriptorProto) writes: its
+    `column_name` annotation, else its own name."""
+    for raw in unknown_fields.UnknownFieldSet(field.options):
+        if raw.field_number == COLUMN_NAME:
+            name: str = raw.data.decode()
+            return name
+    name = field.name
+    return name
+
+
+def _checked(descriptor: descriptor_pb2.DescriptorProto, path: str = "") -> None:
+    """Raise InvalidSchema for a field name protobuf would not take."""
+    where = f"{path}{descriptor.name}"
+    for field in descriptor.field:
+        if not _IDENTIFIER.fullmatch(field.name):
+            raise InvalidSchema(
+                f'Invalid proto schema: BqMessage.proto: {where}.{field.name}: "{field.name}" '
+                "is not a valid identifier."
+            )
+    for nested in descriptor.nested_type:
+        _checked(nested, f"{where}.")
+
+
+def _columns(descriptor: Any, prefix: str = "") -> dict[str, dict[str, str]]:
+    """Per message (full name, as the pool names it), each field's column."""
+    full = f"{prefix}{descriptor.name}"
+    out = {full: {f.name: column_name(f) for f in descriptor.field}}
+    for nested in descriptor.nested_type:
+        out |= _columns(nested, f"{full}.")
+    return out
+
+
 def _extra_fields(descriptor: Any, fields: list[dict[str, Any]], path: str = "") -> list[str]:
     """Fields of a writer schema no column of `fields` has (by name, as BigQuery matches)."""
     columns = {f["name"].casefold(): f for f in fields}
     nested = {n.name: n for n in descriptor.nested_type}
     extra = []
     for field in descriptor.field:
-        where = f"{path}{field.name}"
-        column = columns.get(field.name.casefold())
+        where = f"{path}{column_name(field)}"
+        column = columns.get(column_name(field).casefold())
         if column is None:
             extra.append(where)
         elif field.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE:
@@ -224,21 +313,32 @@ class AppStream:
     visible: int = 0
     # When it last had traffic (created, appended to), on the fake's clock.
     used: float = 0.0
+    # How it answers every append since it is gone (StreamGone), if it is.
+    gone: Any = None
 
 
 _END = object()
 
 
 def _decoder(descriptor: descriptor_pb2.DescriptorProto) -> Callable[[bytes], dict[str, Any]]:
+    """Rows of this writer schema as dicts by column; InvalidSchema if BigQuery
+    would refuse it."""
+    _checked(descriptor)
     pool = descriptor_pool.DescriptorPool()
     file = descriptor_pb2.FileDescriptorProto(name="writer_schema.proto", syntax="proto2")
     file.message_type.add().CopyFrom(descriptor)
-    pool.Add(file)
+    try:
+        pool.Add(file)
+    except TypeError as exc:  # what protobuf says of a descriptor it cannot build
+        raise InvalidSchema(f"Invalid proto schema: BqMessage.proto: {exc}") from None
     cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(descriptor.name))
-    if descriptor.nested_type:
+    columns = _columns(descriptor)
+    if descriptor.nested_type or any(
+        column != field for field, column in columns[descriptor.name].items()
+    ):
 
         def decode_nested(data: bytes) -> dict[str, Any]:
-            return _as_dict(cls.FromString(data))
+            return _as_dict(cls.FromString(data), columns)
 
         return decode_nested
     names = [field.name for field in descriptor.field]
@@ -250,19 +350,32 @@ def _decoder(descriptor: descriptor_pb2.DescriptorProto) -> Callable[[bytes], di
     return decode
 
 
-def _as_dict(message: Any) -> dict[str, Any]:
-    """A row message as a dict: nested messages as dicts, repeated fields as lists."""
+def _as_dict(message: Any, columns: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """A row message as a dict by column: nested messages as dicts, repeated fields
+    as lists."""
     out: dict[str, Any] = {}
+    names = columns[message.DESCRIPTOR.full_name]
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         nested = field.message_type is not None
+        column = names[field.name]
         if field.is_repeated:
-            out[field.name] = [_as_dict(v) if nested else v for v in value]
+            out[column] = [_as_dict(v, columns) if nested else v for v in value]
         elif message.HasField(field.name):
-            out[field.name] = _as_dict(value) if nested else value
+            out[column] = _as_dict(value, columns) if nested else value
         else:
-            out[field.name] = None
+            out[column] = None
     return out
+
+
+def _trailers(fault: Abort) -> tuple[tuple[str, bytes], ...]:
+    """The trailers of an RPC that ends with `fault`: its status, with a
+    `StorageError` among the details, as BigQuery sends the rich error model."""
+    if fault.storage is None:
+        return ()
+    status = status_pb2.Status(code=fault.code.value[0], message=fault.details)
+    status.details.add().Pack(_StorageError(code=fault.storage, error_message=fault.details))
+    return ((STATUS_DETAILS, status.SerializeToString()),)
 
 
 def table_of(stream: str) -> str:
@@ -293,14 +406,22 @@ class FakeBigQueryWrite:
         )
         # A persistent row check: a message refuses the row (a row error).
         self.refuse: Callable[[dict[str, Any]], str | None] | None = None
+        # Faults of every request to a table (by name), until removed.
+        self.broken: dict[str, Fault] = {}
+        # Requests answered with a fault, per table name.
+        self.failed: collections.Counter[str] = collections.Counter()
         self.connections = 0
         self.requests = 0
         self.schemas_received = 0
         self.routing_headers: list[str] = []
         self.protocol_errors: list[str] = []
+        # Writer schemas refused as BigQuery refuses them (InvalidSchema), and why.
+        self.invalid_schemas: list[str] = []
         # Most requests one connection had received and not yet answered.
         self.max_unanswered = 0
         self.streams: dict[str, AppStream] = {}
+        # Streams made gone (StreamGone) that BigQuery no longer knows, by name.
+        self._forgotten: dict[str, AppStream] = {}
         # Stream names are never reused, gone streams' included.
         self._stream_numbers = itertools.count(1)
         # One-shot faults of the unary calls, by method name (`CreateWriteStream`…).
@@ -438,7 +559,7 @@ class FakeBigQueryWrite:
                 if item is _END or isinstance(item, Drop):
                     return
                 if isinstance(item, Abort):
-                    await context.abort(item.code, item.details)
+                    await context.abort(item.code, item.details, trailing_metadata=_trailers(item))
                 unanswered[0] -= 1
                 yield item
         finally:
@@ -488,14 +609,32 @@ class FakeBigQueryWrite:
             proto_rows = request.proto_rows
             if proto_rows.HasField("writer_schema"):
                 self.schemas_received += 1
-                decode = _decoder(proto_rows.writer_schema.proto_descriptor)
+                try:
+                    decode = _decoder(proto_rows.writer_schema.proto_descriptor)
+                except InvalidSchema as exc:
+                    self.invalid_schemas.append(str(exc))
+                    post(Abort(grpc.StatusCode.INVALID_ARGUMENT, details=str(exc)))
+                    return
             if decode is None:
                 self.protocol_errors.append("rows before any writer schema")
                 post(Abort(grpc.StatusCode.INVALID_ARGUMENT, details="no writer schema"))
                 return
             table = table_of(stream)
             name = table.rsplit("/", 1)[-1]
-            fault = self.faults[name].popleft() if self.faults[name] else None
+            fault = self.faults[name].popleft() if self.faults[name] else self.broken.get(name)
+            app_stream = self.streams.get(stream) or self._forgotten.get(stream)
+            if fault is None and app_stream is not None and app_stream.gone is not None:
+                fault = app_stream.gone
+            if fault is not None:
+                self.failed[name] += 1
+            if isinstance(fault, StreamGone):
+                gone = self._gone(stream, request, decode, fault)
+                if gone is not None:
+                    post(gone)
+                    if isinstance(gone, Abort):
+                        return
+                    continue
+                fault = None
             # After an abort or a drop the server reads nothing more from the call.
             if isinstance(fault, ErrorResponse):
                 post(self._error_response(fault))
@@ -709,11 +848,42 @@ class FakeBigQueryWrite:
         return rows, errors
 
     @staticmethod
-    def _error_response(fault: ErrorResponse) -> Any:
+    def _error_response(fault: ErrorResponse | StreamGone) -> Any:
         response = _Response()
         response.error.code = fault.code.value[0]
         response.error.message = fault.message
+        if fault.storage is not None:
+            detail = _StorageError(code=fault.storage, error_message=fault.message)
+            response.error.details.add().Pack(detail)
         return response
+
+    def _gone(
+        self,
+        name: str,
+        request: Any,
+        decode: Callable[[bytes], dict[str, Any]],
+        fault: StreamGone,
+    ) -> Any:
+        """A request to a stream that is (or goes) gone: its answer (an Abort at the
+        RPC level, else a response with the error); None for a `_default` stream,
+        which is never gone."""
+        stream = self.streams.get(name) or self._forgotten.get(name)
+        if stream is None:
+            return None
+        if stream.gone is None:
+            if fault.commit:
+                # Stored as any append is (offset checked); its answer is lost.
+                rows, errors = self._decode(decode, request.proto_rows.rows.serialized_rows)
+                if not errors:
+                    self._append_to(name, request, rows)
+            stream.gone = dataclasses.replace(fault, commit=False)
+            stream.finalized = True
+            if not fault.finalized:
+                del self.streams[name]
+                self._forgotten[name] = stream
+        if fault.rpc:
+            return Abort(fault.code, details=fault.message, storage=fault.storage)
+        return self._error_response(fault)
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -117,3 +117,44 @@ async def test_reads_older_than_the_retention_answer_410_before_any_query(
         for params in ({"page_token": recent}, {}):
             page = (await client.get("/v1/records", params=params)).json()
             assert [r["message_id"] for r in page["records"]] == ["m-1"], params
+
+
+async def test_a_durable_streams_client_follows_bigquery_alone(
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    """The streams on BigQuery alone: the Python client from PyPI catches up, follows a
+    push by long-poll, and resumes from its offset, every record once."""
+    import asyncio
+
+    from durable_streams import astream
+
+    settings = Settings.load(
+        {
+            "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+            "RECORDLINE_SETTLE_SECONDS": "0",
+            "RECORDLINE_LONG_POLL_SECONDS": "5",
+        }
+    )
+    async with served(create_app(settings)) as client:
+        url = f"{client.base_url}/v1/streams/records"
+        for n in range(3):
+            pushed = await client.post("/pubsub/push", json=envelope(RECORD, message_id=f"m-{n}"))
+            assert pushed.status_code == 204
+        async with astream(url, offset="-1", live=False) as res:
+            first = [row["message_id"] for row in await res.read_json()]
+            offset = res.offset
+        assert first == ["m-0", "m-1", "m-2"]
+
+        async def follow() -> list[str]:
+            async with astream(url, offset=offset, live="long-poll") as res:
+                async for event in res.iter_events():
+                    if event.data:
+                        return [row["message_id"] for row in event.data]
+            return []
+
+        following = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)  # the follower is waiting when the push comes
+        await client.post("/pubsub/push", json=envelope(RECORD, message_id="m-3"))
+        assert await asyncio.wait_for(following, 20) == ["m-3"]

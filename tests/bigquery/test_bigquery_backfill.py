@@ -109,6 +109,10 @@ async def test_records_stored_before_a_schema_was_declared_get_their_typed_colum
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
     monkeypatch.setenv("RECORDLINE_JSON_TOPIC_SCHEMA", DECLARED)
     argv = ["typed", "backfill", "--since", rfc3339(BASE_TIME), "--until", rfc3339(day2)]
+    # On BigQuery a run says who runs it and why (the service's own table changes).
+    assert await asyncio.to_thread(main, argv) == 2
+    argv += ["--reason", "the first day, before the schema was declared"]
+    argv += ["--operator", "ada@example.com"]
     assert await asyncio.to_thread(main, argv) == 0
 
     rows = await query(

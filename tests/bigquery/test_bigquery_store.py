@@ -219,3 +219,40 @@ async def test_a_page_issues_at_most_its_stated_number_of_queries(
     issued = len(jobs_fake.queries) - before
     assert [r.message_id for r in page.rows] == ["m-1", "m-2"]
     assert issued == MAX_QUERIES_PER_PAGE == 9
+
+
+async def test_the_stand_in_answers_a_query_job_as_well_as_a_short_query(
+    store: BigQueryStore, jobs_fake: FakeBigQueryJobs
+) -> None:
+    # The dev stack's BigQuery stand-in answered `query_and_wait()` only: an analyst's
+    # `client.query(sql).result()` (jobs.insert, then getQueryResults) got a 404.
+    import asyncio
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    assert await store.append([record("m-1", BASE_TIME), record("m-2", BASE_TIME + 1)]) == [
+        None,
+        None,
+    ]
+    sql = f"SELECT message_id FROM `{PROJECT}.{DATASET}.records` ORDER BY message_id"
+
+    def run() -> tuple[list[str], list[str], int | None]:
+        client = bigquery.Client(
+            project=PROJECT,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": jobs_fake.endpoint},
+        )
+        try:
+            job = client.query(sql)
+            rows = [row["message_id"] for row in job.result()]
+            again = client.get_job(job.job_id)
+            short = [row["message_id"] for row in client.query_and_wait(sql)]
+            return rows, short, again.total_bytes_billed if again.state == "DONE" else None
+        finally:
+            client.close()  # type: ignore[no-untyped-call]
+
+    rows, short, billed = await asyncio.to_thread(run)
+    assert rows == short == ["m-1", "m-2"]
+    assert billed is not None
+    assert billed > 0

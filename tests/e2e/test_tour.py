@@ -128,6 +128,8 @@ class Tour:
             self.dev(command)
         elif words[:3] == ["python3", "dev.py", "tail"]:
             self.tail(command)
+        elif words[:3] == ["python3", "dev.py", "sql"]:
+            self.sql(command)
         elif command.startswith("curl -N"):
             status, body = self.curl(command)
             # The stream ends after RECORDLINE_STREAM_SECONDS, its last event the token.
@@ -201,6 +203,37 @@ class Tour:
             elif target == "/v1/messages/m-1":
                 assert answer["status"] == "stored"
 
+    def sql(self, command: str) -> None:
+        """The typed columns of the records just published in the example schema, on the
+        session's DuckDB file while the stack holds it: ten rows, `n` 1 to 10."""
+
+        def typed() -> bool:
+            table = self.shell(command, timeout=60)
+            numbers = re.findall(r"^│ \S+ +│ +(\d+) │$", table, re.M)
+            return numbers == [str(n) for n in range(1, 11)]
+
+        until_blocking(typed, timeout=60, interval=1, what=f"ten typed rows from {command}")
+
+    def docs(self) -> None:
+        """`python3 dev.py docs`, then the site opened from the file system as the README
+        says: every link between its pages names a file there (not a directory, which a
+        browser lists), the API reference lists its sections, and search has its index."""
+        self.shell("python3 dev.py docs", timeout=300)
+        site = self.clone / "site"
+        # 404.html is a server's page for paths it has not (its links are absolute).
+        pages = sorted(set(site.rglob("*.html")) - {site / "404.html"})
+        assert site / "index.html" in pages
+        for page in pages:
+            html = page.read_text()
+            for link in re.findall(r'href="([^"#:?]+)(?:#[^"]*)?"', html):
+                target = (page.parent / link).resolve()
+                assert target.is_file(), (page.relative_to(site), link)
+        api = (site / "api.html").read_text()
+        toc = api[api.index("md-nav--secondary") : api.index('class="md-content"')]
+        assert 'href="#get-v1records"' in toc
+        assert "Recordline <span" not in api  # the document's own title, as a second h1
+        assert (site / "search" / "search_index.js").read_text().startswith("var __index =")
+
     def tail(self, command: str) -> None:
         """Each new record as a JSON line: pushed until one shows, then Ctrl-C."""
         with subprocess.Popen(
@@ -270,3 +303,6 @@ def test_the_readme_tour_runs_as_written_on_a_fresh_clone(clone: Path) -> None:
         for command in commands[commands.index("python3 dev.py dev") + 1 :]:
             walk.run(command)
         walk.stop_server()
+        # The documentation, as the README's "Documentation" says to build and open it.
+        assert "`python3 dev.py docs`, then open\n`site/index.html`" in readme
+        walk.docs()

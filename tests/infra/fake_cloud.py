@@ -16,6 +16,14 @@ custom roles). Each command checks the permission Google checks, on the resource
 Google checks it on, as the comment beside each check cites; what a command needs
 that is not checked here is said where it is answered.
 
+Cloud Run jobs (`run jobs update | execute | executions list`) run the job's
+command, when its image is one the registry holds (an image built from this
+checkout), as a process of this checkout's `recordline` with the job's
+environment; its stdout and stderr lines become the job's log entries (a JSON line
+a `jsonPayload`, any other a `textPayload`, as Cloud Logging reads a container's
+output), followed by Cloud Run's own `Container called exit(N).`, which
+`logging read` returns.
+
 Cloud Run's behaviour it keeps: `deploy` creates a revision that inherits the last
 one's command and arguments unless given; a service whose traffic follows the latest
 revision sends the new one everything, while a pinned one sends it nothing (unless
@@ -64,8 +72,11 @@ VALUE_FLAGS = {
     "--freshness",
     "--instance",
     "--sql",
+    "--processing-units",
+    "--job",
+    "--order",
 }
-SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email"}
+SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email", "--wait"}
 RUN_FLAGS = {"--project", "--region", "--format", "--quiet", "--impersonate-service-account"}
 
 
@@ -521,15 +532,28 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return None
     if words == ["logging", "read"]:
         command = "logging.read"
-        (_filter,), flags = parse(args, command)
-        allow(command, flags, {"--project", "--freshness", "--limit", "--format"})
+        (query,), flags = parse(args, command)
+        allow(command, flags, {"--project", "--freshness", "--limit", "--format", "--order"})
         scope(world, flags, command)
         # entries.list needs logging.logEntries.list on the project
         # (https://cloud.google.com/logging/docs/reference/v2/rest/v2/entries/list).
         principal = str(world["principal"])
         if not holds(world, principal, "logging.logEntries.list", PROJECT):
             denied(command, "logging.logEntries.list", principal, f"projects/{world['project']}")
-        print("[]")
+        found = [e for e in world.data.get("logs", []) if matches(e, query)]
+        if flags.get("--order", "desc") == "desc":
+            found.reverse()
+        found = found[: int(flags.get("--limit", len(found)))]
+        fmt = flags.get("--format")
+        if fmt is None:
+            print(json.dumps(found))
+            return None
+        wanted = re.fullmatch(r"value\((.+)\)", fmt)
+        if not wanted:
+            fail(f"fake gcloud: output format {fmt!r} of {command} is not modelled", 3)
+        for entry in found:
+            values = [field_of(entry, path.strip()) for path in wanted.group(1).split(",")]
+            print("\t".join("" if v is None else str(v) for v in values))
         return None
     if words == ["auth", "application-default", "login"]:
         command = "auth.application-default.login"
@@ -578,7 +602,196 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return None
     if words == ["spanner", "databases", "execute-sql"]:
         return spanner_execute_sql(world, args)
+    if words in (["spanner", "instances", "describe"], ["spanner", "instances", "update"]):
+        return spanner_instance(world, words[2], args)
+    if words[:2] == ["run", "jobs"]:
+        return run_jobs(world, words, args)
+    if words == ["config", "get-value"]:
+        (prop,), flags = parse(args, "config.get-value")
+        allow("config.get-value", flags, set())
+        if prop != "account":
+            fail(f"fake gcloud: config property {prop} is not modelled", 3)
+        print(str(world["principal"]).partition(":")[2])
+        return None
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
+
+
+def spanner_instance(world: World, verb: str, args: list[str]) -> None:
+    """`gcloud spanner instances describe I --format='value(processingUnits)'` and
+    `gcloud spanner instances update I --processing-units=N`: the world's
+    `spanner_instances` (name -> processing_units). GetInstance needs
+    spanner.instances.get, UpdateInstance spanner.instances.update, on the instance or
+    the project (https://cloud.google.com/spanner/docs/iam#instances); gcloud waits for
+    the update's operation (spanner.instanceOperations.get). Spanner takes 100 to 900 in
+    steps of 100, then whole nodes of 1000."""
+    command = f"spanner.instances.{verb}"
+    (name,), flags = parse(args, command)
+    extra = {"--format"} if verb == "describe" else {"--processing-units"}
+    allow(command, flags, {"--project", "--impersonate-service-account"} | extra)
+    scope(world, flags, command)
+    principal = acting(world, flags, command)
+    path = f"projects/{world['project']}/instances/{name}"
+    needed = (
+        ["spanner.instances.get"]
+        if verb == "describe"
+        else [
+            "spanner.instances.update",
+            "spanner.instanceOperations.get",
+        ]
+    )
+    for permission in needed:
+        if not holds(world, principal, permission, PROJECT, ("instances", name)):
+            denied(command, permission, principal, path)
+    instances = world.data.get("spanner_instances", {})
+    if name not in instances:
+        fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Instance not found: {path}")
+    if verb == "describe":
+        if flags.get("--format") != "value(processingUnits)":
+            fail(f"fake gcloud: output format {flags.get('--format')!r} is not modelled", 3)
+        print(instances[name]["processing_units"])
+        return None
+    units = int(flags["--processing-units"])
+    if not ((100 <= units < 1000 and units % 100 == 0) or (units >= 1000 and units % 1000 == 0)):
+        fail(f"ERROR: (gcloud.{command}) INVALID_ARGUMENT: processing units {units} not allowed")
+    instances[name]["processing_units"] = units
+    world.data["spanner_instances"] = instances
+    world.save()
+    print(f"Updated instance [{name}].")
+    return None
+
+
+def job_of(world: World, name: str, command: str) -> dict[str, Any]:
+    job = world.data.get("jobs", {}).get(name)
+    if job is None:
+        fail(f"ERROR: (gcloud.{command}) Job [{name}] could not be found.")
+    return dict(job)
+
+
+def may_job(world: World, name: str, principal: str, permission: str, command: str) -> None:
+    """A Cloud Run job permission, held on the job or inherited from the project
+    (https://cloud.google.com/run/docs/securing/managing-access#jobs)."""
+    if not holds(world, principal, permission, PROJECT, ("jobs", name)):
+        denied(command, permission, principal, f"namespaces/{world['project']}/jobs/{name}")
+
+
+def listed(value: str) -> list[str]:
+    """A gcloud list flag's items: split at commas, or at the delimiter `^D^` names
+    first (`gcloud topic escaping`)."""
+    found = re.fullmatch(r"\^(.+?)\^(.*)", value, re.DOTALL)
+    if found:
+        return found.group(2).split(found.group(1))
+    return value.split(",")
+
+
+def run_jobs(world: World, words: list[str], args: list[str]) -> None:
+    command = "run.jobs." + ".".join(words[2:])
+    if words == ["run", "jobs", "update"]:
+        (name,), flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS | {"--image"})
+        scope(world, flags, command)
+        job = job_of(world, name, command)
+        principal = acting(world, flags, command)
+        # jobs.replaceJob: run.jobs.update on the job, and acting as the account it
+        # runs as (https://cloud.google.com/run/docs/reference/iam/roles#additional-configuration).
+        may_job(world, name, principal, "run.jobs.update", command)
+        runtime = job["service_account"]
+        if not holds(
+            world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", runtime)
+        ):
+            denied(command, "iam.serviceAccounts.actAs", principal, runtime)
+        image = flags.get("--image", "")
+        repository, _, digest = image.partition("@")
+        if digest not in world["registry"].get(repository, {}).get("digests", []):
+            fail(f"ERROR: (gcloud.{command}) Image '{image}' not found.")
+        job["image"] = image
+        world["jobs"][name] = job
+        world.save()
+        print(f"Job [{name}] has successfully been updated.", file=sys.stderr)
+        return None
+    if words == ["run", "jobs", "execute"]:
+        (name,), flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS | {"--args", "--wait"})
+        scope(world, flags, command)
+        job = job_of(world, name, command)
+        principal = acting(world, flags, command)
+        # jobs.run: run.jobs.run, and run.jobs.runWithOverrides to change its
+        # arguments (https://cloud.google.com/run/docs/execute/jobs#override-job-configuration).
+        overrides = "--args" in flags
+        may_job(world, name, principal, "run.jobs.run", command)
+        if overrides:
+            may_job(world, name, principal, "run.jobs.runWithOverrides", command)
+        return execute(world, name, job, listed(flags["--args"]) if overrides else job["args"])
+    if words == ["run", "jobs", "executions", "list"]:
+        _, flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS | {"--job", "--limit", "--format"})
+        scope(world, flags, command)
+        name = flags.get("--job", "")
+        job_of(world, name, command)
+        may_job(world, name, acting(world, flags, command), "run.executions.list", command)
+        if flags.get("--format") != "value(metadata.name)":
+            fail(f"fake gcloud: output format {flags.get('--format')!r} is not modelled", 3)
+        runs = [e for e in reversed(world.data.get("executions", [])) if e["job"] == name]
+        for ran in runs[: int(flags.get("--limit", len(runs)))]:
+            print(ran["name"])
+        return None
+    fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
+
+
+def execute(world: World, name: str, job: dict[str, Any], args: list[str]) -> None:
+    """One execution of the job, waited for: its task runs the job's command in the
+    job's image, which must be one the registry holds (built from this checkout)."""
+    import subprocess  # here: only executions need it
+
+    repository, _, digest = str(job["image"]).partition("@")
+    if digest not in world["registry"].get(repository, {}).get("digests", []):
+        fail(f"ERROR: (gcloud.run.jobs.execute) The execution failed: image {job['image']!r}")
+    executions = world.data.setdefault("executions", [])
+    execution = f"{name}-{len(executions) + 1:05d}"
+    if job["command"] != ["recordline"]:
+        fail(f"fake cloud: a job running {job['command']} is not modelled", 3)
+    environment = {
+        **job["env"],
+        # The image's code is this checkout's (the fake's own PYTHONPATH).
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "CLOUD_RUN_JOB": name,
+        "CLOUD_RUN_EXECUTION": execution,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    resource = {"type": "cloud_run_job", "labels": {"job_name": name}}
+    labels = {"run.googleapis.com/execution_name": execution}
+    entries = world.data.setdefault("logs", [])
+    for line in (done.stdout + done.stderr).splitlines():
+        entry: dict[str, Any] = {"resource": resource, "labels": labels}
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            entry.update(jsonPayload=payload, severity=payload.get("severity", "DEFAULT"))
+        else:
+            entry.update(textPayload=line, severity="DEFAULT")
+        entries.append(entry)
+    entries.append(
+        {
+            "resource": resource,
+            "labels": labels,
+            "severity": "INFO" if done.returncode == 0 else "ERROR",
+            "textPayload": f"Container called exit({done.returncode}).",
+        }
+    )
+    executions.append({"job": name, "name": execution, "args": args, "exit": done.returncode})
+    world.save()
+    if done.returncode != 0:
+        fail("ERROR: (gcloud.run.jobs.execute) The execution failed.")
+    print(f"Execution [{execution}] has successfully completed.", file=sys.stderr)
 
 
 def spanner_execute_sql(world: World, args: list[str]) -> None:
@@ -624,6 +837,39 @@ def spanner_execute_sql(world: World, args: list[str]) -> None:
         print("\t".join("NULL" if v is None else str(v) for v in row))
 
 
+# A term of a Logging query: a field (its parts plain or quoted), `=`, `:` (has) or
+# `>=`, and a value, quoted or not (https://cloud.google.com/logging/docs/view/logging-query-language).
+_TERM = re.compile(
+    r'((?:[A-Za-z_]\w*|"[^"]+")(?:\.(?:[A-Za-z_]\w*|"[^"]+"))*)\s*(>=|=|:)\s*(?:"([^"]*)"|(\S+))'
+)
+_SEVERITIES = ["DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL"]
+
+
+def field_of(entry: dict[str, Any], path: str) -> Any:
+    found: Any = entry
+    for quoted, plain in re.findall(r'"([^"]+)"|([A-Za-z_]\w*)', path):
+        if not isinstance(found, dict):
+            return None
+        found = found.get(quoted or plain)
+    return found
+
+
+def matches(entry: dict[str, Any], query: str) -> bool:
+    """Whether a log entry matches a query of terms joined by AND (space)."""
+    for path, op, quoted, bare in _TERM.findall(query):
+        value = quoted or bare
+        found = field_of(entry, path)
+        if op == ">=":
+            held = _SEVERITIES.index(str(found or "DEFAULT")) >= _SEVERITIES.index(value)
+        elif op == ":":
+            held = found is not None and value in str(found)
+        else:
+            held = found == value
+        if not held:
+            return False
+    return True
+
+
 COMMANDS = (
     ("run", "deploy"),
     ("run", "services", "describe"),
@@ -641,6 +887,12 @@ COMMANDS = (
     ("storage", "cat"),
     ("projects", "describe"),
     ("spanner", "databases", "execute-sql"),
+    ("spanner", "instances", "describe"),
+    ("spanner", "instances", "update"),
+    ("run", "jobs", "update"),
+    ("run", "jobs", "execute"),
+    ("run", "jobs", "executions", "list"),
+    ("config", "get-value"),
 )
 
 
@@ -903,6 +1155,8 @@ def curl(argv: list[str]) -> None:
 
 def skopeo(argv: list[str]) -> None:
     world = World()
+    if argv[:2] == ["copy", "--preserve-digests"] and len(argv) == 8:
+        return skopeo_between_registries(world, argv[2:])
     if argv[:2] != ["copy", "--preserve-digests"] or len(argv) != 4:
         fail(f"fake skopeo: `skopeo {' '.join(argv)}` is not modelled", 3)
     source, target = argv[2], argv[3]
@@ -918,6 +1172,30 @@ def skopeo(argv: list[str]) -> None:
     images["tags"][tag] = world["built_digest"]
     images["digests"].append(world["built_digest"])
     world.save()
+    return None
+
+
+def skopeo_between_registries(world: World, args: list[str]) -> None:
+    """`skopeo copy --preserve-digests --src-registry-token T --dest-registry-token T
+    docker://REPOSITORY@DIGEST docker://OTHER:TAG`: the image of that digest, held by the
+    source registry, tagged in the other; an existing tag is immutable. The world's
+    `registry_down`: registries that answer nothing (a region lost)."""
+    flags, (source, target) = dict(zip(args[:4:2], args[1:4:2], strict=True)), args[4:]
+    if set(flags) != {"--src-registry-token", "--dest-registry-token"} or not all(flags.values()):
+        fail(f"fake skopeo: `skopeo copy {' '.join(args)}` is not modelled", 3)
+    repository, at, digest = source.removeprefix("docker://").partition("@")
+    other, _, tag = target.removeprefix("docker://").rpartition(":")
+    for held in (repository, other):
+        if held.split("/")[0] in world.data.get("registry_down", []):
+            fail(f"FATA[0030] pinging container registry {held.split('/')[0]}: i/o timeout")
+    if not at or digest not in world["registry"].get(repository, {}).get("digests", []):
+        fail(f"FATA[0000] Error initializing source {source}: manifest unknown")
+    images = world["registry"].setdefault(other, {"tags": {}, "digests": []})
+    if tag in images["tags"]:
+        fail(f"FATA[0000] tag {tag} is immutable and exists already")
+    images["tags"][tag] = digest
+    images["digests"].append(digest)
+    world.save()
 
 
 # --- gh: an image's provenance -------------------------------------------------------------
@@ -930,6 +1208,8 @@ def gh(argv: list[str]) -> None:
     repository at that path (https://cli.github.com/manual/gh_attestation_verify). The
     world's `attestations`: digest -> the repository and workflow that attested it."""
     world = World()
+    if argv[:2] in (["run", "list"], ["workflow", "run"]) or argv[:1] == ["issue"]:
+        return gh_actions(world, argv)
     if argv[:2] != ["attestation", "verify"] or len(argv) != 7:
         fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
     subject, flags = argv[2], dict(zip(argv[3::2], argv[4::2], strict=True))
@@ -944,6 +1224,87 @@ def gh(argv: list[str]) -> None:
     if found["repo"] != flags["--repo"] or found["workflow"] != flags["--signer-workflow"]:
         fail(f"Error: verifying with issuer: {digest} was attested by {found}")
     print(f"Loaded digest {digest} for {subject}\n✓ Verification succeeded!")
+    return None
+
+
+def gh_actions(world: World, argv: list[str]) -> None:
+    """The runs, dispatches and issues drift.yml and terraform.yml use, on the world's
+    `github_runs` (workflow file -> runs, each with the fields `gh run list --json`
+    names: https://cli.github.com/manual/gh_run_list) and `issues` (number -> title,
+    state, comments). `gh workflow run` records the dispatch as a new queued run."""
+    import subprocess  # here: only the --jq forms need it
+
+    words = argv[:2]
+    # `gh issue comment N` and `gh workflow run FILE` have a third word before the flags.
+    first = 3 if words in (["issue", "comment"], ["workflow", "run"]) else 2
+    flags = dict(zip(argv[first::2], argv[first + 1 :: 2], strict=True))
+    if flags.get("--repo") != "recordline/recordline":
+        fail(f"fake gh: `gh {' '.join(argv)}` names no repository it knows", 3)
+    runs: dict[str, list[dict[str, Any]]] = world.data.setdefault("github_runs", {})
+    issues: dict[str, dict[str, Any]] = world.data.setdefault("issues", {})
+
+    def printed(value: Any) -> None:
+        text = json.dumps(value)
+        if "--jq" in flags:
+            text = subprocess.run(
+                ["jq", "-r", flags["--jq"]], input=text, capture_output=True, text=True, check=True
+            ).stdout
+        print(text.rstrip("\n"))
+
+    match words:
+        case ["run", "list"]:
+            allow(
+                "gh run list",
+                flags,
+                {"--repo", "--workflow", "--branch", "--limit", "--json", "--jq"},
+            )
+            if flags.get("--branch") != "main":
+                fail("fake gh: only runs on main are modelled", 3)
+            fields = flags["--json"].split(",")
+            found = sorted(runs.get(flags["--workflow"], []), key=lambda r: r["createdAt"])
+            found = list(reversed(found))[: int(flags.get("--limit", 20))]
+            printed([{k: r[k] for k in fields} for r in found])
+        case ["workflow", "run"]:
+            workflow = argv[2]
+            allow("gh workflow run", flags, {"--repo", "--ref"})
+            if flags.get("--ref") != "main":
+                fail("fake gh: only dispatches on main are modelled", 3)
+            newest = max(
+                (r["createdAt"] for rs in runs.values() for r in rs), default="2026-01-01T00:00:00Z"
+            )
+            runs.setdefault(workflow, []).append(
+                {
+                    "databaseId": 900 + sum(len(r) for r in runs.values()),
+                    "event": "workflow_dispatch",
+                    "status": "queued",
+                    "conclusion": "",
+                    "headSha": world.data.get("main_sha", "f" * 40),
+                    "createdAt": newest.replace("Z", "1Z"),
+                }
+            )
+        case ["issue", "list"]:
+            title = re.fullmatch(r'in:title "(.*)"', flags.get("--search", ""))
+            wanted = title.group(1) if title else ""
+            printed(
+                [
+                    {"number": int(n)}
+                    for n, issue in issues.items()
+                    if issue["state"] == flags.get("--state") and wanted in issue["title"]
+                ]
+            )
+        case ["issue", "create"]:
+            number = str(len(issues) + 1)
+            issues[number] = {
+                "title": flags["--title"],
+                "state": "open",
+                "comments": [flags["--body"]],
+            }
+        case ["issue", "comment"]:
+            issues[argv[2]]["comments"].append(flags["--body"])
+        case _:
+            fail(f"fake gh: `gh {' '.join(argv)}` is not modelled", 3)
+    world.save()
+    return None
 
 
 # --- bq: the dead-letter query ------------------------------------------------------------

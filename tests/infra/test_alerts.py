@@ -54,6 +54,7 @@ METRICS = {
         "query.bytes_billed",
         "export.lag",
         "export.blocked",
+        "loop.restarts",
         "typed.patches_refused",
         "producer.missing",
     )
@@ -308,6 +309,7 @@ TICKETED = PAGED | {
     "canary_absent",
     "export_blocked",
     "typed_refused",
+    "loop_restarts",
     "producers_missing",
 }
 
@@ -351,7 +353,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
     assert group["channels"] == ["projects/p/notificationChannels/1"]
     # Tickets, pages and the Spanner CPU ticket: the same for 1 system as for 51.
     policies = len(_locals()["ticket_specs"]) * len(groups) + len(_locals()["pages"]) + 1
-    assert policies == 21
+    assert policies == 22
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = (
         '{ recordline = {}, orders = { ticket_channels = ["projects/p/notificationChannels/9"] } }'

@@ -1,4 +1,4 @@
-"""terraform-environment.yml's apply job against the fake cloud: an approved saved plan is
+"""terraform-apply.yml's apply job against the fake cloud: an approved saved plan is
 applied only while every Cloud Run service it updates still has the revision and the
 traffic the plan read.
 
@@ -55,7 +55,10 @@ def service_update(revision: str, traffic: list[dict[str, Any]]) -> dict[str, An
 def cloud(tmp_path: Path) -> Cloud:
     state = world(["recordline"], deployed=EARLIER)
     # The apply account's project roles (variables.tf, terraform_apply_roles).
-    state["iam"]["project"][f"serviceAccount:{APPLIER}"] = ["roles/run.admin"]
+    state["iam"]["project"][f"serviceAccount:{APPLIER}"] = [
+        "roles/run.admin",
+        "roles/spanner.admin",
+    ]
     cloud = Cloud(tmp_path, state)
     terraform = cloud.bin / "terraform"
     terraform.write_text(
@@ -71,13 +74,15 @@ def apply(cloud: Cloud, saved: dict[str, Any]) -> tuple[Job, list[str]]:
     (artifact / "tfplan").write_text(json.dumps(saved))
     job = run_job(
         cloud,
-        "terraform-environment.yml",
+        "terraform-apply.yml",
         "apply",
-        inputs={"environment": "prod", "apply": True},
-        variables={
-            "GCP_WORKLOAD_IDENTITY_PROVIDER": VARIABLES["GCP_WORKLOAD_IDENTITY_PROVIDER"],
-            "TF_APPLY_SERVICE_ACCOUNT": APPLIER,
+        # What terraform.yml hands on from the approval (approve.yml, in terraform-prod).
+        inputs={
+            "environment": "prod",
+            "workload_identity_provider": VARIABLES["GCP_WORKLOAD_IDENTITY_PROVIDER"],
+            "apply_service_account": APPLIER,
         },
+        variables={},
         github=GITHUB,
     )
     log = cloud.work / "terraform.log"
@@ -130,26 +135,71 @@ def test_a_plan_that_changes_no_service_is_applied_whatever_serves(cloud: Cloud)
     assert _applied(calls)
 
 
-def test_a_prod_apply_refuses_an_environment_without_a_reviewer(cloud: Cloud) -> None:
-    saved = plan(service_update("recordline-00002-x2y", [LATEST]))
-    artifact = cloud.artifacts / "tfplan-prod"
-    artifact.mkdir(parents=True, exist_ok=True)
-    (artifact / "tfplan").write_text(json.dumps(saved))
+def test_a_prod_apply_is_not_approved_in_an_environment_without_a_reviewer(cloud: Cloud) -> None:
+    # The approval, before the queue (approve.yml, called by terraform.yml's prod-approve):
+    # in an environment GitHub created unprotected, nothing is approved, so no apply.
+    from tests.infra.workflow_runner import load
+
     cloud.update(github_environments={"terraform-prod": ["branch_policy"]})
+    approval = load("terraform.yml")["jobs"]["prod-approve"]
     job = run_job(
         cloud,
-        "terraform-environment.yml",
-        "apply",
-        inputs={"environment": "prod", "apply": True, "reviewed": True},
-        variables={
-            "GCP_WORKLOAD_IDENTITY_PROVIDER": VARIABLES["GCP_WORKLOAD_IDENTITY_PROVIDER"],
-            "TF_APPLY_SERVICE_ACCOUNT": APPLIER,
-        },
+        "approve.yml",
+        "approve",
+        inputs=dict(approval["with"]),
+        variables={"TF_APPLY_SERVICE_ACCOUNT": APPLIER},
         github=GITHUB,
     )
-    assert job.step("Check that the environment requires a reviewer").outcome == "failure"
-    log = cloud.work / "terraform.log"
-    assert not log.exists() or not _applied(log.read_text().splitlines())
+    check = job.step("Check that the environment requires a reviewer")
+    assert check.outcome == "failure"
+    assert "requires no reviewer" in check.stderr
+    assert job.result == "failure"
+    # With a reviewer it is approved, and hands the apply account on.
+    cloud.update(github_environments={"terraform-prod": ["required_reviewers"]})
+    job = run_job(
+        cloud,
+        "approve.yml",
+        "approve",
+        inputs=dict(approval["with"]),
+        variables={"TF_APPLY_SERVICE_ACCOUNT": APPLIER},
+        github=GITHUB,
+    )
+    assert job.result == "success"
+    assert job.outputs["apply_service_account"] == APPLIER
+
+
+# --- capacity added by hand ------------------------------------------------------------------
+
+
+def instance_update(planned: int) -> dict[str, Any]:
+    """The plan's change to a serving instance: its processing units set to `planned`."""
+    before = {"project": PROJECT, "name": "recordline-serving", "processing_units": 100}
+    return {
+        "address": 'google_spanner_instance.serving["recordline-serving"]',
+        "type": "google_spanner_instance",
+        "change": {
+            "actions": ["update"],
+            "before": before,
+            "after": {**before, "processing_units": planned},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("live", "planned", "applied"), [(100, 200, True), (400, 400, True), (400, 200, False)]
+)
+def test_a_plan_never_takes_back_capacity_on_call_added_by_hand(
+    cloud: Cloud, live: int, planned: int, applied: bool
+) -> None:
+    # On-call raised the instance to `live` with the runbook's command (capacity.tf);
+    # a plan made before that, or from tfvars not yet caught up, would lower it.
+    cloud.update(spanner_instances={"recordline-serving": {"processing_units": live}})
+    job, calls = apply(cloud, plan(instance_update(planned)))
+    guard = job.step("Refuse a plan that lowers a serving instance's capacity")
+    assert _applied(calls) is applied
+    if not applied:
+        assert guard.outcome == "failure"
+        assert f"Set spanner_processing_units = {live}" in guard.stderr
 
 
 # --- a system the apply created -------------------------------------------------------------
@@ -190,7 +240,7 @@ def test_a_system_an_apply_creates_is_deployed_right_after_it(tmp_path: Path) ->
     assert json.loads(job.outputs["new"]) == ["orders"]
     assert (job.outputs["digest"], job.outputs["image_tag"]) == (EARLIER, earlier_tag)
     # deploy-new: each new system through deploy-system.yml, as a rollout's systems are.
-    deploy_new = load("terraform-environment.yml")["jobs"]["deploy-new"]
+    deploy_new = load("terraform-apply.yml")["jobs"]["deploy-new"]
     assert deploy_new["needs"] == "apply"
     context = {
         "needs": {"apply": {"outputs": job.outputs, "result": "success"}},

@@ -85,6 +85,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "google_service_account_iam_member": _iam("iam.serviceAccounts"),
     "google_project_iam_member": _iam("resourcemanager.projects"),
+    # The runtime accounts' role, one binding for every system (runtime_iam.tf).
+    "google_project_iam_binding": _iam("resourcemanager.projects"),
     # The operator's role of exactly the Scheduler permissions on-call uses.
     "google_project_iam_custom_role": (frozenset({"iam.roles.get"}), _crud("iam.roles")),
     "google_logging_project_exclusion": (
@@ -133,6 +135,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "google_pubsub_subscription_iam_member": _iam("pubsub.subscriptions"),
     "google_cloud_run_v2_service": (frozenset({"run.services.get"}), _crud("run.services")),
     "google_cloud_run_v2_service_iam_member": _iam("run.services"),
+    "google_cloud_run_v2_job": (frozenset({"run.jobs.get"}), _crud("run.jobs")),
+    "google_cloud_run_v2_job_iam_member": _iam("run.jobs"),
     "google_secret_manager_secret": (
         frozenset({"secretmanager.secrets.get"}),
         _crud("secretmanager.secrets"),
@@ -169,6 +173,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         ),
     ),
     "google_spanner_database_iam_member": _iam("spanner.databases"),
+    # On-call's capacity role on each serving instance (capacity.tf).
+    "google_spanner_instance_iam_member": _iam("spanner.instances"),
     "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
     "time_sleep": (frozenset(), frozenset()),
 }

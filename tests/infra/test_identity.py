@@ -62,15 +62,17 @@ def token(sub: str, workflow: str, ref: str = "refs/heads/main", **extra: str) -
 @pytest.mark.parametrize(
     "claims",
     [
-        # A pull request's plans, and main's plan before each apply.
+        # A pull request's plans, main's plan before each apply, and the drift plan.
         token("pull_request", "terraform-environment.yml", "refs/pull/7/merge"),
         token("ref:refs/heads/main", "terraform-environment.yml"),
-        # A rollout's approved first job, then each system's job, then an apply.
-        token("environment:prod", "deploy-environment.yml"),
+        token("ref:refs/heads/main", "drift.yml"),
+        # A rollout's first job, then each system's job, then an apply: each after an
+        # approval given before the environment's queue (approve.yml), reviewer-free.
+        token("environment:prod-rollout", "deploy-environment.yml"),
         token("environment:prod-rollout", "deploy-system.yml"),
-        token("environment:terraform-prod", "terraform-environment.yml"),
+        token("environment:terraform-prod-apply", "terraform-apply.yml"),
     ],
-    ids=["pr-plan", "main-plan", "rollout", "system", "apply"],
+    ids=["pr-plan", "main-plan", "drift-plan", "rollout", "system", "apply"],
 )
 def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
     assert accepts(claims)
@@ -80,11 +82,11 @@ def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
     ("claims", "why"),
     [
         (
-            token("environment:prod", "deploy-environment.yml", repository_id="555"),
+            token("environment:prod-rollout", "deploy-environment.yml", repository_id="555"),
             "a repository created again under the same name has another id",
         ),
         (
-            token("environment:prod", "deploy-environment.yml", repository_owner_id="1"),
+            token("environment:prod-rollout", "deploy-environment.yml", repository_owner_id="1"),
             "an owner renamed and the name taken by someone else",
         ),
         (
@@ -92,20 +94,32 @@ def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
             "the reviewer-free environment from any other workflow file",
         ),
         (
-            token("environment:prod-rollout", "deploy-environment.yml"),
-            "the reviewer-free environment from the job that should have been approved",
+            token("environment:prod", "deploy-environment.yml"),
+            "the approval's environment: its job authenticates nowhere",
         ),
         (
-            token("environment:prod", "deploy-environment.yml", "refs/heads/feature"),
-            "the deploy environment from another branch",
+            token("environment:prod-rollout", "deploy-environment.yml", "refs/heads/feature"),
+            "the rollout environment from another branch",
         ),
         (
             token("pull_request", "deploy-system.yml", "refs/pull/7/merge"),
             "a pull request's job other than a plan",
         ),
         (
-            token("environment:terraform-prod", "deploy-system.yml"),
+            token("pull_request", "drift.yml", "refs/pull/7/merge"),
+            "a pull request's copy of the drift workflow",
+        ),
+        (
+            token("environment:terraform-prod-apply", "deploy-system.yml"),
             "the apply environment from another workflow file",
+        ),
+        (
+            token("environment:terraform-prod", "terraform-apply.yml"),
+            "the apply's approval environment: its job authenticates nowhere",
+        ),
+        (
+            token("environment:terraform-prod-apply", "terraform-apply.yml", "refs/heads/x"),
+            "the apply environment from another branch",
         ),
     ],
 )
@@ -113,17 +127,18 @@ def test_anything_else_is_refused(claims: dict[str, str], why: str) -> None:
     assert not accepts(claims), why
 
 
-def test_the_deploy_account_is_bound_to_both_rollout_subjects() -> None:
+def test_the_deploy_and_apply_accounts_are_bound_to_their_reviewer_free_subjects() -> None:
     binding = _resources("google_service_account_iam_member")["github_workload_identity"]
     assert binding["for_each"] == "${local.github_identities}"
     assert binding["member"] == "${each.value.subject}"
     identities = _locals()["github_identities"]
-    assert identities["deployer"]["subject"].endswith(":environment:${var.environment}")
+    assert set(identities) == {"deployer_rollout", "terraform_apply"}
     assert identities["deployer_rollout"]["subject"].endswith(
         ":environment:${var.environment}-rollout"
     )
-    # The same account: the reviewer-free jobs act as the one the approved job acts as.
-    assert identities["deployer_rollout"]["account"] == identities["deployer"]["account"]
+    assert identities["terraform_apply"]["subject"].endswith(
+        ":environment:terraform-${var.environment}-apply"
+    )
 
 
 # --- one approval, then reviewer-free jobs bound to the same account ------------------------
@@ -133,27 +148,54 @@ def _evaluate(value: str, **context: Any) -> Any:
     return interpolate(value, Expressions(context, {"failed": False, "cancelled": False}))
 
 
-def test_a_rollout_asks_for_one_approval_then_runs_each_system_without_one() -> None:
+def test_a_rollout_is_approved_once_before_its_queue_then_runs_without_reviewers() -> None:
+    deploy = load("deploy.yml")["jobs"]
     environment = load("deploy-environment.yml")["jobs"]
     system = load("deploy-system.yml")["jobs"]["rollout"]
+    approve = load("approve.yml")["jobs"]["approve"]
+    # The approval runs in prod (required reviewers), outside prod's queue, and reads
+    # prod's variables; the rollout, in the queue, takes them from it.
+    assert deploy["approve-prod"]["uses"] == "./.github/workflows/approve.yml"
+    assert deploy["approve-prod"]["with"] == {"environment": "prod", "reviewed": True}
+    assert "concurrency" not in deploy["approve-prod"]
+    assert _evaluate(approve["environment"], inputs={"environment": "prod"}) == "prod"
+    assert "id-token" not in str(approve["permissions"])  # it authenticates nowhere
+    assert "approve-prod" in deploy["prod"]["needs"]
+    given = deploy["prod"]["with"]
+    assert given["service_account"] == "${{ needs.approve-prod.outputs.deploy_service_account }}"
+    assert approve["outputs"]["deploy_service_account"] == "${{ vars.GCP_DEPLOY_SERVICE_ACCOUNT }}"
+    # Every job of the rollout runs in prod-rollout, which has none.
     inputs = {"environment": "prod"}
-    # The first job runs in prod (required reviewers): the one approval.
-    assert _evaluate(environment["prepare"]["environment"], inputs=inputs) == "prod"
-    # Every system's job runs in prod-rollout, which has none.
+    assert _evaluate(environment["prepare"]["environment"], inputs=inputs) == "prod-rollout"
     assert _evaluate(system["environment"], inputs=inputs) == "prod-rollout"
     for wave in ("first", "rest"):
         assert environment[wave]["needs"] == "prepare" or "prepare" in environment[wave]["needs"]
-        given = environment[wave]["with"]
-        # As the account the approved job read from prod's variables.
-        assert given["service_account"] == "${{ needs.prepare.outputs.service_account }}"
-    outputs = environment["prepare"]["outputs"]
-    assert outputs["service_account"] == "${{ vars.GCP_DEPLOY_SERVICE_ACCOUNT }}"
-    (auth,) = [
-        s for s in system["steps"] if s.get("uses", "").startswith("google-github-actions/auth@")
-    ]
-    assert auth["with"]["service_account"] == "${{ inputs.service_account }}"
-    # No job of the rollout but the first names a reviewed environment.
+        assert environment[wave]["with"]["service_account"] == (
+            "${{ needs.prepare.outputs.service_account }}"
+        )
+    assert environment["prepare"]["outputs"]["service_account"] == "${{ inputs.service_account }}"
+    # No job of the rollout reads an environment's variables: only the approval does.
+    assert "vars." not in str(environment)
     assert "vars." not in str(system)
+
+
+def test_an_apply_is_approved_before_its_queue_then_runs_without_reviewers() -> None:
+    terraform = load("terraform.yml")["jobs"]
+    apply = load("terraform-apply.yml")["jobs"]["apply"]
+    for env in ("dev", "prod"):
+        approval = terraform[f"{env}-approve"]
+        assert approval["uses"] == "./.github/workflows/approve.yml"
+        assert approval["with"]["environment"] == f"terraform-{env}"
+        assert "concurrency" not in approval
+        assert f"{env}-approve" in terraform[env]["needs"]
+        assert terraform[env]["with"]["apply_service_account"] == (
+            f"${{{{ needs.{env}-approve.outputs.apply_service_account }}}}"
+        )
+    assert terraform["prod-approve"]["with"]["reviewed"] is True
+    assert _evaluate(apply["environment"], inputs={"environment": "prod"}) == (
+        "terraform-prod-apply"
+    )
+    assert "vars." not in str(apply)
 
 
 def test_a_rollback_never_cuts_a_change_short() -> None:

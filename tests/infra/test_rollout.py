@@ -145,6 +145,13 @@ def terraform_iam(systems: list[str]) -> dict[str, Any]:
         }
         for s in systems
     }
+    # Each system's export job, were it to have `serving`.
+    jobs = {
+        f"{s}-export": {
+            operator: [_role("google_cloud_run_v2_job_iam_member", "operator_runs_export")]
+        }
+        for s in systems
+    }
     return {
         "iam": {
             "project": project,
@@ -152,6 +159,7 @@ def terraform_iam(systems: list[str]) -> dict[str, Any]:
             "service_accounts": service_accounts,
             "tables": tables,
             "databases": databases,
+            "jobs": jobs,
         },
         "custom_roles": custom,
         "groups": {ONCALL_GROUP: [ONCALL]},
@@ -248,20 +256,52 @@ def world(
 def rollout(
     cloud: Cloud, *, image_tag: str = "", cancel_after: str | None = None
 ) -> dict[Any, Job | None]:
-    """deploy.yml's prod job: deploy-environment.yml, its jobs in their order."""
-    inputs = {
-        "environment": "prod",
-        "image_tag": image_tag,
-        "image_digest": "" if image_tag else BUILT,
-        "reviewed": True,  # deploy.yml's prod job
-    }
+    """deploy.yml's prod jobs with the prod environment's usual variables."""
+    return rollout_with(cloud, VARIABLES, image_tag=image_tag, cancel_after=cancel_after)
+
+
+def rollout_with(
+    cloud: Cloud,
+    variables: dict[str, str],
+    *,
+    image_tag: str = "",
+    cancel_after: str | None = None,
+) -> dict[Any, Job | None]:
+    """deploy.yml's prod jobs: approve-prod (approve.yml, in prod, outside the queue),
+    then prod (deploy-environment.yml, its jobs in their order), given what deploy.yml
+    hands on from one to the other."""
     ran: dict[Any, Job | None] = {}
+    deploy = load("deploy.yml")["jobs"]
+    assert deploy["approve-prod"]["uses"] == "./.github/workflows/approve.yml"
+    approval = run_job(
+        cloud,
+        "approve.yml",
+        "approve",
+        inputs=dict(deploy["approve-prod"]["with"]),
+        variables=variables,
+        github=GITHUB,
+    )
+    ran["approve"] = approval
+    if approval.result != "success":
+        ran.update(prepare=None, first=None, rest=None)
+        return ran
+    status = {"failed": False, "cancelled": False}
+    context = {
+        "inputs": {"image_tag": image_tag},
+        "needs": {
+            "approve-prod": {"outputs": approval.outputs, "result": "success"},
+            "build": {"outputs": {"digest": "" if image_tag else BUILT}},
+        },
+    }
+    inputs = {
+        k: interpolate(v, Expressions(context, status)) for k, v in deploy["prod"]["with"].items()
+    }
     prepare = run_job(
         cloud,
         "deploy-environment.yml",
         "prepare",
         inputs=inputs,
-        variables=VARIABLES,
+        variables={},  # the rollout's environment has none: the approval handed them on
         github=GITHUB,
     )
     ran["prepare"] = prepare
@@ -294,7 +334,7 @@ def rollout(
                 "deploy-system.yml",
                 "rollout",
                 inputs=given,
-                variables=VARIABLES,
+                variables={},
                 github=GITHUB,
                 cancel_after=cancel_after,
             )
@@ -536,14 +576,15 @@ def test_a_prod_rollout_refuses_an_environment_without_a_reviewer(cloud: Cloud) 
     cloud.update(github_environments={"prod": [], "prod-rollout": []})
     before = cloud.world
     ran = rollout(cloud)
-    prepare = ran["prepare"]
-    assert prepare is not None
-    check = prepare.step("Check that the environment requires a reviewer")
+    approval = ran["approve"]
+    assert approval is not None
+    check = approval.step("Check that the environment requires a reviewer")
     assert check.outcome == "failure"
     assert "requires no reviewer" in check.stderr
-    # Nothing was pushed, nothing deployed.
+    # Nothing was pushed, nothing deployed: the rollout never entered its queue.
     assert cloud.world["registry"] == before["registry"]
     assert cloud.world["services"] == before["services"]
+    assert ran["prepare"] is None
     assert ran["first"] is None
 
 
@@ -579,3 +620,41 @@ def test_the_build_attests_provenance_and_sbom_of_the_digest_it_hands_on() -> No
         == (uses["anchore/sbom-action"]["with"]["output-file"])
     )
     assert build["permissions"]["attestations"] == "write"
+
+
+# --- the standby region's registry ----------------------------------------------------------
+
+STANDBY_REGION = "europe-west4"
+STANDBY = f"{STANDBY_REGION}-docker.pkg.dev/{PROJECT}/recordline"
+
+
+def test_every_image_deployed_is_in_the_standby_registry_too(tmp_path: Path) -> None:
+    # With standby_region (artifact_registry.tf), the image any system serves is also in
+    # the other region's registry, same digest, same tag: a region lost takes none away.
+    cloud = Cloud(tmp_path, world(["recordline"]))
+    with_standby = {**VARIABLES, "ARTIFACT_STANDBY_REPOSITORY": STANDBY}
+    ran = rollout_with(cloud, with_standby)
+    assert all(job is None or job.result == "success" for job in ran.values()), _explain(ran)
+    held = cloud.world["registry"][f"{STANDBY}/recordline"]
+    assert held["tags"] == {SHA: BUILT}
+    assert cloud.world["registry"][REPOSITORY]["tags"] == {SHA: BUILT}
+    # A second rollout of the same image finds it there and copies nothing.
+    again = rollout_with(cloud, with_standby)
+    assert again["prepare"] is not None
+    assert again["prepare"].result == "success"
+    # One push of the archive, one copy to the standby, both in the first rollout.
+    assert len(cloud.calls("skopeo")) == 2
+
+
+def test_a_standby_registry_that_cannot_take_the_image_stops_the_rollout_first(
+    tmp_path: Path,
+) -> None:
+    cloud = Cloud(tmp_path, world(["recordline"]))
+    cloud.update(registry_down=[f"{STANDBY_REGION}-docker.pkg.dev"])
+    before = cloud.world["services"]
+    ran = rollout_with(cloud, {**VARIABLES, "ARTIFACT_STANDBY_REPOSITORY": STANDBY})
+    prepare = ran["prepare"]
+    assert prepare is not None
+    assert prepare.step("Copy the image to the standby registry").outcome == "failure"
+    assert ran["first"] is None  # no system runs an image the standby lacks
+    assert cloud.world["services"] == before

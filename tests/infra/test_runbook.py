@@ -35,11 +35,10 @@ def _each(body: dict[str, Any]) -> dict[str | None, Any]:
     if "local.ticket_specs" in expression:
         # One per symptom and channel set: each.value.symptom keys local.ticket_specs.
         return {k: {"symptom": k} for k in _locals()["ticket_specs"]}
-    found = re.fullmatch(r"\$\{local\.(\w+)\}", expression) or re.fullmatch(
-        # Policies of the serving tier's instance, one per level, where there is one.
-        r"\$\{length\(local\.spanner_instances\) > 0 \? local\.(\w+) : \{\}\}",
-        expression,
-    )
+    if expression == "${local.spanner_storage_policies}":
+        # The serving tier's instances' policies, one per instance and level: one section.
+        return {None: None}
+    found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
     if found is None:
         # One policy for each resource (the serving tier's instance): one section for all.
         assert re.fullmatch(r"\$\{google_\w+\.\w+\}", expression), expression
@@ -146,3 +145,75 @@ def test_the_outage_table_is_what_the_terraform_defaults_absorb() -> None:
     flat = " ".join(table.split())
     assert f"{attempts} deliveries with backoff from {least} s doubling to {most} s" in flat
     assert f"refused {attempts} times" in flat
+
+
+def _section(heading: str) -> str:
+    text = RUNBOOK.read_text()
+    return " ".join(
+        text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0].split("\n### ")[0].split()
+    )
+
+
+def test_the_runbook_diagram_is_what_terraform_and_the_code_do() -> None:
+    variables = {name: body.get("default") for name, body in _variables().items()}
+    text = RUNBOOK.read_text()
+    diagram = text.split("## Tool and collection", 1)[1].split("```mermaid", 1)[1]
+    diagram = diagram.split("```", 1)[0]
+    # Pub/Sub dead-letters a message after max_delivery_attempts deliveries.
+    assert f"after {variables['max_delivery_attempts']} deliveries" in diagram
+    assert re.findall(r"after (\d+) (?:attempts|deliveries)", diagram) == [
+        str(variables["max_delivery_attempts"])
+    ]
+    # The canary is published every minute (modules/system/canary.tf).
+    canary = _resources("google_cloud_scheduler_job")["canary"]
+    assert canary["schedule"] == "* * * * *"
+    assert "canary every minute" in diagram
+    # With serving, pushes go to Spanner and the exporter feeds BigQuery; every metric
+    # the diagram names is one the service reports (metrics.tf).
+    assert "group commit, with serving" in diagram
+    assert "SP -->|exporter" in diagram
+    ours = {f"recordline.{name}" for name in _locals()["workload_metrics"]}
+    named = {
+        name if name.startswith("recordline.") else f"recordline.{name}"
+        for label in re.findall(r"<i>([^<]+)</i>", diagram)
+        for name in (n.strip() for n in label.split(","))
+        if "." in name and not name.startswith("run ")
+    }
+    assert named
+    assert named <= ours, named - ours
+
+
+def test_the_exporters_numbers_in_the_runbook_are_the_codes() -> None:
+    from app.store.spanner.ledger import QUIET_RENEWALS
+    from app.store.tiered import exporter, supervisor
+
+    renewal = exporter.LEASE_SECONDS / 3
+    behind = _section("### Export behind")
+    assert f"renewed every {renewal:g} s" in behind
+    assert f"an instance that dies is taken over within {exporter.LEASE_SECONDS:g} s" in behind
+    quiet = QUIET_RENEWALS * renewal
+    assert f"has had no push for {quiet:g} s, within {quiet + renewal:g} s of its last" in behind
+    retry = f"{exporter.RETRY_SECONDS:g} s, doubling to {exporter.RETRY_MAX_SECONDS:g} s"
+    assert f"that table retries after {retry}" in behind
+    blocked = _section("### Export blocked")
+    every = "minute" if exporter.BLOCKED_RETRY_SECONDS == 60 else "other"
+    assert f"tries that very batch again every {every}" in blocked
+    loops = _section("### Loop restarting")
+    variables = {name: body.get("default") for name, body in _variables().items()}
+    count = variables["loop_restarts_ticket_count"]
+    assert f"restarted over {count} times in 10 minutes" in loops
+    assert "[10m]" in _locals_symptom("loop_restarts")
+    restarts = f"{supervisor.RESTART_SECONDS:g} s doubling to {supervisor.RESTART_MAX_SECONDS:g} s"
+    assert restarts in loops
+    assert f"longer than a lease ({exporter.LEASE_SECONDS:g} s)" in loops
+    spoken = {1: "one lease", 2: "two leases", 3: "three leases"}[exporter.STEP_DOWN_LEASES]
+    assert f"claims none for {spoken}" in loops
+
+
+def _locals_symptom(name: str) -> str:
+    from tests.infra.test_terraform import TERRAFORM, _load
+
+    for block in _load(TERRAFORM / "modules" / "symptoms" / "main.tf").get("locals", []):
+        if name in block:
+            return str(block[name])
+    raise AssertionError(f"no local {name} in modules/symptoms")

@@ -21,7 +21,16 @@ from typing import Any
 
 import pytest
 
-from tests.infra.test_rollout import EARLIER, NUMBER, ONCALL, OPERATOR, PROJECT, REGION, world
+from tests.infra.test_rollout import (
+    EARLIER,
+    NUMBER,
+    ONCALL,
+    OPERATOR,
+    PROJECT,
+    REGION,
+    account,
+    world,
+)
 from tests.infra.test_runbook import RUNBOOK, slug
 from tests.infra.test_terraform import _evaluate, _locals, _resources, _template
 from tests.infra.workflow_runner import ROOT, Cloud
@@ -347,3 +356,151 @@ def test_a_page_names_the_systems_it_counts(cloud: Cloud) -> None:
     who = blocks("where-to-look-used-by-every-section")[0]
     out = run(cloud, who, f"QUERY='{query}'", command)
     assert out.split() == ["orders", "payments"]
+
+
+# --- the serving tier: capacity now, rows back ------------------------------------------------
+
+
+def _serving_instance(cloud: Cloud, units: int) -> None:
+    """recordline-serving at `units`, the operator account's capacity role on it, as
+    Terraform grants it (capacity.tf)."""
+    grant = _resources("google_spanner_instance_iam_member")["operator_capacity"]
+    assert grant["role"] == "${google_project_iam_custom_role.operator_capacity.id}"
+    role_id = _resources("google_project_iam_custom_role")["operator_capacity"]["role_id"]
+    iam = cloud.world["iam"]
+    iam["instances"] = {
+        "recordline-serving": {
+            f"serviceAccount:{OPERATOR}": [f"projects/{PROJECT}/roles/{role_id}"]
+        }
+    }
+    cloud.update(iam=iam, spanner_instances={"recordline-serving": {"processing_units": units}})
+
+
+def test_capacity_is_added_at_once_as_the_operator_account(cloud: Cloud) -> None:
+    _serving_instance(cloud, 100)
+    (who,) = blocks("acting-as-the-operator-account")
+    (add,) = blocks("adding-spanner-capacity-now")
+    out = run(cloud, who, add)
+    assert out.splitlines()[-2:] == ["100", "Updated instance [recordline-serving]."]
+    assert cloud.world["spanner_instances"]["recordline-serving"]["processing_units"] == 200
+    # As themselves, on-call may not; nor may anyone not on call act as the account.
+    as_themselves = re.sub(r" --impersonate-service-account=\S+", "", add)
+    assert "spanner.instances" in cloud.shell("\n".join([who, as_themselves])).stderr
+    cloud.update(principal="user:someone-else@example.com")
+    assert cloud.shell("\n".join([who, add])).returncode != 0
+
+
+def test_the_restore_commands_are_ones_recordline_takes(cloud: Cloud) -> None:
+    # Each `recordline restore rows` of the runbook, parsed by the real command line.
+    lines = [
+        line.strip()
+        for block in blocks("recovering-a-serving-database")
+        for line in block.splitlines()
+        if line.strip().startswith(".venv/bin/recordline restore")
+    ]
+    assert len(lines) == 3
+    settings = (
+        "SYSTEM=recordline PROJECT=recordline-prod INSTANCE=recordline-serving"
+        " T=2026-11-24T09:00:00Z"
+    )
+    run(cloud, settings, *lines)
+    parsed = [json.loads(line) for line in (cloud.work / "replays.jsonl").read_text().splitlines()]
+    assert [p["action"] for p in parsed] == ["rows"] * 3
+    assert parsed[0]["dry_run"] is True
+    assert parsed[1]["at"].startswith("2026-11-24 09:00:00")
+    assert parsed[2]["source"].endswith("/instances/recordline-restore/databases/recordline")
+
+
+# --- a region lost ------------------------------------------------------------------------------
+
+
+def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the_state() -> None:
+    # The state edit of docs/operations.md#losing-a-zone-or-a-region: what lives in the
+    # lost region (its location or region is the environment's region, or a Cloud Run
+    # service's) leaves the state, so no plan waits on it; what is global or
+    # multi-regional (Pub/Sub, BigQuery, Spanner, Monitoring, IAM on accounts) stays.
+    (state_edit,) = blocks("losing-a-zone-or-a-region")
+    (pattern,) = re.findall(r"grep -E '([^']+)'", state_edit)
+    from tests.infra.test_terraform import MODULE, TERRAFORM, _load
+
+    regional, kept = set(), set()
+    for path in [*sorted(TERRAFORM.glob("*.tf")), *sorted(MODULE.glob("*.tf"))]:
+        module = 'module.system["orders"].' if path.parent == MODULE else ""
+        for block in _load(path).get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    key = '["europe-west1"]' if "for_each" in body else ""
+                    address = f"{module}{rtype}.{name}{key}"
+                    where = json.dumps({k: body.get(k) for k in ("location", "region")})
+                    if rtype.startswith("google_artifact_registry_repository"):
+                        # One per region, keyed by it: the standby's is kept.
+                        regional.add(address)
+                        kept.add(address.replace("europe-west1", "europe-west4"))
+                        continue
+                    lost = "var.region" in where or "google_cloud_run_v2_service" in where
+                    (regional if lost else kept).add(address)
+    assert 'module.system["orders"].google_cloud_run_v2_service.recordline' in regional
+    assert 'module.system["orders"].google_cloud_scheduler_job.canary' in regional
+    for address in regional:
+        assert re.search(pattern, address), address
+    for address in kept:
+        assert not re.search(pattern, address), address
+
+
+# --- the export commands, as the system's export job -------------------------------------
+
+JOB = "recordline-export"
+
+
+def with_export_job(env: dict[str, str]) -> dict[str, Any]:
+    """recordline's project as Terraform leaves it with `serving`: the revision EARLIER
+    serves, and the export job (modules/system/export_job.tf: its command, arguments and
+    account) runs with the service's settings, `env` among them."""
+    state = world(["recordline"], deployed=EARLIER)
+    service = state["services"]["recordline"]
+    service["revisions"][0].update(command=None, args=None, digest=EARLIER)
+    service["traffic"] = [{"revision": service["revisions"][1]["name"], "percent": 100}]
+    job = _resources("google_cloud_run_v2_job")["export"]
+    assert job["name"] == "${var.service_name}-export"
+    task = job["template"][0]["template"][0]
+    (container,) = task["containers"]
+    assert task["service_account"] == "${google_service_account.runtime.email}"
+    assert task["max_retries"] == 0  # a decision is never run twice on its own
+    assert container["dynamic"][0]["env"]["for_each"] == "${local.service_env}"
+    state["jobs"] = {
+        JOB: {
+            "image": "python:3.11-slim",  # the placeholder, until the runbook sets it
+            "command": container["command"],
+            "args": container["args"],
+            "service_account": account("recordline-run"),
+            "env": {**env, "RECORDLINE_LOG_FORMAT": "json", "RECORDLINE_SYSTEM": "recordline"},
+        }
+    }
+    return state
+
+
+def test_only_on_call_as_the_operator_account_runs_the_export_job(tmp_path: Path) -> None:
+    cloud = Cloud(tmp_path, with_export_job({}))
+    (running,) = blocks("running-export-commands")
+    # Someone not on call may not act as the operator account.
+    cloud.update(principal="user:someone-else@example.com")
+    done = cloud.shell(running)
+    assert done.returncode != 0
+    assert "getAccessToken" in done.stderr
+    # On call, acting as the operator account, which may set the job's image and run
+    # it: the run happens (and fails here, with no serving database: exit 2, said).
+    cloud.update(principal=ONCALL)
+    done = cloud.shell(running)
+    assert done.returncode == 0, done.stderr
+    assert "no serving tier" in done.stdout
+    assert "Container called exit(2)." in done.stdout
+    (ran,) = cloud.world["executions"]
+    assert ran["args"] == ["export", "status"]
+    # Without its grant on the job, the operator account may do neither.
+    state = cloud.world
+    state["iam"]["jobs"] = {}
+    cloud.update(**state)
+    done = cloud.shell(running)
+    assert done.returncode != 0
+    assert "run.jobs.update" in done.stderr
+    assert len(cloud.world["executions"]) == 1

@@ -73,7 +73,8 @@ def test_only_the_systems_that_opt_in_get_a_database() -> None:
     given = _expression(module["serving"])
     assert given.startswith("contains(local.serving_systems, each.key) ? ")
     assert given.endswith(" : null")
-    assert "google_spanner_instance.serving[local.spanner_instance_name].name" in given
+    # Its database's instance is the one its entry names (test_a_system_past_the_first_90...).
+    assert "google_spanner_instance.serving[local.serving_instance[each.key]].name" in given
     databases = _expression(_locals()["serving_databases"])
     bound = re.sub(r"\bvar\.", "local.", databases)
     assert _evaluate(bound, (("serving", "null"), ("service_name", '"orders"'))) == {}
@@ -91,7 +92,7 @@ def test_only_the_systems_that_opt_in_get_a_database() -> None:
 def test_the_instance_is_small_shared_and_never_destroyed_by_a_plan() -> None:
     instance = _resources("google_spanner_instance")["serving"]
     assert instance["for_each"] == "${local.spanner_instances}"
-    assert instance["processing_units"] == "${local.spanner_processing_units}"
+    assert instance["processing_units"] == "${local.spanner_processing_units[each.key]}"
     assert _variables()["spanner_processing_units"]["default"] == 100
     assert instance["config"] == "${local.spanner_config}"
     assert instance["default_backup_schedule_type"] == "NONE"  # every row is in BigQuery
@@ -104,7 +105,10 @@ def test_the_instance_is_small_shared_and_never_destroyed_by_a_plan() -> None:
 def _units(serving_systems: int, **overrides: str) -> int:
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, serving_systems))]
     systems = "{ " + ", ".join(f'"{n}" = {{ serving = true }}' for n in names) + " }"
-    expression = "{ units = local.spanner_processing_units, n = length(local.serving_systems) }"
+    expression = (
+        "{ units = local.spanner_processing_units[local.spanner_instance_name],"
+        " n = length(local.serving_systems) }"
+    )
     # (Beyond 94 systems the project's service-account quota must be raised too.)
     values = {"service_account_quota": "200", **overrides}
     found = _root_console(expression, systems, tuple(sorted(values.items())))
@@ -114,7 +118,7 @@ def _units(serving_systems: int, **overrides: str) -> int:
 
 @pytest.mark.parametrize(
     ("databases", "units"),
-    [(1, 100), (10, 100), (11, 200), (55, 600), (91, 1000), (100, 1000)],
+    [(1, 100), (10, 100), (11, 200), (55, 600), (81, 900), (90, 900)],
 )
 def test_the_instance_holds_every_serving_database(databases: int, units: int) -> None:
     # Under 1,000 processing units an instance holds 10 databases per 100 units; from
@@ -122,44 +126,82 @@ def test_the_instance_holds_every_serving_database(databases: int, units: int) -
     # system would otherwise fail to create its database.
     assert _units(databases) == units
     instance = _resources("google_spanner_instance")["serving"]
-    assert instance["processing_units"] == "${local.spanner_processing_units}"
+    assert instance["processing_units"] == "${local.spanner_processing_units[each.key]}"
 
 
 def _sized(systems: str, **overrides: str) -> dict[str, Any]:
     expression = (
-        "{ units = local.spanner_processing_units, stored = local.spanner_stored_bytes,"
-        " capacity = local.spanner_storage_bytes }"
+        "{ units = local.spanner_total_units, stored = local.spanner_total_stored_bytes,"
+        " capacity = sum(values(local.spanner_storage_bytes)) }"
     )
     return dict(_root_console(expression, systems, tuple(sorted(overrides.items()))))
 
 
+GIB = 1 << 30
+TIB = 1 << 40
+
+
 def test_the_instance_is_sized_by_what_its_databases_store() -> None:
-    # Twenty systems at 100 messages/s of 1 KiB: each keeps 9 days of rows and 3 of old
-    # versions, about 148 GB; 2.95 TB in all, more than 100 units (409.6 GB) hold.
+    # Spanner's storage per compute today (https://cloud.google.com/spanner/docs/compute-capacity,
+    # "Data storage limits"): 1024 GiB per 100 processing units below a node, 10 TiB
+    # per node. Twenty systems at 100 messages/s of 1 KiB: each keeps 9 days of rows and
+    # 3 of old versions, about 148 GB; 2.95 TB in all, which 400 units hold at 67%.
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, 20))]
     busy = "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in names) + " }"
     sized = _sized(busy)
     per_system = 100 * (1024 + 400) * 86400 * (9 + 3)
     assert sized["stored"] == pytest.approx(20 * per_system)
-    assert sized["units"] == 2000  # two nodes: 8 TB, filled to 37%
+    assert sized["units"] == 400
+    assert sized["capacity"] == 4 * 1024 * GIB
     assert sized["capacity"] * 0.7 >= sized["stored"]
-    # Below a node, in steps of 100 units: one system at 100/s fills 100 units (409.6
-    # GB) to 36%; three fill 200 units to 54%.
+    # Below a node, in steps of 100 units: one system at 100/s fills 100 units to 13%;
+    # six (886 GB) need 200.
     one = _sized("{ recordline = { serving = true, rate = 100 } }")
-    assert (one["units"], one["capacity"]) == (100, 409.6e9)
-    trio = ("recordline", "b-system", "c-system")
-    three = _sized(
-        "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in trio) + " }"
+    assert (one["units"], one["capacity"]) == (100, 1024 * GIB)
+    six = ("recordline", "b-system", "c-system", "d-system", "e-system", "f-system")
+    sixfold = _sized(
+        "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in six) + " }"
     )
-    assert three["stored"] == pytest.approx(3 * per_system)
-    assert three["units"] == 200  # 443 GB over 70% of 409.6 GB: two hundred units
-    assert three["capacity"] * 0.7 >= three["stored"]
+    assert sixfold["stored"] == pytest.approx(6 * per_system)
+    assert sixfold["units"] == 200
+    assert sixfold["capacity"] * 0.7 >= sixfold["stored"] > 1024 * GIB * 0.7
     # What a system declares of itself counts, and so does a longer dedupe window.
     big = _sized("{ recordline = { serving = true, rate = 10, message_bytes = 100000 } }")
     assert big["stored"] == pytest.approx(10 * 100400 * 86400 * 12)
-    assert big["units"] == 400
+    assert big["units"] == 200
+    # Past nine hundred units, whole nodes of 10 TiB.
+    huge = _sized("{ recordline = { serving = true, rate = 1000, message_bytes = 10000 } }")
+    assert huge["stored"] == pytest.approx(1000 * 10400 * 86400 * 12)  # 10.8 TB
+    assert huge["units"] == 2000
+    assert huge["capacity"] == 20 * TIB
     # The default: ten messages a second of 1 KiB, well within the smallest instance.
     assert _sized("{ recordline = { serving = true } }")["units"] == 100
+
+
+def test_a_binary_topic_is_sized_by_the_json_spanner_stores() -> None:
+    # A BINARY message is stored as the JSON it decodes to (app/ingest/payload.py), not
+    # as the bytes Pub/Sub carried: the sizing counts that.
+    days = 86400 * 12
+    schema = (
+        'canary_file = "schemas/orders.canary", '
+        'schema = { file = "schemas/orders.avsc", type = "AVRO", encoding = "%s" }'
+    )
+    binary = _sized(
+        "{ recordline = { serving = true, message_bytes = 200, " + schema % "BINARY" + " } }"
+    )
+    assert binary["stored"] == pytest.approx(10 * (200 * 3 + 400) * days)
+    assert _variables()["binary_json_ratio"]["default"] == 3
+    json_topic = _sized(
+        "{ recordline = { serving = true, message_bytes = 200, " + schema % "JSON" + " } }"
+    )
+    assert json_topic["stored"] == pytest.approx(10 * (200 + 400) * days)
+    # What a system declares it stores wins over the ratio.
+    declared = _sized(
+        "{ recordline = { serving = true, message_bytes = 200, json_bytes = 1500, "
+        + schema % "BINARY"
+        + " } }"
+    )
+    assert declared["stored"] == pytest.approx(10 * (1500 + 400) * days)
 
 
 def test_storage_is_ticketed_at_70_and_paged_at_90_percent() -> None:
@@ -178,11 +220,75 @@ def test_storage_is_ticketed_at_70_and_paged_at_90_percent() -> None:
     assert "docs/operations.md#spanner-storage" in policy["documentation"][0]["content"]
 
 
-def test_more_units_than_the_databases_need_are_kept_and_past_100_databases_refused() -> None:
+def test_more_units_than_the_databases_need_are_kept_and_past_90_databases_refused() -> None:
     assert _units(11, spanner_processing_units="2000") == 2000
     (lifecycle,) = _resources("google_spanner_instance")["serving"]["lifecycle"]
     (precondition,) = lifecycle["precondition"]
-    assert precondition["condition"] == "${length(local.serving_systems) <= 100}"
+    assert precondition["condition"] == (
+        "${length(local.spanner_databases[each.key]) <= local.spanner_databases_per_instance}"
+    )
+    assert _locals()["spanner_databases_per_instance"] == 90
+    assert "spanner_instance = " in precondition["error_message"]
+
+
+def test_a_system_past_the_first_90_databases_is_on_a_second_instance() -> None:
+    # 100 serving systems: the ten added last name instance 2. Each instance is sized by
+    # its own databases; moving a system between instances would replace its database,
+    # so the number is the system's own, never its place in the list.
+    names = ["recordline", *(f"system-{n:03d}" for n in range(1, 100))]
+    entries = [
+        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""} }}'
+        for i, n in enumerate(names)
+    ]
+    expression = (
+        "{ databases = { for k, v in local.spanner_databases : k => length(v) },"
+        " units = local.spanner_processing_units, of = local.serving_instance }"
+    )
+    found = _root_console(
+        expression, "{ " + ", ".join(entries) + " }", (("service_account_quota", "200"),)
+    )
+    assert found["databases"] == {"recordline-serving": 90, "recordline-serving-2": 10}
+    assert found["units"] == {"recordline-serving": 900, "recordline-serving-2": 100}
+    assert found["of"]["recordline"] == "recordline-serving"
+    assert found["of"]["system-099"] == "recordline-serving-2"
+    # Each instance has its storage ticket and page.
+    policies = _root_console(
+        "keys(local.spanner_storage_policies)",
+        "{ recordline = { serving = true }, b-system = { serving = true, spanner_instance = 2 } }",
+    )
+    assert sorted(policies) == [
+        "recordline-serving page",
+        "recordline-serving ticket",
+        "recordline-serving-2 page",
+        "recordline-serving-2 ticket",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "edition", "expected"),
+    [
+        ('""', '""', "STANDARD"),  # regional: the cheapest edition
+        ('"regional-europe-west4"', '"ENTERPRISE"', "ENTERPRISE"),
+        ('"eur3"', '""', "ENTERPRISE_PLUS"),  # multi-region exists in Enterprise Plus only
+        ('"nam-eur-asia1"', '"ENTERPRISE_PLUS"', "ENTERPRISE_PLUS"),
+    ],
+)
+def test_the_edition_is_one_the_configuration_exists_in(
+    config: str, edition: str, expected: str
+) -> None:
+    found = _root_console(
+        "local.spanner_edition",
+        "{}",
+        (("serving", "true"), ("spanner_config", config), ("spanner_edition", edition)),
+    )
+    assert found == expected
+    assert _resources("google_spanner_instance")["serving"]["edition"] == "${local.spanner_edition}"
+
+
+def test_a_multi_region_instance_in_the_standard_edition_is_refused_at_plan() -> None:
+    values = {"spanner_config": '"eur3"', "spanner_edition": '"STANDARD"'}
+    assert not _validations_hold("spanner_edition", values)
+    assert _validations_hold("spanner_edition", {**values, "spanner_edition": '"ENTERPRISE_PLUS"'})
 
 
 def _config_blocks(rtype: str) -> list[dict[str, Any]]:
@@ -327,11 +433,60 @@ def test_the_runtime_account_uses_its_own_database_and_nothing_else() -> None:
     assert {"spanner.databases.read", "spanner.databases.write"} <= _roles()[
         "roles/spanner.databaseUser"
     ]
-    # Nowhere else: no Spanner role on the project or the instance for anyone.
-    text = "\n".join(p.read_text() for p in sorted(TERRAFORM.rglob("*.tf")))
-    assert "google_spanner_instance_iam" not in text
-    project_roles = json.dumps(_resources("google_project_iam_member")["runtime"])
+    # Nowhere else: no Spanner role on the project or an instance for the runtime account.
+    project_roles = json.dumps(_resources("google_project_iam_custom_role")["runtime"])
     assert "spanner" not in project_roles
+    for grant in _resources("google_spanner_instance_iam_member").values():
+        assert "runtime" not in grant["member"]
+
+
+def _custom(name: str) -> set[str]:
+    return set(_resources("google_project_iam_custom_role")[name]["permissions"])
+
+
+def test_on_call_may_add_capacity_at_once_and_only_that() -> None:
+    # The break-glass path (capacity.tf): the operator account resizes each serving
+    # instance itself, with no workflow and no queue to wait for.
+    grant = _resources("google_spanner_instance_iam_member")["operator_capacity"]
+    assert grant["for_each"] == "${google_spanner_instance.serving}"
+    assert grant["instance"] == "${each.value.name}"
+    assert grant["member"] == "${google_service_account.operator.member}"
+    assert grant["role"] == "${google_project_iam_custom_role.operator_capacity.id}"
+    assert _custom("operator_capacity") == {
+        "spanner.instanceOperations.get",
+        "spanner.instances.get",
+        "spanner.instances.update",
+    }
+
+
+def test_on_call_may_restore_rows_but_never_change_a_schema_or_drop_a_database() -> None:
+    # Recovery (recovery.tf): backups and a scratch instance on the project, inserts into
+    # each serving database; no DDL, no drop, nothing on another service's data.
+    restore, rows = _custom("operator_restore"), _custom("operator_restore_rows")
+    assert {
+        "spanner.instances.create",
+        "spanner.instances.delete",
+        "spanner.backups.create",
+        "spanner.databases.createBackup",
+        "spanner.backups.restoreDatabase",
+        "spanner.databases.create",
+    } <= restore
+    assert {"spanner.databases.write", "spanner.databases.beginOrRollbackReadWriteTransaction"} <= (
+        rows
+    )
+    for permissions in (restore, rows):
+        assert all(p.startswith("spanner.") for p in permissions)
+        assert not {"spanner.databases.updateDdl", "spanner.databases.drop"} & permissions
+    assert "spanner.databases.write" not in restore  # writes go to serving databases only
+    project = _resources("google_project_iam_member")["operator_restore"]
+    assert project["role"] == "${google_project_iam_custom_role.operator_restore.id}"
+    assert project["member"] == "${google_service_account.operator.member}"
+    grant = _resources("google_spanner_database_iam_member")["operator_restores_rows"]
+    assert grant["for_each"] == "${google_spanner_database.serving}"
+    assert grant["role"] == "${var.serving.restore_role}"
+    assert grant["member"] == "serviceAccount:${var.operator_service_account}"
+    given = _expression(_module()["serving"])
+    assert "restore_role = google_project_iam_custom_role.operator_restore_rows.id" in given
 
 
 def test_the_service_waits_for_its_database_grant_to_propagate() -> None:

@@ -330,6 +330,9 @@ def test_service_environment() -> None:
         'RECORDLINE_LOG_FORMAT = "json"',
         'OTEL_TRACES_EXPORTER = "gcp_trace"',
         'OTEL_METRICS_EXPORTER = "gcp_monitoring"',
+        # Sampled: every push starts a trace (infra/fleet_cost.py prices the spans).
+        'OTEL_TRACES_SAMPLER = "parentbased_traceidratio"',
+        "OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)",
     ):
         assert fixed in re.sub(r"\s+", " ", env), fixed
     (secret,) = [e for e in _container()["env"] if e["name"] == "RECORDLINE_PAGE_TOKEN_SECRET"]
@@ -372,12 +375,36 @@ def test_runtime_account_roles() -> None:
     dataset = _resources("google_bigquery_dataset_iam_member")["runtime_writes_dataset"]
     assert dataset["role"] == "roles/bigquery.dataEditor"
     assert dataset["member"] == "${google_service_account.runtime.member}"
-    runtime = _resources("google_project_iam_member")["runtime"]
-    assert set(re.findall(r'"(roles/[^"]+)"', runtime["for_each"])) == {
-        "roles/bigquery.jobUser",
-        "roles/cloudtrace.agent",
-        "roles/monitoring.metricWriter",
-    }
+    # At the project: one role of what three predefined ones give the service (query
+    # jobs, spans, metrics), no more, bound once to every system's runtime account
+    # (runtime_iam.tf): one policy change however many systems, not three members each.
+    from tests.infra.test_iam_coverage import _roles
+
+    role = _resources("google_project_iam_custom_role")["runtime"]
+    cut_from = set().union(
+        *(
+            _roles()[r]
+            for r in (
+                "roles/bigquery.jobUser",
+                "roles/cloudtrace.agent",
+                "roles/monitoring.metricWriter",
+            )
+        )
+    )
+    assert set(role["permissions"]) <= cut_from
+    assert {
+        "bigquery.jobs.create",
+        "cloudtrace.traces.patch",
+        "monitoring.timeSeries.create",
+        "monitoring.metricDescriptors.create",
+    } <= set(role["permissions"])
+    binding = _resources("google_project_iam_binding")["runtime"]
+    assert binding["role"] == "${google_project_iam_custom_role.runtime.id}"
+    every_runtime_account = "[for system in module.system : "
+    assert binding["members"] == (
+        f'${{sort({every_runtime_account}"serviceAccount:${{system.runtime_service_account}}"])}}'
+    )
+    assert "google_project_iam_member" not in json.dumps(_load(MODULE / "iam.tf"))
     secret = _resources("google_secret_manager_secret_iam_member")["runtime_reads_page_token"]
     assert secret["role"] == "roles/secretmanager.secretAccessor"
 
@@ -536,7 +563,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
     from app.telemetry import Telemetry
-    from app.telemetry.metrics import ExportMetrics, TypedPatches
+    from app.telemetry.metrics import ExportMetrics, LoopRestarts, TypedPatches
     from tests.telemetry.conftest import Exported
 
     exported = Exported()
@@ -560,6 +587,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     export.exported("records", 3)
     export.blocked("records", "BigQuery refused message 1 of records: too long")
     TypedPatches(metrics).refused("p.d.records")
+    LoopRestarts(metrics).restarted("exporter")
     # The completeness ledger's, as its watch reads it (app.query.producers).
     metrics.producers_missing = lambda: {"orders-api": 3}
     assert telemetry.meter_provider is not None
@@ -622,6 +650,10 @@ def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
         *(
             f"google_project_iam_member.{n}"
             for n in sorted(_resources("google_project_iam_member"))
+        ),
+        *(
+            f"google_project_iam_binding.{n}"
+            for n in sorted(_resources("google_project_iam_binding"))
         ),
     ],
 )

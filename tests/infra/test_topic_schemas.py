@@ -197,8 +197,8 @@ def test_only_the_service_account_reads_the_schema_and_only_the_schema() -> None
     assert grant["member"] == "${google_service_account.runtime.member}"
     assert "pubsub.schemas.get" in _roles()[grant["role"]]
     # Nothing project-wide: no Pub/Sub role on the project for the runtime account.
-    runtime = _resources("google_project_iam_member")["runtime"]
-    assert "pubsub" not in json.dumps(runtime)
+    runtime = _resources("google_project_iam_custom_role")["runtime"]
+    assert "pubsub" not in json.dumps(runtime["permissions"])
 
 
 # --- the service and the canary ----------------------------------------------------------------

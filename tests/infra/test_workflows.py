@@ -118,21 +118,23 @@ def test_one_pinned_gcloud_everywhere() -> None:
 
 def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
     deploy = _load(WORKFLOWS / "deploy.yml")
-    assert "dev" in deploy["jobs"]["prod"]["needs"]
-    assert "needs.dev.result == 'success'" in deploy["jobs"]["prod"]["if"]
+    assert "dev" in deploy["jobs"]["approve-prod"]["needs"]
+    assert "needs.dev.result == 'success'" in deploy["jobs"]["approve-prod"]["if"]
+    assert "needs.approve-prod.result == 'success'" in deploy["jobs"]["prod"]["if"]
     assert deploy["jobs"]["prod"]["with"]["environment"] == "prod"
+    approve = _load(WORKFLOWS / "approve.yml")["jobs"]["approve"]
+    assert approve["environment"] == "${{ inputs.environment }}"
     rollout = _load(WORKFLOWS / "deploy-environment.yml")
-    assert rollout["jobs"]["prepare"]["environment"] == "${{ inputs.environment }}"
+    assert rollout["jobs"]["prepare"]["environment"] == "${{ inputs.environment }}-rollout"
     system = _load(WORKFLOWS / "deploy-system.yml")
-    # Each system's job runs after that approval, in <environment>-rollout (no reviewers).
     assert system["jobs"]["rollout"]["environment"] == "${{ inputs.environment }}-rollout"
-    assert deploy["jobs"]["prod"]["with"]["reviewed"] is True
-    assert "reviewed" not in deploy["jobs"]["dev"]["with"]
+    assert deploy["jobs"]["approve-prod"]["with"]["reviewed"] is True
+    assert "reviewed" not in deploy["jobs"]["approve-dev"]["with"]
     terraform = _load(WORKFLOWS / "terraform.yml")
-    assert terraform["jobs"]["prod"]["needs"] == "dev"
-    assert "needs.dev.result == 'success'" in terraform["jobs"]["prod"]["if"]
-    apply = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]["apply"]
-    assert apply["environment"] == "terraform-${{ inputs.environment }}"
+    assert "dev" in terraform["jobs"]["prod-plan"]["needs"]
+    assert "needs.dev.result == 'success'" in terraform["jobs"]["prod-plan"]["if"]
+    apply = _load(WORKFLOWS / "terraform-apply.yml")["jobs"]["apply"]
+    assert apply["environment"] == "terraform-${{ inputs.environment }}-apply"
 
 
 def _job_runs(job: dict[str, Any]) -> str:
@@ -174,31 +176,44 @@ def _group(concurrency: dict[str, Any], **context: Any) -> str:
     return str(interpolate(concurrency["group"], Expressions(context, {})))
 
 
+def _if(job: dict[str, Any], **context: Any) -> bool:
+    """Whether a job's `if:` holds in `context` (its needs' results and outputs)."""
+    condition = str(job.get("if", "true")).strip()
+    condition = re.sub(r"^\$\{\{(.*)\}\}$", r"\1", condition, flags=re.S)
+    status = {"failed": False, "cancelled": False}
+    return bool(Expressions(context, status).evaluate(condition))
+
+
+MAIN = {"event_name": "push", "ref": "refs/heads/main"}
+
+
 def test_one_queue_per_environment_for_every_change_to_what_runs() -> None:
-    # Rollouts and rollbacks (deploy.yml), a merge's plan, apply and deploy of new systems
-    # (terraform.yml) and the drift plan share one group per environment: whichever
-    # starts second waits for the first. No group spans both environments (a prod run
-    # waiting for approval would hold dev), and nothing in one is ever cancelled
-    # half-way: a rollback that cut an apply short would leave it half-made.
-    main = {"event_name": "push", "ref": "refs/heads/main"}
+    # Rollouts and rollbacks (deploy.yml) and a merge's apply and deploy of new systems
+    # (terraform.yml) share one group per environment: whichever starts second waits
+    # for the first. No group spans both environments, and nothing in one is ever
+    # cancelled half-way: a rollback that cut an apply short would leave it half-made.
     for environment in ("dev", "prod"):
         queue = f"live-{environment}"
         deploy = _load(WORKFLOWS / "deploy.yml")["jobs"][environment]["concurrency"]
         terraform = _load(WORKFLOWS / "terraform.yml")["jobs"][environment]["concurrency"]
-        drift = _load(WORKFLOWS / "drift.yml")["jobs"]["plan"]["concurrency"]
         rollback = {"inputs": {"image_tag": "a" * 40}}
         assert _group(deploy, inputs={}) == _group(deploy, **rollback) == queue
-        assert _group(terraform, github=main) == queue
-        assert _group(drift, matrix={"environment": environment}) == queue
-        for concurrency in (deploy, terraform, drift):
+        assert _group(terraform, github=MAIN) == queue
+        for concurrency in (deploy, terraform):
             assert concurrency["cancel-in-progress"] is False
-        # A pull request's plan changes nothing and waits in no environment's queue.
-        pull = {"event_name": "pull_request", "ref": "refs/pull/7/merge", "run_id": "42"}
-        assert _group(terraform, github=pull) == "42"
     assert "concurrency" not in _load(WORKFLOWS / "deploy.yml")
+    # The drift and reconcile jobs only read: they wait in no queue, so they never
+    # replace a change waiting there (GitHub keeps one pending run per group).
+    assert _live_groups(WORKFLOWS / "drift.yml") == {}
     # The workflows those jobs call never wait on the queue their caller holds: that
     # would be the queue waiting on itself. Each system's deploy has its own group.
-    for called in ("deploy-environment.yml", "deploy-system.yml", "terraform-environment.yml"):
+    for called in (
+        "deploy-environment.yml",
+        "deploy-system.yml",
+        "terraform-environment.yml",
+        "terraform-apply.yml",
+        "approve.yml",
+    ):
         assert _live_groups(WORKFLOWS / called) == {}, called
     rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
     assert rollout["concurrency"] == {
@@ -213,9 +228,109 @@ def test_one_queue_per_environment_for_every_change_to_what_runs() -> None:
     )
 
 
+# The environments whose reviewers approve, and the reviewer-free ones queued jobs run in.
+REVIEWED = {"dev", "prod", "terraform-dev", "terraform-prod"}
+
+
+def _environments(workflow: str, environment: str) -> set[str]:
+    """The GitHub environments the jobs of a called workflow name, for `environment`."""
+    found = set()
+    for job in _load(WORKFLOWS / workflow)["jobs"].values():
+        if "environment" in job:
+            context = Expressions({"inputs": {"environment": environment}}, {})
+            found.add(str(interpolate(job["environment"], context)))
+        if job.get("uses", "").startswith("./.github/workflows/"):
+            found |= _environments(job["uses"].rsplit("/", 1)[1], environment)
+    return found
+
+
+@pytest.mark.parametrize("workflow", ["deploy.yml", "terraform.yml"])
+def test_approvals_are_given_before_a_change_enters_its_queue(workflow: str) -> None:
+    # A change waiting for its reviewers must hold no queue: an emergency (a rollback,
+    # an apply) queued behind it would wait for a person who may be asleep, and GitHub
+    # replaces the older of two pending runs. So each queued job needs an approval job
+    # that runs outside every queue, and nothing inside the queue names an environment
+    # with reviewers: the queued jobs run in reviewer-free environments.
+    jobs = _load(WORKFLOWS / workflow)["jobs"]
+    queued = {name: job for name, job in jobs.items() if "concurrency" in job}
+    assert set(queued) == {"dev", "prod"}
+    for environment, job in queued.items():
+        needs = [job["needs"]] if isinstance(job["needs"], str) else job["needs"]
+        (approval,) = [n for n in needs if jobs[n].get("uses", "").endswith("/approve.yml")]
+        assert "concurrency" not in jobs[approval]
+        assert f"needs.{approval}.result == 'success'" in job["if"]
+        # The approval does not wait for its own change: it comes first.
+        before = jobs[approval].get("needs", [])
+        assert environment not in ([before] if isinstance(before, str) else before)
+        approved_in = jobs[approval]["with"]["environment"]
+        assert approved_in in REVIEWED
+        named = _environments(job["uses"].rsplit("/", 1)[1], environment)
+        assert named, environment
+        assert not named & REVIEWED, named
+        assert all(e.endswith(("-rollout", "-apply")) for e in named), named
+    assert "concurrency" not in _load(WORKFLOWS / "approve.yml")["jobs"]["approve"]
+
+
+def test_an_apply_is_asked_for_only_when_its_plan_changes_something() -> None:
+    jobs = _load(WORKFLOWS / "terraform.yml")["jobs"]
+    for changes, wanted in (("true", True), ("false", False)):
+        needs = {"dev-plan": {"result": "success", "outputs": {"changes": changes}}}
+        assert _if(jobs["dev-approve"], github=MAIN, needs=needs) is wanted
+        needs = {"prod-plan": {"result": "success", "outputs": {"changes": changes}}}
+        assert _if(jobs["prod-approve"], github=MAIN, needs=needs) is wanted
+    # A pull request's plans are never approved nor applied.
+    pull = {"event_name": "pull_request", "ref": "refs/pull/7/merge"}
+    needs = {"dev-plan": {"result": "success", "outputs": {"changes": "true"}}}
+    assert _if(jobs["dev-approve"], github=pull, needs=needs) is False
+    # prod is planned after dev applied, or when dev had nothing to apply; not after a
+    # failed dev apply, nor when dev's approval was refused (dev skipped with changes).
+    for dev, changes, wanted in (
+        ("success", "true", True),
+        ("skipped", "false", True),
+        ("failure", "true", False),
+        ("skipped", "true", False),
+    ):
+        needs = {
+            "dev-plan": {"result": "success", "outputs": {"changes": changes}},
+            "dev": {"result": dev},
+        }
+        assert _if(jobs["prod-plan"], github=MAIN, needs=needs) is wanted, (dev, changes)
+
+
+def _paths_match(pattern: str, path: str) -> bool:
+    """GitHub's `paths` filter for the forms deploy.yml uses: a file, or dir/**."""
+    if pattern.endswith("/**"):
+        return path.startswith(pattern[:-2])
+    return path == pattern
+
+
+def test_a_deploy_runs_only_when_the_image_or_how_it_is_deployed_changes() -> None:
+    on = _load(WORKFLOWS / "deploy.yml")[True]  # YAML 1.1 reads the key `on` as true
+    paths = on["push"]["paths"]
+    # Every file the Dockerfile copies into the image...
+    dockerfile = (WORKFLOWS.parents[1] / "Dockerfile").read_text()
+    copied = [
+        source.rstrip("/")
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+        for source in line.split()[1:-1]
+    ]
+    assert copied  # pyproject.toml, uv.lock, README.md, app
+    for source in copied:
+        probe = source if "." in source.rsplit("/", 1)[-1] else f"{source}/x.py"
+        assert any(_paths_match(p, probe) for p in paths), source
+    # ...and the deploy's own workflows start one; a tfvars merge, docs or tests do not
+    # (an apply deploys the systems it creates itself, terraform-apply.yml).
+    for workflow in ("deploy.yml", "deploy-environment.yml", "deploy-system.yml", "approve.yml"):
+        assert any(_paths_match(p, f".github/workflows/{workflow}") for p in paths), workflow
+    for unrelated in ("infra/terraform/env/prod.tfvars", "docs/operations.md", "tests/x.py"):
+        assert not any(_paths_match(p, unrelated) for p in paths), unrelated
+    assert "paths-ignore" not in on["push"]
+
+
 def test_the_drift_plan_tickets_a_project_that_differs_from_main() -> None:
-    job = _load(WORKFLOWS / "drift.yml")["jobs"]["plan"]
     workflow = _load(WORKFLOWS / "drift.yml")
+    job = workflow["jobs"]["plan"]
     assert workflow[True]["schedule"]  # YAML 1.1 reads the key `on` as true
     runs = _job_runs(job)
     assert "-detailed-exitcode" in runs
@@ -228,38 +343,27 @@ def test_the_drift_plan_tickets_a_project_that_differs_from_main() -> None:
     assert auth["with"]["service_account"] == "${{ vars[matrix.account] }}"
 
 
-def test_two_applies_queued_back_to_back_both_apply_the_second_from_a_new_plan() -> None:
-    # The queue is held by terraform.yml's job for the environment, which calls the whole
-    # of terraform-environment.yml: its plan, made from the state as it is when the run
-    # gets the queue, and the apply of that plan, from this run's own artifact (no
-    # run-id: never a plan an earlier run saved). The second of two merges plans after
-    # the first is applied, so its plan is never stale, and both apply.
-    main = {"event_name": "push", "ref": "refs/heads/main"}
+def test_an_apply_applies_the_plan_approved_and_nothing_planned_since() -> None:
+    # The plan is made outside the queue, before its approval, from the live project
+    # (never -refresh=false); the apply, in the queue, applies that saved plan from this
+    # run's own artifact (no run-id: never a plan another run saved). Should the state
+    # have moved meanwhile (another apply queued first), Terraform refuses the saved
+    # plan as stale and applies nothing of it.
     callers = _load(WORKFLOWS / "terraform.yml")["jobs"]
-    called = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]
+    plan = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]["plan"]
+    apply = _load(WORKFLOWS / "terraform-apply.yml")["jobs"]["apply"]
     for environment in ("dev", "prod"):
-        caller = callers[environment]
-        assert _group(caller["concurrency"], github=main) == f"live-{environment}"
-        assert caller["uses"].startswith("./.github/workflows/terraform-environment.yml")
-        assert _group(_load(WORKFLOWS / "deploy.yml")["jobs"][environment]["concurrency"]) == (
-            f"live-{environment}"
-        )
-    assert called["apply"]["needs"] == "plan"
-    assert "needs" not in called["plan"]
-    plan_runs = _job_runs(called["plan"])
-    assert "terraform plan " in plan_runs
-    assert "-refresh=false" not in plan_runs  # read from the live project, not the state
-    (download,) = [s for s in called["apply"]["steps"] if "download-artifact@" in s.get("uses", "")]
-    assert set(download["with"]) == {"name", "path"}
-
-
-def test_the_approved_apply_applies_the_saved_plan() -> None:
-    jobs = _load(WORKFLOWS / "terraform-environment.yml")["jobs"]
-    plan, apply = jobs["plan"], jobs["apply"]
+        assert "concurrency" not in callers[f"{environment}-plan"]
+        assert callers[f"{environment}-plan"]["uses"].endswith("/terraform-environment.yml")
+        assert callers[environment]["uses"].endswith("/terraform-apply.yml")
+        assert f"{environment}-plan" in callers[environment]["needs"]
     assert "environment" not in plan  # the plan exists before anyone is asked to approve
-    assert "-out=tfplan" in _job_runs(plan)
-    assert "terraform show -no-color tfplan" in _job_runs(plan)
-    assert "GITHUB_STEP_SUMMARY" in _job_runs(plan)
+    plan_runs = _job_runs(plan)
+    assert "terraform plan " in plan_runs
+    assert "-out=tfplan" in plan_runs
+    assert "-refresh=false" not in plan_runs
+    assert "terraform show -no-color tfplan" in plan_runs
+    assert "GITHUB_STEP_SUMMARY" in plan_runs
     (upload,) = [
         s
         for s in plan["steps"]
@@ -267,9 +371,8 @@ def test_the_approved_apply_applies_the_saved_plan() -> None:
     ]
     assert "infra/terraform/tfplan\n" in upload["with"]["path"]
     assert "infra/terraform/.terraform.lock.hcl" in upload["with"]["path"]
-    assert apply["needs"] == "plan"
-    assert apply["environment"] == "terraform-${{ inputs.environment }}"
     (download,) = [s for s in apply["steps"] if "download-artifact@" in s.get("uses", "")]
+    assert set(download["with"]) == {"name", "path"}
     assert download["with"]["name"] == upload["with"]["name"]
     runs = _job_runs(apply)
     assert "terraform plan" not in runs

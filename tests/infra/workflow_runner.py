@@ -114,7 +114,7 @@ class Cloud:
 # --- expressions ------------------------------------------------------------------------
 
 TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>\d+(?:\.\d+)?)|(?P<op>\|\||&&|==|!=|!|\(|\)|,)"
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>\d+(?:\.\d+)?)|(?P<op>\|\||&&|==|!=|!|\(|\)|,|\[|\])"
     r"|(?P<name>[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*|\[\d+\])*))"
 )
 
@@ -200,7 +200,13 @@ class Expressions:
             return self._call(text, args)
         if text in ("true", "false"):
             return text == "true"
-        return self._lookup(text)
+        value = self._lookup(text)
+        while self._peek() == "[":  # an index by expression: vars[matrix.provider]
+            self._take()
+            key = self._or()
+            assert self._take()[1] == "]"
+            value = value.get(key, "") if isinstance(value, dict) else ""
+        return value
 
     def _call(self, name: str, args: list[Any]) -> Any:
         match name:
@@ -261,8 +267,10 @@ def run_job(
     github: dict[str, str],
     needs: dict[str, Any] | None = None,
     cancel_after: str | None = None,
+    matrix: dict[str, Any] | None = None,
 ) -> Job:
-    """Run one job's steps; `cancel_after` names a step after which the run is cancelled."""
+    """Run one job's steps; `cancel_after` names a step after which the run is cancelled;
+    `matrix` is the leg of the job's matrix it runs as."""
     definition = load(workflow)
     job_def = definition["jobs"][job_id]
     workspace = cloud.work / "workspace"
@@ -278,6 +286,7 @@ def run_job(
         "vars": variables,
         "github": {"token": "fake-github-token", **github},
         "needs": needs or {},
+        "matrix": matrix or {},
         "steps": steps,
         "runner": {"temp": str(temp)},
         "env": {},
@@ -393,6 +402,7 @@ def _run(
             "GITHUB_RUN_ATTEMPT": github["run_attempt"],
             "GITHUB_REPOSITORY": github.get("repository", "recordline/recordline"),
             "GITHUB_API_URL": "https://api.github.com",
+            "GITHUB_SERVER_URL": "https://github.com",
             "RUNNER_TEMP": str(temp),
         },
         capture_output=True,

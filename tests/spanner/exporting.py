@@ -6,25 +6,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from typing import Any
 
 from app.errors import StoreUnavailable
-from app.records import Record, Rejection
+from app.records import TABLES, Record, Rejection
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered.exporter import Exporter
+from app.store.tiered.held import QueryHeld
 from app.store.tiered.store import TieredStore
 from app.typed.revisions import Revisions
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
+# A table paused after a passing failure waits this long first (RETRY_SECONDS in
+# the service): the backoff is the same, only shorter.
+RETRY_SECONDS = 0.05
+
 
 def exporter(store: TieredStore, holder: str = "a", **options: Any) -> Exporter:
+    """An exporter of `store`'s tables as the store makes its own, by hand."""
     kinds = (Record, Rejection)
-    streams = {kind: store.analytics.offset_stream(kind) for kind in kinds}
-    return Exporter(store.serving, streams, holder=holder, **options)
+    analytics = store.analytics
+    streams = {kind: analytics.offset_stream(kind) for kind in kinds}
+    options.setdefault("retry_seconds", RETRY_SECONDS)
+    names = {table: analytics.table_name(table) for table in TABLES}
+    options.setdefault("held", QueryHeld(analytics.queries, names))
+    return Exporter(options.pop("source", store.serving), streams, holder=holder, **options)
 
 
 def copies(write_fake: FakeBigQueryWrite, table: str) -> collections.Counter[str]:
@@ -32,7 +43,8 @@ def copies(write_fake: FakeBigQueryWrite, table: str) -> collections.Counter[str
 
 
 async def drain(*exporters: Exporter, tables: int = 2) -> None:
-    """Step until a round exports nothing (the rows appended so far are exported)."""
+    """Step until a round exports nothing and no table waits out a pause (the rows
+    appended so far are exported, or blocked)."""
     settled = 0
     for _ in range(200):
         busy = False
@@ -41,6 +53,11 @@ async def drain(*exporters: Exporter, tables: int = 2) -> None:
             # unavailable store is tried again.
             with contextlib.suppress(LeaseLost, ProgressMoved, StoreUnavailable):
                 busy = await one.step() or busy
+        pauses = [left for one in exporters for left in one.paused().values()]
+        if not busy and pauses:
+            await asyncio.sleep(min(pauses))  # the pause itself is what is waited for
+            settled = 0
+            continue
         settled = 0 if busy else settled + 1
         if settled >= 2:
             return
@@ -87,3 +104,23 @@ def tiered_store(
         dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
         **options,
     )
+
+
+class Pushes:
+    """An instance's push traffic as a test sets it: whether it serves (pushed within
+    ten minutes) and when its last push was (seconds since the epoch)."""
+
+    def __init__(self, *, serving: bool = True, last: float | None = None) -> None:
+        self.now_serving = serving
+        self.last = last
+
+    def serving(self) -> bool:
+        return self.now_serving
+
+    def last_push(self) -> float | None:
+        return self.last
+
+    def push(self) -> None:
+        """A push through the service's own URL, acknowledged now."""
+        self.now_serving = True
+        self.last = time.time()

@@ -164,9 +164,13 @@ async def test_a_revision_that_cannot_be_fetched_pauses_the_export_and_skips_not
     api.down = True
     await store.append([stored(order(), {"id": "o-1", "amount": 1}, "m1", R1)])
     await settle_clock()
-    one = typed_exporter(store, api)
-    with pytest.raises(StoreUnavailable):
-        await one.step()  # the exporter's loop backs off and tries again
+    assert store.analytics.typed is not None
+    typed = TypedExport(store.analytics.typed, api.revisions)
+    # A pause of at least half a second: long enough to be seen right after the step.
+    one = exporter(store, typed=typed, retry_seconds=1.0)
+    await one.step()  # records back off and are tried again, alone
+    assert "records" in one.paused()
+    assert "records" not in one.blocked
     assert write_fake.rows("records") == []
     progress = await one.ledger.progress("records")
     assert progress.pending is None

@@ -33,7 +33,7 @@ from app.store.spanner.ledger import (
 from app.store.spanner.schema import MIGRATIONS
 from app.store.tiered.exporter import code_version
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
-from tests.spanner.exporting import copies, drain, exporter, settle_clock
+from tests.spanner.exporting import Pushes, copies, drain, exporter, settle_clock
 from tests.spanner.test_export import stored
 from tests.waiting import until
 
@@ -232,14 +232,10 @@ async def test_a_revision_that_serves_no_traffic_never_exports(
     store = await make_tiered()
     await stored(store, ["m-1", "m-2"])
     await settle_clock()
-    traffic = {"serving": True, "candidate": False}
+    traffic = Pushes(serving=False)
     serving = exporter(store, holder="serving", version=(3, 11), lease_seconds=1.0)
     candidate = exporter(
-        store,
-        holder="candidate",
-        version=(3, 12),
-        lease_seconds=1.0,
-        serving_traffic=lambda: traffic["candidate"],
+        store, holder="candidate", version=(3, 12), lease_seconds=1.0, traffic=traffic
     )
     # Deployed with no traffic: newer, yet it never claims, even a free lease.
     for _ in range(3):
@@ -250,7 +246,7 @@ async def test_a_revision_that_serves_no_traffic_never_exports(
     assert not candidate.leading
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
     # Once traffic reaches it (promoted), it takes the export over at its next claim.
-    traffic["candidate"] = True
+    traffic.push()
     await candidate.step()
     assert candidate.leading
 
@@ -259,10 +255,9 @@ async def test_a_holder_traffic_left_is_taken_over_by_one_that_has_it(
     make_tiered: Make,
 ) -> None:
     store = await make_tiered()
-    traffic = {"newer": True}
-    newer = exporter(
-        store, holder="newer", version=(3, 12), serving_traffic=lambda: traffic["newer"]
-    )
+    traffic = Pushes()
+    traffic.push()
+    newer = exporter(store, holder="newer", version=(3, 12), traffic=traffic)
     older = exporter(store, holder="older", version=(3, 11))
     await newer.step()
     assert newer.leading
@@ -270,10 +265,9 @@ async def test_a_holder_traffic_left_is_taken_over_by_one_that_has_it(
     assert not older.leading
     # Traffic goes back to the older revision (a rollback): the newer renews without
     # traffic, and the older, which has it, stands higher and takes the export.
-    traffic["newer"] = False
+    traffic.now_serving = False
     assert await newer.ledger.claim()
-    await older.step()
-    assert older.leading
+    assert await older.ledger.claim()
     assert not await newer.ledger.claim()
 
 
@@ -347,8 +341,8 @@ async def test_only_an_instance_that_acknowledged_pushes_takes_the_export(
     # (a revision deployed with no traffic, say) only on its tag URL, as the
     # deploy's smoke test does.
     traffic = {"idle": Traffic(), "pushed": Traffic()}
-    idle = await make_tiered(export=True, serving_traffic=traffic["idle"].serving)
-    pushed = await make_tiered(export=True, serving_traffic=traffic["pushed"].serving)
+    idle = await make_tiered(export=True, traffic=traffic["idle"])
+    pushed = await make_tiered(export=True, traffic=traffic["pushed"])
     await stored(idle, ["smoke-1"])
     traffic["idle"].pushed("sha-1a2b3c4---orders-abcdefghij-ew.a.run.app")
     await stored(pushed, ["m-1", "m-2"])

@@ -23,7 +23,9 @@ async def test_a_client_reads_its_own_commit_even_when_a_refresh_was_already_run
         return found if len(found) <= limit else None
 
     cache = TailCache(read, refresh_seconds=3600)
-    await cache.refresh(1_000)  # the cache starts empty at t = 1,000
+    gate.set()
+    await cache.refresh(1_000)  # the cache starts at t = 1,000, warmed with nothing
+    gate.clear()
     # A follower's refresh up to 2,000 is under way when a commit lands at 2,500.
     follower = asyncio.create_task(cache.refresh(2_000))
     await asyncio.sleep(0)

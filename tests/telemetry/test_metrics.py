@@ -57,6 +57,18 @@ def test_stored_message_records_its_lag_and_outcome(
             },
             "base64",
         ),
+        (
+            # Attributes alone: Pub/Sub leaves `data` out (its reason was the payload's
+            # "not JSON: Input data was truncated", counted as `json`).
+            {
+                "message": {
+                    "attributes": {"a": "1"},
+                    "messageId": "m-1",
+                    "publishTime": "2024-04-27T12:00:01Z",
+                }
+            },
+            "empty",
+        ),
     ],
 )
 def test_rejection_is_counted_with_a_coarse_reason(

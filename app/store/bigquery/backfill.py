@@ -181,7 +181,10 @@ class Backfill:
         message = message_class(descriptor)
         path = f"projects/{self._project}/datasets/{self._dataset}/tables/{staging}"
         writer = self._stream(path, descriptor)
-        stream = await writer.create()
+        try:
+            stream = await writer.create()
+        except StreamBroken as exc:
+            raise BackfillError(f"the staging table takes no stream: {exc}") from exc
         offset = 0
         chunk: list[bytes] = []
         size = 0

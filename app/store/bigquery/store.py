@@ -202,6 +202,16 @@ class BigQueryStore:
     def _table_path(self, table: str) -> str:
         return f"projects/{self.project}/datasets/{self.dataset}/tables/{table}"
 
+    @property
+    def queries(self) -> QueryRunner:
+        """The store's queries (bounded, billed, observed), for readers of its tables
+        beside it (the serving tier's exporter asks what a table holds)."""
+        return self._queries
+
+    def table_name(self, table: str) -> str:
+        """`table`'s name as SQL quotes it: `project.dataset.table`."""
+        return f"`{self.project}.{self.dataset}.{table}`"
+
     async def start(self) -> None:
         if self._records is not None:
             return
@@ -483,7 +493,8 @@ class BigQueryStore:
             if not revision:
                 rows.append(None)
                 continue
-            columns = typed_columns(record, revision, writable, known[revision])
+            unmapped = self.typed.unmapped(revision)
+            columns = typed_columns(record, revision, writable, known[revision], unmapped)
             rows.append(encoder.encode(record, columns))
         return writer, rows
 

@@ -21,6 +21,28 @@ fails anyway after having been used before is replaced and the same request
 sent again at once, at the same offset (stored once, or refused as there).
 A stream that is gone answers NOT_FOUND: `StreamBroken(gone=True)`, and the
 exporter starts a new one (`app.store.tiered.exporter`).
+
+Failures as BigQuery returns them. An append fails in two places: in the
+response (`AppendRowsResponse.error`, a google.rpc.Status, its details often
+a `StorageError` with a code of its own), or at the RPC level, the call
+ending with a status (an `AioRpcError`, or api_core's exception for it, such
+as NotFound "Requested entity was not found" or InvalidArgument "Invalid
+stream name", googleapis/python-bigquery-storage#593), its details in the
+trailers. Both are read alike (`Said`) and sorted into one `Fault`, the
+`StorageError` code first, then the status:
+- the stream is gone (`GONE`): STREAM_NOT_FOUND, STREAM_FINALIZED,
+  INVALID_STREAM_STATE or _TYPE, STREAM_ALREADY_COMMITTED; else NOT_FOUND,
+  INVALID_ARGUMENT or FAILED_PRECONDITION, which Apache Beam's Storage Write
+  sink also reads as "the stream is gone", BigQuery not reliably answering
+  NOT_FOUND for one. A new stream that refuses the same rows alike tells the
+  exporter the fault was the rows' or the table's after all;
+- refused for good (`REFUSED`): TABLE_NOT_FOUND, SCHEMA_MISMATCH_EXTRA_FIELDS,
+  the CMEK and KMS permission codes, PERMISSION_DENIED: asked again as it is,
+  it fails again until someone changes the table or the roles;
+- an offset already written (`ALREADY`) or beyond the end (`BEYOND`);
+- anything else (RESOURCE_EXHAUSTED, a quota; UNAVAILABLE, ABORTED,
+  DEADLINE_EXCEEDED, INTERNAL; KMS_SERVICE_ERROR) passes (`TRANSIENT`):
+  StoreUnavailable, tried again later.
 """
 
 from __future__ import annotations
@@ -29,15 +51,16 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import grpc
 from google.api_core.exceptions import GoogleAPICallError, ServiceUnavailable
 from google.api_core.gapic_v1 import routing_header
 from google.api_core.retry import AsyncRetry, if_exception_type
 from google.cloud.bigquery_storage_v1 import types
-from google.protobuf import descriptor_pb2
+from google.protobuf import any_pb2, descriptor_pb2
+from google.rpc import status_pb2
 
 from app.errors import StoreUnavailable
 
@@ -48,7 +71,10 @@ if TYPE_CHECKING:
 
 _AppendRowsRequestPb: Final[Any] = types.AppendRowsRequest.pb()
 _AppendRowsResponse: Final[Any] = types.AppendRowsResponse
+_StorageErrorPb: Final[Any] = types.StorageError.pb()
 _CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
+# Where a gRPC status's details travel at the RPC level (the rich error model).
+_STATUS_DETAILS: Final = "grpc-status-details-bin"
 log = logging.getLogger(__name__)
 
 # How long one append may take, answer included (a resend on a new connection too).
@@ -68,6 +94,104 @@ class Appended(enum.Enum):
     ALREADY = "already"  # that offset was written to before: by an earlier try of this append
 
 
+class Fault(enum.Enum):
+    """What a failure BigQuery answered means for the writer (see the module notes)."""
+
+    GONE = "gone"  # the stream takes no more appends; a new one may
+    REFUSED = "refused"  # asked again as it is, it fails again
+    ALREADY = "already"  # the offset was written to before
+    BEYOND = "beyond"  # the offset is past the end of the stream
+    TRANSIENT = "transient"  # try again later
+
+
+_Storage = types.StorageError.StorageErrorCode
+_BY_STORAGE: Final = {
+    _Storage.STREAM_NOT_FOUND: Fault.GONE,
+    _Storage.STREAM_FINALIZED: Fault.GONE,
+    _Storage.INVALID_STREAM_STATE: Fault.GONE,
+    _Storage.INVALID_STREAM_TYPE: Fault.GONE,
+    _Storage.STREAM_ALREADY_COMMITTED: Fault.GONE,
+    _Storage.TABLE_NOT_FOUND: Fault.REFUSED,
+    _Storage.SCHEMA_MISMATCH_EXTRA_FIELDS: Fault.REFUSED,
+    _Storage.CMEK_NOT_PROVIDED: Fault.REFUSED,
+    _Storage.INVALID_CMEK_PROVIDED: Fault.REFUSED,
+    _Storage.CMEK_ENCRYPTION_ERROR: Fault.REFUSED,
+    _Storage.KMS_PERMISSION_DENIED: Fault.REFUSED,
+    _Storage.KMS_SERVICE_ERROR: Fault.TRANSIENT,
+    _Storage.OFFSET_ALREADY_EXISTS: Fault.ALREADY,
+    _Storage.OFFSET_OUT_OF_RANGE: Fault.BEYOND,
+}
+_BY_STATUS: Final = {
+    grpc.StatusCode.ALREADY_EXISTS: Fault.ALREADY,
+    grpc.StatusCode.OUT_OF_RANGE: Fault.BEYOND,
+    grpc.StatusCode.NOT_FOUND: Fault.GONE,
+    grpc.StatusCode.INVALID_ARGUMENT: Fault.GONE,
+    grpc.StatusCode.FAILED_PRECONDITION: Fault.GONE,
+    grpc.StatusCode.PERMISSION_DENIED: Fault.REFUSED,
+}
+
+
+class Said(NamedTuple):
+    """A failure as BigQuery answered it: its status, its `StorageError` code if it
+    had one, its message, and whether it ended the call (RPC level) or came in a
+    response."""
+
+    code: grpc.StatusCode
+    storage: int | None
+    message: str
+    rpc: bool
+
+    @property
+    def fault(self) -> Fault:
+        if self.storage is not None and self.storage in _BY_STORAGE:
+            return _BY_STORAGE[_Storage(self.storage)]
+        return _BY_STATUS.get(self.code, Fault.TRANSIENT)
+
+    def __str__(self) -> str:
+        storage = ""
+        if self.storage:
+            try:
+                storage = f" ({_Storage(self.storage).name})"
+            except ValueError:  # a code this library does not know yet
+                storage = f" ({self.storage})"
+        return f"{self.code.name}{storage}: {self.message}"
+
+
+def said_in_response(error: Any) -> Said:
+    """The failure an AppendRowsResponse's `error` (a google.rpc.Status) says."""
+    code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    return Said(code, _storage_code(error.details), error.message, rpc=False)
+
+
+def said_by_rpc(exc: BaseException) -> Said | None:
+    """The failure an RPC ended with, as grpc raises it (`AioRpcError`) or as
+    api_core does (`GoogleAPICallError`, NotFound and its kin); None if it names no
+    gRPC status (a transport failure before any answer)."""
+    if isinstance(exc, GoogleAPICallError):
+        code = exc.grpc_status_code
+        if code is None:
+            return None
+        details = [d for d in exc.details if isinstance(d, any_pb2.Any)]
+        return Said(code, _storage_code(details), exc.message or str(exc), rpc=True)
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        status = None
+        for key, value in exc.trailing_metadata() or ():
+            if key == _STATUS_DETAILS and isinstance(value, bytes):
+                status = status_pb2.Status.FromString(value)
+        storage = _storage_code(status.details) if status is not None else None
+        return Said(exc.code(), storage, exc.details() or "", rpc=True)
+    return None
+
+
+def _storage_code(details: Iterable[Any]) -> int | None:
+    for detail in details:
+        if detail.Is(_StorageErrorPb.DESCRIPTOR):
+            found = _StorageErrorPb()
+            detail.Unpack(found)
+            return int(found.code)
+    return None
+
+
 class RowsRefused(Exception):
     """BigQuery refused rows of the append; nothing of it was stored."""
 
@@ -80,10 +204,11 @@ class RowsRefused(Exception):
 class StreamBroken(Exception):
     """The stream cannot take this append and never will: gone, finalized, shorter
     than the writer knows it to be (`OUT_OF_RANGE`), or refused for a reason asking
-    again cannot mend (`INVALID_ARGUMENT`, `PERMISSION_DENIED`).
+    again cannot mend (`PERMISSION_DENIED`, the table's schema).
 
     `gone`: the stream no longer exists or is finalized, so it takes nothing
-    more; not when it merely holds fewer rows than the offset says.
+    more (a new stream may take what it refused); not when it merely holds fewer
+    rows than the offset says, or the refusal was the table's or the account's.
     """
 
     def __init__(self, message: str, *, gone: bool) -> None:
@@ -127,20 +252,33 @@ class OffsetStream:
                 retry=_stream_call_retry(),
             )
         except GoogleAPICallError as exc:
-            raise StoreUnavailable(f"{self.table}: CreateWriteStream failed: {exc}") from exc
+            said = said_by_rpc(exc)
+            if said is None or said.fault is Fault.TRANSIENT:
+                raise StoreUnavailable(f"{self.table}: CreateWriteStream failed: {exc}") from exc
+            # The table is missing, or the account may not write it: no stream of
+            # it can be made until someone changes that.
+            raise StreamBroken(f"{self.table}: CreateWriteStream: {said}", gone=False) from exc
         name: str = stream.name
         return name
 
-    async def finalize(self, stream: str) -> None:
-        """No more appends to `stream` (it keeps what it holds)."""
+    async def finalize(self, stream: str) -> int | None:
+        """No more appends to `stream` (it keeps what it holds): how many rows it
+        holds, or None if BigQuery no longer has it (gone, as `Fault.GONE` says)."""
         if self._stream == stream:
             self.close()
         try:
-            await self._client.finalize_write_stream(
+            done = await self._client.finalize_write_stream(
                 name=stream, timeout=STREAM_CALL_SECONDS, retry=_stream_call_retry()
             )
         except GoogleAPICallError as exc:
+            said = said_by_rpc(exc)
+            if said is not None and said.fault is Fault.GONE:
+                return None
+            if said is not None and said.fault is Fault.REFUSED:
+                raise StreamBroken(f"{stream}: FinalizeWriteStream: {said}", gone=False) from exc
             raise StoreUnavailable(f"{stream}: FinalizeWriteStream failed: {exc}") from exc
+        count: int = done.row_count
+        return count
 
     async def append(
         self,
@@ -164,33 +302,32 @@ class OffsetStream:
                 response = await self._exchange_once_more(
                     stream, offset, rows, descriptor or self._descriptor
                 )
-        except (TimeoutError, GoogleAPICallError, grpc.RpcError, asyncio.InvalidStateError) as exc:
+        except (GoogleAPICallError, grpc.RpcError) as exc:
             self.close()  # its answer may still come: no later request may be read as it
+            said = said_by_rpc(exc)
+            if said is None:
+                raise StoreUnavailable(f"{stream}: AppendRows failed: {exc}") from exc
+            return self._answered(stream, said)
+        except (TimeoutError, asyncio.InvalidStateError) as exc:
+            self.close()
             raise StoreUnavailable(f"{stream}: AppendRows failed: {exc or 'timed out'}") from exc
         if response.row_errors:
             raise RowsRefused({e.index: e.message or "refused" for e in response.row_errors})
         if not response.HasField("error"):
             return Appended.STORED
-        code = _CODES.get(response.error.code, grpc.StatusCode.UNKNOWN)
-        match code:
-            case grpc.StatusCode.ALREADY_EXISTS:
-                return Appended.ALREADY
-            case grpc.StatusCode.OUT_OF_RANGE | grpc.StatusCode.NOT_FOUND:
-                self.close()
-                raise StreamBroken(
-                    f"{stream}: {code.name}: {response.error.message}",
-                    gone=code is grpc.StatusCode.NOT_FOUND,
-                )
-            case grpc.StatusCode.INVALID_ARGUMENT if "finalized" in response.error.message.lower():
-                self.close()
-                raise StreamBroken(f"{stream}: {response.error.message}", gone=True)
-            case grpc.StatusCode.INVALID_ARGUMENT | grpc.StatusCode.PERMISSION_DENIED:
-                # Permanent until someone changes something (the table's schema, the
-                # account's roles): asked again as it is, it fails again for ever.
-                self.close()
-                raise StreamBroken(f"{stream}: {code.name}: {response.error.message}", gone=False)
+        return self._answered(stream, said_in_response(response.error))
+
+    def _answered(self, stream: str, said: Said) -> Appended:
+        """What a failure BigQuery answered means for this append (module notes)."""
+        fault = said.fault
+        if fault is Fault.ALREADY:
+            return Appended.ALREADY
         self.close()
-        raise StoreUnavailable(f"{stream}: {code.name}: {response.error.message}")
+        where = "" if not said.rpc else " (the call ended)"
+        match fault:
+            case Fault.GONE | Fault.REFUSED | Fault.BEYOND:
+                raise StreamBroken(f"{stream}: {said}{where}", gone=fault is Fault.GONE)
+        raise StoreUnavailable(f"{stream}: AppendRows failed: {said}{where}")
 
     async def _exchange_once_more(
         self,

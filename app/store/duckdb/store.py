@@ -20,6 +20,7 @@ milliseconds after its push was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -195,6 +196,12 @@ _RECORDS_BY_MESSAGES_SQL = (
 _REJECTIONS_BY_MESSAGES_SQL = (
     f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
 )
+_NEWEST_RECORDS_SQL = f"""
+SELECT {_RECORD_COLUMNS} FROM records WHERE ingest_time >= make_timestamptz($since)
+ORDER BY ingest_time DESC, message_id DESC
+LIMIT $limit
+"""
+_STORED_RECORD_IDS_SQL = "SELECT message_id FROM records WHERE message_id IN (SELECT unnest($ids))"
 _SEEN_SQL = """
 SELECT DISTINCT message_id, 'stored' FROM records WHERE message_id IN (SELECT unnest($ids))
 UNION ALL
@@ -273,7 +280,7 @@ _NO_ROWS = 2**62
 
 
 class _Unapplied:
-    __slots__ = ("forgotten", "frame_number", "oldest", "producers", "rows")
+    __slots__ = ("forgotten", "frame_number", "oldest", "producers", "rows", "shown")
 
     def __init__(
         self,
@@ -281,12 +288,18 @@ class _Unapplied:
         rows: Sequence[Record | Rejection],
         producers: Sequence[EpochEntry] = (),
         forgotten: Sequence[tuple[str, int]] = (),
+        *,
+        shown: bool = False,
     ) -> None:
         self.frame_number = frame_number
         self.rows = rows
+        # The ledger's entries the append changed, and those it dropped.
         self.producers = producers
         self.forgotten = forgotten
         self.oldest = min((r.ingest_time for r in rows), default=_NO_ROWS)
+        # Its records went to the tail once durable (`append`), before DuckDB has them:
+        # they hold the read horizon back no more, and are not added again once applied.
+        self.shown = shown
 
 
 class DuckDBStore:
@@ -324,6 +337,11 @@ class DuckDBStore:
         self._local = threading.local()
         self._unapplied: deque[_Unapplied] = deque()
         self._unapplied_rows = 0
+        # The message ids of the records journaled and not yet applied (with how many
+        # copies): a record shown to followers before DuckDB has it must be the copy
+        # DuckDB will keep, and so not the later copy of one still to be applied.
+        self._pending: collections.Counter[str] = collections.Counter()
+        self._appending = 0  # appends under way
         self._frames = 0  # appends accepted; a journaled store numbers them as its frames
         self._applied = 0  # appends whose rows are all in DuckDB
         self._progress = asyncio.Event()
@@ -373,12 +391,30 @@ class DuckDBStore:
             await self._journal.discard_replayed()
         self._tally = Tally(await self._write(lambda: book.load(self._connection())))
         self._book.tally = self._tally
-        self.tail.reset(self._clock() // 1000)
+        await self._warm_tail()
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
         if self._retention_days:
             # Once now, for a store that was closed longer than the interval.
             await self.expire()
             self._expirer = asyncio.create_task(self._expire_forever(), name="duckdb-expirer")
+
+    async def _warm_tail(self) -> None:
+        """Start the tail with the records of its window, as DuckDB holds them: a
+        follower near the tail reads memory after a restart as before it, rather than
+        a query a page until the tail has filled again."""
+        since = self._clock() // 1000 - self.tail.window
+        limit = self.tail.max_rows + 1
+        params = {"since": since, "limit": limit}
+        found = await self._write(
+            lambda: self._connection().execute(_NEWEST_RECORDS_SQL, params).fetchall()
+        )
+        records = [row_of(Record, values) for values in reversed(found)]
+        if len(records) == limit:
+            # More than the tail holds: it starts after the oldest of those read.
+            oldest = records.pop(0)
+            self.tail.fill((oldest.ingest_time, oldest.message_id), records)
+        else:
+            self.tail.fill((since, ""), records)
 
     def _open(self) -> None:
         con = duckdb.connect(self.path)
@@ -452,8 +488,10 @@ class DuckDBStore:
 
     def read_horizon(self, now: int) -> int:
         # Not just the first entry: appends may arrive out of stamp order when
-        # a caller runs several at once, and any unapplied row holds reads back.
-        return min((entry.oldest for entry in self._unapplied), default=now)
+        # a caller runs several at once, and any unapplied row holds reads back,
+        # but those already in the tail: a read of the tail has them, and every
+        # other read first waits for what was journaled to be applied (`_applied_now`).
+        return min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
 
     # -- writing ---------------------------------------------------------------
 
@@ -466,10 +504,10 @@ class DuckDBStore:
         if any(s is not None for s in sequences):
             async with self._sequencing:
                 return await self._append_sequenced(rows, sequences)
-        await self._journal_frame(rows)
+        await self._store(rows)
         return [None] * len(rows)
 
-    async def _journal_frame(
+    async def _store(
         self,
         rows: Sequence[Record | Rejection],
         producers: Sequence[EpochEntry] = (),
@@ -477,6 +515,48 @@ class DuckDBStore:
     ) -> None:
         """Make `rows` and the ledger's changes durable (one journal frame), then queue
         them for the applier; StoreUnavailable, having kept nothing, if the write fails."""
+        records = [r for r in rows if type(r) is Record]
+        # With followers waiting, the records go to the tail as soon as they are
+        # durable (journaled), not once DuckDB has them (~3 ms later): which of them
+        # DuckDB will keep is asked meanwhile (`_new_records`). Alone in flight only:
+        # a concurrent append could hold a copy of the same message.
+        early = (
+            asyncio.ensure_future(self._new_records(records))
+            if records and self.bell.waiting and not self._appending
+            else None
+        )
+        self._appending += 1
+        try:
+            number = await self._journaled(rows, producers, forgotten)
+        except BaseException:
+            if early is not None:
+                early.cancel()
+            raise
+        finally:
+            self._appending -= 1
+        shown: list[Record] | None = None
+        if early is not None:
+            try:
+                shown = await early
+            except StoreUnavailable as exc:  # shown once applied instead
+                log.warning("records not shown before they are applied: %s", exc)
+        self._unapplied.append(
+            _Unapplied(number, rows, producers, forgotten, shown=shown is not None)
+        )
+        self._unapplied_rows += len(rows)
+        self._pending.update(r.message_id for r in records)
+        if shown:
+            self.tail.add(shown, now=self._clock() // 1000)
+            self.bell.ring()  # durable and readable in order: waiting followers read again
+        self._wake.set()
+
+    async def _journaled(
+        self,
+        rows: Sequence[Record | Rejection],
+        producers: Sequence[EpochEntry] = (),
+        forgotten: Sequence[tuple[str, int]] = (),
+    ) -> int:
+        """Make the rows, and the ledger's changes, durable; the number of their frame."""
         if self._journal is not None:
             frame = Frame(
                 records=[r for r in rows if type(r) is Record],
@@ -491,9 +571,7 @@ class DuckDBStore:
                 raise StoreUnavailable(f"journal write failed: {exc}") from exc
         else:
             self._frames += 1
-        self._unapplied.append(_Unapplied(self._frames, rows, producers, forgotten))
-        self._unapplied_rows += len(rows)
-        self._wake.set()
+        return self._frames
 
     async def _append_sequenced(
         self, rows: Sequence[Record | Rejection], sequences: list[ProducerSequence | None]
@@ -531,7 +609,7 @@ class DuckDBStore:
                 continue
             kept.append(row)
             outcomes.append(None)
-        await self._journal_frame(kept, list(settled.changed.values()), sorted(settled.dropped))
+        await self._store(kept, list(settled.changed.values()), sorted(settled.dropped))
         self._tally.commit(settled)
         return outcomes
 
@@ -545,6 +623,27 @@ class DuckDBStore:
         if rest:
             found |= set(await self.seen(sorted(rest)))
         return found
+
+    async def _new_records(self, records: list[Record]) -> list[Record]:
+        """Of `records` (an append's, before it is journaled), those DuckDB will keep
+        once their frame is applied: the first copy of each message, not journaled
+        before (`_pending`, looked at now, while no other append is under way) nor
+        stored already (one read by message id, which DuckDB's primary key serves).
+        Every frame journaled before this one is pending now or applied already, and
+        the read sees what is applied when it starts, so nothing is missed."""
+        firsts: dict[str, Record] = {}
+        for record in records:
+            if record.message_id not in self._pending:
+                firsts.setdefault(record.message_id, record)
+        if not firsts:
+            return []
+        params = {"ids": list(firsts)}
+        stored = await self._read(
+            lambda cur: cur.execute(_STORED_RECORD_IDS_SQL, params).fetchall()
+        )
+        for (message_id,) in stored:
+            del firsts[message_id]
+        return list(firsts.values())
 
     async def _apply_forever(self) -> None:
         delays: Iterator[float] = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
@@ -599,10 +698,23 @@ class DuckDBStore:
                 continue
             delays = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
             self._report(inserted.conflicts)
-            self.tail.add(inserted.records, now=self._clock() // 1000)
+            # Records shown when they were journaled are in the tail already; the
+            # copies DuckDB kept of a shown frame are exactly those (`_new_records`).
+            shown = {r.message_id for e in batch if e.shown for r in e.rows if type(r) is Record}
+            self.tail.add(
+                [r for r in inserted.records if r.message_id not in shown],
+                now=self._clock() // 1000,
+            )
             self._apply_error = None
-            for _ in batch:
+            for entry in batch:
                 self._unapplied.popleft()
+                for row in entry.rows:
+                    if type(row) is Record:
+                        left = self._pending[row.message_id] - 1
+                        if left:
+                            self._pending[row.message_id] = left
+                        else:
+                            del self._pending[row.message_id]
             self._unapplied_rows -= count
             self._applied = batch[-1].frame_number
             progress, self._progress = self._progress, asyncio.Event()
@@ -798,13 +910,17 @@ class DuckDBStore:
             # In the records' own transaction: a record is never without its
             # typed columns, nor replayed from the journal into a second copy.
             incoming.append(("record_fields", typed))
-        if len(incoming) == 1 and entries is None:  # autocommit: one statement, one commit
+        # Autocommit: one statement, one commit.
+        if len(incoming) == 1 and typed is None and entries is None:
             _insert_table(con, *incoming[0], ignore_copies=ignore_copies)
             return
         con.begin()
         try:
             for table, arrow in incoming:
-                _insert_table(con, table, arrow, ignore_copies=ignore_copies)
+                if table == "record_fields":
+                    self._typed.insert(con, arrow, ignore_copies=ignore_copies)
+                else:
+                    _insert_table(con, table, arrow, ignore_copies=ignore_copies)
             if entries is not None:
                 book.write(con, *entries)
             con.commit()
@@ -816,10 +932,11 @@ class DuckDBStore:
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         if kind is Record and self.tail.covers(query):
-            # Every record before `before_time` is applied (the read horizon), so
-            # the tail holds every one after the cursor: no query.
+            # Every record before `before_time` is applied or shown (the read
+            # horizon), so the tail holds every one after the cursor: no query.
             page: Page[Any] = self.tail.page(query, query.before_time)
             return page
+        await self._applied_now()
         rows = await self._page_rows(_PAGE_SQL[kind], query)
         return query.answer([row_of(kind, r) for r in rows])
 
@@ -833,10 +950,12 @@ class DuckDBStore:
         return await self._read(lambda cur: cur.execute(sql, params).fetchall())
 
     async def latest(self, record_id: str) -> Record | None:
+        await self._applied_now()
         rows = await self._read(lambda cur: cur.execute(_LATEST_SQL, {"id": record_id}).fetchall())
         return row_of(Record, rows[0]) if rows else None
 
     async def message(self, message_id: str) -> MessageStatus | None:
+        await self._applied_now()
         params = {"message_id": message_id}
 
         def lookup(cur: duckdb.DuckDBPyConnection) -> MessageStatus | None:
@@ -855,17 +974,31 @@ class DuckDBStore:
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         if not message_ids:
             return {}
+        await self._applied_now()
         params = {"ids": list(message_ids)}
         return message_states(
             await self._read(lambda cur: cur.execute(_SEEN_SQL, params).fetchall())
         )
 
     async def barrier(self) -> None:
-        if self._applied < self._frames:
-            self._hurry.set()
+        # Rows shown to the tail once journaled are readable already: a read waits
+        # for the others. Each read of DuckDB itself then waits for everything
+        # journaled to be applied (`_applied_now`).
+        await self._applied_through(
+            max((e.frame_number for e in self._unapplied if not e.shown), default=0)
+        )
+
+    async def _applied_now(self) -> None:
+        """Return once every append made so far is in DuckDB."""
+        await self._applied_through(self._frames)
+
+    async def _applied_through(self, frame_number: int) -> None:
+        if self._applied >= frame_number:
+            return
+        self._hurry.set()
         try:
             async with asyncio.timeout(_READ_BARRIER_SECONDS):
-                await self._caught_up(self._frames)
+                await self._caught_up(frame_number)
         except TimeoutError:
             raise StoreUnavailable("recent writes are not readable yet") from None
 
@@ -909,7 +1042,7 @@ class DuckDBStore:
                     "DELETE FROM record_fields WHERE message_id IN "
                     "(SELECT message_id FROM reprojected)"
                 )
-                con.execute("INSERT INTO record_fields SELECT * FROM reprojected")
+                self._typed.insert(con, typed)
                 con.commit()
             except BaseException:
                 con.rollback()

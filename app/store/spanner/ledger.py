@@ -33,6 +33,7 @@ from app.records import NOT_STORED, TABLES, Column, Micros, Row, columns, micros
 
 PROGRESS_TABLE: Final = "export_progress"
 LEASE_TABLE: Final = "export_lease"
+DECISIONS_TABLE: Final = "export_decisions"
 # The progress row's last column: when it was written (Spanner's commit time).
 UPDATED: Final = "updated"
 
@@ -141,22 +142,41 @@ class Standing(NamedTuple):
 
 
 _STANDING: Final = re.compile(r"^([01])\.(\d+)\.(\d+)\|(.*)$", re.DOTALL)
+# The holder's last push (µs since the epoch) rides at the end of its name, where
+# a version of the code before it compares names alone and still tells them apart.
+_PUSHED: Final = re.compile(r"^(.*)@(\d+)$", re.DOTALL)
+# How many renewals without a push, while another version had one, tell that traffic
+# left the holder's revision (see `claim`).
+QUIET_RENEWALS: Final = 2
 # A holder written without a standing (before there was one): below every other.
 _UNKNOWN: Final = Standing(serving=False, schema=0, revision=0)
 
 
-def lease_holder(standing: Standing, name: str) -> str:
-    """The lease's `holder` value: the exporter's standing, then its name."""
-    return f"{int(standing.serving)}.{standing.schema}.{standing.revision}|{name}"
+def lease_holder(standing: Standing, name: str, pushed: int = 0) -> str:
+    """The lease's `holder` value: the exporter's standing, its name, and when its
+    instance last acknowledged a push through the service's own URL (µs; 0: never)."""
+    return f"{int(standing.serving)}.{standing.schema}.{standing.revision}|{name}@{pushed}"
 
 
 def standing_of(holder: str) -> tuple[Standing, str]:
     """A `holder` value's standing and the exporter's name."""
     found = _STANDING.match(holder)
     if found is None:
-        return _UNKNOWN, holder
+        return _UNKNOWN, _name(holder)[0]
     serving, schema, revision, name = found.groups()
-    return Standing(serving == "1", int(schema), int(revision)), name
+    return Standing(serving == "1", int(schema), int(revision)), _name(name)[0]
+
+
+def pushed_of(holder: str) -> int:
+    """When the holder's instance last acknowledged a push (µs; 0 if never, or if its
+    code did not say)."""
+    found = _STANDING.match(holder)
+    return _name(found.group(4) if found else holder)[1]
+
+
+def _name(text: str) -> tuple[str, int]:
+    found = _PUSHED.match(text)
+    return (found.group(1), int(found.group(2))) if found else (text, 0)
 
 
 def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: int) -> bool:
@@ -164,10 +184,18 @@ def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: in
     whether it holds it.
 
     A live lease of another exporter is taken over only by one that serves
-    traffic and stands higher (`Standing`): after a deploy the new revision takes
-    the export within one renewal, and neither an older revision nor one that
-    serves no traffic ever takes it from the one that should have it. A lease
-    that is free or expired goes to whoever claims it.
+    traffic, and then when it stands higher (`Standing`) and has had pushes as
+    lately as the holder (within a renewal, a third of the lease), or when it runs
+    another version and the holder's instance has had no push for two renewals
+    (`QUIET_RENEWALS`) while this one had one since: traffic left the holder's
+    revision (a rollback). So after a deploy the new revision takes the export
+    at its next claim; after a rollback the revision the traffic went back to
+    takes it once the rolled-back one has been without pushes for two renewals,
+    and the rolled-back one, newer as it is, does not take it back while it has
+    none. Two renewals, not one: the holder says when it last pushed at each
+    renewal, so what a claimant reads is up to a renewal old. Instances of one
+    version never take it from each other while the holder lives. A lease that
+    is free or expired goes to whoever claims it.
 
     `query(transaction, sql, **options)` runs a statement within the call's deadline.
     """
@@ -183,13 +211,28 @@ def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: in
     mine, me = standing_of(holder)
     if rows and rows[0][1] > now:
         theirs, them = standing_of(rows[0][0])
-        if them != me and not (mine.serving and theirs < mine):
+        if them != me and not _takes_over(
+            mine, pushed_of(holder), theirs, pushed_of(rows[0][0]), micros(now), lease_micros // 3
+        ):
             return False
     expires = moment(micros(now) + lease_micros)
     transaction.insert_or_update(
         LEASE_TABLE, ["name", "holder", "expires"], [[name, holder, expires]]
     )
     return True
+
+
+def _takes_over(
+    mine: Standing, my_push: int, theirs: Standing, their_push: int, now: int, renewal: int
+) -> bool:
+    """Whether a claimant standing `mine`, last pushed at `my_push`, takes a live lease
+    from a holder standing `theirs`, last pushed at `their_push` (see `claim`)."""
+    if not mine.serving:
+        return False
+    if mine > theirs and my_push >= their_push - renewal:
+        return True
+    traffic_left = their_push < now - QUIET_RENEWALS * renewal and my_push > their_push
+    return mine[1:] != theirs[1:] and traffic_left
 
 
 def release(transaction: Any, query: Any, name: str, holder: str) -> bool:
@@ -254,6 +297,36 @@ def _written_at(transaction: Any, query: Any, table: str) -> int | None:
         )
     )
     return rows[0][0] if rows else None
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """An operator's decision about a table's export (`recordline export …`), kept
+    in `export_decisions` beside the change it made, in the same transaction:
+    what was done, by whom (as they named themselves, and the Cloud Run job
+    execution that ran it, whose audit log names the caller), and why."""
+
+    table_name: str
+    action: str
+    operator: str
+    reason: str
+    # What it found and did, as the command printed it.
+    detail: str = ""
+
+
+DECISION_COLUMNS: Final = ("table_name", "decided", "action", "operator", "reason", "detail")
+
+
+def decide(transaction: Any, decision: Decision) -> None:
+    """Keep `decision` in `transaction`, stamped with its commit time."""
+    values = [
+        decision.table_name,
+        spanner.COMMIT_TIMESTAMP,
+        decision.action,
+        decision.operator,
+        decision.reason,
+        decision.detail,
+    ]
+    transaction.insert(DECISIONS_TABLE, list(DECISION_COLUMNS), [values])
 
 
 def unblock(transaction: Any, query: Any, table: str, reason: str) -> bool:

@@ -37,7 +37,7 @@ from typing import Final, NamedTuple
 
 from app.records import DAY_MICROS, TABLES, Column, Kind, columns
 from app.store.spanner import producers
-from app.store.spanner.ledger import UPDATED, progress_columns
+from app.store.spanner.ledger import DECISION_COLUMNS, UPDATED, progress_columns
 
 # Ranges each table's writes and time index are spread over. Spanner splits a
 # range when it is busy; 16 lets a table take writes on 16 splits at once
@@ -104,6 +104,15 @@ EXPORT_COLUMNS: Final = {
         ("name", "STRING(64)", False),
         ("holder", "STRING(MAX)", False),
         ("expires", "TIMESTAMP", False),
+    ],
+    # Operators' decisions (`recordline export retry | reject | resync`).
+    "export_decisions": [
+        (name, kind, False)
+        for name, kind in zip(
+            DECISION_COLUMNS,
+            ["STRING(64)", "TIMESTAMP", "STRING(64)", "STRING(MAX)", "STRING(MAX)", "STRING(MAX)"],
+            strict=True,
+        )
     ],
 }
 
@@ -231,6 +240,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     "  `holder` STRING(MAX) NOT NULL,\n"
     "  `expires` TIMESTAMP NOT NULL,\n"
     ") PRIMARY KEY (name)",
+    # Operators' decisions about the export, each beside the change it made
+    # (app/store/spanner/ledger.py, `Decision`); newest first per table.
+    "CREATE TABLE export_decisions (\n"
+    "  `table_name` STRING(64) NOT NULL,\n"
+    "  `decided` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
+    "  `action` STRING(64) NOT NULL,\n"
+    "  `operator` STRING(MAX) NOT NULL,\n"
+    "  `reason` STRING(MAX) NOT NULL,\n"
+    "  `detail` STRING(MAX) NOT NULL,\n"
+    ") PRIMARY KEY (table_name, decided DESC)",
     # The completeness ledger of producer sequences (app/store/spanner/producers.py).
     "CREATE TABLE producer_epochs (\n"
     "  `producer` STRING(256) NOT NULL,\n"

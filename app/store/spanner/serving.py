@@ -60,6 +60,7 @@ from google.api_core.exceptions import (
 )
 from google.api_core.retry import Retry, if_exception_type
 from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import GoogleAuthError
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
@@ -287,6 +288,35 @@ WHERE id_shard = @id_shard AND id = @id
 ORDER BY `timestamp` DESC, publish_time DESC, ingest_time DESC, message_id DESC
 LIMIT 1
 """.strip()
+
+
+def _digest_sql(table: str) -> str:
+    # Each window's row count and the XOR of its message ids' digests, as
+    # `id_digest` computes one and BigQuery's verification SQL does too.
+    return f"""
+SELECT DIV(UNIX_MICROS(ingest_time), @window) AS w, COUNT(*) AS n,
+  BIT_XOR(CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5(message_id)), 1, 15)) AS INT64)) AS d
+FROM {table}@{{FORCE_INDEX={time_index(table)}}}
+WHERE shard BETWEEN 0 AND {SHARDS - 1}
+  AND ingest_time >= @since AND ingest_time < @until
+GROUP BY w
+""".strip()
+
+
+def _keys_sql(table: str) -> str:
+    return f"""
+SELECT UNIX_MICROS(ingest_time), message_id
+FROM {table}@{{FORCE_INDEX={time_index(table)}}}
+WHERE shard BETWEEN 0 AND {SHARDS - 1}
+  AND ingest_time >= @after_time AND ingest_time < @before_time
+  AND (ingest_time > @after_time OR message_id > @after_message_id)
+ORDER BY ingest_time, message_id
+LIMIT @limit
+""".strip()
+
+
+_DIGEST_SQL: Final = {table: _digest_sql(table) for table in TABLES}
+_KEYS_SQL: Final = {table: _keys_sql(table) for table in TABLES}
 
 _PAGE_TYPES: Final = {
     "after_time": param_types.TIMESTAMP,
@@ -575,52 +605,87 @@ class SpannerServing:
         self._database().run_in_transaction(work, timeout_secs=deadline.left())
         return msgspec.structs.replace(progress, updated=micros(attempts[-1].committed))
 
-    async def unblock_export(self, table: str, reason: str) -> bool:
-        """Clear the export of `table`'s `blocked` if it still says `reason`; whether
-        it did (an operator's retry: `recordline export retry`)."""
-        return await self._transact(self._unblock_export, table, reason, within=self._timeout)
+    async def unblock_export(
+        self, table: str, reason: str, decision: ledger.Decision | None = None
+    ) -> bool:
+        """Clear the export of `table`'s `blocked` if it still says `reason`, keeping
+        `decision` in the same transaction; whether it did (an operator's retry:
+        `recordline export retry`)."""
+        return await self._transact(
+            self._unblock_export, table, reason, decision, within=self._timeout
+        )
 
-    def _unblock_export(self, deadline: Deadline, table: str, reason: str) -> bool:
-        def work(transaction: Any) -> bool:
-            return ledger.unblock(transaction, _statement(deadline), table, reason)
-
-        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
-        return done
-
-    async def move_export(self, read: ledger.Progress, moved: ledger.Progress) -> bool:
-        """Write `moved` over `read`, a table's progress as an operator read it, if
-        nothing wrote it since; whether it did (`recordline export resync`). No lease
-        is checked: the holder of a blocked table writes nothing until its progress
-        changes, and any write it makes first turns this one into a no-op."""
-        return await self._transact(self._move_export, read, moved, within=self._timeout)
-
-    def _move_export(
-        self, deadline: Deadline, read: ledger.Progress, moved: ledger.Progress
+    def _unblock_export(
+        self, deadline: Deadline, table: str, reason: str, decision: ledger.Decision | None
     ) -> bool:
         def work(transaction: Any) -> bool:
-            return ledger.overwrite(transaction, _statement(deadline), read, moved)
+            done = ledger.unblock(transaction, _statement(deadline), table, reason)
+            if done and decision is not None:
+                ledger.decide(transaction, decision)
+            return done
 
         done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
         return done
 
-    async def reject_refused(self, message_id: str, reason: str, blocked: str) -> bool:
-        """Move record `message_id`, which BigQuery refused and at which the export of
-        `records` is blocked (saying `blocked`), to the rejections with `reason`,
-        and clear the export's batch and stop; all in one transaction, only if the
-        progress still says `blocked` and has a batch. Whether it did."""
+    async def move_export(
+        self,
+        read: ledger.Progress,
+        moved: ledger.Progress,
+        decision: ledger.Decision | None = None,
+    ) -> bool:
+        """Write `moved` over `read`, a table's progress as an operator read it, if
+        nothing wrote it since, keeping `decision` in the same transaction; whether
+        it did (`recordline export resync`). No lease is checked: the holder of a
+        blocked table writes nothing until its progress changes, and any write it
+        makes first turns this one into a no-op."""
+        return await self._transact(self._move_export, read, moved, decision, within=self._timeout)
+
+    def _move_export(
+        self,
+        deadline: Deadline,
+        read: ledger.Progress,
+        moved: ledger.Progress,
+        decision: ledger.Decision | None,
+    ) -> bool:
+        def work(transaction: Any) -> bool:
+            done = ledger.overwrite(transaction, _statement(deadline), read, moved)
+            if done and decision is not None:
+                ledger.decide(transaction, decision)
+            return done
+
+        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        return done
+
+    async def reject_refused(
+        self,
+        message_id: str,
+        reason: str,
+        blocked: str,
+        decision: ledger.Decision | None = None,
+    ) -> bool:
+        """Move record `message_id`, at which the export of `records` is blocked
+        (saying `blocked`: BigQuery refused it, or it could not be read or encoded),
+        to the rejections with `reason`, and clear the export's batch, if it has
+        one, and its stop, keeping `decision`; all in one transaction, only if the
+        progress still says `blocked`. Whether it did."""
         return await self._transact(
-            self._reject_refused, message_id, reason, blocked, within=self._timeout
+            self._reject_refused, message_id, reason, blocked, decision, within=self._timeout
         )
 
     def _reject_refused(
-        self, deadline: Deadline, message_id: str, reason: str, blocked: str
+        self,
+        deadline: Deadline,
+        message_id: str,
+        reason: str,
+        blocked: str,
+        decision: ledger.Decision | None,
     ) -> bool:
         def work(transaction: Any) -> bool:
             names = ledger.progress_names()
             keys = ledger.progress_key("records")
             found = key_rows(transaction, deadline, ledger.PROGRESS_TABLE, names, keys)
             progress = ledger.progress_in(transaction, found, "records")
-            if progress.blocked != blocked or progress.pending is None:
+            if progress.blocked != blocked:
                 return False
             held = [
                 _stored(Record, values)
@@ -639,6 +704,8 @@ class SpannerServing:
                 [self._insert_values("rejected", rejection)],
             )
             ledger.write_past_refused(transaction, progress)
+            if decision is not None:
+                ledger.decide(transaction, decision)
             return True
 
         done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
@@ -815,28 +882,69 @@ class SpannerServing:
         self, table: str, since: int, until: int, window: int, *, within: float
     ) -> dict[int, tuple[int, int]]:
         """Per window of `ingest_time` (`time // window`), from `since` to `until`:
-        how many rows `table` holds and the digest of their message ids
-        (`app.store.tiered.verify.digest`), in one strong read of two columns."""
+        how many rows `table` holds and the digest of their message ids (`id_digest`,
+        XOR-ed), computed by Spanner in one strong read over the time index, so
+        that what leaves Spanner is a row per window, not a row per message.
+        `within` bounds this one call: a caller verifying a long range asks for it
+        a window or a few at a time."""
         return await self._call(self._window_digests, table, since, until, window, within=within)
 
     def _window_digests(
         self, deadline: Deadline, table: str, since: int, until: int, window: int
     ) -> dict[int, tuple[int, int]]:
-        found: dict[int, tuple[int, int]] = {}
-        sql = (
-            f"SELECT UNIX_MICROS(ingest_time), message_id FROM {table} "
-            "WHERE ingest_time >= @since AND ingest_time < @until"
-        )
-        params = {"since": moment(since), "until": moment(until)}
-        types = {"since": param_types.TIMESTAMP, "until": param_types.TIMESTAMP}
+        params = {"since": moment(since), "until": moment(until), "window": window}
+        types = {
+            "since": param_types.TIMESTAMP,
+            "until": param_types.TIMESTAMP,
+            "window": param_types.INT64,
+        }
         with self._database().snapshot() as snapshot:
-            for time_micros, message_id in sql_rows(
-                snapshot, deadline, sql, params=params, param_types=types
-            ):
-                key = time_micros // window
-                count, xor = found.get(key, (0, 0))
-                found[key] = (count + 1, xor ^ id_digest(message_id))
-        return found
+            rows = sql_rows(
+                snapshot, deadline, _DIGEST_SQL[table], params=params, param_types=types
+            )
+            return {int(w): (int(n), int(d)) for w, n, d in rows}
+
+    async def keys_after(
+        self, kind: type[R], after: tuple[int, str], until: int, limit: int, *, seen: int = 0
+    ) -> list[tuple[int, str]]:
+        """The keys `(ingest_time, message_id)` of what `rows_after` would answer (read
+        at `until` or later, and after `seen`): two columns of the time index, which
+        read whatever the rows hold."""
+        read_at = max(until + 1, seen + 1)
+        return await self._call(self._keys_after, _TABLE_OF[kind], after, until, limit, read_at)
+
+    async def first_time(self, table: str, since: int, until: int) -> int | None:
+        """The ingest time of `table`'s first row with `since <= ingest_time < until`
+        (a strong read), None if it has none there."""
+        found = await self._call(self._keys_after, table, (since, ""), until - 1, 1, None)
+        return found[0][0] if found else None
+
+    def _keys_after(
+        self,
+        deadline: Deadline,
+        table: str,
+        after: tuple[int, str],
+        until: int,
+        limit: int,
+        read_at: int | None,
+    ) -> list[tuple[int, str]]:
+        params = {
+            "after_time": moment(after[0]),
+            "before_time": moment(until + 1),
+            "after_message_id": after[1],
+            "limit": limit,
+        }
+        database = self._database()
+        snapshot = (
+            database.snapshot()
+            if read_at is None
+            else database.snapshot(read_timestamp=moment(read_at))
+        )
+        with snapshot as reading:
+            rows = sql_rows(
+                reading, deadline, _KEYS_SQL[table], params=params, param_types=_PAGE_TYPES
+            )
+            return [(int(t), str(m)) for t, m in rows]
 
     # -- reading ---------------------------------------------------------------
 
@@ -1023,6 +1131,10 @@ class SpannerServing:
             raise StoreUnavailable(f"Spanner did not answer within {seconds:g} s") from None
         except NotFound as exc:
             raise StoreUnavailable(f"Spanner: {exc.message}") from exc
+        except GoogleAuthError as exc:
+            # No credentials here (a shell without application-default credentials),
+            # or none that may be refreshed: nothing of Spanner can be asked.
+            raise StoreUnavailable(f"Spanner: no usable credentials: {exc}") from exc
         except (GoogleAPICallError, RetryError, OSError) as exc:
             log.warning("Spanner call failed: %s", exc)
             raise StoreUnavailable(f"Spanner failed: {exc}") from exc

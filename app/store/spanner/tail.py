@@ -93,9 +93,16 @@ class TailCache:
     async def _refresh(self, now: int) -> int:
         self._refreshed = self._monotonic()
         if not self.end:
-            # A cache starts empty, at now: records older than it are read
-            # from Spanner until their followers reach it.
-            self.tail.reset(now)
+            # A cache starts with the records of its window (one read), so a
+            # restart is no cliff for the followers near the tail; past what it
+            # holds, it starts empty at now, and older records are read from
+            # Spanner until their followers reach it.
+            since = now - self.tail.window
+            warm = await self._read(since, now, self._max_rows)
+            if warm is None:
+                self.tail.reset(now)
+            else:
+                self.tail.fill((since, ""), warm)
             self.end = now
             return 0
         if now <= self.end:

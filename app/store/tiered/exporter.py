@@ -36,7 +36,7 @@ and the table is blocked with that reason, nothing marked done.
 One at a time. The exporter runs in every instance and works only while it
 holds the lease in `export_lease` (`LEASE_SECONDS`, renewed three times
 as often); one whose instance died is taken over once its lease
-expires.
+expires. Every instance asks for the lease at that same pace, holder or not.
 
 One code version. The lease names its holder's standing
 (`app.store.spanner.ledger.Standing`): whether its instance serves traffic,
@@ -48,9 +48,14 @@ acknowledged a push through its service's own URL within ten minutes
 (`app.ingest.traffic`; a push to a tag URL, the deploy's smoke test, does not
 count): pushes reach only revisions with a share of the traffic, so a
 candidate deployed `--no-traffic` never claims the lease, and a holder that
-traffic left is taken over by one that has it. A holder with no pushes
-lately keeps renewing (a quiet system's watermark moves on), but one with
-none never takes a lease that is free.
+traffic left is taken over by one that has it: each claim says when its
+instance last acknowledged such a push, and an instance of another version
+that had pushes since takes the lease from a holder without one for two
+renewals (`app.store.spanner.ledger.claim`). So a revision rolled back gives
+the lease up within three renewals of its last push, though it still counts
+as serving for ten minutes. A holder with no pushes lately keeps renewing (a
+quiet system's watermark moves on), but one with none never takes a lease
+that is free.
 
 Every progress write checks the lease in the same transaction, so an
 exporter that lost it (paused, partitioned) cannot move progress; and since its
@@ -62,10 +67,37 @@ it, and tries that table again every `BLOCKED_RETRY_SECONDS` while the other
 goes on; the lag alert fires while it waits. So does a batch whose rows are no
 longer in Spanner (deleted by the row deletion policy before they were
 exported), or a stream that no longer holds what the progress says it does.
-A stream BigQuery no longer has, or has finalized, is replaced by a new one
-when the batch is new (none of its rows can be in the old stream); a batch
-that may have been appended before stays blocked, since only the old stream
-knew whether it was.
+
+One table at a time. Each table is its own round: what fails there (BigQuery
+answering a failure, a row that cannot be read or encoded, anything the
+append raises) is that table's alone, and the other table's export goes on at
+its own pace. BigQuery's failures are sorted as `app.store.bigquery.stream`
+reads them, at the RPC level and in the response alike:
+- a stream gone (not found, finalized, expired, invalid) that took a new
+  batch is replaced by a new one, which takes the batch from offset 0 (none
+  of its rows can be in the old stream); if the new stream refuses it too, the
+  fault was the rows' or the table's, and the table is blocked with it;
+- a stream gone under a batch that may have been appended before (an intent
+  read back, or one the writer sent again) is settled: the old stream is
+  finalized, and the row count it answers says whether the batch is in it;
+  one BigQuery no longer has is asked about as `recordline export resync`
+  does, through a query of the rows BigQuery holds past the progress
+  (`held`): the whole batch, or none of it, moves the export on (past it, or
+  with it onto a new stream); anything else blocks the table, naming it;
+- a refusal asking again cannot mend (the table's schema, a permission, the
+  table gone) blocks the table with BigQuery's words;
+- a passing one (a quota, UNAVAILABLE) pauses that table alone, from
+  `RETRY_SECONDS` doubling to `RETRY_MAX_SECONDS`.
+A row that cannot be read from Spanner or encoded (any exception: a value a
+later version of the code cannot handle, a bug) blocks its table naming the
+message, so that `recordline export reject` can move it to the rejections;
+the rows before it in the batch are exported first. Anything else the
+append raises blocks the table naming the batch. Only the lease is shared:
+losing it, or Spanner refusing the claim, pauses both.
+
+An exporter whose loop keeps failing for longer than a lease (its supervisor
+says so: `step_down`) hands the lease back and claims no lease for a lease's
+time more, so that another instance takes the export over.
 """
 
 from __future__ import annotations
@@ -78,13 +110,13 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol, TypeVar
 
 import msgspec
 from google.protobuf import descriptor_pb2
 
 from app.errors import StoreUnavailable
-from app.records import TABLES, ExportWatermark, Record, Rejection
+from app.records import TABLES, ExportWatermark, Record, Rejection, Row
 from app.store.backoff import Backoff
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
@@ -97,7 +129,6 @@ from app.store.spanner.ledger import (
     lease_holder,
 )
 from app.store.spanner.schema import MIGRATIONS
-from app.store.spanner.serving import SpannerServing
 from app.store.tiered.typed import Encoding, TypedExport
 
 log = logging.getLogger(__name__)
@@ -105,8 +136,9 @@ log = logging.getLogger(__name__)
 # The lease's only row: one exporter per serving database (per system).
 LEASE_NAME: Final = "bigquery"
 # An exporter whose instance died is taken over this long after its last
-# renewal at most; the holder renews three times per lease. One that stops
-# hands it back (`Exporter.stop`), and the next claim takes it at once.
+# renewal at most; the holder renews three times per lease, and every other
+# instance asks for it as often. One that stops hands it back (`Exporter.stop`),
+# and the next claim takes it.
 LEASE_SECONDS: Final = 15.0
 # Batch committed at least this long ago are exported: a read at a timestamp
 # that old is served at once (a read at "now" may wait out Spanner's clock
@@ -124,8 +156,9 @@ WATERMARK_STEP_MICROS: Final = 5_000_000
 # BigQuery is told the watermark (`export_watermarks`) as it moves on by this much.
 PUBLISH_MICROS: Final = 60_000_000
 # After an error (BigQuery or Spanner unavailable), before trying again: from
-# 1 s, doubling per failure to at most 30 s, jittered (`app.store.backoff`). A
-# Spanner that refuses connections is asked about twice a minute per instance.
+# 1 s, doubling per failure to at most 30 s, jittered (`app.store.backoff`), per
+# table (a claim that fails pauses both). A Spanner that refuses connections is
+# asked about twice a minute per instance.
 RETRY_SECONDS: Final = 1.0
 RETRY_MAX_SECONDS: Final = 30.0
 # How long a watermark row may take to reach BigQuery (it is best effort).
@@ -133,6 +166,9 @@ PUBLISH_SECONDS: Final = 10.0
 BLOCKED_RETRY_SECONDS: Final = 60.0
 # How long a stopping exporter tries to hand its lease back.
 RELEASE_SECONDS: Final = 1.0
+# An exporter that stepped down (its loop down for longer than a lease) claims
+# no lease for this many leases, so that another instance takes the export.
+STEP_DOWN_LEASES: Final = 2
 
 # Cloud Run's revision names: the service's, its generation, a random suffix.
 _GENERATION: Final = re.compile(r"-(\d+)-[a-z0-9]+$")
@@ -140,8 +176,27 @@ _TABLES_OF: Final = {row_type: table for table, row_type in TABLES.items()}
 # The rows of either table, and either table's row type.
 Batch = list[Record | Rejection]
 RowType = type[Record] | type[Rejection]
+R = TypeVar("R", bound=Row)
 # A batch as it is appended: its writer schema and its rows' bytes.
 Encoded = tuple[descriptor_pb2.DescriptorProto, list[bytes]]
+Key = tuple[int, str]
+
+# How a stop at one row reads (`recordline export reject` finds the row in it).
+_ROW_AT_FAULT: Final = re.compile(
+    r"^(?:BigQuery refused message (?P<refused>\S+) of (?P<table>\w+):"
+    r"|message (?P<unexported>\S+) of (?P<in>\w+) cannot be exported)"
+)
+
+
+def row_at_fault(blocked: str) -> tuple[str, str] | None:
+    """The (table, message id) a stop names as the row at fault: one BigQuery
+    refused, or one that could not be read or encoded; None for any other stop."""
+    found = _ROW_AT_FAULT.match(blocked)
+    if found is None:
+        return None
+    if found["refused"] is not None:
+        return found["table"], found["refused"]
+    return found["in"], found["unexported"]
 
 
 class ExportObserver(Protocol):
@@ -160,46 +215,110 @@ class ExportObserver(Protocol):
         ...
 
 
+class ExportLedger(Protocol):
+    """The export's lease and progress, where they are kept (the serving database:
+    `app.store.spanner.ledger`)."""
+
+    async def claim_lease(self, name: str, holder: str, seconds: float) -> bool: ...
+
+    async def release_lease(self, name: str, holder: str, *, within: float) -> bool: ...
+
+    async def progress(self, table: str) -> Progress: ...
+
+    async def record_progress(self, name: str, holder: str, progress: Progress) -> Progress: ...
+
+    async def watermarks(self) -> dict[str, int]: ...
+
+
+class ExportRows(Protocol):
+    """The rows to export, in `(ingest_time, message_id)` order (the serving database)."""
+
+    async def rows_after(
+        self, kind: type[R], after: Key, until: int, limit: int, *, seen: int = 0
+    ) -> list[R]: ...
+
+    async def keys_after(
+        self, kind: type[R], after: Key, until: int, limit: int, *, seen: int = 0
+    ) -> list[Key]: ...
+
+
+class ExportSource(ExportLedger, ExportRows, Protocol):
+    """What the exporter reads and writes in the serving database."""
+
+
+class Held(Protocol):
+    """What BigQuery holds (`app.store.tiered.held`)."""
+
+    async def held(self, table: str, since: int) -> list[Key]:
+        """The keys of `table`'s rows with `ingest_time >= since` (µs)."""
+        ...
+
+
+class Traffic(Protocol):
+    """Whether this instance serves push traffic (`app.ingest.traffic.Traffic`)."""
+
+    def serving(self) -> bool: ...
+
+    def last_push(self) -> float | None:
+        """When it last acknowledged a push through the service's own URL (seconds
+        since the epoch), None if never."""
+        ...
+
+
+class AlwaysServing:
+    """Traffic for an exporter that runs alone (tests, a tool): always serving, its
+    last push now."""
+
+    def serving(self) -> bool:
+        return True
+
+    def last_push(self) -> float | None:
+        return time.time()
+
+
 class Ledger:
-    """The exporter's state in Spanner: its lease, and each table's progress."""
+    """The exporter's state in the serving database, as one exporter (`holder`)
+    asks for it: its lease, and each table's progress."""
 
     def __init__(
         self,
-        serving: SpannerServing,
+        source: ExportLedger,
         holder: str,
         *,
         lease_seconds: float = LEASE_SECONDS,
         standing: Callable[[], Standing] | None = None,
+        pushed: Callable[[], int] | None = None,
     ) -> None:
-        self._serving = serving
+        self._source = source
         self.holder = holder
         self._lease_seconds = lease_seconds
         self._standing = standing or (lambda: Standing(True, *code_version()))
+        self._pushed = pushed or (lambda: time.time_ns() // 1000)
 
     def _holder(self) -> str:
-        return lease_holder(self._standing(), self.holder)
+        return lease_holder(self._standing(), self.holder, self._pushed())
 
     async def claim(self) -> bool:
         """Take or renew the lease; whether this exporter holds it now."""
-        return await self._serving.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
+        return await self._source.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
 
     async def release(self, *, within: float = RELEASE_SECONDS) -> bool:
         """Hand the lease back if this exporter holds it; whether it did."""
-        return await self._serving.release_lease(LEASE_NAME, self._holder(), within=within)
+        return await self._source.release_lease(LEASE_NAME, self._holder(), within=within)
 
     async def progress(self, table: str) -> Progress:
         """The table's progress now (a strong read); a new one if it has none."""
-        return await self._serving.progress(table)
+        return await self._source.progress(table)
 
     async def watermarks(self) -> dict[str, int]:
         """Each table's watermark (0 before its first export), in one read."""
-        return await self._serving.watermarks()
+        return await self._source.watermarks()
 
     async def record(self, progress: Progress) -> Progress:
         """Write `progress`, if this exporter still holds the lease (else LeaseLost)
         and the row is still the one it was made from (else ProgressMoved); the
         progress as written, what the next write is made from."""
-        return await self._serving.record_progress(LEASE_NAME, self._holder(), progress)
+        return await self._source.record_progress(LEASE_NAME, self._holder(), progress)
 
 
 def code_version() -> tuple[int, int]:
@@ -223,12 +342,24 @@ class WatermarkSink(Protocol):
     async def publish(self, row: ExportWatermark, *, within: float) -> None: ...
 
 
+class _Unreadable(NamedTuple):
+    """A row of a batch that could not be read: its key, if known, and why."""
+
+    key: Key | None
+    error: Exception
+
+
+class _Stop(Exception):
+    """This table's round ends here: the table was blocked (or will wait) with a
+    reason, already said."""
+
+
 class Exporter:
     """Feeds BigQuery from Spanner: see the module notes."""
 
     def __init__(
         self,
-        serving: SpannerServing,
+        source: ExportSource,
         streams: dict[RowType, OffsetStream],
         *,
         watermarks: WatermarkSink | None = None,
@@ -240,25 +371,32 @@ class Exporter:
         lease_seconds: float = LEASE_SECONDS,
         blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
         version: tuple[int, int] | None = None,
-        serving_traffic: Callable[[], bool] | None = None,
+        traffic: Traffic | None = None,
         typed: TypedExport | None = None,
+        held: Held | None = None,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
-        self._serving = serving
+        self._source = source
         self._streams = streams
         self._encoders = {kind: RowEncoder(kind) for kind in streams}
         # Records' typed columns (`typed.py`), where the table has them.
         self.typed = typed
+        # What BigQuery holds, to settle a batch whose stream is gone; without
+        # it such a batch blocks its table for an operator's `export resync`.
+        self._held = held
         # Whether this instance serves traffic (by default, it does): one that
         # does not never takes the lease, free or not; it only renews one it
         # holds (see `step`).
-        self._serving_traffic = serving_traffic or (lambda: True)
+        self._traffic = traffic or AlwaysServing()
         schema, revision = version or code_version()
         self.ledger = Ledger(
-            serving,
+            source,
             holder or holder_name(),
             lease_seconds=lease_seconds,
-            standing=lambda: Standing(self._serving_traffic(), schema, revision),
+            standing=lambda: Standing(self._traffic.serving(), schema, revision),
+            pushed=self._pushed,
         )
+        self._lease_seconds = lease_seconds
         self._renew_seconds = lease_seconds / 3
         self._observer = observer
         self._clock = clock
@@ -267,14 +405,30 @@ class Exporter:
         # Whether this exporter held the lease at its last claim.
         self.leading = False
         self._claimed_at = -float("inf")
+        # Until when this exporter claims no lease (monotonic), having stepped down.
+        self._stepped_down_until = -float("inf")
         # Why each table's export is stopped, while it is.
         self.blocked: dict[str, str] = {}
-        # When a blocked table is tried again (monotonic seconds), and how long after.
+        # When a blocked table is tried again (monotonic seconds).
         self._retry_at: dict[str, float] = {}
         self._blocked_retry_seconds = blocked_retry_seconds
+        # Each table's pause after a passing failure, and until when it waits.
+        self._backoff = {
+            _TABLES_OF[kind]: Backoff(retry_seconds, RETRY_MAX_SECONDS) for kind in streams
+        }
+        self._paused_until: dict[str, float] = {}
         self._watermarks = watermarks
         # The last watermark told to BigQuery, per table.
         self._published: dict[str, int] = {}
+
+    def paused(self) -> dict[str, float]:
+        """Each table paused after a passing failure, and for how long more (seconds)."""
+        now = time.monotonic()
+        return {t: until - now for t, until in self._paused_until.items() if until > now}
+
+    def _pushed(self) -> int:
+        last = self._traffic.last_push()
+        return 0 if last is None else int(last * 1_000_000)
 
     # -- the loop --------------------------------------------------------------
 
@@ -286,7 +440,9 @@ class Exporter:
         while True:
             try:
                 busy = await self.step()
-            except (StoreUnavailable, LeaseLost, ProgressMoved) as exc:
+            except (StoreUnavailable, LeaseLost) as exc:
+                # The lease itself: Spanner refused the claim, or another exporter
+                # holds it now. Both tables wait.
                 pause = backoff.next()
                 log.warning("export paused for %.1f s: %s", pause, exc)
                 if isinstance(exc, LeaseLost):
@@ -295,22 +451,42 @@ class Exporter:
                 continue
             backoff.reset()
             if not busy:
-                # Blocked tables wait for their own retry (see _export); the
-                # lease is renewed meanwhile.
-                await asyncio.sleep(IDLE_SECONDS)
+                # Blocked and paused tables wait for their own time (see
+                # `_round`); the lease is renewed meanwhile.
+                await asyncio.sleep(self._idle())
+
+    def _idle(self) -> float:
+        """How long a round that exported nothing waits: a holder IDLE_SECONDS, any
+        other exporter until its next claim."""
+        if self.leading:
+            return IDLE_SECONDS
+        due = self._claimed_at + self._renew_seconds - time.monotonic()
+        return max(IDLE_SECONDS, min(due, self._renew_seconds))
 
     async def stop(self) -> None:
         """Hand the lease back, if held, within RELEASE_SECONDS: another instance
-        exports at its next round instead of once the lease expires. Best effort:
+        exports at its next claim instead of once the lease expires. Best effort:
         if Spanner does not answer, the lease expires on its own."""
         if not self.leading:
             return
-        self.leading = False
+        self._follow()
         try:
             if await self.ledger.release(within=RELEASE_SECONDS):
                 log.info("export lease handed back")
         except StoreUnavailable as exc:
             log.warning("export lease not handed back (it expires on its own): %s", exc)
+
+    async def step_down(self) -> None:
+        """This exporter's loop has been failing for longer than a lease: hand the
+        lease back and claim none for STEP_DOWN_LEASES leases, so that another
+        instance takes the export over (the supervisor calls it)."""
+        self._stepped_down_until = time.monotonic() + STEP_DOWN_LEASES * self._lease_seconds
+        log.error(
+            "the exporter keeps failing: the export lease is handed back, and not "
+            "claimed again for %.0f s",
+            STEP_DOWN_LEASES * self._lease_seconds,
+        )
+        await self.stop()
 
     def _follow(self) -> None:
         """This exporter no longer holds the lease: what it knew of blocked tables is
@@ -322,22 +498,53 @@ class Exporter:
     async def step(self) -> bool:
         """One batch of each table, if this exporter holds the lease; whether any
         rows were exported (True: there may be more at once)."""
-        if not self.leading and not self._serving_traffic():
-            # An instance that serves no traffic (a revision deployed without,
-            # or one traffic has left) never takes the export: only renews it.
-            return False
-        if time.monotonic() - self._claimed_at >= self._renew_seconds or not self.leading:
-            leading = await self.ledger.claim()
-            self._claimed_at = time.monotonic()
-            if not leading:
-                self._follow()
-            self.leading = leading
-        if not self.leading:
+        if not await self._lead():
             return False
         exported = 0
         for kind in self._streams:
-            exported += await self._export(kind)
+            exported += await self._round(kind)
         return exported > 0
+
+    async def _lead(self) -> bool:
+        """Whether this exporter holds the lease, claimed (taken or renewed) once per
+        renewal, by holders and the others alike."""
+        now = time.monotonic()
+        if now < self._stepped_down_until:
+            return False
+        if not self.leading and not self._traffic.serving():
+            # An instance that serves no traffic (a revision deployed without,
+            # or one traffic has left) never takes the export: only renews it.
+            return False
+        if now - self._claimed_at < self._renew_seconds:
+            return self.leading
+        leading = await self.ledger.claim()
+        self._claimed_at = time.monotonic()
+        if not leading:
+            self._follow()
+        self.leading = leading
+        return leading
+
+    async def _round(self, kind: RowType) -> int:
+        """One batch of one table, its failures its own (see the module notes)."""
+        table = _TABLES_OF[kind]
+        if time.monotonic() < self._paused_until.get(table, -float("inf")):
+            return 0
+        try:
+            exported = await self._export(kind)
+        except _Stop:
+            return 0
+        except ProgressMoved as exc:
+            # Another write came first (this exporter's own, committed late): the
+            # next round reads the row again.
+            log.info("export of %s: %s; read again", table, exc)
+            return 0
+        except StoreUnavailable as exc:
+            pause = self._backoff[table].next()
+            self._paused_until[table] = time.monotonic() + pause
+            log.warning("export of %s paused for %.1f s: %s", table, pause, exc)
+            return 0
+        self._backoff[table].reset()
+        return exported
 
     # -- one table ---------------------------------------------------------------
 
@@ -355,28 +562,28 @@ class Exporter:
         if progress.pending is not None:
             # A batch that may have been appended: the very same rows, at the very
             # same offset, so it is stored once or refused as already there.
-            rows = await self._pending_rows(kind, progress, progress.pending)
-            if rows is None:
-                return 0
-            encoding = await self._encoding(kind, rows)
+            pending = progress.pending
+            rows = await self._pending_rows(kind, progress, pending)
+            encoding = await self._encoding(kind, progress, rows)
             if encoding is None:
                 return 0  # the batch waits in Spanner (see `typed.py`)
-            batch = (encoding[0], [encoding[1](r) for r in rows])
-            return await self._append(kind, progress, progress.pending, rows, batch, repeat=True)
+            cut, batch = await self._cut(progress, encoding, rows, whole=True)
+            return await self._append(kind, progress, pending, cut, batch, repeat=True)
         if progress.stream is None:
-            stream = await self._streams[kind].create()
+            stream = await self._create(kind, progress)
             progress = msgspec.structs.replace(progress, stream=stream, next_offset=0)
             progress = await self.ledger.record(progress)
             log.info("exporting %s to %s", table, stream)
         until = self._clock() // 1000 - SETTLED_MICROS
-        found = await self._serving.rows_after(
+        found = await self._read(
             kind,
+            progress,
             (progress.done_time, progress.done_message_id),
             until,
             self._batch_rows,
             seen=progress.updated or 0,
         )
-        encoding = await self._encoding(kind, found) if found else None
+        encoding = await self._encoding(kind, progress, found) if found else None
         if encoding is None:
             if found:
                 return 0  # the batch waits in Spanner (see `typed.py`)
@@ -384,10 +591,10 @@ class Exporter:
                 await self.ledger.record(msgspec.structs.replace(progress, watermark=until + 1))
                 await self._publish(table, until + 1)
             return 0
-        rows, batch = self._cut(encoding, found)
+        rows, batch = await self._cut(progress, encoding, found, whole=False)
         last = rows[-1]
         full = len(found) == self._batch_rows or len(rows) < len(found)
-        # Batch committed with the last one's timestamp may remain when the batch
+        # Rows committed with the last one's timestamp may remain when the batch
         # is full: the watermark stops short of them.
         watermark = last.ingest_time if full else until + 1
         pending = Intent(
@@ -399,42 +606,134 @@ class Exporter:
         intent = await self.ledger.record(msgspec.structs.replace(progress, pending=pending))
         return await self._append(kind, intent, pending, rows, batch, repeat=False, replace=True)
 
-    async def _encoding(self, kind: RowType, rows: Batch) -> Encoding | None:
+    async def _create(self, kind: RowType, progress: Progress) -> str:
+        """A new stream of the table; the table blocked if BigQuery will make none."""
+        try:
+            return await self._streams[kind].create()
+        except StreamBroken as exc:
+            await self._block(progress, f"BigQuery makes no stream of the table: {exc}")
+            raise _Stop from exc
+
+    async def _read(
+        self,
+        kind: RowType,
+        progress: Progress,
+        after: Key,
+        until: int,
+        limit: int,
+        *,
+        seen: int,
+        whole: bool = False,
+    ) -> Batch:
+        """Up to `limit` rows after `after`, read as `rows_after` does. Should a row
+        not read (any exception but Spanner unavailable), the rows before it are
+        the batch, and with none before it (or with `whole`: a batch that must be
+        read as it was) the table is blocked naming it."""
+        source = self._source
+        try:
+            found: Batch = list(await source.rows_after(kind, after, until, limit, seen=seen))
+            return found
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a row that cannot be read: which one?
+            unreadable = await self._unreadable(kind, after, until, limit, seen, exc)
+        readable, (key, error) = unreadable
+        if readable and not whole:
+            return readable
+        table = _TABLES_OF[kind]
+        where = (
+            f"message {key[1]} of {table} cannot be exported (read): "
+            if key is not None
+            else f"the rows of {table} after message {after[1] or '(the first)'} cannot be read: "
+        )
+        await self._block(progress, where + _said(error))
+        raise _Stop
+
+    async def _unreadable(
+        self, kind: RowType, after: Key, until: int, limit: int, seen: int, error: Exception
+    ) -> tuple[Batch, _Unreadable]:
+        """The longest start of the read that reads (a read of `n` rows fails exactly
+        when a row that cannot be read is among the first `n`), and the row after it."""
+        good, bad = 0, limit
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            try:
+                await self._source.rows_after(kind, after, until, middle, seen=seen)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                bad, error = middle, exc
+            else:
+                good = middle
+        readable: Batch = (
+            list(await self._source.rows_after(kind, after, until, good, seen=seen)) if good else []
+        )
+        start = (readable[-1].ingest_time, readable[-1].message_id) if readable else after
+        keys = await self._source.keys_after(kind, start, until, 1, seen=seen)
+        return readable, _Unreadable(keys[0] if keys else None, error)
+
+    async def _encoding(self, kind: RowType, progress: Progress, rows: Batch) -> Encoding | None:
         """How `rows` are appended: with records' typed columns where the table has
         them; None while they wait in Spanner for BigQuery to take new ones."""
         if kind is Record and self.typed is not None:
-            return await self.typed.encoding([r for r in rows if isinstance(r, Record)])
+            try:
+                return await self.typed.encoding([r for r in rows if isinstance(r, Record)])
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                first, last = rows[0].message_id, rows[-1].message_id
+                await self._block(
+                    progress,
+                    f"the batch of records from message {first} to message {last} cannot be "
+                    f"encoded: {_said(exc)}",
+                )
+                raise _Stop from exc
         encoder = self._encoders[kind]
         return encoder.descriptor, encoder.encode
 
-    def _cut(self, encoding: Encoding, rows: Batch) -> tuple[Batch, Encoded]:
+    async def _cut(
+        self, progress: Progress, encoding: Encoding, rows: Batch, *, whole: bool
+    ) -> tuple[Batch, Encoded]:
         """The longest start of `rows` within a batch's bytes (one row at least), and
-        its writer schema and bytes."""
+        its writer schema and bytes. A row that cannot be encoded ends the start
+        before it; with none before it (or with `whole`: a batch that must be sent
+        as it was), the table is blocked naming it."""
         descriptor, encode = encoding
         encoded: list[bytes] = []
         size = 0
         for index, row in enumerate(rows):
-            encoded.append(encode(row))
+            try:
+                encoded.append(encode(row))
+            except Exception as exc:
+                if index and not whole:
+                    return rows[:index], (descriptor, encoded)
+                table = progress.table_name
+                await self._block(
+                    progress,
+                    f"message {row.message_id} of {table} cannot be exported (encoded): "
+                    f"{_said(exc)}",
+                )
+                raise _Stop from exc
             size += len(encoded[-1]) + 6  # framing: a tag and a length varint
-            if size > self._batch_bytes and index:
+            if size > self._batch_bytes and index and not whole:
                 return rows[:index], (descriptor, encoded[:index])
         return rows, (descriptor, encoded)
 
-    async def _pending_rows(
-        self, kind: RowType, progress: Progress, pending: Intent
-    ) -> Batch | None:
+    async def _pending_rows(self, kind: RowType, progress: Progress, pending: Intent) -> Batch:
         # Read as Spanner is now, not as it was at the batch's last row: the batch
         # may be hours old (BigQuery down meanwhile), past the versions Spanner
         # keeps (an hour), and a row deleted since must be seen as gone.
-        rows = await self._serving.rows_after(
+        found = await self._read(
             kind,
+            progress,
             (progress.done_time, progress.done_message_id),
             pending.time,
             pending.rows + 1,
             seen=self._clock() // 1000 - SETTLED_MICROS,
+            whole=True,
         )
         last = (pending.time, pending.message_id)
-        rows = [r for r in rows if (r.ingest_time, r.message_id) <= last]
+        rows = [r for r in found if (r.ingest_time, r.message_id) <= last]
         if len(rows) != pending.rows:
             await self._block(
                 progress,
@@ -442,7 +741,7 @@ class Exporter:
                 f"is {len(rows)} rows in Spanner now: rows were deleted before they were "
                 "exported",
             )
-            return None
+            raise _Stop
         return rows
 
     async def _append(
@@ -469,23 +768,33 @@ class Exporter:
         try:
             appended = await offset_stream.append(stream, intent.next_offset, batch[1], batch[0])
         except StreamBroken as exc:
+            # Sent again on a new connection meanwhile: the first send may have landed.
+            sent_before = repeat or offset_stream.resends != resends
+            if exc.gone and sent_before:
+                return await self._settle(kind, intent, pending, rows, batch, exc)
             if not (replace and exc.gone):
                 await self._block(intent, f"the stream cannot take the batch: {exc}")
                 return 0
             # The stream is gone or finalized (idle for long, say) and no attempt at
             # this batch came before: none of its rows are in BigQuery, so a new
             # stream takes it from offset 0.
-            stream = await self._streams[kind].create()
-            log.info("%s: %s; exporting to %s from now on", table, exc, stream)
-            intent = msgspec.structs.replace(intent, stream=stream, next_offset=0)
-            intent = await self.ledger.record(intent)
-            return await self._append(kind, intent, pending, rows, batch, repeat=False)
+            log.info("%s: %s; exporting to a new stream from now on", table, exc)
+            return await self._on_new_stream(kind, intent, pending, rows, batch)
         except RowsRefused as exc:
             index = min(exc.reasons)
             await self._block(
                 intent,
                 f"BigQuery refused message {rows[index].message_id} of {table}: "
                 f"{exc.reasons[index]}",
+            )
+            return 0
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # anything else: this table's, named
+            await self._block(
+                intent,
+                f"the batch of {len(rows)} rows of {table} ending at message "
+                f"{rows[-1].message_id} could not be appended: {_said(exc)}",
             )
             return 0
         if appended is Appended.ALREADY and not repeat and offset_stream.resends == resends:
@@ -499,12 +808,130 @@ class Exporter:
                 "the stream",
             )
             return 0
-        done = msgspec.structs.replace(
+        if appended is Appended.ALREADY:
+            log.info(
+                "%s: %d rows at offset %d were appended before; not again",
+                table,
+                len(rows),
+                intent.next_offset,
+            )
+        return await self._done(
+            kind,
+            msgspec.structs.replace(
+                intent, next_offset=intent.next_offset + len(rows), watermark=pending.watermark
+            ),
+            rows,
+        )
+
+    async def _on_new_stream(
+        self, kind: RowType, intent: Progress, pending: Intent, rows: Batch, batch: Encoded
+    ) -> int:
+        """The batch, none of which is in BigQuery, appended to a new stream at 0."""
+        stream = await self._create(kind, intent)
+        moved = await self.ledger.record(
+            msgspec.structs.replace(intent, stream=stream, next_offset=0)
+        )
+        return await self._append(kind, moved, pending, rows, batch, repeat=False)
+
+    async def _settle(
+        self,
+        kind: RowType,
+        intent: Progress,
+        pending: Intent,
+        rows: Batch,
+        batch: Encoded,
+        cause: StreamBroken,
+    ) -> int:
+        """The stream is gone under a batch that may be in it: whether it is, from the
+        stream's row count once finalized, or from what BigQuery holds past the
+        progress if the stream is no more; the export goes on past the batch or
+        with it, or the table is blocked saying why neither is sure."""
+        table = _TABLES_OF[kind]
+        stream = intent.stream
+        assert stream is not None
+        before, after = intent.next_offset, intent.next_offset + len(rows)
+        count = await self._finalize(kind, intent, stream)
+        if count is not None:
+            if count not in (before, after):
+                await self._block(
+                    intent,
+                    f"the stream cannot take the batch ({cause}), and holds {count} rows "
+                    f"where the progress says {before}, or {after} with the batch: the "
+                    "progress and the stream disagree",
+                )
+                return 0
+            stored = count == after
+            how = f"the stream held {count} rows when finalized"
+        else:
+            found = await self._held_in(intent, rows, cause)
+            if found is None:
+                return 0
+            stored = found
+            how = "BigQuery's query of the rows past the progress"
+        if not stored:
+            log.warning(
+                "%s: %s; the batch of %d rows ending at message %s is not in it (%s): "
+                "appended to a new stream",
+                table,
+                cause,
+                len(rows),
+                rows[-1].message_id,
+                how,
+            )
+            return await self._on_new_stream(kind, intent, pending, rows, batch)
+        log.warning(
+            "%s: %s; the batch of %d rows ending at message %s is in BigQuery (%s): "
+            "the export goes on after it, on a new stream",
+            table,
+            cause,
+            len(rows),
+            rows[-1].message_id,
+            how,
+        )
+        moved = msgspec.structs.replace(
+            intent, stream=None, next_offset=0, watermark=pending.watermark
+        )
+        return await self._done(kind, moved, rows)
+
+    async def _finalize(self, kind: RowType, intent: Progress, stream: str) -> int | None:
+        try:
+            return await self._streams[kind].finalize(stream)
+        except StreamBroken as exc:
+            await self._block(intent, f"the stream cannot be finalized to settle a batch: {exc}")
+            raise _Stop from exc
+
+    async def _held_in(self, intent: Progress, rows: Batch, cause: StreamBroken) -> bool | None:
+        """Whether BigQuery holds the whole batch (True) or none of it (False); None
+        once the table is blocked for anything else."""
+        table = intent.table_name
+        if self._held is None:
+            await self._block(intent, f"the stream cannot take the batch: {cause}")
+            return None
+        done = (intent.done_time, intent.done_message_id)
+        batch = [(r.ingest_time, r.message_id) for r in rows]
+        # From the batch's first row: what BigQuery holds from before it (rows of a time
+        # before the serving tier, say) says nothing of the batch, and is not billed.
+        held = {key for key in await self._held.held(table, batch[0][0]) if key > done}
+        past = sorted(key for key in held if key > batch[-1])
+        among = [key for key in batch if key in held]
+        if not past and len(among) in (0, len(batch)):
+            return bool(among)
+        await self._block(
             intent,
-            next_offset=intent.next_offset + len(rows),
+            f"the stream cannot take the batch ({cause}), and BigQuery holds {len(among)} "
+            f"of its {len(batch)} rows and {len(past)} rows after it: the progress and "
+            "BigQuery disagree",
+        )
+        return None
+
+    async def _done(self, kind: RowType, done: Progress, rows: Batch) -> int:
+        """The batch is in BigQuery: the progress past it (`done` says where the next
+        goes), BigQuery told the watermark, the table no longer blocked."""
+        table = _TABLES_OF[kind]
+        done = msgspec.structs.replace(
+            done,
             done_time=rows[-1].ingest_time,
             done_message_id=rows[-1].message_id,
-            watermark=pending.watermark,
             pending=None,
             blocked=None,
         )
@@ -513,13 +940,6 @@ class Exporter:
         if table in self.blocked:
             log.info("export of %s goes on", table)
             self._unblock(table)
-        if appended is Appended.ALREADY:
-            log.info(
-                "%s: %d rows at offset %d were appended before; not again",
-                table,
-                len(rows),
-                intent.next_offset,
-            )
         if self._observer is not None:
             self._observer.exported(table, len(rows))
         return len(rows)
@@ -559,3 +979,9 @@ class Exporter:
         self._retry_at.pop(table, None)
         if self._observer is not None:
             self._observer.unblocked(table)
+
+
+def _said(exc: BaseException) -> str:
+    """An exception in one line: its type and what it says."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

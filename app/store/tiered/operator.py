@@ -1,33 +1,49 @@
-"""`recordline export …`: what an operator asks of the export, from a shell with the
-service's settings (see docs/operations.md, "Export blocked").
+"""`recordline export …`: what an operator asks of the export, run where the service's
+settings and identity are: the system's Cloud Run job (`<system>-export`, from the
+image that serves, as the service's account: docs/operations.md, "Export
+blocked"), or a shell with the same settings.
 
 - `status`: each table's export progress: its stream and offset, its watermark,
-  the batch in flight, and, if it is blocked, why and since when (exit 1 if one is).
-- `retry TABLE`: clear a blocked table's reason, so that the exporter holding
-  the lease tries it again at its next round instead of within a minute (after
-  a table or a permission is fixed). The decision is logged with what it cleared.
-- `reject MESSAGE_ID --reason TEXT`: where `records` is blocked at a row BigQuery
-  refused, move that record to the rejections (its reason says an operator did,
-  why, and what BigQuery said) and let the export go on without it. BigQuery
-  appended none of a batch it refused rows of (AppendRowsResponse.row_errors:
-  "no rows in the batch will be appended"), so the next batch is cut again at
-  the same offset. The record leaves `records` and the API answers for it as a
-  rejection, which the export copies to BigQuery's `rejected`; the decision is
-  logged.
-- `resync TABLE --reason TEXT`: where a table is blocked with its progress and
-  BigQuery's stream at odds (the stream holds rows past the progress, or is
-  finalized or gone while a batch's answer was unknown, or rows were deleted
-  before they were exported), ask BigQuery which rows past the progress it
-  holds, and, if they are every row Spanner has up to the last of them (rows
-  since deleted from Spanner aside), move the progress past them onto a new
-  stream: nothing doubled, nothing skipped that Spanner still has. Otherwise
-  nothing moves, and it says which row breaks the run. The decision is logged
-  with the reason given.
+  the batch in flight, and, if it is blocked, why and since when.
+- `retry TABLE --reason TEXT --operator WHO`: clear a blocked table's reason, so
+  that the exporter holding the lease tries it again at its next round instead
+  of within a minute (after a table or a permission is fixed).
+- `reject MESSAGE_ID --reason TEXT --operator WHO`: where `records` is blocked at
+  a row (one BigQuery refused, or one that could not be read or encoded), move
+  that record to the rejections (its reason says an operator did, why, and what
+  the stop said) and let the export go on without it. BigQuery appended none of
+  a batch it refused rows of (AppendRowsResponse.row_errors: "no rows in the
+  batch will be appended"), so the next batch is cut again at the same offset.
+  The record leaves `records` and the API answers for it as a rejection, which
+  the export copies to BigQuery's `rejected`.
+- `resync TABLE --reason TEXT --operator WHO`: where a table is blocked with its
+  progress and BigQuery's stream at odds (the stream holds rows past the
+  progress, or is finalized or gone while a batch's answer was unknown, or rows
+  were deleted before they were exported), ask BigQuery which rows past the
+  progress it holds, and, if they are every row Spanner has up to the last of
+  them (rows since deleted from Spanner aside), move the progress past them onto
+  a new stream: nothing doubled, nothing skipped that Spanner still has.
+  Otherwise nothing moves, and it says which row breaks the run.
 - `verify --since T`: Spanner against BigQuery, window by window
-  (`app.store.tiered.verify`); exit 1 if a window differs.
+  (`app.store.tiered.verify`).
 
-Each opens its own Spanner client (and BigQuery's, to verify): never an exporter.
-This module imports neither client until a command runs.
+Each decision (`retry`, `reject`, `resync`) is written to the serving database
+(`export_decisions`), in the same transaction as the change it makes, and logged
+(WARNING, with `operator`, `reason`, `table` and `action` fields), with who
+asked and why: `--operator` as the operator names themselves, and the Cloud
+Run job execution that ran it (`CLOUD_RUN_EXECUTION`), whose audit log names
+the account that started it and whom it acted for.
+
+Exit codes, one line on stderr per error and no traceback:
+0 done (or nothing to do); 1 a table is blocked (`status`) or a window differs
+(`verify`); 2 a usage error (arguments, settings); 3 refused: the command would
+not act (not blocked there, the progress changed meanwhile, a resync that would
+skip or double a row, a read over the bytes cap); 4 unavailable: Spanner or
+BigQuery could not be reached or asked (no credentials included); 70 anything
+else (a bug: its one line says what).
+
+Each opens its own Spanner client (and BigQuery's, for `resync` and `verify`):
+never an exporter. This module imports neither client until a command runs.
 """
 
 from __future__ import annotations
@@ -35,21 +51,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import sys
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from app.records import TABLES, Record, Rejection, moment
+from app.records import DAY_MICROS, TABLES, Record, Rejection, moment
 from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.store.bigquery.queries import QueryRunner
-    from app.store.spanner.ledger import Progress
+    from app.store.spanner.ledger import Decision, Progress
     from app.store.spanner.serving import SpannerServing
+    from app.store.tiered.held import QueryHeld
 
 log = logging.getLogger(__name__)
+
+EXIT_DONE: Final = 0
+EXIT_BLOCKED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_REFUSED: Final = 3
+EXIT_UNAVAILABLE: Final = 4
+EXIT_BUG: Final = 70
+# The commands that change the export, each a decision kept with its reason.
+DECIDING: Final = ("retry", "reject", "resync")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,16 +86,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     retry = actions.add_parser("retry", help="try a blocked table again now")
     retry.add_argument("table", choices=sorted(TABLES))
     reject = actions.add_parser(
-        "reject", help="move the record BigQuery refuses, where records is blocked, to rejected"
+        "reject", help="move the record at which records is blocked to the rejections"
     )
     reject.add_argument("message_id", help="the message the blocked reason names")
-    reject.add_argument("--reason", required=True, help="why, kept in the rejection")
     resync = actions.add_parser(
         "resync",
         help="move a blocked table's progress past the rows BigQuery holds, onto a new stream",
     )
     resync.add_argument("table", choices=sorted(TABLES))
-    resync.add_argument("--reason", required=True, help="why, kept in the log")
+    for deciding in (retry, reject, resync):
+        deciding.add_argument(
+            "--reason", required=True, help="why, kept with the decision (and in a rejection)"
+        )
+        deciding.add_argument(
+            "--operator",
+            required=True,
+            help="who decides (an e-mail), kept with the decision",
+        )
     check = actions.add_parser("verify", help="compare Spanner and BigQuery window by window")
     check.add_argument(
         "--since",
@@ -84,15 +119,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The command `args` asks for: its exit code (see the module notes)."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+
+    from app.errors import QueryTooCostly, StoreUnavailable
+
+    what = f"recordline export {args.action}"
+    if not settings.store.serving:
+        _error(what, "no serving tier (RECORDLINE_SERVING is not set)")
+        return EXIT_USAGE
+    try:
+        return await _run(args, settings)
+    except QueryTooCostly as exc:
+        _error(what, f"refused: {exc}")
+        return EXIT_REFUSED
+    except (StoreUnavailable, GoogleAuthError, GoogleAPIError, OSError, TimeoutError) as exc:
+        _error(what, f"unavailable: {_line(exc)}")
+        return EXIT_UNAVAILABLE
+    except Exception as exc:  # a bug: said in one line, and its exit code
+        _error(what, f"failed: {type(exc).__name__}: {_line(exc)}")
+        return EXIT_BUG
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the clients take most of a second to import, which the
     # parser of every other command need not pay.
     from app.store.bigquery.queries import QueryRunner
     from app.store.bigquery.store import BigQueryStore
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.tiered.held import QueryHeld
+    from app.store.tiered.verify import BIGQUERY_SECONDS
 
-    if not settings.store.serving:
-        print("recordline export: no serving tier (RECORDLINE_SERVING is not set)")
-        return 2
     serving = SpannerServing(
         SpannerDatabase.from_url(settings.store.serving),
         emulator_host=settings.store.spanner_emulator_host or None,
@@ -105,9 +163,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             case "status":
                 return await _status(serving)
             case "retry":
-                return await _retry(serving, args.table)
+                return await _retry(serving, args.table, _decision(args, args.table))
             case "reject":
-                return await _reject(serving, args.message_id, args.reason)
+                return await _reject(serving, args.message_id, _decision(args, "records"))
         analytics = BigQueryStore.from_url(
             settings.store.url,
             settings,
@@ -115,16 +173,64 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         queries = QueryRunner(
             analytics.project,
-            timeout=settings.store.query_timeout_seconds,
+            timeout=max(settings.store.query_timeout_seconds, BIGQUERY_SECONDS),
             max_bytes_billed=settings.query.max_bytes_billed,
             endpoint=settings.store.bigquery_query_endpoint or None,
         )
         await queries.start()
         stack.push_async_callback(queries.close)
-        names = {t: f"`{analytics.project}.{analytics.dataset}.{t}`" for t in TABLES}
+        names = {t: analytics.table_name(t) for t in TABLES}
         if args.action == "resync":
-            return await _resync(serving, queries, names[args.table], args.table, args.reason)
-        return await _verify(serving, queries, names, args.since, args.window)
+            held = QueryHeld(queries, names)
+            return await _resync(serving, held, args.table, _decision(args, args.table))
+        return await _verify(
+            serving,
+            queries,
+            names,
+            args.since,
+            args.window,
+            settings.query.dedupe_window_seconds,
+        )
+
+
+def _error(what: str, said: str) -> None:
+    print(f"{what}: {said}", file=sys.stderr)
+
+
+def _line(exc: BaseException) -> str:
+    """What an exception says, on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _decision(args: argparse.Namespace, table: str) -> Decision:
+    from app.store.spanner.ledger import Decision
+
+    operator = " ".join(str(args.operator).split())
+    execution = os.environ.get("CLOUD_RUN_EXECUTION")
+    if execution:
+        operator += f" (Cloud Run job execution {execution})"
+    reason = " ".join(str(args.reason).split())
+    return Decision(table_name=table, action=args.action, operator=operator, reason=reason)
+
+
+def _logged(decision: Decision) -> None:
+    """Log a decision once it was written, with its fields for the log's readers."""
+    log.warning(
+        "operator %s decided to %s the export of %s: %s. Reason: %s",
+        decision.operator,
+        decision.action,
+        decision.table_name,
+        decision.detail,
+        decision.reason,
+        extra={
+            "fields": {
+                "operator": decision.operator,
+                "reason": decision.reason,
+                "table": decision.table_name,
+                "action": decision.action,
+            }
+        },
+    )
 
 
 async def _status(serving: SpannerServing) -> int:
@@ -133,7 +239,7 @@ async def _status(serving: SpannerServing) -> int:
         progress = await serving.progress(table)
         print(_describe(progress))
         blocked += progress.blocked is not None
-    return 1 if blocked else 0
+    return EXIT_BLOCKED if blocked else EXIT_DONE
 
 
 def _describe(p: Progress) -> str:
@@ -148,72 +254,63 @@ def _describe(p: Progress) -> str:
     return "\n".join(lines)
 
 
-async def _retry(serving: SpannerServing, table: str) -> int:
+async def _retry(serving: SpannerServing, table: str, decision: Decision) -> int:
     progress = await serving.progress(table)
     if progress.blocked is None:
         print(f"{table}: not blocked; nothing to retry")
-        return 0
-    if not await serving.unblock_export(table, progress.blocked):
-        print(f"{table}: its progress changed meanwhile; run `recordline export status`")
-        return 1
-    log.warning(
-        "operator retry of the export of %s, blocked since %s: %s",
-        table,
-        _time(progress.updated or 0),
-        progress.blocked,
-    )
+        return EXIT_DONE
+    detail = f"cleared the stop since {_time(progress.updated or 0)}: {progress.blocked}"
+    decision = msgspec.structs.replace(decision, detail=detail)
+    if not await serving.unblock_export(table, progress.blocked, decision):
+        _error("recordline export retry", f"{table}: its progress changed meanwhile; see status")
+        return EXIT_REFUSED
+    _logged(decision)
     print(f"{table}: cleared; the exporter tries it again at its next round")
-    return 0
+    return EXIT_DONE
 
 
-async def _reject(serving: SpannerServing, message_id: str, reason: str) -> int:
+async def _reject(serving: SpannerServing, message_id: str, decision: Decision) -> int:
+    from app.store.tiered.exporter import row_at_fault
+
     progress = await serving.progress("records")
-    refused = f"BigQuery refused message {message_id} of records:"
-    if progress.blocked is None or not progress.blocked.startswith(refused):
-        print(
-            f"records: not blocked at a row BigQuery refused named {message_id}; "
-            "nothing moved (see `recordline export status`)"
+    if progress.blocked is None or row_at_fault(progress.blocked) != ("records", message_id):
+        _error(
+            "recordline export reject",
+            f"records is not blocked at message {message_id}; nothing moved (see status)",
         )
-        return 1
-    said = f"moved to the rejections by an operator: {reason} ({progress.blocked})"
-    if not await serving.reject_refused(message_id, said, progress.blocked):
-        print("records: its progress changed meanwhile; nothing moved")
-        return 1
-    log.warning("operator moved record %s to the rejections: %s", message_id, said)
+        return EXIT_REFUSED
+    said = f"moved to the rejections by an operator: {decision.reason} ({progress.blocked})"
+    detail = f"moved message {message_id} to the rejections; the stop was: {progress.blocked}"
+    decision = msgspec.structs.replace(decision, detail=detail)
+    if not await serving.reject_refused(message_id, said, progress.blocked, decision):
+        _error("recordline export reject", "records: its progress changed meanwhile; nothing moved")
+        return EXIT_REFUSED
+    _logged(decision)
     print(f"{message_id}: now a rejection; the export of records goes on at its next round")
-    return 0
+    return EXIT_DONE
 
 
-# What BigQuery holds past a table's progress: the rows' keys, from the progress's
-# own partition on (billed for these two columns of those partitions).
-_HELD_SQL = (
-    "SELECT UNIX_MICROS(ingest_time) AS t, message_id FROM {table} "
-    "WHERE ingest_time >= TIMESTAMP_MICROS(@since)"
-)
 # Spanner's rows are read this many at a time, up to the last row BigQuery holds.
 _PAGE_ROWS = 1000
 _KINDS: dict[str, type[Record] | type[Rejection]] = {"records": Record, "rejected": Rejection}
 
 
-async def _resync(
-    serving: SpannerServing, queries: QueryRunner, name: str, table: str, reason: str
-) -> int:
+async def _resync(serving: SpannerServing, held: QueryHeld, table: str, decision: Decision) -> int:
     progress = await serving.progress(table)
     if progress.blocked is None:
         print(f"{table}: not blocked; nothing to resync")
-        return 0
+        return EXIT_DONE
     after = (progress.done_time, progress.done_message_id)
-    rows = await queries.run(_HELD_SQL.format(table=name), {"since": progress.done_time})
-    held = sorted({key for key in ((int(t), str(m)) for t, m in rows) if key > after})
+    found = [key for key in await held.held(table, progress.done_time) if key > after]
     moved = msgspec.structs.replace(
         progress, stream=None, next_offset=0, pending=None, blocked=None
     )
-    if held:
+    if found:
         # Every row Spanner has up to the last one BigQuery holds must be held too:
         # then the progress moves past them all and nothing is doubled or skipped.
         # (A row BigQuery holds that Spanner no longer has was deleted since.)
-        kept = set(held)
-        cursor, last = after, held[-1]
+        kept = set(found)
+        cursor, last = after, found[-1]
         # Read as Spanner is now (a second ago, served at once), not as it was then.
         now = time.time_ns() // 1000 - 1_000_000
         while True:
@@ -221,36 +318,36 @@ async def _resync(
             keys = [(r.ingest_time, r.message_id) for r in page]
             gap = next((k for k in keys if k <= last and k not in kept), None)
             if gap is not None:
-                print(
+                _error(
+                    "recordline export resync",
                     f"{table}: BigQuery holds rows past the progress up to message {last[1]}, "
                     f"but not message {gap[1]} before it: moving on would skip it, and "
                     "exporting it again would double the rows after it. Nothing moved; "
-                    "`recordline export verify` shows the windows that differ."
+                    "`recordline export verify` shows the windows that differ.",
                 )
-                return 1
+                return EXIT_REFUSED
             if len(page) < _PAGE_ROWS or keys[-1] >= last:
                 break
             cursor = keys[-1]
         moved = msgspec.structs.replace(moved, done_time=last[0], done_message_id=last[1])
-    if not await serving.move_export(progress, moved):
-        print(f"{table}: its progress changed meanwhile; nothing moved (see `export status`)")
-        return 1
-    log.warning(
-        "operator resync of the export of %s, blocked since %s (%s): BigQuery held %d rows "
-        "past message %r; exporting from message %r on a new stream. Reason: %s",
-        table,
-        _time(progress.updated or 0),
-        progress.blocked,
-        len(held),
-        progress.done_message_id,
-        moved.done_message_id,
-        reason,
+    detail = (
+        f"BigQuery held {len(found)} rows past message {progress.done_message_id!r}; "
+        f"exporting from message {moved.done_message_id!r} on a new stream "
+        f"(the stop since {_time(progress.updated or 0)} was: {progress.blocked})"
     )
+    decision = msgspec.structs.replace(decision, detail=detail)
+    if not await serving.move_export(progress, moved, decision):
+        _error(
+            "recordline export resync",
+            f"{table}: its progress changed meanwhile; nothing moved (see status)",
+        )
+        return EXIT_REFUSED
+    _logged(decision)
     print(
-        f"{table}: BigQuery holds {len(held)} rows past the progress; the export goes on "
+        f"{table}: BigQuery holds {len(found)} rows past the progress; the export goes on "
         f"after message {moved.done_message_id or '(the first)'} on a new stream at its next round"
     )
-    return 0
+    return EXIT_DONE
 
 
 async def _verify(
@@ -259,7 +356,9 @@ async def _verify(
     names: dict[str, str],
     since: int,
     hours: float,
+    dedupe_window_seconds: float,
 ) -> int:
+    from app.store.spanner.schema import retention_days
     from app.store.tiered.exporter import SETTLED_MICROS
     from app.store.tiered.verify import verify
 
@@ -267,13 +366,20 @@ async def _verify(
     settled = time.time_ns() // 1000 - SETTLED_MICROS
     watermarks = await serving.watermarks()
     until = {table: min(watermarks[table], settled) for table in TABLES}
-    windows = await verify(serving, queries, names, since, until, window=window)
+    # Older rows are deleted from Spanner (its row deletion policy): nothing there
+    # to compare BigQuery with.
+    days = retention_days(dedupe_window_seconds)
+    oldest = settled - days * DAY_MICROS
+    if since < oldest:
+        print(f"Spanner keeps rows {days} days: compared from {_time(oldest)}")
+        since = oldest
     first = None
-    for w in windows:
+    async for w in verify(serving, queries, names, since, until, window=window):
         mark = "same" if w.same else "DIFFERS"
         print(
             f"{w.table} {_time(w.start)} spanner {w.spanner[0]} {w.spanner[1]:015x} "
-            f"bigquery {w.bigquery[0]} {w.bigquery[1]:015x} {mark}"
+            f"bigquery {w.bigquery[0]} {w.bigquery[1]:015x} {mark}",
+            flush=True,
         )
         if first is None and not w.same:
             first = w
@@ -281,12 +387,15 @@ async def _verify(
         print(f"{table}: compared up to the export watermark, {_time(until[table])}")
     if first is not None:
         print(f"first window that differs: {first.table} from {_time(first.start)}")
-        return 1
-    return 0
+        return EXIT_BLOCKED
+    return EXIT_DONE
 
 
 def _instant(text: str) -> int:
-    when = datetime.fromisoformat(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1_000_000)

@@ -49,11 +49,14 @@ from app.store.spanner.tail import TailCache
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     SETTLED_MICROS,
+    AlwaysServing,
     Exporter,
     ExportObserver,
     Ledger,
+    Traffic,
     holder_name,
 )
+from app.store.tiered.held import QueryHeld
 from app.store.tiered.producers import ServingCompleteness
 from app.store.tiered.supervisor import LoopObserver, Supervisor
 from app.store.tiered.typed import TypedExport
@@ -138,7 +141,7 @@ class TieredStore:
         export: bool = True,
         export_observer: ExportObserver | None = None,
         loop_observer: LoopObserver | None = None,
-        serving_traffic: Callable[[], bool] | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.serving = serving
         self._conflicts = conflicts
@@ -150,9 +153,9 @@ class TieredStore:
         self._old = _OldAnswers()
         # The commit time of the newest row this instance acknowledged.
         self._acknowledged = 0
-        # Whether this instance serves push traffic (`app.ingest.traffic`, which
-        # the app tells of each push), by default always.
-        self.serving_traffic = serving_traffic or (lambda: True)
+        # Whether this instance serves push traffic, and when it last had a push
+        # (`app.ingest.traffic`, which the app tells of each push); by default always.
+        self.traffic = traffic or AlwaysServing()
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
         self._export = export
@@ -199,16 +202,24 @@ class TieredStore:
         if self._export:
             self._watermark_writer = self.analytics.watermark_writer()
             await self._watermark_writer.start()
+            analytics = self.analytics
             self.exporter = Exporter(
                 self.serving,
-                {kind: self.analytics.offset_stream(kind) for kind in (Record, Rejection)},
+                {kind: analytics.offset_stream(kind) for kind in (Record, Rejection)},
                 watermarks=self._watermark_writer,
                 observer=self._export_observer,
-                serving_traffic=self.serving_traffic,
+                traffic=self.traffic,
                 typed=self._typed_export(),
+                held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
             )
-            # Down longer than a lease: another instance may take the export over.
-            self.supervisor.run("exporter", self.exporter.run, interval=LEASE_SECONDS)
+            # Down longer than a lease: readiness says so, and the exporter hands the
+            # lease back so that another instance takes the export over.
+            self.supervisor.run(
+                "exporter",
+                self.exporter.run,
+                interval=LEASE_SECONDS,
+                on_down=self.exporter.step_down,
+            )
 
     def _typed_export(self) -> TypedExport | None:
         """Records' typed columns on export, where the analytics store projects them."""

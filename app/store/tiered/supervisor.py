@@ -9,8 +9,11 @@ told to the observer (`recordline.loop.restarts`, by loop), and the loop is
 started again after a jittered backoff (`RESTART_SECONDS`, doubling to
 `RESTART_MAX_SECONDS`). A loop whose failures go on for longer than its own
 interval (the time within which it does its work) is `down`, and the
-store's readiness names it. `close` cancels them all and waits for them,
-whatever state each is in.
+store's readiness names it; its `on_down`, if it has one, is called once per
+streak (the exporter hands its lease back, so that another instance exports).
+Restarts are counted by loop for an alert (a ticket when a loop restarts more
+than a few times in ten minutes: docs/operations.md#loop-restarting).
+`close` cancels them all and waits for them, whatever state each is in.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 # a loop that fails at once every time costs a wake-up a half-minute.
 RESTART_SECONDS: Final = 0.5
 RESTART_MAX_SECONDS: Final = 30.0
+# How long a loop's `on_down` may take.
+ON_DOWN_SECONDS: Final = 5.0
 
 
 class LoopObserver(Protocol):
@@ -42,11 +47,19 @@ class _Loop:
     """One supervised loop and the streak of failures it is in, if any."""
 
     def __init__(
-        self, name: str, body: Callable[[], Awaitable[None]], interval: float, now: float
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        interval: float,
+        now: float,
+        on_down: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.body = body
         self.interval = interval
+        self.on_down = on_down
+        # Whether `on_down` was called in the current streak of failures.
+        self.said_down = False
         self.backoff = Backoff(RESTART_SECONDS, RESTART_MAX_SECONDS)
         # When the current run began (None while it waits to start again), and
         # when the streak of failures began.
@@ -65,6 +78,7 @@ class _Loop:
         ):
             self.failing_since = None
             self.error = None
+            self.said_down = False
             self.backoff.reset()
 
 
@@ -87,12 +101,20 @@ class Supervisor:
     async def start(self) -> None:
         self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
 
-    def run(self, name: str, body: Callable[[], Awaitable[None]], *, interval: float) -> None:
+    def run(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        *,
+        interval: float,
+        on_down: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Run `body()` (a coroutine that never returns) until `close`, started again
-        whenever it fails; `interval`: how long it may be down before readiness says so."""
+        whenever it fails; `interval`: how long it may be down before readiness says
+        so, and `on_down()` is called (once per streak of failures)."""
         if self._group is None:
             raise RuntimeError("the supervisor is not started")
-        loop = _Loop(name, body, interval, self._monotonic())
+        loop = _Loop(name, body, interval, self._monotonic(), on_down)
         self._loops[name] = loop
         self._tasks.append(self._group.create_task(self._keep(loop), name=name))
 
@@ -114,7 +136,19 @@ class Supervisor:
                 log.exception("the %s loop failed; starting it again in %.1f s", loop.name, pause)
                 if self._observer is not None:
                     self._observer.restarted(loop.name)
+                if now - loop.failing_since > loop.interval:
+                    await self._say_down(loop)
             await asyncio.sleep(pause)
+
+    async def _say_down(self, loop: _Loop) -> None:
+        if loop.on_down is None or loop.said_down:
+            return
+        loop.said_down = True
+        try:
+            async with asyncio.timeout(ON_DOWN_SECONDS):
+                await loop.on_down()
+        except Exception:  # the loop's own failure is what is reported
+            log.exception("the %s loop is down; what it does then failed too", loop.name)
 
     def down(self) -> list[str]:
         """Each loop failing for longer than its interval, as `name (error) for N s`."""

@@ -5,10 +5,20 @@ on the epoch) from `--since` up to the export watermark (every row before it
 should be in BigQuery), both sides are asked how many rows they hold and the
 XOR of their message ids' digests (`SpannerServing.window_digests`, and the
 same digest computed by BigQuery in SQL). A row missing, doubled or changed
-in its `ingest_time` or message id changes a window's count or digest. The
-BigQuery query reads two columns of the partitions in the range (what it is
-billed: `message_id` and `ingest_time`, about 40 bytes a row); Spanner's,
-one strong read of the same two columns.
+in its `ingest_time` or message id changes a window's count or digest.
+
+What it reads, and how long each read may take. Spanner computes each
+window's count and digest itself, one window per call, over the time index:
+an hour at 100 messages a second is 360,000 rows of two columns, and a call
+has `SPANNER_SECONDS`, whatever the range (a day is 24 such calls). BigQuery
+is asked a day of windows per query (`CHUNK_WINDOWS`), each with
+`BIGQUERY_SECONDS`: billed for the two columns it reads (`message_id` and
+`ingest_time`, about 40 bytes a row: some 350 MB for a day at that rate, under
+the default cap of RECORDLINE_QUERY_MAX_BYTES_BILLED). A day neither side holds
+a row of costs that query and one for Spanner's first row in it, no window
+read. These are bounds, not measurements: a real instance's figures come from
+its own runs. Windows are given as they are compared, so a long range shows
+its progress.
 
 Spanner keeps rows for its retention (`schema.retention_days`): a window
 older than that holds fewer rows there than in BigQuery, and says so.
@@ -16,16 +26,20 @@ older than that holds fewer rows there than in BigQuery, and says so.
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from collections.abc import AsyncIterator
+from typing import Final, NamedTuple, Protocol
 
 from app.records import TABLES
 from app.store.bigquery.queries import QueryRunner
-from app.store.spanner.serving import SpannerServing
 
 # The windows compared: an hour of rows each.
 WINDOW_MICROS: Final = 3_600_000_000
-# A verification reads a day of rows in one Spanner call: given this long.
-SPANNER_SECONDS: Final = 120.0
+# One Spanner call per window, given this long.
+SPANNER_SECONDS: Final = 60.0
+# BigQuery is asked this many windows at a time (a day of hours), each query
+# given this long.
+CHUNK_WINDOWS: Final = 24
+BIGQUERY_SECONDS: Final = 120.0
 
 _BIGQUERY_SQL: Final = (
     "SELECT DIV(UNIX_MICROS(ingest_time), @window) AS w, COUNT(*) AS n, "
@@ -34,6 +48,16 @@ _BIGQUERY_SQL: Final = (
     "WHERE ingest_time >= TIMESTAMP_MICROS(@since) AND ingest_time < TIMESTAMP_MICROS(@until) "
     "GROUP BY w ORDER BY w"
 )
+
+
+class Digests(Protocol):
+    """Spanner's side (`SpannerServing`)."""
+
+    async def window_digests(
+        self, table: str, since: int, until: int, window: int, *, within: float
+    ) -> dict[int, tuple[int, int]]: ...
+
+    async def first_time(self, table: str, since: int, until: int) -> int | None: ...
 
 
 class Window(NamedTuple):
@@ -50,31 +74,40 @@ class Window(NamedTuple):
 
 
 async def verify(
-    serving: SpannerServing,
+    serving: Digests,
     queries: QueryRunner,
     table_name: dict[str, str],
     since: int,
     until: dict[str, int],
     *,
     window: int = WINDOW_MICROS,
-) -> list[Window]:
-    """Every window of every table from `since` (rounded down to a window) to that
-    table's `until`, in table and time order. `table_name` gives BigQuery's
-    qualified name of each table."""
-    start = since // window * window
-    found: list[Window] = []
+) -> AsyncIterator[Window]:
+    """Every window that holds rows on either side, of every table, from `since`
+    (rounded down to a window) to that table's `until`, in table and time order.
+    `table_name` gives BigQuery's qualified name of each table; `queries` should
+    give a query BIGQUERY_SECONDS."""
+    first = since // window * window
+    span = window * CHUNK_WINDOWS
     for table in TABLES:
         end = until[table]
-        if end <= start:
-            continue
-        spanner = await serving.window_digests(table, start, end, window, within=SPANNER_SECONDS)
-        rows = await queries.run(
-            _BIGQUERY_SQL.format(table=table_name[table]),
-            {"window": window, "since": start, "until": end},
-        )
-        bigquery = {int(w): (int(n), int(d)) for w, n, d in rows}
-        for key in sorted(set(spanner) | set(bigquery)):
-            found.append(
-                Window(table, key * window, spanner.get(key, (0, 0)), bigquery.get(key, (0, 0)))
+        for chunk in range(first, end, span):
+            chunk_end = min(chunk + span, end)
+            rows = await queries.run(
+                _BIGQUERY_SQL.format(table=table_name[table]),
+                {"window": window, "since": chunk, "until": chunk_end},
             )
-    return found
+            bigquery = {int(w): (int(n), int(d)) for w, n, d in rows}
+            # Where Spanner's rows of the chunk begin: no window before it is read.
+            spanner_from = await serving.first_time(table, chunk, chunk_end)
+            for start in range(chunk, chunk_end, window):
+                key = start // window
+                stop = min(start + window, chunk_end)
+                if spanner_from is None or spanner_from >= stop:
+                    spanner = {}
+                else:
+                    spanner = await serving.window_digests(
+                        table, start, stop, window, within=SPANNER_SECONDS
+                    )
+                here = spanner.get(key, (0, 0)), bigquery.get(key, (0, 0))
+                if here != ((0, 0), (0, 0)):
+                    yield Window(table, start, *here)

@@ -85,6 +85,12 @@ variable "export_lag_threshold_seconds" {
   description = "The export to BigQuery is behind: a table's watermark is older than this (only systems with `serving` report an export lag)."
 }
 
+variable "loop_restarts_threshold" {
+  type        = number
+  description = "A background loop of a system (the serving tier's exporter, its tail, its watermark) restarted more than this many times in 10 minutes, over its instances."
+  default     = 5
+}
+
 variable "min_events" {
   type        = number
   description = "A ratio is judged only over at least this many requests (messages, reads) in its long window."
@@ -170,6 +176,12 @@ locals {
   export_lag     = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.lag"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.export_lag_threshold_seconds}"
   export_blocked = "label_replace(max by (namespace) (max by (namespace, table) (${local.metric["export.blocked"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
+  # A background loop that keeps failing (recordline.loop.restarts, by loop): its
+  # supervisor restarts it with backoff from 0.5 s to 30 s, so a failure that happens
+  # every time restarts it some 25 times in 10 minutes, a passing one once or twice.
+  # Per system, the loop restarted most, over its instances.
+  loop_restarts = "label_replace(max by (namespace) (sum by (namespace, loop) (increase(${local.metric["loop.restarts"]}{${local.workload}}[10m]))), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.loop_restarts_threshold}"
+
   # A change of the typed columns BigQuery refused (permissions, a field it will not
   # take), tried again every 30 s while rows of its revision arrive: records are stored
   # and exported meanwhile, without the new columns. Any in the last 30 minutes.
@@ -239,6 +251,11 @@ output "export_lag" {
 output "typed_refused" {
   description = "Systems where BigQuery refused a change of the typed columns in the last 30 minutes (value: how many)."
   value       = local.typed_refused
+}
+
+output "loop_restarts" {
+  description = "Systems a background loop of which restarted more than the threshold in 10 minutes (value: its restarts)."
+  value       = local.loop_restarts
 }
 
 output "export_blocked" {

@@ -10,19 +10,8 @@ resource "google_bigquery_dataset_iam_member" "runtime_writes_dataset" {
   member     = google_service_account.runtime.member
 }
 
-resource "google_project_iam_member" "runtime" {
-  for_each = toset([
-    "roles/bigquery.jobUser",        # reads run as query jobs, which belong to a project
-    "roles/cloudtrace.agent",        # span export
-    "roles/monitoring.metricWriter", # OpenTelemetry metrics (workload.googleapis.com/*)
-  ])
-
-  project = var.project_id
-  role    = each.value
-  member  = google_service_account.runtime.member
-
-  # Project IAM goes through cloudresourcemanager.googleapis.com, enabled in the same apply.
-}
+# Its project-level permissions (query jobs, spans, metrics) come from one role bound to
+# every system's runtime account at once (root runtime_iam.tf).
 
 # Reads and writes rows in its own serving database only (spanner.tf): no role on the
 # instance or the project. databaseUser also holds updateDdl, which the service never
@@ -168,4 +157,37 @@ resource "google_service_account_iam_member" "terraform_apply_acts_as" {
   service_account_id = each.value
   role               = "roles/iam.serviceAccountUser"
   member             = var.terraform_apply_member
+}
+
+# On-call runs the export commands as the operator account (docs/operations.md#running-export-commands):
+# it points this system's export job at the image that serves and runs it with the
+# command's arguments (run.jobs.update, run.jobs.runWithOverrides), and reads which
+# execution ran last (run.executions.list). The job runs as the runtime account, which
+# the operator account may act as already (operator_account_acts_as_runtime).
+resource "google_cloud_run_v2_job_iam_member" "operator_runs_export" {
+  for_each = google_cloud_run_v2_job.export
+
+  project  = var.project_id
+  location = each.value.location
+  name     = each.value.name
+  role     = "roles/run.developer"
+  member   = "serviceAccount:${var.operator_service_account}"
+}
+
+# `recordline export verify` compares Spanner with BigQuery: as the operator account,
+# from a checkout, it reads the serving database (operator_reads_database) and these
+# two tables, in query jobs of the project (the root's roles/bigquery.jobUser).
+resource "google_bigquery_table_iam_member" "operator_reads_exported" {
+  for_each = {
+    for table, body in {
+      records  = google_bigquery_table.records
+      rejected = google_bigquery_table.rejected
+    } : table => body if var.serving != null
+  }
+
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.recordline.dataset_id
+  table_id   = each.value.table_id
+  role       = "roles/bigquery.dataViewer"
+  member     = "serviceAccount:${var.operator_service_account}"
 }

@@ -89,7 +89,13 @@ locals {
     OTEL_SERVICE_NAME              = var.service_name
     RECORDLINE_SYSTEM              = var.service_name
     OTEL_TRACES_EXPORTER           = "gcp_trace"
-    OTEL_METRICS_EXPORTER          = "gcp_monitoring"
+    # Every push starts a trace of its own (Pub/Sub's push carries no trace context):
+    # kept whole, three spans a push at ten pushes a second were 79 million spans a
+    # month a system, Cloud Trace's bill (infra/fleet_cost.py). A caller's own
+    # sampling decision is still followed.
+    OTEL_TRACES_SAMPLER     = "parentbased_traceidratio"
+    OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)
+    OTEL_METRICS_EXPORTER   = "gcp_monitoring"
   })
 }
 

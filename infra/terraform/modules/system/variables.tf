@@ -134,6 +134,11 @@ variable "operator_service_account" {
   description = "E-mail of the environment's operator account, which on-call acts as (root service_accounts.tf): an operator of every system."
 }
 
+variable "trace_sample_ratio" {
+  type        = number
+  description = "Share of the traces the service starts itself (pushes, and reads with no trace context) that are kept (OTEL_TRACES_SAMPLER_ARG)."
+}
+
 variable "extra_env" {
   type        = map(string)
   description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
@@ -145,8 +150,9 @@ variable "serving" {
   type = object({
     instance       = string
     recovery_hours = number
+    restore_role   = string
   })
-  description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING) and how far back it can be recovered (hours of old versions kept), or null: BigQuery serves every read."
+  description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING), how far back it can be recovered (hours of old versions kept) and the role on-call writes rows back with (root recovery.tf), or null: BigQuery serves every read."
 }
 
 # --- Pub/Sub -------------------------------------------------------------------

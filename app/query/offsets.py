@@ -1,0 +1,129 @@
+"""Durable Streams offsets: the keyset cursor, written so that it sorts.
+
+The protocol wants an offset opaque, URL-safe, short, lexicographically
+sortable and strictly increasing with the data. A page token is none of the
+last two (it is signed msgpack in base64), so a stream offset is another
+encoding of the same cursor, `(after_time, after_message_id)`:
+
+    <after_time: 10 characters><after_message_id: 0 or more>-<signature: 16>
+
+Both parts of the position are written in base 64 with an alphabet in ASCII
+order (`.`, digits, capitals, `_`, small letters), so comparing two offsets
+as text compares their positions: the time is fixed-width (60 bits, big
+endian), the message id is its UTF-8 bytes as base 64 (which keeps the order
+of byte strings, a prefix first), and `-`, below every letter of the
+alphabet, ends the position (so `t` sorts before `t` and any message id). The
+signature comes last: it never decides an order, since equal positions carry
+equal signatures. It makes a forged or altered offset a 400, as a token's MAC
+does, and names the stream, so an offset of one stream is refused by another.
+
+Most offsets name a time alone (`after_message_id` empty: every row stored
+before that time is read), 27 characters; one names a message id only where a
+chunk ends inside the rows of one microsecond, and Pub/Sub's message ids (about
+17 digits) keep those under 60. An offset never contains `,`, `&`, `=`, `?` or
+`/`, and is never `-1` or `now`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from typing import Final
+
+from app.errors import BadParameter
+from app.query.page_token import PageToken
+from app.records import MAX_ID_LENGTH, MAX_MICROS
+
+# 64 characters in ascending ASCII order: base 64 written with them sorts as
+# the numbers and byte strings it stands for.
+ALPHABET: Final = ".0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+# Ends the position: below every character of the alphabet.
+SEPARATOR: Final = "-"
+TIME_CHARACTERS: Final = 10  # 60 bits; every time a store holds needs 58
+_MAC_BYTES: Final = 12  # 16 characters
+# Longer text is refused before it is decoded (the longest message id, as UTF-8
+# in base 64, with the rest, is about 5,500 characters).
+MAX_OFFSET_LENGTH: Final = 6_000
+# The protocol's sentinels, never issued as offsets.
+BEGINNING: Final = "-1"
+NOW: Final = "now"
+# The shape of what `offset` takes, for the OpenAPI document: a sentinel, or a
+# position (at least the time's characters) and its signature.
+OFFSET_PATTERN: Final = r"^(-1|now|[.0-9A-Z_a-z]{10,}-[.0-9A-Z_a-z]+)$"
+
+_STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_TO_SORTED = bytes.maketrans(_STANDARD, ALPHABET.encode())
+_FROM_SORTED = bytes.maketrans(ALPHABET.encode(), _STANDARD)
+_VALID = frozenset(ALPHABET)
+
+
+def _sorted_base64(data: bytes) -> str:
+    return base64.b64encode(data).rstrip(b"=").translate(_TO_SORTED).decode()
+
+
+def _from_sorted_base64(text: str) -> bytes:
+    raw = text.encode().translate(_FROM_SORTED)
+    return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+
+
+def _time_text(us: int) -> str:
+    digits = []
+    for _ in range(TIME_CHARACTERS):
+        digits.append(ALPHABET[us & 63])
+        us >>= 6
+    return "".join(reversed(digits))
+
+
+def _time_value(text: str) -> int:
+    value = 0
+    for character in text:
+        value = value * 64 + ALPHABET.index(character)
+    return value
+
+
+class Offsets:
+    """Stream offsets of one service: what signs them is the page tokens' secret."""
+
+    def __init__(self, secret: str) -> None:
+        # A key of its own, so a page token's MAC is never an offset's.
+        self._key = hashlib.sha256(b"durable-streams offsets\0" + secret.encode()).digest()
+
+    def _mac(self, stream: str, position: str) -> str:
+        digest = hmac.digest(self._key, f"{stream}\0{position}".encode(), "sha256")
+        return _sorted_base64(digest[:_MAC_BYTES])
+
+    def encode(self, stream: str, after_time: int, after_message_id: str = "") -> str:
+        """The offset of the position after `(after_time, after_message_id)` in `stream`."""
+        position = _time_text(after_time)
+        if after_message_id:
+            position += _sorted_base64(after_message_id.encode())
+        return f"{position}{SEPARATOR}{self._mac(stream, position)}"
+
+    def decode(self, stream: str, text: str) -> PageToken:
+        """The cursor an offset of `stream` stands for; BadParameter (400) naming `offset`
+        if it is none, was altered, or is another stream's."""
+        if not text:
+            raise BadParameter("offset", "empty; omit it, or send -1, to read from the start")
+        if len(text) > MAX_OFFSET_LENGTH:
+            raise BadParameter("offset", f"longer than {MAX_OFFSET_LENGTH} characters")
+        position, separator, mac = text.partition(SEPARATOR)
+        if (
+            not separator
+            or len(position) < TIME_CHARACTERS
+            or not _VALID.issuperset(position)
+            or not _VALID.issuperset(mac)
+        ):
+            raise BadParameter("offset", "not an offset of this stream")
+        if not hmac.compare_digest(mac, self._mac(stream, position)):
+            raise BadParameter("offset", "not an offset of this stream, or altered")
+        after_time = _time_value(position[:TIME_CHARACTERS])
+        try:
+            message_id = _from_sorted_base64(position[TIME_CHARACTERS:]).decode()
+        except (binascii.Error, ValueError):
+            raise BadParameter("offset", "not an offset of this stream") from None
+        # A signature proves who made an offset, not that it is sane (see PageToken).
+        if after_time > MAX_MICROS or len(message_id) > MAX_ID_LENGTH:
+            raise BadParameter("offset", "holds a position out of range")
+        return PageToken(after_time, message_id, None, listing=stream)

@@ -1,0 +1,276 @@
+"""The Durable Streams read side: each paged list as a stream of JSON arrays.
+
+`/v1/streams/records` and `/v1/streams/rejections` are the lists of
+`/v1/records` and `/v1/rejections` in the protocol's JSON mode: a chunk is a
+JSON array of the very objects a page lists, in the same order, read by the
+same `Reader` (its reads, shared by followers, woken by the same bell). What
+differs is the encoding: an offset (`app.query.offsets`) for a page token, and
+chunks sized for a reader far behind.
+
+A chunk ends where the rows of one microsecond end, so its offset names a time
+alone (every row stored before it is read); only a microsecond with more rows
+than a chunk holds makes an offset name a message id. An offset therefore only
+ever names a position below the read horizon, and moves only when a row becomes
+readable: at the tail, a read that finds nothing answers with the offset it was
+asked with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from typing import Any, Final
+
+import msgspec
+
+from app.errors import BadParameter, NotFound
+from app.query.offsets import BEGINNING, NOW, Offsets
+from app.query.page_token import PageToken
+from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Listing, Read, Reader
+
+STREAMS: Final[dict[str, Listing[Any]]] = {"records": RECORDS, "rejections": REJECTIONS}
+# A chunk holds at most this many rows, and stops adding pages of them once it
+# holds about this many bytes: a reader far behind gets few large responses
+# (20,000 records of 333 bytes in two), and one response never holds more than
+# a page past the bound.
+CHUNK_ROWS: Final = 10_000
+CHUNK_BYTES: Final = 8 * 1024 * 1024
+# Rows read at once: the API's largest page.
+PAGE_ROWS: Final = MAX_LIMIT
+# What a row costs in a chunk besides its payload and attributes (names, times, ids).
+_ROW_BYTES: Final = 320
+
+# Cursors (protocol §10.1, "Server-Generated Cursors"): 20-second intervals
+# counted from 2024-10-09T00:00:00Z, and a cursor sent back at or ahead of the
+# current one answered with a later one, by 1 to 3,600 seconds of jitter.
+CURSOR_EPOCH_SECONDS: Final = 1_728_432_000
+CURSOR_INTERVAL_SECONDS: Final = 20
+_JITTER_SECONDS: Final = (1, 3600)
+# A cursor a client sends back is at most this many digits: intervals since the
+# epoch fit in 8 for the next thousand years.
+CURSOR_DIGITS: Final = 15
+
+_encode = msgspec.json.encode
+
+
+class Control(msgspec.Struct, omit_defaults=True):
+    """What follows each batch of an SSE stream (protocol §5.8, `event: control`)."""
+
+    streamNextOffset: str
+    streamCursor: str | None = None
+    upToDate: bool = False
+
+
+class Chunk:
+    """One response's worth of a stream: a JSON array of rows and where it ends.
+
+    Made once per read a follower shares, so a thousand followers woken by one
+    commit get the same bytes, encoded once."""
+
+    __slots__ = (
+        "after",
+        "body",
+        "complete_until",
+        "data_event",
+        "etag",
+        "next_offset",
+        "rows",
+        "up_to_date",
+    )
+
+    def __init__(
+        self,
+        body: bytes,
+        rows: int,
+        after: PageToken,
+        next_offset: str,
+        up_to_date: bool,
+        etag: str,
+        complete_until: int,
+    ) -> None:
+        self.body = body
+        # The cursor the next chunk reads after, which `next_offset` encodes.
+        self.after = after
+        self.rows = rows
+        self.next_offset = next_offset
+        self.up_to_date = up_to_date
+        self.etag = etag
+        self.complete_until = complete_until
+        # The SSE `event: data` of the body, made by the first stream to send it.
+        self.data_event: bytes | None = None
+
+
+def cursor_after(sent: str | None, *, now: float | None = None) -> str:
+    """The `Stream-Cursor` to answer a live read with (§10.1): the current interval,
+    or, for a cursor sent back at or ahead of it, one strictly later."""
+    seconds = time.time() if now is None else now
+    current = int(seconds - CURSOR_EPOCH_SECONDS) // CURSOR_INTERVAL_SECONDS
+    if sent is None:
+        return str(current)
+    if not sent.isascii() or not sent.isdigit() or len(sent) > CURSOR_DIGITS:
+        raise BadParameter("cursor", "not a cursor: send back the last Stream-Cursor as it came")
+    echoed = int(sent)
+    if echoed < current:
+        return str(current)
+    jitter = random.randint(*_JITTER_SECONDS)
+    return str(echoed + max(1, -(-jitter // CURSOR_INTERVAL_SECONDS)))
+
+
+def _size(row: Any) -> int:
+    """About what a row takes in a chunk (a rejection's bytes are base 64: 4/3)."""
+    data = row.data
+    payload = len(data) * 4 // 3 if isinstance(data, bytes) else len(data)
+    return payload + len(row.attributes) + _ROW_BYTES
+
+
+class Streams:
+    """The streams of one service: their offsets, and chunks read by the Reader."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        offsets: Offsets,
+        *,
+        page_rows: int = PAGE_ROWS,
+        chunk_rows: int = CHUNK_ROWS,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        self.reader = reader
+        self._offsets = offsets
+        self._page_rows = page_rows
+        self._chunk_rows = chunk_rows
+        self._chunk_bytes = chunk_bytes
+
+    @staticmethod
+    def named(name: str) -> Listing[Any]:
+        listing = STREAMS.get(name)
+        if listing is None:
+            raise NotFound(f"no stream {name!r}: the streams are {', '.join(STREAMS)}")
+        return listing
+
+    def offset(self, listing: Listing[Any], key: tuple[int, str]) -> str:
+        return self._offsets.encode(listing.name, *key)
+
+    def start(self, listing: Listing[Any], offset: str | None) -> PageToken | None:
+        """The cursor an `offset` parameter names, None for `now` (the tail, which takes
+        a read to find); 400 if it is no offset of this stream, 410 if older than the
+        retention."""
+        if offset == NOW:
+            return None
+        cursor = None if offset is None or offset == BEGINNING else self._decode(listing, offset)
+        return self.reader.start(listing, cursor, sent_as="offset")
+
+    def _decode(self, listing: Listing[Any], offset: str) -> PageToken:
+        return self._offsets.decode(listing.name, offset)
+
+    async def tail(self, listing: Listing[Any]) -> PageToken:
+        """The position after the newest readable row: where `offset=now` reads from,
+        and what HEAD names. It moves only when a row becomes readable (a quiet
+        stream's stays put), and never before the oldest row kept."""
+        newest = await self.reader.newest(listing)
+        start = self.reader.start(listing, None, sent_as="offset")
+        if newest is None or newest[0] + 1 <= start.after_time:
+            return start
+        return PageToken(newest[0] + 1, "", None, listing=listing.name)
+
+    def position(self, listing: Listing[Any], cursor: PageToken) -> str:
+        return self._offsets.encode(listing.name, cursor.after_time, cursor.after_message_id)
+
+    async def chunk(
+        self,
+        listing: Listing[Any],
+        cursor: PageToken,
+        *,
+        wait: float = 0.0,
+        stop: asyncio.Future[None] | None = None,
+        asked_at: float | None = None,
+        followed: bool = False,
+        max_bytes: int | None = None,
+    ) -> Chunk:
+        """The rows after `cursor` as one chunk, waiting up to `wait` for some if none
+        are readable yet (the Reader's wait: the bell, shared reads; `followed`: a
+        follower that waits on the bell itself, whose reads are shared too), of about
+        `max_bytes` at most (by default CHUNK_BYTES)."""
+        budget = self._chunk_bytes if max_bytes is None else max_bytes
+        first = await self.reader.read(
+            listing,
+            cursor,
+            self._page_rows,
+            wait=wait,
+            stop=stop,
+            asked_at=asked_at,
+            followed=followed,
+        )
+        if not first.full:
+            # At the tail: the chunk is this read's, shared by every follower given it.
+            made: Chunk | None = first.encodings.get((Streams, budget))
+            if made is None:
+                made = self._chunk(listing, cursor, [first], budget)
+                first.encodings[Streams, budget] = made
+            return made
+        reads = [first]
+        rows, size = len(first.rows), sum(map(_size, first.rows))
+        while reads[-1].full and rows < self._chunk_rows and size < budget:
+            last = reads[-1]
+            after = PageToken(*last.resume, None, listing=listing.name)
+            more = await self.reader.read(
+                listing, after, min(self._page_rows, self._chunk_rows - rows)
+            )
+            reads.append(more)
+            rows += len(more.rows)
+            size += sum(map(_size, more.rows))
+        return self._chunk(listing, cursor, reads, budget)
+
+    def _chunk(
+        self, listing: Listing[Any], cursor: PageToken, reads: list[Read[Any]], budget: int
+    ) -> Chunk:
+        rows = [row for read in reads for row in read.rows]
+        views = [v for read in reads for v in read.views]
+        last = reads[-1]
+        # Past about `budget` bytes, the rest waits for the next chunk.
+        size, keep = 0, len(rows)
+        for at, row in enumerate(rows):
+            size += _size(row)
+            if size > budget and at:
+                keep = at
+                break
+        # The time of the first row left for the next chunk, where it is known (None
+        # past a full read: more may share its last row's time).
+        following = rows[keep].ingest_time if keep < len(rows) else None
+        more = last.full or following is not None
+        rows, views = rows[:keep], views[:keep]
+        if not rows:
+            # Nothing new: the offset as it was asked with, the tail's.
+            up_to_date, after = True, (cursor.after_time, cursor.after_message_id)
+        elif not more:
+            # Every row before the horizon is here: the next starts after the last
+            # row's microsecond (a time alone, however many rows shared it).
+            up_to_date, after = True, (rows[-1].ingest_time + 1, "")
+        else:
+            up_to_date = False
+            # The chunk ends with its last whole microsecond: one whose rows are all
+            # in it (the next row's time is later, or, unknown, the one before is).
+            end = len(rows)
+            if following is None or following == rows[-1].ingest_time:
+                end -= 1
+                while end > 0 and rows[end - 1].ingest_time == rows[end].ingest_time:
+                    end -= 1
+            if end > 0:
+                rows, views = rows[:end], views[:end]
+                after = (rows[-1].ingest_time + 1, "")
+            else:
+                # One microsecond holds more rows than a chunk: this offset names a row.
+                after = (rows[-1].ingest_time, rows[-1].message_id)
+        body = _encode(views)
+        next_offset = self._offsets.encode(listing.name, *after)
+        start = self.position(listing, cursor)
+        # A record never changes, so two offsets name the same rows for ever; a
+        # rejection may yet be marked `stored`, so its chunk is known by its bytes.
+        tagged = f"{listing.name}:{start}:{next_offset}".encode() if listing.final else body
+        etag = hashlib.sha256(tagged).hexdigest()[:32]
+        # Up to when the rows sent are all the rows there are (for Recordline-Complete-Until).
+        complete_until = last.complete_until if up_to_date else after[0]
+        resume = PageToken(*after, None, listing=listing.name)
+        return Chunk(body, len(rows), resume, next_offset, up_to_date, etag, complete_until)

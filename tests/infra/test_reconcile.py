@@ -1,0 +1,245 @@
+"""drift.yml against the fake cloud and a fake of GitHub's runs and issues: a deploy or an
+apply replaced while it waited in its environment's queue is started again (or ticketed
+when a person acted since), never lost silently; and a system serving another image
+than main's last deploy is ticketed, a rollback excepted.
+
+GitHub keeps one pending run per concurrency group and cancels the older one when a
+newer one arrives (https://docs.github.com/en/actions/how-tos/write-workflows/choose-when-workflows-run/control-workflow-concurrency):
+the replaced run's conclusion is `cancelled`, with nothing of it started.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.test_rollout import BUILT, EARLIER, GITHUB, PROJECT, REGION, REPOSITORY, world
+from tests.infra.test_terraform import _resources
+from tests.infra.workflow_runner import Cloud, Job, run_job
+
+PLANNER = f"recordline-tf-plan@{PROJECT}.iam.gserviceaccount.com"
+OLD, NEW = "a" * 40, "b" * 40
+
+
+def run(
+    workflow: str, conclusion: str, *, sha: str = NEW, event: str = "push", at: str = "10"
+) -> dict[str, Any]:
+    """A run as `gh run list --json` gives it."""
+    return {
+        "databaseId": int(at) * 10,
+        "event": event,
+        "status": "completed" if conclusion else "in_progress",
+        "conclusion": conclusion,
+        "headSha": sha,
+        "createdAt": f"2026-11-20T{at}:00:00Z",
+        "workflow": workflow,
+    }
+
+
+def history(*runs: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {"deploy.yml": [], "terraform.yml": []}
+    for r in runs:
+        found[r.pop("workflow")].append(r)
+    return found
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Cloud:
+    return Cloud(tmp_path, world(["recordline", "orders"], deployed=EARLIER))
+
+
+def reconcile(cloud: Cloud) -> Job:
+    return run_job(
+        cloud,
+        "drift.yml",
+        "reconcile",
+        inputs={},
+        variables={},
+        github={**GITHUB, "repository": "recordline/recordline"},
+    )
+
+
+def dispatched(cloud: Cloud, workflow: str) -> int:
+    runs = cloud.world.get("github_runs", {}).get(workflow, [])
+    return sum(1 for r in runs if r["event"] == "workflow_dispatch" and r["status"] == "queued")
+
+
+def tickets(cloud: Cloud) -> dict[str, list[str]]:
+    return {i["title"]: i["comments"] for i in cloud.world.get("issues", {}).values()}
+
+
+def test_a_deploy_replaced_while_it_waited_is_started_again_and_said(cloud: Cloud) -> None:
+    # The deploy of NEW waited in live-prod behind an apply and was replaced by the next
+    # apply: cancelled, nothing of it started. The applies since all succeeded.
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "success", sha=OLD, at="08"),
+            run("deploy.yml", "cancelled", sha=NEW, at="10"),
+            run("terraform.yml", "success", at="11"),
+        )
+    )
+    job = reconcile(cloud)
+    assert job.result == "success", job.steps[-1].stderr
+    assert dispatched(cloud, "deploy.yml") == 1
+    assert dispatched(cloud, "terraform.yml") == 0
+    ((title, (body,)),) = tickets(cloud).items()
+    assert title == "drift: a deploy.yml run was replaced"
+    assert NEW in body
+    assert "started again" in body
+    # The next round finds the new run waiting, and starts nothing more.
+    assert reconcile(cloud).result == "success"
+    assert dispatched(cloud, "deploy.yml") == 1
+
+
+def test_an_apply_replaced_while_it_waited_is_started_again(cloud: Cloud) -> None:
+    cloud.update(
+        github_runs=history(
+            run("terraform.yml", "cancelled", at="09"),
+            run("deploy.yml", "success", at="10"),
+        )
+    )
+    assert reconcile(cloud).result == "success"
+    assert dispatched(cloud, "terraform.yml") == 1
+    assert dispatched(cloud, "deploy.yml") == 0
+    assert list(tickets(cloud)) == ["drift: a terraform.yml run was replaced"]
+
+
+def test_nothing_is_reconciled_while_a_change_is_under_way(cloud: Cloud) -> None:
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "cancelled", at="09"),
+            run("terraform.yml", "", at="10"),  # an apply in its queue, under way
+        )
+    )
+    assert reconcile(cloud).result == "success"
+    assert dispatched(cloud, "deploy.yml") == 0
+    assert tickets(cloud) == {}
+
+
+def test_a_cancelled_rollback_is_ticketed_never_started_again_by_itself(cloud: Cloud) -> None:
+    # A deploy started by hand (image_tag: a rollback) is a person's decision, and so is
+    # its cancellation: it is said, not redone, and main's image is not redeployed
+    # over what the person chose.
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "success", at="08"),
+            run("deploy.yml", "cancelled", sha=OLD, event="workflow_dispatch", at="09"),
+        )
+    )
+    assert reconcile(cloud).result == "success"
+    assert dispatched(cloud, "deploy.yml") == 0
+    ((title, (body,)),) = tickets(cloud).items()
+    assert title == "drift: a deploy started by hand was cancelled"
+    assert "not started again" in body
+
+
+def test_runs_that_finished_leave_nothing_to_do(cloud: Cloud) -> None:
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "success", at="08"),
+            run("deploy.yml", "failure", at="09"),  # a failed deploy is its run's to say
+            run("terraform.yml", "success", at="10"),
+        )
+    )
+    assert reconcile(cloud).result == "success"
+    assert dispatched(cloud, "deploy.yml") == dispatched(cloud, "terraform.yml") == 0
+    assert tickets(cloud) == {}
+
+
+# --- what serves, against main's last deploy --------------------------------------------------
+
+
+def _plan_account_can_read(cloud: Cloud) -> None:
+    """The plan account's project roles, as Terraform grants them (iam.tf)."""
+    roles = re.findall(
+        r'"(roles/[^"]+)"', _resources("google_project_iam_member")["terraform_plan"]["for_each"]
+    )
+    iam = cloud.world["iam"]
+    iam["project"][f"serviceAccount:{PLANNER}"] = roles
+    registry = cloud.world["registry"]
+    registry[REPOSITORY]["tags"] = {OLD: EARLIER, NEW: BUILT}
+    registry[REPOSITORY]["digests"] = [EARLIER, BUILT]
+    cloud.update(iam=iam, registry=registry)
+
+
+def _terraform(cloud: Cloud, outputs: dict[str, Any]) -> None:
+    """A stand-in for terraform: init and a plan that finds nothing to change; the outputs
+    of the environment's state."""
+    (cloud.work / "outputs.json").write_text(json.dumps(outputs))
+    terraform = cloud.bin / "terraform"
+    terraform.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  output) cat "$HOME/outputs.json" ;;\n'
+        "  plan) echo 'No changes. Your infrastructure matches the configuration.' ;;\n"
+        "esac\n"
+    )
+    terraform.chmod(0o755)
+
+
+def drift_plan(cloud: Cloud) -> Job:
+    return run_job(
+        cloud,
+        "drift.yml",
+        "plan",
+        inputs={},
+        variables={
+            "GCP_WORKLOAD_IDENTITY_PROVIDER_PROD": "p",
+            "TF_PLAN_SERVICE_ACCOUNT_PROD": PLANNER,
+        },
+        github={**GITHUB, "repository": "recordline/recordline"},
+        matrix={
+            "environment": "prod",
+            "provider": "GCP_WORKLOAD_IDENTITY_PROVIDER_PROD",
+            "account": "TF_PLAN_SERVICE_ACCOUNT_PROD",
+        },
+    )
+
+
+def _outputs(cloud: Cloud) -> dict[str, Any]:
+    state = json.loads(
+        cloud.world["objects"]["gs://recordline-prod-tfstate/recordline/default.tfstate"]
+    )
+    return {
+        "deploy": state["outputs"]["deploy"],
+        "github_environment_variables": {
+            "value": {
+                "GCP_PROJECT_ID": PROJECT,
+                "GCP_REGION": REGION,
+                "ARTIFACT_REPOSITORY": REPOSITORY.rsplit("/", 1)[0],
+                "IMAGE_NAME": "recordline",
+            }
+        },
+    }
+
+
+def test_a_system_left_on_an_earlier_image_is_ticketed(cloud: Cloud) -> None:
+    # main's last deploy (NEW, its image BUILT) succeeded, yet the systems serve EARLIER
+    # (a deploy lost some other way, a revision pinned by hand and forgotten).
+    _plan_account_can_read(cloud)
+    _terraform(cloud, _outputs(cloud))
+    cloud.update(github_runs=history(run("deploy.yml", "success", sha=NEW, at="10")))
+    job = drift_plan(cloud)
+    assert job.result == "success", job.steps[-1].stderr
+    ((title, (body,)),) = tickets(cloud).items()
+    assert title == "drift: prod differs from main"
+    assert f"recordline serves {EARLIER}, not main's last deploy ({NEW}: {BUILT})" in body
+    assert "orders serves" in body
+
+
+def test_a_rollback_since_main_s_last_deploy_is_not_drift(cloud: Cloud) -> None:
+    _plan_account_can_read(cloud)
+    _terraform(cloud, _outputs(cloud))
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "success", sha=NEW, at="10"),
+            run("deploy.yml", "success", sha=OLD, event="workflow_dispatch", at="11"),
+        )
+    )
+    job = drift_plan(cloud)
+    assert job.result == "success", job.steps[-1].stderr
+    assert tickets(cloud) == {}

@@ -1,0 +1,104 @@
+"""The OpenAPI document is the contract: schemathesis, with every check and every
+phase (examples, coverage, fuzzing, stateful through the document's links), against
+`recordline serve` on a DuckDB file, finds nothing the service does that the document
+does not say.
+
+The run is bounded (CONTRACT_EXAMPLES cases per operation and phase, about half a
+minute here); `python3 dev.py fuzz` is where longer runs belong. What the run sends
+or counts differently is in tests/contract_hooks.py, each with its reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.processes import RECORDLINE, ROOT, Terminal, free_port, wait_ready
+
+SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
+# Cases per operation in each phase: enough for coverage's boundaries and a few
+# hundred requests in all, inside the suite's budget.
+CONTRACT_EXAMPLES = int(os.environ.get("CONTRACT_EXAMPLES", "25"))
+RUN_SECONDS = 300
+
+
+def push(url: str, message_id: str, payload: bytes) -> None:
+    envelope = {
+        "message": {
+            "data": base64.b64encode(payload).decode(),
+            "messageId": message_id,
+            "publishTime": "2024-04-27T12:00:01Z",
+        }
+    }
+    assert httpx.post(f"{url}/pubsub/push", json=envelope, timeout=30).status_code == 204
+
+
+def test_the_service_does_what_its_openapi_document_says(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    store = f"duckdb://{tmp_path / 'contract.duckdb'}"
+    # A stream's long-poll that finds nothing is answered at its end: soon, in this run.
+    env = {**os.environ, "RECORDLINE_LONG_POLL_SECONDS": "0.5"}
+    server = Terminal(
+        [RECORDLINE, "serve", "--port", str(port), "--store", store], env=env, cwd=tmp_path
+    )
+    terminals.append(server)
+    wait_ready(url, server)
+    # Rows for the links to lead to: records (one id with a slash), and a rejection.
+    for n, record_id in enumerate(("r-1", "orders/2", "r-3")):
+        push(url, f"m-{n}", json.dumps({"id": record_id, "data": {"n": n}}).encode())
+    push(url, "m-bad", b"not json")
+
+    done = subprocess.run(
+        [
+            SCHEMATHESIS,
+            "run",
+            f"{url}/docs/openapi.json",
+            "--checks",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            str(CONTRACT_EXAMPLES),
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+        # Its cache goes where it runs: not into the checkout.
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SCHEMATHESIS_HOOKS": "tests.contract_hooks",
+            "NO_COLOR": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=RUN_SECONDS,
+        check=False,
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-12000:]
+    # Every operation was tested, every phase ran, and the links were followed.
+    document = httpx.get(f"{url}/docs/openapi.json", timeout=30).json()
+    operations = sum(len(methods) for methods in document["paths"].values())
+    assert f"Tested: {operations}" in said, said[-4000:]
+    assert "Missing test data" not in said, said[-4000:]
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"{phase} (in" in said, (phase, said[-4000:])
+    assert "API Links:" in said, said[-4000:]
+    assert " 0 covered" not in said, said[-4000:]
+    assert "Traceback" not in server.output, server.output[-4000:]

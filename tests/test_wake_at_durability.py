@@ -1,0 +1,138 @@
+"""Followers woken at durability on DuckDB: a record reaches a waiting follower once it
+is journaled, before DuckDB has it, and never as a row a later read could not return
+or in another order; a crash between the two loses or reorders nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from app.asgi import create_app
+from app.records import Record, Rejection
+from app.store.duckdb.store import DuckDBStore
+from tests.conftest import served, settings
+from tests.test_follow import push_body, tail_token, until_waiting
+
+
+class HeldApply(DuckDBStore):
+    """DuckDB whose applier waits for `released` before each insert: what a follower
+    sees between a row's durability (the journal) and its apply, made as long as the
+    test needs. (The applier's own thread waits; the event loop does not.)"""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.released = threading.Event()
+        self.released.set()
+
+    def _insert(self, rows: Sequence[Record | Rejection]) -> Any:
+        self.released.wait(30)
+        return super()._insert(rows)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> HeldApply:
+    return HeldApply(str(tmp_path / "records.duckdb"))
+
+
+@pytest.fixture
+def app(store: HeldApply) -> Litestar:
+    return create_app(settings(), store=store)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(app) as client:
+        yield client
+
+
+async def waiting_page(app: Litestar, client: httpx.AsyncClient, token: str) -> Any:
+    page = asyncio.create_task(client.get("/v1/records", params={"page_token": token, "wait": 20}))
+    await until_waiting(app, 1)
+    return page
+
+
+async def test_a_waiting_follower_gets_a_record_once_journaled_before_duckdb_has_it(
+    app: Litestar, client: httpx.AsyncClient, store: HeldApply
+) -> None:
+    await client.post("/pubsub/push", json=push_body(0))
+    token = await tail_token(client)
+    page = await waiting_page(app, client, token)
+    store.released.clear()  # DuckDB gets nothing more until the test says so
+    try:
+        assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
+        woken = (await asyncio.wait_for(page, 10)).json()
+        assert [r["message_id"] for r in woken["records"]] == ["m-1"]
+        # A read right after, from the same cursor, answers the same row (from the tail).
+        again = (await client.get("/v1/records", params={"page_token": token})).json()
+        assert again["records"] == woken["records"]
+        # A redelivery of it is no new record: a follower waiting after it hears of none.
+        after = await waiting_page(app, client, woken["next_page_token"])
+        assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
+        assert (await client.post("/pubsub/push", json=push_body(2))).status_code == 204
+        assert [r["message_id"] for r in (await after).json()["records"]] == ["m-2"]
+    finally:
+        store.released.set()
+    # Once applied, what DuckDB reads is what the followers were shown, in that order.
+    everything = (await client.get("/v1/records", params={"limit": 1000})).json()["records"]
+    assert [r["message_id"] for r in everything] == ["m-0", "m-1", "m-2"]
+    assert everything[1] == woken["records"][0]
+
+
+async def test_a_redelivery_of_a_stored_record_is_never_shown_to_a_follower(
+    app: Litestar, client: httpx.AsyncClient
+) -> None:
+    await client.post("/pubsub/push", json=push_body(1))  # stored, applied
+    token = await tail_token(client)
+    page = await waiting_page(app, client, token)
+    await client.post("/pubsub/push", json=push_body(1))  # Pub/Sub delivers it again
+    await client.post("/pubsub/push", json=push_body(3))
+    assert [r["message_id"] for r in (await page).json()["records"]] == ["m-3"]
+
+
+async def test_a_crash_between_durability_and_apply_loses_and_reorders_nothing(
+    tmp_path: Path,
+) -> None:
+    """The records a follower was shown before DuckDB had them are those the next start
+    recovers from the journal, with the same keys: resumed from the follower's last
+    cursor, nothing is missing or repeated. The crash is the files on disk at that
+    instant (DuckDB's and the journal's), started again elsewhere."""
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    live.mkdir()
+    crashed.mkdir()
+    first = HeldApply(str(live / "records.duckdb"))
+    app = create_app(settings(), store=first)
+    async with served(app) as client:
+        await client.post("/pubsub/push", json=push_body(0))
+        token = await tail_token(client)
+        page = await waiting_page(app, client, token)
+        first.released.clear()  # journaled from now on, not applied
+        try:
+            for n in (1, 2):
+                assert (await client.post("/pubsub/push", json=push_body(n))).status_code == 204
+            woken = (await page).json()
+            for file in live.iterdir():  # the disk as a crash leaves it
+                shutil.copy2(file, crashed / file.name)
+        finally:
+            first.released.set()
+    shown = woken["records"]
+    assert [r["message_id"] for r in shown] == ["m-1", "m-2"][: len(shown)]
+    assert shown
+    async with served(
+        create_app(settings(), store=DuckDBStore(str(crashed / "records.duckdb")))
+    ) as client:
+        await client.post("/pubsub/push", json=push_body(3))
+        rest = (
+            await client.get("/v1/records", params={"page_token": woken["next_page_token"]})
+        ).json()
+        everything = (await client.get("/v1/records")).json()["records"]
+    seen = ["m-0", *(r["message_id"] for r in shown), *(r["message_id"] for r in rest["records"])]
+    assert seen == [r["message_id"] for r in everything] == ["m-0", "m-1", "m-2", "m-3"]
+    assert everything[1 : 1 + len(shown)] == shown
