@@ -12,7 +12,9 @@ its own acknowledged writes.
 
 A DuckDB file is locked by one process, so this store sees every write: it
 keeps message_id unique on insert (a primary key), and the first stored copy
-of a message is the only one. A later copy whose content differs (a message id
+of a message is the only one. For the same reason it keeps the ledger of
+producer sequences in memory, settling each append's sequences before its frame
+is journaled (producers.py). A later copy whose content differs (a message id
 used twice) is told to the conflict observer as it is applied, a few
 milliseconds after its push was acknowledged.
 """

@@ -6,7 +6,10 @@ their `ingest_time`, and commits. The first copy of a message wins by the key
 itself; a later copy changes nothing, and the transaction hands back the
 stored copy instead, so the analytics store is given exactly what Spanner
 holds. Spanner aborts a transaction that races another; the client retries
-it with backoff until the write deadline.
+it with backoff until the write deadline. Rows that carry producer sequences
+have their producers' entries of the ledger read and written in the same
+transaction (producers.py): a publisher's copy of a stored sequence is not
+inserted, whichever instance commits it.
 
 Reads. A page is one read at an exact timestamp that is never earlier than
 the page's upper bound: every commit before that bound has a timestamp
