@@ -17,7 +17,11 @@ under valgrind's callgrind, pushes are sent one at a time (each its own group
 commit, so what the ledger adds per append counts in full), and the instructions
 are divided by the pushes: the event loop's thread (what holds a push back), and
 every thread of the process (the applier's DuckDB work included; the journal's
-writer is a process of its own, writing a frame either way).
+writer is a process of its own, writing a frame either way). Then the store
+alone under load, in CPU time rather than instructions: group commits of
+`--batch` records appended to the DuckDB store, on and off taken in turn
+`--store-rounds` times (valgrind would slow the process fifty times while the
+ledger's table is still written once a second of wall time, fifty times too often).
 
 With `--storage`, the ledger's entry per producer epoch as every store keeps it
 (msgpack, app/store/producers.py), in the cases that bound it, and what 10,000
@@ -34,7 +38,9 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -295,45 +301,35 @@ async def _append(path: str, rows: list[Record], batch: int) -> None:
 
 
 def worker(argv: list[str]) -> int:
+    """Append `count` records in group commits of `batch`; print the CPU seconds the
+    process spent (user and system, every thread of it)."""
     variant, count, batch = argv[0], int(argv[1]), int(argv[2])
+    rows = _rows(variant, count)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "records.duckdb")
-        asyncio.run(_append(path, _rows(variant, count), batch))
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        asyncio.run(_append(path, rows, batch))
+        after = resource.getrusage(resource.RUSAGE_SELF)
         with duckdb.connect(path, read_only=True) as con:
             stored = con.execute("SELECT count(*) FROM records").fetchone()
             entries = book.load(con)
     assert stored == (count,), stored
     assert sum(e.stored for e in entries) == (count if variant == "on" else 0)
+    spent = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    print(f"{spent:.6f}")
     return 0
 
 
-def store_instructions(variant: str, count: int, batch: int) -> int:
-    """Instructions of the whole process (DuckDB's threads included) appending `count`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        done = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-m",
-                "bench.producers",
-                "--worker",
-                variant,
-                str(count),
-                str(batch),
-            ],
-            check=False,
-            capture_output=True,
-            timeout=3600,
-        )
-        if done.returncode:
-            raise RuntimeError(f"the {variant} worker failed:\n{done.stderr.decode()[-3000:]}")
-        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
-        if found is None:
-            raise RuntimeError("no callgrind summary")
-        return int(found[1])
+def store_cpu(variant: str, count: int, batch: int) -> float:
+    """CPU seconds of a process appending `count` records (its imports not counted)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.producers", "--worker", variant, str(count), str(batch)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def count(args: argparse.Namespace) -> int:
@@ -365,28 +361,31 @@ def count(args: argparse.Namespace) -> int:
         f"event loop off / on = {loop_ratio:.3f} (goal ≥ {GOAL}: "
         f"{'met' if loop_ratio >= GOAL else 'NOT met'})"
     )
-    # Under load a group commit holds many pushes: the store alone, in batches.
-    n, batch = args.records, args.batch
-    per_record = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {
-            (name, k): pool.submit(store_instructions, name, k * n, batch)
-            for name in NAMES
-            for k in (1, 2)
-        }
+    # Under load a group commit holds many pushes: the store alone, in batches. Not
+    # under valgrind: DuckDB's ledger table is written once a second, and a process
+    # fifty times slower would write it fifty times as often a record.
+    n, batch, rounds = args.records, args.batch, args.store_rounds
+    spent: dict[str, list[float]] = {name: [] for name in NAMES}
+    for _ in range(rounds):
         for name in NAMES:
-            per_record[name] = (runs[(name, 2)].result() - runs[(name, 1)].result()) / n
-    store_ratio = per_record["off"] / per_record["on"]
+            spent[name].append(store_cpu(name, n, batch))
+    each = [off / on for off, on in zip(spent["off"], spent["on"], strict=True)]
+    mean = {name: statistics.mean(values) for name, values in spent.items()}
     print(
-        f"\nthe DuckDB store alone, group commits of {batch} (each applied before the next), "
-        f"instructions per record of the whole process (the second {n:,} records):"
+        f"\nthe DuckDB store alone, {n:,} records in group commits of {batch} (each applied "
+        f"before the next), CPU of the whole process (its threads; the journal's writer "
+        f"aside), {rounds} runs each, taken in turn:"
     )
     print(
         table(
             [
-                ["sequences", "instructions / record", "off / on"],
-                ["off", f"{per_record['off']:,.0f}", "1.000"],
-                ["on", f"{per_record['on']:,.0f}", f"{store_ratio:.3f}"],
+                ["sequences", "µs a record", "off / on"],
+                ["off", f"{mean['off'] / n * 1e6:.1f}", "1.000"],
+                [
+                    "on",
+                    f"{mean['on'] / n * 1e6:.1f}",
+                    f"{mean['off'] / mean['on']:.3f} (runs {min(each):.2f}-{max(each):.2f})",
+                ],
             ]
         )
     )
@@ -479,7 +478,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--count", action="store_true", help="instructions per push")
     parser.add_argument("--pushes", type=int, default=300)
-    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--store-rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--storage", action="store_true", help="the ledger's bytes per producer")
     args = parser.parse_args(argv)

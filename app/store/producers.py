@@ -78,7 +78,6 @@ MAX_EPOCHS: Final = 8
 HOURS_KEPT: Final = 7 * 24
 HOUR_MICROS: Final = 3_600_000_000
 
-_NUMBER = re.compile(r"[0-9]{1,19}")
 _EPOCH_ENDED = re.compile(r"([0-9]{1,19}):([0-9]{1,19})")
 
 
@@ -98,11 +97,15 @@ class SequenceError(ValueError):
 
 
 def _number(name: str, value: str) -> int:
-    if _NUMBER.fullmatch(value) is None or int(value) > MAX_NUMBER:
+    # ASCII digits only (str.isdigit alone takes other scripts' digits), 19 at most.
+    if (
+        not (value.isascii() and value.isdigit() and len(value) <= 19)
+        or (number := int(value)) > MAX_NUMBER
+    ):
         raise SequenceError(
             f"{name}: {_shown(value)} is not a decimal integer from 0 to 2^63-1 ({MAX_NUMBER})"
         )
-    return int(value)
+    return number
 
 
 def _shown(value: str) -> str:
@@ -112,17 +115,25 @@ def _shown(value: str) -> str:
 def read_sequence(attributes: Mapping[str, str]) -> ProducerSequence | None:
     """The producer sequence `attributes` carry, None if they carry none; SequenceError
     naming the attribute when one is malformed or missing from a partial set."""
-    producer = attributes.get(PRODUCER_ATTRIBUTE)
-    epoch = attributes.get(EPOCH_ATTRIBUTE)
-    sequence = attributes.get(SEQUENCE_ATTRIBUTE)
-    ended = attributes.get(EPOCH_ENDED_ATTRIBUTE)
+    return _read(
+        attributes.get(PRODUCER_ATTRIBUTE),
+        attributes.get(EPOCH_ATTRIBUTE),
+        attributes.get(SEQUENCE_ATTRIBUTE),
+        attributes.get(EPOCH_ENDED_ATTRIBUTE),
+    )
+
+
+def _read(
+    producer: str | None, epoch: str | None, sequence: str | None, ended: str | None
+) -> ProducerSequence | None:
     if producer is None and epoch is None and sequence is None and ended is None:
         return None
     if producer is None or epoch is None or sequence is None:
-        required = zip(SEQUENCE_ATTRIBUTES, (producer, epoch, sequence), strict=False)
+        given = (producer, epoch, sequence, ended)
+        required = zip(SEQUENCE_ATTRIBUTES, given[:3], strict=True)
         absent = next(name for name, value in required if value is None)
-        given = next(n for n in SEQUENCE_ATTRIBUTES if n in attributes)
-        raise SequenceError(f"{absent}: missing; a message with {given} needs all three")
+        named = next(n for n, v in zip(SEQUENCE_ATTRIBUTES, given, strict=True) if v is not None)
+        raise SequenceError(f"{absent}: missing; a message with {named} needs all three")
     problem = unaddressable(producer)
     if problem is None and len(producer) > MAX_PRODUCER_LENGTH:
         problem = f"{len(producer)} characters, more than {MAX_PRODUCER_LENGTH}"
@@ -194,21 +205,8 @@ def sequence_of(row: Record | Rejection) -> ProducerSequence | None:
         return None
     try:
         found = _decode_attributes(text)
-    except msgspec.DecodeError:
-        return None
-    given = {
-        name: value
-        for name, value in (
-            (PRODUCER_ATTRIBUTE, found.producer),
-            (EPOCH_ATTRIBUTE, found.epoch),
-            (SEQUENCE_ATTRIBUTE, found.sequence),
-            (EPOCH_ENDED_ATTRIBUTE, found.ended),
-        )
-        if value is not None
-    }
-    try:
-        return read_sequence(given)
-    except SequenceError:
+        return _read(found.producer, found.epoch, found.sequence, found.ended)
+    except (msgspec.DecodeError, SequenceError):
         return None
 
 
