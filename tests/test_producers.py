@@ -172,6 +172,84 @@ def test_any_sequence_attributes_are_read_or_refused_with_the_attribute_named(
     assert 1 <= len(found.producer) <= 256
 
 
+class Pushed:
+    """One service for every example, and the sequences it was given so far."""
+
+    def __init__(self, client: TestClient[Litestar]) -> None:
+        self.client = client
+        self.sequences: set[tuple[str, int, int]] = set()
+        self.sent = 0
+
+
+@pytest.fixture(scope="module")
+def pushed() -> Iterator[Pushed]:
+    with TestClient(create_app(app_settings())) as test_client:
+        yield Pushed(test_client)
+
+
+_hostile_values = st.one_of(
+    st.text(max_size=20),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(["0", "00", str(2**63 - 1), str(2**63), "1:2", "9:0", " 1", "+1", "1.0"]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    producer=st.one_of(st.none(), st.text(max_size=300), st.sampled_from(["p", "/", "q"])),
+    epoch=st.one_of(st.none(), _hostile_values),
+    sequence=st.one_of(st.none(), _hostile_values),
+    ended=st.one_of(st.none(), _hostile_values),
+)
+def test_any_sequence_attributes_pushed_are_stored_or_rejected_never_answered_5xx(
+    pushed: Pushed,
+    producer: str | None,
+    epoch: str | None,
+    sequence: str | None,
+    ended: str | None,
+) -> None:
+    client = pushed.client
+    given = {
+        name: value
+        for name, value in zip(SEQUENCE_ATTRIBUTES, (producer, epoch, sequence, ended), strict=True)
+        if value is not None
+    }
+    pushed.sent += 1
+    message_id = f"h-{pushed.sent}"
+    assert push(client, message_id, given) == 204
+    answer = client.get(f"/v1/messages/{message_id}")
+    problem = sequence_problem(given)
+    if problem is not None:
+        assert (answer.json()["status"], answer.json()["reason"]) == ("rejected", problem)
+    else:
+        read = read_sequence(given)
+        key = None if read is None else (read.producer, read.epoch, read.sequence)
+        if answer.status_code == 404:  # not stored: a copy of a sequence stored already
+            assert key in pushed.sequences
+        else:
+            assert answer.json()["status"] == "stored"
+        if key is not None:
+            pushed.sequences.add(key)
+    # The ledger stays readable, every entry within its bounds.
+    for page in _pages(client):
+        for found in page:
+            assert len(found["epochs"]) <= MAX_EPOCHS
+            assert all(e["gap_count"] <= MAX_GAPS + 1 for e in found["epochs"])
+
+
+def _pages(client: TestClient[Litestar]) -> Iterator[list[dict[str, Any]]]:
+    token = None
+    while True:
+        params = {"limit": 100, **({"page_token": token} if token else {})}
+        answer = client.get("/v1/producers", params=params)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        yield body["producers"]
+        token = body["next_page_token"]
+        if token is None:
+            return
+
+
 # -- the ledger's rules, against a plain model ------------------------------------------------
 
 events = st.lists(
