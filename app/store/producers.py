@@ -514,6 +514,7 @@ class _Batch:
             return
         ended.end = count
         ended.end_said = self._now
+        ended.last_seen = max(ended.last_seen, self._now)
 
 
 def _count_hour(entry: EpochEntry, hour: int, stored: int, rejected: int, duplicates: int) -> None:

@@ -211,12 +211,14 @@ SELECT DISTINCT message_id, 'rejected' FROM rejected WHERE message_id IN (SELECT
 """
 
 
-# The ledger of producer sequences goes to DuckDB at most this often, in one
-# statement for every entry changed since: DuckDB's fixed cost per statement
-# (~1-3 ms, ~100,000 instructions a record in group commits of 100) would
-# otherwise be paid by every apply. The journal holds each change from its
-# append on (the durable word, what a push waits for), and keeps the segments
-# holding changes not yet written here, which a recovery replays.
+# The ledger of producer sequences goes to DuckDB once this many frames with
+# changes to it are applied, and at most once a second: one statement for every
+# entry changed since, where writing it with every apply paid DuckDB's fixed cost
+# per statement (~1-3 ms, ~100,000 instructions a record in group commits of 100)
+# each time. The journal holds each change from its append on (the durable word,
+# what a push waits for) and keeps the segments of frames whose changes are not
+# written here yet, which a recovery replays; a close writes what is owed.
+_LEDGER_FRAMES = 64
 _LEDGER_EVERY_SECONDS = 1.0
 
 # Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
@@ -365,6 +367,7 @@ class DuckDBStore:
         # the first frame they came in: the journal keeps its segment until written.
         self._ledger_dirty: dict[tuple[str, int], EpochEntry | None] = {}
         self._ledger_dirty_from = 0
+        self._ledger_frames = 0  # frames applied with changes owed
         self._ledger_written = time.monotonic()
 
     async def start(self) -> None:
@@ -652,15 +655,7 @@ class DuckDBStore:
         while True:
             if not self._unapplied:
                 self._wake.clear()
-                if not self._ledger_dirty:
-                    await self._wake.wait()
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_LEDGER_EVERY_SECONDS):
-                        await self._wake.wait()
-                if not self._unapplied:  # idle a second: what the ledger owes is written
-                    with contextlib.suppress(StoreUnavailable):
-                        await self._flush_ledger()
+                await self._wake.wait()
                 continue
             if (
                 self._unapplied_rows < _APPLY_MAX_ROWS
@@ -723,8 +718,9 @@ class DuckDBStore:
             progress.set()
             self.bell.ring()  # readable now: waiting followers read again, from the tail
             self._owe_ledger(batch)
-            if self._ledger_dirty and (
-                time.monotonic() - self._ledger_written >= _LEDGER_EVERY_SECONDS
+            if (
+                self._ledger_frames >= _LEDGER_FRAMES
+                and time.monotonic() - self._ledger_written >= _LEDGER_EVERY_SECONDS
             ):
                 with contextlib.suppress(StoreUnavailable):
                     await self._flush_ledger()
@@ -737,6 +733,7 @@ class DuckDBStore:
                 continue
             if not self._ledger_dirty:
                 self._ledger_dirty_from = entry.frame_number
+            self._ledger_frames += 1
             for changed in entry.producers:
                 self._ledger_dirty[(changed.producer, changed.epoch)] = changed
             for key in entry.forgotten:
@@ -767,6 +764,7 @@ class DuckDBStore:
         # Only what was written: an apply may not run meanwhile (the applier or close
         # calls this), so nothing was added.
         self._ledger_dirty = {}
+        self._ledger_frames = 0
         self._ledger_written = time.monotonic()
         self._release_journal()
 
