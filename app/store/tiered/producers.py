@@ -17,13 +17,11 @@ class ServingCompleteness:
         self._serving = serving
 
     async def producers(self, after: str, limit: int) -> list[ProducerEntries]:
-        # A producer has at most MAX_EPOCHS entries: this many rows hold `limit`
-        # producers whole, and one row more says whether a producer was cut.
+        # A producer has at most MAX_EPOCHS entries: one row more than `limit` of them
+        # can hold starts the next producer, if there is one, so the first `limit` read
+        # are whole.
         entries = await self._serving.producer_entries(after, limit * MAX_EPOCHS + 1)
-        found = grouped(entries)
-        if len(entries) > limit * MAX_EPOCHS and len(found) <= limit:
-            found = found[:-1]  # its last producer may have more epochs than were read
-        return found[:limit]
+        return grouped(entries)[:limit]
 
     async def producer(self, producer: str) -> ProducerEntries | None:
         entries = await self._serving.producer(producer)
