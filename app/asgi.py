@@ -38,6 +38,7 @@ from litestar.types import (
 
 from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
+from app.errors import StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
 from app.ingest.payload import Payloads
@@ -50,16 +51,19 @@ from app.ingest.traffic import Traffic
 from app.problems import Problems, describe_problem
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
+from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.follow import Followers
 from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
+from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.reads import Reads
 from app.routes.streams import HEAD_REQUEST, STREAM_ROUTES
 from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
+from app.store.tiered.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
 
@@ -311,10 +315,11 @@ def create_app(
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
     ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes, traffic=traffic)
+    tokens = PageTokens(settings.query.page_token_secret)
     reader = Reader(
         observed,
         pending_horizon=batcher.horizon,
-        tokens=PageTokens(settings.query.page_token_secret),
+        tokens=tokens,
         retention_days=settings.store.retention_days,
     )
     followers = Followers(
@@ -328,7 +333,19 @@ def create_app(
     )
     # Reads in flight leave room for pushes on the connections the server keeps.
     reads = Reads(settings.server.max_reads).middleware()
-    readiness = Readiness(store, checks=[auth.check, schemas.check])
+    producers = Producers(store, tokens=tokens, grace_seconds=settings.query.producer_grace_seconds)
+    # The ledger's `missing` metric, read by a loop of the app's own (a store with no
+    # ledger has none): restarted if it fails, and named by readiness while it is down.
+    watching = Supervisor(observer=telemetry.loop_observer())
+    watch = MissingWatch(producers)
+    telemetry.metrics.producers_missing = lambda: watch.missing
+
+    async def watch_check() -> None:
+        down = watching.down()
+        if down:
+            raise StoreUnavailable(f"background work down: {'; '.join(down)}")
+
+    readiness = Readiness(store, checks=[auth.check, schemas.check, watch_check])
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
@@ -372,6 +389,10 @@ def create_app(
             stack.push_async_callback(schemas.close)
             await batcher.start()
             stack.push_async_callback(drain)
+            if store.completeness is not None:
+                await watching.start()
+                stack.push_async_callback(watching.close)
+                watching.run("producers", watch.run, interval=WATCH_SECONDS)
             # uvicorn waits for open requests before the lifespan ends: waiting
             # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
             stack.enter_context(on_terminate(stopping))
@@ -431,6 +452,12 @@ def create_app(
                 ],
                 middleware=compressed,
             ),
+            Router(
+                "/",
+                route_handlers=PRODUCER_ROUTES,
+                guards=auth.read_guards,
+                middleware=[reads, *traced, *compressed],
+            ),
         ],
         dependencies={
             "reader": constant(reader),
@@ -441,6 +468,7 @@ def create_app(
                     reader, followers, Streams(reader, Offsets(settings.query.page_token_secret))
                 )
             ),
+            "producers": constant(producers),
         },
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(outcomes, problems)],
@@ -452,7 +480,7 @@ def create_app(
         ],
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(middleware=compressed),
-        signature_types=[Reader, Readiness, Replay, Paging],
+        signature_types=[Reader, Readiness, Replay, Paging, Producers],
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )

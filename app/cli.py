@@ -177,6 +177,15 @@ def _main(argv: list[str] | None) -> int:
         "--operator", help="who runs it (an e-mail; required on BigQuery), logged with the reason"
     )
 
+    audit = commands.add_parser(
+        "audit",
+        help="per hour, messages with a producer sequence received, stored, rejected, "
+        "dropped as copies, and missing (exit 1 naming the first missing range)",
+    )
+    from app.query import audit as auditing
+
+    auditing.add_arguments(audit)
+
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
     if asked in DEV_TOOLS and asked not in tools:
@@ -209,6 +218,8 @@ def _main(argv: list[str] | None) -> int:
             return _schema(args.target, write=args.write)
         case "export":
             return _export(args)
+        case "audit":
+            return auditing.run(args)
         case "restore":
             return _restore(args)
         case "sql":

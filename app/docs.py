@@ -256,6 +256,24 @@ class RejectionsOperation(Operation):
 
 
 @dataclass
+class ProducersOperation(Operation):
+    """GET /v1/producers: a page leads to each producer, and the next page."""
+
+    def __post_init__(self) -> None:
+        _links(
+            self,
+            {
+                "producer": Link(
+                    operation_ref=_operation("/v1/producers/{producer}"),
+                    parameters={"producer": "$response.body#/producers/0/producer"},
+                    description="Every gap and count of the page's first producer",
+                ),
+                "next": _next_page("/v1/producers"),
+            },
+        )
+
+
+@dataclass
 class ReplayOperation(Operation):
     """POST /v1/replay: each outcome leads to its message."""
 

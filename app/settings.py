@@ -522,6 +522,17 @@ class QuerySettings(Section, frozen=True):
             "the client's own cache may (`private`): reads may be guarded by a token",
         ),
     ] = False
+    producer_grace_seconds: Annotated[
+        float,
+        Meta(gt=0, le=7 * 24 * 3600),
+        env(
+            "RECORDLINE_PRODUCER_GRACE_SECONDS",
+            "How long a gap in a producer's sequence may stay open before its messages are "
+            "missing (/v1/producers, the recordline.producer.missing metric, recordline "
+            "audit): longer than a message may take to arrive out of order, well inside "
+            "the subscription's retention",
+        ),
+    ] = 1800.0
 
 
 class AuthSettings(Section, frozen=True):

@@ -2,7 +2,7 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | calls.
+      typedingest | calls | producers.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -29,6 +29,7 @@ NAMES = (
     "devrate",
     "typedingest",
     "calls",
+    "producers",
 )
 
 

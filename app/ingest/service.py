@@ -21,6 +21,7 @@ from app.ingest.shape import Invalid
 from app.ingest.traffic import Traffic
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
+from app.store.producers import sequence_problem
 
 _encode = msgspec.json.encode
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def to_row(
             f"publishTime: {rfc3339(moment(message.publish_time))} is later than the message "
             f"was received ({rfc3339(moment(ingest_time))})"
         )
+    elif (unreadable := sequence_problem(message.attributes)) is not None:
+        reason = unreadable
     else:
         try:
             read = reader.read(message.data)
