@@ -218,17 +218,24 @@ class _Inserted(NamedTuple):
 
 
 class _Unapplied:
-    __slots__ = ("frame_number", "oldest", "rows", "shown")
+    __slots__ = ("frame_number", "oldest", "rows", "shown", "shown_ids")
 
     def __init__(
-        self, frame_number: int, rows: Sequence[Record | Rejection], *, shown: bool = False
+        self,
+        frame_number: int,
+        rows: Sequence[Record | Rejection],
+        *,
+        shown: Sequence[Record] | None = None,
     ) -> None:
         self.frame_number = frame_number
         self.rows = rows
         self.oldest = min(r.ingest_time for r in rows)
-        # Its records went to the tail once durable (`append`), before DuckDB has them:
-        # they hold the read horizon back no more, and are not added again once applied.
-        self.shown = shown
+        # Its new records went to the tail once durable (`append`), before DuckDB has
+        # them: they hold the read horizon back no more, and are not added again once
+        # applied. Its other records are copies of messages journaled before, which the
+        # applier adds with the first copy (not shown: none of this frame's rows are).
+        self.shown = shown is not None
+        self.shown_ids = frozenset(r.message_id for r in shown or ())
 
 
 class DuckDBStore:
@@ -432,7 +439,7 @@ class DuckDBStore:
                 shown = await early
             except StoreUnavailable as exc:  # shown once applied instead
                 log.warning("records not shown before they are applied: %s", exc)
-        self._unapplied.append(_Unapplied(number, rows, shown=shown is not None))
+        self._unapplied.append(_Unapplied(number, rows, shown=shown))
         self._unapplied_rows += len(rows)
         self._pending.update(r.message_id for r in records)
         if shown:
@@ -523,9 +530,12 @@ class DuckDBStore:
                 continue
             delays = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
             self._report(inserted.conflicts)
-            # Records shown when they were journaled are in the tail already; the
-            # copies DuckDB kept of a shown frame are exactly those (`_new_records`).
-            shown = {r.message_id for e in batch if e.shown for r in e.rows if type(r) is Record}
+            # Records shown when they were journaled are in the tail already: the
+            # copies DuckDB kept of a shown frame's new records are exactly those
+            # (`_new_records`). Not its other records: a copy of a message whose first
+            # copy was journaled unshown and is applied in this batch too (a push held
+            # up, and its redelivery) is in the tail only once added here.
+            shown = frozenset().union(*(e.shown_ids for e in batch))
             self.tail.add(
                 [r for r in inserted.records if r.message_id not in shown],
                 now=self._clock() // 1000,
