@@ -290,7 +290,7 @@ _NO_ROWS = 2**62
 
 
 class _Unapplied:
-    __slots__ = ("forgotten", "frame_number", "oldest", "producers", "rows", "shown")
+    __slots__ = ("forgotten", "frame_number", "oldest", "producers", "rows", "shown", "shown_ids")
 
     def __init__(
         self,
@@ -299,7 +299,7 @@ class _Unapplied:
         producers: Sequence[EpochEntry] = (),
         forgotten: Sequence[tuple[str, int]] = (),
         *,
-        shown: bool = False,
+        shown: Sequence[Record] | None = None,
     ) -> None:
         self.frame_number = frame_number
         self.rows = rows
@@ -307,9 +307,12 @@ class _Unapplied:
         self.producers = producers
         self.forgotten = forgotten
         self.oldest = min((r.ingest_time for r in rows), default=_NO_ROWS)
-        # Its records went to the tail once durable (`append`), before DuckDB has them:
-        # they hold the read horizon back no more, and are not added again once applied.
-        self.shown = shown
+        # Its new records went to the tail once durable (`append`), before DuckDB has
+        # them: they hold the read horizon back no more, and are not added again once
+        # applied. Its other records are copies of messages journaled before, which the
+        # applier adds with the first copy (not shown: none of this frame's rows are).
+        self.shown = shown is not None
+        self.shown_ids = frozenset(r.message_id for r in shown or ())
 
 
 class DuckDBStore:
@@ -546,26 +549,27 @@ class DuckDBStore:
             if records and self.bell.waiting and not self._appending
             else None
         )
+        # Under way until its message ids are pending: an append that starts before
+        # then (two are in flight) shows nothing early, as it cannot know them.
         self._appending += 1
         try:
-            number = await self._journaled(rows, producers, forgotten)
-        except BaseException:
+            try:
+                number = await self._journaled(rows, producers, forgotten)
+            except BaseException:
+                if early is not None:
+                    early.cancel()
+                raise
+            shown: list[Record] | None = None
             if early is not None:
-                early.cancel()
-            raise
+                try:
+                    shown = await early
+                except StoreUnavailable as exc:  # shown once applied instead
+                    log.warning("records not shown before they are applied: %s", exc)
+            self._unapplied.append(_Unapplied(number, rows, producers, forgotten, shown=shown))
+            self._unapplied_rows += len(rows)
+            self._pending.update(r.message_id for r in records)
         finally:
             self._appending -= 1
-        shown: list[Record] | None = None
-        if early is not None:
-            try:
-                shown = await early
-            except StoreUnavailable as exc:  # shown once applied instead
-                log.warning("records not shown before they are applied: %s", exc)
-        self._unapplied.append(
-            _Unapplied(number, rows, producers, forgotten, shown=shown is not None)
-        )
-        self._unapplied_rows += len(rows)
-        self._pending.update(r.message_id for r in records)
         if shown:
             self.tail.add(shown, now=self._clock() // 1000)
             self.bell.ring()  # durable and readable in order: waiting followers read again
@@ -711,9 +715,12 @@ class DuckDBStore:
                 continue
             delays = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
             self._report(inserted.conflicts)
-            # Records shown when they were journaled are in the tail already; the
-            # copies DuckDB kept of a shown frame are exactly those (`_new_records`).
-            shown = {r.message_id for e in batch if e.shown for r in e.rows if type(r) is Record}
+            # Records shown when they were journaled are in the tail already: the
+            # copies DuckDB kept of a shown frame's new records are exactly those
+            # (`_new_records`). Not its other records: a copy of a message whose first
+            # copy was journaled unshown and is applied in this batch too (a push held
+            # up, and its redelivery) is in the tail only once added here.
+            shown = frozenset().union(*(e.shown_ids for e in batch))
             self.tail.add(
                 [r for r in inserted.records if r.message_id not in shown],
                 now=self._clock() // 1000,
