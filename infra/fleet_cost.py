@@ -164,6 +164,9 @@ INGEST_SERIES = {
     # Written only by a loop that failed and was started again: none in a healthy month.
     "loop.restarts": 0,
     "canary.age": 1,
+    # Written per producer with sequences missing (and once more at zero when they are
+    # found): none on an ordinary day.
+    "producer.missing": 0,
 }
 EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
 # The planned exporter service: two instances always on, each reporting every system's
