@@ -28,6 +28,7 @@ from tests.conftest import served, settings
 from tests.node import npm_package
 from tests.spanner.emulator import SpannerEmulator
 from tests.test_streams import push_body
+from tests.waiting import until
 
 STREAM = "/v1/streams/records"
 LIVE_SETTINGS = {
@@ -90,9 +91,23 @@ async def killed_and_resumed(pushers: list[httpx.AsyncClient], urls: list[str], 
     resumed = asyncio.create_task(follower.follow(until=20))
     await push(pushers[-1], range(15, 20))
     await asyncio.wait_for(resumed, 30)
-    everything = (await pushers[0].get("/v1/records", params={"limit": 1000})).json()["records"]
+    # Listed where the last push was acknowledged, whose pages reach past every row it
+    # acknowledged and every row acknowledged before. (Another instance's page ends a
+    # few milliseconds back, READ_LAG_MICROS: it lists the newest row a moment later.)
+    everything = await listed(pushers[-1])
     assert len(everything) == 20
-    assert follower.rows == [row["message_id"] for row in everything]
+    assert follower.rows == everything
+    others = pushers[:-1]
+    await until(lambda: all_list(others, everything), what="every other instance to list them")
+
+
+async def listed(client: httpx.AsyncClient) -> list[str]:
+    page = (await client.get("/v1/records", params={"limit": 1000})).json()
+    return [row["message_id"] for row in page["records"]]
+
+
+async def all_list(clients: list[httpx.AsyncClient], rows: list[str]) -> bool:
+    return all([await listed(client) == rows for client in clients])
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from app.store.spanner.schema import (
 )
 from app.store.spanner.serving import Committed, SchemaMismatch, SpannerDatabase, SpannerServing
 from app.store.spanner.tail import TailCache
-from app.store.tiered.store import TieredStore
+from app.store.tiered.store import READ_LAG_MICROS, TieredStore
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
 from tests.conftest import envelope, served
 from tests.spanner.emulator import SpannerEmulator
@@ -474,7 +474,46 @@ async def test_a_follower_waiting_on_one_instance_hears_of_a_commit_on_another(
         page = (await waiting).json()
         woke = time.monotonic() - pushed_at
     assert [r["message_id"] for r in page["records"]] == ["m-1"]
-    # Within the refresh interval and the emulator's read, give or take the machine.
-    assert woke < 3, f"woke {woke:.2f} s after the commit on the other instance"
+    # Woken by the tail's refresh (an interval and a read of the emulator, seconds
+    # at most on a loaded machine), not by the end of its wait, 20 s after it began.
+    assert woke < 10, f"woke {woke:.2f} s after the commit on the other instance"
     # While it waited, the first instance read Spanner once a refresh, not once a poll.
     assert one.serving.reads - reads < 2 * (0.3 + woke) / one.tail.refresh_seconds + 10
+
+
+async def test_a_follower_woken_by_another_instances_commit_reads_it(make_tiered: Make) -> None:
+    # A page ends at the read horizon, READ_LAG_MICROS behind the clock. A tail
+    # refreshed up to the clock rang for a commit of the last few milliseconds,
+    # woke the follower to a page without it, and never rang for it again: the
+    # follower heard of it at the end of its wait. The clock here stands still
+    # between the commit and the horizon, then moves past it.
+    clock = [time.time_ns() - 1_000_000_000]
+    one: TieredStore = await make_tiered(clock=lambda: clock[0])
+    two: TieredStore = await make_tiered()
+
+    def horizon() -> int:
+        return one.read_horizon(clock[0] // 1000)
+
+    start = horizon()
+    assert (await one.page(Record, query(start, start))).rows == []  # the tail starts here
+    assert await two.append([record("m-1")]) == [None]
+    stored = await two.message("m-1")
+    assert stored is not None
+    committed = stored.ingest_time
+
+    async def follow() -> list[str]:
+        while True:
+            seen = one.bell.version
+            page = await one.page(Record, query(start, horizon()))
+            if page.rows:
+                return [r.message_id for r in page.rows]
+            await one.bell.wait(seen, 60)
+
+    follower = asyncio.create_task(follow())
+    await until(lambda: one.bell.waiting, what="the follower waiting")
+    clock[0] = (committed + READ_LAG_MICROS // 2) * 1000
+    await until(lambda: one.tail.end >= horizon(), what="a refresh of the tail at that time")
+    await asyncio.sleep(5 * one.tail.refresh_seconds)
+    assert not follower.done()  # past the horizon: not readable yet
+    clock[0] = (committed + 2 * READ_LAG_MICROS) * 1000
+    assert await asyncio.wait_for(follower, 20) == ["m-1"]

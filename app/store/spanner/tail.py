@@ -12,17 +12,30 @@ ingest time before `end`. Each refresh reads the records in `[end, now)` at
 exactly `now`: every commit before `now` has a timestamp before it, so once
 read that range is complete, and the tail answers as one read at `end`
 would. A page it serves says it is complete up to `end`, not further.
+
+Waking. A refresh that finds records rings the tail's bell (`app.store.bell`),
+whoever asked for it: the loop that refreshes while followers wait (`watch`)
+or a follower's own read, which finds them for every follower waiting then.
+The store refreshes only up to its read horizon, where every follower's page
+reaches, so a follower woken by a ring reads what rang it: a ring for a
+record past a page's bound would wake it to an empty page, and no ring
+would come for that record again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from app.errors import StoreUnavailable
 from app.records import Record
 from app.store import Page, PageQuery
+from app.store.bell import Bell
 from app.store.tail import MAX_ROWS, Tail
+
+log = logging.getLogger(__name__)
 
 # (since, before, limit) -> every record in [since, before) in key order, or
 # None if there are more than limit.
@@ -46,6 +59,8 @@ class TailCache:
         self._max_rows = max_rows
         self._monotonic = monotonic
         self.tail = Tail(window_seconds=window_seconds, max_rows=max_rows)
+        # Rung when a refresh finds records; the store's bell (its commits ring it too).
+        self.bell = Bell()
         # Empty until the first refresh: the tail is complete up to here.
         self.end = 0
         self._refreshed = -float("inf")
@@ -74,6 +89,21 @@ class TailCache:
                 # It joined a read that began before that commit: read again.
                 await self.refresh(now)
         return self.tail.page(query, self.end)
+
+    async def watch(self, horizon: Callable[[], int]) -> None:
+        """While followers wait, bring the cache up to `horizon()` (the store's read
+        horizon) once per refresh interval for all of them: what another instance
+        commits reaches them within the interval, and the reads grow with
+        instances, never with followers. A refresh that finds records rings."""
+        while True:
+            await self.bell.wanted.wait()
+            await asyncio.sleep(self.refresh_seconds)
+            if not self.bell.waiting:
+                continue
+            try:
+                await self.refresh(horizon())
+            except StoreUnavailable as exc:
+                log.warning("tail not refreshed: %s", exc)
 
     def due(self) -> bool:
         return self._monotonic() - self._refreshed >= self.refresh_seconds
@@ -109,10 +139,14 @@ class TailCache:
             return 0
         found = await self._read(self.end, now, self._max_rows)
         if found is None:
-            # More than the cache holds: start afresh after this range.
+            # More than the cache holds: start afresh after this range (its
+            # followers read them from Spanner).
             self.tail.reset(now)
             self.end = now
+            self.bell.ring()
             return 0
         self.tail.add(found, now=now)
         self.end = now
+        if found:
+            self.bell.ring()  # readable now: waiting followers read again
         return len(found)

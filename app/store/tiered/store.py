@@ -40,7 +40,6 @@ from google.api_core.exceptions import InvalidArgument
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, TABLES, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
-from app.store.bell import Bell
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import ConflictObserver, differing
 from app.store.producers import Completeness
@@ -161,7 +160,8 @@ class TieredStore:
         self._export = export
         self._export_observer = export_observer
         self.exporter: Exporter | None = None
-        self.bell = Bell()
+        # Rung by this instance's commits and by the tail when it finds others'.
+        self.bell = self.tail.bell
         self._watermark_writer: WatermarkWriter | None = None
         # Owns every background loop of this store.
         self.supervisor = Supervisor(observer=loop_observer)
@@ -173,6 +173,10 @@ class TieredStore:
 
     def _now(self) -> int:
         return self._clock() // 1000
+
+    def _horizon(self) -> int:
+        """The read horizon now: as far as the tail is ever refreshed."""
+        return self.read_horizon(self._now())
 
     def serving_since(self, now: int) -> int:
         """Where Spanner's reads begin (µs): the dedupe window and a day ago, at midnight,
@@ -192,7 +196,9 @@ class TieredStore:
             self._unverified = f"Spanner unreachable: {exc}" if str(exc) else "Spanner unreachable"
             log.error("serving tier not ready: %s", self._unverified)
         await self.supervisor.start()
-        self.supervisor.run("tail", self._watch_tail, interval=TAIL_DOWN_SECONDS)
+        self.supervisor.run(
+            "tail", lambda: self.tail.watch(self._horizon), interval=TAIL_DOWN_SECONDS
+        )
         ledger = Ledger(self.serving, holder_name())
         with contextlib.suppress(StoreUnavailable):
             await self._read_watermark(ledger)
@@ -227,24 +233,6 @@ class TieredStore:
         if table is None or revisions is None:
             return None
         return TypedExport(table, revisions)
-
-    async def _watch_tail(self) -> None:
-        """While followers wait, read what every instance committed since, once per
-        refresh interval for all of them, and ring the bell when there is some: a
-        commit elsewhere reaches them within the interval, and Spanner's reads grow
-        with instances, never with followers."""
-        while True:
-            await self.bell.wanted.wait()
-            await asyncio.sleep(self.tail.refresh_seconds)
-            if not self.bell.waiting:
-                continue
-            try:
-                found = await self.tail.refresh(self._now())
-            except StoreUnavailable as exc:
-                log.warning("tail not refreshed: %s", exc)
-                continue
-            if found:
-                self.bell.ring()
 
     async def _follow_watermark(self, ledger: Ledger) -> None:
         """Keep `watermark` as Spanner says it is, every WATERMARK_SECONDS."""
@@ -409,7 +397,7 @@ class TieredStore:
         self._ready()
         if kind is Record:
             if not self.tail.end:
-                await self.tail.refresh(now)
+                await self.tail.refresh(self.read_horizon(now))
             if self.tail.covers(query):
                 page: Page[Any] = await self.tail.page(
                     query, self.read_horizon(now), past=self._acknowledged
