@@ -41,7 +41,6 @@ from app.ingest.replay import (
     check_body,
 )
 from app.ingest.service import Ingest, PushObserver
-from app.ingest.traffic import Traffic
 from app.problems import Problems, problem_responses
 from app.telemetry import push_received
 
@@ -70,13 +69,11 @@ NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, Shut
 async def push(
     request: Request[Any, Any, Any],
     ingest: NamedDependency[Ingest],
-    traffic: NamedDependency[Traffic],
 ) -> None:
     body = await request.body()
     headers = request.headers
     message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
     await ingest.accept(message, trace_id=push_received(message, len(body), headers))
-    traffic.pushed(headers.get("host"))
 
 
 async def _readable_body(request: Request[Any, Any, Any]) -> None:

@@ -16,7 +16,7 @@ from app.store.copies import ConflictObserver
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
     from app.store.bigquery.typed import PatchObserver
-    from app.store.tiered.exporter import ExportObserver, Traffic
+    from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.supervisor import LoopObserver
     from app.typed.revisions import Revisions
 
@@ -32,16 +32,13 @@ def open_store(
     conflicts: ConflictObserver | None = None,
     exports: ExportObserver | None = None,
     loops: LoopObserver | None = None,
-    traffic: Traffic | None = None,
     revisions: Revisions | None = None,
     patches: PatchObserver | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
     that differs from the one stored, `exports` what a serving tier's exporter does,
-    `loops` each restart of a serving tier's background loops, `traffic` whether
-    this instance serves push traffic and when it last had a push (a serving
-    tier's exporter asks),
+    `loops` each restart of a serving tier's background loops,
     `revisions` each decoded schema revision's typed fields (every store projects
     them: the serving tier keeps JSON in Spanner and projects on export), `patches`
     each change of BigQuery's typed columns that BigQuery refused."""
@@ -90,7 +87,7 @@ def open_store(
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics, conflicts, exports, loops, traffic)
+            return _tiered(settings, analytics, conflicts, exports, loops)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
@@ -103,7 +100,6 @@ def _tiered(
     conflicts: ConflictObserver | None,
     exports: ExportObserver | None,
     loops: LoopObserver | None,
-    traffic: Traffic | None,
 ) -> Store:
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.store import TieredStore
@@ -122,5 +118,4 @@ def _tiered(
         conflicts=conflicts,
         export_observer=exports,
         loop_observer=loops,
-        traffic=traffic,
     )

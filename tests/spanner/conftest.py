@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from app.store.tiered.exporter import ExportObserver, Traffic
+from app.store.tiered.exporter import ExportObserver
 from app.store.tiered.store import TieredStore
 from app.typed.revisions import Revisions
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -67,7 +67,6 @@ async def make_tiered(
             start: bool = True,
             export: bool = False,
             export_observer: ExportObserver | None = None,
-            traffic: Traffic | None = None,
             revisions: Revisions | None = None,
         ) -> TieredStore:
             extra = {} if clock is None else {"clock": clock}
@@ -81,7 +80,6 @@ async def make_tiered(
                 write_deadline_seconds=write_deadline_seconds,
                 export=export,
                 export_observer=export_observer,
-                traffic=traffic,
                 **extra,
             )
             if start:

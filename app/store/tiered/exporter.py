@@ -33,29 +33,22 @@ back from Spanner, or one the stream itself sent again): for a batch sent for
 the first time it means the stream holds rows the progress does not know of,
 and the table is blocked with that reason, nothing marked done.
 
-One at a time. The exporter runs in every instance and works only while it
-holds the lease in `export_lease` (`LEASE_SECONDS`, renewed three times
-as often); one whose instance died is taken over once its lease
-expires. Every instance asks for the lease at that same pace, holder or not.
+One at a time. The exporter runs in every instance of the exporter service
+(`app.exporter`; or in the one process that also serves, `recordline dev`)
+and works only while it holds the lease in `export_lease` (`LEASE_SECONDS`,
+renewed three times as often); one whose instance died is taken over once
+its lease expires. Every instance asks for the lease at that same pace,
+holder or not.
 
 One code version. The lease names its holder's standing
-(`app.store.spanner.ledger.Standing`): whether its instance serves traffic,
-its row schema, its revision (`code_version`). An exporter whose instance
-serves traffic and stands higher takes a live lease over at its next claim:
-after a deploy, the new revision holds the export within one renewal, and
-an older one never takes it back. An instance serves traffic while it has
-acknowledged a push through its service's own URL within ten minutes
-(`app.ingest.traffic`; a push to a tag URL, the deploy's smoke test, does not
-count): pushes reach only revisions with a share of the traffic, so a
-candidate deployed `--no-traffic` never claims the lease, and a holder that
-traffic left is taken over by one that has it: each claim says when its
-instance last acknowledged such a push, and an instance of another version
-that had pushes since takes the lease from a holder without one for two
-renewals (`app.store.spanner.ledger.claim`). So a revision rolled back gives
-the lease up within three renewals of its last push, though it still counts
-as serving for ten minutes. A holder with no pushes lately keeps renewing (a
-quiet system's watermark moves on), but one with none never takes a lease
-that is free.
+(`app.store.spanner.ledger.Standing`): its row schema and its revision
+(`code_version`). An exporter that stands higher takes a live lease over at
+its next claim: after a deploy, the new revision holds the export within one
+renewal, and an older one never takes it back while it lives; one of an
+older row schema never takes the lease at all once a newer one held it.
+The deploy puts the exporter service's new revision in place before any
+ingest revision that writes rows it must encode (`.github/workflows`), so
+the code that exports a row always knows its columns.
 
 Every progress write checks the lease in the same transaction, so an
 exporter that lost it (paused, partitioned) cannot move progress; and since its
@@ -254,28 +247,6 @@ class Held(Protocol):
         ...
 
 
-class Traffic(Protocol):
-    """Whether this instance serves push traffic (`app.ingest.traffic.Traffic`)."""
-
-    def serving(self) -> bool: ...
-
-    def last_push(self) -> float | None:
-        """When it last acknowledged a push through the service's own URL (seconds
-        since the epoch), None if never."""
-        ...
-
-
-class AlwaysServing:
-    """Traffic for an exporter that runs alone (tests, a tool): always serving, its
-    last push now."""
-
-    def serving(self) -> bool:
-        return True
-
-    def last_push(self) -> float | None:
-        return time.time()
-
-
 class Ledger:
     """The exporter's state in the serving database, as one exporter (`holder`)
     asks for it: its lease, and each table's progress."""
@@ -286,17 +257,15 @@ class Ledger:
         holder: str,
         *,
         lease_seconds: float = LEASE_SECONDS,
-        standing: Callable[[], Standing] | None = None,
-        pushed: Callable[[], int] | None = None,
+        standing: Standing | None = None,
     ) -> None:
         self._source = source
         self.holder = holder
         self._lease_seconds = lease_seconds
-        self._standing = standing or (lambda: Standing(True, *code_version()))
-        self._pushed = pushed or (lambda: time.time_ns() // 1000)
+        self._standing = standing or Standing(*code_version())
 
     def _holder(self) -> str:
-        return lease_holder(self._standing(), self.holder, self._pushed())
+        return lease_holder(self._standing, self.holder, time.time_ns() // 1000)
 
     async def claim(self) -> bool:
         """Take or renew the lease; whether this exporter holds it now."""
@@ -321,18 +290,25 @@ class Ledger:
         return await self._source.record_progress(LEASE_NAME, self._holder(), progress)
 
 
+def revision_name() -> str:
+    """The Cloud Run revision this process runs as: `K_REVISION` in a service,
+    `CLOUD_RUN_REVISION` in a worker pool (the exporter service); empty elsewhere."""
+    return os.environ.get("K_REVISION") or os.environ.get("CLOUD_RUN_REVISION", "")
+
+
 def code_version() -> tuple[int, int]:
     """This code's place in the order of versions: its row schema (how many
     migrations it knows were released) and its Cloud Run revision's generation
-    (`K_REVISION` is `SERVICE-GENERATION-SUFFIX`, the generation counting the
-    service's revisions; 0 outside Cloud Run or for a revision named by hand)."""
-    found = _GENERATION.search(os.environ.get("K_REVISION", ""))
+    (a revision is named `NAME-GENERATION-SUFFIX`, the generation counting the
+    deploys of its service or worker pool; 0 outside Cloud Run or for a revision
+    named by hand)."""
+    found = _GENERATION.search(revision_name())
     return len(MIGRATIONS), int(found.group(1)) if found else 0
 
 
 def holder_name() -> str:
     """This exporter's name in the lease: where it runs, and a nonce for this process."""
-    revision = os.environ.get("K_REVISION", "")
+    revision = revision_name()
     return f"{socket.gethostname()}/{revision}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
@@ -371,7 +347,6 @@ class Exporter:
         lease_seconds: float = LEASE_SECONDS,
         blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
         version: tuple[int, int] | None = None,
-        traffic: Traffic | None = None,
         typed: TypedExport | None = None,
         held: Held | None = None,
         retry_seconds: float = RETRY_SECONDS,
@@ -384,17 +359,11 @@ class Exporter:
         # What BigQuery holds, to settle a batch whose stream is gone; without
         # it such a batch blocks its table for an operator's `export resync`.
         self._held = held
-        # Whether this instance serves traffic (by default, it does): one that
-        # does not never takes the lease, free or not; it only renews one it
-        # holds (see `step`).
-        self._traffic = traffic or AlwaysServing()
-        schema, revision = version or code_version()
         self.ledger = Ledger(
             source,
             holder or holder_name(),
             lease_seconds=lease_seconds,
-            standing=lambda: Standing(self._traffic.serving(), schema, revision),
-            pushed=self._pushed,
+            standing=Standing(*(version or code_version())),
         )
         self._lease_seconds = lease_seconds
         self._renew_seconds = lease_seconds / 3
@@ -425,10 +394,6 @@ class Exporter:
         """Each table paused after a passing failure, and for how long more (seconds)."""
         now = time.monotonic()
         return {t: until - now for t, until in self._paused_until.items() if until > now}
-
-    def _pushed(self) -> int:
-        last = self._traffic.last_push()
-        return 0 if last is None else int(last * 1_000_000)
 
     # -- the loop --------------------------------------------------------------
 
@@ -510,10 +475,6 @@ class Exporter:
         renewal, by holders and the others alike."""
         now = time.monotonic()
         if now < self._stepped_down_until:
-            return False
-        if not self.leading and not self._traffic.serving():
-            # An instance that serves no traffic (a revision deployed without,
-            # or one traffic has left) never takes the export: only renews it.
             return False
         if now - self._claimed_at < self._renew_seconds:
             return self.leading

@@ -48,11 +48,9 @@ from app.store.spanner.tail import TailCache
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     SETTLED_MICROS,
-    AlwaysServing,
     Exporter,
     ExportObserver,
     Ledger,
-    Traffic,
     holder_name,
 )
 from app.store.tiered.held import QueryHeld
@@ -139,7 +137,6 @@ class TieredStore:
         export: bool = True,
         export_observer: ExportObserver | None = None,
         loop_observer: LoopObserver | None = None,
-        traffic: Traffic | None = None,
     ) -> None:
         self.serving = serving
         self._conflicts = conflicts
@@ -151,9 +148,6 @@ class TieredStore:
         self._old = _OldAnswers()
         # The commit time of the newest row this instance acknowledged.
         self._acknowledged = 0
-        # Whether this instance serves push traffic, and when it last had a push
-        # (`app.ingest.traffic`, which the app tells of each push); by default always.
-        self.traffic = traffic or AlwaysServing()
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
         self._export = export
@@ -204,7 +198,6 @@ class TieredStore:
                 {kind: analytics.offset_stream(kind) for kind in (Record, Rejection)},
                 watermarks=self._watermark_writer,
                 observer=self._export_observer,
-                traffic=self.traffic,
                 typed=self._typed_export(),
                 held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
             )
