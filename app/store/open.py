@@ -16,7 +16,9 @@ from app.store.copies import ConflictObserver
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
     from app.store.bigquery.typed import PatchObserver
+    from app.store.spanner.serving import SpannerServing
     from app.store.tiered.exporter import ExportObserver
+    from app.store.tiered.fleet import SystemExport
     from app.store.tiered.supervisor import LoopObserver
     from app.typed.revisions import Revisions
 
@@ -94,6 +96,17 @@ def open_store(
             raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
 
 
+def _serving(settings: Settings) -> SpannerServing:
+    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+
+    store = settings.store
+    return SpannerServing(
+        SpannerDatabase.from_url(store.serving),
+        emulator_host=store.spanner_emulator_host or None,
+        timeout_seconds=store.query_timeout_seconds,
+    )
+
+
 def _tiered(
     settings: Settings,
     analytics: BigQueryStore,
@@ -101,21 +114,48 @@ def _tiered(
     exports: ExportObserver | None,
     loops: LoopObserver | None,
 ) -> Store:
-    from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.store import TieredStore
 
-    store = settings.store
-    serving = SpannerServing(
-        SpannerDatabase.from_url(store.serving),
-        emulator_host=store.spanner_emulator_host or None,
-        timeout_seconds=store.query_timeout_seconds,
-    )
     return TieredStore(
-        serving,
+        _serving(settings),
         analytics,
-        write_deadline_seconds=store.write_deadline_seconds,
+        write_deadline_seconds=settings.store.write_deadline_seconds,
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
         conflicts=conflicts,
+        # A fleet's services leave the export to the exporter service (open_export).
+        export=settings.store.export_in_service,
         export_observer=exports,
         loop_observer=loops,
     )
+
+
+def open_export(
+    name: str,
+    settings: Settings,
+    *,
+    observer: QueryObserver | None = None,
+    exports: ExportObserver | None = None,
+    loops: LoopObserver | None = None,
+    revisions: Revisions | None = None,
+    patches: PatchObserver | None = None,
+) -> SystemExport:
+    """System `name`'s export to BigQuery as the exporter service runs it (not started
+    yet): from its serving tier (RECORDLINE_SERVING) into its BigQuery store
+    (RECORDLINE_STORE), as `settings` name them; the observers as `open_store`'s."""
+    from app.store.bigquery.store import BigQueryStore
+    from app.store.tiered.fleet import SystemExport
+
+    if not settings.store.serving or not settings.store.url.startswith("bigquery:"):
+        raise UnknownStore(
+            f"{name}: an export needs a serving tier (RECORDLINE_SERVING) and a BigQuery "
+            f"store (RECORDLINE_STORE), not {settings.store.url!r}"
+        )
+    analytics = BigQueryStore.from_url(
+        settings.store.url,
+        settings,
+        emulator=settings.store.bigquery_query_endpoint or None,
+        observer=observer,
+        revisions=revisions,
+        patches=patches,
+    )
+    return SystemExport(name, _serving(settings), analytics, observer=exports, loops=loops)

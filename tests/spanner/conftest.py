@@ -31,7 +31,7 @@ def serving_settings(
     jobs_fake: FakeBigQueryJobs,
 ) -> Callable[..., Settings]:
     """Settings for the serving tier on the emulator and the BigQuery fakes, as an
-    operator would write them."""
+    operator would write them for one process."""
 
     def make(**extra: str) -> Settings:
         return Settings.load(
@@ -41,6 +41,8 @@ def serving_settings(
                 "SPANNER_EMULATOR_HOST": spanner_emulator.host,
                 "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
                 "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+                # One process that exports too, as the dev stack runs it.
+                "RECORDLINE_EXPORT_IN_SERVICE": "true",
                 **extra,
             }
         )

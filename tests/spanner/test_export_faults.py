@@ -26,7 +26,7 @@ from google.cloud.bigquery_storage_v1 import types
 
 from app.records import Record, Row
 from app.settings import Settings
-from app.store.spanner.ledger import Progress
+from app.store.spanner.ledger import LeaseClaim, Progress
 from app.store.spanner.serving import SpannerServing
 from app.store.tiered import operator
 from app.store.tiered.exporter import Exporter
@@ -267,7 +267,7 @@ class FaultyRows:
         self.broken = False
         self.claims = 0
 
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> bool:
+    async def claim_lease(self, name: str, holder: str, seconds: float) -> LeaseClaim:
         self.claims += 1
         return await self._serving.claim_lease(name, holder, seconds)
 

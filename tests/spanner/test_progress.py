@@ -257,6 +257,24 @@ async def test_an_older_schema_never_exports_once_a_newer_one_has(
     assert await exporter(store, holder="newest", version=(5, 0)).ledger.claim()
 
 
+async def test_a_lease_whose_holder_died_is_claimed_as_it_expires(make_tiered: Make) -> None:
+    store = await make_tiered()
+    # The holder's last renewal, with a lease of 1 s; then it dies (renews no more).
+    dead = exporter(store, holder="dead", lease_seconds=1.0)
+    assert await dead.ledger.claim()
+    # Another instance (a lease of 15 s, renewed every 5 s) is refused, and told when
+    # the live lease expires: it claims again then, not at its next renewal.
+    other = exporter(store, holder="other")
+    assert not await other.step()
+    assert other.ledger.expires_in is not None
+    assert 0.5 < other.ledger.expires_in <= 1.0
+    wait = other._idle()
+    assert wait < 1.2
+    await asyncio.sleep(wait)  # the lease's expiry is what is waited for
+    await other.step()
+    assert other.leading
+
+
 def test_the_code_version_is_the_schema_and_the_revision_generation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -165,9 +165,17 @@ def standing_of(holder: str) -> tuple[Standing, str]:
     return Standing(int(schema), int(revision)), name
 
 
-def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: int) -> bool:
-    """Take or renew lease `name` for `holder` (`lease_holder`'s) in `transaction`;
-    whether it holds it.
+class LeaseClaim(NamedTuple):
+    """What a claim found: whether the claimant holds the lease now, and if another
+    exporter's live lease stopped it, in how long that lease expires (µs, by Spanner's
+    clock): a claim then may take it. None: not at its expiry (an older schema)."""
+
+    held: bool
+    expires_in: int | None = None
+
+
+def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: int) -> LeaseClaim:
+    """Take or renew lease `name` for `holder` (`lease_holder`'s) in `transaction`.
 
     A live lease of another exporter is taken over only by one that stands higher
     (`Standing`): after a deploy the newer code takes the export at its next claim,
@@ -191,14 +199,15 @@ def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: in
     mine, me = standing_of(holder)
     if rows:
         theirs, them = standing_of(rows[0][0])
-        live = rows[0][1] > now
-        if them != me and (mine.schema < theirs.schema or (live and mine <= theirs)):
-            return False
+        if them != me and mine.schema < theirs.schema:
+            return LeaseClaim(held=False)
+        if them != me and rows[0][1] > now and mine <= theirs:
+            return LeaseClaim(held=False, expires_in=micros(rows[0][1]) - micros(now))
     expires = moment(micros(now) + lease_micros)
     transaction.insert_or_update(
         LEASE_TABLE, ["name", "holder", "expires"], [[name, holder, expires]]
     )
-    return True
+    return LeaseClaim(held=True)
 
 
 def release(transaction: Any, query: Any, name: str, holder: str) -> bool:

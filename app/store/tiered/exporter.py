@@ -115,6 +115,7 @@ from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
 from app.store.spanner.ledger import (
     Intent,
+    LeaseClaim,
     LeaseLost,
     Progress,
     ProgressMoved,
@@ -133,6 +134,9 @@ LEASE_NAME: Final = "bigquery"
 # instance asks for it as often. One that stops hands it back (`Exporter.stop`),
 # and the next claim takes it.
 LEASE_SECONDS: Final = 15.0
+# Another exporter's lease is claimed this long after it expires (by Spanner's
+# clock, which the claim's answer measured), so that the claim finds it expired.
+CLAIM_AFTER_EXPIRY_SECONDS: Final = 0.1
 # Batch committed at least this long ago are exported: a read at a timestamp
 # that old is served at once (a read at "now" may wait out Spanner's clock
 # uncertainty). The exporter's lag is at least this.
@@ -212,7 +216,7 @@ class ExportLedger(Protocol):
     """The export's lease and progress, where they are kept (the serving database:
     `app.store.spanner.ledger`)."""
 
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> bool: ...
+    async def claim_lease(self, name: str, holder: str, seconds: float) -> LeaseClaim: ...
 
     async def release_lease(self, name: str, holder: str, *, within: float) -> bool: ...
 
@@ -263,13 +267,18 @@ class Ledger:
         self.holder = holder
         self._lease_seconds = lease_seconds
         self._standing = standing or Standing(*code_version())
+        # After a claim another exporter's live lease refused: in how long (s) that
+        # lease expires, when known.
+        self.expires_in: float | None = None
 
     def _holder(self) -> str:
         return lease_holder(self._standing, self.holder, time.time_ns() // 1000)
 
     async def claim(self) -> bool:
         """Take or renew the lease; whether this exporter holds it now."""
-        return await self._source.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
+        found = await self._source.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
+        self.expires_in = None if found.expires_in is None else found.expires_in / 1_000_000
+        return found.held
 
     async def release(self, *, within: float = RELEASE_SECONDS) -> bool:
         """Hand the lease back if this exporter holds it; whether it did."""
@@ -371,9 +380,10 @@ class Exporter:
         self._clock = clock
         self._batch_rows = batch_rows
         self._batch_bytes = batch_bytes
-        # Whether this exporter held the lease at its last claim.
+        # Whether this exporter held the lease at its last claim, and when it claims
+        # next (monotonic).
         self.leading = False
-        self._claimed_at = -float("inf")
+        self._next_claim = -float("inf")
         # Until when this exporter claims no lease (monotonic), having stepped down.
         self._stepped_down_until = -float("inf")
         # Why each table's export is stopped, while it is.
@@ -425,7 +435,7 @@ class Exporter:
         other exporter until its next claim."""
         if self.leading:
             return IDLE_SECONDS
-        due = self._claimed_at + self._renew_seconds - time.monotonic()
+        due = self._next_claim - time.monotonic()
         return max(IDLE_SECONDS, min(due, self._renew_seconds))
 
     async def stop(self) -> None:
@@ -472,14 +482,21 @@ class Exporter:
 
     async def _lead(self) -> bool:
         """Whether this exporter holds the lease, claimed (taken or renewed) once per
-        renewal, by holders and the others alike."""
+        renewal, by holders and the others alike; another exporter's live lease is
+        claimed again as it expires, if that is sooner: an instance that died is taken
+        over within a lease of its last renewal."""
         now = time.monotonic()
         if now < self._stepped_down_until:
             return False
-        if now - self._claimed_at < self._renew_seconds:
+        if now < self._next_claim:
             return self.leading
         leading = await self.ledger.claim()
-        self._claimed_at = time.monotonic()
+        claimed = time.monotonic()
+        expires_in = self.ledger.expires_in
+        wait = self._renew_seconds
+        if not leading and expires_in is not None:
+            wait = min(wait, expires_in + CLAIM_AFTER_EXPIRY_SECONDS)
+        self._next_claim = claimed + wait
         if not leading:
             self._follow()
         self.leading = leading
