@@ -145,11 +145,18 @@ SETTLED_MICROS: Final = 1_000_000
 # request well within AppendRows' 10 MB; a payload of several MB is cut by size.
 BATCH_ROWS: Final = 1000
 BATCH_BYTES: Final = 8 * 1024 * 1024
-# Between rounds that found nothing to export.
+# Between rounds that found nothing to export: from 0.5 s, doubling while rounds keep
+# finding nothing, to 8 s; a row found starts the next streak at once. A quiet system
+# is one of a hundred an exporter service instance holds, and each round reads each
+# table's progress and its rows: at 0.5 s a rest, a quiet system took an instance 0.03
+# of a core here (`python3 dev.py bench exporter`). Once quiet, a row waits at most
+# 8 s more before it is exported: the export's alerts are an hour behind.
 IDLE_SECONDS: Final = 0.5
-# An idle exporter moves the watermark on in steps this large: one progress
-# write per table every few seconds, not one per round.
-WATERMARK_STEP_MICROS: Final = 5_000_000
+IDLE_MAX_SECONDS: Final = 8.0
+# An idle exporter moves the watermark on in steps this large: one progress write
+# (a transaction) per table every 30 s, not one per round. A quiet system's export lag
+# reads up to about this much more than its rows' (its alerts are at an hour).
+WATERMARK_STEP_MICROS: Final = 30_000_000
 # BigQuery is told the watermark (`export_watermarks`) as it moves on by this much.
 PUBLISH_MICROS: Final = 60_000_000
 # After an error (BigQuery or Spanner unavailable), before trying again: from
@@ -412,6 +419,7 @@ class Exporter:
         is finished by whichever exporter holds the lease next; `stop` hands the
         lease back so that it is taken at once)."""
         backoff = Backoff(RETRY_SECONDS, RETRY_MAX_SECONDS)
+        quiet = Backoff(IDLE_SECONDS, IDLE_MAX_SECONDS)
         while True:
             try:
                 busy = await self.step()
@@ -425,16 +433,19 @@ class Exporter:
                 await asyncio.sleep(pause)
                 continue
             backoff.reset()
-            if not busy:
+            if busy:
+                quiet.reset()
+            else:
                 # Blocked and paused tables wait for their own time (see
                 # `_round`); the lease is renewed meanwhile.
-                await asyncio.sleep(self._idle())
+                await asyncio.sleep(self._idle(quiet))
 
-    def _idle(self) -> float:
-        """How long a round that exported nothing waits: a holder IDLE_SECONDS, any
-        other exporter until its next claim."""
+    def _idle(self, quiet: Backoff | None = None) -> float:
+        """How long a round that exported nothing waits: a holder the next wait of the
+        quiet streak it is in (`quiet`; IDLE_SECONDS without one), any other exporter
+        until its next claim."""
         if self.leading:
-            return IDLE_SECONDS
+            return IDLE_SECONDS if quiet is None else quiet.next()
         due = self._next_claim - time.monotonic()
         return max(IDLE_SECONDS, min(due, self._renew_seconds))
 
