@@ -437,7 +437,12 @@ def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the
                         regional.add(address)
                         kept.add(address.replace("europe-west1", "europe-west4"))
                         continue
-                    lost = "var.region" in where or "google_cloud_run_v2_service" in where
+                    # A Cloud Run resource's grant is where the resource is (each.value).
+                    lost = (
+                        "var.region" in where
+                        or "google_cloud_run_v2_service" in where
+                        or (rtype.startswith("google_cloud_run_v2_") and "each.value" in where)
+                    )
                     (regional if lost else kept).add(address)
     assert 'module.system["orders"].google_cloud_run_v2_service.recordline' in regional
     assert 'module.system["orders"].google_cloud_scheduler_job.canary' in regional
