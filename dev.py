@@ -9,6 +9,7 @@
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
     python3 dev.py sql [--dev] "SQL"   # query the DuckDB store (typed columns), read-only
+    python3 dev.py audit --since 24h   # producer sequences by hour; exit 1 naming what is missing
     python3 dev.py test [pytest options]   # the whole test suite
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff and mypy --strict
@@ -42,7 +43,17 @@ UV_VERSION = "0.13.9"
 TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 # Commands of the `recordline` CLI this script forwards to.
-RECORDLINE_COMMANDS = ("serve", "config", "schema", "dev", "publish", "tail", "replay", "sql")
+RECORDLINE_COMMANDS = (
+    "serve",
+    "config",
+    "schema",
+    "dev",
+    "publish",
+    "tail",
+    "replay",
+    "sql",
+    "audit",
+)
 COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench", "docs")
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.

@@ -23,6 +23,7 @@ from litestar import Litestar, Router
 from litestar.config.compression import CompressionConfig
 from litestar.datastructures import Headers
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.middleware.compression import CompressionMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from litestar.types import (
@@ -37,6 +38,7 @@ from litestar.types import (
 
 from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
+from app.errors import StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.ingest.batcher import Batcher
 from app.ingest.payload import Payloads
@@ -48,15 +50,19 @@ from app.ingest.shape import Shape
 from app.problems import Problems, describe_problem
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
+from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.follow import Followers
-from app.routes.ingest import PUSH_ROUTES, REPLAY_ROUTES, push_refusals
+from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
+from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
+from app.routes.reads import Reads
 from app.routes.streams import HEAD_REQUEST, STREAM_ROUTES
 from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
+from app.store.tiered.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
 
@@ -153,7 +159,7 @@ class Recordline(Litestar):
         receive: Receive | LifeSpanReceive,
         send: Send | LifeSpanSend,
     ) -> None:
-        if cast("dict[str, object]", scope).get("method") != "HEAD":
+        if scope.get("method") != "HEAD":
             await super().__call__(scope, receive, send)
             return
         http_send = cast("Send", send)
@@ -305,10 +311,11 @@ def create_app(
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
     ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)
+    tokens = PageTokens(settings.query.page_token_secret)
     reader = Reader(
         observed,
         pending_horizon=batcher.horizon,
-        tokens=PageTokens(settings.query.page_token_secret),
+        tokens=tokens,
         retention_days=settings.store.retention_days,
     )
     followers = Followers(
@@ -320,7 +327,21 @@ def create_app(
         # guard reads this service does not check itself.
         shared_cache=settings.query.shared_cache,
     )
-    readiness = Readiness(store, checks=[auth.check, schemas.check])
+    # Reads in flight leave room for pushes on the connections the server keeps.
+    reads = Reads(settings.server.max_reads).middleware()
+    producers = Producers(store, tokens=tokens, grace_seconds=settings.query.producer_grace_seconds)
+    # The ledger's `missing` metric, read by a loop of the app's own (a store with no
+    # ledger has none): restarted if it fails, and named by readiness while it is down.
+    watching = Supervisor(observer=telemetry.loop_observer())
+    watch = MissingWatch(producers)
+    telemetry.metrics.producers_missing = lambda: watch.missing
+
+    async def watch_check() -> None:
+        down = watching.down()
+        if down:
+            raise StoreUnavailable(f"background work down: {'; '.join(down)}")
+
+    readiness = Readiness(store, checks=[auth.check, schemas.check, watch_check])
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
@@ -364,6 +385,10 @@ def create_app(
             stack.push_async_callback(schemas.close)
             await batcher.start()
             stack.push_async_callback(drain)
+            if store.completeness is not None:
+                await watching.start()
+                stack.push_async_callback(watching.close)
+                watching.run("producers", watch.run, interval=WATCH_SECONDS)
             # uvicorn waits for open requests before the lifespan ends: waiting
             # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
             stack.enter_context(on_terminate(stopping))
@@ -372,29 +397,65 @@ def create_app(
         log.info("recordline stopped: accepted rows drained, store closed")
 
     traced = telemetry.middleware()
+    # Pages of records compress about eightfold: a follower at 1,000 msg/s would
+    # otherwise pay more for egress than the stores cost. Level 6 is zlib's
+    # default, most of level 9's ratio at a fraction of its CPU. Every route but
+    # the push, which is answered with no content: with no middleware of its own
+    # (tracing off) a push is spared Litestar's second exception layer and the
+    # coding's negotiation, ~10 of its calls.
+    compressed = [
+        DefineMiddleware(
+            NegotiatedCompression,
+            config=CompressionConfig(
+                backend="gzip", minimum_size=COMPRESS_FROM_BYTES, gzip_compress_level=6
+            ),
+        )
+    ]
 
     def constant(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
     return Recordline(
         route_handlers=[
-            # Probes, scrapes and the docs are not traced: they say nothing about a message.
-            Router("/", route_handlers=PUSH_ROUTES, guards=auth.push_guards, middleware=traced),
+            # Called by the push subscription.
+            Router(
+                "/",
+                route_handlers=push_routes(ingest, telemetry.push_traces),
+                guards=auth.push_guards,
+                middleware=traced,
+            ),
             Router(
                 "/",
                 route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
                 guards=auth.read_guards,
-                middleware=[*traced, *telemetry.read_timing()],
+                middleware=[reads, *traced, *telemetry.read_timing(), *compressed],
             ),
-            Router("/", route_handlers=REPLAY_ROUTES, guards=auth.replay_guards, middleware=traced),
-            healthz,
-            readyz,
-            describe_problem,
-            docs_assets(),
-            *telemetry.route_handlers,
+            Router(
+                "/",
+                route_handlers=REPLAY_ROUTES,
+                guards=auth.replay_guards,
+                middleware=[reads, *traced, *compressed],
+            ),
+            # Probes, scrapes and the docs are not traced: they say nothing about a message.
+            Router(
+                "/",
+                route_handlers=[
+                    healthz,
+                    readyz,
+                    describe_problem,
+                    docs_assets(),
+                    *telemetry.route_handlers,
+                ],
+                middleware=compressed,
+            ),
+            Router(
+                "/",
+                route_handlers=PRODUCER_ROUTES,
+                guards=auth.read_guards,
+                middleware=[reads, *traced, *compressed],
+            ),
         ],
         dependencies={
-            "ingest": constant(ingest),
             "reader": constant(reader),
             "readiness": constant(readiness),
             "replayer": constant(Replay(ingest, observed)),
@@ -403,6 +464,7 @@ def create_app(
                     reader, followers, Streams(reader, Offsets(settings.query.page_token_secret))
                 )
             ),
+            "producers": constant(producers),
         },
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(outcomes, problems)],
@@ -413,17 +475,8 @@ def create_app(
             ),
         ],
         request_max_body_size=settings.server.max_body_bytes,
-        # Pages of records compress about eightfold: a follower at 1,000 msg/s
-        # would otherwise pay more for egress than the stores cost. Level 6 is
-        # zlib's default, most of level 9's ratio at a fraction of its CPU.
-        compression_config=CompressionConfig(
-            backend="gzip",
-            minimum_size=COMPRESS_FROM_BYTES,
-            gzip_compress_level=6,
-            middleware_class=NegotiatedCompression,
-        ),
-        openapi_config=openapi_config(),
-        signature_types=[Ingest, Reader, Readiness, Replay, Paging],
+        openapi_config=openapi_config(middleware=compressed),
+        signature_types=[Reader, Readiness, Replay, Paging, Producers],
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )

@@ -183,6 +183,15 @@ def _main(argv: list[str] | None) -> int:
         "--operator", help="who runs it (an e-mail; required on BigQuery), logged with the reason"
     )
 
+    audit = commands.add_parser(
+        "audit",
+        help="per hour, messages with a producer sequence received, stored, rejected, "
+        "dropped as copies, and missing (exit 1 naming the first missing range)",
+    )
+    from app.query import audit as auditing
+
+    auditing.add_arguments(audit)
+
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
     if asked in DEV_TOOLS and asked not in tools:
@@ -217,6 +226,8 @@ def _main(argv: list[str] | None) -> int:
             return _schema(args.target, write=args.write)
         case "export":
             return _export(args)
+        case "audit":
+            return auditing.run(args)
         case "restore":
             return _restore(args)
         case "sql":
@@ -630,12 +641,11 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        # Every input bounded before the app sees it (app.http_limits): heads by size
-        # and time, idle connections, and connections at once.
-        http=bounded_httptools(
-            header_timeout=server.header_timeout_seconds, max_header_bytes=server.max_header_bytes
-        ),
-        limit_concurrency=server.max_connections,
+        # Every byte of every request bounded in size and time, and connections at once
+        # (app.http_limits), which answers past its bound itself: no limit_concurrency.
+        http=bounded_httptools(server),
+        # No WebSocket route: an upgrade is refused (app.http_limits), never handed over.
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
@@ -846,15 +856,16 @@ def typed_columns_file(source: Path, kind: str) -> str:
     it into the table on the revision's first row, so that its merge of that
     revision then changes nothing; the schema's type; and the SHA-256 of the
     file's bytes, which the plan compares with the file's (filesha256). Raises
-    SchemaError when the service could not decode with the schema."""
+    SchemaError when the service could not decode with the schema, OverCap when
+    its fields pass a cap of the mapping (the service gives it no typed columns)."""
     import hashlib
 
-    from app.ingest.schemas import revision_codec
+    from app.ingest.schemas import revision_codec, typed_fields
     from app.store.bigquery.typed import FIELDS, column_of
     from app.typed.mapping import Field, Type
 
     definition = source.read_bytes()
-    _, fields = revision_codec(kind, definition.decode())
+    fields = typed_fields(revision_codec(kind, definition.decode()))
     column = (
         column_of(Field(name=FIELDS, type=Type.RECORD, fields=fields)).to_api_repr()
         if fields
@@ -885,6 +896,7 @@ def typed_files() -> dict[Path, str | None]:
 
 def _typed_schema(file: str | None, kind: str | None, *, write: bool) -> int:
     from app.ingest.codec import SchemaError
+    from app.typed.mapping import OverCap
 
     if file is None or kind is None:
         print(
@@ -898,6 +910,9 @@ def _typed_schema(file: str | None, kind: str | None, *, write: bool) -> int:
         text = typed_columns_file(source, kind)
     except OSError as exc:
         print(f"recordline schema typed: {file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except OverCap as exc:
+        print(f"recordline schema typed: {file}: {exc}", file=sys.stderr)
         return 2
     except (SchemaError, UnicodeDecodeError) as exc:
         print(f"recordline schema typed: {file} is no {kind} schema: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ and every version of the service shows the page it was tested with. Swagger UI
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from litestar.openapi.spec import (
 )
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
+from litestar.types import Middleware
 
 from app.ingest.envelope import (
     MAX_ATTRIBUTE_KEY,
@@ -46,7 +48,8 @@ ASSETS_PATH = f"{DOCS_PATH}/ui"
 ASSETS = Path(__file__).resolve().parent / "docs_ui"
 
 
-def openapi_config() -> OpenAPIConfig:
+def openapi_config(middleware: Sequence[Middleware] = ()) -> OpenAPIConfig:
+    """The document and its page, served through `middleware`."""
     ui = SwaggerRenderPlugin(
         js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
         css_url=f"{ASSETS_PATH}/swagger-ui.css",
@@ -62,10 +65,16 @@ def openapi_config() -> OpenAPIConfig:
             "problem document (application/problem+json) whose `type` the service describes "
             "at `/problems/<name>`."
         ),
-        path=DOCS_PATH,
         render_plugins=[ui],
+        # As Litestar makes it when given none, with `middleware`.
         openapi_router=Router(
-            DOCS_PATH, route_handlers=[], include_in_schema=False, after_request=_problem_if_absent
+            DOCS_PATH,
+            route_handlers=[],
+            include_in_schema=False,
+            dto=None,
+            return_dto=None,
+            middleware=middleware,
+            after_request=_problem_if_absent,
         ),
     )
 
@@ -242,6 +251,24 @@ class RejectionsOperation(Operation):
                     description="What became of the page's first rejected message",
                 ),
                 "next": _next_page("/v1/rejections"),
+            },
+        )
+
+
+@dataclass
+class ProducersOperation(Operation):
+    """GET /v1/producers: a page leads to each producer, and the next page."""
+
+    def __post_init__(self) -> None:
+        _links(
+            self,
+            {
+                "producer": Link(
+                    operation_ref=_operation("/v1/producers/{producer}"),
+                    parameters={"producer": "$response.body#/producers/0/producer"},
+                    description="Every gap and count of the page's first producer",
+                ),
+                "next": _next_page("/v1/producers"),
             },
         )
 

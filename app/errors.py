@@ -74,6 +74,25 @@ class BadEnvelope(BadRequest):
     problem = "not-a-push-envelope"
 
 
+class AmbiguousRequest(BadRequest):
+    """The request names its sender or its destination more than once, or not at all: two
+    `Authorization` or two `X-Serverless-Authorization` headers, or no `Host` or more than
+    one. Which of two a proxy (Cloud Run's invoker check) read cannot be known, so neither
+    is used."""
+
+    title = "Ambiguous request"
+    problem = "ambiguous-request"
+
+
+class UpgradeNotServed(BadRequest):
+    """The request asks to switch protocols (`Connection: Upgrade`, such as `h2c` or
+    `websocket`) or to open a tunnel (`CONNECT`): this service speaks HTTP/1.1 and serves
+    neither. The connection is closed."""
+
+    title = "Upgrade not served"
+    problem = "upgrade-not-served"
+
+
 class BadParameter(BadRequest):
     """A query parameter cannot be used; `parameter` names it."""
 
@@ -111,6 +130,25 @@ class BodyTooLarge(RecordlineError):
             f"the body is larger than {max_bytes} bytes (RECORDLINE_MAX_BODY_BYTES)",
             max_bytes=max_bytes,
         )
+
+
+class HeadersTooLarge(RecordlineError):
+    """The request line and headers, or a chunked body's trailers and framing, are larger
+    than the service reads (RECORDLINE_MAX_HEADER_BYTES, and at most 256 header fields).
+    The connection is closed."""
+
+    status = 431
+    title = "Request headers too large"
+    problem = "headers-too-large"
+
+
+class RequestTimeout(RecordlineError):
+    """The request's body did not arrive within RECORDLINE_BODY_TIMEOUT_SECONDS of its
+    headers. The connection is closed."""
+
+    status = 408
+    title = "Request timeout"
+    problem = "request-timeout"
 
 
 class MethodNotAllowed(RecordlineError):
@@ -252,6 +290,26 @@ class TooManyFollowers(RetryLater):
     title = "Too many followers"
     problem = "too-many-followers"
     cause = "followers"
+
+
+class TooManyReads(RetryLater):
+    """This instance already serves as many reads, waiting pages, streams and replays at once
+    as it has room for: RECORDLINE_MAX_CONNECTIONS less the share kept for pushes
+    (RECORDLINE_PUSH_RESERVE). Retry after `Retry-After`."""
+
+    title = "Too many reads"
+    problem = "too-many-reads"
+    cause = "reads"
+
+
+class TooManyConnections(RetryLater):
+    """Every connection this instance keeps (RECORDLINE_MAX_CONNECTIONS) carries a request, so
+    none could be closed to make room for this one's; it is closed once answered. Retry
+    after `Retry-After`."""
+
+    title = "Too many connections"
+    problem = "too-many-connections"
+    cause = "connections"
 
 
 class CertsUnavailable(RetryLater):

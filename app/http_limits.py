@@ -1,160 +1,437 @@
-"""What one connection may cost before the app sees a request: bounded.
+"""What one connection may cost: every byte of every request bounded, in size and in time.
 
-uvicorn reads a request's line and headers before any route or guard runs,
-and its httptools protocol bounds neither their size nor how long they take:
-four connections sending headers without end grew the process by gigabytes,
-and a connection that sent half a request head was held forever. So every
-connection is served by `BoundedHttpTools`, uvicorn's httptools protocol with:
+uvicorn reads a request's line, headers, body and trailers before any route or
+guard runs, and its httptools protocol bounds none of them: headers without
+end grew the process by gigabytes, a body sent a byte a second or a blank line
+after an answer held a connection forever, an upgrade (`h2c`) or a `CONNECT`
+left the rest of the connection unread by any bound, and a chunked body's
+trailers (64 MiB of them: +222 MB, 11 s of CPU) became request headers.
+So every connection is served by `BoundedHttpTools`: uvicorn's httptools
+protocol, following each request through the callbacks of the parser uvicorn
+itself feeds (one parser: nothing is parsed twice, and no second parser can
+lose track of the first):
 
-- a size bound: a request's line and headers together are at most
-  `max_header_bytes`, and at most `MAX_HEADERS` headers; more is answered 431
-  and the connection closed, having passed no more than that to the server;
-- a header deadline: a request's head must be complete within
-  `header_timeout` of its first byte (of the connection's opening, for the
-  first), or the connection is closed.
+- a request's head (its line and headers) is at most `max_header_bytes` and
+  `MAX_HEADERS` fields, measured whole however its bytes arrive: while it is
+  incomplete, by every byte of the reads it came in but the body of a request
+  before it; once complete, if those reads held more than the bound, exactly (its
+  URL and its fields). So a head is refused at most one read (256 KiB) past its
+  bound, whether it came in one read or behind other requests. Past it: 431, and
+  the connection is closed without the app being called;
+- a head is due within `header_timeout` of its first byte: any byte, so that
+  blank lines between requests start the clock too (for a connection's first
+  request, of the connection's opening);
+- a body, and a chunked body's trailers, are due within `body_timeout` of the
+  head's end, while the server itself reads (not while it holds the reading back
+  for the app); past it: 408 if nothing was answered yet, and closed;
+- trailers never become headers: they are measured with the body's framing (at
+  most `max_header_bytes`, and `CHUNK_FRAMING` more a chunk) and dropped;
+- a request answered before its body was read whole ends its connection: nothing
+  is read only to be dropped (a 401 or a 413 does not read the 10 GB behind it);
+- `Connection: Upgrade` and `CONNECT` are answered 400 and the connection closed:
+  the service has no WebSocket route, and an upgraded or tunnelled connection is
+  no HTTP/1.1 a bound here could follow;
+- a request without `Host` (HTTP/1.1) or with two is answered 400 (RFC 9112 §3.2);
+- a process keeps at most `max_connections` (`Connections`): one more closes the
+  connection that has held no request longest (idle between requests, or with
+  its head still arriving), and with every connection busy its request is
+  answered 503. uvicorn's `timeout_keep_alive` closes a connection idle between
+  requests.
 
-uvicorn's own settings do the rest: `timeout_keep_alive` for a connection idle
-between requests, `limit_concurrency` for connections and requests at once.
-uvicorn's h11 protocol bounds a head's size (`h11_max_incomplete_event_size`)
-but not its time, and costs a push 1.7 times the event loop's instructions
-(`python3 dev.py bench server`); httptools' parser, fed the same bytes
-first, follows each head for a fraction of that, through its public callbacks.
+Why a layer over uvicorn's httptools rather than a server with bounds of its
+own (`python3 dev.py bench server`, and docs/benchmarks.md): none of the servers
+measured bounds what this layer bounds. uvicorn's h11 protocol takes a 100 KB
+head in one read past a 16 KiB bound, holds a body sent a byte a second, and
+costs 2.2 times httptools' instructions a push (1.43 times, serving Recordline).
+Hypercorn bounds heads, but switches an `h2c` upgrade to HTTP/2, holds a slow
+body, and costs 3.1 times. Granian (hyper, in Rust threads of its own) bounds
+heads and their time natively and costs as many instructions (0.99, every thread
+counted) and less CPU a push on one CPU (0.79 to 0.91; 1.14 across two), but
+answers a 64 MiB trailer with the app's 500 (a 5xx a sender controls), passes
+`CONNECT` to the app, and has no body deadline, no bound on connections and no
+`Host` check: it would need a layer of its own in the app, and a process model
+of its own for `recordline serve` (its start, its stop within Cloud Run's 10 s).
+This layer costs 2% of a Recordline push's instructions (5.7% of the floor's
+lighter push), as the second parser it replaces did.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+import http
+from typing import Any, ClassVar, Final
 
-import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from app.errors import (
+    AmbiguousRequest,
+    HeadersTooLarge,
+    RecordlineError,
+    RequestTimeout,
+    TooManyConnections,
+    UpgradeNotServed,
+)
+from app.problems import MEDIA_TYPE, Problems
+from app.settings import ServerSettings
 
 # More headers than this is no client of this service: a push carries ~10, an
 # unwrapped one at most Pub/Sub's 100 attributes besides.
 MAX_HEADERS: Final = 256
-TOO_LARGE: Final = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: 43\r\n\r\n"
-    b"the request line and headers are too large\n"
-)
+# What a chunk of a chunked body may add to it: 16 hex digits of size (a 64-bit
+# length), the CRLF after them, and the CRLF after the chunk's data.
+CHUNK_FRAMING: Final = 20
+# A header's bytes besides its name and value: `:`, a space, CRLF.
+HEADER_FRAMING: Final = 4
+# How long a refused connection is still read from, what comes dropped, once its
+# refusal is sent: closed with bytes unread, the connection would be reset, and a
+# reset can discard the refusal before a client that is still sending reads it.
+LINGER_SECONDS: Final = 2.0
+# Where a connection is in its requests: between two (or before the first), in a
+# head, in a body.
+WAITING: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
 
 
-class RequestHeads:
-    """Where a connection is in its requests, from its bytes: httptools' callbacks."""
+# uvicorn's protocol, whose methods those here call directly rather than through
+# super(): a push passes through a dozen of them, and super() made each call cost
+# three times as much (0.9 µs a push for on_header alone, measured in-process).
+_uvicorn = HttpToolsProtocol
 
-    def __init__(self, max_header_bytes: int) -> None:
-        self._max_bytes = max_header_bytes
-        self._parser = httptools.HttpRequestParser(self)
-        # Bytes received since a head began that has not ended. httptools reports a
-        # header only once the next one starts, so a head is measured by what
-        # arrives while it is incomplete: at most one read more than the bound.
-        self._pending = 0
-        self._headers = 0
-        # A request's first byte came and its head has not ended.
-        self.waiting = False
-        # The head passed a bound; nothing more is read from this connection.
-        self.too_large = False
-        # The bytes are no HTTP/1.1 this parser follows (an upgrade, or an error the
-        # server's own parser answers): no longer followed.
-        self.gone = False
 
-    def feed(self, data: bytes) -> None:
-        if self.gone:
-            return
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self.waiting = False
-            self.gone = True
-            return
-        if not self.waiting:
-            self._pending = 0
-            return
-        self._pending += len(data)
-        if self._pending > self._max_bytes:
-            self.too_large = True
+class Refused(Exception):
+    """Raised from a parser callback to stop httptools at once: what comes after a
+    refused upgrade is no HTTP this layer follows."""
 
-    # httptools' callbacks.
 
-    def on_message_begin(self) -> None:
-        self.waiting = True
-        self._pending = self._headers = 0
+def answer(error: RecordlineError, problems: Problems) -> bytes:
+    """`error` as a whole HTTP/1.1 answer, its problem document, that closes the connection."""
+    problem, headers = problems.of(error)
+    body = msgspec.json.encode(problem)
+    lines = [
+        f"HTTP/1.1 {error.status} {http.HTTPStatus(error.status).phrase}",
+        f"content-type: {MEDIA_TYPE}",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{name.lower()}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers += 1
-        if self._headers > MAX_HEADERS:
-            self.too_large = True
 
-    def on_headers_complete(self) -> None:
-        self.waiting = False
+class Connections:
+    """The connections one server keeps: at most `most`, the one that has held no
+    request longest closed to make room for another."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._open: set[BoundedHttpTools] = set()
+        # Connections holding no request, longest first (a dict keeps insertion order).
+        self._idle: dict[BoundedHttpTools, None] = {}
+
+    def opened(self, connection: BoundedHttpTools) -> bool:
+        """Count `connection` in, closing idle ones past the bound; False if it is one
+        too many (every other connection holds a request)."""
+        while len(self._open) >= self.most and self._idle:
+            longest = next(iter(self._idle))
+            self.closed(longest)
+            longest.shed()
+        self._open.add(connection)
+        self._idle[connection] = None
+        return len(self._open) <= self.most
+
+    def crowded(self) -> bool:
+        return len(self._open) > self.most
+
+    def busy(self, connection: BoundedHttpTools) -> None:
+        self._idle.pop(connection, None)
+
+    def idle(self, connection: BoundedHttpTools) -> None:
+        if connection in self._open:
+            self._idle[connection] = None
+
+    def closed(self, connection: BoundedHttpTools) -> None:
+        self._open.discard(connection)
+        self._idle.pop(connection, None)
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with each request head bounded in size and time.
+    """uvicorn's httptools protocol, every request on the connection bounded (see the module).
 
-    `header_timeout` and `max_header_bytes` are read from the class, which
-    `bounded_httptools` makes per service: uvicorn builds one protocol per
+    `limits`, `problems` and `kept` are read from the class, which
+    `bounded_httptools` makes per server: uvicorn builds one protocol per
     connection from the class it is given (`http=`).
     """
 
-    header_timeout: float = 10.0
-    max_header_bytes: int = 256 * 1024
+    limits: ClassVar[ServerSettings]
+    problems: ClassVar[Problems]
+    kept: ClassVar[Connections]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._heads = RequestHeads(self.max_header_bytes)
-        self._head_deadline: asyncio.TimerHandle | None = None
-        self._connection: asyncio.Transport | None = None
+        self._phase = WAITING
+        # Bytes the current head has taken of the reads so far (in a body: what the
+        # reads after its first brought besides body bytes: framing and trailers).
+        self._taken = 0
+        # The current read's size, and its bytes the parser passed on as body.
+        self._read = 0
+        self._body_read = 0
+        # The head ended in the current read: what of it is the body's is not known.
+        self._head_ended = False
+        self._chunks = 0
+        # Requests whose head was read and whose answer is not complete.
+        self._in_flight = 0
+        # The request whose body is being read.
+        self._reading: RequestResponseCycle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        # The answer that ends this connection (b"": none, only the close), once decided.
+        self._refusal: bytes | None = None
+        # Opened while every kept connection held a request.
+        self._crowded = False
+        # Answered its refusal; reading on only to drop what comes (LINGER_SECONDS).
+        self._lingering = False
+
+    # The connection.
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._connection = transport
+        self._crowded = not self.kept.opened(self)
         # The first request's head is due from the moment the connection opens.
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        heads = self._heads
-        heads.feed(data)
-        if heads.too_large:
-            self._refuse()
-            return
-        if heads.waiting:
-            if self._head_deadline is None:
-                self._arm()
-        else:
-            self._disarm()
-        super().data_received(data)
+        self._arm(self.limits.header_timeout_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.kept.closed(self)
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._head_deadline = loop.call_later(self.header_timeout, self._close)
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return
+        if self._phase == WAITING:
+            # Whatever comes now is the next request's: its head's clock starts with it.
+            self._begin()
+        self._read = len(data)
+        self._body_read = 0
+        _uvicorn.data_received(self, data)
+        if self._refusal is not None:
+            self._refuse()
+            return
+        phase = self._phase
+        if phase == WAITING:
+            return
+        limits = self.limits
+        if phase == HEAD:
+            # Every byte of the read but the body of a request before it: at most one
+            # read more than the head itself, where requests before it left framing.
+            self._taken += len(data) - self._body_read
+            if self._taken > limits.max_header_bytes:
+                self._refuse_with(self._too_large("the request line and headers"))
+            elif self._deadline is None:
+                self._arm(limits.header_timeout_seconds)
+            return
+        if self._head_ended:
+            self._head_ended = False
+        else:
+            self._taken += len(data) - self._body_read
+            if self._taken > limits.max_header_bytes + CHUNK_FRAMING * self._chunks:
+                self._refuse_in_body(self._too_large("the body's trailers and chunk framing"))
+                return
+        if self._deadline is None:
+            self._arm(limits.body_timeout_seconds)
 
-    def _disarm(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a parser error, a callback's included: a refusal decided
+        # here is answered as itself.
+        if self._refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse()
+
+    def on_response_complete(self) -> None:
+        if self._in_flight:  # none once a refusal cut the request being read
+            self._in_flight -= 1
+        _uvicorn.on_response_complete(self)
+        if self._refusal is not None:
+            if self._in_flight == 0:
+                self._refuse()  # its turn, after the answers to the requests ahead of it
+            return
+        reading = self._reading
+        if reading is not None and reading.response_complete:
+            # Answered before its body was read whole: what is left is not read to be dropped.
+            self.shed()
+        elif self._in_flight == 0:
+            self.kept.idle(self)
+
+    def shed(self) -> None:
+        """Close the connection, answering nothing more."""
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    # httptools' callbacks, passed on to uvicorn's unless the request is refused.
+
+    def on_message_begin(self) -> None:
+        if self._refusal is not None:
+            return
+        if self._phase != HEAD:
+            self._begin()
+        _uvicorn.on_message_begin(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # In a body, a field is a trailer: measured with the framing, never a header.
+        if self._phase != BODY and self._refusal is None:
+            _uvicorn.on_header(self, name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refusal is None:
+            self._refusal = self._refusal_of_head()
+        if self._refusal is not None:
+            if self.parser.should_upgrade():
+                # httptools would stop at the upgrade and uvicorn take it: stop here instead.
+                raise Refused
+            return
+        self._phase = BODY
+        self._taken = self._chunks = 0
+        self._head_ended = True
+        self._disarm()
+        if not self._in_flight:
+            self.kept.busy(self)
+        self._in_flight += 1
+        _uvicorn.on_headers_complete(self)
+        self._reading = self.cycle
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
+    def on_body(self, body: bytes) -> None:
+        if self._refusal is not None:
+            return
+        self._body_read += len(body)
+        _uvicorn.on_body(self, body)
+
+    def on_message_complete(self) -> None:
+        if self._refusal is not None:
+            return
+        self._phase = WAITING
+        self._reading = None
+        self._disarm()
+        _uvicorn.on_message_complete(self)
+
+    # Bounds.
+
+    def _begin(self) -> None:
+        self._phase = HEAD
+        self._taken = 0
+        self._head_ended = False
+
+    def _refusal_of_head(self) -> bytes | None:
+        headers = self.headers
+        limit = self.limits.max_header_bytes
+        # The reads it came in bound a head from above: counted exactly only past the bound.
+        if self._taken + self._read > limit or len(headers) > MAX_HEADERS:
+            size = len(self.url) + sum(len(n) + len(v) + HEADER_FRAMING for n, v in headers)
+            if size > limit or len(headers) > MAX_HEADERS:
+                return answer(self._too_large("the request line and headers"), self.problems)
+        if self.parser.should_upgrade():
+            return answer(
+                UpgradeNotServed("this service serves HTTP/1.1 only: no upgrade, no CONNECT"),
+                self.problems,
+            )
+        hosts = 0
+        for name, _ in headers:  # lower-cased by uvicorn
+            if name == b"host":
+                hosts += 1
+        if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
+            said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
+            return answer(
+                AmbiguousRequest(f"{said}: an HTTP/1.1 request names its host once"),
+                self.problems,
+            )
+        if self._crowded and self.kept.crowded():
+            return answer(
+                TooManyConnections(
+                    f"every one of the {self.kept.most} connections this instance keeps "
+                    "(RECORDLINE_MAX_CONNECTIONS) carries a request"
+                ),
+                self.problems,
+            )
+        return None
+
+    def _too_large(self, what: str) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            f"{what} are larger than {self.limits.max_header_bytes} bytes "
+            f"(RECORDLINE_MAX_HEADER_BYTES), or than {MAX_HEADERS} fields"
+        )
+
+    def _refuse_with(self, error: RecordlineError) -> None:
+        self._refusal = answer(error, self.problems)
+        self._refuse()
+
+    def _refuse_in_body(self, error: RecordlineError) -> None:
+        """Refuse the request whose body is being read, now: answered, unless the app
+        has begun its own answer, and closed."""
+        reading = self._reading
+        started = reading is not None and reading.response_started
+        self._refusal = b"" if started else answer(error, self.problems)
+        self._in_flight = 0
+        self._refuse()
 
     def _refuse(self) -> None:
+        """Answer the refusal and close, once the requests ahead of it are answered
+        (answers go in the order of their requests); what comes after it is dropped."""
+        if self._lingering:
+            return
         self._disarm()
-        connection = self._connection
-        if connection is not None and not connection.is_closing():
-            connection.write(TOO_LARGE)
-            connection.close()
+        transport = self.transport
+        if transport.is_closing() or self._in_flight:
+            return
+        if not self._refusal or not transport.can_write_eof():
+            if self._refusal:
+                transport.write(self._refusal)
+            transport.close()
+            return
+        transport.write(self._refusal)
+        transport.write_eof()
+        # Read on a while, dropping it, then close (a client's EOF closes it sooner).
+        self._lingering = True
+        self.flow.resume_reading()
+        self._deadline = self.loop.call_later(LINGER_SECONDS, self.shed)
 
-    def _close(self) -> None:
-        self._head_deadline = None
-        if self._connection is not None and not self._connection.is_closing():
-            self._connection.close()
+    def _arm(self, seconds: float) -> None:
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self._phase != BODY:
+            # A head not in within its time (or nothing at all since the connection opened).
+            self.shed()
+        elif self.flow.read_paused:
+            # The server holds the reading back (the app has not taken what came, or a
+            # request ahead is not answered yet): that time is not the client's.
+            self._arm(self.limits.body_timeout_seconds)
+        else:
+            seconds = self.limits.body_timeout_seconds
+            self._refuse_in_body(
+                RequestTimeout(
+                    f"the body did not arrive within {seconds:g} s of the headers "
+                    "(RECORDLINE_BODY_TIMEOUT_SECONDS)"
+                )
+            )
 
 
-def bounded_httptools(*, header_timeout: float, max_header_bytes: int) -> type[BoundedHttpTools]:
-    """The protocol class uvicorn is given (`http=`), with these bounds."""
+def bounded_httptools(limits: ServerSettings) -> type[BoundedHttpTools]:
+    """The protocol class uvicorn is given (`http=`), with these bounds, for one server."""
     return type(
         "BoundedHttpTools",
         (BoundedHttpTools,),
-        {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes},
+        {
+            "limits": limits,
+            "problems": Problems(max_body_bytes=limits.max_body_bytes),
+            "kept": Connections(limits.max_connections),
+        },
     )

@@ -237,8 +237,12 @@ R = typing.TypeVar("R", bound=Row)
 
 def row_of(row_type: type[R], values: Sequence[Any]) -> R:
     """A row from its column values, in column order (as both stores select them)."""
-    names = [c.name for c in columns(row_type)]
-    return row_type(**dict(zip(names, values, strict=True)))
+    return row_type(**dict(zip(column_names(row_type), values, strict=True)))
+
+
+@functools.cache
+def column_names(row_type: type[Row]) -> tuple[str, ...]:
+    return tuple(c.name for c in columns(row_type))
 
 
 class Column(msgspec.Struct, frozen=True):

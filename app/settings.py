@@ -183,8 +183,9 @@ class ServerSettings(Section, frozen=True):
         Meta(ge=16 * 1024, le=16 * 1024 * 1024),
         env(
             "RECORDLINE_MAX_HEADER_BYTES",
-            "Largest request line and headers together; more is a 400 and a closed connection "
-            "(an unwrapped push with 100 attributes of Pub/Sub's largest sends ~130 KB)",
+            "Largest request line and headers together, and largest trailers and framing of a "
+            "chunked body; more is a 431 and a closed connection (an unwrapped push with 100 "
+            "attributes of Pub/Sub's largest sends ~130 KB)",
         ),
     ] = 256 * 1024
     header_timeout_seconds: Annotated[
@@ -196,6 +197,16 @@ class ServerSettings(Section, frozen=True):
             "(from the connection's opening, for its first request); then it is closed",
         ),
     ] = 10.0
+    body_timeout_seconds: Annotated[
+        float,
+        Meta(gt=0, le=600),
+        env(
+            "RECORDLINE_BODY_TIMEOUT_SECONDS",
+            "How long a request's body (and a chunked body's trailers) may take to arrive, "
+            "from the end of its headers; then it is answered 408 and closed. A 13.4 MB push "
+            "within 30 s needs 0.45 MB/s",
+        ),
+    ] = 30.0
     keep_alive_seconds: Annotated[
         float,
         Meta(gt=0, le=3600),
@@ -209,10 +220,23 @@ class ServerSettings(Section, frozen=True):
         Meta(ge=1),
         env(
             "RECORDLINE_MAX_CONNECTIONS",
-            "Most connections (and requests) one process serves at once; one more request is "
-            "answered 503. Cloud Run's own concurrency is at most 1,000 per instance",
+            "Most connections one process keeps open: one more closes the one that has held "
+            "no request longest (idle, or its head still arriving), and a request that finds "
+            "every one busy is answered 503. Cloud Run's own concurrency is at most 1,000 per "
+            "instance",
         ),
     ] = 1000
+    push_reserve: Annotated[
+        float,
+        Meta(gt=0, lt=1),
+        env(
+            "RECORDLINE_PUSH_RESERVE",
+            "Share of RECORDLINE_MAX_CONNECTIONS kept for pushes: reads, waiting pages, "
+            "streams and replays in flight at once are at most the rest (800 of 1,000); one "
+            "more is answered 503 `too-many-reads`",
+            accepts="a number between 0 and 1",
+        ),
+    ] = 0.2
     log_format: Annotated[
         Literal["auto", "json", "text"],
         env(
@@ -228,6 +252,11 @@ class ServerSettings(Section, frozen=True):
             accepts="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL` (any case)",
         ),
     ] = "INFO"
+
+    @property
+    def max_reads(self) -> int:
+        """Reads in flight at once: what RECORDLINE_PUSH_RESERVE leaves (at least one)."""
+        return max(1, self.max_connections - round(self.max_connections * self.push_reserve))
 
 
 class StoreSettings(Section, frozen=True):
@@ -504,6 +533,17 @@ class QuerySettings(Section, frozen=True):
             "the client's own cache may (`private`): reads may be guarded by a token",
         ),
     ] = False
+    producer_grace_seconds: Annotated[
+        float,
+        Meta(gt=0, le=7 * 24 * 3600),
+        env(
+            "RECORDLINE_PRODUCER_GRACE_SECONDS",
+            "How long a gap in a producer's sequence may stay open before its messages are "
+            "missing (/v1/producers, the recordline.producer.missing metric, recordline "
+            "audit): longer than a message may take to arrive out of order, well inside "
+            "the subscription's retention",
+        ),
+    ] = 1800.0
 
 
 class AuthSettings(Section, frozen=True):

@@ -2,7 +2,7 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | exporter.
+      typedingest | exporter | calls | producers.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -29,6 +29,8 @@ NAMES = (
     "devrate",
     "typedingest",
     "exporter",
+    "calls",
+    "producers",
 )
 
 

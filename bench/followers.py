@@ -208,6 +208,9 @@ def http_part(args: argparse.Namespace) -> None:
         env = {
             "RECORDLINE_STORE": f"duckdb://{Path(tmp) / 'followers.duckdb'}",
             "RECORDLINE_LOG_LEVEL": "WARNING",
+            # Room for every follower, and for its next page while the last is answered.
+            "RECORDLINE_MAX_FOLLOWERS": str(args.followers + 50),
+            "RECORDLINE_MAX_CONNECTIONS": str(2 * args.followers + 200),
         }
         with server([*SERVE, "--port", str(port)], port, env=env) as service:
             httpx.post(f"{service.url}/pubsub/push", json=push_body(0)).raise_for_status()

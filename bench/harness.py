@@ -31,14 +31,23 @@ RECORD = json.dumps({"id": "r", "timestamp": "2024-04-27T12:00:00Z", "data": DAT
 
 # wrk's Lua: every request carries a new message id (so nothing is deduplicated
 # away), and `done` prints one JSON line of results, p95 included, which wrk's
-# own report lacks.
+# own report lacks. Each of wrk's threads runs the script in a Lua state of its
+# own whose `math.random` starts from the same seed: ids drawn there were the
+# same in every thread and every run, and most pushes were copies of earlier
+# ones. The main state, seeded with the time, gives each thread its prefix.
 PUSH_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 %(headers)s
 local data = "%(data)s"
 local counter = 0
-local prefix = tostring(math.random(1, 1000000000))
+math.randomseed(os.time())
+local run = os.time() .. "-" .. math.random(1, 1000000000)
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("prefix", run .. "-" .. threads)
+end
 request = function()
 %(per_request)s
   counter = counter + 1

@@ -66,6 +66,17 @@ def count(factory: str, flags: str, pushes: int) -> float:
 
 def per_push(server_argv: list[str], port: int, flags: str, pushes: int) -> float:
     """Event-loop thread instructions per push of the server `server_argv` starts."""
+    threads = by_thread(server_argv, port, flags, pushes)
+    # Thread 1 is the main thread: uvicorn's event loop.
+    return threads[1] / pushes
+
+
+def by_thread(
+    server_argv: list[str], port: int, flags: str, pushes: int, *, until_stop: bool = True
+) -> dict[int, int]:
+    """The instructions each thread (numbered from 1, the main thread) of the server
+    `server_argv` starts runs from the first push counted to its exit, or, without
+    `until_stop`, to the last push."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         argv = [
@@ -90,12 +101,22 @@ def per_push(server_argv: list[str], port: int, flags: str, pushes: int) -> floa
             )
             for i in range(WARM_UP, WARM_UP + pushes):
                 push(i)
-        # Thread 1 is the main thread: uvicorn's event loop.
-        main_thread = Path(f"{out}-01").read_text()
-        found = re.search(r"^summary: (\d+)$", main_thread, re.MULTILINE)
-        if found is None:
+            if not until_stop:
+                # A dump of its own (callgrind.out.1-NN): what the pushes cost, alone.
+                subprocess.run(
+                    ["callgrind_control", "--dump", str(running.process.pid)],
+                    check=True,
+                    capture_output=True,
+                )
+        dump = "callgrind.out" if until_stop else "callgrind.out.1"
+        counts = {}
+        for path in Path(tmp).glob(f"{dump}-[0-9]*"):
+            found = re.search(r"^summary: (\d+)$", path.read_text(), re.MULTILINE)
+            if found is not None:
+                counts[int(path.name.rsplit("-", 1)[1])] = int(found.group(1))
+        if not counts.get(1):
             raise RuntimeError(f"no callgrind summary for {server_argv}")
-        return int(found.group(1)) / pushes
+        return counts
 
 
 def _pusher(port: int, flags: str) -> Callable[[int], None]:

@@ -162,9 +162,12 @@ INGEST_SERIES = {
     "watermark.lag": 1,
     "followers": 1,
     "conflicts": 0,
-    "canary.age": 1,
-    # A loop's restarts, none on an ordinary day (the counter writes once it counts).
+    # Written only by a loop that failed and was started again: none in a healthy month.
     "loop.restarts": 0,
+    "canary.age": 1,
+    # Written per producer with sequences missing (and once more at zero when they are
+    # found): none on an ordinary day.
+    "producer.missing": 0,
 }
 # The export's, written by the instance exporting a system. Every other instance that
 # reads the system's watermark writes its lag too (LAG_SERIES): the exporter service's

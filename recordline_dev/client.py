@@ -556,9 +556,25 @@ def publish_command(args: argparse.Namespace) -> int:
             print(f"recordline publish: --schema {args.schema}: {exc}", file=sys.stderr)
             return 2
     client = publisher_client(emulator_host=emulator_host, credentials=credentials)
+    prefix = run_prefix() if args.id_prefix is None else args.id_prefix
+    if args.producer != "":
+        from app.ingest.publisher import SequencedPublisher
+        from app.store.producers import SequenceError
+
+        # Numbered, so the service stores a message the library publishes again (an
+        # answer later than its timeout) once, and names any that never arrive.
+        producer = args.producer or f"recordline-publish-{prefix.rstrip('-')}"
+        try:
+            client = SequencedPublisher(client, producer, epoch=args.epoch, ended=args.epoch_ended)
+        except SequenceError as exc:
+            print(f"recordline publish: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"recordline publish: producer {producer!r} epoch {client.epoch}, sequences from 0",
+            file=sys.stderr,
+        )
 
     source: IO[bytes] | None = None
-    prefix = run_prefix() if args.id_prefix is None else args.id_prefix
     if args.file is None:
         # Ids of this run's own: a second run adds records, never overwrites the first's.
         total: int | None = args.count
@@ -689,6 +705,13 @@ def _transport_reason(exc: httpx.TransportError) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _epoch_ended(text: str) -> tuple[int, int]:
+    epoch, colon, count = text.partition(":")
+    if not colon or not epoch.isdigit() or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not EPOCH:COUNT")
+    return int(epoch), int(count)
+
+
 def _say_publish(text: str) -> None:
     print(f"recordline publish: {text}", file=sys.stderr, flush=True)
 
@@ -779,6 +802,24 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"how long to wait for the emulator to answer, and for each message to be "
         f"acknowledged, before giving up (default {WAIT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--producer",
+        help="producer id the messages carry with their sequence numbers (recordline-producer; "
+        "default: one of this run's own, recordline-publish-<run>); '' sends none",
+    )
+    parser.add_argument(
+        "--epoch",
+        type=int,
+        help="the producer's epoch (recordline-epoch; default: now in microseconds, so a "
+        "later run is a later epoch)",
+    )
+    parser.add_argument(
+        "--epoch-ended",
+        type=_epoch_ended,
+        metavar="EPOCH:COUNT",
+        help="an earlier epoch of the producer published COUNT messages "
+        "(recordline-epoch-ended), so a gap at its end is found",
     )
 
 

@@ -38,6 +38,7 @@ BEYOND_A_SCHEMA = {
     # Relations between two parameters.
     ("page_token", "was issued for another `until`"),
     ("until", "must be later than since"),
+    ("until", "at most 168 hours after since"),
 }
 
 

@@ -20,6 +20,7 @@ from app.store import (
     RowOutcome,
     Store,
 )
+from app.store.producers import Completeness, ProducerEntries
 
 # Delays of their own: the module's shared generator is the tests' (Hypothesis seeds it).
 _JITTER = random.Random()
@@ -33,6 +34,7 @@ class WrappedStore:
         self.max_in_flight = inner.max_in_flight
         self.stamps_at_commit = inner.stamps_at_commit
         self.bell = inner.bell
+        self.completeness = inner.completeness
 
     async def start(self) -> None:
         await self.inner.start()
@@ -81,6 +83,8 @@ class FaultyStore(WrappedStore):
         self.appending = 0  # rows of the append calls under way (held by `release`, say)
         self.release = asyncio.Event()
         self.release.set()
+        if inner.completeness is not None:
+            self.completeness = FaultyCompleteness(inner.completeness, self)
 
     async def check(self) -> None:
         if self.failing:
@@ -113,3 +117,21 @@ class FaultyStore(WrappedStore):
             self.appending -= len(rows)
         self.appends.append(len(rows))
         return outcomes
+
+
+class FaultyCompleteness:
+    """A store's ledger reads, failing while its FaultyStore's `failing_reads` is set."""
+
+    def __init__(self, inner: Completeness, store: FaultyStore) -> None:
+        self.inner = inner
+        self._store = store
+
+    async def producers(self, after: str, limit: int) -> list[ProducerEntries]:
+        if self._store.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await self.inner.producers(after, limit)
+
+    async def producer(self, producer: str) -> ProducerEntries | None:
+        if self._store.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await self.inner.producer(producer)

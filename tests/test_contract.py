@@ -28,12 +28,15 @@ CONTRACT_EXAMPLES = int(os.environ.get("CONTRACT_EXAMPLES", "25"))
 RUN_SECONDS = 300
 
 
-def push(url: str, message_id: str, payload: bytes) -> None:
+def push(
+    url: str, message_id: str, payload: bytes, attributes: dict[str, str] | None = None
+) -> None:
     envelope = {
         "message": {
             "data": base64.b64encode(payload).decode(),
             "messageId": message_id,
             "publishTime": "2024-04-27T12:00:01Z",
+            "attributes": attributes or {},
         }
     }
     assert httpx.post(f"{url}/pubsub/push", json=envelope, timeout=30).status_code == 204
@@ -56,6 +59,18 @@ def test_the_service_does_what_its_openapi_document_says(
     for n, record_id in enumerate(("r-1", "orders/2", "r-3")):
         push(url, f"m-{n}", json.dumps({"id": record_id, "data": {"n": n}}).encode())
     push(url, "m-bad", b"not json")
+    # A producer for the ledger's links: two of its sequences, one missing between.
+    for seq in (1, 3):
+        push(
+            url,
+            f"p-{seq}",
+            json.dumps({"id": f"p-{seq}", "data": {}}).encode(),
+            {
+                "recordline-producer": "orders/writer",
+                "recordline-epoch": "1",
+                "recordline-seq": str(seq),
+            },
+        )
 
     done = subprocess.run(
         [

@@ -227,13 +227,41 @@ async def test_a_dead_writer_fails_appends_and_readiness(tmp_path: Path) -> None
         await until(gone, what="the journal writer to die")
         with pytest.raises(StoreUnavailable, match="journal"):
             await store.append([record(2)])
-        with pytest.raises(StoreUnavailable, match="journal writer exited"):
-            await store.check()
+
+        async def unready() -> str | None:
+            try:
+                await store.check()
+            except StoreUnavailable as exc:
+                return exc.detail
+            return None
+
+        # Said once the end of the writer's pipe is read, which an append that
+        # found the pipe broken may come before.
+        reason = await until(unready, what="readiness to fail")
+        assert "journal writer exited" in reason
         # What was acknowledged before stays readable.
         await store.barrier()
         status = await store.message("m1")
         assert status is not None
         assert status.status == "stored"
+    finally:
+        await store.close()
+
+
+async def test_a_reader_has_rows_applied_once_they_waited_long_enough(tmp_path: Path) -> None:
+    # Rows nobody reads wait for the applier's next round (here an hour away); a
+    # reader that finds rows older than the freshness bound has them applied now.
+    store = DuckDBStore(str(tmp_path / "records.duckdb"), apply_every=3600)
+    await store.start()
+    try:
+        await store.append([record(1)])
+        oldest = record(1).ingest_time
+        soon = oldest + 10_000  # 10 ms later: fresh enough
+        assert store.read_horizon(soon) == oldest
+        await asyncio.sleep(0.1)
+        assert store.read_horizon(soon) == oldest, "applied with no reader asking"
+        assert store.read_horizon(oldest + 60_000) == oldest  # 60 ms: it asks
+        await until(lambda: store.read_horizon(soon) == soon, what="the row applied")
     finally:
         await store.close()
 

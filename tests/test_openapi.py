@@ -176,6 +176,47 @@ for route, prefix in (
     case(route, "get", 503, failing_reads)(
         lambda s, p=prefix: s.client.get(p + "x", headers=s.token(ANALYST))
     )
+# -- the completeness ledger -------------------------------------------------------
+
+
+def no_ledger(s: Service) -> None:
+    """The store keeps no ledger of producer sequences, as BigQuery alone keeps none."""
+    s.store.completeness = None
+
+
+AUDIT = {"since": "2024-04-27T00:00:00Z", "until": "2024-04-27T06:00:00Z"}
+for route, path, params in (
+    ("/v1/producers", "/v1/producers", {}),
+    ("/v1/producers/{producer}", "/v1/producers/orders-api", {}),
+    ("/v1/audit", "/v1/audit", AUDIT),
+):
+    case(route, "get", 401)(lambda s, p=path, q=params: s.client.get(p, params=q))
+    case(route, "get", 403)(
+        lambda s, p=path, q=params: s.client.get(p, params=q, headers=s.token(STRANGER))
+    )
+    case(route, "get", 503, failing_reads)(
+        lambda s, p=path, q=params: s.client.get(p, params=q, headers=s.token(ANALYST))
+    )
+case("/v1/producers", "get", 400)(
+    lambda s: s.client.get("/v1/producers", params={"limit": 0}, headers=s.token(ANALYST))
+)
+case("/v1/producers", "get", 404, no_ledger)(
+    lambda s: s.client.get("/v1/producers", headers=s.token(ANALYST))
+)
+case("/v1/producers/{producer}", "get", 400)(
+    lambda s: s.client.get("/v1/producers/" + "p" * (MAX_ID_LENGTH + 1), headers=s.token(ANALYST))
+)
+case("/v1/producers/{producer}", "get", 404)(
+    lambda s: s.client.get("/v1/producers/nobody", headers=s.token(ANALYST))
+)
+case("/v1/audit", "get", 400)(
+    lambda s: s.client.get(
+        "/v1/audit", params={**AUDIT, "until": AUDIT["since"]}, headers=s.token(ANALYST)
+    )
+)
+case("/v1/audit", "get", 404, no_ledger)(
+    lambda s: s.client.get("/v1/audit", params=AUDIT, headers=s.token(ANALYST))
+)
 # -- open routes -----------------------------------------------------------------
 case("/problems/{name}", "get", 400)(lambda s: s.client.get("/problems/" + "p" * 100))
 case("/problems/{name}", "get", 404)(lambda s: s.client.get("/problems/no-such-thing"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from litestar import Litestar
 
 from app.asgi import create_app
 from app.records import Record, Rejection
+from app.store import PageQuery
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.test_follow import push_body, tail_token, until_waiting
+from tests.waiting import until
 
 
 class HeldApply(DuckDBStore):
@@ -31,8 +34,12 @@ class HeldApply(DuckDBStore):
         super().__init__(path)
         self.released = threading.Event()
         self.released.set()
+        self.inserting = threading.Event()  # the applier has cut its batch
+        self.inserts: list[list[str]] = []  # the message ids of each insert
 
     def _insert(self, rows: Sequence[Record | Rejection]) -> Any:
+        self.inserting.set()
+        self.inserts.append([r.message_id for r in rows])
         self.released.wait(30)
         return super()._insert(rows)
 
@@ -136,3 +143,45 @@ async def test_a_crash_between_durability_and_apply_loses_and_reorders_nothing(
     seen = ["m-0", *(r["message_id"] for r in shown), *(r["message_id"] for r in rest["records"])]
     assert seen == [r["message_id"] for r in everything] == ["m-0", "m-1", "m-2", "m-3"]
     assert everything[1 : 1 + len(shown)] == shown
+
+
+def record(n: int, ingest_time: int) -> Record:
+    return Record(message_id=f"m-{n}", publish_time=0, ingest_time=ingest_time, id=f"r-{n}")
+
+
+async def test_a_redelivery_shown_while_its_first_copy_waits_to_apply_hides_neither() -> None:
+    """A message's first copy journaled while no follower waits (so shown only once
+    applied), a redelivery of it journaled while one does (shown at once, with nothing
+    new in it), both applied by one insert: the record reaches the tail all the same.
+    A push held up by a pause and Pub/Sub's redelivery of it land this way, and a
+    follower at the tail went past the record without ever being answered it."""
+    store = HeldApply(":memory:")
+    await store.start()
+    try:
+        now = time.time_ns() // 1000
+        store.released.clear()
+        await store.append([record(0, now)])
+        await until(store.inserting.is_set, what="the applier to take the first append")
+        await store.append([record(1, now + 1)])  # nobody waits: shown once applied
+        follower = asyncio.create_task(store.bell.wait(store.bell.version, 30))
+        await until(lambda: store.bell.waiting, what="a follower to wait")
+        await store.append([record(1, now + 2)])  # the redelivery: nothing new to show
+        store.released.set()  # the applier takes both of m-1's appends in one insert
+        await store.barrier()
+        await follower
+        assert store.inserts == [["m-0"], ["m-1", "m-1"]]
+        horizon = store.read_horizon(time.time_ns() // 1000)
+        after_first = PageQuery(
+            after_time=now, after_message_id="m-0", before_time=horizon, limit=100
+        )
+        assert store.tail.covers(after_first)
+        page = await store.page(Record, after_first)
+        assert [(r.message_id, r.ingest_time) for r in page.rows] == [("m-1", now + 1)]
+        # DuckDB has it either way: a read of it there (not from the tail) finds it.
+        everything = PageQuery(after_time=0, after_message_id="", before_time=horizon, limit=100)
+        assert not store.tail.covers(everything)
+        stored = await store.page(Record, everything)
+        assert [r.message_id for r in stored.rows] == ["m-0", "m-1"]
+    finally:
+        store.released.set()
+        await store.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Headers
 from litestar.handlers import BaseRouteHandler
 from litestar.types import Guard
 
@@ -30,7 +31,7 @@ from app.auth.access import (
     split_list,
 )
 from app.auth.oidc import GoogleCerts, IdTokenVerifier
-from app.errors import Forbidden
+from app.errors import AmbiguousRequest, Forbidden
 from app.settings import (
     DEFAULT_PAGE_TOKEN_SECRET,
     MIN_PAGE_TOKEN_SECRET_LENGTH,
@@ -238,8 +239,22 @@ class Auth:
 
 
 def credentials(connection: ASGIConnection[Any, Any, Any, Any]) -> Credentials:
+    """The credentials a request carries; AmbiguousRequest if it carries one twice."""
     headers = connection.headers
-    return Credentials(headers.get("authorization"), headers.get("x-serverless-authorization"))
+    return Credentials(
+        _once(headers, "Authorization"), _once(headers, "X-Serverless-Authorization")
+    )
+
+
+def _once(headers: Headers, name: str) -> str | None:
+    """The header `name` of a request, which may carry it once at most: of two, which one
+    a proxy checked (Cloud Run's invoker check reads one of them) cannot be known here."""
+    values = headers.getall(name, [])
+    if len(values) > 1:
+        raise AmbiguousRequest(
+            f"{len(values)} {name} headers: a request carries its credentials once"
+        )
+    return values[0] if values else None
 
 
 def _refuse_open_service(settings: Settings, *, push_authenticated: bool) -> None:

@@ -37,7 +37,7 @@ from app.records import (
     micros,
     unaddressable,
 )
-from app.store import RowOutcome, Store
+from app.store import PublisherDuplicate, RowOutcome, Store
 
 if TYPE_CHECKING:  # the replay tool imports this module's types alone, to start fast
     from app.ingest.service import Ingest
@@ -126,7 +126,9 @@ class Replay:
             if isinstance(done, BaseException):
                 raise done
             stored, outcome = done
-            if outcome is not None:  # the store refused the row and kept it as a rejection
+            if isinstance(outcome, PublisherDuplicate):  # its sequence is stored already
+                answers[message_id] = _already(message_id)
+            elif outcome is not None:  # the store refused the row and kept it as a rejection
                 answers[message_id] = _rejected(message_id, outcome)
             elif isinstance(stored, Rejection):
                 answers[message_id] = _rejected(message_id, stored.reason)

@@ -13,7 +13,14 @@ process. A revision that cannot be fetched is our failure, not the
 publisher's: the push is answered 503 (`SchemaUnavailable`), nothing is
 stored, and readiness reports it until a fetch succeeds. A revision that does
 not exist, or cannot decode (an unsupported type, a definition the decoder
-refuses), is permanent: its messages are rejected, bytes kept for replay.
+refuses or cannot read, nested too deeply), is permanent: its messages are
+rejected, bytes kept for replay, and the revision is not asked for again.
+
+A revision's decoder and typed fields are made in a worker thread, never on
+the event loop, and the mapping has a deadline of its own (`_MAP_SECONDS`): a
+revision past a cap of the mapping (`app.typed.mapping.OverCap`) decodes as
+any other, but has no typed columns; each of its records says why in its
+projection errors.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from app.errors import SchemaUnavailable, StoreUnavailable
 from app.ingest.avro import AvroCodec
 from app.ingest.codec import Codec, SchemaError
 from app.ingest.protobuf import ProtobufCodec
-from app.typed.mapping import Field, avro_fields, protobuf_fields
+from app.typed.mapping import Field, OverCap, decoded_avro_fields, protobuf_fields
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,13 @@ _MAX_FAILING = 64
 # Decoders kept at most. A topic accepts a few revisions at a time; a decoder
 # is small (a parsed Avro schema, a protobuf class), so 1,024 is a few MB.
 _MAX_KEPT = 1024
+# Mapping a revision to the caps takes ~0.1 s (9,984 fields); one that takes
+# longer than this has no typed columns, whatever made it slow.
+_MAP_SECONDS = 2.0
+# How long a push waits for a fetched revision's decoder (parsing Avro,
+# compiling a .proto: milliseconds, and the mapping's deadline); a wait past it
+# (a worker pool too busy) is our failure, answered 503 like a fetch's.
+_BUILD_SECONDS = 10.0
 
 
 class SchemaRevision(msgspec.Struct, kw_only=True, frozen=True):
@@ -92,6 +106,8 @@ class Decoder(msgspec.Struct, frozen=True):
     problem: str | None = None
     # The typed columns the revision's fields map to (app.typed.mapping).
     fields: tuple[Field, ...] = ()
+    # Why the revision has no typed columns though it decodes (a cap it passes).
+    unmapped: str | None = None
 
 
 def unusable(name: str, revision_id: str, problem: str) -> Decoder:
@@ -194,10 +210,18 @@ class Schemas:
             self._failed(key, f"{named}: the Schema API did not answer in {self._timeout:g} s")
         except SchemaUnavailable as exc:
             self._failed(key, f"{named}: {exc.detail}")
+        try:
+            async with asyncio.timeout(_BUILD_SECONDS):
+                decoder = await asyncio.to_thread(decoder_of, name, revision)
+        except TimeoutError:
+            self._failed(key, f"{named}: its decoder was not made in {_BUILD_SECONDS:g} s")
         self._failing.pop(key, None)
-        decoder = await _decoder(name, revision)
         if decoder.problem is not None:
             log.error("topic schema %s cannot decode: %s", decoder.schema, decoder.problem)
+        elif decoder.unmapped is not None:
+            log.warning("topic schema %s: %s", decoder.schema, decoder.unmapped)
+            if self._revisions is not None:
+                self._revisions.learn_unmapped(decoder.schema, decoder.unmapped)
         elif self._revisions is not None:
             self._revisions.learn(decoder.schema, decoder.fields)
         self._keep((name, revision.revision_id), decoder, None)
@@ -218,30 +242,55 @@ class Schemas:
         raise SchemaUnavailable(detail)
 
 
-async def _decoder(name: str, revision: SchemaRevision) -> Decoder:
+def decoder_of(name: str, revision: SchemaRevision) -> Decoder:
+    """The decoder of a fetched revision (in a worker thread: it may take a while).
+
+    Never raises: a revision is a publisher's input, so whatever it makes the
+    code do ends in a decoder that says so, kept like any other, never in a
+    500 and a fetch again at every redelivery.
+    """
     schema = f"{name}@{revision.revision_id}"
     try:
-        if revision.type == "PROTOCOL_BUFFER":  # protoc runs in a worker thread
-            codec, fields = await asyncio.to_thread(
-                revision_codec, revision.type, revision.definition
-            )
-        else:
-            codec, fields = revision_codec(revision.type, revision.definition)
+        codec = revision_codec(revision.type, revision.definition)
     except SchemaError as exc:
         return Decoder(schema, problem=str(exc))
+    except RecursionError:
+        return Decoder(schema, problem="a definition nested too deeply to read")
+    except Exception as exc:
+        log.exception("topic schema %s: its codec failed", schema)
+        return Decoder(schema, problem=f"a definition the decoder fails on ({exc!r})")
+    try:
+        fields = typed_fields(codec, deadline=time.monotonic() + _MAP_SECONDS)
+    except OverCap as exc:
+        return Decoder(schema, codec=codec, unmapped=f"no typed columns: {exc}")
+    except Exception as exc:
+        log.exception("topic schema %s: mapping its typed columns failed", schema)
+        failed = f"no typed columns: the mapping failed ({exc!r})"
+        return Decoder(schema, codec=codec, unmapped=failed)
     return Decoder(schema, codec=codec, fields=fields)
 
 
-def revision_codec(kind: str, definition: str) -> tuple[Codec, tuple[Field, ...]]:
-    """A revision's codec and the typed fields it maps to, from its type (AVRO or
-    PROTOCOL_BUFFER) and definition; SchemaError when it cannot decode. What the
-    push path decodes with, and what `recordline schema typed` generates the
-    columns Terraform creates `records` with from."""
+def revision_codec(kind: str, definition: str) -> Codec:
+    """A revision's codec, from its type (AVRO or PROTOCOL_BUFFER) and definition;
+    SchemaError when it cannot decode."""
     match kind:
         case "AVRO":
-            return AvroCodec(definition), avro_fields(definition)
+            return AvroCodec(definition)
         case "PROTOCOL_BUFFER":
-            proto = ProtobufCodec(definition)
-            return proto, protobuf_fields(proto.descriptor)
+            return ProtobufCodec(definition)
         case other:
             raise SchemaError(f"schema type {other} is not supported")
+
+
+def typed_fields(codec: Codec, *, deadline: float | None = None) -> tuple[Field, ...]:
+    """The typed fields a revision's codec maps to (app.typed.mapping); OverCap past a
+    cap or `deadline` (`time.monotonic()`'s). What the push path projects records
+    onto, and what `recordline schema typed` generates the columns Terraform creates
+    `records` with from."""
+    match codec:
+        case AvroCodec():
+            return decoded_avro_fields(codec.definition, deadline=deadline)
+        case ProtobufCodec():
+            return protobuf_fields(codec.descriptor, deadline=deadline)
+        case _:
+            return ()

@@ -20,6 +20,7 @@ from app.ingest.payload import CONTRACT, PayloadReader, Payloads
 from app.ingest.shape import Invalid
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
+from app.store.producers import sequence_problem
 
 _encode = msgspec.json.encode
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def to_row(
             f"publishTime: {rfc3339(moment(message.publish_time))} is later than the message "
             f"was received ({rfc3339(moment(ingest_time))})"
         )
+    elif (unreadable := sequence_problem(message.attributes)) is not None:
+        reason = unreadable
     else:
         try:
             read = reader.read(message.data)
@@ -117,6 +120,7 @@ class Ingest:
     async def accept(
         self, message: PushedMessage, *, trace_id: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
+        """Store `message`'s row; a RetryLater if it is not stored in time."""
         size = len(message.raw_data) + 256
         try:
             # The schema a message names is fetched (once) before its row is

@@ -22,7 +22,17 @@ import msgspec
 
 from app.errors import BadParameter, Gone, NotFound
 from app.query.page_token import PageToken, PageTokens
-from app.records import DAY_MICROS, TABLES, Kind, Record, Rejection, columns, micros, moment
+from app.records import (
+    DAY_MICROS,
+    EPOCH,
+    TABLES,
+    Kind,
+    Record,
+    Rejection,
+    columns,
+    micros,
+    moment,
+)
 from app.store import READ_ROUTE, PageQuery, Store
 from app.store.bell import Bell
 
@@ -80,20 +90,22 @@ class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
 
 
 View = TypeVar("View", RecordView, RejectionView)
-# Each column kind as a view holds it: times as datetimes, JSON as its text.
-_AS_VIEWED: dict[Kind, Callable[[Any], Any]] = {
-    Kind.TIMESTAMP: moment,
-    Kind.JSON: lambda text: msgspec.Raw(text.encode()),
-}
 
 
 def view(view_type: type[View], row: Record | Rejection) -> View:
     """`row` as the API shows it: each of the view's fields from the row's column of that
-    name, converted as its kind says (a view leaves out what it does not declare)."""
+    name, converted as its kind says (a view leaves out what it does not declare):
+    times as datetimes (`moment`), JSON as its text. Converted here, not by a function
+    per value: a page of 100 records has 500 values to convert."""
     values = {}
-    for name, convert in _viewing(view_type, type(row)):
+    for name, kind in _viewing(view_type, type(row)):
         value = getattr(row, name)
-        values[name] = value if value is None or convert is None else convert(value)
+        if value is not None:
+            if kind is Kind.TIMESTAMP:
+                value = EPOCH + timedelta(microseconds=value)
+            elif kind is Kind.JSON:
+                value = msgspec.Raw(value.encode())
+        values[name] = value
     return view_type(**values)
 
 
@@ -125,12 +137,12 @@ _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in 
 
 
 @functools.cache
-def _viewing(view_type: type[Any], row_type: type[Any]) -> tuple[tuple[str, Any], ...]:
-    """Each field of the view, and how a row's value becomes it: worked out once per
-    pair of types (reading a struct's fields evaluates its annotations)."""
+def _viewing(view_type: type[Any], row_type: type[Any]) -> tuple[tuple[str, Kind], ...]:
+    """Each field of the view, and the kind of the row's column it comes from: worked out
+    once per pair of types (reading a struct's fields evaluates its annotations)."""
     kinds = _KINDS[row_type]
     return tuple(
-        (field.name, _AS_VIEWED.get(kinds[field.name]))
+        (field.name, kinds[field.name])
         for field in msgspec.structs.fields(view_type)
         if field.name in kinds  # not a column (`stored`): the view works it out
     )

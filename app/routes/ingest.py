@@ -12,12 +12,14 @@ from typing import Any
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import AfterExceptionHookHandler, Scope
 
 from app.docs import PushOperation, ReplayOperation
 from app.errors import (
+    AmbiguousRequest,
     BadEnvelope,
     BadRequest,
     BodyTooLarge,
@@ -29,6 +31,7 @@ from app.errors import (
     SchemaUnavailable,
     ShuttingDown,
     StoreUnavailable,
+    TooManyReads,
     Unauthorized,
     WriteTimeout,
 )
@@ -42,38 +45,54 @@ from app.ingest.replay import (
 )
 from app.ingest.service import Ingest, PushObserver
 from app.problems import Problems, problem_responses
-from app.telemetry import push_received
+from app.telemetry import PushTraces, push_received
 
 PUSH_PATH = "/pubsub/push"
 # What stops a row from being stored in time: each a 503 with Retry-After.
 NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, ShuttingDown)
 
 
-@post(
-    PUSH_PATH,
-    status_code=HTTP_204_NO_CONTENT,
-    summary="Receive one Pub/Sub push delivery",
-    description=(
-        "Answers 204 once the message is durably stored, as a record or, when its payload is "
-        "invalid, as a rejection. 503 with Retry-After means it was not stored: Pub/Sub "
-        "redelivers. 400 means the body is not a push delivery at all. Anything but a 2xx "
-        "is not an acknowledgement: Pub/Sub delivers the message again, and after its "
-        "last attempt to the dead-letter topic."
-    ),
-    tags=["ingest"],
-    operation_class=PushOperation,
-    responses=problem_responses(
-        BadEnvelope, Unauthorized, Forbidden, BodyTooLarge, *NOT_STORED, CertsUnavailable
-    ),
-)
-async def push(
-    request: Request[Any, Any, Any],
-    ingest: NamedDependency[Ingest],
-) -> None:
-    body = await request.body()
-    headers = request.headers
-    message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
-    await ingest.accept(message, trace_id=push_received(message, len(body), headers))
+def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTPRouteHandler]:
+    """The push route, storing through `ingest`; `traces` gives each push its trace id.
+
+    The handler holds `ingest` itself rather than asking Litestar for it: a
+    dependency is resolved on every request (with two or more, in a task group
+    of their own), and a push is the request this service answers most.
+    """
+
+    @post(
+        PUSH_PATH,
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Receive one Pub/Sub push delivery",
+        description=(
+            "Answers 204 once the message is durably stored, as a record or, when its payload "
+            "is invalid, as a rejection. 503 with Retry-After means it was not stored: Pub/Sub "
+            "redelivers. 400 means the body is not a push delivery at all. Anything but a 2xx "
+            "is not an acknowledgement: Pub/Sub delivers the message again, and after its "
+            "last attempt to the dead-letter topic."
+        ),
+        tags=["ingest"],
+        operation_class=PushOperation,
+        responses=problem_responses(
+            BadEnvelope,
+            AmbiguousRequest,
+            Unauthorized,
+            Forbidden,
+            BodyTooLarge,
+            *NOT_STORED,
+            CertsUnavailable,
+        ),
+    )
+    async def push(request: Request[Any, Any, Any]) -> None:
+        body = await request.body()
+        headers = request.headers
+        message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
+        await ingest.accept(
+            message,
+            trace_id=traces(message, len(body), headers),
+        )
+
+    return [push]
 
 
 async def _readable_body(request: Request[Any, Any, Any]) -> None:
@@ -97,10 +116,12 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
     responses=problem_responses(
         InvalidBody,
         BadRequest,
+        AmbiguousRequest,
         Unauthorized,
         Forbidden,
         BodyTooLarge,
         *NOT_STORED,
+        TooManyReads,
         CertsUnavailable,
     ),
 )
@@ -125,7 +146,5 @@ def push_refusals(
     return refused
 
 
-# Called by the push subscription.
-PUSH_ROUTES = [push]
-# Called by operators.
+# Called by operators, seldom: its one dependency is resolved in line.
 REPLAY_ROUTES = [replay]

@@ -16,6 +16,7 @@ from litestar.params import Parameter, PathParameter
 
 from app.docs import RecordsOperation, RejectionsOperation
 from app.errors import (
+    AmbiguousRequest,
     BadParameter,
     CertsUnavailable,
     Forbidden,
@@ -24,6 +25,7 @@ from app.errors import (
     QueryTooCostly,
     StoreUnavailable,
     TooManyFollowers,
+    TooManyReads,
     Unauthorized,
 )
 from app.problems import problem_responses
@@ -101,7 +103,15 @@ PageTokenText = Annotated[
 ]
 # What any read may be answered with besides its own errors: no valid token, not
 # a reader, the store (or its cost cap) or the token keys unavailable.
-_READ_ERRORS = (Unauthorized, Forbidden, StoreUnavailable, QueryTooCostly, CertsUnavailable)
+_READ_ERRORS = (
+    AmbiguousRequest,
+    Unauthorized,
+    Forbidden,
+    StoreUnavailable,
+    QueryTooCostly,
+    TooManyReads,
+    CertsUnavailable,
+)
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 STREAM_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyFollowers, *_READ_ERRORS)

@@ -15,6 +15,7 @@ import msgspec
 
 from app.records import Record, Rejection
 from app.store.bell import Bell
+from app.store.producers import Completeness
 
 # A page is of one table's rows: records, or rejections.
 R = TypeVar("R", Record, Rejection)
@@ -103,9 +104,19 @@ class QueryObserver(Protocol):
 READ_ROUTE: ContextVar[str | None] = ContextVar("recordline_read_route", default=None)
 
 
+class PublisherDuplicate(msgspec.Struct, frozen=True):
+    """A row not stored: a later copy of a producer's message, its sequence stored
+    already under another message id (`app.store.producers`). Acknowledged and counted."""
+
+    producer: str
+    epoch: int
+    sequence: int
+
+
 # Per appended row: None when it was stored as given, else the reason the store
-# refused it and recorded it in `rejected` instead (BigQuery row errors).
-RowOutcome = str | None
+# refused it and recorded it in `rejected` instead (BigQuery row errors), or, from
+# a store that keeps producer sequences, a publisher's duplicate it did not store.
+RowOutcome = str | PublisherDuplicate | None
 
 
 class Store(Protocol):
@@ -124,6 +135,11 @@ class Store(Protocol):
     # still queued in this process can never land behind a page it serves;
     # False where rows keep the time the batcher gave them.
     stamps_at_commit: bool
+
+    # The ledger of producer sequences (app.store.producers), kept where the store
+    # is a system of record that settles each sequence as it commits its row
+    # (DuckDB, the serving tier); None where every copy is stored (BigQuery alone).
+    completeness: Completeness | None
 
     async def start(self) -> None:
         """Open connections and create the tables if they are missing."""

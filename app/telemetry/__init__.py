@@ -55,15 +55,18 @@ from app.telemetry.reads import ReadDurations
 from app.telemetry.store import ObservedStore
 from app.telemetry.traces import (
     FlushTracer,
+    PushTraces,
     ServerSpans,
     follows_callers,
     push_received,
     record_query,
     sampler,
+    untraced_push,
 )
 
 __all__ = [
     "CloudLoggingFormatter",
+    "PushTraces",
     "Telemetry",
     "configure_logging",
     "google_project",
@@ -208,7 +211,17 @@ class Telemetry:
 
         return [DefineMiddleware(read_durations)]
 
-    def flush_observer(self) -> FlushTracer:
+    @property
+    def push_traces(self) -> PushTraces:
+        """What gives each push its trace id (and, with tracing on, describes it on its
+        span): with tracing off there is no span to ask, only the caller's headers."""
+        return push_received if self.tracer_provider is not None else untraced_push
+
+    def flush_observer(self) -> FlushTracer | None:
+        """For the batcher: a span per flush that serves a sampled push. None with
+        tracing off: no span is ever sampled, and asking costs a push 9 calls."""
+        if self.tracer_provider is None:
+            return None
         return FlushTracer(self.tracer)
 
     def push_outcomes(self) -> PushOutcomes:

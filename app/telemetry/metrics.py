@@ -19,7 +19,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from app.errors import RetryLater
 from app.records import CANARY_ATTRIBUTE, Record, Rejection
-from app.store import RowOutcome
+from app.store import PublisherDuplicate, RowOutcome
 from app.store.copies import differing
 from app.telemetry.distribution import Distribution
 
@@ -35,6 +35,7 @@ LAG_SECONDS = (*SECONDS, 60, 120, 300, 600, 1800, 3600)
 ROWS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 _STORED = (("outcome", "stored"),)
+_DUPLICATE = (("outcome", "duplicate"),)
 
 # Attributes are stored as compact JSON text, so the canary's key is found as
 # `"recordline-canary":` without decoding it.
@@ -95,7 +96,10 @@ class Metrics:
             "recordline.messages",
             callbacks=[self._observe_outcomes],
             unit="{message}",
-            description="Push deliveries by outcome: stored, rejected (reason), retried (reason)",
+            description=(
+                "Push deliveries by outcome: stored, rejected (reason), retried (reason), "
+                "duplicate (a publisher's retry, not stored)"
+            ),
         )
         # Later copies of a stored message that differ from it, by the first
         # field that differs: the first copy is kept, the later one dropped.
@@ -175,6 +179,16 @@ class Metrics:
             description="Changes of the typed columns BigQuery refused; each is tried again",
         )
 
+        # Sequences presumed lost, per producer (app.query.producers.MissingWatch):
+        # read from the ledger every minute, for the producers missing most.
+        self.producers_missing: Callable[[], dict[str, int]] = dict
+        meter.create_observable_gauge(
+            "recordline.producer.missing",
+            callbacks=[self._observe_producers_missing],
+            unit="{message}",
+            description="Sequences of a producer missing past the grace period, by producer",
+        )
+
         # Background loops of a store started again after a failure, by loop
         # (app.store.tiered.supervisor): any is a bug or an unforeseen error.
         self.loop_restarts: Counter[str] = Counter()
@@ -187,6 +201,10 @@ class Metrics:
 
     def _observe_typed_patches_refused(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.typed_patches_refused)
+
+    def _observe_producers_missing(self, _: CallbackOptions) -> Iterable[Observation]:
+        for producer, missing in list(self.producers_missing().items()):
+            yield Observation(missing, {"producer": producer})
 
     def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
         for loop, restarts in list(self.loop_restarts.items()):
@@ -281,6 +299,18 @@ class PushOutcomes:
         self._outcomes = metrics.outcomes
 
     def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None:
+        if isinstance(outcome, PublisherDuplicate):
+            # A publisher's retry of a message stored already: acknowledged, not stored.
+            self._outcomes[_DUPLICATE] += 1
+            log.info(
+                "message %s not stored: a copy of producer %r epoch %d sequence %d",
+                row.message_id,
+                outcome.producer,
+                outcome.epoch,
+                outcome.sequence,
+                extra={"fields": {"message_id": row.message_id, "producer": outcome.producer}},
+            )
+            return
         if outcome is not None:
             # The store refused the row and kept it as a rejection (BigQuery
             # row errors): acknowledged, but not a record.

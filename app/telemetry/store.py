@@ -66,6 +66,7 @@ class ObservedStore:
         self.max_in_flight = inner.max_in_flight
         self.stamps_at_commit = inner.stamps_at_commit
         self.bell = inner.bell
+        self.completeness = inner.completeness
         self._tracer = tracer
         self._metrics = metrics
         self._system = {"recordline.store": type(inner).__name__}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -300,6 +300,15 @@ def push_received(message: Delivery, body_bytes: int, headers: Mapping[str, str]
         if (publisher := publisher_span(message.attributes)) is not None:
             span.add_link(publisher)
     return f"{span_context.trace_id:032x}"
+
+
+def untraced_push(message: Delivery, body_bytes: int, headers: Mapping[str, str]) -> str | None:
+    """`push_received` with tracing off: no span to describe, and the caller's trace id."""
+    return incoming_trace_id(headers)
+
+
+# push_received or untraced_push.
+PushTraces = Callable[[Delivery, int, Mapping[str, str]], str | None]
 
 
 def publisher_span(attributes: Mapping[str, str]) -> SpanContext | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.typed.mapping import Field, Type
+from app.typed.mapping import BIGQUERY_MAX_COLUMNS, MAX_FIELDS, Field, OverCap, Type, field_count
 
 # https://cloud.google.com/bigquery/docs/reference/standard-sql/conversion_rules
 # ("Coerce to"): INT64 → NUMERIC, BIGNUMERIC, FLOAT64; NUMERIC → BIGNUMERIC,
@@ -66,3 +66,27 @@ def _merge_field(ours: Field, theirs: Field, widen: bool) -> Field:
 
 def widened(before: Type, after: Type) -> bool:
     return after in WIDENINGS.get(before, frozenset())
+
+
+def merge_within_cap(
+    table: Sequence[Field],
+    revision: Sequence[Field],
+    *,
+    widen: bool = True,
+    cap: int = MAX_FIELDS,
+    why: str = (
+        f"BigQuery holds {BIGQUERY_MAX_COLUMNS:,} columns in a table, nested ones included"
+    ),
+) -> tuple[Field, ...]:
+    """`merge`, or OverCap when the table would then hold more than `cap` typed fields
+    (`why` says why a table may have no more): each revision is within the mapping's
+    caps, but many of them together may not be, and a table past its cap would make
+    every later write pay for every field."""
+    merged = merge(table, revision, widen=widen)
+    count = field_count(merged)
+    if count > cap:
+        raise OverCap(
+            f"with this revision's fields the table would have {count:,} typed fields, more "
+            f"than the {cap:,} it may have ({why})"
+        )
+    return merged

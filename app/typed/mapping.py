@@ -12,11 +12,27 @@ Sources:
 - [avro]: https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-avro
 - [proto]: https://cloud.google.com/bigquery/docs/supported-data-types (Storage Write API)
 - [pubsub]: https://cloud.google.com/pubsub/docs/bigquery#schema_compatibility
+- [limits]: https://cloud.google.com/bigquery/quotas#table_limits and
+  https://cloud.google.com/bigquery/docs/nested-repeated#limitations
+- [names]: https://cloud.google.com/bigquery/docs/schemas#column_names
+
+A revision is a publisher's input, and named types let a few kilobytes of it
+stand for millions of fields (a record whose two fields are the previous
+record, 17 times over, is 393,214 fields in 1.6 KB). So the mapping counts
+fields as it makes them and stops at the caps BigQuery itself sets
+(`MAX_FIELDS`, `MAX_DEPTH`): a revision past one raises `OverCap` having
+spent work in proportion to the cap, never to the expansion, and has no typed
+columns at all (its messages are stored whole in `data` all the same). A field
+whose name no store can hold is left out (`unholdable`): its values are
+projection errors that say why.
 """
 
 from __future__ import annotations
 
 import enum
+import re
+import time
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,6 +85,109 @@ class Shape(msgspec.Struct, frozen=True):
 
 _JSON = Shape(Type.JSON)
 
+# [limits] "The overall maximum number of columns and nested columns is 10,000"
+# and "a schema cannot contain more than 15 levels of nested RECORD types". The
+# typed fields share `records` with 16 columns of the service's own (a Record's
+# 11, `fields` itself, `projection_errors` and its 3 fields), and they all live
+# inside the `fields` RECORD, the first of the 15 levels: a revision's records
+# may nest 14 deep (a top-level field's record is 1 deep).
+BIGQUERY_MAX_COLUMNS = 10_000
+BIGQUERY_MAX_NESTING = 15
+OWN_COLUMNS = 16
+MAX_FIELDS = BIGQUERY_MAX_COLUMNS - OWN_COLUMNS
+MAX_DEPTH = BIGQUERY_MAX_NESTING - 1
+# A mapping's deadline (see `avro_fields`) is looked at every _CLOCK_EVERY
+# fields: within the caps a revision maps in 60-90 ms (9,984 fields), so the
+# deadline ends only a mapping slowed by something else.
+_CLOCK_EVERY = 256
+
+
+class OverCap(ValueError):
+    """A schema whose typed fields would pass a cap; the message names it."""
+
+
+def too_many_fields() -> OverCap:
+    return OverCap(
+        f"the revision maps to more than {MAX_FIELDS:,} typed fields (BigQuery holds "
+        f"{BIGQUERY_MAX_COLUMNS:,} columns in a table, nested ones included, "
+        f"{OWN_COLUMNS} of them the service's own)"
+    )
+
+
+class _Budget:
+    """Fields made so far against MAX_FIELDS, and the time the mapping may take."""
+
+    __slots__ = ("deadline", "made")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.made = 0
+
+    def spend(self, within: int) -> None:
+        """One more field, inside a record `within` levels deep (0: a top-level field,
+        1: a field of a top-level field's record…)."""
+        self.made += 1
+        if self.made > MAX_FIELDS:
+            raise too_many_fields()
+        if within > MAX_DEPTH:
+            raise OverCap(
+                f"the revision nests records more than {MAX_DEPTH} levels deep (BigQuery "
+                f"nests {BIGQUERY_MAX_NESTING} at most, the typed fields' own `fields` "
+                "RECORD included)"
+            )
+        if (
+            self.deadline is not None
+            and not self.made % _CLOCK_EVERY
+            and time.monotonic() > self.deadline
+        ):
+            raise OverCap("the revision took longer to map than its deadline allows")
+
+
+def field_count(fields: Sequence[Field]) -> int:
+    """Every field, nested ones included, as BigQuery counts columns."""
+    return sum(1 + field_count(f.fields) for f in fields)
+
+
+# [names] A column name has at most 300 characters, none of these prefixes,
+# and, as a flexible column name, only letters, marks, numbers, connector
+# punctuation (`_`), dashes, spaces and the symbols `&%=+:'<>#|`. DuckDB holds
+# any name but the empty one, which BigQuery refuses too.
+MAX_NAME_LENGTH = 300
+RESERVED_PREFIXES = (
+    "_TABLE_",
+    "_FILE_",
+    "_PARTITION",
+    "_ROW_TIMESTAMP",
+    "__ROOT__",
+    "_COLIDENTIFIER",
+    "_CHANGE_SEQUENCE_NUMBER",
+    "_CHANGE_TYPE",
+    "_CHANGE_TIMESTAMP",
+)
+_NAME_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No"})
+_NAME_CATEGORIES |= {"Pc", "Pd", "Zs"}
+_NAME_SYMBOLS = frozenset("&%=+:'<>#|")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def unholdable(name: str) -> str | None:
+    """Why no store can give a typed field this name, or None when every one can."""
+    if not name:
+        return "an empty name, which no column can have"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"a name of more than {MAX_NAME_LENGTH} characters, as no BigQuery column has"
+    upper = name.upper()
+    for prefix in RESERVED_PREFIXES:
+        if upper.startswith(prefix):
+            return f"a name that begins with {prefix}, which BigQuery reserves"
+    if _PLAIN_NAME.fullmatch(name):
+        return None
+    for char in name:
+        if char not in _NAME_SYMBOLS and unicodedata.category(char) not in _NAME_CATEGORIES:
+            return f"a name with {char!r} in it, which no BigQuery column name may hold"
+    return None
+
+
 # [types] NUMERIC: 38 digits of precision, 9 of them after the point, so 29
 # before it; BIGNUMERIC: 76.76 digits, 38 after the point, so 38 (and a partial
 # 39th) before it. A decimal wider than BIGNUMERIC is kept exactly as text.
@@ -120,9 +239,10 @@ _NAMED = ("record", "error", "enum", "fixed")
 class _AvroNames:
     """Named Avro types by full name, and the records being mapped (for recursion)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: _Budget) -> None:
         self.named: dict[str, tuple[Any, str]] = {}
         self.open: set[str] = set()
+        self.budget = budget
 
     def full_name(self, schema: Mapping[str, Any], namespace: str) -> str:
         name = str(schema.get("name", ""))
@@ -138,20 +258,34 @@ class _AvroNames:
         return None
 
 
-def avro_fields(definition: str | Mapping[str, Any]) -> tuple[Field, ...]:
-    """The typed fields of an Avro schema (the JSON text Pub/Sub stores).
+def avro_fields(
+    definition: str | Mapping[str, Any], *, deadline: float | None = None
+) -> tuple[Field, ...]:
+    """The typed fields of an Avro schema (the JSON text Pub/Sub stores, or a record
+    schema decoded), as `decoded_avro_fields` maps them."""
+    schema = msgspec.json.decode(definition) if isinstance(definition, str) else definition
+    return decoded_avro_fields(schema, deadline=deadline)
+
+
+def decoded_avro_fields(schema: Any, *, deadline: float | None = None) -> tuple[Field, ...]:
+    """The typed fields of an Avro schema, decoded from its JSON text.
 
     A record's fields, one each; any other top-level type has no fields (its
     payload is no object to take fields from). A schema fastavro reads is
-    expected; anything the mapping cannot make sense of becomes JSON.
+    expected; anything the mapping cannot make sense of becomes JSON. Raises
+    OverCap past a cap, or past `deadline` (`time.monotonic()`'s).
     """
-    schema = msgspec.json.decode(definition) if isinstance(definition, str) else definition
-    names = _AvroNames()
-    shape = _avro(schema, "", names)
+    names = _AvroNames(_Budget(deadline))
+    try:
+        shape = _avro(schema, "", names, 0)
+    except RecursionError:
+        raise OverCap("the revision nests its types too deeply to map") from None
     return shape.fields if shape.type is Type.RECORD and shape.mode is Mode.NULLABLE else ()
 
 
-def _avro(schema: Any, namespace: str, names: _AvroNames) -> Shape:
+def _avro(schema: Any, namespace: str, names: _AvroNames, level: int) -> Shape:
+    # `level`: how deep a RECORD made here would be (0: the payload's own record,
+    # whose fields are the top-level typed fields).
     if isinstance(schema, str):
         if schema in _AVRO_PRIMITIVES:
             return Shape(_AVRO_PRIMITIVES[schema])
@@ -164,14 +298,14 @@ def _avro(schema: Any, namespace: str, names: _AvroNames) -> Shape:
             # A recursive record: BigQuery has no recursive types (and nests 15
             # levels at most), so the value is kept whole.
             return _JSON
-        return _avro_named(definition, space, names)
+        return _avro_named(definition, space, names, level)
     if isinstance(schema, list):
-        return _avro_union(schema, namespace, names)
+        return _avro_union(schema, namespace, names, level)
     if not isinstance(schema, Mapping):
         return _JSON
     kind = schema.get("type")
     if isinstance(kind, list | Mapping):
-        return _avro(kind, namespace, names)
+        return _avro(kind, namespace, names, level)
     logical = schema.get("logicalType")
     if logical == "decimal" and kind in ("bytes", "fixed"):
         precision, scale = schema.get("precision"), schema.get("scale", 0)
@@ -184,17 +318,18 @@ def _avro(schema: Any, namespace: str, names: _AvroNames) -> Shape:
     if kind in _NAMED:
         full = names.full_name(schema, namespace)
         names.named[full] = (schema, namespace)
-        return _avro_named(schema, namespace, names)
+        return _avro_named(schema, namespace, names, level)
     if kind == "array":
-        return _repeated(_avro(schema.get("items"), namespace, names))
+        return _repeated(_avro(schema.get("items"), namespace, names, level))
     if kind == "map":
-        return _entries(Shape(Type.STRING), _avro(schema.get("values"), namespace, names))
+        value = _avro(schema.get("values"), namespace, names, level + 1)
+        return _entries(Shape(Type.STRING), value, names.budget, level)
     if isinstance(kind, str):
-        return _avro(kind, namespace, names)
+        return _avro(kind, namespace, names, level)
     return _JSON
 
 
-def _avro_named(schema: Mapping[str, Any], namespace: str, names: _AvroNames) -> Shape:
+def _avro_named(schema: Mapping[str, Any], namespace: str, names: _AvroNames, level: int) -> Shape:
     kind = schema.get("type")
     if kind == "enum":
         return Shape(Type.STRING)  # [avro] enum → STRING
@@ -204,22 +339,23 @@ def _avro_named(schema: Mapping[str, Any], namespace: str, names: _AvroNames) ->
     space = full.rpartition(".")[0]
     names.open.add(full)
     try:
-        fields = tuple(
-            _avro(field.get("type"), space, names).named(str(field["name"]))
-            for field in schema.get("fields", ())
-            if isinstance(field, Mapping) and "name" in field
-        )
+        fields = []
+        for field in schema.get("fields", ()):
+            if isinstance(field, Mapping) and "name" in field:
+                names.budget.spend(level)
+                shape = _avro(field.get("type"), space, names, level + 1)
+                fields.append(shape.named(str(field["name"])))
     finally:
         names.open.discard(full)
     return _record(fields)
 
 
-def _avro_union(branches: list[Any], namespace: str, names: _AvroNames) -> Shape:
+def _avro_union(branches: list[Any], namespace: str, names: _AvroNames, level: int) -> Shape:
     # [pubsub] a union of null and one type is that type, NULLABLE; [avro] loads
     # refuse other unions, which are kept as JSON here so that no row is lost.
     others = [b for b in branches if b != "null"]
     if len(others) == 1:
-        return _avro(others[0], namespace, names)
+        return _avro(others[0], namespace, names, level)
     return _JSON
 
 
@@ -271,53 +407,72 @@ _WELL_KNOWN = {
 }
 
 
-def protobuf_fields(message: Descriptor) -> tuple[Field, ...]:
-    """The typed fields of a Protocol Buffers message (its descriptor, compiled by protoc)."""
-    return _message(message, set()).fields
+def protobuf_fields(message: Descriptor, *, deadline: float | None = None) -> tuple[Field, ...]:
+    """The typed fields of a Protocol Buffers message (its descriptor, compiled by
+    protoc); raises OverCap as `avro_fields` does."""
+    try:
+        return _message(message, _Messages(_Budget(deadline)), 0).fields
+    except RecursionError:
+        raise OverCap("the revision nests its types too deeply to map") from None
 
 
-def _message(message: Descriptor, open_messages: set[str]) -> Shape:
+class _Messages:
+    """The messages being mapped (for recursion), and the budget."""
+
+    __slots__ = ("budget", "open")
+
+    def __init__(self, budget: _Budget) -> None:
+        self.open: set[str] = set()
+        self.budget = budget
+
+
+def _message(message: Descriptor, messages: _Messages, level: int) -> Shape:
     if message.full_name in _WELL_KNOWN:
         return _WELL_KNOWN[message.full_name]
-    if message.full_name in open_messages:
+    if message.full_name in messages.open:
         return _JSON  # recursive: see _avro
-    open_messages.add(message.full_name)
+    messages.open.add(message.full_name)
     try:
-        fields = tuple(_proto_field(f, open_messages).named(f.name) for f in message.fields)
+        fields = []
+        for field in message.fields:
+            messages.budget.spend(level)
+            fields.append(_proto_field(field, messages, level + 1).named(field.name))
     finally:
-        open_messages.discard(message.full_name)
+        messages.open.discard(message.full_name)
     return _record(fields)
 
 
-def _proto_field(field: FieldDescriptor, open_messages: set[str]) -> Shape:
+def _proto_field(field: FieldDescriptor, messages: _Messages, level: int) -> Shape:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         entry = field.message_type.fields_by_name
-        return _entries(
-            _proto_value(entry["key"], open_messages), _proto_value(entry["value"], open_messages)
-        )
-    shape = _proto_value(field, open_messages)
+        key = _proto_value(entry["key"], messages, level + 1)
+        value = _proto_value(entry["value"], messages, level + 1)
+        return _entries(key, value, messages.budget, level)
+    shape = _proto_value(field, messages, level)
     return _repeated(shape) if field.is_repeated else shape
 
 
-def _proto_value(field: FieldDescriptor, open_messages: set[str]) -> Shape:
+def _proto_value(field: FieldDescriptor, messages: _Messages, level: int) -> Shape:
     if field.message_type is not None:
-        return _message(field.message_type, open_messages)
+        return _message(field.message_type, messages, level)
     return Shape(_PROTO_SCALARS.get(field.type, Type.JSON))
 
 
 # -- both ----------------------------------------------------------------------
 
 
-def _record(fields: tuple[Field, ...]) -> Shape:
+def _record(fields: Sequence[Field]) -> Shape:
     # [types] column names are case-insensitive: of two fields whose names differ
     # only in case, the first is the column, and the other's values are
-    # projection errors (app.typed.projection).
+    # projection errors (app.typed.projection), as are those of a field whose
+    # name no store can hold.
     first: dict[str, Field] = {}
     for field in fields:
-        first.setdefault(field.name.casefold(), field)
-    fields = tuple(first.values())
+        if unholdable(field.name) is None:
+            first.setdefault(field.name.casefold(), field)
+    kept = tuple(first.values())
     # A RECORD needs at least one field in BigQuery: an empty one is kept as JSON.
-    return Shape(Type.RECORD, fields=fields) if fields else _JSON
+    return Shape(Type.RECORD, fields=kept) if kept else _JSON
 
 
 def _repeated(item: Shape) -> Shape:
@@ -328,8 +483,11 @@ def _repeated(item: Shape) -> Shape:
     return Shape(item.type, Mode.REPEATED, item.fields)
 
 
-def _entries(key: Shape, value: Shape) -> Shape:
-    # [pubsub] a map is a REPEATED RECORD of `key` and `value`.
+def _entries(key: Shape, value: Shape, budget: _Budget, level: int) -> Shape:
+    # [pubsub] a map is a REPEATED RECORD of `key` and `value`, a record `level`
+    # levels deep: its two fields count.
+    budget.spend(level)
+    budget.spend(level)
     return Shape(Type.RECORD, Mode.REPEATED, (key.named("key"), value.named("value")))
 
 

@@ -18,8 +18,8 @@ import datetime as dt
 import decimal
 import functools
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -33,6 +33,7 @@ from app.typed.mapping import (
     Mode,
     Type,
     is_entries,
+    unholdable,
 )
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -80,24 +81,61 @@ def project(payload: Any, fields: Sequence[Field], revision: str | None = None) 
     return projector(tuple(fields))(payload, revision)
 
 
-def project_stored(data: bytes | str, fields: Sequence[Field] | None, revision: str) -> Projection:
+def project_stored(
+    data: bytes | str, fields: Sequence[Field] | None, revision: str, unmapped: str | None = None
+) -> Projection:
     """`project` of a stored payload (`Record.data`, JSON text) under `revision`, whose
     fields are `fields` (the table's, which hold the revision's) or None when
-    the revision's own are unknown here: the payload is then one error, kept in
-    `data` as always."""
+    the revision's own are unknown here, or it has none (`unmapped` says why):
+    the payload is then one error, kept in `data` as always."""
     if fields is None:
-        reason = "the revision's fields are unknown here"
+        reason = unmapped or "the revision's fields are unknown here"
         return Projection({}, [ProjectionError(field="$", reason=reason, revision=revision)])
     return projector(tuple(fields)).stored(data, revision)
 
 
-@functools.lru_cache(maxsize=64)
-def projector(fields: tuple[Field, ...]) -> Projector:
-    """The `Projector` of these fields, compiled once for every payload projected onto them."""
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ByIdentity(Generic[K, V]):
+    """What `make` makes of a key, kept by the key object's identity, then its value.
+
+    The keys are a table's fields: the same tuple object for every row of a
+    batch, and hashing its whole tree for each row would cost as much as the
+    table is wide, what compiling saves. Each key is held while kept, so its
+    identity is not another's; a few hundred at most are kept.
+    """
+
+    def __init__(self, make: Callable[[K], V], size: int = 256) -> None:
+        self._make = functools.lru_cache(maxsize=size)(make)
+        self._size = size
+        self._kept: dict[int, tuple[K, V]] = {}
+
+    def __call__(self, key: K) -> V:
+        kept = self._kept.get(id(key))
+        if kept is not None and kept[0] is key:
+            return kept[1]
+        value = self._make(key)
+        if len(self._kept) >= self._size:
+            self._kept.clear()
+        self._kept[id(key)] = (key, value)
+        return value
+
+
+def _projector(fields: tuple[Field, ...]) -> Projector:
     return Projector(fields)
 
 
+# The `Projector` of these fields, compiled once for every payload projected onto them.
+projector: ByIdentity[tuple[Field, ...], Projector] = ByIdentity(_projector, size=64)
+
+
 Row = list[Any]  # a record's typed values, in the order of its fields
+# A record's typed values by field name, only for the fields its payload has
+# (`Projector.sparse`): what a store writes, at a cost that follows the payload,
+# never the table's width. A RECORD's value is such a dict too.
+Sparse = dict[str, Any]
 
 
 class Projector:
@@ -106,9 +144,12 @@ class Projector:
     Walking the field tree for every payload (matching each field's mode and
     type, joining every path) cost more than the values themselves; a table's
     fields change only with a revision, so the walk is done once, here, and a
-    payload only meets the closures. Paths are still joined as the walk would
-    join them and errors come in the walk's order: a payload's projection is
-    the same whichever way it is made.
+    payload only meets the closures. A payload's values are then looked up by
+    its own keys, so its projection costs what it holds, however many fields
+    other revisions added to the table. Paths are still joined as the walk
+    would join them and errors come in the walk's order (the table's fields',
+    then the keys no field has): a payload's projection is the same whichever
+    way it is made.
     """
 
     def __init__(self, fields: tuple[Field, ...]) -> None:
@@ -127,30 +168,68 @@ class Projector:
         return Projection(values, errors)
 
     def row(self, payload: Any, revision: str | None = None) -> tuple[Row, list[ProjectionError]]:
-        """`project`, its values as a list in the order of the fields."""
+        """`project`, its values as a list in the order of the fields, every one there
+        (None, or an empty list, where the payload has none)."""
+        values, errors = self.sparse(payload, revision)
+        return [
+            _filled(values[f.name], f) if f.name in values else _empty(f) for f in self.fields
+        ], errors
+
+    def sparse(
+        self, payload: Any, revision: str | None = None
+    ) -> tuple[Sparse, list[ProjectionError]]:
+        """`project`, with only the fields the payload has (see `Sparse`)."""
         errors: list[ProjectionError] = []
         if not isinstance(payload, dict):
             if payload is not None:
                 reason = f"the payload is {_kind(payload)}, not an object"
                 errors.append(ProjectionError(field="$", reason=reason, revision=revision))
-            return [_empty(f) for f in self.fields], errors
+            return {}, errors
         try:
             return self._record(payload, "", _Sink(errors, revision)), errors
         except RecursionError:  # deeper than Python recurses: kept whole in `data`
             errors.append(ProjectionError(field="$", reason="nested too deep", revision=revision))
-            return [_empty(f) for f in self.fields], errors
+            return {}, errors
 
     def stored_row(
         self, data: bytes | str, revision: str
     ) -> tuple[Row | None, list[ProjectionError]]:
         """`stored`, its values as `row` gives them, or None where `stored` gives none
         (a payload that is no JSON)."""
-        try:
-            payload = _decode_json(data)
-        except (msgspec.DecodeError, RecursionError):
-            reason = "the stored payload is not JSON this process can read"
-            return None, [ProjectionError(field="$", reason=reason, revision=revision)]
+        payload, errors = _stored_payload(data, revision)
+        if errors:
+            return None, errors
         return self.row(payload, revision)
+
+    def stored_sparse(
+        self, data: bytes | str, revision: str
+    ) -> tuple[Sparse | None, list[ProjectionError]]:
+        """`stored_row`, as `sparse` gives the values."""
+        payload, errors = _stored_payload(data, revision)
+        if errors:
+            return None, errors
+        return self.sparse(payload, revision)
+
+
+def _stored_payload(data: bytes | str, revision: str) -> tuple[Any, list[ProjectionError]]:
+    try:
+        return _decode_json(data), []
+    except (msgspec.DecodeError, RecursionError):
+        reason = "the stored payload is not JSON this process can read"
+        return None, [ProjectionError(field="$", reason=reason, revision=revision)]
+
+
+def _filled(value: Any, field: Field) -> Any:
+    """A sparse value with every field of its records there (None, or [])."""
+    if field.type is not Type.RECORD or value is None:
+        return value
+    if field.mode is Mode.REPEATED:
+        return [_filled_record(item, field.fields) for item in value]
+    return _filled_record(value, field.fields)
+
+
+def _filled_record(values: Sparse, fields: Sequence[Field]) -> dict[str, Any]:
+    return {f.name: _filled(values[f.name], f) if f.name in values else _empty(f) for f in fields}
 
 
 def _empty(field: Field) -> Any:
@@ -173,28 +252,37 @@ class _Sink:
 # A compiled field: its value in a payload (None where absent), the value's
 # path, and where errors go; returns the typed value.
 _Convert = Callable[[Any, str, _Sink], Any]
-# A compiled record: an object's typed values in the order of its fields.
-_Record = Callable[[dict[str, Any], str, _Sink], Row]
+# A compiled record: an object's typed values, by name, for the fields it has.
+_Record = Callable[[dict[str, Any], str, _Sink], Sparse]
 # Exactly these Python types are their typed values as they are, and in range
 # (an int only with its range checked, below): no need to ask `_scalar`.
 _AS_IS: dict[Type, type] = {Type.STRING: str, Type.BOOL: bool, Type.FLOAT64: float}
 
 
 def _record_of(fields: Sequence[Field]) -> _Record:
-    names = tuple(f.name for f in fields)
-    converts = tuple(_convert_of(f) for f in fields)
-    pairs = tuple(zip(names, converts, strict=True))
-    known = frozenset(names)
+    # Each field's place (errors come in the fields' order), name and conversion.
+    entries = {f.name: (i, f.name, _convert_of(f)) for i, f in enumerate(fields)}
 
-    def record(value: dict[str, Any], path: str, sink: _Sink) -> Row:
+    def record(value: dict[str, Any], path: str, sink: _Sink) -> Sparse:
+        present = []
+        unknown = False
+        for name in value:
+            entry = entries.get(name)
+            if entry is None:
+                unknown = True
+            else:
+                present.append(entry)
+        present.sort()  # by place: no two entries share one
         if path:
-            row = [convert(value.get(name), f"{path}.{name}", sink) for name, convert in pairs]
+            row = {
+                name: convert(value[name], f"{path}.{name}", sink) for _, name, convert in present
+            }
         else:
-            row = [convert(value.get(name), name, sink) for name, convert in pairs]
-        if not known.issuperset(value):
+            row = {name: convert(value[name], name, sink) for _, name, convert in present}
+        if unknown:
             for name, item in value.items():
-                if name not in known and item is not None:
-                    sink.fail(_join(path, str(name)), "no typed field of this name in the table")
+                if name not in entries and item is not None:
+                    sink.fail(_join(path, str(name)), _no_field(str(name)))
         return row
 
     return record
@@ -208,13 +296,12 @@ def _single_of(field: Field) -> _Convert:
     """A field's one value (or an array's item): a record's or a scalar's."""
     if field.type is Type.RECORD:
         record = _record_of(field.fields)
-        names = tuple(f.name for f in field.fields)
 
         def nested(value: Any, path: str, sink: _Sink) -> Any:
             if value is None:
                 return None
             if isinstance(value, dict):
-                return dict(zip(names, record(value, path, sink), strict=True))
+                return record(value, path, sink)
             sink.fail(path, f"expected a record (an object), got {_kind(value)}")
             return None
 
@@ -276,6 +363,13 @@ def _repeated_of(field: Field) -> _Convert:
         return items
 
     return repeated
+
+
+def _no_field(name: str) -> str:
+    why = unholdable(name)
+    if why is None:
+        return "no typed field of this name in the table"
+    return f"no typed field can hold it: {why}"
 
 
 def _join(path: str, name: str) -> str:

@@ -14,6 +14,10 @@ another schema is a new revision, merged into the table like a topic's.
 The serving tier's exporter projects rows that any instance decoded, so it
 may meet a revision this process never saw: `lookup` then asks the wiring's
 `fetch` (the push path's Schema API client) to learn it.
+
+A revision past a cap of the mapping (`app.typed.mapping.OverCap`) has no
+typed fields: it is learned as `unmapped`, with the reason each of its
+records' projection error gives.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import fastavro
 import msgspec
 
-from app.typed.mapping import Field, avro_fields
+from app.typed.mapping import Field, OverCap, avro_fields
 
 DECLARED = "declared@"
 
@@ -43,6 +47,8 @@ class Revisions:
 
     def __init__(self) -> None:
         self._fields: dict[str, tuple[Field, ...]] = {}
+        # Revisions with no typed fields, and why (a cap of the mapping).
+        self._unmapped: dict[str, str] = {}
         # The revision name records with no revision of their own are projected under.
         self.declared: str | None = None
         self._fetch: Fetch | None = None
@@ -59,13 +65,26 @@ class Revisions:
         """The fields of `revision`, fetched if this process never decoded it; None
         when there is no such revision."""
         fields = self._fields.get(revision)
-        if fields is None and self._fetch is not None and not revision.startswith(DECLARED):
+        if (
+            fields is None
+            and self._fetch is not None
+            and not revision.startswith(DECLARED)
+            and revision not in self._unmapped
+        ):
             await self._fetch(revision)
             fields = self._fields.get(revision)
         return fields
 
     def learn(self, revision: str, fields: tuple[Field, ...]) -> None:
         self._fields[revision] = fields
+
+    def learn_unmapped(self, revision: str, reason: str) -> None:
+        """`revision` decodes but has no typed fields, for `reason`."""
+        self._unmapped[revision] = reason
+
+    def unmapped(self, revision: str) -> str | None:
+        """Why `revision` has no typed fields, when it was learned to have none."""
+        return self._unmapped.get(revision)
 
     def fields(self, revision: str) -> tuple[Field, ...] | None:
         """The fields of `revision`, or None when it was never decoded here."""
@@ -78,11 +97,17 @@ class Revisions:
             definition = msgspec.json.decode(schema)
         except msgspec.DecodeError as exc:
             raise DeclaredSchemaError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise DeclaredSchemaError("nested too deeply to read") from None
         if not isinstance(definition, dict) or definition.get("type") != "record":
             raise DeclaredSchemaError('an Avro schema of `"type": "record"` is expected')
         try:
             fastavro.parse_schema(definition)  # the schema a publisher's Avro would be
             fields = avro_fields(definition)
+        except OverCap as exc:
+            raise DeclaredSchemaError(str(exc)) from None
+        except RecursionError:
+            raise DeclaredSchemaError("nested too deeply to read") from None
         except (fastavro.schema.SchemaParseException, KeyError, TypeError, ValueError) as exc:
             why = f"{type(exc).__name__}: {exc}"
             raise DeclaredSchemaError(f"not an Avro record schema: {why}") from None

@@ -19,7 +19,7 @@ locals {
     }
     "messages" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "{message}", labels = ["outcome", "reason"]
-      description = "Push deliveries by outcome: stored, rejected (reason), retried (reason)"
+      description = "Push deliveries by outcome: stored, rejected (reason), retried (reason), duplicate (a publisher's retry, not stored)"
     }
     "append.rows" = {
       kind        = "CUMULATIVE", value = "DISTRIBUTION", unit = "{row}", labels = []
@@ -86,6 +86,12 @@ locals {
     "typed.patches_refused" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "{patch}", labels = []
       description = "Changes of the typed columns BigQuery refused; each is tried again"
+    }
+    # The completeness ledger of producer sequences: reported by systems on DuckDB or
+    # with `serving`, for the 100 producers missing most (a series each).
+    "producer.missing" = {
+      kind        = "GAUGE", value = "INT64", unit = "{message}", labels = ["producer"]
+      description = "Sequences of a producer missing past the grace period, by producer"
     }
   }
 }

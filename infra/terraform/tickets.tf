@@ -77,7 +77,17 @@ locals {
       ```
       Pushes are still acknowledged and readable meanwhile: Spanner holds every row until its deletion policy removes it.
     EOT
-    loops  = <<-EOT
+    # The completeness ledger: which producers miss which sequences since when, by hour.
+    producers = <<-EOT
+      Which producers, epochs and sequences are missing, since when, and the last day by hour:
+      ```sh
+      ${local.ticket_system}
+      curl -sS -H "Authorization: Bearer ${local.ticket_token}" "${local.ticket_service_url}/v1/producers?limit=100"
+      .venv/bin/recordline audit --since=24h --url="${local.ticket_service_url}" --token="${local.ticket_token}"
+      ```
+      Dead letters first (their ticket's replay closes the gaps they hold), then the publisher's own logs for those sequences, then the subscription's retention.
+    EOT
+    loops     = <<-EOT
       Which loop, and why it fails (its traceback, in the line that restarts it):
       ```sh
       ${local.ticket_system}
@@ -85,7 +95,7 @@ locals {
       ```
       An exporter down for longer than a lease hands the export to another instance; readiness names the loop on the instance where it is down.
     EOT
-    typed  = <<-EOT
+    typed     = <<-EOT
       Why BigQuery refused, naming the revision and the table (`bq show --schema` it):
       ```sh
       ${local.ticket_system}
@@ -112,6 +122,9 @@ locals {
     export_blocked = ["export to BigQuery stopped at a row it cannot append", "300s", "export-blocked", local.ticket_commands.export]
     typed_refused  = ["BigQuery refuses to add typed columns a schema revision needs", "0s", "typed-columns-refused", local.ticket_commands.typed]
     loop_restarts  = ["a background loop restarted over ${var.loop_restarts_ticket_count} times in 10 minutes", "0s", "loop-restarting", local.ticket_commands.loops]
+    # Held 5 minutes: the metric is read from the ledger every minute, and a gap is
+    # missing only once older than the grace period already.
+    producers_missing = ["sequences of a producer missing past the grace period", "300s", "producers-missing", "${local.ticket_commands.producers}\n${local.ticket_commands.replay}"]
   }
 
   # Each symptom's text, the same for every group: the incident's label names the system.
@@ -122,19 +135,20 @@ locals {
 
   ticket_queries = {
     for group, symptoms in module.ticket_symptoms : group => {
-      backlog        = symptoms.backlog
-      canary_stale   = symptoms.canary_stale
-      read_path      = symptoms.read_path_failing
-      availability   = "(${symptoms.burning["availability"]["fast"]}) or (${symptoms.burning["availability"]["slow"]})"
-      freshness      = "(${symptoms.burning["freshness"]["fast"]}) or (${symptoms.burning["freshness"]["slow"]})"
-      read_latency   = "(${symptoms.burning["read_latency"]["fast"]}) or (${symptoms.burning["read_latency"]["slow"]})"
-      dead_letters   = symptoms.dead_letters
-      bytes_billed   = symptoms.bytes_billed
-      canary_absent  = symptoms.canary_absent
-      export_lag     = symptoms.export_lag
-      export_blocked = symptoms.export_blocked
-      loop_restarts  = symptoms.loop_restarts
-      typed_refused  = symptoms.typed_refused
+      backlog           = symptoms.backlog
+      canary_stale      = symptoms.canary_stale
+      read_path         = symptoms.read_path_failing
+      availability      = "(${symptoms.burning["availability"]["fast"]}) or (${symptoms.burning["availability"]["slow"]})"
+      freshness         = "(${symptoms.burning["freshness"]["fast"]}) or (${symptoms.burning["freshness"]["slow"]})"
+      read_latency      = "(${symptoms.burning["read_latency"]["fast"]}) or (${symptoms.burning["read_latency"]["slow"]})"
+      dead_letters      = symptoms.dead_letters
+      bytes_billed      = symptoms.bytes_billed
+      canary_absent     = symptoms.canary_absent
+      export_lag        = symptoms.export_lag
+      export_blocked    = symptoms.export_blocked
+      loop_restarts     = symptoms.loop_restarts
+      typed_refused     = symptoms.typed_refused
+      producers_missing = symptoms.producers_missing
     }
   }
 }

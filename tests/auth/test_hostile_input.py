@@ -51,7 +51,16 @@ class Restartable:
     @staticmethod
     def _build() -> Litestar:
         return create_app(
-            Settings.load({"RECORDLINE_STORE": "memory:", "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN})
+            Settings.load(
+                {
+                    "RECORDLINE_STORE": "memory:",
+                    "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN,
+                    # A stream's long-poll or SSE read holds the request this long at
+                    # most: the cases keep their shapes, and answer soon.
+                    "RECORDLINE_LONG_POLL_SECONDS": "0.05",
+                    "RECORDLINE_STREAM_SECONDS": "0.5",
+                }
+            )
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

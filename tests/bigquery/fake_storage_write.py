@@ -57,6 +57,16 @@ Table schemas (`define`, then `patch` through the `tables` fake in
 - `GetWriteStream` of `_default` with the FULL view shows the schema as the
   write path sees it (`table_schema`), which is how a writer learns it.
 
+Writer schemas are read as BigQuery reads them: a descriptor protobuf itself
+would not build (a field name that is no proto identifier, `café`) fails the
+call with INVALID_ARGUMENT, "Invalid proto schema: BqMessage.proto: …" (the
+form BigQuery answers in, googleapis/python-bigquery-storage#519), storing
+nothing; a field's `column_name` annotation
+(google/cloud/bigquery/storage/v1/annotations.proto, field 454943157 of
+FieldOptions) names its column instead of the field's own name, for matching
+columns and in the rows kept. The annotation is read from the options' raw
+fields here, not through the code under test.
+
 Run alone for benchmarks:
     python -m tests.bigquery.fake_storage_write --port 50051 --latency-ms 10
 
@@ -76,6 +86,7 @@ import collections
 import dataclasses
 import itertools
 import json
+import re
 import signal
 import time
 import urllib.parse
@@ -85,7 +96,7 @@ from typing import Any
 
 import grpc
 from google.cloud.bigquery_storage_v1 import types
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, unknown_fields
 from google.rpc import status_pb2
 
 _Request: Any = types.AppendRowsRequest.pb()
@@ -228,14 +239,57 @@ def storage_fields(fields: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
+# annotations.proto: `extend google.protobuf.FieldOptions { string column_name = 454943157; }`
+COLUMN_NAME = 454943157
+# What protobuf takes as a field's name (and BigQuery's descriptor check with it).
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class InvalidSchema(Exception):
+    """A writer schema BigQuery refuses; the message is BigQuery's."""
+
+
+def column_name(field: Any) -> str:
+    """The column a writer schema's field (a FieldDescriptorProto) writes: its
+    `column_name` annotation, else its own name."""
+    for raw in unknown_fields.UnknownFieldSet(field.options):
+        if raw.field_number == COLUMN_NAME:
+            name: str = raw.data.decode()
+            return name
+    name = field.name
+    return name
+
+
+def _checked(descriptor: descriptor_pb2.DescriptorProto, path: str = "") -> None:
+    """Raise InvalidSchema for a field name protobuf would not take."""
+    where = f"{path}{descriptor.name}"
+    for field in descriptor.field:
+        if not _IDENTIFIER.fullmatch(field.name):
+            raise InvalidSchema(
+                f'Invalid proto schema: BqMessage.proto: {where}.{field.name}: "{field.name}" '
+                "is not a valid identifier."
+            )
+    for nested in descriptor.nested_type:
+        _checked(nested, f"{where}.")
+
+
+def _columns(descriptor: Any, prefix: str = "") -> dict[str, dict[str, str]]:
+    """Per message (full name, as the pool names it), each field's column."""
+    full = f"{prefix}{descriptor.name}"
+    out = {full: {f.name: column_name(f) for f in descriptor.field}}
+    for nested in descriptor.nested_type:
+        out |= _columns(nested, f"{full}.")
+    return out
+
+
 def _extra_fields(descriptor: Any, fields: list[dict[str, Any]], path: str = "") -> list[str]:
     """Fields of a writer schema no column of `fields` has (by name, as BigQuery matches)."""
     columns = {f["name"].casefold(): f for f in fields}
     nested = {n.name: n for n in descriptor.nested_type}
     extra = []
     for field in descriptor.field:
-        where = f"{path}{field.name}"
-        column = columns.get(field.name.casefold())
+        where = f"{path}{column_name(field)}"
+        column = columns.get(column_name(field).casefold())
         if column is None:
             extra.append(where)
         elif field.type == descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE:
@@ -267,15 +321,24 @@ _END = object()
 
 
 def _decoder(descriptor: descriptor_pb2.DescriptorProto) -> Callable[[bytes], dict[str, Any]]:
+    """Rows of this writer schema as dicts by column; InvalidSchema if BigQuery
+    would refuse it."""
+    _checked(descriptor)
     pool = descriptor_pool.DescriptorPool()
     file = descriptor_pb2.FileDescriptorProto(name="writer_schema.proto", syntax="proto2")
     file.message_type.add().CopyFrom(descriptor)
-    pool.Add(file)
+    try:
+        pool.Add(file)
+    except TypeError as exc:  # what protobuf says of a descriptor it cannot build
+        raise InvalidSchema(f"Invalid proto schema: BqMessage.proto: {exc}") from None
     cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(descriptor.name))
-    if descriptor.nested_type:
+    columns = _columns(descriptor)
+    if descriptor.nested_type or any(
+        column != field for field, column in columns[descriptor.name].items()
+    ):
 
         def decode_nested(data: bytes) -> dict[str, Any]:
-            return _as_dict(cls.FromString(data))
+            return _as_dict(cls.FromString(data), columns)
 
         return decode_nested
     names = [field.name for field in descriptor.field]
@@ -287,18 +350,21 @@ def _decoder(descriptor: descriptor_pb2.DescriptorProto) -> Callable[[bytes], di
     return decode
 
 
-def _as_dict(message: Any) -> dict[str, Any]:
-    """A row message as a dict: nested messages as dicts, repeated fields as lists."""
+def _as_dict(message: Any, columns: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """A row message as a dict by column: nested messages as dicts, repeated fields
+    as lists."""
     out: dict[str, Any] = {}
+    names = columns[message.DESCRIPTOR.full_name]
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         nested = field.message_type is not None
+        column = names[field.name]
         if field.is_repeated:
-            out[field.name] = [_as_dict(v) if nested else v for v in value]
+            out[column] = [_as_dict(v, columns) if nested else v for v in value]
         elif message.HasField(field.name):
-            out[field.name] = _as_dict(value) if nested else value
+            out[column] = _as_dict(value, columns) if nested else value
         else:
-            out[field.name] = None
+            out[column] = None
     return out
 
 
@@ -349,6 +415,8 @@ class FakeBigQueryWrite:
         self.schemas_received = 0
         self.routing_headers: list[str] = []
         self.protocol_errors: list[str] = []
+        # Writer schemas refused as BigQuery refuses them (InvalidSchema), and why.
+        self.invalid_schemas: list[str] = []
         # Most requests one connection had received and not yet answered.
         self.max_unanswered = 0
         self.streams: dict[str, AppStream] = {}
@@ -541,7 +609,12 @@ class FakeBigQueryWrite:
             proto_rows = request.proto_rows
             if proto_rows.HasField("writer_schema"):
                 self.schemas_received += 1
-                decode = _decoder(proto_rows.writer_schema.proto_descriptor)
+                try:
+                    decode = _decoder(proto_rows.writer_schema.proto_descriptor)
+                except InvalidSchema as exc:
+                    self.invalid_schemas.append(str(exc))
+                    post(Abort(grpc.StatusCode.INVALID_ARGUMENT, details=str(exc)))
+                    return
             if decode is None:
                 self.protocol_errors.append("rows before any writer schema")
                 post(Abort(grpc.StatusCode.INVALID_ARGUMENT, details="no writer schema"))

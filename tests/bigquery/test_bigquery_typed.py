@@ -8,18 +8,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import InvalidArgument
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
+from google.cloud.bigquery_storage_v1 import types
+from google.protobuf import descriptor_pb2
 
 from app.cli import typed_columns_file
 from app.records import Record
 from app.store.bigquery.store import BigQueryStore
-from app.typed.mapping import avro_fields
+from app.typed.mapping import MAX_FIELDS, avro_fields
 from app.typed.revisions import Revisions
 from tests.bigquery.conftest import BASE_TIME, DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
@@ -377,3 +380,106 @@ async def test_a_table_terraform_created_with_a_schema_s_columns_takes_its_rows_
         f"SELECT fields.amount, fields.status, ARRAY_LENGTH(projection_errors) FROM {TABLE}",
     )
     assert rows == [(7, "NEW", 0)]
+
+
+# Names BigQuery's flexible column names allow and no proto field can have,
+# nested too, beside one that looks like the placeholder such a name travels under.
+FLEXIBLE = order(
+    {"name": "café", "type": "string"},
+    {"name": "_x636166c3a9_", "type": "string"},
+    {
+        "name": "détail",
+        "type": {
+            "type": "record",
+            "name": "Detail",
+            "fields": [{"name": "prix-total", "type": "long"}, {"name": "日付", "type": "string"}],
+        },
+    },
+)
+
+
+async def test_a_column_name_no_proto_field_can_have_is_written_through_column_name(
+    open_store: Callable[[Revisions], Any], write_fake: FakeBigQueryWrite
+) -> None:
+    revisions = Revisions()
+    r1 = revision(revisions, "r1", order())
+    r2 = revision(revisions, "r2", FLEXIBLE)
+    store = await open_store(revisions)
+    assert await store.append([stored(order(), {"id": "o-1", "amount": 1}, "m1", r1)]) == [None]
+    datum = {
+        "id": "o-2",
+        "amount": 2,
+        "café": "noir",
+        "_x636166c3a9_": "bait",
+        "détail": {"prix-total": 7, "日付": "lundi"},
+    }
+    assert await store.append([stored(FLEXIBLE, datum, "m2", r2)]) == [None]
+    # Rows of the earlier revision go on being written beside them.
+    assert await store.append([stored(order(), {"id": "o-3", "amount": 3}, "m3", r1)]) == [None]
+
+    columns = typed_columns(write_fake)
+    assert {"café", "_x636166c3a9_", "détail"} <= columns.keys()
+    assert [f["name"] for f in columns["détail"]["fields"]] == ["prix-total", "日付"]
+    rows = {r["id"]: r for r in write_fake.rows("records")}
+    assert set(rows) == {"o-1", "o-2", "o-3"}
+    fields = rows["o-2"]["fields"]
+    assert (fields["café"], fields["_x636166c3a9_"]) == ("noir", "bait")
+    assert fields["détail"] == {"prix-total": 7, "日付": "lundi"}
+    assert rows["o-2"]["projection_errors"] == []
+    assert write_fake.invalid_schemas == []
+
+
+async def test_the_fake_refuses_a_writer_schema_field_name_that_is_no_proto_identifier(
+    write_fake: FakeBigQueryWrite, write_client: Any
+) -> None:
+    """As BigQuery does: without the annotation (the test above), such a name is refused."""
+    descriptor = descriptor_pb2.DescriptorProto(name="Row")
+    descriptor.field.add(name="café", number=1, type=9, label=1)
+    stream = f"{RECORDS}/streams/_default"
+    request = types.AppendRowsRequest(
+        write_stream=stream,
+        proto_rows=types.AppendRowsRequest.ProtoData(
+            writer_schema=types.ProtoSchema(proto_descriptor=descriptor),
+            rows=types.ProtoRows(serialized_rows=[b"\n\x01x"]),
+        ),
+    )
+
+    async def requests() -> AsyncIterator[Any]:
+        yield request
+
+    routing = [("x-goog-request-params", f"write_stream={stream}")]
+    with pytest.raises(
+        InvalidArgument, match=r'BqMessage\.proto: .*"café" is not a valid identifier'
+    ):
+        async for _ in await write_client.append_rows(requests(), metadata=routing):
+            pass
+    assert write_fake.rows("records") == []
+    assert len(write_fake.invalid_schemas) == 1
+
+
+async def test_a_revision_that_would_take_the_table_past_the_cap_has_no_typed_columns(
+    open_store: Callable[[Revisions], Any], write_fake: FakeBigQueryWrite
+) -> None:
+    """Each revision within the cap, the two together past it: the second's records
+    are written with no typed columns, their projection error naming the cap."""
+    half = MAX_FIELDS // 2 + 1
+
+    def wide(prefix: str) -> dict[str, Any]:
+        return order(*({"name": f"{prefix}{i}", "type": "long"} for i in range(half)))
+
+    revisions = Revisions()
+    first = revision(revisions, "r1", wide("a"))
+    second = revision(revisions, "r2", wide("b"))
+    store = await open_store(revisions)
+    datum = {"id": "o-1", "amount": 1, **{f"a{i}": i for i in range(half)}}
+    assert await store.append([stored(wide("a"), datum, "m1", first)]) == [None]
+    datum = {"id": "o-2", "amount": 2, **{f"b{i}": i for i in range(half)}}
+    assert await store.append([stored(wide("b"), datum, "m2", second)]) == [None]
+
+    assert len(typed_columns(write_fake)) == 2 + half
+    rows = {r["id"]: r for r in write_fake.rows("records")}
+    assert rows["o-1"]["projection_errors"] == []
+    (error,) = rows["o-2"]["projection_errors"]
+    assert (error["field"], error["revision"]) == ("$", second)
+    assert error["reason"].startswith("no typed columns: with this revision's fields the table")
+    assert "more than the 9,984 it may have" in error["reason"]

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -187,7 +188,37 @@ class Follower:
             missing = ids - self.ids.keys()
             return f"all {len(ids)} to show, {len(missing)} never did, e.g. {sorted(missing)[:5]}"
 
-        await until(seen, timeout=timeout, interval=0.1, what=missing)
+        try:
+            await until(seen, timeout=timeout, interval=0.1, what=missing)
+        except AssertionError as exc:
+            found = await self.whereabouts(sorted(ids - self.ids.keys())[:5])
+            raise AssertionError(f"{exc}; {found}") from None
+
+    async def whereabouts(self, record_ids: Sequence[str]) -> str:
+        """What the service has of records the follower never got: stored but behind
+        what it was answered (a page said it was complete past them), stored ahead of it
+        (it stopped reading), or not stored (acknowledged and lost, or never pushed
+        again after a push that was not acknowledged: the service log says which)."""
+        newest = max(self.ingest_times.values(), default=0)
+        said = []
+        for record_id in record_ids:
+            try:
+                response = await self.http.get(f"/v1/records/{quote(record_id, safe='')}")
+            except httpx.HTTPError as exc:
+                said.append(f"{record_id} unknown (the service did not answer: {exc!r})")
+                continue
+            if response.status_code == 404:
+                said.append(f"{record_id} is not in the store")
+            elif response.status_code != 200:
+                said.append(f"{record_id} unknown (the service answered {response.status_code})")
+            else:
+                stored = _decode_seen(response.content)
+                where = "behind" if micros(stored.ingest_time) < newest else "after"
+                said.append(
+                    f"{record_id} is in the store (message {stored.message_id}, ingest time "
+                    f"{stored.ingest_time.isoformat()}), {where} the newest record followed"
+                )
+        return "; ".join(said)
 
     async def wait_count(self, count: int, *, timeout: float) -> None:
         await until(

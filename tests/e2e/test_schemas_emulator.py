@@ -12,12 +12,16 @@ import argparse
 import asyncio
 import io
 import json
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import fastavro
 import grpc
 import httpx
@@ -38,14 +42,23 @@ from recordline_dev.client import (
     publish_command,
 )
 from recordline_dev.devstack import Emulator
+from recordline_dev.processes import free_port
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.test_bigquery_typed import RECORDS, RECORDS_JSON, TABLE, query
 from tests.conftest import served, settings
-from tests.e2e.conftest import PUSH_TOKEN, Follower, RecordingStore, Wiring, publish_all
+from tests.e2e.conftest import (
+    PUSH_TOKEN,
+    Follower,
+    RecordingStore,
+    ServiceProcess,
+    Wiring,
+    publish_all,
+)
 from tests.fake_schema_api import FakeSchemaApi
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.exporting import tiered_store
+from tests.typed.bombs import avro_bomb
 from tests.waiting import until
 
 pytestmark = pytest.mark.emulator
@@ -373,3 +386,89 @@ async def test_a_revision_change_through_pubsub_reaches_typed_columns_behind_the
         + [(v["order_id"], v["amount"], "USD", 0) for v in new]
     )
     assert sorted(r["id"] for r in write_fake.rows("records")) == sorted(r[0] for r in rows)
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+# A record whose two fields are the previous record, 17 levels down (each
+# nullable, so a message of it is small): 393,214 typed fields once expanded.
+BOMB = {
+    **avro_bomb(17, 2),
+    "fields": [{"name": "order_id", "type": "string"}, *avro_bomb(17, 2)["fields"]],
+}
+GOOD = {
+    "type": "record",
+    "name": "Good",
+    "fields": [{"name": "order_id", "type": "string"}, {"name": "amount", "type": "long"}],
+}
+
+
+async def test_a_schema_bomb_committed_to_a_topic_costs_a_real_service_nothing_it_keeps(
+    wiring: Wiring, publisher: Any, emulator: Emulator, schema_admin: SchemaAdmin, tmp_path: Path
+) -> None:
+    """The revision a 2.7 KB bomb of records names, committed beside a good one and
+    published through the emulator to `recordline serve` on a DuckDB file: every
+    message of both stored at once (the bomb's with no typed columns and a projection
+    error naming the cap), none refused or redelivered, the process's memory flat, and
+    a restart on the file ready in seconds."""
+    good = await schema_admin.create(f"bomb-{uuid.uuid4().hex[:8]}", GOOD)
+    bomb = await schema_admin.commit(good.name, BOMB)
+    await schema_admin.topic(
+        wiring.topic_path, good.name, "JSON", good.revision_id, bomb.revision_id
+    )
+    path = tmp_path / "records.duckdb"
+    service = ServiceProcess(
+        port=free_port(),
+        store=f"duckdb://{path}",
+        log=tmp_path / "service.log",
+        env={"PUBSUB_EMULATOR_HOST": emulator.host, **MAPPING},
+    )
+    # Avro's JSON encoding: each revision's messages have keys only it has.
+    data = []
+    for n in range(20):
+        data.append(json.dumps({"order_id": f"good-{n}", "amount": n}).encode())
+        data.append(json.dumps({"order_id": f"bomb-{n}", "f0": None, "f1": None}).encode())
+    ids = {f"{kind}-{n}" for kind in ("good", "bomb") for n in range(20)}
+    try:
+        await asyncio.to_thread(service.start)
+        assert service.process is not None
+        before = _rss_bytes(service.process.pid)
+        await wiring.connect(service.url)
+        async with (
+            httpx.AsyncClient(base_url=service.url, timeout=30) as http,
+            Follower(http) as follower,
+        ):
+            await publish_all(publisher, wiring.topic_path, data)
+            await follower.wait_for(ids, timeout=60)
+            growth = _rss_bytes(service.process.pid) - before
+            assert not await retried(http, at_least=1)
+        assert await asyncio.to_thread(service.terminate) in (0, -signal.SIGTERM)
+        with duckdb.connect(str(path)) as con:
+            rows = con.execute(
+                "SELECT id, schema, fields, projection_errors FROM records_typed"
+            ).fetchall()
+        started = time.monotonic()
+        await asyncio.to_thread(service.start)
+        restart_seconds = time.monotonic() - started
+    finally:
+        service.close()
+    follower.assert_exactly_once(ids)
+    assert growth < 100 * 2**20, f"the process grew by {growth / 2**20:.0f} MB"
+    assert restart_seconds < 20
+    typed = {i: (schema, fields, errors) for i, schema, fields, errors in rows}
+    for n in range(20):
+        assert typed[f"good-{n}"] == (
+            f"{good.name}@{good.revision_id}",
+            {"order_id": f"good-{n}", "amount": n},
+            [],
+        )
+        schema, _, errors = typed[f"bomb-{n}"]
+        assert schema == f"{good.name}@{bomb.revision_id}"
+        (error,) = errors
+        assert error["reason"].startswith("no typed columns: the revision nests records more than")
+    assert await wiring.admin.pull(wiring.dead_letters.rsplit("/", 1)[1]) == []

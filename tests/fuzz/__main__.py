@@ -1,7 +1,8 @@
 """A long fuzzing run: `python3 dev.py fuzz [--minutes N] [--examples N]`.
 
-Runs the fuzzer (tests/fuzz) and the schemathesis and decoder fuzzing of
-tests/auth/test_hostile_input.py in rounds, each with a fresh Hypothesis seed
+Runs the fuzzer (tests/fuzz), the schemathesis and decoder fuzzing of
+tests/auth/test_hostile_input.py and the request heads split at random of
+tests/test_server_limits.py in rounds, each with a fresh Hypothesis seed
 and RECORDLINE_FUZZ_EXAMPLES examples per test, until the time is up or a
 round fails (its output is printed: Hypothesis names the failing input and how
 to reproduce it). Then it says how many pushes it tried, by store and format.
@@ -18,7 +19,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("tests/fuzz", "tests/auth/test_hostile_input.py")
+TARGETS = (
+    "tests/fuzz",
+    "tests/auth/test_hostile_input.py",
+    "tests/test_server_limits.py::test_a_head_is_measured_whole_however_it_is_split",
+)
 
 
 def main() -> int:

@@ -529,3 +529,212 @@ def pushes(draw: st.DrawFn, formats: dict[str, Any]) -> Push:
     elif envelope == 2 and not unwrapped:
         push.extra["deliveryAttempt"] = draw(st.integers(1, 100))
     return push
+
+
+# -- schema revisions ------------------------------------------------------------------
+
+# Field names of every kind a publisher may write: plain, Unicode (BigQuery's
+# flexible names), names only in case apart, and names no column can have
+# (reserved prefixes, punctuation, empty, too long). Never `id` or `timestamp`,
+# which the generated record has as its contract's.
+_field_names = st.one_of(
+    st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True),
+    st.sampled_from(["café", "日付", "prix-total", "a b", "Key", "KEY", "value", "1st", "x" * 300]),
+    st.sampled_from(
+        ["_TABLE_x", "_PARTITIONTIME", "__root__", "_CHANGE_TYPE", "x.y", "a$", "", "é" * 301]
+    ),
+    st.text(max_size=5),
+).filter(lambda name: name not in ("id", "timestamp"))
+_PRIMITIVES = ["boolean", "int", "long", "float", "double", "bytes", "string"]
+_LOGICAL = [
+    {"type": "long", "logicalType": "timestamp-micros"},
+    {"type": "int", "logicalType": "date"},
+    {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2},
+    {"type": "string", "logicalType": "uuid"},
+]
+
+
+@dataclass
+class AvroRevision:
+    """A generated Avro schema and a datum of it (None where none is written)."""
+
+    definition: Any
+    datum: Any = None
+
+
+class _Types:
+    """The named types a schema being generated has defined so far, and the records
+    it is inside (which a field may name again: recursion)."""
+
+    def __init__(self) -> None:
+        self.defined: dict[str, Any] = {}
+        self.enclosing: list[str] = []
+        self.count = 0
+
+    def name(self) -> str:
+        self.count += 1
+        return f"T{self.count}"
+
+
+def _avro_type(draw: st.DrawFn, types: _Types, depth: int) -> Any:
+    kinds = ["primitive"] * 4 + ["logical", "enum", "fixed", "array", "map", "union", "unions"]
+    kinds += ["record"] * 2 if depth < 18 else []
+    kinds += ["again"] if types.defined else []
+    kinds += ["recursive"] if types.enclosing else []
+    match draw(st.sampled_from(kinds)):
+        case "primitive":
+            return draw(st.sampled_from(_PRIMITIVES))
+        case "logical":
+            return draw(st.sampled_from(_LOGICAL))
+        case "enum":
+            name = types.name()
+            enum = {"type": "enum", "name": name, "symbols": ["A", "B", "C"]}
+            types.defined[name] = enum
+            return enum
+        case "fixed":
+            name = types.name()
+            fixed = {"type": "fixed", "name": name, "size": draw(st.integers(1, 4))}
+            types.defined[name] = fixed
+            return fixed
+        case "array":
+            return {"type": "array", "items": _avro_type(draw, types, depth + 1)}
+        case "map":
+            return {"type": "map", "values": _avro_type(draw, types, depth + 1)}
+        case "union":
+            return ["null", _avro_type(draw, types, depth + 1)]
+        case "unions":  # more than one branch besides null: typed as JSON
+            return ["null", "string", "long"]
+        case "again":  # a named type used again: the expansion grows
+            return draw(st.sampled_from(sorted(types.defined)))
+        case "recursive":
+            return ["null", draw(st.sampled_from(types.enclosing))]
+        case _:
+            return _avro_record(draw, types, depth + 1, draw(st.integers(1, 4)))
+
+
+def _avro_record(draw: st.DrawFn, types: _Types, depth: int, width: int) -> dict[str, Any]:
+    name = types.name()
+    types.enclosing.append(name)
+    names = list(dict.fromkeys(draw(st.lists(_field_names, min_size=1, max_size=width))))
+    fields = [{"name": n, "type": _avro_type(draw, types, depth)} for n in names]
+    types.enclosing.pop()
+    record = {"type": "record", "name": name, "fields": fields}
+    types.defined[name] = record
+    return record
+
+
+def _avro_chain(draw: st.DrawFn, types: _Types) -> Any:
+    """Records that each hold the previous one `width` times (nullable, so a datum
+    stays small): a few hundred bytes that name width**levels records, or nest
+    levels deep."""
+    levels, width = draw(st.integers(2, 20)), draw(st.integers(1, 4))
+    record: Any = {
+        "type": "record",
+        "name": types.name(),
+        "fields": [{"name": "v", "type": "long"}],
+    }
+    for _ in range(levels):
+        previous = record
+        fields = [{"name": "f0", "type": ["null", previous], "default": None}]
+        fields += [
+            {"name": f"f{i}", "type": ["null", previous["name"]], "default": None}
+            for i in range(1, width)
+        ]
+        record = {"type": "record", "name": types.name(), "fields": fields}
+    return record
+
+
+def _avro_datum(draw: st.DrawFn, schema: Any, types: dict[str, Any], depth: int) -> Any:
+    """A value of `schema`, small: deep or recursive parts are null where they may be."""
+    if isinstance(schema, str) and schema in types:
+        return _avro_datum(draw, types[schema], types, depth)
+    if isinstance(schema, list):
+        if depth > 3 or draw(st.booleans()):
+            return None
+        if schema == ["null", "string", "long"]:
+            return draw(st.text(max_size=5) | st.integers(-(2**63), 2**63 - 1))
+        return _avro_datum(draw, schema[1], types, depth + 1)
+    kind = schema.get("type") if isinstance(schema, dict) else schema
+    logical = schema.get("logicalType") if isinstance(schema, dict) else None
+    match kind, logical:
+        case "long", "timestamp-micros":
+            return draw(st.integers(0, 2**50))
+        case "int", "date":
+            return draw(st.integers(0, 2_900_000))
+        case "bytes", "decimal":
+            return draw(st.decimals(-(10**7), 10**7, places=2, allow_nan=False))
+        case "string", "uuid":
+            return str(draw(st.uuids()))
+        case "boolean", _:
+            return draw(st.booleans())
+        case "int", _:
+            return draw(st.integers(-(2**31), 2**31 - 1))
+        case "long", _:
+            return draw(st.integers(-(2**63), 2**63 - 1))
+        case "float" | "double", _:
+            return draw(st.floats(allow_nan=False, allow_infinity=False, width=32))
+        case "bytes", _:
+            return draw(st.binary(max_size=6))
+        case "string", _:
+            return draw(st.text(max_size=6))
+        case "enum", _:
+            return draw(st.sampled_from(schema["symbols"]))
+        case "fixed", _:
+            return draw(st.binary(min_size=schema["size"], max_size=schema["size"]))
+        case "array", _:
+            items = st.lists(st.just(None), max_size=0 if depth > 3 else 2)
+            return [_avro_datum(draw, schema["items"], types, depth + 1) for _ in draw(items)]
+        case "map", _:
+            keys = draw(st.lists(st.text(min_size=1, max_size=3), max_size=0 if depth > 3 else 2))
+            return {k: _avro_datum(draw, schema["values"], types, depth + 1) for k in keys}
+        case "record", _:
+            return {
+                f["name"]: _avro_datum(draw, f["type"], types, depth + 1) for f in schema["fields"]
+            }
+    raise AssertionError(f"no datum for {schema!r}")
+
+
+@st.composite
+def avro_revisions(draw: st.DrawFn) -> AvroRevision:
+    """An Avro revision a publisher might commit, hostile or not: named types used
+    again (the expansion grows), recursion, depth, width, Unicode and reserved names,
+    enums, fixed, unions, maps and arrays; with a datum of it that fastavro writes.
+    Its top record has the contract's `id` (text) first."""
+    types = _Types()
+    if draw(st.integers(0, 4)) == 0:
+        inner = _avro_chain(draw, types)
+        top = {
+            "type": "record",
+            "name": "Revision",
+            "fields": [{"name": "bomb", "type": ["null", inner], "default": None}],
+        }
+    else:
+        top = _avro_record(draw, types, 0, draw(st.integers(1, 8)))
+    definition = {
+        **top,
+        "namespace": "fuzz",
+        "fields": [
+            {"name": "id", "type": "string"},
+            *(f for f in top["fields"] if f["name"] != "id"),
+        ],
+    }
+    datum = _avro_datum(draw, definition, _defined(definition), 0)
+    datum["id"] = draw(record_ids)
+    return AvroRevision(definition, datum)
+
+
+def _defined(schema: Any, found: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every named type `schema` defines, by name."""
+    found = {} if found is None else found
+    if isinstance(schema, list):
+        for branch in schema:
+            _defined(branch, found)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            found[schema["name"]] = schema
+        for field in schema.get("fields", ()):
+            _defined(field["type"], found)
+        for key in ("items", "values"):
+            if key in schema:
+                _defined(schema[key], found)
+    return found

@@ -56,6 +56,7 @@ METRICS = {
         "export.blocked",
         "loop.restarts",
         "typed.patches_refused",
+        "producer.missing",
     )
 }
 FAST = {"long": "1h", "short": "5m", "rate": 14.4}
@@ -309,6 +310,7 @@ TICKETED = PAGED | {
     "export_blocked",
     "typed_refused",
     "loop_restarts",
+    "producers_missing",
 }
 
 
@@ -351,7 +353,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
     assert group["channels"] == ["projects/p/notificationChannels/1"]
     # Tickets, pages and the Spanner CPU ticket: the same for 1 system as for 51.
     policies = len(_locals()["ticket_specs"]) * len(groups) + len(_locals()["pages"]) + 1
-    assert policies == 21
+    assert policies == 22
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = (
         '{ recordline = {}, orders = { ticket_channels = ["projects/p/notificationChannels/9"] } }'
@@ -560,3 +562,26 @@ def test_an_hour_behind_or_blocked_is_a_ticket_and_a_page_comes_before_spanner_d
     assert "export_lag = symptoms.export_lag" in queries
     assert "export_blocked = symptoms.export_blocked" in queries
     assert "export_lag_page_seconds / 3600" in pages["export_lag"][0]
+
+
+# --- the completeness ledger (systems on DuckDB or with `serving`) ---------------------------
+
+
+def test_a_producers_missing_sequences_are_a_ticket_summed_over_its_producers() -> None:
+    query = _symptoms(("orders", "payments"))["producers_missing"]
+    missing = "workload_googleapis_com:recordline_producer_missing"
+    # Every instance reads the one ledger: per producer the most any reports, per system
+    # the sum over its producers, named by `system`.
+    assert query == (
+        "label_replace(sum by (namespace) (max by (namespace, producer) ("
+        f'{missing}{{monitored_resource="generic_task",namespace=~"(orders|payments)"}})), '
+        '"system", "$1", "namespace", "(.*)") > 0'
+    )
+    tickets = _locals()["ticket_specs"]
+    assert tickets["producers_missing"][1:3] == ["300s", "producers-missing"]
+    assert "producers_missing" not in _locals()["pages"]  # what is lost is known: no page
+    commands = _locals()["ticket_commands"]["producers"]
+    assert "/v1/producers" in commands
+    assert ".venv/bin/recordline audit --since=24h" in commands
+    # The replay that closes the gaps dead letters hold comes with it.
+    assert "ticket_commands.replay" in tickets["producers_missing"][3]

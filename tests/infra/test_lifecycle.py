@@ -35,6 +35,9 @@ def _fits_google(name: str) -> list[str]:
         problems.append(f"Cloud Run service {name}")
     if len(f"{DEPLOY_TAG}---{name}-{PROJECT_NUMBER}") > 63:
         problems.append("tagged revision URL")
+    # Its export job, with `serving`: a Cloud Run job's name, up to 63 characters alike.
+    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", f"{name}-export"):
+        problems.append(f"Cloud Run job {name}-export")
     # Pub/Sub topics and subscriptions: 3 to 255, a letter first, not starting with goog.
     for topic in (name, f"{name}-dead-letter"):
         if not (3 <= len(topic) <= 255 and re.fullmatch(r"[A-Za-z][\w.~+%-]*", topic)):
@@ -100,7 +103,7 @@ def test_the_module_names_nothing_else_after_the_system() -> None:
         "-dead-letter-replay",
         "-page-token",
         "-canary",
-        "-export",  # the export job: a Cloud Run job's name holds 63 characters
+        "-export",  # the export job on-call runs: a Cloud Run job's name holds 63 characters
     }, derived
 
 

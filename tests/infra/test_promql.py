@@ -91,6 +91,7 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
             "export_lag",
             "export_blocked",
             "typed_refused",
+            "producers_missing",
         )
     }
     for slo, speeds in symptoms["burning"].items():

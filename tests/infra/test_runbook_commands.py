@@ -417,7 +417,7 @@ def test_the_restore_commands_are_ones_recordline_takes(cloud: Cloud) -> None:
 def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the_state() -> None:
     # The state edit of docs/operations.md#losing-a-zone-or-a-region: what lives in the
     # lost region (its location or region is the environment's region, or a Cloud Run
-    # service's) leaves the state, so no plan waits on it; what is global or
+    # service's or job's) leaves the state, so no plan waits on it; what is global or
     # multi-regional (Pub/Sub, BigQuery, Spanner, Monitoring, IAM on accounts) stays.
     (state_edit,) = blocks("losing-a-zone-or-a-region")
     (pattern,) = re.findall(r"grep -E '([^']+)'", state_edit)
@@ -437,12 +437,13 @@ def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the
                         regional.add(address)
                         kept.add(address.replace("europe-west1", "europe-west4"))
                         continue
-                    # A Cloud Run resource's grant is where the resource is (each.value).
-                    lost = (
-                        "var.region" in where
-                        or "google_cloud_run_v2_service" in where
-                        or (rtype.startswith("google_cloud_run_v2_") and "each.value" in where)
-                    )
+                    # In the region, or where a Cloud Run resource is (a grant on each of
+                    # a system's jobs is `for_each` over them; the exporter service's
+                    # grant is on each.value, its worker pool).
+                    on_job = body.get("for_each") == "${google_cloud_run_v2_job.export}"
+                    on_pool = rtype.startswith("google_cloud_run_v2_") and "each.value" in where
+                    in_region = "var.region" in where or "google_cloud_run_v2_" in where
+                    lost = in_region or on_job or on_pool
                     (regional if lost else kept).add(address)
     assert 'module.system["orders"].google_cloud_run_v2_service.recordline' in regional
     assert 'module.system["orders"].google_cloud_scheduler_job.canary' in regional

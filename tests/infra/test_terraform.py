@@ -595,6 +595,8 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     export.blocked("records", "BigQuery refused message 1 of records: too long")
     TypedPatches(metrics).refused("p.d.records")
     LoopRestarts(metrics).restarted("exporter")
+    # The completeness ledger's, as its watch reads it (app.query.producers).
+    metrics.producers_missing = lambda: {"orders-api": 3}
     assert telemetry.meter_provider is not None
     telemetry.meter_provider.force_flush()
     data = exported.data

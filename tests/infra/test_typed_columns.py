@@ -23,13 +23,14 @@ from google.cloud import bigquery
 
 from app import cli
 from app.cli import SYSTEM_SCHEMAS, TYPED_SUFFIX, main, typed_columns_file, typed_files
-from app.ingest.schemas import revision_codec
+from app.ingest.schemas import revision_codec, typed_fields
 from app.records import Record
 from app.store.bigquery.schema import created_schema
 from app.store.bigquery.typed import TypedTable
 from tests.infra.console import console, require_terraform
 from tests.infra.test_fleet import _module, _root_console, _root_console_run
 from tests.infra.test_terraform import MODULE, TERRAFORM, _expression, _resources
+from tests.typed.bombs import avro_bomb
 
 ROOT = TERRAFORM.parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
@@ -130,7 +131,7 @@ def _widened(columns: list[dict[str, Any]], kind: str) -> _Tables:
         return []
 
     _, definition = SCHEMAS[kind]
-    _, fields = revision_codec(kind, definition.decode())
+    fields = typed_fields(revision_codec(kind, definition.decode()))
     table = TypedTable("p.d.records", call=call, write_schema=write_schema, timeout=5.0)
     asyncio.run(table.widen("projects/p/schemas/s@r1", fields))
     assert table.failures == 0, table.last_failure
@@ -393,3 +394,13 @@ def test_terraform_never_plans_to_drop_a_column_the_service_added() -> None:
     # is the service's (a later revision's fields, a release's columns).
     lifecycle = _resources("google_bigquery_table")["records"]["lifecycle"]
     assert lifecycle == [{"prevent_destroy": True, "ignore_changes": ["schema"]}]
+
+
+def test_the_command_says_which_cap_a_schema_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "bomb.avsc"
+    source.write_text(json.dumps(avro_bomb(17, 2)))
+    assert main(["schema", "typed", str(source), "--type", "AVRO"]) == 2
+    error = capsys.readouterr().err
+    assert f"recordline schema typed: {source}: the revision nests records more than 14" in error

@@ -80,6 +80,18 @@ class LosesRowsInFlight(WrappedStore):
             self._in_flight -= 1
 
 
+class StoresPublisherCopies(WrappedStore):
+    """Keeps no ledger of producer sequences yet says it does: every copy is stored."""
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        renamed = [
+            msgspec.structs.replace(r, attributes=r.attributes.replace("recordline-", "x-"))
+            for r in rows
+        ]
+        await self.inner.append(renamed)
+        return [None] * len(rows)
+
+
 MUTANTS: dict[str, Callable[[Store], Store]] = {
     "never-ready": NeverReady,
     "forgets-the-schema": ForgetsTheSchema,
@@ -88,6 +100,7 @@ MUTANTS: dict[str, Callable[[Store], Store]] = {
     "complete-too-far": CompleteTooFar,
     "past-the-horizon": PastTheHorizon,
     "loses-rows-in-flight": LosesRowsInFlight,
+    "stores-publisher-copies": StoresPublisherCopies,
 }
 
 

@@ -26,7 +26,8 @@ import pytest
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, Store
+from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store
+from app.store.producers import EpochEntry
 from tests.conftest import envelope, served, settings
 
 R = TypeVar("R", Record, Rejection)
@@ -421,3 +422,157 @@ async def test_a_started_store_is_ready_and_a_closed_one_is_not(make: Any) -> No
         await store.append([record("m-2")])
     with pytest.raises(StoreUnavailable):
         await store.page(Record, query(0, "", before=stamp()))
+
+
+# -- producer sequences (app.store.producers) ---------------------------------------------
+
+
+def sequenced(
+    message_id: str,
+    sequence: int,
+    *,
+    producer: str = "producer-1",
+    epoch: int = 0,
+    ended: str | None = None,
+    rejected: bool = False,
+    **fields: Any,
+) -> Record | Rejection:
+    """A row of a message that carries its producer's sequence."""
+    attributes = {
+        "origin": "test",
+        "recordline-producer": producer,
+        "recordline-epoch": str(epoch),
+        "recordline-seq": str(sequence),
+    }
+    if ended is not None:
+        attributes["recordline-epoch-ended"] = ended
+    text = json.dumps(attributes, separators=(",", ":"))
+    if rejected:
+        return rejection(message_id, attributes=text, **fields)
+    return record(message_id, attributes=text, **fields)
+
+
+async def epochs(store: Store, producer: str = "producer-1") -> list[EpochEntry]:
+    assert store.completeness is not None
+    found = await store.completeness.producer(producer)
+    assert found is not None, producer
+    assert found.producer == producer
+    return found.epochs
+
+
+async def test_a_producers_message_is_stored_once_under_the_id_of_its_first_copy(
+    store: Store,
+) -> None:
+    since = stamp() - HOUR
+    assert list(await store.append([sequenced("s-a", 0), sequenced("s-b", 1)])) == [None, None]
+    # A publisher's retry of 1 (a new message id), a redelivery of 0 (its own id),
+    # and the next message; then the retry delivered again.
+    later = await store.append(
+        [sequenced("s-c", 1, data='"retried"'), sequenced("s-a", 0), sequenced("s-d", 2)]
+    )
+    again = await store.append([sequenced("s-c", 1, data='"retried"')])
+    if store.completeness is None:
+        # No system of record settles sequences as it commits: every copy is stored
+        # (reads leave out later copies of a message id only; records_unique both).
+        assert list(later) == [None, None, None]
+        assert list(again) == [None]
+        await store.barrier()
+        assert await store.seen(["s-c"]) == {"s-c": "stored"}
+        return
+    duplicate = PublisherDuplicate("producer-1", 0, 1)
+    assert list(later) == [duplicate, None, None]
+    assert list(again) == [duplicate]
+    newest = await stored_time(store, "s-d")
+    until = await horizon(store, newest)
+    seen = await walk(store, limit=2, since=since, before=until)
+    assert [(r.message_id, r.data) for r in seen] == [
+        ("s-a", '"Ejemplo de datos"'),
+        ("s-b", '"Ejemplo de datos"'),
+        ("s-d", '"Ejemplo de datos"'),
+    ]
+    assert await store.message("s-c") is None
+    assert await store.seen(["s-a", "s-c"]) == {"s-a": "stored"}
+    (entry,) = await epochs(store)
+    assert (entry.epoch, entry.highest, entry.contiguous, entry.gaps) == (0, 2, 2, [])
+    assert (entry.stored, entry.rejected, entry.duplicates, entry.zombies) == (3, 0, 2, 0)
+    assert sum(h.stored for h in entry.hours) == 3
+    assert sum(h.duplicates for h in entry.hours) == 2
+
+
+async def test_the_ledger_names_the_gaps_until_they_close(store: Store) -> None:
+    if store.completeness is None:
+        return  # no ledger: said by the test above
+    # Out of order, a copy within one batch, a rejection (accounted for, not missing).
+    outcomes = await store.append(
+        [
+            sequenced("g-0", 0),
+            sequenced("g-3", 3),
+            sequenced("g-3b", 3),
+            sequenced("g-5", 5, rejected=True),
+            sequenced("g-8", 8),
+        ]
+    )
+    assert list(outcomes) == [None, None, PublisherDuplicate("producer-1", 0, 3), None, None]
+    (entry,) = await epochs(store)
+    assert [(g.first, g.last) for g in entry.gaps] == [(1, 2), (4, 4), (6, 7)]
+    assert (entry.contiguous, entry.highest, entry.stored, entry.rejected) == (0, 8, 3, 1)
+    opened = entry.gaps[0].opened
+    # Missing once older than the grace period, not before.
+    assert entry.missing(opened + 10, grace=60_000_000) == []
+    assert [(g.first, g.last) for g in entry.missing(opened + 60_000_000, 60_000_000)] == [
+        (1, 2),
+        (4, 4),
+        (6, 7),
+    ]
+    # Filling a gap from its middle and its edges: the ranges left keep their age.
+    await store.append([sequenced("g-6", 6)])
+    await store.append([sequenced("g-1", 1), sequenced("g-4", 4), sequenced("g-7", 7)])
+    (entry,) = await epochs(store)
+    assert [(g.first, g.last, g.opened) for g in entry.gaps] == [(2, 2, opened)]
+    await store.append([sequenced("g-2", 2)])
+    (entry,) = await epochs(store)
+    assert (entry.contiguous, entry.gaps, entry.stored, entry.rejected) == (8, [], 8, 1)
+
+
+async def test_a_new_epoch_says_where_the_last_one_ended_and_an_old_one_is_a_zombie(
+    store: Store,
+) -> None:
+    if store.completeness is None:
+        return
+    await store.append([sequenced("e0-0", 0), sequenced("e0-1", 1)])
+    # The producer restarts as epoch 1 and says epoch 0 published 4 messages.
+    await store.append([sequenced("e1-0", 0, epoch=1, ended="0:4")])
+    # A message of epoch 0 still on its way, or a zombie publisher: stored, flagged.
+    assert list(await store.append([sequenced("e0-2", 2)])) == [None]
+    # A later epoch that says nothing of how epoch 1 ended.
+    await store.append([sequenced("e2-0", 0, epoch=2)])
+    await store.barrier()
+    assert await store.seen(["e0-2"]) == {"e0-2": "stored"}
+    first, second, third = await epochs(store)
+    assert (first.epoch, first.end, first.highest, first.zombies) == (0, 4, 2, 1)
+    # Sequence 3 never came: missing at the end of epoch 0, once the grace is over.
+    assert first.end_said is not None
+    (tail,) = first.missing(first.end_said, grace=0)
+    assert (tail.first, tail.last) == (3, 3)
+    assert (second.epoch, second.end, second.zombies) == (1, None, 0)
+    assert (third.epoch, third.end) == (2, None)
+
+
+async def test_the_ledger_lists_every_producer_in_pages(store: Store) -> None:
+    if store.completeness is None:
+        return
+    names = [f"p-{i:02}" for i in range(7)]
+    await store.append([sequenced(f"l-{n}", 0, producer=n) for n in reversed(names)])
+    await store.append([sequenced("l-x", 1, producer="p-03", epoch=4)])
+    listed: list[str] = []
+    after = ""
+    for _ in range(10):
+        page = await store.completeness.producers(after, 3)
+        assert len(page) <= 3
+        if not page:
+            break
+        listed += [p.producer for p in page]
+        after = page[-1].producer
+    assert listed == names
+    assert [e.epoch for e in await epochs(store, "p-03")] == [0, 4]
+    assert await store.completeness.producer("nobody") is None

@@ -14,7 +14,7 @@ def unaccounted(payload: Any, projection: Projection) -> list[str]:
         return []
     if not isinstance(payload, dict):
         return ["$"]
-    return _missing(payload, projection.values, "", errors)
+    return _missing(payload, projection.values, "", errors, root=True)
 
 
 def _covered(path: str, errors: list[str]) -> bool:
@@ -28,8 +28,9 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _missing(value: Any, typed: Any, path: str, errors: list[str]) -> list[str]:
-    if value is None or (path and _covered(path, errors)):
+def _missing(value: Any, typed: Any, path: str, errors: list[str], root: bool = False) -> list[str]:
+    # The payload itself is `$`; a key of it may be "" (a path of "" too).
+    if value is None or (not root and _covered(path, errors)):
         return []
     if isinstance(typed, str) and isinstance(value, dict | list):
         return []  # a JSON field holds the value whole

@@ -31,9 +31,10 @@ from app.cli import main
 from app.records import Record
 from app.settings import SettingsError
 from app.store.duckdb.store import DuckDBStore
+from app.store.duckdb.typed import MAX_FIELDS as DUCKDB_MAX_FIELDS
 from app.store.duckdb.typed import TypedColumns, _arrow_type, _for_arrow
 from app.typed.mapping import Field, Type, avro_fields
-from app.typed.projection import project_stored
+from app.typed.projection import project_stored, projector
 from app.typed.revisions import Revisions
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi
@@ -195,27 +196,81 @@ async def test_records_without_a_schema_have_no_typed_fields(tmp_path: Path) -> 
     ]
 
 
-async def test_a_fault_of_the_typed_columns_stores_the_record_and_says_why(
+async def test_a_change_duckdb_refuses_stores_the_record_says_why_and_the_file_starts_again(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "fault.duckdb"
     revisions = Revisions()
-    # Fields no DuckDB column can have (an empty name): the ALTER fails.
+    # Fields no DuckDB column can have (an empty name, which the mapping never
+    # makes, given here directly): the ALTER fails.
     revisions.learn("s@1", (Field(name="", type=Type.STRING),))
+    revisions.learn("s@2", (Field(name="fine", type=Type.STRING),))
+    record = Record(
+        message_id="m-1", publish_time=1, ingest_time=2, id="r-1", data="{}", schema="s@1"
+    )
+    later = Record(
+        message_id="m-2",
+        publish_time=3,
+        ingest_time=4,
+        id="r-2",
+        data='{"fine": "x"}',
+        schema="s@2",
+    )
     store = DuckDBStore(str(path), revisions=revisions)
     await store.start()
     try:
-        record = Record(
-            message_id="m-1", publish_time=1, ingest_time=2, id="r-1", data="{}", schema="s@1"
-        )
         assert await store.append([record]) == [None]
+        assert await store.append([later]) == [None]
         await store.barrier()
         assert await store.latest("r-1") == record
     finally:
         await store.close()
-    ((errors,),) = _query(path, "SELECT projection_errors FROM records_typed")
+    rows = _query(path, "SELECT id, fields, projection_errors FROM records_typed ORDER BY id")
+    ((_, none, errors), (_, fine, no_errors)) = rows
+    assert not any((none or {}).values())  # (a column added later reads NULL fields)
     assert [(e["field"], e["revision"]) for e in errors] == [("$", "s@1")]
-    assert errors[0]["reason"].startswith("typed columns failed:")
+    assert errors[0]["reason"].startswith("no typed columns: the table's change for them failed")
+    assert "zero-length delimited identifier" in errors[0]["reason"]
+    assert (fine, no_errors) == ({"fine": "x"}, [])
+    # The refused change left no trace: the revision is not kept, and the file
+    # opens again (it did not, when the revision was kept before its ALTER ran).
+    assert _query(path, "SELECT schema FROM typed_revisions") == [("s@2",)]
+    again = DuckDBStore(str(path), revisions=Revisions())
+    await again.start()
+    try:
+        assert await again.latest("r-2") == later
+    finally:
+        await again.close()
+
+
+async def test_a_file_that_kept_a_revision_whose_change_failed_starts(tmp_path: Path) -> None:
+    """What an earlier release left: a revision kept in `typed_revisions` whose ALTER
+    then failed, so the table never took its fields."""
+    path = tmp_path / "kept.duckdb"
+    store = DuckDBStore(str(path), revisions=Revisions())
+    await store.start()
+    await store.close()
+    with duckdb.connect(str(path)) as con:
+        bad = '[{"name": "", "type": "STRING", "mode": "NULLABLE", "fields": []}]'
+        con.execute("INSERT INTO typed_revisions VALUES ('s@1', 0, $fields)", {"fields": bad})
+    revisions = Revisions()
+    revisions.learn("s@2", (Field(name="fine", type=Type.STRING),))
+    again = DuckDBStore(str(path), revisions=revisions)
+    await again.start()
+    try:
+        record = Record(
+            message_id="m-2",
+            publish_time=3,
+            ingest_time=4,
+            id="r-2",
+            data='{"fine": "x"}',
+            schema="s@2",
+        )
+        assert await again.append([record]) == [None]
+        await again.barrier()
+    finally:
+        await again.close()
+    assert _query(path, "SELECT fields FROM records_typed") == [({"fine": "x"},)]
 
 
 PROTO = """
@@ -435,8 +490,10 @@ def _nan_as_text(value: Any) -> Any:
 def test_the_fields_column_is_each_record_s_projection(
     payloads: list[Any], fields: tuple[Field, ...]
 ) -> None:
-    # The column is built a field at a time; each row must still be that record's
-    # own projection, as Arrow takes it, and a payload that is no JSON all NULL.
+    # The column is built a field at a time, of the fields the rows have; each row
+    # must still be that record's own projection, as Arrow takes it once DuckDB
+    # has cast it to the table's fields (a field the payload lacks NULL), and a
+    # payload that is no JSON all NULL.
     revisions = Revisions()
     revisions.learn("s@1", fields)
     texts = [*(json.dumps(p) for p in payloads), "{no json"]
@@ -451,8 +508,9 @@ def test_the_fields_column_is_each_record_s_projection(
         typed.open(con)
         table = typed.arrow(con, records)
     assert table is not None
-    expected = [_for_arrow(project_stored(t, fields, "s@1").values, kind) for t in texts]
-    built = table["fields"].combine_chunks().to_pylist()
+    onto = projector(fields)
+    expected = [_for_arrow(onto.stored_sparse(t, "s@1")[0] or {}, kind) for t in texts]
+    built = table["fields"].combine_chunks().cast(_arrow_type(kind)).to_pylist()
     # Arrow's equality holds NaN unequal to itself; a payload's "NaN" is a FLOAT64 NaN.
     assert _nan_as_text(built) == _nan_as_text(
         pa.array(expected, type=_arrow_type(kind)).to_pylist()
@@ -519,8 +577,8 @@ def test_an_array_or_map_a_revision_adds_is_empty_not_null_in_the_rows_before_it
             assert projected is not None
             con.register("projected", projected)
             con.execute("INSERT INTO records SELECT message_id FROM projected")
-            con.execute("INSERT INTO record_fields BY NAME SELECT * FROM projected")
             con.unregister("projected")
+            typed.insert(con, projected)
 
         store(
             record("before", "s@1", {"name": "a", "customer": {"email": "e"}}),
@@ -557,3 +615,37 @@ def test_a_bignumeric_is_kept_as_positional_text(payload: Any, text: str) -> Non
     assert not projected.errors
     kind = Field(name="fields", type=Type.RECORD, fields=(field,))
     assert _for_arrow(projected.values, kind) == {"n": text}
+
+
+async def test_a_revision_that_would_take_the_table_past_duckdb_s_cap_has_no_typed_columns(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wide.duckdb"
+    revisions = Revisions()
+    wide = tuple(Field(name=f"f{i}", type=Type.INT64) for i in range(DUCKDB_MAX_FIELDS + 1))
+    revisions.learn("s@wide", wide)
+    revisions.learn("s@small", (Field(name="amount", type=Type.INT64),))
+    store = DuckDBStore(str(path), revisions=revisions)
+    await store.start()
+    try:
+        for n, schema in enumerate(("s@wide", "s@small")):
+            record = Record(
+                message_id=f"m-{n}",
+                publish_time=1,
+                ingest_time=2 + n,
+                id=f"r-{n}",
+                data='{"amount": 3, "f1": 4}',
+                schema=schema,
+            )
+            assert await store.append([record]) == [None]
+        await store.barrier()
+    finally:
+        await store.close()
+    rows = _query(path, "SELECT id, fields, projection_errors FROM records_typed ORDER BY id")
+    (_, _, errors), (_, fields, small_errors) = rows
+    (error,) = errors
+    assert error["field"] == "$"
+    assert "the table would have 1,001 typed fields, more than the 1,000" in error["reason"]
+    assert fields == {"amount": 3}
+    assert [e["field"] for e in small_errors] == ["f1"]  # the wide revision's: no column
+    assert _query(path, "SELECT schema FROM typed_revisions") == [("s@small",)]

@@ -5,7 +5,9 @@ into that field whole."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,24 @@ import duckdb
 import pytest
 
 from app.ingest.protobuf import ProtobufCodec
+from app.records import Record
+from app.store.bigquery.schema import created_schema
 from app.store.duckdb.typed import sql_type
-from app.typed.mapping import Field, Mode, Type, avro_fields, protobuf_fields
+from app.typed.mapping import (
+    MAX_DEPTH,
+    MAX_FIELDS,
+    OWN_COLUMNS,
+    Field,
+    Mode,
+    OverCap,
+    Type,
+    avro_fields,
+    field_count,
+    protobuf_fields,
+    unholdable,
+)
 from app.typed.projection import project
+from tests.typed.bombs import avro_bomb, proto_bomb, python_calls
 from tests.typed.stored import avro_stored, protobuf_stored
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "typed-columns.md"
@@ -362,3 +379,150 @@ def test_a_declared_schema_s_revision_is_named_as_the_docs_say() -> None:
     # Spaced and ordered otherwise, the same schema is the same revision.
     assert Revisions().declare(json.dumps(dict(reversed(schema.items())), indent=4)) == named
     assert "`declared@` and the first 16 hex digits of the SHA-256" in DOCS.read_text()
+
+
+# -- caps ----------------------------------------------------------------------
+
+
+def _refused(work: Any) -> str:
+    with pytest.raises(OverCap) as refused:
+        work()
+    return str(refused.value)
+
+
+# Calls per field the mapping makes at most, with room: work in proportion to
+# the cap, never to the expansion (the bombs below expand to 7-40 times it;
+# the mapping makes about 10 calls a field).
+_CALLS_PER_FIELD = 40
+
+
+@pytest.mark.parametrize(
+    ("levels", "width", "cap"),
+    [(17, 2, "levels deep"), (8, 4, "typed fields")],
+)
+def test_an_avro_schema_past_a_cap_is_refused_for_work_in_proportion_to_the_cap(
+    levels: int, width: int, cap: str
+) -> None:
+    schema = avro_bomb(levels, width)
+    assert len(json.dumps(schema)) < 3_000
+    calls = python_calls(lambda: _refused(lambda: avro_fields(schema)))
+    assert calls < _CALLS_PER_FIELD * MAX_FIELDS
+    assert cap in _refused(lambda: avro_fields(schema))
+
+
+@pytest.mark.parametrize(
+    ("levels", "width", "cap"), [(16, 2, "levels deep"), (8, 4, "typed fields")]
+)
+def test_a_proto_past_a_cap_is_refused_for_work_in_proportion_to_the_cap(
+    levels: int, width: int, cap: str
+) -> None:
+    definition = proto_bomb(levels, width)
+    assert len(definition) < 700
+    descriptor = ProtobufCodec(definition).descriptor
+    calls = python_calls(lambda: _refused(lambda: protobuf_fields(descriptor)))
+    assert calls < _CALLS_PER_FIELD * MAX_FIELDS
+    assert cap in _refused(lambda: protobuf_fields(descriptor))
+
+
+def _flat(count: int) -> dict[str, Any]:
+    fields = [{"name": f"f{i}", "type": "long"} for i in range(count)]
+    return {"type": "record", "name": "Flat", "fields": fields}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A record whose innermost field is `depth` records down."""
+    schema: dict[str, Any] = {
+        "type": "record",
+        "name": "N0",
+        "fields": [{"name": "v", "type": "long"}],
+    }
+    for k in range(1, depth + 1):
+        schema = {"type": "record", "name": f"N{k}", "fields": [{"name": "c", "type": schema}]}
+    return {"type": "record", "name": "Top", "fields": [{"name": "c", "type": schema}]}
+
+
+def test_the_caps_are_bigquerys() -> None:
+    # Each field counts, nested ones too, as BigQuery counts a table's columns;
+    # the typed fields share the 10,000 with the service's own columns.
+    assert field_count(avro_fields(_flat(MAX_FIELDS))) == MAX_FIELDS
+    assert "more than 9,984 typed fields" in _refused(lambda: avro_fields(_flat(MAX_FIELDS + 1)))
+    # 14 records deep fit inside `fields` (BigQuery's 15 levels); 15 do not.
+    assert MAX_DEPTH == 14
+    assert avro_fields(_nested(MAX_DEPTH - 1))
+    assert "more than 14 levels deep" in _refused(lambda: avro_fields(_nested(MAX_DEPTH)))
+    # A map is a REPEATED RECORD: one level, and two fields.
+    deep_map = _nested(MAX_DEPTH - 2)
+    deep_map["fields"].append({"name": "m", "type": {"type": "map", "values": _nested(0)}})
+    assert avro_fields(deep_map)
+
+
+def test_the_service_s_own_columns_are_what_the_cap_leaves_out() -> None:
+    # `records` as the service creates it (`projection_errors` included), and `fields`.
+    own = [*created_schema(Record), {"name": "fields", "fields": []}]
+
+    def count(columns: list[dict[str, Any]]) -> int:
+        return sum(1 + count(c.get("fields", [])) for c in columns)
+
+    assert count(own) == OWN_COLUMNS
+    assert MAX_FIELDS + OWN_COLUMNS == 10_000
+
+
+def test_a_mapping_past_its_deadline_is_refused() -> None:
+    expired = time.monotonic() - 1
+    assert "deadline" in _refused(lambda: avro_fields(_flat(1_000), deadline=expired))
+
+
+def test_a_schema_that_nests_types_past_what_python_recurses_is_refused() -> None:
+    # Arrays of arrays nest no record (each is kept as JSON), but are read by recursion.
+    items: Any = "long"
+    for _ in range(3_000):
+        items = {"type": "array", "items": items}
+    schema = {"type": "record", "name": "Deep", "fields": [{"name": "a", "type": items}]}
+    assert "too deeply" in _refused(lambda: avro_fields(schema))
+
+
+# -- names ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("", "an empty name"),
+        ("x" * 301, "more than 300 characters"),
+        ("_TABLE_suffix", "begins with _TABLE_"),
+        ("_partitiontime", "begins with _PARTITION"),
+        ("__root__", "begins with __ROOT__"),
+        ("_CHANGE_TYPE", "begins with _CHANGE_TYPE"),
+        ("a.b", "'.'"),
+        ("price$", "'$'"),
+        ("tab\there", "'\\t'"),
+        ("smile😀", "'😀'"),
+    ],
+)
+def test_a_name_no_store_can_hold_is_no_typed_field_and_its_values_say_why(
+    name: str, why: str
+) -> None:
+    reason = unholdable(name)
+    assert reason is not None
+    assert why in reason
+    schema = {
+        "type": "record",
+        "name": "Row",
+        "fields": [{"name": "kept", "type": "long"}, {"name": name, "type": "long"}],
+    }
+    fields = avro_fields(schema)
+    assert [f.name for f in fields] == ["kept"]
+    projection = project({"kept": 1, name: 2}, fields, "s@1")
+    assert projection.values == {"kept": 1}
+    (error,) = projection.errors
+    assert error.field == name
+    assert error.reason == f"no typed field can hold it: {reason}"
+
+
+@pytest.mark.parametrize(
+    "name", ["café", "prix-total", "日付", "naïve", "1st", "a b", "x&y", "x" * 300, "_table"]
+)
+def test_a_flexible_column_name_is_a_typed_field(name: str) -> None:
+    assert unholdable(name) is None
+    schema = {"type": "record", "name": "Row", "fields": [{"name": name, "type": "string"}]}
+    assert avro_fields(schema) == (Field(name=name, type=Type.STRING),)

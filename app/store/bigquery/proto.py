@@ -8,13 +8,22 @@ there is no `.proto` file and no protoc step to keep in step with the Structs.
 Field numbers follow declaration order. Appending a column at the end of a
 Struct keeps every existing number; BigQuery matches fields to columns by name
 anyway, so numbers only have to be stable within one connection.
+
+A column whose name no proto field can have (`café`: BigQuery's flexible
+column names allow it, a proto identifier is `[A-Za-z_][A-Za-z0-9_]*`) travels
+under a placeholder name (`proto_name`) with the Storage Write API's
+`column_name` annotation naming the column, as BigQuery documents for exactly
+this (https://cloud.google.com/bigquery/docs/schemas#flexible-column-names).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any, Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from app.records import Kind, Row, columns
@@ -34,6 +43,78 @@ PROTO_TYPES: Final[dict[Kind, int]] = {
 
 # Package of the generated messages: only seen in descriptors, never on the wire.
 _PACKAGE: Final = "recordline.rows"
+
+
+# A proto field name (protobuf's language guide: identifiers); a placeholder
+# is `_x`, the UTF-8 bytes of the column's name in hex, and `_`, which no name
+# that is kept as it is may look like, so two fields never share a name.
+_PROTO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLACEHOLDER = re.compile(r"_x[0-9a-f]*_", re.IGNORECASE)
+# google/cloud/bigquery/storage/v1/annotations.proto:
+#   extend google.protobuf.FieldOptions { string column_name = 454943157; }
+# google-cloud-bigquery-storage ships no generated module for it.
+_ANNOTATIONS = "google/cloud/bigquery/storage/v1/annotations.proto"
+_ANNOTATIONS_PACKAGE = "google.cloud.bigquery.storage.v1"
+COLUMN_NAME_NUMBER: Final = 454943157
+
+
+@functools.lru_cache(maxsize=65_536)
+def proto_name(column: str) -> str:
+    """The name of the proto field a column's values travel in: the column's own,
+    or a placeholder when no proto field can have it (see `annotate`)."""
+    if _PROTO_NAME.fullmatch(column) and not _PLACEHOLDER.fullmatch(column):
+        return column
+    return f"_x{column.encode().hex()}_"
+
+
+@functools.cache
+def _column_name() -> tuple[type[Message], FieldDescriptor]:
+    """`FieldOptions` and its `column_name` extension, in a pool of their own: the
+    default pool's `FieldOptions` has no such extension registered."""
+    pool = descriptor_pool.DescriptorPool()
+    options = descriptor_pb2.FileDescriptorProto()
+    descriptor_pb2.DESCRIPTOR.CopyToProto(options)
+    pool.Add(options)
+    annotations = descriptor_pb2.FileDescriptorProto(
+        name=_ANNOTATIONS,
+        package=_ANNOTATIONS_PACKAGE,
+        dependency=[descriptor_pb2.DESCRIPTOR.name],
+        syntax="proto3",
+    )
+    annotations.extension.add(
+        name="column_name",
+        number=COLUMN_NAME_NUMBER,
+        type=_Field.TYPE_STRING,
+        label=_Field.LABEL_OPTIONAL,
+        extendee=".google.protobuf.FieldOptions",
+    )
+    pool.Add(annotations)
+    field_options = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("google.protobuf.FieldOptions")
+    )
+    return field_options, pool.FindExtensionByName(f"{_ANNOTATIONS_PACKAGE}.column_name")
+
+
+def annotate(field: descriptor_pb2.FieldDescriptorProto, column: str) -> None:
+    """Name `field`'s column `column` (the `column_name` annotation), as BigQuery reads
+    it instead of the field's own name."""
+    field_options, column_name = _column_name()
+    options = field_options()
+    options.Extensions[column_name] = column
+    # The default pool's FieldOptions keeps it as an unknown field, and writes it
+    # out again as it came: what BigQuery receives is the annotation.
+    field.options.MergeFromString(options.SerializeToString())
+
+
+def add_field(
+    message: descriptor_pb2.DescriptorProto, column: str, **attributes: Any
+) -> descriptor_pb2.FieldDescriptorProto:
+    """A field of `message` for `column`, annotated when it needs a placeholder name."""
+    name = proto_name(column)
+    field = message.field.add(name=name, **attributes)
+    if name != column:
+        annotate(field, column)
+    return field
 
 
 def row_descriptor(row_type: type[Row]) -> descriptor_pb2.DescriptorProto:

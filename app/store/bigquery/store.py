@@ -73,6 +73,7 @@ from app.store.bigquery.typed import (
     write_path_field,
 )
 from app.store.copies import message_states
+from app.store.producers import Completeness
 from app.typed.mapping import Field
 
 if TYPE_CHECKING:
@@ -99,6 +100,12 @@ TYPED_WAIT_SECONDS: Final = 4.0
 
 class BigQueryStore:
     """Records and rejections in BigQuery; see the module notes."""
+
+    # The Storage Write API's default stream stores every copy it is given, and no
+    # instance sees another's writes as it makes them: no ledger of producer
+    # sequences can be settled here. Every copy is stored; reads leave out later
+    # copies of a message id, and `records_unique` those of a producer sequence too.
+    completeness: Completeness | None = None
 
     def __init__(
         self,
@@ -486,7 +493,8 @@ class BigQueryStore:
             if not revision:
                 rows.append(None)
                 continue
-            columns = typed_columns(record, revision, writable, known[revision])
+            unmapped = self.typed.unmapped(revision)
+            columns = typed_columns(record, revision, writable, known[revision], unmapped)
             rows.append(encoder.encode(record, columns))
         return writer, rows
 

@@ -19,7 +19,14 @@ fields the write path accepts (`writable`, the `_default` stream's schema as
 a bound; past it, the row is written with the fields the write path has, and
 the values it could not take are in `projection_errors`, as always in `data`.
 A patch BigQuery refuses is the same: nothing waits on it, nothing is lost,
-and it is tried again on the next row of that revision after a backoff.
+and it is tried again on the next row of that revision after a backoff. A
+revision whose fields would take the table past the cap on typed fields
+(`app.typed.evolution.merge_within_cap`), or that has none (past a cap of the
+mapping), gets no typed columns: each of its records says why in
+`projection_errors`.
+
+A field name the proto descriptor cannot carry travels under a placeholder,
+with the `column_name` annotation naming its column (`proto.add_field`).
 """
 
 from __future__ import annotations
@@ -38,10 +45,10 @@ from google.cloud.bigquery_storage_v1 import types
 from google.protobuf import descriptor_pb2
 
 from app.records import Record
-from app.store.bigquery.proto import row_descriptor
-from app.typed.evolution import merge
-from app.typed.mapping import Field, Mode, Type
-from app.typed.projection import ProjectionError, project_stored
+from app.store.bigquery.proto import add_field, proto_name, row_descriptor
+from app.typed.evolution import merge, merge_within_cap
+from app.typed.mapping import Field, Mode, OverCap, Type
+from app.typed.projection import ByIdentity, ProjectionError, project_stored, projector
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -188,30 +195,44 @@ def keyed_descriptor(fields: Sequence[Field] | None) -> descriptor_pb2.Descripto
 def _add(message: descriptor_pb2.DescriptorProto, field: Field, number: int, names: Any) -> None:
     label = _Proto.LABEL_REPEATED if field.mode is Mode.REPEATED else _Proto.LABEL_OPTIONAL
     if field.type is not Type.RECORD:
-        message.field.add(
-            name=field.name, number=number, type=_PROTO_TYPES[field.type], label=label
-        )
+        add_field(message, field.name, number=number, type=_PROTO_TYPES[field.type], label=label)
         return
     nested = message.nested_type.add(name=f"R{next(names)}")
     for inner, child in enumerate(field.fields, start=1):
         _add(nested, child, inner, names)
-    message.field.add(
-        name=field.name, number=number, type=_Proto.TYPE_MESSAGE, type_name=nested.name, label=label
+    add_field(
+        message,
+        field.name,
+        number=number,
+        type=_Proto.TYPE_MESSAGE,
+        type_name=nested.name,
+        label=label,
     )
 
 
 def proto_values(values: dict[str, Any], fields: Sequence[Field]) -> dict[str, Any]:
-    """Projected values (see `app.typed.projection.project`) as the row message takes them."""
+    """Projected values (see `app.typed.projection.project`; only those a payload has
+    are needed) as the row message takes them, each under its field's proto name
+    (`proto.proto_name`). What it costs follows the values, not the fields."""
+    named = _by_name(tuple(fields))
     out: dict[str, Any] = {}
-    for field in fields:
-        value = values.get(field.name)
-        if value is None or value == []:
+    for name, value in values.items():
+        field = named.get(name)
+        if field is None or value is None or value == []:
             continue
         if field.mode is Mode.REPEATED:
-            out[field.name] = [_proto_value(v, field) for v in value]
+            out[proto_name(name)] = [_proto_value(v, field) for v in value]
         else:
-            out[field.name] = _proto_value(value, field)
+            out[proto_name(name)] = _proto_value(value, field)
     return out
+
+
+def _named(fields: tuple[Field, ...]) -> dict[str, Field]:
+    return {f.name: f for f in fields}
+
+
+# Each record's fields by name, found again by the fields' identity (see ByIdentity).
+_by_name: ByIdentity[tuple[Field, ...], dict[str, Field]] = ByIdentity(_named, size=4096)
 
 
 def _proto_value(value: Any, field: Field) -> Any:
@@ -232,27 +253,39 @@ def _proto_value(value: Any, field: Field) -> Any:
 
 
 def typed_columns(
-    record: Record, revision: str | None, writable: Sequence[Field] | None, known: bool
+    record: Record,
+    revision: str | None,
+    writable: Sequence[Field] | None,
+    known: bool,
+    unmapped: str | None = None,
 ) -> dict[str, Any]:
     """The typed columns of `record`'s row (`typed_descriptor(writable)`'s): its
     payload projected onto the fields the write path takes (None: none yet, so every
     value is an error), under `revision` (None: the record has none, and no typed
-    values; `known`: whose fields this process has), and every value not there."""
+    values; `known`: whose fields this process has, `unmapped`: why it has none),
+    and every value not there."""
     if revision is None:
         return {ERRORS: []} if writable is None else {FIELDS: {}, ERRORS: []}
-    return typed_values(record.data, revision, writable, known)
+    return typed_values(record.data, revision, writable, known, unmapped)
 
 
 def typed_values(
-    data: str, revision: str, writable: Sequence[Field] | None, known: bool
+    data: str,
+    revision: str,
+    writable: Sequence[Field] | None,
+    known: bool,
+    unmapped: str | None = None,
 ) -> dict[str, Any]:
     """`typed_columns` of a payload (`Record.data`) that names `revision`."""
-    fields = () if writable is None else writable
-    projection = project_stored(data, fields if known else None, revision)
-    errors = {ERRORS: error_values(projection.errors)}
+    fields = () if writable is None else tuple(writable)
+    if known:
+        values, projected = projector(fields).stored_sparse(data, revision)
+    else:
+        values, projected = None, project_stored(data, None, revision, unmapped).errors
+    errors = {ERRORS: error_values(projected)}
     if writable is None:
         return errors
-    return {FIELDS: proto_values(projection.values, writable), **errors}
+    return {FIELDS: proto_values(values or {}, fields), **errors}
 
 
 def error_values(errors: Sequence[ProjectionError]) -> list[dict[str, str]]:
@@ -341,9 +374,11 @@ class TypedTable:
         # `projection_errors` (created with the table; else added at start).
         self.writable: tuple[Field, ...] | None = None
         self.errors_writable = False
-        # Revisions whose fields the table holds; revisions refused until a time.
+        # Revisions whose fields the table holds; revisions refused until a time;
+        # revisions with no typed columns here, and why.
         self._merged: set[str] = set()
         self._refused: dict[str, float] = {}
+        self._unmapped: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._polled = 0.0
         self.patches = 0  # tables.patch calls that succeeded here
@@ -354,13 +389,21 @@ class TypedTable:
     async def widen(self, revision: str, fields: Sequence[Field]) -> None:
         """Make the table hold `fields` (a revision's). Never raises: a refusal is
         logged, counted and tried again later; rows go on meanwhile."""
-        if revision in self._merged or self._clock() < self._refused.get(revision, 0.0):
+        if (
+            revision in self._merged
+            or revision in self._unmapped
+            or self._clock() < self._refused.get(revision, 0.0)
+        ):
             return
         async with self._lock:
             if revision in self._merged:
                 return
             try:
                 await self._patch(fields)
+            except OverCap as exc:
+                self._unmapped[revision] = f"no typed columns: {exc}"
+                log.error("typed columns of %s are not added to %s: %s", revision, self.table, exc)
+                return
             except (GoogleAPIError, OSError, TimeoutError) as exc:
                 self.failures += 1
                 self.last_failure = f"{type(exc).__name__}: {exc}"
@@ -384,7 +427,7 @@ class TypedTable:
             columns = [field_of(c) for c in table.schema]
             current = typed_of(columns)
             self.fields = current
-            merged = merge(current or (), fields, widen=False)
+            merged = merge_within_cap(current or (), fields, widen=False)
             has_errors = any(c.name == ERRORS for c in columns)
             if current is not None and merged == current and has_errors:
                 return
@@ -415,10 +458,18 @@ class TypedTable:
         known: dict[str, bool] = {}
         for name in dict.fromkeys(n for n in names if n):
             fields = await revisions.lookup(name)
-            known[name] = fields is not None
-            if fields is not None:
+            if fields is None:
+                unmapped = revisions.unmapped(name)
+                if unmapped is not None:
+                    self._unmapped[name] = unmapped
+            else:
                 await self.widen(name, fields)
+            known[name] = fields is not None and name not in self._unmapped
         return known
+
+    def unmapped(self, revision: str | None) -> str | None:
+        """Why `revision` has no typed columns here, if `hold` found it has none."""
+        return None if revision is None else self._unmapped.get(revision)
 
     @property
     def caught_up(self) -> bool:

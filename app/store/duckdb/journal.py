@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from app.records import Record, Rejection
+from app.store.producers import EpochEntry
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,13 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
-    """One acknowledged append: the rows of one batch."""
+    """One acknowledged append: the rows of one batch, and the completeness ledger's
+    entries it changed or dropped (fields at the end, so older frames still decode)."""
 
     records: list[Record]
     rejections: list[Rejection]
+    producers: list[EpochEntry] = []
+    forgotten: list[tuple[str, int]] = []
 
 
 _encode = msgspec.msgpack.Encoder().encode

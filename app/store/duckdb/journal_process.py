@@ -124,7 +124,19 @@ class JournalProcess:
         self._process: _Child | None = None
         self._answers: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[int]] = deque()
-        self.failure: str | None = None
+        self._failure: str | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the writer takes no more appends, if it does not: a failed write, or its
+        end. Its end is read from the process itself too, so that a writer found dead
+        by a broken pipe is said to be so before its answers' reader has seen it go."""
+        if self._failure is None and self._process is not None:
+            code = self._process.process.poll()
+            if code is not None:
+                self._failure = f"the journal writer exited with code {code}"
+                log.error("%s", self._failure)
+        return self._failure
 
     async def open(self) -> list[Frame]:
         """Start the writer after the segments earlier runs left; return their frames.
@@ -204,8 +216,10 @@ class JournalProcess:
         process.close_pipes()
 
     def _stdin(self) -> asyncio.StreamWriter:
-        if self.failure is not None:
-            raise OSError(self.failure)
+        # What is known, not the process asked (a system call per append): a dead
+        # writer's pipe refuses the write anyway.
+        if self._failure is not None:
+            raise OSError(self._failure)
         if self._process is None:
             raise OSError("the journal writer is not running")
         return self._process.stdin
@@ -220,17 +234,17 @@ class JournalProcess:
                 (length,) = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))
                 reason = (await stdout.readexactly(length)).decode()
                 # The writer stops after a failed write (see above).
-                self.failure = f"the journal writer stopped after a failed write: {reason}"
-                log.error("%s", self.failure)
+                self._failure = f"the journal writer stopped after a failed write: {reason}"
+                log.error("%s", self._failure)
                 _resolve(self._waiting.popleft(), OSError(reason))
         except (asyncio.IncompleteReadError, ConnectionError):
             code = await process.wait()
-            if self.failure is None and (self._waiting or self._process is not None):
+            if self._failure is None and (self._waiting or self._process is not None):
                 # Not a requested stop.
-                self.failure = f"the journal writer exited with code {code}"
-                log.error("%s", self.failure)
+                self._failure = f"the journal writer exited with code {code}"
+                log.error("%s", self._failure)
             while self._waiting:
-                _resolve(self._waiting.popleft(), OSError(self.failure or "journal closed"))
+                _resolve(self._waiting.popleft(), OSError(self._failure or "journal closed"))
 
 
 def _resolve(future: asyncio.Future[int], outcome: int | OSError) -> None:

@@ -12,7 +12,9 @@ its own acknowledged writes.
 
 A DuckDB file is locked by one process, so this store sees every write: it
 keeps message_id unique on insert (a primary key), and the first stored copy
-of a message is the only one. A later copy whose content differs (a message id
+of a message is the only one. For the same reason it keeps the ledger of
+producer sequences in memory, settling each append's sequences before its frame
+is journaled (producers.py). A later copy whose content differs (a message id
 used twice) is told to the conflict observer as it is applied, a few
 milliseconds after its push was acknowledged.
 """
@@ -36,13 +38,39 @@ import pyarrow as pa
 from google.api_core.retry import exponential_sleep_generator
 
 from app.errors import StoreUnavailable
-from app.records import DAY_MICROS, Column, Kind, Record, Rejection, Row, columns, row_of
-from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
+from app.records import (
+    DAY_MICROS,
+    Column,
+    Kind,
+    Record,
+    Rejection,
+    Row,
+    columns,
+    rejected_record,
+    row_of,
+)
+from app.store import (
+    MessageState,
+    MessageStatus,
+    Page,
+    PageQuery,
+    PublisherDuplicate,
+    R,
+    RowOutcome,
+)
 from app.store.bell import Bell
 from app.store.copies import ConflictObserver, differing, message_states
+from app.store.duckdb import producers as book
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.typed import TypedColumns
+from app.store.producers import (
+    Completeness,
+    EpochEntry,
+    ProducerSequence,
+    Tally,
+    sequence_of,
+)
 from app.store.tail import Tail
 from app.typed.revisions import Revisions
 
@@ -73,11 +101,17 @@ _LATE_MATERIALIZATION_ROWS = 2000
 # applier, and pushes get 503 by their deadline rather than memory growing.
 _MAX_UNAPPLIED_ROWS = 100_000
 # The applier moves journaled rows into DuckDB at most this often while nobody
-# is waiting to read them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its
-# size (89 µs a row in 32-row batches, 19 µs in 256-row ones), CPU the event
-# loop needs: batching appends this way raised ingest by ~20% at 64
-# connections. A read never waits for it: its barrier asks for an apply now.
-_APPLY_EVERY_SECONDS = 0.05
+# reads them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its size (89 µs a
+# row in 32-row batches, 19 µs in 256-row ones), CPU the event loop needs, and
+# its writer thread takes the GIL from the loop: at 64 connections, applying
+# every 50 ms cost a push ~30 µs of CPU beside the loop's ~150, every 250 ms
+# ~12 µs. A read never waits for it: a point read's barrier, or a page or a
+# follower waiting for rows, asks for an apply now; so does a page read while
+# a row has waited longer than _FRESH_SECONDS, so that a client polling pages
+# finds rows as soon as it did when the applier ran every 50 ms.
+_APPLY_EVERY_SECONDS = 0.25
+_FRESH_SECONDS = 0.05
+_FRESH_MICROS = int(_FRESH_SECONDS * 1_000_000)
 # Rows per INSERT when the applier catches up: larger batches amortise
 # DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
 _APPLY_MAX_ROWS = 20_000
@@ -183,6 +217,16 @@ SELECT DISTINCT message_id, 'rejected' FROM rejected WHERE message_id IN (SELECT
 """
 
 
+# The ledger of producer sequences goes to DuckDB once this many frames with
+# changes to it are applied, and at most once a second: one statement for every
+# entry changed since, where writing it with every apply paid DuckDB's fixed cost
+# per statement (~1-3 ms, ~100,000 instructions a record in group commits of 100)
+# each time. The journal holds each change from its append on (the durable word,
+# what a push waits for) and keeps the segments of frames whose changes are not
+# written here yet, which a recovery replays; a close writes what is owed.
+_LEDGER_FRAMES = 64
+_LEDGER_EVERY_SECONDS = 1.0
+
 # Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
 _APPLY_RETRY_SECONDS = (0.05, 5.0)
 
@@ -210,6 +254,29 @@ def _insert_table(
         con.unregister("incoming")
 
 
+# One frame's changes to the ledger: the entries it changed, and those it dropped.
+_Changes = tuple[Sequence[EpochEntry], Sequence[tuple[str, int]]]
+_Entries = tuple[list[EpochEntry], list[tuple[str, int]]]
+
+
+def _latest_entries(changes: Sequence[_Changes]) -> _Entries | None:
+    """What frames applied together leave of the ledger (`changes` in frame order): the
+    latest of each entry, and the keys dropped since their last change; None if the
+    frames changed nothing."""
+    latest: dict[tuple[str, int], EpochEntry | None] = {}
+    for producers, forgotten in changes:
+        for entry in producers:
+            latest[(entry.producer, entry.epoch)] = entry
+        for key in forgotten:
+            latest[key] = None
+    if not latest:
+        return None
+    return (
+        [e for e in latest.values() if e is not None],
+        [k for k, e in latest.items() if e is None],
+    )
+
+
 class _Inserted(NamedTuple):
     """What one insert did: the records it stored, and the differing copies it dropped."""
 
@@ -217,26 +284,47 @@ class _Inserted(NamedTuple):
     conflicts: list[tuple[Record | Rejection, Record | Rejection]]
 
 
+# The ingest time of an append with no rows (only the ledger's count of duplicates):
+# it holds no read back.
+_NO_ROWS = 2**62
+
+
 class _Unapplied:
-    __slots__ = ("frame_number", "oldest", "rows", "shown")
+    __slots__ = ("forgotten", "frame_number", "oldest", "producers", "rows", "shown", "shown_ids")
 
     def __init__(
-        self, frame_number: int, rows: Sequence[Record | Rejection], *, shown: bool = False
+        self,
+        frame_number: int,
+        rows: Sequence[Record | Rejection],
+        producers: Sequence[EpochEntry] = (),
+        forgotten: Sequence[tuple[str, int]] = (),
+        *,
+        shown: Sequence[Record] | None = None,
     ) -> None:
         self.frame_number = frame_number
         self.rows = rows
-        self.oldest = min(r.ingest_time for r in rows)
-        # Its records went to the tail once durable (`append`), before DuckDB has them:
-        # they hold the read horizon back no more, and are not added again once applied.
-        self.shown = shown
+        # The ledger's entries the append changed, and those it dropped.
+        self.producers = producers
+        self.forgotten = forgotten
+        self.oldest = min((r.ingest_time for r in rows), default=_NO_ROWS)
+        # Its new records went to the tail once durable (`append`), before DuckDB has
+        # them: they hold the read horizon back no more, and are not added again once
+        # applied. Its other records are copies of messages journaled before, which the
+        # applier adds with the first copy (not shown: none of this frame's rows are).
+        self.shown = shown is not None
+        self.shown_ids = frozenset(r.message_id for r in shown or ())
 
 
 class DuckDBStore:
     """A Store on one DuckDB database (`:memory:` for a throwaway one, with no journal)."""
 
-    # Appends are serialised by the journal writer anyway, and take a fraction
-    # of a millisecond: a second one in flight would only wait behind the first.
-    max_in_flight = 1
+    # The journal writer takes frames one at a time, each synced before it is
+    # answered. A second append in flight waits in its pipe, so the writer goes
+    # on to it as soon as it answers the first, not once the event loop has read
+    # that answer and cut the next batch: on a busy two-core machine that raised
+    # pushes a second at 64 connections by 5-10%. Answers come in frame order,
+    # so the appends still complete in order.
+    max_in_flight = 2
     # Rows keep the time the batcher stamped them with.
     stamps_at_commit = False
 
@@ -246,6 +334,7 @@ class DuckDBStore:
         *,
         retention_days: int = 0,
         expire_every: float = _EXPIRE_EVERY_SECONDS,
+        apply_every: float = _APPLY_EVERY_SECONDS,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
         revisions: Revisions | None = None,
@@ -257,6 +346,7 @@ class DuckDBStore:
         self._typed = TypedColumns(revisions)
         self._retention_days = retention_days
         self._expire_every = expire_every
+        self._apply_every = apply_every
         self._clock = clock
         self._expirer: asyncio.Task[None] | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -282,6 +372,18 @@ class DuckDBStore:
         # this store sees every write, so the tail is complete up to what is applied.
         self.tail = Tail()
         self.bell = Bell()
+        # The completeness ledger (app.store.producers), decided on as appends are
+        # journaled (see producers.py); one append at a time decides and journals.
+        self._tally = Tally(())
+        self._book = book.TallyBook(self._tally)
+        self.completeness: Completeness | None = self._book
+        self._sequencing = asyncio.Lock()
+        # Ledger entries applied and not written to DuckDB yet (None: dropped), and
+        # the first frame they came in: the journal keeps its segment until written.
+        self._ledger_dirty: dict[tuple[str, int], EpochEntry | None] = {}
+        self._ledger_dirty_from = 0
+        self._ledger_frames = 0  # frames applied with changes owed
+        self._ledger_written = time.monotonic()
 
     async def start(self) -> None:
         await self._write(self._open)
@@ -301,8 +403,14 @@ class DuckDBStore:
                     # Replayed whether or not it was applied before the stop, so a
                     # conflicting copy in it was most likely told already: telling
                     # it again would count it at every restart.
-                    await self._write(self._insert, [*frame.records, *frame.rejections])
+                    await self._write(
+                        self._insert,
+                        [*frame.records, *frame.rejections],
+                        [(frame.producers, frame.forgotten)],
+                    )
             await self._journal.discard_replayed()
+        self._tally = Tally(await self._write(lambda: book.load(self._connection())))
+        self._book.tally = self._tally
         await self._warm_tail()
         self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
         if self._retention_days:
@@ -334,6 +442,7 @@ class DuckDBStore:
             con.execute(ddl(table, row_type))
             add_missing_columns(con, table, row_type)
         con.execute("CREATE INDEX IF NOT EXISTS records_id ON records (id)")
+        con.execute(book.DDL)
         self._typed.open(con)
         self._con = con
 
@@ -344,6 +453,7 @@ class DuckDBStore:
                 await self._expirer
         if self._applier is not None:
             # Whatever is not applied now stays in the journal for the next start.
+            self._hurry.set()
             try:
                 async with asyncio.timeout(_READ_BARRIER_SECONDS):
                     await self._caught_up(self._frames)
@@ -363,6 +473,9 @@ class DuckDBStore:
             self._applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._applier
+        if self._ledger_dirty and self._con is not None:
+            with contextlib.suppress(StoreUnavailable):  # logged; the journal keeps them
+                await self._flush_ledger()
         con, self._con = self._con, None
         self._readers.shutdown(wait=True)
         if self._journal is not None:
@@ -379,6 +492,7 @@ class DuckDBStore:
     def _everything_applied(self) -> bool:
         return (
             not self._unapplied
+            and not self._ledger_dirty
             and self._applied == self._frames
             and self._apply_error is None
             and (self._journal is None or self._journal.failure is None)
@@ -398,6 +512,9 @@ class DuckDBStore:
         # a caller runs several at once, and any unapplied row holds reads back,
         # but those already in the tail: a read of the tail has them, and every
         # other read first waits for what was journaled to be applied (`_applied_now`).
+        if self._unapplied and now - min(e.oldest for e in self._unapplied) > _FRESH_MICROS:
+            # A reader: what has waited this long is applied now, for its next page.
+            self._hurry.set()
         return min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
 
     # -- writing ---------------------------------------------------------------
@@ -407,6 +524,21 @@ class DuckDBStore:
             raise StoreUnavailable("the DuckDB store is closed")
         while self._unapplied_rows >= _MAX_UNAPPLIED_ROWS:
             await self._progress.wait()
+        sequences = [sequence_of(r) for r in rows]
+        if any(s is not None for s in sequences):
+            async with self._sequencing:
+                return await self._append_sequenced(rows, sequences)
+        await self._store(rows)
+        return [None] * len(rows)
+
+    async def _store(
+        self,
+        rows: Sequence[Record | Rejection],
+        producers: Sequence[EpochEntry] = (),
+        forgotten: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """Make `rows` and the ledger's changes durable (one journal frame), then queue
+        them for the applier; StoreUnavailable, having kept nothing, if the write fails."""
         records = [r for r in rows if type(r) is Record]
         # With followers waiting, the records go to the tail as soon as they are
         # durable (journaled), not once DuckDB has them (~3 ms later): which of them
@@ -417,36 +549,45 @@ class DuckDBStore:
             if records and self.bell.waiting and not self._appending
             else None
         )
+        # Under way until its message ids are pending: an append that starts before
+        # then (two are in flight) shows nothing early, as it cannot know them.
         self._appending += 1
         try:
-            number = await self._journaled(rows)
-        except BaseException:
+            try:
+                number = await self._journaled(rows, producers, forgotten)
+            except BaseException:
+                if early is not None:
+                    early.cancel()
+                raise
+            shown: list[Record] | None = None
             if early is not None:
-                early.cancel()
-            raise
+                try:
+                    shown = await early
+                except StoreUnavailable as exc:  # shown once applied instead
+                    log.warning("records not shown before they are applied: %s", exc)
+            self._unapplied.append(_Unapplied(number, rows, producers, forgotten, shown=shown))
+            self._unapplied_rows += len(rows)
+            self._pending.update(r.message_id for r in records)
         finally:
             self._appending -= 1
-        shown: list[Record] | None = None
-        if early is not None:
-            try:
-                shown = await early
-            except StoreUnavailable as exc:  # shown once applied instead
-                log.warning("records not shown before they are applied: %s", exc)
-        self._unapplied.append(_Unapplied(number, rows, shown=shown is not None))
-        self._unapplied_rows += len(rows)
-        self._pending.update(r.message_id for r in records)
         if shown:
             self.tail.add(shown, now=self._clock() // 1000)
             self.bell.ring()  # durable and readable in order: waiting followers read again
         self._wake.set()
-        return [None] * len(rows)
 
-    async def _journaled(self, rows: Sequence[Record | Rejection]) -> int:
-        """Make the rows durable; the number of their frame."""
+    async def _journaled(
+        self,
+        rows: Sequence[Record | Rejection],
+        producers: Sequence[EpochEntry] = (),
+        forgotten: Sequence[tuple[str, int]] = (),
+    ) -> int:
+        """Make the rows, and the ledger's changes, durable; the number of their frame."""
         if self._journal is not None:
             frame = Frame(
                 records=[r for r in rows if type(r) is Record],
                 rejections=[r for r in rows if type(r) is Rejection],
+                producers=list(producers),
+                forgotten=list(forgotten),
             )
             try:
                 self._frames = await self._journal.append(encode(frame))
@@ -456,6 +597,57 @@ class DuckDBStore:
         else:
             self._frames += 1
         return self._frames
+
+    async def _append_sequenced(
+        self, rows: Sequence[Record | Rejection], sequences: list[ProducerSequence | None]
+    ) -> Sequence[RowOutcome]:
+        """An append with producer sequences: the ledger's verdict on each row, journaled
+        with the rows kept. The ledger in memory changes only once the frame is durable:
+        a failed write leaves every sequence unseen, so the redelivery is stored."""
+        # Only a row whose sequence is seen already may be a redelivery of a stored
+        # message rather than a publisher's copy: its message id decides, in one read.
+        maybe_again = [
+            r.message_id
+            for r, s in zip(rows, sequences, strict=True)
+            if s is not None and self._tally.known(s)
+        ]
+        stored_before = await self._stored_ids(maybe_again) if maybe_again else set()
+        settled = self._tally.settle(
+            [(s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)],
+            stored_before=stored_before,
+            now=self._clock() // 1000,
+        )
+        kept: list[Record | Rejection] = []
+        outcomes: list[RowOutcome] = []
+        for index, (row, sequence, verdict) in enumerate(
+            zip(rows, sequences, settled.verdicts, strict=True)
+        ):
+            if verdict == "duplicate" and sequence is not None:
+                outcomes.append(
+                    PublisherDuplicate(sequence.producer, sequence.epoch, sequence.sequence)
+                )
+                continue
+            if verdict == "refuse" and isinstance(row, Record):
+                reason = settled.reasons[index]
+                kept.append(rejected_record(row, reason))
+                outcomes.append(reason)
+                continue
+            kept.append(row)
+            outcomes.append(None)
+        await self._store(kept, list(settled.changed.values()), sorted(settled.dropped))
+        self._tally.commit(settled)
+        return outcomes
+
+    async def _stored_ids(self, message_ids: Sequence[str]) -> set[str]:
+        """Which of these messages are stored (a record or a rejection). The journaled
+        rows not applied yet are looked at first: a row leaves them only once it is in
+        DuckDB, so none is missed between the two looks."""
+        wanted = set(message_ids)
+        found = {r.message_id for entry in self._unapplied for r in entry.rows} & wanted
+        rest = wanted - found
+        if rest:
+            found |= set(await self.seen(sorted(rest)))
+        return found
 
     async def _new_records(self, records: list[Record]) -> list[Record]:
         """Of `records` (an append's, before it is journaled), those DuckDB will keep
@@ -494,7 +686,7 @@ class DuckDBStore:
                 # waiting on its barrier, or a follower waiting for rows, cuts
                 # this short.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_APPLY_EVERY_SECONDS):
+                    async with asyncio.timeout(self._apply_every):
                         await self._hurry.wait()
             self._hurry.clear()
             batch: list[_Unapplied] = []
@@ -523,9 +715,12 @@ class DuckDBStore:
                 continue
             delays = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
             self._report(inserted.conflicts)
-            # Records shown when they were journaled are in the tail already; the
-            # copies DuckDB kept of a shown frame are exactly those (`_new_records`).
-            shown = {r.message_id for e in batch if e.shown for r in e.rows if type(r) is Record}
+            # Records shown when they were journaled are in the tail already: the
+            # copies DuckDB kept of a shown frame's new records are exactly those
+            # (`_new_records`). Not its other records: a copy of a message whose first
+            # copy was journaled unshown and is applied in this batch too (a push held
+            # up, and its redelivery) is in the tail only once added here.
+            shown = frozenset().union(*(e.shown_ids for e in batch))
             self.tail.add(
                 [r for r in inserted.records if r.message_id not in shown],
                 now=self._clock() // 1000,
@@ -545,9 +740,66 @@ class DuckDBStore:
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
             self.bell.ring()  # readable now: waiting followers read again, from the tail
-            if self._journal is not None:
-                with contextlib.suppress(OSError):  # a failed writer is reported by `check`
-                    self._journal.release(self._applied)
+            self._owe_ledger(batch)
+            if (
+                self._ledger_frames >= _LEDGER_FRAMES
+                and time.monotonic() - self._ledger_written >= _LEDGER_EVERY_SECONDS
+            ):
+                with contextlib.suppress(StoreUnavailable):
+                    await self._flush_ledger()
+            self._release_journal()
+
+    def _owe_ledger(self, batch: Sequence[_Unapplied]) -> None:
+        """Note the ledger entries of applied frames, to write at the next flush."""
+        for entry in batch:
+            if not entry.producers and not entry.forgotten:
+                continue
+            if not self._ledger_dirty:
+                self._ledger_dirty_from = entry.frame_number
+            self._ledger_frames += 1
+            for changed in entry.producers:
+                self._ledger_dirty[(changed.producer, changed.epoch)] = changed
+            for key in entry.forgotten:
+                self._ledger_dirty[key] = None
+
+    async def _flush_ledger(self) -> None:
+        """Write the ledger entries owed to DuckDB in one transaction; StoreUnavailable,
+        owing them still, if it fails (the journal keeps them meanwhile)."""
+        owed = self._ledger_dirty
+        changed = [e for e in owed.values() if e is not None]
+        dropped = [k for k, e in owed.items() if e is None]
+
+        def write() -> None:
+            con = self._connection()
+            con.begin()
+            try:
+                book.write(con, changed, dropped)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+
+        try:
+            await self._write(write)
+        except StoreUnavailable as exc:
+            log.error("writing %d ledger entries failed, retrying: %s", len(owed), exc)
+            raise
+        # Only what was written: an apply may not run meanwhile (the applier or close
+        # calls this), so nothing was added.
+        self._ledger_dirty = {}
+        self._ledger_frames = 0
+        self._ledger_written = time.monotonic()
+        self._release_journal()
+
+    def _release_journal(self) -> None:
+        """Let the journal delete the segments of frames applied, ledger entries included."""
+        if self._journal is None:
+            return
+        releasable = self._applied
+        if self._ledger_dirty:
+            releasable = min(releasable, self._ledger_dirty_from - 1)
+        with contextlib.suppress(OSError):  # a failed writer is reported by `check`
+            self._journal.release(releasable)
 
     async def expire(self) -> int:
         """Delete records and rejections older than the retention; how many rows went."""
@@ -555,16 +807,22 @@ class DuckDBStore:
             return 0
         before = self._clock() // 1000 - self._retention_days * DAY_MICROS
 
-        def delete() -> int:
+        def delete() -> tuple[int, list[tuple[str, int]]]:
             con = self._connection()
             deleted = 0
             for statement in _EXPIRE_SQL:
                 row = con.execute(statement, {"before": before}).fetchone()
                 deleted += row[0] if row else 0
             con.execute(_EXPIRE_TYPED_SQL)
-            return deleted
+            return deleted, book.expire(con, before)
 
-        deleted = await self._write(delete)
+        deleted, idle = await self._write(delete)
+        # Producers' epochs not heard of within the retention go with their rows,
+        # unless an append since (not applied yet) heard of them again.
+        for producer, epoch in idle:
+            entry = self._tally.entries(producer).get(epoch)
+            if entry is not None and entry.last_seen < before:
+                self._tally.forget(producer, epoch)
         if deleted:
             log.info(
                 "deleted %d rows older than the %d-day retention", deleted, self._retention_days
@@ -591,10 +849,14 @@ class DuckDBStore:
             for kept, later in conflicts:
                 self._conflicts(kept, later)
 
-    def _insert(self, rows: Sequence[Record | Rejection]) -> _Inserted:
-        """Insert the first copy of each message: the records that are new, and the
-        later copies whose content differs from the copy kept, with it (to report
-        on the event loop)."""
+    def _insert(
+        self, rows: Sequence[Record | Rejection], changes: Sequence[_Changes] = ()
+    ) -> _Inserted:
+        """Insert the first copy of each message (and, replaying the journal, the
+        ledger's entries its frames changed, in the same transaction): the records
+        that are new, and the later copies whose content differs from the copy kept,
+        with it (to report on the event loop)."""
+        entries = _latest_entries(changes)
         # First copy wins, within the batch as across batches.
         firsts: dict[tuple[type, str], Record | Rejection] = {}
         conflicts: list[tuple[Record | Rejection, Record | Rejection]] = []
@@ -605,7 +867,7 @@ class DuckDBStore:
         records = [r for r in firsts.values() if isinstance(r, Record)]
         rejections = [r for r in firsts.values() if isinstance(r, Rejection)]
         try:
-            self._insert_rows(records, rejections, ignore_copies=False)
+            self._insert_rows(records, rejections, entries, ignore_copies=False)
         except duckdb.ConstraintException:
             # A redelivery of a message stored earlier. `INSERT OR IGNORE` costs
             # ~4x a plain INSERT on a VARCHAR key (12.8 against 3.6 ms for 64
@@ -613,7 +875,7 @@ class DuckDBStore:
             # and so is asking which of the copies differ from what is stored.
             stored, differ = self._stored_copies(records, rejections)
             conflicts += differ
-            self._insert_rows(records, rejections, ignore_copies=True)
+            self._insert_rows(records, rejections, entries, ignore_copies=True)
             records = [r for r in records if r.message_id not in stored]
         return _Inserted(records, conflicts)
 
@@ -643,7 +905,12 @@ class DuckDBStore:
         return stored, found
 
     def _insert_rows(
-        self, records: list[Record], rejections: list[Rejection], *, ignore_copies: bool
+        self,
+        records: list[Record],
+        rejections: list[Rejection],
+        entries: _Entries | None = None,
+        *,
+        ignore_copies: bool,
     ) -> None:
         con = self._connection()
         incoming = [
@@ -666,13 +933,19 @@ class DuckDBStore:
             # In the records' own transaction: a record is never without its
             # typed columns, nor replayed from the journal into a second copy.
             incoming.append(("record_fields", typed))
-        if len(incoming) == 1:  # autocommit: one statement, one commit
+        # Autocommit: one statement, one commit.
+        if len(incoming) == 1 and typed is None and entries is None:
             _insert_table(con, *incoming[0], ignore_copies=ignore_copies)
             return
         con.begin()
         try:
             for table, arrow in incoming:
-                _insert_table(con, table, arrow, ignore_copies=ignore_copies)
+                if table == "record_fields":
+                    self._typed.insert(con, arrow, ignore_copies=ignore_copies)
+                else:
+                    _insert_table(con, table, arrow, ignore_copies=ignore_copies)
+            if entries is not None:
+                book.write(con, *entries)
             con.commit()
         except BaseException:
             con.rollback()
@@ -792,7 +1065,7 @@ class DuckDBStore:
                     "DELETE FROM record_fields WHERE message_id IN "
                     "(SELECT message_id FROM reprojected)"
                 )
-                con.execute("INSERT INTO record_fields SELECT * FROM reprojected")
+                self._typed.insert(con, typed)
                 con.commit()
             except BaseException:
                 con.rollback()

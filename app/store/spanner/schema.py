@@ -36,6 +36,7 @@ import zlib
 from typing import Final, NamedTuple
 
 from app.records import DAY_MICROS, TABLES, Column, Kind, columns
+from app.store.spanner import producers
 from app.store.spanner.ledger import DECISION_COLUMNS, UPDATED, progress_columns
 
 # Ranges each table's writes and time index are spread over. Spanner splits a
@@ -126,6 +127,7 @@ def expected_columns() -> list[ExpectedColumn]:
         ]
     for table, export_columns in EXPORT_COLUMNS.items():
         out += [ExpectedColumn(table, *column) for column in export_columns]
+    out += [ExpectedColumn(producers.TABLE, *column) for column in producers.COLUMNS]
     return out
 
 
@@ -248,6 +250,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     "  `reason` STRING(MAX) NOT NULL,\n"
     "  `detail` STRING(MAX) NOT NULL,\n"
     ") PRIMARY KEY (table_name, decided DESC)",
+    # The completeness ledger of producer sequences (app/store/spanner/producers.py).
+    "CREATE TABLE producer_epochs (\n"
+    "  `producer` STRING(256) NOT NULL,\n"
+    "  `epoch` INT64 NOT NULL,\n"
+    "  `entry` BYTES(MAX) NOT NULL,\n"
+    "  `last_seen` TIMESTAMP NOT NULL,\n"
+    ") PRIMARY KEY (producer, epoch),\n"
+    "  ROW DELETION POLICY (OLDER_THAN(last_seen, INTERVAL ${retention_days} DAY))",
 )
 
 

@@ -6,7 +6,10 @@ their `ingest_time`, and commits. The first copy of a message wins by the key
 itself; a later copy changes nothing, and the transaction hands back the
 stored copy instead, so the analytics store is given exactly what Spanner
 holds. Spanner aborts a transaction that races another; the client retries
-it with backoff until the write deadline.
+it with backoff until the write deadline. Rows that carry producer sequences
+have their producers' entries of the ledger read and written in the same
+transaction (producers.py): a publisher's copy of a stored sequence is not
+inserted, whichever instance commits it.
 
 Reads. A page is one read at an exact timestamp that is never earlier than
 the page's upper bound: every commit before that bound has a timestamp
@@ -79,9 +82,11 @@ from app.records import (
     row_of,
 )
 from app.settings import SPANNER_URL, SettingsError, invalid
-from app.store import MessageState, MessageStatus, PageQuery
+from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
 from app.store.copies import message_states
+from app.store.producers import EpochEntry, ProducerSequence, Tally, sequence_of
 from app.store.spanner import ledger
+from app.store.spanner import producers as book
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,
@@ -365,6 +370,19 @@ class Committed(NamedTuple):
     rows: list[Record | Rejection]
     # How many of them were stored by this commit (the rest were there already).
     new: int
+    # Per row, what the ledger of producer sequences made of it: a publisher's
+    # copy not stored, or the reason it was kept as a rejection (else None).
+    outcomes: list[RowOutcome] = []
+
+
+class _Written(NamedTuple):
+    """What one attempt of a group commit's transaction wrote."""
+
+    existing: dict[tuple[str, str], Record | Rejection]
+    # Each given row as it was to be stored; None for a publisher's copy.
+    given: list[Record | Rejection | None]
+    firsts: dict[tuple[str, str], Record | Rejection]
+    outcomes: list[RowOutcome]
 
 
 class SpannerServing:
@@ -713,54 +731,145 @@ class SpannerServing:
             )
 
     def _commit(self, deadline: Deadline, rows: Sequence[Record | Rejection]) -> Committed:
-        # The first copy of a message within the batch is the one to store.
-        firsts: dict[tuple[str, str], Record | Rejection] = {}
-        for row in rows:
-            firsts.setdefault((_table(row), row.message_id), row)
-        by_table: dict[str, list[Record | Rejection]] = {table: [] for table in TABLES}
-        for (table, _), row in firsts.items():
-            by_table[table].append(row)
+        sequences = [sequence_of(row) for row in rows]
+        sequenced = any(s is not None for s in sequences)
         attempts: list[Any] = []
 
-        def work(transaction: Any) -> dict[tuple[str, str], Record | Rejection]:
+        def work(transaction: Any) -> _Written:
             attempts.append(transaction)
             existing: dict[tuple[str, str], Record | Rejection] = {}
-            for table, pending in by_table.items():
-                if not pending:
+            # Which rows are stored already, by key. With producer sequences, every
+            # message id in both tables: a seen sequence is a redelivery if its
+            # message is stored as either, a publisher's copy if not.
+            wanted: dict[str, set[str]] = {table: set() for table in TABLES}
+            for row in rows:
+                if sequenced:
+                    for ids in wanted.values():
+                        ids.add(row.message_id)
+                else:
+                    wanted[_table(row)].add(row.message_id)
+            for table, ids in wanted.items():
+                if not ids:
                     continue
-                names = self._names[table]
-                keys = _keys(r.message_id for r in pending)
-                for values in key_rows(transaction, deadline, table, names, keys):
+                for values in key_rows(
+                    transaction, deadline, table, self._names[table], _keys(ids)
+                ):
                     held: Record | Rejection = (
                         _stored(Record, values)
                         if table == "records"
                         else _stored(Rejection, values)
                     )
                     existing[(table, held.message_id)] = held
-                new = [r for r in pending if (table, r.message_id) not in existing]
+            given: list[Record | Rejection | None] = list(rows)
+            outcomes: list[RowOutcome] = [None] * len(rows)
+            if sequenced:
+                given, outcomes = self._settle(transaction, deadline, rows, sequences, existing)
+            # The first copy of a message within the batch is the one to store.
+            firsts: dict[tuple[str, str], Record | Rejection] = {}
+            for kept in given:
+                if kept is not None:
+                    firsts.setdefault((_table(kept), kept.message_id), kept)
+            by_table: dict[str, list[Record | Rejection]] = {table: [] for table in TABLES}
+            for key, first in firsts.items():
+                if key not in existing:
+                    by_table[key[0]].append(first)
+            for table, new in by_table.items():
                 if new:
                     transaction.insert(
                         table,
-                        ["shard", *self._key_names(table), *names],
+                        ["shard", *self._key_names(table), *self._names[table]],
                         [self._insert_values(table, r) for r in new],
                     )
-            return existing
+            return _Written(existing, given, firsts, outcomes)
 
-        existing = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        written: _Written = self._database().run_in_transaction(work, timeout_secs=deadline.left())
         committed = attempts[-1].committed
         ingest_time = micros(committed)
         stored: list[Record | Rejection] = []
         new = 0
-        for row in rows:
-            key = (_table(row), row.message_id)
-            held = existing.get(key)
+        for row, kept in zip(rows, written.given, strict=True):
+            if kept is None:
+                # Not stored (a publisher's copy): handed back as given, at this commit.
+                stored.append(msgspec.structs.replace(row, ingest_time=ingest_time))
+                continue
+            key = (_table(kept), kept.message_id)
+            held = written.existing.get(key)
             if held is None:
-                first = firsts[key]
-                if first is row:
+                first = written.firsts[key]
+                if first is kept:
                     new += 1
-                held = type(row)(**{**_fields(first), "ingest_time": ingest_time})
+                held = type(kept)(**{**_fields(first), "ingest_time": ingest_time})
             stored.append(held)
-        return Committed(stored, new)
+        return Committed(stored, new, written.outcomes)
+
+    def _settle(
+        self,
+        transaction: Any,
+        deadline: Deadline,
+        rows: Sequence[Record | Rejection],
+        sequences: Sequence[ProducerSequence | None],
+        existing: dict[tuple[str, str], Record | Rejection],
+    ) -> tuple[list[Record | Rejection | None], list[RowOutcome]]:
+        """The ledger's verdict on the batch, its changes written in `transaction`: each
+        row as it is to be stored (None: a publisher's copy, not stored; a record kept
+        as a rejection when its sequence would open a gap past the bound), and each
+        row's outcome."""
+        producers = {s.producer for s in sequences if s is not None}
+        found = key_rows(transaction, deadline, book.TABLE, book.NAMES, book.keys_of(producers))
+        tally = Tally(book.entries_of(found))
+        settled = tally.settle(
+            [(s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)],
+            stored_before={message_id for _, message_id in existing},
+            now=time.time_ns() // 1000,
+        )
+        book.write(transaction, settled)
+        given: list[Record | Rejection | None] = []
+        outcomes: list[RowOutcome] = []
+        for index, (row, sequence, verdict) in enumerate(
+            zip(rows, sequences, settled.verdicts, strict=True)
+        ):
+            if verdict == "duplicate" and sequence is not None:
+                given.append(None)
+                outcomes.append(
+                    PublisherDuplicate(sequence.producer, sequence.epoch, sequence.sequence)
+                )
+            elif verdict == "refuse" and isinstance(row, Record):
+                reason = settled.reasons[index]
+                given.append(rejected_record(row, reason))
+                outcomes.append(reason)
+            else:
+                given.append(row)
+                outcomes.append(None)
+        return given, outcomes
+
+    # -- the completeness ledger's reads -------------------------------------------
+
+    async def producer_entries(self, after: str, limit: int) -> list[EpochEntry]:
+        """Every entry of the ledger past producer `after`, in (producer, epoch) order:
+        at most `limit` of them (a strong read)."""
+        return await self._call(self._producer_entries, after, limit)
+
+    def _producer_entries(self, deadline: Deadline, after: str, limit: int) -> list[EpochEntry]:
+        self._count_reads(1)
+        with self._database().snapshot() as snapshot:
+            found = sql_rows(
+                snapshot,
+                deadline,
+                book.PAGE_SQL,
+                params={"after": after, "limit": limit},
+                param_types={"after": param_types.STRING, "limit": param_types.INT64},
+            )
+            return book.entries_of(found)
+
+    async def producer(self, producer: str) -> list[EpochEntry]:
+        """One producer's entries, oldest epoch first (a strong read)."""
+        return await self._call(self._producer, producer)
+
+    def _producer(self, deadline: Deadline, producer: str) -> list[EpochEntry]:
+        self._count_reads(1)
+        with self._database().snapshot() as snapshot:
+            found = key_rows(snapshot, deadline, book.TABLE, book.NAMES, book.keys_of([producer]))
+            return sorted(book.entries_of(found), key=lambda e: e.epoch)
 
     def _key_names(self, table: str) -> list[str]:
         return ["id_shard"] if table == "records" else []

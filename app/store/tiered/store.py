@@ -43,10 +43,12 @@ from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcom
 from app.store.bell import Bell
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import ConflictObserver, differing
+from app.store.producers import Completeness
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
 from app.store.tiered.exporter import LEASE_SECONDS, Exporter, ExportObserver
 from app.store.tiered.fleet import exporter_for
+from app.store.tiered.producers import ServingCompleteness
 from app.store.tiered.supervisor import LoopObserver, Supervisor
 from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 
@@ -151,6 +153,8 @@ class TieredStore:
         # The tables' export watermarks, as last read from Spanner (every instance
         # reads them).
         self._watermarks = Watermarks(serving, observer=export_observer, clock=clock)
+        # The ledger of producer sequences, kept in Spanner with the rows.
+        self.completeness: Completeness | None = ServingCompleteness(serving)
 
     @property
     def watermark(self) -> int:
@@ -305,11 +309,18 @@ class TieredStore:
         others. Every other failure is the batch's (503, delivered again)."""
         left = max(deadline - asyncio.get_running_loop().time(), 0.0)
         try:
-            return (await self.serving.commit(rows, within=left)).rows
+            committed = await self.serving.commit(rows, within=left)
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, InvalidArgument):
                 raise
             refused = exc.__cause__
+        else:
+            # What the ledger of producer sequences made of a row: a publisher's copy
+            # not stored, or kept as a rejection (its reason).
+            for index, outcome in enumerate(committed.outcomes):
+                if outcome is not None:
+                    outcomes[first + index] = outcome
+            return committed.rows
         if len(rows) > 1:
             half = len(rows) // 2
             head = await self._commit(rows[:half], outcomes, first, deadline)

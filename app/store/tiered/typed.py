@@ -109,7 +109,8 @@ class TypedExport:
         def encode(record: Record) -> bytes:
             revision = revision_of(record.schema)
             here = revision is not None and known[revision]
-            return encoder.encode(record, typed_columns(record, revision, writable, here))
+            unmapped = self.table.unmapped(revision)
+            return encoder.encode(record, typed_columns(record, revision, writable, here, unmapped))
 
         return encoder.descriptor, encode
 

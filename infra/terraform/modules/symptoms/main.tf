@@ -187,6 +187,11 @@ locals {
   # and exported meanwhile, without the new columns. Any in the last 30 minutes.
   typed_refused = "label_replace(sum by (namespace) (increase(${local.metric["typed.patches_refused"]}{${local.workload}}[30m])), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
+  # Sequences of a producer missing past the grace period (the completeness ledger,
+  # app/store/producers.py), in systems that keep one. Every instance reads the same
+  # ledger: per producer the most any reports, per system their sum.
+  producers_missing = "label_replace(sum by (namespace) (max by (namespace, producer) (${local.metric["producer.missing"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
@@ -256,4 +261,9 @@ output "loop_restarts" {
 output "export_blocked" {
   description = "Systems whose export to BigQuery is stopped at a row BigQuery refused, in any table (value: 1)."
   value       = local.export_blocked
+}
+
+output "producers_missing" {
+  description = "Systems with sequences of a producer missing past the grace period (value: how many, over all producers)."
+  value       = local.producers_missing
 }

@@ -1,0 +1,139 @@
+"""`recordline audit --since T [--until T]`: what publishers sent against what was stored, by hour.
+
+It asks a running service (`GET /v1/audit`, a read like any other: the same
+token), so it works on every store, DuckDB included (whose file the service
+holds). Per hour of the range it prints the messages with a producer sequence
+received, stored, rejected, dropped as a publisher's copy, and the sequences
+missing whose gap opened then. Exit 0 when nothing is missing, 1 naming the
+first missing range (the oldest), 2 when the question could not be asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import IO
+
+import msgspec
+
+from app.query.producers import AuditReport
+
+# The service answers from its ledger in memory or one read per 500 producers:
+# seconds at most, but a cold Spanner client takes a few.
+_TIMEOUT_SECONDS = 60.0
+_decode = msgspec.json.Decoder(AuditReport).decode
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--since",
+        required=True,
+        type=_time,
+        help="RFC 3339, or this long ago (30m, 24h, 7d): the first hour's start",
+    )
+    parser.add_argument("--until", type=_time, help="RFC 3339: the end of the range (default: now)")
+    parser.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="the service (default http://127.0.0.1:8080)",
+    )
+    parser.add_argument(
+        "--token",
+        help="bearer token for reads, e.g. $(gcloud auth print-identity-token --audiences=URL)",
+    )
+
+
+_AGO = re.compile(r"([0-9]+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _time(text: str) -> datetime:
+    """RFC 3339, or a duration before now: `30m`, `24h`, `7d`."""
+    ago = _AGO.fullmatch(text)
+    if ago is not None:
+        return datetime.now(UTC) - timedelta(seconds=int(ago[1]) * _UNIT_SECONDS[ago[2]])
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset (add Z for UTC)")
+    return when
+
+
+def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
+    import httpx
+
+    out = out if out is not None else sys.stdout
+    until: datetime = args.until or datetime.now(UTC)
+    params = {"since": _rfc3339(args.since), "until": _rfc3339(until)}
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        answer = httpx.get(
+            f"{args.url.rstrip('/')}/v1/audit",
+            params=params,
+            headers=headers,
+            timeout=_TIMEOUT_SECONDS,
+        )
+    except httpx.HTTPError as exc:
+        print(f"recordline audit: {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 2
+    if answer.status_code != 200:
+        print(f"recordline audit: {answer.status_code}: {_detail(answer.content)}", file=sys.stderr)
+        return 2
+    report = _decode(answer.content)
+    write(report, out)
+    if not report.missing:
+        return 0
+    first = report.missing_ranges[0]
+    print(
+        f"recordline audit: missing: producer {first.producer!r} epoch {first.epoch} "
+        f"sequences {first.first} to {first.last} (gap opened {_rfc3339(first.opened_at)}); "
+        f"{report.missing} in all",
+        file=sys.stderr,
+    )
+    return 1
+
+
+class _Problem(msgspec.Struct):
+    detail: str = ""
+
+
+def _detail(body: bytes) -> str:
+    """A problem document's detail, or the body itself."""
+    try:
+        return msgspec.json.decode(body, type=_Problem).detail or body.decode(errors="replace")
+    except msgspec.DecodeError:
+        return body.decode(errors="replace")
+
+
+def write(report: AuditReport, out: IO[str]) -> None:
+    """The report as a table, one line per hour, then the missing ranges it names."""
+    out.write(f"{'hour':<21}{'received':>10}{'stored':>10}{'rejected':>10}")
+    out.write(f"{'duplicates':>12}{'missing':>10}\n")
+    for hour in report.hours:
+        out.write(
+            f"{_rfc3339(hour.hour):<21}{hour.received:>10}{hour.stored:>10}"
+            f"{hour.rejected:>10}{hour.duplicates:>12}{hour.missing:>10}\n"
+        )
+    for gap in report.missing_ranges:
+        out.write(
+            f"missing: producer {gap.producer!r} epoch {gap.epoch} sequences {gap.first} to "
+            f"{gap.last}, gap opened {_rfc3339(gap.opened_at)}\n"
+        )
+    if len(report.missing_ranges) < report.missing_range_count:
+        out.write(
+            f"(the oldest {len(report.missing_ranges)} of {report.missing_range_count} missing "
+            "ranges; GET /v1/producers names every one)\n"
+        )
+    if report.unknown_ends:
+        out.write(
+            f"{report.unknown_ends} epochs ended without saying how many messages they "
+            "published (recordline-epoch-ended): a gap at their end cannot be seen\n"
+        )
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

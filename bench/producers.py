@@ -1,0 +1,496 @@
+"""What producer sequences cost ingest, and what the ledger holds per producer.
+
+    python3 dev.py bench producers [--rounds 5] [--seconds 2] [--connections 64]
+    python3 dev.py bench producers --count [--pushes 300]
+    python3 dev.py bench producers --storage
+
+By default, pushes through the whole path: two services on DuckDB files, served
+at once and loaded in turn by wrk (bench/harness.py's `interleaved`). Both take
+`bench ingest`'s record with three attributes; on, they are a producer sequence
+(each wrk thread a producer, numbering its pushes from 0); off, the same three
+under other names, which nothing reads. After the run the `on` ledger is
+checked: every push accounted for, none as a duplicate. Prints msgs/s and the
+ratio on / off with its range over the rounds (goal ≥ 0.9).
+
+With `--count`, instructions per push, with no machine noise: each service runs
+under valgrind's callgrind, pushes are sent one at a time (each its own group
+commit, so what the ledger adds per append counts in full), and the instructions
+are divided by the pushes: the event loop's thread (what holds a push back), and
+every thread of the process (the applier's DuckDB work included; the journal's
+writer is a process of its own, writing a frame either way). Then the store
+alone under load, in CPU time rather than instructions: group commits of
+`--batch` records appended to the DuckDB store, on and off taken in turn
+`--store-rounds` times (valgrind would slow the process fifty times while the
+ledger's table is still written once a second of wall time, fifty times too often).
+
+With `--storage`, the ledger's entry per producer epoch as every store keeps it
+(msgpack, app/store/producers.py), in the cases that bound it, and what 10,000
+producers take in a DuckDB file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import http.client
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+from litestar import Litestar
+
+from app.asgi import create_app
+from app.errors import StoreUnavailable
+from app.records import Record
+from app.settings import Settings
+from app.store.duckdb import producers as book
+from app.store.duckdb.store import DuckDBStore
+from app.store.producers import (
+    HOUR_MICROS,
+    HOURS_KEPT,
+    MAX_EPOCHS,
+    MAX_GAPS,
+    EpochEntry,
+    Gap,
+    HourCount,
+    encode_entry,
+)
+from bench.harness import (
+    DONE_LUA,
+    RECORD,
+    free_port,
+    interleaved,
+    server,
+    table,
+    uvicorn_argv,
+)
+from bench.ingest import ratio
+
+GOAL = 0.9
+WARM_UP = 100
+_PUBLISHED = 1_714_219_201_000_000
+
+# As bench/harness.py's PUSH_LUA, the attributes numbered per request: each wrk
+# thread (its own Lua state) is a producer of its own, numbering from 0.
+# As bench/harness.py's PUSH_LUA, the attributes numbered per request: each wrk
+# thread is a producer of its own, numbering from 0. Its message ids and producer id
+# are the run's start and the thread's number: every run's pushes are new messages
+# (math.random gives every thread, and every run, the same first number).
+_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local data = "%(data)s"
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("index", threads)
+end
+local counter = -1
+local prefix = nil
+request = function()
+  if prefix == nil then
+    prefix = tostring(os.time()) .. "-" .. tostring(index)
+  end
+  counter = counter + 1
+  local id = prefix .. "-" .. counter
+  local body = '{"message":{"data":"' .. data .. '","messageId":"' .. id ..
+    '","publishTime":"2024-04-27T12:00:01Z","attributes":{"%(producer)s":"bench-' ..
+    prefix .. '","%(epoch)s":"1","%(sequence)s":"' .. counter .. '"}},' ..
+    '"subscription":"projects/bench/subscriptions/records-push"}'
+  return wrk.format(nil, "/pubsub/push", nil, body)
+end
+"""
+NAMES = {
+    "on": ("recordline-producer", "recordline-epoch", "recordline-seq"),
+    # The same bytes under names nothing reads.
+    "off": ("recordline-producex", "recordline-epochx", "recordline-seqx"),
+}
+
+
+def script(variant: str) -> str:
+    import base64
+
+    producer, epoch, sequence = NAMES[variant]
+    values = {
+        "data": base64.b64encode(RECORD.encode()).decode(),
+        "producer": producer,
+        "epoch": epoch,
+        "sequence": sequence,
+    }
+    return _LUA % values + DONE_LUA
+
+
+def app() -> Litestar:
+    """`recordline serve`'s app on BENCH_DUCKDB."""
+    return create_app(Settings.load(), store=DuckDBStore(os.environ["BENCH_DUCKDB"]))
+
+
+def whole_path(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {name: Path(tmp) / f"{name}.duckdb" for name in NAMES}
+        env = {
+            name: {"BENCH_DUCKDB": str(path), "RECORDLINE_LOG_LEVEL": "WARNING"}
+            for name, path in files.items()
+        }
+        loads = interleaved(
+            {name: lambda port: uvicorn_argv("bench.producers:app", port) for name in NAMES},
+            script("off"),
+            scripts={name: script(name) for name in NAMES},
+            rounds=args.rounds,
+            seconds=args.seconds,
+            connections=args.connections,
+            env=env,
+        )
+        with duckdb.connect(str(files["on"]), read_only=True) as con:
+            stored = con.execute("SELECT count(*) FROM records").fetchone()
+            entries = book.load(con)
+    accounted = sum(e.stored + e.rejected + e.duplicates for e in entries)
+    duplicates = sum(e.duplicates for e in entries)
+    if not stored or accounted != stored[0] or duplicates:
+        raise SystemExit(
+            f"bench producers: {stored} records, the ledger accounts for {accounted} "
+            f"({duplicates} as duplicates)"
+        )
+    rows = [["sequences", "msgs/s", "p99 ms"]]
+    for name in ("off", "on"):
+        runs = loads[name]
+        rows.append(
+            [
+                name,
+                f"{sum(r.rate for r in runs) / len(runs):,.0f}",
+                f"{sorted(r.p99 for r in runs)[len(runs) // 2]:.1f}",
+            ]
+        )
+    print(
+        f"POST /pubsub/push on DuckDB, wrk {args.connections} connections, "
+        f"{args.rounds} rounds of {args.seconds:g} s each, taken in turn; "
+        f"{len(entries)} producers, {accounted:,} pushes in the ledger:"
+    )
+    print(table(rows))
+    print(f"on / off = {ratio(loads['on'], loads['off'])}  (goal ≥ {GOAL})")
+    return 0
+
+
+# -- instructions ---------------------------------------------------------------------------
+
+
+def _pusher(port: int, variant: str) -> Callable[[int], None]:
+    import base64
+
+    data = base64.b64encode(RECORD.encode()).decode()
+    producer, epoch, sequence = NAMES[variant]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def push(i: int) -> None:
+        body = json.dumps(
+            {
+                "message": {
+                    "data": data,
+                    "messageId": f"m-{i}",
+                    "publishTime": "2024-04-27T12:00:01Z",
+                    "attributes": {producer: "bench", epoch: "1", sequence: str(i)},
+                },
+                "subscription": "projects/bench/subscriptions/records-push",
+            }
+        )
+        nonlocal connection
+        try:
+            response = _send(connection, body)
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # An idle connection the server closed (valgrind makes every wait long):
+            # sent again on a new one, a redelivery if the first was stored.
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+            response = _send(connection, body)
+        if response.status != 204:
+            raise RuntimeError(f"push answered {response.status}")
+
+    return push
+
+
+def _send(connection: http.client.HTTPConnection, body: str) -> http.client.HTTPResponse:
+    connection.request("POST", "/pubsub/push", body, {"content-type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    return response
+
+
+def instructions(variant: str, pushes: int) -> tuple[float, float]:
+    """Instructions per push of the event loop's thread, and of every thread."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        argv = [
+            "valgrind",
+            "--tool=callgrind",
+            "--separate-threads=yes",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            *uvicorn_argv("bench.producers:app", port),
+        ]
+        env = {
+            "PYTHONHASHSEED": "0",
+            "BENCH_DUCKDB": str(Path(tmp) / "records.duckdb"),
+            "RECORDLINE_LOG_LEVEL": "WARNING",
+        }
+        with server(argv, port, env, ready_seconds=600, stop_seconds=300) as running:
+            push = _pusher(port, variant)
+            for i in range(WARM_UP):
+                push(i)
+            subprocess.run(
+                ["callgrind_control", "--instr=on", str(running.process.pid)],
+                check=True,
+                capture_output=True,
+            )
+            for i in range(WARM_UP, WARM_UP + pushes):
+                push(i)
+        counts = {}
+        for part in Path(tmp).glob("callgrind.out-*"):
+            found = re.search(r"^summary: (\d+)$", part.read_text(), re.MULTILINE)
+            if found is not None:
+                counts[part.name] = int(found.group(1))
+        if "callgrind.out-01" not in counts:
+            raise RuntimeError(f"no callgrind summary for the event loop of {variant}")
+        return counts["callgrind.out-01"] / pushes, sum(counts.values()) / pushes
+
+
+def _rows(variant: str, count: int) -> list[Record]:
+    producer, epoch, sequence = NAMES[variant]
+    return [
+        Record(
+            message_id=f"m-{n}",
+            publish_time=_PUBLISHED,
+            ingest_time=_PUBLISHED + n,
+            id=f"r-{n}",
+            data=json.dumps({"text": "Ejemplo de datos", "n": n}),
+            attributes=json.dumps(
+                {producer: "bench", epoch: "1", sequence: str(n)}, separators=(",", ":")
+            ),
+        )
+        for n in range(count)
+    ]
+
+
+async def _append(path: str, rows: list[Record], batch: int) -> None:
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        for start in range(0, len(rows), batch):
+            outcomes = await store.append(rows[start : start + batch])
+            assert all(o is None for o in outcomes), outcomes
+            # Each group commit applied on its own: the same batches in every run.
+            # Under valgrind an apply may take longer than a read's barrier waits.
+            while True:
+                try:
+                    await store.barrier()
+                    break
+                except StoreUnavailable:
+                    continue
+    finally:
+        await store.close()
+
+
+def worker(argv: list[str]) -> int:
+    """Append `count` records in group commits of `batch`; print the CPU seconds the
+    process spent (user and system, every thread of it)."""
+    variant, count, batch = argv[0], int(argv[1]), int(argv[2])
+    rows = _rows(variant, count)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "records.duckdb")
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        asyncio.run(_append(path, rows, batch))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        with duckdb.connect(path, read_only=True) as con:
+            stored = con.execute("SELECT count(*) FROM records").fetchone()
+            entries = book.load(con)
+    assert stored == (count,), stored
+    assert sum(e.stored for e in entries) == (count if variant == "on" else 0)
+    spent = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    print(f"{spent:.6f}")
+    return 0
+
+
+def store_cpu(variant: str, count: int, batch: int) -> float:
+    """CPU seconds of a process appending `count` records (its imports not counted)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.producers", "--worker", variant, str(count), str(batch)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def count(args: argparse.Namespace) -> int:
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        print("bench producers --count needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CPUs
+        futures = {name: pool.submit(instructions, name, args.pushes) for name in NAMES}
+        counted = {name: future.result() for name, future in futures.items()}
+    rows = [["sequences", "event loop / push", "off / on", "all threads / push", "off / on"]]
+    for name in ("off", "on"):
+        loop, every = counted[name]
+        rows.append(
+            [
+                name,
+                f"{loop:,.0f}",
+                f"{counted['off'][0] / loop:.3f}",
+                f"{every:,.0f}",
+                f"{counted['off'][1] / every:.3f}",
+            ]
+        )
+    print(
+        f"instructions per push (callgrind), {args.pushes} pushes sent one at a time to the "
+        "DuckDB store (each its own append, journal frame and ledger entry):"
+    )
+    print(table(rows))
+    loop_ratio = counted["off"][0] / counted["on"][0]
+    print(
+        f"event loop off / on = {loop_ratio:.3f} (goal ≥ {GOAL}: "
+        f"{'met' if loop_ratio >= GOAL else 'NOT met'})"
+    )
+    # Under load a group commit holds many pushes: the store alone, in batches. Not
+    # under valgrind: DuckDB's ledger table is written once a second, and a process
+    # fifty times slower would write it fifty times as often a record.
+    n, batch, rounds = args.records, args.batch, args.store_rounds
+    spent: dict[str, list[float]] = {name: [] for name in NAMES}
+    for _ in range(rounds):
+        for name in NAMES:
+            spent[name].append(store_cpu(name, n, batch))
+    each = [off / on for off, on in zip(spent["off"], spent["on"], strict=True)]
+    mean = {name: statistics.mean(values) for name, values in spent.items()}
+    print(
+        f"\nthe DuckDB store alone, {n:,} records in group commits of {batch} (each applied "
+        f"before the next), CPU of the whole process (its threads; the journal's writer "
+        f"aside), {rounds} runs each, taken in turn:"
+    )
+    print(
+        table(
+            [
+                ["sequences", "µs a record", "off / on"],
+                ["off", f"{mean['off'] / n * 1e6:.1f}", "1.000"],
+                [
+                    "on",
+                    f"{mean['on'] / n * 1e6:.1f}",
+                    f"{mean['off'] / mean['on']:.3f} (runs {min(each):.2f}-{max(each):.2f})",
+                ],
+            ]
+        )
+    )
+    return 0
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+def _entry(*, gaps: int, hours: int, big: bool) -> EpochEntry:
+    """An entry with `gaps` gaps and `hours` hourly counts; `big`: numbers near 2^63."""
+    top = 2**62 if big else 10_000_000
+    now = _PUBLISHED
+    return EpochEntry(
+        producer="p" * 64,
+        epoch=now,
+        highest=top,
+        gaps=[
+            Gap(first=top // 2 + 3 * n, last=top // 2 + 3 * n + 1, opened=now) for n in range(gaps)
+        ],
+        stored=top,
+        rejected=top // 10,
+        duplicates=top // 10,
+        zombies=top // 100,
+        refused=gaps,
+        end=None,
+        first_seen=now - HOURS_KEPT * HOUR_MICROS,
+        last_seen=now,
+        hours=[
+            HourCount(hour=now // HOUR_MICROS - h, stored=top, rejected=top, duplicates=top)
+            for h in range(hours)
+        ][::-1],
+    )
+
+
+def storage(_: argparse.Namespace) -> int:
+    cases = {
+        "in order, one hour": _entry(gaps=0, hours=1, big=False),
+        "in order, a week of hours": _entry(gaps=0, hours=HOURS_KEPT, big=False),
+        "100 gaps open, a week": _entry(gaps=100, hours=HOURS_KEPT, big=False),
+        f"at the bound: {MAX_GAPS} gaps, a week, numbers near 2^63": _entry(
+            gaps=MAX_GAPS, hours=HOURS_KEPT, big=True
+        ),
+    }
+    rows = [
+        ["one epoch's entry", "bytes (msgpack)", f"times {MAX_EPOCHS} epochs: a producer's most"]
+    ]
+    for name, entry in cases.items():
+        size = len(encode_entry(entry))
+        rows.append([name, f"{size:,}", f"{size * MAX_EPOCHS:,}"])
+    print("The ledger's entry per producer epoch, as DuckDB and Spanner keep it (64-char ids):")
+    print(table(rows))
+    producers = 10_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger.duckdb"
+        con = duckdb.connect(str(path))
+        con.execute(book.DDL)
+        empty = path.stat().st_size
+        rng = random.Random(61)
+        entries = [
+            EpochEntry(
+                producer=f"host-{rng.getrandbits(48):012x}",
+                epoch=_PUBLISHED + n,
+                highest=rng.randrange(1, 10_000_000),
+                stored=rng.randrange(1, 10_000_000),
+                first_seen=_PUBLISHED,
+                last_seen=_PUBLISHED,
+                hours=[HourCount(hour=_PUBLISHED // HOUR_MICROS, stored=1000)],
+            )
+            for n in range(producers)
+        ]
+        con.begin()
+        book.write(con, entries, [])
+        con.commit()
+        con.execute("CHECKPOINT")
+        con.close()
+        grown = path.stat().st_size - empty
+    print(
+        f"{producers:,} producers publishing in order (one entry each) in a DuckDB file: "
+        f"{grown / producers:,.0f} bytes a producer on disk (the file grew {grown:,} bytes); "
+        f"the DuckDB store also holds them in memory"
+    )
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench producers", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--count", action="store_true", help="instructions per push")
+    parser.add_argument("--pushes", type=int, default=300)
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--store-rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--storage", action="store_true", help="the ledger's bytes per producer")
+    args = parser.parse_args(argv)
+    if args.storage:
+        return storage(args)
+    if args.count:
+        return count(args)
+    return whole_path(args)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        sys.exit(worker(sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))
