@@ -120,7 +120,7 @@ variable "exporter_instances" {
 
 variable "exporter_cpu" {
   type        = string
-  description = "CPU limit of one exporter instance (Cloud Run syntax). An idle system costs an instance about 0.01 of a core, a busy one what its rows cost to read and append (docs/operations.md, \"The exporter service\")."
+  description = "CPU limit of one exporter instance (Cloud Run syntax). A quiet system costs an instance about 0.005 of a core, a busy one what its rows cost to read and append (docs/operations.md, \"The exporter service\")."
   default     = "1"
 }
 
