@@ -47,7 +47,6 @@ from app.ingest.replay import Replay
 from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest
 from app.ingest.shape import Shape
-from app.ingest.traffic import Traffic
 from app.problems import Problems, describe_problem
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
@@ -274,14 +273,12 @@ def create_app(
     store: Store | None = None,
     telemetry: Telemetry | None = None,
     schema_source: SchemaSource | None = None,
-    traffic: Traffic | None = None,
     revisions: Revisions | None = None,
 ) -> Recordline:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
     auth = Auth.from_settings(settings)
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
-    traffic = traffic if traffic is not None else Traffic()
     # Each decoded schema revision's typed fields, from the push path to the
     # store that projects them (a store passed in shares this one to do so).
     revisions = declared(settings, revisions if revisions is not None else Revisions())
@@ -289,7 +286,6 @@ def create_app(
         store = open_store(
             settings,
             revisions=revisions,
-            traffic=traffic,
             observer=telemetry.query_observer,
             conflicts=telemetry.conflicts(),
             exports=telemetry.export_observer(),
@@ -314,7 +310,7 @@ def create_app(
     schemas = fetching_schemas(settings, revisions, schema_source)
     shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
-    ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes, traffic=traffic)
+    ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)
     tokens = PageTokens(settings.query.page_token_secret)
     reader = Reader(
         observed,

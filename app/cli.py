@@ -72,6 +72,12 @@ def _main(argv: list[str] | None) -> int:
         "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
     )
 
+    commands.add_parser(
+        "exporter",
+        help="the exporter service: every system RECORDLINE_EXPORT_SYSTEMS names exported from "
+        "Spanner to BigQuery, one lease per system, until SIGTERM",
+    )
+
     schema = commands.add_parser("schema", help="the table schemas, derived from the code")
     schema.add_argument(
         "target",
@@ -210,6 +216,8 @@ def _main(argv: list[str] | None) -> int:
     match args.command:
         case "serve":
             return _serve(args)
+        case "exporter":
+            return _exporter()
         case "schema" if args.target == "typed":
             return _typed_schema(args.file, args.schema_type, write=args.write)
         case "schema":
@@ -386,6 +394,34 @@ def _export(args: argparse.Namespace) -> int:
         system=settings.telemetry.system,
     )
     return asyncio.run(operator.run(args, settings))
+
+
+def _exporter() -> int:
+    """`recordline exporter` (app/exporter): a process of its own, apart from `serve`.
+    It serves no request (a Cloud Run worker pool has no port), and reads every
+    system's settings from RECORDLINE_EXPORT_SYSTEMS, where `serve` reads one."""
+    from app.exporter import service
+    from app.telemetry import configure_logging, google_project
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    if not settings.exporter.exported():
+        print(
+            "recordline exporter: RECORDLINE_EXPORT_SYSTEMS names no system to export "
+            "(`recordline config --reference` says what it holds)",
+            file=sys.stderr,
+        )
+        return 2
+    configure_logging(
+        settings.server.log_level, settings.server.log_format, project=google_project(settings)
+    )
+    try:
+        asyncio.run(service.serve(settings))
+    except SettingsError as exc:
+        print(f"recordline exporter: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _restore(args: argparse.Namespace) -> int:

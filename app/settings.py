@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NamedTuple, Self
@@ -315,6 +316,16 @@ class StoreSettings(Section, frozen=True):
             "or nothing",
         ),
     ] = ""
+    export_in_service: Annotated[
+        bool,
+        env(
+            "RECORDLINE_EXPORT_IN_SERVICE",
+            "With RECORDLINE_SERVING: `recordline serve` runs the export to BigQuery itself, "
+            "for a single process (`recordline dev --serving`). A fleet leaves it off: the "
+            "exporter service (`recordline exporter`) exports every system, and ingest "
+            "scales with its own traffic",
+        ),
+    ] = False
     spanner_emulator_host: Annotated[
         str,
         Meta(pattern=_HOST_PORT),
@@ -621,6 +632,63 @@ class AuthSettings(Section, frozen=True):
     ] = False
 
 
+# A system's name, as RECORDLINE_SYSTEM accepts it.
+_SYSTEM = r"^[a-z][a-z0-9-]{0,62}$"
+_SYSTEM_ACCEPTED = "up to 63 lower-case letters, digits and `-`, a letter first"
+_SYSTEMS_ACCEPTED = (
+    "a JSON object, each system's name (as RECORDLINE_SYSTEM) to "
+    '{"serving": "spanner://projects/P/instances/I/databases/D", "store": '
+    '"bigquery://PROJECT/DATASET"} and, for a JSON topic with a declared schema, '
+    '"json_topic_schema": its Avro schema\'s JSON text'
+)
+
+
+class ExportedSystem(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One system the exporter service exports: its RECORDLINE_SERVING, its
+    RECORDLINE_STORE and its RECORDLINE_JSON_TOPIC_SCHEMA, as its ingest service has
+    them. (Fields the configuration's own: a misspelt one is refused, not ignored.)"""
+
+    serving: Annotated[str, Meta(pattern=rf"^{SPANNER_URL}$")]
+    store: Annotated[str, Meta(pattern=rf"^{BIGQUERY_URL}$")]
+    json_topic_schema: Annotated[str, Meta(pattern=r"(?s)^(\s*\{.*\}\s*)?$")] = ""
+
+
+class ExporterSettings(Section, frozen=True):
+    """The exporter service (`recordline exporter`): every system whose rows it feeds
+    from Spanner to BigQuery. Checked when the settings are read, like every other."""
+
+    systems: Annotated[
+        str,
+        env(
+            "RECORDLINE_EXPORT_SYSTEMS",
+            "The exporter service's systems, a JSON object: each name to its `serving` "
+            "(RECORDLINE_SERVING), `store` (RECORDLINE_STORE) and, if it declares one, "
+            "`json_topic_schema`; Terraform writes it (infra/terraform/exporter.tf)",
+            accepts=_SYSTEMS_ACCEPTED,
+        ),
+    ] = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ExporterSettings:
+        settings = super().from_env(environ)
+        settings.exported()  # refused here, naming the variable, or never
+        return settings
+
+    def exported(self) -> dict[str, ExportedSystem]:
+        """Each system's settings, by name; SettingsError for a value that is none."""
+        if not self.systems.strip():
+            return {}
+        try:
+            raw = msgspec.json.decode(self.systems)
+            if not isinstance(raw, dict) or not all(
+                isinstance(name, str) and re.fullmatch(_SYSTEM, name) for name in raw
+            ):
+                raise msgspec.ValidationError("not an object of system names")
+            return {name: msgspec.convert(entry, ExportedSystem) for name, entry in raw.items()}
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise invalid("RECORDLINE_EXPORT_SYSTEMS", self.systems, _SYSTEMS_ACCEPTED) from None
+
+
 class TelemetrySettings(Section, frozen=True):
     """OpenTelemetry, configured through its standard `OTEL_*` variables where one exists."""
 
@@ -629,13 +697,13 @@ class TelemetrySettings(Section, frozen=True):
     )
     system: Annotated[
         str,
-        Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$"),
+        Meta(pattern=_SYSTEM),
         env(
             "RECORDLINE_SYSTEM",
             "Which system this is, where several share a project: on every metric (resource "
             "`service.namespace`, Cloud Monitoring's `namespace` label), trace and log line "
             "(label `system`)",
-            accepts="up to 63 lower-case letters, digits and `-`, a letter first",
+            accepts=_SYSTEM_ACCEPTED,
         ),
     ] = "recordline"
     traces_exporter: Annotated[
@@ -713,6 +781,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     query: QuerySettings = msgspec.field(default_factory=QuerySettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+    exporter: ExporterSettings = msgspec.field(default_factory=ExporterSettings)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -2,7 +2,7 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | calls | producers.
+      typedingest | exporter | calls | producers.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -28,6 +28,7 @@ NAMES = (
     "typedcost",
     "devrate",
     "typedingest",
+    "exporter",
     "calls",
     "producers",
 )

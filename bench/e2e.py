@@ -287,7 +287,12 @@ def spanner(tmp: Path) -> Iterator[dict[str, str]]:
             database="recordline",
             window=QuerySettings().dedupe_window_seconds,
         )
-        yield {"RECORDLINE_SERVING": database, "SPANNER_EMULATOR_HOST": emulator.host}
+        # The service exports too: its own metrics say how fast and how far behind.
+        yield {
+            "RECORDLINE_SERVING": database,
+            "SPANNER_EMULATOR_HOST": emulator.host,
+            "RECORDLINE_EXPORT_IN_SERVICE": "true",
+        }
 
 
 def store_settings(name: str, tmp: Path, stack: contextlib.ExitStack) -> dict[str, str]:

@@ -89,6 +89,8 @@ def one_run(fault: str, seconds: float) -> list[str]:
                     **fakes.settings,
                     "RECORDLINE_SERVING": database,
                     "SPANNER_EMULATOR_HOST": emulator.host,
+                    # Its exporter too, as the figures before the exporter service had it.
+                    "RECORDLINE_EXPORT_IN_SERVICE": "true",
                     "RECORDLINE_LOG_LEVEL": "ERROR",
                 }
                 with (tmp / "service.log").open("ab") as log:

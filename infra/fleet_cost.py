@@ -5,16 +5,17 @@
 
 Terraform itself (`terraform console`, offline) evaluates the environment's variables
 and the serving tier's sizing of spanner.tf for 1, 10 and 100 systems with `serving`,
-each at the default rate and message size, and the metric descriptors of metrics.tf;
-the alert policies are counted from fleet.tf and tickets.tf. The list prices below,
-each with its source, turn that into dollars a month, for two topologies:
+each at the default rate and message size, the exporter service's size (exporter.tf)
+and the metric descriptors of metrics.tf; the alert policies are counted from fleet.tf
+and tickets.tf. The list prices below, each with its source, turn that into dollars a
+month, for two topologies:
 
-- today's, where each system's service runs its own exporter to BigQuery and so keeps
-  one instance always on, CPU always allocated (instance-based billing);
-- the planned one, where an exporter service of two always-on instances exports every
-  system, and each system's ingest service scales with its traffic from zero
-  instances, billed by request. Not built yet: its figures are computed from that
-  plan, not measured.
+- before the exporter service, where each system's service ran its own exporter to
+  BigQuery and so kept one instance always on, CPU always allocated (instance-based
+  billing);
+- now: the exporter service, a worker pool of `exporter_instances` always-on
+  instances (two), exports every system, and each system's ingest service scales with
+  its traffic from zero instances (`min_instances`, 0), billed by request.
 
 Every billed item is a row; free allotments are counted once, for this environment
 alone (they are per billing account or per project, as each row says). Prices are the
@@ -168,10 +169,12 @@ INGEST_SERIES = {
     # found): none on an ordinary day.
     "producer.missing": 0,
 }
+# The export's, written by the instance exporting a system. Every other instance that
+# reads the system's watermark writes its lag too (LAG_SERIES): the exporter service's
+# instance standing by, and the ingest service's, which reads it to know where Spanner's
+# reads begin (so that a system's lag is reported while either runs).
 EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
-# The planned exporter service: two instances always on, each reporting every system's
-# export, as big as an ingest instance.
-EXPORTER_INSTANCES = 2
+LAG_SERIES = {"export.lag": 2}
 
 FLEETS = (1, 10, 100)
 
@@ -207,6 +210,8 @@ def evaluate(systems: int) -> dict[str, Any]:
         " instances = length(local.spanner_instances),"
         " rate = var.serving_rate, message_bytes = var.serving_message_bytes,"
         " cpu = var.cpu, memory = var.memory, min_instances = var.min_instances,"
+        " exporter_instances = var.exporter_instances, exporter_cpu = var.exporter_cpu,"
+        " exporter_memory = var.exporter_memory,"
         " retention_days = var.retention_days, trace_sample_ratio = var.trace_sample_ratio,"
         " kept_images = var.kept_image_versions,"
         " metrics = { for k, v in local.workload_metrics : k => v.value } }"
@@ -306,7 +311,7 @@ ROWS = (
 
 
 def month(systems: int, found: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Each billed item, in dollars a month: (today's topology, the planned one)."""
+    """Each billed item, in dollars a month: (before the exporter service, now)."""
     rate, message = float(found["rate"]), float(found["message_bytes"])
     cpu, memory = float(found["cpu"]), _gib(found["memory"])
     pushes = systems * rate * SECONDS_A_MONTH
@@ -317,18 +322,28 @@ def month(systems: int, found: dict[str, Any]) -> dict[str, tuple[float, float]]
     items[ROWS[0][0]] = (spanner, spanner)
     items[ROWS[1][0]] = (stored, stored)
 
-    # Today: one instance always on per serving system (its exporter), instance-based.
+    # Before: one instance always on per serving system (its exporter), instance-based.
     always_on = (cpu * RUN_VCPU_SECOND + memory * RUN_GIB_SECOND) * SECONDS_A_MONTH
-    # Planned: billed only while a request is in flight, each stretch rounded up to
-    # 100 ms. Pushes of a few milliseconds rarely overlap at these rates, so each is
-    # billed 100 ms: busy a tenth of a second per push, at most all the time. (Even
-    # with overlaps merged, 10 pushes a second keep an instance billed three quarters
-    # of the time.)
+    # Now: billed only while a request is in flight (min_instances 0), each stretch
+    # rounded up to 100 ms. Pushes of a few milliseconds rarely overlap at these rates,
+    # so each is billed 100 ms: busy a tenth of a second per push, at most all the time.
+    # (Even with overlaps merged, 10 pushes a second keep an instance billed three
+    # quarters of the time.)
+    if found["min_instances"] != 0:
+        raise ValueError("the table prices ingest at zero instances at rest (min_instances 0)")
     busy = min(1.0, rate * RUN_ROUNDING_SECONDS)
     by_request = busy * (cpu * RUN_REQUEST_VCPU_SECOND + memory * RUN_REQUEST_GIB_SECOND)
     ingest_after = systems * by_request * SECONDS_A_MONTH + pushes / 1e6 * RUN_MILLION_REQUESTS
     items[ROWS[2][0]] = (systems * always_on, ingest_after)
-    items[ROWS[3][0]] = (0.0, EXPORTER_INSTANCES * always_on)
+    # The worker pool's instances, every one billed all the time at the instance-based
+    # rate (https://cloud.google.com/run/docs/configuring/workerpools/manual-scaling:
+    # "billed as active instances, even if they happen to be idle").
+    exporters = int(found["exporter_instances"])
+    exporter = (
+        float(found["exporter_cpu"]) * RUN_VCPU_SECOND
+        + _gib(found["exporter_memory"]) * RUN_GIB_SECOND
+    ) * SECONDS_A_MONTH
+    items[ROWS[3][0]] = (0.0, exporters * exporter)
 
     pubsub_bytes = 2 * pushes * (message + PUBSUB_MESSAGE_OVERHEAD)
     pubsub = max(0.0, pubsub_bytes - PUBSUB_FREE_BYTES) / TIB * PUBSUB_TIB
@@ -357,8 +372,13 @@ def month(systems: int, found: dict[str, Any]) -> dict[str, tuple[float, float]]
     metrics = found["metrics"]
     ingest_minute = _point_bytes(metrics, INGEST_SERIES)
     export_minute = _point_bytes(metrics, EXPORT_SERIES)
+    lag_minute = _point_bytes(metrics, LAG_SERIES)
+    # Before: one instance a system, exporting it. Now: an ingest instance a system,
+    # which reads the lag; the exporting instance; the others standing by, which read it.
     before = systems * (ingest_minute + export_minute) * MINUTES_A_MONTH
-    after = systems * (ingest_minute + EXPORTER_INSTANCES * export_minute) * MINUTES_A_MONTH
+    standing_by = (exporters - 1) * lag_minute
+    after = systems * (ingest_minute + lag_minute + export_minute + standing_by)
+    after *= MINUTES_A_MONTH
     items[ROWS[9][0]] = (_monitoring(before), _monitoring(after))
     uptime = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
     items[ROWS[10][0]] = (uptime, uptime)
@@ -392,9 +412,9 @@ def table() -> str:
     months = {systems: month(systems, found[systems]) for systems in FLEETS}
     header = (
         "| Billed item | Price | "
-        + " | ".join(f"{s} today" for s in FLEETS)
+        + " | ".join(f"{s} before" for s in FLEETS)
         + " | "
-        + " | ".join(f"{s} planned" for s in FLEETS)
+        + " | ".join(f"{s} now" for s in FLEETS)
         + " |"
     )
     rows = [header, "|---|---|" + "---:|" * (2 * len(FLEETS))]

@@ -719,6 +719,9 @@ def _start_serving(
     env.update(bigquery.settings)
     env["RECORDLINE_SERVING"] = database
     env["SPANNER_EMULATOR_HOST"] = spanner.host
+    # One process: the service exports to BigQuery itself (a fleet runs the exporter
+    # service, `recordline exporter`, apart).
+    env["RECORDLINE_EXPORT_IN_SERVICE"] = "true"
     return DevStack(
         service_url="",
         store=bigquery.url,

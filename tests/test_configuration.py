@@ -42,6 +42,8 @@ BAD_VALUES = {
     "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": "localhost",
     "BIGQUERY_EMULATOR_HOST": "localhost:9050",
     "RECORDLINE_SERVING": "spanner://my-db",
+    "RECORDLINE_EXPORT_IN_SERVICE": "sometimes",
+    "RECORDLINE_EXPORT_SYSTEMS": '{"orders": {"serving": "spanner://my-db", "store": "x"}}',
     "SPANNER_EMULATOR_HOST": "http://localhost:9010",
     "RECORDLINE_READ_CACHE_SECONDS": "-1",
     "RECORDLINE_SETTLE_SECONDS": "a while",

@@ -54,6 +54,7 @@ WEB_MODULES = {
     "app.asgi",
     "app.cli",
     "app.docs",
+    "app.exporter",
     "app.health",
     "app.http_limits",
     "app.problems",

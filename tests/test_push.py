@@ -14,7 +14,6 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
-from app.ingest.traffic import Traffic
 from app.records import MAX_ID_LENGTH
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
@@ -270,26 +269,6 @@ def test_store_failure_is_503_with_retry_after_and_nothing_acknowledged(
     assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 204
     assert client.get("/v1/messages/m-1").json()["status"] == "stored"
     assert client.get("/readyz").status_code == 200
-
-
-def test_only_a_push_through_the_services_own_url_counts_as_traffic(
-    store: FaultyStore,
-) -> None:
-    # A tag URL reaches one revision alone (the deploy's smoke test of a candidate
-    # with no traffic); the serving tier's exporter must not take it for traffic.
-    traffic = Traffic()
-    app = create_app(settings(), store=store, traffic=traffic)
-    own = {"host": "orders-abcdefghij-ew.a.run.app"}
-    tagged = {"host": "sha-1a2b3c4---orders-abcdefghij-ew.a.run.app"}
-    with TestClient(app) as client:
-        store.failing = True  # not acknowledged: not served either
-        assert client.post("/pubsub/push", json=envelope(RECORD), headers=own).status_code == 503
-        assert not traffic.serving()
-        store.failing = False
-        assert client.post("/pubsub/push", json=envelope(RECORD), headers=tagged).status_code == 204
-        assert not traffic.serving()
-        assert client.post("/pubsub/push", json=envelope(RECORD), headers=own).status_code == 204
-        assert traffic.serving()
 
 
 async def queue_depth(client: httpx.AsyncClient) -> int:

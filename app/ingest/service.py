@@ -18,7 +18,6 @@ from app.ingest.batcher import Batcher
 from app.ingest.envelope import PushedMessage
 from app.ingest.payload import CONTRACT, PayloadReader, Payloads
 from app.ingest.shape import Invalid
-from app.ingest.traffic import Traffic
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
 from app.store.producers import sequence_problem
@@ -104,21 +103,14 @@ class PushObserver(Protocol):
 
 
 class Ingest:
-    """Validates a delivery and waits for its row to be durably stored; tells `traffic`
-    of each push acknowledged."""
+    """Validates a delivery and waits for its row to be durably stored."""
 
     def __init__(
-        self,
-        batcher: Batcher,
-        payloads: Payloads,
-        *,
-        observer: PushObserver | None = None,
-        traffic: Traffic | None = None,
+        self, batcher: Batcher, payloads: Payloads, *, observer: PushObserver | None = None
     ) -> None:
         self._batcher = batcher
         self._payloads = payloads
         self._observer = observer
-        self._traffic = traffic if traffic is not None else Traffic()
 
     async def row(self, message: PushedMessage) -> Record | Rejection:
         """What `message` would become now, storing nothing."""
@@ -126,14 +118,9 @@ class Ingest:
         return to_row(message, time.time_ns() // 1000, trace_id=None, reader=reader)
 
     async def accept(
-        self, message: PushedMessage, *, trace_id: str | None = None, host: str | None = None
+        self, message: PushedMessage, *, trace_id: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
-        """Store `message`'s row; a RetryLater if it is not stored in time.
-
-        `host` is the Host header a push came through ("" if it had none): once its
-        row is stored, the push counts as this instance's traffic
-        (`app.ingest.traffic`). A replay is no push, and gives none.
-        """
+        """Store `message`'s row; a RetryLater if it is not stored in time."""
         size = len(message.raw_data) + 256
         try:
             # The schema a message names is fetched (once) before its row is
@@ -150,6 +137,4 @@ class Ingest:
             raise
         if self._observer is not None:
             self._observer.stored(row, outcome)
-        if host is not None:
-            self._traffic.pushed(host)
         return row, outcome

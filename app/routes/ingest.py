@@ -90,7 +90,6 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
         await ingest.accept(
             message,
             trace_id=traces(message, len(body), headers),
-            host=headers.get("host", ""),
         )
 
     return [push]

@@ -16,7 +16,9 @@ from app.store.copies import ConflictObserver
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
     from app.store.bigquery.typed import PatchObserver
-    from app.store.tiered.exporter import ExportObserver, Traffic
+    from app.store.spanner.serving import SpannerServing
+    from app.store.tiered.exporter import ExportObserver
+    from app.store.tiered.fleet import SystemExport
     from app.store.tiered.supervisor import LoopObserver
     from app.typed.revisions import Revisions
 
@@ -32,16 +34,13 @@ def open_store(
     conflicts: ConflictObserver | None = None,
     exports: ExportObserver | None = None,
     loops: LoopObserver | None = None,
-    traffic: Traffic | None = None,
     revisions: Revisions | None = None,
     patches: PatchObserver | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
     that differs from the one stored, `exports` what a serving tier's exporter does,
-    `loops` each restart of a serving tier's background loops, `traffic` whether
-    this instance serves push traffic and when it last had a push (a serving
-    tier's exporter asks),
+    `loops` each restart of a serving tier's background loops,
     `revisions` each decoded schema revision's typed fields (every store projects
     them: the serving tier keeps JSON in Spanner and projects on export), `patches`
     each change of BigQuery's typed columns that BigQuery refused."""
@@ -90,11 +89,22 @@ def open_store(
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics, conflicts, exports, loops, traffic)
+            return _tiered(settings, analytics, conflicts, exports, loops)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
             raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
+
+
+def _serving(settings: Settings) -> SpannerServing:
+    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+
+    store = settings.store
+    return SpannerServing(
+        SpannerDatabase.from_url(store.serving),
+        emulator_host=store.spanner_emulator_host or None,
+        timeout_seconds=store.query_timeout_seconds,
+    )
 
 
 def _tiered(
@@ -103,24 +113,49 @@ def _tiered(
     conflicts: ConflictObserver | None,
     exports: ExportObserver | None,
     loops: LoopObserver | None,
-    traffic: Traffic | None,
 ) -> Store:
-    from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.store import TieredStore
 
-    store = settings.store
-    serving = SpannerServing(
-        SpannerDatabase.from_url(store.serving),
-        emulator_host=store.spanner_emulator_host or None,
-        timeout_seconds=store.query_timeout_seconds,
-    )
     return TieredStore(
-        serving,
+        _serving(settings),
         analytics,
-        write_deadline_seconds=store.write_deadline_seconds,
+        write_deadline_seconds=settings.store.write_deadline_seconds,
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
         conflicts=conflicts,
+        # A fleet's services leave the export to the exporter service (open_export).
+        export=settings.store.export_in_service,
         export_observer=exports,
         loop_observer=loops,
-        traffic=traffic,
     )
+
+
+def open_export(
+    name: str,
+    settings: Settings,
+    *,
+    observer: QueryObserver | None = None,
+    exports: ExportObserver | None = None,
+    loops: LoopObserver | None = None,
+    revisions: Revisions | None = None,
+    patches: PatchObserver | None = None,
+) -> SystemExport:
+    """System `name`'s export to BigQuery as the exporter service runs it (not started
+    yet): from its serving tier (RECORDLINE_SERVING) into its BigQuery store
+    (RECORDLINE_STORE), as `settings` name them; the observers as `open_store`'s."""
+    from app.store.bigquery.store import BigQueryStore
+    from app.store.tiered.fleet import SystemExport
+
+    if not settings.store.serving or not settings.store.url.startswith("bigquery:"):
+        raise UnknownStore(
+            f"{name}: an export needs a serving tier (RECORDLINE_SERVING) and a BigQuery "
+            f"store (RECORDLINE_STORE), not {settings.store.url!r}"
+        )
+    analytics = BigQueryStore.from_url(
+        settings.store.url,
+        settings,
+        emulator=settings.store.bigquery_query_endpoint or None,
+        observer=observer,
+        revisions=revisions,
+        patches=patches,
+    )
+    return SystemExport(name, _serving(settings), analytics, observer=exports, loops=loops)

@@ -27,7 +27,12 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_NAMESPACE,
+    Resource,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import NoOpTracerProvider
@@ -143,12 +148,13 @@ class Telemetry:
         self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(INSTRUMENTATION)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Telemetry:
+    def from_settings(cls, settings: Settings, *, instance: str | None = None) -> Telemetry:
         """Exporters as configured; the Google ones are created only when chosen
-        (their constructors look for credentials and raise without them)."""
+        (their constructors look for credentials and raise without them). `instance`
+        names this process where no Cloud Run service does (see `_resource`)."""
         config = settings.telemetry
         project = google_project(settings)
-        resource = _resource(config)
+        resource = _resource(config, instance)
         tracer_provider = None
         if config.traces_exporter != "none":
             tracer_provider = TracerProvider(
@@ -308,11 +314,16 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _resource(config: TelemetrySettings) -> Resource:
+def _resource(config: TelemetrySettings, instance: str | None = None) -> Resource:
     # service.namespace names the system: Cloud Monitoring's generic_task
     # resource keeps it as its `namespace` label, so fifty systems in one
     # project keep their series apart.
     resource = Resource({SERVICE_NAME: config.service_name, SERVICE_NAMESPACE: config.system})
+    if instance is not None:
+        # A process that names itself (the exporter service, a Cloud Run worker pool,
+        # which the resource detector knows no more than as a VM): its series stay on
+        # generic_task, where every alert looks, each instance's under its own task_id.
+        return resource.merge(Resource({SERVICE_INSTANCE_ID: instance}))
     if config.traces_exporter == "gcp_trace" or config.metrics_exporter == "gcp_monitoring":
         # On Cloud Run this names the region, service and instance, which Cloud
         # Monitoring needs to keep each instance's series apart (generic_task).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -22,6 +23,11 @@ TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
 SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
 LABELS_FIELD = "logging.googleapis.com/labels"
+
+# The system a line is about where one process works for several (the exporter
+# service sets it for each system's tasks, which inherit it); unset, the process's
+# own (RECORDLINE_SYSTEM).
+line_system: ContextVar[str | None] = ContextVar("line_system", default=None)
 
 
 class CloudLoggingFormatter(logging.Formatter):
@@ -46,7 +52,10 @@ class CloudLoggingFormatter(logging.Formatter):
             "message": record.getMessage(),
             "logger": record.name,
         }
-        if self._labels:
+        current = line_system.get()
+        if current is not None:
+            entry[LABELS_FIELD] = {"system": current}
+        elif self._labels:
             entry[LABELS_FIELD] = self._labels
         if record.exc_info:
             entry["message"] += "\n" + self.formatException(record.exc_info)
@@ -60,16 +69,24 @@ class CloudLoggingFormatter(logging.Formatter):
         return _encode(entry).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Lines for a terminal, each led by its system where a process works for several."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        current = line_system.get()
+        text = super().format(record)
+        return text if current is None else f"[{current}] {text}"
+
+
 def configure_logging(
     level: str, fmt: str, *, project: str | None = None, system: str | None = None
 ) -> None:
     text = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        if text
-        else CloudLoggingFormatter(project, system)
-    )
+    handler.setFormatter(TextFormatter() if text else CloudLoggingFormatter(project, system))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -54,6 +54,7 @@ resource "google_iam_workload_identity_pool_provider" "github" {
           ) || (
             assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}-rollout' && (
               assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-environment.yml@refs/heads/${var.github_deploy_branch}' ||
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-exporter.yml@refs/heads/${var.github_deploy_branch}' ||
               assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-system.yml@refs/heads/${var.github_deploy_branch}'
             )
           ) || (
@@ -77,7 +78,8 @@ locals {
     # A rollout's jobs (the image and the systems, then each system's) run in the
     # GitHub environment <environment>-rollout, which has no reviewers: the rollout was
     # approved before its queue, in <environment> (approve.yml). The deploy account,
-    # for deploy-environment.yml and deploy-system.yml on the deploy branch only.
+    # for deploy-environment.yml, deploy-exporter.yml and deploy-system.yml on the deploy
+    # branch only.
     deployer_rollout = {
       account = google_service_account.deployer.name
       subject = "${local.github_principal}:environment:${var.environment}-rollout"

@@ -40,6 +40,12 @@ output "deploy" {
   value       = { for name, system in module.system : name => system.deploy }
 }
 
+# Read by deploy-environment.yml too: the exporter service, deployed before any system.
+output "deploy_exporter" {
+  description = "The exporter service's worker pool (exporter.tf), which every rollout deploys first; empty without a system with `serving`."
+  value       = join("", values(google_cloud_run_v2_worker_pool.exporter)[*].name)
+}
+
 output "deploy_first" {
   description = "The system a rollout deploys first, alone: the default one (service_name) if there is one."
   value       = contains(keys(local.systems), var.service_name) ? var.service_name : sort(keys(local.systems))[0]

@@ -35,7 +35,11 @@ resource "google_project_iam_custom_role" "runtime" {
 resource "google_project_iam_binding" "runtime" {
   project = var.project_id
   role    = google_project_iam_custom_role.runtime.id
-  members = sort([for system in module.system : "serviceAccount:${system.runtime_service_account}"])
+  # The exporter service's account too (exporter.tf): its queries and metrics.
+  members = sort(concat(
+    [for system in module.system : "serviceAccount:${system.runtime_service_account}"],
+    values(google_service_account.exporter)[*].member,
+  ))
 
   depends_on = [google_project_service.enabled]
 }

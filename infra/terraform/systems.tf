@@ -58,7 +58,7 @@ module "system" {
   for_each = local.systems
 
   service_name = each.key
-  dataset_id   = each.key == var.service_name ? var.dataset_id : replace(each.key, "-", "_")
+  dataset_id   = local.dataset_ids[each.key]
 
   readers       = each.value.readers != null ? each.value.readers : var.readers
   operators     = each.value.operators != null ? each.value.operators : var.operators
@@ -123,6 +123,8 @@ module "system" {
   # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
   service_agents           = time_sleep.service_agents.triggers
   operator_service_account = google_service_account.operator.email
+  # The exporter service's account, which this system's export runs as (exporter.tf).
+  exporter_service_account = one(values(google_service_account.exporter)[*].email)
   oncall                   = var.oncall
   push_service_account     = google_service_account.push.email
   smoke_service_account    = google_service_account.smoke.email

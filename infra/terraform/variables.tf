@@ -98,8 +98,36 @@ variable "concurrency" {
 
 variable "min_instances" {
   type        = number
-  description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start. A system with `serving` keeps at least 1 whatever this says: its exporter to BigQuery runs in the service."
+  description = "Instances of each system's service kept warm. 0, the default: none at rest, billed by request, and a push after a quiet period waits for an instance to start (docs/operations.md, \"What it costs\"). 1 or more (a system's own `min_instances` in `systems`): its followers' streams and its first push never wait, on instance-based billing."
   default     = 0
+
+  validation {
+    condition     = var.min_instances >= 0
+    error_message = "min_instances must be 0 or more."
+  }
+}
+
+variable "exporter_instances" {
+  type        = number
+  description = "Instances of the exporter service (exporter.tf), which exports every system with `serving`, each under its own lease: one exports a system, another takes it over within a lease (15 s) when that one dies."
+  default     = 2
+
+  validation {
+    condition     = var.exporter_instances >= 2
+    error_message = "exporter_instances must be at least 2: with one, an instance lost stops every system's export until Cloud Run replaces it."
+  }
+}
+
+variable "exporter_cpu" {
+  type        = string
+  description = "CPU limit of one exporter instance (Cloud Run syntax). A quiet system costs an instance about 0.005 of a core, a busy one what its rows cost to read and append (docs/operations.md, \"The exporter service\")."
+  default     = "1"
+}
+
+variable "exporter_memory" {
+  type        = string
+  description = "Memory limit of one exporter instance: about 150 MiB, and under 1 MiB more a system (docs/operations.md, \"The exporter service\")."
+  default     = "1Gi"
 }
 
 variable "max_instances" {
@@ -938,12 +966,16 @@ variable "systems" {
   }
 
   # Every system has a service account of its own (its runtime account) and the
-  # environment six (deploy, tf-plan, tf-apply, operator, push, smoke): a plan with
+  # environment six (deploy, tf-plan, tf-apply, operator, push, smoke), seven with the
+  # exporter service's once a system has `serving`: a plan with
   # more systems than the project may hold accounts for is refused here, before it
   # creates any, rather than failing part-way through the apply.
   validation {
-    condition     = max(length(var.systems), 1) + 6 <= var.service_account_quota
-    error_message = "More systems than the project's service-account quota holds: each system has one account and the environment 6. Raise the quota (https://cloud.google.com/iam/quotas) and service_account_quota with it, or split the systems across projects."
+    condition = max(length(var.systems), 1) + 6 + (anytrue(concat(
+      [length(var.systems) == 0 && var.serving],
+      [for s in values(var.systems) : s.serving != null ? s.serving : var.serving],
+    )) ? 1 : 0) <= var.service_account_quota
+    error_message = "More systems than the project's service-account quota holds: each system has one account and the environment 6, and 7 once a system has `serving` (the exporter service's). Raise the quota (https://cloud.google.com/iam/quotas) and service_account_quota with it, or split the systems across projects."
   }
 
   # A retired system's topics and dataset are still there (prevent_destroy kept them).
@@ -959,7 +991,8 @@ variable "service_account_quota" {
     Service accounts the project may hold: 100 by default
     (https://cloud.google.com/iam/quotas, "Service accounts per project"), more once a
     quota increase is granted. With one account per system and six for the
-    environment, 94 systems fit by default.
+    environment, 94 systems fit by default; 93 once a system has `serving` (the
+    exporter service has an account of its own).
   EOT
   default     = 100
 }

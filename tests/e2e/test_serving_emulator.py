@@ -163,6 +163,9 @@ async def test_two_instances_a_follower_between_them_and_an_exporter_killed_half
             "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
             "RECORDLINE_SERVING": database,
             "SPANNER_EMULATOR_HOST": spanner_emulator.host,
+            # Each instance exports too (the exporter service runs apart in the cloud:
+            # tests/e2e/test_exporter_service.py); the lease is the same.
+            "RECORDLINE_EXPORT_IN_SERVICE": "true",
             "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write,
             "BIGQUERY_EMULATOR_HOST": jobs,
             "RECORDLINE_WRITE_DEADLINE_SECONDS": "5",

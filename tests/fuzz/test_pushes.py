@@ -152,6 +152,7 @@ def store_env(request: pytest.FixtureRequest, tmp: Path) -> Iterator[dict[str, s
                 env |= {
                     "RECORDLINE_SERVING": emulator.database(),
                     "SPANNER_EMULATOR_HOST": emulator.host,
+                    "RECORDLINE_EXPORT_IN_SERVICE": "true",
                 }
             try:
                 yield env

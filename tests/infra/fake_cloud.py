@@ -24,6 +24,11 @@ a `jsonPayload`, any other a `textPayload`, as Cloud Logging reads a container's
 output), followed by Cloud Run's own `Container called exit(N).`, which
 `logging read` returns.
 
+Worker pools (`beta run worker-pools describe | deploy | update-instance-split`, the
+exporter service): a deploy creates a revision, which is ready unless its digest is
+marked broken; every instance goes to the newest ready revision unless a split pins
+them elsewhere, which later deploys keep (as Cloud Run does) until `--to-latest`.
+
 Cloud Run's behaviour it keeps: `deploy` creates a revision that inherits the last
 one's command and arguments unless given; a service whose traffic follows the latest
 revision sends the new one everything, while a pinned one sends it nothing (unless
@@ -203,12 +208,12 @@ def scope(world: World, flags: dict[str, Any], command: str) -> None:
         fail(f"ERROR: (gcloud.{command}) The required property [project] is not currently set.")
     if flags["--project"] != world["project"]:
         fail(f"ERROR: (gcloud.{command}) project {flags['--project']} not found or not yours")
-    if command.startswith("run.") and not flags.get("--region"):
+    if command.startswith(("run.", "beta.run.")) and not flags.get("--region"):
         fail(
             f"ERROR: (gcloud.{command}) Missing required argument [--region]: You must specify "
             "a region. Either use the --region flag or set the run/region property."
         )
-    if command.startswith("run.") and flags["--region"] != world["region"]:
+    if command.startswith(("run.", "beta.run.")) and flags["--region"] != world["region"]:
         fail(f"ERROR: (gcloud.{command}) no such service in region {flags['--region']}")
 
 
@@ -413,7 +418,108 @@ def run_update_traffic(world: World, args: list[str]) -> None:
     world.save()
 
 
+def pool_of(world: World, name: str, command: str) -> dict[str, Any]:
+    pool = world.data.get("worker_pools", {}).get(name)
+    if pool is None:
+        fail(f"ERROR: (gcloud.{command}) Cannot find worker pool [{name}]")
+    return dict(pool)
+
+
+def may_pool(world: World, name: str, principal: str, permission: str, command: str) -> None:
+    """A worker pool permission, on the pool or inherited from the project
+    (https://cloud.google.com/run/docs/managing/workerpool-instance-splits-rollbacks:
+    roles/run.developer on the worker pool)."""
+    if not holds(world, principal, permission, PROJECT, ("worker_pools", name)):
+        denied(command, permission, principal, f"workerPools/{name}")
+
+
+def pool_status(world: World, name: str, pool: dict[str, Any]) -> dict[str, Any]:
+    """The worker pool as `describe --format=json` shows it (the v2 WorkerPool)."""
+    path = f"projects/{world['project']}/locations/{world['region']}/workerPools/{name}"
+    ready = [r for r in pool["revisions"] if r["digest"] not in world["broken_digests"]]
+    newest = pool["revisions"][-1]
+    return {
+        "name": path,
+        "template": {
+            "containers": [
+                {"image": newest["image"], "command": newest["command"], "args": newest["args"]}
+            ]
+        },
+        "latestCreatedRevision": f"{path}/revisions/{newest['name']}",
+        "latestReadyRevision": f"{path}/revisions/{ready[-1]['name']}" if ready else "",
+        "instanceSplits": [
+            {"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}
+            if pool["split"] == "latest"
+            else {"revision": pool["split"], "percent": 100}
+        ],
+    }
+
+
+def running(world: World, pool: dict[str, Any]) -> str:
+    """The revision the pool's instances run: the pinned one, or the newest ready one."""
+    if pool["split"] != "latest":
+        return str(pool["split"])
+    ready = [r for r in pool["revisions"] if r["digest"] not in world["broken_digests"]]
+    return str(ready[-1]["name"]) if ready else ""
+
+
+def worker_pools(world: World, verb: str, args: list[str]) -> None:
+    command = f"beta.run.worker-pools.{verb}"
+    (name,), flags = parse(args, command)
+    extra = {
+        "describe": set(),
+        "deploy": {"--image", "--command", "--args"},
+        "update-instance-split": {"--to-latest", "--to-revisions"},
+    }[verb]
+    allow(command, flags, RUN_FLAGS | extra)
+    scope(world, flags, command)
+    pool = pool_of(world, name, command)
+    principal = acting(world, flags, command)
+    if verb == "describe":
+        may_pool(world, name, principal, "run.workerpools.get", command)
+        return show(pool_status(world, name, pool), flags.get("--format"), command)
+    # A new revision or another split replaces the worker pool: run.workerpools.update
+    # on it; a revision runs as the pool's account, which deploying one acts as.
+    may_pool(world, name, principal, "run.workerpools.update", command)
+    if verb == "update-instance-split":
+        if flags.get("--to-latest"):
+            pool["split"] = "latest"
+        else:
+            revision, _, percent = str(flags.get("--to-revisions", "")).partition("=")
+            if revision not in {r["name"] for r in pool["revisions"]} or percent != "100":
+                fail(f"ERROR: (gcloud.{command}) no such revision split: {revision}={percent}")
+            pool["split"] = revision
+    else:
+        account = pool.get("account", "")
+        if account and not holds(
+            world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", account)
+        ):
+            denied(command, "iam.serviceAccounts.actAs", principal, account)
+        image = str(flags.get("--image", ""))
+        repository, _, digest = image.partition("@")
+        if digest not in world["registry"].get(repository, {}).get("digests", []):
+            fail(f"ERROR: (gcloud.{command}) Image '{image}' not found.")
+        number = len(pool["revisions"]) + 1
+        pool["revisions"].append(
+            {
+                "name": f"{name}-{number:05d}-w{number}p",
+                "image": image,
+                "digest": digest,
+                "command": [flags["--command"]] if flags.get("--command") else None,
+                "args": [flags["--args"]] if flags.get("--args") else None,
+            }
+        )
+        if digest in world["broken_digests"]:
+            world.data.setdefault("worker_pools", {})[name] = pool
+            world.save()
+            fail(f"ERROR: (gcloud.{command}) Revision {name}-{number:05d} is not ready.")
+    world.data.setdefault("worker_pools", {})[name] = pool
+    world.save()
+
+
 def run_command(world: World, words: list[str], args: list[str]) -> None:
+    if words[:3] == ["beta", "run", "worker-pools"]:
+        return worker_pools(world, words[3], args)
     if words == ["run", "deploy"]:
         return run_deploy(world, args)
     if words == ["run", "services", "update-traffic"]:
@@ -871,6 +977,9 @@ def matches(entry: dict[str, Any], query: str) -> bool:
 
 
 COMMANDS = (
+    ("beta", "run", "worker-pools", "describe"),
+    ("beta", "run", "worker-pools", "deploy"),
+    ("beta", "run", "worker-pools", "update-instance-split"),
     ("run", "deploy"),
     ("run", "services", "describe"),
     ("run", "services", "update-traffic"),

@@ -241,9 +241,14 @@ def test_a_system_an_apply_creates_is_deployed_right_after_it(tmp_path: Path) ->
     assert (job.outputs["digest"], job.outputs["image_tag"]) == (EARLIER, earlier_tag)
     # deploy-new: each new system through deploy-system.yml, as a rollout's systems are.
     deploy_new = load("terraform-apply.yml")["jobs"]["deploy-new"]
-    assert deploy_new["needs"] == "apply"
+    # After the exporter service this apply created, if it created one (here: none).
+    assert deploy_new["needs"] == ["apply", "deploy-new-exporter"]
+    assert job.outputs["exporter"] == ""
     context = {
-        "needs": {"apply": {"outputs": job.outputs, "result": "success"}},
+        "needs": {
+            "apply": {"outputs": job.outputs, "result": "success"},
+            "deploy-new-exporter": {"result": "skipped"},
+        },
         "inputs": {"environment": "prod"},
     }
     status = {"failed": False, "cancelled": False}

@@ -36,7 +36,7 @@ def _table() -> str:
 
 
 def _rows() -> dict[str, list[float]]:
-    """Each row's dollars: today's 1, 10, 100, then the planned 1, 10, 100."""
+    """Each row's dollars: before the exporter service 1, 10, 100, then now 1, 10, 100."""
     found = {}
     for line in _table().splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -110,7 +110,7 @@ def test_spanner_compute_follows_the_databases_and_a_second_instance_past_90() -
     assert found["units"] == 1000
 
 
-def test_the_planned_topology_is_an_exporter_service_and_ingest_billed_by_request() -> None:
+def test_now_an_exporter_service_exports_and_ingest_is_billed_by_request() -> None:
     cost = fleet_cost()
     rows = _rows()
     always_on = 1 * cost.RUN_VCPU_SECOND * cost.SECONDS_A_MONTH + 1 * cost.RUN_GIB_SECOND * (
@@ -118,16 +118,42 @@ def test_the_planned_topology_is_an_exporter_service_and_ingest_billed_by_reques
     )
     assert always_on == pytest.approx(52.56)
     exporter = rows["Cloud Run: exporter service"]
-    assert exporter[:3] == [0, 0, 0]  # today the exporter runs in each ingest service
+    assert exporter[:3] == [0, 0, 0]  # before, the exporter ran in each ingest service
     assert exporter[3:] == [round(2 * always_on)] * 3  # two instances, whatever the fleet
     ingest = rows["Cloud Run: ingest services"]
     assert ingest[:3] == [round(n * always_on) for n in (1, 10, 100)]
     # At 10 pushes a second an instance billed by request is busy all the time: dearer.
-    assert all(planned > today for planned, today in zip(ingest[3:], ingest[:3], strict=True))
+    assert all(now > before for now, before in zip(ingest[3:], ingest[:3], strict=True))
     assert "below 6.6 pushes a second" in cost.break_even()
     # A system at rest costs nothing billed by request.
     found = {**cost.evaluate(1), "rate": 0}
     assert cost.month(1, found)["Cloud Run: ingest services"][1] == 0
+
+
+def test_the_exporter_service_is_priced_from_its_terraform_size() -> None:
+    cost = fleet_cost()
+    found = cost.evaluate(10)
+    assert (found["exporter_instances"], found["exporter_cpu"], found["exporter_memory"]) == (
+        2,
+        "1",
+        "1Gi",
+    )
+    assert found["min_instances"] == 0
+    two = cost.month(10, found)["Cloud Run: exporter service"][1]
+    bigger = {**found, "exporter_instances": 3, "exporter_memory": "2Gi"}
+    three = cost.month(10, bigger)["Cloud Run: exporter service"][1]
+    per_second = cost.RUN_VCPU_SECOND + 2 * cost.RUN_GIB_SECOND
+    assert three == pytest.approx(3 * per_second * cost.SECONDS_A_MONTH)
+    assert three > 1.5 * two
+    # Each instance standing by writes every system's export lag: a third costs more.
+    metrics = cost.month(100, {**cost.evaluate(100), "exporter_instances": 3})
+    name = "Cloud Run: exporter service"
+    assert metrics[name][1] > cost.month(100, cost.evaluate(100))[name][1]
+    monitoring = "Cloud Monitoring: custom metrics, by bytes"
+    assert metrics[monitoring][1] > cost.month(100, cost.evaluate(100))[monitoring][1]
+    # Ingest kept warm is not what the table prices: it says so rather than lie.
+    with pytest.raises(ValueError, match="zero instances"):
+        cost.month(1, {**found, "min_instances": 1})
 
 
 def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:

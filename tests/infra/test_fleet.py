@@ -227,6 +227,10 @@ ADDED_WITH_THE_MODULE = {
     "google_cloud_run_v2_job.export",
     "google_cloud_run_v2_job_iam_member.operator_runs_export",
     "google_bigquery_table_iam_member.operator_reads_exported",
+    # And the exporter service's grants on each serving system's database and tables.
+    "google_spanner_database_iam_member.exporter_uses_database",
+    "google_bigquery_table_iam_member.exporter_writes_tables",
+    "google_pubsub_schema_iam_member.exporter_reads_schema",
 }
 
 

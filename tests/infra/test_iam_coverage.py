@@ -137,6 +137,12 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "google_cloud_run_v2_service_iam_member": _iam("run.services"),
     "google_cloud_run_v2_job": (frozenset({"run.jobs.get"}), _crud("run.jobs")),
     "google_cloud_run_v2_job_iam_member": _iam("run.jobs"),
+    # The exporter service (exporter.tf): a worker pool, and who may deploy it.
+    "google_cloud_run_v2_worker_pool": (
+        frozenset({"run.workerpools.get"}),
+        _crud("run.workerpools"),
+    ),
+    "google_cloud_run_v2_worker_pool_iam_member": _iam("run.workerpools"),
     "google_secret_manager_secret": (
         frozenset({"secretmanager.secrets.get"}),
         _crud("secretmanager.secrets"),

@@ -70,9 +70,10 @@ def token(sub: str, workflow: str, ref: str = "refs/heads/main", **extra: str) -
         # approval given before the environment's queue (approve.yml), reviewer-free.
         token("environment:prod-rollout", "deploy-environment.yml"),
         token("environment:prod-rollout", "deploy-system.yml"),
+        token("environment:prod-rollout", "deploy-exporter.yml"),
         token("environment:terraform-prod-apply", "terraform-apply.yml"),
     ],
-    ids=["pr-plan", "main-plan", "drift-plan", "rollout", "system", "apply"],
+    ids=["pr-plan", "main-plan", "drift-plan", "rollout", "system", "exporter", "apply"],
 )
 def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
     assert accepts(claims)

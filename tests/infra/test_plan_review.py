@@ -112,6 +112,8 @@ def test_every_file_a_plan_reads_is_one_terraform_yml_plans_on() -> None:
         "each.value.json_schema",
         "each.value.schema.file",
         "f",
+        # The exporter service's copy of a JSON topic's declared schema (exporter.tf).
+        "local.systems[name].json_schema",
     ]
     loops = re.findall(r"for (\w+) in compact\(\[([^\]]*)\]\)", _text())
     assert {files for name, files in loops if name == "f"} == {

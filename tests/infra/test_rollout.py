@@ -177,21 +177,52 @@ def _custom_id(resource: str) -> str:
     return str(_resources("google_project_iam_custom_role")[resource]["role_id"])
 
 
+EXPORTER = "recordline-exporter"
+
+
+def exporter_iam() -> dict[str, Any]:
+    """Who may deploy the exporter service's worker pool and act as its account, as
+    Terraform grants it (exporter.tf)."""
+    deployer, operator = f"serviceAccount:{DEPLOYER}", f"serviceAccount:{OPERATOR}"
+    pools = "google_cloud_run_v2_worker_pool_iam_member"
+    acts = _resources("google_service_account_iam_member")["acts_as_exporter"]
+    assert set(re.findall(r"\b(deployer|operator|terraform_apply)\b", str(acts["for_each"]))) == {
+        "deployer",
+        "operator",
+        "terraform_apply",
+    }
+    return {
+        "worker_pools": {
+            EXPORTER: {
+                deployer: [_role(pools, "deployer_deploys_exporter")],
+                operator: [_role(pools, "operator_runs_exporter")],
+            }
+        },
+        "service_accounts": {
+            account(EXPORTER): {deployer: [acts["role"]], operator: [acts["role"]]}
+        },
+    }
+
+
 def world(
     systems: list[str],
     *,
     deployed: str | None = None,
     shapes: dict[str, dict[str, Any]] | None = None,
+    exporter: str | None = None,
 ) -> dict[str, Any]:
     """A project after its apply: each system on the placeholder, or on `deployed`.
     `shapes`: a system's id_field, time_field, canary (bytes) and topic schema
-    ({name, type, encoding, definition}), as its entry of `systems` declares them."""
+    ({name, type, encoding, definition}), as its entry of `systems` declares them.
+    `exporter`: the exporter service's worker pool (a system has `serving`), on the
+    placeholder (""), or on that digest."""
     shapes = shapes or {}
     state = {
         "version": 4,
         "outputs": {
             "deploy": {"value": {s: deploy_output(s, shapes.get(s)) for s in systems}},
             "deploy_first": {"value": "recordline" if "recordline" in systems else systems[0]},
+            "deploy_exporter": {"value": EXPORTER if exporter is not None else ""},
         },
     }
     services = {}
@@ -219,7 +250,7 @@ def world(
             # What the service is told (RECORDLINE_ID_FIELD, RECORDLINE_TIME_FIELD).
             "shape": {k: shapes.get(s, {}).get(k) for k in ("id_field", "time_field")},
         }
-    return {
+    made = {
         "project": PROJECT,
         "number": NUMBER,
         "region": REGION,
@@ -251,6 +282,25 @@ def world(
             if shape.get("schema")
         },
     }
+    if exporter is not None:
+        granted = exporter_iam()
+        made["iam"]["worker_pools"] = granted["worker_pools"]
+        made["iam"]["service_accounts"].update(granted["service_accounts"])
+        revisions = [{**placeholder(EXPORTER), "name": f"{EXPORTER}-00001-p1q"}]
+        if exporter:
+            revisions.append(
+                {
+                    "name": f"{EXPORTER}-00002-w2p",
+                    "image": f"{REPOSITORY}@{exporter}",
+                    "digest": exporter,
+                    "command": ["recordline"],
+                    "args": ["exporter"],
+                }
+            )
+        made["worker_pools"] = {
+            EXPORTER: {"revisions": revisions, "split": "latest", "account": account(EXPORTER)}
+        }
+    return made
 
 
 def rollout(
@@ -307,17 +357,35 @@ def rollout_with(
     ran["prepare"] = prepare
     needs: dict[str, Any] = {"prepare": {"outputs": prepare.outputs, "result": prepare.result}}
     jobs = load("deploy-environment.yml")["jobs"]
+    # The exporter service, where the environment has one, then the waves of systems:
+    # each job as GitHub starts it, from its own `needs` and `if`.
+    exporter = jobs["exporter"]
+    context = {"needs": needs, "inputs": inputs}
+    if runs(exporter, needs, context):
+        assert exporter["uses"] == "./.github/workflows/deploy-exporter.yml"
+        status = {"failed": False, "cancelled": False}
+        given = {
+            k: interpolate(v, Expressions(context, status)) for k, v in exporter["with"].items()
+        }
+        result = run_job(
+            cloud,
+            "deploy-exporter.yml",
+            "rollout",
+            inputs=given,
+            variables={},
+            github=GITHUB,
+            cancel_after=cancel_after,
+        )
+        ran["exporter"] = result
+        needs["exporter"] = {"result": result.result}
+    else:
+        ran["exporter"] = None
+        needs["exporter"] = {"result": "skipped"}
     for wave in ("first", "rest"):
         job = jobs[wave]
-        wanted = [
-            needs.get(n, {}).get("result")
-            for n in ([job["needs"]] if isinstance(job["needs"], str) else job["needs"])
-        ]
         status = {"failed": False, "cancelled": False}
         context = {"needs": needs, "inputs": inputs}
-        if any(r != "success" for r in wanted) or (
-            "if" in job and not interpolate(job["if"], Expressions(context, status))
-        ):
+        if not runs(job, needs, context):
             ran[wave] = None
             needs[wave] = {"result": "skipped"}
             continue
@@ -342,6 +410,25 @@ def rollout_with(
             results.append(result.result)
         needs[wave] = {"result": "failure" if "failure" in results else "success"}
     return ran
+
+
+# A job whose `if` calls one of these decides alone whether it runs; without one, every
+# job it needs must have succeeded too (GitHub's rule).
+_STATUS_CHECKS = re.compile(r"\b(success|failure|cancelled|always)\(\)")
+
+
+def runs(job: dict[str, Any], needs: dict[str, Any], context: dict[str, Any]) -> bool:
+    """Whether GitHub starts `job`, given what the jobs it needs ended as."""
+    needed = [job["needs"]] if isinstance(job["needs"], str) else job["needs"]
+    results = [needs.get(n, {}).get("result") for n in needed]
+    status = {"failed": "failure" in results, "cancelled": "cancelled" in results}
+    condition = job.get("if")
+    if condition is None:
+        return all(r == "success" for r in results)
+    decided = bool(interpolate(condition, Expressions(context, status)))
+    if _STATUS_CHECKS.search(condition):
+        return decided
+    return decided and all(r == "success" for r in results)
 
 
 def serving(cloud: Cloud, system: str) -> list[tuple[str, int, bool]]:

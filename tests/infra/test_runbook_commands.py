@@ -437,10 +437,13 @@ def test_the_region_plan_takes_every_regional_resource_and_only_those_out_of_the
                         regional.add(address)
                         kept.add(address.replace("europe-west1", "europe-west4"))
                         continue
-                    # In the region, or where a Cloud Run service or job is (a grant
-                    # on each of a system's jobs is `for_each` over them).
+                    # In the region, or where a Cloud Run resource is (a grant on each of
+                    # a system's jobs is `for_each` over them; the exporter service's
+                    # grant is on each.value, its worker pool).
                     on_job = body.get("for_each") == "${google_cloud_run_v2_job.export}"
-                    lost = "var.region" in where or "google_cloud_run_v2_" in where or on_job
+                    on_pool = rtype.startswith("google_cloud_run_v2_") and "each.value" in where
+                    in_region = "var.region" in where or "google_cloud_run_v2_" in where
+                    lost = in_region or on_job or on_pool
                     (regional if lost else kept).add(address)
     assert 'module.system["orders"].google_cloud_run_v2_service.recordline' in regional
     assert 'module.system["orders"].google_cloud_scheduler_job.canary' in regional

@@ -555,28 +555,14 @@ def test_a_serving_system_has_spanner_tiles_and_no_other_does() -> None:
 # --- the exporter -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("serving", "configured", "kept"),
-    [
-        ("null", "0", 0),  # BigQuery alone: scale to zero as configured
-        ("null", "2", 2),
-        ('{ instance = "recordline-serving" }', "0", 1),  # the exporter needs an instance
-        ('{ instance = "recordline-serving" }', "3", 3),
-    ],
-)
-def test_a_serving_system_keeps_an_instance_for_its_exporter(
-    serving: str, configured: str, kept: int
-) -> None:
-    # The exporter runs in the service (app/store/spanner/export.py), with CPU always
-    # allocated: at zero instances the export would wait for the next request.
+def test_a_serving_system_keeps_no_instance_for_an_exporter() -> None:
+    # The exporter runs apart, in the exporter service (exporter.tf): a serving system's
+    # service scales with its traffic like any other, to zero at rest by default, with
+    # or without `serving` (nothing in the module keeps an instance for it).
     (scaling,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["scaling"]
-    assert scaling["min_instance_count"] == "${local.min_instances}"
-    expression = re.sub(r"\bvar\.", "local.", _expression(_locals()["min_instances"]))
-    assert _evaluate(expression, (("min_instances", configured), ("serving", serving))) == kept
-    (container,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0][
-        "containers"
-    ]
-    assert container["resources"][0]["cpu_idle"] is False
+    assert scaling["min_instance_count"] == "${var.min_instances}"
+    assert "min_instances" not in _locals()
+    assert _root_console("local.exporter", "{ recordline = { serving = true } }") != {}
 
 
 def test_a_serving_system_shows_its_export_lag_by_table_and_the_fleet_by_system() -> None:

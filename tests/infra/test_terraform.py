@@ -342,10 +342,15 @@ def test_service_environment() -> None:
     )
 
 
-def test_service_runs_with_cpu_outside_requests_and_probes_health() -> None:
+def test_service_is_billed_by_request_unless_kept_warm_and_probes_health() -> None:
     container = _container()
     (resources,) = container["resources"]
-    assert resources["cpu_idle"] is False
+    # Nothing runs between requests (the export is the exporter service's): CPU only
+    # while one is in flight, unless the system keeps instances warm for followers.
+    assert resources["cpu_idle"] == "${var.min_instances == 0}"
+    (scaling,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["scaling"]
+    assert scaling["min_instance_count"] == "${var.min_instances}"
+    assert _variables()["min_instances"]["default"] == 0
     assert container["ports"] == [{"container_port": 8080}]
     assert container["startup_probe"][0]["http_get"] == [{"path": "/readyz"}]
     assert container["liveness_probe"][0]["http_get"] == [{"path": "/healthz"}]
@@ -401,8 +406,10 @@ def test_runtime_account_roles() -> None:
     binding = _resources("google_project_iam_binding")["runtime"]
     assert binding["role"] == "${google_project_iam_custom_role.runtime.id}"
     every_runtime_account = "[for system in module.system : "
+    # And the exporter service's account (exporter.tf), for its queries and metrics.
     assert binding["members"] == (
-        f'${{sort({every_runtime_account}"serviceAccount:${{system.runtime_service_account}}"])}}'
+        f'${{sort(concat({every_runtime_account}"serviceAccount:'
+        '${system.runtime_service_account}"], values(google_service_account.exporter)[*].member))}'
     )
     assert "google_project_iam_member" not in json.dumps(_load(MODULE / "iam.tf"))
     secret = _resources("google_secret_manager_secret_iam_member")["runtime_reads_page_token"]

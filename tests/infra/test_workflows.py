@@ -321,7 +321,8 @@ def test_a_deploy_runs_only_when_the_image_or_how_it_is_deployed_changes() -> No
         assert any(_paths_match(p, probe) for p in paths), source
     # ...and the deploy's own workflows start one; a tfvars merge, docs or tests do not
     # (an apply deploys the systems it creates itself, terraform-apply.yml).
-    for workflow in ("deploy.yml", "deploy-environment.yml", "deploy-system.yml", "approve.yml"):
+    rollout = ("deploy-environment.yml", "deploy-exporter.yml", "deploy-system.yml")
+    for workflow in ("deploy.yml", *rollout, "approve.yml"):
         assert any(_paths_match(p, f".github/workflows/{workflow}") for p in paths), workflow
     for unrelated in ("infra/terraform/env/prod.tfvars", "docs/operations.md", "tests/x.py"):
         assert not any(_paths_match(p, unrelated) for p in paths), unrelated

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from app.store.tiered.exporter import ExportObserver, Traffic
+from app.store.tiered.exporter import ExportObserver
 from app.store.tiered.store import TieredStore
 from app.typed.revisions import Revisions
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -31,7 +31,7 @@ def serving_settings(
     jobs_fake: FakeBigQueryJobs,
 ) -> Callable[..., Settings]:
     """Settings for the serving tier on the emulator and the BigQuery fakes, as an
-    operator would write them."""
+    operator would write them for one process."""
 
     def make(**extra: str) -> Settings:
         return Settings.load(
@@ -41,6 +41,8 @@ def serving_settings(
                 "SPANNER_EMULATOR_HOST": spanner_emulator.host,
                 "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
                 "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+                # One process that exports too, as the dev stack runs it.
+                "RECORDLINE_EXPORT_IN_SERVICE": "true",
                 **extra,
             }
         )
@@ -67,7 +69,6 @@ async def make_tiered(
             start: bool = True,
             export: bool = False,
             export_observer: ExportObserver | None = None,
-            traffic: Traffic | None = None,
             revisions: Revisions | None = None,
         ) -> TieredStore:
             extra = {} if clock is None else {"clock": clock}
@@ -81,7 +82,6 @@ async def make_tiered(
                 write_deadline_seconds=write_deadline_seconds,
                 export=export,
                 export_observer=export_observer,
-                traffic=traffic,
                 **extra,
             )
             if start:

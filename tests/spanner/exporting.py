@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import time
 from typing import Any
 
 from app.errors import StoreUnavailable
@@ -104,23 +103,3 @@ def tiered_store(
         dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
         **options,
     )
-
-
-class Pushes:
-    """An instance's push traffic as a test sets it: whether it serves (pushed within
-    ten minutes) and when its last push was (seconds since the epoch)."""
-
-    def __init__(self, *, serving: bool = True, last: float | None = None) -> None:
-        self.now_serving = serving
-        self.last = last
-
-    def serving(self) -> bool:
-        return self.now_serving
-
-    def last_push(self) -> float | None:
-        return self.last
-
-    def push(self) -> None:
-        """A push through the service's own URL, acknowledged now."""
-        self.now_serving = True
-        self.last = time.time()

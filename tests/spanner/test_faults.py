@@ -100,6 +100,8 @@ async def test_spanner_failing_under_two_instances(fault: str, tmp_path: Path) -
                 **fakes.settings,
                 "RECORDLINE_SERVING": database,
                 "SPANNER_EMULATOR_HOST": emulator.host,
+                # Each instance exports too, as one process does (the dev stack).
+                "RECORDLINE_EXPORT_IN_SERVICE": "true",
                 "RECORDLINE_WRITE_DEADLINE_SECONDS": "5",
             }
             # The second keeps the default write deadline (8 s): a push in flight

@@ -19,7 +19,6 @@ import msgspec
 import pytest
 from google.api_core.exceptions import Aborted
 
-from app.ingest.traffic import Traffic
 from app.records import Record
 from app.store.spanner import ledger
 from app.store.spanner.ledger import (
@@ -33,7 +32,7 @@ from app.store.spanner.ledger import (
 from app.store.spanner.schema import MIGRATIONS
 from app.store.tiered.exporter import code_version
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
-from tests.spanner.exporting import Pushes, copies, drain, exporter, settle_clock
+from tests.spanner.exporting import copies, drain, exporter, settle_clock
 from tests.spanner.test_export import stored
 from tests.waiting import until
 
@@ -226,49 +225,54 @@ async def test_a_newer_schema_wins_over_a_newer_revision_of_an_older_one(
     assert not revision.leading
 
 
-async def test_a_revision_that_serves_no_traffic_never_exports(
+async def test_an_older_schema_never_exports_once_a_newer_one_has(
     make_tiered: Make, write_fake: FakeBigQueryWrite
 ) -> None:
     store = await make_tiered()
-    await stored(store, ["m-1", "m-2"])
+    await stored(store, ["m-1"])
     await settle_clock()
-    traffic = Pushes(serving=False)
-    serving = exporter(store, holder="serving", version=(3, 11), lease_seconds=1.0)
-    candidate = exporter(
-        store, holder="candidate", version=(3, 12), lease_seconds=1.0, traffic=traffic
-    )
-    # Deployed with no traffic: newer, yet it never claims, even a free lease.
-    for _ in range(3):
-        assert not await candidate.step()
-    assert not candidate.leading
-    await drain(serving, candidate)
-    assert serving.leading
-    assert not candidate.leading
-    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
-    # Once traffic reaches it (promoted), it takes the export over at its next claim.
-    traffic.push()
-    await candidate.step()
-    assert candidate.leading
-
-
-async def test_a_holder_traffic_left_is_taken_over_by_one_that_has_it(
-    make_tiered: Make,
-) -> None:
-    store = await make_tiered()
-    traffic = Pushes()
-    traffic.push()
-    newer = exporter(store, holder="newer", version=(3, 12), traffic=traffic)
-    older = exporter(store, holder="older", version=(3, 11))
-    await newer.step()
+    lease = 1.0
+    newer = exporter(store, holder="newer", version=(4, 1), lease_seconds=lease)
+    older = exporter(store, holder="older", version=(3, 9), lease_seconds=lease)
+    await drain(newer)
     assert newer.leading
-    await older.step()
-    assert not older.leading
-    # Traffic goes back to the older revision (a rollback): the newer renews without
-    # traffic, and the older, which has it, stands higher and takes the export.
-    traffic.now_serving = False
+    # Handed back (a deploy's SIGTERM), or expired (an instance killed): the row stays,
+    # and code that does not know the newer schema's columns never takes it.
+    await newer.stop()
+    assert not await older.ledger.claim()
     assert await newer.ledger.claim()
-    assert await older.ledger.claim()
-    assert not await newer.ledger.claim()
+    await asyncio.sleep(lease + 0.2)  # the lease's expiry is what is waited for
+    assert not await older.ledger.claim()
+    await stored(store, ["m-2"])
+    await settle_clock()
+    await drain(older)
+    assert not older.leading
+    assert copies(write_fake, "records") == {"m-1": 1}
+    # An older revision of the same schema does take a lease its holder gave up (a
+    # rollback of the exporter service), and a newer schema takes it from either.
+    same_schema = exporter(store, holder="rolled-back", version=(4, 0), lease_seconds=lease)
+    await drain(same_schema)
+    assert same_schema.leading
+    assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+    assert await exporter(store, holder="newest", version=(5, 0)).ledger.claim()
+
+
+async def test_a_lease_whose_holder_died_is_claimed_as_it_expires(make_tiered: Make) -> None:
+    store = await make_tiered()
+    # The holder's last renewal, with a lease of 1 s; then it dies (renews no more).
+    dead = exporter(store, holder="dead", lease_seconds=1.0)
+    assert await dead.ledger.claim()
+    # Another instance (a lease of 15 s, renewed every 5 s) is refused, and told when
+    # the live lease expires: it claims again then, not at its next renewal.
+    other = exporter(store, holder="other")
+    assert not await other.step()
+    assert other.ledger.expires_in is not None
+    assert 0.5 < other.ledger.expires_in <= 1.0
+    wait = other._idle()
+    assert wait < 1.2
+    await asyncio.sleep(wait)  # the lease's expiry is what is waited for
+    await other.step()
+    assert other.leading
 
 
 def test_the_code_version_is_the_schema_and_the_revision_generation(
@@ -280,18 +284,28 @@ def test_the_code_version_is_the_schema_and_the_revision_generation(
     assert code_version() == (len(MIGRATIONS), 0)
     monkeypatch.delenv("K_REVISION")
     assert code_version() == (len(MIGRATIONS), 0)
+    # A worker pool's revision (the exporter service) counts its deploys alike.
+    monkeypatch.setenv("CLOUD_RUN_REVISION", "recordline-exporter-00007-q2w")
+    assert code_version() == (len(MIGRATIONS), 7)
 
 
 def test_a_holder_names_its_standing_and_an_old_holder_stands_lowest() -> None:
-    standing = Standing(serving=True, schema=3, revision=12)
-    holder = lease_holder(standing, "host/rev/1/ab|cd")
+    standing = Standing(schema=3, revision=12)
+    holder = lease_holder(standing, "host/rev/1/ab|cd", 1_700_000_000_000_000)
     assert standing_of(holder) == (standing, "host/rev/1/ab|cd")
+    # As the versions before the exporter service wrote them: one that served traffic
+    # or not, and its last push, each read as its schema and revision.
+    assert standing_of("0.3.12|host/rev/1/ab@42") == (standing, "host/rev/1/ab")
+    assert standing_of("1.3.12|host/rev/1/ab") == (standing, "host/rev/1/ab")
     old, name = standing_of("host/rev/1/abcd")
     assert name == "host/rev/1/abcd"
-    assert old < Standing(serving=False, schema=0, revision=1)
-    # Traffic first, then the schema, then the revision.
-    assert Standing(True, 3, 1) > Standing(False, 4, 99)
-    assert Standing(True, 4, 1) > Standing(True, 3, 99)
+    assert old < Standing(schema=0, revision=1)
+    # The schema first, then the revision.
+    assert Standing(4, 1) > Standing(3, 99)
+    # A holder of this version reads, to the versions before it, as one serving
+    # traffic that pushed just now: they neither take its lease nor call it quiet.
+    assert holder.startswith("1.3.12|")
+    assert holder.endswith("@1700000000000000")
 
 
 async def test_an_exporter_that_lost_the_lease_mid_batch_never_says_a_table_is_blocked(
@@ -332,25 +346,3 @@ async def test_an_exporter_that_lost_the_lease_mid_batch_never_says_a_table_is_b
     assert said == []
     assert (await new.ledger.progress("records")).blocked is None
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
-
-
-async def test_only_an_instance_that_acknowledged_pushes_takes_the_export(
-    make_tiered: Make, write_fake: FakeBigQueryWrite
-) -> None:
-    # Two instances with their exporters running: one is pushed to, the other
-    # (a revision deployed with no traffic, say) only on its tag URL, as the
-    # deploy's smoke test does.
-    traffic = {"idle": Traffic(), "pushed": Traffic()}
-    idle = await make_tiered(export=True, traffic=traffic["idle"])
-    pushed = await make_tiered(export=True, traffic=traffic["pushed"])
-    await stored(idle, ["smoke-1"])
-    traffic["idle"].pushed("sha-1a2b3c4---orders-abcdefghij-ew.a.run.app")
-    await stored(pushed, ["m-1", "m-2"])
-    traffic["pushed"].pushed("orders-abcdefghij-ew.a.run.app")
-    assert pushed.exporter is not None
-    assert idle.exporter is not None
-    await until(
-        lambda: copies(write_fake, "records") == {"smoke-1": 1, "m-1": 1, "m-2": 1}, timeout=30
-    )
-    assert pushed.exporter.leading
-    assert not idle.exporter.leading

@@ -133,69 +133,57 @@ def progress_values(progress: Progress) -> list[Any]:
 
 class Standing(NamedTuple):
     """Which exporter should hold the lease, compared field by field (greater wins):
-    one whose instance serves traffic, then the newer row schema (released
-    migrations), then the newer revision (Cloud Run's revision generation)."""
+    the newer row schema (released migrations), then the newer revision (Cloud Run's
+    revision generation: the order of deploys)."""
 
-    serving: bool
     schema: int
     revision: int
 
 
-_STANDING: Final = re.compile(r"^([01])\.(\d+)\.(\d+)\|(.*)$", re.DOTALL)
-# The holder's last push (µs since the epoch) rides at the end of its name, where
-# a version of the code before it compares names alone and still tells them apart.
-_PUSHED: Final = re.compile(r"^(.*)@(\d+)$", re.DOTALL)
-# How many renewals without a push, while another version had one, tell that traffic
-# left the holder's revision (see `claim`).
-QUIET_RENEWALS: Final = 2
+# A holder is written `1.<schema>.<revision>|<name>@<µs>`. The leading `1.` and the
+# trailing time are what versions of the code before the exporter service wrote (an
+# instance that served traffic, and when it last had a push): written so, a holder of
+# this version is one those versions neither take the lease from nor count as
+# traffic gone, while both run during the move to the exporter service.
+_STANDING: Final = re.compile(r"^[01]\.(\d+)\.(\d+)\|(.*?)(?:@\d+)?$", re.DOTALL)
 # A holder written without a standing (before there was one): below every other.
-_UNKNOWN: Final = Standing(serving=False, schema=0, revision=0)
+_UNKNOWN: Final = Standing(schema=0, revision=0)
 
 
-def lease_holder(standing: Standing, name: str, pushed: int = 0) -> str:
-    """The lease's `holder` value: the exporter's standing, its name, and when its
-    instance last acknowledged a push through the service's own URL (µs; 0: never)."""
-    return f"{int(standing.serving)}.{standing.schema}.{standing.revision}|{name}@{pushed}"
+def lease_holder(standing: Standing, name: str, now: int = 0) -> str:
+    """The lease's `holder` value: the exporter's standing and its name (`now`, µs
+    since the epoch, rides at its end for the versions before it: see `_STANDING`)."""
+    return f"1.{standing.schema}.{standing.revision}|{name}@{now}"
 
 
 def standing_of(holder: str) -> tuple[Standing, str]:
     """A `holder` value's standing and the exporter's name."""
     found = _STANDING.match(holder)
     if found is None:
-        return _UNKNOWN, _name(holder)[0]
-    serving, schema, revision, name = found.groups()
-    return Standing(serving == "1", int(schema), int(revision)), _name(name)[0]
+        return _UNKNOWN, holder
+    schema, revision, name = found.groups()
+    return Standing(int(schema), int(revision)), name
 
 
-def pushed_of(holder: str) -> int:
-    """When the holder's instance last acknowledged a push (µs; 0 if never, or if its
-    code did not say)."""
-    found = _STANDING.match(holder)
-    return _name(found.group(4) if found else holder)[1]
+class LeaseClaim(NamedTuple):
+    """What a claim found: whether the claimant holds the lease now, and if another
+    exporter's live lease stopped it, in how long that lease expires (µs, by Spanner's
+    clock): a claim then may take it. None: not at its expiry (an older schema)."""
+
+    held: bool
+    expires_in: int | None = None
 
 
-def _name(text: str) -> tuple[str, int]:
-    found = _PUSHED.match(text)
-    return (found.group(1), int(found.group(2))) if found else (text, 0)
+def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: int) -> LeaseClaim:
+    """Take or renew lease `name` for `holder` (`lease_holder`'s) in `transaction`.
 
-
-def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: int) -> bool:
-    """Take or renew lease `name` for `holder` (`lease_holder`'s) in `transaction`;
-    whether it holds it.
-
-    A live lease of another exporter is taken over only by one that serves
-    traffic, and then when it stands higher (`Standing`) and has had pushes as
-    lately as the holder (within a renewal, a third of the lease), or when it runs
-    another version and the holder's instance has had no push for two renewals
-    (`QUIET_RENEWALS`) while this one had one since: traffic left the holder's
-    revision (a rollback). So after a deploy the new revision takes the export
-    at its next claim; after a rollback the revision the traffic went back to
-    takes it once the rolled-back one has been without pushes for two renewals,
-    and the rolled-back one, newer as it is, does not take it back while it has
-    none. Two renewals, not one: the holder says when it last pushed at each
-    renewal, so what a claimant reads is up to a renewal old. Instances of one
-    version never take it from each other while the holder lives. A lease that
-    is free or expired goes to whoever claims it.
+    A live lease of another exporter is taken over only by one that stands higher
+    (`Standing`): after a deploy the newer code takes the export at its next claim,
+    and the older never takes it back while it lives. A lease that expired (or was
+    handed back, which expires it) goes to whoever claims it, unless its last
+    holder knew a newer row schema: code that does not know a column never exports
+    after code that writes it has (it would export those rows without it).
+    Instances of one version never take it from each other while the holder lives.
 
     `query(transaction, sql, **options)` runs a statement within the call's deadline.
     """
@@ -209,38 +197,27 @@ def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: in
         )
     )
     mine, me = standing_of(holder)
-    if rows and rows[0][1] > now:
+    if rows:
         theirs, them = standing_of(rows[0][0])
-        if them != me and not _takes_over(
-            mine, pushed_of(holder), theirs, pushed_of(rows[0][0]), micros(now), lease_micros // 3
-        ):
-            return False
+        if them != me and mine.schema < theirs.schema:
+            return LeaseClaim(held=False)
+        if them != me and rows[0][1] > now and mine <= theirs:
+            return LeaseClaim(held=False, expires_in=micros(rows[0][1]) - micros(now))
     expires = moment(micros(now) + lease_micros)
     transaction.insert_or_update(
         LEASE_TABLE, ["name", "holder", "expires"], [[name, holder, expires]]
     )
-    return True
-
-
-def _takes_over(
-    mine: Standing, my_push: int, theirs: Standing, their_push: int, now: int, renewal: int
-) -> bool:
-    """Whether a claimant standing `mine`, last pushed at `my_push`, takes a live lease
-    from a holder standing `theirs`, last pushed at `their_push` (see `claim`)."""
-    if not mine.serving:
-        return False
-    if mine > theirs and my_push >= their_push - renewal:
-        return True
-    traffic_left = their_push < now - QUIET_RENEWALS * renewal and my_push > their_push
-    return mine[1:] != theirs[1:] and traffic_left
+    return LeaseClaim(held=True)
 
 
 def release(transaction: Any, query: Any, name: str, holder: str) -> bool:
     """Hand lease `name` back if `holder` holds it, so that the next claim takes it at
-    once rather than once it expires; whether it did."""
+    once rather than once it expires; whether it did. The row stays, expired: the
+    standing of its last holder still speaks for the schema (see `claim`)."""
     if not holds(transaction, query, name, holder):
         return False
-    transaction.delete(LEASE_TABLE, spanner.KeySet(keys=[[name]]))  # type: ignore[no-untyped-call]
+    ((now,),) = list(query(transaction, "SELECT CURRENT_TIMESTAMP()"))
+    transaction.update(LEASE_TABLE, ["name", "expires"], [[name, now]])
     return True
 
 

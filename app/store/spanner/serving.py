@@ -545,19 +545,23 @@ class SpannerServing:
 
     # -- the export's ledger (app.store.spanner.ledger) ---------------------------
 
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> bool:
-        """Take or renew lease `name` for `seconds` from Spanner's now; whether
-        `holder` holds it now."""
+    async def claim_lease(self, name: str, holder: str, seconds: float) -> ledger.LeaseClaim:
+        """Take or renew lease `name` for `seconds` from Spanner's now: whether `holder`
+        holds it now, and if not, when the lease that stopped it expires."""
         lease_micros = int(seconds * 1_000_000)
         return await self._transact(
             self._claim_lease, name, holder, lease_micros, within=self._timeout
         )
 
-    def _claim_lease(self, deadline: Deadline, name: str, holder: str, lease_micros: int) -> bool:
-        def work(transaction: Any) -> bool:
+    def _claim_lease(
+        self, deadline: Deadline, name: str, holder: str, lease_micros: int
+    ) -> ledger.LeaseClaim:
+        def work(transaction: Any) -> ledger.LeaseClaim:
             return ledger.claim(transaction, _statement(deadline), name, holder, lease_micros)
 
-        claimed: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
+        claimed: ledger.LeaseClaim = self._database().run_in_transaction(
+            work, timeout_secs=deadline.left()
+        )
         return claimed
 
     async def release_lease(self, name: str, holder: str, *, within: float) -> bool:

@@ -33,29 +33,22 @@ back from Spanner, or one the stream itself sent again): for a batch sent for
 the first time it means the stream holds rows the progress does not know of,
 and the table is blocked with that reason, nothing marked done.
 
-One at a time. The exporter runs in every instance and works only while it
-holds the lease in `export_lease` (`LEASE_SECONDS`, renewed three times
-as often); one whose instance died is taken over once its lease
-expires. Every instance asks for the lease at that same pace, holder or not.
+One at a time. The exporter runs in every instance of the exporter service
+(`app.exporter`; or in the one process that also serves, `recordline dev`)
+and works only while it holds the lease in `export_lease` (`LEASE_SECONDS`,
+renewed three times as often); one whose instance died is taken over once
+its lease expires. Every instance asks for the lease at that same pace,
+holder or not.
 
 One code version. The lease names its holder's standing
-(`app.store.spanner.ledger.Standing`): whether its instance serves traffic,
-its row schema, its revision (`code_version`). An exporter whose instance
-serves traffic and stands higher takes a live lease over at its next claim:
-after a deploy, the new revision holds the export within one renewal, and
-an older one never takes it back. An instance serves traffic while it has
-acknowledged a push through its service's own URL within ten minutes
-(`app.ingest.traffic`; a push to a tag URL, the deploy's smoke test, does not
-count): pushes reach only revisions with a share of the traffic, so a
-candidate deployed `--no-traffic` never claims the lease, and a holder that
-traffic left is taken over by one that has it: each claim says when its
-instance last acknowledged such a push, and an instance of another version
-that had pushes since takes the lease from a holder without one for two
-renewals (`app.store.spanner.ledger.claim`). So a revision rolled back gives
-the lease up within three renewals of its last push, though it still counts
-as serving for ten minutes. A holder with no pushes lately keeps renewing (a
-quiet system's watermark moves on), but one with none never takes a lease
-that is free.
+(`app.store.spanner.ledger.Standing`): its row schema and its revision
+(`code_version`). An exporter that stands higher takes a live lease over at
+its next claim: after a deploy, the new revision holds the export within one
+renewal, and an older one never takes it back while it lives; one of an
+older row schema never takes the lease at all once a newer one held it.
+The deploy puts the exporter service's new revision in place before any
+ingest revision that writes rows it must encode (`.github/workflows`), so
+the code that exports a row always knows its columns.
 
 Every progress write checks the lease in the same transaction, so an
 exporter that lost it (paused, partitioned) cannot move progress; and since its
@@ -122,6 +115,7 @@ from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
 from app.store.spanner.ledger import (
     Intent,
+    LeaseClaim,
     LeaseLost,
     Progress,
     ProgressMoved,
@@ -140,6 +134,9 @@ LEASE_NAME: Final = "bigquery"
 # instance asks for it as often. One that stops hands it back (`Exporter.stop`),
 # and the next claim takes it.
 LEASE_SECONDS: Final = 15.0
+# Another exporter's lease is claimed this long after it expires (by Spanner's
+# clock, which the claim's answer measured), so that the claim finds it expired.
+CLAIM_AFTER_EXPIRY_SECONDS: Final = 0.1
 # Batch committed at least this long ago are exported: a read at a timestamp
 # that old is served at once (a read at "now" may wait out Spanner's clock
 # uncertainty). The exporter's lag is at least this.
@@ -148,11 +145,18 @@ SETTLED_MICROS: Final = 1_000_000
 # request well within AppendRows' 10 MB; a payload of several MB is cut by size.
 BATCH_ROWS: Final = 1000
 BATCH_BYTES: Final = 8 * 1024 * 1024
-# Between rounds that found nothing to export.
+# Between rounds that found nothing to export: from 0.5 s, doubling while rounds keep
+# finding nothing, to 8 s; a row found starts the next streak at once. A quiet system
+# is one of a hundred an exporter service instance holds, and each round reads each
+# table's progress and its rows: at 0.5 s a rest, a quiet system took an instance 0.03
+# of a core here (`python3 dev.py bench exporter`). Once quiet, a row waits at most
+# 8 s more before it is exported: the export's alerts are an hour behind.
 IDLE_SECONDS: Final = 0.5
-# An idle exporter moves the watermark on in steps this large: one progress
-# write per table every few seconds, not one per round.
-WATERMARK_STEP_MICROS: Final = 5_000_000
+IDLE_MAX_SECONDS: Final = 8.0
+# An idle exporter moves the watermark on in steps this large: one progress write
+# (a transaction) per table every 30 s, not one per round. A quiet system's export lag
+# reads up to about this much more than its rows' (its alerts are at an hour).
+WATERMARK_STEP_MICROS: Final = 30_000_000
 # BigQuery is told the watermark (`export_watermarks`) as it moves on by this much.
 PUBLISH_MICROS: Final = 60_000_000
 # After an error (BigQuery or Spanner unavailable), before trying again: from
@@ -219,7 +223,7 @@ class ExportLedger(Protocol):
     """The export's lease and progress, where they are kept (the serving database:
     `app.store.spanner.ledger`)."""
 
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> bool: ...
+    async def claim_lease(self, name: str, holder: str, seconds: float) -> LeaseClaim: ...
 
     async def release_lease(self, name: str, holder: str, *, within: float) -> bool: ...
 
@@ -254,28 +258,6 @@ class Held(Protocol):
         ...
 
 
-class Traffic(Protocol):
-    """Whether this instance serves push traffic (`app.ingest.traffic.Traffic`)."""
-
-    def serving(self) -> bool: ...
-
-    def last_push(self) -> float | None:
-        """When it last acknowledged a push through the service's own URL (seconds
-        since the epoch), None if never."""
-        ...
-
-
-class AlwaysServing:
-    """Traffic for an exporter that runs alone (tests, a tool): always serving, its
-    last push now."""
-
-    def serving(self) -> bool:
-        return True
-
-    def last_push(self) -> float | None:
-        return time.time()
-
-
 class Ledger:
     """The exporter's state in the serving database, as one exporter (`holder`)
     asks for it: its lease, and each table's progress."""
@@ -286,21 +268,24 @@ class Ledger:
         holder: str,
         *,
         lease_seconds: float = LEASE_SECONDS,
-        standing: Callable[[], Standing] | None = None,
-        pushed: Callable[[], int] | None = None,
+        standing: Standing | None = None,
     ) -> None:
         self._source = source
         self.holder = holder
         self._lease_seconds = lease_seconds
-        self._standing = standing or (lambda: Standing(True, *code_version()))
-        self._pushed = pushed or (lambda: time.time_ns() // 1000)
+        self._standing = standing or Standing(*code_version())
+        # After a claim another exporter's live lease refused: in how long (s) that
+        # lease expires, when known.
+        self.expires_in: float | None = None
 
     def _holder(self) -> str:
-        return lease_holder(self._standing(), self.holder, self._pushed())
+        return lease_holder(self._standing, self.holder, time.time_ns() // 1000)
 
     async def claim(self) -> bool:
         """Take or renew the lease; whether this exporter holds it now."""
-        return await self._source.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
+        found = await self._source.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
+        self.expires_in = None if found.expires_in is None else found.expires_in / 1_000_000
+        return found.held
 
     async def release(self, *, within: float = RELEASE_SECONDS) -> bool:
         """Hand the lease back if this exporter holds it; whether it did."""
@@ -321,18 +306,25 @@ class Ledger:
         return await self._source.record_progress(LEASE_NAME, self._holder(), progress)
 
 
+def revision_name() -> str:
+    """The Cloud Run revision this process runs as: `K_REVISION` in a service,
+    `CLOUD_RUN_REVISION` in a worker pool (the exporter service); empty elsewhere."""
+    return os.environ.get("K_REVISION") or os.environ.get("CLOUD_RUN_REVISION", "")
+
+
 def code_version() -> tuple[int, int]:
     """This code's place in the order of versions: its row schema (how many
     migrations it knows were released) and its Cloud Run revision's generation
-    (`K_REVISION` is `SERVICE-GENERATION-SUFFIX`, the generation counting the
-    service's revisions; 0 outside Cloud Run or for a revision named by hand)."""
-    found = _GENERATION.search(os.environ.get("K_REVISION", ""))
+    (a revision is named `NAME-GENERATION-SUFFIX`, the generation counting the
+    deploys of its service or worker pool; 0 outside Cloud Run or for a revision
+    named by hand)."""
+    found = _GENERATION.search(revision_name())
     return len(MIGRATIONS), int(found.group(1)) if found else 0
 
 
 def holder_name() -> str:
     """This exporter's name in the lease: where it runs, and a nonce for this process."""
-    revision = os.environ.get("K_REVISION", "")
+    revision = revision_name()
     return f"{socket.gethostname()}/{revision}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
@@ -371,7 +363,6 @@ class Exporter:
         lease_seconds: float = LEASE_SECONDS,
         blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
         version: tuple[int, int] | None = None,
-        traffic: Traffic | None = None,
         typed: TypedExport | None = None,
         held: Held | None = None,
         retry_seconds: float = RETRY_SECONDS,
@@ -384,17 +375,11 @@ class Exporter:
         # What BigQuery holds, to settle a batch whose stream is gone; without
         # it such a batch blocks its table for an operator's `export resync`.
         self._held = held
-        # Whether this instance serves traffic (by default, it does): one that
-        # does not never takes the lease, free or not; it only renews one it
-        # holds (see `step`).
-        self._traffic = traffic or AlwaysServing()
-        schema, revision = version or code_version()
         self.ledger = Ledger(
             source,
             holder or holder_name(),
             lease_seconds=lease_seconds,
-            standing=lambda: Standing(self._traffic.serving(), schema, revision),
-            pushed=self._pushed,
+            standing=Standing(*(version or code_version())),
         )
         self._lease_seconds = lease_seconds
         self._renew_seconds = lease_seconds / 3
@@ -402,9 +387,10 @@ class Exporter:
         self._clock = clock
         self._batch_rows = batch_rows
         self._batch_bytes = batch_bytes
-        # Whether this exporter held the lease at its last claim.
+        # Whether this exporter held the lease at its last claim, and when it claims
+        # next (monotonic).
         self.leading = False
-        self._claimed_at = -float("inf")
+        self._next_claim = -float("inf")
         # Until when this exporter claims no lease (monotonic), having stepped down.
         self._stepped_down_until = -float("inf")
         # Why each table's export is stopped, while it is.
@@ -426,10 +412,6 @@ class Exporter:
         now = time.monotonic()
         return {t: until - now for t, until in self._paused_until.items() if until > now}
 
-    def _pushed(self) -> int:
-        last = self._traffic.last_push()
-        return 0 if last is None else int(last * 1_000_000)
-
     # -- the loop --------------------------------------------------------------
 
     async def run(self) -> None:
@@ -437,6 +419,7 @@ class Exporter:
         is finished by whichever exporter holds the lease next; `stop` hands the
         lease back so that it is taken at once)."""
         backoff = Backoff(RETRY_SECONDS, RETRY_MAX_SECONDS)
+        quiet = Backoff(IDLE_SECONDS, IDLE_MAX_SECONDS)
         while True:
             try:
                 busy = await self.step()
@@ -450,17 +433,20 @@ class Exporter:
                 await asyncio.sleep(pause)
                 continue
             backoff.reset()
-            if not busy:
+            if busy:
+                quiet.reset()
+            else:
                 # Blocked and paused tables wait for their own time (see
                 # `_round`); the lease is renewed meanwhile.
-                await asyncio.sleep(self._idle())
+                await asyncio.sleep(self._idle(quiet))
 
-    def _idle(self) -> float:
-        """How long a round that exported nothing waits: a holder IDLE_SECONDS, any
-        other exporter until its next claim."""
+    def _idle(self, quiet: Backoff | None = None) -> float:
+        """How long a round that exported nothing waits: a holder the next wait of the
+        quiet streak it is in (`quiet`; IDLE_SECONDS without one), any other exporter
+        until its next claim."""
         if self.leading:
-            return IDLE_SECONDS
-        due = self._claimed_at + self._renew_seconds - time.monotonic()
+            return IDLE_SECONDS if quiet is None else quiet.next()
+        due = self._next_claim - time.monotonic()
         return max(IDLE_SECONDS, min(due, self._renew_seconds))
 
     async def stop(self) -> None:
@@ -507,18 +493,21 @@ class Exporter:
 
     async def _lead(self) -> bool:
         """Whether this exporter holds the lease, claimed (taken or renewed) once per
-        renewal, by holders and the others alike."""
+        renewal, by holders and the others alike; another exporter's live lease is
+        claimed again as it expires, if that is sooner: an instance that died is taken
+        over within a lease of its last renewal."""
         now = time.monotonic()
         if now < self._stepped_down_until:
             return False
-        if not self.leading and not self._traffic.serving():
-            # An instance that serves no traffic (a revision deployed without,
-            # or one traffic has left) never takes the export: only renews it.
-            return False
-        if now - self._claimed_at < self._renew_seconds:
+        if now < self._next_claim:
             return self.leading
         leading = await self.ledger.claim()
-        self._claimed_at = time.monotonic()
+        claimed = time.monotonic()
+        expires_in = self.ledger.expires_in
+        wait = self._renew_seconds
+        if not leading and expires_in is not None:
+            wait = min(wait, expires_in + CLAIM_AFTER_EXPIRY_SECONDS)
+        self._next_claim = claimed + wait
         if not leading:
             self._follow()
         self.leading = leading

@@ -38,27 +38,18 @@ import msgspec
 from google.api_core.exceptions import InvalidArgument
 
 from app.errors import StoreUnavailable
-from app.records import DAY_MICROS, TABLES, Record, Rejection, rejected_record
+from app.records import DAY_MICROS, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import ConflictObserver, differing
 from app.store.producers import Completeness
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
-from app.store.tiered.exporter import (
-    LEASE_SECONDS,
-    SETTLED_MICROS,
-    AlwaysServing,
-    Exporter,
-    ExportObserver,
-    Ledger,
-    Traffic,
-    holder_name,
-)
-from app.store.tiered.held import QueryHeld
+from app.store.tiered.exporter import LEASE_SECONDS, Exporter, ExportObserver
+from app.store.tiered.fleet import exporter_for
 from app.store.tiered.producers import ServingCompleteness
 from app.store.tiered.supervisor import LoopObserver, Supervisor
-from app.store.tiered.typed import TypedExport
+from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,8 +68,6 @@ _VERIFY_AT_START_SECONDS: Final = 5.0
 # outage holds no thread past its answer.
 _CHECK_SECONDS: Final = 1.5
 
-# How often each instance reads the exporter's watermark from Spanner.
-WATERMARK_SECONDS: Final = 5.0
 # How long the tail's refresh may be down before readiness says so: a follower
 # hears of another instance's commit within about this.
 TAIL_DOWN_SECONDS: Final = 1.0
@@ -140,7 +129,6 @@ class TieredStore:
         export: bool = True,
         export_observer: ExportObserver | None = None,
         loop_observer: LoopObserver | None = None,
-        traffic: Traffic | None = None,
     ) -> None:
         self.serving = serving
         self._conflicts = conflicts
@@ -152,9 +140,6 @@ class TieredStore:
         self._old = _OldAnswers()
         # The commit time of the newest row this instance acknowledged.
         self._acknowledged = 0
-        # Whether this instance serves push traffic, and when it last had a push
-        # (`app.ingest.traffic`, which the app tells of each push); by default always.
-        self.traffic = traffic or AlwaysServing()
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
         self._export = export
@@ -165,11 +150,16 @@ class TieredStore:
         self._watermark_writer: WatermarkWriter | None = None
         # Owns every background loop of this store.
         self.supervisor = Supervisor(observer=loop_observer)
-        # Every row before it is in BigQuery (µs): the least of the tables'
-        # watermarks, as last read from Spanner (every instance reads it).
-        self.watermark = 0
+        # The tables' export watermarks, as last read from Spanner (every instance
+        # reads them).
+        self._watermarks = Watermarks(serving, observer=export_observer, clock=clock)
         # The ledger of producer sequences, kept in Spanner with the rows.
         self.completeness: Completeness | None = ServingCompleteness(serving)
+
+    @property
+    def watermark(self) -> int:
+        """Every row before it is in BigQuery (µs): the least of the tables' watermarks."""
+        return self._watermarks.least
 
     def _now(self) -> int:
         return self._clock() // 1000
@@ -199,24 +189,17 @@ class TieredStore:
         self.supervisor.run(
             "tail", lambda: self.tail.watch(self._horizon), interval=TAIL_DOWN_SECONDS
         )
-        ledger = Ledger(self.serving, holder_name())
         with contextlib.suppress(StoreUnavailable):
-            await self._read_watermark(ledger)
-        self.supervisor.run(
-            "watermark", lambda: self._follow_watermark(ledger), interval=WATERMARK_SECONDS
-        )
+            await self._watermarks.read()
+        self.supervisor.run("watermark", self._watermarks.follow, interval=WATERMARK_SECONDS)
         if self._export:
             self._watermark_writer = self.analytics.watermark_writer()
             await self._watermark_writer.start()
-            analytics = self.analytics
-            self.exporter = Exporter(
+            self.exporter = exporter_for(
                 self.serving,
-                {kind: analytics.offset_stream(kind) for kind in (Record, Rejection)},
+                self.analytics,
                 watermarks=self._watermark_writer,
                 observer=self._export_observer,
-                traffic=self.traffic,
-                typed=self._typed_export(),
-                held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
             )
             # Down longer than a lease: readiness says so, and the exporter hands the
             # lease back so that another instance takes the export over.
@@ -226,41 +209,6 @@ class TieredStore:
                 interval=LEASE_SECONDS,
                 on_down=self.exporter.step_down,
             )
-
-    def _typed_export(self) -> TypedExport | None:
-        """Records' typed columns on export, where the analytics store projects them."""
-        table, revisions = self.analytics.typed, self.analytics.revisions
-        if table is None or revisions is None:
-            return None
-        return TypedExport(table, revisions)
-
-    async def _follow_watermark(self, ledger: Ledger) -> None:
-        """Keep `watermark` as Spanner says it is, every WATERMARK_SECONDS."""
-        while True:
-            await asyncio.sleep(WATERMARK_SECONDS)
-            try:
-                await self._read_watermark(ledger)
-            except StoreUnavailable as exc:
-                log.warning("export watermark unknown: %s", exc)
-
-    async def _read_watermark(self, ledger: Ledger) -> None:
-        watermarks = await ledger.watermarks()
-        self.watermark = min(watermarks.values())
-        if self._export_observer is None:
-            return
-        for table, watermark in watermarks.items():
-            self._export_observer.watermark(table, watermark or await self._first_owed(table))
-
-    async def _first_owed(self, table: str) -> int:
-        """Where the export of `table` stands before its first progress: at its oldest
-        row in Spanner, or at the settled present if it has none (nothing is owed)."""
-        settled = self._now() - SETTLED_MICROS
-        kinds: tuple[type[Record] | type[Rejection], ...] = (Record, Rejection)
-        for kind in kinds:
-            if TABLES[table] is kind:
-                oldest = await self.serving.rows_after(kind, (0, ""), settled, 1)
-                return oldest[0].ingest_time if oldest else settled
-        return settled
 
     async def _verify(self, *, within: float) -> None:
         await self.serving.verify(within=within)

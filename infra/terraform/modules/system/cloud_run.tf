@@ -24,7 +24,7 @@ resource "google_cloud_run_v2_service" "recordline" {
     execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
 
     scaling {
-      min_instance_count = local.min_instances
+      min_instance_count = var.min_instances
       max_instance_count = var.max_instances
     }
 
@@ -46,10 +46,14 @@ resource "google_cloud_run_v2_service" "recordline" {
           cpu    = var.cpu
           memory = var.memory
         }
-        # The group-commit flusher, the span and metric exporters and, with `serving`,
-        # the exporter to BigQuery run between requests; throttled CPU would stall
-        # them and leave pushes waiting and BigQuery behind.
-        cpu_idle          = false
+        # Nothing the service runs must outlive a request: the group commit's flush is
+        # awaited by the pushes in it, and the export to BigQuery is the exporter
+        # service's (root exporter.tf). So an instance is billed by request (CPU only
+        # while one is in flight: https://cloud.google.com/run/docs/configuring/billing-settings)
+        # and the service scales to zero at rest. A system that keeps instances warm
+        # (min_instances, for its followers) is billed for them whole anyway: it keeps
+        # CPU between requests too, so its tail refresh and metrics never stall.
+        cpu_idle          = var.min_instances == 0
         startup_cpu_boost = true
       }
 
@@ -120,16 +124,4 @@ resource "google_cloud_run_v2_service" "recordline" {
     google_secret_manager_secret_version.page_token,
     time_sleep.iam_propagation,
   ]
-}
-
-locals {
-  # With `serving`, the exporter that feeds BigQuery from Spanner runs inside the service
-  # (app/store/spanner/export.py): every instance competes for its lease in Spanner and
-  # the holder exports. At least one instance is kept, whatever min_instances says, so
-  # the export never waits for a push or a read to start an instance: with none, rows
-  # acknowledged before a quiet night would reach BigQuery only with the next request,
-  # and Spanner's row deletion policy does not wait. The cost: one always-on instance,
-  # 1 vCPU and 1 GiB at the defaults, about $52.56 a month at list price with CPU
-  # always allocated (instance-based billing; infra/README.md, "The serving tier").
-  min_instances = var.serving != null ? max(1, var.min_instances) : var.min_instances
 }

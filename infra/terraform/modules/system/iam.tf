@@ -191,3 +191,46 @@ resource "google_bigquery_table_iam_member" "operator_reads_exported" {
   role       = "roles/bigquery.dataViewer"
   member     = "serviceAccount:${var.operator_service_account}"
 }
+
+# --- the exporter service (root exporter.tf) -------------------------------------
+
+# It claims its lease, reads the rows and writes its progress in this system's serving
+# database, and nothing else of the instance.
+resource "google_spanner_database_iam_member" "exporter_uses_database" {
+  for_each = var.exporter_service_account != null ? google_spanner_database.serving : {}
+
+  project  = var.project_id
+  instance = each.value.instance
+  database = each.value.name
+  role     = "roles/spanner.databaseUser"
+  member   = "serviceAccount:${var.exporter_service_account}"
+}
+
+# It appends the rows to `records` and `rejected` (offset streams) and its watermarks to
+# `export_watermarks`, adds typed columns to `records` as a revision needs them, and
+# reads back what they hold to settle a batch: the three tables, not the dataset.
+resource "google_bigquery_table_iam_member" "exporter_writes_tables" {
+  for_each = {
+    for table, body in {
+      records           = google_bigquery_table.records
+      rejected          = google_bigquery_table.rejected
+      export_watermarks = google_bigquery_table.export_watermarks
+    } : table => body if var.serving != null && var.exporter_service_account != null
+  }
+
+  project    = var.project_id
+  dataset_id = google_bigquery_dataset.recordline.dataset_id
+  table_id   = each.value.table_id
+  role       = "roles/bigquery.dataEditor"
+  member     = "serviceAccount:${var.exporter_service_account}"
+}
+
+# It reads the revisions of the topic's schema its rows name, for their typed columns.
+resource "google_pubsub_schema_iam_member" "exporter_reads_schema" {
+  for_each = var.serving != null && var.exporter_service_account != null ? google_pubsub_schema.records : {}
+
+  project = var.project_id
+  schema  = each.value.name
+  role    = "roles/pubsub.viewer"
+  member  = "serviceAccount:${var.exporter_service_account}"
+}

@@ -39,7 +39,7 @@ variable "concurrency" {
 
 variable "min_instances" {
   type        = number
-  description = "Instances kept warm; 1 keeps the first push after a quiet period off a cold start. A system with `serving` keeps at least 1 whatever this says: its exporter to BigQuery runs in the service."
+  description = "Instances kept warm (0: none at rest, request-based billing); 1 or more keeps the first push after a quiet period, and followers' streams, off a cold start, on instance-based billing."
 }
 
 variable "max_instances" {
@@ -153,6 +153,11 @@ variable "serving" {
     restore_role   = string
   })
   description = "The Spanner instance (root spanner.tf) that holds this system's serving database (spanner.tf, RECORDLINE_SERVING), how far back it can be recovered (hours of old versions kept) and the role on-call writes rows back with (root recovery.tf), or null: BigQuery serves every read."
+}
+
+variable "exporter_service_account" {
+  type        = string
+  description = "E-mail of the exporter service's account (root exporter.tf), which exports this system's serving database to its dataset; null: there is none (no system has `serving`)."
 }
 
 # --- Pub/Sub -------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""The exporter service's process: each system's export opened, kept and stopped.
+
+Each system is exported as its ingest service would have exported it: its own
+settings (`system_settings`: the service's RECORDLINE_STORE, RECORDLINE_SERVING
+and RECORDLINE_JSON_TOPIC_SCHEMA from its entry in RECORDLINE_EXPORT_SYSTEMS,
+everything else the process's), its own telemetry (every metric carries the
+system's name, as the ingest service's do, so each system's alerts see its
+export whichever process runs it), and its own log label. What fails in one
+system is that system's: a start that fails is tried again after a pause,
+while the others export. A setting that cannot be used (a declared schema that
+is none) stops the process before anything starts, naming it.
+
+SIGTERM (or SIGINT) stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS: every
+system's loops cancelled and its lease handed back (another instance exports
+it at its next claim), then the clients closed and the metrics flushed in
+what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from app.asgi import declared, fetching_schemas
+from app.ingest.schemas import Schemas
+from app.settings import ExportedSystem, Settings
+from app.store.backoff import Backoff
+from app.store.open import open_export
+from app.store.tiered.exporter import holder_name
+from app.store.tiered.fleet import SystemExport
+from app.telemetry import Telemetry
+from app.telemetry.logs import line_system
+from app.typed.revisions import Revisions
+
+log = logging.getLogger(__name__)
+
+# A system whose start failed (its clients could not be opened) is started again
+# after 1 s, doubling to a minute: a credentials problem logs a line a minute.
+START_RETRY_SECONDS: Final = 1.0
+START_RETRY_MAX_SECONDS: Final = 60.0
+# Of the stop's budget, what is kept for flushing metrics, last of all.
+TELEMETRY_SECONDS: Final = 0.5
+
+
+def system_settings(settings: Settings, name: str, system: ExportedSystem) -> Settings:
+    """The settings system `name`'s ingest service runs with, as far as its export
+    reads them: the process's, with the system's stores, schema and name."""
+    replace = msgspec.structs.replace
+    return replace(
+        settings,
+        store=replace(settings.store, url=system.store, serving=system.serving),
+        schema=replace(settings.schema, json_topic_schema=system.json_topic_schema),
+        telemetry=replace(settings.telemetry, system=name),
+    )
+
+
+@dataclass(slots=True)
+class Exported:
+    """One system of the exporter service: how its export is opened, and what reports
+    on it (its metrics, its schema revisions)."""
+
+    name: str
+    open: Callable[[], SystemExport]
+    telemetry: Telemetry
+    schemas: Schemas
+    export: SystemExport | None = None
+
+
+def exported_systems(settings: Settings, *, instance: str | None = None) -> list[Exported]:
+    """Every system RECORDLINE_EXPORT_SYSTEMS names, opened (nothing connects yet);
+    SettingsError for a setting of one that cannot be used."""
+    instance = instance or holder_name()
+    found = []
+    for name, system in settings.exporter.exported().items():
+        own = system_settings(settings, name, system)
+        telemetry = Telemetry.from_settings(own, instance=instance)
+        # Records name the revision their schema had; one no process decoded is
+        # fetched from the Schema API, as the ingest service fetches it.
+        revisions = declared(own, Revisions())
+        schemas = fetching_schemas(own, revisions)
+
+        def make(
+            name: str = name,
+            own: Settings = own,
+            telemetry: Telemetry = telemetry,
+            revisions: Revisions = revisions,
+        ) -> SystemExport:
+            return open_export(
+                name,
+                own,
+                observer=telemetry.query_observer,
+                exports=telemetry.export_observer(),
+                loops=telemetry.loop_observer(),
+                revisions=revisions,
+                patches=telemetry.patch_observer(),
+            )
+
+        found.append(Exported(name, make, telemetry, schemas))
+    return found
+
+
+class ExporterService:
+    """Every system's export in this process, until `stop` is set; see the module notes."""
+
+    def __init__(self, systems: list[Exported], *, grace_seconds: float) -> None:
+        self.systems = systems
+        self._grace = grace_seconds
+        self._keepers: list[asyncio.Task[None]] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Export until `stop` is set, then stop within the grace."""
+        for system in self.systems:
+            # Each system's tasks, its loops included, inherit its name for their lines.
+            context = contextvars.copy_context()
+            context.run(line_system.set, system.name)
+            self._keepers.append(
+                asyncio.create_task(self._start(system), name=system.name, context=context)
+            )
+        log.info("exporting %d systems: %s", len(self.systems), ", ".join(self.names))
+        await stop.wait()
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self._grace
+        await self._close(within=max(0.0, ends - loop.time() - TELEMETRY_SECONDS))
+        await asyncio.gather(
+            *(
+                s.telemetry.shutdown(within=max(TELEMETRY_SECONDS, ends - loop.time()))
+                for s in self.systems
+            )
+        )
+        log.info("the exporter stopped: every lease it held handed back")
+
+    @property
+    def names(self) -> list[str]:
+        return [system.name for system in self.systems]
+
+    async def _start(self, system: Exported) -> None:
+        """Start the system's export, again after a pause for as long as it fails."""
+        backoff = Backoff(START_RETRY_SECONDS, START_RETRY_MAX_SECONDS)
+        while True:
+            # Kept before it starts: a stop meanwhile closes what it opened.
+            export = system.export = system.open()
+            try:
+                await export.start()
+            except Exception:  # its own: the other systems go on
+                pause = backoff.next()
+                log.exception(
+                    "the export of %s could not start; trying again in %.0f s", system.name, pause
+                )
+                system.export = None
+                with contextlib.suppress(Exception):
+                    await export.close()
+                await asyncio.sleep(pause)
+                continue
+            log.info("exporting %s", system.name)
+            return
+
+    async def _close(self, *, within: float) -> None:
+        for keeper in self._keepers:
+            keeper.cancel()
+        await asyncio.gather(*self._keepers, return_exceptions=True)
+
+        async def close(system: Exported) -> None:
+            if system.export is not None:
+                await system.export.close()
+            await system.schemas.close()
+
+        try:
+            async with asyncio.timeout(within):
+                # At once, every system: each hands its lease back within a second.
+                results = await asyncio.gather(
+                    *(close(s) for s in self.systems), return_exceptions=True
+                )
+        except TimeoutError:
+            log.warning("the exports did not close within the stop's budget; exiting anyway")
+            return
+        for system, result in zip(self.systems, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("the export of %s did not close cleanly: %s", system.name, result)
+
+
+async def serve(settings: Settings) -> None:
+    """`recordline exporter`: every system's export, until SIGTERM or SIGINT."""
+    service = ExporterService(
+        exported_systems(settings), grace_seconds=settings.server.shutdown_grace_seconds
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await service.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)

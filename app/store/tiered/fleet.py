@@ -1,0 +1,153 @@
+"""One system's export to BigQuery, run apart from its ingest (the exporter service).
+
+The exporter service (`app.exporter`) runs one `SystemExport` per system it
+exports: the system's serving database and BigQuery dataset, the exporter
+between them (`exporter.py`: the lease and the progress are the system's own,
+in its database), and the system's watermark read back for its lag, each loop
+under a supervisor of its own, so that what fails in one system is that
+system's alone. No push reaches it and no reader asks it: it opens no write
+path of its own into Spanner and serves nothing.
+
+The exporter does not start before Spanner shows a schema this code reads: a
+database behind the code (a migration Terraform has not applied yet) keeps
+that system's export waiting, its loop restarting, counted and named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from app.errors import StoreUnavailable
+from app.records import TABLES, Record, Rejection
+from app.store.backoff import Backoff
+from app.store.bigquery.store import BigQueryStore, WatermarkWriter
+from app.store.spanner.serving import SpannerServing
+from app.store.tiered.exporter import (
+    LEASE_SECONDS,
+    RETRY_MAX_SECONDS,
+    RETRY_SECONDS,
+    Exporter,
+    ExportObserver,
+)
+from app.store.tiered.held import QueryHeld
+from app.store.tiered.supervisor import LoopObserver, Supervisor
+from app.store.tiered.typed import TypedExport
+from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
+
+log = logging.getLogger(__name__)
+
+# How long a check of Spanner's schema may take at each try.
+_VERIFY_SECONDS = 5.0
+
+
+def exporter_for(
+    serving: SpannerServing,
+    analytics: BigQueryStore,
+    *,
+    watermarks: WatermarkWriter,
+    observer: ExportObserver | None = None,
+) -> Exporter:
+    """The exporter of a system's rows from `serving` into `analytics` (both started):
+    its offset streams, its watermark rows, records' typed columns where the dataset
+    projects them, and BigQuery's own answer to what it holds."""
+    table, revisions = analytics.typed, analytics.revisions
+    return Exporter(
+        serving,
+        {kind: analytics.offset_stream(kind) for kind in (Record, Rejection)},
+        watermarks=watermarks,
+        observer=observer,
+        typed=TypedExport(table, revisions) if table is not None and revisions else None,
+        held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
+    )
+
+
+class SystemExport:
+    """A system's export, with no ingest beside it: see the module notes."""
+
+    def __init__(
+        self,
+        name: str,
+        serving: SpannerServing,
+        analytics: BigQueryStore,
+        *,
+        observer: ExportObserver | None = None,
+        loops: LoopObserver | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.name = name
+        self.serving = serving
+        self.analytics = analytics
+        self._observer = observer
+        self.watermarks = Watermarks(serving, observer=observer, clock=clock)
+        self.supervisor = Supervisor(observer=loops)
+        self.exporter: Exporter | None = None
+        self._writer: WatermarkWriter | None = None
+
+    async def start(self) -> None:
+        """Open the clients and start the loops; what Spanner or BigQuery answers
+        meanwhile is the loops' to handle (nothing here waits on either)."""
+        await self.analytics.start()
+        await self.serving.start()
+        self._writer = self.analytics.watermark_writer()
+        await self._writer.start()
+        exporter = exporter_for(
+            self.serving, self.analytics, watermarks=self._writer, observer=self._observer
+        )
+        self.exporter = exporter
+        await self.supervisor.start()
+        # Down longer than a lease: the exporter hands the lease back so that another
+        # instance takes this system's export over.
+        self.supervisor.run(
+            "exporter",
+            lambda: self._export(exporter),
+            interval=LEASE_SECONDS,
+            on_down=exporter.step_down,
+        )
+        self.supervisor.run("watermark", self._follow_watermark, interval=WATERMARK_SECONDS)
+
+    async def _export(self, exporter: Exporter) -> None:
+        await self._verified()
+        await exporter.run()
+
+    async def _verified(self) -> None:
+        """Once Spanner answers, its schema is one this code reads (else SchemaMismatch,
+        a failure of this loop: restarted, counted, its error named)."""
+        backoff = Backoff(RETRY_SECONDS, RETRY_MAX_SECONDS)
+        while True:
+            try:
+                await self.serving.verify(within=_VERIFY_SECONDS)
+                return
+            except StoreUnavailable as exc:
+                pause = backoff.next()
+                log.warning(
+                    "%s: Spanner's schema not checked (tried again in %.1f s): %s",
+                    self.name,
+                    pause,
+                    exc,
+                )
+                await asyncio.sleep(pause)
+
+    async def _follow_watermark(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self.watermarks.read()
+        await self.watermarks.follow()
+
+    def down(self) -> list[str]:
+        """Each of this system's loops failing for longer than its interval."""
+        return self.supervisor.down()
+
+    async def close(self) -> None:
+        """Stop the loops, hand the lease back, close the clients: each step even when
+        one before it failed (undone in reverse order)."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.analytics.close)
+            stack.push_async_callback(self.serving.close)
+            if self._writer is not None:
+                stack.push_async_callback(self._writer.close)
+            if self.exporter is not None:
+                stack.push_async_callback(self.exporter.stop)
+            stack.push_async_callback(self.supervisor.close)

@@ -1,0 +1,77 @@
+"""Each table's export watermark, as the serving database holds it: where reads move
+from Spanner to BigQuery, and how far behind the export is (`recordline.export.lag`).
+
+Every instance that reads or exports a system follows it, holder of the export's
+lease or not, so that the lag is reported while any of them runs: ingest's
+instances (the serving tier's store) and the exporter service's alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Final, Protocol
+
+from app.errors import StoreUnavailable
+from app.records import TABLES, Record, Rejection
+from app.store.tiered.exporter import SETTLED_MICROS, ExportObserver, ExportRows
+
+log = logging.getLogger(__name__)
+
+# How often each instance reads the exporter's watermark from Spanner.
+WATERMARK_SECONDS: Final = 5.0
+
+
+class WatermarkSource(ExportRows, Protocol):
+    """What the watermarks are read from (the serving database)."""
+
+    async def watermarks(self) -> dict[str, int]: ...
+
+
+class Watermarks:
+    """The tables' watermarks as last read; `least` is the one every table is past."""
+
+    def __init__(
+        self,
+        source: WatermarkSource,
+        *,
+        observer: ExportObserver | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._source = source
+        self._observer = observer
+        self._clock = clock
+        # Every row before it is in BigQuery (µs): 0 until read.
+        self.least = 0
+
+    async def read(self) -> None:
+        """Read them now, and tell the observer each table's (StoreUnavailable if
+        Spanner does not answer)."""
+        watermarks = await self._source.watermarks()
+        self.least = min(watermarks.values())
+        if self._observer is None:
+            return
+        for table, watermark in watermarks.items():
+            self._observer.watermark(table, watermark or await self._first_owed(table))
+
+    async def follow(self) -> None:
+        """Read them every WATERMARK_SECONDS, for as long as it runs."""
+        while True:
+            await asyncio.sleep(WATERMARK_SECONDS)
+            try:
+                await self.read()
+            except StoreUnavailable as exc:
+                log.warning("export watermark unknown: %s", exc)
+
+    async def _first_owed(self, table: str) -> int:
+        """Where the export of `table` stands before its first progress: at its oldest
+        row in Spanner, or at the settled present if it has none (nothing is owed)."""
+        settled = self._clock() // 1000 - SETTLED_MICROS
+        kinds: tuple[type[Record] | type[Rejection], ...] = (Record, Rejection)
+        for kind in kinds:
+            if TABLES[table] is kind:
+                oldest = await self._source.rows_after(kind, (0, ""), settled, 1)
+                return oldest[0].ingest_time if oldest else settled
+        return settled

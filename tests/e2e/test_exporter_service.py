@@ -1,0 +1,295 @@
+"""The exporter service on the Spanner emulator: two instances, three systems, a kill.
+
+Two `recordline exporter` processes export three systems, each with a
+database of its own on the emulator and a dataset of its own in the Storage
+Write fake. Rows are acknowledged into every system all along (committed to
+its database, as a push's 204 says). Midway, the instance holding the most
+leases is killed outright (SIGKILL): the other must take each of its systems
+over within a lease, and BigQuery must end up with every acknowledged row of
+every system exactly once. Then one system's ingest, scaled to zero (no
+process at all), is woken by a push: the process starts, answers it 204, and
+the surviving exporter puts the row in BigQuery, though no ingest instance
+exports anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.store.spanner.ledger import standing_of
+from app.store.tiered.exporter import LEASE_SECONDS
+from app.store.tiered.store import TieredStore
+from recordline_dev.processes import free_port, stop_group
+from tests.bigquery.conftest import PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.e2e.conftest import PUSH_TOKEN
+from tests.spanner.emulator import SpannerEmulator
+from tests.spanner.exporting import tiered_store
+from tests.spanner.test_serving import record
+from tests.waiting import until
+
+pytestmark = pytest.mark.emulator
+
+SYSTEMS = ("alpha", "beta", "gamma")
+# Batches acknowledged into each system before the kill and after it.
+BATCHES_BEFORE, BATCHES_AFTER = 6, 6
+ROWS_A_BATCH = 20
+
+
+def dataset(system: str) -> str:
+    return f"exp_{system}"
+
+
+def table(system: str, name: str = "records") -> str:
+    return f"projects/{PROJECT}/datasets/{dataset(system)}/tables/{name}"
+
+
+class ExporterProcess:
+    """`recordline exporter` as a real process."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "exporter"],
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def close(self) -> None:
+        stop_group(self.process, timeout=15)
+
+
+def holders(emulator: SpannerEmulator, databases: dict[str, str]) -> dict[str, int | None]:
+    """Each system's lease holder's process id, None while nobody holds it."""
+    found: dict[str, int | None] = {}
+    for system, url in databases.items():
+        db = emulator.instance.database(url.rsplit("/", 1)[1])
+        with db.snapshot() as snapshot:
+            rows = list(
+                snapshot.execute_sql(
+                    "SELECT holder FROM export_lease WHERE expires > CURRENT_TIMESTAMP()"
+                )
+            )
+        found[system] = int(standing_of(rows[0][0])[1].split("/")[-2]) if rows else None
+    return found
+
+
+def in_bigquery(write_fake: FakeBigQueryWrite, system: str) -> Counter[str]:
+    return Counter(row["message_id"] for row in write_fake.rows(table(system)))
+
+
+@pytest.fixture
+def databases(spanner_emulator: SpannerEmulator) -> dict[str, str]:
+    """Each system's serving database: its RECORDLINE_SERVING."""
+    return {system: spanner_emulator.database() for system in SYSTEMS}
+
+
+@pytest.fixture
+async def stores(
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    databases: dict[str, str],
+) -> AsyncIterator[dict[str, TieredStore]]:
+    """Each system's serving tier, writing only (as its ingest service: no export)."""
+    async with contextlib.AsyncExitStack() as stack:
+        made = {}
+        for system in SYSTEMS:
+            store = tiered_store(
+                databases[system],
+                spanner_emulator.host,
+                write_fake,
+                jobs_fake.endpoint,
+                dataset=dataset(system),
+                export=False,
+            )
+            await store.start()
+            stack.push_async_callback(store.close)
+            made[system] = store
+        yield made
+
+
+async def acknowledge(
+    stores: dict[str, TieredStore], batches: int, acknowledged: dict[str, set[str]], label: str
+) -> None:
+    """`batches` group commits into every system, each acknowledged once committed."""
+    for batch in range(batches):
+        for system, store in stores.items():
+            ids = [f"{system}-{label}-{batch}-{i}" for i in range(ROWS_A_BATCH)]
+            await store.append([record(message_id) for message_id in ids])
+            acknowledged[system].update(ids)
+        await asyncio.sleep(0.2)  # pushes keep arriving: a pause between group commits
+
+
+def push_envelope(message_id: str) -> dict[str, Any]:
+    data = json.dumps({"id": message_id, "data": {"woken": True}}).encode()
+    return {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "messageId": message_id,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "attributes": {},
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/alpha-push",
+    }
+
+
+async def push_from_cold(env: dict[str, str], log: Path, message_id: str) -> tuple[Any, float]:
+    """Start `recordline serve` (nothing runs: an ingest scaled to zero) and push to it
+    at once, as Cloud Run holds a request until the instance it starts listens: the
+    process, and the seconds from its start to the push's answer."""
+    port = free_port()
+    started = time.monotonic()
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            env={**os.environ, **env, "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/pubsub/push?token={PUSH_TOKEN}"
+    async with httpx.AsyncClient(timeout=30) as client:
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                answer = await client.post(url, json=push_envelope(message_id))
+            except httpx.TransportError:
+                await asyncio.sleep(0.02)  # not listening yet: the request is held
+                continue
+            if answer.status_code == 503 and time.monotonic() - started < 60:
+                await asyncio.sleep(0.05)  # starting: Pub/Sub would deliver it again
+                continue
+            assert answer.status_code == 204, answer.text
+            return process, time.monotonic() - started
+
+
+async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_zero(
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    stores: dict[str, TieredStore],
+    databases: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    environment = {
+        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
+        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+        "RECORDLINE_LOG_FORMAT": "json",
+    }
+    systems = {
+        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
+        for system in SYSTEMS
+    }
+    exporter_env = {**environment, "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems)}
+    acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
+    exporters = [ExporterProcess(exporter_env, tmp_path / f"exporter-{n}.log") for n in (1, 2)]
+    woken: subprocess.Popen[bytes] | None = None
+    try:
+        await acknowledge(stores, BATCHES_BEFORE, acknowledged, "before")
+
+        # Every system exported by one instance or the other, each under its lease.
+        async def exporting() -> dict[str, int] | None:
+            held = await asyncio.to_thread(holders, spanner_emulator, databases)
+            if any(pid is None for pid in held.values()):
+                return None
+            if not all(in_bigquery(write_fake, system) for system in SYSTEMS):
+                return None
+            return {system: pid for system, pid in held.items() if pid is not None}
+
+        held = await until(exporting, timeout=60, interval=0.2, what="every system exported")
+        assert set(held.values()) <= {e.pid for e in exporters}
+
+        # Mid-export, rows still arriving: the instance holding the most leases killed.
+        busiest = Counter(held.values()).most_common(1)[0][0]
+        (killed,) = [e for e in exporters if e.pid == busiest]
+        (survivor,) = [e for e in exporters if e is not killed]
+        orphaned = {system for system, pid in held.items() if pid == busiest}
+        writing = asyncio.create_task(acknowledge(stores, BATCHES_AFTER, acknowledged, "after"))
+        await asyncio.sleep(0.3)
+        killed.process.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await asyncio.to_thread(killed.process.wait, 10)
+
+        taken: dict[str, float] = {}
+
+        async def taken_over() -> bool:
+            now = await asyncio.to_thread(holders, spanner_emulator, databases)
+            for system in orphaned:
+                if now[system] == survivor.pid and system not in taken:
+                    taken[system] = time.monotonic() - killed_at
+            return taken.keys() == orphaned
+
+        await until(taken_over, timeout=3 * LEASE_SECONDS, interval=0.1, what="the takeover")
+        print(f"\ntaken over after the kill (s): {taken}")
+        # Within a lease of the kill: the survivor claims each lease again as it
+        # expires, a lease after the killed instance's last renewal (and a claim's
+        # round trip, which the emulator's aborted transactions can stretch).
+        assert max(taken.values()) < LEASE_SECONDS + 3.0, taken
+        await writing
+
+        # One system's ingest, scaled to zero: woken by a push, answered 204 from cold.
+        woken, took = await push_from_cold(
+            {
+                **environment,
+                "RECORDLINE_STORE": systems["alpha"]["store"],
+                "RECORDLINE_SERVING": databases["alpha"],
+            },
+            tmp_path / "ingest-alpha.log",
+            "woken-1",
+        )
+        print(f"process start to the first push's 204: {took:.2f} s")
+        acknowledged["alpha"].add("woken-1")
+
+        # Every acknowledged row of every system in BigQuery, exactly once.
+        def complete() -> bool:
+            return all(
+                in_bigquery(write_fake, system).keys() >= acknowledged[system] for system in SYSTEMS
+            )
+
+        await until(complete, timeout=60, interval=0.2, what="BigQuery to hold every row")
+        for system in SYSTEMS:
+            copies = in_bigquery(write_fake, system)
+            assert copies.keys() == acknowledged[system], system
+            assert set(copies.values()) == {1}, system
+        # The ingest instance exported nothing: the survivor holds every lease.
+        assert set((await asyncio.to_thread(holders, spanner_emulator, databases)).values()) == {
+            survivor.pid
+        }
+    finally:
+        # Off the loop: the Storage Write fake, on it, answers them as they stop.
+        if woken is not None:
+            await asyncio.to_thread(stop_group, woken, timeout=15)
+        await asyncio.gather(*(asyncio.to_thread(e.close) for e in exporters))
+    # Each kept its process's lines about a system under that system's label.
+    lines = [json.loads(line) for line in survivor.log.read_text().splitlines() if line[:1] == "{"]
+    labelled = {line.get("logging.googleapis.com/labels", {}).get("system") for line in lines}
+    assert set(SYSTEMS) <= labelled, labelled
+    # Stopped by SIGTERM, the survivor handed every lease back.
+    assert all(pid is None for pid in holders(spanner_emulator, databases).values())
+    assert survivor.process.returncode == 0
