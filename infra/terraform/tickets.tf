@@ -35,6 +35,9 @@ locals {
   ticket_audience    = var.read_audience != "" ? var.read_audience : "${local.ticket_service_url}/v1"
   ticket_token       = "$(gcloud auth print-identity-token --impersonate-service-account=${google_service_account.operator.email} --audiences=\"${local.ticket_audience}\" --include-email)"
   ticket_probe_path  = values(module.system)[0].probe_path
+  # The Spanner instance of the system the incident names: the first one unless the
+  # system was given another (spanner.tf), as shell `case` arms.
+  ticket_instances = join(" ", [for name, instance in local.serving_instance : "${name}) echo ${instance};;" if instance != local.spanner_instance_name])
 
   ticket_commands = {
     revisions = <<-EOT
@@ -72,7 +75,8 @@ locals {
       Each table's watermark (every row before it is in BigQuery), the batch the exporter may have appended, and why it stopped, if it did:
       ```sh
       ${local.ticket_system}
-      gcloud spanner databases execute-sql "$SYSTEM" --instance=${local.spanner_instance_name} --project=${var.project_id} --impersonate-service-account=${google_service_account.operator.email} --sql='SELECT table_name, watermark, pending_rows, pending_message_id, blocked, updated FROM export_progress'
+      INSTANCE=$(case "$SYSTEM" in ${local.ticket_instances} *) echo ${local.spanner_instance_name};; esac)
+      gcloud spanner databases execute-sql "$SYSTEM" --instance="$INSTANCE" --project=${var.project_id} --impersonate-service-account=${google_service_account.operator.email} --sql='SELECT table_name, watermark, pending_rows, pending_message_id, blocked, updated FROM export_progress'
       gcloud logging read "resource.type=\"cloud_run_revision\" labels.system=\"$SYSTEM\" severity>=ERROR jsonPayload.message:\"export of\"" --project=${var.project_id} --freshness=1d --limit=5
       ```
       Pushes are still acknowledged and readable meanwhile: Spanner holds every row until its deletion policy removes it.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -192,11 +193,16 @@ def _ticket_commands(system: str = "recordline") -> dict[str, str]:
         "read_audience": '""',
         "probe_path": json.dumps(_locals()["probe_path"]),
         "spanner_instance_name": '"recordline-serving"',
+        # A fleet past one instance's databases: `orders` on the second (spanner.tf).
+        "serving_instance": (
+            '{ recordline = "recordline-serving", orders = "recordline-serving-2" }'
+        ),
     }
     values["ticket_probe_path"] = "local.probe_path"
     for name in ("ticket_system", "ticket_scope", "ticket_service_url", "ticket_token"):
         values[name] = _template(hcl(_locals()[name]))
     values["ticket_audience"] = hcl(_locals()["ticket_audience"]).removeprefix("${")[:-1]
+    values["ticket_instances"] = hcl(_locals()["ticket_instances"]).removeprefix("${")[:-1]
     commands = {}
     for key, raw in _locals()["ticket_commands"].items():
         # Heredocs come back from python-hcl2 escaped as a quoted string's body.
@@ -285,6 +291,23 @@ def test_the_export_tickets_command_runs_as_written_for_the_system(cloud: Cloud)
 
 
 # --- on-call looks as themselves, acts as the operator account ---------------------------
+
+
+def test_the_export_ticket_reads_each_system_on_its_own_spanner_instance() -> None:
+    for system, instance in (
+        ("recordline", "recordline-serving"),
+        ("orders", "recordline-serving-2"),
+    ):
+        (look,) = _sh(_ticket_commands(system)["export"])
+        (line,) = [line for line in look.splitlines() if line.startswith("INSTANCE=")]
+        said = subprocess.run(
+            ["bash", "-c", f'SYSTEM={system}\n{line}\necho "$INSTANCE"'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert said.strip() == instance
+        assert '--instance="$INSTANCE"' in look
 
 
 def test_on_call_looks_at_logs_and_dead_letters_as_themselves(cloud: Cloud) -> None:
