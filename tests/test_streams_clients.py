@@ -82,8 +82,7 @@ async def killed_and_resumed(pushers: list[httpx.AsyncClient], urls: list[str], 
     follower = Follower(urls, live)
     first = asyncio.create_task(follower.follow(until=1_000))
     await push(pushers[-1], range(5, 10))
-    while len(follower.rows) < 8:
-        await asyncio.sleep(0.02)  # the follower's progress is what is waited for
+    await until(lambda: len(follower.rows) >= 8, timeout=30, what="the follower's first rows")
     first.cancel()  # killed between two batches, or mid-read
     with contextlib.suppress(asyncio.CancelledError):
         await first

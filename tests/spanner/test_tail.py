@@ -9,6 +9,7 @@ import msgspec
 from app.records import Record
 from app.store import PageQuery
 from app.store.spanner.tail import TailCache
+from tests.waiting import until
 
 
 def record(message_id: str, ingest_time: int) -> Record:
@@ -107,10 +108,9 @@ async def test_a_follower_woken_by_the_watch_reads_what_woke_it() -> None:
         # Committed between the horizon and the clock: not readable yet.
         spanner.records.append(record("m-1", clock[0] - lag // 2))
         clock[0] += lag // 4
-        async with asyncio.timeout(10):
-            while cache.end < horizon():  # the watch refreshes up to it, finding nothing
-                await asyncio.sleep(0.001)
-        await asyncio.sleep(0.01)
+        # The watch refreshes up to it, finding nothing.
+        await until(lambda: cache.end >= horizon(), timeout=10, interval=0.001, what="a refresh")
+        await asyncio.sleep(0.01)  # a wake-up that should not come is waited out: time itself
         assert not waiting.done()
         clock[0] += lag
         assert await asyncio.wait_for(waiting, 10)
