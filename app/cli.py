@@ -604,7 +604,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.asgi import create_app
-    from app.http_limits import bounded_httptools
+    from app.http.limits import bounded_httptools
     from app.telemetry import configure_logging, google_project
 
     configure_logging(
@@ -642,9 +642,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.server.port,
         loop="uvloop",
         # Every byte of every request bounded in size and time, and connections at once
-        # (app.http_limits), which answers past its bound itself: no limit_concurrency.
+        # (app.http.limits), which answers past its bound itself: no limit_concurrency.
         http=bounded_httptools(server),
-        # No WebSocket route: an upgrade is refused (app.http_limits), never handed over.
+        # No WebSocket route: an upgrade is refused (app.http.limits), never handed over.
         ws="none",
         lifespan="on",
         access_log=False,

@@ -7,7 +7,7 @@ for the whole subscription. So reads, waiting pages, streams and replays in
 flight at once are at most `ServerSettings.max_reads`, what the share of
 RECORDLINE_MAX_CONNECTIONS kept for pushes (RECORDLINE_PUSH_RESERVE) leaves;
 one more is answered 503 `too-many-reads` before it costs anything. The server
-bounds the rest (`app.http_limits`): connections idle between requests, or
+bounds the rest (`app.http.limits`): connections idle between requests, or
 whose head is still arriving, are closed to make room. Within the reads,
 waiting pages and streams have their own bound (RECORDLINE_MAX_FOLLOWERS).
 """

@@ -34,6 +34,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from app.docs import StreamOperation
 from app.errors import RetryLater
+from app.http.head import HEAD_REQUEST
 from app.query.offsets import MAX_OFFSET_LENGTH, OFFSET_PATTERN
 from app.query.page_token import PageToken
 from app.query.streams import CURSOR_DIGITS, STREAMS, Chunk, Control, cursor_after
@@ -53,9 +54,6 @@ log = logging.getLogger(__name__)
 NEXT_OFFSET: Final = "Stream-Next-Offset"
 UP_TO_DATE: Final = "Stream-Up-To-Date"
 CURSOR: Final = "Stream-Cursor"
-# Set in a request's scope where the app answers a HEAD as its GET (`app.asgi`):
-# a stream's HEAD names the tail, which its GET does not.
-HEAD_REQUEST: Final = "recordline.head"
 # An SSE stream ends after about this long, or the instance's stream_seconds if
 # shorter (§10.2: so that new clients collapse onto the edge's requests).
 SSE_SECONDS: Final = 60.0
