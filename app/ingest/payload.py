@@ -20,16 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from app.ingest.limits import TOO_DEEP, too_deep
-from app.ingest.schemas import (
-    ENCODINGS,
-    SCHEMA_ENCODING,
-    SCHEMA_NAME,
-    SCHEMA_REVISION,
-    Decoder,
-    Schemas,
-    unusable,
-    valid_name,
-)
+from app.ingest.schemas import Decoder, SchemaRef, Schemas
 from app.ingest.shape import Invalid, Shape, contract_id
 from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros, unaddressable
 
@@ -167,32 +158,22 @@ class Payloads:
 
     def ready(self, attributes: Mapping[str, str]) -> PayloadReader | None:
         """The reader, when choosing it needs no fetch: no schema, or a revision seen before."""
-        name = attributes.get(SCHEMA_NAME)
-        if name is None:
+        ref = SchemaRef.named(attributes)
+        if ref is None:
             return self.plain
-        encoding = attributes.get(SCHEMA_ENCODING, "")
-        decoder = self._schemas.kept(name, attributes.get(SCHEMA_REVISION, ""))
-        if decoder is None or encoding not in ENCODINGS:
-            return None
-        return self._reader(decoder, encoding)
+        decoder = self._schemas.ready(ref)
+        return None if decoder is None else self._reader(decoder, ref.encoding)
 
     async def reader(self, attributes: Mapping[str, str]) -> PayloadReader:
         """Raises SchemaUnavailable when the named revision cannot be fetched."""
-        ready = self.ready(attributes)
-        if ready is not None:
-            return ready
-        name = attributes[SCHEMA_NAME]
-        revision_id = attributes.get(SCHEMA_REVISION, "")
-        encoding = attributes.get(SCHEMA_ENCODING, "")
-        if not valid_name(name):
-            problem = f"{SCHEMA_NAME} {name[:200]!r} is not projects/P/schemas/S"
-            decoder = unusable(name[:200], revision_id[:64], problem)
-        elif encoding not in ENCODINGS:
-            problem = f"{SCHEMA_ENCODING} {encoding[:64]!r} is neither JSON nor BINARY"
-            decoder = unusable(name, revision_id[:64], problem)
-        else:
-            return self._reader(await self._schemas.decoder(name, revision_id), encoding)
-        return SchemaReader(decoder, encoding or "no encoding", self._shape)
+        ref = SchemaRef.named(attributes)
+        if ref is None:
+            return self.plain
+        unusable = ref.problem()
+        if unusable is not None:
+            # A malformed reference: its reader says so for each message, kept nowhere.
+            return SchemaReader(unusable, ref.encoding or "no encoding", self._shape)
+        return self._reader(await self._schemas.decoder(ref.name, ref.revision_id), ref.encoding)
 
     def _reader(self, decoder: Decoder, encoding: str) -> SchemaReader:
         reader = self._readers.get((decoder, encoding))
