@@ -144,7 +144,7 @@ def create_app(
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     streams = Streams(reader, Offsets(settings.query.page_token_secret))
-    return Recordline(
+    app = Recordline(
         route_handlers=routers(
             auth, telemetry, ingest, reads=Reads(settings.server.max_reads).middleware()
         ),
@@ -169,6 +169,8 @@ def create_app(
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )
+    app.connections = telemetry.connection_observer()
+    return app
 
 
 def group_commit(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from litestar import Litestar
 from litestar.types import (
@@ -14,6 +14,9 @@ from litestar.types import (
     Scope,
     Send,
 )
+
+if TYPE_CHECKING:
+    from app.http.limits import ConnectionObserver
 
 # Set in a request's scope where the app answers a HEAD as its GET: a route whose
 # HEAD says something its GET does not (a stream's tail) reads the mark.
@@ -30,6 +33,9 @@ class Recordline(Litestar):
     declared for HEAD as well would show each operation twice in the OpenAPI
     document.
     """
+
+    # Told of each connection a bound of the server refused or closed (app.http.limits).
+    connections: ConnectionObserver | None = None
 
     async def __call__(
         self,

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import http
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -100,6 +100,13 @@ BODY: Final = 2
 _uvicorn = HttpToolsProtocol
 
 
+class ConnectionObserver(Protocol):
+    """Told of each connection refused or closed by a bound; telemetry implements it
+    (`recordline.connections.refused`, by reason)."""
+
+    def refused(self, reason: str) -> None: ...
+
+
 class Refused(Exception):
     """Raised from a parser callback to stop httptools at once: what comes after a
     refused upgrade is no HTTP this layer follows."""
@@ -135,7 +142,7 @@ class Connections:
         while len(self._open) >= self.most and self._idle:
             longest = next(iter(self._idle))
             self.closed(longest)
-            longest.shed()
+            longest.evict()
         self._open.add(connection)
         self._idle[connection] = None
         return len(self._open) <= self.most
@@ -166,6 +173,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     limits: ClassVar[ServerSettings]
     problems: ClassVar[Problems]
     kept: ClassVar[Connections]
+    observer: ClassVar[ConnectionObserver | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -243,6 +251,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         # uvicorn's answer to a parser error, a callback's included: a refusal decided
         # here is answered as itself.
         if self._refusal is None:
+            self._count("malformed")
             super().send_400_response(msg)
         else:
             self._refuse()
@@ -261,6 +270,11 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.shed()
         elif self._in_flight == 0:
             self.kept.idle(self)
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one."""
+        self._count("idle-evicted")
+        self.shed()
 
     def shed(self) -> None:
         """Close the connection, answering nothing more."""
@@ -331,11 +345,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._taken + self._read > limit or len(headers) > MAX_HEADERS:
             size = len(self.url) + sum(len(n) + len(v) + HEADER_FRAMING for n, v in headers)
             if size > limit or len(headers) > MAX_HEADERS:
-                return answer(self._too_large("the request line and headers"), self.problems)
+                return self._answer(self._too_large("the request line and headers"))
         if self.parser.should_upgrade():
-            return answer(
-                UpgradeNotServed("this service serves HTTP/1.1 only: no upgrade, no CONNECT"),
-                self.problems,
+            return self._answer(
+                UpgradeNotServed("this service serves HTTP/1.1 only: no upgrade, no CONNECT")
             )
         hosts = 0
         for name, _ in headers:  # lower-cased by uvicorn
@@ -343,17 +356,15 @@ class BoundedHttpTools(HttpToolsProtocol):
                 hosts += 1
         if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
             said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
-            return answer(
-                AmbiguousRequest(f"{said}: an HTTP/1.1 request names its host once"),
-                self.problems,
+            return self._answer(
+                AmbiguousRequest(f"{said}: an HTTP/1.1 request names its host once")
             )
         if self._crowded and self.kept.crowded():
-            return answer(
+            return self._answer(
                 TooManyConnections(
                     f"every one of the {self.kept.most} connections this instance keeps "
                     "(RECORDLINE_MAX_CONNECTIONS) carries a request"
-                ),
-                self.problems,
+                )
             )
         return None
 
@@ -363,8 +374,17 @@ class BoundedHttpTools(HttpToolsProtocol):
             f"(RECORDLINE_MAX_HEADER_BYTES), or than {MAX_HEADERS} fields"
         )
 
+    def _answer(self, error: RecordlineError) -> bytes:
+        """`error` as the answer that ends this connection, counted by its problem."""
+        self._count(error.problem)
+        return answer(error, self.problems)
+
+    def _count(self, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.refused(reason)
+
     def _refuse_with(self, error: RecordlineError) -> None:
-        self._refusal = answer(error, self.problems)
+        self._refusal = self._answer(error)
         self._refuse()
 
     def _refuse_in_body(self, error: RecordlineError) -> None:
@@ -372,7 +392,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         has begun its own answer, and closed."""
         reading = self._reading
         started = reading is not None and reading.response_started
-        self._refusal = b"" if started else answer(error, self.problems)
+        if started:
+            self._count(error.problem)
+        self._refusal = b"" if started else self._answer(error)
         self._in_flight = 0
         self._refuse()
 
@@ -409,6 +431,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._deadline = None
         if self._phase != BODY:
             # A head not in within its time (or nothing at all since the connection opened).
+            self._count("head-timeout")
             self.shed()
         elif self.flow.read_paused:
             # The server holds the reading back (the app has not taken what came, or a
@@ -424,8 +447,11 @@ class BoundedHttpTools(HttpToolsProtocol):
             )
 
 
-def bounded_httptools(limits: ServerSettings) -> type[BoundedHttpTools]:
-    """The protocol class uvicorn is given (`http=`), with these bounds, for one server."""
+def bounded_httptools(
+    limits: ServerSettings, observer: ConnectionObserver | None = None
+) -> type[BoundedHttpTools]:
+    """The protocol class uvicorn is given (`http=`), with these bounds, for one server;
+    `observer` is told of each connection a bound refused or closed."""
     return type(
         "BoundedHttpTools",
         (BoundedHttpTools,),
@@ -433,5 +459,6 @@ def bounded_httptools(limits: ServerSettings) -> type[BoundedHttpTools]:
             "limits": limits,
             "problems": Problems(max_body_bytes=limits.max_body_bytes),
             "kept": Connections(limits.max_connections),
+            "observer": observer,
         },
     )
