@@ -1,18 +1,13 @@
 """The Durable Streams read side: each paged list as a stream of JSON arrays.
 
-`/v1/streams/records` and `/v1/streams/rejections` are the lists of
-`/v1/records` and `/v1/rejections` in the protocol's JSON mode: a chunk is a
-JSON array of the very objects a page lists, in the same order, read by the
-same `Reader` (its reads, shared by followers, woken by the same bell). What
-differs is the encoding: an offset (`app.query.offsets`) for a page token, and
-chunks sized for a reader far behind.
+`/v1/streams/records` and `/v1/streams/rejections` are the lists of `/v1/records`
+and `/v1/rejections` in the protocol's JSON mode, read by the same `Reader`; what
+differs is an offset (`app.query.offsets`) for a page token, and chunks sized for a
+reader far behind. A chunk ends where the rows of one microsecond end, so an
+offset names a position below the read horizon and moves only when a row becomes
+readable.
 
-A chunk ends where the rows of one microsecond end, so its offset names a time
-alone (every row stored before it is read); only a microsecond with more rows
-than a chunk holds makes an offset name a message id. An offset therefore only
-ever names a position below the read horizon, and moves only when a row becomes
-readable: at the tail, a read that finds nothing answers with the offset it was
-asked with.
+Design: docs/streams.md#what-the-protocol-gets-here
 """
 
 from __future__ import annotations
