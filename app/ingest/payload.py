@@ -1,14 +1,12 @@
 """What a payload says: its record id, its event time and the data to store.
 
-Which reader reads a message is decided by the message and the settings:
-- it names a topic schema (`googclient_schemaname`): decoded with the named
-  revision in the named encoding, the whole payload stored as `data` (JSON);
-- no schema, the default mapping (`id`, `timestamp`): the `{"id", "timestamp",
-  "data"}` contract, `data` stored as the exact JSON text sent;
-- no schema, a mapping of the publisher's own: the whole JSON payload is
-  `data`, stored as the exact text sent.
-A reader raises `Invalid` with the rule that failed, which becomes the
-rejection's reason; it never raises anything else, so no message is a 500.
+A message that names a topic schema is decoded with that revision and stored
+whole as JSON; with no schema, the default mapping reads the `{"id", "timestamp",
+"data"}` contract (`data` stored as the exact JSON text sent), and a publisher's
+own mapping stores the whole payload. A reader raises `Invalid` with the rule that
+failed, which becomes the rejection's reason, and nothing else: no message is a 500.
+
+Design: docs/schemas.md
 """
 
 from __future__ import annotations
