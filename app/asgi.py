@@ -46,7 +46,7 @@ from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
 from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest
-from app.ingest.shape import Shape
+from app.ingest.shape import FieldPaths
 from app.problems import Problems, describe_problem
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
@@ -308,9 +308,9 @@ def create_app(
         observer=telemetry.flush_observer(),
     )
     schemas = fetching_schemas(settings, revisions, schema_source)
-    shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
+    paths = FieldPaths(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     outcomes = telemetry.push_outcomes()
-    ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)
+    ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes)
     tokens = PageTokens(settings.query.page_token_secret)
     reader = Reader(
         observed,

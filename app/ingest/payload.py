@@ -28,7 +28,7 @@ from app.ingest.schemas import (
     unusable,
     valid_name,
 )
-from app.ingest.shape import Invalid, Shape, contract_id
+from app.ingest.shape import FieldPaths, Invalid, contract_id
 from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros, unaddressable
 
 
@@ -101,8 +101,8 @@ class JsonReader:
 
     schema = None
 
-    def __init__(self, shape: Shape) -> None:
-        self._shape = shape
+    def __init__(self, paths: FieldPaths) -> None:
+        self._paths = paths
 
     def read(self, data: bytes) -> Read:
         try:
@@ -115,7 +115,7 @@ class JsonReader:
         if too_deep(text):
             raise Invalid(f"payload is {TOO_DEEP}")
         try:
-            return Read(self._shape.record_id(payload), self._shape.event_time(payload), text)
+            return Read(self._paths.record_id(payload), self._paths.event_time(payload), text)
         except Invalid as exc:
             raise Invalid(f"payload: {exc}") from None
 
@@ -123,11 +123,11 @@ class JsonReader:
 class SchemaReader:
     """A message in a topic schema's encoding, decoded with the revision it names."""
 
-    def __init__(self, decoder: Decoder, encoding: str, shape: Shape) -> None:
+    def __init__(self, decoder: Decoder, encoding: str, paths: FieldPaths) -> None:
         self.schema = decoder.schema
         self._decoder = decoder
         self._encoding = encoding
-        self._shape = shape
+        self._paths = paths
 
     def read(self, data: bytes) -> Read:
         decoder = self._decoder
@@ -139,8 +139,8 @@ class SchemaReader:
                 payload: Any = decoder.codec.binary(data)
             else:
                 payload = decoder.codec.json(data)
-            record_id = self._shape.record_id(payload)
-            timestamp = self._shape.event_time(payload)
+            record_id = self._paths.record_id(payload)
+            timestamp = self._paths.event_time(payload)
             text = _encode(payload).decode()
         except Invalid as exc:
             raise Invalid(f"{under}: {exc}") from None
@@ -156,10 +156,10 @@ class SchemaReader:
 class Payloads:
     """Chooses each message's reader: by the topic schema it names, else by the mapping."""
 
-    def __init__(self, shape: Shape, schemas: Schemas) -> None:
-        self._shape = shape
+    def __init__(self, paths: FieldPaths, schemas: Schemas) -> None:
+        self._paths = paths
         self._schemas = schemas
-        self.plain: PayloadReader = CONTRACT if shape.is_contract else JsonReader(shape)
+        self.plain: PayloadReader = CONTRACT if paths.is_contract else JsonReader(paths)
         # By (decoder, encoding): a few per revision, made once.
         self._readers: dict[tuple[Decoder, str], SchemaReader] = {}
 
@@ -190,10 +190,10 @@ class Payloads:
             decoder = unusable(name, revision_id[:64], problem)
         else:
             return self._reader(await self._schemas.decoder(name, revision_id), encoding)
-        return SchemaReader(decoder, encoding or "no encoding", self._shape)
+        return SchemaReader(decoder, encoding or "no encoding", self._paths)
 
     def _reader(self, decoder: Decoder, encoding: str) -> SchemaReader:
         reader = self._readers.get((decoder, encoding))
         if reader is None:
-            reader = self._readers[decoder, encoding] = SchemaReader(decoder, encoding, self._shape)
+            reader = self._readers[decoder, encoding] = SchemaReader(decoder, encoding, self._paths)
         return reader
