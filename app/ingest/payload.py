@@ -47,7 +47,9 @@ _decode_json = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
 
 
-class Read(NamedTuple):
+class PayloadValues(NamedTuple):
+    """What a payload says: its record id, its event time and the data to store."""
+
     id: str
     timestamp: int | None  # µs since the epoch
     data: str  # JSON text
@@ -59,7 +61,7 @@ class PayloadReader(Protocol):
         """The schema revision the message named (`projects/P/schemas/S@REVISION`)."""
         ...
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         """What `data` says; raises Invalid naming the rule it broke."""
         ...
 
@@ -69,7 +71,7 @@ class ContractReader:
 
     schema = None
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         try:
             payload = _decode_payload(data)
             # The decoder passes `data` through unread: its text is checked here.
@@ -90,7 +92,7 @@ class ContractReader:
         problem = unaddressable(record_id)
         if problem is not None:
             raise Invalid(f"payload: `$.id` is {problem}")
-        return Read(record_id, timestamp, text)
+        return PayloadValues(record_id, timestamp, text)
 
 
 CONTRACT = ContractReader()
@@ -104,7 +106,7 @@ class JsonReader:
     def __init__(self, paths: FieldPaths) -> None:
         self._paths = paths
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         try:
             payload = _decode_json(data)
             text = data.decode()
@@ -115,7 +117,9 @@ class JsonReader:
         if too_deep(text):
             raise Invalid(f"payload is {TOO_DEEP}")
         try:
-            return Read(self._paths.record_id(payload), self._paths.event_time(payload), text)
+            return PayloadValues(
+                self._paths.record_id(payload), self._paths.event_time(payload), text
+            )
         except Invalid as exc:
             raise Invalid(f"payload: {exc}") from None
 
@@ -129,7 +133,7 @@ class SchemaReader:
         self._encoding = encoding
         self._paths = paths
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         decoder = self._decoder
         under = f"payload under schema {decoder.schema} ({self._encoding})"
         if decoder.codec is None:
@@ -150,7 +154,7 @@ class SchemaReader:
             raise Invalid(f"{under}: {TOO_DEEP}") from None
         if too_deep(text):
             raise Invalid(f"{under}: {TOO_DEEP}")
-        return Read(record_id, timestamp, text)
+        return PayloadValues(record_id, timestamp, text)
 
 
 class Payloads:

@@ -23,7 +23,7 @@ import msgspec
 from app.errors import BadParameter, NotFound
 from app.query.offsets import BEGINNING, NOW, Offsets
 from app.query.page_token import PageToken
-from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Listing, Read, Reader
+from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Excerpt, Listing, Reader
 
 STREAMS: Final[dict[str, Listing[Any]]] = {"records": RECORDS, "rejections": REJECTIONS}
 # A chunk holds at most this many rows, and stops adding pages of them once it
@@ -219,7 +219,7 @@ class Streams:
         return self._chunk(listing, cursor, reads, budget)
 
     def _chunk(
-        self, listing: Listing[Any], cursor: PageToken, reads: list[Read[Any]], budget: int
+        self, listing: Listing[Any], cursor: PageToken, reads: list[Excerpt[Any]], budget: int
     ) -> Chunk:
         rows = [row for read in reads for row in read.rows]
         views = [v for read in reads for v in read.views]
