@@ -23,7 +23,7 @@ from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
 from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest
-from app.ingest.shape import Shape
+from app.ingest.shape import FieldPaths
 from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem
 from app.process import StopBudget
@@ -108,8 +108,8 @@ def create_app(
     batcher = group_commit(settings, observed, store.max_in_flight, telemetry.flush_observer())
     schemas = fetching_schemas(settings, revisions, schema_source)
     outcomes = telemetry.push_outcomes()
-    shape = Shape(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
-    ingest = Ingest(batcher, Payloads(shape, schemas), observer=outcomes)
+    paths = FieldPaths(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
+    ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes)
     tokens = PageTokens(settings.query.page_token_secret)
     reader = Reader(
         observed,

@@ -1,58 +1,12 @@
 """What one connection may cost: every byte of every request bounded, in size and in time.
 
-uvicorn reads a request's line, headers, body and trailers before any route or
-guard runs, and its httptools protocol bounds none of them: headers without
-end grew the process by gigabytes, a body sent a byte a second or a blank line
-after an answer held a connection forever, an upgrade (`h2c`) or a `CONNECT`
-left the rest of the connection unread by any bound, and a chunked body's
-trailers (64 MiB of them: +222 MB, 11 s of CPU) became request headers.
-So every connection is served by `BoundedHttpTools`: uvicorn's httptools
-protocol, following each request through the callbacks of the parser uvicorn
-itself feeds (one parser: nothing is parsed twice, and no second parser can
-lose track of the first):
+Every connection is served by `BoundedHttpTools`, uvicorn's httptools protocol
+following each request through the callbacks of the parser uvicorn itself feeds:
+a head's size and time, a body's time, trailers dropped, upgrades and `CONNECT`
+refused, `Host` checked, and at most `max_connections` a process (`Connections`).
 
-- a request's head (its line and headers) is at most `max_header_bytes` and
-  `MAX_HEADERS` fields, measured whole however its bytes arrive: while it is
-  incomplete, by every byte of the reads it came in but the body of a request
-  before it; once complete, if those reads held more than the bound, exactly (its
-  URL and its fields). So a head is refused at most one read (256 KiB) past its
-  bound, whether it came in one read or behind other requests. Past it: 431, and
-  the connection is closed without the app being called;
-- a head is due within `header_timeout` of its first byte: any byte, so that
-  blank lines between requests start the clock too (for a connection's first
-  request, of the connection's opening);
-- a body, and a chunked body's trailers, are due within `body_timeout` of the
-  head's end, while the server itself reads (not while it holds the reading back
-  for the app); past it: 408 if nothing was answered yet, and closed;
-- trailers never become headers: they are measured with the body's framing (at
-  most `max_header_bytes`, and `CHUNK_FRAMING` more a chunk) and dropped;
-- a request answered before its body was read whole ends its connection: nothing
-  is read only to be dropped (a 401 or a 413 does not read the 10 GB behind it);
-- `Connection: Upgrade` and `CONNECT` are answered 400 and the connection closed:
-  the service has no WebSocket route, and an upgraded or tunnelled connection is
-  no HTTP/1.1 a bound here could follow;
-- a request without `Host` (HTTP/1.1) or with two is answered 400 (RFC 9112 §3.2);
-- a process keeps at most `max_connections` (`Connections`): one more closes the
-  connection that has held no request longest (idle between requests, or with
-  its head still arriving), and with every connection busy its request is
-  answered 503. uvicorn's `timeout_keep_alive` closes a connection idle between
-  requests.
-
-Why a layer over uvicorn's httptools rather than a server with bounds of its
-own (`python3 dev.py bench server`, and docs/benchmarks.md): none of the servers
-measured bounds what this layer bounds. uvicorn's h11 protocol takes a 100 KB
-head in one read past a 16 KiB bound, holds a body sent a byte a second, and
-costs 2.2 times httptools' instructions a push (1.43 times, serving Recordline).
-Hypercorn bounds heads, but switches an `h2c` upgrade to HTTP/2, holds a slow
-body, and costs 3.1 times. Granian (hyper, in Rust threads of its own) bounds
-heads and their time natively and costs as many instructions (0.99, every thread
-counted) and less CPU a push on one CPU (0.79 to 0.91; 1.14 across two), but
-answers a 64 MiB trailer with the app's 500 (a 5xx a sender controls), passes
-`CONNECT` to the app, and has no body deadline, no bound on connections and no
-`Host` check: it would need a layer of its own in the app, and a process model
-of its own for `recordline serve` (its start, its stop within Cloud Run's 10 s).
-This layer costs 2% of a Recordline push's instructions (5.7% of the floor's
-lighter push), as the second parser it replaces did.
+Design, and why a layer over httptools rather than another server:
+docs/security.md#request-bounds
 """
 
 from __future__ import annotations

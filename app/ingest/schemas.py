@@ -1,26 +1,13 @@
 """Topic schemas: the revision a message names, fetched once and kept.
 
-Pub/Sub marks every message of a topic that has a schema with three
-attributes: the schema (`googclient_schemaname`), the revision the message
-was validated against (`googclient_schemarevisionid`) and its encoding
-(`googclient_schemaencoding`: JSON or BINARY). A topic may accept a range of
-revisions, so messages of an older and a newer revision arrive side by side,
-and each is decoded with its own.
+Pub/Sub marks every message of a topic that has a schema with its schema,
+revision and encoding; each message is decoded with its own revision. Revisions
+are immutable: each is fetched once (concurrent pushes wait for the same fetch)
+and its codec kept. One that cannot be fetched is our failure (503, nothing
+stored); one that does not exist or cannot decode rejects its messages. Decoders
+and typed fields are made in a worker thread, never on the event loop.
 
-Revisions are immutable: each is fetched from the Schema API once (concurrent
-pushes wait for the same fetch) and its codec kept for the life of the
-process. A revision that cannot be fetched is our failure, not the
-publisher's: the push is answered 503 (`SchemaUnavailable`), nothing is
-stored, and readiness reports it until a fetch succeeds. A revision that does
-not exist, or cannot decode (an unsupported type, a definition the decoder
-refuses or cannot read, nested too deeply), is permanent: its messages are
-rejected, bytes kept for replay, and the revision is not asked for again.
-
-A revision's decoder and typed fields are made in a worker thread, never on
-the event loop, and the mapping has a deadline of its own (`_MAP_SECONDS`): a
-revision past a cap of the mapping (`app.typed.mapping.OverCap`) decodes as
-any other, but has no typed columns; each of its records says why in its
-projection errors.
+Design: docs/schemas.md
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.settings import Settings, SettingsError, declared
+from app.settings import Settings, SettingsError, every_setting
 from app.store import QueryObserver, Store
 from app.store.copies import ConflictObserver
 
@@ -92,7 +92,7 @@ def open_store(
             return _tiered(settings, analytics, conflicts, exports, loops)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
-            accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
+            accepts = next(d.accepts for d in every_setting() if d.var == "RECORDLINE_STORE")
             raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
 
 
