@@ -14,7 +14,7 @@ from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.tiered.exporter import Exporter
+from app.store.tiered.exporter import LEASE_SECONDS, Exporter, exporter_lease
 from app.store.tiered.held import QueryHeld
 from app.store.tiered.store import TieredStore
 from app.typed.revisions import Revisions
@@ -34,7 +34,13 @@ def exporter(store: TieredStore, holder: str = "a", **options: Any) -> Exporter:
     options.setdefault("retry_seconds", RETRY_SECONDS)
     names = {table: analytics.table_name(table) for table in TABLES}
     options.setdefault("held", QueryHeld(analytics.queries, names))
-    return Exporter(options.pop("source", store.serving), streams, holder=holder, **options)
+    lease = exporter_lease(
+        holder,
+        version=options.pop("version", None),
+        seconds=options.pop("lease_seconds", LEASE_SECONDS),
+    )
+    source = options.pop("source", store.serving)
+    return Exporter(source, streams, lease=lease, **options)
 
 
 def copies(write_fake: FakeBigQueryWrite, table: str) -> collections.Counter[str]:

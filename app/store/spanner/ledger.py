@@ -3,9 +3,8 @@
 
 What they mean, and who writes them when, is the exporter's
 (`app.store.tiered.exporter`); this module only reads and writes the rows,
-each within the deadline of the call it serves, for `SpannerServing`'s
-public methods (`claim_lease`, `release_lease`, `progress`, `record_progress`,
-`watermarks`). Every progress write is a compare-and-set: it changes the row
+each within the deadline of the call it serves, for `SpannerLedger`
+(`export_ledger.py`). Every progress write is a compare-and-set: it changes the row
 only if the row is still the one its writer read (`Progress.updated`, the
 commit time of the write that made it), checked in the same transaction as
 the lease, else `ProgressMoved` and nothing is written. A transaction that
@@ -163,6 +162,16 @@ def standing_of(holder: str) -> tuple[Standing, str]:
         return _UNKNOWN, holder
     schema, revision, name = found.groups()
     return Standing(int(schema), int(revision)), name
+
+
+class Lease(NamedTuple):
+    """One exporter's claim on the export: the lease's name, the exporter's own name
+    and standing, and how long a claim holds (s)."""
+
+    name: str
+    holder: str
+    standing: Standing
+    seconds: float
 
 
 class LeaseClaim(NamedTuple):

@@ -79,8 +79,9 @@ from app.store.spanner.calls import (
     in_transaction,
     key_rows,
     sql_rows,
-    statement,
 )
+from app.store.spanner.export_ledger import SpannerLedger
+from app.store.spanner.ledger import Lease
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,
@@ -309,6 +310,8 @@ class SpannerServing:
             accommodations=accommodations,
             timeout_seconds=timeout_seconds,
         )
+        # The export's lease and progress, as operators and watermark reads ask.
+        self.ledger = SpannerLedger(self._calls)
         # Queries and key reads made for readers, for what reads cost: the
         # Spanner bill follows compute, which follows them. A commit's own key
         # reads are the write's cost, not counted. Counted from several threads.
@@ -393,114 +396,11 @@ class SpannerServing:
         for its turn included."""
         return await self._calls.transact(self._commit, rows, within=within)
 
-    # -- the export's ledger (app.store.spanner.ledger) ---------------------------
+    # -- the export's ledger (export_ledger.py) ---------------------------------
 
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> ledger.LeaseClaim:
-        """Take or renew lease `name` for `seconds` from Spanner's now: whether `holder`
-        holds it now, and if not, when the lease that stopped it expires."""
-        lease_micros = int(seconds * 1_000_000)
-        return await self._calls.transact(self._claim_lease, name, holder, lease_micros)
-
-    def _claim_lease(
-        self, deadline: Deadline, name: str, holder: str, lease_micros: int
-    ) -> ledger.LeaseClaim:
-        def work(transaction: Any) -> ledger.LeaseClaim:
-            return ledger.claim(transaction, statement(deadline), name, holder, lease_micros)
-
-        claimed, _ = in_transaction(self._calls.database(), deadline, work)
-        return claimed
-
-    async def release_lease(self, name: str, holder: str, *, within: float) -> bool:
-        """Hand lease `name` back if `holder` holds it; whether it did."""
-        return await self._calls.transact(self._release_lease, name, holder, within=within)
-
-    def _release_lease(self, deadline: Deadline, name: str, holder: str) -> bool:
-        def work(transaction: Any) -> bool:
-            return ledger.release(transaction, statement(deadline), name, holder)
-
-        released, _ = in_transaction(self._calls.database(), deadline, work)
-        return released
-
-    async def progress(self, table: str) -> ledger.Progress:
-        """The export progress of `table` now (a strong read); a new one if it has none."""
-        return await self._calls.call(self._progress, table)
-
-    def _progress(self, deadline: Deadline, table: str) -> ledger.Progress:
-        with self._calls.database().snapshot() as snapshot:
-            found = key_rows(
-                snapshot,
-                deadline,
-                ledger.PROGRESS_TABLE,
-                ledger.progress_names(),
-                ledger.progress_key(table),
-            )
-            return ledger.progress_of(table, list(found))
-
-    async def record_progress(
-        self, name: str, holder: str, progress: ledger.Progress
-    ) -> ledger.Progress:
-        """Write `progress` if `holder` holds lease `name` (else LeaseLost) and the row
-        is still the one it was made from (else ProgressMoved), both checked in the
-        same transaction; the progress as written, its `updated` the commit's time."""
-        return await self._calls.transact(self._record_progress, name, holder, progress)
-
-    def _record_progress(
-        self, deadline: Deadline, name: str, holder: str, progress: ledger.Progress
-    ) -> ledger.Progress:
-        def work(transaction: Any) -> None:
-            ledger.record(transaction, statement(deadline), name, holder, progress)
-
-        _, committed = in_transaction(self._calls.database(), deadline, work)
-        return msgspec.structs.replace(progress, updated=committed)
-
-    async def unblock_export(
-        self, table: str, reason: str, decision: ledger.Decision | None = None
-    ) -> bool:
-        """Clear the export of `table`'s `blocked` if it still says `reason`, keeping
-        `decision` in the same transaction; whether it did (an operator's retry:
-        `recordline export retry`)."""
-        return await self._calls.transact(self._unblock_export, table, reason, decision)
-
-    def _unblock_export(
-        self, deadline: Deadline, table: str, reason: str, decision: ledger.Decision | None
-    ) -> bool:
-        def work(transaction: Any) -> bool:
-            done = ledger.unblock(transaction, statement(deadline), table, reason)
-            if done and decision is not None:
-                ledger.decide(transaction, decision)
-            return done
-
-        done, _ = in_transaction(self._calls.database(), deadline, work)
-        return done
-
-    async def move_export(
-        self,
-        read: ledger.Progress,
-        moved: ledger.Progress,
-        decision: ledger.Decision | None = None,
-    ) -> bool:
-        """Write `moved` over `read`, a table's progress as an operator read it, if
-        nothing wrote it since, keeping `decision` in the same transaction; whether
-        it did (`recordline export resync`). No lease is checked: the holder of a
-        blocked table writes nothing until its progress changes, and any write it
-        makes first turns this one into a no-op."""
-        return await self._calls.transact(self._move_export, read, moved, decision)
-
-    def _move_export(
-        self,
-        deadline: Deadline,
-        read: ledger.Progress,
-        moved: ledger.Progress,
-        decision: ledger.Decision | None,
-    ) -> bool:
-        def work(transaction: Any) -> bool:
-            done = ledger.overwrite(transaction, statement(deadline), read, moved)
-            if done and decision is not None:
-                ledger.decide(transaction, decision)
-            return done
-
-        done, _ = in_transaction(self._calls.database(), deadline, work)
-        return done
+    def export_ledger(self, lease: Lease) -> SpannerLedger:
+        """The export's ledger as the exporter holding `lease` asks it."""
+        return SpannerLedger(self._calls, lease)
 
     async def reject_refused(
         self,
@@ -556,18 +456,6 @@ class SpannerServing:
 
         done, _ = in_transaction(self._calls.database(), deadline, work)
         return done
-
-    async def watermarks(self) -> dict[str, int]:
-        """Each table's export watermark (0 before its first export), in one read."""
-        return await self._calls.call(self._watermarks)
-
-    def _watermarks(self, deadline: Deadline) -> dict[str, int]:
-        with self._calls.database().snapshot() as snapshot:
-            names = ["table_name", "watermark"]
-            keys = ledger.watermark_keys()
-            return ledger.watermarks_of(
-                key_rows(snapshot, deadline, ledger.PROGRESS_TABLE, names, keys)
-            )
 
     def _commit(self, deadline: Deadline, rows: Sequence[Record | Rejection]) -> Committed:
         sequences = [sequence_of(row) for row in rows]

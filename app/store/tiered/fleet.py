@@ -82,7 +82,7 @@ class SystemExport:
         self.serving = serving
         self.analytics = analytics
         self._observer = observer
-        self.watermarks = Watermarks(serving, observer=observer, clock=clock)
+        self.watermarks = Watermarks(serving, serving.ledger, observer=observer, clock=clock)
         self.supervisor = Supervisor(observer=loops)
         self.exporter: Exporter | None = None
         self._writer: WatermarkWriter | None = None

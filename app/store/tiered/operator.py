@@ -236,7 +236,7 @@ def _logged(decision: Decision) -> None:
 async def _status(serving: SpannerServing) -> int:
     blocked = 0
     for table in TABLES:
-        progress = await serving.progress(table)
+        progress = await serving.ledger.progress(table)
         print(_describe(progress))
         blocked += progress.blocked is not None
     return EXIT_BLOCKED if blocked else EXIT_DONE
@@ -255,13 +255,13 @@ def _describe(p: Progress) -> str:
 
 
 async def _retry(serving: SpannerServing, table: str, decision: Decision) -> int:
-    progress = await serving.progress(table)
+    progress = await serving.ledger.progress(table)
     if progress.blocked is None:
         print(f"{table}: not blocked; nothing to retry")
         return EXIT_DONE
     detail = f"cleared the stop since {_time(progress.updated or 0)}: {progress.blocked}"
     decision = msgspec.structs.replace(decision, detail=detail)
-    if not await serving.unblock_export(table, progress.blocked, decision):
+    if not await serving.ledger.unblock(table, progress.blocked, decision):
         _error("recordline export retry", f"{table}: its progress changed meanwhile; see status")
         return EXIT_REFUSED
     _logged(decision)
@@ -272,7 +272,7 @@ async def _retry(serving: SpannerServing, table: str, decision: Decision) -> int
 async def _reject(serving: SpannerServing, message_id: str, decision: Decision) -> int:
     from app.store.tiered.exporter import row_at_fault
 
-    progress = await serving.progress("records")
+    progress = await serving.ledger.progress("records")
     if progress.blocked is None or row_at_fault(progress.blocked) != ("records", message_id):
         _error(
             "recordline export reject",
@@ -296,7 +296,7 @@ _KINDS: dict[str, type[Record] | type[Rejection]] = {"records": Record, "rejecte
 
 
 async def _resync(serving: SpannerServing, held: QueryHeld, table: str, decision: Decision) -> int:
-    progress = await serving.progress(table)
+    progress = await serving.ledger.progress(table)
     if progress.blocked is None:
         print(f"{table}: not blocked; nothing to resync")
         return EXIT_DONE
@@ -336,7 +336,7 @@ async def _resync(serving: SpannerServing, held: QueryHeld, table: str, decision
         f"(the stop since {_time(progress.updated or 0)} was: {progress.blocked})"
     )
     decision = msgspec.structs.replace(decision, detail=detail)
-    if not await serving.move_export(progress, moved, decision):
+    if not await serving.ledger.move(progress, moved, decision):
         _error(
             "recordline export resync",
             f"{table}: its progress changed meanwhile; nothing moved (see status)",
@@ -364,7 +364,7 @@ async def _verify(
 
     window = int(hours * 3_600_000_000)
     settled = time.time_ns() // 1000 - SETTLED_MICROS
-    watermarks = await serving.watermarks()
+    watermarks = await serving.ledger.watermarks()
     until = {table: min(watermarks[table], settled) for table in TABLES}
     # Older rows are deleted from Spanner (its row deletion policy): nothing there
     # to compare BigQuery with.

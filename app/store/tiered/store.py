@@ -152,7 +152,9 @@ class TieredStore:
         self.supervisor = Supervisor(observer=loop_observer)
         # The tables' export watermarks, as last read from Spanner (every instance
         # reads them).
-        self._watermarks = Watermarks(serving, observer=export_observer, clock=clock)
+        self._watermarks = Watermarks(
+            serving, serving.ledger, observer=export_observer, clock=clock
+        )
         # The ledger of producer sequences, kept in Spanner with the rows.
         self.completeness: Completeness | None = ServingCompleteness(serving)
 
