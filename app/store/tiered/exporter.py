@@ -317,6 +317,31 @@ class WatermarkSink(Protocol):
     async def publish(self, row: ExportWatermark, *, within: float) -> None: ...
 
 
+class Destination(NamedTuple):
+    """Where the exporter puts rows, in BigQuery: each table's offset stream, and
+    what it is told or asked besides."""
+
+    streams: dict[RowType, OffsetStream]
+    # Told each table's watermark (`export_watermarks`).
+    watermarks: WatermarkSink | None = None
+    # Records' typed columns (`typed.py`), where the table has them.
+    typed: TypedExport | None = None
+    # What BigQuery holds, to settle a batch whose stream is gone; without it
+    # such a batch blocks its table for an operator's `export resync`.
+    held: Held | None = None
+
+
+class Pace(NamedTuple):
+    """How much a batch takes, and how long a table waits after a failure."""
+
+    batch_rows: int = BATCH_ROWS
+    batch_bytes: int = BATCH_BYTES
+    # A passing failure's first pause (doubling to RETRY_MAX_SECONDS).
+    retry_seconds: float = RETRY_SECONDS
+    # Between tries of a blocked table.
+    blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS
+
+
 class _Unreadable(NamedTuple):
     """A row of a batch that could not be read: its key, if known, and why."""
 
@@ -335,35 +360,27 @@ class Exporter:
     def __init__(
         self,
         source: ExportSource,
-        streams: dict[RowType, OffsetStream],
+        bigquery: Destination,
         *,
         lease: Lease | None = None,
-        watermarks: WatermarkSink | None = None,
+        pace: Pace | None = None,
         observer: ExportObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
-        batch_rows: int = BATCH_ROWS,
-        batch_bytes: int = BATCH_BYTES,
-        blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
-        typed: TypedExport | None = None,
-        held: Held | None = None,
-        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
+        pace = pace or Pace()
         self._source = source
-        self._streams = streams
+        self._streams = streams = bigquery.streams
         self._encoders = {kind: RowEncoder(kind) for kind in streams}
-        # Records' typed columns (`typed.py`), where the table has them.
-        self.typed = typed
-        # What BigQuery holds, to settle a batch whose stream is gone; without
-        # it such a batch blocks its table for an operator's `export resync`.
-        self._held = held
+        self.typed = bigquery.typed
+        self._held = bigquery.held
         lease = lease or exporter_lease()
         self.ledger = source.export_ledger(lease)
         self._lease_seconds = lease.seconds
         self._renew_seconds = lease.seconds / 3
         self._observer = observer
         self._clock = clock
-        self._batch_rows = batch_rows
-        self._batch_bytes = batch_bytes
+        self._batch_rows = pace.batch_rows
+        self._batch_bytes = pace.batch_bytes
         # Whether this exporter held the lease at its last claim, and when it claims
         # next (monotonic).
         self.leading = False
@@ -374,13 +391,13 @@ class Exporter:
         self.blocked: dict[str, str] = {}
         # When a blocked table is tried again (monotonic seconds).
         self._retry_at: dict[str, float] = {}
-        self._blocked_retry_seconds = blocked_retry_seconds
+        self._blocked_retry_seconds = pace.blocked_retry_seconds
         # Each table's pause after a passing failure, and until when it waits.
         self._backoff = {
-            _TABLES_OF[kind]: Backoff(retry_seconds, RETRY_MAX_SECONDS) for kind in streams
+            _TABLES_OF[kind]: Backoff(pace.retry_seconds, RETRY_MAX_SECONDS) for kind in streams
         }
         self._paused_until: dict[str, float] = {}
-        self._watermarks = watermarks
+        self._watermarks = bigquery.watermarks
         # The last watermark told to BigQuery, per table.
         self._published: dict[str, int] = {}
 
