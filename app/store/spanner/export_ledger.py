@@ -9,7 +9,9 @@ mean, and who writes them when: docs/stores.md.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -118,19 +120,8 @@ class SpannerLedger:
         """Clear the export of `table`'s `blocked` if it still says `reason`, keeping
         `decision` in the same transaction; whether it did (an operator's retry:
         `recordline export retry`)."""
-        return await self._calls.transact(self._unblock, table, reason, decision)
-
-    def _unblock(
-        self, deadline: Deadline, table: str, reason: str, decision: Decision | None
-    ) -> bool:
-        def work(transaction: Any) -> bool:
-            done = ledger.unblock(transaction, statement(deadline), table, reason)
-            if done and decision is not None:
-                ledger.decide(transaction, decision)
-            return done
-
-        done, _ = in_transaction(self._calls.database(), deadline, work)
-        return done
+        change = functools.partial(ledger.unblock, table=table, reason=reason)
+        return await self._calls.transact(self._decided, change, decision)
 
     async def move(self, read: Progress, moved: Progress, decision: Decision | None = None) -> bool:
         """Write `moved` over `read`, a table's progress as an operator read it, if
@@ -138,13 +129,17 @@ class SpannerLedger:
         it did (`recordline export resync`). No lease is checked: the holder of a
         blocked table writes nothing until its progress changes, and any write it
         makes first turns this one into a no-op."""
-        return await self._calls.transact(self._move, read, moved, decision)
+        change = functools.partial(ledger.overwrite, read=read, moved=moved)
+        return await self._calls.transact(self._decided, change, decision)
 
-    def _move(
-        self, deadline: Deadline, read: Progress, moved: Progress, decision: Decision | None
+    def _decided(
+        self, deadline: Deadline, change: Callable[..., bool], decision: Decision | None
     ) -> bool:
+        """`change(transaction, query)` in one transaction, keeping `decision` in it if
+        it changed anything; whether it did."""
+
         def work(transaction: Any) -> bool:
-            done = ledger.overwrite(transaction, statement(deadline), read, moved)
+            done = change(transaction, statement(deadline))
             if done and decision is not None:
                 ledger.decide(transaction, decision)
             return done
