@@ -85,8 +85,7 @@ from app.store.spanner.ledger import Lease
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,
-    expected_columns,
-    expected_indexes,
+    differences,
     shard_of,
     time_index,
 )
@@ -335,11 +334,11 @@ class SpannerServing:
         """Raise SchemaMismatch unless the database has every table, column and
         index the service uses; StoreUnavailable if Spanner cannot be asked (within
         `within` s, by default the store's timeout)."""
-        differences = await self._calls.call(self._schema_differences, within=within)
-        if differences:
+        lacking = await self._calls.call(self._schema_differences, within=within)
+        if lacking:
             raise SchemaMismatch(
                 f"the Spanner database {self.database.path} differs from the schema "
-                f"`recordline schema spanner` prints: {'; '.join(differences)}"
+                f"`recordline schema spanner` prints: {'; '.join(lacking)}"
             )
 
     def _schema_differences(self, deadline: Deadline) -> list[str]:
@@ -362,22 +361,7 @@ class SpannerServing:
                 "ORDER BY index_name, ordinal_position",
             ):
                 found_indexes.setdefault(index, []).append(column)
-        differences = []
-        for column in expected_columns():
-            found = found_columns.get((column.table, column.name))
-            where = f"{column.table}.{column.name}"
-            if found is None:
-                differences.append(f"{where} is missing")
-            elif found != (column.spanner_type, column.nullable):
-                kind, nullable = found
-                differences.append(
-                    f"{where} is {kind}{'' if nullable else ' NOT NULL'}, expected "
-                    f"{column.spanner_type}{'' if column.nullable else ' NOT NULL'}"
-                )
-        for name, (table, keys) in expected_indexes().items():
-            if found_indexes.get(name) != keys:
-                differences.append(f"index {name} on {table}({', '.join(keys)}) is missing")
-        return differences
+        return differences(found_columns, found_indexes)
 
     async def ping(self, *, within: float | None = None) -> None:
         """Raise StoreUnavailable unless Spanner answers a query (within `within` s,
