@@ -40,7 +40,7 @@ from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
 from app.errors import StoreUnavailable
 from app.health import Readiness, healthz, readyz
-from app.ingest.batcher import Batcher
+from app.ingest.batcher import Batcher, BatchLimits
 from app.ingest.payload import Payloads
 from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
@@ -296,13 +296,16 @@ def create_app(
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)
     batch = settings.batch
+    limits = BatchLimits(
+        batch.max_rows,
+        batch.max_bytes,
+        batch.max_delay_ms / 1000,
+        batch.queue_rows,
+        batch.queue_bytes,
+    )
     batcher = Batcher(
         observed,
-        max_rows=batch.max_rows,
-        max_bytes=batch.max_bytes,
-        max_delay=batch.max_delay_ms / 1000,
-        queue_rows=batch.queue_rows,
-        queue_bytes=batch.queue_bytes,
+        limits,
         deadline=settings.store.write_deadline_seconds,
         max_in_flight=store.max_in_flight,
         observer=telemetry.flush_observer(),
