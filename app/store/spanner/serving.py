@@ -69,7 +69,7 @@ from app.records import (
 from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
 from app.store.copies import message_states
-from app.store.producers import EpochEntry, ProducerSequence, Tally, sequence_of
+from app.store.producers import ProducerSequence, Tally, sequence_of
 from app.store.spanner import ledger
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
@@ -82,6 +82,7 @@ from app.store.spanner.calls import (
 )
 from app.store.spanner.export_ledger import SpannerLedger
 from app.store.spanner.ledger import Lease
+from app.store.spanner.producers import SpannerCompleteness
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,
@@ -316,6 +317,8 @@ class SpannerServing:
         # reads are the write's cost, not counted. Counted from several threads.
         self.reads = 0
         self._reads_lock = threading.Lock()
+        # The ledger of producer sequences, as readers ask it (their reads counted).
+        self.completeness = SpannerCompleteness(self._calls, self._count_reads)
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
         self._names = {table: [c.name for c in columns(row)] for table, row in TABLES.items()}
         self._kinds = {table: [c.kind for c in columns(row)] for table, row in TABLES.items()}
@@ -548,35 +551,6 @@ class SpannerServing:
                 given.append(row)
                 outcomes.append(None)
         return given, outcomes
-
-    # -- the completeness ledger's reads -------------------------------------------
-
-    async def producer_entries(self, after: str, limit: int) -> list[EpochEntry]:
-        """Every entry of the ledger past producer `after`, in (producer, epoch) order:
-        at most `limit` of them (a strong read)."""
-        return await self._calls.call(self._producer_entries, after, limit)
-
-    def _producer_entries(self, deadline: Deadline, after: str, limit: int) -> list[EpochEntry]:
-        self._count_reads(1)
-        with self._calls.database().snapshot() as snapshot:
-            found = sql_rows(
-                snapshot,
-                deadline,
-                book.PAGE_SQL,
-                params={"after": after, "limit": limit},
-                param_types={"after": param_types.STRING, "limit": param_types.INT64},
-            )
-            return book.entries_of(found)
-
-    async def producer(self, producer: str) -> list[EpochEntry]:
-        """One producer's entries, oldest epoch first (a strong read)."""
-        return await self._calls.call(self._producer, producer)
-
-    def _producer(self, deadline: Deadline, producer: str) -> list[EpochEntry]:
-        self._count_reads(1)
-        with self._calls.database().snapshot() as snapshot:
-            found = key_rows(snapshot, deadline, book.TABLE, book.NAMES, book.keys_of([producer]))
-            return sorted(book.entries_of(found), key=lambda e: e.epoch)
 
     def _key_names(self, table: str) -> list[str]:
         return ["id_shard"] if table == "records" else []
