@@ -16,9 +16,11 @@ from typing import Any
 
 import msgspec
 
+from app.records import Record, rejected_record
 from app.store.spanner import ledger
 from app.store.spanner.calls import Deadline, SpannerCalls, in_transaction, key_rows, statement
 from app.store.spanner.ledger import Decision, Lease, LeaseClaim, Progress
+from app.store.spanner.rows import NAMES, insert_columns, insert_values, message_keys, stored_row
 
 
 class SpannerLedger:
@@ -120,7 +122,7 @@ class SpannerLedger:
         """Clear the export of `table`'s `blocked` if it still says `reason`, keeping
         `decision` in the same transaction; whether it did (an operator's retry:
         `recordline export retry`)."""
-        change = functools.partial(ledger.unblock, table=table, reason=reason)
+        change = functools.partial(_unblock, table=table, reason=reason)
         return await self._calls.transact(self._decided, change, decision)
 
     async def move(self, read: Progress, moved: Progress, decision: Decision | None = None) -> bool:
@@ -129,20 +131,66 @@ class SpannerLedger:
         it did (`recordline export resync`). No lease is checked: the holder of a
         blocked table writes nothing until its progress changes, and any write it
         makes first turns this one into a no-op."""
-        change = functools.partial(ledger.overwrite, read=read, moved=moved)
+        change = functools.partial(_overwrite, read=read, moved=moved)
+        return await self._calls.transact(self._decided, change, decision)
+
+    async def reject_refused(
+        self, message_id: str, reason: str, blocked: str, decision: Decision | None = None
+    ) -> bool:
+        """Move record `message_id`, at which the export of `records` is blocked
+        (saying `blocked`: BigQuery refused it, or it could not be read or encoded),
+        to the rejections with `reason`, and clear the export's batch, if it has
+        one, and its stop, keeping `decision`; all in one transaction, only if the
+        progress still says `blocked`. Whether it did (`recordline export reject`)."""
+        change = functools.partial(_reject, message_id=message_id, reason=reason, blocked=blocked)
         return await self._calls.transact(self._decided, change, decision)
 
     def _decided(
         self, deadline: Deadline, change: Callable[..., bool], decision: Decision | None
     ) -> bool:
-        """`change(transaction, query)` in one transaction, keeping `decision` in it if
-        it changed anything; whether it did."""
+        """`change(transaction, deadline)` in one transaction, keeping `decision` in it
+        if it changed anything; whether it did."""
 
         def work(transaction: Any) -> bool:
-            done = change(transaction, statement(deadline))
+            done = change(transaction, deadline)
             if done and decision is not None:
                 ledger.decide(transaction, decision)
             return done
 
         done, _ = in_transaction(self._calls.database(), deadline, work)
         return done
+
+
+# Each operator's change, as `SpannerLedger._decided` makes it in a transaction.
+
+
+def _unblock(transaction: Any, deadline: Deadline, table: str, reason: str) -> bool:
+    return ledger.unblock(transaction, statement(deadline), table, reason)
+
+
+def _overwrite(transaction: Any, deadline: Deadline, read: Progress, moved: Progress) -> bool:
+    return ledger.overwrite(transaction, statement(deadline), read, moved)
+
+
+def _reject(
+    transaction: Any, deadline: Deadline, message_id: str, reason: str, blocked: str
+) -> bool:
+    names, keys = ledger.progress_names(), ledger.progress_key("records")
+    found = key_rows(transaction, deadline, ledger.PROGRESS_TABLE, names, keys)
+    progress = ledger.progress_in(transaction, found, "records")
+    if progress.blocked != blocked:
+        return False
+    message = message_keys([message_id])
+    held = [
+        stored_row(Record, values)
+        for values in key_rows(transaction, deadline, "records", NAMES["records"], message)
+    ]
+    if not held:
+        return False
+    transaction.delete("records", message)
+    rejection = rejected_record(held[0], reason)
+    transaction.insert(
+        "rejected", insert_columns("rejected"), [insert_values("rejected", rejection)]
+    )
+    ledger.write_past_refused(transaction, progress)
+    return True

@@ -39,14 +39,12 @@ behind (`close`).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
@@ -61,16 +59,13 @@ from app.records import (
     Rejection,
     Row,
     columns,
-    micros,
     moment,
     rejected_record,
-    row_of,
 )
 from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
 from app.store.copies import message_states
 from app.store.producers import ProducerSequence, Tally, sequence_of
-from app.store.spanner import ledger
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     Accommodations,
@@ -83,6 +78,7 @@ from app.store.spanner.calls import (
 from app.store.spanner.export_ledger import SpannerLedger
 from app.store.spanner.ledger import Lease
 from app.store.spanner.producers import SpannerCompleteness
+from app.store.spanner.rows import NAMES, insert_columns, insert_values, message_keys, stored_row
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,
@@ -236,41 +232,6 @@ _PAGE_TYPES: Final = {
 }
 
 
-def _value(row: Row, name: str, kind: Kind) -> Any:
-    value = getattr(row, name)
-    if value is None:
-        return None
-    match kind:
-        case Kind.TIMESTAMP:
-            return moment(value)
-        case Kind.BYTES:
-            # The client sends bytes as given, and Spanner takes them base64.
-            return base64.b64encode(value)
-        case _:
-            return value
-
-
-_BYTES_COLUMNS: Final = {
-    row_type: {i for i, c in enumerate(columns(row_type)) if c.kind is Kind.BYTES}
-    for row_type in TABLES.values()
-}
-
-
-def _stored(row_type: type[R], values: Sequence[Any]) -> R:
-    """A row from Spanner's values: timestamps read by key come back as datetimes
-    (queries select microseconds), and bytes come back base64, as they were sent."""
-    binary = _BYTES_COLUMNS[row_type]
-    converted = [
-        micros(v)
-        if isinstance(v, datetime)
-        else base64.b64decode(v)
-        if i in binary and v is not None
-        else v
-        for i, v in enumerate(values)
-    ]
-    return row_of(row_type, converted)
-
-
 class Committed(NamedTuple):
     """What one group commit stored: each given row as the store now holds it."""
 
@@ -320,8 +281,6 @@ class SpannerServing:
         # The ledger of producer sequences, as readers ask it (their reads counted).
         self.completeness = SpannerCompleteness(self._calls, self._count_reads)
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
-        self._names = {table: [c.name for c in columns(row)] for table, row in TABLES.items()}
-        self._kinds = {table: [c.kind for c in columns(row)] for table, row in TABLES.items()}
 
     # -- life cycle ------------------------------------------------------------
 
@@ -389,61 +348,6 @@ class SpannerServing:
         """The export's ledger as the exporter holding `lease` asks it."""
         return SpannerLedger(self._calls, lease)
 
-    async def reject_refused(
-        self,
-        message_id: str,
-        reason: str,
-        blocked: str,
-        decision: ledger.Decision | None = None,
-    ) -> bool:
-        """Move record `message_id`, at which the export of `records` is blocked
-        (saying `blocked`: BigQuery refused it, or it could not be read or encoded),
-        to the rejections with `reason`, and clear the export's batch, if it has
-        one, and its stop, keeping `decision`; all in one transaction, only if the
-        progress still says `blocked`. Whether it did."""
-        return await self._calls.transact(
-            self._reject_refused, message_id, reason, blocked, decision
-        )
-
-    def _reject_refused(
-        self,
-        deadline: Deadline,
-        message_id: str,
-        reason: str,
-        blocked: str,
-        decision: ledger.Decision | None,
-    ) -> bool:
-        def work(transaction: Any) -> bool:
-            names = ledger.progress_names()
-            keys = ledger.progress_key("records")
-            found = key_rows(transaction, deadline, ledger.PROGRESS_TABLE, names, keys)
-            progress = ledger.progress_in(transaction, found, "records")
-            if progress.blocked != blocked:
-                return False
-            held = [
-                _stored(Record, values)
-                for values in key_rows(
-                    transaction, deadline, "records", self._names["records"], _keys([message_id])
-                )
-            ]
-            if not held:
-                return False
-            record = held[0]
-            transaction.delete("records", _keys([message_id]))
-            rejection = rejected_record(record, reason)
-            transaction.insert(
-                "rejected",
-                ["shard", *self._names["rejected"]],
-                [self._insert_values("rejected", rejection)],
-            )
-            ledger.write_past_refused(transaction, progress)
-            if decision is not None:
-                ledger.decide(transaction, decision)
-            return True
-
-        done, _ = in_transaction(self._calls.database(), deadline, work)
-        return done
-
     def _commit(self, deadline: Deadline, rows: Sequence[Record | Rejection]) -> Committed:
         sequences = [sequence_of(row) for row in rows]
         sequenced = any(s is not None for s in sequences)
@@ -464,12 +368,12 @@ class SpannerServing:
                 if not ids:
                     continue
                 for values in key_rows(
-                    transaction, deadline, table, self._names[table], _keys(ids)
+                    transaction, deadline, table, NAMES[table], message_keys(ids)
                 ):
                     held: Record | Rejection = (
-                        _stored(Record, values)
+                        stored_row(Record, values)
                         if table == "records"
-                        else _stored(Rejection, values)
+                        else stored_row(Rejection, values)
                     )
                     existing[(table, held.message_id)] = held
             given: list[Record | Rejection | None] = list(rows)
@@ -489,8 +393,8 @@ class SpannerServing:
                 if new:
                     transaction.insert(
                         table,
-                        ["shard", *self._key_names(table), *self._names[table]],
-                        [self._insert_values(table, r) for r in new],
+                        insert_columns(table),
+                        [insert_values(table, r) for r in new],
                     )
             return _Written(existing, given, firsts, outcomes)
 
@@ -551,20 +455,6 @@ class SpannerServing:
                 given.append(row)
                 outcomes.append(None)
         return given, outcomes
-
-    def _key_names(self, table: str) -> list[str]:
-        return ["id_shard"] if table == "records" else []
-
-    def _insert_values(self, table: str, row: Record | Rejection) -> list[Any]:
-        values: list[Any] = [shard_of(row.message_id)]
-        if table == "records":
-            assert isinstance(row, Record)
-            values.append(shard_of(row.id))
-        for name, kind in zip(self._names[table], self._kinds[table], strict=True):
-            values.append(
-                spanner.COMMIT_TIMESTAMP if name == "ingest_time" else _value(row, name, kind)
-            )
-        return values
 
     async def window_digests(
         self, table: str, since: int, until: int, window: int, *, within: float
@@ -676,7 +566,7 @@ class SpannerServing:
                     params=params,
                     param_types=_PAGE_TYPES,
                 )
-                found = [_stored(kind, values) for values in rows]
+                found = [stored_row(kind, values) for values in rows]
                 if len(found) == query.limit or end == query.before_time:
                     break
         return found
@@ -740,10 +630,10 @@ class SpannerServing:
                 snapshot,
                 deadline,
                 "records",
-                self._names["records"],
+                NAMES["records"],
                 spanner.KeySet(keys=keys),  # type: ignore[no-untyped-call]
             )
-            records = [_stored(Record, values) for values in rows]
+            records = [stored_row(Record, values) for values in rows]
         records.sort(key=lambda r: (r.ingest_time, r.message_id))
         return records
 
@@ -762,20 +652,20 @@ class SpannerServing:
                     param_types={"id_shard": param_types.INT64, "id": param_types.STRING},
                 )
             )
-        return _stored(Record, rows[0]) if rows else None
+        return stored_row(Record, rows[0]) if rows else None
 
     async def message(self, message_id: str) -> MessageStatus | None:
         return await self._calls.call(self._message, message_id)
 
     def _message(self, deadline: Deadline, message_id: str) -> MessageStatus | None:
-        keys = _keys([message_id])
+        keys = message_keys([message_id])
         self._count_reads(2)
         with self._calls.database().snapshot(multi_use=True) as snapshot:
-            for values in key_rows(snapshot, deadline, "records", self._names["records"], keys):
-                record = _stored(Record, values)
+            for values in key_rows(snapshot, deadline, "records", NAMES["records"], keys):
+                record = stored_row(Record, values)
                 return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
-            for values in key_rows(snapshot, deadline, "rejected", self._names["rejected"], keys):
-                rejection = _stored(Rejection, values)
+            for values in key_rows(snapshot, deadline, "rejected", NAMES["rejected"], keys):
+                rejection = stored_row(Rejection, values)
                 return MessageStatus(
                     status="rejected", ingest_time=rejection.ingest_time, reason=rejection.reason
                 )
@@ -785,7 +675,7 @@ class SpannerServing:
         return await self._calls.call(self._seen, message_ids)
 
     def _seen(self, deadline: Deadline, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        keys = _keys(set(message_ids))
+        keys = message_keys(set(message_ids))
         found: list[tuple[str, MessageState]] = []
         self._count_reads(2)
         with self._calls.database().snapshot(multi_use=True) as snapshot:
@@ -822,8 +712,3 @@ def _table(row: Record | Rejection) -> str:
 
 def _fields(row: Row) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__struct_fields__}
-
-
-def _keys(message_ids: Iterable[str]) -> Any:
-    """The keys of these messages' rows, in either table."""
-    return spanner.KeySet(keys=[[shard_of(m), m] for m in message_ids])  # type: ignore[no-untyped-call]

@@ -282,7 +282,7 @@ async def _reject(serving: SpannerServing, message_id: str, decision: Decision) 
     said = f"moved to the rejections by an operator: {decision.reason} ({progress.blocked})"
     detail = f"moved message {message_id} to the rejections; the stop was: {progress.blocked}"
     decision = msgspec.structs.replace(decision, detail=detail)
-    if not await serving.reject_refused(message_id, said, progress.blocked, decision):
+    if not await serving.ledger.reject_refused(message_id, said, progress.blocked, decision):
         _error("recordline export reject", "records: its progress changed meanwhile; nothing moved")
         return EXIT_REFUSED
     _logged(decision)
