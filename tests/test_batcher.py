@@ -73,7 +73,7 @@ def make(store: Recorder, **overrides: float) -> Batcher:
     )
     options.update(overrides)
     limits = BatchLimits(**{name: options.pop(name) for name in BatchLimits._fields})
-    return Batcher(store, limits, **options)
+    return Batcher(store, limits, **options)  # type: ignore[arg-type]
 
 
 async def test_concurrent_submits_share_appends() -> None:

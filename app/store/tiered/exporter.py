@@ -222,9 +222,11 @@ class ExportLedger(Protocol):
     """The export's lease and progress as one exporter asks for them, where they are
     kept (the serving database: `app.store.spanner.export_ledger`)."""
 
-    # After a claim another exporter's live lease refused: in how long (s) that
-    # lease expires, when known.
-    expires_in: float | None
+    @property
+    def expires_in(self) -> float | None:
+        """After a claim another exporter's live lease refused: in how long (s) that
+        lease expires, when known."""
+        ...
 
     async def claim(self) -> bool:
         """Take or renew the lease; whether this exporter holds it now."""
