@@ -72,7 +72,7 @@ def make(store: Recorder, **overrides: float) -> Batcher:
         deadline=2.0,
     )
     options.update(overrides)
-    limits = BatchLimits(**{name: options.pop(name) for name in BatchLimits._fields})
+    limits = BatchLimits(**{name: options.pop(name) for name in BatchLimits._fields})  # type: ignore[arg-type]
     return Batcher(store, limits, **options)  # type: ignore[arg-type]
 
 
