@@ -295,17 +295,9 @@ def create_app(
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)
-    batch = settings.batch
-    limits = BatchLimits(
-        batch.max_rows,
-        batch.max_bytes,
-        batch.max_delay_ms / 1000,
-        batch.queue_rows,
-        batch.queue_bytes,
-    )
     batcher = Batcher(
         observed,
-        limits,
+        BatchLimits.of(settings.batch),
         deadline=settings.store.write_deadline_seconds,
         max_in_flight=store.max_in_flight,
         observer=telemetry.flush_observer(),

@@ -27,6 +27,7 @@ import msgspec
 
 from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailable, WriteTimeout
 from app.records import Record, Rejection
+from app.settings import BatchSettings
 from app.store import RowOutcome
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,12 @@ class BatchLimits(NamedTuple):
     max_delay: float
     queue_rows: int
     queue_bytes: int
+
+    @classmethod
+    def of(cls, batch: BatchSettings) -> BatchLimits:
+        """The limits `RECORDLINE_BATCH_*` set."""
+        delay = batch.max_delay_ms / 1000
+        return cls(batch.max_rows, batch.max_bytes, delay, batch.queue_rows, batch.queue_bytes)
 
 
 class Batcher:
