@@ -17,7 +17,7 @@ from app.docs import docs_assets, openapi_config
 from app.health import Readiness, healthz, readyz
 from app.http.codings import compression
 from app.http.head import Recordline
-from app.ingest.batcher import Batcher, FlushObserver
+from app.ingest.batcher import Batcher, BatchLimits
 from app.ingest.payload import Payloads
 from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
@@ -105,7 +105,13 @@ def create_app(
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)
-    batcher = group_commit(settings, observed, store.max_in_flight, telemetry.flush_observer())
+    batcher = Batcher(
+        observed,
+        BatchLimits.of(settings.batch),
+        deadline=settings.store.write_deadline_seconds,
+        max_in_flight=store.max_in_flight,
+        observer=telemetry.flush_observer(),
+    )
     schemas = fetching_schemas(settings, revisions, schema_source)
     outcomes = telemetry.push_outcomes()
     paths = FieldPaths(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
@@ -171,24 +177,6 @@ def create_app(
     )
     app.connections = telemetry.connection_observer()
     return app
-
-
-def group_commit(
-    settings: Settings, store: Store, max_in_flight: int, observer: FlushObserver | None
-) -> Batcher:
-    """Pushes' rows appended to `store` in batches, as `settings` bound them."""
-    batch = settings.batch
-    return Batcher(
-        store,
-        max_rows=batch.max_rows,
-        max_bytes=batch.max_bytes,
-        max_delay=batch.max_delay_ms / 1000,
-        queue_rows=batch.queue_rows,
-        queue_bytes=batch.queue_bytes,
-        deadline=settings.store.write_deadline_seconds,
-        max_in_flight=max_in_flight,
-        observer=observer,
-    )
 
 
 def parked_followers(query: QuerySettings) -> Followers:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from app.errors import QueueFull, ShuttingDown, StoreUnavailable, WriteTimeout
-from app.ingest.batcher import Batcher, StoredRow
+from app.ingest.batcher import Batcher, BatchLimits, StoredRow
 from app.records import Record, Rejection
 from app.store import RowOutcome
 from tests.waiting import until
@@ -72,7 +72,8 @@ def make(store: Recorder, **overrides: float) -> Batcher:
         deadline=2.0,
     )
     options.update(overrides)
-    return Batcher(store, **options)  # type: ignore[arg-type]
+    limits = BatchLimits(**{name: options.pop(name) for name in BatchLimits._fields})  # type: ignore[arg-type]
+    return Batcher(store, limits, **options)  # type: ignore[arg-type]
 
 
 async def test_concurrent_submits_share_appends() -> None:

@@ -19,12 +19,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 
 from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailable, WriteTimeout
 from app.records import Record, Rejection
+from app.settings import BatchSettings
 from app.store import RowOutcome
 
 log = logging.getLogger(__name__)
@@ -68,27 +69,40 @@ class _Pending(msgspec.Struct):
     deadline: float
 
 
+class BatchLimits(NamedTuple):
+    """How large a batch grows and how long it waits for more (s), and how much may
+    queue behind the batches being appended before a push is refused (QueueFull)."""
+
+    max_rows: int
+    max_bytes: int
+    max_delay: float
+    queue_rows: int
+    queue_bytes: int
+
+    @classmethod
+    def of(cls, batch: BatchSettings) -> BatchLimits:
+        """The limits `RECORDLINE_BATCH_*` set."""
+        delay = batch.max_delay_ms / 1000
+        return cls(batch.max_rows, batch.max_bytes, delay, batch.queue_rows, batch.queue_bytes)
+
+
 class Batcher:
     def __init__(
         self,
         store: Appender,
+        limits: BatchLimits,
         *,
-        max_rows: int,
-        max_bytes: int,
-        max_delay: float,
-        queue_rows: int,
-        queue_bytes: int,
         deadline: float,
         max_in_flight: int = 1,
         observer: FlushObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._store = store
-        self._max_rows = max_rows
-        self._max_bytes = max_bytes
-        self._max_delay = max_delay
-        self._queue_rows = queue_rows
-        self._queue_bytes = queue_bytes
+        self._max_rows = limits.max_rows
+        self._max_bytes = limits.max_bytes
+        self._max_delay = limits.max_delay
+        self._queue_rows = limits.queue_rows
+        self._queue_bytes = limits.queue_bytes
         self._deadline = deadline
         self._slots = asyncio.Semaphore(max_in_flight)
         self._observer = observer

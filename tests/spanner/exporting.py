@@ -14,7 +14,13 @@ from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.tiered.exporter import Exporter
+from app.store.tiered.exporter import (
+    LEASE_SECONDS,
+    Destination,
+    Exporter,
+    Pace,
+    exporter_lease,
+)
 from app.store.tiered.held import QueryHeld
 from app.store.tiered.store import TieredStore
 from app.typed.revisions import Revisions
@@ -27,14 +33,26 @@ RETRY_SECONDS = 0.05
 
 
 def exporter(store: TieredStore, holder: str = "a", **options: Any) -> Exporter:
-    """An exporter of `store`'s tables as the store makes its own, by hand."""
+    """An exporter of `store`'s tables as the store makes its own, by hand; `options`
+    name what the exporter is built from (its lease's, pace's and destination's)."""
     kinds = (Record, Rejection)
     analytics = store.analytics
-    streams = {kind: analytics.offset_stream(kind) for kind in kinds}
-    options.setdefault("retry_seconds", RETRY_SECONDS)
     names = {table: analytics.table_name(table) for table in TABLES}
-    options.setdefault("held", QueryHeld(analytics.queries, names))
-    return Exporter(options.pop("source", store.serving), streams, holder=holder, **options)
+    bigquery = Destination(
+        {kind: analytics.offset_stream(kind) for kind in kinds},
+        watermarks=options.pop("watermarks", None),
+        typed=options.pop("typed", None),
+        held=options.pop("held", QueryHeld(analytics.queries, names)),
+    )
+    lease = exporter_lease(
+        holder,
+        version=options.pop("version", None),
+        seconds=options.pop("lease_seconds", LEASE_SECONDS),
+    )
+    paced = {name: options.pop(name) for name in Pace._fields if name in options}
+    pace = Pace(**{"retry_seconds": RETRY_SECONDS, **paced})
+    source = options.pop("source", store.serving)
+    return Exporter(source, bigquery, lease=lease, pace=pace, **options)
 
 
 def copies(write_fake: FakeBigQueryWrite, table: str) -> collections.Counter[str]:

@@ -26,7 +26,8 @@ from google.cloud.bigquery_storage_v1 import types
 
 from app.records import Record, Row
 from app.settings import Settings
-from app.store.spanner.ledger import LeaseClaim, Progress
+from app.store.spanner.export_ledger import SpannerLedger
+from app.store.spanner.ledger import Lease, Progress
 from app.store.spanner.serving import SpannerServing
 from app.store.tiered import operator
 from app.store.tiered.exporter import Exporter
@@ -267,23 +268,8 @@ class FaultyRows:
         self.broken = False
         self.claims = 0
 
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> LeaseClaim:
-        self.claims += 1
-        return await self._serving.claim_lease(name, holder, seconds)
-
-    async def release_lease(self, name: str, holder: str, *, within: float) -> bool:
-        return await self._serving.release_lease(name, holder, within=within)
-
-    async def progress(self, table: str) -> Progress:
-        if self.broken:
-            raise RuntimeError("injected: a bug in reading the progress")
-        return await self._serving.progress(table)
-
-    async def record_progress(self, name: str, holder: str, progress: Progress) -> Progress:
-        return await self._serving.record_progress(name, holder, progress)
-
-    async def watermarks(self) -> dict[str, int]:
-        return await self._serving.watermarks()
+    def export_ledger(self, lease: Lease) -> FaultyLedger:
+        return FaultyLedger(self, self._serving.export_ledger(lease))
 
     async def rows_after(self, kind: Any, after: Any, until: int, limit: int, **seen: int) -> Any:
         rows: list[Row] = await self._serving.rows_after(kind, after, until, limit, **seen)
@@ -298,6 +284,37 @@ class FaultyRows:
 
     async def keys_after(self, kind: Any, after: Any, until: int, limit: int, **seen: int) -> Any:
         return await self._serving.keys_after(kind, after, until, limit, **seen)
+
+
+class FaultyLedger:
+    """The export's ledger as `rows`' exporter sees it: its claims counted, its
+    progress read failing while `rows.broken`."""
+
+    def __init__(self, rows: FaultyRows, ledger: SpannerLedger) -> None:
+        self._rows = rows
+        self._ledger = ledger
+
+    @property
+    def expires_in(self) -> float | None:
+        return self._ledger.expires_in
+
+    async def claim(self) -> bool:
+        self._rows.claims += 1
+        return await self._ledger.claim()
+
+    async def release(self, *, within: float) -> bool:
+        return await self._ledger.release(within=within)
+
+    async def progress(self, table: str) -> Progress:
+        if self._rows.broken:
+            raise RuntimeError("injected: a bug in reading the progress")
+        return await self._ledger.progress(table)
+
+    async def record(self, progress: Progress) -> Progress:
+        return await self._ledger.record(progress)
+
+    async def watermarks(self) -> dict[str, int]:
+        return await self._ledger.watermarks()
 
 
 def reject_args(message_id: str) -> argparse.Namespace:

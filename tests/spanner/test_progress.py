@@ -79,7 +79,7 @@ class LateRetry:
             raise
 
     def wrap(self, record_progress: Callable[..., Progress]) -> Callable[..., Progress]:
-        """`SpannerServing._record_progress`, telling when the late call is over
+        """`SpannerLedger._record`, telling when the late call is over
         (committed or not)."""
 
         def run(*args: Any) -> Progress:
@@ -104,9 +104,7 @@ async def test_a_late_retry_of_a_progress_write_does_not_move_progress_back(
         lambda p: p.table_name == "records" and p.pending is None and p.next_offset == 3
     )
     monkeypatch.setattr(ledger, "record", late.record)
-    monkeypatch.setattr(
-        store.serving, "_record_progress", late.wrap(store.serving._record_progress)
-    )
+    monkeypatch.setattr(one.ledger, "_record", late.wrap(one.ledger._record))
     # The caller gives up on it: its deadline passes while Spanner holds it.
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(CALLER_SECONDS):

@@ -2,10 +2,10 @@
 (`export_progress`), as the serving database holds them.
 
 What they mean, and who writes them when, is the exporter's; this module reads and
-writes the rows, each within its call's deadline. Every progress write is a
-compare-and-set on the row its writer read, in the lease's transaction (`record`).
-The progress row's columns are derived from `Progress` and `Intent`, and the
-schema check reads them from here too.
+writes the rows, each within its call's deadline, for `SpannerLedger`
+(`export_ledger.py`). Every progress write is a compare-and-set on the row its
+writer read, in the lease's transaction (`record`). The progress row's columns are
+derived from `Progress` and `Intent`, and the schema check reads them from here too.
 
 Design: docs/stores.md#the-exporter
 """
@@ -155,6 +155,16 @@ def standing_of(holder: str) -> tuple[Standing, str]:
         return _UNKNOWN, holder
     schema, revision, name = found.groups()
     return Standing(int(schema), int(revision)), name
+
+
+class Lease(NamedTuple):
+    """One exporter's claim on the export: the lease's name, the exporter's own name
+    and standing, and how long a claim holds (s)."""
+
+    name: str
+    holder: str
+    standing: Standing
+    seconds: float
 
 
 class LeaseClaim(NamedTuple):

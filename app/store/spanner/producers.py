@@ -12,19 +12,24 @@ Design: docs/producers.md#exactly-once-by-producer-sequence
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from google.cloud import spanner
+from google.cloud.spanner_v1 import param_types
 
 from app.records import moment
 from app.store.producers import (
+    MAX_EPOCHS,
     MAX_PRODUCER_LENGTH,
     EpochEntry,
+    ProducerEntries,
     Settled,
     decode_entry,
     encode_entry,
+    grouped,
 )
+from app.store.spanner.calls import Deadline, SpannerCalls, key_rows, sql_rows
 
 # One row per producer and epoch, its state a msgpack value (`encode_entry`), so its
 # fields change without a schema change; `last_seen` carries the row deletion
@@ -77,3 +82,42 @@ PAGE_SQL: Final = (
     f"SELECT producer, epoch, entry, last_seen FROM {TABLE} "
     "WHERE producer > @after ORDER BY producer, epoch LIMIT @limit"
 )
+
+
+class SpannerCompleteness:
+    """`Completeness` on `producer_epochs`: strong reads, each counted (`count`)."""
+
+    def __init__(self, calls: SpannerCalls, count: Callable[[int], None]) -> None:
+        self._calls = calls
+        self._count = count
+
+    async def producers(self, after: str, limit: int) -> list[ProducerEntries]:
+        # A producer has at most MAX_EPOCHS entries: one row more than `limit` of them
+        # can hold starts the next producer, if there is one, so the first `limit` read
+        # are whole.
+        entries = await self._calls.call(self._entries, after, limit * MAX_EPOCHS + 1)
+        return grouped(entries)[:limit]
+
+    def _entries(self, deadline: Deadline, after: str, limit: int) -> list[EpochEntry]:
+        """Every entry past producer `after`, in (producer, epoch) order: at most `limit`."""
+        self._count(1)
+        with self._calls.database().snapshot() as snapshot:
+            found = sql_rows(
+                snapshot,
+                deadline,
+                PAGE_SQL,
+                params={"after": after, "limit": limit},
+                param_types={"after": param_types.STRING, "limit": param_types.INT64},
+            )
+            return entries_of(found)
+
+    async def producer(self, producer: str) -> ProducerEntries | None:
+        entries = await self._calls.call(self._producer, producer)
+        return ProducerEntries(producer, entries) if entries else None
+
+    def _producer(self, deadline: Deadline, producer: str) -> list[EpochEntry]:
+        """One producer's entries, oldest epoch first."""
+        self._count(1)
+        with self._calls.database().snapshot() as snapshot:
+            found = key_rows(snapshot, deadline, TABLE, NAMES, keys_of([producer]))
+            return sorted(entries_of(found), key=lambda e: e.epoch)

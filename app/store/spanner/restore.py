@@ -93,7 +93,7 @@ class RowCopier:
     ) -> Iterator[list[list[Any]]]:
         from google.cloud.spanner_v1 import param_types
 
-        from app.store.spanner.serving import Deadline, sql_rows
+        from app.store.spanner.calls import Deadline, sql_rows
 
         conditions = ["(shard > @shard OR (shard = @shard AND message_id > @after))"]
         params: dict[str, Any] = {"limit": self._page_rows}
@@ -139,7 +139,7 @@ class RowCopier:
         """Insert the rows of `page` the destination lacks; how many (or would, dry)."""
         from google.cloud import spanner
 
-        from app.store.spanner.serving import Deadline, key_rows
+        from app.store.spanner.calls import Deadline, in_transaction, key_rows
 
         message_id = names.index("message_id")
         keys = spanner.KeySet(keys=[[row[0], row[message_id]] for row in page])  # type: ignore[no-untyped-call]
@@ -159,7 +159,7 @@ class RowCopier:
                 transaction.insert(table, names, lacking)
             return len(lacking)
 
-        written: int = self._destination.run_in_transaction(work, timeout_secs=deadline.left())
+        written, _ = in_transaction(self._destination, deadline, work)
         return written
 
 

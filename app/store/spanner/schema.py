@@ -122,6 +122,30 @@ def expected_indexes() -> dict[str, tuple[str, list[str]]]:
     return indexes
 
 
+def differences(
+    found_columns: dict[tuple[str, str], tuple[str, bool]],
+    found_indexes: dict[str, list[str]],
+) -> list[str]:
+    """What a database lacks of this schema, each said in a line, from its columns
+    (`(table, name)`: `(type, nullable)`) and its indexes (name: key columns)."""
+    lacking = []
+    for column in expected_columns():
+        found = found_columns.get((column.table, column.name))
+        where = f"{column.table}.{column.name}"
+        if found is None:
+            lacking.append(f"{where} is missing")
+        elif found != (column.spanner_type, column.nullable):
+            kind, nullable = found
+            lacking.append(
+                f"{where} is {kind}{'' if nullable else ' NOT NULL'}, expected "
+                f"{column.spanner_type}{'' if column.nullable else ' NOT NULL'}"
+            )
+    for name, (table, keys) in expected_indexes().items():
+        if found_indexes.get(name) != keys:
+            lacking.append(f"index {name} on {table}({', '.join(keys)}) is missing")
+    return lacking
+
+
 def _column_ddl(column: Column) -> str:
     ddl = f"`{column.name}` {_TYPES[column.kind]}"
     if not column.nullable:

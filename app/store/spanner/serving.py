@@ -12,35 +12,18 @@ docs/stores.md#serving-deadlines
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import dataclasses
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
-from google.api_core.exceptions import (
-    DeadlineExceeded,
-    GoogleAPICallError,
-    NotFound,
-    RetryError,
-    ServiceUnavailable,
-)
-from google.api_core.retry import Retry, if_exception_type
-from google.auth.credentials import AnonymousCredentials
-from google.auth.exceptions import GoogleAuthError
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
-from app.errors import StoreUnavailable
 from app.records import (
     DAY_MICROS,
     TABLES,
@@ -49,50 +32,41 @@ from app.records import (
     Rejection,
     Row,
     columns,
-    micros,
     moment,
     rejected_record,
-    row_of,
 )
 from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
 from app.store.copies import message_states
-from app.store.producers import EpochEntry, ProducerSequence, Tally, sequence_of
-from app.store.spanner import ledger
+from app.store.producers import ProducerSequence, Tally, sequence_of
 from app.store.spanner import producers as book
+from app.store.spanner.calls import (
+    Accommodations,
+    Deadline,
+    SpannerCalls,
+    in_transaction,
+    key_rows,
+    sql_rows,
+)
+from app.store.spanner.export_ledger import SpannerLedger
+from app.store.spanner.ledger import Lease
+from app.store.spanner.producers import SpannerCompleteness
+from app.store.spanner.rows import NAMES, insert_columns, insert_values, message_keys, stored_row
 from app.store.spanner.schema import (
     ID_INDEX,
     SHARDS,
-    expected_columns,
-    expected_indexes,
+    differences,
     shard_of,
     time_index,
 )
-from app.store.threads import DaemonThreads
 
 log = logging.getLogger(__name__)
 
-_MULTIPLEXED_SWITCHES = ("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS",)
 T = TypeVar("T")
 R = TypeVar("R", bound=Row)
 
 # spanner://projects/P/instances/I/databases/D, Spanner's own resource name.
 _URL: Final = re.compile(SPANNER_URL)
-
-# Calls in flight at once: a group commit per append slot and a few reads.
-_THREADS: Final = 8
-
-# A read or query that Spanner refuses (UNAVAILABLE) is tried again after
-# 0.1 s, doubling to at most 2 s, jittered, until its call's deadline: the
-# client's own retry settings for unary calls, with a shorter ceiling because
-# every call here has a deadline of seconds, not minutes.
-_RETRY_INITIAL: Final = 0.1
-_RETRY_MAXIMUM: Final = 2.0
-# The least time a request is given: one whose call's deadline has passed
-# fails rather than going out with none.
-_LEAST_SECONDS: Final = 0.01
-# How long a stop waits for the channels to close (a local operation).
-_CLOSE_SECONDS: Final = 2.0
 
 # Spanner keeps old versions for an hour by default: a read never asks for a
 # time older than this, and rows before an older bound were committed long ago,
@@ -103,45 +77,6 @@ _OLDEST_READ_MICROS: Final = 30 * 60 * 1_000_000
 # return: a follower near the tail reads a second of rows, one far behind at
 # most a day per query, never the whole table to sort it.
 READ_SPANS_MICROS: Final = (1_000_000, 60_000_000, 3_600_000_000, DAY_MICROS)
-
-
-class Deadline:
-    """When one call to Spanner must be over: what each of its requests is given."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        """Seconds left; DeadlineExceeded once none are."""
-        left = self._end - time.monotonic()
-        if left < _LEAST_SECONDS:
-            passed = f"the call's deadline of {self.seconds:g} s passed"
-            raise DeadlineExceeded(passed)  # type: ignore[no-untyped-call]
-        return left
-
-    def retry(self) -> Retry:
-        """UNAVAILABLE retried with backoff until the deadline, then RetryError."""
-        return Retry(
-            predicate=if_exception_type(ServiceUnavailable),
-            initial=_RETRY_INITIAL,
-            maximum=_RETRY_MAXIMUM,
-            multiplier=2.0,
-            timeout=self.left(),
-        )
-
-
-def sql_rows(source: Any, deadline: Deadline, sql: str, **options: Any) -> Any:
-    """`source.execute_sql`, within the deadline (a snapshot or a transaction)."""
-    return source.execute_sql(sql, timeout=deadline.left(), retry=deadline.retry(), **options)
-
-
-def key_rows(
-    source: Any, deadline: Deadline, table: str, names: Any, keys: Any, **options: Any
-) -> Any:
-    """`source.read`, within the deadline (a snapshot or a transaction)."""
-    left, retry = deadline.left(), deadline.retry()
-    return source.read(table, names, keys, timeout=left, retry=retry, **options)
 
 
 class SpannerDatabase(NamedTuple):
@@ -199,38 +134,6 @@ def too_large(row: Record | Rejection) -> str | None:
                 f"{STRING_MAX_CHARACTERS:,} a Spanner STRING(MAX) cell holds"
             )
     return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Accommodations:
-    """What the service does differently against the Spanner emulator, each by name.
-
-    Measured on the emulator (cloud-spanner-emulator of Cloud SDK 528): two
-    read-write transactions at once fail the later one ("Invalid transaction
-    ID", FAILED_PRECONDITION, which the client does not retry); a read on the
-    client's default multiplexed session while a read-write transaction is
-    open fails that transaction ("Transaction not found"); and the client's
-    built-in metrics go to Cloud Monitoring, which an emulator has not. Spanner
-    itself runs commits side by side (aborting one of two that touch the same
-    keys, which the client retries), serves reads on multiplexed sessions, and
-    takes the metrics for free: in production every one is off.
-    """
-
-    # This process's read-write transactions take turns (an asyncio lock).
-    commit_turns: bool = False
-    # Reads take pooled sessions, by the switch Google documents
-    # (GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS=false; cloud.google.com/spanner/docs/sessions).
-    pooled_sessions: bool = False
-    # The client sends no metrics of its own.
-    no_builtin_metrics: bool = False
-
-    @classmethod
-    def for_emulator(cls) -> Accommodations:
-        return cls(commit_turns=True, pooled_sessions=True, no_builtin_metrics=True)
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, on in dataclasses.asdict(self).items() if on]
 
 
 class SchemaMismatch(SettingsError):
@@ -302,41 +205,6 @@ _PAGE_TYPES: Final = {
 }
 
 
-def _value(row: Row, name: str, kind: Kind) -> Any:
-    value = getattr(row, name)
-    if value is None:
-        return None
-    match kind:
-        case Kind.TIMESTAMP:
-            return moment(value)
-        case Kind.BYTES:
-            # The client sends bytes as given, and Spanner takes them base64.
-            return base64.b64encode(value)
-        case _:
-            return value
-
-
-_BYTES_COLUMNS: Final = {
-    row_type: {i for i, c in enumerate(columns(row_type)) if c.kind is Kind.BYTES}
-    for row_type in TABLES.values()
-}
-
-
-def _stored(row_type: type[R], values: Sequence[Any]) -> R:
-    """A row from Spanner's values: timestamps read by key come back as datetimes
-    (queries select microseconds), and bytes come back base64, as they were sent."""
-    binary = _BYTES_COLUMNS[row_type]
-    converted = [
-        micros(v)
-        if isinstance(v, datetime)
-        else base64.b64decode(v)
-        if i in binary and v is not None
-        else v
-        for i, v in enumerate(values)
-    ]
-    return row_of(row_type, converted)
-
-
 class Committed(NamedTuple):
     """What one group commit stored: each given row as the store now holds it."""
 
@@ -370,88 +238,46 @@ class SpannerServing:
         timeout_seconds: float = 10.0,
     ) -> None:
         self.database = database
-        self._emulator = emulator_host
-        self.accommodations = accommodations or (
-            Accommodations.for_emulator() if emulator_host else Accommodations()
+        self._calls = SpannerCalls(
+            database,
+            emulator_host=emulator_host,
+            accommodations=accommodations,
+            timeout_seconds=timeout_seconds,
         )
-        self._timeout = timeout_seconds
-        self._threads = DaemonThreads(_THREADS, prefix="spanner")
-        self._client: spanner.Client | None = None
-        self._db: Any = None
-        self._turns: contextlib.AbstractAsyncContextManager[Any] = (
-            asyncio.Lock() if self.accommodations.commit_turns else contextlib.nullcontext()
-        )
+        # The export's lease and progress, as operators and watermark reads ask.
+        self.ledger = SpannerLedger(self._calls)
         # Queries and key reads made for readers, for what reads cost: the
         # Spanner bill follows compute, which follows them. A commit's own key
         # reads are the write's cost, not counted. Counted from several threads.
         self.reads = 0
         self._reads_lock = threading.Lock()
+        # The ledger of producer sequences, as readers ask it (their reads counted).
+        self.completeness = SpannerCompleteness(self._calls, self._count_reads)
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
-        self._names = {table: [c.name for c in columns(row)] for table, row in TABLES.items()}
-        self._kinds = {table: [c.kind for c in columns(row)] for table, row in TABLES.items()}
 
     # -- life cycle ------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the client; nothing is asked of Spanner yet (see `verify`)."""
-        if self.accommodations.names:
-            log.info("Spanner emulator accommodations: %s", ", ".join(self.accommodations.names))
-        if self.accommodations.pooled_sessions:
-            # The library reads its switch from the environment at each
-            # transaction: set here, on the event loop's thread before any of
-            # this store's threads runs, and never over what the user set.
-            for switch in _MULTIPLEXED_SWITCHES:
-                os.environ.setdefault(switch, "false")
-        self._client, self._db = await self._call(self._open)
-
-    def _open(self, _: Deadline) -> tuple[spanner.Client, Any]:
-        project = self.database.project
-        if self._emulator:
-            client = spanner.Client(
-                project=project,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                client_options={"api_endpoint": self._emulator},
-                disable_builtin_metrics=self.accommodations.no_builtin_metrics,
-            )
-        else:
-            client = spanner.Client(
-                project=project, disable_builtin_metrics=self.accommodations.no_builtin_metrics
-            )
-        instance = client.instance(self.database.instance)  # type: ignore[no-untyped-call]
-        db = instance.database(self.database.database)
-        return client, db
+        await self._calls.start()
 
     async def close(self) -> None:
-        """Stop at once, whatever Spanner does: calls not started are dropped, the
-        channels closed (a request in flight ends with them), and threads still
-        inside a call are left to end on their own; they are daemons, so the
-        process exits without them."""
-        client, db, self._client, self._db = self._client, self._db, None, None
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        if client is None:
-            return
-        closing = DaemonThreads(1, prefix="spanner-close")
-        try:
-            async with asyncio.timeout(_CLOSE_SECONDS):
-                await asyncio.get_running_loop().run_in_executor(closing, _close, client, db)
-        except TimeoutError:
-            log.warning("Spanner's client did not close within %g s; left behind", _CLOSE_SECONDS)
-        finally:
-            closing.shutdown(wait=False)
+        """Stop at once, whatever Spanner does (`SpannerCalls.close`)."""
+        await self._calls.close()
 
     async def verify(self, *, within: float | None = None) -> None:
         """Raise SchemaMismatch unless the database has every table, column and
         index the service uses; StoreUnavailable if Spanner cannot be asked (within
         `within` s, by default the store's timeout)."""
-        differences = await self._call(self._schema_differences, within=within)
-        if differences:
+        lacking = await self._calls.call(self._schema_differences, within=within)
+        if lacking:
             raise SchemaMismatch(
                 f"the Spanner database {self.database.path} differs from the schema "
-                f"`recordline schema spanner` prints: {'; '.join(differences)}"
+                f"`recordline schema spanner` prints: {'; '.join(lacking)}"
             )
 
     def _schema_differences(self, deadline: Deadline) -> list[str]:
-        with self._database().snapshot(multi_use=True) as snapshot:
+        with self._calls.database().snapshot(multi_use=True) as snapshot:
             found_columns = {
                 (table, name): (kind, nullable == "YES")
                 for table, name, kind, nullable in sql_rows(
@@ -470,30 +296,15 @@ class SpannerServing:
                 "ORDER BY index_name, ordinal_position",
             ):
                 found_indexes.setdefault(index, []).append(column)
-        differences = []
-        for column in expected_columns():
-            found = found_columns.get((column.table, column.name))
-            where = f"{column.table}.{column.name}"
-            if found is None:
-                differences.append(f"{where} is missing")
-            elif found != (column.spanner_type, column.nullable):
-                kind, nullable = found
-                differences.append(
-                    f"{where} is {kind}{'' if nullable else ' NOT NULL'}, expected "
-                    f"{column.spanner_type}{'' if column.nullable else ' NOT NULL'}"
-                )
-        for name, (table, keys) in expected_indexes().items():
-            if found_indexes.get(name) != keys:
-                differences.append(f"index {name} on {table}({', '.join(keys)}) is missing")
-        return differences
+        return differences(found_columns, found_indexes)
 
     async def ping(self, *, within: float | None = None) -> None:
         """Raise StoreUnavailable unless Spanner answers a query (within `within` s,
         by default the store's timeout)."""
-        await self._call(self._ping, within=within)
+        await self._calls.call(self._ping, within=within)
 
     def _ping(self, deadline: Deadline) -> None:
-        with self._database().snapshot() as snapshot:
+        with self._calls.database().snapshot() as snapshot:
             list(sql_rows(snapshot, deadline, "SELECT 1"))
 
     # -- writing ---------------------------------------------------------------
@@ -502,214 +313,19 @@ class SpannerServing:
         """Store what is new among `rows` in one transaction, stamped with its commit
         time, retrying an aborted transaction for up to `within` seconds, waiting
         for its turn included."""
-        return await self._transact(self._commit, rows, within=within)
+        return await self._calls.transact(self._commit, rows, within=within)
 
-    async def _transact(self, fn: Callable[..., T], *args: Any, within: float) -> T:
-        """`_call` for a read-write transaction: its turn first (`Accommodations`),
-        the wait for it counted against `within`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        try:
-            async with asyncio.timeout(within), self._turns:
-                left = max(deadline - loop.time(), 0.0)
-                return await self._call(fn, *args, within=left)
-        except TimeoutError:
-            raise StoreUnavailable(f"Spanner did not answer within {within:g} s") from None
+    # -- the export's ledger (export_ledger.py) ---------------------------------
 
-    # -- the export's ledger (app.store.spanner.ledger) ---------------------------
-
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> ledger.LeaseClaim:
-        """Take or renew lease `name` for `seconds` from Spanner's now: whether `holder`
-        holds it now, and if not, when the lease that stopped it expires."""
-        lease_micros = int(seconds * 1_000_000)
-        return await self._transact(
-            self._claim_lease, name, holder, lease_micros, within=self._timeout
-        )
-
-    def _claim_lease(
-        self, deadline: Deadline, name: str, holder: str, lease_micros: int
-    ) -> ledger.LeaseClaim:
-        def work(transaction: Any) -> ledger.LeaseClaim:
-            return ledger.claim(transaction, _statement(deadline), name, holder, lease_micros)
-
-        claimed: ledger.LeaseClaim = self._database().run_in_transaction(
-            work, timeout_secs=deadline.left()
-        )
-        return claimed
-
-    async def release_lease(self, name: str, holder: str, *, within: float) -> bool:
-        """Hand lease `name` back if `holder` holds it; whether it did."""
-        return await self._transact(self._release_lease, name, holder, within=within)
-
-    def _release_lease(self, deadline: Deadline, name: str, holder: str) -> bool:
-        def work(transaction: Any) -> bool:
-            return ledger.release(transaction, _statement(deadline), name, holder)
-
-        released: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
-        return released
-
-    async def progress(self, table: str) -> ledger.Progress:
-        """The export progress of `table` now (a strong read); a new one if it has none."""
-        return await self._call(self._progress, table)
-
-    def _progress(self, deadline: Deadline, table: str) -> ledger.Progress:
-        with self._database().snapshot() as snapshot:
-            found = key_rows(
-                snapshot,
-                deadline,
-                ledger.PROGRESS_TABLE,
-                ledger.progress_names(),
-                ledger.progress_key(table),
-            )
-            return ledger.progress_of(table, list(found))
-
-    async def record_progress(
-        self, name: str, holder: str, progress: ledger.Progress
-    ) -> ledger.Progress:
-        """Write `progress` if `holder` holds lease `name` (else LeaseLost) and the row
-        is still the one it was made from (else ProgressMoved), both checked in the
-        same transaction; the progress as written, its `updated` the commit's time."""
-        return await self._transact(
-            self._record_progress, name, holder, progress, within=self._timeout
-        )
-
-    def _record_progress(
-        self, deadline: Deadline, name: str, holder: str, progress: ledger.Progress
-    ) -> ledger.Progress:
-        attempts: list[Any] = []
-
-        def work(transaction: Any) -> None:
-            attempts.append(transaction)
-            ledger.record(transaction, _statement(deadline), name, holder, progress)
-
-        self._database().run_in_transaction(work, timeout_secs=deadline.left())
-        return msgspec.structs.replace(progress, updated=micros(attempts[-1].committed))
-
-    async def unblock_export(
-        self, table: str, reason: str, decision: ledger.Decision | None = None
-    ) -> bool:
-        """Clear the export of `table`'s `blocked` if it still says `reason`, keeping
-        `decision` in the same transaction; whether it did (an operator's retry:
-        `recordline export retry`)."""
-        return await self._transact(
-            self._unblock_export, table, reason, decision, within=self._timeout
-        )
-
-    def _unblock_export(
-        self, deadline: Deadline, table: str, reason: str, decision: ledger.Decision | None
-    ) -> bool:
-        def work(transaction: Any) -> bool:
-            done = ledger.unblock(transaction, _statement(deadline), table, reason)
-            if done and decision is not None:
-                ledger.decide(transaction, decision)
-            return done
-
-        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
-        return done
-
-    async def move_export(
-        self,
-        read: ledger.Progress,
-        moved: ledger.Progress,
-        decision: ledger.Decision | None = None,
-    ) -> bool:
-        """Write `moved` over `read`, a table's progress as an operator read it, if
-        nothing wrote it since, keeping `decision` in the same transaction; whether
-        it did (`recordline export resync`). No lease is checked: the holder of a
-        blocked table writes nothing until its progress changes, and any write it
-        makes first turns this one into a no-op."""
-        return await self._transact(self._move_export, read, moved, decision, within=self._timeout)
-
-    def _move_export(
-        self,
-        deadline: Deadline,
-        read: ledger.Progress,
-        moved: ledger.Progress,
-        decision: ledger.Decision | None,
-    ) -> bool:
-        def work(transaction: Any) -> bool:
-            done = ledger.overwrite(transaction, _statement(deadline), read, moved)
-            if done and decision is not None:
-                ledger.decide(transaction, decision)
-            return done
-
-        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
-        return done
-
-    async def reject_refused(
-        self,
-        message_id: str,
-        reason: str,
-        blocked: str,
-        decision: ledger.Decision | None = None,
-    ) -> bool:
-        """Move record `message_id`, at which the export of `records` is blocked
-        (saying `blocked`: BigQuery refused it, or it could not be read or encoded),
-        to the rejections with `reason`, and clear the export's batch, if it has
-        one, and its stop, keeping `decision`; all in one transaction, only if the
-        progress still says `blocked`. Whether it did."""
-        return await self._transact(
-            self._reject_refused, message_id, reason, blocked, decision, within=self._timeout
-        )
-
-    def _reject_refused(
-        self,
-        deadline: Deadline,
-        message_id: str,
-        reason: str,
-        blocked: str,
-        decision: ledger.Decision | None,
-    ) -> bool:
-        def work(transaction: Any) -> bool:
-            names = ledger.progress_names()
-            keys = ledger.progress_key("records")
-            found = key_rows(transaction, deadline, ledger.PROGRESS_TABLE, names, keys)
-            progress = ledger.progress_in(transaction, found, "records")
-            if progress.blocked != blocked:
-                return False
-            held = [
-                _stored(Record, values)
-                for values in key_rows(
-                    transaction, deadline, "records", self._names["records"], _keys([message_id])
-                )
-            ]
-            if not held:
-                return False
-            record = held[0]
-            transaction.delete("records", _keys([message_id]))
-            rejection = rejected_record(record, reason)
-            transaction.insert(
-                "rejected",
-                ["shard", *self._names["rejected"]],
-                [self._insert_values("rejected", rejection)],
-            )
-            ledger.write_past_refused(transaction, progress)
-            if decision is not None:
-                ledger.decide(transaction, decision)
-            return True
-
-        done: bool = self._database().run_in_transaction(work, timeout_secs=deadline.left())
-        return done
-
-    async def watermarks(self) -> dict[str, int]:
-        """Each table's export watermark (0 before its first export), in one read."""
-        return await self._call(self._watermarks)
-
-    def _watermarks(self, deadline: Deadline) -> dict[str, int]:
-        with self._database().snapshot() as snapshot:
-            names = ["table_name", "watermark"]
-            keys = ledger.watermark_keys()
-            return ledger.watermarks_of(
-                key_rows(snapshot, deadline, ledger.PROGRESS_TABLE, names, keys)
-            )
+    def export_ledger(self, lease: Lease) -> SpannerLedger:
+        """The export's ledger as the exporter holding `lease` asks it."""
+        return SpannerLedger(self._calls, lease)
 
     def _commit(self, deadline: Deadline, rows: Sequence[Record | Rejection]) -> Committed:
         sequences = [sequence_of(row) for row in rows]
         sequenced = any(s is not None for s in sequences)
-        attempts: list[Any] = []
 
         def work(transaction: Any) -> _Written:
-            attempts.append(transaction)
             existing: dict[tuple[str, str], Record | Rejection] = {}
             # Which rows are stored already, by key. With producer sequences, every
             # message id in both tables: a seen sequence is a redelivery if its
@@ -725,12 +341,12 @@ class SpannerServing:
                 if not ids:
                     continue
                 for values in key_rows(
-                    transaction, deadline, table, self._names[table], _keys(ids)
+                    transaction, deadline, table, NAMES[table], message_keys(ids)
                 ):
                     held: Record | Rejection = (
-                        _stored(Record, values)
+                        stored_row(Record, values)
                         if table == "records"
-                        else _stored(Rejection, values)
+                        else stored_row(Rejection, values)
                     )
                     existing[(table, held.message_id)] = held
             given: list[Record | Rejection | None] = list(rows)
@@ -750,14 +366,12 @@ class SpannerServing:
                 if new:
                     transaction.insert(
                         table,
-                        ["shard", *self._key_names(table), *self._names[table]],
-                        [self._insert_values(table, r) for r in new],
+                        insert_columns(table),
+                        [insert_values(table, r) for r in new],
                     )
             return _Written(existing, given, firsts, outcomes)
 
-        written: _Written = self._database().run_in_transaction(work, timeout_secs=deadline.left())
-        committed = attempts[-1].committed
-        ingest_time = micros(committed)
+        written, ingest_time = in_transaction(self._calls.database(), deadline, work)
         stored: list[Record | Rejection] = []
         new = 0
         for row, kept in zip(rows, written.given, strict=True):
@@ -815,49 +429,6 @@ class SpannerServing:
                 outcomes.append(None)
         return given, outcomes
 
-    # -- the completeness ledger's reads -------------------------------------------
-
-    async def producer_entries(self, after: str, limit: int) -> list[EpochEntry]:
-        """Every entry of the ledger past producer `after`, in (producer, epoch) order:
-        at most `limit` of them (a strong read)."""
-        return await self._call(self._producer_entries, after, limit)
-
-    def _producer_entries(self, deadline: Deadline, after: str, limit: int) -> list[EpochEntry]:
-        self._count_reads(1)
-        with self._database().snapshot() as snapshot:
-            found = sql_rows(
-                snapshot,
-                deadline,
-                book.PAGE_SQL,
-                params={"after": after, "limit": limit},
-                param_types={"after": param_types.STRING, "limit": param_types.INT64},
-            )
-            return book.entries_of(found)
-
-    async def producer(self, producer: str) -> list[EpochEntry]:
-        """One producer's entries, oldest epoch first (a strong read)."""
-        return await self._call(self._producer, producer)
-
-    def _producer(self, deadline: Deadline, producer: str) -> list[EpochEntry]:
-        self._count_reads(1)
-        with self._database().snapshot() as snapshot:
-            found = key_rows(snapshot, deadline, book.TABLE, book.NAMES, book.keys_of([producer]))
-            return sorted(book.entries_of(found), key=lambda e: e.epoch)
-
-    def _key_names(self, table: str) -> list[str]:
-        return ["id_shard"] if table == "records" else []
-
-    def _insert_values(self, table: str, row: Record | Rejection) -> list[Any]:
-        values: list[Any] = [shard_of(row.message_id)]
-        if table == "records":
-            assert isinstance(row, Record)
-            values.append(shard_of(row.id))
-        for name, kind in zip(self._names[table], self._kinds[table], strict=True):
-            values.append(
-                spanner.COMMIT_TIMESTAMP if name == "ingest_time" else _value(row, name, kind)
-            )
-        return values
-
     async def window_digests(
         self, table: str, since: int, until: int, window: int, *, within: float
     ) -> dict[int, tuple[int, int]]:
@@ -867,7 +438,9 @@ class SpannerServing:
         that what leaves Spanner is a row per window, not a row per message.
         `within` bounds this one call: a caller verifying a long range asks for it
         a window or a few at a time."""
-        return await self._call(self._window_digests, table, since, until, window, within=within)
+        return await self._calls.call(
+            self._window_digests, table, since, until, window, within=within
+        )
 
     def _window_digests(
         self, deadline: Deadline, table: str, since: int, until: int, window: int
@@ -878,7 +451,7 @@ class SpannerServing:
             "until": param_types.TIMESTAMP,
             "window": param_types.INT64,
         }
-        with self._database().snapshot() as snapshot:
+        with self._calls.database().snapshot() as snapshot:
             rows = sql_rows(
                 snapshot, deadline, _DIGEST_SQL[table], params=params, param_types=types
             )
@@ -891,12 +464,14 @@ class SpannerServing:
         at `until` or later, and after `seen`): two columns of the time index, which
         read whatever the rows hold."""
         read_at = max(until + 1, seen + 1)
-        return await self._call(self._keys_after, _TABLE_OF[kind], after, until, limit, read_at)
+        return await self._calls.call(
+            self._keys_after, _TABLE_OF[kind], after, until, limit, read_at
+        )
 
     async def first_time(self, table: str, since: int, until: int) -> int | None:
         """The ingest time of `table`'s first row with `since <= ingest_time < until`
         (a strong read), None if it has none there."""
-        found = await self._call(self._keys_after, table, (since, ""), until - 1, 1, None)
+        found = await self._calls.call(self._keys_after, table, (since, ""), until - 1, 1, None)
         return found[0][0] if found else None
 
     def _keys_after(
@@ -914,7 +489,7 @@ class SpannerServing:
             "after_message_id": after[1],
             "limit": limit,
         }
-        database = self._database()
+        database = self._calls.database()
         snapshot = (
             database.snapshot()
             if read_at is None
@@ -931,7 +506,7 @@ class SpannerServing:
     async def page(self, kind: type[R], query: PageQuery, now: int) -> list[R]:
         """Rows of `kind` after the cursor and before `query.before_time`, read at
         a time no earlier than that bound; at most `query.limit`, in key order."""
-        return await self._call(self._page, kind, query, now)
+        return await self._calls.call(self._page, kind, query, now)
 
     def _page(
         self,
@@ -945,7 +520,7 @@ class SpannerServing:
         table = _TABLE_OF[kind]
         read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS, read_after))
         found: list[R] = []
-        with self._database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
+        with self._calls.database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
             for span in (*READ_SPANS_MICROS, None):
                 end = query.before_time if span is None else query.after_time + span
                 end = min(end, query.before_time)
@@ -964,7 +539,7 @@ class SpannerServing:
                     params=params,
                     param_types=_PAGE_TYPES,
                 )
-                found = [_stored(kind, values) for values in rows]
+                found = [stored_row(kind, values) for values in rows]
                 if len(found) == query.limit or end == query.before_time:
                     break
         return found
@@ -980,13 +555,13 @@ class SpannerServing:
         query = PageQuery(
             after_time=after[0], after_message_id=after[1], before_time=until + 1, limit=limit
         )
-        return await self._call(self._page, kind, query, until + 1, False, seen + 1)
+        return await self._calls.call(self._page, kind, query, until + 1, False, seen + 1)
 
     async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
         """Every record with `since <= ingest_time < before`, in key order, read at
         exactly `before` (so complete, once read, for that whole range); None if
         there are more than `limit`."""
-        return await self._call(self._rows_between, since, before, limit)
+        return await self._calls.call(self._rows_between, since, before, limit)
 
     def _rows_between(
         self, deadline: Deadline, since: int, before: int, limit: int
@@ -1003,7 +578,9 @@ class SpannerServing:
             for shard in range(SHARDS)
         ]
         index = time_index("records")
-        with self._database().snapshot(read_timestamp=moment(before), multi_use=True) as snapshot:
+        with self._calls.database().snapshot(
+            read_timestamp=moment(before), multi_use=True
+        ) as snapshot:
             self._count_reads(1)
             keys = [
                 list(key)
@@ -1026,19 +603,19 @@ class SpannerServing:
                 snapshot,
                 deadline,
                 "records",
-                self._names["records"],
+                NAMES["records"],
                 spanner.KeySet(keys=keys),  # type: ignore[no-untyped-call]
             )
-            records = [_stored(Record, values) for values in rows]
+            records = [stored_row(Record, values) for values in rows]
         records.sort(key=lambda r: (r.ingest_time, r.message_id))
         return records
 
     async def latest(self, record_id: str) -> Record | None:
-        return await self._call(self._latest, record_id)
+        return await self._calls.call(self._latest, record_id)
 
     def _latest(self, deadline: Deadline, record_id: str) -> Record | None:
         self._count_reads(1)
-        with self._database().snapshot() as snapshot:
+        with self._calls.database().snapshot() as snapshot:
             rows = list(
                 sql_rows(
                     snapshot,
@@ -1048,33 +625,33 @@ class SpannerServing:
                     param_types={"id_shard": param_types.INT64, "id": param_types.STRING},
                 )
             )
-        return _stored(Record, rows[0]) if rows else None
+        return stored_row(Record, rows[0]) if rows else None
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        return await self._call(self._message, message_id)
+        return await self._calls.call(self._message, message_id)
 
     def _message(self, deadline: Deadline, message_id: str) -> MessageStatus | None:
-        keys = _keys([message_id])
+        keys = message_keys([message_id])
         self._count_reads(2)
-        with self._database().snapshot(multi_use=True) as snapshot:
-            for values in key_rows(snapshot, deadline, "records", self._names["records"], keys):
-                record = _stored(Record, values)
+        with self._calls.database().snapshot(multi_use=True) as snapshot:
+            for values in key_rows(snapshot, deadline, "records", NAMES["records"], keys):
+                record = stored_row(Record, values)
                 return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
-            for values in key_rows(snapshot, deadline, "rejected", self._names["rejected"], keys):
-                rejection = _stored(Rejection, values)
+            for values in key_rows(snapshot, deadline, "rejected", NAMES["rejected"], keys):
+                rejection = stored_row(Rejection, values)
                 return MessageStatus(
                     status="rejected", ingest_time=rejection.ingest_time, reason=rejection.reason
                 )
         return None
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        return await self._call(self._seen, message_ids)
+        return await self._calls.call(self._seen, message_ids)
 
     def _seen(self, deadline: Deadline, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        keys = _keys(set(message_ids))
+        keys = message_keys(set(message_ids))
         found: list[tuple[str, MessageState]] = []
         self._count_reads(2)
-        with self._database().snapshot(multi_use=True) as snapshot:
+        with self._calls.database().snapshot(multi_use=True) as snapshot:
             tables: tuple[tuple[str, MessageState], ...] = (
                 ("records", "stored"),
                 ("rejected", "rejected"),
@@ -1090,36 +667,6 @@ class SpannerServing:
     def _count_reads(self, reads: int) -> None:
         with self._reads_lock:
             self.reads += reads
-
-    def _database(self) -> Any:
-        if self._db is None:
-            raise StoreUnavailable("the Spanner serving tier is not started")
-        return self._db
-
-    async def _call(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
-        """`fn(deadline, *args)` on this store's threads, its failures as StoreUnavailable.
-
-        The thread is given the same deadline as the caller's wait, counted from
-        now (time queued for a thread included), and stops its requests there."""
-        loop = asyncio.get_running_loop()
-        seconds = self._timeout if within is None else within
-        deadline = Deadline(seconds)
-        try:
-            async with asyncio.timeout(seconds):
-                return await loop.run_in_executor(self._threads, fn, deadline, *args)
-        except (TimeoutError, DeadlineExceeded):
-            raise StoreUnavailable(f"Spanner did not answer within {seconds:g} s") from None
-        except NotFound as exc:
-            raise StoreUnavailable(f"Spanner: {exc.message}") from exc
-        except GoogleAuthError as exc:
-            # No credentials here (a shell without application-default credentials),
-            # or none that may be refreshed: nothing of Spanner can be asked.
-            raise StoreUnavailable(f"Spanner: no usable credentials: {exc}") from exc
-        except (GoogleAPICallError, RetryError, OSError) as exc:
-            log.warning("Spanner call failed: %s", exc)
-            raise StoreUnavailable(f"Spanner failed: {exc}") from exc
-        except RuntimeError as exc:  # the pool is shut down
-            raise StoreUnavailable(f"the Spanner serving tier is closed: {exc}") from exc
 
 
 _TABLE_OF: Final = {row_type: table for table, row_type in TABLES.items()}
@@ -1138,24 +685,3 @@ def _table(row: Record | Rejection) -> str:
 
 def _fields(row: Row) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__struct_fields__}
-
-
-def _statement(deadline: Deadline) -> Callable[..., Any]:
-    """`sql_rows` within `deadline`, for the ledger's statements."""
-
-    def run(source: Any, sql: str, **options: Any) -> Any:
-        return sql_rows(source, deadline, sql, **options)
-
-    return run
-
-
-def _close(client: spanner.Client, db: Any) -> None:
-    """Close the database's channel (a request in flight on it ends) and the client."""
-    if db is not None:
-        db.spanner_api.transport.close()
-    client.close()  # type: ignore[no-untyped-call]
-
-
-def _keys(message_ids: Iterable[str]) -> Any:
-    """The keys of these messages' rows, in either table."""
-    return spanner.KeySet(keys=[[shard_of(m), m] for m in message_ids])  # type: ignore[no-untyped-call]

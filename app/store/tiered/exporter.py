@@ -31,12 +31,11 @@ from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
 from app.store.spanner.ledger import (
     Intent,
-    LeaseClaim,
+    Lease,
     LeaseLost,
     Progress,
     ProgressMoved,
     Standing,
-    lease_holder,
 )
 from app.store.spanner.schema import MIGRATIONS
 from app.store.tiered.typed import Encoding, TypedExport
@@ -136,18 +135,36 @@ class ExportObserver(Protocol):
 
 
 class ExportLedger(Protocol):
-    """The export's lease and progress, where they are kept (the serving database:
-    `app.store.spanner.ledger`)."""
+    """The export's lease and progress as one exporter asks for them, where they are
+    kept (the serving database: `app.store.spanner.export_ledger`)."""
 
-    async def claim_lease(self, name: str, holder: str, seconds: float) -> LeaseClaim: ...
+    @property
+    def expires_in(self) -> float | None:
+        """After a claim another exporter's live lease refused: in how long (s) that
+        lease expires, when known."""
+        ...
 
-    async def release_lease(self, name: str, holder: str, *, within: float) -> bool: ...
+    async def claim(self) -> bool:
+        """Take or renew the lease; whether this exporter holds it now."""
+        ...
 
-    async def progress(self, table: str) -> Progress: ...
+    async def release(self, *, within: float) -> bool:
+        """Hand the lease back if this exporter holds it; whether it did."""
+        ...
 
-    async def record_progress(self, name: str, holder: str, progress: Progress) -> Progress: ...
+    async def progress(self, table: str) -> Progress:
+        """The table's progress now (a strong read); a new one if it has none."""
+        ...
 
-    async def watermarks(self) -> dict[str, int]: ...
+    async def record(self, progress: Progress) -> Progress:
+        """Write `progress`, if this exporter still holds the lease (else LeaseLost)
+        and the row is still the one it was made from (else ProgressMoved); the
+        progress as written, what the next write is made from."""
+        ...
+
+    async def watermarks(self) -> dict[str, int]:
+        """Each table's watermark (0 before its first export), in one read."""
+        ...
 
 
 class ExportRows(Protocol):
@@ -162,8 +179,12 @@ class ExportRows(Protocol):
     ) -> list[Key]: ...
 
 
-class ExportSource(ExportLedger, ExportRows, Protocol):
+class ExportSource(ExportRows, Protocol):
     """What the exporter reads and writes in the serving database."""
+
+    def export_ledger(self, lease: Lease) -> ExportLedger:
+        """The ledger as the exporter holding `lease` asks it."""
+        ...
 
 
 class Held(Protocol):
@@ -172,54 +193,6 @@ class Held(Protocol):
     async def held(self, table: str, since: int) -> list[Key]:
         """The keys of `table`'s rows with `ingest_time >= since` (µs)."""
         ...
-
-
-class Ledger:
-    """The exporter's state in the serving database, as one exporter (`holder`)
-    asks for it: its lease, and each table's progress."""
-
-    def __init__(
-        self,
-        source: ExportLedger,
-        holder: str,
-        *,
-        lease_seconds: float = LEASE_SECONDS,
-        standing: Standing | None = None,
-    ) -> None:
-        self._source = source
-        self.holder = holder
-        self._lease_seconds = lease_seconds
-        self._standing = standing or Standing(*code_version())
-        # After a claim another exporter's live lease refused: in how long (s) that
-        # lease expires, when known.
-        self.expires_in: float | None = None
-
-    def _holder(self) -> str:
-        return lease_holder(self._standing, self.holder, time.time_ns() // 1000)
-
-    async def claim(self) -> bool:
-        """Take or renew the lease; whether this exporter holds it now."""
-        found = await self._source.claim_lease(LEASE_NAME, self._holder(), self._lease_seconds)
-        self.expires_in = None if found.expires_in is None else found.expires_in / 1_000_000
-        return found.held
-
-    async def release(self, *, within: float = RELEASE_SECONDS) -> bool:
-        """Hand the lease back if this exporter holds it; whether it did."""
-        return await self._source.release_lease(LEASE_NAME, self._holder(), within=within)
-
-    async def progress(self, table: str) -> Progress:
-        """The table's progress now (a strong read); a new one if it has none."""
-        return await self._source.progress(table)
-
-    async def watermarks(self) -> dict[str, int]:
-        """Each table's watermark (0 before its first export), in one read."""
-        return await self._source.watermarks()
-
-    async def record(self, progress: Progress) -> Progress:
-        """Write `progress`, if this exporter still holds the lease (else LeaseLost)
-        and the row is still the one it was made from (else ProgressMoved); the
-        progress as written, what the next write is made from."""
-        return await self._source.record_progress(LEASE_NAME, self._holder(), progress)
 
 
 def revision_name() -> str:
@@ -238,6 +211,18 @@ def code_version() -> tuple[int, int]:
     return len(MIGRATIONS), int(found.group(1)) if found else 0
 
 
+def exporter_lease(
+    holder: str | None = None,
+    *,
+    version: tuple[int, int] | None = None,
+    seconds: float = LEASE_SECONDS,
+) -> Lease:
+    """This process's claim on the export: named `holder` (by default `holder_name`),
+    standing at `version` (by default `code_version`), for `seconds` a claim."""
+    standing = Standing(*(version or code_version()))
+    return Lease(LEASE_NAME, holder or holder_name(), standing, seconds)
+
+
 def holder_name() -> str:
     """This exporter's name in the lease: where it runs, and a nonce for this process."""
     revision = revision_name()
@@ -248,6 +233,31 @@ class WatermarkSink(Protocol):
     """Where the exporter tells BigQuery its watermarks (`export_watermarks`)."""
 
     async def publish(self, row: ExportWatermark, *, within: float) -> None: ...
+
+
+class Destination(NamedTuple):
+    """Where the exporter puts rows, in BigQuery: each table's offset stream, and
+    what it is told or asked besides."""
+
+    streams: dict[RowType, OffsetStream]
+    # Told each table's watermark (`export_watermarks`).
+    watermarks: WatermarkSink | None = None
+    # Records' typed columns (`typed.py`), where the table has them.
+    typed: TypedExport | None = None
+    # What BigQuery holds, to settle a batch whose stream is gone; without it
+    # such a batch blocks its table for an operator's `export resync`.
+    held: Held | None = None
+
+
+class Pace(NamedTuple):
+    """How much a batch takes, and how long a table waits after a failure."""
+
+    batch_rows: int = BATCH_ROWS
+    batch_bytes: int = BATCH_BYTES
+    # A passing failure's first pause (doubling to RETRY_MAX_SECONDS).
+    retry_seconds: float = RETRY_SECONDS
+    # Between tries of a blocked table.
+    blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS
 
 
 class _Unreadable(NamedTuple):
@@ -268,41 +278,27 @@ class Exporter:
     def __init__(
         self,
         source: ExportSource,
-        streams: dict[RowType, OffsetStream],
+        bigquery: Destination,
         *,
-        watermarks: WatermarkSink | None = None,
-        holder: str | None = None,
+        lease: Lease | None = None,
+        pace: Pace | None = None,
         observer: ExportObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
-        batch_rows: int = BATCH_ROWS,
-        batch_bytes: int = BATCH_BYTES,
-        lease_seconds: float = LEASE_SECONDS,
-        blocked_retry_seconds: float = BLOCKED_RETRY_SECONDS,
-        version: tuple[int, int] | None = None,
-        typed: TypedExport | None = None,
-        held: Held | None = None,
-        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
+        pace = pace or Pace()
         self._source = source
-        self._streams = streams
+        self._streams = streams = bigquery.streams
         self._encoders = {kind: RowEncoder(kind) for kind in streams}
-        # Records' typed columns (`typed.py`), where the table has them.
-        self.typed = typed
-        # What BigQuery holds, to settle a batch whose stream is gone; without
-        # it such a batch blocks its table for an operator's `export resync`.
-        self._held = held
-        self.ledger = Ledger(
-            source,
-            holder or holder_name(),
-            lease_seconds=lease_seconds,
-            standing=Standing(*(version or code_version())),
-        )
-        self._lease_seconds = lease_seconds
-        self._renew_seconds = lease_seconds / 3
+        self.typed = bigquery.typed
+        self._held = bigquery.held
+        lease = lease or exporter_lease()
+        self.ledger = source.export_ledger(lease)
+        self._lease_seconds = lease.seconds
+        self._renew_seconds = lease.seconds / 3
         self._observer = observer
         self._clock = clock
-        self._batch_rows = batch_rows
-        self._batch_bytes = batch_bytes
+        self._batch_rows = pace.batch_rows
+        self._batch_bytes = pace.batch_bytes
         # Whether this exporter held the lease at its last claim, and when it claims
         # next (monotonic).
         self.leading = False
@@ -313,13 +309,13 @@ class Exporter:
         self.blocked: dict[str, str] = {}
         # When a blocked table is tried again (monotonic seconds).
         self._retry_at: dict[str, float] = {}
-        self._blocked_retry_seconds = blocked_retry_seconds
+        self._blocked_retry_seconds = pace.blocked_retry_seconds
         # Each table's pause after a passing failure, and until when it waits.
         self._backoff = {
-            _TABLES_OF[kind]: Backoff(retry_seconds, RETRY_MAX_SECONDS) for kind in streams
+            _TABLES_OF[kind]: Backoff(pace.retry_seconds, RETRY_MAX_SECONDS) for kind in streams
         }
         self._paused_until: dict[str, float] = {}
-        self._watermarks = watermarks
+        self._watermarks = bigquery.watermarks
         # The last watermark told to BigQuery, per table.
         self._published: dict[str, int] = {}
 
@@ -345,7 +341,7 @@ class Exporter:
                 pause = backoff.next()
                 log.warning("export paused for %.1f s: %s", pause, exc)
                 if isinstance(exc, LeaseLost):
-                    self._follow()
+                    self._stop_leading()
                 await asyncio.sleep(pause)
                 continue
             backoff.reset()
@@ -371,7 +367,7 @@ class Exporter:
         if Spanner does not answer, the lease expires on its own."""
         if not self.leading:
             return
-        self._follow()
+        self._stop_leading()
         try:
             if await self.ledger.release(within=RELEASE_SECONDS):
                 log.info("export lease handed back")
@@ -390,9 +386,9 @@ class Exporter:
         )
         await self.stop()
 
-    def _follow(self) -> None:
-        """This exporter no longer holds the lease: what it knew of blocked tables is
-        the new holder's to say."""
+    def _stop_leading(self) -> None:
+        """This exporter no longer holds the lease (lost, or handed back): what it knew
+        of blocked tables is the new holder's to say."""
         self.leading = False
         for table in list(self.blocked):
             self._unblock(table)
@@ -425,7 +421,7 @@ class Exporter:
             wait = min(wait, expires_in + CLAIM_AFTER_EXPIRY_SECONDS)
         self._next_claim = claimed + wait
         if not leading:
-            self._follow()
+            self._stop_leading()
         self.leading = leading
         return leading
 

@@ -27,6 +27,7 @@ from app.store.tiered.exporter import (
     LEASE_SECONDS,
     RETRY_MAX_SECONDS,
     RETRY_SECONDS,
+    Destination,
     Exporter,
     ExportObserver,
 )
@@ -52,14 +53,13 @@ def exporter_for(
     its offset streams, its watermark rows, records' typed columns where the dataset
     projects them, and BigQuery's own answer to what it holds."""
     table, revisions = analytics.typed, analytics.revisions
-    return Exporter(
-        serving,
+    bigquery = Destination(
         {kind: analytics.offset_stream(kind) for kind in (Record, Rejection)},
         watermarks=watermarks,
-        observer=observer,
         typed=TypedExport(table, revisions) if table is not None and revisions else None,
         held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
     )
+    return Exporter(serving, bigquery, observer=observer)
 
 
 class SystemExport:
@@ -79,7 +79,7 @@ class SystemExport:
         self.serving = serving
         self.analytics = analytics
         self._observer = observer
-        self.watermarks = Watermarks(serving, observer=observer, clock=clock)
+        self.watermarks = Watermarks(serving, serving.ledger, observer=observer, clock=clock)
         self.supervisor = Supervisor(observer=loops)
         self.exporter: Exporter | None = None
         self._writer: WatermarkWriter | None = None

@@ -199,7 +199,7 @@ def _logged(decision: Decision) -> None:
 async def _status(serving: SpannerServing) -> int:
     blocked = 0
     for table in TABLES:
-        progress = await serving.progress(table)
+        progress = await serving.ledger.progress(table)
         print(_describe(progress))
         blocked += progress.blocked is not None
     return EXIT_BLOCKED if blocked else EXIT_DONE
@@ -218,13 +218,13 @@ def _describe(p: Progress) -> str:
 
 
 async def _retry(serving: SpannerServing, table: str, decision: Decision) -> int:
-    progress = await serving.progress(table)
+    progress = await serving.ledger.progress(table)
     if progress.blocked is None:
         print(f"{table}: not blocked; nothing to retry")
         return EXIT_DONE
     detail = f"cleared the stop since {_time(progress.updated or 0)}: {progress.blocked}"
     decision = msgspec.structs.replace(decision, detail=detail)
-    if not await serving.unblock_export(table, progress.blocked, decision):
+    if not await serving.ledger.unblock(table, progress.blocked, decision):
         _error("recordline export retry", f"{table}: its progress changed meanwhile; see status")
         return EXIT_REFUSED
     _logged(decision)
@@ -235,7 +235,7 @@ async def _retry(serving: SpannerServing, table: str, decision: Decision) -> int
 async def _reject(serving: SpannerServing, message_id: str, decision: Decision) -> int:
     from app.store.tiered.exporter import row_at_fault
 
-    progress = await serving.progress("records")
+    progress = await serving.ledger.progress("records")
     if progress.blocked is None or row_at_fault(progress.blocked) != ("records", message_id):
         _error(
             "recordline export reject",
@@ -245,7 +245,7 @@ async def _reject(serving: SpannerServing, message_id: str, decision: Decision) 
     said = f"moved to the rejections by an operator: {decision.reason} ({progress.blocked})"
     detail = f"moved message {message_id} to the rejections; the stop was: {progress.blocked}"
     decision = msgspec.structs.replace(decision, detail=detail)
-    if not await serving.reject_refused(message_id, said, progress.blocked, decision):
+    if not await serving.ledger.reject_refused(message_id, said, progress.blocked, decision):
         _error("recordline export reject", "records: its progress changed meanwhile; nothing moved")
         return EXIT_REFUSED
     _logged(decision)
@@ -259,7 +259,7 @@ _KINDS: dict[str, type[Record] | type[Rejection]] = {"records": Record, "rejecte
 
 
 async def _resync(serving: SpannerServing, held: QueryHeld, table: str, decision: Decision) -> int:
-    progress = await serving.progress(table)
+    progress = await serving.ledger.progress(table)
     if progress.blocked is None:
         print(f"{table}: not blocked; nothing to resync")
         return EXIT_DONE
@@ -299,7 +299,7 @@ async def _resync(serving: SpannerServing, held: QueryHeld, table: str, decision
         f"(the stop since {_time(progress.updated or 0)} was: {progress.blocked})"
     )
     decision = msgspec.structs.replace(decision, detail=detail)
-    if not await serving.move_export(progress, moved, decision):
+    if not await serving.ledger.move(progress, moved, decision):
         _error(
             "recordline export resync",
             f"{table}: its progress changed meanwhile; nothing moved (see status)",
@@ -327,7 +327,7 @@ async def _verify(
 
     window = int(hours * 3_600_000_000)
     settled = time.time_ns() // 1000 - SETTLED_MICROS
-    watermarks = await serving.watermarks()
+    watermarks = await serving.ledger.watermarks()
     until = {table: min(watermarks[table], settled) for table in TABLES}
     # Older rows are deleted from Spanner (its row deletion policy): nothing there
     # to compare BigQuery with.

@@ -32,7 +32,6 @@ from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
 from app.store.tiered.exporter import LEASE_SECONDS, Exporter, ExportObserver
 from app.store.tiered.fleet import exporter_for
-from app.store.tiered.producers import ServingCompleteness
 from app.store.tiered.supervisor import LoopObserver, Supervisor
 from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 
@@ -137,9 +136,11 @@ class TieredStore:
         self.supervisor = Supervisor(observer=loop_observer)
         # The tables' export watermarks, as last read from Spanner (every instance
         # reads them).
-        self._watermarks = Watermarks(serving, observer=export_observer, clock=clock)
+        self._watermarks = Watermarks(
+            serving, serving.ledger, observer=export_observer, clock=clock
+        )
         # The ledger of producer sequences, kept in Spanner with the rows.
-        self.completeness: Completeness | None = ServingCompleteness(serving)
+        self.completeness: Completeness | None = serving.completeness
 
     @property
     def watermark(self) -> int:

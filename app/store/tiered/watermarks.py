@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 WATERMARK_SECONDS: Final = 5.0
 
 
-class WatermarkSource(ExportRows, Protocol):
-    """What the watermarks are read from (the serving database)."""
+class WatermarkLedger(Protocol):
+    """Where the watermarks are kept (the serving database's export ledger)."""
 
     async def watermarks(self) -> dict[str, int]: ...
 
@@ -35,12 +35,14 @@ class Watermarks:
 
     def __init__(
         self,
-        source: WatermarkSource,
+        source: ExportRows,
+        ledger: WatermarkLedger,
         *,
         observer: ExportObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._source = source
+        self._ledger = ledger
         self._observer = observer
         self._clock = clock
         # Every row before it is in BigQuery (µs): 0 until read.
@@ -49,7 +51,7 @@ class Watermarks:
     async def read(self) -> None:
         """Read them now, and tell the observer each table's (StoreUnavailable if
         Spanner does not answer)."""
-        watermarks = await self._source.watermarks()
+        watermarks = await self._ledger.watermarks()
         self.least = min(watermarks.values())
         if self._observer is None:
             return

@@ -1,0 +1,42 @@
+"""Every read-write transaction of the service runs through one helper, bounded.
+
+`app.store.spanner.calls.in_transaction` gives the library's `run_in_transaction`
+the call's deadline; a copy of that call elsewhere could leave it out, and the
+client would then retry a commit for up to an hour. Read from the code with
+`ast`, like tests/test_layering.py.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent.parent / "app"
+HELPER = Path("store/spanner/calls.py")
+
+
+def transactions_outside_the_helper(app: Path = APP) -> list[str]:
+    """Where a module of `app` calls `run_in_transaction` itself (`path:line`)."""
+    found = []
+    for path in sorted(app.rglob("*.py")):
+        if path.relative_to(app) == HELPER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "run_in_transaction"
+            ):
+                found.append(f"{path.relative_to(app)}:{node.lineno}")
+    return found
+
+
+def test_every_transaction_runs_through_the_bounded_helper() -> None:
+    assert transactions_outside_the_helper() == []
+
+
+def test_the_check_finds_a_transaction_run_by_hand(tmp_path: Path) -> None:
+    (tmp_path / "store" / "spanner").mkdir(parents=True)
+    (tmp_path / HELPER).write_text("database.run_in_transaction(work, timeout_secs=1)\n")
+    (tmp_path / "store" / "mine.py").write_text("x = 1\ndb.run_in_transaction(work)\n")
+    assert transactions_outside_the_helper(tmp_path) == ["store/mine.py:2"]
