@@ -62,7 +62,7 @@ from app.routes.streams import HEAD_REQUEST, STREAM_ROUTES
 from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
-from app.store.tiered.supervisor import Supervisor
+from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
 

@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from app.store.backoff import Backoff
+from app.store.supervisor import Supervisor
 from app.store.threads import DaemonThreads
-from app.store.tiered.supervisor import Supervisor
 from tests.waiting import until
 
 

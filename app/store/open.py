@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryStore
     from app.store.bigquery.typed import PatchObserver
     from app.store.spanner.serving import SpannerServing
+    from app.store.supervisor import LoopObserver
     from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.fleet import SystemExport
-    from app.store.tiered.supervisor import LoopObserver
     from app.typed.revisions import Revisions
 
 

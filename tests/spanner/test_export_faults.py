@@ -28,9 +28,9 @@ from app.records import Record, Row
 from app.settings import Settings
 from app.store.spanner.ledger import LeaseClaim, Progress
 from app.store.spanner.serving import SpannerServing
+from app.store.supervisor import Supervisor
 from app.store.tiered import operator
 from app.store.tiered.exporter import Exporter
-from app.store.tiered.supervisor import Supervisor
 from tests.bigquery.fake_storage_write import (
     Abort,
     ErrorResponse,

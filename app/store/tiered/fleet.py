@@ -26,6 +26,7 @@ from app.records import TABLES, Record, Rejection
 from app.store.backoff import Backoff
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.spanner.serving import SpannerServing
+from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     RETRY_MAX_SECONDS,
@@ -34,7 +35,6 @@ from app.store.tiered.exporter import (
     ExportObserver,
 )
 from app.store.tiered.held import QueryHeld
-from app.store.tiered.supervisor import LoopObserver, Supervisor
 from app.store.tiered.typed import TypedExport
 from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 

@@ -3,7 +3,7 @@
 The package is the composition of the two backends, which never import each
 other: this store, the exporter that feeds BigQuery from Spanner
 (`exporter.py`, with its ledger in Spanner), and the supervisor of their
-background loops (`supervisor.py`: the tail's refresh, the watermark's
+background loops (`app.store.supervisor`: the tail's refresh, the watermark's
 reading, the export).
 
 Writing. A group commit is one Spanner transaction; its rows carry the
@@ -45,10 +45,10 @@ from app.store.copies import ConflictObserver, differing
 from app.store.producers import Completeness
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
+from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tiered.exporter import LEASE_SECONDS, Exporter, ExportObserver
 from app.store.tiered.fleet import exporter_for
 from app.store.tiered.producers import ServingCompleteness
-from app.store.tiered.supervisor import LoopObserver, Supervisor
 from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 
 log = logging.getLogger(__name__)
