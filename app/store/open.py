@@ -40,7 +40,7 @@ def open_store(
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
     that differs from the one stored, `exports` what a serving tier's exporter does,
-    `loops` each restart of a serving tier's background loops,
+    `loops` each restart of the store's background loops,
     `revisions` each decoded schema revision's typed fields (every store projects
     them: the serving tier keeps JSON in Spanner and projects on export), `patches`
     each change of BigQuery's typed columns that BigQuery refused."""
@@ -60,6 +60,7 @@ def open_store(
                 retention_days=settings.store.retention_days,
                 conflicts=conflicts,
                 revisions=revisions,
+                loops=loops,
             )
         case "duckdb":
             from app.store.duckdb.store import DuckDBStore
@@ -72,6 +73,7 @@ def open_store(
                 retention_days=settings.store.retention_days,
                 conflicts=conflicts,
                 revisions=revisions,
+                loops=loops,
             )
         case "bigquery":
             try:
@@ -85,6 +87,7 @@ def open_store(
                 observer=observer,
                 revisions=revisions,
                 patches=patches,
+                loops=loops,
             )
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
@@ -157,5 +160,6 @@ def open_export(
         observer=observer,
         revisions=revisions,
         patches=patches,
+        loops=loops,
     )
     return SystemExport(name, _serving(settings), analytics, observer=exports, loops=loops)

@@ -74,6 +74,7 @@ from app.store.bigquery.typed import (
 )
 from app.store.copies import message_states
 from app.store.producers import Completeness
+from app.store.supervisor import LoopObserver, Supervisor
 from app.typed.mapping import Field
 
 if TYPE_CHECKING:
@@ -119,12 +120,15 @@ class BigQueryStore:
         observer: QueryObserver | None = None,
         revisions: Revisions | None = None,
         patches: PatchObserver | None = None,
+        loops: LoopObserver | None = None,
     ) -> None:
         self.project = project
         self.dataset = dataset
         self.settle_micros = int(store.settle_seconds * 1_000_000)
         self.bell = Bell()
-        self._ringer: asyncio.Task[None] | None = None
+        # The bell's loop and each writer's: restarted if they fail, named by
+        # readiness while they stay down, each restart told to `loops`.
+        self._loops = Supervisor(observer=loops)
         # Concurrent `append` calls worth making: each writer keeps this many
         # requests in flight, and more callers would only queue behind them.
         self.max_in_flight = max_in_flight
@@ -175,6 +179,7 @@ class BigQueryStore:
         observer: QueryObserver | None = None,
         revisions: Revisions | None = None,
         patches: PatchObserver | None = None,
+        loops: LoopObserver | None = None,
     ) -> BigQueryStore:
         """The store a `bigquery://PROJECT/DATASET` URL names; `emulator` is a
         `jobs.query` endpoint to send queries to with anonymous credentials;
@@ -192,6 +197,7 @@ class BigQueryStore:
             observer=observer,
             revisions=revisions,
             patches=patches,
+            loops=loops,
         )
 
     @property
@@ -217,17 +223,20 @@ class BigQueryStore:
             return
         self._write_client = await self._open_write_client()
         await self._queries.start()
+        await self._loops.start()
         self._records = StorageWriter(
             self._write_client,
             self._table_path("records"),
             self._records_encoder.descriptor,
             max_in_flight=self.max_in_flight,
+            loops=self._loops,
         )
         self._rejected = StorageWriter(
             self._write_client,
             self._table_path("rejected"),
             self._rejected_encoder.descriptor,
             max_in_flight=self.max_in_flight,
+            loops=self._loops,
         )
         await self._records.start()
         await self._rejected.start()
@@ -247,7 +256,9 @@ class BigQueryStore:
                 # in the table before its first record (analysts' queries and views
                 # may name them at once). Never fails the start (see `widen`).
                 await self.typed.widen(declared, fields)
-        self._ringer = asyncio.create_task(self._ring_while_wanted(), name="bigquery-bell")
+        self._loops.run(
+            "bell", self._ring_while_wanted, interval=max(self.settle_micros / 1e6, _RING_SECONDS)
+        )
 
     async def _own_columns(self) -> None:
         """Add the columns `records` is created with (a `Record`'s, `projection_errors`)
@@ -296,7 +307,10 @@ class BigQueryStore:
             raise StoreUnavailable("the BigQuery store is not started")
         encoder = RowEncoder(ExportWatermark)
         writer = StorageWriter(
-            self._write_client, self._table_path("export_watermarks"), encoder.descriptor
+            self._write_client,
+            self._table_path("export_watermarks"),
+            encoder.descriptor,
+            loops=self._loops,
         )
         return WatermarkWriter(writer, encoder)
 
@@ -309,9 +323,6 @@ class BigQueryStore:
         return OffsetStream(self._write_client, self._table_path(table), encoder.descriptor)
 
     async def close(self) -> None:
-        if self._ringer is not None:
-            self._ringer.cancel()
-            self._ringer = None
         typed = self._typed_stream
         for writer in (self._records, self._rejected, typed):
             if writer is not None:
@@ -323,6 +334,7 @@ class BigQueryStore:
         if self._write_client is not None:
             await self._write_client.transport.close()  # type: ignore[no-untyped-call]
             self._write_client = None
+        await self._loops.close()
         await self._queries.close()
 
     async def barrier(self) -> None:
@@ -340,8 +352,13 @@ class BigQueryStore:
         # deadline ago; pages stay behind that.
         return now - self.settle_micros
 
+    def down(self) -> list[str]:
+        """Each of the store's loops failing for longer than its interval."""
+        return self._loops.down()
+
     async def check(self) -> None:
         records, rejected = self._writers()
+        self._loops.check()
         await self._queries.run(CHECK_SQL, {}, tables=0)
         typed = self._typed_stream
         for writer in (records, rejected, typed):
@@ -513,6 +530,7 @@ class BigQueryStore:
             self._table_path("records"),
             encoder.descriptor,
             max_in_flight=self.max_in_flight,
+            loops=self._loops,
         )
         await writer.start()
         self._typed_writer = (writable, writer, encoder)

@@ -137,8 +137,9 @@ class SystemExport:
         await self.watermarks.follow()
 
     def down(self) -> list[str]:
-        """Each of this system's loops failing for longer than its interval."""
-        return self.supervisor.down()
+        """Each of this system's loops failing for longer than its interval (its
+        BigQuery store's writers' too)."""
+        return self.supervisor.down() + self.analytics.down()
 
     async def close(self) -> None:
         """Stop the loops, hand the lease back, close the clients: each step even when
