@@ -540,16 +540,11 @@ def _backfill_bigquery(
     from app.asgi import fetching_schemas
     from app.errors import StoreUnavailable
     from app.store.bigquery.backfill import BackfillError
-    from app.store.bigquery.store import BigQueryStore
+    from app.store.open import open_bigquery
 
     # Records name their revision; one no process of this run decoded is fetched.
     fetching_schemas(settings, revisions)
-    store = BigQueryStore.from_url(
-        settings.store.url,
-        settings,
-        emulator=settings.store.bigquery_query_endpoint or None,
-        revisions=revisions,
-    )
+    store = open_bigquery(settings, revisions=revisions)
 
     async def run() -> Any:
         await store.start()

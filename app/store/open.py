@@ -7,14 +7,23 @@ which a service on DuckDB never pays.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from app.settings import Settings, SettingsError, declared
+from app.settings import (
+    BIGQUERY_URL,
+    QuerySettings,
+    Settings,
+    SettingsError,
+    StoreSettings,
+    declared,
+    invalid,
+)
 from app.store import QueryObserver, Store
 from app.store.copies import ConflictObserver
 
 if TYPE_CHECKING:
-    from app.store.bigquery.store import BigQueryStore
+    from app.store.bigquery.store import BigQueryOptions, BigQueryStore
     from app.store.bigquery.typed import PatchObserver
     from app.store.spanner.serving import SpannerServing
     from app.store.supervisor import LoopObserver
@@ -76,18 +85,8 @@ def open_store(
                 loops=loops,
             )
         case "bigquery":
-            try:
-                from app.store.bigquery.store import BigQueryStore
-            except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
-                raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
-            analytics = BigQueryStore.from_url(
-                url,
-                settings,
-                emulator=settings.store.bigquery_query_endpoint or None,
-                observer=observer,
-                revisions=revisions,
-                patches=patches,
-                loops=loops,
+            analytics = open_bigquery(
+                settings, observer=observer, revisions=revisions, patches=patches, loops=loops
             )
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
@@ -97,6 +96,53 @@ def open_store(
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
             raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
+
+
+def open_bigquery(
+    settings: Settings,
+    *,
+    observer: QueryObserver | None = None,
+    revisions: Revisions | None = None,
+    patches: PatchObserver | None = None,
+    loops: LoopObserver | None = None,
+) -> BigQueryStore:
+    """The BigQuery store RECORDLINE_STORE names (`bigquery://PROJECT/DATASET`), not
+    started yet; the observers as `open_store`'s."""
+    try:
+        from app.store.bigquery.store import BigQueryStore
+    except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
+        raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
+    url = settings.store.url
+    # Both names are put into SQL as identifiers: the pattern holds them to
+    # BigQuery's own character sets.
+    match = re.fullmatch(BIGQUERY_URL, url)
+    if match is None:
+        raise invalid("RECORDLINE_STORE", url, "bigquery://PROJECT/DATASET")
+    return BigQueryStore(
+        match["project"],
+        match["dataset"],
+        options=bigquery_options(settings.store, settings.query),
+        query_endpoint=settings.store.bigquery_query_endpoint or None,
+        observer=observer,
+        revisions=revisions,
+        patches=patches,
+        loops=loops,
+    )
+
+
+def bigquery_options(store: StoreSettings, query: QuerySettings) -> BigQueryOptions:
+    """The BigQuery store's options, as the settings give them."""
+    from app.store.bigquery.store import BigQueryOptions
+
+    return BigQueryOptions(
+        settle_seconds=store.settle_seconds,
+        write_deadline_seconds=store.write_deadline_seconds,
+        query_timeout_seconds=store.query_timeout_seconds,
+        read_cache_seconds=store.read_cache_seconds,
+        max_bytes_billed=query.max_bytes_billed,
+        dedupe_window_seconds=query.dedupe_window_seconds,
+        write_endpoint=store.bigquery_write_endpoint or None,
+    )
 
 
 def _serving(settings: Settings) -> SpannerServing:
@@ -145,7 +191,6 @@ def open_export(
     """System `name`'s export to BigQuery as the exporter service runs it (not started
     yet): from its serving tier (RECORDLINE_SERVING) into its BigQuery store
     (RECORDLINE_STORE), as `settings` name them; the observers as `open_store`'s."""
-    from app.store.bigquery.store import BigQueryStore
     from app.store.tiered.fleet import SystemExport
 
     if not settings.store.serving or not settings.store.url.startswith("bigquery:"):
@@ -153,13 +198,7 @@ def open_export(
             f"{name}: an export needs a serving tier (RECORDLINE_SERVING) and a BigQuery "
             f"store (RECORDLINE_STORE), not {settings.store.url!r}"
         )
-    analytics = BigQueryStore.from_url(
-        settings.store.url,
-        settings,
-        emulator=settings.store.bigquery_query_endpoint or None,
-        observer=observer,
-        revisions=revisions,
-        patches=patches,
-        loops=loops,
+    analytics = open_bigquery(
+        settings, observer=observer, revisions=revisions, patches=patches, loops=loops
     )
     return SystemExport(name, _serving(settings), analytics, observer=exports, loops=loops)

@@ -14,6 +14,7 @@ import threading
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.store.copies import ConflictObserver
+from app.store.open import bigquery_options
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered.store import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -53,8 +54,10 @@ def serving_store(
         BigQueryStore(
             PROJECT,
             DATASET,
-            store=StoreSettings(bigquery_write_endpoint=bigquery.write.address, settle_seconds=0.0),
-            query=QuerySettings(),
+            options=bigquery_options(
+                StoreSettings(bigquery_write_endpoint=bigquery.write.address, settle_seconds=0.0),
+                QuerySettings(),
+            ),
             query_endpoint=bigquery.jobs.endpoint,
         ),
         write_deadline_seconds=5.0,

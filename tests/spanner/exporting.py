@@ -12,6 +12,7 @@ from app.errors import StoreUnavailable
 from app.records import TABLES, Record, Rejection
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
+from app.store.open import bigquery_options
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered.exporter import Exporter
@@ -86,8 +87,10 @@ def tiered_store(
     analytics = BigQueryStore(
         PROJECT,
         dataset,
-        store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
-        query=QuerySettings(),
+        options=bigquery_options(
+            StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
+            QuerySettings(),
+        ),
         query_endpoint=jobs_endpoint,
         revisions=revisions,
     )

@@ -17,6 +17,7 @@ from app.settings import QuerySettings, StoreSettings
 from app.store import Store
 from app.store.bigquery.store import BigQueryStore
 from app.store.duckdb.store import DuckDBStore
+from app.store.open import bigquery_options
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
 from app.store.tiered.store import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -89,13 +90,15 @@ async def make(
         return BigQueryStore(
             PROJECT,
             DATASET,
-            store=StoreSettings(
-                bigquery_write_endpoint=write.address,
-                settle_seconds=settle_seconds,
-                write_deadline_seconds=5.0,
-                retention_days=retention_days,
+            options=bigquery_options(
+                StoreSettings(
+                    bigquery_write_endpoint=write.address,
+                    settle_seconds=settle_seconds,
+                    write_deadline_seconds=5.0,
+                    retention_days=retention_days,
+                ),
+                QuerySettings(),
             ),
-            query=QuerySettings(),
             query_endpoint=jobs.endpoint,
         )
 

@@ -146,7 +146,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the clients take most of a second to import, which the
     # parser of every other command need not pay.
     from app.store.bigquery.queries import QueryRunner
-    from app.store.bigquery.store import BigQueryStore
+    from app.store.open import open_bigquery
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.held import QueryHeld
     from app.store.tiered.verify import BIGQUERY_SECONDS
@@ -166,11 +166,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 return await _retry(serving, args.table, _decision(args, args.table))
             case "reject":
                 return await _reject(serving, args.message_id, _decision(args, "records"))
-        analytics = BigQueryStore.from_url(
-            settings.store.url,
-            settings,
-            emulator=settings.store.bigquery_query_endpoint or None,
-        )
+        analytics = open_bigquery(settings)
         queries = QueryRunner(
             analytics.project,
             timeout=max(settings.store.query_timeout_seconds, BIGQUERY_SECONDS),
