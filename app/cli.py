@@ -431,7 +431,11 @@ def _restore(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return restore.run(args, settings)
+    return restore.run(
+        args,
+        serving=settings.store.serving,
+        emulator_host=settings.store.spanner_emulator_host,
+    )
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -744,7 +748,7 @@ class OneLineStartFailure:
     Litestar reports a lifespan that raised with its whole traceback, for a store
     that cannot be opened an ExceptionGroup of some 30 lines. A failure the
     service raises on purpose (a RecordlineError, such as a store that cannot be
-    reached, or a SettingsError, such as a Spanner schema that differs) is said
+    reached, or Misconfigured, such as a Spanner schema that differs) is said
     by its message, once (StartErrors); anything else is a bug and keeps its
     traceback.
     """
@@ -803,7 +807,7 @@ class OneLineStartFailure:
 
 def _expected(exc: BaseException) -> list[str] | None:
     """The messages of the failures the service raises on purpose, or None for any other."""
-    from app.errors import RecordlineError
+    from app.errors import Misconfigured, RecordlineError
 
     if isinstance(exc, BaseExceptionGroup):
         found: list[str] = []
@@ -813,7 +817,7 @@ def _expected(exc: BaseException) -> list[str] | None:
                 return None
             found += reasons
         return found
-    if isinstance(exc, RecordlineError | SettingsError):
+    if isinstance(exc, RecordlineError | Misconfigured):
         return [str(exc)]
     return None
 

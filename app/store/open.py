@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from app.settings import (
     BIGQUERY_URL,
+    SPANNER_URL,
     QuerySettings,
     Settings,
     SettingsError,
@@ -25,7 +26,7 @@ from app.store.copies import ConflictObserver
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryOptions, BigQueryStore
     from app.store.bigquery.typed import PatchObserver
-    from app.store.spanner.serving import SpannerServing
+    from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.supervisor import LoopObserver
     from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.fleet import SystemExport
@@ -145,12 +146,23 @@ def bigquery_options(store: StoreSettings, query: QuerySettings) -> BigQueryOpti
     )
 
 
+def spanner_database(url: str, *, var: str = "RECORDLINE_SERVING") -> SpannerDatabase:
+    """The database a `spanner://projects/P/instances/I/databases/D` URL names (the
+    value of `var`, which a SettingsError names if it is none)."""
+    from app.store.spanner.serving import SpannerDatabase
+
+    match = re.fullmatch(SPANNER_URL, url)
+    if match is None:
+        raise invalid(var, url, "spanner://projects/P/instances/I/databases/D")
+    return SpannerDatabase(match["project"], match["instance"], match["name"])
+
+
 def _serving(settings: Settings) -> SpannerServing:
-    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.spanner.serving import SpannerServing
 
     store = settings.store
     return SpannerServing(
-        SpannerDatabase.from_url(store.serving),
+        spanner_database(store.serving),
         emulator_host=store.spanner_emulator_host or None,
         timeout_seconds=store.query_timeout_seconds,
     )

@@ -12,9 +12,9 @@ from app.errors import StoreUnavailable
 from app.records import TABLES, Record, Rejection
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
-from app.store.open import bigquery_options
+from app.store.open import bigquery_options, spanner_database
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.spanner.serving import SpannerServing
 from app.store.tiered.exporter import Exporter
 from app.store.tiered.held import QueryHeld
 from app.store.tiered.store import TieredStore
@@ -95,7 +95,7 @@ def tiered_store(
         revisions=revisions,
     )
     serving = SpannerServing(
-        SpannerDatabase.from_url(database),
+        spanner_database(database),
         emulator_host=emulator_host,
         timeout_seconds=timeout_seconds,
     )

@@ -46,7 +46,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -67,7 +66,7 @@ from google.auth.exceptions import GoogleAuthError
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
-from app.errors import StoreUnavailable
+from app.errors import Misconfigured, StoreUnavailable
 from app.records import (
     DAY_MICROS,
     TABLES,
@@ -81,7 +80,6 @@ from app.records import (
     rejected_record,
     row_of,
 )
-from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
 from app.store.copies import message_states
 from app.store.producers import EpochEntry, ProducerSequence, Tally, sequence_of
@@ -102,9 +100,6 @@ log = logging.getLogger(__name__)
 _MULTIPLEXED_SWITCHES = ("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS",)
 T = TypeVar("T")
 R = TypeVar("R", bound=Row)
-
-# spanner://projects/P/instances/I/databases/D, Spanner's own resource name.
-_URL: Final = re.compile(SPANNER_URL)
 
 # Calls in flight at once: a group commit per append slot and a few reads.
 _THREADS: Final = 8
@@ -172,16 +167,11 @@ def key_rows(
 
 
 class SpannerDatabase(NamedTuple):
+    """A Spanner database by its names (`app.store.open` reads them from a URL)."""
+
     project: str
     instance: str
     database: str
-
-    @classmethod
-    def from_url(cls, url: str) -> SpannerDatabase:
-        match = _URL.fullmatch(url)
-        if match is None:
-            raise invalid("RECORDLINE_SERVING", url, "spanner://projects/P/instances/I/databases/D")
-        return cls(match["project"], match["instance"], match["name"])
 
     @property
     def path(self) -> str:
@@ -260,7 +250,7 @@ class Accommodations:
         return [name for name, on in dataclasses.asdict(self).items() if on]
 
 
-class SchemaMismatch(SettingsError):
+class SchemaMismatch(Misconfigured):
     """The database's schema is not the one the service reads and writes."""
 
 

@@ -146,13 +146,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the clients take most of a second to import, which the
     # parser of every other command need not pay.
     from app.store.bigquery.queries import QueryRunner
-    from app.store.open import open_bigquery
-    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.open import open_bigquery, spanner_database
+    from app.store.spanner.serving import SpannerServing
     from app.store.tiered.held import QueryHeld
     from app.store.tiered.verify import BIGQUERY_SECONDS
 
     serving = SpannerServing(
-        SpannerDatabase.from_url(settings.store.serving),
+        spanner_database(settings.store.serving),
         emulator_host=settings.store.spanner_emulator_host or None,
         timeout_seconds=settings.store.query_timeout_seconds,
     )
