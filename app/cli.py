@@ -379,6 +379,7 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from app.store.open import operated
     from app.store.tiered import operator
     from app.telemetry import configure_logging, google_project
 
@@ -393,7 +394,7 @@ def _export(args: argparse.Namespace) -> int:
         project=google_project(settings),
         system=settings.telemetry.system,
     )
-    return asyncio.run(operator.run(args, settings))
+    return asyncio.run(operator.run(args, operated(settings)))
 
 
 def _exporter() -> int:

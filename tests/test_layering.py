@@ -85,6 +85,9 @@ NOT_LOOPS = {
 }
 # Waits between attempts come from app/store/backoff.py alone.
 OTHER_BACKOFFS = {"exponential_sleep_generator"}
+# The one module of the store layer that reads the settings: it opens each store
+# from them, with plain values (and says which setting a bad one is).
+SETTINGS_SEAM = "app/store/open.py"
 
 
 def layer(module: str) -> str:
@@ -363,4 +366,34 @@ def test_the_check_finds_another_backoff(tmp_path: Path) -> None:
     assert other_backoffs(tmp_path / "app") == [
         "app/w.py:1 uses exponential_sleep_generator",
         "app/w.py:3 uses exponential_sleep_generator",
+    ]
+
+
+def settings_in_stores(app: Path = APP) -> list[str]:
+    """Each import of the settings in app/store, but by the seam that opens the stores."""
+    found = []
+    for path in sorted((app / "store").rglob("*.py")):
+        where = str(path.relative_to(app.parent))
+        if where == SETTINGS_SEAM:
+            continue
+        for line, name, names in _imports(path):
+            if name == "app.settings" or (name == "app" and "settings" in names):
+                found.append(f"{where}:{line} imports the settings")
+    return found
+
+
+def test_only_the_seam_of_the_store_layer_reads_the_settings() -> None:
+    assert settings_in_stores() == []
+
+
+def test_the_check_finds_a_store_reading_the_settings(tmp_path: Path) -> None:
+    store = tmp_path / "app" / "store"
+    (store / "spanner").mkdir(parents=True)
+    (store / "open.py").write_text("from app.settings import Settings\n")
+    (store / "spanner" / "serving.py").write_text(
+        "from app.settings import SPANNER_URL\n\ndef f():\n    from app import settings\n"
+    )
+    assert settings_in_stores(tmp_path / "app") == [
+        "app/store/spanner/serving.py:1 imports the settings",
+        "app/store/spanner/serving.py:4 imports the settings",
     ]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from app.store.supervisor import LoopObserver
     from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.fleet import SystemExport
+    from app.store.tiered.operator import Operated
     from app.typed.revisions import Revisions
 
 
@@ -155,6 +156,32 @@ def spanner_database(url: str, *, var: str = "RECORDLINE_SERVING") -> SpannerDat
     if match is None:
         raise invalid(var, url, "spanner://projects/P/instances/I/databases/D")
     return SpannerDatabase(match["project"], match["instance"], match["name"])
+
+
+def operated(settings: Settings) -> Operated:
+    """What `recordline export`'s commands work on, as the settings name it."""
+    # Imported here: the clients take most of a second to import, which the
+    # parser of every other command need not pay.
+    from app.store.bigquery.queries import QueryRunner
+    from app.store.tiered.operator import Operated
+    from app.store.tiered.verify import BIGQUERY_SECONDS
+
+    store = settings.store
+
+    def queries(project: str) -> QueryRunner:
+        return QueryRunner(
+            project,
+            timeout=max(store.query_timeout_seconds, BIGQUERY_SECONDS),
+            max_bytes_billed=settings.query.max_bytes_billed,
+            endpoint=store.bigquery_query_endpoint or None,
+        )
+
+    return Operated(
+        serving=(lambda: _serving(settings)) if store.serving else None,
+        analytics=lambda: open_bigquery(settings),
+        queries=queries,
+        dedupe_window_seconds=settings.query.dedupe_window_seconds,
+    )
 
 
 def _serving(settings: Settings) -> SpannerServing:
