@@ -1,6 +1,7 @@
 """The store a RECORDLINE_STORE URL names: where the service chooses its backend.
 
-Each store's module is imported only when named: the Google clients the
+The one module of the store layer that reads the settings: each store is made
+here from plain values. Each store's module is imported only when named: the Google clients the
 BigQuery store and the serving tier need take most of a second to import,
 which a service on DuckDB never pays.
 """
