@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+# Adds a subcommand's parser (`add_subparsers().add_parser`).
+AddParser = Callable[..., argparse.ArgumentParser]
 
 # The checkout this module runs from, if it does: installed from a wheel, the
 # directory above app/ is site-packages.
@@ -61,24 +63,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` shows every option)\n")
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = OneLineParser(prog="recordline", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the service")
+def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
+    """`serve`, `exporter`, `schema`, `config` and `sql`; returns `schema`'s parser (its
+    arguments are checked together once parsed)."""
+    serve = add_parser("serve", help="run the service")
     serve.add_argument("--host", help="address to bind (RECORDLINE_HOST; default 127.0.0.1)")
     serve.add_argument("--port", help="port (PORT; default 8080)")
     serve.add_argument(
         "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
     )
 
-    commands.add_parser(
+    add_parser(
         "exporter",
         help="the exporter service: every system RECORDLINE_EXPORT_SYSTEMS names exported from "
         "Spanner to BigQuery, one lease per system, until SIGTERM",
     )
 
-    schema = commands.add_parser("schema", help="the table schemas, derived from the code")
+    schema = add_parser("schema", help="the table schemas, derived from the code")
     schema.add_argument(
         "target",
         nargs="?",
@@ -108,7 +109,7 @@ def _main(argv: list[str] | None) -> int:
         f"FILE{TYPED_SUFFIX}",
     )
 
-    config = commands.add_parser(
+    config = add_parser(
         "config", help="every setting's value here and where it came from (secrets hidden)"
     )
     config.add_argument(
@@ -117,7 +118,7 @@ def _main(argv: list[str] | None) -> int:
         help="every setting's default and meaning instead, as docs/configuration.md's table",
     )
 
-    sql = commands.add_parser(
+    sql = add_parser(
         "sql",
         help="query a DuckDB store with SQL, read-only (`records_typed` holds the typed "
         "columns), while its service runs too",
@@ -132,8 +133,12 @@ def _main(argv: list[str] | None) -> int:
         action="store_true",
         help=f"the store of the newest `recordline dev` session here ({DEV_SESSIONS}/)",
     )
+    return schema
 
-    export = commands.add_parser(
+
+def _operator_commands(add_parser: AddParser) -> None:
+    """`export`, `restore`, `typed` and `audit`: the operators' remedies and checks."""
+    export = add_parser(
         "export",
         help="the serving tier's export to BigQuery: status, retry, reject, resync, verify",
     )
@@ -141,14 +146,14 @@ def _main(argv: list[str] | None) -> int:
 
     operator.add_arguments(export)
 
-    restore = commands.add_parser(
+    restore = add_parser(
         "restore", help="the serving tier: write back the rows a serving database lost"
     )
     from app.store.spanner import restore as restoring
 
     restoring.add_arguments(restore)
 
-    typed = commands.add_parser(
+    typed = add_parser(
         "typed", help="typed columns: project stored records again (DuckDB, BigQuery)"
     )
     typed_commands = typed.add_subparsers(dest="typed", required=True)
@@ -183,7 +188,7 @@ def _main(argv: list[str] | None) -> int:
         "--operator", help="who runs it (an e-mail; required on BigQuery), logged with the reason"
     )
 
-    audit = commands.add_parser(
+    audit = add_parser(
         "audit",
         help="per hour, messages with a producer sequence received, stored, rejected, "
         "dropped as copies, and missing (exit 1 naming the first missing range)",
@@ -192,6 +197,13 @@ def _main(argv: list[str] | None) -> int:
 
     auditing.add_arguments(audit)
 
+
+def _main(argv: list[str] | None) -> int:
+    parser = OneLineParser(prog="recordline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    schema = _service_commands(commands.add_parser)
+    _operator_commands(commands.add_parser)
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
     if asked in DEV_TOOLS and asked not in tools:
@@ -227,6 +239,8 @@ def _main(argv: list[str] | None) -> int:
         case "export":
             return _export(args)
         case "audit":
+            from app.query import audit as auditing
+
             return auditing.run(args)
         case "restore":
             return _restore(args)
@@ -604,7 +618,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.asgi import create_app
-    from app.http_limits import bounded_httptools
+    from app.http.limits import bounded_httptools
     from app.telemetry import configure_logging, google_project
 
     configure_logging(
@@ -642,9 +656,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.server.port,
         loop="uvloop",
         # Every byte of every request bounded in size and time, and connections at once
-        # (app.http_limits), which answers past its bound itself: no limit_concurrency.
-        http=bounded_httptools(server),
-        # No WebSocket route: an upgrade is refused (app.http_limits), never handed over.
+        # (app.http.limits), which answers past its bound itself: no limit_concurrency.
+        http=bounded_httptools(server, app.connections),
+        # No WebSocket route: an upgrade is refused (app.http.limits), never handed over.
         ws="none",
         lifespan="on",
         access_log=False,

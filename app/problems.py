@@ -1,14 +1,11 @@
 """Problem documents (RFC 9457): how every error leaves the service.
 
-`app.errors` holds what went wrong, free of the web framework; this module is
-the one table that turns it into an answer. Each kind of error has a `type`
-URI, `/problems/<name>`, and the service answers that path with what the kind
-means, so a client can branch on `type` and a person can look it up.
-
-`Problem` is both the body every error answer carries and the schema the
-OpenAPI document gives for it: routes declare which kinds of error they answer
-with (`problem_responses`), and the answer is built from the same Struct, so
-the document cannot promise a shape the service does not send.
+`app.errors` holds what went wrong, free of the web framework; this module is the
+one table that turns it into an answer. Each kind of error has a `type` URI,
+`/problems/<name>`, which the service answers with what the kind means. `Problem`
+is both the body every error answer carries and the schema the OpenAPI document
+gives for it (`problem_responses`), so the document cannot promise a shape the
+service does not send.
 """
 
 from __future__ import annotations

@@ -58,10 +58,10 @@ class Section(msgspec.Struct, kw_only=True, frozen=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:
-        declared = _declared(cls)
+        by_field = _settings_of(cls)
         values: dict[str, Any] = {}
         for field in msgspec.structs.fields(cls):
-            setting = declared.get(field.name)
+            setting = by_field.get(field.name)
             if setting is None or environ.get(setting.var, "") == "":
                 continue
             value = environ[setting.var]
@@ -76,7 +76,9 @@ class Section(msgspec.Struct, kw_only=True, frozen=True):
         return cls(**values)
 
 
-class Declared(NamedTuple):
+class Setting(NamedTuple):
+    """One setting: its field, its variable, what it means, what it accepts, whether secret."""
+
     field: str
     var: str
     doc: str
@@ -84,14 +86,14 @@ class Declared(NamedTuple):
     secret: bool
 
 
-def _declared(cls: type[Section]) -> dict[str, Declared]:
+def _settings_of(cls: type[Section]) -> dict[str, Setting]:
     hints = typing.get_type_hints(cls, include_extras=True)
     out = {}
     for field in cls.__struct_fields__:
         base, *metas = typing.get_args(hints[field])
         for meta in metas:
             if isinstance(meta, Meta) and meta.extra and "env" in meta.extra:
-                out[field] = Declared(
+                out[field] = Setting(
                     field,
                     meta.extra["env"],
                     meta.description or "",
@@ -820,7 +822,7 @@ _OURS = "RECORDLINE_"
 def refuse_unknown(environ: Mapping[str, str]) -> None:
     """SettingsError naming the first RECORDLINE_ variable in `environ` that nothing reads,
     and the known variable it is closest to."""
-    known = {setting.var for setting in declared()} | TOOL_VARIABLES
+    known = {setting.var for setting in every_setting()} | TOOL_VARIABLES
     unknown = sorted(var for var in environ if var.startswith(_OURS) and var not in known)
     if not unknown:
         return
@@ -840,9 +842,9 @@ def _sections() -> list[tuple[str, type[Section]]]:
     return list(typing.get_type_hints(Settings).items())
 
 
-def declared() -> list[Declared]:
+def every_setting() -> list[Setting]:
     """Every setting, in the order of the configuration table."""
-    return [d for _, section in _sections() for d in _declared(section).values()]
+    return [d for _, section in _sections() for d in _settings_of(section).values()]
 
 
 def reference() -> list[tuple[str, str, str]]:
@@ -850,7 +852,7 @@ def reference() -> list[tuple[str, str, str]]:
     rows = []
     for _, section in _sections():
         defaults = section()
-        for field, setting in _declared(section).items():
+        for field, setting in _settings_of(section).items():
             rows.append((setting.var, repr(getattr(defaults, field)), setting.doc))
     return rows
 
@@ -868,7 +870,7 @@ def effective(settings: Settings, environ: Mapping[str, str]) -> list[Effective]
     rows = []
     for name, section in _sections():
         values = getattr(settings, name)
-        for field, setting in _declared(section).items():
+        for field, setting in _settings_of(section).items():
             value = getattr(values, field)
             source: Literal["environment", "default"] = (
                 "environment" if environ.get(setting.var, "") != "" else "default"

@@ -5,7 +5,7 @@
                                 [--app floor|deployed] [--unpinned]
 
 `recordline serve` serves HTTP/1.1 with uvicorn's httptools protocol and a
-bound on every byte of every request, in size and in time (`app.http_limits`),
+bound on every byte of every request, in size and in time (`app.http.limits`),
 which httptools alone does not have. Rows, each serving the same app (`--app`:
 the throughput floor's, Litestar and msgspec answering 204 with no threads of
 its own, by default; or Recordline as deployed, `bench.telemetry:telemetry_on`,
@@ -96,7 +96,7 @@ def _uvicorn(row: str, port: int, limits: Any, app: str) -> None:
 
     http: Any = row
     if row == "bounded":
-        from app.http_limits import bounded_httptools
+        from app.http.limits import bounded_httptools
 
         http = bounded_httptools(limits)
     uvicorn.run(

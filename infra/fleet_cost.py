@@ -164,6 +164,9 @@ INGEST_SERIES = {
     "conflicts": 0,
     # Written only by a loop that failed and was started again: none in a healthy month.
     "loop.restarts": 0,
+    # Written per reason once a bound of the server refused a connection: scanners and
+    # clients that stall reach any service on the internet, two reasons on an ordinary day.
+    "connections.refused": 2,
     "canary.age": 1,
     # Written per producer with sequences missing (and once more at zero when they are
     # found): none on an ordinary day.

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from app.cli import main
-from app.settings import TOOL_VARIABLES, Settings, SettingsError, declared
+from app.settings import TOOL_VARIABLES, Settings, SettingsError, every_setting
 from tests.processes import free_port
 from tests.waiting import until_blocking
 
@@ -93,9 +93,9 @@ SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET", "RECORDLINE_PUSH_TOKEN"}
 
 
 def test_every_setting_is_checked_or_takes_any_text() -> None:
-    variables = {setting.var for setting in declared()}
+    variables = {setting.var for setting in every_setting()}
     assert set(BAD_VALUES) | FREE_TEXT == variables
-    assert {setting.var for setting in declared() if setting.secret} == SECRETS
+    assert {setting.var for setting in every_setting() if setting.secret} == SECRETS
 
 
 @pytest.mark.parametrize(("variable", "value"), sorted(BAD_VALUES.items()))
@@ -113,7 +113,7 @@ def test_a_bad_value_is_one_line_naming_the_variable_and_what_it_accepts(
     [line] = said.err.splitlines()
     assert line.startswith(f"recordline: {variable}=")
     assert "is not accepted: expected " in line
-    (setting,) = [s for s in declared() if s.var == variable]
+    (setting,) = [s for s in every_setting() if s.var == variable]
     assert line.endswith(setting.accepts)
     # A secret is never repeated, not even a wrong one.
     assert (value in line) is (variable not in SECRETS)
@@ -140,13 +140,13 @@ def test_a_refusal_names_its_setting_however_msgspec_words_its_error(
         Settings.load({variable: value})
 
     assert refusals, "msgspec was not asked"
-    (setting,) = [s for s in declared() if s.var == variable]
+    (setting,) = [s for s in every_setting() if s.var == variable]
     shown = f"<{len(value)} characters, not shown>" if variable in SECRETS else repr(value)
     assert str(refused.value) == f"{variable}={shown} is not accepted: expected {setting.accepts}"
 
 
 def test_of_several_bad_values_the_first_setting_in_the_reference_is_named() -> None:
-    order = [setting.var for setting in declared()]
+    order = [setting.var for setting in every_setting()]
     bad = sorted(BAD_VALUES.items(), key=lambda item: order.index(item[0]), reverse=True)
     with pytest.raises(SettingsError, match=f"^{order[0]}="):
         Settings.load(dict(bad))
@@ -349,7 +349,7 @@ def test_every_recordline_variable_the_repository_uses_is_known() -> None:
     for path in files:
         if path != Path(__file__).resolve():
             used |= variables_named_in(path)
-    known = {setting.var for setting in declared()} | TOOL_VARIABLES
+    known = {setting.var for setting in every_setting()} | TOOL_VARIABLES
     assert used - known == set()
     assert used >= TOOL_VARIABLES  # none listed that nothing uses
 
@@ -357,7 +357,7 @@ def test_every_recordline_variable_the_repository_uses_is_known() -> None:
 def test_config_shows_each_value_and_where_it_came_from(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for setting in declared():
+    for setting in every_setting():
         monkeypatch.delenv(setting.var, raising=False)
     monkeypatch.setenv("PORT", "9090")
     monkeypatch.setenv("RECORDLINE_LOG_LEVEL", "debug")
@@ -367,7 +367,7 @@ def test_config_shows_each_value_and_where_it_came_from(
     assert main(["config"]) == 0
     said = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in said.splitlines()[1:]}
-    assert set(rows) == {setting.var for setting in declared()}
+    assert set(rows) == {setting.var for setting in every_setting()}
     assert rows["PORT"][1:] == ["9090", "environment"]
     assert rows["RECORDLINE_LOG_LEVEL"][1:] == ["'debug'", "environment"]
     assert rows["RECORDLINE_HOST"][1:] == ["'127.0.0.1'", "default"]

@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.auth.guards import Auth
-from app.settings import Settings, declared
+from app.settings import Settings, every_setting
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
 
@@ -100,7 +100,7 @@ def test_every_curl_in_the_docs_is_answered_as_the_docs_say(client: TestClient[L
 
 def settings_written() -> list[tuple[str, str, str]]:
     """(doc, variable, value) for every `VARIABLE=value` of a setting in the docs."""
-    variables = {setting.var for setting in declared()}
+    variables = {setting.var for setting in every_setting()}
     found = []
     for path in DOCS:
         text = path.read_text()

@@ -20,7 +20,7 @@ from litestar.testing import TestClient
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.ingest.envelope import PushedMessage
-from app.ingest.payload import Read
+from app.ingest.payload import PayloadValues
 from app.ingest.service import to_row
 from app.records import Record, Rejection
 from app.store.duckdb.store import DuckDBStore
@@ -250,7 +250,7 @@ class BrokenReader:
 
     schema = None
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         raise KeyError("a bug")
 
 

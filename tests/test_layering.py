@@ -57,7 +57,9 @@ WEB_MODULES = {
     "app.docs",
     "app.exporter",
     "app.health",
-    "app.http_limits",
+    "app.http",
+    "app.lifespan",
+    "app.process",
     "app.problems",
     "app.routes",
 }

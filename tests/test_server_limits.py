@@ -285,6 +285,35 @@ def test_an_upgrade_or_connect_is_refused_and_what_follows_is_not_read(
     assert grown < GROWTH_KIB, f"grew {grown} KiB"
 
 
+def refusals(served: Served) -> dict[str, float]:
+    """`recordline.connections.refused` by reason, as `GET /metrics` says now."""
+    found = {}
+    for line in httpx.get(f"{served.url}/metrics").text.splitlines():
+        if line.startswith("recordline_connections_refused_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            found[reason] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_each_connection_a_bound_ends_is_counted_by_its_reason(small: Served) -> None:
+    before = refusals(small)
+    upgrade = small.connect()
+    upgrade.sendall(get("/healthz", "Connection: Upgrade", "Upgrade: h2c"))
+    assert statuses(everything(upgrade)) == [400]
+    too_large = small.connect()
+    too_large.sendall(get("/healthz", "X-Pad: " + "a" * HEAD_BYTES))
+    assert statuses(everything(too_large)) == [431]
+    # A head begun and never ended: closed at the header deadline, answering nothing.
+    slow = small.connect()
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    assert everything(slow, seconds=HEADER_TIMEOUT + 5) == b""
+    for sock in (upgrade, too_large, slow):
+        sock.close()
+    after = refusals(small)
+    counted = {r: n - before.get(r, 0.0) for r, n in after.items() if n != before.get(r, 0.0)}
+    assert counted == {"upgrade-not-served": 1, "headers-too-large": 1, "head-timeout": 1}
+
+
 # Bodies and trailers: bounded in time and size, and trailers never headers.
 
 

@@ -1,17 +1,12 @@
 """Google-signed OIDC ID tokens, verified off the hot path.
 
-Pub/Sub attaches the same token to every push until it nears expiry (an
-hour), so a token is verified once and its verdict cached by hash until it
-expires: the steady-state cost of a push is one SHA-256 and one dictionary
-look-up. Google's signing keys are fetched with an async client, in either
-format Google serves them (a JWKS at /oauth2/v3/certs, a map of key id to
-X.509 certificate at /oauth2/v1/certs, the one google-auth reads), cached for
-as long as the response's `Cache-Control: max-age` allows, and
-refetched early only when a token names a key we do not have, at most once a
-minute, so a flood of made-up key ids cannot turn into a flood of fetches.
-
+Pub/Sub attaches the same token to every push until it nears expiry, so a verdict
+is cached by the token's hash until it expires: a push costs one SHA-256 and one
+look-up. Google's signing keys are fetched with an async client (`GoogleCerts`).
 google-auth's `verify_token` is not used: it fetches the certificates on every
 call with a blocking client.
+
+Design: docs/security.md
 """
 
 from __future__ import annotations
@@ -169,8 +164,12 @@ def _certificate_keys(certificates: dict[str, str], now: datetime) -> dict[str, 
 class GoogleCerts:
     """Google's token-signing keys, fetched asynchronously and cached.
 
-    One fetch is in flight at a time; requests that arrive meanwhile wait for
-    it rather than starting their own.
+    In either format Google serves them (a JWKS at /oauth2/v3/certs, a map of key
+    id to X.509 certificate at /oauth2/v1/certs, the one google-auth reads), kept as
+    long as the answer's `Cache-Control: max-age` allows, and fetched early only
+    when a token names a key not held, at most once a minute: a flood of made-up
+    key ids cannot turn into a flood of fetches. One fetch is in flight at a time;
+    requests that arrive meanwhile wait for it rather than starting their own.
     """
 
     def __init__(

@@ -1,19 +1,12 @@
 """The exporter service's process: each system's export opened, kept and stopped.
 
-Each system is exported as its ingest service would have exported it: its own
-settings (`system_settings`: the service's RECORDLINE_STORE, RECORDLINE_SERVING
-and RECORDLINE_JSON_TOPIC_SCHEMA from its entry in RECORDLINE_EXPORT_SYSTEMS,
-everything else the process's), its own telemetry (every metric carries the
-system's name, as the ingest service's do, so each system's alerts see its
-export whichever process runs it), and its own log label. What fails in one
-system is that system's: a start that fails is tried again after a pause,
-while the others export. A setting that cannot be used (a declared schema that
-is none) stops the process before anything starts, naming it.
+Each system is exported with its own settings (`system_settings`: its entry in
+RECORDLINE_EXPORT_SYSTEMS over the process's), telemetry (every metric carries the
+system's name) and log label. What fails in one system is that system's: a start
+that fails is tried again after a pause. SIGTERM stops it within
+RECORDLINE_SHUTDOWN_GRACE_SECONDS, every lease handed back.
 
-SIGTERM (or SIGINT) stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS: every
-system's loops cancelled and its lease handed back (another instance exports
-it at its next claim), then the clients closed and the metrics flushed in
-what is left.
+Design: docs/operations.md#the-exporter-service
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
 """Avro topic schemas: a message's data, binary or JSON, decoded by fastavro.
 
-Pub/Sub sends a BINARY message as Avro's binary encoding of one datum, with no
-container-file header: fastavro's schemaless reader (compiled, ~5 µs for a
-300-byte record). A JSON message is Avro's JSON encoding, where a union value
-is wrapped in its branch's name (`{"note": {"string": "hi"}}`, or `null`): the
-Pub/Sub emulator refuses a bare `"hi"` there, as the Avro specification does,
-and fastavro's JSON reader reads exactly this form. Logical types are applied
-(`timestamp-millis`/`-micros` become aware datetimes), so an event time in one
-is read as such.
+A BINARY message is Avro's binary encoding of one datum, with no container-file
+header (fastavro's schemaless reader, ~5 µs for a 300-byte record). A JSON
+message is Avro's JSON encoding (a union value wrapped in its branch's name),
+checked against the schema here (`_mismatch`, so a rejection names the field),
+then written in the binary encoding and read back as a BINARY message is.
 
-A JSON message is first checked against the schema here (`_mismatch`):
-Pub/Sub checks what publishers send to a topic with a schema, but a push or a
-replay can carry anything, and a rejection names the field and what it
-expected. It is then written in Avro's binary encoding by fastavro's writer
-(a union's value as the branch it names) and read back as a BINARY message
-is: both encodings of a datum are the same values. fastavro's JSON reader is
-not used: it expands every use of a named type before reading a byte, per
-message (a 1,000-field record cost 34 ms a message, a revision of records
-that each hold the previous one twice doubles with each level: 14 levels,
-20 s), where the checking and the writing here follow the datum.
+Design: docs/schemas.md
 """
 
 from __future__ import annotations
@@ -85,6 +73,11 @@ class AvroCodec:
             problem = TOO_DEEP
         if problem is not None:
             raise Invalid(f"not Avro JSON of this revision: {problem}")
+        # Written in the binary encoding and read back: both encodings of a datum are
+        # the same values. fastavro's JSON reader is not used: it expands every use of
+        # a named type before reading a byte, per message (a 1,000-field record cost
+        # 34 ms a message; records that each hold the previous one twice double with
+        # each level: 14 levels, 20 s), where checking and writing here follow the datum.
         buffer = io.BytesIO()
         try:
             writable = _writable(self.definition, datum, self._named, "", default=False)

@@ -1,14 +1,12 @@
 """Group commit: many push requests, one append.
 
-Each push puts its row on a bounded queue and awaits a future; one flusher
-task drains the queue into store appends and resolves every future with its
-row's outcome. The batcher knows nothing of HTTP or of any one store.
+Each push puts its row on a bounded queue and awaits a future; one flusher task
+drains the queue into store appends and resolves every future with its row's
+outcome, knowing nothing of HTTP or of any one store. A batch is cut as soon as an
+append slot is free: under load batches grow by themselves, and a lone request is
+never held back by a timer (a 10 ms linger cut throughput by ~40%: `max_delay` 0).
 
-The flush policy is eager: a batch is cut as soon as an append slot is free,
-holding whatever arrived while the previous append ran. Under load batches
-grow by themselves (rows per append ≈ concurrent requests), and a lone request
-is never held back by a timer; a fixed 10 ms linger cut closed-loop throughput
-by ~40% in measurements, so `max_delay` defaults to 0.
+Design: docs/contract.md
 """
 
 from __future__ import annotations

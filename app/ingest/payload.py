@@ -1,14 +1,12 @@
 """What a payload says: its record id, its event time and the data to store.
 
-Which reader reads a message is decided by the message and the settings:
-- it names a topic schema (`googclient_schemaname`): decoded with the named
-  revision in the named encoding, the whole payload stored as `data` (JSON);
-- no schema, the default mapping (`id`, `timestamp`): the `{"id", "timestamp",
-  "data"}` contract, `data` stored as the exact JSON text sent;
-- no schema, a mapping of the publisher's own: the whole JSON payload is
-  `data`, stored as the exact text sent.
-A reader raises `Invalid` with the rule that failed, which becomes the
-rejection's reason; it never raises anything else, so no message is a 500.
+A message that names a topic schema is decoded with that revision and stored
+whole as JSON; with no schema, the default mapping reads the `{"id", "timestamp",
+"data"}` contract (`data` stored as the exact JSON text sent), and a publisher's
+own mapping stores the whole payload. A reader raises `Invalid` with the rule that
+failed, which becomes the rejection's reason, and nothing else: no message is a 500.
+
+Design: docs/schemas.md
 """
 
 from __future__ import annotations
@@ -20,17 +18,8 @@ import msgspec
 from msgspec import Meta
 
 from app.ingest.limits import TOO_DEEP, too_deep
-from app.ingest.schemas import (
-    ENCODINGS,
-    SCHEMA_ENCODING,
-    SCHEMA_NAME,
-    SCHEMA_REVISION,
-    Decoder,
-    Schemas,
-    unusable,
-    valid_name,
-)
-from app.ingest.shape import Invalid, Shape, contract_id
+from app.ingest.schemas import Decoder, SchemaRef, Schemas
+from app.ingest.shape import FieldPaths, Invalid, contract_id
 from app.records import MAX_ID_LENGTH, AwareDatetime, TimeOutOfRange, micros, unaddressable
 
 
@@ -49,7 +38,9 @@ _decode_json = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
 
 
-class Read(NamedTuple):
+class PayloadValues(NamedTuple):
+    """What a payload says: its record id, its event time and the data to store."""
+
     id: str
     timestamp: int | None  # µs since the epoch
     data: str  # JSON text
@@ -61,7 +52,7 @@ class PayloadReader(Protocol):
         """The schema revision the message named (`projects/P/schemas/S@REVISION`)."""
         ...
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         """What `data` says; raises Invalid naming the rule it broke."""
         ...
 
@@ -71,7 +62,7 @@ class ContractReader:
 
     schema = None
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         try:
             payload = _decode_payload(data)
             # The decoder passes `data` through unread: its text is checked here.
@@ -92,7 +83,7 @@ class ContractReader:
         problem = unaddressable(record_id)
         if problem is not None:
             raise Invalid(f"payload: `$.id` is {problem}")
-        return Read(record_id, timestamp, text)
+        return PayloadValues(record_id, timestamp, text)
 
 
 CONTRACT = ContractReader()
@@ -103,10 +94,10 @@ class JsonReader:
 
     schema = None
 
-    def __init__(self, shape: Shape) -> None:
-        self._shape = shape
+    def __init__(self, paths: FieldPaths) -> None:
+        self._paths = paths
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         try:
             payload = _decode_json(data)
             text = data.decode()
@@ -117,7 +108,9 @@ class JsonReader:
         if too_deep(text):
             raise Invalid(f"payload is {TOO_DEEP}")
         try:
-            return Read(self._shape.record_id(payload), self._shape.event_time(payload), text)
+            return PayloadValues(
+                self._paths.record_id(payload), self._paths.event_time(payload), text
+            )
         except Invalid as exc:
             raise Invalid(f"payload: {exc}") from None
 
@@ -125,13 +118,13 @@ class JsonReader:
 class SchemaReader:
     """A message in a topic schema's encoding, decoded with the revision it names."""
 
-    def __init__(self, decoder: Decoder, encoding: str, shape: Shape) -> None:
+    def __init__(self, decoder: Decoder, encoding: str, paths: FieldPaths) -> None:
         self.schema = decoder.schema
         self._decoder = decoder
         self._encoding = encoding
-        self._shape = shape
+        self._paths = paths
 
-    def read(self, data: bytes) -> Read:
+    def read(self, data: bytes) -> PayloadValues:
         decoder = self._decoder
         under = f"payload under schema {decoder.schema} ({self._encoding})"
         if decoder.codec is None:
@@ -141,8 +134,8 @@ class SchemaReader:
                 payload: Any = decoder.codec.binary(data)
             else:
                 payload = decoder.codec.json(data)
-            record_id = self._shape.record_id(payload)
-            timestamp = self._shape.event_time(payload)
+            record_id = self._paths.record_id(payload)
+            timestamp = self._paths.event_time(payload)
             text = _encode(payload).decode()
         except Invalid as exc:
             raise Invalid(f"{under}: {exc}") from None
@@ -152,50 +145,40 @@ class SchemaReader:
             raise Invalid(f"{under}: {TOO_DEEP}") from None
         if too_deep(text):
             raise Invalid(f"{under}: {TOO_DEEP}")
-        return Read(record_id, timestamp, text)
+        return PayloadValues(record_id, timestamp, text)
 
 
 class Payloads:
     """Chooses each message's reader: by the topic schema it names, else by the mapping."""
 
-    def __init__(self, shape: Shape, schemas: Schemas) -> None:
-        self._shape = shape
+    def __init__(self, paths: FieldPaths, schemas: Schemas) -> None:
+        self._paths = paths
         self._schemas = schemas
-        self.plain: PayloadReader = CONTRACT if shape.is_contract else JsonReader(shape)
+        self.plain: PayloadReader = CONTRACT if paths.is_contract else JsonReader(paths)
         # By (decoder, encoding): a few per revision, made once.
         self._readers: dict[tuple[Decoder, str], SchemaReader] = {}
 
     def ready(self, attributes: Mapping[str, str]) -> PayloadReader | None:
         """The reader, when choosing it needs no fetch: no schema, or a revision seen before."""
-        name = attributes.get(SCHEMA_NAME)
-        if name is None:
+        ref = SchemaRef.named(attributes)
+        if ref is None:
             return self.plain
-        encoding = attributes.get(SCHEMA_ENCODING, "")
-        decoder = self._schemas.kept(name, attributes.get(SCHEMA_REVISION, ""))
-        if decoder is None or encoding not in ENCODINGS:
-            return None
-        return self._reader(decoder, encoding)
+        decoder = self._schemas.ready(ref)
+        return None if decoder is None else self._reader(decoder, ref.encoding)
 
     async def reader(self, attributes: Mapping[str, str]) -> PayloadReader:
         """Raises SchemaUnavailable when the named revision cannot be fetched."""
-        ready = self.ready(attributes)
-        if ready is not None:
-            return ready
-        name = attributes[SCHEMA_NAME]
-        revision_id = attributes.get(SCHEMA_REVISION, "")
-        encoding = attributes.get(SCHEMA_ENCODING, "")
-        if not valid_name(name):
-            problem = f"{SCHEMA_NAME} {name[:200]!r} is not projects/P/schemas/S"
-            decoder = unusable(name[:200], revision_id[:64], problem)
-        elif encoding not in ENCODINGS:
-            problem = f"{SCHEMA_ENCODING} {encoding[:64]!r} is neither JSON nor BINARY"
-            decoder = unusable(name, revision_id[:64], problem)
-        else:
-            return self._reader(await self._schemas.decoder(name, revision_id), encoding)
-        return SchemaReader(decoder, encoding or "no encoding", self._shape)
+        ref = SchemaRef.named(attributes)
+        if ref is None:
+            return self.plain
+        unusable = ref.problem()
+        if unusable is not None:
+            # A malformed reference: its reader says so for each message, kept nowhere.
+            return SchemaReader(unusable, ref.encoding or "no encoding", self._paths)
+        return self._reader(await self._schemas.decoder(ref.name, ref.revision_id), ref.encoding)
 
     def _reader(self, decoder: Decoder, encoding: str) -> SchemaReader:
         reader = self._readers.get((decoder, encoding))
         if reader is None:
-            reader = self._readers[decoder, encoding] = SchemaReader(decoder, encoding, self._shape)
+            reader = self._readers[decoder, encoding] = SchemaReader(decoder, encoding, self._paths)
         return reader

@@ -1,20 +1,13 @@
 """Protocol Buffers topic schemas: the `.proto` text compiled in process, data decoded by protobuf.
 
-A Pub/Sub schema holds `.proto` source, while the protobuf runtime decodes
-with descriptors. The source is compiled by protoc itself, linked into this
-process by grpcio-tools (`grpc_tools.protoc.main`, no subprocess): the same
-parser and checks Google's tools use, so maps, oneofs, nested and proto2/proto3
-types, name resolution and imports of the well-known types behave exactly as
-when the schema was written, with no hand-written compiler to keep in step.
-It takes ~3 ms, once per revision, in a worker thread.
+The source is compiled by protoc itself, linked in by grpcio-tools
+(`grpc_tools.protoc.main`, no subprocess): the parser and checks Google's tools
+use, ~3 ms once per revision, in a worker thread. A BINARY message is the wire
+format, a JSON message the proto3 JSON mapping; either way it is stored as that
+mapping's objects (the `.proto`'s field names, every field present), where the id
+and event time are looked up (a Timestamp as RFC 3339, or `seconds` and `nanos`).
 
-A BINARY message is the wire format; a JSON message the proto3 JSON mapping.
-Either way the decoded message is turned into that JSON mapping's objects
-(field names as in the `.proto`, every field present), which is what gets
-stored, and where the id and event time are looked up: a
-`google.protobuf.Timestamp` becomes RFC 3339 text, and a Timestamp message
-the schema defines itself (Pub/Sub schemas cannot import one) an object of
-`seconds` and `nanos`, both of which the event time accepts.
+Design: docs/typed-columns.md#protocol-buffers
 """
 
 from __future__ import annotations

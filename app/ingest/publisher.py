@@ -1,24 +1,12 @@
 """A publisher that numbers its messages, so Recordline stores each once and names any lost.
 
-    from google.cloud import pubsub_v1
-    from app.ingest.publisher import SequencedPublisher
+`SequencedPublisher` is google-cloud-pubsub's own `PublisherClient` underneath,
+batching, flow control and retries kept: each message gets the producer sequence
+attributes (`app.store.producers`) when handed to the client, so a publish the
+library sends again carries the same sequence. It persists nothing: the epoch is
+the time it started; `published`, kept by the caller, is the next epoch's `ended`.
 
-    publisher = SequencedPublisher(pubsub_v1.PublisherClient(), producer="orders-api-7")
-    future = publisher.publish(topic, b'{"id": "1", "data": "Ejemplo de datos"}', origin="web")
-
-It is google-cloud-pubsub's own `PublisherClient` underneath, whose batching,
-flow control and retries are kept as they are: each message gets the producer
-sequence attributes (`app.store.producers`) when it is handed to the client, so
-a publish the client library sends again after an answer came late carries the
-same sequence under its new message id, and is stored once.
-
-It persists nothing: the epoch is the time it started, in microseconds, which a
-restart makes greater (a clock set back across a restart makes the new epoch
-look older: its messages are stored, flagged as a zombie's, never dropped).
-`published` is how far this epoch got; a caller that keeps it somewhere durable
-(or a clean shutdown that writes it) passes it as `ended` to the next epoch, so
-a gap at the end of this one is found too. Without it the ledger says the end
-of the epoch is unknown.
+Design and usage: docs/producers.md#publishing-with-sequences
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Schema revisions from the Pub/Sub Schema API, through google-cloud-pubsub's async client.
 
-With `PUBSUB_EMULATOR_HOST` set, the client talks plaintext to that emulator
-(or a fake of the API) with no credentials, as Google's own clients do.
-Otherwise it uses Application Default Credentials: on Cloud Run, the
-service's account, which needs `pubsub.schemas.get` on the schemas its topic
-uses (e.g. `roles/pubsub.viewer`).
-
-The client is made on the first fetch, not at start: a service whose topic
-has no schema never looks for credentials (which, off Google Cloud, means a
-metadata-server probe of several seconds).
+With `PUBSUB_EMULATOR_HOST` set, the client talks plaintext to that emulator (or a
+fake) with no credentials, as Google's own clients do; otherwise it uses
+Application Default Credentials, which need `pubsub.schemas.get` on the topic's
+schemas (e.g. `roles/pubsub.viewer`). The client is made on the first fetch: a
+service whose topic has no schema never looks for credentials (off Google Cloud,
+a metadata-server probe of several seconds).
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """Replay: messages that did not make it, through today's validation, once.
 
-An operator hands back messages as Pub/Sub delivered them (the rejected
-table's raw bytes, or a dead-letter subscription's messages), each under its
-original message id, attributes and publish time. Each goes through the same
-path as a push (decoding with the topic schema revision its attributes name and
-today's mapping, validation, group commit, the same acknowledgement contract:
-an answer only once the row is durable), with a new ingest time, so a
-follower of `/v1/records` sees a replayed record once, in ingest order at the
-moment of replay.
+An operator hands back messages as Pub/Sub delivered them (the rejected table's
+raw bytes, or a dead-letter subscription's), each under its original message id,
+attributes and publish time; each goes the push's way (decoding, validation,
+group commit, an answer only once durable) with a new ingest time. A message
+stored already is not stored again, one rejected already not rejected twice: a
+second replay changes nothing.
 
-A message already stored as a record is not stored again; one still invalid
-that was already rejected is not rejected twice. Replaying twice therefore
-changes nothing the second time.
+Design: docs/operations.md#replaying-dead-letters
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
 """Topic schemas: the revision a message names, fetched once and kept.
 
-Pub/Sub marks every message of a topic that has a schema with three
-attributes: the schema (`googclient_schemaname`), the revision the message
-was validated against (`googclient_schemarevisionid`) and its encoding
-(`googclient_schemaencoding`: JSON or BINARY). A topic may accept a range of
-revisions, so messages of an older and a newer revision arrive side by side,
-and each is decoded with its own.
+Pub/Sub marks every message of a topic that has a schema with its schema,
+revision and encoding; each message is decoded with its own revision. Revisions
+are immutable: each is fetched once (concurrent pushes wait for the same fetch)
+and its codec kept. One that cannot be fetched is our failure (503, nothing
+stored); one that does not exist or cannot decode rejects its messages. Decoders
+and typed fields are made in a worker thread, never on the event loop.
 
-Revisions are immutable: each is fetched from the Schema API once (concurrent
-pushes wait for the same fetch) and its codec kept for the life of the
-process. A revision that cannot be fetched is our failure, not the
-publisher's: the push is answered 503 (`SchemaUnavailable`), nothing is
-stored, and readiness reports it until a fetch succeeds. A revision that does
-not exist, or cannot decode (an unsupported type, a definition the decoder
-refuses or cannot read, nested too deeply), is permanent: its messages are
-rejected, bytes kept for replay, and the revision is not asked for again.
-
-A revision's decoder and typed fields are made in a worker thread, never on
-the event loop, and the mapping has a deadline of its own (`_MAP_SECONDS`): a
-revision past a cap of the mapping (`app.typed.mapping.OverCap`) decodes as
-any other, but has no typed columns; each of its records says why in its
-projection errors.
+Design: docs/schemas.md
 """
 
 from __future__ import annotations
@@ -30,8 +17,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
-from typing import NoReturn, Protocol
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, NoReturn, Protocol
 
 import cachetools
 import msgspec
@@ -114,8 +101,32 @@ def unusable(name: str, revision_id: str, problem: str) -> Decoder:
     return Decoder(f"{name}@{revision_id}" if revision_id else name, problem=problem)
 
 
-def valid_name(name: str) -> bool:
-    return _SCHEMA_NAME.fullmatch(name) is not None
+class SchemaRef(NamedTuple):
+    """The topic schema a message names in its attributes: the schema, its revision
+    ("" for the latest) and the payload's encoding, as the sender wrote them."""
+
+    name: str
+    revision_id: str
+    encoding: str
+
+    @classmethod
+    def named(cls, attributes: Mapping[str, str]) -> SchemaRef | None:
+        """The schema `attributes` name, or None when they name none (a JSON topic)."""
+        name = attributes.get(SCHEMA_NAME)
+        if name is None:
+            return None
+        return cls(name, attributes.get(SCHEMA_REVISION, ""), attributes.get(SCHEMA_ENCODING, ""))
+
+    def problem(self) -> Decoder | None:
+        """What nothing can decode, when the reference itself is malformed: an unusable
+        decoder naming the attribute (its value cut short), else None."""
+        if _SCHEMA_NAME.fullmatch(self.name) is None:
+            problem = f"{SCHEMA_NAME} {self.name[:200]!r} is not projects/P/schemas/S"
+            return unusable(self.name[:200], self.revision_id[:64], problem)
+        if self.encoding not in ENCODINGS:
+            problem = f"{SCHEMA_ENCODING} {self.encoding[:64]!r} is neither JSON nor BINARY"
+            return unusable(self.name, self.revision_id[:64], problem)
+        return None
 
 
 class Schemas:
@@ -148,6 +159,12 @@ class Schemas:
         """The decoder of that revision if it was fetched already (no await: the common case)."""
         kept = self._kept.get((name, revision_id))
         return None if kept is None else kept[0]
+
+    def ready(self, ref: SchemaRef) -> Decoder | None:
+        """The decoder `ref` names, when choosing it needs no fetch: a revision seen
+        before, in an encoding there is."""
+        kept = self._kept.get((ref.name, ref.revision_id))
+        return None if kept is None or ref.encoding not in ENCODINGS else kept[0]
 
     async def decoder(self, name: str, revision_id: str) -> Decoder:
         """The decoder of that revision; raises SchemaUnavailable if it cannot be fetched."""

@@ -38,7 +38,7 @@ def _time_text(text: str) -> datetime:
     return msgspec.convert(text, AwareDatetime)
 
 
-class Shape:
+class FieldPaths:
     """Reads the record id and event time at their field paths."""
 
     def __init__(self, *, id_field: str, time_field: str) -> None:

@@ -1,27 +1,11 @@
 """Durable Streams offsets: the keyset cursor, written so that it sorts.
 
-The protocol wants an offset opaque, URL-safe, short, lexicographically
-sortable and strictly increasing with the data. A page token is none of the
-last two (it is signed msgpack in base64), so a stream offset is another
-encoding of the same cursor, `(after_time, after_message_id)`:
+The protocol wants an offset opaque, URL-safe, short, lexicographically sortable
+and strictly increasing with the data. A page token is none of the last two (it
+is signed msgpack in base64), so a stream offset is another encoding of the same
+cursor, `(after_time, after_message_id)`, signed and naming its stream.
 
-    <after_time: 10 characters><after_message_id: 0 or more>-<signature: 16>
-
-Both parts of the position are written in base 64 with an alphabet in ASCII
-order (`.`, digits, capitals, `_`, small letters), so comparing two offsets
-as text compares their positions: the time is fixed-width (60 bits, big
-endian), the message id is its UTF-8 bytes as base 64 (which keeps the order
-of byte strings, a prefix first), and `-`, below every letter of the
-alphabet, ends the position (so `t` sorts before `t` and any message id). The
-signature comes last: it never decides an order, since equal positions carry
-equal signatures. It makes a forged or altered offset a 400, as a token's MAC
-does, and names the stream, so an offset of one stream is refused by another.
-
-Most offsets name a time alone (`after_message_id` empty: every row stored
-before that time is read), 27 characters; one names a message id only where a
-chunk ends inside the rows of one microsecond, and Pub/Sub's message ids (about
-17 digits) keep those under 60. An offset never contains `,`, `&`, `=`, `?` or
-`/`, and is never `-1` or `now`.
+Design: docs/streams.md#what-the-protocol-gets-here
 """
 
 from __future__ import annotations
@@ -38,6 +22,20 @@ from app.records import MAX_ID_LENGTH, MAX_MICROS
 
 # 64 characters in ascending ASCII order: base 64 written with them sorts as
 # the numbers and byte strings it stands for.
+# <after_time: 10 characters><after_message_id: 0 or more>-<signature: 16>
+#
+# Both parts of the position are base 64 in an alphabet in ASCII order (`.`,
+# digits, capitals, `_`, small letters), so comparing two offsets as text compares
+# their positions: the time is fixed-width (60 bits, big endian), the message id is
+# its UTF-8 bytes as base 64 (which keeps the order of byte strings, a prefix
+# first), and `-`, below every letter of the alphabet, ends the position (so `t`
+# sorts before `t` and any message id). The signature comes last: it never decides
+# an order, since equal positions carry equal signatures; it makes a forged or
+# altered offset a 400, as a token's MAC does, and names the stream. Most offsets
+# name a time alone, 27 characters; one names a message id only where a chunk ends
+# inside the rows of one microsecond, and Pub/Sub's message ids (about 17 digits)
+# keep those under 60. An offset never contains `,`, `&`, `=`, `?` or `/`, and is
+# never `-1` or `now`.
 ALPHABET: Final = ".0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 # Ends the position: below every character of the alphabet.
 SEPARATOR: Final = "-"

@@ -205,8 +205,8 @@ class SharedRead:
         self.read: asyncio.Future[Any] = asyncio.ensure_future(read)
 
 
-class Read(Generic[AnyPage]):
-    """One read of a list after a cursor, as the store had it: the rows, their views,
+class Excerpt(Generic[AnyPage]):
+    """A list's rows after a cursor, as one read of the store had them: the rows, their views,
     where the next read goes on, and up to when it is complete. Both protocols encode
     it, each once however many followers it is given to (`encodings`): the API's
     page (`Reader.page`) and a stream's chunk (`app.query.streams`)."""
@@ -345,7 +345,7 @@ class Reader:
                 page = msgspec.structs.replace(page, complete_until=now)
         return page
 
-    def as_page(self, read: Read[AnyPage]) -> AnyPage:
+    def as_page(self, read: Excerpt[AnyPage]) -> AnyPage:
         """The API's page of a read: made once, whichever follower asks first."""
         page: AnyPage | None = read.encodings.get(Reader)
         if page is None:
@@ -365,7 +365,7 @@ class Reader:
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
         followed: bool = False,
-    ) -> Read[AnyPage]:
+    ) -> Excerpt[AnyPage]:
         """The rows after `cursor`, at most `limit` of them: what both protocols page.
 
         With `wait`, a read that finds nothing is held back until a row past
@@ -382,7 +382,7 @@ class Reader:
         bell = self._store.bell
         asked = time.monotonic() if asked_at is None else asked_at
 
-        async def once() -> Read[AnyPage]:
+        async def once() -> Excerpt[AnyPage]:
             if not wait and not followed:
                 return await self._page(listing, cursor, limit)
             return await self._followed(listing, cursor, limit, asked)
@@ -400,7 +400,7 @@ class Reader:
 
     async def _followed(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int, asked: float
-    ) -> Read[AnyPage]:
+    ) -> Excerpt[AnyPage]:
         """The read after `cursor` for a follower who asked at `asked`: one read for
         every follower at that cursor within SHARED_READ_SECONDS, with no ring of the
         bell since, and begun after the follower asked (its barrier then covers all
@@ -420,7 +420,7 @@ class Reader:
             # A read that failed is not handed to the next follower.
             shared.read.add_done_callback(lambda done: self._forget_failed(key, done))
         # One follower leaving (cancelled) must not cancel the others' read.
-        found: Read[AnyPage] = await asyncio.shield(shared.read)
+        found: Excerpt[AnyPage] = await asyncio.shield(shared.read)
         return found
 
     def _forget_failed(self, key: tuple[Any, PageToken, int], read: asyncio.Future[Any]) -> None:
@@ -431,7 +431,7 @@ class Reader:
 
     async def _page(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int
-    ) -> Read[AnyPage]:
+    ) -> Excerpt[AnyPage]:
         """The read after `cursor` as the store has it now."""
         rows, resume, horizon = await self._read(listing, cursor, limit)
         full = bool(rows) and len(rows) == limit
@@ -445,7 +445,7 @@ class Reader:
             views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
             views = await self._mark_stored(views)
-        return Read(listing, cursor, rows, views, resume, horizon, full)
+        return Excerpt(listing, cursor, rows, views, resume, horizon, full)
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
         """Say of each rejection whether its message was stored since, as

@@ -1,18 +1,13 @@
 """The Durable Streams read side: each paged list as a stream of JSON arrays.
 
-`/v1/streams/records` and `/v1/streams/rejections` are the lists of
-`/v1/records` and `/v1/rejections` in the protocol's JSON mode: a chunk is a
-JSON array of the very objects a page lists, in the same order, read by the
-same `Reader` (its reads, shared by followers, woken by the same bell). What
-differs is the encoding: an offset (`app.query.offsets`) for a page token, and
-chunks sized for a reader far behind.
+`/v1/streams/records` and `/v1/streams/rejections` are the lists of `/v1/records`
+and `/v1/rejections` in the protocol's JSON mode, read by the same `Reader`; what
+differs is an offset (`app.query.offsets`) for a page token, and chunks sized for a
+reader far behind. A chunk ends where the rows of one microsecond end, so an
+offset names a position below the read horizon and moves only when a row becomes
+readable.
 
-A chunk ends where the rows of one microsecond end, so its offset names a time
-alone (every row stored before it is read); only a microsecond with more rows
-than a chunk holds makes an offset name a message id. An offset therefore only
-ever names a position below the read horizon, and moves only when a row becomes
-readable: at the tail, a read that finds nothing answers with the offset it was
-asked with.
+Design: docs/streams.md#what-the-protocol-gets-here
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ import msgspec
 from app.errors import BadParameter, NotFound
 from app.query.offsets import BEGINNING, NOW, Offsets
 from app.query.page_token import PageToken
-from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Listing, Read, Reader
+from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Excerpt, Listing, Reader
 
 STREAMS: Final[dict[str, Listing[Any]]] = {"records": RECORDS, "rejections": REJECTIONS}
 # A chunk holds at most this many rows, and stops adding pages of them once it
@@ -224,7 +219,7 @@ class Streams:
         return self._chunk(listing, cursor, reads, budget)
 
     def _chunk(
-        self, listing: Listing[Any], cursor: PageToken, reads: list[Read[Any]], budget: int
+        self, listing: Listing[Any], cursor: PageToken, reads: list[Excerpt[Any]], budget: int
     ) -> Chunk:
         rows = [row for read in reads for row in read.rows]
         views = [v for read in reads for v in read.views]

@@ -1,24 +1,12 @@
 """Followers told at once: a page that waits (long-poll), a stream of pages
 (server-sent events), and pages that say when they can never change.
 
-- `wait=SECONDS` holds a page that would be empty until a row past the cursor
-  is readable, up to the wait (`Reader.page`); at the end it is answered empty,
-  with the same cursor and a fresh `complete_until`.
-- `Accept: text/event-stream` streams pages as events, each an `event: page`
-  whose `id` is the token to resume from (a client reconnecting sends it back
-  as `Last-Event-ID`), with a comment as heartbeat while nothing comes; after
-  `stream_seconds` (so load balancers rebalance) or when the service stops,
-  a last `event: end` gives the token to resume from.
-- A full page of records can never change (`Reader.page`): it carries a
-  strong `ETag` and a `Cache-Control` a cache may honour (shared only where
-  reads need no token, or where configured), and `If-None-Match` gets a 304.
-  A page at the tail may still grow, and a rejection may yet be marked
-  `stored` by a replay: `no-cache`, with the `ETag` to revalidate.
+`wait=SECONDS` holds a page that would be empty; `Accept: text/event-stream`
+streams pages as events, resumable by `Last-Event-ID`; a full page of records
+carries a strong `ETag` and may be cached. A stream produces the next page only
+once the previous one is sent: nothing is buffered per follower.
 
-A follower that disconnects frees its wait at once; one that reads slowly is
-served page by page at its own pace (a stream produces the next page only once
-the previous one is sent), from the tail in memory while near it and from the
-store once behind it: nothing is buffered per follower.
+Design: docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations

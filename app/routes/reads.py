@@ -1,15 +1,12 @@
 """Room kept for pushes: the reads in flight at once are bounded below the connections kept.
 
-Each request holds its connection while it is in flight, and a reader may hold
-one for minutes (a waiting page, a stream of pages): at the process's bound on
-connections, 50 streams once made every push 503, and Pub/Sub then backs off
-for the whole subscription. So reads, waiting pages, streams and replays in
-flight at once are at most `ServerSettings.max_reads`, what the share of
-RECORDLINE_MAX_CONNECTIONS kept for pushes (RECORDLINE_PUSH_RESERVE) leaves;
-one more is answered 503 `too-many-reads` before it costs anything. The server
-bounds the rest (`app.http_limits`): connections idle between requests, or
-whose head is still arriving, are closed to make room. Within the reads,
-waiting pages and streams have their own bound (RECORDLINE_MAX_FOLLOWERS).
+A reader may hold its connection for minutes (a waiting page, a stream): at the
+bound on connections, 50 streams once made every push 503, and Pub/Sub then backs
+off for the whole subscription. So reads, waiting pages, streams and replays in
+flight are at most `ServerSettings.max_reads` (what RECORDLINE_PUSH_RESERVE leaves
+of RECORDLINE_MAX_CONNECTIONS); one more is 503 `too-many-reads`.
+
+Design: docs/security.md#room-for-pushes
 """
 
 from __future__ import annotations

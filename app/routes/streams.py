@@ -1,19 +1,12 @@
 """The Durable Streams read side, over HTTP: thin routes on `app.query.streams`.
 
-- Catch-up (§5.6): `GET /v1/streams/{name}?offset=` answers a chunk, a JSON
-  array, with `Stream-Next-Offset`, `Stream-Up-To-Date: true` once it reaches
-  the tail, an `ETag` (`If-None-Match` gets a 304) and a `Cache-Control` that
-  lets the client's cache (or a shared one, where configured) keep it.
-- Long-poll (§5.7): `live=long-poll` waits for rows as a waiting page does,
-  then answers them, or 204 at the end of the wait, with `Stream-Cursor`.
-- SSE (§5.8): `live=sse` sends each chunk as `event: data` and an
-  `event: control` after it, heartbeats while nothing comes, and ends within a
-  minute (a client reconnects from its last offset).
-- HEAD (§5.5) names the tail; PUT, POST and DELETE are 405: rows come from
-  Pub/Sub, the protocol's §3 lets a server implement the read side alone.
-
+Catch-up (§5.6, `?offset=`), long-poll (§5.7, `live=long-poll`), SSE (§5.8,
+`live=sse`) and HEAD (§5.5, the tail); PUT, POST and DELETE are 405: rows come
+from Pub/Sub, and the protocol's §3 lets a server implement the read side alone.
 Live reads count against the instance's followers (`RECORDLINE_MAX_FOLLOWERS`)
 and end at once when the client leaves or the service stops.
+
+Design: docs/streams.md#what-the-protocol-gets-here
 """
 
 from __future__ import annotations
@@ -34,6 +27,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from app.docs import StreamOperation
 from app.errors import RetryLater
+from app.http.head import HEAD_REQUEST
 from app.query.offsets import MAX_OFFSET_LENGTH, OFFSET_PATTERN
 from app.query.page_token import PageToken
 from app.query.streams import CURSOR_DIGITS, STREAMS, Chunk, Control, cursor_after
@@ -53,9 +47,6 @@ log = logging.getLogger(__name__)
 NEXT_OFFSET: Final = "Stream-Next-Offset"
 UP_TO_DATE: Final = "Stream-Up-To-Date"
 CURSOR: Final = "Stream-Cursor"
-# Set in a request's scope where the app answers a HEAD as its GET (`app.asgi`):
-# a stream's HEAD names the tail, which its GET does not.
-HEAD_REQUEST: Final = "recordline.head"
 # An SSE stream ends after about this long, or the instance's stream_seconds if
 # shorter (§10.2: so that new clients collapse onto the edge's requests).
 SSE_SECONDS: Final = 60.0

@@ -1,16 +1,13 @@
 """The bell a store rings when rows may have become readable: followers wait on it.
 
-A follower that found nothing new waits for the bell instead of asking again:
-a commit on this instance rings it at once, a store that learns of other
-instances' commits (the serving tier's tail, refreshed while anyone waits)
-rings it when it finds rows. A ring only says "read again": the read itself
-comes from the store's tail in memory, so a thousand waiting followers cost
-one read between them, not a thousand.
+A commit on this instance rings it at once; a store that learns of other
+instances' commits (the serving tier's tail) rings it when it finds rows. A ring
+only says "read again", and the read comes from the tail in memory: a thousand
+waiting followers cost one read. `version` grows with every ring; a follower notes
+it before it reads and waits for it to grow, so a ring in between is not lost.
+A ring is a future every waiter of that moment shares: waiting makes no task.
 
-`version` grows with every ring; a follower notes it before it reads and
-waits for it to grow, so a ring between its read and its wait is not lost.
-A ring is a future every waiter of that moment shares, and a waiter's other
-reason to stop is a future too: waiting on both makes no task.
+Design: docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations

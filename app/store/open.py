@@ -1,9 +1,9 @@
 """The store a RECORDLINE_STORE URL names: where the service chooses its backend.
 
 The one module of the store layer that reads the settings: each store is made
-here from plain values. Each store's module is imported only when named: the Google clients the
-BigQuery store and the serving tier need take most of a second to import,
-which a service on DuckDB never pays.
+here from plain values. Each store's module is imported only when named: the
+Google clients the BigQuery store and the serving tier need take most of a
+second to import, which a service on DuckDB never pays.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app.settings import (
     Settings,
     SettingsError,
     StoreSettings,
-    declared,
+    every_setting,
     invalid,
 )
 from app.store import QueryObserver, Store
@@ -97,7 +97,7 @@ def open_store(
             return _tiered(settings, analytics, conflicts, exports, loops)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
-            accepts = next(d.accepts for d in declared() if d.var == "RECORDLINE_STORE")
+            accepts = next(d.accepts for d in every_setting() if d.var == "RECORDLINE_STORE")
             raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
 
 

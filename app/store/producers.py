@@ -1,40 +1,13 @@
 """Producer sequences and the completeness ledger: what publishers sent, against what was stored.
 
-A publisher opts in per message with four attributes (`recordline publish` and
-`app.ingest.publisher.SequencedPublisher` set them):
+A publisher opts in per message with four attributes (`recordline-producer`,
+`-epoch`, `-seq`, `-epoch-ended`); a store with a system of record drops a
+publisher's retry of a stored sequence in the transaction that commits the rows.
+The ledger keeps, per producer and epoch (`EpochEntry`), the highest sequence
+seen and the gaps below it, bounded whatever a producer sends (`MAX_GAPS`,
+`MAX_EPOCHS`, `HOURS_KEPT`).
 
-    recordline-producer     the producer's id: 1 to 256 characters, the same across restarts
-    recordline-epoch        0 to 2^63-1, raised whenever the producer starts without its state
-    recordline-seq          0 to 2^63-1: 0, 1, 2, … one per message, from 0 in each epoch
-    recordline-epoch-ended  optional, on a new epoch's messages: `E:N`, epoch E (an earlier
-                            one) published N messages, sequences 0 to N-1
-
-A message whose (producer, epoch, sequence) a store holds already under another
-message id is a publisher's retry (the client library publishes again when an
-answer is late, and Pub/Sub gives the copy a new id): it is acknowledged,
-counted as a duplicate and not stored. A store with a system of record (DuckDB,
-the serving tier) decides that as it commits the rows, in the same transaction,
-so the first copy wins in every answer and across instances.
-
-The ledger keeps, per producer and epoch (`EpochEntry`), the sequences seen as
-the highest one and the gaps below it (each with when it opened): seen means
-stored, rejected or counted as a duplicate. A gap older than the grace period is
-missing. Its state is bounded whatever a producer sends, so that no producer
-can make the ledger grow or make another producer's messages be dropped:
-
-- at most `MAX_GAPS` gaps per epoch: a message that would open one more is kept
-  as a rejection saying so (replay it once gaps close), its sequence still missing;
-- at most `MAX_EPOCHS` epochs per producer: a newer one drops the oldest, and a
-  message of an epoch older than every one kept is stored, counted as a zombie
-  on the newest, without deduplication;
-- hourly counts for the last `HOURS_KEPT` hours, which `recordline audit` reads.
-
-So an epoch's entry is at most about 34 KB (msgpack: 1,000 gaps of three
-integers, 168 hours of four) and a producer's at most eight of them; a producer
-publishing in order holds one gap-less entry of about 150 bytes (a 64-character
-id) and some 20 bytes an hour of counts (`bench producers --storage`). Sequences
-and epochs are INT64 in every store: 2^63 and beyond, negative or non-decimal
-values are rejections naming the attribute.
+Design: docs/producers.md#the-ledger
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
 """One owner for a store's background loops: each restarted when it fails, counted,
 and named by readiness while it stays down.
 
-A loop that ends for a reason nobody caught (a bug, a library raising what
-its documentation does not say) used to end for good, in silence: `/readyz`
-stayed green while nothing was exported. Here every loop runs in one
-`asyncio.TaskGroup`; a failure of any kind is logged with its traceback,
-told to the observer (`recordline.loop.restarts`, by loop), and the loop is
-started again after a jittered backoff (`RESTART_SECONDS`, doubling to
-`RESTART_MAX_SECONDS`). A loop whose failures go on for longer than its own
-interval (the time within which it does its work) is `down`, and the
-store's readiness names it; its `on_down`, if it has one, is called once per
-streak (the exporter hands its lease back, so that another instance exports).
-Restarts are counted by loop for an alert (a ticket when a loop restarts more
-than a few times in ten minutes: docs/operations.md#loop-restarting).
-`close` cancels them all and waits for them, whatever state each is in.
+Every loop runs in one `asyncio.TaskGroup`; a failure of any kind is logged with
+its traceback, counted (`recordline.loop.restarts`) and the loop started again
+after a jittered backoff. A loop failing for longer than its own interval is
+`down`, named by readiness, and its `on_down` called once per streak. `close`
+cancels them all and waits for them.
+
+Design: docs/stores.md#serving-deadlines; alert: docs/operations.md#loop-restarting
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
 """The newest records in memory: what a follower at the tail reads, with no query.
 
-Followers sit at the tail and ask again and again; every one of those pages
-read from the store would make its load grow with followers. A store keeps
-the records of the last `window_seconds` here instead, and answers a page
-whose cursor lies within them from memory.
+A store keeps the records of the last `window_seconds` here and answers a page
+whose cursor lies within them from memory, so its load does not grow with
+followers. `start` is the key before the oldest record held: a page after a
+cursor at or past it is answered from here alone. The store says up to when the
+tail is complete: the embedded store as it applies rows, the serving tier as it
+reads what was committed since (`app.store.spanner.tail`).
 
-`start` is the key before the oldest record held: every record after it (and
-before what the store can read) is here. A page after a cursor at or past
-`start` is therefore answered from here alone; one further back reads the
-store. The store says up to when the tail is complete (`page`'s `until`): the
-embedded store as it applies rows (it sees every write), the serving tier as
-it reads what was committed since (`app.store.spanner.tail`).
+Design: docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations

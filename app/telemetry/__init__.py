@@ -44,6 +44,7 @@ from app.telemetry.distribution import PrometheusDistributions, WithDistribution
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import (
     Conflicts,
+    ConnectionRefusals,
     ExportMetrics,
     LoopRestarts,
     Metrics,
@@ -238,6 +239,10 @@ class Telemetry:
     def loop_observer(self) -> LoopRestarts:
         """What a store is given to count each restart of one of its background loops."""
         return LoopRestarts(self.metrics)
+
+    def connection_observer(self) -> ConnectionRefusals:
+        """What the server is given to count each connection a bound refused or closed."""
+        return ConnectionRefusals(self.metrics)
 
     def conflicts(self) -> Conflicts:
         """What a store is given to report a copy of a message that differs from the stored one."""

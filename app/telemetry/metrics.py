@@ -199,6 +199,17 @@ class Metrics:
             description="Background loops started again after a failure, by loop",
         )
 
+        # Connections a bound of the server refused or closed, by reason: the
+        # problem answered (`headers-too-large`, `upgrade-not-served`…) or
+        # `head-timeout`, `idle-evicted`, `malformed` (app.http.limits).
+        self.connections_refused: Counter[str] = Counter()
+        meter.create_observable_counter(
+            "recordline.connections.refused",
+            callbacks=[self._observe_connections_refused],
+            unit="{connection}",
+            description="Connections a bound of the server refused or closed, by reason",
+        )
+
     def _observe_typed_patches_refused(self, _: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.typed_patches_refused)
 
@@ -209,6 +220,10 @@ class Metrics:
     def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
         for loop, restarts in list(self.loop_restarts.items()):
             yield Observation(restarts, {"loop": loop})
+
+    def _observe_connections_refused(self, _: CallbackOptions) -> Iterable[Observation]:
+        for reason, count in list(self.connections_refused.items()):
+            yield Observation(count, {"reason": reason})
 
     def _observe_exported(self, _: CallbackOptions) -> Iterable[Observation]:
         for table, rows in list(self.exported.items()):
@@ -475,3 +490,14 @@ class LoopRestarts:
 
     def restarted(self, loop: str) -> None:
         self._metrics.loop_restarts[loop] += 1
+
+
+class ConnectionRefusals:
+    """The server's connection observer (app.http.limits): counts each connection a
+    bound refused or closed, by reason."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def refused(self, reason: str) -> None:
+        self._metrics.connections_refused[reason] += 1

@@ -1,14 +1,12 @@
 """recordline.read.duration: what a reader waits for, the read-latency SLI.
 
-The time from a read request reaching a read route to its response being sent,
-by route template: token check, every store query the answer took, encoding.
-Recorded for answers a reader acts on (2xx and 404, a look-up that found
-nothing); errors count against availability instead, and refusals (400, 401,
-403) say nothing about how fast reads are.
+The time from a read request reaching a read route to its response being sent, by
+route template, recorded for answers a reader acts on (2xx, and 404); errors
+count against availability instead. Synthetic reads (uptime checks, the deploy's
+smoke test, reads of the canary) are left out, so they neither dilute nor spend
+the budget.
 
-Synthetic reads are left out, so they neither dilute nor spend the budget:
-Cloud Monitoring's uptime checks (their User-Agent), the deploy's smoke test
-(User-Agent `recordline-smoke`) and reads of the canary record.
+Design: docs/operations.md#slis-and-slos
 """
 
 from __future__ import annotations

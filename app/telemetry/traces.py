@@ -1,24 +1,12 @@
 """Traces: a server span per request, linked to the publisher, and the flushes it joins.
 
-The path of one message through Cloud Trace:
+`ServerSpans` continues the trace of the incoming `traceparent` or Cloud Run's
+`X-Cloud-Trace-Context`, so a stored row's `trace_id` is the one Cloud Run's
+request log shows; the publisher's span is linked, not adopted as parent (a
+redelivery an hour later should not stretch the publisher's trace). A push its
+caller did not sample starts no span: its ids are kept in `UNSAMPLED_CALLER`.
 
-    publisher span ◄─link── POST /pubsub/push (server span, in the caller's trace)
-                                   ▲ link
-                   recordline.flush (one per batch) ─► recordline.store.append
-
-`ServerSpans` continues the trace of the incoming `traceparent` or Cloud
-Run's `X-Cloud-Trace-Context`, so the stored row's `trace_id` is the one
-Cloud Run's request log shows. The publisher's span arrives as a message
-attribute and is linked, not adopted as parent: a Pub/Sub delivery is a new
-operation, and a redelivery an hour later should not stretch the publisher's
-trace.
-
-Behind Cloud Run nearly every push arrives from a caller that did not sample
-it (Cloud Run samples ~0.1 requests a second per instance), and with the
-default sampler nothing downstream is recorded either. For those the caller's
-flag decides at once: no span is started, and the caller's ids, in hex, are
-kept in `UNSAMPLED_CALLER` for the request, which is all a row and a log line
-need.
+Design: docs/observability.md
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
 """A table's typed fields after a new revision: what BigQuery lets a schema update do.
 
-BigQuery's schema updates may add NULLABLE (or REPEATED) columns and relax a
-REQUIRED one to NULLABLE, and `ALTER COLUMN SET DATA TYPE` may change a column
-to a type its values coerce to; nothing else changes a column in place
-(https://cloud.google.com/bigquery/docs/managing-table-schemas). So the merged
-fields keep every field the table has (a field a revision removed stays,
-NULLABLE, for the rows that have it), add the revision's new ones at the end,
-widen a type where coercion allows it, and otherwise keep the table's type:
-a value of the revision's other type is then a projection error, never a
-blocked or dropped row.
-
-BigQuery changes a type only through `ALTER COLUMN SET DATA TYPE`, which
-reaches top-level columns, not the fields of a RECORD; the typed fields all
-live in one RECORD (`fields`), so BigQuery's tables merge with `widen=False`:
-only added, never changed in place (`tables.patch` refuses a changed type).
+The merged fields keep every field the table has (a field a revision removed
+stays, NULLABLE), add the revision's new ones at the end, widen a type where
+coercion allows it, and otherwise keep the table's type: a value of the other
+type is then a projection error, never a blocked or dropped row. BigQuery cannot
+change a field of a RECORD in place, so its tables merge with `widen=False`;
 DuckDB changes a STRUCT's field types in place, so it widens.
+
+Design: docs/typed-columns.md#schema-changes
 """
 
 from __future__ import annotations

@@ -1,30 +1,13 @@
 """A schema revision as typed fields: names, BigQuery types, modes and nested fields.
 
-The mapping is the one a Pub/Sub BigQuery subscription with `use_topic_schema`
-applies, checked row by row against BigQuery's documentation (each rule cites
-its source beside it), with one difference: every typed field is NULLABLE (or
-REPEATED), never REQUIRED, so that a row that lacks a field, or whose value
-does not fit, is still stored, its value NULL and the reason in
-`projection_errors`; the payload is always kept whole in `data`.
+The mapping a Pub/Sub BigQuery subscription with `use_topic_schema` applies, with
+every typed field NULLABLE (or REPEATED), never REQUIRED, so that a row whose
+value is missing or does not fit is still stored. A revision is a publisher's
+input: the mapping stops at BigQuery's own caps (`MAX_FIELDS`, `MAX_DEPTH`,
+`OverCap`) having spent work in proportion to the cap, never to the expansion.
 
-Sources:
-- [types]: https://cloud.google.com/bigquery/docs/reference/standard-sql/data-types
-- [avro]: https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-avro
-- [proto]: https://cloud.google.com/bigquery/docs/supported-data-types (Storage Write API)
-- [pubsub]: https://cloud.google.com/pubsub/docs/bigquery#schema_compatibility
-- [limits]: https://cloud.google.com/bigquery/quotas#table_limits and
-  https://cloud.google.com/bigquery/docs/nested-repeated#limitations
-- [names]: https://cloud.google.com/bigquery/docs/schemas#column_names
-
-A revision is a publisher's input, and named types let a few kilobytes of it
-stand for millions of fields (a record whose two fields are the previous
-record, 17 times over, is 393,214 fields in 1.6 KB). So the mapping counts
-fields as it makes them and stops at the caps BigQuery itself sets
-(`MAX_FIELDS`, `MAX_DEPTH`): a revision past one raises `OverCap` having
-spent work in proportion to the cap, never to the expansion, and has no typed
-columns at all (its messages are stored whole in `data` all the same). A field
-whose name no store can hold is left out (`unholdable`): its values are
-projection errors that say why.
+Design: docs/typed-columns.md#the-type-mapping and
+docs/typed-columns.md#what-a-revision-may-cost
 """
 
 from __future__ import annotations
@@ -38,6 +21,15 @@ from typing import Any
 
 import msgspec
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+# Each rule cites its source beside it, checked row by row against BigQuery's docs:
+# - [types]: https://cloud.google.com/bigquery/docs/reference/standard-sql/data-types
+# - [avro]: https://cloud.google.com/bigquery/docs/loading-data-cloud-storage-avro
+# - [proto]: https://cloud.google.com/bigquery/docs/supported-data-types (Storage Write API)
+# - [pubsub]: https://cloud.google.com/pubsub/docs/bigquery#schema_compatibility
+# - [limits]: https://cloud.google.com/bigquery/quotas#table_limits and
+#   https://cloud.google.com/bigquery/docs/nested-repeated#limitations
+# - [names]: https://cloud.google.com/bigquery/docs/schemas#column_names
 
 
 class Type(enum.StrEnum):

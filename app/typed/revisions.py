@@ -1,23 +1,13 @@
 """The typed fields of every schema revision this process decoded, by revision name.
 
-The push path learns a revision's fields as it builds the revision's decoder;
-a store that projects typed columns looks them up by the `schema` a record
-names (`projects/P/schemas/S@REVISION`). Revisions are immutable, so an entry
-never changes once learned.
+The push path learns a revision's fields as it builds its decoder; a store looks
+them up by the `schema` a record names. A JSON topic's schema declared by its
+system (`RECORDLINE_JSON_TOPIC_SCHEMA`) is a revision named `declared@<sha-256
+prefix>`. The exporter may meet a revision this process never saw: `lookup` then
+learns it through the wiring's `fetch`. A revision past a cap of the mapping is
+learned as `unmapped`, with the reason its records' projection errors give.
 
-A topic with no schema (JSON) may have one declared by its system instead
-(`RECORDLINE_JSON_TOPIC_SCHEMA`, an Avro record schema): its records, which
-name no revision, are projected onto the declared fields under a revision
-name made from the schema's text, `declared@<sha-256 prefix>`. Declaring
-another schema is a new revision, merged into the table like a topic's.
-
-The serving tier's exporter projects rows that any instance decoded, so it
-may meet a revision this process never saw: `lookup` then asks the wiring's
-`fetch` (the push path's Schema API client) to learn it.
-
-A revision past a cap of the mapping (`app.typed.mapping.OverCap`) has no
-typed fields: it is learned as `unmapped`, with the reason each of its
-records' projection error gives.
+Design: docs/typed-columns.md#a-json-topics-declared-schema
 """
 
 from __future__ import annotations

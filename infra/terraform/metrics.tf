@@ -82,6 +82,12 @@ locals {
       kind        = "CUMULATIVE", value = "INT64", unit = "{restart}", labels = ["loop"]
       description = "Background loops started again after a failure, by loop"
     }
+    # Connections a bound of the server refused or closed (app/http/limits.py), by
+    # reason: the problem answered, or head-timeout, idle-evicted, malformed.
+    "connections.refused" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "{connection}", labels = ["reason"]
+      description = "Connections a bound of the server refused or closed, by reason"
+    }
     # Typed columns: reported by every instance that writes records to BigQuery.
     "typed.patches_refused" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "{patch}", labels = []

@@ -1111,7 +1111,7 @@ def push(world: World, name: str, service: dict[str, Any], body: str) -> tuple[i
     from app.ingest.envelope import decode_wrapped
     from app.ingest.payload import Payloads
     from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
-    from app.ingest.shape import Invalid, Shape
+    from app.ingest.shape import FieldPaths, Invalid
 
     class Registry:
         async def revision(self, schema: str, revision_id: str) -> SchemaRevision:
@@ -1129,7 +1129,7 @@ def push(world: World, name: str, service: dict[str, Any], body: str) -> tuple[i
         return 400, str(exc)
     shape = service.get("shape", {})
     payloads = Payloads(
-        Shape(
+        FieldPaths(
             id_field=shape.get("id_field") or "id",
             time_field=shape.get("time_field") or "timestamp",
         ),

@@ -570,7 +570,12 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
     from app.telemetry import Telemetry
-    from app.telemetry.metrics import ExportMetrics, LoopRestarts, TypedPatches
+    from app.telemetry.metrics import (
+        ConnectionRefusals,
+        ExportMetrics,
+        LoopRestarts,
+        TypedPatches,
+    )
     from tests.telemetry.conftest import Exported
 
     exported = Exported()
@@ -595,6 +600,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     export.blocked("records", "BigQuery refused message 1 of records: too long")
     TypedPatches(metrics).refused("p.d.records")
     LoopRestarts(metrics).restarted("exporter")
+    ConnectionRefusals(metrics).refused("headers-too-large")
     # The completeness ledger's, as its watch reads it (app.query.producers).
     metrics.producers_missing = lambda: {"orders-api": 3}
     assert telemetry.meter_provider is not None

@@ -1,36 +1,12 @@
 """Backfill on BigQuery: the typed columns of stored records projected again, in place.
 
 `recordline typed backfill` on a BigQuery store (alone, or behind the serving
-tier: `records` in BigQuery is the same table). The projection is the write
-path's own (`typed.typed_values`) over each record's stored `data`, so a fix
-to the mapping reaches old rows exactly as it reaches new ones. In four steps:
+tier). The projection is the write path's own (`typed.typed_values`), so a fix to
+the mapping reaches old rows as it reaches new ones: each record projected once
+into a staging table through a COMMITTED stream at offsets, then one `UPDATE …
+FROM` it (one transaction), then the staging table dropped.
 
-1. Which revisions the range holds (`SELECT DISTINCT schema`, one narrow
-   column), and their fields into the table (`TypedTable.hold`: the same ETag
-   read-modify-write as the write path's).
-2. Every record of the range once (`GROUP BY message_id`: the copies of one
-   message hold one payload), projected onto the table's typed fields and
-   appended to a staging table of its own (`message_id`, `fields`,
-   `projection_errors`) through a COMMITTED stream at offsets, so a resend
-   after a lost answer is stored once or refused as there. The staging table
-   expires a day after it is made, should the run die before dropping it.
-3. One `UPDATE … FROM` the staging table. BigQuery runs a DML statement as
-   one transaction, so a read sees each row as it was or as it is now: never
-   twice, never half done. Rows the Storage Write API appended are open to
-   DML at once (unlike those of the legacy `insertAll`).
-4. The staging table dropped.
-
-Records of a revision that cannot be learned (a deleted schema) are left as
-they are, and counted: projecting them would replace typed values with
-NULLs. A revision whose fields reach the table while the backfill runs (a
-new revision pushed meanwhile) changes the type of `fields`, so the staging
-rows no longer fit it: the run stops before changing anything and says to run
-it again.
-
-What it bills, by BigQuery's rules for DML on a partitioned table: the read
-bills `message_id`, `data` and `schema` of the range's partitions; the UPDATE
-the bytes it reads plus every column of every partition it changes. A day's
-backfill costs about two reads of that day's partition whole.
+Design: docs/typed-columns.md#backfill
 """
 
 from __future__ import annotations
@@ -172,6 +148,7 @@ class Backfill:
         done: Backfilled,
     ) -> None:
         """Every record of the range, projected, into the staging table."""
+        # Once a message: the copies of one message hold one payload.
         sql = (
             "SELECT message_id, ANY_VALUE(data) AS data, ANY_VALUE(schema) AS schema "
             f"FROM `{self._records}` "

@@ -1,14 +1,12 @@
 """The BigQuery store's read cache: identical reads within a TTL share one query.
 
-A page whose `before_time` is behind the settle horizon is immutable: rows
-that old have finished committing on every instance, and a first copy is
-decided by looking only backwards, so the same question always gets the same
-answer and a cached page is never wrong, whatever the TTL. The query layer
-bounds every page by the settle horizon, so followers' pages are safe to
-cache; they rarely hit, though, because their `before_time` moves with the
-clock, while readers walking the same history share pages. `latest` and
-`message` can change as rows arrive, so for them the TTL is the staleness the
-operator opted into (off by default).
+A page whose `before_time` is behind the settle horizon is immutable (rows that
+old have finished committing, and a first copy is decided by looking backwards),
+so a cached page is never wrong, whatever the TTL; followers' pages rarely hit,
+since their `before_time` moves with the clock. `latest` and `message` can change
+as rows arrive: for them the TTL is the staleness the operator opted into.
+
+Design: docs/stores.md#bigquery-bigqueryprojectdataset
 """
 
 from __future__ import annotations

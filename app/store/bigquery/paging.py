@@ -1,20 +1,13 @@
 """How the BigQuery store cuts a page of first copies, and what a page may cost.
 
-The invariant every page keeps: it returns the first copy of each message whose
-first copy lies after the cursor, in `(ingest_time, message_id)` order, and its
-resume key is the last row it *examined*, so the next page neither repeats nor
-skips a row. A row is a later copy, and hidden, when an earlier copy of its
-message lies within its look-back: after its publish time (less the clock
-margin) and within the dedupe window. Every copy of a message is stored after
-Pub/Sub published it, so that window holds every earlier copy there can be.
+Every page returns the first copy of each message whose first copy lies after
+the cursor, in `(ingest_time, message_id)` order, and resumes from the last row
+it *examined*, so the next page neither repeats nor skips a row. A row is a later
+copy, and hidden, when an earlier copy lies within its look-back: after its
+publish time (less the clock margin) and within the dedupe window. A page's
+queries are bounded by construction: `MAX_QUERIES_PER_PAGE`.
 
-What a page costs is bounded by construction (each query bills at least the
-10 MiB minimum): one scan per range in `SCAN_SPANS_MICROS` while too few rows
-are found; when the widest range is empty, one look-up of partition metadata
-and one of that day's first row, then the same widening scans from there;
-finally, at most one query for the earlier copies of the rows whose look-back
-starts before the scan. `MAX_QUERIES_PER_PAGE` is that sum, and a test holds
-every page to it.
+Design: docs/stores.md#bigquery-bigqueryprojectdataset
 """
 
 from __future__ import annotations

@@ -2,18 +2,11 @@
 
 AppendRows takes rows as serialized protocol buffers plus the descriptor that
 reads them (the "writer schema"). Both are computed here from `columns()`, the
-same declaration the DuckDB DDL and the BigQuery table schemas come from, so
-there is no `.proto` file and no protoc step to keep in step with the Structs.
+declaration the DuckDB DDL and the BigQuery table schemas come from, so there is
+no `.proto` file and no protoc step to keep in step with the Structs. A column
+no proto field can be named after travels under a placeholder (`proto_name`).
 
-Field numbers follow declaration order. Appending a column at the end of a
-Struct keeps every existing number; BigQuery matches fields to columns by name
-anyway, so numbers only have to be stable within one connection.
-
-A column whose name no proto field can have (`café`: BigQuery's flexible
-column names allow it, a proto identifier is `[A-Za-z_][A-Za-z0-9_]*`) travels
-under a placeholder name (`proto_name`) with the Storage Write API's
-`column_name` annotation naming the column, as BigQuery documents for exactly
-this (https://cloud.google.com/bigquery/docs/schemas#flexible-column-names).
+Design: docs/typed-columns.md#on-bigquery
 """
 
 from __future__ import annotations
@@ -97,7 +90,9 @@ def _column_name() -> tuple[type[Message], FieldDescriptor]:
 
 def annotate(field: descriptor_pb2.FieldDescriptorProto, column: str) -> None:
     """Name `field`'s column `column` (the `column_name` annotation), as BigQuery reads
-    it instead of the field's own name."""
+    it instead of the field's own name: BigQuery's flexible column names allow
+    `café`, a proto identifier is `[A-Za-z_][A-Za-z0-9_]*`
+    (https://cloud.google.com/bigquery/docs/schemas#flexible-column-names)."""
     field_options, column_name = _column_name()
     options = field_options()
     options.Extensions[column_name] = column
@@ -120,6 +115,9 @@ def add_field(
 def row_descriptor(row_type: type[Row]) -> descriptor_pb2.DescriptorProto:
     """The self-contained proto2 descriptor of one table's rows."""
     message = descriptor_pb2.DescriptorProto(name=row_type.__name__)
+    # Field numbers follow declaration order: appending a column at the end of a
+    # Struct keeps every existing number, and BigQuery matches fields to columns by
+    # name anyway, so numbers only have to be stable within one connection.
     for number, column in enumerate(columns(row_type), start=1):
         message.field.add(
             name=column.name,

@@ -1,18 +1,13 @@
 """Appending rows to one BigQuery table through the Storage Write API.
 
 `StorageWriter` keeps one long-lived AppendRows connection to the table's
-`_default` stream, owned by one supervised loop. Callers hand it serialized rows and await
-a future; rows waiting for a request slot are cut into requests by count and by
-size, and a few requests travel at once. Responses arrive in request order, one
-per request, so the batches in flight are a FIFO.
+`_default` stream, owned by one supervised loop; a few requests travel at once, answered in
+order, so the batches in flight are a FIFO. The library's retry is off
+(`retry=None`: it would silently consume unanswered requests); a batch stays in
+the FIFO until its own answer, and a broken stream's batches are sent again on a
+new connection. The `_default` stream is at-least-once: readers drop copies.
 
-The library's retry is switched off (`retry=None`): on a broken stream it
-re-opens the call with the same request iterator, silently consuming requests
-that were never answered. Instead, every batch stays in the FIFO until its own
-response arrives; when a stream breaks, the unanswered batches go back to the
-front of the queue and are sent again on a new connection. The `_default`
-stream is at-least-once, so a batch that was committed but whose answer was
-lost is stored twice; readers remove such copies by `message_id`.
+Design: docs/stores.md#bigquery-bigqueryprojectdataset
 """
 
 from __future__ import annotations

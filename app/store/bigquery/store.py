@@ -3,18 +3,11 @@
 Writes go to each table's `_default` stream through one long-lived AppendRows
 connection per table (`storage_write.StorageWriter`, rows encoded by
 `proto.RowEncoder`); reads are short queries with named parameters
-(`queries.QueryRunner`), whose statements are in `sql.py` and whose paging is
-in `paging.py`, with an optional read cache (`cache.py`).
+(`queries.QueryRunner`, statements in `sql.py`, paging in `paging.py`, an optional
+read cache in `cache.py`). After Terraform creates the tables, the schema of
+`records` is the service's: `start()` adds any column of `Record` it lacks.
 
-Terraform creates the tables, with JSON schemas from `app.records`; after
-that the schema of `records` is the service's: `start()` adds any column of
-`Record` it lacks, and, given the schema revisions (`revisions`), records are
-projected onto typed columns that each new revision adds (`typed.py`). Their layout
-is what keeps reads billed by the answer rather than by the table: day
-partitions on `ingest_time`, clustered on `ingest_time` so that a page's time
-range prunes inside a day, and search indexes on `id` and `message_id` so that
-a lookup reads only the blocks that hold its key. Every query carries
-`maximum_bytes_billed`, and its bill goes to the injected `QueryObserver`.
+Design, and what keeps reads billed by the answer: docs/stores.md#bigquery-bigqueryprojectdataset
 """
 
 from __future__ import annotations

@@ -1,48 +1,13 @@
 """Appending to an application-created COMMITTED stream at offsets the caller keeps.
 
-The Storage Write API checks an append's offset against the end of its
-stream: an offset already written to is refused with `ALREADY_EXISTS`, one
-beyond the end with `OUT_OF_RANGE`, and nothing is stored either way. So a
-writer that knows which rows belong at which offset, and resends exactly
-those after a crash or a lost answer, stores each row exactly once: the
-resend either lands or is refused as already there. Rows on a COMMITTED
-stream are visible as soon as the append is acknowledged.
+The Storage Write API refuses an append at an offset already written to
+(`ALREADY_EXISTS`) or beyond the end (`OUT_OF_RANGE`), storing nothing either
+way: a writer that resends exactly the same rows at the same offset after a
+crash or a lost answer stores each row once. One writer per stream, one request
+in flight. BigQuery's failures, at the RPC level or in the response, are sorted
+into one `Fault`.
 
-One writer per stream, one request in flight: the exporter's batches are
-large and its pace is set by Spanner reads, not by round trips.
-
-A quiet system. BigQuery closes a connection idle for 600 s (ABORTED,
-"Closing the stream because it has been inactive for 600 seconds"), and an
-application-created COMMITTED stream with no traffic for four days is gone
-("A committed stream has a TTL of four days if there is no traffic on the
-stream", cloud.google.com/bigquery/docs/write-api-streaming). A connection
-idle for `IDLE_RECONNECT_SECONDS` is replaced before it is used; one that
-fails anyway after having been used before is replaced and the same request
-sent again at once, at the same offset (stored once, or refused as there).
-A stream that is gone answers NOT_FOUND: `StreamBroken(gone=True)`, and the
-exporter starts a new one (`app.store.tiered.exporter`).
-
-Failures as BigQuery returns them. An append fails in two places: in the
-response (`AppendRowsResponse.error`, a google.rpc.Status, its details often
-a `StorageError` with a code of its own), or at the RPC level, the call
-ending with a status (an `AioRpcError`, or api_core's exception for it, such
-as NotFound "Requested entity was not found" or InvalidArgument "Invalid
-stream name", googleapis/python-bigquery-storage#593), its details in the
-trailers. Both are read alike (`Said`) and sorted into one `Fault`, the
-`StorageError` code first, then the status:
-- the stream is gone (`GONE`): STREAM_NOT_FOUND, STREAM_FINALIZED,
-  INVALID_STREAM_STATE or _TYPE, STREAM_ALREADY_COMMITTED; else NOT_FOUND,
-  INVALID_ARGUMENT or FAILED_PRECONDITION, which Apache Beam's Storage Write
-  sink also reads as "the stream is gone", BigQuery not reliably answering
-  NOT_FOUND for one. A new stream that refuses the same rows alike tells the
-  exporter the fault was the rows' or the table's after all;
-- refused for good (`REFUSED`): TABLE_NOT_FOUND, SCHEMA_MISMATCH_EXTRA_FIELDS,
-  the CMEK and KMS permission codes, PERMISSION_DENIED: asked again as it is,
-  it fails again until someone changes the table or the roles;
-- an offset already written (`ALREADY`) or beyond the end (`BEYOND`);
-- anything else (RESOURCE_EXHAUSTED, a quota; UNAVAILABLE, ABORTED,
-  DEADLINE_EXCEEDED, INTERNAL; KMS_SERVICE_ERROR) passes (`TRANSIENT`):
-  StoreUnavailable, tried again later.
+Design: docs/stores.md#export-failures
 """
 
 from __future__ import annotations
@@ -83,7 +48,13 @@ APPEND_SECONDS: Final = 30.0
 # with backoff (0.25 s doubling to 4 s, jittered) until then.
 STREAM_CALL_SECONDS: Final = 30.0
 # A connection unused this long is replaced before it is written to: BigQuery
-# closes one idle for 600 s, and a request sent as it does would be lost.
+# closes one idle for 600 s (ABORTED, "Closing the stream because it has been
+# inactive for 600 seconds"), and a request sent as it does would be lost. One
+# that fails anyway after having been used before is replaced and the same request
+# sent again at once, at the same offset (stored once, or refused as there). A
+# COMMITTED stream with no traffic for four days is gone
+# (cloud.google.com/bigquery/docs/write-api-streaming): it answers NOT_FOUND,
+# `StreamBroken(gone=True)`, and the exporter starts a new one.
 IDLE_RECONNECT_SECONDS: Final = 540.0
 
 
@@ -95,7 +66,22 @@ class Appended(enum.Enum):
 
 
 class Fault(enum.Enum):
-    """What a failure BigQuery answered means for the writer (see the module notes)."""
+    """What a failure BigQuery answered means for the writer.
+
+    An append fails in the response (`AppendRowsResponse.error`, a google.rpc.Status
+    whose details are often a `StorageError` with a code of its own) or at the RPC
+    level (an `AioRpcError`, or api_core's exception for it, such as NotFound
+    "Requested entity was not found" or InvalidArgument "Invalid stream name",
+    googleapis/python-bigquery-storage#593, its details in the trailers). Both are
+    read alike (`Said`) and sorted here, the `StorageError` code first, then the
+    status. NOT_FOUND, INVALID_ARGUMENT and FAILED_PRECONDITION count as GONE, as
+    Apache Beam's Storage Write sink reads them, since BigQuery does not reliably
+    answer NOT_FOUND for a stream that is gone; a new stream that refuses the same
+    rows alike tells the exporter the fault was the rows' or the table's after all.
+    REFUSED fails again until someone changes the table or the roles; anything not
+    in the tables below (a quota, UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED,
+    INTERNAL) is TRANSIENT: StoreUnavailable, tried again later.
+    """
 
     GONE = "gone"  # the stream takes no more appends; a new one may
     REFUSED = "refused"  # asked again as it is, it fails again
@@ -318,7 +304,7 @@ class OffsetStream:
         return self._answered(stream, said_in_response(response.error))
 
     def _answered(self, stream: str, said: Said) -> Appended:
-        """What a failure BigQuery answered means for this append (module notes)."""
+        """What a failure BigQuery answered means for this append (see `Fault`)."""
         fault = said.fault
         if fault is Fault.ALREADY:
             return Appended.ALREADY

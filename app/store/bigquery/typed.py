@@ -1,32 +1,13 @@
 """Typed columns in BigQuery: each record's payload projected into `records.fields`.
 
-`records` holds two more columns than a `Record`: `fields`, one RECORD of the
-table's typed fields (so no publisher's field name can collide with a column
-the service owns), and `projection_errors` (REPEATED field, reason, revision),
-which says of every value not in its typed field why not. The typed fields
-are the merge of every revision's (`app.typed.evolution`), learned from the
-table itself, so instances that started at different times agree.
-
-A revision that adds a field changes the table first (a type it widens stays
-the table's: BigQuery changes no field of a RECORD in place, see
-`app.typed.evolution`): read the
-table, merge, write it back with the ETag read (`If-Match`), again from the
-read if another instance changed it in between. The Storage Write API learns
-a table's new schema late ("on the order of minutes"); until it does, a row
-whose descriptor names a new field is refused. So rows are encoded for the
-fields the write path accepts (`writable`, the `_default` stream's schema as
-`GetWriteStream` shows it), and a row of a new revision waits for them, up to
-a bound; past it, the row is written with the fields the write path has, and
-the values it could not take are in `projection_errors`, as always in `data`.
-A patch BigQuery refuses is the same: nothing waits on it, nothing is lost,
-and it is tried again on the next row of that revision after a backoff. A
-revision whose fields would take the table past the cap on typed fields
-(`app.typed.evolution.merge_within_cap`), or that has none (past a cap of the
-mapping), gets no typed columns: each of its records says why in
+`records` holds `fields`, one RECORD of the table's typed fields (the merge of
+every revision's, learned from the table itself), and `projection_errors`. A new
+revision changes the table first (read, merge, write back with `If-Match`), and
+its rows wait, up to a bound, for the Storage Write API to learn the new schema
+(`writable`); past it they are written with the fields it has, the rest in
 `projection_errors`.
 
-A field name the proto descriptor cannot carry travels under a placeholder,
-with the `column_name` annotation naming its column (`proto.add_field`).
+Design: docs/typed-columns.md#on-bigquery
 """
 
 from __future__ import annotations

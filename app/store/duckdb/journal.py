@@ -1,21 +1,12 @@
 """An append-only commit journal: durable in one fsync, replayed on start.
 
-DuckDB pays ~3 ms per statement at rest and ~10 ms on a loaded two-core
-machine, whatever the batch, so a push acknowledged only after its own INSERT
-committed capped ingest near 2k msgs/s at 64 connections. A journal frame costs
-one `write` and one `fdatasync` (~0.3 ms on this disk), so a push is
-acknowledged as soon as its frame is on disk, and the DuckDB store applies
-journaled rows behind it in large batches.
+A frame costs one `write` and one `fdatasync` (~0.3 ms on this disk), where DuckDB
+pays ~3 ms a statement at rest and ~10 ms loaded: so a push is acknowledged once
+its frame is on disk, and the store applies journaled rows behind it in large
+batches. Segments `BASE.00000000`, … are sealed past `segment_bytes` and deleted
+once every frame in them is applied (under steady load one file never empties).
 
-The journal is a series of segment files, `BASE.00000000`, `BASE.00000001`, …
-A segment is sealed once it passes `segment_bytes`, and deleted once every
-frame in it is applied: under steady load the applier is never fully caught
-up, so a single file could never be emptied.
-
-Frame layout: `<u32 length><u32 crc32>` then `length` bytes of msgpack. A
-frame that is cut short or fails its checksum can only be the last one, left by
-a crash in the middle of a write: its rows were never acknowledged, so replay
-stops there.
+Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 """
 
 from __future__ import annotations
@@ -34,6 +25,9 @@ from app.store.producers import EpochEntry
 
 log = logging.getLogger(__name__)
 
+# A frame: `<u32 length><u32 crc32>` then `length` bytes of msgpack. A frame cut
+# short or failing its checksum can only be the last, left by a crash in the middle
+# of a write: its rows were never acknowledged, so replay stops there.
 _HEADER = struct.Struct("<II")
 # Large enough that sealing is rare (one new file every ~15k pushes), small
 # enough that an applied segment's space comes back soon.

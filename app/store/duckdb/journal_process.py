@@ -1,30 +1,12 @@
 """The journal's writing end, in a process of its own.
 
-A journal write ends in an fdatasync, and a thread of ours that made it must
-take the GIL back before the push can be acknowledged. Under load the event
-loop holds the GIL: a journal thread waited ~2 ms to start each write and
-again to finish it, and the event loop sat idle for ~20% of the time waiting
-on it. A child process has a GIL of its own, so the event loop hands it each
-frame through a pipe and reads the answer like any other I/O (measured with
-`bench ingest`: ~20% more pushes a second than with the thread).
+A journal write ends in an fdatasync, and a thread of ours that made it must take
+the GIL back from the busy event loop before the push can be acknowledged; a child
+process has a GIL of its own, so the event loop hands it each frame through a pipe
+and reads the answer like any other I/O (`bench ingest`: ~20% more pushes a second).
+The child writes the segments (journal.py); the parent reads what earlier runs left.
 
-The child writes the segments (see journal.py); the parent reads what earlier
-runs left (`open`) before the child starts after them. Over the child's stdin
-and stdout:
-
-    request  <u8 op><u32 length><body>: op A, body an encoded frame; op R, body <u64 applied>
-    answer   to each A, in order: <u64 frame number> once it is on stable
-             storage, or <u64 0><u32 length><utf-8 reason> when the write failed
-
-A failed write is the child's last: the frame may lie torn in the segment, and
-replay stops at a torn frame, so a frame written after it could be
-acknowledged and still lost. The store then answers 503 until a restart
-replays every frame that was acknowledged.
-
-The child says it is ready once its segment is open. It ignores SIGINT,
-SIGTERM and SIGHUP and stops when its stdin closes, after every frame it was
-sent: a shutdown that drains accepted rows still journals them, and a parent
-that dies closes the pipe.
+Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 """
 
 from __future__ import annotations
@@ -44,6 +26,14 @@ from app.store.duckdb.journal import SEGMENT_BYTES, Frame, Journal
 
 log = logging.getLogger(__name__)
 
+# Over the child's stdin and stdout:
+#   request  <u8 op><u32 length><body>: op A, body an encoded frame; op R, body <u64 applied>
+#   answer   to each A, in order: <u64 frame number> once it is on stable storage,
+#            or <u64 0><u32 length><utf-8 reason> when the write failed
+# A failed write is the child's last: the frame may lie torn in the segment, and replay
+# stops at a torn frame, so a frame written after it could be acknowledged and lost.
+# The child ignores SIGINT, SIGTERM and SIGHUP and stops when its stdin closes, after
+# every frame it was sent: a draining shutdown still journals accepted rows.
 _REQUEST = struct.Struct("<cI")
 _NUMBER = struct.Struct("<Q")
 _LENGTH = struct.Struct("<I")

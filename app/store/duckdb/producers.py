@@ -2,16 +2,11 @@
 
 The store is one process that sees every write, so its ledger lives in memory
 (`Tally`), decided on as each append is journaled: the entries an append changes
-travel in the append's journal frame with its rows, so the frame that makes the
-rows durable makes the ledger's word on them durable too, and a recovery replays
-both. The applier writes the entries to `producer_epochs` every 64 frames that
-changed some, at most once a second (every entry changed since, in one statement),
-and on close; the journal keeps the segments of frames whose entries are not
-written yet, and a start replays them before it reads the table back.
+travel in its journal frame with its rows, and a recovery replays both. "Two
+instances" here means one after another on the same file (a restart, a recovery
+after a kill): the second continues the first's ledger.
 
-"Two instances" cannot mean two processes here: a DuckDB file is locked by the
-one process that opened it. It means one instance after another on the same file
-(a restart, or a recovery after a kill): the second continues the first's ledger.
+Design: docs/producers.md#exactly-once-by-producer-sequence
 """
 
 from __future__ import annotations
@@ -46,6 +41,10 @@ def load(con: duckdb.DuckDBPyConnection) -> list[EpochEntry]:
     return [decode_entry(data) for (data,) in rows]
 
 
+# The applier writes the entries to `producer_epochs` every 64 frames that changed
+# some, at most once a second (every entry changed since, in one statement), and on
+# close; the journal keeps the segments of frames whose entries are not written
+# yet, and a start replays them before it reads the table back.
 def write(
     con: duckdb.DuckDBPyConnection,
     changed: Iterable[EpochEntry],

@@ -1,15 +1,12 @@
 """A DuckDB store's file, read by another process while the service holds it.
 
-DuckDB locks a database file to one process: while the service runs on it, no
-other process may open it, not even read-only. So a reader that finds the lock
-held takes a copy of the file (and of its write-ahead log) instead, and reads that.
+DuckDB locks a database file to one process, even against readers; a reader that
+finds the lock held takes a copy of the file and its write-ahead log instead. A
+copy is consistent when nothing was written to either file while it was taken (a
+state DuckDB recovers from after a crash): each file's size and modification time
+before and after say whether that held, else the copy is taken again.
 
-A copy is consistent when nothing was written to either file while it was taken:
-it is then the files as they were at one moment between two writes, which is a
-state DuckDB recovers from after a crash (replaying the log). Each file's size
-and modification time (nanoseconds) before and after the copy say whether that
-held; if not, the copy is taken again. The service applies rows every 50 ms at
-most and a copy of a laptop's file takes milliseconds, so a retry or two does.
+Design: docs/typed-columns.md#on-duckdb
 """
 
 from __future__ import annotations
@@ -47,6 +44,8 @@ def held(exc: duckdb.Error) -> bool:
     return "lock" in str(exc).lower()
 
 
+# The service applies rows every 50 ms at most and a copy of a laptop's file takes
+# milliseconds, so a retry or two does.
 def copy(path: Path, into: Path, *, seconds: float = COPY_SECONDS) -> Path:
     """A consistent copy of the database at `path` (and its log) in the directory `into`."""
     wal = path.with_name(path.name + ".wal")

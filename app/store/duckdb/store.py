@@ -1,22 +1,12 @@
 """The embedded default store: one DuckDB file (or memory), one process.
 
-An append is durable once its rows are in the commit journal: one write and
-one fdatasync (journal.py), made by a writer process of its own so that the
-event loop never waits for a thread to win the GIL back (journal_process.py).
-An applier task then moves journaled rows into DuckDB as Arrow batches through
-a single writer thread, many appends per INSERT. Reads run on a small pool of
-reader threads with their own cursors, so neither blocks the event loop. Pages
-never reach past the oldest row not yet applied (the read horizon), and point
-reads wait until every append made before them is applied, so a client reads
-its own acknowledged writes.
+An append is durable once its rows are in the commit journal (journal.py, written
+by a process of its own: journal_process.py); an applier moves journaled rows into
+DuckDB through a single writer thread, and reads run on reader threads. Pages never
+reach past the oldest row not yet applied (the read horizon). One process sees
+every write, so message_id is unique on insert and the producer ledger is in memory.
 
-A DuckDB file is locked by one process, so this store sees every write: it
-keeps message_id unique on insert (a primary key), and the first stored copy
-of a message is the only one. For the same reason it keeps the ledger of
-producer sequences in memory, settling each append's sequences before its frame
-is journaled (producers.py). A later copy whose content differs (a message id
-used twice) is told to the conflict observer as it is applied, a few
-milliseconds after its push was acknowledged.
+Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 """
 
 from __future__ import annotations

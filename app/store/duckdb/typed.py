@@ -1,25 +1,13 @@
 """Typed columns in DuckDB: each record's payload projected onto its topic schema's fields.
 
-The projection lives in a table of its own, `record_fields` (message_id, then
-`projection_errors`, then one STRUCT column `fields` of the table's typed
-fields), joined to `records` by the view `records_typed`. Not columns of
-`records` itself: that table is derived from `Record` like every store's, and
-the API reads it as it always did, while `fields` changes type with every
-revision that adds or widens a field (`ALTER COLUMN … SET DATA TYPE`, which
-DuckDB applies by field name: older rows get NULL in the new fields).
-
-Records that name no revision are projected under the declared one, where
-the system declares a schema for its JSON topic (`Revisions.declare`).
-
-Each revision's fields are kept in `typed_revisions` in the order revisions
-first arrived, so the table's fields are the same merge after a restart, and
-rows replayed from the journal are projected without asking the Schema API.
-A revision is kept there in the transaction that changes `fields` for it, so
-a change DuckDB refuses leaves neither, and the next start has nothing to
-redo. A revision the table cannot take (past a cap of the mapping, past the
-table's own `MAX_FIELDS`, or a change DuckDB refused) has no typed columns:
-its records are stored, each with a projection error that says why.
+The projection lives in a table of its own, `record_fields`, joined to `records`
+by the view `records_typed`; its STRUCT column `fields` changes type with every
+revision that adds or widens a field. Each revision's fields are kept in
+`typed_revisions`, in the transaction that changes `fields` for it, so the merge
+is the same after a restart and journal replay never asks the Schema API.
 Everything here runs on the store's single writer thread.
+
+Design: docs/typed-columns.md#on-duckdb
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
 """The export's state in Spanner: a lease (`export_lease`) and each table's progress
 (`export_progress`), as the serving database holds them.
 
-What they mean, and who writes them when, is the exporter's
-(`app.store.tiered.exporter`); this module only reads and writes the rows,
-each within the deadline of the call it serves, for `SpannerServing`'s
-public methods (`claim_lease`, `release_lease`, `progress`, `record_progress`,
-`watermarks`). Every progress write is a compare-and-set: it changes the row
-only if the row is still the one its writer read (`Progress.updated`, the
-commit time of the write that made it), checked in the same transaction as
-the lease, else `ProgressMoved` and nothing is written. A transaction that
-Spanner aborted and the client library ran again after its caller gave up
-(or whose commit lands late) thus cannot put back an older state.
+What they mean, and who writes them when, is the exporter's; this module reads and
+writes the rows, each within its call's deadline. Every progress write is a
+compare-and-set on the row its writer read, in the lease's transaction (`record`).
+The progress row's columns are derived from `Progress` and `Intent`, and the
+schema check reads them from here too.
 
-The progress row's columns are derived from `Progress` and `Intent` (a
-pending batch's columns are the Intent's, prefixed `pending_`),
-as `app.records.columns` derives a table's from its row: the schema check
-(`schema.expected_columns`) reads them from here too.
+Design: docs/stores.md#the-exporter
 """
 
 from __future__ import annotations

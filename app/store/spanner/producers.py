@@ -1,18 +1,12 @@
 """The completeness ledger in Spanner: `producer_epochs`, written in each group commit.
 
-A group commit whose rows carry producer sequences reads the entries of their
-producers (every epoch of each: a key range per producer, at most MAX_EPOCHS
-rows), settles the batch against them (`app.store.producers.Tally`), and writes
-the entries it changed in the same read-write transaction as the rows. Two
-instances committing the same producer's messages both read its entries, so
-Spanner lets one commit and aborts the other, whose retry reads what the first
-wrote: one of them stores a sequence, never both. The price is that one
-producer's commits take turns across the fleet (its entries are a row per epoch);
-different producers never wait for each other.
+A group commit whose rows carry producer sequences reads their producers' entries
+(a key range per producer, at most MAX_EPOCHS rows), settles the batch against
+them (`app.store.producers.Tally`) and writes the entries it changed in the same
+transaction as the rows: of two instances committing one producer's messages,
+Spanner aborts one, so one producer's commits take turns across the fleet.
 
-Each entry is one row, its state a msgpack value (`encode_entry`): its fields
-change without a schema change. `last_seen` carries the row deletion policy: an
-epoch not heard of for the retention goes with its rows.
+Design: docs/producers.md#exactly-once-by-producer-sequence
 """
 
 from __future__ import annotations
@@ -32,6 +26,9 @@ from app.store.producers import (
     encode_entry,
 )
 
+# One row per producer and epoch, its state a msgpack value (`encode_entry`), so its
+# fields change without a schema change; `last_seen` carries the row deletion
+# policy: an epoch not heard of for the retention goes with its rows.
 TABLE: Final = "producer_epochs"
 NAMES: Final = ["producer", "epoch", "entry", "last_seen"]
 # Column, type and nullable, as INFORMATION_SCHEMA names them.

@@ -1,30 +1,13 @@
 """`recordline restore rows`: write back into a serving database the rows it lost.
 
 Spanner copies nothing from one database to another, so this does, a page at a
-time (docs/operations.md, "Recovering a serving database"). The source is read
-at one timestamp, so every page sees the same database:
+time, from a source read at one timestamp (the live database `--at T` before a
+mistake, or a backup restored into a scratch instance). Each page inserts only
+the rows the destination lacks, exactly as read, so the command can run again
+after any failure and writes nothing twice. Spanner's client is imported when a
+command runs, not when the parser is made.
 
-- the live database itself as it was before an operator's mistake (`--at T`,
-  within its `version_retention_period`: point-in-time recovery keeps every old
-  version that long), when rows were deleted: no second database is needed,
-  and no free database slot on the instance;
-- a database restored from a backup into a scratch instance, read as it is
-  (nothing writes to it), when a table or an index was dropped.
-
-Each page of `records` or `rejected`, in key order, is compared with the
-destination in one read-write transaction that inserts the rows the
-destination lacks, exactly as they were read (their `ingest_time` included),
-and changes nothing else: a row the destination holds, because the mistake
-spared it or a push stored it again since, is left as it is. So the command
-can be run again after any failure, or twice, and writes nothing twice; it
-names the key it stopped at. Every request has a deadline (`--timeout` per
-page), and the pushes keep flowing meanwhile.
-
-Rows written back behind the exporter's watermark are not exported again:
-they had been, as a rule, before the mistake (the export lags by seconds), and
-`recordline export verify --since T` says whether BigQuery holds every row.
-
-Spanner's client is imported when a command runs, not when the parser is made.
+Design: docs/operations.md#recovering-a-serving-database
 """
 
 from __future__ import annotations

@@ -1,32 +1,12 @@
 """The serving tier's Spanner schema, derived from the row definition.
 
 Every column of `Record` and `Rejection` (`app/records.py`) is a column of the
-table of the same name. The statements are the baseline every serving database
-was created with (`BASELINE`, never changed) followed by the released
-migrations (`MIGRATIONS`, append only); `recordline schema spanner` prints them
-and Terraform applies the same list, whose `ddl` only ever grows: the provider
-runs statements appended at its end on the existing database, and replaces the
-database (which `prevent_destroy` refuses) for any other change. A new column
-of `app/records.py` is one line appended to `MIGRATIONS`:
-`add_column("records", "name")`; a new table or index, its `CREATE` statement.
+table of the same name: the statements every serving database was created with
+(`BASELINE`) followed by the released migrations (`MIGRATIONS`), which
+`recordline schema spanner` prints and Terraform applies. The service never
+changes the schema: at start it refuses a database that lacks what it uses.
 
-The service never changes the schema: at start it checks that the database
-has at least every column (of the type it writes) and index it uses, and
-refuses to serve one that lacks any, naming each. So the migration is applied
-(Terraform) before the image that needs it is deployed; a database ahead of
-the image is served as before, since every migration only adds.
-
-Keys. Pub/Sub message ids grow with time and the commit timestamp always
-does, so a key or an index that starts with either would send every write to
-the last split of the table (a hot spot). Each table's key starts with
-`shard`, a hash of the message id modulo `SHARDS`, and its time index with
-the same shard: writes spread over `SHARDS` ranges, and a page merges
-`SHARDS` ordered ranges. Record ids are the publisher's and may grow too, so
-the id index starts with `id_shard`. The service computes both (`shard_of`);
-a look-up by key computes the same value.
-
-JSON columns are STRING here: Spanner's JSON type normalises the text, and a
-record's `data` is served exactly as published.
+Design: docs/stores.md#serving-tier-spanner-in-front-of-bigquery-recordline_serving
 """
 
 from __future__ import annotations
@@ -44,6 +24,8 @@ from app.store.spanner.ledger import DECISION_COLUMNS, UPDATED, progress_columns
 # (far beyond 1,000 rows a second) while a page reads at most 16 ranges.
 SHARDS: Final = 16
 
+# JSON columns are STRING: Spanner's JSON type normalises the text, and a record's
+# `data` is served exactly as published.
 _TYPES: Final = {
     Kind.STRING: "STRING(MAX)",
     Kind.INT64: "INT64",
@@ -155,8 +137,10 @@ def _column_ddl(column: Column) -> str:
 RETENTION_PLACEHOLDER: Final = "${retention_days}"
 
 # The statements every serving database was first created with, as released: never
-# edited, since a changed statement would replace every database (see the module's
-# docstring). Columns added to app/records.py since are migrations below.
+# edited. Terraform's `ddl` only ever grows: the provider runs statements appended at
+# its end on the existing database, and replaces the database (which
+# `prevent_destroy` refuses) for any other change. Columns added to app/records.py
+# since are migrations below.
 BASELINE: Final = (
     "CREATE TABLE records (\n"
     "  `shard` INT64 NOT NULL,\n"
@@ -219,6 +203,9 @@ _ZERO: Final = {
 # serving database after the baseline (Terraform appends them to its `ddl`). Append
 # only: a statement here is never edited, moved or removed, and only ever adds (a
 # column, a table, an index), so the image before it serves a migrated database too.
+# A new column of app/records.py is one line: `add_column("records", "name")`; a new
+# table or index, its `CREATE` statement. Terraform applies it before the image that
+# needs it is deployed: the service refuses a database that lacks what it uses.
 MIGRATIONS: Final[tuple[str, ...]] = (
     # The exporter's progress per table and its lease (app/store/tiered/exporter.py).
     "CREATE TABLE export_progress (\n"

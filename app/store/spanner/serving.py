@@ -1,40 +1,13 @@
 """Recent rows in Spanner: one read-write transaction per group commit, reads at exact times.
 
-Writes. A group commit is one transaction: it reads which of its messages
-are stored already (by key), inserts the others with the commit timestamp as
-their `ingest_time`, and commits. The first copy of a message wins by the key
-itself; a later copy changes nothing, and the transaction hands back the
-stored copy instead, so the analytics store is given exactly what Spanner
-holds. Spanner aborts a transaction that races another; the client retries
-it with backoff until the write deadline. Rows that carry producer sequences
-have their producers' entries of the ledger read and written in the same
-transaction (producers.py): a publisher's copy of a stored sequence is not
-inserted, whichever instance commits it.
+A group commit inserts the messages not stored yet, stamped with the commit
+timestamp; a page is one read at an exact timestamp never earlier than its upper
+bound, so it is complete up to it. The client's supported API is synchronous, so
+every call runs on this store's daemon threads (`app.store.threads`), each
+request bounded by what is left of its call's `Deadline`.
 
-Reads. A page is one read at an exact timestamp that is never earlier than
-the page's upper bound: every commit before that bound has a timestamp
-before it (a later commit always gets a later one), so nothing can appear
-behind a cursor afterwards and the page is complete up to its bound. Times
-leave Spanner as microseconds (`UNIX_MICROS`), as `Record` holds them.
-
-`google-cloud-spanner`'s supported API is synchronous, so every call runs on
-a small pool of daemon threads of this store's (`app.store.threads`); a group
-commit or a page is one call.
-
-Deadlines. Every call has one (`Deadline`), and every request it makes to
-Spanner is bounded by what is left of it: each read and query is given that
-as its `timeout` and a `retry` of its own (UNAVAILABLE retried with jittered
-exponential backoff until then), each transaction `timeout_secs`. Without
-them a Spanner that refuses connections made a thread spin: the client
-restarts a streamed read after UNAVAILABLE at once and forever
-(`_restart_on_unavailable` in `google.cloud.spanner_v1.snapshot`), and an
-idle instance burnt most of a core. Two requests the client library makes
-on its own take no deadline from the caller: a commit inside
-`run_in_transaction` (retried on UNAVAILABLE up to the library's hour, with
-backoff to 32 s) and the session pool's session calls (30 s). Those are bounded
-another way: the caller stops waiting at its deadline, the thread waits in
-backoff (no CPU), and a stop closes the channels and leaves the daemon thread
-behind (`close`).
+Design: docs/stores.md#serving-writes, docs/stores.md#serving-reads and
+docs/stores.md#serving-deadlines
 """
 
 from __future__ import annotations

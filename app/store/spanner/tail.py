@@ -1,25 +1,12 @@
 """The serving tier's tail: what this instance's followers read, refreshed from Spanner.
 
-Each poll read from Spanner would make Spanner's load grow with the number of
-followers; instead each instance reads what was committed since its last
-read, once for every follower that asks at that moment and at most every
-`refresh_seconds`, and answers every follower whose cursor lies in the last
-`window_seconds` from memory (`app.store.tail`). Spanner's load then grows
-with instances, not followers.
+Each instance reads what was committed since its last read, once for every
+follower that asks then and at most every `refresh_seconds`, and answers every
+follower in the last `window_seconds` from memory (`app.store.tail`): Spanner's
+load grows with instances, not followers. Each refresh reads `[end, now)` at
+exactly `now`, so the tail answers as one read at `end` would.
 
-Exactness. The tail holds every record with a key after `start` and an
-ingest time before `end`. Each refresh reads the records in `[end, now)` at
-exactly `now`: every commit before `now` has a timestamp before it, so once
-read that range is complete, and the tail answers as one read at `end`
-would. A page it serves says it is complete up to `end`, not further.
-
-Waking. A refresh that finds records rings the tail's bell (`app.store.bell`),
-whoever asked for it: the loop that refreshes while followers wait (`watch`)
-or a follower's own read, which finds them for every follower waiting then.
-The store refreshes only up to its read horizon, where every follower's page
-reaches, so a follower woken by a ring reads what rang it: a ring for a
-record past a page's bound would wake it to an empty page, and no ring
-would come for that record again.
+Design: docs/stores.md#serving-reads
 """
 
 from __future__ import annotations
@@ -94,7 +81,12 @@ class TailCache:
         """While followers wait, bring the cache up to `horizon()` (the store's read
         horizon) once per refresh interval for all of them: what another instance
         commits reaches them within the interval, and the reads grow with
-        instances, never with followers. A refresh that finds records rings."""
+        instances, never with followers. A refresh that finds records rings.
+
+        It refreshes only up to the read horizon, where every follower's page
+        reaches, so a follower woken by a ring reads what rang it: a ring for a
+        record past a page's bound would wake it to an empty page, and no ring
+        would come for that record again."""
         while True:
             await self.bell.wanted.wait()
             await asyncio.sleep(self.refresh_seconds)

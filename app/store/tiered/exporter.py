@@ -1,96 +1,12 @@
 """The exporter: Spanner's rows into BigQuery, each exactly once, by one instance at a time.
 
-With a serving tier, Spanner is the system of record: a push is acknowledged
-once its group commit is durable there, and BigQuery is fed from Spanner by
-this exporter, never from the push path.
+It reads closed windows of rows in `(ingest_time, message_id)` order, writes an
+intent to Spanner before each append at an offset of a COMMITTED Storage Write
+stream, and moves progress only by compare-and-set under the lease
+(`app.store.spanner.ledger`). Each table is a round of its own: a failure pauses
+or blocks that table alone; only the lease is shared.
 
-Closed windows. Every row's `ingest_time` is its commit timestamp, and a read
-at an exact timestamp `T` sees every commit at or before `T` (a commit still
-in flight gets a later timestamp, or the read waits for it). So the rows with
-`ingest_time <= T`, read at `T`, are final: no row can appear among them
-later. The exporter reads such windows, `SETTLED_MICROS` behind now so that
-the read never waits, in `(ingest_time, message_id)` order after the last row
-it exported.
-
-Exactly once. Each table is appended to one application-created COMMITTED
-Storage Write stream at offsets (`OffsetStream`): an append at an offset
-already written to is refused as `ALREADY_EXISTS`. Before appending a batch
-the exporter writes to Spanner which rows it is (the key of its last row and
-their count: an intent) and at which offset; after BigQuery acknowledged it
-(or refused it as already there), it writes the batch done. An exporter that
-restarts, or another that takes over, finds the intent and appends exactly
-those rows at exactly that offset again: stored once, or refused as there.
-Progress is kept per table in `export_progress`.
-
-Progress never goes back. Every progress write is a compare-and-set on the
-row its writer read, in the same transaction as the lease check
-(`app.store.spanner.ledger.record`): a transaction that Spanner aborted and
-the client library ran again after its caller stopped waiting, or whose
-commit lands late, finds a newer row and writes nothing (`ProgressMoved`);
-the exporter then reads the row again. And `ALREADY_EXISTS` counts as
-"stored" only for a batch that may have been appended before (an intent read
-back from Spanner, or one the stream itself sent again): for a batch sent for
-the first time it means the stream holds rows the progress does not know of,
-and the table is blocked with that reason, nothing marked done.
-
-One at a time. The exporter runs in every instance of the exporter service
-(`app.exporter`; or in the one process that also serves, `recordline dev`)
-and works only while it holds the lease in `export_lease` (`LEASE_SECONDS`,
-renewed three times as often); one whose instance died is taken over once
-its lease expires. Every instance asks for the lease at that same pace,
-holder or not.
-
-One code version. The lease names its holder's standing
-(`app.store.spanner.ledger.Standing`): its row schema and its revision
-(`code_version`). An exporter that stands higher takes a live lease over at
-its next claim: after a deploy, the new revision holds the export within one
-renewal, and an older one never takes it back while it lives; one of an
-older row schema never takes the lease at all once a newer one held it.
-The deploy puts the exporter service's new revision in place before any
-ingest revision that writes rows it must encode (`.github/workflows`), so
-the code that exports a row always knows its columns.
-
-Every progress write checks the lease in the same transaction, so an
-exporter that lost it (paused, partitioned) cannot move progress; and since its
-appends repeat an intent the new holder repeats too, neither can double a row.
-
-Never a row skipped. A row BigQuery refuses stops the export of its table at
-that row: the exporter names the message and the reason (`blocked`), logs
-it, and tries that table again every `BLOCKED_RETRY_SECONDS` while the other
-goes on; the lag alert fires while it waits. So does a batch whose rows are no
-longer in Spanner (deleted by the row deletion policy before they were
-exported), or a stream that no longer holds what the progress says it does.
-
-One table at a time. Each table is its own round: what fails there (BigQuery
-answering a failure, a row that cannot be read or encoded, anything the
-append raises) is that table's alone, and the other table's export goes on at
-its own pace. BigQuery's failures are sorted as `app.store.bigquery.stream`
-reads them, at the RPC level and in the response alike:
-- a stream gone (not found, finalized, expired, invalid) that took a new
-  batch is replaced by a new one, which takes the batch from offset 0 (none
-  of its rows can be in the old stream); if the new stream refuses it too, the
-  fault was the rows' or the table's, and the table is blocked with it;
-- a stream gone under a batch that may have been appended before (an intent
-  read back, or one the writer sent again) is settled: the old stream is
-  finalized, and the row count it answers says whether the batch is in it;
-  one BigQuery no longer has is asked about as `recordline export resync`
-  does, through a query of the rows BigQuery holds past the progress
-  (`held`): the whole batch, or none of it, moves the export on (past it, or
-  with it onto a new stream); anything else blocks the table, naming it;
-- a refusal asking again cannot mend (the table's schema, a permission, the
-  table gone) blocks the table with BigQuery's words;
-- a passing one (a quota, UNAVAILABLE) pauses that table alone, from
-  `RETRY_SECONDS` doubling to `RETRY_MAX_SECONDS`.
-A row that cannot be read from Spanner or encoded (any exception: a value a
-later version of the code cannot handle, a bug) blocks its table naming the
-message, so that `recordline export reject` can move it to the rejections;
-the rows before it in the batch are exported first. Anything else the
-append raises blocks the table naming the batch. Only the lease is shared:
-losing it, or Spanner refusing the claim, pauses both.
-
-An exporter whose loop keeps failing for longer than a lease (its supervisor
-says so: `step_down`) hands the lease back and claims no lease for a lease's
-time more, so that another instance takes the export over.
+Design: docs/stores.md#the-exporter
 """
 
 from __future__ import annotations

@@ -1,16 +1,13 @@
 """One system's export to BigQuery, run apart from its ingest (the exporter service).
 
-The exporter service (`app.exporter`) runs one `SystemExport` per system it
-exports: the system's serving database and BigQuery dataset, the exporter
-between them (`exporter.py`: the lease and the progress are the system's own,
-in its database), and the system's watermark read back for its lag, each loop
-under a supervisor of its own, so that what fails in one system is that
-system's alone. No push reaches it and no reader asks it: it opens no write
-path of its own into Spanner and serves nothing.
+The exporter service (`app.exporter`) runs one `SystemExport` per system: its
+serving database and BigQuery dataset, the exporter between them, and its
+watermark read back for its lag, each loop under a supervisor of its own, so what
+fails in one system is that system's. It serves nothing. The exporter does not
+start before Spanner shows a schema this code reads: until then that system's
+export waits, its loop restarting, counted and named.
 
-The exporter does not start before Spanner shows a schema this code reads: a
-database behind the code (a migration Terraform has not applied yet) keeps
-that system's export waiting, its loop restarting, counted and named.
+Design: docs/operations.md#the-exporter-service
 """
 
 from __future__ import annotations

@@ -1,49 +1,12 @@
-"""`recordline export …`: what an operator asks of the export, run where the service's
-settings and identity are: the system's Cloud Run job (`<system>-export`, from the
-image that serves, as the service's account: docs/operations.md, "Export
-blocked"), or a shell with the same settings.
+"""`recordline export …`: what an operator asks of the export (`status`, `retry`, `reject`,
+`resync`, `verify`), run where the service's settings and identity are: the system's
+Cloud Run job (`<system>-export`), or a shell with the same settings.
 
-- `status`: each table's export progress: its stream and offset, its watermark,
-  the batch in flight, and, if it is blocked, why and since when.
-- `retry TABLE --reason TEXT --operator WHO`: clear a blocked table's reason, so
-  that the exporter holding the lease tries it again at its next round instead
-  of within a minute (after a table or a permission is fixed).
-- `reject MESSAGE_ID --reason TEXT --operator WHO`: where `records` is blocked at
-  a row (one BigQuery refused, or one that could not be read or encoded), move
-  that record to the rejections (its reason says an operator did, why, and what
-  the stop said) and let the export go on without it. BigQuery appended none of
-  a batch it refused rows of (AppendRowsResponse.row_errors: "no rows in the
-  batch will be appended"), so the next batch is cut again at the same offset.
-  The record leaves `records` and the API answers for it as a rejection, which
-  the export copies to BigQuery's `rejected`.
-- `resync TABLE --reason TEXT --operator WHO`: where a table is blocked with its
-  progress and BigQuery's stream at odds (the stream holds rows past the
-  progress, or is finalized or gone while a batch's answer was unknown, or rows
-  were deleted before they were exported), ask BigQuery which rows past the
-  progress it holds, and, if they are every row Spanner has up to the last of
-  them (rows since deleted from Spanner aside), move the progress past them onto
-  a new stream: nothing doubled, nothing skipped that Spanner still has.
-  Otherwise nothing moves, and it says which row breaks the run.
-- `verify --since T`: Spanner against BigQuery, window by window
-  (`app.store.tiered.verify`).
+Each decision (`retry`, `reject`, `resync`) is written to `export_decisions` in the
+transaction of the change it makes, and logged with who asked and why.
 
-Each decision (`retry`, `reject`, `resync`) is written to the serving database
-(`export_decisions`), in the same transaction as the change it makes, and logged
-(WARNING, with `operator`, `reason`, `table` and `action` fields), with who
-asked and why: `--operator` as the operator names themselves, and the Cloud
-Run job execution that ran it (`CLOUD_RUN_EXECUTION`), whose audit log names
-the account that started it and whom it acted for.
-
-Exit codes, one line on stderr per error and no traceback:
-0 done (or nothing to do); 1 a table is blocked (`status`) or a window differs
-(`verify`); 2 a usage error (arguments, settings); 3 refused: the command would
-not act (not blocked there, the progress changed meanwhile, a resync that would
-skip or double a row, a read over the bytes cap); 4 unavailable: Spanner or
-BigQuery could not be reached or asked (no credentials included); 70 anything
-else (a bug: its one line says what).
-
-Each opens its own Spanner client (and BigQuery's, for `resync` and `verify`):
-never an exporter. This module imports neither client until a command runs.
+Design: docs/operations.md#running-export-commands, and when to run which:
+docs/operations.md#export-blocked
 """
 
 from __future__ import annotations
@@ -132,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace, operated: Operated) -> int:
-    """The command `args` asks for: its exit code (see the module notes)."""
+    """The command `args` asks for: its exit code (docs/operations.md#running-export-commands)."""
     from google.api_core.exceptions import GoogleAPIError
     from google.auth.exceptions import GoogleAuthError
 

@@ -1,27 +1,12 @@
 """BigQuery with a serving tier: Spanner the system of record, BigQuery fed from it.
 
-The package is the composition of the two backends, which never import each
-other: this store, the exporter that feeds BigQuery from Spanner
-(`exporter.py`, with its ledger in Spanner), and the supervisor of their
-background loops (`app.store.supervisor`: the tail's refresh, the watermark's
-reading, the export).
+The package composes the two backends, which never import each other: this
+store, the exporter that feeds BigQuery from Spanner (`exporter.py`), and the
+supervisor of their background loops (`app.store.supervisor`). A push is acknowledged
+once its group commit is durable in Spanner; reads from `serving_since` go to
+Spanner, older ones to BigQuery, where every row is final and exported.
 
-Writing. A group commit is one Spanner transaction; its rows carry the
-commit timestamp as their `ingest_time`, and the batch is acknowledged once
-it is durable there. BigQuery is not written from the push path: the exporter
-(`app.store.tiered.exporter`) appends Spanner's rows to it, each exactly once,
-in `(ingest_time, message_id)` order. Every row is checked against both
-stores' limits before the commit (`serving.too_large`): one Spanner could not
-hold becomes a rejection naming the limit, and never fails its batch-mates.
-
-Reading. `serving_since` is where Spanner's reads begin: the dedupe window and
-a day before now, rounded down to a day, and never past the exporter's
-watermark (every row before it is in BigQuery), rounded down alike. A cursor at
-or after it reads Spanner: one read at an exact time, so a page is complete up
-to its bound. An older cursor reads BigQuery up to that day, where every row
-is final and exported. Look-ups ask Spanner, and BigQuery only about rows
-older than Spanner's reach, whose answers cannot change until the day moves,
-and are kept until then.
+Design: docs/stores.md#serving-tier-spanner-in-front-of-bigquery-recordline_serving
 """
 
 from __future__ import annotations

@@ -1,25 +1,13 @@
 """Typed columns on the way from Spanner to BigQuery: the exporter's rows of `records`.
 
-Spanner keeps each payload as JSON (`data`); the exporter projects it onto the
-typed columns of `records` (`app.store.bigquery.typed`) as it appends it, the
-same projection BigQuery alone makes on the push path. The exporter meets rows
-that any instance decoded, so a revision this process never saw is fetched
-(`Revisions.lookup`); while it cannot be, the export pauses (rows wait in
-Spanner, nothing is skipped).
+The exporter projects each payload Spanner keeps as JSON onto the typed columns of
+`records` (`app.store.bigquery.typed`) as it appends it. A revision this process
+never saw is fetched (`Revisions.lookup`); while it cannot be, the export pauses.
+A batch that needs fields the write path lacks waits in Spanner, at most
+`WAIT_SECONDS`. A batch appended again may be encoded with more fields than its
+first attempt, but goes to the same offset, so BigQuery keeps one of them.
 
-A revision that adds a field patches the table first (with its
-ETag). The Storage Write API learns the new schema "on the order of
-minutes", and refuses a row naming a column it does not know yet; so a batch
-that needs fields the write path lacks waits in Spanner, the exporter
-asking again each round, at most `WAIT_SECONDS`. Past that it is appended
-with the fields the write path takes, every value it could not take named in
-`projection_errors` (and in `data`, as always). Waiting delays the export
-and nothing else: the push path never waits on BigQuery, and the lag alert
-says when the wait grows long.
-
-Exactly once holds whatever the encoding: a batch appended again after a
-restart may be encoded with more fields than its first attempt, but it goes
-to the same offset, so BigQuery keeps one of them.
+Design: docs/typed-columns.md#behind-the-serving-tier
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
 """Reconciliation: does BigQuery hold what Spanner holds, window by window?
 
-For each table and each window of `ingest_time` (an hour by default, aligned
-on the epoch) from `--since` up to the export watermark (every row before it
-should be in BigQuery), both sides are asked how many rows they hold and the
-XOR of their message ids' digests (`SpannerServing.window_digests`, and the
-same digest computed by BigQuery in SQL). A row missing, doubled or changed
-in its `ingest_time` or message id changes a window's count or digest.
+For each table and each window of `ingest_time` from `--since` up to the export
+watermark, both sides are asked how many rows they hold and the XOR of their
+message ids' digests: a row missing, doubled or changed in its `ingest_time` or
+message id changes a window's count or digest. Spanner keeps rows for its
+retention (`schema.retention_days`): a window older than that says so.
 
-What it reads, and how long each read may take. Spanner computes each
-window's count and digest itself, one window per call, over the time index:
-an hour at 100 messages a second is 360,000 rows of two columns, and a call
-has `SPANNER_SECONDS`, whatever the range (a day is 24 such calls). BigQuery
-is asked a day of windows per query (`CHUNK_WINDOWS`), each with
-`BIGQUERY_SECONDS`: billed for the two columns it reads (`message_id` and
-`ingest_time`, about 40 bytes a row: some 350 MB for a day at that rate, under
-the default cap of RECORDLINE_QUERY_MAX_BYTES_BILLED). A day neither side holds
-a row of costs that query and one for Spanner's first row in it, no window
-read. These are bounds, not measurements: a real instance's figures come from
-its own runs. Windows are given as they are compared, so a long range shows
-its progress.
-
-Spanner keeps rows for its retention (`schema.retention_days`): a window
-older than that holds fewer rows there than in BigQuery, and says so.
+Design: docs/stores.md#the-exporter
 """
 
 from __future__ import annotations
@@ -34,10 +19,15 @@ from app.store.bigquery.queries import QueryRunner
 
 # The windows compared: an hour of rows each.
 WINDOW_MICROS: Final = 3_600_000_000
-# One Spanner call per window, given this long.
+# One Spanner call per window, given this long, whatever the range (a day is 24
+# calls): Spanner computes a window's count and digest itself over the time index,
+# and an hour at 100 messages a second is 360,000 rows of two columns.
 SPANNER_SECONDS: Final = 60.0
 # BigQuery is asked this many windows at a time (a day of hours), each query
-# given this long.
+# given this long, billed for `message_id` and `ingest_time` (about 40 bytes a
+# row: some 350 MB for a day at 100 a second, under the default bytes cap). A day
+# neither side holds a row of costs that query and one for Spanner's first row in
+# it. These are bounds, not measurements.
 CHUNK_WINDOWS: Final = 24
 BIGQUERY_SECONDS: Final = 120.0
 

@@ -1,65 +1,19 @@
 """What one connection may cost: every byte of every request bounded, in size and in time.
 
-uvicorn reads a request's line, headers, body and trailers before any route or
-guard runs, and its httptools protocol bounds none of them: headers without
-end grew the process by gigabytes, a body sent a byte a second or a blank line
-after an answer held a connection forever, an upgrade (`h2c`) or a `CONNECT`
-left the rest of the connection unread by any bound, and a chunked body's
-trailers (64 MiB of them: +222 MB, 11 s of CPU) became request headers.
-So every connection is served by `BoundedHttpTools`: uvicorn's httptools
-protocol, following each request through the callbacks of the parser uvicorn
-itself feeds (one parser: nothing is parsed twice, and no second parser can
-lose track of the first):
+Every connection is served by `BoundedHttpTools`, uvicorn's httptools protocol
+following each request through the callbacks of the parser uvicorn itself feeds:
+a head's size and time, a body's time, trailers dropped, upgrades and `CONNECT`
+refused, `Host` checked, and at most `max_connections` a process (`Connections`).
 
-- a request's head (its line and headers) is at most `max_header_bytes` and
-  `MAX_HEADERS` fields, measured whole however its bytes arrive: while it is
-  incomplete, by every byte of the reads it came in but the body of a request
-  before it; once complete, if those reads held more than the bound, exactly (its
-  URL and its fields). So a head is refused at most one read (256 KiB) past its
-  bound, whether it came in one read or behind other requests. Past it: 431, and
-  the connection is closed without the app being called;
-- a head is due within `header_timeout` of its first byte: any byte, so that
-  blank lines between requests start the clock too (for a connection's first
-  request, of the connection's opening);
-- a body, and a chunked body's trailers, are due within `body_timeout` of the
-  head's end, while the server itself reads (not while it holds the reading back
-  for the app); past it: 408 if nothing was answered yet, and closed;
-- trailers never become headers: they are measured with the body's framing (at
-  most `max_header_bytes`, and `CHUNK_FRAMING` more a chunk) and dropped;
-- a request answered before its body was read whole ends its connection: nothing
-  is read only to be dropped (a 401 or a 413 does not read the 10 GB behind it);
-- `Connection: Upgrade` and `CONNECT` are answered 400 and the connection closed:
-  the service has no WebSocket route, and an upgraded or tunnelled connection is
-  no HTTP/1.1 a bound here could follow;
-- a request without `Host` (HTTP/1.1) or with two is answered 400 (RFC 9112 §3.2);
-- a process keeps at most `max_connections` (`Connections`): one more closes the
-  connection that has held no request longest (idle between requests, or with
-  its head still arriving), and with every connection busy its request is
-  answered 503. uvicorn's `timeout_keep_alive` closes a connection idle between
-  requests.
-
-Why a layer over uvicorn's httptools rather than a server with bounds of its
-own (`python3 dev.py bench server`, and docs/benchmarks.md): none of the servers
-measured bounds what this layer bounds. uvicorn's h11 protocol takes a 100 KB
-head in one read past a 16 KiB bound, holds a body sent a byte a second, and
-costs 2.2 times httptools' instructions a push (1.43 times, serving Recordline).
-Hypercorn bounds heads, but switches an `h2c` upgrade to HTTP/2, holds a slow
-body, and costs 3.1 times. Granian (hyper, in Rust threads of its own) bounds
-heads and their time natively and costs as many instructions (0.99, every thread
-counted) and less CPU a push on one CPU (0.79 to 0.91; 1.14 across two), but
-answers a 64 MiB trailer with the app's 500 (a 5xx a sender controls), passes
-`CONNECT` to the app, and has no body deadline, no bound on connections and no
-`Host` check: it would need a layer of its own in the app, and a process model
-of its own for `recordline serve` (its start, its stop within Cloud Run's 10 s).
-This layer costs 2% of a Recordline push's instructions (5.7% of the floor's
-lighter push), as the second parser it replaces did.
+Design, and why a layer over httptools rather than another server:
+docs/security.md#request-bounds
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -100,6 +54,13 @@ BODY: Final = 2
 _uvicorn = HttpToolsProtocol
 
 
+class ConnectionObserver(Protocol):
+    """Told of each connection refused or closed by a bound; telemetry implements it
+    (`recordline.connections.refused`, by reason)."""
+
+    def refused(self, reason: str) -> None: ...
+
+
 class Refused(Exception):
     """Raised from a parser callback to stop httptools at once: what comes after a
     refused upgrade is no HTTP this layer follows."""
@@ -135,7 +96,7 @@ class Connections:
         while len(self._open) >= self.most and self._idle:
             longest = next(iter(self._idle))
             self.closed(longest)
-            longest.shed()
+            longest.evict()
         self._open.add(connection)
         self._idle[connection] = None
         return len(self._open) <= self.most
@@ -166,6 +127,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     limits: ClassVar[ServerSettings]
     problems: ClassVar[Problems]
     kept: ClassVar[Connections]
+    observer: ClassVar[ConnectionObserver | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -243,6 +205,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         # uvicorn's answer to a parser error, a callback's included: a refusal decided
         # here is answered as itself.
         if self._refusal is None:
+            self._count("malformed")
             super().send_400_response(msg)
         else:
             self._refuse()
@@ -261,6 +224,11 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.shed()
         elif self._in_flight == 0:
             self.kept.idle(self)
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one."""
+        self._count("idle-evicted")
+        self.shed()
 
     def shed(self) -> None:
         """Close the connection, answering nothing more."""
@@ -331,11 +299,10 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._taken + self._read > limit or len(headers) > MAX_HEADERS:
             size = len(self.url) + sum(len(n) + len(v) + HEADER_FRAMING for n, v in headers)
             if size > limit or len(headers) > MAX_HEADERS:
-                return answer(self._too_large("the request line and headers"), self.problems)
+                return self._answer(self._too_large("the request line and headers"))
         if self.parser.should_upgrade():
-            return answer(
-                UpgradeNotServed("this service serves HTTP/1.1 only: no upgrade, no CONNECT"),
-                self.problems,
+            return self._answer(
+                UpgradeNotServed("this service serves HTTP/1.1 only: no upgrade, no CONNECT")
             )
         hosts = 0
         for name, _ in headers:  # lower-cased by uvicorn
@@ -343,17 +310,15 @@ class BoundedHttpTools(HttpToolsProtocol):
                 hosts += 1
         if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
             said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
-            return answer(
-                AmbiguousRequest(f"{said}: an HTTP/1.1 request names its host once"),
-                self.problems,
+            return self._answer(
+                AmbiguousRequest(f"{said}: an HTTP/1.1 request names its host once")
             )
         if self._crowded and self.kept.crowded():
-            return answer(
+            return self._answer(
                 TooManyConnections(
                     f"every one of the {self.kept.most} connections this instance keeps "
                     "(RECORDLINE_MAX_CONNECTIONS) carries a request"
-                ),
-                self.problems,
+                )
             )
         return None
 
@@ -363,8 +328,17 @@ class BoundedHttpTools(HttpToolsProtocol):
             f"(RECORDLINE_MAX_HEADER_BYTES), or than {MAX_HEADERS} fields"
         )
 
+    def _answer(self, error: RecordlineError) -> bytes:
+        """`error` as the answer that ends this connection, counted by its problem."""
+        self._count(error.problem)
+        return answer(error, self.problems)
+
+    def _count(self, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.refused(reason)
+
     def _refuse_with(self, error: RecordlineError) -> None:
-        self._refusal = answer(error, self.problems)
+        self._refusal = self._answer(error)
         self._refuse()
 
     def _refuse_in_body(self, error: RecordlineError) -> None:
@@ -372,7 +346,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         has begun its own answer, and closed."""
         reading = self._reading
         started = reading is not None and reading.response_started
-        self._refusal = b"" if started else answer(error, self.problems)
+        if started:
+            self._count(error.problem)
+        self._refusal = b"" if started else self._answer(error)
         self._in_flight = 0
         self._refuse()
 
@@ -409,6 +385,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._deadline = None
         if self._phase != BODY:
             # A head not in within its time (or nothing at all since the connection opened).
+            self._count("head-timeout")
             self.shed()
         elif self.flow.read_paused:
             # The server holds the reading back (the app has not taken what came, or a
@@ -424,8 +401,11 @@ class BoundedHttpTools(HttpToolsProtocol):
             )
 
 
-def bounded_httptools(limits: ServerSettings) -> type[BoundedHttpTools]:
-    """The protocol class uvicorn is given (`http=`), with these bounds, for one server."""
+def bounded_httptools(
+    limits: ServerSettings, observer: ConnectionObserver | None = None
+) -> type[BoundedHttpTools]:
+    """The protocol class uvicorn is given (`http=`), with these bounds, for one server;
+    `observer` is told of each connection a bound refused or closed."""
     return type(
         "BoundedHttpTools",
         (BoundedHttpTools,),
@@ -433,5 +413,6 @@ def bounded_httptools(limits: ServerSettings) -> type[BoundedHttpTools]:
             "limits": limits,
             "problems": Problems(max_body_bytes=limits.max_body_bytes),
             "kept": Connections(limits.max_connections),
+            "observer": observer,
         },
     )

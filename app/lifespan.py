@@ -1,0 +1,117 @@
+"""The service's start and stop, in order, and undone in reverse.
+
+Each step is undone even when one before it failed: a store that fails to
+close still leaves telemetry flushed. The stop takes one budget
+(`app.process.StopBudget`); design: docs/contract.md (group commit, on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from litestar import Litestar
+
+from app.errors import StoreUnavailable
+from app.health import Readiness
+from app.ingest.batcher import Batcher
+from app.ingest.schemas import Schemas
+from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
+from app.routes.follow import Followers
+from app.store import Store
+from app.store.supervisor import Supervisor
+from app.telemetry import Telemetry
+
+log = logging.getLogger("recordline")
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A background loop of the app's own, supervised while the service runs."""
+
+    name: str
+    body: Callable[[], Awaitable[None]]
+    interval: float
+
+
+class AppLoops:
+    """The app's own background loops (beside the store's): each restarted if it
+    fails, and named by readiness while it is down."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._loops: list[Loop] = []
+
+    def add(self, loop: Loop) -> None:
+        self._loops.append(loop)
+
+    async def check(self) -> None:
+        down = self._supervisor.down()
+        if down:
+            raise StoreUnavailable(f"background work down: {'; '.join(down)}")
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        if not self._loops:
+            return
+        await self._supervisor.start()
+        stack.push_async_callback(self._supervisor.close)
+        for loop in self._loops:
+            self._supervisor.run(loop.name, loop.body, interval=loop.interval)
+
+
+@dataclass(frozen=True)
+class Lifespan:
+    """What the service starts, in order, and how it stops within `budget`."""
+
+    store: Store
+    batcher: Batcher
+    schemas: Schemas
+    followers: Followers
+    readiness: Readiness
+    telemetry: Telemetry
+    loops: AppLoops
+    budget: StopBudget
+    store_url: str
+
+    @asynccontextmanager
+    async def __call__(self, _: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(self._flush_telemetry)
+            await self.store.start()
+            stack.push_async_callback(self._close_store)
+            stack.push_async_callback(self.schemas.close)
+            await self.batcher.start()
+            stack.push_async_callback(self._drain)
+            await self.loops.start(stack)
+            # uvicorn waits for open requests before the lifespan ends: waiting
+            # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
+            stack.enter_context(on_terminate(self._stopping))
+            log.info("recordline ready on store %s", self.store_url)
+            yield
+        log.info("recordline stopped: accepted rows drained, store closed")
+
+    def _stopping(self) -> None:
+        # SIGTERM: the stop's clock starts now, not once uvicorn is done waiting.
+        self.budget.begin()
+        self.followers.stop()
+        self.batcher.hurry(within=self.budget.left(keeping=CLOSING_SECONDS))
+
+    async def _drain(self) -> None:
+        self.readiness.stopping = True
+        self.followers.stop()
+        await self.batcher.close(grace=self.budget.left(keeping=CLOSING_SECONDS))
+
+    async def _close_store(self) -> None:
+        # The clients are closed in what is left; a close cut short leaves
+        # only daemon threads, which do not hold the process up.
+        try:
+            async with asyncio.timeout(self.budget.left(keeping=TELEMETRY_SECONDS)):
+                await self.store.close()
+        except TimeoutError:
+            log.warning("the store did not close within the stop's budget; exiting anyway")
+
+    async def _flush_telemetry(self) -> None:
+        await self.telemetry.shutdown(within=max(self.budget.left(), TELEMETRY_SECONDS))
