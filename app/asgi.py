@@ -41,7 +41,7 @@ from app.routes.streams import STREAM_ROUTES
 from app.settings import QuerySettings, Settings, SettingsError
 from app.store import Store
 from app.store.open import open_store
-from app.store.tiered.supervisor import Supervisor
+from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
 

@@ -393,6 +393,7 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from app.store.open import operated
     from app.store.tiered import operator
     from app.telemetry import configure_logging, google_project
 
@@ -407,7 +408,7 @@ def _export(args: argparse.Namespace) -> int:
         project=google_project(settings),
         system=settings.telemetry.system,
     )
-    return asyncio.run(operator.run(args, settings))
+    return asyncio.run(operator.run(args, operated(settings)))
 
 
 def _exporter() -> int:
@@ -445,7 +446,11 @@ def _restore(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return restore.run(args, settings)
+    return restore.run(
+        args,
+        serving=settings.store.serving,
+        emulator_host=settings.store.spanner_emulator_host,
+    )
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -554,16 +559,11 @@ def _backfill_bigquery(
     from app.asgi import fetching_schemas
     from app.errors import StoreUnavailable
     from app.store.bigquery.backfill import BackfillError
-    from app.store.bigquery.store import BigQueryStore
+    from app.store.open import open_bigquery
 
     # Records name their revision; one no process of this run decoded is fetched.
     fetching_schemas(settings, revisions)
-    store = BigQueryStore.from_url(
-        settings.store.url,
-        settings,
-        emulator=settings.store.bigquery_query_endpoint or None,
-        revisions=revisions,
-    )
+    store = open_bigquery(settings, revisions=revisions)
 
     async def run() -> Any:
         await store.start()
@@ -763,7 +763,7 @@ class OneLineStartFailure:
     Litestar reports a lifespan that raised with its whole traceback, for a store
     that cannot be opened an ExceptionGroup of some 30 lines. A failure the
     service raises on purpose (a RecordlineError, such as a store that cannot be
-    reached, or a SettingsError, such as a Spanner schema that differs) is said
+    reached, or Misconfigured, such as a Spanner schema that differs) is said
     by its message, once (StartErrors); anything else is a bug and keeps its
     traceback.
     """
@@ -822,7 +822,7 @@ class OneLineStartFailure:
 
 def _expected(exc: BaseException) -> list[str] | None:
     """The messages of the failures the service raises on purpose, or None for any other."""
-    from app.errors import RecordlineError
+    from app.errors import Misconfigured, RecordlineError
 
     if isinstance(exc, BaseExceptionGroup):
         found: list[str] = []
@@ -832,7 +832,7 @@ def _expected(exc: BaseException) -> list[str] | None:
                 return None
             found += reasons
         return found
-    if isinstance(exc, RecordlineError | SettingsError):
+    if isinstance(exc, RecordlineError | Misconfigured):
         return [str(exc)]
     return None
 

@@ -29,6 +29,12 @@ def shortened(text: str) -> str:
     return f"{text[:_ECHO_HEAD]}…[{left_out} characters left out]…{text[-_ECHO_TAIL:]}"
 
 
+class Misconfigured(ValueError):
+    """What the service was given cannot be used: a setting's value (`SettingsError`),
+    or a store unlike the one it reads and writes (a Spanner schema that differs).
+    Said in one line when it stops a start; never the answer to a request."""
+
+
 class RecordlineError(Exception):
     """Base of every error Recordline answers with a problem document."""
 

@@ -22,7 +22,7 @@ from app.ingest.schemas import Schemas
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
 from app.routes.follow import Followers
 from app.store import Store
-from app.store.tiered.supervisor import Supervisor
+from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
 
 log = logging.getLogger("recordline")

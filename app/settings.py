@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal, NamedTuple, Self
 import msgspec
 from msgspec import Meta
 
+from app.errors import Misconfigured
+
 
 def env(name: str, doc: str, *, accepts: str | None = None, secret: bool = False) -> Meta:
     """A setting's variable and meaning; `accepts` says in words what a pattern
@@ -33,7 +35,7 @@ def env(name: str, doc: str, *, accepts: str | None = None, secret: bool = False
     return Meta(description=doc, extra=extra)
 
 
-class SettingsError(ValueError):
+class SettingsError(Misconfigured):
     """A setting has a value that cannot be used; the message names the variable
     (`var`, when one value is the cause, and what it `accepts`)."""
 

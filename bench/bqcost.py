@@ -42,6 +42,7 @@ from app.store import PageQuery
 from app.store.bigquery.sql import latest_sql, rejected_sql, select_list, stored_sql
 from app.store.bigquery.store import END_OF_TIME as END
 from app.store.bigquery.store import BigQueryStore
+from app.store.open import bigquery_options
 from tests.bigquery.billing import DOLLARS_PER_TIB, MIB, BillingModel, Layout
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -216,8 +217,10 @@ async def started_store(write_address: str, query_endpoint: str) -> BigQueryStor
     store = BigQueryStore(
         PROJECT,
         DATASET,
-        store=StoreSettings(bigquery_write_endpoint=write_address, settle_seconds=15),
-        query=QuerySettings(max_bytes_billed=1 << 50),
+        options=bigquery_options(
+            StoreSettings(bigquery_write_endpoint=write_address, settle_seconds=15),
+            QuerySettings(max_bytes_billed=1 << 50),
+        ),
         query_endpoint=query_endpoint,
     )
     await store.start()

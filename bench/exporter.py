@@ -44,9 +44,10 @@ import httpx
 
 from app.records import Record
 from app.settings import QuerySettings
+from app.store.open import spanner_database
 from app.store.spanner.ledger import standing_of
 from app.store.spanner.schema import ddl
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.spanner.serving import SpannerServing
 from bench.followers import cpu_seconds
 from bench.harness import free_port, table
 from recordline_dev.processes import stop_group
@@ -154,7 +155,7 @@ async def commit_rows(fleet: Fleet, names: list[str], rows: int) -> None:
     now = time.time_ns() // 1000
     for name in names:
         serving = SpannerServing(
-            SpannerDatabase.from_url(fleet.databases[name]), emulator_host=fleet.emulator.host
+            spanner_database(fleet.databases[name]), emulator_host=fleet.emulator.host
         )
         await serving.start()
         try:

@@ -8,9 +8,13 @@ import threading
 
 import pytest
 
+from app.errors import StoreUnavailable
+from app.records import Record
+from app.store import PageQuery
 from app.store.backoff import Backoff
+from app.store.duckdb.store import DuckDBStore
+from app.store.supervisor import Supervisor
 from app.store.threads import DaemonThreads
-from app.store.tiered.supervisor import Supervisor
 from tests.waiting import until
 
 
@@ -118,3 +122,52 @@ async def test_a_loop_down_for_longer_than_its_interval_is_told_so_once_a_streak
     now[0] += 10.0  # a run as long as its interval ends the streak
     assert supervisor.down() == []
     await supervisor.close()
+
+
+async def test_a_duckdb_applier_that_fails_is_restarted_and_named_while_down() -> None:
+    restarted: list[str] = []
+    broken = [False]
+
+    class Observer:
+        def restarted(self, loop: str) -> None:
+            restarted.append(loop)
+
+    def clock() -> int:
+        # The applier reads the clock for the tail once a batch is in DuckDB: a
+        # failure there is one nothing on its path catches.
+        if broken[0]:
+            raise RuntimeError("injected clock failure")
+        return 5_000_000_000
+
+    store = DuckDBStore(":memory:", clock=clock, loops=Observer(), apply_every=0.01)
+    await store.start()
+    try:
+        record = Record(message_id="m", publish_time=1, ingest_time=4_000_000, id="a", data="[1]")
+        broken[0] = True
+        await store.append([record])  # durable once journaled, before it is applied
+        down = await until(lambda: unready(store), what="readiness naming the applier")
+        assert "applier (RuntimeError: injected clock failure)" in down
+        assert set(restarted) == {"applier"}
+        broken[0] = False
+        assert await until(lambda: store.latest("a")) == record
+        await until(lambda: ready(store), what="readiness once the applier runs again")
+        # The batch it failed in was finished, not inserted again: its record
+        # reached the tail, which a follower reads.
+        query = PageQuery(after_time=0, after_message_id="", before_time=10**12, limit=10)
+        assert store.tail.covers(query)
+        assert (await store.page(Record, query)).rows == [record]
+    finally:
+        await store.close()
+
+
+async def unready(store: DuckDBStore) -> str:
+    """Why the store is not ready; empty if it is."""
+    try:
+        await store.check()
+    except StoreUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+async def ready(store: DuckDBStore) -> bool:
+    return await unready(store) == ""

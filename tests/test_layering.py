@@ -11,6 +11,7 @@ either.
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -67,6 +68,28 @@ WEB_MODULES = {
 # imports another backend, nor the composition.
 BACKENDS = {"app.store.bigquery", "app.store.duckdb", "app.store.spanner"}
 COMPOSITION = "app.store.tiered"
+# A store's background loops run under its supervisor (restarted, counted, named by
+# readiness), which alone starts tasks for them. What else starts a task in
+# app/store, and how often in that file, with why it is no background loop:
+TASK_CALLS = {"create_task", "ensure_future", "TaskGroup"}
+SUPERVISOR = "app/store/supervisor.py"
+NOT_LOOPS = {
+    # The reader of one journal writer process's answers: it ends with that process,
+    # whose failure readiness reports; a second reader could not tell which append
+    # an answer is for.
+    ("app/store/duckdb/journal_process.py", "create_task"): 1,
+    # Awaited by whoever starts them: an append's look-up of which of its records
+    # DuckDB will keep, one tail refresh or one cached query shared by the callers
+    # that arrive while it runs.
+    ("app/store/duckdb/store.py", "ensure_future"): 1,
+    ("app/store/spanner/tail.py", "ensure_future"): 1,
+    ("app/store/bigquery/cache.py", "ensure_future"): 1,
+}
+# Waits between attempts come from app/store/backoff.py alone.
+OTHER_BACKOFFS = {"exponential_sleep_generator"}
+# The one module of the store layer that reads the settings: it opens each store
+# from them, with plain values (and says which setting a bad one is).
+SETTINGS_SEAM = "app/store/open.py"
 
 
 def layer(module: str) -> str:
@@ -262,4 +285,117 @@ def test_the_check_finds_upward_imports(tmp_path: Path) -> None:
         "app/ingest/service.py:1 imports app.routes.query (ingest may not use web)",
         "app/store/bad.py:1 imports litestar (store may not use litestar)",
         "app/store/bad.py:4 imports app.telemetry (store may not use telemetry)",
+    ]
+
+
+def _called(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            return func.attr
+        if isinstance(func, ast.Name):
+            return func.id
+    return None
+
+
+def task_starts(app: Path = APP) -> Counter[tuple[str, str]]:
+    """Each call in app/store, outside the supervisor, that starts a task: by file and call."""
+    found: Counter[tuple[str, str]] = Counter()
+    for path in sorted((app / "store").rglob("*.py")):
+        where = str(path.relative_to(app.parent))
+        if where == SUPERVISOR:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            called = _called(node)
+            if called in TASK_CALLS:
+                found[(where, called)] += 1
+    return found
+
+
+def other_backoffs(app: Path = APP) -> list[str]:
+    """Each use in app/ of a backoff other than app/store/backoff.py's."""
+    found = []
+    for path in sorted(app.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.ImportFrom)
+                else [node.attr]
+                if isinstance(node, ast.Attribute)
+                else [node.id]
+                if isinstance(node, ast.Name)
+                else []
+            )
+            for name in set(names) & OTHER_BACKOFFS:
+                found.append(f"{path.relative_to(app.parent)}:{node.lineno} uses {name}")
+    return found
+
+
+def test_a_store_starts_tasks_only_through_its_supervisor() -> None:
+    assert task_starts() == Counter(NOT_LOOPS)
+
+
+def test_the_check_finds_a_bare_task_in_a_store(tmp_path: Path) -> None:
+    store = tmp_path / "app" / "store"
+    (store / "duckdb").mkdir(parents=True)
+    (store / "supervisor.py").write_text("import asyncio\nasyncio.TaskGroup().create_task(f())\n")
+    (store / "duckdb" / "store.py").write_text(
+        "import asyncio\n"
+        "async def start():\n"
+        "    asyncio.create_task(apply_forever())\n"
+        "    async with asyncio.TaskGroup() as group:\n"
+        "        group.create_task(expire_forever())\n"
+    )
+    assert task_starts(tmp_path / "app") == Counter(
+        {
+            ("app/store/duckdb/store.py", "create_task"): 2,
+            ("app/store/duckdb/store.py", "TaskGroup"): 1,
+        }
+    )
+
+
+def test_every_wait_between_attempts_is_the_one_backoff() -> None:
+    assert other_backoffs() == []
+
+
+def test_the_check_finds_another_backoff(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "w.py").write_text(
+        "from google.api_core.retry import exponential_sleep_generator\n"
+        "import google.api_core.retry as r\n"
+        "delays = r.exponential_sleep_generator(0.1, 5.0)\n"
+    )
+    assert other_backoffs(tmp_path / "app") == [
+        "app/w.py:1 uses exponential_sleep_generator",
+        "app/w.py:3 uses exponential_sleep_generator",
+    ]
+
+
+def settings_in_stores(app: Path = APP) -> list[str]:
+    """Each import of the settings in app/store, but by the seam that opens the stores."""
+    found = []
+    for path in sorted((app / "store").rglob("*.py")):
+        where = str(path.relative_to(app.parent))
+        if where == SETTINGS_SEAM:
+            continue
+        for line, name, names in _imports(path):
+            if name == "app.settings" or (name == "app" and "settings" in names):
+                found.append(f"{where}:{line} imports the settings")
+    return found
+
+
+def test_only_the_seam_of_the_store_layer_reads_the_settings() -> None:
+    assert settings_in_stores() == []
+
+
+def test_the_check_finds_a_store_reading_the_settings(tmp_path: Path) -> None:
+    store = tmp_path / "app" / "store"
+    (store / "spanner").mkdir(parents=True)
+    (store / "open.py").write_text("from app.settings import Settings\n")
+    (store / "spanner" / "serving.py").write_text(
+        "from app.settings import SPANNER_URL\n\ndef f():\n    from app import settings\n"
+    )
+    assert settings_in_stores(tmp_path / "app") == [
+        "app/store/spanner/serving.py:1 imports the settings",
+        "app/store/spanner/serving.py:4 imports the settings",
     ]

@@ -1,25 +1,37 @@
 """The store a RECORDLINE_STORE URL names: where the service chooses its backend.
 
-Each store's module is imported only when named: the Google clients the
-BigQuery store and the serving tier need take most of a second to import,
-which a service on DuckDB never pays.
+The one module of the store layer that reads the settings: each store is made
+here from plain values. Each store's module is imported only when named: the
+Google clients the BigQuery store and the serving tier need take most of a
+second to import, which a service on DuckDB never pays.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from app.settings import Settings, SettingsError, every_setting
+from app.settings import (
+    BIGQUERY_URL,
+    SPANNER_URL,
+    QuerySettings,
+    Settings,
+    SettingsError,
+    StoreSettings,
+    every_setting,
+    invalid,
+)
 from app.store import QueryObserver, Store
 from app.store.copies import ConflictObserver
 
 if TYPE_CHECKING:
-    from app.store.bigquery.store import BigQueryStore
+    from app.store.bigquery.store import BigQueryOptions, BigQueryStore
     from app.store.bigquery.typed import PatchObserver
-    from app.store.spanner.serving import SpannerServing
+    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.supervisor import LoopObserver
     from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.fleet import SystemExport
-    from app.store.tiered.supervisor import LoopObserver
+    from app.store.tiered.operator import Operated
     from app.typed.revisions import Revisions
 
 
@@ -40,7 +52,7 @@ def open_store(
     """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
     told what each of its queries cost, `conflicts` of each copy of a message
     that differs from the one stored, `exports` what a serving tier's exporter does,
-    `loops` each restart of a serving tier's background loops,
+    `loops` each restart of the store's background loops,
     `revisions` each decoded schema revision's typed fields (every store projects
     them: the serving tier keeps JSON in Spanner and projects on export), `patches`
     each change of BigQuery's typed columns that BigQuery refused."""
@@ -60,6 +72,7 @@ def open_store(
                 retention_days=settings.store.retention_days,
                 conflicts=conflicts,
                 revisions=revisions,
+                loops=loops,
             )
         case "duckdb":
             from app.store.duckdb.store import DuckDBStore
@@ -72,19 +85,11 @@ def open_store(
                 retention_days=settings.store.retention_days,
                 conflicts=conflicts,
                 revisions=revisions,
+                loops=loops,
             )
         case "bigquery":
-            try:
-                from app.store.bigquery.store import BigQueryStore
-            except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
-                raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
-            analytics = BigQueryStore.from_url(
-                url,
-                settings,
-                emulator=settings.store.bigquery_query_endpoint or None,
-                observer=observer,
-                revisions=revisions,
-                patches=patches,
+            analytics = open_bigquery(
+                settings, observer=observer, revisions=revisions, patches=patches, loops=loops
             )
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
@@ -96,12 +101,96 @@ def open_store(
             raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
 
 
+def open_bigquery(
+    settings: Settings,
+    *,
+    observer: QueryObserver | None = None,
+    revisions: Revisions | None = None,
+    patches: PatchObserver | None = None,
+    loops: LoopObserver | None = None,
+) -> BigQueryStore:
+    """The BigQuery store RECORDLINE_STORE names (`bigquery://PROJECT/DATASET`), not
+    started yet; the observers as `open_store`'s."""
+    try:
+        from app.store.bigquery.store import BigQueryStore
+    except ImportError as exc:  # pragma: no cover - arrives with the BigQuery store
+        raise UnknownStore(f"the BigQuery store is not available: {exc}") from None
+    url = settings.store.url
+    # Both names are put into SQL as identifiers: the pattern holds them to
+    # BigQuery's own character sets.
+    match = re.fullmatch(BIGQUERY_URL, url)
+    if match is None:
+        raise invalid("RECORDLINE_STORE", url, "bigquery://PROJECT/DATASET")
+    return BigQueryStore(
+        match["project"],
+        match["dataset"],
+        options=bigquery_options(settings.store, settings.query),
+        query_endpoint=settings.store.bigquery_query_endpoint or None,
+        observer=observer,
+        revisions=revisions,
+        patches=patches,
+        loops=loops,
+    )
+
+
+def bigquery_options(store: StoreSettings, query: QuerySettings) -> BigQueryOptions:
+    """The BigQuery store's options, as the settings give them."""
+    from app.store.bigquery.store import BigQueryOptions
+
+    return BigQueryOptions(
+        settle_seconds=store.settle_seconds,
+        write_deadline_seconds=store.write_deadline_seconds,
+        query_timeout_seconds=store.query_timeout_seconds,
+        read_cache_seconds=store.read_cache_seconds,
+        max_bytes_billed=query.max_bytes_billed,
+        dedupe_window_seconds=query.dedupe_window_seconds,
+        write_endpoint=store.bigquery_write_endpoint or None,
+    )
+
+
+def spanner_database(url: str, *, var: str = "RECORDLINE_SERVING") -> SpannerDatabase:
+    """The database a `spanner://projects/P/instances/I/databases/D` URL names (the
+    value of `var`, which a SettingsError names if it is none)."""
+    from app.store.spanner.serving import SpannerDatabase
+
+    match = re.fullmatch(SPANNER_URL, url)
+    if match is None:
+        raise invalid(var, url, "spanner://projects/P/instances/I/databases/D")
+    return SpannerDatabase(match["project"], match["instance"], match["name"])
+
+
+def operated(settings: Settings) -> Operated:
+    """What `recordline export`'s commands work on, as the settings name it."""
+    # Imported here: the clients take most of a second to import, which the
+    # parser of every other command need not pay.
+    from app.store.bigquery.queries import QueryRunner
+    from app.store.tiered.operator import Operated
+    from app.store.tiered.verify import BIGQUERY_SECONDS
+
+    store = settings.store
+
+    def queries(project: str) -> QueryRunner:
+        return QueryRunner(
+            project,
+            timeout=max(store.query_timeout_seconds, BIGQUERY_SECONDS),
+            max_bytes_billed=settings.query.max_bytes_billed,
+            endpoint=store.bigquery_query_endpoint or None,
+        )
+
+    return Operated(
+        serving=(lambda: _serving(settings)) if store.serving else None,
+        analytics=lambda: open_bigquery(settings),
+        queries=queries,
+        dedupe_window_seconds=settings.query.dedupe_window_seconds,
+    )
+
+
 def _serving(settings: Settings) -> SpannerServing:
-    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.spanner.serving import SpannerServing
 
     store = settings.store
     return SpannerServing(
-        SpannerDatabase.from_url(store.serving),
+        spanner_database(store.serving),
         emulator_host=store.spanner_emulator_host or None,
         timeout_seconds=store.query_timeout_seconds,
     )
@@ -142,7 +231,6 @@ def open_export(
     """System `name`'s export to BigQuery as the exporter service runs it (not started
     yet): from its serving tier (RECORDLINE_SERVING) into its BigQuery store
     (RECORDLINE_STORE), as `settings` name them; the observers as `open_store`'s."""
-    from app.store.bigquery.store import BigQueryStore
     from app.store.tiered.fleet import SystemExport
 
     if not settings.store.serving or not settings.store.url.startswith("bigquery:"):
@@ -150,12 +238,7 @@ def open_export(
             f"{name}: an export needs a serving tier (RECORDLINE_SERVING) and a BigQuery "
             f"store (RECORDLINE_STORE), not {settings.store.url!r}"
         )
-    analytics = BigQueryStore.from_url(
-        settings.store.url,
-        settings,
-        emulator=settings.store.bigquery_query_endpoint or None,
-        observer=observer,
-        revisions=revisions,
-        patches=patches,
+    analytics = open_bigquery(
+        settings, observer=observer, revisions=revisions, patches=patches, loops=loops
     )
     return SystemExport(name, _serving(settings), analytics, observer=exports, loops=loops)

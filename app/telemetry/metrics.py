@@ -190,7 +190,7 @@ class Metrics:
         )
 
         # Background loops of a store started again after a failure, by loop
-        # (app.store.tiered.supervisor): any is a bug or an unforeseen error.
+        # (app.store.supervisor): any is a bug or an unforeseen error.
         self.loop_restarts: Counter[str] = Counter()
         meter.create_observable_counter(
             "recordline.loop.restarts",

@@ -796,7 +796,7 @@ variable "export_lag_ticket_seconds" {
 
 variable "loop_restarts_ticket_count" {
   type        = number
-  description = "Ticket a system a background loop of which (the serving tier's exporter, its tail or watermark) restarted more than this many times in 10 minutes, over its instances (recordline.loop.restarts): a failure that happens every time, a bug or a row nothing else contains."
+  description = "Ticket a system a background loop of which (the BigQuery store's bell or a writer, the serving tier's exporter, its tail or watermark) restarted more than this many times in 10 minutes, over its instances (recordline.loop.restarts): a failure that happens every time, a bug or a row nothing else contains."
   default     = 5
 }
 

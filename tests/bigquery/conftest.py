@@ -10,6 +10,7 @@ from app.settings import QuerySettings, StoreSettings
 from app.store import PageQuery, QueryObserver
 from app.store.bigquery.store import BigQueryStore
 from app.store.bigquery.typed import PatchObserver
+from app.store.open import bigquery_options
 from app.typed.revisions import Revisions
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -41,8 +42,7 @@ async def make_store(
         store = BigQueryStore(
             PROJECT,
             DATASET,
-            store=StoreSettings(**settings),
-            query=query or QuerySettings(),
+            options=bigquery_options(StoreSettings(**settings), query or QuerySettings()),
             query_endpoint=jobs_fake.endpoint,
             observer=observer,
             revisions=revisions,

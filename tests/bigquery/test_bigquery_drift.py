@@ -42,6 +42,7 @@ from app.ingest.protobuf import ProtobufCodec
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import TYPED_WAIT_SECONDS, BigQueryStore
 from app.store.bigquery.typed import FIELDS, field_of, typed_of
+from app.store.open import bigquery_options
 from app.typed.mapping import Field, avro_fields, protobuf_fields
 from app.typed.projection import project
 from app.typed.revisions import Revisions
@@ -121,8 +122,10 @@ class World:
         store = BigQueryStore(
             PROJECT,
             self.dataset,
-            store=StoreSettings(bigquery_write_endpoint=self.write.address, settle_seconds=0.0),
-            query=QuerySettings(),
+            options=bigquery_options(
+                StoreSettings(bigquery_write_endpoint=self.write.address, settle_seconds=0.0),
+                QuerySettings(),
+            ),
             query_endpoint=self.jobs.endpoint,
             revisions=revisions,
         )

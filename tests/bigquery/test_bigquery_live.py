@@ -17,7 +17,7 @@ import pytest
 from app.records import Record, Rejection
 from app.settings import Settings, StoreSettings
 from app.store import PageQuery
-from app.store.bigquery.store import BigQueryStore
+from app.store.open import open_bigquery
 from tests.bigquery.conftest import record
 
 pytestmark = pytest.mark.live
@@ -42,7 +42,7 @@ async def test_round_trip_on_bigquery() -> None:
     settings = Settings(
         store=StoreSettings(url=f"bigquery://{project}/{dataset}", settle_seconds=0)
     )
-    store = BigQueryStore.from_url(settings.store.url, settings)
+    store = open_bigquery(settings)
     await store.start()
     try:
         await store.check()

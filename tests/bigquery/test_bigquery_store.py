@@ -13,7 +13,7 @@ from app.settings import QuerySettings, Settings, SettingsError, StoreSettings
 from app.store import PageQuery
 from app.store.bigquery.paging import MAX_QUERIES_PER_PAGE
 from app.store.bigquery.store import BigQueryStore
-from app.store.open import open_store
+from app.store.open import open_bigquery, open_store
 from tests.bigquery.conftest import BASE_TIME, DATASET, PROJECT, page_query, record
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -135,7 +135,7 @@ async def test_check(store: BigQueryStore, jobs_fake: FakeBigQueryJobs) -> None:
         await store.check()
 
 
-def test_from_url_builds_nothing_until_started(write_fake: FakeBigQueryWrite) -> None:
+def test_open_store_builds_nothing_until_started(write_fake: FakeBigQueryWrite) -> None:
     settings = Settings(
         store=StoreSettings(
             url="bigquery://my-project-1/records_eu",
@@ -161,13 +161,13 @@ def test_from_url_builds_nothing_until_started(write_fake: FakeBigQueryWrite) ->
         "bigquery://my-project/d`x",
     ],
 )
-def test_from_url_refuses_malformed_urls(url: str) -> None:
+def test_open_bigquery_refuses_malformed_urls(url: str) -> None:
     with pytest.raises(SettingsError, match="RECORDLINE_STORE"):
-        BigQueryStore.from_url(url, Settings())
+        open_bigquery(Settings(store=StoreSettings(url=url)))
 
 
 async def test_an_unstarted_store_is_unavailable() -> None:
-    store = BigQueryStore.from_url("bigquery://my-project/dataset", Settings())
+    store = open_bigquery(Settings(store=StoreSettings(url="bigquery://my-project/dataset")))
     with pytest.raises(StoreUnavailable):
         await store.append([record("m-1", BASE_TIME)])
     with pytest.raises(StoreUnavailable):

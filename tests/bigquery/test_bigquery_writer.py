@@ -9,10 +9,11 @@ import grpc
 import pytest
 from google.api_core import exceptions
 
-from app.errors import StoreUnavailable
+from app.errors import StoreUnavailable, WriteTimeout
 from app.records import Record
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.storage_write import StorageWriter, is_transient
+from app.store.supervisor import Supervisor
 from tests.bigquery.conftest import BASE_TIME, record
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.waiting import until
@@ -159,3 +160,30 @@ def test_every_transient_code_is_retried() -> None:
         if is_transient(exceptions.from_grpc_status(code, "x"))
     }
     assert retried == expected
+
+
+async def test_a_writer_whose_loop_fails_is_restarted(
+    write_client: Any, write_fake: FakeBigQueryWrite
+) -> None:
+    restarted: list[str] = []
+
+    class Observer:
+        def restarted(self, loop: str) -> None:
+            restarted.append(loop)
+
+    loops = Supervisor(observer=Observer())
+    await loops.start()
+    writer = await started(write_client, loops=loops)
+    try:
+        # A row that is not bytes (a caller's bug) fails the loop as it builds the
+        # request, with nothing on its path to catch it: that append has only its
+        # deadline, and the loop is started again for the appends after it.
+        not_bytes: list[Any] = ["not bytes"]
+        with pytest.raises(WriteTimeout):
+            await writer.append(not_bytes, deadline(0.5))
+        await until(lambda: restarted == ["writer records"], what="the writer's loop restarted")
+        assert await writer.append(rows(2), deadline()) == [None, None]
+        assert [r["message_id"] for r in write_fake.rows("records")] == ["m-0", "m-1"]
+    finally:
+        await writer.close()
+        await loops.close()

@@ -14,7 +14,8 @@ import threading
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.store.copies import ConflictObserver
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.open import bigquery_options, spanner_database
+from app.store.spanner.serving import SpannerServing
 from app.store.tiered.store import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
@@ -49,12 +50,14 @@ def serving_store(
 ) -> TieredStore:
     """The serving tier on a Spanner emulator database and the threaded BigQuery fakes."""
     return TieredStore(
-        SpannerServing(SpannerDatabase.from_url(database), emulator_host=emulator_host),
+        SpannerServing(spanner_database(database), emulator_host=emulator_host),
         BigQueryStore(
             PROJECT,
             DATASET,
-            store=StoreSettings(bigquery_write_endpoint=bigquery.write.address, settle_seconds=0.0),
-            query=QuerySettings(),
+            options=bigquery_options(
+                StoreSettings(bigquery_write_endpoint=bigquery.write.address, settle_seconds=0.0),
+                QuerySettings(),
+            ),
             query_endpoint=bigquery.jobs.endpoint,
         ),
         write_deadline_seconds=5.0,

@@ -184,7 +184,8 @@ def test_the_runbook_diagram_is_what_terraform_and_the_code_do() -> None:
 
 
 def test_the_exporters_numbers_in_the_runbook_are_the_codes() -> None:
-    from app.store.tiered import exporter, supervisor
+    from app.store import supervisor
+    from app.store.tiered import exporter
 
     renewal = exporter.LEASE_SECONDS / 3
     behind = _section("### Export behind")

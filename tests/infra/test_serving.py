@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from app.settings import QuerySettings
+from app.store.open import spanner_database
 from app.store.spanner.schema import ddl, retention_days
 from app.store.spanner.serving import _OLDEST_READ_MICROS, SpannerDatabase
 from tests.infra.console import console, require_terraform
@@ -412,7 +413,7 @@ def _serving_env(databases: str) -> dict[str, str]:
 
 def test_the_service_is_told_where_its_database_is_and_nothing_without_one() -> None:
     env = _serving_env('{ orders = { name = "orders" } }')
-    assert SpannerDatabase.from_url(env["RECORDLINE_SERVING"]) == SpannerDatabase(
+    assert spanner_database(env["RECORDLINE_SERVING"]) == SpannerDatabase(
         "recordline-prod", "recordline-serving", "orders"
     )
     assert _serving_env("{}") == {}

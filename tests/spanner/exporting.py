@@ -12,8 +12,9 @@ from app.errors import StoreUnavailable
 from app.records import TABLES, Record, Rejection
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
+from app.store.open import bigquery_options, spanner_database
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.spanner.serving import SpannerServing
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     Destination,
@@ -104,13 +105,15 @@ def tiered_store(
     analytics = BigQueryStore(
         PROJECT,
         dataset,
-        store=StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
-        query=QuerySettings(),
+        options=bigquery_options(
+            StoreSettings(bigquery_write_endpoint=write_fake.address, settle_seconds=0.0),
+            QuerySettings(),
+        ),
         query_endpoint=jobs_endpoint,
         revisions=revisions,
     )
     serving = SpannerServing(
-        SpannerDatabase.from_url(database),
+        spanner_database(database),
         emulator_host=emulator_host,
         timeout_seconds=timeout_seconds,
     )

@@ -15,8 +15,9 @@ from google.cloud import spanner
 
 from app.cli import _main
 from app.records import Record, Rejection
+from app.store.open import spanner_database
 from app.store.spanner.schema import expected_columns, shard_of
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.spanner.serving import SpannerServing
 from tests.spanner.emulator import SpannerEmulator
 
 pytestmark = pytest.mark.emulator
@@ -56,7 +57,7 @@ class Databases:
         )
 
     def of(self, url: str) -> Any:
-        where = SpannerDatabase.from_url(url)
+        where = spanner_database(url)
         return self._client.instance(where.instance).database(where.database)  # type: ignore[no-untyped-call]
 
     def rows(self, url: str, table: str) -> dict[str, tuple[Any, ...]]:
@@ -82,9 +83,7 @@ def databases(spanner_emulator: SpannerEmulator) -> Any:
 
 @pytest.fixture
 async def store(database: str, spanner_emulator: SpannerEmulator) -> AsyncIterator[SpannerServing]:
-    serving = SpannerServing(
-        SpannerDatabase.from_url(database), emulator_host=spanner_emulator.host
-    )
+    serving = SpannerServing(spanner_database(database), emulator_host=spanner_emulator.host)
     await serving.start()
     yield serving
     await serving.close()
@@ -166,7 +165,7 @@ async def test_rows_are_copied_from_a_restored_database_into_the_live_one(
     # What a backup restored into a scratch instance holds: another database, read as
     # it is (nothing writes to it).
     restored = spanner_emulator.database()
-    copy = SpannerServing(SpannerDatabase.from_url(restored), emulator_host=spanner_emulator.host)
+    copy = SpannerServing(spanner_database(restored), emulator_host=spanner_emulator.host)
     await copy.start()
     try:
         await copy.commit([_record(f"m-{n}") for n in range(4)], within=10)

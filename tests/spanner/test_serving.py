@@ -24,6 +24,7 @@ from app.errors import StoreUnavailable
 from app.records import TABLES, Record, Rejection
 from app.settings import QuerySettings, Settings
 from app.store import PageQuery
+from app.store.open import spanner_database
 from app.store.spanner.schema import (
     RETENTION_PLACEHOLDER,
     add_column,
@@ -31,7 +32,7 @@ from app.store.spanner.schema import (
     ddl_template,
     ddl_text,
 )
-from app.store.spanner.serving import Committed, SchemaMismatch, SpannerDatabase, SpannerServing
+from app.store.spanner.serving import Committed, SchemaMismatch, SpannerServing
 from app.store.spanner.tail import TailCache
 from app.store.tiered.store import READ_LAG_MICROS, TieredStore
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
@@ -424,9 +425,7 @@ async def test_a_row_spanner_refuses_is_a_rejection_and_its_batch_is_stored(
     make_tiered: Make, database: str, spanner_emulator: SpannerEmulator
 ) -> None:
     store: TieredStore = await make_tiered(start=False)
-    refusing = RefusesOneRow(
-        SpannerDatabase.from_url(database), emulator_host=spanner_emulator.host
-    )
+    refusing = RefusesOneRow(spanner_database(database), emulator_host=spanner_emulator.host)
     tiered = TieredStore(
         refusing,
         store.analytics,

@@ -17,7 +17,8 @@ from app.settings import QuerySettings, StoreSettings
 from app.store import Store
 from app.store.bigquery.store import BigQueryStore
 from app.store.duckdb.store import DuckDBStore
-from app.store.spanner.serving import SpannerDatabase, SpannerServing
+from app.store.open import bigquery_options, spanner_database
+from app.store.spanner.serving import SpannerServing
 from app.store.tiered.store import TieredStore
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
@@ -73,7 +74,7 @@ async def make(
                 return DuckDBStore(":memory:", retention_days=retention_days)
             case "serving":
                 return TieredStore(
-                    SpannerServing(SpannerDatabase.from_url(database), emulator_host=emulator.host),
+                    SpannerServing(spanner_database(database), emulator_host=emulator.host),
                     bigquery(retention_days),
                     write_deadline_seconds=5.0,
                     dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
@@ -89,13 +90,15 @@ async def make(
         return BigQueryStore(
             PROJECT,
             DATASET,
-            store=StoreSettings(
-                bigquery_write_endpoint=write.address,
-                settle_seconds=settle_seconds,
-                write_deadline_seconds=5.0,
-                retention_days=retention_days,
+            options=bigquery_options(
+                StoreSettings(
+                    bigquery_write_endpoint=write.address,
+                    settle_seconds=settle_seconds,
+                    write_deadline_seconds=5.0,
+                    retention_days=retention_days,
+                ),
+                QuerySettings(),
             ),
-            query=QuerySettings(),
             query_endpoint=jobs.endpoint,
         )
 

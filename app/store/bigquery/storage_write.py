@@ -1,7 +1,7 @@
 """Appending rows to one BigQuery table through the Storage Write API.
 
 `StorageWriter` keeps one long-lived AppendRows connection to the table's
-`_default` stream, owned by one task; a few requests travel at once, answered in
+`_default` stream, owned by one supervised loop; a few requests travel at once, answered in
 order, so the batches in flight are a FIFO. The library's retry is off
 (`retry=None`: it would silently consume unanswered requests); a batch stays in
 the FIFO until its own answer, and a broken stream's batches are sent again on a
@@ -13,20 +13,20 @@ Design: docs/stores.md#bigquery-bigqueryprojectdataset
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from google.api_core.exceptions import GoogleAPICallError
 from google.api_core.gapic_v1 import routing_header
-from google.api_core.retry import exponential_sleep_generator
 from google.cloud.bigquery_storage_v1 import types
 from google.protobuf import descriptor_pb2
 
 from app.errors import StoreUnavailable, WriteTimeout
+from app.store.backoff import Backoff
+from app.store.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from google.cloud.bigquery_storage_v1.services.big_query_write import (
@@ -60,6 +60,9 @@ _ROW_OVERHEAD: Final = 6
 # longer than the write deadline anyway (8 s by default): their push gets 503.
 _BACKOFF_INITIAL: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
+# The writer's loop is down (readiness says so) once it has failed for longer than
+# its longest wait between connections: it is not reconnecting, it is broken.
+_DOWN_SECONDS: Final = _BACKOFF_MAX
 
 # Codes after which the same rows may well succeed on a new connection. The
 # others (NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT, UNAUTHENTICATED…)
@@ -251,7 +254,10 @@ class StorageWriter:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_request_rows: int = MAX_REQUEST_ROWS,
+        loops: Supervisor | None = None,
     ) -> None:
+        """`loops`: the store's supervisor, to run the writer's loop under (one of its
+        own if not given)."""
         self.table = table
         self.stream = f"{table}/streams/_default"
         self.max_in_flight = max_in_flight
@@ -265,7 +271,10 @@ class StorageWriter:
         # Submissions in arrival order, for their deadlines (see `_watch`).
         self._expiry: deque[_Submission] = deque()
         self._reaper: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loops = loops
+        self._own_loops: Supervisor | None = None
+        # What stops the writer's loop while it runs.
+        self._stop: Callable[[], Awaitable[None]] | None = None
         # The last permanent error, until a later request succeeds: readiness
         # reports it, because no amount of retrying will store rows meanwhile.
         self.failure: str | None = None
@@ -278,11 +287,18 @@ class StorageWriter:
         return 0 if self._connection is None else len(self._connection.in_flight)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"storage-write {self.table}")
+        if self._stop is not None:
+            return
+        loops = self._loops
+        if loops is None:
+            loops = self._own_loops = Supervisor()
+            await loops.start()
+        # Named by table alone: `projects/…/tables/records` would say no more.
+        name = f"writer {self.table.rpartition('/')[2]}"
+        self._stop = loops.run(name, self._run, interval=_DOWN_SECONDS)
 
     async def close(self, grace: float = 2.0) -> None:
-        if self._task is None:
+        if self._stop is None:
             return
         # Rows already handed over get a moment to finish (each also has its own
         # deadline), then whatever is left fails so no caller waits forever.
@@ -292,14 +308,15 @@ class StorageWriter:
                 waiting.update(submission.future for submission, _ in batch.slots)
         if waiting:
             await asyncio.wait(waiting, timeout=grace)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await self._stop()
+        self._stop = None
+        if self._own_loops is not None:
+            await self._own_loops.close()
+            self._own_loops = None
         if self._connection is not None:
             self._connection.abort()
             self._fail_all(self._connection.in_flight, f"{self.table}: the writer closed")
             self._connection = None
-        self._task = None
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
@@ -318,7 +335,7 @@ class StorageWriter:
         """
         if not rows:
             return []
-        if self._task is None:
+        if self._stop is None:
             raise StoreUnavailable(f"{self.table}: the writer is not running")
         loop = asyncio.get_running_loop()
         submission = _Submission(rows, loop.create_future(), deadline)
@@ -407,19 +424,26 @@ class StorageWriter:
         return bool(pending)
 
     async def _run(self) -> None:
-        # The sleeps of a streak of failed connections; None while they make progress.
-        delays: Iterator[float] | None = None
+        if self._connection is not None:
+            # The connection of a run that failed (its supervisor starts it again):
+            # its unanswered requests go out again on the next one.
+            self._connection.abort()
+            self._requeue(self._connection.in_flight)
+            self._connection = None
+        # The waits of a streak of failed connections, and whether one is under way.
+        delays = Backoff(_BACKOFF_INITIAL, _BACKOFF_MAX)
+        failing = False
         while True:
             if not self._has_live_rows():
                 self._work.clear()
                 await self._work.wait()
                 continue
-            if delays is not None:
-                await asyncio.sleep(next(delays))
+            if failing:
+                await asyncio.sleep(delays.next())
             try:
                 connection = await _Connection.open(self._client, self.stream, self._descriptor)
             except Exception as exc:
-                delays = delays or exponential_sleep_generator(_BACKOFF_INITIAL, _BACKOFF_MAX)
+                failing = True
                 self._on_broken(exc, (), ended=True)
                 continue
             self._connection = connection
@@ -428,12 +452,14 @@ class StorageWriter:
             self._connection = None
             connection.abort()
             if error is None:
-                delays = None
+                failing = False
+                delays.reset()
                 self._requeue(connection.in_flight)
             else:
                 # A connection that got answers starts a new streak.
-                if connection.answered or delays is None:
-                    delays = exponential_sleep_generator(_BACKOFF_INITIAL, _BACKOFF_MAX)
+                if connection.answered or not failing:
+                    delays.reset()
+                failing = True
                 self._on_broken(error, connection.in_flight, ended=True)
 
     async def _serve(self, connection: _Connection) -> BaseException | None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import google.auth
 import grpc
+import msgspec
 from google.api_core.exceptions import GoogleAPIError
 from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import types
@@ -37,7 +37,6 @@ from app.records import (
     rejected_record,
     row_of,
 )
-from app.settings import BIGQUERY_URL, QuerySettings, Settings, StoreSettings, invalid
 from app.store import (
     MessageState,
     MessageStatus,
@@ -67,16 +66,13 @@ from app.store.bigquery.typed import (
 )
 from app.store.copies import message_states
 from app.store.producers import Completeness
+from app.store.supervisor import LoopObserver, Supervisor
 from app.typed.mapping import Field
 
 if TYPE_CHECKING:
     from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
-
-# bigquery://PROJECT/DATASET. Both names are put into SQL as identifiers (values
-# never are), so they are held to BigQuery's own character sets.
-_URL: Final = re.compile(BIGQUERY_URL)
 
 # The `ingest_time` range of look-ups that span all history. The tables may
 # require a partition filter; for these reads the search indexes on `id` and
@@ -89,6 +85,20 @@ END_OF_TIME: Final = MAX_MICROS  # 9999-12-31T23:59:59.999999Z, BigQuery's last
 # A row of a revision whose new typed fields the write path does not take yet
 # waits at most this long, and at most half of what is left of its deadline.
 TYPED_WAIT_SECONDS: Final = 4.0
+
+
+class BigQueryOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What the store is tuned by, in seconds unless named otherwise; `app.store.open`
+    fills it from the settings, which check and describe each value."""
+
+    settle_seconds: float
+    write_deadline_seconds: float
+    query_timeout_seconds: float
+    read_cache_seconds: float
+    max_bytes_billed: int
+    dedupe_window_seconds: float
+    # The Storage Write API's address, where not Google's (an emulator, a fake).
+    write_endpoint: str | None = None
 
 
 class BigQueryStore:
@@ -105,41 +115,45 @@ class BigQueryStore:
         project: str,
         dataset: str,
         *,
-        store: StoreSettings,
-        query: QuerySettings,
+        options: BigQueryOptions,
         query_endpoint: str | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         observer: QueryObserver | None = None,
         revisions: Revisions | None = None,
         patches: PatchObserver | None = None,
+        loops: LoopObserver | None = None,
     ) -> None:
+        """`project` and `dataset` are put into SQL as identifiers (values never are):
+        `app.store.open` holds them to BigQuery's own character sets."""
         self.project = project
         self.dataset = dataset
-        self.settle_micros = int(store.settle_seconds * 1_000_000)
+        self.settle_micros = int(options.settle_seconds * 1_000_000)
         self.bell = Bell()
-        self._ringer: asyncio.Task[None] | None = None
+        # The bell's loop and each writer's: restarted if they fail, named by
+        # readiness while they stay down, each restart told to `loops`.
+        self._loops = Supervisor(observer=loops)
         # Concurrent `append` calls worth making: each writer keeps this many
         # requests in flight, and more callers would only queue behind them.
         self.max_in_flight = max_in_flight
         # Rows keep the time the batcher stamped them with.
         self.stamps_at_commit = False
-        self._write_deadline = store.write_deadline_seconds
-        self._write_endpoint = store.bigquery_write_endpoint or None
-        self._cache = ReadCache(store.read_cache_seconds)
+        self._write_deadline = options.write_deadline_seconds
+        self._write_endpoint = options.write_endpoint
+        self._cache = ReadCache(options.read_cache_seconds)
         self._records_encoder = RowEncoder(Record)
         self._rejected_encoder = RowEncoder(Rejection)
         self._sql = Statements.for_dataset(project, dataset)
         self._queries = QueryRunner(
             project,
-            timeout=store.query_timeout_seconds,
-            max_bytes_billed=query.max_bytes_billed,
+            timeout=options.query_timeout_seconds,
+            max_bytes_billed=options.max_bytes_billed,
             endpoint=query_endpoint,
             observer=observer,
         )
         self._pager = Pager(
             self._queries,
             self._sql,
-            dedupe_window_micros=int(query.dedupe_window_seconds * 1_000_000),
+            dedupe_window_micros=int(options.dedupe_window_seconds * 1_000_000),
         )
         self._write_client: BigQueryWriteAsyncClient | None = None
         self._records: StorageWriter | None = None
@@ -150,42 +164,13 @@ class BigQueryStore:
         # in the background.
         self._revisions = revisions
         self._patches = patches
-        self._query_timeout = store.query_timeout_seconds
+        self._query_timeout = options.query_timeout_seconds
         self.typed: TypedTable | None = None
         self._typed_writer: tuple[tuple[Field, ...] | None, StorageWriter, RowEncoder] | None = None
         # Writers a wider one replaced, with when (the loop's clock) every row
         # handed to them has passed its deadline: closed at the next swap after
         # that, or with the store. No task of their own to supervise.
         self._retired: list[tuple[StorageWriter, float]] = []
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        settings: Settings,
-        *,
-        emulator: str | None = None,
-        observer: QueryObserver | None = None,
-        revisions: Revisions | None = None,
-        patches: PatchObserver | None = None,
-    ) -> BigQueryStore:
-        """The store a `bigquery://PROJECT/DATASET` URL names; `emulator` is a
-        `jobs.query` endpoint to send queries to with anonymous credentials;
-        `revisions`, where given, the schema revisions records are projected
-        onto typed columns with, `patches` told of each change of them BigQuery refused."""
-        match = _URL.fullmatch(url)
-        if match is None:
-            raise invalid("RECORDLINE_STORE", url, "bigquery://PROJECT/DATASET")
-        return cls(
-            match["project"],
-            match["dataset"],
-            store=settings.store,
-            query=settings.query,
-            query_endpoint=emulator,
-            observer=observer,
-            revisions=revisions,
-            patches=patches,
-        )
 
     @property
     def revisions(self) -> Revisions | None:
@@ -210,17 +195,20 @@ class BigQueryStore:
             return
         self._write_client = await self._open_write_client()
         await self._queries.start()
+        await self._loops.start()
         self._records = StorageWriter(
             self._write_client,
             self._table_path("records"),
             self._records_encoder.descriptor,
             max_in_flight=self.max_in_flight,
+            loops=self._loops,
         )
         self._rejected = StorageWriter(
             self._write_client,
             self._table_path("rejected"),
             self._rejected_encoder.descriptor,
             max_in_flight=self.max_in_flight,
+            loops=self._loops,
         )
         await self._records.start()
         await self._rejected.start()
@@ -240,7 +228,9 @@ class BigQueryStore:
                 # in the table before its first record (analysts' queries and views
                 # may name them at once). Never fails the start (see `widen`).
                 await self.typed.widen(declared, fields)
-        self._ringer = asyncio.create_task(self._ring_while_wanted(), name="bigquery-bell")
+        self._loops.run(
+            "bell", self._ring_while_wanted, interval=max(self.settle_micros / 1e6, _RING_SECONDS)
+        )
 
     async def _own_columns(self) -> None:
         """Add the columns `records` is created with (a `Record`'s, `projection_errors`)
@@ -289,7 +279,10 @@ class BigQueryStore:
             raise StoreUnavailable("the BigQuery store is not started")
         encoder = RowEncoder(ExportWatermark)
         writer = StorageWriter(
-            self._write_client, self._table_path("export_watermarks"), encoder.descriptor
+            self._write_client,
+            self._table_path("export_watermarks"),
+            encoder.descriptor,
+            loops=self._loops,
         )
         return WatermarkWriter(writer, encoder)
 
@@ -302,9 +295,6 @@ class BigQueryStore:
         return OffsetStream(self._write_client, self._table_path(table), encoder.descriptor)
 
     async def close(self) -> None:
-        if self._ringer is not None:
-            self._ringer.cancel()
-            self._ringer = None
         typed = self._typed_stream
         for writer in (self._records, self._rejected, typed):
             if writer is not None:
@@ -316,6 +306,7 @@ class BigQueryStore:
         if self._write_client is not None:
             await self._write_client.transport.close()  # type: ignore[no-untyped-call]
             self._write_client = None
+        await self._loops.close()
         await self._queries.close()
 
     async def barrier(self) -> None:
@@ -333,8 +324,13 @@ class BigQueryStore:
         # deadline ago; pages stay behind that.
         return now - self.settle_micros
 
+    def down(self) -> list[str]:
+        """Each of the store's loops failing for longer than its interval."""
+        return self._loops.down()
+
     async def check(self) -> None:
         records, rejected = self._writers()
+        self._loops.check()
         await self._queries.run(CHECK_SQL, {}, tables=0)
         typed = self._typed_stream
         for writer in (records, rejected, typed):
@@ -506,6 +502,7 @@ class BigQueryStore:
             self._table_path("records"),
             encoder.descriptor,
             max_in_flight=self.max_in_flight,
+            loops=self._loops,
         )
         await writer.start()
         self._typed_writer = (writable, writer, encoder)

@@ -161,6 +161,9 @@ class JournalProcess:
             code = await self._process.wait()
             self._process = None
             raise OSError(f"the journal writer did not start (exit code {code})")
+        # Not a supervised loop: it reads one writer's answers and ends with it, its
+        # failure reported by readiness (`failure`); a second could not tell which
+        # append an answer is for.
         self._answers = asyncio.create_task(
             self._read_answers(self._process, stdout), name="journal-answers"
         )
@@ -235,6 +238,14 @@ class JournalProcess:
                 log.error("%s", self._failure)
             while self._waiting:
                 _resolve(self._waiting.popleft(), OSError(self._failure or "journal closed"))
+        except Exception as exc:
+            # A bug: the answers can no longer be matched to their appends, so this
+            # writer is done with (readiness names it) rather than read further.
+            self._failure = f"reading the journal writer's answers failed: {exc!r}"
+            log.exception("%s", self._failure)
+            process.close_pipes()
+            while self._waiting:
+                _resolve(self._waiting.popleft(), OSError(self._failure))
 
 
 def _resolve(future: asyncio.Future[int], outcome: int | OSError) -> None:

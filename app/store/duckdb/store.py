@@ -18,14 +18,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import duckdb
 import pyarrow as pa
-from google.api_core.retry import exponential_sleep_generator
 
 from app.errors import StoreUnavailable
 from app.records import (
@@ -48,6 +47,7 @@ from app.store import (
     R,
     RowOutcome,
 )
+from app.store.backoff import Backoff
 from app.store.bell import Bell
 from app.store.copies import ConflictObserver, differing, message_states
 from app.store.duckdb import producers as book
@@ -61,6 +61,7 @@ from app.store.producers import (
     Tally,
     sequence_of,
 )
+from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
 from app.typed.revisions import Revisions
 
@@ -328,6 +329,7 @@ class DuckDBStore:
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
         revisions: Revisions | None = None,
+        loops: LoopObserver | None = None,
     ) -> None:
         self.path = path
         self._conflicts = conflicts
@@ -338,7 +340,10 @@ class DuckDBStore:
         self._expire_every = expire_every
         self._apply_every = apply_every
         self._clock = clock
-        self._expirer: asyncio.Task[None] | None = None
+        # The applier and the expirer: restarted if they fail, named by readiness
+        # while they stay down, each restart told to `loops`.
+        self._loops = Supervisor(observer=loops)
+        self._running = False
         self._con: duckdb.DuckDBPyConnection | None = None
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
@@ -357,7 +362,9 @@ class DuckDBStore:
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._apply_error: str | None = None
-        self._applier: asyncio.Task[None] | None = None
+        # A batch inserted into DuckDB and not yet accounted for (the tail, the
+        # journal): what the applier finishes first when it is restarted.
+        self._half_applied: tuple[list[_Unapplied], _Inserted] | None = None
         # The newest records, which followers at the tail read with no query:
         # this store sees every write, so the tail is complete up to what is applied.
         self.tail = Tail()
@@ -402,11 +409,14 @@ class DuckDBStore:
         self._tally = Tally(await self._write(lambda: book.load(self._connection())))
         self._book.tally = self._tally
         await self._warm_tail()
-        self._applier = asyncio.create_task(self._apply_forever(), name="duckdb-applier")
+        await self._loops.start()
+        self._running = True
+        # Down once it fails for longer than it lets appends wait to be applied.
+        self._loops.run("applier", self._apply_forever, interval=self._apply_every)
         if self._retention_days:
             # Once now, for a store that was closed longer than the interval.
             await self.expire()
-            self._expirer = asyncio.create_task(self._expire_forever(), name="duckdb-expirer")
+            self._loops.run("expirer", self._expire_forever, interval=self._expire_every)
 
     async def _warm_tail(self) -> None:
         """Start the tail with the records of its window, as DuckDB holds them: a
@@ -437,11 +447,7 @@ class DuckDBStore:
         self._con = con
 
     async def close(self) -> None:
-        if self._expirer is not None:
-            self._expirer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expirer
-        if self._applier is not None:
+        if self._running:
             # Whatever is not applied now stays in the journal for the next start.
             self._hurry.set()
             try:
@@ -460,9 +466,8 @@ class DuckDBStore:
                         "so they are lost",
                         self._unapplied_rows,
                     )
-            self._applier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._applier
+            self._running = False
+            await self._loops.close()
         if self._ledger_dirty and self._con is not None:
             with contextlib.suppress(StoreUnavailable):  # logged; the journal keeps them
                 await self._flush_ledger()
@@ -493,8 +498,9 @@ class DuckDBStore:
             raise StoreUnavailable(self._journal.failure)
         if self._apply_error is not None:
             raise StoreUnavailable(f"journaled rows cannot be applied: {self._apply_error}")
-        if self._applier is None or self._applier.done():
+        if not self._running:
             raise StoreUnavailable("the DuckDB store is not applying writes")
+        self._loops.check()
         await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
 
     def read_horizon(self, now: int) -> int:
@@ -661,76 +667,25 @@ class DuckDBStore:
         return list(firsts.values())
 
     async def _apply_forever(self) -> None:
-        delays: Iterator[float] = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
+        delays = Backoff(*_APPLY_RETRY_SECONDS)
         while True:
-            if not self._unapplied:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if (
-                self._unapplied_rows < _APPLY_MAX_ROWS
-                and not self._hurry.is_set()
-                and not self.bell.waiting
-            ):
-                # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read
-                # waiting on its barrier, or a follower waiting for rows, cuts
-                # this short.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._apply_every):
-                        await self._hurry.wait()
-            self._hurry.clear()
-            batch: list[_Unapplied] = []
-            count = 0
-            for entry in self._unapplied:
-                if batch and count + len(entry.rows) > _APPLY_MAX_ROWS:
-                    break
-                batch.append(entry)
-                count += len(entry.rows)
-            rows = [row for entry in batch for row in entry.rows]
-            try:
-                inserted = await self._write(self._insert, rows)
-            except Exception as exc:
-                # The rows are safe in the journal; keep trying, and say so:
-                # readiness is red until they are applied. Anything but a DuckDB
-                # error (which `_write` turns into StoreUnavailable) is a row
-                # validation let through, logged whole.
-                self._apply_error = str(exc) or type(exc).__name__
-                log.error(
-                    "applying %d journaled rows failed, retrying: %s",
-                    len(rows),
-                    exc,
-                    exc_info=not isinstance(exc, StoreUnavailable),
-                )
-                await asyncio.sleep(next(delays))
-                continue
-            delays = exponential_sleep_generator(*_APPLY_RETRY_SECONDS)
-            self._report(inserted.conflicts)
-            # Records shown when they were journaled are in the tail already: the
-            # copies DuckDB kept of a shown frame's new records are exactly those
-            # (`_new_records`). Not its other records: a copy of a message whose first
-            # copy was journaled unshown and is applied in this batch too (a push held
-            # up, and its redelivery) is in the tail only once added here.
-            shown = frozenset().union(*(e.shown_ids for e in batch))
-            self.tail.add(
-                [r for r in inserted.records if r.message_id not in shown],
-                now=self._clock() // 1000,
-            )
-            self._apply_error = None
-            for entry in batch:
-                self._unapplied.popleft()
-                for row in entry.rows:
-                    if type(row) is Record:
-                        left = self._pending[row.message_id] - 1
-                        if left:
-                            self._pending[row.message_id] = left
-                        else:
-                            del self._pending[row.message_id]
-            self._unapplied_rows -= count
-            self._applied = batch[-1].frame_number
-            progress, self._progress = self._progress, asyncio.Event()
-            progress.set()
-            self.bell.ring()  # readable now: waiting followers read again, from the tail
-            self._owe_ledger(batch)
+            if self._half_applied is None:
+                if not self._unapplied:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                done = await self._apply_next()
+                if done is None:
+                    await asyncio.sleep(delays.next())
+                    continue
+                delays.reset()
+                self._half_applied = done
+            # A run the supervisor restarts after a failure past the insert finishes
+            # that batch from here: inserted again, its records would be taken for
+            # stored copies and never reach the tail.
+            batch, inserted = self._half_applied
+            self._account(batch, inserted.records)
+            self._half_applied = None
             if (
                 self._ledger_frames >= _LEDGER_FRAMES
                 and time.monotonic() - self._ledger_written >= _LEDGER_EVERY_SECONDS
@@ -738,6 +693,75 @@ class DuckDBStore:
                 with contextlib.suppress(StoreUnavailable):
                     await self._flush_ledger()
             self._release_journal()
+            # Last: an observer that fails leaves the batch applied all the same.
+            self._report(inserted.conflicts)
+
+    async def _apply_next(self) -> tuple[list[_Unapplied], _Inserted] | None:
+        """Insert the next batch of journaled rows into DuckDB: the batch and what the
+        insert did, or None if it failed (the rows stay journaled, to try again)."""
+        if (
+            self._unapplied_rows < _APPLY_MAX_ROWS
+            and not self._hurry.is_set()
+            and not self.bell.waiting
+        ):
+            # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read
+            # waiting on its barrier, or a follower waiting for rows, cuts
+            # this short.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._apply_every):
+                    await self._hurry.wait()
+        self._hurry.clear()
+        batch: list[_Unapplied] = []
+        count = 0
+        for entry in self._unapplied:
+            if batch and count + len(entry.rows) > _APPLY_MAX_ROWS:
+                break
+            batch.append(entry)
+            count += len(entry.rows)
+        rows = [row for entry in batch for row in entry.rows]
+        try:
+            return batch, await self._write(self._insert, rows)
+        except Exception as exc:
+            # The rows are safe in the journal; keep trying, and say so:
+            # readiness is red until they are applied. Anything but a DuckDB
+            # error (which `_write` turns into StoreUnavailable) is a row
+            # validation let through, logged whole.
+            self._apply_error = str(exc) or type(exc).__name__
+            log.error(
+                "applying %d journaled rows failed, retrying: %s",
+                len(rows),
+                exc,
+                exc_info=not isinstance(exc, StoreUnavailable),
+            )
+            return None
+
+    def _account(self, batch: list[_Unapplied], records: list[Record]) -> None:
+        """Account for a batch now in DuckDB (`records`: the new records it stored):
+        nothing is changed if the tail's clock fails, and nothing else can."""
+        now = self._clock() // 1000
+        # Records shown when they were journaled are in the tail already: the
+        # copies DuckDB kept of a shown frame's new records are exactly those
+        # (`_new_records`). Not its other records: a copy of a message whose first
+        # copy was journaled unshown and is applied in this batch too (a push held
+        # up, and its redelivery) is in the tail only once added here.
+        shown = frozenset().union(*(e.shown_ids for e in batch))
+        self.tail.add([r for r in records if r.message_id not in shown], now=now)
+        self._apply_error = None
+        for entry in batch:
+            self._unapplied.popleft()
+            for row in entry.rows:
+                if type(row) is Record:
+                    left = self._pending[row.message_id] - 1
+                    if left:
+                        self._pending[row.message_id] = left
+                    else:
+                        del self._pending[row.message_id]
+            self._unapplied_rows -= len(entry.rows)
+        self._applied = batch[-1].frame_number
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+        self.bell.ring()  # readable now: waiting followers read again, from the tail
+        self._owe_ledger(batch)
 
     def _owe_ledger(self, batch: Sequence[_Unapplied]) -> None:
         """Note the ledger entries of applied frames, to write at the next flush."""
@@ -830,7 +854,7 @@ class DuckDBStore:
     async def _caught_up(self, frame_number: int) -> None:
         while self._applied < frame_number:
             progress = self._progress
-            if self._applier is None or self._applier.done():
+            if not self._running:
                 raise StoreUnavailable("the DuckDB store is not applying writes")
             await progress.wait()
 

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from app.records import TABLES
-from app.settings import Settings
 
 if TYPE_CHECKING:
     from google.cloud import spanner
@@ -208,18 +207,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, *, serving: str, emulator_host: str) -> int:
+    """The command `args` asks for, `serving` being RECORDLINE_SERVING (the default
+    destination) and `emulator_host` the Spanner emulator's address (empty: none)."""
     from google.api_core.exceptions import GoogleAPICallError, RetryError
 
-    from app.store.spanner.serving import SpannerDatabase
+    from app.store.open import spanner_database
 
-    destination_url = args.destination or settings.store.serving
+    destination_url = args.destination or serving
     if not destination_url:
         print("recordline restore: give --to, or set RECORDLINE_SERVING", file=sys.stderr)
         return 2
     try:
-        source_db = SpannerDatabase.from_url(args.source)
-        destination_db = SpannerDatabase.from_url(destination_url)
+        source_db = spanner_database(args.source)
+        destination_db = spanner_database(destination_url)
     except ValueError as exc:
         print(f"recordline restore: {exc}", file=sys.stderr)
         return 2
@@ -236,7 +237,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Without --at, a restored database is read as the command starts: one exact
     # timestamp, so every page reads the same database.
     read_at = args.at or datetime.now(UTC)
-    client = _client(source_db.project, settings.store.spanner_emulator_host)
+    client = _client(source_db.project, emulator_host)
     try:
         copier = RowCopier(
             _database(client, source_db),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import msgspec
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
+from app.errors import Misconfigured
 from app.records import (
     DAY_MICROS,
     TABLES,
@@ -35,7 +35,6 @@ from app.records import (
     moment,
     rejected_record,
 )
-from app.settings import SPANNER_URL, SettingsError, invalid
 from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
 from app.store.copies import message_states
 from app.store.producers import ProducerSequence, Tally, sequence_of
@@ -65,8 +64,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R", bound=Row)
 
-# spanner://projects/P/instances/I/databases/D, Spanner's own resource name.
-_URL: Final = re.compile(SPANNER_URL)
 
 # Spanner keeps old versions for an hour by default: a read never asks for a
 # time older than this, and rows before an older bound were committed long ago,
@@ -80,16 +77,11 @@ READ_SPANS_MICROS: Final = (1_000_000, 60_000_000, 3_600_000_000, DAY_MICROS)
 
 
 class SpannerDatabase(NamedTuple):
+    """A Spanner database by its names (`app.store.open` reads them from a URL)."""
+
     project: str
     instance: str
     database: str
-
-    @classmethod
-    def from_url(cls, url: str) -> SpannerDatabase:
-        match = _URL.fullmatch(url)
-        if match is None:
-            raise invalid("RECORDLINE_SERVING", url, "spanner://projects/P/instances/I/databases/D")
-        return cls(match["project"], match["instance"], match["name"])
 
     @property
     def path(self) -> str:
@@ -136,7 +128,7 @@ def too_large(row: Record | Rejection) -> str | None:
     return None
 
 
-class SchemaMismatch(SettingsError):
+class SchemaMismatch(Misconfigured):
     """The database's schema is not the one the service reads and writes."""
 
 

@@ -23,6 +23,7 @@ from app.records import TABLES, Record, Rejection
 from app.store.backoff import Backoff
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.spanner.serving import SpannerServing
+from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     RETRY_MAX_SECONDS,
@@ -32,7 +33,6 @@ from app.store.tiered.exporter import (
     ExportObserver,
 )
 from app.store.tiered.held import QueryHeld
-from app.store.tiered.supervisor import LoopObserver, Supervisor
 from app.store.tiered.typed import TypedExport
 from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 
@@ -134,8 +134,9 @@ class SystemExport:
         await self.watermarks.follow()
 
     def down(self) -> list[str]:
-        """Each of this system's loops failing for longer than its interval."""
-        return self.supervisor.down()
+        """Each of this system's loops failing for longer than its interval (its
+        BigQuery store's writers' too)."""
+        return self.supervisor.down() + self.analytics.down()
 
     async def close(self) -> None:
         """Stop the loops, hand the lease back, close the clients: each step even when

@@ -17,16 +17,17 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import msgspec
 
 from app.records import DAY_MICROS, TABLES, Record, Rejection, moment
-from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.store.bigquery.queries import QueryRunner
+    from app.store.bigquery.store import BigQueryStore
     from app.store.spanner.ledger import Decision, Progress
     from app.store.spanner.serving import SpannerServing
     from app.store.tiered.held import QueryHeld
@@ -41,6 +42,18 @@ EXIT_UNAVAILABLE: Final = 4
 EXIT_BUG: Final = 70
 # The commands that change the export, each a decision kept with its reason.
 DECIDING: Final = ("retry", "reject", "resync")
+
+
+class Operated(NamedTuple):
+    """What the commands work on, as the settings name it (`app.store.open.operated`):
+    each made when a command needs it, not started."""
+
+    # The serving tier; None if there is none (RECORDLINE_SERVING is not set).
+    serving: Callable[[], SpannerServing] | None
+    analytics: Callable[[], BigQueryStore]
+    # Queries of the BigQuery project named, bounded for a command rather than a request.
+    queries: Callable[[str], QueryRunner]
+    dedupe_window_seconds: float
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def run(args: argparse.Namespace, settings: Settings) -> int:
+async def run(args: argparse.Namespace, operated: Operated) -> int:
     """The command `args` asks for: its exit code (docs/operations.md#running-export-commands)."""
     from google.api_core.exceptions import GoogleAPIError
     from google.auth.exceptions import GoogleAuthError
@@ -89,11 +102,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from app.errors import QueryTooCostly, StoreUnavailable
 
     what = f"recordline export {args.action}"
-    if not settings.store.serving:
+    if operated.serving is None:
         _error(what, "no serving tier (RECORDLINE_SERVING is not set)")
         return EXIT_USAGE
     try:
-        return await _run(args, settings)
+        return await _run(args, operated.serving(), operated)
     except QueryTooCostly as exc:
         _error(what, f"refused: {exc}")
         return EXIT_REFUSED
@@ -105,20 +118,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_BUG
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    # Imported here: the clients take most of a second to import, which the
-    # parser of every other command need not pay.
-    from app.store.bigquery.queries import QueryRunner
-    from app.store.bigquery.store import BigQueryStore
-    from app.store.spanner.serving import SpannerDatabase, SpannerServing
+async def _run(args: argparse.Namespace, serving: SpannerServing, operated: Operated) -> int:
     from app.store.tiered.held import QueryHeld
-    from app.store.tiered.verify import BIGQUERY_SECONDS
 
-    serving = SpannerServing(
-        SpannerDatabase.from_url(settings.store.serving),
-        emulator_host=settings.store.spanner_emulator_host or None,
-        timeout_seconds=settings.store.query_timeout_seconds,
-    )
     async with contextlib.AsyncExitStack() as stack:
         await serving.start()
         stack.push_async_callback(serving.close)
@@ -129,17 +131,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 return await _retry(serving, args.table, _decision(args, args.table))
             case "reject":
                 return await _reject(serving, args.message_id, _decision(args, "records"))
-        analytics = BigQueryStore.from_url(
-            settings.store.url,
-            settings,
-            emulator=settings.store.bigquery_query_endpoint or None,
-        )
-        queries = QueryRunner(
-            analytics.project,
-            timeout=max(settings.store.query_timeout_seconds, BIGQUERY_SECONDS),
-            max_bytes_billed=settings.query.max_bytes_billed,
-            endpoint=settings.store.bigquery_query_endpoint or None,
-        )
+        analytics = operated.analytics()
+        queries = operated.queries(analytics.project)
         await queries.start()
         stack.push_async_callback(queries.close)
         names = {t: analytics.table_name(t) for t in TABLES}
@@ -152,7 +145,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             names,
             args.since,
             args.window,
-            settings.query.dedupe_window_seconds,
+            operated.dedupe_window_seconds,
         )
 
 

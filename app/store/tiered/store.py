@@ -2,7 +2,7 @@
 
 The package composes the two backends, which never import each other: this
 store, the exporter that feeds BigQuery from Spanner (`exporter.py`), and the
-supervisor of their background loops (`supervisor.py`). A push is acknowledged
+supervisor of their background loops (`app.store.supervisor`). A push is acknowledged
 once its group commit is durable in Spanner; reads from `serving_since` go to
 Spanner, older ones to BigQuery, where every row is final and exported.
 
@@ -30,9 +30,9 @@ from app.store.copies import ConflictObserver, differing
 from app.store.producers import Completeness
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
+from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tiered.exporter import LEASE_SECONDS, Exporter, ExportObserver
 from app.store.tiered.fleet import exporter_for
-from app.store.tiered.supervisor import LoopObserver, Supervisor
 from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 
 log = logging.getLogger(__name__)

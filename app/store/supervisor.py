@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
+from app.errors import StoreUnavailable
 from app.store.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,11 @@ class Supervisor:
     ) -> None:
         self._observer = observer
         self._monotonic = monotonic
-        self._loops: dict[str, _Loop] = {}
+        # Each loop running, with its task (two loops may share a name: a writer
+        # replaced by another of the same table runs until it is stopped).
+        self._loops: dict[_Loop, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -102,15 +104,24 @@ class Supervisor:
         *,
         interval: float,
         on_down: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
+    ) -> Callable[[], Awaitable[None]]:
         """Run `body()` (a coroutine that never returns) until `close`, started again
         whenever it fails; `interval`: how long it may be down before readiness says
-        so, and `on_down()` is called (once per streak of failures)."""
+        so, and `on_down()` is called (once per streak of failures). Returns what
+        stops this loop alone, and waits for it to end."""
         if self._group is None:
             raise RuntimeError("the supervisor is not started")
         loop = _Loop(name, body, interval, self._monotonic(), on_down)
-        self._loops[name] = loop
-        self._tasks.append(self._group.create_task(self._keep(loop), name=name))
+        self._loops[loop] = self._group.create_task(self._keep(loop), name=name)
+
+        async def stop() -> None:
+            task = self._loops.pop(loop, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        return stop
 
     async def _keep(self, loop: _Loop) -> None:
         while True:
@@ -148,20 +159,26 @@ class Supervisor:
         """Each loop failing for longer than its interval, as `name (error) for N s`."""
         now = self._monotonic()
         found = []
-        for loop in self._loops.values():
+        for loop in self._loops:
             loop.settle(now)
             if loop.failing_since is not None and now - loop.failing_since > loop.interval:
                 found.append(f"{loop.name} ({loop.error}) for {now - loop.failing_since:.0f} s")
         return found
 
+    def check(self) -> None:
+        """Readiness: StoreUnavailable naming each loop that is down, if any."""
+        down = self.down()
+        if down:
+            raise StoreUnavailable(f"background work down: {'; '.join(down)}")
+
     def restarts(self, name: str) -> int:
-        """How often loop `name` was started again."""
-        return self._loops[name].restarts
+        """How often the running loops named `name` were started again."""
+        return sum(loop.restarts for loop in self._loops if loop.name == name)
 
     async def close(self) -> None:
         """Cancel every loop and wait for each to end."""
-        for task in self._tasks:
+        for task in self._loops.values():
             task.cancel()
-        self._tasks.clear()
+        self._loops.clear()
         self._group = None
         await self._stack.aclose()
