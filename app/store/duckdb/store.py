@@ -617,6 +617,11 @@ class DuckDBStore:
             stored_before=stored_before,
             now=self._clock() // 1000,
         )
+        if not settled.duplicates and not settled.reasons:
+            # Every row kept as it came, as nearly every batch is.
+            await self._store(rows, list(settled.changed.values()), sorted(settled.dropped))
+            self._tally.commit(settled)
+            return [None] * len(rows)
         kept: list[Record | Rejection] = []
         outcomes: list[RowOutcome] = []
         for index, (row, sequence, verdict) in enumerate(
