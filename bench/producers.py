@@ -1,7 +1,7 @@
 """What producer sequences cost ingest, and what the ledger holds per producer.
 
     python3 dev.py bench producers [--rounds 5] [--seconds 2] [--connections 64]
-    python3 dev.py bench producers --count [--pushes 300]
+    python3 dev.py bench producers --count [--pushes 300] [--clients 64] [--load-pushes 1280]
     python3 dev.py bench producers --storage
 
 By default, pushes through the whole path: two services on DuckDB files, served
@@ -17,7 +17,12 @@ under valgrind's callgrind, pushes are sent one at a time (each its own group
 commit, so what the ledger adds per append counts in full), and the instructions
 are divided by the pushes: the event loop's thread (what holds a push back), and
 every thread of the process (the applier's DuckDB work included; the journal's
-writer is a process of its own, writing a frame either way). Then the store
+writer is a process of its own, writing a frame either way). Then the same under
+load: `--load-pushes` sent by `--clients` connections at once as two producers
+(as wrk's two threads are), so that group commits hold many pushes, and what the
+ledger does once a batch is shared by them while what it does per row is not
+(the batches' sizes follow the timing, so this count moves by a percent or so
+between runs where the one-at-a-time count does not). Then the store
 alone under load, in CPU time rather than instructions: group commits of
 `--batch` records appended to the DuckDB store, on and off taken in turn
 `--store-rounds` times (valgrind would slow the process fifty times while the
@@ -34,6 +39,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import http.client
+import itertools
 import json
 import os
 import random
@@ -44,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,7 +192,7 @@ def whole_path(args: argparse.Namespace) -> int:
 # -- instructions ---------------------------------------------------------------------------
 
 
-def _pusher(port: int, variant: str) -> Callable[[int], None]:
+def _pusher(port: int, variant: str, producer_id: str = "bench") -> Callable[[int], None]:
     import base64
 
     data = base64.b64encode(RECORD.encode()).decode()
@@ -197,9 +204,9 @@ def _pusher(port: int, variant: str) -> Callable[[int], None]:
             {
                 "message": {
                     "data": data,
-                    "messageId": f"m-{i}",
+                    "messageId": f"{producer_id}-{i}",
                     "publishTime": "2024-04-27T12:00:01Z",
-                    "attributes": {producer: "bench", epoch: "1", sequence: str(i)},
+                    "attributes": {producer: producer_id, epoch: "1", sequence: str(i)},
                 },
                 "subscription": "projects/bench/subscriptions/records-push",
             }
@@ -225,8 +232,29 @@ def _send(connection: http.client.HTTPConnection, body: str) -> http.client.HTTP
     return response
 
 
-def instructions(variant: str, pushes: int) -> tuple[float, float]:
-    """Instructions per push of the event loop's thread, and of every thread."""
+def _load(port: int, variant: str, first: int, pushes: int, clients: int) -> None:
+    """`pushes` sent by `clients` connections at once, as two producers (wrk's threads in
+    the whole-path run): each connection takes the next sequence of its producer, so
+    they arrive a little out of order, as under wrk."""
+    counters = {name: itertools.count(first) for name in ("bench-0", "bench-1")}
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        name = f"bench-{index % 2}"
+        push = _pusher(port, variant, name)
+        for _ in range(pushes // clients):
+            with lock:
+                number = next(counters[name])
+            push(number)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+        for done in [pool.submit(client, index) for index in range(clients)]:
+            done.result()
+
+
+def instructions(variant: str, pushes: int, clients: int = 1) -> tuple[float, float]:
+    """Instructions per push of the event loop's thread, and of every thread; with
+    `clients` above one, pushes sent by that many connections at once."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -244,16 +272,23 @@ def instructions(variant: str, pushes: int) -> tuple[float, float]:
             "RECORDLINE_LOG_LEVEL": "WARNING",
         }
         with server(argv, port, env, ready_seconds=600, stop_seconds=300) as running:
-            push = _pusher(port, variant)
-            for i in range(WARM_UP):
-                push(i)
+            if clients > 1:
+                _load(port, variant, 0, WARM_UP * 2, 2)
+            else:
+                push = _pusher(port, variant)
+                for i in range(WARM_UP):
+                    push(i)
             subprocess.run(
                 ["callgrind_control", "--instr=on", str(running.process.pid)],
                 check=True,
                 capture_output=True,
             )
-            for i in range(WARM_UP, WARM_UP + pushes):
-                push(i)
+            if clients > 1:
+                pushes -= pushes % clients
+                _load(port, variant, WARM_UP, pushes, clients)
+            else:
+                for i in range(WARM_UP, WARM_UP + pushes):
+                    push(i)
         counts = {}
         for part in Path(tmp).glob("callgrind.out-*"):
             found = re.search(r"^summary: (\d+)$", part.read_text(), re.MULTILINE)
@@ -332,13 +367,7 @@ def store_cpu(variant: str, count: int, batch: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def count(args: argparse.Namespace) -> int:
-    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
-        print("bench producers --count needs valgrind (apt-get install valgrind)", file=sys.stderr)
-        return 2
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CPUs
-        futures = {name: pool.submit(instructions, name, args.pushes) for name in NAMES}
-        counted = {name: future.result() for name, future in futures.items()}
+def _print_instructions(counted: dict[str, tuple[float, float]], title: str) -> None:
     rows = [["sequences", "event loop / push", "off / on", "all threads / push", "off / on"]]
     for name in ("off", "on"):
         loop, every = counted[name]
@@ -351,16 +380,41 @@ def count(args: argparse.Namespace) -> int:
                 f"{counted['off'][1] / every:.3f}",
             ]
         )
-    print(
-        f"instructions per push (callgrind), {args.pushes} pushes sent one at a time to the "
-        "DuckDB store (each its own append, journal frame and ledger entry):"
-    )
+    print(title)
     print(table(rows))
     loop_ratio = counted["off"][0] / counted["on"][0]
     print(
         f"event loop off / on = {loop_ratio:.3f} (goal ≥ {GOAL}: "
         f"{'met' if loop_ratio >= GOAL else 'NOT met'})"
     )
+
+
+def count(args: argparse.Namespace) -> int:
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        print("bench producers --count needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CPUs
+        futures = {name: pool.submit(instructions, name, args.pushes) for name in NAMES}
+        counted = {name: future.result() for name, future in futures.items()}
+    _print_instructions(
+        counted,
+        f"instructions per push (callgrind), {args.pushes} pushes sent one at a time to the "
+        "DuckDB store (each its own append, journal frame and ledger entry):",
+    )
+    if args.clients > 1:
+        # Under load, as in the whole-path run, a group commit holds many pushes: what
+        # the ledger adds once per batch is shared by them, what it adds per row is not.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            futures = {
+                name: pool.submit(instructions, name, args.load_pushes, args.clients)
+                for name in NAMES
+            }
+            counted = {name: future.result() for name, future in futures.items()}
+        _print_instructions(
+            counted,
+            f"\ninstructions per push (callgrind) under load: {args.load_pushes} pushes sent by "
+            f"{args.clients} connections at once, as two producers (group commits of many):",
+        )
     # Under load a group commit holds many pushes: the store alone, in batches. Not
     # under valgrind: DuckDB's ledger table is written once a second, and a process
     # fifty times slower would write it fifty times as often a record.
@@ -478,6 +532,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--count", action="store_true", help="instructions per push")
     parser.add_argument("--pushes", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=64, help="connections at once (1: none)")
+    parser.add_argument("--load-pushes", type=int, default=1280)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--store-rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100)

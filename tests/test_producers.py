@@ -305,6 +305,58 @@ def test_the_ledger_says_what_a_plain_set_of_seen_sequences_says(
     assert sum(e.duplicates for e in entries.values()) == duplicates
 
 
+# Two producers, more epochs than are kept, epochs said to end, copies and rejections:
+# every path of `settle`, in batches that switch producer and epoch at any row.
+mixed_events = st.lists(
+    st.tuples(
+        st.sampled_from(["p", "q"]),
+        st.integers(0, MAX_EPOCHS + 2),  # epoch
+        st.integers(0, 12),  # sequence
+        st.integers(0, 2),  # which copy: its message id
+        st.booleans(),  # a record, or a rejection
+        st.none() | st.tuples(st.integers(0, MAX_EPOCHS + 2), st.integers(0, 12)),  # an end
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mixed_events)
+def test_a_batch_is_settled_as_its_rows_would_be_one_at_a_time(
+    events: list[tuple[str, int, int, int, bool, tuple[int, int] | None]],
+) -> None:
+    """Settling looks a run of one producer's epoch up once: the same verdicts and the
+    same ledger as each row settled and committed on its own."""
+    rows = []
+    for producer, epoch, number, copy, is_record, end in events:
+        ended = end if end is not None and end[0] < epoch else None
+        sequence = ProducerSequence(
+            producer,
+            epoch,
+            number,
+            ended_epoch=None if ended is None else ended[0],
+            ended_count=None if ended is None else ended[1],
+        )
+        rows.append((sequence, f"{producer}/{epoch}/{number}/{copy}", is_record))
+    whole = Tally(())
+    settled = whole.settle(rows, stored_before=set(), now=NOW)
+    whole.commit(settled)
+    alone = Tally(())
+    stored: set[str] = set()
+    verdicts = []
+    for row in rows:
+        one = alone.settle([row], stored_before=stored, now=NOW)
+        alone.commit(one)
+        verdicts.extend(one.verdicts)
+        if one.verdicts[0] in ("store", "refuse"):
+            stored.add(row[1])
+    assert settled.verdicts == verdicts
+    assert settled.duplicates == verdicts.count("duplicate")
+    for producer in ("p", "q"):
+        assert whole.entries(producer) == alone.entries(producer)
+
+
 def test_a_producer_that_would_open_too_many_gaps_gets_rejections_naming_it_and_nobody_else() -> (
     None
 ):

@@ -107,16 +107,34 @@ def _read(
         absent = next(name for name, value in required if value is None)
         named = next(n for n, v in zip(SEQUENCE_ATTRIBUTES, given, strict=True) if v is not None)
         raise SequenceError(f"{absent}: missing; a message with {named} needs all three")
-    problem = unaddressable(producer)
-    if problem is None and len(producer) > MAX_PRODUCER_LENGTH:
-        problem = f"{len(producer)} characters, more than {MAX_PRODUCER_LENGTH}"
-    if problem is not None:
-        raise SequenceError(f"{PRODUCER_ATTRIBUTE}: {problem}")
-    read = ProducerSequence(
-        producer=producer,
-        epoch=_number(EPOCH_ATTRIBUTE, epoch),
-        sequence=_number(SEQUENCE_ATTRIBUTE, sequence),
-    )
+    # A well-formed sequence is checked in line: every sequenced message is read
+    # twice (as it is validated, and as the store settles it), and a call each for
+    # the id and the two numbers was most of a read. Anything else goes through the
+    # checks below, which name the attribute at fault.
+    if (
+        0 < len(producer) <= MAX_PRODUCER_LENGTH
+        and producer.strip("/")
+        and epoch.isascii()
+        and epoch.isdigit()
+        and len(epoch) <= 19
+        and sequence.isascii()
+        and sequence.isdigit()
+        and len(sequence) <= 19
+        and (epoch_number := int(epoch)) <= MAX_NUMBER
+        and (sequence_number := int(sequence)) <= MAX_NUMBER
+    ):
+        read = ProducerSequence(producer, epoch_number, sequence_number)
+    else:
+        problem = unaddressable(producer)
+        if problem is None and len(producer) > MAX_PRODUCER_LENGTH:
+            problem = f"{len(producer)} characters, more than {MAX_PRODUCER_LENGTH}"
+        if problem is not None:
+            raise SequenceError(f"{PRODUCER_ATTRIBUTE}: {problem}")
+        read = ProducerSequence(
+            producer=producer,
+            epoch=_number(EPOCH_ATTRIBUTE, epoch),
+            sequence=_number(SEQUENCE_ATTRIBUTE, sequence),
+        )
     if ended is None:
         return read
     match = _EPOCH_ENDED.fullmatch(ended)
@@ -146,7 +164,12 @@ def sequence_problem(attributes: Mapping[str, str]) -> str | None:
     ):
         return None
     try:
-        read_sequence(attributes)
+        _read(
+            attributes.get(PRODUCER_ATTRIBUTE),
+            attributes.get(EPOCH_ATTRIBUTE),
+            attributes.get(SEQUENCE_ATTRIBUTE),
+            attributes.get(EPOCH_ENDED_ATTRIBUTE),
+        )
     except SequenceError as exc:
         return str(exc)
     return None
@@ -302,10 +325,11 @@ class Settled:
     # The entries as they are after the batch, and the ones it dropped (MAX_EPOCHS).
     changed: dict[tuple[str, int], EpochEntry]
     dropped: set[tuple[str, int]] = field(default_factory=set)
+    # How many rows are publishers' copies, not stored.
+    duplicates: int = 0
 
-    @property
-    def duplicates(self) -> int:
-        return sum(v == "duplicate" for v in self.verdicts)
+
+_NO_EPOCHS: Mapping[int, EpochEntry] = {}
 
 
 class Tally:
@@ -324,10 +348,23 @@ class Tally:
     def producers(self) -> Iterator[str]:
         return iter(self._epochs)
 
-    def known(self, sequence: ProducerSequence) -> bool:
-        """Whether the sequence is seen already (before any batch now being settled)."""
-        entry = self._epochs.get(sequence.producer, {}).get(sequence.epoch)
-        return entry is not None and entry.seen(sequence.sequence)
+    def redeliveries(self, rows: Sequence[tuple[ProducerSequence | None, str, bool]]) -> list[str]:
+        """The message ids of `rows` (as `settle` takes them) whose sequence is seen
+        already: only those may be redeliveries of a stored message rather than a
+        publisher's copies, which the store tells apart by message id."""
+        found: list[str] = []
+        epochs = self._epochs
+        for sequence, message_id, _ in rows:
+            if sequence is None:
+                continue
+            entry = epochs.get(sequence.producer, _NO_EPOCHS).get(sequence.epoch)
+            if (
+                entry is not None
+                and sequence.sequence <= entry.highest
+                and entry.seen(sequence.sequence)
+            ):
+                found.append(message_id)
+        return found
 
     def settle(
         self,
@@ -343,6 +380,17 @@ class Tally:
         verdicts: list[Verdict | None] = []
         reasons: dict[int, str] = {}
         ids_in_batch: set[str] = set()
+        duplicates = 0
+        # A batch's rows come in runs of one producer's epoch (a producer publishes
+        # in order, and the batch holds what arrived together), so the entry, the
+        # producer's newest epoch and the hour's counts are looked up once a run, not
+        # once a row. Within a run none of them changes: only a row of another epoch
+        # makes or drops an entry (an epoch's end names an earlier epoch than its row's,
+        # so it drops none newer and makes none newer than that row's).
+        producer: str | None = None
+        epoch = newest = 0
+        entry: EpochEntry | None = None
+        counts = [0, 0, 0]
         for index, (sequence, message_id, is_record) in enumerate(rows):
             if sequence is None:
                 verdicts.append(None)
@@ -353,8 +401,14 @@ class Tally:
             again = message_id in stored_before or message_id in ids_in_batch
             if sequence.ended_epoch is not None and sequence.ended_count is not None:
                 batch.end(sequence.producer, sequence.ended_epoch, sequence.ended_count)
-            entry = batch.entry(sequence.producer, sequence.epoch)
-            newest = batch.newest(sequence.producer)
+            if sequence.producer != producer or sequence.epoch != epoch:
+                producer, epoch = sequence.producer, sequence.epoch
+                entry = batch.entry(producer, epoch)
+                newest = batch.newest(producer)
+                if entry is not None:
+                    entry.last_seen = max(entry.last_seen, now)
+                    # This batch's counts for the hour, added to the entry once, at the end.
+                    counts = batch.counts(entry)
             if entry is None:
                 # Older than every epoch kept: stored, without deduplication.
                 kept = batch.entry(sequence.producer, newest)
@@ -364,30 +418,32 @@ class Tally:
                 ids_in_batch.add(message_id)
                 verdicts.append("store")
                 continue
-            entry.last_seen = max(entry.last_seen, now)
-            # This batch's counts for the hour, added to the entry once, at the end.
-            counts = batch.counts(entry)
-            if entry.seen(sequence.sequence):
+            number = sequence.sequence
+            if number <= entry.highest and entry.seen(number):
                 if again:
                     verdicts.append("again")
                     continue
                 entry.duplicates += 1
                 counts[2] += 1
+                duplicates += 1
                 verdicts.append("duplicate")
                 continue
             ids_in_batch.add(message_id)
-            if not _take(entry, sequence.sequence, now):
+            # The next in order, as most are: no gap to open or close.
+            if number == entry.highest + 1:
+                entry.highest = number
+            elif not _take(entry, number, now):
                 entry.refused += 1
                 entry.rejected += 1
                 counts[1] += 1
                 reasons[index] = (
-                    f"{SEQUENCE_ATTRIBUTE}: {sequence.sequence} of producer "
-                    f"{sequence.producer!r} epoch {sequence.epoch} would open a gap past the "
+                    f"{SEQUENCE_ATTRIBUTE}: {number} of producer "
+                    f"{sequence.producer!r} epoch {epoch} would open a gap past the "
                     f"{MAX_GAPS} an epoch may hold; kept to replay once its gaps close"
                 )
                 verdicts.append("refuse")
                 continue
-            if sequence.epoch < newest:
+            if epoch < newest:
                 entry.zombies += 1
             if is_record:
                 entry.stored += 1
@@ -397,7 +453,7 @@ class Tally:
                 counts[1] += 1
             verdicts.append("store")
         batch.add_counts(now // HOUR_MICROS)
-        return Settled(verdicts, reasons, batch.changed, batch.dropped)
+        return Settled(verdicts, reasons, batch.changed, batch.dropped, duplicates)
 
     def commit(self, settled: Settled) -> None:
         """Take a committed batch's changes (they are this tally's from now on)."""

@@ -602,17 +602,19 @@ class DuckDBStore:
         a failed write leaves every sequence unseen, so the redelivery is stored."""
         # Only a row whose sequence is seen already may be a redelivery of a stored
         # message rather than a publisher's copy: its message id decides, in one read.
-        maybe_again = [
-            r.message_id
-            for r, s in zip(rows, sequences, strict=True)
-            if s is not None and self._tally.known(s)
+        settling = [
+            (s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)
         ]
+        maybe_again = self._tally.redeliveries(settling)
         stored_before = await self._stored_ids(maybe_again) if maybe_again else set()
         settled = self._tally.settle(
-            [(s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)],
-            stored_before=stored_before,
-            now=self._clock() // 1000,
+            settling, stored_before=stored_before, now=self._clock() // 1000
         )
+        if not settled.duplicates and not settled.reasons:
+            # Every row kept as it came, as nearly every batch is.
+            await self._store(rows, list(settled.changed.values()), sorted(settled.dropped))
+            self._tally.commit(settled)
+            return [None] * len(rows)
         kept: list[Record | Rejection] = []
         outcomes: list[RowOutcome] = []
         for index, (row, sequence, verdict) in enumerate(
