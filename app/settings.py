@@ -12,6 +12,7 @@ runs at import time: `Settings.load` is called by the command line or by
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import typing
@@ -880,3 +881,99 @@ def effective(settings: Settings, environ: Mapping[str, str]) -> list[Effective]
                 shown = f"(set: {len(str(value))} characters, not shown)"
             rows.append(Effective(setting.var, shown, source))
     return rows
+
+
+# --- the service's own checks, across settings: what would leave it open ---------------
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_open_service(settings: Settings, *, push_authenticated: bool) -> None:
+    """Beyond loopback, pushes and reads are authenticated (or reads declared public),
+    and page tokens are signed with a key of this deployment's own. What is missing is
+    said all at once: one refusal per run would take a run per setting to learn."""
+    auth, host = settings.auth, settings.server.host
+    if auth.public_reads and auth.read_audience:
+        raise SettingsError(
+            "RECORDLINE_PUBLIC_READS and RECORDLINE_READ_AUDIENCE contradict each other: "
+            "reads are either public or authenticated"
+        )
+    if is_loopback(host):
+        return
+    missing = []
+    if not push_authenticated:
+        missing.append(
+            "push authentication (RECORDLINE_PUSH_AUDIENCE and RECORDLINE_PUSH_SERVICE_ACCOUNTS "
+            "for Google-signed pushes, or RECORDLINE_PUSH_TOKEN, the emulator's ?token=)"
+        )
+    if not auth.read_audience and not auth.public_reads:
+        missing.append(
+            "read authentication (RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS, or "
+            "RECORDLINE_PUBLIC_READS=true if an outer gate such as Cloud Run's invoker check "
+            "decides who reads)"
+        )
+    secret = settings.query.page_token_secret
+    if secret == DEFAULT_PAGE_TOKEN_SECRET or len(secret) < MIN_PAGE_TOKEN_SECRET_LENGTH:
+        missing.append(
+            f"a page-token key of its own (RECORDLINE_PAGE_TOKEN_SECRET: at least "
+            f"{MIN_PAGE_TOKEN_SECRET_LENGTH} random characters, the same on every instance; "
+            "the published default, or a shorter one, lets anyone sign page tokens)"
+        )
+    if missing:
+        raise SettingsError(
+            f"RECORDLINE_HOST={host!r} is not a loopback address, and a service beyond "
+            f"loopback needs {'; '.join(missing)}. Set {'it' if len(missing) == 1 else 'them'}, "
+            "or bind to 127.0.0.1",
+            var="RECORDLINE_HOST",
+        )
+
+
+def _pair(name: str, value: str, other: str, values: object) -> None:
+    if bool(value) != bool(values):
+        raise SettingsError(f"{name} and {other} work together: set both, or neither")
+
+
+def _entries(value: str) -> list[str]:
+    return [item.strip().lower() for item in value.split(",") if item.strip()]
+
+
+def check_access(settings: Settings) -> None:
+    """SettingsError for settings the service must not run with: one of a pair set
+    without the other, an entry that names nobody, a guessable push token, and, beyond
+    loopback, anything left open (`_refuse_open_service`)."""
+    auth = settings.auth
+    accounts = _entries(auth.push_service_accounts)
+    principals = _entries(auth.read_principals)
+    operators = _entries(auth.operator_principals)
+    _pair(
+        "RECORDLINE_PUSH_AUDIENCE", auth.push_audience, "RECORDLINE_PUSH_SERVICE_ACCOUNTS", accounts
+    )
+    _pair("RECORDLINE_READ_AUDIENCE", auth.read_audience, "RECORDLINE_READ_PRINCIPALS", principals)
+    if any("@" not in account for account in accounts):
+        raise SettingsError("RECORDLINE_PUSH_SERVICE_ACCOUNTS: list service-account e-mails")
+    if "domain:" in principals:
+        raise SettingsError("RECORDLINE_READ_PRINCIPALS: `domain:` needs a domain")
+    if "domain:" in operators:
+        raise SettingsError("RECORDLINE_OPERATOR_PRINCIPALS: `domain:` needs a domain")
+    if operators and not auth.read_audience:
+        raise SettingsError(
+            "RECORDLINE_OPERATOR_PRINCIPALS needs RECORDLINE_READ_AUDIENCE: operators "
+            "sign in with tokens for it"
+        )
+    if auth.push_token and len(auth.push_token) < MIN_PUSH_TOKEN_LENGTH:
+        raise SettingsError(
+            f"RECORDLINE_PUSH_TOKEN: use at least {MIN_PUSH_TOKEN_LENGTH} random characters"
+        )
+    if (auth.push_audience or auth.read_audience) and not auth.oidc_certs_url.startswith(
+        ("https://", "http://")
+    ):
+        raise SettingsError("RECORDLINE_OIDC_CERTS_URL: must be an http(s) URL")
+    _refuse_open_service(settings, push_authenticated=bool(auth.push_audience or auth.push_token))

@@ -10,7 +10,6 @@ only on a loopback address, where nothing but this machine can write.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,25 +31,9 @@ from app.auth.access import (
 )
 from app.auth.oidc import GoogleCerts, IdTokenVerifier
 from app.errors import AmbiguousRequest, Forbidden
-from app.settings import (
-    DEFAULT_PAGE_TOKEN_SECRET,
-    MIN_PAGE_TOKEN_SECRET_LENGTH,
-    MIN_PUSH_TOKEN_LENGTH,
-    Settings,
-    SettingsError,
-)
+from app.settings import Settings, check_access, is_loopback
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Auth:
@@ -73,39 +56,14 @@ class Auth:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Auth:
-        """Raise SettingsError for a configuration that would leave the service open."""
+        """Raise SettingsError for a configuration that would leave the service open
+        (`check_access`)."""
+        check_access(settings)
         auth, host = settings.auth, settings.server.host
         accounts = split_list(auth.push_service_accounts)
-        principals = Principals(split_list(auth.read_principals))
         operators = Principals(split_list(auth.operator_principals))
-        _pair(
-            "RECORDLINE_PUSH_AUDIENCE",
-            auth.push_audience,
-            "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
-            accounts,
-        )
-        _pair(
-            "RECORDLINE_READ_AUDIENCE", auth.read_audience, "RECORDLINE_READ_PRINCIPALS", principals
-        )
-        if any("@" not in account for account in accounts):
-            raise SettingsError("RECORDLINE_PUSH_SERVICE_ACCOUNTS: list service-account e-mails")
-        if "" in principals.domains:
-            raise SettingsError("RECORDLINE_READ_PRINCIPALS: `domain:` needs a domain")
-        if "" in operators.domains:
-            raise SettingsError("RECORDLINE_OPERATOR_PRINCIPALS: `domain:` needs a domain")
-        if operators and not auth.read_audience:
-            raise SettingsError(
-                "RECORDLINE_OPERATOR_PRINCIPALS needs RECORDLINE_READ_AUDIENCE: operators "
-                "sign in with tokens for it"
-            )
-        if auth.push_token and len(auth.push_token) < MIN_PUSH_TOKEN_LENGTH:
-            raise SettingsError(
-                f"RECORDLINE_PUSH_TOKEN: use at least {MIN_PUSH_TOKEN_LENGTH} random characters"
-            )
         certs = None
         if auth.push_audience or auth.read_audience:
-            if not auth.oidc_certs_url.startswith(("https://", "http://")):
-                raise SettingsError("RECORDLINE_OIDC_CERTS_URL: must be an http(s) URL")
             certs = GoogleCerts(auth.oidc_certs_url)
 
         push = None
@@ -127,7 +85,6 @@ class Auth:
                 host,
             )
 
-        _refuse_open_service(settings, push_authenticated=push is not None)
         read: ReadAccess | None = None
         operate: ReadAccess | SecretAccess | None = None
         replay_refusal = None
@@ -255,48 +212,3 @@ def _once(headers: Headers, name: str) -> str | None:
             f"{len(values)} {name} headers: a request carries its credentials once"
         )
     return values[0] if values else None
-
-
-def _refuse_open_service(settings: Settings, *, push_authenticated: bool) -> None:
-    """Beyond loopback, pushes and reads are authenticated (or reads declared public),
-    and page tokens are signed with a key of this deployment's own. What is missing is
-    said all at once: one refusal per run would take a run per setting to learn."""
-    auth, host = settings.auth, settings.server.host
-    if auth.public_reads and auth.read_audience:
-        raise SettingsError(
-            "RECORDLINE_PUBLIC_READS and RECORDLINE_READ_AUDIENCE contradict each other: "
-            "reads are either public or authenticated"
-        )
-    if is_loopback(host):
-        return
-    missing = []
-    if not push_authenticated:
-        missing.append(
-            "push authentication (RECORDLINE_PUSH_AUDIENCE and RECORDLINE_PUSH_SERVICE_ACCOUNTS "
-            "for Google-signed pushes, or RECORDLINE_PUSH_TOKEN, the emulator's ?token=)"
-        )
-    if not auth.read_audience and not auth.public_reads:
-        missing.append(
-            "read authentication (RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PRINCIPALS, or "
-            "RECORDLINE_PUBLIC_READS=true if an outer gate such as Cloud Run's invoker check "
-            "decides who reads)"
-        )
-    secret = settings.query.page_token_secret
-    if secret == DEFAULT_PAGE_TOKEN_SECRET or len(secret) < MIN_PAGE_TOKEN_SECRET_LENGTH:
-        missing.append(
-            f"a page-token key of its own (RECORDLINE_PAGE_TOKEN_SECRET: at least "
-            f"{MIN_PAGE_TOKEN_SECRET_LENGTH} random characters, the same on every instance; "
-            "the published default, or a shorter one, lets anyone sign page tokens)"
-        )
-    if missing:
-        raise SettingsError(
-            f"RECORDLINE_HOST={host!r} is not a loopback address, and a service beyond "
-            f"loopback needs {'; '.join(missing)}. Set {'it' if len(missing) == 1 else 'them'}, "
-            "or bind to 127.0.0.1",
-            var="RECORDLINE_HOST",
-        )
-
-
-def _pair(name: str, value: str, other: str, values: object) -> None:
-    if bool(value) != bool(values):
-        raise SettingsError(f"{name} and {other} work together: set both, or neither")
