@@ -93,15 +93,7 @@ def create_app(
     # store that projects them (a store passed in shares this one to do so).
     revisions = declared(settings, revisions if revisions is not None else Revisions())
     if store is None:
-        store = open_store(
-            settings,
-            revisions=revisions,
-            observer=telemetry.query_observer,
-            conflicts=telemetry.conflicts(),
-            exports=telemetry.export_observer(),
-            loops=telemetry.loop_observer(),
-            patches=telemetry.patch_observer(),
-        )
+        store = open_store(settings, revisions=revisions, observers=telemetry.store_observers())
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)

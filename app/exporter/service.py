@@ -87,13 +87,7 @@ def exported_systems(settings: Settings, *, instance: str | None = None) -> list
             revisions: Revisions = revisions,
         ) -> SystemExport:
             return open_export(
-                name,
-                own,
-                observer=telemetry.query_observer,
-                exports=telemetry.export_observer(),
-                loops=telemetry.loop_observer(),
-                revisions=revisions,
-                patches=telemetry.patch_observer(),
+                name, own, revisions=revisions, observers=telemetry.store_observers()
             )
 
         found.append(Exported(name, make, telemetry, schemas))

@@ -9,7 +9,8 @@ second to import, which a service on DuckDB never pays.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 from app.settings import (
     BIGQUERY_URL,
@@ -39,23 +40,33 @@ class UnknownStore(SettingsError):
     """RECORDLINE_STORE names no store this build has."""
 
 
+@dataclass(frozen=True)
+class StoreObservers:
+    """Who a store tells what it does (telemetry, in the service; none by default):
+    `query` what each query cost, `conflicts` each copy of a message that differs
+    from the one stored, `exports` what a serving tier's exporter does, `loops` each
+    restart of a background loop, `patches` each change of BigQuery's typed columns
+    that BigQuery refused."""
+
+    query: QueryObserver | None = None
+    conflicts: ConflictObserver | None = None
+    exports: ExportObserver | None = None
+    loops: LoopObserver | None = None
+    patches: PatchObserver | None = None
+
+
+NO_OBSERVERS: Final = StoreObservers()
+
+
 def open_store(
     settings: Settings,
     *,
-    observer: QueryObserver | None = None,
-    conflicts: ConflictObserver | None = None,
-    exports: ExportObserver | None = None,
-    loops: LoopObserver | None = None,
     revisions: Revisions | None = None,
-    patches: PatchObserver | None = None,
+    observers: StoreObservers = NO_OBSERVERS,
 ) -> Store:
-    """The store a `RECORDLINE_STORE` URL names (not started yet); `observer` is
-    told what each of its queries cost, `conflicts` of each copy of a message
-    that differs from the one stored, `exports` what a serving tier's exporter does,
-    `loops` each restart of the store's background loops,
-    `revisions` each decoded schema revision's typed fields (every store projects
-    them: the serving tier keeps JSON in Spanner and projects on export), `patches`
-    each change of BigQuery's typed columns that BigQuery refused."""
+    """The store a `RECORDLINE_STORE` URL names (not started yet), telling `observers`
+    what it does; `revisions` holds each decoded schema revision's typed fields (every
+    store projects them: the serving tier keeps JSON in Spanner and projects on export)."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -70,9 +81,9 @@ def open_store(
             return DuckDBStore(
                 ":memory:",
                 retention_days=settings.store.retention_days,
-                conflicts=conflicts,
+                conflicts=observers.conflicts,
                 revisions=revisions,
-                loops=loops,
+                loops=observers.loops,
             )
         case "duckdb":
             from app.store.duckdb.store import DuckDBStore
@@ -83,18 +94,16 @@ def open_store(
             return DuckDBStore(
                 path or "recordline.duckdb",
                 retention_days=settings.store.retention_days,
-                conflicts=conflicts,
+                conflicts=observers.conflicts,
                 revisions=revisions,
-                loops=loops,
+                loops=observers.loops,
             )
         case "bigquery":
-            analytics = open_bigquery(
-                settings, observer=observer, revisions=revisions, patches=patches, loops=loops
-            )
+            analytics = open_bigquery(settings, revisions=revisions, observers=observers)
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics, conflicts, exports, loops)
+            return _tiered(settings, analytics, observers)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in every_setting() if d.var == "RECORDLINE_STORE")
@@ -104,10 +113,8 @@ def open_store(
 def open_bigquery(
     settings: Settings,
     *,
-    observer: QueryObserver | None = None,
     revisions: Revisions | None = None,
-    patches: PatchObserver | None = None,
-    loops: LoopObserver | None = None,
+    observers: StoreObservers = NO_OBSERVERS,
 ) -> BigQueryStore:
     """The BigQuery store RECORDLINE_STORE names (`bigquery://PROJECT/DATASET`), not
     started yet; the observers as `open_store`'s."""
@@ -126,10 +133,10 @@ def open_bigquery(
         match["dataset"],
         options=bigquery_options(settings.store, settings.query),
         query_endpoint=settings.store.bigquery_query_endpoint or None,
-        observer=observer,
+        observer=observers.query,
         revisions=revisions,
-        patches=patches,
-        loops=loops,
+        patches=observers.patches,
+        loops=observers.loops,
     )
 
 
@@ -199,9 +206,7 @@ def _serving(settings: Settings) -> SpannerServing:
 def _tiered(
     settings: Settings,
     analytics: BigQueryStore,
-    conflicts: ConflictObserver | None,
-    exports: ExportObserver | None,
-    loops: LoopObserver | None,
+    observers: StoreObservers,
 ) -> Store:
     from app.store.tiered.store import TieredStore
 
@@ -210,11 +215,11 @@ def _tiered(
         analytics,
         write_deadline_seconds=settings.store.write_deadline_seconds,
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
-        conflicts=conflicts,
+        conflicts=observers.conflicts,
         # A fleet's services leave the export to the exporter service (open_export).
         export=settings.store.export_in_service,
-        export_observer=exports,
-        loop_observer=loops,
+        export_observer=observers.exports,
+        loop_observer=observers.loops,
     )
 
 
@@ -222,11 +227,8 @@ def open_export(
     name: str,
     settings: Settings,
     *,
-    observer: QueryObserver | None = None,
-    exports: ExportObserver | None = None,
-    loops: LoopObserver | None = None,
     revisions: Revisions | None = None,
-    patches: PatchObserver | None = None,
+    observers: StoreObservers = NO_OBSERVERS,
 ) -> SystemExport:
     """System `name`'s export to BigQuery as the exporter service runs it (not started
     yet): from its serving tier (RECORDLINE_SERVING) into its BigQuery store
@@ -238,7 +240,7 @@ def open_export(
             f"{name}: an export needs a serving tier (RECORDLINE_SERVING) and a BigQuery "
             f"store (RECORDLINE_STORE), not {settings.store.url!r}"
         )
-    analytics = open_bigquery(
-        settings, observer=observer, revisions=revisions, patches=patches, loops=loops
+    analytics = open_bigquery(settings, revisions=revisions, observers=observers)
+    return SystemExport(
+        name, _serving(settings), analytics, observer=observers.exports, loops=observers.loops
     )
-    return SystemExport(name, _serving(settings), analytics, observer=exports, loops=loops)

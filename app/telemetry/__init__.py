@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app.settings import Settings, TelemetrySettings
 from app.store import QueryObserver, Store
+from app.store.open import StoreObservers
 from app.telemetry.distribution import PrometheusDistributions, WithDistributions
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import (
@@ -239,6 +240,16 @@ class Telemetry:
     def loop_observer(self) -> LoopRestarts:
         """What a store is given to count each restart of one of its background loops."""
         return LoopRestarts(self.metrics)
+
+    def store_observers(self) -> StoreObservers:
+        """Everything a store is given to report what it does."""
+        return StoreObservers(
+            query=self.query_observer,
+            conflicts=self.conflicts(),
+            exports=self.export_observer(),
+            loops=self.loop_observer(),
+            patches=self.patch_observer(),
+        )
 
     def connection_observer(self) -> ConnectionRefusals:
         """What the server is given to count each connection a bound refused or closed."""

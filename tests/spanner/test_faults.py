@@ -30,7 +30,7 @@ import pytest
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.settings import Settings
-from app.store.open import open_store
+from app.store.open import StoreObservers, open_store
 from app.store.tiered import store as tiered_store
 from app.store.tiered.exporter import Exporter
 from app.store.tiered.store import TieredStore
@@ -246,7 +246,7 @@ async def test_a_loop_that_fails_is_restarted_counted_and_named_and_close_still_
     monkeypatch.setattr(Exporter, "step", fails)
     settings = serving_settings()
     telemetry = Telemetry(prometheus=True)
-    store = open_store(settings, loops=telemetry.loop_observer())
+    store = open_store(settings, observers=StoreObservers(loops=telemetry.loop_observer()))
     assert isinstance(store, TieredStore)
     async with served(create_app(settings, store=store, telemetry=telemetry)) as client:
 
