@@ -14,6 +14,7 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 
 from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
+from app.errors import SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.http.codings import compression
 from app.http.head import Recordline
@@ -43,7 +44,7 @@ from app.store import Store
 from app.store.open import open_store
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
-from app.typed.revisions import DeclaredSchemaError, Revisions
+from app.typed.revisions import DeclaredSchemaError, Fetch, Revisions
 
 
 def declared(settings: Settings, revisions: Revisions) -> Revisions:
@@ -73,8 +74,23 @@ def fetching_schemas(
         timeout=timeout,
         revisions=revisions,
     )
-    revisions.fetch_with(schemas.learn)
+    revisions.fetch_with(store_fetch(schemas))
     return schemas
+
+
+def store_fetch(schemas: Schemas) -> Fetch:
+    """How a store learns a revision no push here decoded (one another instance
+    decoded): fetched as a push fetches it; a fetch that fails is the store's
+    StoreUnavailable, so that what waits on it is retried as any store outage."""
+
+    async def fetch(revision: str) -> None:
+        name, _, revision_id = revision.rpartition("@")
+        try:
+            await schemas.decoder(name, revision_id)
+        except SchemaUnavailable as exc:
+            raise StoreUnavailable(exc.detail) from None
+
+    return fetch
 
 
 def create_app(

@@ -23,7 +23,7 @@ from typing import NamedTuple, NoReturn, Protocol
 import cachetools
 import msgspec
 
-from app.errors import SchemaUnavailable, StoreUnavailable
+from app.errors import SchemaUnavailable
 from app.ingest.avro import AvroCodec
 from app.ingest.codec import Codec, SchemaError
 from app.ingest.protobuf import ProtobufCodec
@@ -179,16 +179,6 @@ class Schemas:
             fetching.add_done_callback(lambda _: self._fetching.pop(key, None))
         # Shielded: a push that gives up does not cancel the fetch others wait for.
         return await asyncio.shield(fetching)
-
-    async def learn(self, revision: str) -> None:
-        """Fetch the revision named `projects/P/schemas/S@ID`, so that its fields are
-        learned (the serving tier's exporter meets revisions other instances
-        decoded); StoreUnavailable while it cannot be fetched."""
-        name, _, revision_id = revision.rpartition("@")
-        try:
-            await self.decoder(name, revision_id)
-        except SchemaUnavailable as exc:
-            raise StoreUnavailable(exc.detail) from None
 
     async def check(self) -> None:
         """Raise SchemaUnavailable while a revision that messages named cannot be fetched.
