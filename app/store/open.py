@@ -9,8 +9,7 @@ second to import, which a service on DuckDB never pays.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from app.settings import (
     BIGQUERY_URL,
@@ -22,15 +21,12 @@ from app.settings import (
     every_setting,
     invalid,
 )
-from app.store import QueryObserver, Store
-from app.store.copies import ConflictObserver
+from app.store import Store
+from app.store.observers import NO_OBSERVERS, StoreObservers
 
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryOptions, BigQueryStore
-    from app.store.bigquery.typed import PatchObserver
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
-    from app.store.supervisor import LoopObserver
-    from app.store.tiered.exporter import ExportObserver
     from app.store.tiered.fleet import SystemExport
     from app.store.tiered.operator import Operated
     from app.typed.revisions import Revisions
@@ -38,24 +34,6 @@ if TYPE_CHECKING:
 
 class UnknownStore(SettingsError):
     """RECORDLINE_STORE names no store this build has."""
-
-
-@dataclass(frozen=True)
-class StoreObservers:
-    """Who a store tells what it does (telemetry, in the service; none by default):
-    `query` what each query cost, `conflicts` each copy of a message that differs
-    from the one stored, `exports` what a serving tier's exporter does, `loops` each
-    restart of a background loop, `patches` each change of BigQuery's typed columns
-    that BigQuery refused."""
-
-    query: QueryObserver | None = None
-    conflicts: ConflictObserver | None = None
-    exports: ExportObserver | None = None
-    loops: LoopObserver | None = None
-    patches: PatchObserver | None = None
-
-
-NO_OBSERVERS: Final = StoreObservers()
 
 
 def open_store(
@@ -215,11 +193,9 @@ def _tiered(
         analytics,
         write_deadline_seconds=settings.store.write_deadline_seconds,
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
-        conflicts=observers.conflicts,
         # A fleet's services leave the export to the exporter service (open_export).
         export=settings.store.export_in_service,
-        export_observer=observers.exports,
-        loop_observer=observers.loops,
+        observers=observers,
     )
 
 

@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app.settings import Settings, TelemetrySettings
 from app.store import QueryObserver, Store
-from app.store.open import StoreObservers
+from app.store.observers import StoreObservers
 from app.telemetry.distribution import PrometheusDistributions, WithDistributions
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import (

@@ -14,6 +14,7 @@ import threading
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
 from app.store.copies import ConflictObserver
+from app.store.observers import StoreObservers
 from app.store.open import bigquery_options, spanner_database
 from app.store.spanner.serving import SpannerServing
 from app.store.tiered.store import TieredStore
@@ -62,5 +63,5 @@ def serving_store(
         ),
         write_deadline_seconds=5.0,
         dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
-        conflicts=conflicts,
+        observers=StoreObservers(conflicts=conflicts),
     )

@@ -12,6 +12,7 @@ from app.errors import StoreUnavailable
 from app.records import TABLES, Record, Rejection
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import BigQueryStore
+from app.store.observers import StoreObservers
 from app.store.open import bigquery_options, spanner_database
 from app.store.spanner.ledger import LeaseLost, ProgressMoved
 from app.store.spanner.serving import SpannerServing
@@ -117,10 +118,16 @@ def tiered_store(
         emulator_host=emulator_host,
         timeout_seconds=timeout_seconds,
     )
+    observers = StoreObservers(
+        conflicts=options.pop("conflicts", None),
+        exports=options.pop("export_observer", None),
+        loops=options.pop("loop_observer", None),
+    )
     return TieredStore(
         serving,
         analytics,
         write_deadline_seconds=write_deadline_seconds,
         dedupe_window_seconds=QuerySettings().dedupe_window_seconds,
+        observers=observers,
         **options,
     )

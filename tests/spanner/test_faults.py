@@ -30,7 +30,8 @@ import pytest
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.settings import Settings
-from app.store.open import StoreObservers, open_store
+from app.store.observers import StoreObservers
+from app.store.open import open_store
 from app.store.tiered import store as tiered_store
 from app.store.tiered.exporter import Exporter
 from app.store.tiered.store import TieredStore

@@ -26,12 +26,13 @@ from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
-from app.store.copies import ConflictObserver, differing
+from app.store.copies import differing
+from app.store.observers import NO_OBSERVERS, StoreObservers
 from app.store.producers import Completeness
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
 from app.store.spanner.tail import TailCache
-from app.store.supervisor import LoopObserver, Supervisor
-from app.store.tiered.exporter import LEASE_SECONDS, Exporter, ExportObserver
+from app.store.supervisor import Supervisor
+from app.store.tiered.exporter import LEASE_SECONDS, Exporter
 from app.store.tiered.fleet import exporter_for
 from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
 
@@ -109,13 +110,11 @@ class TieredStore:
         dedupe_window_seconds: float,
         tail: TailCache | None = None,
         clock: Callable[[], int] = time.time_ns,
-        conflicts: ConflictObserver | None = None,
         export: bool = True,
-        export_observer: ExportObserver | None = None,
-        loop_observer: LoopObserver | None = None,
+        observers: StoreObservers = NO_OBSERVERS,
     ) -> None:
         self.serving = serving
-        self._conflicts = conflicts
+        self._conflicts = observers.conflicts
         self.analytics = analytics
         self._write_deadline = write_deadline_seconds
         self._reach = int(dedupe_window_seconds * 1_000_000) + DAY_MICROS
@@ -127,17 +126,17 @@ class TieredStore:
         # Why Spanner's schema is not known to be right yet, or None once it is.
         self._unverified: str | None = "not started"
         self._export = export
-        self._export_observer = export_observer
+        self._export_observer = observers.exports
         self.exporter: Exporter | None = None
         # Rung by this instance's commits and by the tail when it finds others'.
         self.bell = self.tail.bell
         self._watermark_writer: WatermarkWriter | None = None
         # Owns every background loop of this store.
-        self.supervisor = Supervisor(observer=loop_observer)
+        self.supervisor = Supervisor(observer=observers.loops)
         # The tables' export watermarks, as last read from Spanner (every instance
         # reads them).
         self._watermarks = Watermarks(
-            serving, serving.ledger, observer=export_observer, clock=clock
+            serving, serving.ledger, observer=observers.exports, clock=clock
         )
         # The ledger of producer sequences, kept in Spanner with the rows.
         self.completeness: Completeness | None = serving.completeness
