@@ -27,6 +27,7 @@ from tests.processes import (
     free_port,
     wait_ready,
 )
+from tests.waiting import until_blocking
 
 
 def run(
@@ -594,16 +595,15 @@ def test_sql_reads_a_duckdb_store_while_its_service_runs_and_after(
     }
     assert httpx.post(f"{url}/pubsub/push", json=body, timeout=30).status_code == 204
     query = "SELECT id, message_id FROM records_typed"
+
     # Acknowledged once journaled, applied to the file within a quarter of a second:
     # the copy has the row once the service applied it, and never a half-written file.
-    deadline = time.monotonic() + 10
-    while True:
-        while_running = run(RECORDLINE, "sql", "--store", store, query)
-        assert while_running.returncode == 0, while_running.stderr
-        if "sql-1" in while_running.stdout or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert "sql-1" in while_running.stdout
+    def applied() -> subprocess.CompletedProcess[str] | None:
+        answer = run(RECORDLINE, "sql", "--store", store, query)
+        assert answer.returncode == 0, answer.stderr
+        return answer if "sql-1" in answer.stdout else None
+
+    while_running = until_blocking(applied, timeout=10, interval=0.1, what="the row in the copy")
     assert "m-sql" in while_running.stdout
     assert "reading a copy" in while_running.stderr
     server.ctrl_c()

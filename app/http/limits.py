@@ -346,9 +346,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         has begun its own answer, and closed."""
         reading = self._reading
         started = reading is not None and reading.response_started
-        if started:
+        if started:  # the app's answer is under way: the connection is only closed
             self._count(error.problem)
-        self._refusal = b"" if started else self._answer(error)
+            self._refusal = b""
+        else:
+            self._refusal = self._answer(error)
         self._in_flight = 0
         self._refuse()
 

@@ -174,18 +174,20 @@ async def push_from_cold(env: dict[str, str], log: Path, message_id: str) -> tup
         )
     url = f"http://127.0.0.1:{port}/pubsub/push?token={PUSH_TOKEN}"
     async with httpx.AsyncClient(timeout=30) as client:
-        while True:
+
+        async def delivered() -> httpx.Response | None:
+            # Not listening yet (Cloud Run holds the request), or starting (a 503:
+            # Pub/Sub delivers it again): delivered again until answered otherwise.
             assert process.poll() is None, log.read_text()[-3000:]
             try:
                 answer = await client.post(url, json=push_envelope(message_id))
             except httpx.TransportError:
-                await asyncio.sleep(0.02)  # not listening yet: the request is held
-                continue
-            if answer.status_code == 503 and time.monotonic() - started < 60:
-                await asyncio.sleep(0.05)  # starting: Pub/Sub would deliver it again
-                continue
-            assert answer.status_code == 204, answer.text
-            return process, time.monotonic() - started
+                return None
+            return None if answer.status_code == 503 else answer
+
+        answer = await until(delivered, timeout=60, interval=0.02, what="the push delivered")
+        assert answer.status_code == 204, answer.text
+        return process, time.monotonic() - started
 
 
 async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_zero(
@@ -231,7 +233,10 @@ async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_z
         (survivor,) = [e for e in exporters if e is not killed]
         orphaned = {system for system, pid in held.items() if pid == busiest}
         writing = asyncio.create_task(acknowledge(stores, BATCHES_AFTER, acknowledged, "after"))
-        await asyncio.sleep(0.3)
+        await until(
+            lambda: any("-after-" in m for ids in acknowledged.values() for m in ids),
+            what="a row acknowledged after the export began",
+        )
         killed.process.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         await asyncio.to_thread(killed.process.wait, 10)
