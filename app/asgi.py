@@ -44,7 +44,7 @@ from app.store import Store
 from app.store.open import open_store
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
-from app.typed.revisions import DeclaredSchemaError, Fetch, Revisions
+from app.typed.revisions import DeclaredSchemaError, Revisions
 
 
 def declared(settings: Settings, revisions: Revisions) -> Revisions:
@@ -59,29 +59,26 @@ def declared(settings: Settings, revisions: Revisions) -> Revisions:
     return revisions
 
 
-def fetching_schemas(
-    settings: Settings, revisions: Revisions, source: SchemaSource | None = None
-) -> Schemas:
+def fetching_schemas(settings: Settings, source: SchemaSource | None = None) -> Schemas:
     """The schema revisions' decoders, fetched from `source` (the Schema API by
-    default) as messages name them; `revisions` learns each one's typed fields, and
-    fetches through them a revision a store meets that no push here decoded (one
-    another instance decoded)."""
+    default) as messages name them; their typed fields, with those of the schema a
+    JSON topic's system declares (`declared`), are learned in `schemas.revisions`."""
     timeout = settings.schema.fetch_timeout_seconds
     schemas = Schemas(
         source
         if source is not None
         else PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=timeout),
         timeout=timeout,
-        revisions=revisions,
     )
-    revisions.fetch_with(store_fetch(schemas))
+    declared(settings, schemas.revisions)
     return schemas
 
 
-def store_fetch(schemas: Schemas) -> Fetch:
-    """How a store learns a revision no push here decoded (one another instance
-    decoded): fetched as a push fetches it; a fetch that fails is the store's
-    StoreUnavailable, so that what waits on it is retried as any store outage."""
+def store_revisions(schemas: Schemas) -> Revisions:
+    """The typed fields `schemas` learn, as a store sees them: a revision no push
+    here decoded (one another instance decoded) is fetched as a push fetches it; a
+    fetch that fails is the store's StoreUnavailable, so that what waits on it is
+    retried as any store outage."""
 
     async def fetch(revision: str) -> None:
         name, _, revision_id = revision.rpartition("@")
@@ -90,7 +87,7 @@ def store_fetch(schemas: Schemas) -> Fetch:
         except SchemaUnavailable as exc:
             raise StoreUnavailable(exc.detail) from None
 
-    return fetch
+    return Revisions(fetch, sharing=schemas.revisions)
 
 
 def create_app(
@@ -99,16 +96,18 @@ def create_app(
     store: Store | None = None,
     telemetry: Telemetry | None = None,
     schema_source: SchemaSource | None = None,
-    revisions: Revisions | None = None,
+    schemas: Schemas | None = None,
 ) -> Recordline:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
     auth = Auth.from_settings(settings)
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
     # Each decoded schema revision's typed fields, from the push path to the
-    # store that projects them (a store passed in shares this one to do so).
-    revisions = declared(settings, revisions if revisions is not None else Revisions())
+    # store that projects them (a store passed in is given `store_revisions` of
+    # the `schemas` passed with it).
+    schemas = schemas if schemas is not None else fetching_schemas(settings, schema_source)
     if store is None:
+        revisions = store_revisions(schemas)
         store = open_store(settings, revisions=revisions, observers=telemetry.store_observers())
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
@@ -120,7 +119,6 @@ def create_app(
         max_in_flight=store.max_in_flight,
         observer=telemetry.flush_observer(),
     )
-    schemas = fetching_schemas(settings, revisions, schema_source)
     outcomes = telemetry.push_outcomes()
     paths = FieldPaths(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
     ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes)

@@ -460,7 +460,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from app.asgi import declared
+    from app.asgi import declared, fetching_schemas, store_revisions
     from app.errors import StoreUnavailable
     from app.records import AwareDatetime, Record, micros
     from app.store import PageQuery
@@ -494,7 +494,13 @@ def _backfill(args: argparse.Namespace) -> int:
             return 2
     since, until = bounds
     try:
-        revisions = declared(settings, Revisions())
+        # On BigQuery, a revision no process of this run decoded is fetched; a
+        # DuckDB file keeps each revision's fields itself (`typed_revisions`).
+        revisions = (
+            store_revisions(fetching_schemas(settings))
+            if on_bigquery
+            else declared(settings, Revisions())
+        )
     except SettingsError as exc:
         print(f"recordline: {exc}", file=sys.stderr)
         return 2
@@ -556,13 +562,10 @@ def _backfill_bigquery(
     tier), in place, while the service runs (app/store/bigquery/backfill.py)."""
     from google.auth.exceptions import GoogleAuthError
 
-    from app.asgi import fetching_schemas
     from app.errors import StoreUnavailable
     from app.store.bigquery.backfill import BackfillError
     from app.store.open import open_bigquery
 
-    # Records name their revision; one no process of this run decoded is fetched.
-    fetching_schemas(settings, revisions)
     store = open_bigquery(settings, revisions=revisions)
 
     async def run() -> Any:

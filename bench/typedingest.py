@@ -44,7 +44,7 @@ from pathlib import Path
 import duckdb
 from litestar import Litestar
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas, store_revisions
 from app.records import Record
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
@@ -134,9 +134,10 @@ def instructions(variant: str, count: int, size: int, batch: int) -> int:
 
 def on_app() -> Litestar:
     """`recordline serve`'s app on BENCH_DUCKDB, typed columns on, as shipped."""
-    revisions = Revisions()
-    store = DuckDBStore(os.environ["BENCH_DUCKDB"], revisions=revisions)
-    return create_app(Settings.load(), store=store, revisions=revisions)
+    settings = Settings.load()
+    schemas = fetching_schemas(settings)
+    store = DuckDBStore(os.environ["BENCH_DUCKDB"], revisions=store_revisions(schemas))
+    return create_app(settings, store=store, schemas=schemas)
 
 
 def off_app() -> Litestar:

@@ -399,3 +399,54 @@ def test_the_check_finds_a_store_reading_the_settings(tmp_path: Path) -> None:
         "app/store/spanner/serving.py:1 imports the settings",
         "app/store/spanner/serving.py:4 imports the settings",
     ]
+
+
+# The push path's schemas and the stores' typed fields are wired at construction,
+# in the order they depend on each other: a collaborator set on one afterwards
+# (a `fetch_with`) closes a cycle that no constructor shows.
+WIRED_AT_CONSTRUCTION = {"typed/revisions.py": "Revisions", "ingest/schemas.py": "Schemas"}
+
+
+def late_wiring(app: Path = APP) -> list[str]:
+    """Each attribute of `self` that a method of those classes, but `__init__`, sets."""
+    found = []
+    for relative, name in WIRED_AT_CONSTRUCTION.items():
+        tree = ast.parse((app / relative).read_text())
+        (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+        for method in cls.body:
+            if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if method.name == "__init__":
+                continue
+            for node in ast.walk(method):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "self"
+                ):
+                    where = f"app/{relative}:{node.lineno}"
+                    found.append(f"{where} {name}.{method.name} sets self.{node.attr}")
+    return found
+
+
+def test_schemas_and_revisions_are_given_what_they_use_at_construction() -> None:
+    assert late_wiring() == []
+
+
+def test_the_check_finds_a_collaborator_set_after_construction(tmp_path: Path) -> None:
+    (tmp_path / "app" / "typed").mkdir(parents=True)
+    (tmp_path / "app" / "ingest").mkdir()
+    (tmp_path / "app" / "typed" / "revisions.py").write_text(
+        "class Revisions:\n"
+        "    def __init__(self):\n"
+        "        self._fetch = None\n"
+        "    def fetch_with(self, fetch):\n"
+        "        self._fetch = fetch\n"
+    )
+    (tmp_path / "app" / "ingest" / "schemas.py").write_text(
+        "class Schemas:\n    async def decoder(self):\n        self._kept[1] = 2\n"
+    )
+    assert late_wiring(tmp_path / "app") == [
+        "app/typed/revisions.py:5 Revisions.fetch_with sets self._fetch"
+    ]

@@ -22,7 +22,7 @@ from typing import Final
 
 import msgspec
 
-from app.asgi import declared, fetching_schemas
+from app.asgi import fetching_schemas, store_revisions
 from app.ingest.schemas import Schemas
 from app.settings import ExportedSystem, Settings
 from app.store.backoff import Backoff
@@ -77,8 +77,8 @@ def exported_systems(settings: Settings, *, instance: str | None = None) -> list
         telemetry = Telemetry.from_settings(own, instance=instance)
         # Records name the revision their schema had; one no process decoded is
         # fetched from the Schema API, as the ingest service fetches it.
-        revisions = declared(own, Revisions())
-        schemas = fetching_schemas(own, revisions)
+        schemas = fetching_schemas(own)
+        revisions = store_revisions(schemas)
 
         def make(
             name: str = name,

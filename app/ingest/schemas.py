@@ -5,7 +5,7 @@ revision and encoding; each message is decoded with its own revision. Revisions
 are immutable: each is fetched once (concurrent pushes wait for the same fetch)
 and its codec kept. One that cannot be fetched is our failure (503, nothing
 stored); one that does not exist or cannot decode rejects its messages. Decoders
-and typed fields are made in a worker thread, never on the event loop.
+and typed fields (`Schemas.revisions`) are made in a worker thread, off the loop.
 
 Design: docs/schemas.md
 """
@@ -138,11 +138,10 @@ class Schemas:
         *,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
-        revisions: Revisions | None = None,
     ) -> None:
         self._source = source
-        # Told each decoded revision's typed fields, for a store that projects them.
-        self._revisions = revisions
+        # Each decoded revision's typed fields, for a store that projects them.
+        self.revisions = Revisions()
         self._timeout = timeout
         self._clock = clock
         # Each decoder until its own expiry (forever for a revision, which never
@@ -227,10 +226,9 @@ class Schemas:
             log.error("topic schema %s cannot decode: %s", decoder.schema, decoder.problem)
         elif decoder.unmapped is not None:
             log.warning("topic schema %s: %s", decoder.schema, decoder.unmapped)
-            if self._revisions is not None:
-                self._revisions.learn_unmapped(decoder.schema, decoder.unmapped)
-        elif self._revisions is not None:
-            self._revisions.learn(decoder.schema, decoder.fields)
+            self.revisions.learn_unmapped(decoder.schema, decoder.unmapped)
+        else:
+            self.revisions.learn(decoder.schema, decoder.fields)
         self._keep((name, revision.revision_id), decoder, None)
         if not revision_id:
             self._keep(key, decoder, _LATEST_SECONDS)

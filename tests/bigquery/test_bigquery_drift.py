@@ -37,7 +37,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas, store_revisions
 from app.ingest.protobuf import ProtobufCodec
 from app.settings import QuerySettings, StoreSettings
 from app.store.bigquery.store import TYPED_WAIT_SECONDS, BigQueryStore
@@ -45,7 +45,6 @@ from app.store.bigquery.typed import FIELDS, field_of, typed_of
 from app.store.open import bigquery_options
 from app.typed.mapping import Field, avro_fields, protobuf_fields
 from app.typed.projection import project
-from app.typed.revisions import Revisions
 from tests.bigquery.conftest import PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -118,7 +117,8 @@ class World:
 
     @asynccontextmanager
     async def _served(self, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-        revisions = Revisions()
+        configured = settings(**env)
+        schemas = fetching_schemas(configured)
         store = BigQueryStore(
             PROJECT,
             self.dataset,
@@ -127,9 +127,9 @@ class World:
                 QuerySettings(),
             ),
             query_endpoint=self.jobs.endpoint,
-            revisions=revisions,
+            revisions=store_revisions(schemas),
         )
-        app = create_app(settings(**env), store=store, revisions=revisions)
+        app = create_app(configured, store=store, schemas=schemas)
         async with served(app) as http:
             yield http
 

@@ -32,9 +32,8 @@ from google.pubsub_v1.services.schema_service import SchemaServiceClient
 from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcTransport
 from google.pubsub_v1.types import Encoding, Schema
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas, store_revisions
 from app.store.duckdb.store import DuckDBStore
-from app.typed.revisions import Revisions
 from recordline_dev.client import (
     DEV_PROJECT,
     EXAMPLE_SCHEMAS,
@@ -350,21 +349,20 @@ async def test_a_revision_change_through_pubsub_reaches_typed_columns_behind_the
     )
     write_fake.define(RECORDS, json.loads(RECORDS_JSON.read_text()))
     write_fake.schema_lag = 1.0
-    revisions = Revisions()
+    configured = settings(
+        RECORDLINE_PUSH_TOKEN=PUSH_TOKEN, PUBSUB_EMULATOR_HOST=emulator.host, **MAPPING
+    )
+    schemas = fetching_schemas(configured)
     store = tiered_store(
         spanner_emulator.database(),
         spanner_emulator.host,
         write_fake,
         jobs_fake.endpoint,
-        revisions=revisions,
+        revisions=store_revisions(schemas),
     )
     old = [order(n, "old") for n in range(5)]
     new = [order(n, "new", currency="USD") for n in range(5)]
-    app = create_app(
-        settings(RECORDLINE_PUSH_TOKEN=PUSH_TOKEN, PUBSUB_EMULATOR_HOST=emulator.host, **MAPPING),
-        store=store,
-        revisions=revisions,
-    )
+    app = create_app(configured, store=store, schemas=schemas)
     async with served(app) as http:
         await wiring.connect(str(http.base_url).rstrip("/"))
         await publish_all(

@@ -19,9 +19,8 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas, store_revisions
 from app.typed.projection import project
-from app.typed.revisions import Revisions
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.test_bigquery_drift import KINDS, Step, World, _check, _reasons, _run
 from tests.conftest import served, settings
@@ -64,12 +63,13 @@ class ServingWorld(World):
 
     @asynccontextmanager
     async def _served(self, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-        revisions = Revisions()
+        configured = settings(**env)
+        schemas = fetching_schemas(configured)
         store = tiered_store(
             self.database, self.emulator_host, self.write, self.jobs.endpoint,
-            dataset=self.dataset, revisions=revisions,
+            dataset=self.dataset, revisions=store_revisions(schemas),
         )  # fmt: skip
-        app = create_app(settings(**env), store=store, revisions=revisions)
+        app = create_app(configured, store=store, schemas=schemas)
         async with served(app) as http:
             yield http
 

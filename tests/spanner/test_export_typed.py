@@ -49,8 +49,9 @@ R2 = f"projects/{PROJECT}/schemas/orders@r2"
 class SchemaApi:
     """What the exporting instance fetches revisions from; `down` refuses."""
 
-    def __init__(self, revisions: Revisions) -> None:
-        self.revisions = revisions
+    def __init__(self) -> None:
+        # What the store looks revisions up in: one never learned is fetched here.
+        self.revisions = Revisions(self.fetch)
         self.schemas = {R1: order(), R2: order(NOTE)}
         self.fetched: list[str] = []
         self.down = False
@@ -68,10 +69,8 @@ async def typed_tier(
     make_tiered: Make, write_fake: FakeBigQueryWrite
 ) -> tuple[TieredStore, SchemaApi]:
     write_fake.define(RECORDS, json.loads(RECORDS_JSON.read_text()))
-    revisions = Revisions()
-    api = SchemaApi(revisions)
-    revisions.fetch_with(api.fetch)
-    store = await make_tiered(revisions=revisions)
+    api = SchemaApi()
+    store = await make_tiered(revisions=api.revisions)
     return store, api
 
 

@@ -25,9 +25,8 @@ import httpx
 import msgspec
 import pytest
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas, store_revisions
 from app.store.duckdb.store import DuckDBStore
-from app.typed.revisions import Revisions
 from tests.conftest import served, settings
 from tests.fake_schema_api import FakeSchemaApi
 from tests.typed.accounting import unaccounted_row
@@ -45,9 +44,10 @@ from tests.typed.test_drift import CHANGES, PROTO_CHANGES
 
 @asynccontextmanager
 async def service(path: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
-    revisions = Revisions()
-    store = DuckDBStore(str(path), revisions=revisions)
-    async with served(create_app(settings(**env), store=store, revisions=revisions)) as http:
+    configured = settings(**env)
+    schemas = fetching_schemas(configured)
+    store = DuckDBStore(str(path), revisions=store_revisions(schemas))
+    async with served(create_app(configured, store=store, schemas=schemas)) as http:
         yield http
 
 

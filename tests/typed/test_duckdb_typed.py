@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import settings as settings_for
 from hypothesis import strategies as st
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas, store_revisions
 from app.cli import main
 from app.records import Record
 from app.settings import SettingsError
@@ -86,11 +86,10 @@ def _push(revision: str, message_id: str, data: bytes) -> dict[str, Any]:
 
 @asynccontextmanager
 async def service(api: FakeSchemaApi, path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    revisions = Revisions()
-    store = DuckDBStore(str(path), revisions=revisions)
-    app = create_app(
-        settings(PUBSUB_EMULATOR_HOST=api.address, **MAPPING), store=store, revisions=revisions
-    )
+    configured = settings(PUBSUB_EMULATOR_HOST=api.address, **MAPPING)
+    schemas = fetching_schemas(configured)
+    store = DuckDBStore(str(path), revisions=store_revisions(schemas))
+    app = create_app(configured, store=store, schemas=schemas)
     async with served(app) as http:
         yield http
 
@@ -183,10 +182,10 @@ async def test_the_typed_fields_survive_a_restart_without_the_schema_api(
 
 async def test_records_without_a_schema_have_no_typed_fields(tmp_path: Path) -> None:
     path = tmp_path / "plain.duckdb"
-    revisions = Revisions()
-    app = create_app(
-        settings(), store=DuckDBStore(str(path), revisions=revisions), revisions=revisions
-    )
+    configured = settings()
+    schemas = fetching_schemas(configured)
+    store = DuckDBStore(str(path), revisions=store_revisions(schemas))
+    app = create_app(configured, store=store, schemas=schemas)
     async with served(app) as http:
         response = await http.post("/pubsub/push", json=envelope({"id": "p-1", "data": {"a": 1}}))
         assert response.status_code == 204
@@ -348,10 +347,10 @@ DECLARED_LATER = {
 
 @asynccontextmanager
 async def json_service(path: Path, declared: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
-    revisions = Revisions()
-    store = DuckDBStore(str(path), revisions=revisions)
     configured = settings(RECORDLINE_JSON_TOPIC_SCHEMA=json.dumps(declared))
-    async with served(create_app(configured, store=store, revisions=revisions)) as http:
+    schemas = fetching_schemas(configured)
+    store = DuckDBStore(str(path), revisions=store_revisions(schemas))
+    async with served(create_app(configured, store=store, schemas=schemas)) as http:
         yield http
 
 

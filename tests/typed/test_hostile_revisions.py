@@ -21,7 +21,7 @@ import fastavro
 import httpx
 import pytest
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas, store_revisions
 from app.ingest.schemas import Decoder, SchemaRevision, decoder_of
 from app.store.duckdb.store import DuckDBStore
 from app.typed.revisions import DeclaredSchemaError, Revisions
@@ -58,11 +58,10 @@ def _push(revision: str, n: int, data: bytes, encoding: str = "BINARY") -> dict[
 
 @asynccontextmanager
 async def service(api: FakeSchemaApi, path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    revisions = Revisions()
-    store = DuckDBStore(str(path), revisions=revisions)
-    app = create_app(
-        settings(PUBSUB_EMULATOR_HOST=api.address, **MAPPING), store=store, revisions=revisions
-    )
+    configured = settings(PUBSUB_EMULATOR_HOST=api.address, **MAPPING)
+    schemas = fetching_schemas(configured)
+    store = DuckDBStore(str(path), revisions=store_revisions(schemas))
+    app = create_app(configured, store=store, schemas=schemas)
     async with served(app) as http:
         yield http
 
