@@ -202,7 +202,8 @@ def _to_arrow_of(field: Field) -> Callable[[Any], Any]:
                 None if value is None else value.quantize(_NUMERIC_STEP, context=_NUMERIC_CONTEXT)
             )
         case Type.BIGNUMERIC:
-            return lambda value: None if value is None else str(value)
+            # Positional, as `_for_arrow`: str() gives `1.3E+16` for a float's 13000000000000000.
+            return lambda value: None if value is None else format(value, "f")
         case _:
             return lambda value: value
 
