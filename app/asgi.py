@@ -7,10 +7,15 @@ and closed there; nothing connects at import time.
 
 from __future__ import annotations
 
-from litestar import Router
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
+from litestar.types import AfterExceptionHookHandler
 
 from app.auth.guards import Auth
 from app.docs import docs_assets, openapi_config
@@ -23,7 +28,7 @@ from app.ingest.payload import Payloads
 from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
 from app.ingest.schemas import Schemas, SchemaSource
-from app.ingest.service import Ingest
+from app.ingest.service import Ingest, PushObserver
 from app.ingest.shape import FieldPaths
 from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem
@@ -95,7 +100,6 @@ def create_app(
     *,
     store: Store | None = None,
     telemetry: Telemetry | None = None,
-    schema_source: SchemaSource | None = None,
     schemas: Schemas | None = None,
 ) -> Recordline:
     settings = settings if settings is not None else Settings.load()
@@ -105,49 +109,28 @@ def create_app(
     # Each decoded schema revision's typed fields, from the push path to the
     # store that projects them (a store passed in is given `store_revisions` of
     # the `schemas` passed with it).
-    schemas = schemas if schemas is not None else fetching_schemas(settings, schema_source)
+    schemas = schemas if schemas is not None else fetching_schemas(settings)
     if store is None:
         revisions = store_revisions(schemas)
         store = open_store(settings, revisions=revisions, observers=telemetry.store_observers())
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)
-    batcher = Batcher(
-        observed,
-        BatchLimits.of(settings.batch),
-        deadline=settings.store.write_deadline_seconds,
-        max_in_flight=store.max_in_flight,
-        observer=telemetry.flush_observer(),
-    )
-    outcomes = telemetry.push_outcomes()
-    paths = FieldPaths(id_field=settings.payload.id_field, time_field=settings.payload.time_field)
-    ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes)
-    tokens = PageTokens(settings.query.page_token_secret)
-    reader = Reader(
-        observed,
-        pending_horizon=batcher.horizon,
-        tokens=tokens,
-        retention_days=settings.store.retention_days,
-    )
-    followers = parked_followers(settings.query)
-    producers = Producers(store, tokens=tokens, grace_seconds=settings.query.producer_grace_seconds)
-    loops = AppLoops(Supervisor(observer=telemetry.loop_observer()))
-    if store.completeness is not None:
-        # The ledger's `missing` metric (a store with no ledger has none).
-        watch = MissingWatch(producers)
-        telemetry.metrics.producers_missing = lambda: watch.missing
-        loops.add(Loop("producers", watch.run, interval=WATCH_SECONDS))
+    batcher = group_commit(settings, store, observed, telemetry)
+    pushes = PushSide.of(settings, batcher, schemas, telemetry)
+    reads = ReadSide.of(settings, store, observed, pending_horizon=batcher.horizon)
+    loops = app_loops(store, reads.producers, telemetry)
     readiness = Readiness(store, checks=[auth.check, schemas.check, loops.check])
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
-        horizon=reader.horizon,
-        followers=lambda: followers.open,
+        horizon=reads.reader.horizon,
+        followers=lambda: reads.followers.open,
     )
     lifespan = Lifespan(
         store,
         batcher,
         schemas,
-        followers,
+        reads.followers,
         readiness,
         telemetry,
         loops,
@@ -155,34 +138,136 @@ def create_app(
         store_url=settings.store.url,
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
-    streams = Streams(reader, Offsets(settings.query.page_token_secret))
-    app = Recordline(
-        route_handlers=routers(
-            auth, telemetry, ingest, reads=Reads(settings.server.max_reads).middleware()
+    app = http_app(
+        routers(
+            auth, telemetry, pushes.ingest, reads=Reads(settings.server.max_reads).middleware()
         ),
-        dependencies=constants(
-            reader=reader,
+        constants(
+            reader=reads.reader,
             readiness=readiness,
-            replayer=Replay(ingest, observed),
-            paging=Paging(reader, followers, streams),
-            producers=producers,
+            replayer=Replay(pushes.ingest, observed),
+            paging=reads.paging,
+            producers=reads.producers,
         ),
         lifespan=[auth.lifespan, lifespan],
-        after_exception=[push_refusals(outcomes, problems)],
+        after_exception=[push_refusals(pushes.outcomes, problems)],
+        problems=problems,
+        max_body_bytes=settings.server.max_body_bytes,
+    )
+    app.connections = telemetry.connection_observer()
+    return app
+
+
+def http_app(
+    routes: list[Router],
+    dependencies: dict[str, Provide],
+    *,
+    lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]],
+    after_exception: Sequence[AfterExceptionHookHandler[Exception]],
+    problems: Problems,
+    max_body_bytes: int,
+) -> Recordline:
+    """The Litestar app serving `routes`: every error answered through `problems`,
+    a body over `max_body_bytes` refused, its OpenAPI document compressed."""
+    return Recordline(
+        route_handlers=routes,
+        dependencies=dependencies,
+        lifespan=lifespan,
+        after_exception=after_exception,
         plugins=[
             ProblemDetailsPlugin(
                 # Every exception, Litestar's own included, through one table.
                 ProblemDetailsConfig(exception_to_problem_detail_map=problems.exception_map)
             ),
         ],
-        request_max_body_size=settings.server.max_body_bytes,
+        request_max_body_size=max_body_bytes,
         openapi_config=openapi_config(middleware=[compression()]),
         signature_types=[Reader, Readiness, Replay, Paging, Producers],
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )
-    app.connections = telemetry.connection_observer()
-    return app
+
+
+def group_commit(
+    settings: Settings, store: Store, observed: Store, telemetry: Telemetry
+) -> Batcher:
+    """The batcher: pushes' rows appended to `observed` in batches, as many at once
+    as `store` takes."""
+    return Batcher(
+        observed,
+        BatchLimits.of(settings.batch),
+        deadline=settings.store.write_deadline_seconds,
+        max_in_flight=store.max_in_flight,
+        observer=telemetry.flush_observer(),
+    )
+
+
+@dataclass(frozen=True)
+class PushSide:
+    """The push path: each delivery decoded by its schema and its row group-committed,
+    its outcome counted."""
+
+    ingest: Ingest
+    outcomes: PushObserver
+
+    @classmethod
+    def of(
+        cls, settings: Settings, batcher: Batcher, schemas: Schemas, telemetry: Telemetry
+    ) -> PushSide:
+        outcomes = telemetry.push_outcomes()
+        paths = FieldPaths(
+            id_field=settings.payload.id_field, time_field=settings.payload.time_field
+        )
+        return cls(Ingest(batcher, Payloads(paths, schemas), observer=outcomes), outcomes)
+
+
+@dataclass(frozen=True)
+class ReadSide:
+    """The reads: pages and streams of rows no further than the pushes still in hand
+    (`pending_horizon`), the followers parked on them, and the producers' ledger."""
+
+    reader: Reader
+    followers: Followers
+    paging: Paging
+    producers: Producers
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        store: Store,
+        observed: Store,
+        *,
+        pending_horizon: Callable[[], int],
+    ) -> ReadSide:
+        query = settings.query
+        tokens = PageTokens(query.page_token_secret)
+        reader = Reader(
+            observed,
+            pending_horizon=pending_horizon,
+            tokens=tokens,
+            retention_days=settings.store.retention_days,
+        )
+        followers = parked_followers(query)
+        streams = Streams(reader, Offsets(query.page_token_secret))
+        return cls(
+            reader,
+            followers,
+            Paging(reader, followers, streams),
+            Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
+        )
+
+
+def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLoops:
+    """The app's own loops, their restarts counted: the batcher's (it adds them as it
+    starts) and, where the store keeps a producer ledger, the watch of its `missing`
+    metric (a store with no ledger has none)."""
+    loops = AppLoops(Supervisor(observer=telemetry.loop_observer()))
+    if store.completeness is not None:
+        watch = MissingWatch(producers)
+        telemetry.metrics.producers_missing = lambda: watch.missing
+        loops.add(Loop("producers", watch.run, interval=WATCH_SECONDS))
+    return loops
 
 
 def parked_followers(query: QuerySettings) -> Followers:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from litestar import Litestar
 
-from app.errors import StoreUnavailable
 from app.health import Readiness
 from app.ingest.batcher import Batcher
 from app.ingest.schemas import Schemas
@@ -38,28 +37,25 @@ class Loop:
 
 
 class AppLoops:
-    """The app's own background loops (beside the store's): each restarted if it
-    fails, and named by readiness while it is down."""
+    """The app's own background loops (beside the store's): the batcher's flusher and
+    deadline sweep, and any added; each restarted if it fails, and named by readiness
+    while it is down."""
 
     def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
+        self.supervisor = supervisor
         self._loops: list[Loop] = []
 
     def add(self, loop: Loop) -> None:
         self._loops.append(loop)
 
     async def check(self) -> None:
-        down = self._supervisor.down()
-        if down:
-            raise StoreUnavailable(f"background work down: {'; '.join(down)}")
+        self.supervisor.check()
 
     async def start(self, stack: AsyncExitStack) -> None:
-        if not self._loops:
-            return
-        await self._supervisor.start()
-        stack.push_async_callback(self._supervisor.close)
+        await self.supervisor.start()
+        stack.push_async_callback(self.supervisor.close)
         for loop in self._loops:
-            self._supervisor.run(loop.name, loop.body, interval=loop.interval)
+            self.supervisor.run(loop.name, loop.body, interval=loop.interval)
 
 
 @dataclass(frozen=True)
@@ -83,9 +79,10 @@ class Lifespan:
             await self.store.start()
             stack.push_async_callback(self._close_store)
             stack.push_async_callback(self.schemas.close)
-            await self.batcher.start()
-            stack.push_async_callback(self._drain)
+            # The batcher's loops run under the app's supervisor: it is closed after them.
             await self.loops.start(stack)
+            await self.batcher.start(self.loops.supervisor)
+            stack.push_async_callback(self._drain)
             # uvicorn waits for open requests before the lifespan ends: waiting
             # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
             stack.enter_context(on_terminate(self._stopping))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -171,3 +172,25 @@ async def unready(store: DuckDBStore) -> str:
 
 async def ready(store: DuckDBStore) -> bool:
     return await unready(store) == ""
+
+
+async def test_a_finite_loop_ends_when_its_body_returns_and_any_other_is_restarted() -> None:
+    supervisor = Supervisor()
+    await supervisor.start()
+    runs = {"once": 0, "forever": 0}
+
+    def returning(name: str) -> Callable[[], Awaitable[None]]:
+        async def body() -> None:
+            runs[name] += 1
+
+        return body
+
+    supervisor.run("once", returning("once"), interval=10.0, finite=True)
+    supervisor.run("forever", returning("forever"), interval=10.0)
+    # A loop that should never return is restarted when it does; by then, a finite one
+    # restarted as well would have run twice too.
+    await until(lambda: runs["forever"] >= 2, what="the returning loop started again")
+    assert runs["once"] == 1
+    assert supervisor.restarts("once") == 0
+    assert supervisor.restarts("forever") == runs["forever"]  # each return a failure
+    await supervisor.close()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
 from app.errors import QueueFull, ShuttingDown, StoreUnavailable, WriteTimeout
-from app.ingest.batcher import Batcher, BatchLimits, StoredRow
+from app.ingest.batcher import LOOP_SECONDS, Batcher, BatchLimits, StoredRow
+from app.lifespan import AppLoops
 from app.records import Record, Rejection
 from app.store import RowOutcome
+from app.store.supervisor import Supervisor
 from tests.waiting import until
 
 
@@ -32,6 +35,15 @@ class Recorder:
             raise self.error
         self.batches.append([r.message_id for r in rows])
         return [None if isinstance(r, Record) else "rejected" for r in rows]
+
+
+@pytest.fixture
+async def loops() -> AsyncIterator[Supervisor]:
+    """The supervisor a batcher's loops run under, as the app's."""
+    supervisor = Supervisor()
+    await supervisor.start()
+    yield supervisor
+    await supervisor.close()
 
 
 def record(n: int) -> Callable[[int], Record]:
@@ -76,10 +88,10 @@ def make(store: Recorder, **overrides: float) -> Batcher:
     return Batcher(store, limits, **options)  # type: ignore[arg-type]
 
 
-async def test_concurrent_submits_share_appends() -> None:
+async def test_concurrent_submits_share_appends(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store)
-    await batcher.start()
+    await batcher.start(loops)
     store.gate.clear()
     results = asyncio.gather(*(outcome(batcher, record(n), 10) for n in range(250)))
     await accepted(batcher, store, 250)
@@ -92,10 +104,10 @@ async def test_concurrent_submits_share_appends() -> None:
     await batcher.close(grace=1)
 
 
-async def test_batches_are_cut_by_bytes() -> None:
+async def test_batches_are_cut_by_bytes(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store, max_bytes=250)
-    await batcher.start()
+    await batcher.start(loops)
     store.gate.clear()
     results = asyncio.gather(*(outcome(batcher, record(n), 100) for n in range(6)))
     await accepted(batcher, store, 6)
@@ -105,10 +117,10 @@ async def test_batches_are_cut_by_bytes() -> None:
     await batcher.close(grace=1)
 
 
-async def test_each_waiter_gets_its_own_outcome_and_failures_reach_all() -> None:
+async def test_each_waiter_gets_its_own_outcome_and_failures_reach_all(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store)
-    await batcher.start()
+    await batcher.start(loops)
 
     def rejection(ingest_time: int) -> Rejection:
         return Rejection(message_id="bad", publish_time=0, ingest_time=ingest_time)
@@ -125,10 +137,10 @@ async def test_each_waiter_gets_its_own_outcome_and_failures_reach_all() -> None
     await batcher.close(grace=1)
 
 
-async def test_queue_bound_and_deadline() -> None:
+async def test_queue_bound_and_deadline(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store, queue_rows=3, deadline=0.2, max_rows=1)
-    await batcher.start()
+    await batcher.start(loops)
     store.gate.clear()
     waiting = [asyncio.create_task(outcome(batcher, record(0), 10))]
     await until(lambda: store.entered == ["m0"], what="m0 in the held append")
@@ -148,10 +160,10 @@ async def test_queue_bound_and_deadline() -> None:
     await batcher.close(grace=1)
 
 
-async def test_close_drains_accepted_rows_then_refuses() -> None:
+async def test_close_drains_accepted_rows_then_refuses(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store)
-    await batcher.start()
+    await batcher.start(loops)
     store.gate.clear()
     waiting = [asyncio.create_task(outcome(batcher, record(n), 10)) for n in range(50)]
     await accepted(batcher, store, 50)
@@ -165,10 +177,10 @@ async def test_close_drains_accepted_rows_then_refuses() -> None:
     assert len([m for b in store.batches for m in b]) == 50
 
 
-async def test_close_gives_up_after_grace() -> None:
+async def test_close_gives_up_after_grace(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store, deadline=5)
-    await batcher.start()
+    await batcher.start(loops)
     store.gate.clear()
     waiting = asyncio.create_task(outcome(batcher, record(1), 10))
     await accepted(batcher, store, 1)
@@ -177,12 +189,12 @@ async def test_close_gives_up_after_grace() -> None:
         await waiting
 
 
-async def test_a_stop_answers_rows_in_flight_within_its_budget() -> None:
+async def test_a_stop_answers_rows_in_flight_within_its_budget(loops: Supervisor) -> None:
     # A store that hangs: without `hurry`, each push would wait out its own
     # 60 s deadline and the instance would be killed before it could answer.
     store = Recorder()
     batcher = make(store, deadline=60, max_rows=1)
-    await batcher.start()
+    await batcher.start(loops)
     store.gate.clear()
     in_append = asyncio.create_task(outcome(batcher, record(1), 10))
     await until(lambda: store.entered == ["m1"], what="m1 in the held append")
@@ -199,10 +211,10 @@ async def test_a_stop_answers_rows_in_flight_within_its_budget() -> None:
     await batcher.close(grace=0.1)
 
 
-async def test_horizon_stays_behind_unstored_rows() -> None:
+async def test_horizon_stays_behind_unstored_rows(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store)
-    await batcher.start()
+    await batcher.start(loops)
     store.gate.clear()
     task = asyncio.create_task(batcher.submit(record(1), 10))
     await accepted(batcher, store, 1)
@@ -212,3 +224,60 @@ async def test_horizon_stays_behind_unstored_rows() -> None:
     assert held == first.ingest_time
     assert batcher.horizon() > first.ingest_time
     await batcher.close(grace=1)
+
+
+class BrokenFlush:
+    """A FlushObserver whose first `flushing` fails, as a bug in tracing would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def submitted(self) -> object:
+        return None
+
+    def flushing(self, origins: Sequence[object]) -> contextlib.nullcontext[None]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("injected: a tracing bug")
+        return contextlib.nullcontext()
+
+
+async def test_a_flusher_that_fails_is_restarted_and_named_while_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    restarted: list[str] = []
+
+    class Restarts:
+        def restarted(self, loop: str) -> None:
+            restarted.append(loop)
+            # As if the loop stayed down past its interval: down until a run lasts as long.
+            now[0] += LOOP_SECONDS + 1
+
+    supervisor = Supervisor(observer=Restarts(), monotonic=lambda: now[0])
+    await supervisor.start()
+    store = Recorder()
+    limits = BatchLimits(
+        max_rows=1, max_bytes=10_000, max_delay=0, queue_rows=10, queue_bytes=10**6
+    )
+    batcher = Batcher(store, limits, deadline=5.0, observer=BrokenFlush())
+    await batcher.start(supervisor)
+    # m1's batch fails before any store sees it: a 503, so Pub/Sub delivers it again.
+    # m2, queued behind it, is stored by the flusher started again.
+    outcomes = await asyncio.gather(
+        outcome(batcher, record(1), 10), outcome(batcher, record(2), 10), return_exceptions=True
+    )
+    assert [type(o) for o in outcomes] == [StoreUnavailable, type(None)], outcomes
+    assert restarted == ["batcher-flush"]
+    [failed] = [r for r in caplog.records if "batcher-flush loop failed" in r.getMessage()]
+    assert failed.exc_info is not None  # with its traceback
+    assert supervisor.restarts("batcher-flush") == 1
+    with pytest.raises(StoreUnavailable, match=r"down: batcher-flush \(RuntimeError: injected"):
+        await AppLoops(supervisor).check()
+    assert await outcome(batcher, record(3), 10) is None
+    assert store.entered == ["m2", "m3"]  # m1 never reached the store
+    assert store.batches == [["m2"], ["m3"]]
+    now[0] += LOOP_SECONDS  # a run as long as its interval: up again
+    await AppLoops(supervisor).check()
+    await batcher.close(grace=1)
+    await supervisor.close()

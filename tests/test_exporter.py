@@ -5,6 +5,7 @@ used refused before anything starts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -14,10 +15,13 @@ import sys
 import pytest
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAMESPACE
 
-from app.exporter.service import exported_systems, system_settings
+from app.exporter.service import Exported, ExporterService, exported_systems, system_settings
+from app.ingest.schemas import Schemas, SchemaSource
 from app.settings import ExportedSystem, Settings, SettingsError
-from app.telemetry import _resource
+from app.store.tiered.fleet import SystemExport
+from app.telemetry import Telemetry, _resource
 from app.telemetry.logs import CloudLoggingFormatter, TextFormatter, line_system
+from tests.waiting import until
 
 ORDERS = {
     "serving": "spanner://projects/recordline-prod/instances/recordline-serving/databases/orders",
@@ -108,3 +112,61 @@ def test_a_line_about_a_system_carries_its_name() -> None:
     # Outside a system's tasks: the process's own label, if it has one.
     line = json.loads(CloudLoggingFormatter("p", "recordline").format(record))
     assert line["logging.googleapis.com/labels"] == {"system": "recordline"}
+
+
+class Export:
+    """A system's export that fails to start while `exports.failing` says so."""
+
+    def __init__(self, exports: Exports) -> None:
+        self.exports = exports
+        self.started = False
+        self.closed = False
+
+    async def start(self) -> None:
+        self.exports.labels.append(line_system.get(None))
+        if self.exports.failing:
+            self.exports.failing -= 1
+            raise RuntimeError("injected: no credentials")
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Exports:
+    """Every export a system opened, the first `failing` of which fail to start."""
+
+    def __init__(self, failing: int) -> None:
+        self.failing = failing
+        self.opened: list[Export] = []
+        self.labels: list[str | None] = []  # the log label each start ran under
+
+    def open(self) -> SystemExport:
+        self.opened.append(Export(self))
+        return self.opened[-1]  # type: ignore[return-value]
+
+
+class NoSchemas:
+    async def revision(self, name: str, revision_id: str) -> object:
+        raise AssertionError("no schema is fetched here")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_system_whose_start_fails_is_started_again_and_its_restart_counted() -> None:
+    exports = Exports(failing=1)
+    telemetry = Telemetry()
+    source: SchemaSource = NoSchemas()  # type: ignore[assignment]
+    system = Exported("orders", exports.open, telemetry, Schemas(source, timeout=1.0))
+    service = ExporterService([system], grace_seconds=2.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    # Started again after a pause of 0.5 to 1 s (a minute at most).
+    await until(lambda: [e.started for e in exports.opened] == [False, True], what="a start")
+    assert exports.opened[0].closed  # what the failed start opened is closed
+    assert telemetry.metrics.loop_restarts == {"export start": 1}
+    assert exports.labels == ["orders", "orders"]  # its lines carry its name
+    stop.set()
+    await asyncio.wait_for(running, timeout=10)
+    assert exports.opened[1].closed

@@ -3,8 +3,9 @@
 Each system is exported with its own settings (`system_settings`: its entry in
 RECORDLINE_EXPORT_SYSTEMS over the process's), telemetry (every metric carries the
 system's name) and log label. What fails in one system is that system's: a start
-that fails is tried again after a pause. SIGTERM stops it within
-RECORDLINE_SHUTDOWN_GRACE_SECONDS, every lease handed back.
+that fails is tried again after a pause, by a Supervisor that counts it (loop
+`export start`). SIGTERM stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS, every
+lease handed back.
 
 Design: docs/operations.md#the-exporter-service
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from app.ingest.schemas import Schemas
 from app.settings import ExportedSystem, Settings
 from app.store.backoff import Backoff
 from app.store.open import open_export
+from app.store.supervisor import Supervisor
 from app.store.tiered.exporter import holder_name
 from app.store.tiered.fleet import SystemExport
 from app.telemetry import Telemetry
@@ -100,16 +103,25 @@ class ExporterService:
     def __init__(self, systems: list[Exported], *, grace_seconds: float) -> None:
         self.systems = systems
         self._grace = grace_seconds
-        self._keepers: list[asyncio.Task[None]] = []
+        # Each system's own, counting its restarts in its metrics.
+        self._supervisors: list[Supervisor] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         """Export until `stop` is set, then stop within the grace."""
         for system in self.systems:
+            supervisor = Supervisor(observer=system.telemetry.loop_observer())
+            await supervisor.start()
+            self._supervisors.append(supervisor)
             # Each system's tasks, its loops included, inherit its name for their lines.
             context = contextvars.copy_context()
             context.run(line_system.set, system.name)
-            self._keepers.append(
-                asyncio.create_task(self._start(system), name=system.name, context=context)
+            context.run(
+                supervisor.run,
+                "export start",
+                functools.partial(self._start, system),
+                interval=START_RETRY_MAX_SECONDS,
+                finite=True,
+                pauses=Backoff(START_RETRY_SECONDS, START_RETRY_MAX_SECONDS),
             )
         log.info("exporting %d systems: %s", len(self.systems), ", ".join(self.names))
         await stop.wait()
@@ -129,30 +141,22 @@ class ExporterService:
         return [system.name for system in self.systems]
 
     async def _start(self, system: Exported) -> None:
-        """Start the system's export, again after a pause for as long as it fails."""
-        backoff = Backoff(START_RETRY_SECONDS, START_RETRY_MAX_SECONDS)
-        while True:
-            # Kept before it starts: a stop meanwhile closes what it opened.
-            export = system.export = system.open()
-            try:
-                await export.start()
-            except Exception:  # its own: the other systems go on
-                pause = backoff.next()
-                log.exception(
-                    "the export of %s could not start; trying again in %.0f s", system.name, pause
-                )
-                system.export = None
-                with contextlib.suppress(Exception):
-                    await export.close()
-                await asyncio.sleep(pause)
-                continue
-            log.info("exporting %s", system.name)
-            return
+        """Start the system's export; one that fails closes what it opened, and its
+        supervisor starts it again after a pause (the other systems go on)."""
+        # Kept before it starts: a stop meanwhile closes what it opened.
+        export = system.export = system.open()
+        try:
+            await export.start()
+        except Exception:
+            system.export = None
+            with contextlib.suppress(Exception):
+                await export.close()
+            raise
+        log.info("exporting %s", system.name)
 
     async def _close(self, *, within: float) -> None:
-        for keeper in self._keepers:
-            keeper.cancel()
-        await asyncio.gather(*self._keepers, return_exceptions=True)
+        for supervisor in reversed(self._supervisors):
+            await supervisor.close()
 
         async def close(system: Exported) -> None:
             if system.export is not None:

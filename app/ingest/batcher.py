@@ -5,6 +5,7 @@ drains the queue into store appends and resolves every future with its row's
 outcome, knowing nothing of HTTP or of any one store. A batch is cut as soon as an
 append slot is free: under load batches grow by themselves, and a lone request is
 never held back by a timer (a 10 ms linger cut throughput by ~40%: `max_delay` 0).
+The flusher and the deadline sweep run under the app's Supervisor.
 
 Design: docs/contract.md
 """
@@ -17,7 +18,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
@@ -27,6 +28,7 @@ from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailabl
 from app.records import Record, Rejection
 from app.settings import BatchSettings
 from app.store import RowOutcome
+from app.store.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class FlushObserver(Protocol):
 # not by a timer per request (~5 µs a push at thousands of pushes a second):
 # a push may wait up to this much longer than the write deadline.
 _SWEEP_SECONDS = 0.05
+# How long the flusher or the sweep may be down (failing and started again)
+# before readiness names it: meanwhile pushes wait, then fail with a 503.
+LOOP_SECONDS = 1.0
 
 
 class _Pending(msgspec.Struct):
@@ -118,12 +123,14 @@ class Batcher:
         # (An asyncio.Event costs a call on every push and three on every batch.)
         self._arrival: asyncio.Future[None] | None = None
         self._closing = False
-        self._flusher: asyncio.Task[None] | None = None
+        # Done once the flusher stored every row accepted before `close`.
+        self._drained: asyncio.Future[None] | None = None
+        # What stops each of the two loops, once started.
+        self._stops: list[Callable[[], Awaitable[None]]] = []
         self._appends: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Every row not yet answered, in arrival (and so deadline) order.
         self._waiting: deque[_Pending] = deque()
-        self._sweeper: asyncio.Task[None] | None = None
         # Loop time by which every row is answered once the instance is stopping
         # (`hurry`), whatever its own deadline.
         self._cutoff = math.inf
@@ -184,10 +191,13 @@ class Batcher:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor) -> None:
+        """Run the flusher and the deadline sweep under `supervisor` (started), until `close`."""
         self._loop = asyncio.get_running_loop()
-        self._flusher = asyncio.create_task(self._run(), name="batcher-flush")
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="batcher-deadlines")
+        self._stops = [
+            supervisor.run("batcher-flush", self._run, interval=LOOP_SECONDS),
+            supervisor.run("batcher-deadlines", self._sweep_forever, interval=LOOP_SECONDS),
+        ]
 
     async def _sweep_forever(self) -> None:
         # Every row has the same deadline after its arrival, so the waiting
@@ -222,32 +232,37 @@ class Batcher:
     async def close(self, grace: float) -> None:
         """Refuse new rows, store what was accepted (within `grace`), then stop."""
         self._closing = True
-        self._arrive()
-        if self._flusher is None:
+        if not self._stops:
             return
+        stop_flusher, stop_sweeper = self._stops
+        drained = self._drained = asyncio.get_running_loop().create_future()
+        self._arrive()
         try:
             async with asyncio.timeout(grace):
-                await asyncio.shield(self._flusher)
+                await drained
         except TimeoutError:
             log.error("shutdown grace ran out with %d rows unstored", len(self._queue))
-            self._flusher.cancel()
+            await stop_flusher()
             for task in list(self._appends):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await asyncio.gather(*self._appends, return_exceptions=True)
             self._fail(list(self._queue), ShuttingDown("shut down before the row was stored"))
             self._queue.clear()
         finally:
-            if self._sweeper is not None:
-                self._sweeper.cancel()
+            self._stops = []
+            await stop_flusher()
+            await stop_sweeper()
 
     # -- flusher ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The flusher: each batch cut and handed to an append of its own, until `close`
+        stops it once every accepted row is stored."""
         while True:
             if not self._queue:
-                if self._closing:
-                    break
+                if self._drained is not None and not self._drained.done():
+                    await asyncio.gather(*self._appends, return_exceptions=True)
+                    self._drained.set_result(None)
                 loop = self._loop or asyncio.get_running_loop()
                 self._arrival = loop.create_future()
                 await self._arrival
@@ -255,18 +270,33 @@ class Batcher:
             if self._max_delay and len(self._queue) < self._max_rows and not self._closing:
                 await asyncio.sleep(self._max_delay)
             await self._slots.acquire()
-            batch = self._cut()
-            if not batch:
-                self._slots.release()
-                continue
-            self._batches += 1
-            # The queue is in stamp order: its first row is its oldest.
-            self._in_flight[self._batches] = batch[0].row.ingest_time
-            task = asyncio.create_task(self._append(self._batches, batch))
-            self._appends.add(task)
-            task.add_done_callback(self._appends.discard)
-        if self._appends:
-            await asyncio.gather(*self._appends, return_exceptions=True)
+            self._flush(self._cut())
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        """Start the append of `batch`, which holds an append slot. Should this fail, the
+        batch was handed to no store: its rows fail with a 503 (Pub/Sub delivers them
+        again) and the flusher, started again, goes on with the rows behind them."""
+        if not batch:
+            self._slots.release()
+            return
+        self._batches += 1
+        number = self._batches
+        # The queue is in stamp order: its first row is its oldest.
+        self._in_flight[number] = batch[0].row.ingest_time
+        try:
+            observed: AbstractContextManager[object] = (
+                self._observer.flushing([p.origin for p in batch])
+                if self._observer is not None
+                else contextlib.nullcontext()
+            )
+            task = asyncio.create_task(self._append(number, batch, observed))
+        except Exception as exc:
+            del self._in_flight[number]
+            self._slots.release()
+            self._fail(batch, StoreUnavailable(f"batch not stored: {type(exc).__name__}"))
+            raise
+        self._appends.add(task)
+        task.add_done_callback(self._appends.discard)
 
     def _cut(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -284,12 +314,9 @@ class Batcher:
             size += head.size
         return batch
 
-    async def _append(self, number: int, batch: list[_Pending]) -> None:
-        observed = (
-            self._observer.flushing([p.origin for p in batch])
-            if self._observer is not None
-            else contextlib.nullcontext()
-        )
+    async def _append(
+        self, number: int, batch: list[_Pending], observed: AbstractContextManager[object]
+    ) -> None:
         try:
             with observed:
                 outcomes = await self._store.append([p.row for p in batch])

@@ -4,8 +4,8 @@ and named by readiness while it stays down.
 Every loop runs in one `asyncio.TaskGroup`; a failure of any kind is logged with
 its traceback, counted (`recordline.loop.restarts`) and the loop started again
 after a jittered backoff. A loop failing for longer than its own interval is
-`down`, named by readiness, and its `on_down` called once per streak. `close`
-cancels them all and waits for them.
+`down`, named by readiness, and its `on_down` called once per streak. A `finite`
+loop ends when its body returns; `close` cancels them all and waits for them.
 
 Design: docs/stores.md#serving-deadlines; alert: docs/operations.md#loop-restarting
 """
@@ -48,14 +48,18 @@ class _Loop:
         interval: float,
         now: float,
         on_down: Callable[[], Awaitable[None]] | None = None,
+        *,
+        finite: bool = False,
+        pauses: Backoff | None = None,
     ) -> None:
         self.name = name
         self.body = body
         self.interval = interval
         self.on_down = on_down
+        self.finite = finite
         # Whether `on_down` was called in the current streak of failures.
         self.said_down = False
-        self.backoff = Backoff(RESTART_SECONDS, RESTART_MAX_SECONDS)
+        self.backoff = pauses or Backoff(RESTART_SECONDS, RESTART_MAX_SECONDS)
         # When the current run began (None while it waits to start again), and
         # when the streak of failures began.
         self.running_since: float | None = now
@@ -104,14 +108,17 @@ class Supervisor:
         *,
         interval: float,
         on_down: Callable[[], Awaitable[None]] | None = None,
+        finite: bool = False,
+        pauses: Backoff | None = None,
     ) -> Callable[[], Awaitable[None]]:
-        """Run `body()` (a coroutine that never returns) until `close`, started again
-        whenever it fails; `interval`: how long it may be down before readiness says
-        so, and `on_down()` is called (once per streak of failures). Returns what
-        stops this loop alone, and waits for it to end."""
+        """Run `body()` (a coroutine that never returns, or, `finite`, one whose return
+        ends the loop) until `close`, started again whenever it fails, after `pauses`
+        (by default 0.5 s doubling to 30 s); `interval`: how long it may be down before
+        readiness says so, and `on_down()` is called (once per streak of failures).
+        Returns what stops this loop alone, and waits for it to end."""
         if self._group is None:
             raise RuntimeError("the supervisor is not started")
-        loop = _Loop(name, body, interval, self._monotonic(), on_down)
+        loop = _Loop(name, body, interval, self._monotonic(), on_down, finite=finite, pauses=pauses)
         self._loops[loop] = self._group.create_task(self._keep(loop), name=name)
 
         async def stop() -> None:
@@ -128,6 +135,9 @@ class Supervisor:
             loop.running_since = self._monotonic()
             try:
                 await loop.body()
+                if loop.finite:  # its work is done
+                    self._loops.pop(loop, None)
+                    return
                 raise RuntimeError(f"the {loop.name} loop returned; it never should")
             except Exception as exc:  # any failure: logged, counted, restarted
                 now = self._monotonic()

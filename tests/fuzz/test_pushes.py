@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas
 from app.settings import Settings
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.threaded import ThreadedBigQuery
@@ -120,7 +120,8 @@ class Service:
 
 @contextlib.contextmanager
 def running(name: str, env: dict[str, str]) -> Iterator[Service]:
-    app = create_app(Settings.load(env), schema_source=SchemaRevisions())
+    config = Settings.load(env)
+    app = create_app(config, schemas=fetching_schemas(config, SchemaRevisions()))
     with served_in_thread(app) as client:
         service = Service(name, client)
         yield service

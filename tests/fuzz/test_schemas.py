@@ -31,7 +31,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from app.asgi import create_app
+from app.asgi import create_app, fetching_schemas
 from app.ingest.schemas import SchemaNotFound, SchemaRevision
 from app.settings import Settings
 from app.typed.mapping import MAX_DEPTH, MAX_FIELDS, Field, OverCap, Type, avro_fields, field_count
@@ -121,7 +121,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     path = tmp_path_factory.mktemp("schemas") / "fuzz.duckdb"
     source = GeneratedRevisions()
     source.add("known", json.dumps(KNOWN))
-    app = create_app(Settings.load({"RECORDLINE_STORE": f"duckdb:{path}"}), schema_source=source)
+    config = Settings.load({"RECORDLINE_STORE": f"duckdb:{path}"})
+    app = create_app(config, schemas=fetching_schemas(config, source))
     with served_in_thread(app) as client:
         yield Service(client, path, source)
 
