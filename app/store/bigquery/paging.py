@@ -12,22 +12,28 @@ Design: docs/stores.md#bigquery-bigqueryprojectdataset
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, row_of
-from app.store import Page, PageQuery
+from app.store import Page, PageQuery, R
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
 from app.store.bigquery.sql import Statements
+
+# Twice the 30 minutes rows stay in write-optimized storage, where partition
+# metadata may not count them yet.
+_METADATA_LAG_MICROS: Final = 3_600_000_000
 
 # Time ranges one page scans, widened in turn while it finds fewer rows than
 # it may return. A page pays for every block its range touches, so the first
 # range is short (5 minutes is 30,000 rows at 100 msg/s, more than any page);
-# a sparse stream widens to an hour, then a day, the most one page scans.
-# A page that found too few rows even then ends where its scan ended and the
-# next one goes on from there, instead of scanning to the horizon.
-SCAN_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, DAY_MICROS)
+# a sparse stream widens to an hour, then a day and an hour, the most one page
+# scans: from the day a jump may stop at (`Pager._next_rows`), that reaches the
+# horizon. A page that found too few rows even then ends where its scan ended,
+# complete only to there, and the next one goes on from there, instead of
+# scanning to the horizon.
+SCAN_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, DAY_MICROS + _METADATA_LAG_MICROS)
 
 # Two rounds of widening scans, the jump's two look-ups, one earlier-copies
 # query (records only: a rejections page makes one query fewer at most).
@@ -43,16 +49,22 @@ MAX_QUERIES_PER_PAGE: Final = 2 * len(SCAN_SPANS_MICROS) + 2 + 1
 # longer (a backlog draining) are checked by a second, indexed query.
 EARLIER_COPIES_MICROS: Final = 120_000_000
 
-# Twice the 30 minutes rows stay in write-optimized storage, where partition
-# metadata may not count them yet.
-_METADATA_LAG_MICROS: Final = 3_600_000_000
-
 Params = Callable[[PageQuery, int], dict[str, QueryValue]]
 
 
 def _day(micros: int) -> str:
     """The id of the day partition holding `micros`: YYYYMMDD, UTC."""
     return datetime.fromtimestamp(micros // 1_000_000, tz=UTC).strftime("%Y%m%d")
+
+
+def _page(
+    query: PageQuery, rows: list[R], examined: Sequence[Record | Rejection], end: int
+) -> Page[R]:
+    """The page of `rows`, cut after the rows the scan `examined` up to `end`. A short
+    page whose scan ended before the horizon is complete only up to where it ended:
+    rows may lie between there and the horizon, for the next page to find."""
+    short = len(examined) < query.limit and end < query.before_time
+    return Page(rows, *query.resume(examined, end), complete_until=end if short else None)
 
 
 class Pager:
@@ -73,7 +85,7 @@ class Pager:
         hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
         records = [r for r in candidates if r.message_id not in hidden]
         # Later copies left out still moved the cursor: it follows the candidates.
-        return Page(records, *query.resume(candidates, end))
+        return _page(query, records, candidates, end)
 
     async def rejections(self, query: PageQuery) -> Page[Rejection]:
         # Cut like a records page, without the dedupe pass: a message rejected
@@ -86,7 +98,7 @@ class Pager:
             self._sql.first_rejection,
         )
         rows = [row_of(Rejection, row) for row in found]
-        return query.answer(rows, end)
+        return _page(query, rows, rows, end)
 
     async def _scan_or_jump(
         self, query: PageQuery, sql: str, params: Params, table: str, first_row: str
