@@ -118,14 +118,15 @@ def record_view(r: Record) -> RecordView:
     """What `view(RecordView, r)` makes, written out: half the time of the general way,
     and a reader far behind makes one per record (a test checks both agree)."""
     t = r.timestamp
+    # timedelta(0, 0, t) is t microseconds, made a third faster than by keyword.
     return RecordView(
         message_id=r.message_id,
         id=r.id,
-        timestamp=None if t is None else _EPOCH + _micros(microseconds=t),
+        timestamp=None if t is None else _EPOCH + _micros(0, 0, t),
         data=_Raw(r.data),
         attributes=_Raw(r.attributes),
-        publish_time=_EPOCH + _micros(microseconds=r.publish_time),
-        ingest_time=_EPOCH + _micros(microseconds=r.ingest_time),
+        publish_time=_EPOCH + _micros(0, 0, r.publish_time),
+        ingest_time=_EPOCH + _micros(0, 0, r.ingest_time),
         subscription=r.subscription,
         delivery_attempt=r.delivery_attempt,
         trace_id=r.trace_id,
