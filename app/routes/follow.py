@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from litestar import Request, Response
@@ -30,6 +30,7 @@ from litestar.status_codes import HTTP_304_NOT_MODIFIED
 from litestar.types import Receive, Send
 
 from app.errors import RetryLater, TooManyFollowers
+from app.http.limits import CONNECTION, Connection
 from app.problems import problem_type
 from app.query.service import Listing, Reader, RecordsPage, RejectionsPage
 from app.records import rfc3339
@@ -110,7 +111,7 @@ class Followers:
     @contextlib.contextmanager
     def following(self, stop: asyncio.Future[None]) -> Iterator[None]:
         """Count a waiting page or stream while inside; `stop` is done if the service stops."""
-        if self.stopping:
+        if self.stopping and not stop.done():
             stop.set_result(None)
         self._stops.add(stop)
         self.open += 1
@@ -133,36 +134,39 @@ class Followers:
         return body, event
 
 
+def stop_of(request: Request[Any, Any, Any]) -> tuple[asyncio.Future[None], bool]:
+    """What ends a follower early, and whether the server completes it when the client
+    leaves. Under `recordline serve`, the connection's own future (`Connection.gone`),
+    which the service's stop completes as well: a follower then holds no task to learn
+    that its client left. Under another server, a new future, which a task reading
+    `receive` sets (`_until_disconnected`)."""
+    connection = cast("Connection | None", request.scope.get(CONNECTION))
+    if connection is not None:
+        return connection.gone(), True
+    return asyncio.get_running_loop().create_future(), False
+
+
 @contextlib.asynccontextmanager
 async def until_gone(
     request: Request[Any, Any, Any], followers: Followers
 ) -> AsyncIterator[asyncio.Future[None]]:
     """A future done when the client disconnects or the service stops, while inside."""
-    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def disconnected() -> None:
-        # The request's body first (none, for a GET), then a receive that returns
-        # once the client has gone. A server that answers it at once with more of
-        # the request (not as ASGI has it) cannot say when the client leaves: the
-        # wait then ends by time alone, rather than spinning here.
-        message = await request.receive()
-        while message["type"] == "http.request" and message.get("more_body", False):
-            message = await request.receive()
-        if message["type"] != "http.disconnect":
-            message = await request.receive()
-        if message["type"] == "http.disconnect" and not stop.done():
-            stop.set_result(None)
-
-    watcher = asyncio.ensure_future(disconnected())
+    stop, watched = stop_of(request)
+    watcher = None if watched else asyncio.ensure_future(_until_disconnected(request.receive, stop))
     try:
         with followers.following(stop):
             yield stop
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> None:
-    """Set `stop` once the client has gone (as `until_gone` reads it)."""
+    """Set `stop` once the client has gone."""
+    # The request's body first (none, for a GET), then a receive that returns
+    # once the client has gone. A server that answers it at once with more of
+    # the request (not as ASGI has it) cannot say when the client leaves: the
+    # wait then ends by time alone, rather than spinning here.
     message = await receive()
     while message["type"] == "http.request" and message.get("more_body", False):
         message = await receive()
@@ -173,20 +177,25 @@ async def _until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> N
 
 
 class _FollowerEvents(ASGIStreamingResponse):
-    """A follower's events, sent from its request's own task, while one task waits for
-    the client to leave and then sets `stop`. (Litestar's streaming response runs the
-    stream in a task group beside a listener: a group and two tasks a follower, which
-    an idle follower need not hold.)"""
+    """A follower's events, sent from its request's own task; `stop` is done once the
+    client leaves, by the server (`stop_of`) or else by one task that waits for it.
+    (Litestar's streaming response runs the stream in a task group beside a listener:
+    a group and two tasks a follower, which an idle follower need not hold.)"""
 
-    __slots__ = ("slow_seconds", "stop")
+    __slots__ = ("slow_seconds", "stop", "watched")
 
-    def __init__(self, *, stop: asyncio.Future[None], slow_seconds: float, **options: Any) -> None:
+    def __init__(
+        self, *, stop: asyncio.Future[None], watched: bool, slow_seconds: float, **options: Any
+    ) -> None:
         super().__init__(**options)
         self.stop = stop
+        self.watched = watched
         self.slow_seconds = slow_seconds
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        watcher = asyncio.ensure_future(_until_disconnected(receive, self.stop))
+        watcher = (
+            None if self.watched else asyncio.ensure_future(_until_disconnected(receive, self.stop))
+        )
         try:
             async for chunk in self.iterator:
                 body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
@@ -205,25 +214,29 @@ class _FollowerEvents(ASGIStreamingResponse):
                     return  # the server closes the connection: the response is unfinished
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
 
 class EventStream(Stream):
     """Server-sent events for a follower: its generator ends once `stop` is done (the
-    client left, or the service stops), and nothing else runs beside it."""
+    client left, or the service stops), and nothing else runs beside it. `watched`:
+    the server completes `stop` when the client leaves (`stop_of`)."""
 
-    __slots__ = ("slow_seconds", "stop")
+    __slots__ = ("slow_seconds", "stop", "watched")
 
     def __init__(
         self,
         content: Any,
         *,
         stop: asyncio.Future[None],
+        watched: bool = False,
         slow_seconds: float = SLOW_FOLLOWER_SECONDS,
         **options: Any,
     ) -> None:
         super().__init__(content, **options)
         self.stop = stop
+        self.watched = watched
         self.slow_seconds = slow_seconds
 
     def to_asgi_response(
@@ -243,6 +256,7 @@ class EventStream(Stream):
         # As Stream's own, with the response that holds nothing beside the stream.
         return _FollowerEvents(
             stop=self.stop,
+            watched=self.watched,
             slow_seconds=self.slow_seconds,
             background=self.background or background,
             content_length=0,
@@ -349,6 +363,7 @@ HEARTBEAT: Final = b": heartbeat\n\n"
 
 
 def stream(
+    request: Request[Any, Any, Any],
     reader: Reader,
     listing: Listing[P],
     followers: Followers,
@@ -358,8 +373,8 @@ def stream(
     limit: int,
 ) -> Stream:
     """The pages from `page_token` (or `first`'s since/until) on, as events."""
-    # Done once the client leaves (the response watches) or the service stops.
-    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    # Done once the client leaves or the service stops.
+    stop, watched = stop_of(request)
 
     async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -414,6 +429,7 @@ def stream(
     return EventStream(
         events(),
         stop=stop,
+        watched=watched,
         slow_seconds=followers.slow_seconds,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,

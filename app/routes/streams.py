@@ -38,6 +38,7 @@ from app.routes.follow import (
     HEARTBEAT,
     JSON,
     EventStream,
+    stop_of,
     until_gone,
 )
 from app.routes.query import STREAM_ERRORS, Paging
@@ -212,7 +213,7 @@ async def read_stream(
     if start is None:
         start = await streams.tail(listing)
     if live == "sse":
-        return _sse(paging, listing, start, cursor)
+        return _sse(request, paging, listing, start, cursor)
     async with until_gone(request, followers) as stop:
         chunk = await streams.chunk(listing, start, wait=followers.long_poll_seconds, stop=stop)
     headers = _positioned(chunk) | {CURSOR: next_cursor}
@@ -233,14 +234,15 @@ def _event(kind: bytes, data: bytes) -> bytes:
 
 
 def _sse(
+    request: Request[Any, Any, Any],
     paging: Paging,
     listing: Any,
     start: PageToken,
     cursor: str | None,
 ) -> EventStream:
     streams, followers = paging.streams, paging.followers
-    # Done once the client leaves (the response watches) or the service stops.
-    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    # Done once the client leaves or the service stops.
+    stop, watched = stop_of(request)
 
     async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -297,6 +299,7 @@ def _sse(
     return EventStream(
         events(),
         stop=stop,
+        watched=watched,
         slow_seconds=followers.slow_seconds,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,
