@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final, TypeVar, cast
 
 import msgspec
@@ -57,6 +57,23 @@ DEFAULT_LONG_POLL_SECONDS: Final = 20.0
 # A full instance is asked again after this long: followers end within a stream's
 # life, and a retry may reach another instance.
 FULL_RETRY_SECONDS: Final = 5
+
+
+class _Following:
+    """`Followers.following`: a context manager of two slots, where contextlib's made of
+    a generator held 400 bytes an idle follower."""
+
+    __slots__ = ("followers", "stop")
+
+    def __init__(self, followers: Followers, stop: asyncio.Future[None]) -> None:
+        self.followers = followers
+        self.stop = stop
+
+    def __enter__(self) -> None:
+        self.followers.joined(self.stop)
+
+    def __exit__(self, *_: object) -> None:
+        self.followers.left(self.stop)
 
 
 class Followers:
@@ -108,18 +125,19 @@ class Followers:
             if not stop.done():
                 stop.set_result(None)
 
-    @contextlib.contextmanager
-    def following(self, stop: asyncio.Future[None]) -> Iterator[None]:
+    def following(self, stop: asyncio.Future[None]) -> _Following:
         """Count a waiting page or stream while inside; `stop` is done if the service stops."""
+        return _Following(self, stop)
+
+    def joined(self, stop: asyncio.Future[None]) -> None:
         if self.stopping and not stop.done():
             stop.set_result(None)
         self._stops.add(stop)
         self.open += 1
-        try:
-            yield
-        finally:
-            self.open -= 1
-            self._stops.discard(stop)
+
+    def left(self, stop: asyncio.Future[None]) -> None:
+        self.open -= 1
+        self._stops.discard(stop)
 
     def encoded(self, page: RecordsPage | RejectionsPage) -> tuple[bytes, bytes]:
         """The page as JSON, and as the data of an event: made once per page object."""
@@ -146,19 +164,36 @@ def stop_of(request: Request[Any, Any, Any]) -> tuple[asyncio.Future[None], bool
     return asyncio.get_running_loop().create_future(), False
 
 
-@contextlib.asynccontextmanager
-async def until_gone(
-    request: Request[Any, Any, Any], followers: Followers
-) -> AsyncIterator[asyncio.Future[None]]:
+def until_gone(request: Request[Any, Any, Any], followers: Followers) -> _UntilGone:
     """A future done when the client disconnects or the service stops, while inside."""
-    stop, watched = stop_of(request)
-    watcher = None if watched else asyncio.ensure_future(_until_disconnected(request.receive, stop))
-    try:
-        with followers.following(stop):
-            yield stop
-    finally:
-        if watcher is not None:
-            watcher.cancel()
+    return _UntilGone(request, followers)
+
+
+class _UntilGone:
+    """`until_gone`: a context manager of slots, where contextlib's made of a generator
+    held 400 bytes a parked long-poll."""
+
+    __slots__ = ("followers", "request", "stop", "watcher")
+
+    def __init__(self, request: Request[Any, Any, Any], followers: Followers) -> None:
+        self.request = request
+        self.followers = followers
+
+    async def __aenter__(self) -> asyncio.Future[None]:
+        stop, watched = stop_of(self.request)
+        self.stop = stop
+        self.watcher = (
+            None
+            if watched
+            else asyncio.ensure_future(_until_disconnected(self.request.receive, stop))
+        )
+        self.followers.joined(stop)
+        return stop
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+        self.followers.left(self.stop)
 
 
 async def _until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> None:
@@ -212,6 +247,7 @@ class _FollowerEvents(ASGIStreamingResponse):
                     if isinstance(self.iterator, AsyncGenerator):
                         await self.iterator.aclose()  # it counts as a follower no more
                     return  # the server closes the connection: the response is unfinished
+                del chunk, body  # sent: not held while the next is awaited
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if watcher is not None:

@@ -281,8 +281,9 @@ def _sse(
                         upToDate=chunk.up_to_date,
                     )
                     event = _data(chunk) + _event(b"control", _encode(control))
-                    del chunk  # an idle stream holds its position, not what it sent
+                    del chunk, control  # an idle stream holds its position, not what it sent
                     yield event
+                    del event
                     told, quiet_since = True, loop.time()
                     continue
                 del chunk
