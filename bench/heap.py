@@ -7,8 +7,9 @@ of `/v1/streams/records`: SSE streams, then parked long-polls. Per follower:
 
 - the Python heap the server holds for it (tracemalloc, started once the
   server is warm, read with the followers connected and idle): a count of
-  bytes, the same from run to run within a few bytes, where resident memory
-  moves with the allocator and the machine;
+  bytes, which moves by about half a KiB from run to run (what the server does
+  besides in those seconds is counted too), where resident memory moves with
+  the allocator, what was freed before, and the machine;
 - the server's resident memory (RSS) growth, as `bench followers --peer`
   reads it, from servers run without tracemalloc (its bookkeeping would be
   counted too), one for each kind.
