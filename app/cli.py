@@ -655,6 +655,9 @@ def _serve(args: argparse.Namespace) -> int:
         handler.addFilter(errors)
     config = uvicorn.Config(
         OneLineStartFailure(app, errors, url=_url(listening)),
+        # An ASGI 3 app whose __call__ returns the app's awaitable (not a coroutine
+        # function, which is what uvicorn would look for).
+        interface="asgi3",
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
@@ -783,10 +786,14 @@ class OneLineStartFailure:
         # Where the server listens once started (it says nothing of a socket it is given).
         self.url = url
 
-    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Message, receive: Receive, send: Send) -> Awaitable[None]:
+        # A request is the app's own call, awaited by the server: no frame of this
+        # wrapper is held for as long as it lasts (an idle follower's, hours).
         if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._lifespan(scope, receive, send)
+
+    async def _lifespan(self, scope: Message, receive: Receive, send: Send) -> None:
         errors = self.errors
         failed: list[Message] = []
         # However long the start takes, what it logged is said by then.

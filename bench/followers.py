@@ -3,6 +3,7 @@
     python3 dev.py bench followers [--followers 1000] [--rounds 5] [--poll 0.5]
                                    [--serving]
     python3 dev.py bench followers --peer [options]   # beside the reference server (bench/peer.py)
+    python3 dev.py bench followers --heap [options]   # memory per idle follower (bench/heap.py)
 
 1. On one `recordline serve` (a DuckDB file), `--followers` long-poll requests
    wait at the tail (`wait=30`); one push is made and each follower's wake-up
@@ -298,6 +299,10 @@ def main(argv: list[str]) -> int:
         from bench import peer
 
         return peer.main([a for a in argv if a != "--peer"])
+    if "--heap" in argv:
+        from bench import heap
+
+        return heap.main([a for a in argv if a != "--heap"])
     parser = argparse.ArgumentParser(prog="bench followers", description=__doc__)
     parser.add_argument("--followers", type=int, default=1000, help="followers waiting (1000)")
     parser.add_argument("--rounds", type=int, default=5, help="pushes they wait for (5)")

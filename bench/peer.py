@@ -205,7 +205,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def recordline(database: Path) -> Iterator[Target]:
+def recordline(database: Path, serve: list[str] | None = None) -> Iterator[Target]:
+    """`recordline serve` on `database` (or `serve`, a command that runs it)."""
     port = free_port()
     env = {
         **os.environ,
@@ -213,7 +214,7 @@ def recordline(database: Path) -> Iterator[Target]:
         "RECORDLINE_LOG_LEVEL": "WARNING",
         "RECORDLINE_MAX_FOLLOWERS": "2000",
     }
-    process = subprocess.Popen([*SERVE, "--port", str(port)], cwd=ROOT, env=env)
+    process = subprocess.Popen([*(serve or SERVE), "--port", str(port)], cwd=ROOT, env=env)
     try:
         wait_ready(port, process, "/healthz")
         yield Target(

@@ -17,7 +17,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
-from app.settings import Settings
+from app.http.limits import bounded_httptools
+from app.settings import ServerSettings, Settings
 from app.store.duckdb.store import DuckDBStore
 from recordline_dev.processes import EmulatorNotFound
 from tests.bigquery.conftest import DATASET as BIGQUERY_DATASET
@@ -109,8 +110,9 @@ KEEP_ALIVE_SECONDS = 300
 
 
 @contextlib.asynccontextmanager
-async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    """The app behind a real uvicorn on a loopback port, in this event loop.
+async def served(app: Litestar, *, bounded: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """The app behind a real uvicorn on a loopback port, in this event loop;
+    `bounded`: with the connections `recordline serve` makes (app.http.limits).
 
     Litestar's test clients call the app through a blocking portal, one request
     at a time; group commit and backpressure need truly concurrent requests.
@@ -122,6 +124,7 @@ async def served(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
         lifespan="on",
         log_config=None,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        **({"http": bounded_httptools(ServerSettings())} if bounded else {}),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -8,7 +8,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import httpx
@@ -123,6 +123,41 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
     waiting.cancel()  # the client closes the connection
     await until(lambda: tracker.open == 0, what="the wait to end as the client left")
     assert time.monotonic() - left < 1.0
+
+
+async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
+    app: Litestar,
+) -> None:
+    """Under the connections `recordline serve` makes, the connection tells a follower
+    that its client left: a waiting page and a stream each hold their request's task
+    and nothing beside it, and count no more as soon as the client closes."""
+    followers = await following(app)
+    async with served(app, bounded=True) as client:
+        token = await tail_token(client)
+        sse = "accept: text/event-stream\r\n"
+        for target, head in [
+            (f"/v1/records?page_token={token}&wait=30", ""),
+            ("/v1/records", sse),
+            ("/v1/streams/records?offset=now&live=long-poll", ""),
+            ("/v1/streams/records?offset=now&live=sse", sse),
+        ]:
+            before = asyncio.all_tasks()
+            _, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+            writer.write(f"GET {target} HTTP/1.1\r\nhost: test\r\n{head}\r\n".encode())
+            await until(lambda: followers.open == 1, what=f"{target} to wait")
+            await asyncio.sleep(0.1)  # what it would start beside it, started
+            # Tasks of the server and its routes (a store's own may come and go).
+            held = [
+                coro.__qualname__
+                for coro in (task.get_coro() for task in asyncio.all_tasks() - before)
+                if isinstance(coro, Coroutine)
+                and re.search(r"/(uvicorn|litestar|app/routes|app/http)/", coro.cr_code.co_filename)
+            ]
+            assert held == ["RequestResponseCycle.run_asgi"], target
+            left = time.monotonic()
+            writer.close()
+            await until(lambda: followers.open == 0, what=f"{target} to end as the client left")
+            assert time.monotonic() - left < 1.0, target
 
 
 async def events(

@@ -8,7 +8,6 @@ import re
 from collections.abc import Sequence
 
 from litestar.config.compression import CompressionConfig
-from litestar.datastructures import Headers
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.compression import CompressionMiddleware
 from litestar.types import Receive, Scope, Send
@@ -66,6 +65,16 @@ def negotiated_coding(header: str | None, offered: Sequence[str]) -> str | None:
     return best if best is not None and best_weight >= identity else None
 
 
+def _accept_encoding(scope: Scope) -> str | None:
+    """The request's first Accept-Encoding, read from the scope's raw headers: Litestar's
+    `Headers`, made for it, would be kept in the scope as long as the request (1 KiB
+    an idle follower)."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"accept-encoding":
+            return value.decode("latin-1")
+    return None
+
+
 class NegotiatedCompression(CompressionMiddleware):
     """Litestar's compression, with the coding chosen as RFC 9110 says.
 
@@ -77,7 +86,7 @@ class NegotiatedCompression(CompressionMiddleware):
         offered = [self.config.compression_facade.encoding]
         if self.config.gzip_fallback:
             offered.append("gzip")
-        coding = negotiated_coding(Headers.from_scope(scope).get("accept-encoding"), offered)
+        coding = negotiated_coding(_accept_encoding(scope), offered)
         if coding is None:
             await self.app(scope, receive, send)
             return

@@ -17,8 +17,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Any, Final, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from litestar import Request, Response
@@ -30,6 +30,7 @@ from litestar.status_codes import HTTP_304_NOT_MODIFIED
 from litestar.types import Receive, Send
 
 from app.errors import RetryLater, TooManyFollowers
+from app.http.limits import CONNECTION, Connection
 from app.problems import problem_type
 from app.query.service import Listing, Reader, RecordsPage, RejectionsPage
 from app.records import rfc3339
@@ -56,6 +57,23 @@ DEFAULT_LONG_POLL_SECONDS: Final = 20.0
 # A full instance is asked again after this long: followers end within a stream's
 # life, and a retry may reach another instance.
 FULL_RETRY_SECONDS: Final = 5
+
+
+class _Following:
+    """`Followers.following`: a context manager of two slots, where contextlib's made of
+    a generator held 400 bytes an idle follower."""
+
+    __slots__ = ("followers", "stop")
+
+    def __init__(self, followers: Followers, stop: asyncio.Future[None]) -> None:
+        self.followers = followers
+        self.stop = stop
+
+    def __enter__(self) -> None:
+        self.followers.joined(self.stop)
+
+    def __exit__(self, *_: object) -> None:
+        self.followers.left(self.stop)
 
 
 class Followers:
@@ -107,18 +125,19 @@ class Followers:
             if not stop.done():
                 stop.set_result(None)
 
-    @contextlib.contextmanager
-    def following(self, stop: asyncio.Future[None]) -> Iterator[None]:
+    def following(self, stop: asyncio.Future[None]) -> _Following:
         """Count a waiting page or stream while inside; `stop` is done if the service stops."""
-        if self.stopping:
+        return _Following(self, stop)
+
+    def joined(self, stop: asyncio.Future[None]) -> None:
+        if self.stopping and not stop.done():
             stop.set_result(None)
         self._stops.add(stop)
         self.open += 1
-        try:
-            yield
-        finally:
-            self.open -= 1
-            self._stops.discard(stop)
+
+    def left(self, stop: asyncio.Future[None]) -> None:
+        self.open -= 1
+        self._stops.discard(stop)
 
     def encoded(self, page: RecordsPage | RejectionsPage) -> tuple[bytes, bytes]:
         """The page as JSON, and as the data of an event: made once per page object."""
@@ -133,36 +152,56 @@ class Followers:
         return body, event
 
 
-@contextlib.asynccontextmanager
-async def until_gone(
-    request: Request[Any, Any, Any], followers: Followers
-) -> AsyncIterator[asyncio.Future[None]]:
+def stop_of(request: Request[Any, Any, Any]) -> tuple[asyncio.Future[None], bool]:
+    """What ends a follower early, and whether the server completes it when the client
+    leaves. Under `recordline serve`, the connection's own future (`Connection.gone`),
+    which the service's stop completes as well: a follower then holds no task to learn
+    that its client left. Under another server, a new future, which a task reading
+    `receive` sets (`_until_disconnected`)."""
+    connection = cast("Connection | None", request.scope.get(CONNECTION))
+    if connection is not None:
+        return connection.gone(), True
+    return asyncio.get_running_loop().create_future(), False
+
+
+def until_gone(request: Request[Any, Any, Any], followers: Followers) -> _UntilGone:
     """A future done when the client disconnects or the service stops, while inside."""
-    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    return _UntilGone(request, followers)
 
-    async def disconnected() -> None:
-        # The request's body first (none, for a GET), then a receive that returns
-        # once the client has gone. A server that answers it at once with more of
-        # the request (not as ASGI has it) cannot say when the client leaves: the
-        # wait then ends by time alone, rather than spinning here.
-        message = await request.receive()
-        while message["type"] == "http.request" and message.get("more_body", False):
-            message = await request.receive()
-        if message["type"] != "http.disconnect":
-            message = await request.receive()
-        if message["type"] == "http.disconnect" and not stop.done():
-            stop.set_result(None)
 
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        with followers.following(stop):
-            yield stop
-    finally:
-        watcher.cancel()
+class _UntilGone:
+    """`until_gone`: a context manager of slots, where contextlib's made of a generator
+    held 400 bytes a parked long-poll."""
+
+    __slots__ = ("followers", "request", "stop", "watcher")
+
+    def __init__(self, request: Request[Any, Any, Any], followers: Followers) -> None:
+        self.request = request
+        self.followers = followers
+
+    async def __aenter__(self) -> asyncio.Future[None]:
+        stop, watched = stop_of(self.request)
+        self.stop = stop
+        self.watcher = (
+            None
+            if watched
+            else asyncio.ensure_future(_until_disconnected(self.request.receive, stop))
+        )
+        self.followers.joined(stop)
+        return stop
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+        self.followers.left(self.stop)
 
 
 async def _until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> None:
-    """Set `stop` once the client has gone (as `until_gone` reads it)."""
+    """Set `stop` once the client has gone."""
+    # The request's body first (none, for a GET), then a receive that returns
+    # once the client has gone. A server that answers it at once with more of
+    # the request (not as ASGI has it) cannot say when the client leaves: the
+    # wait then ends by time alone, rather than spinning here.
     message = await receive()
     while message["type"] == "http.request" and message.get("more_body", False):
         message = await receive()
@@ -173,20 +212,25 @@ async def _until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> N
 
 
 class _FollowerEvents(ASGIStreamingResponse):
-    """A follower's events, sent from its request's own task, while one task waits for
-    the client to leave and then sets `stop`. (Litestar's streaming response runs the
-    stream in a task group beside a listener: a group and two tasks a follower, which
-    an idle follower need not hold.)"""
+    """A follower's events, sent from its request's own task; `stop` is done once the
+    client leaves, by the server (`stop_of`) or else by one task that waits for it.
+    (Litestar's streaming response runs the stream in a task group beside a listener:
+    a group and two tasks a follower, which an idle follower need not hold.)"""
 
-    __slots__ = ("slow_seconds", "stop")
+    __slots__ = ("slow_seconds", "stop", "watched")
 
-    def __init__(self, *, stop: asyncio.Future[None], slow_seconds: float, **options: Any) -> None:
+    def __init__(
+        self, *, stop: asyncio.Future[None], watched: bool, slow_seconds: float, **options: Any
+    ) -> None:
         super().__init__(**options)
         self.stop = stop
+        self.watched = watched
         self.slow_seconds = slow_seconds
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        watcher = asyncio.ensure_future(_until_disconnected(receive, self.stop))
+        watcher = (
+            None if self.watched else asyncio.ensure_future(_until_disconnected(receive, self.stop))
+        )
         try:
             async for chunk in self.iterator:
                 body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
@@ -203,27 +247,32 @@ class _FollowerEvents(ASGIStreamingResponse):
                     if isinstance(self.iterator, AsyncGenerator):
                         await self.iterator.aclose()  # it counts as a follower no more
                     return  # the server closes the connection: the response is unfinished
+                del chunk, body  # sent: not held while the next is awaited
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
 
 class EventStream(Stream):
     """Server-sent events for a follower: its generator ends once `stop` is done (the
-    client left, or the service stops), and nothing else runs beside it."""
+    client left, or the service stops), and nothing else runs beside it. `watched`:
+    the server completes `stop` when the client leaves (`stop_of`)."""
 
-    __slots__ = ("slow_seconds", "stop")
+    __slots__ = ("slow_seconds", "stop", "watched")
 
     def __init__(
         self,
         content: Any,
         *,
         stop: asyncio.Future[None],
+        watched: bool = False,
         slow_seconds: float = SLOW_FOLLOWER_SECONDS,
         **options: Any,
     ) -> None:
         super().__init__(content, **options)
         self.stop = stop
+        self.watched = watched
         self.slow_seconds = slow_seconds
 
     def to_asgi_response(
@@ -243,6 +292,7 @@ class EventStream(Stream):
         # As Stream's own, with the response that holds nothing beside the stream.
         return _FollowerEvents(
             stop=self.stop,
+            watched=self.watched,
             slow_seconds=self.slow_seconds,
             background=self.background or background,
             content_length=0,
@@ -348,7 +398,69 @@ def _event(kind: str, event_id: str | None, data: bytes) -> bytes:
 HEARTBEAT: Final = b": heartbeat\n\n"
 
 
+async def _pages(
+    reader: Reader,
+    listing: Listing[P],
+    followers: Followers,
+    page_token: str | None,
+    first: dict[str, Any],
+    limit: int,
+    stop: asyncio.Future[None],
+) -> AsyncIterator[bytes]:
+    """`stream`'s events. (Module-level, not a closure: a closure's function and cells
+    were held by every idle follower, 0.5 KiB.)"""
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + followers.stream_seconds
+    # What this follower was acknowledged before its stream began is in every
+    # page the stream sends (`Reader.page`'s `asked_at`).
+    asked_at = time.monotonic()
+    token = page_token
+    complete = None
+    failed: RetryLater | None = None
+    with followers.following(stop):
+        while not stop.done() and loop.time() < ends:
+            wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
+            try:
+                page = await reader.page(
+                    listing,
+                    **(first if token is None else {"since": None, "until": None}),
+                    limit=limit,
+                    page_token=token,
+                    wait=wait,
+                    stop=stop,
+                    asked_at=asked_at,
+                )
+            except RetryLater as exc:
+                # The store did not answer: the stream ends as it would, with
+                # where to resume, and says why.
+                log.warning("stream of pages ended early: %s", exc.detail)
+                failed = exc
+                break
+            token, complete = page.next_page_token, page.complete_until
+            rows = page.records if isinstance(page, RecordsPage) else page.rejections
+            if rows:
+                yield followers.encoded(page)[1]
+            elif token is not None:
+                yield HEARTBEAT
+            if token is None:  # a bounded range, complete
+                break
+        # Where to resume: the same stream, asked again with this id.
+        end: dict[str, Any] = {
+            "next_page_token": token,
+            "complete_until": None if complete is None else rfc3339(complete),
+        }
+        if failed is not None:
+            end["problem"] = {
+                "type": problem_type(type(failed)),
+                "title": failed.title,
+                "status": failed.status,
+                "detail": failed.detail,
+            }
+        yield _event("end", token, _encode(end))
+
+
 def stream(
+    request: Request[Any, Any, Any],
     reader: Reader,
     listing: Listing[P],
     followers: Followers,
@@ -358,62 +470,13 @@ def stream(
     limit: int,
 ) -> Stream:
     """The pages from `page_token` (or `first`'s since/until) on, as events."""
-    # Done once the client leaves (the response watches) or the service stops.
-    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def events() -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        ends = loop.time() + followers.stream_seconds
-        # What this follower was acknowledged before its stream began is in every
-        # page the stream sends (`Reader.page`'s `asked_at`).
-        asked_at = time.monotonic()
-        token = page_token
-        complete = None
-        failed: RetryLater | None = None
-        with followers.following(stop):
-            while not stop.done() and loop.time() < ends:
-                wait = min(followers.heartbeat_seconds, max(ends - loop.time(), 0.0))
-                try:
-                    page = await reader.page(
-                        listing,
-                        **(first if token is None else {"since": None, "until": None}),
-                        limit=limit,
-                        page_token=token,
-                        wait=wait,
-                        stop=stop,
-                        asked_at=asked_at,
-                    )
-                except RetryLater as exc:
-                    # The store did not answer: the stream ends as it would, with
-                    # where to resume, and says why.
-                    log.warning("stream of pages ended early: %s", exc.detail)
-                    failed = exc
-                    break
-                token, complete = page.next_page_token, page.complete_until
-                rows = page.records if isinstance(page, RecordsPage) else page.rejections
-                if rows:
-                    yield followers.encoded(page)[1]
-                elif token is not None:
-                    yield HEARTBEAT
-                if token is None:  # a bounded range, complete
-                    break
-            # Where to resume: the same stream, asked again with this id.
-            end: dict[str, Any] = {
-                "next_page_token": token,
-                "complete_until": None if complete is None else rfc3339(complete),
-            }
-            if failed is not None:
-                end["problem"] = {
-                    "type": problem_type(type(failed)),
-                    "title": failed.title,
-                    "status": failed.status,
-                    "detail": failed.detail,
-                }
-            yield _event("end", token, _encode(end))
+    # Done once the client leaves or the service stops.
+    stop, watched = stop_of(request)
 
     return EventStream(
-        events(),
+        _pages(reader, listing, followers, page_token, first, limit, stop),
         stop=stop,
+        watched=watched,
         slow_seconds=followers.slow_seconds,
         # Litestar adds the one `charset=utf-8` a text type needs.
         media_type=EVENT_STREAM,

@@ -264,7 +264,9 @@ async def _paged(
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
         reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where)
-        return stream(reader, listing, followers, page_token=token, first=bounds, limit=limit)
+        return stream(
+            request, reader, listing, followers, page_token=token, first=bounds, limit=limit
+        )
     if wait:
         async with until_gone(request, followers) as stop:
             page = await reader.page(

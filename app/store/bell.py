@@ -5,7 +5,11 @@ instances' commits (the serving tier's tail) rings it when it finds rows. A ring
 only says "read again", and the read comes from the tail in memory: a thousand
 waiting followers cost one read. `version` grows with every ring; a follower notes
 it before it reads and waits for it to grow, so a ring in between is not lost.
-A ring is a future every waiter of that moment shares: waiting makes no task.
+
+Waiting makes no task, and holds little: one future, which the ring, the wait's
+time or its `stop` completes, and a place in the bell's heap of deadlines, which
+one timer of the loop serves for every waiter. (`asyncio.wait` made a future, a
+set, callbacks and a timer of the loop each wait: 2 KiB an idle follower.)
 
 Design: docs/reading.md#following-the-tail
 """
@@ -13,23 +17,42 @@ Design: docs/reading.md#following-the-tail
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
+import itertools
+
+# A deadline this close is due: a loop may run a timer up to its clock's
+# resolution early, and the waiter then waits again for what is left.
+DUE_EARLY_SECONDS = 0.001
+
+
+def _wake(woken: asyncio.Future[None], *_: object) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 class Bell:
     def __init__(self) -> None:
         self.version = 0
         self.waiting = 0
-        # Done at the next ring; made by the first waiter after a ring.
-        self._rung: asyncio.Future[None] | None = None
+        # Each waiter of this moment: (deadline, arrival, future), the earliest first.
+        # A ring wakes them all; one woken otherwise (`stop`) stays until its deadline.
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+        # The loop's timer for the earliest deadline, while there is one.
+        self._timer: asyncio.TimerHandle | None = None
         # Set while someone waits: a store that has to look for other instances'
         # commits does so only then.
         self.wanted = asyncio.Event()
 
     def ring(self) -> None:
         self.version += 1
-        rung, self._rung = self._rung, None
-        if rung is not None and not rung.done():
-            rung.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for _, _, woken in waiters:
+            _wake(woken)
 
     async def wait(
         self, seen: int, within: float, stop: asyncio.Future[None] | None = None
@@ -38,17 +61,41 @@ class Bell:
         `within` seconds or once `stop` is done (False)."""
         if self.version != seen:
             return True
-        if self._rung is None:
-            self._rung = asyncio.get_running_loop().create_future()
-        waiting: set[asyncio.Future[None]] = {self._rung}
+        if stop is not None and stop.done():
+            return False
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        deadline = loop.time() + within
+        heapq.heappush(self._waiters, (deadline, next(self._arrivals), woken))
+        if self._timer is None or deadline < self._timer.when():
+            self._arm(loop, deadline)
+        stopped = None
         if stop is not None:
-            waiting.add(stop)
+            stopped = functools.partial(_wake, woken)
+            stop.add_done_callback(stopped)
         self.waiting += 1
         self.wanted.set()
         try:
-            await asyncio.wait(waiting, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+            await woken
         finally:
+            if stopped is not None and stop is not None:
+                stop.remove_done_callback(stopped)
             self.waiting -= 1
             if not self.waiting:
                 self.wanted.clear()
         return self.version != seen
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._due, loop)
+
+    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the waiters whose time is up, and set the timer for the next."""
+        self._timer = None
+        waiters = self._waiters
+        now = loop.time() + DUE_EARLY_SECONDS
+        while waiters and waiters[0][0] <= now:
+            _wake(heapq.heappop(waiters)[2])
+        if waiters:
+            self._arm(loop, waiters[0][0])

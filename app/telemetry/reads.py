@@ -47,18 +47,28 @@ class ReadDurations:
         if synthetic(scope):
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 0
+        await self.app(scope, receive, _Observed(send, scope, self.histogram))
 
-        async def observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-            finished = message["type"] == "http.response.body" and not message.get("more_body")
-            if finished and counted(status):
-                self.histogram.record(
-                    time.perf_counter() - started, {"route": scope["path_template"]}
-                )
 
-        await self.app(scope, receive, observed)
+class _Observed:
+    """A request's `send`, timing its answer: an object of slots, where a closure and
+    its cells held twice as much for as long as the request (an idle follower's, hours)."""
+
+    __slots__ = ("histogram", "scope", "send", "started", "status")
+
+    def __init__(self, send: Send, scope: Scope, histogram: Histogram) -> None:
+        self.send = send
+        self.scope = scope
+        self.histogram = histogram
+        self.started = time.perf_counter()
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+        finished = message["type"] == "http.response.body" and not message.get("more_body")
+        if finished and counted(self.status):
+            self.histogram.record(
+                time.perf_counter() - self.started, {"route": self.scope["path_template"]}
+            )
