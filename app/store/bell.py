@@ -2,14 +2,10 @@
 
 A commit on this instance rings it at once; a store that learns of other
 instances' commits (the serving tier's tail) rings it when it finds rows. A ring
-only says "read again", and the read comes from the tail in memory: a thousand
-waiting followers cost one read. `version` grows with every ring; a follower notes
-it before it reads and waits for it to grow, so a ring in between is not lost.
-
-Waiting makes no task, and holds little: one future, which the ring, the wait's
-time or its `stop` completes, and a place in the bell's heap of deadlines, which
-one timer of the loop serves for every waiter. (`asyncio.wait` made a future, a
-set, callbacks and a timer of the loop each wait: 2 KiB an idle follower.)
+only says "read again": a thousand waiting followers cost one read. A follower
+notes `version` before it reads and waits for it to grow, so no ring is lost.
+Waiting makes no task: one future a waiter, and one timer of the loop for every
+waiter's deadline (`asyncio.wait` held 2 KiB an idle follower).
 
 Design: docs/reading.md#following-the-tail
 """
