@@ -7,14 +7,14 @@ import asyncio
 from typing import Any
 
 from app.store.bell import Bell
+from tests.waiting import until
 
 
 async def test_a_ring_wakes_every_waiter_and_a_ring_before_the_wait_is_not_lost() -> None:
     bell = Bell()
     seen = bell.version
     waits = [asyncio.ensure_future(bell.wait(seen, 30)) for _ in range(3)]
-    await asyncio.sleep(0)
-    assert bell.waiting == 3
+    await until(lambda: bell.waiting == 3, interval=0)
     assert bell.wanted.is_set()
     bell.ring()
     assert await asyncio.gather(*waits) == [True, True, True]
@@ -48,7 +48,7 @@ async def test_a_stop_ends_only_its_own_wait_and_leaves_nothing_on_the_stop() ->
     stop: asyncio.Future[None] = loop.create_future()
     stopped = asyncio.ensure_future(bell.wait(bell.version, 30, stop))
     other = asyncio.ensure_future(bell.wait(bell.version, 30))
-    await asyncio.sleep(0)
+    await until(lambda: bell.waiting == 2, interval=0)
     stop.set_result(None)
     assert await asyncio.wait_for(stopped, 1) is False
     assert not other.done()
@@ -81,7 +81,7 @@ async def test_a_thousand_waits_on_one_stop_leave_no_callback_on_it() -> None:
     stop = CountedStop()
     for n in range(1000):
         wait = asyncio.ensure_future(bell.wait(bell.version, 0.001 if n % 2 else 30, stop))
-        await asyncio.sleep(0)
+        await until(lambda: bell.waiting == 1, interval=0)
         assert stop.held == 1
         if n % 2 == 0:
             bell.ring()
@@ -93,8 +93,7 @@ async def test_a_thousand_waits_on_one_stop_leave_no_callback_on_it() -> None:
 async def test_a_cancelled_wait_counts_no_more() -> None:
     bell = Bell()
     wait = asyncio.ensure_future(bell.wait(bell.version, 30))
-    await asyncio.sleep(0)
-    assert bell.waiting == 1
+    await until(lambda: bell.waiting == 1, interval=0)
     wait.cancel()
     await asyncio.gather(wait, return_exceptions=True)
     assert bell.waiting == 0

@@ -126,7 +126,7 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
 
 
 async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
-    app: Litestar,
+    app: Litestar, store: FaultyStore
 ) -> None:
     """Under the connections `recordline serve` makes, the connection tells a follower
     that its client left: a waiting page and a stream each hold their request's task
@@ -145,7 +145,8 @@ async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_on
             _, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
             writer.write(f"GET {target} HTTP/1.1\r\nhost: test\r\n{head}\r\n".encode())
             await until(lambda: followers.open == 1, what=f"{target} to wait")
-            await asyncio.sleep(0.1)  # what it would start beside it, started
+            # Waiting on the bell: whatever it starts beside it is started by now.
+            await until(lambda: store.bell.waiting == 1, what=f"{target} on the bell")
             # Tasks of the server and its routes (a store's own may come and go).
             held = [
                 coro.__qualname__
