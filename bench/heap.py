@@ -43,7 +43,9 @@ def snapshot(*_):
     if not tracemalloc.is_tracing():
         tracemalloc.start()
     taken[0] += 1
-    tracemalloc.take_snapshot().dump(f"{os.environ['BENCH_HEAP_SNAPSHOTS']}.{taken[0]}")
+    path = f"{os.environ['BENCH_HEAP_SNAPSHOTS']}.{taken[0]}"
+    tracemalloc.take_snapshot().dump(path + ".part")
+    os.replace(path + ".part", path)  # there once whole: what the bench waits for
 signal.signal(signal.SIGUSR1, snapshot)
 from app.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -144,7 +146,13 @@ async def measured(target: peer.Target, kinds: list[str], count: int, traced: bo
 
         await idle(target, kind, count, measure)
         found.append((after - before) / count)
-    await asyncio.sleep(1.0)  # the last snapshot written
+    if traced:
+        last = Path(f"{os.environ['BENCH_HEAP_SNAPSHOTS']}.{2 * len(kinds)}")
+
+        async def written() -> bool:
+            return last.exists()
+
+        await until(written, "the last heap snapshot")
     return found
 
 
