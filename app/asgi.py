@@ -123,14 +123,14 @@ def create_app(
     readiness = Readiness(store, checks=[auth.check, schemas.check, loops.check])
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
-        horizon=reads.reader.horizon,
-        followers=lambda: reads.followers.open,
+        horizon=reads.paging.reader.horizon,
+        followers=lambda: reads.paging.followers.open,
     )
     lifespan = Lifespan(
         store,
         batcher,
         schemas,
-        reads.followers,
+        reads.paging.followers,
         readiness,
         telemetry,
         loops,
@@ -143,7 +143,7 @@ def create_app(
             auth, telemetry, pushes.ingest, reads=Reads(settings.server.max_reads).middleware()
         ),
         constants(
-            reader=reads.reader,
+            reader=reads.paging.reader,
             readiness=readiness,
             replayer=Replay(pushes.ingest, observed),
             paging=reads.paging,
@@ -226,9 +226,7 @@ class ReadSide:
     """The reads: pages and streams of rows no further than the pushes still in hand
     (`pending_horizon`), the followers parked on them, and the producers' ledger."""
 
-    reader: Reader
-    followers: Followers
-    paging: Paging
+    paging: Paging  # the reader, the followers and the streams
     producers: Producers
 
     @classmethod
@@ -251,8 +249,6 @@ class ReadSide:
         followers = parked_followers(query)
         streams = Streams(reader, Offsets(query.page_token_secret))
         return cls(
-            reader,
-            followers,
             Paging(reader, followers, streams),
             Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
         )
