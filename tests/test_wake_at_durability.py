@@ -185,3 +185,49 @@ async def test_a_redelivery_shown_while_its_first_copy_waits_to_apply_hides_neit
     finally:
         store.released.set()
         await store.close()
+
+
+class HeldEarlyRead(DuckDBStore):
+    """DuckDB whose early read (which of an append's records it will keep, asked while
+    followers wait) waits for `held`: an append journaled first is queued last."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.held = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def _new_records(self, records: list[Record]) -> list[Record]:
+        self.asked.set()
+        await self.held.wait()
+        return await super()._new_records(records)
+
+
+def stored(message_id: str) -> Record:
+    now = time.time_ns() // 1000
+    return Record(
+        message_id=message_id, publish_time=now, ingest_time=now, id=message_id, data="{}"
+    )
+
+
+async def test_a_frame_queued_after_a_later_one_is_applied_before_reads_count_it(
+    tmp_path: Path,
+) -> None:
+    # The first append waits for its early read while the second is journaled and
+    # queued. Applying in the order they were queued would say frame 1 is the last
+    # applied (while frame 2 is in DuckDB), and every read waiting for frame 2 would
+    # wait its whole barrier and answer 503; the journal could let frame 1 go early.
+    store = HeldEarlyRead(str(tmp_path / "records.duckdb"))
+    await store.start()
+    waiter = asyncio.ensure_future(store.bell.wait(store.bell.version, 30))
+    try:
+        await until(lambda: store.bell.waiting == 1, interval=0)
+        first = asyncio.ensure_future(store.append([stored("m-1")]))
+        await store.asked.wait()
+        await store.append([stored("m-2")])
+        store.held.set()
+        await first
+        seen = await asyncio.wait_for(store.seen(["m-1", "m-2"]), 2)
+        assert set(seen) == {"m-1", "m-2"}
+    finally:
+        waiter.cancel()
+        await store.close()

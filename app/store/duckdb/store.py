@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -350,6 +351,10 @@ class DuckDBStore:
         self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
         self._local = threading.local()
         self._unapplied: deque[_Unapplied] = deque()
+        # Frames journaled whose entry is not in `_unapplied` yet (an append that
+        # waits for its early read): none from them on is applied before they are,
+        # so `_applied` never passes a frame not in DuckDB (`_apply_next`).
+        self._queuing: set[int] = set()
         self._unapplied_rows = 0
         # The message ids of the records journaled and not yet applied (with how many
         # copies): a record shown to followers before DuckDB has it must be the copy
@@ -556,20 +561,48 @@ class DuckDBStore:
                     early.cancel()
                 raise
             shown: list[Record] | None = None
-            if early is not None:
-                try:
-                    shown = await early
-                except StoreUnavailable as exc:  # shown once applied instead
-                    log.warning("records not shown before they are applied: %s", exc)
-            self._unapplied.append(_Unapplied(number, rows, producers, forgotten, shown=shown))
-            self._unapplied_rows += len(rows)
-            self._pending.update(r.message_id for r in records)
+            self._queuing.add(number)
+            try:
+                if early is not None:
+                    try:
+                        shown = await early
+                    except StoreUnavailable as exc:  # shown once applied instead
+                        log.warning("records not shown before they are applied: %s", exc)
+            finally:
+                # Journaled: queued for the applier whatever happens meanwhile, in
+                # frame order (a later append may have been queued while this one
+                # waited for its early read).
+                self._queuing.discard(number)
+                self._queue(_Unapplied(number, rows, producers, forgotten, shown=shown))
+                self._pending.update(r.message_id for r in records)
+                self._wake.set()
         finally:
             self._appending -= 1
         if shown:
             self.tail.add(shown, now=self._clock() // 1000)
             self.bell.ring()  # durable and readable in order: waiting followers read again
-        self._wake.set()
+
+    def _queue(self, entry: _Unapplied) -> None:
+        """Queue a journaled frame for the applier, the queue kept in frame order."""
+        unapplied = self._unapplied
+        at = len(unapplied)
+        while at and unapplied[at - 1].frame_number > entry.frame_number:
+            at -= 1
+        unapplied.insert(at, entry)
+        self._unapplied_rows += len(entry.rows)
+
+    def _appliable(self) -> int:
+        """How many queued frames, from the first, may be applied now: those before
+        the first frame journaled and not yet queued."""
+        if not self._queuing:
+            return len(self._unapplied)
+        first = min(self._queuing)
+        count = 0
+        for entry in self._unapplied:
+            if entry.frame_number > first:
+                break
+            count += 1
+        return count
 
     async def _journaled(
         self,
@@ -672,7 +705,7 @@ class DuckDBStore:
         delays = Backoff(*_APPLY_RETRY_SECONDS)
         while True:
             if self._half_applied is None:
-                if not self._unapplied:
+                if not self._appliable():
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -715,7 +748,7 @@ class DuckDBStore:
         self._hurry.clear()
         batch: list[_Unapplied] = []
         count = 0
-        for entry in self._unapplied:
+        for entry in itertools.islice(self._unapplied, self._appliable()):
             if batch and count + len(entry.rows) > _APPLY_MAX_ROWS:
                 break
             batch.append(entry)
