@@ -98,3 +98,29 @@ async def test_a_cancelled_wait_counts_no_more() -> None:
     await asyncio.gather(wait, return_exceptions=True)
     assert bell.waiting == 0
     assert not bell.wanted.is_set()
+
+
+async def test_a_bell_is_followed_while_someone_waits_and_a_moment_after_a_ring_woke_them(
+    monkeypatch: Any,
+) -> None:
+    import types
+
+    import app.store.bell as bell_module
+
+    now = [1000.0]
+    monkeypatch.setattr(bell_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    bell = Bell()
+    assert not bell.followed
+    bell.ring()  # nobody to wake: no follower read follows it
+    assert not bell.followed
+    wait = asyncio.ensure_future(bell.wait(bell.version, 30))
+    await until(lambda: bell.waiting, interval=0)
+    assert bell.followed
+    bell.ring()
+    assert await wait
+    # Woken, the follower reads before it waits again: followed all the same.
+    assert bell.waiting == 0 and bell.followed
+    now[0] += bell_module.FOLLOWED_SECONDS - 0.01
+    assert bell.followed
+    now[0] += 0.02
+    assert not bell.followed

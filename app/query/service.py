@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
@@ -201,9 +201,9 @@ class SharedRead:
 
     __slots__ = ("begun", "read")
 
-    def __init__(self, begun: float, read: Awaitable[Any]) -> None:
+    def __init__(self, begun: float, read: asyncio.Future[Any]) -> None:
         self.begun = begun
-        self.read: asyncio.Future[Any] = asyncio.ensure_future(read)
+        self.read = read
 
 
 class Excerpt(Generic[AnyPage]):
@@ -414,21 +414,46 @@ class Reader:
             self._shared.clear()
             self._shared_version = version
         key = (listing.kind, cursor, limit)
-        shared = self._shared.get(key)
-        if shared is None or shared.begun < asked:
-            shared = SharedRead(time.monotonic(), self._page(listing, cursor, limit))
-            self._shared[key] = shared
-            # A read that failed is not handed to the next follower.
-            shared.read.add_done_callback(lambda done: self._forget_failed(key, done))
-        # One follower leaving (cancelled) must not cancel the others' read.
-        found: Excerpt[AnyPage] = await asyncio.shield(shared.read)
-        return found
+        while True:
+            shared = self._shared.get(key)
+            if shared is None or shared.begun < asked:
+                return await self._read_for_all(key, listing, cursor, limit)
+            try:
+                # Shielded: one follower leaving (cancelled) ends no one else's wait.
+                found: Excerpt[AnyPage] = await asyncio.shield(shared.read)
+                return found
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not shared.read.cancelled() or (current is not None and current.cancelling()):
+                    raise
+                # The follower reading for all left before it was done: read anew.
 
-    def _forget_failed(self, key: tuple[Any, PageToken, int], read: asyncio.Future[Any]) -> None:
-        failed = read.cancelled() or read.exception() is not None
-        shared = self._shared.get(key)
-        if failed and shared is not None and shared.read is read:
-            del self._shared[key]
+    async def _read_for_all(
+        self,
+        key: tuple[Any, PageToken, int],
+        listing: Listing[AnyPage],
+        cursor: PageToken,
+        limit: int,
+    ) -> Excerpt[AnyPage]:
+        """The read at `key`, made in this follower's own task and given to every
+        follower that asks for it meanwhile. No task of its own: a follower at the tail,
+        woken by a write, reads the tail and is answered in the same step of the loop,
+        ahead of the work the write's other waiters do."""
+        read: asyncio.Future[Excerpt[AnyPage]] = asyncio.get_running_loop().create_future()
+        shared = self._shared[key] = SharedRead(time.monotonic(), read)
+        try:
+            found = await self._page(listing, cursor, limit)
+        except BaseException as exc:
+            if self._shared.get(key) is shared:
+                del self._shared[key]  # a read that failed is not handed to the next follower
+            if isinstance(exc, asyncio.CancelledError):
+                read.cancel()
+            else:
+                read.set_exception(exc)
+                read.exception()  # those waiting for it raise it; nobody else need
+            raise
+        read.set_result(found)
+        return found
 
     async def _page(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int

@@ -16,10 +16,15 @@ import asyncio
 import functools
 import heapq
 import itertools
+import math
+import time
 
 # A deadline this close is due: a loop may run a timer up to its clock's
 # resolution early, and the waiter then waits again for what is left.
 DUE_EARLY_SECONDS = 0.001
+# A follower woken this recently is taken to be reading, to wait again next
+# (`followed`): a ring leaves no one waiting for the moment of that read.
+FOLLOWED_SECONDS = 1.0
 
 
 def _wake(woken: asyncio.Future[None], *_: object) -> None:
@@ -40,10 +45,20 @@ class Bell:
         # Set while someone waits: a store that has to look for other instances'
         # commits does so only then.
         self.wanted = asyncio.Event()
+        # When a ring last woke someone (monotonic).
+        self._woke_at = -math.inf
+
+    @property
+    def followed(self) -> bool:
+        """Whether someone waits on the bell, or was woken by it within
+        FOLLOWED_SECONDS and is likely reading before it waits again."""
+        return bool(self.waiting) or time.monotonic() - self._woke_at < FOLLOWED_SECONDS
 
     def ring(self) -> None:
         self.version += 1
         waiters, self._waiters = self._waiters, []
+        if waiters:
+            self._woke_at = time.monotonic()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

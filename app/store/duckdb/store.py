@@ -98,9 +98,10 @@ _MAX_UNAPPLIED_ROWS = 100_000
 # its writer thread takes the GIL from the loop: at 64 connections, applying
 # every 50 ms cost a push ~30 µs of CPU beside the loop's ~150, every 250 ms
 # ~12 µs. A read never waits for it: a point read's barrier, or a page or a
-# follower waiting for rows, asks for an apply now; so does a page read while
-# a row has waited longer than _FRESH_SECONDS, so that a client polling pages
-# finds rows as soon as it did when the applier ran every 50 ms.
+# follower waiting for rows the tail was not given when they were journaled,
+# asks for an apply now; so does a page read while such a row has waited longer
+# than _FRESH_SECONDS, so that a client polling pages finds rows as soon as it
+# did when the applier ran every 50 ms.
 _APPLY_EVERY_SECONDS = 0.25
 _FRESH_SECONDS = 0.05
 _FRESH_MICROS = int(_FRESH_SECONDS * 1_000_000)
@@ -513,10 +514,11 @@ class DuckDBStore:
         # a caller runs several at once, and any unapplied row holds reads back,
         # but those already in the tail: a read of the tail has them, and every
         # other read first waits for what was journaled to be applied (`_applied_now`).
-        if self._unapplied and now - min(e.oldest for e in self._unapplied) > _FRESH_MICROS:
+        horizon = min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
+        if now - horizon > _FRESH_MICROS:
             # A reader: what has waited this long is applied now, for its next page.
             self._hurry.set()
-        return min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
+        return horizon
 
     # -- writing ---------------------------------------------------------------
 
@@ -541,13 +543,14 @@ class DuckDBStore:
         """Make `rows` and the ledger's changes durable (one journal frame), then queue
         them for the applier; StoreUnavailable, having kept nothing, if the write fails."""
         records = [r for r in rows if type(r) is Record]
-        # With followers waiting, the records go to the tail as soon as they are
-        # durable (journaled), not once DuckDB has them (~3 ms later): which of them
-        # DuckDB will keep is asked meanwhile (`_new_records`). Alone in flight only:
-        # a concurrent append could hold a copy of the same message.
+        # With followers, the records go to the tail as soon as they are durable
+        # (journaled), not once DuckDB has them (~3 ms later): which of them DuckDB
+        # will keep is asked meanwhile (`_new_records`). Alone in flight only: a
+        # concurrent append could hold a copy of the same message.
+        followed = self.bell.followed
         early = (
             asyncio.ensure_future(self._new_records(records))
-            if records and self.bell.waiting and not self._appending
+            if records and followed and not self._appending
             else None
         )
         # Under way until its message ids are pending: an append that starts before
@@ -581,6 +584,8 @@ class DuckDBStore:
         if shown:
             self.tail.add(shown, now=self._clock() // 1000)
             self.bell.ring()  # durable and readable in order: waiting followers read again
+        elif followed:
+            self._hurry.set()  # followers see these rows once applied: now, not in 250 ms
 
     def _queue(self, entry: _Unapplied) -> None:
         """Queue a journaled frame for the applier, the queue kept in frame order."""
@@ -734,14 +739,10 @@ class DuckDBStore:
     async def _apply_next(self) -> tuple[list[_Unapplied], _Inserted] | None:
         """Insert the next batch of journaled rows into DuckDB: the batch and what the
         insert did, or None if it failed (the rows stay journaled, to try again)."""
-        if (
-            self._unapplied_rows < _APPLY_MAX_ROWS
-            and not self._hurry.is_set()
-            and not self.bell.waiting
-        ):
-            # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read
-            # waiting on its barrier, or a follower waiting for rows, cuts
-            # this short.
+        if self._unapplied_rows < _APPLY_MAX_ROWS and not self._hurry.is_set():
+            # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read waiting on
+            # its barrier, or an append that followers see only once applied (not
+            # shown when journaled), cuts this short.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._apply_every):
                     await self._hurry.wait()
