@@ -13,10 +13,11 @@ reference. Printed: the medians of the rounds, and Recordline / reference
 (above 1 is Recordline ahead).
 
 - SSE and long-poll: one follower at the tail; each write is timed from its
-  acknowledgement (the 204) to the follower's event (or answer), `--trials`
-  times a round.
+  acknowledgement (the 204) to the follower's event (or answer; 0 when it came
+  first), and from the moment it was sent, `--trials` times a round.
 - Memory: the server's resident memory before and with `--followers` idle SSE
-  followers at the tail, per follower; then one write, timed to each of them.
+  followers at the tail, per follower; then one write, timed to each of them
+  (as above), and the write's own acknowledgement.
 - Catch-up: one reader from the start to the tail, chunk by chunk
   (`Stream-Next-Offset`), of `--records` records (and the writes before them),
   the best of three reads; then the first read after a restart.
@@ -295,44 +296,57 @@ class SseFollower:
             self.task.cancel()
 
 
-async def sse_latency(target: Target, trials: int) -> list[float]:
+async def sse_latency(target: Target, trials: int) -> tuple[list[float], list[float]]:
+    """Each write's event at the follower, timed from the write's acknowledgement
+    (0 if it came before) and from the moment the write was sent."""
     follower = SseFollower(target, await tail_offset(target))
     follower.start()
     await follower.connected.wait()
     await asyncio.sleep(0.2)  # its first read is parked: what follows is timed
-    found = []
+    from_ack, from_sent = [], []
     try:
         for _ in range(trials):
+            sent = time.perf_counter()
             await target.write()
             acked = time.perf_counter()
-            found.append(max(0.0, await asyncio.wait_for(follower.arrived.get(), 10) - acked))
+            arrived = await asyncio.wait_for(follower.arrived.get(), 10)
+            from_ack.append(max(0.0, arrived - acked))
+            from_sent.append(arrived - sent)
     finally:
         follower.stop()
-    return found
+    return from_ack, from_sent
 
 
-async def long_poll_latency(target: Target, trials: int) -> list[float]:
+async def long_poll_latency(target: Target, trials: int) -> tuple[list[float], list[float]]:
+    """Each write's long-poll answer, timed as `sse_latency` times an event."""
     offset = await tail_offset(target)
     connection = await Connection.open(target.port)
-    found = []
+    from_ack, from_sent = [], []
     try:
         for _ in range(trials):
             await connection.send("GET", f"{target.stream}?offset={offset}&live=long-poll")
             await asyncio.sleep(0.005)  # parked before the write: the wake is what is timed
+            sent = time.perf_counter()
             await target.write()
             acked = time.perf_counter()
             status, head = await connection.head()
             _ = [c async for c in connection.chunks()]
-            found.append(max(0.0, time.perf_counter() - acked))
+            answered = time.perf_counter()
+            from_ack.append(answered - acked)
+            from_sent.append(answered - sent)
             assert status == 200, status
             offset = head[b"stream-next-offset"].decode()
     finally:
         connection.close()
-    return found
+    return from_ack, from_sent
 
 
-async def idle_followers(target: Target, count: int) -> tuple[float, list[float]]:
-    """KiB of resident memory per idle SSE follower, and each one's wake on one write."""
+async def idle_followers(
+    target: Target, count: int
+) -> tuple[float, list[float], list[float], float]:
+    """KiB of resident memory per idle SSE follower; each one's event on one write,
+    from its acknowledgement (0 if before) and from the moment it was sent; and how
+    long that write took to be acknowledged."""
     offset = await tail_offset(target)
     before = target.rss_kib()
     followers = [SseFollower(target, offset) for _ in range(count)]
@@ -345,13 +359,14 @@ async def idle_followers(target: Target, count: int) -> tuple[float, list[float]
         while not follower.arrived.empty():
             follower.arrived.get_nowait()
     memory = (target.rss_kib() - before) / count
+    sent = time.perf_counter()
     await target.write()
     acked = time.perf_counter()
     woke = await asyncio.wait_for(asyncio.gather(*(f.arrived.get() for f in followers)), 30)
     for follower in followers:
         follower.stop()
     await asyncio.sleep(0.5)
-    return memory, [max(0.0, t - acked) for t in woke]
+    return memory, [max(0.0, t - acked) for t in woke], [t - sent for t in woke], acked - sent
 
 
 async def catch_up(target: Target) -> float:
@@ -398,14 +413,18 @@ async def seed(target: Target, records: int, *, batch: int = 1) -> None:
 
 async def round_on(target: Target, args: argparse.Namespace) -> None:
     figures = target.figures
-    sse = await sse_latency(target, args.trials)
+    sse, sse_sent = await sse_latency(target, args.trials)
     figures.setdefault("sse_p99", []).append(percentile(sse, 0.99))
     figures.setdefault("sse_p50", []).append(percentile(sse, 0.5))
-    poll = await long_poll_latency(target, args.trials)
+    figures.setdefault("sse_sent_p99", []).append(percentile(sse_sent, 0.99))
+    poll, poll_sent = await long_poll_latency(target, args.trials)
     figures.setdefault("poll_p99", []).append(percentile(poll, 0.99))
-    memory, woke = await idle_followers(target, args.followers)
+    figures.setdefault("poll_sent_p99", []).append(percentile(poll_sent, 0.99))
+    memory, woke, woke_sent, ack = await idle_followers(target, args.followers)
     figures.setdefault("memory", []).append(memory)
     figures.setdefault("wake_p99", []).append(percentile(woke, 0.99))
+    figures.setdefault("wake_sent_p99", []).append(percentile(woke_sent, 0.99))
+    figures.setdefault("wake_ack", []).append(ack)
     await asyncio.sleep(2)  # the followers' connections closed and cleared first
     # The best of three reads: what the server can do, less the shared machine's noise.
     best = max([await catch_up(target) for _ in range(3)])
@@ -458,9 +477,13 @@ def main(argv: list[str]) -> int:
     measures = [
         ("SSE, acknowledged → event, p99", "sse_p99", "ms", True),
         ("SSE, acknowledged → event, p50", "sse_p50", "ms", True),
+        ("SSE, write sent → event, p99", "sse_sent_p99", "ms", True),
         ("long-poll, acknowledged → answer, p99", "poll_p99", "ms", True),
+        ("long-poll, write sent → answer, p99", "poll_sent_p99", "ms", True),
         (f"memory per idle SSE follower ({args.followers})", "memory", "KiB", True),
         (f"one write woken to {args.followers} idle SSE followers, p99", "wake_p99", "ms", True),
+        ("the same, from the write sent, p99", "wake_sent_p99", "ms", True),
+        ("that write's acknowledgement, from sent", "wake_ack", "ms", True),
         (f"catch-up of {args.records:,} records, records/s", "catch_up", "/s", False),
         ("the same after a restart (from storage)", "restarted", "/s", False),
     ]
@@ -477,7 +500,8 @@ def main(argv: list[str]) -> int:
             if unit == "KiB"
             else (f"{ours:,.0f}", f"{theirs:,.0f}")
         )
-        rows.append([label, *shown, f"{ratio:.2f}"])
+        # 0 ms from the acknowledgement: the event came first every time.
+        rows.append([label, *shown, "∞" if ratio == float("inf") else f"{ratio:.2f}"])
     print(
         f"\nRecordline (DuckDB) beside the Durable Streams reference server, {args.rounds} "
         "alternating rounds, medians; ratio above 1: Recordline ahead\n"

@@ -294,6 +294,53 @@ async def test_followers_woken_by_one_push_share_their_reads(
     assert store.pages - before < 10, store.pages - before
 
 
+class HeldPages(FaultyStore):
+    """Its reads of a page wait for `gate`; `entered` is set once one does."""
+
+    def __init__(self) -> None:
+        super().__init__(DuckDBStore(":memory:"))
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+
+    async def page(self, kind: Any, query: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().page(kind, query)
+
+
+async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others() -> None:
+    # A follower's read is made in its own task and shared with those who ask for it
+    # meanwhile: its leaving (cancelled) must end no one else's read.
+    store = HeldPages()
+    app = create_app(settings(), store=store)
+    async with served(app) as client:
+        paging: Paging = await app.dependencies["paging"]()
+        listing = paging.streams.named("records")
+        cursor = await paging.streams.tail(listing)
+        assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
+        asked = time.monotonic()
+        store.gate.clear()
+        before = store.pages
+
+        def chunk() -> Any:
+            return asyncio.ensure_future(
+                paging.streams.chunk(listing, cursor, wait=10, asked_at=asked)
+            )
+
+        leaving = chunk()
+        await asyncio.wait_for(store.entered.wait(), 10)  # it reads for both
+        staying = chunk()
+        await asyncio.sleep(0)  # its first step: up to its wait for the read it shares
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        store.gate.set()
+        answer = await asyncio.wait_for(staying, 10)
+        assert answer.rows == 1 and not staying.cancelled()
+        assert store.pages - before == 1  # the read that was left was made again
+
+
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 # (HTTP trims a value's surrounding spaces, and clients refuse to send them.)
 _HEADER = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80).filter(

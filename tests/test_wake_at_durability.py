@@ -278,7 +278,9 @@ async def test_rows_shown_at_durability_are_applied_at_leisure_and_others_at_onc
         follower = asyncio.create_task(store.bell.wait(store.bell.version, 30))
         await until(lambda: store.bell.waiting, what="a follower to wait again")
         now = time.time_ns() // 1000
-        await store.append([Rejection(message_id="r-1", publish_time=now, ingest_time=now, reason="bad")])
+        await store.append(
+            [Rejection(message_id="r-1", publish_time=now, ingest_time=now, reason="bad")]
+        )
         await until(store.inserting.is_set, timeout=5, what="the rejection to be applied")
         assert await asyncio.wait_for(follower, 5)  # rung once applied
         assert store.inserts == [["m-1", "r-1"]]

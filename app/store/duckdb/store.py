@@ -558,7 +558,7 @@ class DuckDBStore:
         self._appending += 1
         try:
             try:
-                number = await self._journaled(rows, producers, forgotten)
+                number = await self._journaled(rows, records, producers, forgotten)
             except BaseException:
                 if early is not None:
                     early.cancel()
@@ -612,13 +612,15 @@ class DuckDBStore:
     async def _journaled(
         self,
         rows: Sequence[Record | Rejection],
+        records: list[Record],
         producers: Sequence[EpochEntry] = (),
         forgotten: Sequence[tuple[str, int]] = (),
     ) -> int:
-        """Make the rows, and the ledger's changes, durable; the number of their frame."""
+        """Make the rows (`records`: those of them that are records), and the ledger's
+        changes, durable; the number of their frame."""
         if self._journal is not None:
             frame = Frame(
-                records=[r for r in rows if type(r) is Record],
+                records=records,
                 rejections=[r for r in rows if type(r) is Rejection],
                 producers=list(producers),
                 forgotten=list(forgotten),
