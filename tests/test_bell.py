@@ -119,7 +119,8 @@ async def test_a_bell_is_followed_while_someone_waits_and_a_moment_after_a_ring_
     bell.ring()
     assert await wait
     # Woken, the follower reads before it waits again: followed all the same.
-    assert bell.waiting == 0 and bell.followed
+    assert bell.waiting == 0
+    assert bell.followed
     now[0] += bell_module.FOLLOWED_SECONDS - 0.01
     assert bell.followed
     now[0] += 0.02

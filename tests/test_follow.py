@@ -337,7 +337,8 @@ async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others(
             await leaving
         store.gate.set()
         answer = await asyncio.wait_for(staying, 10)
-        assert answer.rows == 1 and not staying.cancelled()
+        assert answer.rows == 1
+        assert not staying.cancelled()
         assert store.pages - before == 1  # the read that was left was made again
 
 
