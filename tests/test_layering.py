@@ -89,8 +89,6 @@ NOT_LOOPS = {
     ("app/ingest/batcher.py", "create_task"): 1,
     # One schema revision's fetch, shared by the pushes that wait on it; cancelled at close.
     ("app/ingest/schemas.py", "create_task"): 1,
-    # One read of a page, shared by the followers waiting on it.
-    ("app/query/service.py", "ensure_future"): 1,
     # A follower's watch for its client leaving, cancelled when its request ends.
     ("app/routes/follow.py", "ensure_future"): 2,
 }
