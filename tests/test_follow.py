@@ -310,28 +310,27 @@ class HeldPages(FaultyStore):
 
 
 async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others() -> None:
-    # A follower's read is made in its own task and shared with those who ask for it
-    # meanwhile: its leaving (cancelled) must end no one else's read.
+    # Two followers at the tail, woken by one push: the first reads for both in its
+    # own task, the second waits for that read. The first leaving (cancelled) must
+    # end no one else's read.
     store = HeldPages()
     app = create_app(settings(), store=store)
     async with served(app) as client:
         paging: Paging = await app.dependencies["paging"]()
         listing = paging.streams.named("records")
         cursor = await paging.streams.tail(listing)
-        assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
-        asked = time.monotonic()
+        leaving, staying = (
+            asyncio.ensure_future(paging.streams.chunk(listing, cursor, wait=10))
+            for _ in range(2)
+        )
+        await until(lambda: paging.reader.bell.waiting == 2, what="both followers to wait")
         store.gate.clear()
+        store.entered.clear()
         before = store.pages
-
-        def chunk() -> Any:
-            return asyncio.ensure_future(
-                paging.streams.chunk(listing, cursor, wait=10, asked_at=asked)
-            )
-
-        leaving = chunk()
-        await asyncio.wait_for(store.entered.wait(), 10)  # it reads for both
-        staying = chunk()
-        await asyncio.sleep(0)  # its first step: up to its wait for the read it shares
+        assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
+        # Set once the first, woken first, reads; the second was woken in the same
+        # step of the loop, and waits for that read by the time the test goes on.
+        await asyncio.wait_for(store.entered.wait(), 10)
         leaving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await leaving
