@@ -320,8 +320,7 @@ async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others(
         listing = paging.streams.named("records")
         cursor = await paging.streams.tail(listing)
         leaving, staying = (
-            asyncio.ensure_future(paging.streams.chunk(listing, cursor, wait=10))
-            for _ in range(2)
+            asyncio.ensure_future(paging.streams.chunk(listing, cursor, wait=10)) for _ in range(2)
         )
         await until(lambda: paging.reader.bell.waiting == 2, what="both followers to wait")
         store.gate.clear()
