@@ -17,7 +17,11 @@ reference. Printed: the medians of the rounds, and Recordline / reference
   first), and from the moment it was sent, `--trials` times a round.
 - Memory: the server's resident memory before and with `--followers` idle SSE
   followers at the tail, per follower; then one write, timed to each of them
-  (as above), and the write's own acknowledgement.
+  (as above), and the write's own acknowledgement. Beside it, each round, the
+  floor (bench/floor.py): the same followers of an ASGI app that only holds
+  them, under uvicorn as `recordline serve` runs, its ratio the reference's
+  memory to it (below 1: no ASGI app under that server can be lighter than the
+  reference was).
 - Catch-up: one reader from the start to the tail, chunk by chunk
   (`Stream-Next-Offset`), of `--records` records (and the writes before them),
   the best of three reads; then the first read after a restart.
@@ -245,6 +249,18 @@ def reference(package_dir: Path, data_dir: Path | None = None) -> Iterator[Targe
         stop(process)
 
 
+@contextlib.contextmanager
+def floor() -> Iterator[Target]:
+    """An ASGI app that only holds its followers, under uvicorn as Recordline runs."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port)], cwd=ROOT)
+    try:
+        wait_ready(port, process, "/records")
+        yield Target("floor", port, process, "/records", "/records", record)
+    finally:
+        stop(process)
+
+
 # -- the measures --------------------------------------------------------------------
 
 
@@ -341,12 +357,8 @@ async def long_poll_latency(target: Target, trials: int) -> tuple[list[float], l
     return from_ack, from_sent
 
 
-async def idle_followers(
-    target: Target, count: int
-) -> tuple[float, list[float], list[float], float]:
-    """KiB of resident memory per idle SSE follower; each one's event on one write,
-    from its acknowledgement (0 if before) and from the moment it was sent; and how
-    long that write took to be acknowledged."""
+async def idle_memory(target: Target, count: int) -> tuple[float, list[SseFollower]]:
+    """KiB of resident memory per idle SSE follower, and the `count` followers, idle."""
     offset = await tail_offset(target)
     before = target.rss_kib()
     followers = [SseFollower(target, offset) for _ in range(count)]
@@ -358,7 +370,29 @@ async def idle_followers(
     for follower in followers:
         while not follower.arrived.empty():
             follower.arrived.get_nowait()
-    memory = (target.rss_kib() - before) / count
+    return (target.rss_kib() - before) / count, followers
+
+
+async def floor_memory(count: int) -> float:
+    """`idle_memory` on the floor (bench/floor.py), a fresh server."""
+    with floor() as target:
+        # Warm, as Recordline is by the measures before this one: what the first
+        # followers make once for all is not counted.
+        for size in (10, count):
+            memory, followers = await idle_memory(target, size)
+            for follower in followers:
+                follower.stop()
+            await asyncio.sleep(0.5)
+    return memory
+
+
+async def idle_followers(
+    target: Target, count: int
+) -> tuple[float, list[float], list[float], float]:
+    """KiB of resident memory per idle SSE follower; each one's event on one write,
+    from its acknowledgement (0 if before) and from the moment it was sent; and how
+    long that write took to be acknowledged."""
+    memory, followers = await idle_memory(target, count)
     sent = time.perf_counter()
     await target.write()
     acked = time.perf_counter()
@@ -447,6 +481,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     package_dir = installed("@durable-streams/server")
     results: dict[str, dict[str, list[float]]] = {"Recordline": {}, "reference": {}}
+    floors: list[float] = []  # KiB per idle SSE follower of bench/floor.py
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             order = ["Recordline", "reference"] if round_ % 2 == 0 else ["reference", "Recordline"]
@@ -473,6 +508,7 @@ def main(argv: list[str]) -> int:
                     # The first read after the restart: what is read from storage.
                     results[name].setdefault("restarted", []).append(asyncio.run(catch_up(target)))
                 print(f"round {round_ + 1} {name}: done", file=sys.stderr)
+            floors.append(asyncio.run(floor_memory(args.followers)))
     rows = []
     measures = [
         ("SSE, acknowledged → event, p99", "sse_p99", "ms", True),
@@ -502,6 +538,18 @@ def main(argv: list[str]) -> int:
         )
         # 0 ms from the acknowledgement: the event came first every time.
         rows.append([label, *shown, "∞" if ratio == float("inf") else f"{ratio:.2f}"])
+    floor_kib = statistics.median(floors)
+    theirs = statistics.median(results["reference"]["memory"])
+    after_memory = next(n for n, row in enumerate(rows) if row[0].startswith("memory")) + 1
+    rows.insert(
+        after_memory,
+        [
+            "  the floor: an ASGI app that holds them and nothing else",
+            f"{floor_kib:,.1f} KiB",
+            f"{theirs:,.1f} KiB",
+            f"{theirs / floor_kib:.2f}",
+        ],
+    )
     print(
         f"\nRecordline (DuckDB) beside the Durable Streams reference server, {args.rounds} "
         "alternating rounds, medians; ratio above 1: Recordline ahead\n"
