@@ -378,12 +378,18 @@ async def floor_memory(count: int) -> float:
     with floor() as target:
         # Warm, as Recordline is by the measures before this one: what the first
         # followers make once for all is not counted.
-        for size in (10, count):
-            memory, followers = await idle_memory(target, size)
-            for follower in followers:
-                follower.stop()
-            await asyncio.sleep(0.5)
+        _, warming = await idle_memory(target, 10)
+        await stopped(warming)
+        memory, followers = await idle_memory(target, count)
+        await stopped(followers)
     return memory
+
+
+async def stopped(followers: list[SseFollower]) -> None:
+    """Close the followers' connections, and give the server a moment to drop them."""
+    for follower in followers:
+        follower.stop()
+    await asyncio.sleep(0.5)
 
 
 async def idle_followers(
@@ -397,9 +403,7 @@ async def idle_followers(
     await target.write()
     acked = time.perf_counter()
     woke = await asyncio.wait_for(asyncio.gather(*(f.arrived.get() for f in followers)), 30)
-    for follower in followers:
-        follower.stop()
-    await asyncio.sleep(0.5)
+    await stopped(followers)
     return memory, [max(0.0, t - acked) for t in woke], [t - sent for t in woke], acked - sent
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.store.bell import Bell
+from app.store.bell import FOLLOWED_SECONDS, Bell
 from tests.waiting import until
 
 
@@ -100,16 +100,9 @@ async def test_a_cancelled_wait_counts_no_more() -> None:
     assert not bell.wanted.is_set()
 
 
-async def test_a_bell_is_followed_while_someone_waits_and_a_moment_after_a_ring_woke_them(
-    monkeypatch: Any,
-) -> None:
-    import types
-
-    import app.store.bell as bell_module
-
+async def test_a_bell_is_followed_while_someone_waits_and_a_moment_after_a_ring_woke_them() -> None:
     now = [1000.0]
-    monkeypatch.setattr(bell_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    bell = Bell()
+    bell = Bell(clock=lambda: now[0])
     assert not bell.followed
     bell.ring()  # nobody to wake: no follower read follows it
     assert not bell.followed
@@ -121,7 +114,7 @@ async def test_a_bell_is_followed_while_someone_waits_and_a_moment_after_a_ring_
     # Woken, the follower reads before it waits again: followed all the same.
     assert bell.waiting == 0
     assert bell.followed
-    now[0] += bell_module.FOLLOWED_SECONDS - 0.01
+    now[0] += FOLLOWED_SECONDS - 0.01
     assert bell.followed
     now[0] += 0.02
     assert not bell.followed

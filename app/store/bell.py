@@ -18,6 +18,7 @@ import heapq
 import itertools
 import math
 import time
+from collections.abc import Callable
 
 # A deadline this close is due: a loop may run a timer up to its clock's
 # resolution early, and the waiter then waits again for what is left.
@@ -33,7 +34,7 @@ def _wake(woken: asyncio.Future[None], *_: object) -> None:
 
 
 class Bell:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.version = 0
         self.waiting = 0
         # Each waiter of this moment: (deadline, arrival, future), the earliest first.
@@ -45,20 +46,21 @@ class Bell:
         # Set while someone waits: a store that has to look for other instances'
         # commits does so only then.
         self.wanted = asyncio.Event()
-        # When a ring last woke someone (monotonic).
+        # When a ring last woke someone, by `clock` (seconds).
+        self._clock = clock
         self._woke_at = -math.inf
 
     @property
     def followed(self) -> bool:
         """Whether someone waits on the bell, or was woken by it within
         FOLLOWED_SECONDS and is likely reading before it waits again."""
-        return bool(self.waiting) or time.monotonic() - self._woke_at < FOLLOWED_SECONDS
+        return bool(self.waiting) or self._clock() - self._woke_at < FOLLOWED_SECONDS
 
     def ring(self) -> None:
         self.version += 1
         waiters, self._waiters = self._waiters, []
         if waiters:
-            self._woke_at = time.monotonic()
+            self._woke_at = self._clock()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
