@@ -5,6 +5,8 @@ or in another order; a crash between the two loses or reorders nothing."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import shutil
 import threading
 import time
@@ -13,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from litestar import Litestar
 
 from app.asgi import create_app
@@ -21,7 +25,7 @@ from app.records import Record, Rejection
 from app.store import PageQuery
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
-from tests.test_follow import push_body, tail_token, until_waiting
+from tests.test_follow import following, push_body, tail_token, until_waiting
 from tests.waiting import until
 
 
@@ -287,3 +291,108 @@ async def test_rows_shown_at_durability_are_applied_at_leisure_and_others_at_onc
     finally:
         store.released.set()
         await store.close()
+
+
+# -- fuzzed: whatever is pushed, a follower is shown what reads return --------------
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+# A push: its message id (few, so Pub/Sub's redeliveries come, with the same payload
+# or another), and a payload that is a record or not (a rejection is stored too).
+_PUSH = st.tuples(
+    st.integers(0, 5),
+    st.one_of(
+        st.builds(
+            lambda record_id, data: json.dumps({"id": record_id, "data": data}).encode(),
+            st.text(min_size=1, max_size=8) | st.integers(0, 99),
+            _JSON,
+        ),
+        st.binary(max_size=16),
+    ),
+    _TEXT,
+)
+# Steps of pushes sent at once (appends in flight together are never shown early).
+# Before a step: the follower waits on the bell ("waiting"), or may still be reading
+# its last page ("any"), or DuckDB has every row so far ("applied": a look-up by
+# message id waits for that), so a redelivery meets its first copy there.
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["waiting", "any", "applied"]), st.lists(_PUSH, min_size=1, max_size=3)
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _envelope(push: tuple[int, bytes, str]) -> dict[str, Any]:
+    n, payload, attribute = push
+    return {
+        "message": {
+            "data": base64.b64encode(payload).decode(),
+            "messageId": f"f-{n}",
+            "publishTime": "2024-04-27T12:00:01Z",
+            "attributes": {"fuzzed": attribute},
+        },
+        "subscription": "projects/p/subscriptions/s",
+    }
+
+
+async def _followed_while_pushed(steps: list[tuple[str, list[tuple[int, bytes, str]]]]) -> None:
+    store = DuckDBStore(":memory:")
+    app = create_app(settings(), store=store)
+    async with served(app) as client:
+        followers = await following(app)
+        token = await tail_token(client)
+        shown: list[Any] = []
+
+        async def follow() -> None:
+            nonlocal token
+            while True:
+                asked = {"page_token": token, "limit": 1000}
+                page = (await client.get("/v1/records", params={**asked, "wait": 10})).json()
+                # What it was shown, a read from the same place right after returns.
+                again = (await client.get("/v1/records", params=asked)).json()
+                assert again["records"][: len(page["records"])] == page["records"]
+                shown.extend(page["records"])
+                token = page["next_page_token"]
+
+        follower = asyncio.create_task(follow())
+        try:
+            for before, pushes in steps:
+                if before == "waiting":
+                    await until(lambda: followers.open == 1, what="the follower to wait")
+                elif before == "applied":
+                    await client.get("/v1/messages/f-0")
+                answers = await asyncio.gather(
+                    *(client.post("/pubsub/push", json=_envelope(push)) for push in pushes)
+                )
+                assert [answer.status_code for answer in answers] == [204] * len(pushes)
+            stored = (await client.get("/v1/records", params={"limit": 1000})).json()["records"]
+            await until(
+                lambda: follower.done() or len(shown) >= len(stored),
+                what="the follower to catch up",
+            )
+            if follower.done():
+                follower.result()  # its assertion
+            assert shown == stored
+            ids = [record["message_id"] for record in stored]
+            assert len(ids) == len(set(ids))  # each message once, however often delivered
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(steps=_STEPS)
+def test_a_follower_is_shown_each_stored_message_once_in_the_order_reads_return(
+    steps: list[tuple[str, list[tuple[int, bytes, str]]]],
+) -> None:
+    asyncio.run(_followed_while_pushed(steps))
