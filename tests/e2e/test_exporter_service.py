@@ -33,6 +33,7 @@ import httpx
 import pytest
 
 from app.errors import StoreUnavailable
+from app.store.spanner.calls import CALL_SECONDS
 from app.store.spanner.ledger import standing_of
 from app.store.tiered.exporter import LEASE_SECONDS
 from app.store.tiered.store import TieredStore
@@ -266,10 +267,12 @@ async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_z
 
         await until(taken_over, timeout=3 * LEASE_SECONDS, interval=0.1, what="the takeover")
         print(f"\ntaken over after the kill (s): {taken}")
-        # Within a lease of the kill: the survivor claims each lease again as it
-        # expires, a lease after the killed instance's last renewal (and a claim's
-        # round trip, which the emulator's aborted transactions can stretch).
-        assert max(taken.values()) < LEASE_SECONDS + 3.0, taken
+        # Within a lease of the kill, and a claim: the survivor claims each lease
+        # again as it expires, a lease after the killed instance's last renewal. The
+        # claim is a transaction, which the emulator aborts while another is active
+        # and the client runs again 2 s later, then 4 s (the emulator names no delay,
+        # where Spanner names one), within the call's deadline: 19.7 s was seen.
+        assert max(taken.values()) < LEASE_SECONDS + CALL_SECONDS, taken
         await writing
 
         # One system's ingest, scaled to zero: woken by a push, answered 204 from cold.

@@ -43,6 +43,11 @@ _MULTIPLEXED_SWITCHES = ("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS",)
 # Calls in flight at once: a group commit per append slot and a few reads.
 _THREADS: Final = 8
 
+# A call's deadline unless it is given one. A read-write transaction that Spanner
+# aborts is run again within it, after the delay the abort names (the client's
+# own 2 s, then 4 s, and so on, where it names none, as the emulator does).
+CALL_SECONDS: Final = 10.0
+
 # A read or query that Spanner refuses (UNAVAILABLE) is tried again after
 # 0.1 s, doubling to at most 2 s, jittered, until its call's deadline: the
 # client's own retry settings for unary calls, with a shorter ceiling because
@@ -173,7 +178,7 @@ class SpannerCalls:
         *,
         emulator_host: str | None = None,
         accommodations: Accommodations | None = None,
-        timeout_seconds: float = 10.0,
+        timeout_seconds: float = CALL_SECONDS,
     ) -> None:
         self.name = database
         self._emulator = emulator_host

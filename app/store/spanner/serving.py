@@ -40,6 +40,7 @@ from app.store.copies import message_states
 from app.store.producers import ProducerSequence, Tally, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
+    CALL_SECONDS,
     Accommodations,
     Deadline,
     SpannerCalls,
@@ -227,7 +228,7 @@ class SpannerServing:
         *,
         emulator_host: str | None = None,
         accommodations: Accommodations | None = None,
-        timeout_seconds: float = 10.0,
+        timeout_seconds: float = CALL_SECONDS,
     ) -> None:
         self.database = database
         self._calls = SpannerCalls(
