@@ -190,8 +190,9 @@ class FakeBigQueryJobs:
         # …and to the next table patches; every patch body received.
         self.table_failures: list[tuple[int, str]] = []
         self.table_patches: list[dict[str, Any]] = []
-        # Called once each, in turn, right after a `tables.get` is answered (a
-        # change landing between another instance's read and its write).
+        # Called once each, in turn, by a `tables.get` once it has read the table and
+        # before its answer is sent (a change landing between another instance's
+        # read and its write).
         self.after_get: list[Callable[[], None]] = []
         # How long each `tables.get` and `tables.patch` takes to answer (seconds),
         # as BigQuery's REST API takes a while; and the patches refused for a
@@ -245,9 +246,13 @@ class FakeBigQueryJobs:
                 ):
                     self._answer(*fake.job(self.path))
                     return
-                self._answer(*fake.table(self.path, None, None))
+                # The change lands after the read and before its answer is sent. Run
+                # after the answer, it could fire on a read made before the hook was
+                # set (the client already past it), or land after the client's write.
+                answer = fake.table(self.path, None, None)
                 if fake.after_get:
                     fake.after_get.pop(0)()
+                self._answer(*answer)
 
             def do_PATCH(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
