@@ -57,6 +57,31 @@ def envelope(
     return {"message": message, "subscription": "projects/demo/subscriptions/records-push", **extra}
 
 
+# A pause before a refused push is delivered again: Pub/Sub backs off longer, but a
+# test needs only not to send it again at once.
+_REDELIVERY_SECONDS = 0.05
+
+
+async def delivered(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    *,
+    path: str = "/pubsub/push",
+    attempts: int = 10,
+) -> httpx.Response:
+    """`body` pushed as Pub/Sub pushes it: again while it is refused (503), a moment
+    later, up to `attempts` times; the last answer. On the Spanner emulator two
+    instances' group commits refuse a push now and then: it runs one transaction
+    at a time and aborts another begun meanwhile."""
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(_REDELIVERY_SECONDS)
+        answer = await client.post(path, json=body)
+        if answer.status_code != 503:
+            break
+    return answer
+
+
 def settings(**env: str) -> Settings:
     return Settings.load({"RECORDLINE_STORE": "memory:", **env})
 

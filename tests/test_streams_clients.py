@@ -24,7 +24,7 @@ from litestar import Litestar
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
-from tests.conftest import served, settings
+from tests.conftest import delivered, served, settings
 from tests.node import npm_package
 from tests.spanner.emulator import SpannerEmulator
 from tests.test_streams import push_body
@@ -65,13 +65,9 @@ class Follower:
 
 
 async def push(client: httpx.AsyncClient, numbers: range) -> None:
-    """Push each message until it is stored, as Pub/Sub delivers it again after a 503 (the
-    Spanner emulator runs one transaction at a time and makes others wait)."""
+    """Push each message until it is stored, as Pub/Sub delivers it again after a 503."""
     for n in numbers:
-        for _ in range(10):
-            answer = await client.post("/pubsub/push", json=push_body(n))
-            if answer.status_code != 503:
-                break
+        answer = await delivered(client, push_body(n))
         assert answer.status_code == 204, answer.text
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from app.asgi import create_app
 from app.settings import Settings
-from tests.conftest import envelope, served
+from tests.conftest import delivered, envelope, served
 
 pytestmark = pytest.mark.emulator
 
@@ -47,14 +47,9 @@ def body(message_id: str, sequence: int) -> dict[str, Any]:
 
 
 async def deliver(client: httpx.AsyncClient, push: dict[str, Any]) -> None:
-    """Until acknowledged, as Pub/Sub redelivers after a 503."""
-    for _ in range(200):
-        answer = await client.post("/pubsub/push", json=push)
-        if answer.status_code == 204:
-            return
-        assert answer.status_code == 503, answer.text
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{push['message']['messageId']} was never acknowledged")
+    """Until acknowledged, as Pub/Sub delivers it again after a 503."""
+    answer = await delivered(client, push, attempts=200)
+    assert answer.status_code == 204, (push["message"]["messageId"], answer.text)
 
 
 async def test_two_instances_store_each_sequence_once_and_keep_one_exact_ledger(

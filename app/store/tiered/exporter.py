@@ -44,11 +44,11 @@ log = logging.getLogger(__name__)
 
 # The lease's only row: one exporter per serving database (per system).
 LEASE_NAME: Final = "bigquery"
-# An exporter whose instance died is taken over this long after its last
-# renewal at most, and a claim: the holder renews three times per lease, and every
-# other instance asks for it as often. A claim is a transaction, which Spanner may
-# abort and the client runs again within the call's deadline (`CALL_SECONDS`). One
-# that stops hands it back (`Exporter.stop`), and the next claim takes it.
+# An exporter whose instance died is taken over at most this long after its last
+# renewal, plus one claim: the holder renews three times per lease, and every other
+# instance asks for it as often. A claim is a transaction, which Spanner may abort
+# and the client runs again within the call's deadline (`CALL_SECONDS`). One that
+# stops hands it back (`Exporter.stop`), and the next claim takes it.
 LEASE_SECONDS: Final = 15.0
 # Another exporter's lease is claimed this long after it expires (by Spanner's
 # clock, which the claim's answer measured), so that the claim finds it expired.
