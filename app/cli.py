@@ -54,13 +54,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+# Where each parser puts itself among the parsed arguments: the deepest subcommand's,
+# set last, is the one an unrecognized argument is said against.
+_PARSER = "command_parser"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a mistake is said in one line: its usage, several lines for some
     commands, is one `--help` away. Every subcommand's parser is one too (argparse
     makes them of their parent's class)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(**{_PARSER: self})
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+    def parse_command(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        """The arguments, an unrecognized one said by the subcommand it was given to
+        (`recordline serve: unrecognized arguments: --prot`, pointing at `recordline serve
+        --help`), where argparse would say it as the top command's."""
+        args, unknown = self.parse_known_args(argv)
+        if unknown:
+            parser: argparse.ArgumentParser = getattr(args, _PARSER, self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return args
 
 
 def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
@@ -199,7 +218,10 @@ def _operator_commands(add_parser: AddParser) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = OneLineParser(prog="recordline", description=__doc__)
+    # Named as the user typed it: through dev.py, its usage and mistakes say `python3
+    # dev.py COMMAND`, which is what works there (a bare `recordline` is not on PATH).
+    prog = os.environ.get("RECORDLINE_DEV_COMMAND") or "recordline"
+    parser = OneLineParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     schema = _service_commands(commands.add_parser)
@@ -224,7 +246,7 @@ def _main(argv: list[str] | None) -> int:
         if name not in tools:
             commands.add_parser(name, help="(a development tool: not installed here)")
 
-    args = parser.parse_args(argv)
+    args = parser.parse_command(argv)
     match args.command:
         case "serve":
             return _serve(args)
@@ -446,11 +468,29 @@ def _restore(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return restore.run(
-        args,
-        serving=settings.store.serving,
-        emulator_host=settings.store.spanner_emulator_host,
-    )
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return restore.run(
+            args,
+            serving=settings.store.serving,
+            emulator_host=settings.store.spanner_emulator_host,
+        )
+    except DefaultCredentialsError:
+        print(
+            "recordline restore: no Google credentials here: sign in as the operator "
+            "(`gcloud auth application-default login --impersonate-service-account=…`, see "
+            "docs/operations.md), or set SPANNER_EMULATOR_HOST for an emulator's databases",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nrecordline restore: interrupted; what it wrote back is kept (each row is "
+            "written once), run it again to go on",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _backfill(args: argparse.Namespace) -> int:
