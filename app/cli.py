@@ -140,7 +140,8 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
     sql = add_parser(
         "sql",
         help="query a DuckDB store with SQL, read-only (`records_typed` holds the typed "
-        "columns), while its service runs too",
+        "columns), while its service runs too; or the running `dev --serving` stack's "
+        "BigQuery stand-in (`records.fields` holds them)",
     )
     sql.add_argument("query", metavar="SQL", help='e.g. "SELECT * FROM records_typed LIMIT 10"')
     where = sql.add_mutually_exclusive_group()
@@ -150,7 +151,15 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
     where.add_argument(
         "--dev",
         action="store_true",
-        help=f"the store of the newest `recordline dev` session here ({DEV_SESSIONS}/)",
+        help=f"the DuckDB store of the newest `recordline dev` session here ({DEV_SESSIONS}/); "
+        "refused while a newer session runs (on another store)",
+    )
+    where.add_argument(
+        "--serving",
+        action="store_true",
+        help="the BigQuery stand-in of the `recordline dev --serving` stack running here, in "
+        "BigQuery's SQL, its dataset the default (`records`, `recordline.records` and "
+        "`recordline-dev.recordline.records` name one table)",
     )
     return schema
 
@@ -347,21 +356,14 @@ def _as_typed(exc: SettingsError, flags: dict[str, str]) -> str:
     return f"{flag} {text.removeprefix(f'{exc.var}=')}"
 
 
-# Where `recordline dev` keeps its sessions, below where it runs (recordline_dev.devstack).
+# Where `recordline dev` keeps its sessions, below where it runs (recordline_dev.sessions).
 DEV_SESSIONS = ".recordline-dev"
 
 
 def _duckdb_file(args: argparse.Namespace) -> Path | str:
     """The DuckDB file `recordline sql` reads, or why there is none."""
     if args.dev:
-        sessions = sorted(Path(DEV_SESSIONS).glob("session-*/records.duckdb"))
-        if not sessions:
-            return (
-                f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
-                "here: run it from the directory `recordline dev` ran in, or name the file "
-                "(--store duckdb:PATH; `recordline dev` prints its store)"
-            )
-        return sessions[-1]  # session-YYYYmmdd-HHMMSS: the newest last
+        return _dev_file()
     environ = dict(os.environ)
     if args.store:
         environ["RECORDLINE_STORE"] = args.store
@@ -377,13 +379,52 @@ def _duckdb_file(args: argparse.Namespace) -> Path | str:
     return Path(rest.removeprefix("//") or "recordline.duckdb")
 
 
+def _dev_file() -> Path | str:
+    """The newest dev session's DuckDB file, named on stderr; or why there is none (a
+    newer session runs, on the serving tier or another store: its rows are not there)."""
+    try:
+        from recordline_dev.sessions import sessions
+    except ImportError:
+        return "--dev reads the dev stack's sessions: a development tool, not installed here"
+    found = sessions(Path(DEV_SESSIONS))
+    readable = [s for s in found if s.duckdb_file() is not None]
+    if not readable:
+        return (
+            f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
+            "here: run it from the directory `recordline dev` ran in, or name the file "
+            "(--store duckdb:PATH; `recordline dev` prints its store)"
+        )
+    chosen = readable[-1]
+    path = chosen.duckdb_file()
+    assert path is not None
+    newer = [s for s in found if s.name > chosen.name and s.running]
+    if newer:
+        runs = newer[-1]
+        where = (
+            "on the serving tier (`--serving`: Spanner and the BigQuery stand-in), which "
+            "`recordline sql --serving` queries"
+            if runs.serving
+            else f"on {runs.stack.store if runs.stack else 'a store of its own'}"
+        )
+        return (
+            f"the newest session, {runs.name}, runs {where}; the newest DuckDB file is the "
+            f"older {chosen.described()}'s, which holds none of its records: read it anyway "
+            f"with --store duckdb:{path}"
+        )
+    print(f"recordline sql: session {chosen.described()}: {path}", file=sys.stderr)
+    return path
+
+
 def _sql(args: argparse.Namespace) -> int:
     """`recordline sql`: one statement against a DuckDB store's file, read-only; a
-    consistent copy of it when a running service holds it (app.store.duckdb.snapshot)."""
+    consistent copy of it when a running service holds it (app.store.duckdb.snapshot).
+    With --serving, against the dev stack's BigQuery stand-in instead."""
     import duckdb
 
     from app.store.duckdb.snapshot import SnapshotError, reading
 
+    if args.serving:
+        return _sql_serving(args.query)
     path = _duckdb_file(args)
     if isinstance(path, Path) and not path.exists():
         path = (
@@ -411,6 +452,40 @@ def _sql(args: argparse.Namespace) -> int:
     except duckdb.Error as exc:
         print(f"recordline sql: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _sql_serving(query: str) -> int:
+    """`recordline sql --serving`: one statement against the running `dev --serving`
+    stack's BigQuery stand-in, shown as DuckDB shows a result."""
+    import duckdb
+
+    try:
+        from recordline_dev.serving import StandInError, query_stand_in
+        from recordline_dev.sessions import serving_stack
+    except ImportError:
+        print(
+            "recordline sql: --serving queries the dev stack: a development tool, not "
+            "installed here",
+            file=sys.stderr,
+        )
+        return 2
+    session = serving_stack(Path(DEV_SESSIONS))
+    if session is None or session.stack is None:
+        print(
+            f"recordline sql: no `recordline dev --serving` runs from here ({DEV_SESSIONS}/): "
+            "its rows live in the stand-in's memory while it runs. Start it (`recordline dev "
+            "--serving`), or query a DuckDB store with --dev or --store",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"recordline sql: session {session.described()}: {session.stack.store}", file=sys.stderr)
+    try:
+        answer = query_stand_in(session.stack, query)
+    except StandInError as exc:
+        print(f"recordline sql: {exc}", file=sys.stderr)
+        return 1
+    duckdb.from_arrow(answer).show(max_rows=1000)
     return 0
 
 
