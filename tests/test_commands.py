@@ -466,6 +466,28 @@ def said_in_one_line(done: subprocess.CompletedProcess[str], *, status: int = 2)
 
 
 @pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["serve", "--prot", "1"], "recordline serve"),
+        (["replay", "dead-letters", "--url", "http://x", "--subscription", "s", "--x"],
+         "recordline replay dead-letters"),
+        (["typed", "backfill", "--sincee", "1h"], "recordline typed backfill"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_is_said_by_the_command_it_was_given_to(
+    argv: list[str], prog: str
+) -> None:
+    # `recordline serve --prot` said "recordline: unrecognized arguments", pointing at
+    # `recordline --help`, which lists the commands, not serve's options.
+    line = said_in_one_line(run(RECORDLINE, *argv))
+    assert line.startswith(f"{prog}: unrecognized arguments: "), line
+    assert f"(`{prog} --help` shows every option)" in line
+    # Through dev.py, as the user typed it there.
+    through = said_in_one_line(run(sys.executable, "dev.py", *argv))
+    assert through.startswith(f"python3 dev.py {prog.removeprefix('recordline ')}: "), through
+
+
+@pytest.mark.parametrize(
     ("argv", "said"),
     [
         (["--count", "-5"], "argument --count: -5 is not 1 or more"),
