@@ -702,10 +702,10 @@ class PublishRun:
             done = self.result
             text = f"{done.sent:,}" + (f"/{self.total:,}" if self.total else "")
             text += f" sent · {rate(done.acknowledged):,.0f}/s · {done.acknowledged:,} acked"
+            if done.failed:  # before the service's counts: a line too long loses its end
+                text += f" · {done.failed:,} failed"
             if self.ledger is not None:
                 text += f" · {self.ledger.stored:,} stored · {self.ledger.rejected:,} rejected"
-            if done.failed:
-                text += f" · {done.failed:,} failed"
             if self.waiting:
                 text += " · waiting for the service"
             return bar(done.sent, self.total, text)

@@ -288,8 +288,9 @@ class Tour:
         """A long publish on a terminal shows its progress, and Ctrl-C says what was sent
         and stored and the --epoch-ended that goes on from there (it said "interrupted",
         with 43 stored)."""
-        plain = next(c for c in tour() if " dev.py publish " in c and "--schema" not in c)
-        env, argv = self.split(plain.replace("--count 10", "--count 100000 --rate 20"))
+        # In the topic's schema, which it now takes only.
+        typed = next(c for c in tour() if " dev.py publish " in c and "--schema" in c)
+        env, argv = self.split(typed.replace("--count 10", "--count 100000 --rate 20"))
         terminal = self.terminal(argv, env)
         assert terminal.wait_for(" acked · ", timeout=60), terminal.output[-3000:]
         until_blocking(
