@@ -126,8 +126,16 @@ def serving_stack(data_dir: Path = Path(DEV_SESSIONS)) -> Session | None:
 
 
 def of_emulator(host: str, data_dir: Path = Path(DEV_SESSIONS)) -> Session | None:
-    """The running session whose Pub/Sub emulator is at `host` (PUBSUB_EMULATOR_HOST)."""
+    """The running session whose Pub/Sub emulator is at `host` (PUBSUB_EMULATOR_HOST;
+    `localhost` is the loopback address the stack listens on)."""
+    wanted = _loopback(host)
     for session in reversed(sessions(data_dir)):
-        if session.running and session.stack is not None and session.stack.emulator_host == host:
+        stack = session.stack
+        if session.running and stack is not None and _loopback(stack.emulator_host) == wanted:
             return session
     return None
+
+
+def _loopback(host: str) -> str:
+    name, colon, port = host.rpartition(":")
+    return f"127.0.0.1:{port}" if colon and name in ("localhost", "127.0.0.1") else host
