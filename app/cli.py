@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         # there, at exit included: the rest goes nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:
+        # A command that does not say more itself (the long ones say what they did):
+        # stopped in the middle, it still says so, not a traceback or nothing.
+        command = _asked(sys.argv[1:] if argv is None else argv) or ""
+        prog = os.environ.get("RECORDLINE_DEV_COMMAND") or "recordline"
+        print(f"\n{prog} {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 # Where each parser puts itself among the parsed arguments: the deepest subcommand's,
