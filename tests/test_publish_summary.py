@@ -51,7 +51,8 @@ async def test_publish_says_what_the_service_stored_and_what_it_took_for_earlier
     # one, acknowledged and dropped, and /v1/records/new0 was a 404.
     async with served(create_app(settings())) as http:
         url = str(http.base_url).rstrip("/")
-        assert await http.post("/pubsub/push", json=envelope({"id": "old"}, message_id="1"))
+        stored = await http.post("/pubsub/push", json=envelope({"id": "old"}, message_id="1"))
+        assert stored.status_code == 204
         client = SequencedPublisher(FreshEmulator(url), "P", epoch=5)
         run = PublishRun(
             topic="projects/recordline-dev/topics/records",
