@@ -530,8 +530,7 @@ def instructions(stack: DevStack) -> str:
             f"{indent}this session's own: the emulator numbers message ids from 1 in every",
             f"{indent}session, so sessions sharing a store would take new messages for old ones.",
             f"{indent}Earlier sessions' stores stay in {Path(stack.session).parent}:",
-            f"{indent}`{tool} serve --store URL` reads one,",
-            f"{indent}`{tool} dev --store URL` runs on one again.",
+            f"{indent}`{tool} serve --store URL` reads one, `{tool} sql --dev` the newest.",
         ]
     if stack.emulator_host is None:
         lines += [

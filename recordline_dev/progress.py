@@ -14,6 +14,7 @@ one epoch's counts and gaps), or the push outcomes it counts (`GET /metrics`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 import urllib.parse
@@ -83,7 +84,9 @@ class StatusLine:
 
     def __exit__(self, *_: object) -> None:
         if self._live is not None:
-            self._live.stop()
+            # The terminal may be gone (SIGHUP): what stops the work must still run.
+            with contextlib.suppress(OSError):
+                self._live.stop()
 
     def print(self, text: str) -> None:
         """A line above the status line (or, elsewhere, on stderr)."""
