@@ -8,7 +8,7 @@
     python3 dev.py publish [options]   # publish records to a topic (the emulator's)
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
-    python3 dev.py sql [--dev] "SQL"   # query the DuckDB store (typed columns), read-only
+    python3 dev.py sql [--dev|--serving] "SQL"   # SQL on the DuckDB store or the dev --serving stack
     python3 dev.py audit --since 24h   # producer sequences by hour; exit 1 naming what is missing
     python3 dev.py typed backfill …    # project stored records into typed columns again
     python3 dev.py export status …     # the serving tier's export: status, retry, verify, …
