@@ -8,7 +8,7 @@
     python3 dev.py publish [options]   # publish records to a topic (the emulator's)
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
-    python3 dev.py sql [--dev|--serving] "SQL"   # SQL on the DuckDB store or the dev --serving stack
+    python3 dev.py sql [--dev|--serving] "SQL"   # SQL on a DuckDB store, or dev --serving's
     python3 dev.py audit --since 24h   # producer sequences by hour; exit 1 naming what is missing
     python3 dev.py typed backfill …    # project stored records into typed columns again
     python3 dev.py export status …     # the serving tier's export: status, retry, verify, …
@@ -144,9 +144,12 @@ def replace_with(program: str, *args: str, cwd: Path | None = None) -> None:
     SIGTERM.
     """
     env = environment()
-    # The banners of the dev tools name the command as it was typed.
+    # The recordline commands name themselves as typed (banners, usage, mistakes); not
+    # passed on to the suite, whose own `recordline` runs are no user's `dev.py`.
     here = Path.cwd() == ROOT
-    env["RECORDLINE_DEV_COMMAND"] = "python3 dev.py" if here else f"python3 {ROOT / 'dev.py'}"
+    env.pop("RECORDLINE_DEV_COMMAND", None)
+    if program == "recordline":
+        env["RECORDLINE_DEV_COMMAND"] = "python3 dev.py" if here else f"python3 {ROOT / 'dev.py'}"
     if cwd is not None:
         os.chdir(cwd)
     sys.stdout.flush()

@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         # A command that does not say more itself (the long ones say what they did):
         # stopped in the middle, it still says so, not a traceback or nothing.
         command = _asked(sys.argv[1:] if argv is None else argv) or ""
-        prog = os.environ.get("RECORDLINE_DEV_COMMAND") or "recordline"
-        print(f"\n{prog} {command}: interrupted", file=sys.stderr)
+        print(f"\n{_typed_as()} {command}: interrupted", file=sys.stderr)
         return 130
 
 
@@ -234,10 +233,7 @@ def _operator_commands(add_parser: AddParser) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
-    # Named as the user typed it: through dev.py, its usage and mistakes say `python3
-    # dev.py COMMAND`, which is what works there (a bare `recordline` is not on PATH).
-    prog = os.environ.get("RECORDLINE_DEV_COMMAND") or "recordline"
-    parser = OneLineParser(prog=prog, description=__doc__)
+    parser = OneLineParser(prog=_typed_as(), description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     schema = _service_commands(commands.add_parser)
@@ -294,6 +290,13 @@ def _main(argv: list[str] | None) -> int:
         case name if name in runs:
             return runs[name](args)
     return 2
+
+
+def _typed_as() -> str:
+    """This command as the user typed it: through dev.py, usage lines and advice say
+    `python3 dev.py COMMAND`, which is what works there (a bare `recordline` is not on
+    PATH)."""
+    return os.environ.get("RECORDLINE_DEV_COMMAND") or "recordline"
 
 
 def _not_installed(name: str) -> int:
@@ -409,7 +412,7 @@ def _dev_file() -> Path | str:
         runs = newer[-1]
         where = (
             "on the serving tier (`--serving`: Spanner and the BigQuery stand-in), which "
-            "`recordline sql --serving` queries"
+            f"`{_typed_as()} sql --serving` queries"
             if runs.serving
             else f"on {runs.stack.store if runs.stack else 'a store of its own'}"
         )
@@ -481,8 +484,8 @@ def _sql_serving(query: str) -> int:
     if session is None or session.stack is None:
         print(
             f"recordline sql: no `recordline dev --serving` runs from here ({DEV_SESSIONS}/): "
-            "its rows live in the stand-in's memory while it runs. Start it (`recordline dev "
-            "--serving`), or query a DuckDB store with --dev or --store",
+            f"its rows live in the stand-in's memory while it runs. Start it (`{_typed_as()} "
+            "dev --serving`), or query a DuckDB store with --dev or --store",
             file=sys.stderr,
         )
         return 2

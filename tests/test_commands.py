@@ -162,6 +162,21 @@ def test_dev_py_syncs_only_when_the_lock_or_the_environment_changed(tmp_path: Pa
     assert syncs() == 3
 
 
+def test_dev_py_names_itself_to_the_recordline_commands_only(tmp_path: Path) -> None:
+    # The suite run by `dev.py test` inherited it, and every `recordline` it ran then
+    # said "python3 dev.py …" where it had been typed as `recordline`.
+    checkout, env, _ = checkout_copy(tmp_path)
+    for program in ("recordline", "pytest"):
+        script = checkout / ".venv" / "bin" / program
+        script.write_text(f'#!/bin/sh\necho "{program} [$RECORDLINE_DEV_COMMAND]"\n')
+        script.chmod(0o755)
+    env = {**env, "RECORDLINE_DEV_COMMAND": "from the shell"}
+    config = run(sys.executable, str(checkout / "dev.py"), "config", env=env, cwd=checkout)
+    assert config.stdout == "recordline [python3 dev.py]\n", config.stderr
+    suite = run(sys.executable, str(checkout / "dev.py"), "test", env=env, cwd=checkout)
+    assert suite.stdout == "pytest []\n", suite.stderr
+
+
 def test_ctrl_c_during_the_first_run_set_up_is_said_in_one_line(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:

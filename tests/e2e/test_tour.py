@@ -252,7 +252,7 @@ class Tour:
             # It read the DuckDB file of an earlier session, where none of these are.
             said = self.refused(command, status=2)
             assert "runs on the serving tier" in said, said
-            assert "`recordline sql --serving` queries" in said, said
+            assert "`python3 dev.py sql --serving` queries" in said, said
             return
         if "--serving" in command and not self.serving:
             said = self.refused(command, status=2)
