@@ -442,14 +442,15 @@ def replay_command(args: argparse.Namespace) -> int:
                 args.subscription
             ):
                 raise ReplayError("--subscription: name it as projects/P/subscriptions/S")
-            subscriber = subscriber_client()
             # Said at once: the end of the queue is known only once a pull has waited
             # PULL_SECONDS for nothing, which is all an empty queue ever shows.
             print(
                 f"recordline replay: pulling from {args.subscription}; an empty queue is "
                 f"known once {PULL_SECONDS:g} s pass without a message",
                 file=sys.stderr,
+                flush=True,
             )
+            subscriber = subscriber_client()
             try:
                 replay_dead_letters(
                     service,
