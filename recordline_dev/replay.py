@@ -442,6 +442,7 @@ def replay_command(args: argparse.Namespace) -> int:
                 args.subscription
             ):
                 raise ReplayError("--subscription: name it as projects/P/subscriptions/S")
+            subscriber = subscriber_client()
             # Said at once: the end of the queue is known only once a pull has waited
             # PULL_SECONDS for nothing, which is all an empty queue ever shows.
             print(
@@ -450,7 +451,6 @@ def replay_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            subscriber = subscriber_client()
             try:
                 replay_dead_letters(
                     service,
