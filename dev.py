@@ -8,11 +8,15 @@
     python3 dev.py publish [options]   # publish records to a topic (the emulator's)
     python3 dev.py tail [options]      # follow /v1/records as JSON lines
     python3 dev.py replay [options]    # replay rejected or dead-lettered messages
-    python3 dev.py sql [--dev] "SQL"   # query the DuckDB store (typed columns), read-only
+    python3 dev.py sql [--dev|--serving] "SQL"   # SQL on a DuckDB store, or dev --serving's
     python3 dev.py audit --since 24h   # producer sequences by hour; exit 1 naming what is missing
+    python3 dev.py typed backfill …    # project stored records into typed columns again
+    python3 dev.py export status …     # the serving tier's export: status, retry, verify, …
+    python3 dev.py restore rows …      # the serving tier: write back rows a database lost
+    python3 dev.py exporter            # the exporter service (RECORDLINE_EXPORT_SYSTEMS)
     python3 dev.py test [pytest options]   # the whole test suite
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
-    python3 dev.py lint                # ruff and mypy --strict
+    python3 dev.py lint                # ruff check, ruff format --check, mypy --strict
     python3 dev.py docs [--serve]      # the documentation site, built strict into site/
     python3 dev.py bench [ingest|query|...]   # benchmarks (see bench/)
 
@@ -53,8 +57,18 @@ RECORDLINE_COMMANDS = (
     "replay",
     "sql",
     "audit",
+    "typed",
+    "export",
+    "restore",
+    "exporter",
 )
 COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench", "docs")
+LINT_HELP = """usage: python3 dev.py lint
+
+Checks the checkout as CI does, stopping at the first that fails (its exit status):
+  ruff check .            the lint rules of pyproject.toml
+  ruff format --check .   the formatting (`.venv/bin/ruff format .` fixes it)
+  mypy app recordline_dev strict type checking"""
 # A child of this script (uv sync, a lint step) gets this long to stop after
 # the signal that stopped us, before it is killed.
 CHILD_STOP_SECONDS = 10.0
@@ -130,9 +144,12 @@ def replace_with(program: str, *args: str, cwd: Path | None = None) -> None:
     SIGTERM.
     """
     env = environment()
-    # The banners of the dev tools name the command as it was typed.
+    # The recordline commands name themselves as typed (banners, usage, mistakes); not
+    # passed on to the suite, whose own `recordline` runs are no user's `dev.py`.
     here = Path.cwd() == ROOT
-    env["RECORDLINE_DEV_COMMAND"] = "python3 dev.py" if here else f"python3 {ROOT / 'dev.py'}"
+    env.pop("RECORDLINE_DEV_COMMAND", None)
+    if program == "recordline":
+        env["RECORDLINE_DEV_COMMAND"] = "python3 dev.py" if here else f"python3 {ROOT / 'dev.py'}"
     if cwd is not None:
         os.chdir(cwd)
     sys.stdout.flush()
@@ -203,10 +220,10 @@ def main(argv: list[str]) -> int:
         case "serve":
             # In the checkout: its default store is ./recordline.duckdb there.
             replace_with("recordline", "serve", *rest, cwd=ROOT)
-        case "config" | "schema" | "dev" | "publish" | "tail" | "replay" | "sql":
+        case name if name in RECORDLINE_COMMANDS:
             # Where you are: their file arguments are relative to it. (`schema
             # --write` writes into the checkout .venv's recordline runs from.)
-            replace_with("recordline", command, *rest)
+            replace_with("recordline", name, *rest)
         case "test":
             # The suite starts the service, the CLI and pytest itself in many Python
             # processes: without compiled bytecode each compiles every module it
@@ -228,6 +245,13 @@ def main(argv: list[str]) -> int:
                 replace_with("mkdocs", "serve", "--strict", *rest[1:], cwd=ROOT)
             replace_with("mkdocs", "build", "--strict", *rest, cwd=ROOT)
         case "lint":
+            if rest in (["-h"], ["--help"]):
+                show(LINT_HELP, sys.stdout)
+                return 0
+            if rest:
+                show(f"dev.py lint: takes no arguments, given {' '.join(rest)}", sys.stderr)
+                show(LINT_HELP, sys.stderr)
+                return 2
             env = environment()
             steps = (
                 ["ruff", "check", "."],

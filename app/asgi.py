@@ -7,6 +7,7 @@ and closed there; nothing connects at import time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from app.routes.reads import Reads
 from app.routes.streams import STREAM_ROUTES
 from app.settings import QuerySettings, Settings, SettingsError
 from app.store import Store
+from app.store.copies import LaterCopies, told_all
 from app.store.open import open_store
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
@@ -110,15 +112,24 @@ def create_app(
     # store that projects them (a store passed in is given `store_revisions` of
     # the `schemas` passed with it).
     schemas = schemas if schemas is not None else fetching_schemas(settings)
+    # Later copies of stored messages that said something else, for `/v1/messages/{id}`:
+    # told by the store as telemetry is (a store passed in tells whom it was given).
+    later_copies = LaterCopies()
     if store is None:
         revisions = store_revisions(schemas)
-        store = open_store(settings, revisions=revisions, observers=telemetry.store_observers())
+        observers = telemetry.store_observers()
+        observers = dataclasses.replace(
+            observers, conflicts=told_all(observers.conflicts, later_copies)
+        )
+        store = open_store(settings, revisions=revisions, observers=observers)
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)
     batcher = group_commit(settings, store, observed, telemetry)
     pushes = PushSide.of(settings, batcher, schemas, telemetry)
-    reads = ReadSide.of(settings, store, observed, pending_horizon=batcher.horizon)
+    reads = ReadSide.of(
+        settings, store, observed, pending_horizon=batcher.horizon, later_copies=later_copies
+    )
     loops = app_loops(store, reads.producers, telemetry)
     readiness = Readiness(store, checks=[auth.check, schemas.check, loops.check])
     telemetry.watch(
@@ -237,6 +248,7 @@ class ReadSide:
         observed: Store,
         *,
         pending_horizon: Callable[[], int],
+        later_copies: LaterCopies | None = None,
     ) -> ReadSide:
         query = settings.query
         tokens = PageTokens(query.page_token_secret)
@@ -245,6 +257,7 @@ class ReadSide:
             pending_horizon=pending_horizon,
             tokens=tokens,
             retention_days=settings.store.retention_days,
+            later_copies=later_copies,
         )
         followers = parked_followers(query)
         streams = Streams(reader, Offsets(query.page_token_secret))

@@ -52,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         # there, at exit included: the rest goes nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:
+        # A command that does not say more itself (the long ones say what they did):
+        # stopped in the middle, it still says so, not a traceback or nothing.
+        command = _asked(sys.argv[1:] if argv is None else argv) or ""
+        print(f"\n{_typed_as()} {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# Where each parser puts itself among the parsed arguments: the deepest subcommand's,
+# set last, is the one an unrecognized argument is said against.
+_PARSER = "command_parser"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,8 +70,22 @@ class OneLineParser(argparse.ArgumentParser):
     commands, is one `--help` away. Every subcommand's parser is one too (argparse
     makes them of their parent's class)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(**{_PARSER: self})
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+    def parse_command(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        """The arguments, an unrecognized one said by the subcommand it was given to
+        (`recordline serve: unrecognized arguments: --prot`, pointing at `recordline serve
+        --help`), where argparse would say it as the top command's."""
+        args, unknown = self.parse_known_args(argv)
+        if unknown:
+            parser: argparse.ArgumentParser = getattr(args, _PARSER, self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return args
 
 
 def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
@@ -121,7 +146,8 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
     sql = add_parser(
         "sql",
         help="query a DuckDB store with SQL, read-only (`records_typed` holds the typed "
-        "columns), while its service runs too",
+        "columns), while its service runs too; or the running `dev --serving` stack's "
+        "BigQuery stand-in (`records.fields` holds them)",
     )
     sql.add_argument("query", metavar="SQL", help='e.g. "SELECT * FROM records_typed LIMIT 10"')
     where = sql.add_mutually_exclusive_group()
@@ -131,7 +157,15 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
     where.add_argument(
         "--dev",
         action="store_true",
-        help=f"the store of the newest `recordline dev` session here ({DEV_SESSIONS}/)",
+        help=f"the DuckDB store of the newest `recordline dev` session here ({DEV_SESSIONS}/); "
+        "refused while a newer session runs (on another store)",
+    )
+    where.add_argument(
+        "--serving",
+        action="store_true",
+        help="the BigQuery stand-in of the `recordline dev --serving` stack running here, in "
+        "BigQuery's SQL, its dataset the default (`records`, `recordline.records` and "
+        "`recordline-dev.recordline.records` name one table)",
     )
     return schema
 
@@ -199,7 +233,7 @@ def _operator_commands(add_parser: AddParser) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = OneLineParser(prog="recordline", description=__doc__)
+    parser = OneLineParser(prog=_typed_as(), description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     schema = _service_commands(commands.add_parser)
@@ -224,7 +258,7 @@ def _main(argv: list[str] | None) -> int:
         if name not in tools:
             commands.add_parser(name, help="(a development tool: not installed here)")
 
-    args = parser.parse_args(argv)
+    args = parser.parse_command(argv)
     match args.command:
         case "serve":
             return _serve(args)
@@ -256,6 +290,13 @@ def _main(argv: list[str] | None) -> int:
         case name if name in runs:
             return runs[name](args)
     return 2
+
+
+def _typed_as() -> str:
+    """This command as the user typed it: through dev.py, usage lines and advice say
+    `python3 dev.py COMMAND`, which is what works there (a bare `recordline` is not on
+    PATH)."""
+    return os.environ.get("RECORDLINE_DEV_COMMAND") or "recordline"
 
 
 def _not_installed(name: str) -> int:
@@ -325,21 +366,14 @@ def _as_typed(exc: SettingsError, flags: dict[str, str]) -> str:
     return f"{flag} {text.removeprefix(f'{exc.var}=')}"
 
 
-# Where `recordline dev` keeps its sessions, below where it runs (recordline_dev.devstack).
+# Where `recordline dev` keeps its sessions, below where it runs (recordline_dev.sessions).
 DEV_SESSIONS = ".recordline-dev"
 
 
 def _duckdb_file(args: argparse.Namespace) -> Path | str:
     """The DuckDB file `recordline sql` reads, or why there is none."""
     if args.dev:
-        sessions = sorted(Path(DEV_SESSIONS).glob("session-*/records.duckdb"))
-        if not sessions:
-            return (
-                f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
-                "here: run it from the directory `recordline dev` ran in, or name the file "
-                "(--store duckdb:PATH; `recordline dev` prints its store)"
-            )
-        return sessions[-1]  # session-YYYYmmdd-HHMMSS: the newest last
+        return _dev_file()
     environ = dict(os.environ)
     if args.store:
         environ["RECORDLINE_STORE"] = args.store
@@ -355,13 +389,52 @@ def _duckdb_file(args: argparse.Namespace) -> Path | str:
     return Path(rest.removeprefix("//") or "recordline.duckdb")
 
 
+def _dev_file() -> Path | str:
+    """The newest dev session's DuckDB file, named on stderr; or why there is none (a
+    newer session runs, on the serving tier or another store: its rows are not there)."""
+    try:
+        from recordline_dev.sessions import sessions
+    except ImportError:
+        return "--dev reads the dev stack's sessions: a development tool, not installed here"
+    found = sessions(Path(DEV_SESSIONS))
+    readable = [s for s in found if s.duckdb_file() is not None]
+    if not readable:
+        return (
+            f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
+            "here: run it from the directory `recordline dev` ran in, or name the file "
+            "(--store duckdb:PATH; `recordline dev` prints its store)"
+        )
+    chosen = readable[-1]
+    path = chosen.duckdb_file()
+    assert path is not None
+    newer = [s for s in found if s.name > chosen.name and s.running]
+    if newer:
+        runs = newer[-1]
+        where = (
+            "on the serving tier (`--serving`: Spanner and the BigQuery stand-in), which "
+            f"`{_typed_as()} sql --serving` queries"
+            if runs.serving
+            else f"on {runs.stack.store if runs.stack else 'a store of its own'}"
+        )
+        return (
+            f"the newest session, {runs.name}, runs {where}; the newest DuckDB file is the "
+            f"older {chosen.described()}'s, which holds none of its records: read it anyway "
+            f"with --store duckdb:{path}"
+        )
+    print(f"recordline sql: session {chosen.described()}: {path}", file=sys.stderr)
+    return path
+
+
 def _sql(args: argparse.Namespace) -> int:
     """`recordline sql`: one statement against a DuckDB store's file, read-only; a
-    consistent copy of it when a running service holds it (app.store.duckdb.snapshot)."""
+    consistent copy of it when a running service holds it (app.store.duckdb.snapshot).
+    With --serving, against the dev stack's BigQuery stand-in instead."""
     import duckdb
 
     from app.store.duckdb.snapshot import SnapshotError, reading
 
+    if args.serving:
+        return _sql_serving(args.query)
     path = _duckdb_file(args)
     if isinstance(path, Path) and not path.exists():
         path = (
@@ -389,6 +462,40 @@ def _sql(args: argparse.Namespace) -> int:
     except duckdb.Error as exc:
         print(f"recordline sql: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _sql_serving(query: str) -> int:
+    """`recordline sql --serving`: one statement against the running `dev --serving`
+    stack's BigQuery stand-in, shown as DuckDB shows a result."""
+    import duckdb
+
+    try:
+        from recordline_dev.serving import StandInError, query_stand_in
+        from recordline_dev.sessions import serving_stack
+    except ImportError:
+        print(
+            "recordline sql: --serving queries the dev stack: a development tool, not "
+            "installed here",
+            file=sys.stderr,
+        )
+        return 2
+    session = serving_stack(Path(DEV_SESSIONS))
+    if session is None or session.stack is None:
+        print(
+            f"recordline sql: no `recordline dev --serving` runs from here ({DEV_SESSIONS}/): "
+            f"its rows live in the stand-in's memory while it runs. Start it (`{_typed_as()} "
+            "dev --serving`), or query a DuckDB store with --dev or --store",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"recordline sql: session {session.described()}: {session.stack.store}", file=sys.stderr)
+    try:
+        answer = query_stand_in(session.stack, query)
+    except StandInError as exc:
+        print(f"recordline sql: {exc}", file=sys.stderr)
+        return 1
+    duckdb.from_arrow(answer).show(max_rows=1000)
     return 0
 
 
@@ -446,11 +553,29 @@ def _restore(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return restore.run(
-        args,
-        serving=settings.store.serving,
-        emulator_host=settings.store.spanner_emulator_host,
-    )
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return restore.run(
+            args,
+            serving=settings.store.serving,
+            emulator_host=settings.store.spanner_emulator_host,
+        )
+    except DefaultCredentialsError:
+        print(
+            "recordline restore: no Google credentials here: sign in as the operator "
+            "(`gcloud auth application-default login --impersonate-service-account=…`, see "
+            "docs/operations.md), or set SPANNER_EMULATOR_HOST for an emulator's databases",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nrecordline restore: interrupted; what it wrote back is kept (each row is "
+            "written once), run it again to go on",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _backfill(args: argparse.Namespace) -> int:

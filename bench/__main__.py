@@ -1,4 +1,4 @@
-"""python3 dev.py bench NAME [options].
+"""usage: python3 dev.py bench NAME [options]
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |

@@ -1,9 +1,11 @@
-"""MkDocs hook: the API reference is rendered from the service's own OpenAPI document.
+"""MkDocs hooks: the API reference is rendered from the service's own OpenAPI document,
+and the home page opens with the README.
 
 Before each build the document is taken from the app as it is assembled (on the
 in-memory store, nothing started) and written to `site-openapi.json` beside
 mkdocs.yml, where `docs/api.md` names it; the page therefore never drifts from
-what `/docs/openapi.json` serves.
+what `/docs/openapi.json` serves. The home page (`docs/index.md`) is the README's
+overview, tour and troubleshooting, then its own text: one source for both.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-OPENAPI = Path(__file__).resolve().parent.parent / "site-openapi.json"
+ROOT = Path(__file__).resolve().parent.parent
+OPENAPI = ROOT / "site-openapi.json"
+README = ROOT / "README.md"
+# README's links into docs/ (`](docs/reading.md#pages)`), as the site's pages link.
+_DOCS_LINK = re.compile(r"\]\(docs/")
 
 
 def on_pre_build(config: Any) -> None:
@@ -46,7 +52,16 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     show in its table of contents (which lists the sections under the page's first
     title only), and so is its list of servers. Runs after the plugins (MkDocs loads
     hooks last)."""
+    if page.file.src_path == "index.md":
+        return home(markdown)
     if page.file.src_path != "api.md":
         return markdown
     markdown = _OPENAPI_TITLE.sub("", markdown, count=1)
     return _OPENAPI_SERVERS.sub("", markdown, count=1)
+
+
+def home(own: str) -> str:
+    """The README, its links into docs/ made the site's, then the home page's own text
+    (its opening comment, which says so, dropped)."""
+    readme = _DOCS_LINK.sub("](", README.read_text())
+    return readme.rstrip() + "\n\n" + re.sub(r"\A<!--.*?-->\s*", "", own, flags=re.S)

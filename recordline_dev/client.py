@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
 import functools
 import io
 import os
@@ -31,10 +33,13 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from app.records import AwareDatetime, micros, rfc3339
+from recordline_dev.progress import POLL_SECONDS, Ledger
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
     import httpx
-    from rich.console import Console
+    from rich.console import RenderableType
+
+    from app.ingest.publisher import SequencedPublisher
 
 # The project the local tools use against the emulator when none is named.
 DEV_PROJECT = "recordline-dev"
@@ -66,7 +71,7 @@ def run_prefix() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}-"
 
 
-def generated_records(count: int, *, first: int = 1, prefix: str = "") -> Iterator[bytes]:
+def generated_records(count: int, *, first: int = 0, prefix: str = "") -> Iterator[bytes]:
     """`count` records shaped as producers send them, ids `prefix` + `first`, `first + 1`, …"""
     encode = msgspec.json.encode
     for n in range(first, first + count):
@@ -220,7 +225,7 @@ def _proto_json(value: Any) -> Any:
             return value
 
 
-def generated_values(count: int, *, first: int = 1, prefix: str = "") -> Iterator[dict[str, Any]]:
+def generated_values(count: int, *, first: int = 0, prefix: str = "") -> Iterator[dict[str, Any]]:
     """What `generated_records` publishes, as values for a topic schema to encode."""
     for n in range(first, first + count):
         yield {
@@ -343,34 +348,6 @@ class Published(msgspec.Struct, kw_only=True):
         return self.acknowledged / self.seconds if self.seconds else 0.0
 
 
-class Progress:
-    """A progress bar on a terminal (rich); silent elsewhere (logs, pipes)."""
-
-    def __init__(self, total: int | None, *, console: Console | None = None) -> None:
-        import rich.progress
-        from rich.console import Console
-
-        console = console if console is not None else Console(stderr=True)
-        self._bar = rich.progress.Progress(
-            rich.progress.TextColumn("published"),
-            rich.progress.BarColumn(),
-            rich.progress.MofNCompleteColumn(),
-            rich.progress.TaskProgressColumn(),
-            rich.progress.TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-            refresh_per_second=1 / PROGRESS_SECONDS,
-        )
-        self._task = self._bar.add_task("publish", total=total)
-        self._bar.start()
-
-    def update(self, done: int, *, force: bool = False) -> None:
-        self._bar.update(self._task, completed=done, refresh=force)
-
-    def close(self) -> None:
-        self._bar.stop()
-
-
 def publish(
     client: Any,
     topics: Sequence[str],
@@ -378,17 +355,18 @@ def publish(
     *,
     rate: float = 0.0,
     attributes: dict[str, str] | None = None,
-    progress: Progress | None = None,
     keep_ids: bool = False,
     retry: Any = None,
+    result: Published | None = None,
 ) -> Published:
     """Publish every payload, round-robin over `topics`, at most `rate` per second (0: no limit).
 
     Blocks until Pub/Sub has acknowledged or refused each one; `retry` (a
-    google.api_core Retry), when given, bounds how long each may take.
+    google.api_core Retry), when given, bounds how long each may take. Counts as
+    it goes into `result` (a new one if None), which a caller interrupted still has.
     """
     options: dict[str, Any] = {} if retry is None else {"retry": retry}
-    result = Published()
+    result = result if result is not None else Published()
     settled = threading.Condition()
     ids: dict[int, str] = {}
 
@@ -405,28 +383,24 @@ def publish(
             settled.notify()
 
     started = time.monotonic()
-    for i, data in enumerate(payloads):
-        if rate > 0:
-            # Paced against the start, not the previous message: a late wake-up
-            # is caught up at once instead of lowering the rate for good.
-            delay = started + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        future = client.publish(topics[i % len(topics)], data, **options, **(attributes or {}))
-        result.sent += 1
-        future.add_done_callback(functools.partial(done, i))
-        if progress is not None:
-            progress.update(result.acknowledged)
-    with settled:
-        while result.acknowledged + result.failed < result.sent:
-            settled.wait(timeout=PROGRESS_SECONDS)
-            if progress is not None:
-                progress.update(result.acknowledged)
-    result.seconds = time.monotonic() - started
-    result.message_ids = [ids.get(i, "") for i in range(result.sent)] if keep_ids else []
-    if progress is not None:
-        progress.update(result.acknowledged, force=True)
-        progress.close()
+    try:
+        for i, data in enumerate(payloads):
+            if rate > 0:
+                # Paced against the start, not the previous message: a late wake-up
+                # is caught up at once instead of lowering the rate for good.
+                delay = started + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            future = client.publish(topics[i % len(topics)], data, **options, **(attributes or {}))
+            result.sent += 1
+            future.add_done_callback(functools.partial(done, i))
+        with settled:
+            while result.acknowledged + result.failed < result.sent:
+                settled.wait(timeout=PROGRESS_SECONDS)
+    finally:
+        result.seconds = time.monotonic() - started
+        if keep_ids:
+            result.message_ids = [ids.get(i, "") for i in range(result.sent)]
     return result
 
 
@@ -557,6 +531,7 @@ def publish_command(args: argparse.Namespace) -> int:
             return 2
     client = publisher_client(emulator_host=emulator_host, credentials=credentials)
     prefix = run_prefix() if args.id_prefix is None else args.id_prefix
+    sequenced: SequencedPublisher | None = None
     if args.producer != "":
         from app.ingest.publisher import SequencedPublisher
         from app.store.producers import SequenceError
@@ -565,25 +540,32 @@ def publish_command(args: argparse.Namespace) -> int:
         # answer later than its timeout) once, and names any that never arrive.
         producer = args.producer or f"recordline-publish-{prefix.rstrip('-')}"
         try:
-            client = SequencedPublisher(client, producer, epoch=args.epoch, ended=args.epoch_ended)
+            sequenced = SequencedPublisher(
+                client, producer, epoch=args.epoch, ended=args.epoch_ended
+            )
         except SequenceError as exc:
             print(f"recordline publish: {exc}", file=sys.stderr)
             return 2
+        client = sequenced
         print(
-            f"recordline publish: producer {producer!r} epoch {client.epoch}, sequences from 0",
+            f"recordline publish: producer {producer!r} epoch {sequenced.epoch}, sequences from 0",
             file=sys.stderr,
         )
 
     source: IO[bytes] | None = None
     if args.file is None:
         # Ids of this run's own: a second run adds records, never overwrites the first's.
+        # From 0, as the sequences: record {prefix}7 is sequence 7.
         total: int | None = args.count
         payloads: Iterable[bytes] = (
             generated_records(args.count, prefix=prefix)
             if schema is None
             else map(schema.encode, generated_values(args.count, prefix=prefix))
         )
-        print(f"recordline publish: record ids {prefix}1 to {prefix}{args.count}", file=sys.stderr)
+        print(
+            f"recordline publish: record ids {prefix}0 to {prefix}{args.count - 1}",
+            file=sys.stderr,
+        )
     elif schema is not None:
         # Lines in the schema's JSON encoding are all checked before any is
         # published: a file is published whole, or not at all.
@@ -605,36 +587,237 @@ def publish_command(args: argparse.Namespace) -> int:
             total = sum(1 for line in counted if line.strip())
         source = path.open("rb")
         payloads = file_records(source)
+    url = args.url or _dev_service(emulator_host)
+    run = PublishRun(
+        topic=topic,
+        total=total,
+        sequenced=sequenced,
+        ledger=None
+        if url is None or sequenced is None
+        else Ledger(url, sequenced.producer, sequenced.epoch, token=args.token),
+        wait=args.wait,
+    )
     try:
-        result = publish(
-            client,
-            [topic],
-            payloads,
-            rate=args.rate,
-            progress=Progress(total),
-            retry=bounded_publish_retry(args.wait),
-        )
+        with run.shown():
+            publish(
+                client,
+                [topic],
+                payloads,
+                rate=args.rate,
+                retry=bounded_publish_retry(args.wait),
+                keep_ids=run.ledger is not None,
+                result=run.result,
+            )
+            run.wait_for_the_service()
     except SchemaMismatch as exc:
         print(f"\nrecordline publish: a record {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nrecordline publish: interrupted", file=sys.stderr)
+        stopped = run.summary(interrupted=True)
+        print(f"\nrecordline publish: interrupted: {stopped}", file=sys.stderr)
         return 130
     finally:
         if source is not None:
             source.close()
-    print(
-        f"published {result.acknowledged} of {result.sent} messages to {topic} in "
-        f"{result.seconds:.1f} s ({result.rate:,.0f}/s)",
-        file=sys.stderr,
-    )
-    if result.failed:
-        print(
-            f"recordline publish: {result.failed} failed; the first: {result.first_error}",
-            file=sys.stderr,
-        )
+    print(run.summary(), file=sys.stderr)
+    if run.result.failed:
+        said = run.result.first_error
+        if schema is None and said is not None and said.startswith("InvalidArgument"):
+            # Pub/Sub's words ("Could not parse message") say nothing of the schema that
+            # refused it: a topic with one refuses what is not in its encoding.
+            taken = topic_schema(topic, emulator_host=emulator_host, credentials=credentials)
+            if taken is not None:
+                said += (
+                    f". {topic} takes messages in the schema {taken} only: publish in it "
+                    "(--schema FILE --encoding …, the schema's file), or to a topic without "
+                    "one (the dev stack's starts without one in every session)"
+                )
+        print(f"recordline publish: {run.result.failed} failed; the first: {said}", file=sys.stderr)
         return 1
     return 0
+
+
+def topic_schema(topic: str, *, emulator_host: str | None, credentials: Any) -> str | None:
+    """The schema `topic` takes messages in, and its encoding (`name (BINARY)`); None
+    when it has none, or when Pub/Sub does not say."""
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.pubsub_v1.types import Encoding
+
+    client = publisher_client(emulator_host=emulator_host, credentials=credentials)
+    try:
+        found = client.get_topic(request={"topic": topic}, timeout=WAIT_SECONDS)
+    except GoogleAPICallError:
+        return None
+    finally:
+        client.stop()
+    settings = found.schema_settings
+    if not settings.schema:
+        return None
+    return f"{settings.schema} ({Encoding(settings.encoding).name})"
+
+
+def _dev_service(emulator_host: str | None) -> str | None:
+    """The service of the `recordline dev` stack running here whose emulator is at
+    `emulator_host`, to count what it stored; None elsewhere."""
+    if emulator_host is None:
+        return None
+    from recordline_dev.sessions import of_emulator
+
+    session = of_emulator(emulator_host)
+    return None if session is None or session.stack is None else session.stack.service_url
+
+
+# Message ids looked up at most, among those the service did not store, to find the
+# later copies of earlier messages they were taken for.
+LOOKED_UP = 20
+
+
+@dataclasses.dataclass(kw_only=True)
+class PublishRun:
+    """One `recordline publish`: what it sent, what Pub/Sub acknowledged and, where the
+    service is known (`--url`, or the dev stack's), what the service did with them."""
+
+    topic: str
+    total: int | None
+    sequenced: SequencedPublisher | None
+    ledger: Ledger | None
+    wait: float
+    result: Published = dataclasses.field(default_factory=Published)
+    waiting: bool = False
+    # Of the messages the service did not store, those it took for later copies of
+    # messages it stored before under the same id (looked up), and one such id.
+    later_copies: int = 0
+    later_copy_example: str = ""
+    looked_up: int = 0
+    began: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[None]:
+        """The status line while the block runs, the ledger read meanwhile."""
+        from recordline_dev.progress import Rate, StatusLine, bar
+
+        rate = Rate()
+
+        def render() -> RenderableType:
+            done = self.result
+            text = f"{done.sent:,}" + (f"/{self.total:,}" if self.total else "")
+            text += f" sent · {rate(done.acknowledged):,.0f}/s · {done.acknowledged:,} acked"
+            if done.failed:  # before the service's counts: a line too long loses its end
+                text += f" · {done.failed:,} failed"
+            if self.ledger is not None:
+                text += f" · {self.ledger.stored:,} stored · {self.ledger.rejected:,} rejected"
+            if self.waiting:
+                text += " · waiting for the service"
+            return bar(done.sent, self.total, text)
+
+        with contextlib.ExitStack() as stack:
+            if self.ledger is not None:
+                stack.enter_context(self.ledger)
+            stack.enter_context(StatusLine(render))
+            yield
+
+    def wait_for_the_service(self) -> None:
+        """Until the service answered for every message Pub/Sub acknowledged (stored,
+        rejected, or a copy), or `wait` seconds with nothing new; then look up those it
+        has not seen."""
+        ledger = self.ledger
+        if ledger is None:
+            return
+        self.waiting = True
+        last, since = -1, time.monotonic()
+        while True:
+            ledger.read()
+            if ledger.accounted >= self.result.acknowledged:
+                break
+            if ledger.accounted != last:
+                last, since = ledger.accounted, time.monotonic()
+            elif time.monotonic() - since > self.wait:
+                break
+            time.sleep(POLL_SECONDS)
+        self.waiting = False
+        self._look_up_copies()
+
+    def _look_up_copies(self) -> None:
+        """Whether messages of this run were taken for later copies of messages the
+        service stored before under the same ids (`/v1/messages/{id}` says so, with
+        `later_copies_differ` seen since the run began): up to LOOKED_UP of its ids,
+        spread over the run. (The ledger counts such a copy with what was stored.)"""
+        import httpx
+
+        ledger = self.ledger
+        ids = [message_id for message_id in self.result.message_ids if message_id]
+        if ledger is None or not ids:
+            return
+        step = max(1, len(ids) // LOOKED_UP)
+        for message_id in ids[::step][:LOOKED_UP]:
+            try:
+                answer = httpx.get(
+                    f"{ledger.url}/v1/messages/{urllib.parse.quote(message_id, safe='')}",
+                    headers=ledger.headers,
+                    timeout=WAIT_SECONDS,
+                )
+            except httpx.HTTPError:
+                return
+            self.looked_up += 1
+            later = answer.json().get("later_copies_differ") if answer.status_code == 200 else None
+            if later and datetime.fromisoformat(later["last_seen"]) >= self.began:
+                self.later_copies += 1
+                self.later_copy_example = self.later_copy_example or message_id
+
+    def summary(self, *, interrupted: bool = False) -> str:
+        """One line: what was sent, acknowledged and stored, and, interrupted, what was
+        not sent and how the producer goes on."""
+        done = self.result
+        if interrupted:
+            text = (
+                f"{done.sent:,} messages sent to {self.topic} in {done.seconds:.1f} s, "
+                f"{done.acknowledged:,} of them acknowledged by Pub/Sub"
+            )
+        else:
+            text = (
+                f"published {done.acknowledged:,} of {done.sent:,} messages to {self.topic} in "
+                f"{done.seconds:.1f} s ({done.rate:,.0f}/s)"
+            )
+        ledger = self.ledger
+        if ledger is not None and interrupted:
+            ledger.read()  # once more: what it did up to the interruption
+        if ledger is not None and ledger.answered:
+            text += (
+                f"; the service stored {ledger.stored:,}"
+                + (" so far" if interrupted else "")
+                + f", rejected {ledger.rejected:,}"
+                + (f", dropped {ledger.duplicates:,} copies" if ledger.duplicates else "")
+            )
+            unseen = done.acknowledged - ledger.accounted
+            if unseen > 0 and not interrupted:
+                text += (
+                    f"; {unseen:,} not seen by it (yet): "
+                    f"curl {ledger.url}/v1/producers/{self.sequenced_producer}"
+                )
+        elif ledger is not None and ledger.error:
+            text += f"; what the service stored is unknown: {ledger.error}"
+        if self.later_copies:
+            text += (
+                f"; {self.later_copies} of {self.looked_up} message ids looked up were taken "
+                "for later copies of messages the service stored before under the same ids "
+                "(an emulator numbering from 1 again on an old store), and not stored: "
+                f"curl {self.ledger.url if self.ledger else ''}/v1/messages/"
+                f"{self.later_copy_example}"
+            )
+        if interrupted:
+            if self.total is not None and self.total > done.sent:
+                text += f"; {self.total - done.sent:,} not sent"
+            if self.sequenced is not None and self.sequenced.published:
+                text += (
+                    f". To go on as the same producer, say how many this epoch published: "
+                    f"--producer {self.sequenced.producer} --epoch-ended "
+                    f"{self.sequenced.epoch}:{self.sequenced.published}"
+                )
+        return text
+
+    @property
+    def sequenced_producer(self) -> str:
+        return "" if self.sequenced is None else urllib.parse.quote(self.sequenced.producer)
 
 
 class Unreachable(RuntimeError):
@@ -821,6 +1004,14 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
         help="an earlier epoch of the producer published COUNT messages "
         "(recordline-epoch-ended), so a gap at its end is found",
     )
+    parser.add_argument(
+        "--url",
+        type=service_url,
+        help="the service the topic pushes to, to show what it stored and rejected of the "
+        "messages, from its ledger of producer sequences (default: with PUBSUB_EMULATOR_HOST, "
+        "the `recordline dev` stack running here whose emulator it is)",
+    )
+    parser.add_argument("--token", help="with --url: a bearer token for reads that require one")
 
 
 # -- tail ---------------------------------------------------------------------
@@ -971,7 +1162,31 @@ def problem_detail(response: httpx.Response) -> str:
     return text[:300] or response.reason_phrase
 
 
-async def _tail(url: str, *, since: str, token: str | None, wait: float, out: IO[bytes]) -> None:
+class _Stored(msgspec.Struct):
+    ingest_time: str
+
+
+_decode_stored = msgspec.json.Decoder(_Stored).decode
+
+
+class Tailed(msgspec.Struct):
+    """What a tail printed: how many records, and when the last was stored."""
+
+    records: int = 0
+    last_ingest_time: str | None = None
+
+    def summary(self) -> str:
+        if self.last_ingest_time is None:
+            return "no record printed"
+        return (
+            f"{self.records:,} records printed, the last stored at {self.last_ingest_time} "
+            f"(`--since {self.last_ingest_time}` starts there again)"
+        )
+
+
+async def _tail(
+    url: str, *, since: str, token: str | None, wait: float, out: IO[bytes], tailed: Tailed
+) -> None:
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -979,9 +1194,12 @@ async def _tail(url: str, *, since: str, token: str | None, wait: float, out: IO
         async for records in follow(http, since=since, give_up_after=wait, say=_say_tail):
             out.write(b"".join(bytes(r) + b"\n" for r in records))
             out.flush()
+            tailed.records += len(records)
+            tailed.last_ingest_time = _decode_stored(records[-1]).ingest_time
 
 
 def tail_command(args: argparse.Namespace) -> int:
+    tailed = Tailed()
     try:
         asyncio.run(
             _tail(
@@ -990,9 +1208,11 @@ def tail_command(args: argparse.Namespace) -> int:
                 token=args.token,
                 wait=args.wait,
                 out=sys.stdout.buffer,
+                tailed=tailed,
             )
         )
     except KeyboardInterrupt:
+        _say_tail(f"stopped: {tailed.summary()}")
         return 0
     except BrokenPipeError:
         # `recordline tail | head`: the reader left; say nothing more on the way out.

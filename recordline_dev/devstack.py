@@ -38,15 +38,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
-from app.cli import DEV_SESSIONS
-from app.records import CANARY_ATTRIBUTE
+from app.records import CANARY_ATTRIBUTE, rfc3339
 from app.settings import Settings, SettingsError
 from recordline_dev.client import DEV_PROJECT, EXAMPLE_SCHEMAS, publisher_client
 from recordline_dev.processes import (
@@ -57,11 +56,15 @@ from recordline_dev.processes import (
     StopSignals,
     become_subreaper,
     emulator_in_sdk,
-    ensure_free,
+    ensure_all_free,
     free_port,
     listener,
     stop_group,
 )
+from recordline_dev.sessions import DEV_SESSIONS, STORE_FILE, Stack, holding
+
+if TYPE_CHECKING:
+    from recordline_dev.progress import PushCounts
 
 # Where the Google Cloud CLI keeps the emulator, below its SDK root.
 EMULATOR_IN_SDK = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
@@ -517,9 +520,9 @@ def instructions(stack: DevStack) -> str:
         ]
     elif stack.shared_store:
         lines += [
-            "             named by --store, so kept across sessions: the emulator numbers message",
-            "             ids from 1 in every session, and a message whose id this store holds",
-            "             from an earlier session is taken for a copy of that one, not stored",
+            "             named by --store: it holds no message an earlier session's emulator",
+            "             numbered (one that does is refused: the emulator numbers ids from 1",
+            "             again, and its messages would be taken for copies of those)",
         ]
     else:
         indent = " " * 13
@@ -527,8 +530,7 @@ def instructions(stack: DevStack) -> str:
             f"{indent}this session's own: the emulator numbers message ids from 1 in every",
             f"{indent}session, so sessions sharing a store would take new messages for old ones.",
             f"{indent}Earlier sessions' stores stay in {Path(stack.session).parent}:",
-            f"{indent}`{tool} serve --store URL` reads one,",
-            f"{indent}`{tool} dev --store URL` runs on one again.",
+            f"{indent}`{tool} serve --store URL` reads one, `{tool} sql --dev` the newest.",
         ]
     if stack.emulator_host is None:
         lines += [
@@ -576,7 +578,12 @@ def instructions(stack: DevStack) -> str:
         f"  {tool} tail --url {stack.service_url} --since 1h",
         f"  curl '{stack.service_url}/v1/records?limit=10'",
     ]
-    if stack.store.startswith("duckdb:") and not stack.serving:
+    if stack.serving:
+        lines += [
+            "SQL on the BigQuery stand-in, typed columns in records.fields (BigQuery's SQL):",
+            f'  {tool} sql --serving "SELECT id, fields.data.n FROM records LIMIT 10"',
+        ]
+    elif stack.store.startswith("duckdb:"):
         lines += [
             "SQL on the store, typed columns included (read-only; while the stack runs, a copy):",
             f"  {tool} sql --store {stack.store} "
@@ -612,7 +619,7 @@ def new_session(data_dir: Path, *, now: datetime | None = None) -> Path:
 
 
 def session_store(session: Path) -> str:
-    return f"duckdb://{session / 'records.duckdb'}"
+    return f"duckdb://{session / STORE_FILE}"
 
 
 def dev_command(args: argparse.Namespace) -> int:
@@ -640,27 +647,72 @@ def dev_command(args: argparse.Namespace) -> int:
         say(f"recordline dev: {exc}")
         say("recordline dev: running the service alone")
         launcher = None
+    if args.store and launcher is not None:
+        taken = earlier_sessions_messages(args.store)
+        if taken is not None:
+            say(f"recordline dev: {taken}")
+            return 2
     session = new_session(Path(args.data_dir))
+    watch = Watch()
     # The service's journal writer is our grandchild: if the service dies
     # first, we adopt and reap it (see become_subreaper).
     become_subreaper()
     with StopSignals() as signals:
-        group = ProcessGroup(signals, say=say)
+        group = ProcessGroup(signals, say=watch.say)
         try:
-            return _run_dev(args, launcher, session, group, serving)
+            return _run_dev(args, launcher, session, group, serving, watch)
         except Interrupted as stop:
-            say(f"\nrecordline dev: {stop.name}: stopping")
+            signals.stopping = True  # another signal only hurries the stop
+            watch.say(f"\nrecordline dev: {stop.name}: stopping{watch.summary()}")
             return 0
         except RuntimeError as exc:  # PortTaken among them
             say(f"recordline dev: {exc}")
             return 1
         finally:
             left = group.stop()
+            watch.drain()
             if left:
                 say(f"recordline dev: still running after SIGKILL: {left}")
             # A session that stopped before anything wrote to it leaves no directory.
             with contextlib.suppress(OSError):
                 session.rmdir()
+
+
+def earlier_sessions_messages(store: str) -> str | None:
+    """Why this session may not run on `store`, or None: a DuckDB file that holds
+    messages an earlier session's emulator pushed. This one numbers message ids from 1
+    again, so every message it pushes whose id the file holds would be taken for a
+    later copy of the earlier one, acknowledged, and not stored."""
+    import duckdb
+
+    from app.store.duckdb.snapshot import SnapshotError, reading
+
+    scheme, _, rest = store.partition(":")
+    path = Path(rest.removeprefix("//"))
+    if scheme != "duckdb" or not path.is_file():
+        return None
+    subscription = f"projects/{DEV_PROJECT}/subscriptions/{DEV_TOPIC}-push"
+    try:
+        with reading(path) as (con, _copied):
+            found = con.execute(
+                "SELECT count(*), max(TRY_CAST(message_id AS BIGINT)) FROM ("
+                "SELECT message_id FROM records WHERE subscription = $s UNION ALL "
+                "SELECT message_id FROM rejected WHERE subscription = $s)",
+                {"s": subscription},
+            ).fetchone()
+    except (SnapshotError, duckdb.Error):
+        return None  # not a store of ours, or unreadable: the service says what it finds
+    count, highest = found if found is not None else (0, None)
+    if not count:
+        return None
+    ids = f" (ids up to {highest})" if highest is not None else ""
+    return (
+        f"--store {store} holds {count:,} messages an earlier session's Pub/Sub emulator "
+        f"numbered{ids}; this session's emulator numbers from 1 again, so its messages would "
+        "be taken for later copies of those and not stored. Drop --store (each session "
+        "stores into a file of its own, and `serve --store` reads an earlier one), or give "
+        "a new file or memory:"
+    )
 
 
 class ServingParts(msgspec.Struct, frozen=True):
@@ -739,21 +791,23 @@ def _run_dev(
     launcher: Path | None,
     session: Path,
     group: ProcessGroup,
-    serving: ServingParts | None = None,
+    serving: ServingParts | None,
+    watch: Watch,
 ) -> int:
-    say = _stderr
+    say = watch.say
     service_url = f"http://127.0.0.1:{args.port}"
     store = args.store or session_store(session)
     # Before anything starts: a stale emulator would be taken for ours (with
     # another push token: every push a 401), a stale service for the new one.
-    ensure_free(args.port, "service", "--port")
+    wanted = [(args.port, "service", "--port")]
     if launcher is not None:
-        ensure_free(args.emulator_port, "Pub/Sub emulator", "--emulator-port")
+        wanted.append((args.emulator_port, "Pub/Sub emulator", "--emulator-port"))
     if serving is not None:
-        ensure_free(args.spanner_port, "Spanner emulator", "--spanner-port")
+        wanted.append((args.spanner_port, "Spanner emulator", "--spanner-port"))
         if args.bigquery_port:
             for port in (args.bigquery_port, args.bigquery_port + 1):
-                ensure_free(port, "BigQuery stand-in", "--bigquery-port")
+                wanted.append((port, "BigQuery stand-in", "--bigquery-port"))
+    ensure_all_free(wanted)
     emulator: Emulator | None = None
     if launcher is not None:
         say(
@@ -775,12 +829,15 @@ def _run_dev(
         tier = _start_serving(serving, args.spanner_port, session, group, env, args.bigquery_port)
         store = tier.store
     say(f"recordline dev: starting the service on {service_url}, store {store}")
+    output = watch.service_output(env)
     service = group.start(
         "service",
         [sys.executable, "-m", "app.cli", "serve", "--port", str(args.port), "--store", store],
         stop_seconds=SERVICE_STOP_SECONDS,
         env=env,
+        **output,
     )
+    watch.relay(service)
     wait_until_ready(f"{service_url}/readyz", timeout=SERVICE_START_SECONDS, process=service)
     _ensure_ours(args.port, group, "service")
     stack = DevStack(
@@ -818,16 +875,139 @@ def _run_dev(
             emulator_log=str(emulator.log_path),
             push_token=token,
         )
+    running = Stack(
+        store=stack.store,
+        service_url=stack.service_url,
+        started=rfc3339(datetime.now(UTC)),
+        serving=stack.serving,
+        bigquery_jobs=stack.bigquery_jobs,
+        project=stack.project,
+        dataset=DEV_DATASET if stack.serving else "",
+        emulator_host=stack.emulator_host or "",
+    )
     try:
-        _print(instructions(stack))
-        while True:
-            for child in group.children:
-                if (code := child.process.poll()) is not None:
-                    raise RuntimeError(f"the {child.name} exited with status {code}; stopping")
-            time.sleep(_WATCH_SECONDS)
+        with holding(session, running):
+            _print(instructions(stack))
+            with watch.watching(stack):
+                while True:
+                    for child in group.children:
+                        if (code := child.process.poll()) is not None:
+                            raise RuntimeError(
+                                f"the {child.name} exited with status {code}; stopping"
+                            )
+                    time.sleep(_WATCH_SECONDS)
     finally:
         if canary is not None:
             canary.stop()
+
+
+# How long the service's last lines may take to be printed once it stopped.
+RELAY_SECONDS = 2.0
+
+
+class Watch:
+    """What `recordline dev` shows once its stack runs: on a terminal, below the banner,
+    a status line of what the service did with the pushes (from its /metrics), with
+    the service's own output printed above it (passed through this process); and, when
+    the stack stops, a summary of the session. Elsewhere the service writes where this
+    process does, and only the summary is added."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.counts: PushCounts | None = None
+        self.stack: DevStack | None = None
+        self._relays: list[threading.Thread] = []
+
+    def say(self, text: str) -> None:
+        # The terminal may be gone (SIGHUP): the stop must still run.
+        with contextlib.suppress(OSError):
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def service_output(self, env: dict[str, str]) -> dict[str, Any]:
+        """How the service is started: its output through here, on a terminal, written as
+        it would write it to the terminal (`auto` would make it JSON, for a pipe)."""
+        if not self.console.is_terminal:
+            return {}
+        if env.get("RECORDLINE_LOG_FORMAT", "auto") == "auto":
+            env["RECORDLINE_LOG_FORMAT"] = "text"
+        return {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+
+    def relay(self, process: subprocess.Popen[bytes]) -> None:
+        """The service's output, each line printed above the status line, until it ends."""
+        if process.stdout is None:
+            return
+        out = process.stdout
+
+        def relaying() -> None:
+            for line in iter(out.readline, b""):
+                self.say(line.decode(errors="replace").rstrip("\n"))
+
+        thread = threading.Thread(target=relaying, name="service-output", daemon=True)
+        thread.start()
+        self._relays.append(thread)
+
+    def drain(self) -> None:
+        """Once the service stopped: the last of its output printed."""
+        for thread in self._relays:
+            thread.join(RELAY_SECONDS)
+
+    @contextlib.contextmanager
+    def watching(self, stack: DevStack) -> Iterator[None]:
+        from recordline_dev.progress import PushCounts, Rate, StatusLine
+
+        self.stack = stack
+        self.counts = PushCounts(stack.service_url)
+        rate = Rate()
+
+        def render() -> Any:
+            from rich.text import Text
+
+            assert self.counts is not None
+            done = self.counts.outcomes
+            text = (
+                f"{rate(done['stored'] + done['rejected']):,.0f}/s · {self._counted()}"
+                if self.counts.answered
+                else (self.counts.error or "asking the service what it stored…")
+            )
+            return Text(text, no_wrap=True, overflow="ellipsis", style="dim")
+
+        with self.counts, StatusLine(render, console=self.console):
+            yield
+
+    def _counted(self) -> str:
+        assert self.counts is not None
+        done = self.counts.outcomes
+        said = [f"{done['stored']:,} stored", f"{done['rejected']:,} rejected"]
+        for outcome, shown in (
+            ("duplicate", "copies of a producer's"),
+            ("retried", "answered 503 (redelivered)"),
+            ("refused", "refused (redelivered, then dead-lettered)"),
+        ):
+            if done[outcome]:
+                said.append(f"{done[outcome]:,} {shown}")
+        if self.counts.conflicts:
+            said.append(
+                f"{self.counts.conflicts:,} later copies that differ (not stored: "
+                "/v1/messages/{id} shows them)"
+            )
+        return " · ".join(said)
+
+    def summary(self) -> str:
+        """What this session's service did, asked once more (briefly: it is stopping)."""
+        if self.counts is None or self.stack is None:
+            return ""
+        self.counts.read()
+        if not self.counts.answered:
+            return ""
+        stack = self.stack
+        if stack.serving:
+            kept = "its rows were in the emulators' memory: they go with it"
+        else:
+            command = f"{stack.command} sql --dev" if not stack.shared_store else "sql --store"
+            kept = f"kept in {stack.store} (`{command}` reads it)"
+        return f"; the session's pushes: {self._counted()}; {kept}"
 
 
 def _ensure_ours(port: int, group: ProcessGroup, what: str) -> None:
@@ -862,9 +1042,10 @@ def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--store",
-        help="run on this store URL instead of the session's own (e.g. an earlier session's "
-        "duckdb:///…/records.duckdb, or memory:); the emulator numbers message ids from 1 "
-        "in every session, so a message whose id the store already holds is not stored",
+        help="run on this store URL instead of the session's own (a new file, or memory:); "
+        "a DuckDB file holding messages an earlier session's emulator numbered is refused: "
+        "the emulator numbers message ids from 1 in every session, and its messages would "
+        "be taken for later copies of those, and not stored",
     )
     parser.add_argument(
         "--serving",

@@ -196,6 +196,37 @@ def ensure_free(port: int, what: str, option: str) -> None:
     )
 
 
+def ensure_all_free(wanted: Sequence[tuple[int, str, str]]) -> None:
+    """Raise PortTaken unless every (port, what, option) of `wanted` is free, naming
+    every one taken at once: a `recordline dev` killed with -9 leaves a process on
+    each of its ports, which one run at a time would find one port at a time."""
+    taken = [(port, what, option) for port, what, option in wanted if not port_is_free(port)]
+    if len(taken) <= 1:
+        for port, what, option in taken:
+            ensure_free(port, what, option)
+        return
+    found = [(port, what, listener(port)) for port, what, _ in taken]
+    named = [
+        f"{port} (the {what}) by {holder}"
+        if holder is not None
+        else f"{port} (the {what}) by a process this system does not let us name"
+        for port, what, holder in found
+    ]
+    holders = [holder for _, _, holder in found if holder is not None]
+    groups = {holder.pgid for holder in holders}
+    if len(holders) == len(found) and len(groups) == 1:
+        stop = f"kill -- -{groups.pop()} (their process group)"
+    elif holders:
+        stop = f"kill {' '.join(str(holder.pid) for holder in holders)}"
+    else:
+        stop = "stop them"
+    options = ", ".join(option for _, _, option in taken)
+    raise PortTaken(
+        f"ports taken, perhaps by what an earlier run left behind: {'; '.join(named)}. "
+        f"Stop them ({stop}), or pick other ports with {options}"
+    )
+
+
 def group_members(pgid: int) -> list[tuple[int, str]]:
     """Processes of group `pgid` that still run (pid, command), zombies aside.
 

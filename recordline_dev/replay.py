@@ -45,8 +45,7 @@ from recordline_dev.client import NoCredentials, at_least_one, google_credential
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
     import httpx
-    import rich.progress
-    from rich.console import Console
+    from rich.console import Console, RenderableType
 
 OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
 # Counted beside the service's outcomes: messages it refused as they stand.
@@ -208,16 +207,33 @@ def _raise_if_one_message(response: httpx.Response) -> None:
     raise _OneRefused(int(found[1]), found[2] or "message", reason)
 
 
-def _progress(console: Console, what: str) -> rich.progress.Progress:
-    import rich.progress
+class _Shown:
+    """The status line of a replay (on a terminal): what it did so far, and what it
+    waits for."""
 
-    return rich.progress.Progress(
-        rich.progress.SpinnerColumn(),
-        rich.progress.TextColumn(f"{what} {{task.completed}} messages · {{task.description}}"),
-        rich.progress.TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
+    def __init__(self, console: Console, counts: Counter[str]) -> None:
+        from recordline_dev.progress import Rate
+
+        self.console = console
+        self.counts = counts
+        self.waiting = ""
+        self._rate = Rate()
+
+    def render(self) -> RenderableType:
+        from rich.text import Text
+
+        done = sum(self.counts.values())
+        text = f"replayed {done:,} · {self._rate(done):,.0f}/s · {_summary(self.counts)}"
+        if self.waiting:
+            text += f" · {self.waiting}"
+        return Text(text, no_wrap=True, overflow="ellipsis")
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[_Shown]:
+        from recordline_dev.progress import StatusLine
+
+        with StatusLine(self.render, console=self.console):
+            yield self
 
 
 def _summary(counts: Counter[str]) -> str:
@@ -239,18 +255,19 @@ def replay_rejected(
     reason_contains: str | None,
     dry_run: bool,
     console: Console,
+    counts: Counter[str] | None = None,
 ) -> Counter[str]:
-    counts: Counter[str] = Counter()
+    """What became of each rejection replayed, counted into `counts` (a new Counter if
+    None) as it goes, so that a caller interrupted still has them."""
+    counts = Counter() if counts is None else counts
     until = until or rfc3339(datetime.now(UTC))  # a bounded range: it ends
-    with _progress(console, "replayed") as progress:
-        task = progress.add_task("", total=None)
+    with _Shown(console, counts).shown() as progress:
         for page in service.rejections(since=since, until=until):
             chosen = [r for r in page if reason_contains is None or reason_contains in r.reason]
             # Stored since: the service would answer `already_stored`; nothing to send.
             already = sum(r.stored for r in chosen)
             counts["already_stored"] += already
             chosen = [r for r in chosen if not r.stored]
-            progress.update(task, advance=already, description=_summary(counts))
             for start in range(0, len(chosen), MAX_REPLAY_MESSAGES):
                 batch = chosen[start : start + MAX_REPLAY_MESSAGES]
                 messages = [
@@ -266,7 +283,6 @@ def replay_rejected(
                 results, refused = service.replay(messages, dry_run=dry_run)
                 counts.update(r.outcome for r in results)
                 _report(progress.console, refused, counts)
-                progress.update(task, advance=len(batch), description=_summary(counts))
     return counts
 
 
@@ -278,10 +294,13 @@ def replay_dead_letters(
     limit: int | None,
     dry_run: bool,
     console: Console,
+    counts: Counter[str] | None = None,
 ) -> Counter[str]:
+    """What became of each message pulled and replayed, counted into `counts` as
+    `replay_rejected`'s are."""
     from google.api_core.exceptions import DeadlineExceeded, GoogleAPICallError
 
-    counts: Counter[str] = Counter()
+    counts = Counter() if counts is None else counts
     pulled = 0
     # A dry run holds what it pulled until the end (released at once, the same
     # messages would come straight back) and counts a redelivery once.
@@ -290,13 +309,15 @@ def replay_dead_letters(
     # Refused as they stand: left on the subscription, and not sent again this run.
     refused_ids: set[str] = set()
     try:
-        with _progress(console, "replayed") as progress:
-            task = progress.add_task("", total=limit)
+        with _Shown(console, counts).shown() as progress:
             while limit is None or pulled < limit:
                 wanted = (
                     MAX_REPLAY_MESSAGES
                     if limit is None
                     else min(MAX_REPLAY_MESSAGES, limit - pulled)
+                )
+                progress.waiting = (
+                    f"waiting up to {PULL_SECONDS:g} s for messages on {subscription}"
                 )
                 try:
                     response = subscriber.pull(
@@ -307,6 +328,8 @@ def replay_dead_letters(
                     break  # nothing waiting
                 except GoogleAPICallError as exc:
                     raise ReplayError(f"cannot pull from {subscription}: {exc.message}") from None
+                finally:
+                    progress.waiting = ""
                 received = list(response.received_messages)
                 if dry_run:
                     held += [r.ack_id for r in received]
@@ -348,7 +371,6 @@ def replay_dead_letters(
                     seen.update(r.message.message_id for r in fresh)
                 counts.update(r.outcome for r in results)
                 _report(progress.console, refused, counts)
-                progress.update(task, advance=len(fresh), description=_summary(counts))
     finally:
         if held:
             # A dry run leaves every message where it was, for the real run; a
@@ -403,15 +425,17 @@ def replay_command(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     service = Service(args.url, token=args.token)
+    counts: Counter[str] = Counter()
     try:
         if args.what == "rejected":
-            counts = replay_rejected(
+            replay_rejected(
                 service,
                 since=args.since,
                 until=args.until,
                 reason_contains=args.reason_contains,
                 dry_run=args.dry_run,
                 console=console,
+                counts=counts,
             )
         else:
             if not args.subscription.startswith("projects/") or "/subscriptions/" not in (
@@ -419,22 +443,43 @@ def replay_command(args: argparse.Namespace) -> int:
             ):
                 raise ReplayError("--subscription: name it as projects/P/subscriptions/S")
             subscriber = subscriber_client()
+            # Said at once: the end of the queue is known only once a pull has waited
+            # PULL_SECONDS for nothing, which is all an empty queue ever shows.
+            print(
+                f"recordline replay: pulling from {args.subscription}; an empty queue is "
+                f"known once {PULL_SECONDS:g} s pass without a message",
+                file=sys.stderr,
+                flush=True,
+            )
             try:
-                counts = replay_dead_letters(
+                replay_dead_letters(
                     service,
                     subscriber,
                     args.subscription,
                     limit=args.max,
                     dry_run=args.dry_run,
                     console=console,
+                    counts=counts,
                 )
             finally:
                 subscriber.close()
     except ReplayError as exc:
         print(f"recordline replay: {exc}", file=sys.stderr)
+        if sum(counts.values()):
+            print(f"recordline replay: before that, {_summary(counts)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nrecordline replay: interrupted; run it again to go on", file=sys.stderr)
+        rest = (
+            "what was not replayed is still in `rejected`"
+            if args.what == "rejected"
+            else f"what was not replayed is still on {args.subscription} (a batch in hand "
+            "was offered back)"
+        )
+        print(
+            f"\nrecordline replay: interrupted: {_summary(counts)}; {rest}; run it again to go "
+            "on (what is stored is not stored twice)",
+            file=sys.stderr,
+        )
         return 130
     finally:
         service.close()

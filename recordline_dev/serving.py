@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from recordline_dev.processes import (
     EmulatorNotFound,
@@ -37,6 +37,10 @@ from recordline_dev.processes import (
     free_port,
     stop_group,
 )
+from recordline_dev.sessions import Stack
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Where the Google Cloud CLI keeps the emulator, below its SDK root.
 SPANNER_IN_SDK = Path("bin/cloud_spanner_emulator/emulator_main")
@@ -303,3 +307,40 @@ class BigQueryStandIn:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+# How long a query of the stand-in may take: it loads the rows it holds into DuckDB
+# once they changed, a second or two for a session's hundred thousand.
+QUERY_SECONDS = 60.0
+
+
+class StandInError(RuntimeError):
+    """The stand-in refused or failed a query; the message is its own, in one line."""
+
+
+def query_stand_in(stack: Stack, sql: str) -> pa.Table:
+    """`sql` run by the BigQuery stand-in of the running `stack` (`recordline dev
+    --serving`), as BigQuery runs it: the session's project the job's, its dataset
+    the default, so `records`, `recordline.records` and the full name all resolve."""
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    client = bigquery.Client(
+        project=stack.project,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": stack.bigquery_jobs},
+    )
+    config = bigquery.QueryJobConfig(default_dataset=f"{stack.project}.{stack.dataset}")
+    try:
+        rows = client.query_and_wait(sql, job_config=config, wait_timeout=QUERY_SECONDS)
+        return rows.to_arrow(create_bqstorage_client=False)
+    except GoogleAPICallError as exc:
+        # BigQuery's own words are in the error's `errors`; its message starts with the
+        # request's method and URL.
+        said = next((e.get("message") for e in exc.errors if isinstance(e, dict)), None)
+        raise StandInError(str(said or exc.message).splitlines()[0]) from None
+    except OSError as exc:  # the stand-in went away meanwhile
+        raise StandInError(f"the BigQuery stand-in at {stack.bigquery_jobs}: {exc}") from None
+    finally:
+        client.close()  # type: ignore[no-untyped-call]

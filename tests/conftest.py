@@ -21,6 +21,7 @@ from app.http.limits import bounded_httptools
 from app.settings import ServerSettings, Settings
 from app.store.duckdb.store import DuckDBStore
 from recordline_dev.processes import EmulatorNotFound
+from tests import interrupts
 from tests.bigquery.conftest import DATASET as BIGQUERY_DATASET
 from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
@@ -32,6 +33,11 @@ from tests.processes import Terminal
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
 from tests.waiting import until, until_blocking
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The first Ctrl-C stops the run, even when it lands in Hypothesis's gc callback.
+    interrupts.install()
 
 
 def envelope(

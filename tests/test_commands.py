@@ -18,6 +18,7 @@ import pytest
 from app.settings import Settings
 from recordline_dev.client import follow
 from recordline_dev.devstack import DevStack, instructions
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.processes import (
     RECORDLINE,
     ROOT,
@@ -159,6 +160,21 @@ def test_dev_py_syncs_only_when_the_lock_or_the_environment_changed(tmp_path: Pa
     (checkout / ".venv" / "lib" / "python3.11" / "site-packages" / "extra").mkdir()
     assert syncs() == 3  # a package added (or removed) by hand
     assert syncs() == 3
+
+
+def test_dev_py_names_itself_to_the_recordline_commands_only(tmp_path: Path) -> None:
+    # The suite run by `dev.py test` inherited it, and every `recordline` it ran then
+    # said "python3 dev.py …" where it had been typed as `recordline`.
+    checkout, env, _ = checkout_copy(tmp_path)
+    for program in ("recordline", "pytest"):
+        script = checkout / ".venv" / "bin" / program
+        script.write_text(f'#!/bin/sh\necho "{program} [$RECORDLINE_DEV_COMMAND]"\n')
+        script.chmod(0o755)
+    env = {**env, "RECORDLINE_DEV_COMMAND": "from the shell"}
+    config = run(sys.executable, str(checkout / "dev.py"), "config", env=env, cwd=checkout)
+    assert config.stdout == "recordline [python3 dev.py]\n", config.stderr
+    suite = run(sys.executable, str(checkout / "dev.py"), "test", env=env, cwd=checkout)
+    assert suite.stdout == "pytest []\n", suite.stderr
 
 
 def test_ctrl_c_during_the_first_run_set_up_is_said_in_one_line(
@@ -399,7 +415,8 @@ def test_each_run_of_publish_numbers_its_records_under_ids_of_its_own() -> None:
     first, second = run_prefix(), run_prefix()
     assert first != second  # two runs in the same second too
     ids = [msgspec.json.decode(r)["id"] for r in generated_records(2, prefix=first)]
-    assert ids == [f"{first}1", f"{first}2"]
+    # From 0, as the producer sequences the run numbers its messages with.
+    assert ids == [f"{first}0", f"{first}1"]
 
 
 # What no command's --help may import: each costs a start of its own (the Pub/Sub
@@ -461,6 +478,28 @@ def said_in_one_line(done: subprocess.CompletedProcess[str], *, status: int = 2)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["serve", "--prot", "1"], "recordline serve"),
+        (["replay", "dead-letters", "--url", "http://x", "--subscription", "s", "--x"],
+         "recordline replay dead-letters"),
+        (["typed", "backfill", "--sincee", "1h"], "recordline typed backfill"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_is_said_by_the_command_it_was_given_to(
+    argv: list[str], prog: str
+) -> None:
+    # `recordline serve --prot` said "recordline: unrecognized arguments", pointing at
+    # `recordline --help`, which lists the commands, not serve's options.
+    line = said_in_one_line(run(RECORDLINE, *argv))
+    assert line.startswith(f"{prog}: unrecognized arguments: "), line
+    assert f"(`{prog} --help` shows every option)" in line
+    # Through dev.py, as the user typed it there.
+    through = said_in_one_line(run(sys.executable, "dev.py", *argv))
+    assert through.startswith(f"python3 dev.py {prog.removeprefix('recordline ')}: "), through
 
 
 @pytest.mark.parametrize(
@@ -628,6 +667,99 @@ def test_sql_finds_the_newest_dev_session(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "new" in done.stdout
     assert "old" not in done.stdout
+
+
+def session(root: Path, name: str, **stack: str) -> Path:
+    """A `recordline dev` session's directory under `root`/.recordline-dev, with what
+    its stack runs (as `recordline dev` writes it once up)."""
+    from recordline_dev.sessions import Stack
+
+    directory = root / ".recordline-dev" / name
+    directory.mkdir(parents=True)
+    written = Stack(
+        store=stack.pop("store", f"duckdb://{directory / 'records.duckdb'}"),
+        service_url="http://127.0.0.1:9",
+        started="2026-01-01T00:00:00Z",
+        **stack,
+    )
+    (directory / "stack.json").write_bytes(msgspec.json.encode(written))
+    return directory
+
+
+def test_sql_dev_names_the_session_it_reads_and_refuses_one_older_than_a_running_stack(
+    tmp_path: Path,
+) -> None:
+    # While `dev --serving` ran, `sql --dev` read an earlier DuckDB session's file and
+    # said nothing of it: none of the records just published were there.
+    import duckdb
+
+    from recordline_dev.sessions import holding, sessions
+
+    older = session(tmp_path, "session-20260101-000000")
+    with duckdb.connect(str(older / "records.duckdb")) as con:
+        con.execute("CREATE TABLE t AS SELECT 'old' AS v")
+    read = run(RECORDLINE, "sql", "--dev", "SELECT v FROM t", cwd=tmp_path)
+    assert read.returncode == 0, read.stderr
+    assert "old" in read.stdout
+    assert "session session-20260101-000000 (stopped)" in read.stderr
+    newer = session(
+        tmp_path,
+        "session-20260102-000000",
+        store="bigquery://recordline-dev/recordline",
+        serving="spanner://projects/recordline-dev/instances/recordline/databases/recordline",
+    )
+    stack = sessions(tmp_path / ".recordline-dev")[-1].stack
+    assert stack is not None
+    with holding(newer, stack):
+        refused = run(RECORDLINE, "sql", "--dev", "SELECT v FROM t", cwd=tmp_path)
+    line = said_in_one_line(refused)
+    assert "the newest session, session-20260102-000000, runs on the serving tier" in line
+    assert "which `recordline sql --serving` queries" in line
+    assert f"--store duckdb:{older / 'records.duckdb'}" in line
+    # Once it stopped (its rows went with it), the older file is read again, named.
+    again = run(RECORDLINE, "sql", "--dev", "SELECT v FROM t", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "session session-20260101-000000 (stopped)" in again.stderr
+
+
+def test_sql_serving_queries_the_stand_in_by_the_names_bigquery_resolves(
+    tmp_path: Path, jobs_fake: FakeBigQueryJobs
+) -> None:
+    # Typed columns on --serving had no command; and in the stand-in `recordline.records`
+    # failed where BigQuery resolves it in the job's project.
+    from recordline_dev.sessions import holding, sessions
+
+    nothing = run(RECORDLINE, "sql", "--serving", "SELECT 1", cwd=tmp_path)
+    assert "no `recordline dev --serving` runs from here" in said_in_one_line(nothing)
+    directory = session(
+        tmp_path,
+        "session-20260102-000000",
+        store=f"bigquery://{jobs_fake.project}/{jobs_fake.dataset}",
+        serving="spanner://projects/recordline-dev/instances/recordline/databases/recordline",
+        bigquery_jobs=jobs_fake.endpoint,
+        project=jobs_fake.project,
+        dataset=jobs_fake.dataset,
+    )
+    stack = sessions(tmp_path / ".recordline-dev")[-1].stack
+    assert stack is not None
+    with holding(directory, stack):
+        for table in (
+            "records",
+            f"{jobs_fake.dataset}.records",
+            f"`{jobs_fake.project}.{jobs_fake.dataset}.records`",
+        ):
+            done = run(
+                RECORDLINE, "sql", "--serving", f"SELECT count(*) AS n FROM {table}", cwd=tmp_path
+            )
+            assert done.returncode == 0, (table, done.stderr)
+            assert re.search(r"│ +0 │", done.stdout), (table, done.stdout)
+            assert "session session-20260102-000000 (running)" in done.stderr
+        wrong = run(RECORDLINE, "sql", "--serving", "SELECT nope FROM records", cwd=tmp_path)
+    # The stand-in's own words, as BigQuery's would be, in a line after the session's.
+    assert wrong.returncode == 1, wrong.stderr
+    said = wrong.stderr.strip().splitlines()
+    assert len(said) == 2, wrong.stderr
+    assert said[1].startswith('recordline sql: Binder Error: Referenced column "nope"'), said
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ CASES = [
     ("terminal closes", False, "starting the service", 2.0),
     # Anywhere from the first instant, the interpreter's own start included.
     ("terminal closes", True, "", 3.0),
-    # Once it runs (on a store named by --store, kept across sessions).
+    # Once it runs (on a store named by --store).
     ("ctrl-c", False, BANNER, 1.0),
 ]
 
@@ -100,7 +100,7 @@ def test_a_stop_at_a_random_moment_of_start_up_leaves_no_process(
         assert "stopping" in terminal.output
         # The store --store named is used, and the banner says ids may collide there.
         assert f"store      duckdb://{kept}" in terminal.output
-        assert "named by --store, so kept across sessions" in terminal.output
+        assert "named by --store: it holds no message" in " ".join(terminal.output.split())
         assert kept.exists()
 
 
@@ -140,6 +140,69 @@ def test_a_port_taken_by_an_earlier_run_is_named_before_anything_starts(
             assert wait_until_gone(terminal.session, terminal.markers, timeout=5) == []
             assert holder.poll() is None
             assert list((tmp_path / "sessions").iterdir()) == []  # no empty session left
+        finally:
+            holder.kill()
+
+
+def test_a_store_an_earlier_session_pushed_into_is_refused_with_the_fix(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # `dev --store <an earlier session's file>`: the new emulator numbers from 1 again,
+    # so "published 2 of 2" stored nothing new, and /v1/records/new1 was a 404.
+    from litestar.testing import TestClient
+
+    from app.asgi import create_app
+    from recordline_dev.devstack import earlier_sessions_messages
+    from tests.conftest import envelope, settings
+
+    kept = tmp_path / "earlier.duckdb"
+    earlier = {"subscription": "projects/recordline-dev/subscriptions/records-push"}
+    with TestClient(create_app(settings(RECORDLINE_STORE=f"duckdb://{kept}"))) as client:
+        for n in (1, 2):
+            body = {**envelope({"id": f"old{n}"}, message_id=str(n)), **earlier}
+            assert client.post("/pubsub/push", json=body).status_code == 204
+    terminal = dev(tmp_path, terminals, emulator=True, extra=("--store", f"duckdb://{kept}"))
+    assert terminal.wait(STOP_SECONDS) == 2, terminal.output
+    said = " ".join(terminal.output.split())
+    assert f"--store duckdb://{kept} holds 2 messages an earlier session's" in said, said
+    assert "(ids up to 2)" in said
+    assert "Drop --store" in said
+    assert "starting" not in said  # refused before anything started
+    # A store the dev stack never pushed into (the tour's curl, a new file) is taken.
+    fresh = tmp_path / "fresh.duckdb"
+    with TestClient(create_app(settings(RECORDLINE_STORE=f"duckdb://{fresh}"))) as client:
+        assert client.post("/pubsub/push", json=envelope({"id": "1"})).status_code == 204
+    assert earlier_sessions_messages(f"duckdb://{fresh}") is None
+    assert earlier_sessions_messages(f"duckdb://{tmp_path / 'new.duckdb'}") is None
+    assert earlier_sessions_messages("memory:") is None
+
+
+def test_every_port_an_earlier_run_left_taken_is_named_at_once(
+    tmp_path: Path, terminals: list[Terminal]
+) -> None:
+    # A `recordline dev` killed with -9 leaves its service and its emulator: each run
+    # named one of them, so it took a run a port to find them all.
+    ports = free_port(), free_port()
+    listen = "".join(f"socket.create_server(('127.0.0.1', {p})), " for p in ports)
+    with subprocess.Popen(
+        [sys.executable, "-c", f"import socket, sys\nkept = [{listen}]\n"
+         "print('listening', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own, as the stack's children
+    ) as holder:  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == b"listening\n"
+            extra = ("--port", str(ports[0]), "--emulator-port", str(ports[1]))
+            terminal = dev(tmp_path, terminals, emulator=True, extra=extra)
+            assert terminal.wait(STOP_SECONDS) == 1, terminal.output
+            said = " ".join(terminal.output.split())
+            assert f"{ports[0]} (the service) by pid {holder.pid}" in said, said
+            assert f"{ports[1]} (the Pub/Sub emulator) by pid {holder.pid}" in said, said
+            assert f"kill -- -{holder.pid} (their process group)" in said, said
+            assert "--port, --emulator-port" in said, said
+            assert "starting the Pub/Sub emulator" not in terminal.output
         finally:
             holder.kill()
 

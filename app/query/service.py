@@ -35,6 +35,7 @@ from app.records import (
 )
 from app.store import READ_ROUTE, PageQuery, Store
 from app.store.bell import Bell
+from app.store.copies import LaterCopies
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -188,12 +189,24 @@ RECORDS = Listing(Record, RecordView, RecordsPage, "records", final=True)
 REJECTIONS = Listing(Rejection, RejectionView, RejectionsPage, "rejections", final=False)
 
 
+class LaterCopiesView(msgspec.Struct, kw_only=True, frozen=True):
+    """Later copies of the message under its id that said something else (a topic
+    recreated, an emulator whose ids start from 1 again): acknowledged, not stored, the
+    first copy kept. As the instance answering saw them since it started."""
+
+    count: int
+    # What the last of them said otherwise: `id`, `data`, `attributes`.
+    differs: list[str]
+    last_seen: datetime
+
+
 class MessageView(msgspec.Struct, kw_only=True, frozen=True):
     message_id: str
     status: Literal["stored", "rejected"]
     ingest_time: datetime
     reason: str | None = None
     record: RecordView | None = None
+    later_copies_differ: LaterCopiesView | None = None
 
 
 class SharedRead:
@@ -257,8 +270,11 @@ class Reader:
         tokens: PageTokens,
         retention_days: int = 0,
         clock: Callable[[], int] = time.time_ns,
+        later_copies: LaterCopies | None = None,
     ) -> None:
         self._store = store
+        # Later copies of stored messages that differed, for `message` to show.
+        self._later_copies = later_copies
         self._pending_horizon = pending_horizon
         self._tokens = tokens
         self._retention_days = retention_days
@@ -637,10 +653,16 @@ class Reader:
         status = await self._store.message(message_id)
         if status is None:
             raise NotFound(f"message {message_id!r} was never stored or rejected")
+        later = None if self._later_copies is None else self._later_copies.of(message_id)
         return MessageView(
             message_id=message_id,
             status=status.status,
             ingest_time=moment(status.ingest_time),
             reason=status.reason,
             record=None if status.record is None else view(RecordView, status.record),
+            later_copies_differ=None
+            if later is None
+            else LaterCopiesView(
+                count=later.count, differs=later.differs, last_seen=moment(later.last_seen)
+            ),
         )

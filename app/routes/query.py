@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
@@ -66,15 +67,19 @@ RFC3339_PATTERN = (
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 )
 _RFC3339 = re.compile(RFC3339_PATTERN)
+# How long ago, as `recordline tail --since` takes it: 30s, 15m, 2h, 7d.
+AGO_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhd]$"
+_AGO = re.compile(AGO_PATTERN)
+_AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"})
 
 
 def _bound(description: str) -> Any:
     return Parameter(
         description=f"{description}: an RFC 3339 time with an offset, such as "
-        "`2024-04-27T12:00:00Z`. A time before the year 1 or after 9999 once in UTC reads "
-        "from the start, or to the end",
-        schema_extra={"format": "date-time", "pattern": RFC3339_PATTERN},
+        "`2024-04-27T12:00:00Z`, or how long before the request (`30s`, `15m`, `2h`, `7d`). "
+        "A time before the year 1 or after 9999 once in UTC reads from the start, or to the end",
+        schema_extra={"pattern": f"({RFC3339_PATTERN})|({AGO_PATTERN})"},
     )
 
 
@@ -198,9 +203,15 @@ def _decoded(name: str, encoded: bytes) -> str:
 _FIRST, _LAST = moment(MIN_MICROS), moment(MAX_MICROS)
 
 
-def _time(name: str, value: str | None) -> datetime | None:
+def _time(name: str, value: str | None, *, ago: bool = False) -> datetime | None:
+    """The time `value` names; with `ago`, also how long before now (`2h`)."""
     if value is None:
         return None
+    if ago and _AGO.fullmatch(value):
+        before = float(value[:-1]) * _AGO_UNITS[value[-1]] * 1_000_000
+        when_us = time.time_ns() // 1000 - before
+        # Longer ago than every store reaches back: from the start.
+        return _FIRST if when_us < MIN_MICROS else moment(int(when_us))
     if not _RFC3339.fullmatch(value):
         raise BadParameter(name, f"{value!r} is not an RFC 3339 time with an offset")
     try:
@@ -253,7 +264,7 @@ async def _paged(
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
     reader, followers = paging.reader, paging.followers
     _refuse_unknown(request)
-    bounds = {"since": _time("since", since), "until": _time("until", until)}
+    bounds = {"since": _time("since", since, ago=True), "until": _time("until", until, ago=True)}
     streaming = wants_stream(request)
     if streaming or wait:
         followers.admit()

@@ -424,9 +424,12 @@ class FakeBigQueryJobs:
             status, reason = self.failures.pop(0)
             return status, _error(status, reason, "injected failure")
         try:
+            sql = qualified(sql, match["project"], body.get("defaultDataset"))
             statement = sqlglot.parse_one(sql, read="bigquery")
         except sqlglot.errors.SqlglotError as exc:
             return 400, _error(400, "invalidQuery", str(exc))
+        except Unqualified as exc:
+            return 400, _error(400, "invalid", str(exc))
         if isinstance(statement, sqlglot.exp.Update):
             return self._update(statement, sql, params, received, body.get("maximumBytesBilled"))
         try:
@@ -812,6 +815,36 @@ def _partitions_view(
             f'INSERT INTO {dataset}."{PARTITIONS_VIEW}" VALUES (?, ?, ?)',
             [(table, day, n) for (table, day), n in counts.items()],
         )
+
+
+class Unqualified(ValueError):
+    """A table named without its dataset, in a request that sets no default one."""
+
+
+def qualified(sql: str, project: str, default_dataset: dict[str, str] | None) -> str:
+    """`sql` with every table named in full, as BigQuery resolves a name: `dataset.table`
+    in the job's project, a bare `table` in the request's default dataset (Unqualified,
+    in BigQuery's words, where it sets none). Unchanged when every name is full."""
+    statement = sqlglot.parse_one(sql, read="bigquery")
+    common = {cte.alias_or_name for cte in statement.find_all(sqlglot.exp.CTE)}
+    changed = False
+    for table in statement.find_all(sqlglot.exp.Table):
+        if table.catalog or (not table.db and table.name in common):
+            continue
+        if not table.db:
+            if not default_dataset:
+                raise Unqualified(
+                    f'Table "{table.name}" must be qualified with a dataset (e.g. dataset.table).'
+                )
+            table.set("db", sqlglot.exp.to_identifier(default_dataset["datasetId"]))
+            table.set(
+                "catalog",
+                sqlglot.exp.to_identifier(default_dataset.get("projectId") or project),
+            )
+        else:
+            table.set("catalog", sqlglot.exp.to_identifier(project))
+        changed = True
+    return statement.sql(dialect="bigquery") if changed else sql
 
 
 def _error(status: int, reason: str, message: str) -> dict[str, Any]:

@@ -188,7 +188,7 @@ def test_dev_serving_runs_the_serving_tier_in_one_command(
         what=lambda: f"5 typed records in BigQuery\n{terminal.output[-3000:]}",
     )
     typed = typed_in_bigquery(jobs[1])
-    assert sorted(n for n, _ in typed) == [1, 2, 3, 4, 5]
+    assert sorted(n for n, _ in typed) == [0, 1, 2, 3, 4]
     assert {errors for _, errors in typed} == {0}
     assert len(in_bigquery(jobs[1])) == len(want) + 5  # each once
 

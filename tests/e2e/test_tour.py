@@ -10,12 +10,20 @@ running this test. Two things differ from a newcomer's machine, both stated: eac
 server gets free ports (a port in a command is replaced, `serve` gets `PORT`), and
 `python3` is the machine's own interpreter (this suite's virtual environment is taken
 off `PATH`), so the clone installs its own `.venv`.
+
+Beside the commands, what a newcomer meets next is checked on the way: what each
+command says (publish's summary on a pipe and its progress and Ctrl-C on a terminal,
+tail's and dev's when stopped, replay's at once), `sql --dev` and `sql --serving`
+refusing the other's stack, plain JSON refused by a topic with a schema, naming it,
+`dev --store` refusing the file of the session it stopped, and the site's home page
+being the README.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -95,6 +103,9 @@ class Tour:
         self.server: Terminal | None = None
         self.terminals: list[Terminal] = []
         self.pushed = 0
+        # The dev stack running, its banner, and whether it is --serving.
+        self.banner = ""
+        self.serving = False
 
     def as_here(self, command: str) -> str:
         return command.replace(":8080", f":{self.port}").replace(":8085", f":{self.emulator_port}")
@@ -111,6 +122,20 @@ class Tour:
         )
         assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
         return done.stdout + done.stderr if said else done.stdout
+
+    def refused(self, command: str, *, status: int) -> str:
+        """What the command said on stderr, where it is expected to refuse with `status`."""
+        done = subprocess.run(
+            ["bash", "-c", self.as_here(command)],
+            cwd=self.clone,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_SECONDS,
+        )
+        assert done.returncode == status, (command, done.stdout[-2000:], done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, done.stderr
+        return " ".join(done.stderr.split())
 
     def curl(self, command: str) -> tuple[int, str]:
         """The command's body and HTTP status (`-w` adds it after the body)."""
@@ -130,6 +155,8 @@ class Tour:
             self.tail(command)
         elif words[:3] == ["python3", "dev.py", "sql"]:
             self.sql(command)
+        elif " dev.py publish " in command:
+            self.publish(command)
         elif command.startswith("curl -N"):
             status, body = self.curl(command)
             # The stream ends after RECORDLINE_STREAM_SECONDS, its last event the token.
@@ -155,14 +182,23 @@ class Tour:
         return terminal
 
     def stop_server(self) -> None:
-        """Ctrl-C, as the README says before `dev`: it stops, and frees the port."""
+        """Ctrl-C, as the README says before `dev`: it stops, and frees the port; a dev
+        stack says what its session stored, and where."""
         assert self.server is not None
+        before = len(self.server.output)
         self.server.ctrl_c()
         status = self.server.wait(STOP_SECONDS)
         assert status in (0, 130, -signal.SIGINT), self.server.output[-3000:]
         left = wait_until_gone(self.server.session, self.server.markers, timeout=5)
         assert left == [], left
+        if self.banner:
+            said = " ".join(self.server.output[before:].split())
+            assert "the session's pushes:" in said, said[-3000:]
+            assert re.search(r"pushes: [0-9,]+ stored · [0-9,]+ rejected", said), said[-3000:]
+            kept = "go with it" if self.serving else "python3 dev.py sql --dev` reads it"
+            assert kept in said, said[-3000:]
         self.server = None
+        self.banner = ""
 
     def dev(self, command: str) -> None:
         if self.server is not None:
@@ -173,6 +209,7 @@ class Tour:
         self.server = self.terminal(shlex.split(command + ports), self.env)
         assert self.server.wait_for(BANNER, timeout=START_SECONDS), self.server.output[-3000:]
         banner = self.server.output
+        self.banner, self.serving = banner, "--serving" in command
         assert "Publish, from another terminal:" in banner, banner[-3000:]
         # The README's publish is the banner's, as the banner prints it here.
         publish = next(c for c in tour() if " dev.py publish " in c)
@@ -198,21 +235,107 @@ class Tour:
             answer = json.loads(body)
             if target == "/v1/records":
                 assert [r["message_id"] for r in answer["records"]] == ["m-1"]
+            elif target == "/v1/records?since=1h":
+                # How long ago, as `tail --since 1h` takes it (a 400 before).
+                assert "m-1" in [r["message_id"] for r in answer["records"]]
             elif target == "/v1/records/1":
                 assert answer["id"] == "1"
             elif target == "/v1/messages/m-1":
                 assert answer["status"] == "stored"
 
     def sql(self, command: str) -> None:
-        """The typed columns of the records just published in the example schema, on the
-        session's DuckDB file while the stack holds it: ten rows, `n` 1 to 10."""
+        """The typed columns of the records just published in the example schema: ten
+        rows, `n` 0 to 9, on the session's DuckDB file while the stack holds it
+        (`--dev`), or in the running `--serving` stack's BigQuery stand-in
+        (`--serving`). Each refuses the other's stack, saying which to use."""
+        if "--dev" in command and self.serving:
+            # It read the DuckDB file of an earlier session, where none of these are.
+            said = self.refused(command, status=2)
+            assert "runs on the serving tier" in said, said
+            assert "`python3 dev.py sql --serving` queries" in said, said
+            return
+        if "--serving" in command and not self.serving:
+            said = self.refused(command, status=2)
+            assert "no `recordline dev --serving` runs from here" in said, said
+            return
 
         def typed() -> bool:
             table = self.shell(command, timeout=60)
             numbers = re.findall(r"^│ \S+ +│ +(\d+) │$", table, re.M)
-            return numbers == [str(n) for n in range(1, 11)]
+            return numbers == [str(n) for n in range(10)]
 
         until_blocking(typed, timeout=60, interval=1, what=f"ten typed rows from {command}")
+        said = self.shell(command, said=True)
+        assert "recordline sql: session session-" in said, said  # which session's store
+
+    def publish(self, command: str) -> None:
+        """Through a pipe, as the tour runs it: no progress drawn, one summary line with
+        what Pub/Sub acknowledged and what the service stored. Published in the example
+        schema, the topic then takes that encoding only, and plain JSON is refused
+        naming the schema (it was "InvalidArgument: Could not parse message")."""
+        said = self.shell(command, said=True)
+        assert "━" not in said, said  # no bar on a pipe
+        assert "published 10 of 10 messages to projects/recordline-dev/topics/records" in said
+        assert "the service stored 10, rejected 0" in said, said
+        if "--schema" not in command:
+            return
+        plain = next(c for c in tour() if " dev.py publish " in c and "--schema" not in c)
+        refused = self.refused(plain, status=1)
+        assert "takes messages in the schema projects/recordline-dev/schemas/record" in refused
+        assert "--schema FILE" in refused, refused
+
+    def publish_interrupted(self) -> None:
+        """A long publish on a terminal shows its progress, and Ctrl-C says what was sent
+        and stored and the --epoch-ended that goes on from there (it said "interrupted",
+        with 43 stored)."""
+        # In the topic's schema, which it now takes only.
+        typed = next(c for c in tour() if " dev.py publish " in c and "--schema" in c)
+        env, argv = self.split(typed.replace("--count 10", "--count 100000 --rate 20"))
+        terminal = self.terminal(argv, env)
+        assert terminal.wait_for(" acked · ", timeout=60), terminal.output[-3000:]
+        until_blocking(
+            lambda: re.search(r"[1-9][0-9,]* stored · ", terminal.output) is not None,
+            timeout=60,
+            interval=0.2,
+            what=lambda: f"the service's count of stored records\n{terminal.output[-3000:]}",
+        )
+        terminal.ctrl_c()
+        assert terminal.wait(STOP_SECONDS) == 130, terminal.output[-3000:]
+        said = " ".join(terminal.output.split())
+        assert "recordline publish: interrupted:" in said, said[-3000:]
+        assert "acknowledged by Pub/Sub; the service stored" in said, said[-3000:]
+        assert "not sent" in said, said[-3000:]
+        assert re.search(r"--producer recordline-publish-\S+ --epoch-ended \d+:\d+", said), said
+
+    def replay_dead_letters(self) -> None:
+        """The banner's replay command, as a dry run: it says at once what it pulls from
+        (it was silent for 11 to 13 s), then what would become of each message."""
+        line = next(x for x in self.banner.splitlines() if " replay dead-letters " in x)
+        env, argv = self.split(line.strip())
+        terminal = self.terminal([*argv, "--dry-run"], env)
+        assert terminal.wait(COMMAND_SECONDS) == 0, terminal.output[-3000:]
+        said = terminal.output
+        assert "replay dead-letters: 0 stored" in said, said[-3000:]
+        # Said before the wait for an empty queue, not only the summary after it.
+        assert -1 < said.find("pulling from") < said.find("replay dead-letters: 0"), said
+
+    def split(self, command: str) -> tuple[dict[str, str], list[str]]:
+        """A command line's settings (`VAR=value …`), over this tour's environment, and
+        its words, as a shell would run it here."""
+        words = shlex.split(self.as_here(command))
+        settings = list(itertools.takewhile(lambda w: "=" in w and not w.startswith("-"), words))
+        return {**self.env, **dict(w.split("=", 1) for w in settings)}, words[len(settings) :]
+
+    def earlier_store_refused(self) -> None:
+        """`dev --store` on the session's file the stack stopped with: refused, naming the
+        fix (it ran, and its messages were taken for later copies of the old ones)."""
+        found = re.search(r"store +(duckdb://\S+)", self.banner)
+        assert found is not None, self.banner
+        self.stop_server()
+        command = f"python3 dev.py dev --store {found[1]} --port {self.port}"
+        said = self.refused(command + f" --emulator-port {self.emulator_port}", status=2)
+        assert re.search(r"holds [0-9,]+ messages an earlier session's Pub/Sub emulator", said)
+        assert "Drop --store" in said, said
 
     def docs(self) -> None:
         """`python3 dev.py docs`, then the site opened from the file system as the README
@@ -228,6 +351,13 @@ class Tour:
             for link in re.findall(r'href="([^"#:?]+)(?:#[^"]*)?"', html):
                 target = (page.parent / link).resolve()
                 assert target.is_file(), (page.relative_to(site), link)
+        # The site's home is the README: its tour and what to do when something is wrong
+        # (the home page had neither, and called the first page "every record").
+        home = (site / "index.html").read_text()
+        assert "A five-minute tour" in home
+        assert "When something is wrong" in home
+        assert "sql --serving" in home
+        assert "every record, in ingest order" not in home
         api = (site / "api.html").read_text()
         toc = api[api.index("md-nav--secondary") : api.index('class="md-content"')]
         assert 'href="#get-v1records"' in toc
@@ -241,7 +371,7 @@ class Tour:
             cwd=self.clone,
             env=self.env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         ) as process:
             assert process.stdout is not None
@@ -259,8 +389,12 @@ class Tour:
             finally:
                 os.killpg(process.pid, signal.SIGINT)
                 process.wait(timeout=STOP_SECONDS)
+            said = process.stderr.read().decode() if process.stderr else ""
         record = json.loads(next(line for line in lines if b'"m-tail-' in line))
         assert record["message_id"].startswith("m-tail-")
+        # Stopped, it says what it printed (it said nothing).
+        assert "recordline tail: stopped: " in said, said
+        assert " records printed, the last stored at " in said, said
 
     def push(self, message_id: str) -> None:
         self.pushed += 1
@@ -296,6 +430,12 @@ def test_the_readme_tour_runs_as_written_on_a_fresh_clone(clone: Path) -> None:
     with Tour(clone).cleaned_up() as walk:
         for command in commands:
             walk.run(command)
+        # What a newcomer does next, on the same stack: a long publish, stopped; the
+        # banner's replay of dead letters; the stack stopped and started again on the
+        # store it stopped with.
+        walk.publish_interrupted()
+        walk.replay_dead_letters()
+        walk.earlier_store_refused()
         # The prose's `python3 dev.py dev --serving`, "the same commands after it".
         readme = README.read_text()
         assert "`python3 dev.py dev --serving` runs the serving tier" in readme

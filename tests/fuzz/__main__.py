@@ -40,14 +40,23 @@ def main() -> int:
     while time.monotonic() < deadline:
         rounds += 1
         print(f"fuzz: round {rounds}", flush=True)
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:logging", "-x", *TARGETS],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:logging", "-x", *TARGETS],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except KeyboardInterrupt:
+            # The round's pytest got the Ctrl-C too (one process group) and stops.
+            print(
+                f"\nfuzz: interrupted in round {rounds}; {rounds - 1} rounds before it passed "
+                f"({sum(tried.values()):,} pushes tried)",
+                file=sys.stderr,
+            )
+            return 130
         for line in done.stdout.splitlines():
             if line.startswith("fuzz-tried "):
                 _, store, fmt, count = line.split()

@@ -40,3 +40,44 @@ def test_the_check_finds_a_transaction_run_by_hand(tmp_path: Path) -> None:
     (tmp_path / HELPER).write_text("database.run_in_transaction(work, timeout_secs=1)\n")
     (tmp_path / "store" / "mine.py").write_text("x = 1\ndb.run_in_transaction(work)\n")
     assert transactions_outside_the_helper(tmp_path) == ["store/mine.py:2"]
+
+
+async def test_a_commit_that_waited_its_turn_says_its_whole_deadline() -> None:
+    # On the emulator, commits take turns; one whose turn came late had the rest of the
+    # deadline and said "Spanner did not answer within 0.005 s".
+    import asyncio
+    import threading
+
+    import pytest
+
+    from app.errors import StoreUnavailable
+    from app.store.open import spanner_database
+    from app.store.spanner.calls import Accommodations, Deadline, SpannerCalls
+
+    calls = SpannerCalls(
+        spanner_database("spanner://projects/recordline-test/instances/inst/databases/db"),
+        accommodations=Accommodations(commit_turns=True),
+    )
+    release = threading.Event()
+    holding = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold(deadline: Deadline) -> None:
+        deadline.left()  # as the client does before each request
+        loop.call_soon_threadsafe(holding.set)
+        release.wait()
+
+    try:
+        # The first holds the turn to its deadline; the second, started just after it,
+        # gets the turn with less left than a request is sent with.
+        first = asyncio.create_task(calls.transact(hold, within=0.3))
+        await holding.wait()
+        with pytest.raises(StoreUnavailable) as raised:
+            await calls.transact(hold, within=0.3)
+        with pytest.raises(StoreUnavailable):
+            await first
+    finally:
+        release.set()
+    said = str(raised.value)
+    assert said.startswith("Spanner did not answer within 0.3 s, "), said
+    assert "waiting for the transaction before it" in said

@@ -278,12 +278,35 @@ class SpannerCalls:
         within = self.timeout if within is None else within
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
+        # When the turn came: never, until it does.
+        turn = deadline
         try:
             async with asyncio.timeout(within), self._turns:
-                left = max(deadline - loop.time(), 0.0)
+                turn = loop.time()
+                left = max(deadline - turn, 0.0)
                 return await self.call(fn, *args, within=left)
         except TimeoutError:
-            raise StoreUnavailable(f"Spanner did not answer within {within:g} s") from None
+            raise StoreUnavailable(_no_answer(within, turn - (deadline - within))) from None
+        except StoreUnavailable as exc:
+            if not str(exc).startswith("Spanner did not answer"):
+                raise
+            # The call had what the wait for its turn left of the deadline: the whole of
+            # it is said (the wait was not Spanner's), not "within 0.005 s".
+            raise StoreUnavailable(_no_answer(within, turn - (deadline - within))) from None
+
+
+# A wait for a turn shorter than this is not worth saying.
+_SAID_WAIT_SECONDS = 0.001
+
+
+def _no_answer(within: float, waited: float) -> str:
+    """Why a transaction given `within` seconds failed, `waited` of them for its turn."""
+    if waited < _SAID_WAIT_SECONDS:
+        return f"Spanner did not answer within {within:g} s"
+    return (
+        f"Spanner did not answer within {within:g} s, {waited:.3g} s of which went to waiting "
+        "for the transaction before it (the emulator runs one at a time)"
+    )
 
 
 def _close(client: spanner.Client, db: Any) -> None:
