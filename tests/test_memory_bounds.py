@@ -1,9 +1,9 @@
 """What readers make a real `recordline serve` hold is bounded in bytes, and let go.
 
-The largest record the service accepts is the unit: a page of 1,000 records of
-4 MB once answered 168 MB and kept it (a 64-page cache of encodings: 4.25 GB
-after six pages), and four SSE followers that never read once held 3.6 GB past
-their cut-off. Here, against the process as it is deployed on a DuckDB file, a
+The largest record the service accepts is the unit: a page (`limit=1000`) of
+40 records of 4 MB once answered 168 MB and kept it (a 64-page cache of
+encodings: 4.25 GB after six pages), and four SSE followers that never read once
+held 3.6 GB past their cut-off. Here, against the process as it is deployed on a DuckDB file, a
 page holds at most its byte budget or one record, a follower that takes nothing
 holds one event until it is cut off at the send deadline, and what either held
 is given back to the system once they are done: RSS, read from /proc.
