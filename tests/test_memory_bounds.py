@@ -193,6 +193,28 @@ def test_a_page_of_smaller_records_holds_as_many_as_its_budget_takes(served: Ser
         assert [r["message_id"] for r in then.json()["rejections"]] == ["bad-1"]
 
 
+def test_an_answer_its_client_never_reads_is_cut_off_at_the_send_timeout(
+    served: Served,
+) -> None:
+    # A rejection of 4 MB is 5.6 MB of JSON: more than the kernel's buffers take for a
+    # client that reads nothing, so the rest waits in the connection, and is dropped.
+    cut_before = served.cut_off()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", served.port))
+    opened = time.monotonic()
+    sock.sendall(b"GET /v1/rejections?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    until_blocking(
+        lambda: served.cut_off() > cut_before,
+        timeout=SEND_TIMEOUT + 15,
+        interval=0.1,
+        what="an answer never read to be cut off",
+    )
+    assert time.monotonic() - opened > SEND_TIMEOUT
+    sock.close()
+
+
 FOLLOWED = {
     "records, as pages": ("/v1/records?limit=1000", {"accept": "text/event-stream"}),
     "rejections, as pages": ("/v1/rejections?limit=1000", {"accept": "text/event-stream"}),
