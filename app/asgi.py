@@ -259,7 +259,7 @@ class ReadSide:
             retention_days=settings.store.retention_days,
             later_copies=later_copies,
         )
-        followers = parked_followers(query)
+        followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
         streams = Streams(reader, Offsets(query.page_token_secret))
         return cls(
             Paging(reader, followers, streams),
@@ -279,13 +279,15 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     return loops
 
 
-def parked_followers(query: QuerySettings) -> Followers:
-    """Long-polls and streams, as many and as long as `query` allows."""
+def parked_followers(query: QuerySettings, *, slow_seconds: float) -> Followers:
+    """Long-polls and streams, as many and as long as `query` allows; a stream whose client
+    takes no event for `slow_seconds` is cut off."""
     return Followers(
         stream_seconds=query.stream_seconds,
         heartbeat_seconds=query.heartbeat_seconds,
         max_open=query.max_followers,
         long_poll_seconds=query.long_poll_seconds,
+        slow_seconds=slow_seconds,
         # Private unless configured: an outer gate (Cloud Run's invoker check) may
         # guard reads this service does not check itself.
         shared_cache=query.shared_cache,

@@ -318,6 +318,17 @@ class TooManyConnections(RetryLater):
     cause = "connections"
 
 
+class TooManyPipelined(RetryLater):
+    """The connection sent more requests ahead of their answers than the service holds for
+    one connection (32, and their heads together at most RECORDLINE_MAX_HEADER_BYTES): the
+    requests ahead are answered, this one and what follows it are not read, and the
+    connection is closed. Send the rest again, on a new connection."""
+
+    title = "Too many pipelined requests"
+    problem = "too-many-pipelined-requests"
+    cause = "pipelined"
+
+
 class CertsUnavailable(RetryLater):
     """Google's token-signing keys could not be fetched, so no token can be verified: not
     the caller's fault, so 503 rather than 401. Retry after `Retry-After`.

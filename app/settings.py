@@ -212,6 +212,15 @@ class ServerSettings(Section, frozen=True):
             "within 30 s needs 0.45 MB/s",
         ),
     ] = 30.0
+    send_timeout_seconds: Annotated[
+        float,
+        Meta(gt=0, le=600),
+        env(
+            "RECORDLINE_SEND_TIMEOUT_SECONDS",
+            "How long an answer may wait for its client to take any of it (a stream: its next "
+            "event); then the connection is closed and what was not sent is dropped",
+        ),
+    ] = 30.0
     keep_alive_seconds: Annotated[
         float,
         Meta(gt=0, le=3600),

@@ -1074,7 +1074,7 @@ async def follow(
     Once caught up (a page came back short), each request asks the service to
     hold it up to `wait` seconds until a record comes (long-poll): a record
     arrives as soon as it is stored, with no request in between. With
-    `wait=0` it polls instead, `idle` seconds apart. While the service is
+    `wait=0` it polls instead, `idle` seconds after each empty page. While the service is
     unreachable or answers 5xx it waits `idle` and asks again: a restarting
     service is waited for, and the page token stays valid across it. With
     `give_up_after`, a service that has not answered for that long raises
@@ -1143,10 +1143,12 @@ async def follow(
         if page.next_page_token is None:
             return  # only a bounded range ends
         params = {"limit": limit, "page_token": page.next_page_token}
+        # Short: at the tail, or ended by its bytes with rows to follow (a page with
+        # rows is never held, so asking to wait costs those nothing).
         if len(page.records) < limit:
             if wait > 0:
                 params["wait"] = f"{wait:g}"  # the service holds it until a record comes
-            else:
+            elif not page.records:
                 await asyncio.sleep(idle)
 
 

@@ -43,6 +43,7 @@ from app.query.service import (
     RecordsPage,
     RecordView,
     RejectionsPage,
+    complete,
 )
 from app.query.streams import Streams
 from app.records import (
@@ -297,8 +298,8 @@ async def _paged(
             limit=limit,
             page_token=page_token,
         )
-    rows = page.records if isinstance(page, RecordsPage) else page.rejections
-    return answer(request, page, full=len(rows) == limit, final=listing.final, followers=followers)
+    full = complete(page, limit)
+    return answer(request, page, full=full, final=listing.final, followers=followers)
 
 
 @get(

@@ -34,6 +34,7 @@ from app.store.spanner.schema import (
 )
 from app.store.spanner.serving import Committed, SchemaMismatch, SpannerServing
 from app.store.spanner.tail import TailCache
+from app.store.tail import held as tail_held
 from app.store.tiered.store import READ_LAG_MICROS, TieredStore
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
 from tests.conftest import envelope, served
@@ -121,6 +122,10 @@ async def test_the_tail_read_is_every_record_of_its_range_in_key_order_or_none(
     # More than the limit: None, never some of them.
     assert await store.serving.rows_between(first, third + 1, 59) is None
     assert len(await store.serving.rows_between(first, third + 1, 60) or []) == 60
+    # More bytes than the tail holds: None too, the rows past them never read.
+    held = sum(map(tail_held, between))
+    assert await store.serving.rows_between(first, third, 100, max_bytes=held - 1) is None
+    assert len(await store.serving.rows_between(first, third, 100, max_bytes=held) or []) == 40
     assert await store.serving.rows_between(third + 1, third + 2, 10) == []
 
 

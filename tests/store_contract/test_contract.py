@@ -26,7 +26,7 @@ import pytest
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store
+from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store, row_bytes
 from app.store.producers import EpochEntry
 from tests.conftest import envelope, served, settings
 
@@ -209,6 +209,54 @@ async def test_rows_round_trip_through_every_read(store: Store, exact_data: bool
     assert listed.ingest_time == rejected.ingest_time
     assert await store.message("never") is None
     assert await store.latest("never") is None
+
+
+async def test_a_page_read_to_a_byte_budget_ends_once_its_rows_hold_it(store: Store) -> None:
+    since = stamp() - HOUR
+    # Payloads below and above what a store may hold back from a bounded read until it
+    # keeps them (64 KiB on DuckDB), and together past the budget.
+    sizes = [10, 100_000, 10, 200_000, 100_000, 10, 10]
+    records = [record(f"b-{n}", data=json.dumps("x" * size)) for n, size in enumerate(sizes)]
+    refused = [rejection(f"c-{n}", data=b"\xff" * size) for n, size in enumerate(sizes)]
+    stored: list[Record | Rejection] = [*records, *refused]
+    for row in stored:  # one append each: a time each
+        await store.append([row])
+    until = await horizon(store, await stored_time(store, "c-6"))
+    walked = await _walk_to_budget(store, Record, since=since, before=until, budget=150_000)
+    assert [content(r) for r in walked] == [content(r) for r in records]
+    listed = await _walk_to_budget(store, Rejection, since=since, before=until, budget=150_000)
+    assert [content(r) for r in listed] == [content(r) for r in refused]
+
+
+async def _walk_to_budget(
+    store: Store, kind: type[R], *, since: int, before: int, budget: int
+) -> list[R]:
+    """Every row of `kind` from `since`, read a page of 5 rows and `budget` bytes at a
+    time, each page checked against a read of the same rows without a budget."""
+    seen: list[R] = []
+    after = (since, "")
+    while after != (before, ""):
+        whole = await store.page(kind, query(*after, before=before, limit=5))
+        asked = PageQuery(
+            after_time=after[0],
+            after_message_id=after[1],
+            before_time=before,
+            limit=5,
+            max_bytes=budget,
+        )
+        page = await store.page(kind, asked)
+        resume = (page.after_time, page.after_message_id)
+        check_page(asked, page.rows, resume, page.complete_until)
+        # What a read without a budget answers, or its start.
+        kept = len(page.rows)
+        assert [content(r) for r in page.rows] == [content(r) for r in whole.rows[:kept]]
+        if kept < len(whole.rows):
+            # Ended early: its rows hold the budget, and the next page goes on at once.
+            assert sum(map(row_bytes, page.rows)) >= budget
+            assert resume == (page.rows[-1].ingest_time, page.rows[-1].message_id)
+        seen += page.rows
+        after = resume
+    return seen
 
 
 async def test_the_first_copy_of_a_message_is_the_only_one_any_read_shows(store: Store) -> None:

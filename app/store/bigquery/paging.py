@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
+import msgspec
+
 from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, row_of
 from app.store import Page, PageQuery, R
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
@@ -111,12 +113,7 @@ class Pager:
         if len(found) < query.limit and end < query.before_time:
             start = await self._next_rows(end, query.before_time, table, first_row)
             if start > end:
-                query = PageQuery(
-                    after_time=start,
-                    after_message_id="",
-                    before_time=query.before_time,
-                    limit=query.limit,
-                )
+                query = msgspec.structs.replace(query, after_time=start, after_message_id="")
                 found, end = await self._scan(query, sql, params)
         return query, found, end
 

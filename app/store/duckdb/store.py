@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -35,11 +35,13 @@ from app.records import (
     Record,
     Rejection,
     Row,
+    column_names,
     columns,
     rejected_record,
     row_of,
 )
 from app.store import (
+    ROW_BYTES,
     MessageState,
     MessageStatus,
     Page,
@@ -47,6 +49,7 @@ from app.store import (
     PublisherDuplicate,
     R,
     RowOutcome,
+    text_bytes,
 )
 from app.store.backoff import Backoff
 from app.store.bell import Bell
@@ -126,6 +129,56 @@ _EXPIRE_TYPED_SQL = (
 )
 
 
+def _read_within(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict[str, Any],
+    kind: type[R],
+    max_bytes: int,
+    size: Callable[[int, str], int],
+) -> tuple[list[R], bool]:
+    """The rows `sql` selects (as `_bounded_select` lists them), taken one at a time until
+    they hold at least `max_bytes`, and whether it stopped there. `size(payload bytes,
+    attributes)` is what a row counts as. Python holds what the reader keeps, and DuckDB
+    returns no large payload but those (`INLINE_BYTES`)."""
+    cursor.execute(sql, params)
+    found: list[list[Any]] = []
+    large: dict[str, int] = {}
+    data = column_names(kind).index("data")
+    attributes = column_names(kind).index("attributes")
+    total = 0
+    more = True
+    while total < max_bytes:
+        values = cursor.fetchone()
+        if values is None:
+            more = False
+            break
+        *row, payload = values
+        if payload is not None and payload > INLINE_BYTES:
+            large[row[0]] = len(found)  # message_id is the first column of both tables
+        found.append(row)
+        total += size(payload or 0, row[attributes])
+    if large:
+        cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
+        for message_id, value in cursor.fetchall():
+            found[large[message_id]][data] = value
+    if more or large:
+        # DuckDB keeps a result until the cursor's next query: the rest of the page's, or
+        # the payloads read, released now (0.3 ms, for pages cut short or of large rows).
+        cursor.execute("SELECT 1")
+    return [row_of(kind, row) for row in found], more
+
+
+def _payload_size(kind: type[Row]) -> Callable[[int, str], int]:
+    """What a row of `kind` counts as in a budget (`row_bytes`), from its payload's size
+    in DuckDB and its attributes."""
+    if kind is Rejection:
+        return lambda payload, attributes: (
+            (payload + 2) // 3 * 4 + text_bytes(attributes) + ROW_BYTES
+        )
+    return lambda payload, attributes: payload + text_bytes(attributes) + ROW_BYTES
+
+
 def ddl(table: str, row_type: type[Row]) -> str:
     cols = ",\n  ".join(
         f"{c.name} {_SQL_TYPES[c.kind]}{'' if c.nullable else ' NOT NULL'}"
@@ -149,30 +202,74 @@ def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, row_type: ty
         con.execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {_SQL_TYPES[column.kind]}")
 
 
-def _select_list(row_type: type[Row]) -> str:
+def _selected(c: Column) -> str:
     # Timestamps leave as epoch microseconds: cheaper than timezone-aware
     # datetimes (~0.4 ms per 100 rows) and what Record holds anyway.
-    def expr(c: Column) -> str:
-        match c.kind:
-            case Kind.TIMESTAMP:
-                return f"epoch_us({c.name})"
-            case Kind.JSON:
-                return f"{c.name}::VARCHAR"
-            case _:
-                return c.name
+    match c.kind:
+        case Kind.TIMESTAMP:
+            return f"epoch_us({c.name})"
+        case Kind.JSON:
+            return f"{c.name}::VARCHAR"
+        case _:
+            return c.name
 
-    return ", ".join(expr(c) for c in columns(row_type))
+
+def _select_list(row_type: type[Row]) -> str:
+    return ", ".join(_selected(c) for c in columns(row_type))
 
 
 _RECORD_COLUMNS = _select_list(Record)
+_PAGE_RANGE: Final = """ingest_time >= make_timestamptz($after_time)
+  AND ingest_time < make_timestamptz($before_time)
+  AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)"""
+
+# A page read to a byte budget selects a payload larger than this (`data`) as NULL, and
+# its size beside it, then reads only those it keeps, by key. DuckDB reads a column
+# 2,048 rows at a time: a page of 40 records of 4 MB held +810 MB in DuckDB while it
+# ran, returning every payload; selecting none of the large ones, as the scan reads
+# them (`_bounded_page_sql`), +170 MB, what the scan itself holds.
+INLINE_BYTES: Final = 64 * 1024
+_PAYLOAD: Final = {Record: "strlen(data::VARCHAR)", Rejection: "octet_length(data)"}
+
+
+def _bounded_select(row_type: type[Row]) -> list[str]:
+    """`_select_list`'s expressions, the payload NULL past INLINE_BYTES, its size last."""
+    size = _PAYLOAD[row_type]
+    listed = [
+        f"CASE WHEN {size} <= {INLINE_BYTES} THEN {_selected(c)} END"
+        if c.name == "data"
+        else _selected(c)
+        for c in columns(row_type)
+    ]
+    return [*listed, size]
+
+
+def _bounded_page_sql(table: str, row_type: type[Row]) -> str:
+    """The page's rows as `_page_sql` selects them, as `_bounded_select` lists them. The
+    page's keys first (a Top-N of two columns), then its rows by row id, the large
+    payloads dropped in the scan: selected after the join (as DuckDB's own late
+    materialization does), each would be held once more for the page's every row."""
+    listed = _bounded_select(row_type)
+    at = {c.name: n for n, c in enumerate(columns(row_type))}
+    return f"""
+WITH page AS (
+  SELECT rowid AS page_row FROM {table}
+  WHERE {_PAGE_RANGE}
+  ORDER BY ingest_time, message_id
+  LIMIT $limit
+)
+SELECT {", ".join(f"c{n}" for n in range(len(listed)))} FROM (
+  SELECT rowid AS page_row, {", ".join(f"{e} AS c{n}" for n, e in enumerate(listed))}
+  FROM {table} WHERE {_PAGE_RANGE}
+) WHERE page_row IN (SELECT page_row FROM page)
+ORDER BY c{at["ingest_time"]}, c{at["message_id"]}
+"""
 
 
 def _page_sql(table: str, select: str) -> str:
     return f"""
 SELECT {select} FROM {table}
-WHERE ingest_time >= make_timestamptz($after_time)
-  AND ingest_time < make_timestamptz($before_time)
-  AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)
+WHERE {_PAGE_RANGE}
 ORDER BY ingest_time, message_id
 LIMIT $limit
 """
@@ -197,8 +294,20 @@ _RECORDS_BY_MESSAGES_SQL = (
 _REJECTIONS_BY_MESSAGES_SQL = (
     f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
 )
+_BOUNDED_PAGE_SQL: dict[type[Row], str] = {
+    Record: _bounded_page_sql("records", Record),
+    Rejection: _bounded_page_sql("rejected", Rejection),
+}
+_PAYLOADS_SQL: dict[type[Row], str] = {
+    row_type: f"SELECT message_id, {_selected(column)} FROM {table} "
+    "WHERE message_id IN (SELECT unnest($ids))"
+    for row_type, table in ((Record, "records"), (Rejection, "rejected"))
+    for column in columns(row_type)
+    if column.name == "data"
+}
 _NEWEST_RECORDS_SQL = f"""
-SELECT {_RECORD_COLUMNS} FROM records WHERE ingest_time >= make_timestamptz($since)
+SELECT {", ".join(_bounded_select(Record))} FROM records
+WHERE ingest_time >= make_timestamptz($since)
 ORDER BY ingest_time DESC, message_id DESC
 LIMIT $limit
 """
@@ -431,11 +540,19 @@ class DuckDBStore:
         since = self._clock() // 1000 - self.tail.window
         limit = self.tail.max_rows + 1
         params = {"since": since, "limit": limit}
-        found = await self._write(
-            lambda: self._connection().execute(_NEWEST_RECORDS_SQL, params).fetchall()
+        # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
+        found, more = await self._write(
+            lambda: _read_within(
+                self._connection(),
+                _NEWEST_RECORDS_SQL,
+                params,
+                Record,
+                self.tail.max_bytes,
+                _payload_size(Record),
+            )
         )
-        records = [row_of(Record, values) for values in reversed(found)]
-        if len(records) == limit:
+        records = found[::-1]
+        if more or len(records) == limit:
             # More than the tail holds: it starts after the oldest of those read.
             oldest = records.pop(0)
             self.tail.fill((oldest.ingest_time, oldest.message_id), records)
@@ -443,7 +560,18 @@ class DuckDBStore:
             self.tail.fill((since, ""), records)
 
     def _open(self) -> None:
-        con = duckdb.connect(self.path)
+        # DuckDB's allocator hands memory back to the system from a thread of its own, and
+        # flushes what a query of more than 16 MiB used as it ends: without them, what a
+        # page among records of 4 MB used (+800 MB) stayed with the process until DuckDB
+        # next allocated, and pages read one after another held twice a page's.
+        con = duckdb.connect(
+            self.path,
+            config={
+                "allocator_background_threads": True,
+                "allocator_flush_threshold": "16MiB",
+                "allocator_bulk_deallocation_flush_threshold": "16MiB",
+            },
+        )
         for table, row_type in (("records", Record), ("rejected", Rejection)):
             con.execute(ddl(table, row_type))
             add_missing_columns(con, table, row_type)
@@ -1012,17 +1140,21 @@ class DuckDBStore:
             page: Page[Any] = self.tail.page(query, query.before_time)
             return page
         await self._applied_now()
-        rows = await self._page_rows(_PAGE_SQL[kind], query)
-        return query.answer([row_of(kind, r) for r in rows])
-
-    async def _page_rows(self, sql: str, query: PageQuery) -> list[tuple[Any, ...]]:
         params = {
             "after_time": query.after_time,
             "after_message_id": query.after_message_id,
             "before_time": query.before_time,
             "limit": query.limit,
         }
-        return await self._read(lambda cur: cur.execute(sql, params).fetchall())
+        if query.max_bytes is None:
+            sql = _PAGE_SQL[kind]
+            found = await self._read(lambda cur: cur.execute(sql, params).fetchall())
+            return query.answer([row_of(kind, r) for r in found])
+        bounded, max_bytes, size = _BOUNDED_PAGE_SQL[kind], query.max_bytes, _payload_size(kind)
+        rows, _ = await self._read(
+            lambda cur: _read_within(cur, bounded, params, kind, max_bytes, size)
+        )
+        return query.answer(rows)
 
     async def latest(self, record_id: str) -> Record | None:
         await self._applied_now()

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import msgspec
 from google.cloud import spanner
@@ -35,7 +35,14 @@ from app.records import (
     moment,
     rejected_record,
 )
-from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
+from app.store import (
+    MessageState,
+    MessageStatus,
+    PageQuery,
+    PublisherDuplicate,
+    RowOutcome,
+    row_bytes,
+)
 from app.store.copies import message_states
 from app.store.producers import ProducerSequence, Tally, sequence_of
 from app.store.spanner import producers as book
@@ -59,6 +66,8 @@ from app.store.spanner.schema import (
     shard_of,
     time_index,
 )
+from app.store.tail import MAX_BYTES as TAIL_BYTES
+from app.store.tail import held
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +147,21 @@ def _select_list(row_type: type[Row]) -> str:
         return f"UNIX_MICROS(`{name}`)" if kind is Kind.TIMESTAMP else f"`{name}`"
 
     return ", ".join(expr(c.name, c.kind) for c in columns(row_type))
+
+
+def _taken(rows: Any, kind: type[R], max_bytes: int | None) -> tuple[list[R], bool]:
+    """The rows of a streamed result as `kind`, until they hold at least `max_bytes`
+    (`row_bytes`), and whether it stopped there: the rest of the stream is never read."""
+    found: list[R] = []
+    total = 0
+    for values in rows:
+        row = stored_row(kind, values)
+        found.append(row)
+        if max_bytes is not None:
+            total += row_bytes(cast("Record | Rejection", row))
+            if total >= max_bytes:
+                return found, True
+    return found, False
 
 
 def _page_sql(table: str, row_type: type[Row]) -> str:
@@ -532,8 +556,8 @@ class SpannerServing:
                     params=params,
                     param_types=_PAGE_TYPES,
                 )
-                found = [stored_row(kind, values) for values in rows]
-                if len(found) == query.limit or end == query.before_time:
+                found, cut = _taken(rows, kind, query.max_bytes)
+                if cut or len(found) == query.limit or end == query.before_time:
                     break
         return found
 
@@ -550,14 +574,16 @@ class SpannerServing:
         )
         return await self._calls.call(self._page, kind, query, until + 1, False, seen + 1)
 
-    async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
+    async def rows_between(
+        self, since: int, before: int, limit: int, max_bytes: int = TAIL_BYTES
+    ) -> list[Record] | None:
         """Every record with `since <= ingest_time < before`, in key order, read at
         exactly `before` (so complete, once read, for that whole range); None if
-        there are more than `limit`."""
-        return await self._calls.call(self._rows_between, since, before, limit)
+        there are more than `limit`, or if they hold more than `max_bytes` (`held`)."""
+        return await self._calls.call(self._rows_between, since, before, limit, max_bytes)
 
     def _rows_between(
-        self, deadline: Deadline, since: int, before: int, limit: int
+        self, deadline: Deadline, since: int, before: int, limit: int, max_bytes: int
     ) -> list[Record] | None:
         # Key reads, not SQL: each shard's range of the time index is a seek by
         # construction, whatever a query plan would make of a range of shards,
@@ -599,7 +625,13 @@ class SpannerServing:
                 NAMES["records"],
                 spanner.KeySet(keys=keys),  # type: ignore[no-untyped-call]
             )
-            records = [stored_row(Record, values) for values in rows]
+            records, total = [], 0
+            for values in rows:
+                record = stored_row(Record, values)
+                total += held(record)
+                if total > max_bytes:
+                    return None  # the rest is not read: the tail starts afresh after them
+                records.append(record)
         records.sort(key=lambda r: (r.ingest_time, r.message_id))
         return records
 

@@ -24,7 +24,7 @@ from google.api_core.exceptions import InvalidArgument
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
-from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
+from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome, row_bytes
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import differing
 from app.store.observers import NO_OBSERVERS, StoreObservers
@@ -314,16 +314,14 @@ class TieredStore:
         if query.after_time >= since:
             return await self._recent(kind, query, now)
         old: Page[R] = await self.analytics.page(kind, _before(query, since))
-        if len(old.rows) == query.limit:
+        if query.filled(old.rows):
             return old
         if (old.after_time, old.after_message_id) != (since, "") or query.before_time <= since:
             # Short, and not yet at Spanner's rows: complete up to where it ended.
             return msgspec.structs.replace(old, complete_until=old.after_time)
         # BigQuery's part ends where Spanner's begins: the rest of the page is
         # Spanner's first rows, later in key order than all of BigQuery's.
-        rest: Page[R] = await self._recent(
-            kind, _after(query, since, query.limit - len(old.rows)), now
-        )
+        rest: Page[R] = await self._recent(kind, _after(query, since, old.rows), now)
         return msgspec.structs.replace(rest, rows=[*old.rows, *rest.rows])
 
     async def _recent(self, kind: type[R], query: PageQuery, now: int) -> Page[R]:
@@ -380,10 +378,18 @@ class TieredStore:
         return states
 
 
-def _after(query: PageQuery, start: int, limit: int) -> PageQuery:
-    """The query for what follows `start`, the cursor of a page that ended there."""
+def _after(query: PageQuery, start: int, rows: Sequence[Record | Rejection]) -> PageQuery:
+    """The query for what follows `start`, the cursor of a page that ended there holding
+    `rows`: the room they left, in rows and bytes."""
+    max_bytes = query.max_bytes
+    if max_bytes is not None:
+        max_bytes = max(1, max_bytes - sum(map(row_bytes, rows)))
     return PageQuery(
-        after_time=start, after_message_id="", before_time=query.before_time, limit=limit
+        after_time=start,
+        after_message_id="",
+        before_time=query.before_time,
+        limit=query.limit - len(rows),
+        max_bytes=max_bytes,
     )
 
 
@@ -393,4 +399,5 @@ def _before(query: PageQuery, bound: int) -> PageQuery:
         after_message_id=query.after_message_id,
         before_time=min(query.before_time, bound),
         limit=query.limit,
+        max_bytes=query.max_bytes,
     )
