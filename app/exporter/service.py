@@ -22,11 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import msgspec
-
 from app.asgi import fetching_schemas, store_revisions
 from app.ingest.schemas import Schemas
-from app.settings import ExportedSystem, Settings
+from app.settings import Settings, system_settings
 from app.store.backoff import Backoff
 from app.store.open import open_export
 from app.store.supervisor import Supervisor
@@ -36,6 +34,8 @@ from app.telemetry import Telemetry
 from app.telemetry.logs import line_system
 from app.typed.revisions import Revisions
 
+__all__ = ["ExporterService", "exported_systems", "serve", "system_settings"]
+
 log = logging.getLogger(__name__)
 
 # A system whose start failed (its clients could not be opened) is started again
@@ -44,18 +44,6 @@ START_RETRY_SECONDS: Final = 1.0
 START_RETRY_MAX_SECONDS: Final = 60.0
 # Of the stop's budget, what is kept for flushing metrics, last of all.
 TELEMETRY_SECONDS: Final = 0.5
-
-
-def system_settings(settings: Settings, name: str, system: ExportedSystem) -> Settings:
-    """The settings system `name`'s ingest service runs with, as far as its export
-    reads them: the process's, with the system's stores, schema and name."""
-    replace = msgspec.structs.replace
-    return replace(
-        settings,
-        store=replace(settings.store, url=system.store, serving=system.serving),
-        schema=replace(settings.schema, json_topic_schema=system.json_topic_schema),
-        telemetry=replace(settings.telemetry, system=name),
-    )
 
 
 @dataclass(slots=True)
@@ -75,7 +63,7 @@ def exported_systems(settings: Settings, *, instance: str | None = None) -> list
     SettingsError for a setting of one that cannot be used."""
     instance = instance or holder_name()
     found = []
-    for name, system in settings.exporter.exported().items():
+    for name, system in settings.systems().items():
         own = system_settings(settings, name, system)
         telemetry = Telemetry.from_settings(own, instance=instance)
         # Records name the revision their schema had; one no process decoded is
