@@ -1,10 +1,13 @@
-"""recordline.read.duration: what a reader waits for, the read-latency SLI.
+"""recordline.read.duration and the reads' SLO events: what a reader waits for.
 
 The time from a read request reaching a read route to its response being sent, by
 route template, recorded for answers a reader acts on (2xx, and 404); errors
-count against availability instead. Synthetic reads (uptime checks, the deploy's
-smoke test, reads of the canary) are left out, so they neither dilute nor spend
-the budget.
+count against availability instead. Each read is also an event of two SLOs
+(`recordline.slo.events`): `availability` (good unless answered 5xx) and, for a
+read that does not wait for rows (no `wait=`, `live=` or event stream),
+`read_latency` (good when answered within RECORDLINE_SLO_READ_LATENCY_SECONDS).
+Synthetic reads (uptime checks, the deploy's smoke test, reads of the canary) are
+left out, so they neither dilute nor spend the budget.
 
 Design: docs/operations.md#slis-and-slos
 """
@@ -12,6 +15,7 @@ Design: docs/operations.md#slis-and-slos
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.metrics import Histogram
@@ -36,25 +40,66 @@ def counted(status: int) -> bool:
     return 200 <= status < 300 or status == 404
 
 
+class ReadEvents(Protocol):
+    """Told each read's SLO events (`app.telemetry.metrics.Metrics.answered`)."""
+
+    def answered(self, slo: str, good: bool) -> None: ...
+
+
+def waits(scope: Scope) -> bool:
+    """Whether a read may wait for rows (a long-poll or a stream): its latency is the
+    follower's choice, not the service's."""
+    for name, value in scope["headers"]:
+        if name == b"accept" and b"text/event-stream" in value:
+            return True
+    query: bytes = scope.get("query_string", b"")
+    return any(part.startswith((b"wait=", b"live=")) for part in query.split(b"&"))
+
+
 class ReadDurations:
     """Plain ASGI middleware on the read routes (after routing: the route template is known)."""
 
-    def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        histogram: Histogram,
+        events: ReadEvents | None = None,
+        latency_seconds: float = 1.0,
+    ) -> None:
         self.app = app
         self.histogram = histogram
+        self.events = events
+        self.latency_seconds = latency_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if synthetic(scope):
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, _Observed(send, scope, self.histogram))
+        observed = _Observed(send, scope, self.histogram)
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            if self.events is not None:
+                self._count(observed, waiting=waits(scope))
+
+    def _count(self, observed: _Observed, *, waiting: bool) -> None:
+        events = self.events
+        assert events is not None
+        # Not answered at all (the client left first): no event.
+        if not observed.status:
+            return
+        events.answered("availability", observed.status < 500)
+        if not waiting and counted(observed.status):
+            took = observed.took if observed.took is not None else time.perf_counter()
+            events.answered("read_latency", took - observed.started <= self.latency_seconds)
 
 
 class _Observed:
     """A request's `send`, timing its answer: an object of slots, where a closure and
     its cells held twice as much for as long as the request (an idle follower's, hours)."""
 
-    __slots__ = ("histogram", "scope", "send", "started", "status")
+    __slots__ = ("histogram", "scope", "send", "started", "status", "took")
 
     def __init__(self, send: Send, scope: Scope, histogram: Histogram) -> None:
         self.send = send
@@ -62,13 +107,15 @@ class _Observed:
         self.histogram = histogram
         self.started = time.perf_counter()
         self.status = 0
+        # When the whole answer was sent (perf_counter), once it was.
+        self.took: float | None = None
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         await self.send(message)
-        finished = message["type"] == "http.response.body" and not message.get("more_body")
-        if finished and counted(self.status):
-            self.histogram.record(
-                time.perf_counter() - self.started, {"route": self.scope["path_template"]}
-            )
+        if message["type"] != "http.response.body" or message.get("more_body"):
+            return
+        took = self.took = time.perf_counter()
+        if counted(self.status):
+            self.histogram.record(took - self.started, {"route": self.scope["path_template"]})
