@@ -52,6 +52,17 @@ class DaemonThreads(Executor):
                 thread.start()
             return future
 
+    def grow(self, workers: int) -> None:
+        """Allow `workers` more threads (started, as ever, only as work arrives)."""
+        with self._lock:
+            self._workers += workers
+
+    @property
+    def started(self) -> int:
+        """Threads started so far (for tests and diagnostics)."""
+        with self._lock:
+            return len(self._threads)
+
     def _work(self) -> None:
         while (work := self._queue.get()) is not None:
             future, fn, args, kwargs = work
