@@ -185,7 +185,7 @@ def test_one_push_secret_for_every_system_is_refused_beyond_loopback() -> None:
 
     loaded = cell(
         {"orders": {**ORDERS, "read_principals": ""}},
-        RECORDLINE_HOST="0.0.0.0",  # noqa: S104 - the refusal under test
+        RECORDLINE_HOST="0.0.0.0",
         RECORDLINE_PUSH_TOKEN="x" * 32,
         RECORDLINE_PUBLIC_READS="true",
         RECORDLINE_PAGE_TOKEN_SECRET="k" * 32,
