@@ -131,9 +131,7 @@ class Share:
         # Asked for within the last lease: its holder may have handed it back for this one.
         asked = now - seen.asked < balance.lease_seconds
         take = (
-            held < fair
-            or asked
-            or (unclaimed and now - seen.handed_back >= balance.lease_seconds)
+            held < fair or asked or (unclaimed and now - seen.handed_back >= balance.lease_seconds)
         )
         holder = seen.holder if seen.until > now else None
         want = (
