@@ -621,6 +621,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.asgi import create_app
+    from app.cell.app import Cell, create_cell
+    from app.http.head import Recordline
     from app.http.limits import bounded_httptools
     from app.telemetry import configure_logging, google_project
 
@@ -628,11 +630,15 @@ def _serve(args: argparse.Namespace) -> int:
         settings.server.log_level,
         settings.server.log_format,
         project=google_project(settings),
-        system=settings.telemetry.system,
+        # A cell's own lines under its name; each system's under the system's (app.cell).
+        system=settings.cell.name or settings.telemetry.system,
     )
     try:
-        # create_app refuses settings that would leave the service open (app.auth).
-        app = create_app(settings)
+        # create_app refuses settings that would leave the service open (app.auth);
+        # a cell is one app per system, each refusing its own (app.cell).
+        app: Recordline | Cell = (
+            create_cell(settings) if settings.cell.name else create_app(settings)
+        )
     except SettingsError as exc:
         print(f"recordline: {_as_typed(exc, typed)}", file=sys.stderr)
         return 2

@@ -883,6 +883,12 @@ class CellSettings(Section, frozen=True):
             )
         audiences: dict[str, str] = {}
         for name, entry in found.items():
+            if entry.serving and not entry.store.startswith("bigquery://"):
+                raise SettingsError(
+                    f"RECORDLINE_SYSTEMS: system {name!r} has a serving tier, which stands in "
+                    f"front of a BigQuery store; its store {entry.store!r} is not one",
+                    var=var,
+                )
             audience = entry.push_audience.strip()
             if audience and audience in audiences:
                 raise SettingsError(
@@ -1266,6 +1272,13 @@ def check_access(settings: Settings) -> None:
     if auth.push_token and len(auth.push_token) < MIN_PUSH_TOKEN_LENGTH:
         raise SettingsError(
             f"RECORDLINE_PUSH_TOKEN: use at least {MIN_PUSH_TOKEN_LENGTH} random characters"
+        )
+    if settings.cell.name and auth.public_reads and not is_loopback(settings.server.host):
+        raise SettingsError(
+            "RECORDLINE_PUBLIC_READS: a cell's invoker check admits every system's readers, "
+            "so only the service can tell whose records they may read; beyond loopback a "
+            "cell takes RECORDLINE_READ_AUDIENCE and each system's read_principals",
+            var="RECORDLINE_PUBLIC_READS",
         )
     if settings.cell.name and auth.push_token and not is_loopback(settings.server.host):
         raise SettingsError(

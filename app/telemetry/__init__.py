@@ -165,10 +165,14 @@ class Telemetry:
         self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(INSTRUMENTATION)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, instance: str | None = None) -> Telemetry:
+    def from_settings(
+        cls, settings: Settings, *, instance: str | None = None, by_system: bool = False
+    ) -> Telemetry:
         """Exporters as configured; the Google ones are created only when chosen
         (their constructors look for credentials and raise without them). `instance`
-        names this process where no Cloud Run service does (see `_resource`)."""
+        names this process where no Cloud Run service does (see `_resource`). In a
+        cell, or `by_system` (the exporter pool's), each system's series are under its
+        own namespace (`for_system`)."""
         config = settings.telemetry
         project = google_project(settings)
         cell = settings.cell.name
@@ -206,7 +210,7 @@ class Telemetry:
             prometheus=config.metrics_exporter == "prometheus",
             resource=resource,
             export_interval_ms=config.metric_export_interval_ms,
-            by_system=bool(cell),
+            by_system=by_system or bool(cell),
             read_latency_seconds=config.slo_read_latency_seconds,
             freshness_seconds=config.slo_freshness_seconds,
         )

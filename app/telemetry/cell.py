@@ -1,13 +1,10 @@
 """A cell's metrics, each system's under its own namespace, through one exporter.
 
 A cell's systems count into one meter (`Metrics.member`): one reader, one exporter
-thread and one request per export interval for the whole process, however many
-systems it serves. Each system's points carry its name (`SYSTEM_ATTRIBUTE`); before
-they leave, `BySystem` moves them to a resource of their own, whose
-`service.namespace` is the system's, as Cloud Monitoring's `generic_task` resource
-keeps it: a system's series are where its alerts and SLOs look, as for a
-deployment of one. What carries no system's name (distributions, the process's
-gauges) stays under the cell's namespace.
+thread and one request an interval for the process, however many systems it serves.
+Each system's points carry its name; `BySystem` moves them to a resource whose
+`service.namespace` is the system's (Cloud Monitoring's `generic_task` keeps it), as
+for a deployment of one. Distributions and the process's gauges stay the cell's.
 
 Design: docs/observability.md#in-a-cell
 """

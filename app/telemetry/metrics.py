@@ -136,7 +136,8 @@ class Metrics:
         self._parent = parent
         # Each system's counts, in a cell (this is the cell's): read by the callbacks.
         self._members: list[Metrics] = []
-        self._watched: list[Watched] = []
+        # What each app watched (by system: an app made again replaces its own).
+        self._watched: dict[str | None, Watched] = {}
         # Outcomes are tallied in plain ints and read at collection time: a
         # synchronous SDK counter costs ~5 µs per add, 3% of a push.
         self.outcomes: Counter[tuple[tuple[str, str], ...]] = Counter()
@@ -389,21 +390,21 @@ class Metrics:
         """Gauges read at collection time (every export, or each /metrics scrape): of
         the process, so in a cell each system's app adds to the cell's (the queues'
         and followers' sums, the horizon furthest behind)."""
-        watched = Watched(queue_depth, horizon, followers)
         root = self._root()
-        root._watched.append(watched)
-        if len(root._watched) > 1:
+        first = not root._watched
+        root._watched[self.system] = Watched(queue_depth, horizon, followers)
+        if not first:
             return
         every = root._watched
 
         def depth(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(sum(w.queue_depth() for w in list(every)))
+            yield Observation(sum(w.queue_depth() for w in list(every.values())))
 
         def waiting(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(sum(w.followers() for w in list(every)))
+            yield Observation(sum(w.followers() for w in list(every.values())))
 
         def watermark_lag(_: CallbackOptions) -> Iterable[Observation]:
-            oldest = min(w.horizon() for w in list(every))
+            oldest = min(w.horizon() for w in list(every.values()))
             yield Observation(max(0.0, root._clock() - oldest / 1e6))
 
         root.meter.create_observable_gauge(

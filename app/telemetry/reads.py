@@ -1,13 +1,10 @@
 """recordline.read.duration and the reads' SLO events: what a reader waits for.
 
-The time from a read request reaching a read route to its response being sent, by
-route template, recorded for answers a reader acts on (2xx, and 404); errors
-count against availability instead. Each read is also an event of two SLOs
-(`recordline.slo.events`): `availability` (good unless answered 5xx) and, for a
-read that does not wait for rows (no `wait=`, `live=` or event stream),
-`read_latency` (good when answered within RECORDLINE_SLO_READ_LATENCY_SECONDS).
-Synthetic reads (uptime checks, the deploy's smoke test, reads of the canary) are
-left out, so they neither dilute nor spend the budget.
+A read route's request to response, by route template, for answers a reader acts on
+(2xx, and 404). Each read is also an `availability` event (good unless 5xx) and, if
+it does not wait for rows (no `wait=`, `live=` or event stream), a `read_latency`
+event (good within RECORDLINE_SLO_READ_LATENCY_SECONDS) of `recordline.slo.events`.
+Synthetic reads (uptime checks, the smoke test, the canary) are left out.
 
 Design: docs/operations.md#slis-and-slos
 """

@@ -180,20 +180,31 @@ def test_a_cell_that_cannot_be_used_is_refused_naming_the_variable(
     assert refused.value.var == var
 
 
-def test_one_push_secret_for_every_system_is_refused_beyond_loopback() -> None:
+@pytest.mark.parametrize(
+    ("extra", "var"),
+    [
+        # One secret for every system: one system's publisher could write another's.
+        ({"RECORDLINE_PUSH_TOKEN": "x" * 32}, "RECORDLINE_PUSH_TOKEN"),
+        # Cloud Run's invoker check admits every system's readers: only the service
+        # can tell whose records each may read.
+        ({"RECORDLINE_PUBLIC_READS": "true"}, "RECORDLINE_PUBLIC_READS"),
+    ],
+)
+def test_what_cannot_tell_the_systems_apart_is_refused_beyond_loopback(
+    extra: dict[str, str], var: str
+) -> None:
     from app.settings import check_access
 
     loaded = cell(
         {"orders": {**ORDERS, "read_principals": ""}},
         RECORDLINE_HOST="0.0.0.0",
-        RECORDLINE_PUSH_TOKEN="x" * 32,
-        RECORDLINE_PUBLIC_READS="true",
         RECORDLINE_PAGE_TOKEN_SECRET="k" * 32,
+        **extra,
     )
     own = system_settings(loaded, "orders", loaded.systems()["orders"])
     with pytest.raises(SettingsError) as refused:
         check_access(own)
-    assert refused.value.var == "RECORDLINE_PUSH_TOKEN"
+    assert refused.value.var == var
 
 
 def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:

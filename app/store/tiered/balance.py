@@ -1,28 +1,11 @@
 """An exporter pool's leases shared out: each instance holds about its fair share.
 
-Each system's lease is in that system's own database; what an instance knows of the
-others it learns from the leases themselves, at each of its claims (every system's,
-a third of a lease apart): who holds each one, and who asked for one (the row
-beside a lease, `app.store.spanner.ledger.wanted_name`). The live instances are
-those holding or asking for a lease that has not expired, and this one; each
-claims up to `ceil(systems / live)` of them:
-
-- a lease nobody holds is taken by an instance below its share, or by the one that
-  asked for it within the last lease; by one at its share too once it has been seen
-  free for a third of a lease (its holder died and those below their share did not
-  take it) unless this instance handed it back itself within the last lease (it is
-  meant for the one that asked);
-- an instance below its share asks for a lease held by one above its share;
-- a holder above its share that finds its lease asked for by one still below its
-  share hands it back at a batch boundary (between two batches: `Exporter.step`),
-  and the instance that asked takes it at its next claim.
-
-A hand-over is the exporter's own (`Exporter.stop`, then another's claim): the new
-holder goes on from the progress in Spanner, its pending batch appended again at
-its offset (refused as already there), so no row is exported twice; a system is
-without a holder for at most the asking instance's next claim. An instance that
-dies is seen gone once its leases expire: the others' shares grow, and they take
-its systems within a lease of its last renewal.
+What an instance knows of the others it learns from the leases at its claims: who
+holds each, and who asked for one (the row beside it: `ledger.wanted_name`). Each
+claims up to `ceil(systems / live instances)`: one below its share takes a free
+lease and asks for one held by an instance above its share; a holder above its
+share hands an asked-for lease back between two batches, and the asker takes it at
+its next claim (its progress in Spanner: no row exported twice).
 
 Design: docs/cells.md#the-exporter-pool
 """
@@ -120,6 +103,11 @@ class Share:
     def __init__(self, balance: Balance, system: str) -> None:
         self._balance = balance
         self.system = system
+
+    @property
+    def holder(self) -> str:
+        """This instance's name in the leases (each of its systems' alike)."""
+        return self._balance.me
 
     def asks(self) -> Asks:
         """What this instance's next claim of the lease asks."""

@@ -32,6 +32,7 @@ from app.store.tiered.exporter import (
     Destination,
     Exporter,
     ExportObserver,
+    exporter_lease,
 )
 from app.store.tiered.held import QueryHeld
 from app.store.tiered.typed import TypedExport
@@ -61,7 +62,9 @@ def exporter_for(
         typed=TypedExport(table, revisions) if table is not None and revisions else None,
         held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
     )
-    return Exporter(serving, bigquery, observer=observer, share=share)
+    # In a pool, every system's lease under this instance's one name.
+    lease = None if share is None else exporter_lease(share.holder)
+    return Exporter(serving, bigquery, observer=observer, share=share, lease=lease)
 
 
 class SystemExport:
