@@ -243,11 +243,11 @@ class Telemetry:
 
     def read_timing(self) -> list[DefineMiddleware]:
         """For the read routes: recordline.read.duration of every real read."""
-        histogram, events = self.metrics.read_duration, self.metrics
+        histogram, slo = self.metrics.read_duration, self.metrics.slo
         latency = self.read_latency_seconds
 
         def read_durations(app: ASGIApp) -> ReadDurations:
-            return ReadDurations(app, histogram=histogram, events=events, latency_seconds=latency)
+            return ReadDurations(app, histogram=histogram, slo=slo, latency_seconds=latency)
 
         return [DefineMiddleware(read_durations)]
 

@@ -89,6 +89,14 @@ _SLO = {
 
 _SLO_ANSWERED = _SLO["availability", True]
 _SLO_FAILED = _SLO["availability", False]
+_SLO_FRESH = _SLO["freshness", True]
+_SLO_STALE = _SLO["freshness", False]
+# What a read's events add to (app.telemetry.reads).
+SLO_READ = {
+    (slo, good): _SLO[slo, good]
+    for slo in ("availability", "read_latency")
+    for good in (True, False)
+}
 
 
 class Watched(NamedTuple):
@@ -331,25 +339,33 @@ class Metrics:
     def appended(self, rows: Sequence[Record | Rejection], seconds: float, stored: bool) -> None:
         """One append: its size and duration; if `stored`, the ingest lag of its
         rows (now durable), their freshness, and the newest canary among them. One
-        call per append."""
-        if stored:
-            fresh = sum(row.ingest_time - row.publish_time <= self._fresh_micros for row in rows)
-            if fresh:
-                self.slo[_SLO["freshness", True]] += fresh
-            if fresh < len(rows):
-                self.slo[_SLO["freshness", False]] += len(rows) - fresh
-        if self.histograms is None:
-            return
-        lag, size, duration = self.histograms
-        size.record(len(rows))
-        duration.record(seconds)
+        call per append, and no call per row but the lag's."""
+        histograms = self.histograms
+        if histograms is not None:
+            _, size, duration = histograms
+            size.record(len(rows))
+            duration.record(seconds)
         if not stored:
             return
+        lag = None if histograms is None else histograms.ingest_lag
+        limit = self._fresh_micros
+        fresh = stale = 0
         for row in rows:
-            lag.record((row.ingest_time - row.publish_time) / 1e6)
-            if isinstance(row, Record) and _CANARY_KEY in row.attributes:
-                # Pushes arrive out of order: keep the newest.
-                self.canary_published = max(row.publish_time, self.canary_published or 0)
+            waited = row.ingest_time - row.publish_time
+            if waited <= limit:
+                fresh += 1
+            else:
+                stale += 1
+            if lag is not None:
+                lag.record(waited / 1e6)
+                if isinstance(row, Record) and _CANARY_KEY in row.attributes:
+                    # Pushes arrive out of order: keep the newest.
+                    self.canary_published = max(row.publish_time, self.canary_published or 0)
+        slo = self.slo
+        if fresh:
+            slo[_SLO_FRESH] += fresh
+        if stale:
+            slo[_SLO_STALE] += stale
 
     def answered(self, slo: str, good: bool) -> None:
         """One event of `slo` (`availability` or `read_latency`), good or not."""

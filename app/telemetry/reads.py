@@ -12,12 +12,13 @@ Design: docs/operations.md#slis-and-slos
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from collections import Counter
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.metrics import Histogram
 
 from app.records import CANARY_ATTRIBUTE
+from app.telemetry.metrics import SLO_READ
 
 SYNTHETIC_USER_AGENTS = (b"GoogleStackdriverMonitoring-UptimeChecks", b"recordline-smoke")
 _CANARY_PATH = f"/v1/records/{CANARY_ATTRIBUTE}"
@@ -37,36 +38,33 @@ def counted(status: int) -> bool:
     return 200 <= status < 300 or status == 404
 
 
-class ReadEvents(Protocol):
-    """Told each read's SLO events (`app.telemetry.metrics.Metrics.answered`)."""
-
-    def answered(self, slo: str, good: bool) -> None: ...
-
-
 def waits(scope: Scope) -> bool:
     """Whether a read may wait for rows (a long-poll or a stream): its latency is the
     follower's choice, not the service's."""
+    query: bytes = scope["query_string"]
+    if b"wait=" in query or b"live=" in query:
+        return True
     for name, value in scope["headers"]:
         if name == b"accept" and b"text/event-stream" in value:
             return True
-    query: bytes = scope.get("query_string", b"")
-    return any(part.startswith((b"wait=", b"live=")) for part in query.split(b"&"))
+    return False
 
 
 class ReadDurations:
-    """Plain ASGI middleware on the read routes (after routing: the route template is known)."""
+    """Plain ASGI middleware on the read routes (after routing: the route template is
+    known); `slo`, where given, counts each read's SLO events (`Metrics.slo`)."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         histogram: Histogram,
-        events: ReadEvents | None = None,
+        slo: Counter[tuple[tuple[str, str], ...]] | None = None,
         latency_seconds: float = 1.0,
     ) -> None:
         self.app = app
         self.histogram = histogram
-        self.events = events
+        self.slo = slo
         self.latency_seconds = latency_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,19 +75,14 @@ class ReadDurations:
         try:
             await self.app(scope, receive, observed)
         finally:
-            if self.events is not None:
-                self._count(observed, waiting=waits(scope))
-
-    def _count(self, observed: _Observed, *, waiting: bool) -> None:
-        events = self.events
-        assert events is not None
-        # Not answered at all (the client left first): no event.
-        if not observed.status:
-            return
-        events.answered("availability", observed.status < 500)
-        if not waiting and counted(observed.status):
-            took = observed.took if observed.took is not None else time.perf_counter()
-            events.answered("read_latency", took - observed.started <= self.latency_seconds)
+            slo, status = self.slo, observed.status
+            # Not answered at all (the client left first): no event.
+            if slo is not None and status:
+                slo[SLO_READ["availability", status < 500]] += 1
+                took = observed.took
+                if took is not None and counted(status) and not waits(scope):
+                    fast = took - observed.started <= self.latency_seconds
+                    slo[SLO_READ["read_latency", fast]] += 1
 
 
 class _Observed:
