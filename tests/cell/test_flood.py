@@ -118,9 +118,7 @@ class Flood:
         return self.refusals.count(QUEUE_FULL) >= len(self.bodies) - CAP_BYTES // len(DATA)
 
 
-async def test_a_flood_of_one_system_is_refused_for_it_alone_and_the_others_keep_their_latency() -> (
-    None
-):
+async def test_a_flood_of_one_system_is_refused_for_it_alone_and_the_others_keep_latency() -> None:
     stores = {name: FaultyStore(DuckDBStore(":memory:")) for name in ("alpha", "beta", "gamma")}
     systems: dict[str, dict[str, Any]] = {name: {"store": "memory:"} for name in stores}
     systems["alpha"]["queue_bytes"] = CAP_BYTES
