@@ -13,6 +13,7 @@ and the process exits with whatever is still running.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 from collections.abc import Callable
@@ -25,14 +26,19 @@ _Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class DaemonThreads(Executor):
-    """At most `workers` daemon threads, started as work arrives, named `prefix_N`."""
+    """At most `workers` daemon threads, started as work arrives, named `prefix_N`;
+    with `idle_seconds`, a thread that finds no work for that long ends (a pool sized
+    for many databases keeps only the threads its recent calls needed)."""
 
-    def __init__(self, workers: int, *, prefix: str) -> None:
+    def __init__(self, workers: int, *, prefix: str, idle_seconds: float | None = None) -> None:
         self._workers = workers
         self._prefix = prefix
+        self._idle_seconds = idle_seconds
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._names = itertools.count()
+        # Threads waiting for work that no submitted work counts on yet.
         self._idle = 0
         self._closed = False
 
@@ -46,7 +52,7 @@ class DaemonThreads(Executor):
                 self._idle -= 1
             elif len(self._threads) < self._workers:
                 thread = threading.Thread(
-                    target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                    target=self._work, name=f"{self._prefix}_{next(self._names)}", daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
@@ -58,13 +64,29 @@ class DaemonThreads(Executor):
             self._workers += workers
 
     @property
-    def started(self) -> int:
-        """Threads started so far (for tests and diagnostics)."""
+    def alive(self) -> int:
+        """Threads started and not ended (for tests and diagnostics)."""
         with self._lock:
             return len(self._threads)
 
+    def _next(self) -> _Work | None:
+        """The next work for this thread; None when it is to end (shut down, or idle
+        for `idle_seconds` with no work counting on it)."""
+        while True:
+            try:
+                return self._queue.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    # Work submitted meanwhile counted on an idle thread (`submit`
+                    # took one off `_idle`): while none is left uncounted, this one
+                    # waits on, for it.
+                    if self._idle:
+                        self._idle -= 1
+                        self._threads.remove(threading.current_thread())
+                        return None
+
     def _work(self) -> None:
-        while (work := self._queue.get()) is not None:
+        while (work := self._next()) is not None:
             future, fn, args, kwargs = work
             if future.set_running_or_notify_cancel():
                 try:

@@ -68,6 +68,9 @@ _RETRY_MAXIMUM: Final = 2.0
 # The least time a request is given: one whose call's deadline has passed
 # fails rather than going out with none.
 _LEAST_SECONDS: Final = 0.01
+# A Spanner thread with no call for this long ends: a cell's pool, sized for every
+# database's calls at once, keeps the threads its recent calls needed.
+IDLE_THREAD_SECONDS: Final = 60.0
 # How long a stop waits for the channels to close (a local operation).
 _CLOSE_SECONDS: Final = 2.0
 
@@ -200,7 +203,7 @@ class SpannerClients:
         self.accommodations = accommodations or (
             Accommodations.for_emulator() if emulator_host else Accommodations()
         )
-        self.threads = DaemonThreads(0, prefix="spanner")
+        self.threads = DaemonThreads(0, prefix="spanner", idle_seconds=IDLE_THREAD_SECONDS)
         self._clients: dict[str, spanner.Client] = {}
         self._lock = threading.Lock()
         self._said = False
