@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 from litestar.testing import TestClient
 
@@ -19,6 +20,9 @@ from app.settings import Settings
 from app.store import Store
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import FakeGoogle
+from tests.bigquery.conftest import PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import Abort, FakeBigQueryWrite
 from tests.conftest import envelope, served
 from tests.fakes import FaultyStore
 from tests.waiting import until, until_blocking
@@ -291,3 +295,32 @@ async def test_a_follower_storm_on_one_system_is_refused_for_that_system_alone(
         assert pushed.status_code == 204
         for follower in await asyncio.gather(*waiting):
             assert follower.status_code == 200
+
+
+async def test_a_system_whose_dataset_is_gone_is_refused_alone(
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    # Two systems on BigQuery alone, each its own dataset; alpha's is deleted.
+    systems = {name: {"store": f"bigquery://{PROJECT}/cell_{name}"} for name in ("alpha", "beta")}
+    cell = create_cell(
+        settings(
+            systems,
+            RECORDLINE_BIGQUERY_WRITE_ENDPOINT=write_fake.address,
+            BIGQUERY_EMULATOR_HOST=jobs_fake.endpoint,
+            RECORDLINE_WRITE_DEADLINE_SECONDS="3",
+        )
+    )
+    gone = f"projects/{PROJECT}/datasets/cell_alpha/tables/records"
+    write_fake.broken[gone] = Abort(grpc.StatusCode.NOT_FOUND, details="Not found: Dataset")
+    async with served(cell) as client:  # type: ignore[arg-type]
+        refused = await client.post(
+            "/systems/alpha/pubsub/push", json=envelope(RECORD, message_id="a-1")
+        )
+        assert refused.status_code == 503, refused.text
+        stored = await client.post(
+            "/systems/beta/pubsub/push", json=envelope(RECORD, message_id="b-1")
+        )
+        assert stored.status_code == 204, stored.text
+    beta = f"projects/{PROJECT}/datasets/cell_beta/tables/records"
+    assert [row["message_id"] for row in write_fake.rows(beta)] == ["b-1"]
+    assert write_fake.rows(gone) == []
