@@ -90,5 +90,7 @@ async def test_the_exports_reads_are_low_priority_and_a_readers_are_not() -> Non
         reads = list(clients.db.asked)
     finally:
         await serving.close()
-    assert export and all(options == LOW_PRIORITY for _, options in export), export
-    assert reads and all(options is None for _, options in reads), reads
+    assert len(export) >= 5
+    assert all(options == LOW_PRIORITY for _, options in export), export
+    assert len(reads) >= 3
+    assert all(options is None for _, options in reads), reads
