@@ -100,8 +100,9 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
 
     add_parser(
         "exporter",
-        help="the exporter service: every system RECORDLINE_EXPORT_SYSTEMS names exported from "
-        "Spanner to BigQuery, one lease per system, until SIGTERM",
+        help="the exporter pool: every system of RECORDLINE_SYSTEMS with a serving tier "
+        "exported from Spanner to BigQuery, one lease per system, each instance about its "
+        "share of them, until SIGTERM",
     )
 
     schema = add_parser("schema", help="the table schemas, derived from the code")
@@ -520,18 +521,19 @@ def _export(args: argparse.Namespace) -> int:
 
 def _exporter() -> int:
     """`recordline exporter` (app/exporter): a process of its own, apart from `serve`.
-    It serves no request (a Cloud Run worker pool has no port), and reads every
-    system's settings from RECORDLINE_EXPORT_SYSTEMS, where `serve` reads one."""
+    It serves no request (a Cloud Run worker pool has no port), and exports every
+    system of RECORDLINE_SYSTEMS (or its former name) that has a serving tier."""
     from app.exporter import service
     from app.telemetry import configure_logging, google_project
 
     settings = _settings(dict(os.environ))
     if settings is None:
         return 2
-    if not settings.exporter.exported():
+    if not any(entry.serving for entry in settings.systems().values()):
         print(
-            "recordline exporter: RECORDLINE_EXPORT_SYSTEMS names no system to export "
-            "(`recordline config --reference` says what it holds)",
+            "recordline exporter: RECORDLINE_EXPORT_SYSTEMS names no system to export, nor "
+            "RECORDLINE_SYSTEMS one with a serving tier (`recordline config --reference` "
+            "says what they hold)",
             file=sys.stderr,
         )
         return 2
@@ -746,6 +748,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.asgi import create_app
+    from app.cell.app import Cell, create_cell
+    from app.http.head import Recordline
     from app.http.limits import bounded_httptools
     from app.telemetry import configure_logging, google_project
 
@@ -753,11 +757,15 @@ def _serve(args: argparse.Namespace) -> int:
         settings.server.log_level,
         settings.server.log_format,
         project=google_project(settings),
-        system=settings.telemetry.system,
+        # A cell's own lines under its name; each system's under the system's (app.cell).
+        system=settings.cell.name or settings.telemetry.system,
     )
     try:
-        # create_app refuses settings that would leave the service open (app.auth).
-        app = create_app(settings)
+        # create_app refuses settings that would leave the service open (app.auth);
+        # a cell is one app per system, each refusing its own (app.cell).
+        app: Recordline | Cell = (
+            create_cell(settings) if settings.cell.name else create_app(settings)
+        )
     except SettingsError as exc:
         print(f"recordline: {_as_typed(exc, typed)}", file=sys.stderr)
         return 2

@@ -82,6 +82,11 @@ BAD_VALUES = {
     "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
     "OTEL_METRIC_EXPORT_INTERVAL": "1000",
     "GOOGLE_CLOUD_PROJECT": "My Project",
+    "RECORDLINE_SLO_READ_LATENCY_SECONDS": "0",
+    "RECORDLINE_SLO_FRESHNESS_SECONDS": "-1",
+    "RECORDLINE_CELL": "Cell 1",
+    "RECORDLINE_SYSTEMS": '{"orders": {"store": "memory:", "rate": 0}}',
+    "RECORDLINE_CELL_MAX_SYSTEMS": "0",
 }
 # Any text is a value of these.
 FREE_TEXT = {

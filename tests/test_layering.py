@@ -53,6 +53,7 @@ RESTRICTED = {
 # The top layer: routes and wiring.
 WEB_MODULES = {
     "app.asgi",
+    "app.cell",
     "app.cli",
     "app.docs",
     "app.exporter",

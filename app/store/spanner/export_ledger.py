@@ -18,7 +18,14 @@ import msgspec
 
 from app.records import Record, rejected_record
 from app.store.spanner import ledger
-from app.store.spanner.calls import Deadline, SpannerCalls, in_transaction, key_rows, statement
+from app.store.spanner.calls import (
+    LOW_PRIORITY,
+    Deadline,
+    SpannerCalls,
+    in_transaction,
+    key_rows,
+    statement,
+)
 from app.store.spanner.ledger import Decision, Lease, LeaseClaim, Progress
 from app.store.spanner.rows import NAMES, insert_columns, insert_values, message_keys, stored_row
 
@@ -32,6 +39,8 @@ class SpannerLedger:
         # After a claim another exporter's live lease refused: in how long (s) that
         # lease expires, when known.
         self.expires_in: float | None = None
+        # What the last claim found (who holds the lease, who asked for it).
+        self.claimed: LeaseClaim | None = None
 
     def _holder(self) -> tuple[Lease, str]:
         """The lease, and its `holder` value now (`ledger.lease_holder`)."""
@@ -42,20 +51,39 @@ class SpannerLedger:
 
     # -- the exporter's ----------------------------------------------------------
 
-    async def claim(self) -> bool:
+    async def claim(self, *, take_free: bool = True, want: bool = False) -> bool:
         """Take or renew the lease for its `seconds` from Spanner's now; whether this
         exporter holds it now (if not, `expires_in` says when the one that stopped
-        it expires, when known)."""
+        it expires, when known). Without `take_free`, a lease nobody holds is left
+        to others; with `want`, another's is asked for (`ledger.claim`). What the
+        claim found is `claimed`."""
         lease, holder = self._holder()
         found = await self._calls.transact(
-            self._claim, lease.name, holder, int(lease.seconds * 1_000_000)
+            self._claim, lease.name, holder, int(lease.seconds * 1_000_000), take_free, want
         )
+        self.claimed = found
         self.expires_in = None if found.expires_in is None else found.expires_in / 1_000_000
         return found.held
 
-    def _claim(self, deadline: Deadline, name: str, holder: str, lease_micros: int) -> LeaseClaim:
+    def _claim(
+        self,
+        deadline: Deadline,
+        name: str,
+        holder: str,
+        lease_micros: int,
+        take_free: bool,
+        want: bool,
+    ) -> LeaseClaim:
         def work(transaction: Any) -> LeaseClaim:
-            return ledger.claim(transaction, statement(deadline), name, holder, lease_micros)
+            return ledger.claim(
+                transaction,
+                statement(deadline),
+                name,
+                holder,
+                lease_micros,
+                take_free=take_free,
+                want=want,
+            )
 
         claimed, _ = in_transaction(self._calls.database(), deadline, work)
         return claimed
@@ -101,6 +129,7 @@ class SpannerLedger:
                 ledger.PROGRESS_TABLE,
                 ledger.progress_names(),
                 ledger.progress_key(table),
+                request_options=LOW_PRIORITY,
             )
             return ledger.progress_of(table, list(found))
 
@@ -113,7 +142,14 @@ class SpannerLedger:
             names = ["table_name", "watermark"]
             keys = ledger.watermark_keys()
             return ledger.watermarks_of(
-                key_rows(snapshot, deadline, ledger.PROGRESS_TABLE, names, keys)
+                key_rows(
+                    snapshot,
+                    deadline,
+                    ledger.PROGRESS_TABLE,
+                    names,
+                    keys,
+                    request_options=LOW_PRIORITY,
+                )
             )
 
     # -- operators' ----------------------------------------------------------------

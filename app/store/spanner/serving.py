@@ -48,9 +48,11 @@ from app.store.producers import ProducerSequence, Tally, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     CALL_SECONDS,
+    LOW_PRIORITY,
     Accommodations,
     Deadline,
     SpannerCalls,
+    SpannerClients,
     in_transaction,
     key_rows,
     sql_rows,
@@ -253,13 +255,17 @@ class SpannerServing:
         emulator_host: str | None = None,
         accommodations: Accommodations | None = None,
         timeout_seconds: float = CALL_SECONDS,
+        clients: SpannerClients | None = None,
     ) -> None:
         self.database = database
+        # On the process's clients and threads where it shares them (a cell's
+        # systems: one client per project), else on its own.
         self._calls = SpannerCalls(
             database,
             emulator_host=emulator_host,
             accommodations=accommodations,
             timeout_seconds=timeout_seconds,
+            clients=clients,
         )
         # The export's lease and progress, as operators and watermark reads ask.
         self.ledger = SpannerLedger(self._calls)
@@ -470,7 +476,12 @@ class SpannerServing:
         }
         with self._calls.database().snapshot() as snapshot:
             rows = sql_rows(
-                snapshot, deadline, _DIGEST_SQL[table], params=params, param_types=types
+                snapshot,
+                deadline,
+                _DIGEST_SQL[table],
+                params=params,
+                param_types=types,
+                request_options=LOW_PRIORITY,
             )
             return {int(w): (int(n), int(d)) for w, n, d in rows}
 
@@ -514,7 +525,12 @@ class SpannerServing:
         )
         with snapshot as reading:
             rows = sql_rows(
-                reading, deadline, _KEYS_SQL[table], params=params, param_types=_PAGE_TYPES
+                reading,
+                deadline,
+                _KEYS_SQL[table],
+                params=params,
+                param_types=_PAGE_TYPES,
+                request_options=LOW_PRIORITY,
             )
             return [(int(t), str(m)) for t, m in rows]
 
@@ -549,12 +565,15 @@ class SpannerServing:
                 }
                 if counted:
                     self._count_reads(1)
+                # A reader's page at the default (high) priority; the export's, low.
+                options = {} if counted else {"request_options": LOW_PRIORITY}
                 rows = sql_rows(
                     snapshot,
                     deadline,
                     self._page_sql[table],
                     params=params,
                     param_types=_PAGE_TYPES,
+                    **options,
                 )
                 found, cut = _taken(rows, kind, query.max_bytes)
                 if cut or len(found) == query.limit or end == query.before_time:
