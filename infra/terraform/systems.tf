@@ -469,3 +469,32 @@ removed {
     destroy = false
   }
 }
+
+# The exporter pool's grants of a deployment made before cells, under the names the
+# cell gives them (the same members, the same role: nothing is granted twice or lost).
+moved {
+  from = google_cloud_run_v2_worker_pool_iam_member.deployer_deploys_exporter["recordline"]
+  to   = google_cloud_run_v2_worker_pool_iam_member.developers["recordline deployer"]
+}
+
+moved {
+  from = google_cloud_run_v2_worker_pool_iam_member.operator_runs_exporter["recordline"]
+  to   = google_cloud_run_v2_worker_pool_iam_member.developers["recordline operator"]
+}
+
+# The serving tier's alerts of a deployment made before cells are the environment's to
+# replace (its instance tickets and pages): its state destroys them, never the cell's.
+removed {
+  from = google_monitoring_alert_policy.spanner_cpu
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_monitoring_alert_policy.spanner_storage
+  lifecycle {
+    destroy = false
+  }
+}
+

@@ -290,7 +290,7 @@ def test_a_deployment_made_before_cells_becomes_its_first_cell_with_nothing_dest
         for name in named
     }
     for _, to in moved:
-        assert to.strip("${}") in declared, to
+        assert re.sub(r'\["[^"]*"\]$', "", to.strip("${}")) in declared, to
     # The environment's own resources are forgotten here, never destroyed: the
     # environment root takes them over (infra/README.md says how).
     removed = {block["from"].strip("${}") for block in _root("removed")}
@@ -308,13 +308,34 @@ def test_a_deployment_made_before_cells_becomes_its_first_cell_with_nothing_dest
         "google_monitoring_alert_policy.ticket",
         "google_artifact_registry_repository.images",
     } <= removed
+    # What neither root declares any more is the environment's state's to destroy.
     assert removed - environment <= {
         "google_project_iam_custom_role.runtime",
         "google_project_iam_binding.runtime",
-        "google_monitoring_metric_descriptor.workload",
+        "google_monitoring_metric_descriptor.workload",  # module.metrics's, there
+        "google_monitoring_alert_policy.spanner_cpu",
+        "google_monitoring_alert_policy.spanner_storage",
     }
     for block in _root("removed"):
         assert block["lifecycle"] == [{"destroy": False}], block["from"]
+    # And the environment's root forgets the cell's, never destroying them; its
+    # descriptors are its metrics module's now.
+    cell = declared | {f"module.{name}" for block in _root("module") for name in block}
+    kept = {block["from"].strip("${}") for block in _root("removed", ENVIRONMENT)}
+    assert "module.system" in kept
+    assert kept - cell <= {
+        "google_cloud_run_v2_worker_pool_iam_member.deployer_deploys_exporter",
+        "google_cloud_run_v2_worker_pool_iam_member.operator_runs_exporter",
+        "google_service_account.push",
+        "google_service_account_iam_member.pubsub_mints_push_token",
+        "google_service_account_iam_member.terraform_apply_acts_as_push",
+    }  # moved within the cell's state to new addresses
+    for block in _root("removed", ENVIRONMENT):
+        assert block["lifecycle"] == [{"destroy": False}], block["from"]
+    assert (
+        "${google_monitoring_metric_descriptor.workload}",
+        "${module.metrics.google_monitoring_metric_descriptor.workload}",
+    ) in {(b["from"], b["to"]) for b in _root("moved", ENVIRONMENT)}
 
 
 def test_each_system_names_itself_on_its_counters_and_the_cell_on_its_own() -> None:

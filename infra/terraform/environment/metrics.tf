@@ -9,3 +9,11 @@ module "metrics" {
 
   depends_on = [google_project_service.enabled]
 }
+
+# A deployment made before cells made them at its root: the same descriptors, kept
+# (deleting a descriptor deletes its metric's data).
+moved {
+  from = google_monitoring_metric_descriptor.workload
+  to   = module.metrics.google_monitoring_metric_descriptor.workload
+}
+
