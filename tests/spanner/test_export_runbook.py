@@ -149,7 +149,7 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     await drain(one)
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
     assert copies(write_fake, "rejected") == {"r-1": 1, "m-bad": 1}
-    (check,) = [line for line in look.splitlines() if "export --system=\"$SYSTEM\" verify" in line]
+    (check,) = [line for line in look.splitlines() if 'export --system="$SYSTEM" verify' in line]
     said = await run(cloud, who, single_system(check))
     assert "DIFFERS" not in said
     assert " same" in said
