@@ -791,8 +791,8 @@ def test_descriptors_are_what_the_exporter_writes() -> None:
     exported = _exported_descriptors()
     for name, descriptor in exported.items():
         assert declared.get(name) == descriptor, name
-    # Declared beyond what this service writes: the SLO counter of the cells' contract,
-    # as the cells' service writes it, until that service is here.
+    # Declared ahead of what this checkout's service writes: the SLO counter a cell's
+    # service writes for each system (each SLO is a ratio of it: slos.tf).
     assert set(declared) - set(exported) <= {"slo.events"}
     assert declared["slo.events"] == SLO_EVENTS
 
