@@ -1,9 +1,11 @@
 """The runbook's "Export behind" and "Export blocked" incidents, at once, walked as
 on-call walks them: as a member of `oncall` acting as the operator account, with
 docs/operations.md's commands run as written by bash against the fake cloud
-(tests/infra/fake_cloud.py), whose export job runs this checkout's `recordline export
-…` with the job's settings against the Spanner emulator and the BigQuery fakes. Who
-may do what is Terraform's IAM (tests/infra/test_rollout.py: terraform_iam)."""
+(tests/infra/fake_cloud.py), whose cell's export job runs this checkout's `recordline
+export …` with the job's settings against the Spanner emulator and the BigQuery fakes.
+The job here serves one system, named by its settings, so the commands' `--system` is
+left out (tests/infra/test_runbook_commands.py: single_system). Who may do what is
+Terraform's IAM (tests/infra/cell_world.py: terraform_iam)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from tests.bigquery.conftest import DATASET
 from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
-from tests.infra.test_rollout import EARLIER, ONCALL, OPERATOR
-from tests.infra.test_runbook_commands import JOB, blocks, with_export_job
+from tests.infra.cell_world import EARLIER, ONCALL, OPERATOR
+from tests.infra.test_runbook_commands import blocks, single_system, where, with_export_job
 from tests.infra.workflow_runner import Cloud
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
@@ -99,9 +101,9 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     assert "rejected" not in one.blocked
     cloud = on_call(tmp_path, database, spanner_emulator, write_fake, jobs_fake)
 
-    # Running export commands: the job set to the image that serves, then `status`.
-    (running,) = blocks("running-export-commands")
-    said = await run(cloud, running)
+    # Running commands as the cell's job: where the system is, then `status`.
+    (running,) = blocks("running-commands-as-a-cells-job")
+    said = await run(cloud, where("recordline"), single_system(running))
     assert "BLOCKED since" in said
     assert "BigQuery refused message m-bad of records: value too long" in said
     # `rejected` is behind, not blocked: its batch in flight, retried by itself.
@@ -109,14 +111,14 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     assert "in flight: 1 rows ending at message r-1" in said
     assert said.count("BLOCKED") == 1
     assert "Container called exit(1)." in said  # 1: a table is blocked
-    assert cloud.world["jobs"][JOB]["image"].endswith(f"@{EARLIER}")
-    who = running.split("\nexport_job status")[0]
+    assert cloud.world["jobs"]["recordline-export"]["image"].endswith(f"@{EARLIER}")
+    who = "\n".join([where("recordline"), *running.splitlines()[:2]])  # `job`, and ME
 
     # Export blocked: the row will never fit; on-call moves it to the rejections.
     look, mitigate = blocks("export-blocked")
     reject = chosen(
-        mitigate,
-        "export_job reject",
+        single_system(mitigate),
+        'job "$EXPORT_JOB" export reject',
         **{
             '"$MESSAGE_ID"': "m-bad",
             "<why, for whoever reads the rejection>": "a value BigQuery will never take",
@@ -147,8 +149,8 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     await drain(one)
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
     assert copies(write_fake, "rejected") == {"r-1": 1, "m-bad": 1}
-    (check,) = [line for line in look.splitlines() if "export_job verify" in line]
-    said = await run(cloud, who, check)
+    (check,) = [line for line in look.splitlines() if 'export --system="$SYSTEM" verify' in line]
+    said = await run(cloud, who, single_system(check))
     assert "DIFFERS" not in said
     assert " same" in said
     assert "Container called exit(0)." in said

@@ -4,12 +4,37 @@
 # is unknown"), and the exporter only creates a descriptor with the first point it
 # writes: on a new project that is after the first deploy, with rows stored.
 #
+# A project's descriptors are made once: by the environment root for its own project
+# (environment/metrics.tf), and by a cell root for a project of its own
+# (metrics.tf there, `create`); a cell in the environment's project reads the types.
+#
 # Kind, value type and unit are what the OpenTelemetry Cloud Monitoring exporter
 # writes for each instrument (counter: CUMULATIVE; histogram: CUMULATIVE
 # DISTRIBUTION; gauge: GAUGE; INT64 or DOUBLE from the value the app records), so the
 # exporter's own create call finds an equal descriptor. Labels are the attributes the
 # app records. Metrics arrive on the generic_task resource: the exporter's resource
 # detector describes a Cloud Run instance that way.
+
+terraform {
+  required_version = ">= 1.11, < 2.0"
+
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 6.23, < 7.0"
+    }
+  }
+}
+
+variable "project_id" {
+  type        = string
+  description = "The project the descriptors are made in."
+}
+
+variable "create" {
+  type        = bool
+  description = "Make the descriptors here: false where another root made them in this project already."
+}
 
 locals {
   workload_metrics = {
@@ -93,6 +118,16 @@ locals {
       kind        = "CUMULATIVE", value = "INT64", unit = "{patch}", labels = []
       description = "Changes of the typed columns BigQuery refused; each is tried again"
     }
+    # Each system's service level events, counted by its cell: every push and read answered
+    # (`availability`, good="false" for a 5xx), every user read (`read_latency`, good
+    # within RECORDLINE_SLO_READ_LATENCY_SECONDS), every stored message (`freshness`,
+    # good within RECORDLINE_SLO_FRESHNESS_SECONDS of publish). The per-system SLOs are
+    # good/total ratios of it (modules/system/slos.tf), so a system's telemetry is
+    # counters, whatever detail the cell's distributions carry.
+    "slo.events" = {
+      kind        = "CUMULATIVE", value = "INT64", unit = "{event}", labels = ["slo", "good"]
+      description = "Service level events of a system, by objective (slo) and whether each was good"
+    }
     # The completeness ledger of producer sequences: reported by systems on DuckDB or
     # with `serving`, for the 100 producers missing most (a series each).
     "producer.missing" = {
@@ -103,7 +138,7 @@ locals {
 }
 
 resource "google_monitoring_metric_descriptor" "workload" {
-  for_each = local.workload_metrics
+  for_each = var.create ? local.workload_metrics : {}
 
   project      = var.project_id
   type         = "workload.googleapis.com/recordline.${each.key}"
@@ -120,6 +155,19 @@ resource "google_monitoring_metric_descriptor" "workload" {
       value_type = "STRING"
     }
   }
+}
 
-  depends_on = [google_project_service.enabled]
+output "types" {
+  description = "Each metric's type, by short name: what filters and PromQL name."
+  value       = { for name in keys(local.workload_metrics) : name => "workload.googleapis.com/recordline.${name}" }
+}
+
+output "value_types" {
+  description = "Each metric's value type (DISTRIBUTION, INT64, DOUBLE), by short name: what a point of it is billed by (infra/fleet_cost.py)."
+  value       = { for name, m in local.workload_metrics : name => m.value }
+}
+
+output "descriptors" {
+  description = "The descriptors made here (none where `create` is false): what SLOs and alerts wait for."
+  value       = [for d in google_monitoring_metric_descriptor.workload : d.id]
 }

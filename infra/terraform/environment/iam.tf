@@ -16,18 +16,19 @@ resource "google_artifact_registry_repository_iam_member" "deployer_pushes_image
   member     = google_service_account.deployer.member
 }
 
-# Each rollout reads the systems from Terraform's outputs in the state (deploy-environment.yml).
+# Each rollout reads each cell's services from its Terraform outputs in the state
+# (deploy-environment.yml, deploy-cell.yml).
 resource "google_storage_bucket_iam_member" "deployer_reads_state" {
   bucket = var.terraform_state_bucket
   role   = "roles/storage.objectViewer"
   member = google_service_account.deployer.member
 }
 
-# The smoke test pushes as the push account and reads as the smoke account: ID tokens
-# only (serviceAccountOpenIdTokenCreator), no access tokens.
+# The smoke test reads back as the smoke account, with ID tokens only
+# (serviceAccountOpenIdTokenCreator), no access tokens; it pushes as each canary
+# system's own push account (modules/system/service_accounts.tf).
 resource "google_service_account_iam_member" "deployer_mints_smoke_tokens" {
   for_each = {
-    push  = google_service_account.push.name
     smoke = google_service_account.smoke.name
   }
 
@@ -36,22 +37,33 @@ resource "google_service_account_iam_member" "deployer_mints_smoke_tokens" {
   member             = google_service_account.deployer.member
 }
 
-# --- Pub/Sub ----------------------------------------------------------------------
+# The export-health gate of every rollout (deploy-cell.yml) reads the canary systems'
+# export lag and rows from Cloud Monitoring, over the metrics scope every cell's project
+# is in (cells.tf): viewer of the metrics, nothing that changes them.
+resource "google_project_iam_member" "deployer_reads_metrics" {
+  project = var.project_id
+  role    = "roles/monitoring.viewer"
+  member  = google_service_account.deployer.member
 
-# To mint each system's push OIDC token as the push account.
-resource "google_service_account_iam_member" "pubsub_mints_push_token" {
-  service_account_id = google_service_account.push.name
-  role               = "roles/iam.serviceAccountTokenCreator"
-  member             = "serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}"
+  depends_on = [google_project_service.enabled]
 }
 
 # --- Terraform (GitHub Actions, see github_oidc.tf) -----------------------------
 
-# Creating an authenticated push subscription means acting as its account.
-resource "google_service_account_iam_member" "terraform_apply_acts_as_push" {
-  service_account_id = google_service_account.push.name
+# Each cell's ops job runs as the operator account (the cell root's ops.tf): creating
+# it is acting as the account, and so is pointing it at another image, which every
+# rollout does (the image its cell serves: deploy-cell.yml) and on-call after a
+# rollback, as the operator account itself.
+resource "google_service_account_iam_member" "acts_as_operator" {
+  for_each = {
+    deployer        = google_service_account.deployer.member
+    operator        = google_service_account.operator.member
+    terraform_apply = google_service_account.terraform_apply.member
+  }
+
+  service_account_id = google_service_account.operator.name
   role               = "roles/iam.serviceAccountUser"
-  member             = google_service_account.terraform_apply.member
+  member             = each.value
 }
 
 # Plans run on pull requests, with code anyone who can push a branch controls, so the
@@ -64,7 +76,7 @@ resource "google_project_iam_member" "terraform_plan" {
     "roles/bigquery.metadataViewer",
     "roles/bigquery.resourceViewer", # the search-index DDL jobs (bigquery.tf), refreshed on plan
     "roles/browser",
-    "roles/cloudscheduler.viewer", # the canary's job (modules/system/canary.tf)
+    "roles/cloudscheduler.viewer", # the canaries' jobs (modules/system/canary.tf)
     "roles/iam.roleViewer",        # the operator's custom role
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",
@@ -142,14 +154,15 @@ resource "google_service_account_iam_member" "oncall_acts_as_operator" {
   member             = each.value
 }
 
-# What the runbook's commands need at the project, as the operator account (each is
-# run in tests/infra/test_runbook_commands.py against a fake that checks these
-# permissions where Google does): run.viewer for `gcloud run revisions list`, which
-# Cloud Run checks on the project however the service's own policy reads (and for
-# `gcloud projects describe`: resourcemanager.projects.get); the canary's Scheduler job
-# resumed or paused (Cloud Scheduler has no per-job policy), through a role of exactly
-# those permissions; query jobs for `recordline export verify` run from a checkout
-# (BigQuery runs a job in a project; what it may read is granted per table:
+# What the runbook's commands need at the project, as the operator account, for the
+# cells in this project (a cell in a project of its own grants the same there: the cell
+# root's operator_iam.tf). Each is run in tests/infra/test_runbook_commands.py against a
+# fake that checks these permissions where Google does: run.viewer for `gcloud run
+# revisions list`, which Cloud Run checks on the project however the service's own
+# policy reads (and for `gcloud projects describe`: resourcemanager.projects.get); the
+# canaries' Scheduler jobs resumed or paused (Cloud Scheduler has no per-job policy),
+# through a role of exactly those permissions; query jobs for `recordline export
+# verify` (BigQuery runs a job in a project; what it may read is granted per table:
 # modules/system/iam.tf, operator_reads_exported).
 resource "google_project_iam_member" "operator" {
   for_each = toset([
@@ -199,4 +212,27 @@ resource "google_project_iam_member" "oncall_looks" {
   member  = each.value.member
 
   depends_on = [google_project_service.enabled]
+}
+
+# --- the directory ----------------------------------------------------------------
+
+# Where each system is: every cell writes, at each apply, one object listing its systems
+# with their project, region, cell, services, jobs, instance, database, dataset and
+# accounts (the cell root's directory.tf), so that the runbook's commands name the
+# right ones from a system's name alone (docs/operations.md, "Where to look"). On-call
+# and the operator account read those objects and nothing else of the bucket (its state
+# stays the plan and apply accounts'): a condition on the objects' names.
+resource "google_storage_bucket_iam_member" "directory_readers" {
+  # Keys known before the operator account exists (for_each keys must be).
+  for_each = merge({ for m in var.oncall : m => m }, { operator-account = google_service_account.operator.member })
+
+  bucket = var.terraform_state_bucket
+  role   = "roles/storage.objectViewer"
+  member = each.value
+
+  condition {
+    title       = "the directory only"
+    description = "Where each system is (directory/<cell>.json), never a Terraform state."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${var.terraform_state_bucket}/objects/directory/\")"
+  }
 }

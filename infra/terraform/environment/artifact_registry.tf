@@ -1,8 +1,11 @@
-# The images, in the service's region and, with standby_region, in a second region too:
-# every deploy pushes each image to both (deploy-environment.yml), so a region lost
-# takes no image with it. One repository per location, keyed by it: moving the
-# service to the standby region (docs/operations.md#losing-a-zone-or-a-region) swaps
-# `region` and `standby_region` and replaces neither repository.
+# The images, in the environment's region and, with standby_region, in a second region
+# too: every deploy pushes each image to both (deploy-environment.yml), so a region lost
+# takes no image with it, and the break-glass rollout (break-glass.yml) deploys from the
+# standby's. One repository per location, keyed by it: moving the cells to the standby
+# region (docs/operations.md#losing-a-zone-or-a-region) swaps `region` and
+# `standby_region` and replaces neither repository. Every cell pulls from here, a cell in
+# a project of its own through its Cloud Run agent's reader grant (the cell root's
+# images.tf).
 locals {
   image_locations = toset(compact([var.region, var.standby_region]))
 }

@@ -6,7 +6,8 @@
 # metrics do not (run.googleapis.com/request_count, recordline.messages): 99% of them
 # are excluded before they are stored (https://cloud.google.com/logging/docs/routing/overview#exclusions),
 # a 1% sample kept to look at. Every refused or failed push (status 400 and up), every
-# read and the service's own log lines are kept whole.
+# read and the service's own log lines are kept whole. For every cell in this project;
+# a cell in a project of its own excludes them there (the cell root's logging.tf).
 resource "google_logging_project_exclusion" "successful_pushes" {
   project     = var.project_id
   name        = "${var.service_name}-successful-pushes"

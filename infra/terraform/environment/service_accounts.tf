@@ -22,9 +22,11 @@ resource "google_service_account" "terraform_apply" {
   depends_on = [google_project_service.enabled]
 }
 
-# On-call acts as this account to replay (docs/operations.md#acting-as-the-operator-account):
-# an operator of every system, impersonated by the members of `oncall` (groups too),
-# so no person needs to be listed in each system's RECORDLINE_OPERATOR_PRINCIPALS.
+# On-call acts as this account (docs/operations.md#acting-as-the-operator-account): an
+# operator of every system of every cell, impersonated by the members of `oncall`
+# (groups too), so no person needs to be listed in each system's operator_principals.
+# Each cell's ops job runs as it (the cell root's ops.tf): `recordline audit` and
+# `replay` with on-call's rights and no checkout.
 resource "google_service_account" "operator" {
   project      = var.project_id
   account_id   = "${var.service_name}-operator"
@@ -33,19 +35,9 @@ resource "google_service_account" "operator" {
   depends_on = [google_project_service.enabled]
 }
 
-# Shared by every system, since they hold nothing (a project holds 100 accounts by
-# default, https://cloud.google.com/iam/quotas; each system has one of its own, its
-# runtime account). Pub/Sub signs each system's pushes as this account, with that
-# system's audience, which only that system's service accepts.
-resource "google_service_account" "push" {
-  project      = var.project_id
-  account_id   = "${var.service_name}-push"
-  display_name = "${var.service_name} push subscriptions (OIDC token identity of every system's)"
-
-  depends_on = [google_project_service.enabled]
-}
-
-# The deploy's smoke test reads back, as this account, what it pushed to each system.
+# The deploy's smoke test reads back, as this account, what it pushed to each canary
+# system of each cell (a reader of every system: its cell's read_principals). The
+# identities that push are each system's own (modules/system/service_accounts.tf).
 resource "google_service_account" "smoke" {
   project      = var.project_id
   account_id   = "${var.service_name}-smoke"

@@ -54,8 +54,9 @@ resource "google_iam_workload_identity_pool_provider" "github" {
           ) || (
             assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:${var.environment}-rollout' && (
               assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-environment.yml@refs/heads/${var.github_deploy_branch}' ||
-              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-exporter.yml@refs/heads/${var.github_deploy_branch}' ||
-              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-system.yml@refs/heads/${var.github_deploy_branch}'
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-cell.yml@refs/heads/${var.github_deploy_branch}' ||
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/export-gate.yml@refs/heads/${var.github_deploy_branch}' ||
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/break-glass.yml@refs/heads/${var.github_deploy_branch}'
             )
           ) || (
             assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}-apply' &&
@@ -75,11 +76,11 @@ locals {
   github_principal = "principal://iam.googleapis.com/${google_iam_workload_identity_pool.github.name}/subject/repo:${local.github_repository}"
 
   github_identities = {
-    # A rollout's jobs (the image and the systems, then each system's) run in the
-    # GitHub environment <environment>-rollout, which has no reviewers: the rollout was
+    # A rollout's jobs (the image and the cells, then each cell's) run in the GitHub
+    # environment <environment>-rollout, which has no reviewers: the rollout was
     # approved before its queue, in <environment> (approve.yml). The deploy account,
-    # for deploy-environment.yml, deploy-exporter.yml and deploy-system.yml on the deploy
-    # branch only.
+    # for deploy-environment.yml, deploy-cell.yml, its export-gate.yml and
+    # break-glass.yml on the deploy branch only.
     deployer_rollout = {
       account = google_service_account.deployer.name
       subject = "${local.github_principal}:environment:${var.environment}-rollout"
