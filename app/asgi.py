@@ -262,6 +262,7 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     if store.completeness is not None:
         watch = MissingWatch(producers)
         telemetry.metrics.producers_missing = lambda: watch.missing
+        telemetry.metrics.producers_conflicts = lambda: watch.conflicts
         loops.add(Loop("producers", watch.run, interval=WATCH_SECONDS))
     return loops
 

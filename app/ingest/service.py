@@ -47,7 +47,7 @@ def to_row(
             f"publishTime: {rfc3339(moment(message.publish_time))} is later than the message "
             f"was received ({rfc3339(moment(ingest_time))})"
         )
-    elif (unreadable := sequence_problem(message.attributes)) is not None:
+    elif (unreadable := sequence_problem(message.attributes, message.publish_time)) is not None:
         reason = unreadable
     else:
         try:

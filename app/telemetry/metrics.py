@@ -188,6 +188,16 @@ class Metrics:
             unit="{message}",
             description="Sequences of a producer missing past the grace period, by producer",
         )
+        # Sequences two different messages claimed, and epochs whose declared ends
+        # disagree, per producer (the same watch): for the producers in conflict most.
+        self.producers_conflicts: Callable[[], dict[str, int]] = dict
+        meter.create_observable_gauge(
+            "recordline.producer.conflicts",
+            callbacks=[self._observe_producers_conflicts],
+            unit="{sequence}",
+            description="Sequences of a producer claimed by two different messages, and epochs "
+            "whose declared ends disagree, by producer",
+        )
 
         # Background loops of a store started again after a failure, by loop
         # (app.store.supervisor): any is a bug or an unforeseen error.
@@ -216,6 +226,10 @@ class Metrics:
     def _observe_producers_missing(self, _: CallbackOptions) -> Iterable[Observation]:
         for producer, missing in list(self.producers_missing().items()):
             yield Observation(missing, {"producer": producer})
+
+    def _observe_producers_conflicts(self, _: CallbackOptions) -> Iterable[Observation]:
+        for producer, conflicts in list(self.producers_conflicts().items()):
+            yield Observation(conflicts, {"producer": producer})
 
     def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
         for loop, restarts in list(self.loop_restarts.items()):

@@ -37,7 +37,7 @@ from app.records import (
 )
 from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
 from app.store.copies import message_states
-from app.store.producers import ProducerSequence, Tally, sequence_of
+from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     CALL_SECONDS,
@@ -59,6 +59,7 @@ from app.store.spanner.schema import (
     shard_of,
     time_index,
 )
+from app.store.tally import Copy, Sequenced, SequenceKey, Tally
 
 log = logging.getLogger(__name__)
 
@@ -397,12 +398,24 @@ class SpannerServing:
         producers = {s.producer for s in sequences if s is not None}
         found = key_rows(transaction, deadline, book.TABLE, book.NAMES, book.keys_of(producers))
         tally = Tally(book.entries_of(found))
+        settling = [
+            Sequenced(s, r.message_id, type(r) is Record, b"" if s is None else message_digest(r))
+            for r, s in zip(rows, sequences, strict=True)
+        ]
+        # Only a row whose sequence is seen may be a redelivery or a copy: the
+        # messages held under those sequences tell which, in one more read.
+        seen = tally.seen_rows(settling)
+        copies: dict[SequenceKey, list[Copy]] = {}
+        if seen:
+            keys = [(s.producer, s.epoch, s.sequence) for s, *_ in seen if s is not None]
+            copies = book.held_copies(transaction, deadline, keys)
         settled = tally.settle(
-            [(s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)],
+            settling,
+            copies=copies,
             stored_before={message_id for _, message_id in existing},
             now=time.time_ns() // 1000,
         )
-        book.write(transaction, settled)
+        book.write(transaction, deadline, settled)
         given: list[Record | Rejection | None] = []
         outcomes: list[RowOutcome] = []
         for index, (row, sequence, verdict) in enumerate(
