@@ -83,8 +83,8 @@ class EpochView(msgspec.Struct, kw_only=True, frozen=True):
     # it published (`published`); `unknown`: a later epoch began without saying, so a
     # gap at its end cannot be seen.
     end: EpochEnd
-    # The most messages later epochs said it published (what is owed past `highest`,
-    # at most a million more), and every count they said.
+    # The most messages later epochs said it published that can be believed (at most
+    # a million past `highest`): what is owed past `highest`; and every count said.
     published: int | None
     ends_said: list[int]
     # Later epochs said different counts, or one said fewer than were seen, or more
@@ -199,14 +199,13 @@ def epoch_view(
     end: EpochEnd = (
         "said" if entry.end is not None else "open" if entry.epoch == newest else "unknown"
     )
-    ends = entry.ends or ([] if entry.end is None else [entry.end])
     return EpochView(
         epoch=entry.epoch,
         contiguous=entry.contiguous,
         highest=entry.highest,
         end=end,
-        published=entry.end,
-        ends_said=sorted(ends),
+        published=entry.published,
+        ends_said=sorted(entry.counts_said()),
         end_conflict=entry.end_conflict,
         gaps=[
             GapView(

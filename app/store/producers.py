@@ -63,8 +63,9 @@ MAX_RETIRED: Final = 32
 MAX_ENDS: Final = 8
 # The most sequences a declaration (`recordline-epoch-ended`) can add to what is
 # missing past the highest one seen. A publisher's tail lost in a crash is what it
-# had in flight (the client's batches and flow control: thousands); a declaration
-# of more is counted as this many and named as a conflict.
+# had in flight (the client's batches and flow control: thousands); a count of more
+# is no count the producer could have reached unseen: it adds nothing, and is
+# named as a conflict.
 MAX_DECLARED_TAIL: Final = 1_000_000
 # Hours of counts the audit reads: a week.
 HOURS_KEPT: Final = 7 * 24
@@ -327,8 +328,8 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
     # Messages kept as rejections because they would have opened a gap past MAX_GAPS:
     # their sequences stay in gaps (counted in `rejected` too).
     refused: int = 0
-    # The largest count later epochs said this one published, and when it was first
-    # said (µs); every count said is in `ends`.
+    # The largest count later epochs said this one published, and when one was first
+    # said (µs); every count said is in `ends`, and `published` is what is owed.
     end: int | None = None
     end_said: int | None = None
     first_seen: int = 0
@@ -364,13 +365,25 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
         i = bisect.bisect_right(gaps, sequence, key=_first) - 1
         return not (i >= 0 and gaps[i].first <= sequence <= gaps[i].last)
 
+    def counts_said(self) -> list[int]:
+        """Every count later epochs said this one published."""
+        # An entry written before every count was kept holds its one in `end`.
+        return list(self.ends) if self.ends or self.end is None else [self.end]
+
+    @property
+    def published(self) -> int | None:
+        """The largest count said that can be believed: at most MAX_DECLARED_TAIL past
+        the highest sequence seen."""
+        limit = self.highest + 1 + MAX_DECLARED_TAIL
+        return max((c for c in self.counts_said() if c <= limit), default=None)
+
     def tail(self) -> Gap | None:
-        """The sequences a later epoch said this one published past the highest seen
-        (at most MAX_DECLARED_TAIL of them), owed since it was said."""
-        if self.end is None or self.end_said is None or self.end - 1 <= self.highest:
+        """The sequences a later epoch said this one published past the highest seen,
+        owed since it was said."""
+        end = self.published
+        if end is None or self.end_said is None or end - 1 <= self.highest:
             return None
-        last = min(self.end - 1, self.highest + MAX_DECLARED_TAIL)
-        return Gap(first=self.highest + 1, last=last, opened=self.end_said)
+        return Gap(first=self.highest + 1, last=end - 1, opened=self.end_said)
 
     def owed(self) -> list[Gap]:
         """Every range of sequences not seen: the gaps, then the tail said."""
@@ -390,13 +403,13 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
     def end_conflict(self) -> bool:
         """Later epochs disagree on how many messages this one published, or one said
         fewer than were seen, or more than can be believed (MAX_DECLARED_TAIL)."""
-        ends = self.ends
+        ends = self.counts_said()
         if not ends:
             return False
         return (
             len(ends) > 1
             or min(ends) <= self.highest
-            or max(ends) - 1 > self.highest + MAX_DECLARED_TAIL
+            or max(ends) > self.highest + 1 + MAX_DECLARED_TAIL
         )
 
 
@@ -449,7 +462,7 @@ def entry_ranges(entry: EpochEntry, newest: int) -> list[LedgerRange]:
         for g in entry.conflicted
     ]
     if entry.end_conflict and entry.end_said is not None:
-        ends = entry.ends
+        ends = entry.counts_said()
         out.append(
             LedgerRange(entry.producer, entry.epoch, "ends", min(ends), max(ends), entry.end_said)
         )

@@ -373,12 +373,12 @@ class _Batch:
         """Note a count said of an earlier epoch: every distinct one is kept (MAX_ENDS,
         the largest kept), the largest is what is owed, and more than one is a conflict."""
         known = self._view(producer).get(epoch)
-        if known is not None and count in _ends(known):
+        if known is not None and count in known.counts_said():
             return
         ended = self.entry(producer, epoch)
         if ended is None:
             return
-        ends = ended.ends = _ends(ended)
+        ends = ended.ends = ended.counts_said()
         if len(ends) < MAX_ENDS:
             ends.append(count)
         elif count > max(ends):
@@ -390,13 +390,6 @@ class _Batch:
         if ended.end_said is None:
             ended.end_said = self._now
         ended.last_seen = max(ended.last_seen, self._now)
-
-
-def _ends(entry: EpochEntry) -> list[int]:
-    # An entry written before every count was kept holds its one in `end`.
-    if entry.ends or entry.end is None:
-        return list(entry.ends)
-    return [entry.end]
 
 
 def _conflict(entry: EpochEntry, sequence: int, now: int) -> None:

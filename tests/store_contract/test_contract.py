@@ -592,10 +592,17 @@ async def test_disagreeing_ends_are_a_conflict_and_the_largest_is_owed(store: St
     assert first.end_said is not None
     (tail,) = first.missing(first.end_said, grace=0)
     assert (tail.first, tail.last) == (1, 5)
-    await store.append([sequenced("e1-2", 2, epoch=200, ended=f"100:{2**63 - 1}")])
+    # Past what the producer could have sent unseen: nothing more is owed.
+    for n, count in enumerate([MAX_DECLARED_TAIL + 2, 2**63 - 1], start=2):
+        await store.append([sequenced(f"e1-{n}", n, epoch=200, ended=f"100:{count}")])
+        first, _ = await epochs(store)
+        assert first.end_said is not None
+        (tail,) = first.missing(first.end_said, grace=0)
+        assert (tail.first, tail.last) == (1, 5)
+    # A million past the highest seen can be: a tail a producer lost in a crash.
+    await store.append([sequenced("e1-4", 4, epoch=200, ended=f"100:{MAX_DECLARED_TAIL + 1}")])
     first, _ = await epochs(store)
-    (tail,) = first.missing(first.end_said, grace=0)
-    assert (tail.first, tail.last) == (1, MAX_DECLARED_TAIL)
+    assert first.end_said is not None
     audit = await store.completeness.audit(since, stamp() + HOUR, cutoff=first.end_said, limit=10)
     assert sum(audit.missing_by_hour.values()) == MAX_DECLARED_TAIL
     assert audit.conflicting_ends == 1
