@@ -509,6 +509,39 @@ async def test_ten_thousand_producers_cost_an_entry_each_and_drop_nobodys_messag
         await store.close()
 
 
+async def test_memory_holds_a_bounded_number_of_producers_and_reads_the_others_back(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "records.duckdb")
+    store = DuckDBStore(path, live_producers=10)
+    await store.start()
+    try:
+        for batch in range(5):
+            rows = [row(f"m-{batch}-{n}", 0, producer=f"p-{batch}-{n}") for n in range(10)]
+            rows.append(row(f"g-{batch}", 2, producer=f"p-{batch}-0"))  # 1 is owed
+            await store.append(rows)
+        assert store.completeness is not None
+        # A read of the whole ledger writes what is owed: the oldest producers go.
+        listed = await store.completeness.producers("", 100)
+        assert len(listed) == 50
+        assert store.live_producers <= 10
+        # One let go publishes again: its entry is read back, gap and messages held.
+        again = await store.append(
+            [row("m-0-0-retry", 0, producer="p-0-0"), row("x", 1, producer="p-0-0")]
+        )
+        assert list(again) == [PublisherDuplicate("p-0-0", 0, 0), None]
+        found = await store.completeness.producer("p-0-0")
+        assert found is not None
+        (entry,) = found.epochs
+        assert (entry.highest, entry.gaps, entry.stored, entry.duplicates) == (2, [], 3, 1)
+        # One never read back is told from DuckDB.
+        cold = await store.completeness.producer("p-1-5")
+        assert cold is not None
+        assert cold.epochs[0].stored == 1
+    finally:
+        await store.close()
+
+
 # -- DuckDB: one instance after another, a crash, a failed write --------------------------------
 
 

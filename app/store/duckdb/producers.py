@@ -48,6 +48,9 @@ COPIES: Final = "producer_sequences"
 # so ~100 MB. Past it, those heard of longest ago are let go once written, and read
 # back (one query by key) when they publish again.
 LIVE_PRODUCERS: Final = 100_000
+# Producers handled in one step of the event loop where there may be very many
+# (those let go, those expired): ~1 ms of work each time.
+_STEP: Final = 2_000
 DDL: Final = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
   producer VARCHAR NOT NULL,
@@ -460,14 +463,21 @@ class DuckDBLedger:
             if not self.tally.holds(producer):
                 recent.pop(producer, None)
 
-    def forget(self, keys: Iterable[tuple[str, int]], before: int) -> None:
+    @property
+    def held(self) -> int:
+        """How many producers memory holds."""
+        return len(self.tally)
+
+    async def forget(self, keys: Sequence[tuple[str, int]], before: int) -> None:
         """Entries expired in DuckDB: forgotten here too, unless heard of since."""
-        for producer, epoch in keys:
-            entry = self.tally.entries(producer).get(epoch)
-            if entry is not None and entry.last_seen < before:
-                self.tally.forget(producer, epoch)
-                if not self.tally.holds(producer):
-                    self._recent.pop(producer, None)
+        for start in range(0, len(keys), _STEP):
+            for producer, epoch in keys[start : start + _STEP]:
+                entry = self.tally.entries(producer).get(epoch)
+                if entry is not None and entry.last_seen < before:
+                    self.tally.forget(producer, epoch)
+                    if not self.tally.holds(producer):
+                        self._recent.pop(producer, None)
+            await asyncio.sleep(0)  # a million expired at once is many steps, not one
 
     # -- writing what is owed ---------------------------------------------------------
 
@@ -527,8 +537,10 @@ class DuckDBLedger:
             self._let_go()
 
     def _let_go(self) -> None:
+        # At most _STEP a flush: a burst of new producers is let go over a few flushes
+        # (a second apart under load) rather than in one long step of the event loop.
         recent = self._recent
-        while len(recent) > self._live:
+        for _ in range(min(_STEP, len(recent) - self._live)):
             producer, frame = next(iter(recent.items()))
             if frame > self.written_through:
                 return  # its changes are not all in DuckDB yet

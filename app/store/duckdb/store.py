@@ -368,6 +368,11 @@ class DuckDBStore:
         self._ledger_frames = 0
         self._ledger_written = time.monotonic()
 
+    @property
+    def live_producers(self) -> int:
+        """Producers whose ledger entries memory holds."""
+        return self._ledger.held
+
     async def start(self) -> None:
         await self._write(self._open)
         if self._journal is not None:
@@ -862,7 +867,7 @@ class DuckDBStore:
         deleted, idle = await self._write(delete)
         # Producers' epochs not heard of within the retention go with their rows,
         # unless an append since (not applied yet) heard of them again.
-        self._ledger.forget(idle, before)
+        await self._ledger.forget(idle, before)
         if deleted:
             log.info(
                 "deleted %d rows older than the %d-day retention", deleted, self._retention_days
