@@ -171,6 +171,8 @@ INGEST_SERIES = {
     # Written per producer with sequences missing (and once more at zero when they are
     # found): none on an ordinary day.
     "producer.missing": 0,
+    # Written per producer whose sequences two messages claimed: none on an ordinary day.
+    "producer.conflicts": 0,
 }
 # The export's, written by the instance exporting a system. Every other instance that
 # reads the system's watermark writes its lag too (LAG_SERIES): the exporter service's

@@ -141,7 +141,7 @@ class FaultyCompleteness:
             raise StoreUnavailable("injected: reads fail")
         return await self.inner.audit(since, until, cutoff=cutoff, limit=limit)
 
-    async def worst(self, *, cutoff: int, top: int) -> Worst:
+    async def worst(self, *, cutoff: int, since: int, top: int) -> Worst:
         if self._store.failing_reads:
             raise StoreUnavailable("injected: reads fail")
-        return await self.inner.worst(cutoff=cutoff, top=top)
+        return await self.inner.worst(cutoff=cutoff, since=since, top=top)

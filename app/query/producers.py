@@ -47,6 +47,9 @@ LISTED_GAPS = 10
 AUDIT_RANGES = 100
 # The longest range an audit covers: the hours the ledger keeps counts for.
 MAX_AUDIT_HOURS = HOURS_KEPT
+# Conflicts stay in the ledger; the metric counts those first seen within a day, so
+# that its alert closes a day after the last one (the audit still names them all).
+CONFLICTS_WATCHED_SECONDS = 86_400.0
 
 EpochEnd = Literal["open", "said", "unknown"]
 
@@ -308,8 +311,11 @@ class Producers:
         return producer_view(found, now=self._now(), grace=self._grace, gaps=None)
 
     async def worst(self, top: int) -> Worst:
-        """The `top` producers missing most, and in conflict most."""
-        return await self._book().worst(cutoff=self._now() - self._grace, top=top)
+        """The `top` producers missing most, and in conflict most (conflicts first seen
+        within CONFLICTS_WATCHED_SECONDS: the metric falls once they stop coming)."""
+        now = self._now()
+        since = now - int(CONFLICTS_WATCHED_SECONDS * 1_000_000)
+        return await self._book().worst(cutoff=now - self._grace, since=since, top=top)
 
     async def audit(self, since: datetime, until: datetime | None = None) -> AuditReport:
         now = self._now()

@@ -500,7 +500,8 @@ class LedgerAudit(msgspec.Struct, kw_only=True, frozen=True):
 
 class Worst(msgspec.Struct, kw_only=True, frozen=True):
     """The producers missing most (sequences missing now) and in conflict most
-    (sequences claimed twice, and epochs whose ends disagree), at most `top` each."""
+    (sequences claimed twice, and epochs whose ends disagree, first seen lately), at
+    most `top` each."""
 
     missing: dict[str, int]
     conflicts: dict[str, int]
@@ -520,8 +521,9 @@ class Completeness(Protocol):
         whatever the number of producers, one pass over what was counted by hour and
         over the ranges found, never over every producer."""
 
-    async def worst(self, *, cutoff: int, top: int) -> Worst:
-        """The producers missing most and in conflict most."""
+    async def worst(self, *, cutoff: int, since: int, top: int) -> Worst:
+        """The producers missing most (gaps opened by `cutoff`, µs) and in conflict
+        most (conflicts first seen from `since`)."""
 
 
 def grouped(entries: Iterable[EpochEntry]) -> list[ProducerEntries]:
@@ -539,73 +541,3 @@ def hours_of(since: int, until: int) -> tuple[int, int]:
     """The first and last hour (since the Unix epoch) of the time from `since` to `until`."""
     return since // HOUR_MICROS, (until - 1) // HOUR_MICROS
 
-
-def audit_of(
-    ranges: Iterable[LedgerRange],
-    hours: Iterable[HourCount],
-    since: int,
-    until: int,
-    *,
-    cutoff: int,
-    limit: int,
-) -> LedgerAudit:
-    """An audit from ranges and hourly counts held in memory (a test's model of what
-    each store's own query answers)."""
-    start, end = since, until
-    first_hour, last_hour = hours_of(since, until)
-    missing: list[LedgerRange] = []
-    conflicts: list[LedgerRange] = []
-    by_hour: dict[int, int] = {}
-    conflicting = ends = unknown = 0
-    for found in ranges:
-        if not start <= found.opened < end:
-            continue
-        if found.kind == "gap":
-            if found.opened <= cutoff:
-                missing.append(found)
-                hour = found.opened // HOUR_MICROS
-                by_hour[hour] = by_hour.get(hour, 0) + found.last - found.first + 1
-        elif found.kind == "unknown":
-            unknown += 1
-        else:
-            conflicts.append(found)
-            if found.kind == "conflict":
-                conflicting += found.last - found.first + 1
-            else:
-                ends += 1
-    return LedgerAudit(
-        hours=sorted((h for h in hours if first_hour <= h.hour <= last_hour), key=lambda h: h.hour),
-        missing_by_hour=by_hour,
-        missing=sorted(missing, key=range_order)[:limit],
-        missing_ranges=len(missing),
-        conflicts=sorted(conflicts, key=range_order)[:limit],
-        conflict_ranges=len(conflicts),
-        conflicting_sequences=conflicting,
-        conflicting_ends=ends,
-        unknown_ends=unknown,
-    )
-
-
-def range_order(found: LedgerRange) -> tuple[int, str, int, int]:
-    """Oldest first, then by producer, epoch and sequence: the order the audit names them."""
-    return (found.opened, found.producer, found.epoch, found.first)
-
-
-def worst_of(ranges: Iterable[LedgerRange], *, cutoff: int, top: int) -> Worst:
-    """`Worst` from ranges held in memory."""
-    missing: dict[str, int] = {}
-    conflicts: dict[str, int] = {}
-    for found in ranges:
-        if found.kind == "gap" and found.opened <= cutoff:
-            missing[found.producer] = missing.get(found.producer, 0) + found.last - found.first + 1
-        elif found.kind == "conflict":
-            size = found.last - found.first + 1
-            conflicts[found.producer] = conflicts.get(found.producer, 0) + size
-        elif found.kind == "ends":
-            conflicts[found.producer] = conflicts.get(found.producer, 0) + 1
-    return Worst(missing=_top(missing, top), conflicts=_top(conflicts, top))
-
-
-def _top(counts: dict[str, int], top: int) -> dict[str, int]:
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
-    return dict(ranked)

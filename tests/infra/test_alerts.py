@@ -57,6 +57,7 @@ METRICS = {
         "loop.restarts",
         "typed.patches_refused",
         "producer.missing",
+        "producer.conflicts",
     )
 }
 FAST = {"long": "1h", "short": "5m", "rate": 14.4}
@@ -311,6 +312,7 @@ TICKETED = PAGED | {
     "typed_refused",
     "loop_restarts",
     "producers_missing",
+    "producers_conflicts",
 }
 
 
@@ -353,7 +355,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
     assert group["channels"] == ["projects/p/notificationChannels/1"]
     # Tickets, pages and the Spanner CPU ticket: the same for 1 system as for 51.
     policies = len(_locals()["ticket_specs"]) * len(groups) + len(_locals()["pages"]) + 1
-    assert policies == 22
+    assert policies == 23
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = (
         '{ recordline = {}, orders = { ticket_channels = ["projects/p/notificationChannels/9"] } }'
@@ -585,3 +587,19 @@ def test_a_producers_missing_sequences_are_a_ticket_summed_over_its_producers() 
     assert ".venv/bin/recordline audit --since=24h" in commands
     # The replay that closes the gaps dead letters hold comes with it.
     assert "ticket_commands.replay" in tickets["producers_missing"][3]
+
+
+def test_sequences_two_messages_claimed_are_a_ticket_beside_the_missing() -> None:
+    query = _symptoms(("orders", "payments"))["producers_conflicts"]
+    conflicts = "workload_googleapis_com:recordline_producer_conflicts"
+    assert query == (
+        "label_replace(sum by (namespace) (max by (namespace, producer) ("
+        f'{conflicts}{{monitored_resource="generic_task",namespace=~"(orders|payments)"}})), '
+        '"system", "$1", "namespace", "(.*)") > 0'
+    )
+    tickets = _locals()["ticket_specs"]
+    assert tickets["producers_conflicts"][1:3] == ["300s", "producers-in-conflict"]
+    assert "producers_conflicts" not in _locals()["pages"]  # both messages are stored: no page
+    commands = _locals()["ticket_commands"]["conflicts"]
+    assert ".venv/bin/recordline audit --since=24h" in commands
+    assert "/v1/producers/PRODUCER" in commands

@@ -92,6 +92,7 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
             "export_blocked",
             "typed_refused",
             "producers_missing",
+            "producers_conflicts",
         )
     }
     for slo, speeds in symptoms["burning"].items():

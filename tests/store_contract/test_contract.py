@@ -540,8 +540,10 @@ async def test_another_message_under_a_taken_sequence_is_stored_and_named_a_conf
         1,
     )
     assert sum(h.conflicts for h in audit.hours) == 2
-    worst = await store.completeness.worst(cutoff=stamp(), top=10)
+    worst = await store.completeness.worst(cutoff=stamp(), since=since, top=10)
     assert worst.conflicts == {"producer-1": 1}
+    later = await store.completeness.worst(cutoff=stamp(), since=stamp() + HOUR, top=10)
+    assert later.conflicts == {}
 
 
 async def test_an_epoch_owed_sequences_is_never_retired_to_make_room(store: Store) -> None:

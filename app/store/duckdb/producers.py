@@ -349,7 +349,8 @@ WHERE kind = 'gap' AND opened <= $cutoff GROUP BY producer ORDER BY n DESC, prod
 """
 _WORST_CONFLICTS_SQL: Final = f"""
 SELECT producer, SUM(CASE WHEN kind = 'conflict' THEN {_SIZE} ELSE 1 END) AS n FROM {RANGES}
-WHERE kind IN ('conflict', 'ends') GROUP BY producer ORDER BY n DESC, producer LIMIT $top
+WHERE kind IN ('conflict', 'ends') AND opened >= $since
+GROUP BY producer ORDER BY n DESC, producer LIMIT $top
 """
 # The most a 128-bit sum is shown as: far past anything owed (2^63 per gap).
 _MAX_SHOWN = 2**100
@@ -585,12 +586,13 @@ class DuckDBLedger:
             unknown_ends=unknown,
         )
 
-    async def worst(self, *, cutoff: int, top: int) -> Worst:
+    async def worst(self, *, cutoff: int, since: int, top: int) -> Worst:
         await self._settled()
 
         def run(cur: duckdb.DuckDBPyConnection) -> Worst:
             missing = cur.execute(_WORST_MISSING_SQL, {"cutoff": cutoff, "top": top}).fetchall()
-            conflicts = cur.execute(_WORST_CONFLICTS_SQL, {"top": top}).fetchall()
+            params = {"since": since, "top": top}
+            conflicts = cur.execute(_WORST_CONFLICTS_SQL, params).fetchall()
             return Worst(
                 missing={p: min(int(n), _MAX_SHOWN) for p, n in missing},
                 conflicts={p: min(int(n), _MAX_SHOWN) for p, n in conflicts},

@@ -244,7 +244,8 @@ _WORST_MISSING_SQL: Final = (
 )
 _WORST_CONFLICTS_SQL: Final = (
     f"SELECT producer, SUM(IF(kind = 'conflict', {_SIZE}, 1)) AS n FROM {_RANGES_FROM} "
-    "WHERE kind IN ('conflict', 'ends') GROUP BY producer ORDER BY n DESC, producer LIMIT @top"
+    "WHERE kind IN ('conflict', 'ends') AND opened >= @since "
+    "GROUP BY producer ORDER BY n DESC, producer LIMIT @top"
 )
 _INT = param_types.INT64
 _STRINGS = param_types.Array(param_types.STRING)  # type: ignore[no-untyped-call]
@@ -361,10 +362,10 @@ class SpannerCompleteness:
             unknown_ends=int(unknown),
         )
 
-    async def worst(self, *, cutoff: int, top: int) -> Worst:
-        return await self._calls.call(self._worst, cutoff, top)
+    async def worst(self, *, cutoff: int, since: int, top: int) -> Worst:
+        return await self._calls.call(self._worst, cutoff, since, top)
 
-    def _worst(self, deadline: Deadline, cutoff: int, top: int) -> Worst:
+    def _worst(self, deadline: Deadline, cutoff: int, since: int, top: int) -> Worst:
         self._count(2)
         with self._calls.database().snapshot(multi_use=True) as snapshot:
             missing = sql_rows(
@@ -379,7 +380,7 @@ class SpannerCompleteness:
                 snapshot,
                 deadline,
                 _WORST_CONFLICTS_SQL,
-                params={"top": top},
-                param_types={"top": _INT},
+                params={"since": since, "top": top},
+                param_types={"since": _INT, "top": _INT},
             )
             return Worst(missing=missing_by, conflicts={p: _whole(n) for p, n in conflicts})

@@ -192,6 +192,11 @@ locals {
   # ledger: per producer the most any reports, per system their sum.
   producers_missing = "label_replace(sum by (namespace) (max by (namespace, producer) (${local.metric["producer.missing"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
+  # Sequences of a producer two different messages claimed, and epochs whose declared
+  # ends disagree: another publisher sends its producer id (a forger, or two instances
+  # deriving one id and epoch). Both messages are stored; summed as the missing are.
+  producers_conflicts = "label_replace(sum by (namespace) (max by (namespace, producer) (${local.metric["producer.conflicts"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
@@ -266,4 +271,9 @@ output "export_blocked" {
 output "producers_missing" {
   description = "Systems with sequences of a producer missing past the grace period (value: how many, over all producers)."
   value       = local.producers_missing
+}
+
+output "producers_conflicts" {
+  description = "Systems with sequences of a producer claimed by two different messages, or epochs whose declared ends disagree (value: how many, over all producers)."
+  value       = local.producers_conflicts
 }
