@@ -7,6 +7,7 @@ the emulator tests (tests/e2e/test_producers_emulator.py) to the whole path."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -29,10 +30,12 @@ from prometheus_client import generate_latest
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.ingest.publisher import SequencedPublisher
+from app.ingest.signing import ProducerKeys
 from app.query import audit as auditing
 from app.query.page_token import PageTokens
 from app.query.producers import AuditReport, MissingWatch, Producers
 from app.records import Record
+from app.settings import SettingsError
 from app.store import PublisherDuplicate
 from app.store.duckdb.journal import Frame, Journal, encode
 from app.store.duckdb.store import DuckDBStore
@@ -823,3 +826,85 @@ def test_a_publisher_starts_a_later_epoch_each_time_and_refuses_a_bad_id() -> No
         SequencedPublisher(_Client(), "")
     with pytest.raises(SequenceError, match="recordline-epoch-ended: epoch 3 is not before"):
         SequencedPublisher(_Client(), "p", epoch=3, ended=(3, 1))
+
+
+# -- signed sequences ---------------------------------------------------------------------------
+
+KEY = bytes(range(32))
+# Standard base64 for one, URL-safe for the prefix's: both are taken.
+KEYS = ",".join(
+    [
+        f"orders-api={base64.b64encode(KEY).decode()}",
+        f"billing-*={base64.urlsafe_b64encode(bytes(16)).decode()}",
+    ]
+)
+
+
+def test_a_signing_publisher_signs_what_the_service_checks() -> None:
+    client = _Client()
+    publisher = SequencedPublisher(client, "orders-api", epoch=9, ended=(8, 3), key=KEY)
+    publisher.publish("t", b'{"id": "1"}', origin="web")
+    ((_, data, attrs),) = client.calls
+    keys = ProducerKeys.parse(KEYS)
+    assert keys is not None
+    assert keys.problem(attrs, data) is None
+    # Any change to what is signed, and the signature is not the producer's.
+    for changed in (
+        {**attrs, "recordline-seq": "1"},
+        {**attrs, "recordline-epoch": "10"},
+        {**attrs, "recordline-epoch-ended": "8:2"},
+    ):
+        assert str(keys.problem(changed, data)).startswith("recordline-signature: not producer")
+    assert str(keys.problem(attrs, b'{"id": "2"}')).startswith("recordline-signature: not")
+    unsigned = {k: v for k, v in attrs.items() if k != "recordline-signature"}
+    assert str(keys.problem(unsigned, data)).startswith("recordline-signature: missing")
+    # A prefix's key covers every id it starts; other producers sign nothing.
+    assert str(keys.problem({**unsigned, "recordline-producer": "billing-eu"}, data)).startswith(
+        "recordline-signature: missing"
+    )
+    assert keys.problem({**unsigned, "recordline-producer": "payments"}, data) is None
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        SequencedPublisher(_Client(), "orders-api", key=b"short")
+
+
+def test_a_key_that_cannot_be_used_is_refused_naming_the_producer_not_the_key() -> None:
+    short = base64.b64encode(b"0123456789").decode()
+    with pytest.raises(
+        SettingsError, match="RECORDLINE_PRODUCER_KEYS: the key of 'orders-api' is 10 bytes"
+    ) as refused:
+        create_app(app_settings(RECORDLINE_PRODUCER_KEYS=f"orders-api={short}"))
+    assert short not in str(refused.value)
+    with pytest.raises(SettingsError) as malformed:
+        app_settings(RECORDLINE_PRODUCER_KEYS="orders-api")
+    assert malformed.value.var == "RECORDLINE_PRODUCER_KEYS"
+
+
+def test_an_unsigned_claim_on_a_signing_producer_is_refused_and_claims_nothing() -> None:
+    with TestClient(create_app(app_settings(RECORDLINE_PRODUCER_KEYS=KEYS))) as client:
+        own = _Client()
+        publisher = SequencedPublisher(own, "orders-api", epoch=PUBLISHED - 1, key=KEY)
+        for n in range(3):
+            publisher.publish("t", json.dumps({"id": f"o-{n}", "data": n}).encode())
+        # An impostor takes sequences 1 and 2 first, unsigned, then signed with a wrong key.
+        forged = {**own.calls[1][2]}
+        forged.pop("recordline-signature")
+        assert push(client, "x-1", forged) == 204
+        wrong = {**own.calls[2][2], "recordline-signature": "AAAA"}
+        assert push(client, "x-2", wrong) == 204
+        for n, (_, data, attrs) in enumerate(own.calls):
+            body = envelope({}, message_id=f"o-{n}", attributes=attrs, raw_data=data)
+            assert client.post("/pubsub/push", json=body).status_code == 204
+        refused = [client.get(f"/v1/messages/{m}").json() for m in ("x-1", "x-2")]
+        assert [r["status"] for r in refused] == ["rejected", "rejected"]
+        assert refused[0]["reason"].startswith("recordline-signature: missing")
+        assert refused[1]["reason"].startswith("recordline-signature: not producer 'orders-api'")
+        assert [client.get(f"/v1/messages/o-{n}").json()["status"] for n in range(3)] == [
+            "stored"
+        ] * 3
+        (epoch,) = client.get("/v1/producers/orders-api").json()["epochs"]
+        assert (epoch["stored"], epoch["rejected"], epoch["conflicts"], epoch["highest"]) == (
+            3,
+            0,
+            0,
+            2,
+        )

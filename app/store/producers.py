@@ -25,6 +25,8 @@ PRODUCER_ATTRIBUTE: Final = "recordline-producer"
 EPOCH_ATTRIBUTE: Final = "recordline-epoch"
 SEQUENCE_ATTRIBUTE: Final = "recordline-seq"
 EPOCH_ENDED_ATTRIBUTE: Final = "recordline-epoch-ended"
+# Where an operator sets a producer's key (app/ingest/signing.py): its signature.
+SIGNATURE_ATTRIBUTE: Final = "recordline-signature"
 SEQUENCE_ATTRIBUTES: Final = (
     PRODUCER_ATTRIBUTE,
     EPOCH_ATTRIBUTE,
@@ -218,16 +220,20 @@ _decode_attributes = msgspec.json.Decoder(_Attributes).decode
 # Attributes are stored as compact JSON text (msgspec writes them), so a row that
 # carries no producer is told in one substring search, without decoding anything.
 _PRODUCER_KEY: Final = f'"{PRODUCER_ATTRIBUTE}"'
+_UNSIGNED: Final = f"{SIGNATURE_ATTRIBUTE}:"
 
 
 def sequence_of(row: Record | Rejection) -> ProducerSequence | None:
     """The producer sequence a stored row's attributes carry, if a valid one.
 
     A malformed one is never on a record (validation rejected its message, naming
-    the attribute), and a rejection with one has no place in the ledger.
+    the attribute), and a rejection with one has no place in the ledger; nor has a
+    message rejected for its signature: an impostor's, it claims nothing.
     """
     text = row.attributes
     if _PRODUCER_KEY not in text:
+        return None
+    if type(row) is Rejection and row.reason.startswith(_UNSIGNED):
         return None
     try:
         found = _decode_attributes(text)
@@ -540,4 +546,3 @@ def grouped(entries: Iterable[EpochEntry]) -> list[ProducerEntries]:
 def hours_of(since: int, until: int) -> tuple[int, int]:
     """The first and last hour (since the Unix epoch) of the time from `since` to `until`."""
     return since // HOUR_MICROS, (until - 1) // HOUR_MICROS
-
