@@ -88,6 +88,8 @@ _NO_COPIES: Sequence[Copy] = ()
 
 def newest_of(epochs: Mapping[int, EpochEntry]) -> int:
     """A producer's newest epoch: of those not retired (of any, if all are)."""
+    if len(epochs) == 1:  # as most producers have
+        return next(iter(epochs))
     live = [epoch for epoch, entry in epochs.items() if not entry.retired]
     return max(live or epochs)
 
@@ -338,18 +340,19 @@ class _Batch:
         found = view.get(epoch)
         if found is not None:
             return self._touch(producer, found)
-        live = [e for e in view.values() if not e.retired]
-        if len(live) >= MAX_EPOCHS:
-            top = max(epoch, *(e.epoch for e in live))
-            settled = [e for e in live if e.epoch != top and e.settled]
-            if not settled:
-                return None
-            self._retire(producer, min(settled, key=lambda e: (e.last_seen, e.epoch)))
-        if live:
-            newest = max(e.epoch for e in live)
-            if epoch > newest and view[newest].end is None:
-                # No longer the newest, and not said to have ended: its end is unknown now.
-                self._touch(producer, view[newest])
+        if view:  # a producer's first epoch skips all of this
+            live = [e for e in view.values() if not e.retired]
+            if len(live) >= MAX_EPOCHS:
+                top = max(epoch, *(e.epoch for e in live))
+                settled = [e for e in live if e.epoch != top and e.settled]
+                if not settled:
+                    return None
+                self._retire(producer, min(settled, key=lambda e: (e.last_seen, e.epoch)))
+            if live:
+                newest = max(e.epoch for e in live)
+                if epoch > newest and view[newest].end is None:
+                    # No longer the newest, and not said to have ended: its end is unknown.
+                    self._touch(producer, view[newest])
         now = self._now
         entry = EpochEntry(producer=producer, epoch=epoch, first_seen=now, last_seen=now)
         self.dropped.discard(key)

@@ -170,27 +170,12 @@ class Changes:
 
 def write(con: duckdb.DuckDBPyConnection, changes: Changes) -> None:
     """Write `changes`, in the caller's transaction."""
-    keys = list(changes.entries)
-    if keys:
-        con.register(
-            "ledger_keys",
-            pa.table(
-                [
-                    pa.array([k[0] for k in keys], pa.string()),
-                    pa.array([k[1] for k in keys], pa.int64()),
-                ],
-                schema=_KEY_SCHEMA,
-            ),
-        )
-        try:
-            for table in (TABLE, RANGES):
-                con.execute(
-                    f"DELETE FROM {table} USING ledger_keys "
-                    f"WHERE {table}.producer = ledger_keys.producer "
-                    f"AND {table}.epoch = ledger_keys.epoch"
-                )
-        finally:
-            con.unregister("ledger_keys")
+    # Each changed entry's ranges as they are now: the old ones go first (a table of
+    # what is owed and in conflict, small beside the entries'). The entries themselves
+    # are replaced by key, and only dropped ones deleted: a join with every entry
+    # would read all of them at each write.
+    _delete(con, RANGES, list(changes.entries))
+    _delete(con, TABLE, [k for k, e in changes.entries.items() if e is None])
     entries = [e for e in changes.entries.values() if e is not None]
     if entries:
         _insert(
@@ -234,11 +219,34 @@ def _ranges_table(ranges: Sequence[LedgerRange]) -> pa.Table:
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    verb = "INSERT OR REPLACE" if table == TABLE else "INSERT"
     con.register("ledger_rows", rows)
     try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM ledger_rows")
+        con.execute(f"{verb} INTO {table} SELECT * FROM ledger_rows")
     finally:
         con.unregister("ledger_rows")
+
+
+def _delete(con: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, int]]) -> None:
+    if not keys:
+        return
+    con.register(
+        "ledger_keys",
+        pa.table(
+            [
+                pa.array([k[0] for k in keys], pa.string()),
+                pa.array([k[1] for k in keys], pa.int64()),
+            ],
+            schema=_KEY_SCHEMA,
+        ),
+    )
+    try:
+        con.execute(
+            f"DELETE FROM {table} USING ledger_keys WHERE {table}.producer = ledger_keys.producer "
+            f"AND {table}.epoch = ledger_keys.epoch"
+        )
+    finally:
+        con.unregister("ledger_keys")
 
 
 def insert_copies(con: duckdb.DuckDBPyConnection, copies: Sequence[Copy], now: int) -> None:
@@ -424,6 +432,8 @@ class DuckDBLedger:
         self._writing: tuple[Changes, int] | None = None
         self.written_through = 0
         self._lock = asyncio.Lock()
+        # The producers of the batch being settled: held in memory until it is.
+        self._pinned: set[str] = set()
 
     # -- appending -----------------------------------------------------------------
 
@@ -432,13 +442,18 @@ class DuckDBLedger:
         self.hours = {h.hour: h for h in found}
 
     async def load(self, producers: Iterable[str]) -> None:
-        """Read back the entries of these producers that memory does not hold."""
-        cold = sorted({p for p in producers if not self.tally.holds(p)})
+        """Read back the entries of these producers that memory does not hold, and keep
+        them all in memory until `release` (the batch that names them is settled)."""
+        self._pinned = {*producers}
+        cold = sorted(p for p in self._pinned if not self.tally.holds(p))
         if not cold:
             return
         entries = await self._read(lambda cur: load(cur, cold))
         # An append is settled one at a time, so none of them came back meanwhile.
         self.tally.add(entries)
+
+    def release(self) -> None:
+        self._pinned = set()
 
     def hours_after(self, settled: Settled) -> list[HourCount]:
         """The hour's counts with the batch's added: what its frame carries."""
@@ -504,49 +519,53 @@ class DuckDBLedger:
         StoreUnavailable, owing it still, if the write fails. Then let go of the
         producers heard of longest ago past LIVE_PRODUCERS."""
         async with self._lock:
-            if not self.owed:
-                self.written_through = applied
-                self._let_go()
-                return
-            owed, self.owed = self.owed, Changes()
-            self._writing = (owed, self.owed_from)
-
-            def run() -> None:
-                con = self._connection()
-                con.begin()
-                try:
-                    write(con, owed)
-                    con.commit()
-                except BaseException:
-                    con.rollback()
-                    raise
-
-            try:
-                await self._write(run)
-            except BaseException:
-                # Owed again, before anything owed since.
-                owed.merge(self.owed)
-                if self.owed:
-                    self.owed_from = min(self.owed_from, self._writing[1])
-                else:
-                    self.owed_from = self._writing[1]
-                self.owed = owed
-                raise
-            finally:
-                self._writing = None
+            if self.owed:
+                await self._write_owed()
             self.written_through = applied
-            self._let_go()
+        await self._let_go()
 
-    def _let_go(self) -> None:
-        # At most _STEP a flush: a burst of new producers is let go over a few flushes
-        # (a second apart under load) rather than in one long step of the event loop.
+    async def _write_owed(self) -> None:
+        owed, self.owed = self.owed, Changes()
+        self._writing = (owed, self.owed_from)
+
+        def run() -> None:
+            con = self._connection()
+            con.begin()
+            try:
+                write(con, owed)
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+
+        try:
+            await self._write(run)
+        except BaseException:
+            # Owed again, before anything owed since.
+            owed.merge(self.owed)
+            if self.owed:
+                self.owed_from = min(self.owed_from, self._writing[1])
+            else:
+                self.owed_from = self._writing[1]
+            self.owed = owed
+            raise
+        finally:
+            self._writing = None
+
+    async def _let_go(self) -> None:
+        # _STEP at a time: a burst of new producers is let go in many short steps of
+        # the event loop, not one long one.
         recent = self._recent
-        for _ in range(min(_STEP, len(recent) - self._live)):
-            producer, frame = next(iter(recent.items()))
-            if frame > self.written_through:
-                return  # its changes are not all in DuckDB yet
-            del recent[producer]
-            self.tally.drop(producer)
+        while len(recent) > self._live:
+            for _ in range(min(_STEP, len(recent) - self._live)):
+                producer, frame = next(iter(recent.items()))
+                if frame > self.written_through:
+                    return  # its changes are not all in DuckDB yet
+                if producer in self._pinned:
+                    return  # a batch being settled holds it: another flush lets it go
+                del recent[producer]
+                self.tally.drop(producer)
+            await asyncio.sleep(0)
 
     # -- Completeness -------------------------------------------------------------------
 

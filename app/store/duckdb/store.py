@@ -637,6 +637,18 @@ class DuckDBStore:
             for r, s in zip(rows, sequences, strict=True)
         ]
         ledger = self._ledger
+        try:
+            return await self._settle(rows, sequences, settling)
+        finally:
+            ledger.release()
+
+    async def _settle(
+        self,
+        rows: Sequence[Record | Rejection],
+        sequences: list[ProducerSequence | None],
+        settling: list[Sequenced],
+    ) -> Sequence[RowOutcome]:
+        ledger = self._ledger
         await ledger.load(s.producer for s in sequences if s is not None)
         # Only a row whose sequence is seen already may be a redelivery of a stored
         # message or a copy of one: what is held under those sequences decides, in one read.
