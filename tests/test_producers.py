@@ -715,6 +715,30 @@ async def test_the_watch_reports_each_producer_missing_and_zero_once_its_gaps_cl
         await store.close()
 
 
+async def test_the_watch_reports_each_producer_in_conflict() -> None:
+    store = DuckDBStore(":memory:")
+    await store.start()
+    try:
+        producers = Producers(store, tokens=PageTokens("a-secret-of-sixteen"), grace_seconds=60)
+        watch = MissingWatch(producers)
+        forged = msgspec.structs.replace(row("f", 1), data='"forged"')
+        await store.append([row("a", 0), row("b", 1), forged, row("c", 2)])
+        await watch.refresh()
+        assert (watch.conflicts, watch.missing) == ({"orders-api": 1}, {})
+    finally:
+        await store.close()
+
+
+def test_the_conflicts_metric_is_reported_per_producer() -> None:
+    telemetry = Telemetry(prometheus=True)
+    telemetry.metrics.producers_conflicts = lambda: {"orders-api": 2}
+    assert telemetry.prometheus is not None
+    text = generate_latest(telemetry.prometheus).decode()
+    (line,) = [s for s in text.splitlines() if s.startswith("recordline_producer_conflicts{")]
+    assert 'producer="orders-api"' in line
+    assert line.endswith(" 2.0")
+
+
 def test_the_missing_metric_is_reported_per_producer() -> None:
     telemetry = Telemetry(prometheus=True)
     telemetry.metrics.producers_missing = lambda: {"orders-api": 3, "billing": 0}

@@ -97,7 +97,7 @@ locals {
       ```sh
       ${local.ticket_system}
       .venv/bin/recordline audit --since=24h --url="${local.ticket_service_url}" --token="${local.ticket_token}"
-      curl -sS -H "Authorization: Bearer ${local.ticket_token}" "${local.ticket_service_url}/v1/producers/PRODUCER"
+      curl -sS -H "Authorization: Bearer ${local.ticket_token}" "${local.ticket_service_url}/v1/producers?limit=100"
       ```
       Read both messages of a sequence (their attributes name the producer; `publishTime` and the payload tell who sent each): two instances sharing a producer id and epoch, or another publisher using it.
     EOT

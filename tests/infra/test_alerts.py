@@ -602,4 +602,4 @@ def test_sequences_two_messages_claimed_are_a_ticket_beside_the_missing() -> Non
     assert "producers_conflicts" not in _locals()["pages"]  # both messages are stored: no page
     commands = _locals()["ticket_commands"]["conflicts"]
     assert ".venv/bin/recordline audit --since=24h" in commands
-    assert "/v1/producers/PRODUCER" in commands
+    assert "/v1/producers?limit=100" in commands

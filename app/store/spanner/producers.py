@@ -211,10 +211,9 @@ def _count(transaction: Any, deadline: Deadline, counts: HourCount) -> None:
     )
 
 
-PAGE_SQL: Final = (
-    f"SELECT producer, epoch, entry, last_seen FROM {TABLE} "
-    "WHERE producer > @after ORDER BY producer, epoch LIMIT @limit"
-)
+# Past every epoch of a producer: a key range from (producer, MAX_EPOCH) on, open,
+# starts at the next producer.
+MAX_EPOCH: Final = 2**63 - 1
 _RANGES_FROM: Final = f"{RANGES}@{{FORCE_INDEX={RANGES_BY_OPENED}}}"
 # Sizes are summed as NUMERIC: a gap may hold 2^63 - 1 sequences, and INT64 sums overflow.
 _SIZE: Final = "(CAST(last AS NUMERIC) - first + 1)"
@@ -273,17 +272,15 @@ class SpannerCompleteness:
         return grouped(entries)[:limit]
 
     def _entries(self, deadline: Deadline, after: str, limit: int) -> list[EpochEntry]:
-        """Every entry past producer `after`, in (producer, epoch) order: at most `limit`."""
+        """Every entry past producer `after`, in (producer, epoch) order: at most `limit`.
+        A read of the key range from `after` on, which stops at `limit` rows, where a
+        query ordered by the key was sorted whole by the emulator (9 s at a million)."""
         self._count(1)
+        past = spanner.KeySet(  # type: ignore[no-untyped-call]
+            ranges=[spanner.KeyRange(start_open=[after, MAX_EPOCH], end_closed=[])]  # type: ignore[no-untyped-call]
+        )
         with self._calls.database().snapshot() as snapshot:
-            found = sql_rows(
-                snapshot,
-                deadline,
-                PAGE_SQL,
-                params={"after": after, "limit": limit},
-                param_types={"after": param_types.STRING, "limit": param_types.INT64},
-            )
-            return entries_of(found)
+            return entries_of(key_rows(snapshot, deadline, TABLE, NAMES, past, limit=limit))
 
     async def producer(self, producer: str) -> ProducerEntries | None:
         entries = await self._calls.call(self._producer, producer)
