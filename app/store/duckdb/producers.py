@@ -430,6 +430,8 @@ class DuckDBLedger:
         self.owed = Changes()
         self.owed_from = 0
         self._writing: tuple[Changes, int] | None = None
+        # Whether a write of owed changes is under way.
+        self.writing = False
         self.written_through = 0
         self._lock = asyncio.Lock()
         # The producers of the batch being settled: held in memory until it is.
@@ -505,14 +507,14 @@ class DuckDBLedger:
             self.owed_from = frame
         self.owed.merge(changes)
 
-    def releasable(self, applied: int) -> int:
-        """The last frame the journal may let go of: applied, and its changes written."""
-        through = applied
-        if self.owed:
-            through = min(through, self.owed_from - 1)
-        if self._writing is not None:
-            through = min(through, self._writing[1] - 1)
-        return through
+    @property
+    def unwritten_from(self) -> int | None:
+        """The first frame whose changes are not in DuckDB yet (owed, or being written),
+        None if none: the journal keeps it and every frame after it."""
+        first = self.owed_from if self.owed else None
+        if self._writing is not None and (first is None or self._writing[1] < first):
+            first = self._writing[1]
+        return first
 
     async def flush(self, applied: int) -> None:
         """Write what is owed (every frame through `applied` is) in one transaction;
@@ -527,6 +529,7 @@ class DuckDBLedger:
     async def _write_owed(self) -> None:
         owed, self.owed = self.owed, Changes()
         self._writing = (owed, self.owed_from)
+        self.writing = True
 
         def run() -> None:
             con = self._connection()
@@ -551,6 +554,7 @@ class DuckDBLedger:
             raise
         finally:
             self._writing = None
+            self.writing = False
 
     async def _let_go(self) -> None:
         # _STEP at a time: a burst of new producers is let go in many short steps of

@@ -607,16 +607,19 @@ class DuckDBStore:
         """Make the rows (`records`: those of them that are records), and the ledger's
         changes, durable; the number of their frame."""
         if self._journal is not None:
-            part = ledger or FrameLedger()
-            frame = Frame(
-                records=records,
-                rejections=[r for r in rows if type(r) is Rejection],
-                producers=list(part.entries),
-                forgotten=list(part.forgotten),
-                ranges=list(part.ranges),
-                hours=list(part.hours),
-                copies=list(part.copies),
-            )
+            rejections = [r for r in rows if type(r) is Rejection]
+            if ledger is None:
+                frame = Frame(records=records, rejections=rejections)
+            else:
+                frame = Frame(
+                    records=records,
+                    rejections=rejections,
+                    producers=list(ledger.entries),
+                    forgotten=list(ledger.forgotten),
+                    ranges=list(ledger.ranges),
+                    hours=list(ledger.hours),
+                    copies=list(ledger.copies),
+                )
             try:
                 self._frames = await self._journal.append(encode(frame))
             except OSError as exc:
@@ -782,7 +785,10 @@ class DuckDBStore:
             batch.append(entry)
             count += len(entry.rows)
         rows = [row for entry in batch for row in entry.rows]
-        copies = [c for entry in batch if entry.ledger is not None for c in entry.ledger.copies]
+        copies: list[Copy] = []
+        for entry in batch:
+            if entry.ledger is not None:
+                copies += entry.ledger.copies
         try:
             return batch, await self._write(self._insert, rows, copies)
         except Exception as exc:
@@ -857,7 +863,12 @@ class DuckDBStore:
         """Let the journal delete the segments of frames applied, ledger entries included."""
         if self._journal is None:
             return
-        releasable = self._ledger.releasable(self._applied)
+        releasable = self._applied
+        # Only while some are (a check of one attribute: this runs at every apply).
+        if self._ledger_frames or self._ledger.writing:
+            unwritten = self._ledger.unwritten_from
+            if unwritten is not None:
+                releasable = min(releasable, unwritten - 1)
         with contextlib.suppress(OSError):  # a failed writer is reported by `check`
             self._journal.release(releasable)
 
