@@ -47,11 +47,10 @@ from app.store.producers import (
     ProducerSequence,
     SequenceError,
     encode_entry,
-    message_digest,
     read_sequence,
     sequence_problem,
 )
-from app.store.tally import Copy, Sequenced, SequenceKey, Tally
+from app.store.tally import Copy, Sequenced, SequenceKey, Settled, Tally
 from app.telemetry import Telemetry
 from tests.conftest import envelope, served
 from tests.conftest import settings as app_settings
@@ -279,7 +278,8 @@ events = st.lists(
 
 
 class HeldCopies:
-    """The messages a store holds under each sequence, as it tells `settle`."""
+    """The messages a store holds under each sequence, as it tells `settle`; a message's
+    digest is the one byte naming which message it is (`which`)."""
 
     def __init__(self) -> None:
         self.held: dict[SequenceKey, list[Copy]] = {}
@@ -288,9 +288,10 @@ class HeldCopies:
         keys = {(s.producer, s.epoch, s.sequence) for s, *_ in tally.seen_rows(rows) if s}
         return {k: self.held[k] for k in keys if k in self.held}
 
-    def keep(self, copies: list[Copy]) -> None:
-        for copy in copies:
-            self.held.setdefault((copy.producer, copy.epoch, copy.sequence), []).append(copy)
+    def keep(self, settled: Settled, digests: dict[str, bytes]) -> None:
+        for producer, epoch, sequence, message_id in settled.copies:
+            copy = Copy(message_id, digests[message_id])
+            self.held.setdefault((producer, epoch, sequence), []).append(copy)
 
 
 @settings(max_examples=200, deadline=None)
@@ -310,15 +311,21 @@ def test_the_ledger_says_what_a_plain_set_of_seen_messages_says(
     for batch in batches:
         rows = [
             Sequenced(
-                ProducerSequence("p", epoch, number),
-                f"{epoch}/{number}/{copy}/{which}",
-                is_record,
-                bytes([which]),
+                ProducerSequence("p", epoch, number), f"{epoch}/{number}/{copy}/{which}", is_record
             )
             for epoch, number, copy, is_record, which in batch
         ]
-        settled = tally.settle(rows, copies=store.of(tally, rows), stored_before=set(ids), now=NOW)
-        for (sequence, message_id, _, digest), verdict in zip(rows, settled.verdicts, strict=True):
+        digests = [bytes([which]) for *_, which in batch]
+        settled = tally.settle(
+            rows,
+            copies=store.of(tally, rows),
+            stored_before=set(ids),
+            now=NOW,
+            digest=digests.__getitem__,
+        )
+        for (sequence, message_id, _), digest, verdict in zip(
+            rows, digests, settled.verdicts, strict=True
+        ):
             assert sequence is not None
             numbers = seen.setdefault(sequence.epoch, set())
             held = messages.setdefault((sequence.epoch, sequence.sequence), set())
@@ -339,7 +346,7 @@ def test_the_ledger_says_what_a_plain_set_of_seen_messages_says(
             stored += 1
             ids.add(message_id)
         tally.commit(settled)
-        store.keep(settled.copies)
+        store.keep(settled, {r.message_id: d for r, d in zip(rows, digests, strict=True)})
     entries = tally.entries("p")
     assert set(entries) == set(seen)
     for epoch, entry in entries.items():
@@ -391,18 +398,28 @@ def test_a_batch_is_settled_as_its_rows_would_be_one_at_a_time(
             ended_count=None if ended is None else ended[1],
         )
         message_id = f"{producer}/{epoch}/{number}/{copy}/{which}"
-        rows.append(Sequenced(sequence, message_id, is_record, bytes([which])))
+        rows.append(Sequenced(sequence, message_id, is_record))
+    digests = [bytes([event[-1]]) for event in events]
     whole = Tally()
-    settled = whole.settle(rows, copies={}, stored_before=set(), now=NOW)
+    settled = whole.settle(
+        rows, copies={}, stored_before=set(), now=NOW, digest=digests.__getitem__
+    )
     whole.commit(settled)
     alone = Tally()
     store = HeldCopies()
     stored: set[str] = set()
     verdicts = []
-    for row in rows:
-        one = alone.settle([row], copies=store.of(alone, [row]), stored_before=stored, now=NOW)
+    by_id = {r.message_id: d for r, d in zip(rows, digests, strict=True)}
+    for row, digest in zip(rows, digests, strict=True):
+        one = alone.settle(
+            [row],
+            copies=store.of(alone, [row]),
+            stored_before=stored,
+            now=NOW,
+            digest=lambda _, d=digest: d,
+        )
         alone.commit(one)
-        store.keep(one.copies)
+        store.keep(one, by_id)
         verdicts.extend(one.verdicts)
         if one.verdicts[0] in ("store", "refuse", "conflict"):
             stored.add(row[1])
@@ -419,11 +436,10 @@ def test_a_producer_that_would_open_too_many_gaps_gets_rejections_naming_it_and_
     tally = Tally()
     # Every other sequence: each opens a gap, up to the bound.
     noisy = [
-        Sequenced(ProducerSequence("noisy", 0, 2 * n), f"n{n}", True, b"n")
-        for n in range(MAX_GAPS + 3)
+        Sequenced(ProducerSequence("noisy", 0, 2 * n), f"n{n}", True) for n in range(MAX_GAPS + 3)
     ]
-    quiet = [Sequenced(ProducerSequence("quiet", 0, n), f"q{n}", True, b"q") for n in range(3)]
-    settled = tally.settle([*noisy, *quiet], copies={}, stored_before=set(), now=NOW)
+    quiet = [Sequenced(ProducerSequence("quiet", 0, n), f"q{n}", True) for n in range(3)]
+    settled = tally.settle([*noisy, *quiet], copies={}, stored_before=set(), now=NOW, digest=_never)
     verdicts = settled.verdicts
     # Sequence 0 opens none: MAX_GAPS gaps are opened by the next MAX_GAPS.
     assert verdicts[: MAX_GAPS + 1] == ["store"] * (MAX_GAPS + 1)
@@ -437,14 +453,20 @@ def test_a_producer_that_would_open_too_many_gaps_gets_rejections_naming_it_and_
     assert (len(entry.gaps), entry.refused, entry.rejected) == (MAX_GAPS, 2, 2)
     assert len(encode_entry(entry)) < 30_000
     # A gap filled from its middle is refused at the bound too; one from its edge is not.
-    edge = Sequenced(ProducerSequence("noisy", 0, 1), "edge", True, b"n")
-    assert tally.settle([edge], copies={}, stored_before=set(), now=NOW).verdicts == ["store"]
+    edge = Sequenced(ProducerSequence("noisy", 0, 1), "edge", True)
+    settled = tally.settle([edge], copies={}, stored_before=set(), now=NOW, digest=_never)
+    assert settled.verdicts == ["store"]
+
+
+def _never(index: int) -> bytes:
+    """The digest of a row whose sequence no other row took: never asked."""
+    raise AssertionError(f"the digest of row {index} was asked")
 
 
 def one(tally: Tally, sequence: ProducerSequence, message_id: str, *, now: int = NOW) -> str | None:
     """Settle and commit one row of the producer's own message; its verdict."""
-    row = Sequenced(sequence, message_id, True, b"own")
-    settled = tally.settle([row], copies={}, stored_before=set(), now=now)
+    row = Sequenced(sequence, message_id, True)
+    settled = tally.settle([row], copies={}, stored_before=set(), now=now, digest=lambda _: b"own")
     tally.commit(settled)
     return settled.verdicts[0]
 
@@ -480,9 +502,11 @@ def test_eight_forged_epochs_never_retire_one_owed_sequences() -> None:
         one(tally, ProducerSequence("victim", 1000 + n, 5), f"g{n}")
     assert tally.entries("victim")[10].gaps
     # The real producer's retry of 3 is still a retry.
-    retry = Sequenced(ProducerSequence("victim", 10, 3), "v3-retry", True, b"own")
-    copies = {("victim", 10, 3): [Copy("victim", 10, 3, b"own", "v3")]}
-    settled = tally.settle([retry], copies=copies, stored_before=set(), now=NOW)
+    retry = Sequenced(ProducerSequence("victim", 10, 3), "v3-retry", True)
+    copies = {("victim", 10, 3): [Copy("v3", b"own")]}
+    settled = tally.settle(
+        [retry], copies=copies, stored_before=set(), now=NOW, digest=lambda _: b"own"
+    )
     assert settled.verdicts == ["duplicate"]
 
 
@@ -583,7 +607,7 @@ async def test_a_crash_recovers_the_ledger_with_the_rows_from_the_journal(tmp_pa
     # them in one frame, never applied.
     entry = EpochEntry(producer="orders-api", epoch=0, highest=1, stored=2, last_seen=NOW)
     rows = [row("a", 0), row("b", 1)]
-    copies = [Copy("orders-api", 0, n, message_digest(r), r.message_id) for n, r in enumerate(rows)]
+    copies = [("orders-api", 0, n, r.message_id) for n, r in enumerate(rows)]
     journal = Journal(Path(f"{db}.journal"))
     journal.start(0)
     journal.write(encode(Frame(records=rows, rejections=[], producers=[entry], copies=copies)))

@@ -248,33 +248,26 @@ _decode_attribute_map = msgspec.json.Decoder(dict[str, str]).decode
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
-class _Payload(msgspec.Struct, omit_defaults=True):
-    id: str
-    data: msgspec.Raw
-    timestamp: str | None = None
-
-
 def message_digest(row: Record | Rejection) -> bytes:
-    """16 bytes that differ between two messages unless their payload and attributes are
-    the same: a publisher's retry of a message has its digest, another message has not.
+    """16 bytes that differ between two messages unless they are stored alike: the same
+    payload as stored (a record's id, event time and data; a rejection's bytes as
+    received) and the same attributes. A publisher's retry of a message has its digest,
+    another message has not. The attributes are taken in key order (Pub/Sub gives
+    none); every part is length-prefixed, so no two messages' parts run together alike.
 
-    The payload is the message data as received (a record keeps it in `received`, a
-    rejection in `data`); the attributes are taken in key order, as Pub/Sub gives no
-    order. A record built without its received bytes has its payload rebuilt in the
-    default contract, as a rejection made of it would (`rejected_record`).
+    It is computed from stored rows as from incoming ones, so a store keeps no digest:
+    only rows under a sequence seen already are ever digested.
     """
     if isinstance(row, Rejection):
-        data = row.data
-    elif row.received is not None:
-        data = row.received
+        parts = [b"rejection", row.data]
     else:
-        timestamp = None if row.timestamp is None else rfc3339(moment(row.timestamp))
-        data = msgspec.json.encode(
-            _Payload(id=row.id, data=msgspec.Raw(row.data.encode()), timestamp=timestamp)
-        )
-    digest = hashlib.blake2b(len(data).to_bytes(8, "big"), digest_size=16)
-    digest.update(data)
-    digest.update(_encode_sorted(_decode_attribute_map(row.attributes)))
+        timestamp = b"" if row.timestamp is None else str(row.timestamp).encode()
+        parts = [b"record", row.id.encode(errors="surrogatepass"), timestamp, row.data.encode()]
+    parts.append(_encode_sorted(_decode_attribute_map(row.attributes)))
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
     return digest.digest()
 
 

@@ -2,7 +2,8 @@
 
 A row under a sequence not seen is stored; under a seen one it is a redelivery
 (its message id stored already), a publisher's retry (the digest of a message
-held under the sequence: not stored) or another message (stored, a conflict).
+held under it: not stored) or another message (stored, a conflict). Digests are
+asked only of rows under a seen sequence: the rare path, not every push's.
 Nothing changes until the store commits the batch and takes the changes.
 
 Design: docs/producers.md#exactly-once-by-producer-sequence
@@ -11,7 +12,7 @@ Design: docs/producers.md#exactly-once-by-producer-sequence
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -31,16 +32,17 @@ from app.store.producers import (
 )
 
 SequenceKey = tuple[str, int, int]
+# A message stored under a producer sequence, as a store notes it: producer, epoch,
+# sequence, message id (a plain tuple: one is made for every sequenced row).
+Held = tuple[str, int, int, str]
 
 
 class Copy(NamedTuple):
-    """A message a store holds under a producer sequence: what a later copy is told by."""
+    """A message a store holds under a producer sequence, and its digest
+    (`message_digest`): what a later copy is told by."""
 
-    producer: str
-    epoch: int
-    sequence: int
-    digest: bytes
     message_id: str
+    digest: bytes
 
 
 class Sequenced(NamedTuple):
@@ -49,8 +51,6 @@ class Sequenced(NamedTuple):
     sequence: ProducerSequence | None
     message_id: str
     is_record: bool
-    # The message's digest (`message_digest`); empty when it carries no sequence.
-    digest: bytes
 
 
 Verdict = Literal["store", "conflict", "duplicate", "refuse", "again"]
@@ -72,7 +72,7 @@ class Settled:
     changed: dict[tuple[str, int], EpochEntry]
     dropped: set[tuple[str, int]] = field(default_factory=set)
     # The messages the batch stores under a sequence (not its redeliveries).
-    copies: list[Copy] = field(default_factory=list)
+    copies: list[Held] = field(default_factory=list)
     # The batch's counts, at the hour it was settled.
     counts: HourCount = field(default_factory=lambda: HourCount(hour=0))
     # How many rows are publishers' copies, not stored, and how many conflicts.
@@ -145,18 +145,23 @@ class Tally:
         copies: Mapping[SequenceKey, Sequence[Copy]],
         stored_before: Set[str],
         now: int,
+        digest: Callable[[int], bytes],
     ) -> Settled:
         """The verdict on each of `rows`, in order, as one batch: `copies` are the
         messages held under the seen sequences among them, `stored_before` which of
-        their message ids are stored already."""
+        their message ids are stored already, `digest` the digest of a row of the batch
+        by its position (asked only of rows under a seen sequence, and of the rows of
+        the batch stored under it before them)."""
         batch = _Batch(self._epochs, now)
         verdicts: list[Verdict | None] = []
         reasons: dict[int, str] = {}
-        ids_in_batch: set[str] = set()
-        out: list[Copy] = []
-        # The batch's own copies by sequence, made at the first row under a seen
-        # sequence (a retry or a conflict, rare): only then are they looked for.
-        held: dict[SequenceKey, list[Copy]] | None = None
+        # The batch's rows stored so far, by message id: their positions.
+        ids_in_batch: dict[str, int] = {}
+        out: list[Held] = []
+        # Positions in the batch of the rows stored under each sequence, made at the first
+        # row under a seen sequence (a retry or a conflict, rare): only then are they
+        # looked for.
+        held: dict[SequenceKey, list[int]] | None = None
         stored = rejected = duplicates = conflicts = 0
         # A batch's rows come in runs of one producer's epoch (a producer publishes
         # in order, and the batch holds what arrived together), so the entry and the
@@ -167,7 +172,7 @@ class Tally:
         producer: str | None = None
         epoch = newest = 0
         entry: EpochEntry | None = None
-        for index, (sequence, message_id, is_record, digest) in enumerate(rows):
+        for index, (sequence, message_id, is_record) in enumerate(rows):
             if sequence is None:
                 verdicts.append(None)
                 continue
@@ -194,7 +199,7 @@ class Tally:
                     kept.last_seen = max(kept.last_seen, now)
                 else:
                     entry.zombies += 1
-                ids_in_batch.add(message_id)
+                ids_in_batch[message_id] = index
                 if is_record:
                     stored += 1
                 else:
@@ -202,18 +207,20 @@ class Tally:
                 verdicts.append("store")
                 continue
             number = sequence.sequence
-            key = (sequence.producer, epoch, number)
             verdict: Verdict = "store"
             if number <= entry.highest and entry.seen(number):
+                key = (sequence.producer, epoch, number)
                 if held is None:
                     held = {}
                     for copy in out:
-                        held.setdefault(copy[:3], []).append(copy)
-                known = [*copies.get(key, _NO_COPIES), *held.get(key, _NO_COPIES)]
+                        held.setdefault(copy[:3], []).append(ids_in_batch[copy[3]])
+                known = copies.get(key, _NO_COPIES)
+                mine = held.get(key, ())
                 if again or any(c.message_id == message_id for c in known):
                     verdicts.append("again")
                     continue
-                if any(c.digest == digest for c in known):
+                this = digest(index)
+                if any(c.digest == this for c in known) or any(digest(i) == this for i in mine):
                     entry.duplicates += 1
                     duplicates += 1
                     verdicts.append("duplicate")
@@ -238,11 +245,10 @@ class Tally:
                 )
                 verdicts.append("refuse")
                 continue
-            ids_in_batch.add(message_id)
-            copy = Copy(sequence.producer, epoch, number, digest, message_id)
-            out.append(copy)
+            ids_in_batch[message_id] = index
+            out.append((sequence.producer, epoch, number, message_id))
             if held is not None:
-                held.setdefault(key, []).append(copy)
+                held.setdefault((sequence.producer, epoch, number), []).append(index)
             if epoch < newest:
                 entry.zombies += 1
             if is_record:

@@ -22,7 +22,7 @@ import msgspec
 
 from app.records import Record, Rejection
 from app.store.producers import EpochEntry, HourCount, LedgerRange
-from app.store.tally import Copy
+from app.store.tally import Held
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Frame(msgspec.Struct, array_like=True, frozen=True):
     forgotten: list[tuple[str, int]] = []
     ranges: list[LedgerRange] = []
     hours: list[HourCount] = []
-    copies: list[Copy] = []
+    copies: list[Held] = []
 
 
 _encode = msgspec.msgpack.Encoder().encode

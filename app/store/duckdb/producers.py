@@ -36,7 +36,7 @@ from app.store.producers import (
     grouped,
     hours_of,
 )
-from app.store.tally import Copy, SequenceKey, Settled, Tally
+from app.store.tally import Held, SequenceKey, Settled, Tally
 
 T = TypeVar("T")
 
@@ -77,15 +77,14 @@ DDL: Final = (
   duplicates BIGINT NOT NULL,
   conflicts BIGINT NOT NULL
 )""",
-    # The message stored under each sequence, and its digest: a later copy is a
-    # retry (dropped) only if its digest is one of these. `key` is a hash of the
-    # sequence, the one column indexed: a look-up by it reads a few rows.
+    # The messages stored under each sequence: a later copy is a retry (dropped) only
+    # if it is one of them (`message_digest`, of the stored rows). `key` is a hash of
+    # the sequence, the one column indexed: a look-up by it reads a few rows.
     f"""CREATE TABLE IF NOT EXISTS {COPIES} (
   key BIGINT NOT NULL,
   producer VARCHAR NOT NULL,
   epoch BIGINT NOT NULL,
   sequence BIGINT NOT NULL,
-  digest BLOB NOT NULL,
   message_id VARCHAR NOT NULL,
   ingest_time TIMESTAMPTZ NOT NULL
 )""",
@@ -116,7 +115,6 @@ _COPY_SCHEMA = pa.schema(
         ("producer", pa.string()),
         ("epoch", pa.int64()),
         ("sequence", pa.int64()),
-        ("digest", pa.binary()),
         ("message_id", pa.string()),
         ("ingest_time", pa.timestamp("us", tz="UTC")),
     ]
@@ -249,7 +247,7 @@ def _delete(con: duckdb.DuckDBPyConnection, table: str, keys: list[tuple[str, in
         con.unregister("ledger_keys")
 
 
-def insert_copies(con: duckdb.DuckDBPyConnection, copies: Sequence[Copy], now: int) -> None:
+def insert_copies(con: duckdb.DuckDBPyConnection, copies: Sequence[Held], now: int) -> None:
     """Note the messages stored under sequences, in the caller's transaction (a frame
     replayed after a crash may note them twice: a look-up reads both, alike)."""
     _insert(
@@ -258,11 +256,10 @@ def insert_copies(con: duckdb.DuckDBPyConnection, copies: Sequence[Copy], now: i
         pa.table(
             [
                 pa.array([sequence_key(c[0], c[1], c[2]) for c in copies], pa.int64()),
-                pa.array([c.producer for c in copies], pa.string()),
-                pa.array([c.epoch for c in copies], pa.int64()),
-                pa.array([c.sequence for c in copies], pa.int64()),
-                pa.array([c.digest for c in copies], pa.binary()),
-                pa.array([c.message_id for c in copies], pa.string()),
+                pa.array([c[0] for c in copies], pa.string()),
+                pa.array([c[1] for c in copies], pa.int64()),
+                pa.array([c[2] for c in copies], pa.int64()),
+                pa.array([c[3] for c in copies], pa.string()),
                 pa.array([now] * len(copies), pa.timestamp("us", tz="UTC")),
             ],
             schema=_COPY_SCHEMA,
@@ -271,24 +268,22 @@ def insert_copies(con: duckdb.DuckDBPyConnection, copies: Sequence[Copy], now: i
 
 
 _COPIES_SQL: Final = (
-    f"SELECT producer, epoch, sequence, digest, message_id FROM {COPIES} "
+    f"SELECT producer, epoch, sequence, message_id FROM {COPIES} "
     "WHERE key IN (SELECT unnest($keys))"
 )
 
 
-def held_copies(
+def held_ids(
     cur: duckdb.DuckDBPyConnection, keys: Iterable[SequenceKey]
-) -> dict[SequenceKey, list[Copy]]:
-    """The messages DuckDB holds under these sequences."""
+) -> dict[SequenceKey, set[str]]:
+    """The message ids DuckDB holds under these sequences."""
     wanted = set(keys)
-    found: dict[SequenceKey, list[Copy]] = {}
+    found: dict[SequenceKey, set[str]] = {}
     params = {"keys": [sequence_key(*k) for k in wanted]}
-    for producer, epoch, sequence, digest, message_id in cur.execute(
-        _COPIES_SQL, params
-    ).fetchall():
+    for producer, epoch, sequence, message_id in cur.execute(_COPIES_SQL, params).fetchall():
         key = (producer, epoch, sequence)
         if key in wanted:  # not another sequence of the same hash
-            found.setdefault(key, []).append(Copy(producer, epoch, sequence, digest, message_id))
+            found.setdefault(key, set()).add(message_id)
     return found
 
 
@@ -632,7 +627,7 @@ class FrameLedger(NamedTuple):
     forgotten: Sequence[tuple[str, int]] = ()
     ranges: Sequence[LedgerRange] = ()
     hours: Sequence[HourCount] = ()
-    copies: Sequence[Copy] = ()
+    copies: Sequence[Held] = ()
 
     def changes(self) -> Changes:
         changes = Changes()

@@ -64,7 +64,7 @@ from app.store.producers import (
 )
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
-from app.store.tally import Copy, Sequenced, SequenceKey
+from app.store.tally import Copy, Held, Sequenced, SequenceKey
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,22 @@ def _insert_table(
         con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM incoming")
     finally:
         con.unregister("incoming")
+
+
+def _stored_rows(
+    cur: duckdb.DuckDBPyConnection, message_ids: list[str]
+) -> list[Record | Rejection]:
+    """The records and rejections DuckDB holds of these messages."""
+    params = {"ids": message_ids}
+    found: list[Record | Rejection] = [
+        row_of(Record, values)
+        for values in cur.execute(_RECORDS_BY_MESSAGES_SQL, params).fetchall()
+    ]
+    found += [
+        row_of(Rejection, values)
+        for values in cur.execute(_REJECTIONS_BY_MESSAGES_SQL, params).fetchall()
+    ]
+    return found
 
 
 class _Inserted(NamedTuple):
@@ -636,7 +652,7 @@ class DuckDBStore:
         with the rows kept. The ledger in memory changes only once the frame is durable:
         a failed write leaves every sequence unseen, so the redelivery is stored."""
         settling = [
-            Sequenced(s, r.message_id, type(r) is Record, b"" if s is None else message_digest(r))
+            Sequenced(s, r.message_id, type(r) is Record)
             for r, s in zip(rows, sequences, strict=True)
         ]
         ledger = self._ledger
@@ -661,7 +677,11 @@ class DuckDBStore:
         if seen:
             stored_before, copies = await self._held(seen)
         settled = ledger.tally.settle(
-            settling, copies=copies, stored_before=stored_before, now=self._clock() // 1000
+            settling,
+            copies=copies,
+            stored_before=stored_before,
+            now=self._clock() // 1000,
+            digest=lambda index: message_digest(rows[index]),
         )
         hours = ledger.hours_after(settled)
         part = frame_ledger(settled, hours)
@@ -695,24 +715,43 @@ class DuckDBStore:
         self, rows: Sequence[Sequenced]
     ) -> tuple[set[str], dict[SequenceKey, list[Copy]]]:
         """Which of these rows' messages are stored (a record or a rejection), and the
-        messages held under their sequences. The journaled frames not applied yet are
-        looked at first: a frame leaves them only once it is in DuckDB, so nothing is
-        missed between the two looks."""
+        messages held under their sequences, with their digests. The journaled frames not
+        applied yet are looked at first: a frame leaves them only once it is in DuckDB,
+        so nothing is missed between the two looks."""
         wanted = {r.message_id for r in rows}
         keys = {(s.producer, s.epoch, s.sequence) for s, *_ in rows if s is not None}
         stored = set[str]()
-        copies: dict[SequenceKey, list[Copy]] = {}
+        ids: dict[SequenceKey, set[str]] = {}
         for entry in self._unapplied:
             stored.update(r.message_id for r in entry.rows if r.message_id in wanted)
             if entry.ledger is not None:
-                for copy in entry.ledger.copies:
-                    if copy[:3] in keys:
-                        copies.setdefault(copy[:3], []).append(copy)
+                for held in entry.ledger.copies:
+                    if held[:3] in keys:
+                        ids.setdefault(held[:3], set()).add(held[3])
         rest = wanted - stored
         if rest:
             stored |= set(await self.seen(sorted(rest)))
-        for key, found in (await self._read(lambda cur: book.held_copies(cur, keys))).items():
-            copies.setdefault(key, []).extend(found)
+        for key, found in (await self._read(lambda cur: book.held_ids(cur, keys))).items():
+            ids.setdefault(key, set()).update(found)
+        # The messages themselves, where they are: journaled, or in DuckDB.
+        every = {i for found in ids.values() for i in found}
+        messages: dict[str, list[Record | Rejection]] = {}
+        for entry in self._unapplied:
+            for row in entry.rows:
+                if row.message_id in every:
+                    messages.setdefault(row.message_id, []).append(row)
+        missing = sorted(every - set(messages))
+        if missing:
+            for row in await self._read(lambda cur: _stored_rows(cur, missing)):
+                messages.setdefault(row.message_id, []).append(row)
+        copies = {
+            key: [
+                Copy(message_id, message_digest(row))
+                for message_id in sorted(found)
+                for row in messages.get(message_id, ())
+            ]
+            for key, found in ids.items()
+        }
         return stored, copies
 
     async def _new_records(self, records: list[Record]) -> list[Record]:
@@ -785,7 +824,7 @@ class DuckDBStore:
             batch.append(entry)
             count += len(entry.rows)
         rows = [row for entry in batch for row in entry.rows]
-        copies: list[Copy] = []
+        copies: list[Held] = []
         for entry in batch:
             if entry.ledger is not None:
                 copies += entry.ledger.copies
@@ -920,7 +959,7 @@ class DuckDBStore:
     def _insert(
         self,
         rows: Sequence[Record | Rejection],
-        copies: Sequence[Copy] = (),
+        copies: Sequence[Held] = (),
         changes: Changes | None = None,
     ) -> _Inserted:
         """Insert the first copy of each message and the messages held under producer
@@ -979,7 +1018,7 @@ class DuckDBStore:
         self,
         records: list[Record],
         rejections: list[Rejection],
-        ledger: tuple[Sequence[Copy], Changes | None] = ((), None),
+        ledger: tuple[Sequence[Held], Changes | None] = ((), None),
         *,
         ignore_copies: bool,
     ) -> None:

@@ -38,7 +38,7 @@ from app.store.producers import (
     hours_of,
 )
 from app.store.spanner.calls import Deadline, SpannerCalls, key_rows, sql_rows
-from app.store.tally import Copy, SequenceKey, Settled
+from app.store.tally import SequenceKey, Settled
 
 # One row per producer and epoch, its state a msgpack value (`encode_entry`), so its
 # fields change without a schema change; `last_seen` carries the row deletion
@@ -50,7 +50,7 @@ RANGES: Final = "producer_ranges"
 RANGE_NAMES: Final = ["producer", "epoch", "kind", "first", "last", "opened"]
 RANGES_BY_OPENED: Final = "producer_ranges_by_opened"
 COPIES: Final = "producer_sequences"
-COPY_NAMES: Final = ["producer", "epoch", "sequence", "digest", "message_id", "ingest_time"]
+COPY_NAMES: Final = ["producer", "epoch", "sequence", "message_id", "ingest_time"]
 HOURS: Final = "producer_hours"
 HOUR_NAMES: Final = ["hour", "shard", "stored", "rejected", "duplicates", "conflicts", "updated"]
 # Rows each hour's counts are spread over: a commit adds to one of them, at random,
@@ -76,7 +76,6 @@ COLUMNS: Final = {
         ("producer", f"STRING({MAX_PRODUCER_LENGTH})", False),
         ("epoch", "INT64", False),
         ("sequence", "INT64", False),
-        ("digest", "BYTES(16)", False),
         ("message_id", "STRING(MAX)", False),
         ("ingest_time", "TIMESTAMP", False),
     ],
@@ -117,16 +116,15 @@ def entries_of(found: Iterable[list[Any]]) -> list[EpochEntry]:
     return [decode_entry(base64.b64decode(row[2])) for row in found]
 
 
-def held_copies(
+def held_ids(
     transaction: Any, deadline: Deadline, keys: Iterable[SequenceKey]
-) -> dict[SequenceKey, list[Copy]]:
-    """The messages held under these sequences, read in `transaction`."""
-    found: dict[SequenceKey, list[Copy]] = {}
-    for producer, epoch, sequence, digest, message_id, _ in key_rows(
+) -> dict[SequenceKey, set[str]]:
+    """The message ids held under these sequences, read in `transaction`."""
+    found: dict[SequenceKey, set[str]] = {}
+    for producer, epoch, sequence, message_id, _ in key_rows(
         transaction, deadline, COPIES, COPY_NAMES, _prefixes(keys)
     ):
-        copy = Copy(producer, epoch, sequence, base64.b64decode(digest), message_id)
-        found.setdefault((producer, epoch, sequence), []).append(copy)
+        found.setdefault((producer, epoch, sequence), set()).add(message_id)
     return found
 
 
@@ -162,17 +160,7 @@ def write(transaction: Any, deadline: Deadline, settled: Settled) -> None:
         transaction.insert_or_update(
             COPIES,
             COPY_NAMES,
-            [
-                [
-                    c.producer,
-                    c.epoch,
-                    c.sequence,
-                    base64.b64encode(c.digest),
-                    c.message_id,
-                    spanner.COMMIT_TIMESTAMP,
-                ]
-                for c in settled.copies
-            ],
+            [[*held, spanner.COMMIT_TIMESTAMP] for held in settled.copies],
         )
     _count(transaction, deadline, settled.counts)
 

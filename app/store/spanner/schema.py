@@ -272,8 +272,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ") PRIMARY KEY (producer, epoch),\n"
     "  ROW DELETION POLICY (OLDER_THAN(last_seen, INTERVAL ${retention_days} DAY))",
     # What the audit reads of each producer epoch (its gaps, conflicts and ends), the
-    # message held under each producer sequence (a retry is dropped only if it is the
-    # same message), and the counts by hour (app/store/spanner/producers.py).
+    # messages stored under each producer sequence (a retry is dropped only if it is the
+    # same message as one of them), and the counts by hour (app/store/spanner/producers.py).
     "CREATE TABLE producer_ranges (\n"
     "  `producer` STRING(256) NOT NULL,\n"
     "  `epoch` INT64 NOT NULL,\n"
@@ -288,10 +288,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     "  `producer` STRING(256) NOT NULL,\n"
     "  `epoch` INT64 NOT NULL,\n"
     "  `sequence` INT64 NOT NULL,\n"
-    "  `digest` BYTES(16) NOT NULL,\n"
     "  `message_id` STRING(MAX) NOT NULL,\n"
     "  `ingest_time` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
-    ") PRIMARY KEY (producer, epoch, sequence, digest),\n"
+    ") PRIMARY KEY (producer, epoch, sequence, message_id),\n"
     "  INTERLEAVE IN PARENT producer_epochs ON DELETE CASCADE,\n"
     "  ROW DELETION POLICY (OLDER_THAN(ingest_time, INTERVAL ${retention_days} DAY))",
     "CREATE TABLE producer_hours (\n"
