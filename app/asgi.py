@@ -33,6 +33,7 @@ from app.ingest.replay import Replay
 from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest, PushObserver
 from app.ingest.shape import FieldPaths
+from app.ingest.signing import ProducerKeys
 from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem
 from app.process import StopBudget
@@ -272,7 +273,20 @@ class PushSide:
         paths = FieldPaths(
             id_field=settings.payload.id_field, time_field=settings.payload.time_field
         )
-        return cls(Ingest(batcher, Payloads(paths, schemas), observer=outcomes), outcomes)
+        keys = producer_keys(settings)
+        ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes, keys=keys)
+        return cls(ingest, outcomes)
+
+
+def producer_keys(settings: Settings) -> ProducerKeys | None:
+    """The producers whose sequences must be signed; SettingsError naming the producer
+    (never the key) whose key cannot be used."""
+    try:
+        return ProducerKeys.parse(settings.auth.producer_keys)
+    except ValueError as exc:
+        raise SettingsError(
+            f"RECORDLINE_PRODUCER_KEYS: {exc}", var="RECORDLINE_PRODUCER_KEYS"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -318,6 +332,7 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     if store.completeness is not None:
         watch = MissingWatch(producers)
         telemetry.metrics.producers_missing = lambda: watch.missing
+        telemetry.metrics.producers_conflicts = lambda: watch.conflicts
         loops.add(Loop("producers", watch.run, interval=WATCH_SECONDS))
     return loops
 

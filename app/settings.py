@@ -569,6 +569,11 @@ class QuerySettings(Section, frozen=True):
     ] = 1800.0
 
 
+# RECORDLINE_PRODUCER_KEYS: `PRODUCER=KEY`, comma-separated (app/ingest/signing.py).
+_PRODUCER_KEY_ENTRY = r"[^=,\s]+=[A-Za-z0-9+/_-]+={0,2}"
+_PRODUCER_KEYS = rf"^(|{_PRODUCER_KEY_ENTRY}(,{_PRODUCER_KEY_ENTRY})*)$"
+
+
 class AuthSettings(Section, frozen=True):
     push_audience: Annotated[
         str,
@@ -598,6 +603,20 @@ class AuthSettings(Section, frozen=True):
             accepts="an `http://` or `https://` URL",
         ),
     ] = "https://www.googleapis.com/oauth2/v3/certs"
+    producer_keys: Annotated[
+        str,
+        Meta(pattern=_PRODUCER_KEYS),
+        env(
+            "RECORDLINE_PRODUCER_KEYS",
+            "Producers whose sequences must be signed, and their keys: comma-separated "
+            "`PRODUCER=KEY`, PRODUCER an id (recordline-producer) or a prefix ending in `*`, "
+            "KEY at least 16 random bytes in base64. A message of such a producer unsigned or "
+            "wrongly signed (recordline-signature) is kept as a rejection saying so; "
+            "`recordline publish` signs with the same keys",
+            accepts="comma-separated `PRODUCER=BASE64KEY`",
+            secret=True,
+        ),
+    ] = ""
     push_token: Annotated[
         str,
         Meta(pattern=rf"^(|.{{{MIN_PUSH_TOKEN_LENGTH},}})$"),

@@ -171,6 +171,8 @@ SYSTEM_SERIES = {
     "conflicts": 0,
     # Written per producer with sequences missing: none on an ordinary day.
     "producer.missing": 0,
+    # Written per producer whose sequences two messages claimed: none on an ordinary day.
+    "producer.conflicts": 0,
 }
 EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
 # The cell's own, from each of its ingest instances: the distributions (the read and

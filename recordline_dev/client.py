@@ -534,21 +534,27 @@ def publish_command(args: argparse.Namespace) -> int:
     sequenced: SequencedPublisher | None = None
     if args.producer != "":
         from app.ingest.publisher import SequencedPublisher
+        from app.ingest.signing import ProducerKeys
         from app.store.producers import SequenceError
 
         # Numbered, so the service stores a message the library publishes again (an
-        # answer later than its timeout) once, and names any that never arrive.
+        # answer later than its timeout) once, and names any that never arrive; signed
+        # when the service's RECORDLINE_PRODUCER_KEYS (in this environment) names it.
         producer = args.producer or f"recordline-publish-{prefix.rstrip('-')}"
         try:
+            keys = ProducerKeys.parse(os.environ.get("RECORDLINE_PRODUCER_KEYS", ""))
+            key = None if keys is None else keys.key_for(producer)
             sequenced = SequencedPublisher(
-                client, producer, epoch=args.epoch, ended=args.epoch_ended
+                client, producer, epoch=args.epoch, ended=args.epoch_ended, key=key
             )
-        except SequenceError as exc:
+        except (SequenceError, ValueError) as exc:
             print(f"recordline publish: {exc}", file=sys.stderr)
             return 2
         client = sequenced
+        signed = ", signed" if key is not None else ""
         print(
-            f"recordline publish: producer {producer!r} epoch {sequenced.epoch}, sequences from 0",
+            f"recordline publish: producer {producer!r} epoch {sequenced.epoch}, sequences from "
+            f"0{signed}",
             file=sys.stderr,
         )
 
@@ -989,7 +995,8 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--producer",
         help="producer id the messages carry with their sequence numbers (recordline-producer; "
-        "default: one of this run's own, recordline-publish-<run>); '' sends none",
+        "default: one of this run's own, recordline-publish-<run>); '' sends none. Signed "
+        "(recordline-signature) when RECORDLINE_PRODUCER_KEYS names it",
     )
     parser.add_argument(
         "--epoch",

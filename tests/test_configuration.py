@@ -69,6 +69,7 @@ BAD_VALUES = {
     "RECORDLINE_PUSH_SERVICE_ACCOUNTS": "push-account",
     "RECORDLINE_OIDC_CERTS_URL": "www.googleapis.com/oauth2/v3/certs",
     "RECORDLINE_PUSH_TOKEN": "short-secret",
+    "RECORDLINE_PRODUCER_KEYS": "orders-api",
     "RECORDLINE_READ_PRINCIPALS": "group:readers@example.com",
     "RECORDLINE_OPERATOR_PRINCIPALS": "user:ada@example.com",
     "RECORDLINE_TRUST_CLOUD_RUN_IAM": "maybe",
@@ -95,7 +96,7 @@ FREE_TEXT = {
     "RECORDLINE_PUSH_AUDIENCE",
     "RECORDLINE_READ_AUDIENCE",
 }
-SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET", "RECORDLINE_PUSH_TOKEN"}
+SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET", "RECORDLINE_PUSH_TOKEN", "RECORDLINE_PRODUCER_KEYS"}
 
 
 def test_every_setting_is_checked_or_takes_any_text() -> None:

@@ -171,6 +171,9 @@ class Metrics:
         # Sequences presumed lost, per producer (app.query.producers.MissingWatch):
         # read from the ledger every minute, for the producers missing most.
         self.producers_missing: Callable[[], dict[str, int]] = dict
+        # Sequences two different messages claimed, and epochs whose declared ends
+        # disagree, per producer (the same watch).
+        self.producers_conflicts: Callable[[], dict[str, int]] = dict
         # Background loops of a store started again after a failure, by loop
         # (app.store.supervisor): any is a bug or an unforeseen error.
         self.loop_restarts: Counter[str] = Counter()
@@ -282,6 +285,15 @@ class Metrics:
             unit="{message}",
             description="Sequences of a producer missing past the grace period, by producer",
         )
+        # Sequences two different messages claimed, and epochs whose declared ends
+        # disagree, per producer (the same watch): for the producers in conflict most.
+        meter.create_observable_gauge(
+            "recordline.producer.conflicts",
+            callbacks=[self._observe_producers_conflicts],
+            unit="{sequence}",
+            description="Sequences of a producer claimed by two different messages, and epochs "
+            "whose declared ends disagree, by producer",
+        )
         meter.create_observable_counter(
             "recordline.loop.restarts",
             callbacks=[self._observe_loop_restarts],
@@ -310,6 +322,11 @@ class Metrics:
         for metrics, system in self._each():
             for producer, missing in list(metrics.producers_missing().items()):
                 yield Observation(missing, {**system, "producer": producer})
+
+    def _observe_producers_conflicts(self, _: CallbackOptions) -> Iterable[Observation]:
+        for metrics, system in self._each():
+            for producer, conflicts in list(metrics.producers_conflicts().items()):
+                yield Observation(conflicts, {**system, "producer": producer})
 
     def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
         for metrics, system in self._each():

@@ -61,6 +61,7 @@ METRICS = {
         "loop.restarts",
         "typed.patches_refused",
         "producer.missing",
+        "producer.conflicts",
     )
 }
 FAST = {"long": "1h", "short": "5m", "rate": 14.4}
@@ -313,6 +314,7 @@ TICKETED = PAGED - {"cell_unready", "spanner_storage"} | {
     "typed_refused",
     "loop_restarts",
     "producers_missing",
+    "producers_conflicts",
 }
 INSTANCE_TICKETS = {"spanner_cpu", "spanner_storage"}
 
@@ -477,7 +479,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
         + len(environment["pages"])
         + len(environment["instance_tickets"])
     )
-    assert policies == 23
+    assert policies == 24
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = {
         "recordline": {
@@ -753,3 +755,20 @@ def test_a_producers_missing_sequences_are_a_ticket_summed_over_its_producers() 
 def test_no_cell_or_system_module_has_alert_policies() -> None:
     for directory in (TERRAFORM, MODULE):
         assert _resources("google_monitoring_alert_policy", directory) == {}, directory
+
+
+def test_sequences_two_messages_claimed_are_a_ticket_beside_the_missing() -> None:
+    query = _symptoms(("orders", "payments"))["producers_conflicts"]
+    conflicts = "workload_googleapis_com:recordline_producer_conflicts"
+    assert query == (
+        "label_replace(sum by (namespace) (max by (namespace, producer) ("
+        f'{conflicts}{{monitored_resource="generic_task",namespace=~"(orders|payments)"}})), '
+        '"system", "$1", "namespace", "(.*)") > 0'
+    )
+    environment = _locals(ENVIRONMENT)
+    tickets = environment["ticket_specs"]
+    assert tickets["producers_conflicts"][1:3] == ["300s", "producers-in-conflict"]
+    assert "producers_conflicts" not in environment["pages"]  # both messages are stored: no page
+    commands = environment["ticket_commands"]["conflicts"]
+    assert 'audit --system="$SYSTEM" --since=24h' in commands
+    assert "/v1/producers?limit=100" in commands

@@ -95,6 +95,7 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
             "loop_restarts",
             "spanner_cpu",
             "spanner_storage",
+            "producers_conflicts",
         )
     }
     for slo, speeds in symptoms["burning"].items():

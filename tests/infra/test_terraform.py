@@ -748,6 +748,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     ConnectionRefusals(metrics).refused("headers-too-large")
     # The completeness ledger's, as its watch reads it (app.query.producers).
     metrics.producers_missing = lambda: {"orders-api": 3}
+    metrics.producers_conflicts = lambda: {"orders-api": 1}
     assert telemetry.meter_provider is not None
     telemetry.meter_provider.force_flush()
     data = exported.data

@@ -44,7 +44,7 @@ from app.store import (
     row_bytes,
 )
 from app.store.copies import message_states
-from app.store.producers import ProducerSequence, Tally, sequence_of
+from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     CALL_SECONDS,
@@ -70,6 +70,7 @@ from app.store.spanner.schema import (
 )
 from app.store.tail import MAX_BYTES as TAIL_BYTES
 from app.store.tail import held
+from app.store.tally import Copy, Sequenced, SequenceKey, Tally
 
 log = logging.getLogger(__name__)
 
@@ -427,12 +428,25 @@ class SpannerServing:
         producers = {s.producer for s in sequences if s is not None}
         found = key_rows(transaction, deadline, book.TABLE, book.NAMES, book.keys_of(producers))
         tally = Tally(book.entries_of(found))
+        settling = [
+            Sequenced(s, r.message_id, type(r) is Record)
+            for r, s in zip(rows, sequences, strict=True)
+        ]
+        # Only a row whose sequence is seen may be a redelivery or a copy: the
+        # messages held under those sequences tell which, in two more reads.
+        seen = tally.seen_rows(settling)
+        copies: dict[SequenceKey, list[Copy]] = {}
+        if seen:
+            keys = [(s.producer, s.epoch, s.sequence) for s, *_ in seen if s is not None]
+            copies = self._held(transaction, deadline, keys)
         settled = tally.settle(
-            [(s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)],
+            settling,
+            copies=copies,
             stored_before={message_id for _, message_id in existing},
             now=time.time_ns() // 1000,
+            digest=lambda index: message_digest(rows[index]),
         )
-        book.write(transaction, settled)
+        book.write(transaction, deadline, settled)
         given: list[Record | Rejection | None] = []
         outcomes: list[RowOutcome] = []
         for index, (row, sequence, verdict) in enumerate(
@@ -451,6 +465,33 @@ class SpannerServing:
                 given.append(row)
                 outcomes.append(None)
         return given, outcomes
+
+    def _held(
+        self, transaction: Any, deadline: Deadline, keys: list[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], list[Copy]]:
+        """The messages held under these sequences, with their digests (of the stored
+        rows: a record, a rejection, or both of a message replayed)."""
+        ids = book.held_ids(transaction, deadline, keys)
+        every = {i for found in ids.values() for i in found}
+        if not every:
+            return {}
+        rows: dict[str, list[Record | Rejection]] = {}
+        for table in TABLES:
+            for values in key_rows(transaction, deadline, table, NAMES[table], message_keys(every)):
+                held: Record | Rejection = (
+                    stored_row(Record, values)
+                    if table == "records"
+                    else stored_row(Rejection, values)
+                )
+                rows.setdefault(held.message_id, []).append(held)
+        return {
+            key: [
+                Copy(message_id, message_digest(row))
+                for message_id in sorted(found)
+                for row in rows.get(message_id, ())
+            ]
+            for key, found in ids.items()
+        }
 
     async def window_digests(
         self, table: str, since: int, until: int, window: int, *, within: float

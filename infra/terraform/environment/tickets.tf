@@ -94,6 +94,17 @@ locals {
       ```
       Dead letters first (their ticket's replay closes the gaps they hold), then the publisher's own logs for those sequences, then the subscription's retention.
     EOT
+    # The same ledger: which producers have sequences claimed by two different messages.
+    conflicts = <<-EOT
+      Which producers, epochs and sequences two different messages claimed (both are stored), and the last day by hour, as the cell's ops job:
+      ```sh
+      ${local.ticket_system}
+      ${local.ticket_job}
+      job "$OPS_JOB" audit --system="$SYSTEM" --since=24h
+      curl -sS -H "Authorization: Bearer ${local.ticket_token}" "$URL/systems/$SYSTEM/v1/producers?limit=100"
+      ```
+      Read both messages of a sequence (their attributes name the producer; `publishTime` and the payload tell who sent each): two instances sharing a producer id and epoch, or another publisher using it.
+    EOT
     loops     = <<-EOT
       Which loop, and why it fails (its traceback, in the line that restarts it), in the cell's service and its exporter pool:
       ```sh
@@ -132,6 +143,9 @@ locals {
     # Held 5 minutes: the metric is read from the ledger every minute, and a gap is
     # missing only once older than the grace period already.
     producers_missing = ["sequences of a producer missing past the grace period", "300s", "producers-missing", "${local.ticket_commands.producers}\n${local.ticket_commands.replay}"]
+    # Held 5 minutes too: the metric is read every minute. Nothing is lost (both messages
+    # are stored), so a ticket, never a page.
+    producers_conflicts = ["sequences of a producer claimed by two different messages", "300s", "producers-in-conflict", local.ticket_commands.conflicts]
   }
 
   # Each symptom's text, the same for every group: the incident's label names the system.
@@ -142,19 +156,20 @@ locals {
 
   ticket_queries = {
     for group, symptoms in module.ticket_symptoms : group => {
-      backlog           = symptoms.backlog
-      canary_stale      = symptoms.canary_stale
-      availability      = "(${symptoms.burning["availability"]["fast"]}) or (${symptoms.burning["availability"]["slow"]})"
-      freshness         = "(${symptoms.burning["freshness"]["fast"]}) or (${symptoms.burning["freshness"]["slow"]})"
-      read_latency      = "(${symptoms.burning["read_latency"]["fast"]}) or (${symptoms.burning["read_latency"]["slow"]})"
-      dead_letters      = symptoms.dead_letters
-      bytes_billed      = symptoms.bytes_billed
-      canary_absent     = symptoms.canary_absent
-      export_lag        = symptoms.export_lag
-      export_blocked    = symptoms.export_blocked
-      loop_restarts     = symptoms.loop_restarts
-      typed_refused     = symptoms.typed_refused
-      producers_missing = symptoms.producers_missing
+      backlog             = symptoms.backlog
+      canary_stale        = symptoms.canary_stale
+      availability        = "(${symptoms.burning["availability"]["fast"]}) or (${symptoms.burning["availability"]["slow"]})"
+      freshness           = "(${symptoms.burning["freshness"]["fast"]}) or (${symptoms.burning["freshness"]["slow"]})"
+      read_latency        = "(${symptoms.burning["read_latency"]["fast"]}) or (${symptoms.burning["read_latency"]["slow"]})"
+      dead_letters        = symptoms.dead_letters
+      bytes_billed        = symptoms.bytes_billed
+      canary_absent       = symptoms.canary_absent
+      export_lag          = symptoms.export_lag
+      export_blocked      = symptoms.export_blocked
+      loop_restarts       = symptoms.loop_restarts
+      typed_refused       = symptoms.typed_refused
+      producers_missing   = symptoms.producers_missing
+      producers_conflicts = symptoms.producers_conflicts
     }
   }
 }

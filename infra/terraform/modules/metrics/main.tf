@@ -134,6 +134,12 @@ locals {
       kind        = "GAUGE", value = "INT64", unit = "{message}", labels = ["producer"]
       description = "Sequences of a producer missing past the grace period, by producer"
     }
+    # The same, for the 100 producers in conflict most: sequences two different messages
+    # claimed, and epochs whose declared ends disagree.
+    "producer.conflicts" = {
+      kind        = "GAUGE", value = "INT64", unit = "{sequence}", labels = ["producer"]
+      description = "Sequences of a producer claimed by two different messages, and epochs whose declared ends disagree, by producer"
+    }
   }
 }
 

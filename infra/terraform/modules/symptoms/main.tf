@@ -173,6 +173,11 @@ locals {
   spanner_cpu     = "(max by (project_id, instance_id, instance_config) (sum by (project_id, instance_id, instance_config, location) (spanner_googleapis_com:instance_cpu_utilization_by_priority{monitored_resource=\"spanner_instance\",priority=\"high\",instance_config=~\"regional-.*\"})) > 0.65) or (max by (project_id, instance_id, instance_config) (sum by (project_id, instance_id, instance_config, location) (spanner_googleapis_com:instance_cpu_utilization_by_priority{monitored_resource=\"spanner_instance\",priority=\"high\",instance_config!~\"regional-.*\"})) > 0.45)"
   spanner_storage = "max by (project_id, instance_id) (spanner_googleapis_com:instance_storage_utilization{monitored_resource=\"spanner_instance\"}) > ${var.spanner_storage_threshold}"
 
+  # Sequences of a producer two different messages claimed, and epochs whose declared
+  # ends disagree: another publisher sends its producer id (a forger, or two instances
+  # deriving one id and epoch). Both messages are stored; summed as the missing are.
+  producers_conflicts = "label_replace(sum by (namespace) (max by (namespace, producer) (${local.metric["producer.conflicts"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
@@ -257,4 +262,9 @@ output "export_blocked" {
 output "producers_missing" {
   description = "Systems with sequences of a producer missing past the grace period (value: how many, over all producers)."
   value       = local.producers_missing
+}
+
+output "producers_conflicts" {
+  description = "Systems with sequences of a producer claimed by two different messages, or epochs whose declared ends disagree (value: how many, over all producers)."
+  value       = local.producers_conflicts
 }
