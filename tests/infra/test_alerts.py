@@ -769,6 +769,6 @@ def test_sequences_two_messages_claimed_are_a_ticket_beside_the_missing() -> Non
     tickets = environment["ticket_specs"]
     assert tickets["producers_conflicts"][1:3] == ["300s", "producers-in-conflict"]
     assert "producers_conflicts" not in environment["pages"]  # both messages are stored: no page
-    commands = environment["ticket_commands"]["conflicts"]
-    assert 'audit --system="$SYSTEM" --since=24h' in commands
+    commands = environment["ticket_commands"]["conflicts"].replace('\\"', '"')
+    assert 'job "$OPS_JOB" audit --system="$SYSTEM" --since=24h' in commands
     assert "/v1/producers?limit=100" in commands
