@@ -717,9 +717,9 @@ _CELL_SYSTEMS_ACCEPTED = (
     "a JSON object of at most RECORDLINE_CELL_MAX_SYSTEMS systems, each name (as "
     'RECORDLINE_SYSTEM) to {"store": RECORDLINE_STORE, and optionally "serving", '
     '"json_topic_schema", "push_audience", "push_service_accounts", "read_principals", '
-    '"operator_principals" (each as the variable of that name), "rate" (declared pushes a '
-    'second), "queue_bytes", "max_followers", "max_reads"}; or `@/absolute/path.json`, '
-    "a file holding it"
+    '"operator_principals", "id_field", "time_field" (each as the variable of that name), '
+    '"rate" (declared pushes a second), "queue_bytes", "max_followers", "max_reads"}; or '
+    "`@/absolute/path.json`, a file holding it"
 )
 
 
@@ -735,6 +735,10 @@ class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     push_service_accounts: Annotated[str, Meta(pattern=_EMAILS)] = ""
     read_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
     operator_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
+    # Where this system's payloads keep their record id and event time: each system's
+    # publishers send messages of their own shape (RECORDLINE_ID_FIELD, _TIME_FIELD).
+    id_field: Annotated[str, Meta(pattern=_FIELD_PATH)] = PayloadSettings().id_field
+    time_field: Annotated[str, Meta(pattern=_FIELD_PATH)] = PayloadSettings().time_field
     # Declared pushes a second: the system's weight in the cell's queue (and the
     # cell's sizing and billing mode, which Terraform reads from it).
     rate: Annotated[float, Meta(gt=0)] = 10.0
@@ -920,6 +924,8 @@ _SYSTEMS_OWN: Final = (
     "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
     "RECORDLINE_READ_PRINCIPALS",
     "RECORDLINE_OPERATOR_PRINCIPALS",
+    "RECORDLINE_ID_FIELD",
+    "RECORDLINE_TIME_FIELD",
     "RECORDLINE_SYSTEM",
 )
 
@@ -951,7 +957,7 @@ def system_settings(
     share: SystemShare | None = None,
 ) -> Settings:
     """The settings system `name` runs with: the process's (the cell's), with the
-    system's own stores, schema, identities and name, and, given its `share`, its
+    system's own stores, schema, payload shape, identities and name, and, given its `share`, its
     admission."""
     entry = system if isinstance(system, SystemEntry) else SystemEntry.of(system)
     replace = msgspec.structs.replace
@@ -959,6 +965,11 @@ def system_settings(
         settings,
         store=replace(settings.store, url=entry.store, serving=entry.serving),
         schema=replace(settings.schema, json_topic_schema=entry.json_topic_schema),
+        payload=(
+            replace(settings.payload, id_field=entry.id_field, time_field=entry.time_field)
+            if isinstance(system, SystemEntry)
+            else settings.payload
+        ),
         telemetry=replace(settings.telemetry, system=name),
         auth=replace(
             settings.auth,
