@@ -657,7 +657,15 @@ class AuthSettings(Section, frozen=True):
 
 # A system's name, as RECORDLINE_SYSTEM accepts it.
 _SYSTEM = r"^[a-z][a-z0-9-]{0,62}$"
-_SYSTEM_ACCEPTED = "up to 63 lower-case letters, digits and `-`, a letter first"
+SYSTEM_ACCEPTED: Final = "up to 63 lower-case letters, digits and `-`, a letter first"
+_SYSTEM_ACCEPTED = SYSTEM_ACCEPTED
+
+
+def is_system_name(text: str) -> bool:
+    """Whether `text` is a system's name (RECORDLINE_SYSTEM, a cell's systems)."""
+    return re.fullmatch(_SYSTEM, text) is not None
+
+
 _SYSTEMS_ACCEPTED = (
     "a JSON object, each system's name (as RECORDLINE_SYSTEM) to "
     '{"serving": "spanner://projects/P/instances/I/databases/D", "store": '
@@ -1090,6 +1098,24 @@ class TelemetrySettings(Section, frozen=True):
     ] = ""
 
 
+class CommandSettings(Section, frozen=True):
+    """What the commands that go through a running service (`recordline audit`,
+    `recordline replay`) ask it at: where a cell's ops job runs them (docs/cells.md)."""
+
+    url: Annotated[
+        str,
+        Meta(pattern=r"^(|https?://[^\s/]+(/\S*)?)$"),
+        env(
+            "RECORDLINE_URL",
+            "Where the service answers, for the commands that ask it (`recordline audit`, "
+            "`recordline replay`) when no `--url` is given; for a cell, its URL, each "
+            "system's paths under `/systems/{system}` (`--system`). Their ID tokens are "
+            "then minted for RECORDLINE_READ_AUDIENCE by the metadata server",
+            accepts="an `http://` or `https://` URL",
+        ),
+    ] = ""
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -1101,6 +1127,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     exporter: ExporterSettings = msgspec.field(default_factory=ExporterSettings)
     cell: CellSettings = msgspec.field(default_factory=CellSettings)
+    command: CommandSettings = msgspec.field(default_factory=CommandSettings)
 
     def systems(self) -> dict[str, SystemEntry]:
         """The cell's systems (RECORDLINE_SYSTEMS), or those its former name names

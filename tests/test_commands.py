@@ -392,7 +392,8 @@ def test_the_image_runs_in_a_directory_it_may_write_where_the_default_store_is()
     ), "the working directory is not made the service user's"
     # The default store is a file relative to it.
     store = Settings.load({}).store.url
-    assert store.startswith("duckdb:") and not store.startswith("duckdb:///"), store
+    assert store.startswith("duckdb:"), store
+    assert not store.startswith("duckdb:///"), store
 
 
 def test_every_process_of_a_cell_starts_from_the_images_environment() -> None:
