@@ -676,7 +676,15 @@ class AuthSettings(Section, frozen=True):
 
 # A system's name, as RECORDLINE_SYSTEM accepts it.
 _SYSTEM = r"^[a-z][a-z0-9-]{0,62}$"
-_SYSTEM_ACCEPTED = "up to 63 lower-case letters, digits and `-`, a letter first"
+SYSTEM_ACCEPTED: Final = "up to 63 lower-case letters, digits and `-`, a letter first"
+_SYSTEM_ACCEPTED = SYSTEM_ACCEPTED
+
+
+def is_system_name(text: str) -> bool:
+    """Whether `text` is a system's name (RECORDLINE_SYSTEM, a cell's systems)."""
+    return re.fullmatch(_SYSTEM, text) is not None
+
+
 _SYSTEMS_ACCEPTED = (
     "a JSON object, each system's name (as RECORDLINE_SYSTEM) to "
     '{"serving": "spanner://projects/P/instances/I/databases/D", "store": '
@@ -736,9 +744,9 @@ _CELL_SYSTEMS_ACCEPTED = (
     "a JSON object of at most RECORDLINE_CELL_MAX_SYSTEMS systems, each name (as "
     'RECORDLINE_SYSTEM) to {"store": RECORDLINE_STORE, and optionally "serving", '
     '"json_topic_schema", "push_audience", "push_service_accounts", "read_principals", '
-    '"operator_principals" (each as the variable of that name), "rate" (declared pushes a '
-    'second), "queue_bytes", "max_followers", "max_reads"}; or `@/absolute/path.json`, '
-    "a file holding it"
+    '"operator_principals", "id_field", "time_field" (each as the variable of that name), '
+    '"rate" (declared pushes a second), "queue_bytes", "max_followers", "max_reads"}; or '
+    "`@/absolute/path.json`, a file holding it"
 )
 
 
@@ -754,6 +762,10 @@ class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     push_service_accounts: Annotated[str, Meta(pattern=_EMAILS)] = ""
     read_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
     operator_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
+    # Where this system's payloads keep their record id and event time: each system's
+    # publishers send messages of their own shape (RECORDLINE_ID_FIELD, _TIME_FIELD).
+    id_field: Annotated[str, Meta(pattern=_FIELD_PATH)] = PayloadSettings().id_field
+    time_field: Annotated[str, Meta(pattern=_FIELD_PATH)] = PayloadSettings().time_field
     # Declared pushes a second: the system's weight in the cell's queue (and the
     # cell's sizing and billing mode, which Terraform reads from it).
     rate: Annotated[float, Meta(gt=0)] = 10.0
@@ -939,6 +951,8 @@ _SYSTEMS_OWN: Final = (
     "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
     "RECORDLINE_READ_PRINCIPALS",
     "RECORDLINE_OPERATOR_PRINCIPALS",
+    "RECORDLINE_ID_FIELD",
+    "RECORDLINE_TIME_FIELD",
     "RECORDLINE_SYSTEM",
 )
 
@@ -970,7 +984,7 @@ def system_settings(
     share: SystemShare | None = None,
 ) -> Settings:
     """The settings system `name` runs with: the process's (the cell's), with the
-    system's own stores, schema, identities and name, and, given its `share`, its
+    system's own stores, schema, payload shape, identities and name, and, given its `share`, its
     admission."""
     entry = system if isinstance(system, SystemEntry) else SystemEntry.of(system)
     replace = msgspec.structs.replace
@@ -978,6 +992,11 @@ def system_settings(
         settings,
         store=replace(settings.store, url=entry.store, serving=entry.serving),
         schema=replace(settings.schema, json_topic_schema=entry.json_topic_schema),
+        payload=(
+            replace(settings.payload, id_field=entry.id_field, time_field=entry.time_field)
+            if isinstance(system, SystemEntry)
+            else settings.payload
+        ),
         telemetry=replace(settings.telemetry, system=name),
         auth=replace(
             settings.auth,
@@ -1098,6 +1117,24 @@ class TelemetrySettings(Section, frozen=True):
     ] = ""
 
 
+class CommandSettings(Section, frozen=True):
+    """What the commands that go through a running service (`recordline audit`,
+    `recordline replay`) ask it at: where a cell's ops job runs them (docs/cells.md)."""
+
+    url: Annotated[
+        str,
+        Meta(pattern=r"^(|https?://[^\s/]+(/\S*)?)$"),
+        env(
+            "RECORDLINE_URL",
+            "Where the service answers, for the commands that ask it (`recordline audit`, "
+            "`recordline replay`) when no `--url` is given; for a cell, its URL, each "
+            "system's paths under `/systems/{system}` (`--system`). Their ID tokens are "
+            "then minted for RECORDLINE_READ_AUDIENCE by the metadata server",
+            accepts="an `http://` or `https://` URL",
+        ),
+    ] = ""
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -1109,6 +1146,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     exporter: ExporterSettings = msgspec.field(default_factory=ExporterSettings)
     cell: CellSettings = msgspec.field(default_factory=CellSettings)
+    command: CommandSettings = msgspec.field(default_factory=CommandSettings)
 
     def systems(self) -> dict[str, SystemEntry]:
         """The cell's systems (RECORDLINE_SYSTEMS), or those its former name names

@@ -75,6 +75,7 @@ BAD_VALUES = {
     "RECORDLINE_TRUST_CLOUD_RUN_IAM": "maybe",
     "RECORDLINE_PUBLIC_READS": "if you like",
     "RECORDLINE_SYSTEM": "Orders",
+    "RECORDLINE_URL": "recordline.example.com",
     "RECORDLINE_JSON_TOPIC_SCHEMA": '"string"',
     "OTEL_TRACES_EXPORTER": "zipkin",
     "OTEL_METRICS_EXPORTER": "statsd",

@@ -55,6 +55,7 @@ WEB_MODULES = {
     "app.asgi",
     "app.cell",
     "app.cli",
+    "app.commands",
     "app.docs",
     "app.exporter",
     "app.health",

@@ -1,7 +1,7 @@
 """The exporter service's process: each system's export opened, kept and stopped.
 
 Each system is exported with its own settings (`system_settings`: its entry in
-RECORDLINE_EXPORT_SYSTEMS over the process's), telemetry (every metric carries the
+RECORDLINE_SYSTEMS over the process's), telemetry (every metric carries the
 system's name) and log label. What fails in one system is that system's: a start
 that fails is tried again after a pause, by a Supervisor that counts it (loop
 `export start`). SIGTERM stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS, every

@@ -122,6 +122,28 @@ def test_each_push_is_stored_in_its_own_systems_store_alone(
     assert "alpha-0" in stored_ids(memory_cell, "beta")
 
 
+def test_each_system_reads_payloads_of_its_own_shape(stores: Stores) -> None:
+    # orders' publishers keep the id in `order_id` and the time in `meta.created_at`
+    # (its entry's id_field, time_field); the others send the service's own shape.
+    shaped = {"store": "memory:", "id_field": "order_id", "time_field": "meta.created_at"}
+    cell = cell_of(stores, {"orders": shaped, "alpha": {"store": "memory:"}})
+    order = {"order_id": "o-1", "meta": {"created_at": "2026-11-24T09:00:00Z"}, "total": 3}
+    with TestClient(cell) as client:
+        for system, payload in (("orders", order), ("alpha", RECORD), ("alpha", order)):
+            answer = client.post(
+                f"/systems/{system}/pubsub/push",
+                json=envelope(payload, message_id=f"{system}-{len(payload)}"),
+            )
+            assert answer.status_code == 204, answer.text
+        stored = client.get("/systems/orders/v1/records/o-1").json()
+        assert stored["timestamp"] == "2026-11-24T09:00:00Z"
+        assert client.get("/systems/alpha/v1/records/r-1").status_code == 200
+        # An order in alpha has no `id`: kept as a rejection naming alpha's field.
+        said = client.get("/systems/alpha/v1/messages/alpha-3").json()
+        assert said["status"] == "rejected"
+        assert "`id`" in said["reason"]
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -147,6 +147,22 @@ def test_a_share_always_holds_the_largest_push() -> None:
             },
             "RECORDLINE_SYSTEMS",
         ),
+        # A payload's shape is each system's own (its entry's id_field, time_field).
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": ORDERS}),
+                "RECORDLINE_ID_FIELD": "order_id",
+            },
+            "RECORDLINE_ID_FIELD",
+        ),
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": {**ORDERS, "id_field": "a..b"}}),
+            },
+            "RECORDLINE_SYSTEMS",
+        ),
         # A misspelt field, a bad name, a store no build has.
         (
             {

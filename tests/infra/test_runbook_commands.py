@@ -636,9 +636,9 @@ def test_break_glass_is_what_the_region_section_runs() -> None:
 
 def with_export_job(env: dict[str, str]) -> dict[str, Any]:
     """The cell as the fixture above leaves it, its export job running this checkout's
-    `recordline export …` (not the recorder) with `env`: the settings of the one system
-    the walk exports (its store and serving database), where a cell's job has the cell's
-    systems' file."""
+    `recordline export …` (not the recorder) with `env`: the cell's settings (its name,
+    its systems' file as a value where the job mounts a file) and where the emulator
+    and the fakes answer, beside what Terraform gives the job."""
     state = world(
         {"recordline": ["recordline"]},
         deployed=EARLIER,
@@ -649,11 +649,5 @@ def with_export_job(env: dict[str, str]) -> dict[str, Any]:
         {"recordline": {**directory()["recordline"], "instance": "recordline-serving"}}
     )
     job = state["jobs"]["recordline-export"]
-    job["env"] = {**env, "RECORDLINE_LOG_FORMAT": "json", "RECORDLINE_SYSTEM": "recordline"}
+    job["env"] = {**env, "RECORDLINE_LOG_FORMAT": "json"}
     return state
-
-
-def single_system(command: str) -> str:
-    """A cell's command for the one system a single-system job serves: the service's
-    command line names the system by its settings there, not by `--system`."""
-    return command.replace(' --system="$SYSTEM"', "")

@@ -2,14 +2,14 @@
 on-call walks them: as a member of `oncall` acting as the operator account, with
 docs/operations.md's commands run as written by bash against the fake cloud
 (tests/infra/fake_cloud.py), whose cell's export job runs this checkout's `recordline
-export …` with the job's settings against the Spanner emulator and the BigQuery fakes.
-The job here serves one system, named by its settings, so the commands' `--system` is
-left out (tests/infra/test_runbook_commands.py: single_system). Who may do what is
+export …` with the cell's settings against the Spanner emulator and the BigQuery fakes,
+each command for the system it names (`--system`), as written. Who may do what is
 Terraform's IAM (tests/infra/cell_world.py: terraform_iam)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +24,8 @@ from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
 from tests.infra.cell_world import EARLIER, ONCALL, OPERATOR
-from tests.infra.test_runbook_commands import blocks, single_system, where, with_export_job
+from tests.infra.test_runbook import RUNBOOK
+from tests.infra.test_runbook_commands import blocks, where, with_export_job
 from tests.infra.workflow_runner import Cloud
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
@@ -33,6 +34,8 @@ from tests.spanner.test_export import stored
 pytestmark = pytest.mark.emulator
 
 Make = Callable[..., Any]
+# The runbook's prose, each run of white space one space (a command in it may be wrapped).
+RUNBOOK_TEXT = " ".join(RUNBOOK.read_text().split())
 
 
 def on_call(
@@ -43,13 +46,15 @@ def on_call(
     jobs_fake: FakeBigQueryJobs,
 ) -> Cloud:
     """recordline's project as Terraform leaves it with `serving`, its export job
-    running with the service's settings, here the emulator's and the fakes'."""
+    running with the cell's settings (its one system's store and serving database are
+    here the emulator's and the fakes')."""
+    system = {"store": f"bigquery://{BIGQUERY_PROJECT}/{DATASET}", "serving": database}
     return Cloud(
         tmp_path,
         with_export_job(
             {
-                "RECORDLINE_STORE": f"bigquery://{BIGQUERY_PROJECT}/{DATASET}",
-                "RECORDLINE_SERVING": database,
+                "RECORDLINE_CELL": "recordline",
+                "RECORDLINE_SYSTEMS": json.dumps({"recordline": system}),
                 "SPANNER_EMULATOR_HOST": spanner_emulator.host,
                 "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
                 "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
@@ -103,7 +108,7 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
 
     # Running commands as the cell's job: where the system is, then `status`.
     (running,) = blocks("running-commands-as-a-cells-job")
-    said = await run(cloud, where("recordline"), single_system(running))
+    said = await run(cloud, where("recordline"), running)
     assert "BLOCKED since" in said
     assert "BigQuery refused message m-bad of records: value too long" in said
     # `rejected` is behind, not blocked: its batch in flight, retried by itself.
@@ -114,11 +119,20 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     assert cloud.world["jobs"]["recordline-export"]["image"].endswith(f"@{EARLIER}")
     who = "\n".join([where("recordline"), *running.splitlines()[:2]])  # `job`, and ME
 
+    # Who holds the system's lease, as the export job asks it (Export behind).
+    asked = r'`(job "\$EXPORT_JOB" export --system="\$SYSTEM" leases)`'
+    (leases,) = re.findall(asked, RUNBOOK_TEXT)
+    said = await run(cloud, who, leases)
+    holder = one.ledger.lease.holder if one.ledger.lease is not None else ""
+    assert f"bigquery (the export of records and rejected): held by {holder} (" in said
+    assert " since " in said
+    assert "Container called exit(0)." in said
+
     # Export blocked: the row will never fit; on-call moves it to the rejections.
     look, mitigate = blocks("export-blocked")
     reject = chosen(
-        single_system(mitigate),
-        'job "$EXPORT_JOB" export reject',
+        mitigate,
+        'job "$EXPORT_JOB" export --system="$SYSTEM" reject',
         **{
             '"$MESSAGE_ID"': "m-bad",
             "<why, for whoever reads the rejection>": "a value BigQuery will never take",
@@ -150,7 +164,7 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
     assert copies(write_fake, "rejected") == {"r-1": 1, "m-bad": 1}
     (check,) = [line for line in look.splitlines() if 'export --system="$SYSTEM" verify' in line]
-    said = await run(cloud, who, single_system(check))
+    said = await run(cloud, who, check)
     assert "DIFFERS" not in said
     assert " same" in said
     assert "Container called exit(0)." in said

@@ -9,6 +9,7 @@ mean, and who writes them when: docs/stores.md.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from app.records import Record, rejected_record
+from app.records import Record, micros, moment, rejected_record
 from app.store.spanner import ledger
 from app.store.spanner.calls import (
     LOW_PRIORITY,
@@ -24,10 +25,17 @@ from app.store.spanner.calls import (
     SpannerCalls,
     in_transaction,
     key_rows,
+    sql_rows,
     statement,
 )
-from app.store.spanner.ledger import Decision, Lease, LeaseClaim, Progress
+from app.store.spanner.ledger import Decision, Lease, LeaseClaim, LeaseState, Progress
 from app.store.spanner.rows import NAMES, insert_columns, insert_values, message_keys, stored_row
+
+# How far back `leases` looks for the time a lease's holder took it, by reads of the
+# lease at earlier times: within the version retention every database has (an hour
+# at least: https://cloud.google.com/spanner/docs/pitr), and to the second.
+SINCE_SEARCH_SECONDS = 3600.0
+SINCE_PRECISION_SECONDS = 1.0
 
 
 class SpannerLedger:
@@ -151,6 +159,68 @@ class SpannerLedger:
                     request_options=LOW_PRIORITY,
                 )
             )
+
+    async def leases(self) -> list[LeaseState]:
+        """Each lease of the export, read now (`LeaseState`): who holds it and who asked
+        for it, and since when its holder has held it, found by reads of the lease at
+        earlier times (its versions are kept an hour at least: SINCE_SEARCH_SECONDS)."""
+        return await self._calls.call(self._leases)
+
+    def _leases(self, deadline: Deadline) -> list[LeaseState]:
+        database = self._calls.database()
+        with database.snapshot(multi_use=True) as snapshot:
+            ((now,),) = list(sql_rows(snapshot, deadline, "SELECT CURRENT_TIMESTAMP()"))
+            rows = list(
+                sql_rows(
+                    snapshot,
+                    deadline,
+                    f"SELECT name, holder, expires FROM {ledger.LEASE_TABLE}",
+                    request_options=LOW_PRIORITY,
+                )
+            )
+        states = ledger.lease_states([tuple(row) for row in rows], now)
+        now_micros = micros(now)
+        return [self._since(deadline, s, now_micros) if s.live else s for s in states]
+
+    def _since(self, deadline: Deadline, state: LeaseState, now: int) -> LeaseState:
+        """`state` with since when its holder holds it: the earliest time within the
+        search whose read finds it the holder, to SINCE_PRECISION_SECONDS (about a
+        dozen reads of one row). A holder that handed it back and took it again within
+        the hour counts from its first time."""
+        held = now
+        furthest = now - int(SINCE_SEARCH_SECONDS * 1_000_000)
+        if self._holder_at(deadline, state.name, furthest) == state.holder:
+            return dataclasses.replace(state, since=furthest, since_earlier=True)
+        free, step = furthest, int(SINCE_PRECISION_SECONDS * 1_000_000)
+        while held - free > step:
+            middle = (free + held) // 2
+            if self._holder_at(deadline, state.name, middle) == state.holder:
+                held = middle
+            else:
+                free = middle
+        return dataclasses.replace(state, since=held)
+
+    def _holder_at(self, deadline: Deadline, name: str, at: int) -> str | None:
+        """Who held lease `name` at `at` (µs), as a read at that time finds it; None
+        before its row, or the database, existed."""
+        from google.api_core.exceptions import FailedPrecondition, InvalidArgument
+
+        try:
+            with self._calls.database().snapshot(read_timestamp=moment(at)) as snapshot:
+                found = list(
+                    key_rows(
+                        snapshot,
+                        deadline,
+                        ledger.LEASE_TABLE,
+                        ["holder"],
+                        ledger.lease_key(name),
+                        request_options=LOW_PRIORITY,
+                    )
+                )
+        except (FailedPrecondition, InvalidArgument):
+            # A time before the database, or past its version retention.
+            return None
+        return ledger.standing_of(found[0][0])[1] if found else None
 
     # -- operators' ----------------------------------------------------------------
 

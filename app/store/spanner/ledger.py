@@ -12,6 +12,7 @@ Design: docs/stores.md#the-exporter
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from datetime import datetime
@@ -181,10 +182,34 @@ class LeaseClaim(NamedTuple):
     wanted_in: int | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A system's lease as an operator reads it (`recordline export leases`), times in
+    µs: the exporter holding it (None: nobody ever claimed it) and its standing, until
+    when, whether that is still ahead; since when that exporter holds it (`since`, or
+    already at `since` and before, as far back as was looked: `since_earlier`); and
+    the exporter that asked for it (`wanted_name`'s row), until when."""
+
+    name: str
+    holder: str | None = None
+    standing: Standing | None = None
+    expires: int | None = None
+    live: bool = False
+    since: int | None = None
+    since_earlier: bool = False
+    wanted_by: str | None = None
+    wanted_standing: Standing | None = None
+    wanted_until: int | None = None
+
+
+# What `wanted_name` adds to a lease's name.
+WANTED_SUFFIX: Final = ".wanted"
+
+
 def wanted_name(name: str) -> str:
     """The row beside lease `name` where an exporter with less than its share of a
     pool's leases says it wants this one (`claim`'s `want`)."""
-    return f"{name}.wanted"
+    return f"{name}{WANTED_SUFFIX}"
 
 
 def claim(
@@ -389,6 +414,34 @@ def watermark_keys() -> Any:
 
 def progress_key(table: str) -> Any:
     return spanner.KeySet(keys=[[table]])  # type: ignore[no-untyped-call]
+
+
+def lease_key(name: str) -> Any:
+    return spanner.KeySet(keys=[[name]])  # type: ignore[no-untyped-call]
+
+
+def lease_states(rows: list[tuple[str, str, datetime]], now: datetime) -> list[LeaseState]:
+    """Each lease of the `export_lease` rows read at `now` (its `wanted_name` row beside
+    it), `since` not yet known."""
+    found = {name: (holder, expires) for name, holder, expires in rows}
+    states = []
+    for name in sorted(found):
+        if name.endswith(WANTED_SUFFIX):
+            continue
+        holder, expires = found[name]
+        standing, who = standing_of(holder)
+        state = LeaseState(name, who, standing, micros(expires), live=expires > now)
+        wanted = found.get(wanted_name(name))
+        if wanted is not None and wanted[1] > now:
+            wanted_standing, wanter = standing_of(wanted[0])
+            state = dataclasses.replace(
+                state,
+                wanted_by=wanter,
+                wanted_standing=wanted_standing,
+                wanted_until=micros(wanted[1]),
+            )
+        states.append(state)
+    return states
 
 
 def progress_names() -> list[str]:
