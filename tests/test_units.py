@@ -217,7 +217,7 @@ def test_help_lists_the_commands_in_one_order_whatever_the_run(dev_tools: bool) 
         )
         listings.add(done.stdout)
     assert len(listings) == 1, listings
-    commands = "serve,exporter,schema,config,sql,export,restore,typed,audit,dev,publish,replay,tail"
+    commands = "serve,exporter,schema,config,sql,export,restore,typed,audit,replay,dev,publish,tail"
     assert f"{{{commands}}}" in listings.pop()
 
 

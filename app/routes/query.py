@@ -13,6 +13,7 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import Parameter, PathParameter
 
 from app.docs import RecordsOperation, RejectionsOperation
@@ -80,7 +81,17 @@ def _bound(description: str) -> Any:
         description=f"{description}: an RFC 3339 time with an offset, such as "
         "`2024-04-27T12:00:00Z`, or how long before the request (`30s`, `15m`, `2h`, `7d`). "
         "A time before the year 1 or after 9999 once in UTC reads from the start, or to the end",
-        schema_extra={"pattern": f"({RFC3339_PATTERN})|({AGO_PATTERN})"},
+        # Either a date-time (its numbers a real date, as the format says) or an age.
+        schema_extra={
+            "one_of": [
+                Schema(
+                    type=OpenAPIType.STRING,
+                    format=OpenAPIFormat.DATE_TIME,
+                    pattern=RFC3339_PATTERN,
+                ),
+                Schema(type=OpenAPIType.STRING, pattern=AGO_PATTERN),
+            ]
+        },
     )
 
 

@@ -58,6 +58,7 @@ async def test_a_commit_that_waited_its_turn_says_its_whole_deadline() -> None:
         spanner_database("spanner://projects/recordline-test/instances/inst/databases/db"),
         accommodations=Accommodations(commit_turns=True),
     )
+    calls.clients.reserve()  # the database's threads, as `start` takes them
     release = threading.Event()
     holding = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,7 +72,8 @@ async def test_a_commit_that_waited_its_turn_says_its_whole_deadline() -> None:
         # The first holds the turn to its deadline; the second, started just after it,
         # gets the turn with less left than a request is sent with.
         first = asyncio.create_task(calls.transact(hold, within=0.3))
-        await holding.wait()
+        async with asyncio.timeout(10):
+            await holding.wait()
         with pytest.raises(StoreUnavailable) as raised:
             await calls.transact(hold, within=0.3)
         with pytest.raises(StoreUnavailable):

@@ -568,15 +568,13 @@ class DuckDBStore:
         # DuckDB's allocator hands memory back to the system from a thread of its own, and
         # flushes what a query of more than 16 MiB used as it ends: without them, what a
         # page among records of 4 MB used (+800 MB) stayed with the process until DuckDB
-        # next allocated, and pages read one after another held twice a page's.
-        con = duckdb.connect(
-            self.path,
-            config={
-                "allocator_background_threads": True,
-                "allocator_flush_threshold": "16MiB",
-                "allocator_bulk_deallocation_flush_threshold": "16MiB",
-            },
-        )
+        # next allocated, and pages read one after another held twice a page's. They are
+        # set, not given to `connect`: a connection given a configuration refuses every
+        # later one to the same file in this process given none (an analyst's, a test's).
+        con = duckdb.connect(self.path)
+        con.execute("SET allocator_background_threads = true")
+        con.execute("SET allocator_flush_threshold = '16MiB'")
+        con.execute("SET allocator_bulk_deallocation_flush_threshold = '16MiB'")
         for table, row_type in (("records", Record), ("rejected", Rejection)):
             con.execute(ddl(table, row_type))
             add_missing_columns(con, table, row_type)
