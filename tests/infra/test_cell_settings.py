@@ -1,0 +1,202 @@
+"""What Terraform gives a cell's processes is what they take: the ingest service's and
+the exporter pool's environment and the systems' file mounted beside them, as the cell
+root renders them (`terraform console` over its variables and plain locals, as
+tests/infra/test_fleet.py evaluates it), read by the service's own settings loader,
+built into a cell that answers each system's pushes with that system's token alone,
+and opened by the exporter as the systems it exports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import TestClient
+
+from app.cell.app import create_cell
+from app.exporter.service import Pool, exported_systems
+from app.settings import Settings, system_settings
+from app.store import Store
+from app.store.duckdb.store import DuckDBStore
+from app.store.open import spanner_clients
+from app.store.tiered.balance import Balance
+from app.store.tiered.exporter import LEASE_SECONDS
+from app.telemetry import Telemetry
+from tests.auth.fake_google import FakeGoogle
+from tests.conftest import envelope
+from tests.fakes import FaultyStore
+from tests.infra.test_fleet import DEV_ACCOUNTS, PROJECT_NUMBER, _root_console
+
+URL = f"https://recordline-{PROJECT_NUMBER}.europe-west1.run.app"
+# Two serving systems and one that only stores to BigQuery; one names its own payload
+# fields, one its readers and rate.
+SYSTEMS = (
+    "{ recordline = { serving = true },"
+    ' orders = { serving = true, id_field = "order_id", time_field = "meta.created_at",'
+    '  canary_file = "schemas/orders-canary.json", readers = ["user:ada@example.com"],'
+    "  rate = 2.5 },"
+    " audit = {} }"
+)
+# What Cloud Run puts in the ingest container besides the rendered variables: the
+# page-token key, from its secret (cell.tf).
+# The canary a system of its own payload shape publishes (systems.tf reads the file).
+CANARY = (("schemas/orders-canary.json", b'{"order_id": "recordline-canary"}'),)
+SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET": "k" * 43}
+
+
+@cache
+def rendered() -> dict[str, Any]:
+    return dict(
+        _root_console(
+            "{ service = local.service_env, exporter = local.exporter_env,"
+            " file = local.systems_json, directory = local.systems_directory,"
+            " setting = local.systems_setting, audiences = local.push_audiences }",
+            SYSTEMS,
+            files=CANARY,
+        )
+    )
+
+
+def mounted(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """`env` with the systems' file where Cloud Run mounts it, here under `tmp_path`."""
+    found = rendered()
+    directory = tmp_path / found["directory"].lstrip("/")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "systems.json").write_text(found["file"])
+    setting = env["RECORDLINE_SYSTEMS"]
+    assert setting == found["setting"] == f"@{found['directory']}/systems.json"
+    return {**env, "RECORDLINE_SYSTEMS": f"@{directory}/systems.json"}
+
+
+def stripped(**claims: object) -> str:
+    """A token as Cloud Run forwards one its invoker check verified (cell.tf sets
+    RECORDLINE_TRUST_CLOUD_RUN_IAM): its signature replaced."""
+    now = int(time.time())
+    body = {
+        "iss": "https://accounts.google.com",
+        "sub": "1",
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 600,
+        **claims,
+    }
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'kid': 'k1'})}.{part(body)}.SIGNATURE_REMOVED_BY_GOOGLE"
+
+
+def test_the_ingest_services_environment_is_accepted_with_each_systems_own_settings(
+    tmp_path: Path,
+) -> None:
+    found = rendered()
+    settings = Settings.load({**mounted(found["service"], tmp_path), **SECRETS})
+    assert settings.cell.name == "recordline"
+    systems = settings.systems()
+    assert sorted(systems) == ["audit", "orders", "recordline"]
+    for name, entry in systems.items():
+        assert entry.push_audience == found["audiences"][name]
+        assert entry.push_audience == f"{URL}/systems/{name}/pubsub/push"
+        assert entry.push_service_accounts == f"{name}-push@recordline-dev.iam.gserviceaccount.com"
+        assert entry.store == f"bigquery://recordline-dev/{name}"
+        assert f"recordline-smoke@{DEV_ACCOUNTS}" in entry.read_principals
+        assert f"recordline-operator@{DEV_ACCOUNTS}" in entry.operator_principals
+    assert systems["recordline"].serving == (
+        "spanner://projects/recordline-dev/instances/recordline-serving/databases/recordline"
+    )
+    assert systems["audit"].serving == ""
+    orders = system_settings(settings, "orders", systems["orders"])
+    assert (orders.payload.id_field, orders.payload.time_field) == ("order_id", "meta.created_at")
+    assert orders.auth.push_audience == f"{URL}/systems/orders/pubsub/push"
+    assert orders.auth.read_principals.startswith("ada@example.com,")
+    assert systems["orders"].rate == 2.5
+    assert orders.telemetry.system == "orders"
+    # The cell's own, for every system: its read audience names the cell.
+    assert URL in settings.auth.read_audience.split(",")
+    assert settings.auth.trust_cloud_run_iam is True
+
+
+def test_the_cell_built_from_it_takes_each_systems_push_with_that_systems_token_alone(
+    tmp_path: Path,
+) -> None:
+    found = rendered()
+    google = FakeGoogle().start()
+    try:
+        # Google's keys, which the cell fetches before it is ready, served here.
+        certs = {"RECORDLINE_OIDC_CERTS_URL": google.certs_url}
+        settings = Settings.load({**mounted(found["service"], tmp_path), **SECRETS, **certs})
+        pushed = push_to_each_system(settings, found["audiences"])
+    finally:
+        google.stop()
+    assert pushed == {"recordline": [1], "orders": [1], "audit": [1]}
+
+
+def push_to_each_system(settings: Settings, audiences: dict[str, str]) -> dict[str, list[int]]:
+    """Each system's push with its own token, and orders' token at audit; the rows each
+    system's store was given."""
+    stores: dict[str, FaultyStore] = {}
+
+    def maker(name: str) -> Any:
+        def make() -> Store:
+            stores[name] = FaultyStore(DuckDBStore(":memory:"))
+            return stores[name]
+
+        return make
+
+    # Each system's store in memory here, and telemetry that exports nowhere: the rest is
+    # what Terraform rendered.
+    cell = create_cell(
+        settings, stores={n: maker(n) for n in settings.systems()}, telemetry=Telemetry()
+    )
+    with TestClient(cell) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "not_ready": {}}
+        for name in ("recordline", "orders", "audit"):
+            token = stripped(
+                aud=audiences[name],
+                email=f"{name}-push@recordline-dev.iam.gserviceaccount.com",
+            )
+            payload = (
+                {"order_id": "o-1", "meta": {"created_at": "2026-11-24T09:00:00Z"}}
+                if name == "orders"
+                else {"id": "r-1", "timestamp": "2026-11-24T09:00:00Z"}
+            )
+            answer = client.post(
+                f"/systems/{name}/pubsub/push",
+                json=envelope(payload, message_id=f"{name}-1"),
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert answer.status_code == 204, (name, answer.text)
+        # orders' token at audit: refused by audit's guard, nothing stored there.
+        orders_token = stripped(
+            aud=audiences["orders"],
+            email="orders-push@recordline-dev.iam.gserviceaccount.com",
+        )
+        answer = client.post(
+            "/systems/audit/pubsub/push",
+            json=envelope({"id": "r-2"}, message_id="audit-2"),
+            headers={"Authorization": f"Bearer {orders_token}"},
+        )
+        assert answer.status_code in (401, 403), answer.text
+    return {name: store.appends for name, store in stores.items()}
+
+
+def test_the_exporter_pools_environment_is_accepted_and_exports_the_serving_systems(
+    tmp_path: Path,
+) -> None:
+    found = rendered()
+    env = mounted(found["exporter"], tmp_path)
+    settings = Settings.load(env)
+    assert settings.cell.name == "recordline"
+    assert settings.telemetry.service_name == "recordline-exporter"
+    serving = sorted(name for name, entry in settings.systems().items() if entry.serving)
+    assert serving == ["orders", "recordline"]
+    # Opened as `recordline exporter` opens them (nothing connects yet), on a pool
+    # whose telemetry exports nowhere.
+    balance = Balance("test", len(serving), lease_seconds=LEASE_SECONDS)
+    pool = Pool("test", Telemetry(), spanner_clients(settings), balance)
+    exported = exported_systems(settings, pool=pool)
+    assert sorted(e.name for e in exported) == ["orders", "recordline"]
