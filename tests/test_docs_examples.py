@@ -18,8 +18,8 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
-from app.cell.app import create_cell
 from app.auth.guards import Auth
+from app.cell.app import create_cell
 from app.settings import Settings, every_setting
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
