@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from functools import cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from litestar.testing import TestClient
 
 from app.cell.app import create_cell
 from app.exporter.service import Pool, exported_systems
-from app.settings import Settings, system_settings
+from app.settings import Settings, SystemEntry, every_setting, system_settings
 from app.store import Store
 from app.store.duckdb.store import DuckDBStore
 from app.store.open import spanner_clients
@@ -29,6 +30,7 @@ from tests.auth.fake_google import FakeGoogle
 from tests.conftest import envelope
 from tests.fakes import FaultyStore
 from tests.infra.test_fleet import DEV_ACCOUNTS, PROJECT_NUMBER, _root_console
+from tests.infra.test_terraform import TERRAFORM, _locals, _resources
 
 URL = f"https://recordline-{PROJECT_NUMBER}.europe-west1.run.app"
 # Two serving systems and one that only stores to BigQuery; one names its own payload
@@ -200,3 +202,83 @@ def test_the_exporter_pools_environment_is_accepted_and_exports_the_serving_syst
     pool = Pool("test", Telemetry(), spanner_clients(settings), balance)
     exported = exported_systems(settings, pool=pool)
     assert sorted(e.name for e in exported) == ["orders", "recordline"]
+
+
+CONFIGURATION = TERRAFORM.parents[1] / "docs" / "configuration.md"
+SETTING_KEY = re.compile(r"\b([A-Z][A-Z0-9_]+) +=  *")
+
+
+def _documented() -> tuple[dict[str, tuple[set[str], str]], dict[str, str]]:
+    """docs/configuration.md's tables of where Terraform sets a cell's settings: each
+    setting's files and value, and each field of a system's entry and its value."""
+    text = CONFIGURATION.read_text().split("## Where Terraform sets a cell's settings", 1)[1]
+    settings: dict[str, tuple[set[str], str]] = {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `"):
+            continue
+        if len(cells) == 3:
+            files = set(re.findall(r"`([a-z_]+\.tf)`", cells[1]))
+            settings[cells[0].strip("`")] = (files, cells[2])
+        else:
+            for field in re.findall(r"`([a-z_]+)`", cells[0]):
+                fields[field] = cells[1]
+    return settings, fields
+
+
+def _set_by_terraform() -> dict[str, dict[str, str]]:
+    """Each file's settings, to the expression that sets each."""
+    found: dict[str, dict[str, str]] = {}
+    service = _locals(TERRAFORM)["service_env"] + _locals(TERRAFORM)["retention_env"]
+    exporter = _locals(TERRAFORM)["exporter_env"]
+    ops = re.search(
+        r'(?s)dynamic "env" \{\s*for_each = \{(.*?)\}\s*content', (TERRAFORM / "ops.tf").read_text()
+    )
+    assert ops is not None
+    for name, text in (("cell.tf", service), ("exporter.tf", exporter), ("ops.tf", ops[1])):
+        found[name] = {}
+        for match in SETTING_KEY.finditer(text):
+            rest = text[match.end() :]
+            found[name][match[1]] = re.split(r",\s*[A-Z]|\n", rest, maxsplit=1)[0]
+    for env in _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["containers"][0][
+        "env"
+    ]:
+        found["cell.tf"][env["name"]] = json.dumps(env["value_source"])
+    return found
+
+
+def test_configuration_md_says_where_terraform_sets_each_of_a_cells_settings() -> None:
+    documented, fields = _documented()
+    by_file = _set_by_terraform()
+    every = {setting for settings in by_file.values() for setting in settings}
+    assert set(documented) == every
+    for setting, (files, value) in documented.items():
+        assert files == {name for name, settings in by_file.items() if setting in settings}, setting
+        # Each Terraform variable the value names is in what sets it (or in a local it
+        # reads).
+        for variable in re.findall(r"`var\.([a-z_]+)`", value):
+            expressions = [by_file[f][setting] for f in files]
+            expanded = " ".join(
+                [
+                    *expressions,
+                    *(
+                        str(_locals(TERRAFORM)[name])
+                        for e in expressions
+                        for name in re.findall(r"local\.([a-z_]+)", e)
+                    ),
+                ]
+            )
+            assert f"var.{variable}" in expanded, (setting, variable)
+    assert rendered()["setting"] in documented["RECORDLINE_SYSTEMS"][1]
+    # Every setting named is one of the service's.
+    known = {s.var for s in every_setting()}
+    assert every <= known
+    # The fields Terraform writes for a system are the fields documented, each a field
+    # of a system's entry.
+    written = set(re.findall(r"\b([a-z_]+) = ", _locals(TERRAFORM)["systems_file"])) - {
+        "field",
+        "value",
+    }
+    assert set(fields) == written
+    assert written <= set(SystemEntry.__struct_fields__)
