@@ -129,15 +129,13 @@ REGISTRY_FREE = GIB // 2
 
 # --- what the service does ------------------------------------------------------------------
 
-# CPU one push costs an ingest instance: 365 µs, measured for Recordline as deployed
-# (uvicorn, httptools, the service's bounds and telemetry) on one CPU under wrk at 64
-# connections (docs/benchmarks.md, "deployed, server on one CPU"). Measured on the
-# DuckDB store: the serving tier's commit is a gRPC call per batch of pushes, not per
-# push, but its client's share of a push is not in that figure. A cell's measured
-# figure, when the service's benchmark writes one (bench/cell_capacity.json:
-# {"cpu_seconds_per_push": ..., "source": ...}), is read instead (`capacity`).
-INGEST_CPU_SECONDS_A_PUSH = 365e-6
-INGEST_CPU_SOURCE = 'docs/benchmarks.md, "deployed, server on one CPU" (DuckDB store)'
+# CPU one push costs an ingest instance: what `python3 dev.py bench cell --write` measured
+# and wrote to bench/cell.json, a cell of 10 and of 100 systems on the serving tier
+# (Spanner's emulator, the real client libraries, `recordline serve` as a process):
+# its `planning_pushes_per_vcpu_second`, the least of the cells' figures, as CPU a push
+# (docs/benchmarks.md#cells). A push on the serving tier is its Spanner transaction's
+# client work, about ten times what the same service spends on DuckDB.
+CAPACITY = ROOT / "bench" / "cell.json"
 # Cloud Run adds instances to keep each at about 60% of its CPU
 # (https://cloud.google.com/run/docs/about-instance-autoscaling).
 INGEST_TARGET_UTILISATION = 0.6
@@ -160,14 +158,13 @@ IMAGE_BYTES = 200 * MIB
 # from the labels' values a system has on an ordinary day. Outcomes two (stored, and a
 # rejection's reason); service level events four (each objective's good events, and an
 # occasional 503's bad one); bytes billed one (reads from Spanner bill nothing, a read
-# past its retention one route). Its export's, from the exporter instance holding its
-# lease alone: two tables.
+# past its retention one route); its canary's age one (each instance probes each of its
+# systems). Its export's, from the exporter instance holding its lease alone: two tables.
 SYSTEM_SERIES = {
     "messages": 2,
     "slo.events": 4,
     "query.bytes_billed": 1,
     "canary.age": 1,
-    "watermark.lag": 1,
     "conflicts": 0,
     # Written per producer with sequences missing: none on an ordinary day.
     "producer.missing": 0,
@@ -176,8 +173,9 @@ SYSTEM_SERIES = {
 }
 EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
 # The cell's own, from each of its ingest instances: the distributions (the read and
-# query routes three each) and the gauges that describe the process; connections a
-# bound refused, two reasons on an ordinary day; loops restarted, none.
+# query routes three each) and the gauges that describe the process (the read horizon's
+# lag among them: the furthest behind of its systems, app/telemetry/metrics.py);
+# connections a bound refused, two reasons on an ordinary day; loops restarted, none.
 CELL_SERIES = {
     "ingest.lag": 1,
     "append.rows": 1,
@@ -186,6 +184,7 @@ CELL_SERIES = {
     "read.duration": 3,
     "queue.depth": 1,
     "followers": 1,
+    "watermark.lag": 1,
     "connections.refused": 2,
     "loop.restarts": 0,
 }
@@ -208,12 +207,17 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def capacity() -> tuple[float, str]:
-    """CPU seconds a push costs an ingest instance, and where the figure is from."""
-    measured = ROOT / "bench" / "cell_capacity.json"
-    if measured.exists():
-        found = json.loads(measured.read_text())
-        return float(found["cpu_seconds_per_push"]), str(found["source"])
-    return INGEST_CPU_SECONDS_A_PUSH, INGEST_CPU_SOURCE
+    """CPU seconds a push costs an ingest instance, and where the figure is from
+    (bench/cell.json, which `bench cell --write` writes)."""
+    measured = json.loads(CAPACITY.read_text())
+    per_vcpu = float(measured["planning_pushes_per_vcpu_second"])
+    if per_vcpu <= 0:
+        raise SystemExit(f"{CAPACITY.relative_to(ROOT)}: no pushes a second per vCPU measured")
+    source = (
+        f"{per_vcpu:g} pushes a second per vCPU, bench/cell.json's planning figure, "
+        f"measured {measured['measured']}"
+    )
+    return 1 / per_vcpu, source
 
 
 @cache
@@ -554,6 +558,29 @@ def region_plan(systems: int = 100) -> str:
     )
 
 
+def target() -> str:
+    """What a system costs at 100 and 1,000 systems against TARGET_PER_SYSTEM, and the
+    figures that make it: a full cell's ingest instances and what they write."""
+    cell_max = int(evaluate(1)["cell_max_systems"])
+    full = evaluate(cell_max)
+    instances = ingest_instances(full)
+    metrics = full["metrics"]
+    costs = {systems: per_system(systems) for systems in (100, 1000)}
+    met = all(cost <= TARGET_PER_SYSTEM for cost in costs.values())
+    return (
+        f"A system costs {_dollars(costs[100])} a month at 100 systems and "
+        f"{_dollars(costs[1000])} at 1,000 (twelfth month), "
+        + ("within" if met else "over")
+        + f" the {_dollars(TARGET_PER_SYSTEM)} asked. A full cell ({cell_max} systems, "
+        f"{float(full['cell_rate']):g} pushes a second) runs {instances} ingest instances "
+        f"of {float(full['cpu']):g} vCPU, "
+        + ("instance-based" if full["instance_based"] else "billed by request")
+        + f", each writing every system's {sum(SYSTEM_SERIES.values())} series "
+        f"({_point_bytes(metrics, SYSTEM_SERIES)} bytes a minute a system) and the cell's "
+        f"{sum(CELL_SERIES.values())}; Spanner {full['units']} processing units."
+    )
+
+
 def notes() -> str:
     cpu_a_push, source = capacity()
     return "\n\n".join(
@@ -565,6 +592,7 @@ def notes() -> str:
             f"A push costs an ingest instance {cpu_a_push * 1e6:.0f} µs of CPU ({source}); "
             f"a cell's instances are those that keep each at "
             f"{INGEST_TARGET_UTILISATION:.0%} of its CPU, and at least its minimum.",
+            target(),
             region_plan(),
         ]
     )

@@ -9,6 +9,7 @@ import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import hcl2
@@ -18,6 +19,7 @@ from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.auth.guards import Auth
+from app.cell.app import create_cell
 from app.settings import Settings, every_setting
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
@@ -67,9 +69,40 @@ def client() -> Iterator[TestClient[Litestar]]:
         yield client
 
 
-def test_every_curl_in_the_docs_is_answered_as_the_docs_say(client: TestClient[Litestar]) -> None:
+def doc_systems() -> dict[str, str]:
+    """The system each doc's commands name (its `SYSTEM=name` line), by doc."""
+    found = {}
+    for path in DOCS:
+        names = set(re.findall(r"^SYSTEM=([a-z][a-z0-9-]*)\b", path.read_text(), flags=re.M))
+        if names:
+            (found[path.name],) = names
+    return found
+
+
+@pytest.fixture
+def cell() -> Iterator[TestClient[Any]]:
+    """A cell (app/cell) serving the systems the docs' commands name, each on a store of
+    its own, and a system they do not name."""
+    systems = {name: {"store": "memory:"} for name in {*doc_systems().values(), "other"}}
+    loaded = Settings.load(
+        {
+            "RECORDLINE_CELL": "cell-1",
+            "RECORDLINE_SYSTEMS": json.dumps(systems),
+            "RECORDLINE_STREAM_SECONDS": "0.5",
+        }
+    )
+    stores = {name: (lambda: DuckDBStore(":memory:")) for name in systems}
+    with TestClient(create_cell(loaded, stores=stores)) as client:
+        yield client
+
+
+def test_every_curl_in_the_docs_is_answered_as_the_docs_say(
+    client: TestClient[Litestar], cell: TestClient[Any]
+) -> None:
     found = curls()
     assert len(found) >= 5  # the quick start's four and the runbook's read
+    systems = doc_systems()
+    asked_cell = 0
     for source, words in found:
         method, body, headers, url = "GET", None, {}, ""
         options = iter(words[1:])
@@ -89,17 +122,32 @@ def test_every_curl_in_the_docs_is_answered_as_the_docs_say(client: TestClient[L
         # The service is wherever the docs say ($URL, localhost:8080); the path is ours.
         parts = urlsplit(url if "://" in url else f"http://{url}")
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        # A system's path in a cell (the runbook's) is its routes under
-        # /systems/<system>, the same handlers a single system serves at the root.
-        target = target.removeprefix("/systems/$SYSTEM")
-        answer = client.request(method, target, content=body, headers=headers)
+        # A system's path in a cell (the runbook's) is asked of a cell, for the system
+        # the doc's `SYSTEM=` line names.
+        service, prefix = client, ""
+        if target.startswith("/systems/$SYSTEM/"):
+            assert source in systems, (source, "names no SYSTEM= for", url)
+            prefix = f"/systems/{systems[source]}"
+            target = prefix + target.removeprefix("/systems/$SYSTEM")
+            service = cell
+            asked_cell += 1
+        answer = service.request(method, target, content=body, headers=headers)
         assert answer.status_code in (200, 204), (source, url, answer.text)
-        if target.startswith("/pubsub/push"):
+        if target.startswith(f"{prefix}/pubsub/push"):
             # The example is a valid record, not a rejection.
             message_id = re.search(r'"messageId":"([^"]+)"', body or "")
             assert message_id is not None
-            status = client.get(f"/v1/messages/{message_id[1]}").json()
+            status = service.get(f"{prefix}/v1/messages/{message_id[1]}").json()
             assert status["status"] == "stored", status
+    assert asked_cell >= 3  # the runbook's reads of a system
+
+
+def test_a_cells_path_for_a_system_it_does_not_serve_is_refused(cell: TestClient[Any]) -> None:
+    # What the examples above rely on: the cell answers a system's path from that
+    # system's app, and no other path of that shape.
+    assert cell.get("/systems/missing/v1/records?limit=1").status_code == 404
+    assert cell.get("/v1/records?limit=1").status_code == 404
+    assert cell.get("/systems/other/v1/records?limit=1").status_code == 200
 
 
 def settings_written() -> list[tuple[str, str, str]]:

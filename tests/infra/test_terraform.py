@@ -792,8 +792,9 @@ def test_descriptors_are_what_the_exporter_writes() -> None:
     exported = _exported_descriptors()
     for name, descriptor in exported.items():
         assert declared.get(name) == descriptor, name
-    # Declared ahead of what this checkout's service writes: the SLO counter a cell's
-    # service writes for each system (each SLO is a ratio of it: slos.tf).
+    # The SLO counter is counted by pushes and reads, which this does not make: a cell's
+    # systems write it, as declared (tests/infra/test_signals.py). Each SLO is a ratio of
+    # it (slos.tf).
     assert set(declared) - set(exported) <= {"slo.events"}
     assert declared["slo.events"] == SLO_EVENTS
 

@@ -1,0 +1,284 @@
+"""What Terraform gives a cell's processes is what they take: the ingest service's and
+the exporter pool's environment and the systems' file mounted beside them, as the cell
+root renders them (`terraform console` over its variables and plain locals, as
+tests/infra/test_fleet.py evaluates it), read by the service's own settings loader,
+built into a cell that answers each system's pushes with that system's token alone,
+and opened by the exporter as the systems it exports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import TestClient
+
+from app.cell.app import create_cell
+from app.exporter.service import Pool, exported_systems
+from app.settings import Settings, SystemEntry, every_setting, system_settings
+from app.store import Store
+from app.store.duckdb.store import DuckDBStore
+from app.store.open import spanner_clients
+from app.store.tiered.balance import Balance
+from app.store.tiered.exporter import LEASE_SECONDS
+from app.telemetry import Telemetry
+from tests.auth.fake_google import FakeGoogle
+from tests.conftest import envelope
+from tests.fakes import FaultyStore
+from tests.infra.test_fleet import DEV_ACCOUNTS, PROJECT_NUMBER, _root_console
+from tests.infra.test_terraform import TERRAFORM, _locals, _resources
+
+URL = f"https://recordline-{PROJECT_NUMBER}.europe-west1.run.app"
+# Two serving systems and one that only stores to BigQuery; one names its own payload
+# fields, one its readers and rate.
+SYSTEMS = (
+    "{ recordline = { serving = true },"
+    ' orders = { serving = true, id_field = "order_id", time_field = "meta.created_at",'
+    '  canary_file = "schemas/orders-canary.json", readers = ["user:ada@example.com"],'
+    "  rate = 2.5 },"
+    " audit = {} }"
+)
+# What Cloud Run puts in the ingest container besides the rendered variables: the
+# page-token key, from its secret (cell.tf).
+# The canary a system of its own payload shape publishes (systems.tf reads the file).
+CANARY = (("schemas/orders-canary.json", b'{"order_id": "recordline-canary"}'),)
+SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET": "k" * 43}
+
+
+@cache
+def rendered() -> dict[str, Any]:
+    return dict(
+        _root_console(
+            "{ service = local.service_env, exporter = local.exporter_env,"
+            " file = local.systems_json, directory = local.systems_directory,"
+            " setting = local.systems_setting, audiences = local.push_audiences }",
+            SYSTEMS,
+            files=CANARY,
+        )
+    )
+
+
+def mounted(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """`env` with the systems' file where Cloud Run mounts it, here under `tmp_path`."""
+    found = rendered()
+    directory = tmp_path / found["directory"].lstrip("/")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "systems.json").write_text(found["file"])
+    setting = env["RECORDLINE_SYSTEMS"]
+    assert setting == found["setting"] == f"@{found['directory']}/systems.json"
+    return {**env, "RECORDLINE_SYSTEMS": f"@{directory}/systems.json"}
+
+
+def stripped(**claims: object) -> str:
+    """A token as Cloud Run forwards one its invoker check verified (cell.tf sets
+    RECORDLINE_TRUST_CLOUD_RUN_IAM): its signature replaced."""
+    now = int(time.time())
+    body = {
+        "iss": "https://accounts.google.com",
+        "sub": "1",
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 600,
+        **claims,
+    }
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'kid': 'k1'})}.{part(body)}.SIGNATURE_REMOVED_BY_GOOGLE"
+
+
+def test_the_ingest_services_environment_is_accepted_with_each_systems_own_settings(
+    tmp_path: Path,
+) -> None:
+    found = rendered()
+    settings = Settings.load({**mounted(found["service"], tmp_path), **SECRETS})
+    assert settings.cell.name == "recordline"
+    systems = settings.systems()
+    assert sorted(systems) == ["audit", "orders", "recordline"]
+    for name, entry in systems.items():
+        assert entry.push_audience == found["audiences"][name]
+        assert entry.push_audience == f"{URL}/systems/{name}/pubsub/push"
+        assert entry.push_service_accounts == f"{name}-push@recordline-dev.iam.gserviceaccount.com"
+        assert entry.store == f"bigquery://recordline-dev/{name}"
+        assert f"recordline-smoke@{DEV_ACCOUNTS}" in entry.read_principals
+        assert f"recordline-operator@{DEV_ACCOUNTS}" in entry.operator_principals
+    assert systems["recordline"].serving == (
+        "spanner://projects/recordline-dev/instances/recordline-serving/databases/recordline"
+    )
+    assert systems["audit"].serving == ""
+    orders = system_settings(settings, "orders", systems["orders"])
+    assert (orders.payload.id_field, orders.payload.time_field) == ("order_id", "meta.created_at")
+    assert orders.auth.push_audience == f"{URL}/systems/orders/pubsub/push"
+    assert orders.auth.read_principals.startswith("ada@example.com,")
+    assert systems["orders"].rate == 2.5
+    assert orders.telemetry.system == "orders"
+    # The cell's own, for every system: its read audience names the cell.
+    assert URL in settings.auth.read_audience.split(",")
+    assert settings.auth.trust_cloud_run_iam is True
+
+
+def test_the_cell_built_from_it_takes_each_systems_push_with_that_systems_token_alone(
+    tmp_path: Path,
+) -> None:
+    found = rendered()
+    google = FakeGoogle().start()
+    try:
+        # Google's keys, which the cell fetches before it is ready, served here.
+        certs = {"RECORDLINE_OIDC_CERTS_URL": google.certs_url}
+        settings = Settings.load({**mounted(found["service"], tmp_path), **SECRETS, **certs})
+        pushed = push_to_each_system(settings, found["audiences"])
+    finally:
+        google.stop()
+    assert pushed == {"recordline": [1], "orders": [1], "audit": [1]}
+
+
+def push_to_each_system(settings: Settings, audiences: dict[str, str]) -> dict[str, list[int]]:
+    """Each system's push with its own token, and orders' token at audit; the rows each
+    system's store was given."""
+    stores: dict[str, FaultyStore] = {}
+
+    def maker(name: str) -> Any:
+        def make() -> Store:
+            stores[name] = FaultyStore(DuckDBStore(":memory:"))
+            return stores[name]
+
+        return make
+
+    # Each system's store in memory here, and telemetry that exports nowhere: the rest is
+    # what Terraform rendered.
+    cell = create_cell(
+        settings, stores={n: maker(n) for n in settings.systems()}, telemetry=Telemetry()
+    )
+    with TestClient(cell) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "not_ready": {}}
+        for name in ("recordline", "orders", "audit"):
+            token = stripped(
+                aud=audiences[name],
+                email=f"{name}-push@recordline-dev.iam.gserviceaccount.com",
+            )
+            payload = (
+                {"order_id": "o-1", "meta": {"created_at": "2026-11-24T09:00:00Z"}}
+                if name == "orders"
+                else {"id": "r-1", "timestamp": "2026-11-24T09:00:00Z"}
+            )
+            answer = client.post(
+                f"/systems/{name}/pubsub/push",
+                json=envelope(payload, message_id=f"{name}-1"),
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert answer.status_code == 204, (name, answer.text)
+        # orders' token at audit: refused by audit's guard, nothing stored there.
+        orders_token = stripped(
+            aud=audiences["orders"],
+            email="orders-push@recordline-dev.iam.gserviceaccount.com",
+        )
+        answer = client.post(
+            "/systems/audit/pubsub/push",
+            json=envelope({"id": "r-2"}, message_id="audit-2"),
+            headers={"Authorization": f"Bearer {orders_token}"},
+        )
+        assert answer.status_code in (401, 403), answer.text
+    return {name: store.appends for name, store in stores.items()}
+
+
+def test_the_exporter_pools_environment_is_accepted_and_exports_the_serving_systems(
+    tmp_path: Path,
+) -> None:
+    found = rendered()
+    env = mounted(found["exporter"], tmp_path)
+    settings = Settings.load(env)
+    assert settings.cell.name == "recordline"
+    assert settings.telemetry.service_name == "recordline-exporter"
+    serving = sorted(name for name, entry in settings.systems().items() if entry.serving)
+    assert serving == ["orders", "recordline"]
+    # Opened as `recordline exporter` opens them (nothing connects yet), on a pool
+    # whose telemetry exports nowhere.
+    balance = Balance("test", len(serving), lease_seconds=LEASE_SECONDS)
+    pool = Pool("test", Telemetry(), spanner_clients(settings), balance)
+    exported = exported_systems(settings, pool=pool)
+    assert sorted(e.name for e in exported) == ["orders", "recordline"]
+
+
+CONFIGURATION = TERRAFORM.parents[1] / "docs" / "configuration.md"
+SETTING_KEY = re.compile(r"\b([A-Z][A-Z0-9_]+) +=  *")
+
+
+def _documented() -> tuple[dict[str, tuple[set[str], str]], dict[str, str]]:
+    """docs/configuration.md's tables of where Terraform sets a cell's settings: each
+    setting's files and value, and each field of a system's entry and its value."""
+    text = CONFIGURATION.read_text().split("## Where Terraform sets a cell's settings", 1)[1]
+    settings: dict[str, tuple[set[str], str]] = {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `"):
+            continue
+        if len(cells) == 3:
+            files = set(re.findall(r"`([a-z_]+\.tf)`", cells[1]))
+            settings[cells[0].strip("`")] = (files, cells[2])
+        else:
+            for field in re.findall(r"`([a-z_]+)`", cells[0]):
+                fields[field] = cells[1]
+    return settings, fields
+
+
+def _set_by_terraform() -> dict[str, dict[str, str]]:
+    """Each file's settings, to the expression that sets each."""
+    found: dict[str, dict[str, str]] = {}
+    service = _locals(TERRAFORM)["service_env"] + _locals(TERRAFORM)["retention_env"]
+    exporter = _locals(TERRAFORM)["exporter_env"]
+    ops = re.search(
+        r'(?s)dynamic "env" \{\s*for_each = \{(.*?)\}\s*content', (TERRAFORM / "ops.tf").read_text()
+    )
+    assert ops is not None
+    for name, text in (("cell.tf", service), ("exporter.tf", exporter), ("ops.tf", ops[1])):
+        found[name] = {}
+        for match in SETTING_KEY.finditer(text):
+            rest = text[match.end() :]
+            found[name][match[1]] = re.split(r",\s*[A-Z]|\n", rest, maxsplit=1)[0]
+    for env in _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["containers"][0][
+        "env"
+    ]:
+        found["cell.tf"][env["name"]] = json.dumps(env["value_source"])
+    return found
+
+
+def test_configuration_md_says_where_terraform_sets_each_of_a_cells_settings() -> None:
+    documented, fields = _documented()
+    by_file = _set_by_terraform()
+    every = {setting for settings in by_file.values() for setting in settings}
+    assert set(documented) == every
+    for setting, (files, value) in documented.items():
+        assert files == {name for name, settings in by_file.items() if setting in settings}, setting
+        # Each Terraform variable the value names is in what sets it (or in a local it
+        # reads).
+        for variable in re.findall(r"`var\.([a-z_]+)`", value):
+            expressions = [by_file[f][setting] for f in files]
+            expanded = " ".join(
+                [
+                    *expressions,
+                    *(
+                        str(_locals(TERRAFORM)[name])
+                        for e in expressions
+                        for name in re.findall(r"local\.([a-z_]+)", e)
+                    ),
+                ]
+            )
+            assert f"var.{variable}" in expanded, (setting, variable)
+    assert rendered()["setting"] in documented["RECORDLINE_SYSTEMS"][1]
+    # Every setting named is one of the service's.
+    known = {s.var for s in every_setting()}
+    assert every <= known
+    # The fields Terraform writes for a system are the fields documented, each a field
+    # of a system's entry.
+    written = set(re.findall(r"\b([a-z_]+) = ", _locals(TERRAFORM)["systems_file"])) - {
+        "field",
+        "value",
+    }
+    assert set(fields) == written
+    assert written <= set(SystemEntry.__struct_fields__)
