@@ -173,6 +173,14 @@ class NotFound(RecordlineError):
     problem = "not-found"
 
 
+class UnknownSystem(NotFound):
+    """No system of that name is served here: a cell serves each of its systems under
+    `/systems/{system}/`, and no other. Nothing was stored."""
+
+    title = "Unknown system"
+    problem = "unknown-system"
+
+
 class Gone(RecordlineError):
     """A read from before the retention: its rows are deleted, so a page would be incomplete."""
 
@@ -327,6 +335,16 @@ class TooManyPipelined(RetryLater):
     title = "Too many pipelined requests"
     problem = "too-many-pipelined-requests"
     cause = "pipelined"
+
+
+class SystemUnavailable(RetryLater):
+    """This system of the cell is not serving yet (it is starting, or its store could
+    not be opened and is being opened again); the cell's other systems are not
+    affected. Nothing was stored: retry after `Retry-After`."""
+
+    title = "System unavailable"
+    problem = "system-unavailable"
+    cause = "system"
 
 
 class CertsUnavailable(RetryLater):

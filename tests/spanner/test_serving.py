@@ -262,8 +262,9 @@ def test_terraform_applies_the_statements_the_service_checks() -> None:
     for window in (86_400.0, QuerySettings().dedupe_window_seconds, 14 * 86_400.0):
         days = ddl_text(window).split("INTERVAL ")[1].split(" ")[0]
         assert ddl_template().replace(RETENTION_PLACEHOLDER, days) == ddl_text(window)
-    # records, rejected, and the ledger of producer sequences (its epochs not heard of).
-    assert ddl_text(86_400.0).count("INTERVAL 3 DAY") == 3
+    # records, rejected, and the ledger of producer sequences (its epochs not heard of,
+    # and the messages held under its sequences).
+    assert ddl_text(86_400.0).count("INTERVAL 3 DAY") == 4
 
 
 async def test_a_database_with_another_schema_is_refused_at_start_naming_the_differences(
@@ -284,7 +285,8 @@ async def test_a_database_with_another_schema_is_refused_at_start_naming_the_dif
     assert "records.trace_id is missing" in message
     assert "records.data is BYTES(MAX) NOT NULL, expected STRING(MAX) NOT NULL" in message
     assert "index records_by_id on records(id_shard, id) is missing" in message
-    assert "rejected" not in message.split(": ", 1)[1]
+    # Nothing of the table `rejected`, which is as it should be.
+    assert "rejected." not in message.split(": ", 1)[1]
 
 
 async def test_a_migration_applied_before_the_image_that_needs_it(

@@ -44,13 +44,15 @@ from app.store import (
     row_bytes,
 )
 from app.store.copies import message_states
-from app.store.producers import ProducerSequence, Tally, sequence_of
+from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     CALL_SECONDS,
+    LOW_PRIORITY,
     Accommodations,
     Deadline,
     SpannerCalls,
+    SpannerClients,
     in_transaction,
     key_rows,
     sql_rows,
@@ -68,6 +70,7 @@ from app.store.spanner.schema import (
 )
 from app.store.tail import MAX_BYTES as TAIL_BYTES
 from app.store.tail import held
+from app.store.tally import Copy, Sequenced, SequenceKey, Tally
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +256,17 @@ class SpannerServing:
         emulator_host: str | None = None,
         accommodations: Accommodations | None = None,
         timeout_seconds: float = CALL_SECONDS,
+        clients: SpannerClients | None = None,
     ) -> None:
         self.database = database
+        # On the process's clients and threads where it shares them (a cell's
+        # systems: one client per project), else on its own.
         self._calls = SpannerCalls(
             database,
             emulator_host=emulator_host,
             accommodations=accommodations,
             timeout_seconds=timeout_seconds,
+            clients=clients,
         )
         # The export's lease and progress, as operators and watermark reads ask.
         self.ledger = SpannerLedger(self._calls)
@@ -421,12 +428,25 @@ class SpannerServing:
         producers = {s.producer for s in sequences if s is not None}
         found = key_rows(transaction, deadline, book.TABLE, book.NAMES, book.keys_of(producers))
         tally = Tally(book.entries_of(found))
+        settling = [
+            Sequenced(s, r.message_id, type(r) is Record)
+            for r, s in zip(rows, sequences, strict=True)
+        ]
+        # Only a row whose sequence is seen may be a redelivery or a copy: the
+        # messages held under those sequences tell which, in two more reads.
+        seen = tally.seen_rows(settling)
+        copies: dict[SequenceKey, list[Copy]] = {}
+        if seen:
+            keys = [(s.producer, s.epoch, s.sequence) for s, *_ in seen if s is not None]
+            copies = self._held(transaction, deadline, keys)
         settled = tally.settle(
-            [(s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)],
+            settling,
+            copies=copies,
             stored_before={message_id for _, message_id in existing},
             now=time.time_ns() // 1000,
+            digest=lambda index: message_digest(rows[index]),
         )
-        book.write(transaction, settled)
+        book.write(transaction, deadline, settled)
         given: list[Record | Rejection | None] = []
         outcomes: list[RowOutcome] = []
         for index, (row, sequence, verdict) in enumerate(
@@ -445,6 +465,33 @@ class SpannerServing:
                 given.append(row)
                 outcomes.append(None)
         return given, outcomes
+
+    def _held(
+        self, transaction: Any, deadline: Deadline, keys: list[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], list[Copy]]:
+        """The messages held under these sequences, with their digests (of the stored
+        rows: a record, a rejection, or both of a message replayed)."""
+        ids = book.held_ids(transaction, deadline, keys)
+        every = {i for found in ids.values() for i in found}
+        if not every:
+            return {}
+        rows: dict[str, list[Record | Rejection]] = {}
+        for table in TABLES:
+            for values in key_rows(transaction, deadline, table, NAMES[table], message_keys(every)):
+                held: Record | Rejection = (
+                    stored_row(Record, values)
+                    if table == "records"
+                    else stored_row(Rejection, values)
+                )
+                rows.setdefault(held.message_id, []).append(held)
+        return {
+            key: [
+                Copy(message_id, message_digest(row))
+                for message_id in sorted(found)
+                for row in rows.get(message_id, ())
+            ]
+            for key, found in ids.items()
+        }
 
     async def window_digests(
         self, table: str, since: int, until: int, window: int, *, within: float
@@ -470,7 +517,12 @@ class SpannerServing:
         }
         with self._calls.database().snapshot() as snapshot:
             rows = sql_rows(
-                snapshot, deadline, _DIGEST_SQL[table], params=params, param_types=types
+                snapshot,
+                deadline,
+                _DIGEST_SQL[table],
+                params=params,
+                param_types=types,
+                request_options=LOW_PRIORITY,
             )
             return {int(w): (int(n), int(d)) for w, n, d in rows}
 
@@ -514,7 +566,12 @@ class SpannerServing:
         )
         with snapshot as reading:
             rows = sql_rows(
-                reading, deadline, _KEYS_SQL[table], params=params, param_types=_PAGE_TYPES
+                reading,
+                deadline,
+                _KEYS_SQL[table],
+                params=params,
+                param_types=_PAGE_TYPES,
+                request_options=LOW_PRIORITY,
             )
             return [(int(t), str(m)) for t, m in rows]
 
@@ -549,12 +606,15 @@ class SpannerServing:
                 }
                 if counted:
                     self._count_reads(1)
+                # A reader's page at the default (high) priority; the export's, low.
+                options = {} if counted else {"request_options": LOW_PRIORITY}
                 rows = sql_rows(
                     snapshot,
                     deadline,
                     self._page_sql[table],
                     params=params,
                     param_types=_PAGE_TYPES,
+                    **options,
                 )
                 found, cut = _taken(rows, kind, query.max_bytes)
                 if cut or len(found) == query.limit or end == query.before_time:

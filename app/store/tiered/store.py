@@ -34,7 +34,7 @@ from app.store.spanner.tail import TailCache
 from app.store.supervisor import Supervisor
 from app.store.tiered.exporter import LEASE_SECONDS, Exporter
 from app.store.tiered.fleet import exporter_for
-from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
+from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks, while_leading
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,12 +134,15 @@ class TieredStore:
         # Owns every background loop of this store.
         self.supervisor = Supervisor(observer=observers.loops)
         # The tables' export watermarks, as last read from Spanner (every instance
-        # reads them).
-        self._watermarks = Watermarks(
-            serving, serving.ledger, observer=observers.exports, clock=clock
-        )
+        # reads them); the lag is told by the instance that exports, while it holds
+        # the lease (one that leaves the export to the exporter pool tells it as given).
+        told = while_leading(observers.exports, self._leading) if export else observers.exports
+        self._watermarks = Watermarks(serving, serving.ledger, observer=told, clock=clock)
         # The ledger of producer sequences, kept in Spanner with the rows.
         self.completeness: Completeness | None = serving.completeness
+
+    def _leading(self) -> bool:
+        return self.exporter is not None and self.exporter.leading
 
     @property
     def watermark(self) -> int:
