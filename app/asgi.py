@@ -21,11 +21,13 @@ from litestar.types import AfterExceptionHookHandler
 
 from app.auth.guards import Auth
 from app.auth.oidc import GoogleCerts
+from app.budget import LARGE_ROOM, Budget
 from app.docs import docs_assets, openapi_config
 from app.errors import SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.http.codings import compression
 from app.http.head import Recordline
+from app.http.limits import BODY_COPIES
 from app.ingest.batcher import Batcher, BatchLimits
 from app.ingest.payload import Payloads
 from app.ingest.pubsub_schemas import PubSubSchemas
@@ -49,7 +51,7 @@ from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.reads import Reads
 from app.routes.streams import STREAM_ROUTES
-from app.settings import QuerySettings, Settings, SettingsError
+from app.settings import QuerySettings, ServerSettings, Settings, SettingsError
 from app.store import Store
 from app.store.copies import LaterCopies, told_all
 from app.store.open import open_store
@@ -115,6 +117,8 @@ class Shared:
     certs: GoogleCerts | None
     spanner: SpannerClients | None
     budget: StopBudget
+    # What requests and answers in flight are charged to: the process's one (app.budget).
+    in_flight: Budget | None = None
     probe_canary: bool = True
 
 
@@ -156,8 +160,18 @@ def create_app(
     observed = telemetry.observe(store)
     batcher = group_commit(settings, store, observed, telemetry)
     pushes = PushSide.of(settings, batcher, schemas, telemetry)
+    budget = (
+        shared.in_flight
+        if shared is not None and shared.in_flight is not None
+        else in_flight(settings.server)
+    )
     reads = ReadSide.of(
-        settings, store, observed, pending_horizon=batcher.horizon, later_copies=later_copies
+        settings,
+        store,
+        observed,
+        pending_horizon=batcher.horizon,
+        later_copies=later_copies,
+        budget=budget,
     )
     loops = app_loops(store, reads.producers, telemetry)
     if shared is not None and shared.probe_canary and probes_canary(settings):
@@ -168,6 +182,7 @@ def create_app(
         queue_depth=lambda: batcher.depth,
         horizon=reads.paging.reader.horizon,
         followers=lambda: reads.paging.followers.open,
+        held=lambda: budget.held,
     )
     lifespan = Lifespan(
         store,
@@ -201,6 +216,7 @@ def create_app(
     app.connections = telemetry.connection_observer()
     app.stopping = lifespan.stopping
     app.readiness = readiness
+    app.budget = budget
     return app
 
 
@@ -209,6 +225,16 @@ def probes_canary(settings: Settings) -> bool:
     BigQuery alone, where each look-up is a query billed at least 10 MiB (~14 GiB a
     day for one a minute); the push path reports the canaries it stores there."""
     return not (settings.store.url.startswith("bigquery:") and not settings.store.serving)
+
+
+def in_flight(server: ServerSettings) -> Budget:
+    """The process's budget for requests and answers in flight: reads leave pushes
+    RECORDLINE_PUSH_RESERVE of it, and at least room for the largest push beside what
+    large pushes leave to small ones (`app.budget`)."""
+    most = server.memory_budget_bytes
+    largest_push = server.max_header_bytes + BODY_COPIES * server.max_body_bytes
+    room = max(round(most * server.push_reserve), largest_push + round(most * LARGE_ROOM))
+    return Budget(most, read_room=room)
 
 
 def http_app(
@@ -306,6 +332,7 @@ class ReadSide:
         *,
         pending_horizon: Callable[[], int],
         later_copies: LaterCopies | None = None,
+        budget: Budget | None = None,
     ) -> ReadSide:
         query = settings.query
         tokens = PageTokens(query.page_token_secret)
@@ -315,6 +342,7 @@ class ReadSide:
             tokens=tokens,
             retention_days=settings.store.retention_days,
             later_copies=later_copies,
+            budget=budget,
         )
         followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
         streams = Streams(reader, Offsets(query.page_token_secret))

@@ -856,7 +856,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         # Every byte of every request bounded in size and time, and connections at once
         # (app.http.limits), which answers past its bound itself: no limit_concurrency.
-        http=bounded_httptools(server, app.connections),
+        http=bounded_httptools(server, app.connections, app.budget),
         # No WebSocket route: an upgrade is refused (app.http.limits), never handed over.
         ws="none",
         lifespan="on",

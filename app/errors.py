@@ -316,6 +316,17 @@ class TooManyReads(RetryLater):
     cause = "reads"
 
 
+class TooMuchInFlight(RetryLater):
+    """What this instance holds for the requests and answers in flight (their heads and
+    bodies, the rows read for them, what is made of those and not yet sent) is at its bound,
+    RECORDLINE_MEMORY_BUDGET_BYTES, and this request would take it past what it may: a push
+    at once, a read after waiting a moment. Retry after `Retry-After`."""
+
+    title = "Too much in flight"
+    problem = "too-much-in-flight"
+    cause = "in_flight"
+
+
 class TooManyConnections(RetryLater):
     """Every connection this instance keeps (RECORDLINE_MAX_CONNECTIONS) carries a request, so
     none could be closed to make room for this one's; it is closed once answered. Retry

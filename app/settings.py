@@ -248,12 +248,29 @@ class ServerSettings(Section, frozen=True):
         Meta(gt=0, lt=1),
         env(
             "RECORDLINE_PUSH_RESERVE",
-            "Share of RECORDLINE_MAX_CONNECTIONS kept for pushes: reads, waiting pages, "
-            "streams and replays in flight at once are at most the rest (800 of 1,000); one "
-            "more is answered 503 `too-many-reads`",
+            "Share of RECORDLINE_MAX_CONNECTIONS, and of RECORDLINE_MEMORY_BUDGET_BYTES, kept "
+            "for pushes: reads, waiting pages, streams and replays in flight at once are at "
+            "most the rest (800 of 1,000), and hold at most the rest of the budget; one more "
+            "is answered 503 `too-many-reads` or `too-much-in-flight`",
             accepts="a number between 0 and 1",
         ),
     ] = 0.2
+    memory_budget_bytes: Annotated[
+        int,
+        # Room for the largest push (four times 14 MiB) beside what reads need for the largest
+        # row (twice 13.4 MiB) or a stream's chunk.
+        Meta(ge=128 * 1024 * 1024),
+        env(
+            "RECORDLINE_MEMORY_BUDGET_BYTES",
+            "Most bytes the process holds for requests and answers in flight at once, "
+            "whatever the connections: heads and bodies being read and decoded, rows read "
+            "and what is made of them until sent. Past it a push is answered 503 at once and "
+            "a read after waiting a second, `too-much-in-flight`; reads leave "
+            "RECORDLINE_PUSH_RESERVE of it (and at least the largest push) to pushes. Sized "
+            "for a 1 GiB instance: the process's bound is this and about 600 MiB more at the "
+            "defaults (docs/security.md, What the process holds)",
+        ),
+    ] = 256 * 1024 * 1024
     log_format: Annotated[
         Literal["auto", "json", "text"],
         env(

@@ -155,7 +155,11 @@ async def served(app: Litestar, *, bounded: bool = False) -> AsyncIterator[httpx
         lifespan="on",
         log_config=None,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        **({"http": bounded_httptools(ServerSettings())} if bounded else {}),
+        **(
+            {"http": bounded_httptools(ServerSettings(), budget=getattr(app, "budget", None))}
+            if bounded
+            else {}
+        ),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -22,15 +22,18 @@ MAY_USE: dict[str, set[str]] = {
     "records": set(),
     "errors": set(),
     "settings": {"errors"},
+    # What requests and answers hold in flight: one budget of bytes for the process.
+    "budget": {"errors"},
     # Typed columns: pure mapping and projection, below every store.
     "typed": {"records"},
     "store": {"records", "errors", "settings", "typed"},
     "ingest": {"store", "records", "errors", "settings", "typed"},
-    "query": {"store", "records", "errors", "settings"},
+    "query": {"store", "records", "errors", "settings", "budget"},
     "auth": {"errors", "settings"},
     "telemetry": {"store", "records", "errors", "settings"},
     # Routes and wiring: the top, free to use everything below.
     "web": {
+        "budget",
         "ingest",
         "query",
         "auth",

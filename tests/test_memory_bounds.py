@@ -6,7 +6,12 @@ encodings: 4.25 GB after six pages), and four SSE followers that never read once
 held 3.6 GB past their cut-off. Here, against the process as it is deployed on a DuckDB file, a
 page holds at most its byte budget or one record, a follower that takes nothing
 holds one event until it is cut off at the send deadline, and what either held
-is given back to the system once they are done: RSS, read from /proc.
+is given back to the system once they are done: RSS, read from /proc. And with a
+small budget for what requests and answers hold in flight (RECORDLINE_MEMORY_BUDGET_BYTES),
+many readers that never read and the largest pushes at once keep the process within the
+bound docs/security.md states: readers past their share are refused (503), pushes are
+still answered, and once everyone is gone the budget holds nothing
+(`recordline.memory.held`).
 """
 
 from __future__ import annotations
@@ -20,18 +25,19 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.http.head import SLICE_BYTES
+from app.http.limits import WRITE_HIGH_WATER
 from app.ingest.envelope import MAX_DATA_BYTES
 from app.query.service import PAGE_BYTES
-from app.query.streams import CHUNK_BYTES
 from app.routes.follow import ENCODED_BYTES, SSE_EVENT_BYTES
-from app.settings import ServerSettings
-from app.store import ROW_BYTES
+from app.store.tail import MAX_BYTES as TAIL_BYTES
 from recordline_dev.processes import free_port
 from tests.waiting import until_blocking
 
@@ -48,22 +54,12 @@ SEND_TIMEOUT = 5.0
 # reads a column 2,048 rows at a time, here all 40 records: ~170 MB), then returns it.
 WHILE_ANSWERING_KIB = 300 * 1024
 ONCE_DONE_KIB = 100 * 1024
-# Connections the service keeps: few, so that the process's bound is small enough to
-# reach (docs/security.md#memory-bound).
+# Connections the service keeps: few, as the followers' tests need.
 CONNECTIONS = 12
-# A read of DuckDB holds what the 2,048-row vectors it scans hold, for a moment: here
-# at most every row stored, and four reads at once (its reader threads).
-DUCKDB_READS = 4 * (RECORDS + REJECTIONS) * PAYLOAD * 4 // 3
 
 
-def per_connection(server: ServerSettings) -> int:
-    """What one connection may make the process hold (docs/security.md#memory-bound):
-    heads, and the larger of a push with what it decodes to and an answer made three
-    times over, of a chunk's budget or the largest row (a rejection, in base 64)."""
-    largest = (MAX_DATA_BYTES + 2) // 3 * 4 + ROW_BYTES
-    push = server.max_body_bytes + 2 * MAX_DATA_BYTES
-    answer = 3 * max(CHUNK_BYTES, largest)
-    return 2 * server.max_header_bytes + 256 * 1024 + max(push, answer)
+# A scrape of /metrics, its head as sent (`Served.held`).
+SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
 class Served:
@@ -86,6 +82,42 @@ class Served:
             ):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def held(self) -> int:
+        """What the process's budget holds (`recordline.memory.held`), asked on a
+        connection of its own whose head is SCRAPE: the scrape's head, and what else is
+        in flight."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(SCRAPE)
+            answer = b""
+            while not answer.endswith(b"0\r\n\r\n") and (more := sock.recv(65536)):
+                answer += more
+        for line in answer.decode().splitlines():
+            if line.startswith("recordline_memory_held_bytes"):
+                return int(float(line.rsplit(" ", 1)[1]))
+        raise AssertionError(f"no recordline_memory_held_bytes in {answer[:300]!r}")
+
+    def emptied(self, what: str) -> None:
+        """Wait until the budget holds nothing but the scrape's own head: what every
+        request and answer before took is given back."""
+        until_blocking(
+            lambda: self.held() == len(SCRAPE),
+            timeout=15,
+            interval=0.1,
+            what=lambda: f"{what}: the budget to hold nothing (it holds {self.held()} bytes)",
+        )
+
+    def steady_kib(self) -> int:
+        """RSS once it stays within 2 MiB for a second: what the process gives back
+        after a burst (DuckDB's allocator, from a thread of its own) is back first."""
+        seen: list[int] = []
+
+        def steady() -> bool:
+            seen.append(self.rss_kib())
+            return len(seen) > 10 and max(seen[-10:]) - min(seen[-10:]) < 2048
+
+        until_blocking(steady, timeout=30, interval=0.1, what="RSS to stay put")
+        return seen[-1]
 
     def settled(self, base: int, what: str) -> None:
         """Wait until the process holds at most ONCE_DONE_KIB more than `base`."""
@@ -111,20 +143,13 @@ def envelope(message_id: str, data: bytes) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A service on a DuckDB file holding RECORDS records and REJECTIONS rejections of
-    PAYLOAD bytes each, the largest the tests need."""
+@contextlib.contextmanager
+def serving(folder: Path, settings: dict[str, str]) -> Iterator[Served]:
+    """`recordline serve` on a DuckDB file in `folder`, with these settings, until done."""
     port = free_port()
-    store = tmp_path_factory.mktemp("memory") / "records.duckdb"
     process = subprocess.Popen(
-        [RECORDLINE, "serve", "--port", str(port), "--store", f"duckdb://{store}"],
-        env={
-            **os.environ,
-            "RECORDLINE_SEND_TIMEOUT_SECONDS": str(SEND_TIMEOUT),
-            "RECORDLINE_MAX_CONNECTIONS": str(CONNECTIONS),
-            "RECORDLINE_LOG_LEVEL": "ERROR",
-        },
+        [RECORDLINE, "serve", "--port", str(port), "--store", f"duckdb://{folder}/r.duckdb"],
+        env={**os.environ, "RECORDLINE_LOG_LEVEL": "ERROR", **settings},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -138,6 +163,25 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 return False
 
         until_blocking(ready, timeout=60, what="recordline serve to answer")
+        yield served
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A service on a DuckDB file holding RECORDS records and REJECTIONS rejections of
+    PAYLOAD bytes each, the largest the tests need."""
+    settings = {
+        "RECORDLINE_SEND_TIMEOUT_SECONDS": str(SEND_TIMEOUT),
+        "RECORDLINE_MAX_CONNECTIONS": str(CONNECTIONS),
+    }
+    with serving(tmp_path_factory.mktemp("memory"), settings) as served:
         with httpx.Client(base_url=served.url, timeout=60) as client:
             text = "x" * PAYLOAD
             for n in range(RECORDS):
@@ -149,13 +193,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 answer = client.post("/pubsub/push", json=envelope(f"bad-{n}", b"\xff" * PAYLOAD))
                 assert answer.status_code == 204, answer.text
         yield served
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_pages_of_the_largest_records_hold_their_budget_and_let_it_go(served: Served) -> None:
@@ -182,6 +219,7 @@ def test_pages_of_the_largest_records_hold_their_budget_and_let_it_go(served: Se
             token = page["next_page_token"]
         assert seen == [f"big-{n}" for n in range(RECORDS)]
     served.settled(base, "after the pages")
+    served.emptied("after the pages")
 
 
 def test_a_page_of_smaller_records_holds_as_many_as_its_budget_takes(served: Served) -> None:
@@ -259,46 +297,7 @@ def test_followers_that_never_read_hold_an_event_each_and_are_cut_off(
                 pass
         sock.close()
     served.settled(base, f"four followers of {path} cut off")
-
-
-def test_every_connection_at_its_worst_at_once_stays_within_the_bound_and_pushes_go_on(
-    served: Served,
-) -> None:
-    # Readers on every connection they may take (RECORDLINE_PUSH_RESERVE leaves two of
-    # twelve to pushes), each holding what it can: followers and answers never read,
-    # and a flood of pipelined requests; two pushes of Pub/Sub's largest message
-    # meanwhile, answered as ever.
-    assert httpx.get(f"{served.url}/healthz").status_code == 200
-    base = served.rss_kib() * 1024
-    bound = CONNECTIONS * per_connection(ServerSettings()) + ENCODED_BYTES + DUCKDB_READS
-    cut_before = served.cut_off()
-    asked = [*FOLLOWED.values(), *FOLLOWED.values(), *[("/v1/rejections?limit=1000", {})] * 2]
-    with Peak(served) as peak:
-        readers = []
-        for path, headers in asked:
-            sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
-            head = [f"GET {path} HTTP/1.1", "Host: x", *(f"{k}: {v}" for k, v in headers.items())]
-            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-            readers.append(sock)
-        pipelined = socket.create_connection(("127.0.0.1", served.port), timeout=30)
-        with contextlib.suppress(OSError):  # the server closes it once it has seen enough
-            pipelined.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 300_000)
-        largest = json.dumps({"id": "largest", "data": "x" * (MAX_DATA_BYTES - 100)}).encode()
-        with httpx.Client(base_url=served.url, timeout=60) as client:
-            for n in range(2):
-                answer = client.post("/pubsub/push", json=envelope(f"largest-{n}", largest))
-                assert answer.status_code == 204, answer.text
-        # What the readers hold, they hold until they are cut off.
-        until_blocking(
-            lambda: served.cut_off() > cut_before,
-            timeout=SEND_TIMEOUT + 15,
-            interval=0.1,
-            what="the readers that took nothing to be cut off",
-        )
-    assert peak.most - base < bound, f"grew {(peak.most - base) >> 20} MiB of {bound >> 20}"
-    for sock in [*readers, pipelined]:
-        sock.close()
-    served.settled(base // 1024, "every connection at its worst, then gone")
+    served.emptied(f"four followers of {path} cut off")
 
 
 class Peak:
@@ -321,3 +320,192 @@ class Peak:
     def __exit__(self, *_: object) -> None:
         self._done.set()
         self._reading.join()
+
+
+# A service whose budget for what requests and answers hold in flight is small
+# (RECORDLINE_MEMORY_BUDGET_BYTES), and many more connections than it has room for at
+# their worst: readers of pages of one 8 MB record each that never read them, pushes of
+# Pub/Sub's largest message at once, and small pushes all along.
+BUDGET = 128 * MIB
+# Rows waiting to be stored (RECORDLINE_QUEUE_MAX_BYTES): three of the largest.
+QUEUE = 64 * MIB
+FRESH = 3
+FRESH_BYTES = 8 * MIB
+READERS = 80
+LARGE_PUSHES = 12
+# Long enough that the readers still hold what they may while the pushes are sent.
+BUDGET_SEND_TIMEOUT = 10.0
+# What a small push may take to be answered, 204 or 503, while the budget is reached.
+ANSWERED_WITHIN = 2.0
+# What a connection may hold beyond what the budget counts (docs/security.md#memory-bound):
+# what its transport keeps, one slice of an answer being sent, and its objects.
+PER_CONNECTION = WRITE_HIGH_WATER + SLICE_BYTES + 32 * 1024
+# What storing a batch holds on DuckDB, beside its rows: the journal's frame of it and
+# the rows as they are applied, a batch of the largest row (its text and its data).
+APPENDING = 2 * 2 * MAX_DATA_BYTES
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, str]]:
+    """A service with a budget of BUDGET, holding FRESH records of FRESH_BYTES in its tail
+    in memory (read from there, a page holds no DuckDB scan besides), and the time the
+    first was stored."""
+    settings = {
+        "RECORDLINE_MEMORY_BUDGET_BYTES": str(BUDGET),
+        "RECORDLINE_QUEUE_MAX_BYTES": str(QUEUE),
+        "RECORDLINE_MAX_CONNECTIONS": "400",
+        "RECORDLINE_SEND_TIMEOUT_SECONDS": str(BUDGET_SEND_TIMEOUT),
+    }
+    with serving(tmp_path_factory.mktemp("budget"), settings) as served:
+        with httpx.Client(base_url=served.url, timeout=60) as client:
+            text = "x" * (FRESH_BYTES - 100)
+            for n in range(FRESH):
+                record = json.dumps({"id": f"fresh-{n}", "data": text}).encode()
+                answer = client.post("/pubsub/push", json=envelope(f"fresh-{n}", record))
+                assert answer.status_code == 204, answer.text
+            since = client.get("/v1/messages/fresh-0").json()["ingest_time"]
+        yield served, since
+
+
+def test_whatever_connections_do_the_process_holds_its_budget_and_pushes_are_answered(
+    budgeted: tuple[Served, str],
+) -> None:
+    served, since = budgeted
+    assert httpx.get(f"{served.url}/healthz").status_code == 200
+    base = served.steady_kib() * 1024
+    cut_before = served.cut_off()
+    largest = "x" * (MAX_DATA_BYTES - 100)
+    bodies = [
+        json.dumps(
+            envelope(f"large-{n}", json.dumps({"id": f"large-{n}", "data": largest}).encode())
+        ).encode()
+        for n in range(LARGE_PUSHES)
+    ]
+    del largest
+    large: list[int] = []
+    with Peak(served) as peak, SmallPushes(served) as small:
+        # Each reader asks for a page of one record of 8 MB, and reads nothing of it.
+        path = f"/v1/records?limit=1000&since={urllib.parse.quote(since)}"
+        readers = [reader(served, path) for _ in range(READERS)]
+
+        def push(body: bytes) -> None:
+            with httpx.Client(base_url=served.url, timeout=60) as client:
+                answer = client.post(
+                    "/pubsub/push", content=body, headers={"content-type": "application/json"}
+                )
+                large.append(answer.status_code)
+
+        pushing = [threading.Thread(target=push, args=(body,)) for body in bodies]
+        for thread in pushing:
+            thread.start()
+        for thread in pushing:
+            thread.join()
+        del bodies
+        small.more(20)  # and some after the large ones, the readers still holding theirs
+    grown = peak.most - base
+    connections = READERS + LARGE_PUSHES + 1
+    # docs/security.md#memory-bound: B + T + E + C x c + S, the rows waiting to be stored
+    # within B (their pushes'), and S the batch DuckDB stores (M0 is the process before).
+    bound = BUDGET + TAIL_BYTES + ENCODED_BYTES + connections * PER_CONNECTION + APPENDING
+    print(f"grew {grown >> 20} MiB of {bound >> 20}; large {sorted(large)}; small {small.counts()}")
+    assert grown < bound, f"grew {grown >> 20} MiB, more than {bound >> 20} MiB"
+    # Every push answered: stored, or 503 and Pub/Sub delivers it again.
+    assert set(large) <= {204, 503}
+    assert len(large) == LARGE_PUSHES
+    assert 204 in large
+    small.answered_within(ANSWERED_WITHIN)
+    # Readers took what they may of the budget, and those after them were refused: 503
+    # with Retry-After, a problem document, not a page held.
+    heads = [sock.recv(1024).decode("latin-1") for sock in readers]
+    statuses = sorted(head.split(" ", 2)[1] for head in heads)
+    print(f"readers: {statuses.count('200')} pages, {statuses.count('503')} refused")
+    assert set(statuses) == {"200", "503"}, statuses
+    at = next(n for n, head in enumerate(heads) if head.split(" ", 2)[1] == "503")
+    refused = heads[at].lower()
+    assert "retry-after: 1" in refused, refused
+    assert "content-type: application/problem+json" in refused, refused
+    problem = readers[at].recv(1024) if refused.endswith("\r\n\r\n") else b""
+    assert b"/problems/too-much-in-flight" in refused.encode() + problem, refused
+    # The readers that held a page hold it until they are cut off, and then let it go.
+    until_blocking(
+        lambda: served.cut_off() > cut_before,
+        timeout=BUDGET_SEND_TIMEOUT + 15,
+        interval=0.1,
+        what="the readers that took nothing to be cut off",
+    )
+    for sock in readers:
+        sock.close()
+    served.settled(base // 1024, "readers and pushes at their worst, then gone")
+    served.emptied("readers and pushes at their worst, then gone")
+
+
+def reader(served: Served, path: str) -> socket.socket:
+    """A connection asking for `path` that reads nothing: what the kernel does not take
+    of its answer waits in the service."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", served.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+class SmallPushes:
+    """Small pushes, one after the other from a thread of their own while inside, each
+    timed from its request to its answer."""
+
+    # The pace of the pushes: about what one Pub/Sub subscription delivers to an idle
+    # service, not a load of their own.
+    EVERY_SECONDS = 0.05
+
+    def __init__(self, served: Served) -> None:
+        self._served = served
+        self.answers: list[tuple[int, float]] = []
+        self.failed: list[str] = []
+        self._done = threading.Event()
+        self._pushing = threading.Thread(target=self._push)
+        self._extra = 0
+
+    def _push(self) -> None:
+        with httpx.Client(base_url=self._served.url, timeout=ANSWERED_WITHIN * 5) as client:
+            n = 0
+            while not self._done.is_set() or self._extra > 0:
+                if self._done.is_set():
+                    self._extra -= 1
+                n += 1
+                data = json.dumps({"id": f"small-{n}", "data": "s" * 300}).encode()
+                began = time.monotonic()
+                try:
+                    answer = client.post("/pubsub/push", json=envelope(f"small-{n}", data))
+                except httpx.HTTPError as exc:
+                    self.failed.append(f"small-{n}: {exc!r}")
+                    continue
+                self.answers.append((answer.status_code, time.monotonic() - began))
+                self._done.wait(self.EVERY_SECONDS)
+
+    def more(self, pushes: int) -> None:
+        """Push `pushes` more before stopping."""
+        self._extra = pushes
+
+    def counts(self) -> dict[int, int]:
+        found: dict[int, int] = {}
+        for status, _ in self.answers:
+            found[status] = found.get(status, 0) + 1
+        return found
+
+    def answered_within(self, seconds: float) -> None:
+        assert not self.failed, self.failed[:3]
+        assert self.answers
+        assert {status for status, _ in self.answers} <= {204, 503}, self.counts()
+        slowest = max(took for _, took in self.answers)
+        assert slowest < seconds, f"a small push took {slowest:.2f} s to be answered"
+        # Large readers and pushes hold the budget, and small pushes still get through.
+        assert self.counts().get(204, 0) > len(self.answers) // 2, self.counts()
+
+    def __enter__(self) -> SmallPushes:
+        self._pushing.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._pushing.join()

@@ -24,7 +24,7 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
-from app.asgi import Shared, constants, create_app, http_app
+from app.asgi import Shared, constants, create_app, http_app, in_flight
 from app.auth.oidc import GoogleCerts
 from app.cell.root import CellReadiness, Refusal, root_routes
 from app.cell.systems import START_RETRY_MAX_SECONDS, START_RETRY_SECONDS, CellSystem
@@ -39,6 +39,7 @@ from app.telemetry import Telemetry
 from app.telemetry.logs import line_system
 
 if TYPE_CHECKING:
+    from app.budget import Budget
     from app.http.limits import ConnectionObserver
     from app.store.spanner.calls import SpannerClients
 
@@ -59,6 +60,9 @@ class Cell:
         self.systems = systems
         # Told of each connection a bound of the server refused or closed (app.http.limits).
         self.connections: ConnectionObserver | None = root.connections
+        # What every system's requests and answers in flight are charged to: one budget
+        # for the process (app.budget).
+        self.budget: Budget | None = root.budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
@@ -196,7 +200,8 @@ def create_cell(
     certs = GoogleCerts(auth.oidc_certs_url) if oidc else None
     spanner = _spanner_clients(settings) if any(e.serving for e in entries.values()) else None
     budget = StopBudget(settings.server.shutdown_grace_seconds)
-    shared = Shared(certs=certs, spanner=spanner, budget=budget)
+    held = in_flight(settings.server)
+    shared = Shared(certs=certs, spanner=spanner, budget=budget, in_flight=held)
     shares = system_shares(settings, entries)
     systems: dict[str, CellSystem] = {}
     for name, entry in entries.items():
@@ -217,6 +222,7 @@ def create_cell(
         signature_types=(CellReadiness, Refusal),
     )
     root.connections = telemetry.connection_observer()
+    root.budget = held
     return Cell(root, systems)
 
 

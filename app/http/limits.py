@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Final, Protocol
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from app.budget import Budget, Charge
 from app.errors import (
     AmbiguousRequest,
     HeadersTooLarge,
@@ -56,6 +57,21 @@ BODY: Final = 2
 # Where a request finds its connection in the ASGI scope (`Connection`): a follower
 # learns that its client left from `gone()`, with no task of its own reading `receive`.
 CONNECTION: Final = "recordline.connection"
+# Where a request finds its charge of the process's budget (`app.budget.Charge`): its head
+# and body, charged here as they are read; the app releases it once it has answered.
+CHARGE: Final = "recordline.charge"
+# What a request's body is charged, in copies of its length (Content-Length, or
+# RECORDLINE_MAX_BODY_BYTES when it has none), from its head until it is answered: a
+# push holds its body, the message data it decodes to and the record's text, and for a
+# moment what the checks of that text copy (measured with tracemalloc, Pub/Sub's
+# largest message: 2.75 times a wrapped body, 3 when its payload is all brackets; 4
+# times an unwrapped one all brackets; 1.5 to 2 times once decoded, while it is stored).
+BODY_COPIES: Final = 4
+# What a connection's transport may hold of an answer before it stops taking more
+# (writing paused until its client takes some): asyncio's default is 64 KiB. An answer
+# is sent in slices (`app.http.head.SLICE_BYTES`), so a connection holds at most this and
+# a slice of it beyond what the budget counts.
+WRITE_HIGH_WATER: Final = 16 * 1024
 
 
 # uvicorn's protocol, whose methods those here call directly rather than through
@@ -150,12 +166,14 @@ class BoundedHttpTools(HttpToolsProtocol):
     limits: ClassVar[ServerSettings]
     problems: ClassVar[Problems]
     kept: ClassVar[Connections]
+    budget: ClassVar[Budget]
     observer: ClassVar[ConnectionObserver | None] = None
 
     # In slots, beside the instance dict uvicorn's protocol keeps: in that dict they
     # took it past the keys instances share, to a dict of its own (1.6 KiB a connection).
     __slots__ = (
         "_body_read",
+        "_charge",
         "_chunks",
         "_crowded",
         "_cut",
@@ -204,10 +222,14 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._unsent = 0
         # Cut off for taking nothing (`cut`): counted once.
         self._cut = False
+        # What the request being read holds of the budget: its head as it arrives, then
+        # its body; the app's once the head is whole (in its scope, CHARGE).
+        self._charge: Charge | None = None
 
     # The connection.
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         super().connection_made(transport)
         self._crowded = not self.kept.opened(self)
         # The first request's head is due from the moment the connection opens.
@@ -220,8 +242,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().connection_lost(exc)
         # The requests still queued will never be answered: dropped now, not when the
         # cyclic collector (rare, under `quiet_garbage_collector`) finds that each one's
-        # callback and this protocol refer to each other.
+        # callback and this protocol refer to each other; what they held of the budget
+        # with them (the app never ran to release it), and the head being read.
+        for cycle, _ in self.pipeline:
+            cycle.scope[CHARGE].release()  # type: ignore[typeddict-item]
         self.pipeline.clear()
+        self._release_head()
         gone = self._gone
         if gone is not None and not gone.done():
             gone.set_result(None)
@@ -262,6 +288,8 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._taken += len(data) - self._body_read
             if self._taken > limits.max_header_bytes:
                 self._refuse_with(self._too_large("the request line and headers"))
+            elif not self._head_charged(self._taken):
+                self._refuse_with(self.budget.refusal())
             elif self._deadline is None:
                 self._arm(limits.header_timeout_seconds)
             return
@@ -390,6 +418,9 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.kept.busy(self)
         self._in_flight += 1
         self.scope[CONNECTION] = self  # type: ignore[typeddict-unknown-key]
+        # The request's charge is the app's to release once it has answered.
+        self.scope[CHARGE] = self._charge  # type: ignore[typeddict-unknown-key]
+        self._charge = None
         _uvicorn.on_headers_complete(self)
         self._reading = self.cycle
 
@@ -430,9 +461,15 @@ class BoundedHttpTools(HttpToolsProtocol):
                 UpgradeNotServed("this service serves HTTP/1.1 only: no upgrade, no CONNECT")
             )
         hosts = 0
-        for name, _ in headers:  # lower-cased by uvicorn
+        length = b""
+        chunked = False
+        for name, value in headers:  # lower-cased by uvicorn
             if name == b"host":
                 hosts += 1
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
         if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
             said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
             return self._answer(
@@ -453,7 +490,33 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "being answered; send the rest again on a new connection"
                 )
             )
+        # The head (at most the reads it came in), and the body by its length, before a
+        # byte of the body is kept: one larger than the service takes is refused by the
+        # app (413) without being read, so it is charged as the largest taken.
+        body = self.limits.max_body_bytes
+        if length:
+            body = min(int(length), body)
+        elif not chunked:
+            body = 0
+        if not self._head_charged(min(self._taken + self._read, limit) + BODY_COPIES * body):
+            return self._answer(self.budget.refusal())
         return None
+
+    def _head_charged(self, size: int) -> bool:
+        """Whether the request being read holds `size` bytes of the budget (taken now if
+        there is room); if not, nothing more is taken."""
+        charge = self._charge
+        if charge is None:
+            charge = self._charge = Charge(self.budget)
+        return charge.take_request(size)
+
+    def _release_head(self) -> None:
+        """Give back what the request being read holds: it is refused, or its connection
+        is gone."""
+        charge = self._charge
+        if charge is not None:
+            charge.release()
+            self._charge = None
 
     def _queued_too_much(self, head: int) -> bool:
         """Whether one more request, of a head of `head` bytes, is more than this connection
@@ -505,6 +568,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._lingering:
             return
         self._disarm()
+        self._release_head()
         transport = self.transport
         if transport.is_closing() or self._in_flight:
             return
@@ -553,10 +617,13 @@ def _fields_bytes(headers: Any) -> int:
 
 
 def bounded_httptools(
-    limits: ServerSettings, observer: ConnectionObserver | None = None
+    limits: ServerSettings,
+    observer: ConnectionObserver | None = None,
+    budget: Budget | None = None,
 ) -> type[BoundedHttpTools]:
     """The protocol class uvicorn is given (`http=`), with these bounds, for one server;
-    `observer` is told of each connection a bound refused or closed."""
+    `observer` is told of each connection a bound refused or closed; requests are charged
+    to `budget`, the app's (by default one of RECORDLINE_MEMORY_BUDGET_BYTES of its own)."""
     return type(
         "BoundedHttpTools",
         (BoundedHttpTools,),
@@ -565,5 +632,6 @@ def bounded_httptools(
             "problems": Problems(max_body_bytes=limits.max_body_bytes),
             "kept": Connections(limits.max_connections),
             "observer": observer,
+            "budget": budget if budget is not None else Budget(limits.memory_budget_bytes),
         },
     )

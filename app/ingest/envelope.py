@@ -80,7 +80,10 @@ class PushedMessage(msgspec.Struct, kw_only=True, frozen=True):
     message_id: str
     publish_time: int  # µs since the epoch
     data: bytes | None  # None when the wrapped data was not valid base64
-    raw_data: bytes  # the data exactly as delivered (base64 text when wrapped)
+    # The data exactly as delivered where it is kept as is: unwrapped, the body; wrapped,
+    # the base64 text only when it is not valid base64 (a decoded message keeps its data
+    # once, not twice).
+    raw_data: bytes
     attributes: dict[str, str]
     subscription: str | None = None
     delivery_attempt: int | None = None
@@ -115,11 +118,13 @@ def decode_wrapped(body: bytes) -> PushedMessage:
         publish_time = publish_time if publish_time is not None else snake_time
     if publish_time is None:
         raise BadEnvelope("not a Pub/Sub push envelope: `$.message.publishTime` is missing")
-    raw = message.data.encode()
+    raw = b""
     try:
-        data: bytes | None = binascii.a2b_base64(raw, strict_mode=True)
-    except binascii.Error:
+        # From the text itself: a bytes copy of it would be a fourth copy of the message.
+        data: bytes | None = binascii.a2b_base64(message.data, strict_mode=True)
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
         data = None
+        raw = message.data.encode()
     _check_size(len(raw) if data is None else len(data), "`$.message.data`")
     return PushedMessage(
         message_id=message_id,

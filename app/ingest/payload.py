@@ -65,8 +65,9 @@ class ContractReader:
     def read(self, data: bytes) -> PayloadValues:
         try:
             payload = _decode_payload(data)
-            # The decoder passes `data` through unread: its text is checked here.
-            text = bytes(payload.data).decode()
+            # The decoder passes `data` through unread: its text is checked here (decoded
+            # from the message's own bytes, not from a copy of them).
+            text = str(payload.data, "utf-8")
         except msgspec.ValidationError as exc:
             raise Invalid(f"payload: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:

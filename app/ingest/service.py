@@ -134,7 +134,9 @@ class Ingest:
         self, message: PushedMessage, *, trace_id: str | None = None
     ) -> tuple[Record | Rejection, RowOutcome]:
         """Store `message`'s row; a RetryLater if it is not stored in time."""
-        size = len(message.raw_data) + 256
+        # What its row holds while it waits: the record's text and the message data it
+        # came from (`Record.received`), each at most the data's length.
+        size = 2 * len(message.data if message.data is not None else message.raw_data) + 256
         try:
             # The schema a message names is fetched (once) before its row is
             # built: the batcher builds rows synchronously, in ingest order.

@@ -21,6 +21,7 @@ from typing import Any, Generic, Literal, TypeVar
 import cachetools
 import msgspec
 
+from app.budget import Budget, Charge
 from app.errors import BadParameter, Gone, NotFound
 from app.query.page_token import PageToken, PageTokens
 from app.records import (
@@ -34,7 +35,7 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, PageQuery, Store, within
+from app.store import READ_ROUTE, PageQuery, Store, row_bytes, within
 from app.store.bell import Bell
 from app.store.copies import LaterCopies
 
@@ -53,6 +54,12 @@ MAX_WAIT_SECONDS = 60.0
 # its own, and a thousand followers woken at once cost a few reads.
 SHARED_READ_SECONDS = 0.05
 SHARED_READS = 4096
+# What a read is charged to the process's budget, in copies of its rows' bytes
+# (`row_bytes`): the rows, and the answer made of them (a page's views share their
+# rows' text; its JSON, or a stream's chunk, is the second copy, and an event frames it
+# without copying once it is larger than a slice). Charged before the store is read,
+# for the most it may return, and given back once nothing refers to them any more.
+READ_COPIES = 2
 _FOREVER = 2**62
 # How far back `Reader.newest` looks first (µs), and how much further each time.
 _NEWEST_FIRST_SPAN = 1_000_000
@@ -111,7 +118,8 @@ def view(view_type: type[View], row: Record | Rejection) -> View:
             if kind is Kind.TIMESTAMP:
                 value = EPOCH + timedelta(microseconds=value)
             elif kind is Kind.JSON:
-                value = msgspec.Raw(value.encode())
+                # The text itself, not a copy: encoded as UTF-8 where it is written.
+                value = msgspec.Raw(value)
         values[name] = value
     return view_type(**values)
 
@@ -246,6 +254,8 @@ class Excerpt(Generic[AnyPage]):
     page (`Reader.page`) and a stream's chunk (`app.query.streams`)."""
 
     __slots__ = (
+        "__weakref__",
+        "charge",
         "complete_until",
         "cursor",
         "encodings",
@@ -279,6 +289,13 @@ class Excerpt(Generic[AnyPage]):
         self.full = full
         # What each protocol made of it, by the protocol's own key.
         self.encodings: dict[object, Any] = {}
+        # What it and what is made of it hold of the process's budget, if counted.
+        self.charge: Charge | None = None
+
+    def held_by(self, holder: object) -> None:
+        """What is charged for this read is held by `holder` (made of it) as well."""
+        if self.charge is not None:
+            self.charge.until_gone(holder)
 
 
 class Reader:
@@ -292,8 +309,11 @@ class Reader:
         clock: Callable[[], int] = time.time_ns,
         later_copies: LaterCopies | None = None,
         page_bytes: int = PAGE_BYTES,
+        budget: Budget | None = None,
     ) -> None:
         self._store = store
+        # What each read is charged to before it holds rows (none: nothing is counted).
+        self._budget = budget
         # Later copies of stored messages that differed, for `message` to show.
         self._later_copies = later_copies
         self.page_bytes = page_bytes
@@ -404,6 +424,7 @@ class Reader:
                 read.views, self._next(read.cursor, *read.resume), moment(read.complete_until)
             )
             read.encodings[Reader] = page
+            read.held_by(page)
         return page
 
     async def read(
@@ -527,9 +548,43 @@ class Reader:
     async def _page(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int, max_bytes: int
     ) -> Excerpt[AnyPage]:
-        """The read after `cursor` as the store has it now, cut to `max_bytes`."""
+        """The read after `cursor` as the store has it now, cut to `max_bytes`, charged to
+        the budget (READ_COPIES) until nothing made of it is held any more."""
+        if self._budget is None:
+            excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
+            return excerpt
+        charge = Charge(self._budget)
+        try:
+            excerpt, size = await self._excerpt(listing, cursor, limit, max_bytes, charge)
+        except BaseException:
+            charge.release()
+            raise
+        charge.shrink(READ_COPIES * size)
+        excerpt.charge = charge
+        charge.until_gone(excerpt)
+        return excerpt
+
+    async def _excerpt(
+        self,
+        listing: Listing[AnyPage],
+        cursor: PageToken,
+        limit: int,
+        max_bytes: int,
+        charge: Charge | None,
+    ) -> tuple[Excerpt[AnyPage], int]:
+        """`_page`'s read, and no less than what its rows hold (`row_bytes`)."""
+        if charge is not None:
+            # Room for the most the read may bring, before it holds a row.
+            await charge.read(READ_COPIES * max_bytes)
         rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
-        kept = within(rows, max_bytes)
+        kept, size = within(rows, max_bytes)
+        while charge is not None and not charge.fits(READ_COPIES * size):
+            # A first row larger than there was room for: let go, and read again once
+            # there is room for it.
+            rows = []
+            await charge.read(READ_COPIES * size)
+            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
+            kept, size = within(rows, max_bytes)
         if kept < len(rows):
             # A store that read past the budget: the rest waits for the next page.
             rows = rows[:kept]
@@ -550,7 +605,7 @@ class Reader:
             views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
             views = await self._mark_stored(views)
-        return Excerpt(listing, cursor, rows, views, resume, horizon, full)
+        return Excerpt(listing, cursor, rows, views, resume, horizon, full), size
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
         """Say of each rejection whether its message was stored since, as
@@ -705,25 +760,43 @@ class Reader:
         )
         return None if finished else self._tokens.encode(cursor)
 
-    async def record(self, record_id: str) -> RecordView:
+    async def record(self, record_id: str, *, charge: Charge | None = None) -> RecordView:
+        """The latest version of the record; with `charge`, charged there with its answer."""
         await self._store.barrier()
-        record = await self._store.latest(record_id)
-        if record is None:
-            raise NotFound(f"no record with id {record_id!r}")
-        return view(RecordView, record)
+        base = 0 if charge is None else charge.size
+        while True:
+            record = await self._store.latest(record_id)
+            if record is None:
+                raise NotFound(f"no record with id {record_id!r}")
+            need = base + READ_COPIES * row_bytes(record)
+            if charge is None or charge.fits(need):
+                return record_view(record)
+            # Larger than there is room for now: let go, and read again once there is.
+            del record
+            await charge.read(need)
 
-    async def message(self, message_id: str) -> MessageView:
+    async def message(self, message_id: str, *, charge: Charge | None = None) -> MessageView:
+        """What became of the message; with `charge`, charged there with its answer."""
         await self._store.barrier()
-        status = await self._store.message(message_id)
-        if status is None:
-            raise NotFound(f"message {message_id!r} was never stored or rejected")
+        base = 0 if charge is None else charge.size
+        while True:
+            status = await self._store.message(message_id)
+            if status is None:
+                raise NotFound(f"message {message_id!r} was never stored or rejected")
+            if status.record is None or charge is None:
+                break
+            need = base + READ_COPIES * row_bytes(status.record)
+            if charge.fits(need):
+                break
+            del status
+            await charge.read(need)
         later = None if self._later_copies is None else self._later_copies.of(message_id)
         return MessageView(
             message_id=message_id,
             status=status.status,
             ingest_time=moment(status.ingest_time),
             reason=status.reason,
-            record=None if status.record is None else view(RecordView, status.record),
+            record=None if status.record is None else record_view(status.record),
             later_copies_differ=None
             if later is None
             else LaterCopiesView(

@@ -64,6 +64,7 @@ class Chunk:
     commit get the same bytes, encoded once."""
 
     __slots__ = (
+        "__weakref__",
         "after",
         "body",
         "complete_until",
@@ -92,8 +93,9 @@ class Chunk:
         self.up_to_date = up_to_date
         self.etag = etag
         self.complete_until = complete_until
-        # The SSE `event: data` of the body, made by the first stream to send it.
-        self.data_event: bytes | None = None
+        # The SSE `event: data` of the body, made by the first stream to send it: whole,
+        # or its pieces (`app.routes.follow.framed`).
+        self.data_event: bytes | tuple[bytes, ...] | None = None
 
 
 def cursor_after(sent: str | None, *, now: float | None = None) -> str:
@@ -264,4 +266,8 @@ class Streams:
         # Up to when the rows sent are all the rows there are (for Recordline-Complete-Until).
         complete_until = last.complete_until if up_to_date else after[0]
         resume = PageToken(*after, None, listing=listing.name)
-        return Chunk(body, len(rows), resume, next_offset, up_to_date, etag, complete_until)
+        chunk = Chunk(body, len(rows), resume, next_offset, up_to_date, etag, complete_until)
+        # Its body is charged with the reads it was made of, as long as it lives.
+        for read in reads:
+            read.held_by(chunk)
+        return chunk

@@ -32,6 +32,7 @@ from litestar.status_codes import HTTP_304_NOT_MODIFIED
 from litestar.types import Receive, Scope, Send
 
 from app.errors import RetryLater, TooManyFollowers
+from app.http.head import SLICE_BYTES, charge_of
 from app.http.limits import CONNECTION, Connection
 from app.problems import problem_type
 from app.query.service import Listing, Reader, RecordsPage, RejectionsPage
@@ -39,6 +40,9 @@ from app.records import rfc3339
 
 P = TypeVar("P", RecordsPage, RejectionsPage)
 log = logging.getLogger(__name__)
+# What a stream sends at a time: an event, or the pieces of one too large to be copied
+# into a frame of its own (its head, its body, its end), sent one after the other.
+Event = bytes | tuple[bytes, ...]
 
 COMPLETE_UNTIL: Final = "Recordline-Complete-Until"
 EVENT_STREAM: Final = "text/event-stream"
@@ -158,11 +162,14 @@ class Followers:
         """The page as JSON: made once per page object."""
         return self._encoding(page).body
 
-    def event(self, page: RecordsPage | RejectionsPage) -> bytes:
-        """The page as an event of a stream (`event: page`): made once per page object."""
+    def event(self, page: RecordsPage | RejectionsPage) -> Event:
+        """The page as an event of a stream (`event: page`): made once per page object,
+        and sent in pieces, its body not copied, when that is larger than a slice."""
         encoded = self._encoding(page)
         if encoded.event is None:
-            encoded.event = _event("page", page.next_page_token, encoded.body)
+            encoded.event = framed(
+                _event_head("page", page.next_page_token), encoded.body, EVENT_END
+            )
         return encoded.event
 
     def _encoding(self, page: RecordsPage | RejectionsPage) -> _Encoded:
@@ -190,7 +197,7 @@ class _Encoded:
         key: int,
     ) -> None:
         self.body = body
-        self.event: bytes | None = None
+        self.event: Event | None = None
         self.page = weakref.ref(page, _forget(cache, key))
 
     def weight(self) -> int:
@@ -300,14 +307,20 @@ class _FollowerEvents(ASGIStreamingResponse):
         )
         try:
             async for chunk in self.iterator:
-                body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
+                pieces = chunk if isinstance(chunk, tuple) else (chunk,)
                 try:
                     # Written, the event waits in the connection until its client takes
                     # it, and the next is made only once it has: a slow reader holds one
                     # event, and one that takes none in time is cut off.
                     async with asyncio.timeout(self.slow_seconds):
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                        del chunk, body  # written: not held while it is taken
+                        for piece in pieces:
+                            body = (
+                                piece if isinstance(piece, bytes) else piece.encode(self.encoding)
+                            )
+                            await send(
+                                {"type": "http.response.body", "body": body, "more_body": True}
+                            )
+                        del chunk, pieces, body  # written: not held while it is taken
                         # Nothing: a send waits, as any does, until the connection has
                         # room again (its client took what was written before).
                         await send({"type": "http.response.body", "body": b"", "more_body": True})
@@ -432,6 +445,11 @@ def answer(
     full page, revalidate any other full one by its `ETag`, ask again for the tail."""
     headers = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
     body = followers.encoded(page)
+    charge = charge_of(request.scope)
+    if charge is not None:
+        # The page's charge (its rows, and this body made of them) lasts while it lives:
+        # until the body is sent.
+        charge.keep(page)
     if not full:
         headers |= _header(NO_CACHE)
         return Response(body, media_type=JSON, headers=headers)
@@ -466,8 +484,23 @@ def _etags(header: str) -> set[str]:
 
 def _event(kind: str, event_id: str | None, data: bytes) -> bytes:
     """One server-sent event; `data` is JSON from msgspec, which is one line."""
+    return _event_head(kind, event_id) + data + EVENT_END
+
+
+def _event_head(kind: str, event_id: str | None) -> bytes:
     head = b"" if event_id is None else b"id: " + event_id.encode() + b"\n"
-    return head + b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+    return head + b"event: " + kind.encode() + b"\ndata: "
+
+
+EVENT_END: Final = b"\n\n"
+
+
+def framed(head: bytes, body: bytes, end: bytes) -> Event:
+    """`body` between `head` and `end`: one event, or, for a body larger than a slice,
+    its three pieces (a copy of the body would be the page's third)."""
+    if len(body) > SLICE_BYTES:
+        return (head, body, end)
+    return head + body + end
 
 
 HEARTBEAT: Final = b": heartbeat\n\n"
@@ -481,7 +514,7 @@ async def _pages(
     first: dict[str, Any],
     limit: int,
     stop: asyncio.Future[None],
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Event]:
     """`stream`'s events. (Module-level, not a closure: a closure's function and cells
     were held by every idle follower, 0.5 KiB.)"""
     loop = asyncio.get_running_loop()
@@ -515,9 +548,12 @@ async def _pages(
             token, complete = page.next_page_token, page.complete_until
             rows = page.records if isinstance(page, RecordsPage) else page.rejections
             if rows:
+                # The page lives (charged) while its event is sent, and no longer: a
+                # follower waiting for rows holds none.
                 yield followers.event(page)
             elif token is not None:
                 yield HEARTBEAT
+            del page, rows
             if token is None:  # a bounded range, complete
                 break
         # Where to resume: the same stream, asked again with this id.

@@ -32,6 +32,7 @@ from app.errors import (
     ShuttingDown,
     StoreUnavailable,
     TooManyReads,
+    TooMuchInFlight,
     Unauthorized,
     WriteTimeout,
 )
@@ -80,17 +81,20 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
             Forbidden,
             BodyTooLarge,
             *NOT_STORED,
+            TooMuchInFlight,
             CertsUnavailable,
         ),
     )
     async def push(request: Request[Any, Any, Any]) -> None:
-        body = await request.body()
+        # Read here rather than by `request.body()`, which keeps the body until the
+        # request ends: decoded, a push holds its message, not the body too, while its
+        # row is stored (app.http.limits.BODY_COPIES).
+        body = b"".join([chunk async for chunk in request.stream()])
         headers = request.headers
         message = decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
-        await ingest.accept(
-            message,
-            trace_id=traces(message, len(body), headers),
-        )
+        size = len(body)
+        del body
+        await ingest.accept(message, trace_id=traces(message, size, headers))
 
     return [push]
 
@@ -122,6 +126,7 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
         BodyTooLarge,
         *NOT_STORED,
         TooManyReads,
+        TooMuchInFlight,
         CertsUnavailable,
     ),
 )

@@ -28,8 +28,10 @@ from app.errors import (
     StoreUnavailable,
     TooManyFollowers,
     TooManyReads,
+    TooMuchInFlight,
     Unauthorized,
 )
+from app.http.head import charge_of
 from app.problems import problem_responses
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.query.service import (
@@ -127,6 +129,7 @@ _READ_ERRORS = (
     StoreUnavailable,
     QueryTooCostly,
     TooManyReads,
+    TooMuchInFlight,
     CertsUnavailable,
 )
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
@@ -372,7 +375,8 @@ async def get_record(
     reader: NamedDependency[Reader],
     record_id: Annotated[str, _path_id("The record's id, from its payload")],
 ) -> RecordView:
-    return await reader.record(exact_id(request, RECORDS_PREFIX, "record_id", record_id))
+    found = exact_id(request, RECORDS_PREFIX, "record_id", record_id)
+    return await reader.record(found, charge=charge_of(request.scope))
 
 
 @get(
@@ -386,7 +390,8 @@ async def get_message(
     reader: NamedDependency[Reader],
     message_id: Annotated[str, _path_id("The Pub/Sub message id")],
 ) -> MessageView:
-    return await reader.message(exact_id(request, MESSAGES_PREFIX, "message_id", message_id))
+    found = exact_id(request, MESSAGES_PREFIX, "message_id", message_id)
+    return await reader.message(found, charge=charge_of(request.scope))
 
 
 # Called by readers.

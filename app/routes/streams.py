@@ -27,7 +27,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from app.docs import StreamOperation
 from app.errors import RetryLater
-from app.http.head import HEAD_REQUEST
+from app.http.head import HEAD_REQUEST, charge_of
 from app.query.offsets import MAX_OFFSET_LENGTH, OFFSET_PATTERN
 from app.query.page_token import PageToken
 from app.query.streams import CURSOR_DIGITS, STREAMS, Chunk, Control, Streams, cursor_after
@@ -38,8 +38,10 @@ from app.routes.follow import (
     HEARTBEAT,
     JSON,
     SSE_EVENT_BYTES,
+    Event,
     EventStream,
     Followers,
+    framed,
     stop_of,
     until_gone,
 )
@@ -140,6 +142,15 @@ def _caching(paging: Paging, final: bool) -> dict[str, str]:
     return _CACHING[final, paging.followers.shared_cache]
 
 
+def _sent(request: Request[Any, Any, Any], chunk: Chunk) -> bytes:
+    """The chunk's body, to answer with: the chunk (charged with its reads) lives until
+    it is sent."""
+    charge = charge_of(request.scope)
+    if charge is not None:
+        charge.keep(chunk)
+    return chunk.body
+
+
 def _unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
     sent = request.headers.get("if-none-match", "")
     return etag.to_header() in {tag.strip().removeprefix("W/") for tag in sent.split(",")}
@@ -207,7 +218,7 @@ async def read_stream(
         headers = _positioned(chunk) | _headers(etag) | _caching(paging, listing.final)
         if _unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
-        return Response(chunk.body, media_type=JSON, headers=headers)
+        return Response(_sent(request, chunk), media_type=JSON, headers=headers)
     followers.admit()
     if start is None:
         start = await streams.tail(listing)
@@ -221,7 +232,7 @@ async def read_stream(
         return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | _headers(NO_STORE))
     etag = ETag(value=chunk.etag)
     headers |= _headers(etag) | _caching(paging, listing.final)
-    return Response(chunk.body, media_type=JSON, headers=headers)
+    return Response(_sent(request, chunk), media_type=JSON, headers=headers)
 
 
 _encode = msgspec.json.encode
@@ -261,7 +272,7 @@ async def _events(
     start: PageToken,
     cursor: str | None,
     stop: asyncio.Future[None],
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Event]:
     """A stream's events from `start` on, until `stop`, its time or a failed read.
     (Module-level, not a closure: a closure's function and cells were held by every
     idle follower, 0.5 KiB.)"""
@@ -300,10 +311,11 @@ async def _events(
                     streamCursor=sent,
                     upToDate=chunk.up_to_date,
                 )
-                event = _data(chunk) + _event(b"control", _encode(control))
-                del chunk, control  # an idle stream holds its position, not what it sent
+                event = _with_data(chunk, _event(b"control", _encode(control)))
+                # Sent while the chunk (charged) lives; an idle stream holds its
+                # position, not what it sent.
                 yield event
-                del event
+                del chunk, control, event
                 told, quiet_since = True, loop.time()
                 continue
             del chunk
@@ -318,13 +330,17 @@ async def _events(
                 quiet_since = loop.time()
 
 
-def _data(chunk: Chunk) -> bytes:
-    """The chunk's `event: data`, made once for every stream that sends it."""
+def _with_data(chunk: Chunk, control: bytes) -> Event:
+    """The chunk's `event: data` (made once for every stream that sends it), then `control`;
+    pieces, its body not copied, when that is larger than a slice."""
     if not chunk.rows:
-        return b""
+        return control
     if chunk.data_event is None:
-        chunk.data_event = _event(b"data", chunk.body)
-    return chunk.data_event
+        chunk.data_event = framed(b"event: data\ndata: ", chunk.body, b"\n\n")
+    data = chunk.data_event
+    if isinstance(data, tuple):
+        return (*data, control)
+    return data + control
 
 
 @put("/v1/streams/{name:str}", include_in_schema=False, status_code=405)

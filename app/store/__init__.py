@@ -55,17 +55,20 @@ def most_bytes(rows: Sequence[Record | Rejection]) -> int:
     return 4 * (payloads + attributes) + ROW_BYTES * len(rows)
 
 
-def within(rows: Sequence[Record | Rejection], max_bytes: int) -> int:
+def within(rows: Sequence[Record | Rejection], max_bytes: int) -> tuple[int, int]:
     """How many of `rows`, from the first, hold at most `max_bytes` together (`row_bytes`),
-    and at least one: a row larger than the budget is read alone."""
-    if most_bytes(rows) <= max_bytes:
-        return len(rows)
+    and at least one: a row larger than the budget is read alone; and no less than what
+    they hold (`most_bytes` of them when that is within the budget, else `row_bytes`)."""
+    most = most_bytes(rows)
+    if most <= max_bytes:
+        return len(rows), most
     total = 0
     for count, row in enumerate(rows):
-        total += row_bytes(row)
-        if total > max_bytes and count:
-            return count
-    return len(rows)
+        size = row_bytes(row)
+        if total + size > max_bytes and count:
+            return count, total
+        total += size
+    return len(rows), total
 
 
 class PageQuery(msgspec.Struct, kw_only=True, frozen=True):

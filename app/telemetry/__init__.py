@@ -312,8 +312,9 @@ class Telemetry:
         queue_depth: Callable[[], int],
         horizon: Callable[[], int],
         followers: Callable[[], int],
+        held: Callable[[], int] = lambda: 0,
     ) -> None:
-        self.metrics.watch(queue_depth=queue_depth, horizon=horizon, followers=followers)
+        self.metrics.watch(queue_depth=queue_depth, horizon=horizon, followers=followers, held=held)
 
     @property
     def route_handlers(self) -> list[HTTPRouteHandler]:

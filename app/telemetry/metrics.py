@@ -101,11 +101,12 @@ SLO_READ = {
 
 class Watched(NamedTuple):
     """What the process gauges read from one app: its queue, its read horizon, its
-    followers."""
+    followers, and what the process's budget holds (`app.budget`, one for every app)."""
 
     queue_depth: Callable[[], int]
     horizon: Callable[[], int]
     followers: Callable[[], int]
+    held: Callable[[], int]
 
 
 class Metrics:
@@ -419,13 +420,14 @@ class Metrics:
         queue_depth: Callable[[], int],
         horizon: Callable[[], int],
         followers: Callable[[], int],
+        held: Callable[[], int] = lambda: 0,
     ) -> None:
         """Gauges read at collection time (every export, or each /metrics scrape): of
         the process, so in a cell each system's app adds to the cell's (the queues'
-        and followers' sums, the horizon furthest behind)."""
+        and followers' sums, the horizon furthest behind, the budget they share)."""
         root = self._root()
         first = not root._watched
-        root._watched[self.system] = Watched(queue_depth, horizon, followers)
+        root._watched[self.system] = Watched(queue_depth, horizon, followers, held)
         if not first:
             return
         every = root._watched
@@ -435,6 +437,10 @@ class Metrics:
 
         def waiting(_: CallbackOptions) -> Iterable[Observation]:
             yield Observation(sum(w.followers() for w in list(every.values())))
+
+        def budget_held(_: CallbackOptions) -> Iterable[Observation]:
+            # One budget for the process: every app reads the same one.
+            yield Observation(max(w.held() for w in list(every.values())))
 
         def watermark_lag(_: CallbackOptions) -> Iterable[Observation]:
             oldest = min(w.horizon() for w in list(every.values()))
@@ -457,6 +463,13 @@ class Metrics:
             callbacks=[waiting],
             unit="{request}",
             description="Pages waiting for a row (wait=) and streams of pages open",
+        )
+        root.meter.create_observable_gauge(
+            "recordline.memory.held",
+            callbacks=[budget_held],
+            unit="By",
+            description="Bytes requests and answers in flight hold of "
+            "RECORDLINE_MEMORY_BUDGET_BYTES",
         )
 
     def _root(self) -> Metrics:

@@ -1,0 +1,236 @@
+"""What requests and answers hold in flight, for the whole process: a budget of bytes.
+
+Every request's head and body while it is read and decoded, the rows a read takes
+from the store and what is made of them, and an answer until the connection has
+taken all of it but its last slice are charged here before they are held, and
+given back once they are not: a request's own charge when its answer has been
+sent (`app.http.head`), a read's when nothing refers to its rows or to what was
+made of them any more (`Charge.until_gone`). So however many connections are
+open and whatever their clients do, the process holds at most the budget for them.
+
+Who may take its last bytes:
+- reads leave room for pushes: the budget's `read_room` (RECORDLINE_PUSH_RESERVE of
+  it, and at least what the largest push takes); a read waits for room a moment,
+  in turn, and is refused after that (TooMuchInFlight, 503 with Retry-After);
+- a request of more than SMALL_BYTES (a push of a large message) leaves a
+  sixteenth of the budget to smaller ones, so that usual pushes are taken while
+  large ones fill the rest;
+- other requests (the usual push, a head) may take all of it; they never wait: a
+  push is answered 503 at once, and Pub/Sub delivers it again.
+
+Design: docs/security.md#memory-bound
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from typing import Any, Final
+
+from app.errors import TooMuchInFlight
+
+# A request that takes more than this (a push of a message of more than about 16 KB)
+# leaves LARGE_ROOM of the budget to the requests that take less.
+SMALL_BYTES: Final = 64 * 1024
+LARGE_ROOM: Final = 1 / 16
+# How long a read waits for room before it is refused: a page of the largest rows is
+# sent in well under this to a client that reads, and a client that does not is cut
+# off at the send timeout (RECORDLINE_SEND_TIMEOUT_SECONDS).
+READ_WAIT_SECONDS: Final = 1.0
+# The wait after which a refused request is asked to try again.
+RETRY_SECONDS: Final = 1
+
+
+class _Waiting:
+    __slots__ = ("future", "size")
+
+    def __init__(self, size: int, future: asyncio.Future[None]) -> None:
+        self.size = size
+        self.future = future
+
+
+class Budget:
+    """The bytes requests and answers hold at once, at most `most` of them: `held` now,
+    never below 0 nor above `most`. Reads (`read_ceiling`) leave `read_room`; they wait
+    for room in the order they asked, `read_wait` seconds at most, and nothing else waits."""
+
+    def __init__(
+        self, most: int, *, read_room: int = 0, read_wait: float = READ_WAIT_SECONDS
+    ) -> None:
+        self.most = most
+        self.held = 0
+        self.read_wait = read_wait
+        # What reads may bring `held` to, and a request larger than SMALL_BYTES.
+        self.read_ceiling = max(0, most - read_room)
+        self.large_ceiling = most - int(most * LARGE_ROOM)
+        self._waiting: deque[_Waiting] = deque()
+
+    def ceiling(self, size: int) -> int:
+        """What a request (not a read) of `size` bytes may bring `held` to."""
+        return self.most if size <= SMALL_BYTES else self.large_ceiling
+
+    def take(self, size: int, ceiling: int) -> bool:
+        """Take `size` bytes now if `held` stays within `ceiling`; whether it did."""
+        held = self.held + size
+        if held > ceiling:
+            return False
+        self.held = held
+        return True
+
+    def take_read(self, size: int) -> bool:
+        """Take `size` bytes for a read now, if there is room and no read waits for it
+        (a read does not go ahead of those waiting)."""
+        return not self._waiting and self.take(size, self.read_ceiling)
+
+    async def wait_read(self, size: int) -> None:
+        """Take `size` bytes for a read once there is room, after the reads that waited
+        before. A wait cancelled (or out of time, `asyncio.timeout`) takes nothing."""
+        if self.take_read(size):
+            return
+        waiting = _Waiting(size, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        try:
+            await waiting.future
+        except BaseException:
+            if waiting.future.done() and not waiting.future.cancelled():
+                # Given the room, then cancelled before it ran.
+                self.give(size)
+            else:
+                waiting.future.cancel()
+                self._wake()  # those behind it may fit now
+            raise
+
+    def give(self, size: int) -> None:
+        """Give back `size` bytes taken before."""
+        held = self.held - size
+        if held < 0:
+            raise ValueError(f"gave back {size} bytes of {self.held} held")
+        self.held = held
+        if self._waiting:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Hand room to the reads waiting, in order, while the first fits."""
+        waiting = self._waiting
+        while waiting:
+            first = waiting[0]
+            if first.future.done():  # gave up
+                waiting.popleft()
+                continue
+            if not self.take(first.size, self.read_ceiling):
+                return
+            waiting.popleft()
+            first.future.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        """Reads waiting for room now."""
+        return sum(1 for w in self._waiting if not w.future.done())
+
+    def refusal(self) -> TooMuchInFlight:
+        return TooMuchInFlight(
+            f"this instance holds {self.held} bytes for requests and answers in flight, as "
+            "many as it keeps room for here (RECORDLINE_MEMORY_BUDGET_BYTES); retry",
+            retry_after=RETRY_SECONDS,
+        )
+
+
+# A charge released when the last of its holders is gone, by the id of the weak reference
+# to each holder: a module's dict holds the references, so that they outlive the charge's
+# other referrers (a reference collected with its charge would never call back).
+_holding: dict[int, tuple[weakref.ref[Any], Charge]] = {}
+
+
+def _gone(ref: weakref.ref[Any]) -> None:
+    _, charge = _holding.pop(id(ref))
+    charge._holders -= 1
+    if not charge._holders:
+        charge.release()
+
+
+class Charge:
+    """What one thing holds of a Budget (a request, or one read's rows and what is made
+    of them): taken as it needs more, and given back at once (`release`), or once every
+    object that holds what was charged is gone (`until_gone`)."""
+
+    __slots__ = ("_holders", "_kept", "budget", "size")
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.size = 0
+        self._holders = 0
+        # What must live until the charge is released (`keep`).
+        self._kept: list[Any] | None = None
+
+    def take(self, size: int, ceiling: int) -> bool:
+        """Take `size` bytes more, if the budget stays within `ceiling`; whether it did."""
+        if size <= 0:
+            return True
+        if not self.budget.take(size, ceiling):
+            return False
+        self.size += size
+        return True
+
+    def take_request(self, size: int) -> bool:
+        """Grow to `size` bytes for a request (not a read), now or never."""
+        more = size - self.size
+        return self.take(more, self.budget.ceiling(size))
+
+    async def read(self, size: int) -> None:
+        """Grow to `size` bytes for a read, waiting a moment for room (the budget's
+        `read_wait`); TooMuchInFlight if there is none by then."""
+        more = size - self.size
+        if more <= 0:
+            return
+        budget = self.budget
+        if not budget.take_read(more):
+            if more > budget.read_ceiling:
+                raise budget.refusal()  # no wait makes room for it
+            try:
+                async with asyncio.timeout(budget.read_wait):
+                    await budget.wait_read(more)
+            except TimeoutError:
+                raise budget.refusal() from None
+        self.size += more
+
+    def fits(self, size: int) -> bool:
+        """Whether `size` bytes are within what is charged, or can be charged for a read
+        now (taken if so)."""
+        more = size - self.size
+        if more <= 0:
+            return True
+        if not self.budget.take_read(more):
+            return False
+        self.size += more
+        return True
+
+    def shrink(self, size: int) -> None:
+        """Give back all but `size` bytes."""
+        if size < self.size:
+            self.budget.give(self.size - size)
+            self.size = size
+
+    def release(self) -> None:
+        """Give back all of it, and let go of what was kept."""
+        if self.size:
+            self.budget.give(self.size)
+            self.size = 0
+        self._kept = None
+
+    def keep(self, thing: object) -> None:
+        """Hold `thing` until the charge is released: a page whose answer is being sent,
+        whose own charge lasts as long as it does."""
+        if self._kept is None:
+            self._kept = [thing]
+        else:
+            self._kept.append(thing)
+
+    def until_gone(self, holder: object) -> None:
+        """Release once `holder` is gone, and every other holder given (a read's rows,
+        the page made of them, a chunk encoded from them)."""
+        if not self.size:
+            return
+        self._holders += 1
+        ref = weakref.ref(holder, _gone)
+        _holding[id(ref)] = (ref, self)

@@ -1,0 +1,284 @@
+"""The process's budget for what requests and answers hold in flight (`app.budget`).
+
+Whatever is taken, waited for, cancelled, shrunk or released, in any order, the
+budget holds exactly what its charges hold, never below 0 nor above its bound; reads
+leave pushes their room, wait in turn and take nothing once they give up; and a
+charge held by objects is given back when the last of them is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.budget import SMALL_BYTES, Budget, Charge
+from app.errors import TooMuchInFlight
+
+MIB = 1024 * 1024
+
+
+class Holder:
+    """An object a charge may be held by (a page, an excerpt, a chunk)."""
+
+
+def test_requests_take_what_fits_and_large_ones_leave_room_for_small_ones() -> None:
+    budget = Budget(16 * MIB, read_room=4 * MIB)
+    large = Charge(budget)
+    # A large request leaves a sixteenth of the budget to smaller ones.
+    assert not large.take_request(16 * MIB)
+    assert large.size == 0
+    assert budget.held == 0
+    assert large.take_request(15 * MIB)
+    assert budget.held == 15 * MIB
+    assert not Charge(budget).take_request(SMALL_BYTES + 1)
+    # Small ones may take the last of it, and no more.
+    small = [Charge(budget) for _ in range(MIB // SMALL_BYTES)]
+    assert all(charge.take_request(SMALL_BYTES) for charge in small)
+    assert budget.held == budget.most
+    assert not Charge(budget).take_request(1)
+    large.release()
+    large.release()  # once only
+    assert budget.held == MIB
+
+
+async def test_reads_leave_the_room_kept_for_pushes() -> None:
+    budget = Budget(16 * MIB, read_room=4 * MIB, read_wait=0.05)
+    read = Charge(budget)
+    await read.read(12 * MIB)
+    assert budget.held == 12 * MIB
+    with pytest.raises(TooMuchInFlight) as refused:
+        await Charge(budget).read(1)
+    assert refused.value.status == 503
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert budget.held == 12 * MIB
+    # Pushes still have their room: a large one up to what it leaves to small ones.
+    assert Charge(budget).take_request(3 * MIB)
+    assert not Charge(budget).take_request(SMALL_BYTES + 1)
+    assert Charge(budget).take_request(SMALL_BYTES)
+    # A read larger than reads may ever hold is refused at once.
+    with pytest.raises(TooMuchInFlight):
+        await Charge(Budget(16 * MIB, read_room=4 * MIB, read_wait=3600)).read(13 * MIB)
+
+
+async def test_a_waiting_read_takes_room_once_given_back_in_the_order_reads_asked() -> None:
+    budget = Budget(10 * MIB, read_room=0, read_wait=60)
+    held = Charge(budget)
+    assert held.take(10 * MIB, budget.most)
+    first, second = Charge(budget), Charge(budget)
+    order: list[str] = []
+
+    async def read(charge: Charge, name: str, size: int) -> None:
+        await charge.read(size)
+        order.append(name)
+
+    waiting = [
+        asyncio.create_task(read(first, "first", 6 * MIB)),
+        asyncio.create_task(read(second, "second", 1 * MIB)),
+    ]
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    # A read asked now does not go ahead of them, though it would fit once room is made.
+    assert not Charge(budget).fits(1)
+    held.shrink(5 * MIB)  # room for the second, not yet for the first: it waits its turn
+    await asyncio.sleep(0)
+    assert order == []
+    held.shrink(3 * MIB)
+    await asyncio.gather(*waiting)
+    assert order == ["first", "second"]
+    assert budget.held == 3 * MIB + 6 * MIB + 1 * MIB
+    for charge in (held, first, second):
+        charge.release()
+    assert budget.held == 0
+
+
+async def test_a_read_that_gives_up_takes_nothing_and_lets_the_next_one_in() -> None:
+    budget = Budget(10 * MIB, read_room=0, read_wait=60)
+    held = Charge(budget)
+    assert held.take(10 * MIB, budget.most)
+    large, small = Charge(budget), Charge(budget)
+    large_read = asyncio.create_task(large.read(8 * MIB))
+    small_read = asyncio.create_task(small.read(2 * MIB))
+    await asyncio.sleep(0)
+    held.shrink(7 * MIB)  # 3 MiB free: the large one waits, the small one behind it too
+    await asyncio.sleep(0)
+    assert not small_read.done()
+    large_read.cancel()  # its client left
+    with pytest.raises(asyncio.CancelledError):
+        await large_read
+    await small_read  # next in line, and it fits
+    assert large.size == 0
+    assert budget.held == 7 * MIB + 2 * MIB
+    assert budget.waiting == 0
+
+
+async def test_a_read_given_room_then_cancelled_before_it_ran_gives_it_back() -> None:
+    budget = Budget(10 * MIB, read_room=0, read_wait=60)
+    held = Charge(budget)
+    assert held.take(10 * MIB, budget.most)
+    charge = Charge(budget)
+    reading = asyncio.create_task(charge.read(4 * MIB))
+    await asyncio.sleep(0)
+    held.release()  # the room is handed to the waiting read...
+    reading.cancel()  # ...which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert charge.size == 0
+    assert budget.held == 0
+
+
+async def test_a_read_out_of_time_is_refused_and_takes_nothing() -> None:
+    budget = Budget(10 * MIB, read_room=0, read_wait=0.01)
+    held = Charge(budget)
+    assert held.take(10 * MIB, budget.most)
+    charge = Charge(budget)
+    with pytest.raises(TooMuchInFlight):
+        await charge.read(MIB)
+    assert charge.size == 0
+    assert budget.held == 10 * MIB
+    assert budget.waiting == 0
+    held.release()
+    assert budget.held == 0
+
+
+def test_nothing_gives_back_more_than_was_taken() -> None:
+    budget = Budget(MIB)
+    with pytest.raises(ValueError, match="gave back 1 bytes of 0 held"):
+        budget.give(1)
+    charge = Charge(budget)
+    assert charge.take_request(100)
+    charge.shrink(500)  # no more than it holds: nothing to give back
+    assert budget.held == 100
+    charge.shrink(40)
+    assert budget.held == 40 == charge.size
+
+
+def test_a_charge_held_by_objects_is_given_back_when_the_last_is_gone() -> None:
+    budget = Budget(MIB)
+    charge = Charge(budget)
+    assert charge.take_request(1000)
+    rows, page = Holder(), Holder()
+    charge.until_gone(rows)
+    charge.until_gone(page)
+    del rows
+    assert budget.held == 1000
+    del page
+    assert budget.held == 0
+    # Kept things live until the charge is released.
+    kept = Charge(budget)
+    assert kept.take_request(10)
+    thing = Holder()
+    watched = Charge(budget)
+    assert watched.take_request(5)
+    watched.until_gone(thing)
+    kept.keep(thing)
+    del thing
+    assert budget.held == 15
+    kept.release()
+    assert budget.held == 0
+
+
+# What a sequence of operations does, by name and arguments.
+Op = tuple[Any, ...]
+# Whole MiB, so that one release often makes exactly the room a waiting read needs.
+SIZES = st.integers(min_value=0, max_value=12).map(lambda n: n * MIB)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("request"), SIZES),
+        st.tuples(st.just("read now"), SIZES),
+        st.tuples(st.just("read"), SIZES),
+        st.tuples(st.just("release"), st.integers(0, 40)),
+        st.tuples(st.just("shrink"), st.integers(0, 40), SIZES),
+        st.tuples(st.just("cancel"), st.integers(0, 40)),
+        st.tuples(st.just("hold"), st.integers(0, 40)),
+        st.tuples(st.just("drop"), st.integers(0, 40)),
+        st.just(("step",)),
+        st.just(("step",)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_the_budget_holds_exactly_what_its_charges_hold_whatever_happens(ops: list[Op]) -> None:
+    asyncio.run(_run(ops))
+
+
+async def _run(ops: list[Op]) -> None:
+    budget = Budget(16 * MIB, read_room=4 * MIB, read_wait=60)
+    charges: list[Charge] = []
+    reads: list[asyncio.Task[None]] = []
+    holders: list[list[Holder]] = []
+
+    sizes: dict[asyncio.Task[None], int] = {}
+
+    def check() -> None:
+        assert 0 <= budget.held <= budget.most
+        assert budget.held == sum(c.size for c in charges)
+        # The first read still waiting has no room: had it any, it would have taken it.
+        waiting = [size for read, size in sizes.items() if not read.done()]
+        assert len(waiting) == budget.waiting
+        if waiting:
+            assert budget.held + waiting[0] > budget.read_ceiling
+
+    for op in ops:
+        kind = op[0]
+        if kind == "request":
+            charge = Charge(budget)
+            before = budget.held
+            if charge.take_request(op[1]):
+                assert budget.held <= budget.ceiling(op[1])
+            else:
+                assert budget.held == before
+            charges.append(charge)
+        elif kind == "read now":
+            charge = Charge(budget)
+            if charge.fits(op[1]) and op[1]:
+                assert budget.held <= budget.read_ceiling
+            charges.append(charge)
+        elif kind == "read":
+            charge = Charge(budget)
+            charges.append(charge)
+            reads.append(asyncio.create_task(_read(charge, op[1])))
+            sizes[reads[-1]] = op[1]
+        elif charges and kind in ("release", "shrink", "hold", "drop"):
+            charge = charges[op[1] % len(charges)]
+            if kind == "release":
+                charge.release()
+            elif kind == "shrink":
+                charge.shrink(op[2])
+            elif kind == "hold":
+                holder = Holder()
+                charge.until_gone(holder)
+                holders.append([holder])
+            elif holders:
+                holders[op[1] % len(holders)].clear()  # the holder is gone
+        elif reads and kind == "cancel":
+            reads[op[1] % len(reads)].cancel()
+        elif kind == "step":
+            # What the operations since woke runs (a read given room, one cancelled and
+            # handing it on), link by link; until then room may be given and not yet
+            # taken up, or cancelled as it is given.
+            for _ in range(len(reads) + 1):
+                await asyncio.sleep(0)
+            check()
+    for read in reads:
+        read.cancel()
+    await asyncio.gather(*reads, return_exceptions=True)
+    check()
+    for charge in charges:
+        charge.release()
+    holders.clear()
+    assert budget.held == 0
+    assert budget.waiting == 0
+
+
+async def _read(charge: Charge, size: int) -> None:
+    try:
+        await charge.read(size)
+    except TooMuchInFlight:
+        assert charge.size == 0 or size == 0
