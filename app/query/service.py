@@ -36,6 +36,7 @@ from app.records import (
 from app.store import READ_ROUTE, PageQuery, Store
 from app.store.bell import Bell
 from app.store.copies import LaterCopies
+from app.store.filters import RowFilter
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -333,8 +334,10 @@ class Reader:
         wait: float = 0.0,
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
+        filter: RowFilter | None = None,
     ) -> AnyPage:
         """One page of a list, in ingest order; records and rejections page alike.
+        With a `filter`, of the rows it keeps (a token carries it to the next page).
 
         With `wait`, a page that would be empty is held back until a row past
         the cursor is readable (`read`): then, or at the end of the wait, it is
@@ -343,7 +346,7 @@ class Reader:
         """
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
-        cursor = self._cursor(listing, since, until, limit, page_token)
+        cursor = self._cursor(listing, since, until, limit, page_token, filter=filter)
         read = await self.read(listing, cursor, limit, wait=wait, stop=stop, asked_at=asked_at)
         found = bool(read.rows)
         page = self.as_page(read)
@@ -528,11 +531,23 @@ class Reader:
         page_token: str | None,
         *,
         sent_as: str = "page_token",
+        filter: RowFilter | None = None,
     ) -> None:
         """Raise what a page of these bounds would (400, 410), without reading: a stream
         checks its start so that an expired cursor is a 410, never an empty stream.
         `sent_as` is where the client sent the token (`Last-Event-ID`)."""
-        self._cursor(listing, since, until, limit, page_token, sent_as)
+        self._cursor(listing, since, until, limit, page_token, sent_as, filter)
+
+    async def check_filter(self, listing: Listing[Any], keep: RowFilter | None) -> None:
+        """Raise what the store says of a filter naming typed fields (BadParameter: no
+        such field here, or a value not of its type), asking it for an empty range: a
+        stream asks before it begins, so that such a filter is a 400, never a stream
+        cut after its 200. Other filters are checked as they are read."""
+        if keep is None or not keep.fields:
+            return
+        at = self.horizon()
+        empty = PageQuery(after_time=at, after_message_id="", before_time=at, limit=1, filter=keep)
+        await self._store.page(listing.kind, empty)
 
     def _cursor(
         self,
@@ -542,6 +557,7 @@ class Reader:
         limit: int,
         page_token: str | None,
         sent_as: str = "page_token",
+        filter: RowFilter | None = None,
     ) -> PageToken:
         if not 1 <= limit <= MAX_LIMIT:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
@@ -559,6 +575,14 @@ class Reader:
                     sent_as,
                     "was issued for another `until`; send it with the `until` of the first "
                     "page, or without one",
+                )
+            # A token keeps the filter it was issued with: sent with another, it would
+            # resume a walk of other rows, skipping those that match the new one.
+            if filter is not None and filter != cursor.filter:
+                raise BadParameter(
+                    sent_as,
+                    "was issued for another filter; send it with the filter of the first "
+                    "page, or without one (it carries its own)",
                 )
             self._check_retained(sent_as, cursor.after_time)
             return cursor
@@ -578,7 +602,9 @@ class Reader:
         # 0001-01-01 overflows BigQuery's TIMESTAMP).
         start, end = max(start, 0), None if end is None else max(end, 0)
         # message_id > "" holds for every row: the page starts at `since`.
-        return PageToken(after_time=start, after_message_id="", until=end, listing=listing.name)
+        return PageToken(
+            after_time=start, after_message_id="", until=end, listing=listing.name, filter=filter
+        )
 
     def start(self, listing: Listing[Any], cursor: PageToken | None, *, sent_as: str) -> PageToken:
         """Where a stream reads from: `cursor`, or without one the oldest row kept (as a
@@ -628,12 +654,15 @@ class Reader:
             after_message_id=cursor.after_message_id,
             before_time=before,
             limit=limit,
+            filter=cursor.filter,
         )
         return query, horizon
 
     def _next(self, cursor: PageToken, after_time: int, after_message_id: str) -> str | None:
         """The token of the next page, or None once a bounded range is complete."""
-        cursor = PageToken(after_time, after_message_id, cursor.until, listing=cursor.listing)
+        cursor = msgspec.structs.replace(
+            cursor, after_time=after_time, after_message_id=after_message_id
+        )
         # Done once the store has examined everything before `until`.
         finished = cursor.until is not None and (
             cursor.after_time > cursor.until
