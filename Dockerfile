@@ -47,20 +47,22 @@ RUN groupadd --system --gid 10001 recordline \
 
 COPY --from=builder /opt/venv /opt/venv
 
-# The default store by absolute path, in that directory whatever the working directory
-# (`docker run -w`); Cloud Run sets RECORDLINE_STORE to the BigQuery dataset (Terraform).
+# No RECORDLINE_STORE: the default store (duckdb:recordline.duckdb) is relative to the
+# working directory below, the one place the service may write. Every process of a
+# cell runs this image (its service, exporter pool and jobs), and a cell refuses a
+# deployment of one's variables beside RECORDLINE_CELL: its systems' stores are their
+# entries in RECORDLINE_SYSTEMS (Terraform's systems' file).
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PORT=8080 \
-    RECORDLINE_STORE=duckdb:///var/lib/recordline/recordline.duckdb
+    PORT=8080
 
 WORKDIR /var/lib/recordline
 USER 10001:10001
 EXPOSE 8080
 
 # Cloud Run ignores HEALTHCHECK and probes /readyz and /healthz itself (see
-# infra/terraform/cloud_run.tf); this one serves `docker run` and compose.
+# infra/terraform/cell.tf); this one serves `docker run` and compose.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/healthz', timeout=2)"]
 

@@ -13,7 +13,7 @@
     python3 dev.py typed backfill …    # project stored records into typed columns again
     python3 dev.py export status …     # the serving tier's export: status, retry, verify, …
     python3 dev.py restore rows …      # the serving tier: write back rows a database lost
-    python3 dev.py exporter            # the exporter service (RECORDLINE_EXPORT_SYSTEMS)
+    python3 dev.py exporter            # the exporter pool (RECORDLINE_SYSTEMS)
     python3 dev.py test [pytest options]   # the whole test suite
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff check, ruff format --check, mypy --strict

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from litestar import Litestar, Router
 from litestar.di import Provide
@@ -19,6 +20,7 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from litestar.types import AfterExceptionHookHandler
 
 from app.auth.guards import Auth
+from app.auth.oidc import GoogleCerts
 from app.docs import docs_assets, openapi_config
 from app.errors import SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
@@ -31,9 +33,11 @@ from app.ingest.replay import Replay
 from app.ingest.schemas import Schemas, SchemaSource
 from app.ingest.service import Ingest, PushObserver
 from app.ingest.shape import FieldPaths
+from app.ingest.signing import ProducerKeys
 from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem
 from app.process import StopBudget
+from app.query.canary import PROBE_SECONDS, CanaryProbe
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
@@ -52,6 +56,10 @@ from app.store.open import open_store
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
+
+if TYPE_CHECKING:
+    # Imported with the serving tier only: the client takes most of a second to import.
+    from app.store.spanner.calls import SpannerClients
 
 
 def declared(settings: Settings, revisions: Revisions) -> Revisions:
@@ -97,16 +105,30 @@ def store_revisions(schemas: Schemas) -> Revisions:
     return Revisions(fetch, sharing=schemas.revisions)
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What a cell gives each of its systems' apps (app.cell): its one key client for
+    tokens, its Spanner clients (one per project), the process's stop (one clock, one
+    SIGTERM handler), and whether each system looks for its canary itself. The
+    telemetry each app is given is the system's view of the cell's."""
+
+    certs: GoogleCerts | None
+    spanner: SpannerClients | None
+    budget: StopBudget
+    probe_canary: bool = True
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     store: Store | None = None,
     telemetry: Telemetry | None = None,
     schemas: Schemas | None = None,
+    shared: Shared | None = None,
 ) -> Recordline:
     settings = settings if settings is not None else Settings.load()
     # First: a configuration that would leave the service open never gets further.
-    auth = Auth.from_settings(settings)
+    auth = Auth.from_settings(settings, certs=None if shared is None else shared.certs)
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
     # Each decoded schema revision's typed fields, from the push path to the
     # store that projects them (a store passed in is given `store_revisions` of
@@ -117,11 +139,18 @@ def create_app(
     later_copies = LaterCopies()
     if store is None:
         revisions = store_revisions(schemas)
-        observers = telemetry.store_observers()
+        # The export's metrics are its lease holder's: a store that leaves the
+        # export to the exporter pool reports none.
+        observers = telemetry.store_observers(exports=settings.store.export_in_service)
         observers = dataclasses.replace(
             observers, conflicts=told_all(observers.conflicts, later_copies)
         )
-        store = open_store(settings, revisions=revisions, observers=observers)
+        store = open_store(
+            settings,
+            revisions=revisions,
+            observers=observers,
+            spanner=None if shared is None else shared.spanner,
+        )
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
     observed = telemetry.observe(store)
@@ -131,6 +160,9 @@ def create_app(
         settings, store, observed, pending_horizon=batcher.horizon, later_copies=later_copies
     )
     loops = app_loops(store, reads.producers, telemetry)
+    if shared is not None and shared.probe_canary and probes_canary(settings):
+        probe = CanaryProbe(store, found=telemetry.metrics.canary)
+        loops.add(Loop("canary", probe.run, interval=PROBE_SECONDS))
     readiness = Readiness(store, checks=[auth.check, schemas.check, loops.check])
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
@@ -145,8 +177,9 @@ def create_app(
         readiness,
         telemetry,
         loops,
-        StopBudget(settings.server.shutdown_grace_seconds),
+        StopBudget(settings.server.shutdown_grace_seconds) if shared is None else shared.budget,
         store_url=settings.store.url,
+        signals=shared is None,
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     app = http_app(
@@ -166,7 +199,16 @@ def create_app(
         max_body_bytes=settings.server.max_body_bytes,
     )
     app.connections = telemetry.connection_observer()
+    app.stopping = lifespan.stopping
+    app.readiness = readiness
     return app
+
+
+def probes_canary(settings: Settings) -> bool:
+    """Whether a system looks for its canary in its own store (`CanaryProbe`): not on
+    BigQuery alone, where each look-up is a query billed at least 10 MiB (~14 GiB a
+    day for one a minute); the push path reports the canaries it stores there."""
+    return not (settings.store.url.startswith("bigquery:") and not settings.store.serving)
 
 
 def http_app(
@@ -177,9 +219,11 @@ def http_app(
     after_exception: Sequence[AfterExceptionHookHandler[Exception]],
     problems: Problems,
     max_body_bytes: int,
+    signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers),
 ) -> Recordline:
     """The Litestar app serving `routes`: every error answered through `problems`,
-    a body over `max_body_bytes` refused, its OpenAPI document compressed."""
+    a body over `max_body_bytes` refused, its OpenAPI document compressed; the types
+    its handlers' dependencies are declared with, `signature_types`."""
     return Recordline(
         route_handlers=routes,
         dependencies=dependencies,
@@ -193,7 +237,7 @@ def http_app(
         ],
         request_max_body_size=max_body_bytes,
         openapi_config=openapi_config(middleware=[compression()]),
-        signature_types=[Reader, Readiness, Replay, Paging, Producers],
+        signature_types=list(signature_types),
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )
@@ -229,7 +273,20 @@ class PushSide:
         paths = FieldPaths(
             id_field=settings.payload.id_field, time_field=settings.payload.time_field
         )
-        return cls(Ingest(batcher, Payloads(paths, schemas), observer=outcomes), outcomes)
+        keys = producer_keys(settings)
+        ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes, keys=keys)
+        return cls(ingest, outcomes)
+
+
+def producer_keys(settings: Settings) -> ProducerKeys | None:
+    """The producers whose sequences must be signed; SettingsError naming the producer
+    (never the key) whose key cannot be used."""
+    try:
+        return ProducerKeys.parse(settings.auth.producer_keys)
+    except ValueError as exc:
+        raise SettingsError(
+            f"RECORDLINE_PRODUCER_KEYS: {exc}", var="RECORDLINE_PRODUCER_KEYS"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -259,7 +316,7 @@ class ReadSide:
             retention_days=settings.store.retention_days,
             later_copies=later_copies,
         )
-        followers = parked_followers(query)
+        followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
         streams = Streams(reader, Offsets(query.page_token_secret))
         return cls(
             Paging(reader, followers, streams),
@@ -275,17 +332,20 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     if store.completeness is not None:
         watch = MissingWatch(producers)
         telemetry.metrics.producers_missing = lambda: watch.missing
+        telemetry.metrics.producers_conflicts = lambda: watch.conflicts
         loops.add(Loop("producers", watch.run, interval=WATCH_SECONDS))
     return loops
 
 
-def parked_followers(query: QuerySettings) -> Followers:
-    """Long-polls and streams, as many and as long as `query` allows."""
+def parked_followers(query: QuerySettings, *, slow_seconds: float) -> Followers:
+    """Long-polls and streams, as many and as long as `query` allows; a stream whose client
+    takes no event for `slow_seconds` is cut off."""
     return Followers(
         stream_seconds=query.stream_seconds,
         heartbeat_seconds=query.heartbeat_seconds,
         max_open=query.max_followers,
         long_poll_seconds=query.long_poll_seconds,
+        slow_seconds=slow_seconds,
         # Private unless configured: an outer gate (Cloud Run's invoker check) may
         # guard reads this service does not check itself.
         shared_cache=query.shared_cache,

@@ -100,8 +100,9 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
 
     add_parser(
         "exporter",
-        help="the exporter service: every system RECORDLINE_EXPORT_SYSTEMS names exported from "
-        "Spanner to BigQuery, one lease per system, until SIGTERM",
+        help="the exporter pool: every system of RECORDLINE_SYSTEMS with a serving tier "
+        "exported from Spanner to BigQuery, one lease per system, each instance about its "
+        "share of them, until SIGTERM",
     )
 
     schema = add_parser("schema", help="the table schemas, derived from the code")
@@ -170,12 +171,16 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
     return schema
 
 
-def _operator_commands(add_parser: AddParser) -> None:
-    """`export`, `restore`, `typed` and `audit`: the operators' remedies and checks."""
+def add_operator_commands(add_parser: AddParser) -> None:
+    """`export`, `restore`, `typed`, `audit` and `replay`: the operators' remedies and
+    checks, each of which a cell's job runs (`--system`: one system of the cell)."""
+    from app.commands.target import add_system_argument
+
     export = add_parser(
         "export",
-        help="the serving tier's export to BigQuery: status, retry, reject, resync, verify",
+        help="the serving tier's export to BigQuery: status, leases, retry, reject, resync, verify",
     )
+    add_system_argument(export, "whose export (its serving database and dataset)")
     from app.store.tiered import operator
 
     operator.add_arguments(export)
@@ -230,6 +235,17 @@ def _operator_commands(add_parser: AddParser) -> None:
     from app.query import audit as auditing
 
     auditing.add_arguments(audit)
+    add_system_argument(audit, "whose producers")
+    # Where it asks: --url, else RECORDLINE_URL, else the local default (`_target`).
+    audit.set_defaults(url=None)
+
+    replay = add_parser(
+        "replay",
+        help="replay rejected or dead-lettered messages through today's validation, once",
+    )
+    from app.commands import replay as replaying
+
+    replaying.add_arguments(replay)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -237,7 +253,7 @@ def _main(argv: list[str] | None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     schema = _service_commands(commands.add_parser)
-    _operator_commands(commands.add_parser)
+    add_operator_commands(commands.add_parser)
     tools = _dev_tools()
     asked = _asked(sys.argv[1:] if argv is None else argv)
     if asked in DEV_TOOLS and asked not in tools:
@@ -273,9 +289,9 @@ def _main(argv: list[str] | None) -> int:
         case "export":
             return _export(args)
         case "audit":
-            from app.query import audit as auditing
-
-            return auditing.run(args)
+            return _audit(args)
+        case "replay":
+            return _replay(args)
         case "restore":
             return _restore(args)
         case "sql":
@@ -310,7 +326,7 @@ def _not_installed(name: str) -> int:
 
 # The local tools' commands (recordline_dev/, beside the service, not in its image), in
 # the order `--help` lists them: a set's order changes from one run to the next.
-DEV_TOOLS = ("dev", "publish", "replay", "tail")
+DEV_TOOLS = ("dev", "publish", "tail")
 
 
 class DevTool(Protocol):
@@ -500,12 +516,18 @@ def _sql_serving(query: str) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from app.commands.target import TargetError, one_system
     from app.store.open import operated
     from app.store.tiered import operator
     from app.telemetry import configure_logging, google_project
 
     settings = _settings(dict(os.environ))
     if settings is None:
+        return 2
+    try:
+        settings = one_system(settings, args.system)
+    except TargetError as exc:
+        print(f"recordline export {args.action}: {exc}", file=sys.stderr)
         return 2
     # As the service logs (JSON lines where it runs as a Cloud Run job, so that a
     # decision's operator and reason are fields of its entry), warnings and up.
@@ -518,20 +540,60 @@ def _export(args: argparse.Namespace) -> int:
     return asyncio.run(operator.run(args, operated(settings)))
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """`recordline audit`, asking the service `--url`, RECORDLINE_URL or the local
+    default names; in a cell, the system's paths (`--system`), with a token minted
+    where it runs as the cell's job (`app.commands.target`)."""
+    from app.commands.credentials import NoCredentials
+    from app.commands.target import TargetError, service_target
+    from app.query import audit as auditing
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    try:
+        target = service_target(settings, system=args.system, url=args.url, token=args.token)
+        args.url, args.token = target.url, target.token()
+    except (TargetError, NoCredentials) as exc:
+        print(f"recordline audit: {exc}", file=sys.stderr)
+        return 2
+    return auditing.run(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """`recordline replay` (app/commands/replay.py), with a status line on a terminal
+    where the local tools are installed."""
+    from app.commands import replay as replaying
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    status: replaying.StatusLine = replaying.no_status_line
+    if sys.stderr.isatty():
+        try:
+            from recordline_dev.replay import status_line
+
+            status = status_line
+        except ImportError:  # the service's image: its lines are a job's log
+            pass
+    return replaying.run(args, settings, status=status)
+
+
 def _exporter() -> int:
     """`recordline exporter` (app/exporter): a process of its own, apart from `serve`.
-    It serves no request (a Cloud Run worker pool has no port), and reads every
-    system's settings from RECORDLINE_EXPORT_SYSTEMS, where `serve` reads one."""
+    It serves no request (a Cloud Run worker pool has no port), and exports every
+    system of RECORDLINE_SYSTEMS (or its former name) that has a serving tier."""
     from app.exporter import service
     from app.telemetry import configure_logging, google_project
 
     settings = _settings(dict(os.environ))
     if settings is None:
         return 2
-    if not settings.exporter.exported():
+    if not any(entry.serving for entry in settings.systems().values()):
         print(
-            "recordline exporter: RECORDLINE_EXPORT_SYSTEMS names no system to export "
-            "(`recordline config --reference` says what it holds)",
+            "recordline exporter: RECORDLINE_SYSTEMS names no system with a serving tier to "
+            "export, nor its former name RECORDLINE_EXPORT_SYSTEMS one (`recordline config "
+            "--reference` says what they hold)",
             file=sys.stderr,
         )
         return 2
@@ -746,6 +808,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.asgi import create_app
+    from app.cell.app import Cell, create_cell
+    from app.http.head import Recordline
     from app.http.limits import bounded_httptools
     from app.telemetry import configure_logging, google_project
 
@@ -753,11 +817,15 @@ def _serve(args: argparse.Namespace) -> int:
         settings.server.log_level,
         settings.server.log_format,
         project=google_project(settings),
-        system=settings.telemetry.system,
+        # A cell's own lines under its name; each system's under the system's (app.cell).
+        system=settings.cell.name or settings.telemetry.system,
     )
     try:
-        # create_app refuses settings that would leave the service open (app.auth).
-        app = create_app(settings)
+        # create_app refuses settings that would leave the service open (app.auth);
+        # a cell is one app per system, each refusing its own (app.cell).
+        app: Recordline | Cell = (
+            create_cell(settings) if settings.cell.name else create_app(settings)
+        )
     except SettingsError as exc:
         print(f"recordline: {_as_typed(exc, typed)}", file=sys.stderr)
         return 2

@@ -173,6 +173,14 @@ class NotFound(RecordlineError):
     problem = "not-found"
 
 
+class UnknownSystem(NotFound):
+    """No system of that name is served here: a cell serves each of its systems under
+    `/systems/{system}/`, and no other. Nothing was stored."""
+
+    title = "Unknown system"
+    problem = "unknown-system"
+
+
 class Gone(RecordlineError):
     """A read from before the retention: its rows are deleted, so a page would be incomplete."""
 
@@ -316,6 +324,27 @@ class TooManyConnections(RetryLater):
     title = "Too many connections"
     problem = "too-many-connections"
     cause = "connections"
+
+
+class TooManyPipelined(RetryLater):
+    """The connection sent more requests ahead of their answers than the service holds for
+    one connection (32, and their heads together at most RECORDLINE_MAX_HEADER_BYTES): the
+    requests ahead are answered, this one and what follows it are not read, and the
+    connection is closed. Send the rest again, on a new connection."""
+
+    title = "Too many pipelined requests"
+    problem = "too-many-pipelined-requests"
+    cause = "pipelined"
+
+
+class SystemUnavailable(RetryLater):
+    """This system of the cell is not serving yet (it is starting, or its store could
+    not be opened and is being opened again); the cell's other systems are not
+    affected. Nothing was stored: retry after `Retry-After`."""
+
+    title = "System unavailable"
+    problem = "system-unavailable"
+    cause = "system"
 
 
 class CertsUnavailable(RetryLater):

@@ -71,6 +71,9 @@ class Lifespan:
     loops: AppLoops
     budget: StopBudget
     store_url: str
+    # Whether this app hears SIGTERM itself; a cell's systems hear it from the cell
+    # (`stopping`), which installs one handler for them all.
+    signals: bool = True
 
     @asynccontextmanager
     async def __call__(self, _: Litestar) -> AsyncIterator[None]:
@@ -85,13 +88,14 @@ class Lifespan:
             stack.push_async_callback(self._drain)
             # uvicorn waits for open requests before the lifespan ends: waiting
             # pages and streams must hear of a SIGTERM or a Ctrl-C at once to end in the grace.
-            stack.enter_context(on_terminate(self._stopping))
+            if self.signals:
+                stack.enter_context(on_terminate(self.stopping))
             log.info("recordline ready on store %s", self.store_url)
             yield
         log.info("recordline stopped: accepted rows drained, store closed")
 
-    def _stopping(self) -> None:
-        # SIGTERM: the stop's clock starts now, not once uvicorn is done waiting.
+    def stopping(self) -> None:
+        """SIGTERM: the stop's clock starts now, not once uvicorn is done waiting."""
         self.budget.begin()
         self.followers.stop()
         self.batcher.hurry(within=self.budget.left(keeping=CLOSING_SECONDS))

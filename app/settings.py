@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, NamedTuple, Self
+from typing import Annotated, Any, Final, Literal, NamedTuple, Self
 
 import msgspec
 from msgspec import Meta
@@ -91,6 +92,8 @@ def _settings_of(cls: type[Section]) -> dict[str, Setting]:
     hints = typing.get_type_hints(cls, include_extras=True)
     out = {}
     for field in cls.__struct_fields__:
+        if typing.get_origin(hints[field]) is not Annotated:
+            continue  # no variable: set by the service itself (`ServerSettings.system_reads`)
         base, *metas = typing.get_args(hints[field])
         for meta in metas:
             if isinstance(meta, Meta) and meta.extra and "env" in meta.extra:
@@ -212,6 +215,15 @@ class ServerSettings(Section, frozen=True):
             "within 30 s needs 0.45 MB/s",
         ),
     ] = 30.0
+    send_timeout_seconds: Annotated[
+        float,
+        Meta(gt=0, le=600),
+        env(
+            "RECORDLINE_SEND_TIMEOUT_SECONDS",
+            "How long an answer may wait for its client to take any of it (a stream: its next "
+            "event); then the connection is closed and what was not sent is dropped",
+        ),
+    ] = 30.0
     keep_alive_seconds: Annotated[
         float,
         Meta(gt=0, le=3600),
@@ -258,9 +270,15 @@ class ServerSettings(Section, frozen=True):
         ),
     ] = "INFO"
 
+    # A system's reads in flight in a cell (its share: `SystemShare`); 0 elsewhere.
+    system_reads: int = 0
+
     @property
     def max_reads(self) -> int:
-        """Reads in flight at once: what RECORDLINE_PUSH_RESERVE leaves (at least one)."""
+        """Reads in flight at once: a system's share in a cell, else what
+        RECORDLINE_PUSH_RESERVE leaves (at least one)."""
+        if self.system_reads:
+            return self.system_reads
         return max(1, self.max_connections - round(self.max_connections * self.push_reserve))
 
 
@@ -551,6 +569,11 @@ class QuerySettings(Section, frozen=True):
     ] = 1800.0
 
 
+# RECORDLINE_PRODUCER_KEYS: `PRODUCER=KEY`, comma-separated (app/ingest/signing.py).
+_PRODUCER_KEY_ENTRY = r"[^=,\s]+=[A-Za-z0-9+/_-]+={0,2}"
+_PRODUCER_KEYS = rf"^(|{_PRODUCER_KEY_ENTRY}(,{_PRODUCER_KEY_ENTRY})*)$"
+
+
 class AuthSettings(Section, frozen=True):
     push_audience: Annotated[
         str,
@@ -580,6 +603,20 @@ class AuthSettings(Section, frozen=True):
             accepts="an `http://` or `https://` URL",
         ),
     ] = "https://www.googleapis.com/oauth2/v3/certs"
+    producer_keys: Annotated[
+        str,
+        Meta(pattern=_PRODUCER_KEYS),
+        env(
+            "RECORDLINE_PRODUCER_KEYS",
+            "Producers whose sequences must be signed, and their keys: comma-separated "
+            "`PRODUCER=KEY`, PRODUCER an id (recordline-producer) or a prefix ending in `*`, "
+            "KEY at least 16 random bytes in base64. A message of such a producer unsigned or "
+            "wrongly signed (recordline-signature) is kept as a rejection saying so; "
+            "`recordline publish` signs with the same keys",
+            accepts="comma-separated `PRODUCER=BASE64KEY`",
+            secret=True,
+        ),
+    ] = ""
     push_token: Annotated[
         str,
         Meta(pattern=rf"^(|.{{{MIN_PUSH_TOKEN_LENGTH},}})$"),
@@ -639,7 +676,15 @@ class AuthSettings(Section, frozen=True):
 
 # A system's name, as RECORDLINE_SYSTEM accepts it.
 _SYSTEM = r"^[a-z][a-z0-9-]{0,62}$"
-_SYSTEM_ACCEPTED = "up to 63 lower-case letters, digits and `-`, a letter first"
+SYSTEM_ACCEPTED: Final = "up to 63 lower-case letters, digits and `-`, a letter first"
+_SYSTEM_ACCEPTED = SYSTEM_ACCEPTED
+
+
+def is_system_name(text: str) -> bool:
+    """Whether `text` is a system's name (RECORDLINE_SYSTEM, a cell's systems)."""
+    return re.fullmatch(_SYSTEM, text) is not None
+
+
 _SYSTEMS_ACCEPTED = (
     "a JSON object, each system's name (as RECORDLINE_SYSTEM) to "
     '{"serving": "spanner://projects/P/instances/I/databases/D", "store": '
@@ -666,9 +711,9 @@ class ExporterSettings(Section, frozen=True):
         str,
         env(
             "RECORDLINE_EXPORT_SYSTEMS",
-            "The exporter service's systems, a JSON object: each name to its `serving` "
-            "(RECORDLINE_SERVING), `store` (RECORDLINE_STORE) and, if it declares one, "
-            "`json_topic_schema`; Terraform writes it (infra/terraform/exporter.tf)",
+            "The former name of RECORDLINE_SYSTEMS for the exporter service, accepted for "
+            "one release: a JSON object, each name to its `serving` (RECORDLINE_SERVING), "
+            "`store` (RECORDLINE_STORE) and, if it declares one, `json_topic_schema`",
             accepts=_SYSTEMS_ACCEPTED,
         ),
     ] = ""
@@ -692,6 +737,283 @@ class ExporterSettings(Section, frozen=True):
             return {name: msgspec.convert(entry, ExportedSystem) for name, entry in raw.items()}
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise invalid("RECORDLINE_EXPORT_SYSTEMS", self.systems, _SYSTEMS_ACCEPTED) from None
+
+
+# What a cell's entry for a system (RECORDLINE_SYSTEMS) holds, in words.
+_CELL_SYSTEMS_ACCEPTED = (
+    "a JSON object of at most RECORDLINE_CELL_MAX_SYSTEMS systems, each name (as "
+    'RECORDLINE_SYSTEM) to {"store": RECORDLINE_STORE, and optionally "serving", '
+    '"json_topic_schema", "push_audience", "push_service_accounts", "read_principals", '
+    '"operator_principals", "id_field", "time_field" (each as the variable of that name), '
+    '"rate" (declared pushes a second), "queue_bytes", "max_followers", "max_reads"}; or '
+    "`@/absolute/path.json`, a file holding it"
+)
+
+
+class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One system of a cell (RECORDLINE_SYSTEMS): the settings that are its own, each as
+    the variable of the same name has it for a deployment of one system; what is not
+    here is the cell's. (The configuration's own fields: a misspelt one is refused.)"""
+
+    store: Annotated[str, Meta(pattern=_STORE_URL)]
+    serving: Annotated[str, Meta(pattern=rf"^(|{SPANNER_URL})$")] = ""
+    json_topic_schema: Annotated[str, Meta(pattern=r"(?s)^(\s*\{.*\}\s*)?$")] = ""
+    push_audience: str = ""
+    push_service_accounts: Annotated[str, Meta(pattern=_EMAILS)] = ""
+    read_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
+    operator_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
+    # Where this system's payloads keep their record id and event time: each system's
+    # publishers send messages of their own shape (RECORDLINE_ID_FIELD, _TIME_FIELD).
+    id_field: Annotated[str, Meta(pattern=_FIELD_PATH)] = PayloadSettings().id_field
+    time_field: Annotated[str, Meta(pattern=_FIELD_PATH)] = PayloadSettings().time_field
+    # Declared pushes a second: the system's weight in the cell's queue (and the
+    # cell's sizing and billing mode, which Terraform reads from it).
+    rate: Annotated[float, Meta(gt=0)] = 10.0
+    # Admission set for this system alone; 0: its share of the cell's bound
+    # (`SystemShare`).
+    queue_bytes: Annotated[int, Meta(ge=0)] = 0
+    max_followers: Annotated[int, Meta(ge=0)] = 0
+    max_reads: Annotated[int, Meta(ge=0)] = 0
+
+    @classmethod
+    def of(cls, exported: ExportedSystem) -> SystemEntry:
+        """An entry of RECORDLINE_EXPORT_SYSTEMS (the exporter's alone) as a cell's."""
+        return cls(
+            store=exported.store,
+            serving=exported.serving,
+            json_topic_schema=exported.json_topic_schema,
+        )
+
+
+# Of a cell's bounds, the least any system is given: one push of the largest body
+# (RECORDLINE_MAX_BODY_BYTES) always fits in a system's queue, and every system may
+# hold a follower and a read.
+MIN_SYSTEM_QUEUE_ROWS: Final = 100
+MIN_SYSTEM_FOLLOWERS: Final = 1
+
+
+class SystemShare(NamedTuple):
+    """What one system of a cell may hold at once: its queue (rows, bytes), its
+    followers, and its reads in flight. Each is the entry's own if it sets one, else
+    the system's share of the cell's bound: the queue by its declared `rate` among
+    the cell's, followers and reads evenly (who reads is not who pushes)."""
+
+    queue_rows: int
+    queue_bytes: int
+    max_followers: int
+    max_reads: int
+
+
+class CellSettings(Section, frozen=True):
+    """A cell: one ingest service (and one exporter pool) for many systems, each with
+    its own store, identity and admission (docs/cells.md)."""
+
+    name: Annotated[
+        str,
+        Meta(pattern=rf"^(|{_SYSTEM[1:-1]})$"),
+        env(
+            "RECORDLINE_CELL",
+            "The cell's name: set, the service is a cell serving each system of "
+            "RECORDLINE_SYSTEMS under `/systems/{system}/` (docs/cells.md), and its "
+            "process-wide metrics carry it as their namespace",
+            accepts=_SYSTEM_ACCEPTED,
+        ),
+    ] = ""
+    systems: Annotated[
+        str,
+        env(
+            "RECORDLINE_SYSTEMS",
+            "A cell's systems: a JSON object, each name to the settings that are its own "
+            "(`store`, `serving`, `push_audience`, …), or `@/absolute/path.json` naming a "
+            "file holding it (a secret mounted as a file: 64 KiB, where a variable holds "
+            "32). The exporter pool reads it too",
+            accepts=_CELL_SYSTEMS_ACCEPTED,
+        ),
+    ] = ""
+    max_systems: Annotated[
+        int,
+        Meta(ge=1, le=1000),
+        env(
+            "RECORDLINE_CELL_MAX_SYSTEMS",
+            "Most systems RECORDLINE_SYSTEMS may name: a cell is sized (and its bounds "
+            "shared) for this many",
+        ),
+    ] = 100
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> CellSettings:
+        settings = super().from_env(environ)
+        entries = settings.entries()  # refused here, naming the variable, or never
+        if entries and not settings.name:
+            raise SettingsError(
+                "RECORDLINE_SYSTEMS needs RECORDLINE_CELL: the name of the cell that "
+                "serves (and exports) them",
+                var="RECORDLINE_CELL",
+            )
+        if settings.name and not entries:
+            raise SettingsError(
+                f"RECORDLINE_CELL={settings.name!r} needs RECORDLINE_SYSTEMS: the systems "
+                "the cell serves",
+                var="RECORDLINE_SYSTEMS",
+            )
+        if settings.name:
+            own = sorted(var for var in _SYSTEMS_OWN if environ.get(var, ""))
+            if own:
+                raise SettingsError(
+                    f"RECORDLINE_CELL is set, and {', '.join(own)} would be read by no "
+                    "system: in a cell each system's are in its entry of RECORDLINE_SYSTEMS",
+                    var=own[0],
+                )
+            if environ.get("RECORDLINE_EXPORT_SYSTEMS", ""):
+                raise SettingsError(
+                    "RECORDLINE_EXPORT_SYSTEMS and RECORDLINE_SYSTEMS both name systems: "
+                    "keep RECORDLINE_SYSTEMS (the other is its former name)",
+                    var="RECORDLINE_EXPORT_SYSTEMS",
+                )
+        return settings
+
+    def text(self) -> str:
+        """RECORDLINE_SYSTEMS's JSON: its value, or the file it names."""
+        value = self.systems.strip()
+        if not value.startswith("@"):
+            return value
+        path = value[1:]
+        if not os.path.isabs(path):
+            raise invalid("RECORDLINE_SYSTEMS", value, "`@` and an absolute path")
+        try:
+            with open(path, encoding="utf-8") as file:
+                return file.read()
+        except OSError as exc:
+            raise SettingsError(
+                f"RECORDLINE_SYSTEMS: {path} cannot be read ({exc.strerror or exc})",
+                var="RECORDLINE_SYSTEMS",
+            ) from None
+
+    def entries(self) -> dict[str, SystemEntry]:
+        """Each system's entry, by name, in the order given; SettingsError naming the
+        system and its field for one that cannot be used."""
+        text = self.text()
+        if not text.strip():
+            return {}
+        var = "RECORDLINE_SYSTEMS"
+        try:
+            raw = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED) from None
+        if not isinstance(raw, dict) or not raw:
+            raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED)
+        found: dict[str, SystemEntry] = {}
+        for name, entry in raw.items():
+            if not re.fullmatch(_SYSTEM, name):
+                raise SettingsError(
+                    f"RECORDLINE_SYSTEMS: {name!r} is not a system's name: expected "
+                    f"{_SYSTEM_ACCEPTED}",
+                    var=var,
+                    accepts=_CELL_SYSTEMS_ACCEPTED,
+                )
+            try:
+                found[name] = msgspec.convert(entry, SystemEntry)
+            except msgspec.ValidationError:
+                raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED) from None
+        if len(found) > self.max_systems:
+            raise SettingsError(
+                f"RECORDLINE_SYSTEMS names {len(found)} systems, more than "
+                f"RECORDLINE_CELL_MAX_SYSTEMS={self.max_systems}",
+                var=var,
+            )
+        audiences: dict[str, str] = {}
+        for name, entry in found.items():
+            if entry.serving and not entry.store.startswith("bigquery://"):
+                raise SettingsError(
+                    f"RECORDLINE_SYSTEMS: system {name!r} has a serving tier, which stands in "
+                    f"front of a BigQuery store; its store {entry.store!r} is not one",
+                    var=var,
+                )
+            audience = entry.push_audience.strip()
+            if audience and audience in audiences:
+                raise SettingsError(
+                    f"RECORDLINE_SYSTEMS: systems {audiences[audience]!r} and {name!r} take "
+                    f"the same push_audience {audience!r}: a token for one would be taken by "
+                    "the other",
+                    var=var,
+                )
+            if audience:
+                audiences[audience] = name
+        return found
+
+
+# A deployment of one system's variables that a cell reads from each system's entry.
+_SYSTEMS_OWN: Final = (
+    "RECORDLINE_STORE",
+    "RECORDLINE_SERVING",
+    "RECORDLINE_JSON_TOPIC_SCHEMA",
+    "RECORDLINE_PUSH_AUDIENCE",
+    "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
+    "RECORDLINE_READ_PRINCIPALS",
+    "RECORDLINE_OPERATOR_PRINCIPALS",
+    "RECORDLINE_ID_FIELD",
+    "RECORDLINE_TIME_FIELD",
+    "RECORDLINE_SYSTEM",
+)
+
+
+def system_shares(settings: Settings, entries: Mapping[str, SystemEntry]) -> dict[str, SystemShare]:
+    """Each system's share of the cell's bounds (`SystemShare`)."""
+    batch, query = settings.batch, settings.query
+    reads = settings.server.max_reads
+    total = sum(entry.rate for entry in entries.values())
+    count = len(entries)
+    shares = {}
+    for name, entry in entries.items():
+        weight = entry.rate / total
+        shares[name] = SystemShare(
+            queue_rows=max(MIN_SYSTEM_QUEUE_ROWS, math.ceil(batch.queue_rows * weight)),
+            queue_bytes=entry.queue_bytes
+            or max(settings.server.max_body_bytes, math.ceil(batch.queue_bytes * weight)),
+            max_followers=entry.max_followers
+            or max(MIN_SYSTEM_FOLLOWERS, query.max_followers // count),
+            max_reads=entry.max_reads or max(1, reads // count),
+        )
+    return shares
+
+
+def system_settings(
+    settings: Settings,
+    name: str,
+    system: SystemEntry | ExportedSystem,
+    share: SystemShare | None = None,
+) -> Settings:
+    """The settings system `name` runs with: the process's (the cell's), with the
+    system's own stores, schema, payload shape, identities and name, and, given its `share`, its
+    admission."""
+    entry = system if isinstance(system, SystemEntry) else SystemEntry.of(system)
+    replace = msgspec.structs.replace
+    own = replace(
+        settings,
+        store=replace(settings.store, url=entry.store, serving=entry.serving),
+        schema=replace(settings.schema, json_topic_schema=entry.json_topic_schema),
+        payload=(
+            replace(settings.payload, id_field=entry.id_field, time_field=entry.time_field)
+            if isinstance(system, SystemEntry)
+            else settings.payload
+        ),
+        telemetry=replace(settings.telemetry, system=name),
+        auth=replace(
+            settings.auth,
+            push_audience=entry.push_audience,
+            push_service_accounts=entry.push_service_accounts,
+            read_principals=entry.read_principals,
+            operator_principals=entry.operator_principals,
+        ),
+    )
+    if share is None:
+        return own
+    return replace(
+        own,
+        batch=replace(own.batch, queue_rows=share.queue_rows, queue_bytes=share.queue_bytes),
+        query=replace(own.query, max_followers=share.max_followers),
+        server=replace(own.server, system_reads=share.max_reads),
+    )
 
 
 class TelemetrySettings(Section, frozen=True):
@@ -765,6 +1087,24 @@ class TelemetrySettings(Section, frozen=True):
             "point per series every 5 s",
         ),
     ] = 60_000
+    slo_read_latency_seconds: Annotated[
+        float,
+        Meta(gt=0, le=60),
+        env(
+            "RECORDLINE_SLO_READ_LATENCY_SECONDS",
+            "A user's read (not a long-poll or a stream) answered within this is a good "
+            "`read_latency` event of `recordline.slo.events`",
+        ),
+    ] = 1.0
+    slo_freshness_seconds: Annotated[
+        float,
+        Meta(gt=0),
+        env(
+            "RECORDLINE_SLO_FRESHNESS_SECONDS",
+            "A message stored within this of its publish time is a good `freshness` event "
+            "of `recordline.slo.events`",
+        ),
+    ] = 10.0
     project: Annotated[
         str,
         Meta(pattern=r"^(|[a-z]([a-z0-9.:-]{0,61}[a-z0-9])?)$"),
@@ -773,6 +1113,24 @@ class TelemetrySettings(Section, frozen=True):
             "Project of the Cloud Trace links in log lines and of the exporters; defaults to "
             "the BigQuery store's project",
             accepts="a project id (lower-case letters, digits and `-`, a letter first)",
+        ),
+    ] = ""
+
+
+class CommandSettings(Section, frozen=True):
+    """What the commands that go through a running service (`recordline audit`,
+    `recordline replay`) ask it at: where a cell's ops job runs them (docs/cells.md)."""
+
+    url: Annotated[
+        str,
+        Meta(pattern=r"^(|https?://[^\s/]+(/\S*)?)$"),
+        env(
+            "RECORDLINE_URL",
+            "Where the service answers, for the commands that ask it (`recordline audit`, "
+            "`recordline replay`) when no `--url` is given; for a cell, its URL, each "
+            "system's paths under `/systems/{system}` (`--system`). Their ID tokens are "
+            "then minted for RECORDLINE_READ_AUDIENCE by the metadata server",
+            accepts="an `http://` or `https://` URL",
         ),
     ] = ""
 
@@ -787,6 +1145,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     exporter: ExporterSettings = msgspec.field(default_factory=ExporterSettings)
+    cell: CellSettings = msgspec.field(default_factory=CellSettings)
+    command: CommandSettings = msgspec.field(default_factory=CommandSettings)
+
+    def systems(self) -> dict[str, SystemEntry]:
+        """The cell's systems (RECORDLINE_SYSTEMS), or those its former name names
+        (RECORDLINE_EXPORT_SYSTEMS, the exporter's); none for a deployment of one."""
+        if self.cell.systems.strip():
+            return self.cell.entries()
+        return {name: SystemEntry.of(e) for name, e in self.exporter.exported().items()}
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -971,6 +1338,20 @@ def check_access(settings: Settings) -> None:
     if auth.push_token and len(auth.push_token) < MIN_PUSH_TOKEN_LENGTH:
         raise SettingsError(
             f"RECORDLINE_PUSH_TOKEN: use at least {MIN_PUSH_TOKEN_LENGTH} random characters"
+        )
+    if settings.cell.name and auth.public_reads and not is_loopback(settings.server.host):
+        raise SettingsError(
+            "RECORDLINE_PUBLIC_READS: a cell's invoker check admits every system's readers, "
+            "so only the service can tell whose records they may read; beyond loopback a "
+            "cell takes RECORDLINE_READ_AUDIENCE and each system's read_principals",
+            var="RECORDLINE_PUBLIC_READS",
+        )
+    if settings.cell.name and auth.push_token and not is_loopback(settings.server.host):
+        raise SettingsError(
+            "RECORDLINE_PUSH_TOKEN: one secret for every system of the cell would let one "
+            "system's publisher write another's; beyond loopback a cell takes each system's "
+            "pushes with its own push_audience and push_service_accounts (RECORDLINE_SYSTEMS)",
+            var="RECORDLINE_PUSH_TOKEN",
         )
     if (auth.push_audience or auth.read_audience) and not auth.oidc_certs_url.startswith(
         ("https://", "http://")

@@ -2,7 +2,7 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | exporter | calls | producers.
+      typedingest | exporter | calls | producers | cell.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -31,6 +31,7 @@ NAMES = (
     "exporter",
     "calls",
     "producers",
+    "cell",
 )
 
 

@@ -51,26 +51,30 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import msgspec
 from litestar import Litestar
 
 from app.asgi import create_app
 from app.errors import StoreUnavailable
+from app.query.page_token import PageTokens
+from app.query.producers import Producers
 from app.records import Record
 from app.settings import Settings
 from app.store.duckdb import producers as book
 from app.store.duckdb.store import DuckDBStore
 from app.store.producers import (
-    HOUR_MICROS,
-    HOURS_KEPT,
     MAX_EPOCHS,
     MAX_GAPS,
+    MAX_RETIRED,
     EpochEntry,
     Gap,
-    HourCount,
+    decode_entry,
     encode_entry,
 )
 from bench.harness import (
@@ -161,7 +165,7 @@ def whole_path(args: argparse.Namespace) -> int:
         )
         with duckdb.connect(str(files["on"]), read_only=True) as con:
             stored = con.execute("SELECT count(*) FROM records").fetchone()
-            entries = book.load(con)
+            entries = _every_entry(con)
     accounted = sum(e.stored + e.rejected + e.duplicates for e in entries)
     duplicates = sum(e.duplicates for e in entries)
     if not stored or accounted != stored[0] or duplicates:
@@ -187,6 +191,11 @@ def whole_path(args: argparse.Namespace) -> int:
     print(table(rows))
     print(f"on / off = {ratio(loads['on'], loads['off'])}  (goal ≥ {GOAL})")
     return 0
+
+
+def _every_entry(con: duckdb.DuckDBPyConnection) -> list[EpochEntry]:
+    rows = con.execute(f"SELECT entry FROM {book.TABLE}").fetchall()
+    return [decode_entry(data) for (data,) in rows]
 
 
 # -- instructions ---------------------------------------------------------------------------
@@ -347,7 +356,7 @@ def worker(argv: list[str]) -> int:
         after = resource.getrusage(resource.RUSAGE_SELF)
         with duckdb.connect(path, read_only=True) as con:
             stored = con.execute("SELECT count(*) FROM records").fetchone()
-            entries = book.load(con)
+            entries = _every_entry(con)
     assert stored == (count,), stored
     assert sum(e.stored for e in entries) == (count if variant == "on" else 0)
     spent = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -449,8 +458,9 @@ def count(args: argparse.Namespace) -> int:
 # -- storage ---------------------------------------------------------------------------------
 
 
-def _entry(*, gaps: int, hours: int, big: bool) -> EpochEntry:
-    """An entry with `gaps` gaps and `hours` hourly counts; `big`: numbers near 2^63."""
+def _entry(*, gaps: int, big: bool, conflicts: int = 0, ends: int = 0) -> EpochEntry:
+    """An entry with `gaps` gaps, `conflicts` ranges in conflict and `ends` counts said;
+    `big`: numbers near 2^63."""
     top = 2**62 if big else 10_000_000
     now = _PUBLISHED
     return EpochEntry(
@@ -465,63 +475,375 @@ def _entry(*, gaps: int, hours: int, big: bool) -> EpochEntry:
         duplicates=top // 10,
         zombies=top // 100,
         refused=gaps,
-        end=None,
-        first_seen=now - HOURS_KEPT * HOUR_MICROS,
+        end=top + ends if ends else None,
+        end_said=now if ends else None,
+        first_seen=now,
         last_seen=now,
-        hours=[
-            HourCount(hour=now // HOUR_MICROS - h, stored=top, rejected=top, duplicates=top)
-            for h in range(hours)
-        ][::-1],
+        conflicts=top // 100 if conflicts else 0,
+        conflicted=[
+            Gap(first=top // 4 + 3 * n, last=top // 4 + 3 * n, opened=now) for n in range(conflicts)
+        ],
+        ends=[top + n for n in range(ends)],
     )
 
 
 def storage(_: argparse.Namespace) -> int:
     cases = {
-        "in order, one hour": _entry(gaps=0, hours=1, big=False),
-        "in order, a week of hours": _entry(gaps=0, hours=HOURS_KEPT, big=False),
-        "100 gaps open, a week": _entry(gaps=100, hours=HOURS_KEPT, big=False),
-        f"at the bound: {MAX_GAPS} gaps, a week, numbers near 2^63": _entry(
-            gaps=MAX_GAPS, hours=HOURS_KEPT, big=True
+        "in order": _entry(gaps=0, big=False),
+        "100 gaps open": _entry(gaps=100, big=False),
+        f"at the bound: {MAX_GAPS} gaps and ranges in conflict, 8 ends, numbers near 2^63": (
+            _entry(gaps=MAX_GAPS, conflicts=MAX_GAPS, ends=8, big=True)
         ),
     }
     rows = [
-        ["one epoch's entry", "bytes (msgpack)", f"times {MAX_EPOCHS} epochs: a producer's most"]
+        [
+            "one epoch's entry",
+            "bytes (msgpack)",
+            f"times {MAX_EPOCHS} epochs (and {MAX_RETIRED} retired markers): a producer's most",
+        ]
     ]
+    marker = len(encode_entry(msgspec.structs.replace(_entry(gaps=0, big=True), retired=True)))
     for name, entry in cases.items():
         size = len(encode_entry(entry))
-        rows.append([name, f"{size:,}", f"{size * MAX_EPOCHS:,}"])
+        rows.append([name, f"{size:,}", f"{size * MAX_EPOCHS + marker * MAX_RETIRED:,}"])
     print("The ledger's entry per producer epoch, as DuckDB and Spanner keep it (64-char ids):")
     print(table(rows))
-    producers = 10_000
+    return 0
+
+
+# -- many producers -------------------------------------------------------------------------
+
+# Producers seeded per append: a busy system's group commit, each row another producer.
+_SEED_BATCH = 5_000
+
+
+def _seed_rows(variant: str, start: int, count: int) -> list[Record]:
+    producer, epoch, sequence = NAMES[variant]
+    return [
+        Record(
+            message_id=f"seed-{n}",
+            publish_time=_PUBLISHED,
+            ingest_time=_PUBLISHED + n,
+            id=f"r-{n}",
+            data=json.dumps({"text": "Ejemplo de datos", "n": n}),
+            attributes=json.dumps(
+                {producer: f"host-{n:08}", epoch: "1", sequence: "0"}, separators=(",", ":")
+            ),
+        )
+        for n in range(start, start + count)
+    ]
+
+
+class _LoopSteps:
+    """The longest the event loop went without coming back to this task (`longest`: a
+    step anything else took, within a millisecond, or the machine not running the
+    process), and the most CPU its thread spent meanwhile (`busiest`: what the steps
+    themselves cost, whatever else the machine ran)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.busiest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before, spent = loop.time(), time.thread_time()
+            await asyncio.sleep(0.001)
+            self.longest = max(self.longest, loop.time() - before - 0.001)
+            self.busiest = max(self.busiest, time.thread_time() - spent)
+
+    def __enter__(self) -> _LoopSteps:
+        self._task = asyncio.ensure_future(self._watch())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def _scale(variant: str, producers: int, path: str) -> dict[str, float]:
+    """Seed `producers` producers through the store (one message each, group commits of
+    _SEED_BATCH), then, on `on`, start the store again and read its ledger while
+    pushes come; the figures, as one JSON line."""
+    figures: dict[str, float] = {}
+    store = DuckDBStore(path)
+    await store.start()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    try:
+        for start in range(0, producers, _SEED_BATCH):
+            rows = _seed_rows(variant, start, min(_SEED_BATCH, producers - start))
+            outcomes = await store.append(rows)
+            assert all(o is None for o in outcomes)
+        await store.barrier()
+    finally:
+        await store.close()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    figures["seconds"] = time.perf_counter() - started
+    figures["cpu"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    figures["file"] = Path(path).stat().st_size
+    if variant == "off":
+        # The same appends on the file started again, with nothing to read back.
+        store = DuckDBStore(path)
+        await store.start()
+        try:
+            for n in range(400):
+                row = _seed_rows("off", n * (producers // 400), 1)[0]
+                await store.append([msgspec.structs.replace(row, message_id=f"next-{n}")])
+            figures["resident"] = _resident()
+        finally:
+            await store.close()
+        return figures
+    started = time.perf_counter()
+    store = DuckDBStore(path)
+    await store.start()
+    figures["start"] = time.perf_counter() - started
+    reads = Producers(store, tokens=PageTokens("bench-secret-of-sixteen"), grace_seconds=1800)
+    try:
+        assert store.completeness is not None
+        # The day before now: the hours the seeding counted, as it counts them (at the
+        # time each append was settled).
+        until = datetime.now(UTC) + timedelta(minutes=1)
+        since = until - timedelta(hours=24)
+        audits: list[float] = []
+        pushes: list[float] = []
+        with _LoopSteps() as steps:
+
+            async def audit_loop() -> None:
+                for _ in range(5):
+                    begun = time.perf_counter()
+                    report = await reads.audit(since, until)
+                    audits.append(time.perf_counter() - begun)
+                    assert sum(h.received for h in report.hours) >= producers
+
+            async def push_loop() -> None:
+                for n in range(400):
+                    # A producer seeded (read back from the file), and one never seen.
+                    row = _seed_rows("on", n * (producers // 400), 1)[0]
+                    again = msgspec.structs.replace(
+                        row,
+                        message_id=f"next-{n}",
+                        attributes=row.attributes.replace('"0"}', '"1"}'),
+                    )
+                    new = msgspec.structs.replace(
+                        row,
+                        message_id=f"new-{n}",
+                        attributes=row.attributes.replace("host-", "new-"),
+                    )
+                    begun = time.perf_counter()
+                    await store.append([again, new])
+                    pushes.append(time.perf_counter() - begun)
+
+            await asyncio.gather(audit_loop(), push_loop())
+        figures["audit"] = max(audits)
+        figures["step"] = steps.longest
+        figures["busiest"] = steps.busiest
+        pushes.sort()
+        figures["append_p99"] = pushes[int(len(pushes) * 0.99)]
+        begun = time.perf_counter()
+        await reads.worst(100)
+        figures["worst"] = time.perf_counter() - begun
+        begun = time.perf_counter()
+        await store.completeness.producers("", 1)
+        figures["page"] = time.perf_counter() - begun
+        figures["live"] = store.live_producers
+        # What the process holds once started again on the file and read: the ledger of
+        # the producers heard of since, not of every producer in it.
+        figures["resident"] = _resident()
+    finally:
+        await store.close()
+    return figures
+
+
+def _resident() -> int:
+    """The process's resident memory now, in bytes."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize()
+
+
+def scale_worker(argv: list[str]) -> int:
+    variant, producers = argv[0], int(argv[1])
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ledger.duckdb"
-        con = duckdb.connect(str(path))
-        con.execute(book.DDL)
-        empty = path.stat().st_size
-        rng = random.Random(61)
-        entries = [
-            EpochEntry(
-                producer=f"host-{rng.getrandbits(48):012x}",
-                epoch=_PUBLISHED + n,
-                highest=rng.randrange(1, 10_000_000),
-                stored=rng.randrange(1, 10_000_000),
-                first_seen=_PUBLISHED,
-                last_seen=_PUBLISHED,
-                hours=[HourCount(hour=_PUBLISHED // HOUR_MICROS, stored=1000)],
-            )
-            for n in range(producers)
-        ]
-        con.begin()
-        book.write(con, entries, [])
-        con.commit()
-        con.execute("CHECKPOINT")
-        con.close()
-        grown = path.stat().st_size - empty
-    print(
-        f"{producers:,} producers publishing in order (one entry each) in a DuckDB file: "
-        f"{grown / producers:,.0f} bytes a producer on disk (the file grew {grown:,} bytes); "
-        f"the DuckDB store also holds them in memory"
+        figures = asyncio.run(_scale(variant, producers, str(Path(tmp) / "records.duckdb")))
+    print(json.dumps(figures))
+    return 0
+
+
+def _scale_run(variant: str, producers: int) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.producers", "--scale-worker", variant, str(producers)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
+    found: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def scale(args: argparse.Namespace) -> int:
+    counts = [int(n) for n in args.producers.split(",")]
+    rows = [
+        [
+            "producers",
+            "µs a record off / on",
+            "off / on",
+            "disk a producer",
+            "held",
+            "RSS reopened off / on",
+            "start s",
+            "audit ms",
+            "worst ms",
+            "page ms",
+            "longest step ms (its CPU)",
+            "append p99 ms",
+        ]
+    ]
+    for producers in counts:
+        off = _scale_run("off", producers)
+        on = _scale_run("on", producers)
+        held = on["live"]
+        rows.append(
+            [
+                f"{producers:,}",
+                f"{off['cpu'] / producers * 1e6:.0f} / {on['cpu'] / producers * 1e6:.0f}",
+                f"{off['cpu'] / on['cpu']:.2f}",
+                f"{(on['file'] - off['file']) / producers:,.0f} B",
+                f"{held:,.0f}",
+                f"{off['resident'] / 2**20:,.0f} / {on['resident'] / 2**20:,.0f} MB",
+                f"{on['start']:.2f}",
+                f"{on['audit'] * 1000:,.0f}",
+                f"{on['worst'] * 1000:,.0f}",
+                f"{on['page'] * 1000:,.0f}",
+                f"{on['step'] * 1000:.1f} ({on['busiest'] * 1000:.1f})",
+                f"{on['append_p99'] * 1000:,.0f}",
+            ]
+        )
+    print(
+        f"The DuckDB store with N producers, each one message, appended in group commits of "
+        f"{_SEED_BATCH:,} (CPU of the whole process, sequences off and on, a process each); "
+        "then started again on the file and read while appends come: the producers memory "
+        "holds and the process's RSS after (off: the same appends, nothing read), the "
+        "longest /v1/audit of a day (5 of them), the producers missing and in conflict most, "
+        "a page of one producer, the longest step of the event loop meanwhile, and the p99 "
+        "of 400 appends each of a producer read back from the file and a new one (disk a "
+        "producer: the file on less off, over N):"
+    )
+    print(table(rows))
+    return 0
+
+
+async def _serving_audit(producers: int, gapped: float) -> dict[str, float]:
+    """On the Spanner emulator: `producers` producers' entries (and ranges for a share
+    `gapped` of them), then the audit's and the listing's reads."""
+    import base64
+
+    from app.records import moment
+    from app.store.open import spanner_database
+    from app.store.producers import entry_ranges
+    from app.store.spanner import producers as serving_book
+    from app.store.spanner.producers import SpannerCompleteness
+    from app.store.spanner.serving import SpannerServing
+    from tests.spanner.emulator import SpannerEmulator, find_emulator
+
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        emulator = SpannerEmulator(find_emulator(), Path(tmp) / "spanner.log")
+        try:
+            url = emulator.database()
+            database = emulator.client.instance(url.split("/")[-3]).database(url.split("/")[-1])
+            now = time.time_ns() // 1000
+            rng = random.Random(61)
+            started = time.perf_counter()
+            for start in range(0, producers, 2_000):
+                entries = []
+                for n in range(start, min(producers, start + 2_000)):
+                    entry = EpochEntry(
+                        producer=f"host-{n:08}",
+                        epoch=1,
+                        highest=10,
+                        stored=11,
+                        first_seen=now,
+                        last_seen=now,
+                    )
+                    if rng.random() < gapped:
+                        entry.gaps = [Gap(first=3, last=4, opened=now - 3_600_000_000)]
+                    entries.append(entry)
+                ranges = [r for e in entries for r in entry_ranges(e, e.epoch)]
+                with database.batch() as batch:
+                    batch.insert(
+                        serving_book.TABLE,
+                        serving_book.NAMES,
+                        [
+                            [
+                                e.producer,
+                                e.epoch,
+                                base64.b64encode(encode_entry(e)),
+                                moment(e.last_seen),
+                            ]
+                            for e in entries
+                        ],
+                    )
+                    if ranges:
+                        batch.insert(
+                            serving_book.RANGES,
+                            serving_book.RANGE_NAMES,
+                            [
+                                [r.producer, r.epoch, r.kind, r.first, r.last, r.opened]
+                                for r in ranges
+                            ],
+                        )
+            figures["seeded"] = time.perf_counter() - started
+            serving = SpannerServing(spanner_database(url), emulator_host=emulator.host)
+            await serving.start()
+            try:
+                completeness = serving.completeness
+                assert isinstance(completeness, SpannerCompleteness)
+                audits = []
+                for _ in range(5):
+                    begun = time.perf_counter()
+                    found = await completeness.audit(
+                        now - 86_400_000_000, now + 1, cutoff=now, limit=100
+                    )
+                    audits.append(time.perf_counter() - begun)
+                figures["audit"] = max(audits)
+                figures["missing"] = sum(found.missing_by_hour.values())
+                begun = time.perf_counter()
+                await completeness.worst(cutoff=now, since=now - 86_400_000_000, top=100)
+                figures["worst"] = time.perf_counter() - begun
+                begun = time.perf_counter()
+                await completeness.producers("", 1)
+                figures["page"] = time.perf_counter() - begun
+            finally:
+                await serving.close()
+        finally:
+            emulator.stop()
+    return figures
+
+
+def serving_audit(args: argparse.Namespace) -> int:
+    rows = [["producers", "with a gap", "seeded s", "audit ms", "worst ms", "page ms", "missing"]]
+    for producers in [int(n) for n in args.producers.split(",")]:
+        found = asyncio.run(_serving_audit(producers, args.gapped))
+        rows.append(
+            [
+                f"{producers:,}",
+                f"{args.gapped:.0%}",
+                f"{found['seeded']:.0f}",
+                f"{found['audit'] * 1000:,.0f}",
+                f"{found['worst'] * 1000:,.0f}",
+                f"{found['page'] * 1000:,.0f}",
+                f"{found['missing']:,.0f}",
+            ]
+        )
+    print(
+        "The serving tier's ledger on the Spanner emulator: N producers' entries, a share of "
+        "them with a gap of two sequences an hour old; the longest of 5 audits of a day, "
+        "the producers missing and in conflict most, a page of one producer (the emulator "
+        "is one process, not an instance: its times are no production latency):"
+    )
+    print(table(rows))
     return 0
 
 
@@ -538,9 +860,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--store-rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--storage", action="store_true", help="the ledger's bytes per producer")
+    parser.add_argument("--scale", action="store_true", help="the DuckDB store with many producers")
+    parser.add_argument(
+        "--serving", action="store_true", help="the serving tier's audit with many producers"
+    )
+    parser.add_argument("--producers", default="1000,100000,1000000")
+    parser.add_argument("--gapped", type=float, default=0.01)
     args = parser.parse_args(argv)
     if args.storage:
         return storage(args)
+    if args.scale:
+        return scale(args)
+    if args.serving:
+        return serving_audit(args)
     if args.count:
         return count(args)
     return whole_path(args)
@@ -549,4 +881,6 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         sys.exit(worker(sys.argv[2:]))
+    if sys.argv[1:2] == ["--scale-worker"]:
+        sys.exit(scale_worker(sys.argv[2:]))
     sys.exit(main(sys.argv[1:]))

@@ -1,27 +1,23 @@
-"""What a month of Recordline costs, item by item, for fleets of 1, 10 and 100 systems.
+"""What a month of Recordline costs, item by item and per system, for fleets of 1, 10, 100
+and 1,000 systems in cells.
 
     .venv/bin/python infra/fleet_cost.py            # the table docs/operations.md shows
-    .venv/bin/python infra/fleet_cost.py --notes    # and the two figures below it
+    .venv/bin/python infra/fleet_cost.py --notes    # and the figures below it
 
-Terraform itself (`terraform console`, offline) evaluates the environment's variables
-and the serving tier's sizing of spanner.tf for 1, 10 and 100 systems with `serving`,
-each at the default rate and message size, the exporter service's size (exporter.tf)
-and the metric descriptors of metrics.tf; the alert policies are counted from fleet.tf
-and tickets.tf. The list prices below, each with its source, turn that into dollars a
-month, for two topologies:
+Terraform itself (`terraform console`, offline) evaluates a cell of the fleet's size
+(infra/terraform: its Spanner sizing, its ingest service's billing mode and instances,
+its exporter pool's size, the metrics' value types of modules/metrics), each system at
+the default rate and message size with `serving`; a fleet is as many full cells as it
+fills (cell_max_systems, 100) and one with the rest. The alert policies are counted
+from the environment root (infra/terraform/environment). The list prices below, each
+with its source, turn that into dollars a month; what the service does (CPU a push,
+spans a push, the series it writes) is each a named input below with its source.
 
-- before the exporter service, where each system's service ran its own exporter to
-  BigQuery and so kept one instance always on, CPU always allocated (instance-based
-  billing);
-- now: the exporter service, a worker pool of `exporter_instances` always-on
-  instances (two), exports every system, and each system's ingest service scales with
-  its traffic from zero instances (`min_instances`, 0), billed by request.
-
-Every billed item is a row; free allotments are counted once, for this environment
-alone (they are per billing account or per project, as each row says). Prices are the
-list prices of a regional deployment in us-central1 (tier 1; europe-west1 is within a
-few percent), and change: check them against the pricing pages before a budget is made
-of this. A test keeps the table in docs/operations.md equal to what this prints.
+Every billed item is a row; free allotments are counted once, for the environment's
+project alone (they are per billing account or per project, as each row says). Prices
+are the list prices of a regional deployment in us-central1 (tier 1; europe-west1 is
+within a few percent), and change: check them against the pricing pages before a budget
+is made of this. A test keeps the table in docs/operations.md equal to what this prints.
 """
 
 from __future__ import annotations
@@ -39,7 +35,9 @@ from typing import Any
 
 import hcl2
 
-TERRAFORM = Path(__file__).resolve().parent / "terraform"
+ROOT = Path(__file__).resolve().parent.parent
+TERRAFORM = ROOT / "infra" / "terraform"
+ENVIRONMENT = TERRAFORM / "environment"
 
 HOURS_A_MONTH = 730
 SECONDS_A_MONTH = HOURS_A_MONTH * 3600
@@ -65,6 +63,8 @@ EUR3_GB_MONTH_AT_LEAST = 0.50
 # always allocated): $0.000018 a vCPU-second, $0.000002 a GiB-second, no request fee.
 # Request-based: $0.000024 a vCPU-second, $0.0000025 a GiB-second while an instance
 # handles a request, each stretch rounded up to 100 ms, and $0.40 a million requests.
+# A worker pool's instances are billed as instance-based ones, all the time
+# (https://cloud.google.com/run/docs/configuring/workerpools/manual-scaling).
 RUN_VCPU_SECOND = 0.000018
 RUN_GIB_SECOND = 0.000002
 RUN_REQUEST_VCPU_SECOND = 0.000024
@@ -98,11 +98,10 @@ BIGQUERY_ROW_OVERHEAD = 200
 # CreateTimeSeries (workload.googleapis.com/*, what the service's OpenTelemetry exporter
 # writes) are billed by the bytes ingested, each point of a number 8 bytes and of a
 # distribution 80: $0.258 a MiB from 150 to 100,000 MiB a month, $0.151 to 250,000,
-# $0.061 past it; the first 150 MiB free per billing account. (Samples are the unit of
-# Managed Service for Prometheus only.) Uptime checks: $0.30 a thousand executions past
-# the first million a month. Alerting: $1.50 a condition a month (and $0.35 a million
-# time series a query returns: the pages return one each, the tickets one per system in
-# trouble, cents at most).
+# $0.061 past it; the first 150 MiB free per billing account. Uptime checks: $0.30 a
+# thousand executions past the first million a month. Alerting: $1.50 a condition a
+# month (and $0.35 a million time series a query returns: the pages return one each,
+# the tickets one per system in trouble, cents at most).
 MONITORING_TIERS = ((150, 0.0), (100_000, 0.258), (250_000, 0.151), (math.inf, 0.061))
 POINT_BYTES = {"DISTRIBUTION": 80, "INT64": 8, "DOUBLE": 8, "BOOL": 8}
 UPTIME_THOUSAND = 0.30
@@ -128,82 +127,111 @@ SECRET_FREE = 6
 REGISTRY_GIB_MONTH = 0.10
 REGISTRY_FREE = GIB // 2
 
-# --- what the service does, from the code ---------------------------------------------------
+# --- what the service does ------------------------------------------------------------------
 
+# CPU one push costs an ingest instance: 365 µs, measured for Recordline as deployed
+# (uvicorn, httptools, the service's bounds and telemetry) on one CPU under wrk at 64
+# connections (docs/benchmarks.md, "deployed, server on one CPU"). Measured on the
+# DuckDB store: the serving tier's commit is a gRPC call per batch of pushes, not per
+# push, but its client's share of a push is not in that figure. A cell's measured
+# figure, when the service's benchmark writes one (bench/cell_capacity.json:
+# {"cpu_seconds_per_push": ..., "source": ...}), is read instead (`capacity`).
+INGEST_CPU_SECONDS_A_PUSH = 365e-6
+INGEST_CPU_SOURCE = 'docs/benchmarks.md, "deployed, server on one CPU" (DuckDB store)'
+# Cloud Run adds instances to keep each at about 60% of its CPU
+# (https://cloud.google.com/run/docs/about-instance-autoscaling).
+INGEST_TARGET_UTILISATION = 0.6
 # Spans a push leaves when it is traced: its request, and the flush of the group commit
 # it is in with the store's append (app/telemetry/traces.py, store.py). At ten pushes a
 # second a flush carries one or two rows: three a push.
 SPANS_PER_PUSH = 3
-# The read path's uptime check: three checkers, every five minutes (modules/system/uptime.tf),
-# each probe one BigQuery query of the 10 MiB minimum.
+# The cell's uptime check: three checkers, every five minutes (uptime.tf).
 UPTIME_CHECKERS = 3
 UPTIME_PERIOD_MINUTES = 5
 # Request log entries kept a month per system: the 1% of successful pushes the
-# exclusion keeps (logging.tf), the probes', the canary's; about 1.2 KiB each.
+# exclusion keeps (logging.tf), about 1.2 KiB each.
 LOG_ENTRY_BYTES = 1200
 LOGGED_SHARE_OF_PUSHES = 0.01
 # An image, compressed, as the registry stores it (Python, the service's dependencies):
 # an estimate, about 200 MiB.
 IMAGE_BYTES = 200 * MIB
-# The series an instance writes each minute, by metric (metrics.tf's descriptors; a
-# test keeps these keys equal to them): a number of series from the labels' values a
-# system has on an ordinary day. The read routes three (the probe's and two look-ups),
-# outcomes two (stored, and a rejection's reason), tables two (records, rejected), no
-# conflicting copies. The exporter's are written for each system it exports.
-INGEST_SERIES = {
+# The series a system writes each minute (in a cell, a system's telemetry is counters),
+# from every ingest instance of its cell that served it, by metric: a number of series
+# from the labels' values a system has on an ordinary day. Outcomes two (stored, and a
+# rejection's reason); service level events four (each objective's good events, and an
+# occasional 503's bad one); bytes billed one (reads from Spanner bill nothing, a read
+# past its retention one route). Its export's, from the exporter instance holding its
+# lease alone: two tables.
+SYSTEM_SERIES = {
+    "messages": 2,
+    "slo.events": 4,
+    "query.bytes_billed": 1,
+    "canary.age": 1,
+    "watermark.lag": 1,
+    "conflicts": 0,
+    # Written per producer with sequences missing: none on an ordinary day.
+    "producer.missing": 0,
+    # Written per producer whose sequences two messages claimed: none on an ordinary day.
+    "producer.conflicts": 0,
+}
+EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
+# The cell's own, from each of its ingest instances: the distributions (the read and
+# query routes three each) and the gauges that describe the process; connections a
+# bound refused, two reasons on an ordinary day; loops restarted, none.
+CELL_SERIES = {
     "ingest.lag": 1,
     "append.rows": 1,
     "append.duration": 1,
     "query.duration": 3,
     "read.duration": 3,
-    "messages": 2,
-    "query.bytes_billed": 3,
     "queue.depth": 1,
-    "watermark.lag": 1,
     "followers": 1,
-    "conflicts": 0,
-    # Written only by a loop that failed and was started again: none in a healthy month.
-    "loop.restarts": 0,
-    # Written per reason once a bound of the server refused a connection: scanners and
-    # clients that stall reach any service on the internet, two reasons on an ordinary day.
     "connections.refused": 2,
-    "canary.age": 1,
-    # Written per producer with sequences missing (and once more at zero when they are
-    # found): none on an ordinary day.
-    "producer.missing": 0,
+    "loop.restarts": 0,
 }
-# The export's, written by the instance exporting a system. Every other instance that
-# reads the system's watermark writes its lag too (LAG_SERIES): the exporter service's
-# instance standing by, and the ingest service's, which reads it to know where Spanner's
-# reads begin (so that a system's lag is reported while either runs).
-EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
-LAG_SERIES = {"export.lag": 2}
 
-FLEETS = (1, 10, 100)
+FLEETS = (1, 10, 100, 1000)
+TARGET_PER_SYSTEM = 25.0
 
 
 def _plain_locals(path: Path) -> str:
-    """The `locals` blocks of a root file that name no resource, data source or module."""
+    """The `locals` blocks of a file that name no resource, data source or module."""
     blocks = re.findall(r"(?ms)^locals \{\n.*?^\}\n", path.read_text())
     resources = re.compile(r"\b(google_|data\.|module\.|time_sleep)")
     return "\n".join(b for b in blocks if not resources.search(b))
 
 
+def _load(path: Path) -> dict[str, Any]:
+    with path.open() as f:
+        parsed: dict[str, Any] = hcl2.load(f)
+    return parsed
+
+
+def capacity() -> tuple[float, str]:
+    """CPU seconds a push costs an ingest instance, and where the figure is from."""
+    measured = ROOT / "bench" / "cell_capacity.json"
+    if measured.exists():
+        found = json.loads(measured.read_text())
+        return float(found["cpu_seconds_per_push"]), str(found["source"])
+    return INGEST_CPU_SECONDS_A_PUSH, INGEST_CPU_SOURCE
+
+
 @cache
-def evaluate(systems: int) -> dict[str, Any]:
-    """The variables, the serving tier's sizing and the metric descriptors, for `systems`
-    serving systems at the defaults, as `terraform console` evaluates them."""
+def evaluate(systems: int, rate: float | None = None) -> dict[str, Any]:
+    """A cell of `systems` serving systems at the defaults (or at `rate` pushes a second
+    each), as `terraform console` evaluates the cell root: its Spanner sizing, billing,
+    sizes, and the metrics' value types."""
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, systems))]
     # Past 90 databases the systems added last name a second instance (spanner.tf).
     entries = [
-        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""} }}'
+        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""}'
+        + (f", rate = {rate}" if rate is not None else "")
+        + " }"
         for i, n in enumerate(names)
     ]
     values = {
         "project_id": '"recordline-prod"',
         "environment": '"dev"',
-        "github_owner": '"recordline"',
-        "github_repo": '"recordline"',
         "terraform_state_bucket": '"recordline-prod-tfstate"',
         "service_account_quota": "300",
         "systems": "{ " + ", ".join(entries) + " }",
@@ -212,11 +240,12 @@ def evaluate(systems: int) -> dict[str, Any]:
         "{ units = local.spanner_total_units, stored = local.spanner_total_stored_bytes,"
         " instances = length(local.spanner_instances),"
         " rate = var.serving_rate, message_bytes = var.serving_message_bytes,"
-        " cpu = var.cpu, memory = var.memory, min_instances = var.min_instances,"
+        " cpu = var.cpu, memory = var.memory, min_instances = local.ingest_min_instances,"
+        " instance_based = local.instance_based, cell_rate = local.cell_rate,"
+        " break_even = var.billing_break_even_rate, cell_max_systems = var.cell_max_systems,"
         " exporter_instances = var.exporter_instances, exporter_cpu = var.exporter_cpu,"
-        " exporter_memory = var.exporter_memory,"
+        " exporter_memory = var.exporter_memory, exporters = length(local.exporter),"
         " retention_days = var.retention_days, trace_sample_ratio = var.trace_sample_ratio,"
-        " kept_images = var.kept_image_versions,"
         " metrics = { for k, v in local.workload_metrics : k => v.value } }"
     )
     terraform = shutil.which("terraform")
@@ -225,9 +254,11 @@ def evaluate(systems: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         shutil.copy(TERRAFORM / "variables.tf", work)
-        (work / "locals.tf").write_text(
-            "\n".join(_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf")))
-        )
+        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
+        plain.append(_plain_locals(TERRAFORM / "modules" / "metrics" / "main.tf"))
+        # The project's number (a data source) stood in for: no price depends on it.
+        plain.append('locals {\n  project_number = "123456789012"\n}\n')
+        (work / "locals.tf").write_text("\n".join(plain))
         (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
         run = subprocess.run(  # noqa: S603 - our own argv, no shell
             [terraform, "console", "-var-file=values.tfvars"],
@@ -244,20 +275,28 @@ def evaluate(systems: int) -> dict[str, Any]:
     return found
 
 
-def alert_conditions(spanner_instances: int) -> int:
-    """Conditions of every alert policy (one each): a page per symptom (fleet.tf), a ticket
-    per symptom for the one set of ticket channels (tickets.tf), and per serving
-    instance its CPU ticket and its storage ticket and page (spanner.tf)."""
+def kept_images() -> int:
+    """Images the environment's repository keeps (environment/variables.tf)."""
+    for block in _load(ENVIRONMENT / "variables.tf").get("variable", []):
+        for name, body in block.items():
+            if name.strip('"') == "kept_image_versions":
+                return int(body["default"])
+    raise SystemExit("no kept_image_versions in the environment's variables")
+
+
+def alert_conditions() -> int:
+    """Conditions of every alert policy (one each), the environment's, whatever the
+    number of cells: a page per symptom (fleet.tf), a ticket per symptom for the one set
+    of ticket channels, and the serving instances' two tickets (tickets.tf)."""
 
     def local(path: Path, name: str) -> Any:
-        with path.open() as f:
-            parsed = hcl2.load(f)
-        (value,) = [block[name] for block in parsed.get("locals", []) if name in block]
+        (value,) = [block[name] for block in _load(path).get("locals", []) if name in block]
         return value
 
-    pages = len(local(TERRAFORM / "fleet.tf", "pages"))
-    tickets = len(local(TERRAFORM / "tickets.tf", "ticket_specs"))
-    return pages + tickets + 3 * spanner_instances
+    pages = len(local(ENVIRONMENT / "fleet.tf", "pages"))
+    tickets = len(local(ENVIRONMENT / "tickets.tf", "ticket_specs"))
+    instances = len(local(ENVIRONMENT / "tickets.tf", "instance_tickets"))
+    return pages + tickets + instances
 
 
 def _gib(memory: str) -> float:
@@ -279,6 +318,46 @@ def _point_bytes(metrics: dict[str, str], series: dict[str, int]) -> int:
     return sum(count * POINT_BYTES[metrics[name]] for name, count in series.items())
 
 
+def cells_of(systems: int, cell_max: int) -> list[int]:
+    """The cells a fleet of `systems` fills: full ones, and one with the rest."""
+    full, rest = divmod(systems, cell_max)
+    return [cell_max] * full + ([rest] if rest else [])
+
+
+def always_on(found: dict[str, Any]) -> float:
+    """One ingest instance billed instance-based, a month."""
+    return (
+        float(found["cpu"]) * RUN_VCPU_SECOND + _gib(found["memory"]) * RUN_GIB_SECOND
+    ) * SECONDS_A_MONTH
+
+
+def ingest_instances(found: dict[str, Any]) -> int:
+    """The instances a cell's ingest service runs: its minimum, or what its declared
+    rate keeps at Cloud Run's target utilisation, whichever is more."""
+    cpu_a_push, _ = capacity()
+    needed = math.ceil(
+        float(found["cell_rate"]) * cpu_a_push / (float(found["cpu"]) * INGEST_TARGET_UTILISATION)
+    )
+    return max(int(found["min_instances"]), needed)
+
+
+def ingest_month(found: dict[str, Any], instance_based: bool) -> float:
+    """A cell's ingest service a month, billed either way. Instance-based: every running
+    instance all the time. By request: an instance is billed while it handles a request,
+    each stretch rounded up to 100 ms, so at a rate r a second each instance's billed
+    share of the time is at most r x 0.1 over the instances (all of it once pushes keep
+    it busy), and $0.40 a million requests."""
+    rate = float(found["cell_rate"])
+    instances = max(1, ingest_instances(found))
+    if instance_based:
+        return instances * always_on(found)
+    busy = instances * min(1.0, rate * RUN_ROUNDING_SECONDS / instances)
+    per_second = float(found["cpu"]) * RUN_REQUEST_VCPU_SECOND + _gib(found["memory"]) * (
+        RUN_REQUEST_GIB_SECOND
+    )
+    return busy * per_second * SECONDS_A_MONTH + rate * SECONDS_A_MONTH / 1e6 * RUN_MILLION_REQUESTS
+
+
 # Each row: what is billed, where its price is.
 ROWS = (
     ("Spanner compute (processing units)", "https://cloud.google.com/spanner/pricing"),
@@ -286,16 +365,12 @@ ROWS = (
         "Spanner storage (rows, indexes, 3 days of old versions)",
         "https://cloud.google.com/spanner/pricing",
     ),
-    ("Cloud Run: ingest services", "https://cloud.google.com/run/pricing"),
-    ("Cloud Run: exporter service", "https://cloud.google.com/run/pricing"),
+    ("Cloud Run: the cells' ingest services", "https://cloud.google.com/run/pricing"),
+    ("Cloud Run: the cells' exporter pools", "https://cloud.google.com/run/pricing"),
     ("Pub/Sub throughput (published and pushed)", "https://cloud.google.com/pubsub/pricing"),
     ("BigQuery Storage Write API", "https://cloud.google.com/bigquery/pricing"),
     ("BigQuery storage, first month", "https://cloud.google.com/bigquery/pricing"),
     ("BigQuery storage, twelfth month (rows kept)", "https://cloud.google.com/bigquery/pricing"),
-    (
-        "BigQuery queries: the uptime probes' 10 MiB minimum",
-        "https://cloud.google.com/bigquery/pricing",
-    ),
     ("Cloud Monitoring: custom metrics, by bytes", "https://cloud.google.com/stackdriver/pricing"),
     ("Cloud Monitoring: uptime check executions", "https://cloud.google.com/stackdriver/pricing"),
     ("Cloud Monitoring: alerting conditions", "https://cloud.google.com/stackdriver/pricing"),
@@ -305,7 +380,10 @@ ROWS = (
         "https://cloud.google.com/stackdriver/pricing",
     ),
     ("Cloud Scheduler (a canary job each)", "https://cloud.google.com/scheduler/pricing"),
-    ("Secret Manager (a page-token key each)", "https://cloud.google.com/secret-manager/pricing"),
+    (
+        "Secret Manager (each cell's page-token key and systems' files)",
+        "https://cloud.google.com/secret-manager/pricing",
+    ),
     (
         "Artifact Registry (kept images, one region)",
         "https://cloud.google.com/artifact-registry/pricing",
@@ -313,163 +391,182 @@ ROWS = (
 )
 
 
-def month(systems: int, found: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Each billed item, in dollars a month: (before the exporter service, now)."""
-    rate, message = float(found["rate"]), float(found["message_bytes"])
-    cpu, memory = float(found["cpu"]), _gib(found["memory"])
+def month(systems: int) -> dict[str, float]:
+    """Each billed item, in dollars a month, for a fleet of `systems` systems in cells."""
+    cell_max = int(evaluate(1)["cell_max_systems"])
+    cells = [evaluate(size) for size in cells_of(systems, cell_max)]
+    base = cells[0]
+    rate, message = float(base["rate"]), float(base["message_bytes"])
     pushes = systems * rate * SECONDS_A_MONTH
-    items: dict[str, tuple[float, float]] = {}
+    items: dict[str, float] = {}
 
-    spanner = found["units"] / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH
-    stored = found["stored"] / GIB * SPANNER_GB_MONTH
-    items[ROWS[0][0]] = (spanner, spanner)
-    items[ROWS[1][0]] = (stored, stored)
-
-    # Before: one instance always on per serving system (its exporter), instance-based.
-    always_on = (cpu * RUN_VCPU_SECOND + memory * RUN_GIB_SECOND) * SECONDS_A_MONTH
-    # Now: billed only while a request is in flight (min_instances 0), each stretch
-    # rounded up to 100 ms. Pushes of a few milliseconds rarely overlap at these rates,
-    # so each is billed 100 ms: busy a tenth of a second per push, at most all the time.
-    # (Even with overlaps merged, 10 pushes a second keep an instance billed three
-    # quarters of the time.)
-    if found["min_instances"] != 0:
-        raise ValueError("the table prices ingest at zero instances at rest (min_instances 0)")
-    busy = min(1.0, rate * RUN_ROUNDING_SECONDS)
-    by_request = busy * (cpu * RUN_REQUEST_VCPU_SECOND + memory * RUN_REQUEST_GIB_SECOND)
-    ingest_after = systems * by_request * SECONDS_A_MONTH + pushes / 1e6 * RUN_MILLION_REQUESTS
-    items[ROWS[2][0]] = (systems * always_on, ingest_after)
-    # The worker pool's instances, every one billed all the time at the instance-based
-    # rate (https://cloud.google.com/run/docs/configuring/workerpools/manual-scaling:
-    # "billed as active instances, even if they happen to be idle").
-    exporters = int(found["exporter_instances"])
-    exporter = (
-        float(found["exporter_cpu"]) * RUN_VCPU_SECOND
-        + _gib(found["exporter_memory"]) * RUN_GIB_SECOND
-    ) * SECONDS_A_MONTH
-    items[ROWS[3][0]] = (0.0, exporters * exporter)
+    items[ROWS[0][0]] = sum(c["units"] / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH for c in cells)
+    items[ROWS[1][0]] = sum(c["stored"] / GIB * SPANNER_GB_MONTH for c in cells)
+    items[ROWS[2][0]] = sum(ingest_month(c, bool(c["instance_based"])) for c in cells)
+    items[ROWS[3][0]] = sum(
+        int(c["exporters"])
+        * int(c["exporter_instances"])
+        * (float(c["exporter_cpu"]) * RUN_VCPU_SECOND + _gib(c["exporter_memory"]) * RUN_GIB_SECOND)
+        * SECONDS_A_MONTH
+        for c in cells
+    )
 
     pubsub_bytes = 2 * pushes * (message + PUBSUB_MESSAGE_OVERHEAD)
-    pubsub = max(0.0, pubsub_bytes - PUBSUB_FREE_BYTES) / TIB * PUBSUB_TIB
-    items[ROWS[4][0]] = (pubsub, pubsub)
+    items[ROWS[4][0]] = max(0.0, pubsub_bytes - PUBSUB_FREE_BYTES) / TIB * PUBSUB_TIB
 
     row_bytes = pushes * (message + BIGQUERY_ROW_OVERHEAD)  # a month of rows
-    write = max(0.0, row_bytes - STORAGE_WRITE_FREE) / GIB * STORAGE_WRITE_GIB
-    items[ROWS[5][0]] = (write, write)
-    first = max(0.0, row_bytes - BIGQUERY_FREE_STORAGE) / GIB * BIGQUERY_ACTIVE_GIB_MONTH
+    items[ROWS[5][0]] = max(0.0, row_bytes - STORAGE_WRITE_FREE) / GIB * STORAGE_WRITE_GIB
+    items[ROWS[6][0]] = (
+        max(0.0, row_bytes - BIGQUERY_FREE_STORAGE) / GIB * BIGQUERY_ACTIVE_GIB_MONTH
+    )
     # Month twelve, retention_days = 0 (kept): twelve months of rows, the newest three
     # active, nine long-term (a day's partition is not written again once exported).
-    kept = 12 if found["retention_days"] == 0 else min(12, found["retention_days"] / 30)
+    kept = 12 if base["retention_days"] == 0 else min(12, base["retention_days"] / 30)
     active, long_term = min(kept, 3) * row_bytes, max(0.0, kept - 3) * row_bytes
-    twelfth = (
+    items[ROWS[7][0]] = (
         max(0.0, active - BIGQUERY_FREE_STORAGE) / GIB * BIGQUERY_ACTIVE_GIB_MONTH
         + long_term / GIB * BIGQUERY_LONG_TERM_GIB_MONTH
     )
-    items[ROWS[6][0]] = (first, first)
-    items[ROWS[7][0]] = (twelfth, twelfth)
 
-    probes = systems * UPTIME_CHECKERS * MINUTES_A_MONTH / UPTIME_PERIOD_MINUTES
-    probe_bytes = probes * QUERY_MINIMUM
-    queries = max(0.0, probe_bytes - QUERY_FREE) / TIB * QUERY_TIB
-    items[ROWS[8][0]] = (queries, queries)
+    metrics = base["metrics"]
+    per_minute = 0.0
+    for c, size in zip(cells, cells_of(systems, cell_max), strict=True):
+        instances = max(1, ingest_instances(c))
+        per_minute += size * (
+            instances * _point_bytes(metrics, SYSTEM_SERIES) + _point_bytes(metrics, EXPORT_SERIES)
+        )
+        per_minute += instances * _point_bytes(metrics, CELL_SERIES)
+    items[ROWS[8][0]] = _monitoring(per_minute * MINUTES_A_MONTH)
+    probes = len(cells) * UPTIME_CHECKERS * MINUTES_A_MONTH / UPTIME_PERIOD_MINUTES
+    items[ROWS[9][0]] = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
+    items[ROWS[10][0]] = alert_conditions() * ALERT_CONDITION
 
-    metrics = found["metrics"]
-    ingest_minute = _point_bytes(metrics, INGEST_SERIES)
-    export_minute = _point_bytes(metrics, EXPORT_SERIES)
-    lag_minute = _point_bytes(metrics, LAG_SERIES)
-    # Before: one instance a system, exporting it. Now: an ingest instance a system,
-    # which reads the lag; the exporting instance; the others standing by, which read it.
-    before = systems * (ingest_minute + export_minute) * MINUTES_A_MONTH
-    standing_by = (exporters - 1) * lag_minute
-    after = systems * (ingest_minute + lag_minute + export_minute + standing_by)
-    after *= MINUTES_A_MONTH
-    items[ROWS[9][0]] = (_monitoring(before), _monitoring(after))
-    uptime = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
-    items[ROWS[10][0]] = (uptime, uptime)
-    alerts = alert_conditions(found["instances"]) * ALERT_CONDITION
-    items[ROWS[11][0]] = (alerts, alerts)
+    spans = pushes * SPANS_PER_PUSH * float(base["trace_sample_ratio"])
+    items[ROWS[11][0]] = max(0.0, spans - TRACE_FREE_SPANS) / 1e6 * TRACE_MILLION_SPANS
+    logged = pushes * LOGGED_SHARE_OF_PUSHES * LOG_ENTRY_BYTES
+    items[ROWS[12][0]] = max(0.0, logged - LOGGING_FREE) / GIB * LOGGING_GIB
 
-    spans = pushes * SPANS_PER_PUSH * float(found["trace_sample_ratio"])
-    trace = max(0.0, spans - TRACE_FREE_SPANS) / 1e6 * TRACE_MILLION_SPANS
-    items[ROWS[12][0]] = (trace, trace)
-    logged = (pushes * LOGGED_SHARE_OF_PUSHES + probes) * LOG_ENTRY_BYTES
-    logging = max(0.0, logged - LOGGING_FREE) / GIB * LOGGING_GIB
-    items[ROWS[13][0]] = (logging, logging)
-
-    scheduler = max(0, systems - SCHEDULER_FREE) * SCHEDULER_JOB
-    secrets = max(0, systems - SECRET_FREE) * SECRET_VERSION
-    registry = (
-        max(0.0, found["kept_images"] * IMAGE_BYTES - REGISTRY_FREE) / GIB * (REGISTRY_GIB_MONTH)
+    items[ROWS[13][0]] = max(0, systems - SCHEDULER_FREE) * SCHEDULER_JOB
+    secrets = sum(2 + int(c["exporters"]) for c in cells)
+    items[ROWS[14][0]] = max(0, secrets - SECRET_FREE) * SECRET_VERSION
+    items[ROWS[15][0]] = (
+        max(0.0, kept_images() * IMAGE_BYTES - REGISTRY_FREE) / GIB * REGISTRY_GIB_MONTH
     )
-    items[ROWS[14][0]] = (scheduler, scheduler)
-    items[ROWS[15][0]] = (secrets, secrets)
-    items[ROWS[16][0]] = (registry, registry)
     return items
 
 
 def _dollars(value: float) -> str:
-    return f"${value:,.0f}" if value >= 0.5 or value == 0 else "<$1"
+    if value == 0:
+        return "$0"
+    if value < 0.005:
+        return "<$0.01"
+    return f"${value:,.0f}" if value >= 100 else f"${value:,.2f}"
+
+
+def _total(items: dict[str, float], month_of: str) -> float:
+    """The items of the first month (`first`) or the twelfth (`twelfth`)."""
+    skip = ROWS[7][0] if month_of == "first" else ROWS[6][0]
+    return sum(v for k, v in items.items() if k != skip)
 
 
 def table() -> str:
-    found = {systems: evaluate(systems) for systems in FLEETS}
-    months = {systems: month(systems, found[systems]) for systems in FLEETS}
+    months = {systems: month(systems) for systems in FLEETS}
+    cell_max = int(evaluate(1)["cell_max_systems"])
     header = (
         "| Billed item | Price | "
-        + " | ".join(f"{s} before" for s in FLEETS)
-        + " | "
-        + " | ".join(f"{s} now" for s in FLEETS)
+        + " | ".join(f"{s:,} system{'s' if s > 1 else ''}" for s in FLEETS)
         + " |"
     )
-    rows = [header, "|---|---|" + "---:|" * (2 * len(FLEETS))]
+    rows = [header, "|---|---|" + "---:|" * len(FLEETS)]
     for name, source in ROWS:
-        cells = [months[s][name][0] for s in FLEETS] + [months[s][name][1] for s in FLEETS]
+        cells = [months[s][name] for s in FLEETS]
         rows.append(f"| {name} | [list]({source}) | " + " | ".join(map(_dollars, cells)) + " |")
-
-    def total(systems: int, which: int, skip: str) -> float:
-        return sum(v[which] for k, v in months[systems].items() if k != skip)
-
-    twelfth, first = ROWS[7][0], ROWS[6][0]
-    for label, skip in (("**Total, first month**", twelfth), ("**Total, twelfth month**", first)):
-        cells = [total(s, 0, skip) for s in FLEETS] + [total(s, 1, skip) for s in FLEETS]
+    for label, which in (
+        ("**Total, first month**", "first"),
+        ("**Total, twelfth month**", "twelfth"),
+    ):
+        cells = [_total(months[s], which) for s in FLEETS]
         rows.append(f"| {label} | | " + " | ".join(f"**{_dollars(c)}**" for c in cells) + " |")
-    cells = [total(s, 0, first) / s for s in FLEETS] + [total(s, 1, first) / s for s in FLEETS]
-    rows.append("| Per system, twelfth month | | " + " | ".join(map(_dollars, cells)) + " |")
-    units = [str(found[s]["units"]) for s in FLEETS] * 2
+    cells = [_total(months[s], "twelfth") / s for s in FLEETS]
+    rows.append(
+        "| **Per system, twelfth month** | | "
+        + " | ".join(f"**{_dollars(c)}**" for c in cells)
+        + " |"
+    )
+    counts = [str(len(cells_of(s, cell_max))) for s in FLEETS]
+    rows.append("| Cells | | " + " | ".join(counts) + " |")
+    units = [str(sum(evaluate(n)["units"] for n in cells_of(s, cell_max))) for s in FLEETS]
     rows.append("| Spanner processing units | | " + " | ".join(units) + " |")
     return "\n".join(rows)
+
+
+def per_system(systems: int) -> float:
+    """A system's share of the fleet's twelfth month."""
+    return _total(month(systems), "twelfth") / systems
+
+
+def break_even() -> float:
+    """The pushes a second above which an instance billed by request costs more than
+    one always on, at the cell's cpu and memory."""
+    found = evaluate(1)
+    cpu, memory = float(found["cpu"]), _gib(found["memory"])
+    always = cpu * RUN_VCPU_SECOND + memory * RUN_GIB_SECOND  # a second
+    per_push = (
+        RUN_ROUNDING_SECONDS * (cpu * RUN_REQUEST_VCPU_SECOND + memory * RUN_REQUEST_GIB_SECOND)
+        + RUN_MILLION_REQUESTS / 1e6
+    )
+    return always / per_push
+
+
+def single_system() -> str:
+    """One system alone in a cell, at a few rates: its ingest service billed either way,
+    and what the cell's plan bills it by (cell.tf)."""
+    lines = [
+        "| A system alone in its cell | billed by request | instance-based | the plan bills it |",
+        "|---|---:|---:|---|",
+    ]
+    for rate in (1.0, 5.0, 10.0, 50.0):
+        found = evaluate(1, rate)
+        chosen = "instance-based" if found["instance_based"] else "by request"
+        lines.append(
+            f"| {rate:g} pushes a second | {_dollars(ingest_month(found, False))} |"
+            f" {_dollars(ingest_month(found, True))} | {chosen} |"
+        )
+    return "\n".join(lines)
 
 
 def region_plan(systems: int = 100) -> str:
     """What the serving tier costs in eur3 (Enterprise Plus) against today's regional
     Standard instance, for the region plan, at `systems` systems."""
-    found = evaluate(systems)
-    regional = found["units"] / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH + (
-        found["stored"] / GIB * SPANNER_GB_MONTH
-    )
-    eur3 = found["units"] / 1000 * EUR3_NODE_HOUR_AT_LEAST * HOURS_A_MONTH + (
-        found["stored"] / GIB * EUR3_GB_MONTH_AT_LEAST
+    cell_max = int(evaluate(1)["cell_max_systems"])
+    cells = [evaluate(n) for n in cells_of(systems, cell_max)]
+    units = sum(c["units"] for c in cells)
+    stored = sum(c["stored"] for c in cells)
+    regional = units / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH + stored / GIB * SPANNER_GB_MONTH
+    eur3 = (
+        units / 1000 * EUR3_NODE_HOUR_AT_LEAST * HOURS_A_MONTH
+        + stored / GIB * EUR3_GB_MONTH_AT_LEAST
     )
     return (
-        f"At {systems} systems the serving tier ({found['units']} processing units) costs "
+        f"At {systems} systems the serving tier ({units} processing units) costs "
         f"{_dollars(regional)} a month regional (Standard) and at least {_dollars(eur3)} "
         "in eur3 (Enterprise Plus)."
     )
 
 
-def break_even() -> str:
-    """The rate below which an ingest service billed by request costs less than one
-    instance always on, at the defaults' size."""
-    found = evaluate(1)
-    cpu, memory = float(found["cpu"]), _gib(found["memory"])
-    always_on = cpu * RUN_VCPU_SECOND + memory * RUN_GIB_SECOND  # a second
-    per_push = (
-        RUN_ROUNDING_SECONDS * (cpu * RUN_REQUEST_VCPU_SECOND + memory * RUN_REQUEST_GIB_SECOND)
-        + RUN_MILLION_REQUESTS / 1e6
-    )
-    return (
-        f"An ingest service billed by request costs less than one instance always on below "
-        f"{always_on / per_push:.1f} pushes a second (at {found['rate']:g} a second, the "
-        "default, it costs more)."
+def notes() -> str:
+    cpu_a_push, source = capacity()
+    return "\n\n".join(
+        [
+            f"An ingest instance billed by request costs more than one always on from "
+            f"{break_even():.1f} pushes a second (1 vCPU, 1 GiB, list prices): "
+            f"billing_break_even_rate in infra/terraform/variables.tf.",
+            single_system(),
+            f"A push costs an ingest instance {cpu_a_push * 1e6:.0f} µs of CPU ({source}); "
+            f"a cell's instances are those that keep each at "
+            f"{INGEST_TARGET_UTILISATION:.0%} of its CPU, and at least its minimum.",
+            region_plan(),
+        ]
     )
 
 
@@ -477,9 +574,7 @@ def main() -> int:
     print(table())
     if "--notes" in sys.argv[1:]:
         print()
-        print(break_even())
-        print()
-        print(region_plan())
+        print(notes())
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Local tools around the service: `recordline dev`, `publish`, `tail` and `replay`.
+"""Local tools around the service: `recordline dev`, `publish` and `tail` (and `replay`'s
+status line on a terminal; the command is the service's, which a cell's job runs).
 
 They live apart from `app/`, the service, and are not in its wheel or image:
 the development environment has this directory on its path (the project's
@@ -55,12 +56,6 @@ COMMANDS: dict[str, Command] = {
     ),
     "publish": Command(
         "publish records to a Pub/Sub topic", "client", "add_publish_arguments", "publish_command"
-    ),
-    "replay": Command(
-        "replay rejected or dead-lettered messages through today's validation, once",
-        "replay",
-        "add_replay_arguments",
-        "replay_command",
     ),
     "tail": Command(
         "follow /v1/records, printing records as JSON lines",

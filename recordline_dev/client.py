@@ -32,6 +32,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
+from app.commands.arguments import at_least_one, service_url
+from app.commands.credentials import NoCredentials, google_credentials
 from app.records import AwareDatetime, micros, rfc3339
 from recordline_dev.progress import POLL_SECONDS, Ledger
 
@@ -428,47 +430,6 @@ def publish_failure(error: BaseException, topics: Sequence[str]) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-# How long looking for Google's default credentials may take. A key file or gcloud's
-# login is found at once, and on Google Cloud the metadata server answers in
-# milliseconds; elsewhere google-auth waits for that server ~14 s (three tries of
-# 3 s) before it says there are none.
-CREDENTIALS_SECONDS = 3.0
-PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
-
-
-class NoCredentials(RuntimeError):
-    """No Google credentials here; the message says what to set."""
-
-
-def google_credentials(*, seconds: float = CREDENTIALS_SECONDS) -> Any:
-    """Application Default Credentials for Pub/Sub, or NoCredentials within `seconds`."""
-    import google.auth
-    from google.auth.exceptions import GoogleAuthError
-
-    found: list[Any] = []
-
-    def look() -> None:
-        try:
-            found.append(google.auth.default(scopes=[PUBSUB_SCOPE])[0])
-        except GoogleAuthError as exc:
-            found.append(exc)
-
-    # A daemon: one still asking the metadata server does not keep the command alive.
-    looking = threading.Thread(target=look, name="credentials", daemon=True)
-    looking.start()
-    looking.join(seconds)
-    how = (
-        "set PUBSUB_EMULATOR_HOST to use the dev stack's emulator (`recordline dev` prints "
-        "it; `python3 dev.py dev` from a checkout), or sign in for a Google Cloud project "
-        "(`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS)"
-    )
-    if not found:
-        raise NoCredentials(f"no Google credentials found within {seconds:g} s: {how}")
-    if isinstance(found[0], GoogleAuthError):
-        raise NoCredentials(f"no Google credentials: {how}")
-    return found[0]
-
-
 def publish_command(args: argparse.Namespace) -> int:
     from app.settings import Settings, SettingsError
 
@@ -534,21 +495,27 @@ def publish_command(args: argparse.Namespace) -> int:
     sequenced: SequencedPublisher | None = None
     if args.producer != "":
         from app.ingest.publisher import SequencedPublisher
+        from app.ingest.signing import ProducerKeys
         from app.store.producers import SequenceError
 
         # Numbered, so the service stores a message the library publishes again (an
-        # answer later than its timeout) once, and names any that never arrive.
+        # answer later than its timeout) once, and names any that never arrive; signed
+        # when the service's RECORDLINE_PRODUCER_KEYS (in this environment) names it.
         producer = args.producer or f"recordline-publish-{prefix.rstrip('-')}"
         try:
+            keys = ProducerKeys.parse(os.environ.get("RECORDLINE_PRODUCER_KEYS", ""))
+            key = None if keys is None else keys.key_for(producer)
             sequenced = SequencedPublisher(
-                client, producer, epoch=args.epoch, ended=args.epoch_ended
+                client, producer, epoch=args.epoch, ended=args.epoch_ended, key=key
             )
-        except SequenceError as exc:
+        except (SequenceError, ValueError) as exc:
             print(f"recordline publish: {exc}", file=sys.stderr)
             return 2
         client = sequenced
+        signed = ", signed" if key is not None else ""
         print(
-            f"recordline publish: producer {producer!r} epoch {sequenced.epoch}, sequences from 0",
+            f"recordline publish: producer {producer!r} epoch {sequenced.epoch}, sequences from "
+            f"0{signed}",
             file=sys.stderr,
         )
 
@@ -899,17 +866,6 @@ def _say_publish(text: str) -> None:
     print(f"recordline publish: {text}", file=sys.stderr, flush=True)
 
 
-def at_least_one(text: str) -> int:
-    """A whole number of 1 or more (argparse: refused at once, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not 1 or more")
-    return value
-
-
 def _number(text: str) -> float:
     try:
         value = float(text)
@@ -989,7 +945,8 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--producer",
         help="producer id the messages carry with their sequence numbers (recordline-producer; "
-        "default: one of this run's own, recordline-publish-<run>); '' sends none",
+        "default: one of this run's own, recordline-publish-<run>); '' sends none. Signed "
+        "(recordline-signature) when RECORDLINE_PRODUCER_KEYS names it",
     )
     parser.add_argument(
         "--epoch",
@@ -1074,7 +1031,7 @@ async def follow(
     Once caught up (a page came back short), each request asks the service to
     hold it up to `wait` seconds until a record comes (long-poll): a record
     arrives as soon as it is stored, with no request in between. With
-    `wait=0` it polls instead, `idle` seconds apart. While the service is
+    `wait=0` it polls instead, `idle` seconds after each empty page. While the service is
     unreachable or answers 5xx it waits `idle` and asks again: a restarting
     service is waited for, and the page token stays valid across it. With
     `give_up_after`, a service that has not answered for that long raises
@@ -1143,10 +1100,12 @@ async def follow(
         if page.next_page_token is None:
             return  # only a bounded range ends
         params = {"limit": limit, "page_token": page.next_page_token}
+        # Short: at the tail, or ended by its bytes with rows to follow (a page with
+        # rows is never held, so asking to wait costs those nothing).
         if len(page.records) < limit:
             if wait > 0:
                 params["wait"] = f"{wait:g}"  # the service holds it until a record comes
-            else:
+            elif not page.records:
                 await asyncio.sleep(idle)
 
 
@@ -1226,18 +1185,6 @@ def tail_command(args: argparse.Namespace) -> int:
 
 def _say_tail(text: str) -> None:
     print(f"recordline tail: {text}", file=sys.stderr, flush=True)
-
-
-def service_url(text: str) -> str:
-    """`--url`, refused at once (argparse: exit 2) unless it is an http(s) URL: without a
-    scheme, `127.0.0.1:8080` would be retried as if the service were down."""
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        hint = f"; did you mean http://{text}?" if "://" not in text else ""
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an http:// or https:// URL of the service{hint}"
-        )
-    return text
 
 
 def add_tail_arguments(parser: argparse.ArgumentParser) -> None:

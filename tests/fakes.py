@@ -20,7 +20,7 @@ from app.store import (
     RowOutcome,
     Store,
 )
-from app.store.producers import Completeness, ProducerEntries
+from app.store.producers import Completeness, LedgerAudit, ProducerEntries, Worst
 
 # Delays of their own: the module's shared generator is the tests' (Hypothesis seeds it).
 _JITTER = random.Random()
@@ -135,3 +135,13 @@ class FaultyCompleteness:
         if self._store.failing_reads:
             raise StoreUnavailable("injected: reads fail")
         return await self.inner.producer(producer)
+
+    async def audit(self, since: int, until: int, *, cutoff: int, limit: int) -> LedgerAudit:
+        if self._store.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await self.inner.audit(since, until, cutoff=cutoff, limit=limit)
+
+    async def worst(self, *, cutoff: int, since: int, top: int) -> Worst:
+        if self._store.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await self.inner.worst(cutoff=cutoff, since=since, top=top)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -364,7 +366,18 @@ def runtime_stage() -> list[str]:
     return lines[start:]
 
 
-def test_the_image_runs_in_a_directory_it_may_write_with_an_absolute_store() -> None:
+def image_environment() -> dict[str, str]:
+    """The variables the image's runtime stage sets (its ENV lines)."""
+    found: dict[str, str] = {}
+    for line in runtime_stage():
+        if line.startswith("ENV "):
+            for word in shlex.split(line.removeprefix("ENV ")):
+                name, _, value = word.partition("=")
+                found[name] = value
+    return found
+
+
+def test_the_image_runs_in_a_directory_it_may_write_where_the_default_store_is() -> None:
     # `docker run IMAGE` started in /, where user 10001 may not write, and the
     # default store was relative to it.
     stage = runtime_stage()
@@ -377,12 +390,23 @@ def test_the_image_runs_in_a_directory_it_may_write_with_an_absolute_store() -> 
         for line in stage
         if line.startswith("RUN ")
     ), "the working directory is not made the service user's"
-    (store,) = re.findall(
-        r"RECORDLINE_STORE=(\S+)", " ".join(s for s in stage if s.startswith("ENV "))
-    )
-    assert store.startswith("duckdb:///"), store
-    assert store.removeprefix("duckdb://").startswith(workdir + "/")
-    assert Settings.load({"RECORDLINE_STORE": store}).store.url == store
+    # The default store is a file relative to it.
+    store = Settings.load({}).store.url
+    assert store.startswith("duckdb:"), store
+    assert not store.startswith("duckdb:///"), store
+
+
+def test_every_process_of_a_cell_starts_from_the_images_environment() -> None:
+    # The image is a cell's service, exporter pool and jobs: a deployment of one's own
+    # variable set there (RECORDLINE_STORE was) made each of them refuse to start.
+    environment = image_environment()
+    assert environment["PORT"] == "8080"
+    cell = {
+        "RECORDLINE_CELL": "cell-1",
+        "RECORDLINE_SYSTEMS": json.dumps({"orders": {"store": "memory:"}}),
+    }
+    loaded = Settings.load({**environment, **cell})
+    assert list(loaded.systems()) == ["orders"]
 
 
 @pytest.mark.skipif(

@@ -32,6 +32,7 @@ BAD_VALUES = {
     "RECORDLINE_HEADER_TIMEOUT_SECONDS": "0",
     "RECORDLINE_BODY_TIMEOUT_SECONDS": "0",
     "RECORDLINE_KEEP_ALIVE_SECONDS": "-1",
+    "RECORDLINE_SEND_TIMEOUT_SECONDS": "0",
     "RECORDLINE_MAX_CONNECTIONS": "0",
     "RECORDLINE_PUSH_RESERVE": "1",
     "RECORDLINE_LOG_FORMAT": "xml",
@@ -68,11 +69,13 @@ BAD_VALUES = {
     "RECORDLINE_PUSH_SERVICE_ACCOUNTS": "push-account",
     "RECORDLINE_OIDC_CERTS_URL": "www.googleapis.com/oauth2/v3/certs",
     "RECORDLINE_PUSH_TOKEN": "short-secret",
+    "RECORDLINE_PRODUCER_KEYS": "orders-api",
     "RECORDLINE_READ_PRINCIPALS": "group:readers@example.com",
     "RECORDLINE_OPERATOR_PRINCIPALS": "user:ada@example.com",
     "RECORDLINE_TRUST_CLOUD_RUN_IAM": "maybe",
     "RECORDLINE_PUBLIC_READS": "if you like",
     "RECORDLINE_SYSTEM": "Orders",
+    "RECORDLINE_URL": "recordline.example.com",
     "RECORDLINE_JSON_TOPIC_SCHEMA": '"string"',
     "OTEL_TRACES_EXPORTER": "zipkin",
     "OTEL_METRICS_EXPORTER": "statsd",
@@ -81,6 +84,11 @@ BAD_VALUES = {
     "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
     "OTEL_METRIC_EXPORT_INTERVAL": "1000",
     "GOOGLE_CLOUD_PROJECT": "My Project",
+    "RECORDLINE_SLO_READ_LATENCY_SECONDS": "0",
+    "RECORDLINE_SLO_FRESHNESS_SECONDS": "-1",
+    "RECORDLINE_CELL": "Cell 1",
+    "RECORDLINE_SYSTEMS": '{"orders": {"store": "memory:", "rate": 0}}',
+    "RECORDLINE_CELL_MAX_SYSTEMS": "0",
 }
 # Any text is a value of these.
 FREE_TEXT = {
@@ -89,7 +97,7 @@ FREE_TEXT = {
     "RECORDLINE_PUSH_AUDIENCE",
     "RECORDLINE_READ_AUDIENCE",
 }
-SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET", "RECORDLINE_PUSH_TOKEN"}
+SECRETS = {"RECORDLINE_PAGE_TOKEN_SECRET", "RECORDLINE_PUSH_TOKEN", "RECORDLINE_PRODUCER_KEYS"}
 
 
 def test_every_setting_is_checked_or_takes_any_text() -> None:

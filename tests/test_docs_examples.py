@@ -4,6 +4,7 @@ as Terraform hands them to the service, and the reasons the README quotes."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from tests.conftest import envelope, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
-MODULE = ROOT / "infra" / "terraform" / "modules" / "system"
+TERRAFORM = ROOT / "infra" / "terraform"
 # What the docs write for a value to fill in, and a value of that shape.
 PLACEHOLDERS = {
     "http://host:port": "http://127.0.0.1:9050",
@@ -88,6 +89,9 @@ def test_every_curl_in_the_docs_is_answered_as_the_docs_say(client: TestClient[L
         # The service is wherever the docs say ($URL, localhost:8080); the path is ours.
         parts = urlsplit(url if "://" in url else f"http://{url}")
         target = parts.path + (f"?{parts.query}" if parts.query else "")
+        # A system's path in a cell (the runbook's) is its routes under
+        # /systems/<system>, the same handlers a single system serves at the root.
+        target = target.removeprefix("/systems/$SYSTEM")
         answer = client.request(method, target, content=body, headers=headers)
         assert answer.status_code in (200, 204), (source, url, answer.text)
         if target.startswith("/pubsub/push"):
@@ -128,12 +132,17 @@ def test_every_setting_the_docs_write_is_accepted() -> None:
 
 
 def systems_examples() -> list[tuple[str, dict[str, object]]]:
+    """Each system of the docs' examples: a cell's file (JSON) or HCL."""
     found = []
     for path in DOCS:
         for block in code_blocks(path, "hcl"):
             if "systems = {" in block:
                 parsed = hcl2.loads(block)
                 for name, system in parsed["systems"].items():
+                    found.append((f"{path.name}: {name}", system))
+        for block in code_blocks(path, "json"):
+            if '"systems"' in block:
+                for name, system in json.loads(block)["systems"].items():
                     found.append((f"{path.name}: {name}", system))
     return found
 
@@ -146,12 +155,13 @@ def unquoted(values: object) -> list[str]:
 def test_the_systems_examples_readers_and_operators_are_what_the_service_takes() -> None:
     found = systems_examples()
     assert any("readers" in system for _, system in found)
-    # Terraform's mapping from IAM members to the service's principals (locals.tf),
-    # and the check it makes at plan (variables.tf): the test follows both.
+    # Terraform's mapping from IAM members to the service's principals (the cell's
+    # systems' file, cell.tf), and the check it makes at plan (variables.tf): the test
+    # follows both.
     mapping = 'trimprefix(trimprefix(m, "user:"), "serviceAccount:")'
-    assert mapping in (MODULE / "locals.tf").read_text()
+    assert mapping in (TERRAFORM / "cell.tf").read_text()
     planned = re.compile(r"^(user|serviceAccount|domain):[^\s,]+$")
-    assert planned.pattern.replace("\\", "\\\\") in (MODULE / "variables.tf").read_text()
+    assert planned.pattern.replace("\\", "\\\\") in (TERRAFORM / "variables.tf").read_text()
     for where, system in found:
         for key, variable in (
             ("readers", "RECORDLINE_READ_PRINCIPALS"),

@@ -88,7 +88,7 @@ def test_nothing_to_export_is_a_usage_error_in_one_line() -> None:
     )
     assert done.returncode == 2
     [line] = done.stderr.splitlines()
-    assert line.startswith("recordline exporter: RECORDLINE_EXPORT_SYSTEMS names no system")
+    assert line.startswith("recordline exporter: RECORDLINE_SYSTEMS names no system")
 
 
 def test_every_system_writes_series_of_its_own_under_this_instance() -> None:

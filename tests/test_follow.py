@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import hypothesis
+import msgspec
 import pytest
 from hypothesis import strategies as st
 from litestar import Litestar
@@ -20,13 +21,17 @@ from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
-from app.routes.follow import Followers
+from app.query.service import RecordsPage, RecordView
+from app.records import moment
+from app.routes.follow import ENCODED_BYTES, Followers
 from app.routes.query import Paging
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import http_scope, served, served_in_thread, settings
 from tests.fakes import FaultyStore
 from tests.waiting import until
+
+MIB = 1024 * 1024
 
 
 def push_body(n: int) -> dict[str, Any]:
@@ -565,3 +570,46 @@ async def test_followers_past_the_instances_cap_get_503_with_retry_after(
         await until(lambda: followers.open == 1, what="a follower to leave")
         assert (await client.get("/v1/records", params={"wait": 0.1})).status_code == 200
         waits[1].cancel()
+
+
+def _page_of(size: int) -> RecordsPage:
+    """A page of one record whose data is `size` bytes of JSON."""
+    at = moment(1_700_000_000_000_000)
+    view = RecordView(
+        message_id="m",
+        id="r",
+        timestamp=None,
+        data=msgspec.Raw(b'"' + b"x" * (size - 2) + b'"'),
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=at,
+        ingest_time=at,
+        subscription=None,
+        delivery_attempt=None,
+        trace_id=None,
+        schema=None,
+    )
+    return RecordsPage([view], "token", at)
+
+
+def test_a_pages_encodings_are_kept_while_it_lives_and_within_their_bytes() -> None:
+    # Once, the last 64 pages' encodings were kept whatever their size: six pages of
+    # 4 MB records held 4 GB.
+    followers = Followers(stream_seconds=1, heartbeat_seconds=1, shared_cache=False)
+    page = _page_of(MIB)
+    body = followers.encoded(page)
+    assert followers.encoded(page) is body  # encoded once for every follower sent it
+    event = followers.event(page)
+    assert followers.event(page) is event
+    assert event.endswith(body + b"\n\n")
+    assert 0 < followers.encoded_bytes <= 3 * len(body)
+    del page  # no follower holds it any more: its encodings go with it
+    assert followers.encoded_bytes == 0
+    # Pages followers still hold: kept up to ENCODED_BYTES, the least recently used dropped.
+    held = [_page_of(4 * MIB) for _ in range(ENCODED_BYTES // (4 * MIB))]
+    for page in held:
+        followers.encoded(page)
+    assert 0 < followers.encoded_bytes <= ENCODED_BYTES
+    # A page larger than them all is encoded, and not kept.
+    huge = _page_of(ENCODED_BYTES)
+    assert len(followers.encoded(huge)) > ENCODED_BYTES
+    assert followers.encoded_bytes <= ENCODED_BYTES

@@ -53,7 +53,9 @@ RESTRICTED = {
 # The top layer: routes and wiring.
 WEB_MODULES = {
     "app.asgi",
+    "app.cell",
     "app.cli",
+    "app.commands",
     "app.docs",
     "app.exporter",
     "app.health",

@@ -7,6 +7,7 @@ the emulator tests (tests/e2e/test_producers_emulator.py) to the whole path."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -29,10 +30,12 @@ from prometheus_client import generate_latest
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.ingest.publisher import SequencedPublisher
+from app.ingest.signing import ProducerKeys
 from app.query import audit as auditing
 from app.query.page_token import PageTokens
 from app.query.producers import AuditReport, MissingWatch, Producers
 from app.records import Record
+from app.settings import SettingsError
 from app.store import PublisherDuplicate
 from app.store.duckdb.journal import Frame, Journal, encode
 from app.store.duckdb.store import DuckDBStore
@@ -43,17 +46,18 @@ from app.store.producers import (
     EpochEntry,
     ProducerSequence,
     SequenceError,
-    Tally,
     encode_entry,
     read_sequence,
     sequence_problem,
 )
+from app.store.tally import Copy, Sequenced, SequenceKey, Settled, Tally
 from app.telemetry import Telemetry
 from tests.conftest import envelope, served
 from tests.conftest import settings as app_settings
 from tests.waiting import until
 
 NOW = 1_795_000_000_000_000  # µs
+PUBLISHED = 1_714_219_201_000_000  # tests.conftest.envelope's publish time, µs
 
 
 def attributes(
@@ -68,11 +72,13 @@ def attributes(
 
 
 def row(message_id: str, sequence: int, *, producer: str = "orders-api", epoch: int = 0) -> Record:
+    """A record of a producer's message: the same message (a publisher's retry) under
+    any message id."""
     return Record(
         message_id=message_id,
         publish_time=NOW - 1000,
         ingest_time=NOW,
-        id=message_id,
+        id=f"{producer}/{epoch}/{sequence}",
         data='"Ejemplo de datos"',
         attributes=json.dumps(attributes(sequence, producer=producer, epoch=epoch)),
     )
@@ -84,8 +90,15 @@ def client() -> Iterator[TestClient[Litestar]]:
         yield test_client
 
 
+def payload_of(message_id: str, attrs: dict[str, str]) -> dict[str, Any]:
+    """A message's payload: its producer's sequence names it, so a publisher's retry
+    (another message id) is the same message."""
+    sequence = [attrs.get(name) for name in SEQUENCE_ATTRIBUTES[:3]]
+    return {"id": "/".join(map(str, sequence)) if all(sequence) else message_id, "data": 1}
+
+
 def push(client: TestClient[Litestar], message_id: str, attrs: dict[str, str]) -> int:
-    body = envelope({"id": message_id, "data": 1}, message_id=message_id, attributes=attrs)
+    body = envelope(payload_of(message_id, attrs), message_id=message_id, attributes=attrs)
     return client.post("/pubsub/push", json=body).status_code
 
 
@@ -218,7 +231,7 @@ def test_any_sequence_attributes_pushed_are_stored_or_rejected_never_answered_5x
     message_id = f"h-{pushed.sent}"
     assert push(client, message_id, given) == 204
     answer = client.get(f"/v1/messages/{message_id}")
-    problem = sequence_problem(given)
+    problem = sequence_problem(given, PUBLISHED)
     if problem is not None:
         assert (answer.json()["status"], answer.json()["reason"]) == ("rejected", problem)
     else:
@@ -258,40 +271,82 @@ events = st.lists(
         st.integers(0, 40),  # sequence
         st.integers(0, 3),  # which copy: its message id
         st.booleans(),  # a record, or a rejection
+        st.integers(0, 1),  # which message: the producer's own, or another under its sequence
     ),
     max_size=80,
 )
 
 
+class HeldCopies:
+    """The messages a store holds under each sequence, as it tells `settle`; a message's
+    digest is the one byte naming which message it is (`which`)."""
+
+    def __init__(self) -> None:
+        self.held: dict[SequenceKey, list[Copy]] = {}
+
+    def of(self, tally: Tally, rows: list[Sequenced]) -> dict[SequenceKey, list[Copy]]:
+        keys = {(s.producer, s.epoch, s.sequence) for s, *_ in tally.seen_rows(rows) if s}
+        return {k: self.held[k] for k in keys if k in self.held}
+
+    def keep(self, settled: Settled, digests: dict[str, bytes]) -> None:
+        for producer, epoch, sequence, message_id in settled.copies:
+            copy = Copy(message_id, digests[message_id])
+            self.held.setdefault((producer, epoch, sequence), []).append(copy)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(events, min_size=1, max_size=5))
-def test_the_ledger_says_what_a_plain_set_of_seen_sequences_says(
-    batches: list[list[tuple[int, int, int, bool]]],
+def test_the_ledger_says_what_a_plain_set_of_seen_messages_says(
+    batches: list[list[tuple[int, int, int, bool, int]]],
 ) -> None:
-    tally = Tally(())
+    """A row under a sequence not seen is stored; under a seen one, a redelivery of a
+    stored message id, a copy of a stored message (dropped), or another message (stored,
+    a conflict): whatever order they come in, in batches of any size."""
+    tally = Tally()
+    store = HeldCopies()
     seen: dict[int, set[int]] = {}
+    messages: dict[tuple[int, int], set[bytes]] = {}
     ids: set[str] = set()
-    stored = duplicates = 0
+    stored = duplicates = conflicts = 0
     for batch in batches:
         rows = [
-            (ProducerSequence("p", epoch, number), f"{epoch}/{number}/{copy}", is_record)
-            for epoch, number, copy, is_record in batch
+            Sequenced(
+                ProducerSequence("p", epoch, number), f"{epoch}/{number}/{copy}/{which}", is_record
+            )
+            for epoch, number, copy, is_record, which in batch
         ]
-        settled = tally.settle(rows, stored_before=set(ids), now=NOW)
-        for (sequence, message_id, _), verdict in zip(rows, settled.verdicts, strict=True):
+        digests = [bytes([which]) for *_, which in batch]
+        settled = tally.settle(
+            rows,
+            copies=store.of(tally, rows),
+            stored_before=set(ids),
+            now=NOW,
+            digest=digests.__getitem__,
+        )
+        for (sequence, message_id, _), digest, verdict in zip(
+            rows, digests, settled.verdicts, strict=True
+        ):
             assert sequence is not None
             numbers = seen.setdefault(sequence.epoch, set())
+            held = messages.setdefault((sequence.epoch, sequence.sequence), set())
             if sequence.sequence not in numbers:
                 assert verdict == "store"
                 numbers.add(sequence.sequence)
-                stored += 1
-                ids.add(message_id)
             elif message_id in ids:
                 assert verdict == "again"
-            else:
+                continue
+            elif digest in held:
                 assert verdict == "duplicate"
                 duplicates += 1
+                continue
+            else:
+                assert verdict == "conflict"
+                conflicts += 1
+            held.add(digest)
+            stored += 1
+            ids.add(message_id)
         tally.commit(settled)
+        store.keep(settled, {r.message_id: d for r, d in zip(rows, digests, strict=True)})
     entries = tally.entries("p")
     assert set(entries) == set(seen)
     for epoch, entry in entries.items():
@@ -301,8 +356,11 @@ def test_the_ledger_says_what_a_plain_set_of_seen_sequences_says(
         assert entry.contiguous == next(n for n in range(42) if n not in numbers) - 1
         assert all(g.first <= g.last for g in entry.gaps)
         assert [g.first for g in entry.gaps] == sorted(g.first for g in entry.gaps)
+        in_conflict = {n for n in numbers if len(messages[(epoch, n)]) > 1}
+        assert {n for g in entry.conflicted for n in range(g.first, g.last + 1)} == in_conflict
     assert sum(e.stored + e.rejected for e in entries.values()) == stored
     assert sum(e.duplicates for e in entries.values()) == duplicates
+    assert sum(e.conflicts for e in entries.values()) == conflicts
 
 
 # Two producers, more epochs than are kept, epochs said to end, copies and rejections:
@@ -315,6 +373,7 @@ mixed_events = st.lists(
         st.integers(0, 2),  # which copy: its message id
         st.booleans(),  # a record, or a rejection
         st.none() | st.tuples(st.integers(0, MAX_EPOCHS + 2), st.integers(0, 12)),  # an end
+        st.integers(0, 1),  # which message
     ),
     min_size=1,
     max_size=60,
@@ -324,12 +383,12 @@ mixed_events = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(mixed_events)
 def test_a_batch_is_settled_as_its_rows_would_be_one_at_a_time(
-    events: list[tuple[str, int, int, int, bool, tuple[int, int] | None]],
+    events: list[tuple[str, int, int, int, bool, tuple[int, int] | None, int]],
 ) -> None:
     """Settling looks a run of one producer's epoch up once: the same verdicts and the
     same ledger as each row settled and committed on its own."""
     rows = []
-    for producer, epoch, number, copy, is_record, end in events:
+    for producer, epoch, number, copy, is_record, end, which in events:
         ended = end if end is not None and end[0] < epoch else None
         sequence = ProducerSequence(
             producer,
@@ -338,21 +397,35 @@ def test_a_batch_is_settled_as_its_rows_would_be_one_at_a_time(
             ended_epoch=None if ended is None else ended[0],
             ended_count=None if ended is None else ended[1],
         )
-        rows.append((sequence, f"{producer}/{epoch}/{number}/{copy}", is_record))
-    whole = Tally(())
-    settled = whole.settle(rows, stored_before=set(), now=NOW)
+        message_id = f"{producer}/{epoch}/{number}/{copy}/{which}"
+        rows.append(Sequenced(sequence, message_id, is_record))
+    digests = [bytes([event[-1]]) for event in events]
+    whole = Tally()
+    settled = whole.settle(
+        rows, copies={}, stored_before=set(), now=NOW, digest=digests.__getitem__
+    )
     whole.commit(settled)
-    alone = Tally(())
+    alone = Tally()
+    store = HeldCopies()
     stored: set[str] = set()
     verdicts = []
-    for row in rows:
-        one = alone.settle([row], stored_before=stored, now=NOW)
+    by_id = {r.message_id: d for r, d in zip(rows, digests, strict=True)}
+    for row, digest in zip(rows, digests, strict=True):
+        one = alone.settle(
+            [row],
+            copies=store.of(alone, [row]),
+            stored_before=stored,
+            now=NOW,
+            digest=lambda _, d=digest: d,
+        )
         alone.commit(one)
+        store.keep(one, by_id)
         verdicts.extend(one.verdicts)
-        if one.verdicts[0] in ("store", "refuse"):
+        if one.verdicts[0] in ("store", "refuse", "conflict"):
             stored.add(row[1])
     assert settled.verdicts == verdicts
     assert settled.duplicates == verdicts.count("duplicate")
+    assert settled.conflicts == verdicts.count("conflict")
     for producer in ("p", "q"):
         assert whole.entries(producer) == alone.entries(producer)
 
@@ -360,11 +433,13 @@ def test_a_batch_is_settled_as_its_rows_would_be_one_at_a_time(
 def test_a_producer_that_would_open_too_many_gaps_gets_rejections_naming_it_and_nobody_else() -> (
     None
 ):
-    tally = Tally(())
+    tally = Tally()
     # Every other sequence: each opens a gap, up to the bound.
-    noisy = [(ProducerSequence("noisy", 0, 2 * n), f"n{n}", True) for n in range(MAX_GAPS + 3)]
-    quiet = [(ProducerSequence("quiet", 0, n), f"q{n}", True) for n in range(3)]
-    settled = tally.settle([*noisy, *quiet], stored_before=set(), now=NOW)
+    noisy = [
+        Sequenced(ProducerSequence("noisy", 0, 2 * n), f"n{n}", True) for n in range(MAX_GAPS + 3)
+    ]
+    quiet = [Sequenced(ProducerSequence("quiet", 0, n), f"q{n}", True) for n in range(3)]
+    settled = tally.settle([*noisy, *quiet], copies={}, stored_before=set(), now=NOW, digest=_never)
     verdicts = settled.verdicts
     # Sequence 0 opens none: MAX_GAPS gaps are opened by the next MAX_GAPS.
     assert verdicts[: MAX_GAPS + 1] == ["store"] * (MAX_GAPS + 1)
@@ -378,29 +453,61 @@ def test_a_producer_that_would_open_too_many_gaps_gets_rejections_naming_it_and_
     assert (len(entry.gaps), entry.refused, entry.rejected) == (MAX_GAPS, 2, 2)
     assert len(encode_entry(entry)) < 30_000
     # A gap filled from its middle is refused at the bound too; one from its edge is not.
-    assert tally.settle(
-        [(ProducerSequence("noisy", 0, 1), "edge", True)], stored_before=set(), now=NOW
-    ).verdicts == ["store"]
-
-
-def test_a_producer_keeps_its_newest_epochs_and_an_older_one_is_stored_as_a_zombie() -> None:
-    tally = Tally(())
-    for epoch in range(MAX_EPOCHS + 2):
-        settled = tally.settle(
-            [(ProducerSequence("p", epoch, 0), f"e{epoch}", True)], stored_before=set(), now=NOW
-        )
-        tally.commit(settled)
-    kept = tally.entries("p")
-    assert sorted(kept) == list(range(2, MAX_EPOCHS + 2))
-    # Epoch 0's entry is gone: its copy cannot be told from the original any more,
-    # so it is stored, and counted against the producer's newest epoch.
-    settled = tally.settle(
-        [(ProducerSequence("p", 0, 0), "late", True)], stored_before=set(), now=NOW
-    )
+    edge = Sequenced(ProducerSequence("noisy", 0, 1), "edge", True)
+    settled = tally.settle([edge], copies={}, stored_before=set(), now=NOW, digest=_never)
     assert settled.verdicts == ["store"]
+
+
+def _never(index: int) -> bytes:
+    """The digest of a row whose sequence no other row took: never asked."""
+    raise AssertionError(f"the digest of row {index} was asked")
+
+
+def one(tally: Tally, sequence: ProducerSequence, message_id: str, *, now: int = NOW) -> str | None:
+    """Settle and commit one row of the producer's own message; its verdict."""
+    row = Sequenced(sequence, message_id, True)
+    settled = tally.settle([row], copies={}, stored_before=set(), now=now, digest=lambda _: b"own")
     tally.commit(settled)
-    assert tally.entries("p")[MAX_EPOCHS + 1].zombies == 1
-    assert sorted(tally.entries("p")) == list(range(2, MAX_EPOCHS + 2))
+    return settled.verdicts[0]
+
+
+def test_a_producer_keeps_its_newest_epochs_and_a_retired_one_is_stored_as_a_zombie() -> None:
+    tally = Tally()
+    for epoch in range(MAX_EPOCHS + 2):
+        one(tally, ProducerSequence("p", epoch, 0), f"e{epoch}", now=NOW + epoch)
+    kept = tally.entries("p")
+    live = sorted(e for e, entry in kept.items() if not entry.retired)
+    assert live == list(range(2, MAX_EPOCHS + 2))
+    # Epochs 0 and 1 were settled, and heard of longest ago: retired, kept as markers.
+    assert sorted(e for e, entry in kept.items() if entry.retired) == [0, 1]
+    # A late message of epoch 0 cannot be told from a copy any more: it is stored, a
+    # zombie's, and opens no gap.
+    assert one(tally, ProducerSequence("p", 0, 5), "late") == "store"
+    marker = tally.entries("p")[0]
+    assert (marker.retired, marker.zombies, marker.gaps, marker.highest) == (True, 1, [], 0)
+
+
+def test_eight_forged_epochs_never_retire_one_owed_sequences() -> None:
+    """An epoch with a gap stays; forged epochs that are settled make room for each
+    other, and forged ones with gaps leave later epochs untracked, never the real one
+    forgotten."""
+    tally = Tally()
+    one(tally, ProducerSequence("victim", 10, 0), "v0")
+    one(tally, ProducerSequence("victim", 10, 3), "v3")  # 1 and 2 never came
+    for n in range(3 * MAX_EPOCHS):
+        one(tally, ProducerSequence("victim", 100 + n, 0), f"f{n}", now=NOW + n)
+    real = tally.entries("victim")[10]
+    assert (real.retired, [(g.first, g.last) for g in real.gaps]) == (False, [(1, 2)])
+    for n in range(MAX_EPOCHS):
+        one(tally, ProducerSequence("victim", 1000 + n, 5), f"g{n}")
+    assert tally.entries("victim")[10].gaps
+    # The real producer's retry of 3 is still a retry.
+    retry = Sequenced(ProducerSequence("victim", 10, 3), "v3-retry", True)
+    copies = {("victim", 10, 3): [Copy("v3", b"own")]}
+    settled = tally.settle(
+        [retry], copies=copies, stored_before=set(), now=NOW, digest=lambda _: b"own"
+    )
+    assert settled.verdicts == ["duplicate"]
 
 
 async def test_ten_thousand_producers_cost_an_entry_each_and_drop_nobodys_messages() -> None:
@@ -410,8 +517,8 @@ async def test_ten_thousand_producers_cost_an_entry_each_and_drop_nobodys_messag
         for batch in range(10):
             rows = [row(f"m-{batch}-{n}", 0, producer=f"p-{batch}-{n}") for n in range(1000)]
             assert list(await store.append(rows)) == [None] * 1000
-        # A producer at an epoch of 2^63 - 1 and a sequence of 2^63 - 1: one gap.
-        huge = row("m-huge", 2**63 - 1, producer="huge", epoch=2**63 - 1)
+        # A producer at an epoch of its publish time and a sequence of 2^63 - 1: one gap.
+        huge = row("m-huge", 2**63 - 1, producer="huge", epoch=NOW)
         victim = [row(f"v-{n}", n, producer="victim") for n in range(3)]
         assert list(await store.append([huge, *victim])) == [None] * 4
         await store.barrier()
@@ -421,10 +528,43 @@ async def test_ten_thousand_producers_cost_an_entry_each_and_drop_nobodys_messag
         assert found is not None
         (entry,) = found.epochs
         assert [(g.first, g.last) for g in entry.gaps] == [(0, 2**63 - 2)]
-        assert len(encode_entry(entry)) < 120
+        assert len(encode_entry(entry)) < 130
         assert await store.seen([r.message_id for r in victim]) == dict.fromkeys(
             (r.message_id for r in victim), "stored"
         )
+    finally:
+        await store.close()
+
+
+async def test_memory_holds_a_bounded_number_of_producers_and_reads_the_others_back(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "records.duckdb")
+    store = DuckDBStore(path, live_producers=10)
+    await store.start()
+    try:
+        for batch in range(5):
+            rows = [row(f"m-{batch}-{n}", 0, producer=f"p-{batch}-{n}") for n in range(10)]
+            rows.append(row(f"g-{batch}", 2, producer=f"p-{batch}-0"))  # 1 is owed
+            await store.append(rows)
+        assert store.completeness is not None
+        # A read of the whole ledger writes what is owed: the oldest producers go.
+        listed = await store.completeness.producers("", 100)
+        assert len(listed) == 50
+        assert store.live_producers <= 10
+        # One let go publishes again: its entry is read back, gap and messages held.
+        again = await store.append(
+            [row("m-0-0-retry", 0, producer="p-0-0"), row("x", 1, producer="p-0-0")]
+        )
+        assert list(again) == [PublisherDuplicate("p-0-0", 0, 0), None]
+        found = await store.completeness.producer("p-0-0")
+        assert found is not None
+        (entry,) = found.epochs
+        assert (entry.highest, entry.gaps, entry.stored, entry.duplicates) == (2, [], 3, 1)
+        # One never read back is told from DuckDB.
+        cold = await store.completeness.producer("p-1-5")
+        assert cold is not None
+        assert cold.epochs[0].stored == 1
     finally:
         await store.close()
 
@@ -466,11 +606,11 @@ async def test_a_crash_recovers_the_ledger_with_the_rows_from_the_journal(tmp_pa
     # What an append the process died after leaves: its rows and the ledger's word on
     # them in one frame, never applied.
     entry = EpochEntry(producer="orders-api", epoch=0, highest=1, stored=2, last_seen=NOW)
+    rows = [row("a", 0), row("b", 1)]
+    copies = [("orders-api", 0, n, r.message_id) for n, r in enumerate(rows)]
     journal = Journal(Path(f"{db}.journal"))
     journal.start(0)
-    journal.write(
-        encode(Frame(records=[row("a", 0), row("b", 1)], rejections=[], producers=[entry]))
-    )
+    journal.write(encode(Frame(records=rows, rejections=[], producers=[entry], copies=copies)))
     journal.close()
     store = DuckDBStore(str(db))
     await store.start()
@@ -599,6 +739,30 @@ async def test_the_watch_reports_each_producer_missing_and_zero_once_its_gaps_cl
         await store.close()
 
 
+async def test_the_watch_reports_each_producer_in_conflict() -> None:
+    store = DuckDBStore(":memory:")
+    await store.start()
+    try:
+        producers = Producers(store, tokens=PageTokens("a-secret-of-sixteen"), grace_seconds=60)
+        watch = MissingWatch(producers)
+        forged = msgspec.structs.replace(row("f", 1), data='"forged"')
+        await store.append([row("a", 0), row("b", 1), forged, row("c", 2)])
+        await watch.refresh()
+        assert (watch.conflicts, watch.missing) == ({"orders-api": 1}, {})
+    finally:
+        await store.close()
+
+
+def test_the_conflicts_metric_is_reported_per_producer() -> None:
+    telemetry = Telemetry(prometheus=True)
+    telemetry.metrics.producers_conflicts = lambda: {"orders-api": 2}
+    assert telemetry.prometheus is not None
+    text = generate_latest(telemetry.prometheus).decode()
+    (line,) = [s for s in text.splitlines() if s.startswith("recordline_producer_conflicts{")]
+    assert 'producer="orders-api"' in line
+    assert line.endswith(" 2.0")
+
+
 def test_the_missing_metric_is_reported_per_producer() -> None:
     telemetry = Telemetry(prometheus=True)
     telemetry.metrics.producers_missing = lambda: {"orders-api": 3, "billing": 0}
@@ -618,7 +782,7 @@ async def test_audit_exits_non_zero_naming_the_first_missing_range_until_it_arri
         base = str(http.base_url).rstrip("/")
 
         async def deliver(message_id: str, attrs: dict[str, str]) -> None:
-            body = envelope({"id": message_id, "data": 1}, message_id=message_id, attributes=attrs)
+            body = envelope(payload_of(message_id, attrs), message_id=message_id, attributes=attrs)
             assert (await http.post("/pubsub/push", json=body)).status_code == 204
 
         for n in (0, 1, 4, 5):
@@ -638,9 +802,9 @@ async def test_audit_exits_non_zero_naming_the_first_missing_range_until_it_arri
         assert first in printed.err, printed.err
         assert "4 in all" in printed.err
         (hour,) = [line for line in printed.out.splitlines() if line.endswith(" 4")]
-        # received, stored, rejected, duplicates, missing: the malformed one is no
-        # producer's; the retry is counted, not stored.
-        assert [int(v) for v in hour.split()[1:]] == [6, 5, 0, 1, 4]
+        # received, stored, rejected, duplicates, conflicts, missing: the malformed
+        # one is no producer's; the retry is counted, not stored.
+        assert [int(v) for v in hour.split()[1:]] == [6, 5, 0, 1, 0, 4]
         assert "sequences 6 to 7" in printed.out
         for n in (2, 3, 6, 7):
             await deliver(f"m-{n}", attributes(n))
@@ -710,3 +874,85 @@ def test_a_publisher_starts_a_later_epoch_each_time_and_refuses_a_bad_id() -> No
         SequencedPublisher(_Client(), "")
     with pytest.raises(SequenceError, match="recordline-epoch-ended: epoch 3 is not before"):
         SequencedPublisher(_Client(), "p", epoch=3, ended=(3, 1))
+
+
+# -- signed sequences ---------------------------------------------------------------------------
+
+KEY = bytes(range(32))
+# Standard base64 for one, URL-safe for the prefix's: both are taken.
+KEYS = ",".join(
+    [
+        f"orders-api={base64.b64encode(KEY).decode()}",
+        f"billing-*={base64.urlsafe_b64encode(bytes(16)).decode()}",
+    ]
+)
+
+
+def test_a_signing_publisher_signs_what_the_service_checks() -> None:
+    client = _Client()
+    publisher = SequencedPublisher(client, "orders-api", epoch=9, ended=(8, 3), key=KEY)
+    publisher.publish("t", b'{"id": "1"}', origin="web")
+    ((_, data, attrs),) = client.calls
+    keys = ProducerKeys.parse(KEYS)
+    assert keys is not None
+    assert keys.problem(attrs, data) is None
+    # Any change to what is signed, and the signature is not the producer's.
+    for changed in (
+        {**attrs, "recordline-seq": "1"},
+        {**attrs, "recordline-epoch": "10"},
+        {**attrs, "recordline-epoch-ended": "8:2"},
+    ):
+        assert str(keys.problem(changed, data)).startswith("recordline-signature: not producer")
+    assert str(keys.problem(attrs, b'{"id": "2"}')).startswith("recordline-signature: not")
+    unsigned = {k: v for k, v in attrs.items() if k != "recordline-signature"}
+    assert str(keys.problem(unsigned, data)).startswith("recordline-signature: missing")
+    # A prefix's key covers every id it starts; other producers sign nothing.
+    assert str(keys.problem({**unsigned, "recordline-producer": "billing-eu"}, data)).startswith(
+        "recordline-signature: missing"
+    )
+    assert keys.problem({**unsigned, "recordline-producer": "payments"}, data) is None
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        SequencedPublisher(_Client(), "orders-api", key=b"short")
+
+
+def test_a_key_that_cannot_be_used_is_refused_naming_the_producer_not_the_key() -> None:
+    short = base64.b64encode(b"0123456789").decode()
+    with pytest.raises(
+        SettingsError, match="RECORDLINE_PRODUCER_KEYS: the key of 'orders-api' is 10 bytes"
+    ) as refused:
+        create_app(app_settings(RECORDLINE_PRODUCER_KEYS=f"orders-api={short}"))
+    assert short not in str(refused.value)
+    with pytest.raises(SettingsError) as malformed:
+        app_settings(RECORDLINE_PRODUCER_KEYS="orders-api")
+    assert malformed.value.var == "RECORDLINE_PRODUCER_KEYS"
+
+
+def test_an_unsigned_claim_on_a_signing_producer_is_refused_and_claims_nothing() -> None:
+    with TestClient(create_app(app_settings(RECORDLINE_PRODUCER_KEYS=KEYS))) as client:
+        own = _Client()
+        publisher = SequencedPublisher(own, "orders-api", epoch=PUBLISHED - 1, key=KEY)
+        for n in range(3):
+            publisher.publish("t", json.dumps({"id": f"o-{n}", "data": n}).encode())
+        # An impostor takes sequences 1 and 2 first, unsigned, then signed with a wrong key.
+        forged = {**own.calls[1][2]}
+        forged.pop("recordline-signature")
+        assert push(client, "x-1", forged) == 204
+        wrong = {**own.calls[2][2], "recordline-signature": "AAAA"}
+        assert push(client, "x-2", wrong) == 204
+        for n, (_, data, attrs) in enumerate(own.calls):
+            body = envelope({}, message_id=f"o-{n}", attributes=attrs, raw_data=data)
+            assert client.post("/pubsub/push", json=body).status_code == 204
+        refused = [client.get(f"/v1/messages/{m}").json() for m in ("x-1", "x-2")]
+        assert [r["status"] for r in refused] == ["rejected", "rejected"]
+        assert refused[0]["reason"].startswith("recordline-signature: missing")
+        assert refused[1]["reason"].startswith("recordline-signature: not producer 'orders-api'")
+        assert [client.get(f"/v1/messages/o-{n}").json()["status"] for n in range(3)] == [
+            "stored"
+        ] * 3
+        (epoch,) = client.get("/v1/producers/orders-api").json()["epochs"]
+        assert (epoch["stored"], epoch["rejected"], epoch["conflicts"], epoch["highest"]) == (
+            3,
+            0,
+            0,
+            2,
+        )

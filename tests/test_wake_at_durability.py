@@ -41,11 +41,11 @@ class HeldApply(DuckDBStore):
         self.inserting = threading.Event()  # the applier has cut its batch
         self.inserts: list[list[str]] = []  # the message ids of each insert
 
-    def _insert(self, rows: Sequence[Record | Rejection]) -> Any:
+    def _insert(self, rows: Sequence[Record | Rejection], *rest: Any) -> Any:
         self.inserting.set()
         self.inserts.append([r.message_id for r in rows])
         self.released.wait(30)
-        return super()._insert(rows)
+        return super()._insert(rows, *rest)
 
 
 @pytest.fixture

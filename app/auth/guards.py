@@ -47,24 +47,30 @@ class Auth:
         certs: GoogleCerts | None,
         operate: ReadAccess | SecretAccess | None = None,
         replay_refusal: str | None = None,
+        owns_certs: bool = True,
     ) -> None:
         self._push = push
         self._read = read
         self._certs = certs
+        # Whether this app opens and closes the key client, or a cell does it once for
+        # every system's (`from_settings`' `certs`).
+        self._owns_certs = owns_certs
         self._operate = operate
         self._replay_refusal = replay_refusal
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Auth:
+    def from_settings(cls, settings: Settings, *, certs: GoogleCerts | None = None) -> Auth:
         """Raise SettingsError for a configuration that would leave the service open
-        (`check_access`)."""
+        (`check_access`). Tokens are verified with `certs` where given (a cell's one
+        key client, every system's), else with a client of this app's own."""
         check_access(settings)
         auth, host = settings.auth, settings.server.host
         accounts = split_list(auth.push_service_accounts)
         operators = Principals(split_list(auth.operator_principals))
+        shared = certs
         certs = None
         if auth.push_audience or auth.read_audience:
-            certs = GoogleCerts(auth.oidc_certs_url)
+            certs = shared or GoogleCerts(auth.oidc_certs_url)
 
         push = None
         if auth.push_audience or auth.push_token:
@@ -122,7 +128,12 @@ class Auth:
                 "outer gate such as Cloud Run's invoker check protects records and rejections."
             )
         return cls(
-            push=push, read=read, certs=certs, operate=operate, replay_refusal=replay_refusal
+            push=push,
+            read=read,
+            certs=certs,
+            operate=operate,
+            replay_refusal=replay_refusal,
+            owns_certs=shared is None,
         )
 
     async def check(self) -> None:
@@ -132,7 +143,7 @@ class Auth:
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
-        if self._certs is None:
+        if self._certs is None or not self._owns_certs:
             yield
             return
         await self._certs.open()

@@ -1,7 +1,7 @@
 """The exporter service's process: each system's export opened, kept and stopped.
 
 Each system is exported with its own settings (`system_settings`: its entry in
-RECORDLINE_EXPORT_SYSTEMS over the process's), telemetry (every metric carries the
+RECORDLINE_SYSTEMS over the process's), telemetry (every metric carries the
 system's name) and log label. What fails in one system is that system's: a start
 that fails is tried again after a pause, by a Supervisor that counts it (loop
 `export start`). SIGTERM stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS, every
@@ -20,21 +20,25 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
-
-import msgspec
+from typing import TYPE_CHECKING, Final
 
 from app.asgi import fetching_schemas, store_revisions
 from app.ingest.schemas import Schemas
-from app.settings import ExportedSystem, Settings
+from app.settings import Settings, system_settings
 from app.store.backoff import Backoff
-from app.store.open import open_export
+from app.store.open import open_export, spanner_clients
 from app.store.supervisor import Supervisor
-from app.store.tiered.exporter import holder_name
+from app.store.tiered.balance import Balance
+from app.store.tiered.exporter import LEASE_SECONDS, holder_name
 from app.store.tiered.fleet import SystemExport
 from app.telemetry import Telemetry
 from app.telemetry.logs import line_system
 from app.typed.revisions import Revisions
+
+if TYPE_CHECKING:
+    from app.store.spanner.calls import SpannerClients
+
+__all__ = ["ExporterService", "Pool", "exported_systems", "serve", "system_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +48,6 @@ START_RETRY_SECONDS: Final = 1.0
 START_RETRY_MAX_SECONDS: Final = 60.0
 # Of the stop's budget, what is kept for flushing metrics, last of all.
 TELEMETRY_SECONDS: Final = 0.5
-
-
-def system_settings(settings: Settings, name: str, system: ExportedSystem) -> Settings:
-    """The settings system `name`'s ingest service runs with, as far as its export
-    reads them: the process's, with the system's stores, schema and name."""
-    replace = msgspec.structs.replace
-    return replace(
-        settings,
-        store=replace(settings.store, url=system.store, serving=system.serving),
-        schema=replace(settings.schema, json_topic_schema=system.json_topic_schema),
-        telemetry=replace(settings.telemetry, system=name),
-    )
 
 
 @dataclass(slots=True)
@@ -70,14 +62,40 @@ class Exported:
     export: SystemExport | None = None
 
 
-def exported_systems(settings: Settings, *, instance: str | None = None) -> list[Exported]:
-    """Every system RECORDLINE_EXPORT_SYSTEMS names, opened (nothing connects yet);
-    SettingsError for a setting of one that cannot be used."""
-    instance = instance or holder_name()
+@dataclass(frozen=True)
+class Pool:
+    """What one exporter instance shares among its systems: its name in the leases,
+    one telemetry (each system's series its own), one Spanner client per project, and
+    its view of the pool, by which it holds about its share of the leases."""
+
+    name: str
+    telemetry: Telemetry
+    spanner: SpannerClients
+    balance: Balance
+
+    @classmethod
+    def of(cls, settings: Settings, systems: int, *, instance: str | None = None) -> Pool:
+        name = instance or holder_name()
+        return cls(
+            name,
+            Telemetry.from_settings(settings, instance=name, by_system=True),
+            spanner_clients(settings),
+            Balance(name, systems, lease_seconds=LEASE_SECONDS),
+        )
+
+
+def exported_systems(
+    settings: Settings, *, instance: str | None = None, pool: Pool | None = None
+) -> list[Exported]:
+    """Every system of RECORDLINE_SYSTEMS with a serving tier (or of its former name,
+    RECORDLINE_EXPORT_SYSTEMS), opened on `pool` (nothing connects yet); SettingsError
+    for a setting of one that cannot be used."""
+    systems = {name: entry for name, entry in settings.systems().items() if entry.serving}
+    pool = pool or Pool.of(settings, len(systems), instance=instance)
     found = []
-    for name, system in settings.exporter.exported().items():
+    for name, system in systems.items():
         own = system_settings(settings, name, system)
-        telemetry = Telemetry.from_settings(own, instance=instance)
+        telemetry = pool.telemetry.for_system(name)
         # Records name the revision their schema had; one no process decoded is
         # fetched from the Schema API, as the ingest service fetches it.
         schemas = fetching_schemas(own)
@@ -90,7 +108,12 @@ def exported_systems(settings: Settings, *, instance: str | None = None) -> list
             revisions: Revisions = revisions,
         ) -> SystemExport:
             return open_export(
-                name, own, revisions=revisions, observers=telemetry.store_observers()
+                name,
+                own,
+                revisions=revisions,
+                observers=telemetry.store_observers(),
+                spanner=pool.spanner,
+                balance=pool.balance,
             )
 
         found.append(Exported(name, make, telemetry, schemas))
@@ -100,9 +123,13 @@ def exported_systems(settings: Settings, *, instance: str | None = None) -> list
 class ExporterService:
     """Every system's export in this process, until `stop` is set; see the module notes."""
 
-    def __init__(self, systems: list[Exported], *, grace_seconds: float) -> None:
+    def __init__(
+        self, systems: list[Exported], *, grace_seconds: float, pool: Pool | None = None
+    ) -> None:
         self.systems = systems
         self._grace = grace_seconds
+        # What the systems share, stopped once they are (their telemetry is its views).
+        self._pool = pool
         # Each system's own, counting its restarts in its metrics.
         self._supervisors: list[Supervisor] = []
 
@@ -128,11 +155,13 @@ class ExporterService:
         loop = asyncio.get_running_loop()
         ends = loop.time() + self._grace
         await self._close(within=max(0.0, ends - loop.time() - TELEMETRY_SECONDS))
+        if self._pool is not None:
+            await self._pool.spanner.close()
+        telemetries = [s.telemetry for s in self.systems]
+        if self._pool is not None:
+            telemetries.append(self._pool.telemetry)
         await asyncio.gather(
-            *(
-                s.telemetry.shutdown(within=max(TELEMETRY_SECONDS, ends - loop.time()))
-                for s in self.systems
-            )
+            *(t.shutdown(within=max(TELEMETRY_SECONDS, ends - loop.time())) for t in telemetries)
         )
         log.info("the exporter stopped: every lease it held handed back")
 
@@ -179,8 +208,12 @@ class ExporterService:
 
 async def serve(settings: Settings) -> None:
     """`recordline exporter`: every system's export, until SIGTERM or SIGINT."""
+    serving = [name for name, entry in settings.systems().items() if entry.serving]
+    pool = Pool.of(settings, len(serving))
     service = ExporterService(
-        exported_systems(settings), grace_seconds=settings.server.shutdown_grace_seconds
+        exported_systems(settings, pool=pool),
+        grace_seconds=settings.server.shutdown_grace_seconds,
+        pool=pool,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from litestar import Litestar
@@ -16,6 +17,7 @@ from litestar.types import (
 )
 
 if TYPE_CHECKING:
+    from app.health import Readiness
     from app.http.limits import ConnectionObserver
 
 # Set in a request's scope where the app answers a HEAD as its GET: a route whose
@@ -36,6 +38,11 @@ class Recordline(Litestar):
 
     # Told of each connection a bound of the server refused or closed (app.http.limits).
     connections: ConnectionObserver | None = None
+    # Told of SIGTERM by a cell that serves this app among others (app.cell), which
+    # installs one handler for them all; an app on its own hears it itself.
+    stopping: Callable[[], None] | None = None
+    # What the app's /readyz asks, for a cell that serves it among others.
+    readiness: Readiness | None = None
 
     async def __call__(
         self,

@@ -1,9 +1,10 @@
 """What one connection may cost: every byte of every request bounded, in size and in time.
 
 Every connection is served by `BoundedHttpTools`, uvicorn's httptools protocol
-following each request through the callbacks of the parser uvicorn itself feeds:
-a head's size and time, a body's time, trailers dropped, upgrades and `CONNECT`
-refused, `Host` checked, and at most `max_connections` a process (`Connections`).
+following each request through the callbacks of the parser uvicorn itself feeds: a
+head's size and time, a body's time, trailers dropped, upgrades and `CONNECT` refused,
+`Host` checked, requests pipelined ahead of their answers bounded, an answer its
+client does not take cut off, and at most `max_connections` a process (`Connections`).
 
 Design, and why a layer over httptools rather than another server:
 docs/security.md#request-bounds
@@ -24,6 +25,7 @@ from app.errors import (
     RecordlineError,
     RequestTimeout,
     TooManyConnections,
+    TooManyPipelined,
     UpgradeNotServed,
 )
 from app.problems import MEDIA_TYPE, Problems
@@ -37,6 +39,11 @@ MAX_HEADERS: Final = 256
 CHUNK_FRAMING: Final = 20
 # A header's bytes besides its name and value: `:`, a space, CRLF.
 HEADER_FRAMING: Final = 4
+# Requests a connection may send ahead of their answers (pipelined), waiting behind the
+# one being answered: each holds ~2 KiB of objects however few its bytes (1.2 million
+# pipelined 34-byte requests once held 2.9 GB), so they are counted, and their heads
+# together are at most RECORDLINE_MAX_HEADER_BYTES. No client of this service pipelines.
+MAX_PIPELINED: Final = 32
 # How long a refused connection is still read from, what comes dropped, once its
 # refusal is sent: closed with bytes unread, the connection would be reset, and a
 # reset can discard the refusal before a client that is still sending reads it.
@@ -69,6 +76,11 @@ class Connection(Protocol):
 
     def gone(self) -> asyncio.Future[None]:
         """A future done once the client has gone (the connection is lost)."""
+        ...
+
+    def cut(self) -> None:
+        """Close the connection now, dropping what it has not sent: its client took
+        nothing for RECORDLINE_SEND_TIMEOUT_SECONDS."""
         ...
 
 
@@ -146,6 +158,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         "_body_read",
         "_chunks",
         "_crowded",
+        "_cut",
         "_deadline",
         "_gone",
         "_head_ended",
@@ -155,7 +168,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         "_read",
         "_reading",
         "_refusal",
+        "_stall",
         "_taken",
+        "_unsent",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -183,6 +198,12 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._lingering = False
         # Done once the connection is lost: made when a request first asks (`gone`).
         self._gone: asyncio.Future[None] | None = None
+        # While the transport holds more than it sends at once (writing paused): when the
+        # client must have taken some of it, and how much was unsent then.
+        self._stall: asyncio.TimerHandle | None = None
+        self._unsent = 0
+        # Cut off for taking nothing (`cut`): counted once.
+        self._cut = False
 
     # The connection.
 
@@ -194,8 +215,13 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         self.kept.closed(self)
         super().connection_lost(exc)
+        # The requests still queued will never be answered: dropped now, not when the
+        # cyclic collector (rare, under `quiet_garbage_collector`) finds that each one's
+        # callback and this protocol refer to each other.
+        self.pipeline.clear()
         gone = self._gone
         if gone is not None and not gone.done():
             gone.set_result(None)
@@ -262,6 +288,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._in_flight:  # none once a refusal cut the request being read
             self._in_flight -= 1
         _uvicorn.on_response_complete(self)
+        if self.pipeline:
+            # uvicorn reads on after every answer: not while requests read already wait.
+            self.flow.pause_reading()
         if self._refusal is not None:
             if self._in_flight == 0:
                 self._refuse()  # its turn, after the answers to the requests ahead of it
@@ -274,15 +303,61 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.kept.idle(self)
 
     def evict(self) -> None:
-        """Close this idle connection to make room for a new one."""
+        """Close this idle connection to make room for a new one (at once, dropping an
+        answer its client has not taken: it no longer counts among those kept)."""
         self._count("idle-evicted")
-        self.shed()
+        if self.transport.get_write_buffer_size():
+            self._disarm()
+            self.transport.abort()
+        else:
+            self.shed()
 
     def shed(self) -> None:
         """Close the connection, answering nothing more."""
         self._disarm()
         if not self.transport.is_closing():
             self.transport.close()
+
+    def cut(self) -> None:
+        """Close the connection now, dropping what it has not sent, for a client that took
+        nothing for RECORDLINE_SEND_TIMEOUT_SECONDS (counted as `send-timeout`): a
+        follower cut off releases the event it held at once, not when its client reads it
+        (`close` would keep it until then)."""
+        self._disarm()
+        self._unstall()
+        if self._cut:
+            return  # the follower's deadline and the connection's, both of a send
+        self._cut = True
+        self._count("send-timeout")
+        self.transport.abort()
+
+    # What the transport holds for the client: bounded in time.
+
+    def pause_writing(self) -> None:
+        _uvicorn.pause_writing(self)
+        if self._stall is None:
+            self._unsent = self.transport.get_write_buffer_size()
+            self._stall = self.loop.call_later(self.limits.send_timeout_seconds, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        _uvicorn.resume_writing(self)
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        """The client took nothing of its answer for RECORDLINE_SEND_TIMEOUT_SECONDS."""
+        self._stall = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < self._unsent:
+            # It takes the answer, slowly: the time runs again from now.
+            self._unsent = unsent
+            self._stall = self.loop.call_later(self.limits.send_timeout_seconds, self._stalled)
+            return
+        self.cut()
 
     # httptools' callbacks, passed on to uvicorn's unless the request is refused.
 
@@ -302,8 +377,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._refusal is None:
             self._refusal = self._refusal_of_head()
         if self._refusal is not None:
-            if self.parser.should_upgrade():
-                # httptools would stop at the upgrade and uvicorn take it: stop here instead.
+            if self.parser.should_upgrade() or self._in_flight:
+                # httptools would stop at the upgrade and uvicorn take it, or parse the
+                # rest of a read full of pipelined requests: stop here instead.
                 raise Refused
             return
         self._phase = BODY
@@ -346,7 +422,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         limit = self.limits.max_header_bytes
         # The reads it came in bound a head from above: counted exactly only past the bound.
         if self._taken + self._read > limit or len(headers) > MAX_HEADERS:
-            size = len(self.url) + sum(len(n) + len(v) + HEADER_FRAMING for n, v in headers)
+            size = len(self.url) + _fields_bytes(headers)
             if size > limit or len(headers) > MAX_HEADERS:
                 return self._answer(self._too_large("the request line and headers"))
         if self.parser.should_upgrade():
@@ -369,7 +445,27 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "(RECORDLINE_MAX_CONNECTIONS) carries a request"
                 )
             )
+        if self._in_flight and self._queued_too_much(len(self.url) + _fields_bytes(headers)):
+            return self._answer(
+                TooManyPipelined(
+                    f"more than {MAX_PIPELINED} requests (or {limit} bytes of their heads, "
+                    "RECORDLINE_MAX_HEADER_BYTES) waiting on one connection behind the one "
+                    "being answered; send the rest again on a new connection"
+                )
+            )
         return None
+
+    def _queued_too_much(self, head: int) -> bool:
+        """Whether one more request, of a head of `head` bytes, is more than this connection
+        may queue behind the one being answered (counted only when requests are queued)."""
+        queued = self.pipeline
+        if len(queued) >= MAX_PIPELINED:
+            return True
+        for cycle, _ in queued:
+            scope = cycle.scope
+            head += len(scope["raw_path"]) + len(scope["query_string"])
+            head += _fields_bytes(scope["headers"])
+        return head > self.limits.max_header_bytes
 
     def _too_large(self, what: str) -> HeadersTooLarge:
         return HeadersTooLarge(
@@ -450,6 +546,10 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "(RECORDLINE_BODY_TIMEOUT_SECONDS)"
                 )
             )
+
+
+def _fields_bytes(headers: Any) -> int:
+    return sum(len(name) + len(value) + HEADER_FRAMING for name, value in headers)
 
 
 def bounded_httptools(

@@ -3,8 +3,9 @@
 `SequencedPublisher` is google-cloud-pubsub's own `PublisherClient` underneath,
 batching, flow control and retries kept: each message gets the producer sequence
 attributes (`app.store.producers`) when handed to the client, so a publish the
-library sends again carries the same sequence. It persists nothing: the epoch is
-the time it started; `published`, kept by the caller, is the next epoch's `ended`.
+library sends again carries the same sequence, and its signature when given the
+producer's key. It persists nothing: the epoch is the time it started;
+`published`, kept by the caller, is the next epoch's `ended`.
 
 Design and usage: docs/producers.md#publishing-with-sequences
 """
@@ -15,19 +16,22 @@ import threading
 import time
 from typing import Any
 
+from app.ingest.signing import MIN_KEY_BYTES, signature
 from app.store.producers import (
     EPOCH_ATTRIBUTE,
     EPOCH_ENDED_ATTRIBUTE,
     MAX_NUMBER,
     PRODUCER_ATTRIBUTE,
     SEQUENCE_ATTRIBUTE,
+    SIGNATURE_ATTRIBUTE,
     read_sequence,
 )
 
 
 class SequencedPublisher:
     """Publishes through `client` (a `google.cloud.pubsub_v1.PublisherClient`), numbering
-    every message of this producer and epoch from 0."""
+    every message of this producer and epoch from 0, and signing each with `key` (the
+    producer's, as RECORDLINE_PRODUCER_KEYS holds it) when given one."""
 
     def __init__(
         self,
@@ -36,9 +40,13 @@ class SequencedPublisher:
         *,
         epoch: int | None = None,
         ended: tuple[int, int] | None = None,
+        key: bytes | None = None,
     ) -> None:
+        if key is not None and len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"a producer's key is at least {MIN_KEY_BYTES} bytes")
         self.client = client
         self.producer = producer
+        self._key = key
         self.epoch = time.time_ns() // 1000 if epoch is None else epoch
         self._fixed = {
             PRODUCER_ATTRIBUTE: producer,
@@ -75,6 +83,8 @@ class SequencedPublisher:
                 raise OverflowError(f"epoch {self.epoch} has published 2^63 messages")
             self._next += 1
         numbered = {**attributes, **self._fixed, SEQUENCE_ATTRIBUTE: str(sequence)}
+        if self._key is not None:
+            numbered[SIGNATURE_ATTRIBUTE] = signature(self._key, numbered, data)
         options: dict[str, Any] = {}
         if ordering_key:
             options["ordering_key"] = ordering_key

@@ -18,6 +18,7 @@ from app.ingest.batcher import Batcher
 from app.ingest.envelope import PushedMessage
 from app.ingest.payload import CONTRACT, PayloadReader, Payloads
 from app.ingest.shape import Invalid
+from app.ingest.signing import ProducerKeys
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
 from app.store import RowOutcome
 from app.store.producers import sequence_problem
@@ -32,6 +33,7 @@ def to_row(
     *,
     trace_id: str | None,
     reader: PayloadReader = CONTRACT,
+    keys: ProducerKeys | None = None,
 ) -> Record | Rejection:
     attributes = _encode(message.attributes).decode()
     if message.data is None:
@@ -47,8 +49,10 @@ def to_row(
             f"publishTime: {rfc3339(moment(message.publish_time))} is later than the message "
             f"was received ({rfc3339(moment(ingest_time))})"
         )
-    elif (unreadable := sequence_problem(message.attributes)) is not None:
+    elif (unreadable := sequence_problem(message.attributes, message.publish_time)) is not None:
         reason = unreadable
+    elif keys is not None and (unsigned := keys.problem(message.attributes, message.data)):
+        reason = unsigned
     else:
         try:
             read = reader.read(message.data)
@@ -106,16 +110,25 @@ class Ingest:
     """Validates a delivery and waits for its row to be durably stored."""
 
     def __init__(
-        self, batcher: Batcher, payloads: Payloads, *, observer: PushObserver | None = None
+        self,
+        batcher: Batcher,
+        payloads: Payloads,
+        *,
+        observer: PushObserver | None = None,
+        keys: ProducerKeys | None = None,
     ) -> None:
         self._batcher = batcher
         self._payloads = payloads
         self._observer = observer
+        # Producers whose sequences must be signed (RECORDLINE_PRODUCER_KEYS).
+        self._keys = keys
 
     async def row(self, message: PushedMessage) -> Record | Rejection:
         """What `message` would become now, storing nothing."""
         reader = await self._payloads.reader(message.attributes)
-        return to_row(message, time.time_ns() // 1000, trace_id=None, reader=reader)
+        return to_row(
+            message, time.time_ns() // 1000, trace_id=None, reader=reader, keys=self._keys
+        )
 
     async def accept(
         self, message: PushedMessage, *, trace_id: str | None = None
@@ -129,7 +142,10 @@ class Ingest:
             if reader is None:
                 reader = await self._payloads.reader(message.attributes)
             row, outcome = await self._batcher.submit(
-                functools.partial(to_row, message, trace_id=trace_id, reader=reader), size
+                functools.partial(
+                    to_row, message, trace_id=trace_id, reader=reader, keys=self._keys
+                ),
+                size,
             )
         except RetryLater as exc:
             if self._observer is not None:

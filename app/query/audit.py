@@ -3,9 +3,11 @@
 It asks a running service (`GET /v1/audit`, a read like any other: the same
 token), so it works on every store, DuckDB included (whose file the service
 holds). Per hour of the range it prints the messages with a producer sequence
-received, stored, rejected, dropped as a publisher's copy, and the sequences
-missing whose gap opened then. Exit 0 when nothing is missing, 1 naming the
-first missing range (the oldest), 2 when the question could not be asked.
+received, stored, rejected, dropped as a publisher's copy, stored in conflict
+(under a sequence another message had taken), and the sequences missing whose
+gap opened then; then the missing ranges and the conflicts. Exit 0 when nothing
+is missing or in conflict, 1 naming the first missing range (the oldest) or else
+the first conflict, 2 when the question could not be asked.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import IO
 
 import msgspec
 
-from app.query.producers import AuditReport
+from app.query.producers import AuditReport, ConflictRange
 
-# The service answers from its ledger in memory or one read per 500 producers:
-# seconds at most, but a cold Spanner client takes a few.
+# The service answers from what the ledger counted by hour and the ranges it
+# found, whatever the number of producers: a second at most, but a cold Spanner
+# client takes a few.
 _TIMEOUT_SECONDS = 60.0
 _decode = msgspec.json.Decoder(AuditReport).decode
 
@@ -85,16 +88,36 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
         return 2
     report = _decode(answer.content)
     write(report, out)
-    if not report.missing:
-        return 0
-    first = report.missing_ranges[0]
-    print(
-        f"recordline audit: missing: producer {first.producer!r} epoch {first.epoch} "
-        f"sequences {first.first} to {first.last} (gap opened {_rfc3339(first.opened_at)}); "
-        f"{report.missing} in all",
-        file=sys.stderr,
+    if report.missing and report.missing_ranges:
+        first = report.missing_ranges[0]
+        print(
+            f"recordline audit: missing: producer {first.producer!r} epoch {first.epoch} "
+            f"sequences {first.first} to {first.last} (gap opened {_rfc3339(first.opened_at)}); "
+            f"{report.missing} in all",
+            file=sys.stderr,
+        )
+        return 1
+    if report.conflict_ranges:
+        print(
+            f"recordline audit: conflict: {_conflict(report.conflict_ranges[0])}; "
+            f"{report.conflicts} sequences and {report.conflicting_ends} epochs' ends in all",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _conflict(found: ConflictRange) -> str:
+    where = f"producer {found.producer!r} epoch {found.epoch}"
+    if found.kind == "ends":
+        return (
+            f"{where} was said to have published {found.first} and {found.last} messages "
+            f"(first said {_rfc3339(found.opened_at)})"
+        )
+    return (
+        f"{where} sequences {found.first} to {found.last} each claimed by two different "
+        f"messages, both stored (first {_rfc3339(found.opened_at)})"
     )
-    return 1
 
 
 class _Problem(msgspec.Struct):
@@ -112,11 +135,11 @@ def _detail(body: bytes) -> str:
 def write(report: AuditReport, out: IO[str]) -> None:
     """The report as a table, one line per hour, then the missing ranges it names."""
     out.write(f"{'hour':<21}{'received':>10}{'stored':>10}{'rejected':>10}")
-    out.write(f"{'duplicates':>12}{'missing':>10}\n")
+    out.write(f"{'duplicates':>12}{'conflicts':>11}{'missing':>10}\n")
     for hour in report.hours:
         out.write(
             f"{_rfc3339(hour.hour):<21}{hour.received:>10}{hour.stored:>10}"
-            f"{hour.rejected:>10}{hour.duplicates:>12}{hour.missing:>10}\n"
+            f"{hour.rejected:>10}{hour.duplicates:>12}{hour.conflicts:>11}{hour.missing:>10}\n"
         )
     for gap in report.missing_ranges:
         out.write(
@@ -127,6 +150,13 @@ def write(report: AuditReport, out: IO[str]) -> None:
         out.write(
             f"(the oldest {len(report.missing_ranges)} of {report.missing_range_count} missing "
             "ranges; GET /v1/producers names every one)\n"
+        )
+    for found in report.conflict_ranges:
+        out.write(f"conflict: {_conflict(found)}\n")
+    if len(report.conflict_ranges) < report.conflict_range_count:
+        out.write(
+            f"(the oldest {len(report.conflict_ranges)} of {report.conflict_range_count} "
+            "conflicts; GET /v1/producers names every one)\n"
         )
     if report.unknown_ends:
         out.write(

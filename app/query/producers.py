@@ -1,19 +1,19 @@
-"""Reading the completeness ledger: producers, their epochs and gaps, and the audit by hour.
+"""Reading the completeness ledger: producers, their epochs, gaps and conflicts, and the audit.
 
 The ledger (app.store.producers) says per producer and epoch which sequences
 were seen; here it becomes what an operator reads: the gaps, which of them are
-missing (older than the grace period, RECORDLINE_PRODUCER_GRACE_SECONDS), how
-each epoch ended, and per hour what was received, stored, rejected, dropped as a
-publisher's copy and found missing (`GET /v1/audit`, `recordline audit`).
+missing (older than the grace period, RECORDLINE_PRODUCER_GRACE_SECONDS), the
+sequences two different messages claimed, how each epoch ended, and per hour
+what was received, stored, rejected, dropped as a publisher's copy, stored in
+conflict and found missing (`GET /v1/audit`, `recordline audit`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
@@ -28,9 +28,12 @@ from app.store.producers import (
     HOURS_KEPT,
     Completeness,
     EpochEntry,
-    Gap,
+    HourCount,
     ProducerEntries,
+    Worst,
+    hours_of,
 )
+from app.store.tally import newest_of
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,14 @@ MAX_PRODUCERS = 100
 # Gaps a listing shows per epoch: a producer's own page shows them all (at most
 # MAX_GAPS an epoch), a page of a hundred producers would show 800,000.
 LISTED_GAPS = 10
-# Producers read per store call when every one is wanted (the audit, the metric).
-_SWEEP = 500
 # Missing ranges an audit names: the oldest first, which is what an operator
 # starts with; the counts cover every one.
 AUDIT_RANGES = 100
 # The longest range an audit covers: the hours the ledger keeps counts for.
 MAX_AUDIT_HOURS = HOURS_KEPT
+# Conflicts stay in the ledger; the metric counts those first seen within a day, so
+# that its alert closes a day after the last one (the audit still names them all).
+CONFLICTS_WATCHED_SECONDS = 86_400.0
 
 EpochEnd = Literal["open", "said", "unknown"]
 
@@ -62,6 +66,17 @@ class GapView(msgspec.Struct, kw_only=True, frozen=True):
     missing: bool
 
 
+class ConflictView(msgspec.Struct, kw_only=True, frozen=True):
+    """Sequences `first` to `last` of an epoch, each claimed by two different messages
+    (another payload, or other attributes), both stored."""
+
+    first: int
+    last: int
+    count: int
+    # When the first of them was claimed again.
+    opened_at: datetime
+
+
 class EpochView(msgspec.Struct, kw_only=True, frozen=True):
     epoch: int
     # The highest sequence with every one from 0 seen (-1: not even 0 yet).
@@ -71,7 +86,13 @@ class EpochView(msgspec.Struct, kw_only=True, frozen=True):
     # it published (`published`); `unknown`: a later epoch began without saying, so a
     # gap at its end cannot be seen.
     end: EpochEnd
+    # The most messages later epochs said it published that can be believed (at most
+    # a million past `highest`): what is owed past `highest`; and every count said.
     published: int | None
+    ends_said: list[int]
+    # Later epochs said different counts, or one said fewer than were seen, or more
+    # than can be believed: a conflict, whatever the audit counts as missing.
+    end_conflict: bool
     gaps: list[GapView]
     # How many gaps there are (a listing shows the first LISTED_GAPS).
     gap_count: int
@@ -80,11 +101,22 @@ class EpochView(msgspec.Struct, kw_only=True, frozen=True):
     stored: int
     rejected: int
     duplicates: int
-    # Stored while a newer epoch of the producer was known: a zombie publisher, or
-    # the last of this epoch's messages arriving late.
+    # Messages stored under a sequence another message had taken, and those sequences
+    # (a listing shows the first LISTED_GAPS ranges; `conflict_range_count` how many).
+    conflicts: int
+    conflicted: list[ConflictView]
+    conflict_range_count: int
+    # Stored while a newer epoch of the producer was known (a zombie publisher, or the
+    # last of this epoch's messages arriving late), or once it was retired.
     zombies: int
     # Kept as rejections because they would have opened a gap past the bound.
     refused: int
+    # Stored with no place in the ledger: a new epoch came while every epoch kept
+    # held evidence of loss.
+    untracked: int
+    # Settled and retired to make room for newer epochs: kept so that a late message
+    # of it is a zombie's.
+    retired: bool
     first_seen: datetime
     last_seen: datetime
 
@@ -93,6 +125,9 @@ class ProducerView(msgspec.Struct, kw_only=True, frozen=True):
     producer: str
     newest_epoch: int
     missing: int
+    # Messages stored under a sequence another had taken, and epochs whose ends disagree.
+    conflicts: int
+    end_conflicts: int
     epochs: list[EpochView]
 
 
@@ -110,6 +145,8 @@ class AuditHour(msgspec.Struct, kw_only=True, frozen=True):
     stored: int
     rejected: int
     duplicates: int
+    # Of those stored or rejected, how many under a sequence another message had taken.
+    conflicts: int
     # Sequences missing now whose gap opened that hour.
     missing: int
 
@@ -117,6 +154,19 @@ class AuditHour(msgspec.Struct, kw_only=True, frozen=True):
 class MissingRange(msgspec.Struct, kw_only=True, frozen=True):
     producer: str
     epoch: int
+    first: int
+    last: int
+    opened_at: datetime
+
+
+class ConflictRange(msgspec.Struct, kw_only=True, frozen=True):
+    """`sequences`: sequences `first` to `last` claimed by two different messages;
+    `ends`: later epochs said the epoch published from `first` to `last` messages
+    (they disagree, or with the sequences seen)."""
+
+    producer: str
+    epoch: int
+    kind: Literal["sequences", "ends"]
     first: int
     last: int
     opened_at: datetime
@@ -131,18 +181,23 @@ class AuditReport(msgspec.Struct, kw_only=True, frozen=True):
     missing_ranges: list[MissingRange]
     missing_range_count: int
     # Epochs that ended (a later one began) without saying how many messages they
-    # published, active in the range: a gap at their end cannot be seen.
+    # published, last heard of in the range: a gap at their end cannot be seen.
     unknown_ends: int
+    # Sequences claimed by two different messages, and epochs whose ends disagree,
+    # first seen in the range; the oldest of them (at most AUDIT_RANGES).
+    conflicts: int = 0
+    conflicting_ends: int = 0
+    conflict_ranges: list[ConflictRange] = []
+    conflict_range_count: int = 0
 
 
 def epoch_view(
     entry: EpochEntry, *, newest: int, now: int, grace: int, gaps: int | None
 ) -> EpochView:
-    """An entry as the API shows it, with its first `gaps` gaps (None: all of them)."""
+    """An entry as the API shows it, with its first `gaps` gaps and ranges in conflict
+    (None: all of them)."""
     missing = entry.missing(now, grace)
-    listed = list(entry.gaps)
-    if entry.end is not None and entry.end - 1 > entry.highest and entry.end_said is not None:
-        listed.append(Gap(first=entry.highest + 1, last=entry.end - 1, opened=entry.end_said))
+    listed = entry.owed()
     cutoff = now - grace
     end: EpochEnd = (
         "said" if entry.end is not None else "open" if entry.epoch == newest else "unknown"
@@ -152,7 +207,9 @@ def epoch_view(
         contiguous=entry.contiguous,
         highest=entry.highest,
         end=end,
-        published=entry.end,
+        published=entry.published,
+        ends_said=sorted(entry.counts_said()),
+        end_conflict=entry.end_conflict,
         gaps=[
             GapView(
                 first=g.first,
@@ -168,8 +225,18 @@ def epoch_view(
         stored=entry.stored,
         rejected=entry.rejected,
         duplicates=entry.duplicates,
+        conflicts=entry.conflicts,
+        conflicted=[
+            ConflictView(
+                first=g.first, last=g.last, count=g.last - g.first + 1, opened_at=moment(g.opened)
+            )
+            for g in entry.conflicted[:gaps]
+        ],
+        conflict_range_count=len(entry.conflicted),
         zombies=entry.zombies,
         refused=entry.refused,
+        untracked=entry.untracked,
+        retired=entry.retired,
         first_seen=moment(entry.first_seen),
         last_seen=moment(entry.last_seen),
     )
@@ -178,12 +245,15 @@ def epoch_view(
 def producer_view(
     found: ProducerEntries, *, now: int, grace: int, gaps: int | None
 ) -> ProducerView:
-    newest = max(e.epoch for e in found.epochs)
+    epochs_by = {e.epoch: e for e in found.epochs}
+    newest = newest_of(epochs_by)
     epochs = [epoch_view(e, newest=newest, now=now, grace=grace, gaps=gaps) for e in found.epochs]
     return ProducerView(
         producer=found.producer,
         newest_epoch=newest,
         missing=sum(e.missing for e in epochs),
+        conflicts=sum(e.conflicts for e in epochs),
+        end_conflicts=sum(e.end_conflict for e in epochs),
         epochs=epochs,
     )
 
@@ -240,119 +310,104 @@ class Producers:
             raise NotFound(f"no producer {producer!r} in the ledger")
         return producer_view(found, now=self._now(), grace=self._grace, gaps=None)
 
-    async def every(self) -> AsyncIterator[ProducerEntries]:
-        """Every producer's entries, a page of them per store call."""
-        book = self._book()
-        after = ""
-        while True:
-            found = await book.producers(after, _SWEEP)
-            for entries in found:
-                yield entries
-            if len(found) < _SWEEP:
-                return
-            after = found[-1].producer
-
-    async def missing(self, top: int) -> dict[str, int]:
-        """Sequences missing now per producer, for the `top` producers missing most."""
+    async def worst(self, top: int) -> Worst:
+        """The `top` producers missing most, and in conflict most (conflicts first seen
+        within CONFLICTS_WATCHED_SECONDS: the metric falls once they stop coming)."""
         now = self._now()
-        counts: list[tuple[int, str]] = []
-        async for found in self.every():
-            count = sum(
-                g.last - g.first + 1 for e in found.epochs for g in e.missing(now, self._grace)
-            )
-            if count:
-                counts.append((count, found.producer))
-        return {producer: count for count, producer in heapq.nlargest(top, counts)}
+        since = now - int(CONFLICTS_WATCHED_SECONDS * 1_000_000)
+        return await self._book().worst(cutoff=now - self._grace, since=since, top=top)
 
-    async def audit(self, since: datetime, until: datetime) -> AuditReport:
-        start, end = micros(since), micros(until)
+    async def audit(self, since: datetime, until: datetime | None = None) -> AuditReport:
+        now = self._now()
+        start = micros(since)
+        end = now if until is None else micros(until)
         if end <= start:
             raise BadParameter("until", "must be later than since")
-        first_hour, last_hour = start // HOUR_MICROS, (end - 1) // HOUR_MICROS
+        first_hour, last_hour = hours_of(start, end)
         if last_hour - first_hour + 1 > MAX_AUDIT_HOURS:
             raise BadParameter(
                 "until",
                 f"at most {MAX_AUDIT_HOURS} hours after since: the ledger keeps counts by "
                 "hour for a week",
             )
-        now = self._now()
-        hours = {h: [0, 0, 0, 0] for h in range(first_hour, last_hour + 1)}
-        ranges: list[tuple[int, str, int, int, int]] = []
-        missing = unknown_ends = 0
-        async for found in self.every():
-            newest = max(e.epoch for e in found.epochs)
-            for entry in found.epochs:
-                for count in entry.hours:
-                    tally = hours.get(count.hour)
-                    if tally is not None:
-                        tally[0] += count.stored
-                        tally[1] += count.rejected
-                        tally[2] += count.duplicates
-                for gap in entry.missing(now, self._grace):
-                    if not start <= gap.opened < end:
-                        continue
-                    size = gap.last - gap.first + 1
-                    hours[gap.opened // HOUR_MICROS][3] += size
-                    missing += size
-                    ranges.append((gap.opened, found.producer, entry.epoch, gap.first, gap.last))
-                if (
-                    entry.end is None
-                    and entry.epoch != newest
-                    and entry.last_seen >= start
-                    and entry.first_seen < end
-                ):
-                    unknown_ends += 1
-        oldest = heapq.nsmallest(AUDIT_RANGES, ranges)
+        found = await self._book().audit(start, end, cutoff=now - self._grace, limit=AUDIT_RANGES)
+        counted = {h.hour: h for h in found.hours}
+        hours = []
+        for hour in range(first_hour, last_hour + 1):
+            count = counted.get(hour) or HourCount(hour=hour)
+            hours.append(
+                AuditHour(
+                    hour=moment(hour * HOUR_MICROS),
+                    received=count.stored + count.rejected + count.duplicates,
+                    stored=count.stored,
+                    rejected=count.rejected,
+                    duplicates=count.duplicates,
+                    conflicts=count.conflicts,
+                    missing=found.missing_by_hour.get(hour, 0),
+                )
+            )
         return AuditReport(
             since=since,
-            until=until,
-            hours=[
-                AuditHour(
-                    hour=moment(h * HOUR_MICROS),
-                    received=stored + rejected + duplicates,
-                    stored=stored,
-                    rejected=rejected,
-                    duplicates=duplicates,
-                    missing=lost,
-                )
-                for h, (stored, rejected, duplicates, lost) in sorted(hours.items())
-            ],
-            missing=missing,
+            until=moment(end) if until is None else until,
+            hours=hours,
+            missing=sum(found.missing_by_hour.values()),
             missing_ranges=[
                 MissingRange(
-                    producer=producer, epoch=epoch, first=first, last=last, opened_at=moment(opened)
+                    producer=r.producer,
+                    epoch=r.epoch,
+                    first=r.first,
+                    last=r.last,
+                    opened_at=moment(r.opened),
                 )
-                for opened, producer, epoch, first, last in oldest
+                for r in found.missing
             ],
-            missing_range_count=len(ranges),
-            unknown_ends=unknown_ends,
+            missing_range_count=found.missing_ranges,
+            unknown_ends=found.unknown_ends,
+            conflicts=found.conflicting_sequences,
+            conflicting_ends=found.conflicting_ends,
+            conflict_ranges=[
+                ConflictRange(
+                    producer=r.producer,
+                    epoch=r.epoch,
+                    kind="sequences" if r.kind == "conflict" else "ends",
+                    first=r.first,
+                    last=r.last,
+                    opened_at=moment(r.opened),
+                )
+                for r in found.conflicts
+            ],
+            conflict_range_count=found.conflict_ranges,
         )
 
 
-# How often each instance reads the whole ledger for the `missing` metric: a gap
-# turns missing at the grace period's end, so a minute more is nothing, and a
-# read of the ledger a minute per instance is cheap (a row per producer epoch).
+# How often each instance reads the ledger for the `missing` and `conflicts`
+# metrics: a gap turns missing at the grace period's end, so a minute more is
+# nothing, and the read is of what is owed and in conflict (one query each), not
+# of every producer.
 WATCH_SECONDS = 60.0
-# Producers the metric names at most, those missing most: one series each, and a
+# Producers each metric names at most, those worst off: one series each, and a
 # producer id is whatever a publisher sent. The others still count in the audit.
 WATCHED_PRODUCERS = 100
 
 
 class MissingWatch:
-    """Keeps `missing` (sequences missing per producer, the `WATCHED_PRODUCERS` worst)
-    as the ledger says, every WATCH_SECONDS: what `recordline.producer.missing` reports.
-    A producer whose gaps closed is reported at 0 once, so its series falls to 0
-    (an alert on it closes) before it stops."""
+    """Keeps `missing` (sequences missing per producer) and `conflicts` (sequences in
+    conflict, and epochs whose ends disagree), for the `WATCHED_PRODUCERS` worst of
+    each, as the ledger says, every WATCH_SECONDS: what `recordline.producer.missing`
+    and `recordline.producer.conflicts` report. A producer no longer named is
+    reported at 0 once, so its series falls to 0 (an alert on it closes) before it
+    stops."""
 
     def __init__(self, producers: Producers, *, seconds: float = WATCH_SECONDS) -> None:
         self._producers = producers
         self._seconds = seconds
         self.missing: dict[str, int] = {}
+        self.conflicts: dict[str, int] = {}
 
     async def refresh(self) -> None:
-        found = await self._producers.missing(WATCHED_PRODUCERS)
-        closed = {p: 0 for p, count in self.missing.items() if count and p not in found}
-        self.missing = {**closed, **found}
+        found = await self._producers.worst(WATCHED_PRODUCERS)
+        self.missing = _closed_once(self.missing, found.missing)
+        self.conflicts = _closed_once(self.conflicts, found.conflicts)
 
     async def run(self) -> None:
         while True:
@@ -361,3 +416,8 @@ class MissingWatch:
             except RetryLater as exc:  # the store is down: readiness says so already
                 log.warning("producers' missing sequences not read: %s", exc.detail)
             await asyncio.sleep(self._seconds)
+
+
+def _closed_once(was: dict[str, int], now: dict[str, int]) -> dict[str, int]:
+    closed = {p: 0 for p, count in was.items() if count and p not in now}
+    return {**closed, **now}

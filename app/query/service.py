@@ -11,6 +11,7 @@ continue sees every record exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -33,13 +34,18 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, PageQuery, Store
+from app.store import READ_ROUTE, PageQuery, Store, within
 from app.store.bell import Bell
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# A page holds at most this many bytes of rows (`app.store.row_bytes`: about what they
+# take in its JSON), or its first row alone when that is larger: a page of 1,000
+# records of 4 MB was once 4 GB, built three times over (rows, views, body). It may
+# then hold fewer than `limit` rows, and its token resumes after the last.
+PAGE_BYTES = 4 * 1024 * 1024
 # The longest a page may wait for rows (`wait`): a minute keeps a request well
 # inside every proxy's idle timeout, and a follower asks again at once.
 MAX_WAIT_SECONDS = 60.0
@@ -151,7 +157,9 @@ def _viewing(view_type: type[Any], row_type: type[Any]) -> tuple[tuple[str, Kind
     )
 
 
-class RecordsPage(msgspec.Struct, frozen=True):
+# Weakly referable: the encoding of a page a follower is sent is kept while the page
+# lives, and no longer (`app.routes.follow`).
+class RecordsPage(msgspec.Struct, frozen=True, weakref=True):
     records: list[RecordView]
     # Follow it to get what comes next; null only once a bounded (`until`)
     # range is complete.
@@ -160,13 +168,21 @@ class RecordsPage(msgspec.Struct, frozen=True):
     complete_until: datetime
 
 
-class RejectionsPage(msgspec.Struct, frozen=True):
+class RejectionsPage(msgspec.Struct, frozen=True, weakref=True):
     rejections: list[RejectionView]
     next_page_token: str | None
     complete_until: datetime
 
 
 AnyPage = TypeVar("AnyPage", RecordsPage, RejectionsPage)
+
+
+def complete(page: RecordsPage | RejectionsPage, limit: int) -> bool:
+    """Whether `page` can never change: `limit` rows, or fewer cut by its bytes. Such a
+    page is complete up to its last row's time (`Reader._page`); any other up to a
+    later time, every row it holds lying before it."""
+    rows = page.records if isinstance(page, RecordsPage) else page.rejections
+    return len(rows) == limit or (bool(rows) and page.complete_until == rows[-1].ingest_time)
 
 
 class Listing(msgspec.Struct, Generic[AnyPage], frozen=True):
@@ -208,6 +224,10 @@ class MessageView(msgspec.Struct, kw_only=True, frozen=True):
     reason: str | None = None
     record: RecordView | None = None
     later_copies_differ: LaterCopiesView | None = None
+
+
+# A read followers share: the table, the cursor, at most how many rows and bytes.
+SharedKey = tuple[Any, PageToken, int, int]
 
 
 class SharedRead:
@@ -272,18 +292,22 @@ class Reader:
         retention_days: int = 0,
         clock: Callable[[], int] = time.time_ns,
         later_copies: LaterCopies | None = None,
+        page_bytes: int = PAGE_BYTES,
     ) -> None:
         self._store = store
         # Later copies of stored messages that differed, for `message` to show.
         self._later_copies = later_copies
+        self.page_bytes = page_bytes
         self._pending_horizon = pending_horizon
         self._tokens = tokens
         self._retention_days = retention_days
         self._clock = clock
         # Followers' pages, by what was asked, read since the bell's last ring and
-        # within SHARED_READ_SECONDS (`_followed`).
-        self._shared: cachetools.TTLCache[tuple[Any, PageToken, int], SharedRead] = (
-            cachetools.TTLCache(maxsize=SHARED_READS, ttl=SHARED_READ_SECONDS, timer=time.monotonic)
+        # within SHARED_READ_SECONDS (`_followed`); each is dropped once that time has
+        # passed (`_forget`), not when the cache is next touched: an idle instance would
+        # otherwise keep the last pages its followers read.
+        self._shared: cachetools.TTLCache[SharedKey, SharedRead] = cachetools.TTLCache(
+            maxsize=SHARED_READS, ttl=SHARED_READ_SECONDS, timer=time.monotonic
         )
         self._shared_version = -1
 
@@ -334,10 +358,12 @@ class Reader:
         wait: float = 0.0,
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
+        max_bytes: int | None = None,
         filter: RowFilter | None = None,
     ) -> AnyPage:
-        """One page of a list, in ingest order; records and rejections page alike.
-        With a `filter`, of the rows it keeps (a token carries it to the next page).
+        """One page of a list, in ingest order; records and rejections page alike, of at
+        most `limit` rows and `max_bytes` of them (by default `page_bytes`). With a
+        `filter`, of the rows it keeps (a token carries it to the next page).
 
         With `wait`, a page that would be empty is held back until a row past
         the cursor is readable (`read`): then, or at the end of the wait, it is
@@ -347,7 +373,15 @@ class Reader:
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
         cursor = self._cursor(listing, since, until, limit, page_token, filter=filter)
-        read = await self.read(listing, cursor, limit, wait=wait, stop=stop, asked_at=asked_at)
+        read = await self.read(
+            listing,
+            cursor,
+            limit,
+            wait=wait,
+            stop=stop,
+            asked_at=asked_at,
+            max_bytes=self.page_bytes if max_bytes is None else max_bytes,
+        )
         found = bool(read.rows)
         page = self.as_page(read)
         if not found and wait and page.next_page_token is not None:
@@ -385,8 +419,10 @@ class Reader:
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
         followed: bool = False,
+        max_bytes: int | None = None,
     ) -> Excerpt[AnyPage]:
-        """The rows after `cursor`, at most `limit` of them: what both protocols page.
+        """The rows after `cursor`, at most `limit` of them and `max_bytes` of them (by
+        default `page_bytes`; the first row whatever its size): what both protocols page.
 
         With `wait`, a read that finds nothing is held back until a row past
         the cursor is readable (the store's bell), `wait` seconds pass, or
@@ -401,11 +437,12 @@ class Reader:
         deadline = loop.time() + wait
         bell = self._store.bell
         asked = time.monotonic() if asked_at is None else asked_at
+        budget = self.page_bytes if max_bytes is None else max_bytes
 
         async def once() -> Excerpt[AnyPage]:
             if not wait and not followed:
-                return await self._page(listing, cursor, limit)
-            return await self._followed(listing, cursor, limit, asked)
+                return await self._page(listing, cursor, limit, budget)
+            return await self._followed(listing, cursor, limit, budget, asked)
 
         seen = bell.version
         read = await once()
@@ -419,7 +456,12 @@ class Reader:
         return read
 
     async def _followed(
-        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, asked: float
+        self,
+        listing: Listing[AnyPage],
+        cursor: PageToken,
+        limit: int,
+        max_bytes: int,
+        asked: float,
     ) -> Excerpt[AnyPage]:
         """The read after `cursor` for a follower who asked at `asked`: one read for
         every follower at that cursor within SHARED_READ_SECONDS, with no ring of the
@@ -432,11 +474,11 @@ class Reader:
         if version != self._shared_version:
             self._shared.clear()
             self._shared_version = version
-        key = (listing.kind, cursor, limit)
+        key = (listing.kind, cursor, limit, max_bytes)
         while True:
             shared = self._shared.get(key)
             if shared is None or shared.begun < asked:
-                return await self._read_for_all(key, listing, cursor, limit)
+                return await self._read_for_all(key, listing, cursor, limit, max_bytes)
             try:
                 # Shielded: one follower leaving (cancelled) ends no one else's wait.
                 found: Excerpt[AnyPage] = await asyncio.shield(shared.read)
@@ -449,19 +491,22 @@ class Reader:
 
     async def _read_for_all(
         self,
-        key: tuple[Any, PageToken, int],
+        key: SharedKey,
         listing: Listing[AnyPage],
         cursor: PageToken,
         limit: int,
+        max_bytes: int,
     ) -> Excerpt[AnyPage]:
         """The read at `key`, made in this follower's own task and given to every
         follower that asks for it meanwhile. No task of its own: a follower at the tail,
         woken by a write, reads the tail and is answered in the same step of the loop,
         ahead of the work the write's other waiters do."""
-        read: asyncio.Future[Excerpt[AnyPage]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        read: asyncio.Future[Excerpt[AnyPage]] = loop.create_future()
         shared = self._shared[key] = SharedRead(time.monotonic(), read)
+        loop.call_later(SHARED_READ_SECONDS, self._forget, key, shared)
         try:
-            found = await self._page(listing, cursor, limit)
+            found = await self._page(listing, cursor, limit, max_bytes)
         except BaseException as exc:
             if self._shared.get(key) is shared:
                 del self._shared[key]  # a read that failed is not handed to the next follower
@@ -474,12 +519,30 @@ class Reader:
         read.set_result(found)
         return found
 
+    def _forget(self, key: SharedKey, shared: SharedRead) -> None:
+        """Drop a shared read once it is too old to be shared (if no later one took its
+        key): a TTLCache drops what expired only when it is next written."""
+        self._shared.expire()
+        if self._shared.get(key) is shared:
+            with contextlib.suppress(KeyError):  # expired as it is dropped
+                del self._shared[key]
+
     async def _page(
-        self, listing: Listing[AnyPage], cursor: PageToken, limit: int
+        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, max_bytes: int
     ) -> Excerpt[AnyPage]:
-        """The read after `cursor` as the store has it now."""
-        rows, resume, horizon = await self._read(listing, cursor, limit)
-        full = bool(rows) and len(rows) == limit
+        """The read after `cursor` as the store has it now, cut to `max_bytes`."""
+        rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
+        kept = within(rows, max_bytes)
+        if kept < len(rows):
+            # A store that read past the budget: the rest waits for the next page.
+            rows = rows[:kept]
+            resume = (rows[-1].ingest_time, rows[-1].message_id)
+        # As many rows as asked for, or as many bytes: the next read goes on at once
+        # from the last (a store that skipped later copies may resume past it instead,
+        # having examined all it could: that page is not full).
+        full = bool(rows) and (
+            len(rows) == limit or resume == (rows[-1].ingest_time, rows[-1].message_id)
+        )
         if full:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
@@ -507,11 +570,11 @@ class Reader:
         ]
 
     async def _read(
-        self, listing: Listing[AnyPage], cursor: PageToken, limit: int
+        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, max_bytes: int
     ) -> tuple[list[Any], tuple[int, str], int]:
         """One read: the rows after `cursor`, the key the next continues after, and
         up to when it is complete."""
-        query, horizon = await self._range(cursor, limit)
+        query, horizon = await self._range(cursor, limit, max_bytes)
         page = await self._store.page(listing.kind, query)
         if page.complete_until is not None:
             horizon = min(horizon, page.complete_until)
@@ -633,7 +696,7 @@ class Reader:
             cursor = PageToken(begin, "", horizon, listing=listing.name)
             newest: tuple[int, str] | None = None
             while True:
-                read = await self._page(listing, cursor, MAX_LIMIT)
+                read = await self._page(listing, cursor, MAX_LIMIT, self.page_bytes)
                 if read.rows:
                     last = read.rows[-1]
                     newest = (last.ingest_time, last.message_id)
@@ -644,7 +707,7 @@ class Reader:
                 return newest
             span *= _NEWEST_SPAN_GROWTH
 
-    async def _range(self, cursor: PageToken, limit: int) -> tuple[PageQuery, int]:
+    async def _range(self, cursor: PageToken, limit: int, max_bytes: int) -> tuple[PageQuery, int]:
         """The store query for the page after `cursor`, never past the read horizon."""
         await self._store.barrier()
         horizon = self.horizon()
@@ -654,6 +717,7 @@ class Reader:
             after_message_id=cursor.after_message_id,
             before_time=before,
             limit=limit,
+            max_bytes=max_bytes,
             filter=cursor.filter,
         )
         return query, horizon

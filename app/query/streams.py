@@ -24,19 +24,18 @@ from app.errors import BadParameter, NotFound
 from app.query.offsets import BEGINNING, NOW, Offsets
 from app.query.page_token import PageToken
 from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Excerpt, Listing, Reader
+from app.store import row_bytes
 from app.store.filters import RowFilter
 
 STREAMS: Final[dict[str, Listing[Any]]] = {"records": RECORDS, "rejections": REJECTIONS}
-# A chunk holds at most this many rows, and stops adding pages of them once it
-# holds about this many bytes: a reader far behind gets few large responses
-# (20,000 records of 333 bytes in two), and one response never holds more than
-# a page past the bound.
+# A chunk holds at most this many rows and this many bytes of them (`row_bytes`), or
+# its first row alone when that is larger: a reader far behind gets few large
+# responses (20,000 records of 333 bytes in two), and each read of the store for it
+# stops at the bytes the chunk has room for.
 CHUNK_ROWS: Final = 10_000
 CHUNK_BYTES: Final = 8 * 1024 * 1024
 # Rows read at once: the API's largest page.
 PAGE_ROWS: Final = MAX_LIMIT
-# What a row costs in a chunk besides its payload and attributes (names, times, ids).
-_ROW_BYTES: Final = 320
 
 # Cursors (protocol §10.1, "Server-Generated Cursors"): 20-second intervals
 # counted from 2024-10-09T00:00:00Z, and a cursor sent back at or ahead of the
@@ -121,13 +120,6 @@ def _scope(keep: RowFilter | None) -> str:
     return hashlib.sha256(msgspec.msgpack.encode(keep)).hexdigest()[:32]
 
 
-def _size(row: Any) -> int:
-    """About what a row takes in a chunk (a rejection's bytes are base 64: 4/3)."""
-    data = row.data
-    payload = len(data) * 4 // 3 if isinstance(data, bytes) else len(data)
-    return payload + len(row.attributes) + _ROW_BYTES
-
-
 class Streams:
     """The streams of one service: their offsets, and chunks read by the Reader."""
 
@@ -210,6 +202,7 @@ class Streams:
             stop=stop,
             asked_at=asked_at,
             followed=followed,
+            max_bytes=budget,
         )
         if not first.full:
             # At the tail: the chunk is this read's, shared by every follower given it.
@@ -219,16 +212,19 @@ class Streams:
                 first.encodings[Streams, budget] = made
             return made
         reads = [first]
-        rows, size = len(first.rows), sum(map(_size, first.rows))
+        rows, size = len(first.rows), sum(map(row_bytes, first.rows))
         while reads[-1].full and rows < self._chunk_rows and size < budget:
             last = reads[-1]
             after = PageToken(*last.resume, None, listing=listing.name, filter=cursor.filter)
             more = await self.reader.read(
-                listing, after, min(self._page_rows, self._chunk_rows - rows)
+                listing,
+                after,
+                min(self._page_rows, self._chunk_rows - rows),
+                max_bytes=budget - size,
             )
             reads.append(more)
             rows += len(more.rows)
-            size += sum(map(_size, more.rows))
+            size += sum(map(row_bytes, more.rows))
         return self._chunk(listing, cursor, reads, budget)
 
     def _chunk(
@@ -240,7 +236,7 @@ class Streams:
         # Past about `budget` bytes, the rest waits for the next chunk.
         size, keep = 0, len(rows)
         for at, row in enumerate(rows):
-            size += _size(row)
+            size += row_bytes(row)
             if size > budget and at:
                 keep = at
                 break

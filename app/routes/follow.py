@@ -3,8 +3,9 @@
 
 `wait=SECONDS` holds a page that would be empty; `Accept: text/event-stream`
 streams pages as events, resumable by `Last-Event-ID`; a full page of records
-carries a strong `ETag` and may be cached. A stream produces the next page only
-once the previous one is sent: nothing is buffered per follower.
+carries a strong `ETag` and may be cached. A stream produces the next event only
+once its client has taken the last one: a follower holds one event at most, of
+SSE_EVENT_BYTES or one row, and one that takes nothing is cut off.
 
 Design: docs/reading.md#following-the-tail
 """
@@ -12,14 +13,15 @@ Design: docs/reading.md#following-the-tail
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Final, TypeVar, cast
 
+import cachetools
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import Accept, CacheControlHeader, ETag
@@ -27,7 +29,7 @@ from litestar.datastructures.headers import Header
 from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
-from litestar.types import Receive, Send
+from litestar.types import Receive, Scope, Send
 
 from app.errors import RetryLater, TooManyFollowers
 from app.http.limits import CONNECTION, Connection
@@ -43,14 +45,20 @@ EVENT_STREAM: Final = "text/event-stream"
 JSON: Final = "application/json"
 # A page that can never change may be kept this long (a year: as long as HTTP allows).
 IMMUTABLE_SECONDS: Final = 31_536_000
-# Pages whose encoding is kept, the latest ones (followers woken together are
-# sent the same page object, so it is encoded once for all of them).
-ENCODED_PAGES: Final = 64
+# Encodings kept of the pages followers are being sent, in bytes at most (followers
+# woken together are sent the same page object, so it is encoded once for all of
+# them): each is dropped with its page, or, the least recently used first, past this.
+# Once, 64 pages were kept whatever their size: six pages of 4 MB records held 4 GB.
+ENCODED_BYTES: Final = 32 * 1024 * 1024
 _encode = msgspec.json.encode
 DEFAULT_MAX_FOLLOWERS: Final = 1000
 # A stream whose client takes no event for this long (its connection's buffers full)
-# is cut off: it held one event meanwhile, never more, and reconnects from where it was.
+# is cut off, and what it held dropped: it held one event meanwhile, never more, and
+# reconnects from where it was (RECORDLINE_SEND_TIMEOUT_SECONDS).
 SLOW_FOLLOWER_SECONDS: Final = 30.0
+# A stream's events hold about this much at most (`app.store.row_bytes`), or one row
+# when that is larger: what a follower whose client reads slowly holds while paused.
+SSE_EVENT_BYTES: Final = 1024 * 1024
 # How long a stream's long-poll waits for rows before its 204: under the 30 s
 # many HTTP clients give a response (the Durable Streams Python client's default).
 DEFAULT_LONG_POLL_SECONDS: Final = 20.0
@@ -87,10 +95,11 @@ class Followers:
         shared_cache: bool,
         max_open: int = DEFAULT_MAX_FOLLOWERS,
         long_poll_seconds: float = DEFAULT_LONG_POLL_SECONDS,
+        slow_seconds: float = SLOW_FOLLOWER_SECONDS,
     ) -> None:
         self.stream_seconds = stream_seconds
-        # How long a stream may wait for its client to take one event (SLOW_FOLLOWER_SECONDS).
-        self.slow_seconds = SLOW_FOLLOWER_SECONDS
+        # How long a stream may wait for its client to take one event.
+        self.slow_seconds = slow_seconds
         self.long_poll_seconds = long_poll_seconds
         self.max_open = max_open
         self.heartbeat_seconds = heartbeat_seconds
@@ -102,8 +111,9 @@ class Followers:
         self._stops: set[asyncio.Future[None]] = set()
         # Waiting pages and open streams now (for metrics and tests).
         self.open = 0
-        self._encoded: collections.OrderedDict[int, tuple[object, bytes, bytes]] = (
-            collections.OrderedDict()
+        # By the page's id: while the page lives (`_Encoded`), and ENCODED_BYTES at most.
+        self._encoded: cachetools.LRUCache[int, _Encoded] = cachetools.LRUCache(
+            maxsize=ENCODED_BYTES, getsizeof=_Encoded.weight
         )
 
     def admit(self) -> None:
@@ -139,17 +149,67 @@ class Followers:
         self.open -= 1
         self._stops.discard(stop)
 
-    def encoded(self, page: RecordsPage | RejectionsPage) -> tuple[bytes, bytes]:
-        """The page as JSON, and as the data of an event: made once per page object."""
-        found = self._encoded.get(id(page))
-        if found is not None and found[0] is page:
-            return found[1], found[2]
-        body = _encode(page)
-        event = _event("page", page.next_page_token, body)
-        self._encoded[id(page)] = (page, body, event)
-        if len(self._encoded) > ENCODED_PAGES:
-            self._encoded.popitem(last=False)
-        return body, event
+    @property
+    def encoded_bytes(self) -> int:
+        """What the encodings kept hold now (ENCODED_BYTES at most), as they are counted."""
+        return int(self._encoded.currsize)
+
+    def encoded(self, page: RecordsPage | RejectionsPage) -> bytes:
+        """The page as JSON: made once per page object."""
+        return self._encoding(page).body
+
+    def event(self, page: RecordsPage | RejectionsPage) -> bytes:
+        """The page as an event of a stream (`event: page`): made once per page object."""
+        encoded = self._encoding(page)
+        if encoded.event is None:
+            encoded.event = _event("page", page.next_page_token, encoded.body)
+        return encoded.event
+
+    def _encoding(self, page: RecordsPage | RejectionsPage) -> _Encoded:
+        key = id(page)
+        found = self._encoded.get(key)
+        if found is not None and found.page() is page:
+            return found
+        encoded = _Encoded(page, _encode(page), self._encoded, key)
+        with contextlib.suppress(ValueError):  # larger than them all: not kept
+            self._encoded[key] = encoded
+        return encoded
+
+
+class _Encoded:
+    """A page's encodings, kept while the page lives: once no follower holds it, they
+    are dropped from the cache, whatever room is left (`_forget`)."""
+
+    __slots__ = ("body", "event", "page")
+
+    def __init__(
+        self,
+        page: RecordsPage | RejectionsPage,
+        body: bytes,
+        cache: cachetools.LRUCache[int, _Encoded],
+        key: int,
+    ) -> None:
+        self.body = body
+        self.event: bytes | None = None
+        self.page = weakref.ref(page, _forget(cache, key))
+
+    def weight(self) -> int:
+        # The body, the event made of it, and the page's views (what the page holds,
+        # about as many bytes as its body), counted whether or not they are made yet.
+        return 3 * len(self.body)
+
+
+def _forget(
+    cache: cachetools.LRUCache[int, _Encoded], key: int
+) -> Callable[[weakref.ref[Any]], None]:
+    """What drops a page's encodings from `cache` once the page is gone."""
+
+    def gone(ref: weakref.ref[Any]) -> None:
+        found = cache.get(key)
+        if found is not None and found.page is ref:
+            del cache[key]
+
+    return gone
 
 
 def stop_of(request: Request[Any, Any, Any]) -> tuple[asyncio.Future[None], bool]:
@@ -217,7 +277,7 @@ class _FollowerEvents(ASGIStreamingResponse):
     (Litestar's streaming response runs the stream in a task group beside a listener:
     a group and two tasks a follower, which an idle follower need not hold.)"""
 
-    __slots__ = ("slow_seconds", "stop", "watched")
+    __slots__ = ("connection", "slow_seconds", "stop", "watched")
 
     def __init__(
         self, *, stop: asyncio.Future[None], watched: bool, slow_seconds: float, **options: Any
@@ -226,6 +286,13 @@ class _FollowerEvents(ASGIStreamingResponse):
         self.stop = stop
         self.watched = watched
         self.slow_seconds = slow_seconds
+        self.connection: Connection | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Under `recordline serve`, the connection, to drop at once what a follower cut
+        # off still holds (`Connection.cut`).
+        self.connection = cast("Connection | None", scope.get(CONNECTION))
+        await super().__call__(scope, receive, send)
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         watcher = (
@@ -235,10 +302,15 @@ class _FollowerEvents(ASGIStreamingResponse):
             async for chunk in self.iterator:
                 body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
                 try:
-                    # The next event is made only once this one is taken (a slow reader
-                    # is paused, holding one), and one not taken in time cuts it off.
+                    # Written, the event waits in the connection until its client takes
+                    # it, and the next is made only once it has: a slow reader holds one
+                    # event, and one that takes none in time is cut off.
                     async with asyncio.timeout(self.slow_seconds):
                         await send({"type": "http.response.body", "body": body, "more_body": True})
+                        del chunk, body  # written: not held while it is taken
+                        # Nothing: a send waits, as any does, until the connection has
+                        # room again (its client took what was written before).
+                        await send({"type": "http.response.body", "body": b"", "more_body": True})
                 except TimeoutError:
                     log.warning(
                         "a follower took no event for %g s: cut off, to resume where it was",
@@ -246,8 +318,11 @@ class _FollowerEvents(ASGIStreamingResponse):
                     )
                     if isinstance(self.iterator, AsyncGenerator):
                         await self.iterator.aclose()  # it counts as a follower no more
+                    if self.connection is not None:
+                        # Closed now, what it holds dropped: a close would keep the
+                        # event until the client reads it, which it may never do.
+                        self.connection.cut()
                     return  # the server closes the connection: the response is unfinished
-                del chunk, body  # sent: not held while the next is awaited
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if watcher is not None:
@@ -356,7 +431,7 @@ def answer(
     """The page as JSON, with its freshness, and what caches may do: keep a `final`
     full page, revalidate any other full one by its `ETag`, ask again for the tail."""
     headers = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
-    body, _ = followers.encoded(page)
+    body = followers.encoded(page)
     if not full:
         headers |= _header(NO_CACHE)
         return Response(body, media_type=JSON, headers=headers)
@@ -429,6 +504,7 @@ async def _pages(
                     wait=wait,
                     stop=stop,
                     asked_at=asked_at,
+                    max_bytes=SSE_EVENT_BYTES,
                 )
             except RetryLater as exc:
                 # The store did not answer: the stream ends as it would, with
@@ -439,7 +515,7 @@ async def _pages(
             token, complete = page.next_page_token, page.complete_until
             rows = page.records if isinstance(page, RecordsPage) else page.rejections
             if rows:
-                yield followers.encoded(page)[1]
+                yield followers.event(page)
             elif token is not None:
                 yield HEARTBEAT
             if token is None:  # a bounded range, complete

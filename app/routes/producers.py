@@ -49,9 +49,11 @@ _ERRORS = problem_responses(
         "Messages that carry a producer sequence (`recordline-producer`, `recordline-epoch`, "
         "`recordline-seq`) are accounted for per producer and epoch: the highest contiguous "
         "sequence, the gaps (a gap older than RECORDLINE_PRODUCER_GRACE_SECONDS is missing), "
-        "and how many were stored, rejected and dropped as a publisher's copy. A page lists "
-        "each epoch's first 10 gaps; `/v1/producers/{producer}` lists them all. 404 on a store "
-        "that keeps no ledger (BigQuery alone)."
+        "the sequences two different messages claimed (conflicts, both stored), and how many "
+        "were stored, rejected and dropped as a publisher's copy (the same message again). "
+        "A page lists each epoch's first 10 gaps and ranges in conflict; "
+        "`/v1/producers/{producer}` lists them all. 404 on a store that keeps no ledger "
+        "(BigQuery alone)."
     ),
     tags=["producers"],
     operation_class=ProducersOperation,
@@ -87,11 +89,13 @@ async def get_producer(
 @get(
     "/v1/audit",
     summary="Per hour: messages with a producer sequence received, stored, rejected, "
-    "dropped as a publisher's copy, and missing",
+    "dropped as a publisher's copy, stored in conflict, and missing",
     description=(
         "Hours of ingest from `since` to `until` (at most a week, the counts the ledger "
-        "keeps), and the oldest missing ranges whose gap opened then: what "
-        "`recordline audit` prints, exiting non-zero while any is missing."
+        "keeps; `until` is now unless given), the oldest missing ranges whose gap opened "
+        "then, and the oldest conflicts (sequences two different messages claimed, epochs "
+        "whose declared ends disagree) first seen then: what `recordline audit` prints, "
+        "exiting non-zero while any is missing or in conflict."
     ),
     tags=["producers"],
     responses=_ERRORS,
@@ -100,11 +104,13 @@ async def audit(
     producers: NamedDependency[Producers],
     since: Annotated[str, _time_parameter("The first hour's start")],
     until: Annotated[
-        str,
-        _time_parameter("The end of the range, later than since and at most 168 hours after it"),
-    ],
+        str | None,
+        _time_parameter(
+            "The end of the range, later than since and at most 168 hours after it (default: now)"
+        ),
+    ] = None,
 ) -> AuditReport:
-    return await producers.audit(_required_time("since", since), _required_time("until", until))
+    return await producers.audit(_required_time("since", since), _time("until", until))
 
 
 def _time_parameter(description: str) -> Any:

@@ -50,6 +50,7 @@ from app.query.service import (
     RecordsPage,
     RecordView,
     RejectionsPage,
+    complete,
 )
 from app.query.streams import Streams
 from app.records import (
@@ -381,8 +382,8 @@ async def _paged(
             page_token=page_token,
             filter=keep,
         )
-    rows = page.records if isinstance(page, RecordsPage) else page.rejections
-    return answer(request, page, full=len(rows) == limit, final=listing.final, followers=followers)
+    full = complete(page, limit)
+    return answer(request, page, full=full, final=listing.final, followers=followers)
 
 
 @get(

@@ -37,6 +37,7 @@ from app.routes.follow import (
     EVENT_STREAM,
     HEARTBEAT,
     JSON,
+    SSE_EVENT_BYTES,
     EventStream,
     Followers,
     stop_of,
@@ -61,9 +62,6 @@ CURSOR: Final = "Stream-Cursor"
 # An SSE stream ends after about this long, or the instance's stream_seconds if
 # shorter (§10.2: so that new clients collapse onto the edge's requests).
 SSE_SECONDS: Final = 60.0
-# An SSE stream's events hold about this much at most: a follower far behind whose
-# client reads slowly holds one of them while paused, not a catch-up chunk.
-SSE_EVENT_BYTES: Final = 1024 * 1024
 # What a catch-up chunk or a long-poll's rows may be kept for (§10.1).
 CHUNK_MAX_AGE: Final = 60
 CHUNK_STALE_SECONDS: Final = 300

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Final, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -20,6 +20,53 @@ from app.store.producers import Completeness
 
 # A page is of one table's rows: records, or rejections.
 R = TypeVar("R", Record, Rejection)
+
+# What a row takes in an answer besides its payload and attributes (its ids, times and
+# names, once encoded), about: rows of tiny payloads count too.
+ROW_BYTES: Final = 320
+
+
+def text_bytes(text: str) -> int:
+    """`text`'s length in UTF-8, without encoding it when it is ASCII (the usual case)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def row_bytes(row: Record | Rejection) -> int:
+    """About what `row` takes once a reader is shown it in JSON: its payload (a rejection's
+    raw bytes as base 64), its attributes, and ROW_BYTES for the rest. The unit of every
+    byte budget of a read (a page, a stream's chunk or event, the tail in memory)."""
+    data, attributes = row.data, row.attributes
+    if type(data) is str:
+        payload = len(data) if data.isascii() else len(data.encode())
+    else:
+        payload = (len(data) + 2) // 3 * 4
+    return (
+        payload
+        + (len(attributes) if attributes.isascii() else len(attributes.encode()))
+        + (ROW_BYTES)
+    )
+
+
+def most_bytes(rows: Sequence[Record | Rejection]) -> int:
+    """No less than what `rows` take together (`row_bytes`), from their lengths alone: a
+    character is 4 bytes at most in UTF-8, and base 64 4/3 of a byte. A page far below its
+    budget, the usual one, is known to be so in a few calls, whatever its rows."""
+    payloads = sum(map(len, [row.data for row in rows]))
+    attributes = sum(map(len, [row.attributes for row in rows]))
+    return 4 * (payloads + attributes) + ROW_BYTES * len(rows)
+
+
+def within(rows: Sequence[Record | Rejection], max_bytes: int) -> int:
+    """How many of `rows`, from the first, hold at most `max_bytes` together (`row_bytes`),
+    and at least one: a row larger than the budget is read alone."""
+    if most_bytes(rows) <= max_bytes:
+        return len(rows)
+    total = 0
+    for count, row in enumerate(rows):
+        total += row_bytes(row)
+        if total > max_bytes and count:
+            return count
+    return len(rows)
 
 
 class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
@@ -40,10 +87,25 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     limit: int
     # The rows kept (app.store.filters); None keeps every row.
     filter: RowFilter | None = None
+    # With a value, a store may end the page before `limit` rows once those it read hold
+    # at least this many bytes (`row_bytes`): what it holds for a page of large rows
+    # stays near the reader's budget, not `limit` times the largest row. The page is
+    # then full: it resumes after its last row. The reader cuts the page to its budget
+    # whatever the store returns (`within`); a store that cannot stop early ignores it.
+    max_bytes: int | None = None
 
     def answer(self, rows: list[R], end: int | None = None) -> Page[R]:
         """The page of `rows`, the rows the store examined (see `resume`)."""
         return Page(rows, *self.resume(rows, end))
+
+    def filled(self, rows: Sequence[Record | Rejection]) -> bool:
+        """Whether `rows` (those the store examined) make a full page: `limit` of them,
+        or at least `max_bytes`."""
+        if len(rows) >= self.limit:
+            return True
+        if self.max_bytes is None or most_bytes(rows) < self.max_bytes:
+            return False
+        return sum(map(row_bytes, rows)) >= self.max_bytes
 
     def resume(self, rows: Sequence[Record | Rejection], end: int | None = None) -> tuple[int, str]:
         """The key the next page continues after, `rows` being those the store examined.
@@ -53,7 +115,7 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
         `before_time`, so the next page starts there: a reader at the tail
         never scans again what it already found empty.
         """
-        if len(rows) == self.limit:
+        if rows and self.filled(rows):
             return rows[-1].ingest_time, rows[-1].message_id
         # message_id > "" holds for every row: the next page starts at the end.
         return (self.before_time if end is None else end), ""

@@ -26,7 +26,9 @@ from app.store.observers import NO_OBSERVERS, StoreObservers
 
 if TYPE_CHECKING:
     from app.store.bigquery.store import BigQueryOptions, BigQueryStore
+    from app.store.spanner.calls import SpannerClients
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
+    from app.store.tiered.balance import Balance
     from app.store.tiered.fleet import SystemExport
     from app.store.tiered.operator import Operated
     from app.typed.revisions import Revisions
@@ -41,10 +43,12 @@ def open_store(
     *,
     revisions: Revisions | None = None,
     observers: StoreObservers = NO_OBSERVERS,
+    spanner: SpannerClients | None = None,
 ) -> Store:
     """The store a `RECORDLINE_STORE` URL names (not started yet), telling `observers`
     what it does; `revisions` holds each decoded schema revision's typed fields (every
-    store projects them: the serving tier keeps JSON in Spanner and projects on export)."""
+    store projects them: the serving tier keeps JSON in Spanner and projects on export).
+    A serving tier calls Spanner through `spanner`, the process's clients, if given."""
     url = settings.store.url
     scheme, _, rest = url.partition(":")
     if settings.store.serving and scheme != "bigquery":
@@ -81,7 +85,7 @@ def open_store(
             if not settings.store.serving:
                 # Each copy is appended; reads keep the first (BigQuery cannot tell at write).
                 return analytics
-            return _tiered(settings, analytics, observers)
+            return _tiered(settings, analytics, observers, spanner)
         case _:
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in every_setting() if d.var == "RECORDLINE_STORE")
@@ -170,7 +174,14 @@ def operated(settings: Settings) -> Operated:
     )
 
 
-def _serving(settings: Settings) -> SpannerServing:
+def spanner_clients(settings: Settings) -> SpannerClients:
+    """The process's Spanner clients, for every serving database it opens."""
+    from app.store.spanner.calls import SpannerClients
+
+    return SpannerClients(emulator_host=settings.store.spanner_emulator_host or None)
+
+
+def _serving(settings: Settings, clients: SpannerClients | None = None) -> SpannerServing:
     from app.store.spanner.serving import SpannerServing
 
     store = settings.store
@@ -178,6 +189,7 @@ def _serving(settings: Settings) -> SpannerServing:
         spanner_database(store.serving),
         emulator_host=store.spanner_emulator_host or None,
         timeout_seconds=store.query_timeout_seconds,
+        clients=clients,
     )
 
 
@@ -185,11 +197,12 @@ def _tiered(
     settings: Settings,
     analytics: BigQueryStore,
     observers: StoreObservers,
+    spanner: SpannerClients | None,
 ) -> Store:
     from app.store.tiered.store import TieredStore
 
     return TieredStore(
-        _serving(settings),
+        _serving(settings, spanner),
         analytics,
         write_deadline_seconds=settings.store.write_deadline_seconds,
         dedupe_window_seconds=settings.query.dedupe_window_seconds,
@@ -205,6 +218,8 @@ def open_export(
     *,
     revisions: Revisions | None = None,
     observers: StoreObservers = NO_OBSERVERS,
+    spanner: SpannerClients | None = None,
+    balance: Balance | None = None,
 ) -> SystemExport:
     """System `name`'s export to BigQuery as the exporter service runs it (not started
     yet): from its serving tier (RECORDLINE_SERVING) into its BigQuery store
@@ -218,5 +233,10 @@ def open_export(
         )
     analytics = open_bigquery(settings, revisions=revisions, observers=observers)
     return SystemExport(
-        name, _serving(settings), analytics, observer=observers.exports, loops=observers.loops
+        name,
+        _serving(settings, spanner),
+        analytics,
+        observer=observers.exports,
+        loops=observers.loops,
+        balance=balance,
     )

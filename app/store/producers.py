@@ -1,11 +1,10 @@
 """Producer sequences and the completeness ledger: what publishers sent, against what was stored.
 
-A publisher opts in per message with four attributes (`recordline-producer`,
-`-epoch`, `-seq`, `-epoch-ended`); a store with a system of record drops a
-publisher's retry of a stored sequence in the transaction that commits the rows.
-The ledger keeps, per producer and epoch (`EpochEntry`), the highest sequence
-seen and the gaps below it, bounded whatever a producer sends (`MAX_GAPS`,
-`MAX_EPOCHS`, `HOURS_KEPT`).
+The four `recordline-` attributes are claims, not an identity: Pub/Sub does not
+say who published a message. Per producer and epoch (`EpochEntry`) the ledger
+keeps the highest sequence seen, the gaps below it, the sequences two different
+messages claimed and what later epochs said of its end, bounded whatever a
+producer sends; a store settles each batch against it (app/store/tally.py).
 
 Design: docs/producers.md#the-ledger
 """
@@ -13,19 +12,21 @@ Design: docs/producers.md#the-ledger
 from __future__ import annotations
 
 import bisect
+import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Final, Literal, Protocol
 
 import msgspec
 
-from app.records import Record, Rejection, unaddressable
+from app.records import DAY_MICROS, Record, Rejection, moment, rfc3339, unaddressable
 
 PRODUCER_ATTRIBUTE: Final = "recordline-producer"
 EPOCH_ATTRIBUTE: Final = "recordline-epoch"
 SEQUENCE_ATTRIBUTE: Final = "recordline-seq"
 EPOCH_ENDED_ATTRIBUTE: Final = "recordline-epoch-ended"
+# Where an operator sets a producer's key (app/ingest/signing.py): its signature.
+SIGNATURE_ATTRIBUTE: Final = "recordline-signature"
 SEQUENCE_ATTRIBUTES: Final = (
     PRODUCER_ATTRIBUTE,
     EPOCH_ATTRIBUTE,
@@ -38,16 +39,37 @@ SEQUENCE_ATTRIBUTES: Final = (
 MAX_PRODUCER_LENGTH: Final = 256
 # Epochs and sequences are INT64 wherever they are stored.
 MAX_NUMBER: Final = 2**63 - 1
+# How far an epoch may be past its message's publish time read as microseconds.
+# `SequencedPublisher`'s epoch is its start time in microseconds, before any of its
+# publish times; counters (0, 1, 2), seconds and milliseconds are far below theirs.
+# An epoch later than that is no start time and no counter a publisher reached: an
+# epoch near 2^63 would outrank every real one for good. A day leaves a publisher's
+# clock room to be wrong; an epoch of nanoseconds is past it, and refused.
+EPOCH_LEAD_MICROS: Final = DAY_MICROS
 # Gaps one epoch may hold at once. Pub/Sub pushes out of order, so a busy producer
 # has gaps open for as long as its messages are in flight: 1,000 covers a thousand
 # messages in flight in the worst order (every other one missing), and an entry at
-# the bound is ~28 KB.
+# the bound is ~28 KB. Ranges of sequences in conflict are held to the same bound.
 MAX_GAPS: Final = 1000
 # Epochs kept per producer: a producer that restarts without its state opens one,
 # and a zombie (an older epoch still publishing) is told apart only while its
-# epoch is kept.
+# epoch is kept. A new epoch past them retires a settled one (no gap, nothing
+# owed at its end), the one heard of longest ago; an epoch with evidence of loss
+# is never retired to make room.
 MAX_EPOCHS: Final = 8
-# Hours of counts kept per epoch, for `recordline audit`: a week.
+# Retired epochs remembered per producer (a few bytes each): a late message of one
+# is a zombie's, stored without deduplication, and opens no false gap.
+MAX_RETIRED: Final = 32
+# Different counts later epochs may say an epoch published: more than one is a
+# conflict, and a ninth is kept only if larger than every one kept.
+MAX_ENDS: Final = 8
+# The most sequences a declaration (`recordline-epoch-ended`) can add to what is
+# missing past the highest one seen. A publisher's tail lost in a crash is what it
+# had in flight (the client's batches and flow control: thousands); a count of more
+# is no count the producer could have reached unseen: it adds nothing, and is
+# named as a conflict.
+MAX_DECLARED_TAIL: Final = 1_000_000
+# Hours of counts the audit reads: a week.
 HOURS_KEPT: Final = 7 * 24
 HOUR_MICROS: Final = 3_600_000_000
 
@@ -85,19 +107,27 @@ def _shown(value: str) -> str:
     return repr(value if len(value) <= 40 else f"{value[:40]}…")
 
 
-def read_sequence(attributes: Mapping[str, str]) -> ProducerSequence | None:
+def read_sequence(
+    attributes: Mapping[str, str], publish_time: int | None = None
+) -> ProducerSequence | None:
     """The producer sequence `attributes` carry, None if they carry none; SequenceError
-    naming the attribute when one is malformed or missing from a partial set."""
+    naming the attribute when one is malformed or missing from a partial set, or when
+    the epoch is past what `publish_time` (µs, if given) allows."""
     return _read(
         attributes.get(PRODUCER_ATTRIBUTE),
         attributes.get(EPOCH_ATTRIBUTE),
         attributes.get(SEQUENCE_ATTRIBUTE),
         attributes.get(EPOCH_ENDED_ATTRIBUTE),
+        publish_time,
     )
 
 
 def _read(
-    producer: str | None, epoch: str | None, sequence: str | None, ended: str | None
+    producer: str | None,
+    epoch: str | None,
+    sequence: str | None,
+    ended: str | None,
+    publish_time: int | None = None,
 ) -> ProducerSequence | None:
     if producer is None and epoch is None and sequence is None and ended is None:
         return None
@@ -135,6 +165,13 @@ def _read(
             epoch=_number(EPOCH_ATTRIBUTE, epoch),
             sequence=_number(SEQUENCE_ATTRIBUTE, sequence),
         )
+    if publish_time is not None and read.epoch > publish_time + EPOCH_LEAD_MICROS:
+        raise SequenceError(
+            f"{EPOCH_ATTRIBUTE}: {read.epoch} is more than a day past the message's publish "
+            f"time ({rfc3339(moment(publish_time))}) read as microseconds since 1970: no "
+            "publisher started an epoch then (a counter, or a start time in seconds, "
+            "milliseconds or microseconds, is below it)"
+        )
     if ended is None:
         return read
     match = _EPOCH_ENDED.fullmatch(ended)
@@ -153,7 +190,7 @@ def _read(
     return msgspec.structs.replace(read, ended_epoch=ended_epoch, ended_count=ended_count)
 
 
-def sequence_problem(attributes: Mapping[str, str]) -> str | None:
+def sequence_problem(attributes: Mapping[str, str], publish_time: int | None = None) -> str | None:
     """Why a message's sequence attributes cannot be read (naming the attribute), or
     None: they are absent, or fine. Validation rejects a message with such a reason."""
     if not (
@@ -164,12 +201,7 @@ def sequence_problem(attributes: Mapping[str, str]) -> str | None:
     ):
         return None
     try:
-        _read(
-            attributes.get(PRODUCER_ATTRIBUTE),
-            attributes.get(EPOCH_ATTRIBUTE),
-            attributes.get(SEQUENCE_ATTRIBUTE),
-            attributes.get(EPOCH_ENDED_ATTRIBUTE),
-        )
+        read_sequence(attributes, publish_time)
     except SequenceError as exc:
         return str(exc)
     return None
@@ -188,29 +220,63 @@ _decode_attributes = msgspec.json.Decoder(_Attributes).decode
 # Attributes are stored as compact JSON text (msgspec writes them), so a row that
 # carries no producer is told in one substring search, without decoding anything.
 _PRODUCER_KEY: Final = f'"{PRODUCER_ATTRIBUTE}"'
+_UNSIGNED: Final = f"{SIGNATURE_ATTRIBUTE}:"
 
 
 def sequence_of(row: Record | Rejection) -> ProducerSequence | None:
     """The producer sequence a stored row's attributes carry, if a valid one.
 
     A malformed one is never on a record (validation rejected its message, naming
-    the attribute), and a rejection with one has no place in the ledger.
+    the attribute), and a rejection with one has no place in the ledger; nor has a
+    message rejected for its signature: an impostor's, it claims nothing.
     """
     text = row.attributes
     if _PRODUCER_KEY not in text:
         return None
+    if type(row) is Rejection and row.reason.startswith(_UNSIGNED):
+        return None
     try:
         found = _decode_attributes(text)
-        return _read(found.producer, found.epoch, found.sequence, found.ended)
+        return _read(found.producer, found.epoch, found.sequence, found.ended, row.publish_time)
     except (msgspec.DecodeError, SequenceError):
         return None
+
+
+# -- what a message is, to tell a retry from another message ----------------------------------
+
+_decode_attribute_map = msgspec.json.Decoder(dict[str, str]).decode
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+
+
+def message_digest(row: Record | Rejection) -> bytes:
+    """16 bytes that differ between two messages unless they are stored alike: the same
+    payload as stored (a record's id, event time and data; a rejection's bytes as
+    received) and the same attributes. A publisher's retry of a message has its digest,
+    another message has not. The attributes are taken in key order (Pub/Sub gives
+    none); every part is length-prefixed, so no two messages' parts run together alike.
+
+    It is computed from stored rows as from incoming ones, so a store keeps no digest:
+    only rows under a sequence seen already are ever digested.
+    """
+    if isinstance(row, Rejection):
+        parts = [b"rejection", row.data]
+    else:
+        timestamp = b"" if row.timestamp is None else str(row.timestamp).encode()
+        parts = [b"record", row.id.encode(errors="surrogatepass"), timestamp, row.data.encode()]
+    parts.append(_encode_sorted(_decode_attribute_map(row.attributes)))
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
 # -- the ledger ---------------------------------------------------------------------------
 
 
 class Gap(msgspec.Struct, array_like=True, frozen=True):
-    """Sequences `first` to `last` not seen yet; `opened` (µs) when a later one arrived."""
+    """Sequences `first` to `last`; `opened` (µs) when they were first owed (a gap) or
+    first claimed twice (a conflict)."""
 
     first: int
     last: int
@@ -218,12 +284,24 @@ class Gap(msgspec.Struct, array_like=True, frozen=True):
 
 
 class HourCount(msgspec.Struct, array_like=True, frozen=True):
-    """What one hour (since the Unix epoch) brought of an epoch's messages."""
+    """What one hour (since the Unix epoch) brought of messages with a producer sequence:
+    stored as records, kept as rejections, not stored as a publisher's copies, and of
+    those stored or kept, how many under a sequence another message had taken."""
 
     hour: int
     stored: int = 0
     rejected: int = 0
     duplicates: int = 0
+    conflicts: int = 0
+
+    def plus(self, other: HourCount) -> HourCount:
+        return HourCount(
+            hour=self.hour,
+            stored=self.stored + other.stored,
+            rejected=self.rejected + other.rejected,
+            duplicates=self.duplicates + other.duplicates,
+            conflicts=self.conflicts + other.conflicts,
+        )
 
 
 class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
@@ -243,17 +321,34 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
     stored: int = 0
     rejected: int = 0
     duplicates: int = 0
-    # Messages stored while a newer epoch of the producer was known.
+    # Messages stored while a newer epoch of the producer was known, or after this
+    # one was retired.
     zombies: int = 0
     # Messages kept as rejections because they would have opened a gap past MAX_GAPS:
     # their sequences stay in gaps (counted in `rejected` too).
     refused: int = 0
-    # How many messages the epoch published, as a later epoch said, and when (µs).
+    # The largest count later epochs said this one published, and when one was first
+    # said (µs); every count said is in `ends`, and `published` is what is owed.
     end: int | None = None
     end_said: int | None = None
     first_seen: int = 0
     last_seen: int = 0
+    # Per-hour counts, kept by entries written before the audit's hours were kept
+    # for the whole ledger; read by nothing now.
     hours: list[HourCount] = []
+    # Messages stored under a sequence another message (another payload or other
+    # attributes) had taken, and those sequences, as ranges (at most MAX_GAPS).
+    conflicts: int = 0
+    conflicted: list[Gap] = []
+    # Every count later epochs said this one published (at most MAX_ENDS, the
+    # largest kept): more than one, or one below a sequence seen, is a conflict.
+    ends: list[int] = []
+    # Retired to make room for a newer epoch (settled: nothing owed): kept as a
+    # marker so that a late message of it is a zombie's, not a new epoch.
+    retired: bool = False
+    # Messages stored with no place in the ledger: their epoch was new while the
+    # producer held MAX_EPOCHS epochs with evidence of loss (on its newest epoch).
+    untracked: int = 0
 
     @property
     def contiguous(self) -> int:
@@ -269,18 +364,52 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
         i = bisect.bisect_right(gaps, sequence, key=_first) - 1
         return not (i >= 0 and gaps[i].first <= sequence <= gaps[i].last)
 
+    def counts_said(self) -> list[int]:
+        """Every count later epochs said this one published."""
+        # An entry written before every count was kept holds its one in `end`.
+        return list(self.ends) if self.ends or self.end is None else [self.end]
+
+    @property
+    def published(self) -> int | None:
+        """The largest count said that can be believed: at most MAX_DECLARED_TAIL past
+        the highest sequence seen."""
+        limit = self.highest + 1 + MAX_DECLARED_TAIL
+        return max((c for c in self.counts_said() if c <= limit), default=None)
+
+    def tail(self) -> Gap | None:
+        """The sequences a later epoch said this one published past the highest seen,
+        owed since it was said."""
+        end = self.published
+        if end is None or self.end_said is None or end - 1 <= self.highest:
+            return None
+        return Gap(first=self.highest + 1, last=end - 1, opened=self.end_said)
+
+    def owed(self) -> list[Gap]:
+        """Every range of sequences not seen: the gaps, then the tail said."""
+        tail = self.tail()
+        return [*self.gaps, tail] if tail is not None else list(self.gaps)
+
     def missing(self, now: int, grace: int) -> list[Gap]:
-        """The gaps opened at least `grace` µs before `now`, and the end the epoch is
-        said to have past what was seen: sequences presumed lost."""
-        ranges = [g for g in self.gaps if g.opened <= now - grace]
-        if (
-            self.end is not None
-            and self.end_said is not None
-            and self.end - 1 > self.highest
-            and self.end_said <= now - grace
-        ):
-            ranges.append(Gap(first=self.highest + 1, last=self.end - 1, opened=self.end_said))
-        return ranges
+        """The ranges owed since at least `grace` µs before `now`: presumed lost."""
+        return [g for g in self.owed() if g.opened <= now - grace]
+
+    @property
+    def settled(self) -> bool:
+        """Nothing owed: no gap, and nothing said past the highest sequence seen."""
+        return not self.gaps and self.tail() is None
+
+    @property
+    def end_conflict(self) -> bool:
+        """Later epochs disagree on how many messages this one published, or one said
+        fewer than were seen, or more than can be believed (MAX_DECLARED_TAIL)."""
+        ends = self.counts_said()
+        if not ends:
+            return False
+        return (
+            len(ends) > 1
+            or min(ends) <= self.highest
+            or max(ends) > self.highest + 1 + MAX_DECLARED_TAIL
+        )
 
 
 def _first(gap: Gap) -> int:
@@ -299,311 +428,46 @@ def decode_entry(data: bytes) -> EpochEntry:
     return _decode_entry(data)
 
 
-def _copy(entry: EpochEntry) -> EpochEntry:
-    return msgspec.structs.replace(
-        entry,
-        gaps=list(entry.gaps),
-        # Each hour's count is replaced, never changed: the list alone is copied.
-        hours=list(entry.hours),
-    )
+# -- what the audit reads -------------------------------------------------------------------
+
+RangeKind = Literal["gap", "conflict", "ends", "unknown"]
 
 
-Verdict = Literal["store", "duplicate", "refuse", "again"]
-"""What becomes of a sequenced row: stored (and its sequence seen), not stored (a
-publisher's later copy), kept as a rejection (`refuse`: its gap would pass the
-bound), or stored as any redelivery of a message stored already (`again`: the
-store's own first-copy rule keeps one, and the ledger is not told twice)."""
+class LedgerRange(msgspec.Struct, array_like=True, frozen=True):
+    """One finding of the ledger on one producer's epoch, as the audit reads them:
+    `gap`, sequences `first` to `last` owed since `opened` (missing once older than
+    the grace period); `conflict`, sequences `first` to `last` claimed by two
+    different messages, first at `opened`; `ends`, later epochs said it published
+    from `first` to `last` messages (they disagree, or with what was seen), first at
+    `opened`; `unknown`, an epoch a later one began without saying how it ended,
+    last heard of at `opened` (`first` and `last` are -1)."""
+
+    producer: str
+    epoch: int
+    kind: RangeKind
+    first: int
+    last: int
+    opened: int
 
 
-@dataclass(slots=True)
-class Settled:
-    """One batch's verdicts and the entries it changed, for the store to write with its rows."""
-
-    verdicts: list[Verdict | None]
-    # Why each refused row is kept as a rejection (by position).
-    reasons: dict[int, str]
-    # The entries as they are after the batch, and the ones it dropped (MAX_EPOCHS).
-    changed: dict[tuple[str, int], EpochEntry]
-    dropped: set[tuple[str, int]] = field(default_factory=set)
-    # How many rows are publishers' copies, not stored.
-    duplicates: int = 0
-
-
-_NO_EPOCHS: Mapping[int, EpochEntry] = {}
-
-
-class Tally:
-    """The ledger's entries of some producers (all those of a batch, at least), and
-    the verdicts on a batch of their rows; nothing changes until the store commits
-    the batch and takes `settle`'s changes."""
-
-    def __init__(self, entries: Iterable[EpochEntry]) -> None:
-        self._epochs: dict[str, dict[int, EpochEntry]] = {}
-        for entry in entries:
-            self._epochs.setdefault(entry.producer, {})[entry.epoch] = entry
-
-    def entries(self, producer: str) -> dict[int, EpochEntry]:
-        return self._epochs.get(producer, {})
-
-    def producers(self) -> Iterator[str]:
-        return iter(self._epochs)
-
-    def redeliveries(self, rows: Sequence[tuple[ProducerSequence | None, str, bool]]) -> list[str]:
-        """The message ids of `rows` (as `settle` takes them) whose sequence is seen
-        already: only those may be redeliveries of a stored message rather than a
-        publisher's copies, which the store tells apart by message id."""
-        found: list[str] = []
-        epochs = self._epochs
-        for sequence, message_id, _ in rows:
-            if sequence is None:
-                continue
-            entry = epochs.get(sequence.producer, _NO_EPOCHS).get(sequence.epoch)
-            if (
-                entry is not None
-                and sequence.sequence <= entry.highest
-                and entry.seen(sequence.sequence)
-            ):
-                found.append(message_id)
-        return found
-
-    def settle(
-        self,
-        rows: Sequence[tuple[ProducerSequence | None, str, bool]],
-        *,
-        stored_before: set[str],
-        now: int,
-    ) -> Settled:
-        """The verdict on each of `rows` (sequence, message id, whether a record), in
-        order, as one batch: a row whose sequence is seen is a duplicate unless its
-        message id is stored already (`stored_before`, or earlier in the batch)."""
-        batch = _Batch(self._epochs, now)
-        verdicts: list[Verdict | None] = []
-        reasons: dict[int, str] = {}
-        ids_in_batch: set[str] = set()
-        duplicates = 0
-        # A batch's rows come in runs of one producer's epoch (a producer publishes
-        # in order, and the batch holds what arrived together), so the entry, the
-        # producer's newest epoch and the hour's counts are looked up once a run, not
-        # once a row. Within a run none of them changes: only a row of another epoch
-        # makes or drops an entry (an epoch's end names an earlier epoch than its row's,
-        # so it drops none newer and makes none newer than that row's).
-        producer: str | None = None
-        epoch = newest = 0
-        entry: EpochEntry | None = None
-        counts = [0, 0, 0]
-        for index, (sequence, message_id, is_record) in enumerate(rows):
-            if sequence is None:
-                verdicts.append(None)
-                continue
-            # Stored already, or by an earlier row of the batch: a redelivery. A copy
-            # that was not stored is counted again if delivered again: `duplicates`
-            # counts deliveries, which is what a store that keeps no copy can count.
-            again = message_id in stored_before or message_id in ids_in_batch
-            if sequence.ended_epoch is not None and sequence.ended_count is not None:
-                batch.end(sequence.producer, sequence.ended_epoch, sequence.ended_count)
-            if sequence.producer != producer or sequence.epoch != epoch:
-                producer, epoch = sequence.producer, sequence.epoch
-                entry = batch.entry(producer, epoch)
-                newest = batch.newest(producer)
-                if entry is not None:
-                    entry.last_seen = max(entry.last_seen, now)
-                    # This batch's counts for the hour, added to the entry once, at the end.
-                    counts = batch.counts(entry)
-            if entry is None:
-                # Older than every epoch kept: stored, without deduplication.
-                kept = batch.entry(sequence.producer, newest)
-                assert kept is not None
-                kept.zombies += 1
-                kept.last_seen = max(kept.last_seen, now)
-                ids_in_batch.add(message_id)
-                verdicts.append("store")
-                continue
-            number = sequence.sequence
-            if number <= entry.highest and entry.seen(number):
-                if again:
-                    verdicts.append("again")
-                    continue
-                entry.duplicates += 1
-                counts[2] += 1
-                duplicates += 1
-                verdicts.append("duplicate")
-                continue
-            ids_in_batch.add(message_id)
-            # The next in order, as most are: no gap to open or close.
-            if number == entry.highest + 1:
-                entry.highest = number
-            elif not _take(entry, number, now):
-                entry.refused += 1
-                entry.rejected += 1
-                counts[1] += 1
-                reasons[index] = (
-                    f"{SEQUENCE_ATTRIBUTE}: {number} of producer "
-                    f"{sequence.producer!r} epoch {epoch} would open a gap past the "
-                    f"{MAX_GAPS} an epoch may hold; kept to replay once its gaps close"
-                )
-                verdicts.append("refuse")
-                continue
-            if epoch < newest:
-                entry.zombies += 1
-            if is_record:
-                entry.stored += 1
-                counts[0] += 1
-            else:
-                entry.rejected += 1
-                counts[1] += 1
-            verdicts.append("store")
-        batch.add_counts(now // HOUR_MICROS)
-        return Settled(verdicts, reasons, batch.changed, batch.dropped, duplicates)
-
-    def commit(self, settled: Settled) -> None:
-        """Take a committed batch's changes (they are this tally's from now on)."""
-        for (producer, epoch), entry in settled.changed.items():
-            self._epochs.setdefault(producer, {})[epoch] = entry
-        for producer, epoch in settled.dropped:
-            self.forget(producer, epoch)
-
-    def forget(self, producer: str, epoch: int) -> None:
-        epochs = self._epochs.get(producer)
-        if epochs is not None:
-            epochs.pop(epoch, None)
-            if not epochs:
-                del self._epochs[producer]
-
-
-class _Batch:
-    """The entries one batch works on: copies of those it changes, made on first touch,
-    so that the tally is untouched until the batch is committed."""
-
-    def __init__(self, committed: Mapping[str, dict[int, EpochEntry]], now: int) -> None:
-        self._committed = committed
-        self._now = now
-        # Each producer's epochs as the batch has them so far.
-        self._views: dict[str, dict[int, EpochEntry]] = {}
-        self.changed: dict[tuple[str, int], EpochEntry] = {}
-        self.dropped: set[tuple[str, int]] = set()
-        # Per entry changed: stored, rejected and duplicates in this batch.
-        self._counts: dict[tuple[str, int], list[int]] = {}
-
-    def counts(self, entry: EpochEntry) -> list[int]:
-        key = (entry.producer, entry.epoch)
-        found = self._counts.get(key)
-        if found is None:
-            found = self._counts[key] = [0, 0, 0]
-        return found
-
-    def add_counts(self, hour: int) -> None:
-        """Add the batch's counts to the hour's of each entry it changed."""
-        for key, (stored, rejected, duplicates) in self._counts.items():
-            entry = self.changed.get(key)
-            if entry is not None:
-                _count_hour(entry, hour, stored, rejected, duplicates)
-
-    def _view(self, producer: str) -> dict[int, EpochEntry]:
-        view = self._views.get(producer)
-        if view is None:
-            view = self._views[producer] = dict(self._committed.get(producer, {}))
-        return view
-
-    def newest(self, producer: str) -> int:
-        return max(self._view(producer))
-
-    def entry(self, producer: str, epoch: int) -> EpochEntry | None:
-        """The batch's own copy of the entry, made (dropping the oldest past MAX_EPOCHS)
-        if need be; None for an epoch older than all MAX_EPOCHS kept."""
-        key = (producer, epoch)
-        entry = self.changed.get(key)
-        if entry is not None:
-            return entry
-        view = self._view(producer)
-        found = view.get(epoch)
-        if found is not None:
-            entry = _copy(found)
-        else:
-            if len(view) >= MAX_EPOCHS:
-                oldest = min(view)
-                if epoch < oldest:
-                    return None
-                self.dropped.add((producer, oldest))
-                self.changed.pop((producer, oldest), None)
-                del view[oldest]
-            now = self._now
-            entry = EpochEntry(producer=producer, epoch=epoch, first_seen=now, last_seen=now)
-        self.dropped.discard(key)
-        self.changed[key] = entry
-        view[epoch] = entry
-        return entry
-
-    def end(self, producer: str, epoch: int, count: int) -> None:
-        """Note where an earlier epoch ended (the first word on it wins)."""
-        known = self._view(producer).get(epoch)
-        if known is not None and known.end is not None:
-            return
-        ended = self.entry(producer, epoch)
-        if ended is None:
-            return
-        ended.end = count
-        ended.end_said = self._now
-        ended.last_seen = max(ended.last_seen, self._now)
-
-
-def _count_hour(entry: EpochEntry, hour: int, stored: int, rejected: int, duplicates: int) -> None:
-    """Add to `hour`'s counts of `entry` (made if need be); hours past HOURS_KEPT go."""
-    hours = entry.hours
-    i = len(hours) - 1 if hours and hours[-1].hour == hour else None
-    if i is None:
-        i = bisect.bisect_left(hours, hour, key=_hour_of)
-        if i == len(hours) or hours[i].hour != hour:
-            hours.insert(i, HourCount(hour=hour))
-    was = hours[i]
-    hours[i] = HourCount(
-        hour=hour,
-        stored=was.stored + stored,
-        rejected=was.rejected + rejected,
-        duplicates=was.duplicates + duplicates,
-    )
-    oldest = hour - HOURS_KEPT
-    while hours and hours[0].hour <= oldest:
-        hours.pop(0)
-
-
-def _hour_of(count: HourCount) -> int:
-    return count.hour
-
-
-def _take(entry: EpochEntry, sequence: int, now: int) -> bool:
-    """Mark an unseen `sequence` seen; False, changing nothing, if that would open a gap
-    past MAX_GAPS."""
-    gaps = entry.gaps
-    if sequence > entry.highest:
-        if sequence > entry.highest + 1:
-            if len(gaps) >= MAX_GAPS:
-                return False
-            # A gap an epoch's end already named opened then, not now.
-            opened = now
-            if entry.end_said is not None and entry.end is not None and sequence <= entry.end:
-                opened = min(now, entry.end_said)
-            gaps.append(Gap(first=entry.highest + 1, last=sequence - 1, opened=opened))
-        entry.highest = sequence
-        return True
-    i = bisect.bisect_right(gaps, sequence, key=_first) - 1
-    gap = gaps[i]
-    if gap.first == gap.last:
-        del gaps[i]
-    elif sequence == gap.first:
-        gaps[i] = Gap(first=sequence + 1, last=gap.last, opened=gap.opened)
-    elif sequence == gap.last:
-        gaps[i] = Gap(first=gap.first, last=sequence - 1, opened=gap.opened)
-    else:
-        if len(gaps) >= MAX_GAPS:
-            return False
-        gaps[i : i + 1] = [
-            Gap(first=gap.first, last=sequence - 1, opened=gap.opened),
-            Gap(first=sequence + 1, last=gap.last, opened=gap.opened),
-        ]
-    return True
-
-
-# -- reading the ledger ---------------------------------------------------------------------
+def entry_ranges(entry: EpochEntry, newest: int) -> list[LedgerRange]:
+    """What `entry` holds for the audit, `newest` being its producer's newest epoch."""
+    out = [
+        LedgerRange(entry.producer, entry.epoch, "gap", g.first, g.last, g.opened)
+        for g in entry.owed()
+    ]
+    out += [
+        LedgerRange(entry.producer, entry.epoch, "conflict", g.first, g.last, g.opened)
+        for g in entry.conflicted
+    ]
+    if entry.end_conflict and entry.end_said is not None:
+        ends = entry.counts_said()
+        out.append(
+            LedgerRange(entry.producer, entry.epoch, "ends", min(ends), max(ends), entry.end_said)
+        )
+    if entry.end is None and entry.epoch < newest:
+        out.append(LedgerRange(entry.producer, entry.epoch, "unknown", -1, -1, entry.last_seen))
+    return out
 
 
 class ProducerEntries(msgspec.Struct, frozen=True):
@@ -611,6 +475,35 @@ class ProducerEntries(msgspec.Struct, frozen=True):
 
     producer: str
     epochs: list[EpochEntry]
+
+
+class LedgerAudit(msgspec.Struct, kw_only=True, frozen=True):
+    """What the ledger says of hours `first_hour` to `last_hour`, gaps counted missing up
+    to `cutoff` (µs: now less the grace period)."""
+
+    # Counts of the hours that have any, in hour order.
+    hours: list[HourCount]
+    # Sequences missing now, by the hour their gap opened.
+    missing_by_hour: dict[int, int]
+    # The oldest missing ranges and conflicts opened in the range (at most `limit`
+    # each), and how many there are.
+    missing: list[LedgerRange]
+    missing_ranges: int
+    conflicts: list[LedgerRange]
+    conflict_ranges: int
+    # Sequences in conflict among those ranges, and epochs whose declared ends disagree.
+    conflicting_sequences: int
+    conflicting_ends: int
+    unknown_ends: int
+
+
+class Worst(msgspec.Struct, kw_only=True, frozen=True):
+    """The producers missing most (sequences missing now) and in conflict most
+    (sequences claimed twice, and epochs whose ends disagree, first seen lately), at
+    most `top` each."""
+
+    missing: dict[str, int]
+    conflicts: dict[str, int]
 
 
 class Completeness(Protocol):
@@ -622,6 +515,15 @@ class Completeness(Protocol):
     async def producer(self, producer: str) -> ProducerEntries | None:
         """One producer's entries; None if the ledger has none."""
 
+    async def audit(self, since: int, until: int, *, cutoff: int, limit: int) -> LedgerAudit:
+        """The hours from `since` to `until` (µs), and the ranges opened in that time;
+        whatever the number of producers, one pass over what was counted by hour and
+        over the ranges found, never over every producer."""
+
+    async def worst(self, *, cutoff: int, since: int, top: int) -> Worst:
+        """The producers missing most (gaps opened by `cutoff`, µs) and in conflict
+        most (conflicts first seen from `since`)."""
+
 
 def grouped(entries: Iterable[EpochEntry]) -> list[ProducerEntries]:
     """Entries in (producer, epoch) order, grouped by producer."""
@@ -632,3 +534,8 @@ def grouped(entries: Iterable[EpochEntry]) -> list[ProducerEntries]:
         else:
             out.append(ProducerEntries(entry.producer, [entry]))
     return out
+
+
+def hours_of(since: int, until: int) -> tuple[int, int]:
+    """The first and last hour (since the Unix epoch) of the time from `since` to `until`."""
+    return since // HOUR_MICROS, (until - 1) // HOUR_MICROS

@@ -18,24 +18,42 @@ from collections.abc import Iterable
 from typing import Final
 
 from app.records import Record
-from app.store import Page, PageQuery
+from app.store import Page, PageQuery, most_bytes, row_bytes
 
-# Records held at most: a burst larger than this since the window began makes
-# the tail start afresh after it (`reset`), and its followers read the store
-# until they are near the tail again.
+# Records held at most, and their bytes (`held`) at most: a burst larger than this
+# since the window began makes the tail start after it, and its followers read the
+# store until they are near the tail again. 50,000 records of 1 KiB are 49 MiB; the
+# bytes bound the tail when records are large (six of 10 MB), not its row count.
 MAX_ROWS: Final = 50_000
+MAX_BYTES: Final = 64 * 1024 * 1024
 
 Key = tuple[int, str]
+
+
+def held(record: Record) -> int:
+    """What the tail counts a record as holding: what a reader is shown of it, and the
+    message data it was decoded from, if it still carries it (`Record.received`)."""
+    received = record.received
+    return row_bytes(record) + (0 if received is None else len(received))
 
 
 class Tail:
     """Records of the last `window_seconds`, in key order."""
 
-    def __init__(self, *, window_seconds: float = 60.0, max_rows: int = MAX_ROWS) -> None:
+    def __init__(
+        self,
+        *,
+        window_seconds: float = 60.0,
+        max_rows: int = MAX_ROWS,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
         self._window = int(window_seconds * 1_000_000)
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self._rows: list[Record] = []
         self._keys: list[Key] = []
+        # What the rows held hold together (`held`).
+        self.bytes = 0
         # Nothing lies after (start, "") until the first rows: a tail starts
         # where it was made, and older records are read from the store.
         self.start: Key = (2**62, "")
@@ -59,6 +77,7 @@ class Tail:
     def reset(self, at: int) -> None:
         """Hold nothing, from `at` on: records after it are added as they come."""
         self._rows, self._keys = [], []
+        self.bytes = 0
         self.start = (at, "")
 
     def fill(self, start: Key, records: list[Record]) -> None:
@@ -66,7 +85,9 @@ class Tail:
         its tail from storage as it starts)."""
         self._rows = list(records)
         self._keys = [(r.ingest_time, r.message_id) for r in records]
+        self.bytes = sum(map(held, records))
         self.start = start
+        self._evict(0)
 
     def add(self, records: Iterable[Record], *, now: int) -> None:
         """Records stored since: after `start`, in any order (each lands in key order)."""
@@ -81,10 +102,12 @@ class Tail:
                 at = bisect.bisect_left(self._keys, key)
                 self._keys.insert(at, key)
                 self._rows.insert(at, record)
+            self.bytes += held(record)
         self._evict(now - self._window)
 
     def page(self, query: PageQuery, until: int) -> Page[Record]:
-        """The page after a covered cursor, complete up to min(before_time, until)."""
+        """The page after a covered cursor, complete up to min(before_time, until); it
+        ends early, full, once its rows hold `query.max_bytes`."""
         before = min(query.before_time, until)
         cursor = (query.after_time, query.after_message_id)
         first = bisect.bisect_right(self._keys, cursor)
@@ -98,15 +121,26 @@ class Tail:
             records = list(itertools.islice(kept, query.limit))
         else:
             records = self._rows[first : min(last, first + query.limit)]
-        if len(records) == query.limit:
-            after = (records[-1].ingest_time, records[-1].message_id)
-        else:
-            after = (before, "")
+        full = len(records) == query.limit
+        if query.max_bytes is not None and most_bytes(records) >= query.max_bytes:
+            total = 0
+            for at, record in enumerate(records):
+                total += row_bytes(record)
+                if total >= query.max_bytes:
+                    full, records = True, records[: at + 1]
+                    break
+        after = (records[-1].ingest_time, records[-1].message_id) if full else (before, "")
         return Page(records, *after, complete_until=before)
 
     def _evict(self, oldest: int) -> None:
+        rows = self._rows
         cut = bisect.bisect_left(self._keys, (oldest, ""))
         cut = max(cut, len(self._keys) - self.max_rows)
+        left = self.bytes - sum(map(held, rows[:cut]))
+        while left > self.max_bytes:
+            left -= held(rows[cut])
+            cut += 1
         if cut > 0:
             self.start = self._keys[cut - 1]
             del self._rows[:cut], self._keys[:cut]
+            self.bytes = left

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+import msgspec
 from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
@@ -41,6 +43,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from app.settings import Settings, TelemetrySettings
 from app.store import QueryObserver, Store
 from app.store.observers import StoreObservers
+from app.telemetry.cell import BySystem
 from app.telemetry.distribution import PrometheusDistributions, WithDistributions
 from app.telemetry.logs import CloudLoggingFormatter, configure_logging
 from app.telemetry.metrics import (
@@ -112,12 +115,22 @@ class Telemetry:
         resource: Resource | None = None,
         export_interval_ms: float = math.inf,
         clock: Callable[[], float] = time.time,
+        by_system: bool = False,
+        read_latency_seconds: float = 1.0,
+        freshness_seconds: float = 10.0,
     ) -> None:
         self.tracer_provider = tracer_provider
+        # Whether this telemetry is the process's (it stops the providers), or one of
+        # a cell's systems' views of it (`for_system`).
+        self.owner = True
+        self.read_latency_seconds = read_latency_seconds
         histograms = push_histograms()
         readers: list[MetricReader] = [
             PeriodicExportingMetricReader(
-                WithDistributions(exporter, histograms, INSTRUMENTATION),
+                # A cell's systems each under their own namespace (`app.telemetry.cell`).
+                WithDistributions(
+                    BySystem(exporter) if by_system else exporter, histograms, INSTRUMENTATION
+                ),
                 export_interval_millis=export_interval_ms,
             )
             for exporter in metric_exporters
@@ -144,19 +157,29 @@ class Telemetry:
                 exemplar_filter=AlwaysOffExemplarFilter(),
             )
             meter = self.meter_provider.get_meter(INSTRUMENTATION)
-        self.metrics = Metrics(meter, histograms if readers else None, clock=clock)
+        self.metrics = Metrics(
+            meter, histograms if readers else None, clock=clock, freshness_seconds=freshness_seconds
+        )
         # Without a tracer provider, the API's no-op tracer: its spans carry
         # the current (the caller's) trace id, so rows and log lines keep it.
         self.tracer = (tracer_provider or NoOpTracerProvider()).get_tracer(INSTRUMENTATION)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, instance: str | None = None) -> Telemetry:
+    def from_settings(
+        cls, settings: Settings, *, instance: str | None = None, by_system: bool = False
+    ) -> Telemetry:
         """Exporters as configured; the Google ones are created only when chosen
         (their constructors look for credentials and raise without them). `instance`
-        names this process where no Cloud Run service does (see `_resource`)."""
+        names this process where no Cloud Run service does (see `_resource`). In a
+        cell, or `by_system` (the exporter pool's), each system's series are under its
+        own namespace (`for_system`)."""
         config = settings.telemetry
         project = google_project(settings)
-        resource = _resource(config, instance)
+        cell = settings.cell.name
+        # A cell's own series are under its name; each system's under the system's.
+        resource = _resource(
+            msgspec.structs.replace(config, system=cell) if cell else config, instance
+        )
         tracer_provider = None
         if config.traces_exporter != "none":
             tracer_provider = TracerProvider(
@@ -187,7 +210,21 @@ class Telemetry:
             prometheus=config.metrics_exporter == "prometheus",
             resource=resource,
             export_interval_ms=config.metric_export_interval_ms,
+            by_system=by_system or bool(cell),
+            read_latency_seconds=config.slo_read_latency_seconds,
+            freshness_seconds=config.slo_freshness_seconds,
         )
+
+    def for_system(self, name: str) -> Telemetry:
+        """What system `name`'s app reports through in a cell: these providers, tracer
+        and instruments, its counts its own (`Metrics.member`); no `/metrics` of its
+        own (the cell's has every system's), and nothing to stop (the cell's is stopped
+        once)."""
+        view = copy.copy(self)
+        view.owner = False
+        view.prometheus = None
+        view.metrics = self.metrics.member(name)
+        return view
 
     # -- what create_app wires in ---------------------------------------------
 
@@ -206,10 +243,11 @@ class Telemetry:
 
     def read_timing(self) -> list[DefineMiddleware]:
         """For the read routes: recordline.read.duration of every real read."""
-        histogram = self.metrics.read_duration
+        histogram, slo = self.metrics.read_duration, self.metrics.slo
+        latency = self.read_latency_seconds
 
         def read_durations(app: ASGIApp) -> ReadDurations:
-            return ReadDurations(app, histogram=histogram)
+            return ReadDurations(app, histogram=histogram, slo=slo, latency_seconds=latency)
 
         return [DefineMiddleware(read_durations)]
 
@@ -241,12 +279,14 @@ class Telemetry:
         """What a store is given to count each restart of one of its background loops."""
         return LoopRestarts(self.metrics)
 
-    def store_observers(self) -> StoreObservers:
-        """Everything a store is given to report what it does."""
+    def store_observers(self, *, exports: bool = True) -> StoreObservers:
+        """Everything a store is given to report what it does; without `exports`, not
+        what an export does (a store that leaves its export to the exporter pool: the
+        holder of the export's lease reports it)."""
         return StoreObservers(
             query=self.query_observer,
             conflicts=self.conflicts(),
-            exports=self.export_observer(),
+            exports=self.export_observer() if exports else None,
             loops=self.loop_observer(),
             patches=self.patch_observer(),
         )
@@ -300,6 +340,8 @@ class Telemetry:
         worker thread it would also hold up interpreter exit; a daemon thread
         and a bounded wait keep both out of the way.
         """
+        if not self.owner:
+            return  # a system's view of the cell's: the cell stops them
         providers = [p for p in (self.tracer_provider, self.meter_provider) if p is not None]
         loop = asyncio.get_running_loop()
         done = loop.create_future()

@@ -12,10 +12,10 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
 from app.errors import RetryLater
 from app.records import CANARY_ATTRIBUTE, Record, Rejection
@@ -74,9 +74,54 @@ def push_histograms() -> PushHistograms:
     )
 
 
+# The attribute that names a system's series in a cell: an exporter writes each
+# system's series under its own namespace (`app.telemetry.cell.BySystem`), Prometheus
+# keeps it as a label.
+SYSTEM_ATTRIBUTE = "system"
+
+# The SLO events (`recordline.slo.events`), by SLO and verdict: attribute sets built once.
+_SLO = {
+    (slo, good): (("slo", slo), ("good", "true" if good else "false"))
+    for slo in ("availability", "read_latency", "freshness")
+    for good in (True, False)
+}
+
+
+_SLO_ANSWERED = _SLO["availability", True]
+_SLO_FAILED = _SLO["availability", False]
+_SLO_FRESH = _SLO["freshness", True]
+_SLO_STALE = _SLO["freshness", False]
+# What a read's events add to (app.telemetry.reads).
+SLO_READ = {
+    (slo, good): _SLO[slo, good]
+    for slo in ("availability", "read_latency")
+    for good in (True, False)
+}
+
+
+class Watched(NamedTuple):
+    """What the process gauges read from one app: its queue, its read horizon, its
+    followers."""
+
+    queue_depth: Callable[[], int]
+    horizon: Callable[[], int]
+    followers: Callable[[], int]
+
+
 class Metrics:
-    """Every instrument Recordline reports, created once per app; `histograms`
-    None when nothing reads them."""
+    """Every instrument Recordline reports, created once per process, and what one app
+    counted; `histograms` None when nothing reads them.
+
+    In a cell each system's app counts into a `member` of the cell's: the instruments
+    are the cell's, and each reads its members' counts under their system's name
+    (counters, and the few gauges only a system can say: its canary, its export).
+    Distributions and the process's gauges are the cell's alone: what they cost
+    does not grow with the systems."""
+
+    # The SDK's instruments, the cell's in a system's member.
+    query_duration: Histogram
+    read_duration: Histogram
+    query_bytes_billed: Adds
 
     def __init__(
         self,
@@ -84,14 +129,80 @@ class Metrics:
         histograms: PushHistograms | None,
         *,
         clock: Callable[[], float] = time.time,
+        freshness_seconds: float = 10.0,
+        system: str | None = None,
+        parent: Metrics | None = None,
     ) -> None:
         self.meter = meter
         self.histograms = histograms
         # Seconds since the epoch: the gauges that read "now minus a time".
         self._clock = clock
+        # A stored message is fresh (a good `freshness` event) within this of its
+        # publish time (µs).
+        self._fresh_micros = int(freshness_seconds * 1_000_000)
+        self.system = system
+        self._parent = parent
+        # Each system's counts, in a cell (this is the cell's): read by the callbacks.
+        self._members: list[Metrics] = []
+        # What each app watched (by system: an app made again replaces its own).
+        self._watched: dict[str | None, Watched] = {}
         # Outcomes are tallied in plain ints and read at collection time: a
         # synchronous SDK counter costs ~5 µs per add, 3% of a push.
         self.outcomes: Counter[tuple[tuple[str, str], ...]] = Counter()
+        # Later copies of a stored message that differ from it, by the first
+        # field that differs: the first copy is kept, the later one dropped.
+        self.conflicts: Counter[tuple[tuple[str, str], ...]] = Counter()
+        # Publish time (µs) of the newest canary stored. Its age grows when the
+        # pipeline stalls even with no real traffic; until a canary is stored
+        # there is no point at all, which the absence alert catches.
+        self.canary_published: int | None = None
+        # Each SLO's events, good and bad (`recordline.slo.events`).
+        self.slo: Counter[tuple[tuple[str, str], ...]] = Counter()
+        # The serving tier's exporter (app.store.tiered.exporter), by table: rows
+        # appended to BigQuery, how far behind now its watermark is, and whether
+        # a row BigQuery refused has stopped it.
+        self.exported: Counter[str] = Counter()
+        self.export_watermarks: dict[str, int] = {}
+        self.export_blocked: dict[str, bool] = {}
+        # Changes of the typed columns of `records` BigQuery refused (permissions,
+        # a field it would not take): each is tried again 30 s later, and the
+        # rows meanwhile go without the new columns (app.store.bigquery.typed).
+        self.typed_patches_refused = 0
+        # Sequences presumed lost, per producer (app.query.producers.MissingWatch):
+        # read from the ledger every minute, for the producers missing most.
+        self.producers_missing: Callable[[], dict[str, int]] = dict
+        # Sequences two different messages claimed, and epochs whose declared ends
+        # disagree, per producer (the same watch).
+        self.producers_conflicts: Callable[[], dict[str, int]] = dict
+        # Background loops of a store started again after a failure, by loop
+        # (app.store.supervisor): any is a bug or an unforeseen error.
+        self.loop_restarts: Counter[str] = Counter()
+        # Connections a bound of the server refused or closed, by reason: the
+        # problem answered (`headers-too-large`, `upgrade-not-served`…) or
+        # `head-timeout`, `idle-evicted`, `malformed` (app.http.limits).
+        self.connections_refused: Counter[str] = Counter()
+        if parent is not None:
+            parent._members.append(self)
+            labels = {SYSTEM_ATTRIBUTE: system or ""}
+            self.query_duration = parent.query_duration
+            self.read_duration = parent.read_duration
+            self.query_bytes_billed = Labelled(parent.query_bytes_billed, labels)
+            return
+        self._instruments(meter)
+
+    def member(self, system: str, *, freshness_seconds: float | None = None) -> Metrics:
+        """What system `system`'s app counts into, reported through these instruments."""
+        fresh = self._fresh_micros / 1_000_000 if freshness_seconds is None else freshness_seconds
+        return Metrics(
+            self.meter,
+            self.histograms,
+            clock=self._clock,
+            freshness_seconds=fresh,
+            system=system,
+            parent=self,
+        )
+
+    def _instruments(self, meter: Meter) -> None:
         meter.create_observable_counter(
             "recordline.messages",
             callbacks=[self._observe_outcomes],
@@ -101,24 +212,26 @@ class Metrics:
                 "duplicate (a publisher's retry, not stored)"
             ),
         )
-        # Later copies of a stored message that differ from it, by the first
-        # field that differs: the first copy is kept, the later one dropped.
-        self.conflicts: Counter[tuple[tuple[str, str], ...]] = Counter()
         meter.create_observable_counter(
             "recordline.conflicts",
             callbacks=[self._observe_conflicts],
             unit="{message}",
             description="Later copies of a stored message whose content differs; the first is kept",
         )
-        # Publish time (µs) of the newest canary stored. Its age grows when the
-        # pipeline stalls even with no real traffic; until a canary is stored
-        # there is no point at all, which the absence alert catches.
-        self.canary_published: int | None = None
         meter.create_observable_gauge(
             "recordline.canary.age",
             callbacks=[self._observe_canary],
             unit="s",
             description="Now minus the publish time of the newest canary stored",
+        )
+        meter.create_observable_counter(
+            "recordline.slo.events",
+            callbacks=[self._observe_slo],
+            unit="{event}",
+            description=(
+                "Events of each SLO (`slo`: availability, read_latency, freshness), "
+                "good or not (`good`): an SLO is good events over all"
+            ),
         )
         # Per query, and by route: the SDK's (reads are far fewer than pushes).
         self.query_duration = meter.create_histogram(
@@ -142,13 +255,6 @@ class Metrics:
             unit="By",
             description="Bytes billed by the store's queries, by the API route they serve",
         )
-
-        # The serving tier's exporter (app.store.tiered.exporter), by table: rows
-        # appended to BigQuery, how far behind now its watermark is, and whether
-        # a row BigQuery refused has stopped it.
-        self.exported: Counter[str] = Counter()
-        self.export_watermarks: dict[str, int] = {}
-        self.export_blocked: dict[str, bool] = {}
         meter.create_observable_counter(
             "recordline.export.rows",
             callbacks=[self._observe_exported],
@@ -167,42 +273,33 @@ class Metrics:
             unit="1",
             description="1 while a row BigQuery refused stops the export of its table",
         )
-
-        # Changes of the typed columns of `records` BigQuery refused (permissions,
-        # a field it would not take): each is tried again 30 s later, and the
-        # rows meanwhile go without the new columns (app.store.bigquery.typed).
-        self.typed_patches_refused = 0
         meter.create_observable_counter(
             "recordline.typed.patches_refused",
             callbacks=[self._observe_typed_patches_refused],
             unit="{patch}",
             description="Changes of the typed columns BigQuery refused; each is tried again",
         )
-
-        # Sequences presumed lost, per producer (app.query.producers.MissingWatch):
-        # read from the ledger every minute, for the producers missing most.
-        self.producers_missing: Callable[[], dict[str, int]] = dict
         meter.create_observable_gauge(
             "recordline.producer.missing",
             callbacks=[self._observe_producers_missing],
             unit="{message}",
             description="Sequences of a producer missing past the grace period, by producer",
         )
-
-        # Background loops of a store started again after a failure, by loop
-        # (app.store.supervisor): any is a bug or an unforeseen error.
-        self.loop_restarts: Counter[str] = Counter()
+        # Sequences two different messages claimed, and epochs whose declared ends
+        # disagree, per producer (the same watch): for the producers in conflict most.
+        meter.create_observable_gauge(
+            "recordline.producer.conflicts",
+            callbacks=[self._observe_producers_conflicts],
+            unit="{sequence}",
+            description="Sequences of a producer claimed by two different messages, and epochs "
+            "whose declared ends disagree, by producer",
+        )
         meter.create_observable_counter(
             "recordline.loop.restarts",
             callbacks=[self._observe_loop_restarts],
             unit="{restart}",
             description="Background loops started again after a failure, by loop",
         )
-
-        # Connections a bound of the server refused or closed, by reason: the
-        # problem answered (`headers-too-large`, `upgrade-not-served`…) or
-        # `head-timeout`, `idle-evicted`, `malformed` (app.http.limits).
-        self.connections_refused: Counter[str] = Counter()
         meter.create_observable_counter(
             "recordline.connections.refused",
             callbacks=[self._observe_connections_refused],
@@ -210,60 +307,111 @@ class Metrics:
             description="Connections a bound of the server refused or closed, by reason",
         )
 
+    def _each(self) -> Iterator[tuple[Metrics, dict[str, str]]]:
+        """This app's counts (no system named), then each system's, with its name."""
+        yield self, {}
+        for member in list(self._members):
+            yield member, {SYSTEM_ATTRIBUTE: member.system or ""}
+
     def _observe_typed_patches_refused(self, _: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self.typed_patches_refused)
+        for metrics, system in self._each():
+            if metrics.typed_patches_refused or metrics is self:
+                yield Observation(metrics.typed_patches_refused, system)
 
     def _observe_producers_missing(self, _: CallbackOptions) -> Iterable[Observation]:
-        for producer, missing in list(self.producers_missing().items()):
-            yield Observation(missing, {"producer": producer})
+        for metrics, system in self._each():
+            for producer, missing in list(metrics.producers_missing().items()):
+                yield Observation(missing, {**system, "producer": producer})
+
+    def _observe_producers_conflicts(self, _: CallbackOptions) -> Iterable[Observation]:
+        for metrics, system in self._each():
+            for producer, conflicts in list(metrics.producers_conflicts().items()):
+                yield Observation(conflicts, {**system, "producer": producer})
 
     def _observe_loop_restarts(self, _: CallbackOptions) -> Iterable[Observation]:
-        for loop, restarts in list(self.loop_restarts.items()):
-            yield Observation(restarts, {"loop": loop})
+        for metrics, system in self._each():
+            for loop, restarts in list(metrics.loop_restarts.items()):
+                yield Observation(restarts, {**system, "loop": loop})
 
     def _observe_connections_refused(self, _: CallbackOptions) -> Iterable[Observation]:
         for reason, count in list(self.connections_refused.items()):
             yield Observation(count, {"reason": reason})
 
     def _observe_exported(self, _: CallbackOptions) -> Iterable[Observation]:
-        for table, rows in list(self.exported.items()):
-            yield Observation(rows, {"table": table})
+        for metrics, system in self._each():
+            for table, rows in list(metrics.exported.items()):
+                yield Observation(rows, {**system, "table": table})
 
     def _observe_export_lag(self, _: CallbackOptions) -> Iterable[Observation]:
-        for table, watermark in list(self.export_watermarks.items()):
-            yield Observation(max(0.0, self._clock() - watermark / 1e6), {"table": table})
+        now = self._clock()
+        for metrics, system in self._each():
+            for table, watermark in list(metrics.export_watermarks.items()):
+                yield Observation(max(0.0, now - watermark / 1e6), {**system, "table": table})
 
     def _observe_export_blocked(self, _: CallbackOptions) -> Iterable[Observation]:
-        for table, blocked in list(self.export_blocked.items()):
-            yield Observation(int(blocked), {"table": table})
+        for metrics, system in self._each():
+            for table, blocked in list(metrics.export_blocked.items()):
+                yield Observation(int(blocked), {**system, "table": table})
 
     def appended(self, rows: Sequence[Record | Rejection], seconds: float, stored: bool) -> None:
         """One append: its size and duration; if `stored`, the ingest lag of its
-        rows (now durable) and the newest canary among them. One call per append."""
-        if self.histograms is None:
-            return
-        lag, size, duration = self.histograms
-        size.record(len(rows))
-        duration.record(seconds)
+        rows (now durable), their freshness, and the newest canary among them. One
+        call per append, and no call per row but the lag's."""
+        histograms = self.histograms
+        if histograms is not None:
+            _, size, duration = histograms
+            size.record(len(rows))
+            duration.record(seconds)
         if not stored:
             return
+        lag = None if histograms is None else histograms.ingest_lag
+        limit = self._fresh_micros
+        fresh = stale = 0
         for row in rows:
-            lag.record((row.ingest_time - row.publish_time) / 1e6)
-            if isinstance(row, Record) and _CANARY_KEY in row.attributes:
-                # Pushes arrive out of order: keep the newest.
-                self.canary_published = max(row.publish_time, self.canary_published or 0)
+            waited = row.ingest_time - row.publish_time
+            if waited <= limit:
+                fresh += 1
+            else:
+                stale += 1
+            if lag is not None:
+                lag.record(waited / 1e6)
+                if isinstance(row, Record) and _CANARY_KEY in row.attributes:
+                    # Pushes arrive out of order: keep the newest.
+                    self.canary_published = max(row.publish_time, self.canary_published or 0)
+        slo = self.slo
+        if fresh:
+            slo[_SLO_FRESH] += fresh
+        if stale:
+            slo[_SLO_STALE] += stale
+
+    def answered(self, slo: str, good: bool) -> None:
+        """One event of `slo` (`availability` or `read_latency`), good or not."""
+        self.slo[_SLO[slo, good]] += 1
+
+    def canary(self, published: int) -> None:
+        """A canary published at `published` (µs) is stored (found by the probe)."""
+        self.canary_published = max(published, self.canary_published or 0)
 
     def _observe_canary(self, _: CallbackOptions) -> Iterable[Observation]:
-        if self.canary_published is not None:
-            yield Observation(max(0.0, self._clock() - self.canary_published / 1e6))
+        now = self._clock()
+        for metrics, system in self._each():
+            if metrics.canary_published is not None:
+                yield Observation(max(0.0, now - metrics.canary_published / 1e6), system)
 
     def _observe_outcomes(self, _: CallbackOptions) -> Iterable[Observation]:
-        for attributes, count in list(self.outcomes.items()):
-            yield Observation(count, dict(attributes))
+        for metrics, system in self._each():
+            for attributes, count in list(metrics.outcomes.items()):
+                yield Observation(count, {**system, **dict(attributes)})
 
     def _observe_conflicts(self, _: CallbackOptions) -> Iterable[Observation]:
-        for attributes, count in list(self.conflicts.items()):
-            yield Observation(count, dict(attributes))
+        for metrics, system in self._each():
+            for attributes, count in list(metrics.conflicts.items()):
+                yield Observation(count, {**system, **dict(attributes)})
+
+    def _observe_slo(self, _: CallbackOptions) -> Iterable[Observation]:
+        for metrics, system in self._each():
+            for attributes, count in list(metrics.slo.items()):
+                yield Observation(count, {**system, **dict(attributes)})
 
     def watch(
         self,
@@ -272,35 +420,64 @@ class Metrics:
         horizon: Callable[[], int],
         followers: Callable[[], int],
     ) -> None:
-        """Gauges read at collection time (every export, or each /metrics scrape)."""
+        """Gauges read at collection time (every export, or each /metrics scrape): of
+        the process, so in a cell each system's app adds to the cell's (the queues'
+        and followers' sums, the horizon furthest behind)."""
+        root = self._root()
+        first = not root._watched
+        root._watched[self.system] = Watched(queue_depth, horizon, followers)
+        if not first:
+            return
+        every = root._watched
 
         def depth(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(queue_depth())
+            yield Observation(sum(w.queue_depth() for w in list(every.values())))
 
         def waiting(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(followers())
+            yield Observation(sum(w.followers() for w in list(every.values())))
 
         def watermark_lag(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(max(0.0, self._clock() - horizon() / 1e6))
+            oldest = min(w.horizon() for w in list(every.values()))
+            yield Observation(max(0.0, root._clock() - oldest / 1e6))
 
-        self.meter.create_observable_gauge(
+        root.meter.create_observable_gauge(
             "recordline.queue.depth",
             callbacks=[depth],
             unit="{row}",
             description="Rows accepted and waiting to be stored",
         )
-        self.meter.create_observable_gauge(
+        root.meter.create_observable_gauge(
             "recordline.watermark.lag",
             callbacks=[watermark_lag],
             unit="s",
             description="Now minus the read horizon (complete_until)",
         )
-        self.meter.create_observable_gauge(
+        root.meter.create_observable_gauge(
             "recordline.followers",
             callbacks=[waiting],
             unit="{request}",
             description="Pages waiting for a row (wait=) and streams of pages open",
         )
+
+    def _root(self) -> Metrics:
+        return self._parent if self._parent is not None else self
+
+
+class Adds(Protocol):
+    """A counter's `add` (the SDK's synchronous counter)."""
+
+    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None: ...
+
+
+class Labelled:
+    """A counter whose every point also carries `labels` (a system's name)."""
+
+    def __init__(self, counter: Adds, labels: Mapping[str, str]) -> None:
+        self._counter = counter
+        self._labels = dict(labels)
+
+    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None:
+        self._counter.add(amount, {**self._labels, **(attributes or {})})
 
 
 class PushOutcomes:
@@ -312,8 +489,11 @@ class PushOutcomes:
 
     def __init__(self, metrics: Metrics) -> None:
         self._outcomes = metrics.outcomes
+        # Each push answered is an availability event: good unless a 5xx.
+        self._slo = metrics.slo
 
     def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None:
+        self._slo[_SLO_ANSWERED] += 1
         if isinstance(outcome, PublisherDuplicate):
             # A publisher's retry of a message stored already: acknowledged, not stored.
             self._outcomes[_DUPLICATE] += 1
@@ -347,6 +527,7 @@ class PushOutcomes:
 
     def retried(self, message_id: str, error: RetryLater) -> None:
         self._outcomes[_retried(error.cause)] += 1
+        self._slo[_SLO_FAILED] += 1
         log.warning(
             "message %s not stored, answered 503: %s",
             message_id,
@@ -358,6 +539,7 @@ class PushOutcomes:
         # Not acknowledged: Pub/Sub delivers it again, then dead-letters it. The
         # log line is where a dead letter's cause is found.
         self._outcomes[_refused(reason)] += 1
+        self._slo[_SLO_ANSWERED if status < 500 else _SLO_FAILED] += 1
         if status in (401, 403):
             return  # logged by the guard that refused it, with the token's fault
         log.warning(
@@ -469,6 +651,11 @@ class ExportMetrics:
 
     def watermark(self, table: str, micros: int) -> None:
         self._metrics.export_watermarks[table] = micros
+
+    def released(self) -> None:
+        # Another instance holds the lease now: the export's gauges are its to report.
+        self._metrics.export_watermarks.clear()
+        self._metrics.export_blocked.clear()
 
 
 class TypedPatches:

@@ -1,10 +1,10 @@
-"""recordline.read.duration: what a reader waits for, the read-latency SLI.
+"""recordline.read.duration and the reads' SLO events: what a reader waits for.
 
-The time from a read request reaching a read route to its response being sent, by
-route template, recorded for answers a reader acts on (2xx, and 404); errors
-count against availability instead. Synthetic reads (uptime checks, the deploy's
-smoke test, reads of the canary) are left out, so they neither dilute nor spend
-the budget.
+A read route's request to response, by route template, for answers a reader acts on
+(2xx, and 404). Each read is also an `availability` event (good unless 5xx) and, if
+it does not wait for rows (no `wait=`, `live=` or event stream), a `read_latency`
+event (good within RECORDLINE_SLO_READ_LATENCY_SECONDS) of `recordline.slo.events`.
+Synthetic reads (uptime checks, the smoke test, the canary) are left out.
 
 Design: docs/operations.md#slis-and-slos
 """
@@ -12,11 +12,13 @@ Design: docs/operations.md#slis-and-slos
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.metrics import Histogram
 
 from app.records import CANARY_ATTRIBUTE
+from app.telemetry.metrics import SLO_READ
 
 SYNTHETIC_USER_AGENTS = (b"GoogleStackdriverMonitoring-UptimeChecks", b"recordline-smoke")
 _CANARY_PATH = f"/v1/records/{CANARY_ATTRIBUTE}"
@@ -36,25 +38,58 @@ def counted(status: int) -> bool:
     return 200 <= status < 300 or status == 404
 
 
-class ReadDurations:
-    """Plain ASGI middleware on the read routes (after routing: the route template is known)."""
+def waits(scope: Scope) -> bool:
+    """Whether a read may wait for rows (a long-poll or a stream): its latency is the
+    follower's choice, not the service's."""
+    query: bytes = scope["query_string"]
+    if b"wait=" in query or b"live=" in query:
+        return True
+    for name, value in scope["headers"]:
+        if name == b"accept" and b"text/event-stream" in value:
+            return True
+    return False
 
-    def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
+
+class ReadDurations:
+    """Plain ASGI middleware on the read routes (after routing: the route template is
+    known); `slo`, where given, counts each read's SLO events (`Metrics.slo`)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        histogram: Histogram,
+        slo: Counter[tuple[tuple[str, str], ...]] | None = None,
+        latency_seconds: float = 1.0,
+    ) -> None:
         self.app = app
         self.histogram = histogram
+        self.slo = slo
+        self.latency_seconds = latency_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if synthetic(scope):
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, _Observed(send, scope, self.histogram))
+        observed = _Observed(send, scope, self.histogram)
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            slo, status = self.slo, observed.status
+            # Not answered at all (the client left first): no event.
+            if slo is not None and status:
+                slo[SLO_READ["availability", status < 500]] += 1
+                took = observed.took
+                if took is not None and counted(status) and not waits(scope):
+                    fast = took - observed.started <= self.latency_seconds
+                    slo[SLO_READ["read_latency", fast]] += 1
 
 
 class _Observed:
     """A request's `send`, timing its answer: an object of slots, where a closure and
     its cells held twice as much for as long as the request (an idle follower's, hours)."""
 
-    __slots__ = ("histogram", "scope", "send", "started", "status")
+    __slots__ = ("histogram", "scope", "send", "started", "status", "took")
 
     def __init__(self, send: Send, scope: Scope, histogram: Histogram) -> None:
         self.send = send
@@ -62,13 +97,15 @@ class _Observed:
         self.histogram = histogram
         self.started = time.perf_counter()
         self.status = 0
+        # When the whole answer was sent (perf_counter), once it was.
+        self.took: float | None = None
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         await self.send(message)
-        finished = message["type"] == "http.response.body" and not message.get("more_body")
-        if finished and counted(self.status):
-            self.histogram.record(
-                time.perf_counter() - self.started, {"route": self.scope["path_template"]}
-            )
+        if message["type"] != "http.response.body" or message.get("more_body"):
+            return
+        took = self.took = time.perf_counter()
+        if counted(self.status):
+            self.histogram.record(took - self.started, {"route": self.scope["path_template"]})

@@ -1,27 +1,32 @@
 resource "google_project_service" "enabled" {
-  for_each = toset([
-    "artifactregistry.googleapis.com",
-    "bigquery.googleapis.com",
-    "bigquerystorage.googleapis.com",
-    "cloudresourcemanager.googleapis.com",
-    "cloudscheduler.googleapis.com",
-    "cloudtrace.googleapis.com",
-    "iam.googleapis.com",
-    "iamcredentials.googleapis.com",
-    "logging.googleapis.com",
-    "monitoring.googleapis.com",
-    "pubsub.googleapis.com",
-    "run.googleapis.com",
-    "secretmanager.googleapis.com",
-    "serviceusage.googleapis.com",
-    "spanner.googleapis.com", # the serving tier (spanner.tf), once a system opts in
-    "sts.googleapis.com",
-  ])
+  # The environment's project enables what it runs (the environment root's apis.tf):
+  # a cell there adds what it runs besides; a cell in a project of its own enables it all.
+  for_each = setunion(
+    [
+      "bigquery.googleapis.com",
+      "bigquerystorage.googleapis.com",
+      "cloudscheduler.googleapis.com",
+      "cloudtrace.googleapis.com",
+      "pubsub.googleapis.com",
+      "run.googleapis.com",
+      "secretmanager.googleapis.com",
+      "spanner.googleapis.com", # the serving tier (spanner.tf), once a system opts in
+    ],
+    local.own_project ? [
+      "artifactregistry.googleapis.com",
+      "cloudresourcemanager.googleapis.com",
+      "iam.googleapis.com",
+      "iamcredentials.googleapis.com",
+      "logging.googleapis.com",
+      "monitoring.googleapis.com",
+      "serviceusage.googleapis.com",
+    ] : [],
+  )
 
   project = var.project_id
   service = each.value
 
-  # Turning an API off would break whatever else in the project uses it.
+  # Turning an API off would break whatever else in the project uses it (another cell).
   disable_on_destroy = false
 }
 
@@ -33,11 +38,12 @@ resource "google_project_service" "enabled" {
 # does not exist yet fails with "Service account ... does not exist", so each agent is
 # created here, explicitly, and every grant takes its e-mail from
 # time_sleep.service_agents below: after the agent exists and IAM has had a minute to
-# know it. The pause is taken once, on the apply that creates the agents.
+# know it. The pause is taken once, on the apply that creates the agents. Asking for an
+# agent that exists returns it: every cell of a project asks for the same ones.
 locals {
   service_agent_apis = {
     pubsub     = "pubsub.googleapis.com"         # push tokens, dead letters, the BigQuery subscription
-    scheduler  = "cloudscheduler.googleapis.com" # publishes the canary
+    scheduler  = "cloudscheduler.googleapis.com" # publishes the canaries
     monitoring = "monitoring.googleapis.com"     # the uptime check's ID tokens
   }
 }
@@ -48,7 +54,9 @@ resource "google_project_service_identity" "agents" {
   for_each = local.service_agent_apis
 
   project = var.project_id
-  service = google_project_service.enabled[each.value].service
+  service = each.value
+
+  depends_on = [google_project_service.enabled]
 }
 
 resource "time_sleep" "service_agents" {

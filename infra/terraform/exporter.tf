@@ -1,19 +1,20 @@
-# The exporter service (app/exporter; infra/README.md, "The exporter service"): one
+# The cell's exporter pool (app/exporter; infra/README.md, "The exporter pool"): one
 # Cloud Run worker pool of `exporter_instances` instances (2 by default) runs
-# `recordline exporter`, which feeds BigQuery from the Spanner database of every
-# system with `serving`, each under a lease in that system's own database: one
-# instance exports a system at a time, and another takes it over within a lease
-# (15 s) when that one dies. The ingest services then run nothing between requests
-# and scale with their own traffic, to zero at rest (modules/system/cloud_run.tf).
-# Nothing here exists without a serving system.
+# `recordline exporter`, which feeds BigQuery from the Spanner database of every system
+# of the cell with `serving`, each under a lease in that system's own database: each
+# instance claims a fair share of the systems, and another takes a system over within a
+# lease (15 s) when its holder dies. The cell's ingest service then runs nothing between
+# requests (cell.tf). Nothing here exists without a serving system.
 #
-# A worker pool serves no request: no port, no URL, no probes. What it does shows in
-# its systems' export lag and loop restarts (each system's own metrics and alerts,
-# whichever instance exports it) and in its logs, each line labelled with its system.
-# The pool is deployed before the ingest services in every rollout
-# (.github/workflows/deploy-environment.yml), so the code that exports a row always
-# knows the columns of the code that wrote it; the lease ranks code versions, and code
-# of an older row schema never takes a system back (app/store/spanner/ledger.py).
+# A worker pool serves no request: no port, no URL, no probes. What stands in for a
+# health check is the rollout's export gate (deploy-cell.yml): a new revision first
+# takes the canary systems alone (their file, canary.json), and every instance gets it
+# only once their export has moved, under a lag bound, for a soak; then the ingest
+# service. What it does shows in its systems' export lag and loop restarts (each
+# system's own metrics and alerts, whichever instance exports it) and in its logs (a
+# worker pool's, not a revision's: outputs.tf, the directory). The lease ranks code
+# versions, and code of an older row schema never takes a system back
+# (app/store/spanner/ledger.py): docs/operations.md#rolling-the-exporter-back.
 
 locals {
   # Each system's dataset: its name with `_` for `-`; the default system's is dataset_id.
@@ -21,42 +22,71 @@ locals {
     for name in keys(local.systems) : name => name == var.service_name ? var.dataset_id : replace(name, "-", "_")
   }
 
-  # What the exporter service is told of each system it exports: the settings of the
-  # same names its ingest service runs with (RECORDLINE_SERVING, RECORDLINE_STORE,
-  # RECORDLINE_JSON_TOPIC_SCHEMA), in RECORDLINE_EXPORT_SYSTEMS, which app/settings.py
-  # reads and checks (ExporterSettings). About 170 bytes a system, plus a declared
-  # schema's text: a hundred systems fit Cloud Run's 32 KiB for one variable
-  # (tests/infra/test_exporter.py evaluates it).
-  exported_systems = {
-    for name in local.serving_systems : name => merge(
-      {
-        serving = "spanner://projects/${var.project_id}/instances/${local.serving_instance[name]}/databases/${name}"
-        store   = "bigquery://${var.project_id}/${local.dataset_ids[name]}"
-      },
-      local.systems[name].json_schema == null ? {} : {
-        json_topic_schema = file("${path.root}/../../${local.systems[name].json_schema}")
-      },
-    )
-  }
-  exported_systems_json = jsonencode(local.exported_systems)
-  # https://cloud.google.com/run/docs/reference/rest/v2/Container#EnvVar: a value holds
-  # at most 32,768 bytes.
-  env_value_bytes = 32768
+  # The worker pool, by the cell's name, once a system has `serving`.
+  exporter = length(local.serving_systems) > 0 ? { (local.cell) = "${local.cell}-exporter" } : {}
 
-  # The worker pool, by name, once a system has `serving`.
-  exporter = length(local.serving_systems) > 0 ? { (var.service_name) = "${var.service_name}-exporter" } : {}
+  # The systems a new exporter revision takes first (canary_systems): named, or the
+  # first two serving systems by name, or the first two systems where none serves.
+  canary_candidates = length(local.serving_systems) > 0 ? local.serving_systems : sort(keys(local.systems))
+  canary_systems    = length(var.canary_systems) > 0 ? var.canary_systems : slice(local.canary_candidates, 0, min(2, length(local.canary_candidates)))
+  canary_json       = jsonencode({ for name in local.canary_systems : name => local.systems_file[name] })
+  canary_directory  = "/etc/recordline/canary"
+  canary_setting    = "@${local.canary_directory}/systems.json"
+
+  # What the pool and the export job run with: the cell's systems' file, the cell's name
+  # (each metric under its system's name: namespace), logs as JSON.
+  exporter_env = merge(var.extra_env, {
+    RECORDLINE_CELL       = local.cell
+    RECORDLINE_SYSTEMS    = local.systems_setting
+    GOOGLE_CLOUD_PROJECT  = var.project_id
+    RECORDLINE_LOG_FORMAT = "json"
+    OTEL_SERVICE_NAME     = "${local.cell}-exporter"
+    OTEL_METRICS_EXPORTER = "gcp_monitoring"
+  })
 }
 
-# Its own account: it reads and writes every serving system's database and exported
-# tables, and nothing an ingest service has besides (modules/system/iam.tf grants each).
+# Its own account: it reads and writes its systems' databases and exported tables, and
+# nothing an ingest service has besides (modules/system/iam.tf grants each).
 resource "google_service_account" "exporter" {
   for_each = local.exporter
 
   project      = var.project_id
   account_id   = each.value
-  display_name = "${var.service_name} exporter service: every serving system into BigQuery"
+  display_name = "${local.cell} cell: its exporter pool, every serving system into BigQuery"
 
   depends_on = [google_project_service.enabled]
+}
+
+# The canary systems' file: what a new exporter revision reads while it is on trial
+# (RECORDLINE_SYSTEMS pointed at it by the rollout), mounted beside the full one.
+resource "google_secret_manager_secret" "canary_systems" {
+  #checkov:skip=CKV_GCP_128:Google-managed encryption; the file names principals and URLs, nothing secret.
+  for_each = local.exporter
+
+  project   = var.project_id
+  secret_id = "${local.cell}-canary-systems"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_secret_manager_secret_version" "canary_systems" {
+  for_each = local.exporter
+
+  secret      = google_secret_manager_secret.canary_systems[each.key].id
+  secret_data = local.canary_json
+}
+
+resource "google_secret_manager_secret_iam_member" "exporter_reads_canary" {
+  for_each = local.exporter
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.canary_systems[each.key].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.exporter[each.key].member
 }
 
 resource "google_cloud_run_v2_worker_pool" "exporter" {
@@ -68,7 +98,7 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
   # Worker pools are a Preview of Cloud Run (https://cloud.google.com/run/docs/deploy-worker-pools).
   launch_stage = "BETA"
 
-  # As the services' (modules/system/cloud_run.tf): it holds nothing.
+  # As the ingest service's (cell.tf): it holds nothing.
   deletion_protection = false
 
   # Every instance requested runs, and is billed, all the time
@@ -82,28 +112,48 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
   template {
     service_account = google_service_account.exporter[each.key].email
 
+    volumes {
+      name = "systems"
+      secret {
+        secret = google_secret_manager_secret.systems.secret_id
+        items {
+          version = google_secret_manager_secret_version.systems.version
+          path    = "systems.json"
+        }
+      }
+    }
+
+    volumes {
+      name = "canary"
+      secret {
+        secret = google_secret_manager_secret.canary_systems[each.key].secret_id
+        items {
+          version = google_secret_manager_secret_version.canary_systems[each.key].version
+          path    = "systems.json"
+        }
+      }
+    }
+
     containers {
       # Until the first deploy it runs the placeholder (exporter_placeholder.py), which
-      # waits and exports nothing: the ingest services' exporters, if any, still do. A
-      # deploy sets the image and clears the command and arguments.
+      # waits and exports nothing. A deploy sets the image and clears the command and
+      # arguments.
       image   = var.placeholder_image
       command = ["python3"]
       args    = ["-c", file("${path.module}/exporter_placeholder.py")]
 
-      env {
-        name  = "RECORDLINE_EXPORT_SYSTEMS"
-        value = local.exported_systems_json
+      volume_mounts {
+        name       = "systems"
+        mount_path = local.systems_directory
+      }
+
+      volume_mounts {
+        name       = "canary"
+        mount_path = local.canary_directory
       }
 
       dynamic "env" {
-        for_each = {
-          GOOGLE_CLOUD_PROJECT  = var.project_id
-          RECORDLINE_LOG_FORMAT = "json"
-          OTEL_SERVICE_NAME     = each.value
-          # Each system's metrics under its own name (service.namespace), as its ingest
-          # service writes them: its export lag and loop restarts reach its alerts.
-          OTEL_METRICS_EXPORTER = "gcp_monitoring"
-        }
+        for_each = local.exporter_env
         content {
           name  = env.key
           value = env.value
@@ -121,7 +171,10 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
 
   lifecycle {
     # Deploys own the image, the command and arguments they clear, and what
-    # `gcloud run worker-pools deploy` writes with them (as for the services).
+    # `gcloud run worker-pools deploy` writes with them (as for the ingest service), and
+    # the instance split (a canary's, a rollback's pin). The provider sends the whole
+    # pool when it updates it (a new system is a new file version): the apply job
+    # refuses a plan older than the pool's last deploy (terraform-apply.yml).
     ignore_changes = [
       template[0].containers[0].image,
       template[0].containers[0].command,
@@ -133,41 +186,29 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
       client_version,
       instance_splits,
     ]
-
-    # One variable holds every system: past Cloud Run's limit, the apply would fail.
-    precondition {
-      condition     = length(local.exported_systems_json) <= local.env_value_bytes
-      error_message = "RECORDLINE_EXPORT_SYSTEMS would be ${length(local.exported_systems_json)} bytes, over Cloud Run's ${local.env_value_bytes} for one variable: shorten the declared schemas (json_schema) of the serving systems, or run a second exporter service (infra/README.md, \"The exporter service\")."
-    }
   }
 
   depends_on = [
-    google_project_iam_binding.runtime,
+    google_project_iam_member.cell_accounts,
+    google_secret_manager_secret_iam_member.reads_systems,
     module.system,
   ]
 }
 
-# The deploy account deploys it (a new revision with the image), and acts as its
-# account to do so; on-call restarts or moves it as the operator account
-# (docs/operations.md#the-exporter-service).
-resource "google_cloud_run_v2_worker_pool_iam_member" "deployer_deploys_exporter" {
-  for_each = google_cloud_run_v2_worker_pool.exporter
+# The deploy account deploys it (a new revision with the image, a split of its
+# instances), and acts as its account to do so; on-call rolls it back or restarts it as
+# the operator account (docs/operations.md#rolling-the-exporter-back).
+resource "google_cloud_run_v2_worker_pool_iam_member" "developers" {
+  for_each = {
+    for pair in setproduct(keys(local.exporter), ["deployer", "operator"]) :
+    "${pair[0]} ${pair[1]}" => { pool = pair[0], member = pair[1] == "deployer" ? local.deployer_member : local.operator_member }
+  }
 
   project  = var.project_id
-  location = each.value.location
-  name     = each.value.name
+  location = google_cloud_run_v2_worker_pool.exporter[each.value.pool].location
+  name     = google_cloud_run_v2_worker_pool.exporter[each.value.pool].name
   role     = "roles/run.developer"
-  member   = google_service_account.deployer.member
-}
-
-resource "google_cloud_run_v2_worker_pool_iam_member" "operator_runs_exporter" {
-  for_each = google_cloud_run_v2_worker_pool.exporter
-
-  project  = var.project_id
-  location = each.value.location
-  name     = each.value.name
-  role     = "roles/run.developer"
-  member   = google_service_account.operator.member
+  member   = each.value.member
 }
 
 resource "google_service_account_iam_member" "acts_as_exporter" {
@@ -179,8 +220,106 @@ resource "google_service_account_iam_member" "acts_as_exporter" {
   service_account_id = google_service_account.exporter[each.value.pool].name
   role               = "roles/iam.serviceAccountUser"
   member = {
-    deployer        = google_service_account.deployer.member
-    operator        = google_service_account.operator.member
-    terraform_apply = google_service_account.terraform_apply.member
+    deployer        = local.deployer_member
+    operator        = local.operator_member
+    terraform_apply = local.apply_member
   }[each.value.member]
+}
+
+# --- the export job ---------------------------------------------------------------------
+
+# On-call's remedies for the export to BigQuery, and who holds each lease
+# (docs/operations.md#running-commands-as-a-cells-job): `recordline export …` runs as a
+# Cloud Run job of the cell, as the exporter's own account with the pool's settings, so
+# that nobody needs a checkout, credentials or a role on a serving database at 3 a.m.
+# It runs the exporter's image: every rollout sets it to the image the pool runs
+# (deploy-cell.yml), that code wrote the progress and holds the leases; so does the
+# runbook's rollback of the pool. Terraform leaves the image alone after the first apply.
+resource "google_cloud_run_v2_job" "export" {
+  for_each = local.exporter
+
+  project  = var.project_id
+  name     = "${local.cell}-export"
+  location = var.region
+
+  # As the ingest service's (cell.tf): the job holds nothing.
+  deletion_protection = false
+
+  template {
+    task_count = 1
+
+    template {
+      service_account = google_service_account.exporter[each.key].email
+      # A command is a decision (a retry, a rejection, a resync): one that failed is
+      # read and run again by a person, never again on its own.
+      max_retries = 0
+      # `export verify` over a day reads a Spanner call per hour and a BigQuery query
+      # per day (app/store/tiered/verify.py): well within an hour.
+      timeout = "3600s"
+
+      volumes {
+        name = "systems"
+        secret {
+          secret = google_secret_manager_secret.systems.secret_id
+          items {
+            version = google_secret_manager_secret_version.systems.version
+            path    = "systems.json"
+          }
+        }
+      }
+
+      containers {
+        image   = var.placeholder_image
+        command = ["recordline"]
+        args    = ["export", "status"]
+
+        volume_mounts {
+          name       = "systems"
+          mount_path = local.systems_directory
+        }
+
+        dynamic "env" {
+          for_each = local.exporter_env
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = "512Mi"
+          }
+        }
+      }
+    }
+  }
+
+  lifecycle {
+    # The rollouts and the runbook set the image to the one the pool runs.
+    ignore_changes = [
+      template[0].template[0].containers[0].image,
+      client,
+      client_version,
+    ]
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.reads_systems]
+}
+
+# On-call runs it as the operator account (run.jobs.run, runWithOverrides, executions
+# list); the deploy account keeps its image the pool's (run.jobs.update). Both act as
+# the exporter's account already (acts_as_exporter).
+resource "google_cloud_run_v2_job_iam_member" "export_developers" {
+  for_each = {
+    for pair in setproduct(keys(local.exporter), ["deployer", "operator"]) :
+    "${pair[0]} ${pair[1]}" => { pool = pair[0], member = pair[1] == "deployer" ? local.deployer_member : local.operator_member }
+  }
+
+  project  = var.project_id
+  location = google_cloud_run_v2_job.export[each.value.pool].location
+  name     = google_cloud_run_v2_job.export[each.value.pool].name
+  role     = "roles/run.developer"
+  member   = each.value.member
 }

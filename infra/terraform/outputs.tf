@@ -1,66 +1,55 @@
 output "systems" {
-  description = "Each system's service URL, topic, dead-letter replay subscription, dataset and dashboard."
+  description = "Each system of the cell: its push endpoint, topic, dead-letter replay subscription, acknowledgement deadline, dataset and push account."
   value = {
     for name, system in module.system : name => {
-      service_url                     = system.service_url
       push_endpoint                   = system.push_endpoint
       topic                           = system.topic
       dead_letter_replay_subscription = system.dead_letter_replay_subscription
       ack_deadline_seconds            = system.ack_deadline_seconds
       dataset                         = system.dataset
-      dashboard                       = system.dashboard
-      runtime_service_account         = system.runtime_service_account
+      push_service_account            = system.push_service_account
     }
   }
 }
 
-output "workload_identity_provider" {
-  description = "Full name of the GitHub Actions workload identity provider."
-  value       = google_iam_workload_identity_pool_provider.github.name
-}
-
-output "github_environment_variables" {
-  description = "Variables to set on the GitHub environment named like this environment (deploy.yml). The systems themselves are read from the state at each rollout (output deploy)."
+# Read by deploy-environment.yml and deploy-cell.yml from the state when a rollout
+# starts: what to deploy in this cell, and what its smoke test and export gate need.
+output "deploy" {
+  description = "The cell's ingest service and exporter pool (empty without a serving system), its jobs, its canary systems with what the smoke test pushes to each, and the export gate's soak and lag bound."
   value = {
-    GCP_PROJECT_ID                 = var.project_id
-    GCP_REGION                     = var.region
-    GCP_WORKLOAD_IDENTITY_PROVIDER = google_iam_workload_identity_pool_provider.github.name
-    GCP_DEPLOY_SERVICE_ACCOUNT     = google_service_account.deployer.email
-    ARTIFACT_REPOSITORY            = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images[var.region].repository_id}"
-    # Where every deploy also pushes the image (empty without standby_region).
-    ARTIFACT_STANDBY_REPOSITORY = var.standby_region == "" ? "" : "${var.standby_region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images[var.standby_region].repository_id}"
-    IMAGE_NAME                  = var.service_name
+    cell       = local.cell
+    project    = var.project_id
+    region     = var.region
+    service    = google_cloud_run_v2_service.ingest.name
+    pool       = join("", values(google_cloud_run_v2_worker_pool.exporter)[*].name)
+    export_job = join("", values(google_cloud_run_v2_job.export)[*].name)
+    ops_job    = google_cloud_run_v2_job.ops.name
+    # What a canary exporter revision reads, and what every revision reads.
+    canary_systems_setting = local.canary_setting
+    systems_setting        = local.systems_setting
+    read_audience          = local.read_audience
+    smoke_service_account  = local.environment_accounts.smoke
+    canary = {
+      for name in local.canary_systems : name => merge(module.system[name].smoke, {
+        serving = contains(local.serving_systems, name)
+      })
+    }
+    soak_seconds     = var.export_soak_seconds
+    gate_lag_seconds = var.export_gate_lag_seconds
   }
 }
 
-# Read by deploy-environment.yml from the state when a rollout starts: the systems to
-# deploy, and the one that goes first, alone.
-output "deploy" {
-  description = "Per system: its service, and the smoke test's identities and audiences."
-  value       = { for name, system in module.system : name => system.deploy }
+output "directory" {
+  description = "Where each system of the cell is (directory.tf): what the runbook's commands name."
+  value       = local.directory
 }
 
-# Read by deploy-environment.yml too: the exporter service, deployed before any system.
-output "deploy_exporter" {
-  description = "The exporter service's worker pool (exporter.tf), which every rollout deploys first; empty without a system with `serving`."
-  value       = join("", values(google_cloud_run_v2_worker_pool.exporter)[*].name)
-}
-
-output "deploy_first" {
-  description = "The system a rollout deploys first, alone: the default one (service_name) if there is one."
-  value       = contains(keys(local.systems), var.service_name) ? var.service_name : sort(keys(local.systems))[0]
-}
-
-output "operator_service_account" {
-  description = "The account on-call acts as to replay and roll back (members of `oncall` may)."
-  value       = google_service_account.operator.email
-}
-
-output "github_terraform_variables" {
-  description = "Variables for terraform.yml: the terraform-<environment> GitHub environment (apply) and the repository (plan, suffixed with the upper-cased environment)."
+output "billing" {
+  description = "What the cell's ingest service is billed by: its systems' declared rate against the break-even (cell.tf)."
   value = {
-    GCP_WORKLOAD_IDENTITY_PROVIDER = google_iam_workload_identity_pool_provider.github.name
-    TF_APPLY_SERVICE_ACCOUNT       = google_service_account.terraform_apply.email
-    TF_PLAN_SERVICE_ACCOUNT        = google_service_account.terraform_plan.email
+    rate           = local.cell_rate
+    break_even     = var.billing_break_even_rate
+    instance_based = local.instance_based
+    min_instances  = local.ingest_min_instances
   }
 }

@@ -1,7 +1,8 @@
 # One Recordline system per entry of var.systems (modules/system): topic, subscriptions,
-# dead letters, dataset and tables, Cloud Run service, SLOs, alerts, canary and its
-# dashboard. One system is the default, so a single deployment stays one apply; fifty
-# are fifty entries (infra/README.md, "Fifty systems").
+# dead letters, dataset and tables, serving database, push account, SLOs and canary,
+# served by the cell's service and exported by its pool (cell.tf, exporter.tf). One
+# system is the default, so a single deployment stays one cell of one system; a hundred
+# are a hundred entries (infra/README.md, "Cells").
 
 locals {
   # Each system is named by its key: its resources carry the name, its metrics the label
@@ -49,24 +50,13 @@ locals {
   typed_columns = { for k, column in local.typed_column : k => column == null ? null : jsonencode(column) }
 }
 
-data "google_project" "this" {
-  project_id = var.project_id
-}
-
 module "system" {
   source   = "./modules/system"
   for_each = local.systems
 
   service_name = each.key
   dataset_id   = local.dataset_ids[each.key]
-
-  readers       = each.value.readers != null ? each.value.readers : var.readers
-  operators     = each.value.operators != null ? each.value.operators : var.operators
-  min_instances = each.value.min_instances != null ? each.value.min_instances : var.min_instances
-  max_instances = each.value.max_instances != null ? each.value.max_instances : var.max_instances
-  extra_env     = merge(var.extra_env, each.value.extra_env != null ? each.value.extra_env : {})
-  # The share of traces kept (OTEL_TRACES_SAMPLER_ARG), the same for every system.
-  trace_sample_ratio = var.trace_sample_ratio
+  operators    = toset(local.operators_of[each.key])
 
   # Its topic's schema and the payload's shape (README, "Your topic, your schema"); files
   # are paths from the repository's root, this directory's grandparent.
@@ -76,33 +66,33 @@ module "system" {
     type       = each.value.schema.type
     encoding   = each.value.schema.encoding
   }
-  id_field    = each.value.id_field
-  time_field  = each.value.time_field
   canary_data = each.value.canary_file != null ? filebase64("${path.root}/../../${each.value.canary_file}") : null
-  # A JSON topic's declared schema: its typed columns.
-  json_topic_schema = each.value.json_schema != null ? file("${path.root}/../../${each.value.json_schema}") : null
   # What `records` is created with besides the service's columns (modules/system/bigquery.tf).
   typed_columns = local.typed_columns[each.key]
 
-  # Its Spanner database's instance, shared by the systems with `serving` (spanner.tf).
+  # Its Spanner database's instance, one of the cell's (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? {
     instance       = google_spanner_instance.serving[local.serving_instance[each.key]].name
     recovery_hours = var.spanner_recovery_hours
     restore_role   = google_project_iam_custom_role.operator_restore_rows.id
   } : null
 
+  # The cell it is in (cell.tf, exporter.tf, slos.tf).
+  cell = {
+    name                  = local.cell
+    uri                   = google_cloud_run_v2_service.ingest.uri
+    ingest                = google_cloud_run_v2_service.ingest.name
+    location              = google_cloud_run_v2_service.ingest.location
+    url                   = local.cell_url
+    slo_service           = google_monitoring_custom_service.cell.service_id
+    runtime               = google_service_account.runtime.email
+    exporter              = join("", values(google_service_account.exporter)[*].email)
+    dedupe_window_seconds = local.dedupe_window_seconds
+  }
+
   project_id                     = var.project_id
-  project_number                 = data.google_project.this.number
   region                         = var.region
-  environment                    = var.environment
   dataset_location               = var.dataset_location
-  placeholder_image              = var.placeholder_image
-  ingress                        = var.ingress
-  cpu                            = var.cpu
-  memory                         = var.memory
-  concurrency                    = var.concurrency
-  request_timeout_seconds        = var.request_timeout_seconds
-  stream_seconds                 = var.stream_seconds
   write_deadline_seconds         = var.write_deadline_seconds
   ack_deadline_margin_seconds    = var.ack_deadline_margin_seconds
   max_delivery_attempts          = var.max_delivery_attempts
@@ -110,9 +100,6 @@ module "system" {
   retry_minimum_backoff          = var.retry_minimum_backoff
   retry_maximum_backoff          = var.retry_maximum_backoff
   retention_days                 = var.retention_days
-  push_audience                  = var.push_audience
-  read_audience                  = var.read_audience
-  query_max_bytes_billed         = var.query_max_bytes_billed
   availability_goal              = var.availability_goal
   freshness_goal                 = var.freshness_goal
   freshness_threshold_seconds    = var.freshness_threshold_seconds
@@ -122,50 +109,16 @@ module "system" {
 
   # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
   service_agents           = time_sleep.service_agents.triggers
-  operator_service_account = google_service_account.operator.email
-  # The exporter service's account, which this system's export runs as (exporter.tf).
-  exporter_service_account = one(values(google_service_account.exporter)[*].email)
+  operator_service_account = local.environment_accounts.operator
   oncall                   = var.oncall
-  push_service_account     = google_service_account.push.email
-  smoke_service_account    = google_service_account.smoke.email
-  deployer_member          = google_service_account.deployer.member
-  terraform_apply_member   = google_service_account.terraform_apply.member
-  metric_types             = { for name, d in google_monitoring_metric_descriptor.workload : name => d.type }
+  deployer_member          = local.deployer_member
+  terraform_apply_member   = local.apply_member
+  metric_types             = module.metrics.types
 
-  # Pub/Sub checks it may sign as the push account when a push subscription is created.
   depends_on = [
     google_project_service.enabled,
-    google_service_account_iam_member.pubsub_mints_push_token,
-    google_service_account_iam_member.terraform_apply_acts_as_push,
+    module.metrics,
   ]
-}
-
-# The identities every system shares came out of the default system's module: the
-# default system's accounts and grants become the environment's, nothing is destroyed.
-# (Other systems' own push and smoke accounts are deleted: nothing else uses them.)
-moved {
-  from = module.system["recordline"].google_service_account.push
-  to   = google_service_account.push
-}
-
-moved {
-  from = module.system["recordline"].google_service_account.smoke
-  to   = google_service_account.smoke
-}
-
-moved {
-  from = module.system["recordline"].google_service_account_iam_member.pubsub_mints_push_token
-  to   = google_service_account_iam_member.pubsub_mints_push_token
-}
-
-moved {
-  from = module.system["recordline"].google_service_account_iam_member.deployer_mints_smoke_tokens
-  to   = google_service_account_iam_member.deployer_mints_smoke_tokens
-}
-
-moved {
-  from = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as["push"]
-  to   = google_service_account_iam_member.terraform_apply_acts_as_push
 }
 
 # A deployment made before systems were modules keeps every resource: each moves to
@@ -207,53 +160,8 @@ moved {
 }
 
 moved {
-  from = google_cloud_run_v2_service.recordline
-  to   = module.system["recordline"].google_cloud_run_v2_service.recordline
-}
-
-moved {
-  from = google_monitoring_dashboard.recordline
-  to   = module.system["recordline"].google_monitoring_dashboard.recordline
-}
-
-moved {
   from = google_bigquery_dataset_iam_member.runtime_writes_dataset
   to   = module.system["recordline"].google_bigquery_dataset_iam_member.runtime_writes_dataset
-}
-
-moved {
-  from = google_project_iam_member.runtime
-  to   = module.system["recordline"].google_project_iam_member.runtime
-}
-
-moved {
-  from = google_cloud_run_v2_service_iam_member.push_invoker
-  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.push_invoker
-}
-
-moved {
-  from = google_cloud_run_v2_service_iam_member.reader_invokers
-  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.reader_invokers
-}
-
-moved {
-  from = google_cloud_run_v2_service_iam_member.smoke_invoker
-  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.smoke_invoker
-}
-
-moved {
-  from = google_cloud_run_v2_service_iam_member.deployer_deploys
-  to   = module.system["recordline"].google_cloud_run_v2_service_iam_member.deployer_deploys
-}
-
-moved {
-  from = google_service_account_iam_member.deployer_acts_as_runtime
-  to   = module.system["recordline"].google_service_account_iam_member.deployer_acts_as_runtime
-}
-
-moved {
-  from = google_service_account_iam_member.terraform_apply_acts_as
-  to   = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as
 }
 
 moved {
@@ -296,48 +204,297 @@ moved {
   to   = module.system["recordline"].google_bigquery_table_iam_member.pubsub_writes_dead_letters
 }
 
+
+# --- a deployment made before cells --------------------------------------------------
+#
+# Its state becomes its first cell's, named service_name (infra/README.md, "An
+# environment set up before cells"): what was the default system's and is now the
+# cell's moves to the cell, the shared push account back to that system, and nothing
+# holding data moves at all. Every other system's service is deleted once the cell
+# serves it (its traffic is the cell's from that apply on).
 moved {
-  from = google_secret_manager_secret.page_token
-  to   = module.system["recordline"].google_secret_manager_secret.page_token
+  from = module.system["recordline"].google_cloud_run_v2_service.recordline
+  to   = google_cloud_run_v2_service.ingest
 }
 
 moved {
-  from = google_secret_manager_secret_version.page_token
-  to   = module.system["recordline"].google_secret_manager_secret_version.page_token
+  from = module.system["recordline"].google_service_account.runtime
+  to   = google_service_account.runtime
 }
 
 moved {
-  from = google_secret_manager_secret_iam_member.runtime_reads_page_token
-  to   = module.system["recordline"].google_secret_manager_secret_iam_member.runtime_reads_page_token
+  from = module.system["recordline"].google_secret_manager_secret.page_token
+  to   = google_secret_manager_secret.page_token
 }
 
 moved {
-  from = time_sleep.iam_propagation
-  to   = module.system["recordline"].time_sleep.iam_propagation
+  from = module.system["recordline"].google_secret_manager_secret_version.page_token
+  to   = google_secret_manager_secret_version.page_token
 }
 
 moved {
-  from = google_service_account.runtime
-  to   = module.system["recordline"].google_service_account.runtime
+  from = module.system["recordline"].google_secret_manager_secret_iam_member.runtime_reads_page_token
+  to   = google_secret_manager_secret_iam_member.runtime_reads_page_token
 }
 
 moved {
-  from = google_monitoring_custom_service.recordline
-  to   = module.system["recordline"].google_monitoring_custom_service.recordline
+  from = module.system["recordline"].google_monitoring_custom_service.recordline
+  to   = google_monitoring_custom_service.cell
 }
 
 moved {
-  from = google_monitoring_slo.availability
-  to   = module.system["recordline"].google_monitoring_slo.availability
+  from = google_service_account.push
+  to   = module.system["recordline"].google_service_account.push
 }
 
 moved {
-  from = google_monitoring_slo.read_latency
-  to   = module.system["recordline"].google_monitoring_slo.read_latency
+  from = google_service_account_iam_member.pubsub_mints_push_token
+  to   = module.system["recordline"].google_service_account_iam_member.pubsub_mints_push_token
 }
 
 moved {
-  from = google_monitoring_slo.freshness
-  to   = module.system["recordline"].google_monitoring_slo.freshness
+  from = google_service_account_iam_member.terraform_apply_acts_as_push
+  to   = module.system["recordline"].google_service_account_iam_member.terraform_apply_acts_as_push
+}
+
+# The environment's own resources are the environment root's now (environment/): each is
+# moved into its state before this one is applied (`terraform state mv`, the commands in
+# infra/README.md). Should one be left here, it is forgotten, never destroyed.
+removed {
+  from = google_artifact_registry_repository.images
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_artifact_registry_repository_iam_member.deployer_pushes_images
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_iam_workload_identity_pool.github
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_iam_workload_identity_pool_provider.github
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account_iam_member.github_plans
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account_iam_member.github_workload_identity
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account.deployer
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account.terraform_plan
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account.terraform_apply
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account.operator
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account.smoke
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account_iam_member.deployer_mints_smoke_tokens
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_service_account_iam_member.oncall_acts_as_operator
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_storage_bucket_iam_member.deployer_reads_state
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_storage_bucket_iam_member.terraform_plan_reads_state
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_storage_bucket_iam_member.terraform_apply_owns_state
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_member.terraform_plan_logging
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_custom_role.terraform_plan_logging
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_custom_role.runtime
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_binding.runtime
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_monitoring_metric_descriptor.workload
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_monitoring_dashboard.fleet
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_monitoring_alert_policy.page
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_monitoring_alert_policy.ticket
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_logging_project_exclusion.successful_pushes
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_member.terraform_plan
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_member.terraform_apply
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_member.operator
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_member.oncall_looks
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_project_iam_custom_role.operator_scheduler
+  lifecycle {
+    destroy = false
+  }
+}
+
+# The exporter pool's grants of a deployment made before cells, under the names the
+# cell gives them (the same members, the same role: nothing is granted twice or lost).
+moved {
+  from = google_cloud_run_v2_worker_pool_iam_member.deployer_deploys_exporter["recordline"]
+  to   = google_cloud_run_v2_worker_pool_iam_member.developers["recordline deployer"]
+}
+
+moved {
+  from = google_cloud_run_v2_worker_pool_iam_member.operator_runs_exporter["recordline"]
+  to   = google_cloud_run_v2_worker_pool_iam_member.developers["recordline operator"]
+}
+
+# The serving tier's alerts of a deployment made before cells are the environment's to
+# replace (its instance tickets and pages): its state destroys them, never the cell's.
+removed {
+  from = google_monitoring_alert_policy.spanner_cpu
+  lifecycle {
+    destroy = false
+  }
+}
+
+removed {
+  from = google_monitoring_alert_policy.spanner_storage
+  lifecycle {
+    destroy = false
+  }
 }
 

@@ -2,30 +2,45 @@
 
 variable "project_id" {
   type        = string
-  description = "Google Cloud project that holds this environment (one project per environment)."
+  description = "Google Cloud project of this cell: the environment's, or one of its own once the environment's project is full (environment/cells.tf sums what each project holds)."
+}
+
+variable "environment_project_id" {
+  type        = string
+  description = <<-EOT
+    The environment's project, where its accounts (deploy, plan, apply, operator,
+    smoke), images and alerts are (infra/terraform/environment): empty for project_id,
+    the cell being in the environment's project. A cell in a project of its own enables
+    its APIs, makes the metric descriptors and grants the environment's accounts what
+    they need there.
+  EOT
+  default     = ""
+}
+
+variable "cell" {
+  type        = string
+  description = <<-EOT
+    The cell's name (RECORDLINE_CELL; its file env/<environment>/<cell>.tfvars.json and
+    its state's prefix): its ingest service, its exporter pool (<cell>-exporter), jobs
+    (<cell>-export, <cell>-ops), accounts (<cell>-run, <cell>-exporter) and Spanner
+    instances (<cell>-serving, -serving-2, ...). Empty: service_name, which keeps the
+    names a single deployment had.
+  EOT
+  default     = ""
+
+  # The service's pattern, and short enough for <cell>-exporter as an account id (30).
+  validation {
+    condition     = var.cell == "" || (can(regex("^[a-z][a-z0-9-]{1,18}[a-z0-9]$", var.cell)) && !startswith(var.cell, "goog"))
+    error_message = "cell: 3 to 20 lower-case letters, digits and dashes, a letter first, no dash last, not starting with goog."
+  }
 }
 
 variable "region" {
   type        = string
-  description = "Region of the Cloud Run service and the Artifact Registry repository."
+  description = "Region of the cell's Cloud Run services and jobs, and of its canaries' Scheduler jobs; the region plan moves it (docs/operations.md#losing-a-zone-or-a-region)."
   default     = "europe-west1"
 }
 
-variable "standby_region" {
-  type        = string
-  description = <<-EOT
-    A second region that holds every image too (artifact_registry.tf), where the
-    service moves if its region is lost (docs/operations.md#losing-a-zone-or-a-region):
-    empty for none. With a multi-region spanner_config (eur3) that covers both regions,
-    no acknowledged message waits for the lost region to come back.
-  EOT
-  default     = ""
-
-  validation {
-    condition     = var.standby_region == "" || (can(regex("^[a-z]+-[a-z]+[0-9]+$", var.standby_region)) && var.standby_region != var.region)
-    error_message = "standby_region must be empty or a region (such as europe-west4) other than region."
-  }
-}
 
 variable "environment" {
   type        = string
@@ -41,8 +56,8 @@ variable "service_name" {
   type        = string
   description = <<-EOT
     Name of the image, the prefix of the environment's own accounts
-    (<name>-deploy, -tf-plan, -tf-apply, -operator), and the system a configuration
-    without `systems` runs.
+    (<name>-deploy, -tf-plan, -tf-apply, -operator, -smoke: the environment root's),
+    the cell's name when `cell` is empty, and the system a cell without `systems` runs.
   EOT
   default     = "recordline"
 
@@ -61,13 +76,13 @@ variable "service_name" {
 variable "placeholder_image" {
   type        = string
   description = <<-EOT
-    Image of a new system's first revision, before any Recordline image is deployed to
-    it: a public Python image running modules/system/placeholder.py, which answers
-    503 to every push (Pub/Sub keeps the messages) and 200 to Cloud Run's probes.
-    Deploys replace it (deploy-system.yml) and Terraform ignores it afterwards. It runs
-    as the system's runtime account, so it is pinned by digest: the base image the
-    service's own Dockerfile pins (a test keeps the two equal), whose only code that
-    runs is the interpreter, on placeholder.py.
+    Image of a new cell's first revisions, before any Recordline image is deployed to
+    it: a public Python image running placeholder.py (the ingest service: 503 to every
+    push, so Pub/Sub keeps the messages, and 200 to Cloud Run's probes) and
+    exporter_placeholder.py (the exporter pool: waits). Deploys replace it
+    (deploy-cell.yml) and Terraform ignores it afterwards. It runs as the cell's
+    accounts, so it is pinned by digest: the base image the service's own Dockerfile
+    pins (a test keeps the two equal), whose only code that runs is the interpreter.
   EOT
   default     = "docker.io/library/python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d"
 
@@ -98,12 +113,86 @@ variable "concurrency" {
 
 variable "min_instances" {
   type        = number
-  description = "Instances of each system's service kept warm. 0, the default: none at rest, billed by request, and a push after a quiet period waits for an instance to start (docs/operations.md, \"What it costs\"). 1 or more (a system's own `min_instances` in `systems`): its followers' streams and its first push never wait, on instance-based billing."
+  description = <<-EOT
+    Instances of the cell's ingest service kept warm. Its billing follows the cell's
+    declared rate (cell.tf): at or above billing_break_even_rate pushes a second it is
+    instance-based, with at least one instance (CPU always allocated, no fee per
+    request); below it, billed by request, this many (0: none at rest, and a push after
+    a quiet period waits for an instance to start). docs/operations.md, "What it costs".
+  EOT
   default     = 0
 
   validation {
     condition     = var.min_instances >= 0
     error_message = "min_instances must be 0 or more."
+  }
+}
+
+variable "billing_break_even_rate" {
+  type        = number
+  description = <<-EOT
+    Pushes a second above which an ingest instance billed by request costs more than
+    one always on: a push holds an instance billed for at least 100 ms at the
+    request-based rate, plus $0.40 a million requests, against the instance-based rate
+    all the time. 6.6 for 1 vCPU and 1 GiB at list prices (infra/fleet_cost.py, which a
+    test keeps equal to this for the cell's cpu and memory). A cell whose systems
+    declare as much or more (the sum of their `rate`) is billed instance-based.
+  EOT
+  default     = 6.6
+
+  validation {
+    condition     = var.billing_break_even_rate > 0
+    error_message = "billing_break_even_rate must be above 0 (pushes a second)."
+  }
+}
+
+variable "cell_max_systems" {
+  type        = number
+  description = <<-EOT
+    Systems this cell may hold (RECORDLINE_CELL_MAX_SYSTEMS of the service): 100. What
+    bounds it: the cell's plan, first apply and rollout are sized for it
+    (infra/fleet_limits.py), its SLO service holds 500 SLOs (three a system), and its
+    systems' file must fit a secret (64 KiB) and their audiences Cloud Run's 32 KiB.
+  EOT
+  default     = 100
+
+  validation {
+    condition     = var.cell_max_systems >= 1 && var.cell_max_systems <= 166
+    error_message = "cell_max_systems must be 1 to 166: a cell's SLO service holds 500 SLOs, three a system."
+  }
+}
+
+variable "canary_systems" {
+  type        = list(string)
+  description = <<-EOT
+    The systems of this cell a new exporter revision takes first, whose export health
+    (rows moving, lag under export_gate_lag_seconds) a rollout watches for
+    export_soak_seconds before it goes on (deploy-cell.yml), and which its smoke test
+    pushes to: empty for the first two serving systems by name (or the first two
+    systems, where none has `serving`).
+  EOT
+  default     = []
+}
+
+variable "export_soak_seconds" {
+  type        = number
+  description = "How long a rollout watches the canary systems' export before the exporter takes every system, and again before the ingest service is deployed (deploy-cell.yml)."
+  default     = 300
+
+  validation {
+    condition     = var.export_soak_seconds >= 60 && var.export_soak_seconds <= 900
+    error_message = "export_soak_seconds must be 60 to 900: at least a minute of metrics, and within a rollout job's 20 minutes."
+  }
+}
+
+variable "export_gate_lag_seconds" {
+  type        = number
+  description = "The most a canary system's export may lag behind now during a rollout's soak (recordline.export.lag, over the soak): past it, the rollout stops and returns the exporter to what ran before."
+  default     = 120
+
+  validation {
+    condition     = var.export_gate_lag_seconds >= 15
+    error_message = "export_gate_lag_seconds must be at least 15: a takeover alone may take a lease (15 s)."
   }
 }
 
@@ -224,28 +313,13 @@ variable "ack_deadline_margin_seconds" {
   default     = 4
 }
 
-variable "push_audience" {
-  type        = string
-  description = <<-EOT
-    Audience of the OIDC token Pub/Sub attaches to each push, registered as a Cloud Run
-    custom audience. Empty: the push endpoint's URL, https://SERVICE-PROJECT_NUMBER.
-    REGION.run.app/pubsub/push, which is known before the service exists and differs
-    per environment, so a token minted for one environment is refused by the other.
-  EOT
-  default     = ""
-
-  validation {
-    condition     = var.push_audience == "" || startswith(var.push_audience, "https://")
-    error_message = "push_audience must be a full https:// URL (or empty for the push endpoint's URL)."
-  }
-}
 
 variable "read_audience" {
   type        = string
   description = <<-EOT
-    Audience readers put in their ID tokens (RECORDLINE_READ_AUDIENCE), registered as a
-    Cloud Run custom audience. Empty: https://SERVICE-PROJECT_NUMBER.REGION.run.app/v1,
-    one per environment.
+    Audience readers of every system of the cell put in their ID tokens
+    (RECORDLINE_READ_AUDIENCE, the cell's), registered as a Cloud Run custom audience.
+    Empty: https://CELL-PROJECT_NUMBER.REGION.run.app/v1, one per cell and environment.
   EOT
   default     = ""
 
@@ -258,9 +332,10 @@ variable "read_audience" {
 variable "readers" {
   type        = set(string)
   description = <<-EOT
-    Principals allowed to read records: IAM members of the form user:EMAIL,
-    serviceAccount:EMAIL or domain:DOMAIN. They get run.invoker on the service and
-    are listed in RECORDLINE_READ_PRINCIPALS, which the service checks itself.
+    Principals allowed to read records of every system of the cell that names none of
+    its own: IAM members of the form user:EMAIL, serviceAccount:EMAIL or
+    domain:DOMAIN. They get run.invoker on the cell's service and are listed in each
+    system's read_principals, which the cell checks itself.
   EOT
   default     = []
 
@@ -275,11 +350,12 @@ variable "readers" {
 variable "operators" {
   type        = set(string)
   description = <<-EOT
-    Principals who may replay dead letters and rejections in every system (a system's
-    own `operators` replace these): user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN.
-    They are listed in RECORDLINE_OPERATOR_PRINCIPALS, get run.invoker on the service
-    and may pull its dead-letter replay subscription. The operator account
-    (<service_name>-operator, which `oncall` may act as) is always one of them.
+    Principals who may replay dead letters and rejections in every system of the cell
+    (a system's own `operators` replace these): user:EMAIL, serviceAccount:EMAIL or
+    domain:DOMAIN. They are listed in each system's operator_principals, get
+    run.invoker on the cell's service and may pull its dead-letter replay
+    subscription. The operator account (<service_name>-operator, which `oncall` may
+    act as) is always one of them.
   EOT
   default     = []
 
@@ -294,18 +370,17 @@ variable "operators" {
 variable "oncall" {
   type        = set(string)
   description = <<-EOT
-    Who may act as the operator account (<service_name>-operator) to replay in any
-    system: IAM members, groups included (group:oncall@example.com). They get
-    roles/iam.serviceAccountTokenCreator on that account only: an ID token for the
-    service (gcloud auth print-identity-token --impersonate-service-account) and
-    Application Default Credentials for Pub/Sub. docs/operations.md#acting-as-the-operator-account.
+    Who is on call, as the environment's root has them (environment/variables.tf, who
+    may act as the operator account): IAM members, groups included. In a cell they read
+    each system's dead-letter table as themselves, and in a cell's own project they get
+    the project roles to look (project_iam.tf). docs/operations.md#acting-as-the-operator-account.
   EOT
   default     = []
 
   # Without anyone who may act as the operator account, no runbook command works.
   validation {
     condition     = var.environment != "prod" || length(var.oncall) > 0
-    error_message = "prod needs someone on call: list the on-call group (group:...) in oncall in env/prod.tfvars (infra/README.md, step 2)."
+    error_message = "prod needs someone on call: list the on-call group (group:...) in oncall in the cell's file, env/prod/<cell>.tfvars.json, as in the environment's (infra/README.md, step 2)."
   }
 
   validation {
@@ -335,7 +410,7 @@ variable "trace_sample_ratio" {
 
 variable "extra_env" {
   type        = map(string)
-  description = "More environment variables for the service (tuning such as RECORDLINE_BATCH_MAX_ROWS)."
+  description = "More environment variables for the cell's ingest service and exporter pool (tuning such as RECORDLINE_BATCH_MAX_ROWS, or RECORDLINE_DEDUPE_WINDOW_SECONDS, which every system of the cell runs with)."
   default     = {}
 }
 
@@ -442,18 +517,6 @@ variable "query_max_bytes_billed" {
   }
 }
 
-variable "query_bytes_billed_daily_budget" {
-  type        = number
-  description = "Alert when the service's queries bill more than this many bytes in a day (recordline.query.bytes_billed). 1 TiB by default."
-  default     = 1099511627776
-
-  validation {
-    condition     = var.query_bytes_billed_daily_budget > 0
-    error_message = "query_bytes_billed_daily_budget must be greater than 0."
-  }
-}
-
-# --- the serving tier (Spanner) -----------------------------------------------
 
 variable "serving" {
   type        = bool
@@ -522,9 +585,10 @@ variable "binary_json_ratio" {
 variable "spanner_processing_units" {
   type        = number
   description = <<-EOT
-    Compute capacity of the serving tier's instance, shared by every system on it: 100
-    processing units (a tenth of a node) is the smallest and cheapest. Raise it when the
-    Spanner CPU ticket fires (docs/operations.md#spanner-cpu); a change is made online.
+    The least compute capacity of each of the cell's serving instances: 100 processing
+    units (a tenth of a node) is the smallest and cheapest. Each instance also has what
+    its databases and their storage need (spanner.tf), and what
+    spanner_instance_units gives it alone: raise one instance there, not every one here.
   EOT
   default     = 100
 
@@ -541,15 +605,49 @@ variable "spanner_processing_units" {
 variable "serving_rate" {
   type        = number
   description = <<-EOT
-    Messages per second, on average, a system with `serving` takes, unless its own
-    `rate` says: with serving_message_bytes, what the instance is sized by for storage
-    (spanner.tf). Declare each system's own where it differs.
+    Messages per second, on average, each system declares unless its own `rate` says:
+    what its Spanner instance is sized by for storage (spanner.tf, with
+    serving_message_bytes), what the cell's billing follows (the sum over its systems,
+    against billing_break_even_rate) and each system's share of admission (its `rate`
+    in RECORDLINE_SYSTEMS). Declare each system's own where it differs.
   EOT
   default     = 10
 
   validation {
     condition     = var.serving_rate > 0
     error_message = "serving_rate must be greater than 0 (messages per second)."
+  }
+}
+
+variable "spanner_instance_units" {
+  type        = map(number)
+  description = <<-EOT
+    Processing units of one serving instance alone, by its name (<cell>-serving,
+    <cell>-serving-2, ...), above what spanner.tf sizes it at: what on-call raised it to
+    by hand (docs/operations.md#adding-spanner-capacity-now), merged. Each a size
+    Spanner takes: 100 to 900 in steps of 100, then whole nodes of 1000.
+  EOT
+  default     = {}
+
+  validation {
+    condition     = alltrue([for units in values(var.spanner_instance_units) : (units >= 100 && units < 1000 && units % 100 == 0) || (units >= 1000 && units % 1000 == 0)])
+    error_message = "Each of spanner_instance_units must be 100 to 900 in steps of 100, or a multiple of 1000 (1,800 is not a size Spanner takes: 2,000 is)."
+  }
+}
+
+variable "spanner_live_units" {
+  type        = map(number)
+  description = <<-EOT
+    The processing units each serving instance has now, by name, read by the plan job
+    before it plans (terraform-environment.yml; empty when planned by hand): a plan never
+    gives an instance fewer than it has, so capacity on-call added by hand stays until
+    merged, and no apply meanwhile is refused for it.
+  EOT
+  default     = {}
+
+  validation {
+    condition     = alltrue([for units in values(var.spanner_live_units) : (units >= 100 && units < 1000 && units % 100 == 0) || (units >= 1000 && units % 1000 == 0)])
+    error_message = "Each of spanner_live_units must be a size Spanner takes: 100 to 900 in steps of 100, or a multiple of 1000."
   }
 }
 
@@ -585,72 +683,24 @@ variable "spanner_recovery_hours" {
 
 variable "artifact_repository_id" {
   type        = string
-  description = "Artifact Registry repository the deploy workflow pushes images to."
+  description = "Artifact Registry repository of the environment (its project, this cell's region) that the cell's services run images from; a cell in a project of its own grants its Cloud Run agent reading it."
   default     = "recordline"
 }
 
-variable "kept_image_versions" {
-  type        = number
-  description = "Most recent image versions kept in the repository; older ones are deleted (roll back within this window)."
-  default     = 30
-}
 
-# --- GitHub Actions ------------------------------------------------------------
 
-variable "github_owner" {
-  type        = string
-  description = "Owner (user or organisation) of the only GitHub repository whose workflows may authenticate."
 
-  validation {
-    condition     = can(regex("^[A-Za-z0-9-]+$", var.github_owner))
-    error_message = "github_owner must be a GitHub user or organisation name."
-  }
-}
 
-variable "github_repo" {
-  type        = string
-  description = "Name of that repository, without the owner."
 
-  validation {
-    condition     = can(regex("^[A-Za-z0-9._-]+$", var.github_repo))
-    error_message = "github_repo must be a repository name (no owner, no slash)."
-  }
-}
-
-variable "github_repository_id" {
-  type        = string
-  description = "Numeric id of that repository (gh api repos/OWNER/REPO --jq .id): tokens are accepted by id, so a repository created again under the same name is not."
-
-  validation {
-    condition     = can(regex("^[1-9][0-9]*$", var.github_repository_id))
-    error_message = "github_repository_id must be the repository's numeric id: gh api repos/OWNER/REPO --jq .id (infra/README.md, step 2)."
-  }
-}
-
-variable "github_owner_id" {
-  type        = string
-  description = "Numeric id of the repository's owner (gh api repos/OWNER/REPO --jq .owner.id)."
-
-  validation {
-    condition     = can(regex("^[1-9][0-9]*$", var.github_owner_id))
-    error_message = "github_owner_id must be the owner's numeric id: gh api repos/OWNER/REPO --jq .owner.id (infra/README.md, step 2)."
-  }
-}
-
-variable "github_deploy_branch" {
-  type        = string
-  description = "The only branch whose workflows may obtain deploy or apply credentials."
-  default     = "main"
-}
 
 variable "terraform_state_bucket" {
   type        = string
-  description = "GCS bucket of this environment's Terraform state (created at bootstrap, see infra/README.md)."
+  description = "GCS bucket of the environment's Terraform states (created at bootstrap, see infra/README.md), where each cell also writes its directory (directory.tf)."
 }
 
 variable "terraform_apply_roles" {
   type        = set(string)
-  description = "Project roles of the account that applies this configuration from GitHub Actions."
+  description = "Project roles the environment's apply account is granted in a cell's project of its own (in the environment's project, the environment root grants them)."
   default = [
     "roles/artifactregistry.admin",
     "roles/bigquery.admin",
@@ -659,7 +709,7 @@ variable "terraform_apply_roles" {
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
     "roles/logging.configWriter", # the exclusion of successful pushes' request logs
-    "roles/monitoring.editor",
+    "roles/monitoring.admin",     # metrics scopes: each cell project in the environment's
     "roles/pubsub.admin",
     "roles/resourcemanager.projectIamAdmin",
     "roles/run.admin",
@@ -671,102 +721,53 @@ variable "terraform_apply_roles" {
 
 # --- monitoring ----------------------------------------------------------------
 
-variable "notification_channels" {
-  type        = list(string)
-  description = "Notification channel ids (projects/P/notificationChannels/N) that pages go to: one policy per symptom for the whole fleet (fleet.tf); prod needs at least one (infra/README.md)."
-  default     = []
 
-  # An alert without a channel opens an incident nobody hears of.
-  validation {
-    condition     = var.environment != "prod" || length(var.notification_channels) > 0
-    error_message = "prod needs at least one notification channel: create one and list its id in env/prod.tfvars (see infra/README.md)."
-  }
 
-  validation {
-    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
-    error_message = "Each notification channel must be projects/PROJECT/notificationChannels/ID."
-  }
-}
 
-variable "ticket_channels" {
-  type        = list(string)
-  description = "Notification channel ids that tickets go to: each system's own detail of every symptom, and what needs a look in working hours (modules/system/alerts.tf). A system's own ticket_channels replace these."
-  default     = []
-
-  # Dead letters (kept 7 days for replay), the Spanner CPU and every system's tickets go
-  # here unless a system names its own: in prod they must reach someone.
-  validation {
-    condition     = var.environment != "prod" || length(var.ticket_channels) > 0
-    error_message = "prod needs at least one ticket channel: create one and list its id in ticket_channels in env/prod.tfvars (infra/README.md, step 3)."
-  }
-
-  validation {
-    condition     = alltrue([for c in var.ticket_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
-    error_message = "Each ticket channel must be projects/PROJECT/notificationChannels/ID."
-  }
-}
-
-variable "alert_min_events" {
-  type        = number
-  description = <<-EOT
-    A ratio (an SLO's burn rate) is judged only over at least this many requests,
-    messages or reads in its long window: at canary-level traffic one 503 among sixty
-    pushes an hour is not an outage. A system that is down altogether still pages:
-    its backlog and its canary do.
-  EOT
-  default     = 100
-
-  validation {
-    condition     = var.alert_min_events >= 1
-    error_message = "alert_min_events must be at least 1."
-  }
-}
+# --- service level objectives ----------------------------------------------------
 
 variable "availability_goal" {
   type        = number
-  description = "Share of push and read requests that must not fail with a 5xx."
+  description = "Share of each system's pushes and reads that must not be answered 5xx (its SLO: modules/system/slos.tf)."
   default     = 0.999
 }
 
 variable "read_latency_goal" {
   type        = number
-  description = "Share of reads that must be answered within read_latency_threshold_seconds."
+  description = "Share of each system's reads that must be answered within read_latency_threshold_seconds."
   default     = 0.95
 }
 
 variable "read_latency_threshold_seconds" {
   type        = number
   description = <<-EOT
-    Bound of the read-latency SLO on recordline.read.duration (request to response,
-    probes left out), in seconds; a bucket boundary of that histogram. 5 s: a read on BigQuery runs one to three
-    queries one after the other, each hundreds of milliseconds to seconds
-    (docs/operations.md#slis-and-slos).
+    Bound of each system's read-latency SLO (RECORDLINE_SLO_READ_LATENCY_SECONDS: the
+    cell counts each user read as good when answered within it, in
+    recordline.slo.events). 5 s: a read on BigQuery runs one to three queries one after
+    the other, each hundreds of milliseconds to seconds (docs/operations.md#slis-and-slos).
   EOT
   default     = 5
 
-  # SECONDS in app/telemetry/metrics.py: a threshold between two boundaries could not
-  # be counted exactly (a test keeps this list equal to the app's).
   validation {
-    condition     = contains([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30], var.read_latency_threshold_seconds)
-    error_message = "read_latency_threshold_seconds must be a bucket boundary of recordline.read.duration (SECONDS in app/telemetry/metrics.py)."
+    condition     = var.read_latency_threshold_seconds > 0
+    error_message = "read_latency_threshold_seconds must be above 0."
   }
 }
 
 variable "freshness_goal" {
   type        = number
-  description = "Share of messages that must be stored within freshness_threshold_seconds of publish."
+  description = "Share of each system's messages that must be stored within freshness_threshold_seconds of publish."
   default     = 0.99
 }
 
 variable "freshness_threshold_seconds" {
   type        = number
-  description = "Publish-to-stored bound of the freshness SLO, in seconds (a bucket boundary of recordline.ingest.lag)."
+  description = "Publish-to-stored bound of each system's freshness SLO (RECORDLINE_SLO_FRESHNESS_SECONDS: the cell counts each stored message as good when stored within it, in recordline.slo.events)."
   default     = 5
 
-  # LAG_SECONDS in app/telemetry/metrics.py (a test keeps this list equal to the app's).
   validation {
-    condition     = contains([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600], var.freshness_threshold_seconds)
-    error_message = "freshness_threshold_seconds must be a bucket boundary of recordline.ingest.lag (LAG_SECONDS in app/telemetry/metrics.py)."
+    condition     = var.freshness_threshold_seconds > 0
+    error_message = "freshness_threshold_seconds must be above 0."
   }
 }
 
@@ -776,60 +777,20 @@ variable "slo_rolling_period_days" {
   default     = 28
 }
 
-variable "oldest_unacked_threshold_seconds" {
-  type        = number
-  description = "Alert when the oldest unacknowledged message on the push subscription is older than this."
-  default     = 120
-}
-
-variable "canary_age_threshold_seconds" {
-  type        = number
-  description = "Alert when the newest canary stored (one is published a minute) was published longer ago than this."
-  default     = 300
-}
-
-variable "export_lag_ticket_seconds" {
-  type        = number
-  description = "Ticket a system with `serving` whose export to BigQuery is further behind now than this (recordline.export.lag): BigQuery's readers miss what Spanner holds."
-  default     = 3600
-}
-
-variable "loop_restarts_ticket_count" {
-  type        = number
-  description = "Ticket a system a background loop of which (the BigQuery store's bell or a writer, the serving tier's exporter, its tail or watermark) restarted more than this many times in 10 minutes, over its instances (recordline.loop.restarts): a failure that happens every time, a bug or a row nothing else contains."
-  default     = 5
-}
-
-variable "export_lag_page_seconds" {
-  type        = number
-  description = <<-EOT
-    Page when a system's export to BigQuery is further behind now than this. Spanner
-    deletes a row retention_days(dedupe window) days after it was written (the window
-    rounded up to days, plus 2: at least 3 days, 9 with the default window), exported or
-    not; a row it deletes before the export reached it is in neither store. The default,
-    6 hours, is beyond what BigQuery's own incidents usually last (the ticket covers
-    those) and leaves at least 66 hours of the shortest retention to act in.
-  EOT
-  default     = 21600
-
-  # At most a third of the shortest retention any system can have (3 days), so a page
-  # leaves at least two days to act in; above the ticket, which comes first.
-  validation {
-    condition     = var.export_lag_page_seconds > var.export_lag_ticket_seconds && var.export_lag_page_seconds <= 86400
-    error_message = "export_lag_page_seconds must be above export_lag_ticket_seconds and at most 86400 (a day, a third of the shortest retention of Spanner's rows): a page must leave time to act before rows are deleted."
-  }
-}
+# --- the cell's systems ------------------------------------------------------------
 
 variable "systems" {
-  description = "Recordline systems in this project, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it). Empty: one system named service_name. Each may override a few settings, `serving` among them."
+  description = "The cell's systems, by name (each a modules/system instance named by its key; its resources, metric label `namespace` and log label `system` carry it, and its paths in the cell, /systems/NAME/...). Empty: one system named service_name. Each may override a few settings, `serving` among them; what the cell's service runs with (instances, extra_env) is the cell's."
   type = map(object({
     readers         = optional(list(string))
     operators       = optional(list(string))
     ticket_channels = optional(list(string))
-    min_instances   = optional(number)
-    max_instances   = optional(number)
-    extra_env       = optional(map(string))
-    serving         = optional(bool)
+    # A system's own instances and environment were its own service's; in a cell they
+    # are the cell's (min_instances, max_instances, extra_env): refused here.
+    min_instances = optional(number)
+    max_instances = optional(number)
+    extra_env     = optional(map(string))
+    serving       = optional(bool)
     # With `serving`: its mean rate (messages/s) and message size (bytes, as published),
     # what the Spanner instance is sized by (serving_rate, serving_message_bytes by
     # default); and, for a BINARY topic, the size of a message's data as the JSON it
@@ -838,10 +799,11 @@ variable "systems" {
     rate          = optional(number)
     message_bytes = optional(number)
     json_bytes    = optional(number)
-    # With `serving`: the Spanner instance its database is on, 1 (<service_name>-serving)
-    # unless the first is full: an instance holds at most 90 of this configuration's
-    # databases, and the systems added past that name 2 (<service_name>-serving-2), and
-    # so on. Never changed once the database exists: it would be replaced.
+    # With `serving`: the Spanner instance of the cell its database is on, 1
+    # (<cell>-serving) unless the first is full: an instance holds at most 90 of this
+    # configuration's databases, and the systems added past that name 2
+    # (<cell>-serving-2), and so on. Never changed once the database exists: it would be
+    # replaced.
     spanner_instance = optional(number)
     # The topic's schema (README, "Your topic, your schema"): its definition, a file in
     # this repository (a path from its root); AVRO or PROTOCOL_BUFFER; the encoding
@@ -867,7 +829,7 @@ variable "systems" {
   default = {}
 
   # The limits every resource named after a system meets: 3 characters at least (its
-  # topic), 24 at most (its longest service account, <name>-smoke, has 30); lower-case
+  # topic), 24 at most (its push account, <name>-push, fits 30 with room); lower-case
   # letters, digits and dashes, a letter first and no dash last (Cloud Run); not
   # starting with goog (Pub/Sub refuses such topics); not ending in -dead-letter, the
   # suffix of every system's dead-letter topic.
@@ -880,9 +842,10 @@ variable "systems" {
   }
 
   # The system a configuration without `systems` runs (named service_name) already
-  # exists: a map without it would destroy it. Keep it, or retire it on purpose.
+  # exists in the cell of that name: a map without it would destroy it. Keep it, or
+  # retire it on purpose. (Another cell never had it.)
   validation {
-    condition     = length(var.systems) == 0 || contains(keys(var.systems), var.service_name) || contains(var.retired_systems, var.service_name)
+    condition     = length(var.systems) == 0 || contains(keys(var.systems), var.service_name) || contains(var.retired_systems, var.service_name) || (var.cell != "" && var.cell != var.service_name)
     error_message = "systems must keep the system named service_name (the one a configuration without systems runs): leaving it out destroys it. Add it to systems, or retire it as docs/operations.md#retiring-a-system says."
   }
 
@@ -965,17 +928,37 @@ variable "systems" {
     error_message = "A system with a schema or an id_field needs canary_file: one message in its topic's shape, with its record id where id_field says (README, \"Pointing Recordline at an existing topic\")."
   }
 
-  # Every system has a service account of its own (its runtime account) and the
-  # environment six (deploy, tf-plan, tf-apply, operator, push, smoke), seven with the
-  # exporter service's once a system has `serving`: a plan with
-  # more systems than the project may hold accounts for is refused here, before it
-  # creates any, rather than failing part-way through the apply.
+  # A system's own readers and operators, as the service checks principals: it cannot
+  # check a group's membership (the cell's readers and operators say the same).
   validation {
-    condition = max(length(var.systems), 1) + 6 + (anytrue(concat(
-      [length(var.systems) == 0 && var.serving],
-      [for s in values(var.systems) : s.serving != null ? s.serving : var.serving],
-    )) ? 1 : 0) <= var.service_account_quota
-    error_message = "More systems than the project's service-account quota holds: each system has one account and the environment 6, and 7 once a system has `serving` (the exporter service's). Raise the quota (https://cloud.google.com/iam/quotas) and service_account_quota with it, or split the systems across projects."
+    condition = alltrue(flatten([
+      for s in values(var.systems) : [
+        for m in concat(coalesce(s.readers, []), coalesce(s.operators, [])) : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
+      ]
+    ]))
+    error_message = "Each of a system's readers and operators must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN: the service cannot check group membership."
+  }
+
+  # A cell's systems share its service: what it runs with is the cell's.
+  validation {
+    condition     = alltrue([for s in values(var.systems) : s.min_instances == null && s.max_instances == null && s.extra_env == null])
+    error_message = "A system's min_instances, max_instances and extra_env are its cell's now: set them for the cell (min_instances, max_instances, extra_env), or put the system in a cell of its own."
+  }
+
+  # A cell holds at most cell_max_systems systems (cell_max_systems says why).
+  validation {
+    condition     = length(var.systems) <= var.cell_max_systems
+    error_message = "More systems than one cell holds (cell_max_systems, ${var.cell_max_systems}): put the next ones in a new cell, env/${var.environment}/<cell>.tfvars.json (infra/README.md, \"Cells\")."
+  }
+
+  # Every system has a service account of its own (its push account), the cell two (its
+  # runtime and exporter accounts), and the environment five in its own project: a plan
+  # with more than the project may hold is refused here, before it creates any, rather
+  # than failing part-way through the apply. (The environment's plan checks every cell of
+  # a project together: environment/cells.tf.)
+  validation {
+    condition     = max(length(var.systems), 1) + 2 + (var.environment_project_id == "" || var.environment_project_id == var.project_id ? 5 : 0) <= var.service_account_quota
+    error_message = "More systems than the project's service-account quota holds: each system has one account, the cell two, the environment five in its own project. Raise the quota (https://cloud.google.com/iam/quotas: ask for 200 for a cell of 100 systems) and service_account_quota with it, or put the cell in a project of its own."
   }
 
   # A retired system's topics and dataset are still there (prevent_destroy kept them).
@@ -988,11 +971,11 @@ variable "systems" {
 variable "service_account_quota" {
   type        = number
   description = <<-EOT
-    Service accounts the project may hold: 100 by default
+    Service accounts the cell's project may hold: 100 by default
     (https://cloud.google.com/iam/quotas, "Service accounts per project"), more once a
-    quota increase is granted. With one account per system and six for the
-    environment, 94 systems fit by default; 93 once a system has `serving` (the
-    exporter service has an account of its own).
+    quota increase is granted. One account a system, two the cell, five the
+    environment's in its own project: 93 systems fit by default in the environment's
+    project, 98 in a project of the cell's own; 200 holds a full cell.
   EOT
   default     = 100
 }

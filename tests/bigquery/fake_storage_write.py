@@ -621,7 +621,14 @@ class FakeBigQueryWrite:
                 return
             table = table_of(stream)
             name = table.rsplit("/", 1)[-1]
-            fault = self.faults[name].popleft() if self.faults[name] else self.broken.get(name)
+            # A fault of one dataset's table (its whole path), else of every table so named.
+            fault = (
+                self.faults[table].popleft()
+                if self.faults[table]
+                else self.faults[name].popleft()
+                if self.faults[name]
+                else self.broken.get(table) or self.broken.get(name)
+            )
             app_stream = self.streams.get(stream) or self._forgotten.get(stream)
             if fault is None and app_stream is not None and app_stream.gone is not None:
                 fault = app_stream.gone

@@ -263,22 +263,28 @@ def sequence(producer: str, epoch: int, number: int) -> str:
 def producer_copies() -> list[dict[str, Any]]:
     return [
         # A publisher's retry: another message id, published and stored later.
-        row("p1", SINCE + HOUR, attributes=sequence("a", 0, 1)),
-        row("p2", SINCE + 2 * HOUR, attributes=sequence("a", 0, 1)),
+        row("p1", SINCE + HOUR, attributes=sequence("a", 0, 1), id="a/0/1"),
+        row("p2", SINCE + 2 * HOUR, attributes=sequence("a", 0, 1), id="a/0/1"),
         # Its first copy before the range, within the window: none in the range.
-        row("p3", SINCE - 3 * HOUR, attributes=sequence("a", 0, 2)),
-        row("p4", SINCE + HOUR, attributes=sequence("a", 0, 2)),
+        row("p3", SINCE - 3 * HOUR, attributes=sequence("a", 0, 2), id="a/0/2"),
+        row("p4", SINCE + HOUR, attributes=sequence("a", 0, 2), id="a/0/2"),
         # Its first copy before the window: as far as reads go, another message.
-        row("p5", SINCE - 2 * DAY, attributes=sequence("a", 0, 3)),
-        row("p6", SINCE + HOUR, attributes=sequence("a", 0, 3)),
+        row("p5", SINCE - 2 * DAY, attributes=sequence("a", 0, 3), id="a/0/3"),
+        row("p6", SINCE + HOUR, attributes=sequence("a", 0, 3), id="a/0/3"),
         # The same sequence of another epoch, or of another producer: other messages.
-        row("p7", SINCE + HOUR, attributes=sequence("a", 1, 1)),
-        row("p8", SINCE + HOUR, attributes=sequence("b", 0, 1)),
+        row("p7", SINCE + HOUR, attributes=sequence("a", 1, 1), id="a/1/1"),
+        row("p8", SINCE + HOUR, attributes=sequence("b", 0, 1), id="b/0/1"),
         # Two copies stored at the same instant: the lesser message id.
-        row("p9", SINCE + 4 * HOUR, attributes=sequence("c", 0, 0)),
-        row("p10", SINCE + 4 * HOUR, attributes=sequence("c", 0, 0)),
+        row("p9", SINCE + 4 * HOUR, attributes=sequence("c", 0, 0), id="c/0/0"),
+        row("p10", SINCE + 4 * HOUR, attributes=sequence("c", 0, 0), id="c/0/0"),
         # The retry delivered twice itself: still left out.
-        row("p2", SINCE + 2 * HOUR + SECOND, attributes=sequence("a", 0, 1)),
+        row("p2", SINCE + 2 * HOUR + SECOND, attributes=sequence("a", 0, 1), id="a/0/1"),
+        # Another message under a taken sequence (another record, or other attributes):
+        # a conflict, kept, as a serving tier stores it.
+        row("p11", SINCE + 3 * HOUR, attributes=sequence("a", 0, 1), id="other"),
+        row(
+            "p12", SINCE + 3 * HOUR, attributes=sequence("a", 0, 1)[:-1] + ', "x": "y"}', id="a/0/1"
+        ),
     ]
 
 
@@ -292,7 +298,7 @@ async def test_it_leaves_out_a_publishers_later_copies_which_the_services_pages_
     answer = query(jobs_fake, callable_sql(routine_body(WINDOW), "u.message_id"), SINCE, UNTIL)
     found = {r["f"][0]["v"] for r in answer.get("rows", [])}
     plain = {m for m, _ in first_copies(copies(), SINCE, UNTIL, WINDOW)}
-    assert found == plain | {"p1", "p6", "p7", "p8", "p10"}
+    assert found == plain | {"p1", "p6", "p7", "p8", "p10", "p11", "p12"}
     # BigQuery alone, the service's own pages leave out copies of a message id only:
     # a publisher's retry is there under its own id (a serving tier never stores it).
     store = await make_store(QuerySettings(dedupe_window_seconds=WINDOW))
@@ -334,12 +340,13 @@ def test_its_bill_stays_within_the_range_and_the_window_before_it() -> None:
 
     def scanned(whole: Callable[[int], bool], keys: Callable[[int], bool]) -> int:
         """Three scans: every column of the rows `whole` holds, message_id and
-        ingest_time of those `keys` holds, and ingest_time and attributes of those
-        (where an earlier copy of a producer's sequence may lie)."""
+        ingest_time of those `keys` holds, and ingest_time, id, timestamp and attributes
+        of those (where an earlier copy of a producer's sequence may lie)."""
+        sequenced = ["ingest_time", "id", "timestamp", "attributes"]
         return stream.weight * sum(
             (size(r, list(kinds)) if whole(r["ingest_time"]) else 0)
             + (size(r, ["message_id", "ingest_time"]) if keys(r["ingest_time"]) else 0)
-            + (size(r, ["ingest_time", "attributes"]) if keys(r["ingest_time"]) else 0)
+            + (size(r, sequenced) if keys(r["ingest_time"]) else 0)
             for r in stream.records
         )
 

@@ -94,7 +94,8 @@ def holders(emulator: SpannerEmulator, databases: dict[str, str]) -> dict[str, i
         with db.snapshot() as snapshot:
             rows = list(
                 snapshot.execute_sql(
-                    "SELECT holder FROM export_lease WHERE expires > CURRENT_TIMESTAMP()"
+                    "SELECT holder FROM export_lease "
+                    "WHERE name = 'bigquery' AND expires > CURRENT_TIMESTAMP()"
                 )
             )
         found[system] = int(standing_of(rows[0][0])[1].split("/")[-2]) if rows else None

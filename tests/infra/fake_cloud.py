@@ -80,6 +80,8 @@ VALUE_FLAGS = {
     "--processing-units",
     "--job",
     "--order",
+    "--update-env-vars",
+    "--worker-pool",
 }
 SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email", "--wait"}
 RUN_FLAGS = {"--project", "--region", "--format", "--quiet", "--impersonate-service-account"}
@@ -187,7 +189,8 @@ PROJECT = ("project", "")
 def acting(world: World, flags: dict[str, Any], command: str, *, id_token: bool = False) -> str:
     """The principal a command runs as: the credentials, or the account impersonated."""
     principal = str(world["principal"])
-    account = flags.get("--impersonate-service-account")
+    # The flag, else gcloud's auth/impersonate_service_account (`gcloud config set`).
+    account = flags.get("--impersonate-service-account") or world.data.get("impersonate")
     if account is None:
         return principal
     # Impersonation is a short-lived credential of the account, asked for by the caller:
@@ -311,13 +314,20 @@ def show(value: Any, fmt: str | None, command: str) -> None:
     match = re.fullmatch(r"(value|yaml)\((.+)\)", fmt or "")
     if not match:
         fail(f"fake gcloud: output format {fmt!r} of {command} is not modelled", 3)
-    kind, path = match.groups()
-    found: Any = value
-    for part in path.split("."):
-        if not isinstance(found, dict) or part not in found:
-            fail(f"fake gcloud: {path} is not in what {command} describes", 3)
-        found = found[part]
-    print(json.dumps(found, indent=2) if kind == "yaml" else found)
+    kind, paths = match.groups()
+    for path in paths.split(","):
+        found: Any = value
+        for part in path.strip().split("."):
+            if not isinstance(found, dict) or part not in found:
+                fail(f"fake gcloud: {path} is not in what {command} describes", 3)
+            found = found[part]
+        print(
+            json.dumps({path.strip(): found}, indent=2)
+            if kind == "yaml" and "," in paths
+            else json.dumps(found, indent=2)
+            if kind == "yaml"
+            else found
+        )
 
 
 def run_deploy(world: World, args: list[str]) -> None:
@@ -433,34 +443,88 @@ def may_pool(world: World, name: str, principal: str, permission: str, command: 
         denied(command, permission, principal, f"workerPools/{name}")
 
 
+def _split(pool: dict[str, Any]) -> list[tuple[str, int]]:
+    """The pool's instance split: (revision, percent), "LATEST" for the newest ready."""
+    split = pool["split"]
+    if split == "latest":
+        return [("LATEST", 100)]
+    if isinstance(split, str):  # pinned whole to one revision
+        return [(split, 100)]
+    return [(str(revision), int(percent)) for revision, percent in split]
+
+
+def _ready(world: World, pool: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in pool["revisions"] if r["digest"] not in world["broken_digests"]]
+
+
 def pool_status(world: World, name: str, pool: dict[str, Any]) -> dict[str, Any]:
     """The worker pool as `describe --format=json` shows it (the v2 WorkerPool)."""
     path = f"projects/{world['project']}/locations/{world['region']}/workerPools/{name}"
-    ready = [r for r in pool["revisions"] if r["digest"] not in world["broken_digests"]]
+    ready = _ready(world, pool)
     newest = pool["revisions"][-1]
+    env = [{"name": k, "value": v} for k, v in sorted((newest.get("env") or {}).items())]
     return {
         "name": path,
         "template": {
             "containers": [
-                {"image": newest["image"], "command": newest["command"], "args": newest["args"]}
+                {
+                    "image": newest["image"],
+                    "command": newest["command"],
+                    "args": newest["args"],
+                    "env": env,
+                }
             ]
         },
         "latestCreatedRevision": f"{path}/revisions/{newest['name']}",
         "latestReadyRevision": f"{path}/revisions/{ready[-1]['name']}" if ready else "",
         "instanceSplits": [
-            {"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}
-            if pool["split"] == "latest"
-            else {"revision": pool["split"], "percent": 100}
+            {"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": percent}
+            if revision == "LATEST"
+            else {
+                "type": "INSTANCE_SPLIT_ALLOCATION_TYPE_REVISION",
+                "revision": revision,
+                "percent": percent,
+            }
+            for revision, percent in _split(pool)
         ],
     }
 
 
-def running(world: World, pool: dict[str, Any]) -> str:
-    """The revision the pool's instances run: the pinned one, or the newest ready one."""
-    if pool["split"] != "latest":
-        return str(pool["split"])
-    ready = [r for r in pool["revisions"] if r["digest"] not in world["broken_digests"]]
-    return str(ready[-1]["name"]) if ready else ""
+def running(world: World, pool: dict[str, Any]) -> list[dict[str, Any]]:
+    """The revisions the pool's instances run: those the split gives instances, the
+    newest ready one for LATEST."""
+    ready = _ready(world, pool)
+    names = []
+    for revision, percent in _split(pool):
+        if percent > 0:
+            names.append(ready[-1]["name"] if revision == "LATEST" and ready else revision)
+    return [r for r in pool["revisions"] if r["name"] in names]
+
+
+def exports(world: World, pool: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Which running revision exports each of the pool's systems, and how: every
+    revision claims the systems its file names (RECORDLINE_SYSTEMS: the pool's full
+    file, or its canary systems'), and the newest code takes each lease
+    (app/store/spanner/ledger.py ranks code versions), even when it then fails to
+    export: a digest in the world's `stalled_digests` holds its leases and exports
+    nothing. The placeholder exports nothing and claims nothing. Each system's export,
+    as its metrics say it: job (the revision's OTEL_SERVICE_NAME), lag (s) and rows
+    exported over a soak."""
+    found: dict[str, dict[str, Any]] = {}
+    for revision in running(world, pool):  # oldest first: the newest claims last
+        if revision["command"] == ["python3"]:
+            continue
+        env = revision.get("env") or {}
+        reads = pool["files"].get(env.get("RECORDLINE_SYSTEMS", ""), [])
+        stalled = revision["digest"] in world.data.get("stalled_digests", [])
+        for system in reads:
+            found[system] = {
+                "revision": revision["name"],
+                "job": env.get("OTEL_SERVICE_NAME", ""),
+                "lag": 3600.0 if stalled else 2.0,
+                "rows": 0.0 if stalled else 300.0,
+            }
+    return found
 
 
 def worker_pools(world: World, verb: str, args: list[str]) -> None:
@@ -468,7 +532,7 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
     (name,), flags = parse(args, command)
     extra = {
         "describe": set(),
-        "deploy": {"--image", "--command", "--args"},
+        "deploy": {"--image", "--command", "--args", "--update-env-vars"},
         "update-instance-split": {"--to-latest", "--to-revisions"},
     }[verb]
     allow(command, flags, RUN_FLAGS | extra)
@@ -485,10 +549,18 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
         if flags.get("--to-latest"):
             pool["split"] = "latest"
         else:
-            revision, _, percent = str(flags.get("--to-revisions", "")).partition("=")
-            if revision not in {r["name"] for r in pool["revisions"]} or percent != "100":
-                fail(f"ERROR: (gcloud.{command}) no such revision split: {revision}={percent}")
-            pool["split"] = revision
+            split = []
+            names = {r["name"] for r in pool["revisions"]}
+            for part in str(flags.get("--to-revisions", "")).split(","):
+                revision, _, percent = part.partition("=")
+                if revision not in names:
+                    fail(f"ERROR: (gcloud.{command}) Revision '{revision}' not found.")
+                if not percent.isdigit():
+                    fail(f"ERROR: (gcloud.{command}) Invalid --to-revisions value: {part}", 2)
+                split.append([revision, int(percent)])
+            if sum(percent for _, percent in split) != 100:
+                fail(f"ERROR: (gcloud.{command}) instance split must add up to 100", 2)
+            pool["split"] = split[0][0] if len(split) == 1 else split
     else:
         account = pool.get("account", "")
         if account and not holds(
@@ -499,14 +571,25 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
         repository, _, digest = image.partition("@")
         if digest not in world["registry"].get(repository, {}).get("digests", []):
             fail(f"ERROR: (gcloud.{command}) Image '{image}' not found.")
+        previous = pool["revisions"][-1]
+        # The new revision is the pool's template with what the deploy changes: like a
+        # service's, it keeps the last revision's command, arguments and environment.
+        env = dict(previous.get("env") or {})
+        if flags.get("--update-env-vars"):
+            env.update(pair.split("=", 1) for pair in listed(flags["--update-env-vars"]))
         number = len(pool["revisions"]) + 1
         pool["revisions"].append(
             {
                 "name": f"{name}-{number:05d}-w{number}p",
                 "image": image,
                 "digest": digest,
-                "command": [flags["--command"]] if flags.get("--command") else None,
-                "args": [flags["--args"]] if flags.get("--args") else None,
+                "command": previous["command"]
+                if "--command" not in flags
+                else ([flags["--command"]] if flags["--command"] else None),
+                "args": previous["args"]
+                if "--args" not in flags
+                else ([flags["--args"]] if flags["--args"] else None),
+                "env": env,
             }
         )
         if digest in world["broken_digests"]:
@@ -517,7 +600,55 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
     world.save()
 
 
+def pool_revisions(world: World, verb: str, args: list[str]) -> None:
+    """`gcloud beta run worker-pools revisions list --worker-pool=P`, `describe R`,
+    `delete R`: run.revisions.list on the project (as for a service's), get and delete
+    on the pool; a revision that instances run cannot be deleted."""
+    command = f"beta.run.worker-pools.revisions.{verb}"
+    positional, flags = parse(args, command)
+    extra = {"list": {"--worker-pool", "--sort-by", "--limit"}}.get(verb, set())
+    allow(command, flags, RUN_FLAGS | extra)
+    scope(world, flags, command)
+    principal = acting(world, flags, command)
+    pools = world.data.get("worker_pools", {})
+    if verb == "list":
+        name = str(flags.get("--worker-pool", ""))
+        pool = pool_of(world, name, command)
+        if not holds(world, principal, "run.revisions.list", PROJECT):
+            denied(command, "run.revisions.list", principal, f"namespaces/{world['project']}")
+        if flags.get("--sort-by") not in (None, "~metadata.creationTimestamp"):
+            fail(f"fake gcloud: --sort-by={flags['--sort-by']} is not modelled", 3)
+        revisions = list(reversed(pool["revisions"]))[: int(flags.get("--limit", 10**6))]
+        fmt = flags.get("--format")
+        if fmt == "value(metadata.name)":
+            print("\n".join(r["name"] for r in revisions))
+        elif fmt is None or fmt.startswith("table("):
+            for r in revisions:
+                print(f"{r['name']}  {r['image']}")
+        else:
+            fail(f"fake gcloud: output format {fmt!r} of {command} is not modelled", 3)
+        return None
+    (revision,) = positional
+    for name, pool in pools.items():
+        for r in pool["revisions"]:
+            if r["name"] != revision:
+                continue
+            permission = "run.revisions.get" if verb == "describe" else "run.revisions.delete"
+            may_pool(world, name, principal, permission, command)
+            if verb == "describe":
+                described = {"name": revision, "containers": [{"image": r["image"]}]}
+                return show(described, flags.get("--format"), command)
+            if r in running(world, pool):
+                fail(f"ERROR: (gcloud.{command}) Revision {revision} has instances")
+            pool["revisions"] = [x for x in pool["revisions"] if x is not r]
+            world.save()
+            return None
+    fail(f"ERROR: (gcloud.{command}) Revision [{revision}] could not be found.")
+
+
 def run_command(world: World, words: list[str], args: list[str]) -> None:
+    if words[:4] == ["beta", "run", "worker-pools", "revisions"]:
+        return pool_revisions(world, words[4], args)
     if words[:3] == ["beta", "run", "worker-pools"]:
         return worker_pools(world, words[3], args)
     if words == ["run", "deploy"]:
@@ -688,12 +819,7 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         print(found)
         return None
     if words == ["storage", "cat"]:
-        (url,), flags = parse(args, "storage.cat")
-        allow("storage.cat", flags, set())
-        if url not in world["objects"]:
-            fail(f"ERROR: (gcloud.storage.cat) The following URLs matched no objects: {url}")
-        sys.stdout.write(world["objects"][url])
-        return None
+        return storage_cat(world, args)
     if words == ["projects", "describe"]:
         (project,), flags = parse(args, "projects.describe")
         allow("projects.describe", flags, {"--format", "--impersonate-service-account"})
@@ -710,8 +836,39 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return spanner_execute_sql(world, args)
     if words in (["spanner", "instances", "describe"], ["spanner", "instances", "update"]):
         return spanner_instance(world, words[2], args)
+    if words == ["spanner", "instances", "list"]:
+        command = "spanner.instances.list"
+        _, flags = parse(args, command)
+        allow(command, flags, {"--project", "--format", "--impersonate-service-account"})
+        scope(world, flags, command)
+        principal = acting(world, flags, command)
+        # ListInstances: spanner.instances.list on the project
+        # (https://cloud.google.com/spanner/docs/iam#instances).
+        if not holds(world, principal, "spanner.instances.list", PROJECT):
+            denied(command, "spanner.instances.list", principal, f"projects/{world['project']}")
+        if flags.get("--format") != "json":
+            fail(f"fake gcloud: output format {flags.get('--format')!r} is not modelled", 3)
+        listed_instances = [
+            {
+                "name": f"projects/{world['project']}/instances/{name}",
+                "processingUnits": held["processing_units"],
+            }
+            for name, held in sorted(world.data.get("spanner_instances", {}).items())
+        ]
+        print(json.dumps(listed_instances))
+        return None
     if words[:2] == ["run", "jobs"]:
         return run_jobs(world, words, args)
+    if words in (["config", "set"], ["config", "unset"]):
+        positional, flags = parse(args, f"config.{words[1]}")
+        allow(f"config.{words[1]}", flags, set())
+        if positional[0] != "auth/impersonate_service_account":
+            fail(f"fake gcloud: config property {positional[0]} is not modelled", 3)
+        # gcloud and bq act as that account from then on (their credentials are
+        # gcloud's); the grant is checked where it is used.
+        world.data["impersonate"] = positional[1] if words[1] == "set" else None
+        world.save()
+        return None
     if words == ["config", "get-value"]:
         (prop,), flags = parse(args, "config.get-value")
         allow("config.get-value", flags, set())
@@ -720,6 +877,35 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         print(str(world["principal"]).partition(":")[2])
         return None
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
+
+
+def storage_cat(world: World, args: list[str]) -> None:
+    """`gcloud storage cat gs://BUCKET/OBJECT`, a wildcard matching several (their
+    contents one after another, by name). Each object read needs storage.objects.get,
+    on the bucket or, through an IAM condition on the objects' names, on those under a
+    prefix: the world's iam `objects`, keyed `BUCKET/` and `BUCKET/PREFIX/`
+    (https://cloud.google.com/storage/docs/access-control/iam-permissions)."""
+    import fnmatch  # here: only this command needs it
+
+    command = "storage.cat"
+    (url,), flags = parse(args, command)
+    allow(command, flags, {"--impersonate-service-account"})
+    principal = acting(world, flags, command)
+    found = sorted(u for u in world["objects"] if fnmatch.fnmatchcase(u, url))
+    if not found:
+        fail(f"ERROR: (gcloud.{command}) The following URLs matched no objects or files:\n{url}")
+    for name in found:
+        bucket, _, path = name.removeprefix("gs://").partition("/")
+        prefixes = [f"{bucket}/"] + [
+            f"{bucket}/{path[: i + 1]}" for i, c in enumerate(path) if c == "/"
+        ]
+        if "objects" in world["iam"] and not holds(
+            world, principal, "storage.objects.get", PROJECT, *(("objects", p) for p in prefixes)
+        ):
+            denied(command, "storage.objects.get", principal, name)
+    for name in found:
+        sys.stdout.write(world["objects"][name])
+    return None
 
 
 def spanner_instance(world: World, verb: str, args: list[str]) -> None:
@@ -814,6 +1000,31 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
         world.save()
         print(f"Job [{name}] has successfully been updated.", file=sys.stderr)
         return None
+    if words == ["run", "jobs", "describe"]:
+        (name,), flags = parse(args, command)
+        allow(command, flags, RUN_FLAGS)
+        scope(world, flags, command)
+        job = job_of(world, name, command)
+        # jobs.get: run.jobs.get on the job.
+        may_job(world, name, acting(world, flags, command), "run.jobs.get", command)
+        # The v1 Job (Knative's shape, as gcloud shows it).
+        container = {"image": job["image"], "command": job["command"], "args": job["args"]}
+        described = {
+            "metadata": {"name": name},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "template": {
+                            "spec": {
+                                "serviceAccountName": job["service_account"],
+                                "containers": [container],
+                            }
+                        }
+                    }
+                }
+            },
+        }
+        return show(described, flags.get("--format"), command)
     if words == ["run", "jobs", "execute"]:
         (name,), flags = parse(args, command)
         allow(command, flags, RUN_FLAGS | {"--args", "--wait"})
@@ -862,9 +1073,17 @@ def execute(world: World, name: str, job: dict[str, Any], args: list[str]) -> No
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         "CLOUD_RUN_JOB": name,
         "CLOUD_RUN_EXECUTION": execution,
+        "FAKE_CLOUD_WORLD": str(WORLD),
     }
+    # The world's `job_cli`: "recorder", the commands a job would run are recorded
+    # (tests/infra/job_recorder.py) instead of run by this checkout's command line.
+    program = (
+        [str(Path(__file__).with_name("job_recorder.py"))]
+        if world.data.get("job_cli") == "recorder"
+        else ["-m", "app.cli"]
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, *program, *args],
         env=environment,
         capture_output=True,
         text=True,
@@ -927,8 +1146,20 @@ def spanner_execute_sql(world: World, args: list[str]) -> None:
     if tables is None:
         fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Database not found: {path}")
     con = sqlite3.connect(":memory:")
+    # The exporter's tables' columns (app/store/spanner/schema.py), for a table with no rows.
+    columns = {
+        "export_progress": [
+            "table_name",
+            "watermark",
+            "pending_rows",
+            "pending_message_id",
+            "blocked",
+            "updated",
+        ],
+        "export_lease": ["name", "holder", "expires"],
+    }
     for table, rows in tables.items():
-        names = sorted({name for row in rows for name in row})
+        names = sorted({name for row in rows for name in row} or set(columns.get(table, ["id"])))
         con.execute(f"CREATE TABLE {table} ({', '.join(names)})")
         con.executemany(
             f"INSERT INTO {table} VALUES ({', '.join('?' for _ in names)})",
@@ -977,6 +1208,9 @@ def matches(entry: dict[str, Any], query: str) -> bool:
 
 
 COMMANDS = (
+    ("beta", "run", "worker-pools", "revisions", "list"),
+    ("beta", "run", "worker-pools", "revisions", "describe"),
+    ("beta", "run", "worker-pools", "revisions", "delete"),
     ("beta", "run", "worker-pools", "describe"),
     ("beta", "run", "worker-pools", "deploy"),
     ("beta", "run", "worker-pools", "update-instance-split"),
@@ -998,10 +1232,14 @@ COMMANDS = (
     ("spanner", "databases", "execute-sql"),
     ("spanner", "instances", "describe"),
     ("spanner", "instances", "update"),
+    ("spanner", "instances", "list"),
     ("run", "jobs", "update"),
+    ("run", "jobs", "describe"),
     ("run", "jobs", "execute"),
     ("run", "jobs", "executions", "list"),
     ("config", "get-value"),
+    ("config", "set"),
+    ("config", "unset"),
 )
 
 
@@ -1071,10 +1309,44 @@ def container(
     if revision["command"]:  # the placeholder
         probe = method == "GET" and path in ("/healthz", "/readyz")
         return (200, '{"status":"placeholder"}') if probe else (503, "not deployed yet")
-    if revision["digest"] in world["broken_digests"]:
+    broken = world["broken_digests"] + world.data.get("broken_ingest", [])
+    if revision["digest"] in broken:
         return 500, "internal error"
     bearer = headers.get("authorization", "").removeprefix("Bearer ")
     token_claims = claims(bearer)
+    if "systems" in service:
+        # A cell: each system under /systems/NAME, with its own audience, push
+        # accounts and readers (its entry of RECORDLINE_SYSTEMS); reads take the
+        # cell's read audience.
+        routed = re.fullmatch(r"/systems/([a-z][a-z0-9-]*)(/.*)", path)
+        if routed is None or routed.group(1) not in service["systems"]:
+            return 404, "no such system"
+        system = service["systems"][routed.group(1)]
+        target = {
+            **system,
+            "read_audience": service["read_audience"],
+        }
+        status, text = _answer(world, name, target, method, routed.group(2), token_claims, body)
+        service["systems"][routed.group(1)].update(
+            {k: target[k] for k in ("messages", "records") if k in target}
+        )
+        world["services"][name] = service
+        world.save()
+        return status, text
+    return _answer(world, name, service, method, path, token_claims, body)
+
+
+def _answer(
+    world: World,
+    name: str,
+    service: dict[str, Any],
+    method: str,
+    path: str,
+    token_claims: dict[str, Any],
+    body: str,
+) -> tuple[int, str]:
+    """What Recordline answers for one system: `service` holds its audiences, push
+    accounts, readers, shape, and the messages and records it stored."""
     if path == "/pubsub/push" and method == "POST":
         if token_claims.get("aud") != service["push_audience"]:
             return 401, "wrong audience"
@@ -1151,8 +1423,9 @@ def push(world: World, name: str, service: dict[str, Any], body: str) -> tuple[i
     except Invalid as exc:
         stored = {"message_id": message.message_id, "status": "rejected", "reason": str(exc)}
     service.setdefault("messages", {})[message.message_id] = stored
-    world["services"][name] = service
-    world.save()
+    if "systems" not in world["services"][name]:
+        world["services"][name] = service
+        world.save()
     return 204, ""
 
 
@@ -1172,10 +1445,36 @@ def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> t
     if not holds(world, principal, "monitoring.timeSeries.list", PROJECT):
         return 403, f"{principal}: monitoring.timeSeries.list denied"
     query = dict(parse_qsl(body)).get("query", "")
+    export = re.fullmatch(
+        r"(max|sum) by \(namespace\) \((max_over_time|increase)\("
+        r"workload_googleapis_com:recordline_export_(lag|rows)"
+        r'\{monitored_resource="generic_task",job="([a-z0-9-]+)",namespace=~"([a-z0-9|-]+)"\}'
+        r"\[([0-9]+)s\]\)\)",
+        query,
+    )
+    if export is not None:
+        return export_series(world, export.group(3), export.group(4), export.group(5))
     found = world.data.get("prometheus", {}).get(query)
     if found is None:
         return 400, f"fake monitoring: no result modelled for {query[:80]!r}"
     series = [{"metric": {"system": system}, "value": [0, "1"]} for system in found]
+    return 200, json.dumps(
+        {"status": "success", "data": {"resultType": "vector", "result": series}}
+    )
+
+
+def export_series(world: World, metric: str, job: str, systems: str) -> tuple[int, str]:
+    """The export gate's queries: each system's export lag (its worst over the window)
+    or rows exported (their increase), as written by the revisions whose metrics carry
+    `job`, from what each worker pool's revisions export now (`exports`). A system that
+    revision does not export has no series."""
+    wanted = systems.split("|")
+    series = []
+    for pool in world.data.get("worker_pools", {}).values():
+        for system, export in exports(world, pool).items():
+            if system in wanted and export["job"] == job:
+                value = export["lag"] if metric == "lag" else export["rows"]
+                series.append({"metric": {"namespace": system}, "value": [0, str(value)]})
     return 200, json.dumps(
         {"status": "success", "data": {"resultType": "vector", "result": series}}
     )
@@ -1432,10 +1731,39 @@ def bq(argv: list[str]) -> None:
     if project != world["project"]:
         fail(f"BigQuery error in query operation: Project {project} not found")
     principal = str(world["principal"])
+    impersonated = world.data.get("impersonate")
+    if impersonated:
+        # gcloud's auth/impersonate_service_account: an access token of the account.
+        if not holds(
+            world,
+            principal,
+            "iam.serviceAccounts.getAccessToken",
+            PROJECT,
+            ("service_accounts", impersonated),
+        ):
+            fail(f"BigQuery error: cannot impersonate {impersonated} [{principal}]")
+        principal = f"serviceAccount:{impersonated}"
     if not holds(world, principal, "bigquery.jobs.create", PROJECT):
         fail(
             f"BigQuery error in query operation: Access Denied: bigquery.jobs.create [{principal}]"
         )
+    undrop = re.fullmatch(r"UNDROP SCHEMA `([\w-]+)\.(\w+)`", argv[3].strip())
+    if undrop:
+        # Undropping is creating the dataset: bigquery.datasets.create on the project
+        # (https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#undrop_schema_statement);
+        # refused while a dataset of that name exists, or after the time-travel window.
+        dataset = undrop.group(2)
+        if not holds(world, principal, "bigquery.datasets.create", PROJECT):
+            fail(f"BigQuery error: Access Denied: bigquery.datasets.create [{principal}]")
+        datasets = world.data.setdefault("datasets", {})
+        if datasets.get(dataset) == "live":
+            fail(f"BigQuery error: Already Exists: Dataset {undrop.group(1)}:{dataset}")
+        if datasets.get(dataset) != "dropped":
+            fail(f"BigQuery error: Not found: Dataset {dataset} in the time-travel window")
+        datasets[dataset] = "live"
+        world.save()
+        print("[]")
+        return
     for table in re.findall(r"`([\w-]+)\.(\w+\.\w+)`", argv[3]):
         if table[0] != world["project"] or not holds(
             world, principal, "bigquery.tables.getData", ("tables", table[1])

@@ -1,14 +1,16 @@
-"""Alerting an on-call engineer can live with, at one system and at fifty.
+"""Alerting an on-call engineer can live with, at one system and at a thousand in cells.
 
-- one page per symptom for the whole fleet (a count of the systems that have it), and
-  each system's detail of the same symptom as a ticket;
+- one page per symptom for the whole fleet (a count of the systems, cells or serving
+  instances that have it), and each one's detail of the same symptom as a ticket;
 - a severity on every policy;
-- burn rates over two windows at once, judged only over a minimum of events;
+- burn rates over two windows at once, judged only over a minimum of events, on each
+  system's SLO counter;
 - event alerts that close themselves;
-- alert texts that agree with the runbook, with commands for the real service.
+- alert texts that agree with the runbook, with commands that find each system's cell,
+  project and services from its name.
 
 The symptoms are PromQL written once (modules/symptoms) and evaluated here by
-`terraform console` for given systems, as the fleet and each system use them.
+`terraform console` for given systems, as the environment's pages and tickets use them.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Any
 
 import pytest
 
-from tests.infra.console import console, decoded, require_terraform
+from tests.infra.console import console, console_run, decoded, require_terraform
 from tests.infra.test_runbook import RUNBOOK, slug
 from tests.infra.test_terraform import (
+    ENVIRONMENT,
     MODULE,
     TERRAFORM,
     _load,
@@ -39,17 +42,18 @@ SYMPTOMS = TERRAFORM / "modules" / "symptoms"
 PAGED = {
     "backlog",
     "canary_stale",
-    "read_path",
+    "cell_unready",
     "availability",
     "freshness",
     "read_latency",
     "export_lag",
+    "spanner_storage",
 }
 METRICS = {
     name: f"workload.googleapis.com/recordline.{name}"
     for name in (
         "ingest.lag",
-        "read.duration",
+        "slo.events",
         "canary.age",
         "query.bytes_billed",
         "export.lag",
@@ -57,6 +61,7 @@ METRICS = {
         "loop.restarts",
         "typed.patches_refused",
         "producer.missing",
+        "producer.conflicts",
     )
 }
 FAST = {"long": "1h", "short": "5m", "rate": 14.4}
@@ -77,21 +82,18 @@ def _symptoms(
     values = {
         "systems": list(systems),
         "every_system": every,
-        "project_number": "123456789012",
-        "region": "europe-west1",
         "metric_types": METRICS,
         "oldest_unacked_threshold_seconds": 120,
         "canary_age_threshold_seconds": 300,
-        "read_path_failing_regions": 2,
-        "read_routes": ["/v1/records", "/v1/records/{record_id}", "/v1/messages/{message_id}"],
+        "unready_regions": 2,
         "burn_rates": {"fast": FAST, "slow": SLOW},
         "min_events": min_events,
         "query_bytes_billed_daily_budget": 1099511627776,
         "export_lag_threshold_seconds": export_lag,
         "slos": {
             "availability": {"goal": 0.999},
-            "freshness": {"goal": 0.99, "threshold": 5},
-            "read_latency": {"goal": 0.95, "threshold": 5},
+            "freshness": {"goal": 0.99},
+            "read_latency": {"goal": 0.95},
         },
     }
     outputs = [name for block in _load(SYMPTOMS / "main.tf").get("output", []) for name in block]
@@ -109,64 +111,51 @@ def _policies() -> dict[str, dict[str, Any]]:
     return _resources("google_monitoring_alert_policy")
 
 
-def _module_policies() -> set[str]:
-    return {
-        name
-        for path in sorted(MODULE.glob("*.tf"))
-        for block in _load(path).get("resource", [])
-        for name in block.get("google_monitoring_alert_policy", {})
-    }
-
-
 # --- pages and tickets ------------------------------------------------------------
 
 
-# The fleet's pages (root fleet.tf). Every other policy is a ticket: one per symptom for
-# the systems whose tickets go to the same channels (root tickets.tf), and the serving
-# tier's instance, one for the systems sharing it (root spanner.tf). No system has a
-# policy of its own: their number never grows with the fleet.
+# The environment's pages (fleet.tf). Every other policy is a ticket: one per symptom for
+# the systems whose tickets go to the same channels, and one per symptom for every
+# serving instance of every cell (tickets.tf). No system, cell or instance has a policy
+# of its own: their number never grows with the fleet.
 PAGES = "page"
-TICKETS = {"ticket": "${local.ticket_groups[each.value.group].channels}"}
-ROOT_TICKETS = {"spanner_cpu": "${var.ticket_channels}"}
-# The serving tier's storage, one policy per level: a ticket and a page (their
-# severities and channels: tests/infra/test_serving.py).
-LEVELLED = {"spanner_storage": "${each.value.channels}"}
+TICKETS = {
+    "ticket": "${local.ticket_groups[each.value.group].channels}",
+    "instance_ticket": "${var.ticket_channels}",
+}
 
 
 def test_every_policy_has_a_severity_pages_to_on_call_tickets_to_owners() -> None:
     for name, policy in _policies().items():
-        if name in LEVELLED:
-            assert policy["notification_channels"] == LEVELLED[name]
-            assert policy["severity"] == "${each.value.severity}"
-            continue
         paging = name == PAGES
         assert policy.get("severity") == ("CRITICAL" if paging else "WARNING"), name
-        channels = "${var.notification_channels}" if paging else {**TICKETS, **ROOT_TICKETS}[name]
+        channels = "${var.notification_channels}" if paging else TICKETS[name]
         assert policy["notification_channels"] == channels, name
-    assert _module_policies() == set()
-    assert set(_policies()) == {PAGES, *TICKETS, *ROOT_TICKETS, *LEVELLED}
+    # Only the environment has alert policies: no cell, no system.
+    assert set(_policies()) == {PAGES, *TICKETS}
+    assert set(_resources("google_monitoring_alert_policy", ENVIRONMENT)) == set(_policies())
 
 
 def test_one_page_per_symptom_for_the_whole_fleet() -> None:
     (page,) = [p for n, p in _policies().items() if p["severity"] == "CRITICAL"]
     assert page["for_each"] == "${local.pages}"
-    assert set(_locals()["pages"]) == PAGED
+    assert set(_locals(ENVIRONMENT)["pages"]) == PAGED
     (condition,) = page["conditions"]
     (promql,) = condition["condition_prometheus_query_language"]
     # The count of systems with the symptom: one series, so one incident, whatever
     # the number of systems; its value is that number.
     assert promql["query"] == "count(${each.value[1]})"
-    (fleet,) = [b["fleet_symptoms"] for b in _root("module") if "fleet_symptoms" in b]
+    (fleet,) = [b["fleet_symptoms"] for b in _root("module", ENVIRONMENT) if "fleet_symptoms" in b]
     # Every system, named by no list: the queries stay one size however many there are.
     assert fleet["every_system"] is True
-    for key, page_spec in _locals()["pages"].items():
+    for key, page_spec in _locals(ENVIRONMENT)["pages"].items():
         assert "module.fleet_symptoms." in page_spec[1], key
 
 
 def test_the_fleet_query_watches_every_system_and_a_ticket_one() -> None:
     fleet = _symptoms(("payments", "orders"))
     one = _symptoms(("orders",))
-    for name in ("backlog", "canary_stale", "read_path_failing"):
+    for name in ("backlog", "canary_stale", "export_lag", "dead_letters"):
         assert "(payments|orders)" in fleet[name], name
         assert "(orders)" in one[name], name
         assert "payments" not in one[name], name
@@ -176,84 +165,172 @@ def test_the_fleet_query_watches_every_system_and_a_ticket_one() -> None:
 
 def test_the_fleet_query_is_one_size_whatever_the_number_of_systems() -> None:
     few = _symptoms(("payments", "orders"), every=True)
-    many = _symptoms(tuple(f"system-{n:03d}".ljust(30, "x") for n in range(100)), every=True)
+    many = _symptoms(tuple(f"system-{n:04d}".ljust(24, "x") for n in range(1000)), every=True)
     # The tickets' canary_absent too: whom it expects is named by no list either.
     assert "canary_absent" in many
     for name, query in many.items():
         assert query == few[name], name
         text = json.dumps(query)
-        assert "[a-z][a-z0-9-]*" in text, name
-        assert "|" not in re.sub(r'route=~\\"[^"]*\\"', "", text), name  # no list of names
+        assert "|" not in re.sub(r'(?:slo|priority|instance_config)=~?\\"[^"]*\\"', "", text), name
 
 
-# A top-level locals block, or the call of the documentation's check.
-BLOCK = r'(?ms)^(?:locals|module "alert_documentation") \{\n.*?^\}\n'
+def test_a_cell_that_cannot_serve_is_its_own_incident_named_by_its_cell() -> None:
+    query = _symptoms(("orders",))["cell_unready"]
+    # The cell's one uptime check of /readyz on its deterministic URL, whatever its
+    # project or region; the series is named by the cell (the host's first label).
+    assert "monitoring_googleapis_com:uptime_check_check_passed" in query
+    assert 'host=~"[a-z][a-z0-9-]*-[0-9]+[.][a-z0-9-]+[.]run[.]app"' in query
+    assert query.endswith('"cell", "$1", "host", "(.*)-[0-9]+[.].*") >= 2')
+    # And a system's read path is its own SLO's: the cell probes each system's store
+    # itself (its canary), and each read or push answered 5xx is that system's event.
+    availability = _symptoms(("orders",))["burning"]["availability"]["fast"]
+    assert 'slo="availability",good="false"' in availability
 
 
-def _alert_documentation_run(
-    systems: int, name_length: int, *overrides: tuple[str, str]
-) -> subprocess.CompletedProcess[str]:
-    """terraform console over every page's and ticket's documentation, as the root
-    renders them for `systems` systems with names of `name_length` characters and a
-    project id of 30 (the longest Google allows), passed through
-    module.alert_documentation as the root passes them: each text's length in characters
-    and in bytes, or the error of the module's check."""
-    from tests.infra.test_fleet import _root_console_run
+def test_each_serving_instance_is_an_incident_of_its_own() -> None:
+    symptoms = _symptoms(("orders",))
+    cpu, storage = symptoms["spanner_cpu"], symptoms["spanner_storage"]
+    # Google's recommended maximum of high-priority CPU: 65% regional, 45% per region
+    # for a dual- or multi-region configuration, from the instance's own label.
+    assert 'priority="high",instance_config=~"regional-.*"' in cpu
+    assert "> 0.65" in cpu
+    assert 'instance_config!~"regional-.*"' in cpu
+    assert "> 0.45" in cpu
+    assert "by (project_id, instance_id" in cpu
+    assert storage.startswith(
+        "max by (project_id, instance_id) (spanner_googleapis_com:instance_storage_utilization"
+    )
+    assert storage.endswith("> 0.7")
+    # The page at 90%, the ticket at 70%.
+    modules = {name: b[name] for b in _root("module", ENVIRONMENT) for name in b}
+    assert modules["fleet_symptoms"]["spanner_storage_threshold"] == 0.9
+    assert modules["instance_symptoms"]["spanner_storage_threshold"] == 0.7
+    tickets = _policies()["instance_ticket"]
+    assert tickets["for_each"] == "${local.instance_tickets}"
+    assert "metric.label.instance_id" in tickets["documentation"][0]["subject"]
 
+
+@cache
+def _documentation_run(cells: int, systems_a_cell: int, project: str) -> Any:
+    """Every page's and ticket's documentation as the environment root renders it for
+    `cells` cells of `systems_a_cell` systems (names of 24 characters, the longest) and a
+    project id `project`, passed through modules/alert_documentation as the root passes
+    them: each text's length in characters and in bytes."""
+    require_terraform()
     blocks = [
         b
         for path in ("fleet.tf", "tickets.tf")
         for b in re.findall(
             r'(?ms)^(?:locals|module "alert_documentation") \{\n.*?^\}\n',
-            (TERRAFORM / path).read_text(),
+            (ENVIRONMENT / path).read_text(),
         )
-        if "page_documentation" in b or "ticket_documentation" in b
+        if any(
+            name in b
+            for name in (
+                "page_documentation",
+                "ticket_documentation",
+                "alert_documentation",
+                "instance_commands",
+                "directory",
+            )
+        )
     ]
     texts = "\n".join(blocks)
     # What a plan would know from the provider and the other modules, stood in for.
-    texts = texts.replace("module.fleet_symptoms.", "local.symptoms.")
-    texts = texts.replace("data.google_project.this.number", '"123456789012"')
+    texts = re.sub(r"module\.(fleet|instance)_symptoms\.", "local.symptoms.", texts)
+    texts = texts.replace("module.ticket_symptoms", "{}")
+    texts = texts.replace("module.metrics.types", "local.metric_types")
     texts = texts.replace(
         "google_service_account.operator.email",
         '"recordline-operator@${var.project_id}.iam.gserviceaccount.com"',
     )
-    texts = texts.replace("values(module.system)[0].probe_path", '"/v1/records?limit=1"')
-    texts = texts.replace("module.ticket_symptoms", "{}")
-    texts = texts.replace("./modules/alert_documentation", "./alert_documentation")
+    texts = texts.replace("../modules/alert_documentation", "./alert_documentation")
     symptoms = json.dumps(_symptoms(("payments", "orders"), every=True))
-    texts += '\nlocals {\n  symptoms = jsondecode(file("symptoms.json"))\n}\n'
-    names = [f"s{n:03d}".ljust(name_length, "x") for n in range(systems)]
-    hcl = "{ " + ", ".join(f'"{n}" = {{}}' for n in [*names, "recordline"]) + " }"
+    texts += (
+        '\nlocals {\n  symptoms = jsondecode(file("symptoms.json"))\n'
+        f"  metric_types = {json.dumps(METRICS)}\n}}\n"
+    )
     bytes_of = 'length(base64encode(v)) / 4 * 3 - length(regexall("=", base64encode(v)))'
     expression = (
         f"{{ for k, v in module.alert_documentation.texts : k => [length(v), {bytes_of}] }}"
     )
-    project = "recordline-prod-abcdefghijklmn"  # 30 characters
-    return _root_console_run(
-        expression,
-        hcl,
-        (("project_id", f'"{project}"'), ("service_account_quota", "300"), *overrides),
-        (
-            ("infra/terraform/documentation.tf", texts.encode()),
-            ("infra/terraform/symptoms.json", symptoms.encode()),
-            (
-                "infra/terraform/alert_documentation/main.tf",
-                (TERRAFORM / "modules" / "alert_documentation" / "main.tf").read_bytes(),
-            ),
-        ),
-        modules=True,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch, "infra", "terraform", "environment")
+        (work / "alert_documentation").mkdir(parents=True)
+        shutil.copy(ENVIRONMENT / "variables.tf", work)
+        (work / "alert_documentation" / "main.tf").write_bytes(
+            (TERRAFORM / "modules" / "alert_documentation" / "main.tf").read_bytes()
+        )
+        cell_blocks = re.findall(
+            r"(?ms)^locals \{\n.*?^\}\n", (ENVIRONMENT / "cells.tf").read_text()
+        )
+        (work / "cells.tf").write_text("\n".join(cell_blocks))
+        (work / "documentation.tf").write_text(texts)
+        (work / "symptoms.json").write_text(symptoms)
+        files = Path(scratch, "infra", "terraform", "env", "prod")
+        files.mkdir(parents=True)
+        for c in range(cells):
+            names = [f"c{c:02d}s{n:04d}".ljust(24, "x") for n in range(systems_a_cell)]
+            (files / f"c{c:02d}.tfvars.json").write_text(
+                json.dumps(
+                    {
+                        "cell": f"c{c:02d}",
+                        "environment": "prod",
+                        "project_id": project,
+                        "systems": {n: {} for n in names},
+                    }
+                )
+            )
+        values = {
+            "project_id": f'"{project}"',
+            "environment": '"prod"',
+            "github_owner": '"recordline"',
+            "github_repo": '"recordline"',
+            "github_repository_id": '"1"',
+            "github_owner_id": '"2"',
+            "terraform_state_bucket": '"recordline-prod-tfstate"',
+            "oncall": '["group:recordline-oncall@example.com"]',
+            "notification_channels": f'["projects/{project}/notificationChannels/1"]',
+            "ticket_channels": f'["projects/{project}/notificationChannels/2"]',
+        }
+        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
+        init = subprocess.run(
+            ["terraform", "init", "-backend=false", "-input=false", "-no-color"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert init.returncode == 0, init.stderr
+        return decoded(console_run(work, expression, var_file="values.tfvars"))
 
 
-def test_every_page_and_ticket_fits_cloud_monitoring_at_100_systems_with_the_longest_names() -> (
-    None
-):
+TICKETED = PAGED - {"cell_unready", "spanner_storage"} | {
+    "dead_letters",
+    "bytes_billed",
+    "canary_absent",
+    "export_blocked",
+    "typed_refused",
+    "loop_restarts",
+    "producers_missing",
+    "producers_conflicts",
+}
+INSTANCE_TICKETS = {"spanner_cpu", "spanner_storage"}
+
+
+def test_every_page_and_ticket_fits_cloud_monitoring_at_a_thousand_systems() -> None:
     # Cloud Monitoring takes a documentation of at most 8,192 characters and 10,240
-    # bytes. The texts name no system: at 100 systems of 24 characters each (the longest
-    # name variables.tf accepts) each is as long as at one.
-    many = dict(decoded(_alert_documentation_run(100, 24)))
-    one = dict(decoded(_alert_documentation_run(1, 3)))
-    assert set(many) == {f"page {p}" for p in PAGED} | {f"ticket {t}" for t in TICKETED}
+    # bytes. The texts name no system: at ten cells of 100 systems of 24 characters (the
+    # longest name variables.tf accepts) and a project id of 30 (the longest Google
+    # allows), each is as long as at one.
+    many = dict(_documentation_run(10, 100, "recordline-prod-abcdefghijklmn"))
+    one = dict(_documentation_run(1, 1, "recordline-prod-abcdefghijklmn"))
+    assert set(many) == (
+        {f"page {p}" for p in PAGED}
+        | {f"ticket {t}" for t in TICKETED}
+        | {f"ticket {t}" for t in INSTANCE_TICKETS}
+    )
     for key, (characters, size) in many.items():
         assert characters <= 8192, key
         assert size <= 10240, key
@@ -261,24 +338,25 @@ def test_every_page_and_ticket_fits_cloud_monitoring_at_100_systems_with_the_lon
 
 
 def test_a_documentation_past_cloud_monitorings_limit_fails_the_plan_naming_it() -> None:
-    # A read audience of 9,000 characters (nothing else bounds it) goes into every
-    # command that mints a reader's token: those texts pass the limit, and the plan
-    # stops before any policy is sent, naming the limit and each text past it.
-    audience = "https://" + "a" * 9000 + ".example.com"
-    run = _alert_documentation_run(1, 3, ("read_audience", f'"{audience}"'))
-    # The console prints the plan's error where its value would be.
-    error = " ".join(re.sub(r"\x1b\[[0-9;]*m|[│╷╵]", "", run.stdout + run.stderr).split())
-    assert "Error: Invalid value for variable" in error
+    # The check every text goes through (modules/alert_documentation): a text of 9,000
+    # characters, or of 4,500 two-byte ones (under 8,192 characters, past 10,240 bytes),
+    # stops the plan, naming the limit and each text past it.
+    def run(texts: dict[str, str]) -> str:
+        with tempfile.TemporaryDirectory() as work:
+            shutil.copy(TERRAFORM / "modules" / "alert_documentation" / "main.tf", work)
+            Path(work, "values.tfvars").write_text(f"texts = {json.dumps(texts)}\n")
+            done = console_run(work, "var.texts", var_file="values.tfvars")
+            return " ".join(re.sub(r"\x1b\[[0-9;]*m|[│╷╵]", "", done.stdout + done.stderr).split())
+
+    error = run({"page backlog": "a" * 9000, "ticket bytes_billed": "fine"})
     assert "at most 8,192 characters and 10,240 bytes" in error
-    assert re.search(r"page backlog, 1\d{4} characters and 1\d{4} bytes", error), error
-    assert "ticket read_path, " in error
-    assert "ticket dead_letters, " in error  # the replay command's token
-    assert "ticket bytes_billed" not in error  # no token in it: within the limit
-    # Bytes, not characters: 4,500 two-byte characters keep a page under 8,192
-    # characters and take it past 10,240 bytes.
-    run = _alert_documentation_run(1, 3, ("read_audience", f'"https://{"é" * 4500}"'))
-    error = " ".join(re.sub(r"\x1b\[[0-9;]*m|[│╷╵]", "", run.stdout + run.stderr).split())
-    assert re.search(r"page backlog, [67]\d{3} characters and 1\d{4} bytes", error), error
+    assert "page backlog, 9000 characters and 9000 bytes" in error
+    assert "ticket bytes_billed," not in error
+    # Bytes, not characters: 5,200 two-byte characters are under 8,192 characters and
+    # past 10,240 bytes.
+    error = run({"page backlog": "é" * 5200})
+    assert "page backlog, 5200 characters and 10400 bytes" in error
+    assert "Invalid value for variable" not in run({"page backlog": "é" * 5000})
     # Every text goes through the check on its way to its policy.
     policies = _policies()
     assert (
@@ -289,46 +367,50 @@ def test_a_documentation_past_cloud_monitorings_limit_fails_the_plan_naming_it()
         policies["ticket"]["documentation"][0]["content"]
         == '${module.alert_documentation.texts["ticket ${each.value.symptom}"]}'
     )
+    assert (
+        policies["instance_ticket"]["documentation"][0]["content"]
+        == '${module.alert_documentation.texts["ticket ${each.key}"]}'
+    )
 
 
 def test_no_alert_documentation_names_the_systems_one_by_one() -> None:
     # A list of systems in a text grows it with the fleet; a count, or the incident's own
-    # label, stays one size. The serving tier's texts are held to this here.
+    # label and the directory, stays one size.
     listing = re.compile(r"join\(|[\[{]\s*for\s")
-    texts = {n: p["documentation"][0]["content"] for n, p in _policies().items()}
-    texts["page"] = _locals()["page_documentation"].split("=>", 1)[1]
-    texts["ticket"] = _locals()["ticket_documentation"].split("=>", 1)[1]
+    environment = _locals(ENVIRONMENT)
+    texts = {
+        "page": environment["page_documentation"].split("=>", 1)[1],
+        "ticket": environment["ticket_documentation"].split("=>", 1)[1],
+        "instance": environment["instance_ticket_documentation"].split("=>", 1)[1],
+        "page commands": environment["page_commands"],
+        "instance commands": environment["instance_commands"],
+        **{f"ticket {k}": v for k, v in environment["ticket_commands"].items()},
+    }
     for name, text in texts.items():
         assert not listing.search(text), name
     assert listing.search('${join(", ", local.serving_systems)}')
 
 
-TICKETED = PAGED | {
-    "dead_letters",
-    "bytes_billed",
-    "canary_absent",
-    "export_blocked",
-    "typed_refused",
-    "loop_restarts",
-    "producers_missing",
-}
-
-
-def test_each_system_has_a_ticket_for_every_paged_symptom() -> None:
+def test_each_system_has_a_ticket_for_every_paged_symptom_it_has() -> None:
     tickets = _policies()["ticket"]
     assert (
         "setproduct(sort(keys(local.ticket_groups)), sort(keys(local.ticket_specs)))"
         in (tickets["for_each"])
     )
-    assert set(_locals()["ticket_specs"]) == TICKETED
+    assert set(_locals(ENVIRONMENT)["ticket_specs"]) == TICKETED
+    assert set(_locals(ENVIRONMENT)["instance_tickets"]) == INSTANCE_TICKETS
     for symptom in TICKETED:  # every symptom has its query, in every group
-        assert f"{symptom} = " in re.sub(r"\s+", " ", _locals()["ticket_queries"]), symptom
-    (module,) = [b["ticket_symptoms"] for b in _root("module") if "ticket_symptoms" in b]
+        assert f"{symptom} = " in re.sub(r"\s+", " ", _locals(ENVIRONMENT)["ticket_queries"]), (
+            symptom
+        )
+    (module,) = [
+        b["ticket_symptoms"] for b in _root("module", ENVIRONMENT) if "ticket_symptoms" in b
+    ]
     assert module["for_each"] == "${local.ticket_groups}"
     # One group (the usual case) names no system; several name each its own.
     assert module["systems"] == "${each.value.systems}"
     assert module["every_system"] == "${length(local.ticket_groups) == 1}"
-    assert module["source"] == "./modules/symptoms"
+    assert module["source"] == "../modules/symptoms"
     # Each system in trouble is an incident of its own: no count() around the query.
     (condition,) = tickets["conditions"]
     (promql,) = condition["condition_prometheus_query_language"]
@@ -336,29 +418,85 @@ def test_each_system_has_a_ticket_for_every_paged_symptom() -> None:
     assert "metric.label.system" in tickets["documentation"][0]["subject"]
 
 
-def _ticket_groups(systems: str, **overrides: str) -> dict[str, Any]:
-    from tests.infra.test_fleet import _root_console
-
-    return dict(_root_console("local.ticket_groups", systems, tuple(sorted(overrides.items()))))
+def _environment_console(
+    expression: str, cells: dict[str, dict[str, Any]], **overrides: str
+) -> Any:
+    """`expression` over the environment root's plain locals (cells.tf, tickets.tf's
+    groups), with these cells' files."""
+    require_terraform()
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch, "infra", "terraform", "environment")
+        work.mkdir(parents=True)
+        shutil.copy(ENVIRONMENT / "variables.tf", work)
+        plain = []
+        for path in ("cells.tf", "tickets.tf"):
+            for block in re.findall(r"(?ms)^locals \{\n.*?^\}\n", (ENVIRONMENT / path).read_text()):
+                if not re.search(r"\b(google_|module\.|data\.)", block):
+                    plain.append(block)
+        (work / "locals.tf").write_text("\n".join(plain))
+        files = Path(scratch, "infra", "terraform", "env", "dev")
+        files.mkdir(parents=True)
+        for name, body in cells.items():
+            (files / f"{name}.tfvars.json").write_text(
+                json.dumps({"cell": name, "environment": "dev", **body})
+            )
+        values = {
+            "project_id": '"recordline-dev"',
+            "environment": '"dev"',
+            "github_owner": '"recordline"',
+            "github_repo": '"recordline"',
+            "github_repository_id": '"1"',
+            "github_owner_id": '"2"',
+            "terraform_state_bucket": '"recordline-dev-tfstate"',
+            **overrides,
+        }
+        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
+        return console(work, expression, var_file="values.tfvars")
 
 
 def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
     # A project holds 500 alerting policies and each condition is billed: nine per
-    # system (450 at fifty) would grow with every system, and stop the 56th.
-    fifty = "{ " + ", ".join(f'"system-{n:02d}" = {{}}' for n in range(50)) + ", recordline = {} }"
-    env = {"ticket_channels": '["projects/p/notificationChannels/1"]'}
-    groups = _ticket_groups(fifty, **env)
-    (group,) = groups.values()
-    assert len(group["systems"]) == 51
-    assert group["channels"] == ["projects/p/notificationChannels/1"]
-    # Tickets, pages and the Spanner CPU ticket: the same for 1 system as for 51.
-    policies = len(_locals()["ticket_specs"]) * len(groups) + len(_locals()["pages"]) + 1
-    assert policies == 22
-    # A system with owners of its own gets its tickets there, in a group of its own.
-    own = (
-        '{ recordline = {}, orders = { ticket_channels = ["projects/p/notificationChannels/9"] } }'
+    # system would grow with every system, and stop the 56th.
+    cells = {
+        f"c{c}": {
+            "project_id": "recordline-dev",
+            "systems": {f"c{c}-s{n:03d}": {} for n in range(100)},
+        }
+        for c in range(3)
+    }
+    groups = dict(
+        _environment_console(
+            "local.ticket_groups", cells, ticket_channels='["projects/p/notificationChannels/1"]'
+        )
     )
-    groups = sorted(_ticket_groups(own, **env).values(), key=lambda g: g["systems"])
+    (group,) = groups.values()
+    assert len(group["systems"]) == 300
+    assert group["channels"] == ["projects/p/notificationChannels/1"]
+    # Tickets, pages and the instances' two tickets: the same for 1 system as for 300.
+    environment = _locals(ENVIRONMENT)
+    policies = (
+        len(environment["ticket_specs"]) * len(groups)
+        + len(environment["pages"])
+        + len(environment["instance_tickets"])
+    )
+    assert policies == 24
+    # A system with owners of its own gets its tickets there, in a group of its own.
+    own = {
+        "recordline": {
+            "systems": {
+                "recordline": {},
+                "orders": {"ticket_channels": ["projects/p/notificationChannels/9"]},
+            }
+        },
+    }
+    groups = sorted(
+        dict(
+            _environment_console(
+                "local.ticket_groups", own, ticket_channels='["projects/p/notificationChannels/1"]'
+            )
+        ).values(),
+        key=lambda g: g["systems"],
+    )
     assert [(g["systems"], g["channels"]) for g in groups] == [
         (["orders"], ["projects/p/notificationChannels/9"]),
         (["recordline"], ["projects/p/notificationChannels/1"]),
@@ -374,7 +512,14 @@ def test_burn_rates_take_two_windows_and_a_minimum_of_events(
     slo: str, speed: str, windows: dict[str, Any]
 ) -> None:
     query = _symptoms(("orders",), 250)["burning"][slo][speed]
-    # Both windows, over the same budget and rate, and both must hold.
+    # Both windows, over the same budget and rate, and both must hold, on the system's
+    # SLO counter alone: its bad events over all of them.
+    events = (
+        "workload_googleapis_com:recordline_slo_events"
+        f'{{monitored_resource="generic_task",namespace=~"(orders)",slo="{slo}"'
+    )
+    assert f'{events},good="false"}}' in query
+    assert f"{events}}}" in query
     long, short = f"[{windows['long']}]", f"[{windows['short']}]"
     assert query.count(f"> {windows['rate']}") == 2, query
     parts = query.split(" and ")
@@ -388,12 +533,12 @@ def test_burn_rates_take_two_windows_and_a_minimum_of_events(
 
 
 def test_burn_rate_windows_are_the_workbooks() -> None:
-    rates = _locals()["burn_rates"]
-    assert rates == {"fast": FAST, "slow": SLOW}
+    environment = _locals(ENVIRONMENT)
+    assert environment["burn_rates"] == {"fast": FAST, "slow": SLOW}
     # Pages burn fast; tickets either.
     for key in ("availability", "freshness", "read_latency"):
-        assert '["fast"]' in _locals()["pages"][key][1]
-        ticket = re.sub(r"\s+", " ", _locals()["ticket_queries"])
+        assert '["fast"]' in environment["pages"][key][1]
+        ticket = re.sub(r"\s+", " ", environment["ticket_queries"])
         assert f'{key} = "(${{symptoms.burning["{key}"]["fast"]}})' in ticket, key
         assert f'or (${{symptoms.burning["{key}"]["slow"]}})"' in ticket, key
 
@@ -409,7 +554,7 @@ def test_every_ratio_is_judged_over_a_minimum_of_events() -> None:
         for speed, query in speeds.items():
             assert " / " in query
             assert ">= 100," in query, (slo, speed)
-    for name in ("backlog", "canary_stale", "read_path_failing"):
+    for name in ("backlog", "canary_stale", "cell_unready", "spanner_cpu", "spanner_storage"):
         assert " / " not in _symptoms(("orders",))[name], name
 
 
@@ -446,12 +591,14 @@ def _sections() -> dict[str, str]:
 
 
 def _documentation() -> dict[str, str]:
+    environment = _locals(ENVIRONMENT)
     texts = {name: p["documentation"][0]["content"] for name, p in _policies().items()}
     # The pages' and tickets' texts, as module.alert_documentation passes them on.
-    texts["page"] = _locals()["page_documentation"]
-    texts["ticket"] = _locals()["ticket_documentation"]
-    texts["page commands"] = _locals()["page_commands"]
-    texts.update({f"ticket command {k}": v for k, v in _locals()["ticket_commands"].items()})
+    texts["page"] = environment["page_documentation"]
+    texts["ticket"] = environment["ticket_documentation"]
+    texts["page commands"] = environment["page_commands"]
+    texts["instance commands"] = environment["instance_commands"]
+    texts.update({f"ticket command {k}": v for k, v in environment["ticket_commands"].items()})
     return texts
 
 
@@ -466,27 +613,44 @@ def test_every_command_in_an_alert_is_in_the_runbook_it_links() -> None:
     runbook = RUNBOOK.read_text()
     for name, text in _documentation().items():
         for command in re.findall(
-            r"(?m)^\s*((?:gcloud|\.venv/bin/recordline|curl)(?: [a-z-]+)*)", text
+            r"(?m)^\s*((?:gcloud|\.venv/bin/recordline|curl|job|eval)(?: [a-z\"$(-]+)*)", text
         ):
             words = command.split()
-            verb = " ".join(words[: 4 if words[0] == "gcloud" else 3])
+            verb = " ".join(words[: 4 if words[0] == "gcloud" else 2])
             assert verb in runbook, f"{name}: `{verb}` is not in docs/operations.md"
-    for key, spec in _locals()["pages"].items():
+    environment = _locals(ENVIRONMENT)
+    for key, spec in environment["pages"].items():
         assert spec[3] in sections, key
-    for key, spec in _locals()["ticket_specs"].items():
+    for key, spec in environment["ticket_specs"].items():
         assert spec[2] in sections, key
+    for key, spec in environment["instance_tickets"].items():
+        assert spec[3] in sections, key
+
+
+def test_every_command_finds_the_system_from_its_name_alone() -> None:
+    # The runbook's commands start from the directory the cells write (their
+    # directory.tf), read as on-call: no case over a list of systems, no name spelled out.
+    environment = _locals(ENVIRONMENT)
+    assert "gs://${var.terraform_state_bucket}/directory/*.json" in environment["directory"]
+    for key, text in environment["ticket_commands"].items():
+        if "SYSTEM=" in text or "$SYSTEM" in text:
+            assert "${local.ticket_system}" in text, key
+    assert "${local.directory}" in environment["ticket_system"]
+    assert "${local.directory}" in environment["page_commands"]
+    assert "recordline-serving" not in json.dumps(environment)
 
 
 # --- what logging costs ------------------------------------------------------------------
 
 
-def test_successful_pushes_are_not_logged_one_by_one() -> None:
+@pytest.mark.parametrize("directory", [ENVIRONMENT, TERRAFORM], ids=["environment", "own project"])
+def test_successful_pushes_are_not_logged_one_by_one(directory: Path) -> None:
     # One request log per push: 86.4 million a day per system at 1,000 msg/s.
-    exclusion = _resources("google_logging_project_exclusion")["successful_pushes"]
+    exclusion = _resources("google_logging_project_exclusion", directory)["successful_pushes"]
     text = exclusion["filter"]
     for part in (
         'log_id(\\"run.googleapis.com/requests\\")',
-        'httpRequest.requestUrl:\\"/pubsub/push\\"',
+        'httpRequest.requestUrl:\\"/pubsub/push\\"',  # /systems/NAME/pubsub/push too
         "httpRequest.status<400",  # refused and failed pushes are kept whole
         "sample(insertId, 0.99)",  # a 1% sample of the rest is kept to look at
     ):
@@ -502,8 +666,8 @@ def test_successful_pushes_are_not_logged_one_by_one() -> None:
 def test_the_export_lag_is_the_freshest_reading_of_the_furthest_behind_table() -> None:
     query = _symptoms(("orders", "payments"), export_lag=7200)["export_lag"]
     lag = "workload_googleapis_com:recordline_export_lag"
-    # Per table the least any instance reports (each reads the watermark from Spanner),
-    # per system its furthest-behind table, named by `system`, over the threshold.
+    # Per table the least any instance reports (the holder writes it), per system its
+    # furthest-behind table, named by `system`, over the threshold.
     assert query == (
         "label_replace(max by (namespace) (min by (namespace, table) ("
         f'{lag}{{monitored_resource="generic_task",namespace=~"(orders|payments)"}})), '
@@ -522,46 +686,48 @@ def test_an_hour_behind_or_blocked_is_a_ticket_and_a_page_comes_before_spanner_d
     from app.store.spanner.schema import retention_days
     from tests.infra.test_terraform import _validations_hold, _variables
 
-    variables = _variables()
+    variables = _variables(ENVIRONMENT)
     ticket, page = (
         variables["export_lag_ticket_seconds"]["default"],
         variables["export_lag_page_seconds"]["default"],
     )
     assert (ticket, page) == (3600, 6 * 3600)
-    # Spanner keeps a row retention_days(window) days, at least 3: the page leaves two
-    # thirds of the shortest at least, and every page threshold the variable accepts does.
     shortest = retention_days(1) * 86_400
     assert shortest == 3 * 86_400
     assert page <= shortest / 3
 
     def accepted(page: int, ticket: int = 3600) -> bool:
         values = {"export_lag_page_seconds": str(page), "export_lag_ticket_seconds": str(ticket)}
-        return _validations_hold("export_lag_page_seconds", values)
+        return _validations_hold("export_lag_page_seconds", values, ENVIRONMENT)
 
     assert accepted(21600)
     assert accepted(86400)
     assert not accepted(86401)  # past a third of the shortest retention
     assert not accepted(3600)  # not after the ticket
-    # Each module instance with its threshold: the fleet's pages, the tickets.
-    modules = {name: b[name] for b in _root("module") for name in b}
+    modules = {name: b[name] for b in _root("module", ENVIRONMENT) for name in b}
     assert modules["fleet_symptoms"]["export_lag_threshold_seconds"] == (
         "${var.export_lag_page_seconds}"
     )
     assert modules["ticket_symptoms"]["export_lag_threshold_seconds"] == (
         "${var.export_lag_ticket_seconds}"
     )
-    pages, tickets = _locals()["pages"], _locals()["ticket_specs"]
+    environment = _locals(ENVIRONMENT)
+    pages, tickets = environment["pages"], environment["ticket_specs"]
     assert pages["export_lag"][1:] == [
         "${module.fleet_symptoms.export_lag}",
         "300s",
         "export-behind",
     ]
     assert tickets["export_lag"][1:3] == ["300s", "export-behind"]
-    assert tickets["export_blocked"][1:3] == ["300s", "export-blocked"]  # blocked 5 minutes
-    queries = re.sub(r"\s+", " ", _locals()["ticket_queries"])
+    assert tickets["export_blocked"][1:3] == ["300s", "export-blocked"]
+    queries = re.sub(r"\s+", " ", environment["ticket_queries"])
     assert "export_lag = symptoms.export_lag" in queries
     assert "export_blocked = symptoms.export_blocked" in queries
-    assert "export_lag_page_seconds / 3600" in pages["export_lag"][0]
+    # On-call reads who holds each system's lease, and its logs where a pool writes them.
+    export = environment["ticket_commands"]["export"]
+    assert "FROM export_lease" in export
+    assert "$POOL_LOGS" in export
+    assert "cloud_run_revision" not in export
 
 
 # --- the completeness ledger (systems on DuckDB or with `serving`) ---------------------------
@@ -570,18 +736,39 @@ def test_an_hour_behind_or_blocked_is_a_ticket_and_a_page_comes_before_spanner_d
 def test_a_producers_missing_sequences_are_a_ticket_summed_over_its_producers() -> None:
     query = _symptoms(("orders", "payments"))["producers_missing"]
     missing = "workload_googleapis_com:recordline_producer_missing"
-    # Every instance reads the one ledger: per producer the most any reports, per system
-    # the sum over its producers, named by `system`.
     assert query == (
         "label_replace(sum by (namespace) (max by (namespace, producer) ("
         f'{missing}{{monitored_resource="generic_task",namespace=~"(orders|payments)"}})), '
         '"system", "$1", "namespace", "(.*)") > 0'
     )
-    tickets = _locals()["ticket_specs"]
+    environment = _locals(ENVIRONMENT)
+    tickets = environment["ticket_specs"]
     assert tickets["producers_missing"][1:3] == ["300s", "producers-missing"]
-    assert "producers_missing" not in _locals()["pages"]  # what is lost is known: no page
-    commands = _locals()["ticket_commands"]["producers"]
-    assert "/v1/producers" in commands
-    assert ".venv/bin/recordline audit --since=24h" in commands
-    # The replay that closes the gaps dead letters hold comes with it.
+    assert "producers_missing" not in environment["pages"]  # what is lost is known: no page
+    commands = environment["ticket_commands"]["producers"].replace('\\"', '"')
+    # As the cell's ops job: no checkout, no login.
+    assert 'job "$OPS_JOB" audit --system="$SYSTEM" --since=24h' in commands
+    assert ".venv/bin/recordline" not in commands
     assert "ticket_commands.replay" in tickets["producers_missing"][3]
+
+
+def test_no_cell_or_system_module_has_alert_policies() -> None:
+    for directory in (TERRAFORM, MODULE):
+        assert _resources("google_monitoring_alert_policy", directory) == {}, directory
+
+
+def test_sequences_two_messages_claimed_are_a_ticket_beside_the_missing() -> None:
+    query = _symptoms(("orders", "payments"))["producers_conflicts"]
+    conflicts = "workload_googleapis_com:recordline_producer_conflicts"
+    assert query == (
+        "label_replace(sum by (namespace) (max by (namespace, producer) ("
+        f'{conflicts}{{monitored_resource="generic_task",namespace=~"(orders|payments)"}})), '
+        '"system", "$1", "namespace", "(.*)") > 0'
+    )
+    environment = _locals(ENVIRONMENT)
+    tickets = environment["ticket_specs"]
+    assert tickets["producers_conflicts"][1:3] == ["300s", "producers-in-conflict"]
+    assert "producers_conflicts" not in environment["pages"]  # both messages are stored: no page
+    commands = environment["ticket_commands"]["conflicts"].replace('\\"', '"')
+    assert 'job "$OPS_JOB" audit --system="$SYSTEM" --since=24h' in commands
+    assert "/v1/producers?limit=100" in commands

@@ -61,12 +61,12 @@ def test_canary_age_is_watched_for_staleness_and_for_absence() -> None:
     # Absent: a ticket, per system: no instance reported a canary age for 10 minutes.
     from tests.infra.test_alerts import _symptoms
 
-    # Whom to expect: every system whose read path the uptime checks probe, named by
-    # no list (modules/system/uptime.tf probes each one every 5 minutes).
+    # Whom to expect: every system with a push subscription, named by no list (each
+    # system's subscription reports its backlog, empty or not, every minute).
     absent = _symptoms(("orders", "payments"))["canary_absent"]
     assert absent.startswith("count by (system) (label_replace(last_over_time(")
-    assert "monitoring_googleapis_com:uptime_check_check_passed{" in absent
-    assert 'host=~"(orders|payments)-123456789012[.]europe-west1[.]run[.]app"' in absent
+    assert "pubsub_googleapis_com:subscription_num_undelivered_messages{" in absent
+    assert 'subscription_id=~"(orders|payments)-push"' in absent
     assert "unless on (system)" in absent
     assert "last_over_time(workload_googleapis_com:recordline_canary_age{" in absent
     assert "[10m]" in absent

@@ -36,14 +36,14 @@ def _table() -> str:
 
 
 def _rows() -> dict[str, list[float]]:
-    """Each row's dollars: before the exporter service 1, 10, 100, then now 1, 10, 100."""
+    """Each row's dollars, for 1, 10, 100 and 1,000 systems."""
     found = {}
     for line in _table().splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         values = [c.strip("*") for c in cells[2:]]
         if all(v.startswith(("$", "<$")) for v in values):
             found[cells[0].strip("*")] = [
-                0.5 if v == "<$1" else float(v.strip("$").replace(",", "")) for v in values
+                0.005 if v == "<$0.01" else float(v.strip("$").replace(",", "")) for v in values
             ]
     return found
 
@@ -53,8 +53,21 @@ def test_the_runbook_cost_table_is_the_one_the_defaults_give() -> None:
     assert _table() in text, (
         "docs/operations.md's cost table is stale: paste `.venv/bin/python infra/fleet_cost.py`"
     )
-    assert fleet_cost().break_even() in text
-    assert fleet_cost().region_plan() in text
+    assert fleet_cost().notes() in text
+
+
+def test_a_system_costs_at_most_25_dollars_a_month_at_100_and_1000_systems() -> None:
+    rows = _rows()
+    per_system = dict(zip(fleet_cost().FLEETS, rows["Per system, twelfth month"], strict=True))
+    assert per_system[100] <= fleet_cost().TARGET_PER_SYSTEM == 25
+    assert per_system[1000] <= 25
+    # Alone, a system pays for a whole cell: the service, the pool, the alerts.
+    assert per_system[1] > 200
+    # The per-system figure is the twelfth month's total over the systems.
+    for column, systems in enumerate(fleet_cost().FLEETS):
+        assert per_system[systems] == pytest.approx(
+            rows["Total, twelfth month"][column] / systems, rel=0.01
+        )
 
 
 def test_every_billed_item_has_a_row_with_its_source() -> None:
@@ -62,13 +75,12 @@ def test_every_billed_item_has_a_row_with_its_source() -> None:
     for item in (
         "Spanner compute",
         "Spanner storage",
-        "Cloud Run: ingest",
-        "Cloud Run: exporter",
+        "Cloud Run: the cells' ingest",
+        "Cloud Run: the cells' exporter",
         "Pub/Sub throughput",
         "Storage Write",
         "BigQuery storage, first month",
         "BigQuery storage, twelfth month",
-        "uptime probes",
         "custom metrics, by bytes",
         "uptime check executions",
         "alerting conditions",
@@ -92,68 +104,60 @@ def test_the_totals_add_up() -> None:
     for label, summed in (("Total, first month", first), ("Total, twelfth month", twelfth)):
         for column, total in enumerate(rows[label]):
             parts = sum(v[column] for v in summed.values())
-            # Each cell is rounded to the dollar: the sum may differ by that much a row.
+            # Each cell is rounded: the sum may differ by a dollar a row.
             assert abs(parts - total) <= len(summed), (label, column)
-    fleets = fleet_cost().FLEETS * 2
-    for column, per_system in enumerate(rows["Per system, twelfth month"]):
-        assert per_system == pytest.approx(
-            rows["Total, twelfth month"][column] / fleets[column], abs=1
-        )
 
 
-def test_spanner_compute_follows_the_databases_and_a_second_instance_past_90() -> None:
+def test_a_thousand_systems_are_ten_cells_each_with_one_service_and_one_pool() -> None:
+    cost = fleet_cost()
+    assert cost.cells_of(1000, 100) == [100] * 10
+    assert cost.cells_of(250, 100) == [100, 100, 50]
+    (cells,) = [line for line in _table().splitlines() if line.startswith("| Cells")]
+    assert cells.split("|")[3:7] == [" 1 ", " 1 ", " 1 ", " 10 "]
+    rows = _rows()
+    pool = rows["Cloud Run: the cells' exporter pools"]
+    always_on = (
+        cost.RUN_VCPU_SECOND * cost.SECONDS_A_MONTH + cost.RUN_GIB_SECOND * cost.SECONDS_A_MONTH
+    )
+    assert always_on == pytest.approx(52.56)
+    assert pool == [
+        round(2 * always_on),
+        round(2 * always_on),
+        round(2 * always_on),
+        round(20 * always_on),
+    ]
+
+
+def test_spanner_compute_follows_each_instances_databases() -> None:
     (units,) = [line for line in _table().splitlines() if line.startswith("| Spanner processing")]
-    assert units.split("|")[3:6] == [" 100 ", " 100 ", " 1000 "]
+    assert units.split("|")[3:7] == [" 100 ", " 100 ", " 1000 ", " 10000 "]
     # 100 systems: 90 databases on the first instance (900 units) and 10 on a second (100).
     found = fleet_cost().evaluate(100)
     assert found["instances"] == 2
     assert found["units"] == 1000
 
 
-def test_now_an_exporter_service_exports_and_ingest_is_billed_by_request() -> None:
+@pytest.mark.parametrize(("rate", "instance_based"), [(1.0, False), (5.0, False), (10.0, True)])
+def test_billing_follows_the_declared_rate_against_the_break_even(
+    rate: float, instance_based: bool
+) -> None:
     cost = fleet_cost()
-    rows = _rows()
-    always_on = 1 * cost.RUN_VCPU_SECOND * cost.SECONDS_A_MONTH + 1 * cost.RUN_GIB_SECOND * (
-        cost.SECONDS_A_MONTH
-    )
-    assert always_on == pytest.approx(52.56)
-    exporter = rows["Cloud Run: exporter service"]
-    assert exporter[:3] == [0, 0, 0]  # before, the exporter ran in each ingest service
-    assert exporter[3:] == [round(2 * always_on)] * 3  # two instances, whatever the fleet
-    ingest = rows["Cloud Run: ingest services"]
-    assert ingest[:3] == [round(n * always_on) for n in (1, 10, 100)]
-    # At 10 pushes a second an instance billed by request is busy all the time: dearer.
-    assert all(now > before for now, before in zip(ingest[3:], ingest[:3], strict=True))
-    assert "below 6.6 pushes a second" in cost.break_even()
-    # A system at rest costs nothing billed by request.
-    found = {**cost.evaluate(1), "rate": 0}
-    assert cost.month(1, found)["Cloud Run: ingest services"][1] == 0
+    found = cost.evaluate(1, rate)
+    assert found["break_even"] == pytest.approx(round(cost.break_even(), 1))
+    assert bool(found["instance_based"]) is instance_based
+    # And the plan picks the cheaper of the two, each priced.
+    by_request = cost.ingest_month(found, False)
+    instance = cost.ingest_month(found, True)
+    assert (instance <= by_request) is instance_based
+    assert f"| {rate:g} pushes a second |" in cost.single_system()
 
 
-def test_the_exporter_service_is_priced_from_its_terraform_size() -> None:
+def test_the_break_even_is_the_one_terraform_declares() -> None:
+    # 1 vCPU, 1 GiB: a push holds a 100 ms slice billed by request, plus its share of
+    # a million requests; always on, a second of both.
     cost = fleet_cost()
-    found = cost.evaluate(10)
-    assert (found["exporter_instances"], found["exporter_cpu"], found["exporter_memory"]) == (
-        2,
-        "1",
-        "1Gi",
-    )
-    assert found["min_instances"] == 0
-    two = cost.month(10, found)["Cloud Run: exporter service"][1]
-    bigger = {**found, "exporter_instances": 3, "exporter_memory": "2Gi"}
-    three = cost.month(10, bigger)["Cloud Run: exporter service"][1]
-    per_second = cost.RUN_VCPU_SECOND + 2 * cost.RUN_GIB_SECOND
-    assert three == pytest.approx(3 * per_second * cost.SECONDS_A_MONTH)
-    assert three > 1.5 * two
-    # Each instance standing by writes every system's export lag: a third costs more.
-    metrics = cost.month(100, {**cost.evaluate(100), "exporter_instances": 3})
-    name = "Cloud Run: exporter service"
-    assert metrics[name][1] > cost.month(100, cost.evaluate(100))[name][1]
-    monitoring = "Cloud Monitoring: custom metrics, by bytes"
-    assert metrics[monitoring][1] > cost.month(100, cost.evaluate(100))[monitoring][1]
-    # Ingest kept warm is not what the table prices: it says so rather than lie.
-    with pytest.raises(ValueError, match="zero instances"):
-        cost.month(1, {**found, "min_instances": 1})
+    assert cost.break_even() == pytest.approx(6.6, abs=0.05)
+    assert cost.evaluate(1)["break_even"] == 6.6
 
 
 def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:
@@ -161,32 +165,33 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:
     # Cloud Monitoring's tiers: 150 MiB free, then $0.258, $0.151 and $0.061 a MiB.
     assert cost._monitoring(150 * cost.MIB) == 0
     assert cost._monitoring(1150 * cost.MIB) == pytest.approx(1000 * 0.258)
-    assert cost._monitoring(200_000 * cost.MIB) == pytest.approx(
-        (100_000 - 150) * 0.258 + 100_000 * 0.151
-    )
-    # Every metric the service writes is counted, by its descriptor's value type.
+    # Every metric the service writes is counted once, by its descriptor's value type:
+    # a system's own are counters and gauges, the distributions are the cell's.
     metrics = cost.evaluate(1)["metrics"]
-    assert set(cost.INGEST_SERIES) | set(cost.EXPORT_SERIES) == set(metrics)
-    assert not set(cost.INGEST_SERIES) & set(cost.EXPORT_SERIES)
+    counted = set(cost.SYSTEM_SERIES) | set(cost.EXPORT_SERIES) | set(cost.CELL_SERIES)
+    assert counted == set(metrics)
+    assert not any(metrics[m] == "DISTRIBUTION" for m in (*cost.SYSTEM_SERIES, *cost.EXPORT_SERIES))
     assert metrics["ingest.lag"] == "DISTRIBUTION"
-    assert cost._point_bytes(metrics, {"ingest.lag": 1, "queue.depth": 1}) == 80 + 8
-    # A hundred systems write hundreds of MiB a month: far more than samples priced
-    # as Managed Prometheus would suggest.
-    assert _rows()["Cloud Monitoring: custom metrics, by bytes"][2] > 400
+    # A system's points a minute, against the 896 bytes nine distributions made them.
+    per_system = cost._point_bytes(metrics, cost.SYSTEM_SERIES)
+    assert per_system <= 100, per_system
 
 
 def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> None:
-    pages, tickets = len(_locals()["pages"]), len(_locals()["ticket_specs"])
-    assert fleet_cost().alert_conditions(1) == pages + tickets + 3
-    assert fleet_cost().alert_conditions(2) == pages + tickets + 6
+    from tests.infra.test_terraform import ENVIRONMENT
+
+    environment = _locals(ENVIRONMENT)
+    expected = (
+        len(environment["pages"])
+        + len(environment["ticket_specs"])
+        + len(environment["instance_tickets"])
+    )
+    assert fleet_cost().alert_conditions() == expected
 
 
-def test_the_figures_the_issue_of_the_old_table_named_are_in_it() -> None:
-    # Uptime checks: 3 checkers every 5 minutes, 100 systems: 2.6 million executions,
-    # past the first million at $0.30 a thousand. The probes' queries: 10 MiB each.
+def test_one_uptime_check_a_cell_stays_in_the_free_executions() -> None:
     rows = _rows()
-    assert rows["Cloud Monitoring: uptime check executions"][2] == 488
-    assert rows["BigQuery queries: the uptime probes' 10 MiB minimum"][2] == 150
+    assert rows["Cloud Monitoring: uptime check executions"] == [0, 0, 0, 0]
     assert 200 <= rows["Pub/Sub throughput (published and pushed)"][2] <= 220
     # BigQuery's storage grows every month rows are kept.
     assert (
@@ -202,11 +207,18 @@ def test_the_region_plan_is_priced_at_least_at_eur3_s_list_price() -> None:
     assert eur3 > 2 * regional
 
 
-def test_the_runbook_says_how_many_series_an_instance_writes() -> None:
-    cost = fleet_cost()
-    metrics = cost.evaluate(1)["metrics"]
-    series = {**cost.INGEST_SERIES, **cost.EXPORT_SERIES}
-    distributions = sum(n for m, n in series.items() if metrics[m] == "DISTRIBUTION")
-    numbers = sum(n for m, n in series.items() if metrics[m] != "DISTRIBUTION")
-    text = re.sub(r"\s+", " ", RUNBOOK.read_text())
-    assert f"{distributions} distributions and {numbers} numbers an instance" in text
+def test_the_capacity_it_prices_is_measured_where_it_says() -> None:
+    cpu, source = fleet_cost().capacity()
+    measured = ROOT / "bench" / "cell_capacity.json"
+    if measured.exists():
+        assert source in measured.read_text()
+    else:
+        # The benchmark's table row it names, with the CPU a request it priced.
+        assert source.startswith("docs/benchmarks.md")
+        row = [
+            line
+            for line in (ROOT / "docs" / "benchmarks.md").read_text().splitlines()
+            if line.startswith("| deployed, server on one CPU |")
+        ]
+        assert row
+        assert f"| {cpu * 1e6:.0f} µs |" in row[0]

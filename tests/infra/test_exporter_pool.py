@@ -1,11 +1,10 @@
-"""The exporter service in Terraform and in the workflows: a worker pool of two
-instances or more exporting every serving system with what each system's ingest has,
-granted only those systems' databases and tables; ingest at zero instances at rest;
-and every rollout deploying the exporter before any system, stopping if it fails.
+"""The cell's exporter pool in Terraform and in the runbook: a worker pool of two
+instances or more exporting every serving system of the cell with what the cell's
+service has, granted only those systems' databases and tables; its canary systems'
+file beside the full one; and on-call's way back, as the operator account.
 
 Expressions are evaluated by `terraform console` where their value matters; the
-workflows' jobs start as GitHub starts them, from their own `needs` and `if`, and their
-shell steps run against the fake cloud (tests/infra/fake_cloud.py).
+runbook's commands run against the fake cloud (tests/infra/fake_cloud.py).
 """
 
 from __future__ import annotations
@@ -15,31 +14,23 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from app.cli import typed_columns_file
 from app.settings import Settings
-from tests.infra.test_apply import APPLIER, apply, plan
-from tests.infra.test_fleet import _root_console, _root_console_run
-from tests.infra.test_rollout import (
-    BUILT,
+from tests.infra.cell_world import (
+    CANARY_SETTING,
     EARLIER,
-    EXPORTER,
-    GITHUB,
     OPERATOR,
     PROJECT,
+    REGION,
     REPOSITORY,
-    VARIABLES,
-    account,
-    deploy_output,
-    rollout,
-    runs,
+    SYSTEMS_SETTING,
     world,
 )
+from tests.infra.test_fleet import _cell, _root_console, _root_console_run
 from tests.infra.test_terraform import MODULE, TERRAFORM, _load, _resources, _variables
-from tests.infra.workflow_runner import Cloud, Expressions, interpolate, load, run_job
+from tests.infra.workflow_runner import Cloud
 
 SERVING = "{ recordline = { serving = true }, orders-eu = { serving = true }, quiet = {} }"
+POOL = "recordline-exporter"
 
 
 def _pool() -> dict[str, Any]:
@@ -61,90 +52,72 @@ def test_the_exporter_is_a_worker_pool_of_two_instances_or_more() -> None:
     (template,) = pool["template"]
     assert template["service_account"] == "${google_service_account.exporter[each.key].email}"
     (container,) = template["containers"]
-    assert {"name": "RECORDLINE_EXPORT_SYSTEMS", "value": "${local.exported_systems_json}"} in (
-        container["env"]
-    )
+    assert container["dynamic"][0]["env"]["for_each"] == "${local.exporter_env}"
     # One instance is no failover: the plan refuses it.
     refused = _root_console_run("var.exporter_instances", "{}", (("exporter_instances", "1"),))
     assert "exporter_instances must be at least 2" in refused.stderr
 
 
-def test_it_exists_once_a_system_has_serving() -> None:
+def test_it_exists_once_a_system_of_the_cell_has_serving() -> None:
     assert _root_console("local.exporter", "{ recordline = {} }") == {}
-    assert _root_console("local.exporter", SERVING) == {"recordline": EXPORTER}
+    assert _root_console("local.exporter", SERVING) == {"recordline": POOL}
 
 
-def test_each_serving_system_is_exported_with_what_its_ingest_service_has(
-    tmp_path: Path,
-) -> None:
-    schema = b'{"type": "record", "name": "Order", "fields": [{"name": "n", "type": "long"}]}'
-    (tmp_path / "o.avsc").write_bytes(schema)
-    typed = typed_columns_file(tmp_path / "o.avsc", "AVRO").encode()
-    systems = (
-        "{ recordline = { serving = true }, quiet = {},"
-        ' orders-eu = { serving = true, spanner_instance = 2, json_schema = "schemas/o.avsc" } }'
+def test_it_reads_the_cells_systems_file_and_its_canary_systems_file_beside_it() -> None:
+    env = _root_console("local.exporter_env", SERVING)
+    assert env["RECORDLINE_SYSTEMS"] == SYSTEMS_SETTING
+    assert env["OTEL_SERVICE_NAME"] == POOL  # its systems' metrics under its own job
+    assert env["RECORDLINE_CELL"] == "recordline"
+    volumes = {v["name"]: v for v in _pool()["template"][0]["volumes"]}
+    assert volumes["systems"]["secret"][0]["secret"] == (
+        "${google_secret_manager_secret.systems.secret_id}"
     )
-    found = _root_console(
-        "{ systems = local.exported_systems, text = local.exported_systems_json }",
-        systems,
-        files=(("schemas/o.avsc", schema), ("schemas/o.avsc.bigquery.json", typed)),
+    assert volumes["canary"]["secret"][0]["secret"] == (
+        "${google_secret_manager_secret.canary_systems[each.key].secret_id}"
     )
-    project = "recordline-dev"
-    assert found["systems"] == {
-        "recordline": {
-            "serving": f"spanner://projects/{project}/instances/recordline-serving"
-            "/databases/recordline",
-            "store": f"bigquery://{project}/recordline",
-        },
-        "orders-eu": {
-            "serving": f"spanner://projects/{project}/instances/recordline-serving-2"
-            "/databases/orders-eu",
-            # The module's dataset: its name with `_` for `-`.
-            "store": f"bigquery://{project}/orders_eu",
-            "json_topic_schema": schema.decode(),
-        },
+    mounts = {
+        m["name"]: m["mount_path"] for m in _pool()["template"][0]["containers"][0]["volume_mounts"]
     }
-    # The service reads it as Terraform writes it, and gives each system its settings.
-    loaded = Settings.load({"RECORDLINE_EXPORT_SYSTEMS": found["text"]}).exporter.exported()
-    assert set(loaded) == {"recordline", "orders-eu"}
-    # The module is given the very datasets named here.
-    assert "${local.dataset_ids[each.key]}" in json.dumps(
-        [b["system"] for b in _load(TERRAFORM / "systems.tf")["module"]]
+    assert mounts == {
+        "systems": "${local.systems_directory}",
+        "canary": "${local.canary_directory}",
+    }
+    directories = _root_console("[local.systems_directory, local.canary_directory]", SERVING)
+    assert [f"@{d}/systems.json" for d in directories] == [SYSTEMS_SETTING, CANARY_SETTING]
+
+
+def test_the_canary_systems_are_serving_systems_of_the_cell_with_their_own_entries() -> None:
+    found = _root_console(
+        "{ canary = local.canary_systems, json = local.canary_json, file = local.systems_file }",
+        SERVING,
     )
+    # The first two serving systems by name, unless the cell names its own.
+    assert found["canary"] == ["orders-eu", "recordline"]
+    # Each with its entry of the full file, as the service reads it.
+    canary = json.loads(found["json"])
+    assert canary == {name: found["file"][name] for name in found["canary"]}
+    named = _root_console("local.canary_systems", SERVING, (("canary_systems", '["quiet"]'),))
+    assert named == ["quiet"]
 
 
-def test_a_hundred_serving_systems_fit_one_variable() -> None:
-    names = ["recordline", *(f"system-{n:03d}" for n in range(1, 100))]
+def test_a_hundred_systems_fit_the_secret_that_holds_their_file() -> None:
+    names = ["recordline", *(f"system-{n:03d}-{'x' * 13}" for n in range(1, 100))]
     entries = [
         f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""} }}'
         for i, n in enumerate(names)
     ]
     found = _root_console(
-        "{ bytes = length(local.exported_systems_json), limit = local.env_value_bytes,"
-        " systems = length(local.exported_systems) }",
+        "{ bytes = local.systems_file_bytes, limit = local.secret_bytes,"
+        " systems = length(local.systems_file) }",
         "{ " + ", ".join(entries) + " }",
         (("service_account_quota", "200"),),
     )
     assert found["systems"] == 100
-    # About 180 bytes a system with names this long: 18 KB of Cloud Run's 32 KiB.
-    assert found["bytes"] < 20_000 < found["limit"] == 32768, found
-    (precondition,) = _pool()["lifecycle"][0]["precondition"]
-    assert precondition["condition"] == (
-        "${length(local.exported_systems_json) <= local.env_value_bytes}"
-    )
-
-
-def test_its_account_counts_against_the_projects_quota_once_a_system_has_serving() -> None:
-    names = ["recordline", *(f"system-{n:03d}" for n in range(1, 94))]
-
-    def accepted(count: int, serving: bool) -> bool:
-        entries = [f'"{n}" = {{ serving = {str(serving).lower()} }}' for n in names[:count]]
-        run = _root_console_run("keys(var.systems)", "{ " + ", ".join(entries) + " }")
-        return "Invalid value for variable" not in run.stderr
-
-    assert accepted(94, serving=False)
-    assert not accepted(94, serving=True)  # the exporter service's account is one more
-    assert accepted(93, serving=True)
+    # Names of 24 characters, the longest: about 640 bytes a system, within 64 KiB.
+    assert found["bytes"] <= found["limit"] == 65536, found
+    version = _resources("google_secret_manager_secret_version")["systems"]
+    (precondition,) = version["lifecycle"][0]["precondition"]
+    assert precondition["condition"] == "${local.systems_file_bytes <= local.secret_bytes}"
 
 
 # --- least privilege -----------------------------------------------------------------------
@@ -163,7 +136,7 @@ def _grants_to(member: str) -> list[tuple[str, str, str]]:
 
 
 def test_the_exporter_may_use_each_serving_systems_database_and_tables_and_nothing_more() -> None:
-    assert _grants_to("var.exporter_service_account") == [
+    assert _grants_to("local.exporter_member") == [
         ("google_bigquery_table_iam_member", "exporter_writes_tables", "roles/bigquery.dataEditor"),
         ("google_pubsub_schema_iam_member", "exporter_reads_schema", "roles/pubsub.viewer"),
         (
@@ -172,16 +145,29 @@ def test_the_exporter_may_use_each_serving_systems_database_and_tables_and_nothi
             "roles/spanner.databaseUser",
         ),
     ]
-    database = _resources("google_spanner_database_iam_member")["exporter_uses_database"]
+    database = _resources("google_spanner_database_iam_member", MODULE)["exporter_uses_database"]
     assert database["database"] == "${each.value.name}"  # each system's own database
     assert "google_spanner_database.serving" in database["for_each"]
-    tables = _resources("google_bigquery_table_iam_member")["exporter_writes_tables"]
+    tables = _resources("google_bigquery_table_iam_member", MODULE)["exporter_writes_tables"]
     named = set(re.findall(r"google_bigquery_table\.(\w+)", json.dumps(tables["for_each"])))
     assert named == {"records", "rejected", "export_watermarks"}  # not dead_letters
-    assert tables["table_id"] == "${each.value.table_id}"
-    # At the project, only the runtime role of query jobs and metrics (runtime_iam.tf).
-    assert _grants_to("google_service_account.exporter") == [
-        ("google_project_iam_binding", "runtime", "${google_project_iam_custom_role.runtime.id}")
+    # At the project, only query jobs, spans and metrics (project_iam.tf); and the
+    # systems' and canary files.
+    granted = _grants_to("google_service_account.exporter")
+    assert [(t, n) for t, n, _ in granted] == [
+        ("google_project_iam_member", "cell_accounts"),
+        ("google_secret_manager_secret_iam_member", "exporter_reads_canary"),
+    ]
+    roles = _root_console(
+        '[for k, v in { for pair in setproduct(concat(["runtime"], length(local.exporter) > 0'
+        ' ? ["exporter"] : []), ["roles/bigquery.jobUser", "roles/cloudtrace.agent",'
+        ' "roles/monitoring.metricWriter"]) : "${pair[0]} ${pair[1]}" => pair } : k]',
+        SERVING,
+    )
+    assert sorted(k for k in roles if k.startswith("exporter ")) == [
+        "exporter roles/bigquery.jobUser",
+        "exporter roles/cloudtrace.agent",
+        "exporter roles/monitoring.metricWriter",
     ]
     # Who may deploy it and act as it: the deploy account, on-call's, the apply account.
     pools = _resources("google_cloud_run_v2_worker_pool_iam_member")
@@ -190,157 +176,89 @@ def test_the_exporter_may_use_each_serving_systems_database_and_tables_and_nothi
     assert acts["role"] == "roles/iam.serviceAccountUser"
 
 
-# --- ingest scales with its own traffic ---------------------------------------------------
+# --- the cell's ingest scales with its own traffic -----------------------------------------
 
 
-def test_ingest_services_run_nothing_between_requests_and_rest_at_zero() -> None:
-    (service,) = [
-        body
-        for block in _load(MODULE / "cloud_run.tf")["resource"]
-        for rtype, named in block.items()
-        if rtype == "google_cloud_run_v2_service"
-        for body in named.values()
-    ]
-    (template,) = service["template"]
-    assert template["scaling"][0]["min_instance_count"] == "${var.min_instances}"
-    assert template["containers"][0]["resources"][0]["cpu_idle"] == "${var.min_instances == 0}"
-    assert _variables()["min_instances"]["default"] == 0
-    # A system may keep instances warm for its followers: its own `min_instances`.
-    inputs = _root_console(
-        "{ for k, v in local.systems : k => v.min_instances != null ? v.min_instances : "
-        "var.min_instances }",
-        "{ recordline = { serving = true }, busy = { serving = true, min_instances = 1 } }",
-    )
-    assert inputs == {"recordline": 0, "busy": 1}
-    # Nothing tells a service to export: RECORDLINE_EXPORT_IN_SERVICE is off unless set.
+def test_the_ingest_service_runs_nothing_between_requests_and_exports_nothing() -> None:
+    (template,) = _resources("google_cloud_run_v2_service")["ingest"]["template"]
+    resources = template["containers"][0]["resources"][0]
+    assert resources["cpu_idle"] == "${!local.instance_based}"
+    # Nothing tells the service to export: RECORDLINE_EXPORT_IN_SERVICE is off unless set.
     assert "RECORDLINE_EXPORT_IN_SERVICE" not in "".join(
         p.read_text() for p in sorted(TERRAFORM.rglob("*.tf"))
     )
     assert Settings.load({}).store.export_in_service is False
 
 
-# --- the exporter first, in every rollout ---------------------------------------------------
+# --- the export job runs what the pool runs ---------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("exporter", "first_runs"),
-    [("success", True), ("skipped", True), ("failure", False), ("cancelled", False)],
-)
-def test_no_system_is_deployed_before_the_exporter_service(exporter: str, first_runs: bool) -> None:
-    jobs = load("deploy-environment.yml")["jobs"]
-    assert "exporter" in jobs["first"]["needs"]
-    assert jobs["rest"]["needs"] == ["prepare", "first"]  # after the first, after it
-    needs = {"prepare": {"result": "success", "outputs": {}}, "exporter": {"result": exporter}}
-    assert runs(jobs["first"], needs, {"needs": needs, "inputs": {}}) is first_runs
+def test_the_export_job_runs_as_the_exporter_with_the_pools_settings() -> None:
+    job = _resources("google_cloud_run_v2_job")["export"]
+    (template,) = job["template"][0]["template"]
+    assert template["service_account"] == "${google_service_account.exporter[each.key].email}"
+    (container,) = template["containers"]
+    assert container["dynamic"][0]["env"]["for_each"] == "${local.exporter_env}"
+    assert container["command"] == ["recordline"]
+    # The rollouts set its image to the pool's (deploy-cell.yml), as does the runbook's
+    # rollback: Terraform leaves it alone.
+    assert "${template[0].template[0].containers[0].image}" in job["lifecycle"][0]["ignore_changes"]
+    workflow = (TERRAFORM.parents[1] / ".github/workflows/deploy-cell.yml").read_text()
+    assert 'gcloud run jobs update "$job" "${scope[@]}" --image="$REPOSITORY@$DIGEST"' in workflow
 
 
-def test_the_exporter_job_runs_only_where_there_is_an_exporter() -> None:
-    job = load("deploy-environment.yml")["jobs"]["exporter"]
-    assert job["needs"] == "prepare"
-    for pool, expected in (("", False), (EXPORTER, True)):
-        needs = {"prepare": {"result": "success", "outputs": {"exporter": pool}}}
-        assert runs(job, needs, {"needs": needs, "inputs": {}}) is expected
+# --- on-call's way back ------------------------------------------------------------------------
 
 
-def _deploys(cloud: Cloud) -> list[str]:
-    """What each deploy call deployed, in order: the pool, or a system's service."""
-    found = []
-    for argv in cloud.calls():
-        if argv[:4] == ["beta", "run", "worker-pools", "deploy"]:
-            found.append(argv[4])
-        elif argv[:2] == ["run", "deploy"]:
-            found.append(argv[2])
-    return found
-
-
-def test_a_rollout_deploys_the_exporter_first_by_digest(tmp_path: Path) -> None:
-    cloud = Cloud(tmp_path, world(["recordline", "orders"], deployed=EARLIER, exporter=EARLIER))
-    ran = rollout(cloud)
-    assert all(j is None or j.result == "success" for j in ran.values()), ran
-    assert _deploys(cloud) == [EXPORTER, "recordline", "orders"]
-    pool = cloud.world["worker_pools"][EXPORTER]
-    newest = pool["revisions"][-1]
-    assert (newest["digest"], newest["command"], newest["args"]) == (
-        BUILT,
-        ["recordline"],
-        ["exporter"],
+def test_on_call_moves_the_exporter_back_as_the_operator_account(tmp_path: Path) -> None:
+    # The runbook's rollback of the exporter pool (docs/operations.md#rolling-the-exporter-back):
+    # every instance to the revision before, the export job to its image, both as the
+    # operator account; nothing else needed.
+    state = world(
+        {"recordline": ["recordline", "orders"]},
+        deployed=EARLIER,
+        exporter=EARLIER,
+        serving={"recordline": ["recordline", "orders"]},
     )
-    assert pool["split"] == "latest"  # every instance on it
-
-
-def test_an_exporter_that_fails_to_start_stops_the_rollout_before_any_system(
-    tmp_path: Path,
-) -> None:
-    state = world(["recordline"], deployed=EARLIER, exporter=EARLIER)
-    state["broken_digests"] = [BUILT]
-    cloud = Cloud(tmp_path, state)
-    ran = rollout(cloud)
-    job = ran["exporter"]
-    assert job is not None
-    assert job.result == "failure"
-    assert ran["first"] is None
-    assert ran["rest"] is None
-    assert _deploys(cloud) == [EXPORTER]
-    # Every instance back on the revision that ran before, pinned there.
-    assert cloud.world["worker_pools"][EXPORTER]["split"] == f"{EXPORTER}-00002-w2p"
-    assert cloud.world["services"]["recordline"]["revisions"][-1]["digest"] == EARLIER
-
-
-def test_an_apply_that_creates_the_exporter_deploys_it_before_its_new_systems(
-    tmp_path: Path,
-) -> None:
-    earlier_tag = "e" * 40
-    state = world(["recordline", "orders"], deployed=EARLIER, exporter="")
-    state["iam"]["project"][f"serviceAccount:{APPLIER}"] = ["roles/run.admin"]
-    state["services"]["orders"]["revisions"] = state["services"]["orders"]["revisions"][:1]
-    state["registry"][REPOSITORY]["tags"] = {earlier_tag: EARLIER}
-    cloud = Cloud(tmp_path, state)
-    outputs = {
-        "deploy": {"value": {s: deploy_output(s) for s in ("recordline", "orders")}},
-        "deploy_first": {"value": "recordline"},
-        "deploy_exporter": {"value": EXPORTER},
-        "github_environment_variables": {"value": VARIABLES},
-    }
-    (cloud.work / "outputs.json").write_text(json.dumps(outputs))
-    terraform = cloud.bin / "terraform"
-    terraform.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = show ]; then cat "$3"; fi\n'
-        'if [ "$1" = output ]; then cat "$HOME/outputs.json"; fi\n'
+    newer = "sha256:" + "d" * 64
+    pool = state["worker_pools"][POOL]
+    pool["revisions"].append(
+        {
+            **pool["revisions"][-1],
+            "name": f"{POOL}-00003-w3p",
+            "digest": newer,
+            "image": f"{REPOSITORY}@{newer}",
+        }
     )
-    terraform.chmod(0o755)
-    job, _ = apply(cloud, plan())
-    assert job.result == "success", [(s.name, s.stderr) for s in job.steps]
-    assert job.outputs["exporter"] == EXPORTER
-    assert json.loads(job.outputs["new"]) == ["orders"]
-    jobs = load("terraform-apply.yml")["jobs"]
-    needs: dict[str, Any] = {"apply": {"outputs": job.outputs, "result": "success"}}
-    context = {"needs": needs, "inputs": {"environment": "prod"}}
-    status = {"failed": False, "cancelled": False}
-    exporter = jobs["deploy-new-exporter"]
-    assert runs(exporter, needs, context)
-    given = {k: interpolate(v, Expressions(context, status)) for k, v in exporter["with"].items()}
-    deployed = run_job(
-        cloud, "deploy-exporter.yml", "rollout", inputs=given, variables={}, github=GITHUB
-    )
-    assert deployed.result == "success", [(s.name, s.stderr) for s in deployed.steps]
-    assert cloud.world["worker_pools"][EXPORTER]["revisions"][-1]["digest"] == EARLIER
-    # The new systems after it, and only once it succeeded.
-    assert "deploy-new-exporter" in jobs["deploy-new"]["needs"]
-    for result, expected in (("success", True), ("skipped", True), ("failure", False)):
-        needs["deploy-new-exporter"] = {"result": result}
-        assert runs(jobs["deploy-new"], needs, context) is expected
-
-
-def test_on_call_may_move_the_exporter_back_as_the_operator_account(tmp_path: Path) -> None:
-    # The runbook's rollback of the exporter service (docs/operations.md#the-exporter-service).
-    state = world(["recordline"], deployed=EARLIER, exporter=EARLIER)
+    state["registry"][REPOSITORY]["digests"].append(newer)
+    state["jobs"]["recordline-export"]["image"] = f"{REPOSITORY}@{newer}"
     cloud = Cloud(tmp_path, state)
+    scope = f"--project={PROJECT} --region={REGION} --impersonate-service-account={OPERATOR}"
     done = cloud.shell(
-        f"gcloud beta run worker-pools update-instance-split {EXPORTER} --project={PROJECT} "
-        f"--region=europe-west1 --impersonate-service-account={OPERATOR} "
-        f"--to-revisions={EXPORTER}-00001-p1q=100"
+        f"gcloud beta run worker-pools update-instance-split {POOL} {scope} "
+        f"--to-revisions={POOL}-00002-w2p=100 && "
+        f"gcloud run jobs update recordline-export {scope} --image={REPOSITORY}@{EARLIER}"
     )
     assert done.returncode == 0, done.stderr
-    assert cloud.world["worker_pools"][EXPORTER]["split"] == f"{EXPORTER}-00001-p1q"
-    assert account(EXPORTER) in cloud.world["iam"]["service_accounts"]
+    assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
+    assert cloud.world["jobs"]["recordline-export"]["image"] == f"{REPOSITORY}@{EARLIER}"
+    # As themselves, without the operator account: refused.
+    refused = cloud.shell(
+        f"gcloud beta run worker-pools update-instance-split {POOL} --project={PROJECT} "
+        f"--region={REGION} --to-revisions={POOL}-00003-w3p=100"
+    )
+    assert refused.returncode != 0
+    assert "run.workerpools.update" in refused.stderr
+
+
+def test_the_directory_names_the_pool_its_logs_and_its_account() -> None:
+    directory = _cell(SERVING)["directory"]
+    orders = directory["orders-eu"]
+    assert orders["pool"] == POOL
+    assert orders["export_job"] == "recordline-export"
+    assert orders["exporter"] == f"{POOL}@recordline-dev.iam.gserviceaccount.com"
+    # A worker pool's logs are not a revision's (cloud_run_revision).
+    assert orders["pool_logs"] == (
+        f'resource.type="cloud_run_worker_pool" resource.labels.worker_pool_name="{POOL}"'
+    )
+    assert directory["quiet"]["instance"] == ""

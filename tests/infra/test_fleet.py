@@ -1,4 +1,10 @@
-"""Fifty similar systems: a module per system, its name on every signal, one fleet view."""
+"""A fleet in cells: a module per system, a cell's one service and pool for up to a
+hundred of them, each system's name on every signal, one fleet view.
+
+The cell root's expressions are evaluated by `terraform console` over its variables and
+its plain locals (those that name no resource), the project's number given, as a plan
+would, offline.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from typing import Any
 
 from tests.infra.console import console_run, decoded, require_terraform
 from tests.infra.test_terraform import (
+    ENVIRONMENT,
+    METRICS,
     MODULE,
     TERRAFORM,
     _expression,
@@ -22,6 +30,20 @@ from tests.infra.test_terraform import (
     _root,
     _variables,
 )
+
+# The keys of a system's entry in RECORDLINE_SYSTEMS, as the cell's service reads them
+# (docs/configuration.md): what it is stored to and served from, its audience, push
+# accounts, principals and declared rate.
+ENTRY_KEYS = {
+    "serving",
+    "store",
+    "json_topic_schema",
+    "push_audience",
+    "push_service_accounts",
+    "read_principals",
+    "operator_principals",
+    "rate",
+}
 
 
 def _module() -> dict[str, object]:
@@ -39,7 +61,7 @@ def _module_resources() -> list[str]:
     ]
 
 
-def test_the_module_is_instantiated_once_per_system() -> None:
+def test_the_module_is_instantiated_once_per_system_of_the_cell() -> None:
     module = _module()
     assert module["source"] == "./modules/system"
     assert module["for_each"] == "${local.systems}"
@@ -49,14 +71,16 @@ def test_the_module_is_instantiated_once_per_system() -> None:
     assert given == set(_variables(MODULE))
 
 
-# What `terraform console` needs besides `systems`: the root's required variables.
+# What `terraform console` needs besides `systems`: the cell root's required variables.
 REQUIRED = {
     "project_id": '"recordline-dev"',
     "environment": '"dev"',
-    "github_owner": '"recordline"',
-    "github_repo": '"recordline"',
     "terraform_state_bucket": '"recordline-dev-tfstate"',
 }
+# The project's number, a data source's, stood in for (cell.tf keeps it in a block of
+# its own for this).
+PROJECT_NUMBER = "123456789012"
+DEV_ACCOUNTS = "recordline-dev.iam.gserviceaccount.com"
 
 
 def _plain_locals(path: Path) -> str:
@@ -67,19 +91,26 @@ def _plain_locals(path: Path) -> str:
     return "\n".join(b for b in blocks if not resources.search(b))
 
 
+@cache
+def _metric_types() -> str:
+    """The metrics module's `types` output as a local of the root (`metric_types`), from
+    the module's own locals and expression."""
+    text = (METRICS / "main.tf").read_text()
+    (block,) = re.findall(r"(?ms)^locals \{\n.*?^\}\n", text)
+    (types,) = re.findall(r'(?ms)^output "types" \{\n.*?^  value += (.*?)\n\}', text)
+    return block.replace("locals {", "locals {\n  metric_types = " + types, 1)
+
+
 def _root_console_run(
     expression: str,
     systems: str,
     overrides: tuple[tuple[str, str], ...] = (),
     files: tuple[tuple[str, bytes], ...] = (),
-    *,
-    modules: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """terraform console over the root's variables and plain locals: the variables'
+    """terraform console over the cell root's variables and plain locals: the variables'
     defaults, `overrides` (HCL values), and `systems` converted to the variable's type and
     validated, as a plan would. The configuration sits at infra/terraform of a scratch
-    tree holding `files` (paths from its root, as the repository's); with `modules`, the
-    local modules those files call are installed first (terraform init, offline)."""
+    tree holding `files` (paths from its root, as the repository's)."""
     require_terraform()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch, "infra", "terraform")
@@ -90,21 +121,13 @@ def _root_console_run(
         shutil.copy(TERRAFORM / "variables.tf", work)
         (work / "locals.tf").write_text(
             "\n".join(_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf")))
+            + f'\nlocals {{\n  project_number = "{PROJECT_NUMBER}"\n}}\n'
+            + _metric_types()
         )
         values = {**REQUIRED, **dict(overrides), "systems": systems}
         (work / "values.tfvars").write_text(
             "\n".join(f"{k} = {v}" for k, v in values.items()) + "\n"
         )
-        if modules:
-            init = subprocess.run(
-                ["terraform", "init", "-backend=false", "-input=false", "-no-color"],
-                cwd=work,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            assert init.returncode == 0, init.stderr
         return console_run(work, expression, var_file="values.tfvars")
 
 
@@ -132,51 +155,76 @@ def _module_inputs(names: list[str]) -> str:
 
 
 @cache
-def _system_inputs(systems: str, **overrides: str) -> dict[str, dict[str, Any]]:
-    """The module inputs each system reads from its entry of `systems` (an HCL value),
-    those that name no resource, as terraform evaluates them (`_root_console`)."""
-    names = [
-        name
-        for name, value in _module().items()
-        if isinstance(value, str)
-        and "each." in value
-        and name != "service_name"
-        and not re.search(r"\b(google_\w+\.|file\w*\()", value)
-    ]
-    expression = f"{{for k, v in local.systems : k => {{ {_module_inputs(names)} }}}}"
-    return dict(_root_console(expression, systems, tuple(sorted(overrides.items()))))
+def _cell(systems: str, **overrides: str) -> dict[str, Any]:
+    """The cell's systems' file (RECORDLINE_SYSTEMS) and its directory, as the plan
+    writes them."""
+    return dict(
+        _root_console(
+            "{ file = local.systems_file, directory = local.directory, cell = local.cell }",
+            systems,
+            tuple(sorted(overrides.items())),
+        )
+    )
 
 
-def test_by_default_there_is_one_system_with_the_names_it_always_had() -> None:
-    (one,) = _system_inputs("{}").items()
+def test_by_default_a_cell_of_one_system_with_the_names_it_always_had() -> None:
+    cell = _cell("{}")
+    assert cell["cell"] == "recordline"
+    (one,) = cell["file"].items()
     assert one[0] == "recordline"
-    assert one[1]["dataset_id"] == "recordline"
-    two = _system_inputs("{ recordline = {}, orders = {} }")
-    assert sorted(two) == ["orders", "recordline"]
-    assert two["orders"]["dataset_id"] == "orders"
+    assert one[1]["store"] == "bigquery://recordline-dev/recordline"
+    two = _cell("{ recordline = {}, orders = {} }")
+    assert sorted(two["file"]) == ["orders", "recordline"]
+    assert two["file"]["orders"]["store"] == "bigquery://recordline-dev/orders"
 
 
-def test_the_default_system_takes_the_environments_settings() -> None:
-    # Without `systems`, each setting a system may override reads null from the default
-    # system's entry, and the environment's value is used: the entry has every setting.
-    settings = {
-        "readers": '["domain:example.com"]',
-        "operators": '["user:ada@example.com"]',
-        "min_instances": "1",
-        "max_instances": "7",
-        "extra_env": '{ RECORDLINE_BATCH_MAX_ROWS = "500" }',
+def test_each_systems_entry_holds_what_the_cells_service_reads_of_it() -> None:
+    url = f"https://recordline-{PROJECT_NUMBER}.europe-west1.run.app"
+    cell = _cell(
+        "{ recordline = { serving = true },"
+        ' orders = { readers = ["user:ada@example.com"], rate = 2.5 } }',
+        operators='["domain:example.com"]',
+    )
+    orders = cell["file"]["orders"]
+    assert orders == {
+        "store": "bigquery://recordline-dev/orders",
+        "push_audience": f"{url}/systems/orders/pubsub/push",
+        # Its own push account: the identity its tokens are signed as.
+        "push_service_accounts": "orders-push@recordline-dev.iam.gserviceaccount.com",
+        # Its readers, and the smoke test's account; its operators, and on-call's.
+        "read_principals": f"ada@example.com,recordline-smoke@{DEV_ACCOUNTS}",
+        "operator_principals": f"domain:example.com,recordline-operator@{DEV_ACCOUNTS}",
+        "rate": 2.5,
     }
-    (default,) = _system_inputs("{}", **settings).values()
-    assert default["readers"] == ["domain:example.com"]
-    assert default["operators"] == ["user:ada@example.com"]
-    assert (default["min_instances"], default["max_instances"]) == (1, 7)
-    assert default["extra_env"] == {"RECORDLINE_BATCH_MAX_ROWS": "500"}
-    # A system of the map overrides what it sets and takes the rest from the environment.
-    orders = _system_inputs("{ recordline = {}, orders = { max_instances = 3 } }", **settings)[
-        "orders"
-    ]
-    assert (orders["min_instances"], orders["max_instances"]) == (1, 3)
-    assert orders["readers"] == ["domain:example.com"]
+    assert cell["file"]["recordline"]["serving"] == (
+        "spanner://projects/recordline-dev/instances/recordline-serving/databases/recordline"
+    )
+    assert cell["file"]["recordline"]["rate"] == 10
+    # Every key is one the service reads, or the two a system's own payload shape needs
+    # (its id and time fields, where it names them).
+    for entry in cell["file"].values():
+        assert set(entry) <= ENTRY_KEYS | {"id_field", "time_field"}, entry
+
+
+def test_a_systems_own_instances_and_environment_are_refused_in_a_cell() -> None:
+    for setting in ("min_instances = 1", "max_instances = 3", 'extra_env = { A = "b" }'):
+        run = _root_console_run("keys(var.systems)", f"{{ recordline = {{ {setting} }} }}")
+        assert "are its cell's now" in run.stderr, setting
+
+
+def test_a_cell_holds_at_most_cell_max_systems() -> None:
+    hundred = "{ " + ", ".join(f'"s{n:03d}" = {{}}' for n in range(100)) + ", recordline = {} }"
+    run = _root_console_run("keys(var.systems)", hundred, (("service_account_quota", "200"),))
+    assert "More systems than one cell holds (cell_max_systems, 100)" in run.stderr
+    fits = "{ " + ", ".join(f'"s{n:03d}" = {{}}' for n in range(99)) + ", recordline = {} }"
+    assert (
+        len(
+            decoded(
+                _root_console_run("keys(var.systems)", fits, (("service_account_quota", "200"),))
+            )
+        )
+        == 100
+    )
 
 
 def _top_level_attributes(declared: str) -> set[str]:
@@ -196,132 +244,132 @@ def _top_level_attributes(declared: str) -> set[str]:
 
 def test_the_default_systems_entry_has_every_setting_a_system_may_override() -> None:
     settings = _top_level_attributes(_variables()["systems"]["type"])
-    assert {"readers", "serving", "extra_env"} <= settings
-    assert set(_locals()["system_defaults"]) == settings
-    assert all(value is None for value in _locals()["system_defaults"].values())
+    assert {"readers", "serving", "rate"} <= settings
+    assert set(_locals(TERRAFORM)["system_defaults"]) == settings
+    assert all(value is None for value in _locals(TERRAFORM)["system_defaults"].values())
 
 
-# Resources the module gained after a single deployment's layout: nothing to move.
-ADDED_WITH_THE_MODULE = {
-    "google_monitoring_uptime_check_config.read_path",
-    "google_cloud_run_v2_service_iam_member.uptime_invoker",
-    "google_cloud_run_v2_service_iam_member.operator_invokers",
-    "google_pubsub_subscription_iam_member.operators_pull_dead_letters",
-    "google_cloud_run_v2_service_iam_member.operator_account_rolls_back",
-    "google_service_account_iam_member.operator_account_acts_as_runtime",
-    "google_monitoring_alert_policy.ticket",
-    # The serving tier came later, with systems that opt in.
-    "google_spanner_database.serving",
-    "google_spanner_database_iam_member.runtime_uses_database",
-    "google_spanner_database_iam_member.operator_reads_database",
-    "google_spanner_database_iam_member.operator_restores_rows",
-    # So did topic schemas, for systems that declare one.
-    "google_pubsub_schema.records",
-    "google_pubsub_schema_iam_member.runtime_reads_schema",
-    # And on-call's read of the dead letters.
-    "google_bigquery_table_iam_member.oncall_reads_dead_letters",
-    # And, for analysts, the export's watermarks and the deduplicated records.
-    "google_bigquery_table.export_watermarks",
-    "google_bigquery_routine.records_unique",
-    # And on-call's remedies for the export: its job, and the operator's grants.
-    "google_cloud_run_v2_job.export",
-    "google_cloud_run_v2_job_iam_member.operator_runs_export",
-    "google_bigquery_table_iam_member.operator_reads_exported",
-    # And the exporter service's grants on each serving system's database and tables.
-    "google_spanner_database_iam_member.exporter_uses_database",
-    "google_bigquery_table_iam_member.exporter_writes_tables",
-    "google_pubsub_schema_iam_member.exporter_reads_schema",
-}
-
-
-# What a single deployment had and the module no longer holds: moved into the default
-# system, then out of Terraform's state with nothing destroyed (a `removed` block), its
-# place taken by an environment-wide resource. The runtime account's project roles are
-# one binding for every system now (runtime_iam.tf).
-MOVED_THEN_REMOVED = ("google_project_iam_member.runtime",)
-
-
-# What came out of the default system's module into the environment, shared by every
-# system: a single deployment's (at the root, where it always was) stays put, and the
-# default system's moves back to the root.
-SHARED_AGAIN = {
-    "google_service_account.push": "google_service_account.push",
-    "google_service_account.smoke": "google_service_account.smoke",
-    "google_service_account_iam_member.pubsub_mints_push_token": (
-        "google_service_account_iam_member.pubsub_mints_push_token"
-    ),
-    "google_service_account_iam_member.deployer_mints_smoke_tokens": (
-        "google_service_account_iam_member.deployer_mints_smoke_tokens"
-    ),
-    'google_service_account_iam_member.terraform_apply_acts_as["push"]': (
-        "google_service_account_iam_member.terraform_apply_acts_as_push"
-    ),
-}
-
-
-def test_every_resource_of_a_single_deployment_moves_into_the_default_system() -> None:
-    # (Moves within the environment's own resources, such as the serving tier's storage
-    # policies to the first instance's keys or the image repository to its region's,
-    # are not a system's.)
-    moved = {
-        (block["from"], block["to"])
-        for block in _root("moved")
-        if "module.system" in block["from"] + block["to"]
+def test_a_deployment_made_before_cells_becomes_its_first_cell_with_nothing_destroyed() -> None:
+    moved = {(block["from"], block["to"]) for block in _root("moved")}
+    # The default system's service, account, page-token key and SLO service are the
+    # cell's; the shared push account is the default system's own again.
+    for was, now in (
+        (
+            'module.system["recordline"].google_cloud_run_v2_service.recordline',
+            "google_cloud_run_v2_service.ingest",
+        ),
+        (
+            'module.system["recordline"].google_service_account.runtime',
+            "google_service_account.runtime",
+        ),
+        (
+            'module.system["recordline"].google_secret_manager_secret.page_token',
+            "google_secret_manager_secret.page_token",
+        ),
+        (
+            'module.system["recordline"].google_monitoring_custom_service.recordline',
+            "google_monitoring_custom_service.cell",
+        ),
+        ("google_service_account.push", 'module.system["recordline"].google_service_account.push'),
+    ):
+        assert (f"${{{was}}}", f"${{{now}}}") in moved, (was, now)
+    # What holds data never moves: its addresses are the module's as before.
+    for address in (
+        "google_pubsub_topic.records",
+        "google_pubsub_subscription.push",
+        "google_bigquery_dataset.recordline",
+        "google_bigquery_table.records",
+        "google_spanner_database.serving",
+    ):
+        assert address in _module_resources(), address
+    # Every move lands on something declared.
+    declared = {f'module.system["recordline"].{a}' for a in _module_resources()} | {
+        f"{rtype}.{name}"
+        for block in _root("resource")
+        for rtype, named in block.items()
+        for name in named
     }
-    expected = {
-        (f"${{{address}}}", f'${{module.system["recordline"].{address}}}')
-        for address in [*_module_resources(), *MOVED_THEN_REMOVED]
-        if address not in ADDED_WITH_THE_MODULE
-    } | {
-        (f'${{module.system["recordline"].{was}}}', f"${{{now}}}")
-        for was, now in SHARED_AGAIN.items()
+    for _, to in moved:
+        assert re.sub(r'\["[^"]*"\]$', "", to.strip("${}")) in declared, to
+    # The environment's own resources are forgotten here, never destroyed: the
+    # environment root takes them over (infra/README.md says how).
+    removed = {block["from"].strip("${}") for block in _root("removed")}
+    environment = {
+        f"{rtype}.{name}"
+        for block in _root("resource", ENVIRONMENT)
+        for rtype, named in block.items()
+        for name in named
     }
-    assert moved == expected, sorted(moved ^ expected)[:5]
-    removed = {block["from"] for block in _root("removed")}
-    for address in MOVED_THEN_REMOVED:
-        assert f"${{module.system.{address}}}" in removed, address
-        assert address not in _module_resources()
-    # Nothing moved back is still in the module: each exists once, at the root.
-    assert not {a.split("[")[0] for a in SHARED_AGAIN} & set(_module_resources()) - {
-        "google_service_account_iam_member.terraform_apply_acts_as"
+    assert {
+        "google_iam_workload_identity_pool_provider.github",
+        "google_service_account.deployer",
+        "google_service_account.operator",
+        "google_monitoring_alert_policy.page",
+        "google_monitoring_alert_policy.ticket",
+        "google_artifact_registry_repository.images",
+    } <= removed
+    # What neither root declares any more is the environment's state's to destroy.
+    assert removed - environment <= {
+        "google_project_iam_custom_role.runtime",
+        "google_project_iam_binding.runtime",
+        "google_monitoring_metric_descriptor.workload",  # module.metrics's, there
+        "google_monitoring_alert_policy.spanner_cpu",
+        "google_monitoring_alert_policy.spanner_storage",
     }
-    # The policies a single deployment had on one symptom each are gone, replaced by
-    # the fleet's pages and the system's tickets: nothing of theirs is worth keeping.
-    assert not {"${google_monitoring_alert_policy.slo_burn_rate}"} & {f for f, _ in moved}
-
-
-def test_each_system_names_itself_on_its_metrics_and_logs() -> None:
-    service_env = _locals()["service_env"]
-    assert re.search(r"RECORDLINE_SYSTEM\s+= var\.service_name", service_env)
-    # Its application metrics are its own: filtered by the namespace label.
+    for block in _root("removed"):
+        assert block["lifecycle"] == [{"destroy": False}], block["from"]
+    # And the environment's root forgets the cell's, never destroying them; its
+    # descriptors are its metrics module's now.
+    cell = declared | {f"module.{name}" for block in _root("module") for name in block}
+    kept = {block["from"].strip("${}") for block in _root("removed", ENVIRONMENT)}
+    assert "module.system" in kept
+    assert kept - cell <= {
+        "google_cloud_run_v2_worker_pool_iam_member.deployer_deploys_exporter",
+        "google_cloud_run_v2_worker_pool_iam_member.operator_runs_exporter",
+        "google_service_account.push",
+        "google_service_account_iam_member.pubsub_mints_push_token",
+        "google_service_account_iam_member.terraform_apply_acts_as_push",
+    }  # moved within the cell's state to new addresses
+    for block in _root("removed", ENVIRONMENT):
+        assert block["lifecycle"] == [{"destroy": False}], block["from"]
     assert (
-        'resource.label.\\"namespace\\"=\\"${var.service_name}\\"' in _locals()["workload_metric"]
-    )
+        "${google_monitoring_metric_descriptor.workload}",
+        "${module.metrics.google_monitoring_metric_descriptor.workload}",
+    ) in {(b["from"], b["to"]) for b in _root("moved", ENVIRONMENT)}
 
 
-def test_the_fleet_dashboard_shows_every_slo_metric_by_system_worst_first() -> None:
-    dashboard = _resources("google_monitoring_dashboard")["fleet"]
+def test_each_system_names_itself_on_its_counters_and_the_cell_on_its_own() -> None:
+    # The cell's metrics carry its name; each system's counters the system's, from the
+    # service: each SLO filters its system's namespace.
+    env = re.sub(r"\s+", " ", _locals(TERRAFORM)["service_env"]) + " "
+    assert "RECORDLINE_CELL = local.cell" in env
+    assert "OTEL_SERVICE_NAME = local.cell" in env
+    assert "RECORDLINE_SYSTEM " not in env
+    assert 'resource.label."namespace"="${var.service_name}"' in _locals(MODULE)["slo_events"]
+
+
+def test_the_fleet_dashboard_shows_each_systems_slo_events_worst_first() -> None:
+    dashboard = _resources("google_monitoring_dashboard", ENVIRONMENT)["fleet"]
     text = json.dumps(dashboard)
-    charts = _locals()["fleet_charts"]
+    charts = _locals(ENVIRONMENT)["fleet_charts"]
     by_metric = {
-        "freshness (ingest lag)": 'fleet_metric[\\"ingest.lag\\"]',
-        "read latency (what readers wait for)": 'fleet_metric[\\"read.duration\\"]',
-        "availability (Cloud Run answers)": "run.googleapis.com/request_count",
+        "availability": 'metric.label.\\"slo\\"=\\"availability\\"',
+        "read latency": 'metric.label.\\"slo\\"=\\"read_latency\\"',
+        "freshness (the cell's ingest lag)": 'fleet_metric[\\"ingest.lag\\"]',
     }
     for slo, metric in by_metric.items():
         matching = [c for c in charts if metric in json.dumps(c)]
         assert len(matching) == 1, slo
-        assert "resource.label" in json.dumps(matching[0]), slo  # grouped by the system
-    # Each chart keeps the ten series that peak highest: the worst systems.
+        assert "resource.label" in json.dumps(matching[0]), slo  # grouped
     assert (
         'pickTimeSeriesFilter = {rankingMethod = \\"METHOD_MAX\\", numTimeSeries = 10, '
         'direction = \\"TOP\\"}' in text
     )
-    # Drill-down: a link to each system's own dashboard.
-    assert "module.system[name].dashboard" in _locals()["fleet_links"]
+    # The cells, each with its project, region and dashboard's name.
+    assert "for cell in sort(keys(local.cells))" in _locals(ENVIRONMENT)["fleet_cells"]
 
 
-def test_the_environment_root_has_no_system_resources_of_its_own() -> None:
+def test_the_cell_root_has_no_system_resources_of_its_own() -> None:
     root = [
         f"{rtype}.{name}"
         for path in sorted(TERRAFORM.glob("*.tf"))
@@ -329,26 +377,49 @@ def test_the_environment_root_has_no_system_resources_of_its_own() -> None:
         for rtype, named in block.items()
         for name in named
     ]
-    per_system = {"google_pubsub_topic", "google_cloud_run_v2_service", "google_bigquery_table"}
+    per_system = {
+        "google_pubsub_topic",
+        "google_bigquery_table",
+        "google_spanner_database",
+        "google_monitoring_slo",
+    }
     assert not [a for a in root if a.split(".")[0] in per_system]
+    # And one of each of what a cell is: a service, a pool, two jobs, an uptime check.
+    assert {
+        "google_cloud_run_v2_service.ingest",
+        "google_cloud_run_v2_worker_pool.exporter",
+        "google_cloud_run_v2_job.export",
+        "google_cloud_run_v2_job.ops",
+        "google_monitoring_uptime_check_config.cell",
+        "google_monitoring_custom_service.cell",
+        "google_monitoring_dashboard.cell",
+    } <= set(root)
+    modules = {r.split(".")[0] for r in _module_resources()}
+    assert not modules & {
+        "google_cloud_run_v2_service",
+        "google_cloud_run_v2_job",
+        "google_monitoring_uptime_check_config",
+        "google_monitoring_dashboard",
+        "google_monitoring_alert_policy",
+    }
 
 
-def test_the_read_path_is_probed_from_outside_as_a_reader() -> None:
-    check = _resources("google_monitoring_uptime_check_config")["read_path"]
+def test_the_cell_is_probed_from_outside_as_a_reader_of_its_readiness() -> None:
+    check = _resources("google_monitoring_uptime_check_config")["cell"]
     (http,) = check["http_check"]
-    assert http["path"] == "${local.probe_path}"
-    assert _locals()["probe_path"].startswith("/v1/records?")
+    assert http["path"] == "/readyz"
     assert http["service_agent_authentication"] == [{"type": "OIDC_TOKEN"}]
-    # The probe's token is for the service's URL: an audience the service accepts, from a
-    # principal it admits, through Cloud Run's invoker check.
-    service_env = _locals()["service_env"]
-    assert "${local.read_audience},${local.service_url}" in service_env
-    assert "local.monitoring_service_agent" in _locals()["read_principals"]
-    invoker = _resources("google_cloud_run_v2_service_iam_member")["uptime_invoker"]
-    assert invoker["member"] == "serviceAccount:${local.monitoring_service_agent}"
-    # Its results are a symptom: the fleet pages on it, each system has a ticket.
-    assert _locals()["pages"]["read_path"][1] == "${module.fleet_symptoms.read_path_failing}"
-    assert "read_path = symptoms.read_path_failing" in re.sub(
-        r"\s+", " ", _locals()["ticket_queries"]
+    (resource,) = check["monitored_resource"]
+    assert resource["labels"]["host"] == '${trimprefix(local.cell_url, "https://")}'
+    # The probe's token is for the cell's URL: an audience the service accepts, from an
+    # invoker of the cell.
+    service_env = _locals(TERRAFORM)["service_env"]
+    assert "${local.read_audience},${local.cell_url}" in service_env
+    assert (
+        'uptime-probe = "serviceAccount:${time_sleep.service_agents.triggers["monitoring"]}"'
+        in (_locals(TERRAFORM)["ingest_invokers"])
     )
-    assert "monitoring_googleapis_com:uptime_check_check_passed" in _locals()["read_path_failing"]
+    # One a cell: the fleet pages on it, named by the cell.
+    assert (
+        _locals(ENVIRONMENT)["pages"]["cell_unready"][1] == "${module.fleet_symptoms.cell_unready}"
+    )

@@ -85,8 +85,6 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "google_service_account_iam_member": _iam("iam.serviceAccounts"),
     "google_project_iam_member": _iam("resourcemanager.projects"),
-    # The runtime accounts' role, one binding for every system (runtime_iam.tf).
-    "google_project_iam_binding": _iam("resourcemanager.projects"),
     # The operator's role of exactly the Scheduler permissions on-call uses.
     "google_project_iam_custom_role": (frozenset({"iam.roles.get"}), _crud("iam.roles")),
     "google_logging_project_exclusion": (
@@ -183,6 +181,22 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "google_spanner_instance_iam_member": _iam("spanner.instances"),
     "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
     "time_sleep": (frozenset(), frozenset()),
+    # The cells' limits, checked at plan (environment/cells.tf, limits.tf): nothing called.
+    "terraform_data": (frozenset(), frozenset()),
+    # Each cell's directory, in the environment's state bucket (directory.tf).
+    "google_storage_bucket_object": (
+        frozenset({"storage.objects.get"}),
+        frozenset({"storage.objects.create", "storage.objects.delete"}),
+    ),
+    # A cell's own project in the environment's metrics scope (environment/cells.tf):
+    # linking needs monitoring.metricsScopes.link on both projects
+    # (https://cloud.google.com/monitoring/api/ref_v3/rest/v1/locations.global.metricsScopes.projects/create);
+    # reading the scope, resourcemanager.projects.get
+    # (https://cloud.google.com/monitoring/api/ref_v3/rest/v1/locations.global.metricsScopes/get).
+    "google_monitoring_monitored_project": (
+        frozenset({"resourcemanager.projects.get"}),
+        frozenset({"monitoring.metricsScopes.link"}),
+    ),
 }
 
 # What a read-only account must never hold: writes, and the data itself.
@@ -264,25 +278,42 @@ def test_the_plan_account_reads_configuration_only() -> None:
 
 
 def test_the_apply_account_may_act_as_what_its_resources_run_as() -> None:
-    # A Cloud Run revision runs as the runtime account and a push subscription mints
-    # tokens as the push account: creating either needs iam.serviceAccounts.actAs on it.
+    # A Cloud Run revision or job runs as its account and a push subscription mints
+    # tokens as its push account: creating any needs iam.serviceAccounts.actAs on it.
+    pool = _resources("google_cloud_run_v2_worker_pool")["exporter"]
     runs_as = {
-        _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["service_account"],
+        _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["service_account"],
+        pool["template"][0]["service_account"],
         _resources("google_pubsub_subscription")["push"]["push_config"][0]["oidc_token"][0][
             "service_account_email"
         ],
+        *(
+            job["template"][0]["template"][0]["service_account"]
+            for job in _resources("google_cloud_run_v2_job").values()
+        ),
     }
-    grant = _resources("google_service_account_iam_member")["terraform_apply_acts_as"]
-    assert "iam.serviceAccounts.actAs" in _roles()[grant["role"]]
-    assert grant["member"] == "${var.terraform_apply_member}"
-    granted = {
-        f"${{google_service_account.{m}.email}}"
-        for m in re.findall(r"google_service_account\.(\w+)\.name", json.dumps(grant["for_each"]))
+    assert runs_as == {
+        "${google_service_account.runtime.email}",
+        "${google_service_account.exporter[each.key].email}",
+        "${google_service_account.push.email}",
+        "${local.environment_accounts.operator}",
     }
-    # The push account is the environment's (the module's var.push_service_account).
-    push = _resources("google_service_account_iam_member")["terraform_apply_acts_as_push"]
+    accounts = _resources("google_service_account_iam_member")
+    # The cell's (cell.tf, exporter.tf), as the apply account.
+    runtime = accounts["acts_as_runtime"]
+    assert runtime["service_account_id"] == "${google_service_account.runtime.name}"
+    assert runtime["for_each"]["terraform_apply"] == "${local.apply_member}"
+    exporter = accounts["acts_as_exporter"]
+    assert "terraform_apply" in json.dumps(exporter["for_each"])
+    assert "terraform_apply = local.apply_member" in exporter["member"]
+    # Each system's push account (modules/system/service_accounts.tf).
+    push = accounts["terraform_apply_acts_as_push"]
     assert push["service_account_id"] == "${google_service_account.push.name}"
-    assert push["member"] == "${google_service_account.terraform_apply.member}"
-    assert "iam.serviceAccounts.actAs" in _roles()[push["role"]]
-    granted.add("${var.push_service_account}")
-    assert runs_as <= granted
+    assert push["member"] == "${var.terraform_apply_member}"
+    # The operator account the ops job runs as (environment/iam.tf).
+    operator = accounts["acts_as_operator"]
+    assert operator["for_each"]["terraform_apply"] == (
+        "${google_service_account.terraform_apply.member}"
+    )
+    for grant in (runtime, exporter, push, operator):
+        assert "iam.serviceAccounts.actAs" in _roles()[grant["role"]]

@@ -66,14 +66,16 @@ def token(sub: str, workflow: str, ref: str = "refs/heads/main", **extra: str) -
         token("pull_request", "terraform-environment.yml", "refs/pull/7/merge"),
         token("ref:refs/heads/main", "terraform-environment.yml"),
         token("ref:refs/heads/main", "drift.yml"),
-        # A rollout's first job, then each system's job, then an apply: each after an
-        # approval given before the environment's queue (approve.yml), reviewer-free.
+        # A rollout's first job, then each cell's jobs and their export gates, the
+        # break-glass rollout, then an apply: each after an approval given before the
+        # queues (approve.yml), reviewer-free.
         token("environment:prod-rollout", "deploy-environment.yml"),
-        token("environment:prod-rollout", "deploy-system.yml"),
-        token("environment:prod-rollout", "deploy-exporter.yml"),
+        token("environment:prod-rollout", "deploy-cell.yml"),
+        token("environment:prod-rollout", "export-gate.yml"),
+        token("environment:prod-rollout", "break-glass.yml"),
         token("environment:terraform-prod-apply", "terraform-apply.yml"),
     ],
-    ids=["pr-plan", "main-plan", "drift-plan", "rollout", "system", "exporter", "apply"],
+    ids=["pr-plan", "main-plan", "drift-plan", "rollout", "cell", "gate", "break-glass", "apply"],
 )
 def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
     assert accepts(claims)
@@ -103,7 +105,7 @@ def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
             "the rollout environment from another branch",
         ),
         (
-            token("pull_request", "deploy-system.yml", "refs/pull/7/merge"),
+            token("pull_request", "deploy-cell.yml", "refs/pull/7/merge"),
             "a pull request's job other than a plan",
         ),
         (
@@ -111,7 +113,7 @@ def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
             "a pull request's copy of the drift workflow",
         ),
         (
-            token("environment:terraform-prod-apply", "deploy-system.yml"),
+            token("environment:terraform-prod-apply", "deploy-cell.yml"),
             "the apply environment from another workflow file",
         ),
         (
@@ -152,10 +154,11 @@ def _evaluate(value: str, **context: Any) -> Any:
 def test_a_rollout_is_approved_once_before_its_queue_then_runs_without_reviewers() -> None:
     deploy = load("deploy.yml")["jobs"]
     environment = load("deploy-environment.yml")["jobs"]
-    system = load("deploy-system.yml")["jobs"]["rollout"]
+    cell = load("deploy-cell.yml")["jobs"]
+    gate = load("export-gate.yml")["jobs"]
     approve = load("approve.yml")["jobs"]["approve"]
-    # The approval runs in prod (required reviewers), outside prod's queue, and reads
-    # prod's variables; the rollout, in the queue, takes them from it.
+    # The approval runs in prod (required reviewers), outside every queue, and reads
+    # prod's variables; the rollout, in its cells' queues, takes them from it.
     assert deploy["approve-prod"]["uses"] == "./.github/workflows/approve.yml"
     assert deploy["approve-prod"]["with"] == {"environment": "prod", "reviewed": True}
     assert "concurrency" not in deploy["approve-prod"]
@@ -165,10 +168,12 @@ def test_a_rollout_is_approved_once_before_its_queue_then_runs_without_reviewers
     given = deploy["prod"]["with"]
     assert given["service_account"] == "${{ needs.approve-prod.outputs.deploy_service_account }}"
     assert approve["outputs"]["deploy_service_account"] == "${{ vars.GCP_DEPLOY_SERVICE_ACCOUNT }}"
-    # Every job of the rollout runs in prod-rollout, which has none.
+    # Every job of the rollout that runs steps runs in prod-rollout, which has none.
     inputs = {"environment": "prod"}
     assert _evaluate(environment["prepare"]["environment"], inputs=inputs) == "prod-rollout"
-    assert _evaluate(system["environment"], inputs=inputs) == "prod-rollout"
+    for job in [*cell.values(), *gate.values()]:
+        if "steps" in job:
+            assert _evaluate(job["environment"], inputs=inputs) == "prod-rollout"
     for wave in ("first", "rest"):
         assert environment[wave]["needs"] == "prepare" or "prepare" in environment[wave]["needs"]
         assert environment[wave]["with"]["service_account"] == (
@@ -176,8 +181,22 @@ def test_a_rollout_is_approved_once_before_its_queue_then_runs_without_reviewers
         )
     assert environment["prepare"]["outputs"]["service_account"] == "${{ inputs.service_account }}"
     # No job of the rollout reads an environment's variables: only the approval does.
-    assert "vars." not in str(environment)
-    assert "vars." not in str(system)
+    for jobs in (environment, cell, gate):
+        assert not _reads_variables(jobs)
+
+
+def _reads_variables(jobs: Any) -> bool:
+    """Whether an expression of `jobs` reads an environment's variables (`vars.X`)."""
+    return re.search(r"\$\{\{[^}]*\bvars\.", str(jobs)) is not None
+
+
+def test_the_break_glass_rollout_is_approved_by_prods_reviewers_first() -> None:
+    jobs = load("break-glass.yml")["jobs"]
+    assert jobs["approve"]["uses"] == "./.github/workflows/approve.yml"
+    assert jobs["approve"]["with"] == {"environment": "prod", "reviewed": True}
+    assert jobs["prepare"]["needs"] == "approve"
+    assert jobs["prepare"]["environment"] == "prod-rollout"
+    assert not _reads_variables({k: v for k, v in jobs.items() if k != "approve"})
 
 
 def test_an_apply_is_approved_before_its_queue_then_runs_without_reviewers() -> None:
@@ -188,26 +207,31 @@ def test_an_apply_is_approved_before_its_queue_then_runs_without_reviewers() -> 
         assert approval["uses"] == "./.github/workflows/approve.yml"
         assert approval["with"]["environment"] == f"terraform-{env}"
         assert "concurrency" not in approval
-        assert f"{env}-approve" in terraform[env]["needs"]
-        assert terraform[env]["with"]["apply_service_account"] == (
-            f"${{{{ needs.{env}-approve.outputs.apply_service_account }}}}"
-        )
+        for applies in (f"{env}-environment", f"{env}-cells"):
+            assert f"{env}-approve" in terraform[applies]["needs"]
+            assert terraform[applies]["with"]["apply_service_account"] == (
+                f"${{{{ needs.{env}-approve.outputs.apply_service_account }}}}"
+            )
     assert terraform["prod-approve"]["with"]["reviewed"] is True
     assert _evaluate(apply["environment"], inputs={"environment": "prod"}) == (
         "terraform-prod-apply"
     )
-    assert "vars." not in str(apply)
+    assert not _reads_variables(apply)
 
 
 def test_a_rollback_never_cuts_a_change_short() -> None:
-    # A rollback waits its turn in the environment's queue, which an apply shares
+    # A rollback waits its turn in each cell's queue, which the cell's applies share
     # (tests/infra/test_workflows.py): cancelling what runs would cut an apply short.
     # GitHub keeps one pending run per concurrency group and replaces it with the next
     # (https://docs.github.com/en/actions/how-tos/write-workflows/choose-when-workflows-run/control-workflow-concurrency);
     # the runbook's gcloud commands roll back at once, outside any queue.
-    for job in ("dev", "prod"):
-        concurrency = load("deploy.yml")["jobs"][job]["concurrency"]
-        cancels = concurrency["cancel-in-progress"]
-        assert _evaluate(cancels, inputs={"image_tag": "a" * 40}) is False
-        assert _evaluate(cancels, inputs={"image_tag": ""}) is False
-        assert _evaluate(cancels, inputs={}) is False  # a push has no inputs
+    queued = [
+        (workflow, job, body["concurrency"])
+        for workflow in ("deploy-environment.yml", "break-glass.yml", "terraform.yml")
+        for job, body in load(workflow)["jobs"].items()
+        if "concurrency" in body
+    ]
+    assert len(queued) >= 7, queued
+    for workflow, job, concurrency in queued:
+        assert concurrency["cancel-in-progress"] is False, (workflow, job)
+    assert "concurrency" not in load("deploy.yml")

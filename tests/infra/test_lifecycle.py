@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.infra.test_fleet import _root_console_run
-from tests.infra.test_terraform import MODULE, _load, _resources
+from tests.infra.test_terraform import MODULE, TERRAFORM, _load, _resources
 from tests.waiting import until_blocking
 
 # The limits of the resources named after a system, as Google documents them.
@@ -23,21 +23,14 @@ DEPLOY_TAG = "sha-0123456"  # the longest revision tag the deploy workflow gives
 
 
 def _fits_google(name: str) -> list[str]:
-    """What Google would refuse among the resources named after system `name`."""
+    """What Google would refuse among the resources named after system `name`, and the
+    length the project's own texts are sized for."""
     problems = []
-    for suffix in ("-run", "-push", "-smoke"):  # service accounts: 6 to 30, [a-z][-a-z0-9]*[a-z0-9]
-        account = name + suffix
-        if not (6 <= len(account) <= 30 and re.fullmatch(r"[a-z][-a-z0-9]*[a-z0-9]", account)):
-            problems.append(f"service account {account}")
-    # Cloud Run: up to 49, lower-case letters, digits and dashes, a letter first, no dash
-    # last; its deterministic URL's first label, and a tagged revision's, fit in 63.
-    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?", name):
-        problems.append(f"Cloud Run service {name}")
-    if len(f"{DEPLOY_TAG}---{name}-{PROJECT_NUMBER}") > 63:
-        problems.append("tagged revision URL")
-    # Its export job, with `serving`: a Cloud Run job's name, up to 63 characters alike.
-    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", f"{name}-export"):
-        problems.append(f"Cloud Run job {name}-export")
+    # Its push account: 6 to 30, [a-z][-a-z0-9]*[a-z0-9]
+    # (https://cloud.google.com/iam/docs/service-accounts-create#creating).
+    account = f"{name}-push"
+    if not (6 <= len(account) <= 30 and re.fullmatch(r"[a-z][-a-z0-9]*[a-z0-9]", account)):
+        problems.append(f"service account {account}")
     # Pub/Sub topics and subscriptions: 3 to 255, a letter first, not starting with goog.
     for topic in (name, f"{name}-dead-letter"):
         if not (3 <= len(topic) <= 255 and re.fullmatch(r"[A-Za-z][\w.~+%-]*", topic)):
@@ -47,6 +40,10 @@ def _fits_google(name: str) -> list[str]:
     # Its Spanner database, with `serving`: 2 to 30, [a-z][-_a-z0-9]*[a-z0-9].
     if not (2 <= len(name) <= 30 and re.fullmatch(r"[a-z][-_a-z0-9]*[a-z0-9]", name)):
         problems.append(f"Spanner database {name}")
+    # Its path in the cell's URLs (/systems/NAME/...), and the alerts' documentation,
+    # which lists systems by name and is sized for names of 24 characters (test_alerts).
+    if not re.fullmatch(r"[a-z0-9-]+", name) or len(name) > 24:
+        problems.append(f"a name of {len(name)} characters, or not a plain path segment")
     return problems
 
 
@@ -67,15 +64,15 @@ def _accepted(systems: str, *, service_name: str = "recordline", retired: str = 
     [
         ("orders", ""),
         ("abc", ""),
-        ("a" * 24, ""),  # fits every limit: <name>-smoke is 30
+        ("a" * 24, ""),  # the longest
         ("eu-orders-2", ""),
-        ("a", "too short for its topic and accounts"),
+        ("a", "too short for its topic"),
         ("ab", "too short for its topic"),
-        ("a" * 25, "<name>-smoke is over 30"),
-        ("orders-", "Cloud Run refuses a last dash"),
+        ("a" * 25, "longer than the alerts' texts are sized for"),
+        ("orders-", "Spanner refuses a last dash"),
         ("9orders", "a letter first"),
         ("Orders", "lower case"),
-        ("or_ders", "no underscore in Cloud Run names"),
+        ("or_ders", "no underscore in service accounts"),
         ("google-ads", "Pub/Sub refuses topics starting with goog"),
         ("orders-dead-letter", "the dead-letter topic of a system named orders"),
     ],
@@ -94,16 +91,12 @@ def test_the_module_names_nothing_else_after_the_system() -> None:
     text = "\n".join(p.read_text() for p in sorted(MODULE.glob("*.tf")))
     derived = set(re.findall(r'"\$\{var\.service_name\}([-_a-z]*)"', text))
     assert derived <= {
-        "",  # service, topic, custom service
-        "-run",
-        "-push",
-        "-smoke",
+        "",  # topic, schema, dataset, database
+        "-push",  # its account, and its push subscription
         "-dead-letter",
         "-dead-letter-bigquery",
         "-dead-letter-replay",
-        "-page-token",
         "-canary",
-        "-export",  # the export job on-call runs: a Cloud Run job's name holds 63 characters
     }, derived
 
 
@@ -155,18 +148,42 @@ def test_everything_that_holds_messages_or_rows_is_never_destroyed_by_a_plan() -
 # --- a new system before its first deploy ---------------------------------------
 
 
-def test_a_new_system_starts_on_the_placeholder_and_deploys_replace_it() -> None:
-    service = _resources("google_cloud_run_v2_service")["recordline"]
-    (container,) = service["template"][0]["containers"]
-    assert container["image"] == "${var.placeholder_image}"
-    assert container["command"] == ["python3"]
-    assert container["args"] == ["-c", '${file("${path.module}/placeholder.py")}']
-    ignored = set(service["lifecycle"][0]["ignore_changes"])
-    assert {
-        "${template[0].containers[0].image}",
-        "${template[0].containers[0].command}",
-        "${template[0].containers[0].args}",
-    } <= ignored
+def test_a_new_cell_starts_on_the_placeholder_and_deploys_replace_it() -> None:
+    for rtype, name in (
+        ("google_cloud_run_v2_service", "ingest"),
+        ("google_cloud_run_v2_worker_pool", "exporter"),
+    ):
+        body = _resources(rtype)[name]
+        (container,) = body["template"][0]["containers"]
+        assert container["image"] == "${var.placeholder_image}"
+        assert container["command"] == ["python3"]
+        script = "placeholder.py" if name == "ingest" else "exporter_placeholder.py"
+        assert container["args"] == ["-c", '${file("${path.module}/' + script + '")}']
+        ignored = set(body["lifecycle"][0]["ignore_changes"])
+        assert {
+            "${template[0].containers[0].image}",
+            "${template[0].containers[0].command}",
+            "${template[0].containers[0].args}",
+        } <= ignored
+
+
+def test_the_exporters_placeholder_exports_nothing_and_stops_on_sigterm() -> None:
+    source = (TERRAFORM / "exporter_placeholder.py").read_text()
+    assert "import" in source
+    assert "google" not in source
+    process = subprocess.Popen(
+        [sys.executable, "-c", source], cwd=Path("/"), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert "waiting for the first deploy" in process.stdout.readline()
+        assert process.poll() is None  # a worker pool's instance that exits is restarted
+        process.terminate()
+        assert process.wait(timeout=10) == 0  # stopped by Cloud Run's SIGTERM, cleanly
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +192,7 @@ def placeholder() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    source = (MODULE / "placeholder.py").read_text()
+    source = (TERRAFORM / "placeholder.py").read_text()
     process = subprocess.Popen(
         [sys.executable, "-c", source], env={"PORT": str(port)}, cwd=Path("/")
     )
@@ -226,21 +243,31 @@ def _accounts(directory: Path) -> list[str]:
     ]
 
 
-def test_fifty_systems_fit_in_the_projects_service_accounts() -> None:
+def test_a_cell_of_a_hundred_systems_fits_its_projects_service_accounts() -> None:
     # A project holds 100 service accounts unless a quota increase is granted
-    # (https://cloud.google.com/iam/quotas): what each system creates decides how many fit.
-    per_system, environment = _accounts(MODULE), _accounts(MODULE.parents[1])
-    assert per_system == ["runtime"]  # the one that holds the system's data
-    assert len(environment) == 6
-    assert 50 * len(per_system) + len(environment) <= 100
+    # (https://cloud.google.com/iam/quotas): one a system (its push account), two a cell
+    # (its service's and its pool's), five the environment's where it shares the project.
+    assert _accounts(MODULE) == ["push"]
+    cell = [
+        name
+        for path in sorted(TERRAFORM.glob("*.tf"))
+        for block in _load(path).get("resource", [])
+        for name in block.get("google_service_account", {})
+    ]
+    assert sorted(cell) == ["exporter", "runtime"]
+    assert len(_accounts(TERRAFORM / "environment")) == 5
     # The plan refuses what would not fit, before creating any (the quota can be raised).
-    names = [f"system-{n:03d}" for n in range(1, 95)]
+    names = [f"system-{n:03d}" for n in range(1, 94)]
     fits = "{ " + ", ".join(f'"{n}" = {{}}' for n in ["recordline", *names[:-1]]) + " }"
     over = "{ " + ", ".join(f'"{n}" = {{}}' for n in ["recordline", *names]) + " }"
-    assert _accepted(fits) is True  # 94 systems
-    assert _accepted(over) is False  # 95
+    assert _accepted(fits) is True  # 93 systems, 2 cell and 5 environment accounts
+    assert _accepted(over) is False  # 94
     run = _root_console_run("keys(var.systems)", over, (("service_account_quota", "200"),))
-    assert run.returncode == 0, run.stderr
+    assert "Invalid value for variable" not in run.stderr, run.stderr
+    # In a project of its own, without the environment's five.
+    own = (("environment_project_id", '"recordline-prod"'), ("project_id", '"recordline-prod-2"'))
+    run = _root_console_run("keys(var.systems)", over, own)
+    assert "Invalid value for variable" not in run.stderr, run.stderr
 
 
 # --- retiring a system --------------------------------------------------------------------
@@ -285,11 +312,13 @@ def test_the_placeholder_is_the_services_own_base_image_pinned_by_digest() -> No
     assert not _validations_hold("placeholder_image", {"placeholder_image": tag})
 
 
-def test_the_providers_are_locked_with_their_hashes() -> None:
-    from tests.infra.test_terraform import TERRAFORM, _root
+@pytest.mark.parametrize("root", ["cell", "environment"])
+def test_the_providers_are_locked_with_their_hashes(root: str) -> None:
+    from tests.infra.test_terraform import ENVIRONMENT, TERRAFORM, _root
 
-    lock = hcl_lock(TERRAFORM / ".terraform.lock.hcl")
-    (terraform,) = _root("terraform")
+    directory = TERRAFORM if root == "cell" else ENVIRONMENT
+    lock = hcl_lock(directory / ".terraform.lock.hcl")
+    (terraform,) = _root("terraform", directory)
     required = {
         name: spec
         for providers in terraform["required_providers"]
@@ -304,7 +333,8 @@ def test_the_providers_are_locked_with_their_hashes() -> None:
     check = (MODULE.parents[2] / "check.sh").read_text()
     assert "google and google-beta 6.50" in check
     assert lock["registry.terraform.io/hashicorp/google"][0] == "6.50.0"
-    assert lock["registry.terraform.io/hashicorp/google-beta"][0] == "6.50.0"
+    if root == "cell":
+        assert lock["registry.terraform.io/hashicorp/google-beta"][0] == "6.50.0"
 
 
 def hcl_lock(path: Path) -> dict[str, tuple[str, list[str]]]:

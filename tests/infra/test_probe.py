@@ -1,16 +1,14 @@
-"""The read-path uptime check: a token the service accepts, and a read that costs cents.
+"""The cell's uptime check: a token the cell accepts, a probe that reads no rows, and
+one check a cell whatever its number of systems.
 
 Cloud Monitoring mints the probe's ID token for `https://HOST`, HOST being the host it
-probes; the service accepts only the audiences in RECORDLINE_READ_AUDIENCE. Both are
-evaluated here from the Terraform expressions, for a project number and region. What
-the probe reads is sent through the service on the BigQuery fakes, billed by their
-model of BigQuery's rules, over 30 days of 1,000 msg/s.
+probes; the cell accepts only the audiences in RECORDLINE_READ_AUDIENCE. Both are
+evaluated here by `terraform console` for a cell. What the probe asks is sent through
+the service on the BigQuery fakes, billed by their model of BigQuery's rules.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import pytest
@@ -18,16 +16,15 @@ import pytest
 from app.asgi import create_app
 from app.records import TABLES, columns
 from app.settings import Settings
-from tests.bigquery.billing import DOLLARS_PER_TIB, MIB, BillingModel
+from tests.bigquery.billing import BillingModel
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import NOW, SECOND, make_stream
 from tests.conftest import served
-from tests.infra.test_terraform import _evaluate, _locals, _resources, _template
+from tests.infra.test_fleet import PROJECT_NUMBER, _root_console
+from tests.infra.test_terraform import _resources
 
-SERVICE_URL = "https://orders-123456789012.europe-west1.run.app"
 PROJECT, DATASET = "recordline-prod", "orders"
-
 
 # Checker locations per uptime-check region (UptimeCheckRegion,
 # https://cloud.google.com/monitoring/api/ref_v3/rest/v3/projects.uptimeCheckConfigs#uptimecheckregion):
@@ -43,70 +40,39 @@ CHECKERS = {
 }
 
 
-def _value(template: str, **given: str) -> Any:
-    """A module string (as python-hcl2 keeps it) evaluated by terraform, with the
-    variables and locals in `given` (HCL) and any other local it names bound in turn."""
-    bound = dict(given)
-    todo = [template]
-    while todo:
-        for name in re.findall(r"\blocal\.(\w+)", todo.pop()):
-            if name not in bound:
-                raw = _locals()[name]
-                bound[name] = _hcl(raw)
-                todo.append(raw)
-    return _evaluate(_hcl(template), tuple(sorted(bound.items())))
-
-
-def _hcl(raw: str) -> str:
-    """A string as python-hcl2 keeps it, as HCL again: a template is kept as written
-    (escapes and all), a plain literal comes back unescaped."""
-    if "${" not in raw:
-        return json.dumps(raw)
-    return _template(re.sub(r"\b(var|local)\.", "local.", raw))
-
-
 def _check() -> dict[str, Any]:
     (check,) = _resources("google_monitoring_uptime_check_config").values()
     return check
 
 
-def _probe_host() -> str:
-    """The host the uptime check requests."""
+def test_the_probes_token_is_for_an_audience_the_cell_accepts() -> None:
+    found = _root_console(
+        '{ host = trimprefix(local.cell_url, "https://"),'
+        " audiences = local.service_env.RECORDLINE_READ_AUDIENCE }",
+        "{ recordline = {}, orders = {} }",
+        (("cell", '"eu-1"'), ("region", '"europe-west1"')),
+    )
+    assert found["host"] == f"eu-1-{PROJECT_NUMBER}.europe-west1.run.app"
+    assert f"https://{found['host']}" in found["audiences"].split(",")
     (resource,) = _check()["monitored_resource"]
-    host = resource["labels"]["host"]
-    assert "google_cloud_run_v2_service" not in host, (
-        f"the probe's host ({host}) must be known before the service exists: the "
-        "deterministic URL, whose audience the service accepts"
+    assert "google_cloud_run_v2_service" not in resource["labels"]["host"], (
+        "the probe's host must be known before the service exists: the deterministic "
+        "URL, whose audience the cell accepts"
     )
-    return str(_value(host, service_url=f'"{SERVICE_URL}"'))
 
 
-def _probe_path() -> str:
-    """The path (and query) the uptime check requests."""
-    (http,) = _check()["http_check"]
-    return str(_value(http["path"], canary_attribute='"recordline-canary"'))
-
-
-def _read_audiences() -> list[str]:
-    env = _locals()["service_env"]
-    found = re.search(r'RECORDLINE_READ_AUDIENCE\s*=\s*"([^"]*)"', env)
-    assert found, "the service gets RECORDLINE_READ_AUDIENCE"
-    value = _value(
-        found.group(1), read_audience=f'"{SERVICE_URL}/v1"', service_url=f'"{SERVICE_URL}"'
-    )
-    return [a.strip() for a in value.split(",") if a.strip()]
-
-
-def test_the_probes_token_is_for_an_audience_the_service_accepts() -> None:
-    host = _probe_host()
-    assert host == SERVICE_URL.removeprefix("https://")
-    assert f"https://{host}" in _read_audiences()
-    # Cloud Run's invoker check admits the token too: the audience is one of the
-    # service's own URLs (the deterministic one), and the probe's agent is an invoker.
-    assert _locals()["service_url"].startswith("https://${var.service_name}-${var.project_number}.")
-    invoker = _resources("google_cloud_run_v2_service_iam_member")["uptime_invoker"]
-    assert invoker["member"] == "serviceAccount:${local.monitoring_service_agent}"
-    assert "local.monitoring_service_agent" in _locals()["read_principals"]
+def test_one_check_a_cell_of_three_checkers() -> None:
+    check = _check()
+    assert "for_each" not in check
+    assert "count" not in check
+    checkers = sum(CHECKERS[region] for region in check["selected_regions"])
+    assert checkers == 3  # three regions, the fewest a check may have, one checker each
+    # 8,640 executions a checker a month: 25,920 a cell, so a thousand systems in ten
+    # cells are 259,200, within the first million a month Cloud Monitoring bills nothing
+    # for (https://cloud.google.com/stackdriver/pricing#monitoring-pricing-summary).
+    executions = checkers * 30 * 86_400 // int(check["period"].rstrip("s"))
+    assert executions == 25_920
+    assert executions * 10 < 1_000_000
 
 
 KINDS = {t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()}
@@ -143,30 +109,21 @@ async def bigquery() -> Any:
         await write.stop()
 
 
-async def _billed(bigquery: Any, path: str) -> tuple[Any, int]:
+async def test_the_probe_bills_no_query_however_much_is_stored(bigquery: Any) -> None:
+    # Where a probe of each system read a record (10 MiB billed, BigQuery's least), the
+    # cell's asks its readiness: at most a `SELECT 1` of its store, which reads no table
+    # and bills nothing.
     client, jobs = bigquery
+    (http,) = _check()["http_check"]
     before = len(jobs.queries)
-    answer = await client.get(path)
-    return answer, sum(q.bill.bytes_billed for q in jobs.queries[before:] if q.bill is not None)
-
-
-async def test_the_probe_reads_for_the_10_mib_minimum_however_much_is_stored(
-    bigquery: Any,
-) -> None:
-    answer, billed = await _billed(bigquery, _probe_path())
+    answer = await client.get(http["path"])
     assert answer.status_code == 200, answer.text
-    (matcher,) = _check()["content_matchers"]
-    assert matcher["matcher"] == "CONTAINS_STRING"
-    assert _value(matcher["content"]) in answer.text
-    assert billed == 10 * MIB
-    # Cents a day: every region, every period.
-    check = _check()
-    checkers = sum(CHECKERS[region] for region in check["selected_regions"])
-    assert checkers == 3  # three regions, the fewest a check may have, one checker each
-    probes_a_day = checkers * 86_400 // int(check["period"].rstrip("s"))
-    dollars = probes_a_day * billed / 2**40 * DOLLARS_PER_TIB
-    assert dollars < 0.10, f"${dollars:.2f} a day"
-    # What a look-up of the canary bills at this rate, for comparison: the
-    # write-optimized tail of the table, read whole.
-    _, lookup = await _billed(bigquery, "/v1/records/recordline-canary")
-    assert lookup > 50 * billed
+    assert [status["status_value"] for status in http["accepted_response_status_codes"]] == [200]
+    probed = jobs.queries[before:]
+    assert all(q.bill is not None and q.bill.bytes_billed == 0 for q in probed), probed
+    assert all("FROM" not in q.sql.upper() for q in probed), probed
+    before = len(jobs.queries)
+    # What a look-up of a record bills, for comparison.
+    await client.get("/v1/records/recordline-canary")
+    billed = sum(q.bill.bytes_billed for q in jobs.queries[before:] if q.bill is not None)
+    assert billed >= 10 * 2**20

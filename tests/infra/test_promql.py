@@ -84,7 +84,7 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
         for name in (
             "backlog",
             "canary_stale",
-            "read_path_failing",
+            "cell_unready",
             "dead_letters",
             "bytes_billed",
             "canary_absent",
@@ -92,6 +92,10 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
             "export_blocked",
             "typed_refused",
             "producers_missing",
+            "loop_restarts",
+            "spanner_cpu",
+            "spanner_storage",
+            "producers_conflicts",
         )
     }
     for slo, speeds in symptoms["burning"].items():

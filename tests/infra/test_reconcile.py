@@ -17,8 +17,17 @@ from typing import Any
 
 import pytest
 
-from tests.infra.test_rollout import BUILT, EARLIER, GITHUB, PROJECT, REGION, REPOSITORY, world
-from tests.infra.test_terraform import _resources
+from tests.infra.cell_world import (
+    BUILT,
+    EARLIER,
+    GITHUB,
+    PROJECT,
+    REGION,
+    REPOSITORY,
+    STATE_BUCKET,
+    world,
+)
+from tests.infra.test_terraform import ENVIRONMENT, _resources
 from tests.infra.workflow_runner import Cloud, Job, run_job
 
 PLANNER = f"recordline-tf-plan@{PROJECT}.iam.gserviceaccount.com"
@@ -49,7 +58,15 @@ def history(*runs: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Cloud:
-    return Cloud(tmp_path, world(["recordline", "orders"], deployed=EARLIER))
+    return Cloud(
+        tmp_path,
+        world(
+            {"recordline": ["recordline", "orders"]},
+            deployed=EARLIER,
+            exporter=EARLIER,
+            serving={"recordline": ["orders"]},
+        ),
+    )
 
 
 def reconcile(cloud: Cloud) -> Job:
@@ -154,27 +171,50 @@ def test_runs_that_finished_leave_nothing_to_do(cloud: Cloud) -> None:
 
 
 def _plan_account_can_read(cloud: Cloud) -> None:
-    """The plan account's project roles, as Terraform grants them (iam.tf)."""
+    """The plan account's project roles and its read of the states, as Terraform grants
+    them (environment/iam.tf)."""
     roles = re.findall(
-        r'"(roles/[^"]+)"', _resources("google_project_iam_member")["terraform_plan"]["for_each"]
+        r'"(roles/[^"]+)"',
+        _resources("google_project_iam_member", ENVIRONMENT)["terraform_plan"]["for_each"],
     )
+    state = _resources("google_storage_bucket_iam_member", ENVIRONMENT)[
+        "terraform_plan_reads_state"
+    ]
     iam = cloud.world["iam"]
     iam["project"][f"serviceAccount:{PLANNER}"] = roles
+    iam["objects"][f"{STATE_BUCKET}/"][f"serviceAccount:{PLANNER}"] = [state["role"]]
     registry = cloud.world["registry"]
     registry[REPOSITORY]["tags"] = {OLD: EARLIER, NEW: BUILT}
     registry[REPOSITORY]["digests"] = [EARLIER, BUILT]
-    cloud.update(iam=iam, registry=registry)
+    objects = cloud.world["objects"]
+    environment = {
+        "outputs": {
+            "github_environment_variables": {
+                "value": {
+                    "GCP_PROJECT_ID": PROJECT,
+                    "GCP_REGION": REGION,
+                    "ARTIFACT_REPOSITORY": REPOSITORY.rsplit("/", 1)[0],
+                    "IMAGE_NAME": "recordline",
+                }
+            }
+        }
+    }
+    objects[f"gs://{STATE_BUCKET}/recordline/environment/default.tfstate"] = json.dumps(environment)
+    cloud.update(iam=iam, registry=registry, objects=objects)
 
 
-def _terraform(cloud: Cloud, outputs: dict[str, Any]) -> None:
-    """A stand-in for terraform: init and a plan that finds nothing to change; the outputs
-    of the environment's state."""
-    (cloud.work / "outputs.json").write_text(json.dumps(outputs))
+def _terraform(cloud: Cloud) -> None:
+    """A stand-in for terraform: init, a plan that finds nothing to change, and the
+    cell's output `deploy` from its state."""
+    state = json.loads(
+        cloud.world["objects"][f"gs://{STATE_BUCKET}/recordline/cells/recordline/default.tfstate"]
+    )
+    (cloud.work / "deploy.json").write_text(json.dumps(state["outputs"]["deploy"]["value"]))
     terraform = cloud.bin / "terraform"
     terraform.write_text(
         "#!/bin/sh\n"
         'case "$1" in\n'
-        '  output) cat "$HOME/outputs.json" ;;\n'
+        '  output) cat "$HOME/deploy.json" ;;\n'
         "  plan) echo 'No changes. Your infrastructure matches the configuration.' ;;\n"
         "esac\n"
     )
@@ -192,48 +232,27 @@ def drift_plan(cloud: Cloud) -> Job:
             "TF_PLAN_SERVICE_ACCOUNT_PROD": PLANNER,
         },
         github={**GITHUB, "repository": "recordline/recordline"},
-        matrix={
-            "environment": "prod",
-            "provider": "GCP_WORKLOAD_IDENTITY_PROVIDER_PROD",
-            "account": "TF_PLAN_SERVICE_ACCOUNT_PROD",
-        },
+        matrix={"state": {"environment": "prod", "root": "recordline"}},
     )
 
 
-def _outputs(cloud: Cloud) -> dict[str, Any]:
-    state = json.loads(
-        cloud.world["objects"]["gs://recordline-prod-tfstate/recordline/default.tfstate"]
-    )
-    return {
-        "deploy": state["outputs"]["deploy"],
-        "github_environment_variables": {
-            "value": {
-                "GCP_PROJECT_ID": PROJECT,
-                "GCP_REGION": REGION,
-                "ARTIFACT_REPOSITORY": REPOSITORY.rsplit("/", 1)[0],
-                "IMAGE_NAME": "recordline",
-            }
-        },
-    }
-
-
-def test_a_system_left_on_an_earlier_image_is_ticketed(cloud: Cloud) -> None:
-    # main's last deploy (NEW, its image BUILT) succeeded, yet the systems serve EARLIER
-    # (a deploy lost some other way, a revision pinned by hand and forgotten).
+def test_a_cell_left_on_an_earlier_image_is_ticketed(cloud: Cloud) -> None:
+    # main's last deploy (NEW, its image BUILT) succeeded, yet the cell serves and
+    # exports EARLIER (a deploy lost some other way, a revision pinned and forgotten).
     _plan_account_can_read(cloud)
-    _terraform(cloud, _outputs(cloud))
+    _terraform(cloud)
     cloud.update(github_runs=history(run("deploy.yml", "success", sha=NEW, at="10")))
     job = drift_plan(cloud)
     assert job.result == "success", job.steps[-1].stderr
     ((title, (body,)),) = tickets(cloud).items()
     assert title == "drift: prod differs from main"
     assert f"recordline serves {EARLIER}, not main's last deploy ({NEW}: {BUILT})" in body
-    assert "orders serves" in body
+    assert f"recordline-exporter exports with {EARLIER}, not main's last deploy ({NEW})" in body
 
 
 def test_a_rollback_since_main_s_last_deploy_is_not_drift(cloud: Cloud) -> None:
     _plan_account_can_read(cloud)
-    _terraform(cloud, _outputs(cloud))
+    _terraform(cloud)
     cloud.update(
         github_runs=history(
             run("deploy.yml", "success", sha=NEW, at="10"),
@@ -243,3 +262,11 @@ def test_a_rollback_since_main_s_last_deploy_is_not_drift(cloud: Cloud) -> None:
     job = drift_plan(cloud)
     assert job.result == "success", job.steps[-1].stderr
     assert tickets(cloud) == {}
+
+
+def test_every_state_is_planned_the_environments_and_each_cells() -> None:
+    from tests.infra.workflow_runner import load
+
+    plan = load("drift.yml")["jobs"]["plan"]
+    assert plan["strategy"]["matrix"]["state"] == "${{ fromJSON(needs.roots.outputs.states) }}"
+    assert plan["strategy"]["fail-fast"] is False

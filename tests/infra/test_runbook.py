@@ -9,7 +9,14 @@ from typing import Any
 
 from app.settings import QuerySettings
 from app.store.spanner.schema import retention_days
-from tests.infra.test_terraform import _locals, _resources, _variables
+from tests.infra.test_terraform import (
+    ENVIRONMENT,
+    METRICS,
+    TERRAFORM,
+    _locals,
+    _resources,
+    _variables,
+)
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 LINK = re.compile(r"Runbook: docs/operations\.md#([^\s\"`)]+)")
@@ -34,16 +41,10 @@ def _each(body: dict[str, Any]) -> dict[str | None, Any]:
     expression = body["for_each"]
     if "local.ticket_specs" in expression:
         # One per symptom and channel set: each.value.symptom keys local.ticket_specs.
-        return {k: {"symptom": k} for k in _locals()["ticket_specs"]}
-    if expression == "${local.spanner_storage_policies}":
-        # The serving tier's instances' policies, one per instance and level: one section.
-        return {None: None}
+        return {k: {"symptom": k} for k in _locals(ENVIRONMENT)["ticket_specs"]}
     found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
-    if found is None:
-        # One policy for each resource (the serving tier's instance): one section for all.
-        assert re.fullmatch(r"\$\{google_\w+\.\w+\}", expression), expression
-        return {None: None}
-    return dict(_locals()[found.group(1)])
+    assert found is not None, expression
+    return dict(_locals(ENVIRONMENT)[found.group(1)])
 
 
 def _runbook_links() -> dict[str, str]:
@@ -55,11 +56,16 @@ def _runbook_links() -> dict[str, str]:
         content = documentation[0]["content"]
         if content == '${module.alert_documentation.texts["page ${each.key}"]}':
             # The pages' texts, one per page (fleet.tf): its runbook section is page[3].
-            content = _locals()["page_documentation"].replace("page[3]", "each.value[3]")
+            content = _locals(ENVIRONMENT)["page_documentation"].replace("page[3]", "each.value[3]")
         if content == '${module.alert_documentation.texts["ticket ${each.value.symptom}"]}':
             # The tickets' texts, one per symptom (tickets.tf): its section is spec[2].
-            content = _locals()["ticket_documentation"].replace(
+            content = _locals(ENVIRONMENT)["ticket_documentation"].replace(
                 "spec[2]", "local.ticket_specs[each.value.symptom][2]"
+            )
+        if content == '${module.alert_documentation.texts["ticket ${each.key}"]}':
+            # The serving instances' tickets (tickets.tf): its section is spec[3].
+            content = _locals(ENVIRONMENT)["instance_ticket_documentation"].replace(
+                "spec[3]", "each.value[3]"
             )
         found = LINK.search(content)
         assert found, f"{name}: documentation has no `Runbook: docs/operations.md#...` link"
@@ -75,7 +81,9 @@ def _runbook_links() -> dict[str, str]:
                     r"\$\{local\.ticket_specs\[each\.value\.symptom\]\[(\d+)\]\}", anchor
                 )
                 if spec:
-                    anchor = _locals()["ticket_specs"][value["symptom"]][int(spec.group(1))]
+                    anchor = _locals(ENVIRONMENT)["ticket_specs"][value["symptom"]][
+                        int(spec.group(1))
+                    ]
             links[name if key is None else f"{name}[{key}]"] = anchor
     return links
 
@@ -99,12 +107,18 @@ def test_the_readme_links_the_runbook() -> None:
 
 
 def test_every_tile_the_runbook_names_is_on_a_dashboard() -> None:
-    titles = [c["title"] for c in [*_locals()["dashboard_charts"], *_locals()["serving_charts"]]]
-    titles += [c[0] for c in _locals()["fleet_charts"]]
+    titles = [c["title"] for c in _cell_charts()]
+    titles += [c[0] for c in _locals(ENVIRONMENT)["fleet_charts"]]
     named = re.findall(r'\btiles? "([^"]+)"', RUNBOOK.read_text())
     assert named
     missing = [t for t in named if not any(title.startswith(t) for title in titles)]
     assert missing == []
+
+
+def _cell_charts() -> list[dict[str, Any]]:
+    """The cell's dashboard's charts, those of the serving tier among them."""
+    text = str(_locals(TERRAFORM)["cell_charts"])
+    return [{"title": title} for title in re.findall(r'title = "([^"]+)"', text)]
 
 
 def _seconds(duration: str) -> int:
@@ -172,7 +186,7 @@ def test_the_runbook_diagram_is_what_terraform_and_the_code_do() -> None:
     # the diagram names is one the service reports (metrics.tf).
     assert "group commit, with serving" in diagram
     assert "SP -->|exporter" in diagram
-    ours = {f"recordline.{name}" for name in _locals()["workload_metrics"]}
+    ours = {f"recordline.{name}" for name in _locals(METRICS)["workload_metrics"]}
     named = {
         name if name.startswith("recordline.") else f"recordline.{name}"
         for label in re.findall(r"<i>([^<]+)</i>", diagram)
@@ -200,7 +214,7 @@ def test_the_exporters_numbers_in_the_runbook_are_the_codes() -> None:
     every = "minute" if exporter.BLOCKED_RETRY_SECONDS == 60 else "other"
     assert f"tries that very batch again every {every}" in blocked
     loops = _section("### Loop restarting")
-    variables = {name: body.get("default") for name, body in _variables().items()}
+    variables = {name: body.get("default") for name, body in _variables(ENVIRONMENT).items()}
     count = variables["loop_restarts_ticket_count"]
     assert f"restarted over {count} times in 10 minutes" in loops
     assert "[10m]" in _locals_symptom("loop_restarts")

@@ -1,9 +1,11 @@
-"""The serving tier in Terraform: one Spanner instance for the systems that opt in, a
-database of each one's own with the service's own schema, least privilege, an alert and
-tiles; and nothing at all for a system that does not opt in.
+"""The serving tier in Terraform: the cell's Spanner instances for the systems that opt
+in, each sized and raised on its own, a database of each system's own with the
+service's own schema, least privilege and tiles; and nothing at all for a system that
+does not opt in.
 
 Expressions are evaluated by `terraform console` where their value matters (which
-systems opt in, the DDL, the service's setting); the rest is the structure as written.
+systems opt in, the DDL, the units of each instance); the rest is the structure as
+written. The instances' tickets and pages are the environment's (test_alerts.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from app.store.open import spanner_database
 from app.store.spanner.schema import ddl, retention_days
 from app.store.spanner.serving import _OLDEST_READ_MICROS, SpannerDatabase
 from tests.infra.console import console, require_terraform
-from tests.infra.test_fleet import _module, _root_console
+from tests.infra.test_fleet import _cell, _module, _root_console
 from tests.infra.test_iam_coverage import _roles
 from tests.infra.test_terraform import (
     MODULE,
@@ -39,7 +41,12 @@ from tests.infra.test_terraform import (
 
 SETTINGS = (
     "{serving_systems = local.serving_systems, instances = local.spanner_instances, "
-    "config = local.spanner_config, threshold = local.spanner_cpu_threshold}"
+    "config = local.spanner_config}"
+)
+
+
+TWO_INSTANCES = (
+    "{ recordline = { serving = true }, b-system = { serving = true, spanner_instance = 2 } }"
 )
 
 
@@ -205,22 +212,6 @@ def test_a_binary_topic_is_sized_by_the_json_spanner_stores() -> None:
     assert declared["stored"] == pytest.approx(10 * (1500 + 400) * days)
 
 
-def test_storage_is_ticketed_at_70_and_paged_at_90_percent() -> None:
-    policy = _resources("google_monitoring_alert_policy")["spanner_storage"]
-    alerts = _locals()["spanner_storage_alerts"]
-    assert {k: (v["threshold"], v["severity"]) for k, v in alerts.items()} == {
-        "ticket": (0.7, "WARNING"),
-        "page": (0.9, "CRITICAL"),
-    }
-    assert alerts["page"]["channels"] == "${var.notification_channels}"
-    assert alerts["ticket"]["channels"] == "${var.ticket_channels}"
-    (condition,) = policy["conditions"]
-    (threshold,) = condition["condition_threshold"]
-    assert "spanner.googleapis.com/instance/storage/utilization" in threshold["filter"]
-    assert threshold["comparison"] == "COMPARISON_GT"
-    assert "docs/operations.md#spanner-storage" in policy["documentation"][0]["content"]
-
-
 def test_more_units_than_the_databases_need_are_kept_and_past_90_databases_refused() -> None:
     assert _units(11, spanner_processing_units="2000") == 2000
     (lifecycle,) = _resources("google_spanner_instance")["serving"]["lifecycle"]
@@ -252,17 +243,29 @@ def test_a_system_past_the_first_90_databases_is_on_a_second_instance() -> None:
     assert found["units"] == {"recordline-serving": 900, "recordline-serving-2": 100}
     assert found["of"]["recordline"] == "recordline-serving"
     assert found["of"]["system-099"] == "recordline-serving-2"
-    # Each instance has its storage ticket and page.
-    policies = _root_console(
-        "keys(local.spanner_storage_policies)",
-        "{ recordline = { serving = true }, b-system = { serving = true, spanner_instance = 2 } }",
+
+
+def test_one_instance_is_raised_alone_and_never_lowered_by_a_plan() -> None:
+    # On-call raised the second instance by hand (its storage page); the plan job read
+    # its units (spanner_live_units) and on-call merged its own figure
+    # (spanner_instance_units): neither instance is lowered, and only the hot one
+    # grows. One figure for every instance would have raised them all.
+    systems = (
+        "{ recordline = { serving = true }, b-system = { serving = true, spanner_instance = 2 } }"
     )
-    assert sorted(policies) == [
-        "recordline-serving page",
-        "recordline-serving ticket",
-        "recordline-serving-2 page",
-        "recordline-serving-2 ticket",
-    ]
+    units = "local.spanner_processing_units"
+    assert _root_console(units, systems) == {
+        "recordline-serving": 100,
+        "recordline-serving-2": 100,
+    }
+    raised = _root_console(
+        units, systems, (("spanner_live_units", '{ "recordline-serving-2" = 2000 }'),)
+    )
+    assert raised == {"recordline-serving": 100, "recordline-serving-2": 2000}
+    merged = _root_console(
+        units, systems, (("spanner_instance_units", '{ "recordline-serving-2" = 1000 }'),)
+    )
+    assert merged == {"recordline-serving": 100, "recordline-serving-2": 1000}
 
 
 @pytest.mark.parametrize(
@@ -321,19 +324,20 @@ def test_processing_units_are_what_spanner_accepts(units: str, accepted: bool) -
 
 
 @pytest.mark.parametrize(
-    ("config", "expected", "threshold"),
+    ("config", "expected"),
     [
-        ('""', "regional-europe-west1", 0.65),  # the service's region by default
-        ('"regional-europe-west4"', "regional-europe-west4", 0.65),
-        ('"eur3"', "eur3", 0.45),  # multi-region: 45% per region
-        ('"nam-eur-asia1"', "nam-eur-asia1", 0.45),
+        ('""', "regional-europe-west1"),  # the service's region by default
+        ('"regional-europe-west4"', "regional-europe-west4"),
+        ('"eur3"', "eur3"),
     ],
 )
-def test_the_cpu_threshold_is_googles_for_the_instance_configuration(
-    config: str, expected: str, threshold: float
+def test_the_instance_configuration_is_the_cells_region_by_default(
+    config: str, expected: str
 ) -> None:
+    # The CPU ticket's threshold follows the instance's own configuration label
+    # (environment tickets: 65% regional, 45% otherwise), whatever the cell declares.
     found = _serving("{}", serving="true", spanner_config=config)
-    assert (found["config"], found["threshold"]) == (expected, threshold)
+    assert found["config"] == expected
 
 
 # --- the database ---------------------------------------------------------------------------
@@ -357,11 +361,13 @@ def _module_locals(expression: str, values: dict[str, str]) -> Any:
 
 @pytest.mark.parametrize("window", [None, 86_400, 90_000, 3_600.5, 30 * 86_400])
 def test_the_database_gets_the_statements_the_service_expects(window: float | None) -> None:
-    # The dedupe window the service runs with: extra_env's, else its own default.
+    # The dedupe window the cell runs with: extra_env's, else the service's own default.
     extra_env = "{}" if window is None else f'{{ RECORDLINE_DEDUPE_WINDOW_SECONDS = "{window}" }}'
     service_window = QuerySettings().dedupe_window_seconds if window is None else window
+    cell_window = _root_console("local.dedupe_window_seconds", "{}", (("extra_env", extra_env),))
+    assert cell_window == service_window
     values = {
-        "extra_env": extra_env,
+        "cell": f"{{ dedupe_window_seconds = {cell_window} }}",
         "serving": '{ instance = "recordline-serving" }',
         "service_name": '"orders"',
     }
@@ -369,10 +375,13 @@ def test_the_database_gets_the_statements_the_service_expects(window: float | No
     assert found["days"] == retention_days(service_window)
     # One statement an element, exactly what `recordline schema spanner` prints.
     assert found["ddl"] == ddl(service_window)
+    given = _module()["cell"]
+    assert isinstance(given, dict)
+    assert given["dedupe_window_seconds"] == "${local.dedupe_window_seconds}"
 
 
 def test_the_database_is_protected_in_terraform_and_in_spanner() -> None:
-    database = _resources("google_spanner_database")["serving"]
+    database = _resources("google_spanner_database", MODULE)["serving"]
     assert database["ddl"] == "${local.spanner_ddl}"
     assert database["name"] == "${var.service_name}"
     assert database["instance"] == "${each.value}"
@@ -393,50 +402,41 @@ def test_the_database_is_protected_in_terraform_and_in_spanner() -> None:
 # --- the service ------------------------------------------------------------------------------
 
 
-def _serving_env(databases: str) -> dict[str, str]:
-    expression = re.sub(
-        r"\bgoogle_spanner_database\.serving\b",
-        "local.databases",
-        re.sub(r"\bvar\.", "local.", _expression(_locals()["serving_env"])),
+def test_the_cell_is_told_where_each_database_is_and_nothing_without_one() -> None:
+    cell = _cell(
+        "{ recordline = {}, orders = { serving = true },"
+        " later = { serving = true, spanner_instance = 2 } }",
+        project_id='"recordline-prod"',
     )
-    return dict(
-        _evaluate(
-            expression,
-            (
-                ("databases", databases),
-                ("project_id", '"recordline-prod"'),
-                ("serving", '{ instance = "recordline-serving" }'),
-            ),
-        )
-    )
-
-
-def test_the_service_is_told_where_its_database_is_and_nothing_without_one() -> None:
-    env = _serving_env('{ orders = { name = "orders" } }')
-    assert spanner_database(env["RECORDLINE_SERVING"]) == SpannerDatabase(
+    systems = cell["file"]
+    assert spanner_database(systems["orders"]["serving"]) == SpannerDatabase(
         "recordline-prod", "recordline-serving", "orders"
     )
-    assert _serving_env("{}") == {}
-    # Terraform's value wins over extra_env's.
-    service_env = re.sub(r"\s+", " ", _locals()["service_env"])
-    assert "merge(var.extra_env, local.retention_env, local.serving_env," in service_env
+    assert spanner_database(systems["later"]["serving"]) == SpannerDatabase(
+        "recordline-prod", "recordline-serving-2", "later"
+    )
+    assert "serving" not in systems["recordline"]
+    # And on-call's directory names the same instance and database.
+    assert cell["directory"]["later"]["instance"] == "recordline-serving-2"
+    assert cell["directory"]["later"]["database"] == "later"
 
 
 def test_the_runtime_account_uses_its_own_database_and_nothing_else() -> None:
-    grant = _resources("google_spanner_database_iam_member")["runtime_uses_database"]
+    grant = _resources("google_spanner_database_iam_member", MODULE)["runtime_uses_database"]
     assert grant["for_each"] == "${google_spanner_database.serving}"
     assert (grant["instance"], grant["database"]) == (
         "${each.value.instance}",
         "${each.value.name}",
     )
     assert grant["role"] == "roles/spanner.databaseUser"
-    assert grant["member"] == "${google_service_account.runtime.member}"
+    assert grant["member"] == "${local.runtime_member}"
+    assert _locals(MODULE)["runtime_member"] == "serviceAccount:${var.cell.runtime}"
     assert {"spanner.databases.read", "spanner.databases.write"} <= _roles()[
         "roles/spanner.databaseUser"
     ]
     # Nowhere else: no Spanner role on the project or an instance for the runtime account.
-    project_roles = json.dumps(_resources("google_project_iam_custom_role")["runtime"])
-    assert "spanner" not in project_roles
+    for grant in _resources("google_project_iam_member").values():
+        assert "runtime" not in json.dumps(grant["member"]) or "spanner" not in json.dumps(grant)
     for grant in _resources("google_spanner_instance_iam_member").values():
         assert "runtime" not in grant["member"]
 
@@ -451,13 +451,17 @@ def test_on_call_may_add_capacity_at_once_and_only_that() -> None:
     grant = _resources("google_spanner_instance_iam_member")["operator_capacity"]
     assert grant["for_each"] == "${google_spanner_instance.serving}"
     assert grant["instance"] == "${each.value.name}"
-    assert grant["member"] == "${google_service_account.operator.member}"
+    assert grant["member"] == "${local.operator_member}"
     assert grant["role"] == "${google_project_iam_custom_role.operator_capacity.id}"
     assert _custom("operator_capacity") == {
         "spanner.instanceOperations.get",
         "spanner.instances.get",
         "spanner.instances.update",
     }
+    # Each cell's roles are its own: several cells may share a project.
+    role = _resources("google_project_iam_custom_role")["operator_capacity"]
+    assert role["role_id"] == "recordlineOperatorCapacity_${local.role_suffix}"
+    assert _root_console("local.role_suffix", "{}", (("cell", '"eu-cell-2"'),)) == "eu_cell_2"
 
 
 def test_on_call_may_restore_rows_but_never_change_a_schema_or_drop_a_database() -> None:
@@ -481,109 +485,84 @@ def test_on_call_may_restore_rows_but_never_change_a_schema_or_drop_a_database()
     assert "spanner.databases.write" not in restore  # writes go to serving databases only
     project = _resources("google_project_iam_member")["operator_restore"]
     assert project["role"] == "${google_project_iam_custom_role.operator_restore.id}"
-    assert project["member"] == "${google_service_account.operator.member}"
-    grant = _resources("google_spanner_database_iam_member")["operator_restores_rows"]
+    assert project["member"] == "${local.operator_member}"
+    grant = _resources("google_spanner_database_iam_member", MODULE)["operator_restores_rows"]
     assert grant["for_each"] == "${google_spanner_database.serving}"
     assert grant["role"] == "${var.serving.restore_role}"
-    assert grant["member"] == "serviceAccount:${var.operator_service_account}"
+    assert grant["member"] == "${local.operator_member}"
     given = _expression(_module()["serving"])
     assert "restore_role = google_project_iam_custom_role.operator_restore_rows.id" in given
 
 
-def test_the_service_waits_for_its_database_grant_to_propagate() -> None:
-    # Its startup probe, /readyz, is red until Spanner answers it.
-    pause = "time_sleep.iam_propagation"
-    assert pause in _waits_for("google_cloud_run_v2_service.recordline")
-    assert "google_spanner_database_iam_member.runtime_uses_database" in _waits_for(pause)
-    # Without `serving` the pause's triggers are what they were: no new wait, no diff.
-    triggers = _resources("time_sleep")["iam_propagation"]["triggers"]
-    expression = re.sub(r"google_\w+\.(\w+)", r"local.\1", _expression(triggers)).replace(
-        "local.runtime_uses_database", "local.grants"
+def test_the_service_waits_for_its_secrets_grants_and_not_for_a_systems_database() -> None:
+    # Cloud Run reads the systems' file and the page-token key when it creates a
+    # revision: those grants have propagated first. A new system's database grant does
+    # not hold the cell's revision: /readyz is red only when no system can serve.
+    pause = "time_sleep.secrets_propagation"
+    assert pause in _waits_for("google_cloud_run_v2_service.ingest")
+    triggers = _resources("time_sleep")["secrets_propagation"]["triggers"]
+    assert triggers == {
+        "page_token": "${google_secret_manager_secret_iam_member.runtime_reads_page_token.id}",
+        "systems": '${google_secret_manager_secret_iam_member.reads_systems["runtime"].id}',
+    }
+    assert "google_spanner_database_iam_member.runtime_uses_database" not in _waits_for(
+        "google_cloud_run_v2_service.ingest"
     )
-    for name in ("pubsub_writes_dead_letters", "runtime_reads_page_token"):
-        assert f"local.{name}.id" in expression
-    bound = (
-        ("grants", "{}"),
-        ("pubsub_writes_dead_letters", '{ id = "a" }'),
-        ("runtime_reads_page_token", '{ id = "b" }'),
-    )
-    assert _evaluate(expression, bound) == {"dead_letters": "a", "page_token": "b"}
-    with_grant = (*bound[1:], ("grants", '{ orders = { id = "c" } }'))
-    assert _evaluate(expression, tuple(sorted(with_grant)))["serving"] == "c"
 
 
 # --- what on-call sees ------------------------------------------------------------------------
 
 
-def test_the_cpu_ticket_is_googles_recommended_alert() -> None:
-    policy = _resources("google_monitoring_alert_policy")["spanner_cpu"]
-    assert policy["for_each"] == "${google_spanner_instance.serving}"
-    assert policy["severity"] == "WARNING"
-    (condition,) = policy["conditions"]
-    (threshold,) = condition["condition_threshold"]
-    metric = 'metric.type=\\"spanner.googleapis.com/instance/cpu/utilization_by_priority\\"'
-    assert metric in json.dumps(threshold["filter"])
-    assert 'metric.label.\\"priority\\"=\\"high\\"' in json.dumps(threshold["filter"])
-    assert 'resource.label.\\"instance_id\\"=\\"${each.value.name}\\"' in json.dumps(
-        threshold["filter"]
+def test_a_cell_with_serving_systems_has_spanner_tiles_by_instance_and_no_other_does() -> None:
+    charts = "[for c in local.cell_charts : c.title]"
+    with_serving = _root_console(
+        charts,
+        "{ recordline = { serving = true }, b-system = { serving = true, spanner_instance = 2 } }",
     )
-    assert threshold["comparison"] == "COMPARISON_GT"
-    assert threshold["threshold_value"] == "${local.spanner_cpu_threshold}"
-    assert int(threshold["duration"].removesuffix("s")) >= 300  # sustained, not a spike
-    (aggregation,) = threshold["aggregations"]
-    # Every database and system task of the instance, per region.
-    assert aggregation["cross_series_reducer"] == "REDUCE_SUM"
-    assert 'resource.label."instance_id"' in aggregation["group_by_fields"]
-    assert "Runbook: docs/operations.md#spanner-cpu" in policy["documentation"][0]["content"]
-
-
-def test_a_serving_system_has_spanner_tiles_and_no_other_does() -> None:
-    titles = [c["title"] for c in _locals()["serving_charts"]]
-    assert any(t.startswith("Spanner CPU by priority") for t in titles)
-    assert any(t.startswith("Spanner request latency") for t in titles)
-    filters = json.dumps(_locals()["serving_charts"])
-    assert "instance/cpu/utilization_by_priority" in filters
-    assert "api/request_latencies" in filters
-    assert 'metric.label.\\"database\\"=\\"${var.service_name}\\"' in filters
-    charts = _expression(_locals()["charts"])
-    assert charts == (
-        "concat(local.dashboard_charts, var.serving != null ? local.serving_charts : [])"
+    without = _root_console(charts, "{}")
+    spanner = [t for t in with_serving if t.startswith("Spanner")]
+    assert spanner
+    assert not [t for t in without if t.startswith("Spanner")]
+    assert not [t for t in without if t.startswith("Export")]
+    filters = json.dumps(
+        _root_console(
+            "local.spanner_of_cell",
+            TWO_INSTANCES,
+        )
     )
-    dashboard = _resources("google_monitoring_dashboard")["recordline"]["dashboard_json"]
-    assert "for i, chart in local.charts" in dashboard
+    assert "recordline-serving" in filters
+    assert "recordline-serving-2" in filters
 
 
 # --- the exporter -----------------------------------------------------------------------------
 
 
-def test_a_serving_system_keeps_no_instance_for_an_exporter() -> None:
-    # The exporter runs apart, in the exporter service (exporter.tf): a serving system's
-    # service scales with its traffic like any other, to zero at rest by default, with
-    # or without `serving` (nothing in the module keeps an instance for it).
-    (scaling,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["scaling"]
-    assert scaling["min_instance_count"] == "${var.min_instances}"
-    assert "min_instances" not in _locals()
-    assert _root_console("local.exporter", "{ recordline = { serving = true } }") != {}
+def test_the_cells_exporter_pool_exists_with_the_first_serving_system() -> None:
+    # The export is the pool's (exporter.tf), never the ingest service's: the service
+    # scales with its traffic, to zero when billed by request and quiet.
+    found = "{ pool = local.exporter, min = local.ingest_min_instances }"
+    assert _root_console(found, "{ recordline = { rate = 1 } }") == {"pool": {}, "min": 0}
+    serving = _root_console(found, "{ recordline = { serving = true, rate = 1 } }")
+    assert serving["pool"] != {}
+    assert serving["min"] == 0  # one push a second: billed by request, scaled to zero
+    (scaling,) = _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["scaling"]
+    assert scaling["min_instance_count"] == "${local.ingest_min_instances}"
 
 
-def test_a_serving_system_shows_its_export_lag_by_table_and_the_fleet_by_system() -> None:
-    charts = {c["title"]: c for c in _locals()["serving_charts"]}
+def test_a_cell_shows_its_export_lag_by_system_and_the_fleet_by_system() -> None:
+    charts = {
+        c["title"]: c
+        for c in _root_console("local.cell_charts", "{ recordline = { serving = true } }")
+    }
     (lag,) = [c for t, c in charts.items() if t.startswith("Export to BigQuery: lag")]
-    ((legend, metric, aligner, reducer, group_by),) = lag["sets"]
-    assert metric == '${local.workload_metric["export.lag"]}'
-    # The worst any instance reports, one line per table.
-    assert (aligner, reducer, group_by) == ("ALIGN_MAX", "REDUCE_MAX", ['metric.label."table"'])
-    assert legend == "$${metric.labels.table}"
-    (moved,) = [c for t, c in charts.items() if t.startswith("Export to BigQuery: rows")]
-    assert [s[1] for s in moved["sets"]] == [
-        '${local.workload_metric["export.rows"]}',
-        '${local.workload_metric["export.blocked"]}',
-    ]
-    # The fleet's: one line per system, its furthest-behind table, the ten worst kept.
-    (fleet,) = [c for c in _locals()["fleet_charts"] if "export.lag" in json.dumps(c)]
-    assert fleet[1:] == [
-        '${local.fleet_metric["export.lag"]}',
+    ((legend, metric, aligner, reducer, group_by, worst),) = lag["sets"]
+    assert 'resource.label."job"="recordline-exporter"' in metric
+    assert "export/lag" in metric or "export.lag" in metric
+    # The worst any instance reports, one line per system, the ten worst kept.
+    assert (aligner, reducer, group_by, worst) == (
         "ALIGN_MAX",
         "REDUCE_MAX",
-        'resource.label."namespace"',
-    ]
+        ['resource.label."namespace"'],
+        True,
+    )
+    assert legend == "${resource.labels.namespace}"

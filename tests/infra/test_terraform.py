@@ -1,7 +1,9 @@
 """Structure of infra/terraform that `terraform validate` cannot be run for offline.
 
-The configuration is parsed with python-hcl2; values are the expressions as
-written (`${var.x}`), not evaluated ones.
+Two roots: the environment's (infra/terraform/environment: its identities, images and
+alerts) and a cell's (infra/terraform, one state per cell, with modules/system for each
+of its systems). The configuration is parsed with python-hcl2; values are the
+expressions as written (`${var.x}`), not evaluated ones.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from app.store.bigquery.schema import created_schema
 from tests.infra.console import console, require_terraform
 
 TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
+ENVIRONMENT = TERRAFORM / "environment"
 ENVIRONMENTS = ("dev", "prod")
 
 
+@cache
 def _load(path: Path) -> dict[str, Any]:
+    """A file's blocks as python-hcl2 reads them, once per run: read, never changed."""
     options = hcl2.SerializationOptions(
         with_comments=False,
         explicit_blocks=False,
@@ -37,6 +42,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 @cache
 def _config() -> dict[str, list[Any]]:
+    """Every block of both roots and their modules."""
     merged: dict[str, list[Any]] = {}
     for path in sorted(TERRAFORM.rglob("*.tf")):
         for kind, blocks in _load(path).items():
@@ -45,15 +51,16 @@ def _config() -> dict[str, list[Any]]:
 
 
 MODULE = TERRAFORM / "modules" / "system"
+METRICS = TERRAFORM / "modules" / "metrics"
 
 
-def _root(kind: str) -> list[Any]:
-    """Blocks of one kind in the environment root alone (not its modules)."""
-    return [block for path in sorted(TERRAFORM.glob("*.tf")) for block in _load(path).get(kind, [])]
+def _root(kind: str, directory: Path = TERRAFORM) -> list[Any]:
+    """Blocks of one kind in a root alone (not its modules): the cell's by default."""
+    return [block for path in sorted(directory.glob("*.tf")) for block in _load(path).get(kind, [])]
 
 
 def _variables(directory: Path = TERRAFORM) -> dict[str, dict[str, Any]]:
-    """The variables of one module: the environment root's by default."""
+    """The variables of one module: the cell root's by default."""
     return {
         name: body
         for path in sorted(directory.glob("*.tf"))
@@ -62,27 +69,41 @@ def _variables(directory: Path = TERRAFORM) -> dict[str, dict[str, Any]]:
     }
 
 
-def _resources(rtype: str) -> dict[str, dict[str, Any]]:
+def _resources(rtype: str, directory: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The resources of one type by name: in every root and module, or in `directory`."""
     found: dict[str, dict[str, Any]] = {}
-    for block in _config()["resource"]:
+    blocks = _config()["resource"] if directory is None else _root("resource", directory)
+    for block in blocks:
         for kind, named in block.items():
             if kind == rtype:
                 found.update(named)
     return found
 
 
-def _locals() -> dict[str, Any]:
-    return {k: v for block in _config()["locals"] for k, v in block.items()}
+def _locals(directory: Path | None = None) -> dict[str, Any]:
+    """The locals by name: of every root and module, or of `directory`."""
+    blocks = _config()["locals"] if directory is None else _root("locals", directory)
+    return {k: v for block in blocks for k, v in block.items()}
 
 
-def _text() -> str:
-    return "\n".join(p.read_text() for p in sorted(TERRAFORM.rglob("*.tf")))
+def _text(directory: Path | None = None) -> str:
+    paths = TERRAFORM.rglob("*.tf") if directory is None else directory.glob("*.tf")
+    return "\n".join(p.read_text() for p in sorted(paths))
+
+
+def _cell_file(environment: str, cell: str = "recordline") -> dict[str, Any]:
+    """A cell's variables (env/<environment>/<cell>.tfvars.json)."""
+    return dict(json.loads((TERRAFORM / "env" / environment / f"{cell}.tfvars.json").read_text()))
 
 
 # --- variables ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("directory", [TERRAFORM, MODULE], ids=["root", "module"])
+@pytest.mark.parametrize(
+    "directory",
+    [TERRAFORM, MODULE, ENVIRONMENT, METRICS],
+    ids=["cell", "module", "environment", "metrics"],
+)
 def test_every_variable_is_typed_and_described(directory: Path) -> None:
     variables = _variables(directory)
     untyped = [n for n, body in variables.items() if not body.get("type")]
@@ -92,7 +113,11 @@ def test_every_variable_is_typed_and_described(directory: Path) -> None:
     assert (untyped, undescribed) == ([], [])
 
 
-@pytest.mark.parametrize("directory", [TERRAFORM, MODULE], ids=["root", "module"])
+@pytest.mark.parametrize(
+    "directory",
+    [TERRAFORM, MODULE, ENVIRONMENT, METRICS],
+    ids=["cell", "module", "environment", "metrics"],
+)
 def test_every_variable_is_used(directory: Path) -> None:
     text = "\n".join(p.read_text() for p in sorted(directory.glob("*.tf")))
     unused = [n for n in _variables(directory) if not re.search(rf"\bvar\.{n}\b", text)]
@@ -101,29 +126,51 @@ def test_every_variable_is_used(directory: Path) -> None:
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_environment_files_set_every_required_variable_and_nothing_else(environment: str) -> None:
-    values = _load(TERRAFORM / "env" / f"{environment}.tfvars")
-    declared = _variables()
+    values = _load(ENVIRONMENT / "env" / f"{environment}.tfvars")
+    declared = _variables(ENVIRONMENT)
     required = {n for n, body in declared.items() if "default" not in body}
     assert required - values.keys() == set()
     assert values.keys() - declared.keys() == set()
     assert values["environment"] == environment
+    # Each cell's file is its root's variables, and names its environment.
+    cells = sorted((TERRAFORM / "env" / environment).glob("*.tfvars.json"))
+    assert cells
+    declared = _variables()
+    required = {n for n, body in declared.items() if "default" not in body}
+    for path in cells:
+        cell = json.loads(path.read_text())
+        assert required - cell.keys() == set(), path.name
+        assert cell.keys() - declared.keys() == set(), path.name
+        assert cell["environment"] == environment
+        assert cell.get("cell", path.name.removesuffix(".tfvars.json")) == path.name.removesuffix(
+            ".tfvars.json"
+        )
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
-def test_each_environment_has_its_own_state(environment: str) -> None:
+def test_each_environment_and_cell_has_its_own_state(environment: str) -> None:
     backend = _load(TERRAFORM / "env" / f"{environment}.backend.hcl")
-    values = _load(TERRAFORM / "env" / f"{environment}.tfvars")
+    values = _load(ENVIRONMENT / "env" / f"{environment}.tfvars")
     assert backend["bucket"] == values["terraform_state_bucket"]
     assert backend["prefix"]
+    # The cells write their directory to the same bucket (directory.tf).
+    assert _cell_file(environment)["terraform_state_bucket"] == backend["bucket"]
+    # The workflows give each state a prefix of its own under the backend's.
+    for workflow in ("terraform-environment.yml", "terraform-apply.yml", "drift.yml"):
+        text = (TERRAFORM.parents[1] / ".github" / "workflows" / workflow).read_text()
+        assert 'prefix="$base/environment"' in text, workflow
+        assert 'prefix="$base/cells/$TF_ROOT"' in text, workflow
 
 
-def test_backend_is_a_partial_gcs_configuration() -> None:
-    (terraform,) = _root("terraform")
+@pytest.mark.parametrize("directory", [TERRAFORM, ENVIRONMENT], ids=["cell", "environment"])
+def test_backend_is_a_partial_gcs_configuration(directory: Path) -> None:
+    (terraform,) = _root("terraform", directory)
     assert terraform["backend"] == [{"gcs": {}}]
 
 
-def test_provider_versions_are_bounded() -> None:
-    (terraform,) = _root("terraform")
+@pytest.mark.parametrize("directory", [TERRAFORM, ENVIRONMENT], ids=["cell", "environment"])
+def test_provider_versions_are_bounded(directory: Path) -> None:
+    (terraform,) = _root("terraform", directory)
     assert re.fullmatch(r">= ?[\d.]+, ?< ?[\d.]+", terraform["required_version"])
     for providers in terraform["required_providers"]:
         for name, spec in providers.items():
@@ -216,18 +263,27 @@ def test_dead_letter_table_has_the_columns_a_bigquery_subscription_writes() -> N
 # --- Pub/Sub --------------------------------------------------------------------
 
 
-def test_push_subscription_targets_the_service_with_a_token() -> None:
+def test_push_subscription_targets_the_cell_with_the_systems_own_token() -> None:
     push = _resources("google_pubsub_subscription")["push"]
     (config,) = push["push_config"]
-    assert config["push_endpoint"] == "${google_cloud_run_v2_service.recordline.uri}/pubsub/push"
+    assert config["push_endpoint"] == "${local.push_endpoint}"
+    assert (
+        _locals(MODULE)["push_endpoint"]
+        == "${var.cell.uri}/systems/${var.service_name}/pubsub/push"
+    )
+    assert (
+        _locals(MODULE)["push_audience"]
+        == "${var.cell.url}/systems/${var.service_name}/pubsub/push"
+    )
     (token,) = config["oidc_token"]
+    # Each system's own push account, with its own audience.
     assert token == {
-        "service_account_email": "${var.push_service_account}",
+        "service_account_email": "${google_service_account.push.email}",
         "audience": "${local.push_audience}",
     }
-    # The environment's push account, shared: each system's audience is its own.
-    (module,) = [block["system"] for block in _root("module") if "system" in block]
-    assert module["push_service_account"] == "${google_service_account.push.email}"
+    assert _resources("google_service_account", MODULE)["push"]["account_id"] == (
+        "${var.service_name}-push"
+    )
     (retry,) = push["retry_policy"]
     assert retry.keys() == {"minimum_backoff", "maximum_backoff"}
     (dead_letter,) = push["dead_letter_policy"]
@@ -238,9 +294,11 @@ def test_push_subscription_targets_the_service_with_a_token() -> None:
 def test_ack_deadline_and_service_write_deadline_come_from_one_variable() -> None:
     push = _resources("google_pubsub_subscription")["push"]
     assert push["ack_deadline_seconds"] == "${local.ack_deadline_seconds}"
-    assert "var.write_deadline_seconds" in _locals()["ack_deadline_seconds"]
-    assert "max(10," in _locals()["ack_deadline_seconds"]
-    env = _locals()["service_env"]
+    assert "var.write_deadline_seconds" in _locals(MODULE)["ack_deadline_seconds"]
+    assert "max(10," in _locals(MODULE)["ack_deadline_seconds"]
+    (module,) = [block["system"] for block in _root("module") if "system" in block]
+    assert module["write_deadline_seconds"] == "${var.write_deadline_seconds}"
+    env = _locals(TERRAFORM)["service_env"]
     assert "RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)" in env
 
 
@@ -253,9 +311,9 @@ def test_a_followers_request_ends_by_the_service_before_cloud_run_cuts_it() -> N
     stream = variables["stream_seconds"]["default"]
     assert stream == QuerySettings().stream_seconds
     assert timeout >= max(stream, MAX_WAIT_SECONDS) + 10
-    env = _locals()["service_env"]
+    env = _locals(TERRAFORM)["service_env"]
     assert "RECORDLINE_STREAM_SECONDS = tostring(var.stream_seconds)" in env
-    (template,) = _resources("google_cloud_run_v2_service")["recordline"]["template"]
+    (template,) = _resources("google_cloud_run_v2_service")["ingest"]["template"]
     assert template["timeout"] == "${var.request_timeout_seconds}s"
 
     def accepted(timeout: int, stream: int = 300) -> bool:
@@ -289,43 +347,40 @@ def test_pubsub_service_agent_has_what_dead_lettering_and_push_tokens_need() -> 
             "google_service_account_iam_member",
             "google_bigquery_table_iam_member",
         )
-        for body in _resources(rtype).values()
+        for body in _resources(rtype, MODULE).values()
         if body["member"] == agent
     }
     assert grants == {
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
         ("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
         ("google_bigquery_table_iam_member", "roles/bigquery.dataEditor"),
+        ("google_service_account_iam_member", "roles/iam.serviceAccountTokenCreator"),
     }
-    # Signing pushes as the shared push account: granted once, on that account.
-    mints = _resources("google_service_account_iam_member")["pubsub_mints_push_token"]
+    # Signing pushes as the system's own push account: granted on that account alone.
+    mints = _resources("google_service_account_iam_member", MODULE)["pubsub_mints_push_token"]
     assert mints["service_account_id"] == "${google_service_account.push.name}"
-    assert mints["role"] == "roles/iam.serviceAccountTokenCreator"
-    assert mints["member"] == 'serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}'
 
 
-# --- Cloud Run ------------------------------------------------------------------
+# --- the cell's ingest service ------------------------------------------------------
 
 
 def _container() -> dict[str, Any]:
-    service = _resources("google_cloud_run_v2_service")["recordline"]
+    service = _resources("google_cloud_run_v2_service")["ingest"]
     (template,) = service["template"]
     (container,) = template["containers"]
     return container
 
 
-def test_service_environment() -> None:
-    env = _locals()["service_env"]
-    for name in (
-        "RECORDLINE_STORE",
+def test_the_cells_service_reads_its_systems_from_one_file() -> None:
+    env = re.sub(r"\s+", " ", _locals(TERRAFORM)["service_env"])
+    for setting in (
+        "RECORDLINE_CELL = local.cell",
+        "RECORDLINE_SYSTEMS = local.systems_setting",
+        "RECORDLINE_CELL_MAX_SYSTEMS = tostring(var.cell_max_systems)",
         "RECORDLINE_WRITE_DEADLINE_SECONDS",
-        "RECORDLINE_PUSH_AUDIENCE",
-        "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
         "RECORDLINE_READ_AUDIENCE",
-        "RECORDLINE_READ_PRINCIPALS",
-    ):
-        assert re.search(rf"\b{name}\s*=", env), name
-    for fixed in (
+        "RECORDLINE_SLO_READ_LATENCY_SECONDS = tostring(var.read_latency_threshold_seconds)",
+        "RECORDLINE_SLO_FRESHNESS_SECONDS = tostring(var.freshness_threshold_seconds)",
         'RECORDLINE_HOST = "0.0.0.0"',
         'RECORDLINE_LOG_FORMAT = "json"',
         'OTEL_TRACES_EXPORTER = "gcp_trace"',
@@ -334,39 +389,120 @@ def test_service_environment() -> None:
         'OTEL_TRACES_SAMPLER = "parentbased_traceidratio"',
         "OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)",
     ):
-        assert fixed in re.sub(r"\s+", " ", env), fixed
-    (secret,) = [e for e in _container()["env"] if e["name"] == "RECORDLINE_PAGE_TOKEN_SECRET"]
-    (source,) = secret["value_source"]
+        assert setting in env, setting
+    # Nothing per system is a variable of the service: each is in the file.
+    for per_system in (
+        "RECORDLINE_STORE",
+        "RECORDLINE_SERVING",
+        "RECORDLINE_PUSH_AUDIENCE",
+        "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
+        "RECORDLINE_READ_PRINCIPALS",
+        "RECORDLINE_OPERATOR_PRINCIPALS",
+        "RECORDLINE_EXPORT_SYSTEMS",
+        "RECORDLINE_SYSTEM ",
+    ):
+        assert per_system not in env + " ", per_system
+    assert _locals(TERRAFORM)["systems_setting"] == "@${local.systems_directory}/systems.json"
+    (mount,) = _container()["volume_mounts"]
+    assert mount == {"name": "systems", "mount_path": "${local.systems_directory}"}
+    (volume,) = _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["volumes"]
+    (secret,) = volume["secret"]
+    assert secret["secret"] == "${google_secret_manager_secret.systems.secret_id}"
+    # The version the plan wrote, so that a new system makes a new revision that reads it.
+    assert secret["items"] == [
+        {
+            "version": "${google_secret_manager_secret_version.systems.version}",
+            "path": "systems.json",
+        }
+    ]
+    (token,) = [e for e in _container()["env"] if e["name"] == "RECORDLINE_PAGE_TOKEN_SECRET"]
+    (source,) = token["value_source"]
     assert source["secret_key_ref"][0]["secret"] == (
         "${google_secret_manager_secret.page_token.secret_id}"
     )
 
 
-def test_service_is_billed_by_request_unless_kept_warm_and_probes_health() -> None:
+def test_billing_follows_the_cells_declared_rate_and_probes_health() -> None:
     container = _container()
     (resources,) = container["resources"]
-    # Nothing runs between requests (the export is the exporter service's): CPU only
-    # while one is in flight, unless the system keeps instances warm for followers.
-    assert resources["cpu_idle"] == "${var.min_instances == 0}"
-    (scaling,) = _resources("google_cloud_run_v2_service")["recordline"]["template"][0]["scaling"]
-    assert scaling["min_instance_count"] == "${var.min_instances}"
+    assert resources["cpu_idle"] == "${!local.instance_based}"
+    (scaling,) = _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["scaling"]
+    assert scaling["min_instance_count"] == "${local.ingest_min_instances}"
     assert _variables()["min_instances"]["default"] == 0
+    assert _variables()["billing_break_even_rate"]["default"] == 6.6
     assert container["ports"] == [{"container_port": 8080}]
     assert container["startup_probe"][0]["http_get"] == [{"path": "/readyz"}]
     assert container["liveness_probe"][0]["http_get"] == [{"path": "/healthz"}]
 
+    def billing(rates: list[float], minimum: int = 0) -> tuple[bool, int]:
+        found = _evaluate(
+            "[local.instance_based, local.ingest_min_instances]",
+            (
+                ("rates", json.dumps({f"s{i}": r for i, r in enumerate(rates)})),
+                ("billing_break_even_rate", "6.6"),
+                ("min_instances", str(minimum)),
+            ),
+            lines=(
+                _expression_line("cell_rate"),
+                _expression_line("instance_based"),
+                _expression_line("ingest_min_instances"),
+            ),
+        )
+        return bool(found[0]), int(found[1])
 
-def test_service_identity_and_access() -> None:
-    service = _resources("google_cloud_run_v2_service")["recordline"]
+    # A cell whose systems declare the break-even or more is billed instance-based, with
+    # an instance at least; below it, by request, as few as min_instances.
+    assert billing([10.0]) == (True, 1)
+    assert billing([3.0, 3.0]) == (False, 0)
+    assert billing([3.0, 3.0], minimum=2) == (False, 2)
+    assert billing([3.3, 3.3]) == (True, 1)  # at the break-even
+    assert billing([3.0, 3.0, 0.7]) == (True, 1)
+    assert billing([1.0] * 100) == (True, 1)
+    assert billing([6.5]) == (False, 0)
+
+
+def _expression_line(name: str) -> tuple[str, str]:
+    """A local of the cell root as a (name, expression) binding, with `var.` read as
+    `local.` (the test binds both)."""
+    return name, re.sub(r"\bvar\.", "local.", _expression(_locals(TERRAFORM)[name]))
+
+
+def test_the_cells_identity_and_who_may_call_it() -> None:
+    service = _resources("google_cloud_run_v2_service")["ingest"]
+    assert service["name"] == "${local.cell}"
     assert service["invoker_iam_disabled"] is False
-    assert service["custom_audiences"] == ["${local.push_audience}", "${local.read_audience}"]
+    assert service["custom_audiences"] == "${local.custom_audiences}"
     assert service["template"][0]["service_account"] == "${google_service_account.runtime.email}"
-    invokers = {
-        body["member"]
-        for body in _resources("google_cloud_run_v2_service_iam_member").values()
-        if body["role"] == "roles/run.invoker"
-    }
-    assert "serviceAccount:${var.push_service_account}" in invokers
+    assert _resources("google_service_account", TERRAFORM)["runtime"]["account_id"] == (
+        "${local.cell}-run"
+    )
+    # Each system's push account invokes the cell (the module's grant); the readers and
+    # operators each once, however many systems name them, and the accounts that read.
+    push = _resources("google_cloud_run_v2_service_iam_member", MODULE)["push_invoker"]
+    assert (push["name"], push["role"], push["member"]) == (
+        "${var.cell.ingest}",
+        "roles/run.invoker",
+        "${google_service_account.push.member}",
+    )
+    invokers = _resources("google_cloud_run_v2_service_iam_member", TERRAFORM)["invokers"]
+    assert invokers["role"] == "roles/run.invoker"
+    assert invokers["for_each"] == "${local.ingest_invokers}"
+    developers = _resources("google_cloud_run_v2_service_iam_member", TERRAFORM)["developers"]
+    assert developers["role"] == "roles/run.developer"
+
+
+def test_the_cells_limits_are_checked_at_plan_time() -> None:
+    service = _resources("google_cloud_run_v2_service")["ingest"]
+    (lifecycle,) = service["lifecycle"]
+    conditions = " ".join(c["condition"] for c in lifecycle["precondition"])
+    assert "local.custom_audience_max" in conditions
+    assert "local.policy_principals" in conditions
+    version = _resources("google_secret_manager_secret_version")["systems"]
+    (check,) = version["lifecycle"][0]["precondition"]
+    assert "local.secret_bytes" in check["condition"]
+    assert _locals(TERRAFORM)["secret_bytes"] == 65536
+    assert _locals(TERRAFORM)["custom_audience_max"] == 32768
+    assert _locals(TERRAFORM)["policy_principals"] == 1500
 
 
 # --- IAM ------------------------------------------------------------------------
@@ -376,42 +512,26 @@ def test_no_public_principals_anywhere() -> None:
     assert not re.search(r"\ball(Authenticated)?Users\b", _text())
 
 
-def test_runtime_account_roles() -> None:
-    dataset = _resources("google_bigquery_dataset_iam_member")["runtime_writes_dataset"]
+def test_the_cells_accounts_hold_each_systems_data_through_its_own_grants() -> None:
+    dataset = _resources("google_bigquery_dataset_iam_member", MODULE)["runtime_writes_dataset"]
     assert dataset["role"] == "roles/bigquery.dataEditor"
-    assert dataset["member"] == "${google_service_account.runtime.member}"
-    # At the project: one role of what three predefined ones give the service (query
-    # jobs, spans, metrics), no more, bound once to every system's runtime account
-    # (runtime_iam.tf): one policy change however many systems, not three members each.
-    from tests.infra.test_iam_coverage import _roles
-
-    role = _resources("google_project_iam_custom_role")["runtime"]
-    cut_from = set().union(
-        *(
-            _roles()[r]
-            for r in (
-                "roles/bigquery.jobUser",
-                "roles/cloudtrace.agent",
-                "roles/monitoring.metricWriter",
-            )
+    assert dataset["member"] == "${local.runtime_member}"
+    assert _locals(MODULE)["runtime_member"] == "serviceAccount:${var.cell.runtime}"
+    database = _resources("google_spanner_database_iam_member", MODULE)["runtime_uses_database"]
+    assert database["role"] == "roles/spanner.databaseUser"
+    # At the project: query jobs, spans and metrics, two accounts a cell (six members,
+    # whatever its number of systems), no custom role bound to every system.
+    cell_accounts = _resources("google_project_iam_member", TERRAFORM)["cell_accounts"]
+    assert all(
+        role in cell_accounts["for_each"]
+        for role in (
+            "roles/bigquery.jobUser",
+            "roles/cloudtrace.agent",
+            "roles/monitoring.metricWriter",
         )
     )
-    assert set(role["permissions"]) <= cut_from
-    assert {
-        "bigquery.jobs.create",
-        "cloudtrace.traces.patch",
-        "monitoring.timeSeries.create",
-        "monitoring.metricDescriptors.create",
-    } <= set(role["permissions"])
-    binding = _resources("google_project_iam_binding")["runtime"]
-    assert binding["role"] == "${google_project_iam_custom_role.runtime.id}"
-    every_runtime_account = "[for system in module.system : "
-    # And the exporter service's account (exporter.tf), for its queries and metrics.
-    assert binding["members"] == (
-        f'${{sort(concat({every_runtime_account}"serviceAccount:'
-        '${system.runtime_service_account}"], values(google_service_account.exporter)[*].member))}'
-    )
     assert "google_project_iam_member" not in json.dumps(_load(MODULE / "iam.tf"))
+    assert 'resource "google_project_iam_binding"' not in _text()
     secret = _resources("google_secret_manager_secret_iam_member")["runtime_reads_page_token"]
     assert secret["role"] == "roles/secretmanager.secretAccessor"
 
@@ -419,16 +539,21 @@ def test_runtime_account_roles() -> None:
 def test_deployer_is_granted_on_resources_only() -> None:
     deployer = "${google_service_account.deployer.member}"
     project_grants = [
-        b for b in _resources("google_project_iam_member").values() if b["member"] == deployer
+        b
+        for name, b in _resources("google_project_iam_member", ENVIRONMENT).items()
+        if b["member"] == deployer
     ]
-    assert project_grants == []
-    registry = _resources("google_artifact_registry_repository_iam_member")
+    # It reads the metrics its export gate watches, and changes nothing there.
+    assert [b["role"] for b in project_grants] == ["roles/monitoring.viewer"]
+    registry = _resources("google_artifact_registry_repository_iam_member", ENVIRONMENT)
     assert registry["deployer_pushes_images"]["role"] == "roles/artifactregistry.writer"
-    service = _resources("google_cloud_run_v2_service_iam_member")
-    assert service["deployer_deploys"]["role"] == "roles/run.developer"
-    acts_as = _resources("google_service_account_iam_member")["deployer_acts_as_runtime"]
+    assert "local.deployer_member" in json.dumps(
+        _resources("google_cloud_run_v2_service_iam_member", TERRAFORM)["developers"]
+    )
+    acts_as = _resources("google_service_account_iam_member", TERRAFORM)["acts_as_runtime"]
     assert acts_as["role"] == "roles/iam.serviceAccountUser"
     assert acts_as["service_account_id"] == "${google_service_account.runtime.name}"
+    assert "local.deployer_member" in json.dumps(acts_as["for_each"])
 
 
 def test_no_count_over_lists() -> None:
@@ -457,16 +582,21 @@ def _references(body: Any) -> set[str]:
     return {
         f"{t}.{n}"
         for t, n in re.findall(r"\b((?:google|time)_[a-z0-9_]+|time_sleep)\.([a-z0-9_]+)", text)
-        if not t.startswith("google_") or t in _all_resources()
-    }
+        if not t.startswith("google_") or t in _all_resources(TERRAFORM)
+    } | {f"module.{m}" for m in re.findall(r"\bmodule\.([a-z_]+)", text)}
 
 
 @cache
-def _all_resources() -> dict[str, dict[str, dict[str, Any]]]:
+def _all_resources(directory: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """A root's resources and its system module's (the cell's: both read by _waits_for)."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    for block in _config()["resource"]:
-        for kind, named in block.items():
-            found.setdefault(kind, {}).update(named)
+    paths = [*sorted(directory.glob("*.tf"))]
+    if directory == TERRAFORM:
+        paths += sorted(MODULE.glob("*.tf"))
+    for path in paths:
+        for block in _load(path).get("resource", []):
+            for kind, named in block.items():
+                found.setdefault(kind, {}).update(named)
     return found
 
 
@@ -475,24 +605,32 @@ def _module_waits() -> set[str]:
     """What every resource of the system module is created after: the module block's
     depends_on, and the root resources its inputs refer to."""
     (module,) = [block["system"] for block in _root("module") if "system" in block]
-    return _references({k: v for k, v in module.items() if k != "source"})
+    return _waits_for_many(_references({k: v for k, v in module.items() if k != "source"}))
 
 
-def _waits_for(address: str) -> set[str]:
-    """Every resource `address` is created after, directly or through others."""
-    seen: set[str] = set()
-    if address.split(".")[0] in _module_resource_types(address):
-        seen |= _module_waits()
-    todo = [address, *seen]
+def _waits_for_many(start: set[str], directory: Path = TERRAFORM) -> set[str]:
+    seen = set(start)
+    todo = list(start)
     while todo:
-        rtype, name = todo.pop().split(".", 1)
-        body = _all_resources().get(rtype, {}).get(name)
+        address = todo.pop()
+        if address.startswith("module."):
+            continue
+        rtype, name = address.split(".", 1)
+        body = _all_resources(directory).get(rtype, {}).get(name)
         if body is None:
             continue
         for ref in _references(body) - seen:
             seen.add(ref)
             todo.append(ref)
     return seen
+
+
+def _waits_for(address: str, directory: Path = TERRAFORM) -> set[str]:
+    """Every resource `address` is created after, directly or through others."""
+    start = {address}
+    if directory == TERRAFORM and _module_resource_types(address):
+        start |= _module_waits()
+    return _waits_for_many(start, directory) - {address}
 
 
 def _module_resource_types(address: str) -> set[str]:
@@ -506,12 +644,16 @@ def _module_resource_types(address: str) -> set[str]:
 
 
 @cache
-def _evaluate(expression: str, values: tuple[tuple[str, str], ...] = ()) -> Any:
+def _evaluate(
+    expression: str,
+    values: tuple[tuple[str, str], ...] = (),
+    lines: tuple[tuple[str, str], ...] = (),
+) -> Any:
     """`expression` evaluated by `terraform console` (no provider needed), with `local.x`
-    bound to each given HCL value."""
+    bound to each given HCL value, and to each given expression (`lines`)."""
     require_terraform()
     with tempfile.TemporaryDirectory() as work:
-        bound = "\n".join(f"  {name} = {value}" for name, value in values)
+        bound = "\n".join(f"  {name} = {value}" for name, value in (*values, *lines))
         Path(work, "main.tf").write_text(f"locals {{\n{bound}\n}}\n")
         return console(work, expression)
 
@@ -548,20 +690,23 @@ def _expression(value: Any) -> str:
 
 
 WORKLOAD = re.compile(
-    r'workload\.googleapis\.com/recordline\.([a-z_.]+)|workload_metric\["([a-z_.]+)"\]'
+    r'workload\.googleapis\.com/recordline\.([a-z_.]+)|(?:metric_types|types|cell_metric|systems_metric|exported_metric|fleet_metric)\["([a-z_.]+)"\]'
 )
 
 
 def test_every_workload_metric_named_has_a_descriptor() -> None:
     named = {a or b for a, b in WORKLOAD.findall(_text())}
-    assert named >= {"ingest.lag", "query.duration", "query.bytes_billed", "messages"}
-    declared = _locals()["workload_metrics"]
+    assert named >= {"ingest.lag", "slo.events", "canary.age", "export.lag", "messages"}
+    declared = _locals(METRICS)["workload_metrics"]
     assert named - declared.keys() == set()
     descriptor = _resources("google_monitoring_metric_descriptor")["workload"]
-    assert descriptor["for_each"] == "${local.workload_metrics}"
+    assert descriptor["for_each"] == "${var.create ? local.workload_metrics : {}}"
     assert descriptor["type"] == "workload.googleapis.com/recordline.${each.key}"
-    # Filters name the resource the exporter writes Cloud Run metrics on.
-    assert 'resource.type=\\"generic_task\\"' in _locals()["workload_metric"]
+    # The environment makes its project's; a cell makes them only in a project of its own.
+    (environment,) = [b["metrics"] for b in _root("module", ENVIRONMENT) if "metrics" in b]
+    assert environment["create"] is True
+    (cell,) = [b["metrics"] for b in _root("module") if "metrics" in b]
+    assert cell["create"] == "${local.own_project}"
 
 
 def _exported_descriptors() -> dict[str, dict[str, Any]]:
@@ -603,6 +748,7 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     ConnectionRefusals(metrics).refused("headers-too-large")
     # The completeness ledger's, as its watch reads it (app.query.producers).
     metrics.producers_missing = lambda: {"orders-api": 3}
+    metrics.producers_conflicts = lambda: {"orders-api": 1}
     assert telemetry.meter_provider is not None
     telemetry.meter_provider.force_flush()
     data = exported.data
@@ -628,53 +774,89 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     return found
 
 
+# The cells' SLO counter: a CUMULATIVE INT64 counter of unit {event}, labels
+# `slo` and `good`, which the service writes per system once it runs in cells.
+SLO_EVENTS = {"kind": "CUMULATIVE", "value": "INT64", "unit": "{event}", "labels": ["good", "slo"]}
+
+
 def test_descriptors_are_what_the_exporter_writes() -> None:
     declared = {
-        name: {"kind": d["kind"], "value": d["value"], "unit": d["unit"], "labels": d["labels"]}
-        for name, d in _locals()["workload_metrics"].items()
+        name: {
+            "kind": d["kind"],
+            "value": d["value"],
+            "unit": d["unit"],
+            "labels": sorted(d["labels"]),
+        }
+        for name, d in _locals(METRICS)["workload_metrics"].items()
     }
-    assert declared == _exported_descriptors()
+    exported = _exported_descriptors()
+    for name, descriptor in exported.items():
+        assert declared.get(name) == descriptor, name
+    # Declared ahead of what this checkout's service writes: the SLO counter a cell's
+    # service writes for each system (each SLO is a ratio of it: slos.tf).
+    assert set(declared) - set(exported) <= {"slo.events"}
+    assert declared["slo.events"] == SLO_EVENTS
 
 
-def test_slos_and_the_bytes_alert_wait_for_the_descriptors() -> None:
-    # Through the module's input: each filter names a descriptor's type.
-    filters = {
-        "read_latency": "local.read_duration",
-        "freshness": 'local.workload_metric[\\"ingest.lag\\"]',
+def test_each_systems_slos_are_ratios_of_its_slo_counter_and_wait_for_the_descriptors() -> None:
+    slo = _resources("google_monitoring_slo", MODULE)["system"]
+    assert slo["for_each"] == "${local.slos}"
+    assert slo["service"] == "${var.cell.slo_service}"
+    assert slo["slo_id"] == "${var.service_name}-${each.key}"
+    (sli,) = slo["request_based_sli"]
+    (ratio,) = sli["good_total_ratio"]
+    assert ratio["total_service_filter"].startswith("${local.slo_events} ")
+    assert "${each.value.slo}" in ratio["total_service_filter"]
+    assert "good" not in ratio["total_service_filter"]
+    assert 'metric.label."good"="true"' in ratio["good_service_filter"]
+    assert "each.value.slo" in ratio["good_service_filter"]
+    assert {v["slo"] for v in _locals(MODULE)["slos"].values()} == {
+        "availability",
+        "read_latency",
+        "freshness",
     }
-    for name, metric in filters.items():
-        slo = _resources("google_monitoring_slo")[name]
-        assert "google_monitoring_metric_descriptor.workload" in _waits_for(
-            f"google_monitoring_slo.{name}"
-        ), name
-        assert metric in json.dumps(slo), name
-    # The PromQL policies (pages and tickets, the bytes billed among them) read the
-    # descriptors' types through modules/symptoms.
-    assert _locals()["metric"].startswith("${{for name, type in var.metric_types")
-    for name in ("fleet_symptoms", "ticket_symptoms"):
-        (module,) = [b[name] for b in _root("module") if name in b]
-        assert "google_monitoring_metric_descriptor.workload" in module["metric_types"], name
+    assert 'metric_types["slo.events"]' in _locals(MODULE)["slo_events"]
+    assert 'resource.label."namespace"="${var.service_name}"' in _locals(MODULE)["slo_events"]
+    # The cell's service holds them, made after the descriptors; the systems' modules too.
+    service = _resources("google_monitoring_custom_service", TERRAFORM)["cell"]
+    assert service["depends_on"] == ["${module.metrics}"]
+    (module,) = [block["system"] for block in _root("module") if "system" in block]
+    assert "${module.metrics}" in module["depends_on"]
+    assert module["metric_types"] == "${module.metrics.types}"
+    # The PromQL policies (pages and tickets) read the descriptors' types too.
+    for name in ("fleet_symptoms", "ticket_symptoms", "instance_symptoms"):
+        (symptoms,) = [b[name] for b in _root("module", ENVIRONMENT) if name in b]
+        assert symptoms["metric_types"] == "${module.metrics.types}", name
 
 
 @pytest.mark.parametrize(
-    "address",
+    ("directory", "address"),
     [
-        *(f"google_service_account.{n}" for n in sorted(_resources("google_service_account"))),
         *(
-            f"google_project_iam_member.{n}"
-            for n in sorted(_resources("google_project_iam_member"))
+            (TERRAFORM, f"google_service_account.{n}")
+            for n in sorted(_resources("google_service_account", TERRAFORM))
         ),
         *(
-            f"google_project_iam_binding.{n}"
-            for n in sorted(_resources("google_project_iam_binding"))
+            (TERRAFORM, f"google_project_iam_custom_role.{n}")
+            for n in sorted(_resources("google_project_iam_custom_role", TERRAFORM))
+        ),
+        *(
+            (ENVIRONMENT, f"google_service_account.{n}")
+            for n in sorted(_resources("google_service_account", ENVIRONMENT))
+        ),
+        *(
+            (ENVIRONMENT, f"google_project_iam_member.{n}")
+            for n in sorted(_resources("google_project_iam_member", ENVIRONMENT))
         ),
     ],
 )
-def test_accounts_and_project_grants_wait_for_the_enabled_apis(address: str) -> None:
-    assert "google_project_service.enabled" in _waits_for(address)
+def test_accounts_and_project_grants_wait_for_the_enabled_apis(
+    directory: Path, address: str
+) -> None:
+    assert "google_project_service.enabled" in _waits_for(address, directory)
 
 
-AGENT_LOCALS = ("pubsub_service_agent", "scheduler_service_agent", "monitoring_service_agent")
+AGENT_LOCALS = ("pubsub_service_agent", "scheduler_service_agent")
 
 
 def test_service_agents_are_created_before_any_grant_names_them() -> None:
@@ -684,34 +866,35 @@ def test_service_agents_are_created_before_any_grant_names_them() -> None:
     agents = _resources("google_project_service_identity")["agents"]
     assert agents["provider"] == "google-beta"
     assert agents["for_each"] == "${local.service_agent_apis}"
-    assert agents["service"] == "${google_project_service.enabled[each.value].service}"
-    assert _locals()["service_agent_apis"] == {
+    assert agents["depends_on"] == ["${google_project_service.enabled}"]
+    assert _locals(TERRAFORM)["service_agent_apis"] == {
         "pubsub": "pubsub.googleapis.com",
         "scheduler": "cloudscheduler.googleapis.com",
         "monitoring": "monitoring.googleapis.com",
     }
-    pause = _all_resources()["time_sleep"]["service_agents"]
+    pause = _all_resources(TERRAFORM)["time_sleep"]["service_agents"]
     assert "google_project_service_identity.agents" in json.dumps(pause["triggers"])
     assert int(pause["create_duration"].removesuffix("s")) >= 60
     # The system module reads the e-mails from the pause, so what names one waits for it.
     (module,) = [block["system"] for block in _root("module") if "system" in block]
     assert module["service_agents"] == "${time_sleep.service_agents.triggers}"
-    for name, key in zip(AGENT_LOCALS, ("pubsub", "scheduler", "monitoring"), strict=True):
-        assert f'var.service_agents["{key}"]' in _locals()[name], name
+    for name, key in zip(AGENT_LOCALS, ("pubsub", "scheduler"), strict=True):
+        assert f'var.service_agents["{key}"]' in _locals(MODULE)[name], name
+    # The uptime check's agent is an invoker of the cell (cell.tf).
+    assert (
+        'time_sleep.service_agents.triggers["monitoring"]' in _locals(TERRAFORM)["ingest_invokers"]
+    )
     grants = [
         f"{rtype}.{name}"
-        for rtype, named in _all_resources().items()
+        for rtype, named in _all_resources(TERRAFORM).items()
         for name, body in named.items()
         if any(f"local.{agent}" in str(body.get("member", "")) for agent in AGENT_LOCALS)
-        or "time_sleep.service_agents.triggers" in str(body.get("member", ""))
     ]
-    # Pub/Sub's four (dead letters, push tokens at the root, the BigQuery subscription),
-    # the Scheduler's publisher grant and the uptime check's invoker grant.
-    assert len(grants) == 6, grants
+    # Pub/Sub's four (dead letters, push tokens, the BigQuery subscription) and the
+    # Scheduler's publisher grant.
+    assert len(grants) == 5, grants
     for grant in grants:
-        assert {"time_sleep.service_agents", "google_project_service_identity.agents"} <= (
-            _waits_for(grant)
-        ), grant
+        assert "time_sleep.service_agents" in _waits_for(grant), grant
 
 
 @pytest.mark.parametrize(
@@ -722,8 +905,12 @@ def test_service_agents_are_created_before_any_grant_names_them() -> None:
             "google_bigquery_table_iam_member.pubsub_writes_dead_letters",
         ),
         (
-            "google_cloud_run_v2_service.recordline",
+            "google_cloud_run_v2_service.ingest",
             "google_secret_manager_secret_iam_member.runtime_reads_page_token",
+        ),
+        (
+            "google_cloud_run_v2_service.ingest",
+            "google_secret_manager_secret_iam_member.reads_systems",
         ),
     ],
 )
@@ -732,7 +919,7 @@ def test_resources_checked_against_a_grant_wait_for_it_to_propagate(
 ) -> None:
     pauses = [
         (name, body)
-        for name, body in _all_resources().get("time_sleep", {}).items()
+        for name, body in _all_resources(TERRAFORM).get("time_sleep", {}).items()
         if f"time_sleep.{name}" in _waits_for(address) and grant in _waits_for(f"time_sleep.{name}")
     ]
     assert pauses, f"{address} does not wait after {grant}"
@@ -740,49 +927,10 @@ def test_resources_checked_against_a_grant_wait_for_it_to_propagate(
         assert int(body["create_duration"].removesuffix("s")) >= 60
 
 
-def test_read_slo_counts_what_readers_wait_for_at_a_bucket_boundary() -> None:
-    from app.telemetry.metrics import SECONDS
-    from app.telemetry.store import READ_ROUTES
-
-    slo = _resources("google_monitoring_slo")["read_latency"]
-    (sli,) = slo["request_based_sli"]
-    (cut,) = sli["distribution_cut"]
-    assert cut["distribution_filter"] == "${local.read_duration}"
-    # The read routes' own duration (request to response, probes left out by the
-    # service), not one store query's.
-    read_filter = _locals()["read_duration"]
-    assert read_filter.startswith('${local.workload_metric["read.duration"]} ')
-    # The routes users read through, not replay's look-ups; the fleet chart and the
-    # burn-rate alerts count the same.
-    assert _locals()["read_routes"] == list(READ_ROUTES)
-    routes = 'metric.label."route"=one_of(' + ",".join(f'"{r}"' for r in READ_ROUTES) + ")"
-    for name in ("read_duration", "fleet_read_routes"):
-        expression = re.sub(r"\blocal\.workload_metric\[[^]]*\]", '"M"', _locals()[name])
-        value = _evaluate(_template(expression), (("read_routes", json.dumps(list(READ_ROUTES))),))
-        assert value.endswith(routes), (name, value)
-    assert cut["range"] == [{"max": "${var.read_latency_threshold_seconds}"}]
-    threshold = _variables()["read_latency_threshold_seconds"]
-    assert threshold["default"] in SECONDS
-    # The variable's own check lists exactly the app's boundaries.
-    (check,) = threshold["validation"]
-    listed = _evaluate(re.search(r"contains\((\[[^\]]*\])", check["condition"]).group(1))  # type: ignore[union-attr]
-    assert listed == list(SECONDS)
-
-
-def test_freshness_threshold_is_a_lag_bucket_boundary() -> None:
-    from app.telemetry.metrics import LAG_SECONDS
-
-    variable = _variables()["freshness_threshold_seconds"]
-    assert variable["default"] in LAG_SECONDS
-    (check,) = variable["validation"]
-    listed = _evaluate(re.search(r"contains\((\[[^\]]*\])", check["condition"]).group(1))  # type: ignore[union-attr]
-    assert listed == list(LAG_SECONDS)
-
-
-def _validations_hold(variable: str, values: dict[str, str]) -> bool:
+def _validations_hold(variable: str, values: dict[str, str], directory: Path = TERRAFORM) -> bool:
     """Whether every validation of `variable` passes for the given HCL values."""
     results = []
-    for check in _variables()[variable]["validation"]:
+    for check in _variables(directory)[variable]["validation"]:
         condition = re.sub(r"\bvar\.", "local.", _expression(check["condition"]))
         results.append(_evaluate(condition, tuple(sorted(values.items()))))
     return all(results)
@@ -824,21 +972,35 @@ def test_prod_requires_a_notification_channel(
     environment: str, channels: str, accepted: bool
 ) -> None:
     values = {"environment": f'"{environment}"', "notification_channels": channels}
-    assert _validations_hold("notification_channels", values) is accepted
+    assert _validations_hold("notification_channels", values, ENVIRONMENT) is accepted
+
+
+@pytest.mark.parametrize(
+    ("units", "accepted"),
+    [
+        ("{}", True),
+        ('{ "c1-serving" = 900 }', True),
+        ('{ "c1-serving" = 2000 }', True),
+        ('{ "c1-serving" = 1800 }', False),
+        ('{ "c1-serving" = 150 }', False),
+    ],
+)
+def test_an_instances_own_units_are_sizes_spanner_takes(units: str, accepted: bool) -> None:
+    # Doubling 900 is 1,800, which Spanner refuses: 2,000 is the size that holds it.
+    for variable in ("spanner_instance_units", "spanner_live_units"):
+        assert _validations_hold(variable, {variable: units}) is accepted, variable
 
 
 def test_dashboard_tiles_never_write_a_zero_position() -> None:
-    dashboard = _resources("google_monitoring_dashboard")["recordline"]["dashboard_json"]
+    dashboard = _resources("google_monitoring_dashboard", TERRAFORM)["cell"]["dashboard_json"]
     assert "xPos" not in dashboard
     assert "yPos" not in dashboard
-    assert "local.dashboard_tile_positions[i]" in dashboard
-    assert "for i, chart in local.charts" in dashboard
-    # Without the serving tier's charts, and with them.
-    base = len(_locals()["dashboard_charts"])
-    for charts in (base, base + len(_locals()["serving_charts"])):
+    assert "local.cell_tile_positions[i]" in dashboard
+    assert "for i, chart in local.cell_charts" in dashboard
+    for charts in (10, 14):  # without the serving tier's charts, and with them
         positions = _evaluate(
-            _expression(_locals()["dashboard_tile_positions"]).replace(
-                "length(local.charts)", str(charts)
+            _expression(_locals(TERRAFORM)["cell_tile_positions"]).replace(
+                "length(local.cell_charts)", str(charts)
             )
         )
         assert len(positions) == charts
@@ -847,42 +1009,58 @@ def test_dashboard_tiles_never_write_a_zero_position() -> None:
         assert len(cells) == charts  # no two tiles on one spot
 
 
-def test_dashboard_shows_bytes_billed_by_route() -> None:
-    titles = [c["title"] for c in _locals()["dashboard_charts"]]
-    assert any(t.startswith("BigQuery bytes billed by route") for t in titles)
+def test_the_cells_dashboard_keeps_to_its_own_series() -> None:
+    charts = json.dumps(_locals(TERRAFORM)["cell_charts"])
+    assert "BigQuery bytes billed by route" in charts
+    # The cell's distributions under its name; its systems' series by who wrote them.
+    cell = _locals(TERRAFORM)
+    assert 'resource.label.\\"namespace\\"=\\"${local.cell}\\"' in cell["cell_metric"]
+    assert 'resource.label.\\"job\\"=\\"${local.cell}\\"' in cell["systems_metric"]
+    assert 'resource.label.\\"job\\"=\\"${local.cell}-exporter\\"' in cell["exported_metric"]
 
 
-def test_deploy_owned_template_fields_are_ignored() -> None:
-    service = _resources("google_cloud_run_v2_service")["recordline"]
-    (lifecycle,) = service["lifecycle"]
-    ignored = set(lifecycle["ignore_changes"])
-    assert {
-        "${template[0].containers[0].image}",
-        "${template[0].annotations}",
-        "${template[0].labels}",
-        "${template[0].revision}",
-    } <= ignored
-    assert {"client", "client_version"} <= {i.strip("${}") for i in ignored}
+@pytest.mark.parametrize(
+    ("rtype", "name", "fields"),
+    [
+        (
+            "google_cloud_run_v2_service",
+            "ingest",
+            {
+                "${template[0].containers[0].image}",
+                "${template[0].annotations}",
+                "${template[0].revision}",
+                "${traffic}",
+            },
+        ),
+        (
+            "google_cloud_run_v2_worker_pool",
+            "exporter",
+            {"${template[0].containers[0].image}", "${template[0].revision}", "${instance_splits}"},
+        ),
+        ("google_cloud_run_v2_job", "export", {"${template[0].template[0].containers[0].image}"}),
+        ("google_cloud_run_v2_job", "ops", {"${template[0].template[0].containers[0].image}"}),
+    ],
+)
+def test_deploy_owned_fields_are_ignored(rtype: str, name: str, fields: set[str]) -> None:
+    (lifecycle,) = _resources(rtype)[name]["lifecycle"]
+    ignored = {i.removeprefix("${").removesuffix("}") for i in lifecycle["ignore_changes"]}
+    assert {f.removeprefix("${").removesuffix("}") for f in fields} <= ignored
+    assert {"client", "client_version"} <= ignored
 
 
-def test_audiences_are_full_urls_of_each_environment() -> None:
-    for name in ("push_audience", "read_audience"):
-        assert _variables()[name]["default"] == "", name  # no value shared by environments
-        expression = _expression(_locals()[name])
-        derived = _evaluate(
-            re.sub(r"\b(var|local)\.", "local.", expression),
-            (
-                (name, '""'),
-                ("service_url", '"https://recordline-123456.europe-west1.run.app"'),
-            ),
-        )
-        assert derived.startswith("https://recordline-123456.europe-west1.run.app/"), derived
-    # The base is Cloud Run's deterministic URL, which carries the project number.
-    assert "var.project_number" in _locals()["service_url"]
-    assert _locals()["service_url"].startswith("https://")
-    assert _locals()["push_audience"] != _locals()["read_audience"]
+def test_audiences_are_full_urls_of_each_cell_and_environment() -> None:
+    assert _variables()["read_audience"]["default"] == ""  # no value shared by environments
+    assert "push_audience" not in _variables()  # each system's own
+    cell = _locals(TERRAFORM)
+    assert cell["cell_url"] == "https://${local.cell}-${local.project_number}.${var.region}.run.app"
+    assert (
+        cell["read_audience"]
+        == '${var.read_audience != "" ? var.read_audience : "${local.cell_url}/v1"}'
+    )
+    assert "${local.cell_url}/systems/${name}/pubsub/push" in cell["push_audiences"]
+    assert cell["project_number"] == "${data.google_project.this.number}"
     for environment in ENVIRONMENTS:
-        values = _load(TERRAFORM / "env" / f"{environment}.tfvars")
+        values = _cell_file(environment)
         assert "push_audience" not in values
         assert "read_audience" not in values
 
@@ -904,7 +1082,7 @@ def test_workload_identity_maps_only_what_is_used() -> None:
     ],
 )
 def test_lookup_keys_have_exact_match_search_indexes(index: str, table: str, columns: str) -> None:
-    statement = _locals()["search_indexes"][index]
+    statement = _locals(MODULE)["search_indexes"][index]
     assert statement.startswith(f"CREATE SEARCH INDEX IF NOT EXISTS {index} ON ")
     assert f"google_bigquery_table.{table}.table_id}}`{columns}" in statement
     assert statement.endswith("OPTIONS (analyzer = 'NO_OP_ANALYZER')")
@@ -917,22 +1095,22 @@ def test_lookup_keys_have_exact_match_search_indexes(index: str, table: str, col
 
 
 def test_query_cost_cap_and_retention_reach_the_service() -> None:
-    env = re.sub(r"\s+", " ", _locals()["service_env"])
+    env = re.sub(r"\s+", " ", _locals(TERRAFORM)["service_env"])
     assert "RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)" in env
     assert _variables()["query_max_bytes_billed"]["default"] == 2 * 1024**3
     assert "local.retention_env" in env
     assert _evaluate(
-        re.sub(r"\bvar\.", "local.", _expression(_locals()["retention_env"])),
+        re.sub(r"\bvar\.", "local.", _expression(_locals(TERRAFORM)["retention_env"])),
         (("retention_days", "30"),),
     ) == {"RECORDLINE_RETENTION_DAYS": "30"}
     assert (
         _evaluate(
-            re.sub(r"\bvar\.", "local.", _expression(_locals()["retention_env"])),
+            re.sub(r"\bvar\.", "local.", _expression(_locals(TERRAFORM)["retention_env"])),
             (("retention_days", "0"),),
         )
         == {}
     )
-    expiry = re.sub(r"\bvar\.", "local.", _expression(_locals()["partition_expiration_ms"]))
+    expiry = re.sub(r"\bvar\.", "local.", _expression(_locals(MODULE)["partition_expiration_ms"]))
     assert _evaluate(expiry, (("retention_days", "30"),)) == 30 * 86_400_000
     assert _evaluate(expiry, (("retention_days", "0"),)) is None
     assert _validations_hold("retention_days", {"retention_days": "-1"}) is False
@@ -948,4 +1126,4 @@ def test_daily_bytes_billed_alert() -> None:
     assert "increase(workload_googleapis_com:recordline_query_bytes_billed{" in query
     assert "[1d]" in query
     assert query.endswith("> 1099511627776")
-    assert _variables()["query_bytes_billed_daily_budget"]["default"] == 1024**4
+    assert _variables(ENVIRONMENT)["query_bytes_billed_daily_budget"]["default"] == 1024**4

@@ -18,7 +18,6 @@ from tests.infra.test_fleet import _module_inputs, _root_console, _root_console_
 from tests.infra.test_iam_coverage import _roles
 from tests.infra.test_terraform import (
     _config,
-    _evaluate,
     _expression,
     _locals,
     _resources,
@@ -64,12 +63,17 @@ ORDERS = (
     'time_field = "meta.created_at"',
     'canary_file = "schemas/orders-canary.bin"',
 )
-INPUTS = ["topic_schema", "id_field", "time_field", "canary_data", "json_topic_schema"]
+INPUTS = ["topic_schema", "canary_data"]
 
 
 def _inputs(systems: str) -> dict[str, dict[str, Any]]:
     expression = f"{{for k, v in local.systems : k => {{ {_module_inputs(INPUTS)} }}}}"
     return dict(_root_console(expression, systems, files=FILES))
+
+
+def _entries(systems: str) -> dict[str, dict[str, Any]]:
+    """Each system's entry of the cell's systems' file (RECORDLINE_SYSTEMS)."""
+    return dict(_root_console("local.systems_file", systems, files=FILES))
 
 
 def _orders(schema: str = ORDERS[0], *rest: str) -> str:
@@ -89,10 +93,16 @@ def test_a_system_declares_its_schema_mapping_and_canary_from_files_in_the_repos
         "type": "AVRO",
         "encoding": "BINARY",
     }
-    assert (orders["id_field"], orders["time_field"]) == ("order_id", "meta.created_at")
+    # Its payload's shape reaches the cell's service in its entry of the systems' file.
+    entries = _entries(_orders())
+    assert (entries["orders"]["id_field"], entries["orders"]["time_field"]) == (
+        "order_id",
+        "meta.created_at",
+    )
     assert base64.b64decode(orders["canary_data"]) == CANARY  # its bytes, as they are
     # A system that declares nothing gets nothing: today's topic, shape and canary.
     assert found["recordline"] == dict.fromkeys(INPUTS)
+    assert not {"id_field", "time_field", "json_topic_schema"} & set(entries["recordline"])
     (default,) = _inputs("{}").values()
     assert default == dict.fromkeys(INPUTS)
 
@@ -100,11 +110,12 @@ def test_a_system_declares_its_schema_mapping_and_canary_from_files_in_the_repos
 def test_a_json_topic_declares_the_schema_of_its_typed_columns() -> None:
     systems = '{ recordline = {}, payments = { json_schema = "schemas/payments.avsc" } }'
     payments = _inputs(systems)["payments"]
-    # The file's text, as the service reads RECORDLINE_JSON_TOPIC_SCHEMA; no topic schema.
-    assert payments == {**dict.fromkeys(INPUTS), "json_topic_schema": AVRO.decode()}
-    # The service is told it where set, and nothing where not.
-    declared = _mapping_env("null", "null", json.dumps(AVRO.decode()))
-    assert declared == {"RECORDLINE_JSON_TOPIC_SCHEMA": AVRO.decode()}
+    # No topic schema; the file's text in its entry, as the service reads
+    # json_topic_schema, and nothing where not set.
+    assert payments == dict.fromkeys(INPUTS)
+    entries = _entries(systems)
+    assert entries["payments"]["json_topic_schema"] == AVRO.decode()
+    assert "json_topic_schema" not in entries["recordline"]
 
 
 def test_an_existing_schema_keeps_its_name() -> None:
@@ -190,35 +201,32 @@ def test_the_topic_validates_against_its_schema_and_is_never_replaced_for_it() -
                     assert providers[name]["version"].endswith("< 7.0"), name
 
 
-def test_only_the_service_account_reads_the_schema_and_only_the_schema() -> None:
+def test_only_the_cells_accounts_read_the_schema_and_only_the_schema() -> None:
     grant = _resources("google_pubsub_schema_iam_member")["runtime_reads_schema"]
     assert grant["for_each"] == "${google_pubsub_schema.records}"
     assert grant["schema"] == "${each.value.name}"
-    assert grant["member"] == "${google_service_account.runtime.member}"
+    assert grant["member"] == "${local.runtime_member}"
     assert "pubsub.schemas.get" in _roles()[grant["role"]]
-    # Nothing project-wide: no Pub/Sub role on the project for the runtime account.
-    runtime = _resources("google_project_iam_custom_role")["runtime"]
-    assert "pubsub" not in json.dumps(runtime["permissions"])
+    exporter = _resources("google_pubsub_schema_iam_member")["exporter_reads_schema"]
+    assert exporter["member"] == "${local.exporter_member}"
+    # Nothing project-wide: no Pub/Sub role on the project for the cell's accounts.
+    cell_accounts = _resources("google_project_iam_member")["cell_accounts"]
+    assert "pubsub" not in json.dumps(cell_accounts["for_each"])
 
 
 # --- the service and the canary ----------------------------------------------------------------
 
 
-def _mapping_env(id_field: str, time_field: str, json_schema: str = "null") -> dict[str, str]:
-    expression = re.sub(r"\bvar\.", "local.", _expression(_locals()["mapping_env"]))
-    bound = (("id_field", id_field), ("time_field", time_field), ("json_topic_schema", json_schema))
-    return dict(_evaluate(expression, bound))
-
-
 def test_the_mapping_reaches_the_service_only_where_it_is_set() -> None:
-    assert _mapping_env('"order_id"', '"meta.created_at"') == {
-        "RECORDLINE_ID_FIELD": "order_id",
-        "RECORDLINE_TIME_FIELD": "meta.created_at",
-    }
-    assert _mapping_env('"order_id"', "null") == {"RECORDLINE_ID_FIELD": "order_id"}
-    assert _mapping_env("null", "null") == {}  # today's systems: no change
-    env = re.sub(r"\s+", " ", _locals()["service_env"])
-    assert "local.serving_env, local.mapping_env, {" in env  # Terraform's wins over extra_env
+    entries = _entries(
+        '{ recordline = {}, orders = { time_field = "meta.created_at" },'
+        ' payments = { id_field = "payment.id", canary_file = "schemas/orders-canary.bin" } }'
+    )
+    assert entries["orders"]["time_field"] == "meta.created_at"
+    assert "id_field" not in entries["orders"]
+    assert entries["payments"]["id_field"] == "payment.id"
+    assert "time_field" not in entries["payments"]
+    assert not {"id_field", "time_field"} & set(entries["recordline"])  # no change
 
 
 def _root_outputs_deploy() -> dict[str, Any]:
@@ -236,8 +244,12 @@ def test_the_canary_is_the_systems_own_message_where_it_has_one() -> None:
     assert _expression(_locals()["canary_data"]) == (
         "var.canary_data != null ? var.canary_data : local.default_canary_data"
     )
-    # The deploy's smoke test pushes the same message (modules/system/outputs.tf).
+    # The deploy's smoke test pushes the same message to each canary system
+    # (modules/system/outputs.tf, `smoke`).
     deploy = _root_outputs_deploy()
-    assert deploy["canary_data"] == "${local.canary_data}"
+    assert "module.system[name].smoke" in deploy["canary"]
+    smoke = [b["smoke"] for b in _config()["output"] if "smoke" in b]
+    assert smoke
+    assert smoke[0]["value"]["canary_data"] == "${local.canary_data}"
     (module,) = [block["system"] for block in _root("module") if "system" in block]
     assert "filebase64(" in module["canary_data"]  # the file's bytes, binary encodings too

@@ -126,13 +126,16 @@ def test_prod_deploys_and_applies_wait_for_an_environment() -> None:
     assert approve["environment"] == "${{ inputs.environment }}"
     rollout = _load(WORKFLOWS / "deploy-environment.yml")
     assert rollout["jobs"]["prepare"]["environment"] == "${{ inputs.environment }}-rollout"
-    system = _load(WORKFLOWS / "deploy-system.yml")
-    assert system["jobs"]["rollout"]["environment"] == "${{ inputs.environment }}-rollout"
+    for workflow in ("deploy-cell.yml", "export-gate.yml"):
+        for job in _load(WORKFLOWS / workflow)["jobs"].values():
+            if "steps" in job:
+                assert job["environment"] == "${{ inputs.environment }}-rollout", workflow
     assert deploy["jobs"]["approve-prod"]["with"]["reviewed"] is True
     assert "reviewed" not in deploy["jobs"]["approve-dev"]["with"]
     terraform = _load(WORKFLOWS / "terraform.yml")
-    assert "dev" in terraform["jobs"]["prod-plan"]["needs"]
-    assert "needs.dev.result == 'success'" in terraform["jobs"]["prod-plan"]["if"]
+    for dev in ("dev-plan", "dev-collect", "dev-environment", "dev-cells"):
+        assert dev in terraform["jobs"]["prod-plan"]["needs"]
+    assert "needs.dev-cells.result == 'success'" in terraform["jobs"]["prod-plan"]["if"]
     apply = _load(WORKFLOWS / "terraform-apply.yml")["jobs"]["apply"]
     assert apply["environment"] == "terraform-${{ inputs.environment }}-apply"
 
@@ -153,11 +156,12 @@ def test_the_image_is_built_once_and_deployed_by_digest() -> None:
     # ...and builds nothing itself: it pushes the built archive with its digest kept,
     # and gives Cloud Run the digest, never a tag.
     prepare = _load(WORKFLOWS / "deploy-environment.yml")["jobs"]["prepare"]
-    rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
-    for job in (prepare, rollout):
-        assert not any("build-push-action" in s.get("uses", "") for s in job["steps"])
+    cell = _load(WORKFLOWS / "deploy-cell.yml")["jobs"]
+    for job in (prepare, *cell.values()):
+        assert not any("build-push-action" in s.get("uses", "") for s in job.get("steps", []))
     assert "skopeo copy --preserve-digests" in _job_runs(prepare)
-    assert '--image="$REPOSITORY@$DIGEST"' in _job_runs(rollout)
+    for name in ("exporter-canary", "exporter", "ingest"):
+        assert '--image="$REPOSITORY@$DIGEST"' in _job_runs(cell[name]), name
     # A re-run finds its tag already holding the digest and pushes nothing.
     assert '"$existing" == "$BUILT_DIGEST"' in _job_runs(prepare)
 
@@ -187,39 +191,42 @@ def _if(job: dict[str, Any], **context: Any) -> bool:
 MAIN = {"event_name": "push", "ref": "refs/heads/main"}
 
 
-def test_one_queue_per_environment_for_every_change_to_what_runs() -> None:
-    # Rollouts and rollbacks (deploy.yml) and a merge's apply and deploy of new systems
-    # (terraform.yml) share one group per environment: whichever starts second waits
-    # for the first. No group spans both environments, and nothing in one is ever
-    # cancelled half-way: a rollback that cut an apply short would leave it half-made.
+def test_one_queue_per_cell_for_every_change_to_what_runs() -> None:
+    # A cell's rollouts and rollbacks (deploy-environment.yml, break-glass.yml) and its
+    # applies (terraform.yml) share one group, live-<environment>-<cell>: whichever
+    # starts second waits for the first; one cell's change never waits on another's.
+    # The environment's root has its own, live-<environment>. Nothing in a queue is
+    # ever cancelled half-way: a rollback that cut an apply short would leave it
+    # half-made.
     for environment in ("dev", "prod"):
-        queue = f"live-{environment}"
-        deploy = _load(WORKFLOWS / "deploy.yml")["jobs"][environment]["concurrency"]
-        terraform = _load(WORKFLOWS / "terraform.yml")["jobs"][environment]["concurrency"]
-        rollback = {"inputs": {"image_tag": "a" * 40}}
-        assert _group(deploy, inputs={}) == _group(deploy, **rollback) == queue
-        assert _group(terraform, github=MAIN) == queue
-        for concurrency in (deploy, terraform):
-            assert concurrency["cancel-in-progress"] is False
+        cell = {"inputs": {"environment": environment}, "matrix": {"cell": "eu-2"}}
+        for wave in ("first", "rest"):
+            rollout = _load(WORKFLOWS / "deploy-environment.yml")["jobs"][wave]["concurrency"]
+            assert _group(rollout, **cell) == f"live-{environment}-eu-2"
+            assert rollout["cancel-in-progress"] is False
+        terraform = _load(WORKFLOWS / "terraform.yml")["jobs"]
+        applies = terraform[f"{environment}-cells"]["concurrency"]
+        assert _group(applies, matrix={"cell": "eu-2"}) == f"live-{environment}-eu-2"
+        assert applies["cancel-in-progress"] is False
+        root = terraform[f"{environment}-environment"]["concurrency"]
+        assert _group(root) == f"live-{environment}"
+    glass = _load(WORKFLOWS / "break-glass.yml")["jobs"]["cells"]["concurrency"]
+    assert _group(glass, matrix={"cell": "eu-2"}) == "live-prod-eu-2"
     assert "concurrency" not in _load(WORKFLOWS / "deploy.yml")
     # The drift and reconcile jobs only read: they wait in no queue, so they never
     # replace a change waiting there (GitHub keeps one pending run per group).
     assert _live_groups(WORKFLOWS / "drift.yml") == {}
     # The workflows those jobs call never wait on the queue their caller holds: that
-    # would be the queue waiting on itself. Each system's deploy has its own group.
+    # would be the queue waiting on itself.
     for called in (
-        "deploy-environment.yml",
-        "deploy-system.yml",
+        "deploy-cell.yml",
+        "export-gate.yml",
         "terraform-environment.yml",
         "terraform-apply.yml",
+        "terraform-collect.yml",
         "approve.yml",
     ):
         assert _live_groups(WORKFLOWS / called) == {}, called
-    rollout = _load(WORKFLOWS / "deploy-system.yml")["jobs"]["rollout"]
-    assert rollout["concurrency"] == {
-        "group": "deploy-${{ inputs.environment }}-${{ inputs.system }}",
-        "cancel-in-progress": False,
-    }
     # terraform.yml's own group only serialises a pull request's plans; elsewhere it is
     # the run's own id, so it spans nothing.
     group = _load(WORKFLOWS / "terraform.yml")["concurrency"]["group"]
@@ -244,57 +251,93 @@ def _environments(workflow: str, environment: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("workflow", ["deploy.yml", "terraform.yml"])
+@pytest.mark.parametrize("workflow", ["deploy.yml", "terraform.yml", "break-glass.yml"])
 def test_approvals_are_given_before_a_change_enters_its_queue(workflow: str) -> None:
     # A change waiting for its reviewers must hold no queue: an emergency (a rollback,
     # an apply) queued behind it would wait for a person who may be asleep, and GitHub
-    # replaces the older of two pending runs. So each queued job needs an approval job
-    # that runs outside every queue, and nothing inside the queue names an environment
+    # replaces the older of two pending runs. So each queued job comes after an approval
+    # job that runs outside every queue, and nothing inside a queue names an environment
     # with reviewers: the queued jobs run in reviewer-free environments.
     jobs = _load(WORKFLOWS / workflow)["jobs"]
-    queued = {name: job for name, job in jobs.items() if "concurrency" in job}
-    assert set(queued) == {"dev", "prod"}
-    for environment, job in queued.items():
-        needs = [job["needs"]] if isinstance(job["needs"], str) else job["needs"]
-        (approval,) = [n for n in needs if jobs[n].get("uses", "").endswith("/approve.yml")]
-        assert "concurrency" not in jobs[approval]
-        assert f"needs.{approval}.result == 'success'" in job["if"]
-        # The approval does not wait for its own change: it comes first.
-        before = jobs[approval].get("needs", [])
-        assert environment not in ([before] if isinstance(before, str) else before)
-        approved_in = jobs[approval]["with"]["environment"]
-        assert approved_in in REVIEWED
-        named = _environments(job["uses"].rsplit("/", 1)[1], environment)
-        assert named, environment
+
+    def queued_in(name: str) -> list[str]:
+        """The queued jobs of `name`: its own, or those of the workflow it calls."""
+        job = jobs[name]
+        if "concurrency" in job:
+            return [name]
+        if job.get("uses", "").endswith("/deploy-environment.yml"):
+            return [name]  # its waves are queued (test_one_queue_per_cell_...)
+        return []
+
+    queued = [q for name in jobs for q in queued_in(name)]
+    assert queued, workflow
+
+    def before(name: str) -> set[str]:
+        needs = jobs[name].get("needs", [])
+        direct = {needs} if isinstance(needs, str) else set(needs)
+        return direct.union(*(before(n) for n in direct)) if direct else set()
+
+    for name in queued:
+        approvals = [n for n in before(name) if jobs[n].get("uses", "").endswith("/approve.yml")]
+        assert approvals, name
+        for approval in approvals:
+            assert "concurrency" not in jobs[approval]
+            assert jobs[approval]["with"]["environment"] in REVIEWED
+        environment = "dev" if name.startswith("dev") else "prod"
+        named = _environments(jobs[name]["uses"].rsplit("/", 1)[1], environment)
+        assert named, name
         assert not named & REVIEWED, named
         assert all(e.endswith(("-rollout", "-apply")) for e in named), named
     assert "concurrency" not in _load(WORKFLOWS / "approve.yml")["jobs"]["approve"]
 
 
-def test_an_apply_is_asked_for_only_when_its_plan_changes_something() -> None:
+def test_an_apply_is_asked_for_only_when_its_plans_change_something() -> None:
     jobs = _load(WORKFLOWS / "terraform.yml")["jobs"]
     for changes, wanted in (("true", True), ("false", False)):
-        needs = {"dev-plan": {"result": "success", "outputs": {"changes": changes}}}
-        assert _if(jobs["dev-approve"], github=MAIN, needs=needs) is wanted
-        needs = {"prod-plan": {"result": "success", "outputs": {"changes": changes}}}
-        assert _if(jobs["prod-approve"], github=MAIN, needs=needs) is wanted
-    # A pull request's plans are never approved nor applied.
+        for env in ("dev", "prod"):
+            needs = {f"{env}-collect": {"result": "success", "outputs": {"changes": changes}}}
+            assert _if(jobs[f"{env}-approve"], github=MAIN, needs=needs) is wanted
+    # A pull request's plans are never collected, approved nor applied.
     pull = {"event_name": "pull_request", "ref": "refs/pull/7/merge"}
-    needs = {"dev-plan": {"result": "success", "outputs": {"changes": "true"}}}
-    assert _if(jobs["dev-approve"], github=pull, needs=needs) is False
-    # prod is planned after dev applied, or when dev had nothing to apply; not after a
-    # failed dev apply, nor when dev's approval was refused (dev skipped with changes).
-    for dev, changes, wanted in (
-        ("success", "true", True),
-        ("skipped", "false", True),
-        ("failure", "true", False),
-        ("skipped", "true", False),
+    needs = {"dev-plan": {"result": "success"}}
+    assert _if(jobs["dev-collect"], github=pull, needs=needs) is False
+    # The environment's root only when its own plan changes something; the cells whose
+    # plans do, each in its queue, after the root.
+    approved = {"result": "success", "outputs": {}}
+    for root, wanted in (("true", True), ("false", False)):
+        needs = {
+            "dev-collect": {"result": "success", "outputs": {"environment": root, "cells": "[]"}},
+            "dev-approve": approved,
+        }
+        assert _if(jobs["dev-environment"], github=MAIN, needs=needs) is wanted
+    for environment_result, cells, wanted in (
+        ("success", '["eu-2"]', True),
+        ("skipped", '["eu-2"]', True),
+        ("failure", '["eu-2"]', False),
+        ("success", "[]", False),
     ):
         needs = {
-            "dev-plan": {"result": "success", "outputs": {"changes": changes}},
-            "dev": {"result": dev},
+            "dev-collect": {"result": "success", "outputs": {"cells": cells}},
+            "dev-approve": approved,
+            "dev-environment": {"result": environment_result},
         }
-        assert _if(jobs["prod-plan"], github=MAIN, needs=needs) is wanted, (dev, changes)
+        assert _if(jobs["dev-cells"], github=MAIN, needs=needs) is wanted
+    # prod is planned after dev applied, or when dev had nothing to apply; not after a
+    # failed dev apply.
+    for environment_result, cells_result, wanted in (
+        ("success", "success", True),
+        ("skipped", "skipped", True),
+        ("success", "failure", False),
+        ("failure", "skipped", False),
+    ):
+        needs = {
+            "roots": {"result": "success"},
+            "dev-plan": {"result": "success"},
+            "dev-collect": {"result": "success"},
+            "dev-environment": {"result": environment_result},
+            "dev-cells": {"result": cells_result},
+        }
+        assert _if(jobs["prod-plan"], github=MAIN, needs=needs) is wanted
 
 
 def _paths_match(pattern: str, path: str) -> bool:
@@ -320,11 +363,15 @@ def test_a_deploy_runs_only_when_the_image_or_how_it_is_deployed_changes() -> No
         probe = source if "." in source.rsplit("/", 1)[-1] else f"{source}/x.py"
         assert any(_paths_match(p, probe) for p in paths), source
     # ...and the deploy's own workflows start one; a tfvars merge, docs or tests do not
-    # (an apply deploys the systems it creates itself, terraform-apply.yml).
-    rollout = ("deploy-environment.yml", "deploy-exporter.yml", "deploy-system.yml")
+    # (an apply deploys the cells it creates itself, terraform-apply.yml).
+    rollout = ("deploy-environment.yml", "deploy-cell.yml", "export-gate.yml")
     for workflow in ("deploy.yml", *rollout, "approve.yml"):
         assert any(_paths_match(p, f".github/workflows/{workflow}") for p in paths), workflow
-    for unrelated in ("infra/terraform/env/prod.tfvars", "docs/operations.md", "tests/x.py"):
+    for unrelated in (
+        "infra/terraform/env/prod/recordline.tfvars.json",
+        "docs/operations.md",
+        "tests/x.py",
+    ):
         assert not any(_paths_match(p, unrelated) for p in paths), unrelated
     assert "paths-ignore" not in on["push"]
 
@@ -340,8 +387,8 @@ def test_the_drift_plan_tickets_a_project_that_differs_from_main() -> None:
     assert "gh issue comment" in runs
     assert job["permissions"]["issues"] == "write"
     (auth,) = [s for s in job["steps"] if "google-github-actions/auth@" in s.get("uses", "")]
-    assert "TF_PLAN_SERVICE_ACCOUNT" in str(job["strategy"]["matrix"])
-    assert auth["with"]["service_account"] == "${{ vars[matrix.account] }}"
+    assert "vars.TF_PLAN_SERVICE_ACCOUNT_PROD" in auth["with"]["service_account"]
+    assert "vars.TF_PLAN_SERVICE_ACCOUNT_DEV" in auth["with"]["service_account"]
 
 
 def test_an_apply_applies_the_plan_approved_and_nothing_planned_since() -> None:
@@ -356,8 +403,9 @@ def test_an_apply_applies_the_plan_approved_and_nothing_planned_since() -> None:
     for environment in ("dev", "prod"):
         assert "concurrency" not in callers[f"{environment}-plan"]
         assert callers[f"{environment}-plan"]["uses"].endswith("/terraform-environment.yml")
-        assert callers[environment]["uses"].endswith("/terraform-apply.yml")
-        assert f"{environment}-plan" in callers[environment]["needs"]
+        for applies in (f"{environment}-environment", f"{environment}-cells"):
+            assert callers[applies]["uses"].endswith("/terraform-apply.yml")
+            assert f"{environment}-collect" in callers[applies]["needs"]
     assert "environment" not in plan  # the plan exists before anyone is asked to approve
     plan_runs = _job_runs(plan)
     assert "terraform plan " in plan_runs
@@ -368,13 +416,14 @@ def test_an_apply_applies_the_plan_approved_and_nothing_planned_since() -> None:
     (upload,) = [
         s
         for s in plan["steps"]
-        if "upload-artifact@" in s.get("uses", "") and "tfplan" in s["with"]["path"]
+        if "upload-artifact@" in s.get("uses", "") and "saved/tfplan" in s["with"]["path"]
     ]
-    assert "infra/terraform/tfplan\n" in upload["with"]["path"]
-    assert "infra/terraform/.terraform.lock.hcl" in upload["with"]["path"]
+    assert "saved/tfplan\n" in upload["with"]["path"]
+    assert "saved/.terraform.lock.hcl" in upload["with"]["path"]
     (download,) = [s for s in apply["steps"] if "download-artifact@" in s.get("uses", "")]
     assert set(download["with"]) == {"name", "path"}
     assert download["with"]["name"] == upload["with"]["name"]
+    assert upload["with"]["name"] == "tfplan-${{ inputs.environment }}-${{ inputs.root }}"
     runs = _job_runs(apply)
     assert "terraform plan" not in runs
     assert "terraform apply -input=false tfplan" in runs

@@ -14,6 +14,7 @@ gcloud, curl and skopeo are fake_cloud.py on PATH; `sleep` returns at once.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -71,6 +72,8 @@ class Cloud:
                 f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" "{FAKE}" {tool} "$@"\n'
             )
             path.chmod(0o755)
+        # Files a checkout has besides the repository's own (a cell's variables).
+        self.files: dict[str, str] = {}
         (self.bin / "sleep").write_text("#!/bin/sh\nexit 0\n")
         (self.bin / "sleep").chmod(0o755)
 
@@ -197,7 +200,13 @@ class Expressions:
                 if self._peek() == ",":
                     self._take()
             self._take()
-            return self._call(text, args)
+            value = self._call(text, args)
+            while self._peek() == "[":  # fromJSON(x)[key]
+                self._take()
+                key = self._or()
+                assert self._take()[1] == "]"
+                value = value.get(key, "") if isinstance(value, dict) else ""
+            return value
         if text in ("true", "false"):
             return text == "true"
         value = self._lookup(text)
@@ -220,6 +229,8 @@ class Expressions:
                 return True
             case "fromJSON":
                 return json.loads(args[0])
+            case "toJSON":
+                return json.dumps(args[0], indent=2)
         raise ValueError(f"function {name}() is not modelled")
 
     def _lookup(self, path: str) -> Any:
@@ -273,10 +284,12 @@ def run_job(
     `matrix` is the leg of the job's matrix it runs as."""
     definition = load(workflow)
     job_def = definition["jobs"][job_id]
+    # Each job has a runner of its own: a fresh workspace and temporary directory.
     workspace = cloud.work / "workspace"
-    workspace.mkdir(exist_ok=True)
+    shutil.rmtree(workspace, ignore_errors=True)
+    workspace.mkdir()
     temp = cloud.work / "runner-temp"
-    shutil.rmtree(temp, ignore_errors=True)  # each job has a runner of its own
+    shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     job = Job()
     steps: dict[str, Any] = {}
@@ -348,6 +361,9 @@ def _action(
             return {}, True
         case "actions/checkout":
             shutil.copytree(ROOT / "infra", workspace / "infra", dirs_exist_ok=True)
+            for name, text in cloud.files.items():
+                (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+                (workspace / name).write_text(text)
             return {}, True
         case "actions/upload-artifact":
             uploaded = cloud.work / "uploaded" / str(given["name"])
@@ -356,6 +372,8 @@ def _action(
                 source = workspace / line
                 if source.is_file():
                     shutil.copy(source, uploaded / source.name)
+                elif source.is_dir() and any(source.iterdir()):
+                    shutil.copytree(source, uploaded, dirs_exist_ok=True)
                 elif given.get("if-no-files-found") == "error":
                     return {}, False
             return {}, True
@@ -364,10 +382,27 @@ def _action(
             if not target.is_absolute():
                 target = workspace / target
             target.mkdir(parents=True, exist_ok=True)
-            if given["name"] == "image":
+            if given.get("name") == "image":
                 (target / "image.tar").write_bytes(b"an OCI archive")
-            else:  # a saved plan: the test put it in cloud.artifacts
-                shutil.copytree(cloud.artifacts / str(given["name"]), target, dirs_exist_ok=True)
+                return {}, True
+            # What an earlier job of the run uploaded, or what the test put in
+            # cloud.artifacts (a saved plan); by name, or every one a pattern matches
+            # (merge-multiple: into one directory, else one directory each).
+            held = {
+                path.name: path
+                for place in (cloud.artifacts, cloud.work / "uploaded")
+                if place.is_dir()
+                for path in place.iterdir()
+            }
+            if "name" in given:
+                if given["name"] not in held:
+                    return {}, False
+                shutil.copytree(held[str(given["name"])], target, dirs_exist_ok=True)
+                return {}, True
+            for name in sorted(held):
+                if fnmatch.fnmatchcase(name, str(given["pattern"])):
+                    into = target if given.get("merge-multiple") else target / name
+                    shutil.copytree(held[name], into, dirs_exist_ok=True)
             return {}, True
     raise ValueError(f"action {action} is not modelled")
 
@@ -387,6 +422,8 @@ def _run(
     directory = step.get("working-directory", defaults.get("working-directory", "."))
     output = temp / "output"
     output.write_text("")
+    exported = temp / "env"
+    exported.write_text("")
     step_env = {k: _text(interpolate(v, expressions)) for k, v in step.get("env", {}).items()}
     run = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
@@ -396,6 +433,8 @@ def _run(
             **env,
             **step_env,
             "GITHUB_OUTPUT": str(output),
+            "GITHUB_ENV": str(exported),
+            "GITHUB_WORKSPACE": str(workspace),
             "GITHUB_STEP_SUMMARY": str(temp / "summary.md"),
             "GITHUB_SHA": github["sha"],
             "GITHUB_RUN_ID": github["run_id"],
@@ -411,4 +450,214 @@ def _run(
         check=False,
     )
     outputs = dict(line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
+    # What a step writes to GITHUB_ENV is in the environment of the job's later steps.
+    env.update(line.split("=", 1) for line in exported.read_text().splitlines() if "=" in line)
     return outputs, run.returncode == 0, run.stdout + run.stderr
+
+
+# --- whole workflows ------------------------------------------------------------------------
+
+# A job whose `if` calls one of these decides alone whether it runs; without one, every
+# job it needs must have succeeded too (GitHub's rule).
+_STATUS_CHECKS = re.compile(r"\b(success|failure|cancelled|always)\(\)")
+
+
+def runs(
+    job: dict[str, Any],
+    needs: dict[str, Any],
+    context: dict[str, Any],
+    *,
+    failed: bool | None = None,
+    cancelled: bool = False,
+) -> bool:
+    """Whether GitHub starts `job`, given what the jobs it needs ended as: `failed`, a
+    job before it failed (its needs' results, unless given); `cancelled`, the run was."""
+    needed = job.get("needs", [])
+    needed = [needed] if isinstance(needed, str) else needed
+    results = [needs.get(n, {}).get("result") for n in needed]
+    if failed is None:
+        failed = "failure" in results
+    status = {"failed": failed, "cancelled": cancelled or "cancelled" in results}
+    condition = job.get("if")
+    if condition is None:
+        return not status["cancelled"] and all(r == "success" for r in results)
+    if isinstance(condition, bool):
+        decided = condition
+    else:
+        # A job's `if` is an expression with or without its ${{ }}.
+        bare = re.sub(r"^\$\{\{(.*)\}\}$", r"\1", condition.strip(), flags=re.S)
+        decided = bool(Expressions(context, status).evaluate(bare))
+    if isinstance(condition, str) and _STATUS_CHECKS.search(condition):
+        return decided
+    return decided and not status["cancelled"] and all(r == "success" for r in results)
+
+
+@dataclass
+class Workflow:
+    """A workflow's run: each job's result (success, failure, skipped) and outputs, and
+    what ran for it: a Job, or a Workflow for a job calling a reusable one; a matrix
+    job's legs under `job[leg]`."""
+
+    name: str
+    results: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ran: dict[str, Job | Workflow] = field(default_factory=dict)
+    workflow_outputs: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+
+    @property
+    def result(self) -> str:
+        return "failure" if "failure" in self.results.values() else "success"
+
+    def job(self, path: str) -> Job:
+        """The job at `path`: `job`, `job[leg]`, `caller/job` through a called workflow."""
+        head, _, rest = path.partition("/")
+        found = self.ran[head]
+        if rest:
+            assert isinstance(found, Workflow), path
+            return found.job(rest)
+        assert isinstance(found, Job), path
+        return found
+
+    def walk(self, prefix: str = "") -> list[tuple[str, Job]]:
+        """Every job that ran, with its path, in the order it ran."""
+        found: list[tuple[str, Job]] = []
+        for key, value in self.ran.items():
+            if isinstance(value, Workflow):
+                found += value.walk(f"{prefix}{key}/")
+            else:
+                found.append((f"{prefix}{key}", value))
+        return found
+
+
+def _order(jobs: dict[str, Any]) -> list[str]:
+    """The jobs in an order GitHub could run them: each after what it needs."""
+    done: list[str] = []
+    while len(done) < len(jobs):
+        for name, job in jobs.items():
+            needed = job.get("needs", [])
+            needed = [needed] if isinstance(needed, str) else needed
+            if name not in done and all(n in done for n in needed):
+                done.append(name)
+                break
+        else:
+            raise ValueError(f"a cycle among {sorted(set(jobs) - set(done))}")
+    return done
+
+
+def _defaults(workflow: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The inputs as the workflow gets them: given, else each one's default."""
+    on = workflow.get("on", workflow.get(True, {}))
+    declared: dict[str, Any] = {}
+    for trigger in ("workflow_call", "workflow_dispatch"):
+        if isinstance(on, dict) and isinstance(on.get(trigger), dict):
+            declared.update(on[trigger].get("inputs") or {})
+    inputs = {name: spec.get("default", "") for name, spec in declared.items()}
+    inputs.update(given)
+    return inputs
+
+
+def run_workflow(
+    cloud: Cloud,
+    workflow: str,
+    *,
+    inputs: dict[str, Any],
+    variables: dict[str, str],
+    github: dict[str, str],
+    cancel_after: str | None = None,
+    skip: frozenset[str] = frozenset(),
+    assume: dict[str, dict[str, Any]] | None = None,
+) -> Workflow:
+    """Every job of a workflow, as GitHub runs them: in the order their `needs` give,
+    each started or skipped by its `if` and what the jobs before it ended as; a matrix
+    job once per leg, one after another (fail-fast, GitHub's default, starts no leg
+    after one failed); a job that calls a reusable workflow of this repository runs it
+    whole. `cancel_after` names a step after which the run is cancelled: no job starts
+    then but those whose `if` asks for it. `skip`: jobs not run here (paths, as
+    Workflow.job names them), as if GitHub had skipped them; `assume`: jobs not run
+    here, as if they had ended so ({"result": ..., "outputs": {...}}), for what follows."""
+    definition = load(workflow)
+    run = Workflow(workflow)
+    given = _defaults(definition, inputs)
+    for name in _order(definition["jobs"]):
+        job = definition["jobs"][name]
+        if assume and name in assume:
+            run.results[name] = assume[name]["result"]
+            run.outputs[name] = assume[name].get("outputs", {})
+            continue
+        needed = job.get("needs", [])
+        needed = [needed] if isinstance(needed, str) else needed
+        needs = {n: {"result": run.results[n], "outputs": run.outputs.get(n, {})} for n in needed}
+        context = {"needs": needs, "inputs": given, "vars": variables, "github": github}
+        failed = "failure" in run.results.values()
+        if name in skip or not runs(job, needs, context, failed=failed, cancelled=run.cancelled):
+            run.results[name] = "skipped"
+            continue
+        status = {"failed": failed, "cancelled": run.cancelled}
+        legs: list[dict[str, Any]] = [{}]
+        strategy = job.get("strategy", {})
+        if "matrix" in strategy:
+            matrix = {
+                key: interpolate(value, Expressions(context, status))
+                for key, value in strategy["matrix"].items()
+            }
+            (key,) = matrix  # one dimension: what the workflows use
+            legs = [{key: value} for value in matrix[key]]
+        results = []
+        for leg in legs:
+            label = f"{name}[{next(iter(leg.values()))}]" if leg else name
+            if label in skip:
+                continue
+            if "failure" in results and strategy.get("fail-fast", True) and leg:
+                break
+            leg_context = {**context, "matrix": leg}
+            if "uses" in job:
+                called = job["uses"].removeprefix("./.github/workflows/")
+                with_ = {
+                    k: interpolate(v, Expressions(leg_context, status))
+                    for k, v in job.get("with", {}).items()
+                }
+                result: Job | Workflow = run_workflow(
+                    cloud,
+                    called,
+                    inputs=with_,
+                    variables=variables,
+                    github=github,
+                    cancel_after=cancel_after,
+                    skip=frozenset(
+                        s.removeprefix(f"{label}/") for s in skip if s.startswith(f"{label}/")
+                    ),
+                )
+                outputs = result.workflow_outputs
+                cancelled = result.cancelled
+            else:
+                result = run_job(
+                    cloud,
+                    workflow,
+                    name,
+                    inputs=given,
+                    variables=variables,
+                    github=github,
+                    needs=needs,
+                    cancel_after=cancel_after,
+                    matrix=leg,
+                )
+                outputs = result.outputs
+                cancelled = cancel_after is not None and any(
+                    s.name == cancel_after and s.outcome != "skipped" for s in result.steps
+                )
+            run.ran[label] = result
+            run.outputs[name] = outputs
+            results.append(result.result)
+            run.cancelled = run.cancelled or cancelled
+        run.results[name] = "failure" if "failure" in results else "success"
+    on = definition.get("on", definition.get(True, {}))
+    declared = (on.get("workflow_call") or {}).get("outputs", {}) if isinstance(on, dict) else {}
+    jobs_context = {
+        n: {"outputs": run.outputs.get(n, {}), "result": r} for n, r in run.results.items()
+    }
+    expressions = Expressions({"jobs": jobs_context}, {"failed": False, "cancelled": False})
+    run.workflow_outputs = {
+        k: _text(interpolate(spec["value"], expressions)) for k, spec in declared.items()
+    }
+    return run

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import QuerySettings
+from app.store.open import spanner_database
 from app.store.spanner.schema import ddl
 from recordline_dev import serving
 
@@ -67,6 +68,20 @@ class SpannerEmulator:
             f"db{number}",
             ddl(window) if statements is None else statements,
         )
+
+    def database_in(self, project: str, like: str) -> str:
+        """A new database with the service's schema in `project`, its instance and its own
+        names those of `like` (a database of this emulator): the same names elsewhere."""
+        where = spanner_database(like)
+        client = self._emulator.client(project)
+        try:
+            instance = client.instance(where.instance)
+            if not instance.exists():
+                instance = self._emulator.create_instance(client, where.instance)
+            window = QuerySettings().dedupe_window_seconds
+            return self._emulator.create_database(instance, where.database, ddl(window))
+        finally:
+            client.close()
 
     def pause(self) -> None:
         """Stop answering (as an unreachable Spanner), keeping every row."""

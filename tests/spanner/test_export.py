@@ -217,6 +217,8 @@ class Told:
     def watermark(self, table: str, micros: int) -> None:
         self.watermarks[table] = micros
 
+    def released(self) -> None: ...
+
 
 async def test_before_the_first_export_the_lag_runs_from_the_oldest_row(
     make_tiered: Make,

@@ -5,9 +5,12 @@ that nothing was lost."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -20,6 +23,7 @@ from app.store.open import operated
 from app.store.tiered import operator
 from app.store.tiered.exporter import Exporter
 from app.store.tiered.verify import WINDOW_MICROS
+from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
 from tests.spanner.emulator import SpannerEmulator
@@ -133,7 +137,7 @@ def test_the_cli_has_the_export_commands(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         _main(["export", "--help"])
     said = capsys.readouterr().out
-    for action in ("status", "retry", "reject", "resync", "verify"):
+    for action in ("status", "leases", "retry", "reject", "resync", "verify"):
         assert action in said
 
 
@@ -286,3 +290,82 @@ async def test_rows_deleted_before_their_export_are_resynced_past_by_an_operator
     await drain(one)
     assert "records" not in one.blocked
     assert copies(write_fake, "records") == {"m-1": 1, "m-3": 1}
+
+
+async def _leases(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """`recordline export … leases` as the cell's export job runs it: exit code, output.
+    (In a thread: the command runs an event loop of its own.)"""
+    code = await asyncio.to_thread(_main, ["export", *argv, "leases"])
+    said = capsys.readouterr()
+    return code, said.out + said.err
+
+
+def _since(said: str) -> int:
+    """The `since` a `leases` line names, in µs."""
+    found = re.search(r" since (\S+),", said)
+    assert found is not None, said
+    text = found[1].rstrip("Z")
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1_000_000)
+
+
+async def test_leases_says_who_holds_each_systems_lease_since_when_and_who_asked(
+    make_tiered: Make,
+    spanner_emulator: SpannerEmulator,
+    database: str,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A cell of two systems, as its export job has them: orders' database is the one
+    # exported here, payments' has no exporter yet.
+    payments = spanner_emulator.database()
+    systems = {
+        "orders": {"store": f"bigquery://{PROJECT}/{DATASET}", "serving": database},
+        "payments": {"store": f"bigquery://{PROJECT}/payments", "serving": payments},
+    }
+    for name, value in {
+        "RECORDLINE_CELL": "cell-1",
+        "RECORDLINE_SYSTEMS": json.dumps(systems),
+        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
+        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    store = await make_tiered()
+    # Nobody has claimed it yet: exit 1, as while nobody holds it.
+    code, said = await _leases(capsys, "--system=orders")
+    assert code == 1, said
+    assert "no exporter has claimed" in said
+    # Instance a takes it; b, of the same code, finds it held and asks for it.
+    first, second = exporter(store, "a"), exporter(store, "b")
+    before = time.time_ns() // 1000
+    assert await first.ledger.claim()
+    taken = time.time_ns() // 1000
+    assert not await second.ledger.claim(want=True)
+    code, said = await _leases(capsys, "--system=orders")
+    assert code == 0, said
+    assert "bigquery (the export of records and rejected): held by a (code revision " in said
+    assert "\n  asked for by b (code revision " in said
+    # Since when, to the second (the lease's versions read back in time).
+    assert before - 1_500_000 <= _since(said) <= taken + 1_500_000
+    # a hands it back between two batches; b takes it: held by b since then.
+    assert await first.ledger.release(within=5)
+    handed = time.time_ns() // 1000
+    assert await second.ledger.claim()
+    code, said = await _leases(capsys, "--system=orders")
+    assert code == 0, said
+    assert "held by b (" in said
+    assert "asked for" not in said, said
+    assert _since(said) >= handed - 1_500_000
+    # Each system's own database: payments' lease is nobody's.
+    code, said = await _leases(capsys, "--system=payments")
+    assert code == 1
+    assert "no exporter has claimed" in said
+    # In a cell, a command names its system, one the cell has.
+    code, said = await _leases(capsys)
+    assert code == 2
+    assert "name the system (--system=SYSTEM; the cell's: orders, payments)" in said
+    code, said = await _leases(capsys, "--system=refunds")
+    assert code == 2
+    assert "no such system in RECORDLINE_SYSTEMS (it names orders, payments)" in said

@@ -28,7 +28,7 @@ from app.records import Record, Row
 from app.settings import Settings
 from app.store.open import operated
 from app.store.spanner.export_ledger import SpannerLedger
-from app.store.spanner.ledger import Lease, Progress
+from app.store.spanner.ledger import Lease, LeaseClaim, Progress
 from app.store.spanner.serving import SpannerServing
 from app.store.supervisor import Supervisor
 from app.store.tiered import operator
@@ -299,9 +299,13 @@ class FaultyLedger:
     def expires_in(self) -> float | None:
         return self._ledger.expires_in
 
-    async def claim(self) -> bool:
+    @property
+    def claimed(self) -> LeaseClaim | None:
+        return self._ledger.claimed
+
+    async def claim(self, *, take_free: bool = True, want: bool = False) -> bool:
         self._rows.claims += 1
-        return await self._ledger.claim()
+        return await self._ledger.claim(take_free=take_free, want=want)
 
     async def release(self, *, within: float) -> bool:
         return await self._ledger.release(within=within)

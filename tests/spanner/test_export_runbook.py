@@ -1,13 +1,15 @@
 """The runbook's "Export behind" and "Export blocked" incidents, at once, walked as
 on-call walks them: as a member of `oncall` acting as the operator account, with
 docs/operations.md's commands run as written by bash against the fake cloud
-(tests/infra/fake_cloud.py), whose export job runs this checkout's `recordline export
-…` with the job's settings against the Spanner emulator and the BigQuery fakes. Who
-may do what is Terraform's IAM (tests/infra/test_rollout.py: terraform_iam)."""
+(tests/infra/fake_cloud.py), whose cell's export job runs this checkout's `recordline
+export …` with the cell's settings against the Spanner emulator and the BigQuery fakes,
+each command for the system it names (`--system`), as written. Who may do what is
+Terraform's IAM (tests/infra/cell_world.py: terraform_iam)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +23,9 @@ from tests.bigquery.conftest import DATASET
 from tests.bigquery.conftest import PROJECT as BIGQUERY_PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
-from tests.infra.test_rollout import EARLIER, ONCALL, OPERATOR
-from tests.infra.test_runbook_commands import JOB, blocks, with_export_job
+from tests.infra.cell_world import EARLIER, ONCALL, OPERATOR
+from tests.infra.test_runbook import RUNBOOK
+from tests.infra.test_runbook_commands import blocks, where, with_export_job
 from tests.infra.workflow_runner import Cloud
 from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.exporting import copies, drain, exporter, settle_clock
@@ -31,6 +34,8 @@ from tests.spanner.test_export import stored
 pytestmark = pytest.mark.emulator
 
 Make = Callable[..., Any]
+# The runbook's prose, each run of white space one space (a command in it may be wrapped).
+RUNBOOK_TEXT = " ".join(RUNBOOK.read_text().split())
 
 
 def on_call(
@@ -41,13 +46,15 @@ def on_call(
     jobs_fake: FakeBigQueryJobs,
 ) -> Cloud:
     """recordline's project as Terraform leaves it with `serving`, its export job
-    running with the service's settings, here the emulator's and the fakes'."""
+    running with the cell's settings (its one system's store and serving database are
+    here the emulator's and the fakes')."""
+    system = {"store": f"bigquery://{BIGQUERY_PROJECT}/{DATASET}", "serving": database}
     return Cloud(
         tmp_path,
         with_export_job(
             {
-                "RECORDLINE_STORE": f"bigquery://{BIGQUERY_PROJECT}/{DATASET}",
-                "RECORDLINE_SERVING": database,
+                "RECORDLINE_CELL": "recordline",
+                "RECORDLINE_SYSTEMS": json.dumps({"recordline": system}),
                 "SPANNER_EMULATOR_HOST": spanner_emulator.host,
                 "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
                 "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
@@ -99,9 +106,9 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     assert "rejected" not in one.blocked
     cloud = on_call(tmp_path, database, spanner_emulator, write_fake, jobs_fake)
 
-    # Running export commands: the job set to the image that serves, then `status`.
-    (running,) = blocks("running-export-commands")
-    said = await run(cloud, running)
+    # Running commands as the cell's job: where the system is, then `status`.
+    (running,) = blocks("running-commands-as-a-cells-job")
+    said = await run(cloud, where("recordline"), running)
     assert "BLOCKED since" in said
     assert "BigQuery refused message m-bad of records: value too long" in said
     # `rejected` is behind, not blocked: its batch in flight, retried by itself.
@@ -109,14 +116,23 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     assert "in flight: 1 rows ending at message r-1" in said
     assert said.count("BLOCKED") == 1
     assert "Container called exit(1)." in said  # 1: a table is blocked
-    assert cloud.world["jobs"][JOB]["image"].endswith(f"@{EARLIER}")
-    who = running.split("\nexport_job status")[0]
+    assert cloud.world["jobs"]["recordline-export"]["image"].endswith(f"@{EARLIER}")
+    who = "\n".join([where("recordline"), *running.splitlines()[:2]])  # `job`, and ME
+
+    # Who holds the system's lease, as the export job asks it (Export behind).
+    asked = r'`(job "\$EXPORT_JOB" export --system="\$SYSTEM" leases)`'
+    (leases,) = re.findall(asked, RUNBOOK_TEXT)
+    said = await run(cloud, who, leases)
+    holder = one.ledger.lease.holder if one.ledger.lease is not None else ""
+    assert f"bigquery (the export of records and rejected): held by {holder} (" in said
+    assert " since " in said
+    assert "Container called exit(0)." in said
 
     # Export blocked: the row will never fit; on-call moves it to the rejections.
     look, mitigate = blocks("export-blocked")
     reject = chosen(
         mitigate,
-        "export_job reject",
+        'job "$EXPORT_JOB" export --system="$SYSTEM" reject',
         **{
             '"$MESSAGE_ID"': "m-bad",
             "<why, for whoever reads the rejection>": "a value BigQuery will never take",
@@ -147,7 +163,7 @@ async def test_export_behind_and_blocked_walked_as_on_call_runs_them(
     await drain(one)
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
     assert copies(write_fake, "rejected") == {"r-1": 1, "m-bad": 1}
-    (check,) = [line for line in look.splitlines() if "export_job verify" in line]
+    (check,) = [line for line in look.splitlines() if 'export --system="$SYSTEM" verify' in line]
     said = await run(cloud, who, check)
     assert "DIFFERS" not in said
     assert " same" in said

@@ -4,11 +4,13 @@ Two apps share a database of the Spanner emulator (each with its own client and
 sessions, as two Cloud Run instances would). One producer's messages are delivered
 to both, out of order: each once to one instance, some again (the same message id)
 to the other, and a publisher's retries (the same sequence under a new message id)
-to the other too. Each push is delivered again on a 503, as Pub/Sub would (the
-emulator refuses the second of two transactions at once). Each sequence must be
-stored once, under whichever copy committed first, and the ledger must count what
-happened exactly: a redelivery of the stored copy nothing, each delivery of a copy
-that lost once.
+to the other too, and another publisher's messages under some of its sequences.
+Each push is delivered again on a 503, as Pub/Sub would (the emulator refuses the
+second of two transactions at once). Each of the producer's messages must be
+stored once, under whichever copy committed first, every other publisher's message
+too, and the ledger must count what happened exactly: a redelivery of the stored
+copy nothing, each delivery of a copy that lost once, each sequence claimed by
+two messages a conflict.
 """
 
 from __future__ import annotations
@@ -31,16 +33,17 @@ pytestmark = pytest.mark.emulator
 SEQUENCES = 24
 RETRIED = range(0, SEQUENCES, 4)  # a publisher's retry of every fourth
 REDELIVERED = range(1, SEQUENCES, 3)  # Pub/Sub's redelivery of every third
+FORGED = range(2, SEQUENCES, 5)  # another publisher's message under every fifth
 
 
-def body(message_id: str, sequence: int) -> dict[str, Any]:
+def body(message_id: str, sequence: int, *, record: str = "order") -> dict[str, Any]:
     attributes = {
         "recordline-producer": "orders-api",
         "recordline-epoch": "7",
         "recordline-seq": str(sequence),
     }
     return envelope(
-        {"id": f"order-{sequence}", "data": {"n": sequence}},
+        {"id": f"{record}-{sequence}", "data": {"n": sequence}},
         message_id=message_id,
         attributes=attributes,
     )
@@ -71,6 +74,8 @@ async def test_two_instances_store_each_sequence_once_and_keep_one_exact_ledger(
                 deliveries.append((other, body(f"m-{n}", n)))
             if n in RETRIED:
                 deliveries.append((other, body(f"m-{n}-retry", n)))
+            if n in FORGED:
+                deliveries.append((other, body(f"m-{n}-forged", n, record="forged")))
         rng.shuffle(deliveries)
         lanes = [deliveries[i::6] for i in range(6)]  # six pushes in flight at once
 
@@ -83,8 +88,11 @@ async def test_two_instances_store_each_sequence_once_and_keep_one_exact_ledger(
         records = (
             await one.get("/v1/records", params={"since": "2000-01-01T00:00:00Z", "limit": 1000})
         ).json()["records"]
-        # One record per sequence, whichever copy won.
-        assert Counter(r["id"] for r in records) == {f"order-{n}": 1 for n in range(SEQUENCES)}
+        # One record per sequence, whichever copy won, and every other publisher's.
+        assert Counter(r["id"] for r in records) == {
+            **{f"order-{n}": 1 for n in range(SEQUENCES)},
+            **{f"forged-{n}": 1 for n in FORGED},
+        }
         won = {r["message_id"] for r in records}
         for n in RETRIED:
             assert len(won & {f"m-{n}", f"m-{n}-retry"}) == 1
@@ -103,8 +111,11 @@ async def test_two_instances_store_each_sequence_once_and_keep_one_exact_ledger(
     losing = [p for _, p in deliveries if p["message"]["messageId"] not in won]
     assert len(losing) >= len(RETRIED)
     assert (epoch["stored"], epoch["rejected"], epoch["duplicates"]) == (
-        SEQUENCES,
+        SEQUENCES + len(FORGED),
         0,
         len(losing),
     )
     assert ledgers[0]["missing"] == 0
+    # Whichever came first, the other is the conflict.
+    assert epoch["conflicts"] == len(FORGED)
+    assert [(c["first"], c["last"]) for c in epoch["conflicted"]] == [(n, n) for n in FORGED]

@@ -324,6 +324,8 @@ async def test_an_exporter_that_lost_the_lease_mid_batch_never_says_a_table_is_b
 
         def watermark(self, table: str, micros: int) -> None: ...
 
+        def released(self) -> None: ...
+
     old = exporter(store, holder="old", version=(3, 11), observer=Told())
     new = exporter(store, holder="new", version=(3, 12))
     stream = old._streams[Record]

@@ -46,19 +46,24 @@ def _rejection(message_id: str) -> Rejection:
 
 
 class Databases:
-    """Direct access to the emulator's databases: what the test reads and breaks."""
+    """Direct access to the emulator's databases, in any project: what the test reads and
+    breaks."""
 
     def __init__(self, emulator: SpannerEmulator) -> None:
-        self._client = spanner.Client(
-            project="recordline-test",
-            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            client_options={"api_endpoint": emulator.host},
-            disable_builtin_metrics=True,
-        )
+        self._host = emulator.host
+        self._clients: dict[str, Any] = {}
 
     def of(self, url: str) -> Any:
         where = spanner_database(url)
-        return self._client.instance(where.instance).database(where.database)  # type: ignore[no-untyped-call]
+        client = self._clients.get(where.project)
+        if client is None:
+            client = self._clients[where.project] = spanner.Client(
+                project=where.project,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                client_options={"api_endpoint": self._host},
+                disable_builtin_metrics=True,
+            )
+        return client.instance(where.instance).database(where.database)
 
     def rows(self, url: str, table: str) -> dict[str, tuple[Any, ...]]:
         names = [c.name for c in expected_columns() if c.table == table]
@@ -71,7 +76,8 @@ class Databases:
         self.of(url).run_in_transaction(lambda t: t.delete(table, keys))
 
     def close(self) -> None:
-        self._client.close()  # type: ignore[no-untyped-call]
+        for client in self._clients.values():
+            client.close()
 
 
 @pytest.fixture
@@ -181,8 +187,33 @@ async def test_rows_are_copied_from_a_restored_database_into_the_live_one(
     assert now["m-2"] == databases.rows(restored, "records")["m-2"]
 
 
-def test_reading_the_live_database_needs_a_time_before_the_mistake(
-    database: str, capsys: pytest.CaptureFixture[str]
+async def test_a_destination_in_another_project_is_written_there_and_nowhere_else(
+    store: SpannerServing,
+    database: str,
+    spanner_emulator: SpannerEmulator,
+    databases: Databases,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert _main(["restore", "rows", "--from", database]) == 2
-    assert "give --at" in capsys.readouterr().err
+    # The same instance and database names in another project: once resolved in the
+    # source's project, so the source was read now and written into itself, and the
+    # command said it wrote back 0 having touched nothing it was asked to.
+    await store.commit([_record(f"m-{n}") for n in range(3)], within=10)
+    source = databases.rows(database, "records")
+    elsewhere = spanner_emulator.database_in("recordline-other", like=database)
+    assert spanner_database(elsewhere)[1:] == spanner_database(database)[1:]
+    assert _main(["restore", "rows", "--from", database, "--to", elsewhere]) == 0
+    said = capsys.readouterr().out
+    assert f"wrote back 3 to {spanner_database(elsewhere).path}" in said
+    assert databases.rows(elsewhere, "records") == source
+    assert databases.rows(database, "records") == source
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["RECORDLINE_SERVING", "--to"])
+def test_reading_the_live_database_needs_a_time_before_the_mistake(
+    database: str, capsys: pytest.CaptureFixture[str], named: bool
+) -> None:
+    to = ["--to", database] if named else []
+    assert _main(["restore", "rows", "--from", database, *to]) == 2
+    said = capsys.readouterr().err
+    assert "the source is the destination" in said
+    assert "give --at" in said

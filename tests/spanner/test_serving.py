@@ -34,6 +34,7 @@ from app.store.spanner.schema import (
 )
 from app.store.spanner.serving import Committed, SchemaMismatch, SpannerServing
 from app.store.spanner.tail import TailCache
+from app.store.tail import held as tail_held
 from app.store.tiered.store import READ_LAG_MICROS, TieredStore
 from tests.bigquery.fake_storage_write import ErrorResponse, FakeBigQueryWrite
 from tests.conftest import envelope, served
@@ -121,6 +122,10 @@ async def test_the_tail_read_is_every_record_of_its_range_in_key_order_or_none(
     # More than the limit: None, never some of them.
     assert await store.serving.rows_between(first, third + 1, 59) is None
     assert len(await store.serving.rows_between(first, third + 1, 60) or []) == 60
+    # More bytes than the tail holds: None too, the rows past them never read.
+    held = sum(map(tail_held, between))
+    assert await store.serving.rows_between(first, third, 100, max_bytes=held - 1) is None
+    assert len(await store.serving.rows_between(first, third, 100, max_bytes=held) or []) == 40
     assert await store.serving.rows_between(third + 1, third + 2, 10) == []
 
 
@@ -257,8 +262,9 @@ def test_terraform_applies_the_statements_the_service_checks() -> None:
     for window in (86_400.0, QuerySettings().dedupe_window_seconds, 14 * 86_400.0):
         days = ddl_text(window).split("INTERVAL ")[1].split(" ")[0]
         assert ddl_template().replace(RETENTION_PLACEHOLDER, days) == ddl_text(window)
-    # records, rejected, and the ledger of producer sequences (its epochs not heard of).
-    assert ddl_text(86_400.0).count("INTERVAL 3 DAY") == 3
+    # records, rejected, and the ledger of producer sequences (its epochs not heard of,
+    # and the messages held under its sequences).
+    assert ddl_text(86_400.0).count("INTERVAL 3 DAY") == 4
 
 
 async def test_a_database_with_another_schema_is_refused_at_start_naming_the_differences(
@@ -279,7 +285,8 @@ async def test_a_database_with_another_schema_is_refused_at_start_naming_the_dif
     assert "records.trace_id is missing" in message
     assert "records.data is BYTES(MAX) NOT NULL, expected STRING(MAX) NOT NULL" in message
     assert "index records_by_id on records(id_shard, id) is missing" in message
-    assert "rejected" not in message.split(": ", 1)[1]
+    # Nothing of the table `rejected`, which is as it should be.
+    assert "rejected." not in message.split(": ", 1)[1]
 
 
 async def test_a_migration_applied_before_the_image_that_needs_it(

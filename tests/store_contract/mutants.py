@@ -15,8 +15,9 @@ import msgspec
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import Page, PageQuery, R, RowOutcome, Store
+from app.store import Page, PageQuery, PublisherDuplicate, R, RowOutcome, Store
 from app.store.duckdb.store import DuckDBStore
+from app.store.producers import sequence_of
 from tests.fakes import WrappedStore
 
 HOUR = 3_600_000_000
@@ -111,6 +112,31 @@ class FiltersAfterTheLimit(WrappedStore):
         return msgspec.structs.replace(page, rows=[r for r in page.rows if keep.matches(r)])
 
 
+class DropsAnotherMessage(WrappedStore):
+    """Takes any later copy under a stored producer sequence for a publisher's retry, as
+    the ledger once did: another publisher's message under it is dropped, not kept."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self._taken: dict[tuple[str, int, int], str] = {}
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        kept: list[Record | Rejection] = []
+        outcomes: list[RowOutcome] = []
+        for row in rows:
+            sequence = sequence_of(row)
+            key = (
+                None if sequence is None else (sequence.producer, sequence.epoch, sequence.sequence)
+            )
+            if key is not None and self._taken.setdefault(key, row.message_id) != row.message_id:
+                outcomes.append(PublisherDuplicate(*key))
+                continue
+            kept.append(row)
+            outcomes.append(None)
+        await self.inner.append(kept)
+        return outcomes
+
+
 MUTANTS: dict[str, Callable[[Store], Store]] = {
     "never-ready": NeverReady,
     "forgets-the-schema": ForgetsTheSchema,
@@ -122,6 +148,7 @@ MUTANTS: dict[str, Callable[[Store], Store]] = {
     "stores-publisher-copies": StoresPublisherCopies,
     "ignores-filters": IgnoresFilters,
     "filters-after-the-limit": FiltersAfterTheLimit,
+    "drops-another-message": DropsAnotherMessage,
 }
 
 

@@ -26,8 +26,8 @@ import pytest
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store
-from app.store.producers import EpochEntry
+from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store, row_bytes
+from app.store.producers import MAX_DECLARED_TAIL, MAX_EPOCHS, EpochEntry
 from tests.conftest import envelope, served, settings
 
 R = TypeVar("R", Record, Rejection)
@@ -209,6 +209,54 @@ async def test_rows_round_trip_through_every_read(store: Store, exact_data: bool
     assert listed.ingest_time == rejected.ingest_time
     assert await store.message("never") is None
     assert await store.latest("never") is None
+
+
+async def test_a_page_read_to_a_byte_budget_ends_once_its_rows_hold_it(store: Store) -> None:
+    since = stamp() - HOUR
+    # Payloads below and above what a store may hold back from a bounded read until it
+    # keeps them (64 KiB on DuckDB), and together past the budget.
+    sizes = [10, 100_000, 10, 200_000, 100_000, 10, 10]
+    records = [record(f"b-{n}", data=json.dumps("x" * size)) for n, size in enumerate(sizes)]
+    refused = [rejection(f"c-{n}", data=b"\xff" * size) for n, size in enumerate(sizes)]
+    stored: list[Record | Rejection] = [*records, *refused]
+    for row in stored:  # one append each: a time each
+        await store.append([row])
+    until = await horizon(store, await stored_time(store, "c-6"))
+    walked = await _walk_to_budget(store, Record, since=since, before=until, budget=150_000)
+    assert [content(r) for r in walked] == [content(r) for r in records]
+    listed = await _walk_to_budget(store, Rejection, since=since, before=until, budget=150_000)
+    assert [content(r) for r in listed] == [content(r) for r in refused]
+
+
+async def _walk_to_budget(
+    store: Store, kind: type[R], *, since: int, before: int, budget: int
+) -> list[R]:
+    """Every row of `kind` from `since`, read a page of 5 rows and `budget` bytes at a
+    time, each page checked against a read of the same rows without a budget."""
+    seen: list[R] = []
+    after = (since, "")
+    while after != (before, ""):
+        whole = await store.page(kind, query(*after, before=before, limit=5))
+        asked = PageQuery(
+            after_time=after[0],
+            after_message_id=after[1],
+            before_time=before,
+            limit=5,
+            max_bytes=budget,
+        )
+        page = await store.page(kind, asked)
+        resume = (page.after_time, page.after_message_id)
+        check_page(asked, page.rows, resume, page.complete_until)
+        # What a read without a budget answers, or its start.
+        kept = len(page.rows)
+        assert [content(r) for r in page.rows] == [content(r) for r in whole.rows[:kept]]
+        if kept < len(whole.rows):
+            # Ended early: its rows hold the budget, and the next page goes on at once.
+            assert sum(map(row_bytes, page.rows)) >= budget
+            assert resume == (page.rows[-1].ingest_time, page.rows[-1].message_id)
+        seen += page.rows
+        after = resume
+    return seen
 
 
 async def test_the_first_copy_of_a_message_is_the_only_one_any_read_shows(store: Store) -> None:
@@ -437,9 +485,10 @@ def sequenced(
     rejected: bool = False,
     **fields: Any,
 ) -> Record | Rejection:
-    """A row of a message that carries its producer's sequence."""
+    """A row of a message that carries its producer's sequence: the same message (a
+    publisher's retry) whatever its message id, unless `fields` or `origin` differ."""
     attributes = {
-        "origin": "test",
+        "origin": fields.pop("origin", "test"),
         "recordline-producer": producer,
         "recordline-epoch": str(epoch),
         "recordline-seq": str(sequence),
@@ -449,7 +498,7 @@ def sequenced(
     text = json.dumps(attributes, separators=(",", ":"))
     if rejected:
         return rejection(message_id, attributes=text, **fields)
-    return record(message_id, attributes=text, **fields)
+    return record(message_id, attributes=text, **{"id": f"{producer}/{epoch}/{sequence}", **fields})
 
 
 async def epochs(store: Store, producer: str = "producer-1") -> list[EpochEntry]:
@@ -465,12 +514,11 @@ async def test_a_producers_message_is_stored_once_under_the_id_of_its_first_copy
 ) -> None:
     since = stamp() - HOUR
     assert list(await store.append([sequenced("s-a", 0), sequenced("s-b", 1)])) == [None, None]
-    # A publisher's retry of 1 (a new message id), a redelivery of 0 (its own id),
-    # and the next message; then the retry delivered again.
-    later = await store.append(
-        [sequenced("s-c", 1, data='"retried"'), sequenced("s-a", 0), sequenced("s-d", 2)]
-    )
-    again = await store.append([sequenced("s-c", 1, data='"retried"')])
+    # A publisher's retry of 1 (the same message under a new message id), a
+    # redelivery of 0 (its own id), and the next message; then the retry delivered
+    # again.
+    later = await store.append([sequenced("s-c", 1), sequenced("s-a", 0), sequenced("s-d", 2)])
+    again = await store.append([sequenced("s-c", 1)])
     if store.completeness is None:
         # No system of record settles sequences as it commits: every copy is stored
         # (reads leave out later copies of a message id only; records_unique both).
@@ -485,18 +533,130 @@ async def test_a_producers_message_is_stored_once_under_the_id_of_its_first_copy
     newest = await stored_time(store, "s-d")
     until = await horizon(store, newest)
     seen = await walk(store, limit=2, since=since, before=until)
-    assert [(r.message_id, r.data) for r in seen] == [
-        ("s-a", '"Ejemplo de datos"'),
-        ("s-b", '"Ejemplo de datos"'),
-        ("s-d", '"Ejemplo de datos"'),
-    ]
+    assert [r.message_id for r in seen] == ["s-a", "s-b", "s-d"]
     assert await store.message("s-c") is None
     assert await store.seen(["s-a", "s-c"]) == {"s-a": "stored"}
     (entry,) = await epochs(store)
     assert (entry.epoch, entry.highest, entry.contiguous, entry.gaps) == (0, 2, 2, [])
     assert (entry.stored, entry.rejected, entry.duplicates, entry.zombies) == (3, 0, 2, 0)
-    assert sum(h.stored for h in entry.hours) == 3
-    assert sum(h.duplicates for h in entry.hours) == 2
+    assert (entry.conflicts, entry.conflicted) == (0, [])
+    audit = await store.completeness.audit(since, stamp() + HOUR, cutoff=stamp(), limit=10)
+    assert sum(h.stored for h in audit.hours) == 3
+    assert sum(h.duplicates for h in audit.hours) == 2
+    assert (audit.conflict_ranges, audit.missing_ranges) == (0, 0)
+
+
+async def test_another_message_under_a_taken_sequence_is_stored_and_named_a_conflict(
+    store: Store,
+) -> None:
+    """Nothing ties a producer id to who publishes it: a message under a sequence
+    another message took is not a retry unless it is the same message. Both are
+    stored, whichever came first, and the sequence is named in conflict."""
+    if store.completeness is None:
+        return
+    since = stamp() - HOUR
+    # A forger takes sequence 1 first; the producer's own message 1 comes after it,
+    # then its retry, the forger's retry, and a third message under 1.
+    assert list(await store.append([sequenced("real-0", 0)])) == [None]
+    assert list(await store.append([sequenced("forged-1", 1, data='"forged"')])) == [None]
+    outcomes = await store.append(
+        [
+            sequenced("real-1", 1),
+            sequenced("real-1-retry", 1),
+            sequenced("forged-1-retry", 1, data='"forged"'),
+            sequenced("other-1", 1, origin="elsewhere"),
+            sequenced("real-2", 2),
+        ]
+    )
+    duplicate = PublisherDuplicate("producer-1", 0, 1)
+    assert list(outcomes) == [None, duplicate, duplicate, None, None]
+    await store.barrier()
+    held = await store.seen(["real-1", "forged-1", "other-1", "real-1-retry", "forged-1-retry"])
+    assert held == {"real-1": "stored", "forged-1": "stored", "other-1": "stored"}
+    (entry,) = await epochs(store)
+    assert (entry.highest, entry.gaps, entry.stored, entry.duplicates) == (2, [], 5, 2)
+    assert entry.conflicts == 2
+    assert [(g.first, g.last) for g in entry.conflicted] == [(1, 1)]
+    audit = await store.completeness.audit(since, stamp() + HOUR, cutoff=stamp(), limit=10)
+    assert (audit.conflict_ranges, audit.conflicting_sequences) == (1, 1)
+    (named,) = audit.conflicts
+    assert (named.producer, named.epoch, named.kind, named.first, named.last) == (
+        "producer-1",
+        0,
+        "conflict",
+        1,
+        1,
+    )
+    assert sum(h.conflicts for h in audit.hours) == 2
+    worst = await store.completeness.worst(cutoff=stamp(), since=since, top=10)
+    assert worst.conflicts == {"producer-1": 1}
+    later = await store.completeness.worst(cutoff=stamp(), since=stamp() + HOUR, top=10)
+    assert later.conflicts == {}
+
+
+async def test_an_epoch_owed_sequences_is_never_retired_to_make_room(store: Store) -> None:
+    """Epochs past MAX_EPOCHS retire a settled one; one with a gap stays however many
+    come, and a message of a new epoch when none may go is stored all the same."""
+    if store.completeness is None:
+        return
+    # Epoch 1 has a gap (sequence 1 never came): evidence of loss.
+    await store.append([sequenced("v-0", 0, epoch=1), sequenced("v-2", 2, epoch=1)])
+    # Eight more epochs, each one message: the settled ones make room for the others.
+    for epoch in range(2, 2 + MAX_EPOCHS):
+        await store.append([sequenced(f"f-{epoch}", 0, epoch=epoch)])
+    kept = {e.epoch: e for e in await epochs(store)}
+    live = sorted(e for e, entry in kept.items() if not entry.retired)
+    assert len(live) == MAX_EPOCHS
+    assert 1 in live
+    assert [(g.first, g.last) for g in kept[1].gaps] == [(1, 1)]
+    # The producer's own retry of sequence 2 is still told apart.
+    again = await store.append([sequenced("v-2-retry", 2, epoch=1)])
+    assert list(again) == [PublisherDuplicate("producer-1", 1, 2)]
+    # With epoch 1, eight epochs each owed a sequence: a message of a ninth is stored,
+    # with no place in the ledger.
+    for epoch in range(20, 20 + MAX_EPOCHS - 1):
+        await store.append([sequenced(f"g-{epoch}", 1, epoch=epoch)])
+    assert list(await store.append([sequenced("late", 0, epoch=99)])) == [None]
+    await store.barrier()
+    assert await store.seen(["late"]) == {"late": "stored"}
+    kept = {e.epoch: e for e in await epochs(store)}
+    assert 99 not in kept
+    assert 1 in kept
+    assert kept[1].gaps
+    newest = max(e for e, entry in kept.items() if not entry.retired)
+    assert kept[newest].untracked == 1
+
+
+async def test_disagreeing_ends_are_a_conflict_and_the_largest_is_owed(store: Store) -> None:
+    """A declaration of an epoch's end cannot hide a tail another one said was owed, nor
+    add more than MAX_DECLARED_TAIL past what was seen."""
+    if store.completeness is None:
+        return
+    since = stamp() - HOUR
+    await store.append([sequenced("e0-0", 0, epoch=100)])
+    # A forged 100:1 first, then the producer's own 100:6, then an absurd count.
+    await store.append([sequenced("e1-0", 0, epoch=200, ended="100:1")])
+    await store.append([sequenced("e1-1", 1, epoch=200, ended="100:6")])
+    first, _ = await epochs(store)
+    assert (first.end, first.ends, first.end_conflict) == (6, [1, 6], True)
+    assert first.end_said is not None
+    (tail,) = first.missing(first.end_said, grace=0)
+    assert (tail.first, tail.last) == (1, 5)
+    # Past what the producer could have sent unseen: nothing more is owed.
+    for n, count in enumerate([MAX_DECLARED_TAIL + 2, 2**63 - 1], start=2):
+        await store.append([sequenced(f"e1-{n}", n, epoch=200, ended=f"100:{count}")])
+        first, _ = await epochs(store)
+        assert first.end_said is not None
+        (tail,) = first.missing(first.end_said, grace=0)
+        assert (tail.first, tail.last) == (1, 5)
+    # A million past the highest seen can be: a tail a producer lost in a crash.
+    await store.append([sequenced("e1-4", 4, epoch=200, ended=f"100:{MAX_DECLARED_TAIL + 1}")])
+    first, _ = await epochs(store)
+    assert first.end_said is not None
+    audit = await store.completeness.audit(since, stamp() + HOUR, cutoff=first.end_said, limit=10)
+    assert sum(audit.missing_by_hour.values()) == MAX_DECLARED_TAIL
+    assert audit.conflicting_ends == 1
+    assert [(c.kind, c.first, c.last) for c in audit.conflicts] == [("ends", 1, 2**63 - 1)]
 
 
 async def test_the_ledger_names_the_gaps_until_they_close(store: Store) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import msgspec
 
 from app.records import Record, Rejection
-from app.store.producers import EpochEntry
+from app.store.producers import EpochEntry, HourCount, LedgerRange
+from app.store.tally import Held
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,19 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True):
-    """One acknowledged append: the rows of one batch, and the completeness ledger's
-    entries it changed or dropped (fields at the end, so older frames still decode)."""
+    """One acknowledged append: the rows of one batch, and what it changed of the
+    completeness ledger: the entries it changed or dropped, the ranges the audit
+    reads of those it changed, the hour's counts after it, and the messages it
+    stored under a producer sequence (fields at the end, so older frames still
+    decode)."""
 
     records: list[Record]
     rejections: list[Rejection]
     producers: list[EpochEntry] = []
     forgotten: list[tuple[str, int]] = []
+    ranges: list[LedgerRange] = []
+    hours: list[HourCount] = []
+    copies: list[Held] = []
 
 
 _encode = msgspec.msgpack.Encoder().encode

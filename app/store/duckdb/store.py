@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -35,11 +35,13 @@ from app.records import (
     Record,
     Rejection,
     Row,
+    column_names,
     columns,
     rejected_record,
     row_of,
 )
 from app.store import (
+    ROW_BYTES,
     MessageState,
     MessageStatus,
     Page,
@@ -47,6 +49,7 @@ from app.store import (
     PublisherDuplicate,
     R,
     RowOutcome,
+    text_bytes,
 )
 from app.store.backoff import Backoff
 from app.store.bell import Bell
@@ -54,17 +57,18 @@ from app.store.copies import ConflictObserver, differing, message_states
 from app.store.duckdb import producers as book
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
+from app.store.duckdb.producers import Changes, DuckDBLedger, FrameLedger, frame_ledger
 from app.store.duckdb.typed import TypedColumns
 from app.store.filters import RowFilter, typed_field, typed_value
 from app.store.producers import (
     Completeness,
-    EpochEntry,
     ProducerSequence,
-    Tally,
+    message_digest,
     sequence_of,
 )
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
+from app.store.tally import Copy, Held, Sequenced, SequenceKey
 from app.typed.mapping import Field
 from app.typed.revisions import Revisions
 
@@ -128,6 +132,56 @@ _EXPIRE_TYPED_SQL = (
 )
 
 
+def _read_within(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict[str, Any],
+    kind: type[R],
+    max_bytes: int,
+    size: Callable[[int, str], int],
+) -> tuple[list[R], bool]:
+    """The rows `sql` selects (as `_bounded_select` lists them), taken one at a time until
+    they hold at least `max_bytes`, and whether it stopped there. `size(payload bytes,
+    attributes)` is what a row counts as. Python holds what the reader keeps, and DuckDB
+    returns no large payload but those (`INLINE_BYTES`)."""
+    cursor.execute(sql, params)
+    found: list[list[Any]] = []
+    large: dict[str, int] = {}
+    data = column_names(kind).index("data")
+    attributes = column_names(kind).index("attributes")
+    total = 0
+    more = True
+    while total < max_bytes:
+        values = cursor.fetchone()
+        if values is None:
+            more = False
+            break
+        *row, payload = values
+        if payload is not None and payload > INLINE_BYTES:
+            large[row[0]] = len(found)  # message_id is the first column of both tables
+        found.append(row)
+        total += size(payload or 0, row[attributes])
+    if large:
+        cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
+        for message_id, value in cursor.fetchall():
+            found[large[message_id]][data] = value
+    if more or large:
+        # DuckDB keeps a result until the cursor's next query: the rest of the page's, or
+        # the payloads read, released now (0.3 ms, for pages cut short or of large rows).
+        cursor.execute("SELECT 1")
+    return [row_of(kind, row) for row in found], more
+
+
+def _payload_size(kind: type[Row]) -> Callable[[int, str], int]:
+    """What a row of `kind` counts as in a budget (`row_bytes`), from its payload's size
+    in DuckDB and its attributes."""
+    if kind is Rejection:
+        return lambda payload, attributes: (
+            (payload + 2) // 3 * 4 + text_bytes(attributes) + ROW_BYTES
+        )
+    return lambda payload, attributes: payload + text_bytes(attributes) + ROW_BYTES
+
+
 def ddl(table: str, row_type: type[Row]) -> str:
     cols = ",\n  ".join(
         f"{c.name} {_SQL_TYPES[c.kind]}{'' if c.nullable else ' NOT NULL'}"
@@ -151,30 +205,74 @@ def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, row_type: ty
         con.execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {_SQL_TYPES[column.kind]}")
 
 
-def _select_list(row_type: type[Row]) -> str:
+def _selected(c: Column) -> str:
     # Timestamps leave as epoch microseconds: cheaper than timezone-aware
     # datetimes (~0.4 ms per 100 rows) and what Record holds anyway.
-    def expr(c: Column) -> str:
-        match c.kind:
-            case Kind.TIMESTAMP:
-                return f"epoch_us({c.name})"
-            case Kind.JSON:
-                return f"{c.name}::VARCHAR"
-            case _:
-                return c.name
+    match c.kind:
+        case Kind.TIMESTAMP:
+            return f"epoch_us({c.name})"
+        case Kind.JSON:
+            return f"{c.name}::VARCHAR"
+        case _:
+            return c.name
 
-    return ", ".join(expr(c) for c in columns(row_type))
+
+def _select_list(row_type: type[Row]) -> str:
+    return ", ".join(_selected(c) for c in columns(row_type))
 
 
 _RECORD_COLUMNS = _select_list(Record)
+_PAGE_RANGE: Final = """ingest_time >= make_timestamptz($after_time)
+  AND ingest_time < make_timestamptz($before_time)
+  AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)"""
+
+# A page read to a byte budget selects a payload larger than this (`data`) as NULL, and
+# its size beside it, then reads only those it keeps, by key. DuckDB reads a column
+# 2,048 rows at a time: a page of 40 records of 4 MB held +810 MB in DuckDB while it
+# ran, returning every payload; selecting none of the large ones, as the scan reads
+# them (`_bounded_page_sql`), +170 MB, what the scan itself holds.
+INLINE_BYTES: Final = 64 * 1024
+_PAYLOAD: Final = {Record: "strlen(data::VARCHAR)", Rejection: "octet_length(data)"}
+
+
+def _bounded_select(row_type: type[Row]) -> list[str]:
+    """`_select_list`'s expressions, the payload NULL past INLINE_BYTES, its size last."""
+    size = _PAYLOAD[row_type]
+    listed = [
+        f"CASE WHEN {size} <= {INLINE_BYTES} THEN {_selected(c)} END"
+        if c.name == "data"
+        else _selected(c)
+        for c in columns(row_type)
+    ]
+    return [*listed, size]
+
+
+def _bounded_page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
+    """The page's rows as `_page_sql` selects them, as `_bounded_select` lists them. The
+    page's keys first (a Top-N of two columns), then its rows by row id, the large
+    payloads dropped in the scan: selected after the join (as DuckDB's own late
+    materialization does), each would be held once more for the page's every row."""
+    listed = _bounded_select(row_type)
+    at = {c.name: n for n, c in enumerate(columns(row_type))}
+    return f"""
+WITH page AS (
+  SELECT rowid AS page_row FROM {table}
+  WHERE {_PAGE_RANGE}{conditions}
+  ORDER BY ingest_time, message_id
+  LIMIT $limit
+)
+SELECT {", ".join(f"c{n}" for n in range(len(listed)))} FROM (
+  SELECT rowid AS page_row, {", ".join(f"{e} AS c{n}" for n, e in enumerate(listed))}
+  FROM {table} WHERE {_PAGE_RANGE}
+) WHERE page_row IN (SELECT page_row FROM page)
+ORDER BY c{at["ingest_time"]}, c{at["message_id"]}
+"""
 
 
 def _page_sql(table: str, select: str, conditions: str = "") -> str:
     return f"""
 SELECT {select} FROM {table}
-WHERE ingest_time >= make_timestamptz($after_time)
-  AND ingest_time < make_timestamptz($before_time)
-  AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id){conditions}
+WHERE {_PAGE_RANGE}{conditions}
 ORDER BY ingest_time, message_id
 LIMIT $limit
 """
@@ -182,8 +280,9 @@ LIMIT $limit
 
 def _filtered(
     kind: type[Row], keep: RowFilter, typed: Sequence[Field]
-) -> tuple[str, dict[str, Any]]:
-    """The page SQL of `kind` keeping the rows `keep` matches, and its parameters
+) -> tuple[str, str, dict[str, Any]]:
+    """The page SQL of `kind` keeping the rows `keep` matches (as `_page_sql` and as
+    `_bounded_page_sql` read it), and its parameters
     (values are parameters; a typed field's names, held to FIELD_NAME_PATTERN, are
     quoted into the text). The conditions are checked on the rows of the page's
     range in key order, so a selective filter scans further for the same page."""
@@ -215,7 +314,11 @@ def _filtered(
             f"AND {' AND '.join(matches)})"
         )
     where = "".join(f"\n  AND {c}" for c in conditions)
-    return _page_sql(table, _select_list(kind), where), params
+    return (
+        _page_sql(table, _select_list(kind), where),
+        _bounded_page_sql(table, kind, where),
+        params,
+    )
 
 
 _PAGE_SQL: dict[type[Row], str] = {
@@ -237,8 +340,20 @@ _RECORDS_BY_MESSAGES_SQL = (
 _REJECTIONS_BY_MESSAGES_SQL = (
     f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
 )
+_BOUNDED_PAGE_SQL: dict[type[Row], str] = {
+    Record: _bounded_page_sql("records", Record),
+    Rejection: _bounded_page_sql("rejected", Rejection),
+}
+_PAYLOADS_SQL: dict[type[Row], str] = {
+    row_type: f"SELECT message_id, {_selected(column)} FROM {table} "
+    "WHERE message_id IN (SELECT unnest($ids))"
+    for row_type, table in ((Record, "records"), (Rejection, "rejected"))
+    for column in columns(row_type)
+    if column.name == "data"
+}
 _NEWEST_RECORDS_SQL = f"""
-SELECT {_RECORD_COLUMNS} FROM records WHERE ingest_time >= make_timestamptz($since)
+SELECT {", ".join(_bounded_select(Record))} FROM records
+WHERE ingest_time >= make_timestamptz($since)
 ORDER BY ingest_time DESC, message_id DESC
 LIMIT $limit
 """
@@ -287,27 +402,20 @@ def _insert_table(
         con.unregister("incoming")
 
 
-# One frame's changes to the ledger: the entries it changed, and those it dropped.
-_Changes = tuple[Sequence[EpochEntry], Sequence[tuple[str, int]]]
-_Entries = tuple[list[EpochEntry], list[tuple[str, int]]]
-
-
-def _latest_entries(changes: Sequence[_Changes]) -> _Entries | None:
-    """What frames applied together leave of the ledger (`changes` in frame order): the
-    latest of each entry, and the keys dropped since their last change; None if the
-    frames changed nothing."""
-    latest: dict[tuple[str, int], EpochEntry | None] = {}
-    for producers, forgotten in changes:
-        for entry in producers:
-            latest[(entry.producer, entry.epoch)] = entry
-        for key in forgotten:
-            latest[key] = None
-    if not latest:
-        return None
-    return (
-        [e for e in latest.values() if e is not None],
-        [k for k, e in latest.items() if e is None],
-    )
+def _stored_rows(
+    cur: duckdb.DuckDBPyConnection, message_ids: list[str]
+) -> list[Record | Rejection]:
+    """The records and rejections DuckDB holds of these messages."""
+    params = {"ids": message_ids}
+    found: list[Record | Rejection] = [
+        row_of(Record, values)
+        for values in cur.execute(_RECORDS_BY_MESSAGES_SQL, params).fetchall()
+    ]
+    found += [
+        row_of(Rejection, values)
+        for values in cur.execute(_REJECTIONS_BY_MESSAGES_SQL, params).fetchall()
+    ]
+    return found
 
 
 class _Inserted(NamedTuple):
@@ -323,22 +431,20 @@ _NO_ROWS = 2**62
 
 
 class _Unapplied:
-    __slots__ = ("forgotten", "frame_number", "oldest", "producers", "rows", "shown", "shown_ids")
+    __slots__ = ("frame_number", "ledger", "oldest", "rows", "shown", "shown_ids")
 
     def __init__(
         self,
         frame_number: int,
         rows: Sequence[Record | Rejection],
-        producers: Sequence[EpochEntry] = (),
-        forgotten: Sequence[tuple[str, int]] = (),
+        ledger: FrameLedger | None = None,
         *,
         shown: Sequence[Record] | None = None,
     ) -> None:
         self.frame_number = frame_number
         self.rows = rows
-        # The ledger's entries the append changed, and those it dropped.
-        self.producers = producers
-        self.forgotten = forgotten
+        # What the append changed of the ledger of producer sequences, if anything.
+        self.ledger = ledger
         self.oldest = min((r.ingest_time for r in rows), default=_NO_ROWS)
         # Its new records went to the tail once durable (`append`), before DuckDB has
         # them: they hold the read horizon back no more, and are not added again once
@@ -372,6 +478,7 @@ class DuckDBStore:
         conflicts: ConflictObserver | None = None,
         revisions: Revisions | None = None,
         loops: LoopObserver | None = None,
+        live_producers: int = book.LIVE_PRODUCERS,
     ) -> None:
         self.path = path
         self._conflicts = conflicts
@@ -417,16 +524,24 @@ class DuckDBStore:
         self.bell = Bell()
         # The completeness ledger (app.store.producers), decided on as appends are
         # journaled (see producers.py); one append at a time decides and journals.
-        self._tally = Tally(())
-        self._book = book.TallyBook(self._tally)
-        self.completeness: Completeness | None = self._book
+        self._ledger = DuckDBLedger(
+            write=self._write,
+            read=self._read,
+            connection=self._connection,
+            settled=self._ledger_settled,
+            live=live_producers,
+        )
+        self.completeness: Completeness | None = self._ledger
         self._sequencing = asyncio.Lock()
-        # Ledger entries applied and not written to DuckDB yet (None: dropped), and
-        # the first frame they came in: the journal keeps its segment until written.
-        self._ledger_dirty: dict[tuple[str, int], EpochEntry | None] = {}
-        self._ledger_dirty_from = 0
-        self._ledger_frames = 0  # frames applied with changes owed
+        # Frames applied whose ledger changes are owed to DuckDB (the journal keeps
+        # their segments until written), and when they were last written.
+        self._ledger_frames = 0
         self._ledger_written = time.monotonic()
+
+    @property
+    def live_producers(self) -> int:
+        """Producers whose ledger entries memory holds."""
+        return self._ledger.held
 
     async def start(self) -> None:
         await self._write(self._open)
@@ -446,14 +561,18 @@ class DuckDBStore:
                     # Replayed whether or not it was applied before the stop, so a
                     # conflicting copy in it was most likely told already: telling
                     # it again would count it at every restart.
+                    ledger = FrameLedger(
+                        frame.producers, frame.forgotten, frame.ranges, frame.hours, frame.copies
+                    )
                     await self._write(
                         self._insert,
                         [*frame.records, *frame.rejections],
-                        [(frame.producers, frame.forgotten)],
+                        frame.copies,
+                        ledger.changes(),
                     )
             await self._journal.discard_replayed()
-        self._tally = Tally(await self._write(lambda: book.load(self._connection())))
-        self._book.tally = self._tally
+        # Producers' entries are read as they publish; the hours' counts now.
+        await self._ledger.start()
         await self._warm_tail()
         await self._loops.start()
         self._running = True
@@ -471,11 +590,19 @@ class DuckDBStore:
         since = self._clock() // 1000 - self.tail.window
         limit = self.tail.max_rows + 1
         params = {"since": since, "limit": limit}
-        found = await self._write(
-            lambda: self._connection().execute(_NEWEST_RECORDS_SQL, params).fetchall()
+        # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
+        found, more = await self._write(
+            lambda: _read_within(
+                self._connection(),
+                _NEWEST_RECORDS_SQL,
+                params,
+                Record,
+                self.tail.max_bytes,
+                _payload_size(Record),
+            )
         )
-        records = [row_of(Record, values) for values in reversed(found)]
-        if len(records) == limit:
+        records = found[::-1]
+        if more or len(records) == limit:
             # More than the tail holds: it starts after the oldest of those read.
             oldest = records.pop(0)
             self.tail.fill((oldest.ingest_time, oldest.message_id), records)
@@ -483,12 +610,24 @@ class DuckDBStore:
             self.tail.fill((since, ""), records)
 
     def _open(self) -> None:
-        con = duckdb.connect(self.path)
+        # DuckDB's allocator hands memory back to the system from a thread of its own, and
+        # flushes what a query of more than 16 MiB used as it ends: without them, what a
+        # page among records of 4 MB used (+800 MB) stayed with the process until DuckDB
+        # next allocated, and pages read one after another held twice a page's.
+        con = duckdb.connect(
+            self.path,
+            config={
+                "allocator_background_threads": True,
+                "allocator_flush_threshold": "16MiB",
+                "allocator_bulk_deallocation_flush_threshold": "16MiB",
+            },
+        )
         for table, row_type in (("records", Record), ("rejected", Rejection)):
             con.execute(ddl(table, row_type))
             add_missing_columns(con, table, row_type)
         con.execute("CREATE INDEX IF NOT EXISTS records_id ON records (id)")
-        con.execute(book.DDL)
+        for statement in book.DDL:
+            con.execute(statement)
         self._typed.open(con)
         self._con = con
 
@@ -514,7 +653,7 @@ class DuckDBStore:
                     )
             self._running = False
             await self._loops.close()
-        if self._ledger_dirty and self._con is not None:
+        if self._ledger.owed and self._con is not None:
             with contextlib.suppress(StoreUnavailable):  # logged; the journal keeps them
                 await self._flush_ledger()
         con, self._con = self._con, None
@@ -533,7 +672,7 @@ class DuckDBStore:
     def _everything_applied(self) -> bool:
         return (
             not self._unapplied
-            and not self._ledger_dirty
+            and not self._ledger.owed
             and self._applied == self._frames
             and self._apply_error is None
             and (self._journal is None or self._journal.failure is None)
@@ -575,13 +714,11 @@ class DuckDBStore:
         return [None] * len(rows)
 
     async def _store(
-        self,
-        rows: Sequence[Record | Rejection],
-        producers: Sequence[EpochEntry] = (),
-        forgotten: Sequence[tuple[str, int]] = (),
-    ) -> None:
+        self, rows: Sequence[Record | Rejection], ledger: FrameLedger | None = None
+    ) -> int:
         """Make `rows` and the ledger's changes durable (one journal frame), then queue
-        them for the applier; StoreUnavailable, having kept nothing, if the write fails."""
+        them for the applier; the frame's number, or StoreUnavailable, having kept
+        nothing, if the write fails."""
         records = [r for r in rows if type(r) is Record]
         # With followers, the records go to the tail as soon as they are durable
         # (journaled), not once DuckDB has them (~3 ms later): which of them DuckDB
@@ -598,7 +735,7 @@ class DuckDBStore:
         self._appending += 1
         try:
             try:
-                number = await self._journaled(rows, records, producers, forgotten)
+                number = await self._journaled(rows, records, ledger)
             except BaseException:
                 if early is not None:
                     early.cancel()
@@ -616,7 +753,7 @@ class DuckDBStore:
                 # frame order (a later append may have been queued while this one
                 # waited for its early read).
                 self._queuing.discard(number)
-                self._queue(_Unapplied(number, rows, producers, forgotten, shown=shown))
+                self._queue(_Unapplied(number, rows, ledger, shown=shown))
                 self._pending.update(r.message_id for r in records)
                 self._wake.set()
         finally:
@@ -626,6 +763,7 @@ class DuckDBStore:
             self.bell.ring()  # durable and readable in order: waiting followers read again
         elif followed:
             self._hurry.set()  # followers see these rows once applied: now, not in 250 ms
+        return number
 
     def _queue(self, entry: _Unapplied) -> None:
         """Queue a journaled frame for the applier, the queue kept in frame order."""
@@ -653,18 +791,24 @@ class DuckDBStore:
         self,
         rows: Sequence[Record | Rejection],
         records: list[Record],
-        producers: Sequence[EpochEntry] = (),
-        forgotten: Sequence[tuple[str, int]] = (),
+        ledger: FrameLedger | None = None,
     ) -> int:
         """Make the rows (`records`: those of them that are records), and the ledger's
         changes, durable; the number of their frame."""
         if self._journal is not None:
-            frame = Frame(
-                records=records,
-                rejections=[r for r in rows if type(r) is Rejection],
-                producers=list(producers),
-                forgotten=list(forgotten),
-            )
+            rejections = [r for r in rows if type(r) is Rejection]
+            if ledger is None:
+                frame = Frame(records=records, rejections=rejections)
+            else:
+                frame = Frame(
+                    records=records,
+                    rejections=rejections,
+                    producers=list(ledger.entries),
+                    forgotten=list(ledger.forgotten),
+                    ranges=list(ledger.ranges),
+                    hours=list(ledger.hours),
+                    copies=list(ledger.copies),
+                )
             try:
                 self._frames = await self._journal.append(encode(frame))
             except OSError as exc:
@@ -680,20 +824,44 @@ class DuckDBStore:
         """An append with producer sequences: the ledger's verdict on each row, journaled
         with the rows kept. The ledger in memory changes only once the frame is durable:
         a failed write leaves every sequence unseen, so the redelivery is stored."""
-        # Only a row whose sequence is seen already may be a redelivery of a stored
-        # message rather than a publisher's copy: its message id decides, in one read.
         settling = [
-            (s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)
+            Sequenced(s, r.message_id, type(r) is Record)
+            for r, s in zip(rows, sequences, strict=True)
         ]
-        maybe_again = self._tally.redeliveries(settling)
-        stored_before = await self._stored_ids(maybe_again) if maybe_again else set()
-        settled = self._tally.settle(
-            settling, stored_before=stored_before, now=self._clock() // 1000
+        ledger = self._ledger
+        try:
+            return await self._settle(rows, sequences, settling)
+        finally:
+            ledger.release()
+
+    async def _settle(
+        self,
+        rows: Sequence[Record | Rejection],
+        sequences: list[ProducerSequence | None],
+        settling: list[Sequenced],
+    ) -> Sequence[RowOutcome]:
+        ledger = self._ledger
+        await ledger.load(s.producer for s in sequences if s is not None)
+        # Only a row whose sequence is seen already may be a redelivery of a stored
+        # message or a copy of one: what is held under those sequences decides, in one read.
+        seen = ledger.tally.seen_rows(settling)
+        stored_before: set[str] = set()
+        copies: dict[SequenceKey, list[Copy]] = {}
+        if seen:
+            stored_before, copies = await self._held(seen)
+        settled = ledger.tally.settle(
+            settling,
+            copies=copies,
+            stored_before=stored_before,
+            now=self._clock() // 1000,
+            digest=lambda index: message_digest(rows[index]),
         )
+        hours = ledger.hours_after(settled)
+        part = frame_ledger(settled, hours)
         if not settled.duplicates and not settled.reasons:
             # Every row kept as it came, as nearly every batch is.
-            await self._store(rows, list(settled.changed.values()), sorted(settled.dropped))
-            self._tally.commit(settled)
+            frame = await self._store(rows, part)
+            ledger.committed(settled, hours, frame)
             return [None] * len(rows)
         kept: list[Record | Rejection] = []
         outcomes: list[RowOutcome] = []
@@ -712,20 +880,52 @@ class DuckDBStore:
                 continue
             kept.append(row)
             outcomes.append(None)
-        await self._store(kept, list(settled.changed.values()), sorted(settled.dropped))
-        self._tally.commit(settled)
+        frame = await self._store(kept, part)
+        ledger.committed(settled, hours, frame)
         return outcomes
 
-    async def _stored_ids(self, message_ids: Sequence[str]) -> set[str]:
-        """Which of these messages are stored (a record or a rejection). The journaled
-        rows not applied yet are looked at first: a row leaves them only once it is in
-        DuckDB, so none is missed between the two looks."""
-        wanted = set(message_ids)
-        found = {r.message_id for entry in self._unapplied for r in entry.rows} & wanted
-        rest = wanted - found
+    async def _held(
+        self, rows: Sequence[Sequenced]
+    ) -> tuple[set[str], dict[SequenceKey, list[Copy]]]:
+        """Which of these rows' messages are stored (a record or a rejection), and the
+        messages held under their sequences, with their digests. The journaled frames not
+        applied yet are looked at first: a frame leaves them only once it is in DuckDB,
+        so nothing is missed between the two looks."""
+        wanted = {r.message_id for r in rows}
+        keys = {(s.producer, s.epoch, s.sequence) for s, *_ in rows if s is not None}
+        stored = set[str]()
+        ids: dict[SequenceKey, set[str]] = {}
+        for entry in self._unapplied:
+            stored.update(r.message_id for r in entry.rows if r.message_id in wanted)
+            if entry.ledger is not None:
+                for held in entry.ledger.copies:
+                    if held[:3] in keys:
+                        ids.setdefault(held[:3], set()).add(held[3])
+        rest = wanted - stored
         if rest:
-            found |= set(await self.seen(sorted(rest)))
-        return found
+            stored |= set(await self.seen(sorted(rest)))
+        for key, found in (await self._read(lambda cur: book.held_ids(cur, keys))).items():
+            ids.setdefault(key, set()).update(found)
+        # The messages themselves, where they are: journaled, or in DuckDB.
+        every = {i for found in ids.values() for i in found}
+        messages: dict[str, list[Record | Rejection]] = {}
+        for entry in self._unapplied:
+            for row in entry.rows:
+                if row.message_id in every:
+                    messages.setdefault(row.message_id, []).append(row)
+        missing = sorted(every - set(messages))
+        if missing:
+            for row in await self._read(lambda cur: _stored_rows(cur, missing)):
+                messages.setdefault(row.message_id, []).append(row)
+        copies = {
+            key: [
+                Copy(message_id, message_digest(row))
+                for message_id in sorted(found)
+                for row in messages.get(message_id, ())
+            ]
+            for key, found in ids.items()
+        }
+        return stored, copies
 
     async def _new_records(self, records: list[Record]) -> list[Record]:
         """Of `records` (an append's, before it is journaled), those DuckDB will keep
@@ -797,8 +997,12 @@ class DuckDBStore:
             batch.append(entry)
             count += len(entry.rows)
         rows = [row for entry in batch for row in entry.rows]
+        copies: list[Held] = []
+        for entry in batch:
+            if entry.ledger is not None:
+                copies += entry.ledger.copies
         try:
-            return batch, await self._write(self._insert, rows)
+            return batch, await self._write(self._insert, rows, copies)
         except Exception as exc:
             # The rows are safe in the journal; keep trying, and say so:
             # readiness is red until they are applied. Anything but a DuckDB
@@ -842,54 +1046,41 @@ class DuckDBStore:
         self._owe_ledger(batch)
 
     def _owe_ledger(self, batch: Sequence[_Unapplied]) -> None:
-        """Note the ledger entries of applied frames, to write at the next flush."""
+        """Note the ledger's changes of applied frames, to write at the next flush."""
         for entry in batch:
-            if not entry.producers and not entry.forgotten:
-                continue
-            if not self._ledger_dirty:
-                self._ledger_dirty_from = entry.frame_number
-            self._ledger_frames += 1
-            for changed in entry.producers:
-                self._ledger_dirty[(changed.producer, changed.epoch)] = changed
-            for key in entry.forgotten:
-                self._ledger_dirty[key] = None
+            if entry.ledger is not None and (entry.ledger.entries or entry.ledger.forgotten):
+                self._ledger.owe(entry.frame_number, entry.ledger.changes())
+                self._ledger_frames += 1
 
     async def _flush_ledger(self) -> None:
-        """Write the ledger entries owed to DuckDB in one transaction; StoreUnavailable,
+        """Write the ledger's changes owed to DuckDB in one transaction; StoreUnavailable,
         owing them still, if it fails (the journal keeps them meanwhile)."""
-        owed = self._ledger_dirty
-        changed = [e for e in owed.values() if e is not None]
-        dropped = [k for k, e in owed.items() if e is None]
-
-        def write() -> None:
-            con = self._connection()
-            con.begin()
-            try:
-                book.write(con, changed, dropped)
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-
         try:
-            await self._write(write)
+            await self._ledger.flush(self._applied)
         except StoreUnavailable as exc:
-            log.error("writing %d ledger entries failed, retrying: %s", len(owed), exc)
+            log.error("writing the ledger's changes failed, retrying: %s", exc)
             raise
-        # Only what was written: an apply may not run meanwhile (the applier or close
-        # calls this), so nothing was added.
-        self._ledger_dirty = {}
         self._ledger_frames = 0
         self._ledger_written = time.monotonic()
         self._release_journal()
+
+    async def _ledger_settled(self) -> None:
+        """Return once every append acknowledged is applied and its ledger changes are
+        in DuckDB: what the ledger's queries read."""
+        await self._applied_now()
+        if self._ledger.owed:
+            await self._flush_ledger()
 
     def _release_journal(self) -> None:
         """Let the journal delete the segments of frames applied, ledger entries included."""
         if self._journal is None:
             return
         releasable = self._applied
-        if self._ledger_dirty:
-            releasable = min(releasable, self._ledger_dirty_from - 1)
+        # Only while some are (a check of one attribute: this runs at every apply).
+        if self._ledger_frames or self._ledger.writing:
+            unwritten = self._ledger.unwritten_from
+            if unwritten is not None:
+                releasable = min(releasable, unwritten - 1)
         with contextlib.suppress(OSError):  # a failed writer is reported by `check`
             self._journal.release(releasable)
 
@@ -911,10 +1102,7 @@ class DuckDBStore:
         deleted, idle = await self._write(delete)
         # Producers' epochs not heard of within the retention go with their rows,
         # unless an append since (not applied yet) heard of them again.
-        for producer, epoch in idle:
-            entry = self._tally.entries(producer).get(epoch)
-            if entry is not None and entry.last_seen < before:
-                self._tally.forget(producer, epoch)
+        await self._ledger.forget(idle, before)
         if deleted:
             log.info(
                 "deleted %d rows older than the %d-day retention", deleted, self._retention_days
@@ -942,13 +1130,15 @@ class DuckDBStore:
                 self._conflicts(kept, later)
 
     def _insert(
-        self, rows: Sequence[Record | Rejection], changes: Sequence[_Changes] = ()
+        self,
+        rows: Sequence[Record | Rejection],
+        copies: Sequence[Held] = (),
+        changes: Changes | None = None,
     ) -> _Inserted:
-        """Insert the first copy of each message (and, replaying the journal, the
-        ledger's entries its frames changed, in the same transaction): the records
-        that are new, and the later copies whose content differs from the copy kept,
-        with it (to report on the event loop)."""
-        entries = _latest_entries(changes)
+        """Insert the first copy of each message and the messages held under producer
+        sequences (and, replaying the journal, the ledger's changes its frames made, in
+        the same transaction): the records that are new, and the later copies whose
+        content differs from the copy kept, with it (to report on the event loop)."""
         # First copy wins, within the batch as across batches.
         firsts: dict[tuple[type, str], Record | Rejection] = {}
         conflicts: list[tuple[Record | Rejection, Record | Rejection]] = []
@@ -958,8 +1148,9 @@ class DuckDBStore:
                 conflicts.append((first, row))
         records = [r for r in firsts.values() if isinstance(r, Record)]
         rejections = [r for r in firsts.values() if isinstance(r, Rejection)]
+        ledger = (copies, changes or None)
         try:
-            self._insert_rows(records, rejections, entries, ignore_copies=False)
+            self._insert_rows(records, rejections, ledger, ignore_copies=False)
         except duckdb.ConstraintException:
             # A redelivery of a message stored earlier. `INSERT OR IGNORE` costs
             # ~4x a plain INSERT on a VARCHAR key (12.8 against 3.6 ms for 64
@@ -967,7 +1158,7 @@ class DuckDBStore:
             # and so is asking which of the copies differ from what is stored.
             stored, differ = self._stored_copies(records, rejections)
             conflicts += differ
-            self._insert_rows(records, rejections, entries, ignore_copies=True)
+            self._insert_rows(records, rejections, ledger, ignore_copies=True)
             records = [r for r in records if r.message_id not in stored]
         return _Inserted(records, conflicts)
 
@@ -1000,10 +1191,11 @@ class DuckDBStore:
         self,
         records: list[Record],
         rejections: list[Rejection],
-        entries: _Entries | None = None,
+        ledger: tuple[Sequence[Held], Changes | None] = ((), None),
         *,
         ignore_copies: bool,
     ) -> None:
+        copies, changes = ledger
         con = self._connection()
         incoming = [
             (table, _arrow(rows, row_type))
@@ -1026,7 +1218,7 @@ class DuckDBStore:
             # typed columns, nor replayed from the journal into a second copy.
             incoming.append(("record_fields", typed))
         # Autocommit: one statement, one commit.
-        if len(incoming) == 1 and typed is None and entries is None:
+        if len(incoming) == 1 and typed is None and not copies and changes is None:
             _insert_table(con, *incoming[0], ignore_copies=ignore_copies)
             return
         con.begin()
@@ -1036,8 +1228,10 @@ class DuckDBStore:
                     self._typed.insert(con, arrow, ignore_copies=ignore_copies)
                 else:
                     _insert_table(con, table, arrow, ignore_copies=ignore_copies)
-            if entries is not None:
-                book.write(con, *entries)
+            if copies:
+                book.insert_copies(con, copies, self._clock() // 1000)
+            if changes is not None:
+                book.write(con, changes)
             con.commit()
         except BaseException:
             con.rollback()
@@ -1051,16 +1245,10 @@ class DuckDBStore:
             # horizon), so the tail holds every one after the cursor: no query.
             page: Page[Any] = self.tail.page(query, query.before_time)
             return page
-        sql, conditions = _PAGE_SQL[kind], dict[str, Any]()
+        sql, bounded, conditions = _PAGE_SQL[kind], _BOUNDED_PAGE_SQL[kind], dict[str, Any]()
         if query.filter:
-            sql, conditions = _filtered(kind, query.filter, self._typed.fields)
+            sql, bounded, conditions = _filtered(kind, query.filter, self._typed.fields)
         await self._applied_now()
-        rows = await self._page_rows(sql, query, conditions)
-        return query.answer([row_of(kind, r) for r in rows])
-
-    async def _page_rows(
-        self, sql: str, query: PageQuery, conditions: dict[str, Any]
-    ) -> list[tuple[Any, ...]]:
         params = {
             "after_time": query.after_time,
             "after_message_id": query.after_message_id,
@@ -1068,7 +1256,14 @@ class DuckDBStore:
             "limit": query.limit,
             **conditions,
         }
-        return await self._read(lambda cur: cur.execute(sql, params).fetchall())
+        if query.max_bytes is None:
+            found = await self._read(lambda cur: cur.execute(sql, params).fetchall())
+            return query.answer([row_of(kind, r) for r in found])
+        max_bytes, size = query.max_bytes, _payload_size(kind)
+        rows, _ = await self._read(
+            lambda cur: _read_within(cur, bounded, params, kind, max_bytes, size)
+        )
+        return query.answer(rows)
 
     async def latest(self, record_id: str) -> Record | None:
         await self._applied_now()

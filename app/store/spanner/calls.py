@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeVar
@@ -29,6 +31,7 @@ from google.api_core.retry import Retry, if_exception_type
 from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
 from google.cloud import spanner
+from google.cloud.spanner_v1 import RequestOptions
 
 from app.errors import StoreUnavailable
 from app.records import micros
@@ -40,8 +43,16 @@ T = TypeVar("T")
 
 _MULTIPLEXED_SWITCHES = ("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS",)
 
-# Calls in flight at once: a group commit per append slot and a few reads.
-_THREADS: Final = 8
+# A database's calls in flight at once: a group commit per append slot and a few
+# reads (and the threads they hold: each call is one).
+THREADS_PER_DATABASE: Final = 8
+
+# The request options of the export's reads (its rows, its progress, the
+# watermarks) and of a verification's: low priority, so that after an outage the
+# catch-up of a hundred systems' exports yields to their pushes and reads (Spanner
+# schedules high before low on a busy instance; its ceiling for high-priority load
+# is 65% of CPU, the rest is what low priority catches up with).
+LOW_PRIORITY: Final = RequestOptions(priority=RequestOptions.Priority.PRIORITY_LOW)
 
 # A call's deadline unless it is given one. A read-write transaction that Spanner
 # aborts is run again within it, after the delay the abort names (the client's
@@ -57,6 +68,9 @@ _RETRY_MAXIMUM: Final = 2.0
 # The least time a request is given: one whose call's deadline has passed
 # fails rather than going out with none.
 _LEAST_SECONDS: Final = 0.01
+# A Spanner thread with no call for this long ends: a cell's pool, sized for every
+# database's calls at once, keeps the threads its recent calls needed.
+IDLE_THREAD_SECONDS: Final = 60.0
 # How long a stop waits for the channels to close (a local operation).
 _CLOSE_SECONDS: Final = 2.0
 
@@ -168,9 +182,86 @@ class DatabaseName(Protocol):
     def database(self) -> str: ...
 
 
+class SpannerClients:
+    """The process's Spanner clients, one per project, and the daemon threads every
+    call to any of their databases runs on.
+
+    A database's calls take at most THREADS_PER_DATABASE threads at once
+    (`SpannerCalls`), and the pool grows by as many for each database opened, but
+    starts a thread only when every one it has is busy: a cell of a hundred systems
+    runs on as many threads as its calls in flight, and one database that hangs
+    holds its own share, never another's.
+    """
+
+    def __init__(
+        self,
+        *,
+        emulator_host: str | None = None,
+        accommodations: Accommodations | None = None,
+    ) -> None:
+        self._emulator = emulator_host
+        self.accommodations = accommodations or (
+            Accommodations.for_emulator() if emulator_host else Accommodations()
+        )
+        self.threads = DaemonThreads(0, prefix="spanner", idle_seconds=IDLE_THREAD_SECONDS)
+        self._clients: dict[str, spanner.Client] = {}
+        self._lock = threading.Lock()
+        self._said = False
+
+    def reserve(self) -> None:
+        """Room for one more database's calls (THREADS_PER_DATABASE threads at most)."""
+        self.threads.grow(THREADS_PER_DATABASE)
+        if self.accommodations.pooled_sessions:
+            # The library reads its switch from the environment at each
+            # transaction: set here, on the event loop's thread before any of
+            # these threads runs, and never over what the user set.
+            for switch in _MULTIPLEXED_SWITCHES:
+                os.environ.setdefault(switch, "false")
+        if self.accommodations.names and not self._said:
+            self._said = True
+            log.info("Spanner emulator accommodations: %s", ", ".join(self.accommodations.names))
+
+    def database(self, name: DatabaseName) -> Any:
+        """The library's handle on database `name`, its project's client opened first
+        if it is not yet (on a call's thread: looking for credentials may block)."""
+        with self._lock:
+            client = self._clients.get(name.project)
+            if client is None:
+                client = self._clients[name.project] = self._client(name.project)
+        instance = client.instance(name.instance)  # type: ignore[no-untyped-call]
+        return instance.database(name.database)
+
+    def _client(self, project: str) -> spanner.Client:
+        metrics = self.accommodations.no_builtin_metrics
+        if self._emulator:
+            return spanner.Client(
+                project=project,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                client_options={"api_endpoint": self._emulator},
+                disable_builtin_metrics=metrics,
+            )
+        return spanner.Client(project=project, disable_builtin_metrics=metrics)
+
+    @property
+    def opened(self) -> int:
+        """Clients opened (one per project)."""
+        with self._lock:
+            return len(self._clients)
+
+    async def close(self) -> None:
+        """Stop at once: calls not started dropped, each client closed within
+        _CLOSE_SECONDS (a request in flight ends with its channel), threads still
+        inside a call left to end on their own (daemons: the process exits)."""
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        await _closed([functools.partial(_close, client, None) for client in clients])
+
+
 class SpannerCalls:
-    """One Spanner database's client, and every call to it: on this store's threads,
-    within a deadline, its failures as StoreUnavailable."""
+    """One Spanner database, and every call to it: on the process's Spanner threads
+    (`SpannerClients`, its own unless given the process's), at most
+    THREADS_PER_DATABASE at once, within a deadline, its failures as StoreUnavailable."""
 
     def __init__(
         self,
@@ -179,67 +270,45 @@ class SpannerCalls:
         emulator_host: str | None = None,
         accommodations: Accommodations | None = None,
         timeout_seconds: float = CALL_SECONDS,
+        clients: SpannerClients | None = None,
     ) -> None:
         self.name = database
-        self._emulator = emulator_host
-        self.accommodations = accommodations or (
-            Accommodations.for_emulator() if emulator_host else Accommodations()
+        # The process's clients, or this database's own (closed with it).
+        self._owns_clients = clients is None
+        self.clients = clients or SpannerClients(
+            emulator_host=emulator_host, accommodations=accommodations
         )
+        self.accommodations = self.clients.accommodations
         # A call's deadline unless it is given one.
         self.timeout = timeout_seconds
-        self._threads = DaemonThreads(_THREADS, prefix="spanner")
-        self._client: spanner.Client | None = None
         self._db: Any = None
+        self._reserved = False
+        # This database's calls in flight (each holds a thread until it returns).
+        self._slots = asyncio.Semaphore(THREADS_PER_DATABASE)
         self._turns: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if self.accommodations.commit_turns else contextlib.nullcontext()
         )
 
     async def start(self) -> None:
-        """Open the client; nothing is asked of Spanner yet."""
-        if self.accommodations.names:
-            log.info("Spanner emulator accommodations: %s", ", ".join(self.accommodations.names))
-        if self.accommodations.pooled_sessions:
-            # The library reads its switch from the environment at each
-            # transaction: set here, on the event loop's thread before any of
-            # this store's threads runs, and never over what the user set.
-            for switch in _MULTIPLEXED_SWITCHES:
-                os.environ.setdefault(switch, "false")
-        self._client, self._db = await self.call(self._open)
+        """Open the database's handle (its project's client first, if need be);
+        nothing is asked of Spanner yet."""
+        if not self._reserved:
+            self._reserved = True
+            self.clients.reserve()
+        self._db = await self.call(self._open)
 
-    def _open(self, _: Deadline) -> tuple[spanner.Client, Any]:
-        project = self.name.project
-        if self._emulator:
-            client = spanner.Client(
-                project=project,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                client_options={"api_endpoint": self._emulator},
-                disable_builtin_metrics=self.accommodations.no_builtin_metrics,
-            )
-        else:
-            client = spanner.Client(
-                project=project, disable_builtin_metrics=self.accommodations.no_builtin_metrics
-            )
-        instance = client.instance(self.name.instance)  # type: ignore[no-untyped-call]
-        db = instance.database(self.name.database)
-        return client, db
+    def _open(self, _: Deadline) -> Any:
+        return self.clients.database(self.name)
 
     async def close(self) -> None:
-        """Stop at once, whatever Spanner does: calls not started are dropped, the
-        channels closed (a request in flight ends with them), and threads still
-        inside a call are left to end on their own; they are daemons, so the
-        process exits without them."""
-        client, db, self._client, self._db = self._client, self._db, None, None
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        if client is None:
-            return
-        closing = DaemonThreads(1, prefix="spanner-close")
-        try:
-            async with asyncio.timeout(_CLOSE_SECONDS):
-                await asyncio.get_running_loop().run_in_executor(closing, _close, client, db)
-        except TimeoutError:
-            log.warning("Spanner's client did not close within %g s; left behind", _CLOSE_SECONDS)
-        finally:
-            closing.shutdown(wait=False)
+        """Stop at once, whatever Spanner does: this database's channel closed (a
+        request in flight on it ends), its client too if it is its own; threads still
+        inside a call are left to end on their own (daemons)."""
+        db, self._db = self._db, None
+        if self._owns_clients:
+            await self.clients.close()
+        if db is not None:
+            await _closed([functools.partial(_close, None, db)])
 
     def database(self) -> Any:
         """The library's database, for a call's thread; StoreUnavailable before `start`."""
@@ -248,16 +317,29 @@ class SpannerCalls:
         return self._db
 
     async def call(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
-        """`fn(deadline, *args)` on this store's threads, its failures as StoreUnavailable.
+        """`fn(deadline, *args)` on the process's Spanner threads, its failures as
+        StoreUnavailable.
 
         The thread is given the same deadline as the caller's wait, counted from
-        now (time queued for a thread included), and stops its requests there."""
+        now (time queued for a thread included), and stops its requests there.
+        A call that finds this database's threads all busy waits its turn within
+        that deadline too."""
         loop = asyncio.get_running_loop()
         seconds = self.timeout if within is None else within
         deadline = Deadline(seconds)
         try:
             async with asyncio.timeout(seconds):
-                return await loop.run_in_executor(self._threads, fn, deadline, *args)
+                await self._slots.acquire()
+                try:
+                    work = self.clients.threads.submit(fn, deadline, *args)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                # Freed when the thread is done with it (or when it never started),
+                # not when the caller stops waiting: a call cut short still holds
+                # its thread until its own deadline.
+                work.add_done_callback(functools.partial(_free, loop, self._slots))
+                return await asyncio.wrap_future(work)
         except (TimeoutError, DeadlineExceeded):
             raise StoreUnavailable(f"Spanner did not answer within {seconds:g} s") from None
         except NotFound as exc:
@@ -309,8 +391,30 @@ def _no_answer(within: float, waited: float) -> str:
     )
 
 
-def _close(client: spanner.Client, db: Any) -> None:
-    """Close the database's channel (a request in flight on it ends) and the client."""
+def _free(loop: asyncio.AbstractEventLoop, slots: asyncio.Semaphore, _: object) -> None:
+    """Give a database's slot back, from the thread that finished the call."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+        loop.call_soon_threadsafe(slots.release)
+
+
+async def _closed(closes: list[Callable[[], None]]) -> None:
+    """Each of `closes` run on a thread of its own, all within _CLOSE_SECONDS."""
+    if not closes:
+        return
+    closing = DaemonThreads(len(closes), prefix="spanner-close")
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(_CLOSE_SECONDS):
+            await asyncio.gather(*(loop.run_in_executor(closing, close) for close in closes))
+    except TimeoutError:
+        log.warning("Spanner's client did not close within %g s; left behind", _CLOSE_SECONDS)
+    finally:
+        closing.shutdown(wait=False)
+
+
+def _close(client: spanner.Client | None, db: Any) -> None:
+    """Close the database's channel (a request in flight on it ends), or the client."""
     if db is not None:
         db.spanner_api.transport.close()
-    client.close()  # type: ignore[no-untyped-call]
+    if client is not None:
+        client.close()  # type: ignore[no-untyped-call]

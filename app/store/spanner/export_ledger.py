@@ -9,6 +9,7 @@ mean, and who writes them when: docs/stores.md.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -16,11 +17,25 @@ from typing import Any
 
 import msgspec
 
-from app.records import Record, rejected_record
+from app.records import Record, micros, moment, rejected_record
 from app.store.spanner import ledger
-from app.store.spanner.calls import Deadline, SpannerCalls, in_transaction, key_rows, statement
-from app.store.spanner.ledger import Decision, Lease, LeaseClaim, Progress
+from app.store.spanner.calls import (
+    LOW_PRIORITY,
+    Deadline,
+    SpannerCalls,
+    in_transaction,
+    key_rows,
+    sql_rows,
+    statement,
+)
+from app.store.spanner.ledger import Decision, Lease, LeaseClaim, LeaseState, Progress
 from app.store.spanner.rows import NAMES, insert_columns, insert_values, message_keys, stored_row
+
+# How far back `leases` looks for the time a lease's holder took it, by reads of the
+# lease at earlier times: within the version retention every database has (an hour
+# at least: https://cloud.google.com/spanner/docs/pitr), and to the second.
+SINCE_SEARCH_SECONDS = 3600.0
+SINCE_PRECISION_SECONDS = 1.0
 
 
 class SpannerLedger:
@@ -32,6 +47,8 @@ class SpannerLedger:
         # After a claim another exporter's live lease refused: in how long (s) that
         # lease expires, when known.
         self.expires_in: float | None = None
+        # What the last claim found (who holds the lease, who asked for it).
+        self.claimed: LeaseClaim | None = None
 
     def _holder(self) -> tuple[Lease, str]:
         """The lease, and its `holder` value now (`ledger.lease_holder`)."""
@@ -42,20 +59,39 @@ class SpannerLedger:
 
     # -- the exporter's ----------------------------------------------------------
 
-    async def claim(self) -> bool:
+    async def claim(self, *, take_free: bool = True, want: bool = False) -> bool:
         """Take or renew the lease for its `seconds` from Spanner's now; whether this
         exporter holds it now (if not, `expires_in` says when the one that stopped
-        it expires, when known)."""
+        it expires, when known). Without `take_free`, a lease nobody holds is left
+        to others; with `want`, another's is asked for (`ledger.claim`). What the
+        claim found is `claimed`."""
         lease, holder = self._holder()
         found = await self._calls.transact(
-            self._claim, lease.name, holder, int(lease.seconds * 1_000_000)
+            self._claim, lease.name, holder, int(lease.seconds * 1_000_000), take_free, want
         )
+        self.claimed = found
         self.expires_in = None if found.expires_in is None else found.expires_in / 1_000_000
         return found.held
 
-    def _claim(self, deadline: Deadline, name: str, holder: str, lease_micros: int) -> LeaseClaim:
+    def _claim(
+        self,
+        deadline: Deadline,
+        name: str,
+        holder: str,
+        lease_micros: int,
+        take_free: bool,
+        want: bool,
+    ) -> LeaseClaim:
         def work(transaction: Any) -> LeaseClaim:
-            return ledger.claim(transaction, statement(deadline), name, holder, lease_micros)
+            return ledger.claim(
+                transaction,
+                statement(deadline),
+                name,
+                holder,
+                lease_micros,
+                take_free=take_free,
+                want=want,
+            )
 
         claimed, _ = in_transaction(self._calls.database(), deadline, work)
         return claimed
@@ -101,6 +137,7 @@ class SpannerLedger:
                 ledger.PROGRESS_TABLE,
                 ledger.progress_names(),
                 ledger.progress_key(table),
+                request_options=LOW_PRIORITY,
             )
             return ledger.progress_of(table, list(found))
 
@@ -113,8 +150,77 @@ class SpannerLedger:
             names = ["table_name", "watermark"]
             keys = ledger.watermark_keys()
             return ledger.watermarks_of(
-                key_rows(snapshot, deadline, ledger.PROGRESS_TABLE, names, keys)
+                key_rows(
+                    snapshot,
+                    deadline,
+                    ledger.PROGRESS_TABLE,
+                    names,
+                    keys,
+                    request_options=LOW_PRIORITY,
+                )
             )
+
+    async def leases(self) -> list[LeaseState]:
+        """Each lease of the export, read now (`LeaseState`): who holds it and who asked
+        for it, and since when its holder has held it, found by reads of the lease at
+        earlier times (its versions are kept an hour at least: SINCE_SEARCH_SECONDS)."""
+        return await self._calls.call(self._leases)
+
+    def _leases(self, deadline: Deadline) -> list[LeaseState]:
+        database = self._calls.database()
+        with database.snapshot(multi_use=True) as snapshot:
+            ((now,),) = list(sql_rows(snapshot, deadline, "SELECT CURRENT_TIMESTAMP()"))
+            rows = list(
+                sql_rows(
+                    snapshot,
+                    deadline,
+                    f"SELECT name, holder, expires FROM {ledger.LEASE_TABLE}",
+                    request_options=LOW_PRIORITY,
+                )
+            )
+        states = ledger.lease_states([tuple(row) for row in rows], now)
+        now_micros = micros(now)
+        return [self._since(deadline, s, now_micros) if s.live else s for s in states]
+
+    def _since(self, deadline: Deadline, state: LeaseState, now: int) -> LeaseState:
+        """`state` with since when its holder holds it: the earliest time within the
+        search whose read finds it the holder, to SINCE_PRECISION_SECONDS (about a
+        dozen reads of one row). A holder that handed it back and took it again within
+        the hour counts from its first time."""
+        held = now
+        furthest = now - int(SINCE_SEARCH_SECONDS * 1_000_000)
+        if self._holder_at(deadline, state.name, furthest) == state.holder:
+            return dataclasses.replace(state, since=furthest, since_earlier=True)
+        free, step = furthest, int(SINCE_PRECISION_SECONDS * 1_000_000)
+        while held - free > step:
+            middle = (free + held) // 2
+            if self._holder_at(deadline, state.name, middle) == state.holder:
+                held = middle
+            else:
+                free = middle
+        return dataclasses.replace(state, since=held)
+
+    def _holder_at(self, deadline: Deadline, name: str, at: int) -> str | None:
+        """Who held lease `name` at `at` (µs), as a read at that time finds it; None
+        before its row, or the database, existed."""
+        from google.api_core.exceptions import FailedPrecondition, InvalidArgument
+
+        try:
+            with self._calls.database().snapshot(read_timestamp=moment(at)) as snapshot:
+                found = list(
+                    key_rows(
+                        snapshot,
+                        deadline,
+                        ledger.LEASE_TABLE,
+                        ["holder"],
+                        ledger.lease_key(name),
+                        request_options=LOW_PRIORITY,
+                    )
+                )
+        except (FailedPrecondition, InvalidArgument):
+            # A time before the database, or past its version retention.
+            return None
+        return ledger.standing_of(found[0][0])[1] if found else None
 
     # -- operators' ----------------------------------------------------------------
 

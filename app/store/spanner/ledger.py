@@ -12,6 +12,7 @@ Design: docs/stores.md#the-exporter
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from datetime import datetime
@@ -170,46 +171,113 @@ class Lease(NamedTuple):
 class LeaseClaim(NamedTuple):
     """What a claim found: whether the claimant holds the lease now, and if another
     exporter's live lease stopped it, in how long that lease expires (µs, by Spanner's
-    clock): a claim then may take it. None: not at its expiry (an older schema)."""
+    clock): a claim then may take it. None: not at its expiry (an older schema).
+    `holder` names the exporter holding the lease now (None: nobody), and `wanted_by`
+    the other exporter that asked for it (`claim`'s `want`), `wanted_in` µs more."""
 
     held: bool
     expires_in: int | None = None
+    holder: str | None = None
+    wanted_by: str | None = None
+    wanted_in: int | None = None
 
 
-def claim(transaction: Any, query: Any, name: str, holder: str, lease_micros: int) -> LeaseClaim:
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A system's lease as an operator reads it (`recordline export leases`), times in
+    µs: the exporter holding it (None: nobody ever claimed it) and its standing, until
+    when, whether that is still ahead; since when that exporter holds it (`since`, or
+    already at `since` and before, as far back as was looked: `since_earlier`); and
+    the exporter that asked for it (`wanted_name`'s row), until when."""
+
+    name: str
+    holder: str | None = None
+    standing: Standing | None = None
+    expires: int | None = None
+    live: bool = False
+    since: int | None = None
+    since_earlier: bool = False
+    wanted_by: str | None = None
+    wanted_standing: Standing | None = None
+    wanted_until: int | None = None
+
+
+# What `wanted_name` adds to a lease's name.
+WANTED_SUFFIX: Final = ".wanted"
+
+
+def wanted_name(name: str) -> str:
+    """The row beside lease `name` where an exporter with less than its share of a
+    pool's leases says it wants this one (`claim`'s `want`)."""
+    return f"{name}{WANTED_SUFFIX}"
+
+
+def claim(
+    transaction: Any,
+    query: Any,
+    name: str,
+    holder: str,
+    lease_micros: int,
+    *,
+    take_free: bool = True,
+    want: bool = False,
+) -> LeaseClaim:
     """Take or renew lease `name` for `holder` (`lease_holder`'s) in `transaction`.
 
     A live lease of another exporter is taken over only by one that stands higher
     (`Standing`): after a deploy the newer code takes the export at its next claim,
     and the older never takes it back while it lives. A lease that expired (or was
-    handed back, which expires it) goes to whoever claims it, unless its last
-    holder knew a newer row schema: code that does not know a column never exports
-    after code that writes it has (it would export those rows without it).
-    Instances of one version never take it from each other while the holder lives.
+    handed back, which expires it) goes to whoever claims it (with `take_free`: an
+    exporter of a pool that holds its share already leaves it to one that has not),
+    unless its last holder knew a newer row schema: code that does not know a column
+    never exports after code that writes it has (it would export those rows without
+    it). Instances of one version never take it from each other while the holder
+    lives; one that wants it (`want`) says so in the row beside it (`wanted_name`),
+    for `lease_micros`, and the holder may hand it back (`app.store.tiered.balance`).
 
     `query(transaction, sql, **options)` runs a statement within the call's deadline.
     """
     ((now,),) = list(query(transaction, "SELECT CURRENT_TIMESTAMP()"))
-    rows = list(
-        query(
+    wanted = wanted_name(name)
+    rows = {
+        row[0]: (row[1], row[2])
+        for row in query(
             transaction,
-            f"SELECT holder, expires FROM {LEASE_TABLE} WHERE name = @name",
-            params={"name": name},
-            param_types={"name": param_types.STRING},
+            f"SELECT name, holder, expires FROM {LEASE_TABLE} WHERE name = @name OR name = @wanted",
+            params={"name": name, "wanted": wanted},
+            param_types={"name": param_types.STRING, "wanted": param_types.STRING},
         )
-    )
+    }
     mine, me = standing_of(holder)
-    if rows:
-        theirs, them = standing_of(rows[0][0])
+    wanted_by = wanted_in = None
+    if wanted in rows and rows[wanted][1] > now:
+        wanter = standing_of(rows[wanted][0])[1]
+        if wanter != me:
+            wanted_by, wanted_in = wanter, micros(rows[wanted][1]) - micros(now)
+    if name in rows:
+        held_by, expires = rows[name]
+        theirs, them = standing_of(held_by)
+        live = expires > now
         if them != me and mine.schema < theirs.schema:
-            return LeaseClaim(held=False)
-        if them != me and rows[0][1] > now and mine <= theirs:
-            return LeaseClaim(held=False, expires_in=micros(rows[0][1]) - micros(now))
+            return LeaseClaim(False, None, them if live else None, wanted_by, wanted_in)
+        if them != me and live and mine <= theirs:
+            if want:
+                until = moment(micros(now) + lease_micros)
+                transaction.insert_or_update(
+                    LEASE_TABLE, ["name", "holder", "expires"], [[wanted, holder, until]]
+                )
+            return LeaseClaim(False, micros(expires) - micros(now), them, wanted_by, wanted_in)
+        if them != me and not live and not take_free:
+            return LeaseClaim(False, None, None, wanted_by, wanted_in)
+    elif not take_free:
+        return LeaseClaim(False, None, None, wanted_by, wanted_in)
     expires = moment(micros(now) + lease_micros)
     transaction.insert_or_update(
         LEASE_TABLE, ["name", "holder", "expires"], [[name, holder, expires]]
     )
-    return LeaseClaim(held=True)
+    if wanted in rows and standing_of(rows[wanted][0])[1] == me:
+        transaction.delete(LEASE_TABLE, spanner.KeySet(keys=[[wanted]]))  # type: ignore[no-untyped-call]
+    return LeaseClaim(True, None, me, wanted_by, wanted_in)
 
 
 def release(transaction: Any, query: Any, name: str, holder: str) -> bool:
@@ -346,6 +414,34 @@ def watermark_keys() -> Any:
 
 def progress_key(table: str) -> Any:
     return spanner.KeySet(keys=[[table]])  # type: ignore[no-untyped-call]
+
+
+def lease_key(name: str) -> Any:
+    return spanner.KeySet(keys=[[name]])  # type: ignore[no-untyped-call]
+
+
+def lease_states(rows: list[tuple[str, str, datetime]], now: datetime) -> list[LeaseState]:
+    """Each lease of the `export_lease` rows read at `now` (its `wanted_name` row beside
+    it), `since` not yet known."""
+    found = {name: (holder, expires) for name, holder, expires in rows}
+    states = []
+    for name in sorted(found):
+        if name.endswith(WANTED_SUFFIX):
+            continue
+        holder, expires = found[name]
+        standing, who = standing_of(holder)
+        state = LeaseState(name, who, standing, micros(expires), live=expires > now)
+        wanted = found.get(wanted_name(name))
+        if wanted is not None and wanted[1] > now:
+            wanted_standing, wanter = standing_of(wanted[0])
+            state = dataclasses.replace(
+                state,
+                wanted_by=wanter,
+                wanted_standing=wanted_standing,
+                wanted_until=micros(wanted[1]),
+            )
+        states.append(state)
+    return states
 
 
 def progress_names() -> list[str]:

@@ -225,9 +225,11 @@ def run(args: argparse.Namespace, *, serving: str, emulator_host: str) -> int:
         print(f"recordline restore: {exc}", file=sys.stderr)
         return 2
     if source_db == destination_db and args.at is None:
+        # Read now, the database holds every row it would be given: nothing to do, and a
+        # run that "wrote back 0" would look like one that found nothing missing.
         print(
-            "recordline restore: the source is the destination: give --at, a time before "
-            "the mistake",
+            f"recordline restore: the source is the destination ({source_db.path}): give "
+            "--at, a time before the mistake, or --to another database",
             file=sys.stderr,
         )
         return 2
@@ -237,11 +239,16 @@ def run(args: argparse.Namespace, *, serving: str, emulator_host: str) -> int:
     # Without --at, a restored database is read as the command starts: one exact
     # timestamp, so every page reads the same database.
     read_at = args.at or datetime.now(UTC)
-    client = _client(source_db.project, emulator_host)
+    # A client per project: a client's instances are of its own project, whatever the
+    # URL named (one client once wrote a destination in another project into the source).
+    clients = {
+        project: _client(project, emulator_host)
+        for project in {source_db.project, destination_db.project}
+    }
     try:
         copier = RowCopier(
-            _database(client, source_db),
-            _database(client, destination_db),
+            _database(clients[source_db.project], source_db),
+            _database(clients[destination_db.project], destination_db),
             read_at=read_at,
             page_rows=args.page,
             page_seconds=args.timeout,
@@ -261,12 +268,13 @@ def run(args: argparse.Namespace, *, serving: str, emulator_host: str) -> int:
                 )
                 return 1
             print(
-                f"{table}: {done.read} rows read in {source_db.database} at "
-                f"{read_at.isoformat()}, {verb} {done.written} to {destination_db.database}, "
+                f"{table}: {done.read} rows read in {source_db.path} at "
+                f"{read_at.isoformat()}, {verb} {done.written} to {destination_db.path}, "
                 f"{done.present} there already"
             )
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        for client in clients.values():
+            client.close()  # type: ignore[no-untyped-call]
     return 0
 
 

@@ -109,7 +109,8 @@ def expected_columns() -> list[ExpectedColumn]:
         ]
     for table, export_columns in EXPORT_COLUMNS.items():
         out += [ExpectedColumn(table, *column) for column in export_columns]
-    out += [ExpectedColumn(producers.TABLE, *column) for column in producers.COLUMNS]
+    for table, ledger_columns in producers.COLUMNS.items():
+        out += [ExpectedColumn(table, *column) for column in ledger_columns]
     return out
 
 
@@ -119,6 +120,7 @@ def expected_indexes() -> dict[str, tuple[str, list[str]]]:
         time_index(table): (table, ["shard", "ingest_time", "message_id"]) for table in TABLES
     }
     indexes[ID_INDEX] = ("records", ["id_shard", "id"])
+    indexes.update(producers.INDEXES)
     return indexes
 
 
@@ -269,6 +271,38 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     "  `last_seen` TIMESTAMP NOT NULL,\n"
     ") PRIMARY KEY (producer, epoch),\n"
     "  ROW DELETION POLICY (OLDER_THAN(last_seen, INTERVAL ${retention_days} DAY))",
+    # What the audit reads of each producer epoch (its gaps, conflicts and ends), the
+    # messages stored under each producer sequence (a retry is dropped only if it is the
+    # same message as one of them), and the counts by hour (app/store/spanner/producers.py).
+    "CREATE TABLE producer_ranges (\n"
+    "  `producer` STRING(256) NOT NULL,\n"
+    "  `epoch` INT64 NOT NULL,\n"
+    "  `kind` STRING(16) NOT NULL,\n"
+    "  `first` INT64 NOT NULL,\n"
+    "  `last` INT64 NOT NULL,\n"
+    "  `opened` INT64 NOT NULL,\n"
+    ") PRIMARY KEY (producer, epoch, kind, first),\n"
+    "  INTERLEAVE IN PARENT producer_epochs ON DELETE CASCADE",
+    "CREATE INDEX producer_ranges_by_opened ON producer_ranges (kind, opened)",
+    "CREATE TABLE producer_sequences (\n"
+    "  `producer` STRING(256) NOT NULL,\n"
+    "  `epoch` INT64 NOT NULL,\n"
+    "  `sequence` INT64 NOT NULL,\n"
+    "  `message_id` STRING(MAX) NOT NULL,\n"
+    "  `ingest_time` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
+    ") PRIMARY KEY (producer, epoch, sequence, message_id),\n"
+    "  INTERLEAVE IN PARENT producer_epochs ON DELETE CASCADE,\n"
+    "  ROW DELETION POLICY (OLDER_THAN(ingest_time, INTERVAL ${retention_days} DAY))",
+    "CREATE TABLE producer_hours (\n"
+    "  `hour` INT64 NOT NULL,\n"
+    "  `shard` INT64 NOT NULL,\n"
+    "  `stored` INT64 NOT NULL,\n"
+    "  `rejected` INT64 NOT NULL,\n"
+    "  `duplicates` INT64 NOT NULL,\n"
+    "  `conflicts` INT64 NOT NULL,\n"
+    "  `updated` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
+    ") PRIMARY KEY (hour, shard),\n"
+    "  ROW DELETION POLICY (OLDER_THAN(updated, INTERVAL 8 DAY))",
 )
 
 

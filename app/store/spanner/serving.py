@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import msgspec
 from google.cloud import spanner
@@ -35,16 +35,25 @@ from app.records import (
     moment,
     rejected_record,
 )
-from app.store import MessageState, MessageStatus, PageQuery, PublisherDuplicate, RowOutcome
+from app.store import (
+    MessageState,
+    MessageStatus,
+    PageQuery,
+    PublisherDuplicate,
+    RowOutcome,
+    row_bytes,
+)
 from app.store.copies import message_states
 from app.store.filters import RowFilter
-from app.store.producers import ProducerSequence, Tally, sequence_of
+from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     CALL_SECONDS,
+    LOW_PRIORITY,
     Accommodations,
     Deadline,
     SpannerCalls,
+    SpannerClients,
     in_transaction,
     key_rows,
     sql_rows,
@@ -60,6 +69,9 @@ from app.store.spanner.schema import (
     shard_of,
     time_index,
 )
+from app.store.tail import MAX_BYTES as TAIL_BYTES
+from app.store.tail import held
+from app.store.tally import Copy, Sequenced, SequenceKey, Tally
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +151,21 @@ def _select_list(row_type: type[Row]) -> str:
         return f"UNIX_MICROS(`{name}`)" if kind is Kind.TIMESTAMP else f"`{name}`"
 
     return ", ".join(expr(c.name, c.kind) for c in columns(row_type))
+
+
+def _taken(rows: Any, kind: type[R], max_bytes: int | None) -> tuple[list[R], bool]:
+    """The rows of a streamed result as `kind`, until they hold at least `max_bytes`
+    (`row_bytes`), and whether it stopped there: the rest of the stream is never read."""
+    found: list[R] = []
+    total = 0
+    for values in rows:
+        row = stored_row(kind, values)
+        found.append(row)
+        if max_bytes is not None:
+            total += row_bytes(cast("Record | Rejection", row))
+            if total >= max_bytes:
+                return found, True
+    return found, False
 
 
 def _page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
@@ -256,13 +283,17 @@ class SpannerServing:
         emulator_host: str | None = None,
         accommodations: Accommodations | None = None,
         timeout_seconds: float = CALL_SECONDS,
+        clients: SpannerClients | None = None,
     ) -> None:
         self.database = database
+        # On the process's clients and threads where it shares them (a cell's
+        # systems: one client per project), else on its own.
         self._calls = SpannerCalls(
             database,
             emulator_host=emulator_host,
             accommodations=accommodations,
             timeout_seconds=timeout_seconds,
+            clients=clients,
         )
         # The export's lease and progress, as operators and watermark reads ask.
         self.ledger = SpannerLedger(self._calls)
@@ -424,12 +455,25 @@ class SpannerServing:
         producers = {s.producer for s in sequences if s is not None}
         found = key_rows(transaction, deadline, book.TABLE, book.NAMES, book.keys_of(producers))
         tally = Tally(book.entries_of(found))
+        settling = [
+            Sequenced(s, r.message_id, type(r) is Record)
+            for r, s in zip(rows, sequences, strict=True)
+        ]
+        # Only a row whose sequence is seen may be a redelivery or a copy: the
+        # messages held under those sequences tell which, in two more reads.
+        seen = tally.seen_rows(settling)
+        copies: dict[SequenceKey, list[Copy]] = {}
+        if seen:
+            keys = [(s.producer, s.epoch, s.sequence) for s, *_ in seen if s is not None]
+            copies = self._held(transaction, deadline, keys)
         settled = tally.settle(
-            [(s, r.message_id, type(r) is Record) for r, s in zip(rows, sequences, strict=True)],
+            settling,
+            copies=copies,
             stored_before={message_id for _, message_id in existing},
             now=time.time_ns() // 1000,
+            digest=lambda index: message_digest(rows[index]),
         )
-        book.write(transaction, settled)
+        book.write(transaction, deadline, settled)
         given: list[Record | Rejection | None] = []
         outcomes: list[RowOutcome] = []
         for index, (row, sequence, verdict) in enumerate(
@@ -448,6 +492,33 @@ class SpannerServing:
                 given.append(row)
                 outcomes.append(None)
         return given, outcomes
+
+    def _held(
+        self, transaction: Any, deadline: Deadline, keys: list[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], list[Copy]]:
+        """The messages held under these sequences, with their digests (of the stored
+        rows: a record, a rejection, or both of a message replayed)."""
+        ids = book.held_ids(transaction, deadline, keys)
+        every = {i for found in ids.values() for i in found}
+        if not every:
+            return {}
+        rows: dict[str, list[Record | Rejection]] = {}
+        for table in TABLES:
+            for values in key_rows(transaction, deadline, table, NAMES[table], message_keys(every)):
+                held: Record | Rejection = (
+                    stored_row(Record, values)
+                    if table == "records"
+                    else stored_row(Rejection, values)
+                )
+                rows.setdefault(held.message_id, []).append(held)
+        return {
+            key: [
+                Copy(message_id, message_digest(row))
+                for message_id in sorted(found)
+                for row in rows.get(message_id, ())
+            ]
+            for key, found in ids.items()
+        }
 
     async def window_digests(
         self, table: str, since: int, until: int, window: int, *, within: float
@@ -473,7 +544,12 @@ class SpannerServing:
         }
         with self._calls.database().snapshot() as snapshot:
             rows = sql_rows(
-                snapshot, deadline, _DIGEST_SQL[table], params=params, param_types=types
+                snapshot,
+                deadline,
+                _DIGEST_SQL[table],
+                params=params,
+                param_types=types,
+                request_options=LOW_PRIORITY,
             )
             return {int(w): (int(n), int(d)) for w, n, d in rows}
 
@@ -517,7 +593,12 @@ class SpannerServing:
         )
         with snapshot as reading:
             rows = sql_rows(
-                reading, deadline, _KEYS_SQL[table], params=params, param_types=_PAGE_TYPES
+                reading,
+                deadline,
+                _KEYS_SQL[table],
+                params=params,
+                param_types=_PAGE_TYPES,
+                request_options=LOW_PRIORITY,
             )
             return [(int(t), str(m)) for t, m in rows]
 
@@ -557,9 +638,18 @@ class SpannerServing:
                 }
                 if counted:
                     self._count_reads(1)
-                rows = sql_rows(snapshot, deadline, sql, params=params, param_types=types)
-                found = [stored_row(kind, values) for values in rows]
-                if len(found) == query.limit or end == query.before_time:
+                # A reader's page at the default (high) priority; the export's, low.
+                options = {} if counted else {"request_options": LOW_PRIORITY}
+                rows = sql_rows(
+                    snapshot,
+                    deadline,
+                    sql,
+                    params=params,
+                    param_types=types,
+                    **options,
+                )
+                found, cut = _taken(rows, kind, query.max_bytes)
+                if cut or len(found) == query.limit or end == query.before_time:
                     break
         return found
 
@@ -576,14 +666,16 @@ class SpannerServing:
         )
         return await self._calls.call(self._page, kind, query, until + 1, False, seen + 1)
 
-    async def rows_between(self, since: int, before: int, limit: int) -> list[Record] | None:
+    async def rows_between(
+        self, since: int, before: int, limit: int, max_bytes: int = TAIL_BYTES
+    ) -> list[Record] | None:
         """Every record with `since <= ingest_time < before`, in key order, read at
         exactly `before` (so complete, once read, for that whole range); None if
-        there are more than `limit`."""
-        return await self._calls.call(self._rows_between, since, before, limit)
+        there are more than `limit`, or if they hold more than `max_bytes` (`held`)."""
+        return await self._calls.call(self._rows_between, since, before, limit, max_bytes)
 
     def _rows_between(
-        self, deadline: Deadline, since: int, before: int, limit: int
+        self, deadline: Deadline, since: int, before: int, limit: int, max_bytes: int
     ) -> list[Record] | None:
         # Key reads, not SQL: each shard's range of the time index is a seek by
         # construction, whatever a query plan would make of a range of shards,
@@ -625,7 +717,13 @@ class SpannerServing:
                 NAMES["records"],
                 spanner.KeySet(keys=keys),  # type: ignore[no-untyped-call]
             )
-            records = [stored_row(Record, values) for values in rows]
+            records, total = [], 0
+            for values in rows:
+                record = stored_row(Record, values)
+                total += held(record)
+                if total > max_bytes:
+                    return None  # the rest is not read: the tail starts afresh after them
+                records.append(record)
         records.sort(key=lambda r: (r.ingest_time, r.message_id))
         return records
 

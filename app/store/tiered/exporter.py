@@ -32,12 +32,14 @@ from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, Strea
 from app.store.spanner.ledger import (
     Intent,
     Lease,
+    LeaseClaim,
     LeaseLost,
     Progress,
     ProgressMoved,
     Standing,
 )
 from app.store.spanner.schema import MIGRATIONS
+from app.store.tiered.balance import Share
 from app.store.tiered.typed import Encoding, TypedExport
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,13 @@ class ExportObserver(Protocol):
         ...
 
     def watermark(self, table: str, micros: int) -> None:
-        """Every row of `table` before `micros` is in BigQuery (each instance reads it)."""
+        """Every row of `table` before `micros` is in BigQuery (as the lease's holder
+        reads it: `app.store.tiered.watermarks.while_leading`)."""
+        ...
+
+    def released(self) -> None:
+        """This instance no longer holds the lease (lost, handed back, or never held):
+        what it said of the export is the holder's to say now."""
         ...
 
 
@@ -145,8 +153,15 @@ class ExportLedger(Protocol):
         lease expires, when known."""
         ...
 
-    async def claim(self) -> bool:
-        """Take or renew the lease; whether this exporter holds it now."""
+    @property
+    def claimed(self) -> LeaseClaim | None:
+        """What the last claim found: who holds the lease, who asked for it."""
+        ...
+
+    async def claim(self, *, take_free: bool = True, want: bool = False) -> bool:
+        """Take or renew the lease; whether this exporter holds it now. Without
+        `take_free` a lease nobody holds is left to others; with `want` another's is
+        asked for (an exporter pool's balance: `app.store.tiered.balance`)."""
         ...
 
     async def release(self, *, within: float) -> bool:
@@ -285,8 +300,11 @@ class Exporter:
         pace: Pace | None = None,
         observer: ExportObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
+        share: Share | None = None,
     ) -> None:
         pace = pace or Pace()
+        # This system's place in an exporter pool's balance, if it is one's.
+        self._share = share
         self._source = source
         self._streams = streams = bigquery.streams
         self._encoders = {kind: RowEncoder(kind) for kind in streams}
@@ -390,9 +408,11 @@ class Exporter:
     def _stop_leading(self) -> None:
         """This exporter no longer holds the lease (lost, or handed back): what it knew
         of blocked tables is the new holder's to say."""
-        self.leading = False
+        was_leading, self.leading = self.leading, False
         for table in list(self.blocked):
             self._unblock(table)
+        if was_leading and self._observer is not None:
+            self._observer.released()
 
     async def step(self) -> bool:
         """One batch of each table, if this exporter holds the lease; whether any
@@ -414,7 +434,14 @@ class Exporter:
             return False
         if now < self._next_claim:
             return self.leading
-        leading = await self.ledger.claim()
+        share = self._share
+        if share is None:
+            leading = await self.ledger.claim()
+        else:
+            asks = share.asks()
+            leading = await self.ledger.claim(take_free=asks.take_free, want=asks.want)
+            if self.ledger.claimed is not None:
+                share.found(self.ledger.claimed)
         claimed = time.monotonic()
         expires_in = self.ledger.expires_in
         wait = self._renew_seconds
@@ -424,6 +451,13 @@ class Exporter:
         if not leading:
             self._stop_leading()
         self.leading = leading
+        if leading and share is not None and share.hands_back():
+            # More than this instance's share, and another asked for this one: handed
+            # back here, between two batches; the other takes it at its next claim.
+            log.info("export lease handed over: this instance holds more than its share")
+            await self.stop()
+            share.handed_back()
+            return False
         return leading
 
     async def _round(self, kind: RowType) -> int:

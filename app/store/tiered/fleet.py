@@ -24,6 +24,7 @@ from app.store.backoff import Backoff
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.spanner.serving import SpannerServing
 from app.store.supervisor import LoopObserver, Supervisor
+from app.store.tiered.balance import Balance, Share
 from app.store.tiered.exporter import (
     LEASE_SECONDS,
     RETRY_MAX_SECONDS,
@@ -31,10 +32,11 @@ from app.store.tiered.exporter import (
     Destination,
     Exporter,
     ExportObserver,
+    exporter_lease,
 )
 from app.store.tiered.held import QueryHeld
 from app.store.tiered.typed import TypedExport
-from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
+from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks, while_leading
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ def exporter_for(
     *,
     watermarks: WatermarkWriter,
     observer: ExportObserver | None = None,
+    share: Share | None = None,
 ) -> Exporter:
     """The exporter of a system's rows from `serving` into `analytics` (both started):
     its offset streams, its watermark rows, records' typed columns where the dataset
@@ -59,7 +62,9 @@ def exporter_for(
         typed=TypedExport(table, revisions) if table is not None and revisions else None,
         held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
     )
-    return Exporter(serving, bigquery, observer=observer)
+    # In a pool, every system's lease under this instance's one name.
+    lease = None if share is None else exporter_lease(share.holder)
+    return Exporter(serving, bigquery, observer=observer, share=share, lease=lease)
 
 
 class SystemExport:
@@ -74,15 +79,24 @@ class SystemExport:
         observer: ExportObserver | None = None,
         loops: LoopObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
+        balance: Balance | None = None,
     ) -> None:
         self.name = name
+        # Its lease's place in the pool's balance (each instance about its share).
+        self._share = None if balance is None else balance.share(name)
         self.serving = serving
         self.analytics = analytics
         self._observer = observer
-        self.watermarks = Watermarks(serving, serving.ledger, observer=observer, clock=clock)
+        # The lag is told by the holder of the lease alone: one series per system.
+        self.watermarks = Watermarks(
+            serving, serving.ledger, observer=while_leading(observer, self._leading), clock=clock
+        )
         self.supervisor = Supervisor(observer=loops)
         self.exporter: Exporter | None = None
         self._writer: WatermarkWriter | None = None
+
+    def _leading(self) -> bool:
+        return self.exporter is not None and self.exporter.leading
 
     async def start(self) -> None:
         """Open the clients and start the loops; what Spanner or BigQuery answers
@@ -92,7 +106,11 @@ class SystemExport:
         self._writer = self.analytics.watermark_writer()
         await self._writer.start()
         exporter = exporter_for(
-            self.serving, self.analytics, watermarks=self._writer, observer=self._observer
+            self.serving,
+            self.analytics,
+            watermarks=self._writer,
+            observer=self._observer,
+            share=self._share,
         )
         self.exporter = exporter
         await self.supervisor.start()

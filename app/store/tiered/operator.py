@@ -1,6 +1,7 @@
-"""`recordline export …`: what an operator asks of the export (`status`, `retry`, `reject`,
-`resync`, `verify`), run where the service's settings and identity are: the system's
-Cloud Run job (`<system>-export`), or a shell with the same settings.
+"""`recordline export …`: what an operator asks of the export (`status`, `leases`, `retry`,
+`reject`, `resync`, `verify`), run where the exporter's settings and identity are: the
+cell's Cloud Run job (`<cell>-export`, each for one system: `--system`), or a shell
+with the same settings.
 
 Each decision (`retry`, `reject`, `resync`) is written to `export_decisions` in the
 transaction of the change it makes, and logged with who asked and why.
@@ -28,7 +29,7 @@ from app.records import DAY_MICROS, TABLES, Record, Rejection, moment
 if TYPE_CHECKING:
     from app.store.bigquery.queries import QueryRunner
     from app.store.bigquery.store import BigQueryStore
-    from app.store.spanner.ledger import Decision, Progress
+    from app.store.spanner.ledger import Decision, LeaseState, Progress, Standing
     from app.store.spanner.serving import SpannerServing
     from app.store.tiered.held import QueryHeld
 
@@ -59,6 +60,11 @@ class Operated(NamedTuple):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     actions.add_parser("status", help="each table's export progress, and why it is blocked")
+    actions.add_parser(
+        "leases",
+        help="who holds the export's lease (instance, code revision, row schema), since and "
+        "until when, and which instance asked for it (exit 1 while nobody holds it)",
+    )
     retry = actions.add_parser("retry", help="try a blocked table again now")
     retry.add_argument("table", choices=sorted(TABLES))
     reject = actions.add_parser(
@@ -127,6 +133,8 @@ async def _run(args: argparse.Namespace, serving: SpannerServing, operated: Oper
         match args.action:
             case "status":
                 return await _status(serving)
+            case "leases":
+                return await _leases(serving)
             case "retry":
                 return await _retry(serving, args.table, _decision(args, args.table))
             case "reject":
@@ -208,6 +216,43 @@ def _describe(p: Progress) -> str:
     if p.blocked is not None:
         lines.append(f"  BLOCKED since {_time(p.updated or 0)}: {p.blocked}")
     return "\n".join(lines)
+
+
+async def _leases(serving: SpannerServing) -> int:
+    states = await serving.ledger.leases()
+    if not states:
+        print("no lease yet: no exporter has claimed this system's export")
+        return EXIT_BLOCKED
+    for state in states:
+        print(_describe_lease(state))
+    return EXIT_DONE if all(s.live for s in states) else EXIT_BLOCKED
+
+
+def _describe_lease(s: LeaseState) -> str:
+    """A lease in a line (and its asker in a second): who, which code, since and until."""
+    # One lease a system: its export of both tables (app.store.tiered.exporter).
+    what = f"{s.name} (the export of {' and '.join(TABLES)})"
+    if s.holder is None or s.expires is None:
+        return f"{what}: held by nobody"
+    who = f"{s.holder} ({_standing(s.standing)})"
+    if not s.live:
+        line = f"{what}: held by nobody since {_time(s.expires)}; last held by {who}"
+    else:
+        since = "" if s.since is None else f" since {'before ' if s.since_earlier else ''}"
+        since += "" if s.since is None else _time(s.since)
+        line = f"{what}: held by {who}{since}, until {_time(s.expires)}"
+    if s.wanted_by is not None and s.wanted_until is not None:
+        line += (
+            f"\n  asked for by {s.wanted_by} ({_standing(s.wanted_standing)}), until "
+            f"{_time(s.wanted_until)}"
+        )
+    return line
+
+
+def _standing(standing: Standing | None) -> str:
+    if standing is None or tuple(standing) == (0, 0):  # written before there were any
+        return "code of unknown revision"
+    return f"code revision {standing.revision}, row schema {standing.schema}"
 
 
 async def _retry(serving: SpannerServing, table: str, decision: Decision) -> int:

@@ -24,7 +24,7 @@ from google.api_core.exceptions import InvalidArgument
 
 from app.errors import BadParameter, StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
-from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
+from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome, row_bytes
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import differing
 from app.store.observers import NO_OBSERVERS, StoreObservers
@@ -34,7 +34,7 @@ from app.store.spanner.tail import TailCache
 from app.store.supervisor import Supervisor
 from app.store.tiered.exporter import LEASE_SECONDS, Exporter
 from app.store.tiered.fleet import exporter_for
-from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks
+from app.store.tiered.watermarks import WATERMARK_SECONDS, Watermarks, while_leading
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,12 +134,15 @@ class TieredStore:
         # Owns every background loop of this store.
         self.supervisor = Supervisor(observer=observers.loops)
         # The tables' export watermarks, as last read from Spanner (every instance
-        # reads them).
-        self._watermarks = Watermarks(
-            serving, serving.ledger, observer=observers.exports, clock=clock
-        )
+        # reads them); the lag is told by the instance that exports, while it holds
+        # the lease (one that leaves the export to the exporter pool tells it as given).
+        told = while_leading(observers.exports, self._leading) if export else observers.exports
+        self._watermarks = Watermarks(serving, serving.ledger, observer=told, clock=clock)
         # The ledger of producer sequences, kept in Spanner with the rows.
         self.completeness: Completeness | None = serving.completeness
+
+    def _leading(self) -> bool:
+        return self.exporter is not None and self.exporter.leading
 
     @property
     def watermark(self) -> int:
@@ -322,16 +325,14 @@ class TieredStore:
         if query.after_time >= since:
             return await self._recent(kind, query, now)
         old: Page[R] = await self.analytics.page(kind, _before(query, since))
-        if len(old.rows) == query.limit:
+        if query.filled(old.rows):
             return old
         if (old.after_time, old.after_message_id) != (since, "") or query.before_time <= since:
             # Short, and not yet at Spanner's rows: complete up to where it ended.
             return msgspec.structs.replace(old, complete_until=old.after_time)
         # BigQuery's part ends where Spanner's begins: the rest of the page is
         # Spanner's first rows, later in key order than all of BigQuery's.
-        rest: Page[R] = await self._recent(
-            kind, _after(query, since, query.limit - len(old.rows)), now
-        )
+        rest: Page[R] = await self._recent(kind, _after(query, since, old.rows), now)
         return msgspec.structs.replace(rest, rows=[*old.rows, *rest.rows])
 
     async def _recent(self, kind: type[R], query: PageQuery, now: int) -> Page[R]:
@@ -388,9 +389,19 @@ class TieredStore:
         return states
 
 
-def _after(query: PageQuery, start: int, limit: int) -> PageQuery:
-    """The query for what follows `start`, the cursor of a page that ended there."""
-    return msgspec.structs.replace(query, after_time=start, after_message_id="", limit=limit)
+def _after(query: PageQuery, start: int, rows: Sequence[Record | Rejection]) -> PageQuery:
+    """The query for what follows `start`, the cursor of a page that ended there holding
+    `rows`: the room they left, in rows and bytes (its filter the same)."""
+    max_bytes = query.max_bytes
+    if max_bytes is not None:
+        max_bytes = max(1, max_bytes - sum(map(row_bytes, rows)))
+    return msgspec.structs.replace(
+        query,
+        after_time=start,
+        after_message_id="",
+        limit=query.limit - len(rows),
+        max_bytes=max_bytes,
+    )
 
 
 def _before(query: PageQuery, bound: int) -> PageQuery:

@@ -1,9 +1,10 @@
 """Each table's export watermark, as the serving database holds it: where reads move
 from Spanner to BigQuery, and how far behind the export is (`recordline.export.lag`).
 
-Every instance that reads or exports a system follows it, holder of the export's
-lease or not, so that the lag is reported while any of them runs: ingest's
-instances (the serving tier's store) and the exporter service's alike.
+Every instance that reads or exports a system follows it (ingest's instances for
+their reads, the exporter pool's for the lag); the lag is reported by the holder of
+the export's lease alone (`while_leading`), so that a system's export metrics are
+one series whatever the number of instances.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Final, Protocol
 
 from app.errors import StoreUnavailable
 from app.records import TABLES, Record, Rejection
-from app.store.tiered.exporter import SETTLED_MICROS, ExportObserver, ExportRows
+from app.store.tiered.exporter import SETTLED_MICROS, ExportRows
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,32 @@ class WatermarkLedger(Protocol):
     async def watermarks(self) -> dict[str, int]: ...
 
 
+class WatermarkObserver(Protocol):
+    """Told each table's watermark as it is read (telemetry: `recordline.export.lag`)."""
+
+    def watermark(self, table: str, micros: int) -> None: ...
+
+
+class _WhileLeading:
+    """`observer`, told the watermarks only while `leading()` says this instance
+    holds the export's lease."""
+
+    def __init__(self, observer: WatermarkObserver, leading: Callable[[], bool]) -> None:
+        self._observer = observer
+        self._leading = leading
+
+    def watermark(self, table: str, micros: int) -> None:
+        if self._leading():
+            self._observer.watermark(table, micros)
+
+
+def while_leading(
+    observer: WatermarkObserver | None, leading: Callable[[], bool]
+) -> WatermarkObserver | None:
+    """`observer`, told the watermarks only while this instance holds the lease."""
+    return None if observer is None else _WhileLeading(observer, leading)
+
+
 class Watermarks:
     """The tables' watermarks as last read; `least` is the one every table is past."""
 
@@ -38,7 +65,7 @@ class Watermarks:
         source: ExportRows,
         ledger: WatermarkLedger,
         *,
-        observer: ExportObserver | None = None,
+        observer: WatermarkObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._source = source

@@ -1,9 +1,11 @@
 # What an on-call engineer is paged or ticketed for, as PromQL over the systems named:
-# each output is a vector with one series per system in trouble (label `system`),
-# empty when none is. The environment root counts them (one page per symptom, however
-# many systems: fleet.tf); each system's module keeps its own series (one ticket per
-# system and symptom: modules/system/alerts.tf). A module of locals and outputs only,
-# so the same text serves both and `terraform console` evaluates it offline.
+# each output is a vector with one series per system in trouble (label `system`), or
+# per cell (`cell`) or serving instance (`instance_id`) for what is theirs, empty when
+# none is. The environment root counts them (one page per symptom, however many
+# systems: fleet.tf) and keeps each one's series (one incident per system and symptom:
+# tickets.tf). A module of locals and outputs only, so the same text serves both and
+# `terraform console` evaluates it offline. Every cell's project is in the environment
+# project's metrics scope (cells.tf), where these are evaluated.
 #
 # Metric names as Cloud Monitoring maps them to PromQL (the first / to :, other
 # punctuation to _); a distribution is a histogram (_bucket with `le`, _count).
@@ -14,23 +16,13 @@ terraform {
 
 variable "systems" {
   type        = list(string)
-  description = "System names: each is its Cloud Run service, its push subscription's prefix and its metrics' `namespace`."
+  description = "System names: each is its push subscription's prefix and its counters' `namespace`."
 }
 
 variable "every_system" {
   type        = bool
   description = "The systems are every system of the project: the queries match any name instead of listing them, so they stay one size whatever their number (the project holds Recordline's systems alone)."
   default     = false
-}
-
-variable "project_number" {
-  type        = string
-  description = "The project's number, in each service's deterministic URL (the uptime checks' host)."
-}
-
-variable "region" {
-  type        = string
-  description = "Region of the services (their deterministic URLs)."
 }
 
 variable "oldest_unacked_threshold_seconds" {
@@ -43,22 +35,16 @@ variable "canary_age_threshold_seconds" {
   description = "A stalled pipeline: the newest canary stored was published longer ago than this."
 }
 
-variable "read_path_failing_regions" {
+variable "unready_regions" {
   type        = number
-  description = "Unreadable: the uptime check failed every probe for 10 minutes in at least this many regions."
+  description = "A cell that cannot serve: its uptime check of /readyz failed every probe for 10 minutes in at least this many regions."
 }
 
 variable "slos" {
   type = map(object({
-    goal      = number
-    threshold = optional(number)
+    goal = number
   }))
-  description = "Goal (and bucket bound, for the latency SLOs) of availability, freshness and read_latency."
-}
-
-variable "read_routes" {
-  type        = list(string)
-  description = "Route templates of the reads the read-latency SLO counts (READ_ROUTES in the app)."
+  description = "Goal of availability, freshness and read_latency: each a value of the `slo` label of recordline.slo.events."
 }
 
 variable "burn_rates" {
@@ -91,6 +77,12 @@ variable "loop_restarts_threshold" {
   default     = 5
 }
 
+variable "spanner_storage_threshold" {
+  type        = number
+  description = "A serving instance holds more than this share of what its processing units allow (instance/storage/utilization)."
+  default     = 0.7
+}
+
 variable "min_events" {
   type        = number
   description = "A ratio is judged only over at least this many requests (messages, reads) in its long window."
@@ -98,7 +90,8 @@ variable "min_events" {
 
 locals {
   # One alternation for every label matcher (PromQL anchors regular expressions); any
-  # name at all for every system of the project, whose length is the same for 2 or 200.
+  # name at all for every system of the environment, whose length is the same for 2 or
+  # 2,000.
   any = var.every_system ? "[a-z][a-z0-9-]*" : "(${join("|", var.systems)})"
 
   # PromQL's name of each application metric: workload.googleapis.com/recordline.ingest.lag
@@ -110,76 +103,56 @@ locals {
     ])
   }
 
-  run_requests = "run_googleapis_com:request_count{monitored_resource=\"cloud_run_revision\",service_name=~\"${local.any}\"}"
-  run_errors   = "run_googleapis_com:request_count{monitored_resource=\"cloud_run_revision\",service_name=~\"${local.any}\",response_code_class=\"5xx\"}"
-  workload     = "monitored_resource=\"generic_task\",namespace=~\"${local.any}\""
-  # Route templates hold braces, literal in a character class.
-  read_routes = join("|", [for r in var.read_routes : replace(replace(r, "{", "[{]"), "}", "[}]")])
-  reads       = "${local.workload},route=~\"${local.read_routes}\""
+  workload = "monitored_resource=\"generic_task\",namespace=~\"${local.any}\""
 
-  # The `le` of a bucket bound, however the exporter spelled it (5, 5.0, 0.3, 0.30).
-  le = {
-    for name, slo in var.slos : name => (
-      slo.threshold == null ? "" : (
-        floor(slo.threshold) == slo.threshold
-        ? "${slo.threshold}([.]0*)?"
-        : "${replace(tostring(slo.threshold), ".", "[.]")}0*"
-      )
-    )
+  # Each system's service level events (recordline.slo.events, counted by its cell per
+  # system): per SLO and window, bad events / all events, and all events, by system.
+  slo_events = {
+    for name in keys(var.slos) : name => "${local.metric["slo.events"]}{${local.workload},slo=\"${name}\"}"
   }
-
-  # Per SLO and window: bad events / all events, and all events, both by the label that
-  # names the system, and that label.
   sli = {
-    availability = {
-      label  = "service_name"
-      bad    = "sum by (service_name) (rate(${local.run_errors}[%[1]s])) / sum by (service_name) (rate(${local.run_requests}[%[1]s]))"
-      events = "sum by (service_name) (increase(${local.run_requests}[%[1]s]))"
-    }
-    freshness = {
-      label  = "namespace"
-      bad    = "(1 - sum by (namespace) (rate(${local.metric["ingest.lag"]}_bucket{${local.workload},le=~\"${local.le["freshness"]}\"}[%[1]s])) / sum by (namespace) (rate(${local.metric["ingest.lag"]}_count{${local.workload}}[%[1]s])))"
-      events = "sum by (namespace) (increase(${local.metric["ingest.lag"]}_count{${local.workload}}[%[1]s]))"
-    }
-    read_latency = {
-      label  = "namespace"
-      bad    = "(1 - sum by (namespace) (rate(${local.metric["read.duration"]}_bucket{${local.reads},le=~\"${local.le["read_latency"]}\"}[%[1]s])) / sum by (namespace) (rate(${local.metric["read.duration"]}_count{${local.reads}}[%[1]s])))"
-      events = "sum by (namespace) (increase(${local.metric["read.duration"]}_count{${local.reads}}[%[1]s]))"
+    for name, events in local.slo_events : name => {
+      bad    = "sum by (namespace) (rate(${replace(events, "}", ",good=\"false\"}")}[%[1]s])) / sum by (namespace) (rate(${events}[%[1]s]))"
+      events = "sum by (namespace) (increase(${events}[%[1]s]))"
     }
   }
 
-  backlog           = "label_replace(max by (subscription_id) (pubsub_googleapis_com:subscription_oldest_unacked_message_age{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > ${var.oldest_unacked_threshold_seconds}"
-  canary_stale      = "label_replace(min by (namespace) (${local.metric["canary.age"]}{${local.workload}}), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.canary_age_threshold_seconds}"
-  read_path_failing = "label_replace(count by (host) (max_over_time(monitoring_googleapis_com:uptime_check_check_passed{monitored_resource=\"uptime_url\",host=~\"${local.any}-${var.project_number}[.]${var.region}[.]run[.]app\"}[10m]) == 0), \"system\", \"$1\", \"host\", \"(.*)-${var.project_number}[.].*\") >= ${var.read_path_failing_regions}"
+  backlog      = "label_replace(max by (subscription_id) (pubsub_googleapis_com:subscription_oldest_unacked_message_age{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > ${var.oldest_unacked_threshold_seconds}"
+  canary_stale = "label_replace(min by (namespace) (${local.metric["canary.age"]}{${local.workload}}), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.canary_age_threshold_seconds}"
+
+  # A cell that cannot serve: its one uptime check (/readyz on the cell's deterministic
+  # URL, https://CELL-NUMBER.REGION.run.app) failed every probe for 10 minutes in enough
+  # regions. /readyz is 503 only when the cell cannot serve at all (every system down,
+  # or its own dependencies); one system's failure is that system's 503s, which its
+  # availability SLO counts.
+  cell_unready = "label_replace(count by (host) (max_over_time(monitoring_googleapis_com:uptime_check_check_passed{monitored_resource=\"uptime_url\",host=~\"[a-z][a-z0-9-]*-[0-9]+[.][a-z0-9-]+[.]run[.]app\"}[10m]) == 0), \"cell\", \"$1\", \"host\", \"(.*)-[0-9]+[.].*\") >= ${var.unready_regions}"
 
   # Tickets alone. Dead letters: an event, any in the last five minutes. Bytes billed:
   # the last 24 h of the reads' BigQuery bytes, over the budget. Canary absent: a system
   # none of whose instances reported a canary age for 10 minutes. Whom to expect comes
-  # from the uptime checks, which probe every system's read path every 5 minutes from
-  # three regions whatever the service does (modules/system/uptime.tf): one series per
-  # system probed, less those that reported. Listing the systems instead made the query
-  # grow by some 60 characters a system.
+  # from the push subscriptions, whose backlog Pub/Sub reports every minute whatever
+  # the service does: one series per system, less those that reported. Listing the
+  # systems instead made the query grow by some 60 characters a system.
   dead_letters  = "label_replace(sum by (subscription_id) (increase(pubsub_googleapis_com:subscription_dead_letter_message_count{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}[5m])), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > 0"
   bytes_billed  = "label_replace(sum by (namespace) (increase(${local.metric["query.bytes_billed"]}{${local.workload}}[1d])), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.query_bytes_billed_daily_budget}"
-  probed        = "label_replace(last_over_time(monitoring_googleapis_com:uptime_check_check_passed{monitored_resource=\"uptime_url\",host=~\"${local.any}-${var.project_number}[.]${var.region}[.]run[.]app\"}[10m]), \"system\", \"$1\", \"host\", \"(.*)-${var.project_number}[.].*\")"
-  canary_absent = "count by (system) (${local.probed}) unless on (system) label_replace(count by (namespace) (last_over_time(${local.metric["canary.age"]}{${local.workload}}[10m])), \"system\", \"$1\", \"namespace\", \"(.*)\")"
+  expected      = "label_replace(last_over_time(pubsub_googleapis_com:subscription_num_undelivered_messages{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}[10m]), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\")"
+  canary_absent = "count by (system) (${local.expected}) unless on (system) label_replace(count by (namespace) (last_over_time(${local.metric["canary.age"]}{${local.workload}}[10m])), \"system\", \"$1\", \"namespace\", \"(.*)\")"
 
   # The export to BigQuery, in the systems with `serving` (the others report neither
-  # metric, so they never appear). Per table, the least any instance reports: each reads
-  # the one watermark Spanner keeps every 5 s, so the least is the freshest reading, and
-  # an instance that cannot read Spanner (its own alerts say so) reports an old one that
-  # says nothing of the export. Blocked: only the holder of the export's lease says so
-  # (1 while a refused row stops a table, 0 once that very row is exported); an instance
-  # that loses the lease reports 0, and one that never held it reports nothing. So the
-  # most any instance reports: the least would let a former holder's 0 hide the holder's 1.
-  # Per system, its furthest-behind (or any blocked) table.
+  # metric, so they never appear). Written only by the instance of the cell's exporter
+  # pool that holds the system's lease: per table the least any instance
+  # reports (a former holder's last value, for the minute after a takeover, is older),
+  # per system its furthest-behind table. Blocked: 1 while a refused row stops a table,
+  # 0 once that very row is exported; an instance that loses the lease reports 0, so the
+  # most any instance reports. Per system, its furthest-behind (or any blocked) table.
   export_lag     = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.lag"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.export_lag_threshold_seconds}"
   export_blocked = "label_replace(max by (namespace) (max by (namespace, table) (${local.metric["export.blocked"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
   # A background loop that keeps failing (recordline.loop.restarts, by loop): its
   # supervisor restarts it with backoff from 0.5 s to 30 s, so a failure that happens
   # every time restarts it some 25 times in 10 minutes, a passing one once or twice.
-  # Per system, the loop restarted most, over its instances.
+  # Per system (or cell, for the cell's own loops), the loop restarted most, over its
+  # instances.
   loop_restarts = "label_replace(max by (namespace) (sum by (namespace, loop) (increase(${local.metric["loop.restarts"]}{${local.workload}}[10m]))), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.loop_restarts_threshold}"
 
   # A change of the typed columns BigQuery refused (permissions, a field it will not
@@ -192,6 +165,19 @@ locals {
   # ledger: per producer the most any reports, per system their sum.
   producers_missing = "label_replace(sum by (namespace) (max by (namespace, producer) (${local.metric["producer.missing"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
+  # The serving instances, each its own incident (label `instance_id`): high-priority CPU
+  # over Google's recommended maximum for its configuration (65% regional, 45% per region
+  # for a dual- or multi-region one: https://cloud.google.com/spanner/docs/cpu-utilization),
+  # and storage over a share of what its processing units allow
+  # (https://cloud.google.com/spanner/docs/compute-capacity).
+  spanner_cpu     = "(max by (project_id, instance_id, instance_config) (sum by (project_id, instance_id, instance_config, location) (spanner_googleapis_com:instance_cpu_utilization_by_priority{monitored_resource=\"spanner_instance\",priority=\"high\",instance_config=~\"regional-.*\"})) > 0.65) or (max by (project_id, instance_id, instance_config) (sum by (project_id, instance_id, instance_config, location) (spanner_googleapis_com:instance_cpu_utilization_by_priority{monitored_resource=\"spanner_instance\",priority=\"high\",instance_config!~\"regional-.*\"})) > 0.45)"
+  spanner_storage = "max by (project_id, instance_id) (spanner_googleapis_com:instance_storage_utilization{monitored_resource=\"spanner_instance\"}) > ${var.spanner_storage_threshold}"
+
+  # Sequences of a producer two different messages claimed, and epochs whose declared
+  # ends disagree: another publisher sends its producer id (a forger, or two instances
+  # deriving one id and epoch). Both messages are stored; summed as the missing are.
+  producers_conflicts = "label_replace(sum by (namespace) (max by (namespace, producer) (${local.metric["producer.conflicts"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
@@ -202,7 +188,7 @@ locals {
         "(${format(sli.bad, burn.long)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
         " and (${format(sli.bad, burn.short)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
         " and ${format(sli.events, burn.long)} >= ${var.min_events}",
-        ", \"system\", \"$1\", \"${sli.label}\", \"(.*)\")",
+        ", \"system\", \"$1\", \"namespace\", \"(.*)\")",
       ])
     }
   }
@@ -218,9 +204,9 @@ output "canary_stale" {
   value       = local.canary_stale
 }
 
-output "read_path_failing" {
-  description = "Systems whose read-path uptime check failed every probe for 10 minutes in enough regions (value: how many regions)."
-  value       = local.read_path_failing
+output "cell_unready" {
+  description = "Cells whose /readyz uptime check failed every probe for 10 minutes in enough regions (label `cell`; value: how many regions)."
+  value       = local.cell_unready
 }
 
 output "burning" {
@@ -236,6 +222,16 @@ output "dead_letters" {
 output "bytes_billed" {
   description = "Systems whose reads billed more than the daily budget in the last 24 h (value: bytes)."
   value       = local.bytes_billed
+}
+
+output "spanner_cpu" {
+  description = "Serving instances whose high-priority CPU is over Google's recommended maximum (label `instance_id`; value: the CPU, 1 = 100%)."
+  value       = local.spanner_cpu
+}
+
+output "spanner_storage" {
+  description = "Serving instances holding more than the threshold of what their processing units allow (label `instance_id`; value: the share)."
+  value       = local.spanner_storage
 }
 
 output "canary_absent" {
@@ -266,4 +262,9 @@ output "export_blocked" {
 output "producers_missing" {
   description = "Systems with sequences of a producer missing past the grace period (value: how many, over all producers)."
   value       = local.producers_missing
+}
+
+output "producers_conflicts" {
+  description = "Systems with sequences of a producer claimed by two different messages, or epochs whose declared ends disagree (value: how many, over all producers)."
+  value       = local.producers_conflicts
 }

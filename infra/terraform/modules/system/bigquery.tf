@@ -117,17 +117,18 @@ resource "google_bigquery_table" "export_watermarks" {
 # message among the records with an ingest_time in [since, until), the copies the
 # service's own reads leave out left out too (sql/records_unique.sql.tftpl), and a
 # publisher's later copies of a message that carries a producer sequence (another message
-# id, the same producer, epoch and sequence). Without a serving tier the table is
-# at-least-once, a row per delivery and per publish, and reads remove the copies of a
-# message id; with one, Spanner stores each message and each sequence once, the exporter
-# appends it once, and this changes nothing.
+# id, the same producer, epoch and sequence, record id, event time and attributes; another
+# message under the sequence is kept). Without a serving tier the table is at-least-once,
+# a row per delivery and per publish, and reads remove the copies of a message id; with
+# one, Spanner stores each message and each retry once, the exporter appends it once,
+# and this changes nothing.
 #
 # A table function, not a view: a view over a window function (LAG ... PARTITION BY
 # message_id) cannot take a caller's filter on ingest_time below the window, so every
 # query of it would scan the whole table; the function's arguments bound its scans, and
 # BigQuery prunes by them as by constants. What a call bills: every column of the
 # partitions of `records` the range touches (it returns whole rows), plus message_id,
-# ingest_time and attributes of the dedupe window's partitions before `since`, at least 10 MB; the
+# ingest_time, id, timestamp and attributes of the dedupe window's partitions before `since`, at least 10 MB; the
 # clustering on ingest_time trims the range's first and last day to their blocks.
 #
 # No return_table_type: the columns are those of `records` at query time, so a column
@@ -139,7 +140,7 @@ resource "google_bigquery_routine" "records_unique" {
   routine_id   = "records_unique"
   routine_type = "TABLE_VALUED_FUNCTION"
   language     = "SQL"
-  description  = "The first copy of each message among the records with an ingest_time in [since, until), as the service's reads show them: a later delivery of a message within the dedupe window (${local.dedupe_window_seconds} s) is left out, and so is a publisher's later copy of a producer sequence (recordline-producer, -epoch, -seq; another message id). Bills every column of the partitions in [since, until) and message_id, ingest_time, attributes of the window before since (at least 10 MB). With a serving tier BigQuery holds each message once already; this also removes copies stored before it."
+  description  = "The first copy of each message among the records with an ingest_time in [since, until), as the service's reads show them: a later delivery of a message within the dedupe window (${local.dedupe_window_seconds} s) is left out, and so is a publisher's later copy of a producer sequence (recordline-producer, -epoch, -seq; another message id, the same record id, event time and attributes). Bills every column of the partitions in [since, until) and message_id, ingest_time, id, timestamp, attributes of the window before since (at least 10 MB). With a serving tier BigQuery holds each message once already; this also removes copies stored before it."
 
   definition_body = templatefile("${path.module}/sql/records_unique.sql.tftpl", {
     records = "`${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.records.table_id}`"

@@ -1,21 +1,19 @@
 # Least privilege: grants sit on the one resource they concern wherever the resource
-# has its own policy; project-level roles are the ones that have no narrower home.
+# has its own policy. The cell's accounts (root cell.tf) hold what each of its systems
+# has only through these grants, on this system's dataset, tables, database and schema.
 
-# --- the service ----------------------------------------------------------------
+# --- the cell's ingest service --------------------------------------------------
 
 resource "google_bigquery_dataset_iam_member" "runtime_writes_dataset" {
   project    = var.project_id
   dataset_id = google_bigquery_dataset.recordline.dataset_id
   role       = "roles/bigquery.dataEditor"
-  member     = google_service_account.runtime.member
+  member     = local.runtime_member
 }
 
-# Its project-level permissions (query jobs, spans, metrics) come from one role bound to
-# every system's runtime account at once (root runtime_iam.tf).
-
-# Reads and writes rows in its own serving database only (spanner.tf): no role on the
-# instance or the project. databaseUser also holds updateDdl, which the service never
-# uses; no predefined role writes rows without it.
+# Reads and writes rows in this system's serving database only (spanner.tf): no role on
+# the instance or the project. databaseUser also holds updateDdl, which the service
+# never uses; no predefined role writes rows without it.
 resource "google_spanner_database_iam_member" "runtime_uses_database" {
   for_each = google_spanner_database.serving
 
@@ -23,7 +21,7 @@ resource "google_spanner_database_iam_member" "runtime_uses_database" {
   instance = each.value.instance
   database = each.value.name
   role     = "roles/spanner.databaseUser"
-  member   = google_service_account.runtime.member
+  member   = local.runtime_member
 }
 
 # Reads the revisions of its topic's schema that messages name (pubsub.schemas.get):
@@ -34,52 +32,23 @@ resource "google_pubsub_schema_iam_member" "runtime_reads_schema" {
   project = var.project_id
   schema  = each.value.name
   role    = "roles/pubsub.viewer"
-  member  = google_service_account.runtime.member
+  member  = local.runtime_member
 }
 
-# --- who may call the service ---------------------------------------------------
-
+# This system's pushes reach the cell's service as its push account: Cloud Run's
+# invoker check, then the system's own guard (its audience and account).
 resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
   project  = var.project_id
-  location = google_cloud_run_v2_service.recordline.location
-  name     = google_cloud_run_v2_service.recordline.name
+  location = var.cell.location
+  name     = var.cell.ingest
   role     = "roles/run.invoker"
-  member   = "serviceAccount:${var.push_service_account}"
+  member   = google_service_account.push.member
 }
 
-resource "google_cloud_run_v2_service_iam_member" "reader_invokers" {
-  for_each = var.readers
+# --- on-call ------------------------------------------------------------------------
 
-  project  = var.project_id
-  location = google_cloud_run_v2_service.recordline.location
-  name     = google_cloud_run_v2_service.recordline.name
-  role     = "roles/run.invoker"
-  member   = each.value
-}
-
-# The post-deploy smoke test reads back what it pushed (see deploy-environment.yml).
-# Separate from reader_invokers: for_each keys must be known before the account exists.
-resource "google_cloud_run_v2_service_iam_member" "smoke_invoker" {
-  project  = var.project_id
-  location = google_cloud_run_v2_service.recordline.location
-  name     = google_cloud_run_v2_service.recordline.name
-  role     = "roles/run.invoker"
-  member   = "serviceAccount:${var.smoke_service_account}"
-}
-
-# Operators replay (docs/operations.md#dead-letters): they call the service (Cloud Run's
-# invoker check, then RECORDLINE_OPERATOR_PRINCIPALS) and pull this system's dead
-# letters, acknowledging each once the service answered for it.
-resource "google_cloud_run_v2_service_iam_member" "operator_invokers" {
-  for_each = local.operator_members
-
-  project  = var.project_id
-  location = google_cloud_run_v2_service.recordline.location
-  name     = google_cloud_run_v2_service.recordline.name
-  role     = "roles/run.invoker"
-  member   = each.value
-}
-
+# Operators replay (docs/operations.md#replaying-dead-letters): they pull this system's
+# dead letters and acknowledge each once the cell answered for it.
 resource "google_pubsub_subscription_iam_member" "operators_pull_dead_letters" {
   for_each = local.operator_members
 
@@ -89,21 +58,10 @@ resource "google_pubsub_subscription_iam_member" "operators_pull_dead_letters" {
   member       = each.value
 }
 
-# On-call rolls a bad revision back as the operator account (docs/operations.md#rolling-back):
-# a traffic change is a change to the service, which Cloud Run allows developers of
-# the service who may act as the account it runs as.
-resource "google_cloud_run_v2_service_iam_member" "operator_account_rolls_back" {
-  project  = var.project_id
-  location = google_cloud_run_v2_service.recordline.location
-  name     = google_cloud_run_v2_service.recordline.name
-  role     = "roles/run.developer"
-  member   = "serviceAccount:${var.operator_service_account}"
-}
-
-# On-call reads the exporter's state in this system's Spanner database (export_progress:
-# each table's watermark, and why its export stopped; docs/operations.md#export-blocked)
-# as the operator account, which reads every record through the service already: SQL
-# reads of this one database, no writes, no schema changes.
+# On-call reads the exporter's state and the lease in this system's database
+# (export_progress, export_lease; docs/operations.md#export-behind) as the operator
+# account, which reads every record through the service already: SQL reads of this one
+# database, no writes, no schema changes.
 resource "google_spanner_database_iam_member" "operator_reads_database" {
   for_each = google_spanner_database.serving
 
@@ -111,13 +69,7 @@ resource "google_spanner_database_iam_member" "operator_reads_database" {
   instance = each.value.instance
   database = each.value.name
   role     = "roles/spanner.databaseReader"
-  member   = "serviceAccount:${var.operator_service_account}"
-}
-
-resource "google_service_account_iam_member" "operator_account_acts_as_runtime" {
-  service_account_id = google_service_account.runtime.name
-  role               = "roles/iam.serviceAccountUser"
-  member             = "serviceAccount:${var.operator_service_account}"
+  member   = local.operator_member
 }
 
 # On-call queries this system's dead letters as themselves (docs/operations.md, "Where
@@ -132,51 +84,9 @@ resource "google_bigquery_table_iam_member" "oncall_reads_dead_letters" {
   member     = each.value
 }
 
-resource "google_cloud_run_v2_service_iam_member" "deployer_deploys" {
-  project  = var.project_id
-  location = google_cloud_run_v2_service.recordline.location
-  name     = google_cloud_run_v2_service.recordline.name
-  role     = "roles/run.developer"
-  member   = var.deployer_member
-}
-
-# A revision runs as the runtime account, so deploying one means acting as it.
-resource "google_service_account_iam_member" "deployer_acts_as_runtime" {
-  service_account_id = google_service_account.runtime.name
-  role               = "roles/iam.serviceAccountUser"
-  member             = var.deployer_member
-}
-
-# Creating the Cloud Run service means acting as the account it runs as (the push
-# subscription's account, shared, is granted at the root: service_accounts.tf).
-resource "google_service_account_iam_member" "terraform_apply_acts_as" {
-  for_each = {
-    runtime = google_service_account.runtime.name
-  }
-
-  service_account_id = each.value
-  role               = "roles/iam.serviceAccountUser"
-  member             = var.terraform_apply_member
-}
-
-# On-call runs the export commands as the operator account (docs/operations.md#running-export-commands):
-# it points this system's export job at the image that serves and runs it with the
-# command's arguments (run.jobs.update, run.jobs.runWithOverrides), and reads which
-# execution ran last (run.executions.list). The job runs as the runtime account, which
-# the operator account may act as already (operator_account_acts_as_runtime).
-resource "google_cloud_run_v2_job_iam_member" "operator_runs_export" {
-  for_each = google_cloud_run_v2_job.export
-
-  project  = var.project_id
-  location = each.value.location
-  name     = each.value.name
-  role     = "roles/run.developer"
-  member   = "serviceAccount:${var.operator_service_account}"
-}
-
-# `recordline export verify` compares Spanner with BigQuery: as the operator account,
-# from a checkout, it reads the serving database (operator_reads_database) and these
-# two tables, in query jobs of the project (the root's roles/bigquery.jobUser).
+# `recordline export verify` compares Spanner with BigQuery, run by on-call as the
+# cell's export job or from a checkout as the operator account, which reads the serving
+# database (operator_reads_database) and these two tables in query jobs of the project.
 resource "google_bigquery_table_iam_member" "operator_reads_exported" {
   for_each = {
     for table, body in {
@@ -189,21 +99,21 @@ resource "google_bigquery_table_iam_member" "operator_reads_exported" {
   dataset_id = google_bigquery_dataset.recordline.dataset_id
   table_id   = each.value.table_id
   role       = "roles/bigquery.dataViewer"
-  member     = "serviceAccount:${var.operator_service_account}"
+  member     = local.operator_member
 }
 
-# --- the exporter service (root exporter.tf) -------------------------------------
+# --- the cell's exporter pool (root exporter.tf) -------------------------------------
 
 # It claims its lease, reads the rows and writes its progress in this system's serving
 # database, and nothing else of the instance.
 resource "google_spanner_database_iam_member" "exporter_uses_database" {
-  for_each = var.exporter_service_account != null ? google_spanner_database.serving : {}
+  for_each = var.cell.exporter != "" ? google_spanner_database.serving : {}
 
   project  = var.project_id
   instance = each.value.instance
   database = each.value.name
   role     = "roles/spanner.databaseUser"
-  member   = "serviceAccount:${var.exporter_service_account}"
+  member   = local.exporter_member
 }
 
 # It appends the rows to `records` and `rejected` (offset streams) and its watermarks to
@@ -215,22 +125,22 @@ resource "google_bigquery_table_iam_member" "exporter_writes_tables" {
       records           = google_bigquery_table.records
       rejected          = google_bigquery_table.rejected
       export_watermarks = google_bigquery_table.export_watermarks
-    } : table => body if var.serving != null && var.exporter_service_account != null
+    } : table => body if var.serving != null && var.cell.exporter != ""
   }
 
   project    = var.project_id
   dataset_id = google_bigquery_dataset.recordline.dataset_id
   table_id   = each.value.table_id
   role       = "roles/bigquery.dataEditor"
-  member     = "serviceAccount:${var.exporter_service_account}"
+  member     = local.exporter_member
 }
 
 # It reads the revisions of the topic's schema its rows name, for their typed columns.
 resource "google_pubsub_schema_iam_member" "exporter_reads_schema" {
-  for_each = var.serving != null && var.exporter_service_account != null ? google_pubsub_schema.records : {}
+  for_each = var.serving != null && var.cell.exporter != "" ? google_pubsub_schema.records : {}
 
   project = var.project_id
   schema  = each.value.name
   role    = "roles/pubsub.viewer"
-  member  = "serviceAccount:${var.exporter_service_account}"
+  member  = local.exporter_member
 }

@@ -62,13 +62,14 @@ resource "google_pubsub_subscription" "push" {
   message_retention_duration = var.message_retention_duration
 
   push_config {
-    push_endpoint = "${google_cloud_run_v2_service.recordline.uri}/pubsub/push"
+    push_endpoint = local.push_endpoint
 
-    # The service checks this token's signature, audience and e-mail on every push
-    # (RECORDLINE_PUSH_AUDIENCE, RECORDLINE_PUSH_SERVICE_ACCOUNTS); Cloud Run checks that
-    # the account holds run.invoker.
+    # The cell checks this token's signature, audience and e-mail on every push, with
+    # this system's guard (its push_audience and push_service_accounts in the cell's
+    # RECORDLINE_SYSTEMS); Cloud Run checks that the account holds run.invoker and that
+    # the audience is one of the service's (root cell.tf, custom_audiences).
     oidc_token {
-      service_account_email = var.push_service_account
+      service_account_email = google_service_account.push.email
       audience              = local.push_audience
     }
   }
@@ -94,6 +95,8 @@ resource "google_pubsub_subscription" "push" {
   depends_on = [
     google_pubsub_topic_iam_member.dead_letter_publisher,
     google_cloud_run_v2_service_iam_member.push_invoker,
+    google_service_account_iam_member.pubsub_mints_push_token,
+    google_service_account_iam_member.terraform_apply_acts_as_push,
   ]
 
   lifecycle {

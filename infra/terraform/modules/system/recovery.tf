@@ -1,6 +1,6 @@
 # On-call writes rows back into this system's serving database after an operator's
 # mistake (`recordline restore rows`, docs/operations.md#recovering-a-serving-database),
-# as the operator account: inserts only, through the role of the root's recovery.tf.
+# as the operator account: inserts only, through the cell's role (root recovery.tf).
 resource "google_spanner_database_iam_member" "operator_restores_rows" {
   for_each = google_spanner_database.serving
 
@@ -8,5 +8,5 @@ resource "google_spanner_database_iam_member" "operator_restores_rows" {
   instance = each.value.instance
   database = each.value.name
   role     = var.serving.restore_role
-  member   = "serviceAccount:${var.operator_service_account}"
+  member   = local.operator_member
 }

@@ -1,20 +1,20 @@
 # The serving tier (infra/README.md, "The serving tier"), when this system has
-# `serving`: a Spanner database of its own on the environment's instance (root
-# spanner.tf). It is the system of record: the service acknowledges a batch once it is
-# committed there, an exporter inside the service appends its rows to BigQuery, each
-# exactly once, keeping its lease and progress in the same database (`export_lease`,
-# `export_progress`), and reads within its retention are answered from it
-# (RECORDLINE_SERVING, locals.tf). Without `serving`, nothing here is created and the
-# service runs on BigQuery alone.
+# `serving`: a Spanner database of its own on one of its cell's instances (root
+# spanner.tf). It is the system of record: the cell acknowledges a batch once it is
+# committed there, the cell's exporter pool appends its rows to BigQuery, each exactly
+# once, keeping its lease and progress in the same database (`export_lease`,
+# `export_progress`), and reads within its retention are answered from it (its
+# `serving` in the cell's RECORDLINE_SYSTEMS). Without `serving`, nothing here is
+# created and the system is served from BigQuery alone.
 
 locals {
   serving_databases = var.serving != null ? { (var.service_name) = var.serving.instance } : {}
 
-  # How far back the service reads Spanner: the dedupe window it runs with
-  # (RECORDLINE_DEDUPE_WINDOW_SECONDS, set through extra_env, else its default of 7 days)
-  # and a day. BigQuery's records_unique looks back the same window (bigquery.tf). Spanner keeps each row two days past the window, rounded up to a day
+  # How far back the cell reads Spanner: the dedupe window it runs with
+  # (RECORDLINE_DEDUPE_WINDOW_SECONDS, set through the cell's extra_env, else its
+  # default of 7 days) and a day. BigQuery's records_unique looks back the same window (bigquery.tf). Spanner keeps each row two days past the window, rounded up to a day
   # (retention_days in app/store/spanner/schema.py; a test keeps the two equal).
-  dedupe_window_seconds  = tonumber(lookup(var.extra_env, "RECORDLINE_DEDUPE_WINDOW_SECONDS", "604800"))
+  dedupe_window_seconds  = var.cell.dedupe_window_seconds
   spanner_retention_days = ceil(local.dedupe_window_seconds / 86400) + 2
 
   # `recordline schema spanner`'s statements (schemas/spanner.sql.tftpl, kept equal to

@@ -1,0 +1,234 @@
+"""create_cell: a cell's systems, each its own app, served as one (see the package notes).
+
+`Cell` is plain ASGI: a request under `/systems/{system}/` goes to that system's app
+with the prefix taken off its path, as if the system were served alone (the same
+routes, guards, answers and problem documents); anything else to the cell's own
+routes (`root.py`), which answer a system it does not serve 404 and one that does
+not serve yet 503. Each system's store, batcher, guards, followers and bounds are
+its own: a flood or failure of one is refused for that one alone.
+
+Design: docs/cells.md
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Final
+
+from litestar import Litestar
+from litestar.enums import ScopeType
+from litestar.types import Receive, Scope, Send
+
+from app.asgi import Shared, constants, create_app, http_app
+from app.auth.oidc import GoogleCerts
+from app.cell.root import CellReadiness, Refusal, root_routes
+from app.cell.systems import START_RETRY_MAX_SECONDS, START_RETRY_SECONDS, CellSystem
+from app.http.head import Recordline
+from app.problems import Problems
+from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
+from app.settings import Settings, SettingsError, system_settings, system_shares
+from app.store import Store
+from app.store.backoff import Backoff
+from app.store.supervisor import Supervisor
+from app.telemetry import Telemetry
+from app.telemetry.logs import line_system
+
+if TYPE_CHECKING:
+    from app.http.limits import ConnectionObserver
+    from app.store.spanner.calls import SpannerClients
+
+log = logging.getLogger("recordline")
+
+PREFIX: Final = "/systems/"
+_RAW_PREFIX: Final = PREFIX.encode()
+# How long the cell's start waits for each system's first start (a store that hangs
+# on its start keeps the cell from serving the others no longer than this).
+START_SECONDS: Final = 30.0
+
+
+class Cell:
+    """The ASGI app of a cell: each request to its system's app, or to the cell's own."""
+
+    def __init__(self, root: Recordline, systems: Mapping[str, CellSystem]) -> None:
+        self.root = root
+        self.systems = systems
+        # Told of each connection a bound of the server refused or closed (app.http.limits).
+        self.connections: ConnectionObserver | None = root.connections
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            path: str = scope["path"]
+            if path.startswith(PREFIX):
+                name, _, rest = path[len(PREFIX) :].partition("/")
+                system = self.systems.get(name)
+                app = None if system is None else system.app
+                if app is not None:
+                    await self._system(app, name, rest, scope, receive, send)
+                    return
+        await self.root(scope, receive, send)
+
+    async def _system(
+        self, app: Recordline, name: str, rest: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """`scope` to system `name`'s app, as if it were served alone: its path without
+        the prefix (its raw path too, where it starts with it as sent)."""
+        own = dict(scope)
+        own["path"] = "/" + rest
+        raw: bytes | None = scope.get("raw_path")
+        if raw is not None:
+            prefix = _RAW_PREFIX + name.encode()
+            own["raw_path"] = raw[len(prefix) :] or b"/" if raw.startswith(prefix) else None
+        token = line_system.set(name)
+        try:
+            await app(own, receive, send)  # type: ignore[arg-type]
+        finally:
+            line_system.reset(token)
+
+
+class CellLifespan:
+    """What the cell starts, in order, and how it stops within one budget: its key
+    client and Spanner clients, then each system under its supervisor (each on its own:
+    one that fails to start is tried again, the others serve)."""
+
+    def __init__(
+        self,
+        systems: Mapping[str, CellSystem],
+        readiness: CellReadiness,
+        telemetry: Telemetry,
+        budget: StopBudget,
+        *,
+        certs: GoogleCerts | None,
+        spanner: SpannerClients | None,
+    ) -> None:
+        self._systems = systems
+        self._readiness = readiness
+        self._telemetry = telemetry
+        self._budget = budget
+        self._certs = certs
+        self._spanner = spanner
+        self.supervisor = Supervisor(observer=telemetry.loop_observer())
+
+    @asynccontextmanager
+    async def __call__(self, _: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(self._flush_telemetry)
+            if self._certs is not None:
+                await self._certs.open()
+                stack.push_async_callback(self._certs.close)
+            if self._spanner is not None:
+                stack.push_async_callback(self._spanner.close)
+            await self.supervisor.start()
+            stack.push_async_callback(self.supervisor.close)
+            for system in self._systems.values():
+                # Each system's tasks carry its name on their log lines.
+                context = contextvars.copy_context()
+                context.run(line_system.set, system.name)
+                context.run(
+                    self.supervisor.run,
+                    f"system {system.name}",
+                    system.run,
+                    interval=START_RETRY_MAX_SECONDS,
+                    finite=True,
+                    pauses=Backoff(START_RETRY_SECONDS, START_RETRY_MAX_SECONDS),
+                )
+            stack.push_async_callback(self._stop_systems)
+            stack.enter_context(on_terminate(self._stopping))
+            await self._first_starts()
+            serving = [name for name, s in self._systems.items() if s.app is not None]
+            log.info(
+                "recordline cell ready: %d of %d systems serve", len(serving), len(self._systems)
+            )
+            yield
+        log.info("recordline cell stopped: every system's accepted rows drained")
+
+    async def _first_starts(self) -> None:
+        """Wait for each system's first start to be over (started or not), at most
+        START_SECONDS in all."""
+        try:
+            async with asyncio.timeout(START_SECONDS):
+                for system in self._systems.values():
+                    await system.tried.wait()
+        except TimeoutError:
+            slow = [name for name, s in self._systems.items() if not s.tried.is_set()]
+            log.warning("systems still starting after %.0f s: %s", START_SECONDS, ", ".join(slow))
+
+    def _stopping(self) -> None:
+        # SIGTERM: the stop's clock starts now; every system hears of it at once.
+        self._budget.begin()
+        self._readiness.stopping = True
+        for system in self._systems.values():
+            system.stopping()
+
+    async def _stop_systems(self) -> None:
+        self._readiness.stopping = True
+        within = self._budget.left(keeping=CLOSING_SECONDS - TELEMETRY_SECONDS)
+        await asyncio.gather(*(s.stop(within) for s in self._systems.values()))
+
+    async def _flush_telemetry(self) -> None:
+        await self._telemetry.shutdown(within=max(self._budget.left(), TELEMETRY_SECONDS))
+
+
+StoreMaker = Callable[[], Store]
+
+
+def create_cell(
+    settings: Settings | None = None,
+    *,
+    stores: Mapping[str, StoreMaker] | None = None,
+    telemetry: Telemetry | None = None,
+) -> Cell:
+    """The cell RECORDLINE_CELL and RECORDLINE_SYSTEMS describe (nothing started yet);
+    SettingsError for a system whose settings cannot be used. `stores` makes a
+    system's store where given (tests), each start a new one."""
+    settings = settings if settings is not None else Settings.load()
+    entries = settings.systems()
+    if not settings.cell.name or not entries:
+        raise SettingsError("a cell needs RECORDLINE_CELL and RECORDLINE_SYSTEMS")
+    telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
+    auth = settings.auth
+    oidc = auth.read_audience or any(e.push_audience for e in entries.values())
+    # One key client, one Spanner client per project, one stop: every system's.
+    certs = GoogleCerts(auth.oidc_certs_url) if oidc else None
+    spanner = _spanner_clients(settings) if any(e.serving for e in entries.values()) else None
+    budget = StopBudget(settings.server.shutdown_grace_seconds)
+    shared = Shared(certs=certs, spanner=spanner, budget=budget)
+    shares = system_shares(settings, entries)
+    systems: dict[str, CellSystem] = {}
+    for name, entry in entries.items():
+        own = system_settings(settings, name, entry, shares[name])
+        made = None if stores is None else stores.get(name)
+        build = functools.partial(_system_app, own, telemetry.for_system(name), shared, made)
+        systems[name] = CellSystem(name, build)
+    readiness = CellReadiness(systems, certs=certs)
+    lifespan = CellLifespan(systems, readiness, telemetry, budget, certs=certs, spanner=spanner)
+    problems = Problems(max_body_bytes=settings.server.max_body_bytes)
+    root = http_app(
+        root_routes(telemetry.route_handlers),
+        constants(readiness=readiness, refusal=Refusal(systems)),
+        lifespan=[lifespan],
+        after_exception=[],
+        problems=problems,
+        max_body_bytes=settings.server.max_body_bytes,
+        signature_types=(CellReadiness, Refusal),
+    )
+    root.connections = telemetry.connection_observer()
+    return Cell(root, systems)
+
+
+def _system_app(
+    settings: Settings, telemetry: Telemetry, shared: Shared, store: StoreMaker | None
+) -> Recordline:
+    return create_app(
+        settings, store=None if store is None else store(), telemetry=telemetry, shared=shared
+    )
+
+
+def _spanner_clients(settings: Settings) -> SpannerClients:
+    from app.store.open import spanner_clients
+
+    return spanner_clients(settings)

@@ -1,0 +1,138 @@
+"""The cell's own routes: liveness, readiness, metrics, the API's description, and the
+answer to a system the cell does not serve (or not yet).
+
+`/readyz` names each system that is not ready and why; it is 503 only when the cell
+cannot serve at all (no system ready, its token keys not fetched, or it is stopping):
+a single system's failure is that system's 503s, not the cell's, so that a load
+balancer keeps sending the others' requests.
+
+Design: docs/cells.md#paths
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import HttpMethod, Router, get, route
+from litestar.di import NamedDependency
+from litestar.params import PathParameter
+
+from app.auth.oidc import GoogleCerts
+from app.cell.systems import CellSystem
+from app.docs import docs_assets
+from app.errors import (
+    CertsUnavailable,
+    RecordlineError,
+    RetryLater,
+    SystemUnavailable,
+    UnknownSystem,
+)
+from app.health import healthz
+from app.problems import describe_problem, problem_responses
+
+# Where each system is served.
+SYSTEMS_PATH: Final = "/systems"
+# Systems' readiness asked at once, at most (each asks its store within 2 s).
+_CHECKS_AT_ONCE: Final = 16
+
+
+class CellHealth(msgspec.Struct, frozen=True):
+    status: str
+    # Each system that is not ready, and why.
+    not_ready: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class CellReadiness:
+    """Whether the cell serves, and which of its systems do not (see the module notes)."""
+
+    def __init__(self, systems: Mapping[str, CellSystem], *, certs: GoogleCerts | None) -> None:
+        self._systems = systems
+        self._certs = certs
+        self.stopping = False
+
+    async def check(self) -> CellHealth:
+        if self.stopping:
+            raise RetryLater("shutting down")
+        if self._certs is not None:
+            await self._certs.check()
+        turns = asyncio.Semaphore(_CHECKS_AT_ONCE)
+
+        async def why(system: CellSystem) -> str:
+            app = system.app
+            if app is None or app.readiness is None:
+                return system.why or "not serving"
+            async with turns:
+                try:
+                    await app.readiness.check()
+                except RecordlineError as exc:
+                    return exc.detail
+            return ""
+
+        found = await asyncio.gather(*(why(s) for s in self._systems.values()))
+        not_ready = {name: why for name, why in zip(self._systems, found, strict=True) if why}
+        if not_ready and len(not_ready) == len(self._systems):
+            said = "; ".join(f"{name}: {why}" for name, why in not_ready.items())
+            raise RetryLater(f"no system of the cell is ready: {said}")
+        return CellHealth("ready", not_ready)
+
+
+@get(
+    "/readyz",
+    summary=(
+        "The cell serves: its token keys are fetched and at least one of its systems is "
+        "ready; names each system that is not, and why"
+    ),
+    tags=["health"],
+    responses=problem_responses(RetryLater, CertsUnavailable),
+)
+async def cell_readyz(readiness: NamedDependency[CellReadiness]) -> CellHealth:
+    return await readiness.check()
+
+
+class Refusal:
+    """What the cell answers a request under `/systems/{system}/` it passes to no
+    system: an unknown system (404), or one not serving yet (503)."""
+
+    def __init__(self, systems: Mapping[str, CellSystem]) -> None:
+        self._systems = systems
+
+    def __call__(self, name: str) -> RecordlineError:
+        system = self._systems.get(name)
+        if system is None:
+            return UnknownSystem(f"no system {name!r} is served here")
+        return SystemUnavailable(f"system {name!r} does not serve: {system.why or 'starting'}")
+
+
+_System = Annotated[str, PathParameter(description="The system's name")]
+_METHODS: Final = [
+    HttpMethod.GET,
+    HttpMethod.POST,
+    HttpMethod.PUT,
+    HttpMethod.PATCH,
+    HttpMethod.DELETE,
+    HttpMethod.OPTIONS,
+]
+
+
+@route("/{system:str}", http_method=_METHODS, include_in_schema=False)
+async def refuse_system(system: _System, refusal: NamedDependency[Refusal]) -> None:
+    raise refusal(system)
+
+
+@route("/{system:str}/{rest:path}", http_method=_METHODS, include_in_schema=False)
+async def refuse_path(
+    system: _System, rest: Annotated[str, PathParameter()], refusal: NamedDependency[Refusal]
+) -> None:
+    raise refusal(system)
+
+
+def root_routes(extra: list[Any]) -> list[Router]:
+    """The cell's own routes at the root, `extra` (its metrics) among them, and the
+    refusals of what it passes to no system."""
+    return [
+        Router("/", route_handlers=[healthz, cell_readyz, describe_problem, docs_assets(), *extra]),
+        Router(SYSTEMS_PATH, route_handlers=[refuse_system, refuse_path]),
+    ]

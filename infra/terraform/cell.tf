@@ -1,0 +1,456 @@
+# The cell (infra/README.md, "Cells"): one ingest service and one exporter pool
+# for up to cell_max_systems systems, each system keeping its own topic, push
+# subscription, audience, push account, dataset and serving database (modules/system).
+# This root is one cell's Terraform state; the environment's identities, images and
+# alerts are the environment root's (environment/), named here by their names.
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+locals {
+  # The project's number, in Cloud Run's deterministic URLs: in a block of its own, so
+  # that every other local here is known offline (tests give a number in its place).
+  project_number = data.google_project.this.number
+}
+
+locals {
+  cell                = var.cell != "" ? var.cell : var.service_name
+  environment_project = var.environment_project_id != "" ? var.environment_project_id : var.project_id
+  own_project         = local.environment_project != var.project_id
+
+  # The environment's accounts (environment/service_accounts.tf), by their names: the
+  # environment's state holds them, and a cell's plan needs them before they could be
+  # read from it.
+  environment_accounts = {
+    for role, suffix in {
+      deployer        = "deploy"
+      terraform_plan  = "tf-plan"
+      terraform_apply = "tf-apply"
+      operator        = "operator"
+      smoke           = "smoke"
+    } : role => "${var.service_name}-${suffix}@${local.environment_project}.iam.gserviceaccount.com"
+  }
+  operator_member = "serviceAccount:${local.environment_accounts.operator}"
+  deployer_member = "serviceAccount:${local.environment_accounts.deployer}"
+  apply_member    = "serviceAccount:${local.environment_accounts.terraform_apply}"
+
+  # Cloud Run's deterministic URL of the cell's service, known before it exists. Every
+  # audience is derived from it and carries the project number, so a token minted for
+  # one system, cell or environment is refused by any other.
+  cell_url       = "https://${local.cell}-${local.project_number}.${var.region}.run.app"
+  read_audience  = var.read_audience != "" ? var.read_audience : "${local.cell_url}/v1"
+  push_audiences = { for name in keys(local.systems) : name => "${local.cell_url}/systems/${name}/pubsub/push" }
+
+  # The cell's billing follows what its systems declare: instance-based, CPU
+  # always allocated and at least one instance, at or above the break-even rate, where a
+  # push every 100 ms keeps an instance billed by request all the time at the dearer
+  # rate; per request below it (infra/fleet_cost.py prices both).
+  rates                = { for name, s in local.systems : name => s.rate != null ? s.rate : var.serving_rate }
+  cell_rate            = sum(concat([0], values(local.rates)))
+  instance_based       = local.cell_rate >= var.billing_break_even_rate
+  ingest_min_instances = local.instance_based ? max(1, var.min_instances) : var.min_instances
+
+  # Principals as the service checks them: e-mails and domain:DOMAIN, comma-separated.
+  # The smoke-test account reads back what the deploy pushed; the operator account is
+  # an operator of every system.
+  readers_of   = { for name, s in local.systems : name => s.readers != null ? s.readers : tolist(var.readers) }
+  operators_of = { for name, s in local.systems : name => s.operators != null ? s.operators : tolist(var.operators) }
+  principals = {
+    for name in keys(local.systems) : name => {
+      read = join(",", sort(distinct(concat(
+        [for m in local.readers_of[name] : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
+        [local.environment_accounts.smoke],
+      ))))
+      operate = join(",", sort(distinct(concat(
+        [for m in local.operators_of[name] : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
+        [local.environment_accounts.operator],
+      ))))
+    }
+  }
+
+  # The cell's systems as the service reads them (RECORDLINE_SYSTEMS,
+  # docs/configuration.md): each
+  # system's store, serving database, audience, push account, principals and rate, and
+  # what describes its payload where it has one. One source for the ingest service and
+  # the exporter pool, written to a secret mounted as a file (an environment variable is
+  # capped at 32 KiB, a secret at 64 KiB).
+  systems_file = {
+    for name, s in local.systems : name => merge(
+      {
+        store                 = "bigquery://${var.project_id}/${local.dataset_ids[name]}"
+        push_audience         = local.push_audiences[name]
+        push_service_accounts = "${name}-push@${var.project_id}.iam.gserviceaccount.com"
+        read_principals       = local.principals[name].read
+        operator_principals   = local.principals[name].operate
+        rate                  = local.rates[name]
+      },
+      contains(local.serving_systems, name) ? {
+        serving = "spanner://projects/${var.project_id}/instances/${local.serving_instance[name]}/databases/${name}"
+      } : {},
+      s.json_schema == null ? {} : { json_topic_schema = file("${path.root}/../../${s.json_schema}") },
+      # Where the payload keeps its record id and event time, where the system says.
+      { for field, value in { id_field = s.id_field, time_field = s.time_field } : field => value if value != null },
+    )
+  }
+  systems_json = jsonencode(local.systems_file)
+  # Where the secrets are mounted, and the setting that names the file.
+  systems_directory = "/etc/recordline/systems"
+  systems_setting   = "@${local.systems_directory}/systems.json"
+
+  # What Secret Manager holds in one version (https://cloud.google.com/secret-manager/quotas:
+  # 64 KiB) and Cloud Run takes as custom audiences (their JSON list, 32,768 characters:
+  # https://cloud.google.com/run/docs/configuring/custom-audiences). Terraform counts
+  # characters: the bytes are those base64 encodes, 3 for every 4 of its characters.
+  secret_bytes        = 65536
+  systems_file_bytes  = length(base64encode(local.systems_json)) / 4 * 3
+  custom_audiences    = concat([local.read_audience], [for name in sort(keys(local.systems)) : local.push_audiences[name]])
+  custom_audience_max = 32768
+
+  # Set only when rows expire, so the service hears of it exactly when BigQuery drops them.
+  retention_env = var.retention_days > 0 ? { RECORDLINE_RETENTION_DAYS = tostring(var.retention_days) } : {}
+
+  # The dedupe window every system of the cell runs with: its Spanner retention
+  # (modules/system/spanner.tf) and how far back BigQuery's records_unique looks.
+  dedupe_window_seconds = tonumber(lookup(var.extra_env, "RECORDLINE_DEDUPE_WINDOW_SECONDS", "604800"))
+
+  service_env = merge(var.extra_env, local.retention_env, {
+    RECORDLINE_CELL                   = local.cell
+    RECORDLINE_SYSTEMS                = local.systems_setting
+    RECORDLINE_CELL_MAX_SYSTEMS       = tostring(var.cell_max_systems)
+    RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
+    # The service's own URL too: the uptime check's token names it (uptime.tf).
+    RECORDLINE_READ_AUDIENCE            = "${local.read_audience},${local.cell_url}"
+    RECORDLINE_QUERY_MAX_BYTES_BILLED   = tostring(var.query_max_bytes_billed)
+    RECORDLINE_STREAM_SECONDS           = tostring(var.stream_seconds)
+    RECORDLINE_SLO_READ_LATENCY_SECONDS = tostring(var.read_latency_threshold_seconds)
+    RECORDLINE_SLO_FRESHNESS_SECONDS    = tostring(var.freshness_threshold_seconds)
+    # Cloud Run's invoker check (invoker_iam_disabled = false) verifies each token and
+    # replaces its signature before the request reaches the container; the service then
+    # checks the claims (audience, sender, expiry) with each system's guard.
+    RECORDLINE_TRUST_CLOUD_RUN_IAM = "true"
+    RECORDLINE_HOST                = "0.0.0.0"
+    RECORDLINE_LOG_FORMAT          = "json"
+    OTEL_SERVICE_NAME              = local.cell
+    OTEL_TRACES_EXPORTER           = "gcp_trace"
+    # Every push starts a trace of its own (Pub/Sub's push carries no trace context):
+    # kept whole, three spans a push at ten pushes a second were 79 million spans a
+    # month a system, Cloud Trace's bill (infra/fleet_cost.py). A caller's own
+    # sampling decision is still followed.
+    OTEL_TRACES_SAMPLER     = "parentbased_traceidratio"
+    OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)
+    OTEL_METRICS_EXPORTER   = "gcp_monitoring"
+  })
+}
+
+# --- the cell's accounts ------------------------------------------------------------
+
+# What the cell's ingest service runs as: it holds its systems' data through grants on
+# each system's dataset, database and schema (modules/system/iam.tf), and its page-token
+# key and systems' file here.
+resource "google_service_account" "runtime" {
+  project      = var.project_id
+  account_id   = "${local.cell}-run"
+  display_name = "${local.cell} cell: its ingest service (Cloud Run runtime)"
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Deploying a revision, creating the service and running it on-call's way all act as
+# the account it runs as.
+resource "google_service_account_iam_member" "acts_as_runtime" {
+  for_each = {
+    deployer        = local.deployer_member
+    operator        = local.operator_member
+    terraform_apply = local.apply_member
+  }
+
+  service_account_id = google_service_account.runtime.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = each.value
+}
+
+# --- the cell's secrets ---------------------------------------------------------------
+
+resource "google_secret_manager_secret" "page_token" {
+  #checkov:skip=CKV_GCP_128:Google-managed encryption; the key only signs page tokens and rotates by adding a version.
+  project   = var.project_id
+  secret_id = "${local.cell}-page-token"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Generated at apply time and written without ever entering the state file.
+ephemeral "random_password" "page_token" {
+  length  = 48
+  special = false
+}
+
+resource "google_secret_manager_secret_version" "page_token" {
+  secret                 = google_secret_manager_secret.page_token.id
+  secret_data_wo         = ephemeral.random_password.page_token.result
+  secret_data_wo_version = 1 # bump to rotate the key (outstanding page tokens stop working)
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_reads_page_token" {
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.page_token.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.runtime.member
+}
+
+# The cell's systems (RECORDLINE_SYSTEMS), read by the ingest service, the exporter pool
+# and the jobs, each as a file. Not a secret of anyone's (principals, URLs, schemas): a
+# secret because a variable holds 32 KiB and a hundred systems' file more than that
+# with their schemas. Each version is named in the services' templates (`version`), so
+# a new system makes new revisions, which read the new file.
+resource "google_secret_manager_secret" "systems" {
+  #checkov:skip=CKV_GCP_128:Google-managed encryption; the file names principals and URLs, nothing secret.
+  project   = var.project_id
+  secret_id = "${local.cell}-systems"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_secret_manager_secret_version" "systems" {
+  secret      = google_secret_manager_secret.systems.id
+  secret_data = local.systems_json
+
+  lifecycle {
+    precondition {
+      condition     = local.systems_file_bytes <= local.secret_bytes
+      error_message = "The cell's systems file (RECORDLINE_SYSTEMS) would be ${local.systems_file_bytes} bytes, over the ${local.secret_bytes} a secret holds (https://cloud.google.com/secret-manager/quotas): shorten the systems' declared schemas (json_schema), or move systems to another cell."
+    }
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "reads_systems" {
+  for_each = merge(
+    { runtime = google_service_account.runtime.member, operator = local.operator_member },
+    { for pool, account in google_service_account.exporter : "exporter" => account.member },
+  )
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.systems.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = each.value
+}
+
+# Cloud Run checks the runtime account's access to the secrets when it creates a
+# revision, and does not retry: IAM takes up to a minute to propagate.
+resource "time_sleep" "secrets_propagation" {
+  create_duration = "60s"
+
+  triggers = {
+    page_token = google_secret_manager_secret_iam_member.runtime_reads_page_token.id
+    systems    = google_secret_manager_secret_iam_member.reads_systems["runtime"].id
+  }
+}
+
+# --- the cell's ingest service --------------------------------------------------------
+
+resource "google_cloud_run_v2_service" "ingest" {
+  project  = var.project_id
+  name     = local.cell
+  location = var.region
+  ingress  = var.ingress
+
+  # Off: deletion_protection lives in the resource's own state, so once a retired cell's
+  # state is gone it cannot be lifted. The service holds nothing (messages wait in
+  # Pub/Sub, rows are in BigQuery and Spanner, each with prevent_destroy, which a plan
+  # enforces) and its URL is deterministic, so an unintended replacement shows in the
+  # plan as one.
+  deletion_protection = false
+
+  # Tokens are checked by Cloud Run (run.invoker) before the request reaches the
+  # service, which checks them again with the system's guard. Every audience is derived
+  # from the deterministic URL, known before the service exists: the cell's read
+  # audience, and each system's push audience.
+  invoker_iam_disabled = false
+  custom_audiences     = local.custom_audiences
+
+  template {
+    service_account                  = google_service_account.runtime.email
+    max_instance_request_concurrency = var.concurrency
+    timeout                          = "${var.request_timeout_seconds}s"
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+
+    scaling {
+      min_instance_count = local.ingest_min_instances
+      max_instance_count = var.max_instances
+    }
+
+    volumes {
+      name = "systems"
+      secret {
+        secret = google_secret_manager_secret.systems.secret_id
+        items {
+          version = google_secret_manager_secret_version.systems.version
+          path    = "systems.json"
+        }
+      }
+    }
+
+    containers {
+      # Until its first deploy a new cell runs the placeholder (placeholder.py): 503 to
+      # every push, so Pub/Sub keeps the messages instead of acknowledging them to a
+      # service that cannot store them. Deploys set the image and clear the command and
+      # arguments (deploy-cell.yml).
+      image   = var.placeholder_image
+      command = ["python3"]
+      args    = ["-c", file("${path.module}/placeholder.py")]
+
+      ports {
+        container_port = 8080 # Cloud Run passes it to the service as $PORT
+      }
+
+      volume_mounts {
+        name       = "systems"
+        mount_path = local.systems_directory
+      }
+
+      resources {
+        limits = {
+          cpu    = var.cpu
+          memory = var.memory
+        }
+        # Billed by request below the break-even rate (CPU only while a request is in
+        # flight: https://cloud.google.com/run/docs/configuring/billing-settings), so a
+        # quiet cell scales to zero; instance-based at or above it, where an instance is
+        # busy all the time anyway and the rate per second is lower. Nothing the service
+        # runs must outlive a request either way: the group commit's flush is awaited by
+        # the pushes in it, and the export is the exporter pool's (exporter.tf).
+        cpu_idle          = !local.instance_based
+        startup_cpu_boost = true
+      }
+
+      dynamic "env" {
+        for_each = local.service_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      env {
+        name = "RECORDLINE_PAGE_TOKEN_SECRET"
+        value_source {
+          secret_key_ref {
+            secret  = google_secret_manager_secret.page_token.secret_id
+            version = "latest"
+          }
+        }
+      }
+
+      # Ready once the cell can serve: /readyz is 503 only when no system can.
+      startup_probe {
+        http_get {
+          path = "/readyz"
+        }
+        period_seconds    = 2
+        timeout_seconds   = 2
+        failure_threshold = 30
+      }
+
+      # Alive is deliberately not "store reachable": a BigQuery outage must give 503s
+      # and redeliveries, not a restart loop.
+      liveness_probe {
+        http_get {
+          path = "/healthz"
+        }
+        period_seconds    = 15
+        timeout_seconds   = 3
+        failure_threshold = 3
+      }
+    }
+  }
+
+  lifecycle {
+    # Deploys own the image (deploy-cell.yml), the command and arguments they clear,
+    # what `gcloud run deploy` writes with them (template annotations and labels, the
+    # revision name, client and client_version) and the traffic split (each deploy
+    # promotes its revision; a rollback pins an earlier one). Terraform owns the rest.
+    # The provider still sends the whole service when it updates it (a new system's file
+    # is a new template): the apply job refuses a plan older than the last deploy
+    # (terraform-apply.yml).
+    ignore_changes = [
+      template[0].containers[0].image,
+      template[0].containers[0].command,
+      template[0].containers[0].args,
+      template[0].annotations,
+      template[0].labels,
+      template[0].revision,
+      client,
+      client_version,
+      traffic,
+    ]
+
+    precondition {
+      condition     = length(jsonencode(local.custom_audiences)) <= local.custom_audience_max
+      error_message = "The cell's audiences (its read audience and each system's push audience) are ${length(jsonencode(local.custom_audiences))} characters as a JSON list, over Cloud Run's ${local.custom_audience_max} (https://cloud.google.com/run/docs/configuring/custom-audiences): shorter system names, or fewer systems in this cell."
+    }
+    precondition {
+      condition     = length(local.ingest_invokers) + length(keys(local.systems)) + 2 <= local.policy_principals
+      error_message = "The cell's service would have ${length(local.ingest_invokers) + length(keys(local.systems)) + 2} principals in its IAM policy, over the ${local.policy_principals} an allow policy holds (https://cloud.google.com/iam/quotas): fewer readers or operators of its own per system, or fewer systems in this cell."
+    }
+  }
+
+  # Cloud Run checks the runtime account's access to the secrets when it creates the
+  # revision; the grants have to have propagated by then (time_sleep.secrets_propagation).
+  depends_on = [
+    google_secret_manager_secret_version.page_token,
+    time_sleep.secrets_propagation,
+  ]
+}
+
+# --- who may call the cell ------------------------------------------------------------
+
+locals {
+  # Principals in one allow policy (https://cloud.google.com/iam/quotas): a service's
+  # invokers and developers together. Each system's push account is an invoker
+  # (modules/system/iam.tf); these are the rest, each once however many systems name it.
+  policy_principals = 1500
+  ingest_invokers = merge(
+    { for m in distinct(flatten([for name in keys(local.systems) : concat(local.readers_of[name], local.operators_of[name])])) : m => m },
+    {
+      operator-account = local.operator_member
+      smoke-account    = "serviceAccount:${local.environment_accounts.smoke}"
+      # The uptime check of /readyz (uptime.tf) probes with its agent's ID token.
+      uptime-probe = "serviceAccount:${time_sleep.service_agents.triggers["monitoring"]}"
+    },
+  )
+}
+
+resource "google_cloud_run_v2_service_iam_member" "invokers" {
+  for_each = local.ingest_invokers
+
+  project  = var.project_id
+  location = google_cloud_run_v2_service.ingest.location
+  name     = google_cloud_run_v2_service.ingest.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# Deploys replace the revision (deploy-cell.yml); on-call rolls it back
+# (docs/operations.md#rolling-back): a traffic change is a change to the service,
+# which Cloud Run allows developers of the service who may act as its account.
+resource "google_cloud_run_v2_service_iam_member" "developers" {
+  for_each = {
+    deployer = local.deployer_member
+    operator = local.operator_member
+  }
+
+  project  = var.project_id
+  location = google_cloud_run_v2_service.ingest.location
+  name     = google_cloud_run_v2_service.ingest.name
+  role     = "roles/run.developer"
+  member   = each.value
+}

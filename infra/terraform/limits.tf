@@ -1,0 +1,28 @@
+# What one cell may hold, at plan time, each limit with its source; what the cells of a
+# project hold together is the environment's plan's (environment/cells.tf). Past one,
+# nothing is applied: each check stops the plan naming what to do. The others are where
+# they are met: the systems file's size (cell.tf, the secret's version), the audiences
+# and the service's principals (cell.tf, the service), the databases of an instance
+# (spanner.tf), the cell's systems and accounts (variables.tf, systems).
+resource "terraform_data" "limits" {
+  input = {
+    systems          = length(local.systems)
+    slos             = 3 * length(local.systems)
+    systems_file     = local.systems_file_bytes
+    custom_audiences = length(jsonencode(local.custom_audiences))
+  }
+
+  lifecycle {
+    # A service holds 500 SLOs
+    # (https://cloud.google.com/stackdriver/docs/solutions/slo-monitoring/ui/create-slo).
+    precondition {
+      condition     = 3 * length(local.systems) <= 500
+      error_message = "The cell's SLO service would hold ${3 * length(local.systems)} SLOs, three a system, over the 500 a service holds: move systems to another cell."
+    }
+    # The canary systems are the cell's, and the smoke test's and the export gate's.
+    precondition {
+      condition     = length(local.canary_systems) > 0 && alltrue([for name in local.canary_systems : contains(keys(local.systems), name)])
+      error_message = "canary_systems must name systems of this cell (${join(", ", sort(keys(local.systems)))})."
+    }
+  }
+}

@@ -1,0 +1,97 @@
+# On-call's commands that go through the service or pull its dead letters, as a Cloud
+# Run job of the cell (docs/operations.md#running-commands-as-a-cells-job): `recordline
+# audit` (a system's producers, by hour), `recordline replay dead-letters` and `replay
+# rejected`, each for one system (--system). It runs as the operator account, with
+# on-call's rights and nothing more (an operator of every system, a reader of each
+# replay subscription), from the image the cell serves (every rollout sets it:
+# deploy-cell.yml), and mints its ID tokens for the cell from the metadata server: no
+# checkout, no application-default login. Terraform leaves the image alone after the
+# first apply.
+resource "google_cloud_run_v2_job" "ops" {
+  project  = var.project_id
+  name     = "${local.cell}-ops"
+  location = var.region
+
+  # As the ingest service's (cell.tf): the job holds nothing.
+  deletion_protection = false
+
+  template {
+    task_count = 1
+
+    template {
+      service_account = local.environment_accounts.operator
+      # A replay acknowledges only what the cell stored or rejected: run again, it
+      # skips what it did; a person runs it again, never the job on its own.
+      max_retries = 0
+      timeout     = "3600s"
+
+      volumes {
+        name = "systems"
+        secret {
+          secret = google_secret_manager_secret.systems.secret_id
+          items {
+            version = google_secret_manager_secret_version.systems.version
+            path    = "systems.json"
+          }
+        }
+      }
+
+      containers {
+        image   = var.placeholder_image
+        command = ["recordline"]
+        args    = ["audit", "--help"]
+
+        volume_mounts {
+          name       = "systems"
+          mount_path = local.systems_directory
+        }
+
+        dynamic "env" {
+          for_each = {
+            RECORDLINE_CELL       = local.cell
+            RECORDLINE_SYSTEMS    = local.systems_setting
+            RECORDLINE_LOG_FORMAT = "json"
+            # Where the cell answers, and the audience its tokens are minted for.
+            RECORDLINE_URL           = local.cell_url
+            RECORDLINE_READ_AUDIENCE = local.read_audience
+          }
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = "512Mi"
+          }
+        }
+      }
+    }
+  }
+
+  lifecycle {
+    # The rollouts and the runbook set the image to the one the cell serves.
+    ignore_changes = [
+      template[0].template[0].containers[0].image,
+      client,
+      client_version,
+    ]
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.reads_systems]
+}
+
+resource "google_cloud_run_v2_job_iam_member" "ops_developers" {
+  for_each = {
+    deployer = local.deployer_member
+    operator = local.operator_member
+  }
+
+  project  = var.project_id
+  location = google_cloud_run_v2_job.ops.location
+  name     = google_cloud_run_v2_job.ops.name
+  role     = "roles/run.developer"
+  member   = each.value
+}

@@ -1,0 +1,348 @@
+"""A cell serving three systems, each on a store of its own (DuckDB in memory): every
+push stored in its own system's store alone, a token of one system refused for
+another, an unknown system refused with nothing stored, and a system whose store
+fails, or will not start, answered for that system alone while the others serve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from litestar.testing import TestClient
+
+from app.cell.app import Cell, create_cell
+from app.errors import StoreUnavailable
+from app.settings import Settings
+from app.store import Store
+from app.store.duckdb.store import DuckDBStore
+from tests.auth.fake_google import FakeGoogle
+from tests.bigquery.conftest import PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import Abort, FakeBigQueryWrite
+from tests.conftest import envelope, served
+from tests.fakes import FaultyStore
+from tests.waiting import until, until_blocking
+
+SYSTEMS = ("alpha", "beta", "gamma")
+RECORD = {"id": "r-1", "data": "x"}
+CELL_URL = "https://cell-1.example"
+
+
+def audience(system: str) -> str:
+    return f"{CELL_URL}/systems/{system}/pubsub/push"
+
+
+def pusher(system: str) -> str:
+    return f"push-{system}@cell-1.iam.gserviceaccount.com"
+
+
+class Stores:
+    """Each system's store as the cell made it last (a new one each start)."""
+
+    def __init__(self) -> None:
+        self.made: dict[str, FaultyStore] = {}
+        # Starts to refuse, per system.
+        self.refused_starts: dict[str, int] = {}
+
+    def maker(self, system: str) -> Callable[[], Store]:
+        def make() -> Store:
+            refused = self.refused_starts.get(system, 0)
+            store: FaultyStore = (
+                RefusingStart(DuckDBStore(":memory:"))
+                if refused
+                else FaultyStore(DuckDBStore(":memory:"))
+            )
+            if refused:
+                self.refused_starts[system] = refused - 1
+            self.made[system] = store
+            return store
+
+        return make
+
+
+class RefusingStart(FaultyStore):
+    """A store whose start fails: its database is gone."""
+
+    async def start(self) -> None:
+        raise StoreUnavailable("injected: the database is gone")
+
+
+def settings(systems: dict[str, dict[str, Any]], **extra: str) -> Settings:
+    return Settings.load(
+        {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": json.dumps(systems), **extra}
+    )
+
+
+@pytest.fixture
+def stores() -> Stores:
+    return Stores()
+
+
+def cell_of(stores: Stores, systems: dict[str, dict[str, Any]], **extra: str) -> Cell:
+    return create_cell(
+        settings(systems, **extra), stores={name: stores.maker(name) for name in systems}
+    )
+
+
+def stored_ids(client: TestClient[Any], system: str) -> set[str]:
+    answer = client.get(f"/systems/{system}/v1/records")
+    assert answer.status_code == 200, answer.text
+    return {r["message_id"] for r in answer.json()["records"]}
+
+
+@pytest.fixture
+def memory_cell(stores: Stores) -> Iterator[TestClient[Any]]:
+    cell = cell_of(stores, {name: {"store": "memory:"} for name in SYSTEMS})
+    with TestClient(cell) as client:
+        yield client
+
+
+def test_each_push_is_stored_in_its_own_systems_store_alone(
+    memory_cell: TestClient[Any], stores: Stores
+) -> None:
+    for system in SYSTEMS:
+        for n in range(3):
+            answer = memory_cell.post(
+                f"/systems/{system}/pubsub/push",
+                json=envelope(RECORD, message_id=f"{system}-{n}"),
+            )
+            assert answer.status_code == 204, answer.text
+    for system in SYSTEMS:
+        assert stored_ids(memory_cell, system) == {f"{system}-{n}" for n in range(3)}
+        assert stores.made[system].appends, system
+    # The same message id in two systems is two messages: each system's own.
+    answer = memory_cell.post(
+        "/systems/beta/pubsub/push", json=envelope(RECORD, message_id="alpha-0")
+    )
+    assert answer.status_code == 204
+    assert "alpha-0" in stored_ids(memory_cell, "beta")
+
+
+def test_each_system_reads_payloads_of_its_own_shape(stores: Stores) -> None:
+    # orders' publishers keep the id in `order_id` and the time in `meta.created_at`
+    # (its entry's id_field, time_field); the others send the service's own shape.
+    shaped = {"store": "memory:", "id_field": "order_id", "time_field": "meta.created_at"}
+    cell = cell_of(stores, {"orders": shaped, "alpha": {"store": "memory:"}})
+    order = {"order_id": "o-1", "meta": {"created_at": "2026-11-24T09:00:00Z"}, "total": 3}
+    with TestClient(cell) as client:
+        for system, payload in (("orders", order), ("alpha", RECORD), ("alpha", order)):
+            answer = client.post(
+                f"/systems/{system}/pubsub/push",
+                json=envelope(payload, message_id=f"{system}-{len(payload)}"),
+            )
+            assert answer.status_code == 204, answer.text
+        stored = client.get("/systems/orders/v1/records/o-1").json()
+        assert stored["timestamp"] == "2026-11-24T09:00:00Z"
+        assert client.get("/systems/alpha/v1/records/r-1").status_code == 200
+        # An order in alpha has no `id`: kept as a rejection naming alpha's field.
+        said = client.get("/systems/alpha/v1/messages/alpha-3").json()
+        assert said["status"] == "rejected"
+        assert "`id`" in said["reason"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/systems/delta/pubsub/push",
+        "/systems/Alpha/pubsub/push",
+        "/systems//pubsub/push",
+        "/systems/alpha-/pubsub/push",
+        "/pubsub/push",  # a deployment of one system's path: not a cell's
+    ],
+)
+def test_a_push_for_no_system_of_the_cell_is_refused_and_nothing_is_stored(
+    memory_cell: TestClient[Any], stores: Stores, path: str
+) -> None:
+    answer = memory_cell.post(path, json=envelope(RECORD, message_id="lost"))
+    assert answer.status_code == 404, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    if path.startswith("/systems/") and path != "/systems//pubsub/push":
+        assert answer.json()["type"] == "/problems/unknown-system"
+    for system in SYSTEMS:
+        assert stored_ids(memory_cell, system) == set()
+        assert stores.made[system].appends == []
+
+
+def test_the_cells_own_routes_are_at_the_root(memory_cell: TestClient[Any]) -> None:
+    assert memory_cell.get("/healthz").json() == {"status": "ok"}
+    assert memory_cell.get("/readyz").json() == {"status": "ready", "not_ready": {}}
+    assert memory_cell.head("/systems/alpha/v1/records").status_code == 200
+    assert "recordline_" in memory_cell.get("/metrics").text
+    # Each system's own readiness too, and its problem documents.
+    assert memory_cell.get("/systems/alpha/readyz").json() == {"status": "ready"}
+    bad = memory_cell.get("/systems/alpha/v1/records", params={"since": "yesterday"})
+    assert bad.status_code == 400
+    assert bad.json()["type"] == "/problems/invalid-parameter"
+
+
+def test_a_systems_failing_store_is_its_own_503_and_readiness_names_it(
+    memory_cell: TestClient[Any], stores: Stores
+) -> None:
+    stores.made["alpha"].failing = True
+    refused = memory_cell.post("/systems/alpha/pubsub/push", json=envelope(RECORD, message_id="a"))
+    assert refused.status_code == 503
+    assert "Retry-After" in refused.headers
+    for system in ("beta", "gamma"):
+        answer = memory_cell.post(
+            f"/systems/{system}/pubsub/push", json=envelope(RECORD, message_id=system)
+        )
+        assert answer.status_code == 204
+        assert stored_ids(memory_cell, system) == {system}
+    ready = memory_cell.get("/readyz")
+    assert ready.status_code == 200
+    assert set(ready.json()["not_ready"]) == {"alpha"}
+    # Every system down: the cell cannot serve.
+    for system in ("beta", "gamma"):
+        stores.made[system].failing = True
+    assert memory_cell.get("/readyz").status_code == 503
+    stores.made["alpha"].failing = False
+    assert (
+        memory_cell.post(
+            "/systems/alpha/pubsub/push", json=envelope(RECORD, message_id="a")
+        ).status_code
+        == 204
+    )
+    assert stored_ids(memory_cell, "alpha") == {"a"}
+
+
+def test_a_system_that_will_not_start_is_answered_503_and_started_again(
+    stores: Stores,
+) -> None:
+    stores.refused_starts["alpha"] = 2
+    cell = cell_of(stores, {name: {"store": "memory:"} for name in SYSTEMS})
+    with TestClient(cell) as client:
+        refused = client.post("/systems/alpha/pubsub/push", json=envelope(RECORD))
+        assert refused.status_code == 503
+        assert refused.json()["type"] == "/problems/system-unavailable"
+        assert "the database is gone" in refused.json()["detail"]
+        assert client.post("/systems/beta/pubsub/push", json=envelope(RECORD)).status_code == 204
+        assert "alpha" in client.get("/readyz").json()["not_ready"]
+
+        # Started again, with backoff (1 s, then 2 s), by the cell's supervisor.
+        def serves() -> bool:
+            answer = client.post("/systems/alpha/pubsub/push", json=envelope(RECORD))
+            return answer.status_code == 204
+
+        until_blocking(serves, timeout=15, interval=0.1, what="alpha started again")
+        assert client.get("/readyz").json()["not_ready"] == {}
+
+
+def test_a_token_of_one_system_is_refused_for_another(stores: Stores) -> None:
+    google = FakeGoogle().start()
+    try:
+        systems = {
+            name: {
+                "store": "memory:",
+                "push_audience": audience(name),
+                "push_service_accounts": pusher(name),
+            }
+            for name in SYSTEMS
+        }
+        cell = cell_of(stores, systems, RECORDLINE_OIDC_CERTS_URL=google.certs_url)
+        alphas = google.mint(aud=audience("alpha"), email=pusher("alpha"))
+        with TestClient(cell) as client:
+
+            def push(system: str, token: str, message_id: str) -> int:
+                return client.post(
+                    f"/systems/{system}/pubsub/push",
+                    json=envelope(RECORD, message_id=message_id),
+                    headers={"Authorization": f"Bearer {token}"},
+                ).status_code
+
+            assert push("alpha", alphas, "a-1") == 204
+            # Alpha's token at beta's path: another audience.
+            assert push("beta", alphas, "b-1") in (401, 403)
+            # A token for beta's audience, but from alpha's service account.
+            crossed = google.mint(aud=audience("beta"), email=pusher("alpha"))
+            assert push("beta", crossed, "b-2") in (401, 403)
+            assert (
+                push("beta", google.mint(aud=audience("beta"), email=pusher("beta")), "b-3") == 204
+            )
+            assert stored_ids(client, "alpha") == {"a-1"}
+            assert stored_ids(client, "beta") == {"b-3"}
+            assert stored_ids(client, "gamma") == set()
+            # One key client for the cell: the keys were fetched once.
+            assert google.requests == 1
+    finally:
+        google.stop()
+
+
+async def test_a_follower_storm_on_one_system_is_refused_for_that_system_alone(
+    stores: Stores,
+) -> None:
+    systems: dict[str, dict[str, Any]] = {name: {"store": "memory:"} for name in SYSTEMS}
+    systems["alpha"]["max_followers"] = 2
+    cell = cell_of(stores, systems)
+    async with served(cell) as client:  # type: ignore[arg-type]
+
+        async def tail(system: str) -> str:
+            answer = await client.get(f"/systems/{system}/v1/records")
+            token: str = answer.json()["next_page_token"]
+            return token
+
+        def follow(system: str, token: str) -> asyncio.Future[Any]:
+            path = f"/systems/{system}/v1/records"
+            return asyncio.ensure_future(client.get(path, params={"page_token": token, "wait": 30}))
+
+        alpha, beta = await tail("alpha"), await tail("beta")
+        # Alpha's two followers wait for rows; a third is refused at once.
+        waiting = [follow("alpha", alpha) for _ in range(2)]
+
+        async def both_wait() -> bool:
+            # The cell's gauge: followers of every system (alpha's alone here).
+            metrics = (await client.get("/metrics")).text.splitlines()
+            return any(
+                line.startswith("recordline_followers{") and line.endswith(" 2.0")
+                for line in metrics
+            )
+
+        await until(both_wait, timeout=10, what="alpha's two followers waiting")
+        path = "/systems/alpha/v1/records"
+        third = await client.get(path, params={"page_token": alpha, "wait": 30})
+        assert third.status_code == 503
+        assert third.json()["type"] == "/problems/too-many-followers"
+        # Beta's followers and pushes are not alpha's.
+        followed = follow("beta", beta)
+        pushed = await client.post("/systems/beta/pubsub/push", json=envelope(RECORD))
+        assert pushed.status_code == 204
+        answer = await followed
+        assert answer.status_code == 200
+        assert [r["message_id"] for r in answer.json()["records"]] == ["m-1"]
+        # Alpha's followers are answered too, by the push that reaches alpha.
+        pushed = await client.post("/systems/alpha/pubsub/push", json=envelope(RECORD))
+        assert pushed.status_code == 204
+        for follower in await asyncio.gather(*waiting):
+            assert follower.status_code == 200
+
+
+async def test_a_system_whose_dataset_is_gone_is_refused_alone(
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    # Two systems on BigQuery alone, each its own dataset; alpha's is deleted.
+    systems = {name: {"store": f"bigquery://{PROJECT}/cell_{name}"} for name in ("alpha", "beta")}
+    cell = create_cell(
+        settings(
+            systems,
+            RECORDLINE_BIGQUERY_WRITE_ENDPOINT=write_fake.address,
+            BIGQUERY_EMULATOR_HOST=jobs_fake.endpoint,
+            RECORDLINE_WRITE_DEADLINE_SECONDS="3",
+        )
+    )
+    gone = f"projects/{PROJECT}/datasets/cell_alpha/tables/records"
+    write_fake.broken[gone] = Abort(grpc.StatusCode.NOT_FOUND, details="Not found: Dataset")
+    async with served(cell) as client:  # type: ignore[arg-type]
+        refused = await client.post(
+            "/systems/alpha/pubsub/push", json=envelope(RECORD, message_id="a-1")
+        )
+        assert refused.status_code == 503, refused.text
+        stored = await client.post(
+            "/systems/beta/pubsub/push", json=envelope(RECORD, message_id="b-1")
+        )
+        assert stored.status_code == 204, stored.text
+    beta = f"projects/{PROJECT}/datasets/cell_beta/tables/records"
+    assert [row["message_id"] for row in write_fake.rows(beta)] == ["b-1"]
+    assert write_fake.rows(gone) == []

@@ -1,0 +1,231 @@
+"""A cell's settings: its systems read once (from the variable or a file), each with
+what is its own, its share of the cell's bounds, and what cannot be used refused
+before anything starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.settings import (
+    Settings,
+    SettingsError,
+    SystemEntry,
+    system_settings,
+    system_shares,
+)
+
+ORDERS = {
+    "store": "bigquery://recordline-prod/orders",
+    "serving": "spanner://projects/recordline-prod/instances/cell-1/databases/orders",
+    "push_audience": "https://cell-1.example/systems/orders/pubsub/push",
+    "push_service_accounts": "push-orders@recordline-prod.iam.gserviceaccount.com",
+    "read_principals": "orders-readers@example.com",
+}
+PAYMENTS = {
+    **ORDERS,
+    "store": "bigquery://recordline-prod/payments",
+    "push_audience": "https://cell-1.example/systems/payments/pubsub/push",
+    "push_service_accounts": "push-payments@recordline-prod.iam.gserviceaccount.com",
+    "rate": 30.0,
+}
+
+
+def cell(systems: object, **extra: str) -> Settings:
+    return Settings.load(
+        {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": json.dumps(systems), **extra}
+    )
+
+
+def test_each_system_runs_with_what_is_its_own_and_the_cells_rest() -> None:
+    loaded = cell(
+        {"orders": ORDERS, "payments": PAYMENTS},
+        RECORDLINE_READ_AUDIENCE="https://cell-1.example",
+        RECORDLINE_QUERY_MAX_BYTES_BILLED=str(64 << 20),
+    )
+    systems = loaded.systems()
+    assert list(systems) == ["orders", "payments"]
+    own = system_settings(loaded, "payments", systems["payments"])
+    assert own.store.url == PAYMENTS["store"]
+    assert own.store.serving == PAYMENTS["serving"]
+    assert own.auth.push_audience == PAYMENTS["push_audience"]
+    assert own.auth.push_service_accounts == PAYMENTS["push_service_accounts"]
+    assert own.auth.read_principals == ORDERS["read_principals"]
+    assert own.telemetry.system == "payments"
+    # The cell's: one read audience, one bytes cap.
+    assert own.auth.read_audience == "https://cell-1.example"
+    assert own.query.max_bytes_billed == 64 << 20
+
+
+def test_the_systems_may_be_a_file_as_a_mounted_secret_is(tmp_path: Path) -> None:
+    file = tmp_path / "systems.json"
+    file.write_text(json.dumps({"orders": ORDERS}))
+    loaded = Settings.load({"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": f"@{file}"})
+    assert list(loaded.systems()) == ["orders"]
+    with pytest.raises(SettingsError, match="cannot be read") as refused:
+        Settings.load(
+            {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": f"@{tmp_path / 'gone.json'}"}
+        )
+    assert refused.value.var == "RECORDLINE_SYSTEMS"
+
+
+def test_a_systems_share_follows_its_rate_and_its_own_bound_wins() -> None:
+    loaded = cell(
+        {
+            "orders": ORDERS,
+            "payments": PAYMENTS,
+            "audit": {**ORDERS, "push_audience": "", "max_followers": 7, "queue_bytes": 1 << 30},
+        },
+        RECORDLINE_QUEUE_MAX_BYTES=str(500 << 20),
+        RECORDLINE_MAX_FOLLOWERS="90",
+    )
+    shares = system_shares(loaded, loaded.systems())
+    # By declared rate: 10, 30 and 10 of 50 pushes a second.
+    assert shares["payments"].queue_bytes == 300 << 20
+    assert shares["orders"].queue_bytes == 100 << 20
+    # Followers evenly, but where the system sets its own.
+    assert shares["orders"].max_followers == 30
+    assert shares["audit"].max_followers == 7
+    assert shares["audit"].queue_bytes == 1 << 30
+    own = system_settings(loaded, "payments", loaded.systems()["payments"], shares["payments"])
+    assert own.batch.queue_bytes == 300 << 20
+    assert own.query.max_followers == 30
+    assert own.server.max_reads == shares["payments"].max_reads < loaded.server.max_reads
+
+
+def test_a_share_always_holds_the_largest_push() -> None:
+    many = {f"s{n}": {"store": "memory:"} for n in range(100)}
+    loaded = cell(many)
+    shares = system_shares(loaded, loaded.systems())
+    assert min(s.queue_bytes for s in shares.values()) == loaded.server.max_body_bytes
+
+
+@pytest.mark.parametrize(
+    ("environ", "var"),
+    [
+        # Systems with no cell, and a cell with no systems.
+        ({"RECORDLINE_SYSTEMS": json.dumps({"orders": ORDERS})}, "RECORDLINE_CELL"),
+        ({"RECORDLINE_CELL": "cell-1"}, "RECORDLINE_SYSTEMS"),
+        # A deployment of one system's variable, which no system of a cell would read.
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": ORDERS}),
+                "RECORDLINE_STORE": "memory:",
+            },
+            "RECORDLINE_STORE",
+        ),
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": ORDERS}),
+                "RECORDLINE_EXPORT_SYSTEMS": json.dumps({"orders": ORDERS}),
+            },
+            "RECORDLINE_EXPORT_SYSTEMS",
+        ),
+        # Two systems one token would open.
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps(
+                    {
+                        "orders": ORDERS,
+                        "payments": {**PAYMENTS, "push_audience": ORDERS["push_audience"]},
+                    }
+                ),
+            },
+            "RECORDLINE_SYSTEMS",
+        ),
+        # More systems than the cell is sized for.
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_CELL_MAX_SYSTEMS": "1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": ORDERS, "payments": PAYMENTS}),
+            },
+            "RECORDLINE_SYSTEMS",
+        ),
+        # A payload's shape is each system's own (its entry's id_field, time_field).
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": ORDERS}),
+                "RECORDLINE_ID_FIELD": "order_id",
+            },
+            "RECORDLINE_ID_FIELD",
+        ),
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": {**ORDERS, "id_field": "a..b"}}),
+            },
+            "RECORDLINE_SYSTEMS",
+        ),
+        # A misspelt field, a bad name, a store no build has.
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": {**ORDERS, "srtore": "memory:"}}),
+            },
+            "RECORDLINE_SYSTEMS",
+        ),
+        (
+            {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": json.dumps({"Orders": ORDERS})},
+            "RECORDLINE_SYSTEMS",
+        ),
+        (
+            {
+                "RECORDLINE_CELL": "cell-1",
+                "RECORDLINE_SYSTEMS": json.dumps({"orders": {**ORDERS, "store": "mysql://x"}}),
+            },
+            "RECORDLINE_SYSTEMS",
+        ),
+        (
+            {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": "@relative.json"},
+            "RECORDLINE_SYSTEMS",
+        ),
+    ],
+)
+def test_a_cell_that_cannot_be_used_is_refused_naming_the_variable(
+    environ: dict[str, str], var: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.load(environ)
+    assert refused.value.var == var
+
+
+@pytest.mark.parametrize(
+    ("extra", "var"),
+    [
+        # One secret for every system: one system's publisher could write another's.
+        ({"RECORDLINE_PUSH_TOKEN": "x" * 32}, "RECORDLINE_PUSH_TOKEN"),
+        # Cloud Run's invoker check admits every system's readers: only the service
+        # can tell whose records each may read.
+        ({"RECORDLINE_PUBLIC_READS": "true"}, "RECORDLINE_PUBLIC_READS"),
+    ],
+)
+def test_what_cannot_tell_the_systems_apart_is_refused_beyond_loopback(
+    extra: dict[str, str], var: str
+) -> None:
+    from app.settings import check_access
+
+    loaded = cell(
+        {"orders": {**ORDERS, "read_principals": ""}},
+        RECORDLINE_HOST="0.0.0.0",
+        RECORDLINE_PAGE_TOKEN_SECRET="k" * 32,
+        **extra,
+    )
+    own = system_settings(loaded, "orders", loaded.systems()["orders"])
+    with pytest.raises(SettingsError) as refused:
+        check_access(own)
+    assert refused.value.var == var
+
+
+def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:
+    exported = {"orders": {"serving": ORDERS["serving"], "store": ORDERS["store"]}}
+    loaded = Settings.load({"RECORDLINE_EXPORT_SYSTEMS": json.dumps(exported)})
+    assert loaded.systems() == {
+        "orders": SystemEntry(serving=ORDERS["serving"], store=ORDERS["store"])
+    }

@@ -1,0 +1,161 @@
+"""Pages, events and chunks are bounded in bytes as well as rows, and resume exactly.
+
+A page holds at most PAGE_BYTES of rows (`app.store.row_bytes`), or its first row
+alone when that is larger; a stream's event SSE_EVENT_BYTES, a chunk CHUNK_BYTES.
+Fewer rows than `limit` then, and the token (or offset) goes on after the last one
+it holds: a follower meets every row once. On the embedded store and the serving
+tier, from storage and from the tail in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+
+from app.asgi import create_app
+from app.query.service import PAGE_BYTES
+from app.query.streams import CHUNK_BYTES
+from app.records import Record
+from app.routes.follow import SSE_EVENT_BYTES
+from app.store import ROW_BYTES, row_bytes
+from tests.conftest import envelope, served, settings
+from tests.fakes import FaultyStore
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def app(store: FaultyStore) -> Litestar:
+    return create_app(settings(RECORDLINE_STREAM_SECONDS="2"), store=store)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(app) as client:
+        yield client
+
+
+async def push(client: httpx.AsyncClient, message_id: str, size: int) -> None:
+    """A record whose `data` is a JSON string of `size` characters."""
+    body = envelope({"id": message_id, "data": "x" * size}, message_id=message_id)
+    assert (await client.post("/pubsub/push", json=body)).status_code == 204
+
+
+async def reject(client: httpx.AsyncClient, message_id: str, size: int) -> None:
+    """A rejection of `size` bytes that are no JSON."""
+    body = envelope(None, message_id=message_id, raw_data=b"\xff" * size)
+    assert (await client.post("/pubsub/push", json=body)).status_code == 204
+
+
+def shown(size: int) -> int:
+    """What a record of `push` counts as in a page (`row_bytes`)."""
+    return row_bytes(Record(message_id="m", publish_time=0, ingest_time=0, id="r", data="x" * size))
+
+
+async def walk(
+    client: httpx.AsyncClient, path: str, rows: str, **params: Any
+) -> list[tuple[list[str], httpx.Response]]:
+    """Every page from `params` on, following each token: the message ids of each."""
+    pages: list[tuple[list[str], httpx.Response]] = []
+    page = await client.get(path, params={"limit": 1000, **params})
+    while True:
+        assert page.status_code == 200, page.text
+        ids = [r["message_id"] for r in page.json()[rows]]
+        if not ids:
+            return pages
+        pages.append((ids, page))
+        page = await client.get(path, params={"page_token": page.json()["next_page_token"]})
+
+
+@pytest.mark.parametrize("where", ["storage", "tail"])
+async def test_a_page_holds_what_its_bytes_allow_and_its_token_goes_on_after_its_last_row(
+    client: httpx.AsyncClient, where: str
+) -> None:
+    # Two records of 1.5 MiB are within the budget, three are not.
+    size = 3 * MIB // 2
+    assert 2 * shown(size) <= PAGE_BYTES < 3 * shown(size)
+    for n in range(5):
+        await push(client, f"m-{n}", size)
+    # From the first row kept (storage), or from the first of these (the tail in memory).
+    first = (await client.get("/v1/records", params={"limit": 1})).json()["records"][0]
+    since = {} if where == "storage" else {"since": first["ingest_time"]}
+    pages = await walk(client, "/v1/records", "records", **since)
+    assert [ids for ids, _ in pages] == [["m-0", "m-1"], ["m-2", "m-3"], ["m-4"]]
+    # A page its bytes ended can never change, as a page of `limit` rows; the tail can.
+    for _, page in pages[:2]:
+        assert "immutable" in page.headers["cache-control"]
+        assert "etag" in page.headers
+    assert pages[-1][1].headers["cache-control"] == "no-cache"
+
+
+async def test_a_row_larger_than_the_budget_is_a_page_of_its_own(
+    client: httpx.AsyncClient,
+) -> None:
+    # A rejection, the largest row every store keeps (the serving tier refuses a record
+    # of more than 2,621,440 characters, and keeps it as a rejection): 4 MiB of bytes,
+    # 5.6 MB of base 64.
+    large = 4 * MIB
+    await reject(client, "small-0", 10)
+    await reject(client, "large", large)
+    await reject(client, "small-1", 10)
+    pages = await walk(client, "/v1/rejections", "rejections")
+    assert [ids for ids, _ in pages] == [["small-0"], ["large"], ["small-1"]]
+    assert len(base64.b64decode(pages[1][1].json()["rejections"][0]["data"])) == large
+
+
+async def test_rejections_are_paged_by_their_bytes_as_shown_in_base64(
+    client: httpx.AsyncClient,
+) -> None:
+    # 1,000,000 bytes are 1,333,336 characters of base 64: three fit a page, four do not.
+    size = 1_000_000
+    assert 3 * (4 * size // 3 + ROW_BYTES) < PAGE_BYTES < 4 * (4 * size // 3)
+    for n in range(4):
+        await reject(client, f"bad-{n}", size)
+    pages = await walk(client, "/v1/rejections", "rejections")
+    assert [ids for ids, _ in pages] == [["bad-0", "bad-1", "bad-2"], ["bad-3"]]
+
+
+async def test_each_event_of_a_stream_of_pages_holds_at_most_its_bytes(
+    client: httpx.AsyncClient,
+) -> None:
+    # Two records of 600 KB are more than an event holds.
+    size = 600_000
+    assert shown(size) < SSE_EVENT_BYTES < 2 * shown(size)
+    for n in range(3):
+        await push(client, f"m-{n}", size)
+    pages: list[list[str]] = []
+    async with client.stream(
+        "GET", "/v1/records", params={"limit": 1000}, headers={"accept": "text/event-stream"}
+    ) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data: ") and '"records"' in line:
+                pages.append([r["message_id"] for r in json.loads(line[6:])["records"]])
+    assert pages == [["m-0"], ["m-1"], ["m-2"]]
+
+
+async def test_a_chunk_of_a_stream_holds_at_most_its_bytes_and_its_offset_goes_on(
+    client: httpx.AsyncClient,
+) -> None:
+    # Three records of 2.6 MB are within a chunk, four are not (and a record's text is
+    # at most 2,621,440 characters on the serving tier).
+    size = 2_600_000
+    assert 3 * shown(size) <= CHUNK_BYTES < 4 * shown(size)
+    for n in range(7):
+        await push(client, f"m-{n}", size)
+    chunks: list[list[str]] = []
+    offset = "-1"
+    while True:
+        chunk = await client.get("/v1/streams/records", params={"offset": offset})
+        ids = [r["message_id"] for r in chunk.json()]
+        if not ids:
+            break
+        chunks.append(ids)
+        offset = chunk.headers["stream-next-offset"]
+    # Each write of this test is a microsecond of its own: a chunk ends at any row.
+    assert chunks == [["m-0", "m-1", "m-2"], ["m-3", "m-4", "m-5"], ["m-6"]]
