@@ -54,6 +54,9 @@ BEYOND_A_SCHEMA_AFTER = {
     # A calendar: a pattern says the shape of a date, not that the month has that day.
     ("since", "names no date and time in"),
     ("until", "names no date and time in"),
+    # An export's columns: the names its list's rows have (and each named once).
+    ("columns", "is none of"),
+    ("columns", "a column named twice"),
     # A filter's conditions, counted across its parameters.
     ("attribute", "conditions; a filter holds"),
     ("field", "conditions; a filter holds"),

@@ -22,6 +22,7 @@ import cachetools
 import msgspec
 
 from app.errors import BadParameter, Gone, NotFound
+from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
 from app.records import (
     DAY_MICROS,
@@ -293,8 +294,12 @@ class Reader:
         clock: Callable[[], int] = time.time_ns,
         later_copies: LaterCopies | None = None,
         page_bytes: int = PAGE_BYTES,
+        mask: Mask | None = None,
     ) -> None:
         self._store = store
+        # What this reader's callers may not see (app.query.mask): a reader of its own,
+        # with reads shared among its callers alone.
+        self.mask = mask if mask else None
         # Later copies of stored messages that differed, for `message` to show.
         self._later_copies = later_copies
         self.page_bytes = page_bytes
@@ -553,6 +558,8 @@ class Reader:
             views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
             views = await self._mark_stored(views)
+        if self.mask is not None:
+            views = [self.mask.view(v) for v in views]
         return Excerpt(listing, cursor, rows, views, resume, horizon, full)
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
@@ -600,6 +607,33 @@ class Reader:
         checks its start so that an expired cursor is a 410, never an empty stream.
         `sent_as` is where the client sent the token (`Last-Event-ID`)."""
         self._cursor(listing, since, until, limit, page_token, sent_as, filter)
+
+    def token(
+        self,
+        listing: Listing[Any],
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        page_token: str | None,
+        filter: RowFilter | None = None,
+    ) -> str:
+        """The page token of the first page these parameters ask for (checked as a
+        page's are): an export reads every page, the first too, by token."""
+        return self._tokens.encode(
+            self._cursor(listing, since, until, 1, page_token, filter=filter)
+        )
+
+    async def settled(self) -> int:
+        """The read horizon once what was acknowledged before the call is readable: every
+        row acknowledged so far lies below it (the store's clock, where it stamps rows)."""
+        await self._store.barrier()
+        return self.horizon()
+
+    def token_after(self, token: str, row: RecordView | RejectionView) -> str | None:
+        """The token of the page after `row`, in the walk `token` (one this reader issued)
+        belongs to: an export cut inside a page goes on from its last row sent."""
+        cursor = self._tokens.decode(token)
+        return self._next(cursor, micros(row.ingest_time), row.message_id)
 
     async def check_filter(self, listing: Listing[Any], keep: RowFilter | None) -> None:
         """Raise what the store says of a filter naming typed fields (BadParameter: no
@@ -739,7 +773,8 @@ class Reader:
         record = await self._store.latest(record_id)
         if record is None:
             raise NotFound(f"no record with id {record_id!r}")
-        return view(RecordView, record)
+        found = view(RecordView, record)
+        return found if self.mask is None else self.mask.view(found)
 
     async def message(self, message_id: str) -> MessageView:
         await self._store.barrier()
@@ -747,7 +782,7 @@ class Reader:
         if status is None:
             raise NotFound(f"message {message_id!r} was never stored or rejected")
         later = None if self._later_copies is None else self._later_copies.of(message_id)
-        return MessageView(
+        found = MessageView(
             message_id=message_id,
             status=status.status,
             ingest_time=moment(status.ingest_time),
@@ -759,3 +794,4 @@ class Reader:
                 count=later.count, differs=later.differs, last_seen=moment(later.last_seen)
             ),
         )
+        return found if self.mask is None else self.mask.view(found)

@@ -305,6 +305,11 @@ def _time(name: str, value: str | None, *, ago: bool = False) -> datetime | None
     return when
 
 
+def time_of(name: str, value: str | None) -> datetime | None:
+    """`since` or `until` as a list takes it: an RFC 3339 time, or how long ago."""
+    return _time(name, value, ago=True)
+
+
 def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
     params = request.query_params
     unknown = sorted(set(params) - _PAGE_PARAMETERS)

@@ -110,3 +110,42 @@ def test_a_filter_is_kept_or_refused_never_a_5xx(
     body = answer.json()
     rows = body if isinstance(body, list) else body.get("records", body.get("rejections"))
     assert all(matches(row, params) for row in rows), (params, rows)
+
+
+columns = st.lists(
+    st.sampled_from(["id", "message_id", "data", "data.n", "attributes.colour", "reason", ""])
+    | st.text(max_size=15),
+    max_size=40,
+).map(",".join)
+exports = st.fixed_dictionaries(
+    {},
+    optional={
+        "format": st.sampled_from(["csv", "jsonl", "xml", ""]) | st.text(max_size=5),
+        "columns": columns,
+        "max_rows": st.integers(-2, 1_000_002) | st.text(max_size=8),
+        "attribute": st.lists(attribute, max_size=3),
+        "producer": ids,
+        "since": st.sampled_from(["1h", "2999-01-01T00:00:00Z", "0000-00-00T00:00:00Z", "x"]),
+        "page_token": st.text(max_size=30),
+    },
+)
+
+
+@settings(
+    max_examples=EXAMPLES * 4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(name=st.sampled_from(["records", "rejections", "neither"]), params=exports)
+def test_an_export_s_parameters_are_kept_or_refused_never_a_5xx(
+    client: httpx.Client, name: str, params: dict[str, Any]
+) -> None:
+    answer = client.get(f"/v1/export/{name}", params=params)
+    assert answer.status_code in (200, 400, 404), answer.text
+    if answer.status_code != 200:
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        return
+    if params.get("format", "csv") == "jsonl":
+        for line in answer.text.splitlines():
+            row = json.loads(line)
+            assert "recordline_export" in row or matches(row, params) or "columns" in params
