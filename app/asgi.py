@@ -45,6 +45,7 @@ from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
+from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_ROUTES, Exports
 from app.routes.follow import Followers
 from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
@@ -249,6 +250,7 @@ def http_app(
         ],
         request_max_body_size=max_body_bytes,
         openapi_config=openapi_config(middleware=[compression()]),
+        template_config=template_config(),
         signature_types=list(signature_types),
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
@@ -448,6 +450,7 @@ def routers(
             guards=auth.read_guards,
             middleware=[reads, *traced, *compressed],
         ),
+        console_router(auth, guards=auth.read_guards, middleware=compressed),
     ]
 
 

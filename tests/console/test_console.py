@@ -1,0 +1,51 @@
+"""The console's pages as the service serves them: every page, its assets from the
+package (nothing from the internet), the operator's replay offered to operators alone,
+and a page that does not exist a 404 problem."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from litestar.testing import TestClient
+
+from app.asgi import create_app
+from app.routes.console import PAGES
+from tests.conftest import settings
+from tests.fakes import FaultyStore
+
+SECRET = "a-push-secret-long-enough"
+
+
+@pytest.fixture
+def client(store: FaultyStore) -> TestClient:  # type: ignore[type-arg]
+    app = create_app(settings(RECORDLINE_PUSH_TOKEN=SECRET), store=store)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_every_page_loads_only_what_the_service_serves(client: TestClient) -> None:  # type: ignore[type-arg]
+    assert client.get("/console", follow_redirects=False).headers["location"] == "/console/records"
+    for page in PAGES:
+        answer = client.get(f"/console/{page}")
+        assert answer.status_code == 200, answer.text
+        sources = re.findall(r'(?:src|href)="([^"]+)"', answer.text)
+        assert sources, answer.text
+        for source in sources:
+            assert source.startswith(("/console", "data:")), source
+            if source.startswith("/console/static"):
+                assert client.get(source).status_code == 200, source
+
+
+def test_replay_is_offered_to_operators_alone(client: TestClient) -> None:  # type: ignore[type-arg]
+    reader = client.get("/console/rejections").text
+    operator = client.get("/console/rejections", headers={"Authorization": f"Bearer {SECRET}"}).text
+    assert 'id="replay"' not in reader
+    assert "Replay is for operators" in reader
+    assert 'id="replay"' in operator
+
+
+def test_a_page_that_does_not_exist_is_a_404_problem(client: TestClient) -> None:  # type: ignore[type-arg]
+    answer = client.get("/console/secrets")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"].startswith("application/problem+json")
