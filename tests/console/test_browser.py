@@ -1,0 +1,229 @@
+"""The console in a real Chromium against `recordline serve` on DuckDB: browse and filter
+records, follow a live push, open a rejection and replay it, see a producer's missing
+range, and download a CSV and read its rows.
+
+One served process and one browser for the module; each test takes a second or two.
+With CONSOLE_SCREENSHOTS=1 the tests write the pages' screenshots into
+docs/images/ (committed; docs/console.md shows them).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recordline_dev.devstack import wait_until_ready
+from recordline_dev.processes import free_port, stop_group
+
+pytestmark = pytest.mark.browser
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+# Debian's Chromium, as scripts/install-browser.sh installs it.
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
+SERVE = (sys.executable, "-m", "app.cli", "serve")
+SHOOT = bool(os.environ.get("CONSOLE_SCREENSHOTS"))
+
+
+def envelope(message_id: str, payload: Any, attributes: dict[str, str]) -> dict[str, Any]:
+    return {
+        "message": {
+            "data": base64.b64encode(json.dumps(payload).encode()).decode(),
+            "messageId": message_id,
+            "publishTime": "2026-01-02T03:04:05Z",
+            "attributes": attributes,
+        },
+        "subscription": "projects/p/subscriptions/console",
+    }
+
+
+def sequenced(producer: str, seq: int) -> dict[str, str]:
+    return {"recordline-producer": producer, "recordline-epoch": "1", "recordline-seq": str(seq)}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`recordline serve` on a DuckDB file, on loopback with no authentication (so the
+    browser is an operator), the producer grace short enough to see a range go missing."""
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-browser.sh")
+    folder = tmp_path_factory.mktemp("console")
+    port = free_port()
+    env = {
+        **os.environ,
+        "RECORDLINE_PRODUCER_GRACE_SECONDS": "1",
+        "RECORDLINE_LOG_FORMAT": "json",
+    }
+    env.pop("RECORDLINE_PUSH_TOKEN", None)
+    log = (folder / "service.log").open("wb")
+    process = subprocess.Popen(
+        [*SERVE, "--port", str(port), "--store", f"duckdb://{folder / 'records.duckdb'}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(f"{url}/readyz", timeout=60, process=process)
+        with httpx.Client(base_url=url) as client:
+            pushes = [
+                envelope(f"m-{n}", {"id": f"r-{n}", "data": {"n": n}}, {"colour": colour})
+                for n, colour in enumerate(["red", "blue", "red", "green", "red"])
+            ]
+            pushes += [
+                envelope("p-0", {"id": "p-0", "data": {}}, sequenced("orders", 0)),
+                envelope("p-1", {"id": "p-1", "data": {}}, sequenced("orders", 1)),
+                envelope("p-3", {"id": "p-3", "data": {}}, sequenced("orders", 3)),
+                envelope("bad-1", {"data": {"no": "id"}}, {"colour": "red"}),
+                envelope("bad-2", {"data": {"no": "id"}}, {"colour": "blue"}),
+            ]
+            for push in pushes:
+                assert client.post("/pubsub/push", json=push).status_code == 204
+        yield url
+    finally:
+        stop_group(process, timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(service: str) -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 720})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.set_default_timeout(10_000)
+    yield opened
+    context.close()
+    assert not errors, errors
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOOT:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / f"console-{name}.png")
+
+
+def message_ids(page: Any) -> list[str]:
+    return page.eval_on_selector_all(
+        "#rows tbody tr.row", "rows => rows.map(r => r.dataset.messageId)"
+    )
+
+
+def test_records_browse_filter_and_show_a_record(service: str, page: Any) -> None:
+    expect = sync_api.expect
+    page.goto(f"{service}/console/records")
+    expect(page.locator("#rows tbody tr.row[data-message-id=m-1]")).to_have_count(1)
+    page.fill("input[name=attribute]", "colour:red")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(3)
+    assert message_ids(page) == ["m-0", "m-2", "m-4"]
+    page.fill("input[name=attribute]", "")
+    page.fill("input[name=producer]", "orders")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(3)
+    page.locator("#rows tbody tr.row[data-message-id=p-1]").click()
+    detail = page.locator("tr.detail")
+    expect(detail).to_contain_text("orders · 1 · 1")
+    expect(detail).to_contain_text('"recordline-producer": "orders"')
+    shot(page, "records")
+    # A filter the API refuses is said, with its reason.
+    page.fill("input[name=field]", "no such:thing")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#status")).to_contain_text("400")
+
+
+def test_a_live_push_appears_while_following(service: str, page: Any) -> None:
+    expect = sync_api.expect
+    page.goto(f"{service}/console/records")
+    expect(page.locator("#rows tbody tr.row[data-message-id=m-1]")).to_have_count(1)
+    page.check("#follow")
+    with httpx.Client(base_url=service) as client:
+        push = envelope("live-1", {"id": "live-1", "data": {"live": True}}, {"colour": "live"})
+        assert client.post("/pubsub/push", json=push).status_code == 204
+    expect(page.locator("#rows tbody tr.row[data-message-id=live-1]")).to_have_count(1)
+
+
+def test_a_rejection_opened_and_replayed(service: str, page: Any) -> None:
+    expect = sync_api.expect
+    page.goto(f"{service}/console/rejections")
+    reason = page.locator("#reasons tbody tr", has_text="missing required field `id`")
+    expect(reason).to_contain_text("2")
+    reason.click()
+    expect(page.locator("#rows tbody tr")).to_have_count(2)
+    page.check("input[aria-label='select bad-1']")
+    page.click("#replay")
+    # Today's validation still wants an id: the replay says so, message by message.
+    outcome = page.locator("#outcomes tbody tr")
+    expect(outcome).to_have_count(1)
+    expect(outcome).to_contain_text("bad-1")
+    expect(outcome).to_contain_text("rejected")
+    shot(page, "rejections")
+
+
+def test_a_producer_s_missing_range_is_shown_with_its_remedy(service: str, page: Any) -> None:
+    expect = sync_api.expect
+    page.goto(f"{service}/console/producers")
+    row = page.locator("#producers tbody tr", has_text="orders")
+    expect(row).to_have_count(1)
+    # Sequence 2 went missing after the grace (a second): reload until it says so.
+    missing = page.locator("#missing .missing")
+    for _ in range(20):
+        if missing.count():
+            break
+        page.wait_for_timeout(250)
+        page.reload()
+    expect(missing).to_contain_text("orders epoch 1: sequence 2 missing since")
+    expect(missing).to_contain_text("What to do")
+    shot(page, "producers")
+
+
+def test_a_filtered_csv_download_holds_the_rows(service: str, page: Any, tmp_path: Path) -> None:
+    expect = sync_api.expect
+    page.goto(f"{service}/console/records")
+    page.fill("input[name=attribute]", "colour:red")
+    page.fill("input[name=columns]", "message_id,id,data.n,attributes.colour")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(3, timeout=10_000)
+    with page.expect_download() as started:
+        page.click("#export button[value=csv]")
+    saved = tmp_path / "export.csv"
+    started.value.save_as(saved)
+    rows = list(csv.reader(io.StringIO(saved.read_text())))
+    assert rows[0] == ["message_id", "id", "data.n", "attributes.colour"]
+    assert [r[0] for r in rows[1:4]] == ["m-0", "m-2", "m-4"]
+    assert rows[1] == ["m-0", "r-0", "0", "red"]
+    expect(page.locator("#progress")).to_contain_text("lines")
+
+
+def test_health_charts_the_service_s_own_figures(service: str, page: Any) -> None:
+    expect = sync_api.expect
+    page.goto(f"{service}/console/health")
+    expect(page.locator("#ready")).to_have_text("ready")
+    # Two scrapes make the first point of each chart.
+    expect(page.locator("#pushes canvas")).to_have_count(1)
+    expect(page.locator("#tables tbody")).to_contain_text("no export on this store")
+    shot(page, "health")
