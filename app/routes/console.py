@@ -47,7 +47,8 @@ def console_router(
 
     @get(CONSOLE_PATH, include_in_schema=False, sync_to_thread=False)
     def console_root() -> Redirect:
-        return Redirect(f"{CONSOLE_PATH}/records")
+        # Relative, as every link of the console: the same under a cell's system prefix.
+        return Redirect("console/records")
 
     @get(f"{CONSOLE_PATH}/{{page:str}}", include_in_schema=False)
     async def console_page(
@@ -61,7 +62,7 @@ def console_router(
                 "page": page,
                 "pages": PAGES,
                 "operator": await auth.operates(request),
-                "assets": f"{CONSOLE_PATH}/static",
+                "assets": "static",
             },
             headers={"Cache-Control": "no-store"},
         )

@@ -2,6 +2,9 @@
 // and bounds). No framework: the DOM, fetch and uPlot (vendor/, MIT) for the charts.
 "use strict";
 
+// Every path relative to the page (/console/PAGE): the same under a cell's
+// /systems/SYSTEM/console/PAGE, where the system's API is /systems/SYSTEM/v1/...
+const ROOT = "..";
 const $ = (selector) => document.querySelector(selector);
 const status = (text) => { $("#status").textContent = text || ""; };
 
@@ -109,7 +112,7 @@ function records() {
     params.set("limit", "100");
     if (token) { params.delete("since"); params.set("page_token", token); }
     if (wait) params.set("wait", "20");
-    const answer = await (await api(`/v1/records?${params}`)).json();
+    const answer = await (await api(`${ROOT}/v1/records?${params}`)).json();
     return answer;
   }
 
@@ -143,9 +146,11 @@ function records() {
       try {
         const answer = await page(next, true);
         if (mine !== generation) return;
+        // Kept in view only by a reader who was at the bottom, not one who scrolled up.
+        const following = atBottom();
         for (const record of answer.records) body.append(recordRow(record));
         next = answer.next_page_token;
-        if (answer.records.length) window.scrollTo(0, document.body.scrollHeight);
+        if (answer.records.length && following) window.scrollTo(0, document.body.scrollHeight);
       } catch (error) { status(error.message); return; }
     }
   }
@@ -171,7 +176,7 @@ async function download(format) {
   params.set("format", format);
   const progress = $("#progress");
   try {
-    const answer = await api(`/v1/export/records?${params}`);
+    const answer = await api(`${ROOT}/v1/export/records?${params}`);
     const reader = answer.body.getReader(), parts = [];
     let bytes = 0, lines = 0;
     for (;;) {
@@ -233,7 +238,7 @@ function rejections() {
       params.set("limit", "1000");
       // At most 5,000 rejections are grouped: the newest pages past that are not read.
       for (let pages = 0; pages < 5; pages += 1) {
-        const answer = await (await api(`/v1/rejections?${params}`)).json();
+        const answer = await (await api(`${ROOT}/v1/rejections?${params}`)).json();
         found.push(...answer.rejections);
         if (!answer.next_page_token || answer.rejections.length < 1000) break;
         params = new URLSearchParams({ page_token: answer.next_page_token, limit: "1000" });
@@ -270,7 +275,7 @@ function rejections() {
       attributes: r.attributes, ...(r.subscription ? { subscription: r.subscription } : {}),
     }));
     try {
-      const answer = await (await api("/v1/replay", {
+      const answer = await (await api(`${ROOT}/v1/replay`, {
         method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ messages }),
       })).json();
       const body = $("#outcomes tbody");
@@ -285,10 +290,18 @@ function rejections() {
 
 // -- producers --------------------------------------------------------------------
 
+// Read again every 3 s: a gap opens, goes missing and closes as messages come.
 async function producers() {
+  await ledger();
+  setInterval(ledger, 3000);
+}
+
+async function ledger() {
   try {
-    const ledger = await (await api("/v1/producers")).json();
+    const ledger = await (await api(`${ROOT}/v1/producers`)).json();
     const body = $("#producers tbody"), missing = $("#missing");
+    body.replaceChildren();
+    missing.replaceChildren();
     for (const producer of ledger.producers) {
       for (const epoch of producer.epochs) {
         body.append(row([producer.producer, epoch.epoch, epoch.stored, epoch.rejected, epoch.duplicates, epoch.conflicts, epoch.missing, epoch.gap_count]));
@@ -301,9 +314,10 @@ async function producers() {
         }
       }
     }
+    status("");
     if (!ledger.producers.length) status("No producer has sent a sequence (recordline-producer, -epoch, -seq).");
     const since = new Date(Date.now() - 24 * 3.6e6).toISOString().replace(/\.\d+Z$/, "Z");
-    const audit = await (await api(`/v1/audit?since=${since}`)).json();
+    const audit = await (await api(`${ROOT}/v1/audit?since=${since}`)).json();
     const xs = audit.hours.map((h) => Date.parse(h.hour) / 1000);
     chart($("#chart"), ["stored", "rejected", "missing", "conflicts"],
       [xs, ...["stored", "rejected", "missing", "conflicts"].map((k) => audit.hours.map((h) => h[k]))], 180);
@@ -333,9 +347,9 @@ async function health() {
   let last = null;
   async function tick() {
     try {
-      const ready = await fetch("/readyz");
+      const ready = await fetch(`${ROOT}/readyz`);
       $("#ready").textContent = ready.ok ? "ready" : `not ready (${ready.status}): ${(await ready.json()).detail || ""}`;
-      const answer = await fetch("/metrics");
+      const answer = await fetch(`${ROOT}/metrics`);
       if (!answer.ok) { status("No /metrics here (OTEL_METRICS_EXPORTER is not prometheus): nothing to chart."); return; }
       const found = samples(await answer.text());
       const now = Date.now() / 1000;
