@@ -203,6 +203,7 @@ def test_a_rejection_opened_and_replayed(service: str, page: Any) -> None:
     expect(outcome).to_have_count(1)
     expect(outcome).to_contain_text("bad-1")
     expect(outcome).to_contain_text("stored")
+    expect(page.locator("#rows tbody tr[data-message-id=bad-1]")).to_contain_text("stored since")
     with httpx.Client(base_url=service) as client:
         stored = client.get("/v1/messages/bad-1").json()
     assert stored["status"] == "stored"

@@ -47,7 +47,7 @@ function chart(target, series, data, height) {
   target.replaceChildren();
   const options = {
     width: Math.max(300, target.clientWidth || 320), height: height || 140,
-    legend: { show: false },
+    legend: { show: series.length > 1, live: false },
     series: [{}, ...series.map((label, at) => ({ label, stroke: ["#1f6feb", "#d1242f", "#8250df", "#1a7f37"][at % 4], width: 1.5 }))],
     axes: [{ space: 60 }, { size: 40 }],
   };
@@ -202,11 +202,12 @@ async function download(format) {
 
 function rejections() {
   const form = $("#filters");
-  let found = [];
+  let found = [], shown = null;
   const selected = new Set();
   const replay = $("#replay");
 
   function show(reason) {
+    shown = reason;
     const body = $("#rows tbody");
     body.replaceChildren();
     selected.clear();
@@ -259,14 +260,19 @@ function rejections() {
       tr.addEventListener("click", () => show(reason));
       body.append(tr);
     }
-    // Counts by hour, every reason together.
+    // Counts by hour, every reason together, each hour from the first (24 hours ago at
+    // the latest; 30 days at most) to now.
     const hours = new Map();
     for (const rejection of found) {
       const hour = Math.floor(Date.parse(rejection.ingest_time) / 3.6e6) * 3600;
       hours.set(hour, (hours.get(hour) || 0) + 1);
     }
-    const xs = [...hours.keys()].sort((a, b) => a - b);
-    chart($("#chart"), ["rejections an hour"], [xs, xs.map((x) => hours.get(x))]);
+    const now = Math.floor(Date.now() / 3.6e6) * 3600;
+    const first = Math.max(Math.min(now - 23 * 3600, ...hours.keys()), now - 30 * 24 * 3600);
+    const xs = [];
+    for (let hour = first; hour <= now; hour += 3600) xs.push(hour);
+    chart($("#chart"), ["rejections an hour"], [xs, xs.map((x) => hours.get(x) || 0)]);
+    if (shown !== null && reasons.has(shown)) show(shown);
   }
 
   if (replay) replay.addEventListener("click", async () => {
@@ -282,6 +288,7 @@ function rejections() {
       body.replaceChildren();
       for (const result of answer.results) body.append(row([result.message_id, result.outcome, result.reason || ""]));
       $("#outcomes").hidden = false;
+      await read();  // each row's state as it is now: stored since, or rejected still
     } catch (error) { status(error.message); }
   });
   form.addEventListener("submit", read);
@@ -350,7 +357,7 @@ async function health() {
       const ready = await fetch(`${ROOT}/readyz`);
       $("#ready").textContent = ready.ok ? "ready" : `not ready (${ready.status}): ${(await ready.json()).detail || ""}`;
       const answer = await fetch(`${ROOT}/metrics`);
-      if (!answer.ok) { status("No /metrics here (OTEL_METRICS_EXPORTER is not prometheus): nothing to chart."); return; }
+      if (!answer.ok) { status("No /metrics beside this console (OTEL_METRICS_EXPORTER is not prometheus, or a cell serves it at its root): nothing to chart."); return; }
       const found = samples(await answer.text());
       const now = Date.now() / 1000;
       const counts = {
