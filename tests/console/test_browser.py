@@ -3,82 +3,36 @@ records, follow a live push, open a rejection and replay it, see a producer's mi
 range, and download a CSV and read its rows.
 
 One served process and one browser for the module; each test takes a second or two.
-With CONSOLE_SCREENSHOTS=1 the tests write the pages' screenshots into
-docs/images/ (committed; docs/console.md shows them).
+With CONSOLE_SCREENSHOTS=1 the tests write the pages' screenshots into docs/images/
+(committed; docs/console.md shows them).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
-import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
-from recordline_dev.devstack import wait_until_ready
 from recordline_dev.processes import free_port, stop_group
+from tests.console.browser import envelope, sequenced, serve, shot
 
 pytestmark = pytest.mark.browser
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-# Debian's Chromium, as scripts/install-browser.sh installs it.
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
-SERVE = (sys.executable, "-m", "app.cli", "serve")
-SHOOT = bool(os.environ.get("CONSOLE_SCREENSHOTS"))
-
-
-def envelope(message_id: str, payload: Any, attributes: dict[str, str]) -> dict[str, Any]:
-    return {
-        "message": {
-            "data": base64.b64encode(json.dumps(payload).encode()).decode(),
-            "messageId": message_id,
-            "publishTime": "2026-01-02T03:04:05Z",
-            "attributes": attributes,
-        },
-        "subscription": "projects/p/subscriptions/console",
-    }
-
-
-def sequenced(producer: str, seq: int) -> dict[str, str]:
-    return {"recordline-producer": producer, "recordline-epoch": "1", "recordline-seq": str(seq)}
-
-
-def serve(folder: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RECORDLINE_LOG_FORMAT": "json", **settings}
-    env.pop("RECORDLINE_PUSH_TOKEN", None)
-    with (folder / "service.log").open("ab") as log:
-        process = subprocess.Popen(
-            [*SERVE, "--port", str(port), "--store", f"duckdb://{folder / 'records.duckdb'}"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_until_ready(f"http://127.0.0.1:{port}/readyz", timeout=60, process=process)
-    return process
-
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`recordline serve` on a DuckDB file, on loopback with no authentication (so the
     browser is an operator), the producer grace short enough to see a range go missing.
 
     Two messages are rejected first (their record id is under `key`, which the service
     was not told), then the service restarts told so (RECORDLINE_ID_FIELD=key): today's
     validation stores what it rejected, once replayed."""
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-browser.sh")
     folder = tmp_path_factory.mktemp("console")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -106,34 +60,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_group(process, timeout=15)
 
 
-@pytest.fixture(scope="module")
-def browser(service: str) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 720})
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.set_default_timeout(10_000)
-    yield opened
-    context.close()
-    assert not errors, errors
-
-
-def shot(page: Any, name: str) -> None:
-    if SHOOT:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=SCREENSHOTS / f"console-{name}.png")
-
-
 def message_ids(page: Any) -> list[str]:
     return page.eval_on_selector_all(
         "#rows tbody tr.row", "rows => rows.map(r => r.dataset.messageId)"
@@ -141,7 +67,6 @@ def message_ids(page: Any) -> list[str]:
 
 
 def test_records_browse_filter_and_show_a_record(service: str, page: Any) -> None:
-    expect = sync_api.expect
     page.goto(f"{service}/console/records")
     expect(page.locator("#rows tbody tr.row[data-message-id=m-1]")).to_have_count(1)
     page.fill("input[name=attribute]", "colour:red")
@@ -164,7 +89,6 @@ def test_records_browse_filter_and_show_a_record(service: str, page: Any) -> Non
 
 
 def test_a_live_push_appears_while_following(service: str, page: Any) -> None:
-    expect = sync_api.expect
     page.goto(f"{service}/console/records")
     expect(page.locator("#rows tbody tr.row[data-message-id=m-1]")).to_have_count(1)
     page.check("#follow")
@@ -190,7 +114,6 @@ def test_a_live_push_appears_while_following(service: str, page: Any) -> None:
 
 
 def test_a_rejection_opened_and_replayed(service: str, page: Any) -> None:
-    expect = sync_api.expect
     page.goto(f"{service}/console/rejections")
     reason = page.locator("#reasons tbody tr", has_text="missing required field `id`")
     expect(reason).to_contain_text("2")
@@ -212,7 +135,6 @@ def test_a_rejection_opened_and_replayed(service: str, page: Any) -> None:
 
 
 def test_a_producer_s_missing_range_is_shown_with_its_remedy(service: str, page: Any) -> None:
-    expect = sync_api.expect
     page.goto(f"{service}/console/producers")
     row = page.locator("#producers tbody tr", has_text="orders")
     expect(row).to_have_count(1)
@@ -231,7 +153,6 @@ def test_a_producer_s_missing_range_is_shown_with_its_remedy(service: str, page:
 
 
 def test_a_filtered_csv_download_holds_the_rows(service: str, page: Any, tmp_path: Path) -> None:
-    expect = sync_api.expect
     page.goto(f"{service}/console/records")
     page.fill("input[name=attribute]", "colour:red")
     page.fill("input[name=columns]", "message_id,id,data.n,attributes.colour")
@@ -249,7 +170,6 @@ def test_a_filtered_csv_download_holds_the_rows(service: str, page: Any, tmp_pat
 
 
 def test_health_charts_the_service_s_own_figures(service: str, page: Any) -> None:
-    expect = sync_api.expect
     page.goto(f"{service}/console/health")
     expect(page.locator("#ready")).to_have_text("ready")
     # Two scrapes make the first point of each chart.

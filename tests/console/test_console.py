@@ -7,14 +7,20 @@ from __future__ import annotations
 import re
 
 import pytest
-from litestar.testing import TestClient
+from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
 from app.routes.console import PAGES
+from app.settings import Settings
+from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
+from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
 from tests.conftest import settings
 from tests.fakes import FaultyStore
 
 SECRET = "a-push-secret-long-enough"
+OPERATOR = "oncall@example.org"
+ANALYST = "analyst@example.org"
+STRANGER = "someone@example.org"
 
 
 @pytest.fixture
@@ -50,3 +56,34 @@ def test_a_page_that_does_not_exist_is_a_404_problem(client: TestClient) -> None
     answer = client.get("/console/secrets")
     assert answer.status_code == 404
     assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # noqa: F811
+    """With read authentication, the console is closed to a caller without a reader's
+    token (401) or with another's (403), as the read API is; an analyst reads it
+    without the replay, an operator with it."""
+    app = create_app(
+        Settings.load(
+            {
+                "RECORDLINE_STORE": "memory:",
+                "RECORDLINE_PUSH_TOKEN": "a-long-enough-push-secret",
+                "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+                "RECORDLINE_READ_PRINCIPALS": f"{ANALYST},{OPERATOR}",
+                "RECORDLINE_OPERATOR_PRINCIPALS": OPERATOR,
+                "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+            }
+        )
+    )
+
+    def bearer(email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {google.mint(aud=READ_AUDIENCE, email=email)}"}
+
+    async with AsyncTestClient(app) as client:
+        for path in ("/console/records", "/console/static/console.js"):
+            assert (await client.get(path)).status_code == 401, path
+            assert (await client.get(path, headers=bearer(STRANGER))).status_code == 403
+        analyst = await client.get("/console/rejections", headers=bearer(ANALYST))
+        assert analyst.status_code == 200
+        assert 'id="replay"' not in analyst.text
+        operator = await client.get("/console/rejections", headers=bearer(OPERATOR))
+        assert 'id="replay"' in operator.text
