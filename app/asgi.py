@@ -8,13 +8,14 @@ and closed there; nothing connects at import time.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar, Router
-from litestar.di import Provide
+from litestar import Litestar, Request, Router
+from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from litestar.types import AfterExceptionHookHandler
@@ -40,24 +41,29 @@ from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem
 from app.process import StopBudget
 from app.query.canary import PROBE_SECONDS, CanaryProbe
+from app.query.mask import Mask
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
+from app.routes.console import console_router, template_config
+from app.routes.export import EXPORT_ROUTES, Exports
 from app.routes.follow import Followers
 from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.reads import Reads
 from app.routes.streams import STREAM_ROUTES
-from app.settings import QuerySettings, ServerSettings, Settings, SettingsError
+from app.settings import QuerySettings, ServerSettings, Settings, SettingsError, names
 from app.store import Store
 from app.store.copies import LaterCopies, told_all
 from app.store.open import open_store
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     # Imported with the serving tier only: the client takes most of a second to import.
@@ -173,6 +179,13 @@ def create_app(
         later_copies=later_copies,
         budget=budget,
     )
+    if reads.masked is not None and auth.everyone_operates:
+        log.warning(
+            "RECORDLINE_MASK_FIELDS and RECORDLINE_MASK_ATTRIBUTES mask nothing here: with no "
+            "authentication every caller is an operator. Set RECORDLINE_PUSH_TOKEN (operators "
+            "send it as a bearer token), or RECORDLINE_READ_AUDIENCE with "
+            "RECORDLINE_OPERATOR_PRINCIPALS."
+        )
     loops = app_loops(store, reads.producers, telemetry)
     if shared is not None and shared.probe_canary and probes_canary(settings):
         probe = CanaryProbe(store, found=telemetry.metrics.canary)
@@ -202,12 +215,12 @@ def create_app(
             auth, telemetry, pushes.ingest, reads=Reads(settings.server.max_reads).middleware()
         ),
         constants(
-            reader=reads.paging.reader,
             readiness=readiness,
             replayer=Replay(pushes.ingest, observed),
-            paging=reads.paging,
             producers=reads.producers,
-        ),
+            exports=Exports(settings.query.export_max_bytes),
+        )
+        | reads.for_callers(auth),
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(pushes.outcomes, problems)],
         problems=problems,
@@ -245,7 +258,7 @@ def http_app(
     after_exception: Sequence[AfterExceptionHookHandler[Exception]],
     problems: Problems,
     max_body_bytes: int,
-    signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers),
+    signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers, Exports),
 ) -> Recordline:
     """The Litestar app serving `routes`: every error answered through `problems`,
     a body over `max_body_bytes` refused, its OpenAPI document compressed; the types
@@ -263,6 +276,7 @@ def http_app(
         ],
         request_max_body_size=max_body_bytes,
         openapi_config=openapi_config(middleware=[compression()]),
+        template_config=template_config(),
         signature_types=list(signature_types),
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
@@ -322,6 +336,25 @@ class ReadSide:
 
     paging: Paging  # the reader, the followers and the streams
     producers: Producers
+    # The same reads, masked, for callers who are not operators (app.query.mask);
+    # None where nothing is masked.
+    masked: Paging | None = None
+
+    def for_callers(self, auth: Auth) -> dict[str, Provide]:
+        """The `reader` and `paging` dependencies: the masked ones for a caller who is
+        not an operator, where something is masked; else the same for every caller."""
+        masked = self.masked
+        if masked is None:
+            return constants(reader=self.paging.reader, paging=self.paging)
+        everyone = self.paging
+
+        async def paging(request: Request[Any, Any, Any]) -> Paging:
+            return everyone if await auth.operates(request) else masked
+
+        async def reader(paging: NamedDependency[Paging]) -> Reader:
+            return paging.reader
+
+        return {"paging": Provide(paging), "reader": Provide(reader)}
 
     @classmethod
     def of(
@@ -336,19 +369,33 @@ class ReadSide:
     ) -> ReadSide:
         query = settings.query
         tokens = PageTokens(query.page_token_secret)
-        reader = Reader(
-            observed,
-            pending_horizon=pending_horizon,
-            tokens=tokens,
-            retention_days=settings.store.retention_days,
-            later_copies=later_copies,
-            budget=budget,
-        )
+
+        def made(mask: Mask | None = None) -> Reader:
+            return Reader(
+                observed,
+                pending_horizon=pending_horizon,
+                tokens=tokens,
+                retention_days=settings.store.retention_days,
+                later_copies=later_copies,
+                mask=mask,
+                budget=budget,
+            )
+
+        reader = made()
         followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
-        streams = Streams(reader, Offsets(query.page_token_secret))
+        offsets = Offsets(query.page_token_secret)
+        streams = Streams(reader, offsets)
+        mask = Mask(names(query.mask_fields), names(query.mask_attributes))
+        masked = None
+        if mask:
+            # Reads of their own (no follower shares a read, or its encoding, with an
+            # operator's), the followers' bounds shared.
+            masked_reader = made(mask)
+            masked = Paging(masked_reader, followers, Streams(masked_reader, offsets))
         return cls(
             Paging(reader, followers, streams),
             Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
+            masked,
         )
 
 
@@ -404,7 +451,7 @@ def routers(
         ),
         Router(
             "/",
-            route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
+            route_handlers=[*READ_ROUTES, *STREAM_ROUTES, *EXPORT_ROUTES],
             guards=auth.read_guards,
             middleware=[reads, *traced, *telemetry.read_timing(), *compressed],
         ),
@@ -431,6 +478,7 @@ def routers(
             guards=auth.read_guards,
             middleware=[reads, *traced, *compressed],
         ),
+        console_router(auth, guards=auth.read_guards, middleware=compressed),
     ]
 
 

@@ -338,3 +338,28 @@ class StreamOperation(Operation):
                 description="The chunk is the one `If-None-Match` names", headers=headers
             ),
         }
+
+
+@dataclass
+class ExportOperation(Operation):
+    """GET /v1/export/{name}: the rows as CSV or JSON Lines (text, streamed)."""
+
+    def __post_init__(self) -> None:
+        answer = (self.responses or {}).get("200")
+        if isinstance(answer, OpenAPIResponse):
+            answer.content = {
+                "text/csv": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.STRING,
+                        description="A header line, then a line a row (RFC 4180); a last "
+                        "line starting `# recordline_export` if the export was cut",
+                    )
+                ),
+                "application/jsonl": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.STRING,
+                        description="A JSON object a line, a row each; a last one under "
+                        "`recordline_export` if the export was cut",
+                    )
+                ),
+            }

@@ -584,6 +584,39 @@ class QuerySettings(Section, frozen=True):
             "the subscription's retention",
         ),
     ] = 1800.0
+    mask_fields: Annotated[
+        str,
+        env(
+            "RECORDLINE_MASK_FIELDS",
+            "Comma-separated payload member names masked for readers who are not operators, "
+            "wherever an object in a record's `data` has one (any depth): in every read, "
+            "stream, export and the console",
+            accepts="comma-separated names, such as `email,card_number`",
+        ),
+    ] = ""
+    mask_attributes: Annotated[
+        str,
+        env(
+            "RECORDLINE_MASK_ATTRIBUTES",
+            "Comma-separated Pub/Sub attribute names masked for readers who are not operators, "
+            "as RECORDLINE_MASK_FIELDS",
+            accepts="comma-separated names, such as `client-ip`",
+        ),
+    ] = ""
+    export_max_bytes: Annotated[
+        int,
+        Meta(ge=1024 * 1024, le=16 * 1024**3),
+        env(
+            "RECORDLINE_EXPORT_MAX_BYTES",
+            "Most bytes one export (`/v1/export/...`) sends; past it the export ends with a "
+            "note and the token to go on from",
+        ),
+    ] = 256 * 1024 * 1024
+
+
+def names(value: str) -> list[str]:
+    """`a, b,c` → ["a", "b", "c"]: a setting's comma-separated names, as written."""
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 # RECORDLINE_PRODUCER_KEYS: `PRODUCER=KEY`, comma-separated (app/ingest/signing.py).

@@ -223,12 +223,13 @@ def served_in_thread(app: Litestar) -> Iterator[httpx.Client]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """In CI, a test that needs the Pub/Sub emulator may not skip: it fails."""
+    """In CI, a test that needs the Pub/Sub emulator or the browser may not skip: it fails."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.skipped and os.environ.get("CI") and item.get_closest_marker("emulator"):
+    needs = item.get_closest_marker("emulator") or item.get_closest_marker("browser")
+    if report.skipped and os.environ.get("CI") and needs:
         report.outcome = "failed"
-        report.longrepr = f"skipped in CI, where the emulator must run: {report.longrepr}"
+        report.longrepr = f"skipped in CI, where it must run: {report.longrepr}"
 
 
 @pytest.fixture

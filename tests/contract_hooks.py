@@ -39,6 +39,27 @@ BEYOND_A_SCHEMA = {
     ("page_token", "was issued for another `until`"),
     ("until", "must be later than since"),
     ("until", "at most 168 hours after since"),
+    ("page_token", "was issued for another filter"),
+    # A filter's size in all, across its parameters (app/query/filters.py).
+    ("attribute", "the filter's names and values take"),
+    ("field", "the filter's names and values take"),
+    # One path for both streams: the rejections' have neither (the path's name decides).
+    ("record_id", "/v1/rejections has no record id"),
+    ("field", "/v1/rejections has no typed fields"),
+    # What the store holds: typed fields of a topic schema, none on this run's store.
+    ("field", "no typed field"),
+}
+# The same, said after the value the client sent (which the detail quotes first).
+BEYOND_A_SCHEMA_AFTER = {
+    # A calendar: a pattern says the shape of a date, not that the month has that day.
+    ("since", "names no date and time in"),
+    ("until", "names no date and time in"),
+    # An export's columns: the names its list's rows have (and each named once).
+    ("columns", "is none of"),
+    ("columns", "a column named twice"),
+    # A filter's conditions, counted across its parameters.
+    ("attribute", "conditions; a filter holds"),
+    ("field", "conditions; a filter holds"),
 }
 
 
@@ -65,4 +86,7 @@ def filter_failure(
     return not any(
         parameter == name and detail.startswith(f"{name}: {reason}")
         for name, reason in BEYOND_A_SCHEMA
+    ) and not any(
+        parameter == name and detail.startswith(f"{name}: ") and reason in detail
+        for name, reason in BEYOND_A_SCHEMA_AFTER
     )

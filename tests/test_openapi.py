@@ -160,6 +160,16 @@ case(S, "get", 410)(
     )
 )
 case(S, "get", 503, failing_reads)(lambda s: s.client.get(SR, headers=s.token(ANALYST)))
+# -- exports -------------------------------------------------------------------
+E, ER = "/v1/export/{name}", "/v1/export/records"
+case(E, "get", 400)(lambda s: s.client.get(ER, params={"columns": "x"}, headers=s.token(ANALYST)))
+case(E, "get", 401)(lambda s: s.client.get(ER))
+case(E, "get", 403)(lambda s: s.client.get(ER, headers=s.token(STRANGER)))
+case(E, "get", 404)(lambda s: s.client.get("/v1/export/orders", headers=s.token(ANALYST)))
+case(E, "get", 410)(
+    lambda s: s.client.get(ER, params={"since": "2001-01-01T00:00:00Z"}, headers=s.token(ANALYST))
+)
+case(E, "get", 503, failing_reads)(lambda s: s.client.get(ER, headers=s.token(ANALYST)))
 # -- look-ups ------------------------------------------------------------------
 for route, prefix in (
     ("/v1/records/{record_id}", "/v1/records/"),

@@ -186,6 +186,20 @@ class ReadAccess:
         self._what = what
         self._setting = setting
 
+    async def admits(self, credentials: Credentials) -> bool:
+        """Whether these credentials name one of the principals, said without a refusal
+        or a log line: what decides how much a read shows (masking), not whether it
+        is served."""
+        try:
+            authorization = presented(credentials, behind_cloud_run=self._verifier.trusts_upstream)
+            token = bearer_token(authorization)
+            if token is None:
+                return False
+            identity = await self._verifier.verify(token)
+        except InvalidToken:
+            return False
+        return self._principals.admit(identity)
+
     async def check(self, credentials: Credentials) -> None:
         identity = await verified_identity(
             self._verifier, credentials, realm=self.realm, what=self._what
@@ -207,6 +221,13 @@ class SecretAccess:
     def __init__(self, secret: str, *, what: str = "replay") -> None:
         self._secret = secret.encode()
         self._what = what
+
+    async def admits(self, credentials: Credentials) -> bool:
+        """Whether the bearer token is the secret (as `ReadAccess.admits`: no refusal)."""
+        token = bearer_token(credentials.authorization)
+        return token is not None and hmac.compare_digest(
+            token.encode("utf-8", "replace"), self._secret
+        )
 
     async def check(self, credentials: Credentials) -> None:
         token = bearer_token(credentials.authorization)

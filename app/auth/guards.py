@@ -136,6 +136,22 @@ class Auth:
             owns_certs=shared is None,
         )
 
+    async def operates(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+        """Whether the caller may replay, as `replay_guards` decide, without refusing
+        anyone: operators see what masking hides from other readers. With no
+        authentication at all (the loopback dev service) every caller replays, and
+        so operates."""
+        operate = self._operate
+        if operate is None:
+            return self._replay_refusal is None
+        return await operate.admits(credentials(connection))
+
+    @property
+    def everyone_operates(self) -> bool:
+        """Whether every caller may replay (no authentication at all, on loopback):
+        a mask then hides nothing from anyone."""
+        return self._operate is None and self._replay_refusal is None
+
     async def check(self) -> None:
         """Raise RetryLater while tokens cannot be verified (no signing keys)."""
         if self._certs is not None:

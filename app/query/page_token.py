@@ -19,12 +19,14 @@ from msgspec import Meta
 
 from app.errors import BadParameter
 from app.records import MAX_ID_LENGTH, MAX_MICROS
+from app.store.filters import MAX_FILTER_BYTES, RowFilter, filter_bytes
 
 _VERSION = 1
 _MAC_BYTES = 16
 # A token holds a row key (a Pub/Sub message id, ~20 digits) and a MAC, ~80
-# characters; 2048 leaves room for odd ids and refuses junk before decoding it,
-# wherever it was sent (the `page_token` parameter or a `Last-Event-ID` header).
+# characters, and a filtered list's filter (MAX_FILTER_BYTES at most, ~1,400 more);
+# 2048 leaves room for odd ids and refuses junk before decoding it, wherever it was
+# sent (the `page_token` parameter or a `Last-Event-ID` header).
 MAX_TOKEN_LENGTH = 2048
 
 
@@ -41,6 +43,9 @@ class PageToken(msgspec.Struct, array_like=True, frozen=True):
     version: int = _VERSION
     # The list it pages (`records`, `rejections`); empty in tokens of older releases.
     listing: Annotated[str, Meta(max_length=16)] = ""
+    # The rows the list keeps (`attribute=`, `record_id=`, …), which every later page
+    # keeps too; None for every row, as in tokens of older releases.
+    filter: RowFilter | None = None
 
 
 _encode = msgspec.msgpack.encode
@@ -79,4 +84,8 @@ class PageTokens:
             raise BadParameter(parameter, "not a page token") from None
         if token.version != _VERSION:
             raise BadParameter(parameter, "issued by an incompatible version; start again")
+        if token.filter is not None and (
+            not token.filter or filter_bytes(token.filter) > MAX_FILTER_BYTES
+        ):
+            raise BadParameter(parameter, "holds a filter out of range")
         return token

@@ -23,6 +23,7 @@ import msgspec
 
 from app.budget import Budget, Charge
 from app.errors import BadParameter, Gone, NotFound
+from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
 from app.records import (
     DAY_MICROS,
@@ -38,6 +39,7 @@ from app.records import (
 from app.store import READ_ROUTE, PageQuery, Store, row_bytes, within
 from app.store.bell import Bell
 from app.store.copies import LaterCopies
+from app.store.filters import RowFilter
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -310,10 +312,14 @@ class Reader:
         later_copies: LaterCopies | None = None,
         page_bytes: int = PAGE_BYTES,
         budget: Budget | None = None,
+        mask: Mask | None = None,
     ) -> None:
         self._store = store
         # What each read is charged to before it holds rows (none: nothing is counted).
         self._budget = budget
+        # What this reader's callers may not see (app.query.mask): a reader of its own,
+        # with reads shared among its callers alone.
+        self.mask = mask if mask else None
         # Later copies of stored messages that differed, for `message` to show.
         self._later_copies = later_copies
         self.page_bytes = page_bytes
@@ -378,9 +384,11 @@ class Reader:
         stop: asyncio.Future[None] | None = None,
         asked_at: float | None = None,
         max_bytes: int | None = None,
+        filter: RowFilter | None = None,
     ) -> AnyPage:
         """One page of a list, in ingest order; records and rejections page alike, of at
-        most `limit` rows and `max_bytes` of them (by default `page_bytes`).
+        most `limit` rows and `max_bytes` of them (by default `page_bytes`). With a
+        `filter`, of the rows it keeps (a token carries it to the next page).
 
         With `wait`, a page that would be empty is held back until a row past
         the cursor is readable (`read`): then, or at the end of the wait, it is
@@ -389,7 +397,7 @@ class Reader:
         """
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
-        cursor = self._cursor(listing, since, until, limit, page_token)
+        cursor = self._cursor(listing, since, until, limit, page_token, filter=filter)
         read = await self.read(
             listing,
             cursor,
@@ -605,6 +613,8 @@ class Reader:
             views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
             views = await self._mark_stored(views)
+        if self.mask is not None:
+            views = [self.mask.view(v) for v in views]
         return Excerpt(listing, cursor, rows, views, resume, horizon, full), size
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
@@ -646,11 +656,50 @@ class Reader:
         page_token: str | None,
         *,
         sent_as: str = "page_token",
+        filter: RowFilter | None = None,
     ) -> None:
         """Raise what a page of these bounds would (400, 410), without reading: a stream
         checks its start so that an expired cursor is a 410, never an empty stream.
         `sent_as` is where the client sent the token (`Last-Event-ID`)."""
-        self._cursor(listing, since, until, limit, page_token, sent_as)
+        self._cursor(listing, since, until, limit, page_token, sent_as, filter)
+
+    def token(
+        self,
+        listing: Listing[Any],
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        page_token: str | None,
+        filter: RowFilter | None = None,
+    ) -> str:
+        """The page token of the first page these parameters ask for (checked as a
+        page's are): an export reads every page, the first too, by token."""
+        return self._tokens.encode(
+            self._cursor(listing, since, until, 1, page_token, filter=filter)
+        )
+
+    async def settled(self) -> int:
+        """The read horizon once what was acknowledged before the call is readable: every
+        row acknowledged so far lies below it (the store's clock, where it stamps rows)."""
+        await self._store.barrier()
+        return self.horizon()
+
+    def token_after(self, token: str, row: RecordView | RejectionView) -> str | None:
+        """The token of the page after `row`, in the walk `token` (one this reader issued)
+        belongs to: an export cut inside a page goes on from its last row sent."""
+        cursor = self._tokens.decode(token)
+        return self._next(cursor, micros(row.ingest_time), row.message_id)
+
+    async def check_filter(self, listing: Listing[Any], keep: RowFilter | None) -> None:
+        """Raise what the store says of a filter naming typed fields (BadParameter: no
+        such field here, or a value not of its type), asking it for an empty range: a
+        stream asks before it begins, so that such a filter is a 400, never a stream
+        cut after its 200. Other filters are checked as they are read."""
+        if keep is None or not keep.fields:
+            return
+        at = self.horizon()
+        empty = PageQuery(after_time=at, after_message_id="", before_time=at, limit=1, filter=keep)
+        await self._store.page(listing.kind, empty)
 
     def _cursor(
         self,
@@ -660,6 +709,7 @@ class Reader:
         limit: int,
         page_token: str | None,
         sent_as: str = "page_token",
+        filter: RowFilter | None = None,
     ) -> PageToken:
         if not 1 <= limit <= MAX_LIMIT:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
@@ -677,6 +727,14 @@ class Reader:
                     sent_as,
                     "was issued for another `until`; send it with the `until` of the first "
                     "page, or without one",
+                )
+            # A token keeps the filter it was issued with: sent with another, it would
+            # resume a walk of other rows, skipping those that match the new one.
+            if filter is not None and filter != cursor.filter:
+                raise BadParameter(
+                    sent_as,
+                    "was issued for another filter; send it with the filter of the first "
+                    "page, or without one (it carries its own)",
                 )
             self._check_retained(sent_as, cursor.after_time)
             return cursor
@@ -696,7 +754,9 @@ class Reader:
         # 0001-01-01 overflows BigQuery's TIMESTAMP).
         start, end = max(start, 0), None if end is None else max(end, 0)
         # message_id > "" holds for every row: the page starts at `since`.
-        return PageToken(after_time=start, after_message_id="", until=end, listing=listing.name)
+        return PageToken(
+            after_time=start, after_message_id="", until=end, listing=listing.name, filter=filter
+        )
 
     def start(self, listing: Listing[Any], cursor: PageToken | None, *, sent_as: str) -> PageToken:
         """Where a stream reads from: `cursor`, or without one the oldest row kept (as a
@@ -747,12 +807,15 @@ class Reader:
             before_time=before,
             limit=limit,
             max_bytes=max_bytes,
+            filter=cursor.filter,
         )
         return query, horizon
 
     def _next(self, cursor: PageToken, after_time: int, after_message_id: str) -> str | None:
         """The token of the next page, or None once a bounded range is complete."""
-        cursor = PageToken(after_time, after_message_id, cursor.until, listing=cursor.listing)
+        cursor = msgspec.structs.replace(
+            cursor, after_time=after_time, after_message_id=after_message_id
+        )
         # Done once the store has examined everything before `until`.
         finished = cursor.until is not None and (
             cursor.after_time > cursor.until
@@ -770,7 +833,8 @@ class Reader:
                 raise NotFound(f"no record with id {record_id!r}")
             need = base + READ_COPIES * row_bytes(record)
             if charge is None or charge.fits(need):
-                return record_view(record)
+                found = record_view(record)
+                return found if self.mask is None else self.mask.view(found)
             # Larger than there is room for now: let go, and read again once there is.
             del record
             await charge.read(need)
@@ -791,7 +855,7 @@ class Reader:
             del status
             await charge.read(need)
         later = None if self._later_copies is None else self._later_copies.of(message_id)
-        return MessageView(
+        found = MessageView(
             message_id=message_id,
             status=status.status,
             ingest_time=moment(status.ingest_time),
@@ -803,3 +867,4 @@ class Reader:
                 count=later.count, differs=later.differs, last_seen=moment(later.last_seen)
             ),
         )
+        return found if self.mask is None else self.mask.view(found)

@@ -25,6 +25,7 @@ from app.query.offsets import BEGINNING, NOW, Offsets
 from app.query.page_token import PageToken
 from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Excerpt, Listing, Reader
 from app.store import row_bytes
+from app.store.filters import RowFilter
 
 STREAMS: Final[dict[str, Listing[Any]]] = {"records": RECORDS, "rejections": REJECTIONS}
 # A chunk holds at most this many rows and this many bytes of them (`row_bytes`), or
@@ -114,6 +115,13 @@ def cursor_after(sent: str | None, *, now: float | None = None) -> str:
     return str(echoed + max(1, -(-jitter // CURSOR_INTERVAL_SECONDS)))
 
 
+def _scope(keep: RowFilter | None) -> str:
+    """What a filtered stream's offsets are signed for besides the stream: its filter."""
+    if keep is None:
+        return ""
+    return hashlib.sha256(msgspec.msgpack.encode(keep)).hexdigest()[:32]
+
+
 class Streams:
     """The streams of one service: their offsets, and chunks read by the Reader."""
 
@@ -142,30 +150,35 @@ class Streams:
     def offset(self, listing: Listing[Any], key: tuple[int, str]) -> str:
         return self._offsets.encode(listing.name, *key)
 
-    def start(self, listing: Listing[Any], offset: str | None) -> PageToken | None:
-        """The cursor an `offset` parameter names, None for `now` (the tail, which takes
-        a read to find); 400 if it is no offset of this stream, 410 if older than the
-        retention."""
+    def start(
+        self, listing: Listing[Any], offset: str | None, keep: RowFilter | None = None
+    ) -> PageToken | None:
+        """The cursor an `offset` parameter names in the stream of the rows `keep`
+        matches, None for `now` (the tail, which takes a read to find); 400 if it is no
+        offset of this stream (of that filter), 410 if older than the retention."""
         if offset == NOW:
             return None
-        cursor = None if offset is None or offset == BEGINNING else self._decode(listing, offset)
-        return self.reader.start(listing, cursor, sent_as="offset")
+        cursor = None
+        if offset is not None and offset != BEGINNING:
+            cursor = self._offsets.decode(listing.name, offset, scope=_scope(keep))
+        started = self.reader.start(listing, cursor, sent_as="offset")
+        return msgspec.structs.replace(started, filter=keep)
 
-    def _decode(self, listing: Listing[Any], offset: str) -> PageToken:
-        return self._offsets.decode(listing.name, offset)
-
-    async def tail(self, listing: Listing[Any]) -> PageToken:
+    async def tail(self, listing: Listing[Any], keep: RowFilter | None = None) -> PageToken:
         """The position after the newest readable row: where `offset=now` reads from,
         and what HEAD names. It moves only when a row becomes readable (a quiet
-        stream's stays put), and never before the oldest row kept."""
+        stream's stays put), and never before the oldest row kept. (The newest row of
+        all: a filtered stream's rows lie after it too.)"""
         newest = await self.reader.newest(listing)
         start = self.reader.start(listing, None, sent_as="offset")
-        if newest is None or newest[0] + 1 <= start.after_time:
-            return start
-        return PageToken(newest[0] + 1, "", None, listing=listing.name)
+        if newest is not None and newest[0] + 1 > start.after_time:
+            start = PageToken(newest[0] + 1, "", None, listing=listing.name)
+        return msgspec.structs.replace(start, filter=keep)
 
     def position(self, listing: Listing[Any], cursor: PageToken) -> str:
-        return self._offsets.encode(listing.name, cursor.after_time, cursor.after_message_id)
+        return self._offsets.encode(
+            listing.name, cursor.after_time, cursor.after_message_id, scope=_scope(cursor.filter)
+        )
 
     async def chunk(
         self,
@@ -204,7 +217,7 @@ class Streams:
         rows, size = len(first.rows), sum(map(row_bytes, first.rows))
         while reads[-1].full and rows < self._chunk_rows and size < budget:
             last = reads[-1]
-            after = PageToken(*last.resume, None, listing=listing.name)
+            after = PageToken(*last.resume, None, listing=listing.name, filter=cursor.filter)
             more = await self.reader.read(
                 listing,
                 after,
@@ -257,7 +270,7 @@ class Streams:
                 # One microsecond holds more rows than a chunk: this offset names a row.
                 after = (rows[-1].ingest_time, rows[-1].message_id)
         body = _encode(views)
-        next_offset = self._offsets.encode(listing.name, *after)
+        next_offset = self._offsets.encode(listing.name, *after, scope=_scope(cursor.filter))
         start = self.position(listing, cursor)
         # A record never changes, so two offsets name the same rows for ever; a
         # rejection may yet be marked `stored`, so its chunk is known by its bytes.
@@ -265,7 +278,7 @@ class Streams:
         etag = hashlib.sha256(tagged).hexdigest()[:32]
         # Up to when the rows sent are all the rows there are (for Recordline-Complete-Until).
         complete_until = last.complete_until if up_to_date else after[0]
-        resume = PageToken(*after, None, listing=listing.name)
+        resume = PageToken(*after, None, listing=listing.name, filter=cursor.filter)
         chunk = Chunk(body, len(rows), resume, next_offset, up_to_date, etag, complete_until)
         # Its body is charged with the reads it was made of, as long as it lives.
         for read in reads:

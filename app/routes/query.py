@@ -33,6 +33,13 @@ from app.errors import (
 )
 from app.http.head import charge_of
 from app.problems import problem_responses
+from app.query.filters import (
+    ATTRIBUTE_PATTERN,
+    FIELD_PATTERN,
+    FILTER_PARAMETERS,
+    REPEATABLE,
+    row_filter,
+)
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.query.service import (
     DEFAULT_LIMIT,
@@ -61,6 +68,8 @@ from app.records import (
     moment,
 )
 from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
+from app.store.filters import MAX_CONDITIONS, RowFilter
+from app.store.producers import MAX_PRODUCER_LENGTH
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 # RFC 3339's date-time (its section 5.6, a space allowed for the T as its 5.6 note
@@ -75,7 +84,7 @@ _RFC3339 = re.compile(RFC3339_PATTERN)
 AGO_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhd]$"
 _AGO = re.compile(AGO_PATTERN)
 _AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"})
+_PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"}) | FILTER_PARAMETERS
 
 
 def _bound(description: str) -> Any:
@@ -120,6 +129,75 @@ PageTokenText = Annotated[
         "`until`, the one of the first page",
     ),
 ]
+# A list's filter (`app.query.filters`): every condition holds; a page token carries it.
+AttributeFilter = Annotated[
+    list[str] | None,
+    Parameter(
+        description=(
+            "Rows whose Pub/Sub attribute KEY is exactly VALUE, as `KEY:VALUE` (the key ends at "
+            f"the first `:`); repeat it for more (all must hold, {MAX_CONDITIONS} conditions at "
+            "most in all)"
+        ),
+        max_items=MAX_CONDITIONS,
+        schema_extra={"items": {"type": "string", "pattern": ATTRIBUTE_PATTERN}},
+    ),
+]
+ProducerFilter = Annotated[
+    str | None,
+    Parameter(
+        description="Rows a producer published (its `recordline-producer` attribute)",
+        min_length=1,
+        max_length=MAX_PRODUCER_LENGTH,
+    ),
+]
+RecordIdFilter = Annotated[
+    str | None,
+    Parameter(
+        description="Records of this id (every version)", min_length=1, max_length=MAX_ID_LENGTH
+    ),
+]
+MessageIdFilter = Annotated[
+    str | None,
+    Parameter(
+        description="The row of this Pub/Sub message", min_length=1, max_length=MAX_ID_LENGTH
+    ),
+]
+FieldFilter = Annotated[
+    list[str] | None,
+    Parameter(
+        description=(
+            "Records whose typed field PATH equals VALUE, as `PATH:VALUE` "
+            "(`customer.email:a@b.c`), read as the field's type (STRING, INT64, NUMERIC, BOOL "
+            "or DATE); on stores with typed columns (DuckDB, BigQuery); repeatable"
+        ),
+        max_items=MAX_CONDITIONS,
+        schema_extra={"items": {"type": "string", "pattern": FIELD_PATTERN}},
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """A list's filter parameters, as the route was given them."""
+
+    attribute: list[str] | None = None
+    producer: str | None = None
+    record_id: str | None = None
+    message_id: str | None = None
+    field: list[str] | None = None
+
+    def of(self, listing: Listing[Any]) -> RowFilter | None:
+        """The filter they ask of `listing`; BadParameter naming what cannot be one."""
+        return row_filter(
+            listing.name,
+            attribute=self.attribute or (),
+            producer=self.producer,
+            record_id=self.record_id,
+            message_id=self.message_id,
+            field=self.field or (),
+        )
+
+
 # What any read may be answered with besides its own errors: no valid token, not
 # a reader, the store (or its cost cap) or the token keys unavailable.
 _READ_ERRORS = (
@@ -241,6 +319,11 @@ def _time(name: str, value: str | None, *, ago: bool = False) -> datetime | None
     return when
 
 
+def time_of(name: str, value: str | None) -> datetime | None:
+    """`since` or `until` as a list takes it: an RFC 3339 time, or how long ago."""
+    return _time(name, value, ago=True)
+
+
 def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
     params = request.query_params
     unknown = sorted(set(params) - _PAGE_PARAMETERS)
@@ -248,7 +331,7 @@ def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
         raise BadParameter(unknown[0], "unknown parameter")
     # Each is one value: given twice, the framework would take one and drop the other.
     for name in params:
-        if len(params.getall(name)) > 1:
+        if name not in REPEATABLE and len(params.getall(name)) > 1:
             raise BadParameter(name, "given more than once; give it once")
 
 
@@ -274,12 +357,14 @@ async def _paged(
     limit: int,
     page_token: str | None,
     wait: float,
+    asked: Filter,
 ) -> Response[Any]:
     """One page of either list, its parameters checked the same way; or, asked for
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
     reader, followers = paging.reader, paging.followers
     _refuse_unknown(request)
     bounds = {"since": _time("since", since, ago=True), "until": _time("until", until, ago=True)}
+    keep = asked.of(listing)
     streaming = wants_stream(request)
     if streaming or wait:
         followers.admit()
@@ -289,9 +374,11 @@ async def _paged(
         token = resumed or page_token
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
-        reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where)
+        reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where, filter=keep)
+        await reader.check_filter(listing, keep)
+        first = {**bounds, "filter": keep}
         return stream(
-            request, reader, listing, followers, page_token=token, first=bounds, limit=limit
+            request, reader, listing, followers, page_token=token, first=first, limit=limit
         )
     if wait:
         async with until_gone(request, followers) as stop:
@@ -303,6 +390,7 @@ async def _paged(
                 page_token=page_token,
                 wait=wait,
                 stop=stop,
+                filter=keep,
             )
     else:
         page = await reader.page(
@@ -311,6 +399,7 @@ async def _paged(
             until=bounds["until"],
             limit=limit,
             page_token=page_token,
+            filter=keep,
         )
     full = complete(page, limit)
     return answer(request, page, full=full, final=listing.final, followers=followers)
@@ -336,8 +425,14 @@ async def list_records(
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
     wait: Wait = 0.0,
+    attribute: AttributeFilter = None,
+    producer: ProducerFilter = None,
+    record_id: RecordIdFilter = None,
+    message_id: MessageIdFilter = None,
+    field: FieldFilter = None,
 ) -> Response[RecordsPage]:
-    return await _paged(request, paging, RECORDS, since, until, limit, page_token, wait)
+    asked = Filter(attribute, producer, record_id, message_id, field)
+    return await _paged(request, paging, RECORDS, since, until, limit, page_token, wait, asked)
 
 
 @get(
@@ -360,8 +455,16 @@ async def list_rejections(
     limit: Limit = DEFAULT_LIMIT,
     page_token: PageTokenText = None,
     wait: Wait = 0.0,
+    attribute: AttributeFilter = None,
+    producer: ProducerFilter = None,
+    message_id: MessageIdFilter = None,
 ) -> Response[RejectionsPage]:
-    return await _paged(request, paging, REJECTIONS, since, until, limit, page_token, wait)
+    # Rejections have no record id nor typed fields: asked for, the filter says so.
+    given = request.query_params
+    asked = Filter(
+        attribute, producer, given.get("record_id"), message_id, given.getall("field", [])
+    )
+    return await _paged(request, paging, REJECTIONS, since, until, limit, page_token, wait, asked)
 
 
 @get(

@@ -45,7 +45,16 @@ from app.routes.follow import (
     stop_of,
     until_gone,
 )
-from app.routes.query import STREAM_ERRORS, Paging
+from app.routes.query import (
+    STREAM_ERRORS,
+    AttributeFilter,
+    FieldFilter,
+    Filter,
+    MessageIdFilter,
+    Paging,
+    ProducerFilter,
+    RecordIdFilter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +205,25 @@ async def read_stream(
     offset: OffsetText = None,
     live: Live = None,
     cursor: CursorText = None,
+    attribute: AttributeFilter = None,
+    producer: ProducerFilter = None,
+    record_id: RecordIdFilter = None,
+    message_id: MessageIdFilter = None,
+    field: FieldFilter = None,
 ) -> Response[Any]:
     streams, followers = paging.streams, paging.followers
     listing = streams.named(name)
+    # A filtered stream is a stream of its own: its offsets are signed for its filter.
+    keep = Filter(attribute, producer, record_id, message_id, field).of(listing)
     if request.scope.get(HEAD_REQUEST):
-        tail = streams.position(listing, await streams.tail(listing))
+        tail = streams.position(listing, await streams.tail(listing, keep))
         return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | _headers(NO_STORE))
-    start = streams.start(listing, offset)
+    start = streams.start(listing, offset, keep)
     # Checked in every mode: a cursor that is none is a 400 wherever it is sent.
     next_cursor = cursor_after(cursor)
     if live is None:
         if start is None:  # offset=now: nothing, and where the tail is
-            now = streams.position(listing, await streams.tail(listing))
+            now = streams.position(listing, await streams.tail(listing, keep))
             return Response(
                 b"[]",
                 media_type=JSON,
@@ -221,8 +237,9 @@ async def read_stream(
         return Response(_sent(request, chunk), media_type=JSON, headers=headers)
     followers.admit()
     if start is None:
-        start = await streams.tail(listing)
+        start = await streams.tail(listing, keep)
     if live == "sse":
+        await streams.reader.check_filter(listing, keep)
         return _sse(request, paging, listing, start, cursor)
     async with until_gone(request, followers) as stop:
         chunk = await streams.chunk(listing, start, wait=followers.long_poll_seconds, stop=stop)

@@ -15,6 +15,7 @@ import msgspec
 
 from app.records import Record, Rejection
 from app.store.bell import Bell
+from app.store.filters import RowFilter
 from app.store.producers import Completeness
 
 # A page is of one table's rows: records, or rejections.
@@ -77,12 +78,18 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     The key is `(ingest_time, message_id)`. A message_id is returned only for
     its first stored copy of records, so a reader that walks the key range meets
     each message once.
+
+    With a `filter`, the page holds the rows that match it (the first copies that
+    match, for records), `limit` of them if there are as many, and resumes after
+    the last row it examined as any page does.
     """
 
     after_time: int
     after_message_id: str
     before_time: int
     limit: int
+    # The rows kept (app.store.filters); None keeps every row.
+    filter: RowFilter | None = None
     # With a value, a store may end the page before `limit` rows once those it read hold
     # at least this many bytes (`row_bytes`): what it holds for a page of large rows
     # stays near the reader's budget, not `limit` times the largest row. The page is

@@ -13,6 +13,7 @@ Design: docs/reading.md#following-the-tail
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable
 from typing import Final
 
@@ -61,7 +62,11 @@ class Tail:
         return len(self._rows)
 
     def covers(self, query: PageQuery) -> bool:
-        """Whether every record after the query's cursor is here (up to `page`'s `until`)."""
+        """Whether every record after the query's cursor is here (up to `page`'s `until`),
+        and the query's filter is one the tail applies (a typed field's is not: only the
+        store's SQL reads typed columns)."""
+        if query.filter is not None and query.filter.fields:
+            return False
         return (query.after_time, query.after_message_id) >= self.start
 
     @property
@@ -106,8 +111,16 @@ class Tail:
         before = min(query.before_time, until)
         cursor = (query.after_time, query.after_message_id)
         first = bisect.bisect_right(self._keys, cursor)
-        last = min(bisect.bisect_left(self._keys, (before, ""), lo=first), first + query.limit)
-        records = self._rows[first:last]
+        last = bisect.bisect_left(self._keys, (before, ""), lo=first)
+        keep = query.filter
+        if keep:
+            # The rows between that do not match are examined and left out: a full
+            # page still resumes after its last row, a short one at `before`.
+            rows = self._rows
+            kept = (rows[at] for at in range(first, last) if keep.matches(rows[at]))
+            records = list(itertools.islice(kept, query.limit))
+        else:
+            records = self._rows[first : min(last, first + query.limit)]
         full = len(records) == query.limit
         if query.max_bytes is not None and most_bytes(records) >= query.max_bytes:
             total = 0

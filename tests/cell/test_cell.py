@@ -346,3 +346,13 @@ async def test_a_system_whose_dataset_is_gone_is_refused_alone(
     beta = f"projects/{PROJECT}/datasets/cell_beta/tables/records"
     assert [row["message_id"] for row in write_fake.rows(beta)] == ["b-1"]
     assert write_fake.rows(gone) == []
+
+
+def test_each_systems_console_is_under_its_prefix(memory_cell: TestClient[Any]) -> None:
+    redirect = memory_cell.get("/systems/alpha/console", follow_redirects=False)
+    assert redirect.headers["location"] == "console/records"  # relative: under the prefix
+    page = memory_cell.get("/systems/alpha/console/records")
+    assert page.status_code == 200
+    # The page's assets and reads are relative to it, so they reach this system's.
+    assert memory_cell.get("/systems/alpha/console/static/console.js").status_code == 200
+    assert 'const ROOT = ".."' in memory_cell.get("/systems/alpha/console/static/console.js").text

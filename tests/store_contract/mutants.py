@@ -93,6 +93,25 @@ class StoresPublisherCopies(WrappedStore):
         return [None] * len(rows)
 
 
+class IgnoresFilters(WrappedStore):
+    """Answers a filtered page with every row."""
+
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        return await self.inner.page(kind, msgspec.structs.replace(query, filter=None))
+
+
+class FiltersAfterTheLimit(WrappedStore):
+    """Reads `limit` rows, then keeps those that match: a page of fewer rows than there
+    are to keep, as a store that filters in memory after its SQL's LIMIT would."""
+
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        keep = query.filter
+        page = await self.inner.page(kind, msgspec.structs.replace(query, filter=None))
+        if keep is None:
+            return page
+        return msgspec.structs.replace(page, rows=[r for r in page.rows if keep.matches(r)])
+
+
 class DropsAnotherMessage(WrappedStore):
     """Takes any later copy under a stored producer sequence for a publisher's retry, as
     the ledger once did: another publisher's message under it is dropped, not kept."""
@@ -127,6 +146,8 @@ MUTANTS: dict[str, Callable[[Store], Store]] = {
     "past-the-horizon": PastTheHorizon,
     "loses-rows-in-flight": LosesRowsInFlight,
     "stores-publisher-copies": StoresPublisherCopies,
+    "ignores-filters": IgnoresFilters,
+    "filters-after-the-limit": FiltersAfterTheLimit,
     "drops-another-message": DropsAnotherMessage,
 }
 

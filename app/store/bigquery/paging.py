@@ -12,16 +12,19 @@ Design: docs/stores.md#bigquery-bigqueryprojectdataset
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
 
+from app.errors import BadParameter
 from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, row_of
 from app.store import Page, PageQuery, R
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
-from app.store.bigquery.sql import Statements
+from app.store.bigquery.sql import Statements, page_sql, rejections_sql
+from app.store.filters import RowFilter, typed_field, typed_value
+from app.typed.mapping import Field
 
 # Twice the 30 minutes rows stay in write-optimized storage, where partition
 # metadata may not count them yet.
@@ -36,6 +39,14 @@ _METADATA_LAG_MICROS: Final = 3_600_000_000
 # complete only to there, and the next one goes on from there, instead of
 # scanning to the horizon.
 SCAN_SPANS_MICROS: Final = (300_000_000, 3_600_000_000, DAY_MICROS + _METADATA_LAG_MICROS)
+
+# A filtered page widens its scan to an hour at most: a filter that keeps few rows
+# would otherwise scan a day and an hour of every column for one page (4 GB at 100
+# msg/s, over the default cap). Such a page scans an hour, and an hour more from the
+# next rows after it (the jump), and ends there, complete to there; the next goes on.
+# A selective filter over a long range costs what reading the range costs, two hours
+# of it a page at most, every query under the cap.
+FILTERED_SCAN_SPANS_MICROS: Final = SCAN_SPANS_MICROS[:2]
 
 # Two rounds of widening scans, the jump's two look-ups, one earlier-copies
 # query (records only: a rejections page makes one query fewer at most).
@@ -52,6 +63,19 @@ MAX_QUERIES_PER_PAGE: Final = 2 * len(SCAN_SPANS_MICROS) + 2 + 1
 EARLIER_COPIES_MICROS: Final = 120_000_000
 
 Params = Callable[[PageQuery, int], dict[str, QueryValue]]
+
+
+# The typed fields the records table holds, for a filter on one (read once if need be).
+TypedFields = Callable[[], Awaitable[Sequence[Field]]]
+
+
+def _with(params: Params, values: dict[str, QueryValue]) -> Params:
+    """`params` with a filter's values added."""
+
+    def both(query: PageQuery, end: int) -> dict[str, QueryValue]:
+        return params(query, end) | values
+
+    return both
 
 
 def _day(micros: int) -> str:
@@ -73,15 +97,27 @@ class Pager:
     """Pages of records and of rejections, cut by the rules in the module notes."""
 
     def __init__(
-        self, run: QueryRunner, statements: Statements, *, dedupe_window_micros: int
+        self,
+        run: QueryRunner,
+        statements: Statements,
+        *,
+        dedupe_window_micros: int,
+        typed: TypedFields | None = None,
     ) -> None:
         self._run = run.run
         self._sql = statements
         self._window = dedupe_window_micros
+        self._typed = typed
 
     async def records(self, query: PageQuery) -> Page[Record]:
+        sql: str = self._sql.page
+        params: Params = self._page_params
+        if query.filter:
+            conditions, copies, values = await self._conditions(Record, query.filter, "c")
+            sql = page_sql(self._sql.records_table, conditions, copies)
+            params = _with(params, values)
         query, found, end = await self._scan_or_jump(
-            query, self._sql.page, self._page_params, "records", self._sql.first_row
+            query, sql, params, "records", self._sql.first_row
         )
         candidates = [row_of(Record, row[:-1]) for row in found]
         hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
@@ -92,15 +128,58 @@ class Pager:
     async def rejections(self, query: PageQuery) -> Page[Rejection]:
         # Cut like a records page, without the dedupe pass: a message rejected
         # on two deliveries is listed twice (replay is idempotent).
+        sql: str = self._sql.rejections
+        params: Params = self._rejections_params
+        if query.filter:
+            conditions, _, values = await self._conditions(Rejection, query.filter, "j")
+            sql = rejections_sql(self._sql.rejected_table, conditions)
+            params = _with(params, values)
         _, found, end = await self._scan_or_jump(
-            query,
-            self._sql.rejections,
-            self._rejections_params,
-            "rejected",
-            self._sql.first_rejection,
+            query, sql, params, "rejected", self._sql.first_rejection
         )
         rows = [row_of(Rejection, row) for row in found]
         return _page(query, rows, rows, end)
+
+    async def _conditions(
+        self, kind: type[Record | Rejection], keep: RowFilter, alias: str
+    ) -> tuple[str, str, dict[str, QueryValue]]:
+        """A filter's conditions on the rows shown (`alias`), those every copy of a
+        message shares (the scan's own, `r`), and their parameters. Values are named
+        parameters, a JSONPath too; a typed field's names, held to FIELD_NAME_PATTERN,
+        are quoted into the text."""
+        shown: list[str] = []
+        copies: list[str] = []
+        values: dict[str, QueryValue] = {}
+        for at, attribute in enumerate(keep.attributes):
+            shown.append(f"JSON_VALUE({alias}.attributes, @path{at}) = @value{at}")
+            values[f"path{at}"], values[f"value{at}"] = attribute.path, attribute.value
+        if keep.message_id is not None:
+            # Every copy has it: the scan reads that message's copies alone, through
+            # the search index on message_id where the blocks are indexed.
+            (copies if kind is Record else shown).append(
+                f"{'r' if kind is Record else alias}.message_id = @message_id"
+            )
+            values["message_id"] = keep.message_id
+        if keep.record_id is not None:
+            # On the copy shown only: a later copy may carry another id. A rejection
+            # has no record id, so none matches one.
+            shown.append(f"{alias}.id = @record_id" if kind is Record else "FALSE")
+            if kind is Record:
+                values["record_id"] = keep.record_id
+        if keep.fields:
+            if kind is not Record:
+                raise BadParameter("field", "rejections have no typed fields")
+            typed = await self._typed() if self._typed is not None else ()
+            for at, condition in enumerate(keep.fields):
+                field = typed_field(typed, condition)
+                column = ".".join([alias, "`fields`", *(f"`{name}`" for name in condition.path)])
+                shown.append(f"{column} = @field{at}")
+                values[f"field{at}"] = typed_value(field, condition)
+
+        def joined(conditions: list[str]) -> str:
+            return "".join(f"\n  AND {c}" for c in conditions)
+
+        return joined(shown), joined(copies), values
 
     async def _scan_or_jump(
         self, query: PageQuery, sql: str, params: Params, table: str, first_row: str
@@ -121,7 +200,7 @@ class Pager:
         """Rows after the cursor over widening ranges, and where the last scan ended."""
         end = query.before_time
         found: Rows = []
-        for span in SCAN_SPANS_MICROS:
+        for span in FILTERED_SCAN_SPANS_MICROS if query.filter else SCAN_SPANS_MICROS:
             end = min(query.before_time, query.after_time + span)
             found = await self._run(sql, params(query, end))
             if len(found) == query.limit or end == query.before_time:

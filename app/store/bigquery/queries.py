@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import date
+from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from google.api_core.exceptions import GoogleAPIError
@@ -23,8 +25,9 @@ from app.store import QueryObserver
 
 log = logging.getLogger(__name__)
 
-# A named query parameter: INT64, STRING, or an ARRAY<STRING> for IN UNNEST(...).
-QueryValue = int | str | list[str]
+# A named query parameter: INT64, STRING, or an ARRAY<STRING> for IN UNNEST(...); BOOL,
+# NUMERIC and DATE for a filter's typed field.
+QueryValue = int | str | list[str] | bool | Decimal | date
 Rows = list[tuple[Any, ...]]
 
 # The query itself gets the read timeout; the thread is given this much more
@@ -151,6 +154,12 @@ def _parameter(name: str, value: QueryValue) -> Any:
     match value:
         case list():
             return bigquery.ArrayQueryParameter(name, "STRING", value)
+        case bool():  # before int(): a bool is an int to Python
+            return bigquery.ScalarQueryParameter(name, "BOOL", value)
+        case Decimal():
+            return bigquery.ScalarQueryParameter(name, "NUMERIC", value)
+        case date():
+            return bigquery.ScalarQueryParameter(name, "DATE", value)
         case int():
             return bigquery.ScalarQueryParameter(name, "INT64", value)
         case _:

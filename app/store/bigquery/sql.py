@@ -32,7 +32,7 @@ def select_list(row_type: type[Row], alias: str) -> str:
     return ", ".join(out)
 
 
-def page_sql(records: str) -> str:
+def page_sql(records: str, conditions: str = "", copies: str = "") -> str:
     # One scan of [reach, end): constant bounds on ingest_time, the partition
     # and first clustering column, so only the blocks of that range are read.
     # A message's first copy is the one with the smallest ingest_time (then
@@ -40,7 +40,10 @@ def page_sql(records: str) -> str:
     # resent batch keep one). A row is shown unless the copy before it lies
     # within its look-back: after its publish time (less the clock margin)
     # and within the dedupe window. `previous_copy` is returned so the store
-    # can tell which rows' look-back reaches before the scan.
+    # can tell which rows' look-back reaches before the scan. A filter's
+    # `conditions` hold for the first copy shown (a later copy that differs is
+    # hidden all the same); `copies` are those every copy of a message shares
+    # (its message_id), which may prune the scan itself.
     return f"""
 SELECT {select_list(Record, "c")}, UNIX_MICROS(c.previous_copy) AS previous_copy
 FROM (
@@ -49,7 +52,7 @@ FROM (
   ) AS previous_copy
   FROM {records} AS r
   WHERE r.ingest_time >= TIMESTAMP_MICROS(@reach)
-    AND r.ingest_time < TIMESTAMP_MICROS(@end)
+    AND r.ingest_time < TIMESTAMP_MICROS(@end){copies}
 ) AS c
 WHERE c.ingest_time >= TIMESTAMP_MICROS(@after_time)
   AND (c.ingest_time > TIMESTAMP_MICROS(@after_time) OR c.message_id > @after_message_id)
@@ -58,7 +61,7 @@ WHERE c.ingest_time >= TIMESTAMP_MICROS(@after_time)
     OR UNIX_MICROS(c.previous_copy) < GREATEST(
       UNIX_MICROS(c.publish_time) - @clock_skew, UNIX_MICROS(c.ingest_time) - @window
     )
-  )
+  ){conditions}
 ORDER BY c.ingest_time, c.message_id
 LIMIT @limit
 """.strip()
@@ -78,7 +81,7 @@ GROUP BY e.message_id
 """.strip()
 
 
-def rejections_sql(rejected: str) -> str:
+def rejections_sql(rejected: str, conditions: str = "") -> str:
     # The same constant range as a records page, on the same partitioning and
     # clustering column; rejections are rare, so no dedupe pass is made: a
     # message rejected on two deliveries is listed twice (replay is idempotent).
@@ -87,7 +90,9 @@ SELECT {select_list(Rejection, "j")}
 FROM {rejected} AS j
 WHERE j.ingest_time >= TIMESTAMP_MICROS(@after_time)
   AND j.ingest_time < TIMESTAMP_MICROS(@end)
-  AND (j.ingest_time > TIMESTAMP_MICROS(@after_time) OR j.message_id > @after_message_id)
+  AND (
+    j.ingest_time > TIMESTAMP_MICROS(@after_time) OR j.message_id > @after_message_id
+  ){conditions}
 ORDER BY j.ingest_time, j.message_id
 LIMIT @limit
 """.strip()
@@ -187,8 +192,11 @@ CHECK_SQL: Final = "SELECT 1"
 
 
 class Statements(NamedTuple):
-    """Every statement, for the tables of one dataset."""
+    """Every statement, for the tables of one dataset (and its tables' names, which a
+    filtered page's statement is made with: `page_sql`, `rejections_sql`)."""
 
+    records_table: str
+    rejected_table: str
     page: str
     earlier_copies: str
     first_row: str
@@ -207,6 +215,8 @@ class Statements(NamedTuple):
 
         records, rejected = table("records"), table("rejected")
         return cls(
+            records_table=records,
+            rejected_table=rejected,
             page=page_sql(records),
             earlier_copies=earlier_copies_sql(records),
             first_row=first_row_sql(records),

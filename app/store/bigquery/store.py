@@ -154,6 +154,7 @@ class BigQueryStore:
             self._queries,
             self._sql,
             dedupe_window_micros=int(options.dedupe_window_seconds * 1_000_000),
+            typed=self._typed_fields,
         )
         self._write_client: BigQueryWriteAsyncClient | None = None
         self._records: StorageWriter | None = None
@@ -557,6 +558,10 @@ class BigQueryStore:
         return [write_path_field(c) for c in stream.table_schema.fields]
 
     # Reading
+
+    async def _typed_fields(self) -> tuple[Field, ...]:
+        """The typed fields of `records`, for a filter on one; none without typed columns."""
+        return () if self.typed is None else await self.typed.readable()
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         # Records are deduplicated on read; rejections are listed as stored.

@@ -25,6 +25,7 @@ from google.cloud.bigquery.retry import DEFAULT_RETRY
 from google.cloud.bigquery_storage_v1 import types
 from google.protobuf import descriptor_pb2
 
+from app.errors import StoreUnavailable
 from app.records import Record
 from app.store.bigquery.proto import add_field, proto_name, row_descriptor
 from app.typed.evolution import merge, merge_within_cap
@@ -78,6 +79,9 @@ _EPOCH: Final = dt.date(1970, 1, 1)
 RETRY_PATCH_SECONDS: Final = 30.0
 # How often the write path's schema is asked for while rows wait on it.
 _POLL_SECONDS: Final = 0.5
+# A read that names a typed field (a filter) reads the table's fields again once what
+# this instance last saw is this old: another instance may have widened the table.
+_READ_FIELDS_SECONDS: Final = 60.0
 # Read-modify-write rounds lost to other instances' changes before giving up.
 _PATCH_ROUNDS: Final = 8
 
@@ -351,6 +355,7 @@ class TypedTable:
         # The typed fields the table holds, as last read or written here; None
         # until read.
         self.fields: tuple[Field, ...] | None = None
+        self._fields_read = -_READ_FIELDS_SECONDS  # when `readable` last read them
         # Those the Storage Write API accepts in a row yet, and whether it takes
         # `projection_errors` (created with the table; else added at start).
         self.writable: tuple[Field, ...] | None = None
@@ -431,6 +436,20 @@ class TypedTable:
             log.info("typed columns of %s: %d fields", self.table, len(merged))
             return
         raise TimeoutError(f"{_PATCH_ROUNDS} changes of {self.table} raced this one")
+
+    async def readable(self) -> tuple[Field, ...]:
+        """The typed fields the table holds, for a read that names one: as this instance
+        last saw them, read from the table when it never did or saw them over a minute
+        ago. StoreUnavailable if the table cannot be read."""
+        now = self._clock()
+        if self.fields is None or now - self._fields_read >= _READ_FIELDS_SECONDS:
+            try:
+                table: bigquery.Table = await self._call(_get_table(self.table, self._timeout))
+            except (GoogleAPIError, OSError, TimeoutError) as exc:
+                raise StoreUnavailable(f"the typed fields of {self.table}: {exc}") from exc
+            self.fields = typed_of([field_of(c) for c in table.schema])
+            self._fields_read = now
+        return self.fields or ()
 
     async def hold(self, revisions: Revisions, names: Iterable[str | None]) -> dict[str, bool]:
         """Make the table hold the fields of each revision named (`widen`); of each,

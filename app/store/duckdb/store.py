@@ -27,7 +27,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 import duckdb
 import pyarrow as pa
 
-from app.errors import StoreUnavailable
+from app.errors import BadParameter, StoreUnavailable
 from app.records import (
     DAY_MICROS,
     Column,
@@ -59,6 +59,7 @@ from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.producers import Changes, DuckDBLedger, FrameLedger, frame_ledger
 from app.store.duckdb.typed import TypedColumns
+from app.store.filters import RowFilter, typed_field, typed_value
 from app.store.producers import (
     Completeness,
     ProducerSequence,
@@ -68,6 +69,7 @@ from app.store.producers import (
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
 from app.store.tally import Copy, Held, Sequenced, SequenceKey
+from app.typed.mapping import Field
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -245,7 +247,7 @@ def _bounded_select(row_type: type[Row]) -> list[str]:
     return [*listed, size]
 
 
-def _bounded_page_sql(table: str, row_type: type[Row]) -> str:
+def _bounded_page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
     """The page's rows as `_page_sql` selects them, as `_bounded_select` lists them. The
     page's keys first (a Top-N of two columns), then its rows by row id, the large
     payloads dropped in the scan: selected after the join (as DuckDB's own late
@@ -255,7 +257,7 @@ def _bounded_page_sql(table: str, row_type: type[Row]) -> str:
     return f"""
 WITH page AS (
   SELECT rowid AS page_row FROM {table}
-  WHERE {_PAGE_RANGE}
+  WHERE {_PAGE_RANGE}{conditions}
   ORDER BY ingest_time, message_id
   LIMIT $limit
 )
@@ -267,13 +269,56 @@ ORDER BY c{at["ingest_time"]}, c{at["message_id"]}
 """
 
 
-def _page_sql(table: str, select: str) -> str:
+def _page_sql(table: str, select: str, conditions: str = "") -> str:
     return f"""
 SELECT {select} FROM {table}
-WHERE {_PAGE_RANGE}
+WHERE {_PAGE_RANGE}{conditions}
 ORDER BY ingest_time, message_id
 LIMIT $limit
 """
+
+
+def _filtered(
+    kind: type[Row], keep: RowFilter, typed: Sequence[Field]
+) -> tuple[str, str, dict[str, Any]]:
+    """The page SQL of `kind` keeping the rows `keep` matches (as `_page_sql` and as
+    `_bounded_page_sql` read it), and its parameters
+    (values are parameters; a typed field's names, held to FIELD_NAME_PATTERN, are
+    quoted into the text). The conditions are checked on the rows of the page's
+    range in key order, so a selective filter scans further for the same page."""
+    table = "records" if kind is Record else "rejected"
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    for at, attribute in enumerate(keep.attributes):
+        conditions.append(f"json_extract_string(attributes, $path{at}) = $value{at}")
+        params[f"path{at}"], params[f"value{at}"] = attribute.path, attribute.value
+    if keep.message_id is not None:
+        conditions.append("message_id = $message_id")
+        params["message_id"] = keep.message_id
+    if keep.record_id is not None:
+        # A rejection has no record id: none matches one.
+        conditions.append("id = $record_id" if kind is Record else "FALSE")
+        params |= {"record_id": keep.record_id} if kind is Record else {}
+    if keep.fields:
+        if kind is not Record:
+            raise BadParameter("field", "rejections have no typed fields")
+        matches = []
+        for at, condition in enumerate(keep.fields):
+            field = typed_field(typed, condition)
+            column = ".".join(['f."fields"', *(f'"{name}"' for name in condition.path)])
+            matches.append(f"{column} = $field{at}")
+            params[f"field{at}"] = typed_value(field, condition)
+        # The typed columns are a table of their own, joined by message_id (typed.py).
+        conditions.append(
+            "EXISTS (SELECT 1 FROM record_fields f WHERE f.message_id = records.message_id "
+            f"AND {' AND '.join(matches)})"
+        )
+    where = "".join(f"\n  AND {c}" for c in conditions)
+    return (
+        _page_sql(table, _select_list(kind), where),
+        _bounded_page_sql(table, kind, where),
+        params,
+    )
 
 
 _PAGE_SQL: dict[type[Row], str] = {
@@ -1198,18 +1243,21 @@ class DuckDBStore:
             # horizon), so the tail holds every one after the cursor: no query.
             page: Page[Any] = self.tail.page(query, query.before_time)
             return page
+        sql, bounded, conditions = _PAGE_SQL[kind], _BOUNDED_PAGE_SQL[kind], dict[str, Any]()
+        if query.filter:
+            sql, bounded, conditions = _filtered(kind, query.filter, self._typed.fields)
         await self._applied_now()
         params = {
             "after_time": query.after_time,
             "after_message_id": query.after_message_id,
             "before_time": query.before_time,
             "limit": query.limit,
+            **conditions,
         }
         if query.max_bytes is None:
-            sql = _PAGE_SQL[kind]
             found = await self._read(lambda cur: cur.execute(sql, params).fetchall())
             return query.answer([row_of(kind, r) for r in found])
-        bounded, max_bytes, size = _BOUNDED_PAGE_SQL[kind], query.max_bytes, _payload_size(kind)
+        max_bytes, size = query.max_bytes, _payload_size(kind)
         rows, _ = await self._read(
             lambda cur: _read_within(cur, bounded, params, kind, max_bytes, size)
         )

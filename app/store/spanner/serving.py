@@ -23,7 +23,7 @@ import msgspec
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
-from app.errors import Misconfigured
+from app.errors import BadParameter, Misconfigured
 from app.records import (
     DAY_MICROS,
     TABLES,
@@ -44,6 +44,7 @@ from app.store import (
     row_bytes,
 )
 from app.store.copies import message_states
+from app.store.filters import RowFilter
 from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
@@ -167,17 +168,43 @@ def _taken(rows: Any, kind: type[R], max_bytes: int | None) -> tuple[list[R], bo
     return found, False
 
 
-def _page_sql(table: str, row_type: type[Row]) -> str:
-    # Every shard's range of the time index, merged in key order.
+def _page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
+    # Every shard's range of the time index, merged in key order; a filter's
+    # conditions are checked on each row of the range.
     return f"""
 SELECT {_select_list(row_type)}
 FROM {table}@{{FORCE_INDEX={time_index(table)}}}
 WHERE shard BETWEEN 0 AND {SHARDS - 1}
   AND ingest_time >= @after_time AND ingest_time < @before_time
-  AND (ingest_time > @after_time OR message_id > @after_message_id)
+  AND (ingest_time > @after_time OR message_id > @after_message_id){conditions}
 ORDER BY ingest_time, message_id
 LIMIT @limit
 """.strip()
+
+
+def _filtered(
+    table: str, row_type: type[Row], keep: RowFilter
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The page SQL keeping the rows `keep` matches, its values and their types.
+    `attributes` is JSON text in a STRING: JSON_VALUE reads it, the JSONPath a
+    parameter like any value."""
+    if keep.fields:
+        raise BadParameter("field", "the serving tier keeps no typed columns")
+    conditions: list[str] = []
+    values: dict[str, Any] = {}
+    for at, attribute in enumerate(keep.attributes):
+        conditions.append(f"JSON_VALUE(attributes, @path{at}) = @value{at}")
+        values[f"path{at}"], values[f"value{at}"] = attribute.path, attribute.value
+    if keep.message_id is not None:
+        conditions.append("message_id = @message_id")
+        values["message_id"] = keep.message_id
+    if keep.record_id is not None:
+        # A rejection has no record id: none matches one.
+        conditions.append("id = @record_id" if row_type is Record else "FALSE")
+        if row_type is Record:
+            values["record_id"] = keep.record_id
+    sql = _page_sql(table, row_type, "".join(f"\n  AND {c}" for c in conditions))
+    return sql, values, dict.fromkeys(values, param_types.STRING)
 
 
 _LATEST_SQL: Final = f"""
@@ -592,6 +619,10 @@ class SpannerServing:
         read_after: int = 0,
     ) -> list[R]:
         table = _TABLE_OF[kind]
+        sql, values, types = self._page_sql[table], dict[str, Any](), _PAGE_TYPES
+        if query.filter:
+            sql, values, conditions = _filtered(table, kind, query.filter)
+            types = _PAGE_TYPES | conditions
         read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS, read_after))
         found: list[R] = []
         with self._calls.database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
@@ -603,6 +634,7 @@ class SpannerServing:
                     "before_time": moment(end),
                     "after_message_id": query.after_message_id,
                     "limit": query.limit,
+                    **values,
                 }
                 if counted:
                     self._count_reads(1)
@@ -611,9 +643,9 @@ class SpannerServing:
                 rows = sql_rows(
                     snapshot,
                     deadline,
-                    self._page_sql[table],
+                    sql,
                     params=params,
-                    param_types=_PAGE_TYPES,
+                    param_types=types,
                     **options,
                 )
                 found, cut = _taken(rows, kind, query.max_bytes)

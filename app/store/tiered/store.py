@@ -22,7 +22,7 @@ import cachetools
 import msgspec
 from google.api_core.exceptions import InvalidArgument
 
-from app.errors import StoreUnavailable
+from app.errors import BadParameter, StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome, row_bytes
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
@@ -312,6 +312,14 @@ class TieredStore:
     # -- reading ---------------------------------------------------------------
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        if query.filter is not None and query.filter.fields:
+            # Spanner keeps each payload as JSON: typed columns are BigQuery's alone,
+            # projected as rows are exported, so no page here can read them.
+            raise BadParameter(
+                "field",
+                "the serving tier has no typed columns to filter on (BigQuery has them, as "
+                "`records.fields`, once rows are exported); filter on attributes or ids here",
+            )
         now = self._now()
         since = self.serving_since(now)
         if query.after_time >= since:
@@ -383,24 +391,18 @@ class TieredStore:
 
 def _after(query: PageQuery, start: int, rows: Sequence[Record | Rejection]) -> PageQuery:
     """The query for what follows `start`, the cursor of a page that ended there holding
-    `rows`: the room they left, in rows and bytes."""
+    `rows`: the room they left, in rows and bytes (its filter the same)."""
     max_bytes = query.max_bytes
     if max_bytes is not None:
         max_bytes = max(1, max_bytes - sum(map(row_bytes, rows)))
-    return PageQuery(
+    return msgspec.structs.replace(
+        query,
         after_time=start,
         after_message_id="",
-        before_time=query.before_time,
         limit=query.limit - len(rows),
         max_bytes=max_bytes,
     )
 
 
 def _before(query: PageQuery, bound: int) -> PageQuery:
-    return PageQuery(
-        after_time=query.after_time,
-        after_message_id=query.after_message_id,
-        before_time=min(query.before_time, bound),
-        limit=query.limit,
-        max_bytes=query.max_bytes,
-    )
+    return msgspec.structs.replace(query, before_time=min(query.before_time, bound))

@@ -1,0 +1,403 @@
+// The console's pages, filled from the read API as the caller may read it (its masking
+// and bounds). No framework: the DOM, fetch and uPlot (vendor/, MIT) for the charts.
+"use strict";
+
+// Every path relative to the page (/console/PAGE): the same under a cell's
+// /systems/SYSTEM/console/PAGE, where the system's API is /systems/SYSTEM/v1/...
+const ROOT = "..";
+const $ = (selector) => document.querySelector(selector);
+const status = (text) => { $("#status").textContent = text || ""; };
+
+function element(tag, text, attributes) {
+  const made = document.createElement(tag);
+  if (text !== undefined && text !== null) made.textContent = String(text);
+  for (const [name, value] of Object.entries(attributes || {})) made.setAttribute(name, value);
+  return made;
+}
+
+function row(cells) {
+  const tr = element("tr");
+  for (const cell of cells) {
+    tr.append(cell instanceof Node ? element("td").appendChild(cell).parentNode : element("td", cell));
+  }
+  return tr;
+}
+
+// A read of the API; a problem document (4xx, 5xx) is said in the status line.
+async function api(path, options) {
+  const answer = await fetch(path, options);
+  if (!answer.ok) {
+    let detail = answer.statusText;
+    try { detail = (await answer.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new Error(`${answer.status}: ${detail}`);
+  }
+  return answer;
+}
+
+function filterParams(form, names) {
+  const params = new URLSearchParams();
+  for (const name of names) {
+    const value = form.elements[name] && form.elements[name].value.trim();
+    if (value) params.set(name, value);
+  }
+  return params;
+}
+
+function chart(target, series, data, height) {
+  target.replaceChildren();
+  const options = {
+    width: Math.max(300, target.clientWidth || 320), height: height || 140,
+    legend: { show: series.length > 1, live: false },
+    series: [{}, ...series.map((label, at) => ({ label, stroke: ["#1f6feb", "#d1242f", "#8250df", "#1a7f37"][at % 4], width: 1.5 }))],
+    axes: [{ space: 60 }, { size: 40 }],
+  };
+  return new uPlot(options, data, target);
+}
+
+// -- records ----------------------------------------------------------------------
+
+const RECORD_FILTERS = ["since", "attribute", "producer", "record_id", "message_id", "field"];
+
+function sequenceOf(attributes) {
+  const producer = attributes["recordline-producer"];
+  return producer ? `${producer} · ${attributes["recordline-epoch"] || ""} · ${attributes["recordline-seq"] || ""}` : "";
+}
+
+function recordDetail(record) {
+  const list = element("dl");
+  const facts = [
+    ["message id", record.message_id], ["record id", record.id],
+    ["timestamp", record.timestamp], ["published", record.publish_time],
+    ["ingested", record.ingest_time], ["producer sequence", sequenceOf(record.attributes) || "none"],
+    ["subscription", record.subscription], ["schema", record.schema],
+  ];
+  for (const [name, value] of facts) list.append(element("dt", name), element("dd", value ?? "—"));
+  list.append(element("dt", "trace"));
+  const trace = element("dd");
+  if (record.trace_id) {
+    const link = element("a", record.trace_id, {
+      href: `https://console.cloud.google.com/traces/list?tid=${encodeURIComponent(record.trace_id)}`,
+      target: "_blank", rel: "noopener", class: "trace",
+    });
+    trace.append(link);
+  } else trace.textContent = "not sampled";
+  list.append(trace);
+  const cell = element("td", undefined, { colspan: "5" });
+  cell.append(list, element("pre", JSON.stringify(record.attributes, null, 2)), element("pre", JSON.stringify(record.data, null, 2)));
+  const tr = element("tr", undefined, { class: "detail" });
+  tr.append(cell);
+  return tr;
+}
+
+function recordRow(record) {
+  const tr = row([record.ingest_time, record.id, sequenceOf(record.attributes), record.message_id, JSON.stringify(record.data)]);
+  tr.className = "row";
+  tr.dataset.messageId = record.message_id;
+  tr.lastChild.className = "payload";
+  tr.addEventListener("click", () => {
+    const open = tr.nextSibling && tr.nextSibling.classList && tr.nextSibling.classList.contains("detail");
+    if (open) tr.nextSibling.remove(); else tr.after(recordDetail(record));
+  });
+  return tr;
+}
+
+function records() {
+  const form = $("#filters"), body = $("#rows tbody"), more = $("#more");
+  let next = null, query = null, generation = 0;
+  const follow = $("#follow");
+  const atBottom = () => window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+
+  async function page(token, wait) {
+    const params = new URLSearchParams(query);
+    params.set("limit", "100");
+    if (token) { params.delete("since"); params.set("page_token", token); }
+    if (wait) params.set("wait", "20");
+    const answer = await (await api(`${ROOT}/v1/records?${params}`)).json();
+    return answer;
+  }
+
+  async function read(event) {
+    if (event) event.preventDefault();
+    generation += 1;
+    query = filterParams(form, RECORD_FILTERS);
+    body.replaceChildren();
+    status("");
+    try {
+      const answer = await page(null, false);
+      for (const record of answer.records) body.append(recordRow(record));
+      next = answer.next_page_token;
+      more.hidden = !next || answer.records.length < 100;
+      if (follow.checked) tail(generation);
+    } catch (error) { status(error.message); }
+  }
+
+  // Follows as rows arrive (long-poll pages, the API's follow protocol); paused while
+  // the reader has scrolled up, and goes on from where it was once at the bottom again.
+  async function tail(mine) {
+    while (follow.checked && mine === generation && next) {
+      if (!atBottom()) {
+        $("#paused").hidden = false;
+        await new Promise((resolve) => window.addEventListener("scroll", function back() {
+          if (atBottom()) { window.removeEventListener("scroll", back); resolve(); }
+        }));
+        $("#paused").hidden = true;
+        continue;
+      }
+      try {
+        const answer = await page(next, true);
+        if (mine !== generation) return;
+        // Kept in view only by a reader who was at the bottom, not one who scrolled up.
+        const following = atBottom();
+        for (const record of answer.records) body.append(recordRow(record));
+        next = answer.next_page_token;
+        if (answer.records.length && following) window.scrollTo(0, document.body.scrollHeight);
+      } catch (error) { status(error.message); return; }
+    }
+  }
+
+  more.addEventListener("click", async () => {
+    try {
+      const answer = await page(next, false);
+      for (const record of answer.records) body.append(recordRow(record));
+      next = answer.next_page_token;
+      more.hidden = !next || answer.records.length < 100;
+    } catch (error) { status(error.message); }
+  });
+  follow.addEventListener("change", () => { if (follow.checked) { more.hidden = true; tail(generation); } });
+  form.addEventListener("submit", read);
+  $("#export").addEventListener("submit", (event) => { event.preventDefault(); download(event.submitter.value); });
+  read();
+}
+
+// An export of what the filters keep, read as it streams (its progress shown), then saved.
+async function download(format) {
+  const params = filterParams($("#filters"), RECORD_FILTERS);
+  for (const [name, value] of filterParams($("#export"), ["columns", "max_rows"])) params.set(name, value);
+  params.set("format", format);
+  const progress = $("#progress");
+  try {
+    const answer = await api(`${ROOT}/v1/export/records?${params}`);
+    const reader = answer.body.getReader(), parts = [];
+    let bytes = 0, lines = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      bytes += value.length;
+      for (const byte of value) if (byte === 10) lines += 1;
+      progress.textContent = `${lines.toLocaleString()} lines, ${bytes.toLocaleString()} bytes…`;
+    }
+    const text = new TextDecoder().decode(await new Blob(parts).arrayBuffer());
+    const cut = text.includes("recordline_export");
+    progress.textContent = `${lines.toLocaleString()} lines, ${bytes.toLocaleString()} bytes${cut ? ": cut at a bound (see its last line)" : ""}`;
+    const name = (answer.headers.get("content-disposition") || "").match(/filename="([^"]+)"/);
+    const link = element("a", "", { href: URL.createObjectURL(new Blob(parts, { type: answer.headers.get("content-type") })), download: name ? name[1] : `records.${format}` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  } catch (error) { status(error.message); progress.textContent = ""; }
+}
+
+// -- rejections -------------------------------------------------------------------
+
+function rejections() {
+  const form = $("#filters");
+  let found = [], shown = null;
+  const selected = new Set();
+  const replay = $("#replay");
+
+  function show(reason) {
+    shown = reason;
+    const body = $("#rows tbody");
+    body.replaceChildren();
+    selected.clear();
+    if (replay) replay.disabled = true;
+    $("#chosen-reason").hidden = false;
+    $("#chosen-reason").textContent = reason;
+    for (const rejection of found.filter((r) => r.reason === reason)) {
+      const box = element("input", undefined, { type: "checkbox", "aria-label": `select ${rejection.message_id}` });
+      box.disabled = !replay;
+      box.addEventListener("change", () => {
+        if (box.checked) selected.add(rejection); else selected.delete(rejection);
+        if (replay) replay.disabled = selected.size === 0;
+      });
+      let payload;
+      try { payload = atob(rejection.data); } catch (_) { payload = rejection.data; }
+      const tr = row([box, rejection.ingest_time, rejection.message_id, payload, rejection.stored ? "stored since" : "rejected"]);
+      tr.children[3].className = "payload";
+      tr.dataset.messageId = rejection.message_id;
+      body.append(tr);
+    }
+  }
+
+  async function read(event) {
+    if (event) event.preventDefault();
+    status("");
+    found = [];
+    try {
+      let params = filterParams(form, ["since", "attribute", "producer", "message_id"]);
+      params.set("limit", "1000");
+      // At most 5,000 rejections are grouped: the newest pages past that are not read.
+      for (let pages = 0; pages < 5; pages += 1) {
+        const answer = await (await api(`${ROOT}/v1/rejections?${params}`)).json();
+        found.push(...answer.rejections);
+        if (!answer.next_page_token || answer.rejections.length < 1000) break;
+        params = new URLSearchParams({ page_token: answer.next_page_token, limit: "1000" });
+      }
+    } catch (error) { status(error.message); return; }
+    const reasons = new Map();
+    for (const rejection of found) {
+      const seen = reasons.get(rejection.reason) || { count: 0, last: "" };
+      seen.count += 1;
+      seen.last = rejection.ingest_time;
+      reasons.set(rejection.reason, seen);
+    }
+    const body = $("#reasons tbody");
+    body.replaceChildren();
+    for (const [reason, seen] of [...reasons].sort((a, b) => b[1].count - a[1].count)) {
+      const tr = row([reason, seen.count, seen.last]);
+      tr.className = "row";
+      tr.addEventListener("click", () => show(reason));
+      body.append(tr);
+    }
+    // Counts by hour, every reason together, each hour from the first (24 hours ago at
+    // the latest; 30 days at most) to now.
+    const hours = new Map();
+    for (const rejection of found) {
+      const hour = Math.floor(Date.parse(rejection.ingest_time) / 3.6e6) * 3600;
+      hours.set(hour, (hours.get(hour) || 0) + 1);
+    }
+    const now = Math.floor(Date.now() / 3.6e6) * 3600;
+    const first = Math.max(Math.min(now - 23 * 3600, ...hours.keys()), now - 30 * 24 * 3600);
+    const xs = [];
+    for (let hour = first; hour <= now; hour += 3600) xs.push(hour);
+    chart($("#chart"), ["rejections an hour"], [xs, xs.map((x) => hours.get(x) || 0)]);
+    if (shown !== null && reasons.has(shown)) show(shown);
+  }
+
+  if (replay) replay.addEventListener("click", async () => {
+    const messages = [...selected].map((r) => ({
+      message_id: r.message_id, publish_time: r.publish_time, data: r.data,
+      attributes: r.attributes, ...(r.subscription ? { subscription: r.subscription } : {}),
+    }));
+    try {
+      const answer = await (await api(`${ROOT}/v1/replay`, {
+        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ messages }),
+      })).json();
+      const body = $("#outcomes tbody");
+      body.replaceChildren();
+      for (const result of answer.results) body.append(row([result.message_id, result.outcome, result.reason || ""]));
+      $("#outcomes").hidden = false;
+      await read();  // each row's state as it is now: stored since, or rejected still
+    } catch (error) { status(error.message); }
+  });
+  form.addEventListener("submit", read);
+  read();
+}
+
+// -- producers --------------------------------------------------------------------
+
+// Read again every 3 s: a gap opens, goes missing and closes as messages come.
+async function producers() {
+  await ledger();
+  setInterval(ledger, 3000);
+}
+
+async function ledger() {
+  try {
+    const ledger = await (await api(`${ROOT}/v1/producers`)).json();
+    const body = $("#producers tbody"), missing = $("#missing");
+    body.replaceChildren();
+    missing.replaceChildren();
+    for (const producer of ledger.producers) {
+      for (const epoch of producer.epochs) {
+        body.append(row([producer.producer, epoch.epoch, epoch.stored, epoch.rejected, epoch.duplicates, epoch.conflicts, epoch.missing, epoch.gap_count]));
+        for (const gap of epoch.gaps.filter((g) => g.missing)) {
+          const range = gap.first === gap.last ? `sequence ${gap.first}` : `sequences ${gap.first} to ${gap.last} (${gap.count})`;
+          const note = element("p", `${producer.producer} epoch ${epoch.epoch}: ${range} missing since ${gap.opened_at}. ` +
+            "What to do: look for them among the rejections and the dead letters (recordline replay dead-letters), " +
+            "or have the producer publish them again under the same sequences; once stored, the gap closes.", { class: "missing" });
+          missing.append(note);
+        }
+      }
+    }
+    status("");
+    if (!ledger.producers.length) status("No producer has sent a sequence (recordline-producer, -epoch, -seq).");
+    const since = new Date(Date.now() - 24 * 3.6e6).toISOString().replace(/\.\d+Z$/, "Z");
+    const audit = await (await api(`${ROOT}/v1/audit?since=${since}`)).json();
+    const xs = audit.hours.map((h) => Date.parse(h.hour) / 1000);
+    chart($("#chart"), ["stored", "rejected", "missing", "conflicts"],
+      [xs, ...["stored", "rejected", "missing", "conflicts"].map((k) => audit.hours.map((h) => h[k]))], 180);
+  } catch (error) { status(error.message); }
+}
+
+// -- health -----------------------------------------------------------------------
+
+// Prometheus text: each sample's name, labels (as text) and value.
+function samples(text) {
+  const found = [];
+  for (const line of text.split("\n")) {
+    const match = line.match(/^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/);
+    if (match) found.push({ name: match[1], labels: match[2] || "", value: Number(match[3]) });
+  }
+  return found;
+}
+
+function total(found, name, labelled) {
+  return found.filter((s) => s.name === name && (!labelled || s.labels.includes(labelled))).reduce((sum, s) => sum + s.value, 0);
+}
+
+async function health() {
+  const series = { pushes: [], latency: [], followers: [], rejections: [], export: [] };
+  const times = [];
+  const charts = {};
+  let last = null;
+  async function tick() {
+    try {
+      const ready = await fetch(`${ROOT}/readyz`);
+      $("#ready").textContent = ready.ok ? "ready" : `not ready (${ready.status}): ${(await ready.json()).detail || ""}`;
+      const answer = await fetch(`${ROOT}/metrics`);
+      if (!answer.ok) { status("No /metrics beside this console (OTEL_METRICS_EXPORTER is not prometheus, or a cell serves it at its root): nothing to chart."); return; }
+      const found = samples(await answer.text());
+      const now = Date.now() / 1000;
+      const counts = {
+        messages: total(found, "recordline_messages_total"),
+        rejected: total(found, "recordline_messages_total", 'outcome="rejected"'),
+        appendSum: total(found, "recordline_append_duration_seconds_sum"),
+        appendCount: total(found, "recordline_append_duration_seconds_count"),
+      };
+      if (last) {
+        const seconds = Math.max(0.001, now - last.at);
+        times.push(now);
+        series.pushes.push((counts.messages - last.messages) / seconds);
+        const appended = counts.appendCount - last.appendCount;
+        series.latency.push(appended ? 1000 * (counts.appendSum - last.appendSum) / appended : null);
+        series.followers.push(total(found, "recordline_followers"));
+        series.rejections.push(60 * (counts.rejected - last.rejected) / seconds);
+        const lags = found.filter((s) => s.name === "recordline_export_lag_seconds");
+        series.export.push(lags.length ? Math.max(...lags.map((s) => s.value)) : null);
+        if (times.length > 120) { times.shift(); for (const list of Object.values(series)) list.shift(); }
+        for (const [name, values] of Object.entries(series)) {
+          if (charts[name]) charts[name].setData([times, values]);
+          else charts[name] = chart($(`#${name}`), [name], [times, values], 120);
+        }
+        const body = $("#tables tbody");
+        body.replaceChildren();
+        for (const lag of found.filter((s) => s.name === "recordline_export_lag_seconds")) {
+          const table = (lag.labels.match(/table="([^"]*)"/) || [])[1] || lag.labels;
+          const blocked = found.some((s) => s.name === "recordline_export_blocked" && s.labels.includes(`"${table}"`) && s.value > 0);
+          body.append(row([table, `${lag.value.toFixed(1)} s`, blocked ? "blocked" : "exporting",
+            blocked ? "recordline export status names why; docs/operations.md says what to do for each" : ""]));
+        }
+        if (!body.children.length) body.append(row(["—", "—", "no export on this store", "none needed"]));
+      }
+      last = { at: now, ...counts };
+    } catch (error) { status(error.message); }
+  }
+  await tick();
+  setInterval(tick, 2000);
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  ({ records, rejections, producers, health })[document.body.dataset.page]();
+});

@@ -1,0 +1,262 @@
+"""A list's rows taken away: CSV or JSON Lines, streamed page by page, within bounds.
+
+An export walks the list's pages as a follower does (the same Reader, filter and
+cursor rules; masked for who is not an operator), up to the time it was asked
+(`until`, by default then), and sends each page's rows as they are read, so the
+process holds one page at a time whatever the export's size. It stops at its row
+bound, its byte bound or its time, whichever comes first, and says so in a last
+line with the page token to go on from (`NOTE_KEY`), which another export takes.
+
+Design: docs/reading.md#exporting-a-filtered-set
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import enum
+import io
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from app.errors import BadParameter, RetryLater
+from app.query.service import MAX_LIMIT, RECORDS, Listing, RecordsPage
+from app.records import micros
+
+# Rows an export sends by default, and at most (`max_rows`).
+DEFAULT_ROWS: Final = 100_000
+MAX_ROWS: Final = 1_000_000
+# An export ends after this long (with its note): well inside Cloud Run's request
+# timeout (330 s), and a longer one goes on from its token.
+MAX_SECONDS: Final = 240.0
+# Columns one export may name, and how long a name may be.
+MAX_COLUMNS: Final = 32
+MAX_COLUMN_LENGTH: Final = 300
+# The last line of an export that stopped short: a JSON object under this one key
+# (JSON Lines), or a CSV line starting `#` saying the same.
+NOTE_KEY: Final = "recordline_export"
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.Decoder().decode
+
+
+class Format(enum.StrEnum):
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+MEDIA_TYPES: Final = {Format.CSV: "text/csv", Format.JSONL: "application/jsonl"}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of an export: a field of the list's rows, or a value inside one
+    (`data.customer.email`, `attributes.region`)."""
+
+    name: str
+    field: str
+    path: tuple[str, ...] = ()
+
+    def value(self, row: dict[str, Any]) -> Any:
+        found = row.get(self.field)
+        for step in self.path:
+            if not isinstance(found, dict):
+                return None
+            found = found.get(step)
+        return found
+
+
+def fields_of(listing: Listing[Any]) -> tuple[str, ...]:
+    """The fields a list's rows have, in the order its view declares them."""
+    return tuple(f.name for f in msgspec.structs.fields(listing.view))
+
+
+def columns_of(listing: Listing[Any], text: str | None) -> tuple[Column, ...]:
+    """The columns `text` (comma-separated) names, every field by default; BadParameter
+    naming `columns` for one the list has not, a name twice, or too many."""
+    fields = fields_of(listing)
+    if text is None or not text.strip():
+        return tuple(Column(name, name) for name in fields)
+    names = [name.strip() for name in text.split(",")]
+    if len(names) > MAX_COLUMNS:
+        raise BadParameter("columns", f"{len(names)} columns; {MAX_COLUMNS} at most")
+    found: list[Column] = []
+    for name in names:
+        if not name:
+            raise BadParameter("columns", "an empty name (two commas, or one at an end)")
+        if len(name) > MAX_COLUMN_LENGTH:
+            raise BadParameter("columns", f"a name of {len(name)} characters")
+        field, dot, rest = name.partition(".")
+        if field == "attributes" and dot and rest:
+            found.append(Column(name, field, (rest,)))  # a key may hold dots itself
+        elif field == "data" and dot and listing is RECORDS and all(rest.split(".")):
+            found.append(Column(name, field, tuple(rest.split("."))))
+        elif name in fields:
+            found.append(Column(name, name))
+        else:
+            inside = "`data.PATH`, " if listing is RECORDS else ""
+            raise BadParameter(
+                "columns",
+                f"{name[:60]!r} is none of {', '.join(fields)}, {inside}`attributes.KEY`",
+            )
+    if len({c.name for c in found}) < len(found):
+        raise BadParameter("columns", "a column named twice")
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    rows: int
+    bytes: int
+    seconds: float = MAX_SECONDS
+
+    @classmethod
+    def of(cls, max_rows: int, max_bytes: int) -> Bounds:
+        if not 1 <= max_rows <= MAX_ROWS:
+            raise BadParameter("max_rows", f"must be between 1 and {MAX_ROWS:,}")
+        return cls(max_rows, max_bytes)
+
+
+class Walk:
+    """How an export reads its list: a page after a token, and the token that resumes
+    after one of a page's rows (an export cut inside a page goes on from there)."""
+
+    def __init__(
+        self,
+        read: Callable[[str, int], Awaitable[Any]],
+        after: Callable[[str, Any], str | None],
+    ) -> None:
+        self.read = read
+        self.after = after
+
+
+class Export:
+    """One export's lines: a CSV header or nothing, each row, and a note if cut."""
+
+    def __init__(
+        self,
+        fmt: Format,
+        columns: tuple[Column, ...],
+        bounds: Bounds,
+        *,
+        fields: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.format = fmt
+        self.columns = columns
+        self.bounds = bounds
+        self._clock = clock
+        # Every field, in the view's order: a row's line is its view's JSON as it is.
+        self._whole = tuple(c.name for c in columns) == fields
+
+    def head(self) -> bytes:
+        if self.format is Format.JSONL:
+            return b""
+        return _csv_line([c.name for c in self.columns])
+
+    def lines(self, views: list[Any]) -> list[bytes]:
+        """Each row's line. A row is made JSON values one at a time (times as RFC 3339,
+        the payload decoded), not the page at once; every field as JSON Lines needs
+        no decoding at all."""
+        if self.format is Format.JSONL and self._whole:
+            return [_encode(view) + b"\n" for view in views]
+        lines = []
+        for view in views:
+            row = _decode(_encode(view))
+            if self.format is Format.JSONL:
+                lines.append(_encode({c.name: c.value(row) for c in self.columns}) + b"\n")
+            else:
+                lines.append(_csv_line([_cell(c.value(row)) for c in self.columns]))
+        return lines
+
+    def note(self, sent: int, why: str, token: str | None) -> bytes:
+        """The last line of an export cut short: why, and the token to go on from."""
+        if self.format is Format.JSONL:
+            body = {"complete": False, "rows": sent, "reason": why, "next_page_token": token}
+            return _encode({NOTE_KEY: body}) + b"\n"
+        go_on = f"; go on with page_token={token}" if token else ""
+        return f"# {NOTE_KEY}: incomplete after {sent} rows, {why}{go_on}\n".encode()
+
+    def first_limit(self) -> int:
+        return min(MAX_LIMIT, self.bounds.rows)
+
+    async def run(self, token: str, first: Any, walk: Walk, asked: int) -> AsyncIterator[bytes]:
+        """The export's bytes: `first`, the page `token` names (read before the response
+        began, so that its refusals are statuses), then each page after it, up to `asked`
+        (µs: the read horizon when it was asked). A token with a later `until`, or none,
+        ends there too: an export never follows the rows stored after it began."""
+        started = self._clock()
+        sent_rows, sent_bytes = 0, 0
+        head = self.head()
+        sent_bytes += len(head)
+        if head:
+            yield head
+        page = first
+        while True:
+            views = page.records if isinstance(page, RecordsPage) else page.rejections
+            # Rows stored after it was asked are not the export's: it is complete there.
+            passed = next(
+                (at for at, v in enumerate(views) if micros(v.ingest_time) >= asked), None
+            )
+            if passed is not None:
+                views = views[:passed]
+            lines = self.lines(views)
+            # Every row that fits both bounds, its lines sent together.
+            fits, size = 0, 0
+            for line in lines[: self.bounds.rows - sent_rows]:
+                if sent_bytes + size + len(line) > self.bounds.bytes:
+                    break
+                fits, size = fits + 1, size + len(line)
+            if fits:
+                yield b"".join(lines[:fits])
+            sent_rows, sent_bytes = sent_rows + fits, sent_bytes + size
+            if fits < len(lines):
+                bound = "byte" if sent_rows < self.bounds.rows else "row"
+                limit = self.bounds.bytes if bound == "byte" else self.bounds.rows
+                resume = walk.after(token, views[fits - 1]) if fits else token
+                yield self.note(sent_rows, f"at its {limit:,}-{bound} bound", resume)
+                return
+            del lines
+            following = page.next_page_token
+            if following is None or passed is not None:
+                return  # the whole range: complete
+            if not views and micros(page.complete_until) >= asked:
+                return  # nothing more before it was asked: complete
+            if sent_rows >= self.bounds.rows:
+                yield self.note(sent_rows, f"at its {self.bounds.rows:,}-row bound", following)
+                return
+            if self._clock() - started >= self.bounds.seconds:
+                yield self.note(sent_rows, f"after {self.bounds.seconds:g} s", following)
+                return
+            token = following
+            try:
+                page = await walk.read(token, min(MAX_LIMIT, self.bounds.rows - sent_rows))
+            except RetryLater as exc:
+                yield self.note(sent_rows, f"the store did not answer: {exc.detail}", token)
+                return
+
+
+def _cell(value: Any) -> str:
+    match value:
+        case None:
+            return ""
+        case bool():
+            return "true" if value else "false"
+        case str():
+            return value
+        case int() | float():
+            return str(value)
+        case bytes():
+            return base64.b64encode(value).decode()
+        case _:
+            return _encode(value).decode()
+
+
+def _csv_line(cells: list[str]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    return out.getvalue().encode()

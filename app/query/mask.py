@@ -1,0 +1,104 @@
+"""What readers who are not operators do not see: payload fields and attributes by name.
+
+`RECORDLINE_MASK_FIELDS` names payload members, masked wherever an object in a
+record's `data` has one (any depth); `RECORDLINE_MASK_ATTRIBUTES` names attributes.
+A masked value reads MASKED. A rejection's payload is masked the same way where it
+is JSON, withheld where it is not. Every read of a non-operator goes through a Reader
+that masks (`ReadSide` in app.asgi): pages, streams, look-ups, exports, the console.
+
+Design: docs/security.md#who-sees-what
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+MASKED: Final = "[masked]"
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.encode
+
+T = TypeVar("T")
+
+
+class Mask:
+    """Masks the payload members `fields` and the attributes `attributes` name."""
+
+    def __init__(self, fields: Iterable[str] = (), attributes: Iterable[str] = ()) -> None:
+        self.fields = frozenset(fields)
+        self.attributes = frozenset(attributes)
+        # A member is named in JSON text as `"name"`, or with escapes (`"\u0065mail"`):
+        # text with no such quoted name and no backslash holds none of them, and is
+        # passed on as it is without being decoded.
+        self._field_marks = tuple(_encode(name) for name in self.fields)
+        self._attribute_marks = tuple(_encode(name) for name in self.attributes)
+
+    def __bool__(self) -> bool:
+        return bool(self.fields or self.attributes)
+
+    def view(self, row: T) -> T:
+        """`row` (a RecordView or RejectionView) with what it names masked."""
+        changes: dict[str, Any] = {}
+        attributes = getattr(row, "attributes", None)
+        if self.attributes and isinstance(attributes, msgspec.Raw):
+            masked = self._json(attributes, self._attribute_marks, self._attributes)
+            if masked is not None:
+                changes["attributes"] = masked
+        data = getattr(row, "data", None)
+        if self.fields and isinstance(data, msgspec.Raw):
+            masked = self._json(data, self._field_marks, self._members)
+            if masked is not None:
+                changes["data"] = masked
+        elif self.fields and isinstance(data, bytes):
+            changes["data"] = self._received(data)
+        record = getattr(row, "record", None)
+        if record is not None:
+            changes["record"] = self.view(record)
+        return msgspec.structs.replace(row, **changes) if changes else row  # type: ignore[type-var]
+
+    def _json(self, raw: msgspec.Raw, marks: tuple[bytes, ...], mask: Any) -> msgspec.Raw | None:
+        text = bytes(raw)
+        if not _may_name(text, marks):
+            return None
+        value = _decode(text)
+        return msgspec.Raw(_encode(mask(value)))
+
+    def _attributes(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: MASKED if k in self.attributes else v for k, v in value.items()}
+
+    def _members(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: MASKED if k in self.fields else self._members(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._members(v) for v in value]
+        return value
+
+    def _received(self, data: bytes) -> bytes:
+        """A rejection's payload as received: masked if it is JSON, else withheld (b"")."""
+        if not _may_name(data, self._field_marks) and _looks_like_text(data):
+            return data
+        try:
+            value = _decode(data)
+        except msgspec.DecodeError:
+            return b""
+        return _encode(self._members(value))
+
+
+def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
+    """Whether JSON `text` may name a member `marks` quote: one of them in it, or an
+    escape, which may spell a name otherwise."""
+    return b"\\" in text or any(mark in text for mark in marks)
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """Whether `data` is UTF-8 text (JSON, or text of any other shape): bytes of another
+    encoding (Avro, Protocol Buffers) may hold a masked field's value under no name."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

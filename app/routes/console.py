@@ -1,0 +1,81 @@
+"""The operator console at /console: records, rejections, producers and health in the
+browser, served by the service itself, with no build step and nothing from the internet.
+
+Each page is a Jinja template (Litestar's templates) that the browser fills from the
+read API (`/v1/...`) with a small script of ours and uPlot (MIT, vendored in
+app/console_ui/vendor with its licence) for the charts. So the console shows what the
+API shows the same caller: its read rules, its masking, its filters and bounds; a
+replay is `/v1/replay`, allowed to operators alone.
+
+Design: docs/console.md
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from litestar import Request, Router, get
+from litestar.datastructures import CacheControlHeader
+from litestar.params import PathParameter
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import Guard, Middleware
+
+from app.auth.guards import Auth
+from app.errors import NotFound
+
+CONSOLE_PATH: Final = "/console"
+UI: Final = Path(__file__).resolve().parent.parent / "console_ui"
+# The pages, in the order the navigation shows them.
+PAGES: Final = ("records", "rejections", "producers", "health")
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    """The console's templates, autoescaped (Jinja's default for .html in Litestar)."""
+    return TemplateConfig(directory=UI / "templates", engine=JinjaTemplateEngine)
+
+
+def console_router(
+    auth: Auth, *, guards: Sequence[Guard], middleware: Sequence[Middleware]
+) -> Router:
+    """The pages and their assets, behind the read guards: a caller who may not read
+    the API may not open the console either."""
+
+    @get(CONSOLE_PATH, include_in_schema=False, sync_to_thread=False)
+    def console_root() -> Redirect:
+        # Relative, as every link of the console: the same under a cell's system prefix.
+        return Redirect("console/records")
+
+    @get(f"{CONSOLE_PATH}/{{page:str}}", include_in_schema=False)
+    async def console_page(
+        request: Request[Any, Any, Any], page: Annotated[str, PathParameter()]
+    ) -> Template:
+        if page not in PAGES:
+            raise NotFound(f"no console page {page!r}; the pages are {', '.join(PAGES)}")
+        return Template(
+            template_name=f"{page}.html",
+            context={
+                "page": page,
+                "pages": PAGES,
+                "operator": await auth.operates(request),
+                "assets": "static",
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    assets = create_static_files_router(
+        path=f"{CONSOLE_PATH}/static",
+        directories=[UI / "static"],
+        include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=3600),
+    )
+    return Router(
+        "/",
+        route_handlers=[console_root, console_page, assets],
+        guards=list(guards),
+        middleware=list(middleware),
+    )

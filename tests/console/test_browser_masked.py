@@ -1,0 +1,82 @@
+"""The console as a reader who is not an operator sees it: `recordline serve` with a
+push token (operators send it) and a mask; the browser sends no token, so every page,
+record and export it shows is masked, and it is offered no replay."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from recordline_dev.processes import free_port, stop_group
+from tests.console.browser import envelope, serve
+
+pytestmark = pytest.mark.browser
+
+SECRET = "a-push-secret-long-enough"
+HIDDEN = ("alice@example.com", "10.0.0.7")
+
+
+@pytest.fixture(scope="module")
+def service(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("masked")
+    port = free_port()
+    process = serve(
+        folder,
+        port,
+        RECORDLINE_PUSH_TOKEN=SECRET,
+        RECORDLINE_MASK_FIELDS="email",
+        RECORDLINE_MASK_ATTRIBUTES="client-ip",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, params={"token": SECRET}) as client:
+            for push in (
+                envelope(
+                    "m-1",
+                    {"id": "r-1", "data": {"email": "alice@example.com", "plan": "gold"}},
+                    {"client-ip": "10.0.0.7", "region": "eu"},
+                ),
+                envelope("bad-1", {"data": {"email": "alice@example.com"}}, {}),
+            ):
+                assert client.post("/pubsub/push", json=push).status_code == 204
+        yield url
+    finally:
+        stop_group(process, timeout=15)
+
+
+def test_a_reader_sees_masked_values_in_the_page_and_the_export(
+    service: str, page: Any, tmp_path: Path
+) -> None:
+    page.goto(f"{service}/console/records")
+    expect(page.locator("header .who")).to_have_text("reader")
+    page.locator("#rows tbody tr.row[data-message-id=m-1]").click()
+    detail = page.locator("tr.detail")
+    expect(detail).to_contain_text('"email": "[masked]"')
+    expect(detail).to_contain_text('"plan": "gold"')
+    expect(detail).to_contain_text('"client-ip": "[masked]"')
+    for value in HIDDEN:
+        assert value not in page.content()
+    page.fill("input[name=columns]", "id,data.email,attributes.client-ip,attributes.region")
+    with page.expect_download() as started:
+        page.click("#export button[value=csv]")
+    saved = tmp_path / "export.csv"
+    started.value.save_as(saved)
+    rows = list(csv.reader(io.StringIO(saved.read_text())))
+    assert rows == [
+        ["id", "data.email", "attributes.client-ip", "attributes.region"],
+        ["r-1", "[masked]", "[masked]", "eu"],
+    ]
+    page.goto(f"{service}/console/rejections")
+    page.locator("#reasons tbody tr").first.click()
+    expect(page.locator("#rows tbody tr")).to_have_count(1)
+    expect(page.locator("#replay")).to_have_count(0)
+    expect(page.locator("main")).to_contain_text("Replay is for operators")
+    for value in HIDDEN:
+        assert value not in page.content()

@@ -1,0 +1,89 @@
+"""The console's pages as the service serves them: every page, its assets from the
+package (nothing from the internet), the operator's replay offered to operators alone,
+and a page that does not exist a 404 problem."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from litestar.testing import AsyncTestClient, TestClient
+
+from app.asgi import create_app
+from app.routes.console import PAGES
+from app.settings import Settings
+from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
+from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
+from tests.conftest import settings
+from tests.fakes import FaultyStore
+
+SECRET = "a-push-secret-long-enough"
+OPERATOR = "oncall@example.org"
+ANALYST = "analyst@example.org"
+STRANGER = "someone@example.org"
+
+
+@pytest.fixture
+def client(store: FaultyStore) -> TestClient:  # type: ignore[type-arg]
+    app = create_app(settings(RECORDLINE_PUSH_TOKEN=SECRET), store=store)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_every_page_loads_only_what_the_service_serves(client: TestClient) -> None:  # type: ignore[type-arg]
+    assert client.get("/console", follow_redirects=False).headers["location"] == "console/records"
+    for page in PAGES:
+        answer = client.get(f"/console/{page}")
+        assert answer.status_code == 200, answer.text
+        sources = re.findall(r'(?:src|href)="([^"]+)"', answer.text)
+        assert sources, answer.text
+        for source in sources:
+            # Relative to the page (so under a cell's prefix too), never another host.
+            assert not source.startswith(("/", "http:", "https:")), source
+            if not source.startswith("data:"):
+                assert client.get(f"/console/{source}").status_code == 200, source
+
+
+def test_replay_is_offered_to_operators_alone(client: TestClient) -> None:  # type: ignore[type-arg]
+    reader = client.get("/console/rejections").text
+    operator = client.get("/console/rejections", headers={"Authorization": f"Bearer {SECRET}"}).text
+    assert 'id="replay"' not in reader
+    assert "Replay is for operators" in reader
+    assert 'id="replay"' in operator
+
+
+def test_a_page_that_does_not_exist_is_a_404_problem(client: TestClient) -> None:  # type: ignore[type-arg]
+    answer = client.get("/console/secrets")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # noqa: F811
+    """With read authentication, the console is closed to a caller without a reader's
+    token (401) or with another's (403), as the read API is; an analyst reads it
+    without the replay, an operator with it."""
+    app = create_app(
+        Settings.load(
+            {
+                "RECORDLINE_STORE": "memory:",
+                "RECORDLINE_PUSH_TOKEN": "a-long-enough-push-secret",
+                "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+                "RECORDLINE_READ_PRINCIPALS": f"{ANALYST},{OPERATOR}",
+                "RECORDLINE_OPERATOR_PRINCIPALS": OPERATOR,
+                "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+            }
+        )
+    )
+
+    def bearer(email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {google.mint(aud=READ_AUDIENCE, email=email)}"}
+
+    async with AsyncTestClient(app) as client:
+        for path in ("/console/records", "/console/static/console.js"):
+            assert (await client.get(path)).status_code == 401, path
+            assert (await client.get(path, headers=bearer(STRANGER))).status_code == 403
+        analyst = await client.get("/console/rejections", headers=bearer(ANALYST))
+        assert analyst.status_code == 200
+        assert 'id="replay"' not in analyst.text
+        operator = await client.get("/console/rejections", headers=bearer(OPERATOR))
+        assert 'id="replay"' in operator.text

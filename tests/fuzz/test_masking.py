@@ -1,0 +1,95 @@
+"""No payload or attributes a producer sends let a masked value through to a reader: a
+masked member's value is gone at every depth whatever the JSON's spelling (escapes,
+spacing, repeated keys), and everything else reads as it was sent."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.query.mask import MASKED, Mask
+from app.query.service import RecordView, RejectionView
+from tests.fuzz.budget import EXAMPLES
+
+MASKED_NAMES = ["email", "card", "é"]
+names = st.sampled_from([*MASKED_NAMES, "emails", "Email", "x", ""]) | st.text(max_size=6)
+scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4),
+    max_leaves=20,
+)
+WHEN = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def masked(value: Any, masks: frozenset[str]) -> Any:
+    """What a reader must see of `value`: every member `masks` names, at any depth, MASKED."""
+    if isinstance(value, dict):
+        return {k: MASKED if k in masks else masked(v, masks) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v, masks) for v in value]
+    return value
+
+
+@st.composite
+def spelled(draw: st.DrawFn, value: Any) -> bytes:
+    """`value` as JSON a producer may send: ASCII-escaped or not, spaced or not, and a
+    key spelled with `\\u` escapes."""
+    text = json.dumps(value, ensure_ascii=draw(st.booleans()), indent=draw(st.none() | st.just(1)))
+    if draw(st.booleans()):
+        # Every character of every masked name's key escaped: the same key to a decoder.
+        for name in MASKED_NAMES:
+            escaped = "".join(f"\\u{ord(c):04x}" for c in name)
+            text = text.replace(json.dumps(name), f'"{escaped}"')
+    return text.encode()
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None)
+@given(
+    data=st.dictionaries(names, values, max_size=5).flatmap(
+        lambda v: st.tuples(st.just(v), spelled(v))
+    ),
+    attributes=st.dictionaries(names, st.text(max_size=8), max_size=4).flatmap(
+        lambda v: st.tuples(st.just(v), spelled(v))
+    ),
+)
+def test_a_masked_value_never_reaches_a_reader_however_it_is_spelled(
+    data: tuple[Any, bytes], attributes: tuple[dict[str, str], bytes]
+) -> None:
+    mask = Mask(MASKED_NAMES, MASKED_NAMES)
+    masks = frozenset(MASKED_NAMES)
+    (value, text), (attrs, attrs_text) = data, attributes
+    record = RecordView(
+        message_id="m",
+        id="r",
+        timestamp=None,
+        data=msgspec.Raw(text),
+        attributes=msgspec.Raw(attrs_text),
+        publish_time=WHEN,
+        ingest_time=WHEN,
+        subscription=None,
+        delivery_attempt=None,
+        trace_id=None,
+        schema=None,
+    )
+    seen = mask.view(record)
+    assert json.loads(bytes(seen.data)) == masked(value, masks)
+    assert json.loads(bytes(seen.attributes)) == masked(attrs, masks)
+    # A rejection's payload, as received: masked the same where it is JSON.
+    rejection = RejectionView(
+        message_id="m",
+        reason="r",
+        data=text,
+        attributes=msgspec.Raw(attrs_text),
+        publish_time=WHEN,
+        ingest_time=WHEN,
+        subscription=None,
+        delivery_attempt=None,
+        schema=None,
+    )
+    assert json.loads(mask.view(rejection).data) == masked(value, masks)

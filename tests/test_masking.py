@@ -1,0 +1,205 @@
+"""What readers who are not operators do not see: a masked payload field or attribute is
+absent from every read of theirs (pages, look-ups, streams, events, exports), and
+present for an operator; where nothing tells operators apart, nothing is masked."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from litestar import Litestar
+
+from app.asgi import create_app
+from app.query.mask import MASKED, Mask
+from app.query.service import RecordView, RejectionView
+from tests.conftest import served, settings
+from tests.fakes import FaultyStore
+
+SECRET = "a-push-secret-long-enough"
+OPERATOR = {"Authorization": f"Bearer {SECRET}"}
+# What a reader must never see, and what it still sees.
+HIDDEN = ("alice@example.com", "4111-1111", "10.0.0.7", "bob@example.com")
+SHOWN = ("kept-value", "eu-west")
+
+
+def push_body(message_id: str, payload: bytes) -> dict[str, Any]:
+    return {
+        "message": {
+            "data": base64.b64encode(payload).decode(),
+            "messageId": message_id,
+            "publishTime": "2024-04-27T12:00:01Z",
+            "attributes": {"client-ip": "10.0.0.7", "region": "eu-west"},
+        },
+        "subscription": "projects/p/subscriptions/s",
+    }
+
+
+RECORD = json.dumps(
+    {
+        "id": "r-1",
+        "data": {
+            "email": "alice@example.com",
+            "lines": [{"card": "4111-1111", "note": "kept-value"}],
+            "emails": "not-a-masked-name",
+        },
+    }
+).encode()
+# A rejection whose payload is JSON (with no id), and one that is not.
+REJECTED_JSON = json.dumps({"no_id": True, "email": "bob@example.com"}).encode()
+REJECTED_BYTES = b"\x00\x01 bob@example.com \xff"
+
+
+@pytest.fixture
+def app(store: FaultyStore) -> Litestar:
+    return create_app(
+        settings(
+            RECORDLINE_PUSH_TOKEN=SECRET,
+            RECORDLINE_MASK_FIELDS="email, card",
+            RECORDLINE_MASK_ATTRIBUTES="client-ip",
+            RECORDLINE_STREAM_SECONDS="1",
+            RECORDLINE_HEARTBEAT_SECONDS="0.2",
+        ),
+        store=store,
+    )
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(app) as client:
+        for message_id, payload in (
+            ("m-1", RECORD),
+            ("m-2", REJECTED_JSON),
+            ("m-3", REJECTED_BYTES),
+        ):
+            pushed = await client.post(
+                "/pubsub/push", params={"token": SECRET}, json=push_body(message_id, payload)
+            )
+            assert pushed.status_code == 204
+        yield client
+
+
+async def everything(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
+    """What every read shows this caller, as text (rejections' payloads decoded)."""
+    texts = []
+    for path, params in (
+        ("/v1/records", {}),
+        ("/v1/records/r-1", {}),
+        ("/v1/messages/m-1", {}),
+        ("/v1/streams/records", {"offset": "-1"}),
+        ("/v1/export/records", {"format": "csv"}),
+        ("/v1/export/records", {"format": "jsonl", "columns": "data.email,attributes"}),
+    ):
+        answer = await client.get(path, params=params, headers=headers)
+        assert answer.status_code == 200, (path, answer.text)
+        texts.append(answer.text)
+    for path in ("/v1/rejections", "/v1/streams/rejections", "/v1/export/rejections"):
+        params = {"format": "jsonl"} if "export" in path else {}
+        if "streams" in path:
+            params = {"offset": "-1"}
+        answer = await client.get(path, params=params, headers=headers)
+        assert answer.status_code == 200, (path, answer.text)
+        texts.append(answer.text)
+        body = answer.json() if not path.startswith("/v1/export") else None
+        rows = [json.loads(line) for line in answer.text.splitlines()] if body is None else body
+        rows = rows["rejections"] if isinstance(rows, dict) else rows
+        texts += [base64.b64decode(row["data"]).decode("latin-1") for row in rows]
+    async with client.stream(
+        "GET", "/v1/records", headers={"accept": "text/event-stream", **headers}
+    ) as events:
+        texts.append("".join([line async for line in events.aiter_lines()]))
+    return "\n".join(texts)
+
+
+async def test_a_masked_field_is_absent_for_a_reader_and_there_for_an_operator(
+    client: httpx.AsyncClient,
+) -> None:
+    reader = await everything(client, {})
+    for value in HIDDEN:
+        assert value not in reader, value
+    for value in SHOWN:
+        assert value in reader, value
+    assert MASKED in reader
+    # A member whose name only starts like a masked one is not masked.
+    assert "not-a-masked-name" in reader
+    operator = await everything(client, OPERATOR)
+    for value in (*HIDDEN, *SHOWN):
+        assert value in operator, value
+    # A wrong token is a reader's: masked, not refused.
+    wrong = await client.get("/v1/records/r-1", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 200
+    assert "alice@example.com" not in wrong.text
+
+
+async def test_a_rejection_not_json_is_withheld_and_one_that_is_masked(
+    client: httpx.AsyncClient,
+) -> None:
+    rows = (await client.get("/v1/rejections")).json()["rejections"]
+    data = {row["message_id"]: base64.b64decode(row["data"]) for row in rows}
+    assert json.loads(data["m-2"]) == {"no_id": True, "email": MASKED}
+    assert data["m-3"] == b""
+    operator = (await client.get("/v1/rejections", headers=OPERATOR)).json()["rejections"]
+    assert {row["message_id"]: base64.b64decode(row["data"]) for row in operator} == {
+        "m-2": REJECTED_JSON,
+        "m-3": REJECTED_BYTES,
+    }
+
+
+def test_a_mask_reaches_every_depth_and_leaves_what_it_does_not_name() -> None:
+    mask = Mask(["secret"], ["ip"])
+    raw = json.dumps({"a": [{"secret": 1, "b": {"secret": {"x": 2}}}], "secrets": 3}).encode()
+    view = RecordView(
+        message_id="m",
+        id="r",
+        timestamp=None,
+        data=msgspec.Raw(raw),
+        attributes=msgspec.Raw(b'{"ip":"1.2.3.4","ipv6":"::1"}'),
+        publish_time=datetime(2024, 1, 1, tzinfo=UTC),
+        ingest_time=datetime(2024, 1, 1, tzinfo=UTC),
+        subscription=None,
+        delivery_attempt=None,
+        trace_id=None,
+        schema=None,
+    )
+    masked = mask.view(view)
+    assert json.loads(bytes(masked.data)) == {
+        "a": [{"secret": MASKED, "b": {"secret": MASKED}}],
+        "secrets": 3,
+    }
+    assert json.loads(bytes(masked.attributes)) == {"ip": MASKED, "ipv6": "::1"}
+    # What holds no masked name is the same object, not decoded again.
+    plain = Mask(["nothing-here"])
+    assert plain.view(view) is view
+    # Text that is not JSON and names nothing is kept; bytes that are not text are not.
+    rejection = RejectionView(
+        message_id="m",
+        reason="r",
+        data=b"plain text",
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=view.publish_time,
+        ingest_time=view.ingest_time,
+        subscription=None,
+        delivery_attempt=None,
+        schema=None,
+    )
+    assert mask.view(rejection).data == b"plain text"
+    binary = msgspec.structs.replace(rejection, data=b"\xff\x00")
+    assert mask.view(binary).data == b""
+
+
+async def test_with_no_authentication_nothing_is_masked_and_the_log_says_so(
+    store: FaultyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        app = create_app(settings(RECORDLINE_MASK_FIELDS="email"), store=store)
+    assert "mask nothing here" in caplog.text
+    async with served(app) as client:
+        pushed = await client.post("/pubsub/push", json=push_body("m-1", RECORD))
+        assert pushed.status_code == 204
+        assert "alice@example.com" in (await client.get("/v1/records/r-1")).text
