@@ -357,7 +357,8 @@ def test_the_document_states_the_times_a_list_takes_and_the_service_takes_those(
         parameters = service.document["paths"][route]["get"]["parameters"]
         for name in ("since", "until"):
             [schema] = [p["schema"] for p in parameters if p["name"] == name]
-            pattern = re.compile(schema["pattern"])
+            # A date-time or an age: either of the two patterns.
+            patterns = [re.compile(either["pattern"]) for either in schema["oneOf"]]
             for value in (
                 "",
                 "yesterday",
@@ -381,7 +382,7 @@ def test_the_document_states_the_times_a_list_takes_and_the_service_takes_those(
                 answer = service.client.get(
                     route, params={name: value}, headers=service.token(ANALYST)
                 )
-                valid = pattern.search(value) is not None
+                valid = any(pattern.search(value) for pattern in patterns)
                 # (Rows older than the retention are gone: 410, a time taken.)
                 expected = {200, 410} if valid else {400}
                 assert answer.status_code in expected, (route, name, value, answer.text)
