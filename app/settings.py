@@ -757,6 +757,23 @@ class ExporterSettings(Section, frozen=True):
 
 
 # What a cell's entry for a system (RECORDLINE_SYSTEMS) holds, in words.
+def _store_place(url: str) -> str | None:
+    """Where a store or serving URL keeps its rows, the same for every spelling of one
+    place (a DuckDB file's real path, symlinks and `//` resolved; a BigQuery dataset; a
+    Spanner database); None for one of its own (`memory:`, an in-memory DuckDB)."""
+    if match := re.fullmatch(BIGQUERY_URL, url):
+        return f"BigQuery dataset {match['project']}.{match['dataset']}"
+    if match := re.fullmatch(SPANNER_URL, url):
+        return f"Spanner database {match['database']}"
+    scheme, _, rest = url.partition(":")
+    if scheme != "duckdb":
+        return None
+    path = rest.removeprefix("//") or "recordline.duckdb"  # as the store opens it
+    if path.startswith(":memory:"):
+        return None
+    return f"DuckDB file {os.path.realpath(path)}"
+
+
 _CELL_SYSTEMS_ACCEPTED = (
     "a JSON object of at most RECORDLINE_CELL_MAX_SYSTEMS systems, each name (as "
     'RECORDLINE_SYSTEM) to {"store": RECORDLINE_STORE, and optionally "serving", '
@@ -956,6 +973,19 @@ class CellSettings(Section, frozen=True):
                 )
             if audience:
                 audiences[audience] = name
+        holders: dict[str, str] = {}
+        for name, entry in found.items():
+            for place in (_store_place(entry.store), _store_place(entry.serving)):
+                if place is None:
+                    continue
+                if place in holders:
+                    raise SettingsError(
+                        f"RECORDLINE_SYSTEMS: systems {holders[place]!r} and {name!r} are "
+                        f"stored in the same {place}: each would read and write the "
+                        "other's records",
+                        var=var,
+                    )
+                holders[place] = name
         return found
 
 
