@@ -120,6 +120,10 @@ class Shared:
     # What requests and answers in flight are charged to: the process's one (app.budget).
     in_flight: Budget | None = None
     probe_canary: bool = True
+    # What signs the system's page tokens and stream offsets, where not
+    # RECORDLINE_PAGE_TOKEN_SECRET itself: a cell gives each system a key of its own
+    # (`app.cell.app.system_token_secret`), so that one system's token is not another's.
+    page_token_secret: str | None = None
 
 
 def create_app(
@@ -172,6 +176,7 @@ def create_app(
         pending_horizon=batcher.horizon,
         later_copies=later_copies,
         budget=budget,
+        page_token_secret=None if shared is None else shared.page_token_secret,
     )
     loops = app_loops(store, reads.producers, telemetry)
     if shared is not None and shared.probe_canary and probes_canary(settings):
@@ -333,9 +338,11 @@ class ReadSide:
         pending_horizon: Callable[[], int],
         later_copies: LaterCopies | None = None,
         budget: Budget | None = None,
+        page_token_secret: str | None = None,
     ) -> ReadSide:
         query = settings.query
-        tokens = PageTokens(query.page_token_secret)
+        secret = page_token_secret or query.page_token_secret
+        tokens = PageTokens(secret)
         reader = Reader(
             observed,
             pending_horizon=pending_horizon,
@@ -345,7 +352,7 @@ class ReadSide:
             budget=budget,
         )
         followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
-        streams = Streams(reader, Offsets(query.page_token_secret))
+        streams = Streams(reader, Offsets(secret))
         return cls(
             Paging(reader, followers, streams),
             Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
