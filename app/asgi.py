@@ -182,7 +182,7 @@ def create_app(
     if shared is not None and shared.probe_canary and probes_canary(settings):
         probe = CanaryProbe(store, found=telemetry.metrics.canary)
         loops.add(Loop("canary", probe.run, interval=PROBE_SECONDS))
-    readiness = Readiness(store, checks=[auth.check, schemas.check, loops.check])
+    readiness = Readiness(store, checks=[auth.check, loops.check], warnings=[schemas.warnings])
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
         horizon=reads.paging.reader.horizon,

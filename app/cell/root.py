@@ -39,10 +39,12 @@ SYSTEMS_PATH: Final = "/systems"
 _CHECKS_AT_ONCE: Final = 16
 
 
-class CellHealth(msgspec.Struct, frozen=True):
+class CellHealth(msgspec.Struct, frozen=True, omit_defaults=True):
     status: str
-    # Each system that is not ready, and why.
-    not_ready: dict[str, str] = msgspec.field(default_factory=dict)
+    # Each system that is not ready, and why (always said, `{}` for none).
+    not_ready: dict[str, str]
+    # What is degraded in each ready system (its /readyz's warnings); said if any.
+    warnings: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
 class CellReadiness:
@@ -60,6 +62,8 @@ class CellReadiness:
             await self._certs.check()
         turns = asyncio.Semaphore(_CHECKS_AT_ONCE)
 
+        warnings: dict[str, list[str]] = {}
+
         async def why(system: CellSystem) -> str:
             app = system.app
             if app is None or app.readiness is None:
@@ -69,6 +73,9 @@ class CellReadiness:
                     await app.readiness.check()
                 except RecordlineError as exc:
                     return exc.detail
+            said = app.readiness.warnings()
+            if said:
+                warnings[system.name] = said
             return ""
 
         found = await asyncio.gather(*(why(s) for s in self._systems.values()))
@@ -76,7 +83,7 @@ class CellReadiness:
         if not_ready and len(not_ready) == len(self._systems):
             said = "; ".join(f"{name}: {why}" for name, why in not_ready.items())
             raise RetryLater(f"no system of the cell is ready: {said}")
-        return CellHealth("ready", not_ready)
+        return CellHealth("ready", not_ready, dict(sorted(warnings.items())))
 
 
 @get(
