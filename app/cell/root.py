@@ -12,6 +12,7 @@ Design: docs/cells.md#paths
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import unquote
 from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
@@ -19,6 +20,7 @@ import msgspec
 from litestar import HttpMethod, Router, get, route
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
+from litestar.types import HTTPScope
 
 from app.auth.oidc import GoogleCerts
 from app.cell.systems import CellSystem
@@ -106,10 +108,15 @@ class Refusal:
     def __init__(self, systems: Mapping[str, CellSystem]) -> None:
         self._systems = systems
 
-    def __call__(self, name: str) -> RecordlineError:
+    def __call__(self, name: str, path: str) -> RecordlineError:
+        """The refusal of `path`, which the router read as under system `name`."""
         system = self._systems.get(name)
         if system is None:
             return UnknownSystem(f"no system {name!r} is served here")
+        own = f"{SYSTEMS_PATH}/{name}"
+        if path != own and not path.startswith(own + "/"):
+            # The router reads `/systems//alpha/…` as alpha's, which no system's path is.
+            return UnknownSystem(f"{path!r} is no path of a system served here ({own}/…)")
         return SystemUnavailable(f"system {name!r} does not serve: {system.why or 'starting'}")
 
 
@@ -125,15 +132,26 @@ _METHODS: Final = [
 
 
 @route("/{system:str}", http_method=_METHODS, include_in_schema=False)
-async def refuse_system(system: _System, refusal: NamedDependency[Refusal]) -> None:
-    raise refusal(system)
+async def refuse_system(
+    system: _System, refusal: NamedDependency[Refusal], scope: HTTPScope
+) -> None:
+    raise refusal(system, _sent_path(scope))
 
 
 @route("/{system:str}/{rest:path}", http_method=_METHODS, include_in_schema=False)
 async def refuse_path(
-    system: _System, rest: Annotated[str, PathParameter()], refusal: NamedDependency[Refusal]
+    system: _System,
+    rest: Annotated[str, PathParameter()],
+    refusal: NamedDependency[Refusal],
+    scope: HTTPScope,
 ) -> None:
-    raise refusal(system)
+    raise refusal(system, _sent_path(scope))
+
+
+def _sent_path(scope: HTTPScope) -> str:
+    """The path as sent: the router's own has `//` made `/`."""
+    raw = scope.get("raw_path")
+    return scope["path"] if raw is None else unquote(raw.decode("latin-1"))
 
 
 def root_routes(extra: list[Any]) -> list[Router]:

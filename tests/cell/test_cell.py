@@ -178,6 +178,9 @@ def test_each_system_reads_payloads_of_its_own_shape(stores: Stores) -> None:
         "/systems/Alpha/pubsub/push",
         "/systems//pubsub/push",
         "/systems/alpha-/pubsub/push",
+        # Alpha serves, and none of these is its path.
+        "/systems//alpha/pubsub/push",
+        "/systems///alpha/pubsub/push",
         "/pubsub/push",  # a deployment of one system's path: not a cell's
     ],
 )
