@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -757,6 +758,20 @@ class ExporterSettings(Section, frozen=True):
 
 
 # What a cell's entry for a system (RECORDLINE_SYSTEMS) holds, in words.
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of RECORDLINE_SYSTEMS, refused if it names a key twice."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise SettingsError(
+                f"RECORDLINE_SYSTEMS: {key!r} is given twice in one object: one would "
+                "be dropped",
+                var="RECORDLINE_SYSTEMS",
+            )
+        found[key] = value
+    return found
+
+
 def _store_place(url: str) -> str | None:
     """Where a store or serving URL keeps its rows, the same for every spelling of one
     place (a DuckDB file's real path, symlinks and `//` resolved; a BigQuery dataset; a
@@ -936,6 +951,9 @@ class CellSettings(Section, frozen=True):
             raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED) from None
         if not isinstance(raw, dict) or not raw:
             raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED)
+        # A name (or a field) given twice would be read as the last one, the other
+        # dropped unsaid.
+        json.loads(text, object_pairs_hook=_once)
         found: dict[str, SystemEntry] = {}
         for name, entry in raw.items():
             if not re.fullmatch(_SYSTEM, name):

@@ -985,6 +985,14 @@ def test_a_key_that_cannot_be_used_is_refused_naming_the_producer_not_the_key() 
     with pytest.raises(SettingsError) as malformed:
         app_settings(RECORDLINE_PRODUCER_KEYS="orders-api")
     assert malformed.value.var == "RECORDLINE_PRODUCER_KEYS"
+    # A producer given two keys: one would be dropped unsaid.
+    one, other = (base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2))
+    for twice in (f"orders-api={one},orders-api={other}", f"orders-*={one},orders-*={other}"):
+        with pytest.raises(SettingsError, match="is given a key twice") as refused:
+            create_app(app_settings(RECORDLINE_PRODUCER_KEYS=twice))
+        assert one not in str(refused.value) and other not in str(refused.value)
+    # A prefix and an exact name are two entries.
+    create_app(app_settings(RECORDLINE_PRODUCER_KEYS=f"orders-api={one},orders-api*={other}"))
 
 
 def test_an_unsigned_claim_on_a_signing_producer_is_refused_and_claims_nothing() -> None:

@@ -255,6 +255,17 @@ def test_two_systems_in_one_place_are_refused_naming_both(tmp_path: Path) -> Non
     assert len(apart.systems()) == 4
 
 
+def test_a_system_or_a_field_named_twice_is_refused() -> None:
+    twice = (
+        '{"alpha": {"store": "memory:"}, "alpha": {"store": "duckdb:a.duckdb"}}',
+        '{"alpha": {"store": "memory:", "store": "duckdb:a.duckdb"}}',
+    )
+    for text in twice:
+        with pytest.raises(SettingsError, match="given twice") as refused:
+            Settings.load({"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": text})
+        assert refused.value.var == "RECORDLINE_SYSTEMS"
+
+
 def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:
     exported = {"orders": {"serving": ORDERS["serving"], "store": ORDERS["store"]}}
     loaded = Settings.load({"RECORDLINE_EXPORT_SYSTEMS": json.dumps(exported)})
