@@ -764,8 +764,7 @@ def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in found:
             raise SettingsError(
-                f"RECORDLINE_SYSTEMS: {key!r} is given twice in one object: one would "
-                "be dropped",
+                f"RECORDLINE_SYSTEMS: {key!r} is given twice in one object: one would be dropped",
                 var="RECORDLINE_SYSTEMS",
             )
         found[key] = value

@@ -12,9 +12,9 @@ Design: docs/cells.md#paths
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import unquote
 from collections.abc import Mapping
 from typing import Annotated, Any, Final
+from urllib.parse import unquote
 
 import msgspec
 from litestar import HttpMethod, Router, get, route
