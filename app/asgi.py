@@ -126,6 +126,10 @@ class Shared:
     # What requests and answers in flight are charged to: the process's one (app.budget).
     in_flight: Budget | None = None
     probe_canary: bool = True
+    # What signs the system's page tokens and stream offsets, where not
+    # RECORDLINE_PAGE_TOKEN_SECRET itself: a cell gives each system a key of its own
+    # (`app.cell.app.system_token_secret`), so that one system's token is not another's.
+    page_token_secret: str | None = None
 
 
 def create_app(
@@ -178,6 +182,7 @@ def create_app(
         pending_horizon=batcher.horizon,
         later_copies=later_copies,
         budget=budget,
+        page_token_secret=None if shared is None else shared.page_token_secret,
     )
     if reads.masked is not None and auth.everyone_operates:
         log.warning(
@@ -190,7 +195,7 @@ def create_app(
     if shared is not None and shared.probe_canary and probes_canary(settings):
         probe = CanaryProbe(store, found=telemetry.metrics.canary)
         loops.add(Loop("canary", probe.run, interval=PROBE_SECONDS))
-    readiness = Readiness(store, checks=[auth.check, schemas.check, loops.check])
+    readiness = Readiness(store, checks=[auth.check, loops.check], warnings=[schemas.warnings])
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
         horizon=reads.paging.reader.horizon,
@@ -366,9 +371,11 @@ class ReadSide:
         pending_horizon: Callable[[], int],
         later_copies: LaterCopies | None = None,
         budget: Budget | None = None,
+        page_token_secret: str | None = None,
     ) -> ReadSide:
         query = settings.query
-        tokens = PageTokens(query.page_token_secret)
+        secret = page_token_secret or query.page_token_secret
+        tokens = PageTokens(secret)
 
         def made(mask: Mask | None = None) -> Reader:
             return Reader(
@@ -383,7 +390,7 @@ class ReadSide:
 
         reader = made()
         followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
-        offsets = Offsets(query.page_token_secret)
+        offsets = Offsets(secret)
         streams = Streams(reader, offsets)
         mask = Mask(names(query.mask_fields), names(query.mask_attributes))
         masked = None

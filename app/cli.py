@@ -469,6 +469,10 @@ def _sql(args: argparse.Namespace) -> int:
                     "of it taken now",
                     file=sys.stderr,
                 )
+            # Read-only beyond the store too: no file written or read, no extension
+            # fetched, no database attached; and no statement may set it back.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
             answer = con.sql(args.query)
             if answer is not None:
                 answer.show(max_rows=1000)

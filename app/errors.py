@@ -255,7 +255,7 @@ class SchemaUnavailable(RetryLater):
     """The topic schema revision a message names could not be fetched from the Pub/Sub
     Schema API, so the message could not be decoded; nothing was stored.
 
-    Our failure, not the publisher's: `/readyz` says which schema and why. Pub/Sub
+    Our failure, not the publisher's: `/readyz`'s warnings say which schema and why. Pub/Sub
     redelivers after `Retry-After`.
     """
 

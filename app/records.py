@@ -111,6 +111,24 @@ def moment(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+def in_range(when: datetime) -> datetime:
+    """`when` in UTC, a time outside the years every store holds as the first or the
+    last one they hold (a bound beyond them reads from the start, or to the end, as
+    the API's `since` and `until` do): `0001-01-01T00:00:00+01:00` is the first."""
+    try:
+        return moment(micros(when))
+    except TimeOutOfRange:
+        ahead = (when.utcoffset() or timedelta(0)) > timedelta(0)
+        return moment(MIN_MICROS if ahead else MAX_MICROS)
+
+
+def ago(seconds: float, now: datetime) -> datetime:
+    """`seconds` before `now`; longer ago than every store reaches back: the first
+    time they hold."""
+    before = micros(now) - seconds * 1_000_000
+    return moment(MIN_MICROS if before < MIN_MICROS else int(before))
+
+
 def rfc3339(when: datetime) -> str:
     """`when` as RFC 3339 text, UTC written `Z`, as the API writes every time."""
     return when.isoformat().replace("+00:00", "Z")

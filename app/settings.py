@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -790,6 +791,36 @@ class ExporterSettings(Section, frozen=True):
 
 
 # What a cell's entry for a system (RECORDLINE_SYSTEMS) holds, in words.
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of RECORDLINE_SYSTEMS, refused if it names a key twice."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise SettingsError(
+                f"RECORDLINE_SYSTEMS: {key!r} is given twice in one object: one would be dropped",
+                var="RECORDLINE_SYSTEMS",
+            )
+        found[key] = value
+    return found
+
+
+def _store_place(url: str) -> str | None:
+    """Where a store or serving URL keeps its rows, the same for every spelling of one
+    place (a DuckDB file's real path, symlinks and `//` resolved; a BigQuery dataset; a
+    Spanner database); None for one of its own (`memory:`, an in-memory DuckDB)."""
+    if match := re.fullmatch(BIGQUERY_URL, url):
+        return f"BigQuery dataset {match['project']}.{match['dataset']}"
+    if match := re.fullmatch(SPANNER_URL, url):
+        return f"Spanner database {match['database']}"
+    scheme, _, rest = url.partition(":")
+    if scheme != "duckdb":
+        return None
+    path = rest.removeprefix("//") or "recordline.duckdb"  # as the store opens it
+    if path.startswith(":memory:"):
+        return None
+    return f"DuckDB file {os.path.realpath(path)}"
+
+
 _CELL_SYSTEMS_ACCEPTED = (
     "a JSON object of at most RECORDLINE_CELL_MAX_SYSTEMS systems, each name (as "
     'RECORDLINE_SYSTEM) to {"store": RECORDLINE_STORE, and optionally "serving", '
@@ -952,6 +983,9 @@ class CellSettings(Section, frozen=True):
             raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED) from None
         if not isinstance(raw, dict) or not raw:
             raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED)
+        # A name (or a field) given twice would be read as the last one, the other
+        # dropped unsaid.
+        json.loads(text, object_pairs_hook=_once)
         found: dict[str, SystemEntry] = {}
         for name, entry in raw.items():
             if not re.fullmatch(_SYSTEM, name):
@@ -989,6 +1023,19 @@ class CellSettings(Section, frozen=True):
                 )
             if audience:
                 audiences[audience] = name
+        holders: dict[str, str] = {}
+        for name, entry in found.items():
+            for place in (_store_place(entry.store), _store_place(entry.serving)):
+                if place is None:
+                    continue
+                if place in holders:
+                    raise SettingsError(
+                        f"RECORDLINE_SYSTEMS: systems {holders[place]!r} and {name!r} are "
+                        f"stored in the same {place}: each would read and write the "
+                        "other's records",
+                        var=var,
+                    )
+                holders[place] = name
         return found
 
 

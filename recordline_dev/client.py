@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ import msgspec
 
 from app.commands.arguments import at_least_one, service_url
 from app.commands.credentials import NoCredentials, google_credentials
-from app.records import AwareDatetime, micros, rfc3339
+from app.records import AwareDatetime, ago, micros, rfc3339
 from recordline_dev.progress import POLL_SECONDS, Ledger
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
@@ -996,8 +996,8 @@ def since_time(value: str | None, *, now: datetime | None = None) -> str:
         return rfc3339(now)
     match = _DURATION.fullmatch(value.strip())
     if match:
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-        return rfc3339(now - timedelta(seconds=seconds))
+        # Longer ago than every store reaches back: from the start.
+        return rfc3339(ago(float(match[1]) * _UNIT_SECONDS[match[2]], now))
     return value  # checked as an argument (since_argument)
 
 

@@ -786,6 +786,33 @@ def test_sql_serving_queries_the_stand_in_by_the_names_bigquery_resolves(
     assert said[1].startswith('recordline sql: Binder Error: Referenced column "nope"'), said
 
 
+def test_sql_reaches_nothing_but_the_store(tmp_path: Path) -> None:
+    """Read-only is the store and everything else: no file written or read, no
+    extension installed from the network, no database attached, and the setting that
+    forbids them cannot be changed back by the statement itself."""
+    import duckdb
+
+    path = tmp_path / "r.duckdb"
+    made = duckdb.connect(str(path))
+    made.execute("CREATE TABLE records AS SELECT 'sql-1' AS id")
+    made.close()
+    store = f"duckdb://{path}"
+    outside = tmp_path / "out.csv"
+    for query in (
+        f"COPY (SELECT 1) TO '{outside}'",
+        "INSTALL httpfs",
+        f"SELECT * FROM read_csv('{path}')",
+        f"ATTACH '{tmp_path / 'other.duckdb'}'",
+        "SET enable_external_access = true",
+    ):
+        done = run(RECORDLINE, "sql", "--store", store, query, cwd=tmp_path)
+        said_in_one_line(done, status=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.duckdb"]
+    read = run(RECORDLINE, "sql", "--store", store, "SELECT id FROM records", cwd=tmp_path)
+    assert read.returncode == 0, read.stderr
+    assert "sql-1" in read.stdout
+
+
 @pytest.mark.parametrize(
     ("argv", "said"),
     [

@@ -40,6 +40,8 @@ from app.store import PublisherDuplicate
 from app.store.duckdb.journal import Frame, Journal, encode
 from app.store.duckdb.store import DuckDBStore
 from app.store.producers import (
+    EPOCH_QUIET_MICROS,
+    HOUR_MICROS,
     MAX_EPOCHS,
     MAX_GAPS,
     SEQUENCE_ATTRIBUTES,
@@ -473,24 +475,82 @@ def one(tally: Tally, sequence: ProducerSequence, message_id: str, *, now: int =
 
 def test_a_producer_keeps_its_newest_epochs_and_a_retired_one_is_stored_as_a_zombie() -> None:
     tally = Tally()
+    # A producer restarting without its state, its epochs quiet for an hour between.
     for epoch in range(MAX_EPOCHS + 2):
-        one(tally, ProducerSequence("p", epoch, 0), f"e{epoch}", now=NOW + epoch)
+        one(tally, ProducerSequence("p", epoch, 0), f"e{epoch}", now=NOW + epoch * HOUR_MICROS)
     kept = tally.entries("p")
     live = sorted(e for e, entry in kept.items() if not entry.retired)
     assert live == list(range(2, MAX_EPOCHS + 2))
-    # Epochs 0 and 1 were settled, and heard of longest ago: retired, kept as markers.
+    # Epochs 0 and 1 were settled, quiet, and heard of longest ago: retired, kept as
+    # markers.
     assert sorted(e for e, entry in kept.items() if entry.retired) == [0, 1]
     # A late message of epoch 0 cannot be told from a copy any more: it is stored, a
     # zombie's, and opens no gap.
-    assert one(tally, ProducerSequence("p", 0, 5), "late") == "store"
+    later = NOW + (MAX_EPOCHS + 2) * HOUR_MICROS
+    assert one(tally, ProducerSequence("p", 0, 5), "late", now=later) == "store"
     marker = tally.entries("p")[0]
     assert (marker.retired, marker.zombies, marker.gaps, marker.highest) == (True, 1, [], 0)
 
 
+def test_newer_epochs_never_retire_one_still_publishing() -> None:
+    """Eight forged newer epochs within the hour retire no epoch that is still heard
+    of and whose end nobody declared: the ninth is untracked, and the real epoch
+    keeps its gaps, its retries and its count."""
+    tally = Tally()
+    for n in range(5):
+        one(tally, ProducerSequence("victim", 10, n), f"v{n}", now=NOW + n)
+    for k in range(MAX_EPOCHS):
+        one(tally, ProducerSequence("victim", 11 + k, 0), f"f{k}", now=NOW + 10 + k)
+    for n in (6, 7, 8, 9):
+        assert one(tally, ProducerSequence("victim", 10, n), f"v{n}", now=NOW + 20) == "store"
+    real = tally.entries("victim")[10]
+    assert not real.retired
+    assert [(g.first, g.last) for g in real.gaps] == [(5, 5)]
+    assert (real.highest, real.stored) == (9, 9)
+    # The ninth epoch found no room: stored, counted as untracked on the newest.
+    assert 11 + MAX_EPOCHS - 1 not in tally.entries("victim")
+    newest = max(e for e, entry in tally.entries("victim").items() if not entry.retired)
+    assert tally.entries("victim")[newest].untracked == 1
+    retry = Sequenced(ProducerSequence("victim", 10, 7), "v7-retry", True)
+    settled = tally.settle(
+        [retry],
+        copies={("victim", 10, 7): [Copy("v7", b"own")]},
+        stored_before=set(),
+        now=NOW + 21,
+        digest=lambda _: b"own",
+    )
+    assert settled.verdicts == ["duplicate"]
+    # Once it has been quiet an hour, a forged settled epoch may go; the real one,
+    # owed sequence 5, stays.
+    one(tally, ProducerSequence("victim", 60, 0), "after", now=NOW + 30 + EPOCH_QUIET_MICROS)
+    retired = [e for e, entry in tally.entries("victim").items() if entry.retired]
+    assert retired == [11]
+
+
+def test_an_epoch_whose_end_is_declared_may_be_retired_at_once() -> None:
+    tally = Tally()
+    for n in range(3):
+        one(tally, ProducerSequence("p", 10, n), f"a{n}", now=NOW)
+    # Its next epoch says it published 3: settled, and done with.
+    ended = Sequenced(ProducerSequence("p", 11, 0, ended_epoch=10, ended_count=3), "b0", True)
+    tally.commit(tally.settle([ended], copies={}, stored_before=set(), now=NOW + 1, digest=_never))
+    for k in range(MAX_EPOCHS - 1):
+        one(tally, ProducerSequence("p", 12 + k, 0), f"c{k}", now=NOW + 2 + k)
+    assert [e for e, entry in tally.entries("p").items() if entry.retired] == [10]
+    # A count said that disagrees with what was seen is no end to retire by.
+    tally = Tally()
+    for n in range(3):
+        one(tally, ProducerSequence("p", 10, n), f"a{n}", now=NOW)
+    wrong = Sequenced(ProducerSequence("p", 11, 0, ended_epoch=10, ended_count=2), "b0", True)
+    tally.commit(tally.settle([wrong], copies={}, stored_before=set(), now=NOW + 1, digest=_never))
+    for k in range(MAX_EPOCHS - 1):
+        one(tally, ProducerSequence("p", 12 + k, 0), f"c{k}", now=NOW + 2 + k)
+    assert not any(entry.retired for entry in tally.entries("p").values())
+
+
 def test_eight_forged_epochs_never_retire_one_owed_sequences() -> None:
-    """An epoch with a gap stays; forged epochs that are settled make room for each
-    other, and forged ones with gaps leave later epochs untracked, never the real one
-    forgotten."""
+    """An epoch with a gap stays; forged epochs past the eight kept are untracked,
+    never the real one forgotten."""
     tally = Tally()
     one(tally, ProducerSequence("victim", 10, 0), "v0")
     one(tally, ProducerSequence("victim", 10, 3), "v3")  # 1 and 2 never came
@@ -925,6 +985,15 @@ def test_a_key_that_cannot_be_used_is_refused_naming_the_producer_not_the_key() 
     with pytest.raises(SettingsError) as malformed:
         app_settings(RECORDLINE_PRODUCER_KEYS="orders-api")
     assert malformed.value.var == "RECORDLINE_PRODUCER_KEYS"
+    # A producer given two keys: one would be dropped unsaid.
+    one, other = (base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2))
+    for twice in (f"orders-api={one},orders-api={other}", f"orders-*={one},orders-*={other}"):
+        with pytest.raises(SettingsError, match="is given a key twice") as refused:
+            create_app(app_settings(RECORDLINE_PRODUCER_KEYS=twice))
+        assert one not in str(refused.value)
+        assert other not in str(refused.value)
+    # A prefix and an exact name are two entries.
+    create_app(app_settings(RECORDLINE_PRODUCER_KEYS=f"orders-api={one},orders-api*={other}"))
 
 
 def test_an_unsigned_claim_on_a_signing_producer_is_refused_and_claims_nothing() -> None:

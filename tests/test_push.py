@@ -233,6 +233,19 @@ CREDENTIAL_HEADERS = {
     "X-CSRF-Token": "t0k3n",
     "X-Amzn-Oidc-Data": "eyJ0eXAiOi",
     "Sec-Fetch-Site": "cross-site",
+    "X-Amz-Security-Token": "IQoJb3JpZ2luX2Vj",
+    "Apikey": "AIzaSyD-0123456789",
+    "X-Vault-Token": "hvs.CAESI",
+    "Authentication": "Basic dXNlcjpwYXNz",
+    "X-Ms-Token-Aad-Id-Token": "eyJ0eXAiOi",
+    "X-Auth-Request-Access-Token": "ya29.a0Af",
+    "X-Endpoint-API-UserInfo": "eyJlbWFpbCI6ImFAYi5jIn0",
+    "X-B3-TraceId": "80f198ee56343ba864fe8b2a57d3eff7",
+    "Baggage": "user.email=a@b.c",
+    "If-None-Match": '"etag-of-a-reader"',
+    "DNT": "1",
+    "X-Session-Id": "s3ss10n",
+    "Client-Secret": "s3cr3t",
 }
 
 

@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 
 from app.asgi import create_app
 from app.commands.replay import Service, replay_rejected
+from app.errors import SchemaUnavailable
 from app.ingest.protobuf import compile_proto
 from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
 from app.records import Record, Rejection
@@ -399,16 +400,19 @@ async def test_an_unknown_revision_while_the_schema_api_is_down_is_503_and_nothi
         assert response.json()["type"].endswith("/problems/schema-unavailable")
         assert (await http.get("/v1/messages/m-1")).status_code == 404
         assert store.appends == []  # nothing reached the store: nothing to acknowledge
+        # Ready all the same: the revision is the sender's to name, and no sender may
+        # take the service out of its load balancer. The warning says which and why.
         ready = await http.get("/readyz")
-        assert ready.status_code == 503
-        assert f"{SCHEMA}@a1" in ready.json()["detail"]
-        assert "UNAVAILABLE" in ready.json()["detail"]
+        assert ready.status_code == 200, ready.text
+        (warning,) = ready.json()["warnings"]
+        assert f"{SCHEMA}@a1" in warning
+        assert "UNAVAILABLE" in warning
 
         schema_api.failing = None
-        assert (await http.get("/readyz")).status_code == 200  # it fetched again by itself
-        # Pub/Sub's redelivery is stored.
+        # Pub/Sub's redelivery is stored, and the warning goes with the failure.
         assert (await http.post("/pubsub/push", json=body)).status_code == 204
         assert (await http.get("/v1/records/o-1")).json()["schema"] == f"{SCHEMA}@a1"
+        assert (await http.get("/readyz")).json() == {"status": "ready"}
 
 
 async def test_a_revision_the_schema_api_does_not_have_is_a_rejection_not_a_retry(
@@ -554,6 +558,37 @@ def test_publishing_a_file_names_every_line_that_does_not_fit(
     assert "`$.amount`: expected double" in said
     encoded = schema.encode_lines([lines[0], lines[2]])
     assert len(encoded) == 2
+
+
+class DownSchemaApi:
+    """A Schema API that does not answer."""
+
+    async def revision(self, name: str, revision_id: str) -> SchemaRevision:
+        raise SchemaUnavailable("UNAVAILABLE: the Schema API is down")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_revision_that_cannot_be_fetched_is_a_warning_that_expires() -> None:
+    now = [0.0]
+    schemas = Schemas(DownSchemaApi(), timeout=1.0, clock=lambda: now[0])
+    for n in range(3):
+        with pytest.raises(SchemaUnavailable):
+            await schemas.decoder("projects/p/schemas/s", f"made-up-{n}")
+    warnings = schemas.warnings()
+    assert len(warnings) == 3
+    assert "projects/p/schemas/s@made-up-0" in warnings[0]
+    assert "600 s more" in warnings[0]
+    now[0] = 599.0
+    with pytest.raises(SchemaUnavailable):  # named again: said anew
+        await schemas.decoder("projects/p/schemas/s", "made-up-1")
+    now[0] = 600.0
+    (left,) = schemas.warnings()
+    assert "made-up-1" in left
+    assert "599 s more" in left
+    now[0] = 1200.0
+    assert schemas.warnings() == []
 
 
 class NoSuchRevisions:

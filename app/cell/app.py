@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -207,7 +209,9 @@ def create_cell(
     for name, entry in entries.items():
         own = system_settings(settings, name, entry, shares[name])
         made = None if stores is None else stores.get(name)
-        build = functools.partial(_system_app, own, telemetry.for_system(name), shared, made)
+        secret = system_token_secret(settings.query.page_token_secret, name)
+        mine = dataclasses.replace(shared, page_token_secret=secret)
+        build = functools.partial(_system_app, own, telemetry.for_system(name), mine, made)
         systems[name] = CellSystem(name, build)
     readiness = CellReadiness(systems, certs=certs)
     lifespan = CellLifespan(systems, readiness, telemetry, budget, certs=certs, spanner=spanner)
@@ -224,6 +228,13 @@ def create_cell(
     root.connections = telemetry.connection_observer()
     root.budget = held
     return Cell(root, systems)
+
+
+def system_token_secret(secret: str, system: str) -> str:
+    """The key that signs a system's page tokens and stream offsets in a cell: derived
+    from the cell's (RECORDLINE_PAGE_TOKEN_SECRET) and the system's name, so that a
+    token one system made is refused by every other, and one secret serves them all."""
+    return hmac.new(secret.encode(), b"system:" + system.encode(), "sha256").hexdigest()
 
 
 def _system_app(

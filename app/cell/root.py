@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from typing import Annotated, Any, Final
+from urllib.parse import unquote
 
 import msgspec
 from litestar import HttpMethod, Router, get, route
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
+from litestar.types import HTTPScope
 
 from app.auth.oidc import GoogleCerts
 from app.cell.systems import CellSystem
@@ -39,10 +41,12 @@ SYSTEMS_PATH: Final = "/systems"
 _CHECKS_AT_ONCE: Final = 16
 
 
-class CellHealth(msgspec.Struct, frozen=True):
+class CellHealth(msgspec.Struct, frozen=True, omit_defaults=True):
     status: str
-    # Each system that is not ready, and why.
-    not_ready: dict[str, str] = msgspec.field(default_factory=dict)
+    # Each system that is not ready, and why (always said, `{}` for none).
+    not_ready: dict[str, str]
+    # What is degraded in each ready system (its /readyz's warnings); said if any.
+    warnings: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
 class CellReadiness:
@@ -60,6 +64,8 @@ class CellReadiness:
             await self._certs.check()
         turns = asyncio.Semaphore(_CHECKS_AT_ONCE)
 
+        warnings: dict[str, list[str]] = {}
+
         async def why(system: CellSystem) -> str:
             app = system.app
             if app is None or app.readiness is None:
@@ -69,6 +75,9 @@ class CellReadiness:
                     await app.readiness.check()
                 except RecordlineError as exc:
                     return exc.detail
+            said = app.readiness.warnings()
+            if said:
+                warnings[system.name] = said
             return ""
 
         found = await asyncio.gather(*(why(s) for s in self._systems.values()))
@@ -76,7 +85,7 @@ class CellReadiness:
         if not_ready and len(not_ready) == len(self._systems):
             said = "; ".join(f"{name}: {why}" for name, why in not_ready.items())
             raise RetryLater(f"no system of the cell is ready: {said}")
-        return CellHealth("ready", not_ready)
+        return CellHealth("ready", not_ready, dict(sorted(warnings.items())))
 
 
 @get(
@@ -99,10 +108,15 @@ class Refusal:
     def __init__(self, systems: Mapping[str, CellSystem]) -> None:
         self._systems = systems
 
-    def __call__(self, name: str) -> RecordlineError:
+    def __call__(self, name: str, path: str) -> RecordlineError:
+        """The refusal of `path`, which the router read as under system `name`."""
         system = self._systems.get(name)
         if system is None:
             return UnknownSystem(f"no system {name!r} is served here")
+        own = f"{SYSTEMS_PATH}/{name}"
+        if path != own and not path.startswith(own + "/"):
+            # The router reads `/systems//alpha/…` as alpha's, which no system's path is.
+            return UnknownSystem(f"{path!r} is no path of a system served here ({own}/…)")
         return SystemUnavailable(f"system {name!r} does not serve: {system.why or 'starting'}")
 
 
@@ -118,15 +132,26 @@ _METHODS: Final = [
 
 
 @route("/{system:str}", http_method=_METHODS, include_in_schema=False)
-async def refuse_system(system: _System, refusal: NamedDependency[Refusal]) -> None:
-    raise refusal(system)
+async def refuse_system(
+    system: _System, refusal: NamedDependency[Refusal], scope: HTTPScope
+) -> None:
+    raise refusal(system, _sent_path(scope))
 
 
 @route("/{system:str}/{rest:path}", http_method=_METHODS, include_in_schema=False)
 async def refuse_path(
-    system: _System, rest: Annotated[str, PathParameter()], refusal: NamedDependency[Refusal]
+    system: _System,
+    rest: Annotated[str, PathParameter()],
+    refusal: NamedDependency[Refusal],
+    scope: HTTPScope,
 ) -> None:
-    raise refusal(system)
+    raise refusal(system, _sent_path(scope))
+
+
+def _sent_path(scope: HTTPScope) -> str:
+    """The path as sent: the router's own has `//` made `/`."""
+    raw = scope.get("raw_path")
+    return scope["path"] if raw is None else unquote(raw.decode("latin-1"))
 
 
 def root_routes(extra: list[Any]) -> list[Router]:

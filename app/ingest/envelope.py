@@ -9,6 +9,7 @@ Pub/Sub itself sends `messageId` and `message_id`, `publishTime` and
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
@@ -18,6 +19,7 @@ from msgspec import Meta
 
 from app.errors import BadEnvelope
 from app.records import AwareDatetime, TimeOutOfRange, micros, unaddressable
+from app.store.producers import SIGNATURE_ATTRIBUTE
 
 # Pub/Sub allows at most 100 attributes per message, keys of at most 256 bytes
 # and values of at most 1,024: more means the caller is not Pub/Sub. Counted
@@ -140,65 +142,125 @@ def decode_wrapped(body: bytes) -> PushedMessage:
 
 # With `no_wrapper` + `write_metadata`, Pub/Sub sends the metadata in these
 # headers and each attribute as a header of its own. Everything a proxy, a load
-# balancer, a browser or the HTTP stack adds is not an attribute, and neither is
-# any header that carries a credential: an attribute is served to every reader,
-# and a caller's cookie or key must never be. Publishers' attributes with these
-# names do not survive an unwrapped push (they would collide with HTTP's own).
+# balancer, a browser, a tracer or the HTTP stack adds is not an attribute, and
+# neither is any header whose name looks like a credential's: an attribute is
+# served to every reader, and a caller's cookie, key or token must never be. An
+# allow-list cannot be had (a publisher's attribute names are its own), so the
+# names are refused by pattern, erring toward refusing: a publisher's attribute
+# whose name holds one of the words below does not survive an unwrapped push
+# (the wrapped one keeps every attribute), nor does one colliding with HTTP's own.
 _METADATA_PREFIX = "x-goog-pubsub-"
 _NOT_ATTRIBUTES = frozenset(
     {
         # HTTP itself.
         "accept",
-        "accept-encoding",
-        "accept-language",
-        "cache-control",
+        "alt-used",
+        "cdn-loop",
         "connection",
-        "content-encoding",
-        "content-length",
-        "content-type",
+        "device-memory",
+        "disguised-host",
+        "dnt",
+        "downlink",
+        "dpr",
+        "early-data",
+        "ect",
         "expect",
-        "forwarded",
         "from",
         "host",
         "keep-alive",
         "last-event-id",
+        "max-forwards",
         "origin",
         "pragma",
         "priority",
+        "range",
         "referer",
+        "rtt",
+        "save-data",
         "te",
-        "traceparent",
-        "tracestate",
+        "trailer",
         "transfer-encoding",
         "upgrade",
+        "upgrade-insecure-requests",
         "user-agent",
         "via",
+        "viewport-width",
+        "x-http-method-override",
+        "x-requested-with",
+        # Where a request came from, as proxies say it.
+        "forwarded",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
         "x-real-ip",
         "x-request-id",
-        # Credentials.
-        "authorization",
-        "cookie",
-        "x-api-key",
-        "x-access-token",
-        "x-auth-token",
-        "x-csrf-token",
-        "x-id-token",
-        "x-xsrf-token",
+        "x-correlation-id",
+        # Tracing and its baggage (which may carry a user's identity).
+        "b3",
+        "baggage",
+        "traceparent",
+        "tracestate",
+        "uber-trace-id",
+        # An identity a gateway vouches for (Cloud Endpoints, API Gateway).
+        "x-endpoint-api-userinfo",
+        "x-apigateway-api-userinfo",
+        "x-userinfo",
     }
 )
 # `proxy-authorization` and `x-serverless-authorization` (Cloud Run's) among them.
 _NOT_ATTRIBUTE_PREFIXES = (
+    "accept-",
+    "access-control-",
+    "cache-",
+    "content-",
+    "if-",
     "x-goog-",
+    "x-google-",
+    "x-appengine-",
     "x-cloud-",
     "x-serverless-",
     "x-forwarded-",
+    "x-original-",
     "x-envoy-",
     "x-amzn-",
+    "x-amz-",
+    "x-ms-",
+    "x-arr-",
+    "x-azure-",
+    "x-vault-",
+    "x-b3-",
+    "x-datadog-",
+    "x-ot-",
+    "ot-",
     "proxy-",
     "grpc-",
     "sec-",
     "cf-",
+    "akamai-",
+    "fastly-",
 )
+# Words of a credential's name, anywhere in it: `authorization`, `authentication`,
+# `apikey`, `x-auth-request-access-token`, `x-ms-token-aad-id-token`, `session-id`…
+_CREDENTIAL_WORDS = re.compile(
+    r"auth|token|key|secret|passw|pwd|credential|cookie|session|signature|jwt|bearer"
+    r"|csrf|xsrf|userinfo|principal|identity|assertion|saml|oidc|nonce"
+)
+# The producer's own signature (`app.ingest.signing`) is an attribute like any other.
+_ATTRIBUTES_ALWAYS = frozenset({SIGNATURE_ATTRIBUTE})
+
+
+def is_attribute(name: str) -> bool:
+    """Whether a header of an unwrapped push (its lower-case name) is a publisher's
+    attribute: not HTTP's, a proxy's or a tracer's, and not named as a credential."""
+    if name in _ATTRIBUTES_ALWAYS:
+        return True
+    return not (
+        name in _NOT_ATTRIBUTES
+        or name.startswith(_NOT_ATTRIBUTE_PREFIXES)
+        or _CREDENTIAL_WORDS.search(name)
+    )
+
+
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 
 
@@ -217,11 +279,7 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         publish_time = _publish_time(_decode_time(msgspec.json.encode(published)), where)
     except msgspec.DecodeError:
         raise BadEnvelope(f"{where} is not an RFC 3339 time: {published!r}") from None
-    attributes = {
-        name: value
-        for name, value in headers.items()
-        if name not in _NOT_ATTRIBUTES and not name.startswith(_NOT_ATTRIBUTE_PREFIXES)
-    }
+    attributes = {name: value for name, value in headers.items() if is_attribute(name)}
     if len(attributes) > MAX_ATTRIBUTES:
         raise BadEnvelope(f"more than {MAX_ATTRIBUTES} attribute headers")
     for name, value in attributes.items():

@@ -45,10 +45,13 @@ _NOT_FOUND_SECONDS = 60.0
 # A message without a revision id is decoded with the schema's latest
 # revision, which a commit can change: that answer is kept this long.
 _LATEST_SECONDS = 60.0
-# The readiness probe's own fetch gives up sooner: the probe has 2 s in all.
-_PROBE_SECONDS = 1.5
-# Revisions whose last fetch failed, reported by readiness; at most this many.
+# Revisions whose last fetch failed, reported by readiness as warnings (never as
+# not ready: a sender names the revision, and no sender may take the service out
+# of its load balancer); at most this many, each for this long after it last failed
+# (Pub/Sub's longest backoff between redeliveries: a revision still failing is
+# named again by then).
 _MAX_FAILING = 64
+_FAILING_SECONDS = 600.0
 # Decoders kept at most. A topic accepts a few revisions at a time; a decoder
 # is small (a parsed Avro schema, a protobuf class), so 1,024 is a few MB.
 _MAX_KEPT = 1024
@@ -151,8 +154,9 @@ class Schemas:
             cachetools.TLRUCache(_MAX_KEPT, ttu=lambda _key, kept, _now: kept[1], timer=clock)
         )
         self._fetching: dict[tuple[str, str], asyncio.Task[Decoder]] = {}
-        # Revisions whose last fetch failed, oldest first, and why.
-        self._failing: dict[tuple[str, str], str] = {}
+        # Revisions whose last fetch failed, oldest first: why, and until when
+        # (the clock's) it is said.
+        self._failing: dict[tuple[str, str], tuple[str, float]] = {}
 
     def kept(self, name: str, revision_id: str) -> Decoder | None:
         """The decoder of that revision if it was fetched already (no await: the common case)."""
@@ -179,22 +183,18 @@ class Schemas:
         # Shielded: a push that gives up does not cancel the fetch others wait for.
         return await asyncio.shield(fetching)
 
-    async def check(self) -> None:
-        """Raise SchemaUnavailable while a revision that messages named cannot be fetched.
-
-        The oldest failure is fetched again first, so readiness recovers as
-        soon as the Schema API answers, even when no message names it again.
-        """
-        if not self._failing:
-            return
-        key = next(iter(self._failing))
-        try:
-            async with asyncio.timeout(_PROBE_SECONDS):
-                await self.decoder(*key)
-        except (TimeoutError, SchemaUnavailable):
-            pass
-        if key in self._failing:
-            raise SchemaUnavailable(self._failing[key])
+    def warnings(self) -> list[str]:
+        """The revisions pushes named lately that could not be fetched, and why: the
+        pushes naming them are answered 503 until they can be. A warning for
+        readiness, never a failure: the revision is the sender's to name."""
+        now = self._clock()
+        for key in [k for k, (_, until) in self._failing.items() if until <= now]:
+            del self._failing[key]
+        return [
+            f"{detail}; pushes naming it are answered 503 until it can be fetched "
+            f"(said for {until - now:.0f} s more unless one names it again)"
+            for detail, until in self._failing.values()
+        ]
 
     async def close(self) -> None:
         for task in list(self._fetching.values()):
@@ -241,7 +241,7 @@ class Schemas:
         detail = f"topic schema {reason}"
         log.warning("cannot fetch %s", detail)
         self._failing.pop(key, None)  # to the end: it is the newest failure now
-        self._failing[key] = detail
+        self._failing[key] = (detail, self._clock() + _FAILING_SECONDS)
         while len(self._failing) > _MAX_FAILING:
             del self._failing[next(iter(self._failing))]
         raise SchemaUnavailable(detail)

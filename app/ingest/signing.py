@@ -55,10 +55,11 @@ class ProducerKeys:
                 raise ValueError(
                     f"the key of {name!r} is {len(key)} bytes, fewer than {MIN_KEY_BYTES}"
                 )
-            if name.endswith("*"):
-                prefixes[name[:-1]] = key
-            else:
-                exact[name] = key
+            named = prefixes if name.endswith("*") else exact
+            if name.removesuffix("*") in named:
+                # One of the two would be dropped unsaid: whichever came last.
+                raise ValueError(f"{name!r} is given a key twice")
+            named[name.removesuffix("*")] = key
         if not exact and not prefixes:
             return None
         return cls(exact, prefixes)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import IO
 
 import msgspec
 
 from app.query.producers import AuditReport, ConflictRange
+from app.records import ago, in_range
 
 # The service answers from what the ledger counted by hour and the ranges it
 # found, whatever the number of producers: a second at most, but a cold Spanner
@@ -54,16 +55,18 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _time(text: str) -> datetime:
     """RFC 3339, or a duration before now: `30m`, `24h`, `7d`."""
-    ago = _AGO.fullmatch(text)
-    if ago is not None:
-        return datetime.now(UTC) - timedelta(seconds=int(ago[1]) * _UNIT_SECONDS[ago[2]])
+    before = _AGO.fullmatch(text)
+    if before is not None:
+        # Longer ago than every store reaches back: from the start.
+        return ago(float(before[1]) * _UNIT_SECONDS[before[2]], datetime.now(UTC))
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from None
     if when.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no offset (add Z for UTC)")
-    return when
+    # A time before the year 1 (or past 9999) once in UTC: from the start (to the end).
+    return in_range(when)
 
 
 def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:

@@ -54,8 +54,10 @@ MAX_GAPS: Final = 1000
 # Epochs kept per producer: a producer that restarts without its state opens one,
 # and a zombie (an older epoch still publishing) is told apart only while its
 # epoch is kept. A new epoch past them retires a settled one (no gap, nothing
-# owed at its end), the one heard of longest ago; an epoch with evidence of loss
-# is never retired to make room.
+# owed at its end) that is done: its end declared, or not heard of for
+# EPOCH_QUIET_MICROS; the one heard of longest ago. An epoch with evidence of loss,
+# or one still publishing, is never retired to make room: newer epochs are forged
+# as easily as they are opened.
 MAX_EPOCHS: Final = 8
 # Retired epochs remembered per producer (a few bytes each): a late message of one
 # is a zombie's, stored without deduplication, and opens no false gap.
@@ -72,6 +74,10 @@ MAX_DECLARED_TAIL: Final = 1_000_000
 # Hours of counts the audit reads: a week.
 HOURS_KEPT: Final = 7 * 24
 HOUR_MICROS: Final = 3_600_000_000
+# How long an epoch with no end declared is not heard of before a newer one may
+# retire it: a publisher that is still up publishes (or is idle) within the hour,
+# one that restarted without its state has gone quiet by then.
+EPOCH_QUIET_MICROS: Final = HOUR_MICROS
 
 _EPOCH_ENDED = re.compile(r"([0-9]{1,19}):([0-9]{1,19})")
 
@@ -347,7 +353,9 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
     # marker so that a late message of it is a zombie's, not a new epoch.
     retired: bool = False
     # Messages stored with no place in the ledger: their epoch was new while the
-    # producer held MAX_EPOCHS epochs with evidence of loss (on its newest epoch).
+    # producer held MAX_EPOCHS epochs none of which was done with (each with
+    # evidence of loss, or heard of within EPOCH_QUIET_MICROS and no end declared),
+    # counted on its newest epoch.
     untracked: int = 0
 
     @property
@@ -397,6 +405,14 @@ class EpochEntry(msgspec.Struct, array_like=True, kw_only=True):
     def settled(self) -> bool:
         """Nothing owed: no gap, and nothing said past the highest sequence seen."""
         return not self.gaps and self.tail() is None
+
+    def done(self, now: int) -> bool:
+        """Settled, and over: its end declared without conflict, or not heard of for
+        EPOCH_QUIET_MICROS. Only such an epoch is retired to make room."""
+        if not self.settled:
+            return False
+        ended = self.end is not None and not self.end_conflict
+        return ended or self.last_seen <= now - EPOCH_QUIET_MICROS
 
     @property
     def end_conflict(self) -> bool:

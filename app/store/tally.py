@@ -187,8 +187,8 @@ class Tally:
                 if entry is not None:
                     entry.last_seen = max(entry.last_seen, now)
             if entry is None or entry.retired:
-                # No place in the ledger (its producer's epochs all hold evidence of
-                # loss), or an epoch retired: stored, without deduplication.
+                # No place in the ledger (none of its producer's epochs is done
+                # with), or an epoch retired: stored, without deduplication.
                 if again:
                     verdicts.append("again")
                     continue
@@ -335,9 +335,10 @@ class _Batch:
         return entry
 
     def entry(self, producer: str, epoch: int) -> EpochEntry | None:
-        """The batch's own copy of the entry (made, retiring a settled epoch past
+        """The batch's own copy of the entry (made, retiring a done epoch past
         MAX_EPOCHS, if need be); None when the producer holds MAX_EPOCHS epochs and
-        none of them may be retired (each holds evidence of loss)."""
+        none of them may be retired (each holds evidence of loss or is still
+        publishing: `EpochEntry.done`)."""
         key = (producer, epoch)
         entry = self.changed.get(key)
         if entry is not None:
@@ -350,10 +351,10 @@ class _Batch:
             live = [e for e in view.values() if not e.retired]
             if len(live) >= MAX_EPOCHS:
                 top = max(epoch, *(e.epoch for e in live))
-                settled = [e for e in live if e.epoch != top and e.settled]
-                if not settled:
+                done = [e for e in live if e.epoch != top and e.done(self._now)]
+                if not done:
                     return None
-                self._retire(producer, min(settled, key=lambda e: (e.last_seen, e.epoch)))
+                self._retire(producer, min(done, key=lambda e: (e.last_seen, e.epoch)))
             if live:
                 newest = max(e.epoch for e in live)
                 if epoch > newest and view[newest].end is None:

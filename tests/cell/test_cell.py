@@ -122,6 +122,33 @@ def test_each_push_is_stored_in_its_own_systems_store_alone(
     assert "alpha-0" in stored_ids(memory_cell, "beta")
 
 
+def test_a_page_token_or_offset_of_one_system_is_refused_by_another(
+    memory_cell: TestClient[Any],
+) -> None:
+    for system in ("alpha", "beta"):
+        for n in range(2):
+            answer = memory_cell.post(
+                f"/systems/{system}/pubsub/push",
+                json=envelope(RECORD, message_id=f"{system}-{n}"),
+            )
+            assert answer.status_code == 204, answer.text
+    page = memory_cell.get("/systems/alpha/v1/records", params={"limit": 1}).json()
+    token = page["next_page_token"]
+    assert memory_cell.get("/systems/alpha/v1/records", params={"page_token": token}).is_success
+    refused = memory_cell.get("/systems/beta/v1/records", params={"page_token": token})
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "page_token" in refused.json()["detail"]
+    first = memory_cell.get("/systems/alpha/v1/streams/records", params={"offset": "-1"})
+    assert first.status_code == 200, first.text
+    offset = first.headers["stream-next-offset"]
+    again = memory_cell.get("/systems/alpha/v1/streams/records", params={"offset": offset})
+    assert again.status_code == 200, again.text
+    refused = memory_cell.get("/systems/beta/v1/streams/records", params={"offset": offset})
+    assert refused.status_code == 400, refused.text
+    assert "offset" in refused.json()["detail"]
+
+
 def test_each_system_reads_payloads_of_its_own_shape(stores: Stores) -> None:
     # orders' publishers keep the id in `order_id` and the time in `meta.created_at`
     # (its entry's id_field, time_field); the others send the service's own shape.
@@ -151,6 +178,9 @@ def test_each_system_reads_payloads_of_its_own_shape(stores: Stores) -> None:
         "/systems/Alpha/pubsub/push",
         "/systems//pubsub/push",
         "/systems/alpha-/pubsub/push",
+        # Alpha serves, and none of these is its path.
+        "/systems//alpha/pubsub/push",
+        "/systems///alpha/pubsub/push",
         "/pubsub/push",  # a deployment of one system's path: not a cell's
     ],
 )

@@ -27,6 +27,7 @@ ORDERS = {
 PAYMENTS = {
     **ORDERS,
     "store": "bigquery://recordline-prod/payments",
+    "serving": "spanner://projects/recordline-prod/instances/cell-1/databases/payments",
     "push_audience": "https://cell-1.example/systems/payments/pubsub/push",
     "push_service_accounts": "push-payments@recordline-prod.iam.gserviceaccount.com",
     "rate": 30.0,
@@ -76,7 +77,7 @@ def test_a_systems_share_follows_its_rate_and_its_own_bound_wins() -> None:
         {
             "orders": ORDERS,
             "payments": PAYMENTS,
-            "audit": {**ORDERS, "push_audience": "", "max_followers": 7, "queue_bytes": 1 << 30},
+            "audit": {"store": "memory:", "max_followers": 7, "queue_bytes": 1 << 30},
         },
         RECORDLINE_QUEUE_MAX_BYTES=str(500 << 20),
         RECORDLINE_MAX_FOLLOWERS="90",
@@ -221,6 +222,48 @@ def test_what_cannot_tell_the_systems_apart_is_refused_beyond_loopback(
     with pytest.raises(SettingsError) as refused:
         check_access(own)
     assert refused.value.var == var
+
+
+def test_two_systems_in_one_place_are_refused_naming_both(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    relative = Path("shared.duckdb").resolve()
+    same_places = [
+        (f"duckdb:{tmp_path}/real/x.duckdb", f"duckdb://{tmp_path}/real/x.duckdb"),
+        (f"duckdb:///{tmp_path}/real/x.duckdb", f"duckdb:{tmp_path}/link/x.duckdb"),
+        ("duckdb:shared.duckdb", f"duckdb://{relative}"),
+        ("bigquery://recordline-prod/orders", "bigquery://recordline-prod/orders/"),
+    ]
+    for first, second in same_places:
+        with pytest.raises(SettingsError) as refused:
+            cell({"alpha": {"store": first}, "beta": {"store": second}})
+        assert refused.value.var == "RECORDLINE_SYSTEMS"
+        assert "'alpha' and 'beta'" in str(refused.value), str(refused.value)
+    with pytest.raises(SettingsError) as refused:
+        cell({"orders": ORDERS, "payments": {**PAYMENTS, "serving": ORDERS["serving"]}})
+    assert "'orders' and 'payments'" in str(refused.value)
+    assert "Spanner database" in str(refused.value)
+    # Places of their own: in memory, or files apart.
+    apart = cell(
+        {
+            "alpha": {"store": "memory:"},
+            "beta": {"store": "memory:"},
+            "gamma": {"store": f"duckdb:{tmp_path}/real/x.duckdb"},
+            "delta": {"store": f"duckdb:{tmp_path}/real/y.duckdb"},
+        }
+    )
+    assert len(apart.systems()) == 4
+
+
+def test_a_system_or_a_field_named_twice_is_refused() -> None:
+    twice = (
+        '{"alpha": {"store": "memory:"}, "alpha": {"store": "duckdb:a.duckdb"}}',
+        '{"alpha": {"store": "memory:", "store": "duckdb:a.duckdb"}}',
+    )
+    for text in twice:
+        with pytest.raises(SettingsError, match="given twice") as refused:
+            Settings.load({"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": text})
+        assert refused.value.var == "RECORDLINE_SYSTEMS"
 
 
 def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:

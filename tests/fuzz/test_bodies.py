@@ -118,3 +118,60 @@ def test_any_unwrapped_push(
     }
     response = client.post("/pubsub/push", content=body, headers=headers)
     check(client, response, message_id)
+
+
+# What a credential's or a proxy's header name holds somewhere in it.
+_CREDENTIAL_LOOKING = [
+    "token",
+    "key",
+    "secret",
+    "session",
+    "signature",
+    "cookie",
+    "auth",
+    "password",
+    "credential",
+    "jwt",
+    "bearer",
+    "userinfo",
+]
+_NOT_PUBLISHERS = [
+    "x-amz-",
+    "x-ms-",
+    "x-b3-",
+    "if-",
+    "x-forwarded-",
+    "proxy-",
+    "x-goog-",
+    "sec-",
+    "x-serverless-",
+    "content-",
+    "accept-",
+]
+_NAME_PART = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", max_size=8)
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None)
+@given(
+    names=st.lists(
+        st.one_of(
+            st.tuples(_NAME_PART, st.sampled_from(_CREDENTIAL_LOOKING), _NAME_PART).map("".join),
+            st.tuples(st.sampled_from(_NOT_PUBLISHERS), _NAME_PART).map("".join),
+            st.sampled_from(["b3", "baggage", "dnt", "x-requested-with", "forwarded"]),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    value=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
+)
+def test_no_credential_looking_header_is_an_attribute(names: list[str], value: str) -> None:
+    from app.ingest.envelope import decode_unwrapped
+
+    headers = {
+        "x-goog-pubsub-message-id": "m-1",
+        "x-goog-pubsub-publish-time": "2024-04-27T12:00:01Z",
+        "origin-system": "billing",
+        **{name: value for name in names},
+    }
+    message = decode_unwrapped(b"{}", headers)
+    assert message.attributes == {"origin-system": "billing"}

@@ -595,13 +595,14 @@ async def test_another_message_under_a_taken_sequence_is_stored_and_named_a_conf
 
 
 async def test_an_epoch_owed_sequences_is_never_retired_to_make_room(store: Store) -> None:
-    """Epochs past MAX_EPOCHS retire a settled one; one with a gap stays however many
-    come, and a message of a new epoch when none may go is stored all the same."""
+    """An epoch with a gap stays however many come, and a message of a new epoch
+    when none may go is stored all the same."""
     if store.completeness is None:
         return
     # Epoch 1 has a gap (sequence 1 never came): evidence of loss.
     await store.append([sequenced("v-0", 0, epoch=1), sequenced("v-2", 2, epoch=1)])
-    # Eight more epochs, each one message: the settled ones make room for the others.
+    # Eight more epochs, each one message: seven are kept, the eighth finds none done
+    # with (each heard of within the hour, no end declared) and is untracked.
     for epoch in range(2, 2 + MAX_EPOCHS):
         await store.append([sequenced(f"f-{epoch}", 0, epoch=epoch)])
     kept = {e.epoch: e for e in await epochs(store)}
@@ -616,6 +617,9 @@ async def test_an_epoch_owed_sequences_is_never_retired_to_make_room(store: Stor
     # with no place in the ledger.
     for epoch in range(20, 20 + MAX_EPOCHS - 1):
         await store.append([sequenced(f"g-{epoch}", 1, epoch=epoch)])
+    kept = {e.epoch: e for e in await epochs(store)}
+    newest = max(e for e, entry in kept.items() if not entry.retired)
+    before = kept[newest].untracked
     assert list(await store.append([sequenced("late", 0, epoch=99)])) == [None]
     await store.barrier()
     assert await store.seen(["late"]) == {"late": "stored"}
@@ -623,6 +627,26 @@ async def test_an_epoch_owed_sequences_is_never_retired_to_make_room(store: Stor
     assert 99 not in kept
     assert 1 in kept
     assert kept[1].gaps
+    assert kept[newest].untracked == before + 1
+
+
+async def test_newer_epochs_never_retire_one_still_publishing(store: Store) -> None:
+    """Eight newer epochs (a forger's, say) retire no epoch still heard of whose end
+    nobody declared: its lost sequence stays named and its retries told apart."""
+    if store.completeness is None:
+        return
+    for n in range(5):
+        await store.append([sequenced(f"v-{n}", n, epoch=10)])
+    for k in range(MAX_EPOCHS):
+        await store.append([sequenced(f"f-{k}", 0, epoch=11 + k)])
+    for n in (6, 7, 8, 9):
+        assert list(await store.append([sequenced(f"v-{n}", n, epoch=10)])) == [None]
+    again = await store.append([sequenced("v-7-retry", 7, epoch=10)])
+    assert list(again) == [PublisherDuplicate("producer-1", 10, 7)]
+    kept = {e.epoch: e for e in await epochs(store)}
+    assert not kept[10].retired
+    assert [(g.first, g.last) for g in kept[10].gaps] == [(5, 5)]
+    assert 11 + MAX_EPOCHS - 1 not in kept
     newest = max(e for e, entry in kept.items() if not entry.retired)
     assert kept[newest].untracked == 1
 
