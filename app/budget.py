@@ -1,24 +1,12 @@
 """What requests and answers hold in flight, for the whole process: a budget of bytes.
 
-Every request's head and body while it is read and decoded, the rows a read takes
-from the store and what is made of them, and an answer until the connection has
-taken all of it but its last slice are charged here before they are held, and
-given back once they are not: a request's own charge when its answer has been
-sent (`app.http.head`), a read's when nothing refers to its rows or to what was
-made of them any more (`Charge.until_gone`). So however many connections are
-open and whatever their clients do, the process holds at most the budget for them.
-
-Who may take its last bytes:
-- reads leave room for pushes: the budget's `read_room` (RECORDLINE_PUSH_RESERVE of
-  it, and at least what the largest push takes); a read waits for room a moment,
-  in turn, and is refused after that (TooMuchInFlight, 503 with Retry-After);
-- a request of more than SMALL_BYTES (a push of a large message) leaves a
-  sixteenth of the budget to smaller ones, so that usual pushes are taken while
-  large ones fill the rest;
-- other requests (the usual push, a head) may take all of it; they never wait: a
-  push is answered 503 at once, and Pub/Sub delivers it again.
-
-Design: docs/security.md#memory-bound
+A request's head and body while read, the rows a read takes from the store and
+what is made of them, and an answer until the connection has taken it, are
+charged here before they are held and given back once they are not
+(`app.http.head` for a request's own charge, `Charge.until_gone` for a read's).
+Reads leave pushes their reserve and are refused after a moment's wait (503
+TooMuchInFlight); a large push leaves a sixteenth to small ones; a usual push
+never waits (503 at once, and Pub/Sub delivers it again). docs/security.md#memory-bound
 """
 
 from __future__ import annotations
