@@ -170,4 +170,6 @@ async def test_a_flood_of_one_system_is_refused_for_it_alone_and_the_others_keep
         assert sum(stores[name].appends) == PHASES * SAMPLES
         before, during = p99(quiet[name]), p99(loud[name])
         print(f"\n{name}: p99 {before * 1000:.1f} ms unloaded, {during * 1000:.1f} ms flooded")
-        assert during <= 2 * before, (name, before, during)
+        # Twice as slow at most, and 50 ms for the machine's own noise: a flood that
+        # reached them would cost seconds (the write deadline), not milliseconds.
+        assert during <= 2 * before + 0.05, (name, before, during)
