@@ -679,7 +679,7 @@ class DuckDBStore:
         # (journaled), not once DuckDB has them (~3 ms later): which of them DuckDB
         # will keep is asked meanwhile (`_new_records`). Alone in flight only: a
         # concurrent append could hold a copy of the same message.
-        followed = self.bell.followed
+        followed = self.bell.demanded
         early = (
             asyncio.ensure_future(self._new_records(records))
             if records and followed and not self._appending
