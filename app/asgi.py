@@ -38,12 +38,12 @@ from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem
 from app.process import StopBudget
 from app.query.canary import PROBE_SECONDS, CanaryProbe
+from app.query.follow import Followers
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
-from app.routes.follow import Followers
 from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
@@ -316,8 +316,10 @@ class ReadSide:
             retention_days=settings.store.retention_days,
             later_copies=later_copies,
         )
-        followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
-        streams = Streams(reader, Offsets(query.page_token_secret))
+        followers = parked_followers(
+            reader, query, slow_seconds=settings.server.send_timeout_seconds
+        )
+        streams = Streams(reader, Offsets(query.page_token_secret), encodings=followers.encodings)
         return cls(
             Paging(reader, followers, streams),
             Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
@@ -337,10 +339,11 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     return loops
 
 
-def parked_followers(query: QuerySettings, *, slow_seconds: float) -> Followers:
-    """Long-polls and streams, as many and as long as `query` allows; a stream whose client
-    takes no event for `slow_seconds` is cut off."""
+def parked_followers(reader: Reader, query: QuerySettings, *, slow_seconds: float) -> Followers:
+    """Long-polls and streams of `reader`'s lists, as many and as long as `query` allows;
+    a stream whose client takes no event for `slow_seconds` is cut off."""
     return Followers(
+        reader,
         stream_seconds=query.stream_seconds,
         heartbeat_seconds=query.heartbeat_seconds,
         max_open=query.max_followers,

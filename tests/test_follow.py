@@ -20,10 +20,12 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.query.events import ENCODED_BYTES, Encodings
+from app.query.follow import Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
 from app.query.service import RecordsPage, RecordView
 from app.records import moment
-from app.routes.follow import ENCODED_BYTES, Followers
+from app.routes.follow import page_body, page_event
 from app.routes.query import Paging
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from app.store.duckdb.store import DuckDBStore
@@ -325,7 +327,10 @@ async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others(
         listing = paging.streams.named("records")
         cursor = await paging.streams.tail(listing)
         leaving, staying = (
-            asyncio.ensure_future(paging.streams.chunk(listing, cursor, wait=10)) for _ in range(2)
+            asyncio.ensure_future(
+                paging.streams.chunk(listing, cursor, follow=paging.followers.follow(None), wait=10)
+            )
+            for _ in range(2)
         )
         await until(lambda: paging.reader.bell.waiting == 2, what="both followers to wait")
         store.gate.clear()
@@ -594,22 +599,29 @@ def _page_of(size: int) -> RecordsPage:
 def test_a_pages_encodings_are_kept_while_it_lives_and_within_their_bytes() -> None:
     # Once, the last 64 pages' encodings were kept whatever their size: six pages of
     # 4 MB records held 4 GB.
-    followers = Followers(stream_seconds=1, heartbeat_seconds=1, shared_cache=False)
+    encodings = Encodings()
+
+    def encoded(page: RecordsPage) -> bytes:
+        return page_body(encodings, page)
+
+    def event(page: RecordsPage) -> bytes:
+        return page_event(encodings, page)
+
     page = _page_of(MIB)
-    body = followers.encoded(page)
-    assert followers.encoded(page) is body  # encoded once for every follower sent it
-    event = followers.event(page)
-    assert followers.event(page) is event
-    assert event.endswith(body + b"\n\n")
-    assert 0 < followers.encoded_bytes <= 3 * len(body)
+    body = encoded(page)
+    assert encoded(page) is body  # encoded once for every follower sent it
+    sent = event(page)
+    assert event(page) is sent
+    assert sent.endswith(body + b"\n\n")
+    assert 0 < encodings.bytes <= 3 * len(body)
     del page  # no follower holds it any more: its encodings go with it
-    assert followers.encoded_bytes == 0
+    assert encodings.bytes == 0
     # Pages followers still hold: kept up to ENCODED_BYTES, the least recently used dropped.
     held = [_page_of(4 * MIB) for _ in range(ENCODED_BYTES // (4 * MIB))]
     for page in held:
-        followers.encoded(page)
-    assert 0 < followers.encoded_bytes <= ENCODED_BYTES
+        encoded(page)
+    assert 0 < encodings.bytes <= ENCODED_BYTES
     # A page larger than them all is encoded, and not kept.
     huge = _page_of(ENCODED_BYTES)
-    assert len(followers.encoded(huge)) > ENCODED_BYTES
-    assert followers.encoded_bytes <= ENCODED_BYTES
+    assert len(encoded(huge)) > ENCODED_BYTES
+    assert encodings.bytes <= ENCODED_BYTES

@@ -27,9 +27,10 @@ import httpx
 import pytest
 
 from app.ingest.envelope import MAX_DATA_BYTES
+from app.query.events import ENCODED_BYTES
 from app.query.service import PAGE_BYTES
 from app.query.streams import CHUNK_BYTES
-from app.routes.follow import ENCODED_BYTES, SSE_EVENT_BYTES
+from app.routes.follow import SSE_EVENT_BYTES
 from app.settings import ServerSettings
 from app.store import ROW_BYTES
 from recordline_dev.processes import free_port

@@ -30,11 +30,11 @@ from app.errors import (
     Unauthorized,
 )
 from app.problems import problem_responses
+from app.query.follow import MAX_WAIT_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    MAX_WAIT_SECONDS,
     RECORDS,
     REJECTIONS,
     Listing,
@@ -57,7 +57,7 @@ from app.records import (
     micros,
     moment,
 )
-from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
+from app.routes.follow import COMPLETE_UNTIL, answer, stream, until_gone, wants_stream
 
 _decode_time = msgspec.json.Decoder(AwareDatetime).decode
 # RFC 3339's date-time (its section 5.6, a space allowed for the T as its 5.6 note
@@ -265,7 +265,7 @@ async def _paged(
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
     reader, followers = paging.reader, paging.followers
     _refuse_unknown(request)
-    bounds = {"since": _time("since", since, ago=True), "until": _time("until", until, ago=True)}
+    start, end = _time("since", since, ago=True), _time("until", until, ago=True)
     streaming = wants_stream(request)
     if streaming or wait:
         followers.admit()
@@ -275,28 +275,15 @@ async def _paged(
         token = resumed or page_token
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
-        reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where)
-        return stream(
-            request, reader, listing, followers, page_token=token, first=bounds, limit=limit
-        )
+        cursor = reader.cursor(listing, start, end, limit, token, sent_as=where)
+        return stream(request, followers, listing, cursor, page_token=token, limit=limit)
     if wait:
-        async with until_gone(request, followers) as stop:
-            page = await reader.page(
-                listing,
-                since=bounds["since"],
-                until=bounds["until"],
-                limit=limit,
-                page_token=page_token,
-                wait=wait,
-                stop=stop,
-            )
+        cursor = reader.cursor(listing, start, end, limit, page_token)
+        async with until_gone(request, followers) as follow:
+            page = await follow.page(listing, cursor, limit, wait=wait, first=page_token is None)
     else:
         page = await reader.page(
-            listing,
-            since=bounds["since"],
-            until=bounds["until"],
-            limit=limit,
-            page_token=page_token,
+            listing, since=start, until=end, limit=limit, page_token=page_token
         )
     full = complete(page, limit)
     return answer(request, page, full=full, final=listing.final, followers=followers)
