@@ -651,8 +651,7 @@ def _backfill(args: argparse.Namespace) -> int:
     from app.errors import StoreUnavailable
     from app.records import AwareDatetime, Record, micros
     from app.store import PageQuery
-    from app.store.duckdb.store import DuckDBStore
-    from app.store.open import open_store
+    from app.store.open import open_reprojecting
     from app.typed.revisions import Revisions
 
     environ = dict(os.environ)
@@ -708,8 +707,11 @@ def _backfill(args: argparse.Namespace) -> int:
             extra={"fields": {"operator": args.operator, "reason": args.reason}},
         )
         return _backfill_bigquery(args, settings, revisions, since, until)
-    store = open_store(settings, revisions=revisions)
-    assert isinstance(store, DuckDBStore), store  # what a duckdb: URL opens
+    try:
+        store = open_reprojecting(settings, revisions=revisions)
+    except SettingsError as exc:
+        print(f"recordline typed backfill: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> int:
         await store.start()
