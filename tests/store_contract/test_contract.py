@@ -29,6 +29,7 @@ from app.records import Record, Rejection
 from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store, row_bytes
 from app.store.producers import MAX_DECLARED_TAIL, MAX_EPOCHS, EpochEntry
 from tests.conftest import envelope, served, settings
+from tests.rows import defaulted
 
 R = TypeVar("R", Record, Rejection)
 
@@ -182,8 +183,14 @@ async def test_rows_round_trip_through_every_read(store: Store, exact_data: bool
         schema="projects/p/schemas/s@r1",
     )
     refused = rejection(
-        "m-2", subscription="projects/p/subscriptions/s", schema="projects/p/schemas/s@r1"
+        "m-2",
+        subscription="projects/p/subscriptions/s",
+        delivery_attempt=3,
+        trace_id="0af7651916cd43dd8448eb211c80319d",
+        schema="projects/p/schemas/s@r1",
     )
+    # Every field set: a field added to the rows fails here until every store keeps it.
+    assert defaulted(stored) == defaulted(refused) == set()
 
     assert list(await store.append([stored, refused])) == [None, None]
     ingested = await stored_time(store, "m-1")
