@@ -17,6 +17,7 @@ from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import Page, PageQuery, PublisherDuplicate, R, RowOutcome, Store
 from app.store.duckdb.store import DuckDBStore
+from app.store.bell import Bell
 from app.store.producers import sequence_of
 from tests.fakes import WrappedStore
 
@@ -118,6 +119,15 @@ class DropsAnotherMessage(WrappedStore):
         return outcomes
 
 
+class NeverRings(WrappedStore):
+    """Stores and reads as the store it wraps, and never rings for what it stored:
+    followers would learn of rows only by polling, if at all."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.bell = Bell()
+
+
 MUTANTS: dict[str, Callable[[Store], Store]] = {
     "never-ready": NeverReady,
     "forgets-the-schema": ForgetsTheSchema,
@@ -128,6 +138,7 @@ MUTANTS: dict[str, Callable[[Store], Store]] = {
     "loses-rows-in-flight": LosesRowsInFlight,
     "stores-publisher-copies": StoresPublisherCopies,
     "drops-another-message": DropsAnotherMessage,
+    "never-rings": NeverRings,
 }
 
 

@@ -30,6 +30,7 @@ from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store, row_b
 from app.store.producers import MAX_DECLARED_TAIL, MAX_EPOCHS, EpochEntry
 from tests.conftest import envelope, served, settings
 from tests.rows import defaulted
+from tests.waiting import until
 
 R = TypeVar("R", Record, Rejection)
 
@@ -264,6 +265,26 @@ async def _walk_to_budget(
         seen += page.rows
         after = resume
     return seen
+
+
+# How long after its rows are readable an append may ring the bell: well under every
+# window in which a store looks for rows while followers wait (a second on BigQuery),
+# so that a store that never rings fails here rather than waking followers late.
+RING_SECONDS = 0.25
+
+
+async def test_an_append_rings_the_bell_once_its_rows_are_readable(store: Store) -> None:
+    # Nobody waits: a store that looks for rows only while followers wait does not
+    # look here, and only the append's own ring moves the bell.
+    seen = store.bell.version
+    assert list(await store.append([record("m-1")])) == [None]
+    await horizon(store, await stored_time(store, "m-1"))
+    await until(
+        lambda: store.bell.version != seen,
+        timeout=RING_SECONDS,
+        what="the bell to ring for a readable append",
+    )
+    assert store.bell.waiting == 0
 
 
 async def test_the_first_copy_of_a_message_is_the_only_one_any_read_shows(store: Store) -> None:
