@@ -16,8 +16,8 @@ import msgspec
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import Page, PageQuery, PublisherDuplicate, R, RowOutcome, Store
-from app.store.duckdb.store import DuckDBStore
 from app.store.bell import Bell
+from app.store.duckdb.store import DuckDBStore
 from app.store.producers import sequence_of
 from tests.fakes import WrappedStore
 
