@@ -221,10 +221,10 @@ def http_app(
     max_body_bytes: int,
     signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers),
 ) -> Recordline:
-    """The Litestar app serving `routes`: every error answered through `problems`,
+    """The app serving `routes` (Litestar, behind `Recordline`'s HEAD): every error answered through `problems`,
     a body over `max_body_bytes` refused, its OpenAPI document compressed; the types
     its handlers' dependencies are declared with, `signature_types`."""
-    return Recordline(
+    litestar = Litestar(
         route_handlers=routes,
         dependencies=dependencies,
         lifespan=lifespan,
@@ -241,6 +241,7 @@ def http_app(
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )
+    return Recordline(litestar)
 
 
 def group_commit(

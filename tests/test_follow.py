@@ -16,10 +16,10 @@ import hypothesis
 import msgspec
 import pytest
 from hypothesis import strategies as st
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.query.events import ENCODED_BYTES, Encodings
 from app.query.follow import Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
@@ -51,33 +51,33 @@ async def tail_token(client: httpx.AsyncClient) -> str:
     return token
 
 
-async def following(app: Litestar) -> Followers:
+async def following(app: Recordline) -> Followers:
     """The Followers instance the app's paged routes are given."""
-    paging: Paging = await app.dependencies["paging"]()
+    paging: Paging = await app.litestar.dependencies["paging"]()
     return paging.followers
 
 
-async def until_waiting(app: Litestar, count: int) -> Followers:
+async def until_waiting(app: Recordline, count: int) -> Followers:
     followers = await following(app)
     await until(lambda: followers.open == count, what=f"{count} followers to wait")
     return followers
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Litestar:
+def app(store: FaultyStore) -> Recordline:
     return create_app(
         settings(RECORDLINE_HEARTBEAT_SECONDS="0.2", RECORDLINE_STREAM_SECONDS="2"), store=store
     )
 
 
 @pytest.fixture
-async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def client(app: Recordline) -> AsyncIterator[httpx.AsyncClient]:
     async with served(app) as client:
         yield client
 
 
 async def test_a_waiting_page_answers_as_soon_as_a_row_is_stored(
-    app: Litestar, client: httpx.AsyncClient
+    app: Recordline, client: httpx.AsyncClient
 ) -> None:
     token = await tail_token(client)
     waiting = asyncio.create_task(
@@ -117,7 +117,7 @@ async def test_a_wait_beyond_the_limit_is_a_400_naming_it(client: httpx.AsyncCli
 
 
 async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
-    app: Litestar, client: httpx.AsyncClient
+    app: Recordline, client: httpx.AsyncClient
 ) -> None:
     token = await tail_token(client)
     waiting = asyncio.create_task(
@@ -133,7 +133,7 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
 
 
 async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
-    app: Litestar, store: FaultyStore
+    app: Recordline, store: FaultyStore
 ) -> None:
     """Under the connections `recordline serve` makes, the connection tells a follower
     that its client left: a waiting page and a stream each hold their request's task
@@ -285,7 +285,7 @@ async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spi
 
 
 async def test_followers_woken_by_one_push_share_their_reads(
-    app: Litestar, client: httpx.AsyncClient, store: FaultyStore
+    app: Recordline, client: httpx.AsyncClient, store: FaultyStore
 ) -> None:
     token = await tail_token(client)
     waits = [
@@ -323,7 +323,7 @@ async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others(
     store = HeldPages()
     app = create_app(settings(), store=store)
     async with served(app) as client:
-        paging: Paging = await app.dependencies["paging"]()
+        paging: Paging = await app.litestar.dependencies["paging"]()
         listing = paging.streams.named("records")
         cursor = await paging.streams.tail(listing)
         leaving, staying = (
