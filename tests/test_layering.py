@@ -268,6 +268,24 @@ def test_every_store_package_but_the_composition_is_a_backend(tmp_path: Path) ->
     ]
 
 
+def tool_imports(app: Path = APP) -> list[str]:
+    """Imports of the local tools (recordline_dev/) in the service: the tools import
+    the service, never the reverse (they add to its command line by an entry point)."""
+    return [
+        f"{path.relative_to(app.parent)}:{line} imports {name}"
+        for path in sorted(app.rglob("*.py"))
+        for line, name in imports(path)
+        if name.split(".")[0] == "recordline_dev"
+    ]
+
+
+def test_the_service_imports_none_of_the_local_tools(tmp_path: Path) -> None:
+    assert tool_imports() == []
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "cli.py").write_text("def f():\n    from recordline_dev import commands\n")
+    assert tool_imports(tmp_path / "app") == ["app/cli.py:2 imports recordline_dev"]
+
+
 def test_the_layers_form_no_cycle() -> None:
     try:
         order = list(TopologicalSorter(MAY_USE).static_order())
