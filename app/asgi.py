@@ -221,9 +221,10 @@ def http_app(
     max_body_bytes: int,
     signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers),
 ) -> Recordline:
-    """The app serving `routes` (Litestar, behind `Recordline`'s HEAD): every error answered through `problems`,
-    a body over `max_body_bytes` refused, its OpenAPI document compressed; the types
-    its handlers' dependencies are declared with, `signature_types`."""
+    """The app serving `routes` (Litestar, behind `Recordline`'s HEAD): every error
+    answered through `problems`, a body over `max_body_bytes` refused, its OpenAPI
+    document compressed; the types its handlers' dependencies are declared with,
+    `signature_types`."""
     litestar = Litestar(
         route_handlers=routes,
         dependencies=dependencies,
