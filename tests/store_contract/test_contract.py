@@ -29,6 +29,8 @@ from app.records import Record, Rejection
 from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store, row_bytes
 from app.store.producers import MAX_DECLARED_TAIL, MAX_EPOCHS, EpochEntry
 from tests.conftest import envelope, served, settings
+from tests.rows import defaulted
+from tests.waiting import until
 
 R = TypeVar("R", Record, Rejection)
 
@@ -182,8 +184,14 @@ async def test_rows_round_trip_through_every_read(store: Store, exact_data: bool
         schema="projects/p/schemas/s@r1",
     )
     refused = rejection(
-        "m-2", subscription="projects/p/subscriptions/s", schema="projects/p/schemas/s@r1"
+        "m-2",
+        subscription="projects/p/subscriptions/s",
+        delivery_attempt=3,
+        trace_id="0af7651916cd43dd8448eb211c80319d",
+        schema="projects/p/schemas/s@r1",
     )
+    # Every field set: a field added to the rows fails here until every store keeps it.
+    assert defaulted(stored) == defaulted(refused) == set()
 
     assert list(await store.append([stored, refused])) == [None, None]
     ingested = await stored_time(store, "m-1")
@@ -257,6 +265,26 @@ async def _walk_to_budget(
         seen += page.rows
         after = resume
     return seen
+
+
+# How long after its rows are readable an append may ring the bell: well under every
+# window in which a store looks for rows while followers wait (a second on BigQuery),
+# so that a store that never rings fails here rather than waking followers late.
+RING_SECONDS = 0.25
+
+
+async def test_an_append_rings_the_bell_once_its_rows_are_readable(store: Store) -> None:
+    # Nobody waits: a store that looks for rows only while followers wait does not
+    # look here, and only the append's own ring moves the bell.
+    seen = store.bell.version
+    assert list(await store.append([record("m-1")])) == [None]
+    await horizon(store, await stored_time(store, "m-1"))
+    await until(
+        lambda: store.bell.version != seen,
+        timeout=RING_SECONDS,
+        what="the bell to ring for a readable append",
+    )
+    assert store.bell.waiting == 0
 
 
 async def test_the_first_copy_of_a_message_is_the_only_one_any_read_shows(store: Store) -> None:
