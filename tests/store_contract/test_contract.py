@@ -14,7 +14,6 @@ what must hold is the order, the first copy, and that every read agrees.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,12 +34,17 @@ from tests.waiting import until
 R = TypeVar("R", Record, Rejection)
 
 HOUR = 3_600_000_000
-_ticks = itertools.count()
+# The last ingest time `stamp` gave.
+_stamped = 0
 
 
 def stamp() -> int:
-    """A fresh ingest time, as the batcher stamps one: now, never twice the same."""
-    return time.time_ns() // 1000 + next(_ticks) % 1000
+    """A fresh ingest time, as the batcher stamps one: now, and later than the last.
+    (Now plus a counter's last three digits went back in time as the counter wrapped:
+    a row made later sorted first, wherever the tests before had left the counter.)"""
+    global _stamped
+    _stamped = max(time.time_ns() // 1000, _stamped + 1)
+    return _stamped
 
 
 def record(message_id: str, ingest_time: int | None = None, **fields: Any) -> Record:
