@@ -41,6 +41,7 @@ from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem
 from app.process import StopBudget
 from app.query.canary import PROBE_SECONDS, CanaryProbe
+from app.query.follow import Followers
 from app.query.mask import Mask
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
@@ -49,7 +50,6 @@ from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_ROUTES, Exports
-from app.routes.follow import Followers
 from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
@@ -265,10 +265,11 @@ def http_app(
     max_body_bytes: int,
     signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers, Exports),
 ) -> Recordline:
-    """The Litestar app serving `routes`: every error answered through `problems`,
-    a body over `max_body_bytes` refused, its OpenAPI document compressed; the types
-    its handlers' dependencies are declared with, `signature_types`."""
-    return Recordline(
+    """The app serving `routes` (Litestar, behind `Recordline`'s HEAD): every error
+    answered through `problems`, a body over `max_body_bytes` refused, its OpenAPI
+    document compressed; the types its handlers' dependencies are declared with,
+    `signature_types`."""
+    litestar = Litestar(
         route_handlers=routes,
         dependencies=dependencies,
         lifespan=lifespan,
@@ -286,6 +287,7 @@ def http_app(
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )
+    return Recordline(litestar)
 
 
 def group_commit(
@@ -389,16 +391,22 @@ class ReadSide:
             )
 
         reader = made()
-        followers = parked_followers(query, slow_seconds=settings.server.send_timeout_seconds)
+        followers = parked_followers(
+            reader, query, slow_seconds=settings.server.send_timeout_seconds
+        )
         offsets = Offsets(secret)
-        streams = Streams(reader, offsets)
+        streams = Streams(reader, offsets, encodings=followers.encodings)
         mask = Mask(names(query.mask_fields), names(query.mask_attributes))
         masked = None
         if mask:
-            # Reads of their own (no follower shares a read, or its encoding, with an
-            # operator's), the followers' bounds shared.
+            # Reads of their own (no follower shares a read with an operator's), the
+            # followers' bounds and stop shared.
             masked_reader = made(mask)
-            masked = Paging(masked_reader, followers, Streams(masked_reader, offsets))
+            masked = Paging(
+                masked_reader,
+                followers.reading(masked_reader),
+                Streams(masked_reader, offsets, encodings=followers.encodings),
+            )
         return cls(
             Paging(reader, followers, streams),
             Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
@@ -419,10 +427,11 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     return loops
 
 
-def parked_followers(query: QuerySettings, *, slow_seconds: float) -> Followers:
-    """Long-polls and streams, as many and as long as `query` allows; a stream whose client
-    takes no event for `slow_seconds` is cut off."""
+def parked_followers(reader: Reader, query: QuerySettings, *, slow_seconds: float) -> Followers:
+    """Long-polls and streams of `reader`'s lists, as many and as long as `query` allows;
+    a stream whose client takes no event for `slow_seconds` is cut off."""
     return Followers(
+        reader,
         stream_seconds=query.stream_seconds,
         heartbeat_seconds=query.heartbeat_seconds,
         max_open=query.max_followers,

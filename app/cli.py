@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -13,15 +14,17 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
 from app.records import BIGQUERY_TABLES
 from app.settings import Settings, SettingsError, effective, reference
 from app.store.bigquery.schema import created_schema
 
 if TYPE_CHECKING:
+    from app.commands.replay import StatusLine
     from app.typed.revisions import Revisions
 
 # ASGI, as uvicorn calls an app.
@@ -254,7 +257,8 @@ def _main(argv: list[str] | None) -> int:
 
     schema = _service_commands(commands.add_parser)
     add_operator_commands(commands.add_parser)
-    tools = _dev_tools()
+    dev = _dev_tools()
+    tools = {} if dev is None else dict(dev.commands())
     asked = _asked(sys.argv[1:] if argv is None else argv)
     if asked in DEV_TOOLS and asked not in tools:
         # Said before its arguments are parsed: a placeholder knows none of them, and
@@ -342,16 +346,30 @@ def _asked(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
-def _dev_tools() -> dict[str, DevTool]:
-    # Absent from the wheel and the image; in a checkout installed without the
-    # dev dependency group (`pip install -e .`) the package imports but its
-    # modules do not: either way the service's own commands must still run.
-    try:
-        from recordline_dev import commands
+class DevTools(Protocol):
+    """The local tools (recordline_dev/tools.py), beside the service and not in its
+    image: found by their entry point, so that the service's code imports none of them."""
 
-        return dict(commands())
-    except ImportError:
-        return {}
+    def commands(self) -> Mapping[str, DevTool]: ...
+
+    def dev_file(self, typed_as: str) -> Path | str: ...
+
+    def sql_serving(self, query: str, typed_as: str) -> int: ...
+
+    def replay_status_line(self) -> StatusLine: ...
+
+
+def _dev_tools() -> DevTools | None:
+    """The local tools, where they are installed. Absent from the wheel and the image
+    (the entry point is there, its package is not); in a checkout installed without
+    the dev dependency group (`pip install -e .`) the package imports but its modules
+    do not: either way the service's own commands must still run."""
+    for entry in entry_points(group="recordline.tools"):
+        try:
+            return cast("DevTools", entry.load())
+        except ImportError:
+            return None
+    return None
 
 
 def _settings(environ: dict[str, str], flags: dict[str, str] | None = None) -> Settings | None:
@@ -389,7 +407,10 @@ DEV_SESSIONS = ".recordline-dev"
 def _duckdb_file(args: argparse.Namespace) -> Path | str:
     """The DuckDB file `recordline sql` reads, or why there is none."""
     if args.dev:
-        return _dev_file()
+        dev = _dev_tools()
+        if dev is None:
+            return "--dev reads the dev stack's sessions: a development tool, not installed here"
+        return dev.dev_file(_typed_as())
     environ = dict(os.environ)
     if args.store:
         environ["RECORDLINE_STORE"] = args.store
@@ -403,42 +424,6 @@ def _duckdb_file(args: argparse.Namespace) -> Path | str:
             "(memory: lives inside its service; BigQuery has its own console and `bq query`)"
         )
     return Path(rest.removeprefix("//") or "recordline.duckdb")
-
-
-def _dev_file() -> Path | str:
-    """The newest dev session's DuckDB file, named on stderr; or why there is none (a
-    newer session runs, on the serving tier or another store: its rows are not there)."""
-    try:
-        from recordline_dev.sessions import sessions
-    except ImportError:
-        return "--dev reads the dev stack's sessions: a development tool, not installed here"
-    found = sessions(Path(DEV_SESSIONS))
-    readable = [s for s in found if s.duckdb_file() is not None]
-    if not readable:
-        return (
-            f"no `recordline dev` session with a DuckDB store in {Path(DEV_SESSIONS)}/ "
-            "here: run it from the directory `recordline dev` ran in, or name the file "
-            "(--store duckdb:PATH; `recordline dev` prints its store)"
-        )
-    chosen = readable[-1]
-    path = chosen.duckdb_file()
-    assert path is not None
-    newer = [s for s in found if s.name > chosen.name and s.running]
-    if newer:
-        runs = newer[-1]
-        where = (
-            "on the serving tier (`--serving`: Spanner and the BigQuery stand-in), which "
-            f"`{_typed_as()} sql --serving` queries"
-            if runs.serving
-            else f"on {runs.stack.store if runs.stack else 'a store of its own'}"
-        )
-        return (
-            f"the newest session, {runs.name}, runs {where}; the newest DuckDB file is the "
-            f"older {chosen.described()}'s, which holds none of its records: read it anyway "
-            f"with --store duckdb:{path}"
-        )
-    print(f"recordline sql: session {chosen.described()}: {path}", file=sys.stderr)
-    return path
 
 
 def _sql(args: argparse.Namespace) -> int:
@@ -486,37 +471,19 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _sql_serving(query: str) -> int:
-    """`recordline sql --serving`: one statement against the running `dev --serving`
-    stack's BigQuery stand-in, shown as DuckDB shows a result."""
-    import duckdb
-
+    """`recordline sql --serving`: the dev stack's BigQuery stand-in, asked by the local
+    tools (recordline_dev/tools.py)."""
+    dev = _dev_tools()
     try:
-        from recordline_dev.serving import StandInError, query_stand_in
-        from recordline_dev.sessions import serving_stack
+        if dev is not None:
+            return dev.sql_serving(query, _typed_as())
     except ImportError:
-        print(
-            "recordline sql: --serving queries the dev stack: a development tool, not "
-            "installed here",
-            file=sys.stderr,
-        )
-        return 2
-    session = serving_stack(Path(DEV_SESSIONS))
-    if session is None or session.stack is None:
-        print(
-            f"recordline sql: no `recordline dev --serving` runs from here ({DEV_SESSIONS}/): "
-            f"its rows live in the stand-in's memory while it runs. Start it (`{_typed_as()} "
-            "dev --serving`), or query a DuckDB store with --dev or --store",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"recordline sql: session {session.described()}: {session.stack.store}", file=sys.stderr)
-    try:
-        answer = query_stand_in(session.stack, query)
-    except StandInError as exc:
-        print(f"recordline sql: {exc}", file=sys.stderr)
-        return 1
-    duckdb.from_arrow(answer).show(max_rows=1000)
-    return 0
+        pass
+    print(
+        "recordline sql: --serving queries the dev stack: a development tool, not installed here",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -573,13 +540,10 @@ def _replay(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     status: replaying.StatusLine = replaying.no_status_line
-    if sys.stderr.isatty():
-        try:
-            from recordline_dev.replay import status_line
-
-            status = status_line
-        except ImportError:  # the service's image: its lines are a job's log
-            pass
+    dev = _dev_tools() if sys.stderr.isatty() else None
+    if dev is not None:
+        with contextlib.suppress(ImportError):  # without rich: its lines are a log's
+            status = dev.replay_status_line()
     return replaying.run(args, settings, status=status)
 
 
@@ -655,8 +619,7 @@ def _backfill(args: argparse.Namespace) -> int:
     from app.errors import StoreUnavailable
     from app.records import AwareDatetime, Record, micros
     from app.store import PageQuery
-    from app.store.duckdb.store import DuckDBStore
-    from app.store.open import open_store
+    from app.store.open import open_reprojecting
     from app.typed.revisions import Revisions
 
     environ = dict(os.environ)
@@ -712,8 +675,11 @@ def _backfill(args: argparse.Namespace) -> int:
             extra={"fields": {"operator": args.operator, "reason": args.reason}},
         )
         return _backfill_bigquery(args, settings, revisions, since, until)
-    store = open_store(settings, revisions=revisions)
-    assert isinstance(store, DuckDBStore), store  # what a duckdb: URL opens
+    try:
+        store = open_reprojecting(settings, revisions=revisions)
+    except SettingsError as exc:
+        print(f"recordline typed backfill: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> int:
         await store.start()

@@ -19,7 +19,7 @@ from app.health import Readiness
 from app.ingest.batcher import Batcher
 from app.ingest.schemas import Schemas
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
-from app.routes.follow import Followers
+from app.query.follow import Followers
 from app.store import Store
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry

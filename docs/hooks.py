@@ -33,7 +33,7 @@ def on_pre_build(config: Any) -> None:
         app = create_app(Settings.load({"RECORDLINE_STORE": "memory:"}))
     finally:
         logging.disable(logging.NOTSET)
-    OPENAPI.write_text(json.dumps(app.openapi_schema.to_schema(), indent=1))
+    OPENAPI.write_text(json.dumps(app.litestar.openapi_schema.to_schema(), indent=1))
 
 
 # The heading the OpenAPI plugin opens its Markdown with: the document's title and

@@ -4,8 +4,9 @@ status line on a terminal; the command is the service's, which a cell's job runs
 They live apart from `app/`, the service, and are not in its wheel or image:
 the development environment has this directory on its path (the project's
 editable install) and installs their libraries (`rich`, `google-cloud-pubsub`)
-with the dev dependency group. `app.cli` adds their subcommands when this
-package can be imported.
+with the dev dependency group. They add their subcommands to `recordline` through
+the entry point `recordline.tools` (tools.py, named in pyproject.toml): the service
+imports nothing of them, and runs its own commands alone where they are absent.
 
 A new command: a module here with `add_arguments(parser)` and `run(args)`,
 listed in COMMANDS by name (imported only when the command runs).

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from litestar import Litestar
 from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.http.limits import bounded_httptools
 from app.settings import ServerSettings, Settings
 from app.store.duckdb.store import DuckDBStore
@@ -111,18 +111,18 @@ def threaded_bigquery() -> Iterator[ThreadedBigQuery]:
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Litestar:
+def app(store: FaultyStore) -> Recordline:
     return create_app(settings(), store=store)
 
 
 @pytest.fixture
-def client(app: Litestar) -> Iterator[TestClient[Litestar]]:
+def client(app: Recordline) -> Iterator[TestClient[Recordline]]:
     with TestClient(app) as client:
         yield client
 
 
 @pytest.fixture
-async def aclient(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def aclient(app: Recordline) -> AsyncIterator[AsyncTestClient[Recordline]]:
     async with AsyncTestClient(app) as client:
         yield client
 
@@ -141,7 +141,7 @@ KEEP_ALIVE_SECONDS = 300
 
 
 @contextlib.asynccontextmanager
-async def served(app: Litestar, *, bounded: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+async def served(app: Recordline, *, bounded: bool = False) -> AsyncIterator[httpx.AsyncClient]:
     """The app behind a real uvicorn on a loopback port, in this event loop;
     `bounded`: with the connections `recordline serve` makes (app.http.limits).
 
@@ -186,7 +186,7 @@ async def served(app: Litestar, *, bounded: bool = False) -> AsyncIterator[httpx
 
 
 @contextlib.contextmanager
-def served_in_thread(app: Litestar) -> Iterator[httpx.Client]:
+def served_in_thread(app: Recordline) -> Iterator[httpx.Client]:
     """The app behind a real uvicorn on a loopback port, on an event loop of its own
     thread: for synchronous tests (Hypothesis) that must send what a real server
     receives. Litestar's test transport decodes a path twice (`%252F` arrives as `/`)."""

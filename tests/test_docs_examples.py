@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 import hcl2
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.auth.guards import Auth
 from app.cell.app import create_cell
+from app.http.head import Recordline
 from app.settings import Settings, every_setting
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
@@ -62,7 +62,7 @@ def curls() -> list[tuple[str, list[str]]]:
 
 
 @pytest.fixture
-def client() -> Iterator[TestClient[Litestar]]:
+def client() -> Iterator[TestClient[Recordline]]:
     # A stream the docs open (the tour's follower) ends after half a second here.
     app = create_app(settings(RECORDLINE_STREAM_SECONDS="0.5"), store=DuckDBStore(":memory:"))
     with TestClient(app) as client:
@@ -97,7 +97,7 @@ def cell() -> Iterator[TestClient[Any]]:
 
 
 def test_every_curl_in_the_docs_is_answered_as_the_docs_say(
-    client: TestClient[Litestar], cell: TestClient[Any]
+    client: TestClient[Recordline], cell: TestClient[Any]
 ) -> None:
     found = curls()
     assert len(found) >= 5  # the quick start's four and the runbook's read

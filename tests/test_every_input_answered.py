@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.errors import StoreUnavailable
+from app.http.head import Recordline
 from app.ingest.envelope import PushedMessage
 from app.ingest.payload import PayloadValues
 from app.ingest.service import to_row
@@ -27,12 +27,12 @@ from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
 
 
-def push_bytes(client: TestClient[Litestar], data: bytes, message_id: str, **extra: Any) -> Any:
+def push_bytes(client: TestClient[Recordline], data: bytes, message_id: str, **extra: Any) -> Any:
     body = envelope(None, raw_data=data, message_id=message_id, **extra)
     return client.post("/pubsub/push", json=body)
 
 
-def everything_reads(client: TestClient[Litestar]) -> list[dict[str, Any]]:
+def everything_reads(client: TestClient[Recordline]) -> list[dict[str, Any]]:
     """Walk every page of records and rejections, and look each record up: all 200."""
     records: list[dict[str, Any]] = []
     for path, key in (("/v1/records", "records"), ("/v1/rejections", "rejections")):
@@ -52,7 +52,7 @@ def everything_reads(client: TestClient[Litestar]) -> list[dict[str, Any]]:
     return records
 
 
-def rejected_because(client: TestClient[Litestar], message_id: str) -> str:
+def rejected_because(client: TestClient[Recordline], message_id: str) -> str:
     answer = client.get(f"/v1/messages/{message_id}")
     assert answer.status_code == 200, answer.text
     status = answer.json()
@@ -69,7 +69,7 @@ def rejected_because(client: TestClient[Litestar], message_id: str) -> str:
     ],
 )
 def test_an_event_time_no_store_holds_is_a_rejection_and_reads_go_on(
-    client: TestClient[Litestar], event_time: str
+    client: TestClient[Recordline], event_time: str
 ) -> None:
     assert push_bytes(client, b'{"id": "ok"}', "m-ok").status_code == 204
     payload = json.dumps({"id": "far", "timestamp": event_time}).encode()
@@ -80,7 +80,7 @@ def test_an_event_time_no_store_holds_is_a_rejection_and_reads_go_on(
     assert [r["id"] for r in everything_reads(client)] == ["ok"]
 
 
-def test_the_edges_of_the_range_are_stored_and_read_back(client: TestClient[Litestar]) -> None:
+def test_the_edges_of_the_range_are_stored_and_read_back(client: TestClient[Recordline]) -> None:
     for message_id, event_time in (
         ("first", "0001-01-01T00:00:00Z"),
         ("last", "9999-12-31T23:59:59.999999Z"),
@@ -105,7 +105,7 @@ def test_an_event_time_out_of_range_under_a_mapping_names_its_field() -> None:
 
 @pytest.mark.parametrize("publish_time", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+00:01"])
 def test_a_publish_time_no_store_holds_is_an_unusable_envelope(
-    client: TestClient[Litestar], publish_time: str
+    client: TestClient[Recordline], publish_time: str
 ) -> None:
     wrapped = push_bytes(client, b'{"id": "1"}', "m-1", publish_time=publish_time)
     assert wrapped.status_code == 400
@@ -121,7 +121,7 @@ def test_a_publish_time_no_store_holds_is_an_unusable_envelope(
     everything_reads(client)
 
 
-def test_invalid_utf8_inside_the_data_is_a_rejection(client: TestClient[Litestar]) -> None:
+def test_invalid_utf8_inside_the_data_is_a_rejection(client: TestClient[Recordline]) -> None:
     raw = b'{"id": "1", "data": "caf\xe9"}'
     assert push_bytes(client, raw, "m-1").status_code == 204
     assert "not JSON" in rejected_because(client, "m-1")
@@ -135,7 +135,7 @@ def nested(depth: int) -> bytes:
 
 
 def test_data_nested_deeper_than_bigquery_holds_is_a_rejection(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     for message_id, depth in (("m-500", 500), ("m-501", 501), ("m-1000", 1000), ("m-5000", 5000)):
         raw = b'{"id": "%s", "data": %s}' % (message_id.encode(), nested(depth))
@@ -157,7 +157,7 @@ def test_a_whole_payload_nested_too_deep_is_a_rejection_under_a_mapping() -> Non
         assert "nested more than 500 levels" in rejected_because(client, "m-1")
 
 
-def test_an_envelope_nested_too_deep_is_a_400(client: TestClient[Litestar]) -> None:
+def test_an_envelope_nested_too_deep_is_a_400(client: TestClient[Recordline]) -> None:
     body = b'{"message": {"messageId": "m-1", "publishTime": "2024-04-27T12:00:01Z", "x": %s}}'
     response = client.post(
         "/pubsub/push",
@@ -170,7 +170,7 @@ def test_an_envelope_nested_too_deep_is_a_400(client: TestClient[Litestar]) -> N
 
 @pytest.mark.parametrize("attempt", [2**31, 2**63, 2**64 + 1, -1])
 def test_a_delivery_attempt_out_of_range_is_a_400_and_the_store_goes_on(
-    client: TestClient[Litestar], attempt: int
+    client: TestClient[Recordline], attempt: int
 ) -> None:
     response = push_bytes(client, b'{"id": "1"}', "m-1", deliveryAttempt=attempt)
     assert response.status_code == 400
@@ -192,7 +192,7 @@ def test_a_delivery_attempt_out_of_range_is_a_400_and_the_store_goes_on(
 
 
 def test_attributes_beyond_what_pubsub_allows_are_an_unusable_envelope(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     for attributes in ({"k" * 257: "v"}, {"k": "v" * 1025}):
         response = push_bytes(client, b'{"id": "1"}', "m-1", attributes=attributes)
@@ -204,7 +204,7 @@ def test_attributes_beyond_what_pubsub_allows_are_an_unusable_envelope(
 
 
 def test_a_subscription_name_longer_than_any_is_an_unusable_envelope(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     body = envelope({"id": "1"})
     body["subscription"] = "projects/p/subscriptions/" + "s" * 2000
@@ -212,7 +212,7 @@ def test_a_subscription_name_longer_than_any_is_an_unusable_envelope(
 
 
 def test_times_no_store_holds_read_from_the_start_or_to_the_end(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     # RFC 3339 times of the years 1 to 9999, outside them once in UTC: valid by the
     # OpenAPI document (a date-time), so taken, as the same bound at the edge would be.
@@ -279,7 +279,7 @@ def replayed(
 
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_replay_names_what_it_cannot_take_and_sends_the_rest(
-    client: TestClient[Litestar], dry_run: bool
+    client: TestClient[Recordline], dry_run: bool
 ) -> None:
     batch = [
         replayed(b'{"id": "1", "data": "caf\xe9"}', "bad-utf8"),
@@ -302,7 +302,7 @@ def test_replay_names_what_it_cannot_take_and_sends_the_rest(
 
 
 def test_replay_of_a_publish_time_no_store_holds_names_the_message(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     batch = [
         replayed(b'{"id": "1"}', "ok"),
@@ -322,14 +322,14 @@ def test_replay_of_a_publish_time_no_store_holds_names_the_message(
     ],
 )
 def test_a_replay_body_that_cannot_be_read_is_a_400(
-    client: TestClient[Litestar], body: bytes
+    client: TestClient[Recordline], body: bytes
 ) -> None:
     response = client.post("/v1/replay", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
 
 
-def test_an_id_no_path_can_name_is_refused(client: TestClient[Litestar]) -> None:
+def test_an_id_no_path_can_name_is_refused(client: TestClient[Recordline]) -> None:
     # `/v1/messages/%2F` reaches the router as `/v1/messages//`, whose trailing
     # slashes it drops: such an id could be stored but never looked up.
     for message_id in ("/", "//"):
@@ -345,7 +345,7 @@ def test_an_id_no_path_can_name_is_refused(client: TestClient[Litestar]) -> None
         assert client.get(f"/v1/messages/{message_id}").json()["status"] == "stored"
 
 
-def test_a_publish_time_later_than_the_push_is_a_rejection(client: TestClient[Litestar]) -> None:
+def test_a_publish_time_later_than_the_push_is_a_rejection(client: TestClient[Recordline]) -> None:
     # Deduplication looks for a message's earlier copies after its publish
     # time: a later one hid nothing, and a follower read the message twice.
     for attempt in range(2):

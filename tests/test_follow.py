@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import time
@@ -16,14 +17,16 @@ import hypothesis
 import msgspec
 import pytest
 from hypothesis import strategies as st
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
+from app.query.events import ENCODED_BYTES, Encodings, Event
+from app.query.follow import SHARED_READ_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
 from app.query.service import RecordsPage, RecordView
 from app.records import moment
-from app.routes.follow import ENCODED_BYTES, Followers
+from app.routes.follow import page_body, page_event
 from app.routes.query import Paging
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from app.store.duckdb.store import DuckDBStore
@@ -49,33 +52,33 @@ async def tail_token(client: httpx.AsyncClient) -> str:
     return token
 
 
-async def following(app: Litestar) -> Followers:
+async def following(app: Recordline) -> Followers:
     """The Followers instance the app's paged routes are given."""
-    paging: Paging = await app.dependencies["paging"]()
+    paging: Paging = await app.litestar.dependencies["paging"]()
     return paging.followers
 
 
-async def until_waiting(app: Litestar, count: int) -> Followers:
+async def until_waiting(app: Recordline, count: int) -> Followers:
     followers = await following(app)
     await until(lambda: followers.open == count, what=f"{count} followers to wait")
     return followers
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Litestar:
+def app(store: FaultyStore) -> Recordline:
     return create_app(
         settings(RECORDLINE_HEARTBEAT_SECONDS="0.2", RECORDLINE_STREAM_SECONDS="2"), store=store
     )
 
 
 @pytest.fixture
-async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def client(app: Recordline) -> AsyncIterator[httpx.AsyncClient]:
     async with served(app) as client:
         yield client
 
 
 async def test_a_waiting_page_answers_as_soon_as_a_row_is_stored(
-    app: Litestar, client: httpx.AsyncClient
+    app: Recordline, client: httpx.AsyncClient
 ) -> None:
     token = await tail_token(client)
     waiting = asyncio.create_task(
@@ -115,7 +118,7 @@ async def test_a_wait_beyond_the_limit_is_a_400_naming_it(client: httpx.AsyncCli
 
 
 async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
-    app: Litestar, client: httpx.AsyncClient
+    app: Recordline, client: httpx.AsyncClient
 ) -> None:
     token = await tail_token(client)
     waiting = asyncio.create_task(
@@ -131,7 +134,7 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
 
 
 async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
-    app: Litestar, store: FaultyStore
+    app: Recordline, store: FaultyStore
 ) -> None:
     """Under the connections `recordline serve` makes, the connection tells a follower
     that its client left: a waiting page and a stream each hold their request's task
@@ -283,7 +286,7 @@ async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spi
 
 
 async def test_followers_woken_by_one_push_share_their_reads(
-    app: Litestar, client: httpx.AsyncClient, store: FaultyStore
+    app: Recordline, client: httpx.AsyncClient, store: FaultyStore
 ) -> None:
     token = await tail_token(client)
     waits = [
@@ -321,11 +324,14 @@ async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others(
     store = HeldPages()
     app = create_app(settings(), store=store)
     async with served(app) as client:
-        paging: Paging = await app.dependencies["paging"]()
+        paging: Paging = await app.litestar.dependencies["paging"]()
         listing = paging.streams.named("records")
         cursor = await paging.streams.tail(listing)
         leaving, staying = (
-            asyncio.ensure_future(paging.streams.chunk(listing, cursor, wait=10)) for _ in range(2)
+            asyncio.ensure_future(
+                paging.streams.chunk(listing, cursor, follow=paging.followers.follow(None), wait=10)
+            )
+            for _ in range(2)
         )
         await until(lambda: paging.reader.bell.waiting == 2, what="both followers to wait")
         store.gate.clear()
@@ -594,25 +600,80 @@ def _page_of(size: int) -> RecordsPage:
 def test_a_pages_encodings_are_kept_while_it_lives_and_within_their_bytes() -> None:
     # Once, the last 64 pages' encodings were kept whatever their size: six pages of
     # 4 MB records held 4 GB.
-    followers = Followers(stream_seconds=1, heartbeat_seconds=1, shared_cache=False)
+    encodings = Encodings()
+
+    def encoded(page: RecordsPage) -> bytes:
+        return page_body(encodings, page)
+
+    def event(page: RecordsPage) -> Event:
+        return page_event(encodings, page)
+
     page = _page_of(MIB)
-    body = followers.encoded(page)
-    assert followers.encoded(page) is body  # encoded once for every follower sent it
-    event = followers.event(page)
-    assert followers.event(page) is event
+    body = encoded(page)
+    assert encoded(page) is body  # encoded once for every follower sent it
+    sent = event(page)
+    assert event(page) is sent
     # Larger than a slice: sent in pieces, its body not copied into a frame.
-    assert isinstance(event, tuple)
-    assert event[1] is body
-    assert b"".join(event).endswith(body + b"\n\n")
-    assert 0 < followers.encoded_bytes <= 3 * len(body)
+    assert isinstance(sent, tuple)
+    assert sent[1] is body
+    assert b"".join(sent).endswith(body + b"\n\n")
+    assert 0 < encodings.bytes <= 3 * len(body)
     del page  # no follower holds it any more: its encodings go with it
-    assert followers.encoded_bytes == 0
+    assert encodings.bytes == 0
     # Pages followers still hold: kept up to ENCODED_BYTES, the least recently used dropped.
     held = [_page_of(4 * MIB) for _ in range(ENCODED_BYTES // (4 * MIB))]
     for page in held:
-        followers.encoded(page)
-    assert 0 < followers.encoded_bytes <= ENCODED_BYTES
+        encoded(page)
+    assert 0 < encodings.bytes <= ENCODED_BYTES
     # A page larger than them all is encoded, and not kept.
     huge = _page_of(ENCODED_BYTES)
-    assert len(followers.encoded(huge)) > ENCODED_BYTES
-    assert followers.encoded_bytes <= ENCODED_BYTES
+    assert len(encoded(huge)) > ENCODED_BYTES
+    assert encodings.bytes <= ENCODED_BYTES
+
+
+async def test_a_streamed_page_is_charged_until_sent_and_given_back_as_its_follower_leaves() -> (
+    None
+):
+    # A page's event waits in the connection until its client takes it: it is charged
+    # to the process's budget until then, not only while it was read and encoded.
+    app = create_app(settings(RECORDLINE_STREAM_SECONDS="30"), store=DuckDBStore(":memory:"))
+    budget = app.budget
+    assert budget is not None
+    large = "x" * (200 * 1024)
+    taken = asyncio.Event()
+    sending = asyncio.Event()
+    event_bytes = 0
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never says it left: it is cancelled
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal event_bytes
+        if message["type"] == "http.response.body" and message.get("body"):
+            event_bytes += len(message["body"])
+            if message["body"] == b"\n\n":  # the page's event is written: not taken yet
+                sending.set()
+                await taken.wait()
+
+    async with served(app) as client:
+        for n in range(2):
+            body = push_body(n)
+            payload = json.dumps({"id": f"r-{n}", "data": large}).encode()
+            body["message"]["data"] = base64.b64encode(payload).decode()
+            assert (await client.post("/pubsub/push", json=body)).status_code == 204
+        scope = http_scope("GET", "/v1/records")
+        scope["headers"] = [(b"host", b"test"), (b"accept", b"text/event-stream")]
+        follower = asyncio.ensure_future(app(scope, receive, send))  # type: ignore[arg-type]
+        await asyncio.wait_for(sending.wait(), 10)
+        # Past the moment the read is shared with other followers (and kept for them):
+        # the follower sending it is all that holds it now.
+        await asyncio.sleep(3 * SHARED_READ_SECONDS)
+        # The rows, and the event made of them, held while the client has not taken it.
+        assert budget.held >= event_bytes >= 2 * len(large)
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        # Given back once the follower left, and the read it shared with others is no
+        # longer handed out (SHARED_READ_SECONDS).
+        await until(lambda: budget.held == 0, what="the follower's charge to be given back")

@@ -8,11 +8,11 @@ from collections import Counter
 from urllib.parse import quote
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.commands.replay import Service, replay_rejected
+from app.http.head import Recordline
 from app.records import MAX_ID_LENGTH, Rejection
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, served, settings
@@ -28,7 +28,7 @@ def path(prefix: str, identifier: str) -> str:
 
 @pytest.mark.parametrize("identifier", ODD_IDS)
 def test_a_record_id_with_slashes_or_reserved_characters_is_found(
-    client: TestClient[Litestar], identifier: str
+    client: TestClient[Recordline], identifier: str
 ) -> None:
     pushed = client.post("/pubsub/push", json=envelope({"id": identifier, "data": 1}))
     assert pushed.status_code == 204
@@ -40,7 +40,7 @@ def test_a_record_id_with_slashes_or_reserved_characters_is_found(
 
 @pytest.mark.parametrize("identifier", ODD_IDS)
 def test_a_message_id_with_slashes_or_reserved_characters_is_found(
-    client: TestClient[Litestar], identifier: str
+    client: TestClient[Recordline], identifier: str
 ) -> None:
     pushed = client.post("/pubsub/push", json=envelope({"id": "r"}, message_id=identifier))
     assert pushed.status_code == 204
@@ -50,7 +50,7 @@ def test_a_message_id_with_slashes_or_reserved_characters_is_found(
     assert found.json()["message_id"] == identifier
 
 
-def test_look_ups_are_exact_about_slashes(client: TestClient[Litestar]) -> None:
+def test_look_ups_are_exact_about_slashes(client: TestClient[Recordline]) -> None:
     client.post("/pubsub/push", json=envelope({"id": "a//b/"}))
     # The same id with its slashes as sent, unencoded, still finds it.
     assert client.get("/v1/records/a//b/").status_code == 200
@@ -66,7 +66,7 @@ def test_look_ups_are_exact_about_slashes(client: TestClient[Litestar]) -> None:
     ("prefix", "parameter"), [("/v1/records/", "record_id"), ("/v1/messages/", "message_id")]
 )
 def test_an_id_that_is_not_percent_encoded_utf8_is_a_400(
-    client: TestClient[Litestar], encoded: str, prefix: str, parameter: str
+    client: TestClient[Recordline], encoded: str, prefix: str, parameter: str
 ) -> None:
     # Decoded leniently, each of these became U+FFFD, and found this record.
     pushed = client.post("/pubsub/push", json=envelope({"id": "\ufffd"}, message_id="\ufffd"))
@@ -109,7 +109,7 @@ async def test_a_percent_sign_that_is_no_escape_is_a_400() -> None:
 
 
 def test_a_message_id_longer_than_look_ups_take_is_refused_at_push(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     # Stored, it could never be looked up or replayed: so it is not stored, not
     # acknowledged, and the answer names the limit. Pub/Sub keeps the message.
@@ -137,7 +137,7 @@ def test_a_message_id_longer_than_look_ups_take_is_refused_at_push(
 
 
 def test_the_longest_message_id_push_takes_is_looked_up_and_replayed(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     longest = "7" * MAX_ID_LENGTH
     assert client.post("/pubsub/push", json=envelope(["bad"], message_id=longest)).status_code == (

@@ -70,8 +70,8 @@ WEB_MODULES = {
 }
 # Inside the store layer: each backend speaks only through its public interface,
 # and only the serving tier's package composes two of them. A backend never
-# imports another backend, nor the composition.
-BACKENDS = {"app.store.bigquery", "app.store.duckdb", "app.store.spanner"}
+# imports another backend, nor the composition. Every other package of the store
+# layer is a backend (`backends`): a new one is held to this without being listed.
 COMPOSITION = "app.store.tiered"
 # Background loops run under the supervisor (restarted, counted, named by readiness),
 # which alone starts tasks for them: a store's under its own, the batcher's under the
@@ -95,7 +95,8 @@ NOT_LOOPS = {
     # One schema revision's fetch, shared by the pushes that wait on it; cancelled at close.
     ("app/ingest/schemas.py", "create_task"): 1,
     # A follower's watch for its client leaving, cancelled when its request ends.
-    ("app/routes/follow.py", "ensure_future"): 2,
+    ("app/routes/follow.py", "ensure_future"): 1,
+    ("app/http/events.py", "ensure_future"): 1,
 }
 # Waits between attempts come from app/store/backoff.py alone.
 OTHER_BACKOFFS = {"exponential_sleep_generator"}
@@ -208,15 +209,25 @@ def _package(module: str, packages: set[str]) -> str | None:
     return next((p for p in packages if module == p or module.startswith(f"{p}.")), None)
 
 
+def backends(app: Path = APP) -> set[str]:
+    """The store layer's packages but the composition: its backends."""
+    return {
+        f"app.store.{folder.name}"
+        for folder in (app / "store").iterdir()
+        if folder.is_dir() and any(folder.glob("*.py"))
+    } - {COMPOSITION}
+
+
 def backend_violations(app: Path = APP) -> list[str]:
     """Imports from one backend into another, or into the composition above them."""
     wrong = []
+    found = backends(app)
     for path in sorted(app.rglob("*.py")):
-        own = _package(module_name(path, app), BACKENDS)
+        own = _package(module_name(path, app), found)
         if own is None:
             continue
         for line, name in imports(path):
-            other = _package(name, BACKENDS | {COMPOSITION})
+            other = _package(name, found | {COMPOSITION})
             if other is not None and other != own:
                 wrong.append(f"{path.relative_to(app.parent)}:{line} imports {name}")
     return wrong
@@ -243,6 +254,39 @@ def test_the_check_finds_a_backend_importing_another(tmp_path: Path) -> None:
         "app/store/bigquery/store.py:2 imports app.store.tiered.store",
         "app/store/spanner/export.py:1 imports app.store.bigquery.stream",
     ]
+
+
+def test_every_store_package_but_the_composition_is_a_backend(tmp_path: Path) -> None:
+    assert {"app.store.bigquery", "app.store.duckdb", "app.store.spanner"} <= backends()
+    assert COMPOSITION not in backends()
+    # A store package nobody listed is held to the rule as soon as it exists.
+    store = tmp_path / "app" / "store"
+    for package in ("duckdb", "kafka"):
+        (store / package).mkdir(parents=True)
+    (store / "duckdb" / "store.py").write_text("")
+    (store / "kafka" / "store.py").write_text("from app.store.duckdb.store import DuckDBStore\n")
+    assert backends(tmp_path / "app") == {"app.store.duckdb", "app.store.kafka"}
+    assert backend_violations(tmp_path / "app") == [
+        "app/store/kafka/store.py:1 imports app.store.duckdb.store"
+    ]
+
+
+def tool_imports(app: Path = APP) -> list[str]:
+    """Imports of the local tools (recordline_dev/) in the service: the tools import
+    the service, never the reverse (they add to its command line by an entry point)."""
+    return [
+        f"{path.relative_to(app.parent)}:{line} imports {name}"
+        for path in sorted(app.rglob("*.py"))
+        for line, name in imports(path)
+        if name.split(".")[0] == "recordline_dev"
+    ]
+
+
+def test_the_service_imports_none_of_the_local_tools(tmp_path: Path) -> None:
+    assert tool_imports() == []
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "cli.py").write_text("def f():\n    from recordline_dev import commands\n")
+    assert tool_imports(tmp_path / "app") == ["app/cli.py:2 imports recordline_dev"]
 
 
 def test_the_layers_form_no_cycle() -> None:

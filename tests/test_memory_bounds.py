@@ -32,11 +32,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.http.head import SLICE_BYTES
 from app.http.limits import WRITE_HIGH_WATER
 from app.ingest.envelope import MAX_DATA_BYTES
+from app.query.events import ENCODED_BYTES, SLICE_BYTES
 from app.query.service import PAGE_BYTES
-from app.routes.follow import ENCODED_BYTES, SSE_EVENT_BYTES
+from app.routes.follow import SSE_EVENT_BYTES
 from app.store.tail import MAX_BYTES as TAIL_BYTES
 from recordline_dev.processes import free_port
 from tests.waiting import until_blocking

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import jsonschema_rs
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.docs import ASSETS
+from app.http.head import Recordline
 from app.query.offsets import Offsets
 from app.records import MAX_ID_LENGTH
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET, Settings
@@ -41,7 +41,7 @@ REPLAY = {
 
 @dataclass
 class Service:
-    client: TestClient[Litestar]
+    client: TestClient[Recordline]
     store: FaultyStore
     google: FakeGoogle
     document: dict[str, Any] = field(default_factory=dict)

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.query.service import PAGE_BYTES
 from app.query.streams import CHUNK_BYTES
 from app.records import Record
@@ -31,12 +31,12 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Litestar:
+def app(store: FaultyStore) -> Recordline:
     return create_app(settings(RECORDLINE_STREAM_SECONDS="2"), store=store)
 
 
 @pytest.fixture
-async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def client(app: Recordline) -> AsyncIterator[httpx.AsyncClient]:
     async with served(app) as client:
         yield client
 

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.settings import Settings
 from tests.fuzz.budget import EXAMPLES
 
@@ -26,14 +26,14 @@ LISTS = ("/v1/records", "/v1/rejections")
 UNTIL = "2030-01-01T00:00:00Z"
 
 
-def push(client: TestClient[Litestar], n: int, payload: object) -> None:
+def push(client: TestClient[Recordline], n: int, payload: object) -> None:
     data = base64.b64encode(json.dumps(payload).encode()).decode()
     message = {"data": data, "messageId": f"m-{n}", "publishTime": "2024-04-27T12:00:01Z"}
     assert client.post("/pubsub/push", json={"message": message}).status_code == 204
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient[Litestar]]:
+def client() -> Iterator[TestClient[Recordline]]:
     settings = Settings.load({"RECORDLINE_STORE": "memory:", "RECORDLINE_STREAM_SECONDS": "0.01"})
     with TestClient(create_app(settings)) as client:
         # Three of each, so that a page of one has a token for the next.
@@ -43,7 +43,7 @@ def client() -> Iterator[TestClient[Litestar]]:
         yield client
 
 
-def token(client: TestClient[Litestar], path: str, **params: str) -> str:
+def token(client: TestClient[Recordline], path: str, **params: str) -> str:
     page = client.get(path, params={"limit": "1", **params})
     assert page.status_code == 200, page.text
     made: str = page.json()["next_page_token"]
@@ -51,7 +51,7 @@ def token(client: TestClient[Litestar], path: str, **params: str) -> str:
 
 
 def read(
-    client: TestClient[Litestar], path: str, made: str, source: str, **params: str
+    client: TestClient[Recordline], path: str, made: str, source: str, **params: str
 ) -> httpx.Response:
     if source == "page_token":
         return client.get(path, params={"page_token": made, **params})
@@ -67,7 +67,7 @@ def read(
 )
 @settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck))
 def test_a_token_is_taken_only_by_the_list_it_was_made_for(
-    client: TestClient[Litestar], made_on: str, read_on: str, source: str, bounded: bool
+    client: TestClient[Recordline], made_on: str, read_on: str, source: str, bounded: bool
 ) -> None:
     bounds = {"until": UNTIL} if bounded else {}
     made = token(client, made_on, **bounds)
@@ -84,7 +84,7 @@ def test_a_token_is_taken_only_by_the_list_it_was_made_for(
 @pytest.mark.parametrize("source", ["page_token", "Last-Event-ID"])
 @pytest.mark.parametrize("path", LISTS)
 def test_a_token_is_taken_only_with_the_until_it_was_made_for(
-    client: TestClient[Litestar], path: str, source: str
+    client: TestClient[Recordline], path: str, source: str
 ) -> None:
     bounded = token(client, path, until=UNTIL)
     unbounded = token(client, path)

@@ -9,17 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from litestar import Litestar
 from litestar.testing import TestClient
 
 import app
 from app.asgi import create_app
 from app.errors import RecordlineError
+from app.http.head import Recordline
 from app.problems import problem_types
 from tests.conftest import settings
 
 
-def test_every_problem_type_is_described_at_its_own_uri(client: TestClient[Litestar]) -> None:
+def test_every_problem_type_is_described_at_its_own_uri(client: TestClient[Recordline]) -> None:
     kinds = problem_types()
     assert {"invalid-parameter", "store-unavailable", "not-a-push-envelope"} <= set(kinds)
     for name, kind in kinds.items():
@@ -34,7 +34,7 @@ def test_every_problem_type_is_described_at_its_own_uri(client: TestClient[Lites
     assert client.get("/problems/no-such-thing").json()["type"] == "/problems/not-found"
 
 
-def test_an_error_answer_names_its_type(client: TestClient[Litestar]) -> None:
+def test_an_error_answer_names_its_type(client: TestClient[Recordline]) -> None:
     bad = client.get("/v1/records", params={"limit": "0"})
     assert bad.status_code == 400
     assert bad.json()["type"] == "/problems/invalid-parameter"
@@ -48,7 +48,7 @@ def test_an_error_answer_names_its_type(client: TestClient[Litestar]) -> None:
 
 
 def test_a_path_under_docs_that_serves_nothing_is_a_problem_document(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     # Litestar's own answer there was an HTML page ("Error 404").
     for path in ("/docs/redoc", "/docs/nothing", "/docs/a/b", "/docs/ui/nothing"):

@@ -23,12 +23,12 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
 from litestar.testing import TestClient
 from prometheus_client import generate_latest
 
 from app.asgi import create_app
 from app.errors import StoreUnavailable
+from app.http.head import Recordline
 from app.ingest.publisher import SequencedPublisher
 from app.ingest.signing import ProducerKeys
 from app.query import audit as auditing
@@ -87,7 +87,7 @@ def row(message_id: str, sequence: int, *, producer: str = "orders-api", epoch: 
 
 
 @pytest.fixture
-def client() -> Iterator[TestClient[Litestar]]:
+def client() -> Iterator[TestClient[Recordline]]:
     with TestClient(create_app(app_settings())) as test_client:
         yield test_client
 
@@ -99,7 +99,7 @@ def payload_of(message_id: str, attrs: dict[str, str]) -> dict[str, Any]:
     return {"id": "/".join(map(str, sequence)) if all(sequence) else message_id, "data": 1}
 
 
-def push(client: TestClient[Litestar], message_id: str, attrs: dict[str, str]) -> int:
+def push(client: TestClient[Recordline], message_id: str, attrs: dict[str, str]) -> int:
     body = envelope(payload_of(message_id, attrs), message_id=message_id, attributes=attrs)
     return client.post("/pubsub/push", json=body).status_code
 
@@ -126,7 +126,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("hostile", "reason"), HOSTILE)
 def test_a_malformed_sequence_attribute_is_a_rejection_naming_it(
-    client: TestClient[Litestar], hostile: dict[str, str], reason: str
+    client: TestClient[Recordline], hostile: dict[str, str], reason: str
 ) -> None:
     assert push(client, "m-bad", {**attributes(0, epoch=5), **hostile}) == 204
     told = client.get("/v1/messages/m-bad").json()
@@ -138,7 +138,7 @@ def test_a_malformed_sequence_attribute_is_a_rejection_naming_it(
 
 @pytest.mark.parametrize("absent", ["recordline-producer", "recordline-epoch", "recordline-seq"])
 def test_a_partial_set_of_sequence_attributes_names_the_one_missing(
-    client: TestClient[Litestar], absent: str
+    client: TestClient[Recordline], absent: str
 ) -> None:
     given = {k: v for k, v in attributes(3).items() if k != absent}
     assert push(client, "m-part", given) == 204
@@ -146,7 +146,7 @@ def test_a_partial_set_of_sequence_attributes_names_the_one_missing(
     assert reason.startswith(f"{absent}: missing; a message with recordline-")
 
 
-def test_messages_without_sequences_are_untouched(client: TestClient[Litestar]) -> None:
+def test_messages_without_sequences_are_untouched(client: TestClient[Recordline]) -> None:
     assert push(client, "m-plain", {"origin": "web", "recordline-sequel": "x"}) == 204
     assert client.get("/v1/messages/m-plain").json()["status"] == "stored"
     assert client.get("/v1/producers").json() == {"producers": [], "next_page_token": None}
@@ -190,7 +190,7 @@ def test_any_sequence_attributes_are_read_or_refused_with_the_attribute_named(
 class Pushed:
     """One service for every example, and the sequences it was given so far."""
 
-    def __init__(self, client: TestClient[Litestar]) -> None:
+    def __init__(self, client: TestClient[Recordline]) -> None:
         self.client = client
         self.sequences: set[tuple[str, int, int]] = set()
         self.sent = 0
@@ -252,7 +252,7 @@ def test_any_sequence_attributes_pushed_are_stored_or_rejected_never_answered_5x
             assert all(e["gap_count"] <= MAX_GAPS + 1 for e in found["epochs"])
 
 
-def _pages(client: TestClient[Litestar]) -> Iterator[list[dict[str, Any]]]:
+def _pages(client: TestClient[Recordline]) -> Iterator[list[dict[str, Any]]]:
     token = None
     while True:
         params = {"limit": 100, **({"page_token": token} if token else {})}
@@ -736,7 +736,7 @@ async def test_an_append_whose_ledger_is_not_written_is_refused_and_its_sequence
 # -- what the ledger tells ---------------------------------------------------------------------
 
 
-def test_the_api_lists_producers_in_pages_with_their_gaps(client: TestClient[Litestar]) -> None:
+def test_the_api_lists_producers_in_pages_with_their_gaps(client: TestClient[Recordline]) -> None:
     for n in (0, 1, 3, 7):
         assert push(client, f"a-{n}", attributes(n, producer="a")) == 204
     assert push(client, "a-3-retry", attributes(3, producer="a")) == 204

@@ -10,10 +10,10 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.records import MAX_ID_LENGTH
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
@@ -22,7 +22,7 @@ from tests.waiting import until
 RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
 
 
-def test_stored_message_is_acknowledged_and_readable(client: TestClient[Litestar]) -> None:
+def test_stored_message_is_acknowledged_and_readable(client: TestClient[Recordline]) -> None:
     response = client.post("/pubsub/push", json=envelope(RECORD, attributes={"origin": "demo"}))
     assert response.status_code == 204
 
@@ -37,7 +37,7 @@ def test_stored_message_is_acknowledged_and_readable(client: TestClient[Litestar
     assert status["status"] == "stored"
 
 
-def test_issue_example_envelope(client: TestClient[Litestar]) -> None:
+def test_issue_example_envelope(client: TestClient[Recordline]) -> None:
     body = (
         '{"message":{"data":"eyJpZCI6IjEiLCJ0aW1lc3RhbXAiOiIyMDI0LTA0LTI3VDEyOjAwOjAwWiIsImRhdGEi'
         'OiJFamVtcGxvIGRlIGRhdG9zIn0=","messageId":"m-1","publishTime":"2024-04-27T12:00:01Z",'
@@ -51,7 +51,7 @@ def test_issue_example_envelope(client: TestClient[Litestar]) -> None:
     assert [r["id"] for r in page["records"]] == ["1"]
 
 
-def test_data_of_any_json_type_is_kept_exactly(client: TestClient[Litestar]) -> None:
+def test_data_of_any_json_type_is_kept_exactly(client: TestClient[Recordline]) -> None:
     values = [{"nested": [1, 2.5, None, True]}, [1, "two"], 42, "text", None, {"ñ": "ü€"}]
     for n, value in enumerate(values):
         payload = {"id": f"r{n}", "data": value}
@@ -62,7 +62,7 @@ def test_data_of_any_json_type_is_kept_exactly(client: TestClient[Litestar]) -> 
 
 
 def test_invalid_payload_is_stored_as_rejection_and_acknowledged(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     cases = {
         "no-id": ({"data": 1}, "`id`"),
@@ -135,7 +135,7 @@ def test_undecodable_data_is_rejected_with_its_bytes(duckdb_path: Path) -> None:
     }
 
 
-def test_not_an_envelope_is_400_problem(client: TestClient[Litestar]) -> None:
+def test_not_an_envelope_is_400_problem(client: TestClient[Recordline]) -> None:
     for body in (
         b"not json",
         b"[]",
@@ -164,7 +164,7 @@ def test_not_an_envelope_is_400_problem(client: TestClient[Litestar]) -> None:
     ],
 )
 def test_a_message_id_sent_empty_is_said_to_be_empty_not_missing(
-    client: TestClient[Litestar], id_fields: dict[str, str], said: str
+    client: TestClient[Recordline], id_fields: dict[str, str], said: str
 ) -> None:
     body = {"message": {"data": "e30=", "publishTime": "2024-04-27T12:00:01Z", **id_fields}}
     response = client.post("/pubsub/push", json=body)
@@ -174,7 +174,7 @@ def test_a_message_id_sent_empty_is_said_to_be_empty_not_missing(
 
 @pytest.mark.parametrize("data", [None, ""])
 def test_a_message_without_data_is_rejected_as_having_none(
-    client: TestClient[Litestar], data: str | None
+    client: TestClient[Recordline], data: str | None
 ) -> None:
     # Pub/Sub delivers a message of attributes alone with no `data`; it was
     # rejected as "payload is not JSON: Input data was truncated".
@@ -196,7 +196,7 @@ def test_a_message_without_data_is_rejected_as_having_none(
     assert reason.startswith("message.data: absent or empty"), reason
 
 
-def test_unknown_envelope_fields_are_tolerated(client: TestClient[Litestar]) -> None:
+def test_unknown_envelope_fields_are_tolerated(client: TestClient[Recordline]) -> None:
     body = envelope(RECORD, futureField={"a": 1}, deliveryAttempt=3)
     body["message"]["somethingNew"] = True
     body["message"]["orderingKey"] = "k"
@@ -204,7 +204,7 @@ def test_unknown_envelope_fields_are_tolerated(client: TestClient[Litestar]) -> 
     assert client.get("/v1/records/1").json()["delivery_attempt"] == 3
 
 
-def test_unwrapped_push_with_metadata_headers(client: TestClient[Litestar]) -> None:
+def test_unwrapped_push_with_metadata_headers(client: TestClient[Recordline]) -> None:
     headers = {
         "content-type": "application/octet-stream",
         "x-goog-pubsub-message-id": "u-1",
@@ -250,7 +250,7 @@ CREDENTIAL_HEADERS = {
 
 
 def test_no_credential_header_of_an_unwrapped_push_is_stored_as_an_attribute(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     headers = {
         "x-goog-pubsub-message-id": "u-1",
@@ -268,7 +268,7 @@ def test_no_credential_header_of_an_unwrapped_push_is_stored_as_an_attribute(
 
 
 def test_store_failure_is_503_with_retry_after_and_nothing_acknowledged(
-    client: TestClient[Litestar], store: FaultyStore
+    client: TestClient[Recordline], store: FaultyStore
 ) -> None:
     store.failing = True
     response = client.post("/pubsub/push", json=envelope(RECORD))
@@ -330,7 +330,7 @@ def test_write_deadline_gives_503(store: FaultyStore) -> None:
         assert "deadline" in response.json()["title"].lower()
 
 
-def test_decoded_base64_payload_roundtrip(client: TestClient[Litestar]) -> None:
+def test_decoded_base64_payload_roundtrip(client: TestClient[Recordline]) -> None:
     payload = {"id": "b", "data": {"blob": base64.b64encode(bytes(range(256))).decode()}}
     assert client.post("/pubsub/push", json=envelope(payload)).status_code == 204
     assert client.get("/v1/records/b").json()["data"] == payload["data"]

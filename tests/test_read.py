@@ -6,22 +6,22 @@ import asyncio
 import random
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, http_scope, served, settings
 from tests.fakes import FaultyStore
 from tests.waiting import until
 
 
-def push(client: TestClient[Litestar], n: int, **payload: object) -> None:
+def push(client: TestClient[Recordline], n: int, **payload: object) -> None:
     body = envelope({"id": f"r{n}", "data": n, **payload}, message_id=f"m{n:04d}")
     assert client.post("/pubsub/push", json=body).status_code == 204
 
 
-def test_pages_cover_everything_once_in_key_order(client: TestClient[Litestar]) -> None:
+def test_pages_cover_everything_once_in_key_order(client: TestClient[Recordline]) -> None:
     for n in range(25):
         push(client, n)
     seen: list[str] = []
@@ -40,7 +40,7 @@ def test_pages_cover_everything_once_in_key_order(client: TestClient[Litestar]) 
     assert [r["message_id"] for r in later["records"]] == ["m0099"]
 
 
-def test_since_and_until_bound_the_range(client: TestClient[Litestar]) -> None:
+def test_since_and_until_bound_the_range(client: TestClient[Recordline]) -> None:
     push(client, 1)
     all_records = client.get("/v1/records").json()["records"]
     t = all_records[0]["ingest_time"]
@@ -64,7 +64,7 @@ def test_since_and_until_bound_the_range(client: TestClient[Litestar]) -> None:
     assert "complete_until" in done
 
 
-def test_duplicates_never_appear_twice(client: TestClient[Litestar]) -> None:
+def test_duplicates_never_appear_twice(client: TestClient[Recordline]) -> None:
     for _ in range(3):  # Pub/Sub redelivers the same message
         body = envelope({"id": "dup", "data": 1}, message_id="same")
         assert client.post("/pubsub/push", json=body).status_code == 204
@@ -72,7 +72,7 @@ def test_duplicates_never_appear_twice(client: TestClient[Litestar]) -> None:
     assert [r["message_id"] for r in records] == ["same"]
 
 
-def test_latest_version_by_timestamp_then_publish_time(client: TestClient[Litestar]) -> None:
+def test_latest_version_by_timestamp_then_publish_time(client: TestClient[Recordline]) -> None:
     versions = [
         ("a", "2024-01-01T00:00:02Z", "2024-01-01T00:00:00Z", "newest event"),
         ("b", "2024-01-01T00:00:01Z", "2024-01-01T00:00:09Z", "older event, published later"),
@@ -88,14 +88,14 @@ def test_latest_version_by_timestamp_then_publish_time(client: TestClient[Litest
     assert client.get("/v1/records/doc").json()["data"] == "same event time, newer publish"
 
 
-def test_not_found_is_problem_404(client: TestClient[Litestar]) -> None:
+def test_not_found_is_problem_404(client: TestClient[Recordline]) -> None:
     for path in ("/v1/records/nope", "/v1/messages/nope"):
         response = client.get(path)
         assert response.status_code == 404
         assert response.headers["content-type"].startswith("application/problem+json")
 
 
-def test_bad_parameters_are_400_naming_the_parameter(client: TestClient[Litestar]) -> None:
+def test_bad_parameters_are_400_naming_the_parameter(client: TestClient[Recordline]) -> None:
     push(client, 1)
     token = client.get("/v1/records").json()["next_page_token"]
     tampered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
@@ -118,13 +118,13 @@ def test_bad_parameters_are_400_naming_the_parameter(client: TestClient[Litestar
         assert response.json()["parameter"] == parameter, params
 
 
-def test_openapi_and_docs_are_served(client: TestClient[Litestar]) -> None:
+def test_openapi_and_docs_are_served(client: TestClient[Recordline]) -> None:
     schema = client.get("/docs/openapi.json").json()
     assert {"/pubsub/push", "/v1/records", "/v1/records/{record_id}"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
 
 
-def test_health(client: TestClient[Litestar]) -> None:
+def test_health(client: TestClient[Recordline]) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
 
@@ -170,7 +170,7 @@ async def test_follower_sees_every_record_exactly_once_while_writes_continue() -
     assert len(seen) == len(set(seen)) == total
 
 
-def test_pages_are_gzipped_for_clients_that_accept_it(client: TestClient[Litestar]) -> None:
+def test_pages_are_gzipped_for_clients_that_accept_it(client: TestClient[Recordline]) -> None:
     for n in range(100):
         push(client, n, note="the same words again and again " * 4)
     plain = client.get("/v1/records", headers={"Accept-Encoding": "identity"})
@@ -197,7 +197,7 @@ PLAIN = ["gzip;q=0", "GZIP; q=0.000", "gzip;q=0, *", "*;q=0", "br, deflate", "id
 PLAIN += ["gzip;q=0.5, identity;q=1", "gzip;q=abc", "gzip;q=2", "*;q=0.3, identity"]
 
 
-def test_gzip_is_chosen_as_accept_encoding_says(client: TestClient[Litestar]) -> None:
+def test_gzip_is_chosen_as_accept_encoding_says(client: TestClient[Recordline]) -> None:
     for n in range(50):
         push(client, n, note="the same words again and again " * 4)
     records = client.get("/v1/records", headers={"Accept-Encoding": "identity"}).json()["records"]
@@ -287,7 +287,7 @@ async def test_the_app_itself_sends_no_content_for_head() -> None:
 )
 @pytest.mark.parametrize("path", ["/v1/records", "/v1/rejections"])
 def test_a_bad_parameter_is_told_what_it_must_be(
-    client: TestClient[Litestar], path: str, query: str, detail: str
+    client: TestClient[Recordline], path: str, query: str, detail: str
 ) -> None:
     answer = client.get(f"{path}?{query}")
     assert answer.status_code == 400

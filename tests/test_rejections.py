@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 
-from litestar import Litestar
 from litestar.testing import TestClient
 
+from app.http.head import Recordline
 from tests.conftest import envelope
 
 
-def reject(client: TestClient[Litestar], n: int) -> bytes:
+def reject(client: TestClient[Recordline], n: int) -> bytes:
     raw = f"not json {n}".encode()
     body = envelope(None, message_id=f"x{n:04d}", raw_data=raw, attributes={"n": str(n)})
     assert client.post("/pubsub/push", json=body).status_code == 204
@@ -18,7 +18,7 @@ def reject(client: TestClient[Litestar], n: int) -> bytes:
 
 
 def test_rejections_are_listed_once_in_key_order_with_their_payload(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
 ) -> None:
     raws = {f"x{n:04d}": reject(client, n) for n in range(12)}
     good = envelope({"id": "r1", "data": 1}, message_id="m1")
@@ -42,7 +42,7 @@ def test_rejections_are_listed_once_in_key_order_with_their_payload(
     assert [r["message_id"] for r in later["rejections"]] == ["x0099"]
 
 
-def test_rejections_bad_parameters_are_problems(client: TestClient[Litestar]) -> None:
+def test_rejections_bad_parameters_are_problems(client: TestClient[Recordline]) -> None:
     for params in ({"since": "yesterday"}, {"limit": "0"}, {"page_token": "junk"}, {"x": "1"}):
         answer = client.get("/v1/rejections", params=params)
         assert answer.status_code == 400, params

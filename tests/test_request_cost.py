@@ -53,7 +53,7 @@ def test_no_route_asks_litestar_for_more_than_one_dependency() -> None:
     # as much again as everything else it did. One is resolved in line.
     app = create_app(Settings.load({"RECORDLINE_STORE": "duckdb://:memory:"}))
     asked = {}
-    for route in app.routes:
+    for route in app.litestar.routes:
         for handler in getattr(route, "route_handlers", []):
             assert isinstance(handler, HTTPRouteHandler)
             parameters = set(handler.parsed_fn_signature.parameters)

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 from httpx import Response
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.query.page_token import PageToken, PageTokens
 from app.records import Record, Rejection
 from app.settings import Settings
@@ -58,14 +58,14 @@ def test_bounds_older_than_the_retention_answer_410() -> None:
         assert client.get("/v1/records", params={"page_token": page["next_page_token"]}).is_success
 
 
-def test_without_retention_old_bounds_are_served(client: TestClient[Litestar]) -> None:
+def test_without_retention_old_bounds_are_served(client: TestClient[Recordline]) -> None:
     old = "2000-01-01T00:00:00Z"
     assert client.get("/v1/records", params={"since": old}).status_code == 200
     token = expired_token(settings(), 400)
     assert client.get("/v1/records", params={"page_token": token}).status_code == 200
 
 
-def test_without_retention_bounds_before_1970_are_served(client: TestClient[Litestar]) -> None:
+def test_without_retention_bounds_before_1970_are_served(client: TestClient[Recordline]) -> None:
     # Nothing is deleted, so a bound before the epoch is a page like any other,
     # never a 410: it used to be compared with a retention start of 0 µs.
     body = envelope({"id": "r1", "data": 1}, message_id="m1")

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from litestar import Litestar
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.query.offsets import ALPHABET, SEPARATOR, Offsets
 from app.query.page_token import PageToken, PageTokens
 from app.query.service import RECORDS, Reader, RecordView, record_view, view
@@ -67,7 +67,7 @@ def store() -> FaultyStore:
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Litestar:
+def app(store: FaultyStore) -> Recordline:
     return create_app(
         settings(
             RECORDLINE_LONG_POLL_SECONDS="0.5",
@@ -79,7 +79,7 @@ def app(store: FaultyStore) -> Litestar:
 
 
 @pytest.fixture
-async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def client(app: Recordline) -> AsyncIterator[httpx.AsyncClient]:
     async with served(app) as client:
         yield client
 
@@ -345,14 +345,14 @@ async def test_a_malformed_cursor_is_a_400(client: httpx.AsyncClient) -> None:
 
 
 async def test_a_long_poll_answers_as_soon_as_a_row_is_stored(
-    app: Litestar, client: httpx.AsyncClient
+    app: Recordline, client: httpx.AsyncClient
 ) -> None:
     await pushed(client, 1)
     tail = (await client.get(STREAM)).headers["stream-next-offset"]
     waiting = asyncio.create_task(
         client.get(STREAM, params={"offset": tail, "live": "long-poll", "cursor": "1"})
     )
-    paging = await app.dependencies["paging"]()
+    paging = await app.litestar.dependencies["paging"]()
     await until(lambda: paging.followers.open == 1, what="the long-poll to wait")
     await pushed(client, 2)
     answer = await waiting
@@ -394,7 +394,7 @@ async def test_a_behind_long_poll_answers_at_once_and_live_reads_count_as_follow
         waiting = asyncio.create_task(
             client.get(STREAM, params={"offset": tail, "live": "long-poll"})
         )
-        paging = await app.dependencies["paging"]()
+        paging = await app.litestar.dependencies["paging"]()
         await until(lambda: paging.followers.open == 1, what="the long-poll to wait")
         for live in ("long-poll", "sse"):
             full = await client.get(STREAM, params={"offset": tail, "live": live})
@@ -557,10 +557,10 @@ async def test_a_chunk_holds_about_its_bytes_at_most_and_one_row_at_least() -> N
         await store.close()
 
 
-async def test_a_follower_that_takes_nothing_is_cut_off_not_buffered(app: Litestar) -> None:
+async def test_a_follower_that_takes_nothing_is_cut_off_not_buffered(app: Recordline) -> None:
     """A client that stops reading its SSE stream is paused (one event held, the next
     not made) and, after the instance's limit, cut off: it counts as a follower no more."""
-    paging = await app.dependencies["paging"]()
+    paging = await app.litestar.dependencies["paging"]()
     paging.followers.slow_seconds = 1.0  # this instance's limit, short for the test
     async with served(app) as client:
         _, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from durable_streams import astream
-from litestar import Litestar
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.store.duckdb.store import DuckDBStore
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
 from tests.conftest import delivered, served, settings
@@ -120,7 +120,7 @@ async def test_the_python_client_follows_on_duckdb(
     await killed_and_resumed([duckdb_client], [str(duckdb_client.base_url)], live)
 
 
-def serving_app(emulator: SpannerEmulator, database: str, bigquery: ThreadedBigQuery) -> Litestar:
+def serving_app(emulator: SpannerEmulator, database: str, bigquery: ThreadedBigQuery) -> Recordline:
     store = serving_store(database, emulator.host, bigquery)
     return create_app(settings(**LIVE_SETTINGS), store=store)
 

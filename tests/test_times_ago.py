@@ -3,13 +3,13 @@ does (`/v1/records?since=1h` was a 400 where `tail --since 1h` read on)."""
 
 from __future__ import annotations
 
-from litestar import Litestar
 from litestar.testing import TestClient
 
+from app.http.head import Recordline
 from tests.conftest import envelope
 
 
-def test_since_and_until_take_how_long_ago(client: TestClient[Litestar]) -> None:
+def test_since_and_until_take_how_long_ago(client: TestClient[Recordline]) -> None:
     assert client.post("/pubsub/push", json=envelope({"id": "now"})).status_code == 204
     for params, ids in (
         ({"since": "1h"}, ["now"]),

@@ -18,9 +18,9 @@ import httpx
 import hypothesis
 import pytest
 from hypothesis import strategies as st
-from litestar import Litestar
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.records import Record, Rejection
 from app.store import PageQuery
 from app.store.duckdb.store import DuckDBStore
@@ -54,24 +54,24 @@ def store(tmp_path: Path) -> HeldApply:
 
 
 @pytest.fixture
-def app(store: HeldApply) -> Litestar:
+def app(store: HeldApply) -> Recordline:
     return create_app(settings(), store=store)
 
 
 @pytest.fixture
-async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+async def client(app: Recordline) -> AsyncIterator[httpx.AsyncClient]:
     async with served(app) as client:
         yield client
 
 
-async def waiting_page(app: Litestar, client: httpx.AsyncClient, token: str) -> Any:
+async def waiting_page(app: Recordline, client: httpx.AsyncClient, token: str) -> Any:
     page = asyncio.create_task(client.get("/v1/records", params={"page_token": token, "wait": 20}))
     await until_waiting(app, 1)
     return page
 
 
 async def test_a_waiting_follower_gets_a_record_once_journaled_before_duckdb_has_it(
-    app: Litestar, client: httpx.AsyncClient, store: HeldApply
+    app: Recordline, client: httpx.AsyncClient, store: HeldApply
 ) -> None:
     await client.post("/pubsub/push", json=push_body(0))
     token = await tail_token(client)
@@ -98,7 +98,7 @@ async def test_a_waiting_follower_gets_a_record_once_journaled_before_duckdb_has
 
 
 async def test_a_redelivery_of_a_stored_record_is_never_shown_to_a_follower(
-    app: Litestar, client: httpx.AsyncClient
+    app: Recordline, client: httpx.AsyncClient
 ) -> None:
     await client.post("/pubsub/push", json=push_body(1))  # stored, applied
     token = await tail_token(client)

@@ -1,25 +1,20 @@
-"""The service's app: HEAD answered wherever GET is (RFC 9110 §9.3.2), and what a request
-holds of the process's budget given back once it is answered (`app.budget`)."""
+"""The service's app: its Litestar app behind a plain ASGI layer of ours, which answers
+HEAD wherever GET is (RFC 9110 §9.3.2) and gives back what a request holds of the
+process's budget once it is answered (`app.budget`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.types import (
-    LifeSpanReceive,
-    LifeSpanScope,
-    LifeSpanSend,
-    Message,
-    Receive,
-    Scope,
-    Send,
-)
+from litestar.types import Message, Receive, Scope, Send
 
 from app.budget import Budget, Charge
 from app.http.limits import CHARGE
+from app.query.events import SLICE_BYTES
 
 if TYPE_CHECKING:
     from app.health import Readiness
@@ -28,45 +23,43 @@ if TYPE_CHECKING:
 # Set in a request's scope where the app answers a HEAD as its GET: a route whose
 # HEAD says something its GET does not (a stream's tail) reads the mark.
 HEAD_REQUEST: Final = "recordline.head"
-# An answer's body is handed to the connection this much at a time, each slice once the
-# connection has room for it: what is not sent yet stays with the answer, charged with
-# it, and once the app has answered a connection holds at most one slice and what its
-# transport keeps (`app.http.limits.WRITE_HIGH_WATER`). Written whole, a page its client
-# never reads was held by the connection, uncounted, until it was cut off.
-SLICE_BYTES: Final = 64 * 1024
 
 
-class Recordline(Litestar):
-    """The service's app: Litestar, with HEAD answered wherever GET is, and each request's
-    charge of the process's budget (`CHARGE`, made here under a server that makes none)
-    released once it is answered, its answer sent in slices (SLICE_BYTES).
+class Recordline:
+    """The service's app: `litestar`, with HEAD answered wherever GET is, and each
+    request's charge of the process's budget (`CHARGE`, made here under a server that
+    makes none) released once it is answered, its answer sent in slices (SLICE_BYTES).
 
     RFC 9110 §9.3.2: HEAD is GET without the content. A HEAD request is routed,
     guarded and answered as the GET it stands for (so the same guards apply,
     and the headers are the GET's, Content-Length included), and its body is
-    not sent. Litestar answers only the methods a handler names, and a route
-    declared for HEAD as well would show each operation twice in the OpenAPI
-    document.
+    not sent. Litestar answers only the methods a handler names, its handlers for
+    HEAD may return no body, and a route declared for HEAD as well would show each
+    operation twice in the OpenAPI document: so the request is rewritten before
+    Litestar routes it, here, rather than inside Litestar.
     """
 
-    # Told of each connection a bound of the server refused or closed (app.http.limits).
-    connections: ConnectionObserver | None = None
-    # Told of SIGTERM by a cell that serves this app among others (app.cell), which
-    # installs one handler for them all; an app on its own hears it itself.
-    stopping: Callable[[], None] | None = None
-    # What the app's /readyz asks, for a cell that serves it among others.
-    readiness: Readiness | None = None
-    # What requests and answers in flight are charged to (`create_app`).
-    budget: Budget | None = None
+    __slots__ = ("budget", "connections", "litestar", "readiness", "stopping")
 
-    async def __call__(
-        self,
-        scope: Scope | LifeSpanScope,
-        receive: Receive | LifeSpanReceive,
-        send: Send | LifeSpanSend,
-    ) -> None:
+    def __init__(self, litestar: Litestar) -> None:
+        self.litestar = litestar
+        # Told of each connection a bound of the server refused or closed (app.http.limits).
+        self.connections: ConnectionObserver | None = None
+        # Told of SIGTERM by a cell that serves this app among others (app.cell), which
+        # installs one handler for them all; an app on its own hears it itself.
+        self.stopping: Callable[[], None] | None = None
+        # What the app's /readyz asks, for a cell that serves it among others.
+        self.readiness: Readiness | None = None
+        # What requests and answers in flight are charged to (`create_app`).
+        self.budget: Budget | None = None
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]:
+        """The app's lifespan, for a server of several apps that runs each one's."""
+        return self.litestar.lifespan()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
-            await super().__call__(scope, receive, send)
+            await self.litestar(scope, receive, send)
             return
         values = cast("dict[str, Any]", scope)
         # The server's charge for the request (its head and body), or one of the app's.
@@ -74,9 +67,7 @@ class Recordline(Litestar):
         if charge is None and self.budget is not None:
             charge = values[CHARGE] = Charge(self.budget)
         try:
-            await self._answer(
-                cast("Scope", scope), cast("Receive", receive), sliced(cast("Send", send))
-            )
+            await self._answer(scope, receive, sliced(send))
         finally:
             # Answered: what is not sent yet is one slice, the connection's.
             if charge is not None:
@@ -84,7 +75,7 @@ class Recordline(Litestar):
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") != "HEAD":
-            await super().__call__(scope, receive, send)
+            await self.litestar(scope, receive, send)
             return
 
         async def without_content(message: Message) -> None:
@@ -95,7 +86,7 @@ class Recordline(Litestar):
         # A copy: the server keeps its own scope, which still says HEAD. A route
         # whose HEAD says something its GET does not (a stream's tail) reads the mark.
         as_get = cast("Scope", {**scope, "method": "GET", HEAD_REQUEST: True})
-        await super().__call__(as_get, receive, without_content)
+        await self.litestar(as_get, receive, without_content)
 
 
 def sliced(send: Send) -> Send:

@@ -69,7 +69,7 @@ CHARGE: Final = "recordline.charge"
 BODY_COPIES: Final = 4
 # What a connection's transport may hold of an answer before it stops taking more
 # (writing paused until its client takes some): asyncio's default is 64 KiB. An answer
-# is sent in slices (`app.http.head.SLICE_BYTES`), so a connection holds at most this and
+# is sent in slices (`app.query.events.SLICE_BYTES`), so a connection holds at most this and
 # a slice of it beyond what the budget counts.
 WRITE_HIGH_WATER: Final = 16 * 1024
 

@@ -10,15 +10,12 @@ continue sees every record exactly once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
-import cachetools
 import msgspec
 
 from app.budget import Budget, Charge
@@ -48,14 +45,6 @@ MAX_LIMIT = 1000
 # records of 4 MB was once 4 GB, built three times over (rows, views, body). It may
 # then hold fewer than `limit` rows, and its token resumes after the last.
 PAGE_BYTES = 4 * 1024 * 1024
-# The longest a page may wait for rows (`wait`): a minute keeps a request well
-# inside every proxy's idle timeout, and a follower asks again at once.
-MAX_WAIT_SECONDS = 60.0
-# A page read for a follower is given to the followers asking for the same one
-# within this long (and no commit since): at most this much older than a read of
-# its own, and a thousand followers woken at once cost a few reads.
-SHARED_READ_SECONDS = 0.05
-SHARED_READS = 4096
 # What a read is charged to the process's budget, in copies of its rows' bytes
 # (`row_bytes`): the rows, and the answer made of them (a page's views share their
 # rows' text; its JSON, or a stream's chunk, is the second copy, and an event frames it
@@ -167,7 +156,7 @@ def _viewing(view_type: type[Any], row_type: type[Any]) -> tuple[tuple[str, Kind
 
 
 # Weakly referable: the encoding of a page a follower is sent is kept while the page
-# lives, and no longer (`app.routes.follow`).
+# lives, and no longer (`app.query.events`).
 class RecordsPage(msgspec.Struct, frozen=True, weakref=True):
     records: list[RecordView]
     # Follow it to get what comes next; null only once a bounded (`until`)
@@ -188,7 +177,7 @@ AnyPage = TypeVar("AnyPage", RecordsPage, RejectionsPage)
 
 def complete(page: RecordsPage | RejectionsPage, limit: int) -> bool:
     """Whether `page` can never change: `limit` rows, or fewer cut by its bytes. Such a
-    page is complete up to its last row's time (`Reader._page`); any other up to a
+    page is complete up to its last row's time (`Reader.excerpt`); any other up to a
     later time, every row it holds lying before it."""
     rows = page.records if isinstance(page, RecordsPage) else page.rejections
     return len(rows) == limit or (bool(rows) and page.complete_until == rows[-1].ingest_time)
@@ -235,32 +224,18 @@ class MessageView(msgspec.Struct, kw_only=True, frozen=True):
     later_copies_differ: LaterCopiesView | None = None
 
 
-# A read followers share: the table, the cursor, at most how many rows and bytes.
-SharedKey = tuple[Any, PageToken, int, int]
-
-
-class SharedRead:
-    """A read of a page that followers share: when it began (monotonic), and it."""
-
-    __slots__ = ("begun", "read")
-
-    def __init__(self, begun: float, read: asyncio.Future[Any]) -> None:
-        self.begun = begun
-        self.read = read
-
-
 class Excerpt(Generic[AnyPage]):
     """A list's rows after a cursor, as one read of the store had them: the rows, their views,
     where the next read goes on, and up to when it is complete. Both protocols encode
-    it, each once however many followers it is given to (`encodings`): the API's
-    page (`Reader.page`) and a stream's chunk (`app.query.streams`)."""
+    it, each once however many followers it is given to (`app.query.events`, which
+    holds it weakly): the API's page (`Reader.page`) and a stream's chunk
+    (`app.query.streams`)."""
 
     __slots__ = (
         "__weakref__",
         "charge",
         "complete_until",
         "cursor",
-        "encodings",
         "full",
         "listing",
         "resume",
@@ -289,8 +264,6 @@ class Excerpt(Generic[AnyPage]):
         self.complete_until = complete_until
         # As many rows as asked for: more may follow at once.
         self.full = full
-        # What each protocol made of it, by the protocol's own key.
-        self.encodings: dict[object, Any] = {}
         # What it and what is made of it hold of the process's budget, if counted.
         self.charge: Charge | None = None
 
@@ -327,18 +300,11 @@ class Reader:
         self._tokens = tokens
         self._retention_days = retention_days
         self._clock = clock
-        # Followers' pages, by what was asked, read since the bell's last ring and
-        # within SHARED_READ_SECONDS (`_followed`); each is dropped once that time has
-        # passed (`_forget`), not when the cache is next touched: an idle instance would
-        # otherwise keep the last pages its followers read.
-        self._shared: cachetools.TTLCache[SharedKey, SharedRead] = cachetools.TTLCache(
-            maxsize=SHARED_READS, ttl=SHARED_READ_SECONDS, timer=time.monotonic
-        )
-        self._shared_version = -1
 
     @property
     def bell(self) -> Bell:
-        """What rings when rows may have become readable (the store's)."""
+        """What rings when rows may have become readable (the store's): what followers
+        wait on (`app.query.follow`)."""
         return self._store.bell
 
     def horizon(self) -> int:
@@ -380,41 +346,33 @@ class Reader:
         until: datetime | None,
         limit: int,
         page_token: str | None,
-        wait: float = 0.0,
-        stop: asyncio.Future[None] | None = None,
-        asked_at: float | None = None,
         max_bytes: int | None = None,
         filter: RowFilter | None = None,
     ) -> AnyPage:
         """One page of a list, in ingest order; records and rejections page alike, of at
         most `limit` rows and `max_bytes` of them (by default `page_bytes`). With a
-        `filter`, of the rows it keeps (a token carries it to the next page).
+        `filter`, of the rows it keeps (a token carries it to the next page). A page that
+        waits for rows is a follower's (`app.query.follow`)."""
+        cursor = self.cursor(listing, since, until, limit, page_token, filter=filter)
+        budget = self.page_bytes if max_bytes is None else max_bytes
+        read = await self.excerpt(listing, cursor, limit, budget)
+        return self.page_of(read, waited=False, first=page_token is None)
 
-        With `wait`, a page that would be empty is held back until a row past
-        the cursor is readable (`read`): then, or at the end of the wait, it is
-        answered as it is. A wait that found nothing gives the cursor back as
-        it came, with a fresh `complete_until`.
-        """
-        if not 0 <= wait <= MAX_WAIT_SECONDS:
-            raise BadParameter("wait", f"must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
-        cursor = self._cursor(listing, since, until, limit, page_token, filter=filter)
-        read = await self.read(
-            listing,
-            cursor,
-            limit,
-            wait=wait,
-            stop=stop,
-            asked_at=asked_at,
-            max_bytes=self.page_bytes if max_bytes is None else max_bytes,
-        )
-        found = bool(read.rows)
+    def page_of(self, read: Excerpt[AnyPage], *, waited: bool, first: bool) -> AnyPage:
+        """The API's page of a read. One that found nothing after waiting (`waited`)
+        gives the cursor back as it came, with a fresh `complete_until`; one after
+        `since` (`first`, not a token) says it is complete up to the read horizon at
+        most."""
         page = self.as_page(read)
-        if not found and wait and page.next_page_token is not None:
+        if read.rows:
+            return page
+        listing = read.listing
+        if waited and page.next_page_token is not None:
             # A wait that found nothing gives the cursor back as it came: every
             # follower waiting at the tail asks the same URL, which a cache in front
             # can answer with one request to the service.
-            page = listing.page([], self._tokens.encode(cursor), page.complete_until)
-        if page_token is None and not found:
+            page = listing.page([], self._tokens.encode(read.cursor), page.complete_until)
+        if first:
             # A `since` later than anything readable (a future time): the page is
             # complete up to now, not up to that time, so a client's lag (now -
             # complete_until) is never negative. A token's cursor keeps its time:
@@ -425,139 +383,19 @@ class Reader:
         return page
 
     def as_page(self, read: Excerpt[AnyPage]) -> AnyPage:
-        """The API's page of a read: made once, whichever follower asks first."""
-        page: AnyPage | None = read.encodings.get(Reader)
-        if page is None:
-            page = read.listing.page(
-                read.views, self._next(read.cursor, *read.resume), moment(read.complete_until)
-            )
-            read.encodings[Reader] = page
-            read.held_by(page)
+        """The API's page of a read, as it is: it holds what the read is charged."""
+        page = read.listing.page(
+            read.views, self._next(read.cursor, *read.resume), moment(read.complete_until)
+        )
+        read.held_by(page)
         return page
 
-    async def read(
-        self,
-        listing: Listing[AnyPage],
-        cursor: PageToken,
-        limit: int,
-        *,
-        wait: float = 0.0,
-        stop: asyncio.Future[None] | None = None,
-        asked_at: float | None = None,
-        followed: bool = False,
-        max_bytes: int | None = None,
-    ) -> Excerpt[AnyPage]:
-        """The rows after `cursor`, at most `limit` of them and `max_bytes` of them (by
-        default `page_bytes`; the first row whatever its size): what both protocols page.
-
-        With `wait`, a read that finds nothing is held back until a row past
-        the cursor is readable (the store's bell), `wait` seconds pass, or
-        `stop` is done, and is then answered as it is. A follower's reads (with
-        `wait`) are shared with the followers reading at the same cursor at the
-        same moment (`_followed`), if they began after `asked_at` (monotonic; by
-        default, now): the moment the follower's request began, so that what it
-        was acknowledged before then is in every read it gets. A follower that waits
-        on the bell itself (`followed`) shares its reads alike.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        bell = self._store.bell
-        asked = time.monotonic() if asked_at is None else asked_at
-        budget = self.page_bytes if max_bytes is None else max_bytes
-
-        async def once() -> Excerpt[AnyPage]:
-            if not wait and not followed:
-                return await self._page(listing, cursor, limit, budget)
-            return await self._followed(listing, cursor, limit, budget, asked)
-
-        seen = bell.version
-        read = await once()
-        while not read.rows and (cursor.until is None or self._next(cursor, *read.resume)):
-            left = deadline - loop.time()
-            if left <= 0 or (stop is not None and stop.done()):
-                break
-            await bell.wait(seen, left, stop)
-            seen = bell.version
-            read = await once()
-        return read
-
-    async def _followed(
-        self,
-        listing: Listing[AnyPage],
-        cursor: PageToken,
-        limit: int,
-        max_bytes: int,
-        asked: float,
-    ) -> Excerpt[AnyPage]:
-        """The read after `cursor` for a follower who asked at `asked`: one read for
-        every follower at that cursor within SHARED_READ_SECONDS, with no ring of the
-        bell since, and begun after the follower asked (its barrier then covers all
-        that follower was acknowledged). A thousand followers woken by one commit
-        cost one read and one encoding, not a thousand; a page read a moment ago was
-        complete then, so it is a true answer now (the next page starts where it
-        ends)."""
-        version = self._store.bell.version
-        if version != self._shared_version:
-            self._shared.clear()
-            self._shared_version = version
-        key = (listing.kind, cursor, limit, max_bytes)
-        while True:
-            shared = self._shared.get(key)
-            if shared is None or shared.begun < asked:
-                return await self._read_for_all(key, listing, cursor, limit, max_bytes)
-            try:
-                # Shielded: one follower leaving (cancelled) ends no one else's wait.
-                found: Excerpt[AnyPage] = await asyncio.shield(shared.read)
-                return found
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if not shared.read.cancelled() or (current is not None and current.cancelling()):
-                    raise
-                # The follower reading for all left before it was done: read anew.
-
-    async def _read_for_all(
-        self,
-        key: SharedKey,
-        listing: Listing[AnyPage],
-        cursor: PageToken,
-        limit: int,
-        max_bytes: int,
-    ) -> Excerpt[AnyPage]:
-        """The read at `key`, made in this follower's own task and given to every
-        follower that asks for it meanwhile. No task of its own: a follower at the tail,
-        woken by a write, reads the tail and is answered in the same step of the loop,
-        ahead of the work the write's other waiters do."""
-        loop = asyncio.get_running_loop()
-        read: asyncio.Future[Excerpt[AnyPage]] = loop.create_future()
-        shared = self._shared[key] = SharedRead(time.monotonic(), read)
-        loop.call_later(SHARED_READ_SECONDS, self._forget, key, shared)
-        try:
-            found = await self._page(listing, cursor, limit, max_bytes)
-        except BaseException as exc:
-            if self._shared.get(key) is shared:
-                del self._shared[key]  # a read that failed is not handed to the next follower
-            if isinstance(exc, asyncio.CancelledError):
-                read.cancel()
-            else:
-                read.set_exception(exc)
-                read.exception()  # those waiting for it raise it; nobody else need
-            raise
-        read.set_result(found)
-        return found
-
-    def _forget(self, key: SharedKey, shared: SharedRead) -> None:
-        """Drop a shared read once it is too old to be shared (if no later one took its
-        key): a TTLCache drops what expired only when it is next written."""
-        self._shared.expire()
-        if self._shared.get(key) is shared:
-            with contextlib.suppress(KeyError):  # expired as it is dropped
-                del self._shared[key]
-
-    async def _page(
+    async def excerpt(
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int, max_bytes: int
     ) -> Excerpt[AnyPage]:
-        """The read after `cursor` as the store has it now, cut to `max_bytes`, charged to
-        the budget (READ_COPIES) until nothing made of it is held any more."""
+        """The read after `cursor` as the store has it now, of at most `limit` rows and
+        `max_bytes` of them (the first row whatever its size): what both protocols page.
+        Charged to the budget (READ_COPIES) until nothing made of it is held any more."""
         if self._budget is None:
             excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
             return excerpt
@@ -580,7 +418,7 @@ class Reader:
         max_bytes: int,
         charge: Charge | None,
     ) -> tuple[Excerpt[AnyPage], int]:
-        """`_page`'s read, and no less than what its rows hold (`row_bytes`)."""
+        """`excerpt`'s read, and no less than what its rows hold (`row_bytes`)."""
         if charge is not None:
             # Room for the most the read may bring, before it holds a row.
             await charge.read(READ_COPIES * max_bytes)
@@ -647,22 +485,6 @@ class Reader:
         )
         return page.rows, resume, max(horizon, cursor.after_time)
 
-    def check(
-        self,
-        listing: Listing[Any],
-        since: datetime | None,
-        until: datetime | None,
-        limit: int,
-        page_token: str | None,
-        *,
-        sent_as: str = "page_token",
-        filter: RowFilter | None = None,
-    ) -> None:
-        """Raise what a page of these bounds would (400, 410), without reading: a stream
-        checks its start so that an expired cursor is a 410, never an empty stream.
-        `sent_as` is where the client sent the token (`Last-Event-ID`)."""
-        self._cursor(listing, since, until, limit, page_token, sent_as, filter)
-
     def token(
         self,
         listing: Listing[Any],
@@ -674,9 +496,7 @@ class Reader:
     ) -> str:
         """The page token of the first page these parameters ask for (checked as a
         page's are): an export reads every page, the first too, by token."""
-        return self._tokens.encode(
-            self._cursor(listing, since, until, 1, page_token, filter=filter)
-        )
+        return self._tokens.encode(self.cursor(listing, since, until, 1, page_token, filter=filter))
 
     async def settled(self) -> int:
         """The read horizon once what was acknowledged before the call is readable: every
@@ -701,16 +521,20 @@ class Reader:
         empty = PageQuery(after_time=at, after_message_id="", before_time=at, limit=1, filter=keep)
         await self._store.page(listing.kind, empty)
 
-    def _cursor(
+    def cursor(
         self,
         listing: Listing[Any],
         since: datetime | None,
         until: datetime | None,
         limit: int,
         page_token: str | None,
+        *,
         sent_as: str = "page_token",
         filter: RowFilter | None = None,
     ) -> PageToken:
+        """Where a page of these bounds starts, or what it would raise (400, 410), without
+        reading: a stream checks its start so that an expired cursor is a 410, never an
+        empty stream. `sent_as` is where the client sent the token (`Last-Event-ID`)."""
         if not 1 <= limit <= MAX_LIMIT:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
         if page_token is not None:
@@ -785,7 +609,7 @@ class Reader:
             cursor = PageToken(begin, "", horizon, listing=listing.name)
             newest: tuple[int, str] | None = None
             while True:
-                read = await self._page(listing, cursor, MAX_LIMIT, self.page_bytes)
+                read = await self.excerpt(listing, cursor, MAX_LIMIT, self.page_bytes)
                 if read.rows:
                     last = read.rows[-1]
                     newest = (last.ingest_time, last.message_id)
@@ -811,17 +635,24 @@ class Reader:
         )
         return query, horizon
 
+    @staticmethod
+    def ended(cursor: PageToken, resume: tuple[int, str]) -> bool:
+        """Whether a bounded (`until`) range is complete once read up to `resume`: the
+        store has examined everything before `until`."""
+        after_time, after_message_id = resume
+        return cursor.until is not None and (
+            after_time > cursor.until or (after_time == cursor.until and after_message_id == "")
+        )
+
     def _next(self, cursor: PageToken, after_time: int, after_message_id: str) -> str | None:
         """The token of the next page, or None once a bounded range is complete."""
-        cursor = msgspec.structs.replace(
-            cursor, after_time=after_time, after_message_id=after_message_id
+        if self.ended(cursor, (after_time, after_message_id)):
+            return None
+        return self._tokens.encode(
+            msgspec.structs.replace(
+                cursor, after_time=after_time, after_message_id=after_message_id
+            )
         )
-        # Done once the store has examined everything before `until`.
-        finished = cursor.until is not None and (
-            cursor.after_time > cursor.until
-            or (cursor.after_time == cursor.until and cursor.after_message_id == "")
-        )
-        return None if finished else self._tokens.encode(cursor)
 
     async def record(self, record_id: str, *, charge: Charge | None = None) -> RecordView:
         """The latest version of the record; with `charge`, charged there with its answer."""

@@ -12,7 +12,6 @@ Design: docs/streams.md#what-the-protocol-gets-here
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import time
@@ -21,6 +20,8 @@ from typing import Any, Final
 import msgspec
 
 from app.errors import BadParameter, NotFound
+from app.query.events import Encodings
+from app.query.follow import Follow
 from app.query.offsets import BEGINNING, NOW, Offsets
 from app.query.page_token import PageToken
 from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Excerpt, Listing, Reader
@@ -62,14 +63,13 @@ class Chunk:
     """One response's worth of a stream: a JSON array of rows and where it ends.
 
     Made once per read a follower shares, so a thousand followers woken by one
-    commit get the same bytes, encoded once."""
+    commit get the same bytes, encoded once (`app.query.events`)."""
 
     __slots__ = (
         "__weakref__",
         "after",
         "body",
         "complete_until",
-        "data_event",
         "etag",
         "next_offset",
         "rows",
@@ -94,9 +94,6 @@ class Chunk:
         self.up_to_date = up_to_date
         self.etag = etag
         self.complete_until = complete_until
-        # The SSE `event: data` of the body, made by the first stream to send it: whole,
-        # or its pieces (`app.routes.follow.framed`).
-        self.data_event: bytes | tuple[bytes, ...] | None = None
 
 
 def cursor_after(sent: str | None, *, now: float | None = None) -> str:
@@ -123,20 +120,24 @@ def _scope(keep: RowFilter | None) -> str:
 
 
 class Streams:
-    """The streams of one service: their offsets, and chunks read by the Reader."""
+    """The streams of one service: their offsets, and chunks read by the Reader; what
+    a chunk's followers are sent is made once (`encodings`, the followers' own)."""
 
     def __init__(
         self,
         reader: Reader,
         offsets: Offsets,
         *,
+        encodings: Encodings | None = None,
         page_rows: int = PAGE_ROWS,
         chunk_rows: int = CHUNK_ROWS,
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.reader = reader
+        self.encodings = Encodings() if encodings is None else encodings
         self._offsets = offsets
-        self._page_rows = page_rows
+        # Rows read at once, for a chunk.
+        self.page_rows = page_rows
         self._chunk_rows = chunk_rows
         self._chunk_bytes = chunk_bytes
 
@@ -185,44 +186,40 @@ class Streams:
         listing: Listing[Any],
         cursor: PageToken,
         *,
+        follow: Follow | None = None,
         wait: float = 0.0,
-        stop: asyncio.Future[None] | None = None,
-        asked_at: float | None = None,
-        followed: bool = False,
         max_bytes: int | None = None,
     ) -> Chunk:
-        """The rows after `cursor` as one chunk, waiting up to `wait` for some if none
-        are readable yet (the Reader's wait: the bell, shared reads; `followed`: a
-        follower that waits on the bell itself, whose reads are shared too), of about
-        `max_bytes` at most (by default CHUNK_BYTES)."""
+        """The rows after `cursor` as one chunk, of about `max_bytes` at most (by default
+        CHUNK_BYTES); for a `follow`er, waiting up to `wait` for some if none are
+        readable yet (`app.query.follow`)."""
         budget = self._chunk_bytes if max_bytes is None else max_bytes
-        first = await self.reader.read(
-            listing,
-            cursor,
-            self._page_rows,
-            wait=wait,
-            stop=stop,
-            asked_at=asked_at,
-            followed=followed,
-            max_bytes=budget,
-        )
+        if follow is not None:
+            first = await follow.read(listing, cursor, self.page_rows, budget, wait=wait)
+        else:
+            first = await self.reader.excerpt(listing, cursor, self.page_rows, budget)
+        return await self.chunk_of(listing, cursor, first, budget)
+
+    async def chunk_of(
+        self, listing: Listing[Any], cursor: PageToken, first: Excerpt[Any], budget: int
+    ) -> Chunk:
+        """The chunk that starts with `first`, the read after `cursor`: at the tail, the
+        read's alone (made once for every follower given it); else, for a reader
+        behind, with the reads after it, up to the chunk's rows and `budget`."""
         if not first.full:
-            # At the tail: the chunk is this read's, shared by every follower given it.
-            made: Chunk | None = first.encodings.get((Streams, budget))
-            if made is None:
-                made = self._chunk(listing, cursor, [first], budget)
-                first.encodings[Streams, budget] = made
-            return made
+            return self.encodings.of(
+                first,
+                (Streams, budget),
+                lambda: self._chunk(listing, cursor, [first], budget),
+                lambda chunk: len(chunk.body),
+            )
         reads = [first]
         rows, size = len(first.rows), sum(map(row_bytes, first.rows))
         while reads[-1].full and rows < self._chunk_rows and size < budget:
             last = reads[-1]
             after = PageToken(*last.resume, None, listing=listing.name, filter=cursor.filter)
-            more = await self.reader.read(
-                listing,
-                after,
-                min(self._page_rows, self._chunk_rows - rows),
-                max_bytes=budget - size,
+            more = await self.reader.excerpt(
+                listing, after, min(self.page_rows, self._chunk_rows - rows), budget - size
             )
             reads.append(more)
             rows += len(more.rows)

@@ -40,11 +40,11 @@ from app.query.filters import (
     REPEATABLE,
     row_filter,
 )
+from app.query.follow import MAX_WAIT_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    MAX_WAIT_SECONDS,
     RECORDS,
     REJECTIONS,
     Listing,
@@ -67,7 +67,7 @@ from app.records import (
     micros,
     moment,
 )
-from app.routes.follow import COMPLETE_UNTIL, Followers, answer, stream, until_gone, wants_stream
+from app.routes.follow import COMPLETE_UNTIL, answer, stream, until_gone, wants_stream
 from app.store.filters import MAX_CONDITIONS, RowFilter
 from app.store.producers import MAX_PRODUCER_LENGTH
 
@@ -363,7 +363,7 @@ async def _paged(
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
     reader, followers = paging.reader, paging.followers
     _refuse_unknown(request)
-    bounds = {"since": _time("since", since, ago=True), "until": _time("until", until, ago=True)}
+    start, end = _time("since", since, ago=True), _time("until", until, ago=True)
     keep = asked.of(listing)
     streaming = wants_stream(request)
     if streaming or wait:
@@ -374,32 +374,16 @@ async def _paged(
         token = resumed or page_token
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
-        reader.check(listing, **bounds, limit=limit, page_token=token, sent_as=where, filter=keep)
+        cursor = reader.cursor(listing, start, end, limit, token, sent_as=where, filter=keep)
         await reader.check_filter(listing, keep)
-        first = {**bounds, "filter": keep}
-        return stream(
-            request, reader, listing, followers, page_token=token, first=first, limit=limit
-        )
+        return stream(request, followers, listing, cursor, page_token=token, limit=limit)
     if wait:
-        async with until_gone(request, followers) as stop:
-            page = await reader.page(
-                listing,
-                since=bounds["since"],
-                until=bounds["until"],
-                limit=limit,
-                page_token=page_token,
-                wait=wait,
-                stop=stop,
-                filter=keep,
-            )
+        cursor = reader.cursor(listing, start, end, limit, page_token, filter=keep)
+        async with until_gone(request, followers) as follow:
+            page = await follow.page(listing, cursor, limit, wait=wait, first=page_token is None)
     else:
         page = await reader.page(
-            listing,
-            since=bounds["since"],
-            until=bounds["until"],
-            limit=limit,
-            page_token=page_token,
-            filter=keep,
+            listing, since=start, until=end, limit=limit, page_token=page_token, filter=keep
         )
     full = complete(page, limit)
     return answer(request, page, full=full, final=listing.final, followers=followers)

@@ -11,10 +11,6 @@ Design: docs/streams.md#what-the-protocol-gets-here
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -27,22 +23,21 @@ from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from app.docs import StreamOperation
 from app.errors import RetryLater
+from app.http.events import EVENT_STREAM, EventStream, stop_of
 from app.http.head import HEAD_REQUEST, charge_of
+from app.query.events import Event, event, event_bytes, framed
 from app.query.offsets import MAX_OFFSET_LENGTH, OFFSET_PATTERN
 from app.query.page_token import PageToken
+from app.query.service import Excerpt, Listing
 from app.query.streams import CURSOR_DIGITS, STREAMS, Chunk, Control, Streams, cursor_after
 from app.records import moment, rfc3339
 from app.routes.follow import (
     COMPLETE_UNTIL,
-    EVENT_STREAM,
-    HEARTBEAT,
     JSON,
     SSE_EVENT_BYTES,
-    Event,
-    EventStream,
-    Followers,
-    framed,
-    stop_of,
+    STREAMING,
+    as_headers,
+    unchanged,
     until_gone,
 )
 from app.routes.query import (
@@ -56,8 +51,6 @@ from app.routes.query import (
     RecordIdFilter,
 )
 
-log = logging.getLogger(__name__)
-
 NEXT_OFFSET: Final = "Stream-Next-Offset"
 UP_TO_DATE: Final = "Stream-Up-To-Date"
 CURSOR: Final = "Stream-Cursor"
@@ -68,7 +61,6 @@ SSE_SECONDS: Final = 60.0
 CHUNK_MAX_AGE: Final = 60
 CHUNK_STALE_SECONDS: Final = 300
 NO_STORE: Final = CacheControlHeader(no_store=True)
-NO_CACHE: Final = CacheControlHeader(no_cache=True)
 ALLOW: Final = "GET, HEAD"
 
 Name = Annotated[
@@ -105,16 +97,6 @@ CursorText = Annotated[
 ]
 
 
-def _headers(*items: Any) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for item in items:
-        if isinstance(item, tuple):
-            headers[item[0]] = item[1]
-        else:
-            headers[item.HEADER_NAME] = item.to_header()
-    return headers
-
-
 def _positioned(chunk: Chunk) -> dict[str, str]:
     headers = {
         NEXT_OFFSET: chunk.next_offset,
@@ -126,7 +108,7 @@ def _positioned(chunk: Chunk) -> dict[str, str]:
 
 
 def _kept(shared: bool) -> dict[str, str]:
-    return _headers(
+    return as_headers(
         CacheControlHeader(
             public=shared or None,
             private=not shared or None,
@@ -142,8 +124,8 @@ def _kept(shared: bool) -> dict[str, str]:
 _CACHING: Final = {
     (True, False): _kept(shared=False),
     (True, True): _kept(shared=True),
-    (False, False): _headers(CacheControlHeader(private=True, no_cache=True)),
-    (False, True): _headers(CacheControlHeader(private=True, no_cache=True)),
+    (False, False): as_headers(CacheControlHeader(private=True, no_cache=True)),
+    (False, True): as_headers(CacheControlHeader(private=True, no_cache=True)),
 }
 
 
@@ -158,11 +140,6 @@ def _sent(request: Request[Any, Any, Any], chunk: Chunk) -> bytes:
     if charge is not None:
         charge.keep(chunk)
     return chunk.body
-
-
-def _unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
-    sent = request.headers.get("if-none-match", "")
-    return etag.to_header() in {tag.strip().removeprefix("W/") for tag in sent.split(",")}
 
 
 @get(
@@ -217,7 +194,7 @@ async def read_stream(
     keep = Filter(attribute, producer, record_id, message_id, field).of(listing)
     if request.scope.get(HEAD_REQUEST):
         tail = streams.position(listing, await streams.tail(listing, keep))
-        return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | _headers(NO_STORE))
+        return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | as_headers(NO_STORE))
     start = streams.start(listing, offset, keep)
     # Checked in every mode: a cursor that is none is a 400 wherever it is sent.
     next_cursor = cursor_after(cursor)
@@ -227,12 +204,12 @@ async def read_stream(
             return Response(
                 b"[]",
                 media_type=JSON,
-                headers={NEXT_OFFSET: now, UP_TO_DATE: "true"} | _headers(NO_STORE),
+                headers={NEXT_OFFSET: now, UP_TO_DATE: "true"} | as_headers(NO_STORE),
             )
         chunk = await streams.chunk(listing, start)
         etag = ETag(value=chunk.etag)
-        headers = _positioned(chunk) | _headers(etag) | _caching(paging, listing.final)
-        if _unchanged(request, etag):
+        headers = _positioned(chunk) | as_headers(etag) | _caching(paging, listing.final)
+        if unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(_sent(request, chunk), media_type=JSON, headers=headers)
     followers.admit()
@@ -241,120 +218,106 @@ async def read_stream(
     if live == "sse":
         await streams.reader.check_filter(listing, keep)
         return _sse(request, paging, listing, start, cursor)
-    async with until_gone(request, followers) as stop:
-        chunk = await streams.chunk(listing, start, wait=followers.long_poll_seconds, stop=stop)
+    async with until_gone(request, followers) as follow:
+        chunk = await streams.chunk(listing, start, follow=follow, wait=followers.long_poll_seconds)
     headers = _positioned(chunk) | {CURSOR: next_cursor}
     if not chunk.rows:
         headers[UP_TO_DATE] = "true"
-        return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | _headers(NO_STORE))
+        return Response(
+            b"", status_code=HTTP_204_NO_CONTENT, headers=headers | as_headers(NO_STORE)
+        )
     etag = ETag(value=chunk.etag)
-    headers |= _headers(etag) | _caching(paging, listing.final)
+    headers |= as_headers(etag) | _caching(paging, listing.final)
     return Response(_sent(request, chunk), media_type=JSON, headers=headers)
 
 
 _encode = msgspec.json.encode
 
 
-def _event(kind: bytes, data: bytes) -> bytes:
-    """One server-sent event; `data` is JSON from msgspec, which is one line."""
-    return b"event: " + kind + b"\ndata: " + data + b"\n\n"
-
-
 def _sse(
     request: Request[Any, Any, Any],
     paging: Paging,
-    listing: Any,
+    listing: Listing[Any],
     start: PageToken,
     cursor: str | None,
 ) -> EventStream:
-    streams, followers = paging.streams, paging.followers
+    followers = paging.followers
     # Done once the client leaves or the service stops.
     stop, watched = stop_of(request)
-
+    chunks = ChunkEvents(paging.streams, listing, start, cursor)
     return EventStream(
-        _events(streams, followers, listing, start, cursor, stop),
+        followers.follow(stop).events(chunks, seconds=min(followers.stream_seconds, SSE_SECONDS)),
         stop=stop,
         watched=watched,
         slow_seconds=followers.slow_seconds,
-        # Litestar adds the one `charset=utf-8` a text type needs.
-        media_type=EVENT_STREAM,
-        headers={"X-Accel-Buffering": "no"} | _headers(NO_CACHE),
+        headers=STREAMING,
     )
 
 
-async def _events(
-    streams: Streams,
-    followers: Followers,
-    listing: Any,
-    start: PageToken,
-    cursor: str | None,
-    stop: asyncio.Future[None],
-) -> AsyncIterator[Event]:
-    """A stream's events from `start` on, until `stop`, its time or a failed read.
-    (Module-level, not a closure: a closure's function and cells were held by every
-    idle follower, 0.5 KiB.)"""
-    loop = asyncio.get_running_loop()
-    ends = loop.time() + min(followers.stream_seconds, SSE_SECONDS)
-    # What this follower was acknowledged before its stream began is in every
-    # chunk the stream sends (`Reader.read`'s `asked_at`).
-    asked_at = time.monotonic()
-    position = start
-    told = False  # whether a control event said where the stream stands
-    sent = cursor
-    bell = streams.reader.bell
-    quiet_since = loop.time()
-    with followers.following(stop):
-        while not stop.done() and loop.time() < ends:
-            seen = bell.version
-            try:
-                chunk = await streams.chunk(
-                    listing,
-                    position,
-                    stop=stop,
-                    asked_at=asked_at,
-                    followed=True,
-                    max_bytes=SSE_EVENT_BYTES,
-                )
-            except RetryLater as exc:
-                # The store did not answer: the stream ends, and the client
-                # reconnects from the last offset it was given.
-                log.warning("stream %s ended early: %s", listing.name, exc.detail)
-                break
-            position = chunk.after
-            if chunk.rows or not told:
-                sent = cursor_after(sent)
-                control = Control(
-                    streamNextOffset=chunk.next_offset,
-                    streamCursor=sent,
-                    upToDate=chunk.up_to_date,
-                )
-                event = _with_data(chunk, _event(b"control", _encode(control)))
-                # Sent while the chunk (charged) lives; an idle stream holds its
-                # position, not what it sent.
-                yield event
-                del chunk, control, event
-                told, quiet_since = True, loop.time()
-                continue
-            del chunk
-            # Nothing new: wait for the bell here, where an idle follower holds
-            # the least (no read under way), and say it is alive now and then.
-            beat = quiet_since + followers.heartbeat_seconds
-            left = min(beat, ends) - loop.time()
-            if left > 0 and await bell.wait(seen, left, stop):
-                continue
-            if loop.time() >= beat and not stop.done():
-                yield HEARTBEAT
-                quiet_since = loop.time()
+class ChunkEvents:
+    """A stream's chunks as SSE (§5.8, `Follow.events`): the first read whatever it
+    holds, then each that has rows, as its `event: data` and an `event: control`
+    saying where the stream stands."""
+
+    __slots__ = (
+        "cursor",
+        "done",
+        "last_cursor",
+        "limit",
+        "listing",
+        "max_bytes",
+        "sending",
+        "streams",
+        "told",
+    )
+
+    def __init__(
+        self, streams: Streams, listing: Listing[Any], start: PageToken, cursor: str | None
+    ) -> None:
+        self.streams = streams
+        self.listing = listing
+        self.cursor = start
+        self.limit = streams.page_rows
+        self.max_bytes = SSE_EVENT_BYTES
+        # The last `Stream-Cursor` sent (or the one the client sent back).
+        self.last_cursor = cursor
+        # Whether a control event said where the stream stands.
+        self.told = False
+        self.done = False
+        # The chunk whose events are being sent: it (charged with its reads) lives until
+        # the stream reads again, so what is sent of it is counted while it is held.
+        self.sending: Chunk | None = None
+
+    async def sent(self, read: Excerpt[Any]) -> Event | None:
+        streams = self.streams
+        self.sending = None
+        chunk = await streams.chunk_of(self.listing, self.cursor, read, self.max_bytes)
+        self.cursor = chunk.after
+        if not chunk.rows and self.told:
+            return None
+        self.told = True
+        self.last_cursor = cursor_after(self.last_cursor)
+        control = Control(
+            streamNextOffset=chunk.next_offset,
+            streamCursor=self.last_cursor,
+            upToDate=chunk.up_to_date,
+        )
+        self.sending = chunk
+        return _with_data(streams, chunk, event(b"control", _encode(control)))
+
+    def end(self, failed: RetryLater | None) -> None:
+        # The client reconnects from the last offset it was given.
+        self.sending = None
 
 
-def _with_data(chunk: Chunk, control: bytes) -> Event:
-    """The chunk's `event: data` (made once for every stream that sends it), then `control`;
-    pieces, its body not copied, when that is larger than a slice."""
+def _with_data(streams: Streams, chunk: Chunk, control: bytes) -> Event:
+    """The chunk's `event: data` (made once for every stream that sends it), then
+    `control`; pieces, its body not copied, when that is larger than a slice."""
     if not chunk.rows:
         return control
-    if chunk.data_event is None:
-        chunk.data_event = framed(b"event: data\ndata: ", chunk.body, b"\n\n")
-    data = chunk.data_event
+    data = streams.encodings.of(
+        chunk, EVENT_STREAM, lambda: framed(b"data", chunk.body), event_bytes
+    )
     if isinstance(data, tuple):
         return (*data, control)
     return data + control

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Final, Generic, Literal, Protocol, TypeVar
+from typing import Final, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -261,3 +261,14 @@ class Store(Protocol):
         Replay asks it for a whole batch, where `message` would cost a query
         (a billed one on BigQuery) per message.
         """
+
+
+@runtime_checkable
+class Reprojecting(Store, Protocol):
+    """A store that keeps each record's typed fields itself (DuckDB), and so projects
+    them again when asked (`recordline typed backfill`); BigQuery's are backfilled in
+    place by a job of its own (app/store/bigquery/backfill.py)."""
+
+    async def reproject(self, records: Sequence[Record]) -> int:
+        """Project these stored records again, as the code and revisions are now, and
+        replace their typed fields; returns how many were projected."""

@@ -7,6 +7,12 @@ notes `version` before it reads and waits for it to grow, so no ring is lost.
 Waiting makes no task: one future a waiter, and one timer of the loop for every
 waiter's deadline (`asyncio.wait` held 2 KiB an idle follower).
 
+A store only rings. What it learns of its followers is one signal, `demanded`:
+whether any wants rows now. A store that shows rows early does so only then
+(DuckDB), and one that finds rows by looking (BigQuery's settle window, the
+serving tier's tail) looks only then, through `while_demanded`. Who waits, and
+how (`wait`), is the readers' alone (`app.query.follow`).
+
 Design: docs/reading.md#following-the-tail
 """
 
@@ -18,13 +24,13 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 # A deadline this close is due: a loop may run a timer up to its clock's
 # resolution early, and the waiter then waits again for what is left.
 DUE_EARLY_SECONDS = 0.001
 # A follower woken this recently is taken to be reading, to wait again next
-# (`followed`): a ring leaves no one waiting for the moment of that read.
+# (`demanded`): a ring leaves no one waiting for the moment of that read.
 FOLLOWED_SECONDS = 1.0
 
 
@@ -43,18 +49,28 @@ class Bell:
         self._arrivals = itertools.count()
         # The loop's timer for the earliest deadline, while there is one.
         self._timer: asyncio.TimerHandle | None = None
-        # Set while someone waits: a store that has to look for other instances'
-        # commits does so only then.
-        self.wanted = asyncio.Event()
+        # Set while someone waits (`while_demanded`).
+        self._waited = asyncio.Event()
         # When a ring last woke someone, by `clock` (seconds).
         self._clock = clock
         self._woke_at = -math.inf
 
     @property
-    def followed(self) -> bool:
-        """Whether someone waits on the bell, or was woken by it within
-        FOLLOWED_SECONDS and is likely reading before it waits again."""
+    def demanded(self) -> bool:
+        """Whether followers want rows now: someone waits on the bell, or was woken by
+        it within FOLLOWED_SECONDS and is likely reading before it waits again."""
         return bool(self.waiting) or self._clock() - self._woke_at < FOLLOWED_SECONDS
+
+    async def while_demanded(self, look: Callable[[], Awaitable[object]], every: float) -> None:
+        """For ever: while followers wait, `look` for rows every `every` seconds, once
+        for all of them (it rings if it finds some). For a store that learns of rows
+        by looking (another instance's commits, a settle window that passes), so its
+        looks grow with instances, never with followers; none while nobody waits."""
+        while True:
+            await self._waited.wait()
+            await asyncio.sleep(every)
+            if self.waiting:
+                await look()
 
     def ring(self) -> None:
         self.version += 1
@@ -87,7 +103,7 @@ class Bell:
             stopped = functools.partial(_wake, woken)
             stop.add_done_callback(stopped)
         self.waiting += 1
-        self.wanted.set()
+        self._waited.set()
         try:
             await woken
         finally:
@@ -95,7 +111,7 @@ class Bell:
                 stop.remove_done_callback(stopped)
             self.waiting -= 1
             if not self.waiting:
-                self.wanted.clear()
+                self._waited.clear()
         return self.version != seen
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:

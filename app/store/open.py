@@ -21,7 +21,7 @@ from app.settings import (
     every_setting,
     invalid,
 )
-from app.store import Store
+from app.store import Reprojecting, Store
 from app.store.observers import NO_OBSERVERS, StoreObservers
 
 if TYPE_CHECKING:
@@ -90,6 +90,18 @@ def open_store(
             # Settings.load refuses such a URL already; Settings built by hand get here.
             accepts = next(d.accepts for d in every_setting() if d.var == "RECORDLINE_STORE")
             raise UnknownStore(f"RECORDLINE_STORE={url!r} is not accepted: expected {accepts}")
+
+
+def open_reprojecting(settings: Settings, *, revisions: Revisions) -> Reprojecting:
+    """The store a `RECORDLINE_STORE` URL names (not started yet), where it keeps the
+    typed fields of its records itself; UnknownStore where it does not."""
+    store = open_store(settings, revisions=revisions)
+    if not isinstance(store, Reprojecting):
+        raise UnknownStore(
+            f"RECORDLINE_STORE={settings.store.url!r} keeps no typed fields of its own "
+            "to project again"
+        )
+    return store
 
 
 def open_bigquery(

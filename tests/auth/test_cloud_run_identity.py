@@ -15,10 +15,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.settings import Settings
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 from tests.conftest import envelope
@@ -44,7 +44,7 @@ def cloud_run_settings(google: FakeGoogle, *, trust: bool = True) -> Settings:
 
 
 @pytest.fixture
-async def client(google: FakeGoogle) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(google: FakeGoogle) -> AsyncIterator[AsyncTestClient[Recordline]]:
     async with AsyncTestClient(create_app(cloud_run_settings(google))) as client:
         yield client
 
@@ -66,7 +66,7 @@ def as_forwarded(
 
 
 async def test_a_forged_pusher_beside_a_readers_verified_token_is_refused(
-    google: FakeGoogle, client: AsyncTestClient[Litestar]
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
     # The reader's own token passed Cloud Run's check in X-Serverless-Authorization;
     # Authorization claims the push account, its signature "removed by Google".
@@ -85,7 +85,7 @@ async def test_a_forged_pusher_beside_a_readers_verified_token_is_refused(
 
 
 async def test_a_forged_operator_beside_a_readers_verified_token_cannot_replay(
-    google: FakeGoogle, client: AsyncTestClient[Litestar]
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
     reader = stripped(google, aud=READ_AUDIENCE, email=READER)
     operator = stripped(google, aud=READ_AUDIENCE, email=OPERATOR)
@@ -103,7 +103,7 @@ async def test_a_forged_operator_beside_a_readers_verified_token_cannot_replay(
 
 
 async def test_the_identity_cloud_run_verified_is_the_caller(
-    google: FakeGoogle, client: AsyncTestClient[Litestar]
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
     pusher = stripped(google, email=PUSHER)
     for n, headers in enumerate(
@@ -161,7 +161,7 @@ def claims_text(issued: object, expires: object) -> str:
 @pytest.mark.parametrize("case", list(LIFETIMES))
 @pytest.mark.parametrize("signature", ["signed", "stripped"])
 async def test_a_token_living_past_googles_hour_is_refused(
-    google: FakeGoogle, client: AsyncTestClient[Litestar], case: str, signature: str
+    google: FakeGoogle, client: AsyncTestClient[Recordline], case: str, signature: str
 ) -> None:
     token = google.mint_text(claims_text(*LIFETIMES[case]))
     if signature == "stripped":

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 
-from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.settings import Settings
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 
@@ -33,7 +33,7 @@ ALLOWED = {
 }
 
 
-def guarded_app(google: FakeGoogle) -> Litestar:
+def guarded_app(google: FakeGoogle) -> Recordline:
     settings = Settings.load(
         {
             "RECORDLINE_STORE": "memory:",
@@ -53,7 +53,7 @@ async def test_every_route_off_the_allow_list_refuses_a_request_without_a_token(
     google: FakeGoogle,
 ) -> None:
     app = guarded_app(google)
-    routes = [r for r in app.routes if isinstance(r, HTTPRoute)]
+    routes = [r for r in app.litestar.routes if isinstance(r, HTTPRoute)]
     paths = {r.path for r in routes}
     assert paths >= ALLOWED, f"allow-listed routes that no longer exist: {ALLOWED - paths}"
     checked = []

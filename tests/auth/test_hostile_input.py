@@ -18,13 +18,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
 from litestar.testing import TestClient
 from litestar.types import Receive, Scope, Send
 from schemathesis.checks import not_a_server_error
 
 from app.asgi import create_app
 from app.errors import BadEnvelope
+from app.http.head import Recordline
 from app.ingest.envelope import decode_unwrapped, decode_wrapped
 from app.ingest.service import to_row
 from app.query.page_token import PageToken, PageTokens
@@ -49,7 +49,7 @@ class Restartable:
         self._app = self._build()
 
     @staticmethod
-    def _build() -> Litestar:
+    def _build() -> Recordline:
         return create_app(
             Settings.load(
                 {
@@ -208,7 +208,7 @@ cursors = st.builds(
 
 
 @pytest.fixture(scope="module")
-def reader() -> Iterator[TestClient[Litestar]]:
+def reader() -> Iterator[TestClient[Recordline]]:
     # A stream that starts ends at once: each example is a request, not a follower.
     app = create_app(
         Settings.load({"RECORDLINE_STORE": "memory:", "RECORDLINE_STREAM_SECONDS": "0.01"})
@@ -220,7 +220,7 @@ def reader() -> Iterator[TestClient[Litestar]]:
 @given(cursors, st.sampled_from(["/v1/records", "/v1/rejections"]), st.booleans())
 @settings(max_examples=EXAMPLES * 4, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_signed_cursor_breaks_a_read(
-    reader: TestClient[Litestar], cursor: PageToken, path: str, resumed: bool
+    reader: TestClient[Recordline], cursor: PageToken, path: str, resumed: bool
 ) -> None:
     token = PageTokens(DEFAULT_PAGE_TOKEN_SECRET).encode(cursor)
     if resumed:

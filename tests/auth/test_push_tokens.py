@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.settings import Settings
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, FakeGoogle, rsa_key
 from tests.conftest import envelope
@@ -33,7 +33,7 @@ def oidc_settings(google: FakeGoogle, **extra: str) -> Settings:
 
 
 @pytest.fixture
-async def client(google: FakeGoogle) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(google: FakeGoogle) -> AsyncIterator[AsyncTestClient[Recordline]]:
     async with AsyncTestClient(create_app(oidc_settings(google))) as client:
         yield client
 
@@ -74,7 +74,7 @@ UNAUTHENTICATED: dict[str, Callable[[FakeGoogle], dict[str, str]]] = {
 async def test_forged_token_is_refused_with_401(
     case: str,
     google: FakeGoogle,
-    client: AsyncTestClient[Litestar],
+    client: AsyncTestClient[Recordline],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     headers = UNAUTHENTICATED[case](google)
@@ -101,7 +101,7 @@ async def test_forged_token_is_refused_with_401(
 
 
 async def test_a_token_for_another_service_account_is_refused_with_403(
-    google: FakeGoogle, client: AsyncTestClient[Litestar], caplog: pytest.LogCaptureFixture
+    google: FakeGoogle, client: AsyncTestClient[Recordline], caplog: pytest.LogCaptureFixture
 ) -> None:
     token = google.mint(email="intruder@demo.iam.gserviceaccount.com")
     with caplog.at_level(logging.WARNING, logger="app.auth"):
@@ -114,7 +114,9 @@ async def test_a_token_for_another_service_account_is_refused_with_403(
     assert token not in caplog.text
 
 
-async def test_a_valid_token_pushes(google: FakeGoogle, client: AsyncTestClient[Litestar]) -> None:
+async def test_a_valid_token_pushes(
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
+) -> None:
     response = await client.post(
         "/pubsub/push", json=envelope(RECORD), headers=bearer(google.mint())
     )
@@ -124,7 +126,7 @@ async def test_a_valid_token_pushes(google: FakeGoogle, client: AsyncTestClient[
 
 
 async def test_certs_are_fetched_once_across_many_pushes(
-    google: FakeGoogle, client: AsyncTestClient[Litestar]
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
     # Several distinct tokens (two accounts, re-minted), each pushed many times.
     now = int(time.time())
@@ -144,7 +146,7 @@ async def test_certs_are_fetched_once_across_many_pushes(
 
 
 async def test_refused_token_does_not_poison_the_cache_for_a_valid_one(
-    google: FakeGoogle, client: AsyncTestClient[Litestar]
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
     for n in range(20):
         bogus = bearer(google.mint(kid=f"bogus-{n}", key=rsa_key("attacker")))
@@ -173,7 +175,7 @@ async def test_unreachable_certs_mean_retry_later_not_unauthorized(google: FakeG
     assert response.json()["type"] == "/problems/token-verification-unavailable"
 
 
-async def test_health_stays_open(client: AsyncTestClient[Litestar]) -> None:
+async def test_health_stays_open(client: AsyncTestClient[Recordline]) -> None:
     assert (await client.get("/healthz")).status_code == 200
     assert (await client.get("/readyz")).status_code == 200
 

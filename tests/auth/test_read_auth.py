@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.settings import Settings
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 from tests.conftest import envelope
@@ -17,7 +17,7 @@ ANALYST = "analyst@example.org"
 
 
 @pytest.fixture
-async def client(google: FakeGoogle) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(google: FakeGoogle) -> AsyncIterator[AsyncTestClient[Recordline]]:
     settings = Settings.load(
         {
             "RECORDLINE_STORE": "memory:",
@@ -51,7 +51,7 @@ def bearer(token: str) -> dict[str, str]:
 )
 @pytest.mark.parametrize("path", ["/v1/records", "/v1/records/1", "/v1/messages/m-1"])
 async def test_allowed_principals_read(
-    google: FakeGoogle, client: AsyncTestClient[Litestar], claims: dict[str, str], path: str
+    google: FakeGoogle, client: AsyncTestClient[Recordline], claims: dict[str, str], path: str
 ) -> None:
     token = google.mint(aud=READ_AUDIENCE, **claims)
     response = await client.get(path, headers=bearer(token))
@@ -71,7 +71,7 @@ async def test_allowed_principals_read(
     ],
 )
 async def test_other_principals_get_403(
-    google: FakeGoogle, client: AsyncTestClient[Litestar], claims: dict[str, str]
+    google: FakeGoogle, client: AsyncTestClient[Recordline], claims: dict[str, str]
 ) -> None:
     response = await client.get(
         "/v1/records", headers=bearer(google.mint(aud=READ_AUDIENCE, **claims))
@@ -89,7 +89,7 @@ async def test_other_principals_get_403(
     ],
 )
 async def test_reads_without_a_valid_token_get_401(
-    client: AsyncTestClient[Litestar], headers: dict[str, str]
+    client: AsyncTestClient[Recordline], headers: dict[str, str]
 ) -> None:
     for path in ("/v1/records", "/v1/rejections"):
         response = await client.get(path, headers=headers)
@@ -98,21 +98,21 @@ async def test_reads_without_a_valid_token_get_401(
 
 
 async def test_the_push_token_does_not_open_reads(
-    google: FakeGoogle, client: AsyncTestClient[Litestar]
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
     # Same issuer, same keys, but minted for the push audience.
     assert (await client.get("/v1/records", headers=bearer(google.mint()))).status_code == 401
 
 
 async def test_a_read_token_cannot_push(
-    google: FakeGoogle, client: AsyncTestClient[Litestar]
+    google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
     token = google.mint(aud=READ_AUDIENCE, email=PUSHER)
     response = await client.post("/pubsub/push", json=envelope({"id": "1"}), headers=bearer(token))
     assert response.status_code == 401
 
 
-async def test_health_and_docs_need_no_token(client: AsyncTestClient[Litestar]) -> None:
+async def test_health_and_docs_need_no_token(client: AsyncTestClient[Recordline]) -> None:
     for path in ("/healthz", "/readyz", "/docs/openapi.json"):
         assert (await client.get(path)).status_code == 200, path
 

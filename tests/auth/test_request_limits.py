@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.ingest.envelope import MAX_ATTRIBUTES
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.records import MAX_ID_LENGTH
@@ -29,13 +29,13 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Recordline]]:
     async with AsyncTestClient(create_app(settings)) as client:  # runs the lifespan
         yield client
 
 
 @pytest.fixture
-def app(client: AsyncTestClient[Litestar]) -> Litestar:
+def app(client: AsyncTestClient[Recordline]) -> Recordline:
     return client.app
 
 
@@ -61,7 +61,7 @@ class Upload:
 
 
 async def post(
-    app: Litestar, upload: Upload, *, headers: dict[str, str], query: str = ""
+    app: Recordline, upload: Upload, *, headers: dict[str, str], query: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
     scope = {
         "type": "http",
@@ -91,7 +91,7 @@ async def post(
 
 @pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
 async def test_a_20_mb_push_gets_413_without_being_read_whole(
-    app: Litestar, settings: Settings, announced: bool
+    app: Recordline, settings: Settings, announced: bool
 ) -> None:
     upload = Upload(TWENTY_MB)
     headers = {"content-type": "application/json"}
@@ -116,7 +116,7 @@ async def test_a_20_mb_push_gets_413_without_being_read_whole(
 
 
 async def test_an_unauthenticated_20_mb_push_is_refused_before_its_body_is_read(
-    app: Litestar,
+    app: Recordline,
 ) -> None:
     upload = Upload(TWENTY_MB)
     status, _, _ = await post(app, upload, headers={"transfer-encoding": "chunked"})
@@ -125,7 +125,7 @@ async def test_an_unauthenticated_20_mb_push_is_refused_before_its_body_is_read(
     assert upload.pulled == 0
 
 
-async def test_too_many_attributes_is_400(client: AsyncTestClient[Litestar]) -> None:
+async def test_too_many_attributes_is_400(client: AsyncTestClient[Recordline]) -> None:
     attributes = {f"a{n}": "v" for n in range(MAX_ATTRIBUTES + 1)}
     response = await client.post(
         f"/pubsub/push?token={PUSH_TOKEN}", json=envelope({"id": "1"}, attributes=attributes)
@@ -137,7 +137,7 @@ async def test_too_many_attributes_is_400(client: AsyncTestClient[Litestar]) -> 
 
 
 async def test_too_many_attribute_headers_in_an_unwrapped_push_is_400(
-    client: AsyncTestClient[Litestar],
+    client: AsyncTestClient[Recordline],
 ) -> None:
     headers = {
         "x-goog-pubsub-message-id": "m-1",
@@ -153,7 +153,7 @@ async def test_too_many_attribute_headers_in_an_unwrapped_push_is_400(
 
 
 async def test_an_overlong_record_id_is_rejected_and_acknowledged(
-    client: AsyncTestClient[Litestar],
+    client: AsyncTestClient[Recordline],
 ) -> None:
     # A producer bug must not stall the subscription: stored in `rejected`, answered 204.
     payload = {"id": "x" * (MAX_ID_LENGTH + 1)}
@@ -176,7 +176,7 @@ async def test_an_overlong_record_id_is_rejected_and_acknowledged(
     ],
 )
 async def test_overlong_or_unknown_parameters_are_400(
-    client: AsyncTestClient[Litestar], path: str, parameter: str
+    client: AsyncTestClient[Recordline], path: str, parameter: str
 ) -> None:
     response = await client.get(path)
 
@@ -185,7 +185,7 @@ async def test_overlong_or_unknown_parameters_are_400(
     assert response.json()["parameter"] == parameter
 
 
-async def test_ids_up_to_the_limit_are_looked_up(client: AsyncTestClient[Litestar]) -> None:
+async def test_ids_up_to_the_limit_are_looked_up(client: AsyncTestClient[Recordline]) -> None:
     record_id = "r" * MAX_ID_LENGTH
     data = base64.b64encode(json.dumps({"id": record_id}).encode()).decode()
     body = envelope({"id": record_id})

@@ -11,10 +11,10 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from tests.conftest import settings as app_settings
 from tests.fuzz.budget import EXAMPLES
 
@@ -66,12 +66,12 @@ envelopes = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient[Litestar]]:
+def client() -> Iterator[TestClient[Recordline]]:
     with TestClient(create_app(app_settings())) as client:
         yield client
 
 
-def check(client: TestClient[Litestar], response: Any, message_id: object) -> None:
+def check(client: TestClient[Recordline], response: Any, message_id: object) -> None:
     assert response.status_code in (204, 400, 413), response.text
     if response.status_code != 204:
         assert response.headers["content-type"].startswith("application/problem+json")
@@ -85,7 +85,7 @@ def check(client: TestClient[Litestar], response: Any, message_id: object) -> No
 
 @settings(max_examples=EXAMPLES * 12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=envelopes)
-def test_any_json_body(client: TestClient[Litestar], body: Any) -> None:
+def test_any_json_body(client: TestClient[Recordline], body: Any) -> None:
     response = client.post("/pubsub/push", json=body)
     message = body.get("message") if isinstance(body, dict) else None
     message_id = message.get("messageId") if isinstance(message, dict) else None
@@ -94,7 +94,7 @@ def test_any_json_body(client: TestClient[Litestar], body: Any) -> None:
 
 @settings(max_examples=EXAMPLES * 6, deadline=None)
 @given(body=st.binary(max_size=300))
-def test_any_bytes(client: TestClient[Litestar], body: bytes) -> None:
+def test_any_bytes(client: TestClient[Recordline], body: bytes) -> None:
     response = client.post(
         "/pubsub/push", content=body, headers={"content-type": "application/json"}
     )
@@ -110,7 +110,7 @@ def test_any_bytes(client: TestClient[Litestar], body: bytes) -> None:
     publish_time=timestamps.filter(lambda t: t.isascii() and "\n" not in t and "\r" not in t),
 )
 def test_any_unwrapped_push(
-    client: TestClient[Litestar], body: bytes, message_id: str, publish_time: str
+    client: TestClient[Recordline], body: bytes, message_id: str, publish_time: str
 ) -> None:
     headers = {
         "x-goog-pubsub-message-id": message_id,

@@ -303,7 +303,7 @@ def test_ack_deadline_and_service_write_deadline_come_from_one_variable() -> Non
 
 
 def test_a_followers_request_ends_by_the_service_before_cloud_run_cuts_it() -> None:
-    from app.query.service import MAX_WAIT_SECONDS
+    from app.query.follow import MAX_WAIT_SECONDS
     from app.settings import QuerySettings
 
     variables = _variables()

@@ -16,6 +16,7 @@ import msgspec
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import Page, PageQuery, PublisherDuplicate, R, RowOutcome, Store
+from app.store.bell import Bell
 from app.store.duckdb.store import DuckDBStore
 from app.store.producers import sequence_of
 from tests.fakes import WrappedStore
@@ -137,6 +138,15 @@ class DropsAnotherMessage(WrappedStore):
         return outcomes
 
 
+class NeverRings(WrappedStore):
+    """Stores and reads as the store it wraps, and never rings for what it stored:
+    followers would learn of rows only by polling, if at all."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.bell = Bell()
+
+
 MUTANTS: dict[str, Callable[[Store], Store]] = {
     "never-ready": NeverReady,
     "forgets-the-schema": ForgetsTheSchema,
@@ -149,6 +159,7 @@ MUTANTS: dict[str, Callable[[Store], Store]] = {
     "ignores-filters": IgnoresFilters,
     "filters-after-the-limit": FiltersAfterTheLimit,
     "drops-another-message": DropsAnotherMessage,
+    "never-rings": NeverRings,
 }
 
 

@@ -14,7 +14,6 @@ what must hold is the order, the first copy, and that every read agrees.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,16 +28,23 @@ from app.records import Record, Rejection
 from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store, row_bytes
 from app.store.producers import MAX_DECLARED_TAIL, MAX_EPOCHS, EpochEntry
 from tests.conftest import envelope, served, settings
+from tests.rows import defaulted
+from tests.waiting import until
 
 R = TypeVar("R", Record, Rejection)
 
 HOUR = 3_600_000_000
-_ticks = itertools.count()
+# The last ingest time `stamp` gave.
+_stamped = 0
 
 
 def stamp() -> int:
-    """A fresh ingest time, as the batcher stamps one: now, never twice the same."""
-    return time.time_ns() // 1000 + next(_ticks) % 1000
+    """A fresh ingest time, as the batcher stamps one: now, and later than the last.
+    (Now plus a counter's last three digits went back in time as the counter wrapped:
+    a row made later sorted first, wherever the tests before had left the counter.)"""
+    global _stamped
+    _stamped = max(time.time_ns() // 1000, _stamped + 1)
+    return _stamped
 
 
 def record(message_id: str, ingest_time: int | None = None, **fields: Any) -> Record:
@@ -182,8 +188,14 @@ async def test_rows_round_trip_through_every_read(store: Store, exact_data: bool
         schema="projects/p/schemas/s@r1",
     )
     refused = rejection(
-        "m-2", subscription="projects/p/subscriptions/s", schema="projects/p/schemas/s@r1"
+        "m-2",
+        subscription="projects/p/subscriptions/s",
+        delivery_attempt=3,
+        trace_id="0af7651916cd43dd8448eb211c80319d",
+        schema="projects/p/schemas/s@r1",
     )
+    # Every field set: a field added to the rows fails here until every store keeps it.
+    assert defaulted(stored) == defaulted(refused) == set()
 
     assert list(await store.append([stored, refused])) == [None, None]
     ingested = await stored_time(store, "m-1")
@@ -257,6 +269,26 @@ async def _walk_to_budget(
         seen += page.rows
         after = resume
     return seen
+
+
+# How long after its rows are readable an append may ring the bell: well under every
+# window in which a store looks for rows while followers wait (a second on BigQuery),
+# so that a store that never rings fails here rather than waking followers late.
+RING_SECONDS = 0.25
+
+
+async def test_an_append_rings_the_bell_once_its_rows_are_readable(store: Store) -> None:
+    # Nobody waits: a store that looks for rows only while followers wait does not
+    # look here, and only the append's own ring moves the bell.
+    seen = store.bell.version
+    assert list(await store.append([record("m-1")])) == [None]
+    await horizon(store, await stored_time(store, "m-1"))
+    await until(
+        lambda: store.bell.version != seen,
+        timeout=RING_SECONDS,
+        what="the bell to ring for a readable append",
+    )
+    assert store.bell.waiting == 0
 
 
 async def test_the_first_copy_of_a_message_is_the_only_one_any_read_shows(store: Store) -> None:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -16,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.store.duckdb.store import DuckDBStore
 from app.telemetry import Telemetry
 from tests.conftest import settings
@@ -98,11 +98,11 @@ def store() -> FaultyStore:
 
 
 @pytest.fixture
-def app(observed: Observed, store: FaultyStore) -> Litestar:
+def app(observed: Observed, store: FaultyStore) -> Recordline:
     return create_app(settings(), store=store, telemetry=observed.telemetry)
 
 
 @pytest.fixture
-def client(app: Litestar) -> Iterator[TestClient[Litestar]]:
+def client(app: Recordline) -> Iterator[TestClient[Recordline]]:
     with TestClient(app) as client:
         yield client

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.records import Record, Rejection
 from app.store import Store
 from app.store.duckdb.store import DuckDBStore
@@ -29,7 +29,7 @@ FIRST = {"id": "order-1", "data": {"total": 10}}
 )
 def conflicted(
     request: pytest.FixtureRequest, observed: Observed, tmp_path: Path
-) -> Iterator[TestClient[Litestar]]:
+) -> Iterator[TestClient[Recordline]]:
     conflicts = observed.telemetry.conflicts()
     store: Store
     match request.param:
@@ -53,7 +53,7 @@ def conflicts(observed: Observed) -> dict[str, float]:
 
 
 def test_a_redelivery_is_no_conflict(
-    conflicted: TestClient[Litestar], observed: Observed, caplog: pytest.LogCaptureFixture
+    conflicted: TestClient[Recordline], observed: Observed, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
         for attempt in (1, 2, 3):
@@ -65,7 +65,7 @@ def test_a_redelivery_is_no_conflict(
 
 
 def test_a_message_id_used_again_for_other_content_is_logged_and_counted(
-    conflicted: TestClient[Litestar], observed: Observed, caplog: pytest.LogCaptureFixture
+    conflicted: TestClient[Recordline], observed: Observed, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
         pushes = [

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
 from app.telemetry import CloudLoggingFormatter, Telemetry, google_project
@@ -43,7 +43,7 @@ def logged() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
 
 def test_rejection_is_logged_with_message_id_reason_and_trace(
-    client: TestClient[Litestar], observed: Observed, logged: Callable[[], list[dict[str, Any]]]
+    client: TestClient[Recordline], observed: Observed, logged: Callable[[], list[dict[str, Any]]]
 ) -> None:
     client.post("/pubsub/push", json=envelope({"id": True}), headers={"traceparent": TRACEPARENT})
     (server,) = observed.finished("POST /pubsub/push")
@@ -56,7 +56,7 @@ def test_rejection_is_logged_with_message_id_reason_and_trace(
 
 
 def test_a_rejection_the_caller_did_not_sample_is_logged_under_the_callers_span(
-    client: TestClient[Litestar], observed: Observed, logged: Callable[[], list[dict[str, Any]]]
+    client: TestClient[Recordline], observed: Observed, logged: Callable[[], list[dict[str, Any]]]
 ) -> None:
     # No server span: the line belongs to the caller's span, as Cloud Run's
     # own request log line does.
@@ -70,7 +70,7 @@ def test_a_rejection_the_caller_did_not_sample_is_logged_under_the_callers_span(
 
 
 def test_503_is_logged_with_message_id_and_cause(
-    client: TestClient[Litestar], store: FaultyStore, logged: Callable[[], list[dict[str, Any]]]
+    client: TestClient[Recordline], store: FaultyStore, logged: Callable[[], list[dict[str, Any]]]
 ) -> None:
     store.failing = True
     client.post("/pubsub/push", json=envelope(RECORD), headers={"traceparent": TRACEPARENT})
@@ -81,7 +81,7 @@ def test_503_is_logged_with_message_id_and_cause(
 
 
 def test_a_stored_push_logs_nothing_at_info(
-    client: TestClient[Litestar], logged: Callable[[], list[dict[str, Any]]]
+    client: TestClient[Recordline], logged: Callable[[], list[dict[str, Any]]]
 ) -> None:
     client.post("/pubsub/push", json=envelope(RECORD))
     assert [x for x in logged() if x.get("message_id")] == []

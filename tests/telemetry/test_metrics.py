@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.store.duckdb.store import DuckDBStore
 from app.telemetry.metrics import coarse_reason
 from tests.conftest import envelope, settings
@@ -19,7 +19,7 @@ from tests.telemetry.conftest import RECORD, Observed
 
 
 def test_stored_message_records_its_lag_and_outcome(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     published = time.time() - 90
     publish_time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(published))
@@ -72,7 +72,7 @@ def test_stored_message_records_its_lag_and_outcome(
     ],
 )
 def test_rejection_is_counted_with_a_coarse_reason(
-    client: TestClient[Litestar], observed: Observed, message: dict[str, object], reason: str
+    client: TestClient[Recordline], observed: Observed, message: dict[str, object], reason: str
 ) -> None:
     assert client.post("/pubsub/push", json=message).status_code == 204
     assert client.get("/v1/messages/m-1").json()["status"] == "rejected"
@@ -81,7 +81,7 @@ def test_rejection_is_counted_with_a_coarse_reason(
 
 
 def test_store_failure_is_counted_as_retried_with_its_cause(
-    client: TestClient[Litestar], store: FaultyStore, observed: Observed
+    client: TestClient[Recordline], store: FaultyStore, observed: Observed
 ) -> None:
     store.failing = True
     assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 503
@@ -102,7 +102,7 @@ def test_deadline_is_counted_as_retried_with_its_cause(
         assert observed.count("recordline.messages", outcome="retried", reason="deadline") == 1
 
 
-def test_queries_are_timed_by_route(client: TestClient[Litestar], observed: Observed) -> None:
+def test_queries_are_timed_by_route(client: TestClient[Recordline], observed: Observed) -> None:
     client.post("/pubsub/push", json=envelope(RECORD))
     client.get("/v1/records")
     client.get("/v1/records/1")
@@ -145,7 +145,7 @@ def test_every_store_call_is_written_out_and_every_read_has_a_route() -> None:
 
 
 def test_queue_depth_and_watermark_lag_are_gauges(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     (depth,) = observed.points("recordline.queue.depth")
     assert depth.value == 0
@@ -159,7 +159,7 @@ def _ago(seconds: float) -> str:
 
 
 def test_canary_age_is_reported_once_a_canary_is_stored_and_grows_without_one(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     # Real traffic alone says nothing about the canary: no point, which the
     # absence alert sees.
@@ -202,7 +202,7 @@ def test_canary_age_is_reported_once_a_canary_is_stored_and_grows_without_one(
     assert later.value == pytest.approx(age.value + 60, abs=1)
 
 
-def test_pages_carry_their_freshness_in_a_header(client: TestClient[Litestar]) -> None:
+def test_pages_carry_their_freshness_in_a_header(client: TestClient[Recordline]) -> None:
     client.post("/pubsub/push", json=envelope(RECORD))
     response = client.get("/v1/records")
     assert response.headers["Recordline-Complete-Until"] == response.json()["complete_until"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
 from litestar.testing import TestClient
 
+from app.http.head import Recordline
 from tests.conftest import envelope
 from tests.telemetry.conftest import RECORD, Observed
 
@@ -18,7 +18,7 @@ def _counts(observed: Observed) -> dict[str, int]:
 
 
 def test_reads_are_timed_by_route_from_request_to_response(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 204
     assert client.get("/v1/records").status_code == 200
@@ -40,7 +40,7 @@ def test_reads_are_timed_by_route_from_request_to_response(
 
 
 def test_synthetic_reads_and_refusals_are_left_out(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     assert client.get("/v1/records", headers={"User-Agent": UPTIME_CHECK}).status_code == 200
     assert (

@@ -7,10 +7,10 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.problems import MAX_ECHO
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, FakeGoogle
@@ -29,7 +29,7 @@ def google() -> Iterator[FakeGoogle]:
 
 
 @pytest.fixture
-def client(observed: Observed, google: FakeGoogle) -> Iterator[TestClient[Litestar]]:
+def client(observed: Observed, google: FakeGoogle) -> Iterator[TestClient[Recordline]]:
     app = create_app(
         settings(
             RECORDLINE_MAX_BODY_BYTES=str(LIMIT),
@@ -49,7 +49,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def test_every_refused_push_is_counted_by_its_reason_and_the_400s_and_413s_logged(
-    client: TestClient[Litestar],
+    client: TestClient[Recordline],
     observed: Observed,
     google: FakeGoogle,
     caplog: pytest.LogCaptureFixture,
@@ -94,7 +94,7 @@ def test_every_refused_push_is_counted_by_its_reason_and_the_400s_and_413s_logge
     assert any("refused with 403" in r.getMessage() for r in caplog.records)
 
 
-def test_a_413_states_the_limit(client: TestClient[Litestar], google: FakeGoogle) -> None:
+def test_a_413_states_the_limit(client: TestClient[Recordline], google: FakeGoogle) -> None:
     # Replay is an operator's: where pushes carry a shared secret, that secret.
     secret = "a-long-enough-push-secret"
     replays = create_app(

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from litestar import Litestar
 from litestar.datastructures import Headers
 from litestar.testing import TestClient
 from opentelemetry import propagate, trace
@@ -17,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.asgi import create_app
+from app.http.head import Recordline
 from app.telemetry import Telemetry
 from app.telemetry.traces import (
     caller_span,
@@ -49,7 +49,7 @@ async def accepted(pushes: int, observed: Observed, store: FaultyStore) -> None:
 
 
 def test_push_continues_the_incoming_trace_and_the_row_keeps_its_id(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     response = client.post(
         "/pubsub/push", json=envelope(RECORD), headers={"traceparent": TRACEPARENT}
@@ -77,7 +77,7 @@ def test_push_continues_the_incoming_trace_and_the_row_keeps_its_id(
 
 
 def test_both_trace_headers_agree_on_the_traceparent(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     # Cloud Run sends both; should they ever differ, the W3C header wins.
     other = f"{'1' * 32}/1;o=1"
@@ -97,7 +97,7 @@ def test_nothing_global_changes(observed: Observed) -> None:
 
 
 def test_a_malformed_traceparent_falls_back_to_cloud_runs_header(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     headers = {"traceparent": "00-nonsense-01", "X-Cloud-Trace-Context": f"{TRACE_ID}/17;o=1"}
     assert client.post("/pubsub/push", json=envelope(RECORD), headers=headers).status_code == 204
@@ -107,7 +107,7 @@ def test_a_malformed_traceparent_falls_back_to_cloud_runs_header(
     assert server.parent.span_id == 17
 
 
-def test_delivery_attempt_is_recorded(client: TestClient[Litestar], observed: Observed) -> None:
+def test_delivery_attempt_is_recorded(client: TestClient[Recordline], observed: Observed) -> None:
     client.post("/pubsub/push", json=envelope(RECORD, deliveryAttempt=3))
     (server,) = observed.finished("POST /pubsub/push")
     assert server.attributes is not None
@@ -115,7 +115,7 @@ def test_delivery_attempt_is_recorded(client: TestClient[Litestar], observed: Ob
 
 
 def test_publisher_span_from_message_attributes_is_linked(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     attributes = {
         "googclient_traceparent": f"00-{PUBLISHER_TRACE_ID}-{PUBLISHER_SPAN_ID}-01",
@@ -138,7 +138,7 @@ def test_publisher_span_from_message_attributes_is_linked(
 
 
 def test_a_malformed_publisher_traceparent_is_ignored(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     attributes = {"googclient_traceparent": "00-not-a-trace-01"}
     response = client.post("/pubsub/push", json=envelope(RECORD, attributes=attributes))
@@ -150,7 +150,7 @@ def test_a_malformed_publisher_traceparent_is_ignored(
 # Cloud Run writes the trace id in lower case; an upper-case one names the same trace.
 @pytest.mark.parametrize("trace_id", [TRACE_ID, TRACE_ID.upper()])
 def test_cloud_run_trace_header_is_honoured(
-    client: TestClient[Litestar], observed: Observed, trace_id: str
+    client: TestClient[Recordline], observed: Observed, trace_id: str
 ) -> None:
     # X-Cloud-Trace-Context carries the span id in decimal.
     header = f"{trace_id}/{int(PARENT_SPAN_ID, 16)};o=1"
@@ -167,7 +167,7 @@ def test_cloud_run_trace_header_is_honoured(
 
 
 def test_without_an_incoming_trace_the_row_gets_the_new_trace(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     client.post("/pubsub/push", json=envelope(RECORD))
     (server,) = observed.finished("POST /pubsub/push")
@@ -176,7 +176,7 @@ def test_without_an_incoming_trace_the_row_gets_the_new_trace(
 
 
 async def test_flush_span_links_every_request_it_served(
-    app: Litestar, store: FaultyStore, observed: Observed
+    app: Recordline, store: FaultyStore, observed: Observed
 ) -> None:
     # Hold the store so the pushes pile up into one batch.
     store.release.clear()
@@ -204,7 +204,7 @@ async def test_flush_span_links_every_request_it_served(
 
 
 async def test_a_flush_is_traced_when_one_request_it_serves_is(
-    app: Litestar, store: FaultyStore, observed: Observed
+    app: Recordline, store: FaultyStore, observed: Observed
 ) -> None:
     unsampled = {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-00"}
     store.release.clear()
@@ -232,7 +232,7 @@ async def test_a_flush_is_traced_when_one_request_it_serves_is(
 
 
 def test_failed_append_marks_the_spans_as_errors(
-    client: TestClient[Litestar], store: FaultyStore, observed: Observed
+    client: TestClient[Recordline], store: FaultyStore, observed: Observed
 ) -> None:
     store.failing = True
     assert client.post("/pubsub/push", json=envelope(RECORD)).status_code == 503
@@ -244,7 +244,7 @@ def test_failed_append_marks_the_spans_as_errors(
 
 
 def test_queries_are_traced_with_the_rows_they_return(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     for n in range(3):
         client.post("/pubsub/push", json=envelope({"id": str(n)}, message_id=f"m-{n}"))
@@ -259,7 +259,7 @@ def test_queries_are_traced_with_the_rows_they_return(
 
 
 def test_server_spans_are_named_by_route_template(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     client.post("/pubsub/push", json=envelope(RECORD))
     assert client.get("/v1/records/1").status_code == 200
@@ -275,7 +275,7 @@ def test_server_spans_are_named_by_route_template(
 
 
 def test_a_path_without_a_route_is_not_traced(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     # Answered by the router before any route runs: a scan of random paths
     # adds no spans (Cloud Run's request log still shows each).
@@ -285,7 +285,7 @@ def test_a_path_without_a_route_is_not_traced(
 
 
 def test_health_endpoints_metrics_and_docs_are_not_traced(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
@@ -408,7 +408,7 @@ def _agrees_with_the_propagator(traceparent: str, tracestate: str | None) -> Non
 
 
 def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     # Cloud Run's front end sends a traceparent on every request and flags
     # only a few sampled; the default sampler follows the flag.
@@ -425,7 +425,7 @@ def test_a_push_the_caller_did_not_sample_has_no_span_but_keeps_the_trace_id(
 
 
 def test_a_query_the_caller_did_not_sample_is_not_traced_either(
-    client: TestClient[Litestar], observed: Observed
+    client: TestClient[Recordline], observed: Observed
 ) -> None:
     # The caller's span is the parent the SDK's sampler sees: had it been lost,
     # the query span would start a trace of its own, sampled.

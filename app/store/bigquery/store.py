@@ -229,9 +229,8 @@ class BigQueryStore:
                 # in the table before its first record (analysts' queries and views
                 # may name them at once). Never fails the start (see `widen`).
                 await self.typed.widen(declared, fields)
-        self._loops.run(
-            "bell", self._ring_while_wanted, interval=max(self.settle_micros / 1e6, _RING_SECONDS)
-        )
+        every = max(self.settle_micros / 1e6, _RING_SECONDS)
+        self._loops.run("bell", lambda: self.bell.while_demanded(self._ring, every), interval=every)
 
     async def _own_columns(self) -> None:
         """Add the columns `records` is created with (a `Record`'s, `projection_errors`)
@@ -362,14 +361,11 @@ class BigQueryStore:
         asyncio.get_running_loop().call_later(self.settle_micros / 1e6, self.bell.ring)
         return outcomes
 
-    async def _ring_while_wanted(self) -> None:
-        """While followers wait, ring every settle window (at least a second): other
-        instances' rows become readable as the window passes, and this one cannot
-        tell when without a query (which each follower makes anyway)."""
-        while True:
-            await self.bell.wanted.wait()
-            await asyncio.sleep(max(self.settle_micros / 1e6, _RING_SECONDS))
-            self.bell.ring()
+    async def _ring(self) -> None:
+        """Other instances' rows become readable as the settle window passes, and this
+        one cannot tell when without a query (which each follower makes anyway): while
+        followers wait, the bell rings every window (at least a second)."""
+        self.bell.ring()
 
     async def _append(
         self, rows: Sequence[Record | Rejection], deadline: float | None

@@ -29,7 +29,6 @@ import pyarrow as pa
 
 from app.errors import BadParameter, StoreUnavailable
 from app.records import (
-    DAY_MICROS,
     Column,
     Kind,
     Record,
@@ -58,6 +57,7 @@ from app.store.duckdb import producers as book
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.producers import Changes, DuckDBLedger, FrameLedger, frame_ledger
+from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.typed import TypedColumns
 from app.store.filters import RowFilter, typed_field, typed_value
 from app.store.producers import (
@@ -116,20 +116,6 @@ _FRESH_MICROS = int(_FRESH_SECONDS * 1_000_000)
 _APPLY_MAX_ROWS = 20_000
 # A point read waits this long for earlier appends to become readable.
 _READ_BARRIER_SECONDS = 5.0
-# With a retention, rows older than it are deleted this often: reads refuse
-# bounds older than the retention anyway (410), so an hour of lingering rows
-# costs disk, not correctness, and one DELETE an hour costs nothing measurable.
-_EXPIRE_EVERY_SECONDS = 3600.0
-_EXPIRE_SQL = [
-    f"DELETE FROM {table} WHERE ingest_time < make_timestamptz($before)"
-    for table in ("records", "rejected")
-]
-# The typed columns of the records that went (written in their records'
-# transaction, so no other row lacks its record).
-_EXPIRE_TYPED_SQL = (
-    "DELETE FROM record_fields f "
-    "WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.message_id = f.message_id)"
-)
 
 
 def _read_within(
@@ -472,7 +458,7 @@ class DuckDBStore:
         path: str,
         *,
         retention_days: int = 0,
-        expire_every: float = _EXPIRE_EVERY_SECONDS,
+        expire_every: float = EXPIRE_EVERY_SECONDS,
         apply_every: float = _APPLY_EVERY_SECONDS,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
@@ -485,8 +471,6 @@ class DuckDBStore:
         # Records of a topic schema's revisions get typed columns (typed.py);
         # `revisions` is where the push path tells each revision's fields.
         self._typed = TypedColumns(revisions)
-        self._retention_days = retention_days
-        self._expire_every = expire_every
         self._apply_every = apply_every
         self._clock = clock
         # The applier and the expirer: restarted if they fail, named by readiness
@@ -532,6 +516,9 @@ class DuckDBStore:
             live=live_producers,
         )
         self.completeness: Completeness | None = self._ledger
+        self._retention = Retention(
+            retention_days, self._write, self._connection, self._ledger, clock, expire_every
+        )
         self._sequencing = asyncio.Lock()
         # Frames applied whose ledger changes are owed to DuckDB (the journal keeps
         # their segments until written), and when they were last written.
@@ -578,10 +565,11 @@ class DuckDBStore:
         self._running = True
         # Down once it fails for longer than it lets appends wait to be applied.
         self._loops.run("applier", self._apply_forever, interval=self._apply_every)
-        if self._retention_days:
+        retention = self._retention
+        if retention.days:
             # Once now, for a store that was closed longer than the interval.
-            await self.expire()
-            self._loops.run("expirer", self._expire_forever, interval=self._expire_every)
+            await retention.expire()
+            self._loops.run("expirer", retention.forever, interval=retention.every)
 
     async def _warm_tail(self) -> None:
         """Start the tail with the records of its window, as DuckDB holds them: a
@@ -722,7 +710,7 @@ class DuckDBStore:
         # (journaled), not once DuckDB has them (~3 ms later): which of them DuckDB
         # will keep is asked meanwhile (`_new_records`). Alone in flight only: a
         # concurrent append could hold a copy of the same message.
-        followed = self.bell.followed
+        followed = self.bell.demanded
         early = (
             asyncio.ensure_future(self._new_records(records))
             if records and followed and not self._appending
@@ -1084,36 +1072,7 @@ class DuckDBStore:
 
     async def expire(self) -> int:
         """Delete records and rejections older than the retention; how many rows went."""
-        if not self._retention_days:
-            return 0
-        before = self._clock() // 1000 - self._retention_days * DAY_MICROS
-
-        def delete() -> tuple[int, list[tuple[str, int]]]:
-            con = self._connection()
-            deleted = 0
-            for statement in _EXPIRE_SQL:
-                row = con.execute(statement, {"before": before}).fetchone()
-                deleted += row[0] if row else 0
-            con.execute(_EXPIRE_TYPED_SQL)
-            return deleted, book.expire(con, before)
-
-        deleted, idle = await self._write(delete)
-        # Producers' epochs not heard of within the retention go with their rows,
-        # unless an append since (not applied yet) heard of them again.
-        await self._ledger.forget(idle, before)
-        if deleted:
-            log.info(
-                "deleted %d rows older than the %d-day retention", deleted, self._retention_days
-            )
-        return deleted
-
-    async def _expire_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._expire_every)
-            try:
-                await self.expire()
-            except StoreUnavailable as exc:  # reported; the next round tries again
-                log.error("deleting expired rows failed: %s", exc)
+        return await self._retention.expire()
 
     async def _caught_up(self, frame_number: int) -> None:
         while self._applied < frame_number:

@@ -79,23 +79,23 @@ class TailCache:
 
     async def watch(self, horizon: Callable[[], int]) -> None:
         """While followers wait, bring the cache up to `horizon()` (the store's read
-        horizon) once per refresh interval for all of them: what another instance
-        commits reaches them within the interval, and the reads grow with
-        instances, never with followers. A refresh that finds records rings.
+        horizon) once per refresh interval for all of them (`Bell.while_demanded`):
+        what another instance commits reaches them within the interval, and the
+        reads grow with instances, never with followers. A refresh that finds
+        records rings.
 
         It refreshes only up to the read horizon, where every follower's page
         reaches, so a follower woken by a ring reads what rang it: a ring for a
         record past a page's bound would wake it to an empty page, and no ring
         would come for that record again."""
-        while True:
-            await self.bell.wanted.wait()
-            await asyncio.sleep(self.refresh_seconds)
-            if not self.bell.waiting:
-                continue
+
+        async def look() -> None:
             try:
                 await self.refresh(horizon())
             except StoreUnavailable as exc:
                 log.warning("tail not refreshed: %s", exc)
+
+        await self.bell.while_demanded(look, self.refresh_seconds)
 
     def due(self) -> bool:
         return self._monotonic() - self._refreshed >= self.refresh_seconds

@@ -1,0 +1,170 @@
+"""A follower's connection: when its client has gone, and its events sent one at a time.
+
+A follower ends as soon as its client leaves: under `recordline serve` the connection
+says so (`Connection.gone`), with no task of the follower's own; under another
+server, one task reads `receive` until it says so. A stream of events is sent from
+its request's own task, by a plain ASGI response of ours (`FollowerEvents`): the next
+event is made only once the client took the last one, so a slow reader holds one
+event at most, and one that takes none in time is cut off. (Litestar's streaming
+response runs a stream in a task group beside a listener: a group and two tasks a
+follower, which an idle follower need not hold.)
+
+Design: docs/reading.md#following-the-tail
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Final, cast
+
+from litestar import Request, Response
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
+
+from app.http.limits import CONNECTION, Connection
+from app.query.events import Event
+
+log = logging.getLogger(__name__)
+
+EVENT_STREAM: Final = "text/event-stream"
+
+
+def stop_of(request: Request[Any, Any, Any]) -> tuple[asyncio.Future[None], bool]:
+    """What ends a follower early, and whether the server completes it when the client
+    leaves. Under `recordline serve`, the connection's own future (`Connection.gone`),
+    which the service's stop completes as well: a follower then holds no task to learn
+    that its client left. Under another server, a new future, which a task reading
+    `receive` sets (`until_disconnected`)."""
+    connection = cast("Connection | None", request.scope.get(CONNECTION))
+    if connection is not None:
+        return connection.gone(), True
+    return asyncio.get_running_loop().create_future(), False
+
+
+async def until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> None:
+    """Set `stop` once the client has gone."""
+    # The request's body first (none, for a GET), then a receive that returns
+    # once the client has gone. A server that answers it at once with more of
+    # the request (not as ASGI has it) cannot say when the client leaves: the
+    # wait then ends by time alone, rather than spinning here.
+    message = await receive()
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await receive()
+    if message["type"] != "http.disconnect":
+        message = await receive()
+    if message["type"] == "http.disconnect" and not stop.done():
+        stop.set_result(None)
+
+
+class FollowerEvents:
+    """A follower's events as an ASGI response, sent from its request's own task;
+    `stop` is done once the client leaves, by the server (`watched`, `stop_of`) or
+    else by one task that waits for it."""
+
+    __slots__ = ("events", "headers", "slow_seconds", "status", "stop", "watched")
+
+    def __init__(
+        self,
+        events: AsyncIterator[Event],
+        *,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        stop: asyncio.Future[None],
+        watched: bool,
+        slow_seconds: float,
+    ) -> None:
+        self.events = events
+        self.status = status
+        self.headers = headers
+        self.stop = stop
+        self.watched = watched
+        self.slow_seconds = slow_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
+        await send(start)  # type: ignore[arg-type]
+        # Under `recordline serve`, the connection, to drop at once what a follower cut
+        # off still holds (`Connection.cut`).
+        connection = cast("Connection | None", scope.get(CONNECTION))
+        watcher = (
+            None if self.watched else asyncio.ensure_future(until_disconnected(receive, self.stop))
+        )
+        try:
+            async for event in self.events:
+                pieces = event if isinstance(event, tuple) else (event,)
+                try:
+                    # Written, the event waits in the connection until its client takes
+                    # it, and the next is made only once it has: a slow reader holds one
+                    # event, and one that takes none in time is cut off. What it was
+                    # made of is charged until the stream asks for the next.
+                    async with asyncio.timeout(self.slow_seconds):
+                        for piece in pieces:
+                            await send(
+                                {"type": "http.response.body", "body": piece, "more_body": True}
+                            )
+                        del event, pieces, piece  # written: not held while it is taken
+                        # Nothing: a send waits, as any does, until the connection has
+                        # room again (its client took what was written before).
+                        await send({"type": "http.response.body", "body": b"", "more_body": True})
+                except TimeoutError:
+                    log.warning(
+                        "a follower took no event for %g s: cut off, to resume where it was",
+                        self.slow_seconds,
+                    )
+                    if isinstance(self.events, AsyncGenerator):
+                        await self.events.aclose()  # it counts as a follower no more
+                    if connection is not None:
+                        # Closed now, what it holds dropped: a close would keep the
+                        # event until the client reads it, which it may never do.
+                        connection.cut()
+                    return  # the server closes the connection: the response is unfinished
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
+class EventStream(Response[bytes]):
+    """Server-sent events for a follower, as Litestar's routes answer (a `Response`):
+    what Litestar asks of it is `FollowerEvents`, with the status and the headers it
+    merged, and nothing else beside the stream."""
+
+    __slots__ = ("events", "slow_seconds", "stop", "watched")
+
+    def __init__(
+        self,
+        events: AsyncIterator[Event],
+        *,
+        stop: asyncio.Future[None],
+        watched: bool,
+        slow_seconds: float,
+        headers: dict[str, str],
+    ) -> None:
+        # Litestar adds the one `charset=utf-8` a text type needs.
+        super().__init__(b"", media_type=EVENT_STREAM, headers=headers)
+        self.events = events
+        self.stop = stop
+        self.watched = watched
+        self.slow_seconds = slow_seconds
+
+    def to_asgi_response(
+        self, app: Any, request: Request[Any, Any, Any], **merged: Any
+    ) -> ASGIResponse:
+        # Litestar's own answer to the request gives the status and the headers (the
+        # route's and this response's, merged as for any other); it has no body.
+        head = super().to_asgi_response(app, request, **merged)
+        headers = [
+            (name, value) for name, value in head.encode_headers() if name != b"content-length"
+        ]
+        events = FollowerEvents(
+            self.events,
+            status=head.status_code,
+            headers=headers,
+            stop=self.stop,
+            watched=self.watched,
+            slow_seconds=self.slow_seconds,
+        )
+        # Litestar awaits what it is given here as an ASGI app, and nothing more.
+        return cast("ASGIResponse", events)
