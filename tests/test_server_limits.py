@@ -532,29 +532,6 @@ def test_a_request_answered_before_its_body_is_read_ends_its_connection(small: S
     assert statuses(answer) == [401]
 
 
-def test_a_half_closed_connection_is_answered_every_request_it_sent_whole(
-    small: Served,
-) -> None:
-    # The client sends its requests, then `shutdown(SHUT_WR)`: it reads on. A push was
-    # stored and never answered (so Pub/Sub would send it again).
-    sock = small.connect()
-    sock.sendall(push("half-1") + get() + push("half-2"))
-    sock.shutdown(socket.SHUT_WR)
-    answer = everything(sock)
-    sock.close()
-    assert statuses(answer) == [204, 200, 204]
-    for message_id in ("half-1", "half-2"):
-        stored = httpx.get(f"{small.url}/v1/messages/{message_id}", timeout=10)
-        assert stored.json()["status"] == "stored", stored.text
-    # Half-closed in the middle of a request: nothing to answer, the connection ends.
-    sock = small.connect()
-    sock.sendall(push("half-3")[:-5])
-    sock.shutdown(socket.SHUT_WR)
-    answer = everything(sock)
-    sock.close()
-    assert b"204" not in answer
-
-
 # Between requests: blank lines start the clock, and nothing holds a connection for free.
 
 

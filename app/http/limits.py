@@ -222,8 +222,6 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._unsent = 0
         # Cut off for taking nothing (`cut`): counted once.
         self._cut = False
-        # The client sent all it will (a half-close) after requests it is owed answers to.
-        self._ended = False
         # What the request being read holds of the budget: its head as it arrives, then
         # its body; the app's once the head is whole (in its scope, CHARGE).
         self._charge: Charge | None = None
@@ -253,16 +251,6 @@ class BoundedHttpTools(HttpToolsProtocol):
         gone = self._gone
         if gone is not None and not gone.done():
             gone.set_result(None)
-
-    def eof_received(self) -> bool | None:  # type: ignore[override]
-        """The client has sent all it will (`shutdown(SHUT_WR)`, a half-close). Requests
-        it sent whole are still answered, then the connection closes (True keeps it open
-        for writing); with none, or in the middle of one, it closes now (uvicorn's way:
-        a push stored and never answered otherwise, and Pub/Sub sending it again)."""
-        if self._in_flight and self._phase == WAITING and self._refusal is None:
-            self._ended = True
-            return True
-        return None
 
     def gone(self) -> asyncio.Future[None]:
         """A future done once the client has gone: what a follower waits on to stop,
@@ -340,10 +328,6 @@ class BoundedHttpTools(HttpToolsProtocol):
             # Answered before its body was read whole: what is left is not read to be dropped.
             self.shed()
         elif self._in_flight == 0:
-            if self._ended:
-                # Every request of a half-closed connection answered: nothing more comes.
-                self.transport.close()
-                return
             self.kept.idle(self)
 
     def evict(self) -> None:
