@@ -1,15 +1,12 @@
 """A follower's connection: when its client has gone, and its events sent one at a time.
 
 A follower ends as soon as its client leaves: under `recordline serve` the connection
-says so (`Connection.gone`), with no task of the follower's own; under another
-server, one task reads `receive` until it says so. A stream of events is sent from
-its request's own task, by a plain ASGI response of ours (`FollowerEvents`): the next
-event is made only once the client took the last one, so a slow reader holds one
-event at most, and one that takes none in time is cut off. (Litestar's streaming
-response runs a stream in a task group beside a listener: a group and two tasks a
-follower, which an idle follower need not hold.)
-
-Design: docs/reading.md#following-the-tail
+says so (`Connection.gone`), with no task of its own; under another server, one task
+reads `receive`. Events are sent from the request's own task by a plain ASGI response
+of ours (`FollowerEvents`): the next event is made once the client took the last, so
+a slow reader holds one event at most, and one that takes none in time is cut off.
+(Litestar's streaming response holds a task group and two tasks a follower.)
+docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations

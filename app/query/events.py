@@ -2,13 +2,10 @@
 one cache of what was made of each read.
 
 Followers woken together are given the same read (`app.query.follow`), so what a
-protocol makes of it (the API's page, its JSON, its event; a stream's chunk, its
-`data` event) is made once and kept while someone holds what it was made of, and
-ENCODED_BYTES of it at most: each is dropped with that, or, the least recently used
-first, past the bound. Once, 64 pages were kept whatever their size: six pages of
-4 MB records held 4 GB.
-
-Design: docs/reading.md#following-the-tail
+protocol makes of it (a page, its JSON, its event; a stream's chunk) is made once and
+kept while someone holds what it was made of, ENCODED_BYTES at most, the least
+recently used dropped first. (Once, 64 pages were kept whatever their size: six
+pages of 4 MB records held 4 GB.) docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations

@@ -2,14 +2,11 @@
 
 A follower reads the rows after its cursor; finding none, it waits for the store's
 bell (`app.store.bell`) and reads again once it rings, until its time is up, its
-client leaves or the service stops (its `stop`). Followers asking at the same cursor
-at the same moment share one read (`SharedReads`), and what is made of it once for
-all of them (`app.query.events`): a thousand woken by one commit cost one read and
-one encoding. The ways to follow, a page that waits (`wait=`), a stream of pages
-and the Durable Streams read side's long-poll and SSE, only encode what a `Follow`
-reads (a stream, through its `Mode`); the stores only ring.
-
-Design: docs/reading.md#following-the-tail
+client leaves or the service stops. Followers at the same cursor at the same moment
+share one read (`SharedReads`) and its encodings (`app.query.events`). The ways to
+follow (a page that waits, a stream of pages, the Durable Streams long-poll and SSE)
+only encode what a `Follow` reads; the stores only ring.
+docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations

@@ -4,11 +4,8 @@ pages (server-sent events), and pages that say when they can never change.
 `wait=SECONDS` holds a page that would be empty; `Accept: text/event-stream` streams
 pages as events, resumable by `Last-Event-ID`; a full page of records carries a
 strong `ETag` and may be cached. What a follower reads, and when, is its `Follow`'s
-(`app.query.follow`); here it is encoded, and its client watched
-(`app.http.events`). The Durable Streams read side (`app.routes.streams`) encodes
-its own, with the helpers here.
-
-Design: docs/reading.md#following-the-tail
+(`app.query.follow`); here it is encoded and its client watched (`app.http.events`).
+docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """The bell a store rings when rows may have become readable: followers wait on it.
 
-A commit on this instance rings it at once; a store that learns of other
-instances' commits (the serving tier's tail) rings it when it finds rows. A ring
-only says "read again": a thousand waiting followers cost one read. A follower
-notes `version` before it reads and waits for it to grow, so no ring is lost.
-Waiting makes no task: one future a waiter, and one timer of the loop for every
-waiter's deadline (`asyncio.wait` held 2 KiB an idle follower).
-
-A store only rings. What it learns of its followers is one signal, `demanded`:
-whether any wants rows now. A store that shows rows early does so only then
-(DuckDB), and one that finds rows by looking (BigQuery's settle window, the
-serving tier's tail) looks only then, through `while_demanded`. Who waits, and
-how (`wait`), is the readers' alone (`app.query.follow`).
-
-Design: docs/reading.md#following-the-tail
+A commit here rings it at once; a store that learns of other instances' commits
+rings it when it finds rows. A ring only says "read again" (a thousand followers,
+one read); a follower notes `version` before it reads and waits for it to grow, so
+no ring is lost. A store learns one thing of its followers, `demanded`: whether any
+wants rows now (DuckDB shows rows early, BigQuery and the serving tier's tail look,
+only then, through `while_demanded`). Waiting makes no task: one future a waiter.
+docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations
