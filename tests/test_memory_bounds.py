@@ -253,6 +253,35 @@ def test_an_answer_its_client_never_reads_is_cut_off_at_the_send_timeout(
     sock.close()
 
 
+@pytest.mark.parametrize("how", ["closed", "stalled"])
+def test_exports_their_clients_leave_give_back_what_they_held(served: Served, how: str) -> None:
+    # Each reads the head of an export of the largest records and leaves: closing its
+    # side, or reading nothing more until the send timeout cuts it off.
+    cut_before = served.cut_off()
+    sockets = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", served.port))
+        sock.sendall(b"GET /v1/export/records?max_rows=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        sockets.append(sock)
+    if how == "closed":
+        for sock in sockets:
+            sock.close()
+    else:
+        until_blocking(
+            lambda: served.cut_off() >= cut_before + 3,
+            timeout=SEND_TIMEOUT + 15,
+            interval=0.1,
+            what="exports never read to be cut off",
+        )
+    served.emptied(f"three exports whose clients {how}")
+    for sock in sockets:
+        sock.close()
+
+
 FOLLOWED = {
     "records, as pages": ("/v1/records?limit=1000", {"accept": "text/event-stream"}),
     "rejections, as pages": ("/v1/rejections?limit=1000", {"accept": "text/event-stream"}),

@@ -191,11 +191,14 @@ class Export:
         ends there too: an export never follows the rows stored after it began."""
         started = self._clock()
         sent_rows, sent_bytes = 0, 0
-        head = self.head()
-        sent_bytes += len(head)
-        if head:
-            yield head
+        # The head goes with the first page's rows. No page is held while a chunk waits
+        # to be taken (at a `yield`): a client that leaves mid-export leaves this
+        # generator suspended until the cyclic collector finds it, and what a page holds
+        # of the budget would be held until then.
+        pending = self.head()
+        sent_bytes += len(pending)
         page = first
+        del first
         while True:
             views = page.records if isinstance(page, RecordsPage) else page.rejections
             # Rows stored after it was asked are not the export's: it is complete there.
@@ -211,20 +214,25 @@ class Export:
                 if sent_bytes + size + len(line) > self.bounds.bytes:
                     break
                 fits, size = fits + 1, size + len(line)
-            if fits:
-                yield b"".join(lines[:fits])
+            chunk = pending + b"".join(lines[:fits])
+            pending = b""
             sent_rows, sent_bytes = sent_rows + fits, sent_bytes + size
-            if fits < len(lines):
+            cut = fits < len(lines)
+            resume = walk.after(token, views[fits - 1]) if cut and fits else token
+            following = page.next_page_token
+            drained = not views and micros(page.complete_until) >= asked
+            del page, views, lines
+            if chunk:
+                yield chunk
+            del chunk
+            if cut:
                 bound = "byte" if sent_rows < self.bounds.rows else "row"
                 limit = self.bounds.bytes if bound == "byte" else self.bounds.rows
-                resume = walk.after(token, views[fits - 1]) if fits else token
                 yield self.note(sent_rows, f"at its {limit:,}-{bound} bound", resume)
                 return
-            del lines
-            following = page.next_page_token
             if following is None or passed is not None:
                 return  # the whole range: complete
-            if not views and micros(page.complete_until) >= asked:
+            if drained:
                 return  # nothing more before it was asked: complete
             if sent_rows >= self.bounds.rows:
                 yield self.note(sent_rows, f"at its {self.bounds.rows:,}-row bound", following)
@@ -238,7 +246,6 @@ class Export:
             except RetryLater as exc:
                 yield self.note(sent_rows, f"the store did not answer: {exc.detail}", token)
                 return
-
 
 def _cell(value: Any) -> str:
     match value:
