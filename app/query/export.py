@@ -16,6 +16,7 @@ import base64
 import csv
 import enum
 import io
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import msgspec
 from app.errors import BadParameter, RetryLater
 from app.query.service import MAX_LIMIT, RECORDS, Listing, RecordsPage
 from app.records import micros
+
+log = logging.getLogger(__name__)
 
 # Rows an export sends by default, and at most (`max_rows`).
 DEFAULT_ROWS: Final = 100_000
@@ -207,7 +210,12 @@ class Export:
             )
             if passed is not None:
                 views = views[:passed]
-            lines = self.lines(views)
+            try:
+                lines = self.lines(views)
+            except Exception:
+                log.exception("an export's rows could not be written")
+                yield pending + self.note(sent_rows, "a row could not be written", token)
+                return
             # Every row that fits both bounds, its lines sent together.
             fits, size = 0, 0
             for line in lines[: self.bounds.rows - sent_rows]:
@@ -246,6 +254,12 @@ class Export:
             except RetryLater as exc:
                 yield self.note(sent_rows, f"the store did not answer: {exc.detail}", token)
                 return
+            except Exception:
+                # The response began: whatever fails ends it with its note, not cut off.
+                log.exception("an export's page could not be read")
+                yield self.note(sent_rows, "a page could not be read", token)
+                return
+
 
 def _cell(value: Any) -> str:
     match value:
