@@ -227,6 +227,25 @@ class Forbidden(RecordlineError):
     problem = "forbidden"
 
 
+class CrossSite(Forbidden):
+    """A browser sent this write for a page of another site or origin (its `Origin` or
+    `Sec-Fetch-Site` says so): a page may not store rows through a reader's browser,
+    whatever credentials or proxy that browser reaches the service with."""
+
+    title = "Cross-site request"
+    problem = "cross-site-request"
+
+
+class UnsupportedMediaType(RecordlineError):
+    """The body is not of the media type the route takes (`application/json`): a
+    browser sends a form or text to another site without asking, JSON only if the
+    site allows it."""
+
+    status = 415
+    title = "Unsupported media type"
+    problem = "unsupported-media-type"
+
+
 class RetryLater(RecordlineError):
     """Not stored, not acknowledged: Pub/Sub redelivers after `Retry-After`."""
 
