@@ -227,6 +227,16 @@ class Forbidden(RecordlineError):
     problem = "forbidden"
 
 
+class MisdirectedRequest(RecordlineError):
+    """The request names a host this service does not answer for: bound to a loopback
+    address, it answers `localhost`, `127.0.0.1` and `[::1]` only. A page whose own
+    name a DNS rebinding pointed at this machine cannot reach it as its own origin."""
+
+    status = 421
+    title = "Misdirected request"
+    problem = "misdirected-request"
+
+
 class CrossSite(Forbidden):
     """A browser sent this write for a page of another site or origin (its `Origin` or
     `Sec-Fetch-Site` says so): a page may not store rows through a reader's browser,
