@@ -99,11 +99,15 @@ class Mask:
         return top
 
     def _received(self, data: bytes) -> bytes:
-        """A rejection's payload as received: masked if it is JSON, else withheld (b"")."""
-        if not _may_name(data, self._field_marks) and _looks_like_text(data):
-            return data
+        """A rejection's payload as received: as it is if it is JSON naming no masked
+        member, masked if it is JSON that may, else withheld (b""). Text of another
+        shape (a repr, YAML, a form) may hold a masked value under a name no JSON
+        quotes, and bytes of another encoding under no name at all."""
         try:
-            return _encode(self._members(_decode(data)))
+            value = _decode(data)
+            if not _may_name(data, self._field_marks):
+                return data
+            return _encode(self._members(value))
         except (msgspec.DecodeError, RecursionError):
             return b""
 
@@ -112,13 +116,3 @@ def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
     """Whether JSON `text` may name a member `marks` quote: one of them in it, or an
     escape, which may spell a name otherwise."""
     return b"\\" in text or any(mark in text for mark in marks)
-
-
-def _looks_like_text(data: bytes) -> bool:
-    """Whether `data` is UTF-8 text (JSON, or text of any other shape): bytes of another
-    encoding (Avro, Protocol Buffers) may hold a masked field's value under no name."""
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
