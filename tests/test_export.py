@@ -302,3 +302,23 @@ async def test_an_export_that_fails_after_it_began_ends_with_its_note() -> None:
         "reason": "a page could not be read",
         "next_page_token": "t-2",
     }
+
+
+async def test_a_csv_cell_a_spreadsheet_would_run_is_sent_as_text(
+    client: httpx.AsyncClient,
+) -> None:
+    formulas = ["=1+2", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://x")']
+    payload = {"id": "f-1", "data": {"cells": formulas, "n": -5, "plain": "a=b"}}
+    for n, text in enumerate(formulas):
+        payload["data"][f"c{n}"] = text  # type: ignore[index]
+    body = push_body(0)
+    body["message"]["data"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    await client.post("/pubsub/push", json=body)
+    columns = ",".join(["id", "data.n", "data.plain", *(f"data.c{n}" for n in range(7))])
+    answer = await client.get("/v1/export/records", params={"columns": columns})
+    (row,) = csv_rows(answer.text)
+    assert [row[f"data.c{n}"] for n in range(7)] == ["'" + text for text in formulas]
+    assert (row["data.n"], row["data.plain"]) == ("-5", "a=b")
+    # JSON Lines are data, not cells: as they were sent.
+    lines = await client.get("/v1/export/records", params={"columns": columns, "format": "jsonl"})
+    assert [json.loads(lines.text)[f"data.c{n}"] for n in range(7)] == formulas

@@ -261,6 +261,11 @@ class Export:
                 return
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (CSV injection):
+# such a text is sent with a `'` before it, which the spreadsheet shows it without.
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> str:
     match value:
         case None:
@@ -268,13 +273,17 @@ def _cell(value: Any) -> str:
         case bool():
             return "true" if value else "false"
         case str():
-            return value
+            return _inert(value)
         case int() | float():
             return str(value)
         case bytes():
-            return base64.b64encode(value).decode()
+            return _inert(base64.b64encode(value).decode())
         case _:
             return _encode(value).decode()
+
+
+def _inert(text: str) -> str:
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _csv_line(cells: list[str]) -> bytes:
