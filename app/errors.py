@@ -227,6 +227,18 @@ class Forbidden(RecordlineError):
     problem = "forbidden"
 
 
+class MaskedFilter(Forbidden):
+    """A filter on a value masked for this reader (`attribute=` on a masked attribute,
+    `field=` through a masked member): what it keeps would tell the value it asks
+    about. `parameter` names it."""
+
+    title = "Filter on a masked value"
+    problem = "masked-filter"
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(f"{parameter}: {detail}", parameter=parameter)
+
+
 class MisdirectedRequest(RecordlineError):
     """The request names a host this service does not answer for: bound to a loopback
     address, it answers `localhost`, `127.0.0.1` and `[::1]` only. A page whose own

@@ -233,3 +233,29 @@ def test_a_rejection_of_text_that_is_not_json_is_withheld(payload: bytes) -> Non
     # JSON naming no masked member is passed as it is.
     kept = msgspec.structs.replace(rejection, data=b'{"n": 1, "emails": ["x"]}')
     assert Mask(["email"]).view(kept).data == b'{"n": 1, "emails": ["x"]}'
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "parameter"),
+    [
+        ("/v1/records", {"attribute": "client-ip:10.0.0.7"}, "attribute"),
+        ("/v1/rejections", {"attribute": "client-ip:10.0.0.7"}, "attribute"),
+        ("/v1/records", {"field": "email:alice@example.com"}, "field"),
+        ("/v1/records", {"field": "lines.card:4111-1111"}, "field"),
+        ("/v1/export/records", {"field": "customer.email:a"}, "field"),
+        ("/v1/streams/records", {"offset": "-1", "attribute": "client-ip:10.0.0.7"}, "attribute"),
+    ],
+)
+async def test_a_reader_may_not_filter_on_a_masked_value(
+    client: httpx.AsyncClient, path: str, params: dict[str, str], parameter: str
+) -> None:
+    # Which rows such a filter keeps would tell the masked value, one guess at a time.
+    answer = await client.get(path, params=params)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["type"] == "/problems/masked-filter"
+    assert answer.json()["parameter"] == parameter
+    # An operator sees the value, and may ask for it.
+    assert (await client.get(path, params=params, headers=OPERATOR)).status_code != 403
+    # A name that is not masked is a filter like any other.
+    kept = await client.get("/v1/records", params={"attribute": "region:eu-west"})
+    assert [r["id"] for r in kept.json()["records"]] == ["r-1"]
