@@ -291,7 +291,7 @@ def _filtered(
     params: dict[str, Any] = {}
     for at, attribute in enumerate(keep.attributes):
         conditions.append(f"json_extract_string(attributes, $path{at}) = $value{at}")
-        params[f"path{at}"], params[f"value{at}"] = attribute.path, attribute.value
+        params[f"path{at}"], params[f"value{at}"] = _pointer(attribute.key), attribute.value
     if keep.message_id is not None:
         conditions.append("message_id = $message_id")
         params["message_id"] = keep.message_id
@@ -377,6 +377,12 @@ _LEDGER_EVERY_SECONDS = 1.0
 
 # Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
 _APPLY_RETRY_SECONDS = (0.05, 5.0)
+
+
+def _pointer(key: str) -> str:
+    """An attribute's key as a JSON pointer (RFC 6901) into `attributes`: DuckDB reads
+    `$."*"` in a JSONPath as every member, and a pointer has no wildcard."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
 
 
 def _arrow(rows: Sequence[Row], row_type: type[Row]) -> pa.Table:
