@@ -161,14 +161,16 @@ def _read_within(
             large[row[0]] = len(found)  # message_id is the first column of both tables
         found.append(row)
         total += size(payload or 0, row[attributes])
+    if more:
+        # The rest of the page's rows, released now rather than at the cursor's next
+        # query. A result left unfinished (a query whose rows are not all fetched, as
+        # `SELECT 1` was) refuses `register` on its connection: on the writer's (the
+        # tail warmed at start) every apply of the journal failed after it.
+        cursor.abort()
     if large:
         cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
         for message_id, value in cursor.fetchall():
             found[large[message_id]][data] = value
-    if more or large:
-        # DuckDB keeps a result until the cursor's next query: the rest of the page's, or
-        # the payloads read, released now (0.3 ms, for pages cut short or of large rows).
-        cursor.execute("SELECT 1")
     return [row_of(kind, row) for row in found], more
 
 
