@@ -20,6 +20,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from litestar.types import AfterExceptionHookHandler
 
+from app.auth.browsers import json_only, same_origin
 from app.auth.guards import Auth
 from app.auth.oidc import GoogleCerts
 from app.budget import LARGE_ROOM, Budget
@@ -462,7 +463,7 @@ def routers(
         Router(
             "/",
             route_handlers=push_routes(ingest, telemetry.push_traces),
-            guards=auth.push_guards,
+            guards=[*auth.push_guards, same_origin],
             middleware=traced,
         ),
         Router(
@@ -474,7 +475,7 @@ def routers(
         Router(
             "/",
             route_handlers=REPLAY_ROUTES,
-            guards=auth.replay_guards,
+            guards=[*auth.replay_guards, same_origin, json_only],
             middleware=[reads, *traced, *compressed],
         ),
         Router(

@@ -227,6 +227,47 @@ class Forbidden(RecordlineError):
     problem = "forbidden"
 
 
+class MaskedFilter(Forbidden):
+    """A filter on a value masked for this reader (`attribute=` on a masked attribute,
+    `field=` through a masked member): what it keeps would tell the value it asks
+    about. `parameter` names it."""
+
+    title = "Filter on a masked value"
+    problem = "masked-filter"
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(f"{parameter}: {detail}", parameter=parameter)
+
+
+class MisdirectedRequest(RecordlineError):
+    """The request names a host this service does not answer for: bound to a loopback
+    address, it answers `localhost`, `127.0.0.1` and `[::1]` only. A page whose own
+    name a DNS rebinding pointed at this machine cannot reach it as its own origin."""
+
+    status = 421
+    title = "Misdirected request"
+    problem = "misdirected-request"
+
+
+class CrossSite(Forbidden):
+    """A browser sent this write for a page of another site or origin (its `Origin` or
+    `Sec-Fetch-Site` says so): a page may not store rows through a reader's browser,
+    whatever credentials or proxy that browser reaches the service with."""
+
+    title = "Cross-site request"
+    problem = "cross-site-request"
+
+
+class UnsupportedMediaType(RecordlineError):
+    """The body is not of the media type the route takes (`application/json`): a
+    browser sends a form or text to another site without asking, JSON only if the
+    site allows it."""
+
+    status = 415
+    title = "Unsupported media type"
+    problem = "unsupported-media-type"
+
+
 class RetryLater(RecordlineError):
     """Not stored, not acknowledged: Pub/Sub redelivers after `Retry-After`."""
 

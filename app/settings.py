@@ -571,7 +571,9 @@ class QuerySettings(Section, frozen=True):
         env(
             "RECORDLINE_SHARED_CACHE",
             "Let shared caches (a CDN) keep full pages, which never change; without it only "
-            "the client's own cache may (`private`): reads may be guarded by a token",
+            "the client's own cache may (`private`): reads may be guarded by a token. "
+            "Refused with RECORDLINE_MASK_FIELDS or RECORDLINE_MASK_ATTRIBUTES: one answer "
+            "per URL would serve an operator's unmasked pages to readers",
         ),
     ] = False
     producer_grace_seconds: Annotated[
@@ -1258,11 +1260,26 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         or a RECORDLINE_ variable that is no setting (a misspelling would go unread)."""
         environ = os.environ if environ is None else environ
         refuse_unknown(environ)
-        return cls(
+        settings = cls(
             **{
                 name: typing.get_type_hints(cls)[name].from_env(environ)
                 for name in cls.__struct_fields__
             }
+        )
+        _refuse_shared_masked(settings.query)
+        return settings
+
+
+def _refuse_shared_masked(query: QuerySettings) -> None:
+    """A shared cache keeps one answer per URL for everyone: with a mask, it would serve
+    an operator's unmasked page to readers, or a reader's masked one to operators."""
+    if query.shared_cache and (names(query.mask_fields) or names(query.mask_attributes)):
+        raise SettingsError(
+            "RECORDLINE_SHARED_CACHE=true and RECORDLINE_MASK_FIELDS or "
+            "RECORDLINE_MASK_ATTRIBUTES cannot work together: a shared cache keeps one "
+            "answer per URL, and would serve an operator's unmasked pages to readers. "
+            "Leave RECORDLINE_SHARED_CACHE unset where anything is masked",
+            var="RECORDLINE_SHARED_CACHE",
         )
 
 

@@ -82,7 +82,7 @@ async def follower(port: int, path: str, sse: bytes | None, woke: list[float]) -
     its page (or, streaming, its event `sse`) arrives goes to `woke`."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     accept = "Accept: text/event-stream\r\n" if sse else ""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{accept}\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{accept}\r\n".encode())
     await writer.drain()
     try:
         if sse:

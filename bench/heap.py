@@ -65,7 +65,7 @@ class LongPoll:
     async def open(self) -> None:
         _, self.writer = await asyncio.open_connection("127.0.0.1", self.target.port)
         path = f"{self.target.stream}?offset={self.offset}&live=long-poll"
-        self.writer.write(f"GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n".encode())
+        self.writer.write(f"GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n".encode())
         await self.writer.drain()
 
     def close(self) -> None:

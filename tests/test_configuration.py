@@ -412,3 +412,12 @@ def test_a_bad_flag_of_serve_is_named_as_it_was_typed(
     assert err.startswith(f"recordline: {said}"), err
     # The variable it stands for is named too, for whoever looks for it in the docs.
     assert "(it sets " in err
+
+
+@pytest.mark.parametrize("mask", ["RECORDLINE_MASK_FIELDS", "RECORDLINE_MASK_ATTRIBUTES"])
+def test_a_shared_cache_is_refused_where_anything_is_masked(mask: str) -> None:
+    # One answer per URL for everyone: an operator's unmasked page would reach readers.
+    with pytest.raises(SettingsError, match="RECORDLINE_SHARED_CACHE=true and") as refused:
+        Settings.load({"RECORDLINE_SHARED_CACHE": "true", mask: "email"})
+    assert refused.value.var == "RECORDLINE_SHARED_CACHE"
+    assert Settings.load({"RECORDLINE_SHARED_CACHE": "true"}).query.shared_cache

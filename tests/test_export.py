@@ -11,15 +11,18 @@ import json
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 
 from app.asgi import create_app
-from app.query.export import NOTE_KEY
-from app.records import Record
+from app.query.export import NOTE_KEY, Bounds, Export, Format, Walk, columns_of
+from app.query.service import RECORDS, RecordsPage, RecordView
+from app.records import Record, micros
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
@@ -264,3 +267,58 @@ async def test_an_unknown_list_is_a_404_and_a_future_since_an_empty_export(
         params={"page_token": first["next_page_token"], "format": "jsonl", "columns": "id"},
     )
     assert rest.text == '{"id":"r-1"}\n'
+
+
+async def test_an_export_that_fails_after_it_began_ends_with_its_note() -> None:
+    # The first page's rows are sent; reading the next fails with no store's refusal.
+    when = datetime(2024, 4, 27, 12, tzinfo=UTC)
+    view = RecordView(
+        message_id="m-1",
+        id="r-1",
+        timestamp=None,
+        data=msgspec.Raw(b"1"),
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=when,
+        ingest_time=when,
+        subscription=None,
+        delivery_attempt=None,
+        trace_id=None,
+        schema=None,
+    )
+    first = RecordsPage(records=[view], next_page_token="t-2", complete_until=when)
+
+    async def read(token: str, limit: int) -> RecordsPage:
+        raise ValueError("not a store's refusal")
+
+    export = Export(Format.JSONL, columns_of(RECORDS, "id"), Bounds(10, 1 << 20))
+    walk = Walk(read, lambda token, view: token)
+    asked = micros(when) + 1
+    text = b"".join([chunk async for chunk in export.run("t-1", first, walk, asked)]).decode()
+    assert text.splitlines()[0] == '{"id":"r-1"}'
+    cut = note(text)
+    assert cut == {
+        "complete": False,
+        "rows": 1,
+        "reason": "a page could not be read",
+        "next_page_token": "t-2",
+    }
+
+
+async def test_a_csv_cell_a_spreadsheet_would_run_is_sent_as_text(
+    client: httpx.AsyncClient,
+) -> None:
+    formulas = ["=1+2", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://x")']
+    payload = {"id": "f-1", "data": {"cells": formulas, "n": -5, "plain": "a=b"}}
+    for n, text in enumerate(formulas):
+        payload["data"][f"c{n}"] = text  # type: ignore[index]
+    body = push_body(0)
+    body["message"]["data"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    await client.post("/pubsub/push", json=body)
+    columns = ",".join(["id", "data.n", "data.plain", *(f"data.c{n}" for n in range(7))])
+    answer = await client.get("/v1/export/records", params={"columns": columns})
+    (row,) = csv_rows(answer.text)
+    assert [row[f"data.c{n}"] for n in range(7)] == ["'" + text for text in formulas]
+    assert (row["data.n"], row["data.plain"]) == ("-5", "a=b")
+    # JSON Lines are data, not cells: as they were sent.
+    lines = await client.get("/v1/export/records", params={"columns": columns, "format": "jsonl"})
+    assert [json.loads(lines.text)[f"data.c{n}"] for n in range(7)] == formulas

@@ -151,7 +151,7 @@ async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_on
         ]:
             before = asyncio.all_tasks()
             _, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
-            writer.write(f"GET {target} HTTP/1.1\r\nhost: test\r\n{head}\r\n".encode())
+            writer.write(f"GET {target} HTTP/1.1\r\nhost: localhost\r\n{head}\r\n".encode())
             await until(lambda: followers.open == 1, what=f"{target} to wait")
             # Waiting on the bell: whatever it starts beside it is started by now.
             await until(lambda: store.bell.waiting == 1, what=f"{target} on the bell")

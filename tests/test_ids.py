@@ -86,7 +86,9 @@ async def test_a_percent_sign_that_is_no_escape_is_a_400() -> None:
     # request goes over a socket as typed.
     async def get(port: int, target: bytes) -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(
+            b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
         answer = await reader.read()
         writer.close()
         return int(answer.split(b" ", 2)[1]), answer.partition(b"\r\n\r\n")[2]

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -288,6 +289,7 @@ def test_a_short_write_is_finished_before_the_frame_counts(
 # on a lock the parent held at the fork: start-up hung.
 _UNDER_UVLOOP = """
 import sys
+import time
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 provider = MeterProvider(resource=Resource({"service.name": "recordline"}))
@@ -340,3 +342,39 @@ async def test_a_writer_that_cannot_open_its_segment_fails_the_start(tmp_path: P
     assert writer.pid is None
     with pytest.raises(OSError, match="not running"):
         await writer.append(encode(frame(1)))
+
+
+async def test_rows_are_applied_after_a_start_that_read_a_large_record_into_the_tail(
+    tmp_path: Path,
+) -> None:
+    # The tail is warmed with the newest records on the writer's connection; a record
+    # larger than is read inline had its payload read apart, and that read left a
+    # result unfinished on the connection, which every later apply then failed on.
+    db = tmp_path / "records.duckdb"
+    now = time.time_ns() // 1000
+    large = Record(
+        message_id="large",
+        publish_time=now,
+        ingest_time=now,
+        id="large",
+        data='"' + "x" * 100_000 + '"',
+    )
+    store = DuckDBStore(str(db))
+    await store.start()
+    await store.append([large])
+    await store.barrier()
+    await store.close()
+    store = DuckDBStore(str(db))
+    await store.start()
+    try:
+        after = Record(
+            message_id="after", publish_time=now, ingest_time=now + 1, id="after", data="1"
+        )
+        await store.append([after])
+        async with asyncio.timeout(10):
+            await store.barrier()
+        status = await store.message("after")
+        assert status is not None
+        assert status.status == "stored"
+    finally:
+        await store.close()

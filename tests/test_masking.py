@@ -176,7 +176,7 @@ def test_a_mask_reaches_every_depth_and_leaves_what_it_does_not_name() -> None:
     # What holds no masked name is the same object, not decoded again.
     plain = Mask(["nothing-here"])
     assert plain.view(view) is view
-    # Text that is not JSON and names nothing is kept; bytes that are not text are not.
+    # What is not JSON is withheld, text (which may name a value otherwise) or not.
     rejection = RejectionView(
         message_id="m",
         reason="r",
@@ -188,7 +188,7 @@ def test_a_mask_reaches_every_depth_and_leaves_what_it_does_not_name() -> None:
         delivery_attempt=None,
         schema=None,
     )
-    assert mask.view(rejection).data == b"plain text"
+    assert mask.view(rejection).data == b""
     binary = msgspec.structs.replace(rejection, data=b"\xff\x00")
     assert mask.view(binary).data == b""
 
@@ -203,3 +203,59 @@ async def test_with_no_authentication_nothing_is_masked_and_the_log_says_so(
         pushed = await client.post("/pubsub/push", json=push_body("m-1", RECORD))
         assert pushed.status_code == 204
         assert "alice@example.com" in (await client.get("/v1/records/r-1")).text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{'email': 'alice@example.com'}",  # Python's repr
+        b"email: alice@example.com\n",  # YAML
+        b"email=alice%40example.com&n=1",  # a form
+        b"{email: 'alice@example.com', n: 1,}",  # JSON5
+        b"alice@example.com",
+        b'{"n": 1} {"email": "alice@example.com"}',  # JSON, then more
+    ],
+)
+def test_a_rejection_of_text_that_is_not_json_is_withheld(payload: bytes) -> None:
+    # Its fields cannot be found in text of another shape: none of it reaches a reader.
+    rejection = RejectionView(
+        message_id="m",
+        reason="not JSON",
+        data=payload,
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=datetime(2024, 1, 1, tzinfo=UTC),
+        ingest_time=datetime(2024, 1, 1, tzinfo=UTC),
+        subscription=None,
+        delivery_attempt=None,
+        schema=None,
+    )
+    assert Mask(["email"]).view(rejection).data == b""
+    # JSON naming no masked member is passed as it is.
+    kept = msgspec.structs.replace(rejection, data=b'{"n": 1, "emails": ["x"]}')
+    assert Mask(["email"]).view(kept).data == b'{"n": 1, "emails": ["x"]}'
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "parameter"),
+    [
+        ("/v1/records", {"attribute": "client-ip:10.0.0.7"}, "attribute"),
+        ("/v1/rejections", {"attribute": "client-ip:10.0.0.7"}, "attribute"),
+        ("/v1/records", {"field": "email:alice@example.com"}, "field"),
+        ("/v1/records", {"field": "lines.card:4111-1111"}, "field"),
+        ("/v1/export/records", {"field": "customer.email:a"}, "field"),
+        ("/v1/streams/records", {"offset": "-1", "attribute": "client-ip:10.0.0.7"}, "attribute"),
+    ],
+)
+async def test_a_reader_may_not_filter_on_a_masked_value(
+    client: httpx.AsyncClient, path: str, params: dict[str, str], parameter: str
+) -> None:
+    # Which rows such a filter keeps would tell the masked value, one guess at a time.
+    answer = await client.get(path, params=params)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["type"] == "/problems/masked-filter"
+    assert answer.json()["parameter"] == parameter
+    # An operator sees the value, and may ask for it.
+    assert (await client.get(path, params=params, headers=OPERATOR)).status_code != 403
+    # A name that is not masked is a filter like any other.
+    kept = await client.get("/v1/records", params={"attribute": "region:eu-west"})
+    assert [r["id"] for r in kept.json()["records"]] == ["r-1"]

@@ -59,7 +59,7 @@ CONNECTIONS = 12
 
 
 # A scrape of /metrics, its head as sent (`Served.held`).
-SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
 class Served:
@@ -242,7 +242,7 @@ def test_an_answer_its_client_never_reads_is_cut_off_at_the_send_timeout(
     sock.settimeout(30)
     sock.connect(("127.0.0.1", served.port))
     opened = time.monotonic()
-    sock.sendall(b"GET /v1/rejections?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /v1/rejections?limit=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     until_blocking(
         lambda: served.cut_off() > cut_before,
         timeout=SEND_TIMEOUT + 15,
@@ -251,6 +251,35 @@ def test_an_answer_its_client_never_reads_is_cut_off_at_the_send_timeout(
     )
     assert time.monotonic() - opened > SEND_TIMEOUT
     sock.close()
+
+
+@pytest.mark.parametrize("how", ["closed", "stalled"])
+def test_exports_their_clients_leave_give_back_what_they_held(served: Served, how: str) -> None:
+    # Each reads the head of an export of the largest records and leaves: closing its
+    # side, or reading nothing more until the send timeout cuts it off.
+    cut_before = served.cut_off()
+    sockets = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", served.port))
+        sock.sendall(b"GET /v1/export/records?max_rows=1000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        sockets.append(sock)
+    if how == "closed":
+        for sock in sockets:
+            sock.close()
+    else:
+        until_blocking(
+            lambda: served.cut_off() >= cut_before + 3,
+            timeout=SEND_TIMEOUT + 15,
+            interval=0.1,
+            what="exports never read to be cut off",
+        )
+    served.emptied(f"three exports whose clients {how}")
+    for sock in sockets:
+        sock.close()
 
 
 FOLLOWED = {
@@ -275,7 +304,11 @@ def test_followers_that_never_read_hold_an_event_each_and_are_cut_off(
     for _ in range(4):
         # Taking nothing: the kernel's buffers fill, then the connection's.
         sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
-        head = [f"GET {path} HTTP/1.1", "Host: x", *(f"{k}: {v}" for k, v in headers.items())]
+        head = [
+            f"GET {path} HTTP/1.1",
+            "Host: localhost",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
         followers.append(sock)
     # Their first reads done, each holds one event of at most 1 MiB or one row (4 MB):
@@ -446,7 +479,7 @@ def reader(served: Served, path: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(30)
     sock.connect(("127.0.0.1", served.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     return sock
 
 

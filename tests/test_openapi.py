@@ -128,8 +128,13 @@ case(R, "post", 400)(lambda s: s.client.post(R, json={"messages": []}, headers=s
 case(R, "post", 401)(lambda s: s.client.post(R, json=REPLAY))
 case(R, "post", 403)(lambda s: s.client.post(R, json=REPLAY, headers=s.token(ANALYST)))
 case(R, "post", 413)(
-    lambda s: s.client.post(R, content=b"x" * (LIMIT + 1), headers=s.token(OPERATOR))
+    lambda s: s.client.post(
+        R,
+        content=b"x" * (LIMIT + 1),
+        headers={**s.token(OPERATOR), "Content-Type": "application/json"},
+    )
 )
+case(R, "post", 415)(lambda s: s.client.post(R, content=b"{}", headers=s.token(OPERATOR)))
 case(R, "post", 503, failing_reads)(
     lambda s: s.client.post(R, json=REPLAY, headers=s.token(OPERATOR))
 )

@@ -232,7 +232,7 @@ CREDENTIAL_HEADERS = {
     "X-Access-Token": "t0k3n",
     "X-CSRF-Token": "t0k3n",
     "X-Amzn-Oidc-Data": "eyJ0eXAiOi",
-    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-Site": "same-origin",
     "X-Amz-Security-Token": "IQoJb3JpZ2luX2Vj",
     "Apikey": "AIzaSyD-0123456789",
     "X-Vault-Token": "hvs.CAESI",

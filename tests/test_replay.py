@@ -497,3 +497,57 @@ async def test_seen_tells_stored_from_rejected_and_a_stored_copy_wins(
             "m-fixed-1": "stored",
             "m-bad": "rejected",
         }
+
+
+BROWSER_WRITES = {
+    "a form": {"Content-Type": "application/x-www-form-urlencoded"},
+    "text": {"Content-Type": "text/plain"},
+    "a multipart form": {"Content-Type": "multipart/form-data; boundary=x"},
+    "no type": {},
+}
+CROSS_SITE = {
+    "another site": {"Sec-Fetch-Site": "cross-site"},
+    "a sibling site": {"Sec-Fetch-Site": "same-site"},
+    "another origin": {"Origin": "http://attacker.example"},
+    "an opaque origin": {"Origin": "null"},
+}
+
+
+@pytest.mark.parametrize("kind", list(BROWSER_WRITES))
+async def test_a_replay_that_is_not_json_is_refused_and_stores_nothing(kind: str) -> None:
+    # What a page of another site may send without asking: a form, text, nothing typed.
+    store = DuckDBStore(":memory:")
+    async with served(create_app(settings(), store=store)) as client:
+        body = json.dumps(REPLAY).encode()
+        answer = await client.post("/v1/replay", content=body, headers=BROWSER_WRITES[kind])
+        assert answer.status_code == 415, answer.text
+        assert answer.json()["type"] == "/problems/unsupported-media-type"
+        assert (await client.get("/v1/messages/m")).status_code == 404
+
+
+@pytest.mark.parametrize("kind", list(CROSS_SITE))
+@pytest.mark.parametrize("path", ["/v1/replay", "/pubsub/push"])
+async def test_a_write_a_browser_sends_for_another_site_is_refused(kind: str, path: str) -> None:
+    # On loopback with no authentication, or through a proxy that adds credentials:
+    # what the browser says of the page's origin is what refuses it.
+    store = DuckDBStore(":memory:")
+    async with served(create_app(settings(), store=store)) as client:
+        body = REPLAY if path == "/v1/replay" else push_envelope()
+        answer = await client.post(path, json=body, headers=CROSS_SITE[kind])
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["type"] == "/problems/cross-site-request"
+        assert (await client.get("/v1/messages/m")).status_code == 404
+        # The service's own page (the console), and callers that are no browser, write.
+        own = {"Sec-Fetch-Site": "same-origin", "Origin": "http://attacker.example"}
+        origin = {"Origin": f"http://{client.base_url.netloc.decode()}"}
+        for headers in (own, origin, {}):
+            answer = await client.post(path, json=body, headers=headers)
+            assert answer.status_code in (200, 204), answer.text
+
+
+def push_envelope() -> dict[str, Any]:
+    data = base64.b64encode(json.dumps({"id": "r", "data": 1}).encode()).decode()
+    return {
+        "message": {"data": data, "messageId": "m", "publishTime": "2024-04-27T12:00:01Z"},
+        "subscription": SUBSCRIPTION,
+    }

@@ -185,7 +185,7 @@ def flood(sock: socket.socket, first: bytes, filler: bytes, size: int) -> bytes:
 
 
 def get(path: str = "/healthz", *extra: str) -> bytes:
-    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: x", *extra]) + "\r\n\r\n").encode()
+    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: localhost", *extra]) + "\r\n\r\n").encode()
 
 
 def push_envelope(message_id: str) -> bytes:
@@ -206,7 +206,7 @@ def push(message_id: str, *extra: str) -> bytes:
     body = push_envelope(message_id)
     head = [
         f"POST /pubsub/push?token={TOKEN} HTTP/1.1",
-        "Host: x",
+        "Host: localhost",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         *extra,
@@ -224,7 +224,7 @@ def test_a_megabyte_of_headers_is_refused_and_costs_no_memory(small: Served) -> 
     for _ in range(4):
         sock = small.connect()
         header = b"X-Pad: " + b"a" * 1000 + b"\r\n"
-        answer = flood(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", header, MIB)
+        answer = flood(sock, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n", header, MIB)
         sock.close()
         # Refused once past the bound, with a status, never served.
         assert statuses(answer) == [431], answer[:100]
@@ -237,7 +237,9 @@ def test_a_megabyte_of_headers_is_refused_and_costs_no_memory(small: Served) -> 
 def test_a_head_over_the_bound_in_one_write_is_refused(small: Served) -> None:
     # 100 KB, well within one socket read: measured whole all the same.
     sock = small.connect()
-    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+    sock.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n"
+    )
     assert statuses(everything(sock)) == [431]
     sock.close()
 
@@ -246,7 +248,7 @@ def test_a_head_pipelined_behind_two_requests_is_refused_after_their_answers(
     small: Served,
 ) -> None:
     sock = small.connect()
-    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 313_000 + b"\r\n\r\n"
+    big = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 313_000 + b"\r\n\r\n"
     sock.sendall(get() + push("pipelined-1") + big)
     # Answers go in the order of their requests: the refusal last.
     assert statuses(everything(sock)) == [200, 204, 431]
@@ -261,9 +263,9 @@ def test_a_head_just_under_the_bound_is_served(small: Served) -> None:
 @pytest.mark.parametrize(
     "opening",
     [
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n",
     ],
@@ -277,7 +279,7 @@ def test_an_upgrade_or_connect_is_refused_and_what_follows_is_not_read(
     assert httpx.get(f"{small.url}/healthz").status_code == 200
     before = small.rss_kib()
     sock = small.connect()
-    head = opening + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    head = opening + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: "
     answer = flood(sock, head, b"a" * MIB, 64 * MIB)
     sock.close()
     assert statuses(answer) == [400], answer[:300]
@@ -306,7 +308,7 @@ def test_each_connection_a_bound_ends_is_counted_by_its_reason(small: Served) ->
     assert statuses(everything(too_large)) == [431]
     # A head begun and never ended: closed at the header deadline, answering nothing.
     slow = small.connect()
-    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
     assert everything(slow, seconds=HEADER_TIMEOUT + 5) == b""
     for sock in (upgrade, too_large, slow):
         sock.close()
@@ -323,7 +325,7 @@ def framed(message_id: str, headers: bytes, body: bytes) -> bytes:
     """A push whose framing headers are `headers` (each line ending in CRLF) and whose
     bytes after the head are `body`."""
     return (
-        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: x\r\n"
+        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
         "Content-Type: application/json\r\n".encode()
         + headers
         + b"\r\n"
@@ -390,8 +392,8 @@ def test_a_request_framed_two_ways_is_refused_and_nothing_is_stored(
 
 def test_a_bare_lf_request_and_a_nul_in_its_path_are_refused(small: Served) -> None:
     for request in (
-        b"GET /healthz HTTP/1.1\nHost: x\n\n",
-        b"GET /health\x00z HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\nHost: localhost\n\n",
+        b"GET /health\x00z HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ):
         sock = small.connect()
         sock.sendall(request)
@@ -403,7 +405,7 @@ def test_one_header_past_the_most_fields_is_431(small: Served) -> None:
     def with_fields(count: int) -> bytes:
         # Host is one of them.
         fields = b"".join(b"X-%d: v\r\n" % n for n in range(count - 1))
-        return b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+        return b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + fields + b"\r\n"
 
     sock = small.connect()
     sock.sendall(with_fields(MAX_HEADERS))
@@ -455,7 +457,7 @@ def test_a_flood_of_pipelined_requests_is_cut_and_costs_no_memory(small: Served)
 def test_a_body_sent_a_byte_a_second_is_cut_at_the_body_deadline(small: Served) -> None:
     sock = small.connect()
     sock.sendall(
-        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: x\r\n"
+        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
     )
     started = time.monotonic()
@@ -485,7 +487,7 @@ def test_a_64_mib_trailer_is_refused_and_costs_no_memory(small: Served) -> None:
     body = push_envelope("trailed")
     sock = small.connect()
     head = (
-        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: x\r\n"
+        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         f"{len(body):x}\r\n".encode()
         + body
@@ -505,7 +507,7 @@ def test_a_trailer_never_becomes_an_attribute(small: Served) -> None:
     body = json.dumps({"id": "unwrapped-trailer"}).encode()
     sock = small.connect()
     sock.sendall(
-        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: x\r\n"
+        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
         "X-Goog-Pubsub-Message-Id: u-trailer\r\n"
         "X-Goog-Pubsub-Publish-Time: 2024-04-27T12:00:01Z\r\n"
@@ -524,7 +526,7 @@ def test_a_request_answered_before_its_body_is_read_ends_its_connection(small: S
     # No token: 401 on the headers alone. The 10 GB announced is not read to be dropped.
     sock = small.connect()
     sock.sendall(
-        b"POST /pubsub/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /pubsub/push HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: 10000000000\r\n\r\n{"
     )
     answer = everything(sock)
@@ -581,7 +583,7 @@ def test_a_header_that_identifies_is_taken_once_or_refused(
 ) -> None:
     request = push("ambiguous", *extra)
     if not host:
-        request = request.replace(b"Host: x\r\n", b"")
+        request = request.replace(b"Host: localhost\r\n", b"")
     sock = small.connect()
     sock.sendall(request)
     answer = response(sock)
@@ -589,6 +591,39 @@ def test_a_header_that_identifies_is_taken_once_or_refused(
     assert statuses(answer) == [400], answer[:300]
     assert problem(answer)["type"] == "/problems/ambiguous-request"
     assert httpx.get(f"{small.url}/v1/messages/ambiguous").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("host", "answered"),
+    [
+        ("localhost", True),
+        ("LOCALHOST:8080", True),
+        ("127.0.0.1:1", True),
+        ("[::1]:80", True),
+        ("attacker.example", False),
+        ("attacker.example:8080", False),
+        ("localhost.attacker.example", False),
+        ("127.0.0.2", False),
+        ("[::2]", False),
+    ],
+)
+def test_bound_to_loopback_only_loopback_names_are_answered(
+    small: Served, host: str, answered: bool
+) -> None:
+    # A page whose name a DNS rebinding pointed here is its own origin to the browser:
+    # the name it asks for is what tells it apart.
+    request = push(f"host-{answered}-{len(host)}").replace(
+        b"Host: localhost\r\n", f"Host: {host}\r\n".encode()
+    )
+    sock = small.connect()
+    sock.sendall(request)
+    answer = response(sock)
+    sock.close()
+    if answered:
+        assert statuses(answer) == [204], answer[:300]
+    else:
+        assert statuses(answer) == [421], answer[:300]
+        assert problem(answer)["type"] == "/problems/misdirected-request"
 
 
 # Heads split any way, behind any requests: the same answers.
@@ -603,7 +638,7 @@ def _request(kind: str, n: int) -> bytes:
         return push(f"split-{n}")
     body = push_envelope(f"split-{n}")
     return (
-        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: x\r\n"
+        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         f"{len(body) // 2:x}\r\n".encode()
         + body[: len(body) // 2]
@@ -630,7 +665,7 @@ def test_a_head_is_measured_whole_however_it_is_split(
     # Well over the bound or well under it (a head is measured to within its framing).
     pad = HEAD_BYTES + 500 if over else HEAD_BYTES - 500
     last = (
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Pad: "
         + b"a" * pad
         + b"\r\n\r\n"
     )
@@ -679,7 +714,7 @@ def test_half_open_connections_are_closed_within_the_header_timeout() -> None:
             sock = served.connect()
             # Half of them send part of a head and stop; half send nothing at all.
             if n % 2:
-                sock.sendall(b"POST /pubsub/push HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                sock.sendall(b"POST /pubsub/push HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
             socks.append(sock)
         for sock in socks:
             sock.settimeout(max(HEADER_TIMEOUT * 3 - (time.monotonic() - opened), 0.1) + 5)
@@ -764,8 +799,8 @@ def test_past_the_connection_bound_the_idle_go_first_then_requests_get_503() -> 
         for _ in range(4):
             sock = served.connect()
             sock.sendall(
-                b"POST /pubsub/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100\r\n\r\n{"
+                b"POST /pubsub/push HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
             )
             busy.append(sock)
         until_blocking(

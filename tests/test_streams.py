@@ -566,7 +566,7 @@ async def test_a_follower_that_takes_nothing_is_cut_off_not_buffered(app: Record
         _, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
         # Reads nothing once its request is sent: the server's sends fill the buffers.
         writer.transport.pause_reading()
-        writer.write(f"GET {STREAM}?live=sse HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        writer.write(f"GET {STREAM}?live=sse HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
         await until(lambda: paging.followers.open == 1, what="the stream to open")
         big = "x" * 20_000
         for n in range(600):  # ~12 MB: more than every buffer on the way holds

@@ -23,6 +23,7 @@ from app.budget import Budget, Charge
 from app.errors import (
     AmbiguousRequest,
     HeadersTooLarge,
+    MisdirectedRequest,
     RecordlineError,
     RequestTimeout,
     TooManyConnections,
@@ -30,7 +31,7 @@ from app.errors import (
     UpgradeNotServed,
 )
 from app.problems import MEDIA_TYPE, Problems
-from app.settings import ServerSettings
+from app.settings import ServerSettings, is_loopback
 
 # More headers than this is no client of this service: a push carries ~10, an
 # unwrapped one at most Pub/Sub's 100 attributes besides.
@@ -168,6 +169,8 @@ class BoundedHttpTools(HttpToolsProtocol):
     kept: ClassVar[Connections]
     budget: ClassVar[Budget]
     observer: ClassVar[ConnectionObserver | None] = None
+    # Bound to a loopback address: only loopback names are answered (DNS rebinding).
+    loopback: ClassVar[bool] = False
 
     # In slots, beside the instance dict uvicorn's protocol keeps: in that dict they
     # took it past the keys instances share, to a dict of its own (1.6 KiB a connection).
@@ -461,11 +464,13 @@ class BoundedHttpTools(HttpToolsProtocol):
                 UpgradeNotServed("this service serves HTTP/1.1 only: no upgrade, no CONNECT")
             )
         hosts = 0
+        host = b""
         length = b""
         chunked = False
         for name, value in headers:  # lower-cased by uvicorn
             if name == b"host":
                 hosts += 1
+                host = value
             elif name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
@@ -474,6 +479,13 @@ class BoundedHttpTools(HttpToolsProtocol):
             said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
             return self._answer(
                 AmbiguousRequest(f"{said}: an HTTP/1.1 request names its host once")
+            )
+        if self.loopback and hosts and _host_name(host) not in LOOPBACK_NAMES:
+            return self._answer(
+                MisdirectedRequest(
+                    f"bound to {self.limits.host}, this service answers for localhost, "
+                    f"127.0.0.1 and [::1] only, not {host[:80].decode('latin-1')!r}"
+                )
             )
         if self._crowded and self.kept.crowded():
             return self._answer(
@@ -633,5 +645,18 @@ def bounded_httptools(
             "kept": Connections(limits.max_connections),
             "observer": observer,
             "budget": budget if budget is not None else Budget(limits.memory_budget_bytes),
+            "loopback": is_loopback(limits.host),
         },
     )
+
+
+# The names a loopback service answers for, in a Host header (RFC 3986's host).
+LOOPBACK_NAMES: Final = frozenset({b"localhost", b"127.0.0.1", b"[::1]"})
+
+
+def _host_name(host: bytes) -> bytes:
+    """A Host header's name, without its port, lower-cased."""
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        return host.partition(b"]")[0] + b"]"
+    return host.partition(b":")[0]

@@ -16,6 +16,7 @@ import base64
 import csv
 import enum
 import io
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import msgspec
 from app.errors import BadParameter, RetryLater
 from app.query.service import MAX_LIMIT, RECORDS, Listing, RecordsPage
 from app.records import micros
+
+log = logging.getLogger(__name__)
 
 # Rows an export sends by default, and at most (`max_rows`).
 DEFAULT_ROWS: Final = 100_000
@@ -191,11 +194,14 @@ class Export:
         ends there too: an export never follows the rows stored after it began."""
         started = self._clock()
         sent_rows, sent_bytes = 0, 0
-        head = self.head()
-        sent_bytes += len(head)
-        if head:
-            yield head
+        # The head goes with the first page's rows. No page is held while a chunk waits
+        # to be taken (at a `yield`): a client that leaves mid-export leaves this
+        # generator suspended until the cyclic collector finds it, and what a page holds
+        # of the budget would be held until then.
+        pending = self.head()
+        sent_bytes += len(pending)
         page = first
+        del first
         while True:
             views = page.records if isinstance(page, RecordsPage) else page.rejections
             # Rows stored after it was asked are not the export's: it is complete there.
@@ -204,27 +210,37 @@ class Export:
             )
             if passed is not None:
                 views = views[:passed]
-            lines = self.lines(views)
+            try:
+                lines = self.lines(views)
+            except Exception:
+                log.exception("an export's rows could not be written")
+                yield pending + self.note(sent_rows, "a row could not be written", token)
+                return
             # Every row that fits both bounds, its lines sent together.
             fits, size = 0, 0
             for line in lines[: self.bounds.rows - sent_rows]:
                 if sent_bytes + size + len(line) > self.bounds.bytes:
                     break
                 fits, size = fits + 1, size + len(line)
-            if fits:
-                yield b"".join(lines[:fits])
+            chunk = pending + b"".join(lines[:fits])
+            pending = b""
             sent_rows, sent_bytes = sent_rows + fits, sent_bytes + size
-            if fits < len(lines):
+            cut = fits < len(lines)
+            resume = walk.after(token, views[fits - 1]) if cut and fits else token
+            following = page.next_page_token
+            drained = not views and micros(page.complete_until) >= asked
+            del page, views, lines
+            if chunk:
+                yield chunk
+            del chunk
+            if cut:
                 bound = "byte" if sent_rows < self.bounds.rows else "row"
                 limit = self.bounds.bytes if bound == "byte" else self.bounds.rows
-                resume = walk.after(token, views[fits - 1]) if fits else token
                 yield self.note(sent_rows, f"at its {limit:,}-{bound} bound", resume)
                 return
-            del lines
-            following = page.next_page_token
             if following is None or passed is not None:
                 return  # the whole range: complete
-            if not views and micros(page.complete_until) >= asked:
+            if drained:
                 return  # nothing more before it was asked: complete
             if sent_rows >= self.bounds.rows:
                 yield self.note(sent_rows, f"at its {self.bounds.rows:,}-row bound", following)
@@ -238,6 +254,16 @@ class Export:
             except RetryLater as exc:
                 yield self.note(sent_rows, f"the store did not answer: {exc.detail}", token)
                 return
+            except Exception:
+                # The response began: whatever fails ends it with its note, not cut off.
+                log.exception("an export's page could not be read")
+                yield self.note(sent_rows, "a page could not be read", token)
+                return
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (CSV injection):
+# such a text is sent with a `'` before it, which the spreadsheet shows it without.
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _cell(value: Any) -> str:
@@ -247,13 +273,17 @@ def _cell(value: Any) -> str:
         case bool():
             return "true" if value else "false"
         case str():
-            return value
+            return _inert(value)
         case int() | float():
             return str(value)
         case bytes():
-            return base64.b64encode(value).decode()
+            return _inert(base64.b64encode(value).decode())
         case _:
             return _encode(value).decode()
+
+
+def _inert(text: str) -> str:
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _csv_line(cells: list[str]) -> bytes:

@@ -17,6 +17,8 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 MASKED: Final = "[masked]"
+# What a record's data reads as for a reader when it is nested too deeply to be masked.
+WITHHELD: Final = "[withheld: nested too deeply to mask]"
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
 
@@ -62,8 +64,11 @@ class Mask:
         text = bytes(raw)
         if not _may_name(text, marks):
             return None
-        value = _decode(text)
-        return msgspec.Raw(_encode(mask(value)))
+        try:
+            return msgspec.Raw(_encode(mask(_decode(text))))
+        except RecursionError:
+            # Nested deeper than the decoder or encoder go: withheld, said so.
+            return msgspec.Raw(_encode(WITHHELD))
 
     def _attributes(self, value: Any) -> Any:
         if not isinstance(value, dict):
@@ -71,34 +76,43 @@ class Mask:
         return {k: MASKED if k in self.attributes else v for k, v in value.items()}
 
     def _members(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: MASKED if k in self.fields else self._members(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._members(v) for v in value]
-        return value
+        """`value` with every member `fields` names MASKED, at any depth: walked with a
+        list of its own, not the interpreter's stack, which a payload nested ~500 deep
+        would exhaust."""
+        fields = self.fields
+
+        def copy(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: MASKED if k in fields else v for k, v in value.items()}
+            if isinstance(value, list):
+                return list(value)
+            return value
+
+        top = copy(value)
+        left = [top] if isinstance(top, dict | list) else []
+        while left:
+            node = left.pop()
+            for key, member in list(node.items() if isinstance(node, dict) else enumerate(node)):
+                if isinstance(member, dict | list):
+                    node[key] = copied = copy(member)
+                    left.append(copied)
+        return top
 
     def _received(self, data: bytes) -> bytes:
-        """A rejection's payload as received: masked if it is JSON, else withheld (b"")."""
-        if not _may_name(data, self._field_marks) and _looks_like_text(data):
-            return data
+        """A rejection's payload as received: as it is if it is JSON naming no masked
+        member, masked if it is JSON that may, else withheld (b""). Text of another
+        shape (a repr, YAML, a form) may hold a masked value under a name no JSON
+        quotes, and bytes of another encoding under no name at all."""
         try:
             value = _decode(data)
-        except msgspec.DecodeError:
+            if not _may_name(data, self._field_marks):
+                return data
+            return _encode(self._members(value))
+        except (msgspec.DecodeError, RecursionError):
             return b""
-        return _encode(self._members(value))
 
 
 def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
     """Whether JSON `text` may name a member `marks` quote: one of them in it, or an
     escape, which may spell a name otherwise."""
     return b"\\" in text or any(mark in text for mark in marks)
-
-
-def _looks_like_text(data: bytes) -> bool:
-    """Whether `data` is UTF-8 text (JSON, or text of any other shape): bytes of another
-    encoding (Avro, Protocol Buffers) may hold a masked field's value under no name."""
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True

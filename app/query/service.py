@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 
 from app.budget import Budget, Charge
-from app.errors import BadParameter, Gone, NotFound
+from app.errors import BadParameter, Gone, MaskedFilter, NotFound
 from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
 from app.records import (
@@ -510,11 +510,29 @@ class Reader:
         cursor = self._tokens.decode(token)
         return self._next(cursor, micros(row.ingest_time), row.message_id)
 
+    def refuse_masked(self, keep: RowFilter | None) -> None:
+        """MaskedFilter for a filter on what this reader's mask hides: the rows it keeps
+        would tell a masked value, one question at a time."""
+        if self.mask is None or keep is None:
+            return
+        for attribute in keep.attributes:
+            if attribute.key in self.mask.attributes:
+                raise MaskedFilter(
+                    "attribute", f"{attribute.key!r} is masked for readers who are not operators"
+                )
+        for field in keep.fields:
+            masked = next((s for s in field.path if str(s) in self.mask.fields), None)
+            if masked is not None:
+                raise MaskedFilter(
+                    "field", f"{masked!r} is masked for readers who are not operators"
+                )
+
     async def check_filter(self, listing: Listing[Any], keep: RowFilter | None) -> None:
         """Raise what the store says of a filter naming typed fields (BadParameter: no
         such field here, or a value not of its type), asking it for an empty range: a
         stream asks before it begins, so that such a filter is a 400, never a stream
         cut after its 200. Other filters are checked as they are read."""
+        self.refuse_masked(keep)
         if keep is None or not keep.fields:
             return
         at = self.horizon()
@@ -537,8 +555,10 @@ class Reader:
         empty stream. `sent_as` is where the client sent the token (`Last-Event-ID`)."""
         if not 1 <= limit <= MAX_LIMIT:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
+        self.refuse_masked(filter)
         if page_token is not None:
             cursor = self._tokens.decode(page_token, parameter=sent_as)
+            self.refuse_masked(cursor.filter)
             # A token read on another list, or up to another time, would skip or
             # repeat rows without a word: it is refused instead. (A token of an
             # older release names no list, and is taken where it is sent.)

@@ -157,6 +157,7 @@ class Streams:
         """The cursor an `offset` parameter names in the stream of the rows `keep`
         matches, None for `now` (the tail, which takes a read to find); 400 if it is no
         offset of this stream (of that filter), 410 if older than the retention."""
+        self.reader.refuse_masked(keep)
         if offset == NOW:
             return None
         cursor = None
@@ -170,6 +171,7 @@ class Streams:
         and what HEAD names. It moves only when a row becomes readable (a quiet
         stream's stays put), and never before the oldest row kept. (The newest row of
         all: a filtered stream's rows lie after it too.)"""
+        self.reader.refuse_masked(keep)
         newest = await self.reader.newest(listing)
         start = self.reader.start(listing, None, sent_as="offset")
         if newest is not None and newest[0] + 1 > start.after_time:

@@ -24,6 +24,7 @@ from app.errors import (
     BadRequest,
     BodyTooLarge,
     CertsUnavailable,
+    CrossSite,
     Forbidden,
     InvalidBody,
     QueueFull,
@@ -34,6 +35,7 @@ from app.errors import (
     TooManyReads,
     TooMuchInFlight,
     Unauthorized,
+    UnsupportedMediaType,
     WriteTimeout,
 )
 from app.ingest.envelope import decode_unwrapped, decode_wrapped, is_unwrapped
@@ -79,6 +81,7 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
             AmbiguousRequest,
             Unauthorized,
             Forbidden,
+            CrossSite,
             BodyTooLarge,
             *NOT_STORED,
             TooMuchInFlight,
@@ -123,6 +126,8 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
         AmbiguousRequest,
         Unauthorized,
         Forbidden,
+        CrossSite,
+        UnsupportedMediaType,
         BodyTooLarge,
         *NOT_STORED,
         TooManyReads,

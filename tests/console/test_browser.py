@@ -176,3 +176,28 @@ def test_health_charts_the_service_s_own_figures(service: str, page: Any) -> Non
     expect(page.locator("#pushes canvas")).to_have_count(1)
     expect(page.locator("#tables tbody")).to_contain_text("no export on this store")
     shot(page, "health")
+
+
+def test_a_download_is_said_cut_only_by_its_last_line(service: str, page: Any) -> None:
+    # A row that holds the note's name is a row; the export is cut only if its last
+    # line is the note.
+    with httpx.Client(base_url=service) as client:
+        for n in range(2):
+            data = {"key": f"note-{n}", "data": {"text": "# recordline_export: incomplete"}}
+            push = envelope(f"note-{n}", data, {"colour": "note"})
+            assert client.post("/pubsub/push", json=push).status_code == 204
+    page.goto(f"{service}/console/records")
+    page.fill("input[name=attribute]", "colour:note")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(2, timeout=10_000)
+    progress = page.locator("#progress")
+    for fmt in ("csv", "jsonl"):
+        with page.expect_download():
+            page.click(f"#export button[value={fmt}]")
+        expect(progress).to_contain_text("3 lines" if fmt == "csv" else "2 lines")
+        expect(progress).not_to_contain_text("cut")
+    page.fill("input[name=max_rows]", "1")
+    for fmt in ("csv", "jsonl"):
+        with page.expect_download():
+            page.click(f"#export button[value={fmt}]")
+        expect(progress).to_contain_text("cut at a bound")

@@ -87,3 +87,19 @@ async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # 
         assert 'id="replay"' not in analyst.text
         operator = await client.get("/console/rejections", headers=bearer(OPERATOR))
         assert 'id="replay"' in operator.text
+
+
+def test_every_page_and_asset_is_sent_with_the_browser_s_protections(client: TestClient) -> None:  # type: ignore[type-arg]
+    # Its own scripts only, in no other site's frame, never sniffed, its address kept.
+    page = client.get("/console/records")
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    for answer in [page, *(client.get(f"/console/{s}") for s in sources if s != "data:,")]:
+        assert answer.status_code == 200
+        headers = answer.headers
+        assert headers["content-security-policy"].startswith("default-src 'self';")
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "same-origin"
+    # Nothing inline a policy of the page's own files would refuse.
+    assert not re.search(r"<script(?![^>]*\bsrc=)|<style|\sstyle=|\son[a-z]+=", page.text)

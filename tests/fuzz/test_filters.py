@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.asgi import create_app
+from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served_in_thread
 from tests.conftest import settings as app_settings
 from tests.fuzz.budget import EXAMPLES
@@ -149,3 +150,41 @@ def test_an_export_s_parameters_are_kept_or_refused_never_a_5xx(
         for line in answer.text.splitlines():
             row = json.loads(line)
             assert "recordline_export" in row or matches(row, params) or "columns" in params
+
+
+# What JSONPath, JSON pointer or SQL may read as more than a character of a name.
+# (A key holds no `:`, which ends it in `attribute=KEY:VALUE`.)
+SPECIAL = "*?$@.[]()'/~%_-,;!&|=<>{}# é☃"
+special_keys = st.text(alphabet=SPECIAL + "ab", min_size=1, max_size=6)
+
+
+@pytest.fixture(scope="module")
+def duckdb_client() -> Iterator[httpx.Client]:
+    with served_in_thread(create_app(app_settings(), store=DuckDBStore(":memory:"))) as client:
+        yield client
+
+
+@settings(
+    max_examples=EXAMPLES * 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(key=st.sampled_from(["*", "**", "$", "a.*", "[*]", "/", "~0"]) | special_keys)
+def test_an_attribute_key_is_asked_for_as_it_is_on_duckdb(
+    duckdb_client: httpx.Client, key: str
+) -> None:
+    # The key is a name, however a JSONPath would read it: only its own row is kept.
+    message_id = f"k-{key.encode().hex()}"
+    body = push_body(1)
+    body["message"]["messageId"] = message_id
+    body["message"]["attributes"] = {key: message_id, "other": "x"}
+    assert duckdb_client.post("/pubsub/push", json=body).status_code == 204
+    for path in ("/v1/records", "/v1/streams/records"):
+        params = {"attribute": f"{key}:{message_id}"}
+        if path.startswith("/v1/streams"):
+            params["offset"] = "-1"
+        answer = duckdb_client.get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        body_read = answer.json()
+        rows = body_read if isinstance(body_read, list) else body_read["records"]
+        assert [row["message_id"] for row in rows] == [message_id]

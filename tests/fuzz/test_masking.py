@@ -12,7 +12,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.query.mask import MASKED, Mask
+from app.query.mask import MASKED, WITHHELD, Mask
 from app.query.service import RecordView, RejectionView
 from tests.fuzz.budget import EXAMPLES
 
@@ -93,3 +93,44 @@ def test_a_masked_value_never_reaches_a_reader_however_it_is_spelled(
         schema=None,
     )
     assert json.loads(mask.view(rejection).data) == masked(value, masks)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(depth=st.integers(1, 3000), lists=st.booleans())
+def test_a_payload_nested_however_deep_is_masked_or_withheld_never_an_error(
+    depth: int, lists: bool
+) -> None:
+    # Nested objects (or lists) around a masked member and an escape, which makes the
+    # payload be decoded; as deep as the contract lets a record be (< 500) or deeper.
+    opening, closing = (b"[", b"]") if lists else (b'{"x":', b"}")
+    text = opening * depth + b'{"email":"a@b","note":"a\\nb"}' + closing * depth
+    wanted = text.replace(b'"a@b"', b'"[masked]"')
+    mask = Mask(MASKED_NAMES, MASKED_NAMES)
+    record = RecordView(
+        message_id="m",
+        id="r",
+        timestamp=None,
+        data=msgspec.Raw(text),
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=WHEN,
+        ingest_time=WHEN,
+        subscription=None,
+        delivery_attempt=None,
+        trace_id=None,
+        schema=None,
+    )
+    seen = bytes(mask.view(record).data)
+    assert seen == wanted if depth < 500 else seen in (wanted, msgspec.json.encode(WITHHELD))
+    rejection = RejectionView(
+        message_id="m",
+        reason="r",
+        data=text,
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=WHEN,
+        ingest_time=WHEN,
+        subscription=None,
+        delivery_attempt=None,
+        schema=None,
+    )
+    received = mask.view(rejection).data
+    assert received == wanted if depth < 500 else received in (wanted, b"")

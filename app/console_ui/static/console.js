@@ -170,6 +170,23 @@ function records() {
 }
 
 // An export of what the filters keep, read as it streams (its progress shown), then saved.
+// The last line of an export (a note is shorter than its last 64 KiB).
+async function lastLine(file) {
+  const tail = await file.slice(Math.max(0, file.size - 65536)).text();
+  return tail.replace(/\n$/, "").split("\n").pop();
+}
+
+// Whether a line is an export's note of where it was cut: its own shape, not a row
+// that names it.
+function isNote(line) {
+  if (line.startsWith("# recordline_export: incomplete after ")) return true;
+  if (!line.startsWith('{"recordline_export":')) return false;
+  try {
+    const note = JSON.parse(line).recordline_export;
+    return note !== null && typeof note === "object" && note.complete === false;
+  } catch (_) { return false; }
+}
+
 async function download(format) {
   const params = filterParams($("#filters"), RECORD_FILTERS);
   for (const [name, value] of filterParams($("#export"), ["columns", "max_rows"])) params.set(name, value);
@@ -187,14 +204,18 @@ async function download(format) {
       for (const byte of value) if (byte === 10) lines += 1;
       progress.textContent = `${lines.toLocaleString()} lines, ${bytes.toLocaleString()} bytes…`;
     }
-    const text = new TextDecoder().decode(await new Blob(parts).arrayBuffer());
-    const cut = text.includes("recordline_export");
+    // The export once, as the file saved; what was read of it let go.
+    const file = new Blob(parts, { type: answer.headers.get("content-type") });
+    parts.length = 0;
+    const cut = isNote(await lastLine(file));
     progress.textContent = `${lines.toLocaleString()} lines, ${bytes.toLocaleString()} bytes${cut ? ": cut at a bound (see its last line)" : ""}`;
     const name = (answer.headers.get("content-disposition") || "").match(/filename="([^"]+)"/);
-    const link = element("a", "", { href: URL.createObjectURL(new Blob(parts, { type: answer.headers.get("content-type") })), download: name ? name[1] : `records.${format}` });
+    const href = URL.createObjectURL(file);
+    const link = element("a", "", { href, download: name ? name[1] : `records.${format}` });
     document.body.append(link);
     link.click();
     link.remove();
+    setTimeout(() => URL.revokeObjectURL(href), 60_000);
   } catch (error) { status(error.message); progress.textContent = ""; }
 }
 

@@ -147,14 +147,16 @@ def _read_within(
             large[row[0]] = len(found)  # message_id is the first column of both tables
         found.append(row)
         total += size(payload or 0, row[attributes])
+    if more:
+        # The rest of the page's rows, released now rather than at the cursor's next
+        # query. A result left unfinished (a query whose rows are not all fetched, as
+        # `SELECT 1` was) refuses `register` on its connection: on the writer's (the
+        # tail warmed at start) every apply of the journal failed after it.
+        cursor.abort()
     if large:
         cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
         for message_id, value in cursor.fetchall():
             found[large[message_id]][data] = value
-    if more or large:
-        # DuckDB keeps a result until the cursor's next query: the rest of the page's, or
-        # the payloads read, released now (0.3 ms, for pages cut short or of large rows).
-        cursor.execute("SELECT 1")
     return [row_of(kind, row) for row in found], more
 
 
@@ -277,7 +279,7 @@ def _filtered(
     params: dict[str, Any] = {}
     for at, attribute in enumerate(keep.attributes):
         conditions.append(f"json_extract_string(attributes, $path{at}) = $value{at}")
-        params[f"path{at}"], params[f"value{at}"] = attribute.path, attribute.value
+        params[f"path{at}"], params[f"value{at}"] = _pointer(attribute.key), attribute.value
     if keep.message_id is not None:
         conditions.append("message_id = $message_id")
         params["message_id"] = keep.message_id
@@ -363,6 +365,12 @@ _LEDGER_EVERY_SECONDS = 1.0
 
 # Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
 _APPLY_RETRY_SECONDS = (0.05, 5.0)
+
+
+def _pointer(key: str) -> str:
+    """An attribute's key as a JSON pointer (RFC 6901) into `attributes`: DuckDB reads
+    `$."*"` in a JSONPath as every member, and a pointer has no wildcard."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
 
 
 def _arrow(rows: Sequence[Row], row_type: type[Row]) -> pa.Table:
