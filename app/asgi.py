@@ -50,7 +50,7 @@ from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
-from app.routes.export import EXPORT_ROUTES, Exports
+from app.routes.export import EXPORT_ROUTES
 from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
@@ -224,7 +224,6 @@ def create_app(
             readiness=readiness,
             replayer=Replay(pushes.ingest, observed),
             producers=reads.producers,
-            exports=Exports(settings.query.export_max_bytes),
         )
         | reads.for_callers(auth),
         lifespan=[auth.lifespan, lifespan],
@@ -264,7 +263,7 @@ def http_app(
     after_exception: Sequence[AfterExceptionHookHandler[Exception]],
     problems: Problems,
     max_body_bytes: int,
-    signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers, Exports),
+    signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers),
 ) -> Recordline:
     """The app serving `routes` (Litestar, behind `Recordline`'s HEAD): every error
     answered through `problems`, a body over `max_body_bytes` refused, its OpenAPI
@@ -407,9 +406,10 @@ class ReadSide:
                 masked_reader,
                 followers.reading(masked_reader),
                 Streams(masked_reader, offsets, encodings=followers.encodings),
+                query.export_max_bytes,
             )
         return cls(
-            Paging(reader, followers, streams),
+            Paging(reader, followers, streams, query.export_max_bytes),
             Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
             masked,
         )

@@ -185,6 +185,7 @@ CELL_SERIES = {
     "queue.depth": 1,
     "followers": 1,
     "watermark.lag": 1,
+    "memory.held": 1,
     "connections.refused": 2,
     "loop.restarts": 0,
 }

@@ -5,7 +5,6 @@ Design: docs/reading.md#exporting-a-filtered-set
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from datetime import timedelta
 from typing import Annotated, Any, Final
@@ -53,13 +52,6 @@ ROW_BOUND: Final = "Recordline-Export-Max-Rows"
 _PARAMETERS: Final = (
     frozenset({"format", "columns", "since", "until", "max_rows", "page_token"}) | FILTER_PARAMETERS
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Exports:
-    """What every export of the app is bound by besides its own parameters."""
-
-    max_bytes: int
 
 
 _COLUMN: Final = f"[^,]{{1,{MAX_COLUMN_LENGTH}}}"
@@ -126,7 +118,6 @@ MaxRows = Annotated[
 async def export_rows(
     request: Request[Any, Any, Any],
     paging: NamedDependency[Paging],
-    exports: NamedDependency[Exports],
     name: Name,
     format: FormatParameter = Format.CSV,
     columns: Columns = None,
@@ -151,7 +142,7 @@ async def export_rows(
     listing = paging.streams.named(name)
     keep = Filter(attribute, producer, record_id, message_id, field).of(listing)
     chosen = columns_of(listing, columns)
-    bounds = Bounds.of(max_rows, exports.max_bytes)
+    bounds = Bounds.of(max_rows, paging.export_max_bytes)
     export = Export(format, chosen, bounds, fields=fields_of(listing))
     start, end = time_of("since", since), time_of("until", until)
     # Up to when it was asked (every row acknowledged by then, by the store's clock): a

@@ -227,6 +227,8 @@ class Paging:
     reader: Reader
     followers: Followers
     streams: Streams
+    # What every export is bound by besides its own parameters (app.routes.export).
+    export_max_bytes: int
 
 
 # An id may hold any character, `/` included (`orders/123`, asked for as

@@ -78,6 +78,10 @@ locals {
       kind        = "GAUGE", value = "INT64", unit = "{request}", labels = []
       description = "Pages waiting for a row (wait=) and streams of pages open"
     }
+    "memory.held" = {
+      kind        = "GAUGE", value = "INT64", unit = "By", labels = []
+      description = "Bytes requests and answers in flight hold of the process's budget"
+    }
     "conflicts" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "{message}", labels = ["reason"]
       description = "Later copies of a stored message whose content differs; the first is kept"
