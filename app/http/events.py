@@ -55,6 +55,14 @@ async def until_disconnected(receive: Receive, stop: asyncio.Future[None]) -> No
         stop.set_result(None)
 
 
+def watcher(
+    receive: Receive, stop: asyncio.Future[None], watched: bool
+) -> asyncio.Future[None] | None:
+    """The task that sets `stop` once the client has gone, where the server does not
+    (`watched` false): the request's own, to cancel as the request ends."""
+    return None if watched else asyncio.ensure_future(until_disconnected(receive, stop))
+
+
 class FollowerEvents:
     """A follower's events as an ASGI response, sent from its request's own task;
     `stop` is done once the client leaves, by the server (`watched`, `stop_of`) or
@@ -85,9 +93,7 @@ class FollowerEvents:
         # Under `recordline serve`, the connection, to drop at once what a follower cut
         # off still holds (`Connection.cut`).
         connection = cast("Connection | None", scope.get(CONNECTION))
-        watcher = (
-            None if self.watched else asyncio.ensure_future(until_disconnected(receive, self.stop))
-        )
+        watching = watcher(receive, self.stop, self.watched)
         try:
             async for event in self.events:
                 pieces = event if isinstance(event, tuple) else (event,)
@@ -119,8 +125,8 @@ class FollowerEvents:
                     return  # the server closes the connection: the response is unfinished
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if watching is not None:
+                watching.cancel()
 
 
 class EventStream(Response[bytes]):

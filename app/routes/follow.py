@@ -10,7 +10,6 @@ docs/reading.md#following-the-tail
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 from typing import Any, Final, TypeVar
@@ -22,7 +21,7 @@ from litestar.datastructures.headers import Header
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
 from app.errors import RetryLater
-from app.http.events import EVENT_STREAM, EventStream, stop_of, until_disconnected
+from app.http.events import EVENT_STREAM, EventStream, stop_of, watcher
 from app.http.head import charge_of
 from app.problems import problem_type
 from app.query.events import Encodings, Event, event, event_bytes, framed
@@ -83,11 +82,7 @@ class _UntilGone:
     async def __aenter__(self) -> Follow:
         stop, watched = stop_of(self.request)
         self.stop = stop
-        self.watcher = (
-            None
-            if watched
-            else asyncio.ensure_future(until_disconnected(self.request.receive, stop))
-        )
+        self.watcher = watcher(self.request.receive, stop, watched)
         self.followers.joined(stop)
         return self.followers.follow(stop)
 
