@@ -95,7 +95,6 @@ NOT_LOOPS = {
     # One schema revision's fetch, shared by the pushes that wait on it; cancelled at close.
     ("app/ingest/schemas.py", "create_task"): 1,
     # A follower's watch for its client leaving, cancelled when its request ends.
-    ("app/routes/follow.py", "ensure_future"): 1,
     ("app/http/events.py", "ensure_future"): 1,
 }
 # Waits between attempts come from app/store/backoff.py alone.
