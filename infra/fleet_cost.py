@@ -155,22 +155,29 @@ LOGGED_SHARE_OF_PUSHES = 0.01
 IMAGE_BYTES = 200 * MIB
 # The series a system writes each minute (in a cell, a system's telemetry is counters),
 # from every ingest instance of its cell that served it, by metric: a number of series
-# from the labels' values a system has on an ordinary day. Outcomes two (stored, and a
-# rejection's reason); service level events four (each objective's good events, and an
-# occasional 503's bad one); bytes billed one (reads from Spanner bill nothing, a read
-# past its retention one route); its canary's age one (each instance probes each of its
-# systems). Its export's, from the exporter instance holding its lease alone: two tables.
-SYSTEM_SERIES = {
-    "messages": 2,
-    "slo.events": 4,
+# from the labels' values a system has on an ordinary day. What only the push and read
+# paths see: service level events three (availability's good events of pushes and
+# reads and an occasional 503's bad one, read_latency's good ones); bytes billed one
+# (reads from Spanner bill nothing, a read past its retention one route). Outcomes
+# none: a retry, a refusal or a publisher's duplicate is not an ordinary day's.
+INSTANCE_SERIES = {
+    "messages": 0,
+    "slo.events": 3,
     "query.bytes_billed": 1,
-    "canary.age": 1,
+    "canary.age": 0,
     "conflicts": 0,
     # Written per producer with sequences missing: none on an ordinary day.
     "producer.missing": 0,
     # Written per producer whose sequences two messages claimed: none on an ordinary day.
     "producer.conflicts": 0,
 }
+# What the store holds, from the exporter instance holding the system's lease alone:
+# each row is counted once, as it is exported (app/telemetry/metrics.py, ExportMetrics),
+# where every ingest instance counted the rows it stored. Outcomes two (stored, and a
+# rejection's reason); freshness's good events one; its canary's age one (the newest
+# canary exported; the ingest instances no longer probe a serving system's store).
+HOLDER_SERIES = {"messages": 2, "slo.events": 1, "canary.age": 1}
+# Its export's, from the same instance: two tables.
 EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
 # The cell's own, from each of its ingest instances: the distributions (the read and
 # query routes three each) and the gauges that describe the process (the read horizon's
@@ -438,7 +445,9 @@ def month(systems: int) -> dict[str, float]:
     for c, size in zip(cells, cells_of(systems, cell_max), strict=True):
         instances = max(1, ingest_instances(c))
         per_minute += size * (
-            instances * _point_bytes(metrics, SYSTEM_SERIES) + _point_bytes(metrics, EXPORT_SERIES)
+            instances * _point_bytes(metrics, INSTANCE_SERIES)
+            + _point_bytes(metrics, HOLDER_SERIES)
+            + _point_bytes(metrics, EXPORT_SERIES)
         )
         per_minute += instances * _point_bytes(metrics, CELL_SERIES)
     items[ROWS[8][0]] = _monitoring(per_minute * MINUTES_A_MONTH)
@@ -576,9 +585,11 @@ def target() -> str:
         f"{float(full['cell_rate']):g} pushes a second) runs {instances} ingest instances "
         f"of {float(full['cpu']):g} vCPU, "
         + ("instance-based" if full["instance_based"] else "billed by request")
-        + f", each writing every system's {sum(SYSTEM_SERIES.values())} series "
-        f"({_point_bytes(metrics, SYSTEM_SERIES)} bytes a minute a system) and the cell's "
-        f"{sum(CELL_SERIES.values())}; Spanner {full['units']} processing units."
+        + f", each writing every system's {sum(INSTANCE_SERIES.values())} series "
+        f"({_point_bytes(metrics, INSTANCE_SERIES)} bytes a minute a system) and the cell's "
+        f"{sum(CELL_SERIES.values())}; the holder of a system's export lease writes its "
+        f"{sum(HOLDER_SERIES.values()) + sum(EXPORT_SERIES.values())} of what its store "
+        f"holds and exports, once; Spanner {full['units']} processing units."
     )
 
 

@@ -143,6 +143,11 @@ class Metrics:
         self._fresh_micros = int(freshness_seconds * 1_000_000)
         self.system = system
         self._parent = parent
+        # Whether what the store holds (rows stored and rejected, their freshness, the
+        # newest canary) is counted by the store's export, once a row by the holder of
+        # its lease (`ExportMetrics`), rather than by every instance that pushes:
+        # set for a system with a serving tier (app.asgi), whose rows are all exported.
+        self.counted_at_export = False
         # Each system's counts, in a cell (this is the cell's): read by the callbacks.
         self._members: list[Metrics] = []
         # What each app watched (by system: an app made again replaces its own).
@@ -356,8 +361,9 @@ class Metrics:
 
     def appended(self, rows: Sequence[Record | Rejection], seconds: float, stored: bool) -> None:
         """One append: its size and duration; if `stored`, the ingest lag of its
-        rows (now durable), their freshness, and the newest canary among them. One
-        call per append, and no call per row but the lag's."""
+        rows (now durable), and, unless the export counts them, their freshness and
+        the newest canary among them. One call per append, and no call per row but
+        the lag's."""
         histograms = self.histograms
         if histograms is not None:
             _, size, duration = histograms
@@ -366,19 +372,28 @@ class Metrics:
         if not stored:
             return
         lag = None if histograms is None else histograms.ingest_lag
+        if lag is not None:
+            for row in rows:
+                lag.record((row.ingest_time - row.publish_time) / 1e6)
+        if not self.counted_at_export:
+            self.held(rows, canaries=lag is not None)
+
+    def held(self, rows: Sequence[Record | Rejection], *, canaries: bool = True) -> None:
+        """Rows now held by the store: each a `freshness` event (good within the
+        threshold of its publish time), and, with `canaries`, the newest canary
+        among them (pushes arrive out of order: the newest is kept)."""
         limit = self._fresh_micros
         fresh = stale = 0
+        newest = self.canary_published or 0
         for row in rows:
-            waited = row.ingest_time - row.publish_time
-            if waited <= limit:
+            if row.ingest_time - row.publish_time <= limit:
                 fresh += 1
             else:
                 stale += 1
-            if lag is not None:
-                lag.record(waited / 1e6)
-                if isinstance(row, Record) and _CANARY_KEY in row.attributes:
-                    # Pushes arrive out of order: keep the newest.
-                    self.canary_published = max(row.publish_time, self.canary_published or 0)
+            if canaries and isinstance(row, Record) and _CANARY_KEY in row.attributes:
+                newest = max(row.publish_time, newest)
+        if newest:
+            self.canary_published = newest
         slo = self.slo
         if fresh:
             slo[_SLO_FRESH] += fresh
@@ -501,12 +516,16 @@ class PushOutcomes:
     """
 
     def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._outcomes = metrics.outcomes
         # Each push answered is an availability event: good unless a 5xx.
         self._slo = metrics.slo
 
     def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None:
         self._slo[_SLO_ANSWERED] += 1
+        # Where the export counts what the store holds, rows stored and rejected are
+        # its to count (`ExportMetrics`); the lines are still logged here.
+        counted = not self._metrics.counted_at_export
         if isinstance(outcome, PublisherDuplicate):
             # A publisher's retry of a message stored already: acknowledged, not stored.
             self._outcomes[_DUPLICATE] += 1
@@ -526,11 +545,13 @@ class PushOutcomes:
         elif isinstance(row, Rejection):
             detail, reason = row.reason, coarse_reason(row.reason)
         else:
-            self._outcomes[_STORED] += 1
+            if counted:
+                self._outcomes[_STORED] += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("stored", extra={"fields": {"message_id": row.message_id}})
             return
-        self._outcomes[_rejected(reason)] += 1
+        if counted:
+            self._outcomes[_rejected(reason)] += 1
         log.warning(
             "message %s rejected: %s",
             row.message_id,
@@ -646,14 +667,25 @@ def coarse_reason(reason: str) -> str:
 
 
 class ExportMetrics:
-    """The exporter's observer: rows exported, its watermark and whether it is blocked."""
+    """The exporter's observer: rows exported, its watermark and whether it is blocked;
+    and what the store holds, counted once a row as it is exported (each row is
+    exported once, by the holder of the lease): messages stored and rejected, their
+    freshness, the newest canary."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def exported(self, table: str, rows: int) -> None:
-        self._metrics.exported[table] += rows
-        self._metrics.export_blocked[table] = False
+    def exported(self, table: str, rows: Sequence[Record | Rejection]) -> None:
+        metrics = self._metrics
+        metrics.exported[table] += len(rows)
+        metrics.export_blocked[table] = False
+        outcomes = metrics.outcomes
+        for row in rows:
+            if isinstance(row, Rejection):
+                outcomes[_rejected(coarse_reason(row.reason))] += 1
+            else:
+                outcomes[_STORED] += 1
+        metrics.held(rows)
 
     def blocked(self, table: str, reason: str) -> None:
         # The exporter logs the reason itself, once per distinct reason.
@@ -666,9 +698,11 @@ class ExportMetrics:
         self._metrics.export_watermarks[table] = micros
 
     def released(self) -> None:
-        # Another instance holds the lease now: the export's gauges are its to report.
+        # Another instance holds the lease now: the export's gauges are its to report,
+        # the canary's age among them.
         self._metrics.export_watermarks.clear()
         self._metrics.export_blocked.clear()
+        self._metrics.canary_published = None
 
 
 class TypedPatches:

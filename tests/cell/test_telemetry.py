@@ -123,3 +123,118 @@ def test_a_hundred_systems_add_no_distribution() -> None:
     # Nothing pushed or read: no system has a series yet, and the cell's gauges are one each.
     assert set(found) == {"cell-1"}
     assert len(found["cell-1"]["recordline.queue.depth"]) == 1
+
+
+def _fleet_cost() -> Any:
+    from tests.infra.test_cost import fleet_cost
+
+    return fleet_cost()
+
+
+def _per_system(found: dict[str, dict[str, list[Any]]], system: str) -> dict[str, int]:
+    """A system's series, by short metric name: how many label sets each."""
+    return {
+        name.removeprefix("recordline."): len({tuple(sorted(p.attributes.items())) for p in points})
+        for name, points in found.get(system, {}).items()
+    }
+
+
+def test_an_ingest_instance_writes_of_a_serving_system_only_what_pushes_and_reads_see() -> None:
+    # A system with a serving tier: every row is exported once, and what the store
+    # holds is counted there. What one ingest instance writes of it on an ordinary day
+    # (pushes stored, a canary, a read) is what infra/fleet_cost.py prices from every
+    # instance; were a store-side series written here again, this fails.
+    exported = Exported()
+    telemetry = cell_telemetry(exported)
+    serving = settings(
+        RECORDLINE_STORE="bigquery://recordline-dev/alpha",
+        RECORDLINE_SERVING="spanner://projects/recordline-dev/instances/serving/databases/alpha",
+    )
+    app = create_app(serving, store=DuckDBStore(":memory:"), telemetry=telemetry.for_system("alpha"))
+    with TestClient(app) as client:
+        for n in range(3):
+            answer = client.post(
+                "/pubsub/push",
+                json=envelope(RECORD, message_id=f"a-{n}", publish_time=now_rfc3339()),
+            )
+            assert answer.status_code == 204
+        canary = envelope(
+            {"id": "recordline-canary", "data": "x"},
+            message_id="canary",
+            publish_time=now_rfc3339(),
+            attributes={"recordline-canary": "1"},
+        )
+        assert client.post("/pubsub/push", json=canary).status_code == 204
+        assert client.get("/v1/records").status_code == 200
+        assert telemetry.meter_provider is not None
+        telemetry.meter_provider.force_flush()
+    found = series(exported.data)
+    written = _per_system(found, "alpha")
+    model = _fleet_cost().INSTANCE_SERIES
+    # Each series written is one the model prices from every instance, no more of them
+    # (its slo.events also count an occasional 503; bytes billed, a read past the
+    # retention, none here): no stored outcome, freshness or canary age.
+    assert written == {"slo.events": 2}, written
+    assert all(n <= model[name] for name, n in written.items()), (written, model)
+    slo = found["alpha"]["recordline.slo.events"]
+    assert {p.attributes["slo"] for p in slo} == {"availability", "read_latency"}
+    assert count(slo, slo="availability", good="true") == 5  # four pushes and a read
+    # The cell's distribution still has every row's lag.
+    (lag,) = found["cell-1"]["recordline.ingest.lag"]
+    assert lag.count == 4
+
+
+def test_the_export_lease_holder_writes_what_the_store_holds_once_a_row() -> None:
+    from app.records import Record, Rejection
+
+    exported = Exported()
+    telemetry = cell_telemetry(exported)
+    observer = telemetry.for_system("alpha").export_observer()
+    now = int(time.time() * 1e6)
+
+    def row(n: int, published: int, attributes: str = "{}") -> Record:
+        return Record(
+            message_id=f"m-{n}",
+            publish_time=published,
+            ingest_time=now,
+            id=f"r-{n}",
+            subscription="alpha-push",
+            attributes=attributes,
+        )
+
+    observer.watermark("records", now)
+    observer.exported(
+        "records",
+        [row(1, now - 1_000_000), row(2, now - 60_000_000), row(3, now, '{"recordline-canary":"1"}')],
+    )
+    rejected = Rejection(
+        message_id="m-4",
+        publish_time=now,
+        ingest_time=now,
+        subscription="alpha-push",
+        attributes="{}",
+        data=b"",
+        reason="payload is not JSON: x",
+    )
+    observer.exported("rejected", [rejected])
+    assert telemetry.meter_provider is not None
+    telemetry.meter_provider.force_flush()
+    found = series(exported.data)
+    alpha = found["alpha"]
+    assert count(alpha["recordline.messages"], outcome="stored") == 3
+    assert count(alpha["recordline.messages"], outcome="rejected", reason="json") == 1
+    slo = alpha["recordline.slo.events"]
+    assert count(slo, slo="freshness", good="true") == 3
+    assert count(slo, slo="freshness", good="false") == 1  # published a minute before
+    (age,) = alpha["recordline.canary.age"]
+    assert 0 <= age.value < 60
+    # What the model prices from the holder: each of its series, one writer.
+    cost = _fleet_cost()
+    written = _per_system(found, "alpha")
+    for name, n in cost.HOLDER_SERIES.items():
+        # An ordinary day's freshness is good only; this batch has a stale row too.
+        assert written[name] == n + (1 if name == "slo.events" else 0), name
+    # The lease lost: the canary's age is the new holder's to say.
+    observer.released()
+    telemetry.meter_provider.force_flush()
+    assert "recordline.canary.age" not in series(exported.data).get("alpha", {})
