@@ -87,8 +87,6 @@ _SLO = {
 }
 
 
-_SLO_ANSWERED = _SLO["availability", True]
-_SLO_FAILED = _SLO["availability", False]
 _SLO_FRESH = _SLO["freshness", True]
 _SLO_STALE = _SLO["freshness", False]
 # What a read's events add to (app.telemetry.reads).
@@ -116,8 +114,9 @@ class Metrics:
     In a cell each system's app counts into a `member` of the cell's: the instruments
     are the cell's, and each reads its members' counts under their system's name
     (counters, and the few gauges only a system can say: its canary, its export).
-    Distributions and the process's gauges are the cell's alone: what they cost
-    does not grow with the systems."""
+    Distributions, the process's gauges and what reads do (their SLO events, the
+    bytes they bill) are the cell's alone: every instance serves every system's
+    reads, and what they cost does not grow with the systems."""
 
     # The SDK's instruments, the cell's in a system's member.
     query_duration: Histogram
@@ -189,10 +188,11 @@ class Metrics:
         self.connections_refused: Counter[str] = Counter()
         if parent is not None:
             parent._members.append(self)
-            labels = {SYSTEM_ATTRIBUTE: system or ""}
             self.query_duration = parent.query_duration
             self.read_duration = parent.read_duration
-            self.query_bytes_billed = Labelled(parent.query_bytes_billed, labels)
+            # The cell's: each instance serves every system's reads, and a series of
+            # each system's from each instance would grow with both.
+            self.query_bytes_billed = parent.query_bytes_billed
             return
         self._instruments(meter)
 
@@ -401,8 +401,14 @@ class Metrics:
             slo[_SLO_STALE] += stale
 
     def answered(self, slo: str, good: bool) -> None:
-        """One event of `slo` (`availability` or `read_latency`), good or not."""
-        self.slo[_SLO[slo, good]] += 1
+        """One read's event of `slo` (`availability` or `read_latency`), good or not."""
+        self.reads_slo[_SLO[slo, good]] += 1
+
+    @property
+    def reads_slo(self) -> Counter[tuple[tuple[str, str], ...]]:
+        """What reads' SLO events count into: the cell's in a cell (its reads' SLOs
+        are the cell's: every instance serves every system's reads), else the app's."""
+        return self._root().slo
 
     def canary(self, published: int) -> None:
         """A canary published at `published` (µs) is stored (found by the probe)."""
@@ -497,19 +503,12 @@ class Adds(Protocol):
     def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None: ...
 
 
-class Labelled:
-    """A counter whose every point also carries `labels` (a system's name)."""
-
-    def __init__(self, counter: Adds, labels: Mapping[str, str]) -> None:
-        self._counter = counter
-        self._labels = dict(labels)
-
-    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None:
-        self._counter.add(amount, {**self._labels, **(attributes or {})})
-
-
 class PushOutcomes:
     """Ingest's observer: counts each delivery's outcome and logs the ones that need a look.
+
+    A push's answer is no SLO event of the service's: Pub/Sub counts every push of
+    each subscription by how it was answered (`push_request_count`, free), timeouts
+    and Cloud Run's own refusals included, which the service never sees.
 
     Success is logged at DEBUG only: at thousands of pushes per second an INFO
     line each would cost more than the push.
@@ -518,11 +517,8 @@ class PushOutcomes:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._outcomes = metrics.outcomes
-        # Each push answered is an availability event: good unless a 5xx.
-        self._slo = metrics.slo
 
     def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None:
-        self._slo[_SLO_ANSWERED] += 1
         # Where the export counts what the store holds, rows stored and rejected are
         # its to count (`ExportMetrics`); the lines are still logged here.
         counted = not self._metrics.counted_at_export
@@ -561,7 +557,6 @@ class PushOutcomes:
 
     def retried(self, message_id: str, error: RetryLater) -> None:
         self._outcomes[_retried(error.cause)] += 1
-        self._slo[_SLO_FAILED] += 1
         log.warning(
             "message %s not stored, answered 503: %s",
             message_id,
@@ -573,7 +568,6 @@ class PushOutcomes:
         # Not acknowledged: Pub/Sub delivers it again, then dead-letters it. The
         # log line is where a dead letter's cause is found.
         self._outcomes[_refused(reason)] += 1
-        self._slo[_SLO_ANSWERED if status < 500 else _SLO_FAILED] += 1
         if status in (401, 403):
             return  # logged by the guard that refused it, with the token's fault
         log.warning(

@@ -88,13 +88,17 @@ def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells(
     assert count(found["alpha"]["recordline.messages"], outcome="stored") == 4
     assert count(found["beta"]["recordline.messages"], outcome="retried") == 1
     assert all("system" not in p.attributes for p in found["alpha"]["recordline.messages"])
-    slo_a, slo_b = found["alpha"]["recordline.slo.events"], found["beta"]["recordline.slo.events"]
-    assert count(slo_a, slo="availability", good="true") == 5  # four pushes and a read
+    # A system's SLO events are what its store holds (freshness, on DuckDB counted as
+    # stored); its pushes' answers are Pub/Sub's to count, per subscription.
+    slo_a = found["alpha"]["recordline.slo.events"]
     assert count(slo_a, slo="freshness", good="true") == 3
     assert count(slo_a, slo="freshness", good="false") == 1  # published long before
-    assert count(slo_a, slo="read_latency", good="true") == 1
-    assert count(slo_b, slo="availability", good="false") == 1  # the 503
-    assert count(slo_b, slo="availability", good="true") == 1  # a 400 is an answer
+    assert {p.attributes["slo"] for p in slo_a} == {"freshness"}
+    assert "recordline.slo.events" not in found["beta"]  # a 503 and a 400, no row
+    # Reads' events are the cell's: every instance serves every system's reads.
+    slo_cell = found["cell-1"]["recordline.slo.events"]
+    assert count(slo_cell, slo="availability", good="true") == 1
+    assert count(slo_cell, slo="read_latency", good="true") == 1
     # Distributions and the process's gauges: the cell's, one series whatever the systems.
     cell = found["cell-1"]
     assert set(cell) >= {
@@ -105,6 +109,13 @@ def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells(
         "recordline.read.duration",
     }
     assert "recordline.ingest.lag" not in found["alpha"]
+    # What reads bill is the cell's too, by route: no series of a system's.
+    telemetry.for_system("alpha").metrics.query_bytes_billed.add(10, {"route": "/v1/records"})
+    telemetry.meter_provider.force_flush()
+    found = series(exported.data)
+    assert "recordline.query.bytes_billed" not in found["alpha"]
+    (billed,) = found["cell-1"]["recordline.query.bytes_billed"]
+    assert (billed.value, dict(billed.attributes)) == (10, {"route": "/v1/records"})
     assert len(cell["recordline.queue.depth"]) == 1
     (lag,) = cell["recordline.ingest.lag"]
     assert lag.count == 4
@@ -139,18 +150,21 @@ def _per_system(found: dict[str, dict[str, list[Any]]], system: str) -> dict[str
     }
 
 
-def test_an_ingest_instance_writes_of_a_serving_system_only_what_pushes_and_reads_see() -> None:
+def test_an_ingest_instance_writes_no_series_of_a_serving_system_on_an_ordinary_day() -> None:
     # A system with a serving tier: every row is exported once, and what the store
-    # holds is counted there. What one ingest instance writes of it on an ordinary day
-    # (pushes stored, a canary, a read) is what infra/fleet_cost.py prices from every
-    # instance; were a store-side series written here again, this fails.
+    # holds is counted there; a push's answer is Pub/Sub's, a read's the cell's. What
+    # one ingest instance writes of it on an ordinary day (pushes stored, a canary, a
+    # read) is what infra/fleet_cost.py prices from every instance: nothing. Were a
+    # series of the system's written here again, this fails.
     exported = Exported()
     telemetry = cell_telemetry(exported)
     serving = settings(
         RECORDLINE_STORE="bigquery://recordline-dev/alpha",
         RECORDLINE_SERVING="spanner://projects/recordline-dev/instances/serving/databases/alpha",
     )
-    app = create_app(serving, store=DuckDBStore(":memory:"), telemetry=telemetry.for_system("alpha"))
+    app = create_app(
+        serving, store=DuckDBStore(":memory:"), telemetry=telemetry.for_system("alpha")
+    )
     with TestClient(app) as client:
         for n in range(3):
             answer = client.post(
@@ -171,14 +185,14 @@ def test_an_ingest_instance_writes_of_a_serving_system_only_what_pushes_and_read
     found = series(exported.data)
     written = _per_system(found, "alpha")
     model = _fleet_cost().INSTANCE_SERIES
-    # Each series written is one the model prices from every instance, no more of them
-    # (its slo.events also count an occasional 503; bytes billed, a read past the
-    # retention, none here): no stored outcome, freshness or canary age.
-    assert written == {"slo.events": 2}, written
-    assert all(n <= model[name] for name, n in written.items()), (written, model)
-    slo = found["alpha"]["recordline.slo.events"]
+    # Nothing: what the store holds is the export lease holder's to count, a push's
+    # answer Pub/Sub's, a read's the cell's. Were a series of the system's written
+    # here again, the model would price it from every instance: this fails first.
+    assert written == {}, written
+    assert all(n == 0 for n in model.values()), model
+    slo = found["cell-1"]["recordline.slo.events"]
     assert {p.attributes["slo"] for p in slo} == {"availability", "read_latency"}
-    assert count(slo, slo="availability", good="true") == 5  # four pushes and a read
+    assert count(slo, slo="availability", good="true") == 1
     # The cell's distribution still has every row's lag.
     (lag,) = found["cell-1"]["recordline.ingest.lag"]
     assert lag.count == 4
@@ -205,7 +219,11 @@ def test_the_export_lease_holder_writes_what_the_store_holds_once_a_row() -> Non
     observer.watermark("records", now)
     observer.exported(
         "records",
-        [row(1, now - 1_000_000), row(2, now - 60_000_000), row(3, now, '{"recordline-canary":"1"}')],
+        [
+            row(1, now - 1_000_000),
+            row(2, now - 60_000_000),
+            row(3, now, '{"recordline-canary":"1"}'),
+        ],
     )
     rejected = Rejection(
         message_id="m-4",
