@@ -193,6 +193,8 @@ def test_an_ingest_instance_writes_no_series_of_a_serving_system_on_an_ordinary_
     slo = found["cell-1"]["recordline.slo.events"]
     assert {p.attributes["slo"] for p in slo} == {"availability", "read_latency"}
     assert count(slo, slo="availability", good="true") == 1
+    # The cell's, as the model prices them: each instance's, whatever the systems.
+    assert _per_system(found, "cell-1")["slo.events"] == _fleet_cost().CELL_SERIES["slo.events"]
     # The cell's distribution still has every row's lag.
     (lag,) = found["cell-1"]["recordline.ingest.lag"]
     assert lag.count == 4
