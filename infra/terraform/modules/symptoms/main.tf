@@ -106,6 +106,8 @@ locals {
   workload = "monitored_resource=\"generic_task\",namespace=~\"${local.any}\""
   # A cell's own series: what every system's reads do (their SLO events, the bytes they
   # bill) is counted under its cell's namespace, and only there, so any name is a cell's.
+  # Named by no list: where tickets go to several groups of systems, each group hears
+  # of the cells' reads (its systems' readers among them).
   cells = "monitored_resource=\"generic_task\",namespace=~\"[a-z][a-z0-9-]*\""
 
   # Each system's pushes as Pub/Sub answered them (subscription/push_request_count, by
