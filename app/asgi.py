@@ -168,6 +168,10 @@ def create_app(
         )
     # Ingest and reads go through the observed store (spans, durations);
     # the lifespan and readiness probe talk to the store itself.
+    # With a serving tier every row is exported once: what the store holds (rows
+    # stored and rejected, their freshness, the newest canary) is counted there, by
+    # the holder of the export's lease, not by every instance that pushes.
+    telemetry.metrics.counted_at_export = bool(settings.store.serving)
     observed = telemetry.observe(store)
     batcher = group_commit(settings, store, observed, telemetry)
     pushes = PushSide.of(settings, batcher, schemas, telemetry)
@@ -241,8 +245,10 @@ def create_app(
 def probes_canary(settings: Settings) -> bool:
     """Whether a system looks for its canary in its own store (`CanaryProbe`): not on
     BigQuery alone, where each look-up is a query billed at least 10 MiB (~14 GiB a
-    day for one a minute); the push path reports the canaries it stores there."""
-    return not (settings.store.url.startswith("bigquery:") and not settings.store.serving)
+    day for one a minute), and the push path reports the canaries it stores there;
+    nor with a serving tier, whose export reports the newest canary it exports, from
+    the holder of its lease alone (every instance probing wrote a series each)."""
+    return not (settings.store.url.startswith("bigquery:") or settings.store.serving)
 
 
 def in_flight(server: ServerSettings) -> Budget:

@@ -153,29 +153,47 @@ LOGGED_SHARE_OF_PUSHES = 0.01
 # An image, compressed, as the registry stores it (Python, the service's dependencies):
 # an estimate, about 200 MiB.
 IMAGE_BYTES = 200 * MIB
-# The series a system writes each minute (in a cell, a system's telemetry is counters),
-# from every ingest instance of its cell that served it, by metric: a number of series
-# from the labels' values a system has on an ordinary day. Outcomes two (stored, and a
-# rejection's reason); service level events four (each objective's good events, and an
-# occasional 503's bad one); bytes billed one (reads from Spanner bill nothing, a read
-# past its retention one route); its canary's age one (each instance probes each of its
-# systems). Its export's, from the exporter instance holding its lease alone: two tables.
-SYSTEM_SERIES = {
-    "messages": 2,
-    "slo.events": 4,
-    "query.bytes_billed": 1,
-    "canary.age": 1,
+# A system's own series are counters and gauges, each from one writer wherever one
+# can be: what grew with the ingest instances times the systems was every instance
+# writing every system's counts (each serves some of every system's pushes and reads).
+# - Its pushes' answers: Pub/Sub's own `subscription/push_request_count` (by
+#   `response_class`: ack, remote_server_4xx, remote_server_5xx, deadline_exceeded,
+#   unreachable, https://cloud.google.com/pubsub/docs/push-troubleshooting), per push
+#   subscription, a system's; a Google Cloud metric, not billed (the free allotment
+#   holds "all non-chargeable Google Cloud metrics",
+#   https://cloud.google.com/stackdriver/pricing). Not a row here.
+# - What its store holds: the exporter instance holding its lease, once a row as it is
+#   exported (HOLDER_SERIES).
+# - What reads do: the cell's (CELL_SERIES), each instance serving every system's.
+# What is left of a system's from every ingest instance of its cell that served it, a
+# number of series by metric from the labels' values a system has on an ordinary day:
+# none. A retry, a refusal, a publisher's duplicate, a conflicting copy or a producer's
+# gap writes one while it happens (and freshness where a system has no serving tier).
+INSTANCE_SERIES = {
+    "messages": 0,
+    "slo.events": 0,
+    "canary.age": 0,
     "conflicts": 0,
     # Written per producer with sequences missing: none on an ordinary day.
     "producer.missing": 0,
     # Written per producer whose sequences two messages claimed: none on an ordinary day.
     "producer.conflicts": 0,
 }
+# What the store holds, from the exporter instance holding the system's lease alone:
+# each row is counted once, as it is exported (app/telemetry/metrics.py, ExportMetrics).
+# Outcomes two (stored, and a rejection's reason); freshness's good events one; its
+# canary's age one (the newest canary exported).
+HOLDER_SERIES = {"messages": 2, "slo.events": 1, "canary.age": 1}
+# Its export's, from the same instance: two tables.
 EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
 # The cell's own, from each of its ingest instances: the distributions (the read and
 # query routes three each) and the gauges that describe the process (the read horizon's
 # lag among them: the furthest behind of its systems, app/telemetry/metrics.py);
 # connections a bound refused, two reasons on an ordinary day; loops restarted, none.
+# And what every system's reads do, the cell's: their service level events two (good
+# events of availability and read_latency; a 5xx's bad one is not an ordinary day's),
+# bytes billed one (reads from Spanner bill nothing, a read past its retention one
+# route).
 CELL_SERIES = {
     "ingest.lag": 1,
     "append.rows": 1,
@@ -188,6 +206,8 @@ CELL_SERIES = {
     "memory.held": 1,
     "connections.refused": 2,
     "loop.restarts": 0,
+    "slo.events": 2,
+    "query.bytes_billed": 1,
 }
 
 FLEETS = (1, 10, 100, 1000)
@@ -438,7 +458,9 @@ def month(systems: int) -> dict[str, float]:
     for c, size in zip(cells, cells_of(systems, cell_max), strict=True):
         instances = max(1, ingest_instances(c))
         per_minute += size * (
-            instances * _point_bytes(metrics, SYSTEM_SERIES) + _point_bytes(metrics, EXPORT_SERIES)
+            instances * _point_bytes(metrics, INSTANCE_SERIES)
+            + _point_bytes(metrics, HOLDER_SERIES)
+            + _point_bytes(metrics, EXPORT_SERIES)
         )
         per_minute += instances * _point_bytes(metrics, CELL_SERIES)
     items[ROWS[8][0]] = _monitoring(per_minute * MINUTES_A_MONTH)
@@ -576,9 +598,13 @@ def target() -> str:
         f"{float(full['cell_rate']):g} pushes a second) runs {instances} ingest instances "
         f"of {float(full['cpu']):g} vCPU, "
         + ("instance-based" if full["instance_based"] else "billed by request")
-        + f", each writing every system's {sum(SYSTEM_SERIES.values())} series "
-        f"({_point_bytes(metrics, SYSTEM_SERIES)} bytes a minute a system) and the cell's "
-        f"{sum(CELL_SERIES.values())}; Spanner {full['units']} processing units."
+        + f", each writing the cell's {sum(CELL_SERIES.values())} series "
+        f"({_point_bytes(metrics, CELL_SERIES)} bytes a minute) and "
+        f"{sum(INSTANCE_SERIES.values())} of each system's on an ordinary day; the "
+        f"holder of a system's export lease writes its "
+        f"{sum(HOLDER_SERIES.values()) + sum(EXPORT_SERIES.values())} series (of what "
+        f"its store holds and exports) once, and Pub/Sub counts its pushes' answers "
+        f"free; Spanner {full['units']} processing units."
     )
 
 

@@ -80,7 +80,7 @@ SYSTEM_RULES: dict[str, SystemRule] = {
     "google_bigquery_table_iam_member.pubsub_writes_dead_letters": lambda c: 1,
     "google_cloud_run_v2_service_iam_member.push_invoker": lambda c: 1,
     "google_cloud_scheduler_job.canary": lambda c: 1,
-    "google_monitoring_slo.system": lambda c: 3,
+    "google_monitoring_slo.system": lambda c: 2,
     # A topic schema is a system's own choice: none here.
     "google_pubsub_schema.records": lambda c: 0,
     "google_pubsub_schema_iam_member.exporter_reads_schema": lambda c: 0,
@@ -136,6 +136,7 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_cloud_run_v2_job_iam_member.ops_developers": lambda c: 2,
     "google_monitoring_uptime_check_config.cell": lambda c: 1,
     "google_monitoring_custom_service.cell": lambda c: 1,
+    "google_monitoring_slo.cell": lambda c: 2,
     "google_monitoring_dashboard.cell": lambda c: 1,
     "google_spanner_instance.serving": lambda c: c.instances,
     "google_project_iam_custom_role.operator_capacity": lambda c: 1,
@@ -349,7 +350,7 @@ def cell_limits(systems: int) -> dict[str, Any]:
         "{ file = local.systems_file_bytes, file_max = local.secret_bytes,"
         " audiences = length(jsonencode(local.custom_audiences)),"
         " audiences_max = local.custom_audience_max,"
-        " slos = 3 * length(local.systems), cell_max = var.cell_max_systems,"
+        " slos = local.cell_slos, cell_max = var.cell_max_systems,"
         " instances = length(local.spanner_instances),"
         " databases = max([for i, d in local.spanner_databases : length(d)]...),"
         " databases_max = local.spanner_databases_per_instance,"
@@ -494,7 +495,7 @@ LIMITS = (
         lambda s: cell_limits(_cell_size(s))["principals"],
     ),
     Limit(
-        "SLOs of a cell's service (three a system)",
+        "SLOs of a cell's service (two a system, the cell's reads' two)",
         "https://cloud.google.com/stackdriver/docs/solutions/slo-monitoring/ui/create-slo",
         lambda s: 500,
         lambda s: cell_limits(_cell_size(s))["slos"],

@@ -243,7 +243,7 @@ class Telemetry:
 
     def read_timing(self) -> list[DefineMiddleware]:
         """For the read routes: recordline.read.duration of every real read."""
-        histogram, slo = self.metrics.read_duration, self.metrics.slo
+        histogram, slo = self.metrics.read_duration, self.metrics.reads_slo
         latency = self.read_latency_seconds
 
         def read_durations(app: ASGIApp) -> ReadDurations:

@@ -87,8 +87,6 @@ _SLO = {
 }
 
 
-_SLO_ANSWERED = _SLO["availability", True]
-_SLO_FAILED = _SLO["availability", False]
 _SLO_FRESH = _SLO["freshness", True]
 _SLO_STALE = _SLO["freshness", False]
 # What a read's events add to (app.telemetry.reads).
@@ -116,8 +114,9 @@ class Metrics:
     In a cell each system's app counts into a `member` of the cell's: the instruments
     are the cell's, and each reads its members' counts under their system's name
     (counters, and the few gauges only a system can say: its canary, its export).
-    Distributions and the process's gauges are the cell's alone: what they cost
-    does not grow with the systems."""
+    Distributions, the process's gauges and what reads do (their SLO events, the
+    bytes they bill) are the cell's alone: every instance serves every system's
+    reads, and what they cost does not grow with the systems."""
 
     # The SDK's instruments, the cell's in a system's member.
     query_duration: Histogram
@@ -143,6 +142,11 @@ class Metrics:
         self._fresh_micros = int(freshness_seconds * 1_000_000)
         self.system = system
         self._parent = parent
+        # Whether what the store holds (rows stored and rejected, their freshness, the
+        # newest canary) is counted by the store's export, once a row by the holder of
+        # its lease (`ExportMetrics`), rather than by every instance that pushes:
+        # set for a system with a serving tier (app.asgi), whose rows are all exported.
+        self.counted_at_export = False
         # Each system's counts, in a cell (this is the cell's): read by the callbacks.
         self._members: list[Metrics] = []
         # What each app watched (by system: an app made again replaces its own).
@@ -184,10 +188,11 @@ class Metrics:
         self.connections_refused: Counter[str] = Counter()
         if parent is not None:
             parent._members.append(self)
-            labels = {SYSTEM_ATTRIBUTE: system or ""}
             self.query_duration = parent.query_duration
             self.read_duration = parent.read_duration
-            self.query_bytes_billed = Labelled(parent.query_bytes_billed, labels)
+            # The cell's: each instance serves every system's reads, and a series of
+            # each system's from each instance would grow with both.
+            self.query_bytes_billed = parent.query_bytes_billed
             return
         self._instruments(meter)
 
@@ -356,8 +361,9 @@ class Metrics:
 
     def appended(self, rows: Sequence[Record | Rejection], seconds: float, stored: bool) -> None:
         """One append: its size and duration; if `stored`, the ingest lag of its
-        rows (now durable), their freshness, and the newest canary among them. One
-        call per append, and no call per row but the lag's."""
+        rows (now durable), and, unless the export counts them, their freshness and
+        the newest canary among them. One call per append, and no call per row but
+        the lag's."""
         histograms = self.histograms
         if histograms is not None:
             _, size, duration = histograms
@@ -366,19 +372,28 @@ class Metrics:
         if not stored:
             return
         lag = None if histograms is None else histograms.ingest_lag
+        if lag is not None:
+            for row in rows:
+                lag.record((row.ingest_time - row.publish_time) / 1e6)
+        if not self.counted_at_export:
+            self.held(rows, canaries=lag is not None)
+
+    def held(self, rows: Sequence[Record | Rejection], *, canaries: bool = True) -> None:
+        """Rows now held by the store: each a `freshness` event (good within the
+        threshold of its publish time), and, with `canaries`, the newest canary
+        among them (pushes arrive out of order: the newest is kept)."""
         limit = self._fresh_micros
         fresh = stale = 0
+        newest = self.canary_published or 0
         for row in rows:
-            waited = row.ingest_time - row.publish_time
-            if waited <= limit:
+            if row.ingest_time - row.publish_time <= limit:
                 fresh += 1
             else:
                 stale += 1
-            if lag is not None:
-                lag.record(waited / 1e6)
-                if isinstance(row, Record) and _CANARY_KEY in row.attributes:
-                    # Pushes arrive out of order: keep the newest.
-                    self.canary_published = max(row.publish_time, self.canary_published or 0)
+            if canaries and isinstance(row, Record) and _CANARY_KEY in row.attributes:
+                newest = max(row.publish_time, newest)
+        if newest:
+            self.canary_published = newest
         slo = self.slo
         if fresh:
             slo[_SLO_FRESH] += fresh
@@ -386,8 +401,14 @@ class Metrics:
             slo[_SLO_STALE] += stale
 
     def answered(self, slo: str, good: bool) -> None:
-        """One event of `slo` (`availability` or `read_latency`), good or not."""
-        self.slo[_SLO[slo, good]] += 1
+        """One read's event of `slo` (`availability` or `read_latency`), good or not."""
+        self.reads_slo[_SLO[slo, good]] += 1
+
+    @property
+    def reads_slo(self) -> Counter[tuple[tuple[str, str], ...]]:
+        """What reads' SLO events count into: the cell's in a cell (its reads' SLOs
+        are the cell's: every instance serves every system's reads), else the app's."""
+        return self._root().slo
 
     def canary(self, published: int) -> None:
         """A canary published at `published` (µs) is stored (found by the probe)."""
@@ -482,31 +503,25 @@ class Adds(Protocol):
     def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None: ...
 
 
-class Labelled:
-    """A counter whose every point also carries `labels` (a system's name)."""
-
-    def __init__(self, counter: Adds, labels: Mapping[str, str]) -> None:
-        self._counter = counter
-        self._labels = dict(labels)
-
-    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None:
-        self._counter.add(amount, {**self._labels, **(attributes or {})})
-
-
 class PushOutcomes:
     """Ingest's observer: counts each delivery's outcome and logs the ones that need a look.
+
+    A push's answer is no SLO event of the service's: Pub/Sub counts every push of
+    each subscription by how it was answered (`push_request_count`, free), timeouts
+    and Cloud Run's own refusals included, which the service never sees.
 
     Success is logged at DEBUG only: at thousands of pushes per second an INFO
     line each would cost more than the push.
     """
 
     def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._outcomes = metrics.outcomes
-        # Each push answered is an availability event: good unless a 5xx.
-        self._slo = metrics.slo
 
     def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None:
-        self._slo[_SLO_ANSWERED] += 1
+        # Where the export counts what the store holds, rows stored and rejected are
+        # its to count (`ExportMetrics`); the lines are still logged here.
+        counted = not self._metrics.counted_at_export
         if isinstance(outcome, PublisherDuplicate):
             # A publisher's retry of a message stored already: acknowledged, not stored.
             self._outcomes[_DUPLICATE] += 1
@@ -526,11 +541,13 @@ class PushOutcomes:
         elif isinstance(row, Rejection):
             detail, reason = row.reason, coarse_reason(row.reason)
         else:
-            self._outcomes[_STORED] += 1
+            if counted:
+                self._outcomes[_STORED] += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("stored", extra={"fields": {"message_id": row.message_id}})
             return
-        self._outcomes[_rejected(reason)] += 1
+        if counted:
+            self._outcomes[_rejected(reason)] += 1
         log.warning(
             "message %s rejected: %s",
             row.message_id,
@@ -540,7 +557,6 @@ class PushOutcomes:
 
     def retried(self, message_id: str, error: RetryLater) -> None:
         self._outcomes[_retried(error.cause)] += 1
-        self._slo[_SLO_FAILED] += 1
         log.warning(
             "message %s not stored, answered 503: %s",
             message_id,
@@ -552,7 +568,6 @@ class PushOutcomes:
         # Not acknowledged: Pub/Sub delivers it again, then dead-letters it. The
         # log line is where a dead letter's cause is found.
         self._outcomes[_refused(reason)] += 1
-        self._slo[_SLO_ANSWERED if status < 500 else _SLO_FAILED] += 1
         if status in (401, 403):
             return  # logged by the guard that refused it, with the token's fault
         log.warning(
@@ -646,14 +661,25 @@ def coarse_reason(reason: str) -> str:
 
 
 class ExportMetrics:
-    """The exporter's observer: rows exported, its watermark and whether it is blocked."""
+    """The exporter's observer: rows exported, its watermark and whether it is blocked;
+    and what the store holds, counted once a row as it is exported (each row is
+    exported once, by the holder of the lease): messages stored and rejected, their
+    freshness, the newest canary."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def exported(self, table: str, rows: int) -> None:
-        self._metrics.exported[table] += rows
-        self._metrics.export_blocked[table] = False
+    def exported(self, table: str, rows: Sequence[Record | Rejection]) -> None:
+        metrics = self._metrics
+        metrics.exported[table] += len(rows)
+        metrics.export_blocked[table] = False
+        outcomes = metrics.outcomes
+        for row in rows:
+            if isinstance(row, Rejection):
+                outcomes[_rejected(coarse_reason(row.reason))] += 1
+            else:
+                outcomes[_STORED] += 1
+        metrics.held(rows)
 
     def blocked(self, table: str, reason: str) -> None:
         # The exporter logs the reason itself, once per distinct reason.
@@ -666,9 +692,11 @@ class ExportMetrics:
         self._metrics.export_watermarks[table] = micros
 
     def released(self) -> None:
-        # Another instance holds the lease now: the export's gauges are its to report.
+        # Another instance holds the lease now: the export's gauges are its to report,
+        # the canary's age among them.
         self._metrics.export_watermarks.clear()
         self._metrics.export_blocked.clear()
+        self._metrics.canary_published = None
 
 
 class TypedPatches:

@@ -25,6 +25,15 @@ locals {
     for name, type in local.metric_types :
     name => "metric.type=\"${type}\" resource.type=\"generic_task\" resource.label.\"job\"=\"${local.cell}-exporter\""
   }
+  # A system's series from either writer: what its store holds is counted by the pool
+  # (stored and rejected, the canary), what only a push sees by the service.
+  written_metric = {
+    for name, type in local.metric_types :
+    name => "metric.type=\"${type}\" resource.type=\"generic_task\" resource.label.\"job\"=one_of(\"${local.cell}\", \"${local.cell}-exporter\")"
+  }
+  # Each system's pushes as Pub/Sub answered them (free: a Google Cloud metric), its
+  # push subscription's; those of the project, which a cell's systems are.
+  pushes        = "metric.type=\"pubsub.googleapis.com/subscription/push_request_count\" resource.type=\"pubsub_subscription\" resource.label.\"subscription_id\"=ends_with(\"-push\")"
   cell_requests = "resource.type=\"cloud_run_revision\" resource.label.\"service_name\"=\"${local.cell}\""
   spanner_of_cell = join(" OR ", [
     for instance in sort(tolist(local.spanner_instances)) : "resource.label.\"instance_id\"=\"${instance}\""
@@ -66,19 +75,23 @@ locals {
       },
       {
         title = "Messages not stored as sent, by system (per s), ten worst"
-        sets  = [["$${resource.labels.namespace} $${metric.labels.outcome}", "${local.systems_metric["messages"]} metric.label.\"outcome\"!=\"stored\"", "ALIGN_RATE", "REDUCE_SUM", ["resource.label.\"namespace\"", "metric.label.\"outcome\""], true]]
+        sets  = [["$${resource.labels.namespace} $${metric.labels.outcome}", "${local.written_metric["messages"]} metric.label.\"outcome\"!=\"stored\"", "ALIGN_RATE", "REDUCE_SUM", ["resource.label.\"namespace\"", "metric.label.\"outcome\""], true]]
       },
       {
-        title = "Answered 5xx, by system (per s), ten worst"
-        sets  = [["$${resource.labels.namespace}", "${local.systems_metric["slo.events"]} metric.label.\"slo\"=\"availability\" metric.label.\"good\"=\"false\"", "ALIGN_RATE", "REDUCE_SUM", ["resource.label.\"namespace\""], true]]
+        title = "Pushes not acknowledged, by system and response class (per s), ten worst"
+        sets  = [["$${resource.labels.subscription_id} $${metric.labels.response_class}", "${local.pushes} metric.label.\"response_class\"!=\"ack\"", "ALIGN_RATE", "REDUCE_SUM", ["resource.label.\"subscription_id\"", "metric.label.\"response_class\""], true]]
+      },
+      {
+        title = "Reads answered 5xx, every system's (per s)"
+        sets  = [["5xx", "${local.cell_metric["slo.events"]} metric.label.\"slo\"=\"availability\" metric.label.\"good\"=\"false\"", "ALIGN_RATE", "REDUCE_SUM", [], false]]
       },
       {
         title = "Canary age by system (s), ten worst"
-        sets  = [["$${resource.labels.namespace}", local.systems_metric["canary.age"], "ALIGN_MIN", "REDUCE_MIN", ["resource.label.\"namespace\""], true]]
+        sets  = [["$${resource.labels.namespace}", local.written_metric["canary.age"], "ALIGN_MIN", "REDUCE_MIN", ["resource.label.\"namespace\""], true]]
       },
       {
         title = "BigQuery bytes billed by route (per s)"
-        sets  = [["$${metric.labels.route}", local.systems_metric["query.bytes_billed"], "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"route\""], false]]
+        sets  = [["$${metric.labels.route}", local.cell_metric["query.bytes_billed"], "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"route\""], false]]
       },
     ],
     # The exporter pool and the serving instances, only where a system has `serving`.

@@ -34,14 +34,16 @@ locals {
   canary_setting    = "@${local.canary_directory}/systems.json"
 
   # What the pool and the export job run with: the cell's systems' file, the cell's name
-  # (each metric under its system's name: namespace), logs as JSON.
+  # (each metric under its system's name: namespace), logs as JSON, and the freshness
+  # SLO's bound: the lease holder counts each exported row's freshness event.
   exporter_env = merge(var.extra_env, {
-    RECORDLINE_CELL       = local.cell
-    RECORDLINE_SYSTEMS    = local.systems_setting
-    GOOGLE_CLOUD_PROJECT  = var.project_id
-    RECORDLINE_LOG_FORMAT = "json"
-    OTEL_SERVICE_NAME     = "${local.cell}-exporter"
-    OTEL_METRICS_EXPORTER = "gcp_monitoring"
+    RECORDLINE_CELL                  = local.cell
+    RECORDLINE_SYSTEMS               = local.systems_setting
+    GOOGLE_CLOUD_PROJECT             = var.project_id
+    RECORDLINE_LOG_FORMAT            = "json"
+    OTEL_SERVICE_NAME                = "${local.cell}-exporter"
+    OTEL_METRICS_EXPORTER            = "gcp_monitoring"
+    RECORDLINE_SLO_FRESHNESS_SECONDS = tostring(var.freshness_threshold_seconds)
   })
 }
 

@@ -7,7 +7,7 @@
 resource "terraform_data" "limits" {
   input = {
     systems          = length(local.systems)
-    slos             = 3 * length(local.systems)
+    slos             = local.cell_slos
     systems_file     = local.systems_file_bytes
     custom_audiences = length(jsonencode(local.custom_audiences))
   }
@@ -16,8 +16,8 @@ resource "terraform_data" "limits" {
     # A service holds 500 SLOs
     # (https://cloud.google.com/stackdriver/docs/solutions/slo-monitoring/ui/create-slo).
     precondition {
-      condition     = 3 * length(local.systems) <= 500
-      error_message = "The cell's SLO service would hold ${3 * length(local.systems)} SLOs, three a system, over the 500 a service holds: move systems to another cell."
+      condition     = local.cell_slos <= 500
+      error_message = "The cell's SLO service would hold ${local.cell_slos} SLOs, two a system and the cell's reads' two, over the 500 a service holds: move systems to another cell."
     }
     # The canary systems are the cell's, and the smoke test's and the export gate's.
     precondition {

@@ -90,22 +90,20 @@ module "system" {
     dedupe_window_seconds = local.dedupe_window_seconds
   }
 
-  project_id                     = var.project_id
-  region                         = var.region
-  dataset_location               = var.dataset_location
-  write_deadline_seconds         = var.write_deadline_seconds
-  ack_deadline_margin_seconds    = var.ack_deadline_margin_seconds
-  max_delivery_attempts          = var.max_delivery_attempts
-  message_retention_duration     = var.message_retention_duration
-  retry_minimum_backoff          = var.retry_minimum_backoff
-  retry_maximum_backoff          = var.retry_maximum_backoff
-  retention_days                 = var.retention_days
-  availability_goal              = var.availability_goal
-  freshness_goal                 = var.freshness_goal
-  freshness_threshold_seconds    = var.freshness_threshold_seconds
-  read_latency_goal              = var.read_latency_goal
-  read_latency_threshold_seconds = var.read_latency_threshold_seconds
-  slo_rolling_period_days        = var.slo_rolling_period_days
+  project_id                  = var.project_id
+  region                      = var.region
+  dataset_location            = var.dataset_location
+  write_deadline_seconds      = var.write_deadline_seconds
+  ack_deadline_margin_seconds = var.ack_deadline_margin_seconds
+  max_delivery_attempts       = var.max_delivery_attempts
+  message_retention_duration  = var.message_retention_duration
+  retry_minimum_backoff       = var.retry_minimum_backoff
+  retry_maximum_backoff       = var.retry_maximum_backoff
+  retention_days              = var.retention_days
+  availability_goal           = var.availability_goal
+  freshness_goal              = var.freshness_goal
+  freshness_threshold_seconds = var.freshness_threshold_seconds
+  slo_rolling_period_days     = var.slo_rolling_period_days
 
   # Each agent's e-mail, read once it exists and IAM knows it (apis.tf).
   service_agents           = time_sleep.service_agents.triggers

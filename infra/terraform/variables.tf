@@ -151,14 +151,14 @@ variable "cell_max_systems" {
   description = <<-EOT
     Systems this cell may hold (RECORDLINE_CELL_MAX_SYSTEMS of the service): 100. What
     bounds it: the cell's plan, first apply and rollout are sized for it
-    (infra/fleet_limits.py), its SLO service holds 500 SLOs (three a system), and its
+    (infra/fleet_limits.py), its SLO service holds 500 SLOs (two a system), and its
     systems' file must fit a secret (64 KiB) and their audiences Cloud Run's 32 KiB.
   EOT
   default     = 100
 
   validation {
-    condition     = var.cell_max_systems >= 1 && var.cell_max_systems <= 166
-    error_message = "cell_max_systems must be 1 to 166: a cell's SLO service holds 500 SLOs, three a system."
+    condition     = var.cell_max_systems >= 1 && var.cell_max_systems <= 249
+    error_message = "cell_max_systems must be 1 to 249: a cell's SLO service holds 500 SLOs, two a system and the cell's two."
   }
 }
 
@@ -728,13 +728,13 @@ variable "terraform_apply_roles" {
 
 variable "availability_goal" {
   type        = number
-  description = "Share of each system's pushes and reads that must not be answered 5xx (its SLO: modules/system/slos.tf)."
+  description = "Share of each system's pushes that must be answered without a 5xx or a timeout (its SLO: modules/system/slos.tf), and of the cell's reads without a 5xx (slos.tf)."
   default     = 0.999
 }
 
 variable "read_latency_goal" {
   type        = number
-  description = "Share of each system's reads that must be answered within read_latency_threshold_seconds."
+  description = "Share of the cell's reads (every system's) that must be answered within read_latency_threshold_seconds (its SLO: slos.tf)."
   default     = 0.95
 }
 

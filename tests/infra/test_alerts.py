@@ -171,7 +171,9 @@ def test_the_fleet_query_is_one_size_whatever_the_number_of_systems() -> None:
     for name, query in many.items():
         assert query == few[name], name
         text = json.dumps(query)
-        assert "|" not in re.sub(r'(?:slo|priority|instance_config)=~?\\"[^"]*\\"', "", text), name
+        assert "|" not in re.sub(
+            r'(?:slo|priority|instance_config|response_class)[=!]~?\\"[^"]*\\"', "", text
+        ), name
 
 
 def test_a_cell_that_cannot_serve_is_its_own_incident_named_by_its_cell() -> None:
@@ -181,10 +183,13 @@ def test_a_cell_that_cannot_serve_is_its_own_incident_named_by_its_cell() -> Non
     assert "monitoring_googleapis_com:uptime_check_check_passed" in query
     assert 'host=~"[a-z][a-z0-9-]*-[0-9]+[.][a-z0-9-]+[.]run[.]app"' in query
     assert query.endswith('"cell", "$1", "host", "(.*)-[0-9]+[.].*") >= 2')
-    # And a system's read path is its own SLO's: the cell probes each system's store
-    # itself (its canary), and each read or push answered 5xx is that system's event.
+    # A system's pushes are its own SLO's, as Pub/Sub answered them; reads are the
+    # cell's, each read answered 5xx an event under the cell's namespace.
     availability = _symptoms(("orders",))["burning"]["availability"]["fast"]
-    assert 'slo="availability",good="false"' in availability
+    assert 'subscription_id=~"(orders)-push",response_class!~"ack|remote_server_4xx"' in (
+        availability
+    )
+    assert 'namespace=~"[a-z][a-z0-9-]*",slo="availability",good="false"' in availability
 
 
 def test_each_serving_instance_is_an_incident_of_its_own() -> None:
@@ -506,30 +511,70 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
 # --- burn rates and ratios ------------------------------------------------------------
 
 
+PUSHES = (
+    "pubsub_googleapis_com:subscription_push_request_count"
+    '{monitored_resource="pubsub_subscription",subscription_id=~"(orders)-push"'
+)
+
+
+def _events(namespace: str, slo: str) -> str:
+    return (
+        "workload_googleapis_com:recordline_slo_events"
+        f'{{monitored_resource="generic_task",namespace=~"{namespace}",slo="{slo}"'
+    )
+
+
+# Each SLO's parts: its bad events and all of them. A system's pushes as Pub/Sub
+# answered them; its stored messages' freshness; each cell's reads, under the cell's
+# namespace (any name: only a cell writes them).
+PARTS = {
+    "availability": [
+        (f'{PUSHES},response_class!~"ack|remote_server_4xx"}}', f"{PUSHES}}}"),
+        (
+            f'{_events("[a-z][a-z0-9-]*", "availability")},good="false"}}',
+            f"{_events('[a-z][a-z0-9-]*', 'availability')}}}",
+        ),
+    ],
+    "freshness": [
+        (
+            f'{_events("(orders)", "freshness")},good="false"}}',
+            f"{_events('(orders)', 'freshness')}}}",
+        )
+    ],
+    "read_latency": [
+        (
+            f'{_events("[a-z][a-z0-9-]*", "read_latency")},good="false"}}',
+            f"{_events('[a-z][a-z0-9-]*', 'read_latency')}}}",
+        )
+    ],
+}
+
+
 @pytest.mark.parametrize("slo", ["availability", "freshness", "read_latency"])
 @pytest.mark.parametrize(("speed", "windows"), [("fast", FAST), ("slow", SLOW)])
 def test_burn_rates_take_two_windows_and_a_minimum_of_events(
     slo: str, speed: str, windows: dict[str, Any]
 ) -> None:
     query = _symptoms(("orders",), 250)["burning"][slo][speed]
-    # Both windows, over the same budget and rate, and both must hold, on the system's
-    # SLO counter alone: its bad events over all of them.
-    events = (
-        "workload_googleapis_com:recordline_slo_events"
-        f'{{monitored_resource="generic_task",namespace=~"(orders)",slo="{slo}"'
-    )
-    assert f'{events},good="false"}}' in query
-    assert f"{events}}}" in query
-    long, short = f"[{windows['long']}]", f"[{windows['short']}]"
-    assert query.count(f"> {windows['rate']}") == 2, query
-    parts = query.split(" and ")
-    assert len(parts) == 3, query
-    assert long in parts[0]
-    assert short not in parts[0]
-    assert short in parts[1]
-    assert long not in parts[1]
-    # ...over at least min_events requests, messages or reads in the long window.
-    assert re.search(rf"increase\(.*{re.escape(long)}\)\) >= 250,", parts[2]), parts[2]
+    ors = query.split(" or ")
+    assert len(ors) == len(PARTS[slo]), query
+    for part, (bad, every) in zip(ors, PARTS[slo], strict=True):
+        # Both windows, over the same budget and rate, and both must hold, on the
+        # part's own events: its bad events over all of them.
+        assert bad in part, part
+        assert every in part, part
+        long, short = f"[{windows['long']}]", f"[{windows['short']}]"
+        assert part.count(f"> {windows['rate']}") == 2, part
+        parts = part.split(" and ")
+        assert len(parts) == 3, part
+        assert long in parts[0]
+        assert short not in parts[0]
+        assert short in parts[1]
+        assert long not in parts[1]
+        # ...over at least min_events requests, messages or reads in the long window.
+        assert re.search(rf"increase\(.*{re.escape(long)}\)\) >= 250,", parts[2]), parts[2]
+        assert part.startswith("label_replace(")
+        assert ', "system", "$1", ' in part
 
 
 def test_burn_rate_windows_are_the_workbooks() -> None:

@@ -46,7 +46,7 @@ MADE_LABELS = {"system", "cell"}
 # A workload metric named in Terraform: through the metrics module's types, or a local
 # holding a filter of one.
 NAMED = re.compile(
-    r"(?:metric_types|types|cell_metric|systems_metric|exported_metric|fleet_metric|metric)"
+    r"(?:metric_types|types|cell_metric|systems_metric|exported_metric|written_metric|fleet_metric|metric)"
     r'\["([a-z_.]+)"\]'
 )
 # Locals whose value is a filter or selector of recordline.slo.events.
@@ -202,8 +202,14 @@ def test_every_label_terraform_filters_or_groups_on_is_one_the_metric_is_written
         used |= {label for label, _ in PROMQL_MATCHER.findall(line)}
         allowed = set().union(*(labels[n] for n in names)) | RESOURCE_LABELS | MADE_LABELS
         # Other Google metrics' labels on the same line (Pub/Sub's, Spanner's).
-        if "pubsub_googleapis_com" in line or "spanner_googleapis_com" in line:
-            allowed |= {"subscription_id", "instance_id", "priority", "instance_config"}
+        if "pubsub" in line or "spanner_googleapis_com" in line:
+            allowed |= {
+                "subscription_id",
+                "response_class",
+                "instance_id",
+                "priority",
+                "instance_config",
+            }
         assert used <= allowed, (path.name, sorted(used - allowed), line.strip()[:200])
         checked += len(used)
     assert checked > 20
@@ -223,9 +229,11 @@ def test_every_label_value_terraform_compares_with_is_one_the_service_writes() -
         for label, value in PROMQL_MATCHER.findall(line):
             if label in ("slo", "good") and "$" not in value:
                 compared.setdefault(label, set()).add(value)
-    # The SLOs' names (modules/system, modules/symptoms) and the outcomes' too.
-    slos = {v["slo"] for v in _locals(TERRAFORM / "modules" / "system")["slos"].values()}
+    # The SLOs' names (modules/system's filters, the cell's reads', modules/symptoms)
+    # and the outcomes' too.
+    slos = {v["slo"] for v in _locals(TERRAFORM)["cell_slos_by_key"].values()}
     compared.setdefault("slo", set()).update(slos)
+    assert "freshness" in compared["slo"]
     assert compared["good"] == {"true", "false"}
     assert compared["slo"] <= seen["slo"]
     assert compared["outcome"] <= written()["messages"]["labels"]["outcome"]
@@ -239,8 +247,13 @@ def test_a_systems_series_are_under_its_name_and_the_cells_under_the_cells() -> 
     # under its systems' (by the writer's job) and the fleet's per system.
     for name in ("ingest.lag", "read.duration", "query.duration", "append.rows"):
         assert series[name]["namespaces"] == {cell}, name
-    for name in ("messages", "slo.events", "canary.age"):
-        assert series[name]["namespaces"] == systems, name
+    # A system's: what its store holds, counted by the service for `audit` (DuckDB here,
+    # no serving tier); `recordline`'s, with a serving tier, by its export lease holder
+    # (tests/cell/test_telemetry.py). Reads' SLO events are the cell's.
+    for name in ("messages", "canary.age"):
+        assert series[name]["namespaces"] == {"audit"}, name
+    assert series["slo.events"]["namespaces"] == {"audit", cell}
+    assert systems >= {"audit"}
     charts = _locals(TERRAFORM)
     assert 'namespace\\"=\\"${local.cell}' in charts["cell_metric"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from app.records import BIGQUERY_TABLES
+from app.records import BIGQUERY_TABLES, Record
 from app.store.bigquery.schema import created_schema
 from tests.infra.console import console, require_terraform
 
@@ -690,7 +690,7 @@ def _expression(value: Any) -> str:
 
 
 WORKLOAD = re.compile(
-    r'workload\.googleapis\.com/recordline\.([a-z_.]+)|(?:metric_types|types|cell_metric|systems_metric|exported_metric|fleet_metric)\["([a-z_.]+)"\]'
+    r'workload\.googleapis\.com/recordline\.([a-z_.]+)|(?:metric_types|types|cell_metric|systems_metric|exported_metric|written_metric|fleet_metric)\["([a-z_.]+)"\]'
 )
 
 
@@ -741,7 +741,13 @@ def _exported_descriptors() -> dict[str, dict[str, Any]]:
     # The exporter's, as the serving tier reports them.
     export = ExportMetrics(metrics)
     export.watermark("records", 1_714_219_200_000_000)
-    export.exported("records", 3)
+    export.exported(
+        "records",
+        [
+            Record(message_id=f"m-{n}", publish_time=n, ingest_time=n + 1_000, id=f"r-{n}")
+            for n in range(3)
+        ],
+    )
     export.blocked("records", "BigQuery refused message 1 of records: too long")
     TypedPatches(metrics).refused("p.d.records")
     LoopRestarts(metrics).restarted("exporter")
@@ -799,25 +805,46 @@ def test_descriptors_are_what_the_exporter_writes() -> None:
     assert declared["slo.events"] == SLO_EVENTS
 
 
-def test_each_systems_slos_are_ratios_of_its_slo_counter_and_wait_for_the_descriptors() -> None:
+def test_each_systems_slos_are_ratios_counted_once_and_wait_for_the_descriptors() -> None:
     slo = _resources("google_monitoring_slo", MODULE)["system"]
     assert slo["for_each"] == "${local.slos}"
     assert slo["service"] == "${var.cell.slo_service}"
     assert slo["slo_id"] == "${var.service_name}-${each.key}"
     (sli,) = slo["request_based_sli"]
     (ratio,) = sli["good_total_ratio"]
-    assert ratio["total_service_filter"].startswith("${local.slo_events} ")
-    assert "${each.value.slo}" in ratio["total_service_filter"]
-    assert "good" not in ratio["total_service_filter"]
-    assert 'metric.label."good"="true"' in ratio["good_service_filter"]
-    assert "each.value.slo" in ratio["good_service_filter"]
-    assert {v["slo"] for v in _locals(MODULE)["slos"].values()} == {
-        "availability",
-        "read_latency",
-        "freshness",
-    }
+    assert ratio["total_service_filter"] == "${each.value.total}"
+    assert ratio["good_service_filter"] == "${each.value.good}"
+    slos = _locals(MODULE)["slos"]
+    # A system's two: its pushes, as Pub/Sub answered them (a 4xx is an answer), and
+    # its messages' freshness, from its SLO counter under its own namespace. Its reads'
+    # are its cell's.
+    assert set(slos) == {"availability", "freshness"}
+    pushes = _locals(MODULE)["pushes"]
+    assert 'metric.type="pubsub.googleapis.com/subscription/push_request_count"' in pushes
+    assert '"subscription_id"="${google_pubsub_subscription.push.name}"' in pushes
+    assert slos["availability"]["total"] == "${local.pushes}"
+    assert slos["availability"]["good"] == (
+        '${local.pushes} metric.label."response_class"=one_of("ack", "remote_server_4xx")'
+    )
+    assert slos["freshness"]["total"] == '${local.slo_events} metric.label."slo"="freshness"'
+    assert slos["freshness"]["good"] == (
+        '${local.slo_events} metric.label."slo"="freshness" metric.label."good"="true"'
+    )
     assert 'metric_types["slo.events"]' in _locals(MODULE)["slo_events"]
     assert 'resource.label."namespace"="${var.service_name}"' in _locals(MODULE)["slo_events"]
+    # The cell's reads' two, under the cell's namespace, in the same service.
+    cell = _resources("google_monitoring_slo", TERRAFORM)["cell"]
+    assert cell["service"] == "${google_monitoring_custom_service.cell.service_id}"
+    (sli,) = cell["request_based_sli"]
+    (ratio,) = sli["good_total_ratio"]
+    assert ratio["total_service_filter"].startswith("${local.cell_slo_events} ")
+    assert 'metric.label."good"="true"' in ratio["good_service_filter"]
+    found = _locals(TERRAFORM)
+    assert {v["slo"] for v in found["cell_slos_by_key"].values()} == {
+        "availability",
+        "read_latency",
+    }
+    assert 'resource.label."namespace"="${local.cell}"' in found["cell_slo_events"]
     # The cell's service holds them, made after the descriptors; the systems' modules too.
     service = _resources("google_monitoring_custom_service", TERRAFORM)["cell"]
     assert service["depends_on"] == ["${module.metrics}"]

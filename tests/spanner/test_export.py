@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -205,7 +205,7 @@ class Told:
         self.says_blocked: dict[str, bool] = {}
         self.watermarks: dict[str, int] = {}
 
-    def exported(self, table: str, rows: int) -> None:
+    def exported(self, table: str, rows: Sequence[Record | Rejection]) -> None:
         self.says_blocked[table] = False
 
     def blocked(self, table: str, reason: str) -> None:

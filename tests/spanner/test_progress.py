@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import pytest
 from google.api_core.exceptions import Aborted
 
-from app.records import Record
+from app.records import Record, Rejection
 from app.store.spanner import ledger
 from app.store.spanner.ledger import (
     LeaseLost,
@@ -315,7 +315,7 @@ async def test_an_exporter_that_lost_the_lease_mid_batch_never_says_a_table_is_b
     said: list[str] = []
 
     class Told:
-        def exported(self, table: str, rows: int) -> None: ...
+        def exported(self, table: str, rows: Sequence[Record | Rejection]) -> None: ...
 
         def blocked(self, table: str, reason: str) -> None:
             said.append(table)

@@ -18,7 +18,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple, Protocol, TypeVar
 
 import msgspec
@@ -124,7 +124,10 @@ def row_at_fault(blocked: str) -> tuple[str, str] | None:
 class ExportObserver(Protocol):
     """Told what the exporter does; telemetry implements it (metrics)."""
 
-    def exported(self, table: str, rows: int) -> None: ...
+    def exported(self, table: str, rows: Sequence[Record | Rejection]) -> None:
+        """`rows` of `table` are in BigQuery, each exported once (what the store holds
+        is counted here, once a row)."""
+        ...
 
     def blocked(self, table: str, reason: str) -> None: ...
 
@@ -877,7 +880,7 @@ class Exporter:
             log.info("export of %s goes on", table)
             self._unblock(table)
         if self._observer is not None:
-            self._observer.exported(table, len(rows))
+            self._observer.exported(table, rows)
         return len(rows)
 
     async def _publish(self, table: str, watermark: int) -> None:

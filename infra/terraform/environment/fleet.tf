@@ -16,8 +16,9 @@ locals {
 
   # [title, filter, aligner, reducer, group by (the system's or cell's label)]
   fleet_charts = [
-    ["Pushes and reads answered 5xx, by system (per s)", "${local.fleet_metric["slo.events"]} metric.label.\"slo\"=\"availability\" metric.label.\"good\"=\"false\"", "ALIGN_RATE", "REDUCE_SUM", "resource.label.\"namespace\""],
-    ["Reads slower than the SLO's bound, by system (per s)", "${local.fleet_metric["slo.events"]} metric.label.\"slo\"=\"read_latency\" metric.label.\"good\"=\"false\"", "ALIGN_RATE", "REDUCE_SUM", "resource.label.\"namespace\""],
+    ["Pushes not acknowledged, by system (per s)", "metric.type=\"pubsub.googleapis.com/subscription/push_request_count\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs}) metric.label.\"response_class\"!=\"ack\"", "ALIGN_RATE", "REDUCE_SUM", "resource.label.\"subscription_id\""],
+    ["Reads answered 5xx, by cell (per s)", "${local.fleet_metric["slo.events"]} metric.label.\"slo\"=\"availability\" metric.label.\"good\"=\"false\"", "ALIGN_RATE", "REDUCE_SUM", "resource.label.\"namespace\""],
+    ["Reads slower than the SLO's bound, by cell (per s)", "${local.fleet_metric["slo.events"]} metric.label.\"slo\"=\"read_latency\" metric.label.\"good\"=\"false\"", "ALIGN_RATE", "REDUCE_SUM", "resource.label.\"namespace\""],
     ["Ingest lag p99 by cell (s)", local.fleet_metric["ingest.lag"], "ALIGN_DELTA", "REDUCE_PERCENTILE_99", "resource.label.\"namespace\""],
     ["Oldest unacknowledged message by system (s)", "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_MAX", "REDUCE_MAX", "resource.label.\"subscription_id\""],
     ["Dead letters by system", "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" resource.type=\"pubsub_subscription\" (${local.fleet_push_subs})", "ALIGN_DELTA", "REDUCE_SUM", "resource.label.\"subscription_id\""],
@@ -143,7 +144,7 @@ locals {
       module.fleet_symptoms.cell_unready, "0s", "cell-not-ready",
     ]
     availability = [
-      "error budget of ${format("%g", var.availability_goal * 100)}% of pushes and reads without 5xx burning fast",
+      "error budget of ${format("%g", var.availability_goal * 100)}% of pushes (a system's) or reads (a cell's) answered without 5xx burning fast",
       module.fleet_symptoms.burning["availability"]["fast"], "0s", "availability-burning",
     ]
     freshness = [
@@ -151,7 +152,7 @@ locals {
       module.fleet_symptoms.burning["freshness"]["fast"], "0s", "freshness-burning",
     ]
     read_latency = [
-      "error budget of ${format("%g", var.read_latency_goal * 100)}% of reads within ${var.read_latency_threshold_seconds} s burning fast",
+      "error budget of ${format("%g", var.read_latency_goal * 100)}% of a cell's reads within ${var.read_latency_threshold_seconds} s burning fast",
       module.fleet_symptoms.burning["read_latency"]["fast"], "0s", "read-latency-burning",
     ]
     # Systems with `serving`: well before Spanner's row deletion policy could remove a row

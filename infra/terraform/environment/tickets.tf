@@ -128,11 +128,11 @@ locals {
   ticket_specs = {
     backlog       = ["pushes not acknowledged for over ${var.oldest_unacked_threshold_seconds} s", "120s", "backlog", local.ticket_commands.revisions]
     canary_stale  = ["no canary stored for over ${var.canary_age_threshold_seconds} s", "120s", "canary-stale", local.ticket_commands.revisions]
-    availability  = ["error budget of ${format("%g", var.availability_goal * 100)}% of pushes and reads without 5xx burning", "0s", "availability-burning", "${local.ticket_commands.read}\n${local.ticket_commands.revisions}"]
+    availability  = ["error budget of ${format("%g", var.availability_goal * 100)}% of pushes (a system's) or reads (a cell's) answered without 5xx burning", "0s", "availability-burning", "${local.ticket_commands.read}\n${local.ticket_commands.revisions}"]
     freshness     = ["error budget of ${format("%g", var.freshness_goal * 100)}% of messages stored within ${var.freshness_threshold_seconds} s burning", "0s", "freshness-burning", local.ticket_commands.revisions]
-    read_latency  = ["error budget of ${format("%g", var.read_latency_goal * 100)}% of reads within ${var.read_latency_threshold_seconds} s burning", "0s", "read-latency-burning", "${local.ticket_commands.read}\n${local.ticket_commands.revisions}"]
+    read_latency  = ["error budget of ${format("%g", var.read_latency_goal * 100)}% of a cell's reads within ${var.read_latency_threshold_seconds} s burning", "0s", "read-latency-burning", "${local.ticket_commands.read}\n${local.ticket_commands.revisions}"]
     dead_letters  = ["messages sent to the dead-letter topic", "0s", "dead-letters", local.ticket_commands.replay]
-    bytes_billed  = ["queries billed over ${format("%g", var.query_bytes_billed_daily_budget / 1073741824)} GiB in 24 h", "0s", "query-bytes-billed", "The cell's dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query."]
+    bytes_billed  = ["a cell's queries billed over ${format("%g", var.query_bytes_billed_daily_budget / 1073741824)} GiB in 24 h", "0s", "query-bytes-billed", "The cell's dashboard's \"BigQuery bytes billed by route\" tile shows which route; the query spans carry the bytes of each query, and the system it read."]
     canary_absent = ["canary age not reported", "0s", "canary-absent", local.ticket_commands.revisions]
     # Systems with `serving` only. Held 5 minutes: a new system reports a lag from the
     # epoch until its first export, and a refused row is retried every minute.

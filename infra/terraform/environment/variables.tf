@@ -226,13 +226,13 @@ variable "alert_min_events" {
 
 variable "availability_goal" {
   type        = number
-  description = "Share of each system's pushes and reads that must not be answered 5xx (its SLO, in its cell; here for the pages' burn rates)."
+  description = "Share of each system's pushes (as Pub/Sub answered them) and of each cell's reads that must not be answered 5xx (their SLOs, in the cell; here for the pages' burn rates)."
   default     = 0.999
 }
 
 variable "read_latency_goal" {
   type        = number
-  description = "Share of each system's reads answered within read_latency_threshold_seconds (its SLO, in its cell; here for the pages' burn rates)."
+  description = "Share of each cell's reads (every system's) answered within read_latency_threshold_seconds (its SLO; here for the pages' burn rates)."
   default     = 0.95
 }
 

@@ -122,12 +122,13 @@ locals {
       kind        = "CUMULATIVE", value = "INT64", unit = "{patch}", labels = []
       description = "Changes of the typed columns BigQuery refused; each is tried again"
     }
-    # Each system's service level events, counted by its cell: every push and read answered
-    # (`availability`, good="false" for a 5xx), every user read (`read_latency`, good
-    # within RECORDLINE_SLO_READ_LATENCY_SECONDS), every stored message (`freshness`,
-    # good within RECORDLINE_SLO_FRESHNESS_SECONDS of publish). The per-system SLOs are
-    # good/total ratios of it (modules/system/slos.tf), so a system's telemetry is
-    # counters, whatever detail the cell's distributions carry.
+    # Service level events: every stored message of a system (`freshness`, good within
+    # RECORDLINE_SLO_FRESHNESS_SECONDS of publish; with a serving tier counted by its
+    # export lease holder as the row is exported), under the system's namespace; and a
+    # cell's reads, under the cell's: every read answered (`availability`, good="false"
+    # for a 5xx), every user read (`read_latency`, good within
+    # RECORDLINE_SLO_READ_LATENCY_SECONDS). The SLOs are good/total ratios of it
+    # (modules/system/slos.tf, slos.tf); a push's answer is Pub/Sub's to count.
     "slo.events" = {
       kind        = "CUMULATIVE", value = "INT64", unit = "{event}", labels = ["slo", "good"]
       description = "Service level events of a system, by objective (slo) and whether each was good"

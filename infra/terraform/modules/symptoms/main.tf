@@ -44,7 +44,7 @@ variable "slos" {
   type = map(object({
     goal = number
   }))
-  description = "Goal of availability, freshness and read_latency: each a value of the `slo` label of recordline.slo.events."
+  description = "Goal of availability (a system's pushes, as Pub/Sub counts them, and a cell's reads), freshness (a system's) and read_latency (a cell's): each but the pushes a value of the `slo` label of recordline.slo.events."
 }
 
 variable "burn_rates" {
@@ -104,17 +104,48 @@ locals {
   }
 
   workload = "monitored_resource=\"generic_task\",namespace=~\"${local.any}\""
+  # A cell's own series: what every system's reads do (their SLO events, the bytes they
+  # bill) is counted under its cell's namespace, and only there, so any name is a cell's.
+  # Named by no list: where tickets go to several groups of systems, each group hears
+  # of the cells' reads (its systems' readers among them).
+  cells = "monitored_resource=\"generic_task\",namespace=~\"[a-z][a-z0-9-]*\""
 
-  # Each system's service level events (recordline.slo.events, counted by its cell per
-  # system): per SLO and window, bad events / all events, and all events, by system.
+  # Each system's pushes as Pub/Sub answered them (subscription/push_request_count, by
+  # response_class), and those not answered: neither acknowledged nor refused with a 4xx
+  # (a refusal is an answer), a 5xx, a timeout, unreachable or invalid.
+  pushes     = "pubsub_googleapis_com:subscription_push_request_count{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}"
+  unanswered = replace(local.pushes, "}", ",response_class!~\"ack|remote_server_4xx\"}")
+
+  # Each SLO's parts, per SLO and window: bad events / all events, and all events, by
+  # the label that names whose they are, and what makes `system` of that label.
+  # Availability: each system's pushes (Pub/Sub's count), and each cell's reads; read
+  # latency: each cell's reads; freshness: each system's stored messages
+  # (recordline.slo.events, counted by its export lease holder).
   slo_events = {
-    for name in keys(var.slos) : name => "${local.metric["slo.events"]}{${local.workload},slo=\"${name}\"}"
+    freshness    = "${local.metric["slo.events"]}{${local.workload},slo=\"freshness\"}"
+    availability = "${local.metric["slo.events"]}{${local.cells},slo=\"availability\"}"
+    read_latency = "${local.metric["slo.events"]}{${local.cells},slo=\"read_latency\"}"
   }
-  sli = {
+  by_namespace = {
     for name, events in local.slo_events : name => {
       bad    = "sum by (namespace) (rate(${replace(events, "}", ",good=\"false\"}")}[%[1]s])) / sum by (namespace) (rate(${events}[%[1]s]))"
       events = "sum by (namespace) (increase(${events}[%[1]s]))"
+      label  = "namespace"
+      owner  = "(.*)"
     }
+  }
+  sli = {
+    availability = [
+      {
+        bad    = "sum by (subscription_id) (rate(${local.unanswered}[%[1]s])) / sum by (subscription_id) (rate(${local.pushes}[%[1]s]))"
+        events = "sum by (subscription_id) (increase(${local.pushes}[%[1]s]))"
+        label  = "subscription_id"
+        owner  = "(.*)-push"
+      },
+      local.by_namespace["availability"],
+    ]
+    freshness    = [local.by_namespace["freshness"]]
+    read_latency = [local.by_namespace["read_latency"]]
   }
 
   backlog      = "label_replace(max by (subscription_id) (pubsub_googleapis_com:subscription_oldest_unacked_message_age{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > ${var.oldest_unacked_threshold_seconds}"
@@ -134,7 +165,7 @@ locals {
   # the service does: one series per system, less those that reported. Listing the
   # systems instead made the query grow by some 60 characters a system.
   dead_letters  = "label_replace(sum by (subscription_id) (increase(pubsub_googleapis_com:subscription_dead_letter_message_count{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}[5m])), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\") > 0"
-  bytes_billed  = "label_replace(sum by (namespace) (increase(${local.metric["query.bytes_billed"]}{${local.workload}}[1d])), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.query_bytes_billed_daily_budget}"
+  bytes_billed  = "label_replace(sum by (namespace) (increase(${local.metric["query.bytes_billed"]}{${local.cells}}[1d])), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.query_bytes_billed_daily_budget}"
   expected      = "label_replace(last_over_time(pubsub_googleapis_com:subscription_num_undelivered_messages{monitored_resource=\"pubsub_subscription\",subscription_id=~\"${local.any}-push\"}[10m]), \"system\", \"$1\", \"subscription_id\", \"(.*)-push\")"
   canary_absent = "count by (system) (${local.expected}) unless on (system) label_replace(count by (namespace) (last_over_time(${local.metric["canary.age"]}{${local.workload}}[10m])), \"system\", \"$1\", \"namespace\", \"(.*)\")"
 
@@ -180,15 +211,18 @@ locals {
 
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
-  # min_events: one 503 among a canary's sixty pushes an hour is not an outage.
+  # min_events: one 503 among a canary's sixty pushes an hour is not an outage. Each
+  # part of an SLO (a system's pushes, a cell's reads) is judged on its own events.
   burning = {
-    for name, sli in local.sli : name => {
-      for speed, burn in var.burn_rates : speed => join("", [
-        "label_replace(",
-        "(${format(sli.bad, burn.long)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
-        " and (${format(sli.bad, burn.short)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
-        " and ${format(sli.events, burn.long)} >= ${var.min_events}",
-        ", \"system\", \"$1\", \"namespace\", \"(.*)\")",
+    for name, parts in local.sli : name => {
+      for speed, burn in var.burn_rates : speed => join(" or ", [
+        for part in parts : join("", [
+          "label_replace(",
+          "(${format(part.bad, burn.long)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
+          " and (${format(part.bad, burn.short)}) / (1 - ${var.slos[name].goal}) > ${burn.rate}",
+          " and ${format(part.events, burn.long)} >= ${var.min_events}",
+          ", \"system\", \"$1\", \"${part.label}\", \"${part.owner}\")",
+        ])
       ])
     }
   }
@@ -210,7 +244,7 @@ output "cell_unready" {
 }
 
 output "burning" {
-  description = "Per SLO (availability, freshness, read_latency) and speed: systems burning their error budget that fast (value: the long window's burn rate)."
+  description = "Per SLO (availability, freshness, read_latency) and speed: systems (pushes, freshness) or cells (reads, labelled `system` too) burning their error budget that fast (value: the long window's burn rate)."
   value       = local.burning
 }
 
@@ -220,7 +254,7 @@ output "dead_letters" {
 }
 
 output "bytes_billed" {
-  description = "Systems whose reads billed more than the daily budget in the last 24 h (value: bytes)."
+  description = "Cells whose reads (every system's) billed more than the daily budget in the last 24 h (label `system`: the cell's name; value: bytes)."
   value       = local.bytes_billed
 }
 

@@ -168,17 +168,7 @@ variable "metric_types" {
 
 variable "availability_goal" {
   type        = number
-  description = "Share of the system's pushes and reads that must not be answered 5xx."
-}
-
-variable "read_latency_goal" {
-  type        = number
-  description = "Share of the system's reads that must be answered within the cell's RECORDLINE_SLO_READ_LATENCY_SECONDS."
-}
-
-variable "read_latency_threshold_seconds" {
-  type        = number
-  description = "The read-latency SLO's bound (RECORDLINE_SLO_READ_LATENCY_SECONDS of the cell), for the SLO's name."
+  description = "Share of the system's pushes that must be answered without a 5xx or a timeout (its reads' are the cell's SLO)."
 }
 
 variable "freshness_goal" {
