@@ -11,8 +11,10 @@
 # `private` or `no-store` one. A request with credentials bypasses the cache both ways
 # (it is neither answered from it nor stored), so a token-guarded read is always the
 # service's own answer to that token; Cloud Run's invoker check still judges every request
-# the CDN forwards. docs/deploying.md#cloud-cdn-for-followers says when it pays and how to
-# see it work; infra/fleet_cost.py prices it.
+# the CDN forwards. Cloud CDN keys nothing by the caller: what it stored is served to
+# whoever asks its URL (https://cloud.google.com/cdn/docs/caching), which is why only what
+# the service marks `public` may be stored. docs/deploying.md#cloud-cdn-for-followers says
+# when it pays and how to see it work; infra/fleet_cost.py prices it.
 
 locals {
   cdn_enabled = var.cdn.enabled
@@ -29,8 +31,9 @@ locals {
   # What the CDN does with the service's answers: only what their Cache-Control allows;
   # many followers asking for one URL at once make one request to the service; nothing
   # served stale past its max-age (a long-poll's answer would say "nothing new" after
-  # something came); no status cached on the CDN's own judgement (a 404 for a message
-  # that is about to be stored, a 410 for a page token, never beyond what they mean).
+  # something came); no status cached on the CDN's own judgement (its defaults keep a 404
+  # or a 410 two minutes, https://cloud.google.com/cdn/docs/using-negative-caching: a 404
+  # for a message about to be stored, a 410 for a page token, never beyond what they mean).
   cdn_cache = {
     cache_mode         = "USE_ORIGIN_HEADERS"
     request_coalescing = true
@@ -220,10 +223,11 @@ resource "google_compute_global_forwarding_rule" "cdn" {
 
   lifecycle {
     # The LB reaches Cloud Run as an external load balancer: an ingress of internal
-    # traffic alone shuts it out. INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER would admit it
-    # and still take Pub/Sub's pushes (the subscriptions are in this project and push to
-    # the run.app URL: internal), but it shuts out the deploy's smoke test on the tag URL
-    # and every reader outside Google Cloud: the default, INGRESS_TRAFFIC_ALL, is kept.
+    # traffic alone shuts it out (https://cloud.google.com/run/docs/securing/ingress).
+    # INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER would admit it and still take Pub/Sub's
+    # pushes (the subscriptions are in this project and push to the run.app URL:
+    # internal), but it shuts out the deploy's smoke test on the tag URL and every reader
+    # outside Google Cloud: the default, INGRESS_TRAFFIC_ALL, is kept.
     precondition {
       condition     = var.ingress != "INGRESS_TRAFFIC_INTERNAL_ONLY"
       error_message = "cdn.enabled with ingress = INGRESS_TRAFFIC_INTERNAL_ONLY: the load balancer could not reach the cell's service. Use INGRESS_TRAFFIC_ALL (the default)."
