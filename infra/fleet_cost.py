@@ -3,6 +3,7 @@ and 1,000 systems in cells.
 
     .venv/bin/python infra/fleet_cost.py            # the table docs/operations.md shows
     .venv/bin/python infra/fleet_cost.py --notes    # and the figures below it
+    .venv/bin/python infra/fleet_cost.py --cdn      # and followers through Cloud CDN
 
 Terraform itself (`terraform console`, offline) evaluates a cell of the fleet's size
 (infra/terraform: its Spanner sizing, its ingest service's billing mode and instances,
@@ -625,11 +626,215 @@ def notes() -> str:
     )
 
 
+# --- Cloud CDN for followers (infra/terraform/cdn.tf): off by default, priced apart ----------
+#
+# Not in the table above, nor in any total: a cell has no load balancer until `cdn.enabled`.
+# What follows compares, for one system's followers, serving them on the run.app URL with
+# serving them through the cell's CDN, from the values Terraform gives (cdn_settings).
+
+# Cloud CDN (https://cloud.google.com/cdn/pricing): $0.0075 per 10,000 cache lookups, every
+# GET through it, hit or miss; cache data transfer out $0.08 a GiB to Europe and North
+# America (the first 10 TiB a month); cache fill $0.01 to $0.04 a GiB, priced at $0.04.
+CDN_LOOKUPS_10K = 0.0075
+CDN_EGRESS_GIB = 0.08
+CDN_FILL_GIB = 0.04
+# Cloud Load Balancing (https://cloud.google.com/load-balancing/pricing): a global
+# forwarding rule $0.025 an hour (each of the first five), data the load balancer processes
+# $0.008 a GiB each way, billed on the CDN's misses.
+LB_FORWARDING_RULE_HOUR = 0.025
+LB_PROCESSED_GIB = 0.008
+# Cloud Run's own internet data transfer out (https://cloud.google.com/run/pricing: Premium
+# Tier, at Google Cloud's networking prices, https://cloud.google.com/vpc/network-pricing):
+# $0.12 a GiB for the first TiB a month. Nothing is billed for what it sends to Cloud CDN.
+RUN_EGRESS_GIB = 0.12
+# A follower's long-poll: held up to its `wait=` (at most 60 s, docs/reading.md), then asked
+# again from where the answer ends; a quiet system answers every 60 s, a busy one sooner.
+FOLLOWER_ANSWER_SECONDS = 60
+# An answer's bytes as sent (headers and a page of rows, compressed): an estimate, 4 KiB;
+# a request's, 1 KiB.
+FOLLOWER_ANSWER_BYTES = 4 * 1024
+FOLLOWER_REQUEST_BYTES = 1024
+# Where the CDN coalesces: each of its caches asks the service once for a URL many
+# followers ask at once. How many caches a system's followers reach: an estimate, 40
+# (followers spread over a continent or two).
+CDN_CACHES_REACHED = 40
+CDN_FOLLOWERS = (1_000, 10_000, 100_000)
+
+
+@cache
+def cdn_settings() -> dict[str, Any]:
+    """The CDN as Terraform declares it for a cell that enables it: its forwarding rules,
+    cache settings and read paths, and the ingest service's concurrency and size."""
+    values = {
+        "project_id": '"recordline-prod"',
+        "environment": '"dev"',
+        "terraform_state_bucket": '"recordline-prod-tfstate"',
+        "cdn": '{ enabled = true, domains = ["records.example.com"] }',
+    }
+    expression = (
+        "{ enabled = local.cdn_enabled, forwarding_rules = local.cdn_forwarding_rules,"
+        " cache = local.cdn_cache, read_paths = local.cdn_read_paths,"
+        " bypass_headers = local.cdn_bypass_headers, concurrency = var.concurrency,"
+        " cpu = var.cpu, memory = var.memory }"
+    )
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        raise SystemExit("terraform is not installed")
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        shutil.copy(TERRAFORM / "variables.tf", work)
+        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
+        plain.append('locals {\n  project_number = "123456789012"\n}\n')
+        (work / "locals.tf").write_text("\n".join(plain))
+        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
+        run = subprocess.run(  # noqa: S603 - our own argv, no shell
+            [terraform, "console", "-var-file=values.tfvars"],
+            input=f"jsonencode({expression})\n",
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    if run.returncode != 0:
+        raise SystemExit(f"terraform console failed:\n{run.stderr}")
+    found: dict[str, Any] = json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
+    return found
+
+
+def _instance_second(found: dict[str, Any]) -> float:
+    """An ingest instance billed instance-based, a second."""
+    return float(found["cpu"]) * RUN_VCPU_SECOND + _gib(found["memory"]) * RUN_GIB_SECOND
+
+
+def follower_requests(followers: int) -> float:
+    """The requests `followers` long-polling followers make a month."""
+    return followers * SECONDS_A_MONTH / FOLLOWER_ANSWER_SECONDS
+
+
+def cdn_hit_ratio(followers: int) -> float:
+    """The share of followers' requests a cache answers: all but one a cache reached for
+    each answer, which coalesces the rest onto it."""
+    return 1 - min(followers, CDN_CACHES_REACHED) / followers
+
+
+def run_app_month(followers: int) -> dict[str, float]:
+    """One system's followers on the run.app URL, a month: their share of the instances
+    their held requests keep up (a request each, Terraform's concurrency to an instance,
+    whatever their CPU), and what they are sent."""
+    found = cdn_settings()
+    held = followers / int(found["concurrency"])
+    sent = follower_requests(followers) * FOLLOWER_ANSWER_BYTES / GIB
+    return {
+        "Cloud Run: instances' share holding followers' requests": held
+        * _instance_second(found)
+        * SECONDS_A_MONTH,
+        "Cloud Run internet data transfer out": sent * RUN_EGRESS_GIB,
+    }
+
+
+def cdn_month(followers: int) -> dict[str, float]:
+    """The same followers through the cell's CDN, a month: its forwarding rules, lookups,
+    what its caches send and fill, what the load balancer processes on a miss, and the
+    share of instances the requests it coalesces keep up."""
+    found = cdn_settings()
+    requests = follower_requests(followers)
+    misses = requests * (1 - cdn_hit_ratio(followers))
+    held = min(followers, CDN_CACHES_REACHED) / int(found["concurrency"])
+    return {
+        "Load balancer forwarding rule": int(found["forwarding_rules"])
+        * LB_FORWARDING_RULE_HOUR
+        * HOURS_A_MONTH,
+        "Cloud CDN cache lookups": requests / 10_000 * CDN_LOOKUPS_10K,
+        "Cloud CDN cache data transfer out": requests
+        * FOLLOWER_ANSWER_BYTES
+        / GIB
+        * CDN_EGRESS_GIB,
+        "Cloud CDN cache fill": misses * FOLLOWER_ANSWER_BYTES / GIB * CDN_FILL_GIB,
+        "Load balancer data processed (misses)": misses
+        * (FOLLOWER_ANSWER_BYTES + FOLLOWER_REQUEST_BYTES)
+        / GIB
+        * LB_PROCESSED_GIB,
+        "Cloud Run: instances' share holding coalesced requests": held
+        * _instance_second(found)
+        * SECONDS_A_MONTH,
+    }
+
+
+def cdn_per_million(followers: int) -> tuple[float, float]:
+    """A million follower requests' cost through the CDN and on run.app, at `followers`:
+    what grows with requests (the forwarding rule's hours left out), instance-seconds
+    held counted at Terraform's concurrency."""
+    found = cdn_settings()
+    million = 1e6
+    misses = million * (1 - cdn_hit_ratio(followers))
+    per_request_held = FOLLOWER_ANSWER_SECONDS / int(found["concurrency"]) * _instance_second(found)
+    through = (
+        million / 10_000 * CDN_LOOKUPS_10K
+        + million * FOLLOWER_ANSWER_BYTES / GIB * CDN_EGRESS_GIB
+        + misses * FOLLOWER_ANSWER_BYTES / GIB * CDN_FILL_GIB
+        + misses * (FOLLOWER_ANSWER_BYTES + FOLLOWER_REQUEST_BYTES) / GIB * LB_PROCESSED_GIB
+        + misses * per_request_held
+    )
+    direct = million * FOLLOWER_ANSWER_BYTES / GIB * RUN_EGRESS_GIB + million * per_request_held
+    return through, direct
+
+
+def cdn_table() -> str:
+    """One system's followers a month on the run.app URL and through the CDN, item by item,
+    and a million follower requests' cost each way."""
+    direct = {f: run_app_month(f) for f in CDN_FOLLOWERS}
+    through = {f: cdn_month(f) for f in CDN_FOLLOWERS}
+    header = (
+        "| One system's followers, a month | Price | "
+        + " | ".join(f"{f:,} followers" for f in CDN_FOLLOWERS)
+        + " |"
+    )
+    rows = [header, "|---|---|" + "---:|" * len(CDN_FOLLOWERS)]
+    sources = {
+        "Cloud Run": "https://cloud.google.com/run/pricing",
+        "Cloud CDN": "https://cloud.google.com/cdn/pricing",
+        "Load balancer": "https://cloud.google.com/load-balancing/pricing",
+    }
+    for label, months in (("run.app", direct), ("CDN", through)):
+        for name in months[CDN_FOLLOWERS[0]]:
+            source = next(url for prefix, url in sources.items() if name.startswith(prefix))
+            cells = [months[f][name] for f in CDN_FOLLOWERS]
+            rows.append(
+                f"| {label}: {name} | [list]({source}) | " + " | ".join(map(_dollars, cells)) + " |"
+            )
+        totals = [sum(months[f].values()) for f in CDN_FOLLOWERS]
+        rows.append(
+            f"| **Total on {label}** | | " + " | ".join(f"**{_dollars(c)}**" for c in totals) + " |"
+        )
+    ratios = [f"{cdn_hit_ratio(f):.2%}" for f in CDN_FOLLOWERS]
+    rows.append("| CDN hits | | " + " | ".join(ratios) + " |")
+    per_million = [cdn_per_million(f) for f in CDN_FOLLOWERS]
+    rows.append(
+        "| Per million follower requests, CDN / run.app | | "
+        + " | ".join(f"{_dollars(c)} / {_dollars(d)}" for c, d in per_million)
+        + " |"
+    )
+    return "\n".join(rows)
+
+
+def cdn_break_even() -> int:
+    """The fewest followers of one system (in hundreds) for which the CDN costs less a
+    month than the run.app URL, where its caches answer what the service marks public."""
+    for followers in range(100, 1_000_001, 100):
+        if sum(cdn_month(followers).values()) < sum(run_app_month(followers).values()):
+            return followers
+    raise SystemExit("the CDN never costs less than the run.app URL up to a million followers")
+
+
 def main() -> int:
     print(table())
     if "--notes" in sys.argv[1:]:
         print()
         print(notes())
+    if "--cdn" in sys.argv[1:]:
+        print()
+        print(cdn_table())
     return 0
 
 

@@ -55,6 +55,7 @@ class Cell:
     own_project: bool = False
     oncall: int = 1
     readers: int = 0
+    cdn: bool = False
 
     @property
     def instances(self) -> int:
@@ -108,7 +109,9 @@ SYSTEM_RULES: dict[str, SystemRule] = {
 APIS_IN_ENVIRONMENT, APIS_OWN = 8, 15
 DESCRIPTORS = 21
 CELL_RULES: dict[str, SystemRule] = {
-    "google_project_service.enabled": lambda c: APIS_OWN if c.own_project else APIS_IN_ENVIRONMENT,
+    "google_project_service.enabled": lambda c: (
+        (APIS_OWN if c.own_project else APIS_IN_ENVIRONMENT) + c.cdn
+    ),
     "google_project_service_identity.agents": lambda c: 3,
     "time_sleep.service_agents": lambda c: 1,
     "google_service_account.runtime": lambda c: 1,
@@ -148,8 +151,8 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_project_iam_member.operator_undrop": lambda c: 1,
     "google_project_iam_member.cell_accounts": lambda c: 3 + 3 * c.serving,
     "google_monitoring_metric_descriptor.workload": lambda c: DESCRIPTORS * c.own_project,
-    "google_project_iam_member.own_project_apply": lambda c: 14 * c.own_project,
-    "google_project_iam_member.own_project_plan": lambda c: 14 * c.own_project,
+    "google_project_iam_member.own_project_apply": lambda c: 15 * c.own_project,
+    "google_project_iam_member.own_project_plan": lambda c: 15 * c.own_project,
     "google_project_iam_member.own_project_oncall": lambda c: 3 * c.oncall * c.own_project,
     "google_project_iam_custom_role.own_project_scheduler": lambda c: c.own_project,
     "google_project_iam_member.own_project_operator": lambda c: 3 * c.own_project,
@@ -157,6 +160,15 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_logging_project_exclusion.successful_pushes": lambda c: c.own_project,
     "google_storage_bucket_object.directory": lambda c: 1,
     "terraform_data.limits": lambda c: 1,
+    # Cloud CDN for followers (cdn.tf), where the cell has it: one of each.
+    "google_compute_global_address.cdn": lambda c: c.cdn,
+    "google_compute_region_network_endpoint_group.cdn": lambda c: c.cdn,
+    "google_compute_backend_service.cdn_reads": lambda c: c.cdn,
+    "google_compute_url_map.cdn": lambda c: c.cdn,
+    "google_compute_ssl_policy.cdn": lambda c: c.cdn,
+    "google_compute_managed_ssl_certificate.cdn": lambda c: c.cdn,
+    "google_compute_target_https_proxy.cdn": lambda c: c.cdn,
+    "google_compute_global_forwarding_rule.cdn": lambda c: c.cdn,
 }
 
 

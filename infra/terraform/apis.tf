@@ -21,6 +21,8 @@ resource "google_project_service" "enabled" {
       "monitoring.googleapis.com",
       "serviceusage.googleapis.com",
     ] : [],
+    # The load balancer and Cloud CDN of cdn.tf, where the cell has them.
+    var.cdn.enabled ? ["compute.googleapis.com"] : [],
   )
 
   project = var.project_id

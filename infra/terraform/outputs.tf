@@ -53,3 +53,14 @@ output "billing" {
     min_instances  = local.ingest_min_instances
   }
 }
+
+# Each of cdn.domains needs an A record to this address before Google issues the
+# managed certificate (docs/deploying.md#cloud-cdn-for-followers).
+output "cdn" {
+  description = "The cell's Cloud CDN for followers (cdn.tf), where enabled: the address its domains point to, the domains, and the read paths it serves."
+  value = local.cdn_enabled ? {
+    address    = google_compute_global_address.cdn["cdn"].address
+    domains    = var.cdn.domains
+    read_paths = local.cdn_read_paths
+  } : null
+}

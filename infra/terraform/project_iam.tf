@@ -52,6 +52,7 @@ locals {
     "roles/bigquery.resourceViewer",
     "roles/browser",
     "roles/cloudscheduler.viewer",
+    "roles/compute.viewer",
     "roles/iam.roleViewer",
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",

@@ -705,6 +705,7 @@ variable "terraform_apply_roles" {
     "roles/artifactregistry.admin",
     "roles/bigquery.admin",
     "roles/cloudscheduler.admin",
+    "roles/compute.loadBalancerAdmin", # a cell's Cloud CDN and its load balancer (cdn.tf)
     "roles/iam.roleAdmin",
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
@@ -984,4 +985,32 @@ variable "retired_systems" {
   type        = set(string)
   description = "Systems taken out of `systems` on purpose, their topics, subscriptions and dataset kept outside Terraform (docs/operations.md#retiring-a-system). Their names stay taken."
   default     = []
+}
+
+variable "cdn" {
+  type = object({
+    enabled = optional(bool, false)
+    domains = optional(list(string), [])
+  })
+  description = <<-EOT
+    Cloud CDN in front of the cell's read paths (cdn.tf): an external Application Load
+    Balancer on `domains` (each an A record to the `cdn` output's address, and on the
+    managed certificate) whose URL map sends followers' reads of records and streams
+    (`/systems/<system>/v1/records…`, `/systems/<system>/v1/streams/…`) without
+    credentials to a backend with Cloud CDN, the same reads with a token to one
+    without, and answers everything else with a redirect to the run.app URL, where
+    pushes stay. Off by default: what it caches is what the service marks `public`
+    (docs/deploying.md#cloud-cdn-for-followers).
+  EOT
+  default     = {}
+  nullable    = false
+
+  validation {
+    condition     = !var.cdn.enabled || length(var.cdn.domains) > 0
+    error_message = "cdn.enabled needs at least one domain in cdn.domains: the managed certificate is issued for them."
+  }
+  validation {
+    condition     = length(var.cdn.domains) <= 100 && alltrue([for d in var.cdn.domains : can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", d))])
+    error_message = "cdn.domains are lower-case fully qualified names (no scheme, port or wildcard), at most 100: what a managed certificate takes."
+  }
 }

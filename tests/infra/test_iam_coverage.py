@@ -179,6 +179,54 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "google_spanner_database_iam_member": _iam("spanner.databases"),
     # On-call's capacity role on each serving instance (capacity.tf).
     "google_spanner_instance_iam_member": _iam("spanner.instances"),
+    # A cell's Cloud CDN and its load balancer (cdn.tf), where enabled: each resource is
+    # used by the one it is attached to (the NEG by the backend service, the backend
+    # service by the URL map, the URL map, certificate and SSL policy by the proxy, the
+    # proxy and address by the forwarding rule), and each change is an operation polled.
+    "google_compute_global_address": (
+        frozenset({"compute.globalAddresses.get"}),
+        _crud("compute.globalAddresses", update=False)
+        | {"compute.globalAddresses.use", "compute.globalOperations.get"},
+    ),
+    "google_compute_region_network_endpoint_group": (
+        frozenset({"compute.regionNetworkEndpointGroups.get"}),
+        _crud("compute.regionNetworkEndpointGroups", update=False)
+        | {"compute.regionNetworkEndpointGroups.use", "compute.regionOperations.get"},
+    ),
+    "google_compute_backend_service": (
+        frozenset({"compute.backendServices.get"}),
+        _crud("compute.backendServices")
+        | {"compute.backendServices.use", "compute.globalOperations.get"},
+    ),
+    "google_compute_url_map": (
+        frozenset({"compute.urlMaps.get"}),
+        _crud("compute.urlMaps") | {"compute.urlMaps.use", "compute.globalOperations.get"},
+    ),
+    "google_compute_ssl_policy": (
+        frozenset({"compute.sslPolicies.get"}),
+        _crud("compute.sslPolicies") | {"compute.sslPolicies.use", "compute.globalOperations.get"},
+    ),
+    "google_compute_managed_ssl_certificate": (
+        frozenset({"compute.sslCertificates.get"}),
+        _crud("compute.sslCertificates", update=False)
+        | {"compute.sslCertificates.use", "compute.globalOperations.get"},
+    ),
+    "google_compute_target_https_proxy": (
+        frozenset({"compute.targetHttpsProxies.get"}),
+        _crud("compute.targetHttpsProxies")
+        | {
+            "compute.targetHttpsProxies.use",
+            "compute.targetHttpsProxies.setSslCertificates",
+            "compute.targetHttpsProxies.setSslPolicy",
+            "compute.targetHttpsProxies.setUrlMap",
+            "compute.globalOperations.get",
+        },
+    ),
+    "google_compute_global_forwarding_rule": (
+        frozenset({"compute.globalForwardingRules.get"}),
+        _crud("compute.globalForwardingRules")
+        | {"compute.globalForwardingRules.setLabels", "compute.globalOperations.get"},
+    ),
     "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
     "time_sleep": (frozenset(), frozenset()),
     # The cells' limits, checked at plan (environment/cells.tf, limits.tf): nothing called.

@@ -77,6 +77,7 @@ resource "google_project_iam_member" "terraform_plan" {
     "roles/bigquery.resourceViewer", # the search-index DDL jobs (bigquery.tf), refreshed on plan
     "roles/browser",
     "roles/cloudscheduler.viewer", # the canaries' jobs (modules/system/canary.tf)
+    "roles/compute.viewer",        # a cell's load balancer (cdn.tf): configuration, never data
     "roles/iam.roleViewer",        # the operator's custom role
     "roles/iam.securityReviewer",
     "roles/iam.serviceAccountViewer",

@@ -157,6 +157,7 @@ variable "terraform_apply_roles" {
     "roles/artifactregistry.admin",
     "roles/bigquery.admin",
     "roles/cloudscheduler.admin",
+    "roles/compute.loadBalancerAdmin", # a cell's Cloud CDN and its load balancer (cdn.tf)
     "roles/iam.roleAdmin",
     "roles/iam.serviceAccountAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
