@@ -15,6 +15,7 @@ import contextlib
 import grp
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -149,10 +150,16 @@ def configuration(directory: Path, *, port: int, origin: int, followers: int, wa
     user = ""
     if os.geteuid() == 0:
         user = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
+    # A follower is a client connection, and one to the origin while its request is
+    # passed on; files to match, past the hard limit only for root (nginx would warn).
+    connections = 2 * followers + SPARE_FILES
+    files = connections + SPARE_FILES
+    if os.geteuid() != 0:
+        files = min(files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     return _CONFIG.format(
         user=user,
-        files=2 * followers + SPARE_FILES,
-        connections=followers + SPARE_FILES,
+        files=files,
+        connections=connections,
         directory=directory,
         origin=origin,
         port=port,
@@ -175,7 +182,7 @@ def shared_cache(
         configuration(directory, port=port, origin=origin, followers=followers, wait=wait)
     )
     error_log = directory / "error.log"
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
         [str(nginx), "-e", str(error_log), "-p", str(directory), "-c", str(conf)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -129,9 +129,8 @@ async def test_a_read_with_credentials_is_never_served_to_another_client(
             assert answered.status_code == 200
             # Private at the origin: no shared cache may keep it, whatever it keys by.
             assert "private" in answered.headers["cache-control"]
-            assert "private" in (
-                await direct.get(STREAM, headers={header: "Bearer reader-a"})
-            ).headers["cache-control"]
+            at_origin = await direct.get(STREAM, headers={header: "Bearer reader-a"})
+            assert "private" in at_origin.headers["cache-control"]
         proxy.settled(2)
         before = proxy.origin_requests(STREAM)
         anonymous = await client.get(STREAM)
@@ -209,9 +208,10 @@ async def test_a_follower_resumes_through_the_cache_after_a_restart_and_a_retent
         filtered = await client.get(STREAM, params={"offset": saved, "producer": "p"})
         assert filtered.status_code == 400
         assert filtered.headers["cache-control"] == "no-store"
-    async with origin(port, store, RECORDLINE_RETENTION_DAYS="1") as direct, through(
-        proxy
-    ) as client:
+    async with (
+        origin(port, store, RECORDLINE_RETENTION_DAYS="1") as direct,
+        through(proxy) as client,
+    ):
         # An offset behind the retention: 410 each time it is asked, from the origin.
         old = Offsets(DEFAULT_PAGE_TOKEN_SECRET).encode("records", 1_000_000)
         for _ in range(2):

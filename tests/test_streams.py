@@ -331,6 +331,11 @@ def test_a_cursor_is_the_interval_or_past_the_one_sent_back() -> None:
     for sent in ("1000", "1500"):  # at or ahead: strictly later, by at most an hour
         later = int(cursor_after(sent, now=now))
         assert int(sent) < later <= int(sent) + 3600 // CURSOR_INTERVAL_SECONDS
+    # A long-poll's: the same for every answer to one offset and cursor, whenever asked.
+    at = "some-offset"
+    named = {cursor_after("1000", now=now + n, at=at) for n in range(3)}
+    assert len(named) == 1
+    assert 1000 < int(named.pop()) <= 1000 + 3600 // CURSOR_INTERVAL_SECONDS
 
 
 async def test_a_malformed_cursor_is_a_400(client: httpx.AsyncClient) -> None:

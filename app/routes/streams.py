@@ -218,7 +218,7 @@ async def read_stream(
         return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | as_headers(NO_STORE))
     start = streams.start(listing, offset, keep)
     # Checked in every mode: a cursor that is none is a 400 wherever it is sent.
-    next_cursor = cursor_after(cursor)
+    next_cursor = cursor_after(cursor, at=offset or "")
     if live is None:
         if start is None:  # offset=now: nothing, and where the tail is
             now = streams.position(listing, await streams.tail(listing, keep))
