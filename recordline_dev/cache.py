@@ -151,11 +151,10 @@ def configuration(directory: Path, *, port: int, origin: int, followers: int, wa
     if os.geteuid() == 0:
         user = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
     # A follower is a client connection, and one to the origin while its request is
-    # passed on; files to match, past the hard limit only for root (nginx would warn).
-    connections = 2 * followers + SPARE_FILES
-    files = connections + SPARE_FILES
-    if os.geteuid() != 0:
-        files = min(files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    # passed on; files to match, within the hard limit (a container's root may not
+    # raise it either).
+    files = min(2 * followers + 2 * SPARE_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    connections = files - SPARE_FILES
     return _CONFIG.format(
         user=user,
         files=files,
