@@ -143,6 +143,9 @@ class Problems:
     def exception(self, exc: Exception) -> ProblemDetailsException:
         """`exc` as the problem details plugin sends it."""
         problem, headers = self.of(exc)
+        # An error is this request's answer, never another's: no cache keeps one (a
+        # 410 or a 503 kept by a shared cache would be served after it stopped being so).
+        headers = (headers or {}) | {"Cache-Control": "no-store"}
         fields = msgspec.to_builtins(problem)
         return ProblemDetailsException(
             type_=problem.type,

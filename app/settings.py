@@ -570,8 +570,9 @@ class QuerySettings(Section, frozen=True):
         bool,
         env(
             "RECORDLINE_SHARED_CACHE",
-            "Let shared caches (a CDN) keep full pages, which never change; without it only "
-            "the client's own cache may (`private`): reads may be guarded by a token. "
+            "Let shared caches (a CDN) keep full pages and stream chunks, and collapse "
+            "stream long-polls, for reads sent without credentials (one with a token is "
+            "always `private`); without it only the client's own cache may (`private`). "
             "Refused with RECORDLINE_MASK_FIELDS or RECORDLINE_MASK_ATTRIBUTES: one answer "
             "per URL would serve an operator's unmasked pages to readers",
         ),

@@ -4,6 +4,7 @@
                                    [--serving]
     python3 dev.py bench followers --peer [options]   # beside the reference server (bench/peer.py)
     python3 dev.py bench followers --heap [options]   # memory per idle follower (bench/heap.py)
+    python3 dev.py bench followers --cache [options]  # behind a shared cache (bench/cached.py)
 
 1. On one `recordline serve` (a DuckDB file), `--followers` long-poll requests
    wait at the tail (`wait=30`); one push is made and each follower's wake-up
@@ -299,6 +300,10 @@ def main(argv: list[str]) -> int:
         from bench import peer
 
         return peer.main([a for a in argv if a != "--peer"])
+    if "--cache" in argv:
+        from bench import cached
+
+        return cached.main([a for a in argv if a != "--cache"])
     if "--heap" in argv:
         from bench import heap
 

@@ -96,9 +96,12 @@ class Chunk:
         self.complete_until = complete_until
 
 
-def cursor_after(sent: str | None, *, now: float | None = None) -> str:
+def cursor_after(sent: str | None, *, now: float | None = None, at: str | None = None) -> str:
     """The `Stream-Cursor` to answer a live read with (§10.1): the current interval,
-    or, for a cursor sent back at or ahead of it, one strictly later."""
+    or, for a cursor sent back at or ahead of it, one strictly later. A long-poll's
+    jitter is drawn from where it reads (`at`, its offset) and the cursor sent: every
+    answer to one URL names the same next one, so the followers a shared cache answers
+    together stay together, the cache's own retries included."""
     seconds = time.time() if now is None else now
     current = int(seconds - CURSOR_EPOCH_SECONDS) // CURSOR_INTERVAL_SECONDS
     if sent is None:
@@ -108,7 +111,12 @@ def cursor_after(sent: str | None, *, now: float | None = None) -> str:
     echoed = int(sent)
     if echoed < current:
         return str(current)
-    jitter = random.randint(*_JITTER_SECONDS)
+    low, high = _JITTER_SECONDS
+    if at is None:
+        jitter = random.randint(low, high)
+    else:
+        drawn = hashlib.sha256(f"{at}:{sent}".encode()).digest()
+        jitter = low + int.from_bytes(drawn[:4]) % (high - low + 1)
     return str(echoed + max(1, -(-jitter // CURSOR_INTERVAL_SECONDS)))
 
 

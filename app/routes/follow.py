@@ -40,6 +40,8 @@ IMMUTABLE_SECONDS: Final = 31_536_000
 # when that is larger: what a follower whose client reads slowly holds while paused.
 SSE_EVENT_BYTES: Final = 1024 * 1024
 NO_CACHE: Final = CacheControlHeader(no_cache=True)
+# The request headers that carry a reader's credentials (`app.auth.guards.credentials`).
+CREDENTIALS: Final = ("authorization", "x-serverless-authorization")
 # What an event stream is sent with besides its type: no cache keeps it, and no
 # proxy holds its events back to send them together (nginx's header).
 STREAMING: Final[dict[str, str]] = {"X-Accel-Buffering": "no", NO_CACHE.HEADER_NAME: "no-cache"}
@@ -55,6 +57,25 @@ def as_headers(*items: Header | tuple[str, str]) -> dict[str, str]:
         else:
             found[item.HEADER_NAME] = item.to_header()
     return found
+
+
+def shareable(request: Request[Any, Any, Any], followers: Followers) -> bool:
+    """Whether a shared cache may keep this read's answer for anyone who asks its URL:
+    the service allows it (`RECORDLINE_SHARED_CACHE`) and the request carries no
+    credentials. A cache keys by URL alone (Cloud CDN honours no `Vary: Authorization`),
+    so an answer to a token is `private`: another client never gets it from the cache."""
+    headers = request.headers
+    return followers.shared_cache and not any(name in headers for name in CREDENTIALS)
+
+
+def immutable(shared: bool) -> CacheControlHeader:
+    """What a cache may do with an answer that can never change: keep it a year."""
+    return CacheControlHeader(
+        public=shared or None,
+        private=not shared or None,
+        max_age=IMMUTABLE_SECONDS,
+        immutable=True,
+    )
 
 
 def unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
@@ -167,17 +188,7 @@ def answer(
     if not full:
         return Response(body, media_type=JSON, headers=found | as_headers(NO_CACHE))
     etag = ETag(value=hashlib.sha256(body).hexdigest()[:32])
-    shared = followers.shared_cache
-    cache_control = (
-        CacheControlHeader(
-            public=shared or None,
-            private=not shared or None,
-            max_age=IMMUTABLE_SECONDS,
-            immutable=True,
-        )
-        if final
-        else NO_CACHE
-    )
+    cache_control = immutable(shareable(request, followers)) if final else NO_CACHE
     found |= as_headers(etag, cache_control)
     if unchanged(request, etag):
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=found)

@@ -37,6 +37,8 @@ from app.routes.follow import (
     SSE_EVENT_BYTES,
     STREAMING,
     as_headers,
+    immutable,
+    shareable,
     unchanged,
     until_gone,
 )
@@ -57,9 +59,17 @@ CURSOR: Final = "Stream-Cursor"
 # An SSE stream ends after about this long, or the instance's stream_seconds if
 # shorter (§10.2: so that new clients collapse onto the edge's requests).
 SSE_SECONDS: Final = 60.0
-# What a catch-up chunk or a long-poll's rows may be kept for (§10.1).
+# What a catch-up chunk that reaches the tail or a long-poll's rows may be kept for
+# (§10.1); a chunk that stops short of the tail holds the same rows for ever.
 CHUNK_MAX_AGE: Final = 60
 CHUNK_STALE_SECONDS: Final = 300
+# What a shared cache may keep a long-poll's 204 for: the followers that sent the same
+# offset and cursor waited for it together, and a cache wakes those queued behind its
+# one request to the origin within half a second (nginx's lock), so a second serves
+# them all and bounds what a latecomer could be told; its next request carries the new
+# cursor, a URL no cache has seen. Kept for none, a cache would send the queue to the
+# origin one by one, or all at once.
+TIMED_OUT_SHARED_SECONDS: Final = 1
 NO_STORE: Final = CacheControlHeader(no_store=True)
 ALLOW: Final = "GET, HEAD"
 
@@ -107,7 +117,9 @@ def _positioned(chunk: Chunk) -> dict[str, str]:
     return headers
 
 
-def _kept(shared: bool) -> dict[str, str]:
+def _kept(shared: bool, *, whole: bool) -> dict[str, str]:
+    if whole:
+        return as_headers(immutable(shared))
     return as_headers(
         CacheControlHeader(
             public=shared or None,
@@ -118,19 +130,32 @@ def _kept(shared: bool) -> dict[str, str]:
     )
 
 
-# What caches may do with a chunk, written once: one of records may be kept a minute
-# (its rows never change), by the client's cache or (shared) any; one of rejections is
+# What caches may do with a chunk, written once, by (stream final, whole, shared): one
+# of records may be kept a minute, by the client's cache or (shared) any, and for ever
+# if it stops short of the tail (it can never hold other rows); one of rejections is
 # revalidated (a replay may mark one `stored`).
 _CACHING: Final = {
-    (True, False): _kept(shared=False),
-    (True, True): _kept(shared=True),
-    (False, False): as_headers(CacheControlHeader(private=True, no_cache=True)),
-    (False, True): as_headers(CacheControlHeader(private=True, no_cache=True)),
+    (True, whole, shared): _kept(shared, whole=whole)
+    for whole in (False, True)
+    for shared in (False, True)
+} | {
+    (False, whole, shared): as_headers(CacheControlHeader(private=True, no_cache=True))
+    for whole in (False, True)
+    for shared in (False, True)
+}
+_TIMED_OUT: Final = {
+    False: as_headers(NO_STORE),
+    True: as_headers(CacheControlHeader(public=True, max_age=TIMED_OUT_SHARED_SECONDS)),
 }
 
 
-def _caching(paging: Paging, final: bool) -> dict[str, str]:
-    return _CACHING[final, paging.followers.shared_cache]
+def _caching(
+    shared: bool, listing: Listing[Any], chunk: Chunk, *, live: bool, offset: str | None
+) -> dict[str, str]:
+    # A long-poll's rows reach the tail by definition: kept as a chunk that does. So is a
+    # chunk from the oldest row kept (`-1`, or no offset): retention moves where it starts.
+    whole = not (live or chunk.up_to_date or offset in (None, "-1"))
+    return _CACHING[listing.final, whole, shared]
 
 
 def _sent(request: Request[Any, Any, Any], chunk: Chunk) -> bytes:
@@ -197,7 +222,7 @@ async def read_stream(
         return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | as_headers(NO_STORE))
     start = streams.start(listing, offset, keep)
     # Checked in every mode: a cursor that is none is a 400 wherever it is sent.
-    next_cursor = cursor_after(cursor)
+    next_cursor = cursor_after(cursor, at=offset or "")
     if live is None:
         if start is None:  # offset=now: nothing, and where the tail is
             now = streams.position(listing, await streams.tail(listing, keep))
@@ -208,7 +233,11 @@ async def read_stream(
             )
         chunk = await streams.chunk(listing, start)
         etag = ETag(value=chunk.etag)
-        headers = _positioned(chunk) | as_headers(etag) | _caching(paging, listing.final)
+        headers = (
+            _positioned(chunk)
+            | as_headers(etag)
+            | _caching(shareable(request, followers), listing, chunk, live=False, offset=offset)
+        )
         if unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(_sent(request, chunk), media_type=JSON, headers=headers)
@@ -223,11 +252,12 @@ async def read_stream(
     headers = _positioned(chunk) | {CURSOR: next_cursor}
     if not chunk.rows:
         headers[UP_TO_DATE] = "true"
-        return Response(
-            b"", status_code=HTTP_204_NO_CONTENT, headers=headers | as_headers(NO_STORE)
-        )
+        # Shared only among the followers that sent this offset and cursor.
+        timed_out = _TIMED_OUT[shareable(request, followers) and listing.final]
+        return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | timed_out)
     etag = ETag(value=chunk.etag)
-    headers |= as_headers(etag) | _caching(paging, listing.final)
+    shared = shareable(request, followers)
+    headers |= as_headers(etag) | _caching(shared, listing, chunk, live=True, offset=offset)
     return Response(_sent(request, chunk), media_type=JSON, headers=headers)
 
 

@@ -1,0 +1,221 @@
+"""A shared cache in front of `recordline serve`: nginx, configured as a CDN is.
+
+`shared_cache` writes an nginx configuration into a directory and runs nginx (Debian's,
+`scripts/install-nginx.sh`) in the foreground on a free loopback port until the block
+ends: it keys by method and full URI, lets one request per key reach the origin while
+the others wait for its answer (longer than a long-poll waits), honours the origin's
+`Cache-Control`, passes a request with credentials or an SSE stream straight through,
+and logs each request's cache status (`SharedCache.statuses`). docs/deploying.md
+#behind-a-shared-cache says what the origin sends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from recordline_dev.processes import free_port
+
+# Where Debian puts it; NGINX_PATH names another.
+NGINX = "/usr/sbin/nginx"
+# Each follower holds a client connection; nginx itself needs a few more files.
+SPARE_FILES = 256
+# The origin's long-poll answers within its wait (RECORDLINE_LONG_POLL_SECONDS, 20 s);
+# a request waiting for another's answer to one must wait longer than that, or it goes
+# to the origin itself and the collapsing is lost.
+LOCK_MARGIN_SECONDS = 10
+
+_LOCATION = """
+        location {path} {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # The origin on loopback answers only its own names (421 otherwise).
+            proxy_set_header Host localhost;
+            proxy_buffering on;
+            proxy_read_timeout {read}s;
+            proxy_cache recordline;
+            # HEAD answers the tail: never a GET's answer (nginx's default turns it into one).
+            proxy_cache_convert_head off;
+            proxy_cache_key $request_method$request_uri;
+            proxy_cache_lock {lock};
+            proxy_cache_lock_timeout {lock_seconds}s;
+            proxy_cache_lock_age {lock_seconds}s;
+            # A request with credentials, or a stream of events, is never a cached answer.
+            proxy_cache_bypass $http_authorization $http_x_serverless_authorization $stream;
+            proxy_no_cache $http_authorization $http_x_serverless_authorization $stream;
+            add_header X-Cache $upstream_cache_status always;
+        }}
+"""
+
+_CONFIG = """
+daemon off;
+{user}
+worker_processes 1;
+worker_rlimit_nofile {files};
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{
+    worker_connections {connections};
+}}
+http {{
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    proxy_cache_path {directory}/cache levels=1:2 keys_zone=recordline:16m max_size=1g
+                     inactive=10m use_temp_path=off;
+    log_format status '$upstream_cache_status $status "$upstream_addr" "$request_uri"';
+    map $arg_live $stream_arg {{ sse 1; default ""; }}
+    map $http_accept $stream {{ "~*text/event-stream" 1; default $stream_arg; }}
+    upstream origin {{
+        server 127.0.0.1:{origin};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        access_log {directory}/access.log status;
+        # The streams collapse followers at one offset onto one request; a page that
+        # waits (`wait=`) is not kept, so its followers must not queue behind each other.
+{streams}
+{pages}
+    }}
+}}
+"""
+
+
+class NginxMissing(RuntimeError):
+    """No nginx to run: scripts/install-nginx.sh installs it."""
+
+
+def find_nginx() -> Path:
+    found = Path(os.environ.get("NGINX_PATH", NGINX))
+    if not os.access(found, os.X_OK):
+        raise NginxMissing(f"nginx not found at {found}: run scripts/install-nginx.sh")
+    return found
+
+
+@dataclass(slots=True)
+class SharedCache:
+    """A running nginx in front of the origin."""
+
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    def statuses(self) -> list[tuple[str, int, bool, str]]:
+        """Each request so far, in order: its cache status (`HIT`, `MISS`, `BYPASS`,
+        `-`…), its status code, whether it reached the origin, and its URI."""
+        log = self.directory / "access.log"
+        found = []
+        for line in log.read_text().splitlines() if log.exists() else []:
+            cache, status, upstream, uri = line.split(" ", 3)
+            found.append((cache, int(status), upstream.strip('"') != "-", uri.strip('"')))
+        return found
+
+    def settled(self, requests: int, timeout: float = 5.0) -> list[tuple[str, int, bool, str]]:
+        """`statuses` once `requests` are logged (a request is logged just after its
+        answer leaves)."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.statuses()) < requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return found
+
+    def origin_requests(self, path: str = "") -> int:
+        """How many requests reached the origin so far (those whose URI starts `path`)."""
+        return sum(1 for _, _, origin, uri in self.statuses() if origin and uri.startswith(path))
+
+
+def configuration(directory: Path, *, port: int, origin: int, followers: int, wait: float) -> str:
+    lock_seconds = int(wait + LOCK_MARGIN_SECONDS)
+    read = lock_seconds + 30
+
+    def location(path: str, lock: str) -> str:
+        return _LOCATION.format(path=path, lock=lock, lock_seconds=lock_seconds, read=read)
+
+    # The user directive is only for a master started as root: workers keep its user.
+    user = ""
+    if os.geteuid() == 0:
+        user = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
+    # A follower is a client connection, and one to the origin while its request is
+    # passed on; files to match, within the hard limit (a container's root may not
+    # raise it either).
+    files = min(2 * followers + 2 * SPARE_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    connections = files - SPARE_FILES
+    return _CONFIG.format(
+        user=user,
+        files=files,
+        connections=connections,
+        directory=directory,
+        origin=origin,
+        port=port,
+        streams=location("/v1/streams/", "on"),
+        pages=location("/", "off"),
+    )
+
+
+@contextlib.contextmanager
+def shared_cache(
+    origin: int, directory: Path, *, followers: int = 1000, wait: float = 20.0
+) -> Iterator[SharedCache]:
+    """nginx on a free loopback port in front of the origin's `origin` port, for up to
+    `followers` clients, whose long-polls wait `wait` seconds, until the block ends."""
+    nginx = find_nginx()
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = directory / "nginx.conf"
+    conf.write_text(
+        configuration(directory, port=port, origin=origin, followers=followers, wait=wait)
+    )
+    error_log = directory / "error.log"
+    process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+        [str(nginx), "-e", str(error_log), "-p", str(directory), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _ready(port, process, error_log)
+        yield SharedCache(f"http://127.0.0.1:{port}", port, process, directory)
+    finally:
+        _stop(process)
+
+
+def _ready(port: int, process: subprocess.Popen[bytes], error_log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = error_log.read_text() if error_log.exists() else ""
+            raise RuntimeError(f"nginx exited {process.returncode}: {log[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nginx did not listen on {port} within 10 s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    # SIGTERM is nginx's fast stop: held requests are cut, as a restart cuts them.
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def available() -> bool:
+    """Whether there is an nginx to run."""
+    return shutil.which(os.environ.get("NGINX_PATH", NGINX)) is not None

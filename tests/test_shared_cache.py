@@ -1,0 +1,228 @@
+"""Followers through a real shared cache (nginx, recordline_dev/cache.py) in front of the
+service: what it collapses, what it never serves, and exactly once across both.
+
+Skipped where there is no nginx (scripts/install-nginx.sh); in CI a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from app.asgi import create_app
+from app.query.offsets import Offsets
+from app.settings import DEFAULT_PAGE_TOKEN_SECRET
+from recordline_dev.cache import NginxMissing, SharedCache, find_nginx, shared_cache
+from recordline_dev.processes import free_port
+from tests.conftest import settings
+from tests.test_streams import push_body
+from tests.waiting import until
+
+pytestmark = pytest.mark.nginx
+
+STREAM = "/v1/streams/records"
+# How long a long-poll waits here: short, so a test sees its 204 in a second.
+WAIT_SECONDS = 1.0
+
+
+@contextlib.asynccontextmanager
+async def origin(port: int, store: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The service on `port` (on this loop), its DuckDB file `store`, as a shared cache's
+    origin; a client that talks to it directly."""
+    app = create_app(
+        settings(
+            RECORDLINE_STORE=f"duckdb://{store}",
+            RECORDLINE_SHARED_CACHE="true",
+            RECORDLINE_LONG_POLL_SECONDS=str(WAIT_SECONDS),
+            **env,
+        )
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None)
+    )
+    task = asyncio.create_task(server.serve())
+
+    def started() -> bool:
+        if task.done():
+            task.result()
+        return server.started
+
+    await until(started, timeout=60, what="the origin to start")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[tuple[SharedCache, int]]:
+    """nginx in front of a port the origin is yet to listen on, and that port."""
+    try:
+        find_nginx()
+    except NginxMissing as exc:
+        pytest.skip(str(exc))
+    port = free_port()
+    with shared_cache(port, tmp_path / "nginx", followers=64, wait=WAIT_SECONDS) as running:
+        yield running, port
+
+
+@contextlib.asynccontextmanager
+async def through(cache: SharedCache) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=cache.url, timeout=30) as client:
+        yield client
+
+
+def ids(answer: httpx.Response) -> list[str]:
+    return [record["message_id"] for record in answer.json()]
+
+
+async def long_poll(client: httpx.AsyncClient, offset: str, cursor: str | None) -> httpx.Response:
+    params = {"offset": offset, "live": "long-poll"} | ({"cursor": cursor} if cursor else {})
+    return await client.get(STREAM, params=params)
+
+
+async def test_followers_at_one_offset_share_one_request_and_none_is_told_of_nothing_after_a_write(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        (await direct.post("/pubsub/push", json=push_body(1))).raise_for_status()
+        tail = (await direct.head(STREAM)).headers["stream-next-offset"]
+        # Eight followers wait at the tail together: one request reaches the origin, and
+        # its 204 (kept a second) answers them all with one next cursor.
+        waited = await asyncio.gather(*(long_poll(client, tail, None) for _ in range(8)))
+        assert {answer.status_code for answer in waited} == {204}
+        assert {answer.headers["cache-control"] for answer in waited} == {"max-age=1, public"}
+        proxy.settled(8)
+        assert proxy.origin_requests(f"{STREAM}?offset=") == 1
+        cursor = waited[0].headers["stream-cursor"]
+        assert {answer.headers["stream-cursor"] for answer in waited} == {cursor}
+        (await direct.post("/pubsub/push", json=push_body(2))).raise_for_status()
+        # After the write, every follower's next request (the new cursor) has the row:
+        # none is served the answer from before it.
+        after = await asyncio.gather(*(long_poll(client, tail, cursor) for _ in range(8)))
+        assert [ids(answer) for answer in after] == [["m-2"]] * 8
+        proxy.settled(16)
+        assert proxy.origin_requests(f"{STREAM}?offset=") == 2
+        # The row's answer is kept (its rows never change); the next URL is another.
+        assert "public" in after[0].headers["cache-control"]
+        assert after[0].headers["stream-cursor"] != cursor
+
+
+async def test_a_read_with_credentials_is_never_served_to_another_client(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        for n in range(3):
+            (await direct.post("/pubsub/push", json=push_body(n))).raise_for_status()
+        for header in ("authorization", "x-serverless-authorization"):
+            answered = await client.get(STREAM, headers={header: "Bearer reader-a"})
+            assert answered.status_code == 200
+            # Private at the origin: no shared cache may keep it, whatever it keys by.
+            assert "private" in answered.headers["cache-control"]
+            at_origin = await direct.get(STREAM, headers={header: "Bearer reader-a"})
+            assert "private" in at_origin.headers["cache-control"]
+        proxy.settled(2)
+        before = proxy.origin_requests(STREAM)
+        anonymous = await client.get(STREAM)
+        assert anonymous.headers["x-cache"] == "MISS"
+        proxy.settled(3)
+        assert proxy.origin_requests(STREAM) == before + 1
+        assert "public" in anonymous.headers["cache-control"]
+        # And an anonymous answer kept by the cache is no answer to a token either.
+        assert (await client.get(STREAM, headers={"authorization": "Bearer b"})).headers[
+            "x-cache"
+        ] == "BYPASS"
+
+
+async def test_a_follower_alternating_between_cache_and_origin_gets_every_row_once(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        pushed = 0
+
+        async def push(count: int) -> None:
+            nonlocal pushed
+            for _ in range(count):
+                pushed += 1
+                (await direct.post("/pubsub/push", json=push_body(pushed))).raise_for_status()
+
+        await push(5)
+        # Another follower ahead of this one fills the cache with what it will ask for.
+        ahead = await client.get(STREAM, params={"offset": "-1"})
+        assert ahead.headers["x-cache"] == "MISS"
+        seen: list[str] = []
+        offset, cursor = "-1", None
+        for step in range(8):
+            via = client if step % 2 == 0 else direct
+            if step == 0:
+                answer = await via.get(STREAM, params={"offset": offset})
+                assert answer.headers["x-cache"] == "HIT"
+            else:
+                writing = asyncio.create_task(push(2 if step % 3 else 0))
+                answer = await long_poll(via, offset, cursor)
+                await writing
+                cursor = answer.headers["stream-cursor"]
+            if answer.status_code == 200:
+                seen += ids(answer)
+            offset = answer.headers["stream-next-offset"]
+        while (rest := await client.get(STREAM, params={"offset": offset})).json():
+            seen += ids(rest)
+            offset = rest.headers["stream-next-offset"]
+        assert seen == [f"m-{n}" for n in range(1, pushed + 1)]
+        assert {status for status, *_ in proxy.statuses()} & {"HIT"}
+
+
+async def test_a_follower_resumes_through_the_cache_after_a_restart_and_a_retention_cut(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    store = tmp_path / "r.duckdb"
+    async with origin(port, store) as direct, through(proxy) as client:
+        for n in range(1, 4):
+            (await direct.post("/pubsub/push", json=push_body(n))).raise_for_status()
+        first = await client.get(STREAM)
+        assert ids(first) == ["m-1", "m-2", "m-3"]
+        saved = first.headers["stream-next-offset"]
+    # The origin is gone: the cache answers its own error, and keeps none of it.
+    async with through(proxy) as client:
+        gone = await long_poll(client, saved, None)
+        assert gone.status_code == 502
+    async with origin(port, store) as direct, through(proxy) as client:
+        (await direct.post("/pubsub/push", json=push_body(4))).raise_for_status()
+        resumed = await long_poll(client, saved, None)
+        assert resumed.status_code == 200
+        assert ids(resumed) == ["m-4"]
+        # Another client's filtered stream at the same place is another URL, and another
+        # stream: its offsets are not this one's.
+        filtered = await client.get(STREAM, params={"offset": saved, "producer": "p"})
+        assert filtered.status_code == 400
+        assert filtered.headers["cache-control"] == "no-store"
+    async with (
+        origin(port, store, RECORDLINE_RETENTION_DAYS="1") as direct,
+        through(proxy) as client,
+    ):
+        # An offset behind the retention: 410 each time it is asked, from the origin.
+        old = Offsets(DEFAULT_PAGE_TOKEN_SECRET).encode("records", 1_000_000)
+        for _ in range(2):
+            cut = await client.get(STREAM, params={"offset": old})
+            assert cut.status_code == 410
+            assert cut.headers["cache-control"] == "no-store"
+        logged = proxy.settled(6)
+        assert sum(1 for *_, origin_, uri in logged if old in uri and origin_) == 2
+        # Read again from the oldest row kept: each once, in order.
+        again, offset = [], "-1"
+        while (chunk := await client.get(STREAM, params={"offset": offset})).json():
+            again += ids(chunk)
+            offset = chunk.headers["stream-next-offset"]
+        assert again == ["m-1", "m-2", "m-3", "m-4"]
