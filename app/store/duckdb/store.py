@@ -16,31 +16,26 @@ import collections
 import contextlib
 import itertools
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-from app.errors import BadParameter, StoreUnavailable
+from app.errors import StoreUnavailable
 from app.records import (
-    Column,
     Kind,
     Record,
     Rejection,
     Row,
-    column_names,
     columns,
     rejected_record,
     row_of,
 )
 from app.store import (
-    ROW_BYTES,
     MessageState,
     MessageStatus,
     Page,
@@ -48,18 +43,33 @@ from app.store import (
     PublisherDuplicate,
     R,
     RowOutcome,
-    text_bytes,
 )
 from app.store.backoff import Backoff
 from app.store.bell import Bell
 from app.store.copies import ConflictObserver, differing, message_states
 from app.store.duckdb import producers as book
+from app.store.duckdb.database import Database
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.producers import Changes, DuckDBLedger, FrameLedger, frame_ledger
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
+from app.store.duckdb.sql import (
+    BOUNDED_PAGE_SQL,
+    LATEST_SQL,
+    NEWEST_RECORDS_SQL,
+    PAGE_SQL,
+    RECORD_BY_MESSAGE_SQL,
+    RECORDS_BY_MESSAGES_SQL,
+    REJECTION_BY_MESSAGE_SQL,
+    REJECTIONS_BY_MESSAGES_SQL,
+    SEEN_SQL,
+    STORED_RECORD_IDS_SQL,
+    filtered,
+    payload_size,
+    read_within,
+    stored_rows,
+)
 from app.store.duckdb.typed import TypedColumns
-from app.store.filters import RowFilter, typed_field, typed_value
 from app.store.producers import (
     Completeness,
     ProducerSequence,
@@ -69,19 +79,11 @@ from app.store.producers import (
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
 from app.store.tally import Copy, Held, Sequenced, SequenceKey
-from app.typed.mapping import Field
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SQL_TYPES = {
-    Kind.STRING: "VARCHAR",
-    Kind.INT64: "BIGINT",
-    Kind.TIMESTAMP: "TIMESTAMPTZ",
-    Kind.JSON: "JSON",
-    Kind.BYTES: "BLOB",
-}
 _ARROW_TYPES = {
     Kind.STRING: pa.string(),
     Kind.INT64: pa.int64(),
@@ -89,12 +91,6 @@ _ARROW_TYPES = {
     Kind.JSON: pa.string(),
     Kind.BYTES: pa.binary(),
 }
-# Reads on two cores: more threads only queue behind DuckDB's own parallelism.
-_READER_THREADS = 4
-# DuckDB reads wide columns (`data`) lazily only for Top-N queries up to this
-# many rows; the default (50) is below our page size, and raising it halved
-# the latency of a 100-row page out of 1M rows (p50 16.6 → 7.0 ms).
-_LATE_MATERIALIZATION_ROWS = 2000
 # Journaled rows not yet in DuckDB, at most: past it, appends wait for the
 # applier, and pushes get 503 by their deadline rather than memory growing.
 _MAX_UNAPPLIED_ROWS = 100_000
@@ -118,241 +114,6 @@ _APPLY_MAX_ROWS = 20_000
 _READ_BARRIER_SECONDS = 5.0
 
 
-def _read_within(
-    cursor: duckdb.DuckDBPyConnection,
-    sql: str,
-    params: dict[str, Any],
-    kind: type[R],
-    max_bytes: int,
-    size: Callable[[int, str], int],
-) -> tuple[list[R], bool]:
-    """The rows `sql` selects (as `_bounded_select` lists them), taken one at a time until
-    they hold at least `max_bytes`, and whether it stopped there. `size(payload bytes,
-    attributes)` is what a row counts as. Python holds what the reader keeps, and DuckDB
-    returns no large payload but those (`INLINE_BYTES`)."""
-    cursor.execute(sql, params)
-    found: list[list[Any]] = []
-    large: dict[str, int] = {}
-    data = column_names(kind).index("data")
-    attributes = column_names(kind).index("attributes")
-    total = 0
-    more = True
-    while total < max_bytes:
-        values = cursor.fetchone()
-        if values is None:
-            more = False
-            break
-        *row, payload = values
-        if payload is not None and payload > INLINE_BYTES:
-            large[row[0]] = len(found)  # message_id is the first column of both tables
-        found.append(row)
-        total += size(payload or 0, row[attributes])
-    if more:
-        # The rest of the page's rows, released now rather than at the cursor's next
-        # query. A result left unfinished (a query whose rows are not all fetched, as
-        # `SELECT 1` was) refuses `register` on its connection: on the writer's (the
-        # tail warmed at start) every apply of the journal failed after it.
-        cursor.abort()
-    if large:
-        cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
-        for message_id, value in cursor.fetchall():
-            found[large[message_id]][data] = value
-    return [row_of(kind, row) for row in found], more
-
-
-def _payload_size(kind: type[Row]) -> Callable[[int, str], int]:
-    """What a row of `kind` counts as in a budget (`row_bytes`), from its payload's size
-    in DuckDB and its attributes."""
-    if kind is Rejection:
-        return lambda payload, attributes: (
-            (payload + 2) // 3 * 4 + text_bytes(attributes) + ROW_BYTES
-        )
-    return lambda payload, attributes: payload + text_bytes(attributes) + ROW_BYTES
-
-
-def ddl(table: str, row_type: type[Row]) -> str:
-    cols = ",\n  ".join(
-        f"{c.name} {_SQL_TYPES[c.kind]}{'' if c.nullable else ' NOT NULL'}"
-        for c in columns(row_type)
-    )
-    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY (message_id)\n)"
-
-
-def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, row_type: type[Row]) -> None:
-    """Give a table made by an earlier version the columns added since (nullable, at the end)."""
-    found = con.execute(
-        "SELECT column_name FROM duckdb_columns() "
-        "WHERE schema_name = 'main' AND table_name = $table ORDER BY column_index",
-        {"table": table},
-    ).fetchall()
-    have = [name for (name,) in found]
-    wanted = columns(row_type)
-    if have != [c.name for c in wanted[: len(have)]]:
-        raise StoreUnavailable(f"table {table} has columns {have}, not a start of {wanted}")
-    for column in wanted[len(have) :]:
-        con.execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {_SQL_TYPES[column.kind]}")
-
-
-def _selected(c: Column) -> str:
-    # Timestamps leave as epoch microseconds: cheaper than timezone-aware
-    # datetimes (~0.4 ms per 100 rows) and what Record holds anyway.
-    match c.kind:
-        case Kind.TIMESTAMP:
-            return f"epoch_us({c.name})"
-        case Kind.JSON:
-            return f"{c.name}::VARCHAR"
-        case _:
-            return c.name
-
-
-def _select_list(row_type: type[Row]) -> str:
-    return ", ".join(_selected(c) for c in columns(row_type))
-
-
-_RECORD_COLUMNS = _select_list(Record)
-_PAGE_RANGE: Final = """ingest_time >= make_timestamptz($after_time)
-  AND ingest_time < make_timestamptz($before_time)
-  AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)"""
-
-# A page read to a byte budget selects a payload larger than this (`data`) as NULL, and
-# its size beside it, then reads only those it keeps, by key. DuckDB reads a column
-# 2,048 rows at a time: a page of 40 records of 4 MB held +810 MB in DuckDB while it
-# ran, returning every payload; selecting none of the large ones, as the scan reads
-# them (`_bounded_page_sql`), +170 MB, what the scan itself holds.
-INLINE_BYTES: Final = 64 * 1024
-_PAYLOAD: Final = {Record: "strlen(data::VARCHAR)", Rejection: "octet_length(data)"}
-
-
-def _bounded_select(row_type: type[Row]) -> list[str]:
-    """`_select_list`'s expressions, the payload NULL past INLINE_BYTES, its size last."""
-    size = _PAYLOAD[row_type]
-    listed = [
-        f"CASE WHEN {size} <= {INLINE_BYTES} THEN {_selected(c)} END"
-        if c.name == "data"
-        else _selected(c)
-        for c in columns(row_type)
-    ]
-    return [*listed, size]
-
-
-def _bounded_page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
-    """The page's rows as `_page_sql` selects them, as `_bounded_select` lists them. The
-    page's keys first (a Top-N of two columns), then its rows by row id, the large
-    payloads dropped in the scan: selected after the join (as DuckDB's own late
-    materialization does), each would be held once more for the page's every row."""
-    listed = _bounded_select(row_type)
-    at = {c.name: n for n, c in enumerate(columns(row_type))}
-    return f"""
-WITH page AS (
-  SELECT rowid AS page_row FROM {table}
-  WHERE {_PAGE_RANGE}{conditions}
-  ORDER BY ingest_time, message_id
-  LIMIT $limit
-)
-SELECT {", ".join(f"c{n}" for n in range(len(listed)))} FROM (
-  SELECT rowid AS page_row, {", ".join(f"{e} AS c{n}" for n, e in enumerate(listed))}
-  FROM {table} WHERE {_PAGE_RANGE}
-) WHERE page_row IN (SELECT page_row FROM page)
-ORDER BY c{at["ingest_time"]}, c{at["message_id"]}
-"""
-
-
-def _page_sql(table: str, select: str, conditions: str = "") -> str:
-    return f"""
-SELECT {select} FROM {table}
-WHERE {_PAGE_RANGE}{conditions}
-ORDER BY ingest_time, message_id
-LIMIT $limit
-"""
-
-
-def _filtered(
-    kind: type[Row], keep: RowFilter, typed: Sequence[Field]
-) -> tuple[str, str, dict[str, Any]]:
-    """The page SQL of `kind` keeping the rows `keep` matches (as `_page_sql` and as
-    `_bounded_page_sql` read it), and its parameters
-    (values are parameters; a typed field's names, held to FIELD_NAME_PATTERN, are
-    quoted into the text). The conditions are checked on the rows of the page's
-    range in key order, so a selective filter scans further for the same page."""
-    table = "records" if kind is Record else "rejected"
-    conditions: list[str] = []
-    params: dict[str, Any] = {}
-    for at, attribute in enumerate(keep.attributes):
-        conditions.append(f"json_extract_string(attributes, $path{at}) = $value{at}")
-        params[f"path{at}"], params[f"value{at}"] = _pointer(attribute.key), attribute.value
-    if keep.message_id is not None:
-        conditions.append("message_id = $message_id")
-        params["message_id"] = keep.message_id
-    if keep.record_id is not None:
-        # A rejection has no record id: none matches one.
-        conditions.append("id = $record_id" if kind is Record else "FALSE")
-        params |= {"record_id": keep.record_id} if kind is Record else {}
-    if keep.fields:
-        if kind is not Record:
-            raise BadParameter("field", "rejections have no typed fields")
-        matches = []
-        for at, condition in enumerate(keep.fields):
-            field = typed_field(typed, condition)
-            column = ".".join(['f."fields"', *(f'"{name}"' for name in condition.path)])
-            matches.append(f"{column} = $field{at}")
-            params[f"field{at}"] = typed_value(field, condition)
-        # The typed columns are a table of their own, joined by message_id (typed.py).
-        conditions.append(
-            "EXISTS (SELECT 1 FROM record_fields f WHERE f.message_id = records.message_id "
-            f"AND {' AND '.join(matches)})"
-        )
-    where = "".join(f"\n  AND {c}" for c in conditions)
-    return (
-        _page_sql(table, _select_list(kind), where),
-        _bounded_page_sql(table, kind, where),
-        params,
-    )
-
-
-_PAGE_SQL: dict[type[Row], str] = {
-    Record: _page_sql("records", _RECORD_COLUMNS),
-    Rejection: _page_sql("rejected", _select_list(Rejection)),
-}
-_LATEST_SQL = f"""
-SELECT {_RECORD_COLUMNS} FROM records WHERE id = $id
-ORDER BY timestamp DESC NULLS LAST, publish_time DESC, ingest_time DESC, message_id DESC
-LIMIT 1
-"""
-_RECORD_BY_MESSAGE_SQL = f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_id = $message_id"
-_REJECTION_BY_MESSAGE_SQL = (
-    "SELECT epoch_us(ingest_time), reason FROM rejected WHERE message_id = $message_id"
-)
-_RECORDS_BY_MESSAGES_SQL = (
-    f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_id IN (SELECT unnest($ids))"
-)
-_REJECTIONS_BY_MESSAGES_SQL = (
-    f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
-)
-_BOUNDED_PAGE_SQL: dict[type[Row], str] = {
-    Record: _bounded_page_sql("records", Record),
-    Rejection: _bounded_page_sql("rejected", Rejection),
-}
-_PAYLOADS_SQL: dict[type[Row], str] = {
-    row_type: f"SELECT message_id, {_selected(column)} FROM {table} "
-    "WHERE message_id IN (SELECT unnest($ids))"
-    for row_type, table in ((Record, "records"), (Rejection, "rejected"))
-    for column in columns(row_type)
-    if column.name == "data"
-}
-_NEWEST_RECORDS_SQL = f"""
-SELECT {", ".join(_bounded_select(Record))} FROM records
-WHERE ingest_time >= make_timestamptz($since)
-ORDER BY ingest_time DESC, message_id DESC
-LIMIT $limit
-"""
-_STORED_RECORD_IDS_SQL = "SELECT message_id FROM records WHERE message_id IN (SELECT unnest($ids))"
-_SEEN_SQL = """
-SELECT DISTINCT message_id, 'stored' FROM records WHERE message_id IN (SELECT unnest($ids))
-UNION ALL
-SELECT DISTINCT message_id, 'rejected' FROM rejected WHERE message_id IN (SELECT unnest($ids))
-"""
-
-
 # The ledger of producer sequences goes to DuckDB once this many frames with
 # changes to it are applied, and at most once a second: one statement for every
 # entry changed since, where writing it with every apply paid DuckDB's fixed cost
@@ -365,12 +126,6 @@ _LEDGER_EVERY_SECONDS = 1.0
 
 # Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
 _APPLY_RETRY_SECONDS = (0.05, 5.0)
-
-
-def _pointer(key: str) -> str:
-    """An attribute's key as a JSON pointer (RFC 6901) into `attributes`: DuckDB reads
-    `$."*"` in a JSONPath as every member, and a pointer has no wildcard."""
-    return "/" + key.replace("~", "~0").replace("/", "~1")
 
 
 def _arrow(rows: Sequence[Row], row_type: type[Row]) -> pa.Table:
@@ -394,22 +149,6 @@ def _insert_table(
         con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM incoming")
     finally:
         con.unregister("incoming")
-
-
-def _stored_rows(
-    cur: duckdb.DuckDBPyConnection, message_ids: list[str]
-) -> list[Record | Rejection]:
-    """The records and rejections DuckDB holds of these messages."""
-    params = {"ids": message_ids}
-    found: list[Record | Rejection] = [
-        row_of(Record, values)
-        for values in cur.execute(_RECORDS_BY_MESSAGES_SQL, params).fetchall()
-    ]
-    found += [
-        row_of(Rejection, values)
-        for values in cur.execute(_REJECTIONS_BY_MESSAGES_SQL, params).fetchall()
-    ]
-    return found
 
 
 class _Inserted(NamedTuple):
@@ -485,11 +224,8 @@ class DuckDBStore:
         # while they stay down, each restart told to `loops`.
         self._loops = Supervisor(observer=loops)
         self._running = False
-        self._con: duckdb.DuckDBPyConnection | None = None
+        self._db = Database(path)
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
-        self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
-        self._local = threading.local()
         self._unapplied: deque[_Unapplied] = deque()
         # Frames journaled whose entry is not in `_unapplied` yet (an append that
         # waits for its early read): none from them on is applied before they are,
@@ -517,15 +253,15 @@ class DuckDBStore:
         # The completeness ledger (app.store.producers), decided on as appends are
         # journaled (see producers.py); one append at a time decides and journals.
         self._ledger = DuckDBLedger(
-            write=self._write,
-            read=self._read,
-            connection=self._connection,
+            write=self._db.write,
+            read=self._db.read,
+            connection=self._db.connection,
             settled=self._ledger_settled,
             live=live_producers,
         )
         self.completeness: Completeness | None = self._ledger
         self._retention = Retention(
-            retention_days, self._write, self._connection, self._ledger, clock, expire_every
+            retention_days, self._db.write, self._db.connection, self._ledger, clock, expire_every
         )
         self._sequencing = asyncio.Lock()
         # Frames applied whose ledger changes are owed to DuckDB (the journal keeps
@@ -539,7 +275,7 @@ class DuckDBStore:
         return self._ledger.held
 
     async def start(self) -> None:
-        await self._write(self._open)
+        await self._db.write(self._db.open, self._typed)
         if self._journal is not None:
             frames = await self._journal.open()
             if frames:
@@ -559,7 +295,7 @@ class DuckDBStore:
                     ledger = FrameLedger(
                         frame.producers, frame.forgotten, frame.ranges, frame.hours, frame.copies
                     )
-                    await self._write(
+                    await self._db.write(
                         self._insert,
                         [*frame.records, *frame.rejections],
                         frame.copies,
@@ -587,14 +323,14 @@ class DuckDBStore:
         limit = self.tail.max_rows + 1
         params = {"since": since, "limit": limit}
         # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
-        found, more = await self._write(
-            lambda: _read_within(
-                self._connection(),
-                _NEWEST_RECORDS_SQL,
+        found, more = await self._db.write(
+            lambda: read_within(
+                self._db.connection(),
+                NEWEST_RECORDS_SQL,
                 params,
                 Record,
                 self.tail.max_bytes,
-                _payload_size(Record),
+                payload_size(Record),
             )
         )
         records = found[::-1]
@@ -604,26 +340,6 @@ class DuckDBStore:
             self.tail.fill((oldest.ingest_time, oldest.message_id), records)
         else:
             self.tail.fill((since, ""), records)
-
-    def _open(self) -> None:
-        # DuckDB's allocator hands memory back to the system from a thread of its own, and
-        # flushes what a query of more than 16 MiB used as it ends: without them, what a
-        # page among records of 4 MB used (+800 MB) stayed with the process until DuckDB
-        # next allocated, and pages read one after another held twice a page's. They are
-        # set, not given to `connect`: a connection given a configuration refuses every
-        # later one to the same file in this process given none (an analyst's, a test's).
-        con = duckdb.connect(self.path)
-        con.execute("SET allocator_background_threads = true")
-        con.execute("SET allocator_flush_threshold = '16MiB'")
-        con.execute("SET allocator_bulk_deallocation_flush_threshold = '16MiB'")
-        for table, row_type in (("records", Record), ("rejected", Rejection)):
-            con.execute(ddl(table, row_type))
-            add_missing_columns(con, table, row_type)
-        con.execute("CREATE INDEX IF NOT EXISTS records_id ON records (id)")
-        for statement in book.DDL:
-            con.execute(statement)
-        self._typed.open(con)
-        self._con = con
 
     async def close(self) -> None:
         if self._running:
@@ -647,21 +363,20 @@ class DuckDBStore:
                     )
             self._running = False
             await self._loops.close()
-        if self._ledger.owed and self._con is not None:
+        if self._ledger.owed and self._db.con is not None:
             with contextlib.suppress(StoreUnavailable):  # logged; the journal keeps them
                 await self._flush_ledger()
-        con, self._con = self._con, None
-        self._readers.shutdown(wait=True)
+        con = self._db.close_reads()
         if self._journal is not None:
             await self._journal.close()
         if con is not None:
             # DuckDB checkpoints on close: every applied row is in the file now.
-            await self._write(con.close)
+            await self._db.write(con.close)
             if self._journal is not None and self._everything_applied():
                 # So a clean stop leaves nothing to replay, and the next start
                 # recovers only after a stop that never got here.
                 await self._journal.discard()
-        self._writer.shutdown(wait=True)
+        self._db.close_writes()
 
     def _everything_applied(self) -> bool:
         return (
@@ -680,7 +395,7 @@ class DuckDBStore:
         if not self._running:
             raise StoreUnavailable("the DuckDB store is not applying writes")
         self._loops.check()
-        await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
+        await self._db.read(lambda cur: cur.execute("SELECT 1").fetchall())
 
     def read_horizon(self, now: int) -> int:
         # Not just the first entry: appends may arrive out of stamp order when
@@ -696,7 +411,7 @@ class DuckDBStore:
     # -- writing ---------------------------------------------------------------
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
-        if self._con is None:
+        if self._db.con is None:
             raise StoreUnavailable("the DuckDB store is closed")
         while self._unapplied_rows >= _MAX_UNAPPLIED_ROWS:
             await self._progress.wait()
@@ -898,7 +613,7 @@ class DuckDBStore:
         rest = wanted - stored
         if rest:
             stored |= set(await self.seen(sorted(rest)))
-        for key, found in (await self._read(lambda cur: book.held_ids(cur, keys))).items():
+        for key, found in (await self._db.read(lambda cur: book.held_ids(cur, keys))).items():
             ids.setdefault(key, set()).update(found)
         # The messages themselves, where they are: journaled, or in DuckDB.
         every = {i for found in ids.values() for i in found}
@@ -909,7 +624,7 @@ class DuckDBStore:
                     messages.setdefault(row.message_id, []).append(row)
         missing = sorted(every - set(messages))
         if missing:
-            for row in await self._read(lambda cur: _stored_rows(cur, missing)):
+            for row in await self._db.read(lambda cur: stored_rows(cur, missing)):
                 messages.setdefault(row.message_id, []).append(row)
         copies = {
             key: [
@@ -935,8 +650,8 @@ class DuckDBStore:
         if not firsts:
             return []
         params = {"ids": list(firsts)}
-        stored = await self._read(
-            lambda cur: cur.execute(_STORED_RECORD_IDS_SQL, params).fetchall()
+        stored = await self._db.read(
+            lambda cur: cur.execute(STORED_RECORD_IDS_SQL, params).fetchall()
         )
         for (message_id,) in stored:
             del firsts[message_id]
@@ -996,7 +711,7 @@ class DuckDBStore:
             if entry.ledger is not None:
                 copies += entry.ledger.copies
         try:
-            return batch, await self._write(self._insert, rows, copies)
+            return batch, await self._db.write(self._insert, rows, copies)
         except Exception as exc:
             # The rows are safe in the journal; keep trying, and say so:
             # readiness is red until they are applied. Anything but a DuckDB
@@ -1132,12 +847,12 @@ class DuckDBStore:
     ) -> tuple[set[str], list[tuple[Record | Rejection, Record | Rejection]]]:
         """The message ids among `records` stored already, and the copies of both
         whose content differs from the stored one."""
-        con = self._connection()
+        con = self._db.connection()
         stored: set[str] = set()
         found: list[tuple[Record | Rejection, Record | Rejection]] = []
         tables: tuple[tuple[str, Sequence[Record | Rejection], type[Record | Rejection]], ...] = (
-            (_RECORDS_BY_MESSAGES_SQL, records, Record),
-            (_REJECTIONS_BY_MESSAGES_SQL, rejections, Rejection),
+            (RECORDS_BY_MESSAGES_SQL, records, Record),
+            (REJECTIONS_BY_MESSAGES_SQL, rejections, Rejection),
         )
         for sql, rows, row_type in tables:
             if not rows:
@@ -1161,7 +876,7 @@ class DuckDBStore:
         ignore_copies: bool,
     ) -> None:
         copies, changes = ledger
-        con = self._connection()
+        con = self._db.connection()
         incoming = [
             (table, _arrow(rows, row_type))
             for table, rows, row_type in (
@@ -1210,9 +925,9 @@ class DuckDBStore:
             # horizon), so the tail holds every one after the cursor: no query.
             page: Page[Any] = self.tail.page(query, query.before_time)
             return page
-        sql, bounded, conditions = _PAGE_SQL[kind], _BOUNDED_PAGE_SQL[kind], dict[str, Any]()
+        sql, bounded, conditions = PAGE_SQL[kind], BOUNDED_PAGE_SQL[kind], dict[str, Any]()
         if query.filter:
-            sql, bounded, conditions = _filtered(kind, query.filter, self._typed.fields)
+            sql, bounded, conditions = filtered(kind, query.filter, self._typed.fields)
         await self._applied_now()
         params = {
             "after_time": query.after_time,
@@ -1222,17 +937,19 @@ class DuckDBStore:
             **conditions,
         }
         if query.max_bytes is None:
-            found = await self._read(lambda cur: cur.execute(sql, params).fetchall())
+            found = await self._db.read(lambda cur: cur.execute(sql, params).fetchall())
             return query.answer([row_of(kind, r) for r in found])
-        max_bytes, size = query.max_bytes, _payload_size(kind)
-        rows, _ = await self._read(
-            lambda cur: _read_within(cur, bounded, params, kind, max_bytes, size)
+        max_bytes, size = query.max_bytes, payload_size(kind)
+        rows, _ = await self._db.read(
+            lambda cur: read_within(cur, bounded, params, kind, max_bytes, size)
         )
         return query.answer(rows)
 
     async def latest(self, record_id: str) -> Record | None:
         await self._applied_now()
-        rows = await self._read(lambda cur: cur.execute(_LATEST_SQL, {"id": record_id}).fetchall())
+        rows = await self._db.read(
+            lambda cur: cur.execute(LATEST_SQL, {"id": record_id}).fetchall()
+        )
         return row_of(Record, rows[0]) if rows else None
 
     async def message(self, message_id: str) -> MessageStatus | None:
@@ -1240,17 +957,17 @@ class DuckDBStore:
         params = {"message_id": message_id}
 
         def lookup(cur: duckdb.DuckDBPyConnection) -> MessageStatus | None:
-            stored = cur.execute(_RECORD_BY_MESSAGE_SQL, params).fetchall()
+            stored = cur.execute(RECORD_BY_MESSAGE_SQL, params).fetchall()
             if stored:
                 record = row_of(Record, stored[0])
                 return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
-            rejected = cur.execute(_REJECTION_BY_MESSAGE_SQL, params).fetchall()
+            rejected = cur.execute(REJECTION_BY_MESSAGE_SQL, params).fetchall()
             if rejected:
                 ingest_time, reason = rejected[0]
                 return MessageStatus(status="rejected", ingest_time=ingest_time, reason=reason)
             return None
 
-        return await self._read(lookup)
+        return await self._db.read(lookup)
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         if not message_ids:
@@ -1258,7 +975,7 @@ class DuckDBStore:
         await self._applied_now()
         params = {"ids": list(message_ids)}
         return message_states(
-            await self._read(lambda cur: cur.execute(_SEEN_SQL, params).fetchall())
+            await self._db.read(lambda cur: cur.execute(SEEN_SQL, params).fetchall())
         )
 
     async def barrier(self) -> None:
@@ -1283,23 +1000,6 @@ class DuckDBStore:
         except TimeoutError:
             raise StoreUnavailable("recent writes are not readable yet") from None
 
-    # -- threads ---------------------------------------------------------------
-
-    def _connection(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            raise StoreUnavailable("the DuckDB store is closed")
-        return self._con
-
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        # One cursor per reader thread: a DuckDB connection is not safe to
-        # share between threads, and settings are per cursor.
-        cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
-        if cursor is None:
-            cursor = self._connection().cursor()
-            cursor.execute(f"SET late_materialization_max_rows = {_LATE_MATERIALIZATION_ROWS}")
-            self._local.cursor = cursor
-        return cursor
-
     async def reproject(self, records: Sequence[Record]) -> int:
         """Project these stored records again, as the code and revisions are now, and
         replace their typed fields; returns how many were projected.
@@ -1312,7 +1012,7 @@ class DuckDBStore:
         """
 
         def replace() -> int:
-            con = self._connection()
+            con = self._db.connection()
             typed = self._typed.arrow(con, records)
             if typed is None:
                 return 0
@@ -1332,22 +1032,4 @@ class DuckDBStore:
                 con.unregister("reprojected")
             return int(typed.num_rows)
 
-        return await self._write(replace)
-
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
-        except duckdb.Error as exc:
-            log.error("DuckDB write failed: %s", exc)
-            raise StoreUnavailable(f"DuckDB write failed: {exc}") from exc
-
-    async def _read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        def run() -> T:
-            return fn(self._cursor())
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
-        except duckdb.Error as exc:
-            raise StoreUnavailable(f"DuckDB read failed: {exc}") from exc
-        except RuntimeError as exc:  # the pool is shut down
-            raise StoreUnavailable(f"the DuckDB store is closed: {exc}") from exc
+        return await self._db.write(replace)
