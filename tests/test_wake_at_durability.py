@@ -40,12 +40,15 @@ class HeldApply(DuckDBStore):
         self.released.set()
         self.inserting = threading.Event()  # the applier has cut its batch
         self.inserts: list[list[str]] = []  # the message ids of each insert
+        insert = self._inserter.insert
 
-    def _insert(self, rows: Sequence[Record | Rejection], *rest: Any) -> Any:
-        self.inserting.set()
-        self.inserts.append([r.message_id for r in rows])
-        self.released.wait(30)
-        return super()._insert(rows, *rest)
+        def held(rows: Sequence[Record | Rejection], *rest: Any) -> Any:
+            self.inserting.set()
+            self.inserts.append([r.message_id for r in rows])
+            self.released.wait(30)
+            return insert(rows, *rest)
+
+        self._inserter.insert = held  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -20,18 +20,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import duckdb
-import pyarrow as pa
 
 from app.errors import StoreUnavailable
 from app.records import (
-    Kind,
     Record,
     Rejection,
-    Row,
-    columns,
     rejected_record,
     row_of,
 )
@@ -46,12 +42,13 @@ from app.store import (
 )
 from app.store.backoff import Backoff
 from app.store.bell import Bell
-from app.store.copies import ConflictObserver, differing, message_states
+from app.store.copies import ConflictObserver, message_states
 from app.store.duckdb import producers as book
 from app.store.duckdb.database import Database
+from app.store.duckdb.inserts import Inserted, Inserter
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
-from app.store.duckdb.producers import Changes, DuckDBLedger, FrameLedger, frame_ledger
+from app.store.duckdb.producers import DuckDBLedger, FrameLedger, frame_ledger
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.sql import (
     BOUNDED_PAGE_SQL,
@@ -59,9 +56,7 @@ from app.store.duckdb.sql import (
     NEWEST_RECORDS_SQL,
     PAGE_SQL,
     RECORD_BY_MESSAGE_SQL,
-    RECORDS_BY_MESSAGES_SQL,
     REJECTION_BY_MESSAGE_SQL,
-    REJECTIONS_BY_MESSAGES_SQL,
     SEEN_SQL,
     STORED_RECORD_IDS_SQL,
     filtered,
@@ -84,13 +79,6 @@ from app.typed.revisions import Revisions
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_ARROW_TYPES = {
-    Kind.STRING: pa.string(),
-    Kind.INT64: pa.int64(),
-    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-    Kind.JSON: pa.string(),
-    Kind.BYTES: pa.binary(),
-}
 # Journaled rows not yet in DuckDB, at most: past it, appends wait for the
 # applier, and pushes get 503 by their deadline rather than memory growing.
 _MAX_UNAPPLIED_ROWS = 100_000
@@ -126,36 +114,6 @@ _LEDGER_EVERY_SECONDS = 1.0
 
 # Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
 _APPLY_RETRY_SECONDS = (0.05, 5.0)
-
-
-def _arrow(rows: Sequence[Row], row_type: type[Row]) -> pa.Table:
-    cols = columns(row_type)
-    return pa.table(
-        {
-            c.name: pa.array([getattr(r, c.name) for r in rows], type=_ARROW_TYPES[c.kind])
-            for c in cols
-        }
-    )
-
-
-def _insert_table(
-    con: duckdb.DuckDBPyConnection, table: str, arrow: pa.Table, *, ignore_copies: bool
-) -> None:
-    if not ignore_copies:  # the usual append: the Arrow table goes straight in
-        con.from_arrow(arrow).insert_into(table)
-        return
-    con.register("incoming", arrow)
-    try:
-        con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM incoming")
-    finally:
-        con.unregister("incoming")
-
-
-class _Inserted(NamedTuple):
-    """What one insert did: the records it stored, and the differing copies it dropped."""
-
-    records: list[Record]
-    conflicts: list[tuple[Record | Rejection, Record | Rejection]]
 
 
 # The ingest time of an append with no rows (only the ledger's count of duplicates):
@@ -225,6 +183,7 @@ class DuckDBStore:
         self._loops = Supervisor(observer=loops)
         self._running = False
         self._db = Database(path)
+        self._inserter = Inserter(self._db.connection, self._typed, clock)
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
         self._unapplied: deque[_Unapplied] = deque()
         # Frames journaled whose entry is not in `_unapplied` yet (an append that
@@ -245,7 +204,7 @@ class DuckDBStore:
         self._apply_error: str | None = None
         # A batch inserted into DuckDB and not yet accounted for (the tail, the
         # journal): what the applier finishes first when it is restarted.
-        self._half_applied: tuple[list[_Unapplied], _Inserted] | None = None
+        self._half_applied: tuple[list[_Unapplied], Inserted] | None = None
         # The newest records, which followers at the tail read with no query:
         # this store sees every write, so the tail is complete up to what is applied.
         self.tail = Tail()
@@ -296,7 +255,7 @@ class DuckDBStore:
                         frame.producers, frame.forgotten, frame.ranges, frame.hours, frame.copies
                     )
                     await self._db.write(
-                        self._insert,
+                        self._inserter.insert,
                         [*frame.records, *frame.rejections],
                         frame.copies,
                         ledger.changes(),
@@ -687,7 +646,7 @@ class DuckDBStore:
             # Last: an observer that fails leaves the batch applied all the same.
             self._report(inserted.conflicts)
 
-    async def _apply_next(self) -> tuple[list[_Unapplied], _Inserted] | None:
+    async def _apply_next(self) -> tuple[list[_Unapplied], Inserted] | None:
         """Insert the next batch of journaled rows into DuckDB: the batch and what the
         insert did, or None if it failed (the rows stay journaled, to try again)."""
         if self._unapplied_rows < _APPLY_MAX_ROWS and not self._hurry.is_set():
@@ -711,7 +670,7 @@ class DuckDBStore:
             if entry.ledger is not None:
                 copies += entry.ledger.copies
         try:
-            return batch, await self._db.write(self._insert, rows, copies)
+            return batch, await self._db.write(self._inserter.insert, rows, copies)
         except Exception as exc:
             # The rows are safe in the journal; keep trying, and say so:
             # readiness is red until they are applied. Anything but a DuckDB
@@ -808,114 +767,6 @@ class DuckDBStore:
         if self._conflicts is not None:
             for kept, later in conflicts:
                 self._conflicts(kept, later)
-
-    def _insert(
-        self,
-        rows: Sequence[Record | Rejection],
-        copies: Sequence[Held] = (),
-        changes: Changes | None = None,
-    ) -> _Inserted:
-        """Insert the first copy of each message and the messages held under producer
-        sequences (and, replaying the journal, the ledger's changes its frames made, in
-        the same transaction): the records that are new, and the later copies whose
-        content differs from the copy kept, with it (to report on the event loop)."""
-        # First copy wins, within the batch as across batches.
-        firsts: dict[tuple[type, str], Record | Rejection] = {}
-        conflicts: list[tuple[Record | Rejection, Record | Rejection]] = []
-        for row in rows:
-            first = firsts.setdefault((type(row), row.message_id), row)
-            if first is not row and differing(first, row):
-                conflicts.append((first, row))
-        records = [r for r in firsts.values() if isinstance(r, Record)]
-        rejections = [r for r in firsts.values() if isinstance(r, Rejection)]
-        ledger = (copies, changes or None)
-        try:
-            self._insert_rows(records, rejections, ledger, ignore_copies=False)
-        except duckdb.ConstraintException:
-            # A redelivery of a message stored earlier. `INSERT OR IGNORE` costs
-            # ~4x a plain INSERT on a VARCHAR key (12.8 against 3.6 ms for 64
-            # rows into 200k), so it is only the fallback for this rare case,
-            # and so is asking which of the copies differ from what is stored.
-            stored, differ = self._stored_copies(records, rejections)
-            conflicts += differ
-            self._insert_rows(records, rejections, ledger, ignore_copies=True)
-            records = [r for r in records if r.message_id not in stored]
-        return _Inserted(records, conflicts)
-
-    def _stored_copies(
-        self, records: list[Record], rejections: list[Rejection]
-    ) -> tuple[set[str], list[tuple[Record | Rejection, Record | Rejection]]]:
-        """The message ids among `records` stored already, and the copies of both
-        whose content differs from the stored one."""
-        con = self._db.connection()
-        stored: set[str] = set()
-        found: list[tuple[Record | Rejection, Record | Rejection]] = []
-        tables: tuple[tuple[str, Sequence[Record | Rejection], type[Record | Rejection]], ...] = (
-            (RECORDS_BY_MESSAGES_SQL, records, Record),
-            (REJECTIONS_BY_MESSAGES_SQL, rejections, Rejection),
-        )
-        for sql, rows, row_type in tables:
-            if not rows:
-                continue
-            given = {r.message_id: r for r in rows}
-            for values in con.execute(sql, {"ids": list(given)}).fetchall():
-                kept = row_of(row_type, values)
-                if row_type is Record:
-                    stored.add(kept.message_id)
-                later = given[kept.message_id]
-                if differing(later, kept):
-                    found.append((kept, later))
-        return stored, found
-
-    def _insert_rows(
-        self,
-        records: list[Record],
-        rejections: list[Rejection],
-        ledger: tuple[Sequence[Held], Changes | None] = ((), None),
-        *,
-        ignore_copies: bool,
-    ) -> None:
-        copies, changes = ledger
-        con = self._db.connection()
-        incoming = [
-            (table, _arrow(rows, row_type))
-            for table, rows, row_type in (
-                ("records", records, Record),
-                ("rejected", rejections, Rejection),
-            )
-            if rows
-        ]
-        try:
-            typed = self._typed.arrow(con, records)
-        except Exception as exc:
-            # A fault of the typed columns, whatever it is, never holds a record
-            # back (the applier would retry it for ever): the record is stored,
-            # its payload in `data`, and its projection error says why.
-            log.exception("typed columns for %d records failed", len(records))
-            typed = self._typed.unprojected(records, f"typed columns failed: {exc}")
-        if typed is not None:
-            # In the records' own transaction: a record is never without its
-            # typed columns, nor replayed from the journal into a second copy.
-            incoming.append(("record_fields", typed))
-        # Autocommit: one statement, one commit.
-        if len(incoming) == 1 and typed is None and not copies and changes is None:
-            _insert_table(con, *incoming[0], ignore_copies=ignore_copies)
-            return
-        con.begin()
-        try:
-            for table, arrow in incoming:
-                if table == "record_fields":
-                    self._typed.insert(con, arrow, ignore_copies=ignore_copies)
-                else:
-                    _insert_table(con, table, arrow, ignore_copies=ignore_copies)
-            if copies:
-                book.insert_copies(con, copies, self._clock() // 1000)
-            if changes is not None:
-                book.write(con, changes)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
 
     # -- reading ---------------------------------------------------------------
 
