@@ -48,6 +48,7 @@ from app.store.duckdb.database import Database
 from app.store.duckdb.inserts import Inserted, Inserter
 from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
+from app.store.duckdb.ledger_writes import LedgerWriter
 from app.store.duckdb.producers import DuckDBLedger, FrameLedger, frame_ledger
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.sql import (
@@ -101,16 +102,6 @@ _APPLY_MAX_ROWS = 20_000
 # A point read waits this long for earlier appends to become readable.
 _READ_BARRIER_SECONDS = 5.0
 
-
-# The ledger of producer sequences goes to DuckDB once this many frames with
-# changes to it are applied, and at most once a second: one statement for every
-# entry changed since, where writing it with every apply paid DuckDB's fixed cost
-# per statement (~1-3 ms, ~100,000 instructions a record in group commits of 100)
-# each time. The journal holds each change from its append on (the durable word,
-# what a push waits for) and keeps the segments of frames whose changes are not
-# written here yet, which a recovery replays; a close writes what is owed.
-_LEDGER_FRAMES = 64
-_LEDGER_EVERY_SECONDS = 1.0
 
 # Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
 _APPLY_RETRY_SECONDS = (0.05, 5.0)
@@ -223,10 +214,7 @@ class DuckDBStore:
             retention_days, self._db.write, self._db.connection, self._ledger, clock, expire_every
         )
         self._sequencing = asyncio.Lock()
-        # Frames applied whose ledger changes are owed to DuckDB (the journal keeps
-        # their segments until written), and when they were last written.
-        self._ledger_frames = 0
-        self._ledger_written = time.monotonic()
+        self._ledger_writer = LedgerWriter(self._ledger, self._journal)
 
     @property
     def live_producers(self) -> int:
@@ -636,13 +624,10 @@ class DuckDBStore:
             batch, inserted = self._half_applied
             self._account(batch, inserted.records)
             self._half_applied = None
-            if (
-                self._ledger_frames >= _LEDGER_FRAMES
-                and time.monotonic() - self._ledger_written >= _LEDGER_EVERY_SECONDS
-            ):
+            if self._ledger_writer.due():
                 with contextlib.suppress(StoreUnavailable):
                     await self._flush_ledger()
-            self._release_journal()
+            self._ledger_writer.release(self._applied)
             # Last: an observer that fails leaves the batch applied all the same.
             self._report(inserted.conflicts)
 
@@ -711,26 +696,14 @@ class DuckDBStore:
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
         self.bell.ring()  # readable now: waiting followers read again, from the tail
-        self._owe_ledger(batch)
-
-    def _owe_ledger(self, batch: Sequence[_Unapplied]) -> None:
-        """Note the ledger's changes of applied frames, to write at the next flush."""
         for entry in batch:
-            if entry.ledger is not None and (entry.ledger.entries or entry.ledger.forgotten):
-                self._ledger.owe(entry.frame_number, entry.ledger.changes())
-                self._ledger_frames += 1
+            self._ledger_writer.owe(entry.frame_number, entry.ledger)
 
     async def _flush_ledger(self) -> None:
         """Write the ledger's changes owed to DuckDB in one transaction; StoreUnavailable,
         owing them still, if it fails (the journal keeps them meanwhile)."""
-        try:
-            await self._ledger.flush(self._applied)
-        except StoreUnavailable as exc:
-            log.error("writing the ledger's changes failed, retrying: %s", exc)
-            raise
-        self._ledger_frames = 0
-        self._ledger_written = time.monotonic()
-        self._release_journal()
+        await self._ledger_writer.flush(self._applied)
+        self._ledger_writer.release(self._applied)
 
     async def _ledger_settled(self) -> None:
         """Return once every append acknowledged is applied and its ledger changes are
@@ -738,19 +711,6 @@ class DuckDBStore:
         await self._applied_now()
         if self._ledger.owed:
             await self._flush_ledger()
-
-    def _release_journal(self) -> None:
-        """Let the journal delete the segments of frames applied, ledger entries included."""
-        if self._journal is None:
-            return
-        releasable = self._applied
-        # Only while some are (a check of one attribute: this runs at every apply).
-        if self._ledger_frames or self._ledger.writing:
-            unwritten = self._ledger.unwritten_from
-            if unwritten is not None:
-                releasable = min(releasable, unwritten - 1)
-        with contextlib.suppress(OSError):  # a failed writer is reported by `check`
-            self._journal.release(releasable)
 
     async def expire(self) -> int:
         """Delete records and rejections older than the retention; how many rows went."""
