@@ -45,8 +45,8 @@ from app.store.bell import Bell
 from app.store.copies import ConflictObserver, message_states
 from app.store.duckdb import producers as book
 from app.store.duckdb.database import Database
+from app.store.duckdb.frames import Frames
 from app.store.duckdb.inserts import Inserted, Inserter
-from app.store.duckdb.journal import Frame, encode
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.ledger_writes import LedgerWriter
 from app.store.duckdb.producers import DuckDBLedger, FrameLedger, frame_ledger
@@ -176,6 +176,7 @@ class DuckDBStore:
         self._db = Database(path)
         self._inserter = Inserter(self._db.connection, self._typed, clock)
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
+        self._frames = Frames(self._journal)
         self._unapplied: deque[_Unapplied] = deque()
         # Frames journaled whose entry is not in `_unapplied` yet (an append that
         # waits for its early read): none from them on is applied before they are,
@@ -187,7 +188,6 @@ class DuckDBStore:
         # DuckDB will keep, and so not the later copy of one still to be applied.
         self._pending: collections.Counter[str] = collections.Counter()
         self._appending = 0  # appends under way
-        self._frames = 0  # appends accepted; a journaled store numbers them as its frames
         self._applied = 0  # appends whose rows are all in DuckDB
         self._progress = asyncio.Event()
         self._wake = asyncio.Event()
@@ -294,7 +294,7 @@ class DuckDBStore:
             self._hurry.set()
             try:
                 async with asyncio.timeout(_READ_BARRIER_SECONDS):
-                    await self._caught_up(self._frames)
+                    await self._caught_up(self._frames.number)
             except (TimeoutError, StoreUnavailable):
                 if self._journal is not None:
                     log.warning(
@@ -329,7 +329,7 @@ class DuckDBStore:
         return (
             not self._unapplied
             and not self._ledger.owed
-            and self._applied == self._frames
+            and self._applied == self._frames.number
             and self._apply_error is None
             and (self._journal is None or self._journal.failure is None)
         )
@@ -391,7 +391,7 @@ class DuckDBStore:
         self._appending += 1
         try:
             try:
-                number = await self._journaled(rows, records, ledger)
+                number = await self._frames.write(rows, records, ledger)
             except BaseException:
                 if early is not None:
                     early.cancel()
@@ -442,37 +442,6 @@ class DuckDBStore:
                 break
             count += 1
         return count
-
-    async def _journaled(
-        self,
-        rows: Sequence[Record | Rejection],
-        records: list[Record],
-        ledger: FrameLedger | None = None,
-    ) -> int:
-        """Make the rows (`records`: those of them that are records), and the ledger's
-        changes, durable; the number of their frame."""
-        if self._journal is not None:
-            rejections = [r for r in rows if type(r) is Rejection]
-            if ledger is None:
-                frame = Frame(records=records, rejections=rejections)
-            else:
-                frame = Frame(
-                    records=records,
-                    rejections=rejections,
-                    producers=list(ledger.entries),
-                    forgotten=list(ledger.forgotten),
-                    ranges=list(ledger.ranges),
-                    hours=list(ledger.hours),
-                    copies=list(ledger.copies),
-                )
-            try:
-                self._frames = await self._journal.append(encode(frame))
-            except OSError as exc:
-                log.error("journal write failed: %s", exc)
-                raise StoreUnavailable(f"journal write failed: {exc}") from exc
-        else:
-            self._frames += 1
-        return self._frames
 
     async def _append_sequenced(
         self, rows: Sequence[Record | Rejection], sequences: list[ProducerSequence | None]
@@ -799,7 +768,7 @@ class DuckDBStore:
 
     async def _applied_now(self) -> None:
         """Return once every append made so far is in DuckDB."""
-        await self._applied_through(self._frames)
+        await self._applied_through(self._frames.number)
 
     async def _applied_through(self, frame_number: int) -> None:
         if self._applied >= frame_number:
