@@ -40,7 +40,7 @@ class HeldApply(DuckDBStore):
         self.released.set()
         self.inserting = threading.Event()  # the applier has cut its batch
         self.inserts: list[list[str]] = []  # the message ids of each insert
-        insert = self._inserter.insert
+        insert = self._applier.insert
 
         def held(rows: Sequence[Record | Rejection], *rest: Any) -> Any:
             self.inserting.set()
@@ -48,7 +48,7 @@ class HeldApply(DuckDBStore):
             self.released.wait(30)
             return insert(rows, *rest)
 
-        self._inserter.insert = held  # type: ignore[method-assign]
+        self._applier.insert = held
 
 
 @pytest.fixture

@@ -12,13 +12,10 @@ Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import itertools
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,13 +37,19 @@ from app.store import (
     R,
     RowOutcome,
 )
-from app.store.backoff import Backoff
 from app.store.bell import Bell
 from app.store.copies import ConflictObserver, message_states
 from app.store.duckdb import producers as book
+from app.store.duckdb.applier import (
+    APPLY_EVERY_SECONDS,
+    MAX_UNAPPLIED_ROWS,
+    READ_BARRIER_SECONDS,
+    Applier,
+    Unapplied,
+)
 from app.store.duckdb.database import Database
 from app.store.duckdb.frames import Frames
-from app.store.duckdb.inserts import Inserted, Inserter
+from app.store.duckdb.inserts import Inserter
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.ledger_writes import LedgerWriter
 from app.store.duckdb.producers import DuckDBLedger, FrameLedger, frame_ledger
@@ -74,66 +77,11 @@ from app.store.producers import (
 )
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
-from app.store.tally import Copy, Held, Sequenced, SequenceKey
+from app.store.tally import Copy, Sequenced, SequenceKey
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Journaled rows not yet in DuckDB, at most: past it, appends wait for the
-# applier, and pushes get 503 by their deadline rather than memory growing.
-_MAX_UNAPPLIED_ROWS = 100_000
-# The applier moves journaled rows into DuckDB at most this often while nobody
-# reads them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its size (89 µs a
-# row in 32-row batches, 19 µs in 256-row ones), CPU the event loop needs, and
-# its writer thread takes the GIL from the loop: at 64 connections, applying
-# every 50 ms cost a push ~30 µs of CPU beside the loop's ~150, every 250 ms
-# ~12 µs. A read never waits for it: a point read's barrier, or a page or a
-# follower waiting for rows the tail was not given when they were journaled,
-# asks for an apply now; so does a page read while such a row has waited longer
-# than _FRESH_SECONDS, so that a client polling pages finds rows as soon as it
-# did when the applier ran every 50 ms.
-_APPLY_EVERY_SECONDS = 0.25
-_FRESH_SECONDS = 0.05
-_FRESH_MICROS = int(_FRESH_SECONDS * 1_000_000)
-# Rows per INSERT when the applier catches up: larger batches amortise
-# DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
-_APPLY_MAX_ROWS = 20_000
-# A point read waits this long for earlier appends to become readable.
-_READ_BARRIER_SECONDS = 5.0
-
-
-# Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
-_APPLY_RETRY_SECONDS = (0.05, 5.0)
-
-
-# The ingest time of an append with no rows (only the ledger's count of duplicates):
-# it holds no read back.
-_NO_ROWS = 2**62
-
-
-class _Unapplied:
-    __slots__ = ("frame_number", "ledger", "oldest", "rows", "shown", "shown_ids")
-
-    def __init__(
-        self,
-        frame_number: int,
-        rows: Sequence[Record | Rejection],
-        ledger: FrameLedger | None = None,
-        *,
-        shown: Sequence[Record] | None = None,
-    ) -> None:
-        self.frame_number = frame_number
-        self.rows = rows
-        # What the append changed of the ledger of producer sequences, if anything.
-        self.ledger = ledger
-        self.oldest = min((r.ingest_time for r in rows), default=_NO_ROWS)
-        # Its new records went to the tail once durable (`append`), before DuckDB has
-        # them: they hold the read horizon back no more, and are not added again once
-        # applied. Its other records are copies of messages journaled before, which the
-        # applier adds with the first copy (not shown: none of this frame's rows are).
-        self.shown = shown is not None
-        self.shown_ids = frozenset(r.message_id for r in shown or ())
 
 
 class DuckDBStore:
@@ -148,6 +96,10 @@ class DuckDBStore:
     max_in_flight = 2
     # Rows keep the time the batcher stamped them with.
     stamps_at_commit = False
+    # A read's horizon and its barrier are the applier's own (`Applier.horizon`,
+    # `Applier.barrier`), not methods that call them: a page asks for both.
+    read_horizon: Callable[[int], int]
+    barrier: Callable[[], Coroutine[Any, Any, None]]
 
     def __init__(
         self,
@@ -155,7 +107,7 @@ class DuckDBStore:
         *,
         retention_days: int = 0,
         expire_every: float = EXPIRE_EVERY_SECONDS,
-        apply_every: float = _APPLY_EVERY_SECONDS,
+        apply_every: float = APPLY_EVERY_SECONDS,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
         revisions: Revisions | None = None,
@@ -163,39 +115,17 @@ class DuckDBStore:
         live_producers: int = book.LIVE_PRODUCERS,
     ) -> None:
         self.path = path
-        self._conflicts = conflicts
         # Records of a topic schema's revisions get typed columns (typed.py);
         # `revisions` is where the push path tells each revision's fields.
         self._typed = TypedColumns(revisions)
-        self._apply_every = apply_every
         self._clock = clock
         # The applier and the expirer: restarted if they fail, named by readiness
         # while they stay down, each restart told to `loops`.
         self._loops = Supervisor(observer=loops)
-        self._running = False
         self._db = Database(path)
         self._inserter = Inserter(self._db.connection, self._typed, clock)
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
         self._frames = Frames(self._journal)
-        self._unapplied: deque[_Unapplied] = deque()
-        # Frames journaled whose entry is not in `_unapplied` yet (an append that
-        # waits for its early read): none from them on is applied before they are,
-        # so `_applied` never passes a frame not in DuckDB (`_apply_next`).
-        self._queuing: set[int] = set()
-        self._unapplied_rows = 0
-        # The message ids of the records journaled and not yet applied (with how many
-        # copies): a record shown to followers before DuckDB has it must be the copy
-        # DuckDB will keep, and so not the later copy of one still to be applied.
-        self._pending: collections.Counter[str] = collections.Counter()
-        self._appending = 0  # appends under way
-        self._applied = 0  # appends whose rows are all in DuckDB
-        self._progress = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._hurry = asyncio.Event()
-        self._apply_error: str | None = None
-        # A batch inserted into DuckDB and not yet accounted for (the tail, the
-        # journal): what the applier finishes first when it is restarted.
-        self._half_applied: tuple[list[_Unapplied], Inserted] | None = None
         # The newest records, which followers at the tail read with no query:
         # this store sees every write, so the tail is complete up to what is applied.
         self.tail = Tail()
@@ -214,7 +144,20 @@ class DuckDBStore:
             retention_days, self._db.write, self._db.connection, self._ledger, clock, expire_every
         )
         self._sequencing = asyncio.Lock()
-        self._ledger_writer = LedgerWriter(self._ledger, self._journal)
+        self._applier = Applier(
+            write=self._db.write,
+            insert=self._inserter.insert,
+            frames=self._frames,
+            ledger=LedgerWriter(self._ledger, self._journal),
+            tail=self.tail,
+            bell=self.bell,
+            clock=clock,
+            conflicts=conflicts,
+            every=apply_every,
+        )
+        self.read_horizon = self._applier.horizon
+        self.barrier = self._applier.barrier
+        self._appending = 0  # appends under way
 
     @property
     def live_producers(self) -> int:
@@ -236,26 +179,16 @@ class DuckDBStore:
                     sum(len(f.records) + len(f.rejections) for f in frames),
                 )
                 for frame in frames:
-                    # Replayed whether or not it was applied before the stop, so a
-                    # conflicting copy in it was most likely told already: telling
-                    # it again would count it at every restart.
-                    ledger = FrameLedger(
-                        frame.producers, frame.forgotten, frame.ranges, frame.hours, frame.copies
-                    )
-                    await self._db.write(
-                        self._inserter.insert,
-                        [*frame.records, *frame.rejections],
-                        frame.copies,
-                        ledger.changes(),
-                    )
+                    await self._applier.replay(frame)
             await self._journal.discard_replayed()
         # Producers' entries are read as they publish; the hours' counts now.
         await self._ledger.start()
         await self._warm_tail()
         await self._loops.start()
-        self._running = True
+        applier = self._applier
+        applier.running = True
         # Down once it fails for longer than it lets appends wait to be applied.
-        self._loops.run("applier", self._apply_forever, interval=self._apply_every)
+        self._loops.run("applier", applier.forever, interval=applier.every)
         retention = self._retention
         if retention.days:
             # Once now, for a store that was closed longer than the interval.
@@ -289,30 +222,31 @@ class DuckDBStore:
             self.tail.fill((since, ""), records)
 
     async def close(self) -> None:
-        if self._running:
+        applier = self._applier
+        if applier.running:
             # Whatever is not applied now stays in the journal for the next start.
-            self._hurry.set()
+            applier.hurry.set()
             try:
-                async with asyncio.timeout(_READ_BARRIER_SECONDS):
-                    await self._caught_up(self._frames.number)
+                async with asyncio.timeout(READ_BARRIER_SECONDS):
+                    await applier.caught_up(self._frames.number)
             except (TimeoutError, StoreUnavailable):
                 if self._journal is not None:
                     log.warning(
                         "closing with %d journaled rows not applied: the next start recovers "
                         "them from the journal",
-                        self._unapplied_rows,
+                        applier.rows,
                     )
                 else:
                     log.error(
                         "closing with %d rows not applied: a memory store keeps no journal, "
                         "so they are lost",
-                        self._unapplied_rows,
+                        applier.rows,
                     )
-            self._running = False
+            applier.running = False
             await self._loops.close()
         if self._ledger.owed and self._db.con is not None:
             with contextlib.suppress(StoreUnavailable):  # logged; the journal keeps them
-                await self._flush_ledger()
+                await applier.flush_ledger()
         con = self._db.close_reads()
         if self._journal is not None:
             await self._journal.close()
@@ -327,41 +261,29 @@ class DuckDBStore:
 
     def _everything_applied(self) -> bool:
         return (
-            not self._unapplied
+            self._applier.everything_applied()
             and not self._ledger.owed
-            and self._applied == self._frames.number
-            and self._apply_error is None
             and (self._journal is None or self._journal.failure is None)
         )
 
     async def check(self) -> None:
         if self._journal is not None and self._journal.failure is not None:
             raise StoreUnavailable(self._journal.failure)
-        if self._apply_error is not None:
-            raise StoreUnavailable(f"journaled rows cannot be applied: {self._apply_error}")
-        if not self._running:
+        error = self._applier.error
+        if error is not None:
+            raise StoreUnavailable(f"journaled rows cannot be applied: {error}")
+        if not self._applier.running:
             raise StoreUnavailable("the DuckDB store is not applying writes")
         self._loops.check()
         await self._db.read(lambda cur: cur.execute("SELECT 1").fetchall())
-
-    def read_horizon(self, now: int) -> int:
-        # Not just the first entry: appends may arrive out of stamp order when
-        # a caller runs several at once, and any unapplied row holds reads back,
-        # but those already in the tail: a read of the tail has them, and every
-        # other read first waits for what was journaled to be applied (`_applied_now`).
-        horizon = min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
-        if now - horizon > _FRESH_MICROS:
-            # A reader: what has waited this long is applied now, for its next page.
-            self._hurry.set()
-        return horizon
 
     # -- writing ---------------------------------------------------------------
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         if self._db.con is None:
             raise StoreUnavailable("the DuckDB store is closed")
-        while self._unapplied_rows >= _MAX_UNAPPLIED_ROWS:
-            await self._progress.wait()
+        if self._applier.rows >= MAX_UNAPPLIED_ROWS:
+            await self._applier.room()
         sequences = [sequence_of(r) for r in rows]
         if any(s is not None for s in sequences):
             async with self._sequencing:
@@ -397,7 +319,8 @@ class DuckDBStore:
                     early.cancel()
                 raise
             shown: list[Record] | None = None
-            self._queuing.add(number)
+            queuing = self._applier.queuing
+            queuing.add(number)
             try:
                 if early is not None:
                     try:
@@ -408,40 +331,16 @@ class DuckDBStore:
                 # Journaled: queued for the applier whatever happens meanwhile, in
                 # frame order (a later append may have been queued while this one
                 # waited for its early read).
-                self._queuing.discard(number)
-                self._queue(_Unapplied(number, rows, ledger, shown=shown))
-                self._pending.update(r.message_id for r in records)
-                self._wake.set()
+                queuing.discard(number)
+                self._applier.queue(Unapplied(number, rows, ledger, shown=shown), records)
         finally:
             self._appending -= 1
         if shown:
             self.tail.add(shown, now=self._clock() // 1000)
             self.bell.ring()  # durable and readable in order: waiting followers read again
         elif followed:
-            self._hurry.set()  # followers see these rows once applied: now, not in 250 ms
+            self._applier.hurry.set()  # followers see these rows once applied: now, not in 250 ms
         return number
-
-    def _queue(self, entry: _Unapplied) -> None:
-        """Queue a journaled frame for the applier, the queue kept in frame order."""
-        unapplied = self._unapplied
-        at = len(unapplied)
-        while at and unapplied[at - 1].frame_number > entry.frame_number:
-            at -= 1
-        unapplied.insert(at, entry)
-        self._unapplied_rows += len(entry.rows)
-
-    def _appliable(self) -> int:
-        """How many queued frames, from the first, may be applied now: those before
-        the first frame journaled and not yet queued."""
-        if not self._queuing:
-            return len(self._unapplied)
-        first = min(self._queuing)
-        count = 0
-        for entry in self._unapplied:
-            if entry.frame_number > first:
-                break
-            count += 1
-        return count
 
     async def _append_sequenced(
         self, rows: Sequence[Record | Rejection], sequences: list[ProducerSequence | None]
@@ -520,7 +419,7 @@ class DuckDBStore:
         keys = {(s.producer, s.epoch, s.sequence) for s, *_ in rows if s is not None}
         stored = set[str]()
         ids: dict[SequenceKey, set[str]] = {}
-        for entry in self._unapplied:
+        for entry in self._applier.unapplied:
             stored.update(r.message_id for r in entry.rows if r.message_id in wanted)
             if entry.ledger is not None:
                 for held in entry.ledger.copies:
@@ -534,7 +433,7 @@ class DuckDBStore:
         # The messages themselves, where they are: journaled, or in DuckDB.
         every = {i for found in ids.values() for i in found}
         messages: dict[str, list[Record | Rejection]] = {}
-        for entry in self._unapplied:
+        for entry in self._applier.unapplied:
             for row in entry.rows:
                 if row.message_id in every:
                     messages.setdefault(row.message_id, []).append(row)
@@ -561,7 +460,7 @@ class DuckDBStore:
         the read sees what is applied when it starts, so nothing is missed."""
         firsts: dict[str, Record] = {}
         for record in records:
-            if record.message_id not in self._pending:
+            if record.message_id not in self._applier.pending:
                 firsts.setdefault(record.message_id, record)
         if not firsts:
             return []
@@ -573,129 +472,16 @@ class DuckDBStore:
             del firsts[message_id]
         return list(firsts.values())
 
-    async def _apply_forever(self) -> None:
-        delays = Backoff(*_APPLY_RETRY_SECONDS)
-        while True:
-            if self._half_applied is None:
-                if not self._appliable():
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                done = await self._apply_next()
-                if done is None:
-                    await asyncio.sleep(delays.next())
-                    continue
-                delays.reset()
-                self._half_applied = done
-            # A run the supervisor restarts after a failure past the insert finishes
-            # that batch from here: inserted again, its records would be taken for
-            # stored copies and never reach the tail.
-            batch, inserted = self._half_applied
-            self._account(batch, inserted.records)
-            self._half_applied = None
-            if self._ledger_writer.due():
-                with contextlib.suppress(StoreUnavailable):
-                    await self._flush_ledger()
-            self._ledger_writer.release(self._applied)
-            # Last: an observer that fails leaves the batch applied all the same.
-            self._report(inserted.conflicts)
-
-    async def _apply_next(self) -> tuple[list[_Unapplied], Inserted] | None:
-        """Insert the next batch of journaled rows into DuckDB: the batch and what the
-        insert did, or None if it failed (the rows stay journaled, to try again)."""
-        if self._unapplied_rows < _APPLY_MAX_ROWS and not self._hurry.is_set():
-            # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read waiting on
-            # its barrier, or an append that followers see only once applied (not
-            # shown when journaled), cuts this short.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._apply_every):
-                    await self._hurry.wait()
-        self._hurry.clear()
-        batch: list[_Unapplied] = []
-        count = 0
-        for entry in itertools.islice(self._unapplied, self._appliable()):
-            if batch and count + len(entry.rows) > _APPLY_MAX_ROWS:
-                break
-            batch.append(entry)
-            count += len(entry.rows)
-        rows = [row for entry in batch for row in entry.rows]
-        copies: list[Held] = []
-        for entry in batch:
-            if entry.ledger is not None:
-                copies += entry.ledger.copies
-        try:
-            return batch, await self._db.write(self._inserter.insert, rows, copies)
-        except Exception as exc:
-            # The rows are safe in the journal; keep trying, and say so:
-            # readiness is red until they are applied. Anything but a DuckDB
-            # error (which `_write` turns into StoreUnavailable) is a row
-            # validation let through, logged whole.
-            self._apply_error = str(exc) or type(exc).__name__
-            log.error(
-                "applying %d journaled rows failed, retrying: %s",
-                len(rows),
-                exc,
-                exc_info=not isinstance(exc, StoreUnavailable),
-            )
-            return None
-
-    def _account(self, batch: list[_Unapplied], records: list[Record]) -> None:
-        """Account for a batch now in DuckDB (`records`: the new records it stored):
-        nothing is changed if the tail's clock fails, and nothing else can."""
-        now = self._clock() // 1000
-        # Records shown when they were journaled are in the tail already: the
-        # copies DuckDB kept of a shown frame's new records are exactly those
-        # (`_new_records`). Not its other records: a copy of a message whose first
-        # copy was journaled unshown and is applied in this batch too (a push held
-        # up, and its redelivery) is in the tail only once added here.
-        shown = frozenset().union(*(e.shown_ids for e in batch))
-        self.tail.add([r for r in records if r.message_id not in shown], now=now)
-        self._apply_error = None
-        for entry in batch:
-            self._unapplied.popleft()
-            for row in entry.rows:
-                if type(row) is Record:
-                    left = self._pending[row.message_id] - 1
-                    if left:
-                        self._pending[row.message_id] = left
-                    else:
-                        del self._pending[row.message_id]
-            self._unapplied_rows -= len(entry.rows)
-        self._applied = batch[-1].frame_number
-        progress, self._progress = self._progress, asyncio.Event()
-        progress.set()
-        self.bell.ring()  # readable now: waiting followers read again, from the tail
-        for entry in batch:
-            self._ledger_writer.owe(entry.frame_number, entry.ledger)
-
-    async def _flush_ledger(self) -> None:
-        """Write the ledger's changes owed to DuckDB in one transaction; StoreUnavailable,
-        owing them still, if it fails (the journal keeps them meanwhile)."""
-        await self._ledger_writer.flush(self._applied)
-        self._ledger_writer.release(self._applied)
-
     async def _ledger_settled(self) -> None:
         """Return once every append acknowledged is applied and its ledger changes are
         in DuckDB: what the ledger's queries read."""
-        await self._applied_now()
+        await self._applier.applied_now()
         if self._ledger.owed:
-            await self._flush_ledger()
+            await self._applier.flush_ledger()
 
     async def expire(self) -> int:
         """Delete records and rejections older than the retention; how many rows went."""
         return await self._retention.expire()
-
-    async def _caught_up(self, frame_number: int) -> None:
-        while self._applied < frame_number:
-            progress = self._progress
-            if not self._running:
-                raise StoreUnavailable("the DuckDB store is not applying writes")
-            await progress.wait()
-
-    def _report(self, conflicts: list[tuple[Record | Rejection, Record | Rejection]]) -> None:
-        if self._conflicts is not None:
-            for kept, later in conflicts:
-                self._conflicts(kept, later)
 
     # -- reading ---------------------------------------------------------------
 
@@ -708,7 +494,7 @@ class DuckDBStore:
         sql, bounded, conditions = PAGE_SQL[kind], BOUNDED_PAGE_SQL[kind], dict[str, Any]()
         if query.filter:
             sql, bounded, conditions = filtered(kind, query.filter, self._typed.fields)
-        await self._applied_now()
+        await self._applier.applied_now()
         params = {
             "after_time": query.after_time,
             "after_message_id": query.after_message_id,
@@ -726,14 +512,14 @@ class DuckDBStore:
         return query.answer(rows)
 
     async def latest(self, record_id: str) -> Record | None:
-        await self._applied_now()
+        await self._applier.applied_now()
         rows = await self._db.read(
             lambda cur: cur.execute(LATEST_SQL, {"id": record_id}).fetchall()
         )
         return row_of(Record, rows[0]) if rows else None
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        await self._applied_now()
+        await self._applier.applied_now()
         params = {"message_id": message_id}
 
         def lookup(cur: duckdb.DuckDBPyConnection) -> MessageStatus | None:
@@ -752,33 +538,11 @@ class DuckDBStore:
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         if not message_ids:
             return {}
-        await self._applied_now()
+        await self._applier.applied_now()
         params = {"ids": list(message_ids)}
         return message_states(
             await self._db.read(lambda cur: cur.execute(SEEN_SQL, params).fetchall())
         )
-
-    async def barrier(self) -> None:
-        # Rows shown to the tail once journaled are readable already: a read waits
-        # for the others. Each read of DuckDB itself then waits for everything
-        # journaled to be applied (`_applied_now`).
-        await self._applied_through(
-            max((e.frame_number for e in self._unapplied if not e.shown), default=0)
-        )
-
-    async def _applied_now(self) -> None:
-        """Return once every append made so far is in DuckDB."""
-        await self._applied_through(self._frames.number)
-
-    async def _applied_through(self, frame_number: int) -> None:
-        if self._applied >= frame_number:
-            return
-        self._hurry.set()
-        try:
-            async with asyncio.timeout(_READ_BARRIER_SECONDS):
-                await self._caught_up(frame_number)
-        except TimeoutError:
-            raise StoreUnavailable("recent writes are not readable yet") from None
 
     async def reproject(self, records: Sequence[Record]) -> int:
         """Project these stored records again, as the code and revisions are now, and
