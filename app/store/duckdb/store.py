@@ -48,6 +48,7 @@ from app.store.duckdb.applier import (
     Unapplied,
 )
 from app.store.duckdb.database import Database
+from app.store.duckdb.early_tail import EarlyTail
 from app.store.duckdb.frames import Frames
 from app.store.duckdb.inserts import Inserter
 from app.store.duckdb.journal_process import JournalProcess
@@ -62,7 +63,6 @@ from app.store.duckdb.sql import (
     RECORD_BY_MESSAGE_SQL,
     REJECTION_BY_MESSAGE_SQL,
     SEEN_SQL,
-    STORED_RECORD_IDS_SQL,
     filtered,
     payload_size,
     read_within,
@@ -157,7 +157,7 @@ class DuckDBStore:
         )
         self.read_horizon = self._applier.horizon
         self.barrier = self._applier.barrier
-        self._appending = 0  # appends under way
+        self._early = EarlyTail(self._db.read, self._applier.pending, self.tail, self.bell, clock)
 
     @property
     def live_producers(self) -> int:
@@ -299,34 +299,25 @@ class DuckDBStore:
         nothing, if the write fails."""
         records = [r for r in rows if type(r) is Record]
         # With followers, the records go to the tail as soon as they are durable
-        # (journaled), not once DuckDB has them (~3 ms later): which of them DuckDB
-        # will keep is asked meanwhile (`_new_records`). Alone in flight only: a
-        # concurrent append could hold a copy of the same message.
+        # (journaled), not once DuckDB has them: which of them DuckDB will keep is
+        # asked meanwhile (early_tail.py).
         followed = self.bell.demanded
-        early = (
-            asyncio.ensure_future(self._new_records(records))
-            if records and followed and not self._appending
-            else None
-        )
-        # Under way until its message ids are pending: an append that starts before
-        # then (two are in flight) shows nothing early, as it cannot know them.
-        self._appending += 1
+        early = self._early
+        asked = early.ask(records) if records and followed else None
+        early.appending += 1
         try:
             try:
                 number = await self._frames.write(rows, records, ledger)
             except BaseException:
-                if early is not None:
-                    early.cancel()
+                if asked is not None:
+                    asked.cancel()
                 raise
             shown: list[Record] | None = None
             queuing = self._applier.queuing
             queuing.add(number)
             try:
-                if early is not None:
-                    try:
-                        shown = await early
-                    except StoreUnavailable as exc:  # shown once applied instead
-                        log.warning("records not shown before they are applied: %s", exc)
+                if asked is not None:
+                    shown = await early.answer(asked)
             finally:
                 # Journaled: queued for the applier whatever happens meanwhile, in
                 # frame order (a later append may have been queued while this one
@@ -334,10 +325,9 @@ class DuckDBStore:
                 queuing.discard(number)
                 self._applier.queue(Unapplied(number, rows, ledger, shown=shown), records)
         finally:
-            self._appending -= 1
+            early.appending -= 1
         if shown:
-            self.tail.add(shown, now=self._clock() // 1000)
-            self.bell.ring()  # durable and readable in order: waiting followers read again
+            early.show(shown)
         elif followed:
             self._applier.hurry.set()  # followers see these rows once applied: now, not in 250 ms
         return number
@@ -450,27 +440,6 @@ class DuckDBStore:
             for key, found in ids.items()
         }
         return stored, copies
-
-    async def _new_records(self, records: list[Record]) -> list[Record]:
-        """Of `records` (an append's, before it is journaled), those DuckDB will keep
-        once their frame is applied: the first copy of each message, not journaled
-        before (`_pending`, looked at now, while no other append is under way) nor
-        stored already (one read by message id, which DuckDB's primary key serves).
-        Every frame journaled before this one is pending now or applied already, and
-        the read sees what is applied when it starts, so nothing is missed."""
-        firsts: dict[str, Record] = {}
-        for record in records:
-            if record.message_id not in self._applier.pending:
-                firsts.setdefault(record.message_id, record)
-        if not firsts:
-            return []
-        params = {"ids": list(firsts)}
-        stored = await self._db.read(
-            lambda cur: cur.execute(STORED_RECORD_IDS_SQL, params).fetchall()
-        )
-        for (message_id,) in stored:
-            del firsts[message_id]
-        return list(firsts.values())
 
     async def _ledger_settled(self) -> None:
         """Return once every append acknowledged is applied and its ledger changes are
