@@ -25,7 +25,6 @@ from app.errors import StoreUnavailable
 from app.records import (
     Record,
     Rejection,
-    rejected_record,
     row_of,
 )
 from app.store import (
@@ -33,7 +32,6 @@ from app.store import (
     MessageStatus,
     Page,
     PageQuery,
-    PublisherDuplicate,
     R,
     RowOutcome,
 )
@@ -53,8 +51,9 @@ from app.store.duckdb.frames import Frames
 from app.store.duckdb.inserts import Inserter
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.ledger_writes import LedgerWriter
-from app.store.duckdb.producers import DuckDBLedger, FrameLedger, frame_ledger
+from app.store.duckdb.producers import DuckDBLedger, FrameLedger
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
+from app.store.duckdb.sequencing import Sequencer
 from app.store.duckdb.sql import (
     BOUNDED_PAGE_SQL,
     LATEST_SQL,
@@ -66,18 +65,14 @@ from app.store.duckdb.sql import (
     filtered,
     payload_size,
     read_within,
-    stored_rows,
 )
 from app.store.duckdb.typed import TypedColumns
 from app.store.producers import (
     Completeness,
-    ProducerSequence,
-    message_digest,
     sequence_of,
 )
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
-from app.store.tally import Copy, Sequenced, SequenceKey
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -143,7 +138,6 @@ class DuckDBStore:
         self._retention = Retention(
             retention_days, self._db.write, self._db.connection, self._ledger, clock, expire_every
         )
-        self._sequencing = asyncio.Lock()
         self._applier = Applier(
             write=self._db.write,
             insert=self._inserter.insert,
@@ -157,6 +151,14 @@ class DuckDBStore:
         )
         self.read_horizon = self._applier.horizon
         self.barrier = self._applier.barrier
+        self._sequencer = Sequencer(
+            ledger=self._ledger,
+            store=self._store,
+            unapplied=self._applier.unapplied,
+            database=self._db,
+            seen=self.seen,
+            clock=clock,
+        )
         self._early = EarlyTail(self._db.read, self._applier.pending, self.tail, self.bell, clock)
 
     @property
@@ -286,8 +288,7 @@ class DuckDBStore:
             await self._applier.room()
         sequences = [sequence_of(r) for r in rows]
         if any(s is not None for s in sequences):
-            async with self._sequencing:
-                return await self._append_sequenced(rows, sequences)
+            return await self._sequencer.append(rows, sequences)
         await self._store(rows)
         return [None] * len(rows)
 
@@ -331,115 +332,6 @@ class DuckDBStore:
         elif followed:
             self._applier.hurry.set()  # followers see these rows once applied: now, not in 250 ms
         return number
-
-    async def _append_sequenced(
-        self, rows: Sequence[Record | Rejection], sequences: list[ProducerSequence | None]
-    ) -> Sequence[RowOutcome]:
-        """An append with producer sequences: the ledger's verdict on each row, journaled
-        with the rows kept. The ledger in memory changes only once the frame is durable:
-        a failed write leaves every sequence unseen, so the redelivery is stored."""
-        settling = [
-            Sequenced(s, r.message_id, type(r) is Record)
-            for r, s in zip(rows, sequences, strict=True)
-        ]
-        ledger = self._ledger
-        try:
-            return await self._settle(rows, sequences, settling)
-        finally:
-            ledger.release()
-
-    async def _settle(
-        self,
-        rows: Sequence[Record | Rejection],
-        sequences: list[ProducerSequence | None],
-        settling: list[Sequenced],
-    ) -> Sequence[RowOutcome]:
-        ledger = self._ledger
-        await ledger.load(s.producer for s in sequences if s is not None)
-        # Only a row whose sequence is seen already may be a redelivery of a stored
-        # message or a copy of one: what is held under those sequences decides, in one read.
-        seen = ledger.tally.seen_rows(settling)
-        stored_before: set[str] = set()
-        copies: dict[SequenceKey, list[Copy]] = {}
-        if seen:
-            stored_before, copies = await self._held(seen)
-        settled = ledger.tally.settle(
-            settling,
-            copies=copies,
-            stored_before=stored_before,
-            now=self._clock() // 1000,
-            digest=lambda index: message_digest(rows[index]),
-        )
-        hours = ledger.hours_after(settled)
-        part = frame_ledger(settled, hours)
-        if not settled.duplicates and not settled.reasons:
-            # Every row kept as it came, as nearly every batch is.
-            frame = await self._store(rows, part)
-            ledger.committed(settled, hours, frame)
-            return [None] * len(rows)
-        kept: list[Record | Rejection] = []
-        outcomes: list[RowOutcome] = []
-        for index, (row, sequence, verdict) in enumerate(
-            zip(rows, sequences, settled.verdicts, strict=True)
-        ):
-            if verdict == "duplicate" and sequence is not None:
-                outcomes.append(
-                    PublisherDuplicate(sequence.producer, sequence.epoch, sequence.sequence)
-                )
-                continue
-            if verdict == "refuse" and isinstance(row, Record):
-                reason = settled.reasons[index]
-                kept.append(rejected_record(row, reason))
-                outcomes.append(reason)
-                continue
-            kept.append(row)
-            outcomes.append(None)
-        frame = await self._store(kept, part)
-        ledger.committed(settled, hours, frame)
-        return outcomes
-
-    async def _held(
-        self, rows: Sequence[Sequenced]
-    ) -> tuple[set[str], dict[SequenceKey, list[Copy]]]:
-        """Which of these rows' messages are stored (a record or a rejection), and the
-        messages held under their sequences, with their digests. The journaled frames not
-        applied yet are looked at first: a frame leaves them only once it is in DuckDB,
-        so nothing is missed between the two looks."""
-        wanted = {r.message_id for r in rows}
-        keys = {(s.producer, s.epoch, s.sequence) for s, *_ in rows if s is not None}
-        stored = set[str]()
-        ids: dict[SequenceKey, set[str]] = {}
-        for entry in self._applier.unapplied:
-            stored.update(r.message_id for r in entry.rows if r.message_id in wanted)
-            if entry.ledger is not None:
-                for held in entry.ledger.copies:
-                    if held[:3] in keys:
-                        ids.setdefault(held[:3], set()).add(held[3])
-        rest = wanted - stored
-        if rest:
-            stored |= set(await self.seen(sorted(rest)))
-        for key, found in (await self._db.read(lambda cur: book.held_ids(cur, keys))).items():
-            ids.setdefault(key, set()).update(found)
-        # The messages themselves, where they are: journaled, or in DuckDB.
-        every = {i for found in ids.values() for i in found}
-        messages: dict[str, list[Record | Rejection]] = {}
-        for entry in self._applier.unapplied:
-            for row in entry.rows:
-                if row.message_id in every:
-                    messages.setdefault(row.message_id, []).append(row)
-        missing = sorted(every - set(messages))
-        if missing:
-            for row in await self._db.read(lambda cur: stored_rows(cur, missing)):
-                messages.setdefault(row.message_id, []).append(row)
-        copies = {
-            key: [
-                Copy(message_id, message_digest(row))
-                for message_id in sorted(found)
-                for row in messages.get(message_id, ())
-            ]
-            for key, found in ids.items()
-        }
-        return stored, copies
 
     async def _ledger_settled(self) -> None:
         """Return once every append acknowledged is applied and its ledger changes are
