@@ -313,6 +313,8 @@ class Applier:
 
     async def barrier(self) -> None:
         """Return once the rows not shown to the tail when journaled are applied."""
+        if self.applied >= self.frames.number:
+            return  # as nearly always: nothing to look for
         # Rows shown to the tail once journaled are readable already: a read waits
         # for the others. Each read of DuckDB itself then waits for everything
         # journaled to be applied (`applied_now`).
@@ -322,7 +324,9 @@ class Applier:
 
     async def applied_now(self) -> None:
         """Return once every append made so far is in DuckDB."""
-        await self.applied_through(self.frames.number)
+        number = self.frames.number
+        if self.applied < number:
+            await self.applied_through(number)
 
     async def applied_through(self, frame_number: int) -> None:
         if self.applied >= frame_number:

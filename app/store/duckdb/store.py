@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,10 +91,6 @@ class DuckDBStore:
     max_in_flight = 2
     # Rows keep the time the batcher stamped them with.
     stamps_at_commit = False
-    # A read's horizon and its barrier are the applier's own (`Applier.horizon`,
-    # `Applier.barrier`), not methods that call them: a page asks for both.
-    read_horizon: Callable[[int], int]
-    barrier: Callable[[], Coroutine[Any, Any, None]]
 
     def __init__(
         self,
@@ -149,8 +145,6 @@ class DuckDBStore:
             conflicts=conflicts,
             every=apply_every,
         )
-        self.read_horizon = self._applier.horizon
-        self.barrier = self._applier.barrier
         self._sequencer = Sequencer(
             ledger=self._ledger,
             store=self._store,
@@ -340,6 +334,12 @@ class DuckDBStore:
         if self._ledger.owed:
             await self._applier.flush_ledger()
 
+    def read_horizon(self, now: int) -> int:
+        return self._applier.horizon(now)
+
+    async def barrier(self) -> None:
+        await self._applier.barrier()
+
     async def expire(self) -> int:
         """Delete records and rejections older than the retention; how many rows went."""
         return await self._retention.expire()
@@ -416,25 +416,5 @@ class DuckDBStore:
         none is declared, have nothing to project.
         """
 
-        def replace() -> int:
-            con = self._db.connection()
-            typed = self._typed.arrow(con, records)
-            if typed is None:
-                return 0
-            con.register("reprojected", typed)
-            con.begin()
-            try:
-                con.execute(
-                    "DELETE FROM record_fields WHERE message_id IN "
-                    "(SELECT message_id FROM reprojected)"
-                )
-                self._typed.insert(con, typed)
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-            finally:
-                con.unregister("reprojected")
-            return int(typed.num_rows)
-
-        return await self._db.write(replace)
+        db = self._db
+        return await db.write(lambda: self._typed.replace(db.connection(), records))
