@@ -17,15 +17,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-import duckdb
+from typing import TypeVar
 
 from app.errors import StoreUnavailable
 from app.records import (
     Record,
     Rejection,
-    row_of,
 )
 from app.store import (
     MessageState,
@@ -36,7 +33,7 @@ from app.store import (
     RowOutcome,
 )
 from app.store.bell import Bell
-from app.store.copies import ConflictObserver, message_states
+from app.store.copies import ConflictObserver
 from app.store.duckdb import producers as book
 from app.store.duckdb.applier import (
     APPLY_EVERY_SECONDS,
@@ -52,20 +49,9 @@ from app.store.duckdb.inserts import Inserter
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.ledger_writes import LedgerWriter
 from app.store.duckdb.producers import DuckDBLedger, FrameLedger
+from app.store.duckdb.reads import Reader
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.sequencing import Sequencer
-from app.store.duckdb.sql import (
-    BOUNDED_PAGE_SQL,
-    LATEST_SQL,
-    NEWEST_RECORDS_SQL,
-    PAGE_SQL,
-    RECORD_BY_MESSAGE_SQL,
-    REJECTION_BY_MESSAGE_SQL,
-    SEEN_SQL,
-    filtered,
-    payload_size,
-    read_within,
-)
 from app.store.duckdb.typed import TypedColumns
 from app.store.producers import (
     Completeness,
@@ -153,6 +139,7 @@ class DuckDBStore:
             seen=self.seen,
             clock=clock,
         )
+        self._reader = Reader(self._db, self._applier.applied_now, self.tail, self._typed)
         self._early = EarlyTail(self._db.read, self._applier.pending, self.tail, self.bell, clock)
 
     @property
@@ -179,7 +166,7 @@ class DuckDBStore:
             await self._journal.discard_replayed()
         # Producers' entries are read as they publish; the hours' counts now.
         await self._ledger.start()
-        await self._warm_tail()
+        await self._reader.warm_tail(self._clock() // 1000)
         await self._loops.start()
         applier = self._applier
         applier.running = True
@@ -190,32 +177,6 @@ class DuckDBStore:
             # Once now, for a store that was closed longer than the interval.
             await retention.expire()
             self._loops.run("expirer", retention.forever, interval=retention.every)
-
-    async def _warm_tail(self) -> None:
-        """Start the tail with the records of its window, as DuckDB holds them: a
-        follower near the tail reads memory after a restart as before it, rather than
-        a query a page until the tail has filled again."""
-        since = self._clock() // 1000 - self.tail.window
-        limit = self.tail.max_rows + 1
-        params = {"since": since, "limit": limit}
-        # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
-        found, more = await self._db.write(
-            lambda: read_within(
-                self._db.connection(),
-                NEWEST_RECORDS_SQL,
-                params,
-                Record,
-                self.tail.max_bytes,
-                payload_size(Record),
-            )
-        )
-        records = found[::-1]
-        if more or len(records) == limit:
-            # More than the tail holds: it starts after the oldest of those read.
-            oldest = records.pop(0)
-            self.tail.fill((oldest.ingest_time, oldest.message_id), records)
-        else:
-            self.tail.fill((since, ""), records)
 
     async def close(self) -> None:
         applier = self._applier
@@ -347,63 +308,16 @@ class DuckDBStore:
     # -- reading ---------------------------------------------------------------
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
-        if kind is Record and self.tail.covers(query):
-            # Every record before `before_time` is applied or shown (the read
-            # horizon), so the tail holds every one after the cursor: no query.
-            page: Page[Any] = self.tail.page(query, query.before_time)
-            return page
-        sql, bounded, conditions = PAGE_SQL[kind], BOUNDED_PAGE_SQL[kind], dict[str, Any]()
-        if query.filter:
-            sql, bounded, conditions = filtered(kind, query.filter, self._typed.fields)
-        await self._applier.applied_now()
-        params = {
-            "after_time": query.after_time,
-            "after_message_id": query.after_message_id,
-            "before_time": query.before_time,
-            "limit": query.limit,
-            **conditions,
-        }
-        if query.max_bytes is None:
-            found = await self._db.read(lambda cur: cur.execute(sql, params).fetchall())
-            return query.answer([row_of(kind, r) for r in found])
-        max_bytes, size = query.max_bytes, payload_size(kind)
-        rows, _ = await self._db.read(
-            lambda cur: read_within(cur, bounded, params, kind, max_bytes, size)
-        )
-        return query.answer(rows)
+        return await self._reader.page(kind, query)
 
     async def latest(self, record_id: str) -> Record | None:
-        await self._applier.applied_now()
-        rows = await self._db.read(
-            lambda cur: cur.execute(LATEST_SQL, {"id": record_id}).fetchall()
-        )
-        return row_of(Record, rows[0]) if rows else None
+        return await self._reader.latest(record_id)
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        await self._applier.applied_now()
-        params = {"message_id": message_id}
-
-        def lookup(cur: duckdb.DuckDBPyConnection) -> MessageStatus | None:
-            stored = cur.execute(RECORD_BY_MESSAGE_SQL, params).fetchall()
-            if stored:
-                record = row_of(Record, stored[0])
-                return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
-            rejected = cur.execute(REJECTION_BY_MESSAGE_SQL, params).fetchall()
-            if rejected:
-                ingest_time, reason = rejected[0]
-                return MessageStatus(status="rejected", ingest_time=ingest_time, reason=reason)
-            return None
-
-        return await self._db.read(lookup)
+        return await self._reader.message(message_id)
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        if not message_ids:
-            return {}
-        await self._applier.applied_now()
-        params = {"ids": list(message_ids)}
-        return message_states(
-            await self._db.read(lambda cur: cur.execute(SEEN_SQL, params).fetchall())
-        )
+        return await self._reader.seen(message_ids)
 
     async def reproject(self, records: Sequence[Record]) -> int:
         """Project these stored records again, as the code and revisions are now, and
