@@ -10,6 +10,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import duckdb
 
@@ -26,28 +27,21 @@ Read = Callable[
 ]
 
 
+@dataclass
 class EarlyTail:
     """Asks which of an append's records DuckDB will keep (`read`, beside `pending`: the
     message ids journaled and not yet applied), and shows them in `tail`, ringing `bell`.
     The store counts the appends under way in `appending`."""
 
-    def __init__(
-        self,
-        read: Read,
-        pending: collections.Counter[str],
-        tail: Tail,
-        bell: Bell,
-        clock: Callable[[], int],
-    ) -> None:
-        self.read = read
-        self.pending = pending
-        self.tail = tail
-        self.bell = bell
-        self.clock = clock
-        # Appends under way, each until its message ids are pending: an append that
-        # starts before then (two are in flight) shows nothing early, as it cannot know
-        # them.
-        self.appending = 0
+    read: Read
+    pending: collections.Counter[str]
+    tail: Tail
+    bell: Bell
+    clock: Callable[[], int]
+    # Appends under way, each until its message ids are pending: an append that
+    # starts before then (two are in flight) shows nothing early, as it cannot know
+    # them.
+    appending: int = field(default=0, init=False)
 
     def ask(self, records: list[Record]) -> asyncio.Future[list[Record]] | None:
         """Start asking which of `records` (an append's, followed) to show once they are

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
@@ -18,13 +19,13 @@ from app.store.duckdb.producers import FrameLedger
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
 class Frames:
     """Writes each append as the next frame of `journal` (None: numbers it only)."""
 
-    def __init__(self, journal: JournalProcess | None) -> None:
-        self.journal = journal
-        # Appends accepted: the number of the last one's frame.
-        self.number = 0
+    journal: JournalProcess | None
+    # Appends accepted: the number of the last one's frame.
+    number: int = field(default=0, init=False)
 
     async def write(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import duckdb
@@ -63,19 +64,14 @@ class Inserted(NamedTuple):
     conflicts: list[tuple[Record | Rejection, Record | Rejection]]
 
 
+@dataclass(slots=True)
 class Inserter:
     """Inserts through `connection` (the writer thread's), with the typed columns
     `typed` projects; `clock` stamps the messages held under producer sequences."""
 
-    def __init__(
-        self,
-        connection: Callable[[], duckdb.DuckDBPyConnection],
-        typed: TypedColumns,
-        clock: Callable[[], int],
-    ) -> None:
-        self.connection = connection
-        self.typed = typed
-        self.clock = clock
+    connection: Callable[[], duckdb.DuckDBPyConnection]
+    typed: TypedColumns
+    clock: Callable[[], int]
 
     def insert(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Final
 
 from app.errors import StoreUnavailable
@@ -29,17 +30,17 @@ _LEDGER_FRAMES: Final = 64
 _LEDGER_EVERY_SECONDS: Final = 1.0
 
 
+@dataclass(slots=True)
 class LedgerWriter:
     """Writes what `ledger` owes DuckDB, and releases the segments of `journal` (None
     for a memory store) that nothing owed is in."""
 
-    def __init__(self, ledger: DuckDBLedger, journal: JournalProcess | None) -> None:
-        self.ledger = ledger
-        self.journal = journal
-        # Frames applied whose ledger changes are owed to DuckDB (the journal keeps
-        # their segments until written), and when they were last written.
-        self._frames = 0
-        self._written = time.monotonic()
+    ledger: DuckDBLedger
+    journal: JournalProcess | None
+    # Frames applied whose ledger changes are owed to DuckDB (the journal keeps
+    # their segments until written), and when they were last written.
+    _frames: int = field(default=0, init=False)
+    _written: float = field(default_factory=time.monotonic, init=False)
 
     def owe(self, frame_number: int, changed: FrameLedger | None) -> None:
         """Note the ledger's changes of an applied frame, to write at the next flush."""

@@ -8,6 +8,7 @@ Design: docs/reading.md
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -32,21 +33,15 @@ from app.store.duckdb.typed import TypedColumns
 from app.store.tail import Tail
 
 
+@dataclass(slots=True)
 class Reader:
     """Reads `database` on its reader threads once `applied_now` returns, and pages of
     records from `tail` where it holds them all; a filter's typed fields are `typed`'s."""
 
-    def __init__(
-        self,
-        database: Database,
-        applied_now: Callable[[], Awaitable[None]],
-        tail: Tail,
-        typed: TypedColumns,
-    ) -> None:
-        self.database = database
-        self.applied_now = applied_now
-        self.tail = tail
-        self.typed = typed
+    database: Database
+    applied_now: Callable[[], Awaitable[None]]
+    tail: Tail
+    typed: TypedColumns
 
     async def warm_tail(self, now: int) -> None:
         """Start the tail with the records of its window, as DuckDB holds them: a

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from app.records import Record, Rejection, rejected_record
 from app.store import MessageState, PublisherDuplicate, RowOutcome
@@ -22,28 +23,19 @@ from app.store.producers import ProducerSequence, message_digest
 from app.store.tally import Copy, Sequenced, SequenceKey
 
 
+@dataclass(slots=True, kw_only=True)
 class Sequencer:
     """Settles appends against `ledger`, then journals and queues what is kept through
     `store` (the frame's number); what is held is looked for in `unapplied` (the
     applier's queue), then in DuckDB (`database`, `seen`: the store's look-up)."""
 
-    def __init__(
-        self,
-        *,
-        ledger: DuckDBLedger,
-        store: Callable[[Sequence[Record | Rejection], FrameLedger | None], Awaitable[int]],
-        unapplied: deque[Unapplied],
-        database: Database,
-        seen: Callable[[Sequence[str]], Awaitable[dict[str, MessageState]]],
-        clock: Callable[[], int],
-    ) -> None:
-        self.ledger = ledger
-        self.store = store
-        self.unapplied = unapplied
-        self.database = database
-        self.seen = seen
-        self.clock = clock
-        self._sequencing = asyncio.Lock()
+    ledger: DuckDBLedger
+    store: Callable[[Sequence[Record | Rejection], FrameLedger | None], Awaitable[int]]
+    unapplied: deque[Unapplied]
+    database: Database
+    seen: Callable[[Sequence[str]], Awaitable[dict[str, MessageState]]]
+    clock: Callable[[], int]
+    _sequencing: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     async def append(
         self, rows: Sequence[Record | Rejection], sequences: list[ProducerSequence | None]

@@ -1,10 +1,10 @@
-"""The embedded default store: one DuckDB file (or memory), one process.
-
-An append is durable once its rows are in the commit journal (journal.py, written
-by a process of its own: journal_process.py); an applier moves journaled rows into
-DuckDB through a single writer thread, and reads run on reader threads. Pages never
-reach past the oldest row not yet applied (the read horizon). One process sees
-every write, so message_id is unique on insert and the producer ledger is in memory.
+"""The embedded default store: one DuckDB file (or memory), one process, its parts
+composed here. An append is durable once its frame is in the commit journal
+(frames.py); the Applier moves journaled rows into DuckDB (applier.py, inserts.py)
+on the one writer thread (database.py); the Reader reads on reader threads, never
+past the oldest row not yet applied (reads.py). Appends with producer sequences are
+settled first (sequencing.py); followers see new records once journaled
+(early_tail.py). One process sees every write: message_id is unique on insert.
 
 Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 """
@@ -17,21 +17,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from app.errors import StoreUnavailable
-from app.records import (
-    Record,
-    Rejection,
-)
-from app.store import (
-    MessageState,
-    MessageStatus,
-    Page,
-    PageQuery,
-    R,
-    RowOutcome,
-)
+from app.records import Record, Rejection
+from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.bell import Bell
 from app.store.copies import ConflictObserver
 from app.store.duckdb import producers as book
@@ -53,16 +42,12 @@ from app.store.duckdb.reads import Reader
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.sequencing import Sequencer
 from app.store.duckdb.typed import TypedColumns
-from app.store.producers import (
-    Completeness,
-    sequence_of,
-)
+from app.store.producers import Completeness, sequence_of
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class DuckDBStore:
@@ -100,7 +85,6 @@ class DuckDBStore:
         # while they stay down, each restart told to `loops`.
         self._loops = Supervisor(observer=loops)
         self._db = Database(path)
-        self._inserter = Inserter(self._db.connection, self._typed, clock)
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
         self._frames = Frames(self._journal)
         # The newest records, which followers at the tail read with no query:
@@ -122,7 +106,7 @@ class DuckDBStore:
         )
         self._applier = Applier(
             write=self._db.write,
-            insert=self._inserter.insert,
+            insert=Inserter(self._db.connection, self._typed, clock).insert,
             frames=self._frames,
             ledger=LedgerWriter(self._ledger, self._journal),
             tail=self.tail,
