@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from app.errors import StoreUnavailable
@@ -88,54 +89,42 @@ class Unapplied:
         self.shown_ids = frozenset(r.message_id for r in shown or ())
 
 
+@dataclass(slots=True, kw_only=True)
 class Applier:
     """Applies the frames `queue`d (numbered by `frames`) through `insert` on the writer
     thread (`write`), every `every` seconds or at once when a read waits; then shows
     their new records in `tail`, rings `bell`, tells `conflicts` of differing copies,
     and has `ledger` write the producers' changes and release the journal."""
 
-    def __init__(
-        self,
-        *,
-        write: Callable[..., Awaitable[Any]],
-        insert: Insert,
-        frames: Frames,
-        ledger: LedgerWriter,
-        tail: Tail,
-        bell: Bell,
-        clock: Callable[[], int],
-        conflicts: ConflictObserver | None,
-        every: float = APPLY_EVERY_SECONDS,
-    ) -> None:
-        self.write = write
-        self.insert = insert
-        self.frames = frames
-        self.ledger = ledger
-        self.tail = tail
-        self.bell = bell
-        self.clock = clock
-        self.conflicts = conflicts
-        self.every = every
-        # Whether the applier runs: a read waits for it only then.
-        self.running = False
-        self.unapplied: deque[Unapplied] = deque()
-        # Frames journaled whose entry is not in `unapplied` yet (an append that
-        # waits for its early read): none from them on is applied before they are,
-        # so `applied` never passes a frame not in DuckDB (`_apply_next`).
-        self.queuing: set[int] = set()
-        self.rows = 0  # rows journaled and not yet applied
-        # The message ids of the records journaled and not yet applied (with how many
-        # copies): a record shown to followers before DuckDB has it must be the copy
-        # DuckDB will keep, and so not the later copy of one still to be applied.
-        self.pending: collections.Counter[str] = collections.Counter()
-        self.applied = 0  # appends whose rows are all in DuckDB
-        self.error: str | None = None
-        self._progress = asyncio.Event()
-        self._wake = asyncio.Event()
-        self.hurry = asyncio.Event()
-        # A batch inserted into DuckDB and not yet accounted for (the tail, the
-        # journal): what the applier finishes first when it is restarted.
-        self._half_applied: tuple[list[Unapplied], Inserted] | None = None
+    write: Callable[..., Awaitable[Any]]
+    insert: Insert
+    frames: Frames
+    ledger: LedgerWriter
+    tail: Tail
+    bell: Bell
+    clock: Callable[[], int]
+    conflicts: ConflictObserver | None
+    every: float = APPLY_EVERY_SECONDS
+    # Whether the applier runs: a read waits for it only then.
+    running: bool = field(default=False, init=False)
+    unapplied: deque[Unapplied] = field(default_factory=deque, init=False)
+    # Frames journaled whose entry is not in `unapplied` yet (an append that
+    # waits for its early read): none from them on is applied before they are,
+    # so `applied` never passes a frame not in DuckDB (`_apply_next`).
+    queuing: set[int] = field(default_factory=set, init=False)
+    rows: int = field(default=0, init=False)  # rows journaled and not yet applied
+    # The message ids of the records journaled and not yet applied (with how many
+    # copies): a record shown to followers before DuckDB has it must be the copy
+    # DuckDB will keep, and so not the later copy of one still to be applied.
+    pending: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
+    applied: int = field(default=0, init=False)  # appends whose rows are all in DuckDB
+    error: str | None = field(default=None, init=False)
+    hurry: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _progress: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    # A batch inserted into DuckDB and not yet accounted for (the tail, the
+    # journal): what the applier finishes first when it is restarted.
+    _half_applied: tuple[list[Unapplied], Inserted] | None = field(default=None, init=False)
 
     async def replay(self, frame: Frame) -> None:
         """Insert a frame the journal held at start, with its ledger's changes."""
