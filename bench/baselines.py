@@ -24,7 +24,7 @@ from app.cli import quiet_garbage_collector
 from app.ingest.envelope import decode_wrapped
 from app.ingest.service import to_row
 from app.records import Record, columns
-from app.store.duckdb.store import ddl
+from app.store.duckdb.sql import ddl
 
 
 @get("/healthz")

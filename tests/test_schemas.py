@@ -33,7 +33,8 @@ from app.errors import SchemaUnavailable
 from app.ingest.protobuf import compile_proto
 from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
 from app.records import Record, Rejection
-from app.store.duckdb.store import DuckDBStore, ddl
+from app.store.duckdb.sql import ddl
+from app.store.duckdb.store import DuckDBStore
 from recordline_dev.client import EXAMPLE_SCHEMAS, SchemaMismatch, TopicSchema, generated_values
 from tests.conftest import envelope, served, settings
 from tests.fake_schema_api import FakeSchemaApi

@@ -18,7 +18,7 @@ from app.query.page_token import PageToken, PageTokens
 from app.records import Kind, Record, Rejection, columns
 from app.settings import Settings, SettingsError, reference
 from app.store.bigquery.schema import bigquery_schema
-from app.store.duckdb.store import ddl
+from app.store.duckdb.sql import ddl
 
 # An ingest time as the batcher stamps one: now.
 NOW = time.time_ns() // 1000

@@ -40,12 +40,15 @@ class HeldApply(DuckDBStore):
         self.released.set()
         self.inserting = threading.Event()  # the applier has cut its batch
         self.inserts: list[list[str]] = []  # the message ids of each insert
+        insert = self._applier.insert
 
-    def _insert(self, rows: Sequence[Record | Rejection], *rest: Any) -> Any:
-        self.inserting.set()
-        self.inserts.append([r.message_id for r in rows])
-        self.released.wait(30)
-        return super()._insert(rows, *rest)
+        def held(rows: Sequence[Record | Rejection], *rest: Any) -> Any:
+            self.inserting.set()
+            self.inserts.append([r.message_id for r in rows])
+            self.released.wait(30)
+            return insert(rows, *rest)
+
+        self._applier.insert = held
 
 
 @pytest.fixture
@@ -199,11 +202,14 @@ class HeldEarlyRead(DuckDBStore):
         super().__init__(path)
         self.held = asyncio.Event()
         self.asked = asyncio.Event()
+        new_records = self._early.new_records
 
-    async def _new_records(self, records: list[Record]) -> list[Record]:
-        self.asked.set()
-        await self.held.wait()
-        return await super()._new_records(records)
+        async def held(records: list[Record]) -> list[Record]:
+            self.asked.set()
+            await self.held.wait()
+            return await new_records(records)
+
+        self._early.new_records = held
 
 
 def stored(message_id: str) -> Record:

@@ -1,10 +1,10 @@
-"""The embedded default store: one DuckDB file (or memory), one process.
-
-An append is durable once its rows are in the commit journal (journal.py, written
-by a process of its own: journal_process.py); an applier moves journaled rows into
-DuckDB through a single writer thread, and reads run on reader threads. Pages never
-reach past the oldest row not yet applied (the read horizon). One process sees
-every write, so message_id is unique on insert and the producer ledger is in memory.
+"""The embedded default store: one DuckDB file (or memory), one process, its parts
+composed here. An append is durable once its frame is in the commit journal
+(frames.py); the Applier moves journaled rows into DuckDB (applier.py, inserts.py)
+on the one writer thread (database.py); the Reader reads on reader threads, never
+past the oldest row not yet applied (reads.py). Appends with producer sequences are
+settled first (sequencing.py); followers see new records once journaled
+(early_tail.py). One process sees every write: message_id is unique on insert.
 
 Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 """
@@ -12,440 +12,42 @@ Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import itertools
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeVar
 
-import duckdb
-import pyarrow as pa
-
-from app.errors import BadParameter, StoreUnavailable
-from app.records import (
-    Column,
-    Kind,
-    Record,
-    Rejection,
-    Row,
-    column_names,
-    columns,
-    rejected_record,
-    row_of,
-)
-from app.store import (
-    ROW_BYTES,
-    MessageState,
-    MessageStatus,
-    Page,
-    PageQuery,
-    PublisherDuplicate,
-    R,
-    RowOutcome,
-    text_bytes,
-)
-from app.store.backoff import Backoff
+from app.errors import StoreUnavailable
+from app.records import Record, Rejection
+from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.bell import Bell
-from app.store.copies import ConflictObserver, differing, message_states
+from app.store.copies import ConflictObserver
 from app.store.duckdb import producers as book
-from app.store.duckdb.journal import Frame, encode
-from app.store.duckdb.journal_process import JournalProcess
-from app.store.duckdb.producers import Changes, DuckDBLedger, FrameLedger, frame_ledger
-from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
-from app.store.duckdb.typed import TypedColumns
-from app.store.filters import RowFilter, typed_field, typed_value
-from app.store.producers import (
-    Completeness,
-    ProducerSequence,
-    message_digest,
-    sequence_of,
+from app.store.duckdb.applier import (
+    APPLY_EVERY_SECONDS,
+    MAX_UNAPPLIED_ROWS,
+    READ_BARRIER_SECONDS,
+    Applier,
+    Unapplied,
 )
+from app.store.duckdb.database import Database
+from app.store.duckdb.early_tail import EarlyTail
+from app.store.duckdb.frames import Frames
+from app.store.duckdb.inserts import Inserter
+from app.store.duckdb.journal_process import JournalProcess
+from app.store.duckdb.ledger_writes import LedgerWriter
+from app.store.duckdb.producers import DuckDBLedger, FrameLedger
+from app.store.duckdb.reads import Reader
+from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
+from app.store.duckdb.sequencing import Sequencer
+from app.store.duckdb.typed import TypedColumns
+from app.store.producers import Completeness, sequence_of
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
-from app.store.tally import Copy, Held, Sequenced, SequenceKey
-from app.typed.mapping import Field
 from app.typed.revisions import Revisions
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-_SQL_TYPES = {
-    Kind.STRING: "VARCHAR",
-    Kind.INT64: "BIGINT",
-    Kind.TIMESTAMP: "TIMESTAMPTZ",
-    Kind.JSON: "JSON",
-    Kind.BYTES: "BLOB",
-}
-_ARROW_TYPES = {
-    Kind.STRING: pa.string(),
-    Kind.INT64: pa.int64(),
-    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-    Kind.JSON: pa.string(),
-    Kind.BYTES: pa.binary(),
-}
-# Reads on two cores: more threads only queue behind DuckDB's own parallelism.
-_READER_THREADS = 4
-# DuckDB reads wide columns (`data`) lazily only for Top-N queries up to this
-# many rows; the default (50) is below our page size, and raising it halved
-# the latency of a 100-row page out of 1M rows (p50 16.6 → 7.0 ms).
-_LATE_MATERIALIZATION_ROWS = 2000
-# Journaled rows not yet in DuckDB, at most: past it, appends wait for the
-# applier, and pushes get 503 by their deadline rather than memory growing.
-_MAX_UNAPPLIED_ROWS = 100_000
-# The applier moves journaled rows into DuckDB at most this often while nobody
-# reads them. DuckDB spends ~2.8 ms of CPU per INSERT whatever its size (89 µs a
-# row in 32-row batches, 19 µs in 256-row ones), CPU the event loop needs, and
-# its writer thread takes the GIL from the loop: at 64 connections, applying
-# every 50 ms cost a push ~30 µs of CPU beside the loop's ~150, every 250 ms
-# ~12 µs. A read never waits for it: a point read's barrier, or a page or a
-# follower waiting for rows the tail was not given when they were journaled,
-# asks for an apply now; so does a page read while such a row has waited longer
-# than _FRESH_SECONDS, so that a client polling pages finds rows as soon as it
-# did when the applier ran every 50 ms.
-_APPLY_EVERY_SECONDS = 0.25
-_FRESH_SECONDS = 0.05
-_FRESH_MICROS = int(_FRESH_SECONDS * 1_000_000)
-# Rows per INSERT when the applier catches up: larger batches amortise
-# DuckDB's fixed cost per statement, and 20k rows (~10 MB) insert in ~80 ms.
-_APPLY_MAX_ROWS = 20_000
-# A point read waits this long for earlier appends to become readable.
-_READ_BARRIER_SECONDS = 5.0
-
-
-def _read_within(
-    cursor: duckdb.DuckDBPyConnection,
-    sql: str,
-    params: dict[str, Any],
-    kind: type[R],
-    max_bytes: int,
-    size: Callable[[int, str], int],
-) -> tuple[list[R], bool]:
-    """The rows `sql` selects (as `_bounded_select` lists them), taken one at a time until
-    they hold at least `max_bytes`, and whether it stopped there. `size(payload bytes,
-    attributes)` is what a row counts as. Python holds what the reader keeps, and DuckDB
-    returns no large payload but those (`INLINE_BYTES`)."""
-    cursor.execute(sql, params)
-    found: list[list[Any]] = []
-    large: dict[str, int] = {}
-    data = column_names(kind).index("data")
-    attributes = column_names(kind).index("attributes")
-    total = 0
-    more = True
-    while total < max_bytes:
-        values = cursor.fetchone()
-        if values is None:
-            more = False
-            break
-        *row, payload = values
-        if payload is not None and payload > INLINE_BYTES:
-            large[row[0]] = len(found)  # message_id is the first column of both tables
-        found.append(row)
-        total += size(payload or 0, row[attributes])
-    if more:
-        # The rest of the page's rows, released now rather than at the cursor's next
-        # query. A result left unfinished (a query whose rows are not all fetched, as
-        # `SELECT 1` was) refuses `register` on its connection: on the writer's (the
-        # tail warmed at start) every apply of the journal failed after it.
-        cursor.abort()
-    if large:
-        cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
-        for message_id, value in cursor.fetchall():
-            found[large[message_id]][data] = value
-    return [row_of(kind, row) for row in found], more
-
-
-def _payload_size(kind: type[Row]) -> Callable[[int, str], int]:
-    """What a row of `kind` counts as in a budget (`row_bytes`), from its payload's size
-    in DuckDB and its attributes."""
-    if kind is Rejection:
-        return lambda payload, attributes: (
-            (payload + 2) // 3 * 4 + text_bytes(attributes) + ROW_BYTES
-        )
-    return lambda payload, attributes: payload + text_bytes(attributes) + ROW_BYTES
-
-
-def ddl(table: str, row_type: type[Row]) -> str:
-    cols = ",\n  ".join(
-        f"{c.name} {_SQL_TYPES[c.kind]}{'' if c.nullable else ' NOT NULL'}"
-        for c in columns(row_type)
-    )
-    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY (message_id)\n)"
-
-
-def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, row_type: type[Row]) -> None:
-    """Give a table made by an earlier version the columns added since (nullable, at the end)."""
-    found = con.execute(
-        "SELECT column_name FROM duckdb_columns() "
-        "WHERE schema_name = 'main' AND table_name = $table ORDER BY column_index",
-        {"table": table},
-    ).fetchall()
-    have = [name for (name,) in found]
-    wanted = columns(row_type)
-    if have != [c.name for c in wanted[: len(have)]]:
-        raise StoreUnavailable(f"table {table} has columns {have}, not a start of {wanted}")
-    for column in wanted[len(have) :]:
-        con.execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {_SQL_TYPES[column.kind]}")
-
-
-def _selected(c: Column) -> str:
-    # Timestamps leave as epoch microseconds: cheaper than timezone-aware
-    # datetimes (~0.4 ms per 100 rows) and what Record holds anyway.
-    match c.kind:
-        case Kind.TIMESTAMP:
-            return f"epoch_us({c.name})"
-        case Kind.JSON:
-            return f"{c.name}::VARCHAR"
-        case _:
-            return c.name
-
-
-def _select_list(row_type: type[Row]) -> str:
-    return ", ".join(_selected(c) for c in columns(row_type))
-
-
-_RECORD_COLUMNS = _select_list(Record)
-_PAGE_RANGE: Final = """ingest_time >= make_timestamptz($after_time)
-  AND ingest_time < make_timestamptz($before_time)
-  AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)"""
-
-# A page read to a byte budget selects a payload larger than this (`data`) as NULL, and
-# its size beside it, then reads only those it keeps, by key. DuckDB reads a column
-# 2,048 rows at a time: a page of 40 records of 4 MB held +810 MB in DuckDB while it
-# ran, returning every payload; selecting none of the large ones, as the scan reads
-# them (`_bounded_page_sql`), +170 MB, what the scan itself holds.
-INLINE_BYTES: Final = 64 * 1024
-_PAYLOAD: Final = {Record: "strlen(data::VARCHAR)", Rejection: "octet_length(data)"}
-
-
-def _bounded_select(row_type: type[Row]) -> list[str]:
-    """`_select_list`'s expressions, the payload NULL past INLINE_BYTES, its size last."""
-    size = _PAYLOAD[row_type]
-    listed = [
-        f"CASE WHEN {size} <= {INLINE_BYTES} THEN {_selected(c)} END"
-        if c.name == "data"
-        else _selected(c)
-        for c in columns(row_type)
-    ]
-    return [*listed, size]
-
-
-def _bounded_page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
-    """The page's rows as `_page_sql` selects them, as `_bounded_select` lists them. The
-    page's keys first (a Top-N of two columns), then its rows by row id, the large
-    payloads dropped in the scan: selected after the join (as DuckDB's own late
-    materialization does), each would be held once more for the page's every row."""
-    listed = _bounded_select(row_type)
-    at = {c.name: n for n, c in enumerate(columns(row_type))}
-    return f"""
-WITH page AS (
-  SELECT rowid AS page_row FROM {table}
-  WHERE {_PAGE_RANGE}{conditions}
-  ORDER BY ingest_time, message_id
-  LIMIT $limit
-)
-SELECT {", ".join(f"c{n}" for n in range(len(listed)))} FROM (
-  SELECT rowid AS page_row, {", ".join(f"{e} AS c{n}" for n, e in enumerate(listed))}
-  FROM {table} WHERE {_PAGE_RANGE}
-) WHERE page_row IN (SELECT page_row FROM page)
-ORDER BY c{at["ingest_time"]}, c{at["message_id"]}
-"""
-
-
-def _page_sql(table: str, select: str, conditions: str = "") -> str:
-    return f"""
-SELECT {select} FROM {table}
-WHERE {_PAGE_RANGE}{conditions}
-ORDER BY ingest_time, message_id
-LIMIT $limit
-"""
-
-
-def _filtered(
-    kind: type[Row], keep: RowFilter, typed: Sequence[Field]
-) -> tuple[str, str, dict[str, Any]]:
-    """The page SQL of `kind` keeping the rows `keep` matches (as `_page_sql` and as
-    `_bounded_page_sql` read it), and its parameters
-    (values are parameters; a typed field's names, held to FIELD_NAME_PATTERN, are
-    quoted into the text). The conditions are checked on the rows of the page's
-    range in key order, so a selective filter scans further for the same page."""
-    table = "records" if kind is Record else "rejected"
-    conditions: list[str] = []
-    params: dict[str, Any] = {}
-    for at, attribute in enumerate(keep.attributes):
-        conditions.append(f"json_extract_string(attributes, $path{at}) = $value{at}")
-        params[f"path{at}"], params[f"value{at}"] = _pointer(attribute.key), attribute.value
-    if keep.message_id is not None:
-        conditions.append("message_id = $message_id")
-        params["message_id"] = keep.message_id
-    if keep.record_id is not None:
-        # A rejection has no record id: none matches one.
-        conditions.append("id = $record_id" if kind is Record else "FALSE")
-        params |= {"record_id": keep.record_id} if kind is Record else {}
-    if keep.fields:
-        if kind is not Record:
-            raise BadParameter("field", "rejections have no typed fields")
-        matches = []
-        for at, condition in enumerate(keep.fields):
-            field = typed_field(typed, condition)
-            column = ".".join(['f."fields"', *(f'"{name}"' for name in condition.path)])
-            matches.append(f"{column} = $field{at}")
-            params[f"field{at}"] = typed_value(field, condition)
-        # The typed columns are a table of their own, joined by message_id (typed.py).
-        conditions.append(
-            "EXISTS (SELECT 1 FROM record_fields f WHERE f.message_id = records.message_id "
-            f"AND {' AND '.join(matches)})"
-        )
-    where = "".join(f"\n  AND {c}" for c in conditions)
-    return (
-        _page_sql(table, _select_list(kind), where),
-        _bounded_page_sql(table, kind, where),
-        params,
-    )
-
-
-_PAGE_SQL: dict[type[Row], str] = {
-    Record: _page_sql("records", _RECORD_COLUMNS),
-    Rejection: _page_sql("rejected", _select_list(Rejection)),
-}
-_LATEST_SQL = f"""
-SELECT {_RECORD_COLUMNS} FROM records WHERE id = $id
-ORDER BY timestamp DESC NULLS LAST, publish_time DESC, ingest_time DESC, message_id DESC
-LIMIT 1
-"""
-_RECORD_BY_MESSAGE_SQL = f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_id = $message_id"
-_REJECTION_BY_MESSAGE_SQL = (
-    "SELECT epoch_us(ingest_time), reason FROM rejected WHERE message_id = $message_id"
-)
-_RECORDS_BY_MESSAGES_SQL = (
-    f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_id IN (SELECT unnest($ids))"
-)
-_REJECTIONS_BY_MESSAGES_SQL = (
-    f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
-)
-_BOUNDED_PAGE_SQL: dict[type[Row], str] = {
-    Record: _bounded_page_sql("records", Record),
-    Rejection: _bounded_page_sql("rejected", Rejection),
-}
-_PAYLOADS_SQL: dict[type[Row], str] = {
-    row_type: f"SELECT message_id, {_selected(column)} FROM {table} "
-    "WHERE message_id IN (SELECT unnest($ids))"
-    for row_type, table in ((Record, "records"), (Rejection, "rejected"))
-    for column in columns(row_type)
-    if column.name == "data"
-}
-_NEWEST_RECORDS_SQL = f"""
-SELECT {", ".join(_bounded_select(Record))} FROM records
-WHERE ingest_time >= make_timestamptz($since)
-ORDER BY ingest_time DESC, message_id DESC
-LIMIT $limit
-"""
-_STORED_RECORD_IDS_SQL = "SELECT message_id FROM records WHERE message_id IN (SELECT unnest($ids))"
-_SEEN_SQL = """
-SELECT DISTINCT message_id, 'stored' FROM records WHERE message_id IN (SELECT unnest($ids))
-UNION ALL
-SELECT DISTINCT message_id, 'rejected' FROM rejected WHERE message_id IN (SELECT unnest($ids))
-"""
-
-
-# The ledger of producer sequences goes to DuckDB once this many frames with
-# changes to it are applied, and at most once a second: one statement for every
-# entry changed since, where writing it with every apply paid DuckDB's fixed cost
-# per statement (~1-3 ms, ~100,000 instructions a record in group commits of 100)
-# each time. The journal holds each change from its append on (the durable word,
-# what a push waits for) and keeps the segments of frames whose changes are not
-# written here yet, which a recovery replays; a close writes what is owed.
-_LEDGER_FRAMES = 64
-_LEDGER_EVERY_SECONDS = 1.0
-
-# Sleeps between attempts to apply journaled rows: up to 50 ms, doubling to 5 s.
-_APPLY_RETRY_SECONDS = (0.05, 5.0)
-
-
-def _pointer(key: str) -> str:
-    """An attribute's key as a JSON pointer (RFC 6901) into `attributes`: DuckDB reads
-    `$."*"` in a JSONPath as every member, and a pointer has no wildcard."""
-    return "/" + key.replace("~", "~0").replace("/", "~1")
-
-
-def _arrow(rows: Sequence[Row], row_type: type[Row]) -> pa.Table:
-    cols = columns(row_type)
-    return pa.table(
-        {
-            c.name: pa.array([getattr(r, c.name) for r in rows], type=_ARROW_TYPES[c.kind])
-            for c in cols
-        }
-    )
-
-
-def _insert_table(
-    con: duckdb.DuckDBPyConnection, table: str, arrow: pa.Table, *, ignore_copies: bool
-) -> None:
-    if not ignore_copies:  # the usual append: the Arrow table goes straight in
-        con.from_arrow(arrow).insert_into(table)
-        return
-    con.register("incoming", arrow)
-    try:
-        con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM incoming")
-    finally:
-        con.unregister("incoming")
-
-
-def _stored_rows(
-    cur: duckdb.DuckDBPyConnection, message_ids: list[str]
-) -> list[Record | Rejection]:
-    """The records and rejections DuckDB holds of these messages."""
-    params = {"ids": message_ids}
-    found: list[Record | Rejection] = [
-        row_of(Record, values)
-        for values in cur.execute(_RECORDS_BY_MESSAGES_SQL, params).fetchall()
-    ]
-    found += [
-        row_of(Rejection, values)
-        for values in cur.execute(_REJECTIONS_BY_MESSAGES_SQL, params).fetchall()
-    ]
-    return found
-
-
-class _Inserted(NamedTuple):
-    """What one insert did: the records it stored, and the differing copies it dropped."""
-
-    records: list[Record]
-    conflicts: list[tuple[Record | Rejection, Record | Rejection]]
-
-
-# The ingest time of an append with no rows (only the ledger's count of duplicates):
-# it holds no read back.
-_NO_ROWS = 2**62
-
-
-class _Unapplied:
-    __slots__ = ("frame_number", "ledger", "oldest", "rows", "shown", "shown_ids")
-
-    def __init__(
-        self,
-        frame_number: int,
-        rows: Sequence[Record | Rejection],
-        ledger: FrameLedger | None = None,
-        *,
-        shown: Sequence[Record] | None = None,
-    ) -> None:
-        self.frame_number = frame_number
-        self.rows = rows
-        # What the append changed of the ledger of producer sequences, if anything.
-        self.ledger = ledger
-        self.oldest = min((r.ingest_time for r in rows), default=_NO_ROWS)
-        # Its new records went to the tail once durable (`append`), before DuckDB has
-        # them: they hold the read horizon back no more, and are not added again once
-        # applied. Its other records are copies of messages journaled before, which the
-        # applier adds with the first copy (not shown: none of this frame's rows are).
-        self.shown = shown is not None
-        self.shown_ids = frozenset(r.message_id for r in shown or ())
 
 
 class DuckDBStore:
@@ -467,7 +69,7 @@ class DuckDBStore:
         *,
         retention_days: int = 0,
         expire_every: float = EXPIRE_EVERY_SECONDS,
-        apply_every: float = _APPLY_EVERY_SECONDS,
+        apply_every: float = APPLY_EVERY_SECONDS,
         clock: Callable[[], int] = time.time_ns,
         conflicts: ConflictObserver | None = None,
         revisions: Revisions | None = None,
@@ -475,41 +77,16 @@ class DuckDBStore:
         live_producers: int = book.LIVE_PRODUCERS,
     ) -> None:
         self.path = path
-        self._conflicts = conflicts
         # Records of a topic schema's revisions get typed columns (typed.py);
         # `revisions` is where the push path tells each revision's fields.
         self._typed = TypedColumns(revisions)
-        self._apply_every = apply_every
         self._clock = clock
         # The applier and the expirer: restarted if they fail, named by readiness
         # while they stay down, each restart told to `loops`.
         self._loops = Supervisor(observer=loops)
-        self._running = False
-        self._con: duckdb.DuckDBPyConnection | None = None
+        self._db = Database(path)
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
-        self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
-        self._local = threading.local()
-        self._unapplied: deque[_Unapplied] = deque()
-        # Frames journaled whose entry is not in `_unapplied` yet (an append that
-        # waits for its early read): none from them on is applied before they are,
-        # so `_applied` never passes a frame not in DuckDB (`_apply_next`).
-        self._queuing: set[int] = set()
-        self._unapplied_rows = 0
-        # The message ids of the records journaled and not yet applied (with how many
-        # copies): a record shown to followers before DuckDB has it must be the copy
-        # DuckDB will keep, and so not the later copy of one still to be applied.
-        self._pending: collections.Counter[str] = collections.Counter()
-        self._appending = 0  # appends under way
-        self._frames = 0  # appends accepted; a journaled store numbers them as its frames
-        self._applied = 0  # appends whose rows are all in DuckDB
-        self._progress = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._hurry = asyncio.Event()
-        self._apply_error: str | None = None
-        # A batch inserted into DuckDB and not yet accounted for (the tail, the
-        # journal): what the applier finishes first when it is restarted.
-        self._half_applied: tuple[list[_Unapplied], _Inserted] | None = None
+        self._frames = Frames(self._journal)
         # The newest records, which followers at the tail read with no query:
         # this store sees every write, so the tail is complete up to what is applied.
         self.tail = Tail()
@@ -517,21 +94,37 @@ class DuckDBStore:
         # The completeness ledger (app.store.producers), decided on as appends are
         # journaled (see producers.py); one append at a time decides and journals.
         self._ledger = DuckDBLedger(
-            write=self._write,
-            read=self._read,
-            connection=self._connection,
+            write=self._db.write,
+            read=self._db.read,
+            connection=self._db.connection,
             settled=self._ledger_settled,
             live=live_producers,
         )
         self.completeness: Completeness | None = self._ledger
         self._retention = Retention(
-            retention_days, self._write, self._connection, self._ledger, clock, expire_every
+            retention_days, self._db.write, self._db.connection, self._ledger, clock, expire_every
         )
-        self._sequencing = asyncio.Lock()
-        # Frames applied whose ledger changes are owed to DuckDB (the journal keeps
-        # their segments until written), and when they were last written.
-        self._ledger_frames = 0
-        self._ledger_written = time.monotonic()
+        self._applier = Applier(
+            write=self._db.write,
+            insert=Inserter(self._db.connection, self._typed, clock).insert,
+            frames=self._frames,
+            ledger=LedgerWriter(self._ledger, self._journal),
+            tail=self.tail,
+            bell=self.bell,
+            clock=clock,
+            conflicts=conflicts,
+            every=apply_every,
+        )
+        self._sequencer = Sequencer(
+            ledger=self._ledger,
+            store=self._store,
+            unapplied=self._applier.unapplied,
+            database=self._db,
+            seen=self.seen,
+            clock=clock,
+        )
+        self._reader = Reader(self._db, self._applier.applied_now, self.tail, self._typed)
+        self._early = EarlyTail(self._db.read, self._applier.pending, self.tail, self.bell, clock)
 
     @property
     def live_producers(self) -> int:
@@ -539,7 +132,7 @@ class DuckDBStore:
         return self._ledger.held
 
     async def start(self) -> None:
-        await self._write(self._open)
+        await self._db.write(self._db.open, self._typed)
         if self._journal is not None:
             frames = await self._journal.open()
             if frames:
@@ -553,157 +146,88 @@ class DuckDBStore:
                     sum(len(f.records) + len(f.rejections) for f in frames),
                 )
                 for frame in frames:
-                    # Replayed whether or not it was applied before the stop, so a
-                    # conflicting copy in it was most likely told already: telling
-                    # it again would count it at every restart.
-                    ledger = FrameLedger(
-                        frame.producers, frame.forgotten, frame.ranges, frame.hours, frame.copies
-                    )
-                    await self._write(
-                        self._insert,
-                        [*frame.records, *frame.rejections],
-                        frame.copies,
-                        ledger.changes(),
-                    )
+                    await self._applier.replay(frame)
             await self._journal.discard_replayed()
         # Producers' entries are read as they publish; the hours' counts now.
         await self._ledger.start()
-        await self._warm_tail()
+        await self._reader.warm_tail(self._clock() // 1000)
         await self._loops.start()
-        self._running = True
+        applier = self._applier
+        applier.running = True
         # Down once it fails for longer than it lets appends wait to be applied.
-        self._loops.run("applier", self._apply_forever, interval=self._apply_every)
+        self._loops.run("applier", applier.forever, interval=applier.every)
         retention = self._retention
         if retention.days:
             # Once now, for a store that was closed longer than the interval.
             await retention.expire()
             self._loops.run("expirer", retention.forever, interval=retention.every)
 
-    async def _warm_tail(self) -> None:
-        """Start the tail with the records of its window, as DuckDB holds them: a
-        follower near the tail reads memory after a restart as before it, rather than
-        a query a page until the tail has filled again."""
-        since = self._clock() // 1000 - self.tail.window
-        limit = self.tail.max_rows + 1
-        params = {"since": since, "limit": limit}
-        # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
-        found, more = await self._write(
-            lambda: _read_within(
-                self._connection(),
-                _NEWEST_RECORDS_SQL,
-                params,
-                Record,
-                self.tail.max_bytes,
-                _payload_size(Record),
-            )
-        )
-        records = found[::-1]
-        if more or len(records) == limit:
-            # More than the tail holds: it starts after the oldest of those read.
-            oldest = records.pop(0)
-            self.tail.fill((oldest.ingest_time, oldest.message_id), records)
-        else:
-            self.tail.fill((since, ""), records)
-
-    def _open(self) -> None:
-        # DuckDB's allocator hands memory back to the system from a thread of its own, and
-        # flushes what a query of more than 16 MiB used as it ends: without them, what a
-        # page among records of 4 MB used (+800 MB) stayed with the process until DuckDB
-        # next allocated, and pages read one after another held twice a page's. They are
-        # set, not given to `connect`: a connection given a configuration refuses every
-        # later one to the same file in this process given none (an analyst's, a test's).
-        con = duckdb.connect(self.path)
-        con.execute("SET allocator_background_threads = true")
-        con.execute("SET allocator_flush_threshold = '16MiB'")
-        con.execute("SET allocator_bulk_deallocation_flush_threshold = '16MiB'")
-        for table, row_type in (("records", Record), ("rejected", Rejection)):
-            con.execute(ddl(table, row_type))
-            add_missing_columns(con, table, row_type)
-        con.execute("CREATE INDEX IF NOT EXISTS records_id ON records (id)")
-        for statement in book.DDL:
-            con.execute(statement)
-        self._typed.open(con)
-        self._con = con
-
     async def close(self) -> None:
-        if self._running:
+        applier = self._applier
+        if applier.running:
             # Whatever is not applied now stays in the journal for the next start.
-            self._hurry.set()
+            applier.hurry.set()
             try:
-                async with asyncio.timeout(_READ_BARRIER_SECONDS):
-                    await self._caught_up(self._frames)
+                async with asyncio.timeout(READ_BARRIER_SECONDS):
+                    await applier.caught_up(self._frames.number)
             except (TimeoutError, StoreUnavailable):
                 if self._journal is not None:
                     log.warning(
                         "closing with %d journaled rows not applied: the next start recovers "
                         "them from the journal",
-                        self._unapplied_rows,
+                        applier.rows,
                     )
                 else:
                     log.error(
                         "closing with %d rows not applied: a memory store keeps no journal, "
                         "so they are lost",
-                        self._unapplied_rows,
+                        applier.rows,
                     )
-            self._running = False
+            applier.running = False
             await self._loops.close()
-        if self._ledger.owed and self._con is not None:
+        if self._ledger.owed and self._db.con is not None:
             with contextlib.suppress(StoreUnavailable):  # logged; the journal keeps them
-                await self._flush_ledger()
-        con, self._con = self._con, None
-        self._readers.shutdown(wait=True)
+                await applier.flush_ledger()
+        con = self._db.close_reads()
         if self._journal is not None:
             await self._journal.close()
         if con is not None:
             # DuckDB checkpoints on close: every applied row is in the file now.
-            await self._write(con.close)
+            await self._db.write(con.close)
             if self._journal is not None and self._everything_applied():
                 # So a clean stop leaves nothing to replay, and the next start
                 # recovers only after a stop that never got here.
                 await self._journal.discard()
-        self._writer.shutdown(wait=True)
+        self._db.close_writes()
 
     def _everything_applied(self) -> bool:
         return (
-            not self._unapplied
+            self._applier.everything_applied()
             and not self._ledger.owed
-            and self._applied == self._frames
-            and self._apply_error is None
             and (self._journal is None or self._journal.failure is None)
         )
 
     async def check(self) -> None:
         if self._journal is not None and self._journal.failure is not None:
             raise StoreUnavailable(self._journal.failure)
-        if self._apply_error is not None:
-            raise StoreUnavailable(f"journaled rows cannot be applied: {self._apply_error}")
-        if not self._running:
+        error = self._applier.error
+        if error is not None:
+            raise StoreUnavailable(f"journaled rows cannot be applied: {error}")
+        if not self._applier.running:
             raise StoreUnavailable("the DuckDB store is not applying writes")
         self._loops.check()
-        await self._read(lambda cur: cur.execute("SELECT 1").fetchall())
-
-    def read_horizon(self, now: int) -> int:
-        # Not just the first entry: appends may arrive out of stamp order when
-        # a caller runs several at once, and any unapplied row holds reads back,
-        # but those already in the tail: a read of the tail has them, and every
-        # other read first waits for what was journaled to be applied (`_applied_now`).
-        horizon = min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
-        if now - horizon > _FRESH_MICROS:
-            # A reader: what has waited this long is applied now, for its next page.
-            self._hurry.set()
-        return horizon
+        await self._db.read(lambda cur: cur.execute("SELECT 1").fetchall())
 
     # -- writing ---------------------------------------------------------------
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
-        if self._con is None:
+        if self._db.con is None:
             raise StoreUnavailable("the DuckDB store is closed")
-        while self._unapplied_rows >= _MAX_UNAPPLIED_ROWS:
-            await self._progress.wait()
+        if self._applier.rows >= MAX_UNAPPLIED_ROWS:
+            await self._applier.room()
         sequences = [sequence_of(r) for r in rows]
         if any(s is not None for s in sequences):
-            async with self._sequencing:
-                return await self._append_sequenced(rows, sequences)
+            return await self._sequencer.append(rows, sequences)
         await self._store(rows)
         return [None] * len(rows)
 
@@ -715,590 +239,69 @@ class DuckDBStore:
         nothing, if the write fails."""
         records = [r for r in rows if type(r) is Record]
         # With followers, the records go to the tail as soon as they are durable
-        # (journaled), not once DuckDB has them (~3 ms later): which of them DuckDB
-        # will keep is asked meanwhile (`_new_records`). Alone in flight only: a
-        # concurrent append could hold a copy of the same message.
+        # (journaled), not once DuckDB has them: which of them DuckDB will keep is
+        # asked meanwhile (early_tail.py).
         followed = self.bell.demanded
-        early = (
-            asyncio.ensure_future(self._new_records(records))
-            if records and followed and not self._appending
-            else None
-        )
-        # Under way until its message ids are pending: an append that starts before
-        # then (two are in flight) shows nothing early, as it cannot know them.
-        self._appending += 1
+        early = self._early
+        asked = early.ask(records) if records and followed else None
+        early.appending += 1
         try:
             try:
-                number = await self._journaled(rows, records, ledger)
+                number = await self._frames.write(rows, records, ledger)
             except BaseException:
-                if early is not None:
-                    early.cancel()
+                if asked is not None:
+                    asked.cancel()
                 raise
             shown: list[Record] | None = None
-            self._queuing.add(number)
+            queuing = self._applier.queuing
+            queuing.add(number)
             try:
-                if early is not None:
-                    try:
-                        shown = await early
-                    except StoreUnavailable as exc:  # shown once applied instead
-                        log.warning("records not shown before they are applied: %s", exc)
+                if asked is not None:
+                    shown = await early.answer(asked)
             finally:
                 # Journaled: queued for the applier whatever happens meanwhile, in
                 # frame order (a later append may have been queued while this one
                 # waited for its early read).
-                self._queuing.discard(number)
-                self._queue(_Unapplied(number, rows, ledger, shown=shown))
-                self._pending.update(r.message_id for r in records)
-                self._wake.set()
+                queuing.discard(number)
+                self._applier.queue(Unapplied(number, rows, ledger, shown=shown), records)
         finally:
-            self._appending -= 1
+            early.appending -= 1
         if shown:
-            self.tail.add(shown, now=self._clock() // 1000)
-            self.bell.ring()  # durable and readable in order: waiting followers read again
+            early.show(shown)
         elif followed:
-            self._hurry.set()  # followers see these rows once applied: now, not in 250 ms
+            self._applier.hurry.set()  # followers see these rows once applied: now, not in 250 ms
         return number
-
-    def _queue(self, entry: _Unapplied) -> None:
-        """Queue a journaled frame for the applier, the queue kept in frame order."""
-        unapplied = self._unapplied
-        at = len(unapplied)
-        while at and unapplied[at - 1].frame_number > entry.frame_number:
-            at -= 1
-        unapplied.insert(at, entry)
-        self._unapplied_rows += len(entry.rows)
-
-    def _appliable(self) -> int:
-        """How many queued frames, from the first, may be applied now: those before
-        the first frame journaled and not yet queued."""
-        if not self._queuing:
-            return len(self._unapplied)
-        first = min(self._queuing)
-        count = 0
-        for entry in self._unapplied:
-            if entry.frame_number > first:
-                break
-            count += 1
-        return count
-
-    async def _journaled(
-        self,
-        rows: Sequence[Record | Rejection],
-        records: list[Record],
-        ledger: FrameLedger | None = None,
-    ) -> int:
-        """Make the rows (`records`: those of them that are records), and the ledger's
-        changes, durable; the number of their frame."""
-        if self._journal is not None:
-            rejections = [r for r in rows if type(r) is Rejection]
-            if ledger is None:
-                frame = Frame(records=records, rejections=rejections)
-            else:
-                frame = Frame(
-                    records=records,
-                    rejections=rejections,
-                    producers=list(ledger.entries),
-                    forgotten=list(ledger.forgotten),
-                    ranges=list(ledger.ranges),
-                    hours=list(ledger.hours),
-                    copies=list(ledger.copies),
-                )
-            try:
-                self._frames = await self._journal.append(encode(frame))
-            except OSError as exc:
-                log.error("journal write failed: %s", exc)
-                raise StoreUnavailable(f"journal write failed: {exc}") from exc
-        else:
-            self._frames += 1
-        return self._frames
-
-    async def _append_sequenced(
-        self, rows: Sequence[Record | Rejection], sequences: list[ProducerSequence | None]
-    ) -> Sequence[RowOutcome]:
-        """An append with producer sequences: the ledger's verdict on each row, journaled
-        with the rows kept. The ledger in memory changes only once the frame is durable:
-        a failed write leaves every sequence unseen, so the redelivery is stored."""
-        settling = [
-            Sequenced(s, r.message_id, type(r) is Record)
-            for r, s in zip(rows, sequences, strict=True)
-        ]
-        ledger = self._ledger
-        try:
-            return await self._settle(rows, sequences, settling)
-        finally:
-            ledger.release()
-
-    async def _settle(
-        self,
-        rows: Sequence[Record | Rejection],
-        sequences: list[ProducerSequence | None],
-        settling: list[Sequenced],
-    ) -> Sequence[RowOutcome]:
-        ledger = self._ledger
-        await ledger.load(s.producer for s in sequences if s is not None)
-        # Only a row whose sequence is seen already may be a redelivery of a stored
-        # message or a copy of one: what is held under those sequences decides, in one read.
-        seen = ledger.tally.seen_rows(settling)
-        stored_before: set[str] = set()
-        copies: dict[SequenceKey, list[Copy]] = {}
-        if seen:
-            stored_before, copies = await self._held(seen)
-        settled = ledger.tally.settle(
-            settling,
-            copies=copies,
-            stored_before=stored_before,
-            now=self._clock() // 1000,
-            digest=lambda index: message_digest(rows[index]),
-        )
-        hours = ledger.hours_after(settled)
-        part = frame_ledger(settled, hours)
-        if not settled.duplicates and not settled.reasons:
-            # Every row kept as it came, as nearly every batch is.
-            frame = await self._store(rows, part)
-            ledger.committed(settled, hours, frame)
-            return [None] * len(rows)
-        kept: list[Record | Rejection] = []
-        outcomes: list[RowOutcome] = []
-        for index, (row, sequence, verdict) in enumerate(
-            zip(rows, sequences, settled.verdicts, strict=True)
-        ):
-            if verdict == "duplicate" and sequence is not None:
-                outcomes.append(
-                    PublisherDuplicate(sequence.producer, sequence.epoch, sequence.sequence)
-                )
-                continue
-            if verdict == "refuse" and isinstance(row, Record):
-                reason = settled.reasons[index]
-                kept.append(rejected_record(row, reason))
-                outcomes.append(reason)
-                continue
-            kept.append(row)
-            outcomes.append(None)
-        frame = await self._store(kept, part)
-        ledger.committed(settled, hours, frame)
-        return outcomes
-
-    async def _held(
-        self, rows: Sequence[Sequenced]
-    ) -> tuple[set[str], dict[SequenceKey, list[Copy]]]:
-        """Which of these rows' messages are stored (a record or a rejection), and the
-        messages held under their sequences, with their digests. The journaled frames not
-        applied yet are looked at first: a frame leaves them only once it is in DuckDB,
-        so nothing is missed between the two looks."""
-        wanted = {r.message_id for r in rows}
-        keys = {(s.producer, s.epoch, s.sequence) for s, *_ in rows if s is not None}
-        stored = set[str]()
-        ids: dict[SequenceKey, set[str]] = {}
-        for entry in self._unapplied:
-            stored.update(r.message_id for r in entry.rows if r.message_id in wanted)
-            if entry.ledger is not None:
-                for held in entry.ledger.copies:
-                    if held[:3] in keys:
-                        ids.setdefault(held[:3], set()).add(held[3])
-        rest = wanted - stored
-        if rest:
-            stored |= set(await self.seen(sorted(rest)))
-        for key, found in (await self._read(lambda cur: book.held_ids(cur, keys))).items():
-            ids.setdefault(key, set()).update(found)
-        # The messages themselves, where they are: journaled, or in DuckDB.
-        every = {i for found in ids.values() for i in found}
-        messages: dict[str, list[Record | Rejection]] = {}
-        for entry in self._unapplied:
-            for row in entry.rows:
-                if row.message_id in every:
-                    messages.setdefault(row.message_id, []).append(row)
-        missing = sorted(every - set(messages))
-        if missing:
-            for row in await self._read(lambda cur: _stored_rows(cur, missing)):
-                messages.setdefault(row.message_id, []).append(row)
-        copies = {
-            key: [
-                Copy(message_id, message_digest(row))
-                for message_id in sorted(found)
-                for row in messages.get(message_id, ())
-            ]
-            for key, found in ids.items()
-        }
-        return stored, copies
-
-    async def _new_records(self, records: list[Record]) -> list[Record]:
-        """Of `records` (an append's, before it is journaled), those DuckDB will keep
-        once their frame is applied: the first copy of each message, not journaled
-        before (`_pending`, looked at now, while no other append is under way) nor
-        stored already (one read by message id, which DuckDB's primary key serves).
-        Every frame journaled before this one is pending now or applied already, and
-        the read sees what is applied when it starts, so nothing is missed."""
-        firsts: dict[str, Record] = {}
-        for record in records:
-            if record.message_id not in self._pending:
-                firsts.setdefault(record.message_id, record)
-        if not firsts:
-            return []
-        params = {"ids": list(firsts)}
-        stored = await self._read(
-            lambda cur: cur.execute(_STORED_RECORD_IDS_SQL, params).fetchall()
-        )
-        for (message_id,) in stored:
-            del firsts[message_id]
-        return list(firsts.values())
-
-    async def _apply_forever(self) -> None:
-        delays = Backoff(*_APPLY_RETRY_SECONDS)
-        while True:
-            if self._half_applied is None:
-                if not self._appliable():
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                done = await self._apply_next()
-                if done is None:
-                    await asyncio.sleep(delays.next())
-                    continue
-                delays.reset()
-                self._half_applied = done
-            # A run the supervisor restarts after a failure past the insert finishes
-            # that batch from here: inserted again, its records would be taken for
-            # stored copies and never reach the tail.
-            batch, inserted = self._half_applied
-            self._account(batch, inserted.records)
-            self._half_applied = None
-            if (
-                self._ledger_frames >= _LEDGER_FRAMES
-                and time.monotonic() - self._ledger_written >= _LEDGER_EVERY_SECONDS
-            ):
-                with contextlib.suppress(StoreUnavailable):
-                    await self._flush_ledger()
-            self._release_journal()
-            # Last: an observer that fails leaves the batch applied all the same.
-            self._report(inserted.conflicts)
-
-    async def _apply_next(self) -> tuple[list[_Unapplied], _Inserted] | None:
-        """Insert the next batch of journaled rows into DuckDB: the batch and what the
-        insert did, or None if it failed (the rows stay journaled, to try again)."""
-        if self._unapplied_rows < _APPLY_MAX_ROWS and not self._hurry.is_set():
-            # Let appends accumulate: see _APPLY_EVERY_SECONDS. A read waiting on
-            # its barrier, or an append that followers see only once applied (not
-            # shown when journaled), cuts this short.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._apply_every):
-                    await self._hurry.wait()
-        self._hurry.clear()
-        batch: list[_Unapplied] = []
-        count = 0
-        for entry in itertools.islice(self._unapplied, self._appliable()):
-            if batch and count + len(entry.rows) > _APPLY_MAX_ROWS:
-                break
-            batch.append(entry)
-            count += len(entry.rows)
-        rows = [row for entry in batch for row in entry.rows]
-        copies: list[Held] = []
-        for entry in batch:
-            if entry.ledger is not None:
-                copies += entry.ledger.copies
-        try:
-            return batch, await self._write(self._insert, rows, copies)
-        except Exception as exc:
-            # The rows are safe in the journal; keep trying, and say so:
-            # readiness is red until they are applied. Anything but a DuckDB
-            # error (which `_write` turns into StoreUnavailable) is a row
-            # validation let through, logged whole.
-            self._apply_error = str(exc) or type(exc).__name__
-            log.error(
-                "applying %d journaled rows failed, retrying: %s",
-                len(rows),
-                exc,
-                exc_info=not isinstance(exc, StoreUnavailable),
-            )
-            return None
-
-    def _account(self, batch: list[_Unapplied], records: list[Record]) -> None:
-        """Account for a batch now in DuckDB (`records`: the new records it stored):
-        nothing is changed if the tail's clock fails, and nothing else can."""
-        now = self._clock() // 1000
-        # Records shown when they were journaled are in the tail already: the
-        # copies DuckDB kept of a shown frame's new records are exactly those
-        # (`_new_records`). Not its other records: a copy of a message whose first
-        # copy was journaled unshown and is applied in this batch too (a push held
-        # up, and its redelivery) is in the tail only once added here.
-        shown = frozenset().union(*(e.shown_ids for e in batch))
-        self.tail.add([r for r in records if r.message_id not in shown], now=now)
-        self._apply_error = None
-        for entry in batch:
-            self._unapplied.popleft()
-            for row in entry.rows:
-                if type(row) is Record:
-                    left = self._pending[row.message_id] - 1
-                    if left:
-                        self._pending[row.message_id] = left
-                    else:
-                        del self._pending[row.message_id]
-            self._unapplied_rows -= len(entry.rows)
-        self._applied = batch[-1].frame_number
-        progress, self._progress = self._progress, asyncio.Event()
-        progress.set()
-        self.bell.ring()  # readable now: waiting followers read again, from the tail
-        self._owe_ledger(batch)
-
-    def _owe_ledger(self, batch: Sequence[_Unapplied]) -> None:
-        """Note the ledger's changes of applied frames, to write at the next flush."""
-        for entry in batch:
-            if entry.ledger is not None and (entry.ledger.entries or entry.ledger.forgotten):
-                self._ledger.owe(entry.frame_number, entry.ledger.changes())
-                self._ledger_frames += 1
-
-    async def _flush_ledger(self) -> None:
-        """Write the ledger's changes owed to DuckDB in one transaction; StoreUnavailable,
-        owing them still, if it fails (the journal keeps them meanwhile)."""
-        try:
-            await self._ledger.flush(self._applied)
-        except StoreUnavailable as exc:
-            log.error("writing the ledger's changes failed, retrying: %s", exc)
-            raise
-        self._ledger_frames = 0
-        self._ledger_written = time.monotonic()
-        self._release_journal()
 
     async def _ledger_settled(self) -> None:
         """Return once every append acknowledged is applied and its ledger changes are
         in DuckDB: what the ledger's queries read."""
-        await self._applied_now()
+        await self._applier.applied_now()
         if self._ledger.owed:
-            await self._flush_ledger()
+            await self._applier.flush_ledger()
 
-    def _release_journal(self) -> None:
-        """Let the journal delete the segments of frames applied, ledger entries included."""
-        if self._journal is None:
-            return
-        releasable = self._applied
-        # Only while some are (a check of one attribute: this runs at every apply).
-        if self._ledger_frames or self._ledger.writing:
-            unwritten = self._ledger.unwritten_from
-            if unwritten is not None:
-                releasable = min(releasable, unwritten - 1)
-        with contextlib.suppress(OSError):  # a failed writer is reported by `check`
-            self._journal.release(releasable)
+    def read_horizon(self, now: int) -> int:
+        return self._applier.horizon(now)
+
+    async def barrier(self) -> None:
+        await self._applier.barrier()
 
     async def expire(self) -> int:
         """Delete records and rejections older than the retention; how many rows went."""
         return await self._retention.expire()
 
-    async def _caught_up(self, frame_number: int) -> None:
-        while self._applied < frame_number:
-            progress = self._progress
-            if not self._running:
-                raise StoreUnavailable("the DuckDB store is not applying writes")
-            await progress.wait()
-
-    def _report(self, conflicts: list[tuple[Record | Rejection, Record | Rejection]]) -> None:
-        if self._conflicts is not None:
-            for kept, later in conflicts:
-                self._conflicts(kept, later)
-
-    def _insert(
-        self,
-        rows: Sequence[Record | Rejection],
-        copies: Sequence[Held] = (),
-        changes: Changes | None = None,
-    ) -> _Inserted:
-        """Insert the first copy of each message and the messages held under producer
-        sequences (and, replaying the journal, the ledger's changes its frames made, in
-        the same transaction): the records that are new, and the later copies whose
-        content differs from the copy kept, with it (to report on the event loop)."""
-        # First copy wins, within the batch as across batches.
-        firsts: dict[tuple[type, str], Record | Rejection] = {}
-        conflicts: list[tuple[Record | Rejection, Record | Rejection]] = []
-        for row in rows:
-            first = firsts.setdefault((type(row), row.message_id), row)
-            if first is not row and differing(first, row):
-                conflicts.append((first, row))
-        records = [r for r in firsts.values() if isinstance(r, Record)]
-        rejections = [r for r in firsts.values() if isinstance(r, Rejection)]
-        ledger = (copies, changes or None)
-        try:
-            self._insert_rows(records, rejections, ledger, ignore_copies=False)
-        except duckdb.ConstraintException:
-            # A redelivery of a message stored earlier. `INSERT OR IGNORE` costs
-            # ~4x a plain INSERT on a VARCHAR key (12.8 against 3.6 ms for 64
-            # rows into 200k), so it is only the fallback for this rare case,
-            # and so is asking which of the copies differ from what is stored.
-            stored, differ = self._stored_copies(records, rejections)
-            conflicts += differ
-            self._insert_rows(records, rejections, ledger, ignore_copies=True)
-            records = [r for r in records if r.message_id not in stored]
-        return _Inserted(records, conflicts)
-
-    def _stored_copies(
-        self, records: list[Record], rejections: list[Rejection]
-    ) -> tuple[set[str], list[tuple[Record | Rejection, Record | Rejection]]]:
-        """The message ids among `records` stored already, and the copies of both
-        whose content differs from the stored one."""
-        con = self._connection()
-        stored: set[str] = set()
-        found: list[tuple[Record | Rejection, Record | Rejection]] = []
-        tables: tuple[tuple[str, Sequence[Record | Rejection], type[Record | Rejection]], ...] = (
-            (_RECORDS_BY_MESSAGES_SQL, records, Record),
-            (_REJECTIONS_BY_MESSAGES_SQL, rejections, Rejection),
-        )
-        for sql, rows, row_type in tables:
-            if not rows:
-                continue
-            given = {r.message_id: r for r in rows}
-            for values in con.execute(sql, {"ids": list(given)}).fetchall():
-                kept = row_of(row_type, values)
-                if row_type is Record:
-                    stored.add(kept.message_id)
-                later = given[kept.message_id]
-                if differing(later, kept):
-                    found.append((kept, later))
-        return stored, found
-
-    def _insert_rows(
-        self,
-        records: list[Record],
-        rejections: list[Rejection],
-        ledger: tuple[Sequence[Held], Changes | None] = ((), None),
-        *,
-        ignore_copies: bool,
-    ) -> None:
-        copies, changes = ledger
-        con = self._connection()
-        incoming = [
-            (table, _arrow(rows, row_type))
-            for table, rows, row_type in (
-                ("records", records, Record),
-                ("rejected", rejections, Rejection),
-            )
-            if rows
-        ]
-        try:
-            typed = self._typed.arrow(con, records)
-        except Exception as exc:
-            # A fault of the typed columns, whatever it is, never holds a record
-            # back (the applier would retry it for ever): the record is stored,
-            # its payload in `data`, and its projection error says why.
-            log.exception("typed columns for %d records failed", len(records))
-            typed = self._typed.unprojected(records, f"typed columns failed: {exc}")
-        if typed is not None:
-            # In the records' own transaction: a record is never without its
-            # typed columns, nor replayed from the journal into a second copy.
-            incoming.append(("record_fields", typed))
-        # Autocommit: one statement, one commit.
-        if len(incoming) == 1 and typed is None and not copies and changes is None:
-            _insert_table(con, *incoming[0], ignore_copies=ignore_copies)
-            return
-        con.begin()
-        try:
-            for table, arrow in incoming:
-                if table == "record_fields":
-                    self._typed.insert(con, arrow, ignore_copies=ignore_copies)
-                else:
-                    _insert_table(con, table, arrow, ignore_copies=ignore_copies)
-            if copies:
-                book.insert_copies(con, copies, self._clock() // 1000)
-            if changes is not None:
-                book.write(con, changes)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-
     # -- reading ---------------------------------------------------------------
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
-        if kind is Record and self.tail.covers(query):
-            # Every record before `before_time` is applied or shown (the read
-            # horizon), so the tail holds every one after the cursor: no query.
-            page: Page[Any] = self.tail.page(query, query.before_time)
-            return page
-        sql, bounded, conditions = _PAGE_SQL[kind], _BOUNDED_PAGE_SQL[kind], dict[str, Any]()
-        if query.filter:
-            sql, bounded, conditions = _filtered(kind, query.filter, self._typed.fields)
-        await self._applied_now()
-        params = {
-            "after_time": query.after_time,
-            "after_message_id": query.after_message_id,
-            "before_time": query.before_time,
-            "limit": query.limit,
-            **conditions,
-        }
-        if query.max_bytes is None:
-            found = await self._read(lambda cur: cur.execute(sql, params).fetchall())
-            return query.answer([row_of(kind, r) for r in found])
-        max_bytes, size = query.max_bytes, _payload_size(kind)
-        rows, _ = await self._read(
-            lambda cur: _read_within(cur, bounded, params, kind, max_bytes, size)
-        )
-        return query.answer(rows)
+        return await self._reader.page(kind, query)
 
     async def latest(self, record_id: str) -> Record | None:
-        await self._applied_now()
-        rows = await self._read(lambda cur: cur.execute(_LATEST_SQL, {"id": record_id}).fetchall())
-        return row_of(Record, rows[0]) if rows else None
+        return await self._reader.latest(record_id)
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        await self._applied_now()
-        params = {"message_id": message_id}
-
-        def lookup(cur: duckdb.DuckDBPyConnection) -> MessageStatus | None:
-            stored = cur.execute(_RECORD_BY_MESSAGE_SQL, params).fetchall()
-            if stored:
-                record = row_of(Record, stored[0])
-                return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
-            rejected = cur.execute(_REJECTION_BY_MESSAGE_SQL, params).fetchall()
-            if rejected:
-                ingest_time, reason = rejected[0]
-                return MessageStatus(status="rejected", ingest_time=ingest_time, reason=reason)
-            return None
-
-        return await self._read(lookup)
+        return await self._reader.message(message_id)
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        if not message_ids:
-            return {}
-        await self._applied_now()
-        params = {"ids": list(message_ids)}
-        return message_states(
-            await self._read(lambda cur: cur.execute(_SEEN_SQL, params).fetchall())
-        )
-
-    async def barrier(self) -> None:
-        # Rows shown to the tail once journaled are readable already: a read waits
-        # for the others. Each read of DuckDB itself then waits for everything
-        # journaled to be applied (`_applied_now`).
-        await self._applied_through(
-            max((e.frame_number for e in self._unapplied if not e.shown), default=0)
-        )
-
-    async def _applied_now(self) -> None:
-        """Return once every append made so far is in DuckDB."""
-        await self._applied_through(self._frames)
-
-    async def _applied_through(self, frame_number: int) -> None:
-        if self._applied >= frame_number:
-            return
-        self._hurry.set()
-        try:
-            async with asyncio.timeout(_READ_BARRIER_SECONDS):
-                await self._caught_up(frame_number)
-        except TimeoutError:
-            raise StoreUnavailable("recent writes are not readable yet") from None
-
-    # -- threads ---------------------------------------------------------------
-
-    def _connection(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            raise StoreUnavailable("the DuckDB store is closed")
-        return self._con
-
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        # One cursor per reader thread: a DuckDB connection is not safe to
-        # share between threads, and settings are per cursor.
-        cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
-        if cursor is None:
-            cursor = self._connection().cursor()
-            cursor.execute(f"SET late_materialization_max_rows = {_LATE_MATERIALIZATION_ROWS}")
-            self._local.cursor = cursor
-        return cursor
+        return await self._reader.seen(message_ids)
 
     async def reproject(self, records: Sequence[Record]) -> int:
         """Project these stored records again, as the code and revisions are now, and
@@ -1311,43 +314,5 @@ class DuckDBStore:
         none is declared, have nothing to project.
         """
 
-        def replace() -> int:
-            con = self._connection()
-            typed = self._typed.arrow(con, records)
-            if typed is None:
-                return 0
-            con.register("reprojected", typed)
-            con.begin()
-            try:
-                con.execute(
-                    "DELETE FROM record_fields WHERE message_id IN "
-                    "(SELECT message_id FROM reprojected)"
-                )
-                self._typed.insert(con, typed)
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-            finally:
-                con.unregister("reprojected")
-            return int(typed.num_rows)
-
-        return await self._write(replace)
-
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
-        except duckdb.Error as exc:
-            log.error("DuckDB write failed: %s", exc)
-            raise StoreUnavailable(f"DuckDB write failed: {exc}") from exc
-
-    async def _read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        def run() -> T:
-            return fn(self._cursor())
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
-        except duckdb.Error as exc:
-            raise StoreUnavailable(f"DuckDB read failed: {exc}") from exc
-        except RuntimeError as exc:  # the pool is shut down
-            raise StoreUnavailable(f"the DuckDB store is closed: {exc}") from exc
+        db = self._db
+        return await db.write(lambda: self._typed.replace(db.connection(), records))

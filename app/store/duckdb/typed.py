@@ -369,6 +369,28 @@ class TypedColumns:
         finally:
             con.unregister("typed_rows")
 
+    def replace(self, con: duckdb.DuckDBPyConnection, records: Sequence[Record]) -> int:
+        """Project stored `records` again and replace their `record_fields` rows, each in
+        one transaction with its delete, so none ever shows twice (or without a row) in
+        `records_typed`; how many were projected."""
+        typed = self.arrow(con, records)
+        if typed is None:
+            return 0
+        con.register("reprojected", typed)
+        con.begin()
+        try:
+            con.execute(
+                "DELETE FROM record_fields WHERE message_id IN (SELECT message_id FROM reprojected)"
+            )
+            self.insert(con, typed)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        finally:
+            con.unregister("reprojected")
+        return int(typed.num_rows)
+
     def unprojected(self, records: Sequence[Record], reason: str) -> pa.Table | None:
         """`record_fields` rows that only say why `records` have no typed columns."""
         typed = [r for r in records if self._revision(r) is not None]

@@ -1,0 +1,129 @@
+"""A DuckDB store's reads: pages (of the tail, when it holds them all), a record's
+latest, a message's status, which messages are stored; each of DuckDB once every
+append made before it is applied.
+
+Design: docs/reading.md
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from app.records import Record, row_of
+from app.store import MessageState, MessageStatus, Page, PageQuery, R
+from app.store.copies import message_states
+from app.store.duckdb.database import Database
+from app.store.duckdb.sql import (
+    BOUNDED_PAGE_SQL,
+    LATEST_SQL,
+    NEWEST_RECORDS_SQL,
+    PAGE_SQL,
+    RECORD_BY_MESSAGE_SQL,
+    REJECTION_BY_MESSAGE_SQL,
+    SEEN_SQL,
+    filtered,
+    payload_size,
+    read_within,
+)
+from app.store.duckdb.typed import TypedColumns
+from app.store.tail import Tail
+
+
+@dataclass(slots=True)
+class Reader:
+    """Reads `database` on its reader threads once `applied_now` returns, and pages of
+    records from `tail` where it holds them all; a filter's typed fields are `typed`'s."""
+
+    database: Database
+    applied_now: Callable[[], Awaitable[None]]
+    tail: Tail
+    typed: TypedColumns
+
+    async def warm_tail(self, now: int) -> None:
+        """Start the tail with the records of its window, as DuckDB holds them: a
+        follower near the tail reads memory after a restart as before it, rather than
+        a query a page until the tail has filled again."""
+        since = now - self.tail.window
+        limit = self.tail.max_rows + 1
+        params = {"since": since, "limit": limit}
+        # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
+        found, more = await self.database.write(
+            lambda: read_within(
+                self.database.connection(),
+                NEWEST_RECORDS_SQL,
+                params,
+                Record,
+                self.tail.max_bytes,
+                payload_size(Record),
+            )
+        )
+        records = found[::-1]
+        if more or len(records) == limit:
+            # More than the tail holds: it starts after the oldest of those read.
+            oldest = records.pop(0)
+            self.tail.fill((oldest.ingest_time, oldest.message_id), records)
+        else:
+            self.tail.fill((since, ""), records)
+
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        if kind is Record and self.tail.covers(query):
+            # Every record before `before_time` is applied or shown (the read
+            # horizon), so the tail holds every one after the cursor: no query.
+            page: Page[Any] = self.tail.page(query, query.before_time)
+            return page
+        sql, bounded, conditions = PAGE_SQL[kind], BOUNDED_PAGE_SQL[kind], dict[str, Any]()
+        if query.filter:
+            sql, bounded, conditions = filtered(kind, query.filter, self.typed.fields)
+        await self.applied_now()
+        params = {
+            "after_time": query.after_time,
+            "after_message_id": query.after_message_id,
+            "before_time": query.before_time,
+            "limit": query.limit,
+            **conditions,
+        }
+        if query.max_bytes is None:
+            found = await self.database.read(lambda cur: cur.execute(sql, params).fetchall())
+            return query.answer([row_of(kind, r) for r in found])
+        max_bytes, size = query.max_bytes, payload_size(kind)
+        rows, _ = await self.database.read(
+            lambda cur: read_within(cur, bounded, params, kind, max_bytes, size)
+        )
+        return query.answer(rows)
+
+    async def latest(self, record_id: str) -> Record | None:
+        await self.applied_now()
+        rows = await self.database.read(
+            lambda cur: cur.execute(LATEST_SQL, {"id": record_id}).fetchall()
+        )
+        return row_of(Record, rows[0]) if rows else None
+
+    async def message(self, message_id: str) -> MessageStatus | None:
+        await self.applied_now()
+        params = {"message_id": message_id}
+
+        def lookup(cur: duckdb.DuckDBPyConnection) -> MessageStatus | None:
+            stored = cur.execute(RECORD_BY_MESSAGE_SQL, params).fetchall()
+            if stored:
+                record = row_of(Record, stored[0])
+                return MessageStatus(status="stored", ingest_time=record.ingest_time, record=record)
+            rejected = cur.execute(REJECTION_BY_MESSAGE_SQL, params).fetchall()
+            if rejected:
+                ingest_time, reason = rejected[0]
+                return MessageStatus(status="rejected", ingest_time=ingest_time, reason=reason)
+            return None
+
+        return await self.database.read(lookup)
+
+    async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
+        if not message_ids:
+            return {}
+        await self.applied_now()
+        params = {"ids": list(message_ids)}
+        return message_states(
+            await self.database.read(lambda cur: cur.execute(SEEN_SQL, params).fetchall())
+        )

@@ -1,0 +1,289 @@
+"""The SQL of a DuckDB store: its tables, the pages and look-ups it reads, and the
+reads that hold a page to a byte budget (large payloads read apart, by key).
+
+Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import duckdb
+
+from app.errors import BadParameter, StoreUnavailable
+from app.records import (
+    Column,
+    Kind,
+    Record,
+    Rejection,
+    Row,
+    column_names,
+    columns,
+    row_of,
+)
+from app.store import ROW_BYTES, R, text_bytes
+from app.store.filters import RowFilter, typed_field, typed_value
+from app.typed.mapping import Field
+
+SQL_TYPES = {
+    Kind.STRING: "VARCHAR",
+    Kind.INT64: "BIGINT",
+    Kind.TIMESTAMP: "TIMESTAMPTZ",
+    Kind.JSON: "JSON",
+    Kind.BYTES: "BLOB",
+}
+
+
+def read_within(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict[str, Any],
+    kind: type[R],
+    max_bytes: int,
+    size: Callable[[int, str], int],
+) -> tuple[list[R], bool]:
+    """The rows `sql` selects (as `_bounded_select` lists them), taken one at a time until
+    they hold at least `max_bytes`, and whether it stopped there. `size(payload bytes,
+    attributes)` is what a row counts as. Python holds what the reader keeps, and DuckDB
+    returns no large payload but those (`INLINE_BYTES`)."""
+    cursor.execute(sql, params)
+    found: list[list[Any]] = []
+    large: dict[str, int] = {}
+    data = column_names(kind).index("data")
+    attributes = column_names(kind).index("attributes")
+    total = 0
+    more = True
+    while total < max_bytes:
+        values = cursor.fetchone()
+        if values is None:
+            more = False
+            break
+        *row, payload = values
+        if payload is not None and payload > INLINE_BYTES:
+            large[row[0]] = len(found)  # message_id is the first column of both tables
+        found.append(row)
+        total += size(payload or 0, row[attributes])
+    if more:
+        # The rest of the page's rows, released now rather than at the cursor's next
+        # query. A result left unfinished (a query whose rows are not all fetched, as
+        # `SELECT 1` was) refuses `register` on its connection: on the writer's (the
+        # tail warmed at start) every apply of the journal failed after it.
+        cursor.abort()
+    if large:
+        cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
+        for message_id, value in cursor.fetchall():
+            found[large[message_id]][data] = value
+    return [row_of(kind, row) for row in found], more
+
+
+def payload_size(kind: type[Row]) -> Callable[[int, str], int]:
+    """What a row of `kind` counts as in a budget (`row_bytes`), from its payload's size
+    in DuckDB and its attributes."""
+    if kind is Rejection:
+        return lambda payload, attributes: (
+            (payload + 2) // 3 * 4 + text_bytes(attributes) + ROW_BYTES
+        )
+    return lambda payload, attributes: payload + text_bytes(attributes) + ROW_BYTES
+
+
+def ddl(table: str, row_type: type[Row]) -> str:
+    cols = ",\n  ".join(
+        f"{c.name} {SQL_TYPES[c.kind]}{'' if c.nullable else ' NOT NULL'}"
+        for c in columns(row_type)
+    )
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY (message_id)\n)"
+
+
+def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str, row_type: type[Row]) -> None:
+    """Give a table made by an earlier version the columns added since (nullable, at the end)."""
+    found = con.execute(
+        "SELECT column_name FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND table_name = $table ORDER BY column_index",
+        {"table": table},
+    ).fetchall()
+    have = [name for (name,) in found]
+    wanted = columns(row_type)
+    if have != [c.name for c in wanted[: len(have)]]:
+        raise StoreUnavailable(f"table {table} has columns {have}, not a start of {wanted}")
+    for column in wanted[len(have) :]:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {SQL_TYPES[column.kind]}")
+
+
+def _selected(c: Column) -> str:
+    # Timestamps leave as epoch microseconds: cheaper than timezone-aware
+    # datetimes (~0.4 ms per 100 rows) and what Record holds anyway.
+    match c.kind:
+        case Kind.TIMESTAMP:
+            return f"epoch_us({c.name})"
+        case Kind.JSON:
+            return f"{c.name}::VARCHAR"
+        case _:
+            return c.name
+
+
+def _select_list(row_type: type[Row]) -> str:
+    return ", ".join(_selected(c) for c in columns(row_type))
+
+
+_RECORD_COLUMNS = _select_list(Record)
+_PAGE_RANGE: Final = """ingest_time >= make_timestamptz($after_time)
+  AND ingest_time < make_timestamptz($before_time)
+  AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)"""
+
+# A page read to a byte budget selects a payload larger than this (`data`) as NULL, and
+# its size beside it, then reads only those it keeps, by key. DuckDB reads a column
+# 2,048 rows at a time: a page of 40 records of 4 MB held +810 MB in DuckDB while it
+# ran, returning every payload; selecting none of the large ones, as the scan reads
+# them (`_bounded_page_sql`), +170 MB, what the scan itself holds.
+INLINE_BYTES: Final = 64 * 1024
+_PAYLOAD: Final = {Record: "strlen(data::VARCHAR)", Rejection: "octet_length(data)"}
+
+
+def _bounded_select(row_type: type[Row]) -> list[str]:
+    """`_select_list`'s expressions, the payload NULL past INLINE_BYTES, its size last."""
+    size = _PAYLOAD[row_type]
+    listed = [
+        f"CASE WHEN {size} <= {INLINE_BYTES} THEN {_selected(c)} END"
+        if c.name == "data"
+        else _selected(c)
+        for c in columns(row_type)
+    ]
+    return [*listed, size]
+
+
+def _bounded_page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
+    """The page's rows as `_page_sql` selects them, as `_bounded_select` lists them. The
+    page's keys first (a Top-N of two columns), then its rows by row id, the large
+    payloads dropped in the scan: selected after the join (as DuckDB's own late
+    materialization does), each would be held once more for the page's every row."""
+    listed = _bounded_select(row_type)
+    at = {c.name: n for n, c in enumerate(columns(row_type))}
+    return f"""
+WITH page AS (
+  SELECT rowid AS page_row FROM {table}
+  WHERE {_PAGE_RANGE}{conditions}
+  ORDER BY ingest_time, message_id
+  LIMIT $limit
+)
+SELECT {", ".join(f"c{n}" for n in range(len(listed)))} FROM (
+  SELECT rowid AS page_row, {", ".join(f"{e} AS c{n}" for n, e in enumerate(listed))}
+  FROM {table} WHERE {_PAGE_RANGE}
+) WHERE page_row IN (SELECT page_row FROM page)
+ORDER BY c{at["ingest_time"]}, c{at["message_id"]}
+"""
+
+
+def _page_sql(table: str, select: str, conditions: str = "") -> str:
+    return f"""
+SELECT {select} FROM {table}
+WHERE {_PAGE_RANGE}{conditions}
+ORDER BY ingest_time, message_id
+LIMIT $limit
+"""
+
+
+def filtered(
+    kind: type[Row], keep: RowFilter, typed: Sequence[Field]
+) -> tuple[str, str, dict[str, Any]]:
+    """The page SQL of `kind` keeping the rows `keep` matches (as `_page_sql` and as
+    `_bounded_page_sql` read it), and its parameters
+    (values are parameters; a typed field's names, held to FIELD_NAME_PATTERN, are
+    quoted into the text). The conditions are checked on the rows of the page's
+    range in key order, so a selective filter scans further for the same page."""
+    table = "records" if kind is Record else "rejected"
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    for at, attribute in enumerate(keep.attributes):
+        conditions.append(f"json_extract_string(attributes, $path{at}) = $value{at}")
+        params[f"path{at}"], params[f"value{at}"] = _pointer(attribute.key), attribute.value
+    if keep.message_id is not None:
+        conditions.append("message_id = $message_id")
+        params["message_id"] = keep.message_id
+    if keep.record_id is not None:
+        # A rejection has no record id: none matches one.
+        conditions.append("id = $record_id" if kind is Record else "FALSE")
+        params |= {"record_id": keep.record_id} if kind is Record else {}
+    if keep.fields:
+        if kind is not Record:
+            raise BadParameter("field", "rejections have no typed fields")
+        matches = []
+        for at, condition in enumerate(keep.fields):
+            field = typed_field(typed, condition)
+            column = ".".join(['f."fields"', *(f'"{name}"' for name in condition.path)])
+            matches.append(f"{column} = $field{at}")
+            params[f"field{at}"] = typed_value(field, condition)
+        # The typed columns are a table of their own, joined by message_id (typed.py).
+        conditions.append(
+            "EXISTS (SELECT 1 FROM record_fields f WHERE f.message_id = records.message_id "
+            f"AND {' AND '.join(matches)})"
+        )
+    where = "".join(f"\n  AND {c}" for c in conditions)
+    return (
+        _page_sql(table, _select_list(kind), where),
+        _bounded_page_sql(table, kind, where),
+        params,
+    )
+
+
+PAGE_SQL: dict[type[Row], str] = {
+    Record: _page_sql("records", _RECORD_COLUMNS),
+    Rejection: _page_sql("rejected", _select_list(Rejection)),
+}
+LATEST_SQL = f"""
+SELECT {_RECORD_COLUMNS} FROM records WHERE id = $id
+ORDER BY timestamp DESC NULLS LAST, publish_time DESC, ingest_time DESC, message_id DESC
+LIMIT 1
+"""
+RECORD_BY_MESSAGE_SQL = f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_id = $message_id"
+REJECTION_BY_MESSAGE_SQL = (
+    "SELECT epoch_us(ingest_time), reason FROM rejected WHERE message_id = $message_id"
+)
+RECORDS_BY_MESSAGES_SQL = (
+    f"SELECT {_RECORD_COLUMNS} FROM records WHERE message_id IN (SELECT unnest($ids))"
+)
+REJECTIONS_BY_MESSAGES_SQL = (
+    f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
+)
+BOUNDED_PAGE_SQL: dict[type[Row], str] = {
+    Record: _bounded_page_sql("records", Record),
+    Rejection: _bounded_page_sql("rejected", Rejection),
+}
+_PAYLOADS_SQL: dict[type[Row], str] = {
+    row_type: f"SELECT message_id, {_selected(column)} FROM {table} "
+    "WHERE message_id IN (SELECT unnest($ids))"
+    for row_type, table in ((Record, "records"), (Rejection, "rejected"))
+    for column in columns(row_type)
+    if column.name == "data"
+}
+NEWEST_RECORDS_SQL = f"""
+SELECT {", ".join(_bounded_select(Record))} FROM records
+WHERE ingest_time >= make_timestamptz($since)
+ORDER BY ingest_time DESC, message_id DESC
+LIMIT $limit
+"""
+STORED_RECORD_IDS_SQL = "SELECT message_id FROM records WHERE message_id IN (SELECT unnest($ids))"
+SEEN_SQL = """
+SELECT DISTINCT message_id, 'stored' FROM records WHERE message_id IN (SELECT unnest($ids))
+UNION ALL
+SELECT DISTINCT message_id, 'rejected' FROM rejected WHERE message_id IN (SELECT unnest($ids))
+"""
+
+
+def _pointer(key: str) -> str:
+    """An attribute's key as a JSON pointer (RFC 6901) into `attributes`: DuckDB reads
+    `$."*"` in a JSONPath as every member, and a pointer has no wildcard."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def stored_rows(cur: duckdb.DuckDBPyConnection, message_ids: list[str]) -> list[Record | Rejection]:
+    """The records and rejections DuckDB holds of these messages."""
+    params = {"ids": message_ids}
+    found: list[Record | Rejection] = [
+        row_of(Record, values) for values in cur.execute(RECORDS_BY_MESSAGES_SQL, params).fetchall()
+    ]
+    found += [
+        row_of(Rejection, values)
+        for values in cur.execute(REJECTIONS_BY_MESSAGES_SQL, params).fetchall()
+    ]
+    return found
