@@ -201,6 +201,29 @@ async def test_a_chunk_is_the_rows_of_v1_records_in_the_same_order(
     assert "no-cache" in rejections.headers["cache-control"]
 
 
+async def test_a_chunk_short_of_the_tail_is_immutable_unless_read_from_the_oldest_row(
+    client: httpx.AsyncClient,
+) -> None:
+    # Rows of 3 MiB: two to a chunk (8 MiB at most), so five make three chunks.
+    for n in range(5):
+        answer = await client.post("/pubsub/push", json=push_body(n, data="x" * 3_000_000))
+        assert answer.status_code == 204
+    first = await client.get(STREAM, params={"offset": "-1"})
+    assert "stream-up-to-date" not in first.headers
+    # Where -1 starts moves with the retention: kept a minute, as a chunk at the tail is.
+    assert first.headers["cache-control"] == "max-age=60, private, stale-while-revalidate=300"
+    offset = first.headers["stream-next-offset"]
+    second = await client.get(STREAM, params={"offset": offset})
+    assert "stream-up-to-date" not in second.headers
+    assert second.headers["cache-control"] == "max-age=31536000, private, immutable"
+    last = await client.get(STREAM, params={"offset": second.headers["stream-next-offset"]})
+    assert last.headers["stream-up-to-date"] == "true"
+    assert last.headers["cache-control"] == "max-age=60, private, stale-while-revalidate=300"
+    assert ids(first.json()) + ids(second.json()) + ids(last.json()) == [
+        f"m-{n}" for n in range(5)
+    ]
+
+
 async def test_a_reader_at_the_tail_gets_an_empty_array_and_the_offset_it_sent(
     client: httpx.AsyncClient,
 ) -> None:

@@ -149,9 +149,13 @@ _TIMED_OUT: Final = {
 }
 
 
-def _caching(shared: bool, listing: Listing[Any], chunk: Chunk, *, live: bool) -> dict[str, str]:
-    # A long-poll's rows reach the tail by definition: kept as a chunk that does.
-    return _CACHING[listing.final, not (live or chunk.up_to_date), shared]
+def _caching(
+    shared: bool, listing: Listing[Any], chunk: Chunk, *, live: bool, offset: str | None
+) -> dict[str, str]:
+    # A long-poll's rows reach the tail by definition: kept as a chunk that does. So is a
+    # chunk from the oldest row kept (`-1`, or no offset): retention moves where it starts.
+    whole = not (live or chunk.up_to_date or offset in (None, "-1"))
+    return _CACHING[listing.final, whole, shared]
 
 
 def _sent(request: Request[Any, Any, Any], chunk: Chunk) -> bytes:
@@ -232,7 +236,7 @@ async def read_stream(
         headers = (
             _positioned(chunk)
             | as_headers(etag)
-            | _caching(shareable(request, followers), listing, chunk, live=False)
+            | _caching(shareable(request, followers), listing, chunk, live=False, offset=offset)
         )
         if unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
@@ -252,7 +256,8 @@ async def read_stream(
         timed_out = _TIMED_OUT[shareable(request, followers) and listing.final]
         return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | timed_out)
     etag = ETag(value=chunk.etag)
-    headers |= as_headers(etag) | _caching(shareable(request, followers), listing, chunk, live=True)
+    shared = shareable(request, followers)
+    headers |= as_headers(etag) | _caching(shared, listing, chunk, live=True, offset=offset)
     return Response(_sent(request, chunk), media_type=JSON, headers=headers)
 
 
