@@ -219,9 +219,7 @@ async def test_a_chunk_short_of_the_tail_is_immutable_unless_read_from_the_oldes
     last = await client.get(STREAM, params={"offset": second.headers["stream-next-offset"]})
     assert last.headers["stream-up-to-date"] == "true"
     assert last.headers["cache-control"] == "max-age=60, private, stale-while-revalidate=300"
-    assert ids(first.json()) + ids(second.json()) + ids(last.json()) == [
-        f"m-{n}" for n in range(5)
-    ]
+    assert ids(first.json()) + ids(second.json()) + ids(last.json()) == [f"m-{n}" for n in range(5)]
 
 
 async def test_a_reader_at_the_tail_gets_an_empty_array_and_the_offset_it_sent(
