@@ -226,3 +226,27 @@ async def test_a_follower_resumes_through_the_cache_after_a_restart_and_a_retent
             again += ids(chunk)
             offset = chunk.headers["stream-next-offset"]
         assert again == ["m-1", "m-2", "m-3", "m-4"]
+
+
+async def test_a_page_kept_as_json_is_never_the_answer_to_a_client_asking_for_events(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        for n in range(1, 4):
+            (await direct.post("/pubsub/push", json=push_body(n))).raise_for_status()
+        page = await client.get("/v1/records", params={"limit": 2})
+        assert "immutable" in page.headers["cache-control"]
+        assert page.headers["content-type"] == "application/json"
+        # The same URL asked for `text/event-stream` is a stream: the cache, which keys by
+        # URL and bypasses nothing on `Accept` (Cloud CDN cannot), must not answer it with
+        # the page it keeps.
+        async with client.stream(
+            "GET", "/v1/records", params={"limit": 2}, headers={"accept": "text/event-stream"}
+        ) as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            assert events.headers["x-cache"] != "HIT"
+        again = await client.get("/v1/records", params={"limit": 2})
+        assert again.headers["x-cache"] == "HIT"
+        assert again.json() == page.json()
+

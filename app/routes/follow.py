@@ -45,6 +45,9 @@ CREDENTIALS: Final = ("authorization", "x-serverless-authorization")
 # What an event stream is sent with besides its type: no cache keeps it, and no
 # proxy holds its events back to send them together (nginx's header).
 STREAMING: Final[dict[str, str]] = {"X-Accel-Buffering": "no", NO_CACHE.HEADER_NAME: "no-cache"}
+# A paged list answers one URL with a page or a stream of them, as `Accept` asks: every
+# answer says so, or a cache keeping a page by its URL would give it to a stream's client.
+NEGOTIATED: Final[dict[str, str]] = {"Vary": "Accept"}
 _encode = msgspec.json.encode
 
 
@@ -178,7 +181,7 @@ def answer(
 ) -> Response[Any]:
     """The page as JSON, with its freshness, and what caches may do: keep a `final`
     full page, revalidate any other full one by its `ETag`, ask again for the tail."""
-    found = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
+    found = {COMPLETE_UNTIL: rfc3339(page.complete_until)} | NEGOTIATED
     body = page_body(followers.encodings, page)
     charge = charge_of(request.scope)
     if charge is not None:
@@ -282,5 +285,5 @@ def stream(
         stop=stop,
         watched=watched,
         slow_seconds=followers.slow_seconds,
-        headers=STREAMING,
+        headers=STREAMING | NEGOTIATED,
     )
