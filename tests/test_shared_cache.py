@@ -250,3 +250,24 @@ async def test_a_page_kept_as_json_is_never_the_answer_to_a_client_asking_for_ev
         assert again.headers["x-cache"] == "HIT"
         assert again.json() == page.json()
 
+
+async def test_a_follower_joining_at_now_is_not_given_rows_written_long_before_it_joined(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        (await direct.post("/pubsub/push", json=push_body(1))).raise_for_status()
+        params = {"offset": "now", "live": "long-poll"}
+        # A first follower waits at the tail and is answered the row written meanwhile.
+        waiting = asyncio.create_task(client.get(STREAM, params=params))
+        await asyncio.sleep(0.5)
+        (await direct.post("/pubsub/push", json=push_body(2))).raise_for_status()
+        first = await waiting
+        assert ids(first) == ["m-2"]
+        # `now` is the tail when asked: a follower joining seconds later (the same URL)
+        # is not told to start before m-2, which was written before it came.
+        await asyncio.sleep(2.5)
+        (await direct.post("/pubsub/push", json=push_body(3))).raise_for_status()
+        later = await client.get(STREAM, params=params)
+        assert later.headers.get("x-cache") != "HIT"
+        assert later.status_code == 204 or "m-2" not in ids(later)
