@@ -271,3 +271,40 @@ async def test_a_follower_joining_at_now_is_not_given_rows_written_long_before_i
         later = await client.get(STREAM, params=params)
         assert later.headers.get("x-cache") != "HIT"
         assert later.status_code == 204 or "m-2" not in ids(later)
+
+
+def max_age(answer: httpx.Response) -> int:
+    for directive in answer.headers["cache-control"].split(","):
+        name, _, value = directive.strip().partition("=")
+        if name == "max-age":
+            return int(value)
+    raise AssertionError(f"no max-age in {answer.headers['cache-control']!r}")
+
+
+async def test_an_answer_that_never_changes_is_kept_no_longer_than_the_retention_keeps_its_rows(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    day = 86_400
+    store = tmp_path / "r.duckdb"
+    async with (
+        origin(port, store, RECORDLINE_RETENTION_DAYS="1") as direct,
+        through(proxy) as client,
+    ):
+        # Rows of 3 MiB: two to a chunk, so five make three chunks.
+        for n in range(5):
+            body = push_body(n, data="x" * 3_000_000)
+            (await direct.post("/pubsub/push", json=body)).raise_for_status()
+        first = await client.get(STREAM, params={"offset": "-1"})
+        middle = await client.get(STREAM, params={"offset": first.headers["stream-next-offset"]})
+        page = await client.get("/v1/records", params={"limit": 2})
+        # Each never changes, but its rows are deleted a day after they came (and its
+        # offset or token is then a 410): no cache may serve them a year.
+        for kept in (middle, page):
+            assert "immutable" in kept.headers["cache-control"]
+            assert "public" in kept.headers["cache-control"]
+            assert day - 60 <= max_age(kept) <= day
+    async with origin(port, store) as direct, through(proxy) as client:
+        # Kept for ever (no retention deletes anything): a year.
+        page = await client.get("/v1/records", params={"limit": 3})
+        assert max_age(page) == 31_536_000

@@ -388,7 +388,9 @@ async def _paged(
             listing, since=start, until=end, limit=limit, page_token=page_token, filter=keep
         )
     full = complete(page, limit)
-    return answer(request, page, full=full, final=listing.final, followers=followers)
+    rows = page.records if isinstance(page, RecordsPage) else page.rejections
+    kept = reader.kept_seconds(micros(rows[0].ingest_time)) if rows else None
+    return answer(request, page, full=full, final=listing.final, followers=followers, kept=kept)
 
 
 @get(

@@ -150,11 +150,20 @@ _TIMED_OUT: Final = {
 
 
 def _caching(
-    shared: bool, listing: Listing[Any], chunk: Chunk, *, live: bool, offset: str | None
+    shared: bool,
+    listing: Listing[Any],
+    chunk: Chunk,
+    *,
+    live: bool,
+    offset: str | None,
+    kept: int | None = None,
 ) -> dict[str, str]:
     # A long-poll's rows reach the tail by definition: kept as a chunk that does. So is a
     # chunk from the oldest row kept (`-1`, or no offset): retention moves where it starts.
     whole = not (live or chunk.up_to_date or offset in (None, "-1"))
+    if whole and listing.final and kept is not None:
+        # Kept no longer than the retention keeps its rows: then its offset is a 410.
+        return as_headers(immutable(shared, kept))
     return _CACHING[listing.final, whole, shared]
 
 
@@ -236,7 +245,14 @@ async def read_stream(
         headers = (
             _positioned(chunk)
             | as_headers(etag)
-            | _caching(shareable(request, followers), listing, chunk, live=False, offset=offset)
+            | _caching(
+                shareable(request, followers),
+                listing,
+                chunk,
+                live=False,
+                offset=offset,
+                kept=streams.reader.kept_seconds(start.after_time),
+            )
         )
         if unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
