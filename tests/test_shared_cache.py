@@ -308,3 +308,21 @@ async def test_an_answer_that_never_changes_is_kept_no_longer_than_the_retention
         # Kept for ever (no retention deletes anything): a year.
         page = await client.get("/v1/records", params={"limit": 3})
         assert max_age(page) == 31_536_000
+
+
+async def test_a_page_from_a_time_ago_is_not_kept_as_if_that_time_stood_still(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        (await direct.post("/pubsub/push", json=push_body(1))).raise_for_status()
+        params = {"since": "2s", "limit": 1}
+        first = await client.get("/v1/records", params=params)
+        assert [r["message_id"] for r in first.json()["records"]] == ["m-1"]
+        # `since=2s` is two seconds before each request: later, the same URL names
+        # other rows, and no cache may answer it with the page it kept.
+        assert "immutable" not in first.headers["cache-control"]
+        await asyncio.sleep(2.5)
+        (await direct.post("/pubsub/push", json=push_body(2))).raise_for_status()
+        later = await client.get("/v1/records", params=params)
+        assert [r["message_id"] for r in later.json()["records"]] == ["m-2"]
