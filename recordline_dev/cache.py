@@ -4,7 +4,7 @@
 `scripts/install-nginx.sh`) in the foreground on a free loopback port until the block
 ends: it keys by method and full URI, lets one request per key reach the origin while
 the others wait for its answer (longer than a long-poll waits), honours the origin's
-`Cache-Control`, passes a request with credentials or an SSE stream straight through,
+`Cache-Control`, passes a request with credentials or `live=sse` straight through,
 and logs each request's cache status (`SharedCache.statuses`). docs/deploying.md
 #behind-a-shared-cache says what the origin sends it.
 """
@@ -52,7 +52,9 @@ _LOCATION = """
             proxy_cache_lock {lock};
             proxy_cache_lock_timeout {lock_seconds}s;
             proxy_cache_lock_age {lock_seconds}s;
-            # A request with credentials, or a stream of events, is never a cached answer.
+            # A request with credentials, or a stream's `live=sse`, is never a cached
+            # answer. Nothing is bypassed on `Accept`, which Cloud CDN cannot do: the
+            # origin's `Vary: Accept` keeps a page from a client that asks for events.
             proxy_cache_bypass $http_authorization $http_x_serverless_authorization $stream;
             proxy_no_cache $http_authorization $http_x_serverless_authorization $stream;
             add_header X-Cache $upstream_cache_status always;
@@ -78,8 +80,7 @@ http {{
     proxy_cache_path {directory}/cache levels=1:2 keys_zone=recordline:16m max_size=1g
                      inactive=10m use_temp_path=off;
     log_format status '$upstream_cache_status $status "$upstream_addr" "$request_uri"';
-    map $arg_live $stream_arg {{ sse 1; default ""; }}
-    map $http_accept $stream {{ "~*text/event-stream" 1; default $stream_arg; }}
+    map $arg_live $stream {{ sse 1; default ""; }}
     upstream origin {{
         server 127.0.0.1:{origin};
         keepalive 64;

@@ -226,3 +226,103 @@ async def test_a_follower_resumes_through_the_cache_after_a_restart_and_a_retent
             again += ids(chunk)
             offset = chunk.headers["stream-next-offset"]
         assert again == ["m-1", "m-2", "m-3", "m-4"]
+
+
+async def test_a_page_kept_as_json_is_never_the_answer_to_a_client_asking_for_events(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        for n in range(1, 4):
+            (await direct.post("/pubsub/push", json=push_body(n))).raise_for_status()
+        page = await client.get("/v1/records", params={"limit": 2})
+        assert "immutable" in page.headers["cache-control"]
+        assert page.headers["content-type"] == "application/json"
+        # The same URL asked for `text/event-stream` is a stream: the cache, which keys by
+        # URL and bypasses nothing on `Accept` (Cloud CDN cannot), must not answer it with
+        # the page it keeps.
+        async with client.stream(
+            "GET", "/v1/records", params={"limit": 2}, headers={"accept": "text/event-stream"}
+        ) as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            assert events.headers["x-cache"] != "HIT"
+        again = await client.get("/v1/records", params={"limit": 2})
+        assert again.headers["x-cache"] == "HIT"
+        assert again.json() == page.json()
+
+
+async def test_a_follower_joining_at_now_is_not_given_rows_written_long_before_it_joined(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        (await direct.post("/pubsub/push", json=push_body(1))).raise_for_status()
+        params = {"offset": "now", "live": "long-poll"}
+        # A first follower waits at the tail and is answered the row written meanwhile.
+        waiting = asyncio.create_task(client.get(STREAM, params=params))
+        await asyncio.sleep(0.5)
+        (await direct.post("/pubsub/push", json=push_body(2))).raise_for_status()
+        first = await waiting
+        assert ids(first) == ["m-2"]
+        # `now` is the tail when asked: a follower joining seconds later (the same URL)
+        # is not told to start before m-2, which was written before it came.
+        await asyncio.sleep(2.5)
+        (await direct.post("/pubsub/push", json=push_body(3))).raise_for_status()
+        later = await client.get(STREAM, params=params)
+        assert later.headers.get("x-cache") != "HIT"
+        assert later.status_code == 204 or "m-2" not in ids(later)
+
+
+def max_age(answer: httpx.Response) -> int:
+    for directive in answer.headers["cache-control"].split(","):
+        name, _, value = directive.strip().partition("=")
+        if name == "max-age":
+            return int(value)
+    raise AssertionError(f"no max-age in {answer.headers['cache-control']!r}")
+
+
+async def test_an_answer_that_never_changes_is_kept_no_longer_than_the_retention_keeps_its_rows(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    day = 86_400
+    store = tmp_path / "r.duckdb"
+    async with (
+        origin(port, store, RECORDLINE_RETENTION_DAYS="1") as direct,
+        through(proxy) as client,
+    ):
+        # Rows of 3 MiB: two to a chunk, so five make three chunks.
+        for n in range(5):
+            body = push_body(n, data="x" * 3_000_000)
+            (await direct.post("/pubsub/push", json=body)).raise_for_status()
+        first = await client.get(STREAM, params={"offset": "-1"})
+        middle = await client.get(STREAM, params={"offset": first.headers["stream-next-offset"]})
+        page = await client.get("/v1/records", params={"limit": 2})
+        # Each never changes, but its rows are deleted a day after they came (and its
+        # offset or token is then a 410): no cache may serve them a year.
+        for kept in (middle, page):
+            assert "immutable" in kept.headers["cache-control"]
+            assert "public" in kept.headers["cache-control"]
+            assert day - 60 <= max_age(kept) <= day
+    async with origin(port, store) as direct, through(proxy) as client:
+        # Kept for ever (no retention deletes anything): a year.
+        page = await client.get("/v1/records", params={"limit": 3})
+        assert max_age(page) == 31_536_000
+
+
+async def test_a_page_from_a_time_ago_is_not_kept_as_if_that_time_stood_still(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    proxy, port = cache
+    async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
+        (await direct.post("/pubsub/push", json=push_body(1))).raise_for_status()
+        params = {"since": "2s", "limit": 1}
+        first = await client.get("/v1/records", params=params)
+        assert [r["message_id"] for r in first.json()["records"]] == ["m-1"]
+        # `since=2s` is two seconds before each request: later, the same URL names
+        # other rows, and no cache may answer it with the page it kept.
+        assert "immutable" not in first.headers["cache-control"]
+        await asyncio.sleep(2.5)
+        (await direct.post("/pubsub/push", json=push_body(2))).raise_for_status()
+        later = await client.get("/v1/records", params=params)
+        assert [r["message_id"] for r in later.json()["records"]] == ["m-2"]

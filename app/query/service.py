@@ -314,6 +314,13 @@ class Reader:
             return store
         return min(self._pending_horizon(), store)
 
+    def kept_seconds(self, us: int) -> int | None:
+        """Whole seconds until the retention may delete rows stored at `us` (0 once it
+        may; None without a retention): how long an answer holding them may be kept."""
+        if not self._retention_days:
+            return None
+        return max(0, (us - self._oldest_retained()) // 1_000_000)
+
     def _oldest_retained(self) -> int:
         if not self._retention_days:
             return 0

@@ -279,9 +279,11 @@ class Streams:
         body = _encode(views)
         next_offset = self._offsets.encode(listing.name, *after, scope=_scope(cursor.filter))
         start = self.position(listing, cursor)
-        # A record never changes, so two offsets name the same rows for ever; a
-        # rejection may yet be marked `stored`, so its chunk is known by its bytes.
-        tagged = f"{listing.name}:{start}:{next_offset}".encode() if listing.final else body
+        # A record never changes, so two offsets name the same rows for ever (shown
+        # otherwise to a masked reader, whose tags are its own); a rejection may yet be
+        # marked `stored`, so its chunk is known by its bytes.
+        shown = "masked" if self.reader.mask is not None else "whole"
+        tagged = f"{listing.name}:{start}:{next_offset}:{shown}".encode() if listing.final else body
         etag = hashlib.sha256(tagged).hexdigest()[:32]
         # Up to when the rows sent are all the rows there are (for Recordline-Complete-Until).
         complete_until = last.complete_until if up_to_date else after[0]

@@ -45,6 +45,9 @@ CREDENTIALS: Final = ("authorization", "x-serverless-authorization")
 # What an event stream is sent with besides its type: no cache keeps it, and no
 # proxy holds its events back to send them together (nginx's header).
 STREAMING: Final[dict[str, str]] = {"X-Accel-Buffering": "no", NO_CACHE.HEADER_NAME: "no-cache"}
+# A paged list answers one URL with a page or a stream of them, as `Accept` asks: every
+# answer says so, or a cache keeping a page by its URL would give it to a stream's client.
+NEGOTIATED: Final[dict[str, str]] = {"Vary": "Accept"}
 _encode = msgspec.json.encode
 
 
@@ -68,12 +71,13 @@ def shareable(request: Request[Any, Any, Any], followers: Followers) -> bool:
     return followers.shared_cache and not any(name in headers for name in CREDENTIALS)
 
 
-def immutable(shared: bool) -> CacheControlHeader:
-    """What a cache may do with an answer that can never change: keep it a year."""
+def immutable(shared: bool, kept: int | None = None) -> CacheControlHeader:
+    """What a cache may do with an answer that can never change: keep it a year, or
+    (`kept`) only as long as the retention keeps its rows, which no cache then serves."""
     return CacheControlHeader(
         public=shared or None,
         private=not shared or None,
-        max_age=IMMUTABLE_SECONDS,
+        max_age=IMMUTABLE_SECONDS if kept is None else min(kept, IMMUTABLE_SECONDS),
         immutable=True,
     )
 
@@ -175,10 +179,12 @@ def answer(
     full: bool,
     final: bool,
     followers: Followers,
+    kept: int | None = None,
 ) -> Response[Any]:
     """The page as JSON, with its freshness, and what caches may do: keep a `final`
-    full page, revalidate any other full one by its `ETag`, ask again for the tail."""
-    found = {COMPLETE_UNTIL: rfc3339(page.complete_until)}
+    full page (while the retention keeps its rows, `kept` seconds), revalidate any
+    other full one by its `ETag`, ask again for the tail."""
+    found = {COMPLETE_UNTIL: rfc3339(page.complete_until)} | NEGOTIATED
     body = page_body(followers.encodings, page)
     charge = charge_of(request.scope)
     if charge is not None:
@@ -188,7 +194,7 @@ def answer(
     if not full:
         return Response(body, media_type=JSON, headers=found | as_headers(NO_CACHE))
     etag = ETag(value=hashlib.sha256(body).hexdigest()[:32])
-    cache_control = immutable(shareable(request, followers)) if final else NO_CACHE
+    cache_control = immutable(shareable(request, followers), kept) if final else NO_CACHE
     found |= as_headers(etag, cache_control)
     if unchanged(request, etag):
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=found)
@@ -282,5 +288,5 @@ def stream(
         stop=stop,
         watched=watched,
         slow_seconds=followers.slow_seconds,
-        headers=STREAMING,
+        headers=STREAMING | NEGOTIATED,
     )

@@ -388,7 +388,18 @@ async def _paged(
             listing, since=start, until=end, limit=limit, page_token=page_token, filter=keep
         )
     full = complete(page, limit)
-    return answer(request, page, full=full, final=listing.final, followers=followers)
+    rows = page.records if isinstance(page, RecordsPage) else page.rejections
+    kept = reader.kept_seconds(micros(rows[0].ingest_time)) if rows else None
+    # A bound given as an age (`since=2h`) is another time at each request: the same URL
+    # names other rows later, so its page is revalidated, never kept as it is.
+    moving = _ago(until) or (page_token is None and _ago(since))
+    final = listing.final and not moving
+    return answer(request, page, full=full, final=final, followers=followers, kept=kept)
+
+
+def _ago(value: str | None) -> bool:
+    """Whether a `since` or `until` is how long before the request (`30s`, `2h`)."""
+    return value is not None and _AGO.fullmatch(value) is not None
 
 
 @get(

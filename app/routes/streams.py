@@ -26,7 +26,7 @@ from app.errors import RetryLater
 from app.http.events import EVENT_STREAM, EventStream, stop_of
 from app.http.head import HEAD_REQUEST, charge_of
 from app.query.events import Event, event, event_bytes, framed
-from app.query.offsets import MAX_OFFSET_LENGTH, OFFSET_PATTERN
+from app.query.offsets import MAX_OFFSET_LENGTH, NOW, OFFSET_PATTERN
 from app.query.page_token import PageToken
 from app.query.service import Excerpt, Listing
 from app.query.streams import CURSOR_DIGITS, STREAMS, Chunk, Control, Streams, cursor_after
@@ -150,11 +150,20 @@ _TIMED_OUT: Final = {
 
 
 def _caching(
-    shared: bool, listing: Listing[Any], chunk: Chunk, *, live: bool, offset: str | None
+    shared: bool,
+    listing: Listing[Any],
+    chunk: Chunk,
+    *,
+    live: bool,
+    offset: str | None,
+    kept: int | None = None,
 ) -> dict[str, str]:
     # A long-poll's rows reach the tail by definition: kept as a chunk that does. So is a
     # chunk from the oldest row kept (`-1`, or no offset): retention moves where it starts.
     whole = not (live or chunk.up_to_date or offset in (None, "-1"))
+    if whole and listing.final and kept is not None:
+        # Kept no longer than the retention keeps its rows: then its offset is a 410.
+        return as_headers(immutable(shared, kept))
     return _CACHING[listing.final, whole, shared]
 
 
@@ -236,7 +245,14 @@ async def read_stream(
         headers = (
             _positioned(chunk)
             | as_headers(etag)
-            | _caching(shareable(request, followers), listing, chunk, live=False, offset=offset)
+            | _caching(
+                shareable(request, followers),
+                listing,
+                chunk,
+                live=False,
+                offset=offset,
+                kept=streams.reader.kept_seconds(start.after_time),
+            )
         )
         if unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
@@ -250,14 +266,17 @@ async def read_stream(
     async with until_gone(request, followers) as follow:
         chunk = await streams.chunk(listing, start, follow=follow, wait=followers.long_poll_seconds)
     headers = _positioned(chunk) | {CURSOR: next_cursor}
+    shared = shareable(request, followers)
+    # Shared only among the followers that sent this offset and cursor together.
+    waited = _TIMED_OUT[shared and listing.final]
     if not chunk.rows:
         headers[UP_TO_DATE] = "true"
-        # Shared only among the followers that sent this offset and cursor.
-        timed_out = _TIMED_OUT[shareable(request, followers) and listing.final]
-        return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | timed_out)
+        return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | waited)
     etag = ETag(value=chunk.etag)
-    shared = shareable(request, followers)
-    headers |= as_headers(etag) | _caching(shared, listing, chunk, live=True, offset=offset)
+    # From `now`, where the rows start is the tail when the request came: a follower
+    # asking that URL later must not be sent back to it, so it is kept as a 204 is.
+    kept = waited if offset == NOW else _caching(shared, listing, chunk, live=True, offset=offset)
+    headers |= as_headers(etag) | kept
     return Response(_sent(request, chunk), media_type=JSON, headers=headers)
 
 

@@ -40,8 +40,10 @@ locals {
     serve_while_stale  = 0
     negative_caching   = false
     # The whole URL is the key: offset, cursor, live, since, limit and page_token each
-    # make another answer. No header is part of it: the answers that differ by a
-    # header (a token's reader) are never stored.
+    # make another answer. No header is named in it: Cloud CDN keys by the Vary the
+    # service sends (Accept on the paged lists, where one URL is a page or a stream;
+    # Accept-Encoding on a compressed answer), and answers that differ by a token's
+    # reader are never stored.
     include_host         = true
     include_protocol     = true
     include_query_string = true
