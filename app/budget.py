@@ -71,6 +71,11 @@ class Budget:
         (a read does not go ahead of those waiting)."""
         return not self._waiting and self.take(size, self.read_ceiling)
 
+    def read_room(self) -> int:
+        """What a read may take now: nothing while reads wait for room (a read does not
+        go ahead of them)."""
+        return 0 if self._waiting else max(0, self.read_ceiling - self.held)
+
     async def wait_read(self, size: int) -> None:
         """Take `size` bytes for a read once there is room, after the reads that waited
         before. A wait cancelled (or out of time, `asyncio.timeout`) takes nothing."""
@@ -181,6 +186,19 @@ class Charge:
             except TimeoutError:
                 raise budget.refusal() from None
         self.size += more
+
+    async def read_up_to(self, least: int, most: int) -> int:
+        """Grow to as many of `most` bytes as there is room for a read now, and to `least`
+        at the very least, waiting for that as `read` does (TooMuchInFlight if it cannot);
+        what it holds then. A read that may bring `most` bytes, and usually brings far
+        fewer, reads what it was given room for, and the rest later."""
+        least = min(least, most)
+        budget = self.budget
+        more = min(most - self.size, budget.read_room())
+        taken = more > 0 and self.size + more >= least and self.take(more, budget.read_ceiling)
+        if not taken and self.size < least:
+            await self.read(least)
+        return self.size
 
     def fits(self, size: int) -> bool:
         """Whether `size` bytes are within what is charged, or can be charged for a read
