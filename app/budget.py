@@ -74,7 +74,8 @@ class Budget:
     def read_room(self) -> int:
         """What a read may take now: nothing while reads wait for room (a read does not
         go ahead of them)."""
-        return 0 if self._waiting else max(0, self.read_ceiling - self.held)
+        room = self.read_ceiling - self.held
+        return 0 if self._waiting or room < 0 else room
 
     async def wait_read(self, size: int) -> None:
         """Take `size` bytes for a read once there is room, after the reads that waited
@@ -192,11 +193,15 @@ class Charge:
         at the very least, waiting for that as `read` does (TooMuchInFlight if it cannot);
         what it holds then. A read that may bring `most` bytes, and usually brings far
         fewer, reads what it was given room for, and the rest later."""
-        least = min(least, most)
+        if least > most:
+            least = most
         budget = self.budget
-        more = min(most - self.size, budget.read_room())
-        taken = more > 0 and self.size + more >= least and self.take(more, budget.read_ceiling)
-        if not taken and self.size < least:
+        more, room = most - self.size, budget.read_room()
+        if more > room:
+            more = room
+        if more > 0 and self.size + more >= least and budget.take(more, budget.read_ceiling):
+            self.size += more
+        elif self.size < least:
             await self.read(least)
         return self.size
 
