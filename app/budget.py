@@ -26,6 +26,10 @@ LARGE_ROOM: Final = 1 / 16
 # sent in well under this to a client that reads, and a client that does not is cut
 # off at the send timeout (RECORDLINE_SEND_TIMEOUT_SECONDS).
 READ_WAIT_SECONDS: Final = 1.0
+# Reads take more than the least they need only while this share of the room they
+# have is left: a thousand followers woken at once find room for their least each,
+# not the first few all of it for the most each might bring.
+READ_LEAST_ROOM: Final = 1 / 2
 # The wait after which a refused request is asked to try again.
 RETRY_SECONDS: Final = 1
 
@@ -51,6 +55,8 @@ class Budget:
         self.read_wait = read_wait
         # What reads may bring `held` to, and a request larger than SMALL_BYTES.
         self.read_ceiling = max(0, most - read_room)
+        # What a read may bring `held` to beyond its least (`Charge.read_up_to`).
+        self.read_most = self.read_ceiling - int(self.read_ceiling * READ_LEAST_ROOM)
         self.large_ceiling = most - int(most * LARGE_ROOM)
         self._waiting: deque[_Waiting] = deque()
 
@@ -189,20 +195,24 @@ class Charge:
         self.size += more
 
     async def read_up_to(self, least: int, most: int) -> int:
-        """Grow to as many of `most` bytes as there is room for a read now, and to `least`
-        at the very least, waiting for that as `read` does (TooMuchInFlight if it cannot);
-        what it holds then. A read that may bring `most` bytes, and usually brings far
-        fewer, reads what it was given room for, and the rest later."""
+        """Grow to `most` bytes for a read, or to as many as the budget has room for now
+        short of its `read_most`, and to `least` at the very least, waiting for that as
+        `read` does (TooMuchInFlight if it cannot); what it holds then. A read that may
+        bring `most` bytes, and usually brings far fewer, reads what it was given room
+        for, and the rest later."""
         if least > most:
             least = most
         budget = self.budget
-        more, room = most - self.size, budget.read_room()
-        if more > room:
-            more = room
-        if more > 0 and self.size + more >= least and budget.take(more, budget.read_ceiling):
-            self.size += more
-        elif self.size < least:
-            await self.read(least)
+        more, beyond = most - self.size, budget.read_most - budget.held
+        if more > beyond:
+            more = beyond
+        if self.size + more < least:
+            more = least - self.size
+        if more > 0:
+            if more <= budget.read_room() and budget.take(more, budget.read_ceiling):
+                self.size += more
+            else:
+                await self.read(least)
         return self.size
 
     def fits(self, size: int) -> bool:

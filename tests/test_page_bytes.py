@@ -99,8 +99,8 @@ async def test_a_page_holds_what_its_bytes_allow_and_its_token_goes_on_after_its
 async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on_after_it(
     app: Recordline, client: httpx.AsyncClient
 ) -> None:
-    # Room for 250 KB of rows (twice over) is left to reads: two records of 100 KB fit,
-    # three do not.
+    # Room for 250 KB of rows (twice over) is what reads may take beyond their least:
+    # two records of 100 KB fit, three do not.
     size, room = 100_000, 250_000
     assert 2 * shown(size) <= room < 3 * shown(size)
     for n in range(5):
@@ -108,7 +108,7 @@ async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on
     budget = app.budget
     assert budget is not None
     held = Charge(budget)
-    assert held.take(budget.read_ceiling - READ_COPIES * room, budget.most)
+    assert held.take(budget.read_most - READ_COPIES * room, budget.most)
     pages = await walk(client, "/v1/records", "records")
     assert [ids for ids, _ in pages] == [["m-0", "m-1"], ["m-2", "m-3"], ["m-4"]]
     # As final as a page its own bytes ended: complete up to its last row.
