@@ -185,3 +185,33 @@ async def test_a_chunk_of_a_stream_holds_at_most_its_bytes_and_its_offset_goes_o
         offset = chunk.headers["stream-next-offset"]
     # Each write of this test is a microsecond of its own: a chunk ends at any row.
     assert chunks == [["m-0", "m-1", "m-2"], ["m-3", "m-4", "m-5"], ["m-6"]]
+
+
+async def test_a_chunk_cut_short_by_the_room_the_process_has_ends_there(
+    app: Recordline, client: httpx.AsyncClient
+) -> None:
+    # As a page: room for two records of 100 KB beyond the least. The chunk ends with
+    # the read cut short, rather than reading on 250 KB at a time up to CHUNK_BYTES.
+    size, room = 100_000, 250_000
+    assert 2 * shown(size) <= room < 3 * shown(size)
+    for n in range(5):
+        await push(client, f"m-{n}", size)
+    budget = app.budget
+    assert budget is not None
+    held = Charge(budget)
+    assert held.take(budget.read_most - READ_COPIES * room, budget.most)
+    chunks: list[list[str]] = []
+    offset = "-1"
+    while True:
+        chunk = await client.get("/v1/streams/records", params={"offset": offset})
+        assert chunk.status_code == 200, chunk.text
+        ids = [r["message_id"] for r in chunk.json()]
+        if not ids:
+            break
+        chunks.append(ids)
+        offset = chunk.headers["stream-next-offset"]
+    held.release()
+    # Each chunk holds what one read had room for (what the budget held besides, the
+    # answer before it being sent, varies), and the offsets meet every record once.
+    assert [i for ids in chunks for i in ids] == [f"m-{n}" for n in range(5)]
+    assert max(map(len, chunks)) == 2, chunks

@@ -245,6 +245,7 @@ class Excerpt(Generic[AnyPage]):
         "listing",
         "resume",
         "rows",
+        "short",
         "views",
     )
 
@@ -269,6 +270,8 @@ class Excerpt(Generic[AnyPage]):
         self.complete_until = complete_until
         # As many rows as asked for: more may follow at once.
         self.full = full
+        # Read for fewer bytes than asked, for want of room in the process's budget.
+        self.short = False
         # What it and what is made of it hold of the process's budget, if counted.
         self.charge: Charge | None = None
 
@@ -425,12 +428,14 @@ class Reader:
         charge: Charge | None,
     ) -> tuple[Excerpt[AnyPage], int]:
         """`excerpt`'s read, and no less than what its rows hold (`row_bytes`)."""
+        short = False
         if charge is not None:
             # Room for the most the read may bring before it holds a row, or for what the
             # budget has room for now (READ_LEAST_BYTES at least): it reads no more bytes
             # than that, a page cut short as by its own budget, and as final.
             most = READ_COPIES * max_bytes
             given = await charge.read_up_to(READ_COPIES * READ_LEAST_BYTES, most)
+            short = given < most
             max_bytes = given // READ_COPIES
         rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
         kept, size = within(rows, max_bytes)
@@ -463,7 +468,9 @@ class Reader:
             views = await self._mark_stored(views)
         if self.mask is not None:
             views = [self.mask.view(v) for v in views]
-        return Excerpt(listing, cursor, rows, views, resume, horizon, full), size
+        excerpt = Excerpt(listing, cursor, rows, views, resume, horizon, full)
+        excerpt.short = short
+        return excerpt, size
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
         """Say of each rejection whether its message was stored since, as
