@@ -26,6 +26,10 @@ LARGE_ROOM: Final = 1 / 16
 # sent in well under this to a client that reads, and a client that does not is cut
 # off at the send timeout (RECORDLINE_SEND_TIMEOUT_SECONDS).
 READ_WAIT_SECONDS: Final = 1.0
+# Reads take more than the least they need only while this share of the room they
+# have is left: a thousand followers woken at once find room for their least each,
+# not the first few all of it for the most each might bring.
+READ_LEAST_ROOM: Final = 1 / 2
 # The wait after which a refused request is asked to try again.
 RETRY_SECONDS: Final = 1
 
@@ -51,6 +55,8 @@ class Budget:
         self.read_wait = read_wait
         # What reads may bring `held` to, and a request larger than SMALL_BYTES.
         self.read_ceiling = max(0, most - read_room)
+        # What a read may bring `held` to beyond its least (`Charge.read_up_to`).
+        self.read_most = self.read_ceiling - int(self.read_ceiling * READ_LEAST_ROOM)
         self.large_ceiling = most - int(most * LARGE_ROOM)
         self._waiting: deque[_Waiting] = deque()
 
@@ -70,6 +76,12 @@ class Budget:
         """Take `size` bytes for a read now, if there is room and no read waits for it
         (a read does not go ahead of those waiting)."""
         return not self._waiting and self.take(size, self.read_ceiling)
+
+    def read_room(self) -> int:
+        """What a read may take now: nothing while reads wait for room (a read does not
+        go ahead of them)."""
+        room = self.read_ceiling - self.held
+        return 0 if self._waiting or room < 0 else room
 
     async def wait_read(self, size: int) -> None:
         """Take `size` bytes for a read once there is room, after the reads that waited
@@ -181,6 +193,27 @@ class Charge:
             except TimeoutError:
                 raise budget.refusal() from None
         self.size += more
+
+    async def read_up_to(self, least: int, most: int) -> int:
+        """Grow to `most` bytes for a read, or to as many as the budget has room for now
+        short of its `read_most`, and to `least` at the very least, waiting for that as
+        `read` does (TooMuchInFlight if it cannot); what it holds then. A read that may
+        bring `most` bytes, and usually brings far fewer, reads what it was given room
+        for, and the rest later."""
+        if least > most:
+            least = most
+        budget = self.budget
+        more, beyond = most - self.size, budget.read_most - budget.held
+        if more > beyond:
+            more = beyond
+        if self.size + more < least:
+            more = least - self.size
+        if more > 0:
+            if more <= budget.read_room() and budget.take(more, budget.read_ceiling):
+                self.size += more
+            else:
+                await self.read(least)
+        return self.size
 
     def fits(self, size: int) -> bool:
         """Whether `size` bytes are within what is charged, or can be charged for a read

@@ -283,11 +283,7 @@ def main(argv: list[str]) -> int:
             "RECORDLINE_SHARED_CACHE": "true",
             "RECORDLINE_MAX_FOLLOWERS": str(most + 50),
             "RECORDLINE_MAX_CONNECTIONS": str(2 * most + 200),
-            # Room for every follower held on the origin, the baseline: each long-poll
-            # woken reads with room for the largest row (13.4 MiB), and at the default
-            # budget an instance answers most of a thousand woken at once 503
-            # `too-much-in-flight`.
-            "RECORDLINE_MEMORY_BUDGET_BYTES": str((256 + 32 * most) * 1024 * 1024),
+            # The default memory budget: a long-poll woken reads with the room it has.
         }
         with (
             server([*SERVE, "--port", str(port)], port, env=env) as origin,

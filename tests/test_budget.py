@@ -2,8 +2,9 @@
 
 Whatever is taken, waited for, cancelled, shrunk or released, in any order, the
 budget holds exactly what its charges hold, never below 0 nor above its bound; reads
-leave pushes their room, wait in turn and take nothing once they give up; and a
-charge held by objects is given back when the last of them is gone.
+leave pushes their room, take the room there is up to their most (beyond their least
+while half of it is free), wait in turn for their least and take nothing once they
+give up; and a charge held by objects is given back when the last of them is gone.
 """
 
 from __future__ import annotations
@@ -130,6 +131,49 @@ async def test_a_read_given_room_then_cancelled_before_it_ran_gives_it_back() ->
     assert budget.held == 0
 
 
+async def test_a_read_takes_the_room_there_is_up_to_its_most_and_waits_for_its_least() -> None:
+    budget = Budget(16 * MIB, read_room=0, read_wait=60)
+    assert budget.read_most == 8 * MIB  # reads keep half their room for their least
+    # Room for its most: it takes that, and no more.
+    full = Charge(budget)
+    assert await full.read_up_to(MIB, 6 * MIB) == 6 * MIB
+    # Less room than its most short of half: what there is of that half, at once.
+    short = Charge(budget)
+    assert await short.read_up_to(MIB, 6 * MIB) == 2 * MIB
+    # Past half: its least, so that many reads at once each have theirs.
+    least = [Charge(budget) for _ in range(4)]
+    for charge in least:
+        assert await charge.read_up_to(MIB // 2, 6 * MIB) == MIB // 2
+    assert budget.held == 10 * MIB
+    held = Charge(budget)
+    assert held.take(6 * MIB, budget.most)
+    # Not even its least: it waits for that, in turn, and takes that alone.
+    waiting = asyncio.create_task(Charge(budget).read_up_to(MIB, 4 * MIB))
+    behind = asyncio.create_task(Charge(budget).read_up_to(MIB // 2, 4 * MIB))
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    full.release()  # 6 MiB free: the first in line is given its least, then the next
+    assert await waiting == MIB
+    assert await behind == MIB // 2
+    assert budget.held == 16 * MIB - 6 * MIB + MIB + MIB // 2
+    # A charge already holding its most takes nothing more; a least above the most is
+    # its most.
+    assert await short.read_up_to(MIB, 2 * MIB) == 2 * MIB
+    assert budget.held == 11 * MIB + MIB // 2
+    assert await Charge(budget).read_up_to(4 * MIB, 2 * MIB) == 2 * MIB
+    # Out of time, or larger than reads may ever hold: refused, and nothing taken.
+    with pytest.raises(TooMuchInFlight):
+        await Charge(Budget(10 * MIB, read_wait=0.01)).read_up_to(11 * MIB, 12 * MIB)
+    tight = Budget(10 * MIB, read_wait=0.01)
+    assert Charge(tight).take(10 * MIB - 1, tight.most)
+    late = Charge(tight)
+    with pytest.raises(TooMuchInFlight):
+        await late.read_up_to(2, 4 * MIB)
+    assert late.size == 0
+    assert tight.held == 10 * MIB - 1
+    assert tight.waiting == 0
+
+
 async def test_a_read_out_of_time_is_refused_and_takes_nothing() -> None:
     budget = Budget(10 * MIB, read_room=0, read_wait=0.01)
     held = Charge(budget)
@@ -190,6 +234,7 @@ OPS = st.lists(
         st.tuples(st.just("request"), SIZES),
         st.tuples(st.just("read now"), SIZES),
         st.tuples(st.just("read"), SIZES),
+        st.tuples(st.just("read up to"), SIZES, SIZES),
         st.tuples(st.just("release"), st.integers(0, 40)),
         st.tuples(st.just("shrink"), st.integers(0, 40), SIZES),
         st.tuples(st.just("cancel"), st.integers(0, 40)),
@@ -245,6 +290,12 @@ async def _run(ops: list[Op]) -> None:
             charges.append(charge)
             reads.append(asyncio.create_task(_read(charge, op[1])))
             sizes[reads[-1]] = op[1]
+        elif kind == "read up to":
+            charge = Charge(budget)
+            charges.append(charge)
+            least, most = min(op[1:]), max(op[1:])
+            reads.append(asyncio.create_task(_read_up_to(charge, least, most)))
+            sizes[reads[-1]] = least
         elif charges and kind in ("release", "shrink", "hold", "drop"):
             charge = charges[op[1] % len(charges)]
             if kind == "release":
@@ -282,3 +333,15 @@ async def _read(charge: Charge, size: int) -> None:
         await charge.read(size)
     except TooMuchInFlight:
         assert charge.size == 0 or size == 0
+
+
+async def _read_up_to(charge: Charge, least: int, most: int) -> None:
+    try:
+        got = await charge.read_up_to(least, most)
+    except TooMuchInFlight:
+        assert charge.size == 0 or least == 0
+        return
+    # What there was room for, up to its most, and never less than its least unless
+    # released meanwhile.
+    assert got <= most
+    assert got >= least or least == 0

@@ -24,7 +24,7 @@ from app.http.head import Recordline
 from app.query.events import ENCODED_BYTES, Encodings, Event
 from app.query.follow import SHARED_READ_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
-from app.query.service import RecordsPage, RecordView
+from app.query.service import PAGE_BYTES, READ_COPIES, RecordsPage, RecordView
 from app.records import moment
 from app.routes.follow import page_body, page_event
 from app.routes.query import Paging
@@ -576,6 +576,54 @@ async def test_followers_past_the_instances_cap_get_503_with_retry_after(
         await until(lambda: followers.open == 1, what="a follower to leave")
         assert (await client.get("/v1/records", params={"wait": 0.1})).status_code == 200
         waits[1].cancel()
+
+
+class SlowReads(FaultyStore):
+    """Reads of a page that take `read_seconds` each: a store under load."""
+
+    read_seconds = 0.0
+
+    async def page(self, kind: Any, query: Any) -> Any:
+        if self.read_seconds:
+            await asyncio.sleep(self.read_seconds)  # the store's time, not a wait of the test's
+        return await super().page(kind, query)
+
+
+async def test_many_followers_of_small_rows_are_answered_with_room_for_few_full_reads() -> None:
+    # A read was once charged, before the store was read, for the most a page may
+    # bring (twice 4 MiB): a budget of 128 MiB left reads room for 7 at once, and of 60
+    # followers woken by one write, those still waiting after a second were refused 503
+    # (32 of them here), for one small record each.
+    followers = 60
+    store = SlowReads(DuckDBStore(":memory:"))
+    app = create_app(
+        settings(RECORDLINE_MEMORY_BUDGET_BYTES=str(128 * MIB), RECORDLINE_STREAM_SECONDS="30"),
+        store=store,
+    )
+    budget = app.budget
+    assert budget is not None
+    full_reads = budget.read_ceiling // (READ_COPIES * PAGE_BYTES)
+    assert full_reads < 10
+    async with served(app) as client:
+        token = await tail_token(client)
+        # Each at a limit of its own: reads of their own, none shared.
+        waits = [
+            asyncio.create_task(
+                client.get("/v1/records", params={"page_token": token, "wait": 30, "limit": n})
+            )
+            for n in range(1, followers + 1)
+        ]
+        await until_waiting(app, followers)
+        store.read_seconds = 0.25  # followers * 0.25 / full_reads: past a second's wait
+        assert (await client.post("/pubsub/push", json=push_body(1))).status_code == 204
+        answers = await asyncio.gather(*waits)
+        statuses = [answer.status_code for answer in answers]
+        print(f"{statuses.count(200)} answered 200, {statuses.count(503)} refused 503")
+        assert statuses == [200] * followers, [a.text for a in answers if a.status_code != 200][:1]
+        for answer in answers:
+            assert [r["id"] for r in answer.json()["records"]] == ["r-1"]
+        store.read_seconds = 0.0
+        await until(lambda: budget.held == 0, what="every follower's charge to be given back")
 
 
 def _page_of(size: int) -> RecordsPage:

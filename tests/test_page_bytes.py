@@ -1,10 +1,11 @@
 """Pages, events and chunks are bounded in bytes as well as rows, and resume exactly.
 
-A page holds at most PAGE_BYTES of rows (`app.store.row_bytes`), or its first row
-alone when that is larger; a stream's event SSE_EVENT_BYTES, a chunk CHUNK_BYTES.
-Fewer rows than `limit` then, and the token (or offset) goes on after the last one
-it holds: a follower meets every row once. On the embedded store and the serving
-tier, from storage and from the tail in memory.
+A page holds at most PAGE_BYTES of rows (`app.store.row_bytes`), or as many as the
+process's budget has room for, or its first row alone when that is larger; a
+stream's event SSE_EVENT_BYTES, a chunk CHUNK_BYTES. Fewer rows than `limit` then,
+and the token (or offset) goes on after the last one it holds: a follower meets
+every row once. On the embedded store and the serving tier, from storage and from
+the tail in memory.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import httpx
 import pytest
 
 from app.asgi import create_app
+from app.budget import Charge
 from app.http.head import Recordline
-from app.query.service import PAGE_BYTES
+from app.query.service import PAGE_BYTES, READ_COPIES
 from app.query.streams import CHUNK_BYTES
 from app.records import Record
 from app.routes.follow import SSE_EVENT_BYTES
@@ -94,6 +96,30 @@ async def test_a_page_holds_what_its_bytes_allow_and_its_token_goes_on_after_its
     assert pages[-1][1].headers["cache-control"] == "no-cache"
 
 
+async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on_after_it(
+    app: Recordline, client: httpx.AsyncClient
+) -> None:
+    # Room for 250 KB of rows (twice over) is what reads may take beyond their least:
+    # two records of 100 KB fit, three do not.
+    size, room = 100_000, 250_000
+    assert 2 * shown(size) <= room < 3 * shown(size)
+    for n in range(5):
+        await push(client, f"m-{n}", size)
+    budget = app.budget
+    assert budget is not None
+    held = Charge(budget)
+    assert held.take(budget.read_most - READ_COPIES * room, budget.most)
+    pages = await walk(client, "/v1/records", "records")
+    assert [ids for ids, _ in pages] == [["m-0", "m-1"], ["m-2", "m-3"], ["m-4"]]
+    # As final as a page its own bytes ended: complete up to its last row.
+    for _, page in pages[:2]:
+        assert "immutable" in page.headers["cache-control"]
+        assert page.json()["complete_until"] == page.json()["records"][-1]["ingest_time"]
+    held.release()
+    pages = await walk(client, "/v1/records", "records")
+    assert [ids for ids, _ in pages] == [[f"m-{n}" for n in range(5)]]
+
+
 async def test_a_row_larger_than_the_budget_is_a_page_of_its_own(
     client: httpx.AsyncClient,
 ) -> None:
@@ -159,3 +185,33 @@ async def test_a_chunk_of_a_stream_holds_at_most_its_bytes_and_its_offset_goes_o
         offset = chunk.headers["stream-next-offset"]
     # Each write of this test is a microsecond of its own: a chunk ends at any row.
     assert chunks == [["m-0", "m-1", "m-2"], ["m-3", "m-4", "m-5"], ["m-6"]]
+
+
+async def test_a_chunk_cut_short_by_the_room_the_process_has_ends_there(
+    app: Recordline, client: httpx.AsyncClient
+) -> None:
+    # As a page: room for two records of 100 KB beyond the least. The chunk ends with
+    # the read cut short, rather than reading on 250 KB at a time up to CHUNK_BYTES.
+    size, room = 100_000, 250_000
+    assert 2 * shown(size) <= room < 3 * shown(size)
+    for n in range(5):
+        await push(client, f"m-{n}", size)
+    budget = app.budget
+    assert budget is not None
+    held = Charge(budget)
+    assert held.take(budget.read_most - READ_COPIES * room, budget.most)
+    chunks: list[list[str]] = []
+    offset = "-1"
+    while True:
+        chunk = await client.get("/v1/streams/records", params={"offset": offset})
+        assert chunk.status_code == 200, chunk.text
+        ids = [r["message_id"] for r in chunk.json()]
+        if not ids:
+            break
+        chunks.append(ids)
+        offset = chunk.headers["stream-next-offset"]
+    held.release()
+    # Each chunk holds what one read had room for (what the budget held besides, the
+    # answer before it being sent, varies), and the offsets meet every record once.
+    assert [i for ids in chunks for i in ids] == [f"m-{n}" for n in range(5)]
+    assert max(map(len, chunks)) == 2, chunks

@@ -49,8 +49,13 @@ PAGE_BYTES = 4 * 1024 * 1024
 # (`row_bytes`): the rows, and the answer made of them (a page's views share their
 # rows' text; its JSON, or a stream's chunk, is the second copy, and an event frames it
 # without copying once it is larger than a slice). Charged before the store is read,
-# for the most it may return, and given back once nothing refers to them any more.
+# for as much of the most it may return as the budget has room for, and given back
+# once nothing refers to them any more.
 READ_COPIES = 2
+# What a read is given room for at the least (times READ_COPIES): a usual row's worth.
+# A read given less room than its most reads fewer bytes, and the next goes on after
+# it: a thousand followers of small rows are not refused for the 8 MiB each might bring.
+READ_LEAST_BYTES = 64 * 1024
 _FOREVER = 2**62
 # How far back `Reader.newest` looks first (µs), and how much further each time.
 _NEWEST_FIRST_SPAN = 1_000_000
@@ -240,6 +245,7 @@ class Excerpt(Generic[AnyPage]):
         "listing",
         "resume",
         "rows",
+        "short",
         "views",
     )
 
@@ -264,6 +270,8 @@ class Excerpt(Generic[AnyPage]):
         self.complete_until = complete_until
         # As many rows as asked for: more may follow at once.
         self.full = full
+        # Read for fewer bytes than asked, for want of room in the process's budget.
+        self.short = False
         # What it and what is made of it hold of the process's budget, if counted.
         self.charge: Charge | None = None
 
@@ -401,8 +409,9 @@ class Reader:
         self, listing: Listing[AnyPage], cursor: PageToken, limit: int, max_bytes: int
     ) -> Excerpt[AnyPage]:
         """The read after `cursor` as the store has it now, of at most `limit` rows and
-        `max_bytes` of them (the first row whatever its size): what both protocols page.
-        Charged to the budget (READ_COPIES) until nothing made of it is held any more."""
+        `max_bytes` of them (the first row whatever its size; fewer bytes while the
+        budget has less room): what both protocols page. Charged to the budget
+        (READ_COPIES) until nothing made of it is held any more."""
         if self._budget is None:
             excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
             return excerpt
@@ -426,9 +435,15 @@ class Reader:
         charge: Charge | None,
     ) -> tuple[Excerpt[AnyPage], int]:
         """`excerpt`'s read, and no less than what its rows hold (`row_bytes`)."""
+        short = False
         if charge is not None:
-            # Room for the most the read may bring, before it holds a row.
-            await charge.read(READ_COPIES * max_bytes)
+            # Room for the most the read may bring before it holds a row, or for what the
+            # budget has room for now (READ_LEAST_BYTES at least): it reads no more bytes
+            # than that, a page cut short as by its own budget, and as final.
+            most = READ_COPIES * max_bytes
+            given = await charge.read_up_to(READ_COPIES * READ_LEAST_BYTES, most)
+            short = given < most
+            max_bytes = given // READ_COPIES
         rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
         kept, size = within(rows, max_bytes)
         while charge is not None and not charge.fits(READ_COPIES * size):
@@ -460,7 +475,9 @@ class Reader:
             views = await self._mark_stored(views)
         if self.mask is not None:
             views = [self.mask.view(v) for v in views]
-        return Excerpt(listing, cursor, rows, views, resume, horizon, full), size
+        excerpt = Excerpt(listing, cursor, rows, views, resume, horizon, full)
+        excerpt.short = short
+        return excerpt, size
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
         """Say of each rejection whether its message was stored since, as

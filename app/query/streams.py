@@ -225,7 +225,9 @@ class Streams:
             )
         reads = [first]
         rows, size = len(first.rows), sum(map(row_bytes, first.rows))
-        while reads[-1].full and rows < self._chunk_rows and size < budget:
+        # A read cut short for want of room in the budget ends the chunk: the next
+        # request goes on from there, not this one with a store read for each 64 KiB.
+        while reads[-1].full and not reads[-1].short and rows < self._chunk_rows and size < budget:
             last = reads[-1]
             after = PageToken(*last.resume, None, listing=listing.name, filter=cursor.filter)
             more = await self.reader.excerpt(
