@@ -32,6 +32,11 @@ READ_WAIT_SECONDS: Final = 1.0
 READ_LEAST_ROOM: Final = 1 / 2
 # The wait after which a refused request is asked to try again.
 RETRY_SECONDS: Final = 1
+# Reads charged less than the most they may bring that are in the store at once: each
+# holds, for a moment, the row that took it past its charge (the store stops once past
+# it), which may be the largest a store keeps; so a few such rows at most, whatever
+# the number of readers. A read at the tail takes a few milliseconds.
+SHORT_READS: Final = 4
 
 
 class _Waiting:
@@ -59,6 +64,8 @@ class Budget:
         self.read_most = self.read_ceiling - int(self.read_ceiling * READ_LEAST_ROOM)
         self.large_ceiling = most - int(most * LARGE_ROOM)
         self._waiting: deque[_Waiting] = deque()
+        # Taken by a read charged short of its most while the store reads it (SHORT_READS).
+        self.short_reads = asyncio.Semaphore(SHORT_READS)
 
     def ceiling(self, size: int) -> int:
         """What a request (not a read) of `size` bytes may bring `held` to."""

@@ -626,6 +626,53 @@ async def test_many_followers_of_small_rows_are_answered_with_room_for_few_full_
         await until(lambda: budget.held == 0, what="every follower's charge to be given back")
 
 
+class CountedShortReads(FaultyStore):
+    """Counts the reads in the store at once that may bring less than `under` bytes
+    (charged short of a page's most), each taking `read_seconds`."""
+
+    under = 0
+    read_seconds = 0.0
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.now = 0
+        self.most = 0
+
+    async def page(self, kind: Any, query: Any) -> Any:
+        short = query.max_bytes is not None and query.max_bytes < self.under
+        self.now += short
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(self.read_seconds)  # the store's time, not a wait of the test's
+            return await super().page(kind, query)
+        finally:
+            self.now -= short
+
+
+async def test_reads_charged_short_of_large_rows_are_few_in_the_store_at_once() -> None:
+    # A read charged less than its most stops once past what it was charged for, so it
+    # holds one row more for a moment: among rows of 600 KiB, 40 readers each charged
+    # 128 KiB would hold 40 of them at once beyond the budget, however large it is.
+    from app.budget import SHORT_READS
+
+    readers, row = 40, 600 * 1024
+    store = CountedShortReads(DuckDBStore(":memory:"))
+    app = create_app(settings(RECORDLINE_MEMORY_BUDGET_BYTES=str(128 * MIB)), store=store)
+    async with served(app) as client:
+        for n in range(3):
+            data = json.dumps({"id": f"r-{n}", "data": "x" * row}).encode()
+            body = push_body(n)
+            body["message"]["data"] = base64.b64encode(data).decode()
+            assert (await client.post("/pubsub/push", json=body)).status_code == 204
+        store.under, store.read_seconds = row, 0.05
+        answers = await asyncio.gather(
+            *(client.get("/v1/records", params={"limit": n}) for n in range(1, readers + 1))
+        )
+    assert [a.status_code for a in answers] == [200] * readers
+    assert all(a.json()["records"][0]["id"] == "r-0" for a in answers)
+    assert 0 < store.most <= SHORT_READS, store.most
+
+
 def _page_of(size: int) -> RecordsPage:
     """A page of one record whose data is `size` bytes of JSON."""
     at = moment(1_700_000_000_000_000)

@@ -444,9 +444,20 @@ class Reader:
             given = await charge.read_up_to(READ_COPIES * READ_LEAST_BYTES, most)
             short = given < most
             max_bytes = given // READ_COPIES
-        rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
-        kept, size = within(rows, max_bytes)
-        while charge is not None and not charge.fits(READ_COPIES * size):
+        if charge is not None and short:
+            # Past its charge by one row at most, for a moment: a few such reads at once.
+            async with charge.budget.short_reads:
+                rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
+                kept, size = within(rows, max_bytes)
+                again = not charge.fits(READ_COPIES * size)
+                if again:
+                    rows = []  # let go before another read may take the slot
+        else:
+            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
+            kept, size = within(rows, max_bytes)
+            again = False
+        while charge is not None and (again or not charge.fits(READ_COPIES * size)):
+            again = False
             # A first row larger than there was room for: let go, and read again once
             # there is room for it.
             rows = []
