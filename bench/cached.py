@@ -25,8 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.followers import SERVE, percentile, push_body, rss_kb
-from bench.harness import free_port, server, table
+from bench.harness import SERVE, free_port, percentile, push_body, rss_kb, server, table
 from recordline_dev.cache import SharedCache, shared_cache
 
 STREAM = "/v1/streams/records"

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import os
 import re
 import secrets
@@ -35,28 +33,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from bench.harness import free_port, server, table
-
-SERVE = [sys.executable, "-m", "app.cli", "serve"]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def push_body(n: int) -> dict[str, Any]:
-    data = base64.b64encode(json.dumps({"id": f"r-{n}", "data": n}).encode()).decode()
-    return {"message": {"data": data, "messageId": f"b-{n}", "publishTime": "2024-04-27T12:00:01Z"}}
-
-
-def rss_kb(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+from bench.harness import SERVE, free_port, percentile, push_body, rss_kb, server, table
 
 
 async def waiting_on(http: httpx.AsyncClient, followers: int) -> None:

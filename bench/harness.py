@@ -6,6 +6,7 @@ benchmark measures its baseline in the same run and reports ratios.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -329,3 +331,22 @@ def uvicorn_argv(target: str, port: int) -> list[str]:
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+# The service as a process of its own, on loopback (`recordline serve`).
+SERVE = [sys.executable, "-m", "app.cli", "serve"]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def push_body(n: int) -> dict[str, Any]:
+    data = base64.b64encode(json.dumps({"id": f"r-{n}", "data": n}).encode()).decode()
+    return {"message": {"data": data, "messageId": f"b-{n}", "publishTime": "2024-04-27T12:00:01Z"}}
+
+
+def rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
