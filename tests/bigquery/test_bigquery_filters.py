@@ -113,6 +113,11 @@ async def test_a_filtered_read_over_the_cap_is_refused_with_its_cap(
         before = len(jobs_fake.queries)
         jobs_fake.billing = BillingModel(layouts=LAYOUTS, kinds=KINDS, row_weight=10_000_000)
         costly = await client.get("/v1/records", params={**params, "producer": "p"})
+        # The hours before the row's scan nothing (near midnight the first page is
+        # yesterday's first hour): answered, empty; the row's hour is past the cap.
+        while costly.status_code == 200 and not costly.json()["records"]:
+            token = costly.json()["next_page_token"]
+            costly = await client.get("/v1/records", params={"page_token": token})
         assert costly.status_code == 503
         assert "RECORDLINE_QUERY_MAX_BYTES_BILLED" in costly.json()["detail"]
     assert all(q.body["maximumBytesBilled"] == str(64 * MIB) for q in jobs_fake.queries[before:])
