@@ -274,6 +274,14 @@ def evaluate(systems: int, rate: float | None = None) -> dict[str, Any]:
         " retention_days = var.retention_days, trace_sample_ratio = var.trace_sample_ratio,"
         " metrics = { for k, v in local.workload_metrics : k => v.value } }"
     )
+    return _console(values, expression, modules=("metrics",))
+
+
+def _console(
+    values: dict[str, str], expression: str, *, modules: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`expression` as `terraform console` evaluates it over the cell root's variables
+    (set to `values`) and the locals that name no resource, with those of `modules`."""
     terraform = shutil.which("terraform")
     if terraform is None:
         raise SystemExit("terraform is not installed")
@@ -281,7 +289,7 @@ def evaluate(systems: int, rate: float | None = None) -> dict[str, Any]:
         work = Path(scratch)
         shutil.copy(TERRAFORM / "variables.tf", work)
         plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
-        plain.append(_plain_locals(TERRAFORM / "modules" / "metrics" / "main.tf"))
+        plain += [_plain_locals(TERRAFORM / "modules" / m / "main.tf") for m in modules]
         # The project's number (a data source) stood in for: no price depends on it.
         plain.append('locals {\n  project_number = "123456789012"\n}\n')
         (work / "locals.tf").write_text("\n".join(plain))
@@ -677,29 +685,7 @@ def cdn_settings() -> dict[str, Any]:
         " bypass_headers = local.cdn_bypass_headers, concurrency = var.concurrency,"
         " cpu = var.cpu, memory = var.memory }"
     )
-    terraform = shutil.which("terraform")
-    if terraform is None:
-        raise SystemExit("terraform is not installed")
-    with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        shutil.copy(TERRAFORM / "variables.tf", work)
-        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
-        plain.append('locals {\n  project_number = "123456789012"\n}\n')
-        (work / "locals.tf").write_text("\n".join(plain))
-        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
-        run = subprocess.run(  # noqa: S603 - our own argv, no shell
-            [terraform, "console", "-var-file=values.tfvars"],
-            input=f"jsonencode({expression})\n",
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    if run.returncode != 0:
-        raise SystemExit(f"terraform console failed:\n{run.stderr}")
-    found: dict[str, Any] = json.loads(json.loads(run.stdout.strip().splitlines()[-1]))
-    return found
+    return _console(values, expression)
 
 
 def _instance_second(found: dict[str, Any]) -> float:
