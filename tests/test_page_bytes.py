@@ -96,11 +96,10 @@ async def test_a_page_holds_what_its_bytes_allow_and_its_token_goes_on_after_its
     assert pages[-1][1].headers["cache-control"] == "no-cache"
 
 
-async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on_after_it(
-    app: Recordline, client: httpx.AsyncClient
-) -> None:
-    # Room for 250 KB of rows (twice over) is what reads may take beyond their least:
-    # two records of 100 KB fit, three do not.
+async def five_rows_and_room_for_two(app: Recordline, client: httpx.AsyncClient) -> Charge:
+    """Five records of 100 KB stored, and the budget held (the Charge returned) so that
+    reads may take room for 250 KB of rows (twice over) beyond their least: two of
+    those records fit, three do not."""
     size, room = 100_000, 250_000
     assert 2 * shown(size) <= room < 3 * shown(size)
     for n in range(5):
@@ -109,6 +108,13 @@ async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on
     assert budget is not None
     held = Charge(budget)
     assert held.take(budget.read_most - READ_COPIES * room, budget.most)
+    return held
+
+
+async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on_after_it(
+    app: Recordline, client: httpx.AsyncClient
+) -> None:
+    held = await five_rows_and_room_for_two(app, client)
     pages = await walk(client, "/v1/records", "records")
     assert [ids for ids, _ in pages] == [["m-0", "m-1"], ["m-2", "m-3"], ["m-4"]]
     # As final as a page its own bytes ended: complete up to its last row.
@@ -190,16 +196,9 @@ async def test_a_chunk_of_a_stream_holds_at_most_its_bytes_and_its_offset_goes_o
 async def test_a_chunk_cut_short_by_the_room_the_process_has_ends_there(
     app: Recordline, client: httpx.AsyncClient
 ) -> None:
-    # As a page: room for two records of 100 KB beyond the least. The chunk ends with
-    # the read cut short, rather than reading on 250 KB at a time up to CHUNK_BYTES.
-    size, room = 100_000, 250_000
-    assert 2 * shown(size) <= room < 3 * shown(size)
-    for n in range(5):
-        await push(client, f"m-{n}", size)
-    budget = app.budget
-    assert budget is not None
-    held = Charge(budget)
-    assert held.take(budget.read_most - READ_COPIES * room, budget.most)
+    # As a page. The chunk ends with the read cut short, rather than reading on 250 KB
+    # at a time up to CHUNK_BYTES.
+    held = await five_rows_and_room_for_two(app, client)
     chunks: list[list[str]] = []
     offset = "-1"
     while True:
