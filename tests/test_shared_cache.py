@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -29,6 +30,13 @@ pytestmark = pytest.mark.nginx
 STREAM = "/v1/streams/records"
 # How long a long-poll waits here: short, so a test sees its 204 in a second.
 WAIT_SECONDS = 1.0
+
+
+async def following(direct: httpx.AsyncClient) -> bool:
+    """Whether a follower waits at the origin (its `recordline_followers` gauge)."""
+    metrics = (await direct.get("/metrics")).text
+    found = re.search(r"^recordline_followers(?:\{[^}]*\})? ([0-9.]+)$", metrics, re.M)
+    return found is not None and float(found[1]) >= 1
 
 
 @contextlib.asynccontextmanager
@@ -260,7 +268,7 @@ async def test_a_follower_joining_at_now_is_not_given_rows_written_long_before_i
         params = {"offset": "now", "live": "long-poll"}
         # A first follower waits at the tail and is answered the row written meanwhile.
         waiting = asyncio.create_task(client.get(STREAM, params=params))
-        await asyncio.sleep(0.5)
+        await until(lambda: following(direct), what="the follower to wait at the origin")
         (await direct.post("/pubsub/push", json=push_body(2))).raise_for_status()
         first = await waiting
         assert ids(first) == ["m-2"]
