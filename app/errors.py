@@ -181,14 +181,6 @@ class UnknownSystem(NotFound):
     problem = "unknown-system"
 
 
-class PassesNotConfigured(NotFound):
-    """This service issues no read passes (RECORDLINE_READ_PASS_KEYS is not set here):
-    read with a token."""
-
-    title = "Read passes not configured"
-    problem = "read-passes-not-configured"
-
-
 class Gone(RecordlineError):
     """A read from before the retention: its rows are deleted, so a page would be incomplete."""
 
@@ -233,6 +225,14 @@ class Forbidden(RecordlineError):
     status = 403
     title = "Forbidden"
     problem = "forbidden"
+
+
+class PassesNotConfigured(Forbidden):
+    """This service issues no read passes (RECORDLINE_READ_PASS_KEYS is not set here):
+    read with a token."""
+
+    title = "Read passes not configured"
+    problem = "read-passes-not-configured"
 
 
 class MaskedFilter(Forbidden):

@@ -138,7 +138,7 @@ case(R, "post", 415)(lambda s: s.client.post(R, content=b"{}", headers=s.token(O
 case(R, "post", 503, failing_reads)(
     lambda s: s.client.post(R, json=REPLAY, headers=s.token(OPERATOR))
 )
-# -- read passes (none configured here: 404) -----------------------------------------
+# -- read passes (none configured here: 403) -----------------------------------------
 RP = "/v1/read-pass"
 
 
@@ -161,8 +161,7 @@ def twice_authorized(s: Service) -> httpx.Response:
 
 case(RP, "post", 400)(twice_authorized)
 case(RP, "post", 401)(lambda s: s.client.post(RP))
-case(RP, "post", 403)(lambda s: s.client.post(RP, headers=s.token(STRANGER)))
-case(RP, "post", 404)(lambda s: s.client.post(RP, headers=s.token(ANALYST)))
+case(RP, "post", 403)(lambda s: s.client.post(RP, headers=s.token(ANALYST)))
 case(RP, "post", 503, keys_unavailable)(lambda s: s.client.post(RP, headers=s.token(ANALYST)))
 # -- the two lists -------------------------------------------------------------
 for L in ("/v1/records", "/v1/rejections"):

@@ -43,7 +43,8 @@ class ReadPassAnswer(msgspec.Struct, frozen=True):
 
 
 def read_pass_routes(passes: PassAccess | None) -> list[HTTPRouteHandler]:
-    """The route issuing `passes` (None where none are configured: it answers 404)."""
+    """The route issuing `passes` (None where none are configured: it answers 403, as
+    replay does where it is not configured)."""
 
     @post(
         READ_PASSES_PATH,

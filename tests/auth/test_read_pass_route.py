@@ -246,7 +246,7 @@ def test_headers_too_long_for_a_pass_are_401(client: TestClient[Recordline]) -> 
 def test_a_service_without_passes_says_so_and_reads_only_with_tokens(google: FakeGoogle) -> None:
     with serve(google) as client:
         refused = get_pass(client, token(google, ANALYST))
-        assert refused.status_code == 404
+        assert refused.status_code == 403
         assert refused.json()["type"] == "/problems/read-passes-not-configured"
         # Its cookie is nothing to this service: a read without a token is refused.
         answer = client.get(PAGE, headers={"Cookie": forged()})
@@ -260,4 +260,4 @@ def test_the_route_is_documented(client: TestClient[Recordline]) -> None:
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     schema = document["components"]["schemas"][answer["$ref"].rpartition("/")[2]]
     assert set(schema["required"]) == {"cookie", "url_prefix", "expires"}
-    assert {"401", "403", "404", "503"} <= set(operation["responses"])
+    assert {"400", "401", "403", "503"} == set(operation["responses"]) - {"200"}
