@@ -81,10 +81,12 @@ locals {
     serve_while_stale  = 0
     negative_caching   = false
     # The whole URL is the key: offset, cursor, live, since, limit and page_token each
-    # make another answer. No header is named in it: Cloud CDN keys by the Vary the
-    # service sends (Accept on the paged lists, where one URL is a page or a stream;
-    # Accept-Encoding on a compressed answer), and answers that differ by a token's
-    # reader are never stored.
+    # make another answer. None is left out by name: /v1/records answers a parameter it
+    # does not know 400 (no-store), a stream's only makes its asker a miss, and a list of
+    # those the routes take would give one query's answer to another the day one more
+    # is taken. No header is named in it: Cloud CDN keys by the Vary the service sends
+    # (Accept on the paged lists, where one URL is a page or a stream; Accept-Encoding on
+    # a compressed answer), and answers that differ by a token's reader are never stored.
     include_host         = true
     include_protocol     = true
     include_query_string = true
