@@ -10,11 +10,21 @@
 # `public, immutable`, a long-poll's answer for its URL a short while, and never a
 # `private` or `no-store` one. A request with credentials bypasses the cache both ways
 # (it is neither answered from it nor stored), so a token-guarded read is always the
-# service's own answer to that token; Cloud Run's invoker check still judges every request
-# the CDN forwards. Cloud CDN keys nothing by the caller: what it stored is served to
+# service's own answer to that token; without read passes (below), Cloud Run's invoker
+# check still judges every request the CDN forwards. Cloud CDN keys nothing by the caller: what it stored is served to
 # whoever asks its URL (https://cloud.google.com/cdn/docs/caching), which is why only what
 # the service marks `public` may be stored. docs/deploying.md#cloud-cdn-for-followers says
 # when it pays and how to see it work; infra/fleet_cost.py prices it.
+#
+# Read passes (`cdn.read_passes`, on with the CDN by default): in a cell every read needs a
+# token, so without them nothing is `public` and the CDN caches nothing. A pass is a Cloud
+# CDN signed cookie (Cloud-CDN-Cookie) the service issues to a reader whose token it
+# verified (POST /systems/<system>/v1/read-pass), signed with a key the CDN's backend holds
+# too: the CDN checks it on every request, hit or miss, and the service on a miss. Such a
+# miss reaches Cloud Run with the cookie and no token, so Cloud Run's invoker check is off
+# (cell.tf) and the service verifies every token's signature itself. Reads carrying a pass
+# (and no token) go to the CDN's backend; SSE, the pass's own path and every read without
+# one go to a second backend on the same endpoint group, without the CDN.
 
 locals {
   cdn_enabled = var.cdn.enabled
@@ -25,6 +35,37 @@ locals {
     "/systems/{system=*}/v1/records/**",
     "/systems/{system=*}/v1/streams/**",
   ]
+  # With read passes: where a reader trades its token for a pass, always to the service.
+  cdn_pass_path = "/systems/{system=*}/v1/read-pass"
+  cdn_passes    = local.cdn_enabled && var.cdn.read_passes
+  # A request carrying a pass: the Cookie header names Cloud-CDN-Cookie, first or after
+  # another cookie. What it matches is routed to the CDN, which refuses (403) a cookie of
+  # that name it cannot verify.
+  cdn_pass_cookie = "(.*;\\s*)?Cloud-CDN-Cookie=.*"
+  # SSE: a stream, never one answer. Cloud CDN would keep what it got of it as a signed
+  # request's answer (below), so it goes to the backend without the CDN, asked either way.
+  cdn_sse_query  = { name = "live", value = "sse" }
+  cdn_sse_accept = ".*text/event-stream.*"
+  # A request with a token is judged by its token (the service ignores a pass beside it):
+  # it goes to the backend without the CDN whatever cookie it carries.
+  cdn_token_headers = ["Authorization", "X-Serverless-Authorization"]
+  # Cloud CDN treats every answer to a signed request as `public,
+  # max-age=signed_url_cache_max_age_sec`, whatever the service's Cache-Control says
+  # (https://cloud.google.com/cdn/docs/using-signed-cookies): one second, so a long-poll's
+  # 204 ("nothing yet") is kept no longer than the service keeps it for its followers, and
+  # no `no-cache` page at the tail is served past it. Followers asking one URL together
+  # still make one request; a catch-up chunk is not kept past the second.
+  cdn_signed_max_age = 1
+  # The keys a pass may be signed with, by name (the first signs, each verifies: rotation,
+  # docs/deploying.md#cloud-cdn-for-followers), and the service's setting of where clients
+  # reach the CDN, which each pass's URL prefix starts with.
+  cdn_pass_keys = local.cdn_passes ? var.cdn.read_pass_keys : []
+  cdn_pass_env = local.cdn_passes ? {
+    RECORDLINE_READ_PASS_URL = "https://${var.cdn.domains[0]}"
+  } : {}
+  # The resources of passes (the backend without the CDN, the key's secret), where the cell
+  # has them.
+  cdn_pass = local.cdn_passes ? { cdn = var.cdn.domains } : {}
   # Requests carrying either header are never answered from the cache nor stored in it:
   # Cloud Run reads the caller from X-Serverless-Authorization when it is there.
   cdn_bypass_headers = ["Authorization", "X-Serverless-Authorization"]
@@ -40,10 +81,12 @@ locals {
     serve_while_stale  = 0
     negative_caching   = false
     # The whole URL is the key: offset, cursor, live, since, limit and page_token each
-    # make another answer. No header is named in it: Cloud CDN keys by the Vary the
-    # service sends (Accept on the paged lists, where one URL is a page or a stream;
-    # Accept-Encoding on a compressed answer), and answers that differ by a token's
-    # reader are never stored.
+    # make another answer. None is left out by name: /v1/records answers a parameter it
+    # does not know 400 (no-store), a stream's only makes its asker a miss, and a list of
+    # those the routes take would give one query's answer to another the day one more
+    # is taken. No header is named in it: Cloud CDN keys by the Vary the service sends
+    # (Accept on the paged lists, where one URL is a page or a stream; Accept-Encoding on
+    # a compressed answer), and answers that differ by a token's reader are never stored.
     include_host         = true
     include_protocol     = true
     include_query_string = true
@@ -111,6 +154,10 @@ resource "google_compute_backend_service" "cdn_reads" {
         header_name = bypass_cache_on_request_headers.value
       }
     }
+
+    # With read passes: how long an answer to a signed request is kept, whatever its
+    # Cache-Control (cdn_signed_max_age says why). Without: never used, left to the API.
+    signed_url_cache_max_age_sec = local.cdn_passes ? local.cdn_signed_max_age : null
   }
 
   # What a reader (or curl) sees of the cache: hit, miss, stale, revalidated,
@@ -127,6 +174,95 @@ resource "google_compute_backend_service" "cdn_reads" {
   backend {
     group = google_compute_region_network_endpoint_group.cdn["cdn"].id
   }
+}
+
+# With read passes, what reaches the service without the CDN: SSE, the pass's own path,
+# and every read with a token or without a pass. The CDN's backend, holding signing keys,
+# would answer a request without a valid pass 403 and keep a signed request's answer as
+# public (cdn_signed_max_age).
+resource "google_compute_backend_service" "cdn_direct" {
+  for_each = local.cdn_pass
+
+  project               = var.project_id
+  name                  = "${local.cell}-cdn-direct"
+  description           = "The cell's reads without a read pass, SSE and read passes themselves, to the service without Cloud CDN (cdn.tf)."
+  load_balancing_scheme = "EXTERNAL_MANAGED"
+  protocol              = "HTTPS"
+  enable_cdn            = false
+
+  log_config {
+    enable      = true
+    sample_rate = 0.01
+  }
+
+  backend {
+    group = google_compute_region_network_endpoint_group.cdn["cdn"].id
+  }
+}
+
+# --- read passes: the signing keys ----------------------------------------------------
+
+# Each key 16 random bytes (what Cloud CDN takes), kept in the state as the backend's key
+# is (the API takes it in the clear, and the provider keeps what it sent). Cloud CDN and
+# the service take it base64url, with its padding.
+resource "random_bytes" "read_pass" {
+  for_each = toset(local.cdn_pass_keys)
+
+  length = 16
+}
+
+# Cloud CDN checks a pass against the key its KeyName names on this backend.
+resource "google_compute_backend_service_signed_url_key" "read_pass" {
+  for_each = toset(local.cdn_pass_keys)
+
+  project         = var.project_id
+  name            = each.key
+  key_value       = replace(replace(random_bytes.read_pass[each.key].base64, "+", "-"), "/", "_")
+  backend_service = google_compute_backend_service.cdn_reads["cdn"].name
+}
+
+resource "google_secret_manager_secret" "read_pass" {
+  #checkov:skip=CKV_GCP_128:Google-managed encryption; the keys only sign read passes, which last minutes, and rotate by adding a key.
+  for_each = local.cdn_pass
+
+  project   = var.project_id
+  secret_id = "${local.cell}-read-pass"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# A version per change of the keys, named in the service's template (cell.tf), so a
+# rotation makes a revision that reads the new keys.
+resource "google_secret_manager_secret_version" "read_pass" {
+  for_each = local.cdn_pass
+
+  secret = google_secret_manager_secret.read_pass["cdn"].id
+  # RECORDLINE_READ_PASS_KEYS: `name:key`, comma-separated, in cdn.read_pass_keys' order
+  # (the first signs), each key as the backend holds it: from the bytes, as the backend's
+  # key resource is under the service (backend, endpoint group), which reads this version.
+  secret_data = join(",", [
+    for name in local.cdn_pass_keys :
+    "${name}:${replace(replace(random_bytes.read_pass[name].base64, "+", "-"), "/", "_")}"
+  ])
+
+  # The old version is destroyed once the service names the new one: an instance of the
+  # revision being replaced may still start, and reads the version it names.
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_reads_read_pass" {
+  for_each = local.cdn_pass
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.read_pass["cdn"].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.runtime.member
 }
 
 resource "google_compute_url_map" "cdn" {
@@ -161,14 +297,101 @@ resource "google_compute_url_map" "cdn" {
       strip_query            = false
     }
 
-    route_rules {
-      priority = 1
-      service  = google_compute_backend_service.cdn_reads["cdn"].id
+    # Without read passes: every read to the CDN's backend, which bypasses its cache for a
+    # request with a token.
+    dynamic "route_rules" {
+      for_each = local.cdn_passes ? [] : ["reads"]
+      content {
+        priority = 1
+        service  = google_compute_backend_service.cdn_reads["cdn"].id
 
-      dynamic "match_rules" {
-        for_each = local.cdn_read_paths
-        content {
-          path_template_match = match_rules.value
+        dynamic "match_rules" {
+          for_each = local.cdn_read_paths
+          content {
+            path_template_match = match_rules.value
+          }
+        }
+      }
+    }
+
+    # With read passes, in order: SSE (either way of asking) and the pass's own path to
+    # the backend without the CDN; a read carrying a pass and no token to the CDN; every
+    # other read to the backend without it.
+    dynamic "route_rules" {
+      for_each = local.cdn_passes ? ["direct"] : []
+      content {
+        priority = 1
+        service  = google_compute_backend_service.cdn_direct["cdn"].id
+
+        dynamic "match_rules" {
+          for_each = local.cdn_read_paths
+          content {
+            path_template_match = match_rules.value
+            query_parameter_matches {
+              name        = local.cdn_sse_query.name
+              exact_match = local.cdn_sse_query.value
+            }
+          }
+        }
+
+        dynamic "match_rules" {
+          for_each = local.cdn_read_paths
+          content {
+            path_template_match = match_rules.value
+            header_matches {
+              header_name = "Accept"
+              regex_match = local.cdn_sse_accept
+            }
+          }
+        }
+
+        match_rules {
+          path_template_match = local.cdn_pass_path
+        }
+      }
+    }
+
+    dynamic "route_rules" {
+      for_each = local.cdn_passes ? ["passes"] : []
+      content {
+        priority = 2
+        service  = google_compute_backend_service.cdn_reads["cdn"].id
+
+        dynamic "match_rules" {
+          for_each = local.cdn_read_paths
+          content {
+            path_template_match = match_rules.value
+
+            header_matches {
+              header_name = "Cookie"
+              regex_match = local.cdn_pass_cookie
+            }
+
+            # Absent: a header match inverted.
+            dynamic "header_matches" {
+              for_each = local.cdn_token_headers
+              content {
+                header_name   = header_matches.value
+                present_match = true
+                invert_match  = true
+              }
+            }
+          }
+        }
+      }
+    }
+
+    dynamic "route_rules" {
+      for_each = local.cdn_passes ? ["without"] : []
+      content {
+        priority = 3
+        service  = google_compute_backend_service.cdn_direct["cdn"].id
+
+        dynamic "match_rules" {
+          for_each = local.cdn_read_paths
+          content {
+            path_template_match = match_rules.value
+          }
         }
       }
     }

@@ -114,7 +114,7 @@ locals {
   # (modules/system/spanner.tf) and how far back BigQuery's records_unique looks.
   dedupe_window_seconds = tonumber(lookup(var.extra_env, "RECORDLINE_DEDUPE_WINDOW_SECONDS", "604800"))
 
-  service_env = merge(var.extra_env, local.retention_env, {
+  service_env = merge(var.extra_env, local.retention_env, local.cdn_pass_env, {
     RECORDLINE_CELL                   = local.cell
     RECORDLINE_SYSTEMS                = local.systems_setting
     RECORDLINE_CELL_MAX_SYSTEMS       = tostring(var.cell_max_systems)
@@ -127,8 +127,10 @@ locals {
     RECORDLINE_SLO_FRESHNESS_SECONDS    = tostring(var.freshness_threshold_seconds)
     # Cloud Run's invoker check (invoker_iam_disabled = false) verifies each token and
     # replaces its signature before the request reaches the container; the service then
-    # checks the claims (audience, sender, expiry) with each system's guard.
-    RECORDLINE_TRUST_CLOUD_RUN_IAM = "true"
+    # checks the claims (audience, sender, expiry) with each system's guard. With read
+    # passes the check is off (a CDN miss reaches Cloud Run with a pass and no token): the
+    # service verifies every token's signature itself, a push's as a reader's.
+    RECORDLINE_TRUST_CLOUD_RUN_IAM = local.cdn_passes ? "false" : "true"
     RECORDLINE_HOST                = "0.0.0.0"
     RECORDLINE_LOG_FORMAT          = "json"
     OTEL_SERVICE_NAME              = local.cell
@@ -252,6 +254,8 @@ resource "time_sleep" "secrets_propagation" {
   triggers = {
     page_token = google_secret_manager_secret_iam_member.runtime_reads_page_token.id
     systems    = google_secret_manager_secret_iam_member.reads_systems["runtime"].id
+    # The read passes' keys (cdn.tf), where the cell has them.
+    read_pass = join(",", [for grant in google_secret_manager_secret_iam_member.runtime_reads_read_pass : grant.id])
   }
 }
 
@@ -273,8 +277,11 @@ resource "google_cloud_run_v2_service" "ingest" {
   # Tokens are checked by Cloud Run (run.invoker) before the request reaches the
   # service, which checks them again with the system's guard. Every audience is derived
   # from the deterministic URL, known before the service exists: the cell's read
-  # audience, and each system's push audience.
-  invoker_iam_disabled = false
+  # audience, and each system's push audience. With read passes (cdn.tf) the check is
+  # off: a read the CDN did not have reaches the service with a pass and no token, and
+  # the service verifies every token itself (RECORDLINE_TRUST_CLOUD_RUN_IAM false above);
+  # anyone may then reach an instance, to be answered 401.
+  invoker_iam_disabled = local.cdn_passes
   custom_audiences     = local.custom_audiences
 
   template {
@@ -346,6 +353,21 @@ resource "google_cloud_run_v2_service" "ingest" {
           secret_key_ref {
             secret  = google_secret_manager_secret.page_token.secret_id
             version = "latest"
+          }
+        }
+      }
+
+      # The read passes' keys (cdn.tf), by the version that holds them: a rotation makes a
+      # revision, which reads the keys it names.
+      dynamic "env" {
+        for_each = google_secret_manager_secret_version.read_pass
+        content {
+          name = "RECORDLINE_READ_PASS_KEYS"
+          value_source {
+            secret_key_ref {
+              secret  = google_secret_manager_secret.read_pass[env.key].secret_id
+              version = env.value.version
+            }
           }
         }
       }

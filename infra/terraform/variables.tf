@@ -989,18 +989,29 @@ variable "retired_systems" {
 
 variable "cdn" {
   type = object({
-    enabled = optional(bool, false)
-    domains = optional(list(string), [])
+    enabled        = optional(bool, false)
+    domains        = optional(list(string), [])
+    read_passes    = optional(bool, true)
+    read_pass_keys = optional(list(string), ["pass-1"])
   })
   description = <<-EOT
     Cloud CDN in front of the cell's read paths (cdn.tf): an external Application Load
     Balancer on `domains` (each an A record to the `cdn` output's address, and on the
     managed certificate) whose URL map sends followers' reads of records and streams
-    (`/systems/<system>/v1/records…`, `/systems/<system>/v1/streams/…`) without
-    credentials to a backend with Cloud CDN, the same reads with a token to one
-    without, and answers everything else with a redirect to the run.app URL, where
-    pushes stay. Off by default: what it caches is what the service marks `public`
-    (docs/deploying.md#cloud-cdn-for-followers).
+    (`/systems/<system>/v1/records…`, `/systems/<system>/v1/streams/…`) to a backend with
+    Cloud CDN, and answers everything else with a redirect to the run.app URL, where
+    pushes stay. Off by default (docs/deploying.md#cloud-cdn-for-followers).
+
+    `read_passes`, on by default with the CDN: in a cell every read needs a token, and
+    the CDN caches nothing for a request with one, so without passes it caches nothing.
+    A read pass is a Cloud CDN signed cookie the service issues to a reader for its token
+    (`POST /systems/<system>/v1/read-pass`); reads carrying one (and no token) go to the
+    CDN, every other read, SSE and the pass's path to a second backend without it. With
+    passes, Cloud Run's invoker check is off and the service verifies every token itself.
+    `read_pass_keys` names the signing keys, each 16 random bytes on the CDN's backend
+    and in the service's RECORDLINE_READ_PASS_KEYS: the first signs, each verifies (at
+    most 3, Cloud CDN's limit). To rotate: add the new name after the old, apply; put it
+    first, apply; a pass's lifetime later (RECORDLINE_READ_PASS_SECONDS), remove the old.
   EOT
   default     = {}
   nullable    = false
@@ -1012,5 +1023,14 @@ variable "cdn" {
   validation {
     condition     = length(var.cdn.domains) <= 100 && alltrue([for d in var.cdn.domains : can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", d))])
     error_message = "cdn.domains are lower-case fully qualified names (no scheme, port or wildcard), at most 100: what a managed certificate takes."
+  }
+  # What a key's name is on a backend service (RFC 1035), and the service's setting takes.
+  validation {
+    condition = (
+      length(var.cdn.read_pass_keys) >= 1 && length(var.cdn.read_pass_keys) <= 3
+      && length(distinct(var.cdn.read_pass_keys)) == length(var.cdn.read_pass_keys)
+      && alltrue([for k in var.cdn.read_pass_keys : can(regex("^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", k))])
+    )
+    error_message = "cdn.read_pass_keys: 1 to 3 distinct key names (a CDN backend holds at most 3), each up to 63 lower-case letters, digits and dashes, a letter first and no dash last."
   }
 }

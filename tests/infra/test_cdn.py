@@ -1,11 +1,13 @@
 """A cell's Cloud CDN for followers (infra/terraform/cdn.tf), evaluated as a plan would:
 off by default; on, it caches what the service's headers allow and nothing for a request
 with credentials, serves reads of records and streams alone (every system's push path
-is never routed to it), and its cost is priced apart from the fleet's, from Terraform's
-own values (infra/fleet_cost.py --cdn, the table docs/deploying.md shows)."""
+is never routed to it), with read passes sends to the CDN only reads carrying one (its
+keys on the backend and in the service's setting alike), and its cost is priced apart
+from the fleet's, from Terraform's own values (infra/fleet_cost.py --cdn)."""
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ from tests.infra.test_terraform import TERRAFORM, _load
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYING = ROOT / "docs" / "deploying.md"
 ON = (("cdn", '{ enabled = true, domains = ["records.example.com"] }'),)
+# The CDN as it was before read passes, which a cell may still choose.
+WITHOUT_PASSES = (
+    ("cdn", '{ enabled = true, domains = ["records.example.com"], read_passes = false }'),
+)
 SETTINGS = (
     "{ cdn = local.cdn, rules = local.cdn_forwarding_rules, cache = local.cdn_cache,"
     " paths = local.cdn_read_paths, bypass = local.cdn_bypass_headers,"
@@ -34,11 +40,16 @@ QUOTA = (("service_account_quota", "300"),)
 
 def _cdn_resources() -> dict[str, dict[str, Any]]:
     """cdn.tf's resources by type.name, as written."""
+    return _resources_of("cdn.tf")
+
+
+def _resources_of(name: str) -> dict[str, dict[str, Any]]:
+    """A root file's resources by type.name, as written."""
     return {
-        f"{rtype}.{name}": body
-        for block in _load(TERRAFORM / "cdn.tf").get("resource", [])
+        f"{rtype}.{rname}": body
+        for block in _load(TERRAFORM / name).get("resource", [])
         for rtype, named in block.items()
-        for name, body in named.items()
+        for rname, body in named.items()
     }
 
 
@@ -55,10 +66,21 @@ def test_off_by_default_a_cell_has_no_load_balancer() -> None:
     found = _root_console(SETTINGS, "{}")
     assert found["cdn"] == {}
     assert found["rules"] == 0
-    # Every resource of cdn.tf is made once per entry of local.cdn, and none otherwise.
+    # Every resource of cdn.tf is made once per entry of local.cdn, or of its read passes
+    # (a map, or their keys' names), none of which a cell without the CDN has.
     resources = _cdn_resources()
-    assert len(resources) == 8
-    assert {body["for_each"] for body in resources.values()} == {"${local.cdn}"}
+    assert len(resources) == 14
+    assert {body["for_each"] for body in resources.values()} == {
+        "${local.cdn}",
+        "${local.cdn_pass}",
+        "${toset(local.cdn_pass_keys)}",
+    }
+    passes = _root_console(
+        "{ passes = local.cdn_passes, pass = local.cdn_pass, keys = local.cdn_pass_keys,"
+        " env = local.cdn_pass_env }",
+        "{}",
+    )
+    assert passes == {"passes": False, "pass": {}, "keys": [], "env": {}}
 
 
 def test_on_it_caches_what_the_service_marks_cacheable_and_no_more() -> None:
@@ -122,9 +144,12 @@ def test_only_reads_of_records_and_streams_reach_the_cdn_and_never_a_push() -> N
     assert found["origin"] == cell.removeprefix("https://")
     url_map = _cdn_resources()["google_compute_url_map.cdn"]
     (matcher,) = url_map["path_matcher"]
-    (route,) = matcher["route_rules"]
-    assert route["service"] == '${google_compute_backend_service.cdn_reads["cdn"].id}'
-    assert route["dynamic"][0]["match_rules"]["for_each"] == "${local.cdn_read_paths}"
+    # Its rules, with read passes or without, match those paths and the pass's own alone.
+    reads_and_pass = [*paths, _root_console("local.cdn_pass_path", "{}", ON)]
+    for overrides in (ON, WITHOUT_PASSES):
+        for rule in _url_map(overrides):
+            for match in rule["match_rules"]:
+                assert match["path_template_match"] in reads_and_pass
     for redirect in (url_map["default_url_redirect"], matcher["default_url_redirect"]):
         (body,) = redirect
         assert body["host_redirect"] == "${local.cdn_origin_host}"
@@ -148,6 +173,260 @@ def test_on_it_needs_a_domain_and_an_ingress_the_load_balancer_reaches() -> None
     (lifecycle,) = rule["lifecycle"]
     (precondition,) = lifecycle["precondition"]
     assert precondition["condition"] == '${var.ingress != "INGRESS_TRAFFIC_INTERNAL_ONLY"}'
+
+
+# --- read passes ------------------------------------------------------------------
+
+# A pass as the URL map sees it: a cookie of that name (the CDN checks what it holds).
+PASS = "Cloud-CDN-Cookie=URLPrefix=aHR0cHM6Ly9yZWNvcmRzLmV4YW1wbGUuY29tLw==:Expires=1:KeyName=k"
+TOKEN = "Bearer eyJ"
+SERVICE = re.compile(r'^\$\{google_compute_backend_service\.(\w+)\["cdn"\]\.id\}$')
+EXPRESSION = re.compile(r"^\$\{(.*)\}$", re.S)
+
+
+def _inside(written: str) -> str:
+    """The expression of a `${...}` attribute, as python-hcl2 gives it."""
+    found = EXPRESSION.match(written)
+    assert found is not None, written
+    return found.group(1)
+
+
+def _expressions(node: Any, iterators: frozenset[str] = frozenset()) -> set[str]:
+    """Every `${...}` of the URL map's path matcher that names neither a resource nor
+    a dynamic block's iterator: what terraform console evaluates for it."""
+    if isinstance(node, list):
+        return set().union(*(_expressions(n, iterators) for n in node)) if node else set()
+    if isinstance(node, dict):
+        found: set[str] = set()
+        for key, value in node.items():
+            if key == "dynamic":
+                for entry in value:
+                    ((name, block),) = entry.items()
+                    found |= _expressions(block["for_each"], iterators)
+                    found |= _expressions(block["content"], iterators | {name})
+            else:
+                found |= _expressions(value, iterators)
+        return found
+    if isinstance(node, str) and (m := EXPRESSION.match(node)):
+        head = m.group(1).split(".", 1)[0]
+        if head not in iterators and not head.startswith("google_"):
+            return {m.group(1)}
+    return set()
+
+
+def _expand(node: Any, values: dict[str, Any], bound: dict[str, Any]) -> Any:
+    """`node` with its dynamic blocks made (one per item of their for_each) and every
+    expression replaced by its value, as the plan would send the URL map."""
+    if isinstance(node, list):
+        return [_expand(n, values, bound) for n in node]
+    if isinstance(node, dict):
+        made: dict[str, Any] = {}
+        for key, value in node.items():
+            if key != "dynamic":
+                made[key] = _expand(value, values, bound)
+        for entry in node.get("dynamic", []):
+            ((name, block),) = entry.items()
+            for item in _expand(block["for_each"], values, bound):
+                for content in block["content"]:
+                    made.setdefault(name, []).append(
+                        _expand(content, values, {**bound, f"{name}.value": item})
+                    )
+        return made
+    if isinstance(node, str) and (m := EXPRESSION.match(node)):
+        expression = m.group(1)
+        if expression in bound:
+            return bound[expression]
+        if service := SERVICE.match(node):
+            return service.group(1)
+        return values[expression]
+    return node
+
+
+def _url_map(overrides: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
+    """The path matcher's route rules as a plan with `overrides` makes them."""
+    (matcher,) = _cdn_resources()["google_compute_url_map.cdn"]["path_matcher"]
+    expressions = sorted(_expressions(matcher))
+    found = _root_console("[" + ", ".join(f"({e})" for e in expressions) + "]", "{}", overrides)
+    rules = _expand(matcher, dict(zip(expressions, found, strict=True)), {})
+    return sorted(rules.get("route_rules", []), key=lambda r: r["priority"])
+
+
+def _header(match: dict[str, Any], headers: dict[str, str]) -> bool:
+    value = headers.get(match["header_name"])
+    if match.get("present_match"):
+        held = value is not None
+    else:
+        held = value is not None and re.fullmatch(match["regex_match"], value) is not None
+    return held != bool(match.get("invert_match", False))
+
+
+def _routed(
+    rules: list[dict[str, Any]], path: str, query: dict[str, str], headers: dict[str, str]
+) -> str:
+    """Where the URL map sends a request: the first route rule by priority with a match
+    rule every condition of which holds, else the redirect to run.app."""
+    for rule in rules:
+        for match in rule["match_rules"]:
+            if not _matches(match["path_template_match"], path):
+                continue
+            if not all(
+                query.get(q["name"]) == q["exact_match"]
+                for q in match.get("query_parameter_matches", [])
+            ):
+                continue
+            if all(_header(h, headers) for h in match.get("header_matches", [])):
+                return str(rule["service"])
+    return "redirect"
+
+
+def test_with_passes_only_a_read_carrying_one_and_no_token_reaches_the_cdn() -> None:
+    rules = _url_map(ON)
+    # Each priority once, as the URL map requires.
+    assert [r["priority"] for r in rules] == [1, 2, 3]
+    records = "/systems/orders/v1/records"
+    stream = "/systems/orders/v1/streams/records"
+    cases = [
+        # A read with a pass, the pass's cookie first or after another, to the CDN.
+        (records, {"limit": "100"}, {"Cookie": PASS}, "cdn_reads"),
+        (f"{records}/order-17", {}, {"Cookie": "theme=dark; " + PASS}, "cdn_reads"),
+        (stream, {"offset": "-1", "live": "long-poll"}, {"Cookie": PASS}, "cdn_reads"),
+        # With a token (judged by it), without a pass, or a cookie only like one: around it.
+        (records, {}, {"Cookie": PASS, "Authorization": TOKEN}, "cdn_direct"),
+        (records, {}, {"Cookie": PASS, "X-Serverless-Authorization": TOKEN}, "cdn_direct"),
+        (records, {}, {"Authorization": TOKEN}, "cdn_direct"),
+        (records, {}, {}, "cdn_direct"),
+        (records, {}, {"Cookie": "NotCloud-CDN-Cookie=x"}, "cdn_direct"),
+        # SSE, asked either way, and the pass's own path: never through the CDN.
+        (stream, {"offset": "-1", "live": "sse"}, {"Cookie": PASS}, "cdn_direct"),
+        (records, {}, {"Cookie": PASS, "Accept": "text/event-stream"}, "cdn_direct"),
+        (stream, {}, {"Cookie": PASS, "Accept": "text/event-stream; q=1"}, "cdn_direct"),
+        ("/systems/orders/v1/read-pass", {}, {"Authorization": TOKEN}, "cdn_direct"),
+        # Every other path: where it always was.
+        ("/systems/orders/pubsub/push", {}, {"Authorization": TOKEN}, "redirect"),
+        ("/systems/orders/v1/messages/17", {}, {"Cookie": PASS}, "redirect"),
+        ("/readyz", {}, {}, "redirect"),
+    ]
+    for path, query, headers, where in cases:
+        assert _routed(rules, path, query, headers) == where, (path, query, headers)
+
+
+def test_without_passes_every_read_goes_to_the_cdn_as_before() -> None:
+    rules = _url_map(WITHOUT_PASSES)
+    assert [(r["priority"], r["service"]) for r in rules] == [(1, "cdn_reads")]
+    for headers in (
+        {},
+        {"Cookie": PASS},
+        {"Authorization": TOKEN},
+        {"Accept": "text/event-stream"},
+    ):
+        assert _routed(rules, "/systems/orders/v1/records", {}, headers) == "cdn_reads"
+    assert _routed(rules, "/systems/orders/v1/read-pass", {}, {}) == "redirect"
+    found = _root_console(
+        "{ pass = local.cdn_pass, env = local.service_env }", "{}", WITHOUT_PASSES
+    )
+    assert found["pass"] == {}
+    assert found["env"]["RECORDLINE_TRUST_CLOUD_RUN_IAM"] == "true"
+    assert "RECORDLINE_READ_PASS_URL" not in found["env"]
+
+
+def test_with_passes_the_service_verifies_every_token_and_knows_the_cdn_s_origin() -> None:
+    found = _root_console(
+        "{ passes = local.cdn_passes, env = local.service_env, keys = local.cdn_pass_keys }",
+        "{}",
+        (("cdn", '{ enabled = true, domains = ["records.example.com", "r.example.org"] }'),),
+    )
+    assert found["passes"] is True
+    assert found["keys"] == ["pass-1"]
+    env = found["env"]
+    # Cloud Run's invoker check is off (a miss reaches it with a pass and no token): the
+    # service checks each token's signature itself, a push's too.
+    assert env["RECORDLINE_TRUST_CLOUD_RUN_IAM"] == "false"
+    assert env["RECORDLINE_READ_PASS_URL"] == "https://records.example.com"
+    assert "RECORDLINE_READ_PASS_KEYS" not in env  # a secret's, never a plain variable
+    service = _resources_of("cell.tf")["google_cloud_run_v2_service.ingest"]
+    assert service["invoker_iam_disabled"] == "${local.cdn_passes}"
+    (container,) = service["template"][0]["containers"]
+    (keys,) = [
+        d["env"]
+        for d in container["dynamic"]
+        if "env" in d and d["env"]["content"][0]["name"] == "RECORDLINE_READ_PASS_KEYS"
+    ]
+    assert keys["for_each"] == "${google_secret_manager_secret_version.read_pass}"
+    (content,) = keys["content"]
+    assert content["name"] == "RECORDLINE_READ_PASS_KEYS"
+    (ref,) = content["value_source"][0]["secret_key_ref"]
+    # The version that holds the keys: a rotation makes a revision that reads it.
+    assert ref["version"] == "${env.value.version}"
+    assert ref["secret"] == "${google_secret_manager_secret.read_pass[env.key].secret_id}"
+
+
+def test_a_signed_answer_is_kept_a_second_and_the_plain_backend_has_no_cdn() -> None:
+    assert _root_console("local.cdn_signed_max_age", "{}", ON) == 1
+    reads = _cdn_resources()["google_compute_backend_service.cdn_reads"]
+    (policy,) = reads["cdn_policy"]
+    assert policy["signed_url_cache_max_age_sec"] == (
+        "${local.cdn_passes ? local.cdn_signed_max_age : null}"
+    )
+    direct = _cdn_resources()["google_compute_backend_service.cdn_direct"]
+    assert direct["enable_cdn"] is False
+    assert "cdn_policy" not in direct
+    # Both on the cell's one endpoint group.
+    assert direct["backend"] == reads["backend"]
+    assert direct["load_balancing_scheme"] == reads["load_balancing_scheme"]
+
+
+def test_a_key_is_the_same_on_the_backend_and_in_the_service_s_setting() -> None:
+    resources = _cdn_resources()
+    assert resources["random_bytes.read_pass"]["length"] == 16
+    key = resources["google_compute_backend_service_signed_url_key.read_pass"]
+    assert key["name"] == "${each.key}"
+    assert key["backend_service"] == '${google_compute_backend_service.cdn_reads["cdn"].name}'
+    # Two keys, the newer first and so signing (a rotation's second apply), one of bytes
+    # whose base64 has both characters base64url replaces.
+    raw = {"pass-1": bytes([0xFB, 0xEF, 0xFF] * 5 + [0x3F]), "pass-2": bytes(range(16))}
+    std = (
+        "{ " + ", ".join(f'"{n}" = "{base64.b64encode(b).decode()}"' for n, b in raw.items()) + " }"
+    )
+    bytes_of = re.compile(r"random_bytes\.read_pass\[(\w+(?:\.\w+)?)\]\.base64")
+    version = resources["google_secret_manager_secret_version.read_pass"]
+    backend, setting = (
+        bytes_of.sub(lambda m: f"{std}[{m.group(1)}]", _inside(written))
+        for written in (key["key_value"], version["secret_data"])
+    )
+    rotating = (
+        (
+            "cdn",
+            '{ enabled = true, domains = ["records.example.com"],'
+            ' read_pass_keys = ["pass-2", "pass-1"] }',
+        ),
+    )
+    found = _root_console(
+        "{ setting = " + setting + ", backend = { for each in [for k in local.cdn_pass_keys"
+        " : { key = k }] : each.key => " + backend + " } }",
+        "{}",
+        rotating,
+    )
+    expected = {n: base64.urlsafe_b64encode(b).decode() for n, b in raw.items()}
+    assert found["backend"] == expected
+    assert found["setting"] == f"pass-2:{expected['pass-2']},pass-1:{expected['pass-1']}"
+    assert "+" in base64.b64encode(raw["pass-1"]).decode()
+    assert "/" in base64.b64encode(raw["pass-1"]).decode()
+
+
+@pytest.mark.parametrize("keys", ["[]", '["a", "b", "c", "d"]', '["k-1", "k-1"]', '["Pass_1"]'])
+def test_key_names_are_what_a_backend_holds(keys: str) -> None:
+    run = _root_console_run(
+        "local.cdn_pass_keys",
+        "{}",
+        (
+            (
+                "cdn",
+                f'{{ enabled = true, domains = ["records.example.com"], read_pass_keys = {keys} }}',
+            ),
+        ),
+    )
+    assert run.returncode != 0
+    assert "1 to 3 distinct key names" in run.stderr
 
 
 # --- its cost ---------------------------------------------------------------------

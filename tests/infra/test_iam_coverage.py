@@ -131,7 +131,12 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         _crud("pubsub.subscriptions") | {"pubsub.topics.attachSubscription"},
     ),
     "google_pubsub_subscription_iam_member": _iam("pubsub.subscriptions"),
-    "google_cloud_run_v2_service": (frozenset({"run.services.get"}), _crud("run.services")),
+    # With read passes (cdn.tf) an apply turns the invoker check off, which Cloud Run
+    # allows those who may set the service's IAM policy.
+    "google_cloud_run_v2_service": (
+        frozenset({"run.services.get"}),
+        _crud("run.services") | {"run.services.setIamPolicy"},
+    ),
     "google_cloud_run_v2_service_iam_member": _iam("run.services"),
     "google_cloud_run_v2_job": (frozenset({"run.jobs.get"}), _crud("run.jobs")),
     "google_cloud_run_v2_job_iam_member": _iam("run.jobs"),
@@ -198,6 +203,17 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         _crud("compute.backendServices")
         | {"compute.backendServices.use", "compute.globalOperations.get"},
     ),
+    # Read passes' signing keys on the CDN's backend (cdn.tf): read with the backend.
+    "google_compute_backend_service_signed_url_key": (
+        frozenset({"compute.backendServices.get"}),
+        frozenset(
+            {
+                "compute.backendServices.addSignedUrlKey",
+                "compute.backendServices.deleteSignedUrlKey",
+                "compute.globalOperations.get",
+            }
+        ),
+    ),
     "google_compute_url_map": (
         frozenset({"compute.urlMaps.get"}),
         _crud("compute.urlMaps") | {"compute.urlMaps.use", "compute.globalOperations.get"},
@@ -229,6 +245,8 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "data.google_project": (frozenset({"resourcemanager.projects.get"}), frozenset()),
     "time_sleep": (frozenset(), frozenset()),
+    # Read passes' keys (cdn.tf), made by the provider itself: no call to Google.
+    "random_bytes": (frozenset(), frozenset()),
     # The cells' limits, checked at plan (environment/cells.tf, limits.tf): nothing called.
     "terraform_data": (frozenset(), frozenset()),
     # Each cell's directory, in the environment's state bucket (directory.tf).

@@ -470,7 +470,8 @@ def _expression_line(name: str) -> tuple[str, str]:
 def test_the_cells_identity_and_who_may_call_it() -> None:
     service = _resources("google_cloud_run_v2_service")["ingest"]
     assert service["name"] == "${local.cell}"
-    assert service["invoker_iam_disabled"] is False
+    # Off only with read passes (cdn.tf), where the service verifies every token itself.
+    assert service["invoker_iam_disabled"] == "${local.cdn_passes}"
     assert service["custom_audiences"] == "${local.custom_audiences}"
     assert service["template"][0]["service_account"] == "${google_service_account.runtime.email}"
     assert _resources("google_service_account", TERRAFORM)["runtime"]["account_id"] == (
