@@ -1,10 +1,12 @@
-"""Followers behind a shared cache (nginx, recordline_dev/cache.py) against the same
-followers on the origin: origin requests a write, latency, memory, and catch-up.
+"""Followers behind a shared cache (nginx, recordline_dev/cache.py, or Varnish,
+recordline_dev/varnish.py) against the same followers on the origin: origin requests a
+write, latency, memory, and catch-up.
 
     python3 dev.py bench followers --cache [--followers 1000,10000] [--writes 5]
                                            [--records 20000] [--readers 100] [--cache-only]
+                                           [--proxy nginx|varnish]
 
-On one `recordline serve` (DuckDB, RECORDLINE_SHARED_CACHE=true) behind nginx, Durable
+On one `recordline serve` (DuckDB, RECORDLINE_SHARED_CACHE=true) behind the cache, Durable
 Streams long-poll followers wait at the tail, on the origin then through the cache, while
 `--writes` records are pushed: origin requests a write, every row once and in order, p99,
 memory. Then `--readers` catch up on `--records` from one offset: origin reads a chunk.
@@ -27,6 +29,7 @@ import httpx
 
 from bench.harness import SERVE, free_port, percentile, push_body, rss_kb, server, table
 from recordline_dev.cache import SharedCache, shared_cache
+from recordline_dev.varnish import VarnishCache, varnish_cache
 
 STREAM = "/v1/streams/records"
 # Seconds the followers are given to ask again between two writes (so each write finds
@@ -149,32 +152,65 @@ async def followed(
     return run, peak
 
 
-async def catch_up(url: str, readers: int) -> tuple[float, int]:
+async def catch_up(url: str, readers: int) -> tuple[float, list[int]]:
     """`readers` read the whole stream from its start at once: the seconds it took, and
-    the chunks each read."""
+    the chunks each read. Each must read every row; on the origin their chunks may differ
+    (a read is cut to the room the memory budget has while the others read)."""
     limits = httpx.Limits(max_connections=readers)
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
 
         async def read() -> tuple[int, int]:
-            offset, rows, chunks = "-1", 0, 0
+            offset, rows, chunks, retries = "-1", 0, 0, 3
             while True:
-                answer = await http.get(STREAM, params={"offset": offset})
+                try:
+                    answer = await http.get(STREAM, params={"offset": offset})
+                except httpx.TransportError:
+                    # A kept-alive connection the server closed meanwhile: asked again.
+                    retries -= 1
+                    if retries < 0:
+                        raise
+                    continue
                 answer.raise_for_status()
                 rows, chunks = rows + len(answer.json()), chunks + 1
                 if answer.headers.get("stream-up-to-date") == "true":
                     return rows, chunks
                 offset = answer.headers["stream-next-offset"]
 
-        counts = set(await asyncio.gather(*(read() for _ in range(readers))))
-    if len(counts) != 1:
-        raise RuntimeError(f"readers read different rows or chunks: {sorted(counts)}")
-    return time.monotonic() - started, counts.pop()[1]
+        counts = await asyncio.gather(*(read() for _ in range(readers)))
+    if len({rows for rows, _ in counts}) != 1:
+        raise RuntimeError(f"readers read different rows: {sorted(set(counts))}")
+    return time.monotonic() - started, [chunks for _, chunks in counts]
+
+
+def print_followers(rows: list[list[str]], args: argparse.Namespace) -> None:
+    """The followers' table, printed as soon as they are measured."""
+    print(
+        f"\nDurable Streams long-poll followers at the tail, {args.writes} writes (DuckDB),"
+        f" through {args.proxy}\n"
+    )
+    header = [
+        "followers",
+        "where",
+        "requests",
+        "origin requests a write",
+        "vs origin",
+        "p50",
+        "p99",
+        "origin RSS",
+        "cache RSS",
+        "took",
+    ]
+    print(table([header, *rows]), flush=True)
 
 
 async def measure(
-    origin: str, origin_port: int, pid: int, cache: SharedCache, args: argparse.Namespace
-) -> tuple[list[list[str]], list[list[str]]]:
+    origin: str,
+    origin_port: int,
+    pid: int,
+    cache: SharedCache | VarnishCache,
+    args: argparse.Namespace,
+) -> list[list[str]]:
     memory = {
         "origin": lambda: rss_mb(pid),
         "cache": lambda: rss_mb(cache.process.pid),
@@ -221,6 +257,8 @@ async def measure(
                     ]
                 )
 
+        print_followers(rows, args)
+
         # Catch-up: the stream is made `--records` long, then read from its start.
         async def push(n: int) -> None:
             (await http.post("/pubsub/push", json=push_body(n))).raise_for_status()
@@ -233,21 +271,23 @@ async def measure(
             logged = len(cache.statuses())
             seconds, chunks = await catch_up(url, args.readers)
             if url == origin:
-                reads = None
+                reads = sum(chunks)
             else:
-                cache.settled(logged + chunks * args.readers)
+                cache.settled(logged + sum(chunks))
                 reads = cache.origin_requests(f"{STREAM}?offset=") - before
+            fewest, most = min(chunks), max(chunks)
             caught.append(
                 [
                     where,
                     f"{args.readers}",
-                    f"{chunks}",
-                    f"{args.readers * chunks:,}" if reads is None else f"{reads:,}",
-                    f"{(args.readers if reads is None else reads / chunks):,.2f}",
+                    f"{fewest}" if fewest == most else f"{fewest}-{most}",
+                    f"{reads:,}",
+                    # On the origin each reader reads each of its chunks itself.
+                    f"{(args.readers if url == origin else reads / most):,.2f}",
                     f"{seconds:,.1f} s",
                 ]
             )
-    return rows, caught
+    return caught
 
 
 def main(argv: list[str]) -> int:
@@ -262,6 +302,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--records", type=int, default=20_000, help="caught up on (20000)")
     parser.add_argument("--readers", type=int, default=100, help="catching up at once (100)")
     parser.add_argument(
+        "--proxy",
+        choices=("nginx", "varnish"),
+        default="nginx",
+        help="the shared cache: Debian's nginx or Varnish (nginx)",
+    )
+    parser.add_argument(
         "--cache-only",
         action="store_true",
         help="the followers through the cache alone (ratios against one request a follower)",
@@ -275,6 +321,7 @@ def main(argv: list[str]) -> int:
         print(f"{most:,} followers need {most + 256:,} open files; the limit is {hard:,}")
         return 2
     port = free_port()
+    proxy = varnish_cache if args.proxy == "varnish" else shared_cache
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             "RECORDLINE_STORE": f"duckdb://{Path(tmp) / 'cached.duckdb'}",
@@ -286,23 +333,9 @@ def main(argv: list[str]) -> int:
         }
         with (
             server([*SERVE, "--port", str(port)], port, env=env) as origin,
-            shared_cache(port, Path(tmp) / "nginx", followers=most) as cache,
+            proxy(port, Path(tmp) / args.proxy, followers=most) as cache,
         ):
-            rows, caught = asyncio.run(measure(origin.url, port, origin.process.pid, cache, args))
-    print(f"\nDurable Streams long-poll followers at the tail, {args.writes} writes (DuckDB)\n")
-    header = [
-        "followers",
-        "where",
-        "requests",
-        "origin requests a write",
-        "vs origin",
-        "p50",
-        "p99",
-        "origin RSS",
-        "cache RSS",
-        "took",
-    ]
-    print(table([header, *rows]))
+            caught = asyncio.run(measure(origin.url, port, origin.process.pid, cache, args))
     print(f"\n{args.readers} readers catching up on {args.records:,} records from one offset\n")
     header = ["where", "readers", "chunks", "origin reads", "origin reads a chunk", "took"]
     print(table([header, *caught]))
