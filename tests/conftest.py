@@ -223,11 +223,13 @@ def served_in_thread(app: Recordline) -> Iterator[httpx.Client]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """In CI, a test that needs the Pub/Sub emulator, the browser or nginx may not skip:
-    it fails."""
+    """In CI, a test that needs the Pub/Sub emulator, the browser, nginx or Varnish may
+    not skip: it fails."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    needs = any(item.get_closest_marker(name) for name in ("emulator", "browser", "nginx"))
+    needs = any(
+        item.get_closest_marker(name) for name in ("emulator", "browser", "nginx", "varnish")
+    )
     if report.skipped and os.environ.get("CI") and needs:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where it must run: {report.longrepr}"

@@ -1,7 +1,9 @@
-"""Followers through a real shared cache (nginx, recordline_dev/cache.py) in front of the
-service: what it collapses, what it never serves, and exactly once across both.
+"""Followers through a real shared cache (nginx, recordline_dev/cache.py; Varnish,
+recordline_dev/varnish.py, for the collapse) in front of the service: what it collapses,
+what it never serves, and exactly once across both.
 
-Skipped where there is no nginx (scripts/install-nginx.sh); in CI a failure.
+Skipped where there is no nginx or Varnish (scripts/install-nginx.sh, install-varnish.sh);
+in CI a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from app.query.offsets import Offsets
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from recordline_dev.cache import NginxMissing, SharedCache, find_nginx, shared_cache
 from recordline_dev.processes import free_port
+from recordline_dev.varnish import VarnishCache, VarnishMissing, find_varnishd, varnish_cache
 from tests.conftest import settings
 from tests.test_streams import push_body
 from tests.waiting import until
@@ -83,7 +86,7 @@ def cache(tmp_path: Path) -> Iterator[tuple[SharedCache, int]]:
 
 
 @contextlib.asynccontextmanager
-async def through(cache: SharedCache) -> AsyncIterator[httpx.AsyncClient]:
+async def through(cache: SharedCache | VarnishCache) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=cache.url, timeout=30) as client:
         yield client
 
@@ -97,10 +100,34 @@ async def long_poll(client: httpx.AsyncClient, offset: str, cursor: str | None) 
     return await client.get(STREAM, params=params)
 
 
+@pytest.fixture
+def varnish(tmp_path: Path) -> Iterator[tuple[VarnishCache, int]]:
+    """Varnish in front of a port the origin is yet to listen on, and that port."""
+    try:
+        find_varnishd()
+    except VarnishMissing as exc:
+        pytest.skip(str(exc))
+    port = free_port()
+    with varnish_cache(port, tmp_path / "varnish", followers=64, wait=WAIT_SECONDS) as running:
+        yield running, port
+
+
 async def test_followers_at_one_offset_share_one_request_and_none_is_told_of_nothing_after_a_write(
     cache: tuple[SharedCache, int], tmp_path: Path
 ) -> None:
-    proxy, port = cache
+    await followers_share_one_request(*cache, tmp_path)
+
+
+@pytest.mark.varnish
+async def test_followers_share_one_request_through_varnish_too(
+    varnish: tuple[VarnishCache, int], tmp_path: Path
+) -> None:
+    await followers_share_one_request(*varnish, tmp_path)
+
+
+async def followers_share_one_request(
+    proxy: SharedCache | VarnishCache, port: int, tmp_path: Path
+) -> None:
     async with origin(port, tmp_path / "r.duckdb") as direct, through(proxy) as client:
         (await direct.post("/pubsub/push", json=push_body(1))).raise_for_status()
         tail = (await direct.head(STREAM)).headers["stream-next-offset"]
