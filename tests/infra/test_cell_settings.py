@@ -282,3 +282,65 @@ def test_configuration_md_says_where_terraform_sets_each_of_a_cells_settings() -
     }
     assert set(fields) == written
     assert written <= set(SystemEntry.__struct_fields__)
+
+
+# A cell with Cloud CDN and its read passes (cdn.tf): the pass keys come from their secret.
+CDN = (("cdn", '{ enabled = true, domains = ["records.example.com"] }'),)
+PASS_KEYS = {"RECORDLINE_READ_PASS_KEYS": "pass-1:" + base64.urlsafe_b64encode(b"p" * 16).decode()}
+
+
+@cache
+def rendered_with_passes() -> dict[str, str]:
+    return dict(_root_console("local.service_env", SYSTEMS, overrides=CDN, files=CANARY))
+
+
+def test_with_read_passes_the_cell_verifies_every_token_itself_and_a_pass_reads_one_system(
+    tmp_path: Path,
+) -> None:
+    env = rendered_with_passes()
+    google = FakeGoogle().start()
+    try:
+        certs = {"RECORDLINE_OIDC_CERTS_URL": google.certs_url}
+        settings = Settings.load({**mounted(env, tmp_path), **SECRETS, **PASS_KEYS, **certs})
+        # The invoker check is off with passes: nothing is trusted for having passed it.
+        assert settings.auth.trust_cloud_run_iam is False
+        assert settings.auth.read_pass_url == "https://records.example.com"
+        cell = create_cell(
+            settings,
+            stores={n: (lambda: DuckDBStore(":memory:")) for n in settings.systems()},
+            telemetry=Telemetry(),
+        )
+        audiences = rendered()["audiences"]
+        pusher = "orders-push@recordline-dev.iam.gserviceaccount.com"
+        order = {"order_id": "o-1", "meta": {"created_at": "2026-11-24T09:00:00Z"}}
+        with TestClient(cell) as client:
+            push = "/systems/orders/pubsub/push"
+            # A token whose signature Cloud Run's check would have removed is refused now.
+            stripped_token = stripped(aud=audiences["orders"], email=pusher)
+            refused = client.post(
+                push,
+                json=envelope(order, message_id="o-m"),
+                headers={"Authorization": f"Bearer {stripped_token}"},
+            )
+            assert refused.status_code == 401, refused.text
+            signed = google.mint(aud=audiences["orders"], email=pusher)
+            pushed = client.post(
+                push,
+                json=envelope(order, message_id="o-m"),
+                headers={"Authorization": f"Bearer {signed}"},
+            )
+            assert pushed.status_code == 204, pushed.text
+            reader = google.mint(aud=URL, email="ada@example.com")
+            issued = client.post(
+                "/systems/orders/v1/read-pass", headers={"Authorization": f"Bearer {reader}"}
+            )
+            assert issued.status_code == 200, issued.text
+            assert issued.json()["url_prefix"] == "https://records.example.com/systems/orders/v1/"
+            client.cookies.clear()
+            cookie = {"Cookie": issued.json()["cookie"]}
+            read = client.get("/systems/orders/v1/records", headers=cookie)
+            assert read.status_code == 200, read.text
+            assert [r["message_id"] for r in read.json()["records"]] == ["o-m"]
+            assert client.get("/systems/recordline/v1/records", headers=cookie).status_code == 401
+    finally:
+        google.stop()
