@@ -3,19 +3,25 @@ followers on the origin: origin requests a write, latency, memory, and catch-up.
 
     python3 dev.py bench followers --cache [--followers 1000,10000] [--writes 5]
                                            [--records 20000] [--readers 100] [--cache-only]
+                                           [--passes]
 
 On one `recordline serve` (DuckDB, RECORDLINE_SHARED_CACHE=true) behind nginx, Durable
 Streams long-poll followers wait at the tail, on the origin then through the cache, while
 `--writes` records are pushed: origin requests a write, every row once and in order, p99,
 memory. Then `--readers` catch up on `--records` from one offset: origin reads a chunk.
+With `--passes`, reads need a token, every client reads with a read pass, and nginx is
+Cloud CDN with signed cookies (checks each pass, keeps what a pass holder got 1 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import json
 import resource
+import secrets
 import sys
 import tempfile
 import time
@@ -33,6 +39,12 @@ STREAM = "/v1/streams/records"
 # them all waiting), and for all of them to see a write.
 REARM_SECONDS = 0.5
 ROUND_SECONDS = 120.0
+# Pushes carry the shared push secret (RECORDLINE_PUSH_TOKEN), which reads never need.
+PUSH_PARAMS = {"token": secrets.token_urlsafe(24)}
+# With `--passes`: the one reader, and the URL passes open as the followers reach the
+# cache (`Host: localhost`, as nginx sees it: `$scheme://$host`).
+READER = "reader@bench.example.com"
+PASS_URL = "http://localhost"
 
 
 @dataclass(slots=True)
@@ -40,6 +52,8 @@ class Followers:
     """What the followers of one run saw."""
 
     count: int
+    # The request's headers past `Host` (a read pass's `Cookie`).
+    headers: str = ""
     # Per record pushed: when its push was answered, and how many followers have it.
     pushed_at: dict[str, float] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
@@ -71,7 +85,8 @@ async def follow(port: int, offset: str, expected: list[str], run: Followers) ->
             path = f"{STREAM}?offset={offset}&live=long-poll" + (
                 f"&cursor={cursor}" if cursor else ""
             )
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            head = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{run.headers}\r\n"
+            writer.write(head.encode())
             run.requests += 1
             try:
                 status, headers = _headers(await reader.readuntil(b"\r\n\r\n"))
@@ -122,9 +137,11 @@ async def followed(
     writes: int,
     first: int,
     memory: dict[str, Callable[[], float]],
+    cookie: str | None,
 ) -> tuple[Followers, dict[str, float]]:
-    """`count` followers on `port` from the tail while `writes` records are pushed."""
-    run = Followers(count)
+    """`count` followers on `port` from the tail while `writes` records are pushed, each
+    with the read pass `cookie` if any."""
+    run = Followers(count, f"Cookie: {cookie}\r\n" if cookie else "")
     ids = [f"b-{first + n}" for n in range(writes)]
     offset = (await http.head(STREAM)).headers["stream-next-offset"]
     tasks = [asyncio.create_task(follow(port, offset, ids, run)) for _ in range(count)]
@@ -138,7 +155,9 @@ async def followed(
         # Timed from the push sent: a follower at the tail often has the row before the
         # push's 204 leaves (woken at durability).
         run.pushed_at[message_id] = time.monotonic()
-        answer = await http.post("/pubsub/push", json=push_body(int(message_id[2:])))
+        answer = await http.post(
+            "/pubsub/push", params=PUSH_PARAMS, json=push_body(int(message_id[2:]))
+        )
         answer.raise_for_status()
         deadline = time.monotonic() + ROUND_SECONDS
         while run.received.get(message_id, 0) < count and time.monotonic() < deadline:
@@ -149,12 +168,12 @@ async def followed(
     return run, peak
 
 
-async def catch_up(url: str, readers: int) -> tuple[float, int]:
+async def catch_up(url: str, readers: int, headers: dict[str, str]) -> tuple[float, int]:
     """`readers` read the whole stream from its start at once: the seconds it took, and
     the chunks each read."""
     limits = httpx.Limits(max_connections=readers)
     started = time.monotonic()
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as http:
 
         async def read() -> tuple[int, int]:
             offset, rows, chunks = "-1", 0, 0
@@ -173,7 +192,12 @@ async def catch_up(url: str, readers: int) -> tuple[float, int]:
 
 
 async def measure(
-    origin: str, origin_port: int, pid: int, cache: SharedCache, args: argparse.Namespace
+    origin: str,
+    origin_port: int,
+    pid: int,
+    cache: SharedCache,
+    args: argparse.Namespace,
+    reader: str | None,
 ) -> tuple[list[list[str]], list[list[str]]]:
     memory = {
         "origin": lambda: rss_mb(pid),
@@ -182,6 +206,13 @@ async def measure(
     rows: list[list[str]] = []
     pushed = 0
     async with httpx.AsyncClient(base_url=origin, timeout=60) as http:
+        cookie = None
+        if reader:
+            # Issued to a reader's token; the service checks a pass on each request.
+            issued = await http.post("/v1/read-pass", headers={"authorization": f"Bearer {reader}"})
+            issued.raise_for_status()
+            cookie = issued.json()["cookie"]
+            http.headers["cookie"] = cookie
         for count in args.followers:
             baseline: dict[str, float] = {}
             ways = (("origin", origin_port), ("cache", cache.port))
@@ -189,7 +220,7 @@ async def measure(
                 before = cache.origin_requests(STREAM) if where == "cache" else 0
                 logged = len(cache.statuses())
                 started = time.monotonic()
-                run, peak = await followed(http, port, count, args.writes, pushed, memory)
+                run, peak = await followed(http, port, count, args.writes, pushed, memory, cookie)
                 pushed += args.writes
                 if run.failures or any(n != count for n in run.received.values()):
                     raise RuntimeError(f"{where}, {count:,} followers: {run.failures[:3]}")
@@ -223,7 +254,8 @@ async def measure(
 
         # Catch-up: the stream is made `--records` long, then read from its start.
         async def push(n: int) -> None:
-            (await http.post("/pubsub/push", json=push_body(n))).raise_for_status()
+            answer = await http.post("/pubsub/push", params=PUSH_PARAMS, json=push_body(n))
+            answer.raise_for_status()
 
         for start in range(pushed, args.records, 200):
             await asyncio.gather(*(push(n) for n in range(start, min(start + 200, args.records))))
@@ -231,7 +263,9 @@ async def measure(
         for where, url in (("on the origin", origin), ("through the cache", cache.url)):
             before = cache.origin_requests(f"{STREAM}?offset=")
             logged = len(cache.statuses())
-            seconds, chunks = await catch_up(url, args.readers)
+            seconds, chunks = await catch_up(
+                url, args.readers, {"cookie": cookie} if cookie else {}
+            )
             if url == origin:
                 reads = None
             else:
@@ -266,6 +300,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="the followers through the cache alone (ratios against one request a follower)",
     )
+    parser.add_argument(
+        "--passes",
+        action="store_true",
+        help="reads need a token; every client reads with a read pass, checked by the cache",
+    )
     args = parser.parse_args(argv)
     most = max(args.followers)
     # Each follower holds a file on this side, the cache's and (uncached) the origin's.
@@ -275,21 +314,44 @@ def main(argv: list[str]) -> int:
         print(f"{most:,} followers need {most + 256:,} open files; the limit is {hard:,}")
         return 2
     port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         env = {
             "RECORDLINE_STORE": f"duckdb://{Path(tmp) / 'cached.duckdb'}",
             "RECORDLINE_LOG_LEVEL": "WARNING",
             "RECORDLINE_SHARED_CACHE": "true",
+            "RECORDLINE_PUSH_TOKEN": PUSH_PARAMS["token"],
             "RECORDLINE_MAX_FOLLOWERS": str(most + 50),
             "RECORDLINE_MAX_CONNECTIONS": str(2 * most + 200),
             # The default memory budget: a long-poll woken reads with the room it has.
         }
+        keys = reader = None
+        if args.passes:
+            from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
+
+            google = FakeGoogle().start()
+            stack.callback(google.stop)
+            keys = "bench:" + base64.urlsafe_b64encode(secrets.token_bytes(16)).decode()
+            reader = google.mint(aud=READ_AUDIENCE, email=READER)
+            env |= {
+                "RECORDLINE_SHARED_CACHE": "false",
+                "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+                "RECORDLINE_READ_PRINCIPALS": READER,
+                "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+                "RECORDLINE_READ_PASS_KEYS": keys,
+                "RECORDLINE_READ_PASS_URL": PASS_URL,
+            }
         with (
             server([*SERVE, "--port", str(port)], port, env=env) as origin,
-            shared_cache(port, Path(tmp) / "nginx", followers=most) as cache,
+            shared_cache(port, Path(tmp) / "nginx", followers=most, passes=keys) as cache,
         ):
-            rows, caught = asyncio.run(measure(origin.url, port, origin.process.pid, cache, args))
-    print(f"\nDurable Streams long-poll followers at the tail, {args.writes} writes (DuckDB)\n")
+            rows, caught = asyncio.run(
+                measure(origin.url, port, origin.process.pid, cache, args, reader)
+            )
+    passes = ", every read with a pass" if args.passes else ""
+    print(
+        f"\nDurable Streams long-poll followers at the tail, {args.writes} writes"
+        f" (DuckDB){passes}\n"
+    )
     header = [
         "followers",
         "where",
