@@ -628,6 +628,11 @@ _PRODUCER_KEY_ENTRY = r"[^=,\s]+=[A-Za-z0-9+/_-]+={0,2}"
 _PRODUCER_KEYS = rf"^(|{_PRODUCER_KEY_ENTRY}(,{_PRODUCER_KEY_ENTRY})*)$"
 
 
+# RECORDLINE_READ_PASS_KEYS: `NAME:KEY`, comma-separated (app/auth/passes.py checks each).
+_CDN_KEY_ENTRY = r"[a-z][-a-z0-9]{0,62}:[A-Za-z0-9_-]+={0,2}"
+_CDN_KEYS = rf"^(|{_CDN_KEY_ENTRY}(,{_CDN_KEY_ENTRY})*)$"
+
+
 class AuthSettings(Section, frozen=True):
     push_audience: Annotated[
         str,
@@ -726,6 +731,40 @@ class AuthSettings(Section, frozen=True):
             "it (or RECORDLINE_READ_AUDIENCE) such a service refuses to start",
         ),
     ] = False
+    read_pass_keys: Annotated[
+        str,
+        Meta(pattern=_CDN_KEYS),
+        env(
+            "RECORDLINE_READ_PASS_KEYS",
+            "Keys of read passes (Cloud CDN signed cookies, `POST /v1/read-pass`): "
+            "comma-separated `NAME:KEY`, NAME the key's name on the CDN's backend, KEY its "
+            "16 random bytes in base64url. The first signs, every one verifies (rotation). "
+            "Needs RECORDLINE_READ_AUDIENCE and RECORDLINE_READ_PASS_URL, and "
+            "RECORDLINE_TRUST_CLOUD_RUN_IAM false: a pass reaches the service without a token",
+            accepts="comma-separated `NAME:BASE64URLKEY`",
+            secret=True,
+        ),
+    ] = ""
+    read_pass_url: Annotated[
+        str,
+        Meta(pattern=r"^(|https?://[^/?#\s@]+/?)$"),
+        env(
+            "RECORDLINE_READ_PASS_URL",
+            "The origin clients read through the CDN at, such as "
+            "`https://records.example.com`: a pass opens `{url}/v1/` (a cell's system: "
+            "`{url}/systems/{system}/v1/`)",
+            accepts="an `http://` or `https://` origin, without a path",
+        ),
+    ] = ""
+    read_pass_seconds: Annotated[
+        int,
+        Meta(ge=60, le=3600),
+        env(
+            "RECORDLINE_READ_PASS_SECONDS",
+            "How long a read pass lasts; a pass cannot be revoked, only outlived (or its "
+            "key removed from RECORDLINE_READ_PASS_KEYS and the CDN)",
+        ),
+    ] = 600
 
 
 # A system's name, as RECORDLINE_SYSTEM accepts it.
@@ -1468,8 +1507,36 @@ def check_access(settings: Settings) -> None:
             "pushes with its own push_audience and push_service_accounts (RECORDLINE_SYSTEMS)",
             var="RECORDLINE_PUSH_TOKEN",
         )
+    _check_read_passes(settings)
     if (auth.push_audience or auth.read_audience) and not auth.oidc_certs_url.startswith(
         ("https://", "http://")
     ):
         raise SettingsError("RECORDLINE_OIDC_CERTS_URL: must be an http(s) URL")
     _refuse_open_service(settings, push_authenticated=bool(auth.push_audience or auth.push_token))
+
+
+def _check_read_passes(settings: Settings) -> None:
+    """Read passes are issued to verified readers only, and reach the service without a
+    token: with them every token's signature is verified here (no invoker check)."""
+    auth = settings.auth
+    if bool(auth.read_pass_keys) != bool(auth.read_pass_url):
+        raise SettingsError(
+            "RECORDLINE_READ_PASS_KEYS and RECORDLINE_READ_PASS_URL work together: set both, "
+            "or neither",
+            var="RECORDLINE_READ_PASS_URL" if auth.read_pass_keys else "RECORDLINE_READ_PASS_KEYS",
+        )
+    if not auth.read_pass_keys:
+        return
+    if not auth.read_audience:
+        raise SettingsError(
+            "RECORDLINE_READ_PASS_KEYS needs RECORDLINE_READ_AUDIENCE: a pass is issued only "
+            "to a reader whose token the service verified",
+            var="RECORDLINE_READ_PASS_KEYS",
+        )
+    if auth.trust_cloud_run_iam:
+        raise SettingsError(
+            "RECORDLINE_READ_PASS_KEYS and RECORDLINE_TRUST_CLOUD_RUN_IAM cannot work together: "
+            "a read with a pass reaches the service without a token, so no invoker check "
+            "stands in front of it, and every token's signature must be verified here",
+            var="RECORDLINE_TRUST_CLOUD_RUN_IAM",
+        )
