@@ -20,6 +20,9 @@ fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-  nginx-light libnginx-mod-http-js
+install() { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"; }
+install nginx-light
+# Only the read pass tests need the module: without it they say so, and the rest run.
+install libnginx-mod-http-js || echo "libnginx-mod-http-js could not be installed:" \
+  "the shared cache cannot check read passes (set NGINX_JS_MODULE to njs's module)" >&2
 "$nginx" -v 2>&1
