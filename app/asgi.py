@@ -54,6 +54,7 @@ from app.routes.export import EXPORT_ROUTES
 from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
+from app.routes.read_pass import read_pass_routes
 from app.routes.reads import Reads
 from app.routes.streams import STREAM_ROUTES
 from app.settings import QuerySettings, ServerSettings, Settings, SettingsError, names
@@ -472,11 +473,19 @@ def routers(
             guards=[*auth.push_guards, same_origin],
             middleware=traced,
         ),
+        # A read pass, where configured, opens these as a token does.
         Router(
             "/",
             route_handlers=[*READ_ROUTES, *STREAM_ROUTES, *EXPORT_ROUTES],
-            guards=auth.read_guards,
+            guards=auth.pass_read_guards,
             middleware=[reads, *traced, *telemetry.read_timing(), *compressed],
+        ),
+        # Only a token gets a pass.
+        Router(
+            "/",
+            route_handlers=read_pass_routes(auth.passes),
+            guards=[*auth.read_guards, same_origin],
+            middleware=traced,
         ),
         Router(
             "/",
@@ -498,7 +507,7 @@ def routers(
         Router(
             "/",
             route_handlers=PRODUCER_ROUTES,
-            guards=auth.read_guards,
+            guards=auth.pass_read_guards,
             middleware=[reads, *traced, *compressed],
         ),
         console_router(auth, guards=auth.read_guards, middleware=compressed),

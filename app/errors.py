@@ -181,6 +181,14 @@ class UnknownSystem(NotFound):
     problem = "unknown-system"
 
 
+class PassesNotConfigured(NotFound):
+    """This service issues no read passes (RECORDLINE_READ_PASS_KEYS is not set here):
+    read with a token."""
+
+    title = "Read passes not configured"
+    problem = "read-passes-not-configured"
+
+
 class Gone(RecordlineError):
     """A read from before the retention: its rows are deleted, so a page would be incomplete."""
 

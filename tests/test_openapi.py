@@ -138,6 +138,32 @@ case(R, "post", 415)(lambda s: s.client.post(R, content=b"{}", headers=s.token(O
 case(R, "post", 503, failing_reads)(
     lambda s: s.client.post(R, json=REPLAY, headers=s.token(OPERATOR))
 )
+# -- read passes (none configured here: 404) -----------------------------------------
+RP = "/v1/read-pass"
+
+
+def keys_unavailable(s: Service) -> None:
+    """Google's token-signing keys cannot be fetched (none fetched yet)."""
+    s.google.status = 500
+
+
+def twice_authorized(s: Service) -> httpx.Response:
+    """A request with two Authorization headers, which the test client would join in one."""
+    token = s.token(ANALYST)["Authorization"]
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=s.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as raw:
+            return await raw.post(RP, headers=[("Authorization", token)] * 2)
+
+    return s.client.blocking_portal.call(send)
+
+
+case(RP, "post", 400)(twice_authorized)
+case(RP, "post", 401)(lambda s: s.client.post(RP))
+case(RP, "post", 403)(lambda s: s.client.post(RP, headers=s.token(STRANGER)))
+case(RP, "post", 404)(lambda s: s.client.post(RP, headers=s.token(ANALYST)))
+case(RP, "post", 503, keys_unavailable)(lambda s: s.client.post(RP, headers=s.token(ANALYST)))
 # -- the two lists -------------------------------------------------------------
 for L in ("/v1/records", "/v1/rejections"):
     case(L, "get", 400)(

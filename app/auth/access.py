@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from app.auth.oidc import Identity, IdTokenVerifier, InvalidToken
+from app.auth.passes import InvalidPass, Pass, ReadPasses, pass_value
 from app.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -244,3 +246,47 @@ class SecretAccess:
                 invalid_token=True,
             )
             raise _refuse(wrong, "wrong shared secret", self._what)
+
+
+class PassAccess:
+    """Reads with a read pass (app.auth.passes) for this app's own `path_prefix`
+    (`/v1/`, or a cell's `/systems/{system}/v1/`), and the passes it issues."""
+
+    realm = "recordline"
+
+    def __init__(
+        self,
+        passes: ReadPasses,
+        path_prefix: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._passes = passes
+        self.path_prefix = path_prefix
+        self._clock = clock
+
+    @property
+    def seconds(self) -> int:
+        """How long a pass lasts."""
+        return self._passes.seconds
+
+    def issue(self) -> Pass:
+        return self._passes.issue(self.path_prefix, self._clock())
+
+    def admits(self, cookies: list[str]) -> bool:
+        """Whether a valid pass among the `Cookie` headers admits the read; False if they
+        carry none, a logged 401 (the reason, never the cookie) for one not valid here."""
+        try:
+            value = pass_value(cookies)
+            if value is None:
+                return False
+            self._passes.verify(value, self.path_prefix, self._clock())
+        except InvalidPass as exc:
+            refused = Unauthorized(
+                "The read pass is not valid here: a reader's token gets a new one "
+                "(POST read-pass beside this read).",
+                realm=self.realm,
+                invalid_token=True,
+            )
+            raise _refuse(refused, str(exc), "read with a pass") from None
+        return True

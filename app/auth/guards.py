@@ -13,16 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Headers
 from litestar.handlers import BaseRouteHandler
-from litestar.types import Guard
+from litestar.types import Guard, Scope
 
 from app.auth.access import (
     Credentials,
+    PassAccess,
     Principals,
     PushAccess,
     ReadAccess,
@@ -30,10 +31,15 @@ from app.auth.access import (
     split_list,
 )
 from app.auth.oidc import GoogleCerts, IdTokenVerifier
+from app.auth.passes import ReadPasses
 from app.errors import AmbiguousRequest, Forbidden
 from app.settings import Settings, check_access, is_loopback
 
 log = logging.getLogger(__name__)
+
+# Set in a request's scope when a read pass, not a token, admitted it (`admitted_by_pass`).
+ADMITTED_BY_COOKIE: Final = "recordline.read_pass"
+NO_CREDENTIALS: Final = Credentials(None, None)
 
 
 class Auth:
@@ -48,9 +54,12 @@ class Auth:
         operate: ReadAccess | SecretAccess | None = None,
         replay_refusal: str | None = None,
         owns_certs: bool = True,
+        passes: PassAccess | None = None,
     ) -> None:
         self._push = push
         self._read = read
+        # Read passes, where configured (they need `read`: a token to be issued one).
+        self.passes = passes if read is not None else None
         self._certs = certs
         # Whether this app opens and closes the key client, or a cell does it once for
         # every system's (`from_settings`' `certs`).
@@ -127,6 +136,7 @@ class Auth:
                 "READS ARE PUBLIC (RECORDLINE_PUBLIC_READS): /v1 needs no token here, and only an "
                 "outer gate such as Cloud Run's invoker check protects records and rejections."
             )
+        passes = ReadPasses.from_settings(settings)
         return cls(
             push=push,
             read=read,
@@ -134,6 +144,7 @@ class Auth:
             operate=operate,
             replay_refusal=replay_refusal,
             owns_certs=shared is None,
+            passes=None if passes is None else PassAccess(passes, ReadPasses.path_prefix(settings)),
         )
 
     async def operates(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
@@ -199,6 +210,28 @@ class Auth:
         return [check_read]
 
     @property
+    def pass_read_guards(self) -> list[Guard]:
+        """`read_guards`, where a request without a token may bring a read pass instead:
+        it then reads as a reader (never an operator), and `admitted_by_pass` says so.
+        A request with a token is judged by its token alone."""
+        read, passes = self._read, self.passes
+        if read is None or passes is None:
+            return self.read_guards
+
+        async def check_read_or_pass(
+            connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+        ) -> None:
+            presented = credentials(connection)
+            if presented == NO_CREDENTIALS and passes.admits(
+                connection.headers.getall("cookie", [])
+            ):
+                connection.scope[ADMITTED_BY_COOKIE] = True  # type: ignore[typeddict-unknown-key]
+                return
+            await read.check(presented)
+
+        return [check_read_or_pass]
+
+    @property
     def replay_guards(self) -> list[Guard]:
         """Operators only (or the push secret where no Google identity is checked);
         with no authentication at all, loopback callers only."""
@@ -220,6 +253,11 @@ class Auth:
                 raise Forbidden(refusal)
 
         return [refuse_without_configuration]
+
+
+def admitted_by_pass(scope: Scope) -> bool:
+    """Whether a read pass, not a token, admitted the request of `scope`."""
+    return scope.get(ADMITTED_BY_COOKIE) is True
 
 
 def credentials(connection: ASGIConnection[Any, Any, Any, Any]) -> Credentials:

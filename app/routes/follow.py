@@ -20,6 +20,7 @@ from litestar.datastructures import Accept, CacheControlHeader, ETag
 from litestar.datastructures.headers import Header
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
+from app.auth.guards import admitted_by_pass
 from app.errors import RetryLater
 from app.http.events import EVENT_STREAM, EventStream, stop_of, watcher
 from app.http.head import charge_of
@@ -64,9 +65,13 @@ def as_headers(*items: Header | tuple[str, str]) -> dict[str, str]:
 
 def shareable(request: Request[Any, Any, Any], followers: Followers) -> bool:
     """Whether a shared cache may keep this read's answer for anyone who asks its URL:
-    the service allows it (`RECORDLINE_SHARED_CACHE`) and the request carries no
-    credentials. A cache keys by URL alone (Cloud CDN honours no `Vary: Authorization`),
-    so an answer to a token is `private`: another client never gets it from the cache."""
+    a read pass admitted the request (every pass reads the same masked view, and the
+    CDN serves it only to pass holders), or the service allows it
+    (`RECORDLINE_SHARED_CACHE`) and the request carries no credentials. A cache keys by
+    URL alone (Cloud CDN honours no `Vary: Authorization`), so an answer to a token is
+    `private`: another client never gets it from the cache."""
+    if admitted_by_pass(request.scope):
+        return True
     headers = request.headers
     return followers.shared_cache and not any(name in headers for name in CREDENTIALS)
 
