@@ -4,20 +4,25 @@ write, latency, memory, and catch-up.
 
     python3 dev.py bench followers --cache [--followers 1000,10000] [--writes 5]
                                            [--records 20000] [--readers 100] [--cache-only]
-                                           [--proxy nginx|varnish]
+                                           [--proxy nginx|varnish] [--passes]
 
 On one `recordline serve` (DuckDB, RECORDLINE_SHARED_CACHE=true) behind the cache, Durable
 Streams long-poll followers wait at the tail, on the origin then through the cache, while
 `--writes` records are pushed: origin requests a write, every row once and in order, p99,
 memory. Then `--readers` catch up on `--records` from one offset: origin reads a chunk.
+With `--passes` (nginx), reads need a token, every client reads with a read pass, and nginx
+is Cloud CDN with signed cookies (checks each pass, keeps what a pass holder got 1 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import json
 import resource
+import secrets
 import sys
 import tempfile
 import time
@@ -36,6 +41,12 @@ STREAM = "/v1/streams/records"
 # them all waiting), and for all of them to see a write.
 REARM_SECONDS = 0.5
 ROUND_SECONDS = 120.0
+# Pushes carry the shared push secret (RECORDLINE_PUSH_TOKEN), which reads never need.
+PUSH_PARAMS = {"token": secrets.token_urlsafe(24)}
+# With `--passes`: the one reader, and the URL passes open as the followers reach the
+# cache (`Host: localhost`, as nginx sees it: `$scheme://$host`).
+READER = "reader@bench.example.com"
+PASS_URL = "http://localhost"
 
 
 @dataclass(slots=True)
@@ -43,6 +54,8 @@ class Followers:
     """What the followers of one run saw."""
 
     count: int
+    # The request's headers past `Host` (a read pass's `Cookie`).
+    headers: str = ""
     # Per record pushed: when its push was answered, and how many followers have it.
     pushed_at: dict[str, float] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
@@ -74,7 +87,8 @@ async def follow(port: int, offset: str, expected: list[str], run: Followers) ->
             path = f"{STREAM}?offset={offset}&live=long-poll" + (
                 f"&cursor={cursor}" if cursor else ""
             )
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            head = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{run.headers}\r\n"
+            writer.write(head.encode())
             run.requests += 1
             try:
                 status, headers = _headers(await reader.readuntil(b"\r\n\r\n"))
@@ -125,9 +139,11 @@ async def followed(
     writes: int,
     first: int,
     memory: dict[str, Callable[[], float]],
+    cookie: str | None,
 ) -> tuple[Followers, dict[str, float]]:
-    """`count` followers on `port` from the tail while `writes` records are pushed."""
-    run = Followers(count)
+    """`count` followers on `port` from the tail while `writes` records are pushed, each
+    with the read pass `cookie` if any."""
+    run = Followers(count, f"Cookie: {cookie}\r\n" if cookie else "")
     ids = [f"b-{first + n}" for n in range(writes)]
     offset = (await http.head(STREAM)).headers["stream-next-offset"]
     tasks = [asyncio.create_task(follow(port, offset, ids, run)) for _ in range(count)]
@@ -141,7 +157,9 @@ async def followed(
         # Timed from the push sent: a follower at the tail often has the row before the
         # push's 204 leaves (woken at durability).
         run.pushed_at[message_id] = time.monotonic()
-        answer = await http.post("/pubsub/push", json=push_body(int(message_id[2:])))
+        answer = await http.post(
+            "/pubsub/push", params=PUSH_PARAMS, json=push_body(int(message_id[2:]))
+        )
         answer.raise_for_status()
         deadline = time.monotonic() + ROUND_SECONDS
         while run.received.get(message_id, 0) < count and time.monotonic() < deadline:
@@ -152,13 +170,13 @@ async def followed(
     return run, peak
 
 
-async def catch_up(url: str, readers: int) -> tuple[float, list[int]]:
+async def catch_up(url: str, readers: int, headers: dict[str, str]) -> tuple[float, list[int]]:
     """`readers` read the whole stream from its start at once: the seconds it took, and
     the chunks each read. Each must read every row; on the origin their chunks may differ
     (a read is cut to the room the memory budget has while the others read)."""
     limits = httpx.Limits(max_connections=readers)
     started = time.monotonic()
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as http:
 
         async def read() -> tuple[int, int]:
             offset, rows, chunks, retries = "-1", 0, 0, 3
@@ -185,9 +203,10 @@ async def catch_up(url: str, readers: int) -> tuple[float, list[int]]:
 
 def print_followers(rows: list[list[str]], args: argparse.Namespace) -> None:
     """The followers' table, printed as soon as they are measured."""
+    passes = ", every read with a pass" if args.passes else ""
     print(
         f"\nDurable Streams long-poll followers at the tail, {args.writes} writes (DuckDB),"
-        f" through {args.proxy}\n"
+        f" through {args.proxy}{passes}\n"
     )
     header = [
         "followers",
@@ -210,6 +229,7 @@ async def measure(
     pid: int,
     cache: SharedCache | VarnishCache,
     args: argparse.Namespace,
+    reader: str | None,
 ) -> list[list[str]]:
     memory = {
         "origin": lambda: rss_mb(pid),
@@ -218,6 +238,13 @@ async def measure(
     rows: list[list[str]] = []
     pushed = 0
     async with httpx.AsyncClient(base_url=origin, timeout=60) as http:
+        cookie = None
+        if reader:
+            # Issued to a reader's token; the service checks a pass on each request.
+            issued = await http.post("/v1/read-pass", headers={"authorization": f"Bearer {reader}"})
+            issued.raise_for_status()
+            cookie = issued.json()["cookie"]
+            http.headers["cookie"] = cookie
         for count in args.followers:
             baseline: dict[str, float] = {}
             ways = (("origin", origin_port), ("cache", cache.port))
@@ -225,7 +252,7 @@ async def measure(
                 before = cache.origin_requests(STREAM) if where == "cache" else 0
                 logged = len(cache.statuses())
                 started = time.monotonic()
-                run, peak = await followed(http, port, count, args.writes, pushed, memory)
+                run, peak = await followed(http, port, count, args.writes, pushed, memory, cookie)
                 pushed += args.writes
                 if run.failures or any(n != count for n in run.received.values()):
                     raise RuntimeError(f"{where}, {count:,} followers: {run.failures[:3]}")
@@ -261,7 +288,8 @@ async def measure(
 
         # Catch-up: the stream is made `--records` long, then read from its start.
         async def push(n: int) -> None:
-            (await http.post("/pubsub/push", json=push_body(n))).raise_for_status()
+            answer = await http.post("/pubsub/push", params=PUSH_PARAMS, json=push_body(n))
+            answer.raise_for_status()
 
         for start in range(pushed, args.records, 200):
             await asyncio.gather(*(push(n) for n in range(start, min(start + 200, args.records))))
@@ -269,7 +297,9 @@ async def measure(
         for where, url in (("on the origin", origin), ("through the cache", cache.url)):
             before = cache.origin_requests(f"{STREAM}?offset=")
             logged = len(cache.statuses())
-            seconds, chunks = await catch_up(url, args.readers)
+            # A pass opens the URL as the followers reach the cache (`Host: localhost`).
+            headers = {"cookie": cookie, "host": "localhost"} if cookie else {}
+            seconds, chunks = await catch_up(url, args.readers, headers)
             if url == origin:
                 reads = sum(chunks)
             else:
@@ -312,7 +342,15 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="the followers through the cache alone (ratios against one request a follower)",
     )
+    parser.add_argument(
+        "--passes",
+        action="store_true",
+        help="reads need a token; every client reads with a read pass, checked by nginx",
+    )
     args = parser.parse_args(argv)
+    if args.passes and args.proxy != "nginx":
+        print("--passes needs --proxy nginx: only its stand-in checks read passes")
+        return 2
     most = max(args.followers)
     # Each follower holds a file on this side, the cache's and (uncached) the origin's.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -321,21 +359,39 @@ def main(argv: list[str]) -> int:
         print(f"{most:,} followers need {most + 256:,} open files; the limit is {hard:,}")
         return 2
     port = free_port()
-    proxy = varnish_cache if args.proxy == "varnish" else shared_cache
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         env = {
             "RECORDLINE_STORE": f"duckdb://{Path(tmp) / 'cached.duckdb'}",
             "RECORDLINE_LOG_LEVEL": "WARNING",
             "RECORDLINE_SHARED_CACHE": "true",
+            "RECORDLINE_PUSH_TOKEN": PUSH_PARAMS["token"],
             "RECORDLINE_MAX_FOLLOWERS": str(most + 50),
             "RECORDLINE_MAX_CONNECTIONS": str(2 * most + 200),
             # The default memory budget: a long-poll woken reads with the room it has.
         }
-        with (
-            server([*SERVE, "--port", str(port)], port, env=env) as origin,
-            proxy(port, Path(tmp) / args.proxy, followers=most) as cache,
-        ):
-            caught = asyncio.run(measure(origin.url, port, origin.process.pid, cache, args))
+        keys = reader = None
+        if args.passes:
+            from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
+
+            google = FakeGoogle().start()
+            stack.callback(google.stop)
+            keys = "bench:" + base64.urlsafe_b64encode(secrets.token_bytes(16)).decode()
+            reader = google.mint(aud=READ_AUDIENCE, email=READER)
+            env |= {
+                "RECORDLINE_SHARED_CACHE": "false",
+                "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+                "RECORDLINE_READ_PRINCIPALS": READER,
+                "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+                "RECORDLINE_READ_PASS_KEYS": keys,
+                "RECORDLINE_READ_PASS_URL": PASS_URL,
+            }
+        cache_at = (
+            varnish_cache(port, Path(tmp) / "varnish", followers=most)
+            if args.proxy == "varnish"
+            else shared_cache(port, Path(tmp) / "nginx", followers=most, passes=keys)
+        )
+        with server([*SERVE, "--port", str(port)], port, env=env) as origin, cache_at as cache:
+            caught = asyncio.run(measure(origin.url, port, origin.process.pid, cache, args, reader))
     print(f"\n{args.readers} readers catching up on {args.records:,} records from one offset\n")
     header = ["where", "readers", "chunks", "origin reads", "origin reads a chunk", "took"]
     print(table([header, *caught]))

@@ -1,12 +1,12 @@
 """A shared cache in front of `recordline serve`: nginx, configured as a CDN is.
 
-`shared_cache` writes an nginx configuration into a directory and runs nginx (Debian's,
-`scripts/install-nginx.sh`) in the foreground on a free loopback port until the block
-ends: it keys by method and full URI, lets one request per key reach the origin while
-the others wait for its answer (longer than a long-poll waits), honours the origin's
-`Cache-Control`, passes a request with credentials or `live=sse` straight through,
-and logs each request's cache status (`SharedCache.statuses`). docs/deploying.md
-#behind-a-shared-cache says what the origin sends it.
+`shared_cache` runs nginx (Debian's, `scripts/install-nginx.sh`) on a free loopback port
+until the block ends: keyed by method and full URI, one request per key reaches the origin
+while the others wait for its answer, the origin's `Cache-Control` honoured, a request with
+credentials or `live=sse` passed through, each request's cache status logged (`statuses`).
+With `passes`, it is Cloud CDN with signed cookies: a `Cloud-CDN-Cookie` checked by njs
+(read_pass.js), 403 if bad, its answer kept 1 s whatever it says; none kept without one.
+docs/deploying.md#behind-a-shared-cache says what the origin sends it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import contextlib
 import grp
 import os
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -29,6 +30,9 @@ from recordline_dev.processes import free_port
 
 # Where Debian puts it; NGINX_PATH names another.
 NGINX = "/usr/sbin/nginx"
+NJS_MODULE = "ngx_http_js_module.so"
+# A pass's key as the settings give it: a Cloud CDN key name, and base64url bytes.
+_KEY = r"[A-Za-z0-9_-]{1,63}:[A-Za-z0-9_-]+={0,2}"
 # Each follower holds a client connection; nginx itself needs a few more files.
 SPARE_FILES = 256
 # The origin's long-poll answers within its wait (RECORDLINE_LONG_POLL_SECONDS, 20 s);
@@ -55,14 +59,40 @@ _LOCATION = """
             # A request with credentials, or a stream's `live=sse`, is never a cached
             # answer. Nothing is bypassed on `Accept`, which Cloud CDN cannot do: the
             # origin's `Vary: Accept` keeps a page from a client that asks for events.
-            proxy_cache_bypass $http_authorization $http_x_serverless_authorization $stream;
-            proxy_no_cache $http_authorization $http_x_serverless_authorization $stream;
-            add_header X-Cache $upstream_cache_status always;
+            proxy_cache_bypass $http_authorization $http_x_serverless_authorization {direct};
+            proxy_no_cache $http_authorization $http_x_serverless_authorization {direct};
+            add_header X-Cache $upstream_cache_status always;{passes}
         }}
 """
 
+# With passes, an answer to a request with a valid one is kept a second whatever the
+# origin says, as Cloud CDN keeps an answer to a signed request for the backend's
+# signed_url_cache_max_age_sec (1 s): a long-poll's 204 no longer.
+_SIGNED_LOCATION = """
+            proxy_ignore_headers Cache-Control Expires;
+            proxy_cache_valid 200 204 1s;"""
+
+# The requests a pass is checked for and cached: those with `Cloud-CDN-Cookie` that are
+# no stream of events (Cloud CDN's URL map sends the others to a backend without it).
+_SIGNED_HTTP = """
+    js_path {scripts};
+    js_import read_pass from read_pass.js;
+    js_var $read_pass_keys "{keys}";
+    js_set $read_pass_refused read_pass.denied;
+    map $http_cookie $read_pass_cookie {{ "~(^|;)\\s*Cloud-CDN-Cookie=" 1; default ""; }}
+    map $http_accept $events {{ "~text/event-stream" 1; default ""; }}
+    map "$read_pass_cookie:$stream$events" $read_pass_route {{ "1:" pass; default direct; }}
+    map $read_pass_route $read_pass_direct {{ pass ""; default 1; }}"""
+
+# A bad pass is refused before anything is looked up or passed on, as at the edge.
+_SIGNED_SERVER = """
+        if ($read_pass_refused) {
+            return 403;
+        }
+        add_header X-Read-Pass-Refused $read_pass_refused always;"""
+
 _CONFIG = """
-daemon off;
+{modules}daemon off;
 {user}
 worker_processes 1;
 worker_rlimit_nofile {files};
@@ -80,14 +110,14 @@ http {{
     proxy_cache_path {directory}/cache levels=1:2 keys_zone=recordline:16m max_size=1g
                      inactive=10m use_temp_path=off;
     log_format status '$upstream_cache_status $status "$upstream_addr" "$request_uri"';
-    map $arg_live $stream {{ sse 1; default ""; }}
+    map $arg_live $stream {{ sse 1; default ""; }}{pass_http}
     upstream origin {{
         server 127.0.0.1:{origin};
         keepalive 64;
     }}
     server {{
         listen 127.0.0.1:{port};
-        access_log {directory}/access.log status;
+        access_log {directory}/access.log status;{pass_server}
         # The streams collapse followers at one offset onto one request; a page that
         # waits (`wait=`) is not kept, so its followers must not queue behind each other.
 {streams}
@@ -106,6 +136,32 @@ def find_nginx() -> Path:
     if not os.access(found, os.X_OK):
         raise NginxMissing(f"nginx not found at {found}: run scripts/install-nginx.sh")
     return found
+
+
+def find_njs(nginx: Path) -> Path:
+    """nginx's JavaScript module (Debian's `libnginx-mod-http-js`), which checks passes:
+    NGINX_JS_MODULE names it, or it is in the modules directory nginx was built with."""
+    if named := os.environ.get("NGINX_JS_MODULE"):
+        found = Path(named)
+    else:
+        built = subprocess.run(  # noqa: S603 - our own argv, no shell
+            [str(nginx), "-V"], capture_output=True, text=True, timeout=10, check=False
+        ).stderr
+        modules = re.search(r"--modules-path=(\S+)", built)
+        found = Path(modules[1] if modules else "/usr/lib/nginx/modules") / NJS_MODULE
+    if not found.is_file():
+        raise NginxMissing(
+            f"nginx's JavaScript module is not at {found}: run scripts/install-nginx.sh"
+        )
+    return found
+
+
+def pass_keys(keys: str) -> str:
+    """`keys` as RECORDLINE_READ_PASS_KEYS gives them (`name:base64urlkey[,…]`), checked
+    before they go into the configuration."""
+    if not re.fullmatch(rf"{_KEY}(,{_KEY})*", keys):
+        raise ValueError("passes: `name:base64urlkey[,name:key…]`")
+    return keys
 
 
 @dataclass(slots=True)
@@ -140,12 +196,28 @@ class SharedCache:
         return sum(1 for _, _, origin, uri in self.statuses() if origin and uri.startswith(path))
 
 
-def configuration(directory: Path, *, port: int, origin: int, followers: int, wait: float) -> str:
+def configuration(
+    directory: Path,
+    *,
+    port: int,
+    origin: int,
+    followers: int,
+    wait: float,
+    passes: str | None = None,
+    njs: Path | None = None,
+) -> str:
     lock_seconds = int(wait + LOCK_MARGIN_SECONDS)
     read = lock_seconds + 30
 
     def location(path: str, lock: str) -> str:
-        return _LOCATION.format(path=path, lock=lock, lock_seconds=lock_seconds, read=read)
+        return _LOCATION.format(
+            path=path,
+            lock=lock,
+            lock_seconds=lock_seconds,
+            read=read,
+            direct="$read_pass_direct" if passes else "$stream",
+            passes=_SIGNED_LOCATION if passes else "",
+        )
 
     # The user directive is only for a master started as root: workers keep its user.
     user = ""
@@ -156,7 +228,18 @@ def configuration(directory: Path, *, port: int, origin: int, followers: int, wa
     # raise it either).
     files = min(2 * followers + 2 * SPARE_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     connections = files - SPARE_FILES
+    modules = pass_http = pass_server = ""
+    if passes:
+        if njs is None:
+            raise ValueError("passes are checked by nginx's JavaScript module: name it")
+        modules = f"load_module {njs};\n"
+        scripts = Path(__file__).parent
+        pass_http = _SIGNED_HTTP.format(scripts=scripts, keys=pass_keys(passes))
+        pass_server = _SIGNED_SERVER
     return _CONFIG.format(
+        modules=modules,
+        pass_http=pass_http,
+        pass_server=pass_server,
         user=user,
         files=files,
         connections=connections,
@@ -170,16 +253,32 @@ def configuration(directory: Path, *, port: int, origin: int, followers: int, wa
 
 @contextlib.contextmanager
 def shared_cache(
-    origin: int, directory: Path, *, followers: int = 1000, wait: float = 20.0
+    origin: int,
+    directory: Path,
+    *,
+    followers: int = 1000,
+    wait: float = 20.0,
+    passes: str | None = None,
 ) -> Iterator[SharedCache]:
     """nginx on a free loopback port in front of the origin's `origin` port, for up to
-    `followers` clients, whose long-polls wait `wait` seconds, until the block ends."""
+    `followers` clients, whose long-polls wait `wait` seconds, until the block ends.
+    With `passes` (the keys, as RECORDLINE_READ_PASS_KEYS), it is Cloud CDN with signed
+    cookies: see `_SIGNED_HTTP`."""
     nginx = find_nginx()
+    njs = find_njs(nginx) if passes else None
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = directory / "nginx.conf"
     conf.write_text(
-        configuration(directory, port=port, origin=origin, followers=followers, wait=wait)
+        configuration(
+            directory,
+            port=port,
+            origin=origin,
+            followers=followers,
+            wait=wait,
+            passes=passes,
+            njs=njs,
+        )
     )
     error_log = directory / "error.log"
     process = subprocess.Popen(  # noqa: S603 - our own argv, no shell

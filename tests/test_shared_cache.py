@@ -45,15 +45,12 @@ async def following(direct: httpx.AsyncClient) -> bool:
 @contextlib.asynccontextmanager
 async def origin(port: int, store: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
     """The service on `port` (on this loop), its DuckDB file `store`, as a shared cache's
-    origin; a client that talks to it directly."""
-    app = create_app(
-        settings(
-            RECORDLINE_STORE=f"duckdb://{store}",
-            RECORDLINE_SHARED_CACHE="true",
-            RECORDLINE_LONG_POLL_SECONDS=str(WAIT_SECONDS),
-            **env,
-        )
-    )
+    origin (`env` in place of its settings here); a client that talks to it directly."""
+    defaults = {
+        "RECORDLINE_SHARED_CACHE": "true",
+        "RECORDLINE_LONG_POLL_SECONDS": str(WAIT_SECONDS),
+    }
+    app = create_app(settings(RECORDLINE_STORE=f"duckdb://{store}", **(defaults | env)))
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None)
     )

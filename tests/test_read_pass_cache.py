@@ -1,0 +1,246 @@
+"""Followers with read passes through nginx standing in for Cloud CDN with signed cookies
+(recordline_dev/cache.py, `passes`) in front of a service whose reads need a token.
+
+Skipped where there is no nginx or no njs (scripts/install-nginx.sh); in CI a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.auth.passes import ReadPasses, parse_keys
+from recordline_dev.cache import NginxMissing, SharedCache, find_nginx, find_njs, shared_cache
+from recordline_dev.processes import free_port
+from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
+from tests.test_shared_cache import STREAM, WAIT_SECONDS, ids, long_poll, origin, through
+from tests.test_streams import push_body
+
+pytestmark = pytest.mark.nginx
+
+KEYS = "k1:" + base64.urlsafe_b64encode(bytes(range(16))).decode()
+OTHER_KEYS = "k2:" + base64.urlsafe_b64encode(bytes(range(16, 32))).decode()
+# The URL clients reach the cache at, as nginx sees it (`$scheme://$host`: no port).
+URL = "http://127.0.0.1"
+READER = "reader@example.com"
+PUSH_TOKEN = "a-long-enough-push-secret"
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[tuple[SharedCache, int]]:
+    """nginx checking passes in front of a port the origin is yet to listen on."""
+    try:
+        find_njs(find_nginx())
+    except NginxMissing as exc:
+        pytest.skip(str(exc))
+    port = free_port()
+    with shared_cache(
+        port, tmp_path / "nginx", followers=64, wait=WAIT_SECONDS, passes=KEYS
+    ) as running:
+        yield running, port
+
+
+@contextlib.asynccontextmanager
+async def guarded(port: int, store: Path, google: FakeGoogle) -> AsyncIterator[httpx.AsyncClient]:
+    """The origin, whose reads need a reader's token or a pass; a client straight to it."""
+    env = {
+        "RECORDLINE_SHARED_CACHE": "false",
+        "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN,
+        "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+        "RECORDLINE_READ_PRINCIPALS": READER,
+        "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+        "RECORDLINE_READ_PASS_KEYS": KEYS,
+        "RECORDLINE_READ_PASS_URL": URL,
+    }
+    async with origin(port, store, **env) as direct:
+        yield direct
+
+
+def reader(google: FakeGoogle) -> dict[str, str]:
+    """A reader's token, as a request's headers."""
+    return {"authorization": f"Bearer {google.mint(aud=READ_AUDIENCE, email=READER)}"}
+
+
+async def issued(client: httpx.AsyncClient, google: FakeGoogle) -> dict[str, str]:
+    """A pass the service issues to a reader, through the cache: its Cookie header."""
+    answer = await client.post("/v1/read-pass", headers=reader(google))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    return {"cookie": answer.json()["cookie"]}
+
+
+def signed(
+    keys: str = KEYS, url: str = URL, prefix: str = "/v1/", ago: float = 0
+) -> dict[str, str]:
+    """A pass signed here with `keys` for `url` + `prefix`, issued `ago` seconds ago."""
+    made = ReadPasses(parse_keys(keys), url, 600).issue(prefix, time.time() - ago)
+    return {"cookie": made.cookie}
+
+
+async def push(direct: httpx.AsyncClient, n: int) -> None:
+    answer = await direct.post("/pubsub/push", params={"token": PUSH_TOKEN}, json=push_body(n))
+    answer.raise_for_status()
+
+
+async def test_followers_with_passes_share_one_origin_request_a_write(
+    cache: tuple[SharedCache, int], tmp_path: Path, google: FakeGoogle
+) -> None:
+    proxy, port = cache
+    async with guarded(port, tmp_path / "r.duckdb", google) as direct, through(proxy) as client:
+        # Each follower has a pass of its own; the cache keys by URL, not by pass.
+        passes = [await issued(client, google) for _ in range(2)]
+        await push(direct, 1)
+        tail = (await direct.head(STREAM, headers=reader(google))).headers["stream-next-offset"]
+
+        async def follow(cursor: str | None) -> list[httpx.Response]:
+            return await asyncio.gather(
+                *(
+                    client.get(
+                        STREAM,
+                        params={"offset": tail, "live": "long-poll"}
+                        | ({"cursor": cursor} if cursor else {}),
+                        headers=passes[n % 2],
+                    )
+                    for n in range(8)
+                )
+            )
+
+        waited = await follow(None)
+        assert {answer.status_code for answer in waited} == {204}
+        proxy.settled(10)
+        assert proxy.origin_requests(f"{STREAM}?offset=") == 1
+        cursor = waited[0].headers["stream-cursor"]
+        assert {answer.headers["stream-cursor"] for answer in waited} == {cursor}
+        await push(direct, 2)
+        after = await follow(cursor)
+        assert [ids(answer) for answer in after] == [["m-2"]] * 8
+        proxy.settled(18)
+        assert proxy.origin_requests(f"{STREAM}?offset=") == 2
+
+
+async def test_a_request_without_a_pass_is_never_answered_from_what_pass_holders_got(
+    cache: tuple[SharedCache, int], tmp_path: Path, google: FakeGoogle
+) -> None:
+    proxy, port = cache
+    async with guarded(port, tmp_path / "r.duckdb", google) as direct, through(proxy) as client:
+        for n in range(1, 4):
+            await push(direct, n)
+        holder = await issued(client, google)
+        first = await client.get(STREAM, headers=holder)
+        again = await client.get(STREAM, headers=holder)
+        assert [first.headers["x-cache"], again.headers["x-cache"]] == ["MISS", "HIT"]
+        assert ids(again) == ["m-1", "m-2", "m-3"]
+        assert "max-age=60" in first.headers["cache-control"]
+        reached = proxy.origin_requests(STREAM)
+        # Without a pass: neither answered from the cache nor kept in it, with a token,
+        # without one, or with another cookie.
+        for headers, status in (
+            ({}, 401),
+            ({"cookie": "session=1"}, 401),
+            (reader(google), 200),
+            (reader(google) | holder, 200),
+        ):
+            answer = await client.get(STREAM, headers=headers)
+            assert answer.status_code == status
+            assert answer.headers["x-cache"] == "BYPASS"
+        proxy.settled(7)
+        assert proxy.origin_requests(STREAM) == reached + 4
+        # A stream of events with a pass goes through, never kept.
+        async with client.stream(
+            "GET", STREAM, params={"offset": "-1", "live": "sse"}, headers=holder
+        ) as events:
+            assert events.status_code == 200
+            assert events.headers["x-cache"] == "BYPASS"
+        # What a pass holder is given is kept a second, whatever the origin said (`max-age=60`
+        # here); nginx counts in whole seconds, so a second is up to two.
+        await asyncio.sleep(2.5)
+        assert (await client.get(STREAM, headers=holder)).headers["x-cache"] == "EXPIRED"
+
+
+async def test_a_bad_pass_is_refused_by_the_cache_without_reaching_the_origin(
+    cache: tuple[SharedCache, int], tmp_path: Path, google: FakeGoogle
+) -> None:
+    proxy, port = cache
+    async with guarded(port, tmp_path / "r.duckdb", google) as direct, through(proxy) as client:
+        await push(direct, 1)
+        good = signed()["cookie"]
+        tampered = good[:-5] + ("A" if good[-5] != "A" else "B") + good[-4:]
+        longer = good.replace(":Expires=", ":Expires=1")
+        refused = {
+            "bad signature": [tampered, longer],
+            "expired": [signed(ago=601)["cookie"]],
+            "another prefix": [
+                signed(prefix="/systems/other/v1/")["cookie"],
+                signed(url="http://localhost")["cookie"],
+            ],
+            "unknown key": [signed(keys=OTHER_KEYS)["cookie"]],
+            "malformed": [good.replace(":KeyName=", ":Key="), "Cloud-CDN-Cookie=x"],
+        }
+        for reason, cookies in refused.items():
+            for cookie in cookies:
+                answer = await client.get(STREAM, headers={"cookie": cookie})
+                assert answer.status_code == 403, cookie
+                assert answer.headers["x-read-pass-refused"] == reason
+        proxy.settled(8)
+        assert proxy.origin_requests() == 0
+        # The pass they were made from is good, at the cache and at the origin.
+        assert (await client.get(STREAM, headers={"cookie": good})).status_code == 200
+        assert (await direct.get(STREAM, headers={"cookie": good})).status_code == 200
+        assert (await direct.get(STREAM, headers={"cookie": tampered})).status_code == 401
+
+
+async def test_a_follower_with_a_pass_alternating_between_cache_and_origin_gets_every_row_once(
+    cache: tuple[SharedCache, int], tmp_path: Path, google: FakeGoogle
+) -> None:
+    proxy, port = cache
+    async with guarded(port, tmp_path / "r.duckdb", google) as direct, through(proxy) as client:
+        holder = await issued(client, google)
+        pushed = 0
+
+        async def write(count: int) -> None:
+            nonlocal pushed
+            for _ in range(count):
+                pushed += 1
+                await push(direct, pushed)
+
+        await write(5)
+        # The follower reads the origin with its pass too, as a CDN miss does.
+        # Another follower ahead of this one fills the cache with what it will ask for.
+        ahead = await client.get(STREAM, params={"offset": "-1"}, headers=holder)
+        assert ahead.headers["x-cache"] == "MISS"
+        seen: list[str] = []
+        offset, cursor = "-1", None
+        for step in range(8):
+            via = client if step % 2 == 0 else direct
+            via.headers["cookie"] = holder["cookie"]
+            if step == 0:
+                answer = await via.get(STREAM, params={"offset": offset})
+                assert answer.headers["x-cache"] == "HIT"
+            else:
+                writing = asyncio.create_task(write(2 if step % 3 else 0))
+                answer = await long_poll(via, offset, cursor)
+                await writing
+                cursor = answer.headers["stream-cursor"]
+            assert answer.status_code in (200, 204), answer.text
+            if answer.status_code == 200:
+                seen += ids(answer)
+            offset = answer.headers["stream-next-offset"]
+        while (rest := await client.get(STREAM, params={"offset": offset})).json():
+            seen += ids(rest)
+            offset = rest.headers["stream-next-offset"]
+        assert seen == [f"m-{n}" for n in range(1, pushed + 1)]
+        assert {status for status, *_ in proxy.statuses()} & {"HIT"}
