@@ -44,8 +44,11 @@ locals {
   cdn_pass_cookie = "(.*;\\s*)?Cloud-CDN-Cookie=.*"
   # SSE: a stream, never one answer. Cloud CDN would keep what it got of it as a signed
   # request's answer (below), so it goes to the backend without the CDN, asked either way.
+  # The service negotiates Accept as RFC 9110 says, in any case: events where the header
+  # names them, `text/*`, or `*/*` above a JSON given a lower quality (which takes a
+  # parameter, `;q=`), so each of those goes around the CDN; `*/*` alone is JSON.
   cdn_sse_query  = { name = "live", value = "sse" }
-  cdn_sse_accept = ".*text/event-stream.*"
+  cdn_sse_accept = "(?i).*(event-stream|text/\\*|\\*/\\*.*;|;.*\\*/\\*).*"
   # A request with a token is judged by its token (the service ignores a pass beside it):
   # it goes to the backend without the CDN whatever cookie it carries.
   cdn_token_headers = ["Authorization", "X-Serverless-Authorization"]
