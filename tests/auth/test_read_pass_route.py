@@ -146,6 +146,23 @@ def test_a_pass_cannot_mint_a_pass(client: TestClient[Recordline], google: FakeG
     assert "set-cookie" not in again.headers
 
 
+def test_a_pass_opens_no_push_console_or_replay(
+    client: TestClient[Recordline], google: FakeGoogle
+) -> None:
+    cookie = get_pass(client, token(google, OPERATOR)).json()["cookie"]
+    for method, path, body in (
+        ("POST", "/pubsub/push", push_body(9)),
+        ("GET", "/console", None),
+        ("GET", "/console/records", None),
+        ("POST", "/v1/replay", {"messages": []}),
+    ):
+        answer = client.request(method, path, json=body, headers=with_pass(cookie))
+        assert answer.status_code == 401, (path, answer.text)
+    # Nothing was written by the push it tried.
+    page = client.get(PAGE, headers=token(google, ANALYST)).json()["records"]
+    assert [r["message_id"] for r in page] == ["m-0", "m-1", "m-2"]
+
+
 def test_only_a_reader_gets_a_pass(client: TestClient[Recordline], google: FakeGoogle) -> None:
     assert get_pass(client, {}).status_code == 401
     assert get_pass(client, token(google, STRANGER)).status_code == 403
