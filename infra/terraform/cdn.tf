@@ -8,7 +8,8 @@
 # What is cached is what the service marks cacheable and nothing else (USE_ORIGIN_HEADERS,
 # no TTL of the CDN's own, no negative caching): pages and chunks below the read horizon
 # `public, immutable`, a long-poll's answer for its URL a short while, and never a
-# `private` or `no-store` one. A request with credentials bypasses the cache both ways
+# `private` or `no-store` one, but for an answer to a read pass (below), which says
+# `private` and is kept a second as every signed request's answer is. A request with credentials bypasses the cache both ways
 # (it is neither answered from it nor stored), so a token-guarded read is always the
 # service's own answer to that token; without read passes (below), Cloud Run's invoker
 # check still judges every request the CDN forwards. Cloud CDN keys nothing by the caller: what it stored is served to
