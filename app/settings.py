@@ -752,7 +752,7 @@ class AuthSettings(Section, frozen=True):
             "RECORDLINE_READ_PASS_URL",
             "The origin clients read through the CDN at, such as "
             "`https://records.example.com`: a pass opens `{url}/v1/` (a cell's system: "
-            "`{url}/systems/{system}/v1/`)",
+            "`{url}/systems/{system}/v1/`); `http://` on a loopback address only",
             accepts="an `http://` or `https://` origin, without a path",
         ),
     ] = ""
@@ -1532,6 +1532,12 @@ def _check_read_passes(settings: Settings) -> None:
             "RECORDLINE_READ_PASS_KEYS needs RECORDLINE_READ_AUDIENCE: a pass is issued only "
             "to a reader whose token the service verified",
             var="RECORDLINE_READ_PASS_KEYS",
+        )
+    if auth.read_pass_url.startswith("http://") and not is_loopback(settings.server.host):
+        raise SettingsError(
+            "RECORDLINE_READ_PASS_URL: beyond loopback a pass opens an https:// origin; over "
+            "plain http its cookie, which reads without a token, crosses the network in clear",
+            var="RECORDLINE_READ_PASS_URL",
         )
     if auth.trust_cloud_run_iam:
         raise SettingsError(

@@ -295,3 +295,23 @@ def test_a_key_that_cannot_be_used_is_refused_naming_its_variable() -> None:
     with pytest.raises(SettingsError, match=r"^RECORDLINE_READ_PASS_KEYS: the key 'k1'") as refused:
         ReadPasses.from_settings(short)
     assert refused.value.var == "RECORDLINE_READ_PASS_KEYS"
+
+
+# GOOD, on a service bound beyond loopback with everything such a service needs.
+BEYOND = {
+    **GOOD,
+    "RECORDLINE_HOST": "0.0.0.0",
+    "RECORDLINE_PUSH_AUDIENCE": "recordline-push",
+    "RECORDLINE_PUSH_SERVICE_ACCOUNTS": "pusher@project.iam.gserviceaccount.com",
+    "RECORDLINE_PAGE_TOKEN_SECRET": "p" * 64,
+}
+
+
+def test_passes_for_a_plain_http_origin_are_refused_beyond_loopback() -> None:
+    check_access(Settings.load(BEYOND))
+    plain = {"RECORDLINE_READ_PASS_URL": "http://records.example.com"}
+    with pytest.raises(SettingsError, match="https://") as refused:
+        check_access(Settings.load({**BEYOND, **plain}))
+    assert refused.value.var == "RECORDLINE_READ_PASS_URL"
+    # On loopback, a local stand-in for the CDN serves plain http.
+    check_access(Settings.load({**GOOD, **plain}))

@@ -9,6 +9,7 @@ in CI a failure.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from recordline_dev.cache import NginxMissing, SharedCache, find_nginx, shared_cache
 from recordline_dev.processes import free_port
 from recordline_dev.varnish import VarnishCache, VarnishMissing, find_varnishd, varnish_cache
+from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
 from tests.conftest import settings
 from tests.test_streams import push_body
 from tests.waiting import until
@@ -358,3 +360,38 @@ async def test_a_page_from_a_time_ago_is_not_kept_as_if_that_time_stood_still(
         (await direct.post("/pubsub/push", json=push_body(2))).raise_for_status()
         later = await client.get("/v1/records", params=params)
         assert [r["message_id"] for r in later.json()["records"]] == ["m-2"]
+
+
+async def test_a_read_with_a_pass_is_never_served_to_a_client_without_one(
+    cache: tuple[SharedCache, int], tmp_path: Path
+) -> None:
+    # A shared cache that does not check passes (this one, or any proxy on the way) keeps
+    # what the origin lets any shared cache keep: a pass holder's records must not be
+    # among it, as Cloud CDN keeps a signed request's answer whatever its Cache-Control.
+    proxy, port = cache
+    google = FakeGoogle().start()
+    key = base64.urlsafe_b64encode(bytes(range(16))).decode()
+    passes = {
+        "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+        "RECORDLINE_READ_PRINCIPALS": "analyst@example.org",
+        "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+        "RECORDLINE_READ_PASS_KEYS": f"k1:{key}",
+        "RECORDLINE_READ_PASS_URL": "http://localhost",
+    }
+    try:
+        async with (
+            origin(port, tmp_path / "r.duckdb", **passes) as direct,
+            through(proxy) as client,
+        ):
+            (await direct.post("/pubsub/push", json=push_body(1))).raise_for_status()
+            reader = google.mint(aud=READ_AUDIENCE, email="analyst@example.org")
+            issued = await direct.post(
+                "/v1/read-pass", headers={"Authorization": f"Bearer {reader}"}
+            )
+            cookie = issued.json()["cookie"]
+            by_pass = await client.get(STREAM, params={"offset": "-1"}, headers={"Cookie": cookie})
+            assert ids(by_pass) == ["m-1"]
+            anonymous = await client.get(STREAM, params={"offset": "-1"})
+            assert anonymous.status_code == 401, (anonymous.headers.get("x-cache"), anonymous.text)
+    finally:
+        google.stop()

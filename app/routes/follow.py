@@ -65,13 +65,13 @@ def as_headers(*items: Header | tuple[str, str]) -> dict[str, str]:
 
 def shareable(request: Request[Any, Any, Any], followers: Followers) -> bool:
     """Whether a shared cache may keep this read's answer for anyone who asks its URL:
-    a read pass admitted the request (every pass reads the same masked view, and the
-    CDN serves it only to pass holders), or the service allows it
-    (`RECORDLINE_SHARED_CACHE`) and the request carries no credentials. A cache keys by
-    URL alone (Cloud CDN honours no `Vary: Authorization`), so an answer to a token is
-    `private`: another client never gets it from the cache."""
+    the service allows it (`RECORDLINE_SHARED_CACHE`) and the request carries no
+    credentials. A cache keys by URL alone (Cloud CDN honours no `Vary: Authorization`),
+    so an answer to a token is `private`: another client never gets it from the cache.
+    So is an answer to a read pass: a cache that checks no pass would give it to anyone,
+    and Cloud CDN keeps a signed request's answer a second whatever it says."""
     if admitted_by_pass(request.scope):
-        return True
+        return False
     headers = request.headers
     return followers.shared_cache and not any(name in headers for name in CREDENTIALS)
 

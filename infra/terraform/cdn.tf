@@ -8,7 +8,8 @@
 # What is cached is what the service marks cacheable and nothing else (USE_ORIGIN_HEADERS,
 # no TTL of the CDN's own, no negative caching): pages and chunks below the read horizon
 # `public, immutable`, a long-poll's answer for its URL a short while, and never a
-# `private` or `no-store` one. A request with credentials bypasses the cache both ways
+# `private` or `no-store` one, but for an answer to a read pass (below), which says
+# `private` and is kept a second as every signed request's answer is. A request with credentials bypasses the cache both ways
 # (it is neither answered from it nor stored), so a token-guarded read is always the
 # service's own answer to that token; without read passes (below), Cloud Run's invoker
 # check still judges every request the CDN forwards. Cloud CDN keys nothing by the caller: what it stored is served to
@@ -44,8 +45,11 @@ locals {
   cdn_pass_cookie = "(.*;\\s*)?Cloud-CDN-Cookie=.*"
   # SSE: a stream, never one answer. Cloud CDN would keep what it got of it as a signed
   # request's answer (below), so it goes to the backend without the CDN, asked either way.
+  # The service negotiates Accept as RFC 9110 says, in any case: events where the header
+  # names them, `text/*`, or `*/*` above a JSON given a lower quality (which takes a
+  # parameter, `;q=`), so each of those goes around the CDN; `*/*` alone is JSON.
   cdn_sse_query  = { name = "live", value = "sse" }
-  cdn_sse_accept = ".*text/event-stream.*"
+  cdn_sse_accept = "(?i).*(event-stream|text/\\*|\\*/\\*.*;|;.*\\*/\\*).*"
   # A request with a token is judged by its token (the service ignores a pass beside it):
   # it goes to the backend without the CDN whatever cookie it carries.
   cdn_token_headers = ["Authorization", "X-Serverless-Authorization"]

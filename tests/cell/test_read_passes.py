@@ -88,7 +88,7 @@ def test_a_systems_pass_reads_that_system_alone(
     assert [r["message_id"] for r in read.json()["records"]] == ["alpha-m"]
     stream = client.get("/systems/alpha/v1/streams/records", headers={"Cookie": alphas})
     assert stream.status_code == 200
-    assert "public" in stream.headers["cache-control"]
+    assert "private" in stream.headers["cache-control"]
     for path in ("/systems/beta/v1/records", "/systems/beta/v1/streams/records"):
         refused = client.get(path, headers={"Cookie": alphas})
         assert refused.status_code == 401, refused.text
@@ -109,3 +109,25 @@ def test_a_reader_of_one_system_gets_no_pass_for_another(
     alphas = pass_of(client, google, "alpha")
     again = client.post("/systems/alpha/v1/read-pass", headers={"Cookie": alphas})
     assert again.status_code == 401
+
+
+def test_no_spelling_of_a_path_lets_a_systems_pass_read_another(
+    cell: tuple[TestClient[Any], FakeGoogle],
+) -> None:
+    client, google = cell
+    alphas = pass_of(client, google, "alpha")
+    for path in (
+        "/systems/alpha/v1/%2e%2e/%2e%2e/beta/v1/records",
+        "/systems/alpha%2F..%2Fbeta/v1/records",
+        "/systems/alpha/v1/records/..%2F..%2F..%2Fbeta%2Fv1%2Frecords",
+        "/systems//beta/v1/records",
+        "/systems/beta//v1/records",
+        "/systems/BETA/v1/records",
+        "/systems/beta%2Fv1%2Frecords",
+        "/systems/beta/v1/records/",
+        "/systems/beta/v1/records?prefix=/systems/alpha/v1/",
+        "/systems/beta/v1/streams/records?offset=-1&live=long-poll",
+    ):
+        answer = client.get(path, headers={"Cookie": alphas})
+        assert answer.status_code in (401, 404), (path, answer.status_code, answer.text)
+        assert "beta-m" not in answer.text, path

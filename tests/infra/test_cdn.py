@@ -8,12 +8,18 @@ from the fleet's, from Terraform's own values (infra/fleet_cost.py --cdn)."""
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from litestar import Request
 
+from app.routes.follow import wants_stream
+from tests.fuzz.budget import EXAMPLES
 from tests.infra.console import require_terraform
 from tests.infra.test_cost import fleet_cost
 from tests.infra.test_fleet import _root_console, _root_console_run
@@ -251,6 +257,12 @@ def _url_map(overrides: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
     return sorted(rules.get("route_rules", []), key=lambda r: r["priority"])
 
 
+@functools.cache
+def _url_map_on() -> list[dict[str, Any]]:
+    """`_url_map(ON)`, evaluated once: each evaluation is a run of Terraform."""
+    return _url_map(ON)
+
+
 def _header(match: dict[str, Any], headers: dict[str, str]) -> bool:
     value = headers.get(match["header_name"])
     if match.get("present_match"):
@@ -308,6 +320,48 @@ def test_with_passes_only_a_read_carrying_one_and_no_token_reaches_the_cdn() -> 
     ]
     for path, query, headers, where in cases:
         assert _routed(rules, path, query, headers) == where, (path, query, headers)
+
+
+# Media ranges and qualities a follower's Accept may carry, spelled in any case.
+_RANGES = ["text/event-stream", "application/json", "text/*", "application/*", "*/*", "text/html"]
+_QUALITIES = [None, "0", "0.5", ".5", "1"]
+
+
+def _streams(accept: str) -> bool:
+    """Whether the service answers a page asked with this Accept as a stream of events."""
+    scope = {"type": "http", "headers": [(b"accept", accept.encode())], "state": {}}
+    return wants_stream(Request(scope))  # type: ignore[arg-type]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    ranges=st.lists(
+        st.tuples(st.sampled_from(_RANGES), st.sampled_from(_QUALITIES)), min_size=1, max_size=3
+    ),
+    upper=st.booleans(),
+)
+@example(ranges=[("text/event-stream", None)], upper=True)
+@example(ranges=[("text/*", None)], upper=False)
+@example(ranges=[("application/json", ".5"), ("*/*", None)], upper=False)
+def test_with_passes_a_page_the_service_streams_never_reaches_the_cdn(
+    ranges: list[tuple[str, str | None]], upper: bool
+) -> None:
+    # The service negotiates Accept as RFC 9110 says (any case, wildcards, qualities):
+    # whatever it answers as events goes around the CDN, which would keep what it got of
+    # the stream as a signed request's answer.
+    accept = ", ".join(r if q is None else f"{r};q={q}" for r, q in ranges)
+    accept = accept.upper() if upper else accept
+    if _streams(accept):
+        headers = {"Cookie": PASS, "Accept": accept}
+        routed = _routed(_url_map_on(), "/systems/orders/v1/records", {}, headers)
+        assert routed == "cdn_direct", accept
+
+
+def test_with_passes_a_page_asked_as_clients_ask_for_json_reaches_the_cdn() -> None:
+    for accept in ("*/*", "application/json", "application/json, text/plain, */*"):
+        assert not _streams(accept)
+        headers = {"Cookie": PASS, "Accept": accept}
+        assert _routed(_url_map_on(), "/systems/orders/v1/records", {}, headers) == "cdn_reads"
 
 
 def test_without_passes_every_read_goes_to_the_cdn_as_before() -> None:
