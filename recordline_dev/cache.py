@@ -78,15 +78,17 @@ _SIGNED_HTTP = """
     js_path {scripts};
     js_import read_pass from read_pass.js;
     js_var $read_pass_keys "{keys}";
-    js_set $read_pass_refused read_pass.denied;
+    js_set $read_pass_verdict read_pass.verdict;
+    map $read_pass_verdict $read_pass_refused {{ ok ""; default $read_pass_verdict; }}
     map $http_cookie $read_pass_cookie {{ "~(^|;)\\s*Cloud-CDN-Cookie=" 1; default ""; }}
-    map $http_accept $events {{ "~text/event-stream" 1; default ""; }}
+    map $http_accept $events {{ "~*(event-stream|text/\\*|\\*/\\*.*;|;.*\\*/\\*)" 1; default ""; }}
     map "$read_pass_cookie:$stream$events" $read_pass_route {{ "1:" pass; default direct; }}
     map $read_pass_route $read_pass_direct {{ pass ""; default 1; }}"""
 
-# A bad pass is refused before anything is looked up or passed on, as at the edge.
+# A bad pass is refused before anything is looked up or passed on, as at the edge: only a
+# verdict of "ok" passes, so a check that fails (an empty verdict) refuses.
 _SIGNED_SERVER = """
-        if ($read_pass_refused) {
+        if ($read_pass_verdict != "ok") {
             return 403;
         }
         add_header X-Read-Pass-Refused $read_pass_refused always;"""

@@ -2,13 +2,14 @@
 // shared cache's pass mode (recordline_dev/cache.py): the HMAC-SHA1 of
 // `URLPrefix=…:Expires=…:KeyName=…` with the key of that name (base64url, padded), an
 // `Expires` still to come, and the request's URL starting with the decoded prefix.
-// `denied` is "" for a request the cache may serve, and why not otherwise.
+// `verdict` is "ok" for a request the cache may serve, and why not otherwise: whatever
+// goes wrong in the check (an exception included) is a refusal, never "ok".
 import crypto from 'crypto';
 
 const COOKIE = 'Cloud-CDN-Cookie';
 // Longer than any pass the service issues; a longer one is refused unread.
 const MOST = 2048;
-const SIGNED = /^URLPrefix=([A-Za-z0-9_-]+={0,2}):Expires=([0-9]{1,12}):KeyName=([A-Za-z0-9_-]{1,63})$/;
+const SIGNED = /^URLPrefix=([A-Za-z0-9_-]+={0,2}):Expires=([0-9]{1,12}):KeyName=([a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)$/;
 
 function cookie(r) {
     // njs 0.7 has no `for … of`.
@@ -23,7 +24,8 @@ function cookie(r) {
 }
 
 function keys(r) {
-    const found = {};
+    // No prototype: a KeyName such as `constructor` finds no key.
+    const found = Object.create(null);
     const entries = (r.variables.read_pass_keys || '').split(',');
     for (let i = 0; i < entries.length; i++) {
         const entry = entries[i];
@@ -40,9 +42,6 @@ function urlsafe(base64) {
 }
 
 function denied(r) {
-    if (r.variables.read_pass_route !== 'pass') {
-        return '';
-    }
     const value = cookie(r);
     if (value === null || value.length > MOST) {
         return 'malformed';
@@ -56,7 +55,8 @@ function denied(r) {
     if (parts === null) {
         return 'malformed';
     }
-    const key = keys(r)[parts[3]];
+    const found = keys(r);
+    const key = Object.prototype.hasOwnProperty.call(found, parts[3]) ? found[parts[3]] : undefined;
     if (key === undefined) {
         return 'unknown key';
     }
@@ -75,4 +75,16 @@ function denied(r) {
     return '';
 }
 
-export default {denied};
+function verdict(r) {
+    if (r.variables.read_pass_route !== 'pass') {
+        return 'ok';
+    }
+    try {
+        const reason = denied(r);
+        return reason === '' ? 'ok' : reason;
+    } catch (e) {
+        return 'error';
+    }
+}
+
+export default {verdict};

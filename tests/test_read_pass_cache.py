@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -171,6 +172,11 @@ async def test_a_request_without_a_pass_is_never_answered_from_what_pass_holders
         assert (await client.get(STREAM, headers=holder)).headers["x-cache"] == "EXPIRED"
 
 
+def forged_name(cookie: str, name: str) -> str:
+    """`cookie` naming the key `name`, which nobody holds, with its signature kept."""
+    return re.sub(r":KeyName=[^:]+:", f":KeyName={name}:", cookie)
+
+
 async def test_a_bad_pass_is_refused_by_the_cache_without_reaching_the_origin(
     cache: tuple[SharedCache, int], tmp_path: Path, google: FakeGoogle
 ) -> None:
@@ -187,15 +193,23 @@ async def test_a_bad_pass_is_refused_by_the_cache_without_reaching_the_origin(
                 signed(prefix="/systems/other/v1/")["cookie"],
                 signed(url="http://localhost")["cookie"],
             ],
-            "unknown key": [signed(keys=OTHER_KEYS)["cookie"]],
-            "malformed": [good.replace(":KeyName=", ":Key="), "Cloud-CDN-Cookie=x"],
+            "unknown key": [
+                signed(keys=OTHER_KEYS)["cookie"],
+                # Names every JavaScript object has: a key table with a prototype finds them.
+                *(forged_name(good, name) for name in ("constructor", "tostring")),
+            ],
+            "malformed": [
+                good.replace(":KeyName=", ":Key="),
+                "Cloud-CDN-Cookie=x",
+                *(forged_name(good, name) for name in ("toString", "__proto__", "valueOf")),
+            ],
         }
         for reason, cookies in refused.items():
             for cookie in cookies:
                 answer = await client.get(STREAM, headers={"cookie": cookie})
                 assert answer.status_code == 403, cookie
                 assert answer.headers["x-read-pass-refused"] == reason
-        proxy.settled(8)
+        proxy.settled(13)
         assert proxy.origin_requests() == 0
         # The pass they were made from is good, at the cache and at the origin.
         assert (await client.get(STREAM, headers={"cookie": good})).status_code == 200
