@@ -166,7 +166,8 @@ async def test_a_request_without_a_pass_is_never_answered_from_what_pass_holders
             assert events.status_code == 200
             assert events.headers["x-cache"] == "BYPASS"
         # What a pass holder is given is kept a second, whatever the origin said (`max-age=60`
-        # here); nginx counts in whole seconds, so a second is up to two.
+        # here: no offset, so no catch-up read); nginx counts in whole seconds, so a second
+        # is up to two.
         await asyncio.sleep(2.5)
         assert (await client.get(STREAM, headers=holder)).headers["x-cache"] == "EXPIRED"
 
