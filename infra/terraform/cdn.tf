@@ -72,6 +72,7 @@ locals {
   # short of it never changes), so readers catching up minutes apart share each chunk.
   # A reader re-reading the offset it read from sees its own write up to a minute late
   # this way; a follower, which reads on from the chunk's next offset, misses nothing.
+  # A chunk whose rows the retention deletes within the minute is served to its end.
   cdn_signed_max_age = { live = 1, catch_up = 60 }
   # A catch-up read: a GET of the records stream from an offset, neither live (a `live`
   # parameter, matched first) nor from `now` (where the tail is now: `no-store`, so the
