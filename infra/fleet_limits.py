@@ -169,11 +169,14 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_compute_managed_ssl_certificate.cdn": lambda c: c.cdn,
     "google_compute_target_https_proxy.cdn": lambda c: c.cdn,
     "google_compute_global_forwarding_rule.cdn": lambda c: c.cdn,
-    # Its read passes (on with it by default): the backend without the CDN, one signing
-    # key (two or three while one rotates), and the keys' secret.
+    # Its read passes (on with it by default): the catch-up backend, the backend without
+    # the CDN, one signing key (two or three while one rotates) on each CDN backend, and
+    # the keys' secret.
+    "google_compute_backend_service.cdn_catch_up": lambda c: c.cdn,
     "google_compute_backend_service.cdn_direct": lambda c: c.cdn,
     "random_bytes.read_pass": lambda c: c.cdn,
     "google_compute_backend_service_signed_url_key.read_pass": lambda c: c.cdn,
+    "google_compute_backend_service_signed_url_key.read_pass_catch_up": lambda c: c.cdn,
     "google_secret_manager_secret.read_pass": lambda c: c.cdn,
     "google_secret_manager_secret_version.read_pass": lambda c: c.cdn,
     "google_secret_manager_secret_iam_member.runtime_reads_read_pass": lambda c: c.cdn,

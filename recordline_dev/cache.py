@@ -5,7 +5,7 @@ until the block ends: keyed by method and full URI, one request per key reaches 
 while the others wait for its answer, the origin's `Cache-Control` honoured, a request with
 credentials or `live=sse` passed through, each request's cache status logged (`statuses`).
 With `passes`, it is Cloud CDN with signed cookies: a `Cloud-CDN-Cookie` checked by njs
-(read_pass.js), 403 if bad, its answer kept 1 s whatever it says; none kept without one.
+(read_pass.js), 403 if bad, its answer kept 60 s (catch-up) or 1 s whatever it says.
 docs/deploying.md#behind-a-shared-cache says what the origin sends it.
 """
 
@@ -39,10 +39,11 @@ SPARE_FILES = 256
 # a request waiting for another's answer to one must wait longer than that, or it goes
 # to the origin itself and the collapsing is lost.
 LOCK_MARGIN_SECONDS = 10
+STREAMS = "/v1/streams/"
 
 _LOCATION = """
-        location {path} {{
-            proxy_pass http://origin;
+        location {path} {{{internal}
+            proxy_pass http://origin{uri};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             # The origin on loopback answers only its own names (421 otherwise).
@@ -65,12 +66,20 @@ _LOCATION = """
         }}
 """
 
-# With passes, an answer to a request with a valid one is kept a second whatever the
-# origin says, as Cloud CDN keeps an answer to a signed request for the backend's
-# signed_url_cache_max_age_sec (1 s): a long-poll's 204 no longer.
+# With passes, an answer to a request with a valid one is kept whatever the origin says,
+# as Cloud CDN keeps an answer to a signed request for its backend's
+# signed_url_cache_max_age_sec: a second (a long-poll's 204 no longer), or a minute for a
+# catch-up read of the records stream, which infra/terraform/cdn.tf routes to a backend
+# of its own. Here it goes to a location of its own, on the same cache key.
 _SIGNED_LOCATION = """
             proxy_ignore_headers Cache-Control Expires;
-            proxy_cache_valid 200 204 1s;"""
+            proxy_cache_valid 200 204 {seconds}s;"""
+_CATCH_UP_SECONDS = 60
+_CATCH_UP = "/.catch-up"
+_TO_CATCH_UP = """
+            if ($read_pass_catch_up) {{
+                rewrite ^ {catch_up}$uri last;
+            }}"""
 
 # The requests a pass is checked for and cached: those with `Cloud-CDN-Cookie` that are
 # no stream of events (Cloud CDN's URL map sends the others to a backend without it).
@@ -82,8 +91,18 @@ _SIGNED_HTTP = """
     map $read_pass_verdict $read_pass_refused {{ ok ""; default $read_pass_verdict; }}
     map $http_cookie $read_pass_cookie {{ "~(^|;)\\s*Cloud-CDN-Cookie=" 1; default ""; }}
     map $http_accept $events {{ "~*(event-stream|text/\\*|\\*/\\*.*;|;.*\\*/\\*)" 1; default ""; }}
-    map "$read_pass_cookie:$stream$events" $read_pass_route {{ "1:" pass; default direct; }}
-    map $read_pass_route $read_pass_direct {{ pass ""; default 1; }}"""
+    map "$read_pass_cookie:$stream$events:$request_method" $read_pass_route {{
+        # A HEAD names the tail now: never a kept GET's headers (the service checks its pass).
+        "1::HEAD" direct;
+        "~^1::" pass;
+        default direct;
+    }}
+    map $read_pass_route $read_pass_direct {{ pass ""; default 1; }}
+    # A catch-up read: a GET of the records stream from an offset, neither live nor `now`.
+    map "$read_pass_route:$request_method:$uri:$arg_live:$arg_offset" $read_pass_catch_up {{
+        "~^pass:GET:/v1/streams/records::(?!now$)." 1;
+        default "";
+    }}"""
 
 # A bad pass is refused before anything is looked up or passed on, as at the edge: only a
 # verdict of "ok" passes, so a check that fails (an empty verdict) refuses.
@@ -122,7 +141,7 @@ http {{
         access_log {directory}/access.log status;{pass_server}
         # The streams collapse followers at one offset onto one request; a page that
         # waits (`wait=`) is not kept, so its followers must not queue behind each other.
-{streams}
+{streams}{catch_up}
 {pages}
     }}
 }}
@@ -211,14 +230,22 @@ def configuration(
     lock_seconds = int(wait + LOCK_MARGIN_SECONDS)
     read = lock_seconds + 30
 
-    def location(path: str, lock: str) -> str:
+    def location(path: str, lock: str, seconds: int = 1, internal: bool = False) -> str:
+        signed = ""
+        if passes:
+            signed = _SIGNED_LOCATION.format(seconds=seconds)
+            if path == STREAMS:
+                signed += _TO_CATCH_UP.format(catch_up=_CATCH_UP)
         return _LOCATION.format(
             path=path,
+            # Reached by the rewrite alone, and passed on as it was asked.
+            internal="\n            internal;" if internal else "",
+            uri="$request_uri" if internal else "",
             lock=lock,
             lock_seconds=lock_seconds,
             read=read,
             direct="$read_pass_direct" if passes else "$stream",
-            passes=_SIGNED_LOCATION if passes else "",
+            passes=signed,
         )
 
     # The user directive is only for a master started as root: workers keep its user.
@@ -248,7 +275,10 @@ def configuration(
         directory=directory,
         origin=origin,
         port=port,
-        streams=location("/v1/streams/", "on"),
+        streams=location(STREAMS, "on"),
+        catch_up=location(f"{_CATCH_UP}/", "on", _CATCH_UP_SECONDS, internal=True)
+        if passes
+        else "",
         pages=location("/", "off"),
     )
 

@@ -167,7 +167,8 @@ async def test_a_request_without_a_pass_is_never_answered_from_what_pass_holders
             assert events.status_code == 200
             assert events.headers["x-cache"] == "BYPASS"
         # What a pass holder is given is kept a second, whatever the origin said (`max-age=60`
-        # here); nginx counts in whole seconds, so a second is up to two.
+        # here: no offset, so no catch-up read); nginx counts in whole seconds, so a second
+        # is up to two.
         await asyncio.sleep(2.5)
         assert (await client.get(STREAM, headers=holder)).headers["x-cache"] == "EXPIRED"
 
@@ -258,3 +259,40 @@ async def test_a_follower_with_a_pass_alternating_between_cache_and_origin_gets_
             offset = rest.headers["stream-next-offset"]
         assert seen == [f"m-{n}" for n in range(1, pushed + 1)]
         assert {status for status, *_ in proxy.statuses()} & {"HIT"}
+
+
+async def test_a_catch_up_chunk_is_kept_a_minute_and_a_long_poll_s_answer_a_second(
+    cache: tuple[SharedCache, int], tmp_path: Path, google: FakeGoogle
+) -> None:
+    proxy, port = cache
+    async with guarded(port, tmp_path / "r.duckdb", google) as direct, through(proxy) as client:
+        for n in range(1, 3):
+            await push(direct, n)
+        first, second = [await issued(client, google) for _ in range(2)]
+        chunk = await client.get(STREAM, params={"offset": "-1"}, headers=first)
+        assert chunk.headers["x-cache"] == "MISS"
+        tail = chunk.headers["stream-next-offset"]
+        waited = await client.get(
+            STREAM, params={"offset": tail, "live": "long-poll"}, headers=first
+        )
+        assert (waited.status_code, waited.headers["x-cache"]) == (204, "MISS")
+        # A HEAD names the tail now: passed on, never a kept GET's headers.
+        head = await client.head(STREAM, params={"offset": "-1"}, headers=first)
+        assert head.headers["x-cache"] == "BYPASS"
+        await asyncio.sleep(2.5)
+        # Past the second nginx may keep it: the chunk is another holder's from the
+        # cache, even once a row was written after it; the long-poll's 204 is not.
+        await push(direct, 3)
+        again = await client.get(STREAM, params={"offset": "-1"}, headers=second)
+        assert (again.headers["x-cache"], ids(again)) == ("HIT", ["m-1", "m-2"])
+        waited = await client.get(
+            STREAM, params={"offset": tail, "live": "long-poll"}, headers=second
+        )
+        assert (waited.status_code, waited.headers["x-cache"]) == (200, "EXPIRED")
+        assert ids(waited) == ["m-3"]
+        # A follower reads on from the chunk's next offset: nothing missed.
+        after = await client.get(STREAM, params={"offset": tail}, headers=second)
+        assert (after.headers["x-cache"], ids(after)) == ("MISS", ["m-3"])
+        proxy.settled(7)
+        # The chunk once, and the HEAD.
+        assert proxy.origin_requests(f"{STREAM}?offset=-1") == 2

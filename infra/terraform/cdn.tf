@@ -24,8 +24,11 @@
 # too: the CDN checks it on every request, hit or miss, and the service on a miss. Such a
 # miss reaches Cloud Run with the cookie and no token, so Cloud Run's invoker check is off
 # (cell.tf) and the service verifies every token's signature itself. Reads carrying a pass
-# (and no token) go to the CDN's backend; SSE, the pass's own path and every read without
-# one go to a second backend on the same endpoint group, without the CDN.
+# (and no token) go to one of two CDN backends, which keep an answer to a signed request
+# for a time of their own whatever its Cache-Control (cdn_signed_max_age): a catch-up read
+# of the records stream to one keeping it a minute, a long-poll and every other read to
+# one keeping it a second. SSE, HEAD, the pass's own path and every read without a pass
+# go to a third backend on the same endpoint group, without the CDN.
 
 locals {
   cdn_enabled = var.cdn.enabled
@@ -53,13 +56,38 @@ locals {
   # A request with a token is judged by its token (the service ignores a pass beside it):
   # it goes to the backend without the CDN whatever cookie it carries.
   cdn_token_headers = ["Authorization", "X-Serverless-Authorization"]
+  # A request carrying a pass and no token (a header match inverted: absent), as each rule
+  # to a CDN backend matches it.
+  cdn_pass_headers = concat(
+    [{ header_name = "Cookie", regex_match = local.cdn_pass_cookie, present_match = null, invert_match = null }],
+    [for name in local.cdn_token_headers : { header_name = name, regex_match = null, present_match = true, invert_match = true }],
+  )
+  # A HEAD names the tail now (`no-store`), and a CDN may answer it from a GET of the same
+  # URL kept (a chunk, whose next offset need not be the tail): it goes without the CDN,
+  # where the service checks its pass. One a follower's start, never a follower's loop.
+  cdn_head = { header_name = ":method", exact_match = "HEAD" }
   # Cloud CDN treats every answer to a signed request as `public,
   # max-age=signed_url_cache_max_age_sec`, whatever the service's Cache-Control says
-  # (https://cloud.google.com/cdn/docs/using-signed-cookies): one second, so a long-poll's
-  # 204 ("nothing yet") is kept no longer than the service keeps it for its followers, and
-  # no `no-cache` page at the tail is served past it. Followers asking one URL together
-  # still make one request; a catch-up chunk is not kept past the second.
-  cdn_signed_max_age = 1
+  # (https://cloud.google.com/cdn/docs/using-signed-cookies), so what a read may be kept
+  # picks its backend. `live`: one second, so a long-poll's 204 ("nothing yet") is kept
+  # no longer than the service keeps it for its followers, and no `no-cache` page at the
+  # tail is served past it; followers asking one URL together still make one request.
+  # `catch_up`: a minute, the service's own max-age for a chunk reaching the tail (one
+  # short of it never changes), so readers catching up minutes apart share each chunk.
+  # A reader re-reading the offset it read from sees its own write up to a minute late
+  # this way; a follower, which reads on from the chunk's next offset, misses nothing.
+  # A chunk whose rows the retention deletes within the minute is served to its end.
+  cdn_signed_max_age = { live = 1, catch_up = 60 }
+  # A catch-up read: a GET of the records stream from an offset, neither live (a `live`
+  # parameter, matched first) nor from `now` (where the tail is now: `no-store`, so the
+  # one-second backend, where followers starting together still make one request and a
+  # tail a second old only starts them a second earlier). The rejections stream is not
+  # one: its chunks are revalidated (`no-cache`), a replay marking a rejection `stored`.
+  cdn_catch_up_path  = "/systems/{system=*}/v1/streams/records"
+  cdn_catch_up_query = "offset"
+  cdn_live_query     = "live"
+  cdn_now_query      = { name = "offset", value = "now" }
+  cdn_stream_path    = "/systems/{system=*}/v1/streams/**"
   # The keys a pass may be signed with, by name (the first signs, each verifies: rotation,
   # docs/deploying.md#cloud-cdn-for-followers), and the service's setting of where clients
   # reach the CDN, which each pass's URL prefix starts with.
@@ -67,8 +95,8 @@ locals {
   cdn_pass_env = local.cdn_passes ? {
     RECORDLINE_READ_PASS_URL = "https://${var.cdn.domains[0]}"
   } : {}
-  # The resources of passes (the backend without the CDN, the key's secret), where the cell
-  # has them.
+  # The resources of passes (the catch-up backend, the backend without the CDN, the key's
+  # secret), where the cell has them.
   cdn_pass = local.cdn_passes ? { cdn = var.cdn.domains } : {}
   # Requests carrying either header are never answered from the cache nor stored in it:
   # Cloud Run reads the caller from X-Serverless-Authorization when it is there.
@@ -161,7 +189,7 @@ resource "google_compute_backend_service" "cdn_reads" {
 
     # With read passes: how long an answer to a signed request is kept, whatever its
     # Cache-Control (cdn_signed_max_age says why). Without: never used, left to the API.
-    signed_url_cache_max_age_sec = local.cdn_passes ? local.cdn_signed_max_age : null
+    signed_url_cache_max_age_sec = local.cdn_passes ? local.cdn_signed_max_age.live : null
   }
 
   # What a reader (or curl) sees of the cache: hit, miss, stale, revalidated,
@@ -180,8 +208,54 @@ resource "google_compute_backend_service" "cdn_reads" {
   }
 }
 
-# With read passes, what reaches the service without the CDN: SSE, the pass's own path,
-# and every read with a token or without a pass. The CDN's backend, holding signing keys,
+# With read passes, a catch-up read of the records stream carrying a pass: cdn_reads with
+# an answer to a signed request kept a minute, not a second (cdn_signed_max_age).
+resource "google_compute_backend_service" "cdn_catch_up" {
+  for_each = local.cdn_pass
+
+  project               = var.project_id
+  name                  = "${local.cell}-cdn-catch-up"
+  description           = "A follower's catch-up reads of the cell's records streams with a read pass, through Cloud CDN (cdn.tf)."
+  load_balancing_scheme = "EXTERNAL_MANAGED"
+  protocol              = "HTTPS"
+
+  enable_cdn = true
+  cdn_policy {
+    cache_mode         = local.cdn_cache.cache_mode
+    request_coalescing = local.cdn_cache.request_coalescing
+    serve_while_stale  = local.cdn_cache.serve_while_stale
+    negative_caching   = local.cdn_cache.negative_caching
+
+    cache_key_policy {
+      include_host         = local.cdn_cache.include_host
+      include_protocol     = local.cdn_cache.include_protocol
+      include_query_string = local.cdn_cache.include_query_string
+    }
+
+    dynamic "bypass_cache_on_request_headers" {
+      for_each = local.cdn_bypass_headers
+      content {
+        header_name = bypass_cache_on_request_headers.value
+      }
+    }
+
+    signed_url_cache_max_age_sec = local.cdn_signed_max_age.catch_up
+  }
+
+  custom_response_headers = ["X-Cache-Status: {cdn_cache_status}"]
+
+  log_config {
+    enable      = true
+    sample_rate = 0.01
+  }
+
+  backend {
+    group = google_compute_region_network_endpoint_group.cdn["cdn"].id
+  }
+}
+
+# With read passes, what reaches the service without the CDN: SSE, HEAD, the pass's own
+# path, and every read with a token or without a pass. The CDN's backend, holding signing keys,
 # would answer a request without a valid pass 403 and keep a signed request's answer as
 # public (cdn_signed_max_age).
 resource "google_compute_backend_service" "cdn_direct" {
@@ -189,7 +263,7 @@ resource "google_compute_backend_service" "cdn_direct" {
 
   project               = var.project_id
   name                  = "${local.cell}-cdn-direct"
-  description           = "The cell's reads without a read pass, SSE and read passes themselves, to the service without Cloud CDN (cdn.tf)."
+  description           = "The cell's reads without a read pass, SSE, HEAD and read passes themselves, to the service without Cloud CDN (cdn.tf)."
   load_balancing_scheme = "EXTERNAL_MANAGED"
   protocol              = "HTTPS"
   enable_cdn            = false
@@ -215,7 +289,8 @@ resource "random_bytes" "read_pass" {
   length = 16
 }
 
-# Cloud CDN checks a pass against the key its KeyName names on this backend.
+# Cloud CDN checks a pass against the key its KeyName names on the backend the request
+# went to: each key on both CDN backends (at most three a backend, cdn.read_pass_keys).
 resource "google_compute_backend_service_signed_url_key" "read_pass" {
   for_each = toset(local.cdn_pass_keys)
 
@@ -223,6 +298,15 @@ resource "google_compute_backend_service_signed_url_key" "read_pass" {
   name            = each.key
   key_value       = replace(replace(random_bytes.read_pass[each.key].base64, "+", "-"), "/", "_")
   backend_service = google_compute_backend_service.cdn_reads["cdn"].name
+}
+
+resource "google_compute_backend_service_signed_url_key" "read_pass_catch_up" {
+  for_each = toset(local.cdn_pass_keys)
+
+  project         = var.project_id
+  name            = each.key
+  key_value       = replace(replace(random_bytes.read_pass[each.key].base64, "+", "-"), "/", "_")
+  backend_service = google_compute_backend_service.cdn_catch_up["cdn"].name
 }
 
 resource "google_secret_manager_secret" "read_pass" {
@@ -318,9 +402,11 @@ resource "google_compute_url_map" "cdn" {
       }
     }
 
-    # With read passes, in order: SSE (either way of asking) and the pass's own path to
-    # the backend without the CDN; a read carrying a pass and no token to the CDN; every
-    # other read to the backend without it.
+    # With read passes, in order: SSE (either way of asking), HEAD and the pass's own path
+    # to the backend without the CDN; a stream's read carrying a pass and no token that is
+    # live or from `now` to the CDN keeping it a second; a catch-up read of the records
+    # stream carrying one to the CDN keeping it a minute; every other read carrying one to
+    # the CDN keeping it a second; every other read to the backend without it.
     dynamic "route_rules" {
       for_each = local.cdn_passes ? ["direct"] : []
       content {
@@ -349,6 +435,17 @@ resource "google_compute_url_map" "cdn" {
           }
         }
 
+        dynamic "match_rules" {
+          for_each = local.cdn_read_paths
+          content {
+            path_template_match = match_rules.value
+            header_matches {
+              header_name = local.cdn_head.header_name
+              exact_match = local.cdn_head.exact_match
+            }
+          }
+        }
+
         match_rules {
           path_template_match = local.cdn_pass_path
         }
@@ -356,9 +453,80 @@ resource "google_compute_url_map" "cdn" {
     }
 
     dynamic "route_rules" {
-      for_each = local.cdn_passes ? ["passes"] : []
+      for_each = local.cdn_passes ? ["live"] : []
       content {
         priority = 2
+        service  = google_compute_backend_service.cdn_reads["cdn"].id
+
+        match_rules {
+          path_template_match = local.cdn_stream_path
+          query_parameter_matches {
+            name          = local.cdn_live_query
+            present_match = true
+          }
+          dynamic "header_matches" {
+            for_each = local.cdn_pass_headers
+            content {
+              header_name   = header_matches.value.header_name
+              regex_match   = header_matches.value.regex_match
+              present_match = header_matches.value.present_match
+              invert_match  = header_matches.value.invert_match
+            }
+          }
+        }
+
+        match_rules {
+          path_template_match = local.cdn_stream_path
+          query_parameter_matches {
+            name        = local.cdn_now_query.name
+            exact_match = local.cdn_now_query.value
+          }
+          dynamic "header_matches" {
+            for_each = local.cdn_pass_headers
+            content {
+              header_name   = header_matches.value.header_name
+              regex_match   = header_matches.value.regex_match
+              present_match = header_matches.value.present_match
+              invert_match  = header_matches.value.invert_match
+            }
+          }
+        }
+      }
+    }
+
+    dynamic "route_rules" {
+      for_each = local.cdn_passes ? ["catch-up"] : []
+      content {
+        priority = 3
+        service  = google_compute_backend_service.cdn_catch_up["cdn"].id
+
+        match_rules {
+          path_template_match = local.cdn_catch_up_path
+          query_parameter_matches {
+            name          = local.cdn_catch_up_query
+            present_match = true
+          }
+          header_matches {
+            header_name = ":method"
+            exact_match = "GET"
+          }
+          dynamic "header_matches" {
+            for_each = local.cdn_pass_headers
+            content {
+              header_name   = header_matches.value.header_name
+              regex_match   = header_matches.value.regex_match
+              present_match = header_matches.value.present_match
+              invert_match  = header_matches.value.invert_match
+            }
+          }
+        }
+      }
+    }
+
+    dynamic "route_rules" {
+      for_each = local.cdn_passes ? ["passes"] : []
+      content {
+        priority = 4
         service  = google_compute_backend_service.cdn_reads["cdn"].id
 
         dynamic "match_rules" {
@@ -366,18 +534,13 @@ resource "google_compute_url_map" "cdn" {
           content {
             path_template_match = match_rules.value
 
-            header_matches {
-              header_name = "Cookie"
-              regex_match = local.cdn_pass_cookie
-            }
-
-            # Absent: a header match inverted.
             dynamic "header_matches" {
-              for_each = local.cdn_token_headers
+              for_each = local.cdn_pass_headers
               content {
-                header_name   = header_matches.value
-                present_match = true
-                invert_match  = true
+                header_name   = header_matches.value.header_name
+                regex_match   = header_matches.value.regex_match
+                present_match = header_matches.value.present_match
+                invert_match  = header_matches.value.invert_match
               }
             }
           }
@@ -388,7 +551,7 @@ resource "google_compute_url_map" "cdn" {
     dynamic "route_rules" {
       for_each = local.cdn_passes ? ["without"] : []
       content {
-        priority = 3
+        priority = 5
         service  = google_compute_backend_service.cdn_direct["cdn"].id
 
         dynamic "match_rules" {

@@ -27,6 +27,7 @@ from tests.infra.test_terraform import TERRAFORM, _load
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYING = ROOT / "docs" / "deploying.md"
+STREAMS_ROUTES = ROOT / "app" / "routes" / "streams.py"
 ON = (("cdn", '{ enabled = true, domains = ["records.example.com"] }'),)
 # The CDN as it was before read passes, which a cell may still choose.
 WITHOUT_PASSES = (
@@ -75,7 +76,7 @@ def test_off_by_default_a_cell_has_no_load_balancer() -> None:
     # Every resource of cdn.tf is made once per entry of local.cdn, or of its read passes
     # (a map, or their keys' names), none of which a cell without the CDN has.
     resources = _cdn_resources()
-    assert len(resources) == 14
+    assert len(resources) == 16
     assert {body["for_each"] for body in resources.values()} == {
         "${local.cdn}",
         "${local.cdn_pass}",
@@ -151,7 +152,9 @@ def test_only_reads_of_records_and_streams_reach_the_cdn_and_never_a_push() -> N
     url_map = _cdn_resources()["google_compute_url_map.cdn"]
     (matcher,) = url_map["path_matcher"]
     # Its rules, with read passes or without, match those paths and the pass's own alone.
-    reads_and_pass = [*paths, _root_console("local.cdn_pass_path", "{}", ON)]
+    pass_path, catch_up = _root_console("[local.cdn_pass_path, local.cdn_catch_up_path]", "{}", ON)
+    assert any(_matches(t, catch_up) for t in paths)
+    reads_and_pass = [*paths, pass_path, catch_up]
     for overrides in (ON, WITHOUT_PASSES):
         for rule in _url_map(overrides):
             for match in rule["match_rules"]:
@@ -242,6 +245,9 @@ def _expand(node: Any, values: dict[str, Any], bound: dict[str, Any]) -> Any:
         expression = m.group(1)
         if expression in bound:
             return bound[expression]
+        iterator, _, attribute = expression.rpartition(".")
+        if iterator in bound:
+            return bound[iterator][attribute]
         if service := SERVICE.match(node):
             return service.group(1)
         return values[expression]
@@ -267,24 +273,35 @@ def _header(match: dict[str, Any], headers: dict[str, str]) -> bool:
     value = headers.get(match["header_name"])
     if match.get("present_match"):
         held = value is not None
+    elif match.get("exact_match") is not None:
+        held = value == match["exact_match"]
     else:
         held = value is not None and re.fullmatch(match["regex_match"], value) is not None
-    return held != bool(match.get("invert_match", False))
+    return held != bool(match.get("invert_match"))
+
+
+def _query(match: dict[str, Any], query: dict[str, str]) -> bool:
+    if match.get("present_match"):
+        return match["name"] in query
+    return query.get(match["name"]) == match["exact_match"]
 
 
 def _routed(
-    rules: list[dict[str, Any]], path: str, query: dict[str, str], headers: dict[str, str]
+    rules: list[dict[str, Any]],
+    path: str,
+    query: dict[str, str],
+    headers: dict[str, str],
+    method: str = "GET",
 ) -> str:
     """Where the URL map sends a request: the first route rule by priority with a match
-    rule every condition of which holds, else the redirect to run.app."""
+    rule every condition of which holds, else the redirect to run.app. Its method is the
+    `:method` header a match may name."""
+    headers = headers | {":method": method}
     for rule in rules:
         for match in rule["match_rules"]:
             if not _matches(match["path_template_match"], path):
                 continue
-            if not all(
-                query.get(q["name"]) == q["exact_match"]
-                for q in match.get("query_parameter_matches", [])
-            ):
+            if not all(_query(q, query) for q in match.get("query_parameter_matches", [])):
                 continue
             if all(_header(h, headers) for h in match.get("header_matches", [])):
                 return str(rule["service"])
@@ -294,14 +311,35 @@ def _routed(
 def test_with_passes_only_a_read_carrying_one_and_no_token_reaches_the_cdn() -> None:
     rules = _url_map(ON)
     # Each priority once, as the URL map requires.
-    assert [r["priority"] for r in rules] == [1, 2, 3]
+    assert [r["priority"] for r in rules] == [1, 2, 3, 4, 5]
     records = "/systems/orders/v1/records"
     stream = "/systems/orders/v1/streams/records"
+    rejections = "/systems/orders/v1/streams/rejections"
     cases = [
         # A read with a pass, the pass's cookie first or after another, to the CDN.
         (records, {"limit": "100"}, {"Cookie": PASS}, "cdn_reads"),
         (f"{records}/order-17", {}, {"Cookie": "theme=dark; " + PASS}, "cdn_reads"),
         (stream, {"offset": "-1", "live": "long-poll"}, {"Cookie": PASS}, "cdn_reads"),
+        # A catch-up read of the records stream to the CDN keeping it a minute, the
+        # pass's cookie first or after another.
+        (stream, {"offset": "-1"}, {"Cookie": PASS}, "cdn_catch_up"),
+        (stream, {"offset": "2vNCZ5LvW"}, {"Cookie": "theme=dark; " + PASS}, "cdn_catch_up"),
+        # Live, from `now`, from no offset, or of rejections (revalidated): a second.
+        (stream, {"offset": "2vNCZ5LvW", "live": "long-poll"}, {"Cookie": PASS}, "cdn_reads"),
+        (stream, {"live": "long-poll"}, {"Cookie": PASS}, "cdn_reads"),
+        (stream, {"offset": "now"}, {"Cookie": PASS}, "cdn_reads"),
+        (stream, {}, {"Cookie": PASS}, "cdn_reads"),
+        (rejections, {"offset": "-1"}, {"Cookie": PASS}, "cdn_reads"),
+        # A catch-up read with a token or without a pass: around the CDN, as any read.
+        (stream, {"offset": "-1"}, {"Cookie": PASS, "Authorization": TOKEN}, "cdn_direct"),
+        (
+            stream,
+            {"offset": "-1"},
+            {"Cookie": PASS, "X-Serverless-Authorization": TOKEN},
+            "cdn_direct",
+        ),
+        (stream, {"offset": "-1"}, {}, "cdn_direct"),
+        (stream, {"offset": "now", "live": "long-poll"}, {"Authorization": TOKEN}, "cdn_direct"),
         # With a token (judged by it), without a pass, or a cookie only like one: around it.
         (records, {}, {"Cookie": PASS, "Authorization": TOKEN}, "cdn_direct"),
         (records, {}, {"Cookie": PASS, "X-Serverless-Authorization": TOKEN}, "cdn_direct"),
@@ -312,6 +350,7 @@ def test_with_passes_only_a_read_carrying_one_and_no_token_reaches_the_cdn() -> 
         (stream, {"offset": "-1", "live": "sse"}, {"Cookie": PASS}, "cdn_direct"),
         (records, {}, {"Cookie": PASS, "Accept": "text/event-stream"}, "cdn_direct"),
         (stream, {}, {"Cookie": PASS, "Accept": "text/event-stream; q=1"}, "cdn_direct"),
+        (stream, {"offset": "-1", "live": "sse"}, {"Cookie": "a=b; " + PASS}, "cdn_direct"),
         ("/systems/orders/v1/read-pass", {}, {"Authorization": TOKEN}, "cdn_direct"),
         # Every other path: where it always was.
         ("/systems/orders/pubsub/push", {}, {"Authorization": TOKEN}, "redirect"),
@@ -320,6 +359,12 @@ def test_with_passes_only_a_read_carrying_one_and_no_token_reaches_the_cdn() -> 
     ]
     for path, query, headers, where in cases:
         assert _routed(rules, path, query, headers) == where, (path, query, headers)
+    # A HEAD names the tail now: never a kept GET's headers, so never through the CDN,
+    # with whatever parameters; a GET of the same URL is.
+    for query in ({}, {"offset": "-1"}, {"offset": "now"}):
+        assert _routed(rules, stream, query, {"Cookie": PASS}, "HEAD") == "cdn_direct"
+        assert _routed(rules, stream, query, {"Cookie": PASS}) != "cdn_direct"
+    assert _routed(rules, records, {}, {"Cookie": PASS}, "HEAD") == "cdn_direct"
 
 
 # Media ranges and qualities a follower's Accept may carry, spelled in any case.
@@ -414,13 +459,30 @@ def test_with_passes_the_service_verifies_every_token_and_knows_the_cdn_s_origin
     assert ref["secret"] == "${google_secret_manager_secret.read_pass[env.key].secret_id}"
 
 
-def test_a_signed_answer_is_kept_a_second_and_the_plain_backend_has_no_cdn() -> None:
-    assert _root_console("local.cdn_signed_max_age", "{}", ON) == 1
+def test_a_signed_answer_is_kept_a_second_or_a_catch_up_chunk_a_minute() -> None:
+    # A minute: what the service's Cache-Control keeps a chunk reaching the tail.
+    chunk = re.search(r"^CHUNK_MAX_AGE: Final = (\d+)$", STREAMS_ROUTES.read_text(), re.M)
+    assert chunk is not None
+    assert _root_console("local.cdn_signed_max_age", "{}", ON) == {
+        "live": 1,
+        "catch_up": int(chunk[1]),
+    }
     reads = _cdn_resources()["google_compute_backend_service.cdn_reads"]
     (policy,) = reads["cdn_policy"]
     assert policy["signed_url_cache_max_age_sec"] == (
-        "${local.cdn_passes ? local.cdn_signed_max_age : null}"
+        "${local.cdn_passes ? local.cdn_signed_max_age.live : null}"
     )
+    catch_up = _cdn_resources()["google_compute_backend_service.cdn_catch_up"]
+    assert catch_up["for_each"] == "${local.cdn_pass}"
+    (caught,) = catch_up["cdn_policy"]
+    assert caught["signed_url_cache_max_age_sec"] == "${local.cdn_signed_max_age.catch_up}"
+    # Otherwise the CDN's backend as it is: what the service marks cacheable, no
+    # credentials, the whole URL the key, its cache status shown.
+    assert {k: v for k, v in caught.items() if k != "signed_url_cache_max_age_sec"} == {
+        k: v for k, v in policy.items() if k != "signed_url_cache_max_age_sec"
+    }
+    for setting in ("enable_cdn", "custom_response_headers", "backend", "log_config"):
+        assert catch_up[setting] == reads[setting], setting
     direct = _cdn_resources()["google_compute_backend_service.cdn_direct"]
     assert direct["enable_cdn"] is False
     assert "cdn_policy" not in direct
@@ -435,6 +497,14 @@ def test_a_key_is_the_same_on_the_backend_and_in_the_service_s_setting() -> None
     key = resources["google_compute_backend_service_signed_url_key.read_pass"]
     assert key["name"] == "${each.key}"
     assert key["backend_service"] == '${google_compute_backend_service.cdn_reads["cdn"].name}'
+    # Each key on the catch-up backend too: a pass is checked on the backend it reaches.
+    other = resources["google_compute_backend_service_signed_url_key.read_pass_catch_up"]
+    assert other["backend_service"] == (
+        '${google_compute_backend_service.cdn_catch_up["cdn"].name}'
+    )
+    assert {k: v for k, v in other.items() if k != "backend_service"} == {
+        k: v for k, v in key.items() if k != "backend_service"
+    }
     # Two keys, the newer first and so signing (a rotation's second apply), one of bytes
     # whose base64 has both characters base64url replaces.
     raw = {"pass-1": bytes([0xFB, 0xEF, 0xFF] * 5 + [0x3F]), "pass-2": bytes(range(16))}
