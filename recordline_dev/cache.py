@@ -18,15 +18,13 @@ import pwd
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from recordline_dev.processes import free_port
+from recordline_dev.processes import free_port, terminate, until_listening
 
 # Where Debian puts it; NGINX_PATH names another.
 NGINX = "/usr/sbin/nginx"
@@ -319,33 +317,11 @@ def shared_cache(
         stderr=subprocess.DEVNULL,
     )
     try:
-        _ready(port, process, error_log)
+        until_listening(port, process, error_log, "nginx", 10)
         yield SharedCache(f"http://127.0.0.1:{port}", port, process, directory)
     finally:
-        _stop(process)
-
-
-def _ready(port: int, process: subprocess.Popen[bytes], error_log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = error_log.read_text() if error_log.exists() else ""
-            raise RuntimeError(f"nginx exited {process.returncode}: {log[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"nginx did not listen on {port} within 10 s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    # SIGTERM is nginx's fast stop: held requests are cut, as a restart cuts them.
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+        # SIGTERM is nginx's fast stop: held requests are cut, as a restart cuts them.
+        terminate(process)
 
 
 def available() -> bool:

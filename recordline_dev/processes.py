@@ -419,3 +419,30 @@ def stop_group(process: subprocess.Popen[bytes], *, timeout: float) -> None:
         # Bounded even now: a process stuck in the kernel is left, not waited on forever.
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=KILL_SECONDS)
+
+
+def until_listening(
+    port: int, process: subprocess.Popen[bytes], log: Path, what: str, seconds: float
+) -> None:
+    """Return once `process` (`what`) listens on loopback `port`; RuntimeError, with the
+    end of its `log`, if it exits first or does not listen within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            text = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"{what} exited {process.returncode}: {text[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on {port} within {seconds:g} s")
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM `process`, then SIGKILL it if it lingers past `timeout`."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)

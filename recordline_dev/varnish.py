@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recordline_dev.cache import LOCK_MARGIN_SECONDS
-from recordline_dev.processes import free_port
+from recordline_dev.processes import free_port, terminate, until_listening
 
 # Where Debian puts them; VARNISHD_PATH names another varnishd (varnishncsa beside it).
 VARNISHD = "/usr/sbin/varnishd"
@@ -239,7 +238,8 @@ def varnish_cache(
         )
     logger: subprocess.Popen[bytes] | None = None
     try:
-        _ready(port, process, error_log)
+        # varnishd compiles the VCL with cc before it listens: a few seconds.
+        until_listening(port, process, error_log, "varnishd", 60)
         logger = subprocess.Popen(  # noqa: S603 - our own argv, no shell
             [
                 str(ncsa),
@@ -257,21 +257,8 @@ def varnish_cache(
         yield VarnishCache(f"http://127.0.0.1:{port}", port, process, directory)
     finally:
         if logger is not None:
-            _stop(logger)
-        _stop(process)
-
-
-def _ready(port: int, process: subprocess.Popen[bytes], error_log: Path) -> None:
-    # varnishd compiles the VCL with cc before it listens: a few seconds.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = error_log.read_text() if error_log.exists() else ""
-            raise RuntimeError(f"varnishd exited {process.returncode}: {log[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"varnishd did not listen on {port} within 60 s")
+            terminate(logger)
+        terminate(process)
 
 
 def _logging(port: int, log: Path, logger: subprocess.Popen[bytes]) -> None:
@@ -287,16 +274,6 @@ def _logging(port: int, log: Path, logger: subprocess.Popen[bytes]) -> None:
         if log.exists() and "/varnish-ready" in log.read_text():
             return
     raise RuntimeError("varnishncsa logged nothing within 30 s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 def available() -> bool:
