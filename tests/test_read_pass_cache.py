@@ -21,7 +21,14 @@ from app.auth.passes import ReadPasses, parse_keys
 from recordline_dev.cache import NginxMissing, SharedCache, find_nginx, find_njs, shared_cache
 from recordline_dev.processes import free_port
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
-from tests.test_shared_cache import STREAM, WAIT_SECONDS, ids, long_poll, origin, through
+from tests.test_shared_cache import (
+    STREAM,
+    WAIT_SECONDS,
+    alternating,
+    ids,
+    origin,
+    through,
+)
 from tests.test_streams import push_body
 
 pytestmark = pytest.mark.nginx
@@ -237,26 +244,9 @@ async def test_a_follower_with_a_pass_alternating_between_cache_and_origin_gets_
         # Another follower ahead of this one fills the cache with what it will ask for.
         ahead = await client.get(STREAM, params={"offset": "-1"}, headers=holder)
         assert ahead.headers["x-cache"] == "MISS"
-        seen: list[str] = []
-        offset, cursor = "-1", None
-        for step in range(8):
-            via = client if step % 2 == 0 else direct
+        for via in (client, direct):
             via.headers["cookie"] = holder["cookie"]
-            if step == 0:
-                answer = await via.get(STREAM, params={"offset": offset})
-                assert answer.headers["x-cache"] == "HIT"
-            else:
-                writing = asyncio.create_task(write(2 if step % 3 else 0))
-                answer = await long_poll(via, offset, cursor)
-                await writing
-                cursor = answer.headers["stream-cursor"]
-            assert answer.status_code in (200, 204), answer.text
-            if answer.status_code == 200:
-                seen += ids(answer)
-            offset = answer.headers["stream-next-offset"]
-        while (rest := await client.get(STREAM, params={"offset": offset})).json():
-            seen += ids(rest)
-            offset = rest.headers["stream-next-offset"]
+        seen = await alternating(client, direct, write)
         assert seen == [f"m-{n}" for n in range(1, pushed + 1)]
         assert {status for status, *_ in proxy.statuses()} & {"HIT"}
 
