@@ -51,7 +51,7 @@ from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_ROUTES
-from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
+from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.read_pass import read_pass_routes
@@ -240,6 +240,7 @@ def create_app(
     app.stopping = lifespan.stopping
     app.readiness = readiness
     app.budget = budget
+    app.unsliced = PUSH_PATH
     return app
 
 
@@ -328,7 +329,13 @@ class PushSide:
             id_field=settings.payload.id_field, time_field=settings.payload.time_field
         )
         keys = producer_keys(settings)
-        ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes, keys=keys)
+        ingest = Ingest(
+            batcher,
+            Payloads(paths, schemas),
+            observer=outcomes,
+            keys=keys,
+            max_body=settings.server.max_body_bytes,
+        )
         return cls(ingest, outcomes)
 
 
@@ -467,10 +474,11 @@ def routers(
     compressed = [compression()]
     return [
         # Called by the push subscription.
+        # The push checks the browsers' word itself (`push_routes`).
         Router(
             "/",
             route_handlers=push_routes(ingest, telemetry.push_traces),
-            guards=[*auth.push_guards, same_origin],
+            guards=auth.push_guards,
             middleware=traced,
         ),
         # A read pass, where configured, opens these as a token does.

@@ -99,6 +99,15 @@ class UpgradeNotServed(BadRequest):
     problem = "upgrade-not-served"
 
 
+class BodyNotAllowed(BadRequest):
+    """A GET or HEAD request carries a body (`Content-Length` above 0, or
+    `Transfer-Encoding`): a read takes none, so the request is not read further and
+    the connection is closed."""
+
+    title = "Body not allowed"
+    problem = "body-not-allowed"
+
+
 class BadParameter(BadRequest):
     """A query parameter cannot be used; `parameter` names it."""
 
@@ -363,6 +372,16 @@ class TooManyReads(RetryLater):
     title = "Too many reads"
     problem = "too-many-reads"
     cause = "reads"
+
+
+class TooManyExports(RetryLater):
+    """This system already sends as many exports at once as it may (one for each 16 MiB
+    of RECORDLINE_MEMORY_BUDGET_BYTES, shared among a cell's systems), each holding a
+    chunk until its client takes it. Retry after `Retry-After`."""
+
+    title = "Too many exports"
+    problem = "too-many-exports"
+    cause = "exports"
 
 
 class TooMuchInFlight(RetryLater):

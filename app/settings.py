@@ -909,10 +909,20 @@ class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
 
 # Of a cell's bounds, the least any system is given: one push of the largest body
-# (RECORDLINE_MAX_BODY_BYTES) always fits in a system's queue, and every system may
-# hold a follower and a read.
+# (RECORDLINE_MAX_BODY_BYTES) always fits in a system's queue (`queued_bytes`), and
+# every system may hold a follower and a read.
 MIN_SYSTEM_QUEUE_ROWS: Final = 100
 MIN_SYSTEM_FOLLOWERS: Final = 1
+# What a row counts in the queue besides its text and the message data it came from.
+QUEUED_ROW_BYTES: Final = 256
+
+
+def queued_bytes(data: int) -> int:
+    """What the row of a message of `data` bytes counts in the queue while it waits to be
+    stored (RECORDLINE_QUEUE_MAX_BYTES): the record's text and the message data it came
+    from, each at most the data's length. A push's body holds its data at most (all of
+    it unwrapped, three quarters of it as base 64), so `queued_bytes(body)` bounds it."""
+    return 2 * data + QUEUED_ROW_BYTES
 
 
 class SystemShare(NamedTuple):
@@ -1108,7 +1118,10 @@ def system_shares(settings: Settings, entries: Mapping[str, SystemEntry]) -> dic
         shares[name] = SystemShare(
             queue_rows=max(MIN_SYSTEM_QUEUE_ROWS, math.ceil(batch.queue_rows * weight)),
             queue_bytes=entry.queue_bytes
-            or max(settings.server.max_body_bytes, math.ceil(batch.queue_bytes * weight)),
+            or max(
+                queued_bytes(settings.server.max_body_bytes),
+                math.ceil(batch.queue_bytes * weight),
+            ),
             max_followers=entry.max_followers
             or max(MIN_SYSTEM_FOLLOWERS, query.max_followers // count),
             max_reads=entry.max_reads or max(1, reads // count),

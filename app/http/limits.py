@@ -3,8 +3,10 @@
 Every connection is served by `BoundedHttpTools`, uvicorn's httptools protocol
 following each request through the callbacks of the parser uvicorn itself feeds: a
 head's size and time, a body's time, trailers dropped, upgrades and `CONNECT` refused,
-`Host` checked, requests pipelined ahead of their answers bounded, an answer its
-client does not take cut off, and at most `max_connections` a process (`Connections`).
+`Host` checked, a GET or HEAD with a body refused, requests pipelined ahead of their
+answers bounded, each request's head and body charged to the process's budget as they
+are read, an answer its client does not take cut off, and at most `max_connections` a
+process (`Connections`).
 
 Design, and why a layer over httptools rather than another server:
 docs/security.md#request-bounds
@@ -22,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from app.budget import Budget, Charge
 from app.errors import (
     AmbiguousRequest,
+    BodyNotAllowed,
     HeadersTooLarge,
     MisdirectedRequest,
     RecordlineError,
@@ -61,13 +64,16 @@ CONNECTION: Final = "recordline.connection"
 # Where a request finds its charge of the process's budget (`app.budget.Charge`): its head
 # and body, charged here as they are read; the app releases it once it has answered.
 CHARGE: Final = "recordline.charge"
-# What a request's body is charged, in copies of its length (Content-Length, or
-# RECORDLINE_MAX_BODY_BYTES when it has none), from its head until it is answered: a
-# push holds its body, the message data it decodes to and the record's text, and for a
-# moment what the checks of that text copy (measured with tracemalloc, Pub/Sub's
-# largest message: 2.75 times a wrapped body, 3 when its payload is all brackets; 4
-# times an unwrapped one all brackets; 1.5 to 2 times once decoded, while it is stored).
+# What a request's body is charged, in copies of each byte as it is read (never for what
+# its Content-Length declares), until it is answered: a push holds its body, the message
+# data it decodes to and the record's text, and for a moment what the checks of that
+# text copy (measured with tracemalloc, Pub/Sub's largest message: 2.75 times a wrapped
+# body, 3 when its payload is all brackets; 4 times an unwrapped one all brackets; 1.5
+# to 2 times once decoded, while it is stored).
 BODY_COPIES: Final = 4
+# The methods whose requests carry no body here: a read. One that declares a body is
+# refused on its head (400 body-not-allowed), so that no reader holds what it declares.
+BODILESS: Final = frozenset({b"GET", b"HEAD"})
 # What a connection's transport may hold of an answer before it stops taking more
 # (writing paused until its client takes some): asyncio's default is 64 KiB. An answer
 # is sent in slices (`app.query.events.SLICE_BYTES`), so a connection holds at most this and
@@ -175,6 +181,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     # In slots, beside the instance dict uvicorn's protocol keeps: in that dict they
     # took it past the keys instances share, to a dict of its own (1.6 KiB a connection).
     __slots__ = (
+        "_body_charge",
         "_body_read",
         "_charge",
         "_chunks",
@@ -225,9 +232,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._unsent = 0
         # Cut off for taking nothing (`cut`): counted once.
         self._cut = False
-        # What the request being read holds of the budget: its head as it arrives, then
-        # its body; the app's once the head is whole (in its scope, CHARGE).
+        # What the request being read holds of the budget: its head as it arrives; the
+        # app's once the head is whole (in its scope, CHARGE), and its body's as it is
+        # read (`_body_charge`, until the body is whole).
         self._charge: Charge | None = None
+        self._body_charge: Charge | None = None
 
     # The connection.
 
@@ -422,7 +431,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_flight += 1
         self.scope[CONNECTION] = self  # type: ignore[typeddict-unknown-key]
         # The request's charge is the app's to release once it has answered.
-        self.scope[CHARGE] = self._charge  # type: ignore[typeddict-unknown-key]
+        self.scope[CHARGE] = self._body_charge = self._charge  # type: ignore[typeddict-unknown-key]
         self._charge = None
         _uvicorn.on_headers_complete(self)
         self._reading = self.cycle
@@ -433,7 +442,18 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         if self._refusal is not None:
             return
-        self._body_read += len(body)
+        size = len(body)
+        self._body_read += size
+        charge = self._body_charge
+        # Charged as it is read, BODY_COPIES over (what the app makes of it), while the
+        # app has not answered: past its answer, uvicorn drops what comes.
+        if (
+            charge is not None
+            and not self.cycle.response_complete
+            and not charge.take_request(charge.size + BODY_COPIES * size)
+        ):
+            self._refuse_in_body(self.budget.refusal())
+            return
         _uvicorn.on_body(self, body)
 
     def on_message_complete(self) -> None:
@@ -441,6 +461,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         self._phase = WAITING
         self._reading = None
+        self._body_charge = None
         self._disarm()
         _uvicorn.on_message_complete(self)
 
@@ -465,16 +486,15 @@ class BoundedHttpTools(HttpToolsProtocol):
             )
         hosts = 0
         host = b""
-        length = b""
-        chunked = False
+        body = False
         for name, value in headers:  # lower-cased by uvicorn
             if name == b"host":
                 hosts += 1
                 host = value
             elif name == b"content-length":
-                length = value
+                body = body or value.strip(b" \t0") != b""
             elif name == b"transfer-encoding":
-                chunked = True
+                body = True
         if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
             said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
             return self._answer(
@@ -502,15 +522,16 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "being answered; send the rest again on a new connection"
                 )
             )
-        # The head (at most the reads it came in), and the body by its length, before a
-        # byte of the body is kept: one larger than the service takes is refused by the
-        # app (413) without being read, so it is charged as the largest taken.
-        body = self.limits.max_body_bytes
-        if length:
-            body = min(int(length), body)
-        elif not chunked:
-            body = 0
-        if not self._head_charged(min(self._taken + self._read, limit) + BODY_COPIES * body):
+        if body and (method := self.parser.get_method()) in BODILESS:
+            return self._answer(
+                BodyNotAllowed(
+                    f"a {method.decode()} request carries no body here "
+                    "(Content-Length above 0, or Transfer-Encoding)"
+                )
+            )
+        # The head (at most the reads it came in); its body as it is read (`on_body`),
+        # never by what it declares.
+        if not self._head_charged(min(self._taken + self._read, limit)):
             return self._answer(self.budget.refusal())
         return None
 

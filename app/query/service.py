@@ -126,23 +126,32 @@ _micros = timedelta
 
 
 def record_view(r: Record) -> RecordView:
-    """What `view(RecordView, r)` makes, written out: half the time of the general way,
-    and a reader far behind makes one per record (a test checks both agree)."""
-    t = r.timestamp
+    """What `view(RecordView, r)` makes (`record_views`, for one record)."""
+    return record_views([r])[0]
+
+
+def record_views(rows: list[Record]) -> list[RecordView]:
+    """What `view(RecordView, r)` makes of each, written out: half the time of the
+    general way, and in one comprehension rather than a call a record (a page of 100
+    is a ninth fewer calls). A reader far behind makes one per record (a test checks
+    both agree)."""
     # timedelta(0, 0, t) is t microseconds, made a third faster than by keyword.
-    return RecordView(
-        message_id=r.message_id,
-        id=r.id,
-        timestamp=None if t is None else _EPOCH + _micros(0, 0, t),
-        data=_Raw(r.data),
-        attributes=_Raw(r.attributes),
-        publish_time=_EPOCH + _micros(0, 0, r.publish_time),
-        ingest_time=_EPOCH + _micros(0, 0, r.ingest_time),
-        subscription=r.subscription,
-        delivery_attempt=r.delivery_attempt,
-        trace_id=r.trace_id,
-        schema=r.schema,
-    )
+    return [
+        RecordView(
+            message_id=r.message_id,
+            id=r.id,
+            timestamp=None if r.timestamp is None else _EPOCH + _micros(0, 0, r.timestamp),
+            data=_Raw(r.data),
+            attributes=_Raw(r.attributes),
+            publish_time=_EPOCH + _micros(0, 0, r.publish_time),
+            ingest_time=_EPOCH + _micros(0, 0, r.ingest_time),
+            subscription=r.subscription,
+            delivery_attempt=r.delivery_attempt,
+            trace_id=r.trace_id,
+            schema=r.schema,
+        )
+        for r in rows
+    ]
 
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
@@ -479,7 +488,7 @@ class Reader:
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
         if listing.view is RecordView:
-            views: list[Any] = [record_view(row) for row in rows]
+            views: list[Any] = record_views(rows)
         else:
             views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
