@@ -265,9 +265,17 @@ class Charge:
         return True
 
     def take_request(self, size: int) -> bool:
-        """Grow to `size` bytes for a request (not a read), now or never."""
+        """Grow to `size` bytes for a request (not a read), now or never: for each read of
+        a request's head or body, so `Budget.ceiling` is written out here."""
         more = size - self.size
-        return self.take(more, self.budget.ceiling(size))
+        if more <= 0:
+            return True
+        budget = self.budget
+        ceiling = budget.most if size <= SMALL_BYTES else budget.large_ceiling
+        if not budget.take(more, ceiling, self.share):
+            return False
+        self.size = size
+        return True
 
     async def read(self, size: int) -> None:
         """Grow to `size` bytes for a read, waiting a moment for room (the budget's
