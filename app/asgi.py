@@ -23,7 +23,7 @@ from litestar.types import AfterExceptionHookHandler
 from app.auth.browsers import json_only, same_origin
 from app.auth.guards import Auth
 from app.auth.oidc import GoogleCerts
-from app.budget import LARGE_ROOM, Budget
+from app.budget import LARGE_ROOM, Budget, Places, Share
 from app.docs import docs_assets, openapi_config
 from app.errors import SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
@@ -55,7 +55,7 @@ from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, push_refusals, push_rout
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.read_pass import read_pass_routes
-from app.routes.reads import Reads
+from app.routes.reads import export_places, exports_middleware, reads_middleware
 from app.routes.streams import STREAM_ROUTES
 from app.settings import QuerySettings, ServerSettings, Settings, SettingsError, names
 from app.store import Store
@@ -125,8 +125,15 @@ class Shared:
     certs: GoogleCerts | None
     spanner: SpannerClients | None
     budget: StopBudget
-    # What requests and answers in flight are charged to: the process's one (app.budget).
+    # What requests and answers in flight are charged to: the process's one (app.budget),
+    # and the system's share of it.
     in_flight: Budget | None = None
+    share: Share | None = None
+    # The reads, followers and exports the system may hold at once: its shares of the
+    # process's (`app.budget.Places`).
+    reads: Places | None = None
+    followers: Places | None = None
+    exports: Places | None = None
     probe_canary: bool = True
     # What signs the system's page tokens and stream offsets, where not
     # RECORDLINE_PAGE_TOKEN_SECRET itself: a cell gives each system a key of its own
@@ -188,6 +195,8 @@ def create_app(
         pending_horizon=batcher.horizon,
         later_copies=later_copies,
         budget=budget,
+        share=None if shared is None else shared.share,
+        followed=None if shared is None else shared.followers,
         page_token_secret=None if shared is None else shared.page_token_secret,
     )
     if reads.masked is not None and auth.everyone_operates:
@@ -223,7 +232,19 @@ def create_app(
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     app = http_app(
         routers(
-            auth, telemetry, pushes.ingest, reads=Reads(settings.server.max_reads).middleware()
+            auth,
+            telemetry,
+            pushes.ingest,
+            reads=reads_middleware(
+                shared.reads
+                if shared is not None and shared.reads is not None
+                else Places(settings.server.max_reads)
+            ),
+            exports=exports_middleware(
+                shared.exports
+                if shared is not None and shared.exports is not None
+                else export_places(settings.server.memory_budget_bytes)
+            ),
         ),
         constants(
             readiness=readiness,
@@ -240,6 +261,7 @@ def create_app(
     app.stopping = lifespan.stopping
     app.readiness = readiness
     app.budget = budget
+    app.share = None if shared is None else shared.share
     app.unsliced = PUSH_PATH
     return app
 
@@ -387,6 +409,8 @@ class ReadSide:
         pending_horizon: Callable[[], int],
         later_copies: LaterCopies | None = None,
         budget: Budget | None = None,
+        share: Share | None = None,
+        followed: Places | None = None,
         page_token_secret: str | None = None,
     ) -> ReadSide:
         query = settings.query
@@ -402,11 +426,12 @@ class ReadSide:
                 later_copies=later_copies,
                 mask=mask,
                 budget=budget,
+                share=share,
             )
 
         reader = made()
         followers = parked_followers(
-            reader, query, slow_seconds=settings.server.send_timeout_seconds
+            reader, query, slow_seconds=settings.server.send_timeout_seconds, places=followed
         )
         offsets = Offsets(secret)
         streams = Streams(reader, offsets, encodings=followers.encodings)
@@ -442,11 +467,15 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     return loops
 
 
-def parked_followers(reader: Reader, query: QuerySettings, *, slow_seconds: float) -> Followers:
-    """Long-polls and streams of `reader`'s lists, as many and as long as `query` allows;
-    a stream whose client takes no event for `slow_seconds` is cut off."""
+def parked_followers(
+    reader: Reader, query: QuerySettings, *, slow_seconds: float, places: Places | None = None
+) -> Followers:
+    """Long-polls and streams of `reader`'s lists, as many and as long as `query` allows
+    (or `places`, a system's share of a cell's); a stream whose client takes no event for
+    `slow_seconds` is cut off."""
     return Followers(
         reader,
+        places=places,
         stream_seconds=query.stream_seconds,
         heartbeat_seconds=query.heartbeat_seconds,
         max_open=query.max_followers,
@@ -459,7 +488,12 @@ def parked_followers(reader: Reader, query: QuerySettings, *, slow_seconds: floa
 
 
 def routers(
-    auth: Auth, telemetry: Telemetry, ingest: Ingest, *, reads: DefineMiddleware
+    auth: Auth,
+    telemetry: Telemetry,
+    ingest: Ingest,
+    *,
+    reads: DefineMiddleware,
+    exports: DefineMiddleware,
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
 
@@ -484,9 +518,16 @@ def routers(
         # A read pass, where configured, opens these as a token does.
         Router(
             "/",
-            route_handlers=[*READ_ROUTES, *STREAM_ROUTES, *EXPORT_ROUTES],
+            route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
             guards=auth.pass_read_guards,
             middleware=[reads, *traced, *telemetry.read_timing(), *compressed],
+        ),
+        # Exports are reads too, and at most so many at once (`exports_middleware`).
+        Router(
+            "/",
+            route_handlers=EXPORT_ROUTES,
+            guards=auth.pass_read_guards,
+            middleware=[reads, exports, *traced, *telemetry.read_timing(), *compressed],
         ),
         # Only a token gets a pass.
         Router(

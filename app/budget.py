@@ -357,3 +357,43 @@ class Charge:
         self._holders += 1
         ref = weakref.ref(holder, _gone)
         _holding[id(ref)] = (ref, self)
+
+
+class Places:
+    """Places held at once (reads, followers or exports in flight): `most` of them, or, as
+    a system's share of a cell's `pool`, `most` its own and beyond them what quiet
+    systems leave, while half the pool's places are free (LENT_ROOM). A place borrowed
+    comes back as its holder leaves; borrowing stops once the pool is half full, so the
+    systems whose shares were lent find theirs when they come back."""
+
+    __slots__ = ("most", "open", "pool")
+
+    def __init__(self, most: int, pool: Places | None = None) -> None:
+        self.most = most
+        self.open = 0
+        self.pool = pool
+
+    def share(self, most: int) -> Places:
+        """A system's share of these places: `most` its own (one at least)."""
+        return Places(max(1, most), self)
+
+    def full(self) -> bool:
+        """Whether one more place would be more than may be held now."""
+        pool = self.pool
+        if pool is None:
+            return self.open >= self.most
+        if pool.open >= pool.most:
+            return True
+        return self.open >= self.most and pool.open >= pool.most - int(pool.most * LENT_ROOM)
+
+    def take(self) -> None:
+        """Hold one more place (`full` said there is room)."""
+        self.open += 1
+        if self.pool is not None:
+            self.pool.open += 1
+
+    def give(self) -> None:
+        """Give back a place taken before."""
+        self.open -= 1
+        if self.pool is not None:
+            self.pool.open -= 1

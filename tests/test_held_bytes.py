@@ -10,12 +10,14 @@ refused on its head, and a body is charged as it is read.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.test_memory_bounds import envelope
 from tests.test_server_limits import TOKEN, Served, everything, push, serve
 from tests.waiting import until_blocking
 
@@ -105,4 +107,63 @@ def test_a_push_declaring_a_body_it_does_not_send_holds_only_what_came(served: S
     waiting.close()
     until_blocking(
         lambda: held(served) == alone, timeout=10, what="the budget to hold the scrape alone"
+    )
+
+
+# A service whose budget sends eight exports at once (one for each 16 MiB), and rows
+# enough for an export's chunk of a page's 4 MiB.
+EXPORT_BUDGET = 128 * 1024 * 1024
+RECORD_BYTES = 400_000
+
+
+@pytest.fixture(scope="module")
+def exporting() -> Iterator[Served]:
+    with (
+        serve(
+            RECORDLINE_PUSH_TOKEN=TOKEN,
+            RECORDLINE_MEMORY_BUDGET_BYTES=str(EXPORT_BUDGET),
+            RECORDLINE_SEND_TIMEOUT_SECONDS="60",
+        ) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        for n in range(12):
+            record = json.dumps({"id": f"big-{n}", "data": "x" * RECORD_BYTES}).encode()
+            body = envelope(f"big-{n}", record)
+            answer = client.post(f"/pubsub/push?token={TOKEN}", json=body)
+            assert answer.status_code == 204, answer.text
+        yield served
+
+
+def test_exports_waiting_on_their_clients_are_charged_and_capped(exporting: Served) -> None:
+    # Once, an export gave back its page's charge before its chunk was taken: 200 slow
+    # exports held 329-483 MB with the budget reading 0, and a push took 89.6 s.
+    alone = held(exporting)
+    stalled = []
+    for _ in range(10):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", exporting.port))
+        sock.sendall(b"GET /v1/export/records?format=jsonl HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        stalled.append(sock)
+    heads = [sock.recv(1024) for sock in stalled]
+    statuses = sorted(int(head.split(b" ", 2)[1]) for head in heads)
+    assert statuses == [200] * 8 + [503] * 2, statuses
+    refused = next(head.lower() for head in heads if head.startswith(b"HTTP/1.1 503"))
+    assert b"retry-after: 5" in refused
+    assert b"too-many-exports" in refused or b"application/problem+json" in refused
+    # Each chunk its client has not taken is charged until it is.
+    until_blocking(
+        lambda: held(exporting) - alone > 8 * 1024 * 1024,
+        timeout=10,
+        what=lambda: f"the exports' chunks to be charged (the budget holds {held(exporting)})",
+    )
+    # A push is answered meanwhile.
+    with exporting.connect() as other:
+        other.sendall(push("held-bytes-export", "Connection: close"))
+        assert everything(other).startswith(b"HTTP/1.1 204 ")
+    for sock in stalled:
+        sock.close()
+    until_blocking(
+        lambda: held(exporting) == alone, timeout=15, what="the exports to give back their chunks"
     )

@@ -28,12 +28,15 @@ from litestar.types import Receive, Scope, Send
 
 from app.asgi import Shared, constants, create_app, http_app, in_flight
 from app.auth.oidc import GoogleCerts
+from app.budget import Budget, Places, Share
 from app.cell.root import CellReadiness, Refusal, root_routes
 from app.cell.systems import START_RETRY_MAX_SECONDS, START_RETRY_SECONDS, CellSystem
 from app.http.head import Recordline
+from app.http.limits import BODY_COPIES
 from app.problems import Problems
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
-from app.settings import Settings, SettingsError, system_settings, system_shares
+from app.routes.reads import export_places
+from app.settings import ServerSettings, Settings, SettingsError, system_settings, system_shares
 from app.store import Store
 from app.store.backoff import Backoff
 from app.store.supervisor import Supervisor
@@ -41,7 +44,6 @@ from app.telemetry import Telemetry
 from app.telemetry.logs import line_system
 
 if TYPE_CHECKING:
-    from app.budget import Budget
     from app.http.limits import ConnectionObserver
     from app.store.spanner.calls import SpannerClients
 
@@ -205,12 +207,26 @@ def create_cell(
     held = in_flight(settings.server)
     shared = Shared(certs=certs, spanner=spanner, budget=budget, in_flight=held)
     shares = system_shares(settings, entries)
+    # Each system's share of the process's bytes (`app.budget.Share`), and of its reads,
+    # followers and exports in flight (`app.budget.Places`): its own, and what quiet
+    # systems leave.
+    bytes_each = held_share(settings.server, held, len(entries))
+    reads = Places(settings.server.max_reads)
+    followers = Places(settings.query.max_followers)
+    exports = export_places(settings.server.memory_budget_bytes)
     systems: dict[str, CellSystem] = {}
     for name, entry in entries.items():
         own = system_settings(settings, name, entry, shares[name])
         made = None if stores is None else stores.get(name)
         secret = system_token_secret(settings.query.page_token_secret, name)
-        mine = dataclasses.replace(shared, page_token_secret=secret)
+        mine = dataclasses.replace(
+            shared,
+            page_token_secret=secret,
+            share=Share(held, bytes_each),
+            reads=reads.share(own.server.max_reads),
+            followers=followers.share(own.query.max_followers),
+            exports=exports.share(exports.most // len(entries)),
+        )
         build = functools.partial(_system_app, own, telemetry.for_system(name), mine, made)
         systems[name] = CellSystem(name, build)
     readiness = CellReadiness(systems, certs=certs)
@@ -228,6 +244,14 @@ def create_cell(
     root.connections = telemetry.connection_observer()
     root.budget = held
     return Cell(root, systems)
+
+
+def held_share(server: ServerSettings, held: Budget, systems: int) -> int:
+    """What each of `systems` may hold of the process's budget as its own: an even part,
+    and at least one push of the largest body (its head, and BODY_COPIES of the body).
+    Beyond it a system borrows what quiet ones leave (`app.budget.Share`)."""
+    largest_push = server.max_header_bytes + BODY_COPIES * server.max_body_bytes
+    return max(held.most // systems, largest_push)
 
 
 def system_token_secret(secret: str, system: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
-from app.budget import Budget, Charge
+from app.budget import Budget, Charge, Share
 from app.errors import BadParameter, Gone, MaskedFilter, NotFound
 from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
@@ -302,11 +302,14 @@ class Reader:
         later_copies: LaterCopies | None = None,
         page_bytes: int = PAGE_BYTES,
         budget: Budget | None = None,
+        share: Share | None = None,
         mask: Mask | None = None,
     ) -> None:
         self._store = store
-        # What each read is charged to before it holds rows (none: nothing is counted).
+        # What each read is charged to before it holds rows (none: nothing is counted),
+        # and the system's share of it in a cell.
         self._budget = budget
+        self._share = share
         # What this reader's callers may not see (app.query.mask): a reader of its own,
         # with reads shared among its callers alone.
         self.mask = mask if mask else None
@@ -424,7 +427,7 @@ class Reader:
         if self._budget is None:
             excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
             return excerpt
-        charge = Charge(self._budget)
+        charge = Charge(self._budget, self._share)
         try:
             excerpt, size = await self._excerpt(listing, cursor, limit, max_bytes, charge)
         except BaseException:

@@ -17,6 +17,7 @@ from litestar.response import Stream
 
 from app.docs import ExportOperation
 from app.errors import BadParameter
+from app.http.head import charge_of
 from app.query.export import (
     DEFAULT_ROWS,
     MAX_COLUMN_LENGTH,
@@ -165,7 +166,7 @@ async def export_rows(
     walk = Walk(read, reader.token_after)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return Stream(
-        export.run(token, first, walk, asked),
+        export.run(token, first, walk, asked, held=charge_of(request.scope)),
         media_type=MEDIA_TYPES[format],
         headers={
             "Content-Disposition": f'attachment; filename="{listing.name}-{stamp}.{format}"',
