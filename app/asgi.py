@@ -225,7 +225,10 @@ def create_app(
         readiness,
         telemetry,
         loops,
-        StopBudget(settings.server.shutdown_grace_seconds) if shared is None else shared.budget,
+        StopBudget(
+            settings.server.shutdown_grace_seconds,
+            within=None if shared is None else shared.budget,
+        ),
         store_url=settings.store.url,
         signals=shared is None,
     )

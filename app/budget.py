@@ -366,16 +366,19 @@ class Places:
     comes back as its holder leaves; borrowing stops once the pool is half full, so the
     systems whose shares were lent find theirs when they come back."""
 
-    __slots__ = ("most", "open", "pool")
+    __slots__ = ("borrows", "most", "open", "pool")
 
-    def __init__(self, most: int, pool: Places | None = None) -> None:
+    def __init__(self, most: int, pool: Places | None = None, *, borrows: bool = True) -> None:
         self.most = most
         self.open = 0
         self.pool = pool
+        # Whether it may hold more than `most` while the pool has room to lend.
+        self.borrows = borrows
 
-    def share(self, most: int) -> Places:
-        """A system's share of these places: `most` its own (one at least)."""
-        return Places(max(1, most), self)
+    def share(self, most: int, *, borrows: bool = True) -> Places:
+        """A system's share of these places: `most` its own (one at least), and what it
+        may borrow beyond them unless `borrows` is False (a bound set for that system)."""
+        return Places(max(1, most), self, borrows=borrows)
 
     def full(self) -> bool:
         """Whether one more place would be more than may be held now."""
@@ -384,7 +387,9 @@ class Places:
             return self.open >= self.most
         if pool.open >= pool.most:
             return True
-        return self.open >= self.most and pool.open >= pool.most - int(pool.most * LENT_ROOM)
+        if self.open < self.most:
+            return False
+        return not self.borrows or pool.open >= pool.most - int(pool.most * LENT_ROOM)
 
     def take(self) -> None:
         """Hold one more place (`full` said there is room)."""

@@ -195,7 +195,7 @@ def create_cell(
     system's store where given (tests), each start a new one."""
     settings = settings if settings is not None else Settings.load()
     entries = settings.systems()
-    if not settings.cell.name or not entries:
+    if not settings.cell.name or not (entries or settings.cell.faults()):
         raise SettingsError("a cell needs RECORDLINE_CELL and RECORDLINE_SYSTEMS")
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
     auth = settings.auth
@@ -210,7 +210,7 @@ def create_cell(
     # Each system's share of the process's bytes (`app.budget.Share`), and of its reads,
     # followers and exports in flight (`app.budget.Places`): its own, and what quiet
     # systems leave.
-    bytes_each = held_share(settings.server, held, len(entries))
+    bytes_each = held_share(settings.server, held, max(1, len(entries)))
     reads = Places(settings.server.max_reads)
     followers = Places(settings.query.max_followers)
     exports = export_places(settings.server.memory_budget_bytes)
@@ -223,12 +223,17 @@ def create_cell(
             shared,
             page_token_secret=secret,
             share=Share(held, bytes_each),
-            reads=reads.share(own.server.max_reads),
-            followers=followers.share(own.query.max_followers),
+            # A bound set in its entry is its own, no more; a share may borrow.
+            reads=reads.share(own.server.max_reads, borrows=not entry.max_reads),
+            followers=followers.share(own.query.max_followers, borrows=not entry.max_followers),
             exports=exports.share(exports.most // len(entries)),
         )
         build = functools.partial(_system_app, own, telemetry.for_system(name), mine, made)
         systems[name] = CellSystem(name, build)
+    # A system whose own entry cannot be used is served as unavailable, saying why.
+    for name, fault in settings.cell.faults().items():
+        log.error("system %s does not serve: %s", name, fault)
+        systems[name] = CellSystem(name, _unusable, fault)
     readiness = CellReadiness(systems, certs=certs)
     lifespan = CellLifespan(systems, readiness, telemetry, budget, certs=certs, spanner=spanner)
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
@@ -259,6 +264,10 @@ def system_token_secret(secret: str, system: str) -> str:
     from the cell's (RECORDLINE_PAGE_TOKEN_SECRET) and the system's name, so that a
     token one system made is refused by every other, and one secret serves them all."""
     return hmac.new(secret.encode(), b"system:" + system.encode(), "sha256").hexdigest()
+
+
+def _unusable() -> Recordline:
+    raise AssertionError("a system whose settings cannot be used is never built")
 
 
 def _system_app(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ from litestar.testing import TestClient
 
 from app.cell.app import Cell, create_cell
 from app.errors import StoreUnavailable
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.store import Store
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import FakeGoogle
@@ -259,6 +260,50 @@ def test_a_system_that_will_not_start_is_answered_503_and_started_again(
 
         until_blocking(serves, timeout=15, interval=0.1, what="alpha started again")
         assert client.get("/readyz").json()["not_ready"] == {}
+
+
+def test_a_system_whose_settings_cannot_be_used_is_unavailable_and_the_others_serve(
+    stores: Stores, tmp_path: Path
+) -> None:
+    # Once, one system's invalid json_topic_schema stopped the whole cell at its start.
+    shared = f"duckdb:{tmp_path}/shared.duckdb"
+    systems: dict[str, dict[str, Any]] = {
+        "alpha": {"store": "memory:"},
+        "beta": {"store": "memory:", "json_topic_schema": '{"type": "string"}'},
+        "gamma": {"store": shared},
+        "delta": {"store": shared},
+        "epsilon": {"store": "memory:", "stroe": "memory:"},
+        "zeta": {"store": "memory:", "operator_principals": "not a principal"},
+    }
+    cell = cell_of(stores, systems)
+    with TestClient(cell) as client:
+        assert client.post("/systems/alpha/pubsub/push", json=envelope(RECORD)).status_code == 204
+        assert client.post("/systems/gamma/pubsub/push", json=envelope(RECORD)).status_code == 204
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        not_ready = ready.json()["not_ready"]
+        assert sorted(not_ready) == ["beta", "delta", "epsilon", "zeta"]
+        assert "RECORDLINE_JSON_TOPIC_SCHEMA" in not_ready["beta"]
+        assert "'gamma' and 'delta'" in not_ready["delta"]
+        assert "stroe" in not_ready["epsilon"]
+        assert "operator_principals" in not_ready["zeta"]
+        for name in ("beta", "delta", "epsilon", "zeta"):
+            refused = client.post(f"/systems/{name}/pubsub/push", json=envelope(RECORD))
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"]
+            assert refused.json()["type"] == "/problems/system-unavailable"
+            assert "settings" in refused.json()["detail"]
+    assert [sum(stores.made[name].appends) for name in ("alpha", "beta", "gamma")] == [1, 0, 1]
+
+
+def test_a_cells_own_setting_that_cannot_be_used_still_stops_it(stores: Stores) -> None:
+    with pytest.raises(SettingsError) as refused:
+        cell_of(
+            stores,
+            {"alpha": {"store": "memory:"}},
+            RECORDLINE_PRODUCER_KEYS="not a key",
+        )
+    assert refused.value.var == "RECORDLINE_PRODUCER_KEYS"
 
 
 def test_a_token_of_one_system_is_refused_for_another(stores: Stores) -> None:
