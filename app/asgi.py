@@ -320,7 +320,9 @@ def http_app(
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )
-    return Recordline(litestar)
+    app = Recordline(litestar)
+    app.problems = problems
+    return app
 
 
 def group_commit(

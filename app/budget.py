@@ -53,12 +53,14 @@ class Share:
     them what the others leave (`Budget.take`). `held` now; `waiting`, its reads waiting
     for room."""
 
-    __slots__ = ("budget", "held", "most", "waiting")
+    __slots__ = ("budget", "held", "most", "promised", "waiting")
 
     def __init__(self, budget: Budget, most: int) -> None:
         self.budget = budget
         self.most = most
         self.held = 0
+        # What its requests' bodies being read will take yet (`Budget.promise`).
+        self.promised = 0
         self.waiting = 0
 
     def room(self) -> int:
@@ -98,6 +100,8 @@ class Budget:
         self.large_ceiling = most - int(most * LARGE_ROOM)
         # What a system beyond its share may bring `held` to (LENT_ROOM).
         self.lent_ceiling = most - int(most * LENT_ROOM)
+        # What the large bodies being read will take yet, as they are read (`promise`).
+        self.promised = 0
         self._waiting: deque[_Waiting] = deque()
         # Reads waiting for room now, of every share, and the shares (this budget for
         # reads of none) that have some.
@@ -125,6 +129,34 @@ class Budget:
             share.held = own
         self.held = held
         return True
+
+    def promise(self, size: int, share: Share | None = None) -> bool:
+        """Keep `size` bytes for a large body to be read (BODY_COPIES of what its head
+        says), if there is room for it beside the bodies promised before: in what reads
+        leave (the room kept for pushes, which reads never take, so a body promised is
+        read whole), and, for `share`, in its own or what it may borrow. Nothing is held
+        yet: a body is charged as it is read (`Charge.take_request`), and what it does
+        not send is given back with its request. So of large bodies arriving at once,
+        those there is room for are read whole, and the others refused on their heads,
+        rather than every one charged as it comes until none can finish."""
+        promised = self.promised + size
+        if max(self.held, self.read_ceiling) + promised > self.large_ceiling:
+            return False
+        if share is not None:
+            own = share.held + share.promised + size
+            if own > share.most and (
+                self.held + promised > self.lent_ceiling or self.waiting_reads > share.waiting
+            ):
+                return False
+            share.promised += size
+        self.promised = promised
+        return True
+
+    def unpromise(self, size: int, share: Share | None = None) -> None:
+        """Give back what `promise` kept, and the body did not take."""
+        self.promised -= size
+        if share is not None:
+            share.promised -= size
 
     def take_read(self, size: int, share: Share | None = None) -> bool:
         """Take `size` bytes for a read now, if there is room and no read of its share
@@ -238,12 +270,16 @@ class Charge:
     once (`release`), or once every object that holds what was charged is gone
     (`until_gone`)."""
 
-    __slots__ = ("_holders", "_kept", "budget", "share", "size")
+    __slots__ = ("_holders", "_kept", "budget", "declared", "promise", "share", "size")
 
     def __init__(self, budget: Budget, share: Share | None = None) -> None:
         self.budget = budget
         self.share = share
         self.size = 0
+        # A request's body as its head declares it (its Content-Length; the largest
+        # taken when chunked), and what the budget keeps for it yet (`vow`).
+        self.declared = 0
+        self.promise = 0
         self._holders = 0
         # What must live until the charge is released (`keep`).
         self._kept: list[Any] | None = None
@@ -254,6 +290,15 @@ class Charge:
         if self.share is None:
             self.share = share
             share.held += self.size
+            share.promised += self.promise
+
+    def vow(self, size: int) -> bool:
+        """Have the budget keep `size` bytes more for what this request is yet to read
+        (`Budget.promise`); whether it did."""
+        if not self.budget.promise(size, self.share):
+            return False
+        self.promise += size
+        return True
 
     def take(self, size: int, ceiling: int) -> bool:
         """Take `size` bytes more, if the budget stays within `ceiling`; whether it did."""
@@ -271,9 +316,14 @@ class Charge:
         if more <= 0:
             return True
         budget = self.budget
+        # What was promised to it is its own; what was promised to others is not.
+        kept = more if more < self.promise else self.promise
         ceiling = budget.most if size <= SMALL_BYTES else budget.large_ceiling
-        if not budget.take(more, ceiling, self.share):
+        if not budget.take(more, ceiling - budget.promised + kept, self.share):
             return False
+        if kept:
+            self.promise -= kept
+            budget.unpromise(kept, self.share)
         self.size = size
         return True
 
@@ -339,6 +389,9 @@ class Charge:
         if self.size:
             self.budget.give(self.size, self.share)
             self.size = 0
+        if self.promise:
+            self.budget.unpromise(self.promise, self.share)
+            self.promise = 0
         self._kept = None
 
     def keep(self, thing: object) -> None:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.budget import SMALL_BYTES, Budget, Charge
+from app.budget import SMALL_BYTES, Budget, Charge, Places, Share
 from app.errors import TooMuchInFlight
 
 MIB = 1024 * 1024
@@ -345,3 +345,91 @@ async def _read_up_to(charge: Charge, least: int, most: int) -> None:
     # released meanwhile.
     assert got <= most
     assert got >= least or least == 0
+
+
+def test_a_system_takes_its_share_then_borrows_while_half_the_budget_is_free() -> None:
+    budget = Budget(16 * MIB, read_room=0, read_wait=0.01)
+    alpha, beta = Share(budget, 4 * MIB), Share(budget, 4 * MIB)
+    loud = Charge(budget, alpha)
+    assert loud.take(4 * MIB, budget.most)  # its own
+    assert loud.take(4 * MIB, budget.most)  # borrowed: half the budget is still free
+    assert not loud.take(1, budget.most)  # no more: the other half is kept
+    assert (alpha.held, budget.held) == (8 * MIB, 8 * MIB)
+    # Beta takes its own whatever alpha borrowed, and borrows no further.
+    quiet = Charge(budget, beta)
+    assert quiet.take(4 * MIB, budget.most)
+    assert not quiet.take(1, budget.most)
+    assert budget.held == 12 * MIB
+    # Given back, and counted out of each share.
+    loud.release()
+    quiet.release()
+    assert (alpha.held, beta.held, budget.held) == (0, 0, 0)
+
+
+async def test_a_systems_waiting_reads_hold_back_its_own_and_stop_others_borrowing() -> None:
+    budget = Budget(16 * MIB, read_room=0, read_wait=60)
+    alpha, beta = Share(budget, 8 * MIB), Share(budget, 8 * MIB)
+    # Alpha borrows all but the half the budget keeps free, beta holds its own.
+    held = Charge(budget, alpha)
+    assert held.take(8 * MIB, budget.most)
+    own = Charge(budget, beta)
+    assert own.take(7 * MIB, budget.most)
+    # Alpha's read waits for room: beta's read that fits goes ahead of it, in its own line.
+    waiting = asyncio.create_task(Charge(budget, alpha).read(2 * MIB))
+    await asyncio.sleep(0)
+    assert budget.waiting == 1
+    assert Charge(budget, beta).fits(MIB)
+    # While a read of beta's waits, alpha lends and never borrows.
+    behind = asyncio.create_task(Charge(budget, beta).read(4 * MIB))
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    assert alpha.room() == 0
+    own.release()  # room for beta's read, which alpha's does not hold back
+    await behind
+    assert not waiting.done()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert budget.waiting == 0
+
+
+def test_a_large_body_promised_is_read_whole_and_the_next_is_refused_on_its_head() -> None:
+    # Twelve of the largest pushes at once, charged only as they were read, once each
+    # took part of the room and none could finish: a body promised is read whole.
+    budget = Budget(16 * MIB, read_room=8 * MIB)
+    first, second = Charge(budget), Charge(budget)
+    assert first.vow(6 * MIB)
+    assert not second.vow(6 * MIB)  # refused on its head: the room is promised
+    assert budget.held == 0  # nothing held for what was only declared
+    # Others take the rest, not what was promised.
+    other = Charge(budget)
+    assert other.take_request(SMALL_BYTES)
+    assert not Charge(budget).take_request(budget.most - budget.held - 6 * MIB + 1)
+    for _ in range(6):  # read a MiB at a time: never refused
+        assert first.take_request(first.size + MIB)
+    assert (budget.held, budget.promised) == (6 * MIB + SMALL_BYTES, 0)
+    # What a body did not send is given back with its request.
+    short = Charge(budget)
+    assert short.vow(5 * MIB)
+    assert short.take_request(MIB)
+    assert not Charge(budget).vow(6 * MIB)
+    short.release()
+    first.release()
+    assert (budget.held, budget.promised) == (SMALL_BYTES, 0)
+    assert second.vow(6 * MIB)
+
+
+def test_places_are_a_systems_own_then_borrowed_while_half_the_pool_is_free() -> None:
+    pool = Places(10)
+    alpha, beta = pool.share(2), pool.share(2, borrows=False)
+    for _ in range(5):  # its 2, and 3 more while half the pool is free
+        assert not alpha.full()
+        alpha.take()
+    assert alpha.full()
+    # Beta's own are there whatever alpha borrowed; beta set its bound, and keeps to it.
+    beta.take()
+    beta.take()
+    assert beta.full()
+    assert (pool.open, alpha.open, beta.open) == (7, 5, 2)
+    alpha.give()
+    assert (pool.open, alpha.open) == (6, 4)

@@ -8,12 +8,15 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Final, cast
 
+import msgspec
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import Message, Receive, Scope, Send
 
-from app.budget import Budget, Charge, Share
-from app.http.limits import CHARGE
+from app.budget import SMALL_BYTES, Budget, Charge, Share
+from app.errors import RecordlineError
+from app.http.limits import BODY_COPIES, CHARGE
+from app.problems import MEDIA_TYPE, Problems
 from app.query.events import SLICE_BYTES
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class Recordline:
         "budget",
         "connections",
         "litestar",
+        "problems",
         "readiness",
         "share",
         "stopping",
@@ -68,6 +72,22 @@ class Recordline:
         self.share: Share | None = None
         # The path whose answers are never sliced: no answer of it is larger than one.
         self.unsliced = ""
+        # What its refusals are answered with, before Litestar (`refuse`).
+        self.problems: Problems | None = None
+
+    async def refuse(self, send: Send, error: RecordlineError) -> None:
+        """Answer `error` as its problem, before the app is asked: never kept by a cache."""
+        assert self.problems is not None  # every app has its problems (`http_app`)
+        problem, extra = self.problems.of(error)
+        body = msgspec.json.encode(problem)
+        headers = [
+            (b"content-type", MEDIA_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *((name.lower().encode(), value.encode()) for name, value in (extra or {}).items()),
+        ]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
         """The app's lifespan, for a server of several apps that runs each one's."""
@@ -79,8 +99,19 @@ class Recordline:
             return
         # The server's charge for the request (its head, and its body as it is read).
         charge: Charge | None = scope.get(CHARGE)  # type: ignore[assignment]
-        if charge is not None and self.share is not None:
-            charge.join(self.share)
+        if charge is not None:
+            if self.share is not None:
+                charge.join(self.share)
+            # A large body is read only where there is room for all of it (its share's,
+            # the room kept for pushes): refused on its head otherwise, before a byte
+            # more of it is read, rather than read part way and refused.
+            declared = charge.declared
+            if declared > SMALL_BYTES and not charge.vow(BODY_COPIES * declared):
+                try:
+                    await self.refuse(send, charge.budget.refusal())
+                finally:
+                    charge.release()
+                return
         if scope["method"] == "HEAD":
             # A copy: the server keeps its own scope, which still says HEAD. A route
             # whose HEAD says something its GET does not (a stream's tail) reads the mark.

@@ -486,15 +486,20 @@ class BoundedHttpTools(HttpToolsProtocol):
             )
         hosts = 0
         host = b""
-        body = False
+        length = b""
+        chunked = False
         for name, value in headers:  # lower-cased by uvicorn
             if name == b"host":
                 hosts += 1
                 host = value
             elif name == b"content-length":
-                body = body or value.strip(b" \t0") != b""
+                length = value
             elif name == b"transfer-encoding":
-                body = True
+                chunked = True
+        # What the body says it is (httptools took the length as digits alone): the
+        # largest taken when chunked; none when larger (refused 413 as it is read).
+        declared = int(length) if length else self.limits.max_body_bytes if chunked else 0
+        body = declared > 0 or chunked
         if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
             said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
             return self._answer(
@@ -530,9 +535,12 @@ class BoundedHttpTools(HttpToolsProtocol):
                 )
             )
         # The head (at most the reads it came in); its body as it is read (`on_body`),
-        # never by what it declares.
+        # never by what it declares, which the app weighs against the room there is
+        # (`app.http.head`: `Charge.vow`).
         if not self._head_charged(min(self._taken + self._read, limit)):
             return self._answer(self.budget.refusal())
+        if declared <= self.limits.max_body_bytes:
+            self._charge.declared = declared  # type: ignore[union-attr]
         return None
 
     def _head_charged(self, size: int) -> bool:
