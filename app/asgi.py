@@ -266,6 +266,7 @@ def create_app(
     app.budget = budget
     app.share = None if shared is None else shared.share
     app.unsliced = PUSH_PATH
+    app.push_room = pushes.ingest.room
     return app
 
 

@@ -51,6 +51,7 @@ class Recordline:
         "connections",
         "litestar",
         "problems",
+        "push_room",
         "readiness",
         "share",
         "stopping",
@@ -74,6 +75,9 @@ class Recordline:
         self.unsliced = ""
         # What its refusals are answered with, before Litestar (`refuse`).
         self.problems: Problems | None = None
+        # Why a push of a body of so many bytes (to `unsliced`) is refused now, if it
+        # is: its queue has no room for it (`app.ingest.service.Ingest.room`).
+        self.push_room: Callable[[int], RecordlineError | None] | None = None
 
     async def refuse(self, send: Send, error: RecordlineError) -> None:
         """Answer `error` as its problem, before the app is asked: never kept by a cache."""
@@ -106,9 +110,21 @@ class Recordline:
             # the room kept for pushes): refused on its head otherwise, before a byte
             # more of it is read, rather than read part way and refused.
             declared = charge.declared
-            if declared > SMALL_BYTES and not charge.vow(BODY_COPIES * declared):
+            refusal = None
+            if self.push_room is not None and scope["path"] == self.unsliced:
+                # A push its system's queue has no room for, refused before it is routed,
+                # its token checked or its body read: what a flood of one system's
+                # pushes costs the process, and so the other systems.
+                refusal = self.push_room(declared)
+            if (
+                refusal is None
+                and declared > SMALL_BYTES
+                and not charge.vow(BODY_COPIES * declared)
+            ):
+                refusal = charge.budget.refusal()
+            if refusal is not None:
                 try:
-                    await self.refuse(send, charge.budget.refusal())
+                    await self.refuse(send, refusal)
                 finally:
                     charge.release()
                 return

@@ -24,7 +24,14 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 
-from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailable, WriteTimeout
+from app.errors import (
+    QueueFull,
+    RecordlineError,
+    RetryLater,
+    ShuttingDown,
+    StoreUnavailable,
+    WriteTimeout,
+)
 from app.records import Record, Rejection
 from app.settings import BatchSettings
 from app.store import RowOutcome
@@ -146,18 +153,26 @@ class Batcher:
         self._last_stamp = max(now, self._last_stamp)
         return self._last_stamp
 
+    def refusal(self, size: int) -> RetryLater | None:
+        """Why a row of `size` bytes would not be queued now, if it would not (`reserve`
+        would refuse it), taking nothing."""
+        if self._closing:
+            return ShuttingDown("shutting down; retry on another instance")
+        if (
+            len(self._queue) + self._reading >= self._queue_rows
+            or self._queued_bytes + self._reserved + size > self._queue_bytes
+        ):
+            return self._full()
+        return None
+
     def reserve(self, size: int) -> None:
         """Take room for a row of at most `size` bytes whose push is still being read, so
         that a burst is refused on its heads rather than once each body is read: QueueFull
         (or ShuttingDown) if there is none. `submit` takes it on, or `unreserve` gives it
         back."""
-        if self._closing:
-            raise ShuttingDown("shutting down; retry on another instance")
-        if (
-            len(self._queue) + self._reading >= self._queue_rows
-            or self._queued_bytes + self._reserved + size > self._queue_bytes
-        ):
-            raise self._full()
+        refusal = self.refusal(size)
+        if refusal is not None:
+            raise refusal
         self._reserved += size
         self._reading += 1
 

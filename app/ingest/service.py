@@ -153,6 +153,15 @@ class Ingest:
         self._batcher.reserve(size)
         return size
 
+    def room(self, declared: int) -> RetryLater | None:
+        """Why a push whose body says it is `declared` bytes long is refused now, if it is:
+        the queue has no room for it, or the instance stops (`reserve`, taking nothing).
+        Asked on its head, before it is routed or its token checked: a system whose
+        queue is full costs the process nothing more for each push it refuses."""
+        if declared > self._max_body:
+            return None  # refused 413 as it is read
+        return self._batcher.refusal(2 * declared + QUEUED_ROW_BYTES)
+
     def unreserve(self, reserved: int) -> None:
         """Give back what `reserve` took, for a push that is not accepted."""
         self._batcher.unreserve(reserved)

@@ -76,13 +76,20 @@ def held_while_in_flight(places: Places, refusal: Callable[[], RetryLater]) -> D
 
     def counted(app: ASGIApp) -> ASGIApp:
         async def count(scope: Scope, receive: Receive, send: Send) -> None:
-            if places.full():
+            # Below its own bound and not in a cell, it has room: the usual read asks
+            # nothing more (`Places.full`, `take` and `give`, written out).
+            pool = places.pool
+            if (places.open >= places.most or pool is not None) and places.full():
                 raise refusal()
-            places.take()
+            places.open += 1
+            if pool is not None:
+                pool.open += 1
             try:
                 await app(scope, receive, send)
             finally:
-                places.give()
+                places.open -= 1
+                if pool is not None:
+                    pool.open -= 1
 
         return count
 
