@@ -274,11 +274,17 @@ class PubSubAdmin:
         backoff: Backoff | None = None,
         dead_letter_topic: str | None = None,
         max_delivery_attempts: int = MIN_DELIVERY_ATTEMPTS,
+        unwrapped: bool = False,
     ) -> str:
+        """`unwrapped`: the data as the body, metadata and attributes as headers
+        (`no_wrapper` with `write_metadata`)."""
+        push_config: dict[str, Any] = {"push_endpoint": endpoint}
+        if unwrapped:
+            push_config["no_wrapper"] = {"write_metadata": True}
         request: dict[str, Any] = {
             "name": self.subscription_path(subscription),
             "topic": self.topic_path(topic),
-            "push_config": {"push_endpoint": endpoint},
+            "push_config": push_config,
             "ack_deadline_seconds": ack_deadline_seconds,
         }
         if backoff is not None:
@@ -451,17 +457,20 @@ async def wire(
     *,
     topic: str,
     service_url: str,
-    push_token: str,
+    push_token: str | None,
     backoff: Backoff | None = None,
     max_delivery_attempts: int | None = MIN_DELIVERY_ATTEMPTS,
     # Above the service's 8 s write deadline, so a slow store answers 503
     # before Pub/Sub gives up on the push.
     ack_deadline_seconds: int = 10,
+    unwrapped: bool = False,
 ) -> tuple[str, str | None]:
     """Topic → push subscription → service, with a kept dead-letter queue.
 
     Returns the push subscription's name and the dead-letter queue's (None
-    when `max_delivery_attempts` is None: no dead-letter policy).
+    when `max_delivery_attempts` is None: no dead-letter policy). With no
+    `push_token`, pushes carry no credentials (a service that checks none);
+    `unwrapped`, as `PubSubAdmin.create_push_subscription` says.
 
     The emulator (0.8.20) is no faithful model of redelivery, and both ways it
     differs bear on these choices:
@@ -486,11 +495,13 @@ async def wire(
     push = await admin.create_push_subscription(
         f"{topic}-push",
         topic=topic,
-        endpoint=f"{service_url}/pubsub/push?token={push_token}",
+        endpoint=f"{service_url}/pubsub/push"
+        + (f"?token={push_token}" if push_token is not None else ""),
         ack_deadline_seconds=ack_deadline_seconds,
         backoff=backoff,
         dead_letter_topic=dead_letters if max_delivery_attempts is not None else None,
         max_delivery_attempts=max_delivery_attempts or MIN_DELIVERY_ATTEMPTS,
+        unwrapped=unwrapped,
     )
     return push, kept
 
