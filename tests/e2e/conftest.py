@@ -26,10 +26,11 @@ import httpx
 import msgspec
 import pytest
 
+from app.commands.tail import follow
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection, micros
 from app.store import RowOutcome
-from recordline_dev.client import follow, publish, publisher_client, trace_publishes
+from recordline_dev.client import publish, publisher_client, trace_publishes
 from recordline_dev.devstack import (
     MIN_DELIVERY_ATTEMPTS,
     Emulator,
