@@ -228,7 +228,11 @@ def create_app(
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     app = http_app(
         routers(
-            auth, telemetry, pushes.ingest, reads=Reads(settings.server.max_reads).middleware()
+            auth,
+            telemetry,
+            pushes.ingest,
+            problems,
+            reads=Reads(settings.server.max_reads).middleware(),
         ),
         constants(
             readiness=readiness,
@@ -457,7 +461,12 @@ def parked_followers(reader: Reader, query: QuerySettings, *, slow_seconds: floa
 
 
 def routers(
-    auth: Auth, telemetry: Telemetry, ingest: Ingest, *, reads: DefineMiddleware
+    auth: Auth,
+    telemetry: Telemetry,
+    ingest: Ingest,
+    problems: Problems,
+    *,
+    reads: DefineMiddleware,
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
 
@@ -516,7 +525,7 @@ def routers(
             guards=auth.pass_read_guards,
             middleware=[reads, *traced, *compressed],
         ),
-        console_router(auth, guards=auth.read_guards, middleware=compressed),
+        console_router(auth, problems, guards=auth.read_guards, middleware=compressed),
     ]
 
 
