@@ -241,7 +241,7 @@ def add_operator_commands(add_parser: AddParser) -> None:
         help="per hour, messages with a producer sequence received, stored, rejected, "
         "dropped as copies, and missing (exit 1 naming the first missing range)",
     )
-    from app.query import audit as auditing
+    from app.commands import audit as auditing
 
     auditing.add_arguments(audit)
     add_system_argument(audit, "whose producers")
@@ -526,9 +526,9 @@ def _audit(args: argparse.Namespace) -> int:
     """`recordline audit`, asking the service `--url`, RECORDLINE_URL or the local
     default names; in a cell, the system's paths (`--system`), with a token minted
     where it runs as the cell's job (`app.commands.target`)."""
+    from app.commands import audit as auditing
     from app.commands.credentials import NoCredentials
     from app.commands.target import TargetError, service_target
-    from app.query import audit as auditing
 
     settings = _settings(dict(os.environ))
     if settings is None:

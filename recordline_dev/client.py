@@ -32,7 +32,8 @@ import msgspec
 
 from app.commands.arguments import at_least_one, not_negative, positive_seconds, service_url
 from app.commands.credentials import NoCredentials, google_credentials
-from app.commands.tail import WAIT_SECONDS, Unreachable, transport_reason
+from app.commands.tail import WAIT_SECONDS
+from app.commands.target import Unreachable, transport_reason
 from app.records import micros, rfc3339
 from recordline_dev.progress import POLL_SECONDS, Ledger
 

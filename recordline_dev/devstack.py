@@ -61,7 +61,7 @@ from recordline_dev.processes import (
     listener,
     stop_group,
 )
-from recordline_dev.sessions import DEV_SESSIONS, STORE_FILE, Stack, holding
+from recordline_dev.sessions import DEV_SESSIONS, STORE_FILE, Stack, holding, sessions
 
 if TYPE_CHECKING:
     from recordline_dev.progress import PushCounts
@@ -663,6 +663,10 @@ def dev_command(args: argparse.Namespace) -> int:
         if taken is not None:
             say(f"recordline dev: {taken}")
             return 2
+    running = running_here(Path(args.data_dir), args.port)
+    if running is not None:
+        say(f"recordline dev: {running}")
+        return 1
     session = new_session(Path(args.data_dir))
     watch = Watch()
     # The service's journal writer is our grandchild: if the service dies
@@ -687,6 +691,21 @@ def dev_command(args: argparse.Namespace) -> int:
             # A session that stopped before anything wrote to it leaves no directory.
             with contextlib.suppress(OSError):
                 session.rmdir()
+
+
+def running_here(data_dir: Path, port: int) -> str | None:
+    """What to say where a `recordline dev` of `data_dir` runs already on `port`: a live
+    stack to use, not leftovers to kill (None where none does)."""
+    for found in reversed(sessions(data_dir)):
+        stack = found.stack
+        if found.running and stack is not None and stack.service_url.endswith(f":{port}"):
+            return (
+                f"a dev stack runs here already (session {found.name}, since {stack.started}): "
+                f"its service answers at {stack.service_url}, its store is {stack.store}. Use "
+                "it, or stop it with Ctrl-C in its terminal first; another beside it needs "
+                "other ports (--port, --emulator-port)"
+            )
+    return None
 
 
 def earlier_sessions_messages(store: str) -> str | None:

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.commands import tail
-from app.query import audit
+from app.commands import audit, tail
 from app.records import micros, time_or_ago
 from tests.fuzz.budget import EXAMPLES
 

@@ -55,6 +55,10 @@ def test_dev_py_help_lists_every_command_and_exits_0() -> None:
     unknown = run(sys.executable, "dev.py", "nonsense")
     assert unknown.returncode == 2
     assert "no command 'nonsense'" in unknown.stderr
+    assert "did you mean" not in unknown.stderr
+    misspelt = run(sys.executable, "dev.py", "serv")
+    assert misspelt.returncode == 2
+    assert "no command 'serv': did you mean 'serve'?" in misspelt.stderr
 
 
 def to_a_reader_that_left(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -625,6 +629,14 @@ def test_tail_refuses_a_since_it_cannot_read_in_one_line() -> None:
     assert "--since: 'yesterday' is not an RFC 3339 time" in line
     assert "how long ago" in line
     assert "{" not in line
+
+
+def test_audit_with_no_service_says_what_it_asked_and_what_to_start() -> None:
+    # It printed a bare `[Errno 111] Connection refused`.
+    done = run(RECORDLINE, "audit", "--since", "1h", "--url", "http://127.0.0.1:9")
+    line = said_in_one_line(done)
+    assert "http://127.0.0.1:9 does not answer (connection refused)" in line
+    assert "recordline serve" in line
 
 
 async def test_a_refusal_the_tail_meets_is_said_by_its_detail() -> None:

@@ -21,7 +21,14 @@ from typing import IO, TYPE_CHECKING
 import msgspec
 
 from app.commands.arguments import positive_seconds, service_url, time_text
-from app.commands.target import TargetError, add_system_argument, service_target
+from app.commands.target import (
+    TargetError,
+    Unreachable,
+    add_system_argument,
+    problem_detail,
+    service_target,
+    transport_reason,
+)
 from app.records import TIME_FORMS, rfc3339
 from app.settings import Settings
 
@@ -51,10 +58,6 @@ _decode_page = msgspec.json.Decoder(_Page).decode
 
 class FollowError(RuntimeError):
     """The API refused the request for a reason waiting will not fix (4xx)."""
-
-
-class Unreachable(RuntimeError):
-    """What a command waits for did not answer in time; the message says what and where."""
 
 
 async def follow(
@@ -162,32 +165,6 @@ def _refusal(http: httpx.AsyncClient, response: httpx.Response) -> str:
         # A cell serves no records at its root, only each system's under /systems/NAME.
         said += "; a cell serves each system's records under /systems/SYSTEM: --system SYSTEM"
     return said
-
-
-def problem_detail(response: httpx.Response) -> str:
-    """What a problem document says went wrong (its `detail`), not its raw JSON."""
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = None
-    if isinstance(problem, dict) and problem.get("detail"):
-        return str(problem["detail"])
-    text = response.text.strip()
-    return text[:300] or response.reason_phrase
-
-
-def transport_reason(exc: httpx.TransportError) -> str:
-    """A transport failure in a few words: a refused connection, above all, says "not running"."""
-    import httpx
-
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.TimeoutException):
-        return "no answer in time"
-    return str(exc) or type(exc).__name__
 
 
 class _Stored(msgspec.Struct):

@@ -19,6 +19,7 @@ from typing import IO
 
 import msgspec
 
+from app.commands.target import transport_reason
 from app.query.producers import AuditReport, ConflictRange
 from app.records import TIME_FORMS, time_or_ago
 
@@ -64,6 +65,14 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
             headers=headers,
             timeout=_TIMEOUT_SECONDS,
         )
+    except httpx.TransportError as exc:
+        print(
+            f"recordline audit: {args.url} does not answer ({transport_reason(exc)}): is the "
+            "service running there? (`recordline serve`, or `recordline dev`; `python3 dev.py "
+            "serve|dev` from a checkout; --url or RECORDLINE_URL names another)",
+            file=sys.stderr,
+        )
+        return 2
     except httpx.HTTPError as exc:
         print(f"recordline audit: {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
