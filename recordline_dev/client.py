@@ -656,7 +656,10 @@ class PublishRun:
         def render() -> RenderableType:
             done = self.result
             text = f"{done.sent:,}" + (f"/{self.total:,}" if self.total else "")
-            text += f" sent · {rate(done.acknowledged):,.0f}/s · {done.acknowledged:,} acked"
+            # Once all is sent, the run's own rate: the last seconds' would fall to nothing
+            # while the service is waited for.
+            per_second = done.rate if self.waiting else rate(done.acknowledged)
+            text += f" sent · {per_second:,.0f}/s · {done.acknowledged:,} acked"
             if done.failed:  # before the service's counts: a line too long loses its end
                 text += f" · {done.failed:,} failed"
             if self.ledger is not None:
@@ -704,20 +707,22 @@ class PublishRun:
         if ledger is None or not ids:
             return
         step = max(1, len(ids) // LOOKED_UP)
-        for message_id in ids[::step][:LOOKED_UP]:
-            try:
-                answer = httpx.get(
-                    f"{ledger.url}/v1/messages/{urllib.parse.quote(message_id, safe='')}",
-                    headers=ledger.headers,
-                    timeout=WAIT_SECONDS,
-                )
-            except httpx.HTTPError:
-                return
-            self.looked_up += 1
-            later = answer.json().get("later_copies_differ") if answer.status_code == 200 else None
-            if later and datetime.fromisoformat(later["last_seen"]) >= self.began:
-                self.later_copies += 1
-                self.later_copy_example = self.later_copy_example or message_id
+        # One connection for them all: a connection each took ~0.2 s, seconds in all after
+        # everything was stored.
+        with httpx.Client(
+            base_url=ledger.url, headers=ledger.headers, timeout=WAIT_SECONDS
+        ) as http:
+            for message_id in ids[::step][:LOOKED_UP]:
+                try:
+                    answer = http.get(f"/v1/messages/{urllib.parse.quote(message_id, safe='')}")
+                except httpx.HTTPError:
+                    return
+                self.looked_up += 1
+                found = answer.json() if answer.status_code == 200 else {}
+                later = found.get("later_copies_differ")
+                if later and datetime.fromisoformat(later["last_seen"]) >= self.began:
+                    self.later_copies += 1
+                    self.later_copy_example = self.later_copy_example or message_id
 
     def summary(self, *, interrupted: bool = False) -> str:
         """One line: what was sent, acknowledged and stored, and, interrupted, what was
