@@ -23,7 +23,7 @@ class _Expiring(BaseHTTPRequestHandler):
 
     seen: list[str | None] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         authorization = self.headers.get("Authorization")
         self.seen.append(authorization)
         if len(self.seen) == 1:
@@ -99,3 +99,13 @@ async def test_an_answer_that_is_no_page_is_said_in_one_line(answer: httpx.Respo
         with pytest.raises(FollowError):
             async for _ in follow(http, since="2026-01-01T00:00:00Z"):
                 pass
+
+
+def test_what_a_stopped_tail_says_holds_no_control_character_a_server_sent() -> None:
+    # Proves: the page token a stopped tail prints (new with --page-token) is the
+    # service's text as it sent it, escapes decoded: a hostile service (or one a
+    # careless --url names) writes ESC sequences to the operator's terminal (a
+    # window title, OSC 52 into the clipboard) with the line "--page-token … goes on".
+    hostile = "tok\x1b]52;c;Y3VybCBldmlsfHNo\x07\x1b[2J"
+    said = tail.Tailed(records=1, last_ingest_time="2026-01-01T00:00:00Z", read_on=hostile)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in said.summary())

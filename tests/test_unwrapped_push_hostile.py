@@ -23,6 +23,8 @@ def client() -> Iterator[TestClient[Recordline]]:
     # push is judged by nothing but its headers.
     with TestClient(create_app(settings())) as client:
         yield client
+
+
 UNWRAPPED = {
     "x-goog-pubsub-message-id": "u-1",
     "x-goog-pubsub-publish-time": "2024-04-27T12:00:01.123Z",
@@ -81,3 +83,33 @@ def test_an_attribute_value_in_utf_8_is_stored_as_published(
     response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
     assert response.status_code == 204, response.text
     assert client.get("/v1/messages/u-1").json()["record"]["attributes"] == {"place": "café"}
+
+
+# Identities an authenticating proxy or a TLS terminator on the way writes on every
+# request it passes on (none named with a credential's word, none a withheld prefix).
+PROXY_IDENTITIES = {
+    "remote-user": "pubsub-push@demo.iam.gserviceaccount.com",  # Authelia, Caddy forward_auth
+    "remote-email": "pubsub-push@demo.iam.gserviceaccount.com",  # Authelia
+    "x-consumer-username": "pubsub",  # Kong
+    "x-consumer-id": "7f0e2c1a",  # Kong
+    "tailscale-user-login": "ops@example.org",  # Tailscale serve
+    "x-pomerium-claim-email": "ops@example.org",  # Pomerium
+    "x-ssl-client-s-dn": "CN=pubsub,O=Google",  # nginx/HAProxy mTLS
+}
+
+
+@pytest.mark.parametrize(("name", "value"), PROXY_IDENTITIES.items())
+def test_no_identity_a_proxy_vouches_for_is_stored_as_an_attribute(
+    client: TestClient[Recordline], name: str, value: str
+) -> None:
+    # Proves (before this change too): the credential rule reads names for a credential's
+    # words, and the path's own by list and prefix; an identity proxies write under names
+    # of their own is neither, so it is stored on every message and served to every
+    # reader, as the module says none may be ("a header is an attribute unless the
+    # delivery path writes it").
+    headers = {**UNWRAPPED, "origin-system": "billing", name: value}
+    response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
+    assert response.status_code == 204, response.text
+    assert client.get("/v1/messages/u-1").json()["record"]["attributes"] == {
+        "origin-system": "billing"
+    }
