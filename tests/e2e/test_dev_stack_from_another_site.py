@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from app.asgi import create_app
-from app.store.duckdb.store import DuckDBStore
 from recordline_dev.devstack import Emulator
 from tests.conftest import served, settings
 from tests.e2e.conftest import PUSH_TOKEN, Wiring
