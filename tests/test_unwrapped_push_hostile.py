@@ -113,3 +113,18 @@ def test_no_identity_a_proxy_vouches_for_is_stored_as_an_attribute(
     assert client.get("/v1/messages/u-1").json()["record"]["attributes"] == {
         "origin-system": "billing"
     }
+
+
+def test_an_attribute_header_sent_twice_is_refused_not_stored_joined(
+    client: TestClient[Recordline],
+) -> None:
+    # Proves (before this change too): Pub/Sub's attribute names are case-sensitive,
+    # HTTP's header names are not, so `Region` and `region` of one message arrive as two
+    # `region` headers. The headers' mapping joins them, and the push is acknowledged
+    # with `region: "eu-west1, us-east1"`, a value its publisher never gave (and one a
+    # single attribute holding ", " cannot be told from). Refused (400), the message is
+    # dead-lettered whole, where the wrapped format would keep both.
+    headers = [*UNWRAPPED.items(), ("region", "eu-west1"), ("region", "us-east1")]
+    response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
+    stored = client.get("/v1/messages/u-1").json().get("record") or {}
+    assert response.status_code == 400, stored.get("attributes")
