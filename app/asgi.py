@@ -238,6 +238,7 @@ def create_app(
             auth,
             telemetry,
             pushes.ingest,
+            problems,
             reads=reads_middleware(
                 shared.reads
                 if shared is not None and shared.reads is not None
@@ -497,6 +498,7 @@ def routers(
     auth: Auth,
     telemetry: Telemetry,
     ingest: Ingest,
+    problems: Problems,
     *,
     reads: DefineMiddleware,
     exports: DefineMiddleware,
@@ -517,7 +519,11 @@ def routers(
         # The push checks the browsers' word itself (`push_routes`).
         Router(
             "/",
-            route_handlers=push_routes(ingest, telemetry.push_traces),
+            # A push is judged by its token; with none to check, by what a browser says
+            # (`push_routes`, in line: a guard of Litestar's copies the handler).
+            route_handlers=push_routes(
+                ingest, telemetry.push_traces, browsers=not auth.push_guards
+            ),
             guards=auth.push_guards,
             middleware=traced,
         ),
@@ -565,7 +571,7 @@ def routers(
             guards=auth.pass_read_guards,
             middleware=[reads, *traced, *compressed],
         ),
-        console_router(auth, guards=auth.read_guards, middleware=compressed),
+        console_router(auth, problems, guards=auth.read_guards, middleware=compressed),
     ]
 
 

@@ -56,8 +56,12 @@ PUSH_PATH = "/pubsub/push"
 NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, ShuttingDown)
 
 
-def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTPRouteHandler]:
-    """The push route, storing through `ingest`; `traces` gives each push its trace id.
+def push_routes(
+    ingest: Ingest, traces: PushTraces = push_received, *, browsers: bool = True
+) -> list[HTTPRouteHandler]:
+    """The push route, storing through `ingest`; `traces` gives each push its trace id;
+    with `browsers` (pushes not authenticated), what a browser says is checked
+    (`browser_refusal`).
 
     The handler holds `ingest` itself rather than asking Litestar for it: a
     dependency is resolved on every request (with two or more, in a task group
@@ -91,12 +95,11 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
     )
     async def push(request: Request[Any, Any, Any]) -> None:
         headers = request.headers
-        # The browsers' check (`app.auth.browsers`), made here on the headers the push
-        # reads anyway rather than as a guard: Litestar copies a handler for each guard
-        # it runs, 75 calls, a sixth of what a push costs.
-        why = foreign(headers)
-        if why is not None:
-            raise CrossSite(f"a browser sent this for a page of another site ({why})")
+        # The browsers' check, made here on the headers the push reads anyway rather
+        # than as a guard: Litestar copies a handler for each guard it runs, 75 calls,
+        # a sixth of what a push costs.
+        if browsers and (refusal := browser_refusal(headers)) is not None:
+            raise refusal
         # Room in the system's queue for its row, by the length its head declares: a
         # system whose queue is full refuses it here, before a byte of its body is read.
         reserved = ingest.reserve(request.content_length)
@@ -116,6 +119,26 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
         await ingest.accept(message, trace_id=trace_id, reserved=reserved)
 
     return [push]
+
+
+def browser_refusal(headers: Any) -> CrossSite | None:
+    """The browser check of a push where pushes are not authenticated (the loopback
+    service with no push settings): a wrapped push that a browser says comes from
+    another site's page is refused (403), as a replay is (`app.auth.browsers.foreign`).
+
+    An unwrapped push is never judged so: its attributes are headers its publisher
+    named, `Origin`, `Referer` or `Sec-Fetch-Site` among them. It always carries
+    `x-goog-pubsub-message-id` (`write_metadata`), which no page of another site can
+    make a browser send: a header outside the CORS safelist goes to another origin only
+    after a preflight the site consents to, and this service answers none (no CORS).
+    Where pushes are authenticated, a push is judged by its token alone.
+    """
+    if is_unwrapped(headers):
+        return None
+    why = foreign(headers)
+    if why is None:
+        return None
+    return CrossSite(f"a browser sent this for a page of another site ({why})")
 
 
 async def _readable_body(request: Request[Any, Any, Any]) -> None:

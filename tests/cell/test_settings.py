@@ -262,6 +262,40 @@ def test_a_system_or_a_field_named_twice_is_refused() -> None:
         assert refused.value.var == "RECORDLINE_SYSTEMS"
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            '{"alpha": {"storee": "memory:"}}',
+            "system 'alpha': 'storee' is not a system's setting: did you mean 'store'?",
+        ),
+        ('{"alpha": {"store": "memory:", "rate": -1}}', "system 'alpha': 'rate': Expected"),
+        (
+            '{"alpha": {"store": "memcache:"}}',
+            "system 'alpha': 'store': not accepted: expected what RECORDLINE_STORE accepts",
+        ),
+        ('{"alpha": 3}', "system 'alpha': expected an object of its settings"),
+    ],
+)
+def test_a_bad_entry_is_refused_naming_its_system_and_field(text: str, said: str) -> None:
+    # It was one message for every mistake, naming neither the field nor the JSON error.
+    # The system's own fault: the others would serve (`faults`).
+    loaded = Settings.load({"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": text})
+    assert loaded.systems() == {}
+    refused = loaded.cell.faults()["alpha"]
+    assert refused.var == "RECORDLINE_SYSTEMS"
+    assert said in str(refused)
+
+
+def test_systems_that_are_not_json_are_refused_naming_the_error() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.load(
+            {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": '{"alpha": {"store": "memory:"},}'}
+        )
+    assert refused.value.var == "RECORDLINE_SYSTEMS"
+    assert "JSON is malformed: trailing comma" in str(refused.value)
+
+
 def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:
     exported = {"orders": {"serving": ORDERS["serving"], "store": ORDERS["store"]}}
     loaded = Settings.load({"RECORDLINE_EXPORT_SYSTEMS": json.dumps(exported)})
