@@ -152,6 +152,14 @@ class Budget:
         self.promised = promised
         return True
 
+    def fulfil(self, size: int, share: Share | None = None) -> None:
+        """Hold `size` bytes that `promise` kept: they were room no one else may take."""
+        self.promised -= size
+        self.held += size
+        if share is not None:
+            share.promised -= size
+            share.held += size
+
     def unpromise(self, size: int, share: Share | None = None) -> None:
         """Give back what `promise` kept, and the body did not take."""
         self.promised -= size
@@ -316,13 +324,19 @@ class Charge:
         if more <= 0:
             return True
         budget = self.budget
+        if more <= self.promise:
+            # Kept for it (`vow`): its own, whatever else was taken since.
+            self.promise -= more
+            budget.fulfil(more, self.share)
+            self.size = size
+            return True
         # What was promised to it is its own; what was promised to others is not.
-        kept = more if more < self.promise else self.promise
+        kept = self.promise
         ceiling = budget.most if size <= SMALL_BYTES else budget.large_ceiling
         if not budget.take(more, ceiling - budget.promised + kept, self.share):
             return False
         if kept:
-            self.promise -= kept
+            self.promise = 0
             budget.unpromise(kept, self.share)
         self.size = size
         return True

@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import free_port
+from bench.harness import free_port, percentile, rss_kb
 
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 SYSTEMS = ("alpha", "beta", "gamma")
@@ -99,10 +99,7 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return rss_kb(self.process.pid) * 1024
 
 
 @contextlib.contextmanager
@@ -324,8 +321,7 @@ class Took:
         self.seconds.setdefault((system, what, flooded), []).append(seconds)
 
     def p99(self, system: str, what: str, flooded: bool) -> float:
-        ordered = sorted(self.seconds[system, what, flooded])
-        return ordered[max(0, int(len(ordered) * 0.99) - 1)]
+        return percentile(self.seconds[system, what, flooded], 0.99)
 
 
 async def _measure(url: str, took: Took, flooded: list[bool | None], done: asyncio.Event) -> None:

@@ -433,3 +433,57 @@ def test_places_are_a_systems_own_then_borrowed_while_half_the_pool_is_free() ->
     assert (pool.open, alpha.open, beta.open) == (7, 5, 2)
     alpha.give()
     assert (pool.open, alpha.open) == (6, 4)
+
+
+# Operations on two systems' shares: requests and reads of either, large bodies promised
+# and read a piece at a time, releases.
+SHARED_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("request"), st.integers(0, 1), SIZES),
+        st.tuples(st.just("read now"), st.integers(0, 1), SIZES),
+        st.tuples(st.just("vow"), st.integers(0, 1), SIZES),
+        st.tuples(st.just("body"), st.integers(0, 40), st.integers(1, 4)),
+        st.tuples(st.just("release"), st.integers(0, 40)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SHARED_OPS)
+def test_shares_and_promises_hold_exactly_what_their_charges_hold(ops: list[Op]) -> None:
+    budget = Budget(16 * MIB, read_room=4 * MIB)
+    shares = [Share(budget, 6 * MIB), Share(budget, 6 * MIB)]
+    charges: list[Charge] = []
+    for op in ops:
+        kind = op[0]
+        if kind in ("request", "read now", "vow"):
+            charge = Charge(budget, shares[op[1]])
+            if kind == "request":
+                charge.take_request(op[2])
+            elif kind == "read now":
+                charge.fits(op[2])
+            else:
+                charge.vow(op[2])
+            charges.append(charge)
+        elif charges and kind == "body":
+            # A body read a piece at a time: what was promised it is always taken.
+            charge = charges[op[1] % len(charges)]
+            piece = op[2] * MIB // 4
+            promised = charge.promise
+            taken = charge.take_request(charge.size + piece)
+            assert taken or piece > promised
+        elif charges and kind == "release":
+            charges[op[1] % len(charges)].release()
+        assert 0 <= budget.held <= budget.most
+        assert budget.held == sum(c.size for c in charges)
+        assert budget.promised == sum(c.promise for c in charges)
+        assert budget.held + budget.promised <= budget.most
+        for share in shares:
+            mine = [c for c in charges if c.share is share]
+            assert share.held == sum(c.size for c in mine)
+            assert share.promised == sum(c.promise for c in mine)
+    for charge in charges:
+        charge.release()
+    assert (budget.held, budget.promised) == (0, 0)
+    assert [(s.held, s.promised) for s in shares] == [(0, 0), (0, 0)]

@@ -1,0 +1,53 @@
+"""One system of a cell flooded with everything a client can do to it, in alternating
+slices, while the others push and read: the others keep their latency, and every one
+of the flooded system's refusals says when to retry (`bench/flood.py`).
+
+Once, in alternating 2 s slices (alpha bursting twenty 128 KiB pushes, ten times its
+queue, with a storm of followers), beta's read p99 went from 72 to 381 ms and gamma's
+from 196 to 555 ms: alpha's refused pushes were read whole before they were refused,
+a stream's long-polls and SSE were never refused, exports waiting on slow clients were
+not counted, and four readers declaring bodies they never sent held most of the budget.
+"""
+
+from __future__ import annotations
+
+from app.query.events import ENCODED_BYTES
+from app.store.tail import MAX_BYTES as TAIL_BYTES
+from bench import flood
+
+# Each slice's length, and how many: as short as gives each kind a hundred requests or
+# more of each quiet system.
+SLICES = 6
+SECONDS = 2.0
+# What a connection may hold beyond the budget (docs/security.md#memory-bound), and
+# the connections the flood opens at most.
+PER_CONNECTION = 112 * 1024
+CONNECTIONS = 10 * flood.QUEUE // flood.BODY + 4 * flood.FOLLOWERS_EACH_MODE + flood.EXPORTS + 8
+
+
+def test_a_flooded_system_is_refused_alone_and_the_others_keep_their_latency() -> None:
+    result = flood.run(SLICES, SECONDS)
+    print("\n" + "\n".join(result.lines()))
+    assert result.took.failed == []
+    for system in flood.QUIET:
+        for what in ("push", "read"):
+            unflooded = result.took.p99(system, what, flooded=False)
+            flooded = result.took.p99(system, what, flooded=True)
+            # Twice as slow at most, and 50 ms for this machine's own noise.
+            assert flooded <= 2 * unflooded + 0.05, (system, what, unflooded, flooded)
+    # The flood was refused, for alpha alone, and each refusal said when to retry: but a
+    # read declaring a body, which is the client's own error, not load.
+    refused = [a for a in result.answers if a.status >= 400 and a.kind != "declaring a body"]
+    kinds = {a.kind for a in refused}
+    assert {"push", "export"} <= kinds, kinds
+    assert [a for a in refused if a.status not in (429, 503) or not a.retry_after] == []
+    declaring = [a for a in result.answers if a.kind == "declaring a body"]
+    assert declaring
+    assert {(a.status, a.problem) for a in declaring} == {(400, "body-not-allowed")}
+    # Every system's tail and encodings, the budget, and what the connections keep.
+    bound = (
+        flood.BUDGET
+        + len(flood.SYSTEMS) * (TAIL_BYTES + ENCODED_BYTES)
+        + CONNECTIONS * PER_CONNECTION
+    )
+    assert result.peak_rss - result.base_rss < bound
