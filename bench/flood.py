@@ -6,8 +6,8 @@ time throughout, and their answer times are kept by slice. The flood, from a pro
 of its own so that its client's work is not the measurers':
 - bursts of ten times alpha's queue in bodies of 128 KiB, each refused push delivered
   again after a backoff of 0.5 to 1.5 s (as Pub/Sub does, faster), while the slice lasts;
-- 24 followers of every live mode (a waiting page, pages as events, a stream's
-  long-poll, a stream's SSE), none reading what it is sent;
+- 24 followers at the tail, of every live mode (a waiting page, pages as events, a
+  stream's long-poll, a stream's SSE), none reading what it is sent;
 - 50 exports whose clients take nothing;
 - 4 readers declaring bodies of 14 MiB and sending none;
 each refused one asked again after its Retry-After while the slice lasts.
@@ -62,11 +62,12 @@ ALPHA_ROWS = 24
 ALPHA_ROW_BYTES = 96 * 1024
 # The quiet systems' requests: one at a time, this far apart.
 PACE_SECONDS = 0.02
+# Followers at the tail, each way (the exports are the readers far behind).
 LIVE = {
     "a waiting page": ("/v1/records?since=2099-01-01T00:00:00Z&wait=30", ""),
-    "pages as events": ("/v1/records?since=2000-01-01T00:00:00Z&limit=1000", "text/event-stream"),
+    "pages as events": ("/v1/records?since=2099-01-01T00:00:00Z", "text/event-stream"),
     "a long-poll": ("/v1/streams/records?offset=now&live=long-poll", ""),
-    "a stream's SSE": ("/v1/streams/records?offset=-1&live=sse", ""),
+    "a stream's SSE": ("/v1/streams/records?offset=now&live=sse", ""),
 }
 
 

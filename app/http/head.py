@@ -111,7 +111,8 @@ class Recordline:
             # more of it is read, rather than read part way and refused.
             declared = charge.declared
             refusal = None
-            if self.push_room is not None and scope["path"] == self.unsliced:
+            push = scope["path"] == self.unsliced and scope["method"] == "POST"
+            if push and self.push_room is not None:
                 # A push its system's queue has no room for, refused before it is routed,
                 # its token checked or its body read: what a flood of one system's
                 # pushes costs the process, and so the other systems.
