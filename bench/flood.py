@@ -4,13 +4,14 @@ A cell of three systems on DuckDB files (`recordline serve`, a process of its ow
 alpha is flooded in every other slice, beta and gamma push and read one request at a
 time throughout, and their answer times are kept by slice. The flood, from a process
 of its own so that its client's work is not the measurers':
-- bursts of ten times alpha's queue in bodies of 128 KiB, each refused push delivered
-  again after a backoff of 0.5 to 1.5 s (as Pub/Sub does, faster), while the slice lasts;
+- a burst of ten times alpha's queue in bodies of 128 KiB (a refused push is delivered
+  again by Pub/Sub after 10 s at the least, past the slice);
 - 24 followers at the tail, of every live mode (a waiting page, pages as events, a
   stream's long-poll, a stream's SSE), none reading what it is sent;
 - 50 exports whose clients take nothing;
 - 4 readers declaring bodies of 14 MiB and sending none;
-each refused one asked again after its Retry-After while the slice lasts.
+each a slice's, held until it ends (a refused one would ask again after its Retry-After,
+past the slice), and readers whose receive buffers are 4 KiB.
 
 What it measures: beta's and gamma's push and read p99 in the slices with the flood
 and without it (the same run, the machine's drift on both alike); every answer alpha
@@ -26,7 +27,7 @@ import contextlib
 import json
 import multiprocessing
 import os
-import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -193,21 +194,16 @@ class _Flood:
         self.on = on
         self.stop = stop
         self.answers: list[Answer] = []
-        self.jitter = random.Random(7)
         self.bodies = [record(f"flood-{n}", BODY * 3 // 4 - 100) for n in range(10 * QUEUE // BODY)]
 
-    async def _while_on(self, seconds: float) -> bool:
-        """Wait `seconds`; whether the flood is still on then."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if not self.on.is_set() or self.stop.is_set():
-                return False
-            await asyncio.sleep(0.05)
-        return self.on.is_set() and not self.stop.is_set()
-
     async def _ask(self, kind: str, head: bytes, body: bytes = b"") -> tuple[int, Any]:
-        """Send a request; its status, and the connection (open, for a 200 read on)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        """Send a request on a connection whose client takes what it is sent slowly (a
+        receive buffer of 4 KiB); its status, and the connection (open, for a 200)."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
         kept = None
         try:
             writer.write(head + body)
@@ -240,33 +236,29 @@ class _Flood:
                 writer.transport.abort()
 
     async def push(self, body: bytes) -> None:
+        """One delivery of a burst: refused, it is delivered again by Pub/Sub after 10 s
+        at the least (a subscription's retry policy), past the slice."""
         head = (
             f"POST /systems/{FLOODED}/pubsub/push HTTP/1.1\r\nHost: localhost\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         ).encode()
-        while self.on.is_set() and not self.stop.is_set():
-            status, _ = await self._ask("push", head, body)
-            if status != 503 or not await self._while_on(0.5 + self.jitter.random()):
-                return
+        await self._ask("push", head, body)
 
     async def hold(self, kind: str, path: str, accept: str = "", extra: str = "") -> None:
-        """A reader that takes nothing of what it is sent, asked again while refused."""
+        """A reader that takes nothing of what it is sent, held until the slice ends;
+        refused, it would ask again after its Retry-After (5 s), past the slice."""
         head = f"GET /systems/{FLOODED}{path} HTTP/1.1\r\nHost: localhost\r\n"
         if accept:
             head += f"Accept: {accept}\r\n"
         head += extra + "\r\n"
-        while self.on.is_set() and not self.stop.is_set():
-            status, writer = await self._ask(kind, head.encode())
-            if writer is not None:
-                with contextlib.suppress(Exception):
-                    writer.transport.pause_reading()
-                    while self.on.is_set() and not self.stop.is_set():
-                        await asyncio.sleep(0.05)
-                    writer.transport.abort()
-                return
-            if status == 400 or not await self._while_on(1.0 + self.jitter.random()):
-                return  # a read that declares a body is refused for good
+        _, writer = await self._ask(kind, head.encode())
+        if writer is not None:
+            try:
+                while self.on.is_set() and not self.stop.is_set():
+                    await asyncio.sleep(0.05)
+            finally:
+                writer.transport.abort()
 
     async def slice(self) -> None:
         """One flooded slice: every client at once, all ended as the slice ends."""
