@@ -18,14 +18,14 @@ from litestar import Litestar, Request, Router
 from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
-from litestar.types import AfterExceptionHookHandler
+from litestar.types import AfterExceptionHookHandler, Scope
 
 from app.auth.browsers import json_only, same_origin
 from app.auth.guards import Auth
 from app.auth.oidc import GoogleCerts
 from app.budget import LARGE_ROOM, Budget, Places, Share
 from app.docs import docs_assets, openapi_config
-from app.errors import SchemaUnavailable, StoreUnavailable
+from app.errors import RecordlineError, SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.http.codings import compression
 from app.http.head import Recordline
@@ -50,12 +50,17 @@ from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
-from app.routes.export import EXPORT_ROUTES
+from app.routes.export import EXPORT_PATH, EXPORT_ROUTES
 from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.read_pass import read_pass_routes
-from app.routes.reads import export_places, exports_middleware, reads_middleware
+from app.routes.reads import (
+    export_places,
+    exports_middleware,
+    exports_refusal,
+    reads_middleware,
+)
 from app.routes.streams import STREAM_ROUTES
 from app.settings import QuerySettings, ServerSettings, Settings, SettingsError, names
 from app.store import Store
@@ -233,6 +238,11 @@ def create_app(
         signals=shared is None,
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
+    exporting = (
+        shared.exports
+        if shared is not None and shared.exports is not None
+        else export_places(settings.server.memory_budget_bytes)
+    )
     app = http_app(
         routers(
             auth,
@@ -244,11 +254,7 @@ def create_app(
                 if shared is not None and shared.reads is not None
                 else Places(settings.server.max_reads)
             ),
-            exports=exports_middleware(
-                shared.exports
-                if shared is not None and shared.exports is not None
-                else export_places(settings.server.memory_budget_bytes)
-            ),
+            exports=exports_middleware(exporting),
         ),
         constants(
             readiness=readiness,
@@ -267,8 +273,27 @@ def create_app(
     app.budget = budget
     app.share = None if shared is None else shared.share
     app.unsliced = PUSH_PATH
-    app.push_room = pushes.ingest.room
+    app.refused = refused_on_head(pushes.ingest, exporting)
     return app
+
+
+def refused_on_head(
+    ingest: Ingest, exports: Places
+) -> Callable[[Scope, int], RecordlineError | None]:
+    """Why a request is refused on its head, before it is routed, if it is (given what its
+    body says it holds): a push its system's queue has no room for (`Ingest.room`), an
+    export past the system's share. Each such refusal costs the server's parse of its
+    head and this, nothing of Litestar's; the route's own checks still hold the bound."""
+
+    def refused(scope: Scope, declared: int) -> RecordlineError | None:
+        path = scope["path"]
+        if path == PUSH_PATH:
+            return ingest.room(declared) if scope.get("method") == "POST" else None
+        if path.startswith(EXPORT_PATH) and exports.full():
+            return exports_refusal(exports)
+        return None
+
+    return refused
 
 
 def probes_canary(settings: Settings) -> bool:

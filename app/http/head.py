@@ -51,8 +51,8 @@ class Recordline:
         "connections",
         "litestar",
         "problems",
-        "push_room",
         "readiness",
+        "refused",
         "share",
         "stopping",
         "unsliced",
@@ -75,9 +75,9 @@ class Recordline:
         self.unsliced = ""
         # What its refusals are answered with, before Litestar (`refuse`).
         self.problems: Problems | None = None
-        # Why a push of a body of so many bytes (to `unsliced`) is refused now, if it
-        # is: its queue has no room for it (`app.ingest.service.Ingest.room`).
-        self.push_room: Callable[[int], RecordlineError | None] | None = None
+        # Why a request whose body says it is so many bytes long is refused on its head,
+        # if it is, before it is routed (`app.asgi.refused_on_head`).
+        self.refused: Callable[[Scope, int], RecordlineError | None] | None = None
 
     async def refuse(self, send: Send, error: RecordlineError) -> None:
         """Answer `error` as its problem, before the app is asked: never kept by a cache."""
@@ -110,13 +110,10 @@ class Recordline:
             # the room kept for pushes): refused on its head otherwise, before a byte
             # more of it is read, rather than read part way and refused.
             declared = charge.declared
-            refusal = None
-            push = scope["path"] == self.unsliced and scope["method"] == "POST"
-            if push and self.push_room is not None:
-                # A push its system's queue has no room for, refused before it is routed,
-                # its token checked or its body read: what a flood of one system's
-                # pushes costs the process, and so the other systems.
-                refusal = self.push_room(declared)
+            # A push its system's queue has no room for, an export past its share:
+            # refused before it is routed, its token checked or its body read, so that
+            # one system's flood costs the process, and the other systems, next to nothing.
+            refusal = None if self.refused is None else self.refused(scope, declared)
             if (
                 refusal is None
                 and declared > SMALL_BYTES

@@ -50,6 +50,8 @@ from app.routes.query import (
 )
 
 ROW_BOUND: Final = "Recordline-Export-Max-Rows"
+# Where every export is: what it is refused on its head under (`app.asgi.refused_on_head`).
+EXPORT_PATH: Final = "/v1/export/"
 _PARAMETERS: Final = (
     frozenset({"format", "columns", "since", "until", "max_rows", "page_token"}) | FILTER_PARAMETERS
 )

@@ -60,14 +60,16 @@ def exports_middleware(places: Places) -> DefineMiddleware:
     """For the export route: each export counted while in flight, and refused with
     TooManyExports while `places` are full."""
 
-    def refusal() -> RetryLater:
-        where = "this instance sends" if places.pool is None else "this system sends"
-        return TooManyExports(
-            f"{where} {places.open} exports at once, the most it may; retry",
-            retry_after=EXPORT_RETRY_SECONDS,
-        )
+    return held_while_in_flight(places, lambda: exports_refusal(places))
 
-    return held_while_in_flight(places, refusal)
+
+def exports_refusal(places: Places) -> TooManyExports:
+    """The refusal of an export while `places` are full."""
+    where = "this instance sends" if places.pool is None else "this system sends"
+    return TooManyExports(
+        f"{where} {places.open} exports at once, the most it may; retry",
+        retry_after=EXPORT_RETRY_SECONDS,
+    )
 
 
 def held_while_in_flight(places: Places, refusal: Callable[[], RetryLater]) -> DefineMiddleware:
