@@ -17,7 +17,7 @@ from bench import flood
 
 # Each slice's length, and how many: as short as gives each kind a hundred requests or
 # more of each quiet system.
-SLICES = 6
+SLICES = 8
 SECONDS = 2.0
 # What a connection may hold beyond the budget (docs/security.md#memory-bound), and
 # the connections the flood opens at most.
