@@ -105,22 +105,25 @@ class Served:
 
 
 @contextlib.contextmanager
-def cell(folder: Path) -> Iterator[Served]:
-    """The three systems' cell, served until done."""
+def serving(folder: Path, *, in_cell: bool) -> Iterator[Served]:
+    """The three systems' cell, or a deployment of one, served until done."""
     systems: dict[str, dict[str, Any]] = {
         name: {"store": f"duckdb://{folder / name}.duckdb"} for name in SYSTEMS
     }
     systems[FLOODED]["queue_bytes"] = QUEUE
     port = free_port()
+    env = {
+        **os.environ,
+        "RECORDLINE_MEMORY_BUDGET_BYTES": str(BUDGET),
+        "RECORDLINE_LOG_LEVEL": "ERROR",
+    }
+    if in_cell:
+        env |= {"RECORDLINE_CELL": "flood", "RECORDLINE_SYSTEMS": json.dumps(systems)}
+    else:
+        env |= {"RECORDLINE_STORE": f"duckdb://{folder}/one.duckdb"}
     process = subprocess.Popen(
         [RECORDLINE, "serve", "--port", str(port)],
-        env={
-            **os.environ,
-            "RECORDLINE_CELL": "flood",
-            "RECORDLINE_SYSTEMS": json.dumps(systems),
-            "RECORDLINE_MEMORY_BUDGET_BYTES": str(BUDGET),
-            "RECORDLINE_LOG_LEVEL": "ERROR",
-        },
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -130,18 +133,18 @@ def cell(folder: Path) -> Iterator[Served]:
         while True:
             try:
                 ready = httpx.get(f"{served.url}/readyz", timeout=2)
-                if ready.status_code == 200 and not ready.json()["not_ready"]:
+                if ready.status_code == 200 and not ready.json().get("not_ready"):
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the cell did not start")
+                raise RuntimeError("the service did not start")
             time.sleep(0.1)
         with httpx.Client(base_url=served.url, timeout=30) as client:
             for n in range(ALPHA_ROWS):
                 body = record(f"alpha-row-{n}", ALPHA_ROW_BYTES)
                 answer = client.post(
-                    f"/systems/{FLOODED}/pubsub/push",
+                    f"{_prefix(FLOODED, in_cell)}/pubsub/push",
                     content=body,
                     headers={"content-type": "application/json"},
                 )
@@ -155,6 +158,11 @@ def cell(folder: Path) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _prefix(system: str, in_cell: bool) -> str:
+    """Where a system's paths are: under the cell's `/systems/{system}`, or at the root."""
+    return f"/systems/{system}" if in_cell else ""
 
 
 # The flood, in a process of its own.
@@ -189,8 +197,11 @@ def _length(head: bytes) -> int:
 
 
 class _Flood:
-    def __init__(self, port: int, on: EventType, stop: EventType) -> None:
+    def __init__(self, port: int, on: EventType, stop: EventType, in_cell: bool) -> None:
         self.port = port
+        # Where alpha's paths are; in a deployment of one the readers are the flood alone.
+        self.prefix = _prefix(FLOODED, in_cell)
+        self.in_cell = in_cell
         self.on = on
         self.stop = stop
         self.answers: list[Answer] = []
@@ -239,7 +250,7 @@ class _Flood:
         """One delivery of a burst: refused, it is delivered again by Pub/Sub after 10 s
         at the least (a subscription's retry policy), past the slice."""
         head = (
-            f"POST /systems/{FLOODED}/pubsub/push HTTP/1.1\r\nHost: localhost\r\n"
+            f"POST {self.prefix}/pubsub/push HTTP/1.1\r\nHost: localhost\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         ).encode()
@@ -248,7 +259,7 @@ class _Flood:
     async def hold(self, kind: str, path: str, accept: str = "", extra: str = "") -> None:
         """A reader that takes nothing of what it is sent, held until the slice ends;
         refused, it would ask again after its Retry-After (5 s), past the slice."""
-        head = f"GET /systems/{FLOODED}{path} HTTP/1.1\r\nHost: localhost\r\n"
+        head = f"GET {self.prefix}{path} HTTP/1.1\r\nHost: localhost\r\n"
         if accept:
             head += f"Accept: {accept}\r\n"
         head += extra + "\r\n"
@@ -262,7 +273,8 @@ class _Flood:
 
     async def slice(self) -> None:
         """One flooded slice: every client at once, all ended as the slice ends."""
-        parts = os.environ.get("FLOOD_PARTS", "push,follow,export,declare").split(",")
+        every = "push,follow,export,declare" if self.in_cell else "follow,export,declare"
+        parts = os.environ.get("FLOOD_PARTS", every).split(",")
         tasks = [self.push(body) for body in self.bodies] if "push" in parts else []
         for mode, (path, accept) in LIVE.items():
             if "follow" in parts:
@@ -291,11 +303,11 @@ class _Flood:
             await asyncio.sleep(0.02)
 
 
-def _flood(port: int, on: EventType, stop: EventType, out: Any) -> None:
+def _flood(port: int, on: EventType, stop: EventType, out: Any, in_cell: bool) -> None:
     # The flood's own work is the client's, not the server's: on a busy machine it
     # yields the cores to the server and to the measured systems' client.
     os.nice(19)
-    flood = _Flood(port, on, stop)
+    flood = _Flood(port, on, stop, in_cell)
     asyncio.run(flood.run())
     out.put([(a.kind, a.status, a.retry_after, a.problem) for a in flood.answers])
 
@@ -317,10 +329,14 @@ class Took:
         return percentile(self.seconds[system, what, flooded], 0.99)
 
 
-async def _measure(url: str, took: Took, flooded: list[bool | None], done: asyncio.Event) -> None:
+async def _measure(
+    url: str, took: Took, flooded: list[bool | None], done: asyncio.Event, in_cell: bool
+) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
 
         async def system(name: str) -> None:
+            # In a deployment of one, beta and gamma are two other clients of its one.
+            prefix = _prefix(name, in_cell)
             n = 0
             while not done.is_set():
                 n += 1
@@ -328,7 +344,7 @@ async def _measure(url: str, took: Took, flooded: list[bool | None], done: async
                 body = envelope(f"{name}-{n}", json.dumps({"id": f"{name}-{n}", "n": n}).encode())
                 began = time.perf_counter()
                 pushed = await client.post(
-                    f"/systems/{name}/pubsub/push",
+                    f"{prefix}/pubsub/push",
                     content=body,
                     headers={"content-type": "application/json"},
                 )
@@ -337,7 +353,7 @@ async def _measure(url: str, took: Took, flooded: list[bool | None], done: async
                 if pushed.status_code != 204:
                     took.failed.append(f"{name} push {pushed.status_code}: {pushed.text[:200]}")
                 began = time.perf_counter()
-                read = await client.get(f"/systems/{name}/v1/records", params={"limit": 10})
+                read = await client.get(f"{prefix}/v1/records", params={"limit": 10})
                 if kind is not None and kind == flooded[0]:
                     took.add(name, "read", kind, time.perf_counter() - began)
                 if read.status_code != 200:
@@ -381,14 +397,20 @@ class Result:
         return said
 
 
-def run(slices: int = 6, seconds: float = 2.0) -> Result:
+def run(slices: int = 6, seconds: float = 2.0, *, in_cell: bool = True) -> Result:
     """A cell, its quiet systems measured in `slices` of `seconds` each, alpha flooded in
-    every other one."""
+    every other one; or (not `in_cell`) a deployment of one, two clients of it measured
+    while the flood's readers read it."""
     context = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory() as folder, cell(Path(folder)) as served:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        serving(Path(folder), in_cell=in_cell) as served,
+    ):
         on, stop = context.Event(), context.Event()
         out = context.Queue()
-        flooding = context.Process(target=_flood, args=(served.port, on, stop, out), daemon=True)
+        flooding = context.Process(
+            target=_flood, args=(served.port, on, stop, out, in_cell), daemon=True
+        )
         flooding.start()
         base = served.rss()
         peak = [base]
@@ -406,7 +428,9 @@ def run(slices: int = 6, seconds: float = 2.0) -> Result:
             async def measured() -> None:
                 flooded: list[bool | None] = [False]
                 done = asyncio.Event()
-                measuring = asyncio.ensure_future(_measure(served.url, took, flooded, done))
+                measuring = asyncio.ensure_future(
+                    _measure(served.url, took, flooded, done, in_cell)
+                )
                 for n in range(slices):
                     loud = n % 2 == 1
                     if loud:
@@ -439,8 +463,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench cell --flood")
     parser.add_argument("--slices", type=int, default=6)
     parser.add_argument("--slice-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--one", action="store_true", help="a deployment of one system, its readers the flood"
+    )
     args = parser.parse_args(argv)
-    result = run(args.slices, args.slice_seconds)
+    result = run(args.slices, args.slice_seconds, in_cell=not args.one)
     print("\n".join(result.lines()))
     for failure in result.took.failed[:5]:
         print("failed:", failure)
