@@ -1,18 +1,12 @@
 """What requests and answers hold in flight, for the whole process: a budget of bytes.
 
-A request's head and body as they are read, the rows a read takes from the store and
-what is made of them, and an answer until the connection has taken it, are
-charged here before they are held and given back once they are not
-(`app.http.limits` for a request's own charge, `Charge.until_gone` for a read's).
-Reads leave pushes their reserve and are refused after a moment's wait (503
-TooMuchInFlight); a large push leaves a sixteenth to small ones; a usual push
-never waits (503 at once, and Pub/Sub delivers it again).
-
-In a cell each system draws on a `Share` of the one budget: its own bytes, and beyond
-them what quiet systems leave, while half the budget stays free and no other system's
-read waits for room (then what was lent comes back as it is released). A system over
-its share is refused alone; its reads wait in a line of their own, so that one
-system's waiting reads never hold back another's. docs/security.md#memory-bound
+A request's head and body as they are read, a read's rows and what is made of them,
+and an answer until the connection has taken it, are charged here while held (`Charge`).
+Reads leave pushes their reserve and wait a moment at most (503 TooMuchInFlight); a
+push never waits. In a cell each system draws on a `Share`: its own bytes, and what
+quiet systems leave while half the budget is free and no other system's read waits;
+its reads wait in a line of their own. Reads, followers and exports in flight are
+`Places`, shared alike. docs/security.md#memory-bound
 """
 
 from __future__ import annotations

@@ -99,15 +99,6 @@ class UpgradeNotServed(BadRequest):
     problem = "upgrade-not-served"
 
 
-class BodyNotAllowed(BadRequest):
-    """A GET or HEAD request carries a body (`Content-Length` above 0, or
-    `Transfer-Encoding`): a read takes none, so the request is not read further and
-    the connection is closed."""
-
-    title = "Body not allowed"
-    problem = "body-not-allowed"
-
-
 class BadParameter(BadRequest):
     """A query parameter cannot be used; `parameter` names it."""
 

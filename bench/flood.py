@@ -286,7 +286,12 @@ class _Flood:
         declaring = f"Content-Length: {DECLARED}\r\n"
         if "declare" in parts:
             tasks += [
-                self.hold("declaring a body", "/v1/records", "text/event-stream", declaring)
+                self.hold(
+                    "declaring a body",
+                    "/v1/records?since=2099-01-01T00:00:00Z",
+                    "text/event-stream",
+                    declaring,
+                )
                 for _ in range(DECLARING)
             ]
         running = [asyncio.ensure_future(task) for task in tasks]

@@ -1,13 +1,10 @@
 """One system of a cell: its app started, kept and stopped on its own.
 
 A system's app is started under the cell's supervisor, as a loop of its own
-(`system <name>`): a start that fails (its database gone, its file locked) is
-logged, counted, and tried again after a pause with a new app, while the cell's
-other systems serve; meanwhile its requests are answered 503 `system-unavailable`
-and nothing is stored. A system whose own settings cannot be used (its entry, its
-schema, its principals) never starts, and says why, while the others serve. A stop
-ends each system's app as `recordline serve` ends its one: accepted rows drained,
-its store closed.
+(`system <name>`): a start that fails is logged, counted, and tried again after a
+pause with a new app, while the others serve; meanwhile it answers 503
+`system-unavailable`. One whose own settings cannot be used never starts, and says
+why. A stop ends each app as `recordline serve` ends its one: rows drained, store closed.
 
 Design: docs/cells.md#isolation
 """

@@ -1,12 +1,10 @@
 """What one connection may cost: every byte of every request bounded, in size and in time.
 
 Every connection is served by `BoundedHttpTools`, uvicorn's httptools protocol
-following each request through the callbacks of the parser uvicorn itself feeds: a
-head's size and time, a body's time, trailers dropped, upgrades and `CONNECT` refused,
-`Host` checked, a GET or HEAD with a body refused, requests pipelined ahead of their
-answers bounded, each request's head and body charged to the process's budget as they
-are read, an answer its client does not take cut off, and at most `max_connections` a
-process (`Connections`).
+following each request through the parser's callbacks: a head's size and time, a
+body's time, trailers dropped, upgrades and `CONNECT` refused, a read's body dropped
+unread, `Host` checked, pipelining bounded, head and body charged as they are read, an
+answer its client does not take cut off, `max_connections` a process (`Connections`).
 
 Design, and why a layer over httptools rather than another server:
 docs/security.md#request-bounds
@@ -24,7 +22,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from app.budget import Budget, Charge
 from app.errors import (
     AmbiguousRequest,
-    BodyNotAllowed,
     HeadersTooLarge,
     MisdirectedRequest,
     RecordlineError,
@@ -71,8 +68,9 @@ CHARGE: Final = "recordline.charge"
 # body, 3 when its payload is all brackets; 4 times an unwrapped one all brackets; 1.5
 # to 2 times once decoded, while it is stored).
 BODY_COPIES: Final = 4
-# The methods whose requests carry no body here: a read. One that declares a body is
-# refused on its head (400 body-not-allowed), so that no reader holds what it declares.
+# The methods whose requests carry no body here: a read. What one that declares a body
+# sends of it is dropped unread and uncharged (and the connection closed once it is
+# answered, if the body did not end), so that no reader holds what it declares.
 BODILESS: Final = frozenset({b"GET", b"HEAD"})
 # What a connection's transport may hold of an answer before it stops taking more
 # (writing paused until its client takes some): asyncio's default is 64 KiB. An answer
@@ -188,6 +186,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         "_crowded",
         "_cut",
         "_deadline",
+        "_discarding",
         "_gone",
         "_head_ended",
         "_in_flight",
@@ -212,6 +211,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._body_read = 0
         # The head ended in the current read: what of it is the body's is not known.
         self._head_ended = False
+        # The request being read is a read whose body is dropped (BODILESS).
+        self._discarding = False
         self._chunks = 0
         # Requests whose head was read and whose answer is not complete.
         self._in_flight = 0
@@ -444,6 +445,8 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         size = len(body)
         self._body_read += size
+        if self._discarding:
+            return  # a read's body: dropped, unread by the app and uncharged
         charge = self._body_charge
         # Charged as it is read, BODY_COPIES over (what the app makes of it), while the
         # app has not answered: past its answer, uvicorn drops what comes.
@@ -471,6 +474,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._phase = HEAD
         self._taken = 0
         self._head_ended = False
+        self._discarding = False
 
     def _refusal_of_head(self) -> bytes | None:
         headers = self.headers
@@ -527,19 +531,14 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "being answered; send the rest again on a new connection"
                 )
             )
-        if body and (method := self.parser.get_method()) in BODILESS:
-            return self._answer(
-                BodyNotAllowed(
-                    f"a {method.decode()} request carries no body here "
-                    "(Content-Length above 0, or Transfer-Encoding)"
-                )
-            )
+        # A read's body is dropped unread (`on_body`), never charged nor kept.
+        self._discarding = body and self.parser.get_method() in BODILESS
         # The head (at most the reads it came in); its body as it is read (`on_body`),
         # never by what it declares, which the app weighs against the room there is
         # (`app.http.head`: `Charge.vow`).
         if not self._head_charged(min(self._taken + self._read, limit)):
             return self._answer(self.budget.refusal())
-        if declared <= self.limits.max_body_bytes:
+        if declared <= self.limits.max_body_bytes and not self._discarding:
             self._charge.declared = declared  # type: ignore[union-attr]
         return None
 

@@ -35,7 +35,7 @@ from app.query.filters import FILTER_PARAMETERS, REPEATABLE
 from app.query.streams import STREAMS
 from app.records import moment
 from app.routes.query import (
-    STREAM_ERRORS,
+    EXPORT_ERRORS,
     AttributeFilter,
     FieldFilter,
     Filter,
@@ -101,7 +101,7 @@ MaxRows = Annotated[
         "header says the row bound before the first row."
     ),
     tags=["records"],
-    responses=STREAM_ERRORS,
+    responses=EXPORT_ERRORS,
     operation_class=ExportOperation,
     response_headers=[
         ResponseHeader(

@@ -1,15 +1,11 @@
-"""Room kept for pushes: the reads in flight at once are bounded below the connections kept,
-and the exports among them by the budget.
+"""Room kept for pushes: reads in flight bounded below the connections, exports by the budget.
 
-A reader may hold its connection for minutes (a waiting page, a stream): at the
-bound on connections, 50 streams once made every push 503, and Pub/Sub then backs
-off for the whole subscription. So reads, waiting pages, streams and replays in
-flight are at most `ServerSettings.max_reads` (what RECORDLINE_PUSH_RESERVE leaves
-of RECORDLINE_MAX_CONNECTIONS); one more is 503 `too-many-reads`. An export holds a
-chunk until its client takes it: exports in flight are at most one for each
-EXPORT_BYTES of the budget; one more is 503 `too-many-exports`. In a cell each
-system has its share of both (`app.budget.Places`), and may borrow what quiet
-systems leave.
+A reader may hold its connection for minutes: at the bound on connections, 50
+streams once made every push 503. So reads in flight are at most
+`ServerSettings.max_reads` (what RECORDLINE_PUSH_RESERVE leaves of the connections;
+one more is 503 `too-many-reads`), and exports, which hold a chunk until taken, one
+for each EXPORT_BYTES of the budget (`too-many-exports`); in a cell, each system's
+share of both (`app.budget.Places`).
 
 Design: docs/security.md#room-for-pushes
 """

@@ -31,8 +31,7 @@ def test_a_flooded_system_is_refused_alone_and_the_others_keep_their_latency() -
     print("\n" + "\n".join(result.lines()))
     held_to_their_latency(result)
     # The flood was refused, for alpha alone.
-    refused = [a for a in result.answers if a.status >= 400 and a.kind != "declaring a body"]
-    kinds = {a.kind for a in refused}
+    kinds = {a.kind for a in result.answers if a.status >= 400}
     assert {"push", "export"} <= kinds, kinds
     # Every system's tail and encodings, the budget, and what the connections keep.
     kept = len(flood.SYSTEMS) * (TAIL_BYTES + ENCODED_BYTES)
@@ -53,16 +52,15 @@ def test_the_same_readers_leave_a_deployment_of_ones_other_clients_their_latency
 
 def held_to_their_latency(result: flood.Result) -> None:
     """The measured clients were answered, each within twice its unflooded p99 (and
-    50 ms for this machine's own noise) while flooded; every refusal of the flood said
-    when to retry, but a read declaring a body (the client's own error, not load)."""
+    50 ms for this machine's own noise) while flooded; every refusal of the flood was a
+    429 or 503 that said when to retry."""
     assert result.took.failed == []
     for system in flood.QUIET:
         for what in ("push", "read"):
             unflooded = result.took.p99(system, what, flooded=False)
             flooded = result.took.p99(system, what, flooded=True)
             assert flooded <= 2 * unflooded + 0.05, (system, what, unflooded, flooded)
-    refused = [a for a in result.answers if a.status >= 400 and a.kind != "declaring a body"]
+    refused = [a for a in result.answers if a.status >= 400]
     assert [a for a in refused if a.status not in (429, 503) or not a.retry_after] == []
-    declaring = [a for a in result.answers if a.kind == "declaring a body"]
-    assert declaring
-    assert {(a.status, a.problem) for a in declaring} == {(400, "body-not-allowed")}
+    # The readers declaring bodies read as others do: their bodies are dropped unread.
+    assert {a.status for a in result.answers if a.kind == "declaring a body"} <= {200, 503}
