@@ -55,7 +55,7 @@ from app.routes.ingest import (
     REPLAY_ROUTES,
     push_refusals,
     push_routes,
-    unauthenticated_push_from_no_browser,
+    wrapped_push_from_no_browser,
 )
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
@@ -484,8 +484,7 @@ def routers(
         Router(
             "/",
             route_handlers=push_routes(ingest, telemetry.push_traces),
-            # A push is judged by its token; with none to check, by what a browser says.
-            guards=auth.push_guards or [unauthenticated_push_from_no_browser],
+            guards=[*auth.push_guards, wrapped_push_from_no_browser],
             middleware=traced,
         ),
         # A read pass, where configured, opens these as a token does.

@@ -104,19 +104,20 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
     return [push]
 
 
-async def unauthenticated_push_from_no_browser(
+async def wrapped_push_from_no_browser(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """The browser check of a push where pushes are not authenticated (the loopback
-    service with no push settings): a wrapped push that a browser says comes from
-    another site's page is refused (403), as a replay is.
+    """The browser check of a push: a wrapped push that a browser says comes from another
+    site's page is refused (403), as a replay is, with or without a token (a page that
+    learned the push token must not write through its reader's browser). A wrapped push
+    carries its attributes in its body, and Pub/Sub no browser's header, so this refuses
+    no message Pub/Sub delivers.
 
     An unwrapped push is never judged so: its attributes are headers its publisher
     named, `Origin`, `Referer` or `Sec-Fetch-Site` among them. It always carries
     `x-goog-pubsub-message-id` (`write_metadata`), which no page of another site can
     make a browser send: a header outside the CORS safelist goes to another origin only
     after a preflight the site consents to, and this service answers none (no CORS).
-    Where pushes are authenticated, a push is judged by its token alone.
     """
     if not is_unwrapped(connection.headers):
         await same_origin(connection, handler)
