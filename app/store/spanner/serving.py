@@ -49,6 +49,7 @@ from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     CALL_SECONDS,
+    COMMIT_DELAY,
     LOW_PRIORITY,
     Accommodations,
     Deadline,
@@ -422,7 +423,9 @@ class SpannerServing:
                     )
             return _Written(existing, given, firsts, outcomes)
 
-        written, ingest_time = in_transaction(self._calls.database(), deadline, work)
+        written, ingest_time = in_transaction(
+            self._calls.database(), deadline, work, commit_delay=COMMIT_DELAY
+        )
         stored: list[Record | Rejection] = []
         new = 0
         for row, kept in zip(rows, written.given, strict=True):
