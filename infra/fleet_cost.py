@@ -93,13 +93,15 @@ PUBSUB_BIGQUERY_TIB = 50.0
 # What a message weighs in Pub/Sub's count besides its data: its attributes, id and
 # publish time (about 100 bytes: an estimate).
 PUBSUB_MESSAGE_OVERHEAD = 100
-# BigQuery, EU multi-region (https://cloud.google.com/bigquery/pricing): logical storage
-# $0.02 a GiB-month while a partition is active, $0.01 once it has not changed for 90
-# days (long-term), the first 10 GiB a month free; the Storage Write API $0.025 a GiB,
+# BigQuery, EU multi-region (https://cloud.google.com/bigquery/pricing): physical
+# (compressed) storage, the datasets' billing model (modules/system/bigquery.tf), $0.044 a
+# GiB-month while a partition is active, $0.022 once it has not changed for 90 days
+# (long-term), the first 10 GiB a month free (logical storage is $0.02 and $0.01 of the
+# uncompressed bytes); the Storage Write API $0.025 a GiB,
 # the first 2 TiB a month free; on-demand queries $6.25 a TiB billed, the first TiB a
 # month free, at least 10 MiB per table a query references.
-BIGQUERY_ACTIVE_GIB_MONTH = 0.02
-BIGQUERY_LONG_TERM_GIB_MONTH = 0.01
+BIGQUERY_ACTIVE_GIB_MONTH = 0.044
+BIGQUERY_LONG_TERM_GIB_MONTH = 0.022
 BIGQUERY_FREE_STORAGE = 10 * GIB
 STORAGE_WRITE_GIB = 0.025
 STORAGE_WRITE_FREE = 2 * TIB
@@ -109,6 +111,12 @@ QUERY_MINIMUM = 10 * MIB
 # What a row holds in BigQuery besides its data: ids, times, attributes, subscription,
 # trace id (about 200 bytes; app/records.py's columns).
 BIGQUERY_ROW_OVERHEAD = 200
+# How much smaller a row is compressed than its logical size: 4.6 for order-like JSON of
+# about 1 KiB as zstd Parquet (`python3 dev.py bench storage`, a stand-in for BigQuery's
+# own format, which shreds JSON columns and compresses as well or better), priced at 4.5.
+# Time travel and fail-safe bill only changed and deleted bytes: the tables are appended
+# to, so none are priced.
+PHYSICAL_RATIO = 4.5
 # Internet data transfer out of europe-west1, Premium Tier, to destinations other than
 # China and Australia (https://cloud.google.com/vpc/network-pricing, which Cloud Run's
 # pricing page points to): $0.12 a GiB for the first TiB a month, $0.11 to 10 TiB, $0.08
@@ -235,8 +243,10 @@ INCIDENT_SERIES = {"messages": 1}
 # Outcomes two (stored, and a rejection's reason); freshness's good events one; its
 # canary's age one (the newest canary exported).
 HOLDER_SERIES = {"messages": 2, "slo.events": 1, "canary.age": 1}
-# Its export's, from the same instance: two tables.
-EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
+# Its export's, from the same instance: two tables. A system's refused changes of its
+# typed columns are written once one was (app/telemetry/metrics.py): none on an ordinary
+# day.
+EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 0}
 # The cell's own, from each of its ingest instances: the distributions (the read and
 # query routes three each) and the gauges that describe the process (the read horizon's
 # lag among them: the furthest behind of its systems, app/telemetry/metrics.py);
@@ -404,6 +414,8 @@ def evaluate(
         " exporter_instances = var.exporter_instances, exporter_cpu = var.exporter_cpu,"
         " exporter_memory = var.exporter_memory, exporters = length(local.exporter),"
         " retention_days = var.retention_days, trace_sample_ratio = var.trace_sample_ratio,"
+        ' ingest_interval = lookup(local.service_env, "OTEL_METRIC_EXPORT_INTERVAL", "60000"),'
+        ' exporter_interval = lookup(local.exporter_env, "OTEL_METRIC_EXPORT_INTERVAL", "60000"),'
         " metrics = { for k, v in local.workload_metrics : k => v.value } }"
     )
     return _console(values, expression, modules=("metrics",))
@@ -649,10 +661,12 @@ MONTH_ROWS = {12: ROWS[6][0], 24: ROWS[7][0]}
 
 def _kept_storage(row_bytes: float, months: int, retention_days: int) -> float:
     """BigQuery's storage in month `months` for a month of rows of `row_bytes` (the
-    fleet's), retention_days = 0 keeping every month: the newest three active, the rest
-    long-term (a day's partition is not written again once its day is over)."""
+    fleet's, logical), retention_days = 0 keeping every month: the newest three active,
+    the rest long-term (a day's partition is not written again once its day is over),
+    billed as they are stored, compressed."""
     kept = months if retention_days == 0 else min(months, retention_days / 30)
-    active, long_term = min(kept, 3) * row_bytes, max(0.0, kept - 3) * row_bytes
+    stored = row_bytes / PHYSICAL_RATIO
+    active, long_term = min(kept, 3) * stored, max(0.0, kept - 3) * stored
     return (
         max(0.0, active - BIGQUERY_FREE_STORAGE) / GIB * BIGQUERY_ACTIVE_GIB_MONTH
         + long_term / GIB * BIGQUERY_LONG_TERM_GIB_MONTH
@@ -713,24 +727,31 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     served = systems * READS_OF_A_MONTH * rows_a_system * (message + SERVED_ROW_OVERHEAD)
     items[ROWS[9][0]] = _egress(served / GZIP_RATIO)
 
+    # Every series is a point at each export: the ingest service's every
+    # OTEL_METRIC_EXPORT_INTERVAL (cell.tf), the exporter pool's at its own (exporter.tf).
     metrics = base["metrics"]
-    per_minute = 0.0
+    ingest_exports = SECONDS_A_MONTH * 1000 / float(base["ingest_interval"])
+    pool_exports = SECONDS_A_MONTH * 1000 / float(base["exporter_interval"])
+    written = 0.0
     for c, size in zip(cells, sizes, strict=True):
         instances = max(1, ingest_instances(c))
-        per_minute += (
+        by_ingest = (
             size
             * instances
             * (_point_bytes(metrics, INSTANCE_SERIES) + _point_bytes(metrics, INCIDENT_SERIES))
         )
+        by_ingest += instances * _point_bytes(metrics, CELL_SERIES)
         # What the store holds: its export lease holder's, or without a serving tier
         # each ingest instance's.
-        per_minute += size * (
-            _point_bytes(metrics, HOLDER_SERIES) + _point_bytes(metrics, EXPORT_SERIES)
-            if serving
-            else instances * _point_bytes(metrics, HOLDER_SERIES)
-        )
-        per_minute += instances * _point_bytes(metrics, CELL_SERIES)
-    items[ROWS[10][0]] = _monitoring(per_minute * MINUTES_A_MONTH)
+        if serving:
+            by_pool = size * (
+                _point_bytes(metrics, HOLDER_SERIES) + _point_bytes(metrics, EXPORT_SERIES)
+            )
+        else:
+            by_pool = 0
+            by_ingest += size * instances * _point_bytes(metrics, HOLDER_SERIES)
+        written += by_ingest * ingest_exports + by_pool * pool_exports
+    items[ROWS[10][0]] = _monitoring(written)
     probes = len(cells) * UPTIME_CHECKERS * MINUTES_A_MONTH / UPTIME_PERIOD_MINUTES
     items[ROWS[11][0]] = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
     items[ROWS[12][0]] = alert_conditions() * ALERT_CONDITION
@@ -991,7 +1012,8 @@ def target() -> str:
         f"of {float(full['cpu']):g} vCPU, "
         + ("instance-based" if full["instance_based"] else "billed by request")
         + f", each writing the cell's {sum(CELL_SERIES.values())} series "
-        f"({_point_bytes(metrics, CELL_SERIES)} bytes a minute) and, its counters being "
+        f"({_point_bytes(metrics, CELL_SERIES)} bytes an export, every "
+        f"{float(full['ingest_interval']) / 1000:g} s) and, its counters being "
         f"cumulative, {sum(INCIDENT_SERIES.values())} of each system's it has served; the "
         f"holder of a system's export lease writes its "
         f"{sum(HOLDER_SERIES.values()) + sum(EXPORT_SERIES.values())} series (of what "

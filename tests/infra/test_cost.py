@@ -318,7 +318,9 @@ def test_the_break_even_is_the_one_terraform_declares() -> None:
     assert cost.evaluate(1)["break_even"] == 6.6
 
 
-def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:
+def test_monitoring_is_billed_by_the_bytes_of_the_points_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cost = fleet_cost()
     # Cloud Monitoring's tiers: 150 MiB free, then $0.258, $0.151 and $0.061 a MiB.
     assert cost._monitoring(150 * cost.MIB) == 0
@@ -336,9 +338,20 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:
     # (tests/cell/test_telemetry.py holds the service to these tables).
     assert cost._point_bytes(metrics, cost.INSTANCE_SERIES) == 0
     assert cost._point_bytes(metrics, cost.HOLDER_SERIES) <= 32
-    # But a counter is cumulative: a series an instance wrote once it writes each
-    # minute to its end, and every instance meets an incident of every system.
+    # But a counter is cumulative: a series an instance wrote once it writes at each
+    # export to its end, and every instance meets an incident of every system.
     assert cost._point_bytes(metrics, cost.INCIDENT_SERIES) == 8
+    # The ingest service exports every two minutes, the exporter pool every minute (its
+    # lag is what the rollout's gate reads): what the model prices, from Terraform.
+    found = cost.evaluate(100)
+    assert (found["ingest_interval"], found["exporter_interval"]) == ("120000", "60000")
+    row = "Cloud Monitoring: custom metrics, by bytes"
+    every_two = cost.month(1000)[row]
+    original = cost.evaluate
+    monkeypatch.setattr(
+        cost, "evaluate", lambda *a, **k: {**original(*a, **k), "ingest_interval": "60000"}
+    )
+    assert cost.month(1000)[row] > 1.3 * every_two
 
 
 def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> None:
@@ -391,3 +404,22 @@ def test_the_capacity_it_prices_is_what_bench_cell_measured() -> None:
     needed = full["cell_rate"] * cpu / (float(full["cpu"]) * cost.INGEST_TARGET_UTILISATION)
     assert cost.ingest_instances(full) == max(int(full["min_instances"]), math.ceil(needed))
     assert cost.ingest_instances(full) > 1
+
+
+def test_bigquery_storage_is_billed_compressed_at_what_bench_storage_measures() -> None:
+    # The datasets bill physical (compressed) bytes; the model prices a row at its
+    # logical size over PHYSICAL_RATIO, which the rows `bench storage` writes (seeded,
+    # a small run here) compress at least by.
+    from bench.storage import measure
+
+    cost = fleet_cost()
+    dataset = (ROOT / "infra" / "terraform" / "modules" / "system" / "bigquery.tf").read_text()
+    assert 'storage_billing_model = "PHYSICAL"' in dataset
+    # The time-travel window stays BigQuery's 7 days: undropping a dataset needs it.
+    assert "max_time_travel_hours" not in dataset
+    found = measure(3000)
+    assert 900 <= found["data_bytes"] <= 1100  # about 1 KiB, as the fleet's messages
+    assert found["ratio"] >= cost.PHYSICAL_RATIO
+    # Physical prices are 2.2 times the logical ones: compressed more than that, cheaper.
+    assert pytest.approx(2.2) == cost.BIGQUERY_ACTIVE_GIB_MONTH / 0.02
+    assert cost.PHYSICAL_RATIO > 2.2
