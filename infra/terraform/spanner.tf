@@ -118,11 +118,12 @@ locals {
   spanner_cpu_ceiling = local.spanner_regional ? 0.65 : 0.45
   # What one push costs Spanner: its row in `records` and an entry in each of its two
   # indexes (records_by_ingest_time, records_by_id: app/store/spanner/schema.py), three
-  # row writes; and two reads, the group commit's look-up of the key it may hold already
-  # and the export's read of the row (low priority, counted here as high: the CPU it
-  # takes is the instance's all the same).
+  # row writes; and one read, the export's of the row (low priority, counted here as
+  # high: the CPU it takes is the instance's all the same). A group commit of new
+  # messages reads nothing (app/store/spanner/serving.py); a redelivery's, rare, reads
+  # which keys the database holds.
   spanner_writes_per_push = 3
-  spanner_reads_per_push  = 2
+  spanner_reads_per_push  = 1
   # Rows each serving system's readers read from Spanner a second, besides: its own
   # `reads`, else serving_reads (variables.tf).
   serving_reads = {

@@ -138,7 +138,7 @@ def test_every_policy_has_a_severity_pages_to_on_call_tickets_to_owners() -> Non
 
 def test_one_page_per_symptom_for_the_whole_fleet() -> None:
     (page,) = [p for n, p in _policies().items() if p["severity"] == "CRITICAL"]
-    assert page["for_each"] == "${local.pages}"
+    assert page["for_each"] == "${local.paged}"
     assert set(_locals(ENVIRONMENT)["pages"]) == PAGED
     (condition,) = page["conditions"]
     (promql,) = condition["condition_prometheus_query_language"]
@@ -211,7 +211,7 @@ def test_each_serving_instance_is_an_incident_of_its_own() -> None:
     assert modules["fleet_symptoms"]["spanner_storage_threshold"] == 0.9
     assert modules["instance_symptoms"]["spanner_storage_threshold"] == 0.7
     tickets = _policies()["instance_ticket"]
-    assert tickets["for_each"] == "${local.instance_tickets}"
+    assert tickets["for_each"] == "${local.instance_ticketed}"
     assert "metric.label.instance_id" in tickets["documentation"][0]["subject"]
 
 
@@ -394,6 +394,64 @@ def test_no_alert_documentation_names_the_systems_one_by_one() -> None:
     for name, text in texts.items():
         assert not listing.search(text), name
     assert listing.search('${join(", ", local.serving_systems)}')
+
+
+@pytest.mark.parametrize(
+    ("cells", "serving"),
+    [
+        ({"a": {}}, False),  # a first deployment: one system, BigQuery alone
+        ({"a": {"systems": {"one": {}, "two": {"serving": False}}}}, False),
+        ({"a": {"systems": {"one": {}, "two": {"serving": True}}}}, True),
+        ({"a": {}, "b": {"serving": True, "systems": {"three": {}}}}, True),
+    ],
+)
+def test_the_export_and_spanner_alerts_exist_only_where_a_system_serves(
+    cells: dict[str, Any], serving: bool
+) -> None:
+    # Each condition is billed ($1.50 a month): an environment on BigQuery alone has none
+    # of the six that only a serving tier can raise.
+    require_terraform()
+    environment = _locals(ENVIRONMENT)
+    assert "local.any_serving" in environment["paged"]
+    assert "!contains(local.serving_symptoms, key)" in environment["paged"]
+    assert environment["instance_ticketed"] == (
+        "${local.any_serving ? local.instance_tickets : {}}"
+    )
+    assert (
+        "if local.any_serving || !contains(local.serving_symptoms, pair[1])"
+        in (_policies()["ticket"]["for_each"])
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch, "infra", "terraform", "environment")
+        work.mkdir(parents=True)
+        shutil.copy(ENVIRONMENT / "variables.tf", work)
+        blocks = re.findall(r"(?ms)^locals \{\n.*?^\}\n", (ENVIRONMENT / "cells.tf").read_text())
+        (work / "cells.tf").write_text("\n".join(b for b in blocks if "google_" not in b))
+        files = Path(scratch, "infra", "terraform", "env", "prod")
+        files.mkdir(parents=True)
+        for name, body in cells.items():
+            (files / f"{name}.tfvars.json").write_text(json.dumps({"cell": name, **body}))
+        (work / "values.tfvars").write_text(
+            'project_id = "p"\nenvironment = "prod"\ngithub_owner = "o"\ngithub_repo = "r"\n'
+            'github_repository_id = "1"\ngithub_owner_id = "2"\n'
+            'terraform_state_bucket = "b"\n'
+        )
+        found = console(
+            work,
+            "{ any = local.any_serving, symptoms = local.serving_symptoms }",
+            var_file="values.tfvars",
+        )
+    assert found["any"] is serving
+    assert set(found["symptoms"]) == {
+        "export_lag",
+        "export_blocked",
+        "spanner_storage",
+        "spanner_cpu",
+    }
+    pages, tickets = set(environment["pages"]), set(environment["ticket_specs"])
+    assert {"export_lag", "spanner_storage"} <= pages
+    assert {"export_lag", "export_blocked"} <= tickets
+    assert set(environment["instance_tickets"]) == {"spanner_cpu", "spanner_storage"}
 
 
 def test_each_system_has_a_ticket_for_every_paged_symptom_it_has() -> None:

@@ -364,6 +364,12 @@ def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> Non
         + len(environment["instance_tickets"])
     )
     assert fleet_cost().alert_conditions() == expected
+    # An environment with no serving system has none of the export's or the Spanner
+    # instances' pages and tickets: six conditions fewer.
+    cells = (ROOT / "infra" / "terraform" / "environment" / "cells.tf").read_text()
+    (declared,) = re.findall(r"serving_symptoms = toset\(\[([^]]*)\]\)", cells)
+    assert set(re.findall(r'"([a-z_]+)"', declared)) == fleet_cost().SERVING_SYMPTOMS
+    assert fleet_cost().alert_conditions(False) == expected - 6
 
 
 def test_one_uptime_check_a_cell_stays_in_the_free_executions() -> None:

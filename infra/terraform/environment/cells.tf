@@ -36,6 +36,13 @@ locals {
   }
   projects = toset(values(local.cell_project))
 
+  # Whether any system of the environment has `serving`: the pages and tickets of the
+  # export and of the Spanner instances exist only then (fleet.tf, tickets.tf). Each
+  # condition costs $1.50 a month (https://cloud.google.com/stackdriver/pricing): an
+  # environment on BigQuery alone pays for none of those six.
+  any_serving      = sum(concat([0], values(local.cell_serving))) > 0
+  serving_symptoms = toset(["export_lag", "export_blocked", "spanner_storage", "spanner_cpu"])
+
   # What the cells hold in each project, against what the project may hold. Accounts:
   # each system's push account, each cell's runtime and exporter accounts, the
   # environment's five in its own project. Cloud Run: a service, a pool and two jobs a

@@ -202,6 +202,7 @@ resource "google_monitoring_alert_policy" "ticket" {
   for_each = {
     for pair in setproduct(sort(keys(local.ticket_groups)), sort(keys(local.ticket_specs))) :
     "${pair[1]} ${pair[0]}" => { group = pair[0], symptom = pair[1] }
+    if local.any_serving || !contains(local.serving_symptoms, pair[1])
   }
 
   project               = var.project_id
@@ -260,6 +261,8 @@ locals {
     spanner_cpu     = ["Spanner high-priority CPU over Google's recommended maximum (65% regional, 45% multi-region)", module.instance_symptoms.spanner_cpu, "600s", "spanner-cpu"]
     spanner_storage = ["Spanner storage over 70% of what its processing units allow", module.instance_symptoms.spanner_storage, "600s", "spanner-storage"]
   }
+  # Made only where a system serves: without one there is no instance.
+  instance_ticketed = local.any_serving ? local.instance_tickets : {}
   instance_ticket_documentation = {
     for key, spec in local.instance_tickets :
     key => "$${metric.label.instance_id} (${var.environment}): ${spec[0]}.\n\n${local.instance_commands}\nRunbook: docs/operations.md#${spec[3]}"
@@ -288,7 +291,7 @@ module "instance_symptoms" {
 }
 
 resource "google_monitoring_alert_policy" "instance_ticket" {
-  for_each = local.instance_tickets
+  for_each = local.instance_ticketed
 
   project               = var.project_id
   display_name          = "Recordline serving tier (${var.environment}), each instance: ${each.value[0]}"
