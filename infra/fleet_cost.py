@@ -856,6 +856,8 @@ def break_even() -> float:
 
 
 STARTER_RATES = (0.5, 1.0, 2.0, 5.0, 10.0)
+# A first topic's rate, below the break-even, where ingest is billed by request.
+SLOW_STARTER_RATE = 1.0
 
 
 def starter() -> str:
@@ -1005,7 +1007,9 @@ def target() -> str:
     costs = {(s, m): per_system(s, m) for s in (100, 1000) for m in MONTHS}
     met = all(cost <= TARGET_PER_SYSTEM for cost in costs.values())
     alone = {m: per_system(1, m) for m in MONTHS}
-    alone_met = all(cost <= TARGET_STARTER for cost in alone.values())
+    slow_month = month(1, Shape(1, False, SLOW_STARTER_RATE))
+    slow = {m: _total(slow_month, m) for m in MONTHS}
+    alone_met = all(cost <= TARGET_STARTER for cost in (*alone.values(), *slow.values()))
     return (
         f"A system costs {_dollars(costs[100, 12])} a month at 100 systems and "
         f"{_dollars(costs[1000, 12])} at 1,000 in the twelfth month, "
@@ -1013,9 +1017,13 @@ def target() -> str:
         "twenty-fourth, "
         + ("within" if met else "over")
         + f" the {_dollars(TARGET_PER_SYSTEM)} asked; one system alone, in its starter "
-        f"shape, {_dollars(alone[12])} and {_dollars(alone[24])}, "
+        f"shape, {_dollars(alone[12])} and {_dollars(alone[24])} at "
+        f"{float(full['rate']):g} messages a second, {_dollars(slow[12])} and "
+        f"{_dollars(slow[24])} at {SLOW_STARTER_RATE:g}, "
         + ("within" if alone_met else "over")
-        + f" the {_dollars(TARGET_STARTER)} asked. A full cell ({cell_max} systems, "
+        + f" the {_dollars(TARGET_STARTER)} asked, its {alert_conditions(False)} alert "
+        f"conditions alone {_dollars(alert_conditions(False) * ALERT_CONDITION)}. A full "
+        f"cell ({cell_max} systems, "
         f"{float(full['cell_rate']):g} pushes a second) runs {instances} ingest instances "
         f"of {float(full['cpu']):g} vCPU, "
         + ("instance-based" if full["instance_based"] else "billed by request")

@@ -75,11 +75,16 @@ def _hcl(value: Any) -> str:
 
 @cache
 def _symptoms(
-    systems: tuple[str, ...], min_events: int = 100, export_lag: int = 3600, every: bool = False
+    systems: tuple[str, ...],
+    min_events: int = 100,
+    export_lag: int = 3600,
+    every: bool = False,
+    declared: tuple[tuple[str, float], ...] = (),
 ) -> dict[str, Any]:
     """Every output of modules/symptoms for these systems, evaluated by terraform."""
     require_terraform()
     values = {
+        "declared_rates": dict(declared),
         "systems": list(systems),
         "every_system": every,
         "metric_types": METRICS,
@@ -320,8 +325,41 @@ TICKETED = PAGED - {"cell_unready", "spanner_storage"} | {
     "loop_restarts",
     "producers_missing",
     "producers_conflicts",
+    "over_declared",
 }
 INSTANCE_TICKETS = {"spanner_cpu", "spanner_storage"}
+
+
+def test_a_system_pushing_over_its_declared_rate_for_an_hour_is_ticketed() -> None:
+    # What Pub/Sub delivered (acknowledged pushes) a second over the last hour, held to
+    # each system's declared rate: the default's systems by any name, less those that
+    # declare another, each of those in a term of its rate. One term a distinct rate, so
+    # the query does not grow with the systems that declare the default.
+    delivered = (
+        "sum by (subscription_id) (rate(pubsub_googleapis_com:subscription_push_request_count"
+        '{monitored_resource="pubsub_subscription",response_class="ack",subscription_id=~"%s-push"}'
+        "[1h]))"
+    )
+    system = ', "system", "$1", "subscription_id", "(.*)-push")'
+    plain = _symptoms(("orders", "payments"), every=True)["over_declared"]
+    assert plain == f"label_replace(({delivered % '[a-z][a-z0-9-]*'} > 10){system}"
+    found = _symptoms(
+        ("orders", "payments", "clicks", "audit"),
+        every=True,
+        declared=(("clicks", 200), ("audit", 0.5), ("payments", 200)),
+    )["over_declared"]
+    assert found == " or ".join(
+        [
+            f"label_replace(({delivered % '[a-z][a-z0-9-]*'} > 10) unless on (subscription_id) "
+            f"{delivered % '(audit|clicks|payments)'}{system}",
+            f"label_replace({delivered % '(audit)'} > 0.5{system}",
+            f"label_replace({delivered % '(clicks|payments)'} > 200{system}",
+        ]
+    )
+    # A group of systems' tickets holds its own systems alone to their rates.
+    grouped = _symptoms(("orders", "clicks"), declared=(("clicks", 200), ("audit", 0.5)))
+    assert "audit" not in grouped["over_declared"]
+    assert f"{delivered % '(clicks)'} > 200" in grouped["over_declared"]
 
 
 def test_every_page_and_ticket_fits_cloud_monitoring_at_a_thousand_systems() -> None:
@@ -396,6 +434,14 @@ def test_no_alert_documentation_names_the_systems_one_by_one() -> None:
     assert listing.search('${join(", ", local.serving_systems)}')
 
 
+def _variable_default(name: str) -> Any:
+    """A cell root variable's default."""
+    for block in _load(TERRAFORM / "variables.tf").get("variable", []):
+        if name in block:
+            return block[name]["default"]
+    raise AssertionError(name)
+
+
 @pytest.mark.parametrize(
     ("cells", "serving"),
     [
@@ -403,6 +449,13 @@ def test_no_alert_documentation_names_the_systems_one_by_one() -> None:
         ({"a": {"systems": {"one": {}, "two": {"serving": False}}}}, False),
         ({"a": {"systems": {"one": {}, "two": {"serving": True}}}}, True),
         ({"a": {}, "b": {"serving": True, "systems": {"three": {}}}}, True),
+        (
+            {
+                "a": {"serving_rate": 5, "systems": {"one": {}, "two": {"rate": 10}}},
+                "b": {"systems": {"three": {"rate": 50}, "four": {}}},
+            },
+            False,
+        ),
     ],
 )
 def test_the_export_and_spanner_alerts_exist_only_where_a_system_serves(
@@ -438,10 +491,16 @@ def test_the_export_and_spanner_alerts_exist_only_where_a_system_serves(
         )
         found = console(
             work,
-            "{ any = local.any_serving, symptoms = local.serving_symptoms }",
+            "{ any = local.any_serving, symptoms = local.serving_symptoms,"
+            " declared = local.declared_rates, default = local.default_rate }",
             var_file="values.tfvars",
         )
     assert found["any"] is serving
+    # Each system's declared rate where it is not the default (its own, else its cell's
+    # serving_rate): what its ticket of pushes over the declared rate holds it to.
+    expected = {"one": 5, "three": 50} if "serving_rate" in cells["a"] else {}
+    assert found["declared"] == expected
+    assert found["default"] == float(_variable_default("serving_rate"))
     assert set(found["symptoms"]) == {
         "export_lag",
         "export_blocked",
@@ -542,7 +601,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
         + len(environment["pages"])
         + len(environment["instance_tickets"])
     )
-    assert policies == 24
+    assert policies == 25
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = {
         "recordline": {
