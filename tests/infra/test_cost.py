@@ -136,6 +136,10 @@ def test_costs_at_100_and_1000_systems_and_alone_are_stated_against_what_was_ask
     assert ("within the $15.00 asked" in stated) is alone
     full = cost.evaluate(100)
     assert f"runs {cost.ingest_instances(full)} ingest instances" in stated
+    # A commitment on Spanner's compute is an option, stated beside the list price.
+    compute = cost.month(1000)["Spanner compute (processing units)"] / 1000
+    committed = fourth[1000] - compute * 0.20
+    assert f"{cost._dollars(committed)} at 1,000 in the twenty-fourth month." in stated
     assert stated in RUNBOOK.read_text()
 
 
