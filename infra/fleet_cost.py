@@ -702,6 +702,24 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     items[ROWS[0][0]] = sum(c["units"] / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH for c in cells)
     items[ROWS[1][0]] = sum(c["stored"] / GIB * SPANNER_GB_MONTH for c in cells)
     items[ROWS[2][0]] = sum(ingest_month(c, bool(c["instance_based"])) for c in cells)
+    # Followers' requests billed by request too, where the cell is: a request and its
+    # 100 ms each (BigQuery alone, a poll a minute).
+    if not serving:
+        polls = FOLLOWERS_A_SYSTEM * SECONDS_A_MONTH / STARTER_POLL_SECONDS
+        items[ROWS[2][0]] += sum(
+            size
+            * polls
+            * (
+                RUN_ROUNDING_SECONDS
+                * (
+                    float(c["cpu"]) * RUN_REQUEST_VCPU_SECOND
+                    + _gib(c["memory"]) * RUN_REQUEST_GIB_SECOND
+                )
+                + RUN_MILLION_REQUESTS / 1e6
+            )
+            for c, size in zip(cells, sizes, strict=True)
+            if not c["instance_based"]
+        )
     items[ROWS[3][0]] = sum(
         int(c["exporters"])
         * int(c["exporter_instances"])
@@ -874,7 +892,8 @@ def starter() -> str:
         chosen = "instance-based" if found["instance_based"] else "by request"
         items = month(1, Shape(1, False, rate))
         lines.append(
-            f"| {rate:g} messages a second | {_dollars(ingest_month(found, False))} |"
+            f"| {rate:g} message{'' if rate == 1 else 's'} a second |"
+            f" {_dollars(ingest_month(found, False))} |"
             f" {_dollars(ingest_month(found, True))} | {chosen} |"
             f" {_dollars(_total(items, 12))} | {_dollars(_total(items, 24))} |"
         )

@@ -313,7 +313,7 @@ def test_billing_follows_the_declared_rate_against_the_break_even(
     by_request = cost.ingest_month(found, False)
     instance = cost.ingest_month(found, True)
     assert (instance <= by_request) is instance_based
-    assert f"| {rate:g} messages a second |" in cost.starter()
+    assert f"| {rate:g} message{'' if rate == 1 else 's'} a second |" in cost.starter()
 
 
 def test_the_break_even_is_the_one_terraform_declares() -> None:
