@@ -946,8 +946,9 @@ def shapes() -> str:
     )
     rows.append(
         f"| **Serving, alone**: one system with `serving` (a Spanner instance of 100 units, "
-        f"an exporter pool of two) | the starter's, and followers within milliseconds of "
-        f"a push, every row exported to BigQuery exactly once | "
+        f"an exporter pool of two) | the starter's, and followers within about a tenth of "
+        f"a second of a push (a commit may wait 100 ms to be batched), every row exported "
+        f"to BigQuery exactly once | "
         f"{months(month(1, Shape(1, True)))} at {rate:g} |"
     )
     for systems in (100, 1000):
