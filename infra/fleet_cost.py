@@ -1003,9 +1003,10 @@ def spanner_sizing(systems: int = 100) -> str:
     )
     return (
         f"Spanner's processing units are, per instance, the most of what its databases "
-        f"need (10 a 100 units below a node), what they store (filled to 70%) and what "
-        f"they do: {SPANNER_WRITES_PER_PUSH} row writes and {SPANNER_READS_PER_PUSH} "
-        f"reads a push and each system's {float(full['reads']):g} rows read a second, at "
+        f"need (10 databases per 100 units below a node), what they store (filled to 70%) "
+        f"and what they do: {SPANNER_WRITES_PER_PUSH} row writes and "
+        f"{SPANNER_READS_PER_PUSH} read{'' if SPANNER_READS_PER_PUSH == 1 else 's'} a push "
+        f"and each system's {float(full['reads']):g} rows read a second, at "
         f"{SPANNER_NODE_WRITES:,} row writes (throughput-optimized) or "
         f"{SPANNER_NODE_READS:,} reads a second a node, under {SPANNER_CPU_CEILING:.0%} "
         f"high-priority CPU (spanner.tf). At {systems} systems their CPU needs {cpu} "

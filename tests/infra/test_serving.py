@@ -156,7 +156,7 @@ def test_the_instance_is_sized_by_what_its_databases_store() -> None:
     # "Data storage limits"): 1024 GiB per 100 processing units below a node, 10 TiB
     # per node. Twenty systems at 100 messages/s of 1 KiB: each keeps 9 days of rows and
     # 3 of old versions, about 148 GB; 2.95 TB in all, which 400 units hold at 67%. (Their
-    # 2,000 pushes a second want 800 units of CPU: the instance has the more of the two.)
+    # 2,000 pushes a second want 600 units of CPU: the instance has the more of the two.)
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, 20))]
     busy = "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in names) + " }"
     sized = _sized(busy)
@@ -164,8 +164,8 @@ def test_the_instance_is_sized_by_what_its_databases_store() -> None:
     assert sized["stored"] == pytest.approx(20 * per_system)
     assert sized["for_storage"] == 400
     assert sized["stored"] <= 400 * GIB / 100 * 1024 * 0.7
-    assert (sized["for_cpu"], sized["units"]) == (800, 800)
-    assert sized["capacity"] == 8 * 1024 * GIB
+    assert (sized["for_cpu"], sized["units"]) == (600, 600)
+    assert sized["capacity"] == 6 * 1024 * GIB
     # Below a node, in steps of 100 units: one system at 100/s fills 100 units to 13%;
     # six (886 GB) need 200.
     one = _sized("{ recordline = { serving = true, rate = 100 } }")
