@@ -540,15 +540,11 @@ def routers(
     traced = telemetry.middleware()
     compressed = [compression()]
     return [
-        # Called by the push subscription.
-        # The push checks the browsers' word itself (`push_routes`).
+        # Called by the push subscription; a wrapped push is judged by what a browser
+        # says too (`push_routes`, in line: a guard of Litestar's copies the handler).
         Router(
             "/",
-            # A push is judged by its token; with none to check, by what a browser says
-            # (`push_routes`, in line: a guard of Litestar's copies the handler).
-            route_handlers=push_routes(
-                ingest, telemetry.push_traces, browsers=not auth.push_guards
-            ),
+            route_handlers=push_routes(ingest, telemetry.push_traces),
             guards=auth.push_guards,
             middleware=traced,
         ),

@@ -12,7 +12,8 @@ from litestar.testing import TestClient
 from app.asgi import create_app
 from app.http.head import Recordline
 from app.ingest.envelope import MAX_ATTRIBUTES
-from tests.conftest import settings
+from tests.conftest import served, settings
+from tests.rawhttp import send
 
 RECORD = {"id": "1", "data": "x"}
 
@@ -34,20 +35,23 @@ UNWRAPPED = {
 def test_a_message_with_as_many_attributes_as_pubsub_allows_is_stored_unwrapped(
     client: TestClient[Recordline],
 ) -> None:
-    # Proves: the push client's own Content-Type (the emulator's HTTP client writes
+    # The push client's own Content-Type (the emulator's HTTP client writes
     # application/x-www-form-urlencoded on a message published without one:
-    # tests/e2e/test_unwrapped_attributes_as_published.py) now counts as an attribute,
-    # so a message with Pub/Sub's largest number of attributes is 101 and refused 400:
-    # never acknowledged, delivered again until it is dead-lettered.
+    # tests/e2e/test_unwrapped_attributes_as_published.py) is kept as the attribute it
+    # cannot be told from, and so no more counts against Pub/Sub's 100: a message with
+    # Pub/Sub's largest number of attributes was refused 400, never acknowledged,
+    # delivered again until it was dead-lettered.
     published = {f"a{n}": f"v{n}" for n in range(MAX_ATTRIBUTES)}
-    headers = {
-        **UNWRAPPED,
-        "content-type": "application/x-www-form-urlencoded",
-        **published,
-    }
+    client_type = {"content-type": "application/x-www-form-urlencoded"}
+    headers = {**UNWRAPPED, **client_type, **published}
     response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
     assert response.status_code == 204, response.text
-    assert client.get("/v1/messages/u-1").json()["record"]["attributes"] == published
+    stored = client.get("/v1/messages/u-1").json()["record"]["attributes"]
+    assert stored == {**client_type, **published}
+    # One more of the publisher's own is no push Pub/Sub sends.
+    headers = {**headers, "x-goog-pubsub-message-id": "u-2", "a100": "v100"}
+    response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
+    assert response.status_code == 400, response.text
 
 
 def test_a_message_delivered_again_through_a_proxy_is_no_conflicting_copy(
@@ -115,16 +119,23 @@ def test_no_identity_a_proxy_vouches_for_is_stored_as_an_attribute(
     }
 
 
-def test_an_attribute_header_sent_twice_is_refused_not_stored_joined(
-    client: TestClient[Recordline],
-) -> None:
-    # Proves (before this change too): Pub/Sub's attribute names are case-sensitive,
-    # HTTP's header names are not, so `Region` and `region` of one message arrive as two
-    # `region` headers. The headers' mapping joins them, and the push is acknowledged
-    # with `region: "eu-west1, us-east1"`, a value its publisher never gave (and one a
-    # single attribute holding ", " cannot be told from). Refused (400), the message is
-    # dead-lettered whole, where the wrapped format would keep both.
-    headers = [*UNWRAPPED.items(), ("region", "eu-west1"), ("region", "us-east1")]
-    response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
-    stored = client.get("/v1/messages/u-1").json().get("record") or {}
-    assert response.status_code == 400, stored.get("attributes")
+async def test_an_attribute_header_sent_twice_is_refused_not_stored_joined() -> None:
+    # Pub/Sub's attribute names are case-sensitive, HTTP's header names are not, so
+    # `Region` and `region` of one message arrive as two `region` headers, whose values
+    # were read as one joined, `region: "eu-west1, us-east1"`, a value its publisher
+    # never gave. Refused (400), the message is dead-lettered whole, where the wrapped
+    # format keeps both. (Sent on a socket: an HTTP client joins them itself, as a proxy
+    # may, and a joined value is one a single attribute may hold.)
+    async with served(create_app(settings())) as http:
+        body = json.dumps(RECORD).encode()
+        head = [
+            "POST /pubsub/push HTTP/1.1",
+            "Host: 127.0.0.1",
+            f"Content-Length: {len(body)}",
+            *(f"{name}: {value}" for name, value in UNWRAPPED.items()),
+            "Region: eu-west1",
+            "region: us-east1",
+        ]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        assert await send(http.base_url.host, http.base_url.port or 80, raw) == 400
+        assert (await http.get("/v1/messages/u-1")).status_code == 404

@@ -79,7 +79,16 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
     if answer.status_code != 200:
         print(f"recordline audit: {answer.status_code}: {_detail(answer.content)}", file=sys.stderr)
         return 2
-    report = _decode(answer.content)
+    try:
+        report = _decode(answer.content)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        kind = answer.headers.get("content-type", "no content type")[:60]
+        print(
+            f"recordline audit: {args.url} answered 200 with what is no audit ({kind}): is "
+            "it the service?",
+            file=sys.stderr,
+        )
+        return 2
     write(report, out)
     if report.missing and report.missing_ranges:
         first = report.missing_ranges[0]

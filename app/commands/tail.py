@@ -71,6 +71,7 @@ async def follow(
     give_up_after: float | None = None,
     say: Callable[[str], None] | None = None,
     read_on: Callable[[str], None] | None = None,
+    token: Callable[[], str | None] | None = None,
 ) -> AsyncIterator[list[msgspec.Raw]]:
     """Every record from `since` (or after `page_token`) on, page by page, as they
     arrive; runs until cancelled.
@@ -84,6 +85,9 @@ async def follow(
     `give_up_after`, a service that has not answered for that long raises
     Unreachable. `say` hears when it starts waiting and when it is over; `read_on`
     each page's token before its records are yielded: the one that goes on after them.
+    `token` gives each request's bearer token (ID tokens last an hour; a tail runs for
+    days). An answer that is no page of records (a redirect, a sign-in page) is a
+    FollowError, as a refusal is.
     """
     import httpx
 
@@ -114,11 +118,15 @@ async def follow(
             # connection and never answers is given up on when it was said.
             timeout = httpx.Timeout(left)
         reason = None
+        bearer = None if token is None else token()
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
         try:
             if timeout is None:
-                response = await http.get("/v1/records", params=params)
+                response = await http.get("/v1/records", params=params, headers=headers)
             else:
-                response = await http.get("/v1/records", params=params, timeout=timeout)
+                response = await http.get(
+                    "/v1/records", params=params, headers=headers, timeout=timeout
+                )
             if response.status_code >= 500:
                 reason = f"it answers {response.status_code}"
         except httpx.TransportError as exc:
@@ -140,9 +148,16 @@ async def follow(
             down_since = None
             if say is not None:
                 say(f"{http.base_url} answers again")
-        if response.is_error:
+        if response.status_code != 200:
             raise FollowError(_refusal(http, response))
-        page = _decode_page(response.content)
+        try:
+            page = _decode_page(response.content)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            kind = response.headers.get("content-type", "no content type")
+            raise FollowError(
+                f"GET /v1/records answered 200 with what is no page of records ({kind[:60]}): "
+                f"is {http.base_url} the service?"
+            ) from None
         if read_on is not None and page.next_page_token is not None:
             read_on(page.next_page_token)
         if page.records:
@@ -160,11 +175,23 @@ async def follow(
 
 
 def _refusal(http: httpx.AsyncClient, response: httpx.Response) -> str:
+    if response.is_redirect:
+        where = response.headers.get("location", "")[:200]
+        return (
+            f"GET /v1/records answered {response.status_code}, to {printable(where)!r}: "
+            "name the service's own URL (--url), https:// where it serves that alone"
+        )
     said = f"GET /v1/records answered {response.status_code}: {problem_detail(response)}"
     if response.status_code == 404 and "/systems/" not in str(http.base_url):
         # A cell serves no records at its root, only each system's under /systems/NAME.
         said += "; a cell serves each system's records under /systems/SYSTEM: --system SYSTEM"
     return said
+
+
+def printable(text: str) -> str:
+    """`text` with no control character a terminal would act on (a service's words,
+    said to an operator), each written as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _Stored(msgspec.Struct):
@@ -187,7 +214,7 @@ class Tailed(msgspec.Struct):
             return "no record printed"
         said = f"{self.records:,} records printed, the last stored at {self.last_ingest_time}"
         if self.read_on is not None:
-            said += f" (`--page-token {self.read_on}` goes on after it)"
+            said += f" (`--page-token {printable(self.read_on)}` goes on after it)"
         return said
 
 
@@ -196,7 +223,7 @@ async def _tail(
     *,
     since: str | None,
     page_token: str | None,
-    token: str | None,
+    token: Callable[[], str | None],
     wait: float,
     out: IO[bytes],
     tailed: Tailed,
@@ -206,8 +233,7 @@ async def _tail(
     def read_on(page_token: str) -> None:
         tailed.read_on = page_token
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         async for records in follow(
             http,
             since=since,
@@ -215,6 +241,7 @@ async def _tail(
             give_up_after=wait,
             say=_say,
             read_on=read_on,
+            token=token,
         ):
             out.write(b"".join(bytes(r) + b"\n" for r in records))
             out.flush()
@@ -228,7 +255,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         target = service_target(settings, system=args.system, url=args.url, token=args.token)
-        token = target.token()
+        target.token()  # one now: a command that cannot have one says so at once
     except (TargetError, NoCredentials) as exc:
         _say(str(exc))
         return 2
@@ -242,7 +269,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 target.url,
                 since=since,
                 page_token=args.page_token,
-                token=token,
+                token=target.token,
                 wait=args.wait,
                 out=sys.stdout.buffer,
                 tailed=tailed,
@@ -255,7 +282,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         # `recordline tail | head`: the reader left; say nothing more on the way out.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (FollowError, Unreachable) as exc:
+    except (FollowError, Unreachable, NoCredentials) as exc:  # a token, mid-way too
         _say(str(exc))
         return 1
     return 0

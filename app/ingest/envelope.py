@@ -184,6 +184,10 @@ _NOT_ATTRIBUTES = frozenset(
         "x-client-ip",
         "x-cluster-client-ip",
         "x-real-ip",
+        # What a proxy writes anew on every request it passes on: each delivery of one
+        # message would carry another, and every redelivery count as a differing copy.
+        "x-request-id",
+        "x-correlation-id",
         # Tracing and its baggage (which may carry a user's identity).
         "b3",
         "baggage",
@@ -216,6 +220,14 @@ _NOT_ATTRIBUTE_PREFIXES = (
     "cf-",
     "akamai-",
     "fastly-",
+    # An identity an authenticating proxy or a TLS terminator vouches for, under a name
+    # of its own (Authelia's Remote-User, Kong's X-Consumer-*, Tailscale's, Pomerium's,
+    # nginx's and HAProxy's X-SSL-Client-*).
+    "remote-",
+    "x-consumer-",
+    "tailscale-",
+    "x-pomerium-",
+    "x-ssl-",
 )
 # Words of a credential's name, anywhere in it: `authorization`, `authentication`,
 # `apikey`, `x-auth-request-access-token`, `x-ms-token-aad-id-token`, `session-id`,
@@ -258,8 +270,21 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         publish_time = _publish_time(_decode_time(msgspec.json.encode(published)), where)
     except msgspec.DecodeError:
         raise BadEnvelope(f"{where} is not an RFC 3339 time: {published!r}") from None
-    attributes = {name: value for name, value in headers.items() if is_attribute(name)}
-    if len(attributes) > MAX_ATTRIBUTES:
+    attributes: dict[str, str] = {}
+    for name, value in headers.items():
+        if not is_attribute(name):
+            continue
+        if name in attributes:
+            # Pub/Sub's names are case-sensitive, HTTP's are not: `Region` and `region`
+            # of one message arrive as two `region` headers, whose values cannot be told
+            # apart. Refused, the message is dead-lettered whole, its attributes kept.
+            raise BadEnvelope(
+                f"attribute header {name[:64]!r} sent twice: attributes whose names differ "
+                "only by case cannot be told apart unwrapped (a wrapped push keeps them)"
+            )
+        attributes[name] = _text(value)
+    # Content-Type may be the push client's own, where the publisher set none.
+    if len(attributes) > MAX_ATTRIBUTES + ("content-type" in attributes):
         raise BadEnvelope(f"more than {MAX_ATTRIBUTES} attribute headers")
     for name, value in attributes.items():
         if len(name) > MAX_ATTRIBUTE_KEY or len(value) > MAX_ATTRIBUTE_VALUE:
@@ -282,6 +307,17 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         subscription=subscription,
         delivery_attempt=_attempt(headers.get(f"{_METADATA_PREFIX}delivery-attempt")),
     )
+
+
+def _text(value: str) -> str:
+    """A header's value as Pub/Sub wrote it: the UTF-8 of an attribute's text, which the
+    server reads as Latin-1 (each byte a character), read as UTF-8 again where it is."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not UTF-8, or not bytes read as Latin-1: as it came
+        return value
 
 
 def _message_id(value: str, where: str) -> str:

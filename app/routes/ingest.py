@@ -56,12 +56,9 @@ PUSH_PATH = "/pubsub/push"
 NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, ShuttingDown)
 
 
-def push_routes(
-    ingest: Ingest, traces: PushTraces = push_received, *, browsers: bool = True
-) -> list[HTTPRouteHandler]:
+def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTPRouteHandler]:
     """The push route, storing through `ingest`; `traces` gives each push its trace id;
-    with `browsers` (pushes not authenticated), what a browser says is checked
-    (`browser_refusal`).
+    what a browser says is checked of a wrapped push (`browser_refusal`).
 
     The handler holds `ingest` itself rather than asking Litestar for it: a
     dependency is resolved on every request (with two or more, in a task group
@@ -98,7 +95,7 @@ def push_routes(
         # The browsers' check, made here on the headers the push reads anyway rather
         # than as a guard: Litestar copies a handler for each guard it runs, 75 calls,
         # a sixth of what a push costs.
-        if browsers and (refusal := browser_refusal(headers)) is not None:
+        if (refusal := browser_refusal(headers)) is not None:
             raise refusal
         # Room in the system's queue for its row, by the length its head declares: a
         # system whose queue is full refuses it here, before a byte of its body is read.
@@ -122,16 +119,17 @@ def push_routes(
 
 
 def browser_refusal(headers: Any) -> CrossSite | None:
-    """The browser check of a push where pushes are not authenticated (the loopback
-    service with no push settings): a wrapped push that a browser says comes from
-    another site's page is refused (403), as a replay is (`app.auth.browsers.foreign`).
+    """The browser check of a push: a wrapped push that a browser says comes from another
+    site's page is refused (403), as a replay is, with or without a token (a page that
+    learned the push token must not write through its reader's browser). A wrapped push
+    carries its attributes in its body, and Pub/Sub no browser's header, so this refuses
+    no message Pub/Sub delivers (`app.auth.browsers.foreign`).
 
     An unwrapped push is never judged so: its attributes are headers its publisher
     named, `Origin`, `Referer` or `Sec-Fetch-Site` among them. It always carries
     `x-goog-pubsub-message-id` (`write_metadata`), which no page of another site can
     make a browser send: a header outside the CORS safelist goes to another origin only
     after a preflight the site consents to, and this service answers none (no CORS).
-    Where pushes are authenticated, a push is judged by its token alone.
     """
     if is_unwrapped(headers):
         return None

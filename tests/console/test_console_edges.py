@@ -39,6 +39,8 @@ def test_an_asset_path_with_a_nul_is_a_404_not_a_500(
         ("GET", "/console/static/"),
         ("POST", "/console/records"),
         ("PUT", "/console"),
+        ("PUT", "/console/static/console.js"),
+        ("DELETE", "/console/records/x"),
     ],
 )
 def test_every_answer_under_the_console_carries_its_protections(

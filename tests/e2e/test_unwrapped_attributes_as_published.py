@@ -1,4 +1,5 @@
-"""An unwrapped push stores the attributes its message was published with, no more."""
+"""An unwrapped push stores the attributes its message was published with, and where the
+publisher gave no Content-Type, the push client's own, which it cannot be told from."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from tests.waiting import until
 pytestmark = pytest.mark.emulator
 
 
-async def test_an_unwrapped_message_published_without_attributes_is_stored_without_any(
+async def test_an_unwrapped_message_published_without_attributes_keeps_the_clients_type(
     wiring: Wiring, publisher: Any
 ) -> None:
-    # Proves: the delivery path's own Content-Type (here the emulator's HTTP client's
-    # default for a POST, application/x-www-form-urlencoded) is stored as an attribute
-    # of a message whose publisher named none, since `content-` is no longer withheld.
+    # The delivery path's own Content-Type (here the emulator's HTTP client's default for
+    # a POST, application/x-www-form-urlencoded) is the one header an unwrapped push
+    # shares with a publisher's attribute (Pub/Sub's own example of one: it declares the
+    # body's type), so it is stored as that attribute, as docs/security.md says; and
+    # nothing else of the path is.
     store = DuckDBStore(":memory:")
     async with served(create_app(settings(), store=store)) as http:
         await wiring.connect(str(http.base_url).rstrip("/"), push_token=None, unwrapped=True)
@@ -39,4 +42,4 @@ async def test_an_unwrapped_message_published_without_attributes_is_stored_witho
         found = await until(stored, timeout=60, interval=0.2, what="the message stored")
     attributes = dict(found["record"]["attributes"])
     attributes.pop("googclient_traceparent", None)  # the publisher's own, as it traces
-    assert attributes == {}
+    assert attributes == {"content-type": "application/x-www-form-urlencoded"}
