@@ -133,6 +133,23 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
     assert time.monotonic() - left < 1.0
 
 
+@pytest.mark.parametrize("live", ["long-poll", "sse"])
+async def test_a_streams_follower_whose_client_leaves_frees_its_seat_at_once(
+    store: FaultyStore, live: str
+) -> None:
+    # Once, long-polls whose clients had gone kept a system's places.
+    app = create_app(settings(), store=store)
+    async with served(app, bounded=True) as client:
+        followers = await following(app)
+        path = "/v1/streams/records"
+        waiting = asyncio.create_task(client.get(path, params={"offset": "now", "live": live}))
+        await until(lambda: followers.open == 1, what="the follower to wait")
+        left = time.monotonic()
+        waiting.cancel()  # the client closes the connection
+        await until(lambda: followers.open == 0, what="its seat given back as it left")
+        assert time.monotonic() - left < 1.0
+
+
 async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
     app: Recordline, store: FaultyStore
 ) -> None:
