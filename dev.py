@@ -118,6 +118,7 @@ def sync() -> None:
             return
     except OSError:
         pass  # no stamp: never synced by this script, or .venv is new
+    tool = uv()
     # Said, since `--quiet` shows nothing for as long as it takes.
     show(
         f"dev.py: installing the locked dependencies into {VENV} (the first run takes a "
@@ -126,7 +127,7 @@ def sync() -> None:
         else f"dev.py: bringing {VENV} up to date with uv.lock",
         sys.stderr,
     )
-    if call([uv(), "sync", "--frozen", "--quiet"], cwd=ROOT) != 0:
+    if call([tool, "sync", "--frozen", "--quiet"], cwd=ROOT) != 0:
         sys.exit("dev.py: `uv sync --frozen` failed (see above)")
     state = lock_state()
     if state is not None:
