@@ -826,6 +826,20 @@ variable "systems" {
     # For a topic with no schema (JSON): an Avro record schema, a file under schemas/,
     # whose fields become the records' typed columns (RECORDLINE_JSON_TOPIC_SCHEMA).
     json_schema = optional(string)
+    # How `records` is laid out for analysts' queries (layouts.tf; docs/layouts.md):
+    # the column it is partitioned by (ingest_time by default, the read API's axis;
+    # timestamp, the event's own time; or a DATE or TIMESTAMP column of `columns`), by
+    # DAY, MONTH or YEAR; up to four columns it is clustered by (ingest_time by
+    # default); and top-level copies of an attribute or a typed field
+    # (name = "attributes.KEY" or "fields.PATH"), which BigQuery can partition and
+    # cluster by where it cannot by a JSON member or a RECORD's field. Checked at plan
+    # time; a new partitioning is a new table (docs/layouts.md#changing-a-layout).
+    layout = optional(object({
+      partition   = optional(string)
+      granularity = optional(string)
+      clustering  = optional(list(string))
+      columns     = optional(map(string))
+    }))
   }))
   default = {}
 

@@ -27,6 +27,7 @@ from google.protobuf import descriptor_pb2
 from app.errors import StoreUnavailable
 from app.records import TABLES, ExportWatermark, Record, Rejection, Row
 from app.store.backoff import Backoff
+from app.store.bigquery.layout import NO_COPIES, Copies
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
 from app.store.spanner.ledger import (
@@ -266,6 +267,8 @@ class Destination(NamedTuple):
     # What BigQuery holds, to settle a batch whose stream is gone; without it
     # such a batch blocks its table for an operator's `export resync`.
     held: Held | None = None
+    # The copies a layout of `records` has its rows carry (`app.store.bigquery.layout`).
+    copies: Copies = NO_COPIES
 
 
 class Pace(NamedTuple):
@@ -310,7 +313,10 @@ class Exporter:
         self._share = share
         self._source = source
         self._streams = streams = bigquery.streams
-        self._encoders = {kind: RowEncoder(kind) for kind in streams}
+        self._encoders = {
+            kind: RowEncoder(kind, derived=bigquery.copies if kind is Record else None)
+            for kind in streams
+        }
         self.typed = bigquery.typed
         self._held = bigquery.held
         lease = lease or exporter_lease()

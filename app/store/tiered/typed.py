@@ -20,6 +20,7 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2
 
 from app.records import Record
+from app.store.bigquery.layout import NO_COPIES, Copies
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.typed import TypedTable, typed_columns, typed_descriptor
 from app.typed.mapping import Field
@@ -48,12 +49,14 @@ class TypedExport:
         *,
         wait_seconds: float = WAIT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        copies: Copies = NO_COPIES,
     ) -> None:
         self.table = table
         self._revisions = revisions
         self._wait_seconds = wait_seconds
         self._clock = clock
-        self._plain = RowEncoder(Record)
+        self._copies = copies
+        self._plain = RowEncoder(Record, derived=copies)
         self._encoders: dict[tuple[Field, ...] | None, RowEncoder] = {}
         # Since when batches wait for the write path (None: none does).
         self.waiting_since: float | None = None
@@ -106,5 +109,7 @@ class TypedExport:
         encoder = self._encoders.get(writable)
         if encoder is None:
             # One per schema the write path has had: a handful over a table's life.
-            encoder = self._encoders[writable] = RowEncoder(Record, typed_descriptor(writable))
+            encoder = self._encoders[writable] = RowEncoder(
+                Record, typed_descriptor(writable), derived=self._copies
+            )
         return encoder

@@ -30,10 +30,24 @@ resource "google_bigquery_dataset" "recordline" {
 # adding, with the table's ETag. Terraform ignores the schema so that no plan tries to
 # drop a column the service added (docs/typed-columns.md): what is here shapes a new
 # table only.
+#
+# A layout's copies of an attribute or a typed field (root layouts.tf) come last, each a
+# top-level NULLABLE column whose description names its source: the service reads them
+# from the table and writes each row's value there (app/store/bigquery/layout.py). They
+# are the table's from its creation: a copy added to a table that exists is a change of
+# layout (docs/layouts.md#changing-a-layout).
 locals {
   records_schema = jsonencode(concat(
     jsondecode(file("${path.module}/schemas/records.json")),
     var.typed_columns == null ? [] : [jsondecode(var.typed_columns)],
+    [
+      for name, column in var.layout.columns : {
+        name        = name
+        type        = column.type
+        mode        = "NULLABLE"
+        description = "Recordline layout copy of ${column.source}"
+      }
+    ],
   ))
 }
 
@@ -46,17 +60,23 @@ resource "google_bigquery_table" "records" {
   schema              = local.records_schema
   deletion_protection = true
 
-  # Reads page through ingest_time (the `since` axis): partitions prune a page to its
-  # days, and clustering on ingest_time prunes it to the blocks inside the day. Lookups
-  # by id and message_id use the search index below instead of clustering. Changing
-  # clustering is an in-place update in provider 6.x (the schema does not mark it as
-  # forcing a new table); BigQuery clusters rows written from then on.
+  # By default reads page through ingest_time (the `since` axis): partitions prune a
+  # page to its days, and clustering on ingest_time prunes it to the blocks inside the
+  # day. Lookups by id and message_id use the search index below instead of clustering.
+  # A system's layout may partition by the event's own time or a typed date, and cluster
+  # by other columns (root layouts.tf, docs/layouts.md). Changing clustering is an
+  # in-place update in provider 6.x (the schema does not mark it as forcing a new
+  # table); BigQuery clusters rows written from then on. Changing the partitioning
+  # forces a new table, which prevent_destroy refuses: BigQuery cannot re-partition a
+  # table in place (docs/layouts.md#changing-a-layout). Partitions expire by their
+  # column's date, so only ingest-time partitions expire (the plan refuses retention
+  # with any other).
   time_partitioning {
-    type          = "DAY"
-    field         = "ingest_time"
-    expiration_ms = local.partition_expiration_ms
+    type          = var.layout.granularity
+    field         = var.layout.partition
+    expiration_ms = var.layout.partition == "ingest_time" ? local.partition_expiration_ms : null
   }
-  clustering = ["ingest_time"]
+  clustering = var.layout.clustering
 
   lifecycle {
     prevent_destroy = true
