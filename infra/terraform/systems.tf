@@ -32,6 +32,7 @@ locals {
     canary_file      = null
     json_schema      = null
     layout           = null
+    delete_marker    = null
   }
 }
 
@@ -72,6 +73,8 @@ module "system" {
   # and how it is partitioned and clustered (layouts.tf).
   typed_columns = local.typed_columns[each.key]
   layout        = local.layouts[each.key]
+  # What marks a record deleted for records_latest (null: nothing does).
+  delete_marker = each.value.delete_marker
 
   # Its Spanner database's instance, one of the cell's (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? {

@@ -840,6 +840,13 @@ variable "systems" {
       clustering  = optional(list(string))
       columns     = optional(map(string))
     }))
+    # What marks a record deleted, if anything does: a payload holding `value` at
+    # `field` (a field path in `data`, as id_field names one). records_latest leaves out
+    # an id whose newest version is such a payload; without it, nothing is deleted.
+    delete_marker = optional(object({
+      field = string
+      value = string
+    }))
   }))
   default = {}
 
@@ -883,6 +890,17 @@ variable "systems" {
       ]
     ]))
     error_message = "id_field and time_field are field paths: names joined by dots, such as order_id or meta.created_at."
+  }
+
+  # A delete marker's field path, and a value put into records_latest's SQL as a string.
+  validation {
+    condition = alltrue([
+      for s in values(var.systems) : s.delete_marker == null || (
+        can(regex("^[^.\\s\"']+(\\.[^.\\s\"']+)*$", try(s.delete_marker.field, "")))
+        && can(regex("^[^'\"\\\\\\n]*$", try(s.delete_marker.value, "")))
+      )
+    ])
+    error_message = "A delete_marker's field is a field path (names joined by dots, no quotes) and its value holds no quote, backslash or line break."
   }
 
   # Files a system reads live under schemas/, which terraform.yml plans on: a changed

@@ -305,3 +305,17 @@ def test_records_is_created_with_each_copy_last_naming_its_source() -> None:
         Copy("customer", "customer", (), "STRING"),
         Copy("placed_on", None, ("placed_on",), "DATE"),
     ]
+
+
+def test_a_delete_marker_is_a_field_path_and_a_value_sql_can_quote() -> None:
+    from tests.infra.test_fleet import _root_console_run
+
+    good = '{ recordline = { delete_marker = { field = "meta.op", value = "delete" } } }'
+    assert _root_console("var.systems.recordline.delete_marker", good) == {
+        "field": "meta.op",
+        "value": "delete",
+    }
+    for bad in ('{ field = "op", value = "it\'s" }', '{ field = "a..b", value = "x" }'):
+        run = _root_console_run("var.systems", f"{{ recordline = {{ delete_marker = {bad} }} }}")
+        assert "A delete_marker's field is a field path" in " ".join(run.stderr.split())
+    assert _module()["delete_marker"] == "${each.value.delete_marker}"

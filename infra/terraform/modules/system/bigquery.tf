@@ -180,6 +180,41 @@ resource "google_bigquery_routine" "records_unique" {
   }
 }
 
+# records_latest(since, until), for analysts (docs/layouts.md, "The latest version of
+# each record"): each record id's newest version among the records with an ingest_time
+# in [since, until), by the rule GET /v1/records/{id} answers with, so the two agree for
+# every id (tests/bigquery/test_records_latest.py); an id whose newest version carries
+# the system's delete marker is left out. A table function for the reason
+# records_unique is one: the arguments bound its scan, which a view's caller could not.
+# What a call bills: the columns the caller reads and those the ranking reads (message_id,
+# ingest_time, publish_time, trace_id, subscription, id, timestamp; data too with a
+# delete marker), of the partitions [since, until) touches, at least 10 MB; on a layout
+# partitioned by another column than ingest_time, of every partition (clustering on
+# ingest_time first trims it to the range's blocks).
+resource "google_bigquery_routine" "records_latest" {
+  project      = var.project_id
+  dataset_id   = google_bigquery_dataset.recordline.dataset_id
+  routine_id   = "records_latest"
+  routine_type = "TABLE_VALUED_FUNCTION"
+  language     = "SQL"
+  description  = "Each record id's newest version among the records with an ingest_time in [since, until), as GET /v1/records/{id} answers it: first copies only, then the latest event time (one beats none), publish time, ingest time and message id.${var.delete_marker == null ? "" : " An id whose newest version's payload holds ${var.delete_marker.value} at ${var.delete_marker.field} is deleted: left out."} Bills the columns read and message_id, ingest_time, publish_time, trace_id, subscription, id and timestamp of the partitions the range touches (at least 10 MB)."
+
+  definition_body = templatefile("${path.module}/sql/records_latest.sql.tftpl", {
+    records      = "`${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.records.table_id}`"
+    delete_path  = var.delete_marker == null ? "" : "$.${join(".", [for name in split(".", var.delete_marker.field) : "\"${name}\""])}"
+    delete_value = var.delete_marker == null ? "" : var.delete_marker.value
+  })
+
+  arguments {
+    name      = "since"
+    data_type = jsonencode({ typeKind = "TIMESTAMP" })
+  }
+  arguments {
+    name      = "until"
+    data_type = jsonencode({ typeKind = "TIMESTAMP" })
+  }
+}
+
 # Search indexes on the lookup keys. The provider has no search-index resource, so each
 # is a DDL query job; its id is derived from the statement, so a changed statement runs
 # as a new job and an unchanged one is never run again (a job id is used once per
