@@ -8,9 +8,12 @@
 # naming its reason (limits.tf).
 #
 # The read API pages through ingest_time, the default's partitioning and clustering
-# column: a layout that keeps ingest_time first in the clustering keeps its reads as
-# cheap as they are on the default; one clustered first by another column reads whole
-# partitions for a page (docs/layouts.md says what each costs).
+# column: a layout that keeps ingest_time first in the clustering keeps its pages about
+# as cheap as they are on the default. One clustered first by another column (a
+# customer's) makes every page read whole partitions, every column of them (a day of
+# ingest, or a month of events): BigQuery sorts a table one way only. Such a layout is
+# refused unless it says so (pages_read_whole_partitions = true); docs/layouts.md says
+# what each layout costs the read API and the analyst.
 
 locals {
   # The columns of `records` the service writes that a layout may partition (TIMESTAMP)
@@ -64,6 +67,8 @@ locals {
       partition   = coalesce(try(v.layout.partition, null), "ingest_time")
       granularity = coalesce(try(v.layout.granularity, null), "DAY")
       clustering  = try(v.layout.clustering, null) == null ? ["ingest_time"] : v.layout.clustering
+      # Whether pages may read whole partitions (a clustering not led by ingest_time).
+      pages_read_whole_partitions = coalesce(try(v.layout.pages_read_whole_partitions, null), false)
       columns = {
         for name, source in coalesce(try(v.layout.columns, null), {}) : name => {
           source = source
@@ -125,6 +130,9 @@ locals {
       [
         for name, c in l.columns : "columns.${name} is no column name a copy can have: letters, digits and _, not a digit first, at most 300, not starting with _TABLE_, _FILE_ or _PARTITION"
         if !can(regex("^[A-Za-z_][A-Za-z0-9_]{0,299}$", name)) || can(regex("^(?i)(_table_|_file_|_partition)", name))
+      ],
+      try(l.clustering[0], "") == "ingest_time" || l.pages_read_whole_partitions ? [] : [
+        "clustering starts with ${try(l.clustering[0], "nothing")}, not ingest_time, so the read API's pages, which scan ranges of ingest_time, would read whole partitions, every column (docs/layouts.md#the-read-api-on-each-layout): cluster by ingest_time first, or set pages_read_whole_partitions = true to mean it"
       ],
       # Partition expiry deletes a partition by the date of its partitioning column: by
       # an event's own time, an event older than retention_days would be deleted as it

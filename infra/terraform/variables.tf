@@ -833,12 +833,15 @@ variable "systems" {
     # default); and top-level copies of an attribute or a typed field
     # (name = "attributes.KEY" or "fields.PATH"), which BigQuery can partition and
     # cluster by where it cannot by a JSON member or a RECORD's field. Checked at plan
-    # time; a new partitioning is a new table (docs/layouts.md#changing-a-layout).
+    # time; a new partitioning is a new table (docs/layouts.md#changing-a-layout). A
+    # clustering that does not start with ingest_time makes the read API's pages read
+    # whole partitions: refused unless pages_read_whole_partitions says it is meant.
     layout = optional(object({
-      partition   = optional(string)
-      granularity = optional(string)
-      clustering  = optional(list(string))
-      columns     = optional(map(string))
+      partition                   = optional(string)
+      granularity                 = optional(string)
+      clustering                  = optional(list(string))
+      columns                     = optional(map(string))
+      pages_read_whole_partitions = optional(bool)
     }))
     # What marks a record deleted, if anything does: a payload holding `value` at
     # `field` (a field path in `data`, as id_field names one). records_latest leaves out

@@ -190,3 +190,16 @@ async def test_pages_show_every_record_once_whatever_the_partitioning(
     assert await store.append(rows) == [None] * len(rows)
     seen = await every_record(store, until=start + 9 * DAY)
     assert seen == [r.message_id for r in rows]
+
+
+def test_a_copy_of_a_field_whose_name_no_proto_field_can_carry_is_found() -> None:
+    # Typed values travel under their proto names (a placeholder for `prix-total`):
+    # the copy finds its field there, not under the column's own name.
+    from app.store.bigquery.layout import Copies, Copy
+    from app.store.bigquery.proto import proto_name
+
+    copies = Copies([Copy("total", None, ("prix-total",), "NUMERIC")])
+    row = record("m1", BASE_TIME)
+    assert copies.values(row, {"fields": {proto_name("prix-total"): "12.50"}}) == {"total": "12.50"}
+    assert copies.values(row, {"fields": {"prix-total": "12.50"}}) == {}
+    assert copies.values(row, None) == {}

@@ -89,6 +89,7 @@ def test_without_a_layout_records_is_laid_out_as_before() -> None:
             "granularity": "DAY",
             "clustering": ["ingest_time"],
             "columns": {},
+            "pages_read_whole_partitions": False,
         }
     }
     assert _root_console("local.layout_problems", "{}") == {"recordline": []}
@@ -143,17 +144,17 @@ def test_a_typed_date_or_timestamp_partitions_by_month_or_year() -> None:
             "or TIMESTAMP column",
         ),
         (
-            '{ clustering = ["id", "timestamp", "ingest_time", "message_id", "publish_time"] }',
+            '{ clustering = ["ingest_time", "id", "timestamp", "message_id", "publish_time"] }',
             "clustering names 5 columns, and BigQuery clusters a table by at most four",
         ),
         (
-            '{ clustering = ["customer"] }',
+            '{ clustering = ["ingest_time", "customer"] }',
             "clustering names customer, which records does not have (one of its columns "
             "delivery_attempt, id, ingest_time, message_id, publish_time, schema, "
             "subscription, timestamp, trace_id, or a name of layout.columns)",
         ),
         (
-            '{ clustering = ["data"] }',
+            '{ clustering = ["ingest_time", "data"] }',
             "clustering names data, which records does not have (one of its columns "
             "delivery_attempt, id, ingest_time, message_id, publish_time, schema, "
             "subscription, timestamp, trace_id, or a name of layout.columns)",
@@ -188,7 +189,7 @@ def test_a_typed_date_or_timestamp_partitions_by_month_or_year() -> None:
             "a digit first, at most 300, not starting with _TABLE_, _FILE_ or _PARTITION",
         ),
         ('{ granularity = "WEEK" }', "granularity is WEEK, not DAY, MONTH or YEAR"),
-        ('{ clustering = ["id", "id"] }', "clustering names a column twice"),
+        ('{ clustering = ["ingest_time", "ingest_time"] }', "clustering names a column twice"),
     ],
 )
 def test_a_layout_bigquery_could_not_have_is_refused_with_its_reason(
@@ -198,7 +199,8 @@ def test_a_layout_bigquery_could_not_have_is_refused_with_its_reason(
 
 
 def test_clustering_by_a_copy_of_the_wrong_type_says_both() -> None:
-    assert _problems('{ clustering = ["weight"], columns = { weight = "fields.weight" } }') == [
+    layout = '{ clustering = ["ingest_time", "weight"], columns = { weight = "fields.weight" } }'
+    assert _problems(layout) == [
         "clustering names weight, a FLOAT64 column: BigQuery clusters by top-level columns "
         "of type STRING, INT64, NUMERIC, BIGNUMERIC, BOOL, DATE, DATETIME, TIMESTAMP only",
         "columns.weight copies fields.weight, a FLOAT64 field, which BigQuery can neither "
@@ -220,7 +222,7 @@ def test_partitions_that_expire_by_an_events_own_time_are_refused() -> None:
         "column's date, so an event older than that would be deleted as it landed; keep "
         "rows forever (retention_days = 0) or partition by ingest_time"
     ]
-    assert _problems('{ clustering = ["id"] }', retention=30) == []
+    assert _problems('{ clustering = ["ingest_time", "id"] }', retention=30) == []
 
 
 def test_the_plan_stops_at_any_systems_problem_and_the_table_takes_the_layout() -> None:
@@ -319,3 +321,25 @@ def test_a_delete_marker_is_a_field_path_and_a_value_sql_can_quote() -> None:
         run = _root_console_run("var.systems", f"{{ recordline = {{ delete_marker = {bad} }} }}")
         assert "A delete_marker's field is a field path" in " ".join(run.stderr.split())
     assert _module()["delete_marker"] == "${each.value.delete_marker}"
+
+
+def test_a_clustering_not_led_by_ingest_time_is_meant_or_refused() -> None:
+    # The read API's pages scan ranges of ingest_time: clustered first by a customer,
+    # each reads whole partitions (docs/layouts.md), which a layout must say it means.
+    customer = (
+        '{ clustering = ["customer", "ingest_time"], '
+        'columns = { customer = "attributes.customer" }%s }'
+    )
+    assert _problems(customer % "") == [
+        "clustering starts with customer, not ingest_time, so the read API's pages, which "
+        "scan ranges of ingest_time, would read whole partitions, every column "
+        "(docs/layouts.md#the-read-api-on-each-layout): cluster by ingest_time first, or set "
+        "pages_read_whole_partitions = true to mean it"
+    ]
+    assert _problems(customer % ", pages_read_whole_partitions = true") == []
+    assert _problems("{ clustering = [] }") == [
+        "clustering starts with nothing, not ingest_time, so the read API's pages, which "
+        "scan ranges of ingest_time, would read whole partitions, every column "
+        "(docs/layouts.md#the-read-api-on-each-layout): cluster by ingest_time first, or set "
+        "pages_read_whole_partitions = true to mean it"
+    ]

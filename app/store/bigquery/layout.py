@@ -25,7 +25,7 @@ from google.cloud import bigquery
 from google.protobuf import descriptor_pb2
 
 from app.records import Record
-from app.store.bigquery.proto import add_field
+from app.store.bigquery.proto import add_field, proto_name
 
 # The description Terraform gives a copy (modules/system/bigquery.tf), and its source.
 COPY_DESCRIPTION: Final = "Recordline layout copy of "
@@ -155,11 +155,12 @@ class Copies:
 
 
 def _leaf(values: Any, path: tuple[str, ...]) -> Any:
-    """The value at `path` in a row's typed values (nested dicts); None if absent."""
+    """The value at `path` in a row's typed values (nested dicts, each field under its
+    proto name, as the writer schema takes them); None if absent."""
     for name in path:
         if not isinstance(values, Mapping):
             return None
-        values = values.get(name)
+        values = values.get(proto_name(name))
     return None if isinstance(values, Mapping | list) else values
 
 

@@ -139,9 +139,10 @@ variable "typed_columns" {
 
 variable "layout" {
   type = object({
-    partition   = string
-    granularity = string
-    clustering  = list(string)
+    partition                   = string
+    granularity                 = string
+    clustering                  = list(string)
+    pages_read_whole_partitions = bool
     columns = map(object({
       source = string
       type   = string

@@ -1,0 +1,93 @@
+"""records_latest against the serving tier's GET /v1/records/{id}, on 10,000 ids.
+
+    python3 dev.py bench latest [--ids 10000]
+
+Stores 1 to 4 versions of each of `ids` records in the serving tier (Google's Spanner
+emulator), exports them to the BigQuery fakes with the service's own exporter, then
+asks for every id both the serving tier's look-up (what GET /v1/records/{id} answers)
+and records_latest's body, as Terraform renders it, over what BigQuery holds: prints how
+many ids were compared, how many answers differ (the target is none), the versions
+stored, and what the function's call bills (by the jobs fake's billing model).
+tests/spanner/test_records_latest.py makes the same comparison on 80 ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from app.records import MAX_MICROS, Record, Rejection
+from tests.bigquery.conftest import DATASET, PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+from tests.bigquery.test_records_latest import by_id, latest_body
+from tests.bigquery.test_records_unique import callable_sql, query
+from tests.spanner.emulator import SpannerEmulator, find_emulator
+from tests.spanner.exporting import drain, exporter, settle_clock, tiered_store
+from tests.spanner.test_records_latest import versions
+
+BATCH = 500
+LOOKUPS_AT_ONCE = 1
+
+
+async def compare(ids: int, emulator: SpannerEmulator) -> int:
+    write = FakeBigQueryWrite()
+    await write.start()
+    jobs = FakeBigQueryJobs(write, project=PROJECT, dataset=DATASET)
+    jobs.start()
+    store = tiered_store(emulator.database(), emulator.host, write, jobs.endpoint)
+    await store.start()
+    try:
+        rows: list[Record | Rejection] = list(versions(ids))
+        started = time.perf_counter()
+        for start in range(0, len(rows), BATCH):
+            await store.append(rows[start : start + BATCH])
+        await settle_clock()
+        await drain(exporter(store))
+        stored = time.perf_counter() - started
+        answer = query(jobs, callable_sql(latest_body(), "u.*"), 0, MAX_MICROS)
+        (call,) = jobs.queries[-1:]
+        found = by_id(answer)
+        differ: list[str] = []
+        started = time.perf_counter()
+        names = [f"order-{i:05}" for i in range(ids)]
+        for start in range(0, ids, LOOKUPS_AT_ONCE):
+            chunk = names[start : start + LOOKUPS_AT_ONCE]
+            answered = await asyncio.gather(*(store.latest(n) for n in chunk))
+            for name, record in zip(chunk, answered, strict=True):
+                if record is None or found.get(name) != (
+                    record.message_id,
+                    json.loads(record.data),
+                ):
+                    differ.append(name)
+        looked = time.perf_counter() - started
+        extra = set(found) - set(names)
+        print(f"ids: {ids:,}; versions stored and exported: {len(rows):,} ({stored:.0f} s)")
+        print(
+            f"records_latest rows: {len(found):,}; ids it has that were never stored: {len(extra)}"
+        )
+        print(f"look-ups through the serving tier: {ids:,} ({looked:.0f} s)")
+        billed = call.bill.bytes_billed if call.bill is not None else 0
+        print(f"records_latest over everything: {billed:,} bytes billed (the 10 MiB minimum here)")
+        print(f"answers that differ: {len(differ)}" + (f" (first: {differ[:5]})" if differ else ""))
+        return 0 if not differ and not extra and len(found) == ids else 1
+    finally:
+        await store.close()
+        jobs.stop()
+        await write.stop()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench latest")
+    parser.add_argument("--ids", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        emulator = SpannerEmulator(find_emulator(), Path(tmp) / "spanner.log")
+        try:
+            return asyncio.run(compare(args.ids, emulator))
+        finally:
+            emulator.stop()
