@@ -211,6 +211,8 @@ class FakeBigQueryJobs:
         self.failures: list[tuple[int, str]] = []
         # …and to the next table patches; every patch body received.
         self.table_failures: list[tuple[int, str]] = []
+        # …and to the next `tables.get`.
+        self.get_failures: list[tuple[int, str]] = []
         self.table_patches: list[dict[str, Any]] = []
         # Called once each, in turn, by a `tables.get` once it has read the table and
         # before its answer is sent (a change landing between another instance's
@@ -267,6 +269,10 @@ class FakeBigQueryJobs:
                     self.path.split("?", 1)[0]
                 ):
                     self._answer(*fake.job(self.path))
+                    return
+                if fake.get_failures:
+                    status, reason = fake.get_failures.pop(0)
+                    self._answer(status, _error(status, reason, "injected failure"))
                     return
                 # The change lands after the read and before its answer is sent. Run
                 # after the answer, it could fire on a read made before the hook was

@@ -203,3 +203,25 @@ def test_a_copy_of_a_field_whose_name_no_proto_field_can_carry_is_found() -> Non
     assert copies.values(row, {"fields": {proto_name("prix-total"): "12.50"}}) == {"total": "12.50"}
     assert copies.values(row, {"fields": {"prix-total": "12.50"}}) == {}
     assert copies.values(row, None) == {}
+
+
+async def test_records_wait_for_the_layout_and_are_never_written_without_their_copies(
+    make_store: Callable[..., Any], write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    from app.errors import StoreUnavailable
+    from tests.waiting import until
+
+    define(write_fake, copy("customer", "attributes.customer", "STRING"))
+    # The table cannot be read as the store starts: it starts all the same, and records
+    # are refused (503 to a push, which Pub/Sub delivers again) until it is read.
+    jobs_fake.get_failures.append((403, "accessDenied"))
+    store: BigQueryStore = await make_store()
+    assert store.layout is None
+    with pytest.raises(StoreUnavailable, match="layout of records"):
+        await store.append([record("m1", BASE_TIME, attributes='{"customer": "42"}')])
+    with pytest.raises(StoreUnavailable):
+        store.layout_copies()
+    await until(lambda: store.layout is not None, what="the layout read again")
+    assert await store.append([record("m1", BASE_TIME, attributes='{"customer": "42"}')]) == [None]
+    assert [r["customer"] for r in write_fake.rows("records")] == ["42"]
+    assert [c.column for c in store.layout_copies().copies] == ["customer"]

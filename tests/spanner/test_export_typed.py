@@ -223,7 +223,7 @@ async def test_the_export_writes_a_typed_fields_copy_with_each_record_once(
     plain = stored(order(), {"id": "o-9", "amount": 9}, "m9", R1)
     await store.append([msgspec.structs.replace(plain, schema=None)])
     await settle_clock()
-    await drain(typed_exporter(store, api, copies=store.analytics.copies))
+    await drain(typed_exporter(store, api, copies=store.analytics.layout_copies))
     assert copies(write_fake, "records") == {f"m{i}": 1 for i in (1, 2, 3, 4, 9)}
     held = {r["message_id"]: r.get("amount_copy") for r in write_fake.rows("records")}
     # A record without a schema has no typed values, and its copy is NULL.

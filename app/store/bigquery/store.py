@@ -275,6 +275,13 @@ class BigQueryStore:
                 ", ".join(c.column for c in copies.copies),
             )
 
+    def layout_copies(self) -> Copies:
+        """The copies each row of `records` carries (its exporter's); StoreUnavailable
+        until the table's layout is read, so that no row is written without them."""
+        if self.layout is None:
+            raise StoreUnavailable("the layout of records is not known yet")
+        return self.copies
+
     async def _until_layout(self) -> None:
         """The loop that reads the layout until it can (failing, so restarted with
         backoff, while it cannot), then ends."""

@@ -49,14 +49,17 @@ class TypedExport:
         *,
         wait_seconds: float = WAIT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
-        copies: Copies = NO_COPIES,
+        copies: Callable[[], Copies] = lambda: NO_COPIES,
     ) -> None:
         self.table = table
         self._revisions = revisions
         self._wait_seconds = wait_seconds
         self._clock = clock
+        # The layout's copies each row carries, asked for each batch (StoreUnavailable
+        # until they are known); the encoders are made again if they change.
         self._copies = copies
-        self._plain = RowEncoder(Record, derived=copies)
+        self._encoded_copies: Copies = NO_COPIES
+        self._plain = RowEncoder(Record)
         self._encoders: dict[tuple[Field, ...] | None, RowEncoder] = {}
         # Since when batches wait for the write path (None: none does).
         self.waiting_since: float | None = None
@@ -67,6 +70,11 @@ class TypedExport:
 
         Raises StoreUnavailable while a revision they name cannot be fetched.
         """
+        copies = self._copies()
+        if copies is not self._encoded_copies:
+            self._plain = RowEncoder(Record, derived=copies)
+            self._encoders.clear()
+            self._encoded_copies = copies
         revision_of = self._revisions.revision_of
         known = await self.table.hold(self._revisions, (revision_of(r.schema) for r in rows))
         writable = await self.table.catch_up(self._clock() + _ROUND_SECONDS)
@@ -110,6 +118,6 @@ class TypedExport:
         if encoder is None:
             # One per schema the write path has had: a handful over a table's life.
             encoder = self._encoders[writable] = RowEncoder(
-                Record, typed_descriptor(writable), derived=self._copies
+                Record, typed_descriptor(writable), derived=self._encoded_copies
             )
         return encoder
