@@ -72,6 +72,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -356,10 +357,14 @@ class _Evaluator:
     def __init__(self) -> None:
         self._con = duckdb.connect(":memory:")
         self._con.execute("SET TimeZone = 'UTC'")
+        # The jobs fake bills each request in a thread of its own: one connection
+        # runs one statement at a time.
+        self._lock = threading.Lock()
 
     def value(self, node: exp.Expression) -> Any:
         sql = sqlglot.transpile(f"SELECT {node.sql('bigquery')}", read="bigquery", write="duckdb")
-        row = self._con.execute(sql[0]).fetchone()
+        with self._lock:
+            row = self._con.execute(sql[0]).fetchone()
         return _comparable(row[0] if row else None)
 
     def values(self, node: exp.Expression) -> list[Any]:
