@@ -594,6 +594,7 @@ class BigQueryStore:
             revisions=self._revisions,
             statement_seconds=statement_seconds,
             max_bytes_billed=max_bytes_billed,
+            copies=self.layout_copies(),
         )
         return await run.run(since, until)
 
