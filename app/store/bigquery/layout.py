@@ -1,14 +1,11 @@
-"""How `records` is laid out, as the table itself says: what the writers must fill in.
+"""How `records` is laid out, as the table itself says: what its writers fill in.
 
-A system's layout (Terraform's `layouts.tf`) partitions `records` by ingest time, the
-event's own time or a typed date, and clusters it by up to four columns. BigQuery
-partitions and clusters by top-level columns only, so an attribute (a member of the JSON
-`attributes`) or a typed field (under the RECORD `fields`) is laid out through a copy:
-a top-level column `records` is created with, whose description names its source
-(`Recordline layout copy of attributes.customer`). Every writer of `records` (the
-service on BigQuery alone, the exporter behind a serving tier) reads the table once and
-writes each row's copies beside its own columns, in the same row: a copy is never
-written apart from its record.
+BigQuery partitions and clusters by top-level columns only, so a layout lays records
+out by an attribute or a typed field through a copy: a top-level column `records` is
+created with, whose description names its source (`Recordline layout copy of
+attributes.customer`). Every writer of `records` (the service on BigQuery alone, the
+exporter behind a serving tier) reads the table as it starts and writes each row's
+copies in the row itself: a copy is never written apart from its record.
 
 Design: docs/layouts.md
 """
