@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from app.records import Record, columns
@@ -23,9 +20,7 @@ from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import DAY, NOW, SECOND
-from tests.bigquery.test_records_unique import callable_sql, query
-from tests.infra.console import console, require_terraform
-from tests.infra.test_terraform import MODULE, _expression, _resources
+from tests.bigquery.test_records_unique import callable_sql, query, rendered_routine
 
 RECORDS = f"projects/{PROJECT}/datasets/{DATASET}/tables/records"
 HOUR = 3600 * SECOND
@@ -37,39 +32,12 @@ UNTIL = NOW
 def latest_body(delete_marker: tuple[str, str] | None = None) -> str:
     """The routine's definition_body as Terraform renders it in PROJECT.DATASET, for a
     system with this delete marker (field, value)."""
-    require_terraform()
-    expression = _expression(
-        _resources("google_bigquery_routine")["records_latest"]["definition_body"]
-    )
-    for reference, local in {
-        "var.project_id": "local.project_id",
-        "google_bigquery_dataset.recordline.dataset_id": "local.dataset_id",
-        "google_bigquery_table.records.table_id": "local.records_table_id",
-    }.items():
-        expression = expression.replace(reference, local)
     marker = (
         "null"
         if delete_marker is None
         else json.dumps(dict(zip(("field", "value"), delete_marker, strict=True)))
     )
-    with tempfile.TemporaryDirectory() as work:
-        shutil.copytree(MODULE / "sql", Path(work, "sql"))
-        Path(work, "main.tf").write_text(
-            'variable "delete_marker" {\n  type = any\n}\n'
-            "locals {\n"
-            f'  project_id = "{PROJECT}"\n'
-            f'  dataset_id = "{DATASET}"\n'
-            '  records_table_id = "records"\n'
-            "}\n"
-        )
-        Path(work, "values.tfvars").write_text(f"delete_marker = {marker}\n")
-        return str(
-            console(
-                work,
-                expression.replace("var.delete_marker", "var.delete_marker"),
-                var_file="values.tfvars",
-            )
-        )
+    return rendered_routine("records_latest", variables={"delete_marker": marker})
 
 
 def versions(ids: int, *, seed: int = 7) -> list[dict[str, Any]]:

@@ -256,15 +256,7 @@ class BigQueryStore:
             layout = TableLayout()
         copies = Copies(layout.copies)
         encoder = RowEncoder(Record, derived=copies)
-        assert self._write_client is not None
-        writer = StorageWriter(
-            self._write_client,
-            self._table_path("records"),
-            encoder.descriptor,
-            max_in_flight=self.max_in_flight,
-            loops=self._loops,
-        )
-        await writer.start()
+        writer = await self._records_writer(encoder)
         self.layout, self.copies, self._records_encoder = layout, copies, encoder
         self._pager.partitions_by_ingest_time = layout.by_ingest_time
         self._records = writer
@@ -274,6 +266,20 @@ class BigQueryStore:
                 table_id,
                 ", ".join(c.column for c in copies.copies),
             )
+
+    async def _records_writer(self, encoder: RowEncoder) -> StorageWriter:
+        """A started writer of `records`' _default stream, with `encoder`'s schema."""
+        if self._write_client is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        writer = StorageWriter(
+            self._write_client,
+            self._table_path("records"),
+            encoder.descriptor,
+            max_in_flight=self.max_in_flight,
+            loops=self._loops,
+        )
+        await writer.start()
+        return writer
 
     def layout_copies(self) -> Copies:
         """The copies each row of `records` carries (its exporter's); StoreUnavailable
@@ -549,17 +555,8 @@ class BigQueryStore:
         current = self._typed_writer
         if current is not None and current[0] == writable:
             return current[1], current[2]
-        if self._write_client is None:
-            raise StoreUnavailable("the BigQuery store is not started")
         encoder = RowEncoder(Record, typed_descriptor(writable), derived=self.copies)
-        writer = StorageWriter(
-            self._write_client,
-            self._table_path("records"),
-            encoder.descriptor,
-            max_in_flight=self.max_in_flight,
-            loops=self._loops,
-        )
-        await writer.start()
+        writer = await self._records_writer(encoder)
         self._typed_writer = (writable, writer, encoder)
         now = asyncio.get_running_loop().time()
         done = [w for w, idle_at in self._retired if idle_at <= now]
