@@ -214,13 +214,15 @@ async def test_records_wait_for_the_layout_and_are_never_written_without_their_c
     define(write_fake, copy("customer", "attributes.customer", "STRING"))
     # The table cannot be read as the store starts: it starts all the same, and records
     # are refused (503 to a push, which Pub/Sub delivers again) until it is read.
-    jobs_fake.get_failures.append((403, "accessDenied"))
+    jobs_fake.get_failures.extend([(403, "accessDenied")] * 1000)
     store: BigQueryStore = await make_store()
     assert store.layout is None
     with pytest.raises(StoreUnavailable, match="layout of records"):
         await store.append([record("m1", BASE_TIME, attributes='{"customer": "42"}')])
     with pytest.raises(StoreUnavailable):
         store.layout_copies()
+    # Readable again: the store's loop reads it, and records are written.
+    jobs_fake.get_failures.clear()
     await until(lambda: store.layout is not None, what="the layout read again")
     assert await store.append([record("m1", BASE_TIME, attributes='{"customer": "42"}')]) == [None]
     assert [r["customer"] for r in write_fake.rows("records")] == ["42"]
