@@ -8,7 +8,7 @@ asks for every id both the serving tier's look-up (what GET /v1/records/{id} ans
 and records_latest's body, as Terraform renders it, over what BigQuery holds: prints how
 many ids were compared, how many answers differ (the target is none), the versions
 stored, and what the function's call bills (by the jobs fake's billing model).
-tests/spanner/test_records_latest.py makes the same comparison on 80 ids.
+tests/spanner/test_records_latest.py makes it on 60 ids, through GET /v1/records/{id}.
 """
 
 from __future__ import annotations

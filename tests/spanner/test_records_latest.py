@@ -1,8 +1,8 @@
 """records_latest behind the serving tier: records with several versions each, stored in
 Spanner and exported to BigQuery by the service's own exporter; for every id, the
 function over what BigQuery holds answers what GET /v1/records/{id} answers (the tiered
-store's `latest`, which that route calls). `python3 dev.py bench latest` runs the same
-comparison over 10,000 ids."""
+store's `latest`, through the route). `python3 dev.py bench latest` runs the same comparison
+over 10,000 ids, through the store's `latest`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from typing import Any
 
 import pytest
 
+from app.asgi import create_app
 from app.records import MAX_MICROS, Record, Rejection
+from app.settings import Settings
 from app.store.tiered.store import TieredStore
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.test_records_latest import by_id, latest_body
 from tests.bigquery.test_records_unique import callable_sql, query
+from tests.conftest import served
 from tests.spanner.exporting import drain, exporter, settle_clock
 from tests.spanner.test_serving import record
 
@@ -49,26 +52,24 @@ def versions(ids: int, *, seed: int = 5) -> list[Record]:
     return rows
 
 
-async def latest_everywhere(store: TieredStore, jobs: FakeBigQueryJobs, ids: int) -> int:
-    """Compare, for every id, the serving tier's look-up with the function over BigQuery;
-    the number of ids compared."""
-    found = by_id(query(jobs, callable_sql(latest_body(), "u.*"), 0, MAX_MICROS))
-    assert len(found) == ids
-    for i in range(ids):
-        answered = await store.latest(f"order-{i:05}")
-        assert answered is not None
-        assert found[answered.id] == (answered.message_id, json.loads(answered.data)), answered.id
-    return ids
-
-
 async def test_the_function_over_bigquery_answers_as_the_serving_tier_for_every_id(
-    make_tiered: Callable[..., Any], jobs_fake: FakeBigQueryJobs
+    make_tiered: Callable[..., Any],
+    jobs_fake: FakeBigQueryJobs,
+    serving_settings: Callable[..., Settings],
 ) -> None:
     store: TieredStore = await make_tiered()
-    ids = 80
+    ids = 60
     rows: list[Record | Rejection] = list(versions(ids))
     for start in range(0, len(rows), 50):
         await store.append(rows[start : start + 50])
     await settle_clock()
     await drain(exporter(store))
-    assert await latest_everywhere(store, jobs_fake, ids) == ids
+    found = by_id(query(jobs_fake, callable_sql(latest_body(), "u.*"), 0, MAX_MICROS))
+    assert len(found) == ids
+    # Each id through the route itself: GET /v1/records/{id} of the app on that store.
+    async with served(create_app(serving_settings(), store=store)) as client:
+        for i in range(ids):
+            answer = await client.get(f"/v1/records/order-{i:05}")
+            assert answer.status_code == 200
+            body = answer.json()
+            assert found[body["id"]] == (body["message_id"], body["data"]), body["id"]
