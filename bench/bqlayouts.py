@@ -7,8 +7,9 @@ A month of rows at 10 messages a second (each stored row standing for `weight`, 
 one event in 50 up to three days late, laid out as a system may choose
 (infra/terraform/layouts.tf, docs/layouts.md). Every query is billed by the jobs.query
 fake's model (`tests/bigquery/billing.py`: BigQuery's documented rules, blocks of
-100,000 rows, 30 minutes write-optimized), the analyst's three questions through the
-real `bigquery.Client`'s SQL on the fake, the read API's calls through the store itself.
+100,000 rows, 30 minutes write-optimized): the analyst's three questions sent to the
+fake's jobs.query as a client sends them (run on DuckDB as well as billed), the read
+API's calls through the store itself and the real `bigquery.Client`.
 Beside them, what the same questions bill on a Pub/Sub BigQuery subscription's table
 (`data` and `attributes` as JSON, partitioned by publish_time by day), by the model alone.
 
