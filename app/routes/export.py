@@ -6,7 +6,6 @@ Design: docs/reading.md#exporting-a-filtered-set
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Annotated, Any, Final
 
 from litestar import Request, get
@@ -17,6 +16,7 @@ from litestar.response import Stream
 
 from app.docs import ExportOperation
 from app.errors import BadParameter
+from app.http.head import charge_of
 from app.query.export import (
     DEFAULT_ROWS,
     MAX_COLUMN_LENGTH,
@@ -32,9 +32,9 @@ from app.query.export import (
 )
 from app.query.filters import FILTER_PARAMETERS, REPEATABLE
 from app.query.streams import STREAMS
-from app.records import moment
+from app.records import MAX_MICROS, micros, moment
 from app.routes.query import (
-    STREAM_ERRORS,
+    EXPORT_ERRORS,
     AttributeFilter,
     FieldFilter,
     Filter,
@@ -49,6 +49,8 @@ from app.routes.query import (
 )
 
 ROW_BOUND: Final = "Recordline-Export-Max-Rows"
+# Where every export is: what it is refused on its head under (`app.asgi.refused_on_head`).
+EXPORT_PATH: Final = "/v1/export/"
 _PARAMETERS: Final = (
     frozenset({"format", "columns", "since", "until", "max_rows", "page_token"}) | FILTER_PARAMETERS
 )
@@ -98,7 +100,7 @@ MaxRows = Annotated[
         "header says the row bound before the first row."
     ),
     tags=["records"],
-    responses=STREAM_ERRORS,
+    responses=EXPORT_ERRORS,
     operation_class=ExportOperation,
     response_headers=[
         ResponseHeader(
@@ -152,7 +154,8 @@ async def export_rows(
     if end is None and page_token is None:
         end = moment(asked)
         if start is not None and start >= end:
-            end = start + timedelta(microseconds=1)
+            # (At the last time every store holds, no later one: an empty range.)
+            end = moment(min(micros(start) + 1, MAX_MICROS))
     token = reader.token(listing, since=start, until=end, page_token=page_token, filter=keep)
     # The first page is read before the response begins: a refusal is a status.
     first = await reader.page(
@@ -165,7 +168,7 @@ async def export_rows(
     walk = Walk(read, reader.token_after)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return Stream(
-        export.run(token, first, walk, asked),
+        export.run(token, first, walk, asked, held=charge_of(request.scope)),
         media_type=MEDIA_TYPES[format],
         headers={
             "Content-Disposition": f'attachment; filename="{listing.name}-{stamp}.{format}"',
