@@ -204,7 +204,7 @@ def test_table_reads_its_schema_file(table: str) -> None:
     ("table", "partition", "clustering", "expiry"),
     [
         # Pages prune by ingest_time inside a day; lookups go through search indexes.
-        ("records", "ingest_time", ["ingest_time"], "${local.partition_expiration_ms}"),
+        # (records is laid out as its system's layout says: tests/infra/test_layouts.py.)
         ("rejected", "ingest_time", ["ingest_time"], "${local.partition_expiration_ms}"),
         ("dead_letters", "publish_time", ["message_id"], None),
     ],

@@ -358,8 +358,11 @@ def test_a_declared_json_schema_is_checked_the_same_way() -> None:
 # --- the table: created with the column, its schema then the service's -------------------
 
 
-def _records_schema(typed_columns: str | None) -> list[dict[str, Any]]:
-    """`records`' schema as the module composes it (local.records_schema), by terraform."""
+def _records_schema(
+    typed_columns: str | None, copies: dict[str, dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """`records`' schema as the module composes it (local.records_schema), by terraform,
+    with a layout's `copies` (name: source and type)."""
     require_terraform()
     (block,) = [
         b
@@ -372,10 +375,12 @@ def _records_schema(typed_columns: str | None) -> list[dict[str, Any]]:
             (MODULE / "schemas" / "records.json").read_bytes()
         )
         Path(work, "main.tf").write_text(
-            f'variable "typed_columns" {{\n  type = string\n}}\n{block}'
+            f'variable "typed_columns" {{\n  type = string\n}}\n'
+            f'variable "layout" {{\n  type = any\n}}\n{block}'
         )
         value = "null" if typed_columns is None else json.dumps(typed_columns)
-        Path(work, "values.tfvars").write_text(f"typed_columns = {value}\n")
+        layout = json.dumps({"columns": copies or {}})
+        Path(work, "values.tfvars").write_text(f"typed_columns = {value}\nlayout = {layout}\n")
         return list(console(work, "jsondecode(local.records_schema)", var_file="values.tfvars"))
 
 
