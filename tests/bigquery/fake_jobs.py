@@ -80,7 +80,7 @@ def terraform_layouts(path: Path = BIGQUERY_TF) -> dict[str, Layout]:
         granularity = partitioning[0].get("type", "DAY")
         if isinstance(clustering, str) and clustering.startswith("${var.layout."):
             # A system's layout (root layouts.tf): its default, today's, unless a test
-            # lays the table out otherwise (tests/infra/test_layouts.py keeps it equal).
+            # lays the table out otherwise (tests/infra/test_layout_variables.py keeps it equal).
             field, clustering, granularity = (
                 DEFAULT_LAYOUT.partition,
                 DEFAULT_LAYOUT.clustering,

@@ -204,7 +204,7 @@ def test_table_reads_its_schema_file(table: str) -> None:
     ("table", "partition", "clustering", "expiry"),
     [
         # Pages prune by ingest_time inside a day; lookups go through search indexes.
-        # (records is laid out as its system's layout says: tests/infra/test_layouts.py.)
+        # (records is laid out as its system's layout says: tests/infra/test_layout_variables.py.)
         ("rejected", "ingest_time", ["ingest_time"], "${local.partition_expiration_ms}"),
         ("dead_letters", "publish_time", ["message_id"], None),
     ],
