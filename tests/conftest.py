@@ -34,10 +34,34 @@ from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
 from tests.waiting import until, until_blocking
 
+# What `--quick` leaves out: tests marked slow (a few seconds or more each), and those
+# needing an emulator, the browser, nginx or Varnish.
+NOT_QUICK = ("slow", "emulator", "browser", "nginx", "varnish")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help=f"the inner loop's subset: no test marked {', '.join(NOT_QUICK)} (README: Tests)",
+    )
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # The first Ctrl-C stops the run, even when it lands in Hypothesis's gc callback.
     interrupts.install()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("quick"):
+        return
+    kept, left = [], []
+    for item in items:
+        slow = any(item.get_closest_marker(name) for name in NOT_QUICK)
+        (left if slow else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 def envelope(
