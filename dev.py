@@ -14,7 +14,7 @@
     python3 dev.py export status …     # the serving tier's export: status, retry, verify, …
     python3 dev.py restore rows …      # the serving tier: write back rows a database lost
     python3 dev.py exporter            # the exporter pool (RECORDLINE_SYSTEMS)
-    python3 dev.py test [pytest options]   # the whole test suite
+    python3 dev.py test [pytest options]   # the whole test suite (--quick: the inner loop's)
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff check, ruff format --check, mypy --strict
     python3 dev.py docs [--serve]      # the documentation site, built strict into site/

@@ -91,9 +91,10 @@ class Emulators:
         }
 
     def systems(self, names: Sequence[str]) -> str:
+        # A dataset of each system's own: a cell refuses two systems stored in one.
         return json.dumps(
             {
-                n: {"serving": self.databases[n], "store": f"bigquery://{PROJECT}/{DATASET}"}
+                n: {"serving": self.databases[n], "store": f"bigquery://{PROJECT}/{DATASET}_{n}"}
                 for n in names
             }
         )

@@ -36,7 +36,7 @@ from tests.waiting import until, until_blocking
 
 # What `--quick` leaves out: tests marked slow (a few seconds or more each), and those
 # needing an emulator, the browser, nginx or Varnish.
-NOT_QUICK = ("slow", "emulator", "browser", "nginx", "varnish")
+NOT_QUICK = ("slow", "emulator", "browser", "nginx", "varnish", "wrk")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -247,12 +247,12 @@ def served_in_thread(app: Recordline) -> Iterator[httpx.Client]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """In CI, a test that needs the Pub/Sub emulator, the browser, nginx or Varnish may
-    not skip: it fails."""
+    """In CI, a test that needs the Pub/Sub emulator, the browser, nginx, Varnish or wrk
+    may not skip: it fails."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     needs = any(
-        item.get_closest_marker(name) for name in ("emulator", "browser", "nginx", "varnish")
+        item.get_closest_marker(name) for name in ("emulator", "browser", "nginx", "varnish", "wrk")
     )
     if report.skipped and os.environ.get("CI") and needs:
         report.outcome = "failed"
