@@ -34,8 +34,8 @@ from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
 from tests.waiting import until, until_blocking
 
-# What `--quick` leaves out: tests marked slow (a few seconds or more each), and those
-# needing an emulator, the browser, nginx or Varnish.
+# What `--quick` leaves out: tests marked slow (a second or more each), and those
+# needing an emulator, the browser, nginx, Varnish or wrk.
 NOT_QUICK = ("slow", "emulator", "browser", "nginx", "varnish", "wrk")
 
 

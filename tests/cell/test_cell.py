@@ -101,6 +101,7 @@ def memory_cell(stores: Stores) -> Iterator[TestClient[Any]]:
         yield client
 
 
+@pytest.mark.slow
 def test_each_push_is_stored_in_its_own_systems_store_alone(
     memory_cell: TestClient[Any], stores: Stores
 ) -> None:
@@ -122,6 +123,7 @@ def test_each_push_is_stored_in_its_own_systems_store_alone(
     assert "alpha-0" in stored_ids(memory_cell, "beta")
 
 
+@pytest.mark.slow
 def test_a_page_token_or_offset_of_one_system_is_refused_by_another(
     memory_cell: TestClient[Any],
 ) -> None:
@@ -171,6 +173,7 @@ def test_each_system_reads_payloads_of_its_own_shape(stores: Stores) -> None:
         assert "`id`" in said["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path",
     [
@@ -197,6 +200,7 @@ def test_a_push_for_no_system_of_the_cell_is_refused_and_nothing_is_stored(
         assert stores.made[system].appends == []
 
 
+@pytest.mark.slow
 def test_the_cells_own_routes_are_at_the_root(memory_cell: TestClient[Any]) -> None:
     assert memory_cell.get("/healthz").json() == {"status": "ok"}
     assert memory_cell.get("/readyz").json() == {"status": "ready", "not_ready": {}}
@@ -209,6 +213,7 @@ def test_the_cells_own_routes_are_at_the_root(memory_cell: TestClient[Any]) -> N
     assert bad.json()["type"] == "/problems/invalid-parameter"
 
 
+@pytest.mark.slow
 def test_a_systems_failing_store_is_its_own_503_and_readiness_names_it(
     memory_cell: TestClient[Any], stores: Stores
 ) -> None:
@@ -239,6 +244,7 @@ def test_a_systems_failing_store_is_its_own_503_and_readiness_names_it(
     assert stored_ids(memory_cell, "alpha") == {"a"}
 
 
+@pytest.mark.slow
 def test_a_system_that_will_not_start_is_answered_503_and_started_again(
     stores: Stores,
 ) -> None:
@@ -261,6 +267,7 @@ def test_a_system_that_will_not_start_is_answered_503_and_started_again(
         assert client.get("/readyz").json()["not_ready"] == {}
 
 
+@pytest.mark.slow
 def test_a_token_of_one_system_is_refused_for_another(stores: Stores) -> None:
     google = FakeGoogle().start()
     try:
@@ -301,6 +308,7 @@ def test_a_token_of_one_system_is_refused_for_another(stores: Stores) -> None:
         google.stop()
 
 
+@pytest.mark.slow
 async def test_a_follower_storm_on_one_system_is_refused_for_that_system_alone(
     stores: Stores,
 ) -> None:
@@ -349,6 +357,7 @@ async def test_a_follower_storm_on_one_system_is_refused_for_that_system_alone(
             assert follower.status_code == 200
 
 
+@pytest.mark.slow
 async def test_a_system_whose_dataset_is_gone_is_refused_alone(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -378,6 +387,7 @@ async def test_a_system_whose_dataset_is_gone_is_refused_alone(
     assert write_fake.rows(gone) == []
 
 
+@pytest.mark.slow
 def test_each_systems_console_is_under_its_prefix(memory_cell: TestClient[Any]) -> None:
     redirect = memory_cell.get("/systems/alpha/console", follow_redirects=False)
     assert redirect.headers["location"] == "console/records"  # relative: under the prefix

@@ -30,6 +30,7 @@ def client(store: FaultyStore) -> TestClient:  # type: ignore[type-arg]
         yield client
 
 
+@pytest.mark.slow
 def test_every_page_loads_only_what_the_service_serves(client: TestClient) -> None:  # type: ignore[type-arg]
     assert client.get("/console", follow_redirects=False).headers["location"] == "console/records"
     for page in PAGES:
@@ -58,6 +59,7 @@ def test_a_page_that_does_not_exist_is_a_404_problem(client: TestClient) -> None
     assert answer.headers["content-type"].startswith("application/problem+json")
 
 
+@pytest.mark.slow
 async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # noqa: F811
     """With read authentication, the console is closed to a caller without a reader's
     token (401) or with another's (403), as the read API is; an analyst reads it

@@ -324,6 +324,7 @@ TICKETED = PAGED - {"cell_unready", "spanner_storage"} | {
 INSTANCE_TICKETS = {"spanner_cpu", "spanner_storage"}
 
 
+@pytest.mark.slow
 def test_every_page_and_ticket_fits_cloud_monitoring_at_a_thousand_systems() -> None:
     # Cloud Monitoring takes a documentation of at most 8,192 characters and 10,240
     # bytes. The texts name no system: at ten cells of 100 systems of 24 characters (the

@@ -49,6 +49,7 @@ def _rows() -> dict[str, list[float]]:
     return found
 
 
+@pytest.mark.slow
 def test_the_runbook_cost_table_is_the_one_the_defaults_give() -> None:
     text = RUNBOOK.read_text()
     assert _table() in text, (
@@ -57,6 +58,7 @@ def test_the_runbook_cost_table_is_the_one_the_defaults_give() -> None:
     assert fleet_cost().notes() in text
 
 
+@pytest.mark.slow
 def test_a_systems_cost_at_100_and_1000_systems_is_stated_against_the_25_dollars_asked() -> None:
     rows = _rows()
     cost = fleet_cost()
@@ -108,6 +110,7 @@ def test_every_billed_item_has_a_row_with_its_source() -> None:
         assert source.endswith("/pricing")
 
 
+@pytest.mark.slow
 def test_the_totals_add_up() -> None:
     rows = _rows()
     items = {k: v for k, v in rows.items() if not k.startswith(("Total", "Per system"))}
@@ -149,6 +152,7 @@ def test_spanner_compute_follows_each_instances_databases() -> None:
     assert found["units"] == 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("rate", "instance_based"), [(1.0, False), (5.0, False), (10.0, True)])
 def test_billing_follows_the_declared_rate_against_the_break_even(
     rate: float, instance_based: bool
@@ -192,6 +196,7 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:
     assert cost._point_bytes(metrics, cost.HOLDER_SERIES) <= 32
 
 
+@pytest.mark.slow
 def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> None:
     from tests.infra.test_terraform import ENVIRONMENT
 
