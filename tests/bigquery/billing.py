@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -604,11 +605,7 @@ class BillingModel:
         `*` and resolve unqualified columns, and to size the leaves of a
         RECORD column (a `STRUCT<...>` or `ARRAY<...>` type there).
         """
-        tree = sqlglot.parse_one(sql, read="bigquery")
-        tree = _substitute(tree, params)
-        tree = qualify(
-            tree, schema=dict(schema), dialect="bigquery", validate_qualify_columns=False
-        )
+        tree = _substitute(_qualified(sql, json.dumps(schema, sort_keys=True)), params)
         scans: list[tuple[str, int]] = []
         for scope in traverse_scope(tree):
             for alias, source in scope.sources.items():
@@ -771,6 +768,18 @@ def _literal(value: Any) -> exp.Expression:
             return exp.Array(expressions=[_literal(v) for v in value])
         case _:
             return exp.Literal.string(str(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _qualified(sql: str, schema: str) -> exp.Expression:
+    """The statement's tree with its tables and columns qualified against `schema`
+    (JSON): one statement comes again and again with new parameters (a walk over
+    pages sends it hundreds of times), and sqlglot's parse and qualification take
+    tens of milliseconds. Never changed: `_substitute` makes a copy."""
+    tree = sqlglot.parse_one(sql, read="bigquery")
+    return qualify(
+        tree, schema=json.loads(schema), dialect="bigquery", validate_qualify_columns=False
+    )
 
 
 def _substitute(tree: exp.Expression, params: Mapping[str, Any]) -> exp.Expression:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import re
 import threading
@@ -460,7 +461,7 @@ class FakeBigQueryJobs:
             return status, _error(status, reason, "injected failure")
         try:
             sql = qualified(sql, match["project"], body.get("defaultDataset"))
-            statement = sqlglot.parse_one(sql, read="bigquery")
+            statement = _parsed(sql)
         except sqlglot.errors.SqlglotError as exc:
             return 400, _error(400, "invalidQuery", str(exc))
         except Unqualified as exc:
@@ -651,7 +652,7 @@ class FakeBigQueryJobs:
     def run(
         self, sql: str, params: dict[str, Any]
     ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-        translated = sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
+        translated = _in_duckdb(sql)
         # Each request runs on a cursor of its own over the loaded tables.
         con = self._loaded().cursor()
         try:
@@ -741,6 +742,19 @@ _NESTED_TYPES = {
     "DATETIME": ("VARCHAR", pa.string()),
     "JSON": ("JSON", pa.string()),
 }
+
+
+# One statement comes again and again with new parameters (a walk over pages sends it
+# hundreds of times), and sqlglot takes tens of milliseconds to parse or translate it:
+# each is done once a statement. The tree is never changed (what builds on it copies).
+@functools.lru_cache(maxsize=256)
+def _parsed(sql: str) -> sqlglot.exp.Expression:
+    return sqlglot.parse_one(sql, read="bigquery")
+
+
+@functools.lru_cache(maxsize=256)
+def _in_duckdb(sql: str) -> str:
+    return sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
 
 
 def _duckdb_type(field: dict[str, Any]) -> str:

@@ -72,6 +72,7 @@ def rfc3339(micros: int) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+@pytest.mark.slow
 async def test_records_stored_before_a_schema_was_declared_get_their_typed_columns(
     make_store: Callable[..., Any],
     write_fake: FakeBigQueryWrite,
@@ -144,6 +145,7 @@ async def test_records_stored_before_a_schema_was_declared_get_their_typed_colum
     assert reads["records"] < both_days.bytes_processed
 
 
+@pytest.mark.slow
 async def test_values_the_write_path_could_not_take_are_filled_in(
     make_store: Callable[..., Any],
     write_fake: FakeBigQueryWrite,
@@ -174,6 +176,7 @@ async def test_values_the_write_path_could_not_take_are_filled_in(
     assert len(write_fake.rows("records")) == 2
 
 
+@pytest.mark.slow
 async def test_unknown_revisions_are_left_alone_and_a_refused_run_changes_nothing(
     make_store: Callable[..., Any],
     write_fake: FakeBigQueryWrite,

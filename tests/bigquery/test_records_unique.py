@@ -110,6 +110,7 @@ def query(jobs: FakeBigQueryJobs, sql: str, since: int, until: int) -> dict[str,
 # --- the function as written ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_function_takes_two_timestamps_and_its_columns_from_the_table() -> None:
     routine = _resources("google_bigquery_routine")["records_unique"]
     assert routine["routine_type"] == "TABLE_VALUED_FUNCTION"
@@ -229,6 +230,7 @@ def first_copies(
     return shown
 
 
+@pytest.mark.slow
 async def test_it_answers_the_first_copies_the_services_pages_answer(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
@@ -321,6 +323,7 @@ async def test_it_leaves_out_a_publishers_later_copies_which_the_services_pages_
 # --- what it costs ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_its_bill_stays_within_the_range_and_the_window_before_it() -> None:
     # A month of 100 msg/s, every row settled (none in write-optimized storage).
     stream = make_stream(100, 30, stored_per_day=288)

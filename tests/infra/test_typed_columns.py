@@ -310,6 +310,7 @@ def _typed_columns_input(systems: str, files: tuple[tuple[str, bytes], ...]) -> 
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SCHEMAS))
 def test_the_module_is_given_the_generated_column(kind: str) -> None:
     _, text = _generated(kind)
@@ -329,6 +330,7 @@ def _refused(systems: str, files: tuple[tuple[str, bytes], ...]) -> str:
     return text if "Invalid value for variable" in text else ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SCHEMAS))
 def test_a_missing_or_stale_file_fails_the_plan_naming_the_command(kind: str) -> None:
     name = SCHEMAS[kind][0]
