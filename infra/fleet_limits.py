@@ -123,6 +123,9 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_secret_manager_secret_version.systems": lambda c: 1,
     "google_secret_manager_secret_iam_member.reads_systems": lambda c: 2 + c.serving,
     "time_sleep.secrets_propagation": lambda c: 1,
+    # Who reads and retires the versions the cell's revisions mount: the systems' file's
+    # (on-call and the deploy account), the canary systems' and the read passes'.
+    "google_secret_manager_secret_iam_member.versions": lambda c: 2 + c.serving + c.cdn,
     "google_cloud_run_v2_service.ingest": lambda c: 1,
     "google_cloud_run_v2_service_iam_member.invokers": lambda c: 3 + c.readers,
     "google_cloud_run_v2_service_iam_member.developers": lambda c: 2,
@@ -156,6 +159,7 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_project_iam_member.own_project_oncall": lambda c: 3 * c.oncall * c.own_project,
     "google_project_iam_custom_role.own_project_scheduler": lambda c: c.own_project,
     "google_project_iam_member.own_project_operator": lambda c: 3 * c.own_project,
+    "google_project_iam_member.own_project_deployer": lambda c: c.own_project,
     "google_artifact_registry_repository_iam_member.cell_pulls_images": lambda c: c.own_project,
     "google_logging_project_exclusion.successful_pushes": lambda c: c.own_project,
     "google_storage_bucket_object.directory": lambda c: 1,

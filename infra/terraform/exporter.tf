@@ -75,11 +75,18 @@ resource "google_secret_manager_secret" "canary_systems" {
   depends_on = [google_project_service.enabled]
 }
 
+# As the cell's systems' file (cell.tf): every revision of the pool mounts it, so a
+# version outlives the revisions that mount it, and a rollout retires it.
 resource "google_secret_manager_secret_version" "canary_systems" {
   for_each = local.exporter
 
-  secret      = google_secret_manager_secret.canary_systems[each.key].id
-  secret_data = local.canary_json
+  secret          = google_secret_manager_secret.canary_systems[each.key].id
+  secret_data     = local.canary_json
+  deletion_policy = "ABANDON"
+
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "google_secret_manager_secret_iam_member" "exporter_reads_canary" {

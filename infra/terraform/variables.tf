@@ -174,6 +174,23 @@ variable "canary_systems" {
   default     = []
 }
 
+variable "kept_revisions" {
+  type        = number
+  description = <<-EOT
+    How many of the newest revisions of the cell's ingest service and of its exporter pool
+    a rollout keeps, with every settings version they mount, for a rollback to return to
+    (docs/operations.md#rolling-back): older ones that serve nothing are deleted, and the
+    versions none of the kept ones mounts retired. At most the environment's
+    kept_image_versions, whose images the registry keeps.
+  EOT
+  default     = 10
+
+  validation {
+    condition     = var.kept_revisions >= 3 && var.kept_revisions <= 30
+    error_message = "kept_revisions must be 3 to 30: the last release, the one before and an apply's revision at least, and no more than the registry keeps images of (kept_image_versions, 30)."
+  }
+}
+
 variable "export_soak_seconds" {
   type        = number
   description = "How long a rollout watches the canary systems' export before the exporter takes every system, and again before the ingest service is deployed (deploy-cell.yml)."

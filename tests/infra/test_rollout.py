@@ -94,6 +94,7 @@ def test_the_first_deploy_replaces_both_placeholders_after_the_gate_and_smoke_te
         "exporter": "success",
         "export-gate/gate": "success",
         "ingest": "success",
+        "release": "success",
     }
     pool = cloud.world["worker_pools"][POOL]
     newest = pool["revisions"][-1]
@@ -179,6 +180,7 @@ def test_a_new_exporter_takes_the_canary_systems_first_and_ingest_waits_for_the_
         "exporter",
         "export-gate/gate",
         "ingest",
+        "release",
     ]
     assert list(cells_ran(run)["recordline"]) == order
 

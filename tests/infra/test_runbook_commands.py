@@ -111,7 +111,9 @@ def cloud(tmp_path: Path) -> Cloud:
         serving={"recordline": ["recordline", "orders"]},
     )
     service = state["services"]["recordline"]
-    service["revisions"][0].update(command=None, args=None, digest=EARLIER)
+    service["revisions"][0].update(
+        command=None, args=None, digest=EARLIER, image=f"{REPOSITORY}@{EARLIER}"
+    )
     service["revisions"][1].update(
         digest=BAD, image=service["revisions"][1]["image"].replace(EARLIER, BAD)
     )
@@ -125,7 +127,17 @@ def cloud(tmp_path: Path) -> Cloud:
         name: {f"serviceAccount:{OPERATOR}": [capacity]} for name in state["spanner_instances"]
     }
     state["objects"][f"gs://{STATE_BUCKET}/directory/recordline.json"] = json.dumps(directory())
-    state["datasets"] = {"recordline": "live", "orders": "live"}
+    # The last rollout's record (deploy-cell.yml, "release"): EARLIER replaced by BAD.
+    state["objects"][f"gs://{STATE_BUCKET}/directory/releases/recordline.json"] = json.dumps(
+        {
+            "image_tag": "b" * 40,
+            "digest": BAD,
+            "before": {"ingest": {"revision": "recordline-00001-x1y", "digest": EARLIER}},
+            "after": {"ingest": {"revision": "recordline-00002-x2y", "digest": BAD}},
+        }
+    )
+    # Every prod dataset is in the EU (env/prod/<cell>.tfvars.json's dataset_location).
+    state["datasets"] = {"recordline": ["live", "EU"], "orders": ["live", "EU"]}
     state["job_cli"] = "recorder"
     return Cloud(tmp_path, state)
 
@@ -227,7 +239,7 @@ def test_every_command_names_what_the_directory_names_for_a_system_on_the_second
     state["scheduler_jobs"]["orders-canary"] = "PAUSED"
     cloud.update(**state)
     out = run(cloud, where(), *sections)
-    assert "rolling recordline back from" in out
+    assert "back to: recordline-00001-x1y" in out
     orders = directory()["orders"]
     allowed = {str(v) for v in orders.values()} | {
         r["name"]
@@ -260,13 +272,20 @@ def test_rolling_back_at_3am_sends_every_request_of_the_cell_to_the_previous_rev
 ) -> None:
     who, look, roll_back, unpin = blocks("rolling-back")
     out = run(cloud, who.replace("SYSTEM=recordline", "SYSTEM=orders"), look, roll_back)
-    assert "rolling recordline back from recordline-00002-x2y to recordline-00001-x1y" in out
+    # Both states, by image digest and settings version, and what the one it returns
+    # to serves, before it acts.
+    assert f"now:     recordline-00002-x2y, image {BAD}, settings version 1" in out
+    assert f"back to: recordline-00001-x1y, image {EARLIER}, settings version 1 (ENABLED)" in out
+    assert "recordline-00001-x1y will serve: orders recordline; not:  (step 4" in out
+    assert f'"digest": "{BAD}"' in out  # the release record
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+    # The ops job runs the image it serves again.
+    assert cloud.world["jobs"]["recordline-ops"]["image"] == f"{REPOSITORY}@{EARLIER}"
     # Every command acted as the operator account, in the cell's project and region.
     for argv in cloud.calls():
-        if argv[0] == "run":
+        if argv[0] in ("run", "secrets"):
             assert f"--impersonate-service-account={OPERATOR}" in argv, argv
-            assert f"--region={REGION}" in argv, argv
+            assert f"--region={REGION}" in argv or argv[0] == "secrets", argv
             assert f"--project={PROJECT}" in argv, argv
     # Ending the pin: traffic follows the newest revision again.
     run(cloud, who, unpin)
@@ -298,7 +317,7 @@ def test_rolling_back_skips_a_candidate_that_never_served(cloud: Cloud) -> None:
     cloud.update(services=services)
     who, _look, roll_back, _ = blocks("rolling-back")
     out = run(cloud, who, roll_back)
-    assert "back from recordline-00002-x2y to recordline-00001-x1y" in out
+    assert "back to: recordline-00001-x1y" in out
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
 
 
@@ -328,11 +347,12 @@ def test_the_exporter_is_rolled_back_with_its_export_job_as_the_operator_account
     _bad_exporter(cloud)
     look, roll_back = blocks("rolling-the-exporter-back")
     out = run(cloud, where(), look, roll_back)
-    assert f"rolling {POOL} back from {POOL}-00003-w3p to {POOL}-00002-w2p" in out
+    assert f"now:     {POOL}-00003-w3p, image {BAD}, settings version 1" in out
+    assert f"back to: {POOL}-00002-w2p, image {EARLIER}, settings version 1 (ENABLED)" in out
     assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
     assert cloud.world["jobs"]["recordline-export"]["image"] == f"{REPOSITORY}@{EARLIER}"
     for argv in cloud.calls():
-        if argv[:2] == ["beta", "run"] or argv[0] == "run":
+        if argv[:2] == ["beta", "run"] or argv[0] in ("run", "secrets"):
             assert f"--impersonate-service-account={OPERATOR}" in argv, argv
     # As themselves, on-call may not.
     done = cloud.shell(
@@ -433,6 +453,25 @@ def test_on_call_looks_at_logs_and_dead_letters_as_themselves(cloud: Cloud) -> N
     cloud.update(principal="user:someone-else@example.com")
     assert cloud.shell(where()).returncode != 0  # the directory is on-call's to read
     assert look.splitlines()[1] == where().splitlines()[1]
+
+
+def test_the_directory_is_listed_through_its_grants_condition_on_the_listing(
+    cloud: Cloud,
+) -> None:
+    # `directory/*.json` is a listing of the bucket under directory/: a condition on
+    # the objects' names alone grants reading each one, never finding them.
+    granted = cloud.world["iam"]
+    cloud.update(iam={**granted, "object_lists": {}})
+    done = cloud.shell(where())
+    assert "Permission 'storage.objects.list' denied" in done.stderr
+    # Each object, read by its exact name, still is on-call's.
+    exact = f"gcloud storage cat gs://{STATE_BUCKET}/directory/recordline.json"
+    assert cloud.shell(exact).returncode == 0
+    # With the grant's listing clause: the directory, and no other prefix of the bucket.
+    cloud.update(iam=granted)
+    assert cloud.shell(where()).returncode == 0
+    done = cloud.shell(f"gcloud storage cat 'gs://{STATE_BUCKET}/recordline/*/default.tfstate'")
+    assert "storage.objects.list" in done.stderr
 
 
 def test_why_the_export_stopped_and_who_holds_the_lease_is_read_as_the_operator_account(
@@ -573,19 +612,28 @@ def test_capacity_needs_the_operator_account(cloud: Cloud) -> None:
 
 
 def test_a_deleted_dataset_is_undropped_before_anything_creates_it_again(cloud: Cloud) -> None:
-    cloud.update(datasets={"recordline": "live", "orders": "dropped"})
-    (undrop,) = blocks("a-deleted-dataset")
+    cloud.update(datasets={"recordline": ["live", "EU"], "orders": ["dropped", "EU"]})
+    undrop = blocks("a-deleted-dataset")[0]
     run(cloud, where(), undrop)
-    assert cloud.world["datasets"]["orders"] == "live"
+    assert cloud.world["datasets"]["orders"] == ["live", "EU"]
     assert cloud.world.get("impersonate") is None  # the impersonation ended with it
+    # Without the dataset's location the query runs in the US, where no dataset of that
+    # name was deleted.
+    cloud.update(datasets={"recordline": ["live", "EU"], "orders": ["dropped", "EU"]})
+    done = cloud.shell("\n".join([where(), undrop.replace(' --location="$DATASET_LOCATION"', "")]))
+    assert "was not found in location US" in done.stderr
     # Once a dataset of that name exists again, undropping is refused: why the apply job
     # refuses to create it first (test_apply.py).
-    cloud.update(datasets={"recordline": "live", "orders": "live"})
+    cloud.update(
+        datasets={"recordline": ["live", "EU"], "orders": ["live", "EU"]}, impersonate=None
+    )
     done = cloud.shell("\n".join([where(), undrop]))
     assert "Already Exists" in done.stderr
     # As themselves, on-call may not create a dataset. (The refused run above stopped
     # before its last line: at a prompt it would have ended the impersonation.)
-    cloud.update(datasets={"recordline": "live", "orders": "dropped"}, impersonate=None)
+    cloud.update(
+        datasets={"recordline": ["live", "EU"], "orders": ["dropped", "EU"]}, impersonate=None
+    )
     as_themselves = "\n".join(line for line in undrop.splitlines() if "config" not in line)
     assert "bigquery.datasets.create" in cloud.shell("\n".join([where(), as_themselves])).stderr
 
