@@ -291,10 +291,14 @@ INGEST_DEPLOY_MINUTES = 3
 
 
 def rollout(cells: int, soak_seconds: int) -> tuple[int, float]:
-    """A rollout's waves of cells (the first alone, then max-parallel at once) and its
-    minutes."""
-    parallel = int(_workflow("deploy-environment.yml")["jobs"]["rest"]["strategy"]["max-parallel"])
-    waves = 1 + math.ceil((cells - 1) / parallel)
+    """A rollout's waves of cells (deploy-environment.yml: the first alone, then a
+    quarter of the others, at least one, then the rest, each max-parallel at once) and
+    its minutes."""
+    jobs = _workflow("deploy-environment.yml")["jobs"]
+    parallel = int(jobs["rest"]["strategy"]["max-parallel"])
+    assert int(jobs["second"]["strategy"]["max-parallel"]) == parallel
+    second = math.ceil((cells - 1) / 4)
+    waves = 1 + math.ceil(second / parallel) + math.ceil((cells - 1 - second) / parallel)
     per_cell = 2 * EXPORTER_DEPLOY_MINUTES + 2 * soak_seconds / 60 + INGEST_DEPLOY_MINUTES
     return waves, waves * per_cell
 

@@ -34,6 +34,9 @@ output "deploy" {
         serving = contains(local.serving_systems, name)
       })
     }
+    # The second export gate watches every one of these, as the promoted revision
+    # writes them.
+    serving_systems  = local.serving_systems
     soak_seconds     = var.export_soak_seconds
     gate_lag_seconds = var.export_gate_lag_seconds
     # What a rollout keeps for a rollback: the newest kept_revisions of the service and

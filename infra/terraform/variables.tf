@@ -169,7 +169,9 @@ variable "canary_systems" {
     (rows moving, lag under export_gate_lag_seconds) a rollout watches for
     export_soak_seconds before it goes on (deploy-cell.yml), and which its smoke test
     pushes to: empty for the first two serving systems by name (or the first two
-    systems, where none has `serving`).
+    systems, where none has `serving`) and, once each, the one with the largest rate,
+    the first with a topic schema and the first with typed columns (json_schema). A
+    named set must hold a system of each of those shapes the cell has (limits.tf).
   EOT
   default     = []
 }

@@ -96,10 +96,14 @@ def deploy_output(
     shapes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The cell's Terraform output `deploy` (outputs.tf). Its canary systems: given, else
-    the first two serving systems by name, else the first two systems (exporter.tf)."""
+    the first two serving systems by name (else the first two systems) and the first
+    with a topic schema, serving ones first (exporter.tf; rates and typed columns are
+    not modelled here)."""
     shapes = shapes or {}
     candidates = sorted(serving) or sorted(systems)
-    chosen = canary if canary is not None else candidates[:2]
+    order = list(dict.fromkeys([*candidates, *sorted(systems)]))
+    schema = [s for s in order if shapes.get(s, {}).get("schema")]
+    chosen = canary if canary is not None else list(dict.fromkeys(candidates[:2] + schema[:1]))
     return {
         "cell": cell,
         "project": PROJECT,
@@ -116,6 +120,7 @@ def deploy_output(
         "soak_seconds": 300,
         "gate_lag_seconds": 120,
         "kept_revisions": 10,
+        "serving_systems": sorted(serving),
         "secrets": [systems_secret(cell)] + ([canary_secret(cell)] if serving else []),
         "release": f"gs://{STATE_BUCKET}/directory/releases/{cell}.json",
     }
@@ -517,7 +522,7 @@ def cells_ran(run: Workflow) -> dict[str, dict[str, str]]:
     """Each cell's jobs of a rollout and their results: {cell: {job: result}}."""
     found: dict[str, dict[str, str]] = {}
     for path, job in run.walk():
-        match = re.search(r"\b(first|rest|cells)\[([^\]]+)\]/(.+)", path)
+        match = re.search(r"\b(first|second|rest|cells)\[([^\]]+)\]/(.+)", path)
         if match:
             found.setdefault(match.group(2), {})[match.group(3)] = job.result
     return found

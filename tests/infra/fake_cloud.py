@@ -39,9 +39,10 @@ the file version it mounts. A wildcard `storage cat` lists the bucket, which a c
 on objects' names does not allow (see `storage_cat`).
 
 Cloud Run's behaviour it keeps: `deploy` creates a revision that inherits the last
-one's command, arguments, environment and mounts unless given; a service whose traffic follows the latest
-revision sends the new one everything, while a pinned one sends it nothing (unless
---no-traffic, which pins first); tags route to their revision on a URL of their own.
+one's command, arguments, environment and mounts unless given; a service whose traffic
+follows the latest revision sends the new one everything, while a pinned one sends it
+nothing (unless --no-traffic, which pins first); tags route to their revision on a URL
+of their own; a traffic change acts as the service's account, as a deploy does.
 A revision's container answers as Recordline does (token audience and e-mail checked,
 pushes stored, records read back), as the placeholder does (503, probes 200) while it
 still has the placeholder's command, or with 500 when its digest is marked broken.
@@ -247,6 +248,15 @@ def may(world: World, name: str, principal: str, permission: str, command: str) 
         denied(command, permission, principal, f"namespaces/{world['project']}/services/{name}")
 
 
+def acts_as(world: World, principal: str, account: str, command: str) -> None:
+    """iam.serviceAccounts.actAs on the account a service, pool or job runs as, held on
+    the account or the project: what creating a revision or changing traffic checks."""
+    if account and not holds(
+        world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", account)
+    ):
+        denied(command, "iam.serviceAccounts.actAs", principal, account)
+
+
 def latest(service: dict[str, Any]) -> str:
     """The newest ready revision: where traffic that follows the latest goes."""
     ready = [r for r in service["revisions"] if not r.get("failed")]
@@ -409,11 +419,7 @@ def run_deploy(world: World, args: list[str]) -> None:
     # and a revision runs as the service's account: deploying one is acting as it,
     # iam.serviceAccounts.actAs (https://cloud.google.com/run/docs/securing/service-identity).
     may(world, name, principal, "run.services.update", command)
-    runtime = service.get("runtime_account", "")
-    if runtime and not holds(
-        world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", runtime)
-    ):
-        denied(command, "iam.serviceAccounts.actAs", principal, runtime)
+    acts_as(world, principal, service.get("runtime_account", ""), command)
     image = flags.get("--image")
     if not image:
         fail(f"ERROR: (gcloud.{command}) deploying needs --image here", 2)
@@ -472,8 +478,14 @@ def run_update_traffic(world: World, args: list[str]) -> None:
     )
     scope(world, flags, command)
     service = service_of(world, name, command)
-    # A traffic change replaces the service: run.services.update (as `deploy`).
-    may(world, name, acting(world, flags, command), "run.services.update", command)
+    # A traffic change replaces the service: run.services.update (as `deploy`), and
+    # acting as the account it runs as: managing traffic takes Service Account User on
+    # the service identity as a deploy does
+    # (https://cloud.google.com/run/docs/rollouts-rollbacks-traffic-migration#required-roles).
+    # So whoever may roll back may also deploy: IAM cannot tell them apart.
+    principal = acting(world, flags, command)
+    may(world, name, principal, "run.services.update", command)
+    acts_as(world, principal, service.get("runtime_account", ""), command)
     names = {r["name"] for r in service["revisions"]}
     tags = [t for t in service["traffic"] if t.get("tag")]
     if flags.get("--to-latest"):
@@ -603,8 +615,11 @@ def exports(world: World, pool: dict[str, Any]) -> dict[str, dict[str, Any]]:
         reads = settings_of(world, revision, setting)
         if reads is None:
             reads = pool.get("files", {}).get(setting, [])
-        stalled = revision["digest"] in world.data.get("stalled_digests", [])
+        stalled_digest = revision["digest"] in world.data.get("stalled_digests", [])
+        # The world's `stalled_exports`: digest -> the systems it holds and stops alone.
+        alone = world.data.get("stalled_exports", {}).get(revision["digest"], [])
         for system in reads:
+            stalled = stalled_digest or system in alone
             found[system] = {
                 "revision": revision["name"],
                 "job": env.get("OTEL_SERVICE_NAME", ""),
@@ -630,8 +645,9 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
         may_pool(world, name, principal, "run.workerpools.get", command)
         return show(pool_status(world, name, pool), flags.get("--format"), command)
     # A new revision or another split replaces the worker pool: run.workerpools.update
-    # on it; a revision runs as the pool's account, which deploying one acts as.
+    # on it, and acting as the pool's account (as for a service's traffic).
     may_pool(world, name, principal, "run.workerpools.update", command)
+    acts_as(world, principal, pool.get("account", ""), command)
     if verb == "update-instance-split":
         if flags.get("--to-latest"):
             pool["split"] = "latest"
@@ -649,11 +665,6 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
                 fail(f"ERROR: (gcloud.{command}) instance split must add up to 100", 2)
             pool["split"] = split[0][0] if len(split) == 1 else split
     else:
-        account = pool.get("account", "")
-        if account and not holds(
-            world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", account)
-        ):
-            denied(command, "iam.serviceAccounts.actAs", principal, account)
         image = str(flags.get("--image", ""))
         repository, _, digest = image.partition("@")
         if digest not in world["registry"].get(repository, {}).get("digests", []):

@@ -292,6 +292,18 @@ def test_rolling_back_at_3am_sends_every_request_of_the_cell_to_the_previous_rev
     assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
 
 
+def test_rolling_back_acts_as_the_cells_account_as_a_deploy_does(cloud: Cloud) -> None:
+    # Cloud Run checks acting as the service's account for a traffic change too: the
+    # operator account holds it (acts_as_runtime), and without it the rollback stops.
+    state = cloud.world
+    state["iam"]["service_accounts"][account("recordline-run")] = {}
+    cloud.update(**state)
+    who, _look, roll_back, _ = blocks("rolling-back")
+    done = cloud.shell("\n".join([who, roll_back]))
+    assert "iam.serviceAccounts.actAs" in done.stderr
+    assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
+
+
 def test_the_old_rollback_command_is_refused(cloud: Cloud) -> None:
     # As the person's own account, which may not change the service; by a system's
     # name, which is no service any more.
