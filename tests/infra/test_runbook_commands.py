@@ -711,3 +711,80 @@ def with_export_job(env: dict[str, str]) -> dict[str, Any]:
     job = state["jobs"]["recordline-export"]
     job["env"] = {**env, "RECORDLINE_LOG_FORMAT": "json"}
     return state
+
+
+# --- every recipe ------------------------------------------------------------------------------
+
+
+def test_the_loop_and_producer_sections_run_as_written(cloud: Cloud) -> None:
+    (token,) = [b.splitlines()[0] for b in blocks("acting-as-the-operator-account")]
+    for section in ("loop-restarting", "producers-missing", "producers-in-conflict"):
+        (look,) = blocks(section)
+        run(cloud, where(), JOB, token, look)
+    read = [a for a in cloud.calls("curl-answer") if "/v1/producers" in a[1]]
+    assert [url for _, url in read] == [f"{URL}/systems/orders/v1/producers?limit=100"] * 2
+    assert [(r["command"], r["system"]) for r in recorded(cloud)] == [("audit", "orders")] * 2
+
+
+# Each section of the runbook with shell lines, and what runs them against the fake cloud
+# (a test here, or a file of tests), or why they cannot run there.
+RUN_BY: dict[str, Any] = {
+    "pages-and-tickets": test_a_page_names_the_systems_it_counts,
+    "where-to-look-used-by-every-section": (
+        test_on_call_looks_at_logs_and_dead_letters_as_themselves
+    ),
+    "canary-stale": (
+        test_every_command_names_what_the_directory_names_for_a_system_on_the_second_instance
+    ),
+    "cell-not-ready": test_reading_a_system_of_the_cell_as_a_reader_does,
+    "export-behind": (
+        test_why_the_export_stopped_and_who_holds_the_lease_is_read_as_the_operator_account
+    ),
+    "export-blocked": "tests/spanner/test_export_runbook.py",  # the Spanner emulator
+    "loop-restarting": test_the_loop_and_producer_sections_run_as_written,
+    "producers-missing": test_the_loop_and_producer_sections_run_as_written,
+    "producers-in-conflict": test_the_loop_and_producer_sections_run_as_written,
+    "adding-spanner-capacity-now": test_capacity_is_raised_to_the_next_size_spanner_takes,
+    # Its job lines; Spanner's backups and point-in-time reads are in neither the
+    # emulator nor the fake (the section says a first drill in dev proves them).
+    "recovering-a-serving-database": test_the_restore_commands_are_ones_recordline_takes,
+    "rolling-back": "tests/infra/test_rollback_drills.py",
+    "rolling-the-exporter-back": "tests/infra/test_rollback_drills.py",
+    "acting-as-the-operator-account": (
+        test_a_token_for_the_cell_is_minted_for_the_operator_account
+    ),
+    "replaying-dead-letters": test_replaying_dead_letters_runs_as_the_cells_ops_job,
+    "running-commands-as-a-cells-job": (
+        test_only_on_call_as_the_operator_account_runs_the_cells_jobs
+    ),
+    "a-deleted-dataset": "tests/infra/test_rollback_drills.py",  # drill d
+}
+NOT_RUN = {
+    # Its grep is checked against every regional resource (test_the_region_plan_...),
+    # and the break-glass run that follows it is tests/infra/test_break_glass.py's.
+    "losing-a-zone-or-a-region": "terraform state edits of a cell's state, by an owner",
+    "an-apply-cut-short": "terraform state lock and imports of a cell's state, by an owner",
+    "retiring-a-system": "terraform state edits of a cell's state, by an owner",
+}
+
+
+def test_every_section_with_commands_names_what_runs_them() -> None:
+    text = RUNBOOK.read_text()
+    sections = set()
+    current = ""
+    for part in re.split(r"(?m)^(#{2,4} .+)$", text):
+        heading = re.match(r"#{2,4} (.+)$", part)
+        if heading:
+            current = slug(heading.group(1))
+        elif re.search(r"```(sh|bash)\n", part):
+            sections.add(current)
+    assert sections == set(RUN_BY) | set(NOT_RUN), sorted(sections ^ (set(RUN_BY) | set(NOT_RUN)))
+    for section, runner in RUN_BY.items():
+        if isinstance(runner, str):  # a file of tests that runs the section's blocks
+            assert f'"{section}"' in (RUNBOOK.parents[1] / runner).read_text(), (section, runner)
+        else:
+            assert runner.__name__.startswith("test_"), section
+    # What is not run here is terraform's, on a state: no command of gcloud, bq or curl.
+    for section in NOT_RUN:
+        for block in blocks(section):
+            assert not re.search(r"^(gcloud|bq|curl|job) ", block, re.M), section
