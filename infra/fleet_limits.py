@@ -123,9 +123,9 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_secret_manager_secret_version.systems": lambda c: 1,
     "google_secret_manager_secret_iam_member.reads_systems": lambda c: 2 + c.serving,
     "time_sleep.secrets_propagation": lambda c: 1,
-    # Who reads and retires the versions the cell's revisions mount: the systems' file's
-    # (on-call and the deploy account), the canary systems' and the read passes'.
-    "google_secret_manager_secret_iam_member.versions": lambda c: 2 + c.serving + c.cdn,
+    # Who reads and retires the versions the cell's revisions mount (on-call, the deploy
+    # account): the systems' file's, the canary systems' and the read passes'.
+    "google_secret_manager_secret_iam_member.versions": lambda c: 2 * (1 + c.serving + c.cdn),
     "google_cloud_run_v2_service.ingest": lambda c: 1,
     "google_cloud_run_v2_service_iam_member.invokers": lambda c: 3 + c.readers,
     "google_cloud_run_v2_service_iam_member.developers": lambda c: 2,

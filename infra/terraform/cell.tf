@@ -269,7 +269,9 @@ resource "google_secret_manager_secret_iam_member" "versions" {
       "systems deployer" = { secret = google_secret_manager_secret.systems.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member }
     },
     { for pool, secret in google_secret_manager_secret.canary_systems : "canary deployer" => { secret = secret.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member } },
+    { for pool, secret in google_secret_manager_secret.canary_systems : "canary operator" => { secret = secret.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member } },
     { for key, secret in google_secret_manager_secret.read_pass : "read-pass deployer" => { secret = secret.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member } },
+    { for key, secret in google_secret_manager_secret.read_pass : "read-pass operator" => { secret = secret.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member } },
   )
 
   project   = var.project_id

@@ -286,16 +286,28 @@ def version_state(world: World, secret: str, version: str) -> str:
 
 
 def unavailable(world: World, revision: dict[str, Any]) -> str | None:
-    """Why a revision's instances cannot start, or None: a secret version it mounts that
-    is not enabled. Cloud Run checks the secrets when it creates a revision; a version
-    disabled or destroyed later makes the file unreadable when an instance starts, and
+    """Why a revision's instances cannot start, or None: a secret version it mounts (a
+    volume) or reads into a variable (its `env_secrets`: name -> [secret, version]) that
+    is not enabled. Cloud Run resolves a variable's version before an instance starts, and
+    the instance does not start without it; a volume's is read when the file is, and
     Recordline reads RECORDLINE_SYSTEMS before it serves anything
     (https://cloud.google.com/run/docs/configuring/services/secrets#secrets-check,
-    https://cloud.google.com/secret-manager/docs/disable-secret-version)."""
-    for path, (secret, version) in sorted((revision.get("volumes") or {}).items()):
+    https://cloud.google.com/secret-manager/docs/disable-secret-version). Stricter than
+    Cloud Run for a volume the code never reads: any mounted version counts."""
+    mounted = [
+        (f"mounted at {path}", secret, version)
+        for path, (secret, version) in sorted((revision.get("volumes") or {}).items())
+    ] + [
+        (f"read into {name}", secret, version)
+        for name, (secret, version) in sorted((revision.get("env_secrets") or {}).items())
+    ]
+    for where, secret, version in mounted:
+        if version == "latest":
+            held = world.data.get("secrets", {}).get(secret, {}).get("versions", {})
+            version = max(held, key=int) if held else "latest"
         state = version_state(world, secret, version)
         if state != "ENABLED":
-            return f"secret version {version} of {secret}, mounted at {path}, is {state}"
+            return f"secret version {version} of {secret}, {where}, is {state}"
     return None
 
 
@@ -442,6 +454,7 @@ def run_deploy(world: World, args: list[str]) -> None:
         # mounts.
         **({"env": previous["env"]} if previous.get("env") else {}),
         **({"volumes": previous["volumes"]} if previous.get("volumes") else {}),
+        **({"env_secrets": previous["env_secrets"]} if previous.get("env_secrets") else {}),
     }
     why = unavailable(world, revision)
     if why:
@@ -688,6 +701,7 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
             else ([flags["--args"]] if flags["--args"] else None),
             "env": env,
             **({"volumes": previous["volumes"]} if previous.get("volumes") else {}),
+            **({"env_secrets": previous["env_secrets"]} if previous.get("env_secrets") else {}),
         }
         why = unavailable(world, made)
         if why:
@@ -764,8 +778,15 @@ def _mounts(revision: dict[str, Any], v2: bool) -> tuple[list[Any], list[Any]]:
     return volumes, mounts
 
 
-def _container(revision: dict[str, Any], mounts: list[Any]) -> dict[str, Any]:
-    env = [{"name": k, "value": v} for k, v in sorted((revision.get("env") or {}).items())]
+def _container(revision: dict[str, Any], mounts: list[Any], v2: bool) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in sorted((revision.get("env") or {}).items())
+    ]
+    # A variable from a secret's version: v1 names it valueFrom.secretKeyRef {name, key},
+    # v2 valueSource.secretKeyRef {secret, version}.
+    for name, (secret, version) in sorted((revision.get("env_secrets") or {}).items()):
+        ref = {"secret": secret, "version": version} if v2 else {"name": secret, "key": version}
+        env.append({"name": name, ("valueSource" if v2 else "valueFrom"): {"secretKeyRef": ref}})
     return {
         "image": revision["image"],
         **({"command": revision["command"]} if revision.get("command") else {}),
@@ -789,7 +810,7 @@ def service_revision(world: World, service: str, revision: dict[str, Any]) -> di
             "creationTimestamp": created(revision),
             "labels": {"serving.knative.dev/service": service},
         },
-        "spec": {"containers": [_container(revision, mounts)], "volumes": volumes},
+        "spec": {"containers": [_container(revision, mounts, v2=False)], "volumes": volumes},
         "status": {
             "imageDigest": f"{repository}@{revision['digest']}",
             "conditions": [{"type": "Ready", "status": ready}],
@@ -805,7 +826,7 @@ def pool_revision(world: World, pool: str, revision: dict[str, Any]) -> dict[str
     return {
         "name": f"{path}/revisions/{revision['name']}",
         "createTime": created(revision),
-        "containers": [_container(revision, mounts)],
+        "containers": [_container(revision, mounts, v2=True)],
         "volumes": volumes,
         "conditions": [
             {

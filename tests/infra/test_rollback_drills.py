@@ -183,8 +183,8 @@ def test_an_exporter_rollback_onto_a_revision_whose_settings_are_gone_is_refused
     done = recipe(cloud, "rolling-the-exporter-back")
     assert done.returncode != 0
     assert (
-        f"refused: {POOL}-00002-w2p mounts settings version 1 of {systems_secret(CELL)}, "
-        "which is DESTROYED: its instances would not start; nothing was changed"
+        f"refused: {POOL}-00002-w2p cannot start, its version 1 of {systems_secret(CELL)} "
+        "is DESTROYED; nothing was changed"
     ) in done.stderr
     assert cloud.world["worker_pools"][POOL]["split"] == before
 
@@ -221,6 +221,36 @@ def test_drill_b_a_bad_ingest_release_found_after_an_apply_is_undone_by_identity
     now = serving_revision(cloud)
     assert (now["digest"], now["volumes"]["/etc/recordline/systems"][1]) == (EARLIER, "2")
     assert {s: read(cloud, s) for s in [*SYSTEMS, ADDED]} == dict.fromkeys([*SYSTEMS, ADDED], "200")
+
+
+def test_an_ingest_rollback_onto_a_revision_whose_read_pass_keys_are_gone_is_refused(
+    cloud: Cloud,
+) -> None:
+    # Every secret version the target reads counts, not its settings alone: here the
+    # read passes' keys (cdn.tf), a variable Cloud Run resolves before an instance starts.
+    release(cloud)
+    state = cloud.world
+    keys = f"{CELL}-read-pass"
+    state["secrets"][keys] = {
+        "versions": {
+            "1": {"state": "DESTROYED", "data": ""},
+            "2": {"state": "ENABLED", "data": "k"},
+        }
+    }
+    for revision in state["services"][CELL]["revisions"]:
+        version = "2" if revision["digest"] == BUILT else "1"
+        revision["env_secrets"] = {"RECORDLINE_READ_PASS_KEYS": [keys, version]}
+    state["broken_ingest"] = [BUILT]
+    cloud.update(**state)
+    before = serving_revision(cloud)["name"]
+
+    done = recipe(cloud, "rolling-back")
+    assert done.returncode != 0
+    assert (
+        f"refused: recordline-00002-x2y cannot start, its version 1 of {keys} is DESTROYED; "
+        "nothing was changed"
+    ) in done.stderr
+    assert serving_revision(cloud)["name"] == before
 
 
 # --- (c) a bad systems file ------------------------------------------------------------------
