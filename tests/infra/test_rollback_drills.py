@@ -32,7 +32,9 @@ from tests.infra.cell_world import (
     systems_secret,
     world,
 )
+from tests.infra.test_limits import fleet_limits
 from tests.infra.test_rollout import _explain
+from tests.infra.test_runbook import RUNBOOK
 from tests.infra.test_runbook_commands import blocks, directory, where
 from tests.infra.workflow_runner import Cloud
 
@@ -156,7 +158,10 @@ def test_drill_a_bad_exporter_release_found_after_an_apply_is_undone_by_identity
     assert cloud.world["jobs"]["recordline-export"]["image"] == f"{REPOSITORY}@{EARLIER}"
 
     # Step 4 of Rolling back: the last good image deployed by the pipeline, with the
-    # cell's newest settings: every system, the one added too, on EARLIER.
+    # cell's newest settings: every system, the one added too, on EARLIER, in the time
+    # the runbook gives a cell's rollout (infra/fleet_limits.py's estimate).
+    minutes = fleet_limits().rollout(1, 300)[1]
+    assert f"about {minutes:.0f} minutes a cell with the default soak" in RUNBOOK.read_text()
     release(cloud, image_tag=GOOD_SHA)
     assert exporters(cloud) == {
         s: [(name, EARLIER)]
