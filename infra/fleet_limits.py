@@ -452,6 +452,17 @@ class Limit:
     used: Callable[[int], float]
 
 
+def kept_revisions() -> int:
+    """How many revisions of a cell's service and of its pool a rollout keeps for a
+    rollback (variables.tf's kept_revisions; deploy-cell.yml deletes the older ones that
+    serve nothing, and retires the settings versions none of the rest mounts)."""
+    with (TERRAFORM / "variables.tf").open() as f:
+        variables = hcl2.load(f)["variable"]
+    # python-hcl2 keeps a block's label with its quotes.
+    (kept,) = [block['"kept_revisions"'] for block in variables if '"kept_revisions"' in block]
+    return int(kept["default"])
+
+
 def _most(systems: int, key: str) -> float:
     found = project_limits(systems)
     return max(usage[key] for usage in found["usage"].values())
@@ -536,6 +547,12 @@ LIMITS = (
         "https://cloud.google.com/secret-manager/quotas",
         lambda s: cell_limits(_cell_size(s))["file_max"],
         lambda s: cell_limits(_cell_size(s))["file"],
+    ),
+    Limit(
+        "Revisions of a cell's service or pool (the kept ones, what serves, a candidate)",
+        "https://cloud.google.com/run/quotas",
+        lambda s: 1000,
+        lambda s: kept_revisions() + 2,
     ),
     Limit(
         "Characters of a cell's custom audiences",
