@@ -118,6 +118,14 @@ def sync() -> None:
             return
     except OSError:
         pass  # no stamp: never synced by this script, or .venv is new
+    # Said, since `--quiet` shows nothing for as long as it takes.
+    show(
+        f"dev.py: installing the locked dependencies into {VENV} (the first run takes a "
+        "minute or two)"
+        if lock_state() is None
+        else f"dev.py: bringing {VENV} up to date with uv.lock",
+        sys.stderr,
+    )
     if call([uv(), "sync", "--frozen", "--quiet"], cwd=ROOT) != 0:
         sys.exit("dev.py: `uv sync --frozen` failed (see above)")
     state = lock_state()
@@ -211,7 +219,11 @@ def main(argv: list[str]) -> int:
         return 0
     if not argv or argv[0] not in COMMANDS:
         if argv:
-            show(f"dev.py: no command {argv[0]!r}", sys.stderr)
+            import difflib
+
+            close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+            hint = f": did you mean {close[0]!r}?" if close else ""
+            show(f"dev.py: no command {argv[0]!r}{hint}", sys.stderr)
         show(__doc__ or "", sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]

@@ -51,7 +51,12 @@ from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_ROUTES
-from app.routes.ingest import REPLAY_ROUTES, push_refusals, push_routes
+from app.routes.ingest import (
+    REPLAY_ROUTES,
+    push_refusals,
+    push_routes,
+    wrapped_push_from_no_browser,
+)
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.read_pass import read_pass_routes
@@ -223,7 +228,11 @@ def create_app(
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     app = http_app(
         routers(
-            auth, telemetry, pushes.ingest, reads=Reads(settings.server.max_reads).middleware()
+            auth,
+            telemetry,
+            pushes.ingest,
+            problems,
+            reads=Reads(settings.server.max_reads).middleware(),
         ),
         constants(
             readiness=readiness,
@@ -452,7 +461,12 @@ def parked_followers(reader: Reader, query: QuerySettings, *, slow_seconds: floa
 
 
 def routers(
-    auth: Auth, telemetry: Telemetry, ingest: Ingest, *, reads: DefineMiddleware
+    auth: Auth,
+    telemetry: Telemetry,
+    ingest: Ingest,
+    problems: Problems,
+    *,
+    reads: DefineMiddleware,
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
 
@@ -470,7 +484,7 @@ def routers(
         Router(
             "/",
             route_handlers=push_routes(ingest, telemetry.push_traces),
-            guards=[*auth.push_guards, same_origin],
+            guards=[*auth.push_guards, wrapped_push_from_no_browser],
             middleware=traced,
         ),
         # A read pass, where configured, opens these as a token does.
@@ -510,7 +524,7 @@ def routers(
             guards=auth.pass_read_guards,
             middleware=[reads, *traced, *compressed],
         ),
-        console_router(auth, guards=auth.read_guards, middleware=compressed),
+        console_router(auth, problems, guards=auth.read_guards, middleware=compressed),
     ]
 
 

@@ -19,7 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 
-from app.records import BIGQUERY_TABLES
+from app.records import BIGQUERY_TABLES, TIME_FORMS, time_or_ago
 from app.settings import Settings, SettingsError, effective, reference
 from app.store.bigquery.schema import created_schema
 
@@ -208,8 +208,14 @@ def add_operator_commands(add_parser: AddParser) -> None:
     backfill.add_argument(
         "--store", help="store URL (RECORDLINE_STORE; default duckdb:recordline.duckdb)"
     )
-    backfill.add_argument("--since", help="RFC 3339: records ingested at or after it")
-    backfill.add_argument("--until", help="RFC 3339: records ingested before it (default: now)")
+    backfill.add_argument(
+        "--since", type=time_or_ago, help=f"records ingested at or after it: {TIME_FORMS}"
+    )
+    backfill.add_argument(
+        "--until",
+        type=time_or_ago,
+        help=f"records ingested before it (default: now): {TIME_FORMS}",
+    )
     backfill.add_argument(
         "--timeout",
         type=float,
@@ -235,7 +241,7 @@ def add_operator_commands(add_parser: AddParser) -> None:
         help="per hour, messages with a producer sequence received, stored, rejected, "
         "dropped as copies, and missing (exit 1 naming the first missing range)",
     )
-    from app.query import audit as auditing
+    from app.commands import audit as auditing
 
     auditing.add_arguments(audit)
     add_system_argument(audit, "whose producers")
@@ -257,6 +263,11 @@ def _main(argv: list[str] | None) -> int:
 
     schema = _service_commands(commands.add_parser)
     add_operator_commands(commands.add_parser)
+    from app.commands import tail as tailing
+
+    tailing.add_arguments(
+        commands.add_parser("tail", help="follow the records as they are stored, as JSON lines")
+    )
     dev = _dev_tools()
     tools = {} if dev is None else dict(dev.commands())
     asked = _asked(sys.argv[1:] if argv is None else argv)
@@ -274,9 +285,6 @@ def _main(argv: list[str] | None) -> int:
             except ImportError:  # installed without the dev dependency group
                 return _not_installed(name)
             add_arguments(tool_parser)
-    for name in DEV_TOOLS:
-        if name not in tools:
-            commands.add_parser(name, help="(a development tool: not installed here)")
 
     args = parser.parse_command(argv)
     match args.command:
@@ -296,6 +304,8 @@ def _main(argv: list[str] | None) -> int:
             return _audit(args)
         case "replay":
             return _replay(args)
+        case "tail":
+            return _tail(args)
         case "restore":
             return _restore(args)
         case "sql":
@@ -329,8 +339,9 @@ def _not_installed(name: str) -> int:
 
 
 # The local tools' commands (recordline_dev/, beside the service, not in its image), in
-# the order `--help` lists them: a set's order changes from one run to the next.
-DEV_TOOLS = ("dev", "publish", "tail")
+# the order `--help` lists them where they are installed (absent from it elsewhere): a
+# set's order changes from one run to the next.
+DEV_TOOLS = ("dev", "publish")
 
 
 class DevTool(Protocol):
@@ -515,9 +526,9 @@ def _audit(args: argparse.Namespace) -> int:
     """`recordline audit`, asking the service `--url`, RECORDLINE_URL or the local
     default names; in a cell, the system's paths (`--system`), with a token minted
     where it runs as the cell's job (`app.commands.target`)."""
+    from app.commands import audit as auditing
     from app.commands.credentials import NoCredentials
     from app.commands.target import TargetError, service_target
-    from app.query import audit as auditing
 
     settings = _settings(dict(os.environ))
     if settings is None:
@@ -529,6 +540,16 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"recordline audit: {exc}", file=sys.stderr)
         return 2
     return auditing.run(args)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    """`recordline tail` (app/commands/tail.py), asking the service as `audit` does."""
+    from app.commands import tail as tailing
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    return tailing.run(args, settings)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -617,7 +638,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
     from app.asgi import declared, fetching_schemas, store_revisions
     from app.errors import StoreUnavailable
-    from app.records import AwareDatetime, Record, micros
+    from app.records import Record, micros, rfc3339
     from app.store import PageQuery
     from app.store.open import open_reprojecting
     from app.typed.revisions import Revisions
@@ -636,17 +657,8 @@ def _backfill(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    bounds = []
-    for flag, text, default in (("--since", args.since, 0), ("--until", args.until, None)):
-        if text is None:
-            bounds.append(default if default is not None else micros(datetime.now(UTC)))
-            continue
-        try:
-            bounds.append(micros(msgspec.convert(text, AwareDatetime)))
-        except (msgspec.ValidationError, ValueError) as exc:
-            print(f"recordline typed backfill: {flag} {text!r}: {exc}", file=sys.stderr)
-            return 2
-    since, until = bounds
+    since = 0 if args.since is None else micros(args.since)
+    until = micros(args.until or datetime.now(UTC))
     try:
         # On BigQuery, a revision no process of this run decoded is fetched; a
         # DuckDB file keeps each revision's fields itself (`typed_revisions`).
@@ -669,8 +681,8 @@ def _backfill(args: argparse.Namespace) -> int:
         logging.getLogger("app.cli").warning(
             "operator %s backfills the typed columns of records from %s to %s. Reason: %s",
             args.operator,
-            args.since or "the first record",
-            args.until or "now",
+            "the first record" if args.since is None else rfc3339(args.since),
+            "now" if args.until is None else rfc3339(args.until),
             args.reason,
             extra={"fields": {"operator": args.operator, "reason": args.reason}},
         )

@@ -15,7 +15,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import get
@@ -104,14 +104,25 @@ def _problem(kind: type[RecordlineError], detail: str, **extra: Any) -> Problem:
     )
 
 
+NO_STORE: Final = {"Cache-Control": "no-store"}
+
+
 class Problems:
     """The one table from an exception to the problem document it is answered with."""
 
     def __init__(self, *, max_body_bytes: int) -> None:
         self._max_body_bytes = max_body_bytes
 
-    def of(self, exc: Exception) -> tuple[Problem, dict[str, str] | None]:
-        """The document `exc` is answered with, and the headers that go with it."""
+    def of(self, exc: Exception) -> tuple[Problem, dict[str, str]]:
+        """The document `exc` is answered with, and the headers that go with it: those of
+        its kind, and `no-store` for every one. An error is this request's answer, never
+        another's: no cache keeps one (a 410 or a 503 kept by a shared cache would be
+        served after it stopped being so), whether the routes answer it or the server
+        before any route is found (app.http.limits)."""
+        problem, headers = self._of(exc)
+        return problem, (headers or {}) | NO_STORE
+
+    def _of(self, exc: Exception) -> tuple[Problem, dict[str, str] | None]:
         match exc:
             case RecordlineError():
                 return _problem(type(exc), exc.detail, **exc.extra), exc.headers
@@ -143,9 +154,6 @@ class Problems:
     def exception(self, exc: Exception) -> ProblemDetailsException:
         """`exc` as the problem details plugin sends it."""
         problem, headers = self.of(exc)
-        # An error is this request's answer, never another's: no cache keeps one (a
-        # 410 or a 503 kept by a shared cache would be served after it stopped being so).
-        headers = (headers or {}) | {"Cache-Control": "no-store"}
         fields = msgspec.to_builtins(problem)
         return ProblemDetailsException(
             type_=problem.type,

@@ -9,8 +9,10 @@ the end of its Struct and is nullable: tables made before it get it appended.
 
 from __future__ import annotations
 
+import argparse
 import enum
 import functools
+import re
 import typing
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -127,6 +129,46 @@ def ago(seconds: float, now: datetime) -> datetime:
     time they hold."""
     before = micros(now) - seconds * 1_000_000
     return moment(MIN_MICROS if before < MIN_MICROS else int(before))
+
+
+# The two forms every `since` and `until` takes, in the API and on the command line
+# alike: RFC 3339's date-time (its section 5.6, a space allowed for the T as its 5.6
+# note allows), whatever its numbers, and how long ago.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+AGO_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhd]$"
+TIME_FORMS = (
+    "an RFC 3339 time with an offset (2024-04-27T12:00:00Z) or how long ago (30s, 15m, 2h, 7d)"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN)
+_AGO = re.compile(AGO_PATTERN)
+_AGO_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_decode_time = msgspec.json.Decoder(AwareDatetime).decode
+
+
+class NotATime(argparse.ArgumentTypeError, ValueError):
+    """Text that names a time in neither form; its message says why, naming both. An
+    argparse type error too: a command takes `time_or_ago` as an argument's type, and
+    refuses such text in one line (exit 2)."""
+
+
+def time_or_ago(text: str, *, now: datetime | None = None) -> datetime:
+    """The time `text` names: an RFC 3339 time with an offset, or how long before `now`
+    (30s, 15m, 2h, 7d). Beyond the years every store holds, the first or the last one
+    (`in_range`), as a bound beyond them reads from the start or to the end."""
+    if _AGO.fullmatch(text):
+        seconds = float(text[:-1]) * _AGO_SECONDS[text[-1]]
+        return ago(seconds, now or datetime.now(UTC))
+    if not _RFC3339.fullmatch(text):
+        raise NotATime(f"{text[:80]!r} is not {TIME_FORMS}")
+    try:
+        when = _decode_time(msgspec.json.encode(text))
+    except msgspec.DecodeError:
+        # Written right, naming no time: year 0, month 13, February 30…
+        raise NotATime(f"{text!r} names no date and time in {TIME_RANGE}") from None
+    return in_range(when)
 
 
 def rfc3339(when: datetime) -> str:

@@ -48,11 +48,15 @@ class SettingsError(Misconfigured):
         self.accepts = accepts
 
 
-def invalid(var: str, value: str, accepts: str, *, secret: bool = False) -> SettingsError:
-    """The one way a bad value is refused: the variable, the value, what it accepts."""
+def invalid(
+    var: str, value: str, accepts: str, *, secret: bool = False, why: str = ""
+) -> SettingsError:
+    """The one way a bad value is refused: the variable, the value, what is wrong with it
+    where a part of it is (`why`), what it accepts."""
     shown = f"<{len(value)} characters, not shown>" if secret else repr(value)
+    said = f" ({why})" if why else ""
     return SettingsError(
-        f"{var}={shown} is not accepted: expected {accepts}", var=var, accepts=accepts
+        f"{var}={shown} is not accepted{said}: expected {accepts}", var=var, accepts=accepts
     )
 
 
@@ -873,6 +877,28 @@ _CELL_SYSTEMS_ACCEPTED = (
 )
 
 
+def _entry_error(entry: object, exc: msgspec.ValidationError) -> str:
+    """What is wrong with a system's entry, by its field: a field no entry has, with the
+    one it is closest to; one whose value is not accepted, by its name."""
+    fields = sorted(f.name for f in msgspec.structs.fields(SystemEntry))
+    if not isinstance(entry, dict):
+        return f"expected an object of its settings ({', '.join(fields)})"
+    unknown = sorted(set(entry) - set(fields))
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), fields, n=1, cutoff=0.6)
+        hint = f": did you mean {close[0]!r}?" if close else f" (an entry has {', '.join(fields)})"
+        return f"{unknown[0]!r} is not a system's setting{hint}"
+    said = str(exc)
+    where = said.rpartition(" - at `$.")[2].rstrip("`") if " - at `$." in said else ""
+    what = said.partition(" - at `")[0]
+    if where and "matching regex" in what:  # a pattern says little to a reader
+        what = (
+            f"not accepted: expected what RECORDLINE_{where.upper()} accepts "
+            "(`recordline config --reference`)"
+        )
+    return f"{where!r}: {what}" if where else what
+
+
 class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """One system of a cell (RECORDLINE_SYSTEMS): the settings that are its own, each as
     the variable of the same name has it for a deployment of one system; what is not
@@ -1021,8 +1047,8 @@ class CellSettings(Section, frozen=True):
         var = "RECORDLINE_SYSTEMS"
         try:
             raw = msgspec.json.decode(text)
-        except msgspec.DecodeError:
-            raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED) from None
+        except msgspec.DecodeError as exc:
+            raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED, why=str(exc)) from None
         if not isinstance(raw, dict) or not raw:
             raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED)
         # A name (or a field) given twice would be read as the last one, the other
@@ -1039,8 +1065,9 @@ class CellSettings(Section, frozen=True):
                 )
             try:
                 found[name] = msgspec.convert(entry, SystemEntry)
-            except msgspec.ValidationError:
-                raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED) from None
+            except msgspec.ValidationError as exc:
+                why = f"system {name!r}: {_entry_error(entry, exc)}"
+                raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED, why=why) from None
         if len(found) > self.max_systems:
             raise SettingsError(
                 f"RECORDLINE_SYSTEMS names {len(found)} systems, more than "

@@ -2,7 +2,7 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | exporter | calls | producers | cell.
+      typedingest | exporter | calls | producers | cell | storage.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -32,6 +32,7 @@ NAMES = (
     "calls",
     "producers",
     "cell",
+    "storage",
 )
 
 

@@ -1,6 +1,6 @@
 """A cell's capacity: pushes a second per vCPU, and what each system costs a process.
 
-    python3 dev.py bench cell [--systems 10,100] [--pushes 3000] [--concurrency 32]
+    python3 dev.py bench cell [--systems 10,100] [--pushes 2000] [--runs 3] [--concurrency 32]
 
 On Google's Spanner emulator (a database per system) and the BigQuery stand-in,
 with the real client libraries, `recordline serve` and `recordline exporter` as
@@ -10,10 +10,15 @@ processes, against a deployment of one system measured in the same run:
   its `/readyz` names no system unready; its resident memory and threads then, and
   again after a push to every system (each database's session and channel open).
 - **Pushes a second per vCPU**: pushes sent to the cell's systems in turn, at
-  `--concurrency`, a ~570-byte envelope each, every one delivered again while refused
-  (the emulator aborts one of two transactions): the server's CPU seconds per push
-  acknowledged, as pushes a second per core (the emulator, one transaction at a
-  time, caps the rate here; the CPU per push is what a vCPU takes).
+  `--concurrency`, each message's data about 1 KiB of order-like JSON (`--body-bytes`),
+  each push carrying its system's OIDC token, which the service verifies as it does
+  beyond Cloud Run (RS256 against a JWKS served here, each token cached once verified,
+  as Pub/Sub sends one token for an hour), every one delivered again while refused:
+  the server's CPU seconds per push acknowledged, as pushes a second per core, in
+  `--runs` runs of `--pushes` each, so that their spread shows (the emulator, one
+  transaction at a time, caps the rate here; the CPU per push is what a vCPU takes;
+  Spanner's own CPU is not in it: infra/terraform/spanner.tf models that from Google's
+  published throughput).
 - **Exporter pool**: one `recordline exporter` holding every system's lease, idle:
   its memory and threads.
 
@@ -26,8 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,23 +46,30 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.settings import QuerySettings
 from app.store.spanner.schema import ddl
+from bench.auth import KID, PUSHER, Certs
 from bench.exporter import rss_mb
 from bench.followers import cpu_seconds
 from bench.harness import free_port, table
+from bench.storage import record_data
 from recordline_dev.processes import stop_group
 from recordline_dev.serving import BigQueryStandIn, SpannerEmulator, find_spanner_emulator
 from tests.bigquery.conftest import DATASET, PROJECT
 
 PYTHON = [sys.executable, "-m", "app.cli"]
-PUSH_TOKEN = "bench-push-token-0123456789"
+# Each system's push audience, as Terraform gives it (cell.tf): its path on the cell.
+AUDIENCE = "https://bench-cell.run.app{prefix}/pubsub/push"
 # An emulator instance holds at most 100 databases.
 PER_INSTANCE = 90
 RESULTS = Path(__file__).resolve().parent / "cell.json"
 # How often a refused push is delivered again before it counts as lost.
 DELIVERIES = 20
+# Each load's message ids are its own: a message pushed again is a redelivery.
+LOADS = itertools.count()
 
 
 def threads(pid: int) -> int:
@@ -67,7 +82,7 @@ def threads(pid: int) -> int:
 class Emulators:
     """The Spanner emulator with a database for each name, and the BigQuery stand-in."""
 
-    def __init__(self, tmp: Path, names: Sequence[str]) -> None:
+    def __init__(self, tmp: Path, names: Sequence[str], certs_url: str) -> None:
         self.emulator = SpannerEmulator(find_spanner_emulator(), log_path=tmp / "spanner.log")
         client = self.emulator.client(PROJECT)
         window = QuerySettings().dedupe_window_seconds
@@ -87,13 +102,19 @@ class Emulators:
             "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": self.bigquery.write,
             "BIGQUERY_EMULATOR_HOST": self.bigquery.jobs,
             "RECORDLINE_LOG_LEVEL": "WARNING",
-            "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN,
+            "RECORDLINE_OIDC_CERTS_URL": certs_url,
         }
 
     def systems(self, names: Sequence[str]) -> str:
         return json.dumps(
             {
-                n: {"serving": self.databases[n], "store": f"bigquery://{PROJECT}/{DATASET}"}
+                n: {
+                    "serving": self.databases[n],
+                    # Each system's dataset of its own, as Terraform gives it.
+                    "store": f"bigquery://{PROJECT}/{DATASET}_{n}",
+                    "push_audience": AUDIENCE.format(prefix=f"/systems/{n}"),
+                    "push_service_accounts": PUSHER,
+                }
                 for n in names
             }
         )
@@ -106,6 +127,8 @@ class Emulators:
             **self.env,
             "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
             "RECORDLINE_SERVING": self.databases[name],
+            "RECORDLINE_PUSH_AUDIENCE": AUDIENCE.format(prefix=""),
+            "RECORDLINE_PUSH_SERVICE_ACCOUNTS": PUSHER,
         }
 
     def leased(self, names: Sequence[str]) -> bool:
@@ -170,9 +193,13 @@ class Served:
         stop_group(self.process, timeout=15)
 
 
-def envelope(message_id: str) -> bytes:
+def envelope(message_id: str, rng: random.Random, body_bytes: int) -> bytes:
+    """A push of an order-like record whose data is about `body_bytes` of JSON."""
+    order = record_data(rng)
+    while len(order) < body_bytes - 80:
+        order = order[:-1] + ',"more":' + record_data(rng) + "}"
     data = json.dumps(
-        {"id": message_id, "timestamp": "2024-04-27T12:00:00Z", "data": "x" * 200}
+        {"id": message_id, "timestamp": "2024-04-27T12:00:00Z", "data": json.loads(order)}
     ).encode()
     return json.dumps(
         {
@@ -187,15 +214,38 @@ def envelope(message_id: str) -> bytes:
     ).encode()
 
 
-async def push_load(served: Served, pushes: int, concurrency: int) -> tuple[int, float, int]:
-    """`pushes` pushes to the served systems in turn, `concurrency` at a time: how many
-    were acknowledged, the server's CPU seconds meanwhile, and the deliveries refused."""
+def push_token(key: rsa.RSAPrivateKey, prefix: str) -> str:
+    """A Google-style OIDC token for the system at `prefix`, as Pub/Sub sends its push
+    subscription's: its audience, the push account, good for an hour."""
+    now = int(time.time())
+    claims = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE.format(prefix=prefix),
+        "sub": "1",
+        "email": PUSHER,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
+
+
+async def push_load(
+    served: Served, pushes: int, concurrency: int, key: rsa.RSAPrivateKey, body_bytes: int
+) -> tuple[int, float, int]:
+    """`pushes` pushes to the served systems in turn, `concurrency` at a time, each with
+    its system's token: how many were acknowledged, the server's CPU seconds meanwhile,
+    and the deliveries refused."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(pushes):
         queue.put_nowait(n)
     acknowledged = refused = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"content-type": "application/json"}
+    tokens = {prefix: push_token(key, prefix) for prefix in served.prefixes}
+    rng = random.Random(pushes)
+    # Made before the load: the client's work is not what is measured.
+    load = next(LOADS)
+    bodies = [envelope(f"load-{load}-{n}", rng, body_bytes) for n in range(pushes)]
     async with httpx.AsyncClient(base_url=served.url, timeout=60, limits=limits) as client:
 
         async def worker() -> None:
@@ -203,8 +253,12 @@ async def push_load(served: Served, pushes: int, concurrency: int) -> tuple[int,
             while not queue.empty():
                 n = queue.get_nowait()
                 prefix = served.prefixes[n % len(served.prefixes)]
-                path = f"{prefix}/pubsub/push?token={PUSH_TOKEN}"
-                body = envelope(f"load-{n}")
+                path = f"{prefix}/pubsub/push"
+                headers = {
+                    "content-type": "application/json",
+                    "authorization": f"Bearer {tokens[prefix]}",
+                }
+                body = bodies[n]
                 for _ in range(DELIVERIES):
                     answer = await client.post(path, content=body, headers=headers)
                     if answer.status_code == 204:
@@ -220,7 +274,13 @@ async def push_load(served: Served, pushes: int, concurrency: int) -> tuple[int,
 
 
 def measure(
-    emulators: Emulators, tmp: Path, names: list[str], args: argparse.Namespace, *, cell: bool
+    emulators: Emulators,
+    tmp: Path,
+    names: list[str],
+    args: argparse.Namespace,
+    key: rsa.RSAPrivateKey,
+    *,
+    cell: bool,
 ) -> dict[str, Any]:
     """Start, memory, threads and pushes per vCPU of a cell of `names`, or (not `cell`)
     of a deployment of one system, names[0]."""
@@ -235,7 +295,7 @@ def measure(
         pid = served.process.pid
         cold = {"rss_mib": rss_mb(pid), "threads": threads(pid)}
         # One push to each system: each database's session and channel open.
-        asyncio.run(push_load(served, len(prefixes), min(len(prefixes), 8)))
+        asyncio.run(push_load(served, len(prefixes), min(len(prefixes), 8), key, args.body_bytes))
         warm = {"rss_mib": rss_mb(pid), "threads": threads(pid)}
         cpu = cpu_seconds(pid)
         time.sleep(args.idle)
@@ -243,13 +303,21 @@ def measure(
         # Spanner threads with no call for a minute end: what stays is what a cell holds.
         time.sleep(max(0.0, args.settle - args.idle))
         settled = {"rss_mib": rss_mb(pid), "threads": threads(pid)}
-        acknowledged, cpu, refused = asyncio.run(push_load(served, args.pushes, args.concurrency))
+        runs = [
+            asyncio.run(push_load(served, args.pushes, args.concurrency, key, args.body_bytes))
+            for _ in range(args.runs)
+        ]
         loaded = {"rss_mib": rss_mb(pid), "threads": threads(pid)}
         # One push at a time: every group commit of one row, as a system's pushes at
         # 10 a second are (a cell's systems each see about that).
-        serial = asyncio.run(push_load(served, args.pushes // 5, 1))
+        serial = [
+            asyncio.run(push_load(served, args.pushes // 5, 1, key, args.body_bytes))
+            for _ in range(args.runs)
+        ]
     finally:
         served.close()
+    rates = [round(a / cpu) for a, cpu, _ in runs if cpu]
+    serial_rates = [round(a / cpu) for a, cpu, _ in serial if cpu]
     return {
         "systems": len(prefixes),
         "start_seconds": round(started, 2),
@@ -257,11 +325,13 @@ def measure(
         "warm": warm,
         "settled": settled,
         "loaded": loaded,
-        "one_at_a_time_pushes_per_vcpu_second": round(serial[0] / serial[1]) if serial[1] else None,
-        "pushes": acknowledged,
-        "refused_deliveries": refused,
-        "cpu_seconds": round(cpu, 2),
-        "pushes_per_vcpu_second": round(acknowledged / cpu) if cpu else None,
+        "one_at_a_time_pushes_per_vcpu_second": round(statistics.median(serial_rates)),
+        "one_at_a_time_runs": serial_rates,
+        "pushes": sum(a for a, _, _ in runs),
+        "refused_deliveries": sum(r for _, _, r in runs),
+        "cpu_seconds": round(sum(cpu for _, cpu, _ in runs), 2),
+        "pushes_per_vcpu_second": round(statistics.median(rates)),
+        "runs": rates,
     }
 
 
@@ -321,37 +391,66 @@ def per_system(low: dict[str, Any], high: dict[str, Any], *path: str) -> float:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench cell", description=__doc__)
     parser.add_argument("--systems", default="10,100", help="cell sizes, comma-separated")
-    parser.add_argument("--pushes", type=int, default=3000, help="pushes per measurement")
+    parser.add_argument("--pushes", type=int, default=2000, help="pushes per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs of pushes per cell")
+    parser.add_argument(
+        "--body-bytes", type=int, default=1024, help="a message's data, about (bytes)"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
     parser.add_argument(
         "--settle", type=float, default=130.0, help="seconds idle before threads are counted"
+    )
+    parser.add_argument(
+        "--no-exporter",
+        action="store_true",
+        help="measure the ingest side alone; --write keeps the exporter's figures as they were",
     )
     parser.add_argument("--write", action="store_true", help=f"write {RESULTS.name}")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.systems.split(",")]
     names = [f"s{n:03d}" for n in range(max(sizes))]
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="recordline-cell-") as scratch:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    certs = Certs(key)
+    with tempfile.TemporaryDirectory(prefix="recordline-cell-") as scratch, certs.serving():
         tmp = Path(scratch)
         began = time.monotonic()
-        emulators = Emulators(tmp, names)
+        emulators = Emulators(tmp, names, certs.url)
         print(f"{len(names)} databases made in {time.monotonic() - began:.0f} s\n")
         try:
-            results["one"] = measure(emulators, tmp, names, args, cell=False)
+            results["one"] = measure(emulators, tmp, names, args, key, cell=False)
+            print(f"one system: {json.dumps(results['one'])}", flush=True)
             for size in sizes:
-                results[f"cell_{size}"] = measure(emulators, tmp, names[:size], args, cell=True)
-            results["exporter"] = {
-                str(size): exporter(emulators, tmp, names[:size], args.idle, args.settle)
-                for size in sizes
-            }
+                results[f"cell_{size}"] = measure(
+                    emulators, tmp, names[:size], args, key, cell=True
+                )
+                print(f"cell of {size}: {json.dumps(results[f'cell_{size}'])}", flush=True)
+            if not args.no_exporter:
+                results["exporter"] = {
+                    str(size): exporter(emulators, tmp, names[:size], args.idle, args.settle)
+                    for size in sizes
+                }
         finally:
             emulators.close()
+    if args.no_exporter:
+        # The exporter's figures as last measured, with their date.
+        before = json.loads(RESULTS.read_text())
+        results["exporter"] = before["runs"]["exporter"]
+        exporter_measured = before.get("exporter_measured", before["measured"])
+    else:
+        exporter_measured = datetime.now(UTC).date().isoformat()
     report(results, sizes)
     if args.write:
-        RESULTS.write_text(json.dumps(figures(results, sizes), indent=2) + "\n")
+        found = figures(results, sizes)
+        found["exporter_measured"] = exporter_measured
+        RESULTS.write_text(json.dumps(found, indent=2) + "\n")
         print(f"\nwritten to {RESULTS}")
     return 0
+
+
+def _spread(runs: list[int]) -> str:
+    return f"{min(runs):,} to {max(runs):,}"
 
 
 def report(results: dict[str, Any], sizes: list[int]) -> None:
@@ -366,8 +465,8 @@ def report(results: dict[str, Any], sizes: list[int]) -> None:
             "threads settled",
             "idle cores",
             "RSS loaded",
-            "pushes/s per vCPU",
-            "one at a time",
+            "pushes/s per vCPU (runs)",
+            "one at a time (runs)",
         ]
     ]
     for key in ["one", *(f"cell_{s}" for s in sizes)]:
@@ -383,8 +482,9 @@ def report(results: dict[str, Any], sizes: list[int]) -> None:
                 str(found["settled"]["threads"]),
                 str(found["warm"]["idle_cores"]),
                 f"{found['loaded']['rss_mib']:.0f} MiB",
-                f"{found['pushes_per_vcpu_second']:,}",
-                f"{found['one_at_a_time_pushes_per_vcpu_second']:,}",
+                f"{found['pushes_per_vcpu_second']:,} ({_spread(found['runs'])})",
+                f"{found['one_at_a_time_pushes_per_vcpu_second']:,} "
+                f"({_spread(found['one_at_a_time_runs'])})",
             ]
         )
     print(table(rows))
@@ -432,16 +532,23 @@ def figures(results: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
             "one_system": results["one"]["pushes_per_vcpu_second"],
             **{f"cell_{s}": results[f"cell_{s}"]["pushes_per_vcpu_second"] for s in sizes},
         },
-        # What to plan with: the least of the cells' figures (runs here moved by up to
-        # 40% from one to the next: the emulator's pace changes what a commit costs).
+        # What to plan with: the least of the cells' runs (runs here moved by up to 40%
+        # from one to the next: the emulator's pace changes what a commit costs).
         "planning_pushes_per_vcpu_second": min(
             value
             for s in sizes
             for value in (
-                results[f"cell_{s}"]["pushes_per_vcpu_second"],
-                results[f"cell_{s}"]["one_at_a_time_pushes_per_vcpu_second"],
+                *results[f"cell_{s}"]["runs"],
+                *results[f"cell_{s}"]["one_at_a_time_runs"],
             )
         ),
+        # Each run's, for their spread.
+        "runs_pushes_per_vcpu_second": {
+            "one_system": results["one"]["runs"],
+            **{f"cell_{s}": results[f"cell_{s}"]["runs"] for s in sizes},
+        },
+        "push": "OIDC-verified (RS256, each token cached once verified), message data of "
+        "about 1 KiB of order-like JSON",
         # Every group commit one row: a system's pushes at its declared rate (10 a second).
         "one_at_a_time_pushes_per_vcpu_second": {
             "one_system": results["one"]["one_at_a_time_pushes_per_vcpu_second"],

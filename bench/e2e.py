@@ -43,23 +43,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.commands.tail import follow
+from app.records import rfc3339
 from app.settings import QuerySettings
 from bench.harness import ROOT, free_port, server, table
-from recordline_dev.client import (
-    follow,
-    generated_records,
-    publish,
-    publisher_client,
-    since_time,
-    trace_publishes,
-)
+from recordline_dev.client import generated_records, publish, publisher_client, trace_publishes
 from recordline_dev.devstack import Emulator, PubSubAdmin, find_emulator, wire
 from recordline_dev.processes import EmulatorNotFound
 from recordline_dev.serving import (
@@ -195,7 +190,7 @@ async def run(
         watching = asyncio.create_task(watch_export(http))
         # The follower is at the tail before the first publish: this measures
         # publish to visible, not a first page over the whole retention.
-        since = since_time(None)
+        since = rfc3339(datetime.now(UTC))
         (await http.get("/v1/records", params={"since": since})).raise_for_status()
         followers = [
             asyncio.create_task(follower(http, since))

@@ -1,18 +1,25 @@
 """MkDocs hooks: the API reference is rendered from the service's own OpenAPI document,
-and the home page opens with the README.
+the home page opens with the README, and the diagrams are drawn by a Mermaid of the
+site's own.
 
 Before each build the document is taken from the app as it is assembled (on the
 in-memory store, nothing started) and written to `site-openapi.json` beside
 mkdocs.yml, where `docs/api.md` names it; the page therefore never drifts from
 what `/docs/openapi.json` serves. The home page (`docs/index.md`) is the README's
-overview, tour and troubleshooting, then its own text: one source for both.
+overview, tour and troubleshooting, then its own text: one source for both. The theme
+fetches Mermaid from unpkg.com as a page opens unless the page has it already: the copy
+scripts/install-mermaid.sh keeps in .tools/mermaid/ is put into the site and loaded by
+every page, so a site read offline draws its diagrams (without it, they read as their
+source; CI, which installs it, refuses to build without it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,35 @@ OPENAPI = ROOT / "site-openapi.json"
 README = ROOT / "README.md"
 # README's links into docs/ (`](docs/reading.md#pages)`), as the site's pages link.
 _DOCS_LINK = re.compile(r"\]\(docs/")
+# Where scripts/install-mermaid.sh keeps Mermaid, and where the site serves it.
+MERMAID = ROOT / ".tools" / "mermaid"
+MERMAID_IN_SITE = "javascripts/mermaid.min.js"
+log = logging.getLogger("mkdocs.hooks")
+
+
+def _mermaid() -> Path | None:
+    found = sorted(MERMAID.glob("mermaid-*.min.js"))
+    return found[-1] if found else None
+
+
+def on_config(config: Any) -> Any:
+    """Every page loads the site's own Mermaid before the theme looks for one."""
+    if _mermaid() is not None:
+        config.extra_javascript.insert(0, MERMAID_IN_SITE)
+    elif os.environ.get("CI"):
+        raise SystemExit("docs: no Mermaid in .tools/mermaid: run scripts/install-mermaid.sh")
+    else:
+        log.info("no Mermaid in .tools/mermaid (scripts/install-mermaid.sh): diagrams as text")
+    return config
+
+
+def on_post_build(config: Any) -> None:
+    found = _mermaid()
+    if found is not None:
+        target = Path(config.site_dir) / MERMAID_IN_SITE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found, target)
+        shutil.copyfile(MERMAID / "LICENSE", target.with_name("mermaid.LICENSE"))
 
 
 def on_pre_build(config: Any) -> None:

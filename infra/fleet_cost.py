@@ -1,5 +1,5 @@
 """What a month of Recordline costs, item by item and per system, for fleets of 1, 10, 100
-and 1,000 systems in cells.
+and 1,000 systems in cells, in the twelfth month and the twenty-fourth.
 
     .venv/bin/python infra/fleet_cost.py            # the table docs/operations.md shows
     .venv/bin/python infra/fleet_cost.py --notes    # and the figures below it
@@ -8,17 +8,22 @@ and 1,000 systems in cells.
 Terraform itself (`terraform console`, offline) evaluates a cell of the fleet's size
 (infra/terraform: its Spanner sizing, its ingest service's billing mode and instances,
 its exporter pool's size, the metrics' value types of modules/metrics), each system at
-the default rate and message size with `serving`; a fleet is as many full cells as it
-fills (cell_max_systems, 100) and one with the rest. The alert policies are counted
-from the environment root (infra/terraform/environment). The list prices below, each
-with its source, turn that into dollars a month; what the service does (CPU a push,
-spans a push, the series it writes) is each a named input below with its source.
+the default rate and message size; a fleet is as many full cells as it fills
+(cell_max_systems, 100) and one with the rest. Each size has its shape: one system alone
+starts without a serving tier (BigQuery alone, what a first deployment creates), every
+system of a fleet of 10 or more has `serving`. The alert policies are counted from the
+environment root (infra/terraform/environment). The list prices below, each with its
+source, turn that into dollars a month; what the service and its users do (CPU a push,
+spans a push, the series it writes, what readers read) is each a named input below with
+its source.
 
 Every billed item is a row; free allotments are counted once, for the environment's
 project alone (they are per billing account or per project, as each row says). Prices
-are the list prices of a regional deployment in us-central1 (tier 1; europe-west1 is
-within a few percent), and change: check them against the pricing pages before a budget
-is made of this. A test keeps the table in docs/operations.md equal to what this prints.
+are the list prices of europe-west1 and the EU multi-region, where every environment
+deploys (infra/terraform/env), and change: check them against the pricing pages before
+a budget is made of this. What is not billed, or not priced here, is listed (LEFT_OUT).
+A test keeps the tables in docs/operations.md equal to what this prints, and fails when
+a price, a rate or a capacity figure here changes without them.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sys
 import tempfile
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hcl2
 
@@ -49,10 +54,16 @@ MIB = 1 << 20
 
 # --- list prices, each with its source ---------------------------------------------------
 
-# Spanner, regional, Standard edition: $0.90 a node-hour (1,000 processing units), $0.30
-# a GB-month of storage (https://cloud.google.com/spanner/pricing).
-SPANNER_NODE_HOUR = 0.90
-SPANNER_GB_MONTH = 0.30
+# Spanner, regional, Standard edition, europe-west1 (https://cloud.google.com/spanner/pricing):
+# $0.99 a node-hour (1,000 processing units), $0.33 a GB-month of storage, a tenth above
+# us-central1's $0.90 and $0.30. The stored copies of the pricing page read here show no
+# region table: check both before a budget.
+SPANNER_NODE_HOUR = 0.99
+SPANNER_GB_MONTH = 0.33
+# Committed use discounts on Spanner compute (not storage), spend-based, for the region:
+# 20% for one year, 40% for three (https://cloud.google.com/spanner/docs/cuds). Shown as
+# an option in the notes, never in the table: a commitment is a decision with a term.
+SPANNER_CUD = {"one year": 0.20, "three years": 0.40}
 # The multi-region configuration eur3 (the region plan:
 # docs/operations.md#losing-a-zone-or-a-region) exists in the Enterprise Plus edition
 # only. Its list prices before editions were $3.00 a node-hour and $0.50 a GB-month;
@@ -60,12 +71,12 @@ SPANNER_GB_MONTH = 0.30
 # here have no table of today's: check it.
 EUR3_NODE_HOUR_AT_LEAST = 3.00
 EUR3_GB_MONTH_AT_LEAST = 0.50
-# Cloud Run, tier 1 (https://cloud.google.com/run/pricing). Instance-based billing (CPU
-# always allocated): $0.000018 a vCPU-second, $0.000002 a GiB-second, no request fee.
-# Request-based: $0.000024 a vCPU-second, $0.0000025 a GiB-second while an instance
-# handles a request, each stretch rounded up to 100 ms, and $0.40 a million requests.
-# A worker pool's instances are billed as instance-based ones, all the time
-# (https://cloud.google.com/run/docs/configuring/workerpools/manual-scaling).
+# Cloud Run, tier 1, which europe-west1 is (https://cloud.google.com/run/pricing).
+# Instance-based billing (CPU always allocated): $0.000018 a vCPU-second, $0.000002 a
+# GiB-second, no request fee. Request-based: $0.000024 a vCPU-second, $0.0000025 a
+# GiB-second while an instance handles a request, each stretch rounded up to 100 ms, and
+# $0.40 a million requests. A worker pool's instances are billed as instance-based ones,
+# all the time (https://cloud.google.com/run/docs/configuring/workerpools/manual-scaling).
 RUN_VCPU_SECOND = 0.000018
 RUN_GIB_SECOND = 0.000002
 RUN_REQUEST_VCPU_SECOND = 0.000024
@@ -76,16 +87,21 @@ RUN_ROUNDING_SECONDS = 0.1
 # GiB a month free per billing account (https://cloud.google.com/pubsub/pricing).
 PUBSUB_TIB = 40.0
 PUBSUB_FREE_BYTES = 10 * GIB
+# A BigQuery subscription's delivery, instead of a push: $50 a TiB written
+# (https://cloud.google.com/pubsub/pricing), no Storage Write API charge of its own.
+PUBSUB_BIGQUERY_TIB = 50.0
 # What a message weighs in Pub/Sub's count besides its data: its attributes, id and
 # publish time (about 100 bytes: an estimate).
 PUBSUB_MESSAGE_OVERHEAD = 100
-# BigQuery (https://cloud.google.com/bigquery/pricing): storage $0.02 a GiB-month while a
-# partition is active, $0.01 once it has not changed for 90 days (long-term), the first
-# 10 GiB a month free; the Storage Write API $0.025 a GiB, the first 2 TiB a month free;
-# on-demand queries $6.25 a TiB billed, the first TiB a month free, at least 10 MiB per
-# table a query references.
-BIGQUERY_ACTIVE_GIB_MONTH = 0.02
-BIGQUERY_LONG_TERM_GIB_MONTH = 0.01
+# BigQuery, EU multi-region (https://cloud.google.com/bigquery/pricing): physical
+# (compressed) storage, the datasets' billing model (modules/system/bigquery.tf), $0.044 a
+# GiB-month while a partition is active, $0.022 once it has not changed for 90 days
+# (long-term), the first 10 GiB a month free (logical storage is $0.02 and $0.01 of the
+# uncompressed bytes); the Storage Write API $0.025 a GiB,
+# the first 2 TiB a month free; on-demand queries $6.25 a TiB billed, the first TiB a
+# month free, at least 10 MiB per table a query references.
+BIGQUERY_ACTIVE_GIB_MONTH = 0.044
+BIGQUERY_LONG_TERM_GIB_MONTH = 0.022
 BIGQUERY_FREE_STORAGE = 10 * GIB
 STORAGE_WRITE_GIB = 0.025
 STORAGE_WRITE_FREE = 2 * TIB
@@ -95,6 +111,17 @@ QUERY_MINIMUM = 10 * MIB
 # What a row holds in BigQuery besides its data: ids, times, attributes, subscription,
 # trace id (about 200 bytes; app/records.py's columns).
 BIGQUERY_ROW_OVERHEAD = 200
+# How much smaller a row is compressed than its logical size: 4.6 for order-like JSON of
+# about 1 KiB as zstd Parquet (`python3 dev.py bench storage`, a stand-in for BigQuery's
+# own format, which shreds JSON columns and compresses as well or better), priced at 4.5.
+# Time travel and fail-safe bill only changed and deleted bytes: the tables are appended
+# to, so none are priced.
+PHYSICAL_RATIO = 4.5
+# Internet data transfer out of europe-west1, Premium Tier, to destinations other than
+# China and Australia (https://cloud.google.com/vpc/network-pricing, which Cloud Run's
+# pricing page points to): $0.12 a GiB for the first TiB a month, $0.11 to 10 TiB, $0.08
+# past it. What stays in Google Cloud's region is free.
+EGRESS_TIERS = ((1024, 0.12), (10 * 1024, 0.11), (math.inf, 0.08))
 # Cloud Monitoring (https://cloud.google.com/stackdriver/pricing): metrics written with
 # CreateTimeSeries (workload.googleapis.com/*, what the service's OpenTelemetry exporter
 # writes) are billed by the bytes ingested, each point of a number 8 bytes and of a
@@ -127,6 +154,12 @@ SECRET_FREE = 6
 # past the first 0.5 GiB; pulls within the region are free.
 REGISTRY_GIB_MONTH = 0.10
 REGISTRY_FREE = GIB // 2
+# GitHub Actions, a private repository on the Team plan
+# (https://docs.github.com/en/billing/concepts/product-billing/github-actions): 3,000
+# minutes a month included, then $0.008 a minute of a Linux 2-core runner, each job
+# rounded up to the minute. A public repository's are free.
+ACTIONS_MINUTE = 0.008
+ACTIONS_FREE_MINUTES = 3000
 
 # --- what the service does ------------------------------------------------------------------
 
@@ -135,11 +168,27 @@ REGISTRY_FREE = GIB // 2
 # (Spanner's emulator, the real client libraries, `recordline serve` as a process):
 # its `planning_pushes_per_vcpu_second`, the least of the cells' figures, as CPU a push
 # (docs/benchmarks.md#cells). A push on the serving tier is its Spanner transaction's
-# client work, about ten times what the same service spends on DuckDB.
+# client work, about ten times what the same service spends on DuckDB; a BigQuery-only
+# system's is priced at the same, which overstates it.
 CAPACITY = ROOT / "bench" / "cell.json"
 # Cloud Run adds instances to keep each at about 60% of its CPU
 # (https://cloud.google.com/run/docs/about-instance-autoscaling).
 INGEST_TARGET_UTILISATION = 0.6
+# What a push costs Spanner, as spanner.tf sizes it: three row writes (its row in
+# `records` and an entry in each of its indexes, app/store/spanner/schema.py) and one
+# read (the export's of the row; a group commit of new messages reads nothing); a node
+# takes 22,500 row writes a second with throughput-optimized writes (the group commit's
+# COMMIT_DELAY, app/store/spanner/calls.py), 3,500 without, and 22,500 reads, at 100%
+# CPU; Google recommends at most 65% high-priority CPU for a regional instance
+# (https://cloud.google.com/spanner/docs/performance,
+# https://cloud.google.com/spanner/docs/cpu-utilization). A test holds these to
+# spanner.tf's and the schema's.
+SPANNER_WRITES_PER_PUSH = 3
+SPANNER_READS_PER_PUSH = 1
+SPANNER_NODE_WRITES = 22_500
+SPANNER_NODE_WRITES_UNBATCHED = 3_500
+SPANNER_NODE_READS = 22_500
+SPANNER_CPU_CEILING = 0.65
 # Spans a push leaves when it is traced: its request, and the flush of the group commit
 # it is in with the store's append (app/telemetry/traces.py, store.py). At ten pushes a
 # second a flush carries one or two rows: three a push.
@@ -147,10 +196,11 @@ SPANS_PER_PUSH = 3
 # The cell's uptime check: three checkers, every five minutes (uptime.tf).
 UPTIME_CHECKERS = 3
 UPTIME_PERIOD_MINUTES = 5
-# Request log entries kept a month per system: the 1% of successful pushes the
-# exclusion keeps (logging.tf), about 1.2 KiB each.
+# Request log entries kept a month: the 1% of successful pushes and of successful reads
+# the exclusions keep (environment/logging.tf, project_iam.tf), about 1.2 KiB each;
+# every refused or failed request and the service's own lines are kept whole, and few.
 LOG_ENTRY_BYTES = 1200
-LOGGED_SHARE_OF_PUSHES = 0.01
+LOGGED_SHARE_OF_SUCCESSES = 0.01
 # An image, compressed, as the registry stores it (Python, the service's dependencies):
 # an estimate, about 200 MiB.
 IMAGE_BYTES = 200 * MIB
@@ -164,7 +214,7 @@ IMAGE_BYTES = 200 * MIB
 #   holds "all non-chargeable Google Cloud metrics",
 #   https://cloud.google.com/stackdriver/pricing). Not a row here.
 # - What its store holds: the exporter instance holding its lease, once a row as it is
-#   exported (HOLDER_SERIES).
+#   exported (HOLDER_SERIES); without a serving tier, its one ingest instance.
 # - What reads do: the cell's (CELL_SERIES), each instance serving every system's.
 # What is left of a system's from every ingest instance of its cell that served it, a
 # number of series by metric from the labels' values a system has on an ordinary day:
@@ -180,13 +230,23 @@ INSTANCE_SERIES = {
     # Written per producer whose sequences two messages claimed: none on an ordinary day.
     "producer.conflicts": 0,
 }
+# But the service's counters are cumulative, the one temporality Cloud Monitoring takes
+# for a custom metric (the exporter, opentelemetry-exporter-gcp-monitoring, writes every
+# counter as CUMULATIVE): a series an instance wrote once is written every minute until
+# the instance ends. Pub/Sub delivers at least once, and at ten pushes a second every
+# system sees a redelivery or a publisher's retry on every instance within a day or so:
+# each instance carries one series of each system it served (`recordline.messages`,
+# outcome duplicate or retried) from then on. An estimate.
+INCIDENT_SERIES = {"messages": 1}
 # What the store holds, from the exporter instance holding the system's lease alone:
 # each row is counted once, as it is exported (app/telemetry/metrics.py, ExportMetrics).
 # Outcomes two (stored, and a rejection's reason); freshness's good events one; its
 # canary's age one (the newest canary exported).
 HOLDER_SERIES = {"messages": 2, "slo.events": 1, "canary.age": 1}
-# Its export's, from the same instance: two tables.
-EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 1}
+# Its export's, from the same instance: two tables. A system's refused changes of its
+# typed columns are written once one was (app/telemetry/metrics.py): none on an ordinary
+# day.
+EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 0}
 # The cell's own, from each of its ingest instances: the distributions (the read and
 # query routes three each) and the gauges that describe the process (the read horizon's
 # lag among them: the furthest behind of its systems, app/telemetry/metrics.py);
@@ -211,8 +271,84 @@ CELL_SERIES = {
     "query.bytes_billed": 1,
 }
 
+# --- what its users do: each an input, stated ---------------------------------------------
+
+# Followers of each system, each holding a long-poll (`wait=`, docs/reading.md) that the
+# service answers as rows arrive: at ten rows a second, about a request a second each.
+# Two: an application and a dashboard. An estimate.
+FOLLOWERS_A_SYSTEM = 2
+FOLLOWER_REQUEST_SECONDS = 1.0
+# Each system's month of rows is read once from outside Google Cloud (a downstream
+# service, an export to another cloud), as pages of JSON gzip-compressed eightfold: a
+# 100-row page of varied order-like records is 57,069 bytes plain and 7,101 gzipped
+# (`bench cost`, docs/benchmarks.md#cost). A record as served: its data and about 300
+# bytes of ids, times and attributes.
+READS_OF_A_MONTH = 1
+GZIP_RATIO = 8.0
+SERVED_ROW_OVERHEAD = 300
+# Without a serving tier a follower's read is a BigQuery query, billed at least 10 MiB
+# (QUERY_MINIMUM): a reader polling once a minute, the freshness a first system is
+# offered (docs/operations.md#what-it-costs).
+STARTER_POLL_SECONDS = 60
+# BigQuery queries beside: reads past the serving tier's retention (a day of a system's
+# rows each, what a partition holds: a reader catching up on older history) once a day;
+# `export verify` over the Spanner window once a month (its ids and times, about 40
+# bytes a row); and an analyst allowance of 100 GiB scanned a system a month. Estimates.
+HORIZON_READS_A_MONTH = 30
+VERIFY_BYTES_A_ROW = 40
+VERIFY_DAYS = 9
+ANALYST_BYTES = 100 * GIB
+# GitHub Actions minutes the fleet's own workflows spend without a change merged
+# (.github/workflows/drift.yml): reconcile every hour, one job of a minute; plan every
+# six hours, a job listing the states (a minute) and a job per state: dev's root and
+# one cell, prod's root and every cell, each about 2 minutes of setup and its plan
+# (infra/fleet_limits.py's 0.5 s a resource, ten at once; about 40 resources a system
+# and 70 a cell, docs/operations.md's limits table). CI of changes follows development,
+# not the fleet: left out.
+RECONCILE_MINUTES = 1
+PLAN_SETUP_MINUTES = 2
+PLAN_SECONDS_A_RESOURCE = 0.5
+PLAN_PARALLELISM = 10
+RESOURCES_A_SYSTEM = 40
+RESOURCES_A_CELL = 70
+
+# Not billed, or not priced here, and why.
+LEFT_OUT = (
+    "Spanner backups: none are taken (`default_backup_schedule_type = NONE`, spanner.tf); "
+    "a restore's scratch instance and backup are priced in "
+    "docs/operations.md#recovering-a-serving-database",
+    "Spanner and BigQuery reads within the region, Pub/Sub pushes to Cloud Run, the "
+    "services' calls to Google APIs: no data transfer charge within the region",
+    "Pub/Sub message storage: no topic retention and no retained acknowledged messages "
+    "are configured (modules/system/pubsub.tf); unacknowledged messages are kept free",
+    "the dead-letter topic's throughput and replays: what fails, not an ordinary month",
+    "the CPU followers' reads take on the ingest instances: answered from each "
+    "instance's tail in memory, within the 40% of CPU Cloud Run's target leaves",
+    "Cloud CDN: off by default, priced apart (`--cdn`)",
+    "GitHub Actions minutes of CI on changes, and the Terraform state bucket (cents)",
+    "support plans and taxes",
+)
+
 FLEETS = (1, 10, 100, 1000)
 TARGET_PER_SYSTEM = 25.0
+# One system alone, in its starter shape, at most this a month.
+TARGET_STARTER = 15.0
+MONTHS = (12, 24)
+
+
+class Shape(NamedTuple):
+    """A fleet as priced: its systems, whether each has a serving tier, and its
+    declared rate (None: the default, serving_rate)."""
+
+    systems: int
+    serving: bool
+    rate: float | None = None
+
+
+def shape_of(systems: int) -> Shape:
+    """The shape a fleet of `systems` is priced in: one system alone starts on
+    BigQuery alone, a fleet of 10 or more serves every system."""
+    return Shape(systems, systems > 1)
 
 
 def _plain_locals(path: Path) -> str:
@@ -243,15 +379,20 @@ def capacity() -> tuple[float, str]:
 
 
 @cache
-def evaluate(systems: int, rate: float | None = None) -> dict[str, Any]:
-    """A cell of `systems` serving systems at the defaults (or at `rate` pushes a second
-    each), as `terraform console` evaluates the cell root: its Spanner sizing, billing,
-    sizes, and the metrics' value types."""
+def evaluate(
+    systems: int, rate: float | None = None, serving: bool = True, reads: float | None = None
+) -> dict[str, Any]:
+    """A cell of `systems` systems at the defaults (or at `rate` pushes a second and
+    `reads` rows read from Spanner a second each), each with `serving` or none, as
+    `terraform console` evaluates the cell root: its Spanner sizing, billing, sizes, and
+    the metrics' value types."""
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, systems))]
     # Past 90 databases the systems added last name a second instance (spanner.tf).
     entries = [
-        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""}'
+        f'"{n}" = {{ serving = {str(serving).lower()}'
+        + (", spanner_instance = 2" if serving and i >= 90 else "")
         + (f", rate = {rate}" if rate is not None else "")
+        + (f", reads = {reads}" if reads is not None else "")
         + " }"
         for i, n in enumerate(names)
     ]
@@ -264,14 +405,17 @@ def evaluate(systems: int, rate: float | None = None) -> dict[str, Any]:
     }
     expression = (
         "{ units = local.spanner_total_units, stored = local.spanner_total_stored_bytes,"
-        " instances = length(local.spanner_instances),"
+        " cpu_units = local.spanner_total_cpu_units, instances = length(local.spanner_instances),"
         " rate = var.serving_rate, message_bytes = var.serving_message_bytes,"
+        " reads = var.serving_reads, region = var.region,"
         " cpu = var.cpu, memory = var.memory, min_instances = local.ingest_min_instances,"
         " instance_based = local.instance_based, cell_rate = local.cell_rate,"
         " break_even = var.billing_break_even_rate, cell_max_systems = var.cell_max_systems,"
         " exporter_instances = var.exporter_instances, exporter_cpu = var.exporter_cpu,"
         " exporter_memory = var.exporter_memory, exporters = length(local.exporter),"
         " retention_days = var.retention_days, trace_sample_ratio = var.trace_sample_ratio,"
+        ' ingest_interval = lookup(local.service_env, "OTEL_METRIC_EXPORT_INTERVAL", "60000"),'
+        ' exporter_interval = lookup(local.exporter_env, "OTEL_METRIC_EXPORT_INTERVAL", "60000"),'
         " metrics = { for k, v in local.workload_metrics : k => v.value } }"
     )
     return _console(values, expression, modules=("metrics",))
@@ -309,6 +453,49 @@ def _console(
     return found
 
 
+def deployed_regions() -> set[str]:
+    """The regions the environments' cells deploy to (infra/terraform/env)."""
+    return {
+        json.loads(path.read_text()).get("region", "")
+        for path in sorted((TERRAFORM / "env").glob("*/*.tfvars.json"))
+    }
+
+
+def spanner_cpu_units(
+    rates: list[float], reads: list[float], node_writes: float = SPANNER_NODE_WRITES
+) -> int:
+    """The processing units an instance needs for its databases' CPU, as spanner.tf
+    computes them: each system's pushes (rows written and read) and rows its readers
+    read, at a node's published throughput, kept under the recommended ceiling."""
+    nodes = sum(
+        rate * SPANNER_WRITES_PER_PUSH / node_writes
+        + (rate * SPANNER_READS_PER_PUSH + read) / SPANNER_NODE_READS
+        for rate, read in zip(rates, reads, strict=True)
+    )
+    needed = nodes / SPANNER_CPU_CEILING
+    if needed <= 0.9:
+        return max(100, math.ceil(round(needed * 10, 9)) * 100)
+    return math.ceil(round(needed, 9)) * 1000
+
+
+def unbatched_units(systems: int) -> int:
+    """Processing units a fleet's instances would need were commits not held to be
+    batched (3,500 row writes a node), at the defaults: the larger of that and what
+    Terraform sizes each instance at."""
+    cell_max = int(evaluate(1)["cell_max_systems"])
+    total = 0
+    for size in cells_of(systems, cell_max):
+        found = evaluate(size)
+        rate, reads = float(found["rate"]), float(found["reads"])
+        per_instance = [min(size, 90), size - 90] if size > 90 else [size]
+        for count in per_instance:
+            cpu = spanner_cpu_units([rate] * count, [reads] * count, SPANNER_NODE_WRITES_UNBATCHED)
+            databases = min(math.ceil(count / 10) * 100, 1000)
+            total += max(cpu, databases)
+    return total
+
+
+@cache
 def kept_images() -> int:
     """Images the environment's repository keeps (environment/variables.tf)."""
     for block in _load(ENVIRONMENT / "variables.tf").get("variable", []):
@@ -318,19 +505,28 @@ def kept_images() -> int:
     raise SystemExit("no kept_image_versions in the environment's variables")
 
 
-def alert_conditions() -> int:
+# The symptoms whose pages and tickets exist only where a system has `serving`
+# (environment/cells.tf, serving_symptoms: a test holds the two equal).
+SERVING_SYMPTOMS = frozenset({"export_lag", "export_blocked", "spanner_storage", "spanner_cpu"})
+
+
+@cache
+def alert_conditions(serving: bool = True) -> int:
     """Conditions of every alert policy (one each), the environment's, whatever the
     number of cells: a page per symptom (fleet.tf), a ticket per symptom for the one set
-    of ticket channels, and the serving instances' two tickets (tickets.tf)."""
+    of ticket channels, and the serving instances' two tickets (tickets.tf); without a
+    serving system, none of the export's or the instances'."""
 
     def local(path: Path, name: str) -> Any:
         (value,) = [block[name] for block in _load(path).get("locals", []) if name in block]
         return value
 
-    pages = len(local(ENVIRONMENT / "fleet.tf", "pages"))
-    tickets = len(local(ENVIRONMENT / "tickets.tf", "ticket_specs"))
-    instances = len(local(ENVIRONMENT / "tickets.tf", "instance_tickets"))
-    return pages + tickets + instances
+    specs = [
+        *local(ENVIRONMENT / "fleet.tf", "pages"),
+        *local(ENVIRONMENT / "tickets.tf", "ticket_specs"),
+        *local(ENVIRONMENT / "tickets.tf", "instance_tickets"),
+    ]
+    return len([s for s in specs if serving or s not in SERVING_SYMPTOMS])
 
 
 def _gib(memory: str) -> float:
@@ -338,13 +534,23 @@ def _gib(memory: str) -> float:
     return number if memory.endswith("Gi") else number / 1024
 
 
-def _monitoring(bytes_a_month: float) -> float:
-    """Cloud Monitoring's bill for this many bytes ingested, tier by tier."""
-    mib, cost, floor = bytes_a_month / MIB, 0.0, 0.0
-    for ceiling, price in MONITORING_TIERS:
-        cost += max(0.0, min(mib, ceiling) - floor) * price
+def _tiered(amount: float, tiers: tuple[tuple[float, float], ...]) -> float:
+    """The bill for `amount` (in the tiers' unit), tier by tier: each (ceiling, price)."""
+    cost, floor = 0.0, 0.0
+    for ceiling, price in tiers:
+        cost += max(0.0, min(amount, ceiling) - floor) * price
         floor = ceiling
     return cost
+
+
+def _monitoring(bytes_a_month: float) -> float:
+    """Cloud Monitoring's bill for this many bytes ingested, tier by tier."""
+    return _tiered(bytes_a_month / MIB, MONITORING_TIERS)
+
+
+def _egress(bytes_a_month: float) -> float:
+    """Internet data transfer out of the region for this many bytes, tier by tier."""
+    return _tiered(bytes_a_month / GIB, EGRESS_TIERS)
 
 
 def _point_bytes(metrics: dict[str, str], series: dict[str, int]) -> int:
@@ -392,6 +598,24 @@ def ingest_month(found: dict[str, Any], instance_based: bool) -> float:
     return busy * per_second * SECONDS_A_MONTH + rate * SECONDS_A_MONTH / 1e6 * RUN_MILLION_REQUESTS
 
 
+def _plan_job_minutes(systems_in_cell: int) -> int:
+    resources = RESOURCES_A_CELL + RESOURCES_A_SYSTEM * systems_in_cell
+    return math.ceil(
+        PLAN_SETUP_MINUTES + resources * PLAN_SECONDS_A_RESOURCE / PLAN_PARALLELISM / 60
+    )
+
+
+def drift_minutes(sizes: list[int]) -> float:
+    """Minutes a month of .github/workflows/drift.yml for a fleet whose prod cells are
+    `sizes`: the hourly reconcile, and every six hours a listing job and a plan job per
+    state (dev's root and one cell of one system, prod's root and each cell)."""
+    rounds = MINUTES_A_MONTH / (6 * 60)
+    reconcile = MINUTES_A_MONTH / 60 * RECONCILE_MINUTES
+    roots = 2 * _plan_job_minutes(0)
+    per_round = 1 + roots + _plan_job_minutes(1) + sum(_plan_job_minutes(s) for s in sizes)
+    return reconcile + rounds * per_round
+
+
 # Each row: what is billed, where its price is.
 ROWS = (
     ("Spanner compute (processing units)", "https://cloud.google.com/spanner/pricing"),
@@ -403,14 +627,26 @@ ROWS = (
     ("Cloud Run: the cells' exporter pools", "https://cloud.google.com/run/pricing"),
     ("Pub/Sub throughput (published and pushed)", "https://cloud.google.com/pubsub/pricing"),
     ("BigQuery Storage Write API", "https://cloud.google.com/bigquery/pricing"),
-    ("BigQuery storage, first month", "https://cloud.google.com/bigquery/pricing"),
     ("BigQuery storage, twelfth month (rows kept)", "https://cloud.google.com/bigquery/pricing"),
+    (
+        "BigQuery storage, twenty-fourth month (rows kept)",
+        "https://cloud.google.com/bigquery/pricing",
+    ),
+    (
+        "BigQuery queries (followers without a serving tier, reads past its retention, "
+        "export verify, analysts)",
+        "https://cloud.google.com/bigquery/pricing",
+    ),
+    (
+        "Internet data transfer out (each month's rows read once, gzipped)",
+        "https://cloud.google.com/vpc/network-pricing",
+    ),
     ("Cloud Monitoring: custom metrics, by bytes", "https://cloud.google.com/stackdriver/pricing"),
     ("Cloud Monitoring: uptime check executions", "https://cloud.google.com/stackdriver/pricing"),
     ("Cloud Monitoring: alerting conditions", "https://cloud.google.com/stackdriver/pricing"),
     ("Cloud Trace spans", "https://cloud.google.com/stackdriver/pricing"),
     (
-        "Cloud Logging (request logs past the exclusion)",
+        "Cloud Logging (request logs past the exclusions)",
         "https://cloud.google.com/stackdriver/pricing",
     ),
     ("Cloud Scheduler (a canary job each)", "https://cloud.google.com/scheduler/pricing"),
@@ -422,21 +658,68 @@ ROWS = (
         "Artifact Registry (kept images, one region)",
         "https://cloud.google.com/artifact-registry/pricing",
     ),
+    (
+        "GitHub Actions minutes (drift checks)",
+        "https://docs.github.com/en/billing/concepts/product-billing/github-actions",
+    ),
 )
+# The rows that hold one month alone: the twelfth's, then the twenty-fourth's.
+MONTH_ROWS = {12: ROWS[6][0], 24: ROWS[7][0]}
 
 
-def month(systems: int) -> dict[str, float]:
-    """Each billed item, in dollars a month, for a fleet of `systems` systems in cells."""
+def _kept_storage(row_bytes: float, months: int, retention_days: int) -> float:
+    """BigQuery's storage in month `months` for a month of rows of `row_bytes` (the
+    fleet's, logical), retention_days = 0 keeping every month: the newest three active,
+    the rest long-term (a day's partition is not written again once its day is over),
+    billed as they are stored, compressed."""
+    kept = months if retention_days == 0 else min(months, retention_days / 30)
+    stored = row_bytes / PHYSICAL_RATIO
+    active, long_term = min(kept, 3) * stored, max(0.0, kept - 3) * stored
+    return (
+        max(0.0, active - BIGQUERY_FREE_STORAGE) / GIB * BIGQUERY_ACTIVE_GIB_MONTH
+        + long_term / GIB * BIGQUERY_LONG_TERM_GIB_MONTH
+    )
+
+
+def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
+    """Each billed item, in dollars a month, for a fleet of `systems` systems in cells,
+    in its shape (shape_of): the twelfth month's storage and the twenty-fourth's each a
+    row of its own."""
+    shape = shape or shape_of(systems)
+    serving = shape.serving
     cell_max = int(evaluate(1)["cell_max_systems"])
-    cells = [evaluate(size) for size in cells_of(systems, cell_max)]
+    sizes = cells_of(systems, cell_max)
+    cells = [evaluate(size, shape.rate, serving) for size in sizes]
     base = cells[0]
-    rate, message = float(base["rate"]), float(base["message_bytes"])
+    rate, message = (
+        float(base["rate"]) if shape.rate is None else shape.rate,
+        float(base["message_bytes"]),
+    )
     pushes = systems * rate * SECONDS_A_MONTH
+    rows_a_system = rate * SECONDS_A_MONTH
     items: dict[str, float] = {}
 
     items[ROWS[0][0]] = sum(c["units"] / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH for c in cells)
     items[ROWS[1][0]] = sum(c["stored"] / GIB * SPANNER_GB_MONTH for c in cells)
     items[ROWS[2][0]] = sum(ingest_month(c, bool(c["instance_based"])) for c in cells)
+    # Followers' requests billed by request too, where the cell is: a request and its
+    # 100 ms each (BigQuery alone, a poll a minute).
+    if not serving:
+        polls = FOLLOWERS_A_SYSTEM * SECONDS_A_MONTH / STARTER_POLL_SECONDS
+        items[ROWS[2][0]] += sum(
+            size
+            * polls
+            * (
+                RUN_ROUNDING_SECONDS
+                * (
+                    float(c["cpu"]) * RUN_REQUEST_VCPU_SECOND
+                    + _gib(c["memory"]) * RUN_REQUEST_GIB_SECOND
+                )
+                + RUN_MILLION_REQUESTS / 1e6
+            )
+            for c, size in zip(cells, sizes, strict=True)
+            if not c["instance_based"]
+        )
     items[ROWS[3][0]] = sum(
         int(c["exporters"])
         * int(c["exporter_instances"])
@@ -450,44 +733,74 @@ def month(systems: int) -> dict[str, float]:
 
     row_bytes = pushes * (message + BIGQUERY_ROW_OVERHEAD)  # a month of rows
     items[ROWS[5][0]] = max(0.0, row_bytes - STORAGE_WRITE_FREE) / GIB * STORAGE_WRITE_GIB
-    items[ROWS[6][0]] = (
-        max(0.0, row_bytes - BIGQUERY_FREE_STORAGE) / GIB * BIGQUERY_ACTIVE_GIB_MONTH
-    )
-    # Month twelve, retention_days = 0 (kept): twelve months of rows, the newest three
-    # active, nine long-term (a day's partition is not written again once exported).
-    kept = 12 if base["retention_days"] == 0 else min(12, base["retention_days"] / 30)
-    active, long_term = min(kept, 3) * row_bytes, max(0.0, kept - 3) * row_bytes
-    items[ROWS[7][0]] = (
-        max(0.0, active - BIGQUERY_FREE_STORAGE) / GIB * BIGQUERY_ACTIVE_GIB_MONTH
-        + long_term / GIB * BIGQUERY_LONG_TERM_GIB_MONTH
-    )
+    for months, name in MONTH_ROWS.items():
+        items[name] = _kept_storage(row_bytes, months, int(base["retention_days"]))
 
+    # Queries: without a serving tier every follower's read is one, billed at least
+    # 10 MiB; reads past the serving tier's retention a day of rows each; a monthly
+    # verification of the window; the analysts' allowance.
+    day_bytes = rate * 86400 * (message + BIGQUERY_ROW_OVERHEAD)
+    followers = (
+        0.0
+        if serving
+        else FOLLOWERS_A_SYSTEM * SECONDS_A_MONTH / STARTER_POLL_SECONDS * QUERY_MINIMUM
+    )
+    horizon = HORIZON_READS_A_MONTH * day_bytes if serving else 0.0
+    verify = rate * 86400 * VERIFY_DAYS * VERIFY_BYTES_A_ROW if serving else 0.0
+    scanned = systems * (followers + horizon + verify + ANALYST_BYTES)
+    items[ROWS[8][0]] = max(0.0, scanned - QUERY_FREE) / TIB * QUERY_TIB
+
+    served = systems * READS_OF_A_MONTH * rows_a_system * (message + SERVED_ROW_OVERHEAD)
+    items[ROWS[9][0]] = _egress(served / GZIP_RATIO)
+
+    # Every series is a point at each export: the ingest service's every
+    # OTEL_METRIC_EXPORT_INTERVAL (cell.tf), the exporter pool's at its own (exporter.tf).
     metrics = base["metrics"]
-    per_minute = 0.0
-    for c, size in zip(cells, cells_of(systems, cell_max), strict=True):
+    ingest_exports = SECONDS_A_MONTH * 1000 / float(base["ingest_interval"])
+    pool_exports = SECONDS_A_MONTH * 1000 / float(base["exporter_interval"])
+    written = 0.0
+    for c, size in zip(cells, sizes, strict=True):
         instances = max(1, ingest_instances(c))
-        per_minute += size * (
-            instances * _point_bytes(metrics, INSTANCE_SERIES)
-            + _point_bytes(metrics, HOLDER_SERIES)
-            + _point_bytes(metrics, EXPORT_SERIES)
+        by_ingest = (
+            size
+            * instances
+            * (_point_bytes(metrics, INSTANCE_SERIES) + _point_bytes(metrics, INCIDENT_SERIES))
         )
-        per_minute += instances * _point_bytes(metrics, CELL_SERIES)
-    items[ROWS[8][0]] = _monitoring(per_minute * MINUTES_A_MONTH)
+        by_ingest += instances * _point_bytes(metrics, CELL_SERIES)
+        # What the store holds: its export lease holder's, or without a serving tier
+        # each ingest instance's.
+        if serving:
+            by_pool = size * (
+                _point_bytes(metrics, HOLDER_SERIES) + _point_bytes(metrics, EXPORT_SERIES)
+            )
+        else:
+            by_pool = 0
+            by_ingest += size * instances * _point_bytes(metrics, HOLDER_SERIES)
+        written += by_ingest * ingest_exports + by_pool * pool_exports
+    items[ROWS[10][0]] = _monitoring(written)
     probes = len(cells) * UPTIME_CHECKERS * MINUTES_A_MONTH / UPTIME_PERIOD_MINUTES
-    items[ROWS[9][0]] = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
-    items[ROWS[10][0]] = alert_conditions() * ALERT_CONDITION
+    items[ROWS[11][0]] = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
+    items[ROWS[12][0]] = alert_conditions(serving) * ALERT_CONDITION
 
     spans = pushes * SPANS_PER_PUSH * float(base["trace_sample_ratio"])
-    items[ROWS[11][0]] = max(0.0, spans - TRACE_FREE_SPANS) / 1e6 * TRACE_MILLION_SPANS
-    logged = pushes * LOGGED_SHARE_OF_PUSHES * LOG_ENTRY_BYTES
-    items[ROWS[12][0]] = max(0.0, logged - LOGGING_FREE) / GIB * LOGGING_GIB
+    items[ROWS[13][0]] = max(0.0, spans - TRACE_FREE_SPANS) / 1e6 * TRACE_MILLION_SPANS
+    reads = (
+        systems
+        * FOLLOWERS_A_SYSTEM
+        * SECONDS_A_MONTH
+        / (FOLLOWER_REQUEST_SECONDS if serving else STARTER_POLL_SECONDS)
+    )
+    logged = (pushes + reads) * LOGGED_SHARE_OF_SUCCESSES * LOG_ENTRY_BYTES
+    items[ROWS[14][0]] = max(0.0, logged - LOGGING_FREE) / GIB * LOGGING_GIB
 
-    items[ROWS[13][0]] = max(0, systems - SCHEDULER_FREE) * SCHEDULER_JOB
+    items[ROWS[15][0]] = max(0, systems - SCHEDULER_FREE) * SCHEDULER_JOB
     secrets = sum(2 + int(c["exporters"]) for c in cells)
-    items[ROWS[14][0]] = max(0, secrets - SECRET_FREE) * SECRET_VERSION
-    items[ROWS[15][0]] = (
+    items[ROWS[16][0]] = max(0, secrets - SECRET_FREE) * SECRET_VERSION
+    items[ROWS[17][0]] = (
         max(0.0, kept_images() * IMAGE_BYTES - REGISTRY_FREE) / GIB * REGISTRY_GIB_MONTH
     )
+    minutes = drift_minutes(sizes)
+    items[ROWS[18][0]] = max(0.0, minutes - ACTIONS_FREE_MINUTES) * ACTIONS_MINUTE
     return items
 
 
@@ -499,46 +812,52 @@ def _dollars(value: float) -> str:
     return f"${value:,.0f}" if value >= 100 else f"${value:,.2f}"
 
 
-def _total(items: dict[str, float], month_of: str) -> float:
-    """The items of the first month (`first`) or the twelfth (`twelfth`)."""
-    skip = ROWS[7][0] if month_of == "first" else ROWS[6][0]
-    return sum(v for k, v in items.items() if k != skip)
+def _total(items: dict[str, float], months: int) -> float:
+    """The items of month `months` (12 or 24)."""
+    skip = {name for m, name in MONTH_ROWS.items() if m != months}
+    return sum(v for k, v in items.items() if k not in skip)
+
+
+def _label(systems: int) -> str:
+    shape = shape_of(systems)
+    if systems == 1:
+        return "1 system" + ("" if shape.serving else ", starter")
+    return f"{systems:,} systems"
 
 
 def table() -> str:
     months = {systems: month(systems) for systems in FLEETS}
     cell_max = int(evaluate(1)["cell_max_systems"])
-    header = (
-        "| Billed item | Price | "
-        + " | ".join(f"{s:,} system{'s' if s > 1 else ''}" for s in FLEETS)
-        + " |"
-    )
+    header = "| Billed item | Price | " + " | ".join(_label(s) for s in FLEETS) + " |"
     rows = [header, "|---|---|" + "---:|" * len(FLEETS)]
     for name, source in ROWS:
         cells = [months[s][name] for s in FLEETS]
         rows.append(f"| {name} | [list]({source}) | " + " | ".join(map(_dollars, cells)) + " |")
     for label, which in (
-        ("**Total, first month**", "first"),
-        ("**Total, twelfth month**", "twelfth"),
+        ("**Total, twelfth month**", 12),
+        ("**Total, twenty-fourth month**", 24),
     ):
         cells = [_total(months[s], which) for s in FLEETS]
         rows.append(f"| {label} | | " + " | ".join(f"**{_dollars(c)}**" for c in cells) + " |")
-    cells = [_total(months[s], "twelfth") / s for s in FLEETS]
-    rows.append(
-        "| **Per system, twelfth month** | | "
-        + " | ".join(f"**{_dollars(c)}**" for c in cells)
-        + " |"
-    )
+    for label, which in (
+        ("**Per system, twelfth month**", 12),
+        ("**Per system, twenty-fourth month**", 24),
+    ):
+        cells = [_total(months[s], which) / s for s in FLEETS]
+        rows.append(f"| {label} | | " + " | ".join(f"**{_dollars(c)}**" for c in cells) + " |")
     counts = [str(len(cells_of(s, cell_max))) for s in FLEETS]
     rows.append("| Cells | | " + " | ".join(counts) + " |")
-    units = [str(sum(evaluate(n)["units"] for n in cells_of(s, cell_max))) for s in FLEETS]
+    units = [
+        str(sum(evaluate(n, None, shape_of(s).serving)["units"] for n in cells_of(s, cell_max)))
+        for s in FLEETS
+    ]
     rows.append("| Spanner processing units | | " + " | ".join(units) + " |")
     return "\n".join(rows)
 
 
-def per_system(systems: int) -> float:
-    """A system's share of the fleet's twelfth month."""
-    return _total(month(systems), "twelfth") / systems
+def per_system(systems: int, months: int = 12) -> float:
+    """A system's share of the fleet's month `months`."""
+    return _total(month(systems), months) / systems
 
 
 def break_even() -> float:
@@ -554,21 +873,100 @@ def break_even() -> float:
     return always / per_push
 
 
-def single_system() -> str:
-    """One system alone in a cell, at a few rates: its ingest service billed either way,
-    and what the cell's plan bills it by (cell.tf)."""
+STARTER_RATES = (0.5, 1.0, 2.0, 5.0, 10.0)
+# A first topic's rate, below the break-even, where ingest is billed by request.
+SLOW_STARTER_RATE = 1.0
+
+
+def starter() -> str:
+    """One system alone in its starter shape (BigQuery alone), at a few rates: its
+    ingest service billed either way, what the cell's plan bills it by (cell.tf), and
+    its month's total."""
     lines = [
-        "| A system alone in its cell | billed by request | instance-based | the plan bills it |",
-        "|---|---:|---:|---|",
+        "| A system alone, BigQuery alone | billed by request | instance-based"
+        " | the plan bills it | twelfth month | twenty-fourth month |",
+        "|---|---:|---:|---|---:|---:|",
     ]
-    for rate in (1.0, 5.0, 10.0, 50.0):
-        found = evaluate(1, rate)
+    for rate in STARTER_RATES:
+        found = evaluate(1, rate, False)
         chosen = "instance-based" if found["instance_based"] else "by request"
+        items = month(1, Shape(1, False, rate))
         lines.append(
-            f"| {rate:g} pushes a second | {_dollars(ingest_month(found, False))} |"
+            f"| {rate:g} message{'' if rate == 1 else 's'} a second |"
+            f" {_dollars(ingest_month(found, False))} |"
             f" {_dollars(ingest_month(found, True))} | {chosen} |"
+            f" {_dollars(_total(items, 12))} | {_dollars(_total(items, 24))} |"
         )
     return "\n".join(lines)
+
+
+def subscription_month(rate: float, months: int) -> float:
+    """One topic landed by a Pub/Sub BigQuery subscription, with a read API of its own
+    on Cloud Run billed by request, scaling to zero, that a reader polls once a minute
+    (a query billed at least 10 MiB each, a request of 100 ms): what the starter is
+    weighed against, at the same list prices and message size."""
+    found = evaluate(1, rate, False)
+    message = float(found["message_bytes"])
+    pushes = rate * SECONDS_A_MONTH
+    carried = pushes * (message + PUBSUB_MESSAGE_OVERHEAD)
+    published = max(0.0, carried - PUBSUB_FREE_BYTES) / TIB * PUBSUB_TIB
+    delivered = carried / TIB * PUBSUB_BIGQUERY_TIB
+    storage = _kept_storage(pushes * (message + BIGQUERY_ROW_OVERHEAD), months, 0)
+    polls = SECONDS_A_MONTH / STARTER_POLL_SECONDS
+    queries = max(0.0, polls * QUERY_MINIMUM - QUERY_FREE) / TIB * QUERY_TIB
+    reader = polls * (
+        RUN_ROUNDING_SECONDS * (RUN_REQUEST_VCPU_SECOND + RUN_REQUEST_GIB_SECOND)
+        + RUN_MILLION_REQUESTS / 1e6
+    )
+    return published + delivered + storage + queries + reader
+
+
+def shapes() -> str:
+    """Each shape a system runs in, what it gives and what it costs a month (the twelfth
+    and the twenty-fourth), with a BigQuery subscription beside them, at the default
+    message size."""
+    rate = float(evaluate(1)["rate"])
+    starter_rate = 1.0
+    rows = [
+        "| Shape | What it gives | A month, twelfth / twenty-fourth |",
+        "|---|---|---:|",
+    ]
+
+    def months(items: dict[str, float], systems: int = 1) -> str:
+        return " / ".join(_dollars(_total(items, m) / systems) for m in MONTHS)
+
+    rows.append(
+        f"| **Starter**: one system alone, BigQuery alone (no `serving`), ingest billed by "
+        f"request, no exporter pool, no Spanner instance | every push validated, stored "
+        f"within the freshness SLO (99% within 5 s) or kept as a rejection, copies dropped "
+        f"on read, the read API; a follower sees a row after the 15 s settle window, a "
+        f"reader polling once a minute within about 75 s | "
+        f"{months(month(1, Shape(1, False, starter_rate)))} at {starter_rate:g} message a "
+        f"second, {months(month(1, Shape(1, False, rate)))} at {rate:g} |"
+    )
+    rows.append(
+        f"| **Serving, alone**: one system with `serving` (a Spanner instance of 100 units, "
+        f"an exporter pool of two) | the starter's, and followers within about a tenth of "
+        f"a second of a push (a commit may wait 100 ms to be batched), every row exported "
+        f"to BigQuery exactly once | "
+        f"{months(month(1, Shape(1, True)))} at {rate:g} |"
+    )
+    for systems in (100, 1000):
+        rows.append(
+            f"| **Serving, in cells**: each of {systems:,} systems with `serving` | the same, "
+            f"a cell's service, pool and alerts shared by up to 100 | "
+            f"{months(month(systems), systems)} a system at {rate:g} |"
+        )
+    rows.append(
+        f"| A Pub/Sub **BigQuery subscription** and a read API of your own (Cloud Run, "
+        f"scaled to zero) | rows land in BigQuery within seconds, as published: no "
+        f"validation, no rejections kept, no copies dropped, no alerts, the read API "
+        f"yours to write | {_dollars(subscription_month(starter_rate, 12))} / "
+        f"{_dollars(subscription_month(starter_rate, 24))} at {starter_rate:g}, "
+        f"{_dollars(subscription_month(rate, 12))} / "
+        f"{_dollars(subscription_month(rate, 24))} at {rate:g} |"
+    )
+    return "\n".join(rows)
 
 
 def region_plan(systems: int = 100) -> str:
@@ -590,30 +988,82 @@ def region_plan(systems: int = 100) -> str:
     )
 
 
+def spanner_sizing(systems: int = 100) -> str:
+    """What sizes the serving tier's instances at `systems` systems: their databases,
+    their storage and their CPU, and what commitments would take off its compute."""
+    cell_max = int(evaluate(1)["cell_max_systems"])
+    cells = [evaluate(n) for n in cells_of(systems, cell_max)]
+    units = sum(int(c["units"]) for c in cells)
+    cpu = sum(int(c["cpu_units"]) for c in cells)
+    full = cells[0]
+    compute = units / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH
+    discounts = ", ".join(
+        f"{_dollars(compute * (1 - off))} with a commitment of {term} (-{off:.0%})"
+        for term, off in SPANNER_CUD.items()
+    )
+    return (
+        f"Spanner's processing units are, per instance, the most of what its databases "
+        f"need (10 databases per 100 units below a node), what they store (filled to 70%) "
+        f"and what they do: {SPANNER_WRITES_PER_PUSH} row writes and "
+        f"{SPANNER_READS_PER_PUSH} read{'' if SPANNER_READS_PER_PUSH == 1 else 's'} a push "
+        f"and each system's {float(full['reads']):g} rows read a second, at "
+        f"{SPANNER_NODE_WRITES:,} row writes (throughput-optimized) or "
+        f"{SPANNER_NODE_READS:,} reads a second a node, under {SPANNER_CPU_CEILING:.0%} "
+        f"high-priority CPU (spanner.tf). At {systems} systems their CPU needs {cpu} "
+        f"units of the {units} their databases hold them to; with commits not held to be "
+        f"batched ({SPANNER_NODE_WRITES_UNBATCHED:,} row writes a node) the fleet would "
+        f"need {unbatched_units(systems)}. Its compute, {_dollars(compute)} a month at "
+        f"list price, is {discounts} (spend-based committed use discounts, compute alone)."
+    )
+
+
 def target() -> str:
-    """What a system costs at 100 and 1,000 systems against TARGET_PER_SYSTEM, and the
-    figures that make it: a full cell's ingest instances and what they write."""
+    """What a system costs at 100 and 1,000 systems against TARGET_PER_SYSTEM, one
+    alone against TARGET_STARTER, and the figures that make it: a full cell's ingest
+    instances and what they write."""
     cell_max = int(evaluate(1)["cell_max_systems"])
     full = evaluate(cell_max)
     instances = ingest_instances(full)
     metrics = full["metrics"]
-    costs = {systems: per_system(systems) for systems in (100, 1000)}
+    costs = {(s, m): per_system(s, m) for s in (100, 1000) for m in MONTHS}
+    committed = {
+        (s, m): costs[s, m] - month(s)[ROWS[0][0]] * SPANNER_CUD["one year"] / s
+        for s in (100, 1000)
+        for m in MONTHS
+    }
     met = all(cost <= TARGET_PER_SYSTEM for cost in costs.values())
+    alone = {m: per_system(1, m) for m in MONTHS}
+    slow_month = month(1, Shape(1, False, SLOW_STARTER_RATE))
+    slow = {m: _total(slow_month, m) for m in MONTHS}
+    alone_met = all(cost <= TARGET_STARTER for cost in (*alone.values(), *slow.values()))
     return (
-        f"A system costs {_dollars(costs[100])} a month at 100 systems and "
-        f"{_dollars(costs[1000])} at 1,000 (twelfth month), "
+        f"A system costs {_dollars(costs[100, 12])} a month at 100 systems and "
+        f"{_dollars(costs[1000, 12])} at 1,000 in the twelfth month, "
+        f"{_dollars(costs[100, 24])} and {_dollars(costs[1000, 24])} in the "
+        "twenty-fourth, "
         + ("within" if met else "over")
-        + f" the {_dollars(TARGET_PER_SYSTEM)} asked. A full cell ({cell_max} systems, "
+        + f" the {_dollars(TARGET_PER_SYSTEM)} asked; one system alone, in its starter "
+        f"shape, {_dollars(alone[12])} and {_dollars(alone[24])} at "
+        f"{float(full['rate']):g} messages a second, {_dollars(slow[12])} and "
+        f"{_dollars(slow[24])} at {SLOW_STARTER_RATE:g}, "
+        + ("within" if alone_met else "over")
+        + f" the {_dollars(TARGET_STARTER)} asked, its {alert_conditions(False)} alert "
+        f"conditions alone {_dollars(alert_conditions(False) * ALERT_CONDITION)}. A full "
+        f"cell ({cell_max} systems, "
         f"{float(full['cell_rate']):g} pushes a second) runs {instances} ingest instances "
         f"of {float(full['cpu']):g} vCPU, "
         + ("instance-based" if full["instance_based"] else "billed by request")
         + f", each writing the cell's {sum(CELL_SERIES.values())} series "
-        f"({_point_bytes(metrics, CELL_SERIES)} bytes a minute) and "
-        f"{sum(INSTANCE_SERIES.values())} of each system's on an ordinary day; the "
+        f"({_point_bytes(metrics, CELL_SERIES)} bytes an export, every "
+        f"{float(full['ingest_interval']) / 1000:g} s) and, its counters being "
+        f"cumulative, {sum(INCIDENT_SERIES.values())} of each system's it has served; the "
         f"holder of a system's export lease writes its "
         f"{sum(HOLDER_SERIES.values()) + sum(EXPORT_SERIES.values())} series (of what "
         f"its store holds and exports) once, and Pub/Sub counts its pushes' answers "
-        f"free; Spanner {full['units']} processing units."
+        f"free; Spanner {full['units']} processing units. With a one-year commitment on "
+        f"Spanner's compute (-{SPANNER_CUD['one year']:.0%}, an option, not the list price "
+        f"above) a system costs {_dollars(committed[100, 24])} at 100 systems and "
+        f"{_dollars(committed[1000, 24])} at 1,000 in the twenty-fourth month."
     )
 
 
@@ -624,12 +1074,15 @@ def notes() -> str:
             f"An ingest instance billed by request costs more than one always on from "
             f"{break_even():.1f} pushes a second (1 vCPU, 1 GiB, list prices): "
             f"billing_break_even_rate in infra/terraform/variables.tf.",
-            single_system(),
+            starter(),
+            shapes(),
             f"A push costs an ingest instance {cpu_a_push * 1e6:.0f} µs of CPU ({source}); "
             f"a cell's instances are those that keep each at "
             f"{INGEST_TARGET_UTILISATION:.0%} of its CPU, and at least its minimum.",
+            spanner_sizing(),
             target(),
             region_plan(),
+            "Not in the table: " + "; ".join(LEFT_OUT) + ".",
         ]
     )
 

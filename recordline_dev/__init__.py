@@ -1,4 +1,4 @@
-"""Local tools around the service: `recordline dev`, `publish` and `tail` (and `replay`'s
+"""Local tools around the service: `recordline dev` and `publish` (and `replay`'s
 status line on a terminal; the command is the service's, which a cell's job runs).
 
 They live apart from `app/`, the service, and are not in its wheel or image:
@@ -57,12 +57,6 @@ COMMANDS: dict[str, Command] = {
     ),
     "publish": Command(
         "publish records to a Pub/Sub topic", "client", "add_publish_arguments", "publish_command"
-    ),
-    "tail": Command(
-        "follow /v1/records, printing records as JSON lines",
-        "client",
-        "add_tail_arguments",
-        "tail_command",
     ),
 }
 

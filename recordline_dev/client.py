@@ -1,18 +1,16 @@
-"""Clients of a running Recordline: `recordline publish` and `recordline tail`.
+"""`recordline publish`: records to a Pub/Sub topic, and what the service made of them.
 
 `publish` sends records to a Pub/Sub topic (the emulator's, or a real
 project's), as JSON or in a topic schema's encoding (`--schema`), with the
 client library's OpenTelemetry tracing on, so every
 message carries a `googclient_traceparent` attribute and the service's push
-span links back to the publish. `tail` follows `GET /v1/records` by page
-token, the way any consumer should read: it sees every record once, in ingest
-order, however the writes interleave.
+span links back to the publish. (`follow`, which the tests and benches read with,
+is `recordline tail`'s: app/commands/tail.py.)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -25,20 +23,21 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from app.commands.arguments import at_least_one, service_url
+from app.commands.arguments import at_least_one, not_negative, positive_seconds, service_url
 from app.commands.credentials import NoCredentials, google_credentials
-from app.records import AwareDatetime, ago, micros, rfc3339
+from app.commands.tail import WAIT_SECONDS
+from app.commands.target import Unreachable, transport_reason
+from app.records import micros, rfc3339
 from recordline_dev.progress import POLL_SECONDS, Ledger
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
-    import httpx
     from rich.console import RenderableType
 
     from app.ingest.publisher import SequencedPublisher
@@ -49,19 +48,8 @@ DEV_PROJECT = "recordline-dev"
 # --count, and is the client library's own default message limit.
 MAX_OUTSTANDING_MESSAGES = 1000
 MAX_OUTSTANDING_BYTES = 10 * 1024 * 1024
-# How long a follower at the tail asks the service to hold each request: a
-# record reaches it as soon as it is stored, at one request per record or per 20 s.
-FOLLOW_WAIT_SECONDS = 20.0
-# Between requests while the service does not answer, or when polling (wait=0).
-FOLLOW_IDLE_SECONDS = 0.5
-# The largest page the API serves (app.query.service.MAX_LIMIT).
-FOLLOW_PAGE_LIMIT = 1000
 # Redraw the progress bar at most this often: more is flicker, not information.
 PROGRESS_SECONDS = 0.2
-# How long publish and tail wait for what they talk to (the emulator, Pub/Sub,
-# the service) before giving up with an error. A service restart takes a few
-# seconds and a JVM boot up to ~20 on a busy machine: 30 s rides out both.
-WAIT_SECONDS = 30.0
 
 
 # -- publish ------------------------------------------------------------------
@@ -668,7 +656,10 @@ class PublishRun:
         def render() -> RenderableType:
             done = self.result
             text = f"{done.sent:,}" + (f"/{self.total:,}" if self.total else "")
-            text += f" sent · {rate(done.acknowledged):,.0f}/s · {done.acknowledged:,} acked"
+            # Once all is sent, the run's own rate: the last seconds' would fall to nothing
+            # while the service is waited for.
+            per_second = done.rate if self.waiting else rate(done.acknowledged)
+            text += f" sent · {per_second:,.0f}/s · {done.acknowledged:,} acked"
             if done.failed:  # before the service's counts: a line too long loses its end
                 text += f" · {done.failed:,} failed"
             if self.ledger is not None:
@@ -716,20 +707,22 @@ class PublishRun:
         if ledger is None or not ids:
             return
         step = max(1, len(ids) // LOOKED_UP)
-        for message_id in ids[::step][:LOOKED_UP]:
-            try:
-                answer = httpx.get(
-                    f"{ledger.url}/v1/messages/{urllib.parse.quote(message_id, safe='')}",
-                    headers=ledger.headers,
-                    timeout=WAIT_SECONDS,
-                )
-            except httpx.HTTPError:
-                return
-            self.looked_up += 1
-            later = answer.json().get("later_copies_differ") if answer.status_code == 200 else None
-            if later and datetime.fromisoformat(later["last_seen"]) >= self.began:
-                self.later_copies += 1
-                self.later_copy_example = self.later_copy_example or message_id
+        # One connection for them all: a connection each took ~0.2 s, seconds in all after
+        # everything was stored.
+        with httpx.Client(
+            base_url=ledger.url, headers=ledger.headers, timeout=WAIT_SECONDS
+        ) as http:
+            for message_id in ids[::step][:LOOKED_UP]:
+                try:
+                    answer = http.get(f"/v1/messages/{urllib.parse.quote(message_id, safe='')}")
+                except httpx.HTTPError:
+                    return
+                self.looked_up += 1
+                found = answer.json() if answer.status_code == 200 else {}
+                later = found.get("later_copies_differ")
+                if later and datetime.fromisoformat(later["last_seen"]) >= self.began:
+                    self.later_copies += 1
+                    self.later_copy_example = self.later_copy_example or message_id
 
     def summary(self, *, interrupted: bool = False) -> str:
         """One line: what was sent, acknowledged and stored, and, interrupted, what was
@@ -787,10 +780,6 @@ class PublishRun:
         return "" if self.sequenced is None else urllib.parse.quote(self.sequenced.producer)
 
 
-class Unreachable(RuntimeError):
-    """What a command waits for did not answer in time; the message says what and where."""
-
-
 def wait_for_emulator(host: str, *, seconds: float, say: Callable[[str], None]) -> None:
     """Return once the Pub/Sub emulator at `host` answers; Unreachable after `seconds`.
 
@@ -807,7 +796,7 @@ def wait_for_emulator(host: str, *, seconds: float, say: Callable[[str], None]) 
                 return
             reason = "not an emulator's answer"
         except httpx.TransportError as exc:
-            reason = _transport_reason(exc)
+            reason = transport_reason(exc)
         if time.monotonic() >= deadline:
             raise Unreachable(
                 f"no Pub/Sub emulator answers at {host} (PUBSUB_EMULATOR_HOST) after "
@@ -841,20 +830,6 @@ def bounded_publish_retry(seconds: float) -> Any:
     return Retry(initial=0.1, maximum=5.0, multiplier=2, predicate=transient, timeout=seconds)
 
 
-def _transport_reason(exc: httpx.TransportError) -> str:
-    """A transport failure in a few words: a refused connection, above all, says "not running"."""
-    import httpx
-
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.TimeoutException):
-        return "no answer in time"
-    return str(exc) or type(exc).__name__
-
-
 def _epoch_ended(text: str) -> tuple[int, int]:
     epoch, colon, count = text.partition(":")
     if not colon or not epoch.isdigit() or not count.isdigit():
@@ -864,32 +839,6 @@ def _epoch_ended(text: str) -> tuple[int, int]:
 
 def _say_publish(text: str) -> None:
     print(f"recordline publish: {text}", file=sys.stderr, flush=True)
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _not_negative(text: str) -> float:
-    """0 or more (argparse: refused at once, exit 2)."""
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    """More than 0 seconds (argparse: refused at once, exit 2)."""
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not more than 0 seconds")
-    return value
 
 
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
@@ -916,7 +865,7 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rate",
-        type=_not_negative,
+        type=not_negative,
         default=0.0,
         help="messages per second (default 0: as fast as possible)",
     )
@@ -936,7 +885,7 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=WAIT_SECONDS,
         metavar="SECONDS",
         help=f"how long to wait for the emulator to answer, and for each message to be "
@@ -969,245 +918,3 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
         "the `recordline dev` stack running here whose emulator it is)",
     )
     parser.add_argument("--token", help="with --url: a bearer token for reads that require one")
-
-
-# -- tail ---------------------------------------------------------------------
-
-
-class _Page(msgspec.Struct):
-    # Records stay raw JSON: tail prints them exactly as the API served them.
-    records: list[msgspec.Raw]
-    next_page_token: str | None = None
-
-
-_decode_page = msgspec.json.Decoder(_Page).decode
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class FollowError(RuntimeError):
-    """The API refused the request for a reason waiting will not fix (4xx)."""
-
-
-def since_time(value: str | None, *, now: datetime | None = None) -> str:
-    """An RFC 3339 time from `--since`: a time, a duration back (`15m`, `2h`), or now."""
-    now = now or datetime.now(UTC)
-    if value is None:
-        return rfc3339(now)
-    match = _DURATION.fullmatch(value.strip())
-    if match:
-        # Longer ago than every store reaches back: from the start.
-        return rfc3339(ago(float(match[1]) * _UNIT_SECONDS[match[2]], now))
-    return value  # checked as an argument (since_argument)
-
-
-def since_argument(text: str) -> str:
-    """`--since` as argparse takes it: a duration back, or an RFC 3339 time with an
-    offset; anything else refused at once (exit 2), in one line."""
-    if _DURATION.fullmatch(text.strip()):
-        return text
-    try:
-        msgspec.json.decode(msgspec.json.encode(text), type=AwareDatetime)
-    except msgspec.ValidationError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither how long ago (30s, 15m, 2h, 7d) nor an RFC 3339 time with "
-            "an offset (2024-04-27T12:00:00Z)"
-        ) from None
-    return text
-
-
-async def follow(
-    http: httpx.AsyncClient,
-    *,
-    since: str | None = None,
-    limit: int = FOLLOW_PAGE_LIMIT,
-    idle: float = FOLLOW_IDLE_SECONDS,
-    wait: float = FOLLOW_WAIT_SECONDS,
-    give_up_after: float | None = None,
-    say: Callable[[str], None] | None = None,
-) -> AsyncIterator[list[msgspec.Raw]]:
-    """Every record from `since` on, page by page, as they arrive; runs until cancelled.
-
-    Once caught up (a page came back short), each request asks the service to
-    hold it up to `wait` seconds until a record comes (long-poll): a record
-    arrives as soon as it is stored, with no request in between. With
-    `wait=0` it polls instead, `idle` seconds after each empty page. While the service is
-    unreachable or answers 5xx it waits `idle` and asks again: a restarting
-    service is waited for, and the page token stays valid across it. With
-    `give_up_after`, a service that has not answered for that long raises
-    Unreachable. `say` hears when it starts waiting and when it is over.
-    """
-    import httpx
-
-    if give_up_after is not None:
-        # A held request must not look like a service that stopped answering.
-        wait = min(wait, give_up_after / 2)
-    params: dict[str, str | int] = {"limit": limit}
-    if since is not None:
-        params["since"] = since
-    # When the service stopped answering: the start of the first request it
-    # did not answer, so a request that hangs counts from when it was sent.
-    down_since: float | None = None
-    reason: str | None = None
-    while True:
-        started = time.monotonic()
-        timeout: httpx.Timeout | None = None
-        if give_up_after is not None:
-            left = give_up_after - (0.0 if down_since is None else started - down_since)
-            if left <= 0:
-                raise Unreachable(
-                    f"{http.base_url} has not answered for {give_up_after:g} s ({reason}): is "
-                    "the service running there? (`recordline dev` or `recordline serve`; "
-                    "`python3 dev.py dev|serve` from a checkout)"
-                )
-            # No request outlasts the time left: a service that takes the
-            # connection and never answers is given up on when it was said.
-            timeout = httpx.Timeout(left)
-        reason = None
-        try:
-            if timeout is None:
-                response = await http.get("/v1/records", params=params)
-            else:
-                response = await http.get("/v1/records", params=params, timeout=timeout)
-            if response.status_code >= 500:
-                reason = f"it answers {response.status_code}"
-        except httpx.TransportError as exc:
-            reason = _transport_reason(exc)
-        if reason is not None:
-            if down_since is None:
-                down_since = started
-                if say is not None:
-                    limit_text = (
-                        "" if give_up_after is None else f"; giving up after {give_up_after:g} s"
-                    )
-                    say(f"waiting for {http.base_url}: {reason}{limit_text}")
-            pause = idle
-            if give_up_after is not None:
-                pause = min(idle, max(0.0, give_up_after - (time.monotonic() - down_since)))
-            await asyncio.sleep(pause)
-            continue
-        if down_since is not None:
-            down_since = None
-            if say is not None:
-                say(f"{http.base_url} answers again")
-        if response.is_error:
-            raise FollowError(
-                f"GET /v1/records answered {response.status_code}: {problem_detail(response)}"
-            )
-        page = _decode_page(response.content)
-        if page.records:
-            yield page.records
-        if page.next_page_token is None:
-            return  # only a bounded range ends
-        params = {"limit": limit, "page_token": page.next_page_token}
-        # Short: at the tail, or ended by its bytes with rows to follow (a page with
-        # rows is never held, so asking to wait costs those nothing).
-        if len(page.records) < limit:
-            if wait > 0:
-                params["wait"] = f"{wait:g}"  # the service holds it until a record comes
-            elif not page.records:
-                await asyncio.sleep(idle)
-
-
-def problem_detail(response: httpx.Response) -> str:
-    """What a problem document says went wrong (its `detail`), not its raw JSON."""
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = None
-    if isinstance(problem, dict) and problem.get("detail"):
-        return str(problem["detail"])
-    text = response.text.strip()
-    return text[:300] or response.reason_phrase
-
-
-class _Stored(msgspec.Struct):
-    ingest_time: str
-
-
-_decode_stored = msgspec.json.Decoder(_Stored).decode
-
-
-class Tailed(msgspec.Struct):
-    """What a tail printed: how many records, and when the last was stored."""
-
-    records: int = 0
-    last_ingest_time: str | None = None
-
-    def summary(self) -> str:
-        if self.last_ingest_time is None:
-            return "no record printed"
-        return (
-            f"{self.records:,} records printed, the last stored at {self.last_ingest_time} "
-            f"(`--since {self.last_ingest_time}` starts there again)"
-        )
-
-
-async def _tail(
-    url: str, *, since: str, token: str | None, wait: float, out: IO[bytes], tailed: Tailed
-) -> None:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
-        async for records in follow(http, since=since, give_up_after=wait, say=_say_tail):
-            out.write(b"".join(bytes(r) + b"\n" for r in records))
-            out.flush()
-            tailed.records += len(records)
-            tailed.last_ingest_time = _decode_stored(records[-1]).ingest_time
-
-
-def tail_command(args: argparse.Namespace) -> int:
-    tailed = Tailed()
-    try:
-        asyncio.run(
-            _tail(
-                args.url,
-                since=since_time(args.since),
-                token=args.token,
-                wait=args.wait,
-                out=sys.stdout.buffer,
-                tailed=tailed,
-            )
-        )
-    except KeyboardInterrupt:
-        _say_tail(f"stopped: {tailed.summary()}")
-        return 0
-    except BrokenPipeError:
-        # `recordline tail | head`: the reader left; say nothing more on the way out.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (FollowError, Unreachable) as exc:
-        _say_tail(str(exc))
-        return 1
-    return 0
-
-
-def _say_tail(text: str) -> None:
-    print(f"recordline tail: {text}", file=sys.stderr, flush=True)
-
-
-def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        type=service_url,
-        default="http://127.0.0.1:8080",
-        help="the service (default http://127.0.0.1:8080)",
-    )
-    parser.add_argument(
-        "--since",
-        type=since_argument,
-        help="start at this RFC 3339 time, or this long ago (30s, 15m, 2h, 7d); default now",
-    )
-    parser.add_argument(
-        "--token",
-        help="bearer token for reads that require one, e.g. $(gcloud auth print-identity-token)",
-    )
-    parser.add_argument(
-        "--wait",
-        type=_positive_seconds,
-        default=WAIT_SECONDS,
-        metavar="SECONDS",
-        help="how long to wait for the service while it does not answer (at the start, or "
-        f"across a restart) before giving up (default {WAIT_SECONDS:g})",
-    )

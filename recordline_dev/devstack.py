@@ -61,7 +61,7 @@ from recordline_dev.processes import (
     listener,
     stop_group,
 )
-from recordline_dev.sessions import DEV_SESSIONS, STORE_FILE, Stack, holding
+from recordline_dev.sessions import DEV_SESSIONS, STORE_FILE, Stack, holding, sessions
 
 if TYPE_CHECKING:
     from recordline_dev.progress import PushCounts
@@ -274,11 +274,17 @@ class PubSubAdmin:
         backoff: Backoff | None = None,
         dead_letter_topic: str | None = None,
         max_delivery_attempts: int = MIN_DELIVERY_ATTEMPTS,
+        unwrapped: bool = False,
     ) -> str:
+        """`unwrapped`: the data as the body, metadata and attributes as headers
+        (`no_wrapper` with `write_metadata`)."""
+        push_config: dict[str, Any] = {"push_endpoint": endpoint}
+        if unwrapped:
+            push_config["no_wrapper"] = {"write_metadata": True}
         request: dict[str, Any] = {
             "name": self.subscription_path(subscription),
             "topic": self.topic_path(topic),
-            "push_config": {"push_endpoint": endpoint},
+            "push_config": push_config,
             "ack_deadline_seconds": ack_deadline_seconds,
         }
         if backoff is not None:
@@ -451,17 +457,20 @@ async def wire(
     *,
     topic: str,
     service_url: str,
-    push_token: str,
+    push_token: str | None,
     backoff: Backoff | None = None,
     max_delivery_attempts: int | None = MIN_DELIVERY_ATTEMPTS,
     # Above the service's 8 s write deadline, so a slow store answers 503
     # before Pub/Sub gives up on the push.
     ack_deadline_seconds: int = 10,
+    unwrapped: bool = False,
 ) -> tuple[str, str | None]:
     """Topic → push subscription → service, with a kept dead-letter queue.
 
     Returns the push subscription's name and the dead-letter queue's (None
-    when `max_delivery_attempts` is None: no dead-letter policy).
+    when `max_delivery_attempts` is None: no dead-letter policy). With no
+    `push_token`, pushes carry no credentials (a service that checks none);
+    `unwrapped`, as `PubSubAdmin.create_push_subscription` says.
 
     The emulator (0.8.20) is no faithful model of redelivery, and both ways it
     differs bear on these choices:
@@ -486,11 +495,13 @@ async def wire(
     push = await admin.create_push_subscription(
         f"{topic}-push",
         topic=topic,
-        endpoint=f"{service_url}/pubsub/push?token={push_token}",
+        endpoint=f"{service_url}/pubsub/push"
+        + (f"?token={push_token}" if push_token is not None else ""),
         ack_deadline_seconds=ack_deadline_seconds,
         backoff=backoff,
         dead_letter_topic=dead_letters if max_delivery_attempts is not None else None,
         max_delivery_attempts=max_delivery_attempts or MIN_DELIVERY_ATTEMPTS,
+        unwrapped=unwrapped,
     )
     return push, kept
 
@@ -652,6 +663,10 @@ def dev_command(args: argparse.Namespace) -> int:
         if taken is not None:
             say(f"recordline dev: {taken}")
             return 2
+    running = running_here(Path(args.data_dir), args.port)
+    if running is not None:
+        say(f"recordline dev: {running}")
+        return 1
     session = new_session(Path(args.data_dir))
     watch = Watch()
     # The service's journal writer is our grandchild: if the service dies
@@ -676,6 +691,21 @@ def dev_command(args: argparse.Namespace) -> int:
             # A session that stopped before anything wrote to it leaves no directory.
             with contextlib.suppress(OSError):
                 session.rmdir()
+
+
+def running_here(data_dir: Path, port: int) -> str | None:
+    """What to say where a `recordline dev` of `data_dir` runs already on `port`: a live
+    stack to use, not leftovers to kill (None where none does)."""
+    for found in reversed(sessions(data_dir)):
+        stack = found.stack
+        if found.running and stack is not None and stack.service_url.endswith(f":{port}"):
+            return (
+                f"a dev stack runs here already (session {found.name}, since {stack.started}): "
+                f"its service answers at {stack.service_url}, its store is {stack.store}. Use "
+                "it, or stop it with Ctrl-C in its terminal first; another beside it needs "
+                "other ports (--port, --emulator-port)"
+            )
+    return None
 
 
 def earlier_sessions_messages(store: str) -> str | None:

@@ -17,10 +17,13 @@ import httpx
 import msgspec
 import pytest
 
+from app.asgi import create_app
+from app.commands.tail import FollowError, follow
 from app.settings import Settings
-from recordline_dev.client import follow
+from app.store.duckdb.store import DuckDBStore
 from recordline_dev.devstack import DevStack, instructions
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.conftest import envelope, served, settings
 from tests.processes import (
     RECORDLINE,
     ROOT,
@@ -52,6 +55,10 @@ def test_dev_py_help_lists_every_command_and_exits_0() -> None:
     unknown = run(sys.executable, "dev.py", "nonsense")
     assert unknown.returncode == 2
     assert "no command 'nonsense'" in unknown.stderr
+    assert "did you mean" not in unknown.stderr
+    misspelt = run(sys.executable, "dev.py", "serv")
+    assert misspelt.returncode == 2
+    assert "no command 'serv': did you mean 'serve'?" in misspelt.stderr
 
 
 def to_a_reader_that_left(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -619,13 +626,20 @@ def test_tail_refuses_a_since_it_cannot_read_in_one_line() -> None:
     # It printed the service's problem document, raw JSON.
     done = run(RECORDLINE, "tail", "--since", "yesterday", "--url", "http://127.0.0.1:9")
     line = said_in_one_line(done)
-    assert "--since: 'yesterday' is neither how long ago" in line
+    assert "--since: 'yesterday' is not an RFC 3339 time" in line
+    assert "how long ago" in line
     assert "{" not in line
 
 
-async def test_a_refusal_the_tail_meets_is_said_by_its_detail() -> None:
-    from recordline_dev.client import FollowError
+def test_audit_with_no_service_says_what_it_asked_and_what_to_start() -> None:
+    # It printed a bare `[Errno 111] Connection refused`.
+    done = run(RECORDLINE, "audit", "--since", "1h", "--url", "http://127.0.0.1:9")
+    line = said_in_one_line(done)
+    assert "http://127.0.0.1:9 does not answer (connection refused)" in line
+    assert "recordline serve" in line
 
+
+async def test_a_refusal_the_tail_meets_is_said_by_its_detail() -> None:
     problem = {"status": 400, "type": "/problems/invalid-parameter", "detail": "since: no"}
     transport = httpx.MockTransport(lambda request: httpx.Response(400, json=problem))
     async with httpx.AsyncClient(base_url="http://svc", transport=transport) as http:
@@ -633,6 +647,37 @@ async def test_a_refusal_the_tail_meets_is_said_by_its_detail() -> None:
             async for _ in follow(http, since="x"):
                 pass
     assert str(raised.value) == "GET /v1/records answered 400: since: no"
+
+
+async def test_a_404_at_a_cells_root_says_to_name_the_system() -> None:
+    problem = {"status": 404, "detail": "no such route"}
+    transport = httpx.MockTransport(lambda request: httpx.Response(404, json=problem))
+    async with httpx.AsyncClient(base_url="http://cell", transport=transport) as http:
+        with pytest.raises(FollowError) as raised:
+            async for _ in follow(http, since="1h"):
+                pass
+    assert "under /systems/SYSTEM: --system SYSTEM" in str(raised.value)
+
+
+async def test_a_page_token_a_stopped_follower_was_given_goes_on_after_what_it_read() -> None:
+    # `--since` the last record's time printed that record again.
+    store = DuckDBStore(":memory:")
+    async with served(create_app(settings(), store=store)) as http:
+        for n in range(3):
+            body = envelope({"id": f"r{n}"}, message_id=f"m{n}")
+            assert (await http.post("/pubsub/push", json=body)).status_code == 204
+        tokens: list[str] = []
+        read = []
+        async for page in follow(http, since="1h", wait=0.1, read_on=tokens.append):
+            read += [json.loads(bytes(r))["id"] for r in page]
+            break  # stopped once it printed what there was
+        assert read == ["r0", "r1", "r2"]
+        assert tokens
+        body = envelope({"id": "r3"}, message_id="m3")
+        assert (await http.post("/pubsub/push", json=body)).status_code == 204
+        async for page in follow(http, page_token=tokens[-1], wait=0.1):
+            assert [json.loads(bytes(r))["id"] for r in page] == ["r3"]
+            break
 
 
 # -- recordline sql ---------------------------------------------------------------------

@@ -177,6 +177,26 @@ def test_a_store_an_earlier_session_pushed_into_is_refused_with_the_fix(
     assert earlier_sessions_messages("memory:") is None
 
 
+def test_a_second_dev_where_one_runs_says_to_use_it_not_to_kill_it(tmp_path: Path) -> None:
+    # It said to `kill -- -PGID` a live, healthy stack, as if it were leftovers.
+    from recordline_dev.devstack import running_here
+    from recordline_dev.sessions import Stack, holding
+
+    session = tmp_path / "session-2026-11-27T09-00-00"
+    session.mkdir()
+    stack = Stack(
+        store="duckdb://x.duckdb", service_url="http://127.0.0.1:8123", started="09:00:00"
+    )
+    with holding(session, stack):
+        said = running_here(tmp_path, 8123)
+        assert said is not None
+        assert "a dev stack runs here already" in said
+        assert "http://127.0.0.1:8123" in said
+        assert "kill" not in said
+        assert running_here(tmp_path, 8124) is None  # another port: no clash
+    assert running_here(tmp_path, 8123) is None  # stopped: its port is free again
+
+
 def test_every_port_an_earlier_run_left_taken_is_named_at_once(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:

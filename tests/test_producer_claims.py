@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.query import audit as auditing
+from app.commands import audit as auditing
 from app.records import Record
 from app.store.duckdb.store import DuckDBStore
 from recordline_dev.processes import free_port

@@ -27,11 +27,11 @@ from litestar.testing import TestClient
 from prometheus_client import generate_latest
 
 from app.asgi import create_app
+from app.commands import audit as auditing
 from app.errors import StoreUnavailable
 from app.http.head import Recordline
 from app.ingest.publisher import SequencedPublisher
 from app.ingest.signing import ProducerKeys
-from app.query import audit as auditing
 from app.query.page_token import PageTokens
 from app.query.producers import AuditReport, MissingWatch, Producers
 from app.records import Record

@@ -10,13 +10,18 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.http.head import Recordline
+from app.ingest.envelope import is_attribute
 from app.records import MAX_ID_LENGTH
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
+from tests.fuzz.budget import EXAMPLES
 from tests.waiting import until
 
 RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
@@ -219,7 +224,112 @@ def test_unwrapped_push_with_metadata_headers(client: TestClient[Recordline]) ->
     assert record["message_id"] == "u-1"
     assert record["publish_time"] == "2024-04-27T12:00:01.123000Z"
     assert record["subscription"] == "projects/demo/subscriptions/raw"
-    assert record["attributes"] == {"origin-system": "billing"}
+    # The publisher's Content-Type attribute is the body's type (Pub/Sub's own example).
+    assert record["attributes"] == {
+        "origin-system": "billing",
+        "content-type": "application/octet-stream",
+    }
+
+
+UNWRAPPED = {
+    "x-goog-pubsub-message-id": "u-1",
+    "x-goog-pubsub-publish-time": "2024-04-27T12:00:01.123Z",
+}
+# Attributes named as what a browser sends: on an unwrapped push they are a
+# publisher's, since no browser is on a push's path.
+BROWSER_NAMED_ATTRIBUTES = {
+    "origin": "hdr",
+    "referer": "https://billing.example/checkout",
+    "sec-fetch-site": "cross-site",
+    "sec-fetch-mode": "no-cors",
+    "sec-fetch-dest": "empty",
+    "sec-fetch-user": "?1",
+    "dnt": "1",
+    "if-none-match": '"v7"',
+    "content-type": "application/json",
+    "content-language": "es",
+    "x-requested-with": "billing",
+}
+
+
+def test_an_unwrapped_push_keeps_attributes_named_as_a_browsers_headers(
+    client: TestClient[Recordline],
+) -> None:
+    # Loopback, no push authentication: the service that is most careful of browsers.
+    headers = {**UNWRAPPED, **BROWSER_NAMED_ATTRIBUTES}
+    response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
+    assert response.status_code == 204, response.text
+    assert client.get("/v1/records/1").json()["attributes"] == BROWSER_NAMED_ATTRIBUTES
+
+
+# A header's name is a token (RFC 9110 §5.6.2); an attribute's value, visible ASCII.
+TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+header_legal_names = st.text(TCHAR, min_size=1, max_size=40).filter(
+    lambda name: not name.startswith("x-goog-pubsub-")
+)
+attribute_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40)
+
+
+@given(
+    attributes=st.dictionaries(header_legal_names, attribute_values, max_size=20),
+    browser=st.sampled_from([{}, BROWSER_NAMED_ATTRIBUTES]),
+)
+@examples(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_attribute_name_refuses_an_unwrapped_push(
+    client: TestClient[Recordline], attributes: dict[str, str], browser: dict[str, str]
+) -> None:
+    # Any names a publisher may give its attributes: the push is stored, with every one
+    # that is not the delivery path's own or a credential's.
+    sent = {**browser, **attributes}
+    message_id = f"u-{abs(hash(tuple(sent.items())))}"
+    headers = {**UNWRAPPED, "x-goog-pubsub-message-id": message_id, **sent}
+    response = client.post("/pubsub/push", content=json.dumps(RECORD), headers=headers)
+    assert response.status_code == 204, response.text
+    stored = client.get(f"/v1/messages/{message_id}").json()["record"]["attributes"]
+    assert stored == {name: value for name, value in sent.items() if is_attribute(name)}
+    assert set(BROWSER_NAMED_ATTRIBUTES) & set(browser) <= set(stored)
+
+
+async def test_only_a_wrapped_push_is_judged_by_what_a_browser_says() -> None:
+    # With its token or without: a page that learned the token must not push through its
+    # reader's browser. An unwrapped push's browser-named headers are its attributes.
+    app = create_app(settings(RECORDLINE_PUSH_TOKEN="push-secret-0123456789"))
+    cross_site = {"origin": "http://attacker.example", "sec-fetch-site": "cross-site"}
+    async with served(app) as client:
+        answer = await client.post(
+            "/pubsub/push?token=push-secret-0123456789",
+            json=envelope({"id": "2"}, message_id="m-2"),
+            headers=cross_site,
+        )
+        assert answer.status_code == 403, answer.text
+        answer = await client.post(
+            "/pubsub/push?token=push-secret-0123456789",
+            content=json.dumps({"id": "3"}),
+            headers={**UNWRAPPED, "x-goog-pubsub-message-id": "u-3", **cross_site},
+        )
+        assert answer.status_code == 204, answer.text
+        stored = (await client.get("/v1/messages/u-3")).json()["record"]["attributes"]
+        assert stored == cross_site
+        # Without the token, it is refused as not Pub/Sub's first.
+        answer = await client.post("/pubsub/push", json=envelope(RECORD), headers=cross_site)
+        assert answer.status_code == 401, answer.text
+
+
+async def test_no_page_of_another_site_is_let_send_the_push_metadata() -> None:
+    # What tells an unwrapped push from a browser's write: a page of another site may
+    # send `x-goog-pubsub-message-id` only after a preflight the service consents to,
+    # and it consents to none.
+    async with served(create_app(settings())) as client:
+        answer = await client.options(
+            "/pubsub/push",
+            headers={
+                "origin": "http://attacker.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "x-goog-pubsub-message-id",
+            },
+        )
+        assert answer.status_code < 500
+        assert not any(name.startswith("access-control-allow") for name in answer.headers)
 
 
 # Every header that carries a caller's credential, as a client or a proxy sends it.
@@ -232,7 +342,6 @@ CREDENTIAL_HEADERS = {
     "X-Access-Token": "t0k3n",
     "X-CSRF-Token": "t0k3n",
     "X-Amzn-Oidc-Data": "eyJ0eXAiOi",
-    "Sec-Fetch-Site": "same-origin",
     "X-Amz-Security-Token": "IQoJb3JpZ2luX2Vj",
     "Apikey": "AIzaSyD-0123456789",
     "X-Vault-Token": "hvs.CAESI",
@@ -242,8 +351,6 @@ CREDENTIAL_HEADERS = {
     "X-Endpoint-API-UserInfo": "eyJlbWFpbCI6ImFAYi5jIn0",
     "X-B3-TraceId": "80f198ee56343ba864fe8b2a57d3eff7",
     "Baggage": "user.email=a@b.c",
-    "If-None-Match": '"etag-of-a-reader"',
-    "DNT": "1",
     "X-Session-Id": "s3ss10n",
     "Client-Secret": "s3cr3t",
 }

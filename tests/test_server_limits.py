@@ -148,7 +148,10 @@ def statuses(answers: bytes) -> list[int]:
 
 
 def problem(answer: bytes) -> dict[str, object]:
-    body = answer.partition(b"\r\n\r\n")[2]
+    """The problem document of `answer`, which no cache may keep: an error is this
+    request's answer (the server's own, before any route, as the routes' are)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\ncache-control: no-store" in head.lower(), head
     document = json.loads(body)
     assert isinstance(document, dict)
     return document
@@ -519,7 +522,8 @@ def test_a_trailer_never_becomes_an_attribute(small: Served) -> None:
     assert statuses(response(sock)) == [204]
     sock.close()
     record = httpx.get(f"{small.url}/v1/records/unwrapped-trailer").json()
-    assert record["attributes"] == {"origin-system": "billing"}
+    # Its headers' (the publisher's Content-Type declares the body), none of its trailer's.
+    assert record["attributes"] == {"origin-system": "billing", "content-type": "application/json"}
 
 
 def test_a_request_answered_before_its_body_is_read_ends_its_connection(small: Served) -> None:

@@ -6,8 +6,8 @@ that adds an operator's credentials (`gcloud run services proxy`). A browser say
 where the page is from: `Sec-Fetch-Site` (every current browser) and `Origin`. A
 write either names as another site is refused (403 `cross-site-request`), and a
 replay must be JSON (415 otherwise), which a page of another site cannot send
-without the service's consent. Pub/Sub sends neither header; the CLI neither.
-Design: docs/security.md#browsers
+without the service's consent. The CLI sends neither header; a push is judged as
+app.routes.ingest says. Design: docs/security.md#browsers
 """
 
 from __future__ import annotations

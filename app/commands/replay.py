@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
-from app.commands.arguments import at_least_one, service_url
+from app.commands.arguments import at_least_one, service_url, time_text
 from app.commands.credentials import NoCredentials, google_credentials
 from app.commands.target import (
     Target,
@@ -38,7 +38,7 @@ from app.commands.target import (
 )
 from app.errors import shortened
 from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
-from app.records import rfc3339
+from app.records import TIME_FORMS, rfc3339
 from app.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
@@ -559,8 +559,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--dry-run", action="store_true", help="say what would happen; store nothing"
         )
         if name == "rejected":
-            sub.add_argument("--since", help="RFC 3339: rejections stored at or after it")
-            sub.add_argument("--until", help="RFC 3339: rejections stored before it (default now)")
+            sub.add_argument(
+                "--since", type=time_text, help=f"rejections stored at or after it: {TIME_FORMS}"
+            )
+            sub.add_argument(
+                "--until",
+                type=time_text,
+                help=f"rejections stored before it (default now): {TIME_FORMS}",
+            )
             sub.add_argument("--reason-contains", help="only rejections whose reason contains this")
         else:
             sub.add_argument(

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from app.commands.credentials import IdTokens
 from app.settings import SYSTEM_ACCEPTED, Settings, is_system_name, system_settings
+
+if TYPE_CHECKING:  # imported where used: `--help` must not pay for it
+    import httpx
 
 # Where a running service answers when neither --url nor RECORDLINE_URL says.
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
@@ -100,3 +103,33 @@ def service_target(
     if url is None and settings.command.url and audience:
         return Target(base, IdTokens(audience))
     return Target(base, lambda: None)
+
+
+class Unreachable(RuntimeError):
+    """What a command waits for did not answer in time; the message says what and where."""
+
+
+def problem_detail(response: httpx.Response) -> str:
+    """What a problem document says went wrong (its `detail`), not its raw JSON."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if isinstance(problem, dict) and problem.get("detail"):
+        return str(problem["detail"])
+    text = response.text.strip()
+    return text[:300] or response.reason_phrase
+
+
+def transport_reason(exc: httpx.TransportError) -> str:
+    """A transport failure in a few words: a refused connection, above all, says "not running"."""
+    import httpx
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__

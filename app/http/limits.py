@@ -115,7 +115,7 @@ def answer(error: RecordlineError, problems: Problems) -> bytes:
         f"content-type: {MEDIA_TYPE}",
         f"content-length: {len(body)}",
         "connection: close",
-        *(f"{name.lower()}: {value}" for name, value in (headers or {}).items()),
+        *(f"{name.lower()}: {value}" for name, value in headers.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 

@@ -141,58 +141,51 @@ def decode_wrapped(body: bytes) -> PushedMessage:
 
 
 # With `no_wrapper` + `write_metadata`, Pub/Sub sends the metadata in these
-# headers and each attribute as a header of its own. Everything a proxy, a load
-# balancer, a browser, a tracer or the HTTP stack adds is not an attribute, and
-# neither is any header whose name looks like a credential's: an attribute is
-# served to every reader, and a caller's cookie, key or token must never be. An
-# allow-list cannot be had (a publisher's attribute names are its own), so the
-# names are refused by pattern, erring toward refusing: a publisher's attribute
-# whose name holds one of the words below does not survive an unwrapped push
-# (the wrapped one keeps every attribute), nor does one colliding with HTTP's own.
+# headers and each attribute as a header of its own, named as the publisher named it
+# (`Content-Type` is Pub/Sub's own example: the attribute declares the body's type).
+# A header is an attribute unless the delivery path writes it: HTTP's framing and
+# hop-by-hop fields, what Pub/Sub's push client writes on every push, what Google's
+# front end, Cloud Run, a proxy or a tracer on the way adds, and any header whose name
+# looks like a credential's (an attribute is served to every reader, and a caller's
+# cookie, key or token must never be). None of these can carry a publisher's
+# attribute: the path's own value would stand in for it, on every message. A browser
+# is on no push's path, so what only a browser sends (`Origin`, `Referer`,
+# `Sec-Fetch-*`, `DNT`) is a publisher's attribute here. The credential rule errs
+# toward withholding: an attribute whose name holds one of its words, or one of the
+# path's names, is kept by the wrapped format only.
 _METADATA_PREFIX = "x-goog-pubsub-"
 _NOT_ATTRIBUTES = frozenset(
     {
-        # HTTP itself.
-        "accept",
-        "alt-used",
-        "cdn-loop",
+        # HTTP's framing and hop-by-hop fields (RFC 9110 §7.6.1, RFC 9112): the
+        # connection's, never the message's.
         "connection",
-        "device-memory",
-        "disguised-host",
-        "dnt",
-        "downlink",
-        "dpr",
-        "early-data",
-        "ect",
+        "content-length",
         "expect",
-        "from",
         "host",
         "keep-alive",
-        "last-event-id",
-        "max-forwards",
-        "origin",
-        "pragma",
-        "priority",
-        "range",
-        "referer",
-        "rtt",
-        "save-data",
+        "proxy-connection",
         "te",
         "trailer",
         "transfer-encoding",
         "upgrade",
-        "upgrade-insecure-requests",
+        # What Pub/Sub's push client writes on every push.
+        "accept",
+        "accept-encoding",
+        "from",
         "user-agent",
-        "via",
-        "viewport-width",
-        "x-http-method-override",
-        "x-requested-with",
-        # Where a request came from, as proxies say it.
+        # What Google's front end, Cloud Run and other proxies add on the way.
+        "cdn-loop",
+        "disguised-host",
+        "early-data",
         "forwarded",
+        "max-forwards",
         "true-client-ip",
+        "via",
         "x-client-ip",
         "x-cluster-client-ip",
         "x-real-ip",
+        # What a proxy writes anew on every request it passes on: each delivery of one
+        # message would carry another, and every redelivery count as a differing copy.
         "x-request-id",
         "x-correlation-id",
         # Tracing and its baggage (which may carry a user's identity).
@@ -201,19 +194,10 @@ _NOT_ATTRIBUTES = frozenset(
         "traceparent",
         "tracestate",
         "uber-trace-id",
-        # An identity a gateway vouches for (Cloud Endpoints, API Gateway).
-        "x-endpoint-api-userinfo",
-        "x-apigateway-api-userinfo",
-        "x-userinfo",
     }
 )
 # `proxy-authorization` and `x-serverless-authorization` (Cloud Run's) among them.
 _NOT_ATTRIBUTE_PREFIXES = (
-    "accept-",
-    "access-control-",
-    "cache-",
-    "content-",
-    "if-",
     "x-goog-",
     "x-google-",
     "x-appengine-",
@@ -233,14 +217,21 @@ _NOT_ATTRIBUTE_PREFIXES = (
     "x-ot-",
     "ot-",
     "proxy-",
-    "grpc-",
-    "sec-",
     "cf-",
     "akamai-",
     "fastly-",
+    # An identity an authenticating proxy or a TLS terminator vouches for, under a name
+    # of its own (Authelia's Remote-User, Kong's X-Consumer-*, Tailscale's, Pomerium's,
+    # nginx's and HAProxy's X-SSL-Client-*).
+    "remote-",
+    "x-consumer-",
+    "tailscale-",
+    "x-pomerium-",
+    "x-ssl-",
 )
 # Words of a credential's name, anywhere in it: `authorization`, `authentication`,
-# `apikey`, `x-auth-request-access-token`, `x-ms-token-aad-id-token`, `session-id`…
+# `apikey`, `x-auth-request-access-token`, `x-ms-token-aad-id-token`, `session-id`,
+# `x-endpoint-api-userinfo` (an identity a gateway vouches for)…
 _CREDENTIAL_WORDS = re.compile(
     r"auth|token|key|secret|passw|pwd|credential|cookie|session|signature|jwt|bearer"
     r"|csrf|xsrf|userinfo|principal|identity|assertion|saml|oidc|nonce"
@@ -279,8 +270,21 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         publish_time = _publish_time(_decode_time(msgspec.json.encode(published)), where)
     except msgspec.DecodeError:
         raise BadEnvelope(f"{where} is not an RFC 3339 time: {published!r}") from None
-    attributes = {name: value for name, value in headers.items() if is_attribute(name)}
-    if len(attributes) > MAX_ATTRIBUTES:
+    attributes: dict[str, str] = {}
+    for name, value in headers.items():
+        if not is_attribute(name):
+            continue
+        if name in attributes:
+            # Pub/Sub's names are case-sensitive, HTTP's are not: `Region` and `region`
+            # of one message arrive as two `region` headers, whose values cannot be told
+            # apart. Refused, the message is dead-lettered whole, its attributes kept.
+            raise BadEnvelope(
+                f"attribute header {name[:64]!r} sent twice: attributes whose names differ "
+                "only by case cannot be told apart unwrapped (a wrapped push keeps them)"
+            )
+        attributes[name] = _text(value)
+    # Content-Type may be the push client's own, where the publisher set none.
+    if len(attributes) > MAX_ATTRIBUTES + ("content-type" in attributes):
         raise BadEnvelope(f"more than {MAX_ATTRIBUTES} attribute headers")
     for name, value in attributes.items():
         if len(name) > MAX_ATTRIBUTE_KEY or len(value) > MAX_ATTRIBUTE_VALUE:
@@ -303,6 +307,17 @@ def decode_unwrapped(body: bytes, headers: Mapping[str, str]) -> PushedMessage:
         subscription=subscription,
         delivery_attempt=_attempt(headers.get(f"{_METADATA_PREFIX}delivery-attempt")),
     )
+
+
+def _text(value: str) -> str:
+    """A header's value as Pub/Sub wrote it: the UTF-8 of an attribute's text, which the
+    server reads as Latin-1 (each byte a character), read as UTF-8 again where it is."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not UTF-8, or not bytes read as Latin-1: as it came
+        return value
 
 
 def _message_id(value: str, where: str) -> str:

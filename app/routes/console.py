@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from litestar import Request, Response, Router, get
+from litestar import HttpMethod, Request, Response, Router, get, route
 from litestar.datastructures import CacheControlHeader
 from litestar.params import PathParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -26,7 +26,8 @@ from litestar.template.config import TemplateConfig
 from litestar.types import Guard, Middleware
 
 from app.auth.guards import Auth
-from app.errors import NotFound
+from app.errors import MethodNotAllowed, NotFound
+from app.problems import Problems
 
 CONSOLE_PATH: Final = "/console"
 UI: Final = Path(__file__).resolve().parent.parent / "console_ui"
@@ -43,10 +44,15 @@ SECURITY_HEADERS: Final = {
 }
 
 
-async def protected(response: Response[Any]) -> Response[Any]:
+def protect(response: Response[Any]) -> Response[Any]:
     """`response` with SECURITY_HEADERS."""
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
+async def protected(response: Response[Any]) -> Response[Any]:
+    """`protect`, as an after-request hook."""
+    return protect(response)
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
@@ -55,15 +61,58 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 
 def console_router(
-    auth: Auth, *, guards: Sequence[Guard], middleware: Sequence[Middleware]
+    auth: Auth,
+    problems: Problems,
+    *,
+    guards: Sequence[Guard],
+    middleware: Sequence[Middleware],
 ) -> Router:
     """The pages and their assets, behind the read guards: a caller who may not read
-    the API may not open the console either."""
+    the API may not open the console either. Every answer under /console carries the
+    console's security headers, its errors too (a 401, a page or an asset not found):
+    each is answered through `problems`, as every error is."""
 
     @get(CONSOLE_PATH, include_in_schema=False, sync_to_thread=False)
-    def console_root() -> Redirect:
+    def console_root(request: Request[Any, Any, Any]) -> Redirect:
         # Relative, as every link of the console: the same under a cell's system prefix.
-        return Redirect("console/records")
+        # (From `/console/`, `console/records` would be `/console/console/records`.)
+        slash = request.scope.get("raw_path", b"").endswith(b"/")
+        return Redirect("records" if slash else "console/records")
+
+    # What no page or asset is, answered here rather than by the app's router, so that
+    # it goes out with the console's headers as its pages do.
+    @get(
+        [f"{CONSOLE_PATH}/{{page:str}}/{{rest:path}}", f"{CONSOLE_PATH}/static"],
+        include_in_schema=False,
+    )
+    async def nothing_here() -> None:
+        raise NotFound("nothing of the console is served at this path")
+
+    @route(
+        [
+            CONSOLE_PATH,
+            f"{CONSOLE_PATH}/{{page:str}}",
+            f"{CONSOLE_PATH}/{{page:str}}/{{rest:path}}",
+            f"{CONSOLE_PATH}/static/{{file_path:path}}",
+        ],
+        http_method=[
+            HttpMethod.POST,
+            HttpMethod.PUT,
+            HttpMethod.PATCH,
+            HttpMethod.DELETE,
+        ],
+        include_in_schema=False,
+    )
+    async def read_only() -> None:
+        refusal = MethodNotAllowed("the console is read with GET (and HEAD) alone")
+        refusal.headers = {"Allow": "GET, HEAD"}
+        raise refusal
+
+    def console_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        if isinstance(exc, ValueError) and request.url.path.startswith(f"{CONSOLE_PATH}/static/"):
+            # A path the file system refuses to look up (a NUL in it): no asset there.
+            exc = NotFound("no console asset at this path")
+        return protect(problems.exception(exc).to_response(request))
 
     @get(f"{CONSOLE_PATH}/{{page:str}}", include_in_schema=False)
     async def console_page(
@@ -91,8 +140,9 @@ def console_router(
     )
     return Router(
         "/",
-        route_handlers=[console_root, console_page, assets],
+        route_handlers=[console_root, console_page, nothing_here, read_only, assets],
         guards=list(guards),
         middleware=list(middleware),
         after_request=protected,
+        exception_handlers={Exception: console_error},
     )

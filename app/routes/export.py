@@ -6,7 +6,6 @@ Design: docs/reading.md#exporting-a-filtered-set
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Annotated, Any, Final
 
 from litestar import Request, get
@@ -32,7 +31,7 @@ from app.query.export import (
 )
 from app.query.filters import FILTER_PARAMETERS, REPEATABLE
 from app.query.streams import STREAMS
-from app.records import moment
+from app.records import MAX_MICROS, micros, moment
 from app.routes.query import (
     STREAM_ERRORS,
     AttributeFilter,
@@ -152,7 +151,8 @@ async def export_rows(
     if end is None and page_token is None:
         end = moment(asked)
         if start is not None and start >= end:
-            end = start + timedelta(microseconds=1)
+            # (At the last time every store holds, no later one: an empty range.)
+            end = moment(min(micros(start) + 1, MAX_MICROS))
     token = reader.token(listing, since=start, until=end, page_token=page_token, filter=keep)
     # The first page is read before the response begins: a refusal is a status.
     first = await reader.page(

@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, post
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.handlers import HTTPRouteHandler
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import AfterExceptionHookHandler, Scope
 
+from app.auth.browsers import same_origin
 from app.docs import PushOperation, ReplayOperation
 from app.errors import (
     AmbiguousRequest,
@@ -100,6 +102,25 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
         await ingest.accept(message, trace_id=traces(message, size, headers))
 
     return [push]
+
+
+async def wrapped_push_from_no_browser(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """The browser check of a push: a wrapped push that a browser says comes from another
+    site's page is refused (403), as a replay is, with or without a token (a page that
+    learned the push token must not write through its reader's browser). A wrapped push
+    carries its attributes in its body, and Pub/Sub no browser's header, so this refuses
+    no message Pub/Sub delivers.
+
+    An unwrapped push is never judged so: its attributes are headers its publisher
+    named, `Origin`, `Referer` or `Sec-Fetch-Site` among them. It always carries
+    `x-goog-pubsub-message-id` (`write_metadata`), which no page of another site can
+    make a browser send: a header outside the CORS safelist goes to another origin only
+    after a preflight the site consents to, and this service answers none (no CORS).
+    """
+    if not is_unwrapped(connection.headers):
+        await same_origin(connection, handler)
 
 
 async def _readable_body(request: Request[Any, Any, Any]) -> None:

@@ -33,7 +33,7 @@ from app.query.producers import (
     ProducersPage,
     ProducerView,
 )
-from app.routes.query import RFC3339_PATTERN, _path_id, _time, exact_id
+from app.routes.query import _path_id, exact_id, time_of, time_parameter
 
 PRODUCERS_PREFIX = "/v1/producers/"
 # 404: no such producer, or a store that keeps no ledger (BigQuery alone).
@@ -102,27 +102,19 @@ async def get_producer(
 )
 async def audit(
     producers: NamedDependency[Producers],
-    since: Annotated[str, _time_parameter("The first hour's start")],
+    since: Annotated[str, time_parameter("The first hour's start")],
     until: Annotated[
         str | None,
-        _time_parameter(
+        time_parameter(
             "The end of the range, later than since and at most 168 hours after it (default: now)"
         ),
     ] = None,
 ) -> AuditReport:
-    return await producers.audit(_required_time("since", since), _time("until", until))
-
-
-def _time_parameter(description: str) -> Any:
-    return Parameter(
-        description=f"{description}: an RFC 3339 time with an offset, such as "
-        "`2024-04-27T12:00:00Z`",
-        schema_extra={"format": "date-time", "pattern": RFC3339_PATTERN},
-    )
+    return await producers.audit(_required_time("since", since), time_of("until", until))
 
 
 def _required_time(name: str, value: str) -> datetime:
-    when = _time(name, value)
+    when = time_of(name, value)
     if when is None:  # a required parameter: never absent here
         raise BadParameter(name, "missing")
     return when

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
-import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
@@ -57,37 +55,24 @@ from app.query.service import (
 )
 from app.query.streams import Streams
 from app.records import (
+    AGO_PATTERN,
     ID_PATTERN,
     MAX_ID_LENGTH,
-    MAX_MICROS,
-    MIN_MICROS,
-    TIME_RANGE,
-    AwareDatetime,
-    TimeOutOfRange,
+    RFC3339_PATTERN,
+    NotATime,
     micros,
-    moment,
+    time_or_ago,
 )
 from app.routes.follow import COMPLETE_UNTIL, answer, stream, until_gone, wants_stream
 from app.store.filters import MAX_CONDITIONS, RowFilter
 from app.store.producers import MAX_PRODUCER_LENGTH
 
-_decode_time = msgspec.json.Decoder(AwareDatetime).decode
-# RFC 3339's date-time (its section 5.6, a space allowed for the T as its 5.6 note
-# allows), whatever its numbers: what `since` and `until` take, as the OpenAPI
-# document says (a pattern, and the date-time format for the numbers).
-RFC3339_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
-)
-_RFC3339 = re.compile(RFC3339_PATTERN)
-# How long ago, as `recordline tail --since` takes it: 30s, 15m, 2h, 7d.
-AGO_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhd]$"
 _AGO = re.compile(AGO_PATTERN)
-_AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"}) | FILTER_PARAMETERS
 
 
-def _bound(description: str) -> Any:
+def time_parameter(description: str) -> Any:
+    """A `since` or `until` parameter, as `time_of` takes it."""
     return Parameter(
         description=f"{description}: an RFC 3339 time with an offset, such as "
         "`2024-04-27T12:00:00Z`, or how long before the request (`30s`, `15m`, `2h`, `7d`). "
@@ -107,8 +92,8 @@ def _bound(description: str) -> Any:
 
 
 # The parameters of both paged lists, /v1/records and /v1/rejections.
-Since = Annotated[str | None, _bound("Rows stored at or after it")]
-Until = Annotated[str | None, _bound("Rows stored before it, later than `since`")]
+Since = Annotated[str | None, time_parameter("Rows stored at or after it")]
+Until = Annotated[str | None, time_parameter("Rows stored before it, later than `since`")]
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Rows per page")]
 Wait = Annotated[
     float,
@@ -293,37 +278,15 @@ def _decoded(name: str, encoded: bytes) -> str:
         ) from None
 
 
-# The bounds of what every store holds: a bound beyond them reads from the start or
-# to the end, as the same bound at the edge does.
-_FIRST, _LAST = moment(MIN_MICROS), moment(MAX_MICROS)
-
-
-def _time(name: str, value: str | None, *, ago: bool = False) -> datetime | None:
-    """The time `value` names; with `ago`, also how long before now (`2h`)."""
+def time_of(name: str, value: str | None) -> datetime | None:
+    """`since` or `until` as every list and the audit take it: an RFC 3339 time, or how
+    long ago (BadParameter naming both otherwise)."""
     if value is None:
         return None
-    if ago and _AGO.fullmatch(value):
-        before = float(value[:-1]) * _AGO_UNITS[value[-1]] * 1_000_000
-        when_us = time.time_ns() // 1000 - before
-        # Longer ago than every store reaches back: from the start.
-        return _FIRST if when_us < MIN_MICROS else moment(int(when_us))
-    if not _RFC3339.fullmatch(value):
-        raise BadParameter(name, f"{value!r} is not an RFC 3339 time with an offset")
     try:
-        when = _decode_time(msgspec.json.encode(value))
-        micros(when)  # in the range every store holds
-    except msgspec.DecodeError:
-        # Written right, naming no time: year 0, month 13, February 30…
-        raise BadParameter(name, f"{value!r} names no date and time in {TIME_RANGE}") from None
-    except TimeOutOfRange:
-        # An RFC 3339 time that is one (0001-01-01T00:00:00+01:00), if not in UTC.
-        return _FIRST if (when.utcoffset() or timedelta(0)) > timedelta(0) else _LAST
-    return when
-
-
-def time_of(name: str, value: str | None) -> datetime | None:
-    """`since` or `until` as a list takes it: an RFC 3339 time, or how long ago."""
-    return _time(name, value, ago=True)
+        return time_or_ago(value)
+    except NotATime as exc:
+        raise BadParameter(name, str(exc)) from None
 
 
 def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
@@ -365,7 +328,7 @@ async def _paged(
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
     reader, followers = paging.reader, paging.followers
     _refuse_unknown(request)
-    start, end = _time("since", since, ago=True), _time("until", until, ago=True)
+    start, end = time_of("since", since), time_of("until", until)
     keep = asked.of(listing)
     streaming = wants_stream(request)
     if streaming or wait:

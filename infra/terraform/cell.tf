@@ -142,6 +142,13 @@ locals {
     OTEL_TRACES_SAMPLER     = "parentbased_traceidratio"
     OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)
     OTEL_METRICS_EXPORTER   = "gcp_monitoring"
+    # Every two minutes, not every one: Cloud Monitoring bills each point, and a counter
+    # is written on every export for as long as the instance lives (cumulative), so each
+    # instance's series of every system it ever counted an incident of, and the cell's
+    # distributions, cost half. The alerts read windows of five minutes and more; the
+    # exporter pool keeps a minute, which the rollout's export gate reads
+    # (infra/fleet_cost.py prices both).
+    OTEL_METRIC_EXPORT_INTERVAL = "120000"
   })
 }
 

@@ -160,3 +160,21 @@ resource "google_logging_project_exclusion" "successful_pushes" {
 
   depends_on = [google_project_service.enabled]
 }
+
+# And 99% of successful reads' (the environment's logging.tf says why).
+resource "google_logging_project_exclusion" "successful_reads" {
+  for_each = local.own_project ? toset([local.cell]) : toset([])
+
+  project     = var.project_id
+  name        = "${each.key}-successful-reads"
+  description = "99% of the request logs of reads (GET) Recordline answered under 400 (docs/operations.md, Where to look)."
+  filter = join(" AND ", [
+    "resource.type=\"cloud_run_revision\"",
+    "log_id(\"run.googleapis.com/requests\")",
+    "httpRequest.requestMethod=\"GET\"",
+    "httpRequest.status<400",
+    "sample(insertId, 0.99)",
+  ])
+
+  depends_on = [google_project_service.enabled]
+}

@@ -103,8 +103,55 @@ locals {
       : ceil(stored / (local.spanner_bytes_per_node * local.spanner_storage_fill)) * 1000
     )
   }
-  # Each instance's own: what its databases and their storage need, the least every
-  # instance of the cell has (spanner_processing_units), what it alone was given
+  # Compute follows what the databases do as well as what they hold. At 100% CPU a node
+  # (1,000 processing units) of a regional configuration writes about 3,500 rows of 1 KB
+  # a second, 22,500 with throughput-optimized writes (commits that may wait up to
+  # 100 ms to be batched, as the serving tier's group commits do:
+  # app/store/spanner/calls.py, COMMIT_DELAY), or reads 22,500 rows; a dual- or
+  # multi-region one 2,700, 15,000 and 15,000
+  # (https://cloud.google.com/spanner/docs/performance, "Performance for typical
+  # workloads", read 2026). Google recommends keeping high-priority CPU under 65% for a
+  # regional instance, 45% for a dual- or multi-region one
+  # (https://cloud.google.com/spanner/docs/cpu-utilization): the CPU ticket's thresholds.
+  spanner_node_writes = local.spanner_regional ? 22500 : 15000
+  spanner_node_reads  = local.spanner_regional ? 22500 : 15000
+  spanner_cpu_ceiling = local.spanner_regional ? 0.65 : 0.45
+  # What one push costs Spanner: its row in `records` and an entry in each of its two
+  # indexes (records_by_ingest_time, records_by_id: app/store/spanner/schema.py), three
+  # row writes; and one read, the export's of the row (low priority, counted here as
+  # high: the CPU it takes is the instance's all the same). A group commit of new
+  # messages reads nothing (app/store/spanner/serving.py); a redelivery's, rare, reads
+  # which keys the database holds.
+  spanner_writes_per_push = 3
+  spanner_reads_per_push  = 1
+  # Rows each serving system's readers read from Spanner a second, besides: its own
+  # `reads`, else serving_reads (variables.tf).
+  serving_reads = {
+    for name in local.serving_systems : name => (
+      local.systems[name].reads != null ? local.systems[name].reads : var.serving_reads
+    )
+  }
+  # Nodes' worth of CPU each instance's databases use at their declared rates.
+  spanner_cpu_nodes = {
+    for instance, names in local.spanner_databases : instance => sum(concat([0], [
+      for name in names : (
+        local.rates[name] * local.spanner_writes_per_push / local.spanner_node_writes
+        + (local.rates[name] * local.spanner_reads_per_push + local.serving_reads[name]) / local.spanner_node_reads
+      )
+    ]))
+  }
+  # The fewest units that keep that under the ceiling: 100 to 900 in steps of 100, then
+  # whole nodes.
+  spanner_units_for_cpu = {
+    for instance, nodes in local.spanner_cpu_nodes : instance => (
+      nodes / local.spanner_cpu_ceiling <= 0.9
+      ? max(100, ceil(nodes / local.spanner_cpu_ceiling * 10) * 100)
+      : ceil(nodes / local.spanner_cpu_ceiling) * 1000
+    )
+  }
+
+  # Each instance's own: what its databases, their storage and their CPU need, the least
+  # every instance of the cell has (spanner_processing_units), what it alone was given
   # (spanner_instance_units: on-call's figure, merged) and what it has now
   # (spanner_live_units, read by the plan job: no plan lowers an instance on-call raised
   # by hand, and none is refused for it). Each is a size Spanner takes, so their maximum
@@ -116,6 +163,7 @@ locals {
       lookup(var.spanner_live_units, instance, 0),
       local.spanner_units_needed[instance],
       local.spanner_units_for_storage[instance],
+      local.spanner_units_for_cpu[instance],
     )
   }
   spanner_storage_bytes = {
@@ -125,6 +173,7 @@ locals {
   }
   # The whole serving tier, for the cost table (infra/fleet_cost.py).
   spanner_total_units        = sum(concat([0], values(local.spanner_processing_units)))
+  spanner_total_cpu_units    = sum(concat([0], values(local.spanner_units_for_cpu)))
   spanner_total_stored_bytes = sum(concat([0], values(local.spanner_stored_bytes)))
 }
 

@@ -25,6 +25,7 @@ locals {
     rate             = null
     message_bytes    = null
     json_bytes       = null
+    reads            = null
     spanner_instance = null
     schema           = null
     id_field         = null

@@ -638,6 +638,23 @@ variable "serving_rate" {
   }
 }
 
+variable "serving_reads" {
+  type        = number
+  description = <<-EOT
+    Rows a second, on average, each serving system's readers read from Spanner unless its
+    own `reads` says: what its instance's CPU is sized by beside its pushes (spanner.tf).
+    Followers at the tail are answered from each instance's memory, which reads each new
+    row once: about the rate times the instances its followers reach. 20 by default, a
+    system's followers on two instances at 10 messages a second.
+  EOT
+  default     = 20
+
+  validation {
+    condition     = var.serving_reads >= 0
+    error_message = "serving_reads must be 0 or more (rows a second)."
+  }
+}
+
 variable "spanner_instance_units" {
   type        = map(number)
   description = <<-EOT
@@ -819,6 +836,9 @@ variable "systems" {
     rate          = optional(number)
     message_bytes = optional(number)
     json_bytes    = optional(number)
+    # With `serving`: rows its readers read from Spanner a second (serving_reads by
+    # default), what its instance's CPU is sized by beside its pushes.
+    reads = optional(number)
     # With `serving`: the Spanner instance of the cell its database is on, 1
     # (<cell>-serving) unless the first is full: an instance holds at most 90 of this
     # configuration's databases, and the systems added past that name 2

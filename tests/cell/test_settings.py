@@ -266,6 +266,30 @@ def test_a_system_or_a_field_named_twice_is_refused() -> None:
         assert refused.value.var == "RECORDLINE_SYSTEMS"
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            '{"alpha": {"storee": "memory:"}}',
+            "system 'alpha': 'storee' is not a system's setting: did you mean 'store'?",
+        ),
+        ('{"alpha": {"store": "memory:", "rate": -1}}', "system 'alpha': 'rate': Expected"),
+        (
+            '{"alpha": {"store": "memcache:"}}',
+            "system 'alpha': 'store': not accepted: expected what RECORDLINE_STORE accepts",
+        ),
+        ('{"alpha": {"store": "memory:"},}', "JSON is malformed: trailing comma"),
+        ('{"alpha": 3}', "system 'alpha': expected an object of its settings"),
+    ],
+)
+def test_a_bad_entry_is_refused_naming_its_system_and_field(text: str, said: str) -> None:
+    # It was one message for every mistake, naming neither the field nor the JSON error.
+    with pytest.raises(SettingsError) as refused:
+        Settings.load({"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": text})
+    assert refused.value.var == "RECORDLINE_SYSTEMS"
+    assert said in str(refused.value)
+
+
 def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:
     exported = {"orders": {"serving": ORDERS["serving"], "store": ORDERS["store"]}}
     loaded = Settings.load({"RECORDLINE_EXPORT_SYSTEMS": json.dumps(exported)})

@@ -254,6 +254,8 @@ def test_the_export_lease_holder_writes_what_the_store_holds_once_a_row() -> Non
     for name, n in cost.HOLDER_SERIES.items():
         # An ordinary day's freshness is good only; this batch has a stale row too.
         assert written[name] == n + (1 if name == "slo.events" else 0), name
+    # A refused change of its typed columns: none written until one happens.
+    assert written.get("typed.patches_refused", 0) == cost.EXPORT_SERIES["typed.patches_refused"]
     # The lease lost: the canary's age is the new holder's to say.
     observer.released()
     telemetry.meter_provider.force_flush()

@@ -5,6 +5,7 @@ and a page that does not exist a 404 problem."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient, TestClient
@@ -53,9 +54,27 @@ def test_replay_is_offered_to_operators_alone(client: TestClient) -> None:  # ty
 
 
 def test_a_page_that_does_not_exist_is_a_404_problem(client: TestClient) -> None:  # type: ignore[type-arg]
-    answer = client.get("/console/secrets")
-    assert answer.status_code == 404
-    assert answer.headers["content-type"].startswith("application/problem+json")
+    for path in ("/console/secrets", "/console/records/deeper", "/console/static/none.js"):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        # Still the console's: framed by no other site, never sniffed, never kept.
+        assert_protected(answer.headers)
+        assert answer.headers["cache-control"] == "no-store"
+
+
+def test_the_console_with_a_trailing_slash_opens_its_first_page(client: TestClient) -> None:  # type: ignore[type-arg]
+    answer = client.get("/console/")
+    assert answer.status_code == 200, answer.url
+    assert answer.url.path == "/console/records"
+
+
+def assert_protected(headers: Any) -> None:
+    assert headers["content-security-policy"].startswith("default-src 'self';")
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "same-origin"
 
 
 async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # noqa: F811
@@ -80,7 +99,9 @@ async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # 
 
     async with AsyncTestClient(app) as client:
         for path in ("/console/records", "/console/static/console.js"):
-            assert (await client.get(path)).status_code == 401, path
+            refused = await client.get(path)
+            assert refused.status_code == 401, path
+            assert_protected(refused.headers)
             assert (await client.get(path, headers=bearer(STRANGER))).status_code == 403
         analyst = await client.get("/console/rejections", headers=bearer(ANALYST))
         assert analyst.status_code == 200
@@ -95,11 +116,6 @@ def test_every_page_and_asset_is_sent_with_the_browser_s_protections(client: Tes
     sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     for answer in [page, *(client.get(f"/console/{s}") for s in sources if s != "data:,")]:
         assert answer.status_code == 200
-        headers = answer.headers
-        assert headers["content-security-policy"].startswith("default-src 'self';")
-        assert "frame-ancestors 'none'" in headers["content-security-policy"]
-        assert headers["x-frame-options"] == "DENY"
-        assert headers["x-content-type-options"] == "nosniff"
-        assert headers["referrer-policy"] == "same-origin"
+        assert_protected(answer.headers)
     # Nothing inline a policy of the page's own files would refuse.
     assert not re.search(r"<script(?![^>]*\bsrc=)|<style|\sstyle=|\son[a-z]+=", page.text)

@@ -26,10 +26,11 @@ import httpx
 import msgspec
 import pytest
 
+from app.commands.tail import follow
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection, micros
 from app.store import RowOutcome
-from recordline_dev.client import follow, publish, publisher_client, trace_publishes
+from recordline_dev.client import publish, publisher_client, trace_publishes
 from recordline_dev.devstack import (
     MIN_DELIVERY_ATTEMPTS,
     Emulator,
@@ -75,15 +76,22 @@ class Wiring(msgspec.Struct, kw_only=True):
     dead_letters: str = ""
 
     async def connect(
-        self, service_url: str, *, ack_deadline_seconds: int = 10, dead_letters: bool = True
+        self,
+        service_url: str,
+        *,
+        ack_deadline_seconds: int = 10,
+        dead_letters: bool = True,
+        push_token: str | None = PUSH_TOKEN,
+        unwrapped: bool = False,
     ) -> None:
         self.push_subscription, kept = await wire(
             self.admin,
             topic=self.topic,
             service_url=service_url,
-            push_token=PUSH_TOKEN,
+            push_token=push_token,
             ack_deadline_seconds=ack_deadline_seconds,
             max_delivery_attempts=MIN_DELIVERY_ATTEMPTS if dead_letters else None,
+            unwrapped=unwrapped,
         )
         self.dead_letters = kept or ""
 

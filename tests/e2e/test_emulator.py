@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 
 from app.asgi import create_app
 from app.commands.replay import ReplayError, Service, replay_dead_letters
+from app.ingest.envelope import is_attribute
 from app.store.duckdb.store import DuckDBStore
 from recordline_dev.devstack import Canary
 from recordline_dev.processes import free_port
@@ -330,3 +332,90 @@ async def test_dead_letters_are_replayed_once_with_their_message_ids(
         assert counts["already_stored"] == 10  # the batch stored before the kill
     finally:
         subscriber.close()
+
+
+# Attributes named as what a browser or HTTP itself sends, each a publisher's own.
+NAMED_LIKE_HEADERS = {
+    "origin": "hdr",
+    "sec-fetch-site": "cross-site",
+    "sec-fetch-mode": "no-cors",
+    "referer": "https://billing.example/",
+    "content-type": "application/json",
+    "host": "billing.example",
+}
+# The headers the emulator's HTTP client (Java's HttpURLConnection) never sends,
+# whatever the attribute: its restricted ones. Pub/Sub is no Java client; the service
+# keeps them where they arrive (tests/test_push.py sends them as Pub/Sub may).
+EMULATOR_DROPS = frozenset(
+    {"host", "origin", "content-length", "transfer-encoding", "keep-alive", "trailer"}
+    | {"upgrade", "via"}
+)
+EMULATOR_DROPS_PREFIXES = ("sec-", "access-control-request-")
+# A header's name is a token (RFC 9110 §5.6.2), sent lower-cased here: HTTP's names
+# are not case-sensitive, and the service receives every one lower-cased.
+TOKEN_CHARACTERS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def random_attributes(rng: random.Random, count: int) -> dict[str, str]:
+    names: set[str] = set()
+    while len(names) < count:
+        name = "".join(rng.choices(TOKEN_CHARACTERS, k=rng.randint(1, 24)))
+        if not name.startswith("goog"):  # Pub/Sub's own prefix
+            names.add(name)
+    return {name: f"v{n}-{rng.randrange(10**6)}" for n, name in enumerate(sorted(names))}
+
+
+def delivered_by_the_emulator(name: str) -> bool:
+    return name not in EMULATOR_DROPS and not name.startswith(EMULATOR_DROPS_PREFIXES)
+
+
+async def test_an_unwrapped_push_is_stored_whatever_its_attributes_are_named(
+    wiring: Wiring, publisher: Any
+) -> None:
+    # Loopback with no push authentication: where the service judges what a browser
+    # says, and where an attribute named `origin` was once taken for one.
+    rng = random.Random(82)
+    messages = [NAMED_LIKE_HEADERS] + [
+        {**random_attributes(rng, 10), "content-type": "application/json"} for _ in range(10)
+    ]
+    store = DuckDBStore(":memory:")
+    async with served(create_app(settings(), store=store)) as http:
+        await wiring.connect(str(http.base_url).rstrip("/"), push_token=None, unwrapped=True)
+
+        def publish_each() -> list[str]:
+            return [
+                publisher.publish(
+                    wiring.topic_path,
+                    msgspec.json.encode({"id": f"named-{n}", "data": n}),
+                    **attributes,
+                ).result(timeout=30)
+                for n, attributes in enumerate(messages)
+            ]
+
+        message_ids = await asyncio.to_thread(publish_each)
+
+        async def all_stored() -> list[dict[str, Any]] | None:
+            answers = [(await http.get(f"/v1/messages/{m}")).json() for m in message_ids]
+            stored = [a for a in answers if a.get("status") == "stored"]
+            return stored if len(stored) == len(message_ids) else None
+
+        found = await until(
+            all_stored, timeout=60, interval=0.2, what=f"all {len(message_ids)} stored"
+        )
+    assert sum(len(m) for m in messages[1:]) == 110  # a hundred random names and more
+    for attributes, answer in zip(messages, found, strict=True):
+        expected = {
+            name: value
+            for name, value in attributes.items()
+            if is_attribute(name) and delivered_by_the_emulator(name)
+        }
+        stored = dict(answer["record"]["attributes"])
+        # The publisher's own, as it traces every message.
+        assert stored.pop("googclient_traceparent").startswith("00-")
+        assert stored == expected
+    # The names a browser sends too, where the emulator sends them at all.
+    assert {**found[0]["record"]["attributes"], "googclient_traceparent": ""} == {
+        "googclient_traceparent": "",
+        "referer": "https://billing.example/",
+        "content-type": "application/json",
+    }

@@ -30,9 +30,9 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
 from app.asgi import create_app
+from app.commands import audit as auditing
 from app.commands.replay import Service, replay_dead_letters
 from app.ingest.publisher import SequencedPublisher
-from app.query import audit as auditing
 from app.records import Record, Rejection
 from app.store import PublisherDuplicate, RowOutcome
 from app.store.duckdb.store import DuckDBStore

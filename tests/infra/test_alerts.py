@@ -75,11 +75,16 @@ def _hcl(value: Any) -> str:
 
 @cache
 def _symptoms(
-    systems: tuple[str, ...], min_events: int = 100, export_lag: int = 3600, every: bool = False
+    systems: tuple[str, ...],
+    min_events: int = 100,
+    export_lag: int = 3600,
+    every: bool = False,
+    declared: tuple[tuple[str, float], ...] = (),
 ) -> dict[str, Any]:
     """Every output of modules/symptoms for these systems, evaluated by terraform."""
     require_terraform()
     values = {
+        "declared_rates": dict(declared),
         "systems": list(systems),
         "every_system": every,
         "metric_types": METRICS,
@@ -138,7 +143,7 @@ def test_every_policy_has_a_severity_pages_to_on_call_tickets_to_owners() -> Non
 
 def test_one_page_per_symptom_for_the_whole_fleet() -> None:
     (page,) = [p for n, p in _policies().items() if p["severity"] == "CRITICAL"]
-    assert page["for_each"] == "${local.pages}"
+    assert page["for_each"] == "${local.paged}"
     assert set(_locals(ENVIRONMENT)["pages"]) == PAGED
     (condition,) = page["conditions"]
     (promql,) = condition["condition_prometheus_query_language"]
@@ -211,7 +216,7 @@ def test_each_serving_instance_is_an_incident_of_its_own() -> None:
     assert modules["fleet_symptoms"]["spanner_storage_threshold"] == 0.9
     assert modules["instance_symptoms"]["spanner_storage_threshold"] == 0.7
     tickets = _policies()["instance_ticket"]
-    assert tickets["for_each"] == "${local.instance_tickets}"
+    assert tickets["for_each"] == "${local.instance_ticketed}"
     assert "metric.label.instance_id" in tickets["documentation"][0]["subject"]
 
 
@@ -320,8 +325,41 @@ TICKETED = PAGED - {"cell_unready", "spanner_storage"} | {
     "loop_restarts",
     "producers_missing",
     "producers_conflicts",
+    "over_declared",
 }
 INSTANCE_TICKETS = {"spanner_cpu", "spanner_storage"}
+
+
+def test_a_system_pushing_over_its_declared_rate_for_an_hour_is_ticketed() -> None:
+    # What Pub/Sub delivered (acknowledged pushes) a second over the last hour, held to
+    # each system's declared rate: the default's systems by any name, less those that
+    # declare another, each of those in a term of its rate. One term a distinct rate, so
+    # the query does not grow with the systems that declare the default.
+    delivered = (
+        "sum by (subscription_id) (rate(pubsub_googleapis_com:subscription_push_request_count"
+        '{monitored_resource="pubsub_subscription",response_class="ack",subscription_id=~"%s-push"}'
+        "[1h]))"
+    )
+    system = ', "system", "$1", "subscription_id", "(.*)-push")'
+    plain = _symptoms(("orders", "payments"), every=True)["over_declared"]
+    assert plain == f"label_replace(({delivered % '[a-z][a-z0-9-]*'} > 10){system}"
+    found = _symptoms(
+        ("orders", "payments", "clicks", "audit"),
+        every=True,
+        declared=(("clicks", 200), ("audit", 0.5), ("payments", 200)),
+    )["over_declared"]
+    assert found == " or ".join(
+        [
+            f"label_replace(({delivered % '[a-z][a-z0-9-]*'} > 10) unless on (subscription_id) "
+            f"{delivered % '(audit|clicks|payments)'}{system}",
+            f"label_replace({delivered % '(audit)'} > 0.5{system}",
+            f"label_replace({delivered % '(clicks|payments)'} > 200{system}",
+        ]
+    )
+    # A group of systems' tickets holds its own systems alone to their rates.
+    grouped = _symptoms(("orders", "clicks"), declared=(("clicks", 200), ("audit", 0.5)))
+    assert "audit" not in grouped["over_declared"]
+    assert f"{delivered % '(clicks)'} > 200" in grouped["over_declared"]
 
 
 def test_every_page_and_ticket_fits_cloud_monitoring_at_a_thousand_systems() -> None:
@@ -394,6 +432,85 @@ def test_no_alert_documentation_names_the_systems_one_by_one() -> None:
     for name, text in texts.items():
         assert not listing.search(text), name
     assert listing.search('${join(", ", local.serving_systems)}')
+
+
+def _variable_default(name: str) -> Any:
+    """A cell root variable's default."""
+    for block in _load(TERRAFORM / "variables.tf").get("variable", []):
+        if name in block:
+            return block[name]["default"]
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    ("cells", "serving"),
+    [
+        ({"a": {}}, False),  # a first deployment: one system, BigQuery alone
+        ({"a": {"systems": {"one": {}, "two": {"serving": False}}}}, False),
+        ({"a": {"systems": {"one": {}, "two": {"serving": True}}}}, True),
+        ({"a": {}, "b": {"serving": True, "systems": {"three": {}}}}, True),
+        (
+            {
+                "a": {"serving_rate": 5, "systems": {"one": {}, "two": {"rate": 10}}},
+                "b": {"systems": {"three": {"rate": 50}, "four": {}}},
+            },
+            False,
+        ),
+    ],
+)
+def test_the_export_and_spanner_alerts_exist_only_where_a_system_serves(
+    cells: dict[str, Any], serving: bool
+) -> None:
+    # Each condition is billed ($1.50 a month): an environment on BigQuery alone has none
+    # of the six that only a serving tier can raise.
+    require_terraform()
+    environment = _locals(ENVIRONMENT)
+    assert "local.any_serving" in environment["paged"]
+    assert "!contains(local.serving_symptoms, key)" in environment["paged"]
+    assert environment["instance_ticketed"] == (
+        "${local.any_serving ? local.instance_tickets : {}}"
+    )
+    assert (
+        "if local.any_serving || !contains(local.serving_symptoms, pair[1])"
+        in (_policies()["ticket"]["for_each"])
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch, "infra", "terraform", "environment")
+        work.mkdir(parents=True)
+        shutil.copy(ENVIRONMENT / "variables.tf", work)
+        blocks = re.findall(r"(?ms)^locals \{\n.*?^\}\n", (ENVIRONMENT / "cells.tf").read_text())
+        (work / "cells.tf").write_text("\n".join(b for b in blocks if "google_" not in b))
+        files = Path(scratch, "infra", "terraform", "env", "prod")
+        files.mkdir(parents=True)
+        for name, body in cells.items():
+            (files / f"{name}.tfvars.json").write_text(json.dumps({"cell": name, **body}))
+        (work / "values.tfvars").write_text(
+            'project_id = "p"\nenvironment = "prod"\ngithub_owner = "o"\ngithub_repo = "r"\n'
+            'github_repository_id = "1"\ngithub_owner_id = "2"\n'
+            'terraform_state_bucket = "b"\n'
+        )
+        found = console(
+            work,
+            "{ any = local.any_serving, symptoms = local.serving_symptoms,"
+            " declared = local.declared_rates, default = local.default_rate }",
+            var_file="values.tfvars",
+        )
+    assert found["any"] is serving
+    # Each system's declared rate where it is not the default (its own, else its cell's
+    # serving_rate): what its ticket of pushes over the declared rate holds it to.
+    expected = {"one": 5, "three": 50} if "serving_rate" in cells["a"] else {}
+    assert found["declared"] == expected
+    assert found["default"] == float(_variable_default("serving_rate"))
+    assert set(found["symptoms"]) == {
+        "export_lag",
+        "export_blocked",
+        "spanner_storage",
+        "spanner_cpu",
+    }
+    pages, tickets = set(environment["pages"]), set(environment["ticket_specs"])
+    assert {"export_lag", "spanner_storage"} <= pages
+    assert {"export_lag", "export_blocked"} <= tickets
+    assert set(environment["instance_tickets"]) == {"spanner_cpu", "spanner_storage"}
 
 
 def test_each_system_has_a_ticket_for_every_paged_symptom_it_has() -> None:
@@ -484,7 +601,7 @@ def test_the_number_of_policies_does_not_grow_with_the_fleet() -> None:
         + len(environment["pages"])
         + len(environment["instance_tickets"])
     )
-    assert policies == 24
+    assert policies == 25
     # A system with owners of its own gets its tickets there, in a group of its own.
     own = {
         "recordline": {
@@ -700,8 +817,24 @@ def test_successful_pushes_are_not_logged_one_by_one(directory: Path) -> None:
         "sample(insertId, 0.99)",  # a 1% sample of the rest is kept to look at
     ):
         assert part in text, part
-    # Reads and the service's own lines are never excluded.
+    # Reads are another exclusion's; the service's own lines are never excluded.
     assert "/v1/" not in text
+    assert "severity" not in text
+
+
+@pytest.mark.parametrize("directory", [ENVIRONMENT, TERRAFORM], ids=["environment", "own project"])
+def test_successful_reads_are_not_logged_one_by_one(directory: Path) -> None:
+    # A busy system's follower reads about once a second: two followers of each of a
+    # hundred systems were some 600 GiB of request logs a month (infra/fleet_cost.py).
+    exclusion = _resources("google_logging_project_exclusion", directory)["successful_reads"]
+    text = exclusion["filter"]
+    for part in (
+        'log_id(\\"run.googleapis.com/requests\\")',
+        'httpRequest.requestMethod=\\"GET\\"',
+        "httpRequest.status<400",  # refused and failed reads are kept whole
+        "sample(insertId, 0.99)",  # a 1% sample of the rest is kept to look at
+    ):
+        assert part in text, part
     assert "severity" not in text
 
 

@@ -1,6 +1,7 @@
-"""The cost table of docs/operations.md is what infra/fleet_cost.py computes from the
+"""The cost tables of docs/operations.md are what infra/fleet_cost.py computes from the
 Terraform defaults, every billed item a row: a change of a default, of the Spanner
-sizing, of a metric, of an alert or of a price changes the table, or this fails."""
+sizing, of a metric, of an alert, of a price, a rate or a capacity figure changes the
+tables, or this fails. Spanner's sizing is one formula in Terraform and in the model."""
 
 from __future__ import annotations
 
@@ -54,31 +55,91 @@ def test_the_runbook_cost_table_is_the_one_the_defaults_give() -> None:
     assert _table() in text, (
         "docs/operations.md's cost table is stale: paste `.venv/bin/python infra/fleet_cost.py`"
     )
-    assert fleet_cost().notes() in text
+    assert fleet_cost().notes() in text, (
+        "docs/operations.md's cost notes are stale: paste "
+        "`.venv/bin/python infra/fleet_cost.py --notes`"
+    )
 
 
-def test_a_systems_cost_at_100_and_1000_systems_is_stated_against_the_25_dollars_asked() -> None:
+def _documented(cost: ModuleType) -> bool:
+    """Whether the runbook holds what the model prints now."""
+    text = RUNBOOK.read_text()
+    return bool(cost.table() in text and cost.notes() in text)
+
+
+@pytest.mark.parametrize(
+    ("name", "changed"),
+    [
+        ("SPANNER_NODE_HOUR", 0.90),  # a price
+        ("SPANNER_NODE_WRITES", 3_500),  # a capacity figure
+        ("FOLLOWERS_A_SYSTEM", 3),  # a rate
+    ],
+)
+def test_a_price_a_rate_or_a_capacity_changed_without_the_docs_fails(
+    name: str, changed: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runbook's tables are what the model prints: change one figure and they are not.
+    require_terraform()
+    cost = fleet_cost()
+    assert getattr(cost, name) != changed
+    monkeypatch.setattr(cost, name, changed)
+    assert not _documented(cost)
+
+
+def test_the_measured_capacity_changed_without_the_docs_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    require_terraform()
+    cost = fleet_cost()
+    measured = json.loads(cost.CAPACITY.read_text())
+    measured["planning_pushes_per_vcpu_second"] = 150
+    (tmp_path / "cell.json").write_text(json.dumps(measured))
+    monkeypatch.setattr(cost, "CAPACITY", tmp_path / "cell.json")
+    assert not _documented(cost)
+
+
+def test_it_prices_the_region_every_environment_deploys_to() -> None:
+    # europe-west1 and the EU multi-region (infra/terraform/env): the prices are theirs.
+    cost = fleet_cost()
+    assert cost.deployed_regions() == {"europe-west1"}
+    assert "europe-west1" in cost.__doc__
+    assert cost.SPANNER_NODE_HOUR > 0.90  # us-central1's is $0.90
+
+
+def test_costs_at_100_and_1000_systems_and_alone_are_stated_against_what_was_asked() -> None:
     rows = _rows()
     cost = fleet_cost()
-    per_system = dict(zip(cost.FLEETS, rows["Per system, twelfth month"], strict=True))
     assert cost.TARGET_PER_SYSTEM == 25
-    # Alone, a system pays for a whole cell: the service, the pool, the alerts.
-    assert per_system[1] > 200
-    # The per-system figure is the twelfth month's total over the systems.
-    for column, systems in enumerate(cost.FLEETS):
-        assert per_system[systems] == pytest.approx(
-            rows["Total, twelfth month"][column] / systems, rel=0.01
-        )
-    # The notes say what a system costs at 100 and 1,000, and whether that is within
-    # the $25 asked, with what makes it: a full cell's instances and their series.
+    assert cost.TARGET_STARTER == 15
+    for label, months in (("twelfth month", 12), ("twenty-fourth month", 24)):
+        per_system = dict(zip(cost.FLEETS, rows[f"Per system, {label}"], strict=True))
+        # The per-system figure is the month's total over the systems.
+        for column, systems in enumerate(cost.FLEETS):
+            assert per_system[systems] == pytest.approx(
+                rows[f"Total, {label}"][column] / systems, rel=0.01
+            )
+        assert cost.per_system(100, months) == pytest.approx(per_system[100], abs=0.01)
     stated = cost.target()
-    assert f"{cost._dollars(per_system[100])} a month at 100 systems" in stated
-    assert f"{cost._dollars(per_system[1000])} at 1,000" in stated
-    met = per_system[100] <= 25 and per_system[1000] <= 25
+    twelfth = {s: cost.per_system(s, 12) for s in (1, 100, 1000)}
+    fourth = {s: cost.per_system(s, 24) for s in (1, 100, 1000)}
+    assert f"{cost._dollars(twelfth[100])} a month at 100 systems" in stated
+    assert f"{cost._dollars(twelfth[1000])} at 1,000 in the twelfth month" in stated
+    assert f"{cost._dollars(fourth[100])} and {cost._dollars(fourth[1000])}" in stated
+    met = all(v <= 25 for d in (twelfth, fourth) for k, v in d.items() if k > 1)
     assert ("within the $25.00 asked" in stated) is met
     assert ("over the $25.00 asked" in stated) is not met
+    slow = cost.month(1, cost.Shape(1, False, cost.SLOW_STARTER_RATE))
+    alone = all(v <= 15 for v in (twelfth[1], fourth[1], *(cost._total(slow, m) for m in (12, 24))))
+    assert f"{cost._dollars(cost._total(slow, 12))} and" in stated
+    assert ("within the $15.00 asked" in stated) is alone
     full = cost.evaluate(100)
     assert f"runs {cost.ingest_instances(full)} ingest instances" in stated
+    # A commitment on Spanner's compute is an option, stated beside the list price.
+    compute = cost.month(1000)["Spanner compute (processing units)"] / 1000
+    committed = fourth[1000] - compute * 0.20
+    assert f"{cost._dollars(committed)} at 1,000 in the twenty-fourth month." in stated
     assert stated in RUNBOOK.read_text()
 
 
@@ -91,8 +152,10 @@ def test_every_billed_item_has_a_row_with_its_source() -> None:
         "Cloud Run: the cells' exporter",
         "Pub/Sub throughput",
         "Storage Write",
-        "BigQuery storage, first month",
         "BigQuery storage, twelfth month",
+        "BigQuery storage, twenty-fourth month",
+        "BigQuery queries",
+        "Internet data transfer out",
         "custom metrics, by bytes",
         "uptime check executions",
         "alerting conditions",
@@ -101,23 +164,32 @@ def test_every_billed_item_has_a_row_with_its_source() -> None:
         "Cloud Scheduler",
         "Secret Manager",
         "Artifact Registry",
+        "GitHub Actions",
     ):
         assert any(item in n for n in names), item
     for _, source in fleet_cost().ROWS:
-        assert source.startswith("https://cloud.google.com/")
-        assert source.endswith("/pricing")
+        assert source.startswith(("https://cloud.google.com/", "https://docs.github.com/"))
+    # And what is left out is said: backups, transfer within the region, CI of changes.
+    left_out = " ".join(fleet_cost().LEFT_OUT)
+    for item in ("backups", "within the region", "CI on changes", "Cloud CDN"):
+        assert item in left_out, item
 
 
 def test_the_totals_add_up() -> None:
     rows = _rows()
     items = {k: v for k, v in rows.items() if not k.startswith(("Total", "Per system"))}
-    first = {k: v for k, v in items.items() if "twelfth month" not in k}
-    twelfth = {k: v for k, v in items.items() if "first month" not in k}
-    for label, summed in (("Total, first month", first), ("Total, twelfth month", twelfth)):
+    twelfth = {k: v for k, v in items.items() if "twenty-fourth month" not in k}
+    fourth = {k: v for k, v in items.items() if "twelfth month" not in k}
+    for label, summed in (
+        ("Total, twelfth month", twelfth),
+        ("Total, twenty-fourth month", fourth),
+    ):
         for column, total in enumerate(rows[label]):
             parts = sum(v[column] for v in summed.values())
             # Each cell is rounded: the sum may differ by a dollar a row.
             assert abs(parts - total) <= len(summed), (label, column)
+    # Storage grows: the twenty-fourth month keeps twice the rows.
+    assert rows["Total, twenty-fourth month"][3] > rows["Total, twelfth month"][3]
 
 
 def test_a_thousand_systems_are_ten_cells_each_with_one_service_and_one_pool() -> None:
@@ -132,21 +204,101 @@ def test_a_thousand_systems_are_ten_cells_each_with_one_service_and_one_pool() -
         cost.RUN_VCPU_SECOND * cost.SECONDS_A_MONTH + cost.RUN_GIB_SECOND * cost.SECONDS_A_MONTH
     )
     assert always_on == pytest.approx(52.56)
-    assert pool == [
-        round(2 * always_on),
-        round(2 * always_on),
-        round(2 * always_on),
-        round(20 * always_on),
-    ]
+    # One system alone starts without a serving tier: no pool, no Spanner.
+    assert pool == [0, round(2 * always_on), round(2 * always_on), round(20 * always_on)]
+    assert rows["Spanner compute (processing units)"][0] == 0
 
 
-def test_spanner_compute_follows_each_instances_databases() -> None:
+def test_a_first_deployment_from_the_readme_creates_no_spanner_instance_and_no_pool() -> None:
+    # README's deploy steps apply env/<environment>/recordline.tfvars.json: whatever those
+    # files say, no system serves unless one asks.
+    import json
+
+    from tests.infra.test_fleet import _root_console
+
+    for path in sorted((ROOT / "infra" / "terraform" / "env").glob("*/*.tfvars.json")):
+        given = json.loads(path.read_text())
+        overrides = tuple(
+            (k, json.dumps(v))
+            for k, v in given.items()
+            if k in ("region", "dataset_location", "min_instances", "max_instances")
+        )
+        found = _root_console(
+            "{ instances = local.spanner_instances, pool = local.exporter }",
+            json.dumps(given.get("systems", {})).replace(":", " ="),
+            overrides,
+        )
+        assert found == {"instances": [], "pool": {}}, path
+
+
+def test_spanner_is_sized_by_databases_storage_and_cpu() -> None:
     (units,) = [line for line in _table().splitlines() if line.startswith("| Spanner processing")]
-    assert units.split("|")[3:7] == [" 100 ", " 100 ", " 1000 ", " 10000 "]
+    assert units.split("|")[3:7] == [" 0 ", " 100 ", " 1000 ", " 10000 "]
     # 100 systems: 90 databases on the first instance (900 units) and 10 on a second (100).
     found = fleet_cost().evaluate(100)
     assert found["instances"] == 2
     assert found["units"] == 1000
+    # Their CPU needs less than the databases hold them to.
+    assert 0 < found["cpu_units"] < found["units"]
+    # Had commits not been held to be batched, CPU would have sized them: 2,200 units.
+    assert fleet_cost().unbatched_units(100) == 2200
+
+
+@pytest.mark.parametrize(
+    ("systems", "rate", "reads"),
+    [(1, 10.0, 20.0), (10, 100.0, 20.0), (50, 300.0, 0.0), (90, 10.0, 2000.0), (3, 5000.0, 50.0)],
+)
+def test_terraform_and_the_model_size_spanners_cpu_by_one_formula(
+    systems: int, rate: float, reads: float
+) -> None:
+    # The model's figure (spanner_cpu_units) is Terraform's (spanner.tf), for what the
+    # databases write and read: a change to either alone fails here.
+    cost = fleet_cost()
+    found = cost.evaluate(systems, rate, True, reads)
+    assert found["cpu_units"] == cost.spanner_cpu_units([rate] * systems, [reads] * systems)
+    # And the instance has at least what its CPU needs.
+    assert found["units"] >= found["cpu_units"]
+
+
+def test_the_cpu_sizing_follows_the_published_throughput_and_the_schema() -> None:
+    from app.store.spanner.calls import COMMIT_DELAY
+    from app.store.spanner.schema import expected_indexes
+
+    cost = fleet_cost()
+    spanner = (ROOT / "infra" / "terraform" / "spanner.tf").read_text()
+    # A push writes its row and an entry in each index of `records`.
+    indexes = [n for n, (table, _) in expected_indexes().items() if table == "records"]
+    assert cost.SPANNER_WRITES_PER_PUSH == 1 + len(indexes) == 3
+    for name, value in (
+        ("spanner_writes_per_push", cost.SPANNER_WRITES_PER_PUSH),
+        ("spanner_reads_per_push", cost.SPANNER_READS_PER_PUSH),
+    ):
+        assert re.search(rf"\b{name}\s*=\s*{value}\b", spanner), name
+    # Google's figures for a regional node, at 100% CPU: 3,500 row writes a second,
+    # 22,500 with throughput-optimized writes (a commit delay of 100 ms), 22,500 reads;
+    # at most 65% high-priority CPU.
+    assert "regional ? 22500 : 15000" in spanner
+    assert "regional ? 0.65 : 0.45" in spanner
+    assert cost.SPANNER_NODE_WRITES == cost.SPANNER_NODE_READS == 22_500
+    assert cost.SPANNER_NODE_WRITES_UNBATCHED == 3_500
+    assert cost.SPANNER_CPU_CEILING == 0.65
+    assert COMMIT_DELAY.total_seconds() == 0.1
+    # A busy system alone needs CPU, not databases or storage: 5,000 pushes a second
+    # write 15,000 rows, two thirds of a node, which at 65% is 2 nodes.
+    busy = cost.evaluate(1, 5000.0)
+    assert busy["cpu_units"] == 2000
+    assert busy["units"] == 2000
+
+
+def test_committed_use_discounts_are_an_option_not_the_price() -> None:
+    cost = fleet_cost()
+    assert cost.SPANNER_CUD == {"one year": 0.20, "three years": 0.40}
+    sizing = cost.spanner_sizing()
+    assert "with a commitment of one year (-20%)" in sizing
+    assert "with a commitment of three years (-40%)" in sizing
+    rows = _rows()
+    compute = rows["Spanner compute (processing units)"][2]
+    assert compute == pytest.approx(1000 / 1000 * cost.SPANNER_NODE_HOUR * 730, abs=1)
 
 
 @pytest.mark.parametrize(("rate", "instance_based"), [(1.0, False), (5.0, False), (10.0, True)])
@@ -154,14 +306,14 @@ def test_billing_follows_the_declared_rate_against_the_break_even(
     rate: float, instance_based: bool
 ) -> None:
     cost = fleet_cost()
-    found = cost.evaluate(1, rate)
+    found = cost.evaluate(1, rate, False)
     assert found["break_even"] == pytest.approx(round(cost.break_even(), 1))
     assert bool(found["instance_based"]) is instance_based
     # And the plan picks the cheaper of the two, each priced.
     by_request = cost.ingest_month(found, False)
     instance = cost.ingest_month(found, True)
     assert (instance <= by_request) is instance_based
-    assert f"| {rate:g} pushes a second |" in cost.single_system()
+    assert f"| {rate:g} message{'' if rate == 1 else 's'} a second |" in cost.starter()
 
 
 def test_the_break_even_is_the_one_terraform_declares() -> None:
@@ -172,7 +324,9 @@ def test_the_break_even_is_the_one_terraform_declares() -> None:
     assert cost.evaluate(1)["break_even"] == 6.6
 
 
-def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:
+def test_monitoring_is_billed_by_the_bytes_of_the_points_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cost = fleet_cost()
     # Cloud Monitoring's tiers: 150 MiB free, then $0.258, $0.151 and $0.061 a MiB.
     assert cost._monitoring(150 * cost.MIB) == 0
@@ -190,6 +344,20 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written() -> None:
     # (tests/cell/test_telemetry.py holds the service to these tables).
     assert cost._point_bytes(metrics, cost.INSTANCE_SERIES) == 0
     assert cost._point_bytes(metrics, cost.HOLDER_SERIES) <= 32
+    # But a counter is cumulative: a series an instance wrote once it writes at each
+    # export to its end, and every instance meets an incident of every system.
+    assert cost._point_bytes(metrics, cost.INCIDENT_SERIES) == 8
+    # The ingest service exports every two minutes, the exporter pool every minute (its
+    # lag is what the rollout's gate reads): what the model prices, from Terraform.
+    found = cost.evaluate(100)
+    assert (found["ingest_interval"], found["exporter_interval"]) == ("120000", "60000")
+    row = "Cloud Monitoring: custom metrics, by bytes"
+    every_two = cost.month(1000)[row]
+    original = cost.evaluate
+    monkeypatch.setattr(
+        cost, "evaluate", lambda *a, **k: {**original(*a, **k), "ingest_interval": "60000"}
+    )
+    assert cost.month(1000)[row] > 1.3 * every_two
 
 
 def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> None:
@@ -202,6 +370,12 @@ def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> Non
         + len(environment["instance_tickets"])
     )
     assert fleet_cost().alert_conditions() == expected
+    # An environment with no serving system has none of the export's or the Spanner
+    # instances' pages and tickets: six conditions fewer.
+    cells = (ROOT / "infra" / "terraform" / "environment" / "cells.tf").read_text()
+    (declared,) = re.findall(r"serving_symptoms = toset\(\[([^]]*)\]\)", cells)
+    assert set(re.findall(r'"([a-z_]+)"', declared)) == fleet_cost().SERVING_SYMPTOMS
+    assert fleet_cost().alert_conditions(False) == expected - 6
 
 
 def test_one_uptime_check_a_cell_stays_in_the_free_executions() -> None:
@@ -210,8 +384,8 @@ def test_one_uptime_check_a_cell_stays_in_the_free_executions() -> None:
     assert 200 <= rows["Pub/Sub throughput (published and pushed)"][2] <= 220
     # BigQuery's storage grows every month rows are kept.
     assert (
-        rows["BigQuery storage, twelfth month (rows kept)"][2]
-        > 5 * rows["BigQuery storage, first month"][2]
+        rows["BigQuery storage, twenty-fourth month (rows kept)"][2]
+        > 1.5 * rows["BigQuery storage, twelfth month (rows kept)"][2]
     )
 
 
@@ -242,3 +416,22 @@ def test_the_capacity_it_prices_is_what_bench_cell_measured() -> None:
     needed = full["cell_rate"] * cpu / (float(full["cpu"]) * cost.INGEST_TARGET_UTILISATION)
     assert cost.ingest_instances(full) == max(int(full["min_instances"]), math.ceil(needed))
     assert cost.ingest_instances(full) > 1
+
+
+def test_bigquery_storage_is_billed_compressed_at_what_bench_storage_measures() -> None:
+    # The datasets bill physical (compressed) bytes; the model prices a row at its
+    # logical size over PHYSICAL_RATIO, which the rows `bench storage` writes (seeded,
+    # a small run here) compress at least by.
+    from bench.storage import measure
+
+    cost = fleet_cost()
+    dataset = (ROOT / "infra" / "terraform" / "modules" / "system" / "bigquery.tf").read_text()
+    assert 'storage_billing_model = "PHYSICAL"' in dataset
+    # The time-travel window stays BigQuery's 7 days: undropping a dataset needs it.
+    assert "max_time_travel_hours" not in dataset
+    found = measure(3000)
+    assert 900 <= found["data_bytes"] <= 1100  # about 1 KiB, as the fleet's messages
+    assert found["ratio"] >= cost.PHYSICAL_RATIO
+    # Physical prices are 2.2 times the logical ones: compressed more than that, cheaper.
+    assert pytest.approx(2.2) == cost.BIGQUERY_ACTIVE_GIB_MONTH / 0.02
+    assert cost.PHYSICAL_RATIO > 2.2

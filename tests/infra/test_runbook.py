@@ -44,7 +44,9 @@ def _each(body: dict[str, Any]) -> dict[str | None, Any]:
         return {k: {"symptom": k} for k in _locals(ENVIRONMENT)["ticket_specs"]}
     found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
     assert found is not None, expression
-    return dict(_locals(ENVIRONMENT)[found.group(1)])
+    # Those made only where a system serves are each of a map made always: every one.
+    every = {"paged": "pages", "instance_ticketed": "instance_tickets"}
+    return dict(_locals(ENVIRONMENT)[every.get(found.group(1), found.group(1))])
 
 
 def _runbook_links() -> dict[str, str]:

@@ -140,7 +140,9 @@ def test_the_instance_holds_every_serving_database(databases: int, units: int) -
 def _sized(systems: str, **overrides: str) -> dict[str, Any]:
     expression = (
         "{ units = local.spanner_total_units, stored = local.spanner_total_stored_bytes,"
-        " capacity = sum(values(local.spanner_storage_bytes)) }"
+        " capacity = sum(values(local.spanner_storage_bytes)),"
+        " for_storage = sum(values(local.spanner_units_for_storage)),"
+        " for_cpu = local.spanner_total_cpu_units }"
     )
     return dict(_root_console(expression, systems, tuple(sorted(overrides.items()))))
 
@@ -153,15 +155,17 @@ def test_the_instance_is_sized_by_what_its_databases_store() -> None:
     # Spanner's storage per compute today (https://cloud.google.com/spanner/docs/compute-capacity,
     # "Data storage limits"): 1024 GiB per 100 processing units below a node, 10 TiB
     # per node. Twenty systems at 100 messages/s of 1 KiB: each keeps 9 days of rows and
-    # 3 of old versions, about 148 GB; 2.95 TB in all, which 400 units hold at 67%.
+    # 3 of old versions, about 148 GB; 2.95 TB in all, which 400 units hold at 67%. (Their
+    # 2,000 pushes a second want 600 units of CPU: the instance has the more of the two.)
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, 20))]
     busy = "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in names) + " }"
     sized = _sized(busy)
     per_system = 100 * (1024 + 400) * 86400 * (9 + 3)
     assert sized["stored"] == pytest.approx(20 * per_system)
-    assert sized["units"] == 400
-    assert sized["capacity"] == 4 * 1024 * GIB
-    assert sized["capacity"] * 0.7 >= sized["stored"]
+    assert sized["for_storage"] == 400
+    assert sized["stored"] <= 400 * GIB / 100 * 1024 * 0.7
+    assert (sized["for_cpu"], sized["units"]) == (600, 600)
+    assert sized["capacity"] == 6 * 1024 * GIB
     # Below a node, in steps of 100 units: one system at 100/s fills 100 units to 13%;
     # six (886 GB) need 200.
     one = _sized("{ recordline = { serving = true, rate = 100 } }")
@@ -171,8 +175,8 @@ def test_the_instance_is_sized_by_what_its_databases_store() -> None:
         "{ " + ", ".join(f'"{n}" = {{ serving = true, rate = 100 }}' for n in six) + " }"
     )
     assert sixfold["stored"] == pytest.approx(6 * per_system)
-    assert sixfold["units"] == 200
-    assert sixfold["capacity"] * 0.7 >= sixfold["stored"] > 1024 * GIB * 0.7
+    assert sixfold["for_storage"] == 200
+    assert 2 * 1024 * GIB * 0.7 >= sixfold["stored"] > 1024 * GIB * 0.7
     # What a system declares of itself counts, and so does a longer dedupe window.
     big = _sized("{ recordline = { serving = true, rate = 10, message_bytes = 100000 } }")
     assert big["stored"] == pytest.approx(10 * 100400 * 86400 * 12)

@@ -83,3 +83,51 @@ async def test_a_commit_that_waited_its_turn_says_its_whole_deadline() -> None:
     said = str(raised.value)
     assert said.startswith("Spanner did not answer within 0.3 s, "), said
     assert "waiting for the transaction before it" in said
+
+
+class _Recording:
+    """A database as `in_transaction` uses one: runs the work once and keeps what it
+    was asked with."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, object] = {}
+
+    def run_in_transaction(self, work: object, **options: object) -> object:
+        import datetime
+        from types import SimpleNamespace
+
+        self.asked = options
+        transaction = SimpleNamespace(committed=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+        return work(transaction)  # type: ignore[operator]
+
+
+def test_a_commit_waits_to_be_batched_only_where_asked() -> None:
+    # Throughput-optimized writes: Spanner may hold the group commit up to COMMIT_DELAY
+    # to batch it, what the instance's CPU is sized by (infra/terraform/spanner.tf); the
+    # lease's, the progress's and a restore's transactions are not held.
+    import datetime
+
+    from app.store.spanner.calls import COMMIT_DELAY, Deadline, in_transaction
+
+    database = _Recording()
+    done, _ = in_transaction(database, Deadline(5), lambda t: "done")
+    assert done == "done"
+    assert "max_commit_delay" not in database.asked
+    in_transaction(database, Deadline(5), lambda t: None, commit_delay=COMMIT_DELAY)
+    assert database.asked["max_commit_delay"] == COMMIT_DELAY
+    # Spanner takes 0 to 500 ms; its published throughput is for 100 ms.
+    assert datetime.timedelta(milliseconds=100) == COMMIT_DELAY
+
+
+def test_the_group_commit_alone_is_held_to_be_batched() -> None:
+    held = []
+    for path in sorted(APP.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "in_transaction"
+                and any(k.arg == "commit_delay" for k in node.keywords)
+            ):
+                held.append(str(path.relative_to(APP)))
+    assert held == ["store/spanner/serving.py"]

@@ -165,6 +165,41 @@ async def test_spanner_acknowledges_and_bigquery_gets_its_rows_stamped_alike(
     assert [r["data"] for r in write_fake.rows("records")] == ['"x"'] * 5
 
 
+async def test_new_messages_are_inserted_without_a_read_and_a_redelivery_reads(
+    database: str, spanner_emulator: SpannerEmulator
+) -> None:
+    # The usual group commit, every message new, is one commit that reads nothing (its
+    # cost: infra/terraform/spanner.tf sizes the instance's CPU by it); a batch with a
+    # message stored before, or one message twice, is the transaction that reads which,
+    # and hands back the stored copy whatever the later one says.
+    serving = SpannerServing(spanner_database(database), emulator_host=spanner_emulator.host)
+    await serving.start()
+    try:
+        given = [record("n-1"), record("n-2")]
+        first = await serving.commit(given, within=10)
+        assert (first.new, serving.reading_commits) == (2, 0)
+        # Stamped with the commit's time, later than what the batcher stamped.
+        stamped = {r.ingest_time for r in first.rows}
+        assert len(stamped) == 1
+        assert stamped.pop() >= max(r.ingest_time for r in given)
+        again = await serving.commit(
+            [record("n-3"), record("n-1", data='"other content"')], within=10
+        )
+        assert (again.new, serving.reading_commits) == (1, 1)
+        held = {r.message_id: r for r in again.rows}
+        assert held["n-1"].data == '"x"'
+        assert held["n-1"].ingest_time == first.rows[0].ingest_time
+        twice = await serving.commit([record("n-4"), record("n-4", data='"b"')], within=10)
+        assert (twice.new, serving.reading_commits) == (1, 2)
+        assert [r.data for r in twice.rows] == ['"x"', '"x"']
+        # Nothing refused was stored in part: n-3 is there once, from the second commit.
+        status = await serving.message("n-3")
+        assert status is not None
+        assert status.ingest_time == again.rows[0].ingest_time
+    finally:
+        await serving.close()
+
+
 async def test_bigquery_down_pushes_are_acknowledged_and_exported_once_it_is_back(
     serving_settings: Callable[..., Settings], write_fake: FakeBigQueryWrite
 ) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from app.records import TABLES
+from app.records import TABLES, TIME_FORMS, time_or_ago
 
 if TYPE_CHECKING:
     from google.cloud import spanner
@@ -186,13 +186,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     rows.add_argument(
         "--at",
-        type=_instant,
-        help="RFC 3339 time to read the source at, within its version retention: before the "
-        "mistake (required when the source is the destination)",
+        type=time_or_ago,
+        help="when to read the source, within its version retention: before the mistake "
+        f"(required when the source is the destination): {TIME_FORMS}",
     )
     rows.add_argument("--table", choices=sorted(TABLES), help="one table (default: both)")
-    rows.add_argument("--since", type=_instant, help="only rows ingested at or after this time")
-    rows.add_argument("--until", type=_instant, help="only rows ingested before this time")
+    rows.add_argument(
+        "--since", type=time_or_ago, help=f"only rows ingested at or after it: {TIME_FORMS}"
+    )
+    rows.add_argument(
+        "--until", type=time_or_ago, help=f"only rows ingested before it: {TIME_FORMS}"
+    )
     rows.add_argument(
         "--timeout",
         type=float,
@@ -295,11 +299,3 @@ def _client(project: str, emulator_host: str) -> spanner.Client:
 def _database(client: spanner.Client, where: SpannerDatabase) -> Any:
     instance = client.instance(where.instance)  # type: ignore[no-untyped-call]
     return instance.database(where.database)
-
-
-def _instant(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)

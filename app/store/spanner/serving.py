@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import msgspec
+from google.api_core.exceptions import AlreadyExists
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
 
@@ -32,6 +33,7 @@ from app.records import (
     Rejection,
     Row,
     columns,
+    micros,
     moment,
     rejected_record,
 )
@@ -49,6 +51,7 @@ from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
 from app.store.spanner.calls import (
     CALL_SECONDS,
+    COMMIT_DELAY,
     LOW_PRIORITY,
     Accommodations,
     Deadline,
@@ -302,6 +305,10 @@ class SpannerServing:
         # reads are the write's cost, not counted. Counted from several threads.
         self.reads = 0
         self._reads_lock = threading.Lock()
+        # Group commits that read which of their keys Spanner holds (a message seen
+        # before, or producer sequences), rather than inserting at once: what their
+        # cost follows.
+        self.reading_commits = 0
         # The ledger of producer sequences, as readers ask it (their reads counted).
         self.completeness = SpannerCompleteness(self._calls, self._count_reads)
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
@@ -375,6 +382,11 @@ class SpannerServing:
     def _commit(self, deadline: Deadline, rows: Sequence[Record | Rejection]) -> Committed:
         sequences = [sequence_of(row) for row in rows]
         sequenced = any(s is not None for s in sequences)
+        if not sequenced:
+            inserted = self._insert_new(deadline, rows)
+            if inserted is not None:
+                return inserted
+        self.reading_commits += 1
 
         def work(transaction: Any) -> _Written:
             existing: dict[tuple[str, str], Record | Rejection] = {}
@@ -422,7 +434,9 @@ class SpannerServing:
                     )
             return _Written(existing, given, firsts, outcomes)
 
-        written, ingest_time = in_transaction(self._calls.database(), deadline, work)
+        written, ingest_time = in_transaction(
+            self._calls.database(), deadline, work, commit_delay=COMMIT_DELAY
+        )
         stored: list[Record | Rejection] = []
         new = 0
         for row, kept in zip(rows, written.given, strict=True):
@@ -439,6 +453,39 @@ class SpannerServing:
                 held = type(kept)(**{**_fields(first), "ingest_time": ingest_time})
             stored.append(held)
         return Committed(stored, new, written.outcomes)
+
+    def _insert_new(
+        self, deadline: Deadline, rows: Sequence[Record | Rejection]
+    ) -> Committed | None:
+        """The usual group commit, every message in it new: its rows inserted in one
+        commit that reads nothing, which costs Spanner and this process about a third
+        less than the transaction that first reads which keys it holds (measured on the
+        emulator: 1.8 ms of this process's CPU against 2.8 ms a commit of one row).
+        None, with nothing stored, where a message is twice in the batch or one is
+        stored already (Spanner refuses the whole commit, ALREADY_EXISTS: a redelivery,
+        rare): the transaction then reads which, and hands back the stored copies."""
+        keys = {(_table(row), row.message_id) for row in rows}
+        if len(keys) < len(rows):
+            return None
+        by_table: dict[str, list[Record | Rejection]] = {}
+        for row in rows:
+            by_table.setdefault(_table(row), []).append(row)
+        batch = self._calls.database().batch(
+            max_commit_delay=COMMIT_DELAY, timeout_secs=deadline.left()
+        )
+        try:
+            with batch as mutations:
+                for table, new in by_table.items():
+                    mutations.insert(
+                        table, insert_columns(table), [insert_values(table, r) for r in new]
+                    )
+        except AlreadyExists:
+            return None
+        ingest_time = micros(mutations.committed)
+        stored: list[Record | Rejection] = [
+            type(row)(**{**_fields(row), "ingest_time": ingest_time}) for row in rows
+        ]
+        return Committed(stored, len(rows), [None] * len(rows))
 
     def _settle(
         self,

@@ -19,12 +19,20 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import msgspec
 
-from app.records import DAY_MICROS, TABLES, Record, Rejection, moment
+from app.records import (
+    DAY_MICROS,
+    TABLES,
+    TIME_FORMS,
+    Record,
+    Rejection,
+    micros,
+    moment,
+    time_or_ago,
+)
 
 if TYPE_CHECKING:
     from app.store.bigquery.queries import QueryRunner
@@ -90,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--since",
         required=True,
         type=_instant,
-        help="ISO 8601 time (UTC unless it says otherwise) the first window contains",
+        help=f"a time the first window contains: {TIME_FORMS}",
     )
     check.add_argument(
         "--window",
@@ -392,15 +400,10 @@ async def _verify(
     return EXIT_DONE
 
 
-def _instant(text: str) -> int:
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1_000_000)
-
-
 def _time(micros: int) -> str:
     return moment(micros).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _instant(text: str) -> int:
+    """`--since` (`time_or_ago`), in µs since the epoch."""
+    return micros(time_or_ago(text))

@@ -36,6 +36,24 @@ locals {
   }
   projects = toset(values(local.cell_project))
 
+  # Whether any system of the environment has `serving`: the pages and tickets of the
+  # export and of the Spanner instances exist only then (fleet.tf, tickets.tf). Each
+  # condition costs $1.50 a month (https://cloud.google.com/stackdriver/pricing): an
+  # environment on BigQuery alone pays for none of those six.
+  any_serving = sum(concat([0], values(local.cell_serving))) > 0
+
+  # Each system's declared rate (messages a second) where it is not the default: its own
+  # `rate`, else its cell's serving_rate, else the cell root's default (variables.tf:
+  # serving_rate, 10). Its ticket holds its pushes to it (tickets.tf).
+  default_rate = 10
+  declared_rates = merge([
+    for cell, systems in local.cell_systems : {
+      for name, s in systems : name => try(s.rate, null) != null ? s.rate : try(local.cells[cell].serving_rate, local.default_rate)
+      if(try(s.rate, null) != null ? s.rate : try(local.cells[cell].serving_rate, local.default_rate)) != local.default_rate
+    }
+  ]...)
+  serving_symptoms = toset(["export_lag", "export_blocked", "spanner_storage", "spanner_cpu"])
+
   # What the cells hold in each project, against what the project may hold. Accounts:
   # each system's push account, each cell's runtime and exporter accounts, the
   # environment's five in its own project. Cloud Run: a service, a pool and two jobs a

@@ -169,6 +169,10 @@ locals {
     ]
   }
 
+  # The pages made: the export's and the Spanner instances' only where a system serves
+  # (cells.tf, serving_symptoms).
+  paged = { for key, page in local.pages : key => page if local.any_serving || !contains(local.serving_symptoms, key) }
+
   # Each page's text: what it means, the command naming the systems, and what to run.
   page_documentation = {
     for key, page in local.pages :
@@ -200,7 +204,7 @@ module "fleet_symptoms" {
 }
 
 resource "google_monitoring_alert_policy" "page" {
-  for_each = local.pages
+  for_each = local.paged
 
   project               = var.project_id
   display_name          = "Recordline fleet (${var.environment}): ${each.value[0]}"

@@ -114,7 +114,17 @@ locals {
       ```
       An exporter down for longer than a lease hands the export to another instance; readiness names the loop on the instance where it is down.
     EOT
-    typed     = <<-EOT
+    # A system's declared rate against what Pub/Sub delivered: what its cell bills and
+    # sizes by, and what to change.
+    rate  = <<-EOT
+      What Pub/Sub delivered to the system a second, each hour of the last day, against the `rate` its entry declares (its cell's file):
+      ```sh
+      ${local.ticket_system}
+      curl -sS -H "Authorization: Bearer $(gcloud auth print-access-token)" --data-urlencode "query=sum(rate(pubsub_googleapis_com:subscription_push_request_count{monitored_resource=\"pubsub_subscription\",response_class=\"ack\",subscription_id=\"$SYSTEM-push\"}[1h]))" --data-urlencode "start=$(date -u -d '-1 day' +%s)" --data-urlencode "end=$(date -u +%s)" --data-urlencode "step=3600" "https://monitoring.googleapis.com/v1/projects/$PROJECT/location/global/prometheus/api/v1/query_range"
+      ```
+      If it lasts, set the system's `rate` in its cell's file to what it sends: its cell's billing, its share of admission and its Spanner instance's CPU and storage follow it (docs/operations.md#what-it-costs).
+    EOT
+    typed = <<-EOT
       Why BigQuery refused, naming the revision and the table (`bq show --schema` it):
       ```sh
       ${local.ticket_system}
@@ -146,6 +156,9 @@ locals {
     # Held 5 minutes too: the metric is read every minute. Nothing is lost (both messages
     # are stored), so a ticket, never a page.
     producers_conflicts = ["sequences of a producer claimed by two different messages", "300s", "producers-in-conflict", local.ticket_commands.conflicts]
+    # Over the last hour, more than the system declared: a sizing to correct, not an
+    # outage (admission shares and backpressure hold it meanwhile), so a ticket alone.
+    over_declared = ["messages delivered over the last hour above the system's declared rate", "0s", "pushes-over-the-declared-rate", local.ticket_commands.rate]
   }
 
   # Each symptom's text, the same for every group: the incident's label names the system.
@@ -170,6 +183,7 @@ locals {
       typed_refused       = symptoms.typed_refused
       producers_missing   = symptoms.producers_missing
       producers_conflicts = symptoms.producers_conflicts
+      over_declared       = symptoms.over_declared
     }
   }
 }
@@ -191,6 +205,8 @@ module "ticket_symptoms" {
   query_bytes_billed_daily_budget  = var.query_bytes_billed_daily_budget
   export_lag_threshold_seconds     = var.export_lag_ticket_seconds
   loop_restarts_threshold          = var.loop_restarts_ticket_count
+  declared_rates                   = local.declared_rates
+  default_rate                     = local.default_rate
   slos = {
     availability = { goal = var.availability_goal }
     freshness    = { goal = var.freshness_goal }
@@ -202,6 +218,7 @@ resource "google_monitoring_alert_policy" "ticket" {
   for_each = {
     for pair in setproduct(sort(keys(local.ticket_groups)), sort(keys(local.ticket_specs))) :
     "${pair[1]} ${pair[0]}" => { group = pair[0], symptom = pair[1] }
+    if local.any_serving || !contains(local.serving_symptoms, pair[1])
   }
 
   project               = var.project_id
@@ -260,6 +277,8 @@ locals {
     spanner_cpu     = ["Spanner high-priority CPU over Google's recommended maximum (65% regional, 45% multi-region)", module.instance_symptoms.spanner_cpu, "600s", "spanner-cpu"]
     spanner_storage = ["Spanner storage over 70% of what its processing units allow", module.instance_symptoms.spanner_storage, "600s", "spanner-storage"]
   }
+  # Made only where a system serves: without one there is no instance.
+  instance_ticketed = local.any_serving ? local.instance_tickets : {}
   instance_ticket_documentation = {
     for key, spec in local.instance_tickets :
     key => "$${metric.label.instance_id} (${var.environment}): ${spec[0]}.\n\n${local.instance_commands}\nRunbook: docs/operations.md#${spec[3]}"
@@ -288,7 +307,7 @@ module "instance_symptoms" {
 }
 
 resource "google_monitoring_alert_policy" "instance_ticket" {
-  for_each = local.instance_tickets
+  for_each = local.instance_ticketed
 
   project               = var.project_id
   display_name          = "Recordline serving tier (${var.environment}), each instance: ${each.value[0]}"

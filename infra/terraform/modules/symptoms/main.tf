@@ -83,6 +83,18 @@ variable "spanner_storage_threshold" {
   default     = 0.7
 }
 
+variable "declared_rates" {
+  type        = map(number)
+  description = "Each system's declared rate (messages a second, its `rate`) where it is not default_rate: what its pushes over the last hour are held to."
+  default     = {}
+}
+
+variable "default_rate" {
+  type        = number
+  description = "The rate every system not in declared_rates declares (the cell root's serving_rate)."
+  default     = 10
+}
+
 variable "min_events" {
   type        = number
   description = "A ratio is judged only over at least this many requests (messages, reads) in its long window."
@@ -209,6 +221,21 @@ locals {
   # deriving one id and epoch). Both messages are stored; summed as the missing are.
   producers_conflicts = "label_replace(sum by (namespace) (max by (namespace, producer) (${local.metric["producer.conflicts"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 
+  # Messages a second Pub/Sub delivered to a system (acknowledged pushes) over the last
+  # hour, above what the system declared: its `rate`, which its cell's billing, its share
+  # of admission and its Spanner instance's sizing follow. Every system declaring the
+  # default is matched by any name, less those declaring another, each held to its own
+  # (grouped by rate: one term a distinct rate, not one a system).
+  declared  = var.every_system ? var.declared_rates : { for name, rate in var.declared_rates : name => rate if contains(var.systems, name) }
+  delivered = "sum by (subscription_id) (rate(pubsub_googleapis_com:subscription_push_request_count{monitored_resource=\"pubsub_subscription\",response_class=\"ack\",subscription_id=~\"NAMES-push\"}[1h]))"
+  over_declared = join(" or ", concat(
+    ["label_replace((${replace(local.delivered, "NAMES", local.any)} > ${var.default_rate})${length(local.declared) > 0 ? " unless on (subscription_id) ${replace(local.delivered, "NAMES", "(${join("|", sort(keys(local.declared)))})")}" : ""}, \"system\", \"$1\", \"subscription_id\", \"(.*)-push\")"],
+    [
+      for rate in sort(distinct([for r in values(local.declared) : tostring(r)])) :
+      "label_replace(${replace(local.delivered, "NAMES", "(${join("|", sort([for name, r in local.declared : name if tostring(r) == rate]))})")} > ${rate}, \"system\", \"$1\", \"subscription_id\", \"(.*)-push\")"
+    ],
+  ))
+
   # The error budget burns at more than `rate` times its sustainable pace over both the
   # long window (it matters) and the short one (it is still happening), over at least
   # min_events: one 503 among a canary's sixty pushes an hour is not an outage. Each
@@ -301,4 +328,9 @@ output "producers_missing" {
 output "producers_conflicts" {
   description = "Systems with sequences of a producer claimed by two different messages, or epochs whose declared ends disagree (value: how many, over all producers)."
   value       = local.producers_conflicts
+}
+
+output "over_declared" {
+  description = "Systems to which Pub/Sub delivered more messages a second over the last hour than their declared rate (value: that rate)."
+  value       = local.over_declared
 }

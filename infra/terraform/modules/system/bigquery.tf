@@ -14,6 +14,14 @@ resource "google_bigquery_dataset" "recordline" {
   # so the two cannot fight over the dataset's policy.
   delete_contents_on_destroy = false
 
+  # Storage billed by the bytes BigQuery keeps compressed, not by their logical size:
+  # physical prices are 2.2 times the logical ones, and rows of order-like JSON compress
+  # about 4.6 times (`python3 dev.py bench storage`), so a row kept costs about half
+  # (infra/fleet_cost.py). Physical storage also bills the time-travel window's changed
+  # and deleted bytes: the tables are appended to, and the window stays 7 days, which
+  # undropping a deleted dataset needs (docs/operations.md#a-deleted-dataset).
+  storage_billing_model = "PHYSICAL"
+
   lifecycle {
     prevent_destroy = true
   }

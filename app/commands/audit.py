@@ -13,15 +13,15 @@ the first conflict, 2 when the question could not be asked.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from datetime import UTC, datetime
 from typing import IO
 
 import msgspec
 
+from app.commands.target import transport_reason
 from app.query.producers import AuditReport, ConflictRange
-from app.records import ago, in_range
+from app.records import TIME_FORMS, time_or_ago
 
 # The service answers from what the ledger counted by hour and the ranges it
 # found, whatever the number of producers: a second at most, but a cold Spanner
@@ -34,10 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--since",
         required=True,
-        type=_time,
-        help="RFC 3339, or this long ago (30m, 24h, 7d): the first hour's start",
+        type=time_or_ago,
+        help=f"the first hour's start: {TIME_FORMS}",
     )
-    parser.add_argument("--until", type=_time, help="RFC 3339: the end of the range (default: now)")
+    parser.add_argument(
+        "--until", type=time_or_ago, help=f"the end of the range (default: now): {TIME_FORMS}"
+    )
     parser.add_argument(
         "--url",
         default="http://127.0.0.1:8080",
@@ -47,26 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token",
         help="bearer token for reads, e.g. $(gcloud auth print-identity-token --audiences=URL)",
     )
-
-
-_AGO = re.compile(r"([0-9]+)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _time(text: str) -> datetime:
-    """RFC 3339, or a duration before now: `30m`, `24h`, `7d`."""
-    before = _AGO.fullmatch(text)
-    if before is not None:
-        # Longer ago than every store reaches back: from the start.
-        return ago(float(before[1]) * _UNIT_SECONDS[before[2]], datetime.now(UTC))
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from None
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no offset (add Z for UTC)")
-    # A time before the year 1 (or past 9999) once in UTC: from the start (to the end).
-    return in_range(when)
 
 
 def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
@@ -83,13 +65,30 @@ def run(args: argparse.Namespace, *, out: IO[str] | None = None) -> int:
             headers=headers,
             timeout=_TIMEOUT_SECONDS,
         )
+    except httpx.TransportError as exc:
+        print(
+            f"recordline audit: {args.url} does not answer ({transport_reason(exc)}): is the "
+            "service running there? (`recordline serve`, or `recordline dev`; `python3 dev.py "
+            "serve|dev` from a checkout; --url or RECORDLINE_URL names another)",
+            file=sys.stderr,
+        )
+        return 2
     except httpx.HTTPError as exc:
         print(f"recordline audit: {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
     if answer.status_code != 200:
         print(f"recordline audit: {answer.status_code}: {_detail(answer.content)}", file=sys.stderr)
         return 2
-    report = _decode(answer.content)
+    try:
+        report = _decode(answer.content)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        kind = answer.headers.get("content-type", "no content type")[:60]
+        print(
+            f"recordline audit: {args.url} answered 200 with what is no audit ({kind}): is "
+            "it the service?",
+            file=sys.stderr,
+        )
+        return 2
     write(report, out)
     if report.missing and report.missing_ranges:
         first = report.missing_ranges[0]
