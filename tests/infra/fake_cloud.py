@@ -1781,16 +1781,22 @@ def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> t
     POST .../prometheus/api/v1/query with an access token; it needs
     monitoring.timeSeries.list on the project
     (https://cloud.google.com/monitoring/access-control). The world says which systems
-    each query finds (`prometheus`: query -> systems)."""
-    if path != f"/v1/projects/{world['project']}/location/global/prometheus/api/v1/query":
+    each query finds (`prometheus`: query -> systems). `query_range` (with start, end and
+    step) answers the same series as a matrix, a point a step."""
+    base = f"/v1/projects/{world['project']}/location/global/prometheus/api/v1/"
+    if path not in (base + "query", base + "query_range"):
         return 404, "no such path"
+    ranged = path.endswith("_range")
     bearer = headers.get("authorization", "").removeprefix("Bearer ")
     if not bearer.startswith("access."):
         return 401, "no access token"
     principal = base64.urlsafe_b64decode(bearer.removeprefix("access.")).decode()
     if not holds(world, principal, "monitoring.timeSeries.list", PROJECT):
         return 403, f"{principal}: monitoring.timeSeries.list denied"
-    query = dict(parse_qsl(body)).get("query", "")
+    form = dict(parse_qsl(body))
+    query = form.get("query", "")
+    if ranged and not all(form.get(k, "").isdigit() for k in ("start", "end", "step")):
+        return 400, "bad_data: start, end and step are required"
     export = re.fullmatch(
         r"(max|sum) by \(namespace\) \((max_over_time|increase)\("
         r"workload_googleapis_com:recordline_export_(lag|rows)"
@@ -1803,6 +1809,12 @@ def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> t
     found = world.data.get("prometheus", {}).get(query)
     if found is None:
         return 400, f"fake monitoring: no result modelled for {query[:80]!r}"
+    if ranged:
+        points = range(int(form["start"]), int(form["end"]) + 1, int(form["step"]))
+        matrix = [{"metric": {"system": s}, "values": [[t, "1"] for t in points]} for s in found]
+        return 200, json.dumps(
+            {"status": "success", "data": {"resultType": "matrix", "result": matrix}}
+        )
     series = [{"metric": {"system": system}, "value": [0, "1"]} for system in found]
     return 200, json.dumps(
         {"status": "success", "data": {"resultType": "vector", "result": series}}

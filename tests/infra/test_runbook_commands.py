@@ -726,6 +726,21 @@ def test_the_loop_and_producer_sections_run_as_written(cloud: Cloud) -> None:
     assert [(r["command"], r["system"]) for r in recorded(cloud)] == [("audit", "orders")] * 2
 
 
+def test_what_pubsub_delivered_to_a_system_is_read_as_yourself(cloud: Cloud) -> None:
+    (look,) = blocks("pushes-over-the-declared-rate", "bash")
+    query = (
+        "sum(rate(pubsub_googleapis_com:subscription_push_request_count{"
+        'monitored_resource="pubsub_subscription",response_class="ack",'
+        'subscription_id="orders-push"}[1h]))'
+    )
+    cloud.update(prometheus={query: ["orders"]})
+    answer = json.loads(run(cloud, where(), look))
+    assert answer["data"]["resultType"] == "matrix"
+    (series,) = answer["data"]["result"]
+    assert len(series["values"]) in (24, 25)  # a point an hour over the last day
+    assert cloud.world["principal"] == ONCALL
+
+
 # Each section of the runbook with shell lines, and what runs them against the fake cloud
 # (a test here, or a file of tests), or why they cannot run there.
 RUN_BY: dict[str, Any] = {
@@ -744,6 +759,7 @@ RUN_BY: dict[str, Any] = {
     "loop-restarting": test_the_loop_and_producer_sections_run_as_written,
     "producers-missing": test_the_loop_and_producer_sections_run_as_written,
     "producers-in-conflict": test_the_loop_and_producer_sections_run_as_written,
+    "pushes-over-the-declared-rate": test_what_pubsub_delivered_to_a_system_is_read_as_yourself,
     "adding-spanner-capacity-now": test_capacity_is_raised_to_the_next_size_spanner_takes,
     # Its job lines; Spanner's backups and point-in-time reads are in neither the
     # emulator nor the fake (the section says a first drill in dev proves them).
