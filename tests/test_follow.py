@@ -94,6 +94,7 @@ async def test_a_waiting_page_answers_as_soon_as_a_row_is_stored(
     assert woke < 5, f"woke {woke:.2f} s after the push"
 
 
+@pytest.mark.slow
 async def test_a_wait_that_ends_answers_empty_with_the_same_cursor(
     client: httpx.AsyncClient,
 ) -> None:
@@ -131,6 +132,23 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
     waiting.cancel()  # the client closes the connection
     await until(lambda: tracker.open == 0, what="the wait to end as the client left")
     assert time.monotonic() - left < 1.0
+
+
+@pytest.mark.parametrize("live", ["long-poll", "sse"])
+async def test_a_streams_follower_whose_client_leaves_frees_its_seat_at_once(
+    store: FaultyStore, live: str
+) -> None:
+    # Once, long-polls whose clients had gone kept a system's places.
+    app = create_app(settings(), store=store)
+    async with served(app, bounded=True) as client:
+        followers = await following(app)
+        path = "/v1/streams/records"
+        waiting = asyncio.create_task(client.get(path, params={"offset": "now", "live": live}))
+        await until(lambda: followers.open == 1, what="the follower to wait")
+        left = time.monotonic()
+        waiting.cancel()  # the client closes the connection
+        await until(lambda: followers.open == 0, what="its seat given back as it left")
+        assert time.monotonic() - left < 1.0
 
 
 async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
@@ -194,6 +212,7 @@ async def events(
                 event[field] = value.removeprefix(" ")
 
 
+@pytest.mark.slow
 async def test_a_stream_sends_pages_as_rows_come_and_ends_with_where_to_resume(
     client: httpx.AsyncClient,
 ) -> None:
@@ -262,6 +281,7 @@ async def test_a_full_page_never_changes_and_says_so(client: httpx.AsyncClient) 
     assert tail.headers["cache-control"] == "no-cache"
 
 
+@pytest.mark.slow
 async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spin() -> None:
     # ASGI has a receive after the request's body return only once the client has
     # gone; one that answers at once, again and again, is asked twice, not in a loop.
@@ -285,6 +305,7 @@ async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spi
     assert received <= 2
 
 
+@pytest.mark.slow
 async def test_followers_woken_by_one_push_share_their_reads(
     app: Recordline, client: httpx.AsyncClient, store: FaultyStore
 ) -> None:
@@ -369,6 +390,7 @@ def streams() -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.mark.slow
 @hypothesis.settings(
     max_examples=40,
     deadline=None,
@@ -433,6 +455,7 @@ def _acceptable_quality(ranges: list[tuple[str, str | None]], media_type: str) -
     return best[1]
 
 
+@pytest.mark.slow
 @hypothesis.settings(
     max_examples=60,
     deadline=None,
@@ -469,6 +492,7 @@ def test_accept_is_negotiated_as_rfc_9110_says(
         assert answer.headers["content-type"] == "text/event-stream; charset=utf-8"
 
 
+@pytest.mark.slow
 async def test_a_stream_whose_reads_fail_ends_with_where_to_resume_and_why(
     client: httpx.AsyncClient, store: FaultyStore
 ) -> None:
@@ -578,6 +602,50 @@ async def test_followers_past_the_instances_cap_get_503_with_retry_after(
         waits[1].cancel()
 
 
+# Each way to follow: a page that waits, pages as events, the Durable Streams
+# long-poll and its SSE.
+LIVE_MODES: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+    "a waiting page": ("/v1/records", {"wait": 30}, {}),
+    "pages as events": ("/v1/records", {}, {"Accept": "text/event-stream"}),
+    "a long-poll": ("/v1/streams/records", {"offset": "now", "live": "long-poll"}, {}),
+    "a stream's SSE": ("/v1/streams/records", {"offset": "now", "live": "sse"}, {}),
+}
+
+
+@pytest.mark.parametrize("mode", list(LIVE_MODES))
+async def test_followers_asking_at_once_past_the_cap_are_refused_in_every_live_mode(
+    store: FaultyStore, mode: str
+) -> None:
+    # Once, a stream's long-polls and SSE were admitted while they found the tail (an
+    # await), so that all that asked at once came in: 15 of 15 against a cap of 10.
+    app = create_app(settings(RECORDLINE_MAX_FOLLOWERS="3"), store=store)
+    path, params, headers = LIVE_MODES[mode]
+    async with served(app) as client:
+        followers = await following(app)
+        refused: list[httpx.Response] = []
+        done = asyncio.Event()
+
+        async def follow() -> None:
+            async with client.stream("GET", path, params=params, headers=headers) as answer:
+                if answer.status_code == 503:
+                    await answer.aread()
+                    refused.append(answer)
+                else:
+                    await done.wait()  # an admitted follower holds its seat meanwhile
+
+        asked = [asyncio.create_task(follow()) for _ in range(8)]
+        await until(lambda: len(refused) == 5, what="five followers refused")
+        assert followers.open == 3
+        for answer in refused:
+            assert answer.headers["retry-after"] == "5"
+            assert answer.json()["type"] == "/problems/too-many-followers"
+        done.set()
+        for task in asked:
+            task.cancel()
+        await asyncio.gather(*asked, return_exceptions=True)
+        await until(lambda: followers.open == 0, what="every follower to leave")
+
+
 class SlowReads(FaultyStore):
     """Reads of a page that take `read_seconds` each: a store under load."""
 
@@ -589,6 +657,7 @@ class SlowReads(FaultyStore):
         return await super().page(kind, query)
 
 
+@pytest.mark.slow
 async def test_many_followers_of_small_rows_are_answered_with_room_for_few_full_reads() -> None:
     # A read was once charged, before the store was read, for the most a page may
     # bring (twice 4 MiB): a budget of 128 MiB left reads room for 7 at once, and of 60
@@ -649,6 +718,7 @@ class CountedShortReads(FaultyStore):
             self.now -= short
 
 
+@pytest.mark.slow
 async def test_reads_charged_short_of_large_rows_are_few_in_the_store_at_once() -> None:
     # A read charged less than its most stops once past what it was charged for, so it
     # holds one row more for a moment: among rows of 600 KiB, 40 readers each charged
@@ -726,6 +796,7 @@ def test_a_pages_encodings_are_kept_while_it_lives_and_within_their_bytes() -> N
     assert encodings.bytes <= ENCODED_BYTES
 
 
+@pytest.mark.slow
 async def test_a_streamed_page_is_charged_until_sent_and_given_back_as_its_follower_leaves() -> (
     None
 ):
