@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tests.infra.test_limits import fleet_limits
 from tests.infra.test_rollout import _explain
 from tests.infra.test_runbook import RUNBOOK
 from tests.infra.test_runbook_commands import blocks, directory, where
+from tests.infra.test_terraform import TERRAFORM, _resources
 from tests.infra.workflow_runner import Cloud
 
 CELL, POOL = "recordline", "recordline-exporter"
@@ -363,6 +365,29 @@ def test_what_no_kept_revision_mounts_is_retired_a_release_later(cloud: Cloud) -
     # the next release.
     assert [s["1"] for s in seen] == ["ENABLED", "DISABLED", "DESTROYED"]
     assert [s["2"] for s in seen] == ["ENABLED", "ENABLED", "DISABLED"]
+
+
+def test_every_secret_version_a_revision_names_outlives_it() -> None:
+    # The versions a service, pool or job template names (not through depends_on: the
+    # page token's key is mounted as "latest"), read from the cell root: each created
+    # before the one it replaces, which is left as it was (ABANDON), so a revision that
+    # mounts the old one still starts. A rollout retires it (deploy-cell.yml).
+    rtype = "google_secret_manager_secret_version"
+    named: set[str] = set()
+    for kind in (
+        "google_cloud_run_v2_service",
+        "google_cloud_run_v2_worker_pool",
+        "google_cloud_run_v2_job",
+    ):
+        for body in _resources(kind, TERRAFORM).values():
+            template = {k: v for k, v in body.items() if k != "depends_on"}
+            named |= set(re.findall(rf"{rtype}\.(\w+)", json.dumps(template)))
+    assert {"systems", "canary_systems", "read_pass"} <= named, named
+    versions = _resources(rtype, TERRAFORM)
+    for name in sorted(named):
+        lifecycle = (versions[name].get("lifecycle") or [{}])[0]
+        assert versions[name].get("deletion_policy") == "ABANDON", name
+        assert lifecycle.get("create_before_destroy") is True, name
 
 
 # --- (d) a deleted dataset -----------------------------------------------------------------
