@@ -161,6 +161,7 @@ def _prod_settings() -> tuple[dict[str, str], dict[str, Any]]:
     return environment, cells
 
 
+@pytest.mark.slow
 def test_drill_e_prod_moves_to_its_standby_region_on_its_own_settings(tmp_path: Path) -> None:
     # prod as its files set it: a standby region, and cells that can move there (their
     # data global or multi-regional: no regional Spanner instance left behind).

@@ -125,6 +125,7 @@ def recipe(cloud: Cloud, section: str, by: str = "image") -> Any:
 # --- (a) the exporter ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_drill_a_bad_exporter_release_found_after_an_apply_is_undone_by_identity(
     cloud: Cloud,
 ) -> None:
@@ -175,6 +176,7 @@ def test_drill_a_bad_exporter_release_found_after_an_apply_is_undone_by_identity
     ] == [systems_secret(CELL), "2"]
 
 
+@pytest.mark.slow
 def test_an_exporter_rollback_onto_a_revision_whose_settings_are_gone_is_refused(
     cloud: Cloud,
 ) -> None:
@@ -199,6 +201,7 @@ def test_an_exporter_rollback_onto_a_revision_whose_settings_are_gone_is_refused
 # --- (b) the ingest service ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_drill_b_a_bad_ingest_release_found_after_an_apply_is_undone_by_identity(
     cloud: Cloud,
 ) -> None:
@@ -230,6 +233,7 @@ def test_drill_b_a_bad_ingest_release_found_after_an_apply_is_undone_by_identity
     assert {s: read(cloud, s) for s in [*SYSTEMS, ADDED]} == dict.fromkeys([*SYSTEMS, ADDED], "200")
 
 
+@pytest.mark.slow
 def test_an_ingest_rollback_onto_a_revision_whose_read_pass_keys_are_gone_is_refused(
     cloud: Cloud,
 ) -> None:
@@ -263,6 +267,7 @@ def test_an_ingest_rollback_onto_a_revision_whose_read_pass_keys_are_gone_is_ref
 # --- (c) a bad systems file ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_drill_c_a_bad_systems_file_is_rolled_back_to_the_previous_file(cloud: Cloud) -> None:
     # The apply of a file that leaves orders out by mistake: every revision it makes
     # serves recordline alone.
@@ -285,6 +290,7 @@ def test_drill_c_a_bad_systems_file_is_rolled_back_to_the_previous_file(cloud: C
 # --- what a rollout keeps for a rollback -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_rollout_records_what_was_live_before_it_by_digest_and_settings(cloud: Cloud) -> None:
     release(cloud)
     record = json.loads(
@@ -312,6 +318,7 @@ def test_a_rollout_records_what_was_live_before_it_by_digest_and_settings(cloud:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_a_rollout_after_a_rollback_returns_a_failure_to_what_runs_not_to_the_newest(
     cloud: Cloud,
 ) -> None:
@@ -333,6 +340,7 @@ def test_a_rollout_after_a_rollback_returns_a_failure_to_what_runs_not_to_the_ne
     assert {EARLIER, BUILT} <= held
 
 
+@pytest.mark.slow
 def test_what_no_kept_revision_mounts_is_retired_a_release_later(cloud: Cloud) -> None:
     # kept_revisions of 3: three releases, each after an apply of a changed file.
     state = cloud.world
@@ -393,6 +401,7 @@ def test_every_secret_version_a_revision_names_outlives_it() -> None:
 # --- (d) a deleted dataset -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_drill_d_a_deleted_dataset_is_undropped_and_its_export_retried_as_written(
     cloud: Cloud,
 ) -> None:

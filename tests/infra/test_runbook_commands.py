@@ -726,6 +726,7 @@ def with_export_job(env: dict[str, str]) -> dict[str, Any]:
 # --- every recipe ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_loop_and_producer_sections_run_as_written(cloud: Cloud) -> None:
     (token,) = [b.splitlines()[0] for b in blocks("acting-as-the-operator-account")]
     for section in ("loop-restarting", "producers-missing", "producers-in-conflict"):
