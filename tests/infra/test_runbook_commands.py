@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.infra.cell_world import (
+    CANARY_SETTING,
     EARLIER,
     NUMBER,
     ONCALL,
@@ -375,6 +376,32 @@ def test_the_exporter_is_rolled_back_with_its_export_job_as_the_operator_account
         f"--region={REGION} --to-revisions={POOL}-00003-w3p=100"
     )
     assert "run.workerpools.update" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_exporter_rollback_never_returns_to_a_canary_revision(cloud: Cloud) -> None:
+    # A canary revision a rollout left (one made before rollouts deleted them), newer
+    # than the last good one and of another image: it reads the canary systems' file
+    # alone, so returning to it would leave every other system with no exporter.
+    _bad_exporter(cloud)
+    state = cloud.world
+    revisions = state["worker_pools"][POOL]["revisions"]
+    good, bad = revisions[-2], revisions[-1]
+    other = "sha256:" + "c" * 64
+    canary = {
+        **good,
+        "name": f"{POOL}-00003-c3p",
+        "digest": other,
+        "image": f"{REPOSITORY}@{other}",
+        "env": {**good["env"], "RECORDLINE_SYSTEMS": CANARY_SETTING},
+    }
+    revisions[-1:] = [canary, {**bad, "name": f"{POOL}-00004-w4p"}]
+    state["registry"][REPOSITORY]["digests"].append(other)
+    cloud.update(**state)
+    look, roll_back = blocks("rolling-the-exporter-back")
+    out = run(cloud, where(), look, roll_back)
+    assert f"back to: {POOL}-00002-w2p, image {EARLIER}, settings version 1 (ENABLED)" in out
+    assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
 
 
 def test_the_exporter_rollback_states_the_rule_across_a_migration() -> None:
