@@ -29,5 +29,11 @@ resource "terraform_data" "limits" {
       condition     = length(local.canary_systems) > 0 && alltrue([for name in local.canary_systems : contains(keys(local.systems), name)])
       error_message = "canary_systems must name systems of this cell (${join(", ", sort(keys(local.systems)))})."
     }
+    # ...and they represent it: a release meets each shape the cell holds (a topic
+    # schema, typed columns, the largest rate) on a canary before every system has it.
+    precondition {
+      condition     = alltrue([for shape, names in local.canary_shapes : length(names) == 0 || length(setintersection(names, local.canary_systems)) > 0])
+      error_message = "canary_systems must name, for each shape this cell holds, a system of it: ${join("; ", [for shape, names in local.canary_shapes : "${shape}: one of ${join(", ", names)}" if length(names) > 0 && length(setintersection(names, local.canary_systems)) == 0])}."
+    }
   }
 }

@@ -169,9 +169,28 @@ variable "canary_systems" {
     (rows moving, lag under export_gate_lag_seconds) a rollout watches for
     export_soak_seconds before it goes on (deploy-cell.yml), and which its smoke test
     pushes to: empty for the first two serving systems by name (or the first two
-    systems, where none has `serving`).
+    systems, where none has `serving`) and, once each, the one with the largest rate,
+    the first with a topic schema and the first with typed columns (json_schema). A
+    named set must hold a system of each of those shapes the cell has (limits.tf).
   EOT
   default     = []
+}
+
+variable "kept_revisions" {
+  type        = number
+  description = <<-EOT
+    How many of the newest revisions of the cell's ingest service and of its exporter pool
+    a rollout keeps, with every settings version they mount, for a rollback to return to
+    (docs/operations.md#rolling-back): older ones that serve nothing are deleted, and the
+    versions none of the kept ones mounts retired. At most the environment's
+    kept_image_versions, whose images the registry keeps.
+  EOT
+  default     = 10
+
+  validation {
+    condition     = var.kept_revisions >= 3 && var.kept_revisions <= 30
+    error_message = "kept_revisions must be 3 to 30: the last release, the one before and an apply's revision at least, and no more than the registry keeps images of (kept_image_versions, 30)."
+  }
 }
 
 variable "export_soak_seconds" {

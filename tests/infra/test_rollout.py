@@ -95,6 +95,7 @@ def test_the_first_deploy_replaces_both_placeholders_after_the_gate_and_smoke_te
         "exporter": "success",
         "export-gate/gate": "success",
         "ingest": "success",
+        "release": "success",
     }
     pool = cloud.world["worker_pools"][POOL]
     newest = pool["revisions"][-1]
@@ -181,6 +182,7 @@ def test_a_new_exporter_takes_the_canary_systems_first_and_ingest_waits_for_the_
         "exporter",
         "export-gate/gate",
         "ingest",
+        "release",
     ]
     assert list(cells_ran(run)["recordline"]) == order
 
@@ -201,7 +203,7 @@ def test_an_exporter_that_stops_exporting_after_start_stops_the_rollout_and_goes
         "exporter-back": "success",
     }
     gate = run.job("prod/first[recordline]/export-gate-canary/gate")
-    watched = gate.step("Watch the canary systems' export for the soak")
+    watched = gate.step("Watch the systems' export for the soak")
     assert "reported no export" not in watched.stderr
     assert "no row exported" in watched.stderr or "lagged 3600" in watched.stderr
     # Every instance back on what ran before, which takes the leases back; the systems
@@ -213,6 +215,37 @@ def test_an_exporter_that_stops_exporting_after_start_stops_the_rollout_and_goes
     back = run.job("prod/first[recordline]/exporter-back")
     assert f"every exporter instance is back on {POOL}-00002-w2p" in back.summary
     assert "docs/operations.md#rolling-the-exporter-back" in back.summary
+
+
+@pytest.mark.slow
+def test_the_second_gate_watches_every_serving_system_not_the_canaries_alone(
+    tmp_path: Path,
+) -> None:
+    # Three serving systems: the canaries are the first two by name; the new image stops
+    # the third's export alone (a shape no canary has), which only the promotion reaches.
+    state = world(
+        {"recordline": ["recordline", "orders", "quiet"]},
+        serving={"recordline": ["recordline", "orders", "quiet"]},
+        deployed=EARLIER,
+        exporter=EARLIER,
+    )
+    cloud = Cloud(tmp_path, state)
+    cloud.update(stalled_exports={BUILT: ["recordline"]})
+    run = rollout(cloud)
+    jobs = cells_ran(run)["recordline"]
+    assert jobs == {
+        "exporter-canary": "success",
+        "export-gate-canary/gate": "success",
+        "exporter": "success",
+        "export-gate/gate": "failure",
+        "exporter-back": "success",
+    }
+    watched = run.job("prod/first[recordline]/export-gate/gate").step(
+        "Watch the systems' export for the soak"
+    )
+    assert "recordline: the export lagged 3600.0 s behind" in watched.stderr
+    assert split(cloud) == f"{POOL}-00002-w2p"
+    assert serving(cloud, "recordline") == [("recordline-00002-x2y", 100, True)]
 
 
 @pytest.mark.slow
@@ -276,7 +309,7 @@ def test_every_gate_watches_the_canary_systems_for_the_soak_with_a_lag_bound(
     cloud.update(objects=objects)
     run = rollout(cloud)
     gate = run.job("prod/first[recordline]/export-gate-canary/gate")
-    watched = gate.step("Watch the canary systems' export for the soak")
+    watched = gate.step("Watch the systems' export for the soak")
     assert "the export lagged 2.0 s behind, over the 1 s bound" in watched.stderr
     assert split(cloud) == f"{POOL}-00002-w2p"
     # The soak is the cell's (its export_soak_seconds), slept before reading.
@@ -342,7 +375,9 @@ def test_a_cancelled_rollout_returns_traffic_and_the_exporter(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_cells_come_from_their_terraform_states_one_first_then_the_rest(tmp_path: Path) -> None:
+def test_cells_come_from_their_terraform_states_one_then_a_quarter_then_the_rest(
+    tmp_path: Path,
+) -> None:
     cells = {"recordline": ["recordline"], **{f"cell-{n:02d}": [f"sys-{n:02d}"] for n in range(2)}}
     cloud = Cloud(tmp_path, world(cells, deployed=EARLIER))
     cloud.files.update(_cell_files(cells))
@@ -350,7 +385,8 @@ def test_cells_come_from_their_terraform_states_one_first_then_the_rest(tmp_path
     assert run.result == "success", _explain(run)
     prepare = run.job("prod/prepare")
     assert json.loads(prepare.outputs["first"]) == ["recordline"]
-    assert json.loads(prepare.outputs["rest"]) == ["cell-00", "cell-01"]
+    assert json.loads(prepare.outputs["second"]) == ["cell-00"]
+    assert json.loads(prepare.outputs["rest"]) == ["cell-01"]
     assert list(cells_ran(run)) == ["recordline", "cell-00", "cell-01"]
     for cell in cells:
         (_revision, percent, follows) = serving(cloud, cell)[0]
@@ -362,11 +398,14 @@ def test_cells_come_from_their_terraform_states_one_first_then_the_rest(tmp_path
         "cat",
         f"gs://{STATE_BUCKET}/recordline/cells/cell-01/default.tfstate",
     ] in cloud.calls()
-    rest = load("deploy-environment.yml")["jobs"]["rest"]
-    assert rest["strategy"]["max-parallel"] == 10
-    assert rest["strategy"]["fail-fast"] is True
-    # Each cell in its own queue, which its applies share.
-    assert rest["concurrency"]["group"] == "live-${{ inputs.environment }}-${{ matrix.cell }}"
+    jobs = load("deploy-environment.yml")["jobs"]
+    assert jobs["second"]["needs"] == ["prepare", "first"]
+    assert jobs["rest"]["needs"] == ["prepare", "second"]
+    for wave in (jobs["second"], jobs["rest"]):
+        assert wave["strategy"]["max-parallel"] == 10
+        assert wave["strategy"]["fail-fast"] is True
+        # Each cell in its own queue, which its applies share.
+        assert wave["concurrency"]["group"] == "live-${{ inputs.environment }}-${{ matrix.cell }}"
 
 
 def _cell_files(cells: dict[str, list[str]]) -> dict[str, str]:

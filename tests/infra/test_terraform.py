@@ -545,8 +545,9 @@ def test_deployer_is_granted_on_resources_only() -> None:
         for name, b in _resources("google_project_iam_member", ENVIRONMENT).items()
         if b["member"] == deployer
     ]
-    # It reads the metrics its export gate watches, and changes nothing there.
-    assert [b["role"] for b in project_grants] == ["roles/monitoring.viewer"]
+    # It reads the metrics its export gate watches and lists the revisions it keeps for a
+    # rollback (Cloud Run checks listing on the project), and changes nothing there.
+    assert [b["role"] for b in project_grants] == ["roles/monitoring.viewer", "roles/run.viewer"]
     registry = _resources("google_artifact_registry_repository_iam_member", ENVIRONMENT)
     assert registry["deployer_pushes_images"]["role"] == "roles/artifactregistry.writer"
     assert "local.deployer_member" in json.dumps(

@@ -126,7 +126,7 @@ locals {
     gcloud run services describe "$SERVICE" --project="$PROJECT" --region="$REGION" --impersonate-service-account="$OPERATOR" --format='yaml(status.traffic)'
     gcloud beta run worker-pools describe "$POOL" --project="$PROJECT" --region="$REGION" --impersonate-service-account="$OPERATOR" --format='yaml(instanceSplits)'
     ```
-    A bad release, in every cell it reached: route each back to the revision before it (docs/operations.md#rolling-back).
+    A bad release, in every cell it reached: route each to its last good state, by image digest and settings version (docs/operations.md#rolling-back).
   EOT
 
   # [title, PromQL over every system, how long it holds, runbook section]

@@ -53,7 +53,7 @@ locals {
       gcloud run services describe "$SERVICE" ${local.ticket_scope} --format='yaml(status.traffic)'
       gcloud run revisions list --service="$SERVICE" ${local.ticket_scope} --sort-by=~metadata.creationTimestamp --limit=5
       ```
-      A bad release: route every request of the cell back to the revision before it (docs/operations.md#rolling-back).
+      A bad release or systems file: route every request of the cell to its last good state, by image digest and settings version (docs/operations.md#rolling-back).
     EOT
     read      = <<-EOT
       Read this system's records as a reader does:
