@@ -511,11 +511,26 @@ SERVING_SYMPTOMS = frozenset({"export_lag", "export_blocked", "spanner_storage",
 
 
 @cache
-def alert_conditions(serving: bool = True) -> int:
-    """Conditions of every alert policy (one each), the environment's, whatever the
-    number of cells: a page per symptom (fleet.tf), a ticket per symptom for the one set
-    of ticket channels, and the serving instances' two tickets (tickets.tf); without a
-    serving system, none of the export's or the instances'."""
+def combined_below() -> int:
+    """The number of systems from which an environment's alerts are a policy per symptom
+    (environment/combined.tf): below it, every symptom is in one paging policy and one
+    ticket policy (and the serving instances' one), a condition each."""
+    text = (ENVIRONMENT / "combined.tf").read_text()
+    (below,) = re.findall(r"length\(local\.system_names\) < (\d+)", text)
+    return int(below)
+
+
+@cache
+def alert_conditions(serving: bool = True, systems: int | None = None) -> int:
+    """Conditions of every alert policy (one each), the environment's, for `systems`
+    systems in one set of ticket channels (None: as many as make a policy per symptom).
+    A policy per symptom, whatever the number of cells: a page per symptom (fleet.tf), a
+    ticket per symptom for the one set of ticket channels, and the serving instances'
+    two tickets (tickets.tf); without a serving system, none of the export's or the
+    instances'. Combined (combined.tf, below combined_below() systems): a page, a ticket
+    and, with a serving system, the instances' ticket."""
+    if systems is not None and systems < combined_below():
+        return 2 + int(serving)
 
     def local(path: Path, name: str) -> Any:
         (value,) = [block[name] for block in _load(path).get("locals", []) if name in block]
@@ -780,7 +795,7 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     items[ROWS[10][0]] = _monitoring(written)
     probes = len(cells) * UPTIME_CHECKERS * MINUTES_A_MONTH / UPTIME_PERIOD_MINUTES
     items[ROWS[11][0]] = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
-    items[ROWS[12][0]] = alert_conditions(serving) * ALERT_CONDITION
+    items[ROWS[12][0]] = alert_conditions(serving, systems) * ALERT_CONDITION
 
     spans = pushes * SPANS_PER_PUSH * float(base["trace_sample_ratio"])
     items[ROWS[13][0]] = max(0.0, spans - TRACE_FREE_SPANS) / 1e6 * TRACE_MILLION_SPANS
@@ -878,6 +893,28 @@ STARTER_RATES = (0.5, 1.0, 2.0, 5.0, 10.0)
 SLOW_STARTER_RATE = 1.0
 
 
+@cache
+def starter_ceiling() -> float:
+    """The most messages a second (to a tenth) at which one system alone, in its starter
+    shape, costs at most TARGET_STARTER in both months: its ingest billed by request grows
+    with its rate, and none of its other items falls."""
+
+    def within(rate: float) -> bool:
+        items = month(1, Shape(1, False, rate))
+        return all(_total(items, m) <= TARGET_STARTER for m in MONTHS)
+
+    low, high = 0, 100  # in tenths of a message a second
+    if not within(low / 10 or 0.1):
+        return 0.0
+    while high - low > 1:
+        middle = (low + high) // 2
+        if within(middle / 10):
+            low = middle
+        else:
+            high = middle
+    return low / 10
+
+
 def starter() -> str:
     """One system alone in its starter shape (BigQuery alone), at a few rates: its
     ingest service billed either way, what the cell's plan bills it by (cell.tf), and
@@ -887,7 +924,7 @@ def starter() -> str:
         " | the plan bills it | twelfth month | twenty-fourth month |",
         "|---|---:|---:|---|---:|---:|",
     ]
-    for rate in STARTER_RATES:
+    for rate in sorted({*STARTER_RATES, starter_ceiling()}):
         found = evaluate(1, rate, False)
         chosen = "instance-based" if found["instance_based"] else "by request"
         items = month(1, Shape(1, False, rate))
@@ -942,7 +979,8 @@ def shapes() -> str:
         f"on read, the read API; a follower sees a row after the 15 s settle window, a "
         f"reader polling once a minute within about 75 s | "
         f"{months(month(1, Shape(1, False, starter_rate)))} at {starter_rate:g} message a "
-        f"second, {months(month(1, Shape(1, False, rate)))} at {rate:g} |"
+        f"second (at most {_dollars(TARGET_STARTER)} up to {starter_ceiling():g} messages a "
+        f"second), {months(month(1, Shape(1, False, rate)))} at {rate:g} |"
     )
     rows.append(
         f"| **Serving, alone**: one system with `serving` (a Spanner instance of 100 units, "
@@ -1035,7 +1073,11 @@ def target() -> str:
     alone = {m: per_system(1, m) for m in MONTHS}
     slow_month = month(1, Shape(1, False, SLOW_STARTER_RATE))
     slow = {m: _total(slow_month, m) for m in MONTHS}
-    alone_met = all(cost <= TARGET_STARTER for cost in (*alone.values(), *slow.values()))
+    alone_met = all(cost <= TARGET_STARTER for cost in alone.values())
+    slow_met = all(cost <= TARGET_STARTER for cost in slow.values())
+    conditions = alert_conditions(False, 1)
+    ceiling = starter_ceiling()
+    ingest = ingest_month(evaluate(1, None, False), True)
     return (
         f"A system costs {_dollars(costs[100, 12])} a month at 100 systems and "
         f"{_dollars(costs[1000, 12])} at 1,000 in the twelfth month, "
@@ -1043,12 +1085,17 @@ def target() -> str:
         "twenty-fourth, "
         + ("within" if met else "over")
         + f" the {_dollars(TARGET_PER_SYSTEM)} asked; one system alone, in its starter "
-        f"shape, {_dollars(alone[12])} and {_dollars(alone[24])} at "
-        f"{float(full['rate']):g} messages a second, {_dollars(slow[12])} and "
-        f"{_dollars(slow[24])} at {SLOW_STARTER_RATE:g}, "
-        + ("within" if alone_met else "over")
-        + f" the {_dollars(TARGET_STARTER)} asked, its {alert_conditions(False)} alert "
-        f"conditions alone {_dollars(alert_conditions(False) * ALERT_CONDITION)}. A full "
+        f"shape, {_dollars(slow[12])} and {_dollars(slow[24])} at "
+        f"{SLOW_STARTER_RATE:g} message a second, "
+        + ("within" if slow_met else "over")
+        + f" the {_dollars(TARGET_STARTER)} asked"
+        + (f" up to {ceiling:g} messages a second" if ceiling else "")
+        + f" (its {conditions} alert conditions {_dollars(conditions * ALERT_CONDITION)}: "
+        f"every symptom in one page and one ticket, environment/combined.tf), "
+        f"{_dollars(alone[12])} and {_dollars(alone[24])} at "
+        f"{float(full['rate']):g}, "
+        + ("within it" if alone_met else "over it")
+        + f" (its ingest instance, always on, {_dollars(ingest)} alone). A full "
         f"cell ({cell_max} systems, "
         f"{float(full['cell_rate']):g} pushes a second) runs {instances} ingest instances "
         f"of {float(full['cpu']):g} vCPU, "

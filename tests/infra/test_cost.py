@@ -130,10 +130,21 @@ def test_costs_at_100_and_1000_systems_and_alone_are_stated_against_what_was_ask
     met = all(v <= 25 for d in (twelfth, fourth) for k, v in d.items() if k > 1)
     assert ("within the $25.00 asked" in stated) is met
     assert ("over the $25.00 asked" in stated) is not met
+    # One system alone: at a message a second, and at the default rate, each against
+    # the $15 asked, and the most it may send within it.
     slow = cost.month(1, cost.Shape(1, False, cost.SLOW_STARTER_RATE))
-    alone = all(v <= 15 for v in (twelfth[1], fourth[1], *(cost._total(slow, m) for m in (12, 24))))
-    assert f"{cost._dollars(cost._total(slow, 12))} and" in stated
-    assert ("within the $15.00 asked" in stated) is alone
+    slow_met = all(cost._total(slow, m) <= 15 for m in (12, 24))
+    alone = all(v <= 15 for v in (twelfth[1], fourth[1]))
+    said = f"{cost._dollars(cost._total(slow, 12))} and {cost._dollars(cost._total(slow, 24))}"
+    assert f"{said} at 1 message a second, {'within' if slow_met else 'over'} the $15.00" in (
+        stated
+    )
+    assert f"at 10, {'within it' if alone else 'over it'}" in stated
+    ceiling = cost.starter_ceiling()
+    assert f"up to {ceiling:g} messages a second" in stated
+    for rate, within in ((ceiling, True), (ceiling + 0.1, False)):
+        month = cost.month(1, cost.Shape(1, False, rate))
+        assert all(cost._total(month, m) <= 15 for m in (12, 24)) is within, rate
     full = cost.evaluate(100)
     assert f"runs {cost.ingest_instances(full)} ingest instances" in stated
     # A commitment on Spanner's compute is an option, stated beside the list price.
@@ -376,6 +387,13 @@ def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> Non
     (declared,) = re.findall(r"serving_symptoms = toset\(\[([^]]*)\]\)", cells)
     assert set(re.findall(r'"([a-z_]+)"', declared)) == fleet_cost().SERVING_SYMPTOMS
     assert fleet_cost().alert_conditions(False) == expected - 6
+    # Below ten systems every symptom is in one page and one ticket policy, and the
+    # serving instances' one (combined.tf): a condition each.
+    assert fleet_cost().combined_below() == 10
+    assert fleet_cost().alert_conditions(False, 1) == 2
+    assert fleet_cost().alert_conditions(True, 9) == 3
+    assert fleet_cost().alert_conditions(True, 10) == expected
+    assert _rows()["Cloud Monitoring: alerting conditions"][0] == 2 * fleet_cost().ALERT_CONDITION
 
 
 def test_one_uptime_check_a_cell_stays_in_the_free_executions() -> None:
