@@ -232,7 +232,7 @@ INSTANCE_SERIES = {
 }
 # But the service's counters are cumulative, the one temporality Cloud Monitoring takes
 # for a custom metric (the exporter, opentelemetry-exporter-gcp-monitoring, writes every
-# counter as CUMULATIVE): a series an instance wrote once is written every minute until
+# counter as CUMULATIVE): a series an instance wrote once is written at every export until
 # the instance ends. Pub/Sub delivers at least once, and at ten pushes a second every
 # system sees a redelivery or a publisher's retry on every instance within a day or so:
 # each instance carries one series of each system it served (`recordline.messages`,

@@ -358,17 +358,37 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written(
     # But a counter is cumulative: a series an instance wrote once it writes at each
     # export to its end, and every instance meets an incident of every system.
     assert cost._point_bytes(metrics, cost.INCIDENT_SERIES) == 8
-    # The ingest service exports every two minutes, the exporter pool every minute (its
-    # lag is what the rollout's gate reads): what the model prices, from Terraform.
+    # The ingest service and the exporter pool export every two minutes: what the model
+    # prices, from Terraform; each at every minute would cost more.
     found = cost.evaluate(100)
-    assert (found["ingest_interval"], found["exporter_interval"]) == ("120000", "60000")
+    assert (found["ingest_interval"], found["exporter_interval"]) == ("120000", "120000")
     row = "Cloud Monitoring: custom metrics, by bytes"
     every_two = cost.month(1000)[row]
     original = cost.evaluate
-    monkeypatch.setattr(
-        cost, "evaluate", lambda *a, **k: {**original(*a, **k), "ingest_interval": "60000"}
-    )
-    assert cost.month(1000)[row] > 1.3 * every_two
+    for interval in ("ingest_interval", "exporter_interval"):
+        monkeypatch.setattr(
+            cost, "evaluate", lambda *a, i=interval, **k: {**original(*a, **k), i: "60000"}
+        )
+        assert cost.month(1000)[row] > 1.3 * every_two, interval
+    monkeypatch.setattr(cost, "evaluate", original)
+
+
+def test_a_rollouts_soak_reads_at_least_two_of_the_exporter_pools_points() -> None:
+    # The pool writes every two minutes: a soak of less than two points could read no
+    # rows exported at all, and fail a good release.
+    from tests.infra.test_terraform import _validations_hold, _variables
+
+    interval = int(fleet_cost().evaluate(100)["exporter_interval"]) // 1000
+    soak = _variables()["export_soak_seconds"]["default"]
+    assert soak >= 2 * interval
+
+    def accepted(seconds: int) -> bool:
+        return _validations_hold("export_soak_seconds", {"export_soak_seconds": str(seconds)})
+
+    assert accepted(2 * interval)
+    assert not accepted(2 * interval - 1)
+    assert accepted(900)
+    assert not accepted(901)
 
 
 def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> None:
