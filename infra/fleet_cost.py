@@ -243,10 +243,10 @@ INCIDENT_SERIES = {"messages": 1}
 # Outcomes two (stored, and a rejection's reason); freshness's good events one; its
 # canary's age one (the newest canary exported).
 HOLDER_SERIES = {"messages": 2, "slo.events": 1, "canary.age": 1}
-# Its export's, from the same instance: two tables. A system's refused changes of its
-# typed columns are written once one was (app/telemetry/metrics.py): none on an ordinary
-# day.
-EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 0}
+# Its export's, from the same instance: two tables. Whether a table is blocked, and a
+# system's refused changes of its typed columns, are written once one was
+# (app/telemetry/metrics.py): none on an ordinary day.
+EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 0, "typed.patches_refused": 0}
 # The cell's own, from each of its ingest instances: the distributions (the read and
 # query routes three each) and the gauges that describe the process (the read horizon's
 # lag among them: the furthest behind of its systems, app/telemetry/metrics.py);

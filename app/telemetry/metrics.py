@@ -672,7 +672,7 @@ class ExportMetrics:
     def exported(self, table: str, rows: Sequence[Record | Rejection]) -> None:
         metrics = self._metrics
         metrics.exported[table] += len(rows)
-        metrics.export_blocked[table] = False
+        self.unblocked(table)
         outcomes = metrics.outcomes
         for row in rows:
             if isinstance(row, Rejection):
@@ -686,7 +686,13 @@ class ExportMetrics:
         self._metrics.export_blocked[table] = True
 
     def unblocked(self, table: str) -> None:
-        self._metrics.export_blocked[table] = False
+        # A table is reported blocked or not once it was blocked under this lease, and
+        # never before: a gauge of 0 for each table of each system, written at every
+        # export, cost a fifth of what the lease holder writes (infra/fleet_cost.py),
+        # and the alert reads a missing series as not blocked.
+        blocked = self._metrics.export_blocked
+        if table in blocked:
+            blocked[table] = False
 
     def watermark(self, table: str, micros: int) -> None:
         self._metrics.export_watermarks[table] = micros

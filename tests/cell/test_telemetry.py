@@ -254,8 +254,20 @@ def test_the_export_lease_holder_writes_what_the_store_holds_once_a_row() -> Non
     for name, n in cost.HOLDER_SERIES.items():
         # An ordinary day's freshness is good only; this batch has a stale row too.
         assert written[name] == n + (1 if name == "slo.events" else 0), name
-    # A refused change of its typed columns: none written until one happens.
+    # A refused change of its typed columns, a blocked table: none written until one
+    # happens; the export's rows and lag, each table's.
     assert written.get("typed.patches_refused", 0) == cost.EXPORT_SERIES["typed.patches_refused"]
+    assert written.get("export.blocked", 0) == cost.EXPORT_SERIES["export.blocked"] == 0
+    assert written["export.rows"] == cost.EXPORT_SERIES["export.rows"]
+    # A table blocked is said so, and unblocked, said so too until the lease is lost.
+    observer.blocked("records", "BigQuery refused message m-9 of records: too long")
+    telemetry.meter_provider.force_flush()
+    (blocked,) = series(exported.data)["alpha"]["recordline.export.blocked"]
+    assert (blocked.value, blocked.attributes) == (1, {"table": "records"})
+    observer.exported("records", [row(5, now)])
+    telemetry.meter_provider.force_flush()
+    (blocked,) = series(exported.data)["alpha"]["recordline.export.blocked"]
+    assert blocked.value == 0
     # The lease lost: the canary's age is the new holder's to say.
     observer.released()
     telemetry.meter_provider.force_flush()
