@@ -234,10 +234,10 @@ INSTANCE_SERIES = {
 # for a custom metric (the exporter, opentelemetry-exporter-gcp-monitoring, writes every
 # counter as CUMULATIVE): a series an instance wrote once is written at every export until
 # the instance ends. Pub/Sub delivers at least once, and at ten pushes a second every
-# system sees a redelivery or a publisher's retry on every instance within a day or so:
-# each instance carries one series of each system it served (`recordline.messages`,
-# outcome duplicate or retried) from then on. An estimate.
-INCIDENT_SERIES = {"messages": 1}
+# system sees a redelivery, a publisher's retry or a 503 on every instance within a day
+# or so: those are counted as the cell's (app/telemetry/metrics.py, PushOutcomes), not
+# the system's, which would have left each instance a series of each system it served
+# from then on, and are among CELL_SERIES.
 # What the store holds, from the exporter instance holding the system's lease alone:
 # each row is counted once, as it is exported (app/telemetry/metrics.py, ExportMetrics).
 # Outcomes two (stored, and a rejection's reason); freshness's good events one; its
@@ -267,6 +267,10 @@ CELL_SERIES = {
     "memory.held": 1,
     "connections.refused": 2,
     "loop.restarts": 0,
+    # What a push costs without becoming a row, every system's: a publisher's duplicate
+    # and a 503 (retried, its cause) on an ordinary day, each a series of the instance
+    # from then on (cumulative). An estimate.
+    "messages": 2,
     "slo.events": 2,
     "query.bytes_billed": 1,
 }
@@ -776,11 +780,7 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     written = 0.0
     for c, size in zip(cells, sizes, strict=True):
         instances = max(1, ingest_instances(c))
-        by_ingest = (
-            size
-            * instances
-            * (_point_bytes(metrics, INSTANCE_SERIES) + _point_bytes(metrics, INCIDENT_SERIES))
-        )
+        by_ingest = size * instances * _point_bytes(metrics, INSTANCE_SERIES)
         by_ingest += instances * _point_bytes(metrics, CELL_SERIES)
         # What the store holds: its export lease holder's, or without a serving tier
         # each ingest instance's.
@@ -1102,8 +1102,8 @@ def target() -> str:
         + ("instance-based" if full["instance_based"] else "billed by request")
         + f", each writing the cell's {sum(CELL_SERIES.values())} series "
         f"({_point_bytes(metrics, CELL_SERIES)} bytes an export, every "
-        f"{float(full['ingest_interval']) / 1000:g} s) and, its counters being "
-        f"cumulative, {sum(INCIDENT_SERIES.values())} of each system's it has served; the "
+        f"{float(full['ingest_interval']) / 1000:g} s), none of a system's on an ordinary "
+        f"day (a duplicate, a 503 or a refusal is counted as the cell's); the "
         f"holder of a system's export lease writes its "
         f"{sum(HOLDER_SERIES.values()) + sum(EXPORT_SERIES.values())} series (of what "
         f"its store holds and exports) once, and Pub/Sub counts its pushes' answers "

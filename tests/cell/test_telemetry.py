@@ -86,15 +86,22 @@ def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells(
     found = series(exported.data)
     # Counters: each system's under its own namespace, with no `system` attribute left.
     assert count(found["alpha"]["recordline.messages"], outcome="stored") == 4
-    assert count(found["beta"]["recordline.messages"], outcome="retried") == 1
     assert all("system" not in p.attributes for p in found["alpha"]["recordline.messages"])
+    # What a push cost without becoming a row (a 503, a refusal) is the cell's: a
+    # system's on every instance that met one would be a series of each, written to the
+    # instance's end. Which system: Pub/Sub's count by response class, and the logs.
+    # Beta, a 503 and a 400 and no row: no series of its own at all.
+    assert "beta" not in found
+    outcomes = found["cell-1"]["recordline.messages"]
+    assert count(outcomes, outcome="retried") == 1
+    assert count(outcomes, outcome="refused", reason="not-a-push-envelope") == 1
+    assert _fleet_cost().CELL_SERIES["messages"] == 2
     # A system's SLO events are what its store holds (freshness, on DuckDB counted as
     # stored); its pushes' answers are Pub/Sub's to count, per subscription.
     slo_a = found["alpha"]["recordline.slo.events"]
     assert count(slo_a, slo="freshness", good="true") == 3
     assert count(slo_a, slo="freshness", good="false") == 1  # published long before
     assert {p.attributes["slo"] for p in slo_a} == {"freshness"}
-    assert "recordline.slo.events" not in found["beta"]  # a 503 and a 400, no row
     # Reads' events are the cell's: every instance serves every system's reads.
     slo_cell = found["cell-1"]["recordline.slo.events"]
     assert count(slo_cell, slo="availability", good="true") == 1
