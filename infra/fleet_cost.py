@@ -341,12 +341,14 @@ MONTHS = (12, 24)
 
 
 class Shape(NamedTuple):
-    """A fleet as priced: its systems, whether each has a serving tier, and its
-    declared rate (None: the default, serving_rate)."""
+    """A fleet as priced: its systems, whether each has a serving tier, its declared
+    rate (None: the default, serving_rate), and cell variables set other than their
+    defaults (name, HCL value), for an option priced beside the defaults."""
 
     systems: int
     serving: bool
     rate: float | None = None
+    variables: tuple[tuple[str, str], ...] = ()
 
 
 def shape_of(systems: int) -> Shape:
@@ -384,12 +386,16 @@ def capacity() -> tuple[float, str]:
 
 @cache
 def evaluate(
-    systems: int, rate: float | None = None, serving: bool = True, reads: float | None = None
+    systems: int,
+    rate: float | None = None,
+    serving: bool = True,
+    reads: float | None = None,
+    variables: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """A cell of `systems` systems at the defaults (or at `rate` pushes a second and
-    `reads` rows read from Spanner a second each), each with `serving` or none, as
-    `terraform console` evaluates the cell root: its Spanner sizing, billing, sizes, and
-    the metrics' value types."""
+    `reads` rows read from Spanner a second each, and the cell `variables` given), each
+    with `serving` or none, as `terraform console` evaluates the cell root: its Spanner
+    sizing, billing, sizes, and the metrics' value types."""
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, systems))]
     # Past 90 databases the systems added last name a second instance (spanner.tf).
     entries = [
@@ -406,6 +412,7 @@ def evaluate(
         "terraform_state_bucket": '"recordline-prod-tfstate"',
         "service_account_quota": "300",
         "systems": "{ " + ", ".join(entries) + " }",
+        **dict(variables),
     }
     expression = (
         "{ units = local.spanner_total_units, stored = local.spanner_total_stored_bytes,"
@@ -708,7 +715,7 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     serving = shape.serving
     cell_max = int(evaluate(1)["cell_max_systems"])
     sizes = cells_of(systems, cell_max)
-    cells = [evaluate(size, shape.rate, serving) for size in sizes]
+    cells = [evaluate(size, shape.rate, serving, None, shape.variables) for size in sizes]
     base = cells[0]
     rate, message = (
         float(base["rate"]) if shape.rate is None else shape.rate,
@@ -1114,6 +1121,44 @@ def target() -> str:
     )
 
 
+# Changes of what the system does that would take the twenty-fourth month further down,
+# none of them made by default, each priced by Terraform with its variable set: what
+# each gives up is said beside its price (options()).
+RECOVERY_OF_A_DAY = (("spanner_recovery_hours", "24"),)
+DEDUPE_WINDOW_OF_A_DAY = (("extra_env", '{ RECORDLINE_DEDUPE_WINDOW_SECONDS = "86400" }'),)
+
+
+def option_per_system(systems: int, variables: tuple[tuple[str, str], ...], months: int) -> float:
+    """A system's share of the fleet's month `months` with the cell `variables` set."""
+    shape = shape_of(systems)._replace(variables=variables)
+    return _total(month(systems, shape), months) / systems
+
+
+def options() -> str:
+    """What the twenty-fourth month would cost at 100 and 1,000 systems with each change
+    not made by default, and what each gives up."""
+    recovery = {s: option_per_system(s, RECOVERY_OF_A_DAY, 24) for s in (100, 1000)}
+    window = {s: option_per_system(s, DEDUPE_WINDOW_OF_A_DAY, 24) for s in (100, 1000)}
+    return (
+        "Not made by default, each priced in the twenty-fourth month: with point-in-time "
+        "recovery of a day (`spanner_recovery_hours` = 24, not 72) a system costs "
+        f"{_dollars(recovery[100])} at 100 systems and {_dollars(recovery[1000])} at 1,000, "
+        "and an operator's mistake in a serving database found after a day, over a "
+        "weekend, can no longer be undone from Spanner (BigQuery still holds every row "
+        "exported, but reads within Spanner's reach miss what was deleted until it ages "
+        "out); with a dedupe window of a day (RECORDLINE_DEDUPE_WINDOW_SECONDS = 86400 in "
+        f"a cell's `extra_env`) {_dollars(window[100])} and {_dollars(window[1000])}: "
+        "Spanner keeps 3 days of rows, not 9, reads older than two to three days are "
+        "BigQuery's queries, and a copy Pub/Sub delivers more than a day after the first (its "
+        "dead-letter policy gives up on a message after about 4 h 20 min of deliveries; "
+        "a seek to a snapshot does not) is stored again, and with a serving tier exported "
+        "again. A serving database keeps the row deletion policy it was created with (a "
+        "changed window would replace it, which Terraform refuses), so only a new cell "
+        "can be given it; an existing one would need a migration that shortens its "
+        "retention only once no revision that reads further back can be rolled back to."
+    )
+
+
 def notes() -> str:
     cpu_a_push, source = capacity()
     return "\n\n".join(
@@ -1128,6 +1173,7 @@ def notes() -> str:
             f"{INGEST_TARGET_UTILISATION:.0%} of its CPU, and at least its minimum.",
             spanner_sizing(),
             target(),
+            options(),
             region_plan(),
             "Not in the table: " + "; ".join(LEFT_OUT) + ".",
         ]

@@ -375,6 +375,30 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written(
     monkeypatch.setattr(cost, "evaluate", original)
 
 
+def test_the_options_not_made_are_priced_by_terraform_with_their_variable_set() -> None:
+    # Point-in-time recovery of a day keeps 10 days of rows' versions in Spanner, not 12;
+    # a dedupe window of a day 6 (3 days of rows, 3 of recovery): Terraform's sizing,
+    # which the model prices, with each variable set.
+    from tests.infra.test_terraform import _variables
+
+    cost = fleet_cost()
+    variables = _variables()
+    for name, _ in (*cost.RECOVERY_OF_A_DAY, *cost.DEDUPE_WINDOW_OF_A_DAY):
+        assert name in variables, name
+    stored = cost.evaluate(100)["stored"]
+    recovery = cost.evaluate(100, None, True, None, cost.RECOVERY_OF_A_DAY)["stored"]
+    window = cost.evaluate(100, None, True, None, cost.DEDUPE_WINDOW_OF_A_DAY)["stored"]
+    assert recovery / stored == pytest.approx(10 / 12)
+    assert window / stored == pytest.approx(6 / 12)
+    said = cost.options()
+    for variables_set in (cost.RECOVERY_OF_A_DAY, cost.DEDUPE_WINDOW_OF_A_DAY):
+        for systems in (100, 1000):
+            price = cost.option_per_system(systems, variables_set, 24)
+            assert price < cost.per_system(systems, 24)
+            assert cost._dollars(price) in said
+    assert said in RUNBOOK.read_text()
+
+
 def test_a_rollouts_soak_reads_at_least_two_of_the_exporter_pools_points() -> None:
     # The pool writes every two minutes: a soak of less than two points could read no
     # rows exported at all, and fail a good release.
