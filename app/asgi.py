@@ -18,14 +18,14 @@ from litestar import Litestar, Request, Router
 from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
-from litestar.types import AfterExceptionHookHandler
+from litestar.types import AfterExceptionHookHandler, Scope
 
 from app.auth.browsers import json_only, same_origin
 from app.auth.guards import Auth
 from app.auth.oidc import GoogleCerts
-from app.budget import LARGE_ROOM, Budget
+from app.budget import LARGE_ROOM, Budget, Places, Share
 from app.docs import docs_assets, openapi_config
-from app.errors import SchemaUnavailable, StoreUnavailable
+from app.errors import RecordlineError, SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.http.codings import compression
 from app.http.head import Recordline
@@ -50,17 +50,17 @@ from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
-from app.routes.export import EXPORT_ROUTES
-from app.routes.ingest import (
-    REPLAY_ROUTES,
-    push_refusals,
-    push_routes,
-    wrapped_push_from_no_browser,
-)
+from app.routes.export import EXPORT_PATH, EXPORT_ROUTES
+from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.read_pass import read_pass_routes
-from app.routes.reads import Reads
+from app.routes.reads import (
+    export_places,
+    exports_middleware,
+    exports_refusal,
+    reads_middleware,
+)
 from app.routes.streams import STREAM_ROUTES
 from app.settings import QuerySettings, ServerSettings, Settings, SettingsError, names
 from app.store import Store
@@ -130,8 +130,15 @@ class Shared:
     certs: GoogleCerts | None
     spanner: SpannerClients | None
     budget: StopBudget
-    # What requests and answers in flight are charged to: the process's one (app.budget).
+    # What requests and answers in flight are charged to: the process's one (app.budget),
+    # and the system's share of it.
     in_flight: Budget | None = None
+    share: Share | None = None
+    # The reads, followers and exports the system may hold at once: its shares of the
+    # process's (`app.budget.Places`).
+    reads: Places | None = None
+    followers: Places | None = None
+    exports: Places | None = None
     probe_canary: bool = True
     # What signs the system's page tokens and stream offsets, where not
     # RECORDLINE_PAGE_TOKEN_SECRET itself: a cell gives each system a key of its own
@@ -193,6 +200,8 @@ def create_app(
         pending_horizon=batcher.horizon,
         later_copies=later_copies,
         budget=budget,
+        share=None if shared is None else shared.share,
+        followed=None if shared is None else shared.followers,
         page_token_secret=None if shared is None else shared.page_token_secret,
     )
     if reads.masked is not None and auth.everyone_operates:
@@ -221,18 +230,31 @@ def create_app(
         readiness,
         telemetry,
         loops,
-        StopBudget(settings.server.shutdown_grace_seconds) if shared is None else shared.budget,
+        StopBudget(
+            settings.server.shutdown_grace_seconds,
+            within=None if shared is None else shared.budget,
+        ),
         store_url=settings.store.url,
         signals=shared is None,
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
+    exporting = (
+        shared.exports
+        if shared is not None and shared.exports is not None
+        else export_places(settings.server.memory_budget_bytes)
+    )
     app = http_app(
         routers(
             auth,
             telemetry,
             pushes.ingest,
             problems,
-            reads=Reads(settings.server.max_reads).middleware(),
+            reads=reads_middleware(
+                shared.reads
+                if shared is not None and shared.reads is not None
+                else Places(settings.server.max_reads)
+            ),
+            exports=exports_middleware(exporting),
         ),
         constants(
             readiness=readiness,
@@ -249,7 +271,29 @@ def create_app(
     app.stopping = lifespan.stopping
     app.readiness = readiness
     app.budget = budget
+    app.share = None if shared is None else shared.share
+    app.unsliced = PUSH_PATH
+    app.refused = refused_on_head(pushes.ingest, exporting)
     return app
+
+
+def refused_on_head(
+    ingest: Ingest, exports: Places
+) -> Callable[[Scope, int], RecordlineError | None]:
+    """Why a request is refused on its head, before it is routed, if it is (given what its
+    body says it holds): a push its system's queue has no room for (`Ingest.room`), an
+    export past the system's share. Each such refusal costs the server's parse of its
+    head and this, nothing of Litestar's; the route's own checks still hold the bound."""
+
+    def refused(scope: Scope, declared: int) -> RecordlineError | None:
+        path = scope["path"]
+        if path == PUSH_PATH:
+            return ingest.room(declared) if scope.get("method") == "POST" else None
+        if path.startswith(EXPORT_PATH) and exports.full():
+            return exports_refusal(exports)
+        return None
+
+    return refused
 
 
 def probes_canary(settings: Settings) -> bool:
@@ -303,7 +347,9 @@ def http_app(
         # Logging is configured by the process (app.telemetry), not per app.
         logging_config=None,
     )
-    return Recordline(litestar)
+    app = Recordline(litestar)
+    app.problems = problems
+    return app
 
 
 def group_commit(
@@ -337,7 +383,13 @@ class PushSide:
             id_field=settings.payload.id_field, time_field=settings.payload.time_field
         )
         keys = producer_keys(settings)
-        ingest = Ingest(batcher, Payloads(paths, schemas), observer=outcomes, keys=keys)
+        ingest = Ingest(
+            batcher,
+            Payloads(paths, schemas),
+            observer=outcomes,
+            keys=keys,
+            max_body=settings.server.max_body_bytes,
+        )
         return cls(ingest, outcomes)
 
 
@@ -389,6 +441,8 @@ class ReadSide:
         pending_horizon: Callable[[], int],
         later_copies: LaterCopies | None = None,
         budget: Budget | None = None,
+        share: Share | None = None,
+        followed: Places | None = None,
         page_token_secret: str | None = None,
     ) -> ReadSide:
         query = settings.query
@@ -404,11 +458,12 @@ class ReadSide:
                 later_copies=later_copies,
                 mask=mask,
                 budget=budget,
+                share=share,
             )
 
         reader = made()
         followers = parked_followers(
-            reader, query, slow_seconds=settings.server.send_timeout_seconds
+            reader, query, slow_seconds=settings.server.send_timeout_seconds, places=followed
         )
         offsets = Offsets(secret)
         streams = Streams(reader, offsets, encodings=followers.encodings)
@@ -444,11 +499,15 @@ def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLo
     return loops
 
 
-def parked_followers(reader: Reader, query: QuerySettings, *, slow_seconds: float) -> Followers:
-    """Long-polls and streams of `reader`'s lists, as many and as long as `query` allows;
-    a stream whose client takes no event for `slow_seconds` is cut off."""
+def parked_followers(
+    reader: Reader, query: QuerySettings, *, slow_seconds: float, places: Places | None = None
+) -> Followers:
+    """Long-polls and streams of `reader`'s lists, as many and as long as `query` allows
+    (or `places`, a system's share of a cell's); a stream whose client takes no event for
+    `slow_seconds` is cut off."""
     return Followers(
         reader,
+        places=places,
         stream_seconds=query.stream_seconds,
         heartbeat_seconds=query.heartbeat_seconds,
         max_open=query.max_followers,
@@ -467,6 +526,7 @@ def routers(
     problems: Problems,
     *,
     reads: DefineMiddleware,
+    exports: DefineMiddleware,
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
 
@@ -480,19 +540,27 @@ def routers(
     traced = telemetry.middleware()
     compressed = [compression()]
     return [
-        # Called by the push subscription.
+        # Called by the push subscription; a wrapped push is judged by what a browser
+        # says too (`push_routes`, in line: a guard of Litestar's copies the handler).
         Router(
             "/",
             route_handlers=push_routes(ingest, telemetry.push_traces),
-            guards=[*auth.push_guards, wrapped_push_from_no_browser],
+            guards=auth.push_guards,
             middleware=traced,
         ),
         # A read pass, where configured, opens these as a token does.
         Router(
             "/",
-            route_handlers=[*READ_ROUTES, *STREAM_ROUTES, *EXPORT_ROUTES],
+            route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
             guards=auth.pass_read_guards,
             middleware=[reads, *traced, *telemetry.read_timing(), *compressed],
+        ),
+        # Exports are reads too, and at most so many at once (`exports_middleware`).
+        Router(
+            "/",
+            route_handlers=EXPORT_ROUTES,
+            guards=auth.pass_read_guards,
+            middleware=[reads, exports, *traced, *telemetry.read_timing(), *compressed],
         ),
         # Only a token gets a pass.
         Router(

@@ -1,12 +1,12 @@
 """What requests and answers hold in flight, for the whole process: a budget of bytes.
 
-A request's head and body while read, the rows a read takes from the store and
-what is made of them, and an answer until the connection has taken it, are
-charged here before they are held and given back once they are not
-(`app.http.head` for a request's own charge, `Charge.until_gone` for a read's).
-Reads leave pushes their reserve and are refused after a moment's wait (503
-TooMuchInFlight); a large push leaves a sixteenth to small ones; a usual push
-never waits (503 at once, and Pub/Sub delivers it again). docs/security.md#memory-bound
+A request's head and body as they are read, a read's rows and what is made of them,
+and an answer until the connection has taken it, are charged here while held (`Charge`).
+Reads leave pushes their reserve and wait a moment at most (503 TooMuchInFlight); a
+push never waits. In a cell each system draws on a `Share`: its own bytes, and what
+quiet systems leave while half the budget is free and no other system's read waits;
+its reads wait in a line of their own. Reads, followers and exports in flight are
+`Places`, shared alike. docs/security.md#memory-bound
 """
 
 from __future__ import annotations
@@ -37,13 +37,42 @@ RETRY_SECONDS: Final = 1
 # it), which may be the largest a store keeps; so a few such rows at most, whatever
 # the number of readers. A read at the tail takes a few milliseconds.
 SHORT_READS: Final = 4
+# A system beyond its share borrows only while this much of the budget stays free, so
+# that the systems whose shares it borrows find theirs when they come back.
+LENT_ROOM: Final = 1 / 2
+
+
+class Share:
+    """What one system of a cell may hold of a Budget: `most` bytes its own, and beyond
+    them what the others leave (`Budget.take`). `held` now; `waiting`, its reads waiting
+    for room."""
+
+    __slots__ = ("budget", "held", "most", "promised", "waiting")
+
+    def __init__(self, budget: Budget, most: int) -> None:
+        self.budget = budget
+        self.most = most
+        self.held = 0
+        # What its requests' bodies being read will take yet (`Budget.promise`).
+        self.promised = 0
+        self.waiting = 0
+
+    def room(self) -> int:
+        """What it may take now besides the budget's own bounds: what is left of its own,
+        or what it may borrow, whichever is more."""
+        own = self.most - self.held
+        budget = self.budget
+        if budget.waiting_reads > self.waiting:
+            return max(0, own)  # another system's reads wait: it lends, never borrows
+        return max(own, budget.lent_ceiling - budget.held)
 
 
 class _Waiting:
-    __slots__ = ("future", "size")
+    __slots__ = ("future", "share", "size")
 
-    def __init__(self, size: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, size: int, share: Share | None, future: asyncio.Future[None]) -> None:
         self.size = size
+        self.share = share
         self.future = future
 
 
@@ -63,7 +92,15 @@ class Budget:
         # What a read may bring `held` to beyond its least (`Charge.read_up_to`).
         self.read_most = self.read_ceiling - int(self.read_ceiling * READ_LEAST_ROOM)
         self.large_ceiling = most - int(most * LARGE_ROOM)
+        # What a system beyond its share may bring `held` to (LENT_ROOM).
+        self.lent_ceiling = most - int(most * LENT_ROOM)
+        # What the large bodies being read will take yet, as they are read (`promise`).
+        self.promised = 0
         self._waiting: deque[_Waiting] = deque()
+        # Reads waiting for room now, of every share, and the shares (this budget for
+        # reads of none) that have some.
+        self.waiting_reads = 0
+        self._lines: dict[Share | Budget, int] = {}
         # Taken by a read charged short of its most while the store reads it (SHORT_READS).
         self.short_reads = asyncio.Semaphore(SHORT_READS)
 
@@ -71,69 +108,142 @@ class Budget:
         """What a request (not a read) of `size` bytes may bring `held` to."""
         return self.most if size <= SMALL_BYTES else self.large_ceiling
 
-    def take(self, size: int, ceiling: int) -> bool:
-        """Take `size` bytes now if `held` stays within `ceiling`; whether it did."""
+    def take(self, size: int, ceiling: int, share: Share | None = None) -> bool:
+        """Take `size` bytes now if `held` stays within `ceiling` (and `share`, if any,
+        within its own or what it may borrow); whether it did."""
         held = self.held + size
         if held > ceiling:
             return False
+        if share is not None:
+            own = share.held + size
+            if own > share.most and (
+                held > self.lent_ceiling or self.waiting_reads > share.waiting
+            ):
+                return False
+            share.held = own
         self.held = held
         return True
 
-    def take_read(self, size: int) -> bool:
-        """Take `size` bytes for a read now, if there is room and no read waits for it
-        (a read does not go ahead of those waiting)."""
-        return not self._waiting and self.take(size, self.read_ceiling)
+    def promise(self, size: int, share: Share | None = None) -> bool:
+        """Keep `size` bytes for a large body to be read (BODY_COPIES of what its head
+        says), if there is room for it beside the bodies promised before: in what reads
+        leave (the room kept for pushes, which reads never take, so a body promised is
+        read whole), and, for `share`, in its own or what it may borrow. Nothing is held
+        yet: a body is charged as it is read (`Charge.take_request`), and what it does
+        not send is given back with its request. So of large bodies arriving at once,
+        those there is room for are read whole, and the others refused on their heads,
+        rather than every one charged as it comes until none can finish."""
+        promised = self.promised + size
+        if max(self.held, self.read_ceiling) + promised > self.large_ceiling:
+            return False
+        if share is not None:
+            own = share.held + share.promised + size
+            if own > share.most and (
+                self.held + promised > self.lent_ceiling or self.waiting_reads > share.waiting
+            ):
+                return False
+            share.promised += size
+        self.promised = promised
+        return True
 
-    def read_room(self) -> int:
-        """What a read may take now: nothing while reads wait for room (a read does not
-        go ahead of them)."""
+    def fulfil(self, size: int, share: Share | None = None) -> None:
+        """Hold `size` bytes that `promise` kept: they were room no one else may take."""
+        self.promised -= size
+        self.held += size
+        if share is not None:
+            share.promised -= size
+            share.held += size
+
+    def unpromise(self, size: int, share: Share | None = None) -> None:
+        """Give back what `promise` kept, and the body did not take."""
+        self.promised -= size
+        if share is not None:
+            share.promised -= size
+
+    def take_read(self, size: int, share: Share | None = None) -> bool:
+        """Take `size` bytes for a read now, if there is room and no read of its share
+        waits for it (a read does not go ahead of those waiting)."""
+        waiting = self._waiting if share is None else share.waiting
+        return not waiting and self.take(size, self.read_ceiling, share)
+
+    def read_room(self, share: Share | None = None) -> int:
+        """What a read may take now: nothing while reads of its share wait for room (a
+        read does not go ahead of them)."""
         room = self.read_ceiling - self.held
-        return 0 if self._waiting or room < 0 else room
+        if share is None:
+            return 0 if self._waiting or room < 0 else room
+        return 0 if share.waiting or room < 0 else min(room, share.room())
 
-    async def wait_read(self, size: int) -> None:
-        """Take `size` bytes for a read once there is room, after the reads that waited
-        before. A wait cancelled (or out of time, `asyncio.timeout`) takes nothing."""
-        if self.take_read(size):
+    async def wait_read(self, size: int, share: Share | None = None) -> None:
+        """Take `size` bytes for a read once there is room, after the reads of its share
+        that waited before. A wait cancelled (or out of time, `asyncio.timeout`) takes
+        nothing."""
+        if self.take_read(size, share):
             return
-        waiting = _Waiting(size, asyncio.get_running_loop().create_future())
+        waiting = _Waiting(size, share, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
+        self._lined(share, 1)
         try:
             await waiting.future
         except BaseException:
             if waiting.future.done() and not waiting.future.cancelled():
                 # Given the room, then cancelled before it ran.
-                self.give(size)
+                self.give(size, share)
             else:
                 waiting.future.cancel()
+                self._lined(share, -1)
                 self._wake()  # those behind it may fit now
             raise
 
-    def give(self, size: int) -> None:
-        """Give back `size` bytes taken before."""
+    def give(self, size: int, share: Share | None = None) -> None:
+        """Give back `size` bytes taken before (for `share`, if any)."""
         held = self.held - size
         if held < 0:
             raise ValueError(f"gave back {size} bytes of {self.held} held")
         self.held = held
+        if share is not None:
+            share.held -= size
         if self._waiting:
             self._wake()
 
+    def _lined(self, share: Share | None, more: int) -> None:
+        """Count a read of `share` into the line of those waiting (`more` 1), or out (-1)."""
+        self.waiting_reads += more
+        line = self if share is None else share
+        if share is not None:
+            share.waiting += more
+        count = self._lines.get(line, 0) + more
+        if count:
+            self._lines[line] = count
+        else:
+            del self._lines[line]
+
     def _wake(self) -> None:
-        """Hand room to the reads waiting, in order, while the first fits."""
+        """Hand room to the reads waiting, in order, while the first of each share fits:
+        one that does not holds back those of its share behind it, and no other's."""
         waiting = self._waiting
+        blocked: set[Share | None] = set()
+        kept: deque[_Waiting] = deque()
         while waiting:
-            first = waiting[0]
+            first = waiting.popleft()
             if first.future.done():  # gave up
-                waiting.popleft()
                 continue
-            if not self.take(first.size, self.read_ceiling):
-                return
-            waiting.popleft()
-            first.future.set_result(None)
+            share = first.share
+            if share not in blocked and self.take(first.size, self.read_ceiling, share):
+                self._lined(share, -1)
+                first.future.set_result(None)
+                continue
+            kept.append(first)
+            blocked.add(share)
+            if len(blocked) >= len(self._lines):
+                break  # every share's first waits: the rest keep their places
+        kept.extend(waiting)
+        self._waiting = kept
 
     @property
     def waiting(self) -> int:
         """Reads waiting for room now."""
-        return sum(1 for w in self._waiting if not w.future.done())
+        return self.waiting_reads
 
     def refusal(self) -> TooMuchInFlight:
         return TooMuchInFlight(
@@ -158,31 +268,72 @@ def _gone(ref: weakref.ref[Any]) -> None:
 
 class Charge:
     """What one thing holds of a Budget (a request, or one read's rows and what is made
-    of them): taken as it needs more, and given back at once (`release`), or once every
-    object that holds what was charged is gone (`until_gone`)."""
+    of them), for a system's `share` in a cell: taken as it needs more, and given back at
+    once (`release`), or once every object that holds what was charged is gone
+    (`until_gone`)."""
 
-    __slots__ = ("_holders", "_kept", "budget", "size")
+    __slots__ = ("_holders", "_kept", "budget", "declared", "promise", "share", "size")
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, share: Share | None = None) -> None:
         self.budget = budget
+        self.share = share
         self.size = 0
+        # A request's body as its head declares it (its Content-Length; the largest
+        # taken when chunked), and what the budget keeps for it yet (`vow`).
+        self.declared = 0
+        self.promise = 0
         self._holders = 0
         # What must live until the charge is released (`keep`).
         self._kept: list[Any] | None = None
+
+    def join(self, share: Share) -> None:
+        """Count what it holds, and all it takes from now on, in `share`: a request's
+        charge, made before its system was known."""
+        if self.share is None:
+            self.share = share
+            share.held += self.size
+            share.promised += self.promise
+
+    def vow(self, size: int) -> bool:
+        """Have the budget keep `size` bytes more for what this request is yet to read
+        (`Budget.promise`); whether it did."""
+        if not self.budget.promise(size, self.share):
+            return False
+        self.promise += size
+        return True
 
     def take(self, size: int, ceiling: int) -> bool:
         """Take `size` bytes more, if the budget stays within `ceiling`; whether it did."""
         if size <= 0:
             return True
-        if not self.budget.take(size, ceiling):
+        if not self.budget.take(size, ceiling, self.share):
             return False
         self.size += size
         return True
 
     def take_request(self, size: int) -> bool:
-        """Grow to `size` bytes for a request (not a read), now or never."""
+        """Grow to `size` bytes for a request (not a read), now or never: for each read of
+        a request's head or body, so `Budget.ceiling` is written out here."""
         more = size - self.size
-        return self.take(more, self.budget.ceiling(size))
+        if more <= 0:
+            return True
+        budget = self.budget
+        if more <= self.promise:
+            # Kept for it (`vow`): its own, whatever else was taken since.
+            self.promise -= more
+            budget.fulfil(more, self.share)
+            self.size = size
+            return True
+        # What was promised to it is its own; what was promised to others is not.
+        kept = self.promise
+        ceiling = budget.most if size <= SMALL_BYTES else budget.large_ceiling
+        if not budget.take(more, ceiling - budget.promised + kept, self.share):
+            return False
+        if kept:
+            self.promise = 0
+            budget.unpromise(kept, self.share)
+        self.size = size
+        return True
 
     async def read(self, size: int) -> None:
         """Grow to `size` bytes for a read, waiting a moment for room (the budget's
@@ -190,13 +341,13 @@ class Charge:
         more = size - self.size
         if more <= 0:
             return
-        budget = self.budget
-        if not budget.take_read(more):
+        budget, share = self.budget, self.share
+        if not budget.take_read(more, share):
             if more > budget.read_ceiling:
                 raise budget.refusal()  # no wait makes room for it
             try:
                 async with asyncio.timeout(budget.read_wait):
-                    await budget.wait_read(more)
+                    await budget.wait_read(more, share)
             except TimeoutError:
                 raise budget.refusal() from None
         self.size += more
@@ -209,14 +360,16 @@ class Charge:
         for, and the rest later."""
         if least > most:
             least = most
-        budget = self.budget
+        budget, share = self.budget, self.share
         more, beyond = most - self.size, budget.read_most - budget.held
         if more > beyond:
             more = beyond
+        if share is not None and more > (room := share.room()):
+            more = room
         if self.size + more < least:
             more = least - self.size
         if more > 0:
-            if more <= budget.read_room() and budget.take(more, budget.read_ceiling):
+            if more <= budget.read_room(share) and budget.take(more, budget.read_ceiling, share):
                 self.size += more
             else:
                 await self.read(least)
@@ -228,7 +381,7 @@ class Charge:
         more = size - self.size
         if more <= 0:
             return True
-        if not self.budget.take_read(more):
+        if not self.budget.take_read(more, self.share):
             return False
         self.size += more
         return True
@@ -236,14 +389,17 @@ class Charge:
     def shrink(self, size: int) -> None:
         """Give back all but `size` bytes."""
         if size < self.size:
-            self.budget.give(self.size - size)
+            self.budget.give(self.size - size, self.share)
             self.size = size
 
     def release(self) -> None:
         """Give back all of it, and let go of what was kept."""
         if self.size:
-            self.budget.give(self.size)
+            self.budget.give(self.size, self.share)
             self.size = 0
+        if self.promise:
+            self.budget.unpromise(self.promise, self.share)
+            self.promise = 0
         self._kept = None
 
     def keep(self, thing: object) -> None:
@@ -262,3 +418,48 @@ class Charge:
         self._holders += 1
         ref = weakref.ref(holder, _gone)
         _holding[id(ref)] = (ref, self)
+
+
+class Places:
+    """Places held at once (reads, followers or exports in flight): `most` of them, or, as
+    a system's share of a cell's `pool`, `most` its own and beyond them what quiet
+    systems leave, while half the pool's places are free (LENT_ROOM). A place borrowed
+    comes back as its holder leaves; borrowing stops once the pool is half full, so the
+    systems whose shares were lent find theirs when they come back."""
+
+    __slots__ = ("borrows", "most", "open", "pool")
+
+    def __init__(self, most: int, pool: Places | None = None, *, borrows: bool = True) -> None:
+        self.most = most
+        self.open = 0
+        self.pool = pool
+        # Whether it may hold more than `most` while the pool has room to lend.
+        self.borrows = borrows
+
+    def share(self, most: int, *, borrows: bool = True) -> Places:
+        """A system's share of these places: `most` its own (one at least), and what it
+        may borrow beyond them unless `borrows` is False (a bound set for that system)."""
+        return Places(max(1, most), self, borrows=borrows)
+
+    def full(self) -> bool:
+        """Whether one more place would be more than may be held now."""
+        pool = self.pool
+        if pool is None:
+            return self.open >= self.most
+        if pool.open >= pool.most:
+            return True
+        if self.open < self.most:
+            return False
+        return not self.borrows or pool.open >= pool.most - int(pool.most * LENT_ROOM)
+
+    def take(self) -> None:
+        """Hold one more place (`full` said there is room)."""
+        self.open += 1
+        if self.pool is not None:
+            self.pool.open += 1
+
+    def give(self) -> None:
+        """Give back a place taken before."""
+        self.open -= 1
+        if self.pool is not None:
+            self.pool.open -= 1

@@ -365,6 +365,16 @@ class TooManyReads(RetryLater):
     cause = "reads"
 
 
+class TooManyExports(RetryLater):
+    """This system already sends as many exports at once as it may (one for each 16 MiB
+    of RECORDLINE_MEMORY_BUDGET_BYTES, shared among a cell's systems), each holding a
+    chunk until its client takes it. Retry after `Retry-After`."""
+
+    title = "Too many exports"
+    problem = "too-many-exports"
+    cause = "exports"
+
+
 class TooMuchInFlight(RetryLater):
     """What this instance holds for the requests and answers in flight (their heads and
     bodies, the rows read for them, what is made of those and not yet sent) is at its bound,

@@ -24,14 +24,28 @@ TELEMETRY_SECONDS = 0.5
 class StopBudget:
     """One clock for the whole stop, started by SIGTERM (or by the lifespan's end,
     whichever comes first): each step takes what is left of it, so the process exits
-    within `seconds` whatever its dependencies do. Cloud Run kills 10 s after SIGTERM."""
+    within `seconds` whatever its dependencies do. Cloud Run kills 10 s after SIGTERM.
 
-    def __init__(self, seconds: float) -> None:
+    A cell's system stops `within` the cell's clock once the cell stops; before that (a
+    start that failed, whose app is ended to be started again) on a clock of its own,
+    which leaves the cell's untouched: once, a system's failed start began the cell's
+    clock, and the cell's SIGTERM found no time left to drain anything."""
+
+    def __init__(self, seconds: float, *, within: StopBudget | None = None) -> None:
         self.seconds = seconds
+        self._within = within
         self._began: float | None = None
 
+    @property
+    def began(self) -> bool:
+        """Whether the stop began."""
+        return self._began is not None
+
     def begin(self) -> float:
-        """When the stop began (now, the first time)."""
+        """When the stop began (now, the first time; the cell's, once the cell stops)."""
+        within = self._within
+        if within is not None and within.began:
+            return within.begin()
         if self._began is None:
             self._began = time.monotonic()
         return self._began

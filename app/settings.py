@@ -935,10 +935,20 @@ class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
 
 # Of a cell's bounds, the least any system is given: one push of the largest body
-# (RECORDLINE_MAX_BODY_BYTES) always fits in a system's queue, and every system may
-# hold a follower and a read.
+# (RECORDLINE_MAX_BODY_BYTES) always fits in a system's queue (`queued_bytes`), and
+# every system may hold a follower and a read.
 MIN_SYSTEM_QUEUE_ROWS: Final = 100
 MIN_SYSTEM_FOLLOWERS: Final = 1
+# What a row counts in the queue besides its text and the message data it came from.
+QUEUED_ROW_BYTES: Final = 256
+
+
+def queued_bytes(data: int) -> int:
+    """What the row of a message of `data` bytes counts in the queue while it waits to be
+    stored (RECORDLINE_QUEUE_MAX_BYTES): the record's text and the message data it came
+    from, each at most the data's length. A push's body holds its data at most (all of
+    it unwrapped, three quarters of it as base 64), so `queued_bytes(body)` bounds it."""
+    return 2 * data + QUEUED_ROW_BYTES
 
 
 class SystemShare(NamedTuple):
@@ -992,7 +1002,8 @@ class CellSettings(Section, frozen=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CellSettings:
         settings = super().from_env(environ)
-        entries = settings.entries()  # refused here, naming the variable, or never
+        # Refused here, naming the variable, or never; a system's own faults are its own.
+        entries = settings.entries() or settings.faults()
         if entries and not settings.name:
             raise SettingsError(
                 "RECORDLINE_SYSTEMS needs RECORDLINE_CELL: the name of the cell that "
@@ -1006,7 +1017,7 @@ class CellSettings(Section, frozen=True):
                 var="RECORDLINE_SYSTEMS",
             )
         if settings.name:
-            own = sorted(var for var in _SYSTEMS_OWN if environ.get(var, ""))
+            own = sorted(var for var in SYSTEMS_OWN if environ.get(var, ""))
             if own:
                 raise SettingsError(
                     f"RECORDLINE_CELL is set, and {', '.join(own)} would be read by no "
@@ -1039,11 +1050,22 @@ class CellSettings(Section, frozen=True):
             ) from None
 
     def entries(self) -> dict[str, SystemEntry]:
-        """Each system's entry, by name, in the order given; SettingsError naming the
-        system and its field for one that cannot be used."""
+        """Each system's entry, by name, in the order given, but those that cannot be
+        used (`faults`); SettingsError for what makes the whole of RECORDLINE_SYSTEMS
+        unusable (not JSON, a bad name, a name or field given twice, too many systems)."""
+        return self._read()[0]
+
+    def faults(self) -> dict[str, SettingsError]:
+        """Each system whose own entry cannot be used, and why: a field it misspells or
+        gives a value it cannot take, a serving tier without a BigQuery store, or a push
+        audience or a store another system before it takes. That system alone does not
+        serve (a typo in one entry must not stop the cell's hundred systems)."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[dict[str, SystemEntry], dict[str, SettingsError]]:
         text = self.text()
         if not text.strip():
-            return {}
+            return {}, {}
         var = "RECORDLINE_SYSTEMS"
         try:
             raw = msgspec.json.decode(text)
@@ -1055,6 +1077,7 @@ class CellSettings(Section, frozen=True):
         # dropped unsaid.
         json.loads(text, object_pairs_hook=_once)
         found: dict[str, SystemEntry] = {}
+        faults: dict[str, SettingsError] = {}
         for name, entry in raw.items():
             if not re.fullmatch(_SYSTEM, name):
                 raise SettingsError(
@@ -1066,50 +1089,57 @@ class CellSettings(Section, frozen=True):
             try:
                 found[name] = msgspec.convert(entry, SystemEntry)
             except msgspec.ValidationError as exc:
+                # Its own fault: said by the system and the field, not the whole file.
                 why = f"system {name!r}: {_entry_error(entry, exc)}"
-                raise invalid(var, self.systems, _CELL_SYSTEMS_ACCEPTED, why=why) from None
-        if len(found) > self.max_systems:
+                faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {why}", var=var)
+        if len(found) + len(faults) > self.max_systems:
             raise SettingsError(
-                f"RECORDLINE_SYSTEMS names {len(found)} systems, more than "
+                f"RECORDLINE_SYSTEMS names {len(found) + len(faults)} systems, more than "
                 f"RECORDLINE_CELL_MAX_SYSTEMS={self.max_systems}",
                 var=var,
             )
         audiences: dict[str, str] = {}
-        for name, entry in found.items():
-            if entry.serving and not entry.store.startswith("bigquery://"):
-                raise SettingsError(
-                    f"RECORDLINE_SYSTEMS: system {name!r} has a serving tier, which stands in "
-                    f"front of a BigQuery store; its store {entry.store!r} is not one",
-                    var=var,
-                )
-            audience = entry.push_audience.strip()
-            if audience and audience in audiences:
-                raise SettingsError(
-                    f"RECORDLINE_SYSTEMS: systems {audiences[audience]!r} and {name!r} take "
-                    f"the same push_audience {audience!r}: a token for one would be taken by "
-                    "the other",
-                    var=var,
-                )
-            if audience:
-                audiences[audience] = name
         holders: dict[str, str] = {}
         for name, entry in found.items():
-            for place in (_store_place(entry.store), _store_place(entry.serving)):
-                if place is None:
-                    continue
-                if place in holders:
-                    raise SettingsError(
-                        f"RECORDLINE_SYSTEMS: systems {holders[place]!r} and {name!r} are "
-                        f"stored in the same {place}: each would read and write the "
-                        "other's records",
-                        var=var,
-                    )
-                holders[place] = name
-        return found
+            fault = _clash(name, entry, audiences, holders)
+            if fault is not None:
+                faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {fault}", var=var)
+        return {n: e for n, e in found.items() if n not in faults}, faults
 
 
-# A deployment of one system's variables that a cell reads from each system's entry.
-_SYSTEMS_OWN: Final = (
+def _clash(
+    name: str, entry: SystemEntry, audiences: dict[str, str], holders: dict[str, str]
+) -> str | None:
+    """Why system `name`'s entry cannot be used beside those before it (`audiences` and
+    `holders` say whose each push audience and store is, and take this one's), if so."""
+    if entry.serving and not entry.store.startswith("bigquery://"):
+        return (
+            f"system {name!r} has a serving tier, which stands in front of a BigQuery store; "
+            f"its store {entry.store!r} is not one"
+        )
+    audience = entry.push_audience.strip()
+    if audience and audience in audiences:
+        return (
+            f"systems {audiences[audience]!r} and {name!r} take the same push_audience "
+            f"{audience!r}: a token for one would be taken by the other"
+        )
+    places = [p for p in (_store_place(entry.store), _store_place(entry.serving)) if p]
+    for place in places:
+        if place in holders:
+            return (
+                f"systems {holders[place]!r} and {name!r} are stored in the same {place}: "
+                "each would read and write the other's records"
+            )
+    if audience:
+        audiences[audience] = name
+    for place in places:
+        holders[place] = name
+    return None
+
+
+# A deployment of one system's variables that a cell reads from each system's entry: a
+# setting of these that cannot be used is that system's fault alone.
+SYSTEMS_OWN: Final = (
     "RECORDLINE_STORE",
     "RECORDLINE_SERVING",
     "RECORDLINE_JSON_TOPIC_SCHEMA",
@@ -1135,7 +1165,10 @@ def system_shares(settings: Settings, entries: Mapping[str, SystemEntry]) -> dic
         shares[name] = SystemShare(
             queue_rows=max(MIN_SYSTEM_QUEUE_ROWS, math.ceil(batch.queue_rows * weight)),
             queue_bytes=entry.queue_bytes
-            or max(settings.server.max_body_bytes, math.ceil(batch.queue_bytes * weight)),
+            or max(
+                queued_bytes(settings.server.max_body_bytes),
+                math.ceil(batch.queue_bytes * weight),
+            ),
             max_followers=entry.max_followers
             or max(MIN_SYSTEM_FOLLOWERS, query.max_followers // count),
             max_reads=entry.max_reads or max(1, reads // count),
@@ -1486,7 +1519,7 @@ def _refuse_open_service(settings: Settings, *, push_authenticated: bool) -> Non
 
 def _pair(name: str, value: str, other: str, values: object) -> None:
     if bool(value) != bool(values):
-        raise SettingsError(f"{name} and {other} work together: set both, or neither")
+        raise SettingsError(f"{name} and {other} work together: set both, or neither", var=name)
 
 
 def _entries(value: str) -> list[str]:

@@ -1,6 +1,7 @@
 """A cell's capacity: pushes a second per vCPU, and what each system costs a process.
 
     python3 dev.py bench cell [--systems 10,100] [--pushes 2000] [--runs 3] [--concurrency 32]
+    python3 dev.py bench cell --flood [--one] [--slices 6] [--slice-seconds 2]
 
 On Google's Spanner emulator (a database per system) and the BigQuery stand-in,
 with the real client libraries, `recordline serve` and `recordline exporter` as
@@ -24,6 +25,10 @@ processes, against a deployment of one system measured in the same run:
 
 Each figure is written to `bench/cell.json` too (`--write`), where
 `infra/fleet_cost.py` reads them.
+
+`--flood` measures instead what one system's flood costs the others: a cell of three
+systems on DuckDB files, one flooded in every other slice (`bench/flood.py`), the
+others' push and read p99 flooded against unflooded, as a ratio.
 """
 
 from __future__ import annotations
@@ -389,6 +394,11 @@ def per_system(low: dict[str, Any], high: dict[str, Any], *path: str) -> float:
 
 
 def main(argv: list[str]) -> int:
+    if "--flood" in argv:
+        # One system flooded while the others are measured: on DuckDB files, no emulator.
+        from bench import flood
+
+        return flood.main([a for a in argv if a != "--flood"])
     parser = argparse.ArgumentParser(prog="bench cell", description=__doc__)
     parser.add_argument("--systems", default="10,100", help="cell sizes, comma-separated")
     parser.add_argument("--pushes", type=int, default=2000, help="pushes per run")

@@ -1,7 +1,7 @@
 """Ingest throughput: Recordline against the floor and per-message designs.
 
     python3 dev.py bench ingest [--rounds 5] [--seconds 2] [--connections 64]
-                                [--designs abcde] [--checkout DIR ...]
+                                [--designs abcde] [--checkout DIR ...] [--against REF ...]
 
 (a) Recordline on DuckDB, served by `recordline serve`, (b) the floor: Litestar
 decoding the envelope, its base64 and the record with msgspec, then 204, on
@@ -11,7 +11,10 @@ fake AppendRows server in another process, and (e) Recordline on DuckDB with
 the same record in a topic schema's binary Avro (the revision served by the
 fake Schema API in another process, fetched once). `--designs ab` serves only
 those; `--checkout DIR` adds design (a) as another checkout serves it (its
-`.venv`, made by `python3 dev.py lint` there), to compare two commits in one run.
+`.venv`, made by `python3 dev.py lint` there), to compare two commits in one run;
+`--against REF` adds it as an earlier commit serves it (its files from git, run by
+this checkout's interpreter), and prints a/a@REF: the change since then, measured in
+the same run as both ratios to the floor.
 All are served at once and loaded in turn with wrk, round after round (five
 rounds of 2 s by default), each round starting with the next design, so the
 machine's drift falls on all of them alike. Prints msgs/s, p50/p99 (medians
@@ -157,6 +160,30 @@ def checkout_design(directory: str) -> tuple[str, Path]:
     return f"a@{commit} recordline (duckdb) in {checkout}", recordline
 
 
+def reference_design(ref: str, folder: Path) -> tuple[str, Path]:
+    """Design (a) as commit `ref` serves it: its name, and its files (`git archive`,
+    no work tree of its own), which this checkout's interpreter runs."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    source = folder / f"source-{commit}"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return f"a@{commit} recordline (duckdb)", source
+
+
+def reference_argv(source: Path, store: Path, port: int) -> list[str]:
+    """`recordline serve` of the files in `source`: `-P` keeps this checkout's own `app`
+    (the working directory's) off the path, so its PYTHONPATH's is imported."""
+    run = "import sys; from app.cli import main; sys.exit(main())"
+    store_url = f"duckdb://{store}"
+    return [sys.executable, "-P", "-c", run, "serve", "--store", store_url, "--port", str(port)]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench ingest")
     parser.add_argument("--rounds", type=int, default=5)
@@ -166,8 +193,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--checkout", action="append", default=[], help="another checkout's design (a) too"
     )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="design (a) at an earlier commit too, e.g. 3711dcf; prints a/a@REF",
+    )
     args = parser.parse_args(argv)
-    chosen = set(args.designs) | {"b"}
+    chosen = set(args.designs) | {"b"} | ({"a"} if args.against else set())
     seen: dict[str, tuple[float, float]] = {}
     decoded: list[bool] = []
 
@@ -223,6 +257,13 @@ def main(argv: list[str]) -> int:
                 str(r), "serve", "--store", f"duckdb://{s}", "--port", str(port)
             ]  # fmt: skip
             env[name] = quiet
+        against: list[str] = []
+        for ref in args.against:
+            name, source = reference_design(ref, tmp)
+            store = tmp / f"{name.split(' ', 1)[0]}.duckdb"
+            apps[name] = lambda port, src=source, s=store: reference_argv(src, s, port)
+            env[name] = {**quiet, "PYTHONPATH": str(source)}
+            against.append(name)
         loads = interleaved(
             apps,
             push_script(),
@@ -259,6 +300,9 @@ def main(argv: list[str]) -> int:
         if name[0] in "ade" and not name.startswith("e"):
             short = name.split(" ", 1)[0]
             print(f"{short}/b = {ratio(runs, floor)}  (target {targets.get(name[0], '≥ 0.7')})")
+    for name in against:
+        short = name.split(" ", 1)[0]
+        print(f"a/{short} = {ratio(by['a'], loads[name])}  (the change since {short[2:]})")
     if "a" in by and "c" in by:
         print(f"a/c = {ratio(by['a'], by['c'])}  (target ≥ 5)")
     if "a" in by and "e" in by:

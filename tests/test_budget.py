@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.budget import SMALL_BYTES, Budget, Charge
+from app.budget import SMALL_BYTES, Budget, Charge, Places, Share
 from app.errors import TooMuchInFlight
 
 MIB = 1024 * 1024
@@ -345,3 +345,145 @@ async def _read_up_to(charge: Charge, least: int, most: int) -> None:
     # released meanwhile.
     assert got <= most
     assert got >= least or least == 0
+
+
+def test_a_system_takes_its_share_then_borrows_while_half_the_budget_is_free() -> None:
+    budget = Budget(16 * MIB, read_room=0, read_wait=0.01)
+    alpha, beta = Share(budget, 4 * MIB), Share(budget, 4 * MIB)
+    loud = Charge(budget, alpha)
+    assert loud.take(4 * MIB, budget.most)  # its own
+    assert loud.take(4 * MIB, budget.most)  # borrowed: half the budget is still free
+    assert not loud.take(1, budget.most)  # no more: the other half is kept
+    assert (alpha.held, budget.held) == (8 * MIB, 8 * MIB)
+    # Beta takes its own whatever alpha borrowed, and borrows no further.
+    quiet = Charge(budget, beta)
+    assert quiet.take(4 * MIB, budget.most)
+    assert not quiet.take(1, budget.most)
+    assert budget.held == 12 * MIB
+    # Given back, and counted out of each share.
+    loud.release()
+    quiet.release()
+    assert (alpha.held, beta.held, budget.held) == (0, 0, 0)
+
+
+async def test_a_systems_waiting_reads_hold_back_its_own_and_stop_others_borrowing() -> None:
+    budget = Budget(16 * MIB, read_room=0, read_wait=60)
+    alpha, beta = Share(budget, 8 * MIB), Share(budget, 8 * MIB)
+    # Alpha borrows all but the half the budget keeps free, beta holds its own.
+    held = Charge(budget, alpha)
+    assert held.take(8 * MIB, budget.most)
+    own = Charge(budget, beta)
+    assert own.take(7 * MIB, budget.most)
+    # Alpha's read waits for room: beta's read that fits goes ahead of it, in its own line.
+    waiting = asyncio.create_task(Charge(budget, alpha).read(2 * MIB))
+    await asyncio.sleep(0)
+    assert budget.waiting == 1
+    assert Charge(budget, beta).fits(MIB)
+    # While a read of beta's waits, alpha lends and never borrows.
+    behind = asyncio.create_task(Charge(budget, beta).read(4 * MIB))
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    assert alpha.room() == 0
+    own.release()  # room for beta's read, which alpha's does not hold back
+    await behind
+    assert not waiting.done()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert budget.waiting == 0
+
+
+def test_a_large_body_promised_is_read_whole_and_the_next_is_refused_on_its_head() -> None:
+    # Twelve of the largest pushes at once, charged only as they were read, once each
+    # took part of the room and none could finish: a body promised is read whole.
+    budget = Budget(16 * MIB, read_room=8 * MIB)
+    first, second = Charge(budget), Charge(budget)
+    assert first.vow(6 * MIB)
+    assert not second.vow(6 * MIB)  # refused on its head: the room is promised
+    assert budget.held == 0  # nothing held for what was only declared
+    # Others take the rest, not what was promised.
+    other = Charge(budget)
+    assert other.take_request(SMALL_BYTES)
+    assert not Charge(budget).take_request(budget.most - budget.held - 6 * MIB + 1)
+    for _ in range(6):  # read a MiB at a time: never refused
+        assert first.take_request(first.size + MIB)
+    assert (budget.held, budget.promised) == (6 * MIB + SMALL_BYTES, 0)
+    # What a body did not send is given back with its request.
+    short = Charge(budget)
+    assert short.vow(5 * MIB)
+    assert short.take_request(MIB)
+    assert not Charge(budget).vow(6 * MIB)
+    short.release()
+    first.release()
+    assert (budget.held, budget.promised) == (SMALL_BYTES, 0)
+    assert second.vow(6 * MIB)
+
+
+def test_places_are_a_systems_own_then_borrowed_while_half_the_pool_is_free() -> None:
+    pool = Places(10)
+    alpha, beta = pool.share(2), pool.share(2, borrows=False)
+    for _ in range(5):  # its 2, and 3 more while half the pool is free
+        assert not alpha.full()
+        alpha.take()
+    assert alpha.full()
+    # Beta's own are there whatever alpha borrowed; beta set its bound, and keeps to it.
+    beta.take()
+    beta.take()
+    assert beta.full()
+    assert (pool.open, alpha.open, beta.open) == (7, 5, 2)
+    alpha.give()
+    assert (pool.open, alpha.open) == (6, 4)
+
+
+# Operations on two systems' shares: requests and reads of either, large bodies promised
+# and read a piece at a time, releases.
+SHARED_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("request"), st.integers(0, 1), SIZES),
+        st.tuples(st.just("read now"), st.integers(0, 1), SIZES),
+        st.tuples(st.just("vow"), st.integers(0, 1), SIZES),
+        st.tuples(st.just("body"), st.integers(0, 40), st.integers(1, 4)),
+        st.tuples(st.just("release"), st.integers(0, 40)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SHARED_OPS)
+def test_shares_and_promises_hold_exactly_what_their_charges_hold(ops: list[Op]) -> None:
+    budget = Budget(16 * MIB, read_room=4 * MIB)
+    shares = [Share(budget, 6 * MIB), Share(budget, 6 * MIB)]
+    charges: list[Charge] = []
+    for op in ops:
+        kind = op[0]
+        if kind in ("request", "read now", "vow"):
+            charge = Charge(budget, shares[op[1]])
+            if kind == "request":
+                charge.take_request(op[2])
+            elif kind == "read now":
+                charge.fits(op[2])
+            else:
+                charge.vow(op[2])
+            charges.append(charge)
+        elif charges and kind == "body":
+            # A body read a piece at a time: what was promised it is always taken.
+            charge = charges[op[1] % len(charges)]
+            piece = op[2] * MIB // 4
+            promised = charge.promise
+            taken = charge.take_request(charge.size + piece)
+            assert taken or piece > promised
+        elif charges and kind == "release":
+            charges[op[1] % len(charges)].release()
+        assert 0 <= budget.held <= budget.most
+        assert budget.held == sum(c.size for c in charges)
+        assert budget.promised == sum(c.promise for c in charges)
+        assert budget.held + budget.promised <= budget.most
+        for share in shares:
+            mine = [c for c in charges if c.share is share]
+            assert share.held == sum(c.size for c in mine)
+            assert share.promised == sum(c.promise for c in mine)
+    for charge in charges:
+        charge.release()
+    assert (budget.held, budget.promised) == (0, 0)
+    assert [(s.held, s.promised) for s in shares] == [(0, 0), (0, 0)]

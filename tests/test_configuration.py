@@ -92,7 +92,9 @@ BAD_VALUES = {
     "RECORDLINE_SLO_READ_LATENCY_SECONDS": "0",
     "RECORDLINE_SLO_FRESHNESS_SECONDS": "-1",
     "RECORDLINE_CELL": "Cell 1",
-    "RECORDLINE_SYSTEMS": '{"orders": {"store": "memory:", "rate": 0}}',
+    # What makes the whole file unusable: one entry's own fault is that system's alone
+    # (tests/cell/test_settings.py).
+    "RECORDLINE_SYSTEMS": '{"orders": {"store": "memory:"},}',
     "RECORDLINE_CELL_MAX_SYSTEMS": "0",
 }
 # Any text is a value of these.
@@ -163,13 +165,13 @@ def test_a_refusal_names_its_setting_however_msgspec_words_its_error(
     with pytest.raises(SettingsError) as refused:
         Settings.load({variable: value})
 
-    assert refusals, "msgspec was not asked"
+    assert refusals or variable in PARTS_NAMED, "msgspec was not asked"
     (setting,) = [s for s in every_setting() if s.var == variable]
     shown = f"<{len(value)} characters, not shown>" if variable in SECRETS else repr(value)
     said = str(refused.value)
     if variable in PARTS_NAMED:
         # Which part is wrong, in words of its own beside msgspec's.
-        said = re.sub(r" \(system 'orders': .*?\): expected ", ": expected ", said, count=1)
+        said = re.sub(r" \(.*?\): expected ", ": expected ", said, count=1)
     assert said == f"{variable}={shown} is not accepted: expected {setting.accepts}"
 
 

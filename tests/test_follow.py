@@ -133,6 +133,23 @@ async def test_a_client_that_leaves_mid_wait_frees_its_slot_at_once(
     assert time.monotonic() - left < 1.0
 
 
+@pytest.mark.parametrize("live", ["long-poll", "sse"])
+async def test_a_streams_follower_whose_client_leaves_frees_its_seat_at_once(
+    store: FaultyStore, live: str
+) -> None:
+    # Once, long-polls whose clients had gone kept a system's places.
+    app = create_app(settings(), store=store)
+    async with served(app, bounded=True) as client:
+        followers = await following(app)
+        path = "/v1/streams/records"
+        waiting = asyncio.create_task(client.get(path, params={"offset": "now", "live": live}))
+        await until(lambda: followers.open == 1, what="the follower to wait")
+        left = time.monotonic()
+        waiting.cancel()  # the client closes the connection
+        await until(lambda: followers.open == 0, what="its seat given back as it left")
+        assert time.monotonic() - left < 1.0
+
+
 async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
     app: Recordline, store: FaultyStore
 ) -> None:
@@ -576,6 +593,50 @@ async def test_followers_past_the_instances_cap_get_503_with_retry_after(
         await until(lambda: followers.open == 1, what="a follower to leave")
         assert (await client.get("/v1/records", params={"wait": 0.1})).status_code == 200
         waits[1].cancel()
+
+
+# Each way to follow: a page that waits, pages as events, the Durable Streams
+# long-poll and its SSE.
+LIVE_MODES: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+    "a waiting page": ("/v1/records", {"wait": 30}, {}),
+    "pages as events": ("/v1/records", {}, {"Accept": "text/event-stream"}),
+    "a long-poll": ("/v1/streams/records", {"offset": "now", "live": "long-poll"}, {}),
+    "a stream's SSE": ("/v1/streams/records", {"offset": "now", "live": "sse"}, {}),
+}
+
+
+@pytest.mark.parametrize("mode", list(LIVE_MODES))
+async def test_followers_asking_at_once_past_the_cap_are_refused_in_every_live_mode(
+    store: FaultyStore, mode: str
+) -> None:
+    # Once, a stream's long-polls and SSE were admitted while they found the tail (an
+    # await), so that all that asked at once came in: 15 of 15 against a cap of 10.
+    app = create_app(settings(RECORDLINE_MAX_FOLLOWERS="3"), store=store)
+    path, params, headers = LIVE_MODES[mode]
+    async with served(app) as client:
+        followers = await following(app)
+        refused: list[httpx.Response] = []
+        done = asyncio.Event()
+
+        async def follow() -> None:
+            async with client.stream("GET", path, params=params, headers=headers) as answer:
+                if answer.status_code == 503:
+                    await answer.aread()
+                    refused.append(answer)
+                else:
+                    await done.wait()  # an admitted follower holds its seat meanwhile
+
+        asked = [asyncio.create_task(follow()) for _ in range(8)]
+        await until(lambda: len(refused) == 5, what="five followers refused")
+        assert followers.open == 3
+        for answer in refused:
+            assert answer.headers["retry-after"] == "5"
+            assert answer.json()["type"] == "/problems/too-many-followers"
+        done.set()
+        for task in asked:
+            task.cancel()
+        await asyncio.gather(*asked, return_exceptions=True)
+        await until(lambda: followers.open == 0, what="every follower to leave")
 
 
 class SlowReads(FaultyStore):

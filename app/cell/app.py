@@ -28,12 +28,15 @@ from litestar.types import Receive, Scope, Send
 
 from app.asgi import Shared, constants, create_app, http_app, in_flight
 from app.auth.oidc import GoogleCerts
+from app.budget import Budget, Places, Share
 from app.cell.root import CellReadiness, Refusal, root_routes
 from app.cell.systems import START_RETRY_MAX_SECONDS, START_RETRY_SECONDS, CellSystem
 from app.http.head import Recordline
+from app.http.limits import BODY_COPIES
 from app.problems import Problems
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
-from app.settings import Settings, SettingsError, system_settings, system_shares
+from app.routes.reads import export_places
+from app.settings import ServerSettings, Settings, SettingsError, system_settings, system_shares
 from app.store import Store
 from app.store.backoff import Backoff
 from app.store.supervisor import Supervisor
@@ -41,7 +44,6 @@ from app.telemetry import Telemetry
 from app.telemetry.logs import line_system
 
 if TYPE_CHECKING:
-    from app.budget import Budget
     from app.http.limits import ConnectionObserver
     from app.store.spanner.calls import SpannerClients
 
@@ -193,7 +195,7 @@ def create_cell(
     system's store where given (tests), each start a new one."""
     settings = settings if settings is not None else Settings.load()
     entries = settings.systems()
-    if not settings.cell.name or not entries:
+    if not settings.cell.name or not (entries or settings.cell.faults()):
         raise SettingsError("a cell needs RECORDLINE_CELL and RECORDLINE_SYSTEMS")
     telemetry = telemetry if telemetry is not None else Telemetry.from_settings(settings)
     auth = settings.auth
@@ -205,14 +207,33 @@ def create_cell(
     held = in_flight(settings.server)
     shared = Shared(certs=certs, spanner=spanner, budget=budget, in_flight=held)
     shares = system_shares(settings, entries)
+    # Each system's share of the process's bytes (`app.budget.Share`), and of its reads,
+    # followers and exports in flight (`app.budget.Places`): its own, and what quiet
+    # systems leave.
+    bytes_each = held_share(settings.server, held, max(1, len(entries)))
+    reads = Places(settings.server.max_reads)
+    followers = Places(settings.query.max_followers)
+    exports = export_places(settings.server.memory_budget_bytes)
     systems: dict[str, CellSystem] = {}
     for name, entry in entries.items():
         own = system_settings(settings, name, entry, shares[name])
         made = None if stores is None else stores.get(name)
         secret = system_token_secret(settings.query.page_token_secret, name)
-        mine = dataclasses.replace(shared, page_token_secret=secret)
+        mine = dataclasses.replace(
+            shared,
+            page_token_secret=secret,
+            share=Share(held, bytes_each),
+            # A bound set in its entry is its own, no more; a share may borrow.
+            reads=reads.share(own.server.max_reads, borrows=not entry.max_reads),
+            followers=followers.share(own.query.max_followers, borrows=not entry.max_followers),
+            exports=exports.share(exports.most // len(entries)),
+        )
         build = functools.partial(_system_app, own, telemetry.for_system(name), mine, made)
         systems[name] = CellSystem(name, build)
+    # A system whose own entry cannot be used is served as unavailable, saying why.
+    for name, fault in settings.cell.faults().items():
+        log.error("system %s does not serve: %s", name, fault)
+        systems[name] = CellSystem(name, _unusable, fault)
     readiness = CellReadiness(systems, certs=certs)
     lifespan = CellLifespan(systems, readiness, telemetry, budget, certs=certs, spanner=spanner)
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
@@ -230,11 +251,23 @@ def create_cell(
     return Cell(root, systems)
 
 
+def held_share(server: ServerSettings, held: Budget, systems: int) -> int:
+    """What each of `systems` may hold of the process's budget as its own: an even part,
+    and at least one push of the largest body (its head, and BODY_COPIES of the body).
+    Beyond it a system borrows what quiet ones leave (`app.budget.Share`)."""
+    largest_push = server.max_header_bytes + BODY_COPIES * server.max_body_bytes
+    return max(held.most // systems, largest_push)
+
+
 def system_token_secret(secret: str, system: str) -> str:
     """The key that signs a system's page tokens and stream offsets in a cell: derived
     from the cell's (RECORDLINE_PAGE_TOKEN_SECRET) and the system's name, so that a
     token one system made is refused by every other, and one secret serves them all."""
     return hmac.new(secret.encode(), b"system:" + system.encode(), "sha256").hexdigest()
+
+
+def _unusable() -> Recordline:
+    raise AssertionError("a system whose settings cannot be used is never built")
 
 
 def _system_app(

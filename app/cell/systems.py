@@ -1,11 +1,10 @@
 """One system of a cell: its app started, kept and stopped on its own.
 
 A system's app is started under the cell's supervisor, as a loop of its own
-(`system <name>`): a start that fails (its database gone, its file locked) is
-logged, counted, and tried again after a pause with a new app, while the cell's
-other systems serve; meanwhile its requests are answered 503 `system-unavailable`
-and nothing is stored. A stop ends each system's app as `recordline serve` ends
-its one: accepted rows drained, its store closed.
+(`system <name>`): a start that fails is logged, counted, and tried again after a
+pause with a new app, while the others serve; meanwhile it answers 503
+`system-unavailable`. One whose own settings cannot be used never starts, and says
+why. A stop ends each app as `recordline serve` ends its one: rows drained, store closed.
 
 Design: docs/cells.md#isolation
 """
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from typing import Final
 
 from app.http.head import Recordline
+from app.settings import SYSTEMS_OWN, SettingsError
 from app.telemetry.logs import line_system
 
 log = logging.getLogger(__name__)
@@ -30,32 +30,40 @@ START_RETRY_MAX_SECONDS: Final = 60.0
 class CellSystem:
     """A system of the cell: its name, how its app is made, and the app while it serves."""
 
-    def __init__(self, name: str, build: Callable[[], Recordline]) -> None:
+    def __init__(
+        self, name: str, build: Callable[[], Recordline], fault: SettingsError | None = None
+    ) -> None:
         self.name = name
         self._build = build
-        # Made once when the cell is made (a setting it cannot use stops the cell
-        # before it starts), again for each start after a failed one.
-        self._next: Recordline | None = build()
+        # Why its own settings cannot be used, if so: it never starts.
+        self.fault = fault
+        # Made once when the cell is made, again for each start after a failed one.
+        self._next: Recordline | None = None
+        if fault is None:
+            try:
+                self._next = build()
+            except SettingsError as exc:
+                if exc.var not in SYSTEMS_OWN:
+                    raise  # the cell's own setting: the cell does not start
+                self.fault = exc
+                log.error("system %s does not serve: its settings: %s", name, exc)
         # The app while it serves requests; None while it starts, after a failed
         # start, and once it stops.
         self.app: Recordline | None = None
         # Why it does not serve, while it does not.
-        self.why = "starting"
+        self.why = "starting" if self.fault is None else f"its settings: {self.fault}"
         # Set once its first start is over, whether it started or not.
         self.tried = asyncio.Event()
         self._stop = asyncio.Event()
         # Set when the run in progress, if any, is over.
         self._ended: asyncio.Event | None = None
 
-    @property
-    def template(self) -> Recordline:
-        """An app of this system, serving or not (what the cell's documents describe)."""
-        return self.app or self._next or self._build()
-
     async def run(self) -> None:
         """Start the system's app, serve until `stop`, then stop it (a supervised loop:
-        a start that fails raises, and is tried again)."""
-        if self._stop.is_set():
+        a start that fails raises, and is tried again). One whose settings cannot be used
+        never starts: nothing it could try again would change them."""
+        if self._stop.is_set() or self.fault is not None:
+            self.tried.set()
             return
         line_system.set(self.name)
         app, self._next = self._next or self._build(), None

@@ -91,6 +91,9 @@ def exported_systems(
     RECORDLINE_EXPORT_SYSTEMS), opened on `pool` (nothing connects yet); SettingsError
     for a setting of one that cannot be used."""
     systems = {name: entry for name, entry in settings.systems().items() if entry.serving}
+    # A system whose entry cannot be used is that system's fault: the others export.
+    for name, fault in settings.cell.faults().items():
+        log.error("system %s is not exported: %s", name, fault)
     pool = pool or Pool.of(settings, len(systems), instance=instance)
     found = []
     for name, system in systems.items():

@@ -1,10 +1,10 @@
 """What one connection may cost: every byte of every request bounded, in size and in time.
 
 Every connection is served by `BoundedHttpTools`, uvicorn's httptools protocol
-following each request through the callbacks of the parser uvicorn itself feeds: a
-head's size and time, a body's time, trailers dropped, upgrades and `CONNECT` refused,
-`Host` checked, requests pipelined ahead of their answers bounded, an answer its
-client does not take cut off, and at most `max_connections` a process (`Connections`).
+following each request through the parser's callbacks: a head's size and time, a
+body's time, trailers dropped, upgrades and `CONNECT` refused, a read's body dropped
+unread, `Host` checked, pipelining bounded, head and body charged as they are read, an
+answer its client does not take cut off, `max_connections` a process (`Connections`).
 
 Design, and why a layer over httptools rather than another server:
 docs/security.md#request-bounds
@@ -61,13 +61,17 @@ CONNECTION: Final = "recordline.connection"
 # Where a request finds its charge of the process's budget (`app.budget.Charge`): its head
 # and body, charged here as they are read; the app releases it once it has answered.
 CHARGE: Final = "recordline.charge"
-# What a request's body is charged, in copies of its length (Content-Length, or
-# RECORDLINE_MAX_BODY_BYTES when it has none), from its head until it is answered: a
-# push holds its body, the message data it decodes to and the record's text, and for a
-# moment what the checks of that text copy (measured with tracemalloc, Pub/Sub's
-# largest message: 2.75 times a wrapped body, 3 when its payload is all brackets; 4
-# times an unwrapped one all brackets; 1.5 to 2 times once decoded, while it is stored).
+# What a request's body is charged, in copies of each byte as it is read (never for what
+# its Content-Length declares), until it is answered: a push holds its body, the message
+# data it decodes to and the record's text, and for a moment what the checks of that
+# text copy (measured with tracemalloc, Pub/Sub's largest message: 2.75 times a wrapped
+# body, 3 when its payload is all brackets; 4 times an unwrapped one all brackets; 1.5
+# to 2 times once decoded, while it is stored).
 BODY_COPIES: Final = 4
+# The methods whose requests carry no body here: a read. What one that declares a body
+# sends of it is dropped unread and uncharged (and the connection closed once it is
+# answered, if the body did not end), so that no reader holds what it declares.
+BODILESS: Final = frozenset({b"GET", b"HEAD"})
 # What a connection's transport may hold of an answer before it stops taking more
 # (writing paused until its client takes some): asyncio's default is 64 KiB. An answer
 # is sent in slices (`app.query.events.SLICE_BYTES`), so a connection holds at most this and
@@ -175,12 +179,14 @@ class BoundedHttpTools(HttpToolsProtocol):
     # In slots, beside the instance dict uvicorn's protocol keeps: in that dict they
     # took it past the keys instances share, to a dict of its own (1.6 KiB a connection).
     __slots__ = (
+        "_body_charge",
         "_body_read",
         "_charge",
         "_chunks",
         "_crowded",
         "_cut",
         "_deadline",
+        "_discarding",
         "_gone",
         "_head_ended",
         "_in_flight",
@@ -205,6 +211,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._body_read = 0
         # The head ended in the current read: what of it is the body's is not known.
         self._head_ended = False
+        # The request being read is a read whose body is dropped (BODILESS).
+        self._discarding = False
         self._chunks = 0
         # Requests whose head was read and whose answer is not complete.
         self._in_flight = 0
@@ -225,9 +233,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._unsent = 0
         # Cut off for taking nothing (`cut`): counted once.
         self._cut = False
-        # What the request being read holds of the budget: its head as it arrives, then
-        # its body; the app's once the head is whole (in its scope, CHARGE).
+        # What the request being read holds of the budget: its head as it arrives; the
+        # app's once the head is whole (in its scope, CHARGE), and its body's as it is
+        # read (`_body_charge`, until the body is whole).
         self._charge: Charge | None = None
+        self._body_charge: Charge | None = None
 
     # The connection.
 
@@ -422,7 +432,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_flight += 1
         self.scope[CONNECTION] = self  # type: ignore[typeddict-unknown-key]
         # The request's charge is the app's to release once it has answered.
-        self.scope[CHARGE] = self._charge  # type: ignore[typeddict-unknown-key]
+        self.scope[CHARGE] = self._body_charge = self._charge  # type: ignore[typeddict-unknown-key]
         self._charge = None
         _uvicorn.on_headers_complete(self)
         self._reading = self.cycle
@@ -433,7 +443,20 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         if self._refusal is not None:
             return
-        self._body_read += len(body)
+        size = len(body)
+        self._body_read += size
+        if self._discarding:
+            return  # a read's body: dropped, unread by the app and uncharged
+        charge = self._body_charge
+        # Charged as it is read, BODY_COPIES over (what the app makes of it), while the
+        # app has not answered: past its answer, uvicorn drops what comes.
+        if (
+            charge is not None
+            and not self.cycle.response_complete
+            and not charge.take_request(charge.size + BODY_COPIES * size)
+        ):
+            self._refuse_in_body(self.budget.refusal())
+            return
         _uvicorn.on_body(self, body)
 
     def on_message_complete(self) -> None:
@@ -441,6 +464,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         self._phase = WAITING
         self._reading = None
+        self._body_charge = None
         self._disarm()
         _uvicorn.on_message_complete(self)
 
@@ -450,6 +474,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._phase = HEAD
         self._taken = 0
         self._head_ended = False
+        self._discarding = False
 
     def _refusal_of_head(self) -> bytes | None:
         headers = self.headers
@@ -475,6 +500,10 @@ class BoundedHttpTools(HttpToolsProtocol):
                 length = value
             elif name == b"transfer-encoding":
                 chunked = True
+        # What the body says it is (httptools took the length as digits alone): the
+        # largest taken when chunked; none when larger (refused 413 as it is read).
+        declared = int(length) if length else self.limits.max_body_bytes if chunked else 0
+        body = declared > 0 or chunked
         if hosts != 1 and (hosts or self.parser.get_http_version() != "1.0"):
             said = "no Host header" if hosts == 0 else f"{hosts} Host headers"
             return self._answer(
@@ -502,16 +531,15 @@ class BoundedHttpTools(HttpToolsProtocol):
                     "being answered; send the rest again on a new connection"
                 )
             )
-        # The head (at most the reads it came in), and the body by its length, before a
-        # byte of the body is kept: one larger than the service takes is refused by the
-        # app (413) without being read, so it is charged as the largest taken.
-        body = self.limits.max_body_bytes
-        if length:
-            body = min(int(length), body)
-        elif not chunked:
-            body = 0
-        if not self._head_charged(min(self._taken + self._read, limit) + BODY_COPIES * body):
+        # A read's body is dropped unread (`on_body`), never charged nor kept.
+        self._discarding = body and self.parser.get_method() in BODILESS
+        # The head (at most the reads it came in); its body as it is read (`on_body`),
+        # never by what it declares, which the app weighs against the room there is
+        # (`app.http.head`: `Charge.vow`).
+        if not self._head_charged(min(self._taken + self._read, limit)):
             return self._answer(self.budget.refusal())
+        if declared <= self.limits.max_body_bytes and not self._discarding:
+            self._charge.declared = declared  # type: ignore[union-attr]
         return None
 
     def _head_charged(self, size: int) -> bool:

@@ -24,7 +24,14 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 
-from app.errors import QueueFull, RecordlineError, ShuttingDown, StoreUnavailable, WriteTimeout
+from app.errors import (
+    QueueFull,
+    RecordlineError,
+    RetryLater,
+    ShuttingDown,
+    StoreUnavailable,
+    WriteTimeout,
+)
 from app.records import Record, Rejection
 from app.settings import BatchSettings
 from app.store import RowOutcome
@@ -114,6 +121,9 @@ class Batcher:
         self._clock = clock
         self._queue: deque[_Pending] = deque()
         self._queued_bytes = 0
+        # Room taken by pushes whose bodies are being read (`reserve`): bytes, and pushes.
+        self._reserved = 0
+        self._reading = 0
         # Oldest ingest_time of each append still running, by batch number:
         # the read horizon must stay behind them.
         self._in_flight: dict[int, int] = {}
@@ -143,19 +153,59 @@ class Batcher:
         self._last_stamp = max(now, self._last_stamp)
         return self._last_stamp
 
+    def refusal(self, size: int) -> RetryLater | None:
+        """Why a row of `size` bytes would not be queued now, if it would not (`reserve`
+        would refuse it), taking nothing."""
+        if self._closing:
+            return ShuttingDown("shutting down; retry on another instance")
+        if (
+            len(self._queue) + self._reading >= self._queue_rows
+            or self._queued_bytes + self._reserved + size > self._queue_bytes
+        ):
+            return self._full()
+        return None
+
+    def reserve(self, size: int) -> None:
+        """Take room for a row of at most `size` bytes whose push is still being read, so
+        that a burst is refused on its heads rather than once each body is read: QueueFull
+        (or ShuttingDown) if there is none. `submit` takes it on, or `unreserve` gives it
+        back."""
+        refusal = self.refusal(size)
+        if refusal is not None:
+            raise refusal
+        self._reserved += size
+        self._reading += 1
+
+    def unreserve(self, size: int) -> None:
+        """Give back the room `reserve` took for `size` bytes (none for 0)."""
+        if size:
+            self._reserved -= size
+            self._reading -= 1
+
+    def _full(self) -> QueueFull:
+        said = f" and {self._reading} pushes are being read" if self._reading else ""
+        return QueueFull(f"{len(self._queue)} rows are waiting to be stored{said}")
+
     async def submit(
-        self, build: Callable[[int], StoredRow], size: int
+        self, build: Callable[[int], StoredRow], size: int, reserved: int = 0
     ) -> tuple[StoredRow, RowOutcome]:
-        """Build the row with its ingest time, queue it, and wait until it is durably stored.
+        """Build the row with its ingest time, queue it, and wait until it is durably stored;
+        in the room `reserved` for it, if any (`reserve`).
 
         Raise a RetryLater if it is not. The row is stamped and queued in one
         step, with no await between, so the queue stays in ingest_time order
         and the read horizon holds whatever a caller does.
         """
+        if reserved:
+            self._reserved -= reserved
+            self._reading -= 1
         if self._closing:
             raise ShuttingDown("shutting down; retry on another instance")
-        if len(self._queue) >= self._queue_rows or self._queued_bytes + size > self._queue_bytes:
-            raise QueueFull(f"{len(self._queue)} rows are waiting to be stored")
+        if (
+            len(self._queue) + self._reading >= self._queue_rows
+            or self._queued_bytes + self._reserved + size > self._queue_bytes
+        ):
+            raise self._full()
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[RowOutcome] = loop.create_future()
         origin = self._observer.submitted() if self._observer is not None else None

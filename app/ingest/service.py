@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 
@@ -20,6 +20,7 @@ from app.ingest.payload import CONTRACT, PayloadReader, Payloads
 from app.ingest.shape import Invalid
 from app.ingest.signing import ProducerKeys
 from app.records import CLOCK_SKEW_MICROS, Record, Rejection, moment, rfc3339
+from app.settings import QUEUED_ROW_BYTES, ServerSettings
 from app.store import RowOutcome
 from app.store.producers import sequence_problem
 
@@ -106,6 +107,9 @@ class PushObserver(Protocol):
         ...
 
 
+DEFAULT_MAX_BODY_BYTES: Final = ServerSettings().max_body_bytes
+
+
 class Ingest:
     """Validates a delivery and waits for its row to be durably stored."""
 
@@ -116,12 +120,16 @@ class Ingest:
         *,
         observer: PushObserver | None = None,
         keys: ProducerKeys | None = None,
+        max_body: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._batcher = batcher
         self._payloads = payloads
         self._observer = observer
         # Producers whose sequences must be signed (RECORDLINE_PRODUCER_KEYS).
         self._keys = keys
+        # The largest body taken (RECORDLINE_MAX_BODY_BYTES): what `reserve` reserves for
+        # a body that does not say how long it is.
+        self._max_body = max_body
 
     async def row(self, message: PushedMessage) -> Record | Rejection:
         """What `message` would become now, storing nothing."""
@@ -130,24 +138,60 @@ class Ingest:
             message, time.time_ns() // 1000, trace_id=None, reader=reader, keys=self._keys
         )
 
+    def reserve(self, declared: int | None) -> int:
+        """Room in the queue for the row of a push whose body says it is `declared` bytes
+        long (as long as the largest taken, where it does not say), taken on its head,
+        before a byte of its body is read: QueueFull (503) at once where the queue has no
+        room for it, which costs the process next to nothing. What it reserved: `accept`
+        takes it on, `unreserve` gives it back. A body longer than the largest taken
+        reserves nothing: it is refused (413) as it is read."""
+        if declared is None:
+            declared = self._max_body
+        elif declared > self._max_body:
+            return 0
+        size = 2 * declared + QUEUED_ROW_BYTES  # `queued_bytes`: a body holds its data at most
+        self._batcher.reserve(size)
+        return size
+
+    def room(self, declared: int) -> RetryLater | None:
+        """Why a push whose body says it is `declared` bytes long is refused now, if it is:
+        the queue has no room for it, or the instance stops (`reserve`, taking nothing).
+        Asked on its head, before it is routed or its token checked: a system whose
+        queue is full costs the process nothing more for each push it refuses."""
+        if declared > self._max_body:
+            return None  # refused 413 as it is read
+        return self._batcher.refusal(2 * declared + QUEUED_ROW_BYTES)
+
+    def unreserve(self, reserved: int) -> None:
+        """Give back what `reserve` took, for a push that is not accepted."""
+        self._batcher.unreserve(reserved)
+
     async def accept(
-        self, message: PushedMessage, *, trace_id: str | None = None
+        self, message: PushedMessage, *, trace_id: str | None = None, reserved: int = 0
     ) -> tuple[Record | Rejection, RowOutcome]:
-        """Store `message`'s row; a RetryLater if it is not stored in time."""
-        # What its row holds while it waits: the record's text and the message data it
+        """Store `message`'s row, in the room `reserve`d for it (if any); a RetryLater if
+        it is not stored in time."""
+        # What its row holds while it waits (`queued_bytes`, written out: a push is the
+        # request this service answers most): the record's text and the message data it
         # came from (`Record.received`), each at most the data's length.
-        size = 2 * len(message.data if message.data is not None else message.raw_data) + 256
+        data = message.data if message.data is not None else message.raw_data
+        size = 2 * len(data) + QUEUED_ROW_BYTES
         try:
             # The schema a message names is fetched (once) before its row is
             # built: the batcher builds rows synchronously, in ingest order.
             reader = self._payloads.ready(message.attributes)
             if reader is None:
-                reader = await self._payloads.reader(message.attributes)
+                try:
+                    reader = await self._payloads.reader(message.attributes)
+                except BaseException:
+                    self._batcher.unreserve(reserved)
+                    raise
             row, outcome = await self._batcher.submit(
                 functools.partial(
                     to_row, message, trace_id=trace_id, reader=reader, keys=self._keys
                 ),
                 size,
+                reserved,
             )
         except RetryLater as exc:
             if self._observer is not None:

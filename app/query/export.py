@@ -24,7 +24,8 @@ from typing import Any, Final
 
 import msgspec
 
-from app.errors import BadParameter, RetryLater
+from app.budget import Charge
+from app.errors import BadParameter, RetryLater, TooMuchInFlight
 from app.query.service import MAX_LIMIT, RECORDS, Listing, RecordsPage
 from app.records import micros
 
@@ -187,17 +188,24 @@ class Export:
     def first_limit(self) -> int:
         return min(MAX_LIMIT, self.bounds.rows)
 
-    async def run(self, token: str, first: Any, walk: Walk, asked: int) -> AsyncIterator[bytes]:
+    async def run(
+        self, token: str, first: Any, walk: Walk, asked: int, *, held: Charge | None = None
+    ) -> AsyncIterator[bytes]:
         """The export's bytes: `first`, the page `token` names (read before the response
         began, so that its refusals are statuses), then each page after it, up to `asked`
         (µs: the read horizon when it was asked). A token with a later `until`, or none,
-        ends there too: an export never follows the rows stored after it began."""
+        ends there too: an export never follows the rows stored after it began. Each
+        chunk is charged to `held` (the request's charge) until its client has taken it."""
         started = self._clock()
         sent_rows, sent_bytes = 0, 0
+        # What the request holds besides the chunk being sent.
+        base = 0 if held is None else held.size
         # The head goes with the first page's rows. No page is held while a chunk waits
         # to be taken (at a `yield`): a client that leaves mid-export leaves this
         # generator suspended until the cyclic collector finds it, and what a page holds
-        # of the budget would be held until then.
+        # of the budget would be held until then. The chunk is the request's charge
+        # instead, which the app gives back once the request ends, whatever became of
+        # this generator.
         pending = self.head()
         sent_bytes += len(pending)
         page = first
@@ -224,15 +232,25 @@ class Export:
                 fits, size = fits + 1, size + len(line)
             chunk = pending + b"".join(lines[:fits])
             pending = b""
-            sent_rows, sent_bytes = sent_rows + fits, sent_bytes + size
             cut = fits < len(lines)
             resume = walk.after(token, views[fits - 1]) if cut and fits else token
             following = page.next_page_token
             drained = not views and micros(page.complete_until) >= asked
             del page, views, lines
             if chunk:
+                if held is not None:
+                    # Charged until the client has taken it (the page's own charge is
+                    # given back as the page goes), a moment's wait for room at most.
+                    try:
+                        await held.read(base + len(chunk))
+                    except TooMuchInFlight as exc:
+                        yield self.note(sent_rows, exc.detail, token)
+                        return
                 yield chunk
+                if held is not None:
+                    held.shrink(base)
             del chunk
+            sent_rows, sent_bytes = sent_rows + fits, sent_bytes + size
             if cut:
                 bound = "byte" if sent_rows < self.bounds.rows else "row"
                 limit = self.bounds.bytes if bound == "byte" else self.bounds.rows

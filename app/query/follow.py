@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 
 import cachetools
 
+from app.budget import Places
 from app.errors import BadParameter, RetryLater, TooManyFollowers
 from app.query.events import HEARTBEAT, Encodings, Event
 from app.query.page_token import PageToken
@@ -146,32 +147,53 @@ class SharedReads:
                 del self._shared[key]
 
 
+class Seat:
+    """A follower's place among those an app holds (`Followers.admit`): taken as it is
+    admitted, before anything is awaited (so that followers asking at once cannot all
+    pass the check), and given back once, as it leaves (`release`)."""
+
+    __slots__ = ("held", "places")
+
+    def __init__(self, places: Places) -> None:
+        self.places = places
+        self.held = True
+        places.take()
+
+    def release(self, *_: object) -> None:
+        """Give the place back (once; a done callback's argument is ignored)."""
+        if self.held:
+            self.held = False
+            self.places.give()
+
+
 class _Following:
-    """`Followers.following`: a context manager of two slots, where contextlib's made of
-    a generator held 400 bytes an idle follower."""
+    """`Followers.following`: a context manager of slots, where contextlib's made of a
+    generator held 400 bytes an idle follower."""
 
-    __slots__ = ("followers", "stop")
+    __slots__ = ("followers", "seat", "stop")
 
-    def __init__(self, followers: Followers, stop: asyncio.Future[None]) -> None:
+    def __init__(self, followers: Followers, stop: asyncio.Future[None], seat: Seat) -> None:
         self.followers = followers
         self.stop = stop
+        self.seat = seat
 
     def __enter__(self) -> None:
         self.followers.joined(self.stop)
 
     def __exit__(self, *_: object) -> None:
         self.followers.left(self.stop)
+        self.seat.release()
 
 
 class _Admitted:
     """What the followers of one app count and stop together, whichever reader each
     reads by (`Followers.reading`)."""
 
-    __slots__ = ("open", "stopping", "stops")
+    __slots__ = ("places", "stopping", "stops")
 
-    def __init__(self) -> None:
-        # Waiting pages and open streams now (for metrics and tests).
-        self.open = 0
+    def __init__(self, places: Places) -> None:
+        # Waiting pages and open streams now, and the most (in a cell, the system's share).
+        self.places = places
         # True once the service starts stopping (SIGTERM): waits end, streams say
         # where to resume, so the grace period is enough for every one.
         self.stopping = False
@@ -191,6 +213,7 @@ class Followers:
         heartbeat_seconds: float,
         shared_cache: bool,
         max_open: int = DEFAULT_MAX_FOLLOWERS,
+        places: Places | None = None,
         long_poll_seconds: float = DEFAULT_LONG_POLL_SECONDS,
         slow_seconds: float = SLOW_FOLLOWER_SECONDS,
     ) -> None:
@@ -205,7 +228,8 @@ class Followers:
         self.heartbeat_seconds = heartbeat_seconds
         # Whether answers may be kept by a cache that others share (`public`).
         self.shared_cache = shared_cache
-        self._admitted = _Admitted()
+        # Its places (in a cell, a share of the cell's), or `max_open` of its own.
+        self._admitted = _Admitted(places if places is not None else Places(max_open))
 
     def reading(self, reader: Reader) -> Followers:
         """Followers reading by `reader` (a masked one, `app.query.mask`): reads of their
@@ -218,7 +242,7 @@ class Followers:
     @property
     def open(self) -> int:
         """Waiting pages and open streams now (for metrics and tests)."""
-        return self._admitted.open
+        return self._admitted.places.open
 
     @property
     def stopping(self) -> bool:
@@ -226,17 +250,22 @@ class Followers:
         so the grace period is enough for every one."""
         return self._admitted.stopping
 
-    def admit(self) -> None:
-        """Raise TooManyFollowers while this instance holds `max_open` followers: each
-        holds a connection, a task and a wait, and a client opening thousands must not
-        take them all. Checked before a stream's headers are sent, so it is refused
-        with a status, never cut after its 200."""
-        if self.open >= self.max_open:
+    def admit(self) -> Seat:
+        """A follower's seat, taken now; TooManyFollowers while this app holds `max_open`
+        followers (waiting pages, long-polls and streams of either protocol): each holds
+        a connection, a task and a wait, and a client opening thousands must not take
+        them all. Taken before a stream's headers are sent, so it is refused with a
+        status, never cut after its 200; the follower gives it back as it leaves
+        (`following`), or whoever admitted it if it never follows."""
+        places = self._admitted.places
+        if places.full():
+            where = "this instance holds" if places.pool is None else "this system holds"
             raise TooManyFollowers(
-                f"this instance holds {self.open} waiting pages and streams, its most "
+                f"{where} {places.open} waiting pages and streams, its most "
                 "(RECORDLINE_MAX_FOLLOWERS); retry, or read without waiting",
                 retry_after=FULL_RETRY_SECONDS,
             )
+        return Seat(places)
 
     def stop(self) -> None:
         """The service stops: every wait ends now, and so does every stream."""
@@ -246,25 +275,30 @@ class Followers:
             if not stop.done():
                 stop.set_result(None)
 
-    def following(self, stop: asyncio.Future[None]) -> _Following:
-        """Count a waiting page or stream while inside; `stop` is done if the service stops."""
-        return _Following(self, stop)
+    def following(self, stop: asyncio.Future[None], seat: Seat) -> _Following:
+        """A waiting page or stream while inside, in its `seat`, given back on the way out;
+        `stop` is done if the service stops."""
+        return _Following(self, stop, seat)
 
     def joined(self, stop: asyncio.Future[None]) -> None:
         admitted = self._admitted
         if admitted.stopping and not stop.done():
             stop.set_result(None)
         admitted.stops.add(stop)
-        admitted.open += 1
 
     def left(self, stop: asyncio.Future[None]) -> None:
-        admitted = self._admitted
-        admitted.open -= 1
-        admitted.stops.discard(stop)
+        self._admitted.stops.discard(stop)
 
-    def follow(self, stop: asyncio.Future[None] | None, *, asked_at: float | None = None) -> Follow:
-        """A follower that asked at `asked_at` (monotonic; by default, now), until `stop`."""
-        return Follow(self, stop, time.monotonic() if asked_at is None else asked_at)
+    def follow(
+        self,
+        stop: asyncio.Future[None] | None,
+        *,
+        seat: Seat | None = None,
+        asked_at: float | None = None,
+    ) -> Follow:
+        """A follower in `seat` that asked at `asked_at` (monotonic; by default, now),
+        until `stop`."""
+        return Follow(self, stop, time.monotonic() if asked_at is None else asked_at, seat)
 
     def page_of(self, read: Excerpt[AnyPage], *, first: bool) -> AnyPage:
         """The API's page of a follower's read (`Reader.page_of`): the same page object
@@ -297,14 +331,20 @@ class Follow:
     """One follower, from `asked` (monotonic: what it was acknowledged before then is in
     every read it gets) until `stop` is done (its client left, or the service stops)."""
 
-    __slots__ = ("asked", "followers", "stop")
+    __slots__ = ("asked", "followers", "seat", "stop")
 
     def __init__(
-        self, followers: Followers, stop: asyncio.Future[None] | None, asked: float
+        self,
+        followers: Followers,
+        stop: asyncio.Future[None] | None,
+        asked: float,
+        seat: Seat | None = None,
     ) -> None:
         self.followers = followers
         self.stop = stop
         self.asked = asked
+        # Its place among the followers (`Followers.admit`), held while it streams.
+        self.seat = seat
 
     async def read(
         self,
@@ -349,14 +389,15 @@ class Follow:
         """A stream's events, as `mode` makes them of each read, for `seconds` at most,
         until `stop` or a read fails (`mode.end` then says so): each read that finds
         rows, and a heartbeat once the stream was quiet for the heartbeat interval."""
-        followers, stop = self.followers, self.stop
+        followers, stop, seat = self.followers, self.stop, self.seat
         assert stop is not None  # a stream ends when its client leaves
+        assert seat is not None  # and holds a place among the followers
         bell = followers.reader.bell
         loop = asyncio.get_running_loop()
         ends = loop.time() + seconds
         quiet_since = loop.time()
         failed: RetryLater | None = None
-        with followers.following(stop):
+        with followers.following(stop, seat):
             while not stop.done() and loop.time() < ends:
                 seen = bell.version
                 try:

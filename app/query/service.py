@@ -18,7 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
-from app.budget import Budget, Charge
+from app.budget import Budget, Charge, Share
 from app.errors import BadParameter, Gone, MaskedFilter, NotFound
 from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
@@ -126,23 +126,32 @@ _micros = timedelta
 
 
 def record_view(r: Record) -> RecordView:
-    """What `view(RecordView, r)` makes, written out: half the time of the general way,
-    and a reader far behind makes one per record (a test checks both agree)."""
-    t = r.timestamp
+    """What `view(RecordView, r)` makes (`record_views`, for one record)."""
+    return record_views([r])[0]
+
+
+def record_views(rows: list[Record]) -> list[RecordView]:
+    """What `view(RecordView, r)` makes of each, written out: half the time of the
+    general way, and in one comprehension rather than a call a record (a page of 100
+    is a ninth fewer calls). A reader far behind makes one per record (a test checks
+    both agree)."""
     # timedelta(0, 0, t) is t microseconds, made a third faster than by keyword.
-    return RecordView(
-        message_id=r.message_id,
-        id=r.id,
-        timestamp=None if t is None else _EPOCH + _micros(0, 0, t),
-        data=_Raw(r.data),
-        attributes=_Raw(r.attributes),
-        publish_time=_EPOCH + _micros(0, 0, r.publish_time),
-        ingest_time=_EPOCH + _micros(0, 0, r.ingest_time),
-        subscription=r.subscription,
-        delivery_attempt=r.delivery_attempt,
-        trace_id=r.trace_id,
-        schema=r.schema,
-    )
+    return [
+        RecordView(
+            message_id=r.message_id,
+            id=r.id,
+            timestamp=None if r.timestamp is None else _EPOCH + _micros(0, 0, r.timestamp),
+            data=_Raw(r.data),
+            attributes=_Raw(r.attributes),
+            publish_time=_EPOCH + _micros(0, 0, r.publish_time),
+            ingest_time=_EPOCH + _micros(0, 0, r.ingest_time),
+            subscription=r.subscription,
+            delivery_attempt=r.delivery_attempt,
+            trace_id=r.trace_id,
+            schema=r.schema,
+        )
+        for r in rows
+    ]
 
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
@@ -293,11 +302,14 @@ class Reader:
         later_copies: LaterCopies | None = None,
         page_bytes: int = PAGE_BYTES,
         budget: Budget | None = None,
+        share: Share | None = None,
         mask: Mask | None = None,
     ) -> None:
         self._store = store
-        # What each read is charged to before it holds rows (none: nothing is counted).
+        # What each read is charged to before it holds rows (none: nothing is counted),
+        # and the system's share of it in a cell.
         self._budget = budget
+        self._share = share
         # What this reader's callers may not see (app.query.mask): a reader of its own,
         # with reads shared among its callers alone.
         self.mask = mask if mask else None
@@ -415,7 +427,7 @@ class Reader:
         if self._budget is None:
             excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
             return excerpt
-        charge = Charge(self._budget)
+        charge = Charge(self._budget, self._share)
         try:
             excerpt, size = await self._excerpt(listing, cursor, limit, max_bytes, charge)
         except BaseException:
@@ -479,7 +491,7 @@ class Reader:
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
         if listing.view is RecordView:
-            views: list[Any] = [record_view(row) for row in rows]
+            views: list[Any] = record_views(rows)
         else:
             views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:

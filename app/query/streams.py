@@ -25,16 +25,18 @@ from app.query.follow import Follow
 from app.query.offsets import BEGINNING, NOW, Offsets
 from app.query.page_token import PageToken
 from app.query.service import MAX_LIMIT, RECORDS, REJECTIONS, Excerpt, Listing, Reader
-from app.store import row_bytes
+from app.store import ROW_BYTES, row_bytes
 from app.store.filters import RowFilter
 
 STREAMS: Final[dict[str, Listing[Any]]] = {"records": RECORDS, "rejections": REJECTIONS}
-# A chunk holds at most this many rows and this many bytes of them (`row_bytes`), or
-# its first row alone when that is larger: a reader far behind gets few large
-# responses (20,000 records of 333 bytes in two), and each read of the store for it
-# stops at the bytes the chunk has room for.
-CHUNK_ROWS: Final = 10_000
+# A chunk holds at most this many bytes of rows (`row_bytes`), or its first row alone
+# when that is larger, read from the store at once: a reader far behind gets few large
+# responses, each one read of the store (20,000 records of 333 bytes in two; once, in
+# reads of a page's 1,000 rows, they took 21), which stops at the bytes the chunk has
+# room for. No count of rows bounds it beside its bytes but the most rows they can be
+# (CHUNK_ROWS), which the store is asked for.
 CHUNK_BYTES: Final = 8 * 1024 * 1024
+CHUNK_ROWS: Final = CHUNK_BYTES // ROW_BYTES
 # Rows read at once: the API's largest page.
 PAGE_ROWS: Final = MAX_LIMIT
 
@@ -204,10 +206,12 @@ class Streams:
         CHUNK_BYTES); for a `follow`er, waiting up to `wait` for some if none are
         readable yet (`app.query.follow`)."""
         budget = self._chunk_bytes if max_bytes is None else max_bytes
+        # As many rows as its bytes can be, read at once.
+        rows = min(self._chunk_rows, max(1, budget // ROW_BYTES))
         if follow is not None:
-            first = await follow.read(listing, cursor, self.page_rows, budget, wait=wait)
+            first = await follow.read(listing, cursor, rows, budget, wait=wait)
         else:
-            first = await self.reader.excerpt(listing, cursor, self.page_rows, budget)
+            first = await self.reader.excerpt(listing, cursor, rows, budget)
         return await self.chunk_of(listing, cursor, first, budget)
 
     async def chunk_of(
@@ -230,9 +234,7 @@ class Streams:
         while reads[-1].full and not reads[-1].short and rows < self._chunk_rows and size < budget:
             last = reads[-1]
             after = PageToken(*last.resume, None, listing=listing.name, filter=cursor.filter)
-            more = await self.reader.excerpt(
-                listing, after, min(self.page_rows, self._chunk_rows - rows), budget - size
-            )
+            more = await self.reader.excerpt(listing, after, self._chunk_rows - rows, budget - size)
             reads.append(more)
             rows += len(more.rows)
             size += sum(map(row_bytes, more.rows))

@@ -16,6 +16,7 @@ from litestar.response import Stream
 
 from app.docs import ExportOperation
 from app.errors import BadParameter
+from app.http.head import charge_of
 from app.query.export import (
     DEFAULT_ROWS,
     MAX_COLUMN_LENGTH,
@@ -33,7 +34,7 @@ from app.query.filters import FILTER_PARAMETERS, REPEATABLE
 from app.query.streams import STREAMS
 from app.records import MAX_MICROS, micros, moment
 from app.routes.query import (
-    STREAM_ERRORS,
+    EXPORT_ERRORS,
     AttributeFilter,
     FieldFilter,
     Filter,
@@ -48,6 +49,8 @@ from app.routes.query import (
 )
 
 ROW_BOUND: Final = "Recordline-Export-Max-Rows"
+# Where every export is: what it is refused on its head under (`app.asgi.refused_on_head`).
+EXPORT_PATH: Final = "/v1/export/"
 _PARAMETERS: Final = (
     frozenset({"format", "columns", "since", "until", "max_rows", "page_token"}) | FILTER_PARAMETERS
 )
@@ -97,7 +100,7 @@ MaxRows = Annotated[
         "header says the row bound before the first row."
     ),
     tags=["records"],
-    responses=STREAM_ERRORS,
+    responses=EXPORT_ERRORS,
     operation_class=ExportOperation,
     response_headers=[
         ResponseHeader(
@@ -165,7 +168,7 @@ async def export_rows(
     walk = Walk(read, reader.token_after)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return Stream(
-        export.run(token, first, walk, asked),
+        export.run(token, first, walk, asked, held=charge_of(request.scope)),
         media_type=MEDIA_TYPES[format],
         headers={
             "Content-Disposition": f'attachment; filename="{listing.name}-{stamp}.{format}"',

@@ -26,7 +26,7 @@ from app.http.events import EVENT_STREAM, EventStream, stop_of, watcher
 from app.http.head import charge_of
 from app.problems import problem_type
 from app.query.events import Encodings, Event, event, event_bytes, framed
-from app.query.follow import Follow, Followers
+from app.query.follow import Follow, Followers, Seat
 from app.query.page_token import PageToken
 from app.query.service import Excerpt, Listing, RecordsPage, RejectionsPage
 from app.records import rfc3339
@@ -93,33 +93,35 @@ def unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
     return etag.to_header() in {tag.strip().removeprefix("W/") for tag in sent.split(",")}
 
 
-def until_gone(request: Request[Any, Any, Any], followers: Followers) -> _UntilGone:
-    """A follower while inside (`Follow`), until the client disconnects or the
-    service stops."""
-    return _UntilGone(request, followers)
+def until_gone(request: Request[Any, Any, Any], followers: Followers, seat: Seat) -> _UntilGone:
+    """A follower in `seat` while inside (`Follow`), until the client disconnects or the
+    service stops; its seat given back on the way out."""
+    return _UntilGone(request, followers, seat)
 
 
 class _UntilGone:
     """`until_gone`: a context manager of slots, where contextlib's made of a generator
     held 400 bytes a parked long-poll."""
 
-    __slots__ = ("followers", "request", "stop", "watcher")
+    __slots__ = ("followers", "request", "seat", "stop", "watcher")
 
-    def __init__(self, request: Request[Any, Any, Any], followers: Followers) -> None:
+    def __init__(self, request: Request[Any, Any, Any], followers: Followers, seat: Seat) -> None:
         self.request = request
         self.followers = followers
+        self.seat = seat
 
     async def __aenter__(self) -> Follow:
         stop, watched = stop_of(self.request)
         self.stop = stop
         self.watcher = watcher(self.request.receive, stop, watched)
         self.followers.joined(stop)
-        return self.followers.follow(stop)
+        return self.followers.follow(stop, seat=self.seat)
 
     async def __aexit__(self, *_: object) -> None:
         if self.watcher is not None:
             self.watcher.cancel()
         self.followers.left(self.stop)
+        self.seat.release()
 
 
 def wants_stream(request: Request[Any, Any, Any]) -> bool:
@@ -283,13 +285,16 @@ def stream(
     *,
     page_token: str | None,
     limit: int,
+    seat: Seat,
 ) -> EventStream:
-    """The pages from `cursor` on (`page_token`, or the first page's bounds), as events."""
+    """The pages from `cursor` on (`page_token`, or the first page's bounds), as events,
+    in `seat` until the stream ends or its client leaves."""
     # Done once the client leaves or the service stops.
     stop, watched = stop_of(request)
+    stop.add_done_callback(seat.release)
     pages = PageEvents(followers, listing, cursor, page_token, limit)
     return EventStream(
-        followers.follow(stop).events(pages, seconds=followers.stream_seconds),
+        followers.follow(stop, seat=seat).events(pages, seconds=followers.stream_seconds),
         stop=stop,
         watched=watched,
         slow_seconds=followers.slow_seconds,

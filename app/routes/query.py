@@ -24,6 +24,7 @@ from app.errors import (
     NotFound,
     QueryTooCostly,
     StoreUnavailable,
+    TooManyExports,
     TooManyFollowers,
     TooManyReads,
     TooMuchInFlight,
@@ -198,6 +199,7 @@ _READ_ERRORS = (
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 STREAM_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyFollowers, *_READ_ERRORS)
+EXPORT_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyExports, *_READ_ERRORS)
 # Either list's page: it says up to when it is complete.
 P = TypeVar("P", RecordsPage, RejectionsPage)
 
@@ -331,8 +333,6 @@ async def _paged(
     start, end = time_of("since", since), time_of("until", until)
     keep = asked.of(listing)
     streaming = wants_stream(request)
-    if streaming or wait:
-        followers.admit()
     if streaming:
         # A client resuming a stream sends the last event's id, which is its token.
         resumed = request.headers.get("last-event-id")
@@ -340,11 +340,19 @@ async def _paged(
         # The token came in the header: a refusal names it, not a parameter never sent.
         where = "Last-Event-ID" if resumed else "page_token"
         cursor = reader.cursor(listing, start, end, limit, token, sent_as=where, filter=keep)
-        await reader.check_filter(listing, keep)
-        return stream(request, followers, listing, cursor, page_token=token, limit=limit)
+        # A seat taken before anything is awaited: streams asking at once cannot all pass.
+        seat = followers.admit()
+        try:
+            await reader.check_filter(listing, keep)
+        except BaseException:
+            seat.release()
+            raise
+        return stream(request, followers, listing, cursor, page_token=token, limit=limit, seat=seat)
     if wait:
+        # The cursor first: its refusal takes no seat.
         cursor = reader.cursor(listing, start, end, limit, page_token, filter=keep)
-        async with until_gone(request, followers) as follow:
+        seat = followers.admit()
+        async with until_gone(request, followers, seat) as follow:
             page = await follow.page(listing, cursor, limit, wait=wait, first=page_token is None)
     else:
         page = await reader.page(

@@ -26,6 +26,7 @@ from app.errors import RetryLater
 from app.http.events import EVENT_STREAM, EventStream, stop_of
 from app.http.head import HEAD_REQUEST, charge_of
 from app.query.events import Event, event, event_bytes, framed
+from app.query.follow import Seat
 from app.query.offsets import MAX_OFFSET_LENGTH, NOW, OFFSET_PATTERN
 from app.query.page_token import PageToken
 from app.query.service import Excerpt, Listing
@@ -257,13 +258,19 @@ async def read_stream(
         if unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(_sent(request, chunk), media_type=JSON, headers=headers)
-    followers.admit()
-    if start is None:
-        start = await streams.tail(listing, keep)
-    if live == "sse":
-        await streams.reader.check_filter(listing, keep)
-        return _sse(request, paging, listing, start, cursor)
-    async with until_gone(request, followers) as follow:
+    # A seat among the followers, taken before anything is awaited: long-polls and
+    # streams asking at once cannot all pass the check.
+    seat = followers.admit()
+    try:
+        if start is None:
+            start = await streams.tail(listing, keep)
+        if live == "sse":
+            await streams.reader.check_filter(listing, keep)
+            return _sse(request, paging, listing, start, cursor, seat)
+    except BaseException:
+        seat.release()
+        raise
+    async with until_gone(request, followers, seat) as follow:
         chunk = await streams.chunk(listing, start, follow=follow, wait=followers.long_poll_seconds)
     headers = _positioned(chunk) | {CURSOR: next_cursor}
     shared = shareable(request, followers)
@@ -289,13 +296,16 @@ def _sse(
     listing: Listing[Any],
     start: PageToken,
     cursor: str | None,
+    seat: Seat,
 ) -> EventStream:
     followers = paging.followers
     # Done once the client leaves or the service stops.
     stop, watched = stop_of(request)
+    stop.add_done_callback(seat.release)
     chunks = ChunkEvents(paging.streams, listing, start, cursor)
+    seconds = min(followers.stream_seconds, SSE_SECONDS)
     return EventStream(
-        followers.follow(stop).events(chunks, seconds=min(followers.stream_seconds, SSE_SECONDS)),
+        followers.follow(stop, seat=seat).events(chunks, seconds=seconds),
         stop=stop,
         watched=watched,
         slow_seconds=followers.slow_seconds,

@@ -80,13 +80,13 @@ class Unapplied:
         self.rows = rows
         # What the append changed of the ledger of producer sequences, if anything.
         self.ledger = ledger
-        self.oldest = min((r.ingest_time for r in rows), default=_NO_ROWS)
+        self.oldest = min([r.ingest_time for r in rows], default=_NO_ROWS)
         # Its new records went to the tail once durable (`append`), before DuckDB has
         # them: they hold the read horizon back no more, and are not added again once
         # applied. Its other records are copies of messages journaled before, which the
         # applier adds with the first copy (not shown: none of this frame's rows are).
         self.shown = shown is not None
-        self.shown_ids = frozenset(r.message_id for r in shown or ())
+        self.shown_ids = frozenset([r.message_id for r in shown or ()])
 
 
 @dataclass(slots=True, kw_only=True)
@@ -152,7 +152,7 @@ class Applier:
             at -= 1
         unapplied.insert(at, entry)
         self.rows += len(entry.rows)
-        self.pending.update(r.message_id for r in records)
+        self.pending.update([r.message_id for r in records])
         self._wake.set()
 
     def _appliable(self) -> int:

@@ -226,7 +226,7 @@ class DuckDBStore:
         if self._applier.rows >= MAX_UNAPPLIED_ROWS:
             await self._applier.room()
         sequences = [sequence_of(r) for r in rows]
-        if any(s is not None for s in sequences):
+        if sequences.count(None) != len(sequences):  # some row claims a sequence
             return await self._sequencer.append(rows, sequences)
         await self._store(rows)
         return [None] * len(rows)
