@@ -483,6 +483,21 @@ def test_a_few_systems_have_every_symptom_in_one_page_and_one_ticket(
     assert "SYSTEM=${metric.label.system}" in found["documentation"]["ticket"]
 
 
+def test_a_combined_condition_is_one_size_whatever_the_number_of_systems() -> None:
+    # Every system's tickets to the same channels (the usual case): each symptom's query
+    # names no system, so the one condition joining them is as long for nine systems as
+    # for one, and the texts too.
+    expression = (
+        '{ page = join(" or ", [for s, p in local.combined_pages : p[2]]),'
+        ' tickets = [for g, t in local.combined_tickets : join(" or ", [for s, p in t : p[2]])],'
+        " documentation = local.combined_documentation }"
+    )
+    one = _alerts_run(1, 1, "recordline-prod", expression, True)
+    nine = _alerts_run(3, 3, "recordline-prod", expression, True)
+    assert one == nine
+    assert len(one["tickets"]) == 1
+
+
 def test_the_combined_policies_are_made_where_the_alerts_are_combined() -> None:
     policies = _policies()
     assert policies[COMBINED_PAGE]["for_each"] == '${local.combined ? toset(["pages"]) : toset([])}'
