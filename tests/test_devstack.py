@@ -77,6 +77,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("how", "emulator", "after", "within"), CASES)
 def test_a_stop_at_a_random_moment_of_start_up_leaves_no_process(
     tmp_path: Path,
@@ -144,6 +145,7 @@ def test_a_port_taken_by_an_earlier_run_is_named_before_anything_starts(
             holder.kill()
 
 
+@pytest.mark.slow
 def test_a_store_an_earlier_session_pushed_into_is_refused_with_the_fix(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -250,6 +252,7 @@ def serve(tmp_path: Path, terminals: list[Terminal]) -> tuple[Terminal, str, Pat
     return terminal, f"http://127.0.0.1:{port}", db
 
 
+@pytest.mark.slow
 def test_dev_py_serve_killed_with_sigterm_leaves_nothing_holding_the_store(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -262,6 +265,7 @@ def test_dev_py_serve_killed_with_sigterm_leaves_nothing_holding_the_store(
     duckdb.connect(str(db)).close()  # the lock is free
 
 
+@pytest.mark.slow
 def test_dev_py_serve_stops_at_a_random_moment_of_start_up(
     tmp_path: Path, terminals: list[Terminal], rng: random.Random
 ) -> None:

@@ -84,6 +84,7 @@ def test_sealed_segments_go_once_applied_and_replay_spans_them(tmp_path: Path) -
     assert Journal(tmp_path / "j").replay() == [frame(2), frame(3)]
 
 
+@pytest.mark.slow
 async def test_store_replays_journaled_rows_it_never_applied(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -119,6 +120,7 @@ async def test_store_replays_journaled_rows_it_never_applied(
         await store.close()
 
 
+@pytest.mark.slow
 async def test_a_clean_stop_leaves_nothing_to_recover(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -344,6 +346,7 @@ async def test_a_writer_that_cannot_open_its_segment_fails_the_start(tmp_path: P
         await writer.append(encode(frame(1)))
 
 
+@pytest.mark.slow
 async def test_rows_are_applied_after_a_start_that_read_a_large_record_into_the_tail(
     tmp_path: Path,
 ) -> None:

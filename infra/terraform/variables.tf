@@ -848,6 +848,30 @@ variable "systems" {
     # For a topic with no schema (JSON): an Avro record schema, a file under schemas/,
     # whose fields become the records' typed columns (RECORDLINE_JSON_TOPIC_SCHEMA).
     json_schema = optional(string)
+    # How `records` is laid out for analysts' queries (layouts.tf; docs/layouts.md):
+    # the column it is partitioned by (ingest_time by default, the read API's axis;
+    # timestamp, the event's own time; or a DATE or TIMESTAMP column of `columns`), by
+    # DAY, MONTH or YEAR; up to four columns it is clustered by (ingest_time by
+    # default); and top-level copies of an attribute or a typed field
+    # (name = "attributes.KEY" or "fields.PATH"), which BigQuery can partition and
+    # cluster by where it cannot by a JSON member or a RECORD's field. Checked at plan
+    # time; a new partitioning is a new table (docs/layouts.md#changing-a-layout). A
+    # clustering that does not start with ingest_time makes the read API's pages read
+    # whole partitions: refused unless pages_read_whole_partitions says it is meant.
+    layout = optional(object({
+      partition                   = optional(string)
+      granularity                 = optional(string)
+      clustering                  = optional(list(string))
+      columns                     = optional(map(string))
+      pages_read_whole_partitions = optional(bool)
+    }))
+    # What marks a record deleted, if anything does: a payload holding `value` at
+    # `field` (a field path in `data`, as id_field names one). records_latest leaves out
+    # an id whose newest version is such a payload; without it, nothing is deleted.
+    delete_marker = optional(object({
+      field = string
+      value = string
+    }))
   }))
   default = {}
 
@@ -891,6 +915,17 @@ variable "systems" {
       ]
     ]))
     error_message = "id_field and time_field are field paths: names joined by dots, such as order_id or meta.created_at."
+  }
+
+  # A delete marker's field path, and a value put into records_latest's SQL as a string.
+  validation {
+    condition = alltrue([
+      for s in values(var.systems) : s.delete_marker == null || (
+        can(regex("^[^.\\s\"']+(\\.[^.\\s\"']+)*$", try(s.delete_marker.field, "")))
+        && can(regex("^[^'\"\\\\\\n]*$", try(s.delete_marker.value, "")))
+      )
+    ])
+    error_message = "A delete_marker's field is a field path (names joined by dots, no quotes) and its value holds no quote, backslash or line break."
   }
 
   # Files a system reads live under schemas/, which terraform.yml plans on: a changed

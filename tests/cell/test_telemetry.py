@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.resources import SERVICE_NAMESPACE, Resource
@@ -56,6 +57,7 @@ def count(points: list[Any], **attributes: str) -> float:
     )
 
 
+@pytest.mark.slow
 def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells() -> None:
     exported = Exported()
     telemetry = cell_telemetry(exported)
@@ -128,6 +130,7 @@ def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells(
     assert lag.count == 4
 
 
+@pytest.mark.slow
 def test_a_hundred_systems_add_no_distribution() -> None:
     exported = Exported()
     telemetry = cell_telemetry(exported)

@@ -373,6 +373,7 @@ def test_a_system_pushing_over_its_declared_rate_for_an_hour_is_ticketed() -> No
     assert f"{delivered % '(clicks)'} > 200" in grouped["over_declared"]
 
 
+@pytest.mark.slow
 def test_every_page_and_ticket_fits_cloud_monitoring_at_a_thousand_systems() -> None:
     # Cloud Monitoring takes a documentation of at most 8,192 characters and 10,240
     # bytes. The texts name no system: at ten cells of 100 systems of 24 characters (the

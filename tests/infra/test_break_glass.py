@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.infra.cell_world import (
     BUILT,
     GITHUB,
@@ -59,6 +61,7 @@ def _break_glass(cloud: Cloud, **inputs: Any) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_prod_alone_is_rolled_out_from_the_standby_registry(tmp_path: Path) -> None:
     cloud = _region_lost(tmp_path)
     run = _break_glass(cloud)
@@ -97,6 +100,7 @@ def test_only_an_image_prod_already_holds_is_rolled_out(tmp_path: Path) -> None:
     assert cells_ran(run) == {}
 
 
+@pytest.mark.slow
 def test_one_cell_failing_stops_no_other(tmp_path: Path) -> None:
     cloud = _region_lost(tmp_path)
     state = cloud.world

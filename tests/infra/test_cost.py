@@ -50,6 +50,7 @@ def _rows() -> dict[str, list[float]]:
     return found
 
 
+@pytest.mark.slow
 def test_the_runbook_cost_table_is_the_one_the_defaults_give() -> None:
     text = RUNBOOK.read_text()
     assert _table() in text, (
@@ -108,6 +109,7 @@ def test_it_prices_the_region_every_environment_deploys_to() -> None:
     assert cost.SPANNER_NODE_HOUR > 0.90  # us-central1's is $0.90
 
 
+@pytest.mark.slow
 def test_costs_at_100_and_1000_systems_and_alone_are_stated_against_what_was_asked() -> None:
     rows = _rows()
     cost = fleet_cost()
@@ -186,6 +188,7 @@ def test_every_billed_item_has_a_row_with_its_source() -> None:
         assert item in left_out, item
 
 
+@pytest.mark.slow
 def test_the_totals_add_up() -> None:
     rows = _rows()
     items = {k: v for k, v in rows.items() if not k.startswith(("Total", "Per system"))}
@@ -312,6 +315,7 @@ def test_committed_use_discounts_are_an_option_not_the_price() -> None:
     assert compute == pytest.approx(1000 / 1000 * cost.SPANNER_NODE_HOUR * 730, abs=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("rate", "instance_based"), [(1.0, False), (5.0, False), (10.0, True)])
 def test_billing_follows_the_declared_rate_against_the_break_even(
     rate: float, instance_based: bool
@@ -417,6 +421,7 @@ def test_a_rollouts_soak_reads_at_least_two_of_the_exporter_pools_points() -> No
     assert not accepted(901)
 
 
+@pytest.mark.slow
 def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> None:
     from tests.infra.test_terraform import ENVIRONMENT
 

@@ -104,10 +104,12 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
     return queries
 
 
+@pytest.mark.slow
 def test_the_parser_finds_a_broken_query(parse: Parse) -> None:
     assert parse({"broken": "sum by (a) (rate(x[5m]) > "})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("systems", [("orders",), ("recordline", "orders", "payments")])
 def test_every_page_and_ticket_query_parses(parse: Parse, systems: tuple[str, ...]) -> None:
     queries = _queries(systems)

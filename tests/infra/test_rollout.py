@@ -78,6 +78,7 @@ def _serving_world(**given: Any) -> dict[str, Any]:
 # --- the first deploy ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_first_deploy_replaces_both_placeholders_after_the_gate_and_smoke_test(
     tmp_path: Path,
 ) -> None:
@@ -132,6 +133,7 @@ def test_the_first_deploy_replaces_both_placeholders_after_the_gate_and_smoke_te
 # --- the exporter first, on its canary systems ------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_new_exporter_takes_the_canary_systems_first_and_ingest_waits_for_the_gates(
     tmp_path: Path,
 ) -> None:
@@ -183,6 +185,7 @@ def test_a_new_exporter_takes_the_canary_systems_first_and_ingest_waits_for_the_
     assert list(cells_ran(run)["recordline"]) == order
 
 
+@pytest.mark.slow
 def test_an_exporter_that_stops_exporting_after_start_stops_the_rollout_and_goes_back(
     tmp_path: Path,
 ) -> None:
@@ -212,6 +215,7 @@ def test_an_exporter_that_stops_exporting_after_start_stops_the_rollout_and_goes
     assert "docs/operations.md#rolling-the-exporter-back" in back.summary
 
 
+@pytest.mark.slow
 def test_an_exporter_that_fails_to_start_stops_the_rollout_before_ingest(tmp_path: Path) -> None:
     cloud = Cloud(tmp_path, _serving_world(deployed=EARLIER, exporter=EARLIER))
     cloud.update(broken_digests=[BUILT])
@@ -255,6 +259,7 @@ def test_the_ingest_service_waits_for_the_export_health_gate(
     assert runs(jobs["ingest"], none, {"needs": none, "inputs": {}}) is True
 
 
+@pytest.mark.slow
 def test_every_gate_watches_the_canary_systems_for_the_soak_with_a_lag_bound(
     tmp_path: Path,
 ) -> None:
@@ -281,6 +286,7 @@ def test_every_gate_watches_the_canary_systems_for_the_soak_with_a_lag_bound(
 # --- the ingest service's smoke test ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_failed_smoke_test_returns_traffic_and_the_exporter_and_stops_the_rollout(
     tmp_path: Path,
 ) -> None:
@@ -321,6 +327,7 @@ def test_a_failed_smoke_test_returns_traffic_and_the_exporter_and_stops_the_roll
     assert serving(cloud, "eu-2") == before
 
 
+@pytest.mark.slow
 def test_a_cancelled_rollout_returns_traffic_and_the_exporter(tmp_path: Path) -> None:
     cloud = Cloud(tmp_path, _serving_world(deployed=EARLIER, exporter=EARLIER))
     run = rollout(cloud, cancel_after="Deploy with no traffic, under a tag")
@@ -334,6 +341,7 @@ def test_a_cancelled_rollout_returns_traffic_and_the_exporter(tmp_path: Path) ->
 # --- many cells -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cells_come_from_their_terraform_states_one_first_then_the_rest(tmp_path: Path) -> None:
     cells = {"recordline": ["recordline"], **{f"cell-{n:02d}": [f"sys-{n:02d}"] for n in range(2)}}
     cloud = Cloud(tmp_path, world(cells, deployed=EARLIER))
@@ -400,6 +408,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.slow
 def test_canary_systems_with_their_own_shape_are_smoke_tested_with_their_own_canary(
     tmp_path: Path,
 ) -> None:
@@ -428,6 +437,7 @@ def test_canary_systems_with_their_own_shape_are_smoke_tested_with_their_own_can
     }
 
 
+@pytest.mark.slow
 def test_a_canary_the_candidate_rejects_fails_its_smoke_test_with_the_reason(
     tmp_path: Path,
 ) -> None:
@@ -454,6 +464,7 @@ def test_a_canary_the_candidate_rejects_fails_its_smoke_test_with_the_reason(
 # --- after a rollback -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_deploy_after_a_rollback_serves_its_own_revision(tmp_path: Path) -> None:
     # On-call pinned traffic to an earlier revision (docs/operations.md#rolling-back).
     cloud = Cloud(tmp_path, world({"recordline": ["recordline"]}, deployed=EARLIER))
@@ -523,6 +534,7 @@ STANDBY_REGION = "europe-west4"
 STANDBY = f"{STANDBY_REGION}-docker.pkg.dev/{PROJECT}/recordline"
 
 
+@pytest.mark.slow
 def test_every_image_deployed_is_in_the_standby_registry_too(tmp_path: Path) -> None:
     # With standby_region (environment/artifact_registry.tf), the image any cell serves
     # is also in the other region's registry, same digest, same tag: a region lost takes
@@ -541,6 +553,7 @@ def test_every_image_deployed_is_in_the_standby_registry_too(tmp_path: Path) -> 
     assert len(cloud.calls("skopeo")) == 2
 
 
+@pytest.mark.slow
 def test_a_standby_registry_that_cannot_take_the_image_stops_the_rollout_first(
     tmp_path: Path,
 ) -> None:

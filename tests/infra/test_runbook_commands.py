@@ -158,6 +158,7 @@ def recorded(cloud: Cloud) -> list[dict[str, Any]]:
 # --- where each system is -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_directory_lookup_sets_what_terraform_made_for_the_system(cloud: Cloud) -> None:
     keys = sorted(directory()["orders"])
     printed = run(cloud, where(), *(f'echo "{k.upper()}=${k.upper()}"' for k in keys))
@@ -206,6 +207,7 @@ COMMAND_WORDS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_command_names_what_the_directory_names_for_a_system_on_the_second_instance(
     cloud: Cloud,
 ) -> None:
@@ -255,6 +257,7 @@ def test_every_command_names_what_the_directory_names_for_a_system_on_the_second
 # --- rolling back -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rolling_back_at_3am_sends_every_request_of_the_cell_to_the_previous_revision(
     cloud: Cloud,
 ) -> None:
@@ -365,6 +368,7 @@ def test_a_token_for_the_cell_is_minted_for_the_operator_account(cloud: Cloud) -
     assert "Invalid account type for `--audiences`" in done.stderr
 
 
+@pytest.mark.slow
 def test_replaying_dead_letters_runs_as_the_cells_ops_job(cloud: Cloud) -> None:
     (replay,) = blocks("replaying-dead-letters")
     run(cloud, where(), JOB, replay)
@@ -380,6 +384,7 @@ def test_replaying_dead_letters_runs_as_the_cells_ops_job(cloud: Cloud) -> None:
     assert dry["env"]["RECORDLINE_CELL"] == "recordline"
 
 
+@pytest.mark.slow
 def test_only_on_call_as_the_operator_account_runs_the_cells_jobs(cloud: Cloud) -> None:
     command = 'job "$EXPORT_JOB" export --system="$SYSTEM" status'
     # Someone not on call may not act as the operator account.
@@ -398,6 +403,7 @@ def test_only_on_call_as_the_operator_account_runs_the_cells_jobs(cloud: Cloud) 
     assert "run.jobs.run" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_restore_commands_are_ones_recordline_takes(cloud: Cloud) -> None:
     lines = [
         line.strip()
@@ -473,6 +479,7 @@ def test_why_the_export_stopped_and_who_holds_the_lease_is_read_as_the_operator_
     assert "spanner.sessions.create" in cloud.shell("\n".join([where(), as_themselves])).stderr
 
 
+@pytest.mark.slow
 def test_reading_a_system_of_the_cell_as_a_reader_does(cloud: Cloud) -> None:
     (read,) = blocks("cell-not-ready")
     # The bad revision answers 500; the good one, once rolled back to, 200.
@@ -483,6 +490,7 @@ def test_reading_a_system_of_the_cell_as_a_reader_does(cloud: Cloud) -> None:
     assert run(cloud, where(), read).splitlines()[-1] == "200"
 
 
+@pytest.mark.slow
 def test_a_page_names_the_systems_it_counts(cloud: Cloud) -> None:
     from tests.infra.test_alerts import _symptoms
 
@@ -524,6 +532,7 @@ def _sh(text: str) -> list[str]:
     return [b.strip() for b in re.findall(r"```sh\n(.*?)```", text, re.S)]
 
 
+@pytest.mark.slow
 def test_every_ticket_command_runs_as_written_for_a_system_on_the_second_instance(
     cloud: Cloud,
 ) -> None:
@@ -572,6 +581,7 @@ def test_capacity_needs_the_operator_account(cloud: Cloud) -> None:
     assert "spanner.instances" in cloud.shell("\n".join([where(), as_themselves])).stderr
 
 
+@pytest.mark.slow
 def test_a_deleted_dataset_is_undropped_before_anything_creates_it_again(cloud: Cloud) -> None:
     cloud.update(datasets={"recordline": "live", "orders": "dropped"})
     (undrop,) = blocks("a-deleted-dataset")
