@@ -37,7 +37,7 @@ locals {
   # (each metric under its system's name: namespace), logs as JSON, and the freshness
   # SLO's bound: the lease holder counts each exported row's freshness event. Its
   # metrics every two minutes, as the ingest service's (cell.tf): the lease holder
-  # writes ten series of each serving system, the most of a cell's bill for Cloud
+  # writes eight series of each serving system, the most of a cell's bill for Cloud
   # Monitoring (infra/fleet_cost.py); the alerts read windows of five minutes and more,
   # and a rollout's soak holds at least two points (export_soak_seconds).
   exporter_env = merge(var.extra_env, {
