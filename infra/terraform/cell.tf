@@ -146,8 +146,7 @@ locals {
     # is written on every export for as long as the instance lives (cumulative), so each
     # instance's series of every system it ever counted an incident of, and the cell's
     # distributions, cost half. The alerts read windows of five minutes and more; the
-    # exporter pool keeps a minute, which the rollout's export gate reads
-    # (infra/fleet_cost.py prices both).
+    # exporter pool writes as often (exporter.tf, infra/fleet_cost.py prices both).
     OTEL_METRIC_EXPORT_INTERVAL = "120000"
   })
 }

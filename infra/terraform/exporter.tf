@@ -48,7 +48,11 @@ locals {
 
   # What the pool and the export job run with: the cell's systems' file, the cell's name
   # (each metric under its system's name: namespace), logs as JSON, and the freshness
-  # SLO's bound: the lease holder counts each exported row's freshness event.
+  # SLO's bound: the lease holder counts each exported row's freshness event. Its
+  # metrics every two minutes, as the ingest service's (cell.tf): the lease holder
+  # writes eight series of each serving system, the most of a cell's bill for Cloud
+  # Monitoring (infra/fleet_cost.py); the alerts read windows of five minutes and more,
+  # and a rollout's soak holds at least two points (export_soak_seconds).
   exporter_env = merge(var.extra_env, {
     RECORDLINE_CELL                  = local.cell
     RECORDLINE_SYSTEMS               = local.systems_setting
@@ -56,6 +60,7 @@ locals {
     RECORDLINE_LOG_FORMAT            = "json"
     OTEL_SERVICE_NAME                = "${local.cell}-exporter"
     OTEL_METRICS_EXPORTER            = "gcp_monitoring"
+    OTEL_METRIC_EXPORT_INTERVAL      = "120000"
     RECORDLINE_SLO_FRESHNESS_SECONDS = tostring(var.freshness_threshold_seconds)
   })
 }

@@ -198,9 +198,11 @@ variable "export_soak_seconds" {
   description = "How long a rollout watches the canary systems' export before the exporter takes every system, and again before the ingest service is deployed (deploy-cell.yml)."
   default     = 300
 
+  # The exporter pool writes its metrics every two minutes (exporter.tf): a soak holds
+  # at least two of its points.
   validation {
-    condition     = var.export_soak_seconds >= 60 && var.export_soak_seconds <= 900
-    error_message = "export_soak_seconds must be 60 to 900: at least a minute of metrics, and within a rollout job's 20 minutes."
+    condition     = var.export_soak_seconds >= 240 && var.export_soak_seconds <= 900
+    error_message = "export_soak_seconds must be 240 to 900: at least two of the exporter pool's points (every 2 minutes), and within a rollout job's 20 minutes."
   }
 }
 

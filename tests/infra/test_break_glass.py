@@ -25,7 +25,7 @@ from tests.infra.cell_world import (
     cells_ran,
     world,
 )
-from tests.infra.workflow_runner import Cloud, load, run_workflow
+from tests.infra.workflow_runner import Cloud, load, run_job, run_workflow
 
 STANDBY_REGION = "europe-west4"
 STANDBY = f"{STANDBY_REGION}-docker.pkg.dev/recordline-prod/recordline"
@@ -117,6 +117,40 @@ def test_one_cell_failing_stops_no_other(tmp_path: Path) -> None:
     assert cells_ran(run)["recordline"]["ingest"] == "success"
     assert "failure" in cells_ran(run)["eu-2"].values()
     assert load("break-glass.yml")["jobs"]["cells"]["strategy"]["fail-fast"] is False
+
+
+@pytest.mark.slow
+def test_its_soak_reads_at_least_two_of_the_exporter_pools_points(tmp_path: Path) -> None:
+    # The pool writes its metrics every two minutes: a gate watching less than two of
+    # its points could find no row exported, and fail a good release in a lost region.
+    # Break-glass accepts the soaks a cell's export_soak_seconds accepts (which holds
+    # them to two points: tests/infra/test_cost.py), and by default watches as long as a
+    # cell does, a minute past the least: a revision's first point is two minutes after
+    # it starts, and the latest takes a while to be read.
+    from tests.infra.test_terraform import _validations_hold, _variables
+
+    cloud = _region_lost(tmp_path)
+
+    def accepted(seconds: str) -> bool:
+        job = run_job(
+            cloud,
+            "break-glass.yml",
+            "prepare",
+            inputs={"image_tag": SHA, "cells": "", "soak_seconds": seconds},
+            variables=PROD,
+            github={**GITHUB, "event_name": "workflow_dispatch"},
+            needs={"approve": {"outputs": {"standby_repository": STANDBY}}},
+            cancel_after="Check the request",
+        )
+        return job.step("Check the request").outcome == "success"
+
+    # YAML 1.1 reads the key `on` as true.
+    default = load("break-glass.yml")[True]["workflow_dispatch"]["inputs"]["soak_seconds"]
+    assert default["default"] == str(_variables()["export_soak_seconds"]["default"]) == "300"
+    for seconds in ("239", "240", "900", "901"):
+        cell = _validations_hold("export_soak_seconds", {"export_soak_seconds": seconds})
+        assert accepted(seconds) is cell, seconds
+    assert accepted("240")
 
 
 def test_the_break_glass_path_names_no_dev_job_and_reads_nothing_of_devs() -> None:
