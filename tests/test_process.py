@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -18,17 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recordline_dev.processes import free_port
 from tests import rawhttp
 from tests.conftest import envelope
 from tests.waiting import until, until_blocking
 
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Service:
