@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -97,3 +98,41 @@ async def test_one_systems_slow_large_push_refuses_no_other_systems_push(
         assert answer.status_code == 204, (answer.status_code, answer.text)
     finally:
         writer.close()
+
+
+def followers_open(metrics: str) -> int:
+    """The followers the cell holds now, every system's (`recordline_followers`)."""
+    found = re.findall(r"^recordline_followers(?:\{[^}]*\})? ([0-9.]+)$", metrics, re.M)
+    return int(sum(float(value) for value in found))
+
+
+async def test_a_system_that_borrowed_followers_leaves_every_other_its_own_share() -> None:
+    # What it proves: a system borrows places (followers here; reads and exports are the
+    # same `Places`) until half the cell's are taken, but the others' own shares are the
+    # whole of the cell's, so what it borrowed is taken from them and not given back
+    # until its followers leave (an SSE stream holds its place 300 s). With six followers
+    # in a cell of three (two each), alpha holds three, beta its two, and gamma, which
+    # holds one, is refused its second (503 too-many-followers), within its own share.
+    made = new_cell(RECORDLINE_MAX_FOLLOWERS="6")
+    async with served(made, bounded=True) as client:  # type: ignore[arg-type]
+
+        async def holds(count: int) -> bool:
+            return followers_open((await client.get("/metrics")).text) == count
+
+        async def follow(system: str, seconds: float) -> int:
+            answer = await client.get(f"/systems/{system}/v1/records?wait={seconds}")
+            return answer.status_code
+
+        # Alpha's long-polls, more than its share: it holds what it may borrow.
+        alphas = [asyncio.create_task(follow("alpha", 20)) for _ in range(4)]
+        done, _ = await asyncio.wait(alphas, return_when=asyncio.FIRST_COMPLETED)
+        assert [task.result() for task in done] == [503]  # past what it may borrow
+        await until(lambda: holds(3), timeout=10, what="alpha to hold its two and one lent")
+        betas = [asyncio.create_task(follow("beta", 20)) for _ in range(2)]
+        await until(lambda: holds(5), timeout=10, what="beta to hold its own two")
+        # Gamma asks for its own two, each waiting a second.
+        gammas = await asyncio.gather(follow("gamma", 1), follow("gamma", 1))
+        for task in [*alphas, *betas]:
+            task.cancel()
+        await asyncio.gather(*alphas, *betas, return_exceptions=True)
+        assert gammas == [200, 200], gammas
