@@ -136,3 +136,28 @@ async def test_a_system_that_borrowed_followers_leaves_every_other_its_own_share
             task.cancel()
         await asyncio.gather(*alphas, *betas, return_exceptions=True)
         assert gammas == [200, 200], gammas
+
+
+def served_systems(systems: dict[str, dict[str, str]]) -> set[str]:
+    """The systems a cell of `systems` (in this order) serves."""
+    loaded = Settings.load(
+        {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": json.dumps(systems)}
+    )
+    return set(loaded.systems())
+
+
+def test_an_entry_naming_another_systems_store_is_never_served_on_it() -> None:
+    # What it proves: of two entries naming one store, the one later in the file is the
+    # fault and the earlier serves, so which system serves the store is the file's order,
+    # not which system owns it. Terraform writes the file with its keys sorted
+    # (`jsonencode`), so an operator's new entry "aardvark" copied from beta's, its store
+    # left beta's, sorts first: aardvark serves beta's records (to aardvark's readers,
+    # under aardvark's tokens) and beta, which served yesterday, is 503
+    # system-unavailable. Whatever else is decided, the new entry must not serve a store
+    # that another entry names, in either order.
+    beta = {"store": "bigquery://recordline-prod/beta"}
+    aardvark = {"store": beta["store"]}
+    as_written = served_systems({"aardvark": aardvark, "beta": beta})
+    assert "aardvark" not in as_written, as_written
+    # And the same file in another order serves the same systems.
+    assert served_systems({"beta": beta, "aardvark": aardvark}) == as_written
