@@ -247,6 +247,7 @@ OPS = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(OPS)
 def test_the_budget_holds_exactly_what_its_charges_hold_whatever_happens(ops: list[Op]) -> None:

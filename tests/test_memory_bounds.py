@@ -41,6 +41,9 @@ from app.store.tail import MAX_BYTES as TAIL_BYTES
 from recordline_dev.processes import free_port
 from tests.waiting import until_blocking
 
+# Slow, every test: each module-scoped service is filled with the largest records first.
+pytestmark = pytest.mark.slow
+
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 MIB = 1024 * 1024
 RECORDS = 40
