@@ -488,3 +488,23 @@ def test_shares_and_promises_hold_exactly_what_their_charges_hold(ops: list[Op])
         charge.release()
     assert (budget.held, budget.promised) == (0, 0)
     assert [(s.held, s.promised) for s in shares] == [(0, 0), (0, 0)]
+
+
+def test_a_systems_large_body_within_its_own_share_is_kept_whatever_another_promised() -> None:
+    # The room reads leave large bodies was one pool: alpha's one slow largest push
+    # filled it, and beta's large push was refused on its idle share.
+    budget = Budget(16 * MIB, read_room=4 * MIB)  # 3 MiB for large bodies beside reads
+    alpha, beta = Share(budget, 6 * MIB), Share(budget, 6 * MIB)
+    slow = Charge(budget, alpha)
+    assert slow.vow(3 * MIB)
+    assert not Charge(budget, alpha).vow(4 * MIB)  # past its own, the pool being full
+    assert not Charge(budget).vow(MIB)  # of no system's: the pool alone
+    body = Charge(budget, beta)
+    assert body.vow(5 * MIB)
+    # Reads leave what was promised beyond their room: each body is read whole.
+    assert budget.read_ceiling == budget.large_ceiling - 8 * MIB
+    assert not Charge(budget, beta).fits(budget.read_ceiling + 1)
+    assert body.take_request(5 * MIB)
+    body.release()
+    slow.release()
+    assert budget.read_ceiling == budget.reads_most
