@@ -446,17 +446,31 @@ class Places:
     """Places held at once (reads, followers or exports in flight): `most` of them, or, as
     a system's share of a cell's `pool`, `most` its own and beyond them what quiet
     systems leave, while half the pool's places are free (LENT_ROOM). A place borrowed
-    comes back as its holder leaves; borrowing stops once the pool is half full, so the
-    systems whose shares were lent find theirs when they come back."""
+    comes back as its holder leaves; borrowing stops once the pool is half full. A pool
+    that `keeps_own` (followers, who hold their places for minutes) admits a share within
+    its own whatever the others borrowed: it holds its `most` and what it lent (`lent`,
+    half of `most` at most) until the borrowers leave, rather than keep an owner out of
+    its own share meanwhile."""
 
-    __slots__ = ("borrows", "most", "open", "pool")
+    __slots__ = ("borrows", "keeps_own", "lent", "most", "open", "pool")
 
-    def __init__(self, most: int, pool: Places | None = None, *, borrows: bool = True) -> None:
+    def __init__(
+        self,
+        most: int,
+        pool: Places | None = None,
+        *,
+        borrows: bool = True,
+        keeps_own: bool = False,
+    ) -> None:
         self.most = most
         self.open = 0
         self.pool = pool
         # Whether it may hold more than `most` while the pool has room to lend.
         self.borrows = borrows
+        # As a pool: whether a share within its own is admitted past `most` while places
+        # are lent, and how many of its shares' places are beyond their own now.
+        self.keeps_own = keeps_own
+        self.lent = 0
 
     def share(self, most: int, *, borrows: bool = True) -> Places:
         """A system's share of these places: `most` its own (one at least), and what it
@@ -468,10 +482,13 @@ class Places:
         pool = self.pool
         if pool is None:
             return self.open >= self.most
+        if self.open < self.most:
+            if pool.open < pool.most:
+                return False
+            # Its own, where the others borrowed: if the pool keeps them for their owners.
+            return not pool.keeps_own or pool.open - pool.lent >= pool.most
         if pool.open >= pool.most:
             return True
-        if self.open < self.most:
-            return False
         return not self.borrows or pool.open >= pool.most - int(pool.most * LENT_ROOM)
 
     def take(self) -> None:
@@ -479,9 +496,13 @@ class Places:
         self.open += 1
         if self.pool is not None:
             self.pool.open += 1
+            if self.open > self.most:
+                self.pool.lent += 1
 
     def give(self) -> None:
         """Give back a place taken before."""
-        self.open -= 1
         if self.pool is not None:
             self.pool.open -= 1
+            if self.open > self.most:
+                self.pool.lent -= 1
+        self.open -= 1

@@ -508,3 +508,30 @@ def test_a_systems_large_body_within_its_own_share_is_kept_whatever_another_prom
     body.release()
     slow.release()
     assert budget.read_ceiling == budget.reads_most
+
+
+def test_a_pool_that_keeps_own_admits_a_share_within_its_own_whatever_was_lent() -> None:
+    # Followers hold their places for minutes: a system whose share was lent was
+    # refused its own until the borrower's followers left.
+    pool = Places(6, keeps_own=True)
+    alpha, beta, gamma = pool.share(2), pool.share(2), pool.share(2)
+    for _ in range(3):  # its 2, and 1 lent while half the pool is free
+        alpha.take()
+    assert alpha.full()
+    for share in (beta, beta, gamma):
+        assert not share.full()
+        share.take()
+    assert (pool.open, pool.lent) == (6, 1)
+    assert not gamma.full()  # its own, beyond the pool by what was lent
+    gamma.take()
+    assert gamma.full() and beta.full() and alpha.full()
+    assert (pool.open, pool.lent) == (7, 1)
+    alpha.give()  # the lent place comes back as its holder leaves
+    assert (pool.open, pool.lent) == (6, 0)
+    assert alpha.full()  # the pool is full of places their owners hold
+    # A pool that does not keep them (reads, exports) stays within its most.
+    strict = Places(2)
+    one, two = strict.share(1), strict.share(1)
+    one.take()
+    one.take()
+    assert two.full()
