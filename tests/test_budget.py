@@ -524,7 +524,7 @@ def test_a_pool_that_keeps_own_admits_a_share_within_its_own_whatever_was_lent()
     assert (pool.open, pool.lent) == (6, 1)
     assert not gamma.full()  # its own, beyond the pool by what was lent
     gamma.take()
-    assert gamma.full() and beta.full() and alpha.full()
+    assert all(share.full() for share in (alpha, beta, gamma))
     assert (pool.open, pool.lent) == (7, 1)
     alpha.give()  # the lent place comes back as its holder leaves
     assert (pool.open, pool.lent) == (6, 0)

@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -140,9 +139,7 @@ async def test_a_system_that_borrowed_followers_leaves_every_other_its_own_share
 
 def served_systems(systems: dict[str, dict[str, str]]) -> set[str]:
     """The systems a cell of `systems` (in this order) serves."""
-    loaded = Settings.load(
-        {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": json.dumps(systems)}
-    )
+    loaded = Settings.load({"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": json.dumps(systems)})
     return set(loaded.systems())
 
 
