@@ -106,5 +106,8 @@ def test_a_benchmark_the_docs_quote_runs_at_a_small_size(
         check=False,
     )
     said = f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    assert done.returncode == 0, said
+    # It runs and prints its table; no figure is judged here, so a bench that exits 1
+    # for a target missed (at this size, on a loaded machine) passes when it said why.
+    assert done.returncode in (0, 1), said
+    assert "Traceback" not in done.stderr, said
     assert says in done.stdout, said
