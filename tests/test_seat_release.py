@@ -6,11 +6,15 @@ from __future__ import annotations
 import gc
 
 import httpx
+import pytest
 
 from app.asgi import create_app
 from app.query.follow import Seat
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
+
+# Among the slowest: left out by `dev.py test --quick`.
+pytestmark = pytest.mark.slow
 
 # Streams of a range already complete, one after another on one connection: each ends
 # at once, with its `end` event.

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import pytest
+
 from app.records import Record, columns
 from tests.bigquery.billing import MIB, BillingModel, Layout
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -87,6 +89,7 @@ def by_id(answer: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return found
 
 
+@pytest.mark.slow
 async def test_it_answers_each_id_as_the_look_up_does(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs, make_store: Callable[..., Any]
 ) -> None:
@@ -102,6 +105,7 @@ async def test_it_answers_each_id_as_the_look_up_does(
         assert found[record.id] == (record.message_id, json.loads(record.data)), record.id
 
 
+@pytest.mark.slow
 async def test_an_id_whose_newest_version_is_a_delete_marker_is_left_out(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs, make_store: Callable[..., Any]
 ) -> None:

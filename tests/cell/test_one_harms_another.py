@@ -105,6 +105,7 @@ def followers_open(metrics: str) -> int:
     return int(sum(float(value) for value in found))
 
 
+@pytest.mark.slow
 async def test_a_system_that_borrowed_followers_leaves_every_other_its_own_share() -> None:
     # What it proves: a system borrows places (followers here; reads and exports are the
     # same `Places`) until half the cell's are taken, but the others' own shares are the

@@ -68,6 +68,7 @@ def _documented(cost: ModuleType) -> bool:
     return bool(cost.table() in text and cost.notes() in text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "changed"),
     [
