@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from app.budget import SMALL_BYTES, Budget, Charge, Places, Share
 from app.errors import TooMuchInFlight
+from tests.waiting import until
 
 MIB = 1024 * 1024
 
@@ -377,13 +378,11 @@ async def test_a_systems_waiting_reads_hold_back_its_own_and_stop_others_borrowi
     assert own.take(7 * MIB, budget.most)
     # Alpha's read waits for room: beta's read that fits goes ahead of it, in its own line.
     waiting = asyncio.create_task(Charge(budget, alpha).read(2 * MIB))
-    await asyncio.sleep(0)
-    assert budget.waiting == 1
+    await until(lambda: budget.waiting == 1, what="alpha's read waiting")
     assert Charge(budget, beta).fits(MIB)
     # While a read of beta's waits, alpha lends and never borrows.
     behind = asyncio.create_task(Charge(budget, beta).read(4 * MIB))
-    await asyncio.sleep(0)
-    assert budget.waiting == 2
+    await until(lambda: budget.waiting == 2, what="beta's read waiting behind it")
     assert alpha.room() == 0
     own.release()  # room for beta's read, which alpha's does not hold back
     await behind
