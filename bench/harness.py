@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from recordline_dev.processes import free_port
+from recordline_dev.processes import free_port as free_port  # bench modules take it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
