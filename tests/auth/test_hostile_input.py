@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 from litestar.types import Receive, Scope, Send
 from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
 
 from app.asgi import create_app
 from app.errors import BadEnvelope
@@ -69,7 +70,14 @@ class Restartable:
         await self._app(scope, receive, send)
 
 
-SCHEMA = schemathesis.openapi.from_asgi("/docs/openapi.json", Restartable())
+# Examples and fuzzing. The coverage phase's boundary cases are drawn when the suite is
+# collected, by every worker that collects it (half a minute each); they run with every
+# check against the served app in tests/test_contract.py, pushes included.
+SCHEMA = schemathesis.openapi.from_asgi(
+    "/docs/openapi.json",
+    Restartable(),
+    config=SchemathesisConfig.from_dict({"phases": {"coverage": {"enabled": False}}}),
+)
 
 
 @pytest.mark.slow
