@@ -235,9 +235,9 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_page_token" {
 }
 
 # The cell's systems (RECORDLINE_SYSTEMS), read by the ingest service, the exporter pool
-# and the jobs, each as a file. Not a secret of anyone's (principals, URLs, schemas): a
-# secret because a variable holds 32 KiB and a hundred systems' file more than that
-# with their schemas. Each version is named in the services' templates (`version`), so
+# and the jobs, each as a file. Not a secret of anyone's (principals, URLs): a secret
+# because a variable holds 32 KiB and a hundred systems' file more than that; their
+# schemas and long lists of principals are files of their own (systems_values, below). Each version is named in the services' templates (`version`), so
 # a new system makes new revisions, which read the new file. A revision is its image and
 # the version it mounts: a version outlives every revision that mounts it (below).
 resource "google_secret_manager_secret" "systems" {
