@@ -365,7 +365,8 @@ def test_a_systems_schema_and_principals_may_each_be_a_file_of_their_own(tmp_pat
         (
             "json_topic_schema",
             "@{tmp}/list.json",
-            "'json_topic_schema': not accepted: expected what RECORDLINE_JSON_TOPIC_SCHEMA accepts (`recordline config --reference`) (its value read from {tmp}/list.json)",
+            "'json_topic_schema': not accepted: expected what RECORDLINE_JSON_TOPIC_SCHEMA "
+            "accepts (`recordline config --reference`) (its value read from {tmp}/list.json)",
         ),
         (
             "read_principals",

@@ -371,7 +371,8 @@ def test_what_the_file_names_rather_than_holds_is_mounted_beside_it_and_read_as_
     )
     # The file holds neither the schema nor the long list: each is a value of its own.
     assert sorted(found["values"]) == ["shop.readers", "shop.schema"]
-    assert AVRO.decode() not in found["file"] and READERS[0][5:] not in found["file"]
+    assert AVRO.decode() not in found["file"]
+    assert READERS[0][5:] not in found["file"]
     # Mounted as Cloud Run mounts them, here under tmp_path: the file, and each value a
     # file named by its key in the values' directory.
     root = str(tmp_path)
