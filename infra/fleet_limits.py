@@ -371,14 +371,13 @@ def layout(systems: int, cell_max: int = 100) -> dict[str, dict[str, Any]]:
     return cells
 
 
-@cache
-def cell_limits(systems: int) -> dict[str, Any]:
-    """A cell of `systems` systems with the longest names, as the cell root evaluates it:
-    its systems' file in bytes, its audiences in characters, its SLOs."""
-    names = system_names(systems)
+def _cell_console(systems: int, expression: str, entry: str = "") -> Any:
+    """`expression` in the cell root of `systems` serving systems with the longest names,
+    each with `entry` besides, evaluated offline (`terraform console`, its plain locals
+    in a scratch tree beside the repository's schemas)."""
     entries = ", ".join(
-        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""} }}'
-        for i, n in enumerate(names)
+        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""}{entry} }}'
+        for i, n in enumerate(system_names(systems))
     )
     values = {
         "project_id": f'"{ENVIRONMENT_PROJECT}"',
@@ -389,6 +388,22 @@ def cell_limits(systems: int) -> dict[str, Any]:
         "service_account_quota": str(GRANTED_SERVICE_ACCOUNTS),
         "systems": "{ " + entries + " }",
     }
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch, "infra", "terraform")
+        work.mkdir(parents=True)
+        shutil.copytree(ROOT / "schemas", Path(scratch, "schemas"))
+        shutil.copy(TERRAFORM / "variables.tf", work)
+        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
+        plain.append('locals {\n  project_number = "123456789012"\n  policy_principals = 1500\n}\n')
+        (work / "locals.tf").write_text("\n".join(plain))
+        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
+        return _console(work, expression)
+
+
+@cache
+def cell_limits(systems: int) -> dict[str, Any]:
+    """A cell of `systems` systems with the longest names, as the cell root evaluates it:
+    its systems' file in bytes, its audiences in characters, its SLOs."""
     expression = (
         "{ file = local.systems_file_bytes, file_max = local.secret_bytes,"
         " audiences = length(jsonencode(local.custom_audiences)),"
@@ -399,14 +414,7 @@ def cell_limits(systems: int) -> dict[str, Any]:
         " databases_max = local.spanner_databases_per_instance,"
         " principals_max = 1500 }"
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        shutil.copy(TERRAFORM / "variables.tf", work)
-        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
-        plain.append('locals {\n  project_number = "123456789012"\n  policy_principals = 1500\n}\n')
-        (work / "locals.tf").write_text("\n".join(plain))
-        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
-        found: dict[str, Any] = _console(work, expression)
+    found: dict[str, Any] = _cell_console(systems, expression)
     # The service's principals: each system's push account, on-call's operator and the
     # smoke test's and the probe's accounts, the deploy and operator accounts as
     # developers (cell.tf).
@@ -429,21 +437,6 @@ def file_sizes(realistic: bool, systems: int = 100) -> list[int]:
     """The bytes of a cell's systems' file holding its first 1, 2, … `systems` systems,
     each with the longest name, serving, and its entry the least one or a `REALISTIC`
     one, as the cell root renders it; and the bytes a secret holds, last."""
-    names = system_names(systems)
-    extra = f", {REALISTIC}" if realistic else ""
-    entries = ", ".join(
-        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""}{extra} }}'
-        for i, n in enumerate(names)
-    )
-    values = {
-        "project_id": f'"{ENVIRONMENT_PROJECT}"',
-        "environment": '"prod"',
-        "cell": '"c01"',
-        "terraform_state_bucket": '"recordline-prod-tfstate"',
-        "oncall": '["group:recordline-oncall@example.com"]',
-        "service_account_quota": str(GRANTED_SERVICE_ACCOUNTS),
-        "systems": "{ " + entries + " }",
-    }
     # The file of the first n systems, in the file's order (by name), as the cell root
     # counts its bytes (cell.tf, systems_file_bytes).
     ordered = "sort(keys(local.systems_file))"
@@ -452,16 +445,7 @@ def file_sizes(realistic: bool, systems: int = 100) -> list[int]:
         f"concat([for n in range(1, length({ordered}) + 1) :"
         f" length(base64encode(jsonencode({prefix}))) / 4 * 3], [local.secret_bytes])"
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch, "infra", "terraform")
-        work.mkdir(parents=True)
-        shutil.copytree(ROOT / "schemas", Path(scratch, "schemas"))
-        shutil.copy(TERRAFORM / "variables.tf", work)
-        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
-        plain.append('locals {\n  project_number = "123456789012"\n  policy_principals = 1500\n}\n')
-        (work / "locals.tf").write_text("\n".join(plain))
-        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
-        found: list[int] = _console(work, expression)
+    found: list[int] = _cell_console(systems, expression, f", {REALISTIC}" if realistic else "")
     return found
 
 
