@@ -872,9 +872,54 @@ _CELL_SYSTEMS_ACCEPTED = (
     'RECORDLINE_SYSTEM) to {"store": RECORDLINE_STORE, and optionally "serving", '
     '"json_topic_schema", "push_audience", "push_service_accounts", "read_principals", '
     '"operator_principals", "id_field", "time_field" (each as the variable of that name), '
-    '"rate" (declared pushes a second), "queue_bytes", "max_followers", "max_reads"}; or '
-    "`@/absolute/path.json`, a file holding it"
+    '"rate" (declared pushes a second), "queue_bytes", "max_followers", "max_reads"}, '
+    '"json_topic_schema", "read_principals" and "operator_principals" each either its '
+    "value or `@/absolute/path` naming a file holding it; or `@/absolute/path.json`, a "
+    "file holding the object"
 )
+
+# An entry's settings whose values may be long (a schema, a list of principals): each
+# may name a file holding its value (`@/absolute/path`), so that a cell's file holds
+# its systems, not their bulk (a mounted secret holds 64 KiB).
+REFERABLE: Final = ("json_topic_schema", "read_principals", "operator_principals")
+
+
+def _file_text(said: str, value: str) -> str:
+    """The text of the file `value` names (`@/absolute/path`); SettingsError of
+    RECORDLINE_SYSTEMS, `said` saying whose value it is, for one that cannot be read."""
+    path = value[1:]
+    if not os.path.isabs(path):
+        raise SettingsError(
+            f"RECORDLINE_SYSTEMS: {said}{value!r} is not accepted: expected `@` and an "
+            "absolute path",
+            var="RECORDLINE_SYSTEMS",
+            accepts=_CELL_SYSTEMS_ACCEPTED,
+        )
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError(
+            f"RECORDLINE_SYSTEMS: {said}{path} cannot be read ({why})",
+            var="RECORDLINE_SYSTEMS",
+        ) from None
+
+
+def _referenced(name: str, entry: object) -> tuple[object, dict[str, str]]:
+    """`entry` with each value of `REFERABLE` that names a file replaced by the file's
+    text (its surrounding white space dropped), and the files read, by field; a
+    SettingsError naming the system and the field for a file that cannot be read."""
+    if not isinstance(entry, dict):
+        return entry, {}
+    resolved = dict(entry)
+    files = {}
+    for field in REFERABLE:
+        value = entry.get(field)
+        if isinstance(value, str) and value.strip().startswith("@"):
+            files[field] = value.strip()[1:]
+            resolved[field] = _file_text(f"system {name!r}: {field!r}: ", value.strip()).strip()
+    return resolved, files
 
 
 def _entry_error(entry: object, exc: msgspec.ValidationError) -> str:
@@ -1037,17 +1082,9 @@ class CellSettings(Section, frozen=True):
         value = self.systems.strip()
         if not value.startswith("@"):
             return value
-        path = value[1:]
-        if not os.path.isabs(path):
+        if not os.path.isabs(value[1:]):
             raise invalid("RECORDLINE_SYSTEMS", value, "`@` and an absolute path")
-        try:
-            with open(path, encoding="utf-8") as file:
-                return file.read()
-        except OSError as exc:
-            raise SettingsError(
-                f"RECORDLINE_SYSTEMS: {path} cannot be read ({exc.strerror or exc})",
-                var="RECORDLINE_SYSTEMS",
-            ) from None
+        return _file_text("", value)
 
     def entries(self) -> dict[str, SystemEntry]:
         """Each system's entry, by name, in the order given, but those that cannot be
@@ -1088,10 +1125,21 @@ class CellSettings(Section, frozen=True):
                     accepts=_CELL_SYSTEMS_ACCEPTED,
                 )
             try:
+                # A value in a file of its own is read as if it were written here.
+                entry, files = _referenced(name, entry)
                 found[name] = msgspec.convert(entry, SystemEntry)
+            except SettingsError as exc:
+                faults[name] = exc
             except msgspec.ValidationError as exc:
                 # Its own fault: said by the system and the field, not the whole file.
                 why = f"system {name!r}: {_entry_error(entry, exc)}"
+                read = [
+                    path
+                    for field, path in files.items()
+                    if why.startswith(f"system {name!r}: {field!r}")
+                ]
+                if read:
+                    why += f" (its value read from {read[0]})"
                 faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {why}", var=var)
         if len(found) + len(faults) > self.max_systems:
             raise SettingsError(

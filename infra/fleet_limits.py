@@ -56,6 +56,8 @@ class Cell:
     oncall: int = 1
     readers: int = 0
     cdn: bool = False
+    # Values its systems' file names rather than holds: schemas, long lists of principals.
+    values: int = 0
 
     @property
     def instances(self) -> int:
@@ -123,10 +125,18 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_secret_manager_secret.systems": lambda c: 1,
     "google_secret_manager_secret_version.systems": lambda c: 1,
     "google_secret_manager_secret_iam_member.reads_systems": lambda c: 2 + c.serving,
+    "google_secret_manager_secret.systems_values": lambda c: min(1, c.values),
+    "google_secret_manager_secret_version.systems_values": lambda c: c.values,
+    "google_secret_manager_secret_iam_member.reads_systems_values": lambda c: (
+        (2 + c.serving) * min(1, c.values)
+    ),
     "time_sleep.secrets_propagation": lambda c: 1,
     # Who reads and retires the versions the cell's revisions mount (on-call, the deploy
-    # account): the systems' file's, the canary systems' and the read passes'.
-    "google_secret_manager_secret_iam_member.versions": lambda c: 2 * (1 + c.serving + c.cdn),
+    # account): the systems' file's and its values', the canary systems' and the read
+    # passes'.
+    "google_secret_manager_secret_iam_member.versions": lambda c: (
+        2 * (1 + c.serving + c.cdn + min(1, c.values))
+    ),
     "google_cloud_run_v2_service.ingest": lambda c: 1,
     "google_cloud_run_v2_service_iam_member.invokers": lambda c: 3 + c.readers,
     "google_cloud_run_v2_service_iam_member.developers": lambda c: 2,
@@ -361,14 +371,13 @@ def layout(systems: int, cell_max: int = 100) -> dict[str, dict[str, Any]]:
     return cells
 
 
-@cache
-def cell_limits(systems: int) -> dict[str, Any]:
-    """A cell of `systems` systems with the longest names, as the cell root evaluates it:
-    its systems' file in bytes, its audiences in characters, its SLOs."""
-    names = system_names(systems)
+def _cell_console(systems: int, expression: str, entry: str = "") -> Any:
+    """`expression` in the cell root of `systems` serving systems with the longest names,
+    each with `entry` besides, evaluated offline (`terraform console`, its plain locals
+    in a scratch tree beside the repository's schemas)."""
     entries = ", ".join(
-        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""} }}'
-        for i, n in enumerate(names)
+        f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""}{entry} }}'
+        for i, n in enumerate(system_names(systems))
     )
     values = {
         "project_id": f'"{ENVIRONMENT_PROJECT}"',
@@ -379,6 +388,22 @@ def cell_limits(systems: int) -> dict[str, Any]:
         "service_account_quota": str(GRANTED_SERVICE_ACCOUNTS),
         "systems": "{ " + entries + " }",
     }
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch, "infra", "terraform")
+        work.mkdir(parents=True)
+        shutil.copytree(ROOT / "schemas", Path(scratch, "schemas"))
+        shutil.copy(TERRAFORM / "variables.tf", work)
+        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
+        plain.append('locals {\n  project_number = "123456789012"\n  policy_principals = 1500\n}\n')
+        (work / "locals.tf").write_text("\n".join(plain))
+        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
+        return _console(work, expression)
+
+
+@cache
+def cell_limits(systems: int) -> dict[str, Any]:
+    """A cell of `systems` systems with the longest names, as the cell root evaluates it:
+    its systems' file in bytes, its audiences in characters, its SLOs."""
     expression = (
         "{ file = local.systems_file_bytes, file_max = local.secret_bytes,"
         " audiences = length(jsonencode(local.custom_audiences)),"
@@ -389,19 +414,47 @@ def cell_limits(systems: int) -> dict[str, Any]:
         " databases_max = local.spanner_databases_per_instance,"
         " principals_max = 1500 }"
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        shutil.copy(TERRAFORM / "variables.tf", work)
-        plain = [_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf"))]
-        plain.append('locals {\n  project_number = "123456789012"\n  policy_principals = 1500\n}\n')
-        (work / "locals.tf").write_text("\n".join(plain))
-        (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
-        found: dict[str, Any] = _console(work, expression)
+    found: dict[str, Any] = _cell_console(systems, expression)
     # The service's principals: each system's push account, on-call's operator and the
     # smoke test's and the probe's accounts, the deploy and operator accounts as
     # developers (cell.tf).
     found["principals"] = systems + 3 + 2
     return found
+
+
+# A realistic system's entry, beside the least one (`cell_limits`'): one reader and one
+# operator of its own besides the cell's accounts, and a declared schema for its JSON
+# topic (a file of its own, named in the entry: docs/cells.md#size).
+REALISTIC = (
+    'readers = ["user:analyst-of-this-system@example.com"],'
+    ' operators = ["user:owner-of-this-system@example.com"],'
+    ' json_schema = "schemas/orders.avsc"'
+)
+
+
+@cache
+def file_sizes(realistic: bool, systems: int = 100) -> list[int]:
+    """The bytes of a cell's systems' file holding its first 1, 2, … `systems` systems,
+    each with the longest name, serving, and its entry the least one or a `REALISTIC`
+    one, as the cell root renders it; and the bytes a secret holds, last."""
+    # The file of the first n systems, in the file's order (by name), as the cell root
+    # counts its bytes (cell.tf, systems_file_bytes).
+    ordered = "sort(keys(local.systems_file))"
+    prefix = f"{{ for k in slice({ordered}, 0, n) : k => local.systems_file[k] }}"
+    expression = (
+        f"concat([for n in range(1, length({ordered}) + 1) :"
+        f" length(base64encode(jsonencode({prefix}))) / 4 * 3], [local.secret_bytes])"
+    )
+    found: list[int] = _cell_console(systems, expression, f", {REALISTIC}" if realistic else "")
+    return found
+
+
+def largest_cell(realistic: bool = True) -> int:
+    """The most systems a cell's systems' file holds within a secret (64 KiB), at the
+    longest names, each entry the least one or a `REALISTIC` one; at most
+    cell_max_systems (100)."""
+    *sizes, most = file_sizes(realistic)
+    return sum(1 for size in sizes if size <= most)
 
 
 @cache
@@ -640,10 +693,25 @@ def times(soak_seconds: int = 300) -> str:
     return "\n".join(rows)
 
 
+def sizes() -> str:
+    """The largest cell whose systems' file fits a secret, by what each entry holds."""
+    rows = ["| A system's entry | Bytes a system | The largest cell that fits |", "|---|---:|---:|"]
+    for realistic, said in (
+        (False, "the least: serving, no reader or operator of its own, no schema"),
+        (True, "realistic: serving, one reader and one operator of its own, a JSON schema"),
+    ):
+        first, *_, last = file_sizes(realistic)[:-1]
+        each = (last - first) / (len(file_sizes(realistic)) - 2)
+        rows.append(f"| {said} | {each:.0f} | {largest_cell(realistic)} |")
+    return "\n".join(rows)
+
+
 def main() -> int:
     print(table())
     print()
     print(times())
+    print()
+    print(sizes())
     return 0
 
 

@@ -69,6 +69,23 @@ locals {
     }
   }
 
+  # What the systems' file names rather than holds (docs/cells.md#size): each system's
+  # declared schema, and each of its lists of principals longer than
+  # principals_inline_max characters, a secret version of its own (the systems' values,
+  # below), mounted as a file beside it and named in its entry as `@/path`, which the
+  # service reads as if it were written there. The file then holds its systems, about
+  # 650 bytes each at the longest names, not their bulk: fifty schemas were more than
+  # the 64 KiB a secret holds.
+  values_directory      = "/etc/recordline/values"
+  principals_inline_max = 256
+  systems_values = merge(
+    { for name, s in local.systems : "${name}.schema" => file("${path.root}/../../${s.json_schema}") if s.json_schema != null },
+    { for name in keys(local.systems) : "${name}.readers" => local.principals[name].read if length(local.principals[name].read) > local.principals_inline_max },
+    { for name in keys(local.systems) : "${name}.operators" => local.principals[name].operate if length(local.principals[name].operate) > local.principals_inline_max },
+  )
+  # The one secret that holds them, each in a version of its own, where there is one.
+  values_secret = length(local.systems_values) > 0 ? { (local.cell) = "${local.cell}-systems-values" } : {}
+
   # The cell's systems as the service reads them (RECORDLINE_SYSTEMS,
   # docs/configuration.md): each
   # system's store, serving database, audience, push account, principals and rate, and
@@ -88,7 +105,12 @@ locals {
       contains(local.serving_systems, name) ? {
         serving = "spanner://projects/${var.project_id}/instances/${local.serving_instance[name]}/databases/${name}"
       } : {},
-      s.json_schema == null ? {} : { json_topic_schema = file("${path.root}/../../${s.json_schema}") },
+      # The schema, and long lists of principals, by the file that holds them.
+      s.json_schema == null ? {} : { json_topic_schema = "@${local.values_directory}/${name}.schema" },
+      {
+        for field, key in { read_principals = "readers", operator_principals = "operators" } :
+        field => "@${local.values_directory}/${name}.${key}" if contains(keys(local.systems_values), "${name}.${key}")
+      },
       # Where the payload keeps its record id and event time, where the system says.
       { for field, value in { id_field = s.id_field, time_field = s.time_field } : field => value if value != null },
     )
@@ -104,6 +126,7 @@ locals {
   # characters: the bytes are those base64 encodes, 3 for every 4 of its characters.
   secret_bytes        = 65536
   systems_file_bytes  = length(base64encode(local.systems_json)) / 4 * 3
+  values_bytes        = { for key, value in local.systems_values : key => length(base64encode(value)) / 4 * 3 }
   custom_audiences    = concat([local.read_audience], [for name in sort(keys(local.systems)) : local.push_audiences[name]])
   custom_audience_max = 32768
 
@@ -212,9 +235,9 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_page_token" {
 }
 
 # The cell's systems (RECORDLINE_SYSTEMS), read by the ingest service, the exporter pool
-# and the jobs, each as a file. Not a secret of anyone's (principals, URLs, schemas): a
-# secret because a variable holds 32 KiB and a hundred systems' file more than that
-# with their schemas. Each version is named in the services' templates (`version`), so
+# and the jobs, each as a file. Not a secret of anyone's (principals, URLs): a secret
+# because a variable holds 32 KiB and a hundred systems' file more than that; their
+# schemas and long lists of principals are files of their own (systems_values, below). Each version is named in the services' templates (`version`), so
 # a new system makes new revisions, which read the new file. A revision is its image and
 # the version it mounts: a version outlives every revision that mounts it (below).
 resource "google_secret_manager_secret" "systems" {
@@ -246,9 +269,60 @@ resource "google_secret_manager_secret_version" "systems" {
 
     precondition {
       condition     = local.systems_file_bytes <= local.secret_bytes
-      error_message = "The cell's systems file (RECORDLINE_SYSTEMS) would be ${local.systems_file_bytes} bytes, over the ${local.secret_bytes} a secret holds (https://cloud.google.com/secret-manager/quotas): shorten the systems' declared schemas (json_schema), or move systems to another cell."
+      error_message = "The cell's systems file (RECORDLINE_SYSTEMS) would be ${local.systems_file_bytes} bytes for its ${length(local.systems)} systems, over the ${local.secret_bytes} a secret holds (https://cloud.google.com/secret-manager/quotas): move systems to another cell (each entry is about ${floor(local.systems_file_bytes / max(1, length(local.systems)))} bytes here; schemas, and lists of principals over ${local.principals_inline_max} characters, are files of their own already)."
     }
   }
+}
+
+# The values the systems' file names rather than holds (local.systems_values): each
+# system's declared schema, and its long lists of principals, each a version of this
+# one secret, mounted beside the file (a volume of its versions, each a file named by
+# its key) wherever the file is: the ingest service, the exporter pool, the jobs.
+resource "google_secret_manager_secret" "systems_values" {
+  #checkov:skip=CKV_GCP_128:Google-managed encryption; schemas and principals, nothing secret.
+  for_each = local.values_secret
+
+  project   = var.project_id
+  secret_id = each.value
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# As the systems' file's: a changed value is a new version, which the next revisions
+# mount; the old one outlives the revisions mounting it, and a rollout retires it.
+resource "google_secret_manager_secret_version" "systems_values" {
+  for_each = local.systems_values
+
+  secret          = google_secret_manager_secret.systems_values[local.cell].id
+  secret_data     = each.value
+  deletion_policy = "ABANDON"
+
+  lifecycle {
+    create_before_destroy = true
+
+    precondition {
+      condition     = local.values_bytes[each.key] <= local.secret_bytes
+      error_message = "${each.key} would be ${local.values_bytes[each.key]} bytes, over the ${local.secret_bytes} a secret's version holds (https://cloud.google.com/secret-manager/quotas): a shorter schema, or fewer principals."
+    }
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "reads_systems_values" {
+  for_each = {
+    for reader, member in merge(
+      { runtime = google_service_account.runtime.member, operator = local.operator_member },
+      { for pool, account in google_service_account.exporter : "exporter" => account.member },
+    ) : reader => member if length(local.values_secret) > 0
+  }
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.systems_values[local.cell].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = each.value
 }
 
 resource "google_secret_manager_secret_iam_member" "reads_systems" {
@@ -266,8 +340,8 @@ resource "google_secret_manager_secret_iam_member" "reads_systems" {
 # A rollback first checks that the version the revision it returns to mounts is still
 # enabled (on-call, as the operator account: docs/operations.md#rolling-back); a rollout
 # retires the versions no revision it keeps mounts (the deploy account: deploy-cell.yml).
-# Each secret a revision mounts: the systems' file, the canary systems' and the read
-# passes' keys (cdn.tf), where the cell has them.
+# Each secret a revision mounts: the systems' file and its values, the canary systems'
+# and the read passes' keys (cdn.tf), where the cell has them.
 resource "google_secret_manager_secret_iam_member" "versions" {
   for_each = merge(
     {
@@ -276,6 +350,8 @@ resource "google_secret_manager_secret_iam_member" "versions" {
     },
     { for pool, secret in google_secret_manager_secret.canary_systems : "canary deployer" => { secret = secret.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member } },
     { for pool, secret in google_secret_manager_secret.canary_systems : "canary operator" => { secret = secret.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member } },
+    { for key, secret in google_secret_manager_secret.systems_values : "values deployer" => { secret = secret.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member } },
+    { for key, secret in google_secret_manager_secret.systems_values : "values operator" => { secret = secret.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member } },
     { for key, secret in google_secret_manager_secret.read_pass : "read-pass deployer" => { secret = secret.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member } },
     { for key, secret in google_secret_manager_secret.read_pass : "read-pass operator" => { secret = secret.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member } },
   )
@@ -294,6 +370,7 @@ resource "time_sleep" "secrets_propagation" {
   triggers = {
     page_token = google_secret_manager_secret_iam_member.runtime_reads_page_token.id
     systems    = google_secret_manager_secret_iam_member.reads_systems["runtime"].id
+    values     = join(",", [for grant in google_secret_manager_secret_iam_member.reads_systems_values : grant.id])
     # The read passes' keys (cdn.tf), where the cell has them.
     read_pass = join(",", [for grant in google_secret_manager_secret_iam_member.runtime_reads_read_pass : grant.id])
   }
@@ -342,6 +419,24 @@ resource "google_cloud_run_v2_service" "ingest" {
         items {
           version = google_secret_manager_secret_version.systems.version
           path    = "systems.json"
+        }
+      }
+    }
+
+    # What the systems' file names rather than holds, each version a file.
+    dynamic "volumes" {
+      for_each = google_secret_manager_secret.systems_values
+      content {
+        name = "values"
+        secret {
+          secret = volumes.value.secret_id
+          dynamic "items" {
+            for_each = google_secret_manager_secret_version.systems_values
+            content {
+              version = items.value.version
+              path    = items.key
+            }
+          }
         }
       }
     }
@@ -409,6 +504,15 @@ resource "google_cloud_run_v2_service" "ingest" {
               version = env.value.version
             }
           }
+        }
+      }
+
+      # Beside the systems' file, what it names rather than holds.
+      dynamic "volume_mounts" {
+        for_each = local.values_secret
+        content {
+          name       = "values"
+          mount_path = local.values_directory
         }
       }
 

@@ -150,6 +150,24 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
       }
     }
 
+    # What the systems' file names rather than holds, each version a file (cell.tf).
+    dynamic "volumes" {
+      for_each = google_secret_manager_secret.systems_values
+      content {
+        name = "values"
+        secret {
+          secret = volumes.value.secret_id
+          dynamic "items" {
+            for_each = google_secret_manager_secret_version.systems_values
+            content {
+              version = items.value.version
+              path    = items.key
+            }
+          }
+        }
+      }
+    }
+
     volumes {
       name = "canary"
       secret {
@@ -193,6 +211,15 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
           memory = var.exporter_memory
         }
       }
+
+      # Beside the systems' file, what it names rather than holds.
+      dynamic "volume_mounts" {
+        for_each = local.values_secret
+        content {
+          name       = "values"
+          mount_path = local.values_directory
+        }
+      }
     }
   }
 
@@ -218,6 +245,7 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
   depends_on = [
     google_project_iam_member.cell_accounts,
     google_secret_manager_secret_iam_member.reads_systems,
+    google_secret_manager_secret_iam_member.reads_systems_values,
     module.system,
   ]
 }
@@ -295,6 +323,24 @@ resource "google_cloud_run_v2_job" "export" {
         }
       }
 
+      # What the systems' file names rather than holds, each version a file (cell.tf).
+      dynamic "volumes" {
+        for_each = google_secret_manager_secret.systems_values
+        content {
+          name = "values"
+          secret {
+            secret = volumes.value.secret_id
+            dynamic "items" {
+              for_each = google_secret_manager_secret_version.systems_values
+              content {
+                version = items.value.version
+                path    = items.key
+              }
+            }
+          }
+        }
+      }
+
       containers {
         image   = var.placeholder_image
         command = ["recordline"]
@@ -319,6 +365,15 @@ resource "google_cloud_run_v2_job" "export" {
             memory = "512Mi"
           }
         }
+
+        # Beside the systems' file, what it names rather than holds.
+        dynamic "volume_mounts" {
+          for_each = local.values_secret
+          content {
+            name       = "values"
+            mount_path = local.values_directory
+          }
+        }
       }
     }
   }
@@ -332,7 +387,7 @@ resource "google_cloud_run_v2_job" "export" {
     ]
   }
 
-  depends_on = [google_secret_manager_secret_iam_member.reads_systems]
+  depends_on = [google_secret_manager_secret_iam_member.reads_systems, google_secret_manager_secret_iam_member.reads_systems_values]
 }
 
 # On-call runs it as the operator account (run.jobs.run, runWithOverrides, executions

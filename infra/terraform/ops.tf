@@ -36,6 +36,24 @@ resource "google_cloud_run_v2_job" "ops" {
         }
       }
 
+      # What the systems' file names rather than holds, each version a file (cell.tf).
+      dynamic "volumes" {
+        for_each = google_secret_manager_secret.systems_values
+        content {
+          name = "values"
+          secret {
+            secret = volumes.value.secret_id
+            dynamic "items" {
+              for_each = google_secret_manager_secret_version.systems_values
+              content {
+                version = items.value.version
+                path    = items.key
+              }
+            }
+          }
+        }
+      }
+
       containers {
         image   = var.placeholder_image
         command = ["recordline"]
@@ -67,6 +85,15 @@ resource "google_cloud_run_v2_job" "ops" {
             memory = "512Mi"
           }
         }
+
+        # Beside the systems' file, what it names rather than holds.
+        dynamic "volume_mounts" {
+          for_each = local.values_secret
+          content {
+            name       = "values"
+            mount_path = local.values_directory
+          }
+        }
       }
     }
   }
@@ -80,7 +107,7 @@ resource "google_cloud_run_v2_job" "ops" {
     ]
   }
 
-  depends_on = [google_secret_manager_secret_iam_member.reads_systems]
+  depends_on = [google_secret_manager_secret_iam_member.reads_systems, google_secret_manager_secret_iam_member.reads_systems_values]
 }
 
 resource "google_cloud_run_v2_job_iam_member" "ops_developers" {

@@ -45,6 +45,7 @@ output "deploy" {
     kept_revisions = var.kept_revisions
     secrets = concat(
       [google_secret_manager_secret.systems.secret_id],
+      values(google_secret_manager_secret.systems_values)[*].secret_id,
       values(google_secret_manager_secret.canary_systems)[*].secret_id,
       values(google_secret_manager_secret.read_pass)[*].secret_id,
     )

@@ -152,7 +152,9 @@ variable "cell_max_systems" {
     Systems this cell may hold (RECORDLINE_CELL_MAX_SYSTEMS of the service): 100. What
     bounds it: the cell's plan, first apply and rollout are sized for it
     (infra/fleet_limits.py), its SLO service holds 500 SLOs (two a system), and its
-    systems' file must fit a secret (64 KiB) and their audiences Cloud Run's 32 KiB.
+    systems' file must fit a secret (64 KiB: about 80 systems with a reader, an
+    operator and a schema of their own, docs/cells.md#size) and their audiences Cloud
+    Run's 32 KiB.
   EOT
   default     = 100
 

@@ -508,3 +508,41 @@ async def test_a_push_its_systems_queue_has_no_room_for_is_refused_on_its_head(
         assert pushed.status_code == 204
         stores.made["alpha"].release.set()
         assert (await held).status_code == 204
+
+
+def test_a_schema_in_a_file_of_its_own_is_served_and_refused_as_one_written_inline(
+    stores: Stores, tmp_path: Path
+) -> None:
+    # A cell's file names each system's schema where Terraform mounts it: checked as
+    # one written in the entry, a bad or missing one that system's fault alone.
+    schema = {"type": "record", "name": "Order", "fields": [{"name": "total", "type": "double"}]}
+    (tmp_path / "orders.json").write_text(json.dumps(schema))
+    (tmp_path / "beta.json").write_text('{"type": "string"}')
+    systems: dict[str, dict[str, Any]] = {
+        "orders": {"store": "memory:", "json_topic_schema": f"@{tmp_path}/orders.json"},
+        "inline": {"store": "memory:", "json_topic_schema": json.dumps(schema)},
+        "beta": {"store": "memory:", "json_topic_schema": f"@{tmp_path}/beta.json"},
+        "inline-beta": {"store": "memory:", "json_topic_schema": '{"type": "string"}'},
+        "gamma": {"store": "memory:", "json_topic_schema": f"@{tmp_path}/gone.json"},
+    }
+    with TestClient(cell_of(stores, systems)) as client:
+        for name in ("orders", "inline"):
+            pushed = client.post(
+                f"/systems/{name}/pubsub/push", json=envelope({"id": "o-1", "total": 2.5})
+            )
+            assert pushed.status_code == 204, pushed.text
+            assert client.get(f"/systems/{name}/v1/records/o-1").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        not_ready = ready.json()["not_ready"]
+        assert sorted(not_ready) == ["beta", "gamma", "inline-beta"]
+        # As an inline schema that is no Avro record is said.
+        said = 'its settings: RECORDLINE_JSON_TOPIC_SCHEMA: an Avro schema of `"type": "record"`'
+        assert said in not_ready["inline-beta"], not_ready
+        assert said in not_ready["beta"], not_ready
+        assert f"'json_topic_schema': {tmp_path}/gone.json cannot be read" in not_ready["gamma"]
+        for name in ("beta", "gamma"):
+            refused = client.post(f"/systems/{name}/pubsub/push", json=envelope(RECORD))
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"]
+            assert refused.json()["type"] == "/problems/system-unavailable"

@@ -316,3 +316,80 @@ def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:
     assert loaded.systems() == {
         "orders": SystemEntry(serving=ORDERS["serving"], store=ORDERS["store"])
     }
+
+
+AVRO = json.dumps(
+    {"type": "record", "name": "Order", "fields": [{"name": "total", "type": "double"}]}
+)
+
+
+def test_a_systems_schema_and_principals_may_each_be_a_file_of_their_own(tmp_path: Path) -> None:
+    # A cell's file holds each system's settings, the bulky ones where it names them:
+    # read as if they were written in the entry.
+    (tmp_path / "orders.json").write_text(AVRO + "\n")
+    (tmp_path / "orders.readers").write_text("a@example.com, domain:example.org\n")
+    (tmp_path / "orders.operators").write_text("ops@example.com")
+    referenced = {
+        **ORDERS,
+        "json_topic_schema": f"@{tmp_path / 'orders.json'}",
+        "read_principals": f" @{tmp_path / 'orders.readers'}",
+        "operator_principals": f"@{tmp_path / 'orders.operators'}",
+    }
+    inline = {
+        **ORDERS,
+        "json_topic_schema": AVRO,
+        "read_principals": "a@example.com, domain:example.org",
+        "operator_principals": "ops@example.com",
+    }
+    assert cell({"orders": referenced}).systems() == cell({"orders": inline}).systems()
+    own = system_settings(
+        loaded := cell({"orders": referenced}), "orders", loaded.systems()["orders"]
+    )
+    assert own.schema.json_topic_schema == AVRO
+    assert own.auth.read_principals == "a@example.com, domain:example.org"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        (
+            "json_topic_schema",
+            "@{tmp}/gone.json",
+            "'json_topic_schema': {tmp}/gone.json cannot be read (No such file",
+        ),
+        (
+            "json_topic_schema",
+            "@gone.json",
+            "'json_topic_schema': '@gone.json' is not accepted: expected `@` and an absolute path",
+        ),
+        (
+            "json_topic_schema",
+            "@{tmp}/list.json",
+            "'json_topic_schema': not accepted: expected what RECORDLINE_JSON_TOPIC_SCHEMA "
+            "accepts (`recordline config --reference`) (its value read from {tmp}/list.json)",
+        ),
+        (
+            "read_principals",
+            "@{tmp}/list.json",
+            "'read_principals': not accepted: expected what RECORDLINE_READ_PRINCIPALS accepts "
+            "(`recordline config --reference`) (its value read from {tmp}/list.json)",
+        ),
+        (
+            "operator_principals",
+            "@{tmp}",
+            "'operator_principals': {tmp} cannot be read (Is a directory)",
+        ),
+    ],
+)
+def test_a_value_whose_file_cannot_be_used_is_its_systems_fault_naming_the_file(
+    tmp_path: Path, field: str, value: str, said: str
+) -> None:
+    (tmp_path / "list.json").write_text("[1, 2]")
+    tmp = str(tmp_path)
+    loaded = cell({"orders": ORDERS, "payments": {**PAYMENTS, field: value.format(tmp=tmp)}})
+    assert list(loaded.systems()) == ["orders"]
+    refused = loaded.cell.faults()["payments"]
+    assert refused.var == "RECORDLINE_SYSTEMS"
+    assert f"RECORDLINE_SYSTEMS: system 'payments': {said.format(tmp=tmp)}" in str(refused), str(
+        refused
+    )

@@ -238,6 +238,7 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
                 "systems": systems_secret(cell),
                 "canary": canary_secret(cell),
                 "read-pass": f"{cell}-read-pass",
+                "values": f"{cell}-systems-values",
             }[key.split()[0]]
             member = {"operator": operator, "deployer": deployer}[key.split()[1]]
             secrets.setdefault(secret, {}).setdefault(member, []).append(grant)

@@ -32,6 +32,7 @@ from tests.conftest import envelope
 from tests.fakes import FaultyStore
 from tests.infra.test_fleet import DEV_ACCOUNTS, PROJECT_NUMBER, _root_console
 from tests.infra.test_terraform import TERRAFORM, _locals, _resources
+from tests.infra.test_topic_schemas import AVRO, TYPED
 
 URL = f"https://recordline-{PROJECT_NUMBER}.europe-west1.run.app"
 # Two serving systems and one that only stores to BigQuery; one names its own payload
@@ -347,3 +348,54 @@ def test_with_read_passes_the_cell_verifies_every_token_itself_and_a_pass_reads_
             assert client.get("/systems/recordline/v1/records", headers=cookie).status_code == 401
     finally:
         google.stop()
+
+
+# A system with a declared schema and more readers than a file's entry holds inline.
+READERS = [f"user:reader-{n:02d}@example.com" for n in range(12)]
+BULKY = (
+    "{ recordline = { serving = true },"
+    ' shop = { serving = true, json_schema = "schemas/shop.avsc",'
+    f" readers = {json.dumps(READERS)} }} }}"
+)
+
+
+def test_what_the_file_names_rather_than_holds_is_mounted_beside_it_and_read_as_written(
+    tmp_path: Path,
+) -> None:
+    found = _root_console(
+        "{ service = local.service_env, exporter = local.exporter_env,"
+        " file = local.systems_json, directory = local.systems_directory,"
+        " values = local.systems_values, values_directory = local.values_directory }",
+        BULKY,
+        files=(("schemas/shop.avsc", AVRO), ("schemas/shop.avsc.bigquery.json", TYPED)),
+    )
+    # The file holds neither the schema nor the long list: each is a value of its own.
+    assert sorted(found["values"]) == ["shop.readers", "shop.schema"]
+    assert AVRO.decode() not in found["file"]
+    assert READERS[0][5:] not in found["file"]
+    # Mounted as Cloud Run mounts them, here under tmp_path: the file, and each value a
+    # file named by its key in the values' directory.
+    root = str(tmp_path)
+    values = tmp_path / found["values_directory"].lstrip("/")
+    values.mkdir(parents=True)
+    for key, value in found["values"].items():
+        (values / key).write_text(value)
+    directory = tmp_path / found["directory"].lstrip("/")
+    directory.mkdir(parents=True)
+    (directory / "systems.json").write_text(
+        found["file"].replace(
+            f'"@{found["values_directory"]}/', f'"@{root}{found["values_directory"]}/'
+        )
+    )
+    for env in (found["service"], found["exporter"]):
+        settings = Settings.load(
+            {**env, "RECORDLINE_SYSTEMS": f"@{directory}/systems.json", **SECRETS}
+        )
+        shop = system_settings(settings, "shop", settings.systems()["shop"])
+        assert shop.schema.json_topic_schema == AVRO.decode()
+        readers = shop.auth.read_principals.split(",")
+        assert {r.removeprefix("user:") for r in READERS} < set(readers)
+        assert f"recordline-smoke@{DEV_ACCOUNTS}" in readers
+        # Short lists stay in the entry.
+        assert shop.auth.operator_principals == f"recordline-operator@{DEV_ACCOUNTS}"
+        assert settings.cell.faults() == {}

@@ -9,6 +9,7 @@ runbook's commands run against the fake cloud (tests/infra/fake_cloud.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -163,6 +164,107 @@ def test_a_hundred_systems_fit_the_secret_that_holds_their_file() -> None:
     version = _resources("google_secret_manager_secret_version")["systems"]
     (precondition,) = version["lifecycle"][0]["precondition"]
     assert precondition["condition"] == "${local.systems_file_bytes <= local.secret_bytes}"
+
+
+# A schema of sixty fields, about 2.5 KB: where each system's entry held its schema's
+# text, thirty such systems were more than the secret holding their file holds.
+WIDE = json.dumps(
+    {
+        "type": "record",
+        "name": "Wide",
+        "fields": [
+            {"name": f"field_{n:02d}_of_a_wide_record", "type": ["null", "string"]}
+            for n in range(60)
+        ],
+    }
+).encode()
+TOO_WIDE = WIDE.replace(b'"fields": [', b'"doc": "' + b"x" * 65536 + b'", "fields": [')
+
+
+def _schema_files(name: str, schema: bytes) -> tuple[tuple[str, bytes], ...]:
+    """A schema file and its typed columns, as `dev.py schema typed` writes them."""
+    typed = {
+        "source_sha256": hashlib.sha256(schema).hexdigest(),
+        "type": "AVRO",
+        "column": {"name": "fields", "type": "RECORD", "mode": "NULLABLE", "fields": []},
+    }
+    return (
+        (f"schemas/{name}", schema),
+        (f"schemas/{name}.bigquery.json", json.dumps(typed).encode()),
+    )
+
+
+def _sized(systems: str, files: tuple[tuple[str, bytes], ...] = ()) -> dict[str, Any]:
+    """The plan's checks of a cell's sizes, as it evaluates them: the systems' file's
+    (`file`, what it says when it refuses), each value's (`values`), and their bytes."""
+    (check,) = _resources("google_secret_manager_secret_version")["systems"]["lifecycle"][0][
+        "precondition"
+    ]
+    (value,) = _resources("google_secret_manager_secret_version")["systems_values"]["lifecycle"][0][
+        "precondition"
+    ]
+    each = value["condition"][2:-1].replace("each.key", "k")
+    return dict(
+        _root_console(
+            f"{{ file = {check['condition'][2:-1]}, said = {_template(check['error_message'])},"
+            " bytes = local.systems_file_bytes,"
+            f" values = {{ for k in keys(local.systems_values) : k => {each} }},"
+            " value_bytes = local.values_bytes }",
+            systems,
+            (("service_account_quota", "200"), ("cell", '"c01"')),
+            files,
+        )
+    )
+
+
+def _longest(count: int, entry: str = "") -> str:
+    """`count` serving systems of the longest names, each with `entry` besides."""
+    names = [f"system-{n:03d}-{'x' * 13}" for n in range(count)]
+    return (
+        "{ "
+        + ", ".join(
+            f'"{n}" = {{ serving = true{", spanner_instance = 2" if i >= 90 else ""}{entry} }}'
+            for i, n in enumerate(names)
+        )
+        + " }"
+    )
+
+
+def test_a_cells_file_holds_its_systems_and_names_their_schemas() -> None:
+    found = _sized(
+        _longest(60, ', json_schema = "schemas/wide.avsc"'), _schema_files("wide.avsc", WIDE)
+    )
+    # Sixty schemas would be 150 KB in the file; each is a value of its own, named.
+    assert 60 * len(WIDE) > 2 * 65536
+    assert found["file"] is True
+    assert found["bytes"] < 60 * 800, found["bytes"]
+    assert found["values"] == {f"system-{n:03d}-{'x' * 13}.schema": True for n in range(60)}
+    # Counted as the file's is, from base 64: up to two bytes over.
+    assert all(len(WIDE) <= size <= len(WIDE) + 2 for size in found["value_bytes"].values())
+
+
+def test_a_cell_whose_file_a_secret_cannot_hold_is_refused_at_plan_time_saying_why() -> None:
+    # A hundred systems each with two readers and an operator of its own: about 690
+    # bytes each, past the 64 KiB a secret holds, within cell_max_systems (100).
+    entry = (
+        ', readers = ["user:an-analyst-of-this-system@example.com",'
+        ' "user:another-analyst-of-it@example.com"],'
+        ' operators = ["user:the-owner-of-this-system@example.com"]'
+    )
+    found = _sized(_longest(100, entry))
+    assert found["bytes"] > 65536, found["bytes"]
+    assert found["file"] is False
+    said = found["said"]
+    assert f"would be {found['bytes']} bytes for its 100 systems, over the 65536" in said, said
+    assert "move systems to another cell" in said
+    # Fewer of them fit.
+    assert _sized(_longest(90, entry))["file"] is True
+    # A schema a secret's version cannot hold is refused by its own check, naming it.
+    too_wide = _sized(
+        _longest(2, ', json_schema = "schemas/huge.avsc"'), _schema_files("huge.avsc", TOO_WIDE)
+    )
+    assert too_wide["file"] is True
+    assert too_wide["values"] == {f"system-{n:03d}-{'x' * 13}.schema": False for n in range(2)}
 
 
 # --- least privilege -----------------------------------------------------------------------

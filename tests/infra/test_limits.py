@@ -161,6 +161,26 @@ def test_the_runbook_shows_the_limits_and_times_fleet_limits_prints() -> None:
     text = RUNBOOK.read_text()
     assert fleet_limits().table() in text, "paste `.venv/bin/python infra/fleet_limits.py`"
     assert fleet_limits().times() in text
+    assert fleet_limits().sizes() in text
+
+
+@pytest.mark.slow
+def test_the_largest_cell_that_fits_is_reported_by_what_its_entries_hold() -> None:
+    require_terraform()
+    limits = fleet_limits()
+    # The least entries: the hundred of cell_max_systems fit, just.
+    least = limits.file_sizes(realistic=False)
+    assert least[-1] == 65536
+    assert limits.largest_cell(realistic=False) == 100
+    assert least[99] <= 65536
+    # Realistic ones (a reader, an operator, a schema each): fewer, the file of one more
+    # past what a secret holds; each schema a file of its own, not in the file.
+    sizes = limits.file_sizes(realistic=True)
+    largest = limits.largest_cell(realistic=True)
+    assert 50 < largest < 100
+    assert sizes[largest - 1] <= 65536 < sizes[largest]
+    assert sizes[0] < 1000
+    assert f"| {largest} |" in limits.sizes()
 
 
 def test_the_timing_estimates_are_stated_where_they_are_used() -> None:

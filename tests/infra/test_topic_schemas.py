@@ -111,11 +111,18 @@ def test_a_system_declares_its_schema_mapping_and_canary_from_files_in_the_repos
 def test_a_json_topic_declares_the_schema_of_its_typed_columns() -> None:
     systems = '{ recordline = {}, payments = { json_schema = "schemas/payments.avsc" } }'
     payments = _inputs(systems)["payments"]
-    # No topic schema; the file's text in its entry, as the service reads
-    # json_topic_schema, and nothing where not set.
+    # No topic schema; the file's text in a secret version of its own, mounted beside
+    # the systems' file, which names it where the service reads json_topic_schema; and
+    # nothing where not set.
     assert payments == dict.fromkeys(INPUTS)
     entries = _entries(systems)
-    assert entries["payments"]["json_topic_schema"] == AVRO.decode()
+    found = _root_console(
+        "{ values = local.systems_values, directory = local.values_directory }",
+        systems,
+        files=FILES,
+    )
+    assert found["values"] == {"payments.schema": AVRO.decode()}
+    assert entries["payments"]["json_topic_schema"] == f"@{found['directory']}/payments.schema"
     assert "json_topic_schema" not in entries["recordline"]
 
 
