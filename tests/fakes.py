@@ -33,7 +33,7 @@ class WrappedStore:
         self.inner = inner
         self.max_in_flight = inner.max_in_flight
         self.stamps_at_commit = inner.stamps_at_commit
-        self.bell = inner.bell
+        self.live = inner.live
         self.completeness = inner.completeness
 
     async def start(self) -> None:

@@ -157,7 +157,7 @@ async def test_a_duckdb_applier_that_fails_is_restarted_and_named_while_down() -
         # The batch it failed in was finished, not inserted again: its record
         # reached the tail, which a follower reads.
         query = PageQuery(after_time=0, after_message_id="", before_time=10**12, limit=10)
-        assert store.tail.covers(query)
+        assert store.live.covers(query)
         assert (await store.page(Record, query)).rows == [record]
     finally:
         await store.close()

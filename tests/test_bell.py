@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.store.bell import FOLLOWED_SECONDS, Bell
+from app.store.bell import Bell
 from tests.waiting import until
 
 
@@ -15,7 +15,6 @@ async def test_a_ring_wakes_every_waiter_and_a_ring_before_the_wait_is_not_lost(
     seen = bell.version
     waits = [asyncio.ensure_future(bell.wait(seen, 30)) for _ in range(3)]
     await until(lambda: bell.waiting == 3, interval=0)
-    assert bell.demanded
     bell.ring()
     assert await asyncio.gather(*waits) == [True, True, True]
     assert bell.waiting == 0
@@ -96,46 +95,3 @@ async def test_a_cancelled_wait_counts_no_more() -> None:
     wait.cancel()
     await asyncio.gather(wait, return_exceptions=True)
     assert bell.waiting == 0
-    assert not bell.demanded
-
-
-async def test_a_bell_is_demanded_while_someone_waits_and_a_moment_after_a_ring_woke_them() -> None:
-    now = [1000.0]
-    bell = Bell(clock=lambda: now[0])
-    assert not bell.demanded
-    bell.ring()  # nobody to wake: no follower read follows it
-    assert not bell.demanded
-    wait = asyncio.ensure_future(bell.wait(bell.version, 30))
-    await until(lambda: bell.waiting, interval=0)
-    assert bell.demanded
-    bell.ring()
-    assert await wait
-    # Woken, the follower reads before it waits again: demanded all the same.
-    assert bell.waiting == 0
-    assert bell.demanded
-    now[0] += FOLLOWED_SECONDS - 0.01
-    assert bell.demanded
-    now[0] += 0.02
-    assert not bell.demanded
-
-
-async def test_a_store_looks_for_rows_only_while_someone_waits_once_for_all_of_them() -> None:
-    bell = Bell()
-    looks = 0
-
-    async def look() -> None:
-        nonlocal looks
-        looks += 1
-        bell.ring()  # found rows: the followers read again
-
-    looking = asyncio.ensure_future(bell.while_demanded(look, 0.01))
-    try:
-        await asyncio.sleep(0.05)  # nobody waits: no look
-        assert looks == 0
-        waits = [asyncio.ensure_future(bell.wait(bell.version, 30)) for _ in range(3)]
-        assert await asyncio.wait_for(asyncio.gather(*waits), 5) == [True, True, True]
-        assert looks == 1  # one look woke all three
-        await asyncio.sleep(0.05)  # nobody waits again: no more looks
-        assert looks == 1
-    finally:
-        looking.cancel()

@@ -172,7 +172,7 @@ async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_on
             writer.write(f"GET {target} HTTP/1.1\r\nhost: localhost\r\n{head}\r\n".encode())
             await until(lambda: followers.open == 1, what=f"{target} to wait")
             # Waiting on the bell: whatever it starts beside it is started by now.
-            await until(lambda: store.bell.waiting == 1, what=f"{target} on the bell")
+            await until(lambda: store.live.waiting == 1, what=f"{target} on the bell")
             # Tasks of the server and its routes (a store's own may come and go).
             held = [
                 coro.__qualname__
@@ -356,7 +356,7 @@ async def test_a_shared_read_whose_follower_leaves_is_made_again_for_the_others(
             )
             for _ in range(2)
         )
-        await until(lambda: paging.reader.bell.waiting == 2, what="both followers to wait")
+        await until(lambda: paging.reader.live.waiting == 2, what="both followers to wait")
         store.gate.clear()
         store.entered.clear()
         before = store.pages

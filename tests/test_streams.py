@@ -556,9 +556,9 @@ async def test_a_restarted_store_holds_its_tail_again_at_once(tmp_path: Any) -> 
     second = DuckDBStore(path)
     await second.start()
     try:
-        assert len(second.tail) == 5  # the window's, not the hour-old one
+        assert len(second.live.tail) == 5  # the window's, not the hour-old one
         query = PageQuery(after_time=now - 2000, after_message_id="", before_time=now, limit=10)
-        assert second.tail.covers(query)
+        assert second.live.covers(query)
         from_memory = await second.page(Record, query)
         assert [r.message_id for r in from_memory.rows] == [r.message_id for r in recent]
         assert from_memory.rows == recent

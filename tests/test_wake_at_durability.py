@@ -173,8 +173,8 @@ async def test_a_redelivery_shown_while_its_first_copy_waits_to_apply_hides_neit
         await store.append([record(0, now)])
         await until(store.inserting.is_set, what="the applier to take the first append")
         await store.append([record(1, now + 1)])  # nobody waits: shown once applied
-        follower = asyncio.create_task(store.bell.wait(store.bell.version, 30))
-        await until(lambda: store.bell.waiting, what="a follower to wait")
+        follower = asyncio.create_task(store.live.wait(store.live.version, 30))
+        await until(lambda: store.live.waiting, what="a follower to wait")
         await store.append([record(1, now + 2)])  # the redelivery: nothing new to show
         store.released.set()  # the applier takes both of m-1's appends in one insert
         await store.barrier()
@@ -184,12 +184,12 @@ async def test_a_redelivery_shown_while_its_first_copy_waits_to_apply_hides_neit
         after_first = PageQuery(
             after_time=now, after_message_id="m-0", before_time=horizon, limit=100
         )
-        assert store.tail.covers(after_first)
+        assert store.live.covers(after_first)
         page = await store.page(Record, after_first)
         assert [(r.message_id, r.ingest_time) for r in page.rows] == [("m-1", now + 1)]
         # DuckDB has it either way: a read of it there (not from the tail) finds it.
         everything = PageQuery(after_time=0, after_message_id="", before_time=horizon, limit=100)
-        assert not store.tail.covers(everything)
+        assert not store.live.covers(everything)
         stored = await store.page(Record, everything)
         assert [r.message_id for r in stored.rows] == ["m-0", "m-1"]
     finally:
@@ -231,9 +231,9 @@ async def test_a_frame_queued_after_a_later_one_is_applied_before_reads_count_it
     # wait its whole barrier and answer 503; the journal could let frame 1 go early.
     store = HeldEarlyRead(str(tmp_path / "records.duckdb"))
     await store.start()
-    waiter = asyncio.ensure_future(store.bell.wait(store.bell.version, 30))
+    waiter = asyncio.ensure_future(store.live.wait(store.live.version, 30))
     try:
-        await until(lambda: store.bell.waiting == 1, interval=0)
+        await until(lambda: store.live.waiting == 1, interval=0)
         first = asyncio.ensure_future(store.append([stored("m-1")]))
         await store.asked.wait()
         await store.append([stored("m-2")])
@@ -249,7 +249,7 @@ async def test_a_frame_queued_after_a_later_one_is_applied_before_reads_count_it
 def tail_ids(store: DuckDBStore) -> list[str]:
     """The message ids the tail holds (without a read of DuckDB)."""
     everything = PageQuery(after_time=0, after_message_id="", before_time=2**62, limit=1000)
-    return [r.message_id for r in store.tail.page(everything, 2**62).rows]
+    return [r.message_id for r in store.live.page(everything, 2**62).rows]
 
 
 async def test_a_follower_reading_when_an_append_comes_is_shown_it_once_journaled() -> None:
@@ -260,11 +260,11 @@ async def test_a_follower_reading_when_an_append_comes_is_shown_it_once_journale
     await store.start()
     try:
         store.released.clear()  # DuckDB gets nothing until the test says so
-        follower = asyncio.create_task(store.bell.wait(store.bell.version, 30))
-        await until(lambda: store.bell.waiting, what="a follower to wait")
+        follower = asyncio.create_task(store.live.wait(store.live.version, 30))
+        await until(lambda: store.live.waiting, what="a follower to wait")
         await store.append([stored("m-1")])
         assert await follower  # woken, and reading: nobody waits now
-        assert store.bell.waiting == 0
+        assert store.live.waiting == 0
         await store.append([stored("m-2")])
         assert tail_ids(store) == ["m-1", "m-2"]
         assert not store.inserting.is_set()  # neither is in DuckDB
@@ -280,16 +280,16 @@ async def test_rows_shown_at_durability_are_applied_at_leisure_and_others_at_onc
     store = HeldApply(":memory:", apply_every=60)
     await store.start()
     try:
-        follower = asyncio.create_task(store.bell.wait(store.bell.version, 30))
-        await until(lambda: store.bell.waiting, what="a follower to wait")
+        follower = asyncio.create_task(store.live.wait(store.live.version, 30))
+        await until(lambda: store.live.waiting, what="a follower to wait")
         await store.append([stored("m-1")])
         await follower
         assert tail_ids(store) == ["m-1"]
         # Not applied (apply_every is a minute) while nothing asks for it.
         with pytest.raises(AssertionError, match="an insert"):
             await until(store.inserting.is_set, timeout=0.5, what="an insert")
-        follower = asyncio.create_task(store.bell.wait(store.bell.version, 30))
-        await until(lambda: store.bell.waiting, what="a follower to wait again")
+        follower = asyncio.create_task(store.live.wait(store.live.version, 30))
+        await until(lambda: store.live.waiting, what="a follower to wait again")
         now = time.time_ns() // 1000
         await store.append(
             [Rejection(message_id="r-1", publish_time=now, ingest_time=now, reason="bad")]

@@ -1,11 +1,11 @@
 """Following a list: every follower's reads and waits, in one place.
 
-A follower reads the rows after its cursor; finding none, it waits for the store's
-bell (`app.store.bell`) and reads again once it rings, until its time is up, its
-client leaves or the service stops. Followers at the same cursor at the same moment
+A follower reads the rows after its cursor; finding none, it waits until the store
+reports rows (`app.store.live`, following's store side) and reads again, until its
+time is up, its client leaves or the service stops. Followers at the same cursor at the same moment
 share one read (`SharedReads`) and its encodings (`app.query.events`). The ways to
 follow (a page that waits, a stream of pages, the Durable Streams long-poll and SSE)
-only encode what a `Follow` reads; the stores only ring.
+only encode what a `Follow` reads; the stores only report.
 docs/reading.md#following-the-tail
 """
 
@@ -44,7 +44,7 @@ DEFAULT_LONG_POLL_SECONDS: Final = 20.0
 # life, and a retry may reach another instance.
 FULL_RETRY_SECONDS: Final = 5
 # A read made for a follower is given to the followers asking for the same one
-# within this long (and no ring since): at most this much older than a read of
+# within this long (and no rows reported since): at most this much older than a read of
 # its own, and a thousand followers woken at once cost a few reads.
 SHARED_READ_SECONDS: Final = 0.05
 SHARED_READS: Final = 4096
@@ -64,7 +64,7 @@ class SharedRead:
 
 
 class SharedReads:
-    """Followers' reads, by what was asked, made since the bell's last ring and within
+    """Followers' reads, by what was asked, made since the store last reported rows and within
     SHARED_READ_SECONDS. Each is dropped once that time has passed (`_forget`), not
     when the cache is next touched: an idle instance would otherwise keep the last
     reads its followers made."""
@@ -85,11 +85,11 @@ class SharedReads:
         asked: float,
     ) -> Excerpt[AnyPage]:
         """The read after `cursor` for a follower who asked at `asked`: one read for
-        every follower at that cursor within SHARED_READ_SECONDS, with no ring of the
-        bell since, and begun after the follower asked (its barrier then covers all
+        every follower at that cursor within SHARED_READ_SECONDS, with no rows reported
+        since, and begun after the follower asked (its barrier then covers all
         that follower was acknowledged). A read made a moment ago was complete then,
         so it is a true answer now (the next read starts where it ends)."""
-        version = self._reader.bell.version
+        version = self._reader.live.version
         if version != self._version:
             self._shared.clear()
             self._version = version
@@ -368,21 +368,21 @@ class Follow:
         wait: float,
     ) -> Excerpt[AnyPage]:
         """The rows after `cursor` (a read shared with the followers at the same cursor),
-        or, with none, those readable once the bell rings, `wait` seconds pass or
-        `stop` is done, whichever comes first."""
+        or, with none, those readable once the store reports rows, `wait` seconds pass
+        or `stop` is done, whichever comes first."""
         followers, stop = self.followers, self.stop
         reader, shared = followers.reader, followers.shared
-        bell = reader.bell
+        live = reader.live
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        seen = bell.version
+        seen = live.version
         read = await shared.read(listing, cursor, limit, max_bytes, self.asked)
         while not read.rows and not reader.ended(cursor, read.resume):
             left = deadline - loop.time()
             if left <= 0 or (stop is not None and stop.done()):
                 break
-            await bell.wait(seen, left, stop)
-            seen = bell.version
+            await live.wait(seen, left, stop)
+            seen = live.version
             read = await shared.read(listing, cursor, limit, max_bytes, self.asked)
         return read
 
@@ -404,14 +404,14 @@ class Follow:
         followers, stop, seat = self.followers, self.stop, self.seat
         assert stop is not None  # a stream ends when its client leaves
         assert seat is not None  # and holds a place among the followers
-        bell = followers.reader.bell
+        live = followers.reader.live
         loop = asyncio.get_running_loop()
         ends = loop.time() + seconds
         quiet_since = loop.time()
         failed: RetryLater | None = None
         with followers.following(stop, seat):
             while not stop.done() and loop.time() < ends:
-                seen = bell.version
+                seen = live.version
                 try:
                     read = await followers.shared.read(
                         mode.listing, mode.cursor, mode.limit, mode.max_bytes, self.asked
@@ -435,11 +435,11 @@ class Follow:
                 del read
                 if mode.done:
                     break
-                # Nothing new: wait for the bell here, where an idle follower holds
+                # Nothing new: wait for rows here, where an idle follower holds
                 # the least (no read under way), and say it is alive now and then.
                 beat = quiet_since + followers.heartbeat_seconds
                 left = min(beat, ends) - loop.time()
-                if left > 0 and await bell.wait(seen, left, stop):
+                if left > 0 and await live.wait(seen, left, stop):
                     continue
                 if loop.time() >= beat and not stop.done():
                     yield HEARTBEAT

@@ -34,9 +34,9 @@ from app.records import (
     moment,
 )
 from app.store import READ_ROUTE, PageQuery, Store, row_bytes, within
-from app.store.bell import Bell
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
+from app.store.live import Live
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -322,10 +322,9 @@ class Reader:
         self._clock = clock
 
     @property
-    def bell(self) -> Bell:
-        """What rings when rows may have become readable (the store's): what followers
-        wait on (`app.query.follow`)."""
-        return self._store.bell
+    def live(self) -> Live:
+        """Following's side of the store: what followers wait on (`app.query.follow`)."""
+        return self._store.live
 
     def horizon(self) -> int:
         store = self._store.read_horizon(self._clock() // 1000)

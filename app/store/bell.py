@@ -1,11 +1,8 @@
-"""The bell a store rings when rows may have become readable: followers wait on it.
+"""The bell followers wait on (`app.store.live` rings it as stores report rows).
 
-A commit here rings it at once; a store that learns of other instances' commits
-rings it when it finds rows. A ring only says "read again" (a thousand followers,
-one read); a follower notes `version` before it reads and waits for it to grow, so
-no ring is lost. A store learns one thing of its followers, `demanded`: whether any
-wants rows now (DuckDB shows rows early, BigQuery and the serving tier's tail look,
-only then, through `while_demanded`). Waiting makes no task: one future a waiter.
+A ring only says "read again" (a thousand followers, one read); a follower notes
+`version` before it reads and waits for it to grow, so no ring is lost. Waiting
+makes no task: one future a waiter, and one timer for the earliest deadline.
 docs/reading.md#following-the-tail
 """
 
@@ -15,16 +12,10 @@ import asyncio
 import functools
 import heapq
 import itertools
-import math
-import time
-from collections.abc import Awaitable, Callable
 
 # A deadline this close is due: a loop may run a timer up to its clock's
 # resolution early, and the waiter then waits again for what is left.
 DUE_EARLY_SECONDS = 0.001
-# A follower woken this recently is taken to be reading, to wait again next
-# (`demanded`): a ring leaves no one waiting for the moment of that read.
-FOLLOWED_SECONDS = 1.0
 
 
 def _wake(woken: asyncio.Future[None], *_: object) -> None:
@@ -33,7 +24,7 @@ def _wake(woken: asyncio.Future[None], *_: object) -> None:
 
 
 class Bell:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self) -> None:
         self.version = 0
         self.waiting = 0
         # Each waiter of this moment: (deadline, arrival, future), the earliest first.
@@ -42,34 +33,10 @@ class Bell:
         self._arrivals = itertools.count()
         # The loop's timer for the earliest deadline, while there is one.
         self._timer: asyncio.TimerHandle | None = None
-        # Set while someone waits (`while_demanded`).
-        self._waited = asyncio.Event()
-        # When a ring last woke someone, by `clock` (seconds).
-        self._clock = clock
-        self._woke_at = -math.inf
-
-    @property
-    def demanded(self) -> bool:
-        """Whether followers want rows now: someone waits on the bell, or was woken by
-        it within FOLLOWED_SECONDS and is likely reading before it waits again."""
-        return bool(self.waiting) or self._clock() - self._woke_at < FOLLOWED_SECONDS
-
-    async def while_demanded(self, look: Callable[[], Awaitable[object]], every: float) -> None:
-        """For ever: while followers wait, `look` for rows every `every` seconds, once
-        for all of them (it rings if it finds some). For a store that learns of rows
-        by looking (another instance's commits, a settle window that passes), so its
-        looks grow with instances, never with followers; none while nobody waits."""
-        while True:
-            await self._waited.wait()
-            await asyncio.sleep(every)
-            if self.waiting:
-                await look()
 
     def ring(self) -> None:
         self.version += 1
         waiters, self._waiters = self._waiters, []
-        if waiters:
-            self._woke_at = self._clock()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -96,15 +63,12 @@ class Bell:
             stopped = functools.partial(_wake, woken)
             stop.add_done_callback(stopped)
         self.waiting += 1
-        self._waited.set()
         try:
             await woken
         finally:
             if stopped is not None and stop is not None:
                 stop.remove_done_callback(stopped)
             self.waiting -= 1
-            if not self.waiting:
-                self._waited.clear()
         return self.version != seen
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:

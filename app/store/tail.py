@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from app.records import Record
-from app.store import Page, PageQuery, most_bytes, row_bytes
+from app.store.pages import Page, PageQuery, most_bytes, row_bytes
 
 # Records held at most, and their bytes (`held`) at most: a burst larger than this
 # since the window began makes the tail start after it, and its followers read the

@@ -65,7 +65,7 @@ class ObservedStore:
         self.inner = inner
         self.max_in_flight = inner.max_in_flight
         self.stamps_at_commit = inner.stamps_at_commit
-        self.bell = inner.bell
+        self.live = inner.live
         self.completeness = inner.completeness
         self._tracer = tracer
         self._metrics = metrics

@@ -552,14 +552,14 @@ async def test_a_follower_woken_by_another_instances_commit_reads_it(make_tiered
 
     async def follow() -> list[str]:
         while True:
-            seen = one.bell.version
+            seen = one.live.version
             page = await one.page(Record, query(start, horizon()))
             if page.rows:
                 return [r.message_id for r in page.rows]
-            await one.bell.wait(seen, 60)
+            await one.live.wait(seen, 60)
 
     follower = asyncio.create_task(follow())
-    await until(lambda: one.bell.waiting, what="the follower waiting")
+    await until(lambda: one.live.waiting, what="the follower waiting")
     clock[0] = (committed + READ_LAG_MICROS // 2) * 1000
     await until(lambda: one.tail.end >= horizon(), what="a refresh of the tail at that time")
     await asyncio.sleep(5 * one.tail.refresh_seconds)

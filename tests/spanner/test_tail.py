@@ -62,27 +62,27 @@ async def test_a_refresh_that_finds_records_rings_whoever_asked_for_it() -> None
     spanner = Committed()
     cache = TailCache(spanner.read, refresh_seconds=3600)
     await cache.refresh(1_000)
-    rung = cache.bell.version
+    rung = cache.live.version
     assert await cache.refresh(2_000) == 0
-    assert cache.bell.version == rung  # nothing found, nobody woken
+    assert cache.live.version == rung  # nothing found, nobody woken
     spanner.records.append(record("m-1", 2_500))
     # A follower's own read finds it: the others waiting then are told too.
     query = PageQuery(after_time=1_000, after_message_id="", before_time=3_000, limit=10)
     page = await cache.page(query, 3_000, past=2_500)
     assert [r.message_id for r in page.rows] == ["m-1"]
-    assert cache.bell.version == rung + 1
+    assert cache.live.version == rung + 1
 
 
 async def test_a_burst_larger_than_the_tail_rings_too() -> None:
     spanner = Committed()
     cache = TailCache(spanner.read, refresh_seconds=3600, max_rows=2)
     await cache.refresh(1_000)
-    rung = cache.bell.version
+    rung = cache.live.version
     spanner.records += [record(f"m-{i}", 1_500 + i) for i in range(3)]
     await cache.refresh(2_000)
     # The tail starts afresh after them; their followers read them from Spanner.
     assert cache.start == (2_000, "")
-    assert cache.bell.version == rung + 1
+    assert cache.live.version == rung + 1
 
 
 async def test_a_follower_woken_by_the_watch_reads_what_woke_it() -> None:
@@ -101,10 +101,10 @@ async def test_a_follower_woken_by_the_watch_reads_what_woke_it() -> None:
     watching = asyncio.create_task(cache.watch(horizon))
     try:
         after = PageQuery(after_time=horizon(), after_message_id="", before_time=0, limit=10)
-        seen = cache.bell.version
+        seen = cache.live.version
         page = await cache.page(msgspec.structs.replace(after, before_time=horizon()), horizon())
         assert page.rows == []
-        waiting = asyncio.create_task(cache.bell.wait(seen, 30))
+        waiting = asyncio.create_task(cache.live.wait(seen, 30))
         # Committed between the horizon and the clock: not readable yet.
         spanner.records.append(record("m-1", clock[0] - lag // 2))
         clock[0] += lag // 4

@@ -16,8 +16,8 @@ import msgspec
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import Page, PageQuery, PublisherDuplicate, R, RowOutcome, Store
-from app.store.bell import Bell
 from app.store.duckdb.store import DuckDBStore
+from app.store.live import Live
 from app.store.producers import sequence_of
 from tests.fakes import WrappedStore
 
@@ -144,7 +144,7 @@ class NeverRings(WrappedStore):
 
     def __init__(self, inner: Store) -> None:
         super().__init__(inner)
-        self.bell = Bell()
+        self.live = Live()
 
 
 MUTANTS: dict[str, Callable[[Store], Store]] = {

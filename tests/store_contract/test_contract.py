@@ -282,15 +282,15 @@ RING_SECONDS = 0.25
 async def test_an_append_rings_the_bell_once_its_rows_are_readable(store: Store) -> None:
     # Nobody waits: a store that looks for rows only while followers wait does not
     # look here, and only the append's own ring moves the bell.
-    seen = store.bell.version
+    seen = store.live.version
     assert list(await store.append([record("m-1")])) == [None]
     await horizon(store, await stored_time(store, "m-1"))
     await until(
-        lambda: store.bell.version != seen,
+        lambda: store.live.version != seen,
         timeout=RING_SECONDS,
         what="the bell to ring for a readable append",
     )
-    assert store.bell.waiting == 0
+    assert store.live.waiting == 0
 
 
 @pytest.mark.slow

@@ -46,7 +46,6 @@ from app.store import (
     R,
     RowOutcome,
 )
-from app.store.bell import Bell
 from app.store.bigquery.backfill import Backfill, Backfilled
 from app.store.bigquery.cache import ReadCache
 from app.store.bigquery.layout import NO_COPIES, Copies, TableLayout
@@ -66,6 +65,7 @@ from app.store.bigquery.typed import (
     write_path_field,
 )
 from app.store.copies import message_states
+from app.store.live import Live
 from app.store.producers import Completeness
 from app.store.supervisor import LoopObserver, Supervisor
 from app.typed.mapping import Field
@@ -131,9 +131,11 @@ class BigQueryStore:
         self.project = project
         self.dataset = dataset
         self.settle_micros = int(options.settle_seconds * 1_000_000)
-        self.bell = Bell()
-        # The bell's loop and each writer's: restarted if they fail, named by
-        # readiness while they stay down, each restart told to `loops`.
+        # No tail: every page is a query. Told of rows as the settle window passes.
+        self.live = Live()
+        # The loop that tells followers of others' rows ("bell") and each writer's:
+        # restarted if they fail, named by readiness while they stay down, each
+        # restart told to `loops`.
         self._loops = Supervisor(observer=loops)
         # Concurrent `append` calls worth making: each writer keeps this many
         # requests in flight, and more callers would only queue behind them.
@@ -237,7 +239,7 @@ class BigQueryStore:
                 # may name them at once). Never fails the start (see `widen`).
                 await self.typed.widen(declared, fields)
         every = max(self.settle_micros / 1e6, _RING_SECONDS)
-        self._loops.run("bell", lambda: self.bell.while_demanded(self._ring, every), interval=every)
+        self._loops.run("bell", lambda: self.live.while_followed(self._ring, every), interval=every)
 
     async def _learn_layout(self) -> None:
         """Read how `records` is laid out, then open its writer with the copies its
@@ -422,14 +424,14 @@ class BigQueryStore:
         write deadline from now."""
         outcomes = await self._append(rows, deadline)
         # Readable once the settle window has passed: waiting followers read then.
-        asyncio.get_running_loop().call_later(self.settle_micros / 1e6, self.bell.ring)
+        asyncio.get_running_loop().call_later(self.settle_micros / 1e6, self.live.arrived, rows)
         return outcomes
 
     async def _ring(self) -> None:
         """Other instances' rows become readable as the settle window passes, and this
         one cannot tell when without a query (which each follower makes anyway): while
-        followers wait, the bell rings every window (at least a second)."""
-        self.bell.ring()
+        followers wait, they read again every window (at least a second)."""
+        self.live.arrived()
 
     async def _append(
         self, rows: Sequence[Record | Rejection], deadline: float | None

@@ -19,14 +19,13 @@ from typing import Any, Final
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store.backoff import Backoff
-from app.store.bell import Bell
 from app.store.copies import ConflictObserver
 from app.store.duckdb.frames import Frames
 from app.store.duckdb.inserts import Inserted
 from app.store.duckdb.journal import Frame
 from app.store.duckdb.ledger_writes import LedgerWriter
 from app.store.duckdb.producers import Changes, FrameLedger
-from app.store.tail import Tail
+from app.store.live import Live
 from app.store.tally import Held
 
 log = logging.getLogger(__name__)
@@ -92,16 +91,15 @@ class Unapplied:
 @dataclass(slots=True, kw_only=True)
 class Applier:
     """Applies the frames `queue`d (numbered by `frames`) through `insert` on the writer
-    thread (`write`), every `every` seconds or at once when a read waits; then shows
-    their new records in `tail`, rings `bell`, tells `conflicts` of differing copies,
-    and has `ledger` write the producers' changes and release the journal."""
+    thread (`write`), every `every` seconds or at once when a read waits; then reports
+    their rows readable to `live`, tells `conflicts` of differing copies, and has
+    `ledger` write the producers' changes and release the journal."""
 
     write: Callable[..., Awaitable[Any]]
     insert: Insert
     frames: Frames
     ledger: LedgerWriter
-    tail: Tail
-    bell: Bell
+    live: Live
     clock: Callable[[], int]
     conflicts: ConflictObserver | None
     every: float = APPLY_EVERY_SECONDS
@@ -261,12 +259,14 @@ class Applier:
         # first copy was journaled unshown and is applied in this batch too (a push
         # held up, and its redelivery) is in the tail only once added here.
         shown = frozenset().union(*(e.shown_ids for e in batch))
-        self.tail.add([r for r in records if r.message_id not in shown], now=now)
+        fresh: list[Record | Rejection] = [r for r in records if r.message_id not in shown]
         self.error = None
         for entry in batch:
             self.unapplied.popleft()
             for row in entry.rows:
-                if type(row) is Record:
+                if type(row) is Rejection:
+                    fresh.append(row)  # every rejection is read
+                elif type(row) is Record:
                     left = self.pending[row.message_id] - 1
                     if left:
                         self.pending[row.message_id] = left
@@ -276,7 +276,11 @@ class Applier:
         self.applied = batch[-1].frame_number
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
-        self.bell.ring()  # readable now: waiting followers read again, from the tail
+        # Readable now: waiting followers read again, new records from the tail. A batch
+        # with nothing new (copies, or records shown already) lets reads past its rows.
+        self.live.readable(fresh, now=now)
+        if not fresh:
+            self.live.arrived([row for entry in batch for row in entry.rows])
         for entry in batch:
             self.ledger.owe(entry.frame_number, entry.ledger)
 

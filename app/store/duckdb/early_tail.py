@@ -16,9 +16,8 @@ import duckdb
 
 from app.errors import StoreUnavailable
 from app.records import Record
-from app.store.bell import Bell
 from app.store.duckdb.sql import STORED_RECORD_IDS_SQL
-from app.store.tail import Tail
+from app.store.live import Live
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +29,12 @@ Read = Callable[
 @dataclass
 class EarlyTail:
     """Asks which of an append's records DuckDB will keep (`read`, beside `pending`: the
-    message ids journaled and not yet applied), and shows them in `tail`, ringing `bell`.
+    message ids journaled and not yet applied), and reports them readable to `live`.
     The store counts the appends under way in `appending`."""
 
     read: Read
     pending: collections.Counter[str]
-    tail: Tail
-    bell: Bell
+    live: Live
     clock: Callable[[], int]
     # Appends under way, each until its message ids are pending: an append that
     # starts before then (two are in flight) shows nothing early, as it cannot know
@@ -61,8 +59,7 @@ class EarlyTail:
 
     def show(self, records: list[Record]) -> None:
         """Add journaled records to the tail: durable and readable in order."""
-        self.tail.add(records, now=self.clock() // 1000)
-        self.bell.ring()  # waiting followers read again
+        self.live.readable(records, now=self.clock() // 1000)  # followers read again
 
     async def new_records(self, records: list[Record]) -> list[Record]:
         """Of `records` (an append's, before it is journaled), those DuckDB will keep

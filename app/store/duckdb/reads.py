@@ -30,25 +30,27 @@ from app.store.duckdb.sql import (
     read_within,
 )
 from app.store.duckdb.typed import TypedColumns
-from app.store.tail import Tail
+from app.store.live import Live
 
 
 @dataclass(slots=True)
 class Reader:
     """Reads `database` on its reader threads once `applied_now` returns, and pages of
-    records from `tail` where it holds them all; a filter's typed fields are `typed`'s."""
+    records from `live`'s tail where it holds them all; a filter's typed fields are
+    `typed`'s."""
 
     database: Database
     applied_now: Callable[[], Awaitable[None]]
-    tail: Tail
+    live: Live
     typed: TypedColumns
 
     async def warm_tail(self, now: int) -> None:
         """Start the tail with the records of its window, as DuckDB holds them: a
         follower near the tail reads memory after a restart as before it, rather than
         a query a page until the tail has filled again."""
-        since = now - self.tail.window
-        limit = self.tail.max_rows + 1
+        tail = self.live.tail
+        since = now - tail.window
+        limit = tail.max_rows + 1
         params = {"since": since, "limit": limit}
         # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
         found, more = await self.database.write(
@@ -57,7 +59,7 @@ class Reader:
                 NEWEST_RECORDS_SQL,
                 params,
                 Record,
-                self.tail.max_bytes,
+                tail.max_bytes,
                 payload_size(Record),
             )
         )
@@ -65,15 +67,15 @@ class Reader:
         if more or len(records) == limit:
             # More than the tail holds: it starts after the oldest of those read.
             oldest = records.pop(0)
-            self.tail.fill((oldest.ingest_time, oldest.message_id), records)
+            self.live.readable(records, now=now, since=(oldest.ingest_time, oldest.message_id))
         else:
-            self.tail.fill((since, ""), records)
+            self.live.readable(records, now=now, since=(since, ""))
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
-        if kind is Record and self.tail.covers(query):
+        if kind is Record and self.live.covers(query):
             # Every record before `before_time` is applied or shown (the read
             # horizon), so the tail holds every one after the cursor: no query.
-            page: Page[Any] = self.tail.page(query, query.before_time)
+            page: Page[Any] = self.live.page(query, query.before_time)
             return page
         sql, bounded, conditions = PAGE_SQL[kind], BOUNDED_PAGE_SQL[kind], dict[str, Any]()
         if query.filter:

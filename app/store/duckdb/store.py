@@ -21,7 +21,6 @@ from pathlib import Path
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
-from app.store.bell import Bell
 from app.store.copies import ConflictObserver
 from app.store.duckdb import producers as book
 from app.store.duckdb.applier import (
@@ -42,6 +41,7 @@ from app.store.duckdb.reads import Reader
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.sequencing import Sequencer
 from app.store.duckdb.typed import TypedColumns
+from app.store.live import Live
 from app.store.producers import Completeness, sequence_of
 from app.store.supervisor import LoopObserver, Supervisor
 from app.store.tail import Tail
@@ -89,8 +89,7 @@ class DuckDBStore:
         self._frames = Frames(self._journal)
         # The newest records, which followers at the tail read with no query:
         # this store sees every write, so the tail is complete up to what is applied.
-        self.tail = Tail()
-        self.bell = Bell()
+        self.live = Live(Tail())
         # The completeness ledger (app.store.producers), decided on as appends are
         # journaled (see producers.py); one append at a time decides and journals.
         self._ledger = DuckDBLedger(
@@ -109,8 +108,7 @@ class DuckDBStore:
             insert=Inserter(self._db.connection, self._typed, clock).insert,
             frames=self._frames,
             ledger=LedgerWriter(self._ledger, self._journal),
-            tail=self.tail,
-            bell=self.bell,
+            live=self.live,
             clock=clock,
             conflicts=conflicts,
             every=apply_every,
@@ -123,8 +121,8 @@ class DuckDBStore:
             seen=self.seen,
             clock=clock,
         )
-        self._reader = Reader(self._db, self._applier.applied_now, self.tail, self._typed)
-        self._early = EarlyTail(self._db.read, self._applier.pending, self.tail, self.bell, clock)
+        self._reader = Reader(self._db, self._applier.applied_now, self.live, self._typed)
+        self._early = EarlyTail(self._db.read, self._applier.pending, self.live, clock)
 
     @property
     def live_producers(self) -> int:
@@ -241,7 +239,7 @@ class DuckDBStore:
         # With followers, the records go to the tail as soon as they are durable
         # (journaled), not once DuckDB has them: which of them DuckDB will keep is
         # asked meanwhile (early_tail.py).
-        followed = self.bell.demanded
+        followed = self.live.followed
         early = self._early
         asked = early.ask(records) if records and followed else None
         early.appending += 1

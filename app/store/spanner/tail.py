@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from app.errors import StoreUnavailable
 from app.records import Record
 from app.store import Page, PageQuery
-from app.store.bell import Bell
+from app.store.live import Live
 from app.store.tail import MAX_ROWS, Tail
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ RangeRead = Callable[[int, int, int], Awaitable[list[Record] | None]]
 
 
 class TailCache:
-    """Records of the last `window_seconds`, read from Spanner as followers ask."""
+    """Records of the last `window_seconds`, read from Spanner as followers ask, and
+    reported to `live` (the store's: its commits report there too)."""
 
     def __init__(
         self,
@@ -45,9 +46,8 @@ class TailCache:
         self.refresh_seconds = refresh_seconds
         self._max_rows = max_rows
         self._monotonic = monotonic
-        self.tail = Tail(window_seconds=window_seconds, max_rows=max_rows)
-        # Rung when a refresh finds records; the store's bell (its commits ring it too).
-        self.bell = Bell()
+        self._window = int(window_seconds * 1_000_000)
+        self.live = Live(Tail(window_seconds=window_seconds, max_rows=max_rows))
         # Empty until the first refresh: the tail is complete up to here.
         self.end = 0
         self._refreshed = -float("inf")
@@ -55,11 +55,11 @@ class TailCache:
 
     @property
     def start(self) -> tuple[int, str]:
-        return self.tail.start
+        return self.live.tail.start
 
     def covers(self, query: PageQuery) -> bool:
         """Whether the cache holds every record after the query's cursor (up to `end`)."""
-        return self.end > 0 and self.tail.covers(query)
+        return self.end > 0 and self.live.covers(query)
 
     async def page(self, query: PageQuery, now: int, *, past: int = 0) -> Page[Record]:
         """The page after a covered cursor, complete up to min(before_time, end).
@@ -75,19 +75,19 @@ class TailCache:
             if self.end <= past < now:
                 # It joined a read that began before that commit: read again.
                 await self.refresh(now)
-        return self.tail.page(query, self.end)
+        return self.live.page(query, self.end)
 
     async def watch(self, horizon: Callable[[], int]) -> None:
         """While followers wait, bring the cache up to `horizon()` (the store's read
-        horizon) once per refresh interval for all of them (`Bell.while_demanded`):
+        horizon) once per refresh interval for all of them (`Live.while_followed`):
         what another instance commits reaches them within the interval, and the
-        reads grow with instances, never with followers. A refresh that finds
-        records rings.
+        reads grow with instances, never with followers. What a refresh finds is
+        reported (readable: waiting followers read again).
 
         It refreshes only up to the read horizon, where every follower's page
-        reaches, so a follower woken by a ring reads what rang it: a ring for a
-        record past a page's bound would wake it to an empty page, and no ring
-        would come for that record again."""
+        reaches, so a follower woken reads what woke it: a record reported past a
+        page's bound would wake it to an empty page, and no report would come for
+        that record again."""
 
         async def look() -> None:
             try:
@@ -95,7 +95,7 @@ class TailCache:
             except StoreUnavailable as exc:
                 log.warning("tail not refreshed: %s", exc)
 
-        await self.bell.while_demanded(look, self.refresh_seconds)
+        await self.live.while_followed(look, self.refresh_seconds)
 
     def due(self) -> bool:
         return self._monotonic() - self._refreshed >= self.refresh_seconds
@@ -119,12 +119,12 @@ class TailCache:
             # restart is no cliff for the followers near the tail; past what it
             # holds, it starts empty at now, and older records are read from
             # Spanner until their followers reach it.
-            since = now - self.tail.window
+            since = now - self._window
             warm = await self._read(since, now, self._max_rows)
             if warm is None:
-                self.tail.reset(now)
+                self.live.readable([], now=now, since=(now, ""))
             else:
-                self.tail.fill((since, ""), warm)
+                self.live.readable(warm, now=now, since=(since, ""))
             self.end = now
             return 0
         if now <= self.end:
@@ -133,12 +133,9 @@ class TailCache:
         if found is None:
             # More than the cache holds: start afresh after this range (its
             # followers read them from Spanner).
-            self.tail.reset(now)
             self.end = now
-            self.bell.ring()
+            self.live.readable([], now=now, since=(now, ""))
             return 0
-        self.tail.add(found, now=now)
         self.end = now
-        if found:
-            self.bell.ring()  # readable now: waiting followers read again
+        self.live.readable(found, now=now)  # waiting followers read again, if any found
         return len(found)

@@ -128,8 +128,8 @@ class TieredStore:
         self._export = export
         self._export_observer = observers.exports
         self.exporter: Exporter | None = None
-        # Rung by this instance's commits and by the tail when it finds others'.
-        self.bell = self.tail.bell
+        # Told of this instance's commits, and by the tail of what it finds of others'.
+        self.live = self.tail.live
         self._watermark_writer: WatermarkWriter | None = None
         # Owns every background loop of this store.
         self.supervisor = Supervisor(observer=observers.loops)
@@ -269,7 +269,7 @@ class TieredStore:
                     self._conflicts(held, given)
         newest = max(row.ingest_time for row in committed)
         self._acknowledged = max(self._acknowledged, newest)
-        self.bell.ring()  # readable now: waiting followers read again
+        self.live.arrived(committed)  # readable now: waiting followers read again
         return outcomes
 
     async def _commit(

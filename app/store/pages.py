@@ -1,0 +1,139 @@
+"""Pages of a table's rows, the queries for them, and what a row weighs in an answer.
+
+A leaf of the store layer (`app.store` re-exports every name), so that the parts below
+the Store protocol, the tail in memory and following's side of a store, can use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Generic, TypeVar
+
+import msgspec
+
+from app.records import Record, Rejection
+from app.store.filters import RowFilter
+
+# A page is of one table's rows: records, or rejections.
+R = TypeVar("R", Record, Rejection)
+
+# What a row takes in an answer besides its payload and attributes (its ids, times and
+# names, once encoded), about: rows of tiny payloads count too.
+ROW_BYTES: Final = 320
+
+
+def text_bytes(text: str) -> int:
+    """`text`'s length in UTF-8, without encoding it when it is ASCII (the usual case)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def row_bytes(row: Record | Rejection) -> int:
+    """About what `row` takes once a reader is shown it in JSON: its payload (a rejection's
+    raw bytes as base 64), its attributes, and ROW_BYTES for the rest. The unit of every
+    byte budget of a read (a page, a stream's chunk or event, the tail in memory)."""
+    data, attributes = row.data, row.attributes
+    if type(data) is str:
+        payload = len(data) if data.isascii() else len(data.encode())
+    else:
+        payload = (len(data) + 2) // 3 * 4
+    return (
+        payload
+        + (len(attributes) if attributes.isascii() else len(attributes.encode()))
+        + (ROW_BYTES)
+    )
+
+
+def most_bytes(rows: Sequence[Record | Rejection]) -> int:
+    """No less than what `rows` take together (`row_bytes`), from their lengths alone: a
+    character is 4 bytes at most in UTF-8, and base 64 4/3 of a byte. A page far below its
+    budget, the usual one, is known to be so in a few calls, whatever its rows."""
+    payloads = sum(map(len, [row.data for row in rows]))
+    attributes = sum(map(len, [row.attributes for row in rows]))
+    return 4 * (payloads + attributes) + ROW_BYTES * len(rows)
+
+
+def within(rows: Sequence[Record | Rejection], max_bytes: int) -> tuple[int, int]:
+    """How many of `rows`, from the first, hold at most `max_bytes` together (`row_bytes`),
+    and at least one: a row larger than the budget is read alone; and no less than what
+    they hold (`most_bytes` of them when that is within the budget, else `row_bytes`)."""
+    most = most_bytes(rows)
+    if most <= max_bytes:
+        return len(rows), most
+    total = 0
+    for count, row in enumerate(rows):
+        size = row_bytes(row)
+        if total + size > max_bytes and count:
+            return count, total
+        total += size
+    return len(rows), total
+
+
+class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """Rows strictly after the cursor and strictly before `before`, in key order.
+
+    The key is `(ingest_time, message_id)`. A message_id is returned only for
+    its first stored copy of records, so a reader that walks the key range meets
+    each message once.
+
+    With a `filter`, the page holds the rows that match it (the first copies that
+    match, for records), `limit` of them if there are as many, and resumes after
+    the last row it examined as any page does.
+    """
+
+    after_time: int
+    after_message_id: str
+    before_time: int
+    limit: int
+    # The rows kept (app.store.filters); None keeps every row.
+    filter: RowFilter | None = None
+    # With a value, a store may end the page before `limit` rows once those it read hold
+    # at least this many bytes (`row_bytes`): what it holds for a page of large rows
+    # stays near the reader's budget, not `limit` times the largest row. The page is
+    # then full: it resumes after its last row. The reader cuts the page to its budget
+    # whatever the store returns (`within`); a store that cannot stop early ignores it.
+    max_bytes: int | None = None
+
+    def answer(self, rows: list[R], end: int | None = None) -> Page[R]:
+        """The page of `rows`, the rows the store examined (see `resume`)."""
+        return Page(rows, *self.resume(rows, end))
+
+    def filled(self, rows: Sequence[Record | Rejection]) -> bool:
+        """Whether `rows` (those the store examined) make a full page: `limit` of them,
+        or at least `max_bytes`."""
+        if len(rows) >= self.limit:
+            return True
+        if self.max_bytes is None or most_bytes(rows) < self.max_bytes:
+            return False
+        return sum(map(row_bytes, rows)) >= self.max_bytes
+
+    def resume(self, rows: Sequence[Record | Rejection], end: int | None = None) -> tuple[int, str]:
+        """The key the next page continues after, `rows` being those the store examined.
+
+        A full page resumes after its last row; a short one examined its whole
+        range, up to `end` (a store that scans a bounded range) or else
+        `before_time`, so the next page starts there: a reader at the tail
+        never scans again what it already found empty.
+        """
+        if rows and self.filled(rows):
+            return rows[-1].ingest_time, rows[-1].message_id
+        # message_id > "" holds for every row: the next page starts at the end.
+        return (self.before_time if end is None else end), ""
+
+
+class Page(msgspec.Struct, Generic[R], frozen=True):
+    """One page of a table's rows, and the key the next page continues after.
+
+    The key is the last row the store examined, which is not always the last
+    row returned: a store that skips later copies of a message, or scans a
+    bounded time range, moves the cursor past what it left out.
+
+    `complete_until`, when set, is earlier than the query's `before_time`: the
+    store answered only up to it (the serving tier from its cache of the tail,
+    or from BigQuery up to where Spanner's rows begin), and the next page
+    starts there.
+    """
+
+    rows: list[R]
+    after_time: int
+    after_message_id: str
+    complete_until: int | None = None
