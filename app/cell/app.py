@@ -231,7 +231,10 @@ def create_cell(
     followers = Places(settings.query.max_followers, keeps_own=True)
     exports = export_places(settings.server.memory_budget_bytes)
     # What on-call slowed, read again and again from the file every instance mounts.
-    throttles = Throttles(settings.cell.throttles, entries) if settings.cell.throttles else None
+    # (A system whose own settings cannot be used is the cell's too: its throttle holds once
+    # it serves.)
+    named = entries.keys() | settings.cell.faults().keys()
+    throttles = Throttles(settings.cell.throttles, named) if settings.cell.throttles else None
     systems: dict[str, CellSystem] = {}
     for name, entry in entries.items():
         own = system_settings(settings, name, entry, shares[name])

@@ -1,23 +1,10 @@
 """Throttles: how on-call slows one hot system of a cell, on every instance, without a deploy.
 
-RECORDLINE_THROTTLES names a JSON file, each throttled system's name to its throttle:
-
-    {"alpha": {"instance_pushes_per_second": 20, "by": "alice@example.com",
-               "reason": "alpha's backfill holds cell-1-serving at 90% CPU"}}
-
-Terraform mounts the cell's `<cell>-throttles` secret there at its latest version, which
-Cloud Run fetches again at each read of the file: adding a version is the throttle, and
-Secret Manager keeps who added each version and when (its audit log) and what each said
-(the versions themselves). Every instance reads the file every READ_SECONDS, each read
-bounded by READ_DEADLINE_SECONDS, and logs each throttle it takes up or lifts, with who
-set it and why. A push of a throttled system past its pace is refused on its head, 429
-with `Retry-After`, before its body is read: nothing of it is stored, and Pub/Sub
-delivers it again with backoff.
-
-What cannot be read (the file gone, a read that hangs, a file that is no JSON object)
-keeps the throttles last read, and the cell's `/readyz` says why; an entry that cannot
-be used keeps that system's last throttle, and one of a system the cell does not serve
-is said and ignored. None of it stops any system's pushes.
+RECORDLINE_THROTTLES names a JSON file (the cell's throttles secret, mounted at its latest
+version), each throttled system's name to its `Throttle`. Every instance reads it every
+READ_SECONDS within READ_DEADLINE_SECONDS, and logs each throttle it takes up or lifts; a
+push past its system's pace is refused on its head, 429 with `Retry-After`. What cannot be
+read or used keeps what was read last, is said in the cell's `/readyz`, and refuses no push.
 
 Design: docs/cells.md#throttles
 """

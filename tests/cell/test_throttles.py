@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from app.cell.app import Cell, create_cell
@@ -42,7 +43,7 @@ def throttle(rate: float, **extra: Any) -> dict[str, Any]:
 
 
 def write(path: Path, throttles: object) -> None:
-    path.write_text(json.dumps(throttles))
+    path.write_bytes(msgspec.json.encode(throttles))
 
 
 def new_cell(path: Path) -> Cell:
@@ -123,6 +124,9 @@ async def test_a_throttle_file_that_cannot_be_read_or_used_keeps_the_last_and_st
     broken: list[tuple[str, str]] = [
         ("gone", ""),
         ("not json", "{alpha: 1"),
+        ("a list", "[]"),
+        ("null", "null"),
+        ("not a number", '{"alpha": {"instance_pushes_per_second": NaN}}'),
         ("too large", json.dumps({"alpha": throttle(0.01, reason="x" * 1000)}) + " " * MOST_BYTES),
     ]
     for what, text in broken:
@@ -144,6 +148,27 @@ async def test_a_throttle_file_that_cannot_be_read_or_used_keeps_the_last_and_st
                 (await push(client, "alpha", f"alpha-{what}-{m}")).status_code for m in range(2)
             }
             assert 429 in answers, what
+
+
+async def test_a_cell_whose_throttles_file_is_missing_at_start_serves_and_says_so(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "throttles.json"
+    cell = new_cell(path)
+    async with served(cell, bounded=True) as client:  # type: ignore[arg-type]
+        for system in SYSTEMS:
+            assert (await push(client, system, f"{system}-0")).status_code == 204
+        health = await client.get("/readyz")
+        assert health.status_code == 200
+        (problem,) = health.json()["throttle_problems"]
+        assert problem.startswith(f"{path} cannot be read: No such file or directory")
+        # The file appears: taken up at the next read.
+        write(path, {"gamma": throttle(0.01)})
+        assert cell.throttles is not None
+        await cell.throttles.read()
+        assert (await push(client, "gamma", "gamma-1")).status_code == 204
+        assert (await push(client, "gamma", "gamma-2")).status_code == 429
+        assert "throttle_problems" not in (await client.get("/readyz")).json()
 
 
 async def test_a_throttle_applies_to_its_own_system_alone(tmp_path: Path) -> None:
@@ -197,7 +222,13 @@ def throttles_of(path: Path, clock: Clock | None = None, **kwargs: Any) -> Throt
         (throttle(5, reason=""), "reason"),
         ({"pushes_per_second": 5, **SLOW}, "pushes_per_second"),
         (throttle(5, until="tomorrow"), "until"),
+        (throttle(5, reason="x" * 1001), "reason"),
+        (
+            msgspec.Raw(b'{"instance_pushes_per_second": 1e400, "by": "a", "reason": "b"}'),
+            "instance_pushes_per_second",
+        ),
         (5, "object"),
+        (None, "object"),
     ],
     ids=[
         "zero",
@@ -209,7 +240,10 @@ def throttles_of(path: Path, clock: Clock | None = None, **kwargs: Any) -> Throt
         "no reason",
         "misspelt field",
         "unknown field",
+        "a reason too long",
+        "past a float",
         "not an object",
+        "null",
     ],
 )
 async def test_an_entry_that_cannot_be_used_is_named_and_the_last_throttle_kept(
