@@ -140,6 +140,9 @@ class CellLifespan:
                 stack.push_async_callback(self._certs.close)
             if self._spanner is not None:
                 stack.push_async_callback(self._spanner.close)
+            if self._throttles is not None:
+                # Let go once its loop has stopped (below).
+                stack.callback(self._throttles.close)
             await self.supervisor.start()
             stack.push_async_callback(self.supervisor.close)
             if self._throttles is not None:

@@ -22,6 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import Throttled
+from app.store.threads import DaemonThreads
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ class Throttles:
         # When a read was last tried; the read in progress, if one outlived its deadline.
         self._tried_at: float | None = None
         self._reading: asyncio.Future[bytes] | None = None
+        # One daemon thread: a read that never returns (a mounted secret Secret Manager
+        # does not answer for) holds it, and never the process at its stop.
+        self._thread = DaemonThreads(1, prefix="throttles")
 
     def refused(self, system: str) -> Throttled | None:
         """Why a push of `system` is refused now, if it is: past its throttle's pace."""
@@ -157,6 +161,10 @@ class Throttles:
                 found.append(f"{self._path} not read for {since:.0f} s")
         return found
 
+    def close(self) -> None:
+        """Let go of the read's thread, whatever it is doing."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
     async def watch(self) -> None:
         """Read the file every READ_SECONDS, until cancelled."""
         while True:
@@ -170,7 +178,7 @@ class Throttles:
             # A read that outlived its deadline is waited on again, never doubled: one
             # thread at most is held by a file that hangs.
             loop = asyncio.get_running_loop()
-            self._reading = loop.run_in_executor(None, self._read, self._path)
+            self._reading = loop.run_in_executor(self._thread, self._read, self._path)
         try:
             async with asyncio.timeout(self._deadline):
                 content = await asyncio.shield(self._reading)

@@ -300,8 +300,11 @@ async def test_a_read_that_hangs_ends_at_its_deadline_and_holds_one_thread(
     hang = threading.Event()
     reads: list[str] = []
 
+    readers: list[threading.Thread] = []
+
     def read(at: str) -> bytes:
         reads.append(at)
+        readers.append(threading.current_thread())
         hang.wait(30)
         return path.read_bytes()
 
@@ -313,6 +316,8 @@ async def test_a_read_that_hangs_ends_at_its_deadline_and_holds_one_thread(
         assert "was not read within 0.05 s" in problem
         assert len(reads) == 1  # the hung read waited on again, never another started
         assert throttles.in_force() == {}
+        # Its thread is a daemon: a stop does not wait for it (app.store.threads).
+        assert all(thread.daemon for thread in readers)
     finally:
         hang.set()
 
@@ -324,6 +329,7 @@ async def test_a_read_that_hangs_ends_at_its_deadline_and_holds_one_thread(
     await until(taken_up, what="the hung read taken up")
     assert throttles.problems() == []
     assert len(reads) == 1
+    throttles.close()
 
 
 async def test_the_watch_reads_again_and_says_when_it_stopped(tmp_path: Path) -> None:
