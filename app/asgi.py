@@ -144,6 +144,9 @@ class Shared:
     # RECORDLINE_PAGE_TOKEN_SECRET itself: a cell gives each system a key of its own
     # (`app.cell.app.system_token_secret`), so that one system's token is not another's.
     page_token_secret: str | None = None
+    # Why a push of the system is refused before anything else is asked, if it is: the
+    # throttle on-call set on it (`app.cell.throttles`).
+    throttled: Callable[[], RecordlineError | None] | None = None
 
 
 def create_app(
@@ -273,22 +276,30 @@ def create_app(
     app.budget = budget
     app.share = None if shared is None else shared.share
     app.unsliced = PUSH_PATH
-    app.refused = refused_on_head(pushes.ingest, exporting)
+    app.refused = refused_on_head(
+        pushes.ingest, exporting, None if shared is None else shared.throttled
+    )
     return app
 
 
 def refused_on_head(
-    ingest: Ingest, exports: Places
+    ingest: Ingest,
+    exports: Places,
+    throttled: Callable[[], RecordlineError | None] | None = None,
 ) -> Callable[[Scope, int], RecordlineError | None]:
     """Why a request is refused on its head, before it is routed, if it is (given what its
-    body says it holds): a push its system's queue has no room for (`Ingest.room`), an
-    export past the system's share. Each such refusal costs the server's parse of its
-    head and this, nothing of Litestar's; the route's own checks still hold the bound."""
+    body says it holds): a push of a system on-call throttled past its pace, or one its
+    system's queue has no room for (`Ingest.room`), an export past the system's share.
+    Each such refusal costs the server's parse of its head and this, nothing of
+    Litestar's; the route's own checks still hold the bound."""
 
     def refused(scope: Scope, declared: int) -> RecordlineError | None:
         path = scope["path"]
         if path == PUSH_PATH:
-            return ingest.room(declared) if scope.get("method") == "POST" else None
+            if scope.get("method") != "POST":
+                return None
+            refusal = None if throttled is None else throttled()
+            return refusal if refusal is not None else ingest.room(declared)
         if path.startswith(EXPORT_PATH) and exports.full():
             return exports_refusal(exports)
         return None

@@ -417,6 +417,17 @@ class SystemUnavailable(RetryLater):
     cause = "system"
 
 
+class Throttled(RetryLater):
+    """On-call has slowed this system of the cell (RECORDLINE_THROTTLES: each instance
+    admits at most so many of its pushes a second) and this push came past it. Nothing
+    was stored: Pub/Sub delivers it again, with backoff. Retry after `Retry-After`."""
+
+    status = 429
+    title = "System throttled"
+    problem = "system-throttled"
+    cause = "throttled"
+
+
 class CertsUnavailable(RetryLater):
     """Google's token-signing keys could not be fetched, so no token can be verified: not
     the caller's fault, so 503 rather than 401. Retry after `Retry-After`.

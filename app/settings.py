@@ -1043,6 +1043,19 @@ class CellSettings(Section, frozen=True):
             "shared) for this many",
         ),
     ] = 100
+    throttles: Annotated[
+        str,
+        Meta(pattern=r"^(|/.+)$"),
+        env(
+            "RECORDLINE_THROTTLES",
+            "A file of the systems on-call has slowed (each name to its "
+            '{"instance_pushes_per_second", "by", "reason"}), read again every 10 s by every '
+            "instance of the cell, so a throttle needs no deploy (docs/cells.md#throttles); "
+            "Terraform mounts the `<cell>-throttles` secret there at its latest version. "
+            "Unset: no system is throttled",
+            accepts="an absolute path",
+        ),
+    ] = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CellSettings:

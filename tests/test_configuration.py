@@ -96,6 +96,7 @@ BAD_VALUES = {
     # (tests/cell/test_settings.py).
     "RECORDLINE_SYSTEMS": '{"orders": {"store": "memory:"},}',
     "RECORDLINE_CELL_MAX_SYSTEMS": "0",
+    "RECORDLINE_THROTTLES": "throttles.json",
 }
 # Any text is a value of these.
 FREE_TEXT = {

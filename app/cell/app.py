@@ -31,6 +31,7 @@ from app.auth.oidc import GoogleCerts
 from app.budget import Budget, Places, Share
 from app.cell.root import CellReadiness, Refusal, root_routes
 from app.cell.systems import START_RETRY_MAX_SECONDS, START_RETRY_SECONDS, CellSystem
+from app.cell.throttles import STALE_SECONDS, Throttles
 from app.http.head import Recordline
 from app.http.limits import BODY_COPIES
 from app.problems import Problems
@@ -59,9 +60,16 @@ START_SECONDS: Final = 30.0
 class Cell:
     """The ASGI app of a cell: each request to its system's app, or to the cell's own."""
 
-    def __init__(self, root: Recordline, systems: Mapping[str, CellSystem]) -> None:
+    def __init__(
+        self,
+        root: Recordline,
+        systems: Mapping[str, CellSystem],
+        throttles: Throttles | None = None,
+    ) -> None:
         self.root = root
         self.systems = systems
+        # What on-call slowed (RECORDLINE_THROTTLES), read again by the cell's lifespan.
+        self.throttles = throttles
         # Told of each connection a bound of the server refused or closed (app.http.limits).
         self.connections: ConnectionObserver | None = root.connections
         # What every system's requests and answers in flight are charged to: one budget
@@ -112,8 +120,10 @@ class CellLifespan:
         *,
         certs: GoogleCerts | None,
         spanner: SpannerClients | None,
+        throttles: Throttles | None = None,
     ) -> None:
         self._systems = systems
+        self._throttles = throttles
         self._readiness = readiness
         self._telemetry = telemetry
         self._budget = budget
@@ -130,8 +140,16 @@ class CellLifespan:
                 stack.push_async_callback(self._certs.close)
             if self._spanner is not None:
                 stack.push_async_callback(self._spanner.close)
+            if self._throttles is not None:
+                # Let go once its loop has stopped (below).
+                stack.callback(self._throttles.close)
             await self.supervisor.start()
             stack.push_async_callback(self.supervisor.close)
+            if self._throttles is not None:
+                # Read before the first push is served: an instance started while a system
+                # is throttled is throttled from its first push (within the read's deadline).
+                await self._throttles.read()
+                self.supervisor.run("throttles", self._throttles.watch, interval=STALE_SECONDS)
             for system in self._systems.values():
                 # Each system's tasks carry its name on their log lines.
                 context = contextvars.copy_context()
@@ -215,6 +233,11 @@ def create_cell(
     reads = Places(settings.server.max_reads)
     followers = Places(settings.query.max_followers, keeps_own=True)
     exports = export_places(settings.server.memory_budget_bytes)
+    # What on-call slowed, read again and again from the file every instance mounts.
+    # (A system whose own settings cannot be used is the cell's too: its throttle holds once
+    # it serves.)
+    named = entries.keys() | settings.cell.faults().keys()
+    throttles = Throttles(settings.cell.throttles, named) if settings.cell.throttles else None
     systems: dict[str, CellSystem] = {}
     for name, entry in entries.items():
         own = system_settings(settings, name, entry, shares[name])
@@ -228,6 +251,7 @@ def create_cell(
             reads=reads.share(own.server.max_reads, borrows=not entry.max_reads),
             followers=followers.share(own.query.max_followers, borrows=not entry.max_followers),
             exports=exports.share(exports.most // len(entries)),
+            throttled=None if throttles is None else functools.partial(throttles.refused, name),
         )
         build = functools.partial(_system_app, own, telemetry.for_system(name), mine, made)
         systems[name] = CellSystem(name, build)
@@ -235,8 +259,10 @@ def create_cell(
     for name, fault in settings.cell.faults().items():
         log.error("system %s does not serve: %s", name, fault)
         systems[name] = CellSystem(name, _unusable, fault)
-    readiness = CellReadiness(systems, certs=certs)
-    lifespan = CellLifespan(systems, readiness, telemetry, budget, certs=certs, spanner=spanner)
+    readiness = CellReadiness(systems, certs=certs, throttles=throttles)
+    lifespan = CellLifespan(
+        systems, readiness, telemetry, budget, certs=certs, spanner=spanner, throttles=throttles
+    )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     root = http_app(
         root_routes(telemetry.route_handlers),
@@ -249,7 +275,7 @@ def create_cell(
     )
     root.connections = telemetry.connection_observer()
     root.budget = held
-    return Cell(root, systems)
+    return Cell(root, systems, throttles)
 
 
 def held_share(server: ServerSettings, held: Budget, systems: int) -> int:

@@ -24,6 +24,7 @@ from litestar.types import HTTPScope
 
 from app.auth.oidc import GoogleCerts
 from app.cell.systems import CellSystem
+from app.cell.throttles import Throttles
 from app.docs import docs_assets
 from app.errors import (
     CertsUnavailable,
@@ -47,14 +48,25 @@ class CellHealth(msgspec.Struct, frozen=True, omit_defaults=True):
     not_ready: dict[str, str]
     # What is degraded in each ready system (its /readyz's warnings); said if any.
     warnings: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    # Each system on-call throttled, and its throttle (RECORDLINE_THROTTLES); said if any.
+    throttled: dict[str, str] = msgspec.field(default_factory=dict)
+    # What keeps the throttles' file from being read or used; said if anything does.
+    throttle_problems: list[str] = msgspec.field(default_factory=list)
 
 
 class CellReadiness:
     """Whether the cell serves, and which of its systems do not (see the module notes)."""
 
-    def __init__(self, systems: Mapping[str, CellSystem], *, certs: GoogleCerts | None) -> None:
+    def __init__(
+        self,
+        systems: Mapping[str, CellSystem],
+        *,
+        certs: GoogleCerts | None,
+        throttles: Throttles | None = None,
+    ) -> None:
         self._systems = systems
         self._certs = certs
+        self._throttles = throttles
         self.stopping = False
 
     async def check(self) -> CellHealth:
@@ -85,7 +97,14 @@ class CellReadiness:
         if not_ready and len(not_ready) == len(self._systems):
             said = "; ".join(f"{name}: {why}" for name, why in not_ready.items())
             raise RetryLater(f"no system of the cell is ready: {said}")
-        return CellHealth("ready", not_ready, dict(sorted(warnings.items())))
+        throttles = self._throttles
+        return CellHealth(
+            "ready",
+            not_ready,
+            dict(sorted(warnings.items())),
+            throttled={} if throttles is None else throttles.in_force(),
+            throttle_problems=[] if throttles is None else throttles.problems(),
+        )
 
 
 @get(

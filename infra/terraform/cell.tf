@@ -119,6 +119,9 @@ locals {
   # Where the secrets are mounted, and the setting that names the file.
   systems_directory = "/etc/recordline/systems"
   systems_setting   = "@${local.systems_directory}/systems.json"
+  # The throttles on-call sets (RECORDLINE_THROTTLES), at the latest version of their
+  # secret: re-read by every instance, never part of what a revision is.
+  throttles_directory = "/etc/recordline/throttles"
 
   # What Secret Manager holds in one version (https://cloud.google.com/secret-manager/quotas:
   # 64 KiB) and Cloud Run takes as custom audiences (their JSON list, 32,768 characters:
@@ -141,6 +144,7 @@ locals {
     RECORDLINE_CELL                   = local.cell
     RECORDLINE_SYSTEMS                = local.systems_setting
     RECORDLINE_CELL_MAX_SYSTEMS       = tostring(var.cell_max_systems)
+    RECORDLINE_THROTTLES              = "${local.throttles_directory}/throttles.json"
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
     # The service's own URL too: the uptime check's token names it (uptime.tf).
     RECORDLINE_READ_AUDIENCE            = "${local.read_audience},${local.cell_url}"
@@ -337,6 +341,45 @@ resource "google_secret_manager_secret_iam_member" "reads_systems" {
   member    = each.value
 }
 
+# The systems on-call has slowed (docs/cells.md#throttles): a JSON object, `{}` when none
+# is. On-call adds a version (docs/operations.md#a-hot-system); every instance reads the
+# latest within 12 s, with no deploy and no revision. Not a revision's state, so a
+# rollback keeps the throttles in force. Who added each version, and when, is in Secret
+# Manager's audit log (Admin Activity, always on); what each said is the version itself.
+resource "google_secret_manager_secret" "throttles" {
+  #checkov:skip=CKV_GCP_128:Google-managed encryption; the file names systems and who slowed them, nothing secret.
+  project   = var.project_id
+  secret_id = "${local.cell}-throttles"
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# The first version, none throttled. On-call's versions come after it, outside Terraform,
+# which never writes another: an apply leaves the throttles as on-call set them.
+resource "google_secret_manager_secret_version" "throttles" {
+  secret          = google_secret_manager_secret.throttles.id
+  secret_data     = "{}"
+  deletion_policy = "ABANDON"
+}
+
+resource "google_secret_manager_secret_iam_member" "throttles" {
+  for_each = {
+    "runtime reads"     = { role = "roles/secretmanager.secretAccessor", member = google_service_account.runtime.member }
+    "operator reads"    = { role = "roles/secretmanager.secretAccessor", member = local.operator_member }
+    "operator adds"     = { role = "roles/secretmanager.secretVersionAdder", member = local.operator_member }
+    "operator versions" = { role = "roles/secretmanager.viewer", member = local.operator_member }
+  }
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.throttles.secret_id
+  role      = each.value.role
+  member    = each.value.member
+}
+
 # A rollback first checks that the version the revision it returns to mounts is still
 # enabled (on-call, as the operator account: docs/operations.md#rolling-back); a rollout
 # retires the versions no revision it keeps mounts (the deploy account: deploy-cell.yml).
@@ -371,6 +414,7 @@ resource "time_sleep" "secrets_propagation" {
     page_token = google_secret_manager_secret_iam_member.runtime_reads_page_token.id
     systems    = google_secret_manager_secret_iam_member.reads_systems["runtime"].id
     values     = join(",", [for grant in google_secret_manager_secret_iam_member.reads_systems_values : grant.id])
+    throttles  = google_secret_manager_secret_iam_member.throttles["runtime reads"].id
     # The read passes' keys (cdn.tf), where the cell has them.
     read_pass = join(",", [for grant in google_secret_manager_secret_iam_member.runtime_reads_read_pass : grant.id])
   }
@@ -441,6 +485,18 @@ resource "google_cloud_run_v2_service" "ingest" {
       }
     }
 
+    volumes {
+      name = "throttles"
+      secret {
+        secret = google_secret_manager_secret.throttles.secret_id
+        items {
+          # Fetched again at each read of the file, so a new version holds at once.
+          version = "latest"
+          path    = "throttles.json"
+        }
+      }
+    }
+
     containers {
       # Until its first deploy a new cell runs the placeholder (placeholder.py): 503 to
       # every push, so Pub/Sub keeps the messages instead of acknowledging them to a
@@ -457,6 +513,11 @@ resource "google_cloud_run_v2_service" "ingest" {
       volume_mounts {
         name       = "systems"
         mount_path = local.systems_directory
+      }
+
+      volume_mounts {
+        name       = "throttles"
+        mount_path = local.throttles_directory
       }
 
       resources {
@@ -573,6 +634,7 @@ resource "google_cloud_run_v2_service" "ingest" {
   # revision; the grants have to have propagated by then (time_sleep.secrets_propagation).
   depends_on = [
     google_secret_manager_secret_version.page_token,
+    google_secret_manager_secret_version.throttles,
     time_sleep.secrets_propagation,
   ]
 }

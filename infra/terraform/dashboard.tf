@@ -111,6 +111,17 @@ locals {
         title = "Spanner CPU by instance and priority (1 = 100%)"
         sets  = [["$${resource.labels.instance_id} $${metric.labels.priority}", "metric.type=\"spanner.googleapis.com/instance/cpu/utilization_by_priority\" resource.type=\"spanner_instance\" (${local.spanner_of_cell})", "ALIGN_MEAN", "REDUCE_SUM", ["resource.label.\"instance_id\"", "metric.label.\"priority\""], false]]
       },
+      # A system's serving database is its own, named after it: Spanner's CPU and requests
+      # by database are each system's, exactly (tagged requests, by system, are in the
+      # instance's query and transaction statistics: docs/operations.md#a-hot-system).
+      {
+        title = "Spanner CPU by system (its database) and priority, of its instance (1 = 100%), ten worst"
+        sets  = [["$${metric.labels.database} $${metric.labels.priority}", "metric.type=\"spanner.googleapis.com/instance/cpu/utilization_by_priority\" resource.type=\"spanner_instance\" (${local.spanner_of_cell}) metric.label.\"is_system\"=\"false\"", "ALIGN_MEAN", "REDUCE_SUM", ["metric.label.\"database\"", "metric.label.\"priority\""], true]]
+      },
+      {
+        title = "Spanner requests by system (its database) (per s), ten worst"
+        sets  = [["$${metric.labels.database}", "metric.type=\"spanner.googleapis.com/api/request_count\" resource.type=\"spanner_instance\" (${local.spanner_of_cell})", "ALIGN_RATE", "REDUCE_SUM", ["metric.label.\"database\""], true]]
+      },
       {
         title = "Spanner storage by instance, of what its processing units allow (1 = 100%)"
         sets  = [["$${resource.labels.instance_id}", "metric.type=\"spanner.googleapis.com/instance/storage/utilization\" resource.type=\"spanner_instance\" (${local.spanner_of_cell})", "ALIGN_MAX", "REDUCE_MAX", ["resource.label.\"instance_id\""], false]]

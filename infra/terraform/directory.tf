@@ -43,6 +43,8 @@ locals {
       # last release: what was live before it, by image digest and settings version.
       systems_secret = "${local.cell}-systems"
       release        = local.release_object
+      # The throttles on-call sets on its cell's systems (docs/cells.md#throttles).
+      throttles_secret = "${local.cell}-throttles"
     }
   }
 }

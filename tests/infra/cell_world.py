@@ -50,6 +50,10 @@ def systems_secret(cell: str) -> str:
     return f"{cell}-systems"
 
 
+def throttles_secret(cell: str) -> str:
+    return f"{cell}-throttles"
+
+
 def canary_secret(cell: str) -> str:
     return f"{cell}-canary-systems"
 
@@ -244,6 +248,8 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
             secrets.setdefault(secret, {}).setdefault(member, []).append(grant)
         reader = _role("google_secret_manager_secret_iam_member", "reads_systems", TERRAFORM)
         secrets.setdefault(systems_secret(cell), {}).setdefault(operator, []).append(reader)
+        # What the operator account may do with the throttles (cell.tf).
+        secrets[throttles_secret(cell)] = {operator: _throttle_grants()}
     return {
         "iam": {
             "project": project,
@@ -324,6 +330,18 @@ def _secret_grants() -> dict[str, str]:
     ):
         found[key] = role
     assert found, for_each
+    return found
+
+
+def _throttle_grants() -> list[str]:
+    """cell.tf's roles for the operator account on the cell's throttles secret."""
+    grants = _resources("google_secret_manager_secret_iam_member", TERRAFORM)["throttles"]
+    found = [
+        str(grant["role"])
+        for grant in grants["for_each"].values()
+        if grant["member"] == "${local.operator_member}"
+    ]
+    assert found, grants
     return found
 
 
@@ -421,6 +439,10 @@ def world(
         # every revision and job mounts as Terraform made them (cell.tf, exporter.tf).
         made["secrets"][systems_secret(cell)] = {
             "versions": {"1": {"state": "ENABLED", "data": settings(systems)}}
+        }
+        # None throttled: the first version of the throttles, as Terraform made it.
+        made["secrets"][throttles_secret(cell)] = {
+            "versions": {"1": {"state": "ENABLED", "data": "{}"}}
         }
         mounts = {SYSTEMS_DIRECTORY: [systems_secret(cell), "1"]}
         for revision in revisions:

@@ -29,7 +29,7 @@ exporter service): a deploy creates a revision, which is ready unless its digest
 marked broken; every instance goes to the newest ready revision unless a split pins
 them elsewhere, which later deploys keep (as Cloud Run does) until `--to-latest`.
 
-Secret Manager (`secrets versions list | describe | access | enable | disable |
+Secret Manager (`secrets versions list | describe | access | add | enable | disable |
 destroy`): each version of the world's `secrets` is ENABLED, DISABLED or DESTROYED, and
 what a revision or a job mounts is a version (its `volumes`: directory -> [secret,
 version]). A revision whose mounted version is not enabled never starts: a deploy that
@@ -67,6 +67,7 @@ LOG = WORLD.with_name("calls.jsonl")
 
 # Flags that take a value (the rest are switches), by the command words they follow.
 VALUE_FLAGS = {
+    "--data-file",
     "--project",
     "--region",
     "--format",
@@ -840,24 +841,25 @@ def pool_revision(world: World, pool: str, revision: dict[str, Any]) -> dict[str
 
 
 def secrets(world: World, verb: str, args: list[str]) -> None:
-    """`gcloud secrets versions list SECRET | describe | access | enable | disable |
-    destroy VERSION --secret=SECRET`: the world's `secrets` (secret -> versions, each
-    its state and data). Each needs its permission on the secret or the project
-    (https://cloud.google.com/secret-manager/docs/access-control): versions.list, .get,
-    .access, .enable, .disable, .destroy. Only an enabled version can be read; a destroyed
-    one cannot be enabled again, nor destroyed twice
+    """`gcloud secrets versions list SECRET | add SECRET --data-file=FILE | describe |
+    access | enable | disable | destroy VERSION --secret=SECRET`: the world's `secrets`
+    (secret -> versions, each its state and data). Each needs its permission on the
+    secret or the project (https://cloud.google.com/secret-manager/docs/access-control):
+    versions.list, .add, .get, .access, .enable, .disable, .destroy. Only an enabled
+    version can be read; a destroyed one cannot be enabled again, nor destroyed twice
     (https://cloud.google.com/secret-manager/docs/destroy-secret-version)."""
     command = f"secrets.versions.{verb}"
     positional, flags = parse(args, command)
     allow(
         command,
         flags,
-        {"--project", "--impersonate-service-account", "--format", "--secret", "--quiet"},
+        {"--project", "--impersonate-service-account", "--format", "--secret", "--quiet"}
+        | ({"--data-file"} if verb == "add" else set()),
     )
     scope(world, flags, command)
     principal = acting(world, flags, command)
     (name,) = positional
-    secret = name if verb == "list" else str(flags.get("--secret", ""))
+    secret = name if verb in ("list", "add") else str(flags.get("--secret", ""))
     if not secret:
         fail(f"ERROR: (gcloud.{command}) argument --secret: Must be specified.", 2)
     path = f"projects/{world['number']}/secrets/{secret}"
@@ -867,6 +869,17 @@ def secrets(world: World, verb: str, args: list[str]) -> None:
     held = world.data.get("secrets", {}).get(secret)
     if held is None:
         fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Secret [{path}] not found or has no versions.")
+    if verb == "add":
+        # The new version's data, from --data-file (a path, or - for standard input).
+        source = str(flags.get("--data-file", ""))
+        if not source:
+            fail(f"ERROR: (gcloud.{command}) argument --data-file: Must be specified.", 2)
+        data = sys.stdin.read() if source == "-" else Path(source).read_text()
+        number = str(max(map(int, held["versions"]), default=0) + 1)
+        held["versions"][number] = {"state": "ENABLED", "data": data}
+        world.save()
+        print(f"Created version [{number}] of the secret [{secret}].", file=sys.stderr)
+        return None
     if verb == "list":
         listed_versions = [
             {"name": f"{path}/versions/{number}", "state": version["state"]}
@@ -1530,7 +1543,8 @@ def matches(entry: dict[str, Any], query: str) -> bool:
         if op == ">=":
             held = _SEVERITIES.index(str(found or "DEFAULT")) >= _SEVERITIES.index(value)
         elif op == ":":
-            held = found is not None and value in str(found)
+            # `field:*` is "the field is present" (Cloud Logging's query language).
+            held = found is not None and (value == "*" or value in str(found))
         else:
             held = found == value
         if not held:
@@ -1570,6 +1584,7 @@ COMMANDS = (
     ("run", "jobs", "execute"),
     ("run", "jobs", "executions", "list"),
     ("secrets", "versions", "list"),
+    ("secrets", "versions", "add"),
     ("secrets", "versions", "describe"),
     ("secrets", "versions", "access"),
     ("secrets", "versions", "enable"),
@@ -1815,7 +1830,11 @@ def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> t
         return 200, json.dumps(
             {"status": "success", "data": {"resultType": "matrix", "result": matrix}}
         )
-    series = [{"metric": {"system": system}, "value": [0, "1"]} for system in found]
+    # Each series a system's, or the labels the world gives it (a database's, an instance's).
+    series = [
+        {"metric": system if isinstance(system, dict) else {"system": system}, "value": [0, "1"]}
+        for system in found
+    ]
     return 200, json.dumps(
         {"status": "success", "data": {"resultType": "vector", "result": series}}
     )

@@ -65,14 +65,22 @@ def rendered() -> dict[str, Any]:
 
 
 def mounted(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """`env` with the systems' file where Cloud Run mounts it, here under `tmp_path`."""
+    """`env` with the systems' file where Cloud Run mounts it, here under `tmp_path`, and
+    the throttles' file as Terraform first writes it (none throttled)."""
     found = rendered()
     directory = tmp_path / found["directory"].lstrip("/")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "systems.json").write_text(found["file"])
     setting = env["RECORDLINE_SYSTEMS"]
     assert setting == found["setting"] == f"@{found['directory']}/systems.json"
-    return {**env, "RECORDLINE_SYSTEMS": f"@{directory}/systems.json"}
+    mounts = {"RECORDLINE_SYSTEMS": f"@{directory}/systems.json"}
+    if "RECORDLINE_THROTTLES" in env:  # the service's; not the exporter pool's
+        throttles = tmp_path / env["RECORDLINE_THROTTLES"].lstrip("/")
+        throttles.parent.mkdir(parents=True, exist_ok=True)
+        first = _resources("google_secret_manager_secret_version", TERRAFORM)["throttles"]
+        throttles.write_text(first["secret_data"])
+        mounts["RECORDLINE_THROTTLES"] = str(throttles)
+    return {**env, **mounts}
 
 
 def stripped(**claims: object) -> str:

@@ -17,6 +17,7 @@ as the runbook specifies them and records them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from app.cell.throttles import Throttles
 from tests.infra.cell_world import (
     CANARY_SETTING,
     EARLIER,
@@ -779,6 +781,76 @@ def test_what_pubsub_delivered_to_a_system_is_read_as_yourself(cloud: Cloud) -> 
     assert cloud.world["principal"] == ONCALL
 
 
+def test_a_hot_system_is_seen_throttled_and_let_go_as_written(cloud: Cloud) -> None:
+    (see,) = blocks("a-hot-system", "bash")
+    throttle, hold, audit, lift = blocks("a-hot-system")
+    query = (
+        "topk(5, sum by (database) (avg_over_time("
+        "spanner_googleapis_com:instance_cpu_utilization_by_priority{"
+        'monitored_resource="spanner_instance",instance_id="recordline-serving-2",'
+        'is_system="false"}[10m])))'
+    )
+    # Orders' database spends its instance's CPU: seen by name, as yourself.
+    cloud.update(prometheus={query: [{"database": "orders"}]})
+    assert run(cloud, where(), see).split() == ["orders", "1"]
+    # Another system's throttle, set before: kept through orders' throttle and its lifting.
+    other = {"instance_pushes_per_second": 2, "by": "a@example.com", "reason": "replay"}
+    secrets = cloud.world["secrets"]
+    secrets["recordline-throttles"]["versions"]["1"]["data"] = json.dumps({"recordline": other})
+    cloud.update(secrets=secrets)
+    run(cloud, where(), throttle)
+    versions = cloud.world["secrets"]["recordline-throttles"]["versions"]
+    written = json.loads(versions["2"]["data"])
+    assert written == {
+        "recordline": other,
+        "orders": {
+            "instance_pushes_per_second": 5,
+            "by": ONCALL.partition(":")[2],
+            "reason": "backfill holds the serving instance at 90% CPU",
+        },
+    }
+    # What the cell reads of it: every entry a throttle it takes up.
+    path = cloud.work / "throttled.json"
+    throttles = Throttles(str(path), ["recordline", "orders"])
+    path.write_text(versions["2"]["data"])
+    asyncio.run(throttles.read())
+    assert sorted(throttles.in_force()) == ["orders", "recordline"]
+    assert throttles.problems() == []
+    # It holds: each instance's line, and who added the version.
+    said = "system orders throttled: 5 pushes a second an instance"
+    cloud.update(
+        logs=[
+            {
+                "resource": {
+                    "type": "cloud_run_revision",
+                    "labels": {"service_name": "recordline"},
+                },
+                "timestamp": "2026-11-27T03:00:00Z",
+                "jsonPayload": {"message": said, "throttled_by": "oncall@example.com"},
+            },
+            {
+                "timestamp": "2026-11-27T03:00:00Z",
+                "protoPayload": {
+                    "methodName": (
+                        "google.cloud.secretmanager.v1.SecretManagerService.AddSecretVersion"
+                    ),
+                    "resourceName": f"projects/{NUMBER}/secrets/recordline-throttles",
+                    "authenticationInfo": {"principalEmail": OPERATOR},
+                },
+            },
+        ]
+    )
+    assert said in run(cloud, where(), hold)
+    shown = run(cloud, where(), audit)
+    assert "/secrets/recordline-throttles/versions/2" in shown
+    assert OPERATOR in shown
+    # And back: orders' throttle gone, the other system's kept.
+    run(cloud, where(), lift)
+    versions = cloud.world["secrets"]["recordline-throttles"]["versions"]
+    assert json.loads(versions["3"]["data"]) == {"recordline": other}
+    assert cloud.world["principal"] == ONCALL
+
+
 # Each section of the runbook with shell lines, and what runs them against the fake cloud
 # (a test here, or a file of tests), or why they cannot run there.
 RUN_BY: dict[str, Any] = {
@@ -798,6 +870,7 @@ RUN_BY: dict[str, Any] = {
     "producers-missing": test_the_loop_and_producer_sections_run_as_written,
     "producers-in-conflict": test_the_loop_and_producer_sections_run_as_written,
     "pushes-over-the-declared-rate": test_what_pubsub_delivered_to_a_system_is_read_as_yourself,
+    "a-hot-system": test_a_hot_system_is_seen_throttled_and_let_go_as_written,
     "adding-spanner-capacity-now": test_capacity_is_raised_to_the_next_size_spanner_takes,
     # Its job lines; Spanner's backups and point-in-time reads are in neither the
     # emulator nor the fake (the section says a first drill in dev proves them).

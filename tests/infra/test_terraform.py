@@ -403,9 +403,11 @@ def test_the_cells_service_reads_its_systems_from_one_file() -> None:
     ):
         assert per_system not in env + " ", per_system
     assert _locals(TERRAFORM)["systems_setting"] == "@${local.systems_directory}/systems.json"
-    (mount,) = _container()["volume_mounts"]
+    mount, throttles_mount = _container()["volume_mounts"]
     assert mount == {"name": "systems", "mount_path": "${local.systems_directory}"}
-    (volume,) = _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["volumes"]
+    volume, throttles = _resources("google_cloud_run_v2_service")["ingest"]["template"][0][
+        "volumes"
+    ]
     (secret,) = volume["secret"]
     assert secret["secret"] == "${google_secret_manager_secret.systems.secret_id}"
     # The version the plan wrote, so that a new system makes a new revision that reads it.
@@ -420,6 +422,21 @@ def test_the_cells_service_reads_its_systems_from_one_file() -> None:
     assert source["secret_key_ref"][0]["secret"] == (
         "${google_secret_manager_secret.page_token.secret_id}"
     )
+    # The throttles on-call sets: the latest version, read again by every instance, so a
+    # throttle holds without a revision (docs/cells.md#throttles).
+    assert 'RECORDLINE_THROTTLES = "${local.throttles_directory}/throttles.json"' in env
+    assert throttles_mount == {"name": "throttles", "mount_path": "${local.throttles_directory}"}
+    assert throttles["name"] == "throttles"
+    (secret,) = throttles["secret"]
+    assert secret["secret"] == "${google_secret_manager_secret.throttles.secret_id}"
+    assert secret["items"] == [{"version": "latest", "path": "throttles.json"}]
+    grants = _resources("google_secret_manager_secret_iam_member")["throttles"]["for_each"]
+    assert {(g["role"], g["member"]) for g in grants.values()} == {
+        ("roles/secretmanager.secretAccessor", "${google_service_account.runtime.member}"),
+        ("roles/secretmanager.secretAccessor", "${local.operator_member}"),
+        ("roles/secretmanager.secretVersionAdder", "${local.operator_member}"),
+        ("roles/secretmanager.viewer", "${local.operator_member}"),
+    }
 
 
 @pytest.mark.slow

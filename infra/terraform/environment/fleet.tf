@@ -173,10 +173,14 @@ locals {
   # (cells.tf, serving_symptoms).
   paged = { for key, page in local.pages : key => page if local.any_serving || !contains(local.serving_symptoms, key) }
 
+  # One system spending its cell's Spanner instance shows in the others' pages first: where
+  # systems serve from Spanner, every page says where it is seen, by system.
+  hot_system = "One system far above the others on its cell's dashboard, \"Spanner CPU by system (its database) and priority\", is a hot system: docs/operations.md#a-hot-system sees it and throttles it.\n"
+
   # Each page's text: what it means, the command naming the systems, and what to run.
   page_documentation = {
     for key, page in local.pages :
-    key => "${page[0]}, in as many systems (cells, instances) as this incident's value says. Which ones, now:\n```sh\n${format(local.which_systems, page[1])}\n```\n${local.page_commands}\nRunbook: docs/operations.md#${page[3]}"
+    key => "${page[0]}, in as many systems (cells, instances) as this incident's value says. Which ones, now:\n```sh\n${format(local.which_systems, page[1])}\n```\n${local.any_serving ? local.hot_system : ""}${local.page_commands}\nRunbook: docs/operations.md#${page[3]}"
   }
 }
 

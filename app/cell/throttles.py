@@ -1,0 +1,268 @@
+"""Throttles: how on-call slows one hot system of a cell, on every instance, without a deploy.
+
+RECORDLINE_THROTTLES names a JSON file (the cell's throttles secret, mounted at its latest
+version), each throttled system's name to its `Throttle`. Every instance reads it every
+READ_SECONDS within READ_DEADLINE_SECONDS, and logs each throttle it takes up or lifts; a
+push past its system's pace is refused on its head, 429 with `Retry-After`. What cannot be
+read or used keeps what was read last, is said in the cell's `/readyz`, and refuses no push.
+
+Design: docs/cells.md#throttles
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Collection
+from typing import Annotated, Final
+
+import msgspec
+from msgspec import Meta
+
+from app.errors import Throttled
+from app.store.threads import DaemonThreads
+
+log = logging.getLogger(__name__)
+
+# How often each instance reads the file: a throttle set (or lifted) holds on every
+# instance within this and a read's deadline. Each read of a mounted secret is an access
+# of Secret Manager ($0.03 for 10,000): every 10 s is 259,200 a month, $0.78 an instance.
+READ_SECONDS: Final = 10.0
+# A read of a mounted secret is a call to Secret Manager; one that has not returned by
+# then is a failed read (the file's thread is left to it, and no other is started).
+READ_DEADLINE_SECONDS: Final = 2.0
+# What one version of a secret holds; a larger file is no throttle file.
+MOST_BYTES: Final = 65536
+# A vCPU takes at most about 500 pushes a second (docs/cells.md#capacity): a throttle of
+# more slows nothing, and is a slip of the keyboard.
+MOST_PUSHES_PER_SECOND: Final = 10_000.0
+# One push in 100 s, at least: a slower throttle is a system stopped, which its backlog
+# would page for; a refusal then asks Pub/Sub to come back within the minute, at most.
+LEAST_PUSHES_PER_SECOND: Final = 0.01
+MOST_RETRY_AFTER_SECONDS: Final = 60
+# A read not done for three intervals says so in /readyz whatever the last one found:
+# the loop that reads is not running.
+STALE_SECONDS: Final = 3 * READ_SECONDS
+
+
+class Throttle(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One system's throttle, as on-call wrote it: unknown fields are refused (a misspelt
+    field would otherwise throttle nothing, unsaid)."""
+
+    # Pushes of the system each instance admits a second, in bursts of at most one
+    # second's: the cell admits this times its instances.
+    instance_pushes_per_second: Annotated[
+        float, Meta(ge=LEAST_PUSHES_PER_SECOND, le=MOST_PUSHES_PER_SECOND)
+    ]
+    # Who set it (an e-mail), and why: logged by every instance that takes it up.
+    by: Annotated[str, Meta(min_length=1, max_length=254)]
+    reason: Annotated[str, Meta(min_length=1, max_length=1000)]
+
+    def says(self) -> str:
+        return (
+            f"{self.instance_pushes_per_second:g} pushes a second an instance, set by "
+            f"{self.by}: {self.reason}"
+        )
+
+
+_decode_file = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_throttle = msgspec.json.Decoder(Throttle).decode
+
+
+class Pace:
+    """Pushes admitted at `rate` a second, in bursts of at most one second's (one at least):
+    a token bucket."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self._most = max(1.0, rate)
+        self._tokens = self._most
+        self._at = now
+
+    def wait(self, now: float) -> float:
+        """0, a push admitted; or how long until the next one is."""
+        self._tokens = min(self._most, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+
+def read_file(path: str) -> bytes:
+    """The file's first MOST_BYTES and one: enough to tell one too large."""
+    with open(path, "rb") as file:
+        return file.read(MOST_BYTES + 1)
+
+
+class Throttles:
+    """The throttles of a cell's systems, as last read from `path` (see the module notes)."""
+
+    def __init__(
+        self,
+        path: str,
+        systems: Collection[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        read: Callable[[str], bytes] = read_file,
+        deadline: float = READ_DEADLINE_SECONDS,
+        every: float = READ_SECONDS,
+    ) -> None:
+        self._path = path
+        self._every = every
+        self._systems = frozenset(systems)
+        self._clock = clock
+        self._read = read
+        self._deadline = deadline
+        self._in_force: dict[str, Throttle] = {}
+        self._paces: dict[str, Pace] = {}
+        # What the last read found wrong with the file as a whole, and with each entry.
+        self._problem = ""
+        self._ignored: list[str] = []
+        self._faults: dict[str, str] = {}
+        # When a read was last tried; the read in progress, if one outlived its deadline.
+        self._tried_at: float | None = None
+        self._reading: asyncio.Future[bytes] | None = None
+        # One daemon thread: a read that never returns (a mounted secret Secret Manager
+        # does not answer for) holds it, and never the process at its stop.
+        self._thread = DaemonThreads(1, prefix="throttles")
+
+    def refused(self, system: str) -> Throttled | None:
+        """Why a push of `system` is refused now, if it is: past its throttle's pace."""
+        pace = self._paces.get(system)
+        if pace is None:
+            return None
+        wait = pace.wait(self._clock())
+        if wait == 0.0:
+            return None
+        return Throttled(
+            f"system {system!r} is throttled by on-call: each instance admits "
+            f"{pace.rate:g} of its pushes a second",
+            retry_after=min(MOST_RETRY_AFTER_SECONDS, max(1, math.ceil(wait))),
+        )
+
+    def in_force(self) -> dict[str, str]:
+        """Each throttled system, and its throttle."""
+        return {name: self._in_force[name].says() for name in sorted(self._in_force)}
+
+    def problems(self) -> list[str]:
+        """What keeps the file from saying what it should: for the cell's /readyz."""
+        found = [self._problem] if self._problem else []
+        found += self._ignored
+        for name, why in sorted(self._faults.items()):
+            kept = self._in_force.get(name)
+            keeps = f"kept: {kept.says()}" if kept is not None else "it is not throttled"
+            found.append(f"the throttle of {name!r} cannot be used ({why}); {keeps}")
+        if self._tried_at is not None:
+            since = self._clock() - self._tried_at
+            if since > STALE_SECONDS * self._every / READ_SECONDS:
+                found.append(f"{self._path} not read for {since:.0f} s")
+        return found
+
+    def close(self) -> None:
+        """Let go of the read's thread, whatever it is doing."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def watch(self) -> None:
+        """Read the file every READ_SECONDS, until cancelled."""
+        while True:
+            await self.read()
+            await asyncio.sleep(self._every)
+
+    async def read(self) -> None:
+        """Read the file once, within its deadline, and take up what it says."""
+        self._tried_at = self._clock()
+        if self._reading is None:
+            # A read that outlived its deadline is waited on again, never doubled: one
+            # thread at most is held by a file that hangs.
+            loop = asyncio.get_running_loop()
+            self._reading = loop.run_in_executor(self._thread, self._read, self._path)
+        try:
+            async with asyncio.timeout(self._deadline):
+                content = await asyncio.shield(self._reading)
+        except TimeoutError:
+            self._failed(f"{self._path} was not read within {self._deadline:g} s")
+            return
+        except OSError as exc:
+            self._reading = None
+            self._failed(f"{self._path} cannot be read: {exc.strerror or exc}")
+            return
+        self._reading = None
+        self._take(content)
+
+    def _failed(self, why: str) -> None:
+        problem = f"{why}; the throttles last read are kept"
+        if problem != self._problem:
+            log.warning("throttles: %s", problem)
+        self._problem = problem
+
+    def _take(self, content: bytes) -> None:
+        if len(content) > MOST_BYTES:
+            self._failed(f"{self._path} is over {MOST_BYTES} bytes, which no secret holds")
+            return
+        try:
+            entries = _decode_file(content) if content.strip() else {}
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._failed(f"{self._path} is no JSON object of throttles ({exc})")
+            return
+        throttles: dict[str, Throttle] = {}
+        ignored: list[str] = []
+        faults: dict[str, str] = {}
+        for name, entry in entries.items():
+            if name not in self._systems:
+                ignored.append(f"{name!r} is no system of the cell: its throttle is ignored")
+                continue
+            try:
+                throttles[name] = _decode_throttle(entry)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                faults[name] = str(exc)
+                kept = self._in_force.get(name)
+                if kept is not None:
+                    throttles[name] = kept
+        if faults != self._faults or ignored != self._ignored or self._problem:
+            for why in ignored:
+                log.warning("throttles: %s", why)
+            for name, why in faults.items():
+                log.warning("throttles: the throttle of %r cannot be used: %s", name, why)
+        self._problem = ""
+        self._ignored = ignored
+        self._faults = faults
+        self._take_up(throttles)
+
+    def _take_up(self, throttles: dict[str, Throttle]) -> None:
+        now = self._clock()
+        for name, throttle in throttles.items():
+            before = self._in_force.get(name)
+            if before == throttle:
+                continue
+            pace = self._paces.get(name)
+            if pace is None or pace.rate != throttle.instance_pushes_per_second:
+                self._paces[name] = Pace(throttle.instance_pushes_per_second, now)
+            log.warning(
+                "system %s throttled: %s",
+                name,
+                throttle.says(),
+                extra={"fields": _fields(name, throttle)},
+            )
+        for name in self._in_force.keys() - throttles.keys():
+            lifted = self._in_force[name]
+            del self._paces[name]
+            log.warning(
+                "system %s no longer throttled (it was %s)",
+                name,
+                lifted.says(),
+                extra={"fields": _fields(name, lifted)},
+            )
+        self._in_force = throttles
+
+
+def _fields(system: str, throttle: Throttle) -> dict[str, object]:
+    """A throttle's log line's fields, for a query of who throttled what and why."""
+    return {
+        "system": system,
+        "instance_pushes_per_second": throttle.instance_pushes_per_second,
+        "throttled_by": throttle.by,
+        "reason": throttle.reason,
+    }
