@@ -131,6 +131,10 @@ CELL_RULES: dict[str, SystemRule] = {
         (2 + c.serving) * min(1, c.values)
     ),
     "time_sleep.secrets_propagation": lambda c: 1,
+    # The systems on-call has slowed: read by the runtime and on-call, added to by on-call.
+    "google_secret_manager_secret.throttles": lambda c: 1,
+    "google_secret_manager_secret_version.throttles": lambda c: 1,
+    "google_secret_manager_secret_iam_member.throttles": lambda c: 4,
     # Who reads and retires the versions the cell's revisions mount (on-call, the deploy
     # account): the systems' file's and its values', the canary systems' and the read
     # passes'.
