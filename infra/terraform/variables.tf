@@ -418,8 +418,10 @@ variable "trace_sample_ratio" {
     Share of the traces each service starts itself that Cloud Trace keeps
     (OTEL_TRACES_SAMPLER=parentbased_traceidratio): every push starts one (Pub/Sub's
     push carries no trace context), three spans a push, billed per span past Cloud
-    Trace's free allotment. 1% keeps about a trace a second at ten pushes a second; a
-    caller that sends its own sampled trace context is always traced.
+    Trace's free allotment. 1% keeps a trace every ten seconds at ten pushes a second. A
+    cell traces at most this share, and no more than keeps it at about a trace a second
+    (cell.tf, cell_traces_a_second): 0.1% at a thousand pushes a second. A caller that
+    sends its own sampled trace context is always traced.
   EOT
   default     = 0.01
 
@@ -704,11 +706,15 @@ variable "spanner_recovery_hours" {
   type        = number
   description = <<-EOT
     How far back each serving database can be read or restored to (Spanner's
-    version_retention_period, point-in-time recovery): long enough to notice an
-    operator's mistake (a bad delete or DDL) over a weekend. Old versions are kept
-    that long, and cost storage (spanner.tf, docs/operations.md#recovering-a-serving-database).
+    version_retention_period, point-in-time recovery): two days, long enough to notice
+    an operator's mistake (a bad delete or DDL) made on a working day by the next, or
+    on a Saturday by Monday morning. Old versions are kept that long, and cost storage
+    (spanner.tf): each day of them is a twelfth of a serving system's storage at the
+    default window, $0.38 a system a month (infra/fleet_cost.py). 72 covers a mistake
+    made late on a Friday and found on Monday
+    (docs/operations.md#recovering-a-serving-database).
   EOT
-  default     = 72
+  default     = 48
 
   # What Spanner accepts: one hour to seven days.
   validation {
