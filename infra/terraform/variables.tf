@@ -691,6 +691,24 @@ variable "spanner_live_units" {
   }
 }
 
+variable "pinned_settings" {
+  type        = map(string)
+  description = <<-EOT
+    The version of the cell's systems' file its ops job (`ops`) and its export job
+    (`export`) mount while a rollback pins the ingest service's traffic, or the exporter
+    pool's instances, to one revision: that revision's (docs/operations.md#rolling-back).
+    Read by the plan job before it plans (terraform-environment.yml; empty when planned
+    by hand, and when nothing is pinned): an apply meanwhile leaves each job on the file
+    it was rolled back to. A job not named mounts the file's newest version.
+  EOT
+  default     = {}
+
+  validation {
+    condition     = alltrue([for job, version in var.pinned_settings : contains(["ops", "export"], job) && can(regex("^[1-9][0-9]*$", version))])
+    error_message = "pinned_settings names the ops and export jobs, each with a secret version number (terraform-environment.yml reads them from the pinned revisions)."
+  }
+}
+
 variable "serving_message_bytes" {
   type        = number
   description = "Mean size of a message's data (bytes) of a system with `serving`, unless its own `message_bytes` says (spanner.tf)."
