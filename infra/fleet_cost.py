@@ -196,11 +196,15 @@ SPANS_PER_PUSH = 3
 # The cell's uptime check: three checkers, every five minutes (uptime.tf).
 UPTIME_CHECKERS = 3
 UPTIME_PERIOD_MINUTES = 5
-# Request log entries kept a month: the 1% of successful pushes and of successful reads
-# the exclusions keep (environment/logging.tf, project_iam.tf), about 1.2 KiB each;
-# every refused or failed request and the service's own lines are kept whole, and few.
+# Request log entries kept a month (environment/logging.tf, project_iam.tf), about 1.2
+# KiB each: one in a thousand successful pushes, 1% of the other successful reads (a
+# reader polling without `wait=`), none of the followers' successful long-polls; every
+# refused or failed request and the service's own lines are kept whole, and few. A test
+# holds these to the exclusions' filters.
 LOG_ENTRY_BYTES = 1200
-LOGGED_SHARE_OF_SUCCESSES = 0.01
+LOGGED_SHARE_OF_PUSHES = 0.001
+LOGGED_SHARE_OF_READS = 0.01
+LOGGED_SHARE_OF_LONG_POLLS = 0.0
 # An image, compressed, as the registry stores it (Python, the service's dependencies):
 # an estimate, about 200 MiB.
 IMAGE_BYTES = 200 * MIB
@@ -424,7 +428,7 @@ def evaluate(
         " break_even = var.billing_break_even_rate, cell_max_systems = var.cell_max_systems,"
         " exporter_instances = var.exporter_instances, exporter_cpu = var.exporter_cpu,"
         " exporter_memory = var.exporter_memory, exporters = length(local.exporter),"
-        " retention_days = var.retention_days, trace_sample_ratio = var.trace_sample_ratio,"
+        " retention_days = var.retention_days, trace_sample_ratio = local.trace_sample_ratio,"
         ' ingest_interval = lookup(local.service_env, "OTEL_METRIC_EXPORT_INTERVAL", "60000"),'
         ' exporter_interval = lookup(local.exporter_env, "OTEL_METRIC_EXPORT_INTERVAL", "60000"),'
         " metrics = { for k, v in local.workload_metrics : k => v.value } }"
@@ -646,7 +650,7 @@ def drift_minutes(sizes: list[int]) -> float:
 ROWS = (
     ("Spanner compute (processing units)", "https://cloud.google.com/spanner/pricing"),
     (
-        "Spanner storage (rows, indexes, 3 days of old versions)",
+        "Spanner storage (rows, indexes, 2 days of old versions)",
         "https://cloud.google.com/spanner/pricing",
     ),
     ("Cloud Run: the cells' ingest services", "https://cloud.google.com/run/pricing"),
@@ -806,13 +810,16 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
 
     spans = pushes * SPANS_PER_PUSH * float(base["trace_sample_ratio"])
     items[ROWS[13][0]] = max(0.0, spans - TRACE_FREE_SPANS) / 1e6 * TRACE_MILLION_SPANS
+    # Followers of a serving system long-poll (`wait=`); without a serving tier a reader
+    # polls once a minute.
     reads = (
         systems
         * FOLLOWERS_A_SYSTEM
         * SECONDS_A_MONTH
         / (FOLLOWER_REQUEST_SECONDS if serving else STARTER_POLL_SECONDS)
     )
-    logged = (pushes + reads) * LOGGED_SHARE_OF_SUCCESSES * LOG_ENTRY_BYTES
+    read_share = LOGGED_SHARE_OF_LONG_POLLS if serving else LOGGED_SHARE_OF_READS
+    logged = (pushes * LOGGED_SHARE_OF_PUSHES + reads * read_share) * LOG_ENTRY_BYTES
     items[ROWS[14][0]] = max(0.0, logged - LOGGING_FREE) / GIB * LOGGING_GIB
 
     items[ROWS[15][0]] = max(0, systems - SCHEDULER_FREE) * SCHEDULER_JOB
@@ -1141,7 +1148,7 @@ def options() -> str:
     window = {s: option_per_system(s, DEDUPE_WINDOW_OF_A_DAY, 24) for s in (100, 1000)}
     return (
         "Not made by default, each priced in the twenty-fourth month: with point-in-time "
-        "recovery of a day (`spanner_recovery_hours` = 24, not 72) a system costs "
+        "recovery of a day (`spanner_recovery_hours` = 24, not 48) a system costs "
         f"{_dollars(recovery[100])} at 100 systems and {_dollars(recovery[1000])} at 1,000, "
         "and an operator's mistake in a serving database found after a day, over a "
         "weekend, can no longer be undone from Spanner (BigQuery still holds every row "

@@ -178,6 +178,7 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_artifact_registry_repository_iam_member.cell_pulls_images": lambda c: c.own_project,
     "google_logging_project_exclusion.successful_pushes": lambda c: c.own_project,
     "google_logging_project_exclusion.successful_reads": lambda c: c.own_project,
+    "google_logging_project_exclusion.follower_reads": lambda c: c.own_project,
     "google_storage_bucket_object.directory": lambda c: 1,
     "terraform_data.limits": lambda c: 1,
     # Cloud CDN for followers (cdn.tf), where the cell has it: one of each.

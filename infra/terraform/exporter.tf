@@ -290,6 +290,8 @@ resource "google_service_account_iam_member" "acts_as_exporter" {
 # It runs the exporter's image: every rollout sets it to the image the pool runs
 # (deploy-cell.yml), that code wrote the progress and holds the leases; so does the
 # runbook's rollback of the pool. Terraform leaves the image alone after the first apply.
+# It reads the systems' file the pool reads: the newest version, or, while a rollback
+# pins the pool to a revision, that revision's (pinned_settings).
 resource "google_cloud_run_v2_job" "export" {
   for_each = local.exporter
 
@@ -317,7 +319,8 @@ resource "google_cloud_run_v2_job" "export" {
         secret {
           secret = google_secret_manager_secret.systems.secret_id
           items {
-            version = google_secret_manager_secret_version.systems.version
+            # The file's newest version, or the one a rollback pinned the pool to.
+            version = lookup(var.pinned_settings, "export", google_secret_manager_secret_version.systems.version)
             path    = "systems.json"
           }
         }

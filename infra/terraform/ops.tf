@@ -6,7 +6,9 @@
 # replay subscription), from the image the cell serves (every rollout sets it:
 # deploy-cell.yml), and mints its ID tokens for the cell from the metadata server: no
 # checkout, no application-default login. Terraform leaves the image alone after the
-# first apply.
+# first apply. It reads the systems' file the service serves: the newest version, or,
+# while a rollback pins the service to a revision, that revision's (pinned_settings; the
+# runbook's rollback sets it, the next rollout sets the newest).
 resource "google_cloud_run_v2_job" "ops" {
   project  = var.project_id
   name     = "${local.cell}-ops"
@@ -30,7 +32,8 @@ resource "google_cloud_run_v2_job" "ops" {
         secret {
           secret = google_secret_manager_secret.systems.secret_id
           items {
-            version = google_secret_manager_secret_version.systems.version
+            # The file's newest version, or the one a rollback pinned the service to.
+            version = lookup(var.pinned_settings, "ops", google_secret_manager_secret_version.systems.version)
             path    = "systems.json"
           }
         }

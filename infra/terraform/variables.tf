@@ -420,8 +420,10 @@ variable "trace_sample_ratio" {
     Share of the traces each service starts itself that Cloud Trace keeps
     (OTEL_TRACES_SAMPLER=parentbased_traceidratio): every push starts one (Pub/Sub's
     push carries no trace context), three spans a push, billed per span past Cloud
-    Trace's free allotment. 1% keeps about a trace a second at ten pushes a second; a
-    caller that sends its own sampled trace context is always traced.
+    Trace's free allotment. 1% keeps a trace every ten seconds at ten pushes a second. A
+    cell traces at most this share, and no more than keeps it at about a trace a second
+    (cell.tf, cell_traces_a_second): 0.1% at a thousand pushes a second. A caller that
+    sends its own sampled trace context is always traced.
   EOT
   default     = 0.01
 
@@ -691,6 +693,24 @@ variable "spanner_live_units" {
   }
 }
 
+variable "pinned_settings" {
+  type        = map(string)
+  description = <<-EOT
+    The version of the cell's systems' file its ops job (`ops`) and its export job
+    (`export`) mount while a rollback pins the ingest service's traffic, or the exporter
+    pool's instances, to one revision: that revision's (docs/operations.md#rolling-back).
+    Read by the plan job before it plans (terraform-environment.yml; empty when planned
+    by hand, and when nothing is pinned): an apply meanwhile leaves each job on the file
+    it was rolled back to. A job not named mounts the file's newest version.
+  EOT
+  default     = {}
+
+  validation {
+    condition     = alltrue([for job, version in var.pinned_settings : contains(["ops", "export"], job) && can(regex("^[1-9][0-9]*$", version))])
+    error_message = "pinned_settings names the ops and export jobs, each with a secret version number (terraform-environment.yml reads them from the pinned revisions)."
+  }
+}
+
 variable "serving_message_bytes" {
   type        = number
   description = "Mean size of a message's data (bytes) of a system with `serving`, unless its own `message_bytes` says (spanner.tf)."
@@ -706,11 +726,15 @@ variable "spanner_recovery_hours" {
   type        = number
   description = <<-EOT
     How far back each serving database can be read or restored to (Spanner's
-    version_retention_period, point-in-time recovery): long enough to notice an
-    operator's mistake (a bad delete or DDL) over a weekend. Old versions are kept
-    that long, and cost storage (spanner.tf, docs/operations.md#recovering-a-serving-database).
+    version_retention_period, point-in-time recovery): two days, long enough to notice
+    an operator's mistake (a bad delete or DDL) made on a working day by the next, or
+    on a Saturday by Monday morning. Old versions are kept that long, and cost storage
+    (spanner.tf): each day of them is a twelfth of a serving system's storage at the
+    default window, $0.38 a system a month (infra/fleet_cost.py). 72 covers a mistake
+    made late on a Friday and found on Monday
+    (docs/operations.md#recovering-a-serving-database).
   EOT
-  default     = 72
+  default     = 48
 
   # What Spanner accepts: one hour to seven days.
   validation {

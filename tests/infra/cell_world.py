@@ -584,13 +584,39 @@ def _let_go(world: dict[str, Any], secret: str, version: str, policy: str) -> No
         assert policy == "ABANDON", policy
 
 
+def _job_settings(kind: str) -> str:
+    """The systems' file version a cell's job's template names, as written."""
+    body = _resources("google_cloud_run_v2_job", TERRAFORM)[kind]
+    (volume,) = [v for v in body["template"][0]["template"][0]["volumes"] if v["name"] == "systems"]
+    return str(volume["secret"][0]["items"][0]["version"])
+
+
+def pinned_settings(world: dict[str, Any], cell: str) -> dict[str, str]:
+    """What terraform-environment.yml's plan reads as `pinned_settings`: the version of
+    the systems' file the revision a rollback pinned the service's traffic (`ops`) or
+    the pool's instances (`export`) to mounts, where one is pinned."""
+    found: dict[str, str] = {}
+    service = world["services"].get(cell)
+    if service is not None:
+        pins = [e for e in service["traffic"] if e["percent"] == 100 and not e.get("latest")]
+        for entry in pins:
+            (revision,) = [r for r in service["revisions"] if r["name"] == entry["revision"]]
+            found["ops"] = str(revision["volumes"][SYSTEMS_DIRECTORY][1])
+    pool = world.get("worker_pools", {}).get(f"{cell}-exporter")
+    if pool is not None and isinstance(pool["split"], str) and pool["split"] != "latest":
+        (revision,) = [r for r in pool["revisions"] if r["name"] == pool["split"]]
+        found["export"] = str(revision["volumes"][SYSTEMS_DIRECTORY][1])
+    return found
+
+
 def apply_systems(cloud: Cloud, cell: str, systems: list[str]) -> str:
     """An apply of a cell whose systems' file changed (a system added, or a system's
     entry changed): what Terraform does, read from the cell root's configuration.
 
     The file's version is replaced (secret_data forces it): destroyed first unless
     create_before_destroy, and the old one left as deletion_policy says. The service's,
-    the pool's and the jobs' templates name the new version, so each gets a new revision
+    the pool's and the jobs' templates name the new version (a job's, unless the plan read
+    a rollback's pin of what it follows: pinned_settings), so each gets a new revision
     from its template as the provider sends it: what ignore_changes keeps (the image, the
     command and arguments a deploy set) as the live template has it, the rest (the pool's
     environment) as Terraform writes it; their traffic and split are left alone. Returns
@@ -648,9 +674,16 @@ def apply_systems(cloud: Cloud, cell: str, systems: list[str]) -> str:
             }
         )
         pool["revisions"][-1].pop("failed", None)
-    for job in world["jobs"].values():
-        if job.get("volumes", {}).get(SYSTEMS_DIRECTORY, [""])[0] == secret:
-            job["volumes"] = {**job["volumes"], SYSTEMS_DIRECTORY: [secret, version]}
+    pinned = pinned_settings(world, cell)
+    for kind, name in (("ops", f"{cell}-ops"), ("export", f"{cell}-export")):
+        job = world["jobs"].get(name)
+        if job is None or job.get("volumes", {}).get(SYSTEMS_DIRECTORY, [""])[0] != secret:
+            continue
+        job["volumes"] = {**job["volumes"], SYSTEMS_DIRECTORY: [secret, version]}
+        # The version as the job's template names it (ops.tf, exporter.tf): a rollback's
+        # pin, where the template reads one and the plan found one, else the new file.
+        if f'lookup(var.pinned_settings, "{kind}",' in _job_settings(kind) and kind in pinned:
+            job["volumes"][SYSTEMS_DIRECTORY] = [secret, pinned[kind]]
     if first:
         _let_go(world, secret, before, policy)
     cloud.update(**world)

@@ -94,6 +94,7 @@ VALUE_FLAGS = {
     "--update-env-vars",
     "--worker-pool",
     "--secret",
+    "--update-secrets",
 }
 # Where a cell's revisions read their systems (cell.tf, exporter.tf).
 SYSTEMS_SETTING = "@/etc/recordline/systems/systems.json"
@@ -1313,7 +1314,7 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
     command = "run.jobs." + ".".join(words[2:])
     if words == ["run", "jobs", "update"]:
         (name,), flags = parse(args, command)
-        allow(command, flags, RUN_FLAGS | {"--image"})
+        allow(command, flags, RUN_FLAGS | {"--image", "--update-secrets"})
         scope(world, flags, command)
         job = job_of(world, name, command)
         principal = acting(world, flags, command)
@@ -1325,11 +1326,28 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
             world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", runtime)
         ):
             denied(command, "iam.serviceAccounts.actAs", principal, runtime)
-        image = flags.get("--image", "")
-        repository, _, digest = image.partition("@")
-        if digest not in world["registry"].get(repository, {}).get("digests", []):
-            fail(f"ERROR: (gcloud.{command}) Image '{image}' not found.")
-        job["image"] = image
+        if "--image" in flags:
+            image = flags["--image"]
+            repository, _, digest = image.partition("@")
+            if digest not in world["registry"].get(repository, {}).get("digests", []):
+                fail(f"ERROR: (gcloud.{command}) Image '{image}' not found.")
+            job["image"] = image
+        # A file mounted from a secret's version: PATH=SECRET:VERSION, the file's
+        # directory its mount (https://cloud.google.com/run/docs/configuring/jobs/secrets).
+        # Cloud Run checks at the update that the version exists.
+        mappings = listed(flags["--update-secrets"]) if "--update-secrets" in flags else []
+        for mapping in mappings:
+            path, _, reference = mapping.partition("=")
+            secret, _, version = reference.partition(":")
+            directory, _, file = path.rpartition("/")
+            if not path.startswith("/") or file != "systems.json" or not secret or not version:
+                fail(f"fake gcloud: --update-secrets={mapping} is not modelled", 3)
+            if version_state(world, secret, version) == "NOT_FOUND":
+                fail(
+                    f"ERROR: (gcloud.{command}) Secret version "
+                    f"[projects/{world['project']}/secrets/{secret}/versions/{version}] not found."
+                )
+            job["volumes"] = {**(job.get("volumes") or {}), directory: [secret, version]}
         world["jobs"][name] = job
         world.save()
         print(f"Job [{name}] has successfully been updated.", file=sys.stderr)

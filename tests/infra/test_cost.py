@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 from tests.infra.console import require_terraform
-from tests.infra.test_terraform import _locals
+from tests.infra.test_terraform import ENVIRONMENT, TERRAFORM, _locals, _resources
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "operations.md"
@@ -380,9 +380,42 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written(
     monkeypatch.setattr(cost, "evaluate", original)
 
 
+def test_a_cell_traces_about_a_push_a_second_whatever_its_size() -> None:
+    # trace_sample_ratio (1%) is the most: one system at ten pushes a second keeps it, a
+    # cell of a hundred (1,000 a second) a tenth of it, a trace a second, and the spans
+    # the model prices are those.
+    require_terraform()
+    cost = fleet_cost()
+    assert float(cost.evaluate(1)["trace_sample_ratio"]) == pytest.approx(0.01)
+    full = cost.evaluate(100)
+    assert float(full["trace_sample_ratio"]) * float(full["cell_rate"]) == pytest.approx(1)
+    spans = 1000 * 10 * cost.SECONDS_A_MONTH * cost.SPANS_PER_PUSH / 1000
+    assert cost.month(1000)["Cloud Trace spans"] == pytest.approx(
+        (spans - cost.TRACE_FREE_SPANS) / 1e6 * cost.TRACE_MILLION_SPANS
+    )
+
+
+@pytest.mark.parametrize("directory", ["environment", "own project"])
+def test_the_request_logs_it_prices_are_those_the_exclusions_keep(directory: str) -> None:
+    # One successful push in a thousand, 1% of other successful reads, no follower's
+    # long-poll: what each exclusion's filter leaves is what the model counts.
+    cost = fleet_cost()
+    root = ENVIRONMENT if directory == "environment" else TERRAFORM
+    exclusions = _resources("google_logging_project_exclusion", root)
+
+    def kept(name: str) -> float:
+        found = re.findall(r"sample\(insertId, ([0-9.]+)\)", exclusions[name]["filter"])
+        return 1 - float(found[0]) if found else 0.0
+
+    assert kept("successful_pushes") == pytest.approx(cost.LOGGED_SHARE_OF_PUSHES)
+    assert kept("successful_reads") == pytest.approx(cost.LOGGED_SHARE_OF_READS)
+    assert "wait=" in exclusions["follower_reads"]["filter"]
+    assert kept("follower_reads") == cost.LOGGED_SHARE_OF_LONG_POLLS == 0
+
+
 def test_the_options_not_made_are_priced_by_terraform_with_their_variable_set() -> None:
-    # Point-in-time recovery of a day keeps 10 days of rows' versions in Spanner, not 12;
-    # a dedupe window of a day 6 (3 days of rows, 3 of recovery): Terraform's sizing,
+    # Point-in-time recovery of a day keeps 10 days of rows' versions in Spanner, not 11;
+    # a dedupe window of a day 5 (3 days of rows, 2 of recovery): Terraform's sizing,
     # which the model prices, with each variable set.
     from tests.infra.test_terraform import _variables
 
@@ -393,8 +426,8 @@ def test_the_options_not_made_are_priced_by_terraform_with_their_variable_set() 
     stored = cost.evaluate(100)["stored"]
     recovery = cost.evaluate(100, None, True, None, cost.RECOVERY_OF_A_DAY)["stored"]
     window = cost.evaluate(100, None, True, None, cost.DEDUPE_WINDOW_OF_A_DAY)["stored"]
-    assert recovery / stored == pytest.approx(10 / 12)
-    assert window / stored == pytest.approx(6 / 12)
+    assert recovery / stored == pytest.approx(10 / 11)
+    assert window / stored == pytest.approx(5 / 11)
     said = cost.options()
     for variables_set in (cost.RECOVERY_OF_A_DAY, cost.DEDUPE_WINDOW_OF_A_DAY):
         for systems in (100, 1000):

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.infra.cell_world import GITHUB, VARIABLES, world
+from tests.infra.cell_world import (
+    EARLIER,
+    GITHUB,
+    SYSTEMS_DIRECTORY,
+    VARIABLES,
+    systems_secret,
+    world,
+)
 from tests.infra.test_fleet import _root_console_run
 from tests.infra.test_terraform import ENVIRONMENT, TERRAFORM, _resources, _text
 from tests.infra.workflow_runner import ROOT, Cloud, Job, run_job
@@ -117,19 +124,9 @@ def test_reviewers_see_every_destruction_of_a_hundred_system_cells_plan(tmp_path
     )
 
 
-@pytest.mark.slow
-def test_each_plan_reads_the_instances_units_so_no_apply_lowers_them(tmp_path: Path) -> None:
-    # On-call raised the second instance by hand; the plan account reads every
-    # instance of the cell and the plan keeps what each has (spanner_live_units).
-    cloud = Cloud(tmp_path, world({"recordline": ["recordline"]}))
-    planner_can_read(cloud)
-    cloud.update(
-        spanner_instances={
-            "recordline-serving": {"processing_units": 100},
-            "recordline-serving-2": {"processing_units": 2000},
-            "other-serving": {"processing_units": 900},  # another cell's
-        }
-    )
+def planned_without_changes(cloud: Cloud) -> Job:
+    """The plan job, against a stand-in terraform that logs its commands and plans
+    nothing: every plan it made read the live values (live.tfvars.json)."""
     (cloud.bin / "terraform").write_text(
         '#!/bin/sh\necho "$*" >> "$HOME/terraform.log"\n'
         'if [ "$1" = plan ]; then touch tfplan; fi\n'
@@ -144,10 +141,69 @@ def test_each_plan_reads_the_instances_units_so_no_apply_lowers_them(tmp_path: P
     ]
     assert plans
     assert all("-var-file=live.tfvars.json" in c for c in plans)
+    return job
+
+
+@pytest.mark.slow
+def test_each_plan_reads_the_instances_units_so_no_apply_lowers_them(tmp_path: Path) -> None:
+    # On-call raised the second instance by hand; the plan account reads every
+    # instance of the cell and the plan keeps what each has (spanner_live_units).
+    cloud = Cloud(tmp_path, world({"recordline": ["recordline"]}))
+    planner_can_read(cloud)
+    cloud.update(
+        spanner_instances={
+            "recordline-serving": {"processing_units": 100},
+            "recordline-serving-2": {"processing_units": 2000},
+            "other-serving": {"processing_units": 900},  # another cell's
+        }
+    )
+    job = planned_without_changes(cloud)
     read = job.step("Read the serving instances' processing units")
     assert 'Serving instances now: {"recordline-serving":100,"recordline-serving-2":2000}' in (
         read.stderr
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "following"])
+def test_each_plan_keeps_the_jobs_on_the_file_a_rollback_pinned(
+    tmp_path: Path, pinned: bool
+) -> None:
+    # A rollback by settings pinned the service's traffic and the pool's instances to
+    # revisions of the file's first version, the second being the newest: the plan reads
+    # the version each pinned revision mounts (pinned_settings), so an apply leaves the
+    # ops and export jobs on it. Nothing pinned, nothing read: the jobs follow the newest.
+    state = world(
+        {"recordline": ["recordline", "orders"]},
+        deployed=EARLIER,
+        exporter=EARLIER,
+        serving={"recordline": ["recordline", "orders"]},
+    )
+    service = state["services"]["recordline"]
+    pool = state["worker_pools"]["recordline-exporter"]
+    secret = systems_secret("recordline")
+    state["secrets"][secret]["versions"]["2"] = {"state": "ENABLED", "data": "{}"}
+    for holder in (service, pool):
+        first = holder["revisions"][-1]
+        holder["revisions"].append(
+            {
+                **first,
+                "name": first["name"].replace("-00002-", "-00003-"),
+                "volumes": {**first["volumes"], SYSTEMS_DIRECTORY: [secret, "2"]},
+            }
+        )
+    if pinned:
+        service["traffic"] = [{"revision": service["revisions"][-2]["name"], "percent": 100}]
+        pool["split"] = pool["revisions"][-2]["name"]
+    cloud = Cloud(tmp_path, state)
+    planner_can_read(cloud)
+    job = planned_without_changes(cloud)
+    read = job.step("Read the settings versions a rollback pinned")
+    said = read.stderr
+    if pinned:
+        assert 'pinned by a rollback: {"ops":"1","export":"1"}' in said, said
+    else:
+        assert "pinned by a rollback: {}" in said, said
 
 
 # --- what terraform.yml plans on ----------------------------------------------------------

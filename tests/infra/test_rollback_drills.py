@@ -28,6 +28,8 @@ from tests.infra.cell_world import (
     REPOSITORY,
     SHA,
     STATE_BUCKET,
+    SYSTEMS_DIRECTORY,
+    SYSTEMS_SETTING,
     apply_systems,
     rollout,
     systems_secret,
@@ -94,6 +96,20 @@ def exporters(cloud: Cloud) -> dict[str, list[tuple[str, str]]]:
         for system in fake_cloud.settings_of(held, revision, setting) or []:
             found.setdefault(system, []).append((revision["name"], revision["digest"]))
     return found
+
+
+def job_systems(cloud: Cloud, job: str) -> list[str]:
+    """The systems a cell's job reads: the systems' file its template mounts, as that
+    version holds them; none where its task cannot start."""
+    os.environ.setdefault("FAKE_CLOUD_WORLD", str(cloud.world_file))
+    from tests.infra import fake_cloud
+
+    held = fake_cloud.World.__new__(fake_cloud.World)
+    held.data = cloud.world
+    found = cloud.world["jobs"][job]
+    if fake_cloud.unavailable(held, found):
+        return []
+    return sorted(fake_cloud.settings_of(held, found, SYSTEMS_SETTING) or [])
 
 
 def serving_revision(cloud: Cloud) -> dict[str, Any]:
@@ -285,6 +301,43 @@ def test_drill_c_a_bad_systems_file_is_rolled_back_to_the_previous_file(cloud: C
     done = recipe(cloud, "rolling-the-exporter-back", by="settings")
     assert done.returncode == 0, done.stderr
     assert exporters(cloud) == {s: [(f"{POOL}-00002-w2p", EARLIER)] for s in SYSTEMS}
+
+
+@pytest.mark.slow
+def test_drill_c_the_jobs_return_to_the_previous_file_and_an_apply_keeps_them_there(
+    cloud: Cloud,
+) -> None:
+    # The bad file's apply gives the cell's jobs its version too: the ops job can no
+    # longer replay orders' dead letters, the export job no longer retry its export.
+    ops, export, secret = f"{CELL}-ops", f"{CELL}-export", systems_secret(CELL)
+    apply_systems(cloud, CELL, ["recordline"])
+    assert job_systems(cloud, ops) == job_systems(cloud, export) == ["recordline"]
+
+    # Both recipes by settings: each job runs what its service or pool now serves, its
+    # image and its file.
+    for section in ("rolling-back", "rolling-the-exporter-back"):
+        done = recipe(cloud, section, by="settings")
+        assert done.returncode == 0, done.stderr
+    for job in (ops, export):
+        assert cloud.world["jobs"][job]["volumes"][SYSTEMS_DIRECTORY] == [secret, "1"], job
+        assert cloud.world["jobs"][job]["image"] == f"{REPOSITORY}@{EARLIER}", job
+        assert job_systems(cloud, job) == SYSTEMS, job
+
+    # An apply meanwhile, the bad file still on main (a system added to it): the plan
+    # reads what the rollback pinned (pinned_settings) and leaves the jobs on its file,
+    # as it leaves the traffic.
+    apply_systems(cloud, CELL, ["recordline", ADDED])
+    for job in (ops, export):
+        assert cloud.world["jobs"][job]["volumes"][SYSTEMS_DIRECTORY] == [secret, "1"], job
+
+    # The fix: the file reverted and applied; the next rollout serves it, and the jobs
+    # follow what it promotes.
+    fixed = apply_systems(cloud, CELL, [*SYSTEMS, ADDED])
+    release(cloud)
+    assert serving_revision(cloud)["volumes"][SYSTEMS_DIRECTORY] == [secret, fixed]
+    for job in (ops, export):
+        assert cloud.world["jobs"][job]["volumes"][SYSTEMS_DIRECTORY] == [secret, fixed], job
+        assert job_systems(cloud, job) == sorted([*SYSTEMS, ADDED]), job
 
 
 # --- what a rollout keeps for a rollback -----------------------------------------------------

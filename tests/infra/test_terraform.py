@@ -387,7 +387,7 @@ def test_the_cells_service_reads_its_systems_from_one_file() -> None:
         'OTEL_METRICS_EXPORTER = "gcp_monitoring"',
         # Sampled: every push starts a trace (infra/fleet_cost.py prices the spans).
         'OTEL_TRACES_SAMPLER = "parentbased_traceidratio"',
-        "OTEL_TRACES_SAMPLER_ARG = tostring(var.trace_sample_ratio)",
+        "OTEL_TRACES_SAMPLER_ARG = tostring(local.trace_sample_ratio)",
     ):
         assert setting in env, setting
     # Nothing per system is a variable of the service: each is in the file.

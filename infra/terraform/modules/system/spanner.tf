@@ -40,7 +40,7 @@ resource "google_spanner_database" "serving" {
   # serving tier"). The service never changes the schema; it checks it at start.
   ddl = local.spanner_ddl
 
-  # Point-in-time recovery: old versions kept this long (spanner_recovery_hours, 3 days
+  # Point-in-time recovery: old versions kept this long (spanner_recovery_hours, 2 days
   # by default), so a bad delete or DDL can be read past or restored from
   # (docs/operations.md#recovering-a-serving-database). The service itself reads no
   # further back than 30 minutes (serving.py). The versions cost storage: the
