@@ -8,11 +8,18 @@ start; what on-call reads in the runbook of a long throttle is what Pub/Sub does
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.cell.app import create_cell
@@ -31,6 +38,8 @@ from tests.cell.test_throttles import (
 )
 from tests.conftest import envelope, served
 from tests.fakes import FaultyStore
+from tests.processes import free_port
+from tests.waiting import until_blocking
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -200,3 +209,57 @@ def test_the_runbook_says_a_throttles_refusals_send_messages_to_the_dead_letters
     dead = " ".join(section("operations.md", "### Dead letters").split())
     assert re.search(r"429.{0,40}throttle", dead), "the dead letters' causes omit a throttle"
 
+
+
+# --- a stop while a read hangs -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_recordline_serve_stops_within_its_grace_while_its_throttles_read_hangs(
+    tmp_path: Path,
+) -> None:
+    # A FIFO no one writes: its open never returns, as a mounted secret's read whose
+    # Secret Manager does not answer.
+    throttles = tmp_path / "throttles.json"
+    os.mkfifo(throttles)
+    port = free_port()
+    env = {
+        **os.environ,
+        "RECORDLINE_CELL": "cell-1",
+        "RECORDLINE_SYSTEMS": json.dumps({name: {"store": "memory:"} for name in SYSTEMS}),
+        "RECORDLINE_THROTTLES": str(throttles),
+    }
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+
+            def ready() -> bool:
+                assert process.poll() is None, log.read_text()[-3000:]
+                try:
+                    return client.get("/readyz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            until_blocking(ready, timeout=60, what="the cell ready")
+            (problem,) = client.get("/readyz").json()["throttle_problems"]
+            assert "was not read within 2 s" in problem, problem
+            body = envelope(RECORD, message_id="a-1")
+            assert client.post("/systems/alpha/pubsub/push", json=body).status_code == 204
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) in (0, -signal.SIGTERM), log.read_text()[-3000:]
+        # Cloud Run kills at 10 s.
+        assert time.monotonic() - stopped < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+        # Let the read's thread go, should the process still hold it.
+        with contextlib.suppress(OSError):
+            os.close(os.open(throttles, os.O_WRONLY | os.O_NONBLOCK))
