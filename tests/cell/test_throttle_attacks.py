@@ -27,6 +27,7 @@ from app.cell.app import create_cell
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import FakeGoogle
+from tests.cell.test_cell import Stores, cell_of
 from tests.cell.test_throttles import (
     RECORD,
     SYSTEMS,
@@ -40,7 +41,7 @@ from tests.cell.test_throttles import (
 from tests.conftest import envelope, served
 from tests.fakes import FaultyStore
 from tests.processes import free_port
-from tests.waiting import until_blocking
+from tests.waiting import until, until_blocking
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -130,6 +131,30 @@ async def test_a_push_at_any_spelling_of_its_path_is_throttled(tmp_path: Path) -
                 f"/systems/beta{alias}", json=envelope(RECORD, message_id=f"beta-{n}")
             )
             assert answer.status_code == 204, (alias, answer.text)
+
+
+async def test_a_throttle_holds_on_a_system_started_again_by_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "throttles.json"
+    write(path, {"alpha": throttle(0.01)})
+    stores = Stores()
+    # Alpha's first start fails: the supervisor starts it again, with a new app.
+    stores.refused_starts["alpha"] = 1
+    systems = {name: {"store": "memory:"} for name in SYSTEMS}
+    cell = cell_of(stores, systems, RECORDLINE_THROTTLES=str(path))
+    async with served(cell, bounded=True) as client:  # type: ignore[arg-type]
+        unavailable = await push(client, "alpha", "a-0")
+        assert unavailable.json()["type"] == "/problems/system-unavailable"
+
+        async def started_again() -> bool:
+            return (await push(client, "alpha", "a-1")).status_code == 204
+
+        await until(started_again, timeout=15, what="alpha started again")
+        refused = await push(client, "alpha", "a-2")
+        assert refused.status_code == 429, refused.text
+        assert await stored(client, "alpha") == {"a-1"}
+        assert list((await client.get("/readyz")).json()["throttled"]) == ["alpha"]
 
 
 # --- who spends a throttled system's pace --------------------------------------------
