@@ -19,6 +19,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from litestar.types import AfterExceptionHookHandler, Scope
+from litestar.utils import normalize_path
 
 from app.auth.browsers import json_only, same_origin
 from app.auth.guards import Auth
@@ -295,6 +296,10 @@ def refused_on_head(
 
     def refused(scope: Scope, declared: int) -> RecordlineError | None:
         path = scope["path"]
+        if path != PUSH_PATH and ("//" in path or path.endswith("/")):
+            # As Litestar's router reads it: `/pubsub/push/` and `//pubsub/push` are the
+            # push's route too, and refused as it is.
+            path = normalize_path(path)
         if path == PUSH_PATH:
             if scope.get("method") != "POST":
                 return None

@@ -204,7 +204,9 @@ class Throttles:
             return
         try:
             entries = _decode_file(content) if content.strip() else {}
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            # RecursionError: arrays or objects nested deeper than msgspec follows
+            # (a thousand, in 2 KiB), raised as itself rather than a DecodeError.
             self._failed(f"{self._path} is no JSON object of throttles ({exc})")
             return
         throttles: dict[str, Throttle] = {}
