@@ -52,7 +52,7 @@ from app.query.service import Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_PATH, EXPORT_ROUTES
-from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, push_refusals, push_routes
+from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, PushPace, push_refusals, push_routes
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.read_pass import read_pass_routes
@@ -147,7 +147,7 @@ class Shared:
     page_token_secret: str | None = None
     # Why a push of the system is refused before anything else is asked, if it is: the
     # throttle on-call set on it (`app.cell.throttles`).
-    throttled: Callable[[], RecordlineError | None] | None = None
+    throttled: PushPace | None = None
 
 
 def create_app(
@@ -259,6 +259,7 @@ def create_app(
                 else Places(settings.server.max_reads)
             ),
             exports=exports_middleware(exporting),
+            throttled=None if shared is None else shared.throttled,
         ),
         constants(
             readiness=readiness,
@@ -286,7 +287,7 @@ def create_app(
 def refused_on_head(
     ingest: Ingest,
     exports: Places,
-    throttled: Callable[[], RecordlineError | None] | None = None,
+    throttled: PushPace | None = None,
 ) -> Callable[[Scope, int], RecordlineError | None]:
     """Why a request is refused on its head, before it is routed, if it is (given what its
     body says it holds): a push of a system on-call throttled past its pace, or one its
@@ -303,7 +304,7 @@ def refused_on_head(
         if path == PUSH_PATH:
             if scope.get("method") != "POST":
                 return None
-            refusal = None if throttled is None else throttled()
+            refusal = None if throttled is None else throttled(spend=False)
             return refusal if refusal is not None else ingest.room(declared)
         if path.startswith(EXPORT_PATH) and exports.full():
             return exports_refusal(exports)
@@ -543,6 +544,7 @@ def routers(
     *,
     reads: DefineMiddleware,
     exports: DefineMiddleware,
+    throttled: PushPace | None = None,
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
 
@@ -560,7 +562,7 @@ def routers(
         # says too (`push_routes`, in line: a guard of Litestar's copies the handler).
         Router(
             "/",
-            route_handlers=push_routes(ingest, telemetry.push_traces),
+            route_handlers=push_routes(ingest, telemetry.push_traces, throttled),
             guards=auth.push_guards,
             middleware=traced,
         ),

@@ -12,6 +12,8 @@ Design: docs/cells.md#throttles
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import logging
 import math
 import time
@@ -81,14 +83,33 @@ class Pace:
         self._tokens = self._most
         self._at = now
 
-    def wait(self, now: float) -> float:
-        """0, a push admitted; or how long until the next one is."""
+    def wait(self, now: float, *, spend: bool = True) -> float:
+        """0, a push admitted (and, if `spend`, counted); or how long until the next one is."""
         self._tokens = min(self._most, self._tokens + max(0.0, now - self._at) * self.rate)
         self._at = now
         if self._tokens >= 1.0:
-            self._tokens -= 1.0
+            if spend:
+                self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.rate
+
+
+def named_twice(content: bytes) -> list[str]:
+    """The names the file's object gives more than once (a hand edit that added where it
+    meant to change): a JSON decoder keeps the last of each, and says nothing. Called on a
+    file msgspec has read as one object."""
+    objects: list[list[tuple[str, object]]] = []
+
+    def pairs(found: list[tuple[str, object]]) -> dict[str, object]:
+        objects.append(found)
+        return dict(found)
+
+    if not content.strip():
+        return []
+    json.loads(content, object_pairs_hook=pairs)
+    # The file's own object is the last a decoder completes.
+    counts = collections.Counter(name for name, _ in objects[-1])
+    return sorted(name for name, count in counts.items() if count > 1)
 
 
 def read_file(path: str) -> bytes:
@@ -129,12 +150,15 @@ class Throttles:
         # does not answer for) holds it, and never the process at its stop.
         self._thread = DaemonThreads(1, prefix="throttles")
 
-    def refused(self, system: str) -> Throttled | None:
-        """Why a push of `system` is refused now, if it is: past its throttle's pace."""
+    def refused(self, system: str, *, spend: bool = True) -> Throttled | None:
+        """Why a push of `system` is refused now, if it is: past its throttle's pace. A
+        push is counted (`spend`) once it is known to be its system's, past its token's
+        check: on its head the pace is only looked at, so that a request anyone can send
+        to the path spends nothing of what Pub/Sub's pushes are admitted."""
         pace = self._paces.get(system)
         if pace is None:
             return None
-        wait = pace.wait(self._clock())
+        wait = pace.wait(self._clock(), spend=spend)
         if wait == 0.0:
             return None
         return Throttled(
@@ -211,8 +235,13 @@ class Throttles:
             return
         throttles: dict[str, Throttle] = {}
         ignored: list[str] = []
-        faults: dict[str, str] = {}
+        faults = {name: "it is named twice in the file" for name in named_twice(content)}
         for name, entry in entries.items():
+            if name in faults:
+                kept = self._in_force.get(name)
+                if kept is not None:
+                    throttles[name] = kept
+                continue
             if name not in self._systems:
                 ignored.append(f"{name!r} is no system of the cell: its throttle is ignored")
                 continue

@@ -7,7 +7,7 @@ behind the guards of who may call it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from litestar import Request, post
 from litestar.di import NamedDependency
@@ -33,6 +33,7 @@ from app.errors import (
     SchemaUnavailable,
     ShuttingDown,
     StoreUnavailable,
+    Throttled,
     TooManyReads,
     TooMuchInFlight,
     Unauthorized,
@@ -56,9 +57,19 @@ PUSH_PATH = "/pubsub/push"
 NOT_STORED = (StoreUnavailable, SchemaUnavailable, QueueFull, WriteTimeout, ShuttingDown)
 
 
-def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTPRouteHandler]:
+class PushPace(Protocol):
+    """Why a push of a system is refused for its pace, if it is (a cell's throttle): looked
+    at on the push's head, counted (`spend`) once its token was checked."""
+
+    def __call__(self, *, spend: bool = True) -> RecordlineError | None: ...
+
+
+def push_routes(
+    ingest: Ingest, traces: PushTraces = push_received, throttled: PushPace | None = None
+) -> list[HTTPRouteHandler]:
     """The push route, storing through `ingest`; `traces` gives each push its trace id;
-    what a browser says is checked of a wrapped push (`browser_refusal`).
+    what a browser says is checked of a wrapped push (`browser_refusal`); a push past its
+    system's throttle (`throttled`) is refused once its guards have let it through.
 
     The handler holds `ingest` itself rather than asking Litestar for it: a
     dependency is resolved on every request (with two or more, in a task group
@@ -87,6 +98,7 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
             BodyTooLarge,
             *NOT_STORED,
             TooMuchInFlight,
+            Throttled,
             CertsUnavailable,
         ),
     )
@@ -97,6 +109,11 @@ def push_routes(ingest: Ingest, traces: PushTraces = push_received) -> list[HTTP
         # a sixth of what a push costs.
         if (refusal := browser_refusal(headers)) is not None:
             raise refusal
+        # Counted against its system's throttle here, past its token's check: the head
+        # only looked (`app.asgi.refused_on_head`), so no request a stranger can send
+        # spends what Pub/Sub's pushes are admitted.
+        if throttled is not None and (past := throttled(spend=True)) is not None:
+            raise past
         # Room in the system's queue for its row, by the length its head declares: a
         # system whose queue is full refuses it here, before a byte of its body is read.
         reserved = ingest.reserve(request.content_length)

@@ -84,12 +84,6 @@ async def test_a_cell_whose_throttles_file_is_nested_too_deep_starts_and_says_so
         assert "is no JSON object of throttles" in problem, problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="msgspec keeps the last of a key named twice and says nothing: a file that "
-    "names a system twice (a hand edit that added rather than changed) throttles it by "
-    "one of them, the other dropped unsaid",
-)
 async def test_a_system_named_twice_in_the_file_is_said(tmp_path: Path) -> None:
     path = tmp_path / "throttles.json"
     throttles = throttles_of(path)
@@ -170,12 +164,6 @@ def pusher(system: str) -> str:
     return f"push-{system}@cell-1.iam.gserviceaccount.com"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pace is spent on the push's head, before its token is checked: any "
-    "request at the path (no token, a reader's, another system's) takes the push "
-    "Pub/Sub would have had, and a throttled system's pushes can be held off entirely",
-)
 async def test_a_push_refused_for_its_token_spends_nothing_of_its_systems_pace(
     tmp_path: Path,
 ) -> None:
