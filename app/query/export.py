@@ -160,7 +160,8 @@ class Export:
     def head(self) -> bytes:
         if self.format is Format.JSONL:
             return b""
-        return _csv_line([c.name for c in self.columns])
+        # A column's name is the caller's own text (`columns=`): a cell like any other.
+        return _csv_line([_inert(c.name) for c in self.columns])
 
     def lines(self, views: list[Any]) -> list[bytes]:
         """Each row's line. A row is made JSON values one at a time (times as RFC 3339,
@@ -279,9 +280,12 @@ class Export:
                 return
 
 
-# A spreadsheet reads a cell starting with one of these as a formula (CSV injection):
-# such a text is sent with a `'` before it, which the spreadsheet shows it without.
-FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet reads a cell starting with one of these as a formula (CSV injection),
+# after any whitespace, and in their full-width forms (which some read as the ASCII
+# ones): such a text is sent with a `'` before it, which the spreadsheet shows it
+# without. A cell that starts with whitespace (a tab, a line break, a space) is sent
+# so too, whatever follows, since what a spreadsheet trims before reading it differs.
+FORMULA_STARTS: Final = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
 
 
 def _cell(value: Any) -> str:
@@ -301,7 +305,11 @@ def _cell(value: Any) -> str:
 
 
 def _inert(text: str) -> str:
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """`text` as a cell no spreadsheet runs: with a `'` before it where it starts with a
+    formula's sign or with whitespace (`FORMULA_STARTS`)."""
+    if text and (text[0].isspace() or text[0] in FORMULA_STARTS):
+        return "'" + text
+    return text
 
 
 def _csv_line(cells: list[str]) -> bytes:
