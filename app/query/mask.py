@@ -6,11 +6,20 @@ A masked value reads MASKED. A rejection's payload is masked the same way where 
 is JSON, withheld where it is not. Every read of a non-operator goes through a Reader
 that masks (`ReadSide` in app.asgi): pages, streams, look-ups, exports, the console.
 
+The mask fails closed: text inside the payload that is JSON encoded again (a member,
+or a rejection's whole payload, holding `"{\\"email\\": …}"`) is masked inside, and
+text that opens as JSON does (`{`, `[`) but that the mask cannot read is withheld,
+as is a payload nested deeper than the decoder goes. A rejection's reason is shown
+with every quoted literal in it withheld, since a decoder's words may quote a value.
+
 Design: docs/security.md#who-sees-what
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from collections.abc import Iterable
 from typing import Any, Final, TypeVar
 
@@ -19,10 +28,38 @@ import msgspec
 MASKED: Final = "[masked]"
 # What a record's data reads as for a reader when it is nested too deeply to be masked.
 WITHHELD: Final = "[withheld: nested too deeply to mask]"
+# What text inside a payload reads as when it opens as JSON does but is none the mask
+# can read (a repr, JSON5, JSON cut short): its names cannot be found in it.
+UNREADABLE: Final = "[withheld: not JSON the mask can read]"
+# Text that opens so is read as JSON encoded again (an object, an array, or a string
+# holding either): what a publisher that encodes twice sends, and what a reader decodes.
+_OPENS_JSON: Final = ("{", "[", '"')
+# A literal a reason quotes ('…' as Python's repr, "…" as JSON), withheld for readers.
+_QUOTED: Final = re.compile(r"""(?<!\w)'(?:[^'\\]|\\.)*'(?!\w)|"(?:[^"\\]|\\.)*\"""", re.DOTALL)
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
 
 T = TypeVar("T")
+# What a keyed hash reads as: this prefix, then 128 bits of HMAC-SHA256 in hex (a
+# collision of two values is then a 2^-64 chance at 2^32 values).
+PSEUDONYM_PREFIX: Final = "hmac:"
+_PSEUDONYM_HEX: Final = 32
+
+
+class Pseudonyms:
+    """A value's keyed hash (HMAC-SHA256 with a system's own key): the same value reads
+    the same everywhere a reader sees it, so it stays joinable, and no one without the
+    key can tell a guess's hash (a plain hash of an e-mail is found by hashing guesses)."""
+
+    def __init__(self, secret: str) -> None:
+        # A key of its own, derived from the system's secret, never that secret itself.
+        self._key = hmac.new(secret.encode(), b"recordline mask", hashlib.sha256).digest()
+
+    def of(self, value: Any) -> str:
+        """`value`'s pseudonym: of its text if it is text, else of its JSON."""
+        data = value.encode() if isinstance(value, str) else _encode(value)
+        digest = hmac.new(self._key, data, hashlib.sha256).hexdigest()
+        return PSEUDONYM_PREFIX + digest[:_PSEUDONYM_HEX]
 
 
 class Mask:
@@ -32,16 +69,20 @@ class Mask:
         self.fields = frozenset(fields)
         self.attributes = frozenset(attributes)
         # A member is named in JSON text as `"name"`, or with escapes (`"\u0065mail"`):
-        # text with no such quoted name and no backslash holds none of them, and is
-        # passed on as it is without being decoded.
+        # text with no such quoted name and no backslash holds none of them, at any
+        # depth (JSON inside a string holds `\"`), and is passed on without decoding.
         self._field_marks = tuple(_encode(name) for name in self.fields)
         self._attribute_marks = tuple(_encode(name) for name in self.attributes)
 
     def __bool__(self) -> bool:
         return bool(self.fields or self.attributes)
 
+    def names_in(self, path: Iterable[str]) -> str | None:
+        """The first member of `path` (from a payload's root) this mask masks, if any."""
+        return next((step for step in path if step in self.fields), None)
+
     def view(self, row: T) -> T:
-        """`row` (a RecordView or RejectionView) with what it names masked."""
+        """`row` (a RecordView, RejectionView or MessageView) with what it names masked."""
         changes: dict[str, Any] = {}
         attributes = getattr(row, "attributes", None)
         if self.attributes and isinstance(attributes, msgspec.Raw):
@@ -55,6 +96,9 @@ class Mask:
                 changes["data"] = masked
         elif self.fields and isinstance(data, bytes):
             changes["data"] = self._received(data)
+        reason = getattr(row, "reason", None)
+        if isinstance(reason, str):
+            changes["reason"] = quiet(reason)
         record = getattr(row, "record", None)
         if record is not None:
             changes["record"] = self.view(record)
@@ -76,9 +120,11 @@ class Mask:
         return {k: MASKED if k in self.attributes else v for k, v in value.items()}
 
     def _members(self, value: Any) -> Any:
-        """`value` with every member `fields` names MASKED, at any depth: walked with a
-        list of its own, not the interpreter's stack, which a payload nested ~500 deep
-        would exhaust."""
+        """`value` with every member `fields` names MASKED, at any depth, and inside any
+        text that is JSON again: walked with a list of its own, not the interpreter's
+        stack, which a payload nested ~500 deep would exhaust (JSON inside text goes
+        one call deeper a level, and each level doubles its backslashes: a 10 MB
+        payload holds at most ~23)."""
         fields = self.fields
 
         def copy(value: Any) -> Any:
@@ -86,6 +132,8 @@ class Mask:
                 return {k: MASKED if k in fields else v for k, v in value.items()}
             if isinstance(value, list):
                 return list(value)
+            if isinstance(value, str):
+                return self._text(value)
             return value
 
         top = copy(value)
@@ -96,7 +144,30 @@ class Mask:
                 if isinstance(member, dict | list):
                     node[key] = copied = copy(member)
                     left.append(copied)
+                elif isinstance(member, str):
+                    node[key] = self._text(member)
         return top
+
+    def _text(self, text: str) -> str:
+        """Text inside a payload: masked inside where it is JSON again (as compact JSON,
+        as it was where it names nothing masked), withheld where it opens as JSON but
+        is none the mask can read."""
+        opening = text.lstrip()[:1]
+        if opening not in _OPENS_JSON:
+            return text
+        raw = text.encode()
+        if not _may_name(raw, self._field_marks):
+            return text
+        try:
+            inside = _decode(raw)
+        except msgspec.DecodeError:
+            return UNREADABLE
+        except RecursionError:
+            return WITHHELD
+        try:
+            return _encode(self._members(inside)).decode()
+        except RecursionError:
+            return WITHHELD
 
     def _received(self, data: bytes) -> bytes:
         """A rejection's payload as received: as it is if it is JSON naming no masked
@@ -110,6 +181,13 @@ class Mask:
             return _encode(self._members(value))
         except (msgspec.DecodeError, RecursionError):
             return b""
+
+
+def quiet(reason: str) -> str:
+    """A rejection's reason with every literal it quotes withheld: the reasons this
+    service writes name rules and paths (in backticks), never values, but a decoder's
+    own words (protobuf's, Avro's) may quote what it could not read."""
+    return _QUOTED.sub("'…'", reason)
 
 
 def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
