@@ -14,7 +14,7 @@
     python3 dev.py export status …     # the serving tier's export: status, retry, verify, …
     python3 dev.py restore rows …      # the serving tier: write back rows a database lost
     python3 dev.py exporter            # the exporter pool (RECORDLINE_SYSTEMS)
-    python3 dev.py test [pytest options]   # the whole test suite
+    python3 dev.py test [pytest options]   # the whole test suite (--quick: the inner loop's)
     python3 dev.py fuzz [--minutes N]  # the fuzzers, for longer than the test suite runs them
     python3 dev.py lint                # ruff check, ruff format --check, mypy --strict
     python3 dev.py docs [--serve]      # the documentation site, built strict into site/
@@ -245,6 +245,11 @@ def main(argv: list[str]) -> int:
             # beside the sources.
             os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
             os.environ.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / ".tools" / "pycache"))
+            # On the machine's cores, up to four (pytest-xdist; each worker starts the
+            # emulators it needs): much of the suite waits on servers and subprocesses.
+            # `-n 0` runs it in one process.
+            if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest):
+                rest = ["-n", str(min(os.cpu_count() or 1, 4)), *rest]
             replace_with("pytest", *rest, cwd=ROOT)
         case "bench":
             replace_with("python", "-m", "bench", *rest, cwd=ROOT)

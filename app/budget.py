@@ -87,11 +87,14 @@ class Budget:
         self.most = most
         self.held = 0
         self.read_wait = read_wait
-        # What reads may bring `held` to, and a request larger than SMALL_BYTES.
-        self.read_ceiling = max(0, most - read_room)
+        # What reads may bring `held` to while no more than the room they leave is
+        # promised (`read_ceiling`), and a request larger than SMALL_BYTES.
+        self.reads_most = max(0, most - read_room)
         # What a read may bring `held` to beyond its least (`Charge.read_up_to`).
-        self.read_most = self.read_ceiling - int(self.read_ceiling * READ_LEAST_ROOM)
+        self.read_most = self.reads_most - int(self.reads_most * READ_LEAST_ROOM)
         self.large_ceiling = most - int(most * LARGE_ROOM)
+        # The room reads leave large bodies (`promise`).
+        self.large_room = max(0, self.large_ceiling - self.reads_most)
         # What a system beyond its share may bring `held` to (LENT_ROOM).
         self.lent_ceiling = most - int(most * LENT_ROOM)
         # What the large bodies being read will take yet, as they are read (`promise`).
@@ -103,6 +106,14 @@ class Budget:
         self._lines: dict[Share | Budget, int] = {}
         # Taken by a read charged short of its most while the store reads it (SHORT_READS).
         self.short_reads = asyncio.Semaphore(SHORT_READS)
+
+    @property
+    def read_ceiling(self) -> int:
+        """What reads may bring `held` to now: what they leave pushes, and less while
+        bodies promised to systems within their own shares take more than that
+        (`promise`), so that every body promised is read whole."""
+        beyond = self.promised - self.large_room
+        return self.reads_most - beyond if beyond > 0 else self.reads_most
 
     def ceiling(self, size: int) -> int:
         """What a request (not a read) of `size` bytes may bring `held` to."""
@@ -128,21 +139,30 @@ class Budget:
         """Keep `size` bytes for a large body to be read (BODY_COPIES of what its head
         says), if there is room for it beside the bodies promised before: in what reads
         leave (the room kept for pushes, which reads never take, so a body promised is
-        read whole), and, for `share`, in its own or what it may borrow. Nothing is held
-        yet: a body is charged as it is read (`Charge.take_request`), and what it does
-        not send is given back with its request. So of large bodies arriving at once,
-        those there is room for are read whole, and the others refused on their heads,
-        rather than every one charged as it comes until none can finish."""
+        read whole), and, for `share`, in its own or what it may borrow. Within its own,
+        a system's body is kept wherever the budget has room now, what reads may take
+        shrinking by what it takes beyond the room they leave (`read_ceiling`): that
+        room is one pool of the process's, which one system's slow large push (or any
+        chunked one) would fill for every other's. Nothing is held yet: a body is
+        charged as it is read (`Charge.take_request`), and what it does not send is
+        given back with its request. So of large bodies arriving at once, those there
+        is room for are read whole, and the others refused on their heads, rather than
+        every one charged as it comes until none can finish."""
         promised = self.promised + size
-        if max(self.held, self.read_ceiling) + promised > self.large_ceiling:
+        if self.held + promised > self.large_ceiling:
             return False
+        pooled = promised <= self.large_room
         if share is not None:
             own = share.held + share.promised + size
             if own > share.most and (
-                self.held + promised > self.lent_ceiling or self.waiting_reads > share.waiting
+                not pooled
+                or self.held + promised > self.lent_ceiling
+                or self.waiting_reads > share.waiting
             ):
                 return False
             share.promised += size
+        elif not pooled:
+            return False
         self.promised = promised
         return True
 
@@ -159,6 +179,8 @@ class Budget:
         self.promised -= size
         if share is not None:
             share.promised -= size
+        if self._waiting:
+            self._wake()  # reads may take what it kept beyond their room
 
     def take_read(self, size: int, share: Share | None = None) -> bool:
         """Take `size` bytes for a read now, if there is room and no read of its share
@@ -424,17 +446,31 @@ class Places:
     """Places held at once (reads, followers or exports in flight): `most` of them, or, as
     a system's share of a cell's `pool`, `most` its own and beyond them what quiet
     systems leave, while half the pool's places are free (LENT_ROOM). A place borrowed
-    comes back as its holder leaves; borrowing stops once the pool is half full, so the
-    systems whose shares were lent find theirs when they come back."""
+    comes back as its holder leaves; borrowing stops once the pool is half full. A pool
+    that `keeps_own` (followers, who hold their places for minutes) admits a share within
+    its own whatever the others borrowed: it holds its `most` and what it lent (`lent`,
+    half of `most` at most) until the borrowers leave, rather than keep an owner out of
+    its own share meanwhile."""
 
-    __slots__ = ("borrows", "most", "open", "pool")
+    __slots__ = ("borrows", "keeps_own", "lent", "most", "open", "pool")
 
-    def __init__(self, most: int, pool: Places | None = None, *, borrows: bool = True) -> None:
+    def __init__(
+        self,
+        most: int,
+        pool: Places | None = None,
+        *,
+        borrows: bool = True,
+        keeps_own: bool = False,
+    ) -> None:
         self.most = most
         self.open = 0
         self.pool = pool
         # Whether it may hold more than `most` while the pool has room to lend.
         self.borrows = borrows
+        # As a pool: whether a share within its own is admitted past `most` while places
+        # are lent, and how many of its shares' places are beyond their own now.
+        self.keeps_own = keeps_own
+        self.lent = 0
 
     def share(self, most: int, *, borrows: bool = True) -> Places:
         """A system's share of these places: `most` its own (one at least), and what it
@@ -446,10 +482,13 @@ class Places:
         pool = self.pool
         if pool is None:
             return self.open >= self.most
+        if self.open < self.most:
+            if pool.open < pool.most:
+                return False
+            # Its own, where the others borrowed: if the pool keeps them for their owners.
+            return not pool.keeps_own or pool.open - pool.lent >= pool.most
         if pool.open >= pool.most:
             return True
-        if self.open < self.most:
-            return False
         return not self.borrows or pool.open >= pool.most - int(pool.most * LENT_ROOM)
 
     def take(self) -> None:
@@ -457,9 +496,13 @@ class Places:
         self.open += 1
         if self.pool is not None:
             self.pool.open += 1
+            if self.open > self.most:
+                self.pool.lent += 1
 
     def give(self) -> None:
         """Give back a place taken before."""
-        self.open -= 1
         if self.pool is not None:
             self.pool.open -= 1
+            if self.open > self.most:
+                self.pool.lent -= 1
+        self.open -= 1

@@ -1058,8 +1058,9 @@ class CellSettings(Section, frozen=True):
     def faults(self) -> dict[str, SettingsError]:
         """Each system whose own entry cannot be used, and why: a field it misspells or
         gives a value it cannot take, a serving tier without a BigQuery store, or a push
-        audience or a store another system before it takes. That system alone does not
-        serve (a typo in one entry must not stop the cell's hundred systems)."""
+        audience or a store another system takes as well (every system of the clash).
+        Those systems alone do not serve (a typo in one entry must not stop the cell's
+        hundred systems)."""
         return self._read()[1]
 
     def _read(self) -> tuple[dict[str, SystemEntry], dict[str, SettingsError]]:
@@ -1098,43 +1099,47 @@ class CellSettings(Section, frozen=True):
                 f"RECORDLINE_CELL_MAX_SYSTEMS={self.max_systems}",
                 var=var,
             )
-        audiences: dict[str, str] = {}
-        holders: dict[str, str] = {}
-        for name, entry in found.items():
-            fault = _clash(name, entry, audiences, holders)
-            if fault is not None:
-                faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {fault}", var=var)
+        for name, fault in _clashes(found).items():
+            faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {fault}", var=var)
         return {n: e for n, e in found.items() if n not in faults}, faults
 
 
-def _clash(
-    name: str, entry: SystemEntry, audiences: dict[str, str], holders: dict[str, str]
-) -> str | None:
-    """Why system `name`'s entry cannot be used beside those before it (`audiences` and
-    `holders` say whose each push audience and store is, and take this one's), if so."""
-    if entry.serving and not entry.store.startswith("bigquery://"):
-        return (
-            f"system {name!r} has a serving tier, which stands in front of a BigQuery store; "
-            f"its store {entry.store!r} is not one"
-        )
-    audience = entry.push_audience.strip()
-    if audience and audience in audiences:
-        return (
-            f"systems {audiences[audience]!r} and {name!r} take the same push_audience "
-            f"{audience!r}: a token for one would be taken by the other"
-        )
-    places = [p for p in (_store_place(entry.store), _store_place(entry.serving)) if p]
-    for place in places:
-        if place in holders:
-            return (
-                f"systems {holders[place]!r} and {name!r} are stored in the same {place}: "
-                "each would read and write the other's records"
+def _clashes(entries: dict[str, SystemEntry]) -> dict[str, str]:
+    """Why each system's entry cannot be used beside the others, of those that cannot: a
+    serving tier without a BigQuery store, or a push audience or a place of storage that
+    another system takes as well. Every system of a clash is refused, whatever their order
+    in the file (which Terraform sorts by name): of two entries naming one store, the one
+    copied from the other may come first, and neither may serve the other's records."""
+    faults: dict[str, str] = {}
+    # Whose each push audience and place of storage is, in the file's order.
+    holders: dict[tuple[str, str], list[str]] = {}
+    for name, entry in entries.items():
+        if entry.serving and not entry.store.startswith("bigquery://"):
+            faults[name] = (
+                f"system {name!r} has a serving tier, which stands in front of a BigQuery "
+                f"store; its store {entry.store!r} is not one"
             )
-    if audience:
-        audiences[audience] = name
-    for place in places:
-        holders[place] = name
-    return None
+            continue
+        audience = entry.push_audience.strip()
+        if audience:
+            holders.setdefault(("audience", audience), []).append(name)
+        for place in {p for p in (_store_place(entry.store), _store_place(entry.serving)) if p}:
+            holders.setdefault(("place", place), []).append(name)
+    for (kind, what), names in holders.items():
+        if len(names) < 2:
+            continue
+        names.sort()
+        both = f"{', '.join(map(repr, names[:-1]))} and {names[-1]!r}"
+        why = (
+            f"take the same push_audience {what!r}: a token for one would be taken by the other"
+            if kind == "audience"
+            else f"are stored in the same {what}: each would read and write the other's records"
+        )
+        for name in names:
+            faults.setdefault(
+                name, f"systems {both} {why}; none of them serves until their entries differ"
+            )
+    return faults
 
 
 # A deployment of one system's variables that a cell reads from each system's entry: a

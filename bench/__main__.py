@@ -2,7 +2,7 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | exporter | calls | producers | cell | storage.
+      typedingest | exporter | calls | producers | cell | storage | latest.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -33,6 +33,7 @@ NAMES = (
     "producers",
     "cell",
     "storage",
+    "latest",
 )
 
 

@@ -25,7 +25,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from app.auth.access import PushAccess
+from app.auth.access import Credentials, PushAccess
 from app.auth.oidc import GoogleCerts, IdTokenVerifier
 from bench.harness import RECORDLINE, free_port, push_script, server, table, wrk
 
@@ -98,7 +98,7 @@ async def guard_cost(
             service_accounts=frozenset({PUSHER}),
             shared_token=None,
         )
-        header = f"Bearer {token(key)}"
+        header = Credentials(f"Bearer {token(key)}")
         await push.check(header, None)
         started = time.perf_counter()
         for _ in range(n):

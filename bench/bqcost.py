@@ -1,6 +1,7 @@
 """What a read costs on BigQuery: bytes billed per call, today's SQL against the design.
 
     python3 dev.py bench bqcost [--rates 100,1000] [--days 1,7,30] [--repeat 3]
+    python3 dev.py bench bqcost --layouts [--rate 10] [--days 30]
 
 Fills the Storage Write fake with one stream (a ~430-byte stored row, as the
 ingest bench publishes, 0.1% redelivered copies and 0.1% rejections) at each
@@ -310,7 +311,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rates", default="100,1000")
     parser.add_argument("--days", default="1,7,30")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="bill the analyst's questions and the read API's calls on each layout of "
+        "records, a month at 10 msg/s (bench/bqlayouts.py)",
+    )
+    parser.add_argument("--rate", type=int, default=10, help="with --layouts: msg/s")
     args = parser.parse_args(argv)
+    if args.layouts:
+        from bench import bqlayouts
+
+        return bqlayouts.main(args.rate, int(args.days.split(",")[-1]))
     rates = [int(r) for r in args.rates.split(",")]
     days_list = [int(d) for d in args.days.split(",")]
     print(

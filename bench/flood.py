@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from bench.harness import free_port, percentile, rss_kb
+from recordline_dev.processes import terminate
 
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 SYSTEMS = ("alpha", "beta", "gamma")
@@ -152,12 +153,7 @@ def serving(folder: Path, *, in_cell: bool) -> Iterator[Served]:
                     raise RuntimeError(f"alpha's rows: {answer.status_code} {answer.text}")
         yield served
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, timeout=15)
 
 
 def _prefix(system: str, in_cell: bool) -> str:

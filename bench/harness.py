@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from recordline_dev.processes import free_port as free_port  # bench modules take it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
@@ -158,12 +159,6 @@ def wrk(
         non2xx=r["non2xx"],
         socket_errors=r["socket_errors"],
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -91,6 +91,7 @@ class Connection:
     async def send(self, method: str, target: str, body: bytes = b"", **headers: str) -> None:
         if self.h11.our_state is h11.DONE:
             self.h11.start_next_cycle()
+        # A loopback-bound service answers its own names only (anything else: 421).
         fields = [("host", "127.0.0.1"), *headers.items()]
         if body or method in ("POST", "PUT"):
             fields.append(("content-length", str(len(body))))

@@ -16,8 +16,8 @@ Both run through the real `bigquery.Client` against the jobs.query fake
 type sizes, only the referenced columns and RECORD leaves, partition pruning,
 whole MiB per table with a 10 MiB minimum).
 
-The table is `records` as Terraform creates it plus the typed columns the
-service adds (`fields`, `projection_errors`), holding a month-shaped stream
+The table is `records` as Terraform creates it (`projection_errors` among its
+columns) plus the typed column the service adds (`fields`), holding a month-shaped stream
 (`tests/bigquery/stream.py`: publish times, trace context, 0.1% redeliveries)
 whose payloads are `--payload-bytes` of JSON (an order with an `amount` and a
 padded note), each projected onto its Avro schema's fields by the real code
@@ -46,7 +46,6 @@ from google.cloud import bigquery
 from app.records import TABLES, columns
 from app.store.bigquery.typed import (
     ERRORS,
-    ERRORS_FIELD,
     FIELDS,
     column_of,
     error_values,
@@ -99,13 +98,11 @@ def payload(n: int, size: int) -> str:
 
 
 def table_schema(fields: tuple[Field, ...]) -> list[dict[str, Any]]:
-    """`records` as Terraform creates it, and the typed columns the store adds."""
+    """`records` as Terraform creates it (`projection_errors` included), and the typed
+    column the store adds (`fields`)."""
     own: list[dict[str, Any]] = json.loads(RECORDS_JSON.read_text())
-    typed = [
-        column_of(Field(name=FIELDS, type=Type.RECORD, fields=fields)),
-        column_of(ERRORS_FIELD),
-    ]
-    return [*own, *(c.to_api_repr() for c in typed)]
+    typed = column_of(Field(name=FIELDS, type=Type.RECORD, fields=fields))
+    return [*own, typed.to_api_repr()]
 
 
 def month(

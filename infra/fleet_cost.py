@@ -232,21 +232,21 @@ INSTANCE_SERIES = {
 }
 # But the service's counters are cumulative, the one temporality Cloud Monitoring takes
 # for a custom metric (the exporter, opentelemetry-exporter-gcp-monitoring, writes every
-# counter as CUMULATIVE): a series an instance wrote once is written every minute until
+# counter as CUMULATIVE): a series an instance wrote once is written at every export until
 # the instance ends. Pub/Sub delivers at least once, and at ten pushes a second every
-# system sees a redelivery or a publisher's retry on every instance within a day or so:
-# each instance carries one series of each system it served (`recordline.messages`,
-# outcome duplicate or retried) from then on. An estimate.
-INCIDENT_SERIES = {"messages": 1}
+# system sees a redelivery, a publisher's retry or a 503 on every instance within a day
+# or so: those are counted as the cell's (app/telemetry/metrics.py, PushOutcomes), not
+# the system's, which would have left each instance a series of each system it served
+# from then on, and are among CELL_SERIES.
 # What the store holds, from the exporter instance holding the system's lease alone:
 # each row is counted once, as it is exported (app/telemetry/metrics.py, ExportMetrics).
 # Outcomes two (stored, and a rejection's reason); freshness's good events one; its
 # canary's age one (the newest canary exported).
 HOLDER_SERIES = {"messages": 2, "slo.events": 1, "canary.age": 1}
-# Its export's, from the same instance: two tables. A system's refused changes of its
-# typed columns are written once one was (app/telemetry/metrics.py): none on an ordinary
-# day.
-EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 2, "typed.patches_refused": 0}
+# Its export's, from the same instance: two tables. Whether a table is blocked, and a
+# system's refused changes of its typed columns, are written once one was
+# (app/telemetry/metrics.py): none on an ordinary day.
+EXPORT_SERIES = {"export.rows": 2, "export.lag": 2, "export.blocked": 0, "typed.patches_refused": 0}
 # The cell's own, from each of its ingest instances: the distributions (the read and
 # query routes three each) and the gauges that describe the process (the read horizon's
 # lag among them: the furthest behind of its systems, app/telemetry/metrics.py);
@@ -267,6 +267,10 @@ CELL_SERIES = {
     "memory.held": 1,
     "connections.refused": 2,
     "loop.restarts": 0,
+    # What a push costs without becoming a row, every system's: a publisher's duplicate
+    # and a 503 (retried, its cause) on an ordinary day, each a series of the instance
+    # from then on (cumulative). An estimate.
+    "messages": 2,
     "slo.events": 2,
     "query.bytes_billed": 1,
 }
@@ -337,12 +341,14 @@ MONTHS = (12, 24)
 
 
 class Shape(NamedTuple):
-    """A fleet as priced: its systems, whether each has a serving tier, and its
-    declared rate (None: the default, serving_rate)."""
+    """A fleet as priced: its systems, whether each has a serving tier, its declared
+    rate (None: the default, serving_rate), and cell variables set other than their
+    defaults (name, HCL value), for an option priced beside the defaults."""
 
     systems: int
     serving: bool
     rate: float | None = None
+    variables: tuple[tuple[str, str], ...] = ()
 
 
 def shape_of(systems: int) -> Shape:
@@ -380,12 +386,16 @@ def capacity() -> tuple[float, str]:
 
 @cache
 def evaluate(
-    systems: int, rate: float | None = None, serving: bool = True, reads: float | None = None
+    systems: int,
+    rate: float | None = None,
+    serving: bool = True,
+    reads: float | None = None,
+    variables: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """A cell of `systems` systems at the defaults (or at `rate` pushes a second and
-    `reads` rows read from Spanner a second each), each with `serving` or none, as
-    `terraform console` evaluates the cell root: its Spanner sizing, billing, sizes, and
-    the metrics' value types."""
+    `reads` rows read from Spanner a second each, and the cell `variables` given), each
+    with `serving` or none, as `terraform console` evaluates the cell root: its Spanner
+    sizing, billing, sizes, and the metrics' value types."""
     names = ["recordline", *(f"system-{n:03d}" for n in range(1, systems))]
     # Past 90 databases the systems added last name a second instance (spanner.tf).
     entries = [
@@ -402,6 +412,7 @@ def evaluate(
         "terraform_state_bucket": '"recordline-prod-tfstate"',
         "service_account_quota": "300",
         "systems": "{ " + ", ".join(entries) + " }",
+        **dict(variables),
     }
     expression = (
         "{ units = local.spanner_total_units, stored = local.spanner_total_stored_bytes,"
@@ -511,11 +522,26 @@ SERVING_SYMPTOMS = frozenset({"export_lag", "export_blocked", "spanner_storage",
 
 
 @cache
-def alert_conditions(serving: bool = True) -> int:
-    """Conditions of every alert policy (one each), the environment's, whatever the
-    number of cells: a page per symptom (fleet.tf), a ticket per symptom for the one set
-    of ticket channels, and the serving instances' two tickets (tickets.tf); without a
-    serving system, none of the export's or the instances'."""
+def combined_below() -> int:
+    """The number of systems from which an environment's alerts are a policy per symptom
+    (environment/combined.tf): below it, every symptom is in one paging policy and one
+    ticket policy (and the serving instances' one), a condition each."""
+    text = (ENVIRONMENT / "combined.tf").read_text()
+    (below,) = re.findall(r"length\(local\.system_names\) < (\d+)", text)
+    return int(below)
+
+
+@cache
+def alert_conditions(serving: bool = True, systems: int | None = None) -> int:
+    """Conditions of every alert policy (one each), the environment's, for `systems`
+    systems in one set of ticket channels (None: as many as make a policy per symptom).
+    A policy per symptom, whatever the number of cells: a page per symptom (fleet.tf), a
+    ticket per symptom for the one set of ticket channels, and the serving instances'
+    two tickets (tickets.tf); without a serving system, none of the export's or the
+    instances'. Combined (combined.tf, below combined_below() systems): a page, a ticket
+    and, with a serving system, the instances' ticket."""
+    if systems is not None and systems < combined_below():
+        return 2 + int(serving)
 
     def local(path: Path, name: str) -> Any:
         (value,) = [block[name] for block in _load(path).get("locals", []) if name in block]
@@ -689,7 +715,7 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     serving = shape.serving
     cell_max = int(evaluate(1)["cell_max_systems"])
     sizes = cells_of(systems, cell_max)
-    cells = [evaluate(size, shape.rate, serving) for size in sizes]
+    cells = [evaluate(size, shape.rate, serving, None, shape.variables) for size in sizes]
     base = cells[0]
     rate, message = (
         float(base["rate"]) if shape.rate is None else shape.rate,
@@ -761,11 +787,7 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     written = 0.0
     for c, size in zip(cells, sizes, strict=True):
         instances = max(1, ingest_instances(c))
-        by_ingest = (
-            size
-            * instances
-            * (_point_bytes(metrics, INSTANCE_SERIES) + _point_bytes(metrics, INCIDENT_SERIES))
-        )
+        by_ingest = size * instances * _point_bytes(metrics, INSTANCE_SERIES)
         by_ingest += instances * _point_bytes(metrics, CELL_SERIES)
         # What the store holds: its export lease holder's, or without a serving tier
         # each ingest instance's.
@@ -780,7 +802,7 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     items[ROWS[10][0]] = _monitoring(written)
     probes = len(cells) * UPTIME_CHECKERS * MINUTES_A_MONTH / UPTIME_PERIOD_MINUTES
     items[ROWS[11][0]] = max(0.0, probes - UPTIME_FREE) / 1000 * UPTIME_THOUSAND
-    items[ROWS[12][0]] = alert_conditions(serving) * ALERT_CONDITION
+    items[ROWS[12][0]] = alert_conditions(serving, systems) * ALERT_CONDITION
 
     spans = pushes * SPANS_PER_PUSH * float(base["trace_sample_ratio"])
     items[ROWS[13][0]] = max(0.0, spans - TRACE_FREE_SPANS) / 1e6 * TRACE_MILLION_SPANS
@@ -878,6 +900,28 @@ STARTER_RATES = (0.5, 1.0, 2.0, 5.0, 10.0)
 SLOW_STARTER_RATE = 1.0
 
 
+@cache
+def starter_ceiling() -> float:
+    """The most messages a second (to a tenth) at which one system alone, in its starter
+    shape, costs at most TARGET_STARTER in both months: its ingest billed by request grows
+    with its rate, and none of its other items falls."""
+
+    def within(rate: float) -> bool:
+        items = month(1, Shape(1, False, rate))
+        return all(_total(items, m) <= TARGET_STARTER for m in MONTHS)
+
+    low, high = 0, 100  # in tenths of a message a second
+    if not within(low / 10 or 0.1):
+        return 0.0
+    while high - low > 1:
+        middle = (low + high) // 2
+        if within(middle / 10):
+            low = middle
+        else:
+            high = middle
+    return low / 10
+
+
 def starter() -> str:
     """One system alone in its starter shape (BigQuery alone), at a few rates: its
     ingest service billed either way, what the cell's plan bills it by (cell.tf), and
@@ -887,7 +931,7 @@ def starter() -> str:
         " | the plan bills it | twelfth month | twenty-fourth month |",
         "|---|---:|---:|---|---:|---:|",
     ]
-    for rate in STARTER_RATES:
+    for rate in sorted({*STARTER_RATES, starter_ceiling()}):
         found = evaluate(1, rate, False)
         chosen = "instance-based" if found["instance_based"] else "by request"
         items = month(1, Shape(1, False, rate))
@@ -942,7 +986,8 @@ def shapes() -> str:
         f"on read, the read API; a follower sees a row after the 15 s settle window, a "
         f"reader polling once a minute within about 75 s | "
         f"{months(month(1, Shape(1, False, starter_rate)))} at {starter_rate:g} message a "
-        f"second, {months(month(1, Shape(1, False, rate)))} at {rate:g} |"
+        f"second (at most {_dollars(TARGET_STARTER)} up to {starter_ceiling():g} messages a "
+        f"second), {months(month(1, Shape(1, False, rate)))} at {rate:g} |"
     )
     rows.append(
         f"| **Serving, alone**: one system with `serving` (a Spanner instance of 100 units, "
@@ -1035,7 +1080,11 @@ def target() -> str:
     alone = {m: per_system(1, m) for m in MONTHS}
     slow_month = month(1, Shape(1, False, SLOW_STARTER_RATE))
     slow = {m: _total(slow_month, m) for m in MONTHS}
-    alone_met = all(cost <= TARGET_STARTER for cost in (*alone.values(), *slow.values()))
+    alone_met = all(cost <= TARGET_STARTER for cost in alone.values())
+    slow_met = all(cost <= TARGET_STARTER for cost in slow.values())
+    conditions = alert_conditions(False, 1)
+    ceiling = starter_ceiling()
+    ingest = ingest_month(evaluate(1, None, False), True)
     return (
         f"A system costs {_dollars(costs[100, 12])} a month at 100 systems and "
         f"{_dollars(costs[1000, 12])} at 1,000 in the twelfth month, "
@@ -1043,20 +1092,25 @@ def target() -> str:
         "twenty-fourth, "
         + ("within" if met else "over")
         + f" the {_dollars(TARGET_PER_SYSTEM)} asked; one system alone, in its starter "
-        f"shape, {_dollars(alone[12])} and {_dollars(alone[24])} at "
-        f"{float(full['rate']):g} messages a second, {_dollars(slow[12])} and "
-        f"{_dollars(slow[24])} at {SLOW_STARTER_RATE:g}, "
-        + ("within" if alone_met else "over")
-        + f" the {_dollars(TARGET_STARTER)} asked, its {alert_conditions(False)} alert "
-        f"conditions alone {_dollars(alert_conditions(False) * ALERT_CONDITION)}. A full "
+        f"shape, {_dollars(slow[12])} and {_dollars(slow[24])} at "
+        f"{SLOW_STARTER_RATE:g} message a second, "
+        + ("within" if slow_met else "over")
+        + f" the {_dollars(TARGET_STARTER)} asked"
+        + (f" up to {ceiling:g} messages a second" if ceiling else "")
+        + f" (its {conditions} alert conditions {_dollars(conditions * ALERT_CONDITION)}: "
+        f"every symptom in one page and one ticket, environment/combined.tf), "
+        f"{_dollars(alone[12])} and {_dollars(alone[24])} at "
+        f"{float(full['rate']):g}, "
+        + ("within it" if alone_met else "over it")
+        + f" (its ingest instance, always on, {_dollars(ingest)} alone). A full "
         f"cell ({cell_max} systems, "
         f"{float(full['cell_rate']):g} pushes a second) runs {instances} ingest instances "
         f"of {float(full['cpu']):g} vCPU, "
         + ("instance-based" if full["instance_based"] else "billed by request")
         + f", each writing the cell's {sum(CELL_SERIES.values())} series "
         f"({_point_bytes(metrics, CELL_SERIES)} bytes an export, every "
-        f"{float(full['ingest_interval']) / 1000:g} s) and, its counters being "
-        f"cumulative, {sum(INCIDENT_SERIES.values())} of each system's it has served; the "
+        f"{float(full['ingest_interval']) / 1000:g} s), none of a system's on an ordinary "
+        f"day (a duplicate, a 503 or a refusal is counted as the cell's); the "
         f"holder of a system's export lease writes its "
         f"{sum(HOLDER_SERIES.values()) + sum(EXPORT_SERIES.values())} series (of what "
         f"its store holds and exports) once, and Pub/Sub counts its pushes' answers "
@@ -1064,6 +1118,44 @@ def target() -> str:
         f"Spanner's compute (-{SPANNER_CUD['one year']:.0%}, an option, not the list price "
         f"above) a system costs {_dollars(committed[100, 24])} at 100 systems and "
         f"{_dollars(committed[1000, 24])} at 1,000 in the twenty-fourth month."
+    )
+
+
+# Changes of what the system does that would take the twenty-fourth month further down,
+# none of them made by default, each priced by Terraform with its variable set: what
+# each gives up is said beside its price (options()).
+RECOVERY_OF_A_DAY = (("spanner_recovery_hours", "24"),)
+DEDUPE_WINDOW_OF_A_DAY = (("extra_env", '{ RECORDLINE_DEDUPE_WINDOW_SECONDS = "86400" }'),)
+
+
+def option_per_system(systems: int, variables: tuple[tuple[str, str], ...], months: int) -> float:
+    """A system's share of the fleet's month `months` with the cell `variables` set."""
+    shape = shape_of(systems)._replace(variables=variables)
+    return _total(month(systems, shape), months) / systems
+
+
+def options() -> str:
+    """What the twenty-fourth month would cost at 100 and 1,000 systems with each change
+    not made by default, and what each gives up."""
+    recovery = {s: option_per_system(s, RECOVERY_OF_A_DAY, 24) for s in (100, 1000)}
+    window = {s: option_per_system(s, DEDUPE_WINDOW_OF_A_DAY, 24) for s in (100, 1000)}
+    return (
+        "Not made by default, each priced in the twenty-fourth month: with point-in-time "
+        "recovery of a day (`spanner_recovery_hours` = 24, not 72) a system costs "
+        f"{_dollars(recovery[100])} at 100 systems and {_dollars(recovery[1000])} at 1,000, "
+        "and an operator's mistake in a serving database found after a day, over a "
+        "weekend, can no longer be undone from Spanner (BigQuery still holds every row "
+        "exported, but reads within Spanner's reach miss what was deleted until it ages "
+        "out); with a dedupe window of a day (RECORDLINE_DEDUPE_WINDOW_SECONDS = 86400 in "
+        f"a cell's `extra_env`) {_dollars(window[100])} and {_dollars(window[1000])}: "
+        "Spanner keeps 3 days of rows, not 9, reads older than two to three days are "
+        "BigQuery's queries, and a copy Pub/Sub delivers more than a day after the first (its "
+        "dead-letter policy gives up on a message after about 4 h 20 min of deliveries; "
+        "a seek to a snapshot does not) is stored again, and with a serving tier exported "
+        "again. A serving database keeps the row deletion policy it was created with (a "
+        "changed window would replace it, which Terraform refuses), so only a new cell "
+        "can be given it; an existing one would need a migration that shortens its "
+        "retention only once no revision that reads further back can be rolled back to."
     )
 
 
@@ -1081,6 +1173,7 @@ def notes() -> str:
             f"{INGEST_TARGET_UTILISATION:.0%} of its CPU, and at least its minimum.",
             spanner_sizing(),
             target(),
+            options(),
             region_plan(),
             "Not in the table: " + "; ".join(LEFT_OUT) + ".",
         ]

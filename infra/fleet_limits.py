@@ -71,6 +71,7 @@ SYSTEM_RULES: dict[str, SystemRule] = {
     "google_bigquery_dataset_iam_member.runtime_writes_dataset": lambda c: 1,
     "google_bigquery_job.search_index": lambda c: 2,
     "google_bigquery_routine.records_unique": lambda c: 1,
+    "google_bigquery_routine.records_latest": lambda c: 1,
     "google_bigquery_table.dead_letters": lambda c: 1,
     "google_bigquery_table.export_watermarks": lambda c: 1,
     "google_bigquery_table.records": lambda c: 1,
@@ -123,6 +124,9 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_secret_manager_secret_version.systems": lambda c: 1,
     "google_secret_manager_secret_iam_member.reads_systems": lambda c: 2 + c.serving,
     "time_sleep.secrets_propagation": lambda c: 1,
+    # Who reads and retires the versions the cell's revisions mount (on-call, the deploy
+    # account): the systems' file's, the canary systems' and the read passes'.
+    "google_secret_manager_secret_iam_member.versions": lambda c: 2 * (1 + c.serving + c.cdn),
     "google_cloud_run_v2_service.ingest": lambda c: 1,
     "google_cloud_run_v2_service_iam_member.invokers": lambda c: 3 + c.readers,
     "google_cloud_run_v2_service_iam_member.developers": lambda c: 2,
@@ -156,6 +160,7 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_project_iam_member.own_project_oncall": lambda c: 3 * c.oncall * c.own_project,
     "google_project_iam_custom_role.own_project_scheduler": lambda c: c.own_project,
     "google_project_iam_member.own_project_operator": lambda c: 3 * c.own_project,
+    "google_project_iam_member.own_project_deployer": lambda c: c.own_project,
     "google_artifact_registry_repository_iam_member.cell_pulls_images": lambda c: c.own_project,
     "google_logging_project_exclusion.successful_pushes": lambda c: c.own_project,
     "google_logging_project_exclusion.successful_reads": lambda c: c.own_project,
@@ -288,10 +293,14 @@ INGEST_DEPLOY_MINUTES = 3
 
 
 def rollout(cells: int, soak_seconds: int) -> tuple[int, float]:
-    """A rollout's waves of cells (the first alone, then max-parallel at once) and its
-    minutes."""
-    parallel = int(_workflow("deploy-environment.yml")["jobs"]["rest"]["strategy"]["max-parallel"])
-    waves = 1 + math.ceil((cells - 1) / parallel)
+    """A rollout's waves of cells (deploy-environment.yml: the first alone, then a
+    quarter of the others, at least one, then the rest, each max-parallel at once) and
+    its minutes."""
+    jobs = _workflow("deploy-environment.yml")["jobs"]
+    parallel = int(jobs["rest"]["strategy"]["max-parallel"])
+    assert int(jobs["second"]["strategy"]["max-parallel"]) == parallel
+    second = math.ceil((cells - 1) / 4)
+    waves = 1 + math.ceil(second / parallel) + math.ceil((cells - 1 - second) / parallel)
     per_cell = 2 * EXPORTER_DEPLOY_MINUTES + 2 * soak_seconds / 60 + INGEST_DEPLOY_MINUTES
     return waves, waves * per_cell
 
@@ -445,6 +454,17 @@ class Limit:
     used: Callable[[int], float]
 
 
+def kept_revisions() -> int:
+    """How many revisions of a cell's service and of its pool a rollout keeps for a
+    rollback (variables.tf's kept_revisions; deploy-cell.yml deletes the older ones that
+    serve nothing, and retires the settings versions none of the rest mounts)."""
+    with (TERRAFORM / "variables.tf").open() as f:
+        variables = hcl2.load(f)["variable"]
+    # python-hcl2 keeps a block's label with its quotes.
+    (kept,) = [block['"kept_revisions"'] for block in variables if '"kept_revisions"' in block]
+    return int(kept["default"])
+
+
 def _most(systems: int, key: str) -> float:
     found = project_limits(systems)
     return max(usage[key] for usage in found["usage"].values())
@@ -529,6 +549,12 @@ LIMITS = (
         "https://cloud.google.com/secret-manager/quotas",
         lambda s: cell_limits(_cell_size(s))["file_max"],
         lambda s: cell_limits(_cell_size(s))["file"],
+    ),
+    Limit(
+        "Revisions of a cell's service or pool (the kept ones, what serves, a candidate)",
+        "https://cloud.google.com/run/quotas",
+        lambda s: 1000,
+        lambda s: kept_revisions() + 2,
     ),
     Limit(
         "Characters of a cell's custom audiences",

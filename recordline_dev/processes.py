@@ -399,7 +399,52 @@ def emulator_in_sdk(name: str, relative: Path, *, install: str, override: str) -
     return path
 
 
+# Where free_port draws from: below the kernel's range for outgoing connections.
+LOWEST_PORT = 10_000
+
+
+def _outgoing_ports() -> tuple[int, int]:
+    """The range the kernel takes a connection's local port from (Linux's default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
+@functools.cache
+def _ports() -> Iterator[int]:
+    """This process's ports to try, in turn from a random start.
+
+    A port the kernel chose (bind to 0) is one it also gives outgoing connections:
+    between its choice and the listener's bind, a client's connection may take it,
+    and the listener fails (Address already in use). So ports are drawn from below
+    that range, each worker of a parallel test run (pytest-xdist) from a share of its
+    own, so that two workers do not draw the same one at once.
+    """
+    low, high = LOWEST_PORT, _outgoing_ports()[0]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    share = (high - low) // max(workers, 1)
+    if share < 1_000:  # a machine that hands out low ports: the kernel's choice
+        return iter(())
+    first = low + int(worker or 0) % workers * share
+    start = int.from_bytes(os.urandom(4), "big") % share
+    # Every port of the share once, a long stride apart: a caller that wants a port and
+    # the one after it (the BigQuery stand-in's two) is not handed that next one.
+    stride = next(p for p in (7919, 7907, 7901) if share % p)
+    return iter([first + (start + i * stride) % share for i in range(share)])
+
+
 def free_port() -> int:
+    """A port nothing listens on now, unlikely to be taken before it is listened on."""
+    for port in _ports():
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -34,10 +34,34 @@ from tests.spanner.emulator import SpannerEmulator
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
 from tests.waiting import until, until_blocking
 
+# What `--quick` leaves out: tests marked slow (a second or more each), and those
+# needing an emulator, the browser, nginx, Varnish or wrk.
+NOT_QUICK = ("slow", "emulator", "browser", "nginx", "varnish", "wrk")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help=f"the inner loop's subset: no test marked {', '.join(NOT_QUICK)} (README: Tests)",
+    )
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # The first Ctrl-C stops the run, even when it lands in Hypothesis's gc callback.
     interrupts.install()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("quick"):
+        return
+    kept, left = [], []
+    for item in items:
+        slow = any(item.get_closest_marker(name) for name in NOT_QUICK)
+        (left if slow else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 def envelope(
@@ -223,12 +247,12 @@ def served_in_thread(app: Recordline) -> Iterator[httpx.Client]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """In CI, a test that needs the Pub/Sub emulator, the browser, nginx or Varnish may
-    not skip: it fails."""
+    """In CI, a test that needs the Pub/Sub emulator, the browser, nginx, Varnish or wrk
+    may not skip: it fails."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     needs = any(
-        item.get_closest_marker(name) for name in ("emulator", "browser", "nginx", "varnish")
+        item.get_closest_marker(name) for name in ("emulator", "browser", "nginx", "varnish", "wrk")
     )
     if report.skipped and os.environ.get("CI") and needs:
         report.outcome = "failed"

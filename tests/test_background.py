@@ -50,6 +50,7 @@ def test_a_call_that_never_returns_does_not_hold_up_a_stop() -> None:
     assert started.result(timeout=5) is True
 
 
+@pytest.mark.slow
 async def test_a_loop_that_fails_is_restarted_with_backoff_and_named_while_down() -> None:
     now = [0.0]
     restarted: list[str] = []
@@ -95,6 +96,7 @@ def test_backoff_leaves_the_shared_random_generator_alone() -> None:
     assert all(0.05 <= wait <= 0.1 for wait in waits)
 
 
+@pytest.mark.slow
 async def test_a_loop_down_for_longer_than_its_interval_is_told_so_once_a_streak() -> None:
     now = [0.0]
     supervisor = Supervisor(monotonic=lambda: now[0])

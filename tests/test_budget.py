@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from app.budget import SMALL_BYTES, Budget, Charge, Places, Share
 from app.errors import TooMuchInFlight
+from tests.waiting import until
 
 MIB = 1024 * 1024
 
@@ -247,6 +248,7 @@ OPS = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(OPS)
 def test_the_budget_holds_exactly_what_its_charges_hold_whatever_happens(ops: list[Op]) -> None:
@@ -376,13 +378,11 @@ async def test_a_systems_waiting_reads_hold_back_its_own_and_stop_others_borrowi
     assert own.take(7 * MIB, budget.most)
     # Alpha's read waits for room: beta's read that fits goes ahead of it, in its own line.
     waiting = asyncio.create_task(Charge(budget, alpha).read(2 * MIB))
-    await asyncio.sleep(0)
-    assert budget.waiting == 1
+    await until(lambda: budget.waiting == 1, what="alpha's read waiting")
     assert Charge(budget, beta).fits(MIB)
     # While a read of beta's waits, alpha lends and never borrows.
     behind = asyncio.create_task(Charge(budget, beta).read(4 * MIB))
-    await asyncio.sleep(0)
-    assert budget.waiting == 2
+    await until(lambda: budget.waiting == 2, what="beta's read waiting behind it")
     assert alpha.room() == 0
     own.release()  # room for beta's read, which alpha's does not hold back
     await behind
@@ -487,3 +487,50 @@ def test_shares_and_promises_hold_exactly_what_their_charges_hold(ops: list[Op])
         charge.release()
     assert (budget.held, budget.promised) == (0, 0)
     assert [(s.held, s.promised) for s in shares] == [(0, 0), (0, 0)]
+
+
+def test_a_systems_large_body_within_its_own_share_is_kept_whatever_another_promised() -> None:
+    # The room reads leave large bodies was one pool: alpha's one slow largest push
+    # filled it, and beta's large push was refused on its idle share.
+    budget = Budget(16 * MIB, read_room=4 * MIB)  # 3 MiB for large bodies beside reads
+    alpha, beta = Share(budget, 6 * MIB), Share(budget, 6 * MIB)
+    slow = Charge(budget, alpha)
+    assert slow.vow(3 * MIB)
+    assert not Charge(budget, alpha).vow(4 * MIB)  # past its own, the pool being full
+    assert not Charge(budget).vow(MIB)  # of no system's: the pool alone
+    body = Charge(budget, beta)
+    assert body.vow(5 * MIB)
+    # Reads leave what was promised beyond their room: each body is read whole.
+    assert budget.read_ceiling == budget.large_ceiling - 8 * MIB
+    assert not Charge(budget, beta).fits(budget.read_ceiling + 1)
+    assert body.take_request(5 * MIB)
+    body.release()
+    slow.release()
+    assert budget.read_ceiling == budget.reads_most
+
+
+def test_a_pool_that_keeps_own_admits_a_share_within_its_own_whatever_was_lent() -> None:
+    # Followers hold their places for minutes: a system whose share was lent was
+    # refused its own until the borrower's followers left.
+    pool = Places(6, keeps_own=True)
+    alpha, beta, gamma = pool.share(2), pool.share(2), pool.share(2)
+    for _ in range(3):  # its 2, and 1 lent while half the pool is free
+        alpha.take()
+    assert alpha.full()
+    for share in (beta, beta, gamma):
+        assert not share.full()
+        share.take()
+    assert (pool.open, pool.lent) == (6, 1)
+    assert not gamma.full()  # its own, beyond the pool by what was lent
+    gamma.take()
+    assert all(share.full() for share in (alpha, beta, gamma))
+    assert (pool.open, pool.lent) == (7, 1)
+    alpha.give()  # the lent place comes back as its holder leaves
+    assert (pool.open, pool.lent) == (6, 0)
+    assert alpha.full()  # the pool is full of places their owners hold
+    # A pool that does not keep them (reads, exports) stays within its most.
+    strict = Places(2)
+    one, two = strict.share(1), strict.share(1)
+    one.take()
+    one.take()
+    assert two.full()

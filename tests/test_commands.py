@@ -73,6 +73,7 @@ def to_a_reader_that_left(*argv: str) -> subprocess.CompletedProcess[str]:
         os.close(write)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [
@@ -98,6 +99,7 @@ def test_dev_py_bench_help_lists_the_benchmarks_and_exits_0() -> None:
     assert "no benchmark 'nonsense'" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_dev_py_runs_the_service_commands_the_readme_shows(tmp_path: Path) -> None:
     config = run(sys.executable, str(ROOT / "dev.py"), "config", cwd=tmp_path)
     assert config.returncode == 0, config.stderr
@@ -114,6 +116,7 @@ def test_dev_py_runs_the_service_commands_the_readme_shows(tmp_path: Path) -> No
     assert bigquery.stdout.startswith("# records.json")
 
 
+@pytest.mark.slow
 def test_dev_py_runs_the_dev_tools_where_the_user_is(tmp_path: Path) -> None:
     # As the README writes it, from any directory: tail gives up on a service
     # that is not there, and says what it waited for.
@@ -265,6 +268,7 @@ def test_the_serving_banner_suggests_a_rate_it_keeps_up_with_and_says_why() -> N
 # -- publish and tail give up -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tail_gives_up_when_it_says_it_will_on_a_service_that_never_answers() -> None:
     # A service that takes connections and never answers (stopped, wedged): each
     # request used to wait out its own 30 s, so "giving up after 2 s" came a
@@ -306,6 +310,7 @@ async def test_tail_rides_out_an_outage_shorter_than_its_wait() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_publish_without_an_emulator_says_what_it_waits_for_and_gives_up() -> None:
     host = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "PUBSUB_EMULATOR_HOST": host}
@@ -321,6 +326,7 @@ def test_publish_without_an_emulator_says_what_it_waits_for_and_gives_up() -> No
 # -- serve ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_serve_quietly(tmp_path: Path, terminals: list[Terminal]) -> None:
     # Ctrl-C used to end in a traceback and ~50 lines of "nanobind: leaked"
     # from DuckDB's bindings: objects frozen out of the garbage collector at
@@ -342,6 +348,7 @@ def test_ctrl_c_stops_serve_quietly(tmp_path: Path, terminals: list[Terminal]) -
 # -- schema --write ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_schema_write_refuses_outside_a_checkout(tmp_path: Path) -> None:
     # As installed from a wheel: app/ alone in site-packages, no repository around it.
     site = tmp_path / "site-packages"
@@ -427,6 +434,7 @@ def test_hadolint_passes() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [["tail", "--url", "127.0.0.1:8080"], ["replay", "rejected", "--url", "localhost:8080"]],
@@ -475,6 +483,7 @@ print(" ".join(heavy), file=sys.stderr)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -511,6 +520,7 @@ def said_in_one_line(done: subprocess.CompletedProcess[str], *, status: int = 2)
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "prog"),
     [
@@ -568,6 +578,7 @@ def without_google_credentials(tmp_path: Path, metadata: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [
@@ -622,6 +633,7 @@ def test_a_topic_that_does_not_exist_is_said_so_not_given_up_on() -> None:
     assert "given up" not in result.first_error
 
 
+@pytest.mark.slow
 def test_tail_refuses_a_since_it_cannot_read_in_one_line() -> None:
     # It printed the service's problem document, raw JSON.
     done = run(RECORDLINE, "tail", "--since", "yesterday", "--url", "http://127.0.0.1:9")
@@ -683,6 +695,7 @@ async def test_a_page_token_a_stopped_follower_was_given_goes_on_after_what_it_r
 # -- recordline sql ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sql_reads_a_duckdb_store_while_its_service_runs_and_after(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -725,6 +738,7 @@ def test_sql_reads_a_duckdb_store_while_its_service_runs_and_after(
     assert "read-only" in said_in_one_line(write, status=1)
 
 
+@pytest.mark.slow
 def test_sql_finds_the_newest_dev_session(tmp_path: Path) -> None:
     import duckdb
 
@@ -755,6 +769,7 @@ def session(root: Path, name: str, **stack: str) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_sql_dev_names_the_session_it_reads_and_refuses_one_older_than_a_running_stack(
     tmp_path: Path,
 ) -> None:
@@ -791,6 +806,7 @@ def test_sql_dev_names_the_session_it_reads_and_refuses_one_older_than_a_running
     assert "session session-20260101-000000 (stopped)" in again.stderr
 
 
+@pytest.mark.slow
 def test_sql_serving_queries_the_stand_in_by_the_names_bigquery_resolves(
     tmp_path: Path, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -831,6 +847,7 @@ def test_sql_serving_queries_the_stand_in_by_the_names_bigquery_resolves(
     assert said[1].startswith('recordline sql: Binder Error: Referenced column "nope"'), said
 
 
+@pytest.mark.slow
 def test_sql_reaches_nothing_but_the_store(tmp_path: Path) -> None:
     """Read-only is the store and everything else: no file written or read, no
     extension installed from the network, no database attached, and the setting that
@@ -878,6 +895,7 @@ def test_sql_says_in_one_line_what_it_cannot_read(
 SERVING = "spanner://projects/recordline-prod/instances/serving/databases/recordline"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "extra", "code", "said"),
     [

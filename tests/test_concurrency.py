@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from app.asgi import create_app
 from app.store.duckdb.store import DuckDBStore
 from tests import rawhttp
@@ -12,6 +14,7 @@ from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 
 
+@pytest.mark.slow
 async def test_thousand_concurrent_pushes_with_duplicates_each_visible_once() -> None:
     store = FaultyStore(DuckDBStore(":memory:"))
     app = create_app(settings(), store=store)

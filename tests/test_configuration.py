@@ -229,6 +229,7 @@ def errors_said(done: subprocess.CompletedProcess[str]) -> list[str]:
     return [line["message"] for line in lines if line["severity"] in {"ERROR", "CRITICAL"}]
 
 
+@pytest.mark.slow
 def test_a_store_that_fails_at_start_is_one_line(tmp_path: Path) -> None:
     # The store logged its error, then `cannot start:` said it again, then
     # uvicorn said that start-up failed: three lines for one cause.
@@ -241,6 +242,7 @@ def test_a_store_that_fails_at_start_is_one_line(tmp_path: Path) -> None:
     assert "No such file or directory" in line
 
 
+@pytest.mark.slow
 def test_a_store_held_by_another_process_is_one_line(tmp_path: Path) -> None:
     store = f"duckdb://{tmp_path / 'records.duckdb'}"
     port = str(free_port())
@@ -262,6 +264,7 @@ def test_a_store_held_by_another_process_is_one_line(tmp_path: Path) -> None:
     assert "lock" in line
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line_and_opens_no_store(tmp_path: Path) -> None:
     # The store was opened (its file made, "recordline ready" said) before the
     # bind failed, and the bind's error came between start-up and shutdown lines.
@@ -276,6 +279,7 @@ def test_a_port_in_use_is_one_line_and_opens_no_store(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_serve_says_where_it_serves(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(

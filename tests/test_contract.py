@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.processes import RECORDLINE, ROOT, Terminal, free_port, wait_ready
 
@@ -46,6 +47,7 @@ def push(
     assert httpx.post(f"{url}/pubsub/push", json=envelope, timeout=30).status_code == 204
 
 
+@pytest.mark.slow
 def test_the_service_does_what_its_openapi_document_says(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:

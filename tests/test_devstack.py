@@ -77,6 +77,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("how", "emulator", "after", "within"), CASES)
 def test_a_stop_at_a_random_moment_of_start_up_leaves_no_process(
     tmp_path: Path,
@@ -144,6 +145,7 @@ def test_a_port_taken_by_an_earlier_run_is_named_before_anything_starts(
             holder.kill()
 
 
+@pytest.mark.slow
 def test_a_store_an_earlier_session_pushed_into_is_refused_with_the_fix(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -250,6 +252,7 @@ def serve(tmp_path: Path, terminals: list[Terminal]) -> tuple[Terminal, str, Pat
     return terminal, f"http://127.0.0.1:{port}", db
 
 
+@pytest.mark.slow
 def test_dev_py_serve_killed_with_sigterm_leaves_nothing_holding_the_store(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:
@@ -262,6 +265,7 @@ def test_dev_py_serve_killed_with_sigterm_leaves_nothing_holding_the_store(
     duckdb.connect(str(db)).close()  # the lock is free
 
 
+@pytest.mark.slow
 def test_dev_py_serve_stops_at_a_random_moment_of_start_up(
     tmp_path: Path, terminals: list[Terminal], rng: random.Random
 ) -> None:
@@ -304,3 +308,27 @@ def test_dev_serving_without_the_spanner_emulator_says_how_to_get_it(
     )
     assert "starting" not in terminal.output
     assert wait_until_gone(terminal.session, terminal.markers, timeout=5) == []
+
+
+def test_a_free_port_is_one_no_outgoing_connection_can_take_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kernel gives outgoing connections their local ports from its range: a port
+    # chosen there could be taken by one before its listener binds it.
+    from recordline_dev import processes
+
+    low, _ = processes._outgoing_ports()
+    ports = {processes.free_port() for _ in range(50)}
+    assert len(ports) == 50
+    assert all(processes.LOWEST_PORT <= p < low for p in ports)
+    # Each worker of a parallel run draws from a share of its own.
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    shares = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        processes._ports.cache_clear()
+        shares.append({processes.free_port() for _ in range(20)})
+    processes._ports.cache_clear()
+    half = processes.LOWEST_PORT + (low - processes.LOWEST_PORT) // 2
+    assert all(p < half for p in shares[0])
+    assert all(p >= half for p in shares[1])

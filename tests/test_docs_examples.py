@@ -96,6 +96,7 @@ def cell() -> Iterator[TestClient[Any]]:
         yield client
 
 
+@pytest.mark.slow
 def test_every_curl_in_the_docs_is_answered_as_the_docs_say(
     client: TestClient[Recordline], cell: TestClient[Any]
 ) -> None:
@@ -169,6 +170,7 @@ def settings_written() -> list[tuple[str, str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_every_setting_the_docs_write_is_accepted() -> None:
     written = settings_written()
     assert {"RECORDLINE_ID_FIELD", "PUBSUB_EMULATOR_HOST", "OTEL_TRACES_EXPORTER"} <= {
@@ -237,6 +239,7 @@ def test_a_group_is_refused_by_terraform_and_by_the_service_saying_why() -> None
         Settings.load({"RECORDLINE_READ_PRINCIPALS": "group:readers@example.com"})
 
 
+@pytest.mark.slow
 def test_the_reasons_the_docs_quote_are_the_ones_given() -> None:
     page = (ROOT / "docs" / "schemas.md").read_text()
     quoted = "`$.order_id` (the record id, RECORDLINE_ID_FIELD): missing"

@@ -133,6 +133,7 @@ def recordline_commands() -> set[str]:
     return choices(run(RECORDLINE, "--help").stdout, "recordline")
 
 
+@pytest.mark.slow
 def test_every_documented_command_has_help_through_dev_py_and_recordline_alike() -> None:
     # `python3 dev.py audit --help` printed nothing and exited 2: dev.py listed the
     # command, and its dispatch left it out.
@@ -178,6 +179,7 @@ def checkout(tmp_path: Path) -> Path:
     return where
 
 
+@pytest.mark.slow
 def test_every_documented_command_line_does_its_work_or_says_why(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:

@@ -121,6 +121,7 @@ def test_a_publish_time_no_store_holds_is_an_unusable_envelope(
     everything_reads(client)
 
 
+@pytest.mark.slow
 def test_invalid_utf8_inside_the_data_is_a_rejection(client: TestClient[Recordline]) -> None:
     raw = b'{"id": "1", "data": "caf\xe9"}'
     assert push_bytes(client, raw, "m-1").status_code == 204
@@ -150,6 +151,7 @@ def test_data_nested_deeper_than_bigquery_holds_is_a_rejection(
     everything_reads(client)
 
 
+@pytest.mark.slow
 def test_a_whole_payload_nested_too_deep_is_a_rejection_under_a_mapping() -> None:
     with TestClient(create_app(settings(RECORDLINE_ID_FIELD="order"))) as client:
         raw = b'{"order": "o", "x": %s}' % nested(2000)
@@ -191,6 +193,7 @@ def test_a_delivery_attempt_out_of_range_is_a_400_and_the_store_goes_on(
     assert client.get("/readyz").status_code == 200
 
 
+@pytest.mark.slow
 def test_attributes_beyond_what_pubsub_allows_are_an_unusable_envelope(
     client: TestClient[Recordline],
 ) -> None:
@@ -227,6 +230,7 @@ def test_times_no_store_holds_read_from_the_start_or_to_the_end(
         assert [r["id"] for r in response.json()["records"]] == ids, params
 
 
+@pytest.mark.slow
 async def test_a_store_that_stopped_applying_writes_is_not_ready() -> None:
     store = DuckDBStore(":memory:")
     await store.start()

@@ -74,6 +74,7 @@ def note(text: str) -> dict[str, Any] | None:
     return None
 
 
+@pytest.mark.slow
 async def test_a_filtered_set_exports_as_csv_with_the_columns_chosen(
     client: httpx.AsyncClient,
 ) -> None:
@@ -100,6 +101,7 @@ async def test_a_filtered_set_exports_as_csv_with_the_columns_chosen(
     assert answer.text.startswith("message_id,id,data.n,data.quote,attributes.a.b,data\r\n")
 
 
+@pytest.mark.slow
 async def test_json_lines_hold_every_field_by_default_and_rejections_export_too(
     client: httpx.AsyncClient,
 ) -> None:
@@ -143,6 +145,7 @@ async def test_an_export_cut_at_its_row_bound_goes_on_from_its_token_exactly_onc
     assert len(csv_rows(text)) == 3
 
 
+@pytest.mark.slow
 async def test_an_export_of_the_whole_store_is_cut_at_its_byte_bound_and_goes_on(
     client: httpx.AsyncClient,
 ) -> None:
@@ -183,6 +186,7 @@ async def export_peak(client: httpx.AsyncClient) -> tuple[int, int]:
     return received, peak
 
 
+@pytest.mark.slow
 async def test_an_export_is_streamed_never_held_whole() -> None:
     store = DuckDBStore(":memory:")
     app = create_app(settings(RECORDLINE_EXPORT_MAX_BYTES=str(64 * 1024 * 1024)), store=store)
@@ -242,6 +246,7 @@ async def test_export_parameters_that_cannot_be_used_are_a_400_naming_them(
     assert answer.json()["parameter"] == parameter
 
 
+@pytest.mark.slow
 async def test_an_unknown_list_is_a_404_and_a_future_since_an_empty_export(
     client: httpx.AsyncClient,
 ) -> None:

@@ -53,6 +53,7 @@ def test_each_system_is_exported_with_its_ingest_services_own_settings() -> None
     assert system_settings(loaded, "orders", systems["orders"]).schema.json_topic_schema == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "systems",
     [
@@ -77,6 +78,7 @@ def test_a_declared_schema_that_is_none_stops_the_process_before_it_starts() -> 
     assert refused.value.var == "RECORDLINE_JSON_TOPIC_SCHEMA"
 
 
+@pytest.mark.slow
 def test_nothing_to_export_is_a_usage_error_in_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", "exporter"],
@@ -154,6 +156,7 @@ class NoSchemas:
         pass
 
 
+@pytest.mark.slow
 async def test_a_system_whose_start_fails_is_started_again_and_its_restart_counted() -> None:
     exports = Exports(failing=1)
     telemetry = Telemetry()

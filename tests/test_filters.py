@@ -72,6 +72,7 @@ async def walk(client: httpx.AsyncClient, path: str, params: Any, rows: str) -> 
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
@@ -100,6 +101,7 @@ async def test_a_filter_keeps_its_rows_page_after_page(
         assert [r["message_id"] for r in page["records"] + rest["records"]] == want
 
 
+@pytest.mark.slow
 async def test_a_filtered_follower_meets_each_matching_row_once_while_writes_go_on(
     client: httpx.AsyncClient,
 ) -> None:
@@ -138,6 +140,7 @@ async def test_a_token_sent_with_another_filter_is_refused(client: httpx.AsyncCl
     assert refused.status_code == 400
 
 
+@pytest.mark.slow
 async def test_rejections_filter_by_attribute_producer_and_message(
     client: httpx.AsyncClient,
 ) -> None:
@@ -173,6 +176,7 @@ async def test_a_waiting_page_waits_for_a_row_its_filter_keeps(
     assert [r["message_id"] for r in page["records"]] == ["m-003"]
 
 
+@pytest.mark.slow
 async def test_a_filtered_event_stream_sends_only_its_rows(client: httpx.AsyncClient) -> None:
     await pushed(client, range(4))
     seen: list[str] = []
@@ -190,6 +194,7 @@ async def test_a_filtered_event_stream_sends_only_its_rows(client: httpx.AsyncCl
     assert resumed == ["m-004", "m-007"]
 
 
+@pytest.mark.slow
 async def test_a_filtered_stream_s_offsets_are_its_own(client: httpx.AsyncClient) -> None:
     await pushed(client, range(8))
     path = "/v1/streams/records"
@@ -219,6 +224,7 @@ async def test_a_filtered_stream_s_offsets_are_its_own(client: httpx.AsyncClient
 
 # Refused before any store is asked (the typed field's by the store, which the serving
 # tier refuses alike: tests/store_contract/test_filters.py): on the embedded store alone.
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["memory"], indirect=True)
 @pytest.mark.parametrize(
     ("path", "params", "parameter"),

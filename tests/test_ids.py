@@ -26,6 +26,7 @@ def path(prefix: str, identifier: str) -> str:
     return prefix + quote(identifier, safe="")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("identifier", ODD_IDS)
 def test_a_record_id_with_slashes_or_reserved_characters_is_found(
     client: TestClient[Recordline], identifier: str
@@ -38,6 +39,7 @@ def test_a_record_id_with_slashes_or_reserved_characters_is_found(
     assert found.json()["id"] == identifier
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("identifier", ODD_IDS)
 def test_a_message_id_with_slashes_or_reserved_characters_is_found(
     client: TestClient[Recordline], identifier: str
@@ -61,6 +63,7 @@ def test_look_ups_are_exact_about_slashes(client: TestClient[Recordline]) -> Non
         assert answer.json()["type"] == "/problems/not-found"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoded", ["%FF", "a%C3", "%ED%A0%80", "%C0%AF"])
 @pytest.mark.parametrize(
     ("prefix", "parameter"), [("/v1/records/", "record_id"), ("/v1/messages/", "message_id")]
@@ -138,6 +141,7 @@ def test_a_message_id_longer_than_look_ups_take_is_refused_at_push(
     assert "x-goog-pubsub-message-id" in unwrapped.json()["detail"]
 
 
+@pytest.mark.slow
 def test_the_longest_message_id_push_takes_is_looked_up_and_replayed(
     client: TestClient[Recordline],
 ) -> None:
@@ -191,6 +195,7 @@ class LegacyStore(DuckDBStore):
         )
 
 
+@pytest.mark.slow
 async def test_replaying_rejections_names_a_message_the_service_refuses_and_goes_on() -> None:
     store = LegacyStore(":memory:")
     said_lines: list[str] = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import ROOT, Terminal
 
 # A Hypothesis test busy in C code, allocating: where a SIGINT lands in the gc
@@ -26,6 +28,7 @@ def test_busy_in_c(_):
 """
 
 
+@pytest.mark.slow
 def test_the_first_ctrl_c_stops_a_test_busy_in_c_under_hypothesis(
     tmp_path: Path, terminals: list[Terminal]
 ) -> None:

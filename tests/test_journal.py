@@ -84,6 +84,7 @@ def test_sealed_segments_go_once_applied_and_replay_spans_them(tmp_path: Path) -
     assert Journal(tmp_path / "j").replay() == [frame(2), frame(3)]
 
 
+@pytest.mark.slow
 async def test_store_replays_journaled_rows_it_never_applied(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -119,6 +120,7 @@ async def test_store_replays_journaled_rows_it_never_applied(
         await store.close()
 
 
+@pytest.mark.slow
 async def test_a_clean_stop_leaves_nothing_to_recover(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -337,13 +339,28 @@ def test_the_writer_starts_under_uvloop_whatever_at_fork_hooks_the_process_has(
 async def test_a_writer_that_cannot_open_its_segment_fails_the_start(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     writer = JournalProcess(tmp_path / "file" / "j")
-    with pytest.raises(OSError, match=r"the journal writer did not start \(exit code 1\)"):
+    with pytest.raises(StoreUnavailable, match=r"the journal writer did not start \(exit code 1\)"):
         await writer.open()
     assert writer.pid is None
     with pytest.raises(OSError, match="not running"):
         await writer.append(encode(frame(1)))
 
 
+async def test_a_writer_stopped_by_a_signal_as_it_starts_says_so_in_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C while the service starts reaches the writer before it ignores its
+    # group's signals: the start fails with what the service says in one line.
+    interrupted = tmp_path / "interrupted"
+    interrupted.write_text("#!/bin/sh\nkill -INT $$\n")
+    interrupted.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(interrupted))
+    writer = JournalProcess(tmp_path / "j")
+    with pytest.raises(StoreUnavailable, match=r"did not start \(stopped by SIGINT\)"):
+        await writer.open()
+
+
+@pytest.mark.slow
 async def test_rows_are_applied_after_a_start_that_read_a_large_record_into_the_tail(
     tmp_path: Path,
 ) -> None:

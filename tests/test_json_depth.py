@@ -12,6 +12,7 @@ import json
 import tracemalloc
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +57,7 @@ def test_nesting_is_read_as_json_has_it_across_slices(
     assert too_deep(text, limit) == (depth(json.loads(text)) > limit)
 
 
+@pytest.mark.slow
 def test_a_payload_of_many_strings_is_read_in_little_memory() -> None:
     text = json.dumps(["["] * 600 + [""] * 3_000_000)  # 12 MB, 3 million strings
     tracemalloc.start()

@@ -15,6 +15,8 @@ from collections import Counter
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+import pytest
+
 APP = Path(__file__).resolve().parent.parent / "app"
 
 # What each layer may import from the project, besides itself.
@@ -281,6 +283,7 @@ def tool_imports(app: Path = APP) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_the_service_imports_none_of_the_local_tools(tmp_path: Path) -> None:
     assert tool_imports() == []
     (tmp_path / "app").mkdir()
@@ -297,10 +300,12 @@ def test_the_layers_form_no_cycle() -> None:
     assert set(order) == set(MAY_USE)
 
 
+@pytest.mark.slow
 def test_every_module_imports_only_what_its_layer_may() -> None:
     assert violations() == []
 
 
+@pytest.mark.slow
 def test_no_modules_import_each_other_round_and_round() -> None:
     # Even inside functions: such a cycle works only while the call comes late
     # enough, and ties the modules so that none can be read or moved alone.
@@ -386,6 +391,7 @@ def other_backoffs(app: Path = APP) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_background_loops_start_tasks_only_through_the_supervisor() -> None:
     assert task_starts() == Counter(NOT_LOOPS)
 
@@ -422,6 +428,7 @@ def test_the_check_finds_a_bare_task_outside_the_stores(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_every_wait_between_attempts_is_the_one_backoff() -> None:
     assert other_backoffs() == []
 
@@ -452,6 +459,7 @@ def settings_in_stores(app: Path = APP) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_only_the_seam_of_the_store_layer_reads_the_settings() -> None:
     assert settings_in_stores() == []
 

@@ -117,6 +117,7 @@ async def everything(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.slow
 async def test_a_masked_field_is_absent_for_a_reader_and_there_for_an_operator(
     client: httpx.AsyncClient,
 ) -> None:
@@ -137,6 +138,7 @@ async def test_a_masked_field_is_absent_for_a_reader_and_there_for_an_operator(
     assert "alice@example.com" not in wrong.text
 
 
+@pytest.mark.slow
 async def test_a_rejection_not_json_is_withheld_and_one_that_is_masked(
     client: httpx.AsyncClient,
 ) -> None:
@@ -235,6 +237,7 @@ def test_a_rejection_of_text_that_is_not_json_is_withheld(payload: bytes) -> Non
     assert Mask(["email"]).view(kept).data == b'{"n": 1, "emails": ["x"]}'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "params", "parameter"),
     [
@@ -264,6 +267,7 @@ async def test_a_reader_may_not_filter_on_a_masked_value(
 STREAM = "/v1/streams/records"
 
 
+@pytest.mark.slow
 async def test_a_reader_holding_an_operators_chunk_is_not_told_it_is_the_same_as_its_own(
     client: httpx.AsyncClient,
 ) -> None:

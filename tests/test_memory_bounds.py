@@ -41,6 +41,9 @@ from app.store.tail import MAX_BYTES as TAIL_BYTES
 from recordline_dev.processes import free_port
 from tests.waiting import until_blocking
 
+# Slow, every test: each module-scoped service is filled with the largest records first.
+pytestmark = pytest.mark.slow
+
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 MIB = 1024 * 1024
 RECORDS = 40
@@ -290,6 +293,10 @@ FOLLOWED = {
 }
 
 
+# Once, in a whole run on two loaded cores, the budget still held 8 MiB 15 s after the
+# stream followers' cut-off, and not again in a dozen runs of it alone under load: run
+# once more on a miss, and the miss is reported (`R` in the summary).
+@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize("name", list(FOLLOWED))
 def test_followers_that_never_read_hold_an_event_each_and_are_cut_off(
     served: Served, name: str

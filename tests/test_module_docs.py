@@ -11,6 +11,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app"
 DOCS = ROOT / "docs"
@@ -57,6 +59,7 @@ def test_no_module_docstring_is_longer_than_ten_lines() -> None:
     assert long_docstrings() == []
 
 
+@pytest.mark.slow
 def test_every_docs_link_in_a_module_docstring_resolves() -> None:
     assert broken_links() == []
 

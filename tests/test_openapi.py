@@ -276,6 +276,7 @@ def test_every_documented_error_has_a_request_that_gets_it(service: Service) -> 
     assert {s for r, _, s in documented if r == P} == {400, 401, 403, 413, 503}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("route", "method", "status"), sorted(CASES))
 def test_each_error_answer_is_what_the_document_says(
     service: Service, route: str, method: str, status: int
@@ -329,6 +330,7 @@ def test_every_route_documents_token_verification_unavailable_where_it_answers_i
     assert {P, R, "/v1/records"} <= answered
 
 
+@pytest.mark.slow
 def test_the_old_shapes_are_gone(service: Service) -> None:
     # Litestar's default error schema (status_code, detail, extra) is sent by nothing.
     text = str(service.document)
@@ -360,6 +362,7 @@ def test_the_docs_page_loads_everything_from_the_service_itself(service: Service
     assert "Apache License" in (ASSETS / "LICENSE").read_text()
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_the_docs_page(tmp_path: Path) -> None:
     uv = shutil.which("uv")
     if uv is None:
@@ -379,6 +382,7 @@ def test_the_wheel_ships_the_docs_page(tmp_path: Path) -> None:
 # -- the document says what the service takes --------------------------------------
 
 
+@pytest.mark.slow
 def test_the_document_states_the_times_a_list_takes_and_the_service_takes_those(
     service: Service,
 ) -> None:
@@ -477,6 +481,7 @@ def test_replay_takes_booleans_as_booleans(service: Service) -> None:
     )
 
 
+@pytest.mark.slow
 def test_lists_link_to_what_their_rows_name(service: Service) -> None:
     # Generated clients and stateful testing follow these; there were none.
     paths = service.document["paths"]
@@ -500,6 +505,7 @@ def test_lists_link_to_what_their_rows_name(service: Service) -> None:
     assert target(links(R, "post")["message"]) == "/v1/messages/{message_id}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ["/v1/records", "/v1/rejections"])
 def test_a_parameter_given_twice_is_refused_naming_it(service: Service, route: str) -> None:
     # The last one given was taken silently.

@@ -75,6 +75,7 @@ async def walk(
         page = await client.get(path, params={"page_token": page.json()["next_page_token"]})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["storage", "tail"])
 async def test_a_page_holds_what_its_bytes_allow_and_its_token_goes_on_after_its_last_row(
     client: httpx.AsyncClient, where: str
@@ -111,6 +112,7 @@ async def five_rows_and_room_for_two(app: Recordline, client: httpx.AsyncClient)
     return held
 
 
+@pytest.mark.slow
 async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on_after_it(
     app: Recordline, client: httpx.AsyncClient
 ) -> None:
@@ -126,6 +128,7 @@ async def test_a_page_cut_short_by_the_room_the_process_has_is_final_and_goes_on
     assert [ids for ids, _ in pages] == [[f"m-{n}" for n in range(5)]]
 
 
+@pytest.mark.slow
 async def test_a_row_larger_than_the_budget_is_a_page_of_its_own(
     client: httpx.AsyncClient,
 ) -> None:
@@ -141,6 +144,7 @@ async def test_a_row_larger_than_the_budget_is_a_page_of_its_own(
     assert len(base64.b64decode(pages[1][1].json()["rejections"][0]["data"])) == large
 
 
+@pytest.mark.slow
 async def test_rejections_are_paged_by_their_bytes_as_shown_in_base64(
     client: httpx.AsyncClient,
 ) -> None:
@@ -153,6 +157,7 @@ async def test_rejections_are_paged_by_their_bytes_as_shown_in_base64(
     assert [ids for ids, _ in pages] == [["bad-0", "bad-1", "bad-2"], ["bad-3"]]
 
 
+@pytest.mark.slow
 async def test_each_event_of_a_stream_of_pages_holds_at_most_its_bytes(
     client: httpx.AsyncClient,
 ) -> None:
@@ -171,6 +176,7 @@ async def test_each_event_of_a_stream_of_pages_holds_at_most_its_bytes(
     assert pages == [["m-0"], ["m-1"], ["m-2"]]
 
 
+@pytest.mark.slow
 async def test_a_chunk_of_a_stream_holds_at_most_its_bytes_and_its_offset_goes_on(
     client: httpx.AsyncClient,
 ) -> None:
@@ -193,6 +199,7 @@ async def test_a_chunk_of_a_stream_holds_at_most_its_bytes_and_its_offset_goes_o
     assert chunks == [["m-0", "m-1", "m-2"], ["m-3", "m-4", "m-5"], ["m-6"]]
 
 
+@pytest.mark.slow
 async def test_a_chunk_cut_short_by_the_room_the_process_has_ends_there(
     app: Recordline, client: httpx.AsyncClient
 ) -> None:

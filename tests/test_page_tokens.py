@@ -59,6 +59,7 @@ def read(
     return client.get(path, params=params, headers=headers)
 
 
+@pytest.mark.slow
 @given(
     made_on=st.sampled_from(LISTS),
     read_on=st.sampled_from(LISTS),

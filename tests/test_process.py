@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -18,17 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recordline_dev.processes import free_port
 from tests import rawhttp
 from tests.conftest import envelope
 from tests.waiting import until, until_blocking
 
 RECORDLINE = str(Path(sys.executable).with_name("recordline"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Service:
@@ -89,6 +83,7 @@ def all_records(url: str) -> list[dict[str, object]]:
         params = {"limit": 1000, "page_token": page["next_page_token"]}
 
 
+@pytest.mark.slow
 def test_serve_round_trip_over_http(service: Service) -> None:
     data = base64.b64encode(json.dumps({"id": "p1", "data": [1, 2]}).encode()).decode()
     body = {
@@ -153,6 +148,7 @@ def stored_after_restart(store_url: str) -> set[str]:
         restarted.stop()
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_loses_nothing_acknowledged(service: Service, store_url: str) -> None:
     acknowledged, answers = push_until_stopped(
         service, lambda: service.process.send_signal(signal.SIGTERM)
@@ -162,6 +158,7 @@ def test_sigterm_under_load_loses_nothing_acknowledged(service: Service, store_u
     assert not lost, f"lost {len(lost)}; answers {answers}"
 
 
+@pytest.mark.slow
 def test_sigkill_under_load_loses_nothing_acknowledged(service: Service, store_url: str) -> None:
     """No drain at all: what was answered 204 must come back from the journal."""
     acknowledged, answers = push_until_stopped(service, service.process.kill)

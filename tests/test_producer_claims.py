@@ -133,6 +133,7 @@ def named(audit: dict[str, Any], producer: str, key: str) -> list[dict[str, Any]
     return [r for r in audit[key] if r["producer"] == producer]
 
 
+@pytest.mark.slow
 def test_another_publisher_claiming_a_producers_sequences_hides_none_of_its_messages(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -170,6 +171,7 @@ def test_another_publisher_claiming_a_producers_sequences_hides_none_of_its_mess
     assert f"conflict: producer {victim!r} epoch {epoch} sequences 2 to 6" in printed
 
 
+@pytest.mark.slow
 def test_two_instances_with_one_producer_id_and_epoch_keep_each_others_messages(
     service: Service,
 ) -> None:
@@ -314,6 +316,7 @@ def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         terminal.kill_everything()
 
 
+@pytest.mark.slow
 async def test_many_producers_slow_neither_a_push_nor_the_audit(crowded: Service) -> None:
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
     audits: list[float] = []

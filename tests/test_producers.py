@@ -136,6 +136,7 @@ def test_a_malformed_sequence_attribute_is_a_rejection_naming_it(
     assert client.get("/v1/producers").json()["producers"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("absent", ["recordline-producer", "recordline-epoch", "recordline-seq"])
 def test_a_partial_set_of_sequence_attributes_names_the_one_missing(
     client: TestClient[Recordline], absent: str
@@ -152,6 +153,7 @@ def test_messages_without_sequences_are_untouched(client: TestClient[Recordline]
     assert client.get("/v1/producers").json() == {"producers": [], "next_page_token": None}
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(
@@ -209,6 +211,7 @@ _hostile_values = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     producer=st.one_of(st.none(), st.text(max_size=300), st.sampled_from(["p", "/", "q"])),
@@ -296,6 +299,7 @@ class HeldCopies:
             self.held.setdefault((producer, epoch, sequence), []).append(copy)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.lists(events, min_size=1, max_size=5))
 def test_the_ledger_says_what_a_plain_set_of_seen_messages_says(
@@ -382,6 +386,7 @@ mixed_events = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(mixed_events)
 def test_a_batch_is_settled_as_its_rows_would_be_one_at_a_time(
@@ -570,6 +575,7 @@ def test_eight_forged_epochs_never_retire_one_owed_sequences() -> None:
     assert settled.verdicts == ["duplicate"]
 
 
+@pytest.mark.slow
 async def test_ten_thousand_producers_cost_an_entry_each_and_drop_nobodys_messages() -> None:
     store = DuckDBStore(":memory:")
     await store.start()
@@ -632,6 +638,7 @@ async def test_memory_holds_a_bounded_number_of_producers_and_reads_the_others_b
 # -- DuckDB: one instance after another, a crash, a failed write --------------------------------
 
 
+@pytest.mark.slow
 async def test_a_restarted_store_keeps_its_ledger_and_still_drops_the_copies(
     tmp_path: Path,
 ) -> None:
@@ -658,6 +665,7 @@ async def test_a_restarted_store_keeps_its_ledger_and_still_drops_the_copies(
         await second.close()
 
 
+@pytest.mark.slow
 async def test_a_crash_recovers_the_ledger_with_the_rows_from_the_journal(tmp_path: Path) -> None:
     db = tmp_path / "records.duckdb"
     store = DuckDBStore(str(db))
@@ -692,6 +700,7 @@ async def test_a_crash_recovers_the_ledger_with_the_rows_from_the_journal(tmp_pa
         await store.close()
 
 
+@pytest.mark.slow
 async def test_an_append_whose_ledger_is_not_written_is_refused_and_its_sequence_unseen(
     tmp_path: Path,
 ) -> None:

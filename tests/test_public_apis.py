@@ -80,6 +80,7 @@ def private_uses(root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", ["app", "recordline_dev"])
 def test_no_private_name_of_a_dependency_is_used(package: str) -> None:
     assert private_uses(ROOT / package) == []
@@ -108,6 +109,7 @@ def test_the_check_finds_private_imports_and_attributes(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_the_project_cites_only_its_own_files() -> None:
     # Every Markdown file a comment or a document names must be in the repository.
     root = Path(__file__).resolve().parent.parent

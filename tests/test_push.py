@@ -86,6 +86,7 @@ def test_invalid_payload_is_stored_as_rejection_and_acknowledged(
         assert field in status["reason"], (message_id, status["reason"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mapping", [False, True], ids=["contract", "mapping"])
 def test_an_integer_id_is_its_digits_by_the_contract_and_under_a_mapping(mapping: bool) -> None:
     # The same rule either way: text as it is, an integer as its digits (JSON
@@ -374,6 +375,7 @@ def test_no_credential_header_of_an_unwrapped_push_is_stored_as_an_attribute(
     }
 
 
+@pytest.mark.slow
 def test_store_failure_is_503_with_retry_after_and_nothing_acknowledged(
     client: TestClient[Recordline], store: FaultyStore
 ) -> None:
@@ -428,6 +430,7 @@ async def test_full_queue_is_503_and_accepted_rows_still_land(store: FaultyStore
             assert status == (200 if task.result().status_code == 204 else 404)
 
 
+@pytest.mark.slow
 def test_write_deadline_gives_503(store: FaultyStore) -> None:
     app = create_app(settings(RECORDLINE_WRITE_DEADLINE_SECONDS="0.2"), store=store)
     store.delay = 1.0

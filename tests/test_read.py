@@ -129,6 +129,7 @@ def test_health(client: TestClient[Recordline]) -> None:
     assert client.get("/readyz").json() == {"status": "ready"}
 
 
+@pytest.mark.slow
 async def test_follower_sees_every_record_exactly_once_while_writes_continue() -> None:
     # Several appends run at once and take a random while, as on BigQuery, so
     # rows commit in another order than the one they were stamped in; the
@@ -270,6 +271,7 @@ async def test_the_app_itself_sends_no_content_for_head() -> None:
     assert all(body["body"] == b"" for body in bodies)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("query", "detail"),
     [

@@ -134,6 +134,7 @@ async def test_only_rejections_whose_reason_matches_are_replayed(
         assert (await http.get("/v1/messages/m-fixed-1")).json()["status"] == "rejected"
 
 
+@pytest.mark.slow
 async def test_a_replayed_record_joins_the_followers_stream_at_the_moment_of_replay(
     rejected_store: DuckDBStore,
 ) -> None:
@@ -230,6 +231,7 @@ def test_where_pushes_carry_the_shared_secret_replay_needs_it_too(host: str) -> 
         assert client.get("/v1/messages/m").status_code == 200
 
 
+@pytest.mark.slow
 def test_replay_is_refused_without_operators_where_pushes_are_google_signed() -> None:
     app = create_app(
         Settings.load(
@@ -525,6 +527,7 @@ async def test_a_replay_that_is_not_json_is_refused_and_stores_nothing(kind: str
         assert (await client.get("/v1/messages/m")).status_code == 404
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(CROSS_SITE))
 @pytest.mark.parametrize("path", ["/v1/replay", "/pubsub/push"])
 async def test_a_write_a_browser_sends_for_another_site_is_refused(kind: str, path: str) -> None:

@@ -17,6 +17,7 @@ from app.settings import Settings
 from bench import calls
 
 
+@pytest.mark.slow
 def test_a_push_and_a_page_read_cost_what_their_budgets_say() -> None:
     budget = calls.budgets()
     assert set(budget["paths"]) == set(calls.PATHS)

@@ -177,6 +177,7 @@ async def test_avro_is_decoded_with_the_named_revision(
     assert record["schema"] == f"{SCHEMA}@a1"
 
 
+@pytest.mark.slow
 async def test_two_revisions_side_by_side_each_decode_with_their_own(
     schema_api: FakeSchemaApi,
 ) -> None:
@@ -241,6 +242,7 @@ async def test_protocol_buffers_are_decoded_with_the_named_revision(
     }
 
 
+@pytest.mark.slow
 async def test_a_self_contained_protobuf_timestamp_and_an_integer_id(
     schema_api: FakeSchemaApi,
 ) -> None:
@@ -258,6 +260,7 @@ async def test_a_self_contained_protobuf_timestamp_and_an_integer_id(
     assert record["data"] == {"event_id": "42", "at": {"seconds": "1714219200", "nanos": 5000}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "definition", "encoding", "data"),
     [
@@ -289,6 +292,7 @@ async def test_bytes_that_do_not_decode_are_a_rejection_naming_the_revision(
     assert rejection["attributes"]["googclient_schemarevisionid"] == "r7"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("json_text", "reason"),
     [
@@ -416,6 +420,7 @@ async def test_an_unknown_revision_while_the_schema_api_is_down_is_503_and_nothi
         assert (await http.get("/readyz")).json() == {"status": "ready"}
 
 
+@pytest.mark.slow
 async def test_a_revision_the_schema_api_does_not_have_is_a_rejection_not_a_retry(
     schema_api: FakeSchemaApi,
 ) -> None:
@@ -453,6 +458,7 @@ async def test_schema_attributes_that_make_no_sense_are_a_rejection(
     assert schema_api.calls == []
 
 
+@pytest.mark.slow
 async def test_replay_rejected_decodes_again_with_todays_mapping(
     schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
@@ -489,6 +495,7 @@ async def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+@pytest.mark.slow
 async def test_an_existing_duckdb_file_gets_the_schema_column(
     schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
@@ -514,6 +521,7 @@ async def test_an_existing_duckdb_file_gets_the_schema_column(
     assert new_record["schema"] == f"{SCHEMA}@a1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["BINARY", "JSON"])
 @pytest.mark.parametrize(
     ("example", "kind"), [("record.avsc", "AVRO"), ("record.proto", "PROTOCOL_BUFFER")]
@@ -602,6 +610,7 @@ class NoSuchRevisions:
         return None
 
 
+@pytest.mark.slow
 async def test_made_up_revisions_leave_memory_bounded() -> None:
     # A sender may name any revision: each not-found answer is kept a minute,
     # so a flood of made-up ones must not grow memory without end.

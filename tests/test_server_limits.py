@@ -220,6 +220,7 @@ def push(message_id: str, *extra: str) -> bytes:
 # Heads: bounded in size however they arrive, whatever came before them.
 
 
+@pytest.mark.slow
 def test_a_megabyte_of_headers_is_refused_and_costs_no_memory(small: Served) -> None:
     # A first request of each kind warms the process: what is measured after is growth.
     assert httpx.get(f"{small.url}/healthz").status_code == 200
@@ -237,6 +238,7 @@ def test_a_megabyte_of_headers_is_refused_and_costs_no_memory(small: Served) -> 
     assert httpx.get(f"{small.url}/healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_head_over_the_bound_in_one_write_is_refused(small: Served) -> None:
     # 100 KB, well within one socket read: measured whole all the same.
     sock = small.connect()
@@ -301,6 +303,7 @@ def refusals(served: Served) -> dict[str, float]:
     return found
 
 
+@pytest.mark.slow
 def test_each_connection_a_bound_ends_is_counted_by_its_reason(small: Served) -> None:
     before = refusals(small)
     upgrade = small.connect()
@@ -457,6 +460,7 @@ def test_a_flood_of_pipelined_requests_is_cut_and_costs_no_memory(small: Served)
 # Bodies and trailers: bounded in time and size, and trailers never headers.
 
 
+@pytest.mark.slow
 def test_a_body_sent_a_byte_a_second_is_cut_at_the_body_deadline(small: Served) -> None:
     sock = small.connect()
     sock.sendall(
@@ -541,6 +545,7 @@ def test_a_request_answered_before_its_body_is_read_ends_its_connection(small: S
 # Between requests: blank lines start the clock, and nothing holds a connection for free.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("after", [b"\r\n", b"G"], ids=["a blank line", "a request's start"])
 def test_a_byte_after_an_answered_request_is_held_to_the_header_deadline(
     small: Served, after: bytes
@@ -556,6 +561,7 @@ def test_a_byte_after_an_answered_request_is_held_to_the_header_deadline(
     sock.close()
 
 
+@pytest.mark.slow
 def test_a_head_begun_after_a_request_is_held_to_the_deadline_too(small: Served) -> None:
     sock = small.connect()
     sock.sendall(get())
@@ -706,6 +712,7 @@ def many_files() -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("many_files")
 def test_half_open_connections_are_closed_within_the_header_timeout() -> None:
     half_open = 2000
@@ -731,6 +738,7 @@ def test_half_open_connections_are_closed_within_the_header_timeout() -> None:
         assert httpx.get(f"{served.url}/healthz").status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("many_files")
 def test_a_thousand_idle_connections_leave_pushes_their_room() -> None:
     # Once, 1,000 idle keep-alive connections (the default bound) made every push 503.
@@ -758,6 +766,7 @@ def test_a_thousand_idle_connections_leave_pushes_their_room() -> None:
             sock.close()
 
 
+@pytest.mark.slow
 def test_readers_at_the_bound_leave_pushes_their_room() -> None:
     # Once, 50 streams at RECORDLINE_MAX_CONNECTIONS=50 made every push 503.
     with serve(RECORDLINE_MAX_CONNECTIONS="50", RECORDLINE_PUSH_TOKEN=TOKEN) as served:
@@ -789,6 +798,7 @@ def test_readers_at_the_bound_leave_pushes_their_room() -> None:
             sock.close()
 
 
+@pytest.mark.slow
 def test_past_the_connection_bound_the_idle_go_first_then_requests_get_503() -> None:
     with serve(RECORDLINE_MAX_CONNECTIONS="4", RECORDLINE_HEADER_TIMEOUT_SECONDS="30") as served:
         # Four connections that sent nothing: closed, the longest idle first, for new ones.

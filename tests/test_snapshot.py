@@ -31,6 +31,7 @@ con.close()
 """
 
 
+@pytest.mark.slow
 def test_a_file_a_writer_holds_is_read_from_a_consistent_copy(tmp_path: Path) -> None:
     path = tmp_path / "held.duckdb"
     writer = subprocess.Popen(

@@ -138,6 +138,7 @@ def test_an_offset_at_a_time_alone_or_a_pub_sub_message_id_is_short() -> None:
     assert len(offsets.encode("records", 2**57, "12345678901234567")) < 60
 
 
+@pytest.mark.slow
 async def test_a_malformed_offset_is_a_400_in_every_mode(client: httpx.AsyncClient) -> None:
     for offset in ["a,b", "x/y", "", "a" * 300, "=", "now?", "..........-", "-1-1"]:
         for live in (None, "long-poll", "sse"):
@@ -148,6 +149,7 @@ async def test_a_malformed_offset_is_a_400_in_every_mode(client: httpx.AsyncClie
             assert answer.json()["parameter"] == "offset"
 
 
+@pytest.mark.slow
 async def test_a_forged_or_altered_offset_or_another_streams_is_a_400(
     client: httpx.AsyncClient,
 ) -> None:
@@ -163,6 +165,7 @@ async def test_a_forged_or_altered_offset_or_another_streams_is_a_400(
     assert answer.status_code == 400
 
 
+@pytest.mark.slow
 async def test_an_offset_older_than_the_retention_is_a_410_in_every_mode() -> None:
     app = create_app(
         settings(RECORDLINE_RETENTION_DAYS="1"), store=FaultyStore(DuckDBStore(":memory:"))
@@ -180,6 +183,7 @@ async def test_an_offset_older_than_the_retention_is_a_410_in_every_mode() -> No
 # -- catch-up ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_chunk_is_the_rows_of_v1_records_in_the_same_order(
     client: httpx.AsyncClient,
 ) -> None:
@@ -201,6 +205,7 @@ async def test_a_chunk_is_the_rows_of_v1_records_in_the_same_order(
     assert "no-cache" in rejections.headers["cache-control"]
 
 
+@pytest.mark.slow
 async def test_a_chunk_short_of_the_tail_is_immutable_unless_read_from_the_oldest_row(
     client: httpx.AsyncClient,
 ) -> None:
@@ -222,6 +227,7 @@ async def test_a_chunk_short_of_the_tail_is_immutable_unless_read_from_the_oldes
     assert ids(first.json()) + ids(second.json()) + ids(last.json()) == [f"m-{n}" for n in range(5)]
 
 
+@pytest.mark.slow
 async def test_a_reader_at_the_tail_gets_an_empty_array_and_the_offset_it_sent(
     client: httpx.AsyncClient,
 ) -> None:
@@ -288,6 +294,7 @@ async def test_streams_are_read_only_and_only_two(client: httpx.AsyncClient) -> 
     assert (await client.head("/v1/streams/orders")).status_code == 404
 
 
+@pytest.mark.slow
 async def test_a_store_that_does_not_answer_is_a_503_with_retry_after(
     client: httpx.AsyncClient, store: FaultyStore
 ) -> None:
@@ -302,6 +309,7 @@ async def test_a_store_that_does_not_answer_is_a_503_with_retry_after(
 # -- chunks of a far-behind reader ----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_chunks_end_on_a_whole_microsecond_and_offsets_only_grow() -> None:
     """Chunks of a few rows, through the service layer: every row once, in order, each
     offset greater than the last, and no chunk ending inside a microsecond's rows
@@ -370,6 +378,7 @@ async def test_a_malformed_cursor_is_a_400(client: httpx.AsyncClient) -> None:
 # -- long-poll ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_long_poll_answers_as_soon_as_a_row_is_stored(
     app: Recordline, client: httpx.AsyncClient
 ) -> None:
@@ -389,6 +398,7 @@ async def test_a_long_poll_answers_as_soon_as_a_row_is_stored(
     assert answer.headers["stream-next-offset"] > tail
 
 
+@pytest.mark.slow
 async def test_a_long_poll_that_times_out_is_a_204_at_the_same_offset(
     client: httpx.AsyncClient,
 ) -> None:
@@ -407,6 +417,7 @@ async def test_a_long_poll_that_times_out_is_a_204_at_the_same_offset(
     assert now.headers["stream-next-offset"] == tail
 
 
+@pytest.mark.slow
 async def test_a_behind_long_poll_answers_at_once_and_live_reads_count_as_followers() -> None:
     app = create_app(
         settings(RECORDLINE_MAX_FOLLOWERS="1", RECORDLINE_LONG_POLL_SECONDS="5"),
@@ -433,6 +444,7 @@ async def test_a_behind_long_poll_answers_at_once_and_live_reads_count_as_follow
 # -- SSE ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_sse_sends_data_then_control_and_ends_within_its_time(
     client: httpx.AsyncClient,
 ) -> None:
@@ -462,6 +474,7 @@ async def test_sse_sends_data_then_control_and_ends_within_its_time(
     assert json.loads(resumed[0][1])["streamNextOffset"] == second["streamNextOffset"]
 
 
+@pytest.mark.slow
 async def test_sse_from_now_says_where_the_tail_is_first(client: httpx.AsyncClient) -> None:
     await pushed(client, 1)
     tail = (await client.head(STREAM)).headers["stream-next-offset"]
@@ -473,6 +486,7 @@ async def test_sse_from_now_says_where_the_tail_is_first(client: httpx.AsyncClie
     assert all(kind == "control" for kind, _ in events)
 
 
+@pytest.mark.slow
 async def test_an_sse_stream_whose_reads_fail_ends_and_resumes_from_its_last_offset(
     client: httpx.AsyncClient, store: FaultyStore
 ) -> None:
@@ -524,6 +538,7 @@ def test_a_record_is_viewed_alike_the_quick_way_and_the_general_one(record: Reco
     assert record_view(record) == view(RecordView, record)
 
 
+@pytest.mark.slow
 async def test_a_restarted_store_holds_its_tail_again_at_once(tmp_path: Any) -> None:
     """After a restart, the records of the tail's window are in memory from the start (a
     follower near the tail reads no query), and the tail answers as DuckDB does."""
@@ -583,6 +598,7 @@ async def test_a_chunk_holds_about_its_bytes_at_most_and_one_row_at_least() -> N
         await store.close()
 
 
+@pytest.mark.slow
 async def test_a_follower_that_takes_nothing_is_cut_off_not_buffered(app: Recordline) -> None:
     """A client that stops reading its SSE stream is paused (one event held, the next
     not made) and, after the instance's limit, cut off: it counts as a follower no more."""

@@ -113,6 +113,7 @@ async def duckdb_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("live", ["long-poll", "sse"])
 async def test_the_python_client_follows_on_duckdb(
     duckdb_client: httpx.AsyncClient, live: str
@@ -162,6 +163,7 @@ async def run_node(script: Path, *args: str, package_dir: Path) -> dict[str, Any
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("live", ["long-poll", "sse"])
 async def test_the_typescript_client_follows_kill_and_resume(
     duckdb_client: httpx.AsyncClient, live: str
@@ -205,6 +207,7 @@ def example(language: str, index: int, url: str) -> str:
     return str(blocks[index]).replace(DOCS_URL, url)
 
 
+@pytest.mark.slow
 async def test_the_docs_python_catch_up_runs_as_written(
     duckdb_client: httpx.AsyncClient,
 ) -> None:
@@ -217,6 +220,7 @@ async def test_the_docs_python_catch_up_runs_as_written(
     assert namespace["offset"] == tail
 
 
+@pytest.mark.slow
 async def test_the_docs_typescript_follower_runs_as_written(
     duckdb_client: httpx.AsyncClient,
 ) -> None:
@@ -261,6 +265,7 @@ CONFORMANCE_RUNNER = (
 )
 
 
+@pytest.mark.slow
 async def test_the_read_only_part_of_the_conformance_suite_passes(
     duckdb_client: httpx.AsyncClient, tmp_path: Path
 ) -> None:

@@ -69,7 +69,10 @@ def every_time_option() -> list[tuple[str, argparse.Action]]:
     return found
 
 
-@pytest.mark.parametrize(("option", "action"), every_time_option(), ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("option", "action"),
+    [pytest.param(o, a, id=o) for o, a in every_time_option()],
+)
 def test_every_commands_time_takes_both_forms_and_names_them(
     option: str, action: argparse.Action
 ) -> None:

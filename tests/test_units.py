@@ -200,6 +200,7 @@ def test_the_dev_tools_are_not_part_of_the_service(capsys: pytest.CaptureFixture
     assert copied == {"pyproject.toml", "uv.lock", "README.md", "app"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dev_tools", [True, False], ids=["checkout", "wheel"])
 def test_help_lists_the_commands_in_one_order_whatever_the_run(dev_tools: bool) -> None:
     # Without the dev tools (the wheel), they were listed in a set's order: a
@@ -228,6 +229,7 @@ def test_help_lists_the_commands_in_one_order_whatever_the_run(dev_tools: bool) 
     assert f"{{{commands}{',dev,publish' if dev_tools else ''}}}" in listings.pop()
 
 
+@pytest.mark.slow
 def test_the_service_commands_run_without_the_dev_tools_libraries() -> None:
     # `pip install -e .` without the dev group: recordline_dev imports, its
     # libraries (google-cloud-pubsub, rich) do not. The service's commands work.

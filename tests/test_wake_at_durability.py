@@ -73,6 +73,7 @@ async def waiting_page(app: Recordline, client: httpx.AsyncClient, token: str) -
     return page
 
 
+@pytest.mark.slow
 async def test_a_waiting_follower_gets_a_record_once_journaled_before_duckdb_has_it(
     app: Recordline, client: httpx.AsyncClient, store: HeldApply
 ) -> None:
@@ -100,6 +101,7 @@ async def test_a_waiting_follower_gets_a_record_once_journaled_before_duckdb_has
     assert everything[1] == woken["records"][0]
 
 
+@pytest.mark.slow
 async def test_a_redelivery_of_a_stored_record_is_never_shown_to_a_follower(
     app: Recordline, client: httpx.AsyncClient
 ) -> None:
@@ -111,6 +113,7 @@ async def test_a_redelivery_of_a_stored_record_is_never_shown_to_a_follower(
     assert [r["message_id"] for r in (await page).json()["records"]] == ["m-3"]
 
 
+@pytest.mark.slow
 async def test_a_crash_between_durability_and_apply_loses_and_reorders_nothing(
     tmp_path: Path,
 ) -> None:
@@ -396,6 +399,7 @@ async def _followed_while_pushed(steps: list[tuple[str, list[tuple[int, bytes, s
             await asyncio.gather(follower, return_exceptions=True)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=30, deadline=None)
 @hypothesis.given(steps=_STEPS)
 def test_a_follower_is_shown_each_stored_message_once_in_the_order_reads_return(

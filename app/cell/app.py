@@ -209,10 +209,11 @@ def create_cell(
     shares = system_shares(settings, entries)
     # Each system's share of the process's bytes (`app.budget.Share`), and of its reads,
     # followers and exports in flight (`app.budget.Places`): its own, and what quiet
-    # systems leave.
+    # systems leave; a follower holds its place for minutes, so a system's own followers
+    # are admitted whatever the others borrowed (`keeps_own`).
     bytes_each = held_share(settings.server, held, max(1, len(entries)))
     reads = Places(settings.server.max_reads)
-    followers = Places(settings.query.max_followers)
+    followers = Places(settings.query.max_followers, keeps_own=True)
     exports = export_places(settings.server.memory_budget_bytes)
     systems: dict[str, CellSystem] = {}
     for name, entry in entries.items():

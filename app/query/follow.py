@@ -152,18 +152,30 @@ class Seat:
     admitted, before anything is awaited (so that followers asking at once cannot all
     pass the check), and given back once, as it leaves (`release`)."""
 
-    __slots__ = ("held", "places")
+    __slots__ = ("held", "places", "stop")
 
     def __init__(self, places: Places) -> None:
         self.places = places
         self.held = True
+        # What gives it back if its follower never does (`until`).
+        self.stop: asyncio.Future[None] | None = None
         places.take()
+
+    def until(self, stop: asyncio.Future[None]) -> None:
+        """Give the place back once `stop` is done, if it was not before: a stream's seat,
+        whose stream may never start. `stop` may be its connection's, which outlives the
+        stream on a kept connection: the seat lets go of it as it is released."""
+        self.stop = stop
+        stop.add_done_callback(self.release)
 
     def release(self, *_: object) -> None:
         """Give the place back (once; a done callback's argument is ignored)."""
         if self.held:
             self.held = False
             self.places.give()
+        stop, self.stop = self.stop, None
+        if stop is not None:
+            stop.remove_done_callback(self.release)
 
 
 class _Following:

@@ -209,6 +209,7 @@ class Streams:
         # As many rows as its bytes can be, read at once.
         rows = min(self._chunk_rows, max(1, budget // ROW_BYTES))
         if follow is not None:
+            # Bounded: each store read under the store's own deadline, the wait by `wait`.
             first = await follow.read(listing, cursor, rows, budget, wait=wait)
         else:
             first = await self.reader.excerpt(listing, cursor, rows, budget)

@@ -3,7 +3,7 @@ browser, served by the service itself, with no build step and nothing from the i
 
 Each page is a Jinja template (Litestar's templates) that the browser fills from the
 read API (`/v1/...`) with a small script of ours and uPlot (MIT, vendored in
-app/console_ui/vendor with its licence) for the charts. So the console shows what the
+app/console_ui/static/vendor with its licence) for the charts. So the console shows what the
 API shows the same caller: its read rules, its masking, its filters and bounds; a
 replay is `/v1/replay`, allowed to operators alone.
 

@@ -291,7 +291,7 @@ def stream(
     in `seat` until the stream ends or its client leaves."""
     # Done once the client leaves or the service stops.
     stop, watched = stop_of(request)
-    stop.add_done_callback(seat.release)
+    seat.until(stop)
     pages = PageEvents(followers, listing, cursor, page_token, limit)
     return EventStream(
         followers.follow(stop, seat=seat).events(pages, seconds=followers.stream_seconds),

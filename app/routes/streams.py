@@ -301,7 +301,7 @@ def _sse(
     followers = paging.followers
     # Done once the client leaves or the service stops.
     stop, watched = stop_of(request)
-    stop.add_done_callback(seat.release)
+    seat.until(stop)
     chunks = ChunkEvents(paging.streams, listing, start, cursor)
     seconds = min(followers.stream_seconds, SSE_SECONDS)
     return EventStream(

@@ -38,7 +38,7 @@ MAX_PATH_DEPTH: Final = 15
 # An attribute key is put into a JSONPath (`$."key"`) as a query parameter: every
 # store's JSONPath quotes a key in `"` and none escapes one inside it, so a key with
 # `"` or `\` (or a control character) cannot be asked for. DuckDB, which reads `$."*"`
-# as every member, is asked with a JSON pointer instead (app/store/duckdb/store.py).
+# as every member, is asked with a JSON pointer instead (app/store/duckdb/sql.py).
 KEY_PATTERN: Final = r'^[^"\\\x00-\x1f\x7f]+$'
 # A typed field's name, as Avro and Protocol Buffers name fields (and BigQuery columns).
 FIELD_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,299}$"

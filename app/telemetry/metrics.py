@@ -196,6 +196,11 @@ class Metrics:
             return
         self._instruments(meter)
 
+    @property
+    def cell(self) -> Metrics:
+        """The cell's counts this system's are reported beside (its own, outside a cell)."""
+        return self._parent if self._parent is not None else self
+
     def member(self, system: str, *, freshness_seconds: float | None = None) -> Metrics:
         """What system `system`'s app counts into, reported through these instruments."""
         fresh = self._fresh_micros / 1_000_000 if freshness_seconds is None else freshness_seconds
@@ -517,6 +522,13 @@ class PushOutcomes:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._outcomes = metrics.outcomes
+        # What a push costs without becoming a row (a publisher's duplicate, a 503, a
+        # refusal) is counted as the cell's: a cumulative series is written at every
+        # export to its instance's end, so each system's, on each instance that met
+        # one, grew with both (infra/fleet_cost.py). Which system: Pub/Sub's count of
+        # its pushes by response class (free) and the log line of each, with its
+        # system and reason.
+        self._incidents = metrics.cell.outcomes
 
     def stored(self, row: Record | Rejection, outcome: RowOutcome) -> None:
         # Where the export counts what the store holds, rows stored and rejected are
@@ -524,7 +536,7 @@ class PushOutcomes:
         counted = not self._metrics.counted_at_export
         if isinstance(outcome, PublisherDuplicate):
             # A publisher's retry of a message stored already: acknowledged, not stored.
-            self._outcomes[_DUPLICATE] += 1
+            self._incidents[_DUPLICATE] += 1
             log.info(
                 "message %s not stored: a copy of producer %r epoch %d sequence %d",
                 row.message_id,
@@ -556,7 +568,7 @@ class PushOutcomes:
         )
 
     def retried(self, message_id: str, error: RetryLater) -> None:
-        self._outcomes[_retried(error.cause)] += 1
+        self._incidents[_retried(error.cause)] += 1
         log.warning(
             "message %s not stored, answered 503: %s",
             message_id,
@@ -567,7 +579,7 @@ class PushOutcomes:
     def refused(self, status: int, reason: str, detail: str) -> None:
         # Not acknowledged: Pub/Sub delivers it again, then dead-letters it. The
         # log line is where a dead letter's cause is found.
-        self._outcomes[_refused(reason)] += 1
+        self._incidents[_refused(reason)] += 1
         if status in (401, 403):
             return  # logged by the guard that refused it, with the token's fault
         log.warning(
@@ -672,7 +684,7 @@ class ExportMetrics:
     def exported(self, table: str, rows: Sequence[Record | Rejection]) -> None:
         metrics = self._metrics
         metrics.exported[table] += len(rows)
-        metrics.export_blocked[table] = False
+        self.unblocked(table)
         outcomes = metrics.outcomes
         for row in rows:
             if isinstance(row, Rejection):
@@ -686,7 +698,13 @@ class ExportMetrics:
         self._metrics.export_blocked[table] = True
 
     def unblocked(self, table: str) -> None:
-        self._metrics.export_blocked[table] = False
+        # A table is reported blocked or not once it was blocked under this lease, and
+        # never before: a gauge of 0 for each table of each system, written at every
+        # export, cost a fifth of what the lease holder writes (infra/fleet_cost.py),
+        # and the alert reads a missing series as not blocked.
+        blocked = self._metrics.export_blocked
+        if table in blocked:
+            blocked[table] = False
 
     def watermark(self, table: str, micros: int) -> None:
         self._metrics.export_watermarks[table] = micros

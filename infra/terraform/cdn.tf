@@ -337,8 +337,13 @@ resource "google_secret_manager_secret_version" "read_pass" {
     "${name}:${replace(replace(random_bytes.read_pass[name].base64, "+", "-"), "/", "_")}"
   ])
 
-  # The old version is destroyed once the service names the new one: an instance of the
-  # revision being replaced may still start, and reads the version it names.
+  # The old version is left enabled once the service names the new one: an instance of
+  # the revision being replaced may still start, and so may a revision a rollback returns
+  # to; each reads the version it names. A rollout retires it once no revision it keeps
+  # names it (deploy-cell.yml), and the backends stop honouring its keys as soon as they
+  # leave cdn.read_pass_keys.
+  deletion_policy = "ABANDON"
+
   lifecycle {
     create_before_destroy = true
   }

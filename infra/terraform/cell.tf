@@ -146,8 +146,7 @@ locals {
     # is written on every export for as long as the instance lives (cumulative), so each
     # instance's series of every system it ever counted an incident of, and the cell's
     # distributions, cost half. The alerts read windows of five minutes and more; the
-    # exporter pool keeps a minute, which the rollout's export gate reads
-    # (infra/fleet_cost.py prices both).
+    # exporter pool writes as often (exporter.tf, infra/fleet_cost.py prices both).
     OTEL_METRIC_EXPORT_INTERVAL = "120000"
   })
 }
@@ -216,7 +215,8 @@ resource "google_secret_manager_secret_iam_member" "runtime_reads_page_token" {
 # and the jobs, each as a file. Not a secret of anyone's (principals, URLs, schemas): a
 # secret because a variable holds 32 KiB and a hundred systems' file more than that
 # with their schemas. Each version is named in the services' templates (`version`), so
-# a new system makes new revisions, which read the new file.
+# a new system makes new revisions, which read the new file. A revision is its image and
+# the version it mounts: a version outlives every revision that mounts it (below).
 resource "google_secret_manager_secret" "systems" {
   #checkov:skip=CKV_GCP_128:Google-managed encryption; the file names principals and URLs, nothing secret.
   project   = var.project_id
@@ -233,7 +233,17 @@ resource "google_secret_manager_secret_version" "systems" {
   secret      = google_secret_manager_secret.systems.id
   secret_data = local.systems_json
 
+  # A changed file is a new version (secret_data forces a replacement), created before
+  # the old one is let go, and the old one is left enabled (ABANDON: DELETE, the default,
+  # destroys it, DISABLE makes it unreadable): the revisions that mount it, those still
+  # serving while the apply runs and those a rollback returns to, go on starting. A
+  # rollout retires a version once no revision it keeps mounts it (deploy-cell.yml,
+  # "Retire what no kept revision mounts"; docs/operations.md#rolling-back).
+  deletion_policy = "ABANDON"
+
   lifecycle {
+    create_before_destroy = true
+
     precondition {
       condition     = local.systems_file_bytes <= local.secret_bytes
       error_message = "The cell's systems file (RECORDLINE_SYSTEMS) would be ${local.systems_file_bytes} bytes, over the ${local.secret_bytes} a secret holds (https://cloud.google.com/secret-manager/quotas): shorten the systems' declared schemas (json_schema), or move systems to another cell."
@@ -251,6 +261,29 @@ resource "google_secret_manager_secret_iam_member" "reads_systems" {
   secret_id = google_secret_manager_secret.systems.secret_id
   role      = "roles/secretmanager.secretAccessor"
   member    = each.value
+}
+
+# A rollback first checks that the version the revision it returns to mounts is still
+# enabled (on-call, as the operator account: docs/operations.md#rolling-back); a rollout
+# retires the versions no revision it keeps mounts (the deploy account: deploy-cell.yml).
+# Each secret a revision mounts: the systems' file, the canary systems' and the read
+# passes' keys (cdn.tf), where the cell has them.
+resource "google_secret_manager_secret_iam_member" "versions" {
+  for_each = merge(
+    {
+      "systems operator" = { secret = google_secret_manager_secret.systems.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member }
+      "systems deployer" = { secret = google_secret_manager_secret.systems.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member }
+    },
+    { for pool, secret in google_secret_manager_secret.canary_systems : "canary deployer" => { secret = secret.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member } },
+    { for pool, secret in google_secret_manager_secret.canary_systems : "canary operator" => { secret = secret.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member } },
+    { for key, secret in google_secret_manager_secret.read_pass : "read-pass deployer" => { secret = secret.secret_id, role = "roles/secretmanager.secretVersionManager", member = local.deployer_member } },
+    { for key, secret in google_secret_manager_secret.read_pass : "read-pass operator" => { secret = secret.secret_id, role = "roles/secretmanager.viewer", member = local.operator_member } },
+  )
+
+  project   = var.project_id
+  secret_id = each.value.secret
+  role      = each.value.role
+  member    = each.value.member
 }
 
 # Cloud Run checks the runtime account's access to the secrets when it creates a

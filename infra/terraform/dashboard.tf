@@ -74,7 +74,7 @@ locals {
         ]
       },
       {
-        title = "Messages not stored as sent, by system (per s), ten worst"
+        title = "Messages not stored as sent (per s): rejected by system, retried, refused and duplicate the cell's, ten worst"
         sets  = [["$${resource.labels.namespace} $${metric.labels.outcome}", "${local.written_metric["messages"]} metric.label.\"outcome\"!=\"stored\"", "ALIGN_RATE", "REDUCE_SUM", ["resource.label.\"namespace\"", "metric.label.\"outcome\""], true]]
       },
       {

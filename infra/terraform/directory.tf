@@ -7,6 +7,10 @@
 # commands always name what Terraform made (tests/infra/test_runbook_commands.py renders
 # every command for a system on a second instance and checks each name).
 locals {
+  # What each rollout of the cell records of what was live before it and what it made
+  # live (deploy-cell.yml): on-call reads it beside the directory.
+  release_object = "gs://${var.terraform_state_bucket}/directory/releases/${local.cell}.json"
+
   directory = {
     for name in keys(local.systems) : name => {
       project       = var.project_id
@@ -28,11 +32,17 @@ locals {
       instance     = contains(local.serving_systems, name) ? local.serving_instance[name] : ""
       database     = contains(local.serving_systems, name) ? name : ""
       dataset      = local.dataset_ids[name]
+      # Where it is: a query that names no table of it (UNDROP SCHEMA) runs there.
+      dataset_location = var.dataset_location
       # The dataset's topic and subscriptions, and the canary's Scheduler job.
       topic               = name
       subscription        = "${name}-push"
       replay_subscription = "${name}-dead-letter-replay"
       canary_job          = "${name}-canary"
+      # Each secret its cell's revisions mount their settings from, and its cell's
+      # last release: what was live before it, by image digest and settings version.
+      systems_secret = "${local.cell}-systems"
+      release        = local.release_object
     }
   }
 }

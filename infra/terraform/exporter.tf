@@ -25,17 +25,34 @@ locals {
   # The worker pool, by the cell's name, once a system has `serving`.
   exporter = length(local.serving_systems) > 0 ? { (local.cell) = "${local.cell}-exporter" } : {}
 
-  # The systems a new exporter revision takes first (canary_systems): named, or the
-  # first two serving systems by name, or the first two systems where none serves.
+  # The systems a new exporter revision takes first and the smoke test pushes to
+  # (canary_systems): named, or those that represent the cell, each once: the first two
+  # serving systems by name (the first two systems where none serves), the one with the
+  # largest rate, the first with a topic schema and the first whose records have typed
+  # columns (json_schema), serving ones first. A release then meets every shape of
+  # payload and the busiest export before it meets the rest.
   canary_candidates = length(local.serving_systems) > 0 ? local.serving_systems : sort(keys(local.systems))
-  canary_systems    = length(var.canary_systems) > 0 ? var.canary_systems : slice(local.canary_candidates, 0, min(2, length(local.canary_candidates)))
-  canary_json       = jsonencode({ for name in local.canary_systems : name => local.systems_file[name] })
-  canary_directory  = "/etc/recordline/canary"
-  canary_setting    = "@${local.canary_directory}/systems.json"
+  canary_order      = distinct(concat(local.canary_candidates, sort(keys(local.systems))))
+  canary_shapes = {
+    busiest = [for name in local.canary_candidates : name if local.rates[name] == max(concat([0], [for c in local.canary_candidates : local.rates[c]])...)]
+    schema  = [for name in local.canary_order : name if local.systems[name].schema != null]
+    typed   = [for name in local.canary_order : name if local.systems[name].json_schema != null]
+  }
+  canary_systems = length(var.canary_systems) > 0 ? var.canary_systems : distinct(concat(
+    slice(local.canary_candidates, 0, min(2, length(local.canary_candidates))),
+    [for shape, names in local.canary_shapes : names[0] if length(names) > 0],
+  ))
+  canary_json      = jsonencode({ for name in local.canary_systems : name => local.systems_file[name] })
+  canary_directory = "/etc/recordline/canary"
+  canary_setting   = "@${local.canary_directory}/systems.json"
 
   # What the pool and the export job run with: the cell's systems' file, the cell's name
   # (each metric under its system's name: namespace), logs as JSON, and the freshness
-  # SLO's bound: the lease holder counts each exported row's freshness event.
+  # SLO's bound: the lease holder counts each exported row's freshness event. Its
+  # metrics every two minutes, as the ingest service's (cell.tf): the lease holder
+  # writes eight series of each serving system, the most of a cell's bill for Cloud
+  # Monitoring (infra/fleet_cost.py); the alerts read windows of five minutes and more,
+  # and a rollout's soak holds at least two points (export_soak_seconds).
   exporter_env = merge(var.extra_env, {
     RECORDLINE_CELL                  = local.cell
     RECORDLINE_SYSTEMS               = local.systems_setting
@@ -43,6 +60,7 @@ locals {
     RECORDLINE_LOG_FORMAT            = "json"
     OTEL_SERVICE_NAME                = "${local.cell}-exporter"
     OTEL_METRICS_EXPORTER            = "gcp_monitoring"
+    OTEL_METRIC_EXPORT_INTERVAL      = "120000"
     RECORDLINE_SLO_FRESHNESS_SECONDS = tostring(var.freshness_threshold_seconds)
   })
 }
@@ -75,11 +93,18 @@ resource "google_secret_manager_secret" "canary_systems" {
   depends_on = [google_project_service.enabled]
 }
 
+# As the cell's systems' file (cell.tf): every revision of the pool mounts it, so a
+# version outlives the revisions that mount it, and a rollout retires it.
 resource "google_secret_manager_secret_version" "canary_systems" {
   for_each = local.exporter
 
-  secret      = google_secret_manager_secret.canary_systems[each.key].id
-  secret_data = local.canary_json
+  secret          = google_secret_manager_secret.canary_systems[each.key].id
+  secret_data     = local.canary_json
+  deletion_policy = "ABANDON"
+
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "google_secret_manager_secret_iam_member" "exporter_reads_canary" {

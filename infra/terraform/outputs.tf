@@ -34,8 +34,21 @@ output "deploy" {
         serving = contains(local.serving_systems, name)
       })
     }
+    # The second export gate watches every one of these, as the promoted revision
+    # writes them.
+    serving_systems  = local.serving_systems
     soak_seconds     = var.export_soak_seconds
     gate_lag_seconds = var.export_gate_lag_seconds
+    # What a rollout keeps for a rollback: the newest kept_revisions of the service and
+    # of the pool (and any that serves), and every version of these secrets that one of
+    # them, or a job, mounts. Where it records what was live before it: the release.
+    kept_revisions = var.kept_revisions
+    secrets = concat(
+      [google_secret_manager_secret.systems.secret_id],
+      values(google_secret_manager_secret.canary_systems)[*].secret_id,
+      values(google_secret_manager_secret.read_pass)[*].secret_id,
+    )
+    release = local.release_object
   }
 }
 

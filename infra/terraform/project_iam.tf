@@ -119,6 +119,16 @@ resource "google_project_iam_member" "own_project_operator" {
   member  = local.operator_member
 }
 
+# The deploy account lists the cell's revisions at this project, as in the environment's
+# (environment/iam.tf, deployer_lists_revisions).
+resource "google_project_iam_member" "own_project_deployer" {
+  for_each = local.own_project ? toset(["roles/run.viewer"]) : toset([])
+
+  project = var.project_id
+  role    = each.value
+  member  = local.deployer_member
+}
+
 # Cloud Run pulls each revision's image as the project's Cloud Run agent: the
 # environment's repository, in the environment's project, is another project's.
 resource "google_artifact_registry_repository_iam_member" "cell_pulls_images" {

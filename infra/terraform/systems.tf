@@ -32,6 +32,8 @@ locals {
     time_field       = null
     canary_file      = null
     json_schema      = null
+    layout           = null
+    delete_marker    = null
   }
 }
 
@@ -68,8 +70,12 @@ module "system" {
     encoding   = each.value.schema.encoding
   }
   canary_data = each.value.canary_file != null ? filebase64("${path.root}/../../${each.value.canary_file}") : null
-  # What `records` is created with besides the service's columns (modules/system/bigquery.tf).
+  # What `records` is created with besides the service's columns (modules/system/bigquery.tf),
+  # and how it is partitioned and clustered (layouts.tf).
   typed_columns = local.typed_columns[each.key]
+  layout        = local.layouts[each.key]
+  # What marks a record deleted for records_latest (null: nothing does).
+  delete_marker = each.value.delete_marker
 
   # Its Spanner database's instance, one of the cell's (spanner.tf).
   serving = contains(local.serving_systems, each.key) ? {

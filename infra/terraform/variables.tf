@@ -169,9 +169,28 @@ variable "canary_systems" {
     (rows moving, lag under export_gate_lag_seconds) a rollout watches for
     export_soak_seconds before it goes on (deploy-cell.yml), and which its smoke test
     pushes to: empty for the first two serving systems by name (or the first two
-    systems, where none has `serving`).
+    systems, where none has `serving`) and, once each, the one with the largest rate,
+    the first with a topic schema and the first with typed columns (json_schema). A
+    named set must hold a system of each of those shapes the cell has (limits.tf).
   EOT
   default     = []
+}
+
+variable "kept_revisions" {
+  type        = number
+  description = <<-EOT
+    How many of the newest revisions of the cell's ingest service and of its exporter pool
+    a rollout keeps, with every settings version they mount, for a rollback to return to
+    (docs/operations.md#rolling-back): older ones that serve nothing are deleted, and the
+    versions none of the kept ones mounts retired. At most the environment's
+    kept_image_versions, whose images the registry keeps.
+  EOT
+  default     = 10
+
+  validation {
+    condition     = var.kept_revisions >= 3 && var.kept_revisions <= 30
+    error_message = "kept_revisions must be 3 to 30: the last release, the one before and an apply's revision at least, and no more than the registry keeps images of (kept_image_versions, 30)."
+  }
 }
 
 variable "export_soak_seconds" {
@@ -179,9 +198,11 @@ variable "export_soak_seconds" {
   description = "How long a rollout watches the canary systems' export before the exporter takes every system, and again before the ingest service is deployed (deploy-cell.yml)."
   default     = 300
 
+  # The exporter pool writes its metrics every two minutes (exporter.tf): a soak holds
+  # at least two of its points.
   validation {
-    condition     = var.export_soak_seconds >= 60 && var.export_soak_seconds <= 900
-    error_message = "export_soak_seconds must be 60 to 900: at least a minute of metrics, and within a rollout job's 20 minutes."
+    condition     = var.export_soak_seconds >= 240 && var.export_soak_seconds <= 900
+    error_message = "export_soak_seconds must be 240 to 900: at least two of the exporter pool's points (every 2 minutes), and within a rollout job's 20 minutes."
   }
 }
 
@@ -846,6 +867,30 @@ variable "systems" {
     # For a topic with no schema (JSON): an Avro record schema, a file under schemas/,
     # whose fields become the records' typed columns (RECORDLINE_JSON_TOPIC_SCHEMA).
     json_schema = optional(string)
+    # How `records` is laid out for analysts' queries (layouts.tf; docs/layouts.md):
+    # the column it is partitioned by (ingest_time by default, the read API's axis;
+    # timestamp, the event's own time; or a DATE or TIMESTAMP column of `columns`), by
+    # DAY, MONTH or YEAR; up to four columns it is clustered by (ingest_time by
+    # default); and top-level copies of an attribute or a typed field
+    # (name = "attributes.KEY" or "fields.PATH"), which BigQuery can partition and
+    # cluster by where it cannot by a JSON member or a RECORD's field. Checked at plan
+    # time; a new partitioning is a new table (docs/layouts.md#changing-a-layout). A
+    # clustering that does not start with ingest_time makes the read API's pages read
+    # whole partitions: refused unless pages_read_whole_partitions says it is meant.
+    layout = optional(object({
+      partition                   = optional(string)
+      granularity                 = optional(string)
+      clustering                  = optional(list(string))
+      columns                     = optional(map(string))
+      pages_read_whole_partitions = optional(bool)
+    }))
+    # What marks a record deleted, if anything does: a payload holding `value` at
+    # `field` (a field path in `data`, as id_field names one). records_latest leaves out
+    # an id whose newest version is such a payload; without it, nothing is deleted.
+    delete_marker = optional(object({
+      field = string
+      value = string
+    }))
   }))
   default = {}
 
@@ -889,6 +934,17 @@ variable "systems" {
       ]
     ]))
     error_message = "id_field and time_field are field paths: names joined by dots, such as order_id or meta.created_at."
+  }
+
+  # A delete marker's field path, and a value put into records_latest's SQL as a string.
+  validation {
+    condition = alltrue([
+      for s in values(var.systems) : s.delete_marker == null || (
+        can(regex("^[^.\\s\"']+(\\.[^.\\s\"']+)*$", try(s.delete_marker.field, "")))
+        && can(regex("^[^'\"\\\\\\n]*$", try(s.delete_marker.value, "")))
+      )
+    ])
+    error_message = "A delete_marker's field is a field path (names joined by dots, no quotes) and its value holds no quote, backslash or line break."
   }
 
   # Files a system reads live under schemas/, which terraform.yml plans on: a changed

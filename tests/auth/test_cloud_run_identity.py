@@ -65,6 +65,7 @@ def as_forwarded(
     return headers
 
 
+@pytest.mark.slow
 async def test_a_forged_pusher_beside_a_readers_verified_token_is_refused(
     google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:
@@ -158,6 +159,7 @@ def claims_text(issued: object, expires: object) -> str:
     return json.dumps(claims)[:-1] + f', "iat": {issued}, "exp": {expires}}}'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(LIFETIMES))
 @pytest.mark.parametrize("signature", ["signed", "stripped"])
 async def test_a_token_living_past_googles_hour_is_refused(

@@ -72,6 +72,7 @@ class Restartable:
 SCHEMA = schemathesis.openapi.from_asgi("/docs/openapi.json", Restartable())
 
 
+@pytest.mark.slow
 @SCHEMA.parametrize()
 @settings(max_examples=EXAMPLES * 2, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_route_answers_5xx(case: schemathesis.Case) -> None:
@@ -159,6 +160,7 @@ def settles(decode: Any, *args: Any) -> Record | Rejection | None:
     return to_row(message, ingest_time=NOW, trace_id=None)
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=512) | envelopes)
 @settings(max_examples=EXAMPLES * 12, deadline=None)
 def test_decode_wrapped_never_crashes(body: bytes) -> None:
@@ -166,6 +168,7 @@ def test_decode_wrapped_never_crashes(body: bytes) -> None:
     assert row is None or isinstance(row, Record | Rejection)
 
 
+@pytest.mark.slow
 @given(payloads, header_sets)
 @example(
     b"{}",
@@ -235,6 +238,7 @@ def test_no_signed_cursor_breaks_a_read(
     assert answer.status_code in (200, 400, 410), answer.text
 
 
+@pytest.mark.slow
 @given(payloads)
 @settings(max_examples=EXAMPLES * 8, deadline=None)
 def test_every_payload_becomes_a_record_or_a_rejection(payload: bytes) -> None:

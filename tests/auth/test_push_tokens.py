@@ -70,6 +70,7 @@ UNAUTHENTICATED: dict[str, Callable[[FakeGoogle], dict[str, str]]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(UNAUTHENTICATED))
 async def test_forged_token_is_refused_with_401(
     case: str,
@@ -100,6 +101,7 @@ async def test_forged_token_is_refused_with_401(
     assert (await client.get("/v1/messages/m-1")).status_code == 404
 
 
+@pytest.mark.slow
 async def test_a_token_for_another_service_account_is_refused_with_403(
     google: FakeGoogle, client: AsyncTestClient[Recordline], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -125,6 +127,7 @@ async def test_a_valid_token_pushes(
     assert (await client.get("/v1/messages/m-1")).json()["status"] == "stored"
 
 
+@pytest.mark.slow
 async def test_certs_are_fetched_once_across_many_pushes(
     google: FakeGoogle, client: AsyncTestClient[Recordline]
 ) -> None:

@@ -38,6 +38,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "claims",
     [
@@ -62,6 +63,7 @@ async def test_allowed_principals_read(
         assert response.json()["title"] == "Not found"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "claims",
     [

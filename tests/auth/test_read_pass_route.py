@@ -163,6 +163,7 @@ def test_a_pass_opens_no_push_console_or_replay(
     assert [r["message_id"] for r in page] == ["m-0", "m-1", "m-2"]
 
 
+@pytest.mark.slow
 def test_only_a_reader_gets_a_pass(client: TestClient[Recordline], google: FakeGoogle) -> None:
     assert get_pass(client, {}).status_code == 401
     assert get_pass(client, token(google, STRANGER)).status_code == 403
@@ -228,6 +229,7 @@ def test_a_pass_not_valid_here_is_401_logged_without_the_cookie(
     assert all(value[:40] not in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=EXAMPLES * 4,
     deadline=None,

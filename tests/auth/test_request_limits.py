@@ -89,6 +89,7 @@ async def post(
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
 async def test_a_20_mb_push_gets_413_without_being_read_whole(
     app: Recordline, settings: Settings, announced: bool
@@ -136,6 +137,7 @@ async def test_too_many_attributes_is_400(client: AsyncTestClient[Recordline]) -
     assert "attributes" in response.json()["detail"]
 
 
+@pytest.mark.slow
 async def test_too_many_attribute_headers_in_an_unwrapped_push_is_400(
     client: AsyncTestClient[Recordline],
 ) -> None:

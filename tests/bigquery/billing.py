@@ -29,11 +29,16 @@ partitioned tables, clustered tables, search indexes):
   A leaf is sized by its type in the table's schema where the query's schema
   gives it (NUMERIC 16 bytes, BIGNUMERIC 32, DATE/TIME/DATETIME 8, ...),
   else by its Python value.
-- Partitions (DAY, on one TIMESTAMP column) are pruned only by filters on the
-  partition column alone compared with a constant expression (query
-  parameters count as constants): `col op constant`, `BETWEEN`, `IN`. A
-  filter through a function of the column, a subquery or a join condition
-  prunes nothing.
+- Partitions (by DAY, MONTH or YEAR of one TIMESTAMP or DATE column, in UTC)
+  are pruned only by filters on the partition column alone compared with a
+  constant expression (query parameters count as constants): `col op
+  constant`, `BETWEEN`, `IN`. A filter through a function of the column, a
+  subquery or a join condition prunes nothing. Rows whose partition column is
+  NULL are in the `__NULL__` partition, which any such filter prunes (no
+  comparison holds for NULL); rows whose value lies before 1960-01-01 or from
+  2160-01-01 on are in `__UNPARTITIONED__`, read by any query whose filter
+  reaches outside those years
+  (https://cloud.google.com/bigquery/docs/partitioned-tables#date_timestamp_partitioned_tables).
 - Clustered blocks are pruned only by constant filters on a prefix of the
   clustering columns (a filter on the second column alone prunes nothing).
 - A search index serves `=` and `IN` on an indexed STRING column: an indexed
@@ -44,8 +49,12 @@ Assumptions of this model (not documented by Google):
 
 - Rows written in the last `write_optimized_seconds` (30 minutes) sit in one
   unclustered, unindexed block per partition (write-optimized storage): only
-  partition pruning skips it. A row's write time is taken to be its value of
-  the partition column (Recordline stamps `ingest_time` as it appends).
+  partition pruning skips it. A row's write time is taken to be its
+  `ingest_time` (Recordline stamps it as it appends; the exporter appends a
+  row seconds after), whatever the partition column; a table without one is
+  written at its partition column's time.
+- `__UNPARTITIONED__` is pruned as one partition spanning every time outside
+  the years above (Google does not say how it prunes it).
 - Older rows of a partition are sorted by the clustering columns and cut into
   blocks of `block_rows` rows (100,000: ~40 MB of Recordline rows; BigQuery's
   guidance is that clustering pays off above 64 MB a partition).
@@ -62,9 +71,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -86,11 +97,66 @@ DOLLARS_PER_TIB = 6.25
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """How one table is stored: what can prune a scan of it."""
+    """How one table is stored: what can prune a scan of it. The partition column is a
+    TIMESTAMP (µs, as stored rows hold it) or a DATE (days since the epoch)."""
 
     partition: str | None = None
     clustering: tuple[str, ...] = ()
     search_index: frozenset[str] = frozenset()
+    granularity: str = "DAY"
+    partition_type: str = "TIMESTAMP"
+
+
+NULL_PARTITION = "__NULL__"
+UNPARTITIONED = "__UNPARTITIONED__"
+# A partition: its first moment in the partition column's unit, or one of the two above.
+PartitionKey = int | str
+_EPOCH_DAY = date(1970, 1, 1)
+# Time-unit column partitions cover 1960-01-01 to 2159-12-31 (days since the epoch).
+FIRST_PARTITIONED_DAY = (date(1960, 1, 1) - _EPOCH_DAY).days
+END_PARTITIONED_DAY = (date(2160, 1, 1) - _EPOCH_DAY).days
+
+
+def _unit(layout: Layout) -> int:
+    """The partition column's values in a day: µs for a TIMESTAMP, 1 for a DATE."""
+    return 1 if layout.partition_type == "DATE" else DAY_MICROS
+
+
+def partition_of(layout: Layout, value: Any) -> PartitionKey:
+    """The partition a row whose partition column holds `value` is in."""
+    if value is None:
+        return NULL_PARTITION
+    unit = _unit(layout)
+    day: int = value // unit
+    if not FIRST_PARTITIONED_DAY <= day < END_PARTITIONED_DAY:
+        return UNPARTITIONED
+    if layout.granularity == "DAY":
+        return day * unit
+    when = _EPOCH_DAY + timedelta(days=day)
+    first = when.replace(day=1) if layout.granularity == "MONTH" else when.replace(month=1, day=1)
+    return (first - _EPOCH_DAY).days * unit
+
+
+def partition_bounds(layout: Layout, key: int) -> tuple[int, int]:
+    """The first and last value (inclusive) a partition's column may hold."""
+    unit = _unit(layout)
+    if layout.granularity == "DAY":
+        return key, key + unit - 1
+    first = _EPOCH_DAY + timedelta(days=key // unit)
+    if layout.granularity == "MONTH":
+        after = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    else:
+        after = first.replace(year=first.year + 1)
+    return key, (after - _EPOCH_DAY).days * unit - 1
+
+
+def partition_id(layout: Layout, key: PartitionKey) -> str:
+    """A partition's id, as INFORMATION_SCHEMA.PARTITIONS names it (YYYYMMDD, YYYYMM
+    or YYYY, UTC)."""
+    if isinstance(key, str):
+        return key
+    first = _EPOCH_DAY + timedelta(days=key // _unit(layout))
+    return first.strftime({"DAY": "%Y%m%d", "MONTH": "%Y%m", "YEAR": "%Y"}[layout.granularity])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,10 +358,14 @@ class _Evaluator:
     def __init__(self) -> None:
         self._con = duckdb.connect(":memory:")
         self._con.execute("SET TimeZone = 'UTC'")
+        # The jobs fake bills each request in a thread of its own: one connection
+        # runs one statement at a time.
+        self._lock = threading.Lock()
 
     def value(self, node: exp.Expression) -> Any:
         sql = sqlglot.transpile(f"SELECT {node.sql('bigquery')}", read="bigquery", write="duckdb")
-        row = self._con.execute(sql[0]).fetchone()
+        with self._lock:
+            row = self._con.execute(sql[0]).fetchone()
         return _comparable(row[0] if row else None)
 
     def values(self, node: exp.Expression) -> list[Any]:
@@ -307,10 +377,12 @@ class _Evaluator:
 
 
 def _comparable(value: Any) -> Any:
-    # Timestamps are compared as the microseconds the stored rows hold.
+    # Timestamps are compared as the microseconds the stored rows hold, dates as days.
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
         return int(moment.timestamp() * 1_000_000)
+    if isinstance(value, date):
+        return (value - _EPOCH_DAY).days
     if isinstance(value, list):
         return [_comparable(v) for v in value]
     return value
@@ -380,7 +452,8 @@ def _filters(scope: Scope, alias: str, evaluate: _Evaluator) -> dict[str, _Range
 @dataclasses.dataclass
 class _Block:
     rows: list[dict[str, Any]]
-    partition: int | None
+    # None: the table has no partitions.
+    partition: PartitionKey | None
     # Sorted by the clustering columns and indexed; False for write-optimized rows.
     clustered: bool
     first: tuple[Any, ...] = ()
@@ -395,6 +468,11 @@ def _sort_key(columns: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, .
     return lambda row: tuple((row[c] is not None, row[c]) for c in columns)
 
 
+def _partition_order(item: tuple[PartitionKey | None, Any]) -> tuple[bool, int, str]:
+    key = item[0]
+    return (not isinstance(key, int), key if isinstance(key, int) else 0, str(key))
+
+
 def _blocks(
     rows: Sequence[dict[str, Any]],
     layout: Layout,
@@ -402,16 +480,16 @@ def _blocks(
     block_rows: int,
     recent_since: int | None,
 ) -> list[_Block]:
-    partitions: dict[int | None, list[dict[str, Any]]] = {}
+    partitions: dict[PartitionKey | None, list[dict[str, Any]]] = {}
     for row in rows:
-        key = None if layout.partition is None else row[layout.partition] // DAY_MICROS
+        key = None if layout.partition is None else partition_of(layout, row.get(layout.partition))
         partitions.setdefault(key, []).append(row)
     blocks = []
-    for partition, members in sorted(partitions.items(), key=lambda kv: (kv[0] is None, kv[0])):
+    for partition, members in sorted(partitions.items(), key=_partition_order):
         recent: list[dict[str, Any]] = []
         settled: list[dict[str, Any]] = []
         for row in members:
-            written = row[layout.partition] if layout.partition else None
+            written = row.get("ingest_time", row.get(layout.partition or ""))
             fresh = recent_since is not None and written is not None and written >= recent_since
             (recent if fresh else settled).append(row)
         if layout.clustering:
@@ -488,15 +566,20 @@ class BillingModel:
         """Lay the table out again at the next bill: rows of it changed in place."""
         self._cache.pop(table, None)
 
+    def partition_of(self, table: str, row: Mapping[str, Any]) -> PartitionKey | None:
+        """The partition of `table` a row is in; None for a table without partitions."""
+        layout = self.layouts.get(table, Layout())
+        return None if layout.partition is None else partition_of(layout, row.get(layout.partition))
+
     def modified(
         self,
         table: str,
         rows: Sequence[dict[str, Any]],
-        partitions: Collection[int | None],
+        partitions: Collection[PartitionKey | None],
         types: Mapping[str, exp.DataType],
     ) -> int:
-        """What a DML statement that changes rows in `partitions` (days since the
-        epoch) is billed for them beyond what it reads: every column of each such
+        """What a DML statement that changes rows in `partitions` (`partition_of`'s
+        keys) is billed for them beyond what it reads: every column of each such
         partition, as it is before the statement ("the total size of all partitions
         being updated", BigQuery's DML pricing for partitioned tables; None: the
         whole of a table with no partitions)."""
@@ -522,11 +605,7 @@ class BillingModel:
         `*` and resolve unqualified columns, and to size the leaves of a
         RECORD column (a `STRUCT<...>` or `ARRAY<...>` type there).
         """
-        tree = sqlglot.parse_one(sql, read="bigquery")
-        tree = _substitute(tree, params)
-        tree = qualify(
-            tree, schema=dict(schema), dialect="bigquery", validate_qualify_columns=False
-        )
+        tree = _substitute(_qualified(sql, json.dumps(schema, sort_keys=True)), params)
         scans: list[tuple[str, int]] = []
         for scope in traverse_scope(tree):
             for alias, source in scope.sources.items():
@@ -566,10 +645,12 @@ class BillingModel:
         total = 0
         partition_filter = filters.get(layout.partition) if layout.partition else None
         for block in self.storage(table, rows):
-            if partition_filter is not None and block.partition is not None:
-                start = block.partition * DAY_MICROS
-                if not partition_filter.meets(start, start + DAY_MICROS - 1):
-                    continue
+            if (
+                partition_filter is not None
+                and block.partition is not None
+                and not _partition_survives(layout, block.partition, partition_filter)
+            ):
+                continue
             if block.clustered and not self._block_survives(block, layout, filters):
                 continue
             total += sum(self._size(block, path, types) for path in referenced)
@@ -606,6 +687,18 @@ class BillingModel:
             ):
                 return False
         return True
+
+
+def _partition_survives(layout: Layout, key: PartitionKey, found: _Range) -> bool:
+    """Whether a constant filter on the partition column may match rows of `key`."""
+    if key == NULL_PARTITION:
+        return False
+    if key == UNPARTITIONED:
+        unit = _unit(layout)
+        first, end = FIRST_PARTITIONED_DAY * unit, END_PARTITIONED_DAY * unit
+        return found.meets(None, first - 1) or found.meets(end, None)
+    assert isinstance(key, int)
+    return found.meets(*partition_bounds(layout, key))
 
 
 def _referenced(scope: Scope, alias: str) -> set[Path]:
@@ -675,6 +768,18 @@ def _literal(value: Any) -> exp.Expression:
             return exp.Array(expressions=[_literal(v) for v in value])
         case _:
             return exp.Literal.string(str(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _qualified(sql: str, schema: str) -> exp.Expression:
+    """The statement's tree with its tables and columns qualified against `schema`
+    (JSON): one statement comes again and again with new parameters (a walk over
+    pages sends it hundreds of times), and sqlglot's parse and qualification take
+    tens of milliseconds. Never changed: `_substitute` makes a copy."""
+    tree = sqlglot.parse_one(sql, read="bigquery")
+    return qualify(
+        tree, schema=json.loads(schema), dialect="bigquery", validate_qualify_columns=False
+    )
 
 
 def _substitute(tree: exp.Expression, params: Mapping[str, Any]) -> exp.Expression:

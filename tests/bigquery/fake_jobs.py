@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import re
 import threading
@@ -33,7 +34,15 @@ import pyarrow as pa
 import sqlglot
 
 from app.records import TABLES, Kind, columns
-from tests.bigquery.billing import DAY_MICROS, Bill, BillingModel, Layout, billed, data_type
+from tests.bigquery.billing import (
+    Bill,
+    BillingModel,
+    Layout,
+    billed,
+    data_type,
+    partition_id,
+    partition_of,
+)
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite, SchemaRefused
 
 BIGQUERY_TF = (
@@ -67,14 +76,28 @@ def terraform_layouts(path: Path = BIGQUERY_TF) -> dict[str, Layout]:
     layouts = {}
     for name, table in tables.items():
         partitioning = table.get("time_partitioning") or [{}]
+        field = partitioning[0].get("field")
+        clustering = table.get("clustering") or ()
+        granularity = partitioning[0].get("type", "DAY")
+        if isinstance(clustering, str) and clustering.startswith("${var.layout."):
+            # A system's layout (root layouts.tf): its default, today's, unless a test
+            # lays the table out otherwise (tests/infra/test_layout_variables.py keeps it equal).
+            field, clustering, granularity = (
+                DEFAULT_LAYOUT.partition,
+                DEFAULT_LAYOUT.clustering,
+                DEFAULT_LAYOUT.granularity,
+            )
         layouts[table["table_id"]] = Layout(
-            partition=partitioning[0].get("field"),
-            clustering=tuple(table.get("clustering") or ()),
+            partition=field,
+            clustering=tuple(clustering),
             search_index=frozenset(indexed.get(name, ())),
+            granularity=granularity,
         )
     return layouts
 
 
+# The layout of `records` a system has unless it chooses another.
+DEFAULT_LAYOUT = Layout(partition="ingest_time", clustering=("ingest_time",))
 LAYOUTS = terraform_layouts()
 
 _DUCKDB_TYPES = {
@@ -189,6 +212,8 @@ class FakeBigQueryJobs:
         self.failures: list[tuple[int, str]] = []
         # …and to the next table patches; every patch body received.
         self.table_failures: list[tuple[int, str]] = []
+        # …and to the next `tables.get`.
+        self.get_failures: list[tuple[int, str]] = []
         self.table_patches: list[dict[str, Any]] = []
         # Called once each, in turn, by a `tables.get` once it has read the table and
         # before its answer is sent (a change landing between another instance's
@@ -245,6 +270,10 @@ class FakeBigQueryJobs:
                     self.path.split("?", 1)[0]
                 ):
                     self._answer(*fake.job(self.path))
+                    return
+                if fake.get_failures:
+                    status, reason = fake.get_failures.pop(0)
+                    self._answer(status, _error(status, reason, "injected failure"))
                     return
                 # The change lands after the read and before its answer is sent. Run
                 # after the answer, it could fire on a read made before the hook was
@@ -315,6 +344,12 @@ class FakeBigQueryJobs:
                 self.applied_patches += 1
             schema = self.write.schemas[full]
             fields, etag = schema.fields, schema.etag
+        layout = self.billing.layouts.get(match["table"])
+        laid_out: dict[str, Any] = {}
+        if layout is not None and layout.partition is not None:
+            laid_out["timePartitioning"] = {"type": layout.granularity, "field": layout.partition}
+        if layout is not None and layout.clustering:
+            laid_out["clustering"] = {"fields": list(layout.clustering)}
         return 200, {
             "kind": "bigquery#table",
             "id": f"{match['project']}:{match['dataset']}.{match['table']}",
@@ -325,6 +360,7 @@ class FakeBigQueryJobs:
             },
             "schema": {"fields": fields},
             "etag": etag,
+            **laid_out,
         }
 
     def create_table(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -425,7 +461,7 @@ class FakeBigQueryJobs:
             return status, _error(status, reason, "injected failure")
         try:
             sql = qualified(sql, match["project"], body.get("defaultDataset"))
-            statement = sqlglot.parse_one(sql, read="bigquery")
+            statement = _parsed(sql)
         except sqlglot.errors.SqlglotError as exc:
             return 400, _error(400, "invalidQuery", str(exc))
         except Unqualified as exc:
@@ -499,8 +535,7 @@ class FakeBigQueryJobs:
         except _AmbiguousUpdate as exc:
             return 400, _error(400, "invalidQuery", str(exc))
         rows = self._rows(table)
-        partition = self.billing.layouts.get(table, Layout()).partition
-        partitions = {rows[i][partition] // DAY_MICROS if partition else None for i in changes}
+        partitions = {self.billing.partition_of(table, rows[i]) for i in changes}
         types = {f["name"]: data_type(_sql_type(f)) for f in self.write.schemas[path].fields}
         per_table: dict[str, int] = {}
         for name, scanned in read.scans:
@@ -617,7 +652,7 @@ class FakeBigQueryJobs:
     def run(
         self, sql: str, params: dict[str, Any]
     ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-        translated = sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
+        translated = _in_duckdb(sql)
         # Each request runs on a cursor of its own over the loaded tables.
         con = self._loaded().cursor()
         try:
@@ -681,7 +716,9 @@ class FakeBigQueryJobs:
             con.execute(f'CREATE SCHEMA "{self.project}"."{self.dataset}"')
             for table in (*TABLES, *created):
                 self._fill(con, table)
-            _partitions_view(con, f'"{self.project}"."{self.dataset}"', stored.__getitem__)
+            _partitions_view(
+                con, f'"{self.project}"."{self.dataset}"', stored.__getitem__, self.billing.layouts
+            )
             if self._db is not None:
                 self._db[1].close()
             self._db = (version, con)
@@ -705,6 +742,19 @@ _NESTED_TYPES = {
     "DATETIME": ("VARCHAR", pa.string()),
     "JSON": ("JSON", pa.string()),
 }
+
+
+# One statement comes again and again with new parameters (a walk over pages sends it
+# hundreds of times), and sqlglot takes tens of milliseconds to parse or translate it:
+# each is done once a statement. The tree is never changed (what builds on it copies).
+@functools.lru_cache(maxsize=256)
+def _parsed(sql: str) -> sqlglot.exp.Expression:
+    return sqlglot.parse_one(sql, read="bigquery")
+
+
+@functools.lru_cache(maxsize=256)
+def _in_duckdb(sql: str) -> str:
+    return sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
 
 
 def _duckdb_type(field: dict[str, Any]) -> str:
@@ -797,18 +847,25 @@ PARTITIONS_COLUMNS = {"table_name": "STRING", "partition_id": "STRING", "total_r
 
 
 def _partitions_view(
-    con: duckdb.DuckDBPyConnection, dataset: str, rows: Callable[[str], list[dict[str, Any]]]
+    con: duckdb.DuckDBPyConnection,
+    dataset: str,
+    rows: Callable[[str], list[dict[str, Any]]],
+    layouts: dict[str, Layout],
 ) -> None:
-    """The dataset's INFORMATION_SCHEMA.PARTITIONS: rows per day partition of each table."""
+    """The dataset's INFORMATION_SCHEMA.PARTITIONS: rows per partition of each table, by
+    its partition column (`__NULL__`, `__UNPARTITIONED__` as BigQuery names them)."""
     con.execute(
         f'CREATE TABLE {dataset}."{PARTITIONS_VIEW}" '
         "(table_name VARCHAR, partition_id VARCHAR, total_rows BIGINT)"
     )
     counts: dict[tuple[str, str], int] = {}
     for table in TABLES:
+        layout = layouts.get(table, DEFAULT_LAYOUT)
         for row in rows(table):
-            day = datetime.fromtimestamp(row["ingest_time"] // 1_000_000, tz=UTC)
-            key = (table, day.strftime("%Y%m%d"))
+            if layout.partition is None:
+                continue
+            found = partition_of(layout, row.get(layout.partition))
+            key = (table, partition_id(layout, found))
             counts[key] = counts.get(key, 0) + 1
     if counts:
         con.executemany(

@@ -42,7 +42,12 @@ class Stream:
         return ids + [f"9{n:016d}" for n in range(100 - len(ids))]
 
 
-def make_stream(rate: int, days: int, *, stored_per_day: int) -> Stream:
+def make_stream(
+    rate: int, days: int, *, stored_per_day: int, customers: int = 0, late_every: int = 0
+) -> Stream:
+    """`customers`: each record carries a `customer` attribute (and, as a layout's copy
+    of it, a `customer` column), one of that many, spread evenly; `late_every`: every
+    so many records is an event up to three days older than its ingest (0: none)."""
     weight = rate * 86_400 // stored_per_day
     step = weight * SECOND // rate
     data = json.dumps(DATA)
@@ -66,7 +71,14 @@ def make_stream(rate: int, days: int, *, stored_per_day: int) -> Stream:
                 {**row, "data": b"{not json", "reason": "payload is not JSON: invalid character"}
             )
             continue
-        record = {**row, "id": f"order-{n:09}", "timestamp": ingest - 900_000, "data": data}
+        event = ingest - 900_000
+        if late_every and n % late_every == late_every // 2:
+            event = ingest - (1 + n % 3) * DAY + 3_600 * SECOND
+        record = {**row, "id": f"order-{n:09}", "timestamp": event, "data": data}
+        if customers:
+            customer = f"c{(n * 7_919) % customers}"
+            attributes = {**json.loads(row["attributes"]), "customer": customer}
+            record = {**record, "attributes": json.dumps(attributes), "customer": customer}
         records.append(record)
         if n % 1000 == 500:  # a redelivery, stored again 2 s later
             records.append({**record, "ingest_time": ingest + 2 * SECOND})

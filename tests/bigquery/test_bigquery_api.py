@@ -38,6 +38,7 @@ def bigquery_settings(write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
     )
 
 
+@pytest.mark.slow
 async def test_push_then_read_through_the_api(
     bigquery_settings: Settings, write_fake: FakeBigQueryWrite
 ) -> None:
@@ -70,6 +71,7 @@ async def test_push_then_read_through_the_api(
     assert [r["data"] for r in write_fake.rows("rejected")] == [b"not json"]
 
 
+@pytest.mark.slow
 async def test_a_permanent_write_error_answers_503_and_fails_readiness(
     bigquery_settings: Settings, write_fake: FakeBigQueryWrite
 ) -> None:
@@ -81,6 +83,7 @@ async def test_a_permanent_write_error_answers_503_and_fails_readiness(
         assert (await client.get("/readyz")).status_code == 503
 
 
+@pytest.mark.slow
 async def test_reads_older_than_the_retention_answer_410_before_any_query(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -119,6 +122,7 @@ async def test_reads_older_than_the_retention_answer_410_before_any_query(
             assert [r["message_id"] for r in page["records"]] == ["m-1"], params
 
 
+@pytest.mark.slow
 async def test_a_durable_streams_client_follows_bigquery_alone(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:

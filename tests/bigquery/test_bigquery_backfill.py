@@ -72,6 +72,7 @@ def rfc3339(micros: int) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+@pytest.mark.slow
 async def test_records_stored_before_a_schema_was_declared_get_their_typed_columns(
     make_store: Callable[..., Any],
     write_fake: FakeBigQueryWrite,
@@ -144,6 +145,7 @@ async def test_records_stored_before_a_schema_was_declared_get_their_typed_colum
     assert reads["records"] < both_days.bytes_processed
 
 
+@pytest.mark.slow
 async def test_values_the_write_path_could_not_take_are_filled_in(
     make_store: Callable[..., Any],
     write_fake: FakeBigQueryWrite,
@@ -174,6 +176,7 @@ async def test_values_the_write_path_could_not_take_are_filled_in(
     assert len(write_fake.rows("records")) == 2
 
 
+@pytest.mark.slow
 async def test_unknown_revisions_are_left_alone_and_a_refused_run_changes_nothing(
     make_store: Callable[..., Any],
     write_fake: FakeBigQueryWrite,
@@ -206,3 +209,43 @@ async def test_unknown_revisions_are_left_alone_and_a_refused_run_changes_nothin
         )
     assert write_fake.rows("records") == before
     assert jobs_fake.created == {}
+
+
+async def test_a_layouts_copy_of_a_typed_field_follows_it_in_a_backfill(
+    make_store: Callable[..., Any],
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `records` clustered by a copy of fields.amount (docs/layouts.md): rows stored
+    # before the schema was declared have neither; the backfill sets both, together.
+    from tests.bigquery.billing import Layout
+    from tests.bigquery.test_layouts import copy
+
+    write_fake.define(
+        RECORDS, [*json.loads(RECORDS_JSON.read_text()), copy("amount", "fields.amount", "INT64")]
+    )
+    jobs_fake.billing.layouts["records"] = Layout(
+        partition="ingest_time", clustering=("ingest_time", "amount")
+    )
+    store: BigQueryStore = await make_store(revisions=Revisions())
+    day2 = BASE_TIME + DAY
+    await store.append(
+        [
+            payment("m1", BASE_TIME + 1, {"amount": 5}),
+            payment("m2", BASE_TIME + 2, {"amount": "many"}),
+        ]
+    )
+    await store.close()
+    assert await query(jobs_fake, f"SELECT COUNT(*) FROM {TABLE} WHERE amount IS NULL") == [(2,)]
+    monkeypatch.setenv("RECORDLINE_STORE", f"bigquery://{PROJECT}/{DATASET}")
+    monkeypatch.setenv("RECORDLINE_BIGQUERY_WRITE_ENDPOINT", write_fake.address)
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", jobs_fake.endpoint)
+    monkeypatch.setenv("RECORDLINE_JSON_TOPIC_SCHEMA", DECLARED)
+    argv = ["typed", "backfill", "--since", rfc3339(BASE_TIME), "--until", rfc3339(day2)]
+    argv += ["--reason", "the amount, before the schema was declared", "--operator", "ada@x"]
+    assert await asyncio.to_thread(main, argv) == 0
+    rows = await query(
+        jobs_fake, f"SELECT message_id, fields.amount, amount FROM {TABLE} ORDER BY message_id"
+    )
+    assert rows == [("m1", 5, 5), ("m2", None, None)]

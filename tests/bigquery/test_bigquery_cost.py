@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from app.asgi import create_app
 from app.records import TABLES, Record, columns
 from app.settings import QuerySettings, Settings
@@ -78,6 +80,7 @@ async def tail_poll(store: BigQueryStore, jobs: FakeBigQueryJobs) -> int:
     return sum(billed_by(jobs, before))
 
 
+@pytest.mark.slow
 async def test_a_tail_poll_bills_the_same_at_1_and_30_days(
     store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -91,6 +94,7 @@ async def test_a_tail_poll_bills_the_same_at_1_and_30_days(
     assert cost[1] < 100 * MIB
 
 
+@pytest.mark.slow
 async def test_lookups_read_only_the_blocks_that_hold_the_key(
     store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -118,6 +122,7 @@ async def test_lookups_read_only_the_blocks_that_hold_the_key(
     assert all(bill <= 2 * 10 * MIB for bill in bills), bills
 
 
+@pytest.mark.slow
 async def test_every_query_is_capped_and_a_read_over_the_cap_answers_503(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
@@ -178,6 +183,7 @@ async def test_bytes_billed_are_on_the_query_span(make_store: Factory) -> None:
     assert str(span.attributes["gcp.bigquery.job.id"]).startswith("fake-")
 
 
+@pytest.mark.slow
 async def test_bad_reads_get_a_problem_document_and_never_a_runaway_query(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
@@ -203,6 +209,7 @@ async def test_bad_reads_get_a_problem_document_and_never_a_runaway_query(
         assert len(jobs_fake.queries) == sent
 
 
+@pytest.mark.slow
 async def test_a_replay_batch_is_one_query_of_two_columns(
     store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -228,6 +235,7 @@ async def test_a_replay_batch_is_one_query_of_two_columns(
     assert sum(batch) * 20 < sum(one_by_one), (sum(batch), sum(one_by_one))
 
 
+@pytest.mark.slow
 async def test_listing_rejections_is_billed_by_its_own_route(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:

@@ -310,6 +310,7 @@ KINDS: dict[str, Callable[[FakeSchemaApi], dict[str, list[Step]]]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 async def test_drift_on_bigquery_with_a_lagging_write_path(
     kind: str, write_fake: FakeBigQueryWrite, schema_api: FakeSchemaApi
@@ -339,6 +340,7 @@ async def test_drift_on_bigquery_with_a_lagging_write_path(
             assert (name in errors) is misfit, (change, stored[change].rows[1])
 
 
+@pytest.mark.slow
 async def test_drift_on_bigquery_with_a_write_path_later_than_the_wait(
     write_fake: FakeBigQueryWrite, schema_api: FakeSchemaApi
 ) -> None:
@@ -366,6 +368,7 @@ async def test_drift_on_bigquery_with_a_write_path_later_than_the_wait(
     assert [field for field, _ in widened["int to double (a widening)"]] == ["n"], widened
 
 
+@pytest.mark.slow
 async def test_a_table_s_first_typed_columns_later_than_the_wait(
     write_fake: FakeBigQueryWrite, schema_api: FakeSchemaApi
 ) -> None:

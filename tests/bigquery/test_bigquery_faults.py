@@ -43,6 +43,7 @@ def stored_ids(fake: FakeBigQueryWrite) -> list[str]:
     return [row["message_id"] for row in fake.rows("records")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", TRANSIENT)
 async def test_transient_faults_lose_nothing_and_show_no_duplicates(
     store: BigQueryStore, write_fake: FakeBigQueryWrite, fault: Fault
@@ -62,6 +63,7 @@ async def test_transient_faults_lose_nothing_and_show_no_duplicates(
     assert write_fake.schemas_received == write_fake.connections
 
 
+@pytest.mark.slow
 async def test_commit_then_abort_stores_a_copy_that_readers_never_see(
     store: BigQueryStore, write_fake: FakeBigQueryWrite
 ) -> None:
@@ -219,6 +221,7 @@ async def test_a_slow_server_times_out_without_losing_later_rows(
     assert stored_ids(write_fake) == ["m-0", "m-1", "m-2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_random_faults_under_load(
     make_store: Factory, write_fake: FakeBigQueryWrite, seed: int

@@ -4,6 +4,8 @@ less where a search index rules blocks out, and every query under the cap."""
 
 from __future__ import annotations
 
+import pytest
+
 from app.asgi import create_app
 from app.records import Record
 from app.store import PageQuery
@@ -29,6 +31,7 @@ async def bill(
     return page.rows, billed_by(jobs, before)
 
 
+@pytest.mark.slow
 async def test_a_filtered_page_scans_an_hour_at_most_and_bills_no_more_than_it(
     store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -63,6 +66,7 @@ async def test_a_filtered_page_scans_an_hour_at_most_and_bills_no_more_than_it(
     assert max(filtered) <= store.queries.max_bytes_billed
 
 
+@pytest.mark.slow
 async def test_a_message_id_filter_reads_only_the_blocks_that_may_hold_it(
     store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -85,6 +89,7 @@ async def test_a_message_id_filter_reads_only_the_blocks_that_may_hold_it(
     assert sum(filtered) * 4 < sum(unfiltered), (filtered, unfiltered)
 
 
+@pytest.mark.slow
 async def test_a_filtered_read_over_the_cap_is_refused_with_its_cap(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:

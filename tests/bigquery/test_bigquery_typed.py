@@ -183,6 +183,7 @@ async def test_every_type_lands_in_its_typed_column(
     assert stored_row["fields"]["blob"] == b"\x00\xff"
 
 
+@pytest.mark.slow
 async def test_a_new_revision_is_written_once_the_write_path_takes_its_columns(
     open_store: Callable[[Revisions], Any],
     write_fake: FakeBigQueryWrite,
@@ -206,6 +207,7 @@ async def test_a_new_revision_is_written_once_the_write_path_takes_its_columns(
     assert len(write_fake.rows("records")) == 2  # nothing refused, nothing written twice
 
 
+@pytest.mark.slow
 async def test_rows_outwaiting_the_write_path_say_what_it_could_not_take(
     open_store: Callable[[Revisions], Any],
     write_fake: FakeBigQueryWrite,
@@ -226,6 +228,7 @@ async def test_rows_outwaiting_the_write_path_say_what_it_could_not_take(
     assert rows == [(None, "note", "no typed field of this name in the table", r2, "gift")]
 
 
+@pytest.mark.slow
 async def test_two_instances_widening_at_once_keep_both_columns(
     open_store: Callable[[Revisions], Any],
     write_fake: FakeBigQueryWrite,
@@ -457,6 +460,7 @@ async def test_the_fake_refuses_a_writer_schema_field_name_that_is_no_proto_iden
     assert len(write_fake.invalid_schemas) == 1
 
 
+@pytest.mark.slow
 async def test_a_revision_that_would_take_the_table_past_the_cap_has_no_typed_columns(
     open_store: Callable[[Revisions], Any], write_fake: FakeBigQueryWrite
 ) -> None:

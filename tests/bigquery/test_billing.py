@@ -353,3 +353,79 @@ def test_the_jobs_fake_bills_typed_leaves_through_the_real_client(jobs_fake: Any
     assert leaf.total_bytes_processed == 100 * 16
     whole = client.query_and_wait(f"SELECT fields FROM {records}")
     assert whole.total_bytes_processed == 100 * (16 + 102)
+
+
+# -- partitions by another column than the write time --------------------------------
+
+EVENTS = "SELECT n FROM `p.d.events` WHERE k >= 'k' AND m >= ''"
+
+
+def _events(stamps: list[int | None], *, written: int) -> list[dict[str, Any]]:
+    """Rows partitioned by `ts`, each written (its ingest_time) at `written`."""
+    return [
+        {"ts": ts, "k": f"k{i:03}", "m": f"m{i:06}", "n": i, "ingest_time": written}
+        for i, ts in enumerate(stamps)
+    ]
+
+
+def test_month_and_year_partitions_prune_by_their_whole_unit() -> None:
+    data = {"events": rows(90, 10)}  # 2024-04-27 to 2024-07-25
+    one_day = {"a": T0 + 40 * DAY, "b": T0 + 41 * DAY}  # 2024-06-06
+    by_day = bill(model(Layout(partition="ts"), now=LONG_AGO), RANGE, data, **one_day)
+    by_month = bill(
+        model(Layout(partition="ts", granularity="MONTH"), now=LONG_AGO), RANGE, data, **one_day
+    )
+    by_year = bill(
+        model(Layout(partition="ts", granularity="YEAR"), now=LONG_AGO), RANGE, data, **one_day
+    )
+    assert scanned(by_day) == 10 * 16  # ts and n of its day
+    assert scanned(by_month) == 30 * 10 * 16  # the whole of June
+    assert scanned(by_year) == 90 * 10 * 16  # every row is in 2024
+
+
+def test_null_and_out_of_range_times_have_partitions_of_their_own() -> None:
+    # BigQuery keeps a NULL partitioning value in __NULL__ and one before 1960 or from
+    # 2160 on in __UNPARTITIONED__: no row is refused for its time.
+    year_1900 = -2_208_988_800_000_000
+    year_2500 = 16_725_225_600_000_000
+    stamps = [T0, T0 + 1, None, None, year_1900, year_2500]
+    data = {"events": _events(stamps, written=T0)}
+    m = model(Layout(partition="ts"), now=LONG_AGO)
+    storage = m.storage("events", data["events"])
+    assert sorted(str(b.partition) for b in storage) == [
+        str(T0),
+        "__NULL__",
+        "__UNPARTITIONED__",
+    ]
+    # A day's filter reads its day: neither NULLs nor times out of range.
+    day = bill(m, RANGE, data, a=T0, b=T0 + DAY)
+    assert scanned(day) == 2 * 16
+    # A filter reaching back before 1960 reads __UNPARTITIONED__ too, never __NULL__.
+    since_1800 = bill(m, RANGE, data, a=year_1900 - DAY, b=T0 + DAY)
+    assert scanned(since_1800) == 4 * 16  # its day, and both rows out of range
+    # No filter on the column reads every partition.
+    assert scanned(bill(m, EVENTS, data)) == 6 * (8 + 6 + 9)  # n, k, m
+
+
+def test_recent_rows_are_write_optimized_by_when_they_were_written_not_their_partition() -> None:
+    # Rows written a minute ago about events of three days: each sits unclustered in its
+    # event's partition, whatever the partition's date, until BigQuery reorganises it.
+    now = T0 + 10 * DAY
+    stamps = [T0 + d * DAY + i for d in range(3) for i in range(50)]
+    data = {"events": _events(stamps, written=now - MINUTE)}
+    m = model(Layout(partition="ts", clustering=("k",)), now=now, block_rows=10)
+    assert [b.clustered for b in m.storage("events", data["events"])] == [False] * 3
+    later = model(Layout(partition="ts", clustering=("k",)), now=now + DAY, block_rows=10)
+    assert all(b.clustered for b in later.storage("events", data["events"]))
+
+
+def test_a_date_partition_prunes_by_days() -> None:
+    layout = Layout(partition="d", partition_type="DATE", granularity="MONTH")
+    kinds = {"orders": {"d": Kind.INT64, "n": Kind.INT64}}
+    m = BillingModel(layouts={"orders": layout}, kinds=kinds, clock=lambda: LONG_AGO / 1e6)
+    # Days since the epoch, as the write fake keeps a DATE: 2024-04-27 + 0..59 days.
+    data = [{"d": 19_840 + i, "n": i} for i in range(60)]
+    sql = "SELECT n FROM `p.d.orders` WHERE d = DATE '2024-05-03'"
+    schema = {"p": {"d": {"orders": {"d": "DATE", "n": "INT64"}}}}
+    found = m.bill(sql, {}, lambda _: data, schema)
+    assert sum(n for _, n in found.scans) == 31 * 16  # May: its days' d and n

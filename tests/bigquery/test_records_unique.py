@@ -43,27 +43,37 @@ HOUR = 3600 * SECOND
 def routine_body(window_seconds: float) -> str:
     """The routine's definition_body as Terraform renders it for a system whose service
     runs with this dedupe window, in PROJECT.DATASET."""
+    return rendered_routine("records_unique", f"  dedupe_window_seconds = {window_seconds}\n")
+
+
+def rendered_routine(
+    name: str, more_locals: str = "", variables: dict[str, str] | None = None
+) -> str:
+    """A routine's definition_body as Terraform renders it in PROJECT.DATASET, with
+    `more_locals` (HCL lines) and `variables` (name: HCL value) it reads."""
     require_terraform()
-    expression = _expression(
-        _resources("google_bigquery_routine")["records_unique"]["definition_body"]
-    )
+    expression = _expression(_resources("google_bigquery_routine")[name]["definition_body"])
     for reference, local in {
         "var.project_id": "local.project_id",
         "google_bigquery_dataset.recordline.dataset_id": "local.dataset_id",
         "google_bigquery_table.records.table_id": "local.records_table_id",
     }.items():
         expression = expression.replace(reference, local)
+    variables = variables or {}
     with tempfile.TemporaryDirectory() as work:
         shutil.copytree(MODULE / "sql", Path(work, "sql"))
         Path(work, "main.tf").write_text(
-            "locals {\n"
+            "".join(f'variable "{v}" {{\n  type = any\n}}\n' for v in variables) + "locals {\n"
             f'  project_id = "{PROJECT}"\n'
             f'  dataset_id = "{DATASET}"\n'
             '  records_table_id = "records"\n'
-            f"  dedupe_window_seconds = {window_seconds}\n"
+            f"{more_locals}"
             "}\n"
         )
-        return str(console(work, expression))
+        Path(work, "values.tfvars").write_text(
+            "".join(f"{v} = {x}\n" for v, x in variables.items())
+        )
+        return str(console(work, expression, var_file="values.tfvars"))
 
 
 def callable_sql(body: str, select: str = "u.*") -> str:
@@ -100,6 +110,7 @@ def query(jobs: FakeBigQueryJobs, sql: str, since: int, until: int) -> dict[str,
 # --- the function as written ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_function_takes_two_timestamps_and_its_columns_from_the_table() -> None:
     routine = _resources("google_bigquery_routine")["records_unique"]
     assert routine["routine_type"] == "TABLE_VALUED_FUNCTION"
@@ -219,6 +230,7 @@ def first_copies(
     return shown
 
 
+@pytest.mark.slow
 async def test_it_answers_the_first_copies_the_services_pages_answer(
     write_fake: FakeBigQueryWrite,
     jobs_fake: FakeBigQueryJobs,
@@ -311,6 +323,7 @@ async def test_it_leaves_out_a_publishers_later_copies_which_the_services_pages_
 # --- what it costs ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_its_bill_stays_within_the_range_and_the_window_before_it() -> None:
     # A month of 100 msg/s, every row settled (none in write-optimized storage).
     stream = make_stream(100, 30, stored_per_day=288)

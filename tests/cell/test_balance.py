@@ -10,6 +10,8 @@ import random
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from app.records import micros, moment
 from app.store.spanner import ledger
 from app.store.spanner.ledger import Standing, lease_holder, standing_of
@@ -169,6 +171,7 @@ def test_two_instances_share_three_systems_and_a_third_takes_its_share() -> None
     assert pool.longest_unheld <= 2 * RENEW
 
 
+@pytest.mark.slow
 def test_a_hundred_systems_are_shared_evenly_and_stay_so() -> None:
     pool = Pool(100, seed=7)
     for name in "abc":

@@ -102,6 +102,7 @@ def memory_cell(stores: Stores) -> Iterator[TestClient[Any]]:
         yield client
 
 
+@pytest.mark.slow
 def test_each_push_is_stored_in_its_own_systems_store_alone(
     memory_cell: TestClient[Any], stores: Stores
 ) -> None:
@@ -123,6 +124,7 @@ def test_each_push_is_stored_in_its_own_systems_store_alone(
     assert "alpha-0" in stored_ids(memory_cell, "beta")
 
 
+@pytest.mark.slow
 def test_a_page_token_or_offset_of_one_system_is_refused_by_another(
     memory_cell: TestClient[Any],
 ) -> None:
@@ -172,6 +174,7 @@ def test_each_system_reads_payloads_of_its_own_shape(stores: Stores) -> None:
         assert "`id`" in said["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path",
     [
@@ -198,6 +201,7 @@ def test_a_push_for_no_system_of_the_cell_is_refused_and_nothing_is_stored(
         assert stores.made[system].appends == []
 
 
+@pytest.mark.slow
 def test_the_cells_own_routes_are_at_the_root(memory_cell: TestClient[Any]) -> None:
     assert memory_cell.get("/healthz").json() == {"status": "ok"}
     assert memory_cell.get("/readyz").json() == {"status": "ready", "not_ready": {}}
@@ -210,6 +214,7 @@ def test_the_cells_own_routes_are_at_the_root(memory_cell: TestClient[Any]) -> N
     assert bad.json()["type"] == "/problems/invalid-parameter"
 
 
+@pytest.mark.slow
 def test_a_systems_failing_store_is_its_own_503_and_readiness_names_it(
     memory_cell: TestClient[Any], stores: Stores
 ) -> None:
@@ -240,6 +245,7 @@ def test_a_systems_failing_store_is_its_own_503_and_readiness_names_it(
     assert stored_ids(memory_cell, "alpha") == {"a"}
 
 
+@pytest.mark.slow
 def test_a_system_that_will_not_start_is_answered_503_and_started_again(
     stores: Stores,
 ) -> None:
@@ -278,22 +284,25 @@ def test_a_system_whose_settings_cannot_be_used_is_unavailable_and_the_others_se
     cell = cell_of(stores, systems)
     with TestClient(cell) as client:
         assert client.post("/systems/alpha/pubsub/push", json=envelope(RECORD)).status_code == 204
-        assert client.post("/systems/gamma/pubsub/push", json=envelope(RECORD)).status_code == 204
         ready = client.get("/readyz")
         assert ready.status_code == 200
         not_ready = ready.json()["not_ready"]
-        assert sorted(not_ready) == ["beta", "delta", "epsilon", "zeta"]
+        # Both systems of one store: the file does not say which it was made for.
+        assert sorted(not_ready) == ["beta", "delta", "epsilon", "gamma", "zeta"]
         assert "RECORDLINE_JSON_TOPIC_SCHEMA" in not_ready["beta"]
-        assert "'gamma' and 'delta'" in not_ready["delta"]
+        assert "'delta' and 'gamma'" in not_ready["delta"]
+        assert "'delta' and 'gamma'" in not_ready["gamma"]
         assert "stroe" in not_ready["epsilon"]
         assert "operator_principals" in not_ready["zeta"]
-        for name in ("beta", "delta", "epsilon", "zeta"):
+        for name in ("beta", "delta", "epsilon", "gamma", "zeta"):
             refused = client.post(f"/systems/{name}/pubsub/push", json=envelope(RECORD))
             assert refused.status_code == 503
             assert refused.headers["retry-after"]
             assert refused.json()["type"] == "/problems/system-unavailable"
             assert "settings" in refused.json()["detail"]
-    assert [sum(stores.made[name].appends) for name in ("alpha", "beta", "gamma")] == [1, 0, 1]
+    assert sum(stores.made["alpha"].appends) == 1
+    assert sum(stores.made["beta"].appends) == 0
+    assert not {"gamma", "delta"} & set(stores.made)  # the store they name is never opened
 
 
 def test_a_cells_own_setting_that_cannot_be_used_still_stops_it(stores: Stores) -> None:
@@ -306,6 +315,7 @@ def test_a_cells_own_setting_that_cannot_be_used_still_stops_it(stores: Stores) 
     assert refused.value.var == "RECORDLINE_PRODUCER_KEYS"
 
 
+@pytest.mark.slow
 def test_a_token_of_one_system_is_refused_for_another(stores: Stores) -> None:
     google = FakeGoogle().start()
     try:
@@ -346,6 +356,7 @@ def test_a_token_of_one_system_is_refused_for_another(stores: Stores) -> None:
         google.stop()
 
 
+@pytest.mark.slow
 async def test_a_follower_storm_on_one_system_is_refused_for_that_system_alone(
     stores: Stores,
 ) -> None:
@@ -394,6 +405,7 @@ async def test_a_follower_storm_on_one_system_is_refused_for_that_system_alone(
             assert follower.status_code == 200
 
 
+@pytest.mark.slow
 async def test_a_system_whose_dataset_is_gone_is_refused_alone(
     write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> None:
@@ -423,6 +435,7 @@ async def test_a_system_whose_dataset_is_gone_is_refused_alone(
     assert write_fake.rows(gone) == []
 
 
+@pytest.mark.slow
 def test_each_systems_console_is_under_its_prefix(memory_cell: TestClient[Any]) -> None:
     redirect = memory_cell.get("/systems/alpha/console", follow_redirects=False)
     assert redirect.headers["location"] == "console/records"  # relative: under the prefix

@@ -137,6 +137,7 @@ def cell(google: FakeGoogle) -> Any:
     )
 
 
+@pytest.mark.slow
 async def test_audit_asks_its_systems_paths_with_a_token_the_metadata_server_minted(
     google: FakeGoogle, metadata: MetadataServer, tmp_path: Path
 ) -> None:
@@ -161,6 +162,7 @@ async def test_audit_asks_its_systems_paths_with_a_token_the_metadata_server_min
         assert "--system=gamma: no such system in RECORDLINE_SYSTEMS" in done.stderr
 
 
+@pytest.mark.slow
 async def test_replay_reaches_its_system_alone_as_the_operator_account(
     google: FakeGoogle, metadata: MetadataServer, tmp_path: Path
 ) -> None:

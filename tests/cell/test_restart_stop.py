@@ -22,10 +22,14 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import pytest
 
 from tests.conftest import envelope
 from tests.processes import free_port
 from tests.waiting import until_blocking
+
+# Among the slowest: left out by `dev.py test --quick`.
+pytestmark = pytest.mark.slow
 
 SYSTEMS = ("alpha", "beta")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import pytest
 
 from tests.conftest import envelope
 from tests.processes import free_port
@@ -22,6 +23,7 @@ from tests.waiting import until_blocking
 SYSTEMS = ("alpha", "beta")
 
 
+@pytest.mark.slow
 def test_recordline_serve_runs_a_cell_and_stops_within_its_grace(tmp_path: Path) -> None:
     files = {name: tmp_path / f"{name}.duckdb" for name in SYSTEMS}
     port = free_port()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.resources import SERVICE_NAMESPACE, Resource
@@ -56,6 +57,7 @@ def count(points: list[Any], **attributes: str) -> float:
     )
 
 
+@pytest.mark.slow
 def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells() -> None:
     exported = Exported()
     telemetry = cell_telemetry(exported)
@@ -86,15 +88,22 @@ def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells(
     found = series(exported.data)
     # Counters: each system's under its own namespace, with no `system` attribute left.
     assert count(found["alpha"]["recordline.messages"], outcome="stored") == 4
-    assert count(found["beta"]["recordline.messages"], outcome="retried") == 1
     assert all("system" not in p.attributes for p in found["alpha"]["recordline.messages"])
+    # What a push cost without becoming a row (a 503, a refusal) is the cell's: a
+    # system's on every instance that met one would be a series of each, written to the
+    # instance's end. Which system: Pub/Sub's count by response class, and the logs.
+    # Beta, a 503 and a 400 and no row: no series of its own at all.
+    assert "beta" not in found
+    outcomes = found["cell-1"]["recordline.messages"]
+    assert count(outcomes, outcome="retried") == 1
+    assert count(outcomes, outcome="refused", reason="not-a-push-envelope") == 1
+    assert _fleet_cost().CELL_SERIES["messages"] == 2
     # A system's SLO events are what its store holds (freshness, on DuckDB counted as
     # stored); its pushes' answers are Pub/Sub's to count, per subscription.
     slo_a = found["alpha"]["recordline.slo.events"]
     assert count(slo_a, slo="freshness", good="true") == 3
     assert count(slo_a, slo="freshness", good="false") == 1  # published long before
     assert {p.attributes["slo"] for p in slo_a} == {"freshness"}
-    assert "recordline.slo.events" not in found["beta"]  # a 503 and a 400, no row
     # Reads' events are the cell's: every instance serves every system's reads.
     slo_cell = found["cell-1"]["recordline.slo.events"]
     assert count(slo_cell, slo="availability", good="true") == 1
@@ -121,6 +130,7 @@ def test_each_systems_counts_are_its_own_series_and_distributions_are_the_cells(
     assert lag.count == 4
 
 
+@pytest.mark.slow
 def test_a_hundred_systems_add_no_distribution() -> None:
     exported = Exported()
     telemetry = cell_telemetry(exported)
@@ -254,8 +264,20 @@ def test_the_export_lease_holder_writes_what_the_store_holds_once_a_row() -> Non
     for name, n in cost.HOLDER_SERIES.items():
         # An ordinary day's freshness is good only; this batch has a stale row too.
         assert written[name] == n + (1 if name == "slo.events" else 0), name
-    # A refused change of its typed columns: none written until one happens.
+    # A refused change of its typed columns, a blocked table: none written until one
+    # happens; the export's rows and lag, each table's.
     assert written.get("typed.patches_refused", 0) == cost.EXPORT_SERIES["typed.patches_refused"]
+    assert written.get("export.blocked", 0) == cost.EXPORT_SERIES["export.blocked"] == 0
+    assert written["export.rows"] == cost.EXPORT_SERIES["export.rows"]
+    # A table blocked is said so, and unblocked, said so too until the lease is lost.
+    observer.blocked("records", "BigQuery refused message m-9 of records: too long")
+    telemetry.meter_provider.force_flush()
+    (blocked,) = series(exported.data)["alpha"]["recordline.export.blocked"]
+    assert (blocked.value, blocked.attributes) == (1, {"table": "records"})
+    observer.exported("records", [row(5, now)])
+    telemetry.meter_provider.force_flush()
+    (blocked,) = series(exported.data)["alpha"]["recordline.export.blocked"]
+    assert blocked.value == 0
     # The lease lost: the canary's age is the new holder's to say.
     observer.released()
     telemetry.meter_provider.force_flush()

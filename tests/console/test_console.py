@@ -31,6 +31,7 @@ def client(store: FaultyStore) -> TestClient:  # type: ignore[type-arg]
         yield client
 
 
+@pytest.mark.slow
 def test_every_page_loads_only_what_the_service_serves(client: TestClient) -> None:  # type: ignore[type-arg]
     assert client.get("/console", follow_redirects=False).headers["location"] == "console/records"
     for page in PAGES:
@@ -77,6 +78,7 @@ def assert_protected(headers: Any) -> None:
     assert headers["referrer-policy"] == "same-origin"
 
 
+@pytest.mark.slow
 async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # noqa: F811
     """With read authentication, the console is closed to a caller without a reader's
     token (401) or with another's (403), as the read API is; an analyst reads it

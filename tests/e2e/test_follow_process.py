@@ -16,6 +16,7 @@ from tests.test_follow import events, push_body, tail_token
 from tests.waiting import until
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 async def test_a_stop_ends_every_wait_and_stream_at_once_with_where_to_resume(
     service_process: ServiceProcess, stop: signal.Signals

@@ -172,6 +172,7 @@ def read_back(stand_in: BigQueryStandIn) -> tuple[list[tuple[Any, ...]], set[str
     return rows, {f.name for f in typed}
 
 
+@pytest.mark.slow
 async def test_two_processes_widening_at_once_lose_no_column_and_no_message(
     stand_in: BigQueryStandIn,
     services: dict[str, ServiceProcess],

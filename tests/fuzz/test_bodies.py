@@ -83,6 +83,7 @@ def check(client: TestClient[Recordline], response: Any, message_id: object) -> 
         assert client.get(f"/v1/messages/{segment}").status_code == 200
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES * 12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=envelopes)
 def test_any_json_body(client: TestClient[Recordline], body: Any) -> None:
@@ -92,6 +93,7 @@ def test_any_json_body(client: TestClient[Recordline], body: Any) -> None:
     check(client, response, message_id)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES * 6, deadline=None)
 @given(body=st.binary(max_size=300))
 def test_any_bytes(client: TestClient[Recordline], body: bytes) -> None:
@@ -101,6 +103,7 @@ def test_any_bytes(client: TestClient[Recordline], body: bytes) -> None:
     check(client, response, None)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES * 4, deadline=None)
 @given(
     body=st.binary(max_size=200),
@@ -149,6 +152,7 @@ _NOT_PUBLISHERS = [
 _NAME_PART = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", max_size=8)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES * 4, deadline=None)
 @given(
     names=st.lists(

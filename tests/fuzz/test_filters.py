@@ -90,6 +90,7 @@ def matches(row: dict[str, Any], params: dict[str, Any]) -> bool:
     )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=EXAMPLES * 4,
     deadline=None,
@@ -132,6 +133,7 @@ exports = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=EXAMPLES * 4,
     deadline=None,
@@ -164,6 +166,7 @@ def duckdb_client() -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.mark.slow
 @settings(
     max_examples=EXAMPLES * 2,
     deadline=None,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +50,7 @@ def spelled(draw: st.DrawFn, value: Any) -> bytes:
     return text.encode()
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES * 4, deadline=None)
 @given(
     data=st.dictionaries(names, values, max_size=5).flatmap(

@@ -232,6 +232,7 @@ def check(service: Service, batch: list[Push]) -> None:
     assert stored <= set(service.followed), stored - set(service.followed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @FUZZ
 @given(data=st.data())
@@ -240,6 +241,7 @@ def test_any_push_of_any_format(service: Service, fmt: str, data: st.DataObject)
     check(service, batch)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(batch=st.lists(pushes(MAPPED), min_size=1, max_size=3))
 def test_any_push_in_the_publishers_own_shape(mapped_service: Service, batch: list[Push]) -> None:

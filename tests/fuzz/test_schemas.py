@@ -173,6 +173,7 @@ FUZZ = settings(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(revision=avro_revisions())
 def test_no_revision_breaks_a_push_or_the_pushes_after_it(

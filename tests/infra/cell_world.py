@@ -42,6 +42,24 @@ PLACEHOLDER = "docker.io/library/python:3.11.14-slim-bookworm@sha256:" + "6" * 6
 # Where a cell's revisions read their systems (cell.tf, exporter.tf).
 SYSTEMS_SETTING = "@/etc/recordline/systems/systems.json"
 CANARY_SETTING = "@/etc/recordline/canary/systems.json"
+SYSTEMS_DIRECTORY = "/etc/recordline/systems"
+CANARY_DIRECTORY = "/etc/recordline/canary"
+
+
+def systems_secret(cell: str) -> str:
+    return f"{cell}-systems"
+
+
+def canary_secret(cell: str) -> str:
+    return f"{cell}-canary-systems"
+
+
+def settings(systems: list[str]) -> str:
+    """A version of a cell's systems' file as the fake reads it: each system's entry."""
+    return json.dumps(
+        {s: {"store": f"bigquery://{PROJECT}/{s.replace('-', '_')}"} for s in systems}
+    )
+
 
 # The default canary (modules/system/canary.tf): a record of the service's default shape.
 DEFAULT_CANARY = json.dumps({"data": {"canary": True}, "id": "recordline-canary"}).encode()
@@ -78,10 +96,14 @@ def deploy_output(
     shapes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The cell's Terraform output `deploy` (outputs.tf). Its canary systems: given, else
-    the first two serving systems by name, else the first two systems (exporter.tf)."""
+    the first two serving systems by name (else the first two systems) and the first
+    with a topic schema, serving ones first (exporter.tf; rates and typed columns are
+    not modelled here)."""
     shapes = shapes or {}
     candidates = sorted(serving) or sorted(systems)
-    chosen = canary if canary is not None else candidates[:2]
+    order = list(dict.fromkeys([*candidates, *sorted(systems)]))
+    schema = [s for s in order if shapes.get(s, {}).get("schema")]
+    chosen = canary if canary is not None else list(dict.fromkeys(candidates[:2] + schema[:1]))
     return {
         "cell": cell,
         "project": PROJECT,
@@ -97,6 +119,10 @@ def deploy_output(
         "canary": {s: smoke(cell, s, shapes.get(s), s in serving) for s in chosen},
         "soak_seconds": 300,
         "gate_lag_seconds": 120,
+        "kept_revisions": 10,
+        "serving_systems": sorted(serving),
+        "secrets": [systems_secret(cell)] + ([canary_secret(cell)] if serving else []),
+        "release": f"gs://{STATE_BUCKET}/directory/releases/{cell}.json",
     }
 
 
@@ -142,7 +168,10 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
     project: dict[str, list[str]] = {
         operator: operator_roles,
         ONCALL_GROUP: list(_locals_of(ENVIRONMENT)["oncall_project_roles"]),
-        deployer: [_role("google_project_iam_member", "deployer_reads_metrics", ENVIRONMENT)],
+        deployer: [
+            _role("google_project_iam_member", name, ENVIRONMENT)
+            for name in ("deployer_reads_metrics", "deployer_lists_revisions")
+        ],
     }
     accounts_iam = "google_service_account_iam_member"
     acts_as_operator = _role(accounts_iam, "acts_as_operator", ENVIRONMENT)
@@ -159,6 +188,7 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
     jobs: dict[str, Any] = {}
     tables: dict[str, Any] = {}
     databases: dict[str, Any] = {}
+    secrets: dict[str, dict[str, list[str]]] = {}
     runner = "google_cloud_run_v2_service_iam_member"
     for cell, systems in cells.items():
         developers = _role(runner, "developers", TERRAFORM)
@@ -202,6 +232,17 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
             reads = _role("google_spanner_database_iam_member", "operator_reads_database", MODULE)
             for s in serving[cell]:
                 databases[f"{cell}-serving/{s}"] = {operator: [reads]}
+        # Who may read and retire the versions its revisions mount (cell.tf).
+        for key, grant in _secret_grants().items():
+            secret = {
+                "systems": systems_secret(cell),
+                "canary": canary_secret(cell),
+                "read-pass": f"{cell}-read-pass",
+            }[key.split()[0]]
+            member = {"operator": operator, "deployer": deployer}[key.split()[1]]
+            secrets.setdefault(secret, {}).setdefault(member, []).append(grant)
+        reader = _role("google_secret_manager_secret_iam_member", "reads_systems", TERRAFORM)
+        secrets.setdefault(systems_secret(cell), {}).setdefault(operator, []).append(reader)
     return {
         "iam": {
             "project": project,
@@ -211,12 +252,31 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
             "jobs": jobs,
             "tables": tables,
             "databases": databases,
+            "secrets": secrets,
             # The directory (environment/iam.tf): on-call and the operator account read
             # directory/ of the state bucket, the deploy account the whole bucket.
+            # A listing of the bucket under a prefix, where a grant's condition allows one
+            # (its objectListPrefix clause): the directory's readers.
+            "object_lists": {
+                f"{STATE_BUCKET}/{prefix}": {
+                    m: [_role("google_storage_bucket_iam_member", "directory_readers", ENVIRONMENT)]
+                    for m in (ONCALL_GROUP, operator)
+                }
+                for prefix in _listed_prefixes("directory_readers")
+            },
             "objects": {
                 f"{STATE_BUCKET}/directory/": {
                     m: [_role("google_storage_bucket_iam_member", "directory_readers", ENVIRONMENT)]
                     for m in (ONCALL_GROUP, operator)
+                },
+                f"{STATE_BUCKET}/directory/releases/": {
+                    deployer: [
+                        _role(
+                            "google_storage_bucket_iam_member",
+                            "deployer_records_releases",
+                            ENVIRONMENT,
+                        )
+                    ]
                 },
                 f"{STATE_BUCKET}/": {
                     deployer: [
@@ -240,6 +300,30 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
             "terraform-prod": ["required_reviewers", "branch_policy"],
         },
     }
+
+
+def _listed_prefixes(grant: str) -> list[str]:
+    """The prefixes a bucket grant's condition lets its members list
+    (`api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith(P)`)."""
+    (condition,) = _resources("google_storage_bucket_iam_member", ENVIRONMENT)[grant]["condition"]
+    return re.findall(
+        r'objectListPrefix\\?", \\?""\)\.startsWith\(\\?"([^"\\]+)', condition["expression"]
+    )
+
+
+def _secret_grants() -> dict[str, str]:
+    """cell.tf's grants on the secrets a cell's revisions mount: "<secret> <member>" ->
+    role."""
+    found = {}
+    for_each = str(
+        _resources("google_secret_manager_secret_iam_member", TERRAFORM)["versions"]["for_each"]
+    )
+    for key, role in re.findall(
+        r'"?([a-z-]+ (?:operator|deployer))"?\s*=>?\s*\{[^}]*role\s*=\s*"([^"]+)"', for_each
+    ):
+        found[key] = role
+    assert found, for_each
+    return found
 
 
 def _locals_of(directory: Any) -> dict[str, Any]:
@@ -289,6 +373,7 @@ def world(
         "worker_pools": {},
         "jobs": {},
         "spanner_instances": {},
+        "secrets": {},
         "broken_digests": [],
         "stalled_digests": [],
         "built_digest": BUILT,
@@ -331,6 +416,14 @@ def world(
                     "args": None,
                 }
             )
+        # Version 1 of the cell's systems' file (and of its canary systems'), which
+        # every revision and job mounts as Terraform made them (cell.tf, exporter.tf).
+        made["secrets"][systems_secret(cell)] = {
+            "versions": {"1": {"state": "ENABLED", "data": settings(systems)}}
+        }
+        mounts = {SYSTEMS_DIRECTORY: [systems_secret(cell), "1"]}
+        for revision in revisions:
+            revision.update(volumes=mounts, env={"RECORDLINE_SYSTEMS": SYSTEMS_SETTING})
         made["services"][cell] = {
             "revisions": revisions,
             "traffic": [{"latest": True, "percent": 100}],
@@ -351,7 +444,12 @@ def world(
         made["jobs"][f"{cell}-ops"] = _job(cell, ops_image, OPERATOR, ["audit", "--help"])
         if served:
             pool = f"{cell}-exporter"
-            pool_revisions = [placeholder(pool, "p1q")]
+            canaries = [s for s, c in deploy["canary"].items() if c["serving"]]
+            made["secrets"][canary_secret(cell)] = {
+                "versions": {"1": {"state": "ENABLED", "data": settings(canaries)}}
+            }
+            pool_mounts = {**mounts, CANARY_DIRECTORY: [canary_secret(cell), "1"]}
+            pool_revisions = [{**placeholder(pool, "p1q"), "volumes": pool_mounts}]
             if exporter:
                 pool_revisions.append(
                     {
@@ -361,17 +459,13 @@ def world(
                         "command": ["recordline"],
                         "args": ["exporter"],
                         "env": {"RECORDLINE_SYSTEMS": SYSTEMS_SETTING, "OTEL_SERVICE_NAME": pool},
+                        "volumes": pool_mounts,
                     }
                 )
             made["worker_pools"][pool] = {
                 "revisions": pool_revisions,
                 "split": "latest",
                 "account": account(pool),
-                # What each file it may read names: every serving system, or the canaries.
-                "files": {
-                    SYSTEMS_SETTING: sorted(served),
-                    CANARY_SETTING: [s for s, c in deploy["canary"].items() if c["serving"]],
-                },
             }
             export_image = f"{REPOSITORY}@{exporter}" if exporter else PLACEHOLDER
             made["jobs"][f"{cell}-export"] = _job(
@@ -389,6 +483,7 @@ def _job(cell: str, image: str, runs_as: str, args: list[str]) -> dict[str, Any]
         "command": ["recordline"],
         "args": args,
         "env": {"RECORDLINE_CELL": cell, "RECORDLINE_SYSTEMS": SYSTEMS_SETTING},
+        "volumes": {SYSTEMS_DIRECTORY: [systems_secret(cell), "1"]},
     }
 
 
@@ -398,6 +493,7 @@ def rollout(
     image_tag: str = "",
     variables: dict[str, str] | None = None,
     cancel_after: str | None = None,
+    built: str = BUILT,
 ) -> Workflow:
     """deploy.yml's prod jobs (its approval, then deploy-environment.yml and every cell's
     deploy-cell.yml), with the prod environment's usual variables, given what its build
@@ -414,7 +510,7 @@ def rollout(
         assume={
             "build": {
                 "result": "skipped" if image_tag else "success",
-                "outputs": {"digest": "" if image_tag else BUILT},
+                "outputs": {"digest": "" if image_tag else built},
             },
             "approve-dev": {"result": "success"},
             "dev": {"result": "success"},
@@ -426,7 +522,113 @@ def cells_ran(run: Workflow) -> dict[str, dict[str, str]]:
     """Each cell's jobs of a rollout and their results: {cell: {job: result}}."""
     found: dict[str, dict[str, str]] = {}
     for path, job in run.walk():
-        match = re.search(r"\b(first|rest|cells)\[([^\]]+)\]/(.+)", path)
+        match = re.search(r"\b(first|second|rest|cells)\[([^\]]+)\]/(.+)", path)
         if match:
             found.setdefault(match.group(2), {})[match.group(3)] = job.result
     return found
+
+
+# --- an apply, as Terraform and the provider make it -----------------------------------------
+
+
+def _lifecycle(rtype: str, name: str) -> dict[str, Any]:
+    body = _resources(rtype, TERRAFORM)[name]
+    return dict((body.get("lifecycle") or [{}])[0])
+
+
+def _ignored(rtype: str, name: str) -> set[str]:
+    """What a resource's ignore_changes keeps out of an apply, as written."""
+    ignored = _lifecycle(rtype, name).get("ignore_changes", [])
+    return {re.sub(r"^\$\{(.*)\}$", r"\1", str(path)) for path in ignored}
+
+
+def _new_version(world: dict[str, Any], secret: str, data: str) -> str:
+    versions = world["secrets"][secret]["versions"]
+    number = str(max(int(v) for v in versions) + 1)
+    versions[number] = {"state": "ENABLED", "data": data}
+    return number
+
+
+def _let_go(world: dict[str, Any], secret: str, version: str, policy: str) -> None:
+    """What the provider does with the version a replacement leaves behind, by the
+    resource's deletion_policy (DELETE by default: it destroys it)."""
+    held = world["secrets"][secret]["versions"][version]
+    if policy == "DELETE":
+        held.update(state="DESTROYED", data="")
+    elif policy == "DISABLE":
+        held["state"] = "DISABLED"
+    else:
+        assert policy == "ABANDON", policy
+
+
+def apply_systems(cloud: Cloud, cell: str, systems: list[str]) -> str:
+    """An apply of a cell whose systems' file changed (a system added, or a system's
+    entry changed): what Terraform does, read from the cell root's configuration.
+
+    The file's version is replaced (secret_data forces it): destroyed first unless
+    create_before_destroy, and the old one left as deletion_policy says. The service's,
+    the pool's and the jobs' templates name the new version, so each gets a new revision
+    from its template as the provider sends it: what ignore_changes keeps (the image, the
+    command and arguments a deploy set) as the live template has it, the rest (the pool's
+    environment) as Terraform writes it; their traffic and split are left alone. Returns
+    the new version."""
+    world = cloud.world
+    secret = systems_secret(cell)
+    rtype = "google_secret_manager_secret_version"
+    body = _resources(rtype, TERRAFORM)["systems"]
+    policy = str(body.get("deletion_policy", "DELETE"))
+    before = max(world["secrets"][secret]["versions"], key=int)
+    first = bool(_lifecycle(rtype, "systems").get("create_before_destroy"))
+    if not first:
+        _let_go(world, secret, before, policy)
+    version = _new_version(world, secret, settings(systems))
+
+    service = world["services"][cell]
+    ignored = _ignored("google_cloud_run_v2_service", "ingest")
+    live = service["revisions"][-1]
+    number = max(int(r["name"].split("-")[-2]) for r in service["revisions"]) + 1
+    service["revisions"].append(
+        {
+            **live,
+            "name": f"{cell}-{number:05d}-t{number}f",
+            "image": live["image"] if "template[0].containers[0].image" in ignored else PLACEHOLDER,
+            "volumes": {**live["volumes"], SYSTEMS_DIRECTORY: [secret, version]},
+        }
+    )
+    service["revisions"][-1].pop("failed", None)
+    for system in systems:
+        service["systems"].setdefault(
+            system,
+            {
+                "push_audience": f"{cell_url(cell)}/systems/{system}/pubsub/push",
+                "push_accounts": [account(f"{system}-push")],
+                "readers": [SMOKE, OPERATOR],
+                "shape": {"id_field": None, "time_field": None},
+            },
+        )
+    pool_name = f"{cell}-exporter"
+    pool = world["worker_pools"].get(pool_name)
+    if pool is not None:
+        ignored = _ignored("google_cloud_run_v2_worker_pool", "exporter")
+        live = pool["revisions"][-1]
+        number = max(int(r["name"].split("-")[-2]) for r in pool["revisions"]) + 1
+        pool["revisions"].append(
+            {
+                **live,
+                "name": f"{pool_name}-{number:05d}-t{number}p",
+                "image": live["image"]
+                if "template[0].containers[0].image" in ignored
+                else PLACEHOLDER,
+                # exporter.tf's environment: every system, under the pool's own name.
+                "env": {"RECORDLINE_SYSTEMS": SYSTEMS_SETTING, "OTEL_SERVICE_NAME": pool_name},
+                "volumes": {**live["volumes"], SYSTEMS_DIRECTORY: [secret, version]},
+            }
+        )
+        pool["revisions"][-1].pop("failed", None)
+    for job in world["jobs"].values():
+        if job.get("volumes", {}).get(SYSTEMS_DIRECTORY, [""])[0] == secret:
+            job["volumes"] = {**job["volumes"], SYSTEMS_DIRECTORY: [secret, version]}
+    if first:
+        _let_go(world, secret, before, policy)
+    cloud.update(**world)
+    return version

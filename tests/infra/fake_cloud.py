@@ -29,10 +29,20 @@ exporter service): a deploy creates a revision, which is ready unless its digest
 marked broken; every instance goes to the newest ready revision unless a split pins
 them elsewhere, which later deploys keep (as Cloud Run does) until `--to-latest`.
 
+Secret Manager (`secrets versions list | describe | access | enable | disable |
+destroy`): each version of the world's `secrets` is ENABLED, DISABLED or DESTROYED, and
+what a revision or a job mounts is a version (its `volumes`: directory -> [secret,
+version]). A revision whose mounted version is not enabled never starts: a deploy that
+would make one fails, its service answers 503 for it, a worker pool's revision exports
+nothing, a job's execution fails. The systems a revision serves or exports are those of
+the file version it mounts. A wildcard `storage cat` lists the bucket, which a condition
+on objects' names does not allow (see `storage_cat`).
+
 Cloud Run's behaviour it keeps: `deploy` creates a revision that inherits the last
-one's command and arguments unless given; a service whose traffic follows the latest
-revision sends the new one everything, while a pinned one sends it nothing (unless
---no-traffic, which pins first); tags route to their revision on a URL of their own.
+one's command, arguments, environment and mounts unless given; a service whose traffic
+follows the latest revision sends the new one everything, while a pinned one sends it
+nothing (unless --no-traffic, which pins first); tags route to their revision on a URL
+of their own; a traffic change acts as the service's account, as a deploy does.
 A revision's container answers as Recordline does (token audience and e-mail checked,
 pushes stored, records read back), as the placeholder does (503, probes 200) while it
 still has the placeholder's command, or with 500 when its digest is marked broken.
@@ -82,7 +92,10 @@ VALUE_FLAGS = {
     "--order",
     "--update-env-vars",
     "--worker-pool",
+    "--secret",
 }
+# Where a cell's revisions read their systems (cell.tf, exporter.tf).
+SYSTEMS_SETTING = "@/etc/recordline/systems/systems.json"
 SWITCHES = {"--quiet", "--no-traffic", "--to-latest", "--include-email", "--wait"}
 RUN_FLAGS = {"--project", "--region", "--format", "--quiet", "--impersonate-service-account"}
 
@@ -235,8 +248,81 @@ def may(world: World, name: str, principal: str, permission: str, command: str) 
         denied(command, permission, principal, f"namespaces/{world['project']}/services/{name}")
 
 
+def acts_as(world: World, principal: str, account: str, command: str) -> None:
+    """iam.serviceAccounts.actAs on the account a service, pool or job runs as, held on
+    the account or the project: what creating a revision or changing traffic checks."""
+    if account and not holds(
+        world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", account)
+    ):
+        denied(command, "iam.serviceAccounts.actAs", principal, account)
+
+
 def latest(service: dict[str, Any]) -> str:
-    return str(service["revisions"][-1]["name"])
+    """The newest ready revision: where traffic that follows the latest goes."""
+    ready = [r for r in service["revisions"] if not r.get("failed")]
+    return str((ready or service["revisions"])[-1]["name"])
+
+
+def next_number(revisions: list[dict[str, Any]]) -> int:
+    """A new revision's number: one more than the highest ever given, as Cloud Run
+    numbers them (a deleted revision's number is not given again)."""
+    numbers = [int(m.group(1)) for r in revisions if (m := re.search(r"-(\d{5})-", r["name"]))]
+    return max(numbers, default=0) + 1
+
+
+def created(revision: dict[str, Any]) -> str:
+    """When a revision was created, in the order of its number (a minute apart)."""
+    number = int(re.search(r"-(\d{5})-", revision["name"]).group(1))  # type: ignore[union-attr]
+    return f"2026-11-{1 + number // 1440:02d}T{number // 60 % 24:02d}:{number % 60:02d}:00Z"
+
+
+# --- Secret Manager: the versions a revision mounts --------------------------------------
+
+
+def version_state(world: World, secret: str, version: str) -> str:
+    """ENABLED, DISABLED or DESTROYED; NOT_FOUND for a version that never existed."""
+    held = world.data.get("secrets", {}).get(secret, {}).get("versions", {}).get(str(version))
+    return str(held["state"]) if held else "NOT_FOUND"
+
+
+def unavailable(world: World, revision: dict[str, Any]) -> str | None:
+    """Why a revision's instances cannot start, or None: a secret version it mounts (a
+    volume) or reads into a variable (its `env_secrets`: name -> [secret, version]) that
+    is not enabled. Cloud Run resolves a variable's version before an instance starts, and
+    the instance does not start without it; a volume's is read when the file is, and
+    Recordline reads RECORDLINE_SYSTEMS before it serves anything
+    (https://cloud.google.com/run/docs/configuring/services/secrets#secrets-check,
+    https://cloud.google.com/secret-manager/docs/disable-secret-version). Stricter than
+    Cloud Run for a volume the code never reads: any mounted version counts."""
+    mounted = [
+        (f"mounted at {path}", secret, version)
+        for path, (secret, version) in sorted((revision.get("volumes") or {}).items())
+    ] + [
+        (f"read into {name}", secret, version)
+        for name, (secret, version) in sorted((revision.get("env_secrets") or {}).items())
+    ]
+    for where, secret, version in mounted:
+        if version == "latest":
+            held = world.data.get("secrets", {}).get(secret, {}).get("versions", {})
+            version = max(held, key=int) if held else "latest"
+        state = version_state(world, secret, version)
+        if state != "ENABLED":
+            return f"secret version {version} of {secret}, {where}, is {state}"
+    return None
+
+
+def settings_of(world: World, revision: dict[str, Any], setting: str) -> list[str] | None:
+    """The systems the file a setting names (@DIRECTORY/systems.json) holds, as this
+    revision mounts it; None where it mounts nothing there."""
+    directory = setting.removeprefix("@").rpartition("/")[0]
+    mounted = (revision.get("volumes") or {}).get(directory)
+    if mounted is None:
+        return None
+    secret, version = mounted
+    held = world.data.get("secrets", {}).get(secret, {}).get("versions", {}).get(str(version))
+    if held is None or held["state"] != "ENABLED":
+        return []
+    return sorted(json.loads(held["data"]))
 
 
 def serving(service: dict[str, Any]) -> list[tuple[str, int]]:
@@ -318,9 +404,12 @@ def show(value: Any, fmt: str | None, command: str) -> None:
     for path in paths.split(","):
         found: Any = value
         for part in path.strip().split("."):
-            if not isinstance(found, dict) or part not in found:
+            key, _, index = part.partition("[")
+            if not isinstance(found, dict) or key not in found:
                 fail(f"fake gcloud: {path} is not in what {command} describes", 3)
-            found = found[part]
+            found = found[key]
+            if index:  # name[N]: the Nth item of a list
+                found = found[int(index.rstrip("]"))]
         print(
             json.dumps({path.strip(): found}, indent=2)
             if kind == "yaml" and "," in paths
@@ -342,11 +431,7 @@ def run_deploy(world: World, args: list[str]) -> None:
     # and a revision runs as the service's account: deploying one is acting as it,
     # iam.serviceAccounts.actAs (https://cloud.google.com/run/docs/securing/service-identity).
     may(world, name, principal, "run.services.update", command)
-    runtime = service.get("runtime_account", "")
-    if runtime and not holds(
-        world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", runtime)
-    ):
-        denied(command, "iam.serviceAccounts.actAs", principal, runtime)
+    acts_as(world, principal, service.get("runtime_account", ""), command)
     image = flags.get("--image")
     if not image:
         fail(f"ERROR: (gcloud.{command}) deploying needs --image here", 2)
@@ -354,7 +439,7 @@ def run_deploy(world: World, args: list[str]) -> None:
     if digest not in world["registry"].get(repository, {}).get("digests", []):
         fail(f"ERROR: (gcloud.{command}) Image '{image}' not found.")
     previous = service["revisions"][-1]
-    number = len(service["revisions"]) + 1
+    number = next_number(service["revisions"])
     revision = {
         "name": f"{name}-{number:05d}-x{number}y",
         "image": image,
@@ -365,7 +450,19 @@ def run_deploy(world: World, args: list[str]) -> None:
         if "--command" not in flags
         else (flags["--command"] or None),
         "args": previous["args"] if "--args" not in flags else (flags["--args"] or None),
+        # and everything else of the template: its environment, the secret versions it
+        # mounts.
+        **({"env": previous["env"]} if previous.get("env") else {}),
+        **({"volumes": previous["volumes"]} if previous.get("volumes") else {}),
+        **({"env_secrets": previous["env_secrets"]} if previous.get("env_secrets") else {}),
     }
+    why = unavailable(world, revision)
+    if why:
+        # Created, never ready: traffic that follows the latest stays where it was.
+        service["revisions"].append({**revision, "failed": why})
+        world["services"][name] = service
+        world.save()
+        fail(f"ERROR: (gcloud.{command}) Revision '{revision['name']}' is not ready: {why}.")
     follows_latest = any(t.get("latest") and t["percent"] == 100 for t in service["traffic"])
     if flags.get("--no-traffic") and follows_latest:
         # Pins what serves now, so the new revision gets nothing.
@@ -394,8 +491,14 @@ def run_update_traffic(world: World, args: list[str]) -> None:
     )
     scope(world, flags, command)
     service = service_of(world, name, command)
-    # A traffic change replaces the service: run.services.update (as `deploy`).
-    may(world, name, acting(world, flags, command), "run.services.update", command)
+    # A traffic change replaces the service: run.services.update (as `deploy`), and
+    # acting as the account it runs as: managing traffic takes Service Account User on
+    # the service identity as a deploy does
+    # (https://cloud.google.com/run/docs/rollouts-rollbacks-traffic-migration#required-roles).
+    # So whoever may roll back may also deploy: IAM cannot tell them apart.
+    principal = acting(world, flags, command)
+    may(world, name, principal, "run.services.update", command)
+    acts_as(world, principal, service.get("runtime_account", ""), command)
     names = {r["name"] for r in service["revisions"]}
     tags = [t for t in service["traffic"] if t.get("tag")]
     if flags.get("--to-latest"):
@@ -454,7 +557,11 @@ def _split(pool: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def _ready(world: World, pool: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in pool["revisions"] if r["digest"] not in world["broken_digests"]]
+    return [
+        r
+        for r in pool["revisions"]
+        if r["digest"] not in world["broken_digests"] and not r.get("failed")
+    ]
 
 
 def pool_status(world: World, name: str, pool: dict[str, Any]) -> dict[str, Any]:
@@ -512,12 +619,20 @@ def exports(world: World, pool: dict[str, Any]) -> dict[str, dict[str, Any]]:
     exported over a soak."""
     found: dict[str, dict[str, Any]] = {}
     for revision in running(world, pool):  # oldest first: the newest claims last
-        if revision["command"] == ["python3"]:
+        # The placeholder claims nothing; nor does a revision whose instances cannot
+        # start (a secret version it mounts is gone): it holds no lease.
+        if revision["command"] == ["python3"] or unavailable(world, revision):
             continue
         env = revision.get("env") or {}
-        reads = pool["files"].get(env.get("RECORDLINE_SYSTEMS", ""), [])
-        stalled = revision["digest"] in world.data.get("stalled_digests", [])
+        setting = env.get("RECORDLINE_SYSTEMS", "")
+        reads = settings_of(world, revision, setting)
+        if reads is None:
+            reads = pool.get("files", {}).get(setting, [])
+        stalled_digest = revision["digest"] in world.data.get("stalled_digests", [])
+        # The world's `stalled_exports`: digest -> the systems it holds and stops alone.
+        alone = world.data.get("stalled_exports", {}).get(revision["digest"], [])
         for system in reads:
+            stalled = stalled_digest or system in alone
             found[system] = {
                 "revision": revision["name"],
                 "job": env.get("OTEL_SERVICE_NAME", ""),
@@ -543,8 +658,9 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
         may_pool(world, name, principal, "run.workerpools.get", command)
         return show(pool_status(world, name, pool), flags.get("--format"), command)
     # A new revision or another split replaces the worker pool: run.workerpools.update
-    # on it; a revision runs as the pool's account, which deploying one acts as.
+    # on it, and acting as the pool's account (as for a service's traffic).
     may_pool(world, name, principal, "run.workerpools.update", command)
+    acts_as(world, principal, pool.get("account", ""), command)
     if verb == "update-instance-split":
         if flags.get("--to-latest"):
             pool["split"] = "latest"
@@ -562,11 +678,6 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
                 fail(f"ERROR: (gcloud.{command}) instance split must add up to 100", 2)
             pool["split"] = split[0][0] if len(split) == 1 else split
     else:
-        account = pool.get("account", "")
-        if account and not holds(
-            world, principal, "iam.serviceAccounts.actAs", PROJECT, ("service_accounts", account)
-        ):
-            denied(command, "iam.serviceAccounts.actAs", principal, account)
         image = str(flags.get("--image", ""))
         repository, _, digest = image.partition("@")
         if digest not in world["registry"].get(repository, {}).get("digests", []):
@@ -577,25 +688,32 @@ def worker_pools(world: World, verb: str, args: list[str]) -> None:
         env = dict(previous.get("env") or {})
         if flags.get("--update-env-vars"):
             env.update(pair.split("=", 1) for pair in listed(flags["--update-env-vars"]))
-        number = len(pool["revisions"]) + 1
-        pool["revisions"].append(
-            {
-                "name": f"{name}-{number:05d}-w{number}p",
-                "image": image,
-                "digest": digest,
-                "command": previous["command"]
-                if "--command" not in flags
-                else ([flags["--command"]] if flags["--command"] else None),
-                "args": previous["args"]
-                if "--args" not in flags
-                else ([flags["--args"]] if flags["--args"] else None),
-                "env": env,
-            }
-        )
-        if digest in world["broken_digests"]:
+        number = next_number(pool["revisions"])
+        made = {
+            "name": f"{name}-{number:05d}-w{number}p",
+            "image": image,
+            "digest": digest,
+            "command": previous["command"]
+            if "--command" not in flags
+            else ([flags["--command"]] if flags["--command"] else None),
+            "args": previous["args"]
+            if "--args" not in flags
+            else ([flags["--args"]] if flags["--args"] else None),
+            "env": env,
+            **({"volumes": previous["volumes"]} if previous.get("volumes") else {}),
+            **({"env_secrets": previous["env_secrets"]} if previous.get("env_secrets") else {}),
+        }
+        why = unavailable(world, made)
+        if why:
+            made["failed"] = why
+        pool["revisions"].append(made)
+        if digest in world["broken_digests"] or why:
             world.data.setdefault("worker_pools", {})[name] = pool
             world.save()
-            fail(f"ERROR: (gcloud.{command}) Revision {name}-{number:05d} is not ready.")
+            fail(
+                f"ERROR: (gcloud.{command}) Revision {name}-{number:05d} is not ready"
+                + (f": {why}." if why else ".")
+            )
     world.data.setdefault("worker_pools", {})[name] = pool
     world.save()
 
@@ -622,6 +740,8 @@ def pool_revisions(world: World, verb: str, args: list[str]) -> None:
         fmt = flags.get("--format")
         if fmt == "value(metadata.name)":
             print("\n".join(r["name"] for r in revisions))
+        elif fmt == "json":
+            print(json.dumps([pool_revision(world, name, r) for r in revisions], indent=1))
         elif fmt is None or fmt.startswith("table("):
             for r in revisions:
                 print(f"{r['name']}  {r['image']}")
@@ -636,8 +756,7 @@ def pool_revisions(world: World, verb: str, args: list[str]) -> None:
             permission = "run.revisions.get" if verb == "describe" else "run.revisions.delete"
             may_pool(world, name, principal, permission, command)
             if verb == "describe":
-                described = {"name": revision, "containers": [{"image": r["image"]}]}
-                return show(described, flags.get("--format"), command)
+                return show(pool_revision(world, name, r), flags.get("--format"), command)
             if r in running(world, pool):
                 fail(f"ERROR: (gcloud.{command}) Revision {revision} has instances")
             pool["revisions"] = [x for x in pool["revisions"] if x is not r]
@@ -646,7 +765,151 @@ def pool_revisions(world: World, verb: str, args: list[str]) -> None:
     fail(f"ERROR: (gcloud.{command}) Revision [{revision}] could not be found.")
 
 
+def _mounts(revision: dict[str, Any], v2: bool) -> tuple[list[Any], list[Any]]:
+    """A revision's secret volumes and their mounts, in the API's shape: v1 (Knative)
+    names a secret version as an item's `key`, v2 as its `version`."""
+    volumes, mounts = [], []
+    for path, (secret, version) in sorted((revision.get("volumes") or {}).items()):
+        name = path.rsplit("/", 1)[-1]
+        item = {"version" if v2 else "key": str(version), "path": "systems.json"}
+        source = {"secret": secret} if v2 else {"secretName": secret}
+        volumes.append({"name": name, "secret": {**source, "items": [item]}})
+        mounts.append({"name": name, "mountPath": path})
+    return volumes, mounts
+
+
+def _container(revision: dict[str, Any], mounts: list[Any], v2: bool) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in sorted((revision.get("env") or {}).items())
+    ]
+    # A variable from a secret's version: v1 names it valueFrom.secretKeyRef {name, key},
+    # v2 valueSource.secretKeyRef {secret, version}.
+    for name, (secret, version) in sorted((revision.get("env_secrets") or {}).items()):
+        ref = {"secret": secret, "version": version} if v2 else {"name": secret, "key": version}
+        env.append({"name": name, ("valueSource" if v2 else "valueFrom"): {"secretKeyRef": ref}})
+    return {
+        "image": revision["image"],
+        **({"command": revision["command"]} if revision.get("command") else {}),
+        **({"args": revision["args"]} if revision.get("args") else {}),
+        "env": env,
+        "volumeMounts": mounts,
+    }
+
+
+def service_revision(world: World, service: str, revision: dict[str, Any]) -> dict[str, Any]:
+    """A service's revision as `gcloud run revisions describe|list --format=json` shows
+    it (v1: https://cloud.google.com/run/docs/reference/rest/v1/namespaces.revisions)."""
+    volumes, mounts = _mounts(revision, v2=False)
+    repository = revision["image"].split("@")[0]
+    ready = "False" if revision.get("failed") else "True"
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": {
+            "name": revision["name"],
+            "creationTimestamp": created(revision),
+            "labels": {"serving.knative.dev/service": service},
+        },
+        "spec": {"containers": [_container(revision, mounts, v2=False)], "volumes": volumes},
+        "status": {
+            "imageDigest": f"{repository}@{revision['digest']}",
+            "conditions": [{"type": "Ready", "status": ready}],
+        },
+    }
+
+
+def pool_revision(world: World, pool: str, revision: dict[str, Any]) -> dict[str, Any]:
+    """A worker pool's revision as `gcloud beta run worker-pools revisions describe|list
+    --format=json` shows it (v2: https://cloud.google.com/run/docs/reference/rest/v2/projects.locations.services.revisions)."""
+    volumes, mounts = _mounts(revision, v2=True)
+    path = f"projects/{world['project']}/locations/{world['region']}/workerPools/{pool}"
+    return {
+        "name": f"{path}/revisions/{revision['name']}",
+        "createTime": created(revision),
+        "containers": [_container(revision, mounts, v2=True)],
+        "volumes": volumes,
+        "conditions": [
+            {
+                "type": "Ready",
+                "state": "CONDITION_FAILED"
+                if revision.get("failed") or revision["digest"] in world["broken_digests"]
+                else "CONDITION_SUCCEEDED",
+            }
+        ],
+    }
+
+
+def secrets(world: World, verb: str, args: list[str]) -> None:
+    """`gcloud secrets versions list SECRET | describe | access | enable | disable |
+    destroy VERSION --secret=SECRET`: the world's `secrets` (secret -> versions, each
+    its state and data). Each needs its permission on the secret or the project
+    (https://cloud.google.com/secret-manager/docs/access-control): versions.list, .get,
+    .access, .enable, .disable, .destroy. Only an enabled version can be read; a destroyed
+    one cannot be enabled again, nor destroyed twice
+    (https://cloud.google.com/secret-manager/docs/destroy-secret-version)."""
+    command = f"secrets.versions.{verb}"
+    positional, flags = parse(args, command)
+    allow(
+        command,
+        flags,
+        {"--project", "--impersonate-service-account", "--format", "--secret", "--quiet"},
+    )
+    scope(world, flags, command)
+    principal = acting(world, flags, command)
+    (name,) = positional
+    secret = name if verb == "list" else str(flags.get("--secret", ""))
+    if not secret:
+        fail(f"ERROR: (gcloud.{command}) argument --secret: Must be specified.", 2)
+    path = f"projects/{world['number']}/secrets/{secret}"
+    permission = "secretmanager.versions." + {"describe": "get"}.get(verb, verb)
+    if not holds(world, principal, permission, PROJECT, ("secrets", secret)):
+        denied(command, permission, principal, path)
+    held = world.data.get("secrets", {}).get(secret)
+    if held is None:
+        fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Secret [{path}] not found or has no versions.")
+    if verb == "list":
+        listed_versions = [
+            {"name": f"{path}/versions/{number}", "state": version["state"]}
+            for number, version in sorted(held["versions"].items(), key=lambda v: -int(v[0]))
+        ]
+        return show(listed_versions, flags.get("--format"), command)
+    if name == "latest":  # the alias: the newest version, whatever its state
+        name = max(held["versions"], key=int)
+    version = held["versions"].get(name)
+    if version is None:
+        fail(f"ERROR: (gcloud.{command}) NOT_FOUND: Secret Version [{path}/versions/{name}]")
+    state = version["state"]
+    if verb == "describe":
+        return show(
+            {"name": f"{path}/versions/{name}", "state": state}, flags.get("--format"), command
+        )
+    if verb == "access":
+        if state != "ENABLED":
+            fail(
+                f"ERROR: (gcloud.{command}) FAILED_PRECONDITION: Secret Version "
+                f"[{path}/versions/{name}] is in {state} state."
+            )
+        sys.stdout.write(version["data"])
+        return None
+    if state == "DESTROYED":
+        fail(
+            f"ERROR: (gcloud.{command}) FAILED_PRECONDITION: Secret Version "
+            f"[{path}/versions/{name}] is in DESTROYED state."
+        )
+    version["state"] = {"enable": "ENABLED", "disable": "DISABLED", "destroy": "DESTROYED"}[verb]
+    if verb == "destroy":
+        version["data"] = ""
+    world.save()
+    print(
+        f"{version['state'].capitalize()} version [{name}] of the secret [{secret}].",
+        file=sys.stderr,
+    )
+    return None
+
+
 def run_command(world: World, words: list[str], args: list[str]) -> None:
+    if words[:2] == ["secrets", "versions"]:
+        return secrets(world, words[2], args)
     if words[:4] == ["beta", "run", "worker-pools", "revisions"]:
         return pool_revisions(world, words[4], args)
     if words[:3] == ["beta", "run", "worker-pools"]:
@@ -685,6 +948,9 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         fmt = flags.get("--format")
         if fmt == "value(metadata.name)":
             print("\n".join(r["name"] for r in revisions))
+        elif fmt == "json":
+            name = flags["--service"]
+            print(json.dumps([service_revision(world, name, r) for r in revisions], indent=1))
         elif fmt is None or fmt.startswith("table("):
             for r in revisions:
                 print(f"{r['name']}  {r['image']}")
@@ -723,9 +989,8 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
                 if r["name"] == name:
                     # run.revisions.get, held on the revision's service or the project.
                     may(world, service_name, principal, "run.revisions.get", command)
-                    repository = r["image"].split("@")[0]
-                    status = {"status": {"imageDigest": f"{repository}@{r['digest']}"}}
-                    return show(status, flags.get("--format"), command)
+                    described = service_revision(world, service_name, r)
+                    return show(described, flags.get("--format"), command)
         fail(f"ERROR: (gcloud.{command}) Revision [{name}] could not be found.")
     if words == ["auth", "print-identity-token"]:
         command = "auth.print-identity-token"
@@ -820,6 +1085,8 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
         return None
     if words == ["storage", "cat"]:
         return storage_cat(world, args)
+    if words == ["storage", "cp"]:
+        return storage_cp(world, args)
     if words == ["projects", "describe"]:
         (project,), flags = parse(args, "projects.describe")
         allow("projects.describe", flags, {"--format", "--impersonate-service-account"})
@@ -879,29 +1146,83 @@ def run_command(world: World, words: list[str], args: list[str]) -> None:
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
 
 
+def storage_cp(world: World, args: list[str]) -> None:
+    """`gcloud storage cp FILE gs://BUCKET/OBJECT`: the file's content as that object.
+    Writing needs storage.objects.create, and storage.objects.delete as well where the
+    object exists (https://cloud.google.com/storage/docs/access-control/iam-json:
+    objects.insert overwriting), on the bucket or through a condition on the object's
+    name."""
+    command = "storage.cp"
+    (source, url), flags = parse(args, command)
+    allow(command, flags, {"--impersonate-service-account"})
+    principal = acting(world, flags, command)
+    if not url.startswith("gs://") or source.startswith("gs://"):
+        fail(f"fake gcloud: storage cp {source} {url} is not modelled", 3)
+    bucket, _, path = url.removeprefix("gs://").partition("/")
+    needed = ["storage.objects.create"] + (
+        ["storage.objects.delete"] if url in world["objects"] else []
+    )
+    for permission in needed:
+        if not holds_object(world, principal, permission, bucket, path):
+            denied(command, permission, principal, url)
+    world["objects"][url] = Path(source).read_text()
+    world.save()
+    print(f"Copying file://{source} to {url}", file=sys.stderr)
+    return None
+
+
+def holds_object(world: World, principal: str, permission: str, bucket: str, path: str) -> bool:
+    """A permission on one object: granted on its bucket, or under a condition on its
+    name's prefix (the world's iam `objects`, keyed `BUCKET/` and `BUCKET/PREFIX/`)."""
+    if "objects" not in world["iam"]:
+        return True
+    prefixes = [f"{bucket}/"] + [
+        f"{bucket}/{path[: i + 1]}" for i, c in enumerate(path) if c == "/"
+    ]
+    return holds(world, principal, permission, PROJECT, *(("objects", p) for p in prefixes))
+
+
 def storage_cat(world: World, args: list[str]) -> None:
     """`gcloud storage cat gs://BUCKET/OBJECT`, a wildcard matching several (their
     contents one after another, by name). Each object read needs storage.objects.get,
     on the bucket or, through an IAM condition on the objects' names, on those under a
     prefix: the world's iam `objects`, keyed `BUCKET/` and `BUCKET/PREFIX/`
-    (https://cloud.google.com/storage/docs/access-control/iam-permissions)."""
-    import fnmatch  # here: only this command needs it
-
+    (https://cloud.google.com/storage/docs/access-control/iam-permissions). A wildcard is
+    expanded by listing the bucket with the name's part before it as the prefix, which
+    needs storage.objects.list on the bucket: a condition on objects' names never holds
+    for a listing (its resource is the bucket), only one on the listing's prefix
+    (`api.getAttribute("storage.googleapis.com/objectListPrefix", "")`: the world's iam
+    `object_lists`, keyed `BUCKET/PREFIX`), or a grant without a condition
+    (https://cloud.google.com/storage/docs/access-control/iam#conditions). `*` matches
+    within a name's level, never across a `/` (`gcloud topic wildcards`)."""
     command = "storage.cat"
     (url,), flags = parse(args, command)
     allow(command, flags, {"--impersonate-service-account"})
     principal = acting(world, flags, command)
-    found = sorted(u for u in world["objects"] if fnmatch.fnmatchcase(u, url))
+    wildcard = re.search(r"[*?\[]", url)
+    if wildcard:
+        bucket, _, listed_prefix = url[: wildcard.start()].removeprefix("gs://").partition("/")
+        lists = [
+            ("object_lists", key)
+            for key in world["iam"].get("object_lists", {})
+            if key.startswith(f"{bucket}/") and listed_prefix.startswith(key.partition("/")[2])
+        ]
+        if "objects" in world["iam"] and not holds(
+            world, principal, "storage.objects.list", PROJECT, ("objects", f"{bucket}/"), *lists
+        ):
+            denied(command, "storage.objects.list", principal, f"gs://{bucket}")
+        pattern = "".join(
+            "[^/]*" if part == "*" else "[^/]" if part == "?" else re.escape(part)
+            for part in re.split(r"([*?])", url)
+        )
+        found = sorted(u for u in world["objects"] if re.fullmatch(pattern, u))
+    else:
+        found = [url] if url in world["objects"] else []
     if not found:
         fail(f"ERROR: (gcloud.{command}) The following URLs matched no objects or files:\n{url}")
     for name in found:
         bucket, _, path = name.removeprefix("gs://").partition("/")
-        prefixes = [f"{bucket}/"] + [
-            f"{bucket}/{path[: i + 1]}" for i, c in enumerate(path) if c == "/"
-        ]
-        if "objects" in world["iam"] and not holds(
-            world, principal, "storage.objects.get", PROJECT, *(("objects", p) for p in prefixes)
-        ):
+        if not holds_object(world, principal, "storage.objects.get", bucket, path):
             denied(command, "storage.objects.get", principal, name)
     for name in found:
         sys.stdout.write(world["objects"][name])
@@ -1008,7 +1329,13 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
         # jobs.get: run.jobs.get on the job.
         may_job(world, name, acting(world, flags, command), "run.jobs.get", command)
         # The v1 Job (Knative's shape, as gcloud shows it).
-        container = {"image": job["image"], "command": job["command"], "args": job["args"]}
+        volumes, mounts = _mounts(job, v2=False)
+        container = {
+            "image": job["image"],
+            "command": job["command"],
+            "args": job["args"],
+            "volumeMounts": mounts,
+        }
         described = {
             "metadata": {"name": name},
             "spec": {
@@ -1018,6 +1345,7 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
                             "spec": {
                                 "serviceAccountName": job["service_account"],
                                 "containers": [container],
+                                "volumes": volumes,
                             }
                         }
                     }
@@ -1062,6 +1390,9 @@ def execute(world: World, name: str, job: dict[str, Any], args: list[str]) -> No
     repository, _, digest = str(job["image"]).partition("@")
     if digest not in world["registry"].get(repository, {}).get("digests", []):
         fail(f"ERROR: (gcloud.run.jobs.execute) The execution failed: image {job['image']!r}")
+    why = unavailable(world, job)
+    if why:
+        fail(f"ERROR: (gcloud.run.jobs.execute) The execution failed: the task cannot start: {why}")
     executions = world.data.setdefault("executions", [])
     execution = f"{name}-{len(executions) + 1:05d}"
     if job["command"] != ["recordline"]:
@@ -1228,6 +1559,7 @@ COMMANDS = (
     ("auth", "application-default", "login"),
     ("artifacts", "docker", "images", "describe"),
     ("storage", "cat"),
+    ("storage", "cp"),
     ("projects", "describe"),
     ("spanner", "databases", "execute-sql"),
     ("spanner", "instances", "describe"),
@@ -1237,6 +1569,12 @@ COMMANDS = (
     ("run", "jobs", "describe"),
     ("run", "jobs", "execute"),
     ("run", "jobs", "executions", "list"),
+    ("secrets", "versions", "list"),
+    ("secrets", "versions", "describe"),
+    ("secrets", "versions", "access"),
+    ("secrets", "versions", "enable"),
+    ("secrets", "versions", "disable"),
+    ("secrets", "versions", "destroy"),
     ("config", "get-value"),
     ("config", "set"),
     ("config", "unset"),
@@ -1306,6 +1644,10 @@ def container(
     headers: dict[str, str],
     body: str,
 ) -> tuple[int, str]:
+    why = unavailable(world, revision)
+    if why:
+        # No instance of it starts: Cloud Run answers for it.
+        return 503, f"the instance failed to start: {why}"
     if revision["command"]:  # the placeholder
         probe = method == "GET" and path in ("/healthz", "/readyz")
         return (200, '{"status":"placeholder"}') if probe else (503, "not deployed yet")
@@ -1320,6 +1662,10 @@ def container(
         # cell's read audience.
         routed = re.fullmatch(r"/systems/([a-z][a-z0-9-]*)(/.*)", path)
         if routed is None or routed.group(1) not in service["systems"]:
+            return 404, "no such system"
+        # The systems this revision serves are those of the file it mounts.
+        named = settings_of(world, revision, SYSTEMS_SETTING)
+        if named is not None and routed.group(1) not in named:
             return 404, "no such system"
         system = service["systems"][routed.group(1)]
         target = {
@@ -1435,16 +1781,22 @@ def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> t
     POST .../prometheus/api/v1/query with an access token; it needs
     monitoring.timeSeries.list on the project
     (https://cloud.google.com/monitoring/access-control). The world says which systems
-    each query finds (`prometheus`: query -> systems)."""
-    if path != f"/v1/projects/{world['project']}/location/global/prometheus/api/v1/query":
+    each query finds (`prometheus`: query -> systems). `query_range` (with start, end and
+    step) answers the same series as a matrix, a point a step."""
+    base = f"/v1/projects/{world['project']}/location/global/prometheus/api/v1/"
+    if path not in (base + "query", base + "query_range"):
         return 404, "no such path"
+    ranged = path.endswith("_range")
     bearer = headers.get("authorization", "").removeprefix("Bearer ")
     if not bearer.startswith("access."):
         return 401, "no access token"
     principal = base64.urlsafe_b64decode(bearer.removeprefix("access.")).decode()
     if not holds(world, principal, "monitoring.timeSeries.list", PROJECT):
         return 403, f"{principal}: monitoring.timeSeries.list denied"
-    query = dict(parse_qsl(body)).get("query", "")
+    form = dict(parse_qsl(body))
+    query = form.get("query", "")
+    if ranged and not all(form.get(k, "").isdigit() for k in ("start", "end", "step")):
+        return 400, "bad_data: start, end and step are required"
     export = re.fullmatch(
         r"(max|sum) by \(namespace\) \((max_over_time|increase)\("
         r"workload_googleapis_com:recordline_export_(lag|rows)"
@@ -1457,6 +1809,12 @@ def prometheus(world: World, path: str, headers: dict[str, str], body: str) -> t
     found = world.data.get("prometheus", {}).get(query)
     if found is None:
         return 400, f"fake monitoring: no result modelled for {query[:80]!r}"
+    if ranged:
+        points = range(int(form["start"]), int(form["end"]) + 1, int(form["step"]))
+        matrix = [{"metric": {"system": s}, "values": [[t, "1"] for t in points]} for s in found]
+        return 200, json.dumps(
+            {"status": "success", "data": {"resultType": "matrix", "result": matrix}}
+        )
     series = [{"metric": {"system": system}, "value": [0, "1"]} for system in found]
     return 200, json.dumps(
         {"status": "success", "data": {"resultType": "vector", "result": series}}
@@ -1725,8 +2083,15 @@ def bq(argv: list[str]) -> None:
     bigquery.tables.getData on each table it reads
     (https://cloud.google.com/bigquery/docs/access-control)."""
     world = World()
-    if argv[:1] != ["query"] or len(argv) != 4 or argv[2] != "--use_legacy_sql=false":
+    flags = dict(a.partition("=")[::2] for a in argv[1:-1])
+    if (
+        argv[:1] != ["query"]
+        or not set(flags) <= {"--project_id", "--location", "--use_legacy_sql"}
+        or flags.get("--use_legacy_sql") != "false"
+        or "--project_id" not in flags
+    ):
         fail(f"fake bq: `bq {' '.join(argv)}` is not modelled", 3)
+    argv = ["query", f"--project_id={flags['--project_id']}", "--use_legacy_sql=false", argv[-1]]
     project = argv[1].removeprefix("--project_id=")
     if project != world["project"]:
         fail(f"BigQuery error in query operation: Project {project} not found")
@@ -1752,15 +2117,22 @@ def bq(argv: list[str]) -> None:
         # Undropping is creating the dataset: bigquery.datasets.create on the project
         # (https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#undrop_schema_statement);
         # refused while a dataset of that name exists, or after the time-travel window.
+        # The query names no table BigQuery could find it by: it runs in the job's
+        # location (--location, else US) and finds only a dataset deleted there.
         dataset = undrop.group(2)
         if not holds(world, principal, "bigquery.datasets.create", PROJECT):
             fail(f"BigQuery error: Access Denied: bigquery.datasets.create [{principal}]")
         datasets = world.data.setdefault("datasets", {})
-        if datasets.get(dataset) == "live":
+        held = datasets.get(dataset)
+        state, location = (held, "US") if isinstance(held, str) or held is None else held
+        if state == "live":
             fail(f"BigQuery error: Already Exists: Dataset {undrop.group(1)}:{dataset}")
-        if datasets.get(dataset) != "dropped":
-            fail(f"BigQuery error: Not found: Dataset {dataset} in the time-travel window")
-        datasets[dataset] = "live"
+        if state != "dropped" or location != flags.get("--location", "US"):
+            fail(
+                f"BigQuery error: Not found: Dataset {undrop.group(1)}:{dataset} was not found "
+                f"in location {flags.get('--location', 'US')} in the time-travel window"
+            )
+        datasets[dataset] = "live" if isinstance(held, str) else ["live", location]
         world.save()
         print("[]")
         return

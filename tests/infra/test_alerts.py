@@ -119,31 +119,37 @@ def _policies() -> dict[str, dict[str, Any]]:
 # --- pages and tickets ------------------------------------------------------------
 
 
-# The environment's pages (fleet.tf). Every other policy is a ticket: one per symptom for
-# the systems whose tickets go to the same channels, and one per symptom for every
-# serving instance of every cell (tickets.tf). No system, cell or instance has a policy
-# of its own: their number never grows with the fleet.
+# The environment's pages (fleet.tf), or where the alerts are combined its one paging
+# policy (combined.tf). Every other policy is a ticket: one per symptom for the systems
+# whose tickets go to the same channels, and one per symptom for every serving instance
+# of every cell (tickets.tf), or combined, one for each set of channels and one for the
+# instances. No system, cell or instance has a policy of its own: their number never
+# grows with the fleet.
 PAGES = "page"
+COMBINED_PAGE = "combined_page"
 TICKETS = {
     "ticket": "${local.ticket_groups[each.value.group].channels}",
     "instance_ticket": "${var.ticket_channels}",
+    "combined_ticket": "${each.value.channels}",
+    "combined_instance_ticket": "${var.ticket_channels}",
 }
 
 
 def test_every_policy_has_a_severity_pages_to_on_call_tickets_to_owners() -> None:
     for name, policy in _policies().items():
-        paging = name == PAGES
+        paging = name in (PAGES, COMBINED_PAGE)
         assert policy.get("severity") == ("CRITICAL" if paging else "WARNING"), name
         channels = "${var.notification_channels}" if paging else TICKETS[name]
         assert policy["notification_channels"] == channels, name
     # Only the environment has alert policies: no cell, no system.
-    assert set(_policies()) == {PAGES, *TICKETS}
+    assert set(_policies()) == {PAGES, COMBINED_PAGE, *TICKETS}
     assert set(_resources("google_monitoring_alert_policy", ENVIRONMENT)) == set(_policies())
 
 
 def test_one_page_per_symptom_for_the_whole_fleet() -> None:
-    (page,) = [p for n, p in _policies().items() if p["severity"] == "CRITICAL"]
-    assert page["for_each"] == "${local.paged}"
+    page = _policies()[PAGES]
+    # Made where the alerts are a policy per symptom (combined.tf says where).
+    assert page["for_each"] == "${local.combined ? {} : local.paged}"
     assert set(_locals(ENVIRONMENT)["pages"]) == PAGED
     (condition,) = page["conditions"]
     (promql,) = condition["condition_prometheus_query_language"]
@@ -216,53 +222,50 @@ def test_each_serving_instance_is_an_incident_of_its_own() -> None:
     assert modules["fleet_symptoms"]["spanner_storage_threshold"] == 0.9
     assert modules["instance_symptoms"]["spanner_storage_threshold"] == 0.7
     tickets = _policies()["instance_ticket"]
-    assert tickets["for_each"] == "${local.instance_ticketed}"
+    assert tickets["for_each"] == "${local.combined ? {} : local.instance_ticketed}"
     assert "metric.label.instance_id" in tickets["documentation"][0]["subject"]
 
 
 @cache
-def _documentation_run(cells: int, systems_a_cell: int, project: str) -> Any:
-    """Every page's and ticket's documentation as the environment root renders it for
-    `cells` cells of `systems_a_cell` systems (names of 24 characters, the longest) and a
-    project id `project`, passed through modules/alert_documentation as the root passes
-    them: each text's length in characters and in bytes."""
+def _alerts_run(
+    cells: int,
+    systems_a_cell: int,
+    project: str,
+    expression: str,
+    serving: bool = False,
+    combined: bool | None = None,
+) -> Any:
+    """`expression` over the environment root's alerting locals (cells.tf, fleet.tf,
+    tickets.tf, combined.tf) and module.alert_documentation, for `cells` cells of
+    `systems_a_cell` systems (names of 24 characters, the longest), each with `serving`
+    or none, a project id `project` and combined_alerts = `combined`; the symptoms'
+    queries are modules/symptoms' for every system, as the root's modules give them."""
     require_terraform()
     blocks = [
         b
-        for path in ("fleet.tf", "tickets.tf")
+        for path in ("cells.tf", "fleet.tf", "tickets.tf", "combined.tf")
         for b in re.findall(
             r'(?ms)^(?:locals|module "alert_documentation") \{\n.*?^\}\n',
             (ENVIRONMENT / path).read_text(),
-        )
-        if any(
-            name in b
-            for name in (
-                "page_documentation",
-                "ticket_documentation",
-                "alert_documentation",
-                "instance_commands",
-                "directory",
-            )
         )
     ]
     texts = "\n".join(blocks)
     # What a plan would know from the provider and the other modules, stood in for.
     texts = re.sub(r"module\.(fleet|instance)_symptoms\.", "local.symptoms.", texts)
-    texts = texts.replace("module.ticket_symptoms", "{}")
+    texts = texts.replace(
+        "module.ticket_symptoms", "{ for g in keys(local.ticket_groups) : g => local.symptoms }"
+    )
     texts = texts.replace("module.metrics.types", "local.metric_types")
     texts = texts.replace(
         "google_service_account.operator.email",
         '"recordline-operator@${var.project_id}.iam.gserviceaccount.com"',
     )
     texts = texts.replace("../modules/alert_documentation", "./alert_documentation")
+    assert not re.search(r"\b(google_[a-z_]+\.|data\.google_)", texts)
     symptoms = json.dumps(_symptoms(("payments", "orders"), every=True))
     texts += (
         '\nlocals {\n  symptoms = jsondecode(file("symptoms.json"))\n'
         f"  metric_types = {json.dumps(METRICS)}\n}}\n"
-    )
-    bytes_of = 'length(base64encode(v)) / 4 * 3 - length(regexall("=", base64encode(v)))'
-    expression = (
-        f"{{ for k, v in module.alert_documentation.texts : k => [length(v), {bytes_of}] }}"
     )
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch, "infra", "terraform", "environment")
@@ -271,11 +274,7 @@ def _documentation_run(cells: int, systems_a_cell: int, project: str) -> Any:
         (work / "alert_documentation" / "main.tf").write_bytes(
             (TERRAFORM / "modules" / "alert_documentation" / "main.tf").read_bytes()
         )
-        cell_blocks = re.findall(
-            r"(?ms)^locals \{\n.*?^\}\n", (ENVIRONMENT / "cells.tf").read_text()
-        )
-        (work / "cells.tf").write_text("\n".join(cell_blocks))
-        (work / "documentation.tf").write_text(texts)
+        (work / "alerts.tf").write_text(texts)
         (work / "symptoms.json").write_text(symptoms)
         files = Path(scratch, "infra", "terraform", "env", "prod")
         files.mkdir(parents=True)
@@ -287,7 +286,7 @@ def _documentation_run(cells: int, systems_a_cell: int, project: str) -> Any:
                         "cell": f"c{c:02d}",
                         "environment": "prod",
                         "project_id": project,
-                        "systems": {n: {} for n in names},
+                        "systems": {n: {"serving": serving} for n in names},
                     }
                 )
             )
@@ -302,6 +301,7 @@ def _documentation_run(cells: int, systems_a_cell: int, project: str) -> Any:
             "oncall": '["group:recordline-oncall@example.com"]',
             "notification_channels": f'["projects/{project}/notificationChannels/1"]',
             "ticket_channels": f'["projects/{project}/notificationChannels/2"]',
+            "combined_alerts": "null" if combined is None else json.dumps(combined),
         }
         (work / "values.tfvars").write_text("\n".join(f"{k} = {v}" for k, v in values.items()))
         init = subprocess.run(
@@ -314,6 +314,17 @@ def _documentation_run(cells: int, systems_a_cell: int, project: str) -> Any:
         )
         assert init.returncode == 0, init.stderr
         return decoded(console_run(work, expression, var_file="values.tfvars"))
+
+
+def _documentation_run(cells: int, systems_a_cell: int, project: str, serving: bool = False) -> Any:
+    """Every page's and ticket's documentation as the environment root renders it,
+    passed through modules/alert_documentation as the root passes them: each text's
+    length in characters and in bytes."""
+    bytes_of = 'length(base64encode(v)) / 4 * 3 - length(regexall("=", base64encode(v)))'
+    expression = (
+        f"{{ for k, v in module.alert_documentation.texts : k => [length(v), {bytes_of}] }}"
+    )
+    return _alerts_run(cells, systems_a_cell, project, expression, serving)
 
 
 TICKETED = PAGED - {"cell_unready", "spanner_storage"} | {
@@ -362,6 +373,7 @@ def test_a_system_pushing_over_its_declared_rate_for_an_hour_is_ticketed() -> No
     assert f"{delivered % '(clicks)'} > 200" in grouped["over_declared"]
 
 
+@pytest.mark.slow
 def test_every_page_and_ticket_fits_cloud_monitoring_at_a_thousand_systems() -> None:
     # Cloud Monitoring takes a documentation of at most 8,192 characters and 10,240
     # bytes. The texts name no system: at ten cells of 100 systems of 24 characters (the
@@ -373,11 +385,150 @@ def test_every_page_and_ticket_fits_cloud_monitoring_at_a_thousand_systems() -> 
         {f"page {p}" for p in PAGED}
         | {f"ticket {t}" for t in TICKETED}
         | {f"ticket {t}" for t in INSTANCE_TICKETS}
+        | {"page combined", "ticket combined", "ticket combined instances"}
     )
     for key, (characters, size) in many.items():
         assert characters <= 8192, key
         assert size <= 10240, key
         assert many[key] == one[key], key
+    # With a serving tier the combined texts list its symptoms too, and still fit.
+    serving = dict(_documentation_run(1, 1, "recordline-prod-abcdefghijklmn", serving=True))
+    for key in ("page combined", "ticket combined"):
+        assert serving[key][0] > one[key][0], key
+    assert all(c <= 8192 and b <= 10240 for c, b in serving.values())
+
+
+# The tickets made only where a system serves (cells.tf, serving_symptoms).
+SERVING_TICKETS = {"export_lag", "export_blocked"}
+COMBINED = (
+    "{ combined = local.combined, pages = local.combined_pages, tickets = local.combined_tickets,"
+    " instances = local.combined_instance_tickets, paged = local.paged,"
+    " ticket_specs = local.ticket_specs, ticket_queries = local.ticket_queries,"
+    " instance_tickets = local.instance_tickets, groups = local.ticket_groups,"
+    " documentation = local.combined_documentation }"
+)
+
+
+def _held(query: str, duration: str) -> str:
+    """A query as a combined condition holds it for `duration`: present at each minute
+    step of that long."""
+    seconds = int(duration.removesuffix("s"))
+    if seconds == 0:
+        return query
+    return f"({query}) and count_over_time(({query})[{seconds}s:1m]) >= {seconds // 60}"
+
+
+def _labelled(query: str, section: str) -> str:
+    return (
+        f'label_replace(label_replace({query}, "system", "$1", "cell", "(.+)"), '
+        f'"symptom", "{section}", "symptom", ".*")'
+    )
+
+
+@pytest.mark.parametrize(
+    ("systems", "serving", "combined", "conditions"),
+    [
+        (1, False, True, 2),  # a first deployment: one system on BigQuery alone
+        (1, True, True, 3),  # and its serving instances' ticket
+        (9, False, True, 2),
+        (10, False, False, 19),  # from ten systems, a policy per symptom
+        (10, True, False, 25),
+    ],
+)
+def test_a_few_systems_have_every_symptom_in_one_page_and_one_ticket(
+    systems: int, serving: bool, combined: bool, conditions: int
+) -> None:
+    # Each condition is billed $1.50 a month: below ten systems every symptom is in one
+    # paging condition and one ticket condition (and one for the serving instances),
+    # each symptom's series labelled with its runbook section, none hiding another.
+    found = _alerts_run(1, systems, "recordline-prod", COMBINED, serving)
+    assert found["combined"] is combined
+    (group,) = found["groups"]
+    # A policy per symptom: each page, each ticket and each instance ticket made.
+    ticketed = [s for s in found["ticket_specs"] if serving or s not in SERVING_TICKETS]
+    instances = len(found["instance_tickets"]) if serving else 0
+    per_symptom = len(found["paged"]) + len(ticketed) + instances
+    assert (2 + int(serving) if combined else per_symptom) == conditions
+    # Every symptom that pages, or tickets, is in the combined condition, under its
+    # runbook section, held as long as its own policy's duration holds it.
+    pages = {page[3]: page for page in found["paged"].values()}
+    assert set(found["pages"]) == set(pages)
+    for section, (title, duration, query) in found["pages"].items():
+        assert (title, duration) == (pages[section][0], pages[section][2])
+        assert query == _labelled(_held(pages[section][1], duration), section)
+    tickets = {
+        spec[2]: (spec[0], spec[1], found["ticket_queries"][group][symptom])
+        for symptom, spec in found["ticket_specs"].items()
+        if serving or symptom not in SERVING_TICKETS
+    }
+    assert {s: q[:2] for s, q in found["tickets"][group].items()} == {
+        s: list(t[:2]) for s, t in tickets.items()
+    }
+    for section, (_, duration, query) in found["tickets"][group].items():
+        assert query == _labelled(_held(tickets[section][2], duration), section)
+    # The instances' two, held ten minutes each.
+    assert set(found["instances"]) == {"spanner-cpu", "spanner-storage"}
+    assert all(
+        "count_over_time((" in q and "[600s:1m]) >= 10" in q
+        for _, _, q in found["instances"].values()
+    )
+    # Each text names the incident's system and symptom, lists every symptom by its
+    # section, and links the incident's own section.
+    for policy, text in found["documentation"].items():
+        listed = found["pages"] if policy == "page" else found["tickets"][group]
+        if policy == "instances":
+            listed = found["instances"]
+        for section in listed:
+            assert f"- `{section}`: " in text, (policy, section)
+        assert text.endswith("Runbook: docs/operations.md#${metric.label.symptom}")
+    assert "SYSTEM=${metric.label.system}" in found["documentation"]["ticket"]
+
+
+def test_a_combined_condition_is_one_size_whatever_the_number_of_systems() -> None:
+    # Every system's tickets to the same channels (the usual case): each symptom's query
+    # names no system, so the one condition joining them is as long for nine systems as
+    # for one, and the texts too.
+    expression = (
+        '{ page = join(" or ", [for s, p in local.combined_pages : p[2]]),'
+        ' tickets = [for g, t in local.combined_tickets : join(" or ", [for s, p in t : p[2]])],'
+        " documentation = local.combined_documentation }"
+    )
+    one = _alerts_run(1, 1, "recordline-prod", expression, True)
+    nine = _alerts_run(3, 3, "recordline-prod", expression, True)
+    assert one == nine
+    assert len(one["tickets"]) == 1
+
+
+def test_the_combined_policies_are_made_where_the_alerts_are_combined() -> None:
+    policies = _policies()
+    assert policies[COMBINED_PAGE]["for_each"] == '${local.combined ? toset(["pages"]) : toset([])}'
+    assert policies["combined_ticket"]["for_each"] == "${local.combined ? local.ticket_groups : {}}"
+    assert policies["combined_instance_ticket"]["for_each"] == (
+        '${local.combined && local.any_serving ? toset(["instances"]) : toset([])}'
+    )
+    for name, key in (
+        (COMBINED_PAGE, "combined_pages"),
+        ("combined_ticket", "combined_tickets[each.key]"),
+        ("combined_instance_ticket", "combined_instance_tickets"),
+    ):
+        (condition,) = policies[name]["conditions"]
+        (promql,) = condition["condition_prometheus_query_language"]
+        # One condition: every symptom's series, joined; the holds are in the query.
+        assert promql["query"].startswith('${join(" or ", [for section, ')
+        assert f" in local.{key} : " in promql["query"]
+        assert promql["duration"] == "0s"
+        assert "${metric.label.symptom}" in policies[name]["documentation"][0]["subject"]
+    # Dead letters are events among the tickets: their incident closes itself.
+    (strategy,) = policies["combined_ticket"]["alert_strategy"]
+    assert strategy["auto_close"] == "1800s"
+    # The shape is the environment's choice, else its size's.
+    combined = _locals(ENVIRONMENT)["combined"]
+    assert combined == (
+        "${var.combined_alerts != null ? var.combined_alerts : length(local.system_names) < 10}"
+    )
+    forced = _alerts_run(1, 1, "recordline-prod", "local.combined", False, False)
+    assert forced is False
+    assert _alerts_run(1, 10, "recordline-prod", "local.combined", False, True) is True
 
 
 def test_a_documentation_past_cloud_monitorings_limit_fails_the_plan_naming_it() -> None:
@@ -471,7 +622,7 @@ def test_the_export_and_spanner_alerts_exist_only_where_a_system_serves(
         "${local.any_serving ? local.instance_tickets : {}}"
     )
     assert (
-        "if local.any_serving || !contains(local.serving_symptoms, pair[1])"
+        "if !local.combined && (local.any_serving || !contains(local.serving_symptoms, pair[1]))"
         in (_policies()["ticket"]["for_each"])
     )
     with tempfile.TemporaryDirectory() as scratch:

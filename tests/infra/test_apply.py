@@ -160,6 +160,7 @@ def _applied(calls: list[str]) -> bool:
 STALE = "Refuse a plan older than a deploy or a rollback"
 
 
+@pytest.mark.slow
 def test_a_plan_of_what_still_serves_is_applied(cloud: Cloud) -> None:
     image = f"{REPOSITORY}@{EARLIER}"
     job, calls = apply(
@@ -179,6 +180,7 @@ def test_a_plan_of_what_still_serves_is_applied(cloud: Cloud) -> None:
     assert _applied(calls)
 
 
+@pytest.mark.slow
 def test_a_plan_older_than_a_deploy_of_the_service_is_refused(cloud: Cloud) -> None:
     # Planned when 00001 was the newest revision; a deploy made 00002 since.
     job, calls = apply(cloud, plan(service_update("recordline-00001-x1y", [LATEST])))
@@ -188,6 +190,7 @@ def test_a_plan_older_than_a_deploy_of_the_service_is_refused(cloud: Cloud) -> N
     assert not _applied(calls)
 
 
+@pytest.mark.slow
 def test_a_plan_older_than_the_last_deploy_of_the_exporter_is_refused(cloud: Cloud) -> None:
     # A new system changes the pool's file: the plan would send the pool whole, with
     # the image of plan time, rolling the exporter back to it silently.
@@ -220,6 +223,7 @@ def test_a_plan_older_than_the_last_deploy_of_the_exporter_is_refused(cloud: Clo
     assert _applied(calls)
 
 
+@pytest.mark.slow
 def test_a_plan_older_than_an_exporter_rollback_or_a_jobs_image_is_refused(cloud: Cloud) -> None:
     # On-call pinned every instance to the revision before (the runbook's rollback).
     state = cloud.world
@@ -238,6 +242,7 @@ def test_a_plan_older_than_an_exporter_rollback_or_a_jobs_image_is_refused(cloud
     assert not _applied(calls)
 
 
+@pytest.mark.slow
 def test_a_plan_older_than_a_rollback_is_refused(cloud: Cloud) -> None:
     # On-call pinned every request to 00001 after the plan was made.
     services = cloud.world["services"]
@@ -272,6 +277,7 @@ def test_every_resource_a_deploy_changes_is_checked() -> None:
     assert "gcloud run jobs update" in deployed
 
 
+@pytest.mark.slow
 def test_a_plan_that_changes_no_service_is_applied_whatever_serves(cloud: Cloud) -> None:
     other = {
         "address": "google_monitoring_dashboard.cell",
@@ -331,6 +337,7 @@ def instance_update(planned: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("live", "planned", "applied"), [(100, 200, True), (400, 400, True), (400, 200, False)]
 )
@@ -373,6 +380,7 @@ def _dataset(system: str, *, with_topic: bool) -> list[dict[str, Any]]:
     return changes
 
 
+@pytest.mark.slow
 def test_a_plan_that_would_create_a_deleted_dataset_again_is_refused(cloud: Cloud) -> None:
     # The dataset was deleted; its topic is still there. An empty dataset of the same
     # name would keep UNDROP SCHEMA from bringing the deleted one back, rows and all.
@@ -398,6 +406,7 @@ def _outputs(cloud: Cloud, deploy: dict[str, Any]) -> None:
     cloud.update(objects=objects)
 
 
+@pytest.mark.slow
 def test_a_cell_an_apply_creates_is_deployed_right_after_it_with_what_serves(
     tmp_path: Path,
 ) -> None:
@@ -453,6 +462,7 @@ def test_a_cell_an_apply_creates_is_deployed_right_after_it_with_what_serves(
     assert run.results["deploy-new"] == "success"
 
 
+@pytest.mark.slow
 def test_nothing_is_deployed_by_an_apply_before_the_first_rollout(cloud: Cloud) -> None:
     state = world({"recordline": ["recordline"]})  # on the placeholder: never deployed
     _apply_roles(state)

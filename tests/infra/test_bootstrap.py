@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.infra.cell_world import world
@@ -110,6 +111,7 @@ def _run(cloud: Cloud) -> tuple[Job, int, list[str]]:
     return job, creates, _applied(cloud)
 
 
+@pytest.mark.slow
 def test_a_hundred_systems_start_with_a_batch_that_fits_and_end_whole(tmp_path: Path) -> None:
     # As many resources a system as the module declares: about forty.
     per_system = len(_module_resources())
@@ -137,6 +139,7 @@ def test_a_hundred_systems_start_with_a_batch_that_fits_and_end_whole(tmp_path: 
     assert 1 + math.ceil((100 - fits) * per_system / budget) == BATCHES_OF_A_HUNDRED
 
 
+@pytest.mark.slow
 def test_batches_follow_one_another_each_fitting_until_every_system_is_applied(
     tmp_path: Path,
 ) -> None:
@@ -159,6 +162,7 @@ def test_batches_follow_one_another_each_fitting_until_every_system_is_applied(
     assert run == math.ceil((len(systems) * per_system + SHARED) / budget)
 
 
+@pytest.mark.slow
 def test_a_plan_that_fits_is_applied_whole(tmp_path: Path) -> None:
     per_system = len(_module_resources())
     systems = ["orders", "payments", "recordline"]
@@ -169,6 +173,7 @@ def test_a_plan_that_fits_is_applied_whole(tmp_path: Path) -> None:
     assert plans == ["[]"]  # one plan, no target: nothing is left out
 
 
+@pytest.mark.slow
 def test_a_single_system_larger_than_the_budget_is_still_applied(tmp_path: Path) -> None:
     # One new system is never cut: its own resources are the least an apply can create.
     cloud = _cloud(tmp_path, ["recordline"], _budget() + 50)

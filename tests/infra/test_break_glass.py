@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.infra.cell_world import (
     BUILT,
     GITHUB,
@@ -23,7 +25,7 @@ from tests.infra.cell_world import (
     cells_ran,
     world,
 )
-from tests.infra.workflow_runner import Cloud, load, run_workflow
+from tests.infra.workflow_runner import Cloud, load, run_job, run_workflow
 
 STANDBY_REGION = "europe-west4"
 STANDBY = f"{STANDBY_REGION}-docker.pkg.dev/recordline-prod/recordline"
@@ -35,18 +37,25 @@ def _region_lost(tmp_path: Path) -> Cloud:
     (each service on the placeholder there), with the image prod ran in the standby
     registry under its commit's tag, and the primary region's registry down."""
     cells = {"recordline": ["recordline", "orders"], "eu-2": ["payments"]}
-    state = world(cells, serving={"recordline": ["orders"]})
-    state["region"] = STANDBY_REGION
-    for url, text in list(state["objects"].items()):
-        if url.endswith("default.tfstate"):
-            parsed = json.loads(text)
-            parsed["outputs"]["deploy"]["value"]["region"] = STANDBY_REGION
-            state["objects"][url] = json.dumps(parsed)
-    state["registry"] = {f"{STANDBY}/recordline": {"tags": {SHA: BUILT}, "digests": [BUILT]}}
-    state["registry_down"] = [f"{REGION}-docker.pkg.dev"]
+    state = _moved(world(cells, serving={"recordline": ["orders"]}), REGION, STANDBY_REGION)
     cloud = Cloud(tmp_path, state)
     cloud.files["infra/terraform/env/prod/eu-2.tfvars.json"] = json.dumps({"cell": "eu-2"})
     return cloud
+
+
+def _moved(state: dict[str, Any], region: str, standby: str) -> dict[str, Any]:
+    """A world after the region plan's apply moved every cell from `region` to
+    `standby`, with the image prod ran in the standby registry, `region`'s down."""
+    state["region"] = standby
+    for url, text in list(state["objects"].items()):
+        if url.endswith("default.tfstate"):
+            parsed = json.loads(text)
+            parsed["outputs"]["deploy"]["value"]["region"] = standby
+            state["objects"][url] = json.dumps(parsed)
+    registry = f"{standby}-docker.pkg.dev/recordline-prod/recordline/recordline"
+    state["registry"] = {registry: {"tags": {SHA: BUILT}, "digests": [BUILT]}}
+    state["registry_down"] = [f"{region}-docker.pkg.dev"]
+    return state
 
 
 def _break_glass(cloud: Cloud, **inputs: Any) -> Any:
@@ -59,6 +68,7 @@ def _break_glass(cloud: Cloud, **inputs: Any) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_prod_alone_is_rolled_out_from_the_standby_registry(tmp_path: Path) -> None:
     cloud = _region_lost(tmp_path)
     run = _break_glass(cloud)
@@ -97,6 +107,7 @@ def test_only_an_image_prod_already_holds_is_rolled_out(tmp_path: Path) -> None:
     assert cells_ran(run) == {}
 
 
+@pytest.mark.slow
 def test_one_cell_failing_stops_no_other(tmp_path: Path) -> None:
     cloud = _region_lost(tmp_path)
     state = cloud.world
@@ -106,6 +117,40 @@ def test_one_cell_failing_stops_no_other(tmp_path: Path) -> None:
     assert cells_ran(run)["recordline"]["ingest"] == "success"
     assert "failure" in cells_ran(run)["eu-2"].values()
     assert load("break-glass.yml")["jobs"]["cells"]["strategy"]["fail-fast"] is False
+
+
+@pytest.mark.slow
+def test_its_soak_reads_at_least_two_of_the_exporter_pools_points(tmp_path: Path) -> None:
+    # The pool writes its metrics every two minutes: a gate watching less than two of
+    # its points could find no row exported, and fail a good release in a lost region.
+    # Break-glass accepts the soaks a cell's export_soak_seconds accepts (which holds
+    # them to two points: tests/infra/test_cost.py), and by default watches as long as a
+    # cell does, a minute past the least: a revision's first point is two minutes after
+    # it starts, and the latest takes a while to be read.
+    from tests.infra.test_terraform import _validations_hold, _variables
+
+    cloud = _region_lost(tmp_path)
+
+    def accepted(seconds: str) -> bool:
+        job = run_job(
+            cloud,
+            "break-glass.yml",
+            "prepare",
+            inputs={"image_tag": SHA, "cells": "", "soak_seconds": seconds},
+            variables=PROD,
+            github={**GITHUB, "event_name": "workflow_dispatch"},
+            needs={"approve": {"outputs": {"standby_repository": STANDBY}}},
+            cancel_after="Check the request",
+        )
+        return job.step("Check the request").outcome == "success"
+
+    # YAML 1.1 reads the key `on` as true.
+    default = load("break-glass.yml")[True]["workflow_dispatch"]["inputs"]["soak_seconds"]
+    assert default["default"] == str(_variables()["export_soak_seconds"]["default"]) == "300"
+    for seconds in ("239", "240", "900", "901"):
+        cell = _validations_hold("export_soak_seconds", {"export_soak_seconds": seconds})
+        assert accepted(seconds) is cell, seconds
+    assert accepted("240")
 
 
 def test_the_break_glass_path_names_no_dev_job_and_reads_nothing_of_devs() -> None:
@@ -133,3 +178,56 @@ def test_the_break_glass_path_names_no_dev_job_and_reads_nothing_of_devs() -> No
     # The called workflows name no dev job either.
     for called in ("deploy-cell.yml", "export-gate.yml", "approve.yml"):
         assert not re.search(r"needs\.dev\b|environment: dev\b", json.dumps(load(called)))
+
+
+def _prod_settings() -> tuple[dict[str, str], dict[str, Any]]:
+    """prod's environment (environment/env/prod.tfvars) and its cells' files."""
+    import hcl2
+
+    from tests.infra.test_terraform import ENVIRONMENT, TERRAFORM
+
+    with (ENVIRONMENT / "env" / "prod.tfvars").open() as f:
+        environment = {k: str(v).strip('"') for k, v in hcl2.load(f).items()}
+    cells = {
+        path.stem.removesuffix(".tfvars"): json.loads(path.read_text())
+        for path in sorted((TERRAFORM / "env" / "prod").glob("*.tfvars.json"))
+    }
+    return environment, cells
+
+
+@pytest.mark.slow
+def test_drill_e_prod_moves_to_its_standby_region_on_its_own_settings(tmp_path: Path) -> None:
+    # prod as its files set it: a standby region, and cells that can move there (their
+    # data global or multi-regional: no regional Spanner instance left behind).
+    environment, cells = _prod_settings()
+    standby = environment.get("standby_region", "")
+    assert standby, "prod has no standby_region"
+    assert standby != environment["region"]
+    for name, cell in cells.items():
+        serving = cell.get("serving", False) or any(
+            s.get("serving") for s in cell.get("systems", {}).values()
+        )
+        assert cell.get("dataset_location", "EU") in ("EU", "US"), name
+        assert not serving or cell.get("spanner_config") == "eur3", name
+    # The region plan's apply has moved every cell (its service, pool and jobs on the
+    # placeholders in the standby region); the primary's registry answers nothing.
+    registry = f"{standby}-docker.pkg.dev/{environment['project_id']}/recordline"
+    state = world({name: [cell.get("service_name", name)] for name, cell in cells.items()})
+    cloud = Cloud(tmp_path, _moved(state, environment["region"], standby))
+    run = run_workflow(
+        cloud,
+        "break-glass.yml",
+        inputs={"image_tag": SHA},
+        variables={**VARIABLES, "ARTIFACT_STANDBY_REPOSITORY": registry},
+        github={**GITHUB, "event_name": "workflow_dispatch"},
+    )
+    assert run.result == "success", [
+        (p, s.name, s.stderr[-600:])
+        for p, j in run.walk()
+        for s in j.steps
+        if s.outcome == "failure"
+    ]
+    for name in cells:
+        service = cloud.world["services"][name]
+        assert service["revisions"][-1]["image"] == f"{registry}/recordline@{BUILT}"
+        assert cells_ran(run)[name]["ingest"] == "success"

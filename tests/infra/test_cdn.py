@@ -69,6 +69,7 @@ def _matches(template: str, path: str) -> bool:
     return re.fullmatch(pattern, path) is not None
 
 
+@pytest.mark.slow
 def test_off_by_default_a_cell_has_no_load_balancer() -> None:
     found = _root_console(SETTINGS, "{}")
     assert found["cdn"] == {}
@@ -123,6 +124,7 @@ def test_a_request_with_credentials_is_never_answered_from_the_cache_nor_stored(
     assert bypass["bypass_cache_on_request_headers"]["for_each"] == "${local.cdn_bypass_headers}"
 
 
+@pytest.mark.slow
 def test_only_reads_of_records_and_streams_reach_the_cdn_and_never_a_push() -> None:
     found = _root_console(SETTINGS, HUNDRED, ON + QUOTA)
     paths = found["paths"]
@@ -171,6 +173,7 @@ def test_only_reads_of_records_and_streams_reach_the_cdn_and_never_a_push() -> N
     assert rule["port_range"] == "443"
 
 
+@pytest.mark.slow
 def test_on_it_needs_a_domain_and_an_ingress_the_load_balancer_reaches() -> None:
     run = _root_console_run("local.cdn", "{}", (("cdn", "{ enabled = true }"),))
     assert run.returncode != 0
@@ -378,6 +381,7 @@ def _streams(accept: str) -> bool:
     return wants_stream(Request(scope))  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(
     ranges=st.lists(
@@ -556,6 +560,7 @@ def test_key_names_are_what_a_backend_holds(keys: str) -> None:
 # --- its cost ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_cdn_is_priced_apart_and_changes_no_fleet_total() -> None:
     require_terraform()
     cost = fleet_cost()

@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 
 from app.cell.app import create_cell
@@ -122,6 +123,7 @@ def test_the_ingest_services_environment_is_accepted_with_each_systems_own_setti
     assert settings.auth.trust_cloud_run_iam is True
 
 
+@pytest.mark.slow
 def test_the_cell_built_from_it_takes_each_systems_push_with_that_systems_token_alone(
     tmp_path: Path,
 ) -> None:
@@ -294,6 +296,7 @@ def rendered_with_passes() -> dict[str, str]:
     return dict(_root_console("local.service_env", SYSTEMS, overrides=CDN, files=CANARY))
 
 
+@pytest.mark.slow
 def test_with_read_passes_the_cell_verifies_every_token_itself_and_a_pass_reads_one_system(
     tmp_path: Path,
 ) -> None:

@@ -50,6 +50,7 @@ def _rows() -> dict[str, list[float]]:
     return found
 
 
+@pytest.mark.slow
 def test_the_runbook_cost_table_is_the_one_the_defaults_give() -> None:
     text = RUNBOOK.read_text()
     assert _table() in text, (
@@ -67,6 +68,7 @@ def _documented(cost: ModuleType) -> bool:
     return bool(cost.table() in text and cost.notes() in text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "changed"),
     [
@@ -108,6 +110,7 @@ def test_it_prices_the_region_every_environment_deploys_to() -> None:
     assert cost.SPANNER_NODE_HOUR > 0.90  # us-central1's is $0.90
 
 
+@pytest.mark.slow
 def test_costs_at_100_and_1000_systems_and_alone_are_stated_against_what_was_asked() -> None:
     rows = _rows()
     cost = fleet_cost()
@@ -130,10 +133,21 @@ def test_costs_at_100_and_1000_systems_and_alone_are_stated_against_what_was_ask
     met = all(v <= 25 for d in (twelfth, fourth) for k, v in d.items() if k > 1)
     assert ("within the $25.00 asked" in stated) is met
     assert ("over the $25.00 asked" in stated) is not met
+    # One system alone: at a message a second, and at the default rate, each against
+    # the $15 asked, and the most it may send within it.
     slow = cost.month(1, cost.Shape(1, False, cost.SLOW_STARTER_RATE))
-    alone = all(v <= 15 for v in (twelfth[1], fourth[1], *(cost._total(slow, m) for m in (12, 24))))
-    assert f"{cost._dollars(cost._total(slow, 12))} and" in stated
-    assert ("within the $15.00 asked" in stated) is alone
+    slow_met = all(cost._total(slow, m) <= 15 for m in (12, 24))
+    alone = all(v <= 15 for v in (twelfth[1], fourth[1]))
+    said = f"{cost._dollars(cost._total(slow, 12))} and {cost._dollars(cost._total(slow, 24))}"
+    assert f"{said} at 1 message a second, {'within' if slow_met else 'over'} the $15.00" in (
+        stated
+    )
+    assert f"at 10, {'within it' if alone else 'over it'}" in stated
+    ceiling = cost.starter_ceiling()
+    assert f"up to {ceiling:g} messages a second" in stated
+    for rate, within in ((ceiling, True), (ceiling + 0.1, False)):
+        month = cost.month(1, cost.Shape(1, False, rate))
+        assert all(cost._total(month, m) <= 15 for m in (12, 24)) is within, rate
     full = cost.evaluate(100)
     assert f"runs {cost.ingest_instances(full)} ingest instances" in stated
     # A commitment on Spanner's compute is an option, stated beside the list price.
@@ -175,6 +189,7 @@ def test_every_billed_item_has_a_row_with_its_source() -> None:
         assert item in left_out, item
 
 
+@pytest.mark.slow
 def test_the_totals_add_up() -> None:
     rows = _rows()
     items = {k: v for k, v in rows.items() if not k.startswith(("Total", "Per system"))}
@@ -301,6 +316,7 @@ def test_committed_use_discounts_are_an_option_not_the_price() -> None:
     assert compute == pytest.approx(1000 / 1000 * cost.SPANNER_NODE_HOUR * 730, abs=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("rate", "instance_based"), [(1.0, False), (5.0, False), (10.0, True)])
 def test_billing_follows_the_declared_rate_against_the_break_even(
     rate: float, instance_based: bool
@@ -345,21 +361,68 @@ def test_monitoring_is_billed_by_the_bytes_of_the_points_written(
     assert cost._point_bytes(metrics, cost.INSTANCE_SERIES) == 0
     assert cost._point_bytes(metrics, cost.HOLDER_SERIES) <= 32
     # But a counter is cumulative: a series an instance wrote once it writes at each
-    # export to its end, and every instance meets an incident of every system.
-    assert cost._point_bytes(metrics, cost.INCIDENT_SERIES) == 8
-    # The ingest service exports every two minutes, the exporter pool every minute (its
-    # lag is what the rollout's gate reads): what the model prices, from Terraform.
+    # export to its end, and every instance meets a duplicate or a 503 of some system:
+    # the cell's, a few series an instance whatever its systems.
+    assert cost.CELL_SERIES["messages"] == 2
+    assert not hasattr(cost, "INCIDENT_SERIES")
+    # The ingest service and the exporter pool export every two minutes: what the model
+    # prices, from Terraform; each at every minute would cost more.
     found = cost.evaluate(100)
-    assert (found["ingest_interval"], found["exporter_interval"]) == ("120000", "60000")
+    assert (found["ingest_interval"], found["exporter_interval"]) == ("120000", "120000")
     row = "Cloud Monitoring: custom metrics, by bytes"
     every_two = cost.month(1000)[row]
     original = cost.evaluate
-    monkeypatch.setattr(
-        cost, "evaluate", lambda *a, **k: {**original(*a, **k), "ingest_interval": "60000"}
-    )
-    assert cost.month(1000)[row] > 1.3 * every_two
+    for interval in ("ingest_interval", "exporter_interval"):
+        monkeypatch.setattr(
+            cost, "evaluate", lambda *a, i=interval, **k: {**original(*a, **k), i: "60000"}
+        )
+        assert cost.month(1000)[row] > 1.3 * every_two, interval
+    monkeypatch.setattr(cost, "evaluate", original)
 
 
+def test_the_options_not_made_are_priced_by_terraform_with_their_variable_set() -> None:
+    # Point-in-time recovery of a day keeps 10 days of rows' versions in Spanner, not 12;
+    # a dedupe window of a day 6 (3 days of rows, 3 of recovery): Terraform's sizing,
+    # which the model prices, with each variable set.
+    from tests.infra.test_terraform import _variables
+
+    cost = fleet_cost()
+    variables = _variables()
+    for name, _ in (*cost.RECOVERY_OF_A_DAY, *cost.DEDUPE_WINDOW_OF_A_DAY):
+        assert name in variables, name
+    stored = cost.evaluate(100)["stored"]
+    recovery = cost.evaluate(100, None, True, None, cost.RECOVERY_OF_A_DAY)["stored"]
+    window = cost.evaluate(100, None, True, None, cost.DEDUPE_WINDOW_OF_A_DAY)["stored"]
+    assert recovery / stored == pytest.approx(10 / 12)
+    assert window / stored == pytest.approx(6 / 12)
+    said = cost.options()
+    for variables_set in (cost.RECOVERY_OF_A_DAY, cost.DEDUPE_WINDOW_OF_A_DAY):
+        for systems in (100, 1000):
+            price = cost.option_per_system(systems, variables_set, 24)
+            assert price < cost.per_system(systems, 24)
+            assert cost._dollars(price) in said
+    assert said in RUNBOOK.read_text()
+
+
+def test_a_rollouts_soak_reads_at_least_two_of_the_exporter_pools_points() -> None:
+    # The pool writes every two minutes: a soak of less than two points could read no
+    # rows exported at all, and fail a good release.
+    from tests.infra.test_terraform import _validations_hold, _variables
+
+    interval = int(fleet_cost().evaluate(100)["exporter_interval"]) // 1000
+    soak = _variables()["export_soak_seconds"]["default"]
+    assert soak >= 2 * interval
+
+    def accepted(seconds: int) -> bool:
+        return _validations_hold("export_soak_seconds", {"export_soak_seconds": str(seconds)})
+
+    assert accepted(2 * interval)
+    assert not accepted(2 * interval - 1)
+    assert accepted(900)
+    assert not accepted(901)
+
+
+@pytest.mark.slow
 def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> None:
     from tests.infra.test_terraform import ENVIRONMENT
 
@@ -376,6 +439,13 @@ def test_alert_conditions_are_counted_from_the_policies_terraform_makes() -> Non
     (declared,) = re.findall(r"serving_symptoms = toset\(\[([^]]*)\]\)", cells)
     assert set(re.findall(r'"([a-z_]+)"', declared)) == fleet_cost().SERVING_SYMPTOMS
     assert fleet_cost().alert_conditions(False) == expected - 6
+    # Below ten systems every symptom is in one page and one ticket policy, and the
+    # serving instances' one (combined.tf): a condition each.
+    assert fleet_cost().combined_below() == 10
+    assert fleet_cost().alert_conditions(False, 1) == 2
+    assert fleet_cost().alert_conditions(True, 9) == 3
+    assert fleet_cost().alert_conditions(True, 10) == expected
+    assert _rows()["Cloud Monitoring: alerting conditions"][0] == 2 * fleet_cost().ALERT_CONDITION
 
 
 def test_one_uptime_check_a_cell_stays_in_the_free_executions() -> None:

@@ -26,7 +26,14 @@ from tests.infra.cell_world import (
     world,
 )
 from tests.infra.test_fleet import _cell, _root_console, _root_console_run
-from tests.infra.test_terraform import MODULE, TERRAFORM, _load, _resources, _variables
+from tests.infra.test_terraform import (
+    MODULE,
+    TERRAFORM,
+    _load,
+    _resources,
+    _template,
+    _variables,
+)
 from tests.infra.workflow_runner import Cloud
 
 SERVING = "{ recordline = { serving = true }, orders-eu = { serving = true }, quiet = {} }"
@@ -98,6 +105,44 @@ def test_the_canary_systems_are_serving_systems_of_the_cell_with_their_own_entri
     assert canary == {name: found["file"][name] for name in found["canary"]}
     named = _root_console("local.canary_systems", SERVING, (("canary_systems", '["quiet"]'),))
     assert named == ["quiet"]
+
+
+# Two serving systems first by name, one busier than them, one with a topic schema, and
+# one whose records have typed columns (json_schema), which does not serve.
+SHAPES = (
+    "{ recordline = { serving = true }, b-two = { serving = true },"
+    " busy = { serving = true, rate = 50 },"
+    ' orders = { serving = true, schema = { file = "schemas/orders.avsc", type = "AVRO",'
+    ' encoding = "BINARY" }, id_field = "order_id", time_field = "meta.created_at",'
+    ' canary_file = "schemas/orders-canary.bin" },'
+    ' shop = { json_schema = "schemas/orders.avsc" }, quiet = {} }'
+)
+
+
+def test_the_canary_systems_represent_every_shape_of_the_cell() -> None:
+    from tests.infra.test_topic_schemas import FILES
+
+    found = _root_console("local.canary_systems", SHAPES, files=FILES)
+    # The first two serving systems, then the busiest (one of them already), the first
+    # with a topic schema, the first with typed columns: each shape once.
+    assert found == ["b-two", "busy", "orders", "shop"]
+    # A named set must hold one of each shape the cell has, or the plan stops.
+    (check,) = _resources("terraform_data", TERRAFORM).values()
+    (condition,) = [
+        p for p in check["lifecycle"][0]["precondition"] if "canary_shapes" in p["condition"]
+    ]
+    covers = (
+        f"{{ ok = {condition['condition'][2:-1]}, said = {_template(condition['error_message'])} }}"
+    )
+    named = _root_console(covers, SHAPES, (("canary_systems", '["recordline", "shop"]'),), FILES)
+    assert named["ok"] is False
+    assert "busiest: one of busy" in named["said"]
+    assert "schema: one of orders" in named["said"]
+    assert "typed" not in named["said"]
+    every = _root_console(
+        covers, SHAPES, (("canary_systems", '["busy", "orders", "shop"]'),), FILES
+    )
+    assert every["ok"] is True
 
 
 def test_a_hundred_systems_fit_the_secret_that_holds_their_file() -> None:

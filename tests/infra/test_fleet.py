@@ -17,6 +17,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.infra.console import console_run, decoded, require_terraform
 from tests.infra.test_terraform import (
     ENVIRONMENT,
@@ -206,12 +208,14 @@ def test_each_systems_entry_holds_what_the_cells_service_reads_of_it() -> None:
         assert set(entry) <= ENTRY_KEYS | {"id_field", "time_field"}, entry
 
 
+@pytest.mark.slow
 def test_a_systems_own_instances_and_environment_are_refused_in_a_cell() -> None:
     for setting in ("min_instances = 1", "max_instances = 3", 'extra_env = { A = "b" }'):
         run = _root_console_run("keys(var.systems)", f"{{ recordline = {{ {setting} }} }}")
         assert "are its cell's now" in run.stderr, setting
 
 
+@pytest.mark.slow
 def test_a_cell_holds_at_most_cell_max_systems() -> None:
     hundred = "{ " + ", ".join(f'"s{n:03d}" = {{}}' for n in range(100)) + ", recordline = {} }"
     run = _root_console_run("keys(var.systems)", hundred, (("service_account_quota", "200"),))

@@ -243,6 +243,7 @@ def _accounts(directory: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_cell_of_a_hundred_systems_fits_its_projects_service_accounts() -> None:
     # A project holds 100 service accounts unless a quota increase is granted
     # (https://cloud.google.com/iam/quotas): one a system (its push account), two a cell

@@ -110,6 +110,7 @@ def _accepts(variable: str, members: list[str]) -> bool:
     return cell
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variable", ["readers", "operators"])
 def test_a_group_is_refused_where_the_service_checks_principals(variable: str) -> None:
     # A system's own readers and operators are checked too, not only the cell's.
@@ -146,6 +147,7 @@ def test_the_documented_systems_examples_are_accepted() -> None:
 # --- prod has someone who can act, and tickets reach someone ------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "accepted"),
     [

@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.infra.cell_world import GITHUB, VARIABLES, world
@@ -90,6 +91,7 @@ def _hundred_systems_plan(cloud: Cloud) -> None:
     terraform.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_reviewers_see_every_destruction_of_a_hundred_system_cells_plan(tmp_path: Path) -> None:
     cloud = Cloud(tmp_path, world({"recordline": ["recordline"]}))
     planner_can_read(cloud)
@@ -115,6 +117,7 @@ def test_reviewers_see_every_destruction_of_a_hundred_system_cells_plan(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_each_plan_reads_the_instances_units_so_no_apply_lowers_them(tmp_path: Path) -> None:
     # On-call raised the second instance by hand; the plan account reads every
     # instance of the cell and the plan keeps what each has (spanner_live_units).
@@ -190,6 +193,7 @@ def _accepted(schema_file: str, canary_file: str) -> bool:
     return not refused
 
 
+@pytest.mark.slow
 def test_a_systems_files_must_be_where_a_change_makes_a_plan() -> None:
     assert _accepted("schemas/orders.avsc", "schemas/orders-canary.bin")
     assert not _accepted("app/orders.avsc", "schemas/orders-canary.bin")

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+# Slow, every test: they share one checkov run of tens of seconds.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "policy_fixtures"
 TERRAFORM = ROOT / "infra" / "terraform"

@@ -109,6 +109,7 @@ async def bigquery() -> Any:
         await write.stop()
 
 
+@pytest.mark.slow
 async def test_the_probe_bills_no_query_however_much_is_stored(bigquery: Any) -> None:
     # Where a probe of each system read a record (10 MiB billed, BigQuery's least), the
     # cell's asks its readiness: at most a `SELECT 1` of its store, which reads no table

@@ -104,13 +104,38 @@ def _queries(systems: tuple[str, ...]) -> dict[str, str]:
     return queries
 
 
+@pytest.mark.slow
 def test_the_parser_finds_a_broken_query(parse: Parse) -> None:
     assert parse({"broken": "sum by (a) (rate(x[5m]) > "})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("systems", [("orders",), ("recordline", "orders", "payments")])
 def test_every_page_and_ticket_query_parses(parse: Parse, systems: tuple[str, ...]) -> None:
     queries = _queries(systems)
     # The pages count the systems that have the symptom.
     queries.update({f"page {name}": f"count({q})" for name, q in list(queries.items())})
     assert parse(queries) == {}
+
+
+def test_the_combined_queries_parse(parse: Parse) -> None:
+    # Where the alerts are combined (environment/combined.tf), each policy's one
+    # condition joins every symptom's query, held by a subquery where it must last.
+    from tests.infra.test_alerts import _alerts_run
+
+    conditions = _alerts_run(
+        1,
+        1,
+        "recordline-prod",
+        '{ page = join(" or ", [for s, p in local.combined_pages : p[2]]),'
+        ' tickets = [for g, t in local.combined_tickets : join(" or ", [for s, p in t : p[2]])],'
+        ' instances = join(" or ", [for s, p in local.combined_instance_tickets : p[2]]) }',
+        True,
+    )
+    queries = {"page": conditions["page"], "instances": conditions["instances"]}
+    queries.update({f"ticket {n}": q for n, q in enumerate(conditions["tickets"])})
+    assert "count_over_time((" in queries["page"]
+    assert parse(queries) == {}
+    # A held query with its subquery's parenthesis left open does not.
+    broken = queries["page"].replace("[120s:1m])", "[120s:1m]", 1)
+    assert parse({"broken": broken})

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Slow, every test: they share one run of the provider-schema checker, tens of seconds.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "schema_fixtures"
 TERRAFORM = ROOT / "infra" / "terraform"

@@ -89,6 +89,7 @@ def tickets(cloud: Cloud) -> dict[str, list[str]]:
     return {i["title"]: i["comments"] for i in cloud.world.get("issues", {}).values()}
 
 
+@pytest.mark.slow
 def test_a_deploy_replaced_while_it_waited_is_started_again_and_said(cloud: Cloud) -> None:
     # The deploy of NEW waited in live-prod behind an apply and was replaced by the next
     # apply: cancelled, nothing of it started. The applies since all succeeded.
@@ -112,6 +113,7 @@ def test_a_deploy_replaced_while_it_waited_is_started_again_and_said(cloud: Clou
     assert dispatched(cloud, "deploy.yml") == 1
 
 
+@pytest.mark.slow
 def test_an_apply_replaced_while_it_waited_is_started_again(cloud: Cloud) -> None:
     cloud.update(
         github_runs=history(
@@ -137,6 +139,7 @@ def test_nothing_is_reconciled_while_a_change_is_under_way(cloud: Cloud) -> None
     assert tickets(cloud) == {}
 
 
+@pytest.mark.slow
 def test_a_cancelled_rollback_is_ticketed_never_started_again_by_itself(cloud: Cloud) -> None:
     # A deploy started by hand (image_tag: a rollback) is a person's decision, and so is
     # its cancellation: it is said, not redone, and main's image is not redeployed
@@ -236,6 +239,7 @@ def drift_plan(cloud: Cloud) -> Job:
     )
 
 
+@pytest.mark.slow
 def test_a_cell_left_on_an_earlier_image_is_ticketed(cloud: Cloud) -> None:
     # main's last deploy (NEW, its image BUILT) succeeded, yet the cell serves and
     # exports EARLIER (a deploy lost some other way, a revision pinned and forgotten).
@@ -250,6 +254,7 @@ def test_a_cell_left_on_an_earlier_image_is_ticketed(cloud: Cloud) -> None:
     assert f"recordline-exporter exports with {EARLIER}, not main's last deploy ({NEW})" in body
 
 
+@pytest.mark.slow
 def test_a_rollback_since_main_s_last_deploy_is_not_drift(cloud: Cloud) -> None:
     _plan_account_can_read(cloud)
     _terraform(cloud)

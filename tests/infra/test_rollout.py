@@ -78,6 +78,7 @@ def _serving_world(**given: Any) -> dict[str, Any]:
 # --- the first deploy ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_first_deploy_replaces_both_placeholders_after_the_gate_and_smoke_test(
     tmp_path: Path,
 ) -> None:
@@ -94,6 +95,7 @@ def test_the_first_deploy_replaces_both_placeholders_after_the_gate_and_smoke_te
         "exporter": "success",
         "export-gate/gate": "success",
         "ingest": "success",
+        "release": "success",
     }
     pool = cloud.world["worker_pools"][POOL]
     newest = pool["revisions"][-1]
@@ -132,6 +134,7 @@ def test_the_first_deploy_replaces_both_placeholders_after_the_gate_and_smoke_te
 # --- the exporter first, on its canary systems ------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_new_exporter_takes_the_canary_systems_first_and_ingest_waits_for_the_gates(
     tmp_path: Path,
 ) -> None:
@@ -179,10 +182,12 @@ def test_a_new_exporter_takes_the_canary_systems_first_and_ingest_waits_for_the_
         "exporter",
         "export-gate/gate",
         "ingest",
+        "release",
     ]
     assert list(cells_ran(run)["recordline"]) == order
 
 
+@pytest.mark.slow
 def test_an_exporter_that_stops_exporting_after_start_stops_the_rollout_and_goes_back(
     tmp_path: Path,
 ) -> None:
@@ -198,7 +203,7 @@ def test_an_exporter_that_stops_exporting_after_start_stops_the_rollout_and_goes
         "exporter-back": "success",
     }
     gate = run.job("prod/first[recordline]/export-gate-canary/gate")
-    watched = gate.step("Watch the canary systems' export for the soak")
+    watched = gate.step("Watch the systems' export for the soak")
     assert "reported no export" not in watched.stderr
     assert "no row exported" in watched.stderr or "lagged 3600" in watched.stderr
     # Every instance back on what ran before, which takes the leases back; the systems
@@ -212,6 +217,38 @@ def test_an_exporter_that_stops_exporting_after_start_stops_the_rollout_and_goes
     assert "docs/operations.md#rolling-the-exporter-back" in back.summary
 
 
+@pytest.mark.slow
+def test_the_second_gate_watches_every_serving_system_not_the_canaries_alone(
+    tmp_path: Path,
+) -> None:
+    # Three serving systems: the canaries are the first two by name; the new image stops
+    # the third's export alone (a shape no canary has), which only the promotion reaches.
+    state = world(
+        {"recordline": ["recordline", "orders", "quiet"]},
+        serving={"recordline": ["recordline", "orders", "quiet"]},
+        deployed=EARLIER,
+        exporter=EARLIER,
+    )
+    cloud = Cloud(tmp_path, state)
+    cloud.update(stalled_exports={BUILT: ["recordline"]})
+    run = rollout(cloud)
+    jobs = cells_ran(run)["recordline"]
+    assert jobs == {
+        "exporter-canary": "success",
+        "export-gate-canary/gate": "success",
+        "exporter": "success",
+        "export-gate/gate": "failure",
+        "exporter-back": "success",
+    }
+    watched = run.job("prod/first[recordline]/export-gate/gate").step(
+        "Watch the systems' export for the soak"
+    )
+    assert "recordline: the export lagged 3600.0 s behind" in watched.stderr
+    assert split(cloud) == f"{POOL}-00002-w2p"
+    assert serving(cloud, "recordline") == [("recordline-00002-x2y", 100, True)]
+
+
+@pytest.mark.slow
 def test_an_exporter_that_fails_to_start_stops_the_rollout_before_ingest(tmp_path: Path) -> None:
     cloud = Cloud(tmp_path, _serving_world(deployed=EARLIER, exporter=EARLIER))
     cloud.update(broken_digests=[BUILT])
@@ -255,6 +292,7 @@ def test_the_ingest_service_waits_for_the_export_health_gate(
     assert runs(jobs["ingest"], none, {"needs": none, "inputs": {}}) is True
 
 
+@pytest.mark.slow
 def test_every_gate_watches_the_canary_systems_for_the_soak_with_a_lag_bound(
     tmp_path: Path,
 ) -> None:
@@ -271,7 +309,7 @@ def test_every_gate_watches_the_canary_systems_for_the_soak_with_a_lag_bound(
     cloud.update(objects=objects)
     run = rollout(cloud)
     gate = run.job("prod/first[recordline]/export-gate-canary/gate")
-    watched = gate.step("Watch the canary systems' export for the soak")
+    watched = gate.step("Watch the systems' export for the soak")
     assert "the export lagged 2.0 s behind, over the 1 s bound" in watched.stderr
     assert split(cloud) == f"{POOL}-00002-w2p"
     # The soak is the cell's (its export_soak_seconds), slept before reading.
@@ -281,6 +319,7 @@ def test_every_gate_watches_the_canary_systems_for_the_soak_with_a_lag_bound(
 # --- the ingest service's smoke test ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_failed_smoke_test_returns_traffic_and_the_exporter_and_stops_the_rollout(
     tmp_path: Path,
 ) -> None:
@@ -321,6 +360,7 @@ def test_a_failed_smoke_test_returns_traffic_and_the_exporter_and_stops_the_roll
     assert serving(cloud, "eu-2") == before
 
 
+@pytest.mark.slow
 def test_a_cancelled_rollout_returns_traffic_and_the_exporter(tmp_path: Path) -> None:
     cloud = Cloud(tmp_path, _serving_world(deployed=EARLIER, exporter=EARLIER))
     run = rollout(cloud, cancel_after="Deploy with no traffic, under a tag")
@@ -334,7 +374,10 @@ def test_a_cancelled_rollout_returns_traffic_and_the_exporter(tmp_path: Path) ->
 # --- many cells -------------------------------------------------------------------------------
 
 
-def test_cells_come_from_their_terraform_states_one_first_then_the_rest(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_cells_come_from_their_terraform_states_one_then_a_quarter_then_the_rest(
+    tmp_path: Path,
+) -> None:
     cells = {"recordline": ["recordline"], **{f"cell-{n:02d}": [f"sys-{n:02d}"] for n in range(2)}}
     cloud = Cloud(tmp_path, world(cells, deployed=EARLIER))
     cloud.files.update(_cell_files(cells))
@@ -342,7 +385,8 @@ def test_cells_come_from_their_terraform_states_one_first_then_the_rest(tmp_path
     assert run.result == "success", _explain(run)
     prepare = run.job("prod/prepare")
     assert json.loads(prepare.outputs["first"]) == ["recordline"]
-    assert json.loads(prepare.outputs["rest"]) == ["cell-00", "cell-01"]
+    assert json.loads(prepare.outputs["second"]) == ["cell-00"]
+    assert json.loads(prepare.outputs["rest"]) == ["cell-01"]
     assert list(cells_ran(run)) == ["recordline", "cell-00", "cell-01"]
     for cell in cells:
         (_revision, percent, follows) = serving(cloud, cell)[0]
@@ -354,11 +398,14 @@ def test_cells_come_from_their_terraform_states_one_first_then_the_rest(tmp_path
         "cat",
         f"gs://{STATE_BUCKET}/recordline/cells/cell-01/default.tfstate",
     ] in cloud.calls()
-    rest = load("deploy-environment.yml")["jobs"]["rest"]
-    assert rest["strategy"]["max-parallel"] == 10
-    assert rest["strategy"]["fail-fast"] is True
-    # Each cell in its own queue, which its applies share.
-    assert rest["concurrency"]["group"] == "live-${{ inputs.environment }}-${{ matrix.cell }}"
+    jobs = load("deploy-environment.yml")["jobs"]
+    assert jobs["second"]["needs"] == ["prepare", "first"]
+    assert jobs["rest"]["needs"] == ["prepare", "second"]
+    for wave in (jobs["second"], jobs["rest"]):
+        assert wave["strategy"]["max-parallel"] == 10
+        assert wave["strategy"]["fail-fast"] is True
+        # Each cell in its own queue, which its applies share.
+        assert wave["concurrency"]["group"] == "live-${{ inputs.environment }}-${{ matrix.cell }}"
 
 
 def _cell_files(cells: dict[str, list[str]]) -> dict[str, str]:
@@ -400,6 +447,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.slow
 def test_canary_systems_with_their_own_shape_are_smoke_tested_with_their_own_canary(
     tmp_path: Path,
 ) -> None:
@@ -428,6 +476,7 @@ def test_canary_systems_with_their_own_shape_are_smoke_tested_with_their_own_can
     }
 
 
+@pytest.mark.slow
 def test_a_canary_the_candidate_rejects_fails_its_smoke_test_with_the_reason(
     tmp_path: Path,
 ) -> None:
@@ -454,6 +503,7 @@ def test_a_canary_the_candidate_rejects_fails_its_smoke_test_with_the_reason(
 # --- after a rollback -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_deploy_after_a_rollback_serves_its_own_revision(tmp_path: Path) -> None:
     # On-call pinned traffic to an earlier revision (docs/operations.md#rolling-back).
     cloud = Cloud(tmp_path, world({"recordline": ["recordline"]}, deployed=EARLIER))
@@ -523,6 +573,7 @@ STANDBY_REGION = "europe-west4"
 STANDBY = f"{STANDBY_REGION}-docker.pkg.dev/{PROJECT}/recordline"
 
 
+@pytest.mark.slow
 def test_every_image_deployed_is_in_the_standby_registry_too(tmp_path: Path) -> None:
     # With standby_region (environment/artifact_registry.tf), the image any cell serves
     # is also in the other region's registry, same digest, same tag: a region lost takes
@@ -541,6 +592,7 @@ def test_every_image_deployed_is_in_the_standby_registry_too(tmp_path: Path) -> 
     assert len(cloud.calls("skopeo")) == 2
 
 
+@pytest.mark.slow
 def test_a_standby_registry_that_cannot_take_the_image_stops_the_rollout_first(
     tmp_path: Path,
 ) -> None:

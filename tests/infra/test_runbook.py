@@ -42,6 +42,8 @@ def _each(body: dict[str, Any]) -> dict[str | None, Any]:
     if "local.ticket_specs" in expression:
         # One per symptom and channel set: each.value.symptom keys local.ticket_specs.
         return {k: {"symptom": k} for k in _locals(ENVIRONMENT)["ticket_specs"]}
+    # A policy per symptom is made where the alerts are not combined (combined.tf).
+    expression = expression.replace("local.combined ? {} : ", "")
     found = re.fullmatch(r"\$\{local\.(\w+)\}", expression)
     assert found is not None, expression
     # Those made only where a system serves are each of a map made always: every one.
@@ -69,6 +71,26 @@ def _runbook_links() -> dict[str, str]:
             content = _locals(ENVIRONMENT)["instance_ticket_documentation"].replace(
                 "spec[3]", "each.value[3]"
             )
+        combined = re.fullmatch(
+            r'\$\{module\.alert_documentation\.texts\["(page|ticket) combined( instances)?"\]\}',
+            content,
+        )
+        if combined:
+            # Where the alerts are combined (combined.tf), each incident's text links the
+            # section its label `symptom` names: each symptom's of the policy.
+            link = _locals(ENVIRONMENT)["combined_list"]
+            assert link.endswith("Runbook: docs/operations.md#$${metric.label.symptom}"), link
+            texts = _locals(ENVIRONMENT)["combined_documentation"]
+            assert all(text.startswith("${format(local.combined_list,") for text in texts.values())
+            specs = _locals(ENVIRONMENT)
+            sections = {
+                "page": [page[3] for page in specs["pages"].values()],
+                "ticket": [spec[2] for spec in specs["ticket_specs"].values()],
+                "ticket instances": [spec[3] for spec in specs["instance_tickets"].values()],
+            }[combined.group(1) + (combined.group(2) or "")]
+            for section in sections:
+                links[f"{name}[{section}]"] = section
+            continue
         found = LINK.search(content)
         assert found, f"{name}: documentation has no `Runbook: docs/operations.md#...` link"
         for key, value in _each(body).items():

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.infra.cell_world import (
+    CANARY_SETTING,
     EARLIER,
     NUMBER,
     ONCALL,
@@ -111,7 +112,9 @@ def cloud(tmp_path: Path) -> Cloud:
         serving={"recordline": ["recordline", "orders"]},
     )
     service = state["services"]["recordline"]
-    service["revisions"][0].update(command=None, args=None, digest=EARLIER)
+    service["revisions"][0].update(
+        command=None, args=None, digest=EARLIER, image=f"{REPOSITORY}@{EARLIER}"
+    )
     service["revisions"][1].update(
         digest=BAD, image=service["revisions"][1]["image"].replace(EARLIER, BAD)
     )
@@ -125,7 +128,17 @@ def cloud(tmp_path: Path) -> Cloud:
         name: {f"serviceAccount:{OPERATOR}": [capacity]} for name in state["spanner_instances"]
     }
     state["objects"][f"gs://{STATE_BUCKET}/directory/recordline.json"] = json.dumps(directory())
-    state["datasets"] = {"recordline": "live", "orders": "live"}
+    # The last rollout's record (deploy-cell.yml, "release"): EARLIER replaced by BAD.
+    state["objects"][f"gs://{STATE_BUCKET}/directory/releases/recordline.json"] = json.dumps(
+        {
+            "image_tag": "b" * 40,
+            "digest": BAD,
+            "before": {"ingest": {"revision": "recordline-00001-x1y", "digest": EARLIER}},
+            "after": {"ingest": {"revision": "recordline-00002-x2y", "digest": BAD}},
+        }
+    )
+    # Every prod dataset is in the EU (env/prod/<cell>.tfvars.json's dataset_location).
+    state["datasets"] = {"recordline": ["live", "EU"], "orders": ["live", "EU"]}
     state["job_cli"] = "recorder"
     return Cloud(tmp_path, state)
 
@@ -158,6 +171,7 @@ def recorded(cloud: Cloud) -> list[dict[str, Any]]:
 # --- where each system is -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_directory_lookup_sets_what_terraform_made_for_the_system(cloud: Cloud) -> None:
     keys = sorted(directory()["orders"])
     printed = run(cloud, where(), *(f'echo "{k.upper()}=${k.upper()}"' for k in keys))
@@ -206,6 +220,7 @@ COMMAND_WORDS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_command_names_what_the_directory_names_for_a_system_on_the_second_instance(
     cloud: Cloud,
 ) -> None:
@@ -227,7 +242,7 @@ def test_every_command_names_what_the_directory_names_for_a_system_on_the_second
     state["scheduler_jobs"]["orders-canary"] = "PAUSED"
     cloud.update(**state)
     out = run(cloud, where(), *sections)
-    assert "rolling recordline back from" in out
+    assert "back to: recordline-00001-x1y" in out
     orders = directory()["orders"]
     allowed = {str(v) for v in orders.values()} | {
         r["name"]
@@ -255,21 +270,41 @@ def test_every_command_names_what_the_directory_names_for_a_system_on_the_second
 # --- rolling back -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rolling_back_at_3am_sends_every_request_of_the_cell_to_the_previous_revision(
     cloud: Cloud,
 ) -> None:
     who, look, roll_back, unpin = blocks("rolling-back")
     out = run(cloud, who.replace("SYSTEM=recordline", "SYSTEM=orders"), look, roll_back)
-    assert "rolling recordline back from recordline-00002-x2y to recordline-00001-x1y" in out
+    # Both states, by image digest and settings version, and what the one it returns
+    # to serves, before it acts.
+    assert f"now:     recordline-00002-x2y, image {BAD}, settings version 1" in out
+    assert f"back to: recordline-00001-x1y, image {EARLIER}, settings version 1 (ENABLED)" in out
+    assert "recordline-00001-x1y will serve: orders recordline; not:  (step 4" in out
+    assert f'"digest": "{BAD}"' in out  # the release record
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+    # The ops job runs the image it serves again.
+    assert cloud.world["jobs"]["recordline-ops"]["image"] == f"{REPOSITORY}@{EARLIER}"
     # Every command acted as the operator account, in the cell's project and region.
     for argv in cloud.calls():
-        if argv[0] == "run":
+        if argv[0] in ("run", "secrets"):
             assert f"--impersonate-service-account={OPERATOR}" in argv, argv
-            assert f"--region={REGION}" in argv, argv
+            assert f"--region={REGION}" in argv or argv[0] == "secrets", argv
             assert f"--project={PROJECT}" in argv, argv
     # Ending the pin: traffic follows the newest revision again.
     run(cloud, who, unpin)
+    assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
+
+
+def test_rolling_back_acts_as_the_cells_account_as_a_deploy_does(cloud: Cloud) -> None:
+    # Cloud Run checks acting as the service's account for a traffic change too: the
+    # operator account holds it (acts_as_runtime), and without it the rollback stops.
+    state = cloud.world
+    state["iam"]["service_accounts"][account("recordline-run")] = {}
+    cloud.update(**state)
+    who, _look, roll_back, _ = blocks("rolling-back")
+    done = cloud.shell("\n".join([who, roll_back]))
+    assert "iam.serviceAccounts.actAs" in done.stderr
     assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
 
 
@@ -298,7 +333,7 @@ def test_rolling_back_skips_a_candidate_that_never_served(cloud: Cloud) -> None:
     cloud.update(services=services)
     who, _look, roll_back, _ = blocks("rolling-back")
     out = run(cloud, who, roll_back)
-    assert "back from recordline-00002-x2y to recordline-00001-x1y" in out
+    assert "back to: recordline-00001-x1y" in out
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
 
 
@@ -328,11 +363,12 @@ def test_the_exporter_is_rolled_back_with_its_export_job_as_the_operator_account
     _bad_exporter(cloud)
     look, roll_back = blocks("rolling-the-exporter-back")
     out = run(cloud, where(), look, roll_back)
-    assert f"rolling {POOL} back from {POOL}-00003-w3p to {POOL}-00002-w2p" in out
+    assert f"now:     {POOL}-00003-w3p, image {BAD}, settings version 1" in out
+    assert f"back to: {POOL}-00002-w2p, image {EARLIER}, settings version 1 (ENABLED)" in out
     assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
     assert cloud.world["jobs"]["recordline-export"]["image"] == f"{REPOSITORY}@{EARLIER}"
     for argv in cloud.calls():
-        if argv[:2] == ["beta", "run"] or argv[0] == "run":
+        if argv[:2] == ["beta", "run"] or argv[0] in ("run", "secrets"):
             assert f"--impersonate-service-account={OPERATOR}" in argv, argv
     # As themselves, on-call may not.
     done = cloud.shell(
@@ -340,6 +376,32 @@ def test_the_exporter_is_rolled_back_with_its_export_job_as_the_operator_account
         f"--region={REGION} --to-revisions={POOL}-00003-w3p=100"
     )
     assert "run.workerpools.update" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_exporter_rollback_never_returns_to_a_canary_revision(cloud: Cloud) -> None:
+    # A canary revision a rollout left (one made before rollouts deleted them), newer
+    # than the last good one and of another image: it reads the canary systems' file
+    # alone, so returning to it would leave every other system with no exporter.
+    _bad_exporter(cloud)
+    state = cloud.world
+    revisions = state["worker_pools"][POOL]["revisions"]
+    good, bad = revisions[-2], revisions[-1]
+    other = "sha256:" + "c" * 64
+    canary = {
+        **good,
+        "name": f"{POOL}-00003-c3p",
+        "digest": other,
+        "image": f"{REPOSITORY}@{other}",
+        "env": {**good["env"], "RECORDLINE_SYSTEMS": CANARY_SETTING},
+    }
+    revisions[-1:] = [canary, {**bad, "name": f"{POOL}-00004-w4p"}]
+    state["registry"][REPOSITORY]["digests"].append(other)
+    cloud.update(**state)
+    look, roll_back = blocks("rolling-the-exporter-back")
+    out = run(cloud, where(), look, roll_back)
+    assert f"back to: {POOL}-00002-w2p, image {EARLIER}, settings version 1 (ENABLED)" in out
+    assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
 
 
 def test_the_exporter_rollback_states_the_rule_across_a_migration() -> None:
@@ -365,6 +427,7 @@ def test_a_token_for_the_cell_is_minted_for_the_operator_account(cloud: Cloud) -
     assert "Invalid account type for `--audiences`" in done.stderr
 
 
+@pytest.mark.slow
 def test_replaying_dead_letters_runs_as_the_cells_ops_job(cloud: Cloud) -> None:
     (replay,) = blocks("replaying-dead-letters")
     run(cloud, where(), JOB, replay)
@@ -380,6 +443,7 @@ def test_replaying_dead_letters_runs_as_the_cells_ops_job(cloud: Cloud) -> None:
     assert dry["env"]["RECORDLINE_CELL"] == "recordline"
 
 
+@pytest.mark.slow
 def test_only_on_call_as_the_operator_account_runs_the_cells_jobs(cloud: Cloud) -> None:
     command = 'job "$EXPORT_JOB" export --system="$SYSTEM" status'
     # Someone not on call may not act as the operator account.
@@ -398,6 +462,7 @@ def test_only_on_call_as_the_operator_account_runs_the_cells_jobs(cloud: Cloud) 
     assert "run.jobs.run" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_restore_commands_are_ones_recordline_takes(cloud: Cloud) -> None:
     lines = [
         line.strip()
@@ -433,6 +498,25 @@ def test_on_call_looks_at_logs_and_dead_letters_as_themselves(cloud: Cloud) -> N
     cloud.update(principal="user:someone-else@example.com")
     assert cloud.shell(where()).returncode != 0  # the directory is on-call's to read
     assert look.splitlines()[1] == where().splitlines()[1]
+
+
+def test_the_directory_is_listed_through_its_grants_condition_on_the_listing(
+    cloud: Cloud,
+) -> None:
+    # `directory/*.json` is a listing of the bucket under directory/: a condition on
+    # the objects' names alone grants reading each one, never finding them.
+    granted = cloud.world["iam"]
+    cloud.update(iam={**granted, "object_lists": {}})
+    done = cloud.shell(where())
+    assert "Permission 'storage.objects.list' denied" in done.stderr
+    # Each object, read by its exact name, still is on-call's.
+    exact = f"gcloud storage cat gs://{STATE_BUCKET}/directory/recordline.json"
+    assert cloud.shell(exact).returncode == 0
+    # With the grant's listing clause: the directory, and no other prefix of the bucket.
+    cloud.update(iam=granted)
+    assert cloud.shell(where()).returncode == 0
+    done = cloud.shell(f"gcloud storage cat 'gs://{STATE_BUCKET}/recordline/*/default.tfstate'")
+    assert "storage.objects.list" in done.stderr
 
 
 def test_why_the_export_stopped_and_who_holds_the_lease_is_read_as_the_operator_account(
@@ -473,6 +557,7 @@ def test_why_the_export_stopped_and_who_holds_the_lease_is_read_as_the_operator_
     assert "spanner.sessions.create" in cloud.shell("\n".join([where(), as_themselves])).stderr
 
 
+@pytest.mark.slow
 def test_reading_a_system_of_the_cell_as_a_reader_does(cloud: Cloud) -> None:
     (read,) = blocks("cell-not-ready")
     # The bad revision answers 500; the good one, once rolled back to, 200.
@@ -483,6 +568,7 @@ def test_reading_a_system_of_the_cell_as_a_reader_does(cloud: Cloud) -> None:
     assert run(cloud, where(), read).splitlines()[-1] == "200"
 
 
+@pytest.mark.slow
 def test_a_page_names_the_systems_it_counts(cloud: Cloud) -> None:
     from tests.infra.test_alerts import _symptoms
 
@@ -524,6 +610,7 @@ def _sh(text: str) -> list[str]:
     return [b.strip() for b in re.findall(r"```sh\n(.*?)```", text, re.S)]
 
 
+@pytest.mark.slow
 def test_every_ticket_command_runs_as_written_for_a_system_on_the_second_instance(
     cloud: Cloud,
 ) -> None:
@@ -572,20 +659,30 @@ def test_capacity_needs_the_operator_account(cloud: Cloud) -> None:
     assert "spanner.instances" in cloud.shell("\n".join([where(), as_themselves])).stderr
 
 
+@pytest.mark.slow
 def test_a_deleted_dataset_is_undropped_before_anything_creates_it_again(cloud: Cloud) -> None:
-    cloud.update(datasets={"recordline": "live", "orders": "dropped"})
-    (undrop,) = blocks("a-deleted-dataset")
+    cloud.update(datasets={"recordline": ["live", "EU"], "orders": ["dropped", "EU"]})
+    undrop = blocks("a-deleted-dataset")[0]
     run(cloud, where(), undrop)
-    assert cloud.world["datasets"]["orders"] == "live"
+    assert cloud.world["datasets"]["orders"] == ["live", "EU"]
     assert cloud.world.get("impersonate") is None  # the impersonation ended with it
+    # Without the dataset's location the query runs in the US, where no dataset of that
+    # name was deleted.
+    cloud.update(datasets={"recordline": ["live", "EU"], "orders": ["dropped", "EU"]})
+    done = cloud.shell("\n".join([where(), undrop.replace(' --location="$DATASET_LOCATION"', "")]))
+    assert "was not found in location US" in done.stderr
     # Once a dataset of that name exists again, undropping is refused: why the apply job
     # refuses to create it first (test_apply.py).
-    cloud.update(datasets={"recordline": "live", "orders": "live"})
+    cloud.update(
+        datasets={"recordline": ["live", "EU"], "orders": ["live", "EU"]}, impersonate=None
+    )
     done = cloud.shell("\n".join([where(), undrop]))
     assert "Already Exists" in done.stderr
     # As themselves, on-call may not create a dataset. (The refused run above stopped
     # before its last line: at a prompt it would have ended the impersonation.)
-    cloud.update(datasets={"recordline": "live", "orders": "dropped"}, impersonate=None)
+    cloud.update(
+        datasets={"recordline": ["live", "EU"], "orders": ["dropped", "EU"]}, impersonate=None
+    )
     as_themselves = "\n".join(line for line in undrop.splitlines() if "config" not in line)
     assert "bigquery.datasets.create" in cloud.shell("\n".join([where(), as_themselves])).stderr
 
@@ -651,3 +748,97 @@ def with_export_job(env: dict[str, str]) -> dict[str, Any]:
     job = state["jobs"]["recordline-export"]
     job["env"] = {**env, "RECORDLINE_LOG_FORMAT": "json"}
     return state
+
+
+# --- every recipe ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_loop_and_producer_sections_run_as_written(cloud: Cloud) -> None:
+    (token,) = [b.splitlines()[0] for b in blocks("acting-as-the-operator-account")]
+    for section in ("loop-restarting", "producers-missing", "producers-in-conflict"):
+        (look,) = blocks(section)
+        run(cloud, where(), JOB, token, look)
+    read = [a for a in cloud.calls("curl-answer") if "/v1/producers" in a[1]]
+    assert [url for _, url in read] == [f"{URL}/systems/orders/v1/producers?limit=100"] * 2
+    assert [(r["command"], r["system"]) for r in recorded(cloud)] == [("audit", "orders")] * 2
+
+
+def test_what_pubsub_delivered_to_a_system_is_read_as_yourself(cloud: Cloud) -> None:
+    (look,) = blocks("pushes-over-the-declared-rate", "bash")
+    query = (
+        "sum(rate(pubsub_googleapis_com:subscription_push_request_count{"
+        'monitored_resource="pubsub_subscription",response_class="ack",'
+        'subscription_id="orders-push"}[1h]))'
+    )
+    cloud.update(prometheus={query: ["orders"]})
+    answer = json.loads(run(cloud, where(), look))
+    assert answer["data"]["resultType"] == "matrix"
+    (series,) = answer["data"]["result"]
+    assert len(series["values"]) in (24, 25)  # a point an hour over the last day
+    assert cloud.world["principal"] == ONCALL
+
+
+# Each section of the runbook with shell lines, and what runs them against the fake cloud
+# (a test here, or a file of tests), or why they cannot run there.
+RUN_BY: dict[str, Any] = {
+    "pages-and-tickets": test_a_page_names_the_systems_it_counts,
+    "where-to-look-used-by-every-section": (
+        test_on_call_looks_at_logs_and_dead_letters_as_themselves
+    ),
+    "canary-stale": (
+        test_every_command_names_what_the_directory_names_for_a_system_on_the_second_instance
+    ),
+    "cell-not-ready": test_reading_a_system_of_the_cell_as_a_reader_does,
+    "export-behind": (
+        test_why_the_export_stopped_and_who_holds_the_lease_is_read_as_the_operator_account
+    ),
+    "export-blocked": "tests/spanner/test_export_runbook.py",  # the Spanner emulator
+    "loop-restarting": test_the_loop_and_producer_sections_run_as_written,
+    "producers-missing": test_the_loop_and_producer_sections_run_as_written,
+    "producers-in-conflict": test_the_loop_and_producer_sections_run_as_written,
+    "pushes-over-the-declared-rate": test_what_pubsub_delivered_to_a_system_is_read_as_yourself,
+    "adding-spanner-capacity-now": test_capacity_is_raised_to_the_next_size_spanner_takes,
+    # Its job lines; Spanner's backups and point-in-time reads are in neither the
+    # emulator nor the fake (the section says a first drill in dev proves them).
+    "recovering-a-serving-database": test_the_restore_commands_are_ones_recordline_takes,
+    "rolling-back": "tests/infra/test_rollback_drills.py",
+    "rolling-the-exporter-back": "tests/infra/test_rollback_drills.py",
+    "acting-as-the-operator-account": (
+        test_a_token_for_the_cell_is_minted_for_the_operator_account
+    ),
+    "replaying-dead-letters": test_replaying_dead_letters_runs_as_the_cells_ops_job,
+    "running-commands-as-a-cells-job": (
+        test_only_on_call_as_the_operator_account_runs_the_cells_jobs
+    ),
+    "a-deleted-dataset": "tests/infra/test_rollback_drills.py",  # drill d
+}
+NOT_RUN = {
+    # Its grep is checked against every regional resource (test_the_region_plan_...),
+    # and the break-glass run that follows it is tests/infra/test_break_glass.py's.
+    "losing-a-zone-or-a-region": "terraform state edits of a cell's state, by an owner",
+    "an-apply-cut-short": "terraform state lock and imports of a cell's state, by an owner",
+    "retiring-a-system": "terraform state edits of a cell's state, by an owner",
+}
+
+
+def test_every_section_with_commands_names_what_runs_them() -> None:
+    text = RUNBOOK.read_text()
+    sections = set()
+    current = ""
+    for part in re.split(r"(?m)^(#{2,4} .+)$", text):
+        heading = re.match(r"#{2,4} (.+)$", part)
+        if heading:
+            current = slug(heading.group(1))
+        elif re.search(r"```(sh|bash)\n", part):
+            sections.add(current)
+    assert sections == set(RUN_BY) | set(NOT_RUN), sorted(sections ^ (set(RUN_BY) | set(NOT_RUN)))
+    for section, runner in RUN_BY.items():
+        if isinstance(runner, str):  # a file of tests that runs the section's blocks
+            assert f'"{section}"' in (RUNBOOK.parents[1] / runner).read_text(), (section, runner)
+        else:
+            assert runner.__name__.startswith("test_"), section
+    # What is not run here is terraform's, on a state: no command of gcloud, bq or curl.
+    for section in NOT_RUN:
+        for block in blocks(section):
+            assert not re.search(r"^(gcloud|bq|curl|job) ", block, re.M), section

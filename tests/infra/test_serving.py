@@ -151,6 +151,7 @@ GIB = 1 << 30
 TIB = 1 << 40
 
 
+@pytest.mark.slow
 def test_the_instance_is_sized_by_what_its_databases_store() -> None:
     # Spanner's storage per compute today (https://cloud.google.com/spanner/docs/compute-capacity,
     # "Data storage limits"): 1024 GiB per 100 processing units below a node, 10 TiB
@@ -190,6 +191,7 @@ def test_the_instance_is_sized_by_what_its_databases_store() -> None:
     assert _sized("{ recordline = { serving = true } }")["units"] == 100
 
 
+@pytest.mark.slow
 def test_a_binary_topic_is_sized_by_the_json_spanner_stores() -> None:
     # A BINARY message is stored as the JSON it decodes to (app/ingest/payload.py), not
     # as the bytes Pub/Sub carried: the sizing counts that.
@@ -249,6 +251,7 @@ def test_a_system_past_the_first_90_databases_is_on_a_second_instance() -> None:
     assert found["of"]["system-099"] == "recordline-serving-2"
 
 
+@pytest.mark.slow
 def test_one_instance_is_raised_alone_and_never_lowered_by_a_plan() -> None:
     # On-call raised the second instance by hand (its storage page); the plan job read
     # its units (spanner_live_units) and on-call merged its own figure
@@ -520,6 +523,7 @@ def test_the_service_waits_for_its_secrets_grants_and_not_for_a_systems_database
 # --- what on-call sees ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_cell_with_serving_systems_has_spanner_tiles_by_instance_and_no_other_does() -> None:
     charts = "[for c in local.cell_charts : c.title]"
     with_serving = _root_console(

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
 
@@ -175,6 +176,7 @@ def _labels() -> dict[str, set[str]]:
     return declared
 
 
+@pytest.mark.slow
 def test_every_metric_terraform_names_is_one_the_cell_or_its_exporter_writes() -> None:
     named = {name for _, _, names in _references() for name in names}
     assert {"slo.events", "ingest.lag", "export.lag", "canary.age", "messages"} <= named
@@ -287,6 +289,7 @@ def test_the_job_terraform_filters_on_is_the_service_name_each_process_runs_with
     assert '= "${local.cell}-exporter"' in _locals(TERRAFORM)["exporter"]
 
 
+@pytest.mark.slow
 def test_the_paths_the_uptime_check_and_probes_ask_are_the_cells_own(tmp_path: Path) -> None:
     check = _resources("google_monitoring_uptime_check_config")["cell"]
     (http,) = check["http_check"]

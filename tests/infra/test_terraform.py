@@ -204,7 +204,7 @@ def test_table_reads_its_schema_file(table: str) -> None:
     ("table", "partition", "clustering", "expiry"),
     [
         # Pages prune by ingest_time inside a day; lookups go through search indexes.
-        ("records", "ingest_time", ["ingest_time"], "${local.partition_expiration_ms}"),
+        # (records is laid out as its system's layout says: tests/infra/test_layout_variables.py.)
         ("rejected", "ingest_time", ["ingest_time"], "${local.partition_expiration_ms}"),
         ("dead_letters", "publish_time", ["message_id"], None),
     ],
@@ -422,6 +422,7 @@ def test_the_cells_service_reads_its_systems_from_one_file() -> None:
     )
 
 
+@pytest.mark.slow
 def test_billing_follows_the_cells_declared_rate_and_probes_health() -> None:
     container = _container()
     (resources,) = container["resources"]
@@ -544,8 +545,9 @@ def test_deployer_is_granted_on_resources_only() -> None:
         for name, b in _resources("google_project_iam_member", ENVIRONMENT).items()
         if b["member"] == deployer
     ]
-    # It reads the metrics its export gate watches, and changes nothing there.
-    assert [b["role"] for b in project_grants] == ["roles/monitoring.viewer"]
+    # It reads the metrics its export gate watches and lists the revisions it keeps for a
+    # rollback (Cloud Run checks listing on the project), and changes nothing there.
+    assert [b["role"] for b in project_grants] == ["roles/monitoring.viewer", "roles/run.viewer"]
     registry = _resources("google_artifact_registry_repository_iam_member", ENVIRONMENT)
     assert registry["deployer_pushes_images"]["role"] == "roles/artifactregistry.writer"
     assert "local.deployer_member" in json.dumps(
@@ -1123,6 +1125,7 @@ def test_lookup_keys_have_exact_match_search_indexes(index: str, table: str, col
     assert (query["create_disposition"], query["write_disposition"]) == ("", "")
 
 
+@pytest.mark.slow
 def test_query_cost_cap_and_retention_reach_the_service() -> None:
     env = re.sub(r"\s+", " ", _locals(TERRAFORM)["service_env"])
     assert "RECORDLINE_QUERY_MAX_BYTES_BILLED = tostring(var.query_max_bytes_billed)" in env

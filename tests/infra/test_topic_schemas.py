@@ -84,6 +84,7 @@ def _orders(schema: str = ORDERS[0], *rest: str) -> str:
 # --- what a system declares --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_system_declares_its_schema_mapping_and_canary_from_files_in_the_repository() -> None:
     found = _inputs(_orders())
     orders = found["orders"]

@@ -310,6 +310,7 @@ def _typed_columns_input(systems: str, files: tuple[tuple[str, bytes], ...]) -> 
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SCHEMAS))
 def test_the_module_is_given_the_generated_column(kind: str) -> None:
     _, text = _generated(kind)
@@ -329,6 +330,7 @@ def _refused(systems: str, files: tuple[tuple[str, bytes], ...]) -> str:
     return text if "Invalid value for variable" in text else ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SCHEMAS))
 def test_a_missing_or_stale_file_fails_the_plan_naming_the_command(kind: str) -> None:
     name = SCHEMAS[kind][0]
@@ -358,8 +360,11 @@ def test_a_declared_json_schema_is_checked_the_same_way() -> None:
 # --- the table: created with the column, its schema then the service's -------------------
 
 
-def _records_schema(typed_columns: str | None) -> list[dict[str, Any]]:
-    """`records`' schema as the module composes it (local.records_schema), by terraform."""
+def _records_schema(
+    typed_columns: str | None, copies: dict[str, dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """`records`' schema as the module composes it (local.records_schema), by terraform,
+    with a layout's `copies` (name: source and type)."""
     require_terraform()
     (block,) = [
         b
@@ -372,10 +377,12 @@ def _records_schema(typed_columns: str | None) -> list[dict[str, Any]]:
             (MODULE / "schemas" / "records.json").read_bytes()
         )
         Path(work, "main.tf").write_text(
-            f'variable "typed_columns" {{\n  type = string\n}}\n{block}'
+            f'variable "typed_columns" {{\n  type = string\n}}\n'
+            f'variable "layout" {{\n  type = any\n}}\n{block}'
         )
         value = "null" if typed_columns is None else json.dumps(typed_columns)
-        Path(work, "values.tfvars").write_text(f"typed_columns = {value}\n")
+        layout = json.dumps({"columns": copies or {}})
+        Path(work, "values.tfvars").write_text(f"typed_columns = {value}\nlayout = {layout}\n")
         return list(console(work, "jsondecode(local.records_schema)", var_file="values.tfvars"))
 
 

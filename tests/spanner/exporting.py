@@ -45,6 +45,7 @@ def exporter(store: TieredStore, holder: str = "a", **options: Any) -> Exporter:
         watermarks=options.pop("watermarks", None),
         typed=options.pop("typed", None),
         held=options.pop("held", QueryHeld(analytics.queries, names)),
+        copies=analytics.layout_copies,
     )
     lease = exporter_lease(
         holder,

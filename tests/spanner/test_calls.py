@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 APP = Path(__file__).resolve().parent.parent.parent / "app"
 HELPER = Path("store/spanner/calls.py")
 
@@ -31,6 +33,7 @@ def transactions_outside_the_helper(app: Path = APP) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_every_transaction_runs_through_the_bounded_helper() -> None:
     assert transactions_outside_the_helper() == []
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+import msgspec
 import pytest
 
 from app.errors import StoreUnavailable
@@ -419,3 +420,32 @@ async def test_an_exporter_that_stops_hands_the_lease_to_the_next_within_a_renew
     await settle_clock()  # longer than the second's renewal (0.2 s)
     assert await second.step()  # at its next claim, not once the first's lease expired
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
+
+
+async def test_the_exporter_writes_each_row_once_with_its_layouts_copies(
+    make_tiered: Make, write_fake: FakeBigQueryWrite, jobs_fake: Any
+) -> None:
+    # `records` laid out by the event's own time, clustered by a copy of an attribute
+    # (docs/layouts.md): the exporter reads the layout as the service does, and writes
+    # each row's copy beside it, exactly once as ever.
+    from tests.bigquery.billing import Layout
+    from tests.bigquery.test_layouts import copy, define
+
+    define(write_fake, copy("customer", "attributes.customer", "STRING"))
+    jobs_fake.billing.layouts["records"] = Layout(
+        partition="timestamp", clustering=("ingest_time", "customer")
+    )
+    store = await make_tiered()
+    assert store.analytics.layout is not None
+    assert store.analytics.layout.partition == "timestamp"
+    rows: list[Record | Rejection] = [
+        msgspec.structs.replace(record(f"m-{i}"), attributes=f'{{"customer": "c{i % 2}"}}')
+        for i in range(6)
+    ]
+    await store.append(rows)
+    await settle_clock()
+    await drain(exporter(store))
+    assert copies(write_fake, "records") == {f"m-{i}": 1 for i in range(6)}
+    assert {r["message_id"]: r["customer"] for r in write_fake.rows("records")} == {
+        f"m-{i}": f"c{i % 2}" for i in range(6)
+    }

@@ -197,3 +197,36 @@ async def test_a_revision_the_schema_api_does_not_have_is_kept_in_data_and_said_
         f"FROM {TABLE}, UNNEST(projection_errors) AS e",
     )
     assert rows == [("o-1", "$", "the revision's fields are unknown here", gone, "1")]
+
+
+async def test_the_export_writes_a_typed_fields_copy_with_each_record_once(
+    make_tiered: Make, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    # `records` partitioned by a copy of a typed field (docs/layouts.md): the exporter
+    # writes each record's copy from its projection, in the same row, exactly once.
+    from tests.bigquery.billing import Layout
+    from tests.bigquery.test_layouts import copy
+
+    write_fake.define(
+        RECORDS,
+        [*json.loads(RECORDS_JSON.read_text()), copy("amount_copy", "fields.amount", "INT64")],
+    )
+    jobs_fake.billing.layouts["records"] = Layout(
+        partition="ingest_time", clustering=("ingest_time", "amount_copy")
+    )
+    api = SchemaApi()
+    store = await make_tiered(revisions=api.revisions)
+    assert store.analytics.copies
+    await store.append(
+        [stored(order(), {"id": f"o-{i}", "amount": i}, f"m{i}", R1) for i in range(1, 5)]
+    )
+    plain = stored(order(), {"id": "o-9", "amount": 9}, "m9", R1)
+    await store.append([msgspec.structs.replace(plain, schema=None)])
+    await settle_clock()
+    await drain(typed_exporter(store, api, copies=store.analytics.layout_copies))
+    assert copies(write_fake, "records") == {f"m{i}": 1 for i in (1, 2, 3, 4, 9)}
+    held = {r["message_id"]: r.get("amount_copy") for r in write_fake.rows("records")}
+    # A record without a schema has no typed values, and its copy is NULL.
+    assert held == {"m1": 1, "m2": 2, "m3": 3, "m4": 4, "m9": None}
+    found = await query(jobs_fake, f"SELECT message_id FROM {TABLE} WHERE amount_copy = 3")
+    assert found == [("m3",)]

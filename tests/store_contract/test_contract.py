@@ -175,6 +175,7 @@ def check_page(
 DATA_AS_SENT = '{"text": "Ejemplo de datos",  "n": 1.50, "b": [true, null],\n "a": "\\u00e9"}'
 
 
+@pytest.mark.slow
 async def test_rows_round_trip_through_every_read(store: Store, exact_data: bool) -> None:
     since = stamp() - HOUR
     stored = record(
@@ -223,6 +224,7 @@ async def test_rows_round_trip_through_every_read(store: Store, exact_data: bool
     assert await store.latest("never") is None
 
 
+@pytest.mark.slow
 async def test_a_page_read_to_a_byte_budget_ends_once_its_rows_hold_it(store: Store) -> None:
     since = stamp() - HOUR
     # Payloads below and above what a store may hold back from a bounded read until it
@@ -291,6 +293,7 @@ async def test_an_append_rings_the_bell_once_its_rows_are_readable(store: Store)
     assert store.bell.waiting == 0
 
 
+@pytest.mark.slow
 async def test_the_first_copy_of_a_message_is_the_only_one_any_read_shows(store: Store) -> None:
     since = stamp() - HOUR
     first = [record(f"m-{i:02}", data=f'"first {i}"') for i in range(10)]
@@ -314,6 +317,7 @@ async def test_the_first_copy_of_a_message_is_the_only_one_any_read_shows(store:
     assert latest.data == '"first 7"'
 
 
+@pytest.mark.slow
 async def test_a_page_is_bounded_and_says_where_the_next_one_starts(store: Store) -> None:
     for i in range(5):
         await store.append([record(f"m-{i}")])
@@ -357,6 +361,7 @@ async def test_every_row_below_the_read_horizon_is_readable(store: Store) -> Non
     )
 
 
+@pytest.mark.slow
 async def test_reads_see_acknowledged_writes_once_past_the_barrier(store: Store) -> None:
     for i in range(3):
         await store.append([record(f"w-{i}", id="w")])
@@ -429,6 +434,7 @@ async def test_what_became_of_a_message(store: Store) -> None:
     assert await store.seen([]) == {}
 
 
+@pytest.mark.slow
 async def test_rejections_page_in_key_order(store: Store) -> None:
     since = stamp() - HOUR
     rows = [rejection(f"x-{i}") for i in range(5)]
@@ -444,6 +450,7 @@ async def test_rejections_page_in_key_order(store: Store) -> None:
         )
 
 
+@pytest.mark.slow
 async def test_reads_before_the_retention_are_gone(make: Any) -> None:
     # The retention is the API's promise on every store: a bound older than it
     # answers 410 (rows there may be deleted), a read without one starts at it.
@@ -469,6 +476,7 @@ async def test_reads_before_the_retention_are_gone(make: Any) -> None:
         assert [r["message_id"] for r in page["records"]] == ["m1"]
 
 
+@pytest.mark.slow
 async def test_appends_in_flight_together_are_each_stored_once(store: Store) -> None:
     # The batcher runs up to `max_in_flight` appends at once; each must keep
     # every row it was given, whichever finishes first.
@@ -541,6 +549,7 @@ async def epochs(store: Store, producer: str = "producer-1") -> list[EpochEntry]
     return found.epochs
 
 
+@pytest.mark.slow
 async def test_a_producers_message_is_stored_once_under_the_id_of_its_first_copy(
     store: Store,
 ) -> None:
@@ -774,6 +783,7 @@ async def test_a_new_epoch_says_where_the_last_one_ended_and_an_old_one_is_a_zom
     assert (third.epoch, third.end) == (2, None)
 
 
+@pytest.mark.slow
 async def test_the_ledger_lists_every_producer_in_pages(store: Store) -> None:
     if store.completeness is None:
         return

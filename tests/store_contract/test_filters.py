@@ -141,6 +141,7 @@ FILTERS = [
 ]
 
 
+@pytest.mark.slow
 async def test_a_filtered_walk_meets_each_matching_first_copy_once(store: Store) -> None:
     rows, since, until = await stored_rows(store)
     for at, keep in enumerate(FILTERS):
@@ -155,6 +156,7 @@ async def test_a_filtered_walk_meets_each_matching_first_copy_once(store: Store)
     assert seen == [r.message_id for r in rows]
 
 
+@pytest.mark.slow
 async def test_a_full_filtered_page_resumes_after_its_last_row(store: Store) -> None:
     rows, since, until = await stored_rows(store)
     keep = RowFilter(attributes=(AttributeIs("region", "us"),))
@@ -170,6 +172,7 @@ async def test_a_full_filtered_page_resumes_after_its_last_row(store: Store) -> 
     )
 
 
+@pytest.mark.slow
 async def test_rejections_filter_by_attribute_and_message(store: Store) -> None:
     old = stamp() - HOUR // 2
     refused = [
@@ -200,6 +203,7 @@ async def test_rejections_filter_by_attribute_and_message(store: Store) -> None:
     assert await filtered_walk(store, Rejection, none, **bounds, limit=5) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [Record, Rejection])
 async def test_a_typed_field_filter_where_there_are_no_typed_columns_is_refused(
     make: Callable[[int], Store], kind: type[Record] | type[Rejection]

@@ -76,6 +76,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Outcomes:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_the_contract_fails_a_broken_store(name: str, outcomes: Outcomes) -> None:
     # Failed tests, not a suite that could not run: exit code 1, and for this

@@ -52,6 +52,7 @@ def conflicts(observed: Observed) -> dict[str, float]:
     }
 
 
+@pytest.mark.slow
 def test_a_redelivery_is_no_conflict(
     conflicted: TestClient[Recordline], observed: Observed, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -93,6 +94,7 @@ def test_a_message_id_used_again_for_other_content_is_logged_and_counted(
     assert all(r.fields["table"] for r in lines)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_copies_in_one_append_and_across_a_restart_are_compared(tmp_path: Path) -> None:
     seen: list[tuple[str, str]] = []
 

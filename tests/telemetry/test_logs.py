@@ -80,6 +80,7 @@ def test_503_is_logged_with_message_id_and_cause(
     assert line["logging.googleapis.com/trace"] == f"projects/demo/traces/{TRACE_ID}"
 
 
+@pytest.mark.slow
 def test_a_stored_push_logs_nothing_at_info(
     client: TestClient[Recordline], logged: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -116,6 +117,7 @@ class _HangingExporter(SpanExporter):
         return SpanExportResult.FAILURE
 
 
+@pytest.mark.slow
 def test_shutdown_is_bounded_when_the_exporter_hangs() -> None:
     exporter = _HangingExporter()
     provider = TracerProvider(shutdown_on_exit=False)

@@ -18,6 +18,7 @@ from tests.fakes import FaultyStore
 from tests.telemetry.conftest import RECORD, Observed
 
 
+@pytest.mark.slow
 def test_stored_message_records_its_lag_and_outcome(
     client: TestClient[Recordline], observed: Observed
 ) -> None:
@@ -90,6 +91,7 @@ def test_store_failure_is_counted_as_retried_with_its_cause(
     assert observed.points("recordline.ingest.lag") == []
 
 
+@pytest.mark.slow
 def test_deadline_is_counted_as_retried_with_its_cause(
     store: FaultyStore, observed: Observed
 ) -> None:
@@ -252,6 +254,7 @@ def test_prometheus_text_shows_the_canary_age(store: FaultyStore) -> None:
     assert 9 <= float(line.rsplit(" ", 1)[1]) < 20
 
 
+@pytest.mark.slow
 def test_two_apps_in_one_process_keep_their_own_metrics(store: FaultyStore) -> None:
     first = create_app(settings(), store=store)
     second = create_app(settings(), store=FaultyStore(DuckDBStore(":memory:")))

@@ -48,6 +48,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow
 def test_every_refused_push_is_counted_by_its_reason_and_the_400s_and_413s_logged(
     client: TestClient[Recordline],
     observed: Observed,
@@ -94,6 +95,7 @@ def test_every_refused_push_is_counted_by_its_reason_and_the_400s_and_413s_logge
     assert any("refused with 403" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_413_states_the_limit(client: TestClient[Recordline], google: FakeGoogle) -> None:
     # Replay is an operator's: where pushes carry a shared secret, that secret.
     secret = "a-long-enough-push-secret"
@@ -134,6 +136,7 @@ def test_a_junk_replay_body_has_its_title_and_detail_the_right_way_round() -> No
     assert "malformed" in problem["detail"]  # this occurrence
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path",
     [

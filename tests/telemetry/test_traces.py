@@ -350,6 +350,7 @@ def test_with_tracing_off_the_row_keeps_the_trace_id_tracing_on_would_continue(
     assert incoming_trace_id(Headers(raw)) == (None if caller is None else caller.trace_id_hex)
 
 
+@pytest.mark.slow
 @given(
     st.one_of(
         st.builds(

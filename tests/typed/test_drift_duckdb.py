@@ -79,6 +79,7 @@ def _top_level(struct_type: str) -> list[str]:
     return [*parts, inner[start:].strip()] if inner else []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", list(CHANGES))
 async def test_avro_drift_through_the_service(
     change: str, schema_api: FakeSchemaApi, tmp_path: Path
@@ -93,6 +94,7 @@ async def test_avro_drift_through_the_service(
     _check(path, case.after, change)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", list(PROTO_CHANGES))
 async def test_protobuf_drift_through_the_service(
     change: str, schema_api: FakeSchemaApi, tmp_path: Path
@@ -113,6 +115,7 @@ async def test_protobuf_drift_through_the_service(
     assert (name in [e["field"] for e in typed["2"][2]]) is misfit, typed["2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", list(CHANGES))
 async def test_declared_json_drift_through_the_service(change: str, tmp_path: Path) -> None:
     case = CHANGES[change]

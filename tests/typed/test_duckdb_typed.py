@@ -107,6 +107,7 @@ async def _stored(http: httpx.AsyncClient, revision: str, n: int, data: bytes) -
     assert (await http.get(f"/v1/records/o-{n}")).status_code == 200
 
 
+@pytest.mark.slow
 async def test_a_new_revision_s_fields_are_queryable_while_the_service_runs(
     schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
@@ -158,6 +159,7 @@ async def test_a_new_revision_s_fields_are_queryable_while_the_service_runs(
     ]
 
 
+@pytest.mark.slow
 async def test_the_typed_fields_survive_a_restart_without_the_schema_api(
     schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
@@ -180,6 +182,7 @@ async def test_the_typed_fields_survive_a_restart_without_the_schema_api(
     assert _query(path, "SELECT fields.amount FROM records_typed") == [(3,)]
 
 
+@pytest.mark.slow
 async def test_records_without_a_schema_have_no_typed_fields(tmp_path: Path) -> None:
     path = tmp_path / "plain.duckdb"
     configured = settings()
@@ -195,6 +198,7 @@ async def test_records_without_a_schema_have_no_typed_fields(tmp_path: Path) -> 
     ]
 
 
+@pytest.mark.slow
 async def test_a_change_duckdb_refuses_stores_the_record_says_why_and_the_file_starts_again(
     tmp_path: Path,
 ) -> None:
@@ -242,6 +246,7 @@ async def test_a_change_duckdb_refuses_stores_the_record_says_why_and_the_file_s
         await again.close()
 
 
+@pytest.mark.slow
 async def test_a_file_that_kept_a_revision_whose_change_failed_starts(tmp_path: Path) -> None:
     """What an earlier release left: a revision kept in `typed_revisions` whose ALTER
     then failed, so the table never took its fields."""
@@ -282,6 +287,7 @@ message Order {
 """
 
 
+@pytest.mark.slow
 async def test_a_protocol_buffers_revision_gets_typed_columns(
     schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
@@ -361,6 +367,7 @@ async def _json_stored(http: httpx.AsyncClient, n: int, data: Any) -> None:
     assert (await http.get(f"/v1/records/o-{n}")).status_code == 200
 
 
+@pytest.mark.slow
 async def test_a_json_topic_gets_typed_columns_from_the_schema_its_system_declares(
     tmp_path: Path,
 ) -> None:
@@ -414,6 +421,7 @@ async def _plain_service_stores(path: Path, count: int) -> None:
             await _json_stored(http, n, {"amount": n, "customer": f"c{n}"})
 
 
+@pytest.mark.slow
 async def test_a_backfill_types_records_stored_before_their_schema_was_declared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -448,6 +456,7 @@ async def test_a_backfill_types_records_stored_before_their_schema_was_declared(
     assert sorted(r["id"] for r in listed["records"]) == ["o-1", "o-2", "o-3"]
 
 
+@pytest.mark.slow
 def test_a_backfill_says_when_the_store_is_open_elsewhere_or_is_no_duckdb_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -487,6 +496,7 @@ def _nan_as_text(value: Any) -> Any:
     return value
 
 
+@pytest.mark.slow
 @settings_for(max_examples=60, deadline=None)
 @given(payloads=st.lists(json_values, min_size=1, max_size=4), fields=fields_lists.filter(bool))
 # A float BIGNUMERIC keeps positional text (str() of its Decimal is `1.34…E+16`).

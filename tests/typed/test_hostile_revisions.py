@@ -125,6 +125,7 @@ BOMBS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bomb", list(BOMBS))
 async def test_a_revision_past_a_cap_is_stored_without_typed_columns_and_others_go_on(
     schema_api: FakeSchemaApi, tmp_path: Path, bomb: str
@@ -180,6 +181,7 @@ def _nested_definition(depth: int) -> str:
     )
 
 
+@pytest.mark.slow
 async def test_a_revision_nested_200_deep_is_stored_and_one_nested_deeper_than_read_is_rejected(
     schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
@@ -204,6 +206,7 @@ async def test_a_revision_nested_200_deep_is_stored_and_one_nested_deeper_than_r
     assert "more than 14 levels deep" in errors[0]["reason"]
 
 
+@pytest.mark.slow
 async def test_names_a_column_can_have_are_typed_and_others_say_why(
     schema_api: FakeSchemaApi, tmp_path: Path
 ) -> None:
@@ -238,6 +241,7 @@ def _nested_proto(depth: int) -> str:
     return "\n".join([*lines, f"message M{depth} {{ int64 v = 1; }}"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "definition"),
     [

@@ -6,6 +6,7 @@ import functools
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +57,7 @@ fields_lists = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(payload=json_values, fields=fields_lists)
 def test_any_payload_onto_any_fields(payload: Any, fields: tuple[Field, ...]) -> None:
@@ -65,6 +67,7 @@ def test_any_payload_onto_any_fields(payload: Any, fields: tuple[Field, ...]) ->
     assert all(e.revision == "s@1" for e in projection.errors)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(table=fields_lists, revision=fields_lists)
 def test_merge_keeps_every_field(table: tuple[Field, ...], revision: tuple[Field, ...]) -> None:
@@ -112,6 +115,7 @@ def test_names_that_differ_only_in_case_are_one_column() -> None:
     assert [e.field for e in projection.errors] == ["Amount"]
 
 
+@pytest.mark.slow
 def test_a_row_costs_what_its_payload_holds_not_what_the_table_grew_to() -> None:
     """The Python work of a row's typed columns, counted in calls (a measure the
     machine does not change), is the same in a table of its own revision's two

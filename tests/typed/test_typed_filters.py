@@ -128,6 +128,7 @@ def where(path: str, value: str) -> RowFilter:
     return RowFilter(fields=(FieldIs(tuple(path.split(".")), value),))
 
 
+@pytest.mark.slow
 async def test_a_typed_field_keeps_the_rows_whose_value_equals_it(store: Store) -> None:
     rows = [order(n) for n in range(12)]
     assert list(await store.append(rows)) == [None] * 12

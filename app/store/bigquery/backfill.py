@@ -25,6 +25,7 @@ from google.cloud.bigquery.retry import DEFAULT_JOB_RETRY, DEFAULT_RETRY
 
 from app.errors import StoreUnavailable
 from app.store.backoff import Backoff
+from app.store.bigquery.layout import NO_COPIES, Copies
 from app.store.bigquery.proto import message_class
 from app.store.bigquery.queries import billed_bytes
 from app.store.bigquery.stream import OffsetStream, RowsRefused, StreamBroken
@@ -95,8 +96,11 @@ class Backfill:
         revisions: Revisions,
         statement_seconds: float,
         max_bytes_billed: int | None = None,
+        copies: Copies = NO_COPIES,
     ) -> None:
         self._project = project
+        # A layout's copies of typed fields, set again from the fields they copy.
+        self._copies = [c for c in copies.copies if c.attribute is None]
         self._dataset = dataset
         self._call = call
         self._stream = stream
@@ -217,6 +221,11 @@ class Backfill:
         assignments = [f"{ERRORS} = s.{ERRORS}"]
         if fields is not None:
             assignments.insert(0, f"{FIELDS} = s.{FIELDS}")
+            # A copy the layout partitions or clusters by follows its field (a row whose
+            # copy changes partition moves to its new one, in the same statement).
+            for copy in self._copies:
+                path = ".".join(f"`{name}`" for name in copy.field)
+                assignments.append(f"`{copy.column}` = s.{FIELDS}.{path}")
         sql = (
             f"UPDATE `{self._records}` AS r SET {', '.join(assignments)} "
             f"FROM `{self._table(staging)}` AS s "

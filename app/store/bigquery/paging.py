@@ -108,6 +108,10 @@ class Pager:
         self._sql = statements
         self._window = dedupe_window_micros
         self._typed = typed
+        # Whether the partitions of `records` are its days of ingest_time, as they are
+        # unless a layout partitions it by another column (`layout.py`): only then does
+        # partition metadata say which days of ingest hold rows.
+        self.partitions_by_ingest_time = True
 
     async def records(self, query: PageQuery) -> Page[Record]:
         sql: str = self._sql.page
@@ -237,6 +241,13 @@ class Pager:
         floor = (before - _METADATA_LAG_MICROS) // DAY_MICROS * DAY_MICROS
         if after >= floor:
             return after
+        if table == "records" and not self.partitions_by_ingest_time:
+            # Partitions by another column's days say nothing of ingest: the first row
+            # is read from ingest_time itself, over everything up to the floor (one
+            # narrow column; clustering on ingest_time prunes it to its blocks).
+            bounds_to_floor: dict[str, QueryValue] = {"since": after, "until": floor}
+            ((row,),) = await self._run(first_row, bounds_to_floor)
+            return floor if row is None else int(row)
         params: dict[str, QueryValue] = {
             "table": table,
             "from_day": _day(after),

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
@@ -149,15 +150,36 @@ def message_class(descriptor: descriptor_pb2.DescriptorProto) -> type[Message]:
     return cls
 
 
+class Derived(Protocol):
+    """Columns a row carries that are derived from its others (a layout's copies,
+    `app.store.bigquery.layout.Copies`): the fields they add, and each row's values."""
+
+    def __bool__(self) -> bool: ...
+
+    def add_fields(self, message: descriptor_pb2.DescriptorProto) -> None: ...
+
+    def values(self, row: Any, more: Mapping[str, Any] | None) -> dict[str, Any]: ...
+
+
 class RowEncoder:
     """Serializes one table's rows for AppendRows; `descriptor`, where given, is
-    the row's with more fields than `row_type` has (a record's typed columns)."""
+    the row's with more fields than `row_type` has (a record's typed columns), and
+    `derived` the columns written from the row's own (a layout's copies)."""
 
     def __init__(
-        self, row_type: type[Row], descriptor: descriptor_pb2.DescriptorProto | None = None
+        self,
+        row_type: type[Row],
+        descriptor: descriptor_pb2.DescriptorProto | None = None,
+        derived: Derived | None = None,
     ) -> None:
         self.row_type = row_type
         self.descriptor = descriptor if descriptor is not None else row_descriptor(row_type)
+        self._derived = derived if derived else None
+        if self._derived is not None:
+            extended = descriptor_pb2.DescriptorProto()
+            extended.CopyFrom(self.descriptor)
+            self._derived.add_fields(extended)
+            self.descriptor = extended
         self._message = message_class(self.descriptor)
         self._names = tuple(c.name for c in columns(row_type))
 
@@ -169,5 +191,7 @@ class RowEncoder:
         values = {name: value for name in self._names if (value := getattr(row, name)) is not None}
         if more:
             values.update(more)
+        if self._derived is not None:
+            values.update(self._derived.values(row, more))
         encoded: bytes = self._message(**values).SerializeToString()
         return encoded

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import google.auth
 import grpc
 import msgspec
-from google.api_core.exceptions import GoogleAPIError
+from google.api_core.exceptions import GoogleAPIError, NotFound
 from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import types
 from google.cloud.bigquery_storage_v1.services.big_query_write import BigQueryWriteAsyncClient
@@ -49,6 +49,7 @@ from app.store import (
 from app.store.bell import Bell
 from app.store.bigquery.backfill import Backfill, Backfilled
 from app.store.bigquery.cache import ReadCache
+from app.store.bigquery.layout import NO_COPIES, Copies, TableLayout
 from app.store.bigquery.paging import Pager
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.queries import QueryRunner, QueryValue
@@ -85,6 +86,8 @@ END_OF_TIME: Final = MAX_MICROS  # 9999-12-31T23:59:59.999999Z, BigQuery's last
 # A row of a revision whose new typed fields the write path does not take yet
 # waits at most this long, and at most half of what is left of its deadline.
 TYPED_WAIT_SECONDS: Final = 4.0
+# How long the layout of `records` may stay unread before readiness says so.
+_LAYOUT_SECONDS: Final = 5.0
 
 
 class BigQueryOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,6 +145,11 @@ class BigQueryStore:
         self._cache = ReadCache(options.read_cache_seconds)
         self._records_encoder = RowEncoder(Record)
         self._rejected_encoder = RowEncoder(Rejection)
+        # How `records` is laid out, read from the table at start (`layout.py`): the
+        # copies every row of it carries, and whether its partitions follow ingest_time.
+        # Records are written only once it is known.
+        self.layout: TableLayout | None = None
+        self.copies: Copies = NO_COPIES
         self._sql = Statements.for_dataset(project, dataset)
         self._queries = QueryRunner(
             project,
@@ -192,18 +200,11 @@ class BigQueryStore:
         return f"`{self.project}.{self.dataset}.{table}`"
 
     async def start(self) -> None:
-        if self._records is not None:
+        if self._rejected is not None:
             return
         self._write_client = await self._open_write_client()
         await self._queries.start()
         await self._loops.start()
-        self._records = StorageWriter(
-            self._write_client,
-            self._table_path("records"),
-            self._records_encoder.descriptor,
-            max_in_flight=self.max_in_flight,
-            loops=self._loops,
-        )
         self._rejected = StorageWriter(
             self._write_client,
             self._table_path("rejected"),
@@ -211,8 +212,14 @@ class BigQueryStore:
             max_in_flight=self.max_in_flight,
             loops=self._loops,
         )
-        await self._records.start()
         await self._rejected.start()
+        try:
+            await self._learn_layout()
+        except (GoogleAPIError, OSError, TimeoutError) as exc:
+            # Writes answer 503 until it is read (a row is never written without its
+            # copies); readiness names the loop that keeps asking.
+            log.warning("the layout of %s could not be read: %s", self.table_name("records"), exc)
+            self._loops.run("layout", self._until_layout, interval=_LAYOUT_SECONDS, finite=True)
         await self._own_columns()
         if self._revisions is not None:
             self.typed = TypedTable(
@@ -231,6 +238,61 @@ class BigQueryStore:
                 await self.typed.widen(declared, fields)
         every = max(self.settle_micros / 1e6, _RING_SECONDS)
         self._loops.run("bell", lambda: self.bell.while_demanded(self._ring, every), interval=every)
+
+    async def _learn_layout(self) -> None:
+        """Read how `records` is laid out, then open its writer with the copies its
+        rows carry; the pager's jump over empty days reads partition metadata only
+        where partitions follow ingest_time."""
+        table_id = f"{self.project}.{self.dataset}.records"
+        seconds = self._query_timeout
+        try:
+            table: bigquery.Table = await self._queries.call(
+                lambda client: client.get_table(table_id, timeout=seconds)
+            )
+            layout = TableLayout.of(table)
+        except NotFound:
+            # No such table has no copies to write: the Storage Write API refuses its
+            # rows, and says so (NOT_FOUND), as without a layout.
+            layout = TableLayout()
+        copies = Copies(layout.copies)
+        encoder = RowEncoder(Record, derived=copies)
+        writer = await self._records_writer(encoder)
+        self.layout, self.copies, self._records_encoder = layout, copies, encoder
+        self._pager.partitions_by_ingest_time = layout.by_ingest_time
+        self._records = writer
+        if copies:
+            log.info(
+                "%s carries the layout copies %s",
+                table_id,
+                ", ".join(c.column for c in copies.copies),
+            )
+
+    async def _records_writer(self, encoder: RowEncoder) -> StorageWriter:
+        """A started writer of `records`' _default stream, with `encoder`'s schema."""
+        if self._write_client is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        writer = StorageWriter(
+            self._write_client,
+            self._table_path("records"),
+            encoder.descriptor,
+            max_in_flight=self.max_in_flight,
+            loops=self._loops,
+        )
+        await writer.start()
+        return writer
+
+    def layout_copies(self) -> Copies:
+        """The copies each row of `records` carries (its exporter's); StoreUnavailable
+        until the table's layout is read, so that no row is written without them."""
+        if self.layout is None:
+            raise StoreUnavailable("the layout of records is not known yet")
+        return self.copies
+
+    async def _until_layout(self) -> None:
+        """The loop that reads the layout until it can (failing, so restarted with
+        backoff, while it cannot), then ends."""
+        if self._records is None:
+            await self._learn_layout()
 
     async def _own_columns(self) -> None:
         """Add the columns `records` is created with (a `Record`'s, `projection_errors`)
@@ -347,8 +409,10 @@ class BigQueryStore:
         return self._typed_writer[1] if self._typed_writer is not None else None
 
     def _writers(self) -> tuple[StorageWriter, StorageWriter]:
-        if self._records is None or self._rejected is None:
+        if self._rejected is None:
             raise StoreUnavailable("the BigQuery store is not started")
+        if self._records is None:
+            raise StoreUnavailable("the layout of records is not known yet")
         return self._records, self._rejected
 
     async def append(
@@ -491,17 +555,8 @@ class BigQueryStore:
         current = self._typed_writer
         if current is not None and current[0] == writable:
             return current[1], current[2]
-        if self._write_client is None:
-            raise StoreUnavailable("the BigQuery store is not started")
-        encoder = RowEncoder(Record, typed_descriptor(writable))
-        writer = StorageWriter(
-            self._write_client,
-            self._table_path("records"),
-            encoder.descriptor,
-            max_in_flight=self.max_in_flight,
-            loops=self._loops,
-        )
-        await writer.start()
+        encoder = RowEncoder(Record, typed_descriptor(writable), derived=self.copies)
+        writer = await self._records_writer(encoder)
         self._typed_writer = (writable, writer, encoder)
         now = asyncio.get_running_loop().time()
         done = [w for w, idle_at in self._retired if idle_at <= now]
@@ -536,6 +591,7 @@ class BigQueryStore:
             revisions=self._revisions,
             statement_seconds=statement_seconds,
             max_bytes_billed=max_bytes_billed,
+            copies=self.layout_copies(),
         )
         return await run.run(since, until)
 

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.errors import StoreUnavailable
 from app.store.duckdb.journal import SEGMENT_BYTES, Frame, Journal
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,14 @@ async def _spawn(args: list[str]) -> _Child:
     return _Child(process, writer, stdout, reading)
 
 
+def _ended(code: int) -> str:
+    """How a process ended, from its return code: an exit code, or the signal."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"stopped by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
 class JournalProcess:
     """The parent's end: `append` an encoded frame, get its number once durable."""
 
@@ -160,7 +169,9 @@ class JournalProcess:
             self._process.close_pipes()
             code = await self._process.wait()
             self._process = None
-            raise OSError(f"the journal writer did not start (exit code {code})")
+            # Its own fault or a signal its group heard before it could ignore them (a
+            # Ctrl-C while the service starts): said in a line, not a traceback.
+            raise StoreUnavailable(f"the journal writer did not start ({_ended(code)})")
         # Not a supervised loop: it reads one writer's answers and ends with it, its
         # failure reported by readiness (`failure`); a second could not tell which
         # append an answer is for.

@@ -27,6 +27,7 @@ from google.protobuf import descriptor_pb2
 from app.errors import StoreUnavailable
 from app.records import TABLES, ExportWatermark, Record, Rejection, Row
 from app.store.backoff import Backoff
+from app.store.bigquery.layout import NO_COPIES, Copies
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.stream import Appended, OffsetStream, RowsRefused, StreamBroken
 from app.store.spanner.ledger import (
@@ -266,6 +267,9 @@ class Destination(NamedTuple):
     # What BigQuery holds, to settle a batch whose stream is gone; without it
     # such a batch blocks its table for an operator's `export resync`.
     held: Held | None = None
+    # The copies a layout of `records` has its rows carry (`app.store.bigquery.layout`),
+    # asked for each batch: StoreUnavailable (the table paused) until they are known.
+    copies: Callable[[], Copies] = lambda: NO_COPIES
 
 
 class Pace(NamedTuple):
@@ -310,7 +314,9 @@ class Exporter:
         self._share = share
         self._source = source
         self._streams = streams = bigquery.streams
-        self._encoders = {kind: RowEncoder(kind) for kind in streams}
+        self._encoders: dict[RowType, RowEncoder] = {kind: RowEncoder(kind) for kind in streams}
+        self._copies = bigquery.copies
+        self._encoded_copies: Copies | None = None
         self.typed = bigquery.typed
         self._held = bigquery.held
         lease = lease or exporter_lease()
@@ -627,6 +633,11 @@ class Exporter:
                     f"encoded: {_said(exc)}",
                 )
                 raise _Stop from exc
+        if kind is Record:
+            copies = self._copies()
+            if copies is not self._encoded_copies:
+                self._encoders[Record] = RowEncoder(Record, derived=copies)
+                self._encoded_copies = copies
         encoder = self._encoders[kind]
         return encoder.descriptor, encoder.encode
 

@@ -59,8 +59,11 @@ def exporter_for(
     bigquery = Destination(
         {kind: analytics.offset_stream(kind) for kind in (Record, Rejection)},
         watermarks=watermarks,
-        typed=TypedExport(table, revisions) if table is not None and revisions else None,
+        typed=TypedExport(table, revisions, copies=analytics.layout_copies)
+        if table is not None and revisions
+        else None,
         held=QueryHeld(analytics.queries, {t: analytics.table_name(t) for t in TABLES}),
+        copies=analytics.layout_copies,
     )
     # In a pool, every system's lease under this instance's one name.
     lease = None if share is None else exporter_lease(share.holder)

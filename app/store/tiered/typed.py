@@ -20,6 +20,7 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2
 
 from app.records import Record
+from app.store.bigquery.layout import NO_COPIES, Copies
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.typed import TypedTable, typed_columns, typed_descriptor
 from app.typed.mapping import Field
@@ -48,11 +49,16 @@ class TypedExport:
         *,
         wait_seconds: float = WAIT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        copies: Callable[[], Copies] = lambda: NO_COPIES,
     ) -> None:
         self.table = table
         self._revisions = revisions
         self._wait_seconds = wait_seconds
         self._clock = clock
+        # The layout's copies each row carries, asked for each batch (StoreUnavailable
+        # until they are known); the encoders are made again if they change.
+        self._copies = copies
+        self._encoded_copies: Copies = NO_COPIES
         self._plain = RowEncoder(Record)
         self._encoders: dict[tuple[Field, ...] | None, RowEncoder] = {}
         # Since when batches wait for the write path (None: none does).
@@ -64,6 +70,11 @@ class TypedExport:
 
         Raises StoreUnavailable while a revision they name cannot be fetched.
         """
+        copies = self._copies()
+        if copies is not self._encoded_copies:
+            self._plain = RowEncoder(Record, derived=copies)
+            self._encoders.clear()
+            self._encoded_copies = copies
         revision_of = self._revisions.revision_of
         known = await self.table.hold(self._revisions, (revision_of(r.schema) for r in rows))
         writable = await self.table.catch_up(self._clock() + _ROUND_SECONDS)
@@ -106,5 +117,7 @@ class TypedExport:
         encoder = self._encoders.get(writable)
         if encoder is None:
             # One per schema the write path has had: a handful over a table's life.
-            encoder = self._encoders[writable] = RowEncoder(Record, typed_descriptor(writable))
+            encoder = self._encoders[writable] = RowEncoder(
+                Record, typed_descriptor(writable), derived=self._encoded_copies
+            )
         return encoder

@@ -126,7 +126,7 @@ locals {
     gcloud run services describe "$SERVICE" --project="$PROJECT" --region="$REGION" --impersonate-service-account="$OPERATOR" --format='yaml(status.traffic)'
     gcloud beta run worker-pools describe "$POOL" --project="$PROJECT" --region="$REGION" --impersonate-service-account="$OPERATOR" --format='yaml(instanceSplits)'
     ```
-    A bad release, in every cell it reached: route each back to the revision before it (docs/operations.md#rolling-back).
+    A bad release, in every cell it reached: route each to its last good state, by image digest and settings version (docs/operations.md#rolling-back).
   EOT
 
   # [title, PromQL over every system, how long it holds, runbook section]
@@ -204,7 +204,8 @@ module "fleet_symptoms" {
 }
 
 resource "google_monitoring_alert_policy" "page" {
-  for_each = local.paged
+  # Where the alerts are combined, every page is one policy's (combined.tf).
+  for_each = local.combined ? {} : local.paged
 
   project               = var.project_id
   display_name          = "Recordline fleet (${var.environment}): ${each.value[0]}"
@@ -239,5 +240,6 @@ module "alert_documentation" {
     { for key, text in local.page_documentation : "page ${key}" => text },
     { for symptom, text in local.ticket_documentation : "ticket ${symptom}" => text },
     { for symptom, text in local.instance_ticket_documentation : "ticket ${symptom}" => text },
+    { for policy, text in local.combined_documentation : policy == "page" ? "page combined" : "ticket combined${policy == "ticket" ? "" : " ${policy}"}" => text },
   )
 }

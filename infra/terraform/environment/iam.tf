@@ -24,6 +24,21 @@ resource "google_storage_bucket_iam_member" "deployer_reads_state" {
   member = google_service_account.deployer.member
 }
 
+# Each rollout records, beside the directory, what was live in the cell before it and
+# what it made live (deploy-cell.yml, "release": directory/releases/<cell>.json), which
+# on-call reads to roll back: it writes those objects and no other.
+resource "google_storage_bucket_iam_member" "deployer_records_releases" {
+  bucket = var.terraform_state_bucket
+  role   = "roles/storage.objectUser"
+  member = google_service_account.deployer.member
+
+  condition {
+    title       = "the release records only"
+    description = "What each rollout of a cell made live and what was live before it (directory/releases/<cell>.json)."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${var.terraform_state_bucket}/objects/directory/releases/\")"
+  }
+}
+
 # The smoke test reads back as the smoke account, with ID tokens only
 # (serviceAccountOpenIdTokenCreator), no access tokens; it pushes as each canary
 # system's own push account (modules/system/service_accounts.tf).
@@ -43,6 +58,17 @@ resource "google_service_account_iam_member" "deployer_mints_smoke_tokens" {
 resource "google_project_iam_member" "deployer_reads_metrics" {
   project = var.project_id
   role    = "roles/monitoring.viewer"
+  member  = google_service_account.deployer.member
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Each rollout reads the revisions of a cell's service and pool by identity (its release
+# record, and which it keeps for a rollback: deploy-cell.yml), and Cloud Run checks
+# listing revisions on the project (as for the operator account, below).
+resource "google_project_iam_member" "deployer_lists_revisions" {
+  project = var.project_id
+  role    = "roles/run.viewer"
   member  = google_service_account.deployer.member
 
   depends_on = [google_project_service.enabled]
@@ -222,7 +248,11 @@ resource "google_project_iam_member" "oncall_looks" {
 # accounts (the cell root's directory.tf), so that the runbook's commands name the
 # right ones from a system's name alone (docs/operations.md, "Where to look"). On-call
 # and the operator account read those objects and nothing else of the bucket (its state
-# stays the plan and apply accounts'): a condition on the objects' names.
+# stays the plan and apply accounts'): a condition on the objects' names, and, for the
+# runbook's `directory/*.json`, on the prefix a listing asks for. A listing is checked on
+# the bucket, whose name no object's prefix matches: without its own clause
+# (storage.googleapis.com/objectListPrefix) the grant would allow reading each object by
+# its exact name and never finding them.
 resource "google_storage_bucket_iam_member" "directory_readers" {
   # Keys known before the operator account exists (for_each keys must be).
   for_each = merge({ for m in var.oncall : m => m }, { operator-account = google_service_account.operator.member })
@@ -233,7 +263,7 @@ resource "google_storage_bucket_iam_member" "directory_readers" {
 
   condition {
     title       = "the directory only"
-    description = "Where each system is (directory/<cell>.json), never a Terraform state."
-    expression  = "resource.name.startsWith(\"projects/_/buckets/${var.terraform_state_bucket}/objects/directory/\")"
+    description = "Where each system is (directory/<cell>.json), and each cell's last release, listed or read; never a Terraform state."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${var.terraform_state_bucket}/objects/directory/\") || api.getAttribute(\"storage.googleapis.com/objectListPrefix\", \"\").startsWith(\"directory/\")"
   }
 }

@@ -53,7 +53,7 @@ locals {
       gcloud run services describe "$SERVICE" ${local.ticket_scope} --format='yaml(status.traffic)'
       gcloud run revisions list --service="$SERVICE" ${local.ticket_scope} --sort-by=~metadata.creationTimestamp --limit=5
       ```
-      A bad release: route every request of the cell back to the revision before it (docs/operations.md#rolling-back).
+      A bad release or systems file: route every request of the cell to its last good state, by image digest and settings version (docs/operations.md#rolling-back).
     EOT
     read      = <<-EOT
       Read this system's records as a reader does:
@@ -218,7 +218,7 @@ resource "google_monitoring_alert_policy" "ticket" {
   for_each = {
     for pair in setproduct(sort(keys(local.ticket_groups)), sort(keys(local.ticket_specs))) :
     "${pair[1]} ${pair[0]}" => { group = pair[0], symptom = pair[1] }
-    if local.any_serving || !contains(local.serving_symptoms, pair[1])
+    if !local.combined && (local.any_serving || !contains(local.serving_symptoms, pair[1]))
   }
 
   project               = var.project_id
@@ -307,7 +307,7 @@ module "instance_symptoms" {
 }
 
 resource "google_monitoring_alert_policy" "instance_ticket" {
-  for_each = local.instance_ticketed
+  for_each = local.combined ? {} : local.instance_ticketed
 
   project               = var.project_id
   display_name          = "Recordline serving tier (${var.environment}), each instance: ${each.value[0]}"

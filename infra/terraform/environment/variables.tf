@@ -209,6 +209,21 @@ variable "ticket_channels" {
   }
 }
 
+variable "combined_alerts" {
+  type        = bool
+  description = <<-EOT
+    Every symptom in one paging policy and one ticket policy per set of ticket channels
+    (and one for the serving instances), a condition each, instead of a policy per
+    symptom: 2 conditions without a serving tier, 3 with one, against 19 and 25, each
+    $1.50 a month (https://cloud.google.com/stackdriver/pricing). Each incident still
+    names its system (or cell, or instance) and its symptom, whose runbook section its
+    text links; a page is then one incident per system, not one per symptom counting
+    the systems. Unset: combined while the environment holds fewer than 10 systems
+    (combined.tf), a policy per symptom from 10.
+  EOT
+  default     = null
+}
+
 variable "alert_min_events" {
   type        = number
   description = <<-EOT

@@ -9,6 +9,10 @@ github_repository_id   = "0"
 github_owner_id        = "0"
 terraform_state_bucket = "recordline-prod-tfstate"
 
+# Where prod's cells move if europe-west1 is lost (docs/operations.md#losing-a-zone-or-a-region):
+# every rollout copies each image there first, and the region plan points the cells at it.
+standby_region = "europe-west4"
+
 # projects/recordline-prod/notificationChannels/<id> of the on-call channels. At least one
 # is required: prod does not plan without it (infra/README.md, step 3 of the bootstrap).
 notification_channels = []

@@ -186,8 +186,9 @@ locals {
   # pool that holds the system's lease: per table the least any instance
   # reports (a former holder's last value, for the minute after a takeover, is older),
   # per system its furthest-behind table. Blocked: 1 while a refused row stops a table,
-  # 0 once that very row is exported; an instance that loses the lease reports 0, so the
-  # most any instance reports. Per system, its furthest-behind (or any blocked) table.
+  # 0 once that very row is exported, nothing for a table never blocked under the lease
+  # (not blocked); an instance that loses the lease reports nothing of it, so the most
+  # any instance reports. Per system, its furthest-behind (or any blocked) table.
   export_lag     = "label_replace(max by (namespace) (min by (namespace, table) (${local.metric["export.lag"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > ${var.export_lag_threshold_seconds}"
   export_blocked = "label_replace(max by (namespace) (max by (namespace, table) (${local.metric["export.blocked"]}{${local.workload}})), \"system\", \"$1\", \"namespace\", \"(.*)\") > 0"
 

@@ -38,10 +38,24 @@ resource "google_bigquery_dataset" "recordline" {
 # adding, with the table's ETag. Terraform ignores the schema so that no plan tries to
 # drop a column the service added (docs/typed-columns.md): what is here shapes a new
 # table only.
+#
+# A layout's copies of an attribute or a typed field (root layouts.tf) come last, each a
+# top-level NULLABLE column whose description names its source: the service reads them
+# from the table and writes each row's value there (app/store/bigquery/layout.py). They
+# are the table's from its creation: a copy added to a table that exists is a change of
+# layout (docs/layouts.md#changing-a-layout).
 locals {
   records_schema = jsonencode(concat(
     jsondecode(file("${path.module}/schemas/records.json")),
     var.typed_columns == null ? [] : [jsondecode(var.typed_columns)],
+    [
+      for name, column in var.layout.columns : {
+        name        = name
+        type        = column.type
+        mode        = "NULLABLE"
+        description = "Recordline layout copy of ${column.source}"
+      }
+    ],
   ))
 }
 
@@ -54,17 +68,23 @@ resource "google_bigquery_table" "records" {
   schema              = local.records_schema
   deletion_protection = true
 
-  # Reads page through ingest_time (the `since` axis): partitions prune a page to its
-  # days, and clustering on ingest_time prunes it to the blocks inside the day. Lookups
-  # by id and message_id use the search index below instead of clustering. Changing
-  # clustering is an in-place update in provider 6.x (the schema does not mark it as
-  # forcing a new table); BigQuery clusters rows written from then on.
+  # By default reads page through ingest_time (the `since` axis): partitions prune a
+  # page to its days, and clustering on ingest_time prunes it to the blocks inside the
+  # day. Lookups by id and message_id use the search index below instead of clustering.
+  # A system's layout may partition by the event's own time or a typed date, and cluster
+  # by other columns (root layouts.tf, docs/layouts.md). Changing clustering is an
+  # in-place update in provider 6.x (the schema does not mark it as forcing a new
+  # table); BigQuery clusters rows written from then on. Changing the partitioning
+  # forces a new table, which prevent_destroy refuses: BigQuery cannot re-partition a
+  # table in place (docs/layouts.md#changing-a-layout). Partitions expire by their
+  # column's date, so only ingest-time partitions expire (the plan refuses retention
+  # with any other).
   time_partitioning {
-    type          = "DAY"
-    field         = "ingest_time"
-    expiration_ms = local.partition_expiration_ms
+    type          = var.layout.granularity
+    field         = var.layout.partition
+    expiration_ms = var.layout.partition == "ingest_time" ? local.partition_expiration_ms : null
   }
-  clustering = ["ingest_time"]
+  clustering = var.layout.clustering
 
   lifecycle {
     prevent_destroy = true
@@ -156,6 +176,41 @@ resource "google_bigquery_routine" "records_unique" {
     # (CLOCK_SKEW_MICROS in app/records.py; a test keeps them equal).
     window_micros     = format("%d", floor(local.dedupe_window_seconds * 1000000))
     clock_skew_micros = 60000000
+  })
+
+  arguments {
+    name      = "since"
+    data_type = jsonencode({ typeKind = "TIMESTAMP" })
+  }
+  arguments {
+    name      = "until"
+    data_type = jsonencode({ typeKind = "TIMESTAMP" })
+  }
+}
+
+# records_latest(since, until), for analysts (docs/layouts.md, "The latest version of
+# each record"): each record id's newest version among the records with an ingest_time
+# in [since, until), by the rule GET /v1/records/{id} answers with, so the two agree for
+# every id (tests/bigquery/test_records_latest.py); an id whose newest version carries
+# the system's delete marker is left out. A table function for the reason
+# records_unique is one: the arguments bound its scan, which a view's caller could not.
+# What a call bills: the columns the caller reads and those the ranking reads (message_id,
+# ingest_time, publish_time, trace_id, subscription, id, timestamp; data too with a
+# delete marker), of the partitions [since, until) touches, at least 10 MB; on a layout
+# partitioned by another column than ingest_time, of every partition (clustering on
+# ingest_time first trims it to the range's blocks).
+resource "google_bigquery_routine" "records_latest" {
+  project      = var.project_id
+  dataset_id   = google_bigquery_dataset.recordline.dataset_id
+  routine_id   = "records_latest"
+  routine_type = "TABLE_VALUED_FUNCTION"
+  language     = "SQL"
+  description  = "Each record id's newest version among the records with an ingest_time in [since, until), as GET /v1/records/{id} answers it: first copies only, then the latest event time (one beats none), publish time, ingest time and message id.${var.delete_marker == null ? "" : " An id whose newest version's payload holds ${var.delete_marker.value} at ${var.delete_marker.field} is deleted: left out."} Bills the columns read and message_id, ingest_time, publish_time, trace_id, subscription, id and timestamp of the partitions the range touches (at least 10 MB)."
+
+  definition_body = templatefile("${path.module}/sql/records_latest.sql.tftpl", {
+    records      = "`${var.project_id}.${google_bigquery_dataset.recordline.dataset_id}.${google_bigquery_table.records.table_id}`"
+    delete_path  = var.delete_marker == null ? "" : "$.${join(".", [for name in split(".", var.delete_marker.field) : "\"${name}\""])}"
+    delete_value = var.delete_marker == null ? "" : var.delete_marker.value
   })
 
   arguments {

@@ -137,6 +137,28 @@ variable "typed_columns" {
   description = "The `fields` column (BigQuery's JSON of one column) that the system's schema file makes, generated beside it by the service's own mapping (`recordline schema typed`): `records` is created with it; null: created without, the service adds it with a revision's first row."
 }
 
+variable "layout" {
+  type = object({
+    partition                   = string
+    granularity                 = string
+    clustering                  = list(string)
+    pages_read_whole_partitions = bool
+    columns = map(object({
+      source = string
+      type   = string
+    }))
+  })
+  description = "How `records` is laid out (root layouts.tf, checked there at plan time): the column it is partitioned by and the unit (DAY, MONTH or YEAR), the columns it is clustered by, and the top-level copies of an attribute or typed field it is created with, by name (source attributes.KEY or fields.PATH, and type)."
+}
+
+variable "delete_marker" {
+  type = object({
+    field = string
+    value = string
+  })
+  description = "What marks a record deleted (root variables.tf, systems): a payload holding `value` at the field path `field` of `data`; records_latest leaves out an id whose newest version is one. null: nothing is deleted."
+}
+
 variable "canary_data" {
   type        = string
   description = "The canary's message data, base64, in the topic's shape (canary.tf); null: the default {\"id\", \"data\"} record."
