@@ -328,6 +328,11 @@ async def test_a_csv_cell_a_spreadsheet_would_run_is_sent_as_text(
         "\uff0b1",
         "\uff0d1",
         "\uff20SUM(A1)",
+        # Small forms, and after an invisible character.
+        "\ufe66SUM(A1)",
+        "\ufe62 1",
+        "\u200b=1+2",
+        "\ufeff@SUM(A1)",
     ]
     count = len(formulas)
     payload = {"id": "f-1", "data": {"cells": formulas, "n": -5, "plain": "a=b"}}

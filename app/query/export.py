@@ -18,6 +18,7 @@ import enum
 import io
 import logging
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -281,11 +282,15 @@ class Export:
 
 
 # A spreadsheet reads a cell starting with one of these as a formula (CSV injection),
-# after any whitespace, and in their full-width forms (which some read as the ASCII
-# ones): such a text is sent with a `'` before it, which the spreadsheet shows it
-# without. A cell that starts with whitespace (a tab, a line break, a space) is sent
-# so too, whatever follows, since what a spreadsheet trims before reading it differs.
-FORMULA_STARTS: Final = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+# after any whitespace, and in their compatibility forms (full-width `＝`, small `﹦`,
+# which some read as the ASCII ones): such a text is sent with a `'` before it, which
+# the spreadsheet shows it without. A cell that starts with whitespace (a tab, a line
+# break, a space) or an invisible format character (a zero-width space, a byte order
+# mark) is sent so too, whatever follows, since what a spreadsheet trims before
+# reading it differs.
+FORMULA_STARTS: Final = frozenset("=+-@")
+# Unicode's categories of control and format characters (tab, CR, U+200B, U+FEFF).
+_INVISIBLE: Final = frozenset({"Cc", "Cf"})
 
 
 def _cell(value: Any) -> str:
@@ -306,8 +311,16 @@ def _cell(value: Any) -> str:
 
 def _inert(text: str) -> str:
     """`text` as a cell no spreadsheet runs: with a `'` before it where it starts with a
-    formula's sign or with whitespace (`FORMULA_STARTS`)."""
-    if text and (text[0].isspace() or text[0] in FORMULA_STARTS):
+    formula's sign, in any compatibility form, or with whitespace or an invisible
+    character (`FORMULA_STARTS`)."""
+    if not text:
+        return text
+    first = text[0]
+    if (
+        first.isspace()
+        or unicodedata.category(first) in _INVISIBLE
+        or unicodedata.normalize("NFKC", first)[:1] in FORMULA_STARTS
+    ):
         return "'" + text
     return text
 
