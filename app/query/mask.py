@@ -71,8 +71,21 @@ class Mask:
         # A member is named in JSON text as `"name"`, or with escapes (`"\u0065mail"`):
         # text with no such quoted name and no backslash holds none of them, at any
         # depth (JSON inside a string holds `\"`), and is passed on without decoding.
-        self._field_marks = tuple(_encode(name) for name in self.fields)
         self._attribute_marks = tuple(_encode(name) for name in self.attributes)
+        # A payload's members are found inside text too (JSON encoded again, a repr, a
+        # form), where a name is quoted otherwise or not at all: its text is read
+        # wherever a name appears as JSON would spell it, with or without quotes.
+        self._field_marks = tuple(_encode(name)[1:-1] for name in self.fields)
+        # A masked name followed by `:` or `=` (quoted or not: `'email': …`,
+        # `email=…`, `email: …`) in text that is not JSON: a value the mask cannot
+        # find the end of, so the whole text is withheld.
+        self._keyed = (
+            re.compile(
+                "(?:" + "|".join(map(re.escape, sorted(self.fields))) + r""")['"]?\s*[:=]"""
+            )
+            if self.fields
+            else None
+        )
 
     def __bool__(self) -> bool:
         return bool(self.fields or self.attributes)
@@ -105,11 +118,14 @@ class Mask:
         return msgspec.structs.replace(row, **changes) if changes else row  # type: ignore[type-var]
 
     def _json(self, raw: msgspec.Raw, marks: tuple[bytes, ...], mask: Any) -> msgspec.Raw | None:
+        """`raw` masked, or None where masking changes nothing (it is served as sent)."""
         text = bytes(raw)
         if not _may_name(text, marks):
             return None
         try:
-            return msgspec.Raw(_encode(mask(_decode(text))))
+            value = _decode(text)
+            masked = mask(value)
+            return None if masked == value else msgspec.Raw(_encode(masked))
         except RecursionError:
             # Nested deeper than the decoder or encoder go: withheld, said so.
             return msgspec.Raw(_encode(WITHHELD))
@@ -149,23 +165,26 @@ class Mask:
         return top
 
     def _text(self, text: str) -> str:
-        """Text inside a payload: masked inside where it is JSON again (as compact JSON,
-        as it was where it names nothing masked), withheld where it opens as JSON but
-        is none the mask can read."""
-        opening = text.lstrip()[:1]
-        if opening not in _OPENS_JSON:
-            return text
+        """Text inside a payload: masked inside where it is JSON again (as it was where
+        that masks nothing), withheld where it opens as JSON but is none the mask can
+        read, or where it is text of another shape naming a masked member as a key."""
+        if text.lstrip()[:1] not in _OPENS_JSON:
+            keyed = self._keyed
+            return UNREADABLE if keyed is not None and keyed.search(text) else text
         raw = text.encode()
         if not _may_name(raw, self._field_marks):
             return text
         try:
             inside = _decode(raw)
+            masked = self._members(inside)
         except msgspec.DecodeError:
             return UNREADABLE
         except RecursionError:
             return WITHHELD
+        if masked == inside:
+            return text
         try:
-            return _encode(self._members(inside)).decode()
+            return _encode(masked).decode()
         except RecursionError:
             return WITHHELD
 
@@ -178,7 +197,8 @@ class Mask:
             value = _decode(data)
             if not _may_name(data, self._field_marks):
                 return data
-            return _encode(self._members(value))
+            masked = self._members(value)
+            return data if masked == value else _encode(masked)
         except (msgspec.DecodeError, RecursionError):
             return b""
 
@@ -191,6 +211,6 @@ def quiet(reason: str) -> str:
 
 
 def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
-    """Whether JSON `text` may name a member `marks` quote: one of them in it, or an
+    """Whether JSON `text` may name a member `marks` spell: one of them in it, or an
     escape, which may spell a name otherwise."""
     return b"\\" in text or any(mark in text for mark in marks)

@@ -1,0 +1,284 @@
+"""Masks that fail closed: JSON encoded again is masked inside, text the mask cannot
+read is withheld, a masked reader's rejection reasons quote no value, a masked producer
+id is a keyed hash wherever a reader or a scrape meets it, and a mask that would leave
+the id or time columns unmasked stops the service at start."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+from litestar.testing import TestClient
+
+from app.asgi import create_app
+from app.http.head import Recordline
+from app.query.mask import MASKED, PSEUDONYM_PREFIX, UNREADABLE, Mask, Pseudonyms, quiet
+from app.query.service import RecordView, RejectionView
+from app.records import Record
+from app.settings import SettingsError
+from app.store.duckdb.store import DuckDBStore
+from tests.conftest import envelope, settings
+from tests.waiting import until_blocking
+
+SECRET = "a-push-secret-long-enough"
+OPERATOR = {"Authorization": f"Bearer {SECRET}"}
+WHEN = datetime(2024, 1, 1, tzinfo=UTC)
+HIDDEN = "alice@example.com"
+APOSTROPHED = "it's " + HIDDEN  # its repr is in double quotes
+
+
+def record_view(data: bytes) -> RecordView:
+    return RecordView(
+        message_id="m",
+        id="r",
+        timestamp=None,
+        data=msgspec.Raw(data),
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=WHEN,
+        ingest_time=WHEN,
+        subscription=None,
+        delivery_attempt=None,
+        trace_id=None,
+        schema=None,
+    )
+
+
+def rejection_view(data: bytes, reason: str = "r") -> RejectionView:
+    return RejectionView(
+        message_id="m",
+        reason=reason,
+        data=data,
+        attributes=msgspec.Raw(b"{}"),
+        publish_time=WHEN,
+        ingest_time=WHEN,
+        subscription=None,
+        delivery_attempt=None,
+        schema=None,
+    )
+
+
+def test_json_encoded_again_in_a_member_is_masked_inside() -> None:
+    inner = {"email": HIDDEN, "n": 1}
+    data = {
+        "once": json.dumps(inner),
+        "spaced": "  \n" + json.dumps([inner], indent=2),
+        "twice": json.dumps(json.dumps(inner)),
+        "deep": [{"x": json.dumps({"y": json.dumps(inner)})}],
+        "plain": "write to email@ or {braces}",
+        "quiet": '{"n": 1}',
+    }
+    seen = json.loads(bytes(Mask(["email"]).view(record_view(json.dumps(data).encode())).data))
+    assert HIDDEN not in json.dumps(seen)
+    assert json.loads(seen["once"]) == {"email": MASKED, "n": 1}
+    assert json.loads(seen["spaced"]) == [{"email": MASKED, "n": 1}]
+    assert json.loads(json.loads(seen["twice"])) == {"email": MASKED, "n": 1}
+    assert json.loads(json.loads(seen["deep"][0]["x"])["y"]) == {"email": MASKED, "n": 1}
+    # Text that is not JSON, or JSON naming nothing masked, is as it was sent.
+    assert (seen["plain"], seen["quiet"]) == (data["plain"], data["quiet"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"email": "alice@example.com"',  # cut short
+        "{'email': 'alice@example.com'}",  # a repr, not JSON
+        '[{"email": "alice@example.com"}] trailing',
+        '"{\\"email\\": \\"alice@example.com\\""',  # a string holding JSON cut short
+    ],
+)
+def test_text_opening_as_json_that_the_mask_cannot_read_is_withheld(text: str) -> None:
+    seen = json.loads(bytes(Mask(["email"]).view(record_view(json.dumps({"x": text}).encode())).data))
+    # Withheld: in place of the text, or of the text inside the JSON string.
+    assert seen["x"] in (UNREADABLE, json.dumps(UNREADABLE))
+
+
+def test_a_rejected_payload_that_is_a_json_string_holding_json_is_masked_inside() -> None:
+    # The usual reason it was rejected: a publisher that encoded its payload twice.
+    payload = json.dumps(json.dumps({"email": HIDDEN, "n": 1})).encode()
+    seen = Mask(["email"]).view(rejection_view(payload)).data
+    assert isinstance(seen, bytes)
+    assert HIDDEN.encode() not in seen
+    assert json.loads(json.loads(seen)) == {"email": MASKED, "n": 1}
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        f"recordline-seq: {HIDDEN!r} is not a decimal integer",
+        f"`$.meta.created_at`: expected a time, got {HIDDEN!r}",
+        f'a decoder failed (DecodeError("bad {HIDDEN}"))',
+        f"recordline-signature: not producer {APOSTROPHED!r}'s signature",
+    ],
+)
+def test_a_masked_readers_rejection_reason_quotes_no_value(reason: str) -> None:
+    assert HIDDEN not in quiet(reason)
+    seen = Mask(attributes=["client-ip"]).view(rejection_view(b"{}", reason))
+    assert HIDDEN not in seen.reason
+    # The rule and the path it names stay.
+    assert seen.reason[:10] == reason[:10]
+
+
+def test_a_rejection_reason_names_no_time_it_could_not_read() -> None:
+    with TestClient(
+        create_app(settings(RECORDLINE_PUSH_TOKEN=SECRET, RECORDLINE_TIME_FIELD="at"))
+    ) as client:
+        pushed = client.post(
+            "/pubsub/push",
+            params={"token": SECRET},
+            json=envelope({"id": "r-1", "at": HIDDEN}, message_id="m-1"),
+        )
+        assert pushed.status_code == 204, pushed.text
+        (rejection,) = client.get("/v1/rejections", headers=OPERATOR).json()["rejections"]
+    assert HIDDEN not in rejection["reason"]
+    assert "not an RFC 3339 time" in rejection["reason"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "path", "masked"),
+    [
+        ("RECORDLINE_ID_FIELD", "customer.email", "email"),
+        ("RECORDLINE_ID_FIELD", "customer.email", "customer"),
+        ("RECORDLINE_ID_FIELD", "id", "id"),
+        ("RECORDLINE_TIME_FIELD", "meta.created_at", "created_at"),
+    ],
+)
+def test_masking_the_member_the_id_or_time_is_read_from_refuses_to_start(
+    setting: str, path: str, masked: str
+) -> None:
+    loaded = settings(**{setting: path, "RECORDLINE_MASK_FIELDS": masked})
+    with pytest.raises(SettingsError) as refused:
+        create_app(loaded)
+    assert refused.value.var == "RECORDLINE_MASK_FIELDS"
+    assert setting in str(refused.value)
+    # A member of another name is masked as before.
+    create_app(settings(**{setting: path, "RECORDLINE_MASK_FIELDS": "phone"}))
+
+
+# -- a masked producer id ---------------------------------------------------------------
+
+PRODUCERS = (HIDDEN, "bob@example.com")
+PRODUCED = 1_714_219_201_000_000  # µs
+
+
+def ledger_row(message_id: str, sequence: int, producer: str) -> Record:
+    attributes = {
+        "recordline-producer": producer,
+        "recordline-epoch": "0",
+        "recordline-seq": str(sequence),
+    }
+    return Record(
+        message_id=message_id,
+        publish_time=PRODUCED,
+        ingest_time=PRODUCED,
+        id=f"{producer}/0/{sequence}",
+        data='"x"',
+        attributes=json.dumps(attributes),
+    )
+
+
+GRACE_SECONDS = 0.05
+
+
+async def fill(path: Path) -> None:
+    """Each producer's sequences 0 and 2: 1 is missing once GRACE_SECONDS have passed."""
+    store = DuckDBStore(str(path))
+    await store.start()
+    try:
+        await store.append(
+            [ledger_row(f"{p}-{n}", n, p) for p in PRODUCERS for n in (0, 2)]
+        )
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[TestClient[Recordline]]:
+    path = tmp_path / "records.duckdb"
+    asyncio.run(fill(path))
+    # The gap is counted missing once older than the grace, which only time makes it.
+    time.sleep(2 * GRACE_SECONDS)
+    app = create_app(
+        settings(
+            RECORDLINE_STORE=f"duckdb://{path}",
+            RECORDLINE_PUSH_TOKEN=SECRET,
+            RECORDLINE_MASK_ATTRIBUTES="recordline-producer",
+            OTEL_METRICS_EXPORTER="prometheus",
+            RECORDLINE_PRODUCER_GRACE_SECONDS=str(GRACE_SECONDS),
+        )
+    )
+    with TestClient(app) as client:
+        yield client
+
+
+def token_bytes(token: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except binascii.Error:
+        return token.encode()
+
+
+def test_a_masked_producer_is_listed_by_its_keyed_hash_and_never_looked_up_by_id(
+    ledger: TestClient[Recordline],
+) -> None:
+    operator = ledger.get("/v1/producers", headers=OPERATOR).json()
+    assert sorted(p["producer"] for p in operator["producers"]) == sorted(PRODUCERS)
+    # A reader: each producer by its pseudonym, a page at a time, the token holding none.
+    first = ledger.get("/v1/producers", params={"limit": 1})
+    assert first.status_code == 200, first.text
+    token = first.json()["next_page_token"]
+    assert all(p.encode() not in token_bytes(token) for p in PRODUCERS)
+    second = ledger.get("/v1/producers", params={"limit": 1, "page_token": token})
+    assert second.status_code == 200, second.text
+    listed = [p["producer"] for page in (first, second) for p in page.json()["producers"]]
+    assert len(set(listed)) == 2
+    assert all(p.startswith(PSEUDONYM_PREFIX) for p in listed)
+    for answer in (first, second):
+        assert all(p not in answer.text for p in PRODUCERS)
+    # An operator's token is not a reader's (it is readable), nor a reader's an operator's.
+    operators_token = ledger.get("/v1/producers", params={"limit": 1}, headers=OPERATOR)
+    refused = ledger.get(
+        "/v1/producers", params={"page_token": operators_token.json()["next_page_token"]}
+    )
+    assert refused.status_code == 400
+    # A look-up by id would tell the id exists: refused, naming the setting.
+    looked_up = ledger.get(f"/v1/producers/{HIDDEN}")
+    assert looked_up.status_code == 403
+    assert looked_up.json()["type"] == "/problems/masked-look-up"
+    assert "RECORDLINE_MASK_ATTRIBUTES" in looked_up.json()["detail"]
+    assert ledger.get(f"/v1/producers/{HIDDEN}", headers=OPERATOR).status_code == 200
+    # The audit's ranges name producers by the same pseudonyms.
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    audit = ledger.get("/v1/audit", params={"since": since})
+    assert audit.status_code == 200, audit.text
+    assert all(p not in audit.text for p in PRODUCERS)
+    assert {r["producer"] for r in audit.json()["missing_ranges"]} == set(listed)
+
+
+def test_a_masked_producer_labels_the_metrics_by_its_keyed_hash(
+    ledger: TestClient[Recordline],
+) -> None:
+    def scraped() -> str | None:
+        text = ledger.get("/metrics").text
+        return text if "recordline_producer_missing{" in text else None
+
+    text = until_blocking(scraped, timeout=30, what="the producers' missing metric")
+    assert isinstance(text, str)
+    assert all(p not in text for p in PRODUCERS)
+    listed = {p["producer"] for p in ledger.get("/v1/producers").json()["producers"]}
+    labelled = [line for line in text.splitlines() if line.startswith("recordline_producer_")]
+    assert all(any(f'producer="{p}"' in line for p in listed) for line in labelled)
+
+
+def test_a_pseudonym_is_the_same_for_the_same_value_and_key_only() -> None:
+    one, again, other = Pseudonyms("a-secret"), Pseudonyms("a-secret"), Pseudonyms("b-secret")
+    assert one.of(HIDDEN) == again.of(HIDDEN) != other.of(HIDDEN)
+    assert one.of(HIDDEN) != one.of("bob@example.com")
+    assert HIDDEN not in one.of(HIDDEN)
