@@ -95,7 +95,8 @@ def test_json_encoded_again_in_a_member_is_masked_inside() -> None:
     ],
 )
 def test_text_opening_as_json_that_the_mask_cannot_read_is_withheld(text: str) -> None:
-    seen = json.loads(bytes(Mask(["email"]).view(record_view(json.dumps({"x": text}).encode())).data))
+    payload = json.dumps({"x": text}).encode()
+    seen = json.loads(bytes(Mask(["email"]).view(record_view(payload)).data))
     # Withheld: in place of the text, or of the text inside the JSON string.
     assert seen["x"] in (UNREADABLE, json.dumps(UNREADABLE))
 
@@ -192,9 +193,7 @@ async def fill(path: Path) -> None:
     store = DuckDBStore(str(path))
     await store.start()
     try:
-        await store.append(
-            [ledger_row(f"{p}-{n}", n, p) for p in PRODUCERS for n in (0, 2)]
-        )
+        await store.append([ledger_row(f"{p}-{n}", n, p) for p in PRODUCERS for n in (0, 2)])
     finally:
         await store.close()
 

@@ -282,7 +282,7 @@ class Export:
 
 
 # A spreadsheet reads a cell starting with one of these as a formula (CSV injection),
-# after any whitespace, and in their compatibility forms (full-width `＝`, small `﹦`,
+# after any whitespace, and in their compatibility forms (full-width U+FF1D, small U+FE66,
 # which some read as the ASCII ones): such a text is sent with a `'` before it, which
 # the spreadsheet shows it without. A cell that starts with whitespace (a tab, a line
 # break, a space) or an invisible format character (a zero-width space, a byte order

@@ -80,9 +80,7 @@ class Mask:
         # `email=…`, `email: …`) in text that is not JSON: a value the mask cannot
         # find the end of, so the whole text is withheld.
         self._keyed = (
-            re.compile(
-                "(?:" + "|".join(map(re.escape, sorted(self.fields))) + r""")['"]?\s*[:=]"""
-            )
+            re.compile("(?:" + "|".join(map(re.escape, sorted(self.fields))) + r""")['"]?\s*[:=]""")
             if self.fields
             else None
         )
