@@ -281,3 +281,19 @@ def test_a_pseudonym_is_the_same_for_the_same_value_and_key_only() -> None:
     assert one.of(HIDDEN) == again.of(HIDDEN) != other.of(HIDDEN)
     assert one.of(HIDDEN) != one.of("bob@example.com")
     assert HIDDEN not in one.of(HIDDEN)
+
+
+def test_a_masked_name_is_masked_however_unicode_composes_it() -> None:
+    # `é` as one code point (as the setting says it) and as `e` with a combining accent.
+    decomposed = "e\u0301"
+    mask = Mask(["é"])
+    for key in (decomposed, "\u00e9"):
+        for data in (
+            json.dumps({key: HIDDEN}, ensure_ascii=False).encode(),
+            json.dumps({"x": json.dumps({key: HIDDEN}, ensure_ascii=False)}).encode(),
+            json.dumps({"x": f"{key}={HIDDEN}"}, ensure_ascii=False).encode(),
+        ):
+            seen = bytes(mask.view(record_view(data)).data)
+            assert HIDDEN.encode() not in seen, data
+    assert mask.names_in(["a", decomposed]) == decomposed
+    assert Mask(["e\u0301"]).names_in(["\u00e9"]) == "\u00e9"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Any, Final, TypeVar
 
@@ -66,7 +67,8 @@ class Mask:
     """Masks the payload members `fields` and the attributes `attributes` name."""
 
     def __init__(self, fields: Iterable[str] = (), attributes: Iterable[str] = ()) -> None:
-        self.fields = frozenset(fields)
+        # A name as Unicode composes it (NFC): `é` is one code point or two, one name.
+        self.fields = frozenset(unicodedata.normalize("NFC", name) for name in fields)
         self.attributes = frozenset(attributes)
         # A member is named in JSON text as `"name"`, or with escapes (`"\u0065mail"`):
         # text with no such quoted name and no backslash holds none of them, at any
@@ -75,12 +77,15 @@ class Mask:
         # A payload's members are found inside text too (JSON encoded again, a repr, a
         # form), where a name is quoted otherwise or not at all: its text is read
         # wherever a name appears as JSON would spell it, with or without quotes.
-        self._field_marks = tuple(_encode(name)[1:-1] for name in self.fields)
+        spellings = sorted(
+            {spelled for name in self.fields for spelled in (name, _decomposed(name))}
+        )
+        self._field_marks = tuple(_encode(spelled)[1:-1] for spelled in spellings)
         # A masked name followed by `:` or `=` (quoted or not: `'email': …`,
         # `email=…`, `email: …`) in text that is not JSON: a value the mask cannot
         # find the end of, so the whole text is withheld.
         self._keyed = (
-            re.compile("(?:" + "|".join(map(re.escape, sorted(self.fields))) + r""")['"]?\s*[:=]""")
+            re.compile("(?:" + "|".join(map(re.escape, spellings)) + r""")['"]?\s*[:=]""")
             if self.fields
             else None
         )
@@ -90,7 +95,7 @@ class Mask:
 
     def names_in(self, path: Iterable[str]) -> str | None:
         """The first member of `path` (from a payload's root) this mask masks, if any."""
-        return next((step for step in path if step in self.fields), None)
+        return next((step for step in path if _named(step, self.fields)), None)
 
     def view(self, row: T) -> T:
         """`row` (a RecordView, RejectionView or MessageView) with what it names masked."""
@@ -143,7 +148,7 @@ class Mask:
 
         def copy(value: Any) -> Any:
             if isinstance(value, dict):
-                return {k: MASKED if k in fields else v for k, v in value.items()}
+                return {k: MASKED if _named(k, fields) else v for k, v in value.items()}
             if isinstance(value, list):
                 return list(value)
             if isinstance(value, str):
@@ -206,6 +211,15 @@ def quiet(reason: str) -> str:
     service writes name rules and paths (in backticks), never values, but a decoder's
     own words (protobuf's, Avro's) may quote what it could not read."""
     return _QUOTED.sub("'…'", reason)
+
+
+def _decomposed(name: str) -> str:
+    return unicodedata.normalize("NFD", name)
+
+
+def _named(key: str, names: frozenset[str]) -> bool:
+    """Whether `key` is one of `names`, however Unicode composes it."""
+    return key in names or (not key.isascii() and unicodedata.normalize("NFC", key) in names)
 
 
 def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:

@@ -568,7 +568,7 @@ class Reader:
                     "attribute", f"{attribute.key!r} is masked for readers who are not operators"
                 )
         for field in keep.fields:
-            masked = next((s for s in field.path if str(s) in self.mask.fields), None)
+            masked = self.mask.names_in(str(s) for s in field.path)
             if masked is not None:
                 raise MaskedFilter(
                     "field", f"{masked!r} is masked for readers who are not operators"
