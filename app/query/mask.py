@@ -1,16 +1,11 @@
 """What readers who are not operators do not see: payload fields and attributes by name.
 
-`RECORDLINE_MASK_FIELDS` names payload members, masked wherever an object in a
-record's `data` has one (any depth); `RECORDLINE_MASK_ATTRIBUTES` names attributes.
-A masked value reads MASKED. A rejection's payload is masked the same way where it
-is JSON, withheld where it is not. Every read of a non-operator goes through a Reader
-that masks (`ReadSide` in app.asgi): pages, streams, look-ups, exports, the console.
-
-The mask fails closed: text inside the payload that is JSON encoded again (a member,
-or a rejection's whole payload, holding `"{\\"email\\": …}"`) is masked inside, and
-text that opens as JSON does (`{`, `[`) but that the mask cannot read is withheld,
-as is a payload nested deeper than the decoder goes. A rejection's reason is shown
-with every quoted literal in it withheld, since a decoder's words may quote a value.
+`RECORDLINE_MASK_FIELDS` names payload members, masked (MASKED) at any depth of a
+record's `data`, and inside its text where that is JSON encoded again; text the mask
+cannot read that may name one is withheld. `RECORDLINE_MASK_ATTRIBUTES` names
+attributes. A rejection's payload is masked the same way where it is JSON, withheld
+where not; its reason quotes no literal. Every read of a non-operator goes through a
+Reader that masks (`ReadSide` in app.asgi): pages, streams, look-ups, exports, console.
 
 Design: docs/security.md#who-sees-what
 """
