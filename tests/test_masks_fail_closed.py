@@ -297,3 +297,83 @@ def test_a_masked_name_is_masked_however_unicode_composes_it() -> None:
             assert HIDDEN.encode() not in seen, data
     assert mask.names_in(["a", decomposed]) == decomposed
     assert Mask(["e\u0301"]).names_in(["\u00e9"]) == "\u00e9"
+
+
+# -- ways around the masks a hostile publisher or decoder finds -----------------------
+
+
+def test_a_masked_member_sent_twice_is_not_served_as_sent() -> None:
+    # A duplicate member decodes to its last value: `[masked]` there made masking
+    # look like it changed nothing, and the text as sent (with the first) was served.
+    payload = ('{"email": "%s", "email": "%s"}' % (HIDDEN, MASKED)).encode()
+    inner = json.dumps({"x": payload.decode()}).encode()
+    mask = Mask(["email"])
+    assert HIDDEN.encode() not in bytes(mask.view(record_view(payload)).data)
+    assert HIDDEN.encode() not in bytes(mask.view(record_view(inner)).data)
+    rejected = mask.view(rejection_view(payload)).data
+    assert isinstance(rejected, bytes)
+    assert HIDDEN.encode() not in rejected
+
+
+@pytest.mark.parametrize(
+    ("name", "spelled"),
+    [
+        ("API_KEY", "API_\u212aEY"),  # KELVIN SIGN, which NFC makes K
+        ("\u00c5ngstr\u00f6m", "\u212bngstr\u00f6m"),  # ANGSTROM SIGN, NFC Å
+        ("\u1ec7", "\u1eb9\u0302"),  # ệ as ẹ and a circumflex: NFC, neither spelling
+    ],
+)
+def test_a_masked_name_spelled_in_another_canonical_form_is_masked(
+    name: str, spelled: str
+) -> None:
+    # The name matches (a filter on it is refused), so its value must be masked too,
+    # not passed on unread because its bytes spell neither the NFC nor the NFD name.
+    mask = Mask([name])
+    assert mask.names_in([spelled]) == spelled
+    payload = json.dumps({spelled: HIDDEN}, ensure_ascii=False).encode()
+    assert HIDDEN.encode() not in bytes(mask.view(record_view(payload)).data)
+    repr_text = json.dumps({"x": f"{{'{spelled}': '{HIDDEN}'}}"}, ensure_ascii=False)
+    assert HIDDEN not in bytes(mask.view(record_view(repr_text.encode())).data).decode()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="text of another shape naming a masked member other than before ':' or '=' "
+    "(XML, a CSV header, percent-encoded JSON) is served whole",
+)
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"<user><email>{HIDDEN}</email></user>",
+        f'<user email-type="work"><email kind="a">{HIDDEN}</email></user>',
+        f"name,email\nbob,{HIDDEN}",
+        "%7B%22email%22%3A%22alice%40example.com%22%7D",
+    ],
+)
+def test_text_of_another_shape_naming_a_masked_member_is_withheld(text: str) -> None:
+    payload = json.dumps({"x": text}).encode()
+    seen = bytes(Mask(["email"]).view(record_view(payload)).data).decode()
+    assert HIDDEN not in seen
+    assert "alice%40example.com" not in seen
+
+
+def _protobuf_enum_reason() -> str:
+    from google.protobuf import json_format, type_pb2
+
+    try:
+        json_format.Parse(json.dumps({"name": "t", "syntax": HIDDEN}), type_pb2.Type())
+    except json_format.ParseError as exc:
+        return f"not Protocol Buffers JSON of this revision: {exc}"
+    raise AssertionError("parsed")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a decoder's own words may name a value without quotes (protobuf's "
+    "'Invalid enum value … for enum type'), which quiet() cannot find",
+)
+def test_a_masked_readers_reason_holds_no_value_a_decoder_names_unquoted() -> None:
+    reason = _protobuf_enum_reason()
+    assert HIDDEN in reason
+    seen = Mask(["syntax"]).view(rejection_view(b"", reason))
+    assert HIDDEN not in seen.reason
