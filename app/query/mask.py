@@ -102,7 +102,7 @@ class Mask:
                 changes["attributes"] = masked
         data = getattr(row, "data", None)
         if self.fields and isinstance(data, msgspec.Raw):
-            masked = self._json(data, self._field_marks, self._members)
+            masked = self._json(data, self._field_marks, self._masked)
             if masked is not None:
                 changes["data"] = masked
         elif self.fields and isinstance(data, bytes):
@@ -116,22 +116,25 @@ class Mask:
         return msgspec.structs.replace(row, **changes) if changes else row  # type: ignore[type-var]
 
     def _json(self, raw: msgspec.Raw, marks: tuple[bytes, ...], mask: Any) -> msgspec.Raw | None:
-        """`raw` masked, or None where masking changes nothing (it is served as sent)."""
+        """`raw` masked, or None where it names nothing masked (it is served as sent).
+        Whether it does is what `mask` found, never whether its result decodes equal:
+        a member sent twice whose last value reads `[masked]` decodes as if masked,
+        while the text as sent holds the first."""
         text = bytes(raw)
         if not _may_name(text, marks):
             return None
         try:
-            value = _decode(text)
-            masked = mask(value)
-            return None if masked == value else msgspec.Raw(_encode(masked))
+            masked, changed = mask(_decode(text))
+            return msgspec.Raw(_encode(masked)) if changed else None
         except RecursionError:
             # Nested deeper than the decoder or encoder go: withheld, said so.
             return msgspec.Raw(_encode(WITHHELD))
 
-    def _attributes(self, value: Any) -> Any:
+    def _attributes(self, value: Any) -> tuple[Any, bool]:
         if not isinstance(value, dict):
-            return value
-        return {k: MASKED if k in self.attributes else v for k, v in value.items()}
+            return value, False
+        named = self.attributes.intersection(value)
+        return {k: MASKED if k in named else v for k, v in value.items()}, bool(named)
 
     def _members(self, value: Any) -> Any:
         """`value` with every member `fields` names MASKED, at any depth, and inside any
@@ -139,15 +142,29 @@ class Mask:
         stack, which a payload nested ~500 deep would exhaust (JSON inside text goes
         one call deeper a level, and each level doubles its backslashes: a 10 MB
         payload holds at most ~23)."""
+        return self._masked(value)[0]
+
+    def _masked(self, value: Any) -> tuple[Any, bool]:
+        """`_members(value)`, and whether it masked a member or changed a text."""
         fields = self.fields
+        changed = False
+
+        def text(member: str) -> str:
+            nonlocal changed
+            seen = self._text(member)
+            changed = changed or seen is not member
+            return seen
 
         def copy(value: Any) -> Any:
+            nonlocal changed
             if isinstance(value, dict):
-                return {k: MASKED if _named(k, fields) else v for k, v in value.items()}
+                named = {k for k in value if _named(k, fields)}
+                changed = changed or bool(named)
+                return {k: MASKED if k in named else v for k, v in value.items()}
             if isinstance(value, list):
                 return list(value)
             if isinstance(value, str):
-                return self._text(value)
+                return text(value)
             return value
 
         top = copy(value)
@@ -159,8 +176,8 @@ class Mask:
                     node[key] = copied = copy(member)
                     left.append(copied)
                 elif isinstance(member, str):
-                    node[key] = self._text(member)
-        return top
+                    node[key] = text(member)
+        return top, changed
 
     def _text(self, text: str) -> str:
         """Text inside a payload: masked inside where it is JSON again (as it was where
@@ -173,13 +190,12 @@ class Mask:
         if not _may_name(raw, self._field_marks):
             return text
         try:
-            inside = _decode(raw)
-            masked = self._members(inside)
+            masked, changed = self._masked(_decode(raw))
         except msgspec.DecodeError:
             return UNREADABLE
         except RecursionError:
             return WITHHELD
-        if masked == inside:
+        if not changed:
             return text
         try:
             return _encode(masked).decode()
@@ -195,8 +211,8 @@ class Mask:
             value = _decode(data)
             if not _may_name(data, self._field_marks):
                 return data
-            masked = self._members(value)
-            return data if masked == value else _encode(masked)
+            masked, changed = self._masked(value)
+            return _encode(masked) if changed else data
         except (msgspec.DecodeError, RecursionError):
             return b""
 
