@@ -185,7 +185,7 @@ class Mask:
         read, or where it is text of another shape naming a masked member as a key."""
         if text.lstrip()[:1] not in _OPENS_JSON:
             keyed = self._keyed
-            return UNREADABLE if keyed is not None and keyed.search(text) else text
+            return UNREADABLE if keyed is not None and keyed.search(_composed(text)) else text
         raw = text.encode()
         if not _may_name(raw, self._field_marks):
             return text
@@ -234,6 +234,16 @@ def _named(key: str, names: frozenset[str]) -> bool:
 
 
 def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
-    """Whether JSON `text` may name a member `marks` spell: one of them in it, or an
-    escape, which may spell a name otherwise."""
-    return b"\\" in text or any(mark in text for mark in marks)
+    """Whether JSON `text` may name a member `marks` spell: one of them in it (as it
+    is, or composed as NFC: a Kelvin sign is a K, an Angstrom sign an Å, however its
+    accents are split), or an escape, which may spell a name otherwise."""
+    if b"\\" in text or any(mark in text for mark in marks):
+        return True
+    if text.isascii():
+        return False
+    composed = _composed(text.decode(errors="replace")).encode()
+    return any(mark in composed for mark in marks)
+
+
+def _composed(text: str) -> str:
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
