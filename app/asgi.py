@@ -489,7 +489,7 @@ class ReadSide:
         producers = Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds)
         pseudonyms = Pseudonyms(secret)
         masked = masked_producers = None
-        if PRODUCER_ATTRIBUTE in mask.attributes:
+        if mask.masks_attribute(PRODUCER_ATTRIBUTE):
             masked_producers = producers.masked(pseudonyms)
         if mask:
             # Reads of their own (no follower shares a read with an operator's), the

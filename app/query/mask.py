@@ -65,10 +65,13 @@ class Mask:
         # A name as Unicode composes it (NFC): `é` is one code point or two, one name.
         self.fields = frozenset(unicodedata.normalize("NFC", name) for name in fields)
         self.attributes = frozenset(attributes)
+        # An attribute's name in lower case: an unwrapped push's attributes are HTTP
+        # headers, whose names arrive lower-cased (`Client-IP` as `client-ip`).
+        self._attributes_lowered = frozenset(name.lower() for name in self.attributes)
         # A member is named in JSON text as `"name"`, or with escapes (`"\u0065mail"`):
         # text with no such quoted name and no backslash holds none of them, at any
         # depth (JSON inside a string holds `\"`), and is passed on without decoding.
-        self._attribute_marks = tuple(_encode(name) for name in self.attributes)
+        self._attribute_marks = tuple(_encode(name) for name in self._attributes_lowered)
         # A payload's members are found inside text too (JSON encoded again, a repr, a
         # form), where a name is quoted otherwise or not at all: its text is read
         # wherever a name appears as JSON would spell it, with or without quotes.
@@ -88,6 +91,10 @@ class Mask:
     def __bool__(self) -> bool:
         return bool(self.fields or self.attributes)
 
+    def masks_attribute(self, name: str) -> bool:
+        """Whether the attribute `name` is masked, however it is cased."""
+        return name.lower() in self._attributes_lowered
+
     def names_in(self, path: Iterable[str]) -> str | None:
         """The first member of `path` (from a payload's root) this mask masks, if any."""
         return next((step for step in path if _named(step, self.fields)), None)
@@ -97,7 +104,7 @@ class Mask:
         changes: dict[str, Any] = {}
         attributes = getattr(row, "attributes", None)
         if self.attributes and isinstance(attributes, msgspec.Raw):
-            masked = self._json(attributes, self._attribute_marks, self._attributes)
+            masked = self._json(attributes, self._attribute_marks, self._attributes, lowered=True)
             if masked is not None:
                 changes["attributes"] = masked
         data = getattr(row, "data", None)
@@ -115,13 +122,15 @@ class Mask:
             changes["record"] = self.view(record)
         return msgspec.structs.replace(row, **changes) if changes else row  # type: ignore[type-var]
 
-    def _json(self, raw: msgspec.Raw, marks: tuple[bytes, ...], mask: Any) -> msgspec.Raw | None:
+    def _json(
+        self, raw: msgspec.Raw, marks: tuple[bytes, ...], mask: Any, *, lowered: bool = False
+    ) -> msgspec.Raw | None:
         """`raw` masked, or None where it names nothing masked (it is served as sent).
         Whether it does is what `mask` found, never whether its result decodes equal:
         a member sent twice whose last value reads `[masked]` decodes as if masked,
         while the text as sent holds the first."""
         text = bytes(raw)
-        if not _may_name(text, marks):
+        if not _may_name(_lower(text) if lowered else text, marks):
             return None
         try:
             masked, changed = mask(_decode(text))
@@ -133,7 +142,7 @@ class Mask:
     def _attributes(self, value: Any) -> tuple[Any, bool]:
         if not isinstance(value, dict):
             return value, False
-        named = self.attributes.intersection(value)
+        named = {k for k in value if self.masks_attribute(k)}
         return {k: MASKED if k in named else v for k, v in value.items()}, bool(named)
 
     def _members(self, value: Any) -> Any:
@@ -243,6 +252,10 @@ def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
         return False
     composed = _composed(text.decode(errors="replace")).encode()
     return any(mark in composed for mark in marks)
+
+
+def _lower(text: bytes) -> bytes:
+    return text.lower() if text.isascii() else text.decode(errors="replace").lower().encode()
 
 
 def _composed(text: str) -> str:

@@ -563,7 +563,7 @@ class Reader:
         if self.mask is None or keep is None:
             return
         for attribute in keep.attributes:
-            if attribute.key in self.mask.attributes:
+            if self.mask.masks_attribute(attribute.key):
                 raise MaskedFilter(
                     "attribute", f"{attribute.key!r} is masked for readers who are not operators"
                 )
