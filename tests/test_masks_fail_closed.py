@@ -431,3 +431,30 @@ def test_a_mask_naming_a_path_masks_it_or_refuses_to_start() -> None:
         page = client.get("/v1/records")
     assert page.status_code == 200
     assert HIDDEN not in page.text
+
+
+@pytest.mark.parametrize("number", ["1e999", "9" * 5000], ids=["beyond-float", "beyond-int-digits"])
+def test_a_stored_number_the_mask_cannot_decode_breaks_no_masked_read(number: str) -> None:
+    # The contract's `data` is stored as sent, unread: a number beyond what JSON's
+    # decoder here holds is stored, and a masked reader's page must still be answered.
+    loaded = settings(RECORDLINE_PUSH_TOKEN=SECRET, RECORDLINE_MASK_FIELDS="email")
+    payload = b'{"id": "r-1", "data": {"email": "%s", "n": %s}}' % (
+        HIDDEN.encode(),
+        number.encode(),
+    )
+    with TestClient(create_app(loaded)) as client:
+        pushed = client.post(
+            "/pubsub/push", params={"token": SECRET}, json=envelope(None, raw_data=payload)
+        )
+        assert pushed.status_code == 204, pushed.text
+        stored = client.get("/v1/records", headers=OPERATOR)
+        assert stored.status_code == 200 and HIDDEN in stored.text, stored.text[:200]
+        surfaces = [
+            client.get("/v1/records"),
+            client.get("/v1/records/r-1"),
+            client.get("/v1/messages/m-1"),
+            client.get("/v1/export/records", params={"format": "jsonl"}),
+        ]
+    for answer in surfaces:
+        assert answer.status_code == 200, (answer.url, answer.status_code, answer.text)
+        assert HIDDEN not in answer.text
