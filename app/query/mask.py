@@ -135,6 +135,11 @@ class Mask:
         try:
             masked, changed = mask(_decode(text))
             return msgspec.Raw(_encode(masked)) if changed else None
+        except msgspec.DecodeError:
+            # Stored as sent without being read (the contract's `data`), and not JSON
+            # this decoder holds (a number beyond a float, an integer of thousands of
+            # digits): its names cannot be found in it.
+            return msgspec.Raw(_encode(UNREADABLE))
         except RecursionError:
             # Nested deeper than the decoder or encoder go: withheld, said so.
             return msgspec.Raw(_encode(WITHHELD))
