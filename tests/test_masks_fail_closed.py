@@ -323,9 +323,7 @@ def test_a_masked_member_sent_twice_is_not_served_as_sent() -> None:
         ("\u1ec7", "\u1eb9\u0302"),  # ệ as ẹ and a circumflex: NFC, neither spelling
     ],
 )
-def test_a_masked_name_spelled_in_another_canonical_form_is_masked(
-    name: str, spelled: str
-) -> None:
+def test_a_masked_name_spelled_in_another_canonical_form_is_masked(name: str, spelled: str) -> None:
     # The name matches (a filter on it is refused), so its value must be masked too,
     # not passed on unread because its bytes spell neither the NFC nor the NFD name.
     mask = Mask([name])
