@@ -172,7 +172,7 @@ class Export:
             return [_encode(view) + b"\n" for view in views]
         lines = []
         for view in views:
-            row = _decode(_encode(view))
+            row = _row(view)
             if self.format is Format.JSONL:
                 lines.append(_encode({c.name: c.value(row) for c in self.columns}) + b"\n")
             else:
@@ -291,6 +291,19 @@ class Export:
 FORMULA_STARTS: Final = frozenset("=+-@")
 # Unicode's categories of control and format characters (tab, CR, U+200B, U+FEFF).
 _INVISIBLE: Final = frozenset({"Cc", "Cf"})
+
+
+def _row(view: Any) -> Any:
+    """`view` as JSON values. A record's data is stored as sent where the contract
+    carries it, unread: a number no decoder here holds (beyond a float, an integer of
+    thousands of digits) leaves it as its text, so that the row, and the export, go on."""
+    try:
+        return _decode(_encode(view))
+    except msgspec.DecodeError:
+        data = getattr(view, "data", None)
+        if not isinstance(data, msgspec.Raw):
+            raise
+        return _decode(_encode(msgspec.structs.replace(view, data=bytes(data).decode())))
 
 
 def _cell(value: Any) -> str:
