@@ -390,5 +390,6 @@ async def test_a_stored_number_no_decoder_here_holds_cuts_no_export(
     ]:
         answer = await client.get("/v1/export/records", params=params)
         assert answer.status_code == 200, answer.text
-        assert note(answer.text) is None and "# " + NOTE_KEY not in answer.text, answer.text[-300:]
+        assert note(answer.text) is None, answer.text[-300:]
+        assert "# " + NOTE_KEY not in answer.text, answer.text[-300:]
         assert answer.text.count("r-") == 5, (params, answer.text[:300])
