@@ -334,18 +334,20 @@ def test_a_masked_name_spelled_in_another_canonical_form_is_masked(name: str, sp
     assert HIDDEN not in bytes(mask.view(record_view(repr_text.encode())).data).decode()
 
 
-@pytest.mark.xfail(
+_UNKEYED = pytest.mark.xfail(
     strict=True,
-    reason="text of another shape naming a masked member other than before ':' or '=' "
-    "(XML, a CSV header, percent-encoded JSON) is served whole",
+    reason="text naming a masked member as neither a key (before ':' or '=') nor an XML "
+    "element (a CSV header, percent-encoded JSON) is served whole",
 )
+
+
 @pytest.mark.parametrize(
     "text",
     [
         f"<user><email>{HIDDEN}</email></user>",
         f'<user email-type="work"><email kind="a">{HIDDEN}</email></user>',
-        f"name,email\nbob,{HIDDEN}",
-        "%7B%22email%22%3A%22alice%40example.com%22%7D",
+        pytest.param(f"name,email\nbob,{HIDDEN}", marks=_UNKEYED),
+        pytest.param("%7B%22email%22%3A%22alice%40example.com%22%7D", marks=_UNKEYED),
     ],
 )
 def test_text_of_another_shape_naming_a_masked_member_is_withheld(text: str) -> None:
