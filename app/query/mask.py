@@ -80,10 +80,12 @@ class Mask:
         )
         self._field_marks = tuple(_encode(spelled)[1:-1] for spelled in spellings)
         # A masked name followed by `:` or `=` (quoted or not: `'email': …`,
-        # `email=…`, `email: …`) in text that is not JSON: a value the mask cannot
+        # `email=…`, `email: …`), or an XML element of that name (`<email>…`,
+        # `<email kind="work">…`), in text that is not JSON: a value the mask cannot
         # find the end of, so the whole text is withheld.
+        either = "(?:" + "|".join(map(re.escape, spellings)) + ")"
         self._keyed = (
-            re.compile("(?:" + "|".join(map(re.escape, spellings)) + r""")['"]?\s*[:=]""")
+            re.compile(either + r"""['"]?\s*[:=]|<""" + either + r"[\s/>]")
             if self.fields
             else None
         )
