@@ -85,9 +85,7 @@ class Mask:
         # find the end of, so the whole text is withheld.
         either = "(?:" + "|".join(map(re.escape, spellings)) + ")"
         self._keyed = (
-            re.compile(either + r"""['"]?\s*[:=]|<""" + either + r"[\s/>]")
-            if self.fields
-            else None
+            re.compile(either + r"""['"]?\s*[:=]|<""" + either + r"[\s/>]") if self.fields else None
         )
 
     def __bool__(self) -> bool:
