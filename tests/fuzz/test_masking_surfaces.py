@@ -42,12 +42,12 @@ _CHARS = st.characters(
 
 
 def forms(value: str) -> set[str]:
-    """`value` as a response may carry it: as it is, JSON-escaped up to five times (as
-    a payload encoded thrice is in a JSON answer; ASCII or not), base64, and as a CSV
-    cell doubles its quotes."""
+    """`value` as a response may carry it: as it is, JSON-escaped up to eight times (as
+    `holding` encodes twice three times over, the payload is a JSON string, and the
+    answer is JSON; ASCII or not), base64, and as a CSV cell doubles its quotes."""
     found = {value}
     level = {value}
-    for _ in range(5):
+    for _ in range(8):
         level = {json.dumps(t, ensure_ascii=a)[1:-1] for t in level for a in (True, False)}
         found |= level
     found.add(base64.b64encode(value.encode()).decode())
