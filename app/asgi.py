@@ -44,7 +44,7 @@ from app.problems import Problems, describe_problem
 from app.process import StopBudget
 from app.query.canary import PROBE_SECONDS, CanaryProbe
 from app.query.follow import Followers
-from app.query.mask import Mask
+from app.query.mask import Mask, Pseudonyms
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
@@ -67,6 +67,7 @@ from app.settings import QuerySettings, ServerSettings, Settings, SettingsError,
 from app.store import Store
 from app.store.copies import LaterCopies, told_all
 from app.store.open import open_store
+from app.store.producers import PRODUCER_ATTRIBUTE
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
 from app.typed.revisions import DeclaredSchemaError, Revisions
@@ -215,7 +216,7 @@ def create_app(
             "send it as a bearer token), or RECORDLINE_READ_AUDIENCE with "
             "RECORDLINE_OPERATOR_PRINCIPALS."
         )
-    loops = app_loops(store, reads.producers, telemetry)
+    loops = app_loops(store, reads.producers, telemetry, named=reads.metric_producer)
     if shared is not None and shared.probe_canary and probes_canary(settings):
         probe = CanaryProbe(store, found=telemetry.metrics.canary)
         loops.add(Loop("canary", probe.run, interval=PROBE_SECONDS))
@@ -261,11 +262,7 @@ def create_app(
             exports=exports_middleware(exporting),
             throttled=None if shared is None else shared.throttled,
         ),
-        constants(
-            readiness=readiness,
-            replayer=Replay(pushes.ingest, observed),
-            producers=reads.producers,
-        )
+        constants(readiness=readiness, replayer=Replay(pushes.ingest, observed))
         | reads.for_callers(auth),
         lifespan=[auth.lifespan, lifespan],
         after_exception=[push_refusals(pushes.outcomes, problems)],
@@ -431,22 +428,42 @@ class ReadSide:
     # The same reads, masked, for callers who are not operators (app.query.mask);
     # None where nothing is masked.
     masked: Paging | None = None
+    # The ledger as they read it, where a producer's id is masked.
+    masked_producers: Producers | None = None
+    # How a producer is named in a metric's label: by its pseudonym where its id is
+    # masked (a metric is read by whoever reads /metrics or Cloud Monitoring).
+    metric_producer: Callable[[str], str] = str
 
     def for_callers(self, auth: Auth) -> dict[str, Provide]:
-        """The `reader` and `paging` dependencies: the masked ones for a caller who is
-        not an operator, where something is masked; else the same for every caller."""
+        """The `reader`, `paging` and `producers` dependencies: the masked ones for a
+        caller who is not an operator, where something is masked; else the same for
+        every caller."""
         masked = self.masked
         if masked is None:
-            return constants(reader=self.paging.reader, paging=self.paging)
+            return constants(
+                reader=self.paging.reader, paging=self.paging, producers=self.producers
+            )
         everyone = self.paging
+        ledger, masked_ledger = self.producers, self.masked_producers or self.producers
 
-        async def paging(request: Request[Any, Any, Any]) -> Paging:
-            return everyone if await auth.operates(request) else masked
+        async def operates(request: Request[Any, Any, Any]) -> bool:
+            return await auth.operates(request)
+
+        async def paging(operator: NamedDependency[bool]) -> Paging:
+            return everyone if operator else masked
 
         async def reader(paging: NamedDependency[Paging]) -> Reader:
             return paging.reader
 
-        return {"paging": Provide(paging), "reader": Provide(reader)}
+        async def producers(operator: NamedDependency[bool]) -> Producers:
+            return ledger if operator else masked_ledger
+
+        return {
+            "operator": Provide(operates),
+            "paging": Provide(paging),
+            "reader": Provide(reader),
+            "producers": Provide(producers),
+        }
 
     @classmethod
     def of(
@@ -485,7 +502,12 @@ class ReadSide:
         offsets = Offsets(secret)
         streams = Streams(reader, offsets, encodings=followers.encodings)
         mask = Mask(names(query.mask_fields), names(query.mask_attributes))
-        masked = None
+        honoured(mask, settings)
+        producers = Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds)
+        pseudonyms = Pseudonyms(secret)
+        masked = masked_producers = None
+        if mask.masks_attribute(PRODUCER_ATTRIBUTE):
+            masked_producers = producers.masked(pseudonyms)
         if mask:
             # Reads of their own (no follower shares a read with an operator's), the
             # followers' bounds and stop shared.
@@ -498,20 +520,52 @@ class ReadSide:
             )
         return cls(
             Paging(reader, followers, streams, query.export_max_bytes),
-            Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds),
+            producers,
             masked,
+            masked_producers,
+            metric_producer=pseudonyms.of if masked_producers is not None else str,
         )
 
 
-def app_loops(store: Store, producers: Producers, telemetry: Telemetry) -> AppLoops:
+def honoured(mask: Mask, settings: Settings) -> None:
+    """SettingsError, naming RECORDLINE_MASK_FIELDS, for a mask that would name the
+    field a record's id or event time is read from: the id and time columns, look-ups
+    by id and every page's `id` would show what `data` masks."""
+    payload = settings.payload
+    for setting, path in (
+        ("RECORDLINE_ID_FIELD", payload.id_field),
+        ("RECORDLINE_TIME_FIELD", payload.time_field),
+    ):
+        masked = mask.names_in(path.split("."))
+        if masked is not None:
+            raise SettingsError(
+                f"RECORDLINE_MASK_FIELDS masks {masked!r}, which {setting} ({path!r}) reads "
+                "the record's id or event time from: the id and timestamp columns and "
+                "look-ups by id would show it unmasked. Mask another member, or read the "
+                "id or time from a member that is not masked",
+                var="RECORDLINE_MASK_FIELDS",
+            )
+
+
+def app_loops(
+    store: Store,
+    producers: Producers,
+    telemetry: Telemetry,
+    *,
+    named: Callable[[str], str] = str,
+) -> AppLoops:
     """The app's own loops, their restarts counted: the batcher's (it adds them as it
     starts) and, where the store keeps a producer ledger, the watch of its `missing`
-    metric (a store with no ledger has none)."""
+    metric (a store with no ledger has none), each producer `named` in its label."""
     loops = AppLoops(Supervisor(observer=telemetry.loop_observer()))
     if store.completeness is not None:
         watch = MissingWatch(producers)
-        telemetry.metrics.producers_missing = lambda: watch.missing
-        telemetry.metrics.producers_conflicts = lambda: watch.conflicts
+        telemetry.metrics.producers_missing = lambda: {
+            named(p): n for p, n in watch.missing.items()
+        }
+        telemetry.metrics.producers_conflicts = lambda: {
+            named(p): n for p, n in watch.conflicts.items()
+        }
         loops.add(Loop("producers", watch.run, interval=WATCH_SECONDS))
     return loops
 

@@ -247,6 +247,15 @@ class MaskedFilter(Forbidden):
         super().__init__(f"{parameter}: {detail}", parameter=parameter)
 
 
+class MaskedLookUp(Forbidden):
+    """A look-up by a value masked for this reader (a producer's id where the producer
+    attribute is masked): its answer would tell that the value exists. The detail
+    names the setting that masks it."""
+
+    title = "Look-up by a masked value"
+    problem = "masked-look-up"
+
+
 class MisdirectedRequest(RecordlineError):
     """The request names a host this service does not answer for: bound to a loopback
     address, it answers `localhost`, `127.0.0.1` and `[::1]` only. A page whose own

@@ -349,7 +349,7 @@ async def test_avro_json_that_does_not_fit_the_revision_is_a_rejection_naming_th
         ),
         (
             {"order_id": "o", "meta": {"created_at": "yesterday"}},
-            "not an RFC 3339 time with an offset: 'yesterday'",
+            "not an RFC 3339 time with an offset (9 characters)",
         ),
         (
             {"order_id": "o", "meta": {"created_at": "2024-04-27T12:00:00"}},

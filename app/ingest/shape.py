@@ -90,8 +90,10 @@ def _event_time(where: str, value: Any) -> int:
             try:
                 return micros(_time_text(value))
             except msgspec.ValidationError:
+                # Its length, not its text: a reason names the rule and the field, never
+                # a value (a reader may be one who must not see it).
                 raise Invalid(
-                    f"{where}: not an RFC 3339 time with an offset: {value[:64]!r}"
+                    f"{where}: not an RFC 3339 time with an offset ({len(value)} characters)"
                 ) from None
         case {"seconds": seconds, **rest} if set(rest) <= {"nanos"}:
             return _timestamp(where, seconds, rest.get("nanos", 0))

@@ -18,6 +18,7 @@ import enum
 import io
 import logging
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -160,7 +161,8 @@ class Export:
     def head(self) -> bytes:
         if self.format is Format.JSONL:
             return b""
-        return _csv_line([c.name for c in self.columns])
+        # A column's name is the caller's own text (`columns=`): a cell like any other.
+        return _csv_line([_inert(c.name) for c in self.columns])
 
     def lines(self, views: list[Any]) -> list[bytes]:
         """Each row's line. A row is made JSON values one at a time (times as RFC 3339,
@@ -170,7 +172,7 @@ class Export:
             return [_encode(view) + b"\n" for view in views]
         lines = []
         for view in views:
-            row = _decode(_encode(view))
+            row = _row(view)
             if self.format is Format.JSONL:
                 lines.append(_encode({c.name: c.value(row) for c in self.columns}) + b"\n")
             else:
@@ -279,9 +281,29 @@ class Export:
                 return
 
 
-# A spreadsheet reads a cell starting with one of these as a formula (CSV injection):
-# such a text is sent with a `'` before it, which the spreadsheet shows it without.
-FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet reads a cell starting with one of these as a formula (CSV injection),
+# after any whitespace, and in their compatibility forms (full-width U+FF1D, small U+FE66,
+# which some read as the ASCII ones): such a text is sent with a `'` before it, which
+# the spreadsheet shows it without. A cell that starts with whitespace (a tab, a line
+# break, a space) or an invisible format character (a zero-width space, a byte order
+# mark) is sent so too, whatever follows, since what a spreadsheet trims before
+# reading it differs.
+FORMULA_STARTS: Final = frozenset("=+-@")
+# Unicode's categories of control and format characters (tab, CR, U+200B, U+FEFF).
+_INVISIBLE: Final = frozenset({"Cc", "Cf"})
+
+
+def _row(view: Any) -> Any:
+    """`view` as JSON values. A record's data is stored as sent where the contract
+    carries it, unread: a number no decoder here holds (beyond a float, an integer of
+    thousands of digits) leaves it as its text, so that the row, and the export, go on."""
+    try:
+        return _decode(_encode(view))
+    except msgspec.DecodeError:
+        data = getattr(view, "data", None)
+        if not isinstance(data, msgspec.Raw):
+            raise
+        return _decode(_encode(msgspec.structs.replace(view, data=bytes(data).decode())))
 
 
 def _cell(value: Any) -> str:
@@ -301,7 +323,19 @@ def _cell(value: Any) -> str:
 
 
 def _inert(text: str) -> str:
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """`text` as a cell no spreadsheet runs: with a `'` before it where it starts with a
+    formula's sign, in any compatibility form, or with whitespace or an invisible
+    character (`FORMULA_STARTS`)."""
+    if not text:
+        return text
+    first = text[0]
+    if (
+        first.isspace()
+        or unicodedata.category(first) in _INVISIBLE
+        or unicodedata.normalize("NFKC", first)[:1] in FORMULA_STARTS
+    ):
+        return "'" + text
+    return text
 
 
 def _csv_line(cells: list[str]) -> bytes:

@@ -3,7 +3,9 @@
 A token carries the key of the last row served and the page's upper bound.
 It is signed so that a token that was cut, altered or made up is refused with
 a 400 rather than silently moving a reader's cursor. The signature is for
-integrity, not secrecy: anyone may read a token, nobody can forge one.
+integrity, not secrecy: anyone may read a token, nobody can forge one. A token
+whose cursor is a value a reader must not see (a masked producer's id) is sealed
+instead (`PageTokens.sealed`): encrypted and authenticated, read by no one else.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 from typing import Annotated
 
 import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from msgspec import Meta
 
 from app.errors import BadParameter
@@ -52,9 +57,22 @@ _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.Decoder(PageToken).decode
 
 
+# A sealed token's nonce: random, 96 bits (AES-GCM's own size).
+_NONCE_BYTES = 12
+
+
 class PageTokens:
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, *, sealed: bool = False) -> None:
         self._key = hashlib.sha256(secret.encode()).digest()
+        # A key of its own for sealing, never the signing key itself.
+        self._seal = AESGCM(hmac.new(self._key, b"sealed page tokens", "sha256").digest())
+        self._sealed = sealed
+
+    def sealed(self) -> PageTokens:
+        """Tokens of the same secret whose contents only this service can read."""
+        tokens = PageTokens.__new__(PageTokens)
+        tokens._key, tokens._seal, tokens._sealed = self._key, self._seal, True
+        return tokens
 
     def _mac(self, body: bytes) -> bytes:
         # Not the one-shot hmac.digest, which lets go of the GIL (see app.query.offsets).
@@ -62,7 +80,22 @@ class PageTokens:
 
     def encode(self, token: PageToken) -> str:
         body = _encode(token)
+        if self._sealed:
+            nonce = os.urandom(_NONCE_BYTES)
+            sealed = nonce + self._seal.encrypt(nonce, body, None)
+            return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
         return base64.urlsafe_b64encode(self._mac(body) + body).rstrip(b"=").decode()
+
+    def _opened(self, raw: bytes, parameter: str) -> bytes:
+        if self._sealed:
+            try:
+                return self._seal.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], None)
+            except (InvalidTag, ValueError):
+                raise BadParameter(parameter, "not a page token, or altered") from None
+        mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
+        if len(mac) != _MAC_BYTES or not hmac.compare_digest(mac, self._mac(body)):
+            raise BadParameter(parameter, "not a page token, or altered") from None
+        return body
 
     def decode(self, text: str, *, parameter: str = "page_token") -> PageToken:
         """The token `text` stands for; BadParameter naming `parameter` (where the
@@ -73,9 +106,7 @@ class PageTokens:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
             raise BadParameter(parameter, "not a page token") from None
-        mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
-        if len(mac) != _MAC_BYTES or not hmac.compare_digest(mac, self._mac(body)):
-            raise BadParameter(parameter, "not a page token, or altered") from None
+        body = self._opened(raw, parameter)
         try:
             token = _decode(body)
         except msgspec.ValidationError as exc:

@@ -11,6 +11,7 @@ conflict and found missing (`GET /v1/audit`, `recordline audit`).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +20,8 @@ from typing import Literal
 
 import msgspec
 
-from app.errors import BadParameter, NotFound, RetryLater
+from app.errors import BadParameter, MaskedLookUp, NotFound, RetryLater
+from app.query.mask import Pseudonyms
 from app.query.page_token import PageToken, PageTokens
 from app.records import micros, moment
 from app.store import Store
@@ -243,13 +245,18 @@ def epoch_view(
 
 
 def producer_view(
-    found: ProducerEntries, *, now: int, grace: int, gaps: int | None
+    found: ProducerEntries,
+    *,
+    now: int,
+    grace: int,
+    gaps: int | None,
+    named: Callable[[str], str] = str,
 ) -> ProducerView:
     epochs_by = {e.epoch: e for e in found.epochs}
     newest = newest_of(epochs_by)
     epochs = [epoch_view(e, newest=newest, now=now, grace=grace, gaps=gaps) for e in found.epochs]
     return ProducerView(
-        producer=found.producer,
+        producer=named(found.producer),
         newest_epoch=newest,
         missing=sum(e.missing for e in epochs),
         conflicts=sum(e.conflicts for e in epochs),
@@ -273,6 +280,20 @@ class Producers:
         self._tokens = tokens
         self._grace = int(grace_seconds * 1_000_000)
         self._clock = clock
+        # Where a producer's id is masked (the producer attribute is), for readers who
+        # are not operators: each id as its pseudonym, page tokens sealed (their cursor
+        # is an id), and no look-up by id.
+        self._pseudonyms: Pseudonyms | None = None
+
+    def masked(self, pseudonyms: Pseudonyms) -> Producers:
+        """The same ledger as readers who may not see producers' ids read it."""
+        masked = copy.copy(self)
+        masked._tokens = self._tokens.sealed()
+        masked._pseudonyms = pseudonyms
+        return masked
+
+    def _named(self, producer: str) -> str:
+        return producer if self._pseudonyms is None else self._pseudonyms.of(producer)
 
     def _now(self) -> int:
         return self._clock() // 1000
@@ -298,13 +319,22 @@ class Producers:
             after = token.after_message_id
         found = await self._book().producers(after, limit)
         now = self._now()
-        views = [producer_view(p, now=now, grace=self._grace, gaps=LISTED_GAPS) for p in found]
+        views = [
+            producer_view(p, now=now, grace=self._grace, gaps=LISTED_GAPS, named=self._named)
+            for p in found
+        ]
         token_next = None
         if len(found) == limit:
             token_next = self._tokens.encode(PageToken(0, found[-1].producer, listing="producers"))
         return ProducersPage(producers=views, next_page_token=token_next)
 
     async def producer(self, producer: str) -> ProducerView:
+        if self._pseudonyms is not None:
+            raise MaskedLookUp(
+                "a producer's id is masked for readers who are not operators "
+                "(RECORDLINE_MASK_ATTRIBUTES names recordline-producer): /v1/producers "
+                "lists each by its pseudonym"
+            )
         found = await self._book().producer(producer)
         if found is None:
             raise NotFound(f"no producer {producer!r} in the ledger")
@@ -353,7 +383,7 @@ class Producers:
             missing=sum(found.missing_by_hour.values()),
             missing_ranges=[
                 MissingRange(
-                    producer=r.producer,
+                    producer=self._named(r.producer),
                     epoch=r.epoch,
                     first=r.first,
                     last=r.last,
@@ -367,7 +397,7 @@ class Producers:
             conflicting_ends=found.conflicting_ends,
             conflict_ranges=[
                 ConflictRange(
-                    producer=r.producer,
+                    producer=self._named(r.producer),
                     epoch=r.epoch,
                     kind="sequences" if r.kind == "conflict" else "ends",
                     first=r.first,

@@ -562,12 +562,12 @@ class Reader:
         if self.mask is None or keep is None:
             return
         for attribute in keep.attributes:
-            if attribute.key in self.mask.attributes:
+            if self.mask.masks_attribute(attribute.key):
                 raise MaskedFilter(
                     "attribute", f"{attribute.key!r} is masked for readers who are not operators"
                 )
         for field in keep.fields:
-            masked = next((s for s in field.path if str(s) in self.mask.fields), None)
+            masked = self.mask.names_in(str(s) for s in field.path)
             if masked is not None:
                 raise MaskedFilter(
                     "field", f"{masked!r} is masked for readers who are not operators"
