@@ -1,15 +1,12 @@
-"""Following's store side: the newest records in memory (the tail), the bell followers
+"""Following's store side: the tail (the newest records in memory), the bell followers
 wait on, and whether anyone follows, fed by every store through two calls.
 
-A store reports, and does nothing else for its followers: `readable`, the rows that
-became readable here (the new records join the tail, if it keeps one), and `arrived`,
-rows that may have become readable that it does not hold here (another instance's
-commits, a settle window that passed). Either wakes the followers waiting, who read
-again (`app.query.follow`, the other half of following). A store asks one thing
-back, `followed`: whether any follower wants rows now (DuckDB shows records to the
-tail once journaled only then), and a store that learns of rows by looking (BigQuery,
-the serving tier's tail) looks only `while_followed`, once for all of them.
-docs/reading.md#following-the-tail
+A store only reports: `readable`, rows that became readable here (new records join the
+tail), and `arrived`, rows that may be readable that it does not hold (another
+instance's commits, a settle window passed). Either wakes the waiting followers
+(`app.query.follow`). A store asks back `followed` (DuckDB shows journaled records to
+the tail only then); one that learns of rows by looking looks only `while_followed`.
+Design: docs/reading.md#following-the-tail
 """
 
 from __future__ import annotations
