@@ -506,8 +506,8 @@ def test_on_call_may_restore_rows_but_never_change_a_schema_or_drop_a_database()
 def test_the_service_waits_for_its_secrets_grants_and_not_for_a_systems_database() -> None:
     # Cloud Run reads the systems' file and the values it names, the throttles, the
     # page-token key and the read passes' keys (where the cell has them) when it creates a
-    # revision: those grants have propagated first. A new system's database grant does not hold the cell's revision: /readyz is
-    # red only when no system can serve.
+    # revision: those grants have propagated first. A new system's database grant does not
+    # hold the cell's revision: /readyz is red only when no system can serve.
     pause = "time_sleep.secrets_propagation"
     assert pause in _waits_for("google_cloud_run_v2_service.ingest")
     triggers = _resources("time_sleep")["secrets_propagation"]["triggers"]
