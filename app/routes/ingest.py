@@ -33,7 +33,6 @@ from app.errors import (
     SchemaUnavailable,
     ShuttingDown,
     StoreUnavailable,
-    Throttled,
     TooManyReads,
     TooMuchInFlight,
     Unauthorized,
@@ -98,7 +97,6 @@ def push_routes(
             BodyTooLarge,
             *NOT_STORED,
             TooMuchInFlight,
-            Throttled,
             CertsUnavailable,
         ),
     )
