@@ -182,13 +182,18 @@ def push_envelope_schema() -> Schema:
 
 @dataclass
 class PushOperation(Operation):
-    """POST /pubsub/push: its body is required, and is a push delivery."""
+    """POST /pubsub/push: its body is required, and is a push delivery; its 204 has no
+    content (the handler returns a `Response[None]` made once, which Litestar would
+    otherwise describe as a JSON `null`)."""
 
     def __post_init__(self) -> None:
         self.request_body = RequestBody(
             required=True,
             content={"application/json": OpenAPIMediaType(schema=push_envelope_schema())},
         )
+        stored = (self.responses or {}).get("204")
+        if isinstance(stored, OpenAPIResponse):
+            stored.content = None
 
 
 def _operation(path: str) -> str:
