@@ -13,12 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
+from litestar import Litestar, Response, post
+from litestar.datastructures import Cookie, ResponseHeader
 from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.http.head import Recordline
 from app.ingest.envelope import is_attribute
 from app.records import MAX_ID_LENGTH
+from app.routes.ingest import STORED
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.fuzz.budget import EXAMPLES
@@ -40,6 +43,30 @@ def test_stored_message_is_acknowledged_and_readable(client: TestClient[Recordli
     assert record["subscription"] == "projects/demo/subscriptions/records-push"
     status = client.get("/v1/messages/m-1").json()
     assert status["status"] == "stored"
+
+
+def test_a_stored_push_is_answered_204_and_nothing_else(client: TestClient[Recordline]) -> None:
+    for i in range(3):  # the answer is made once: each push gets it whole
+        response = client.post("/pubsub/push", json=envelope(RECORD, message_id=f"m-{i}"))
+        assert (response.status_code, response.content) == (204, b"")
+        assert not response.headers  # what Litestar answers a handler's None with
+
+
+def test_the_pushs_answer_keeps_what_a_layer_adds() -> None:
+    layered = Litestar(
+        [post("/", status_code=204)(_stored)],
+        response_headers=[ResponseHeader(name="x-layer", value="kept")],
+        response_cookies=[Cookie(key="c", value="v")],
+    )
+    with TestClient(layered) as client:
+        response = client.post("/")
+    assert response.status_code == 204
+    assert response.headers["x-layer"] == "kept"
+    assert response.cookies["c"] == "v"
+
+
+async def _stored() -> Response[None]:
+    return STORED
 
 
 def test_issue_example_envelope(client: TestClient[Recordline]) -> None:
