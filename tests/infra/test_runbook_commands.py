@@ -293,9 +293,14 @@ def test_rolling_back_at_3am_sends_every_request_of_the_cell_to_the_previous_rev
             assert f"--impersonate-service-account={OPERATOR}" in argv, argv
             assert f"--region={REGION}" in argv or argv[0] == "secrets", argv
             assert f"--project={PROJECT}" in argv, argv
-    # Ending the pin: traffic follows the newest revision again.
-    run(cloud, who, unpin)
+    # Ending the pin: traffic follows the newest revision again, and the ops job runs
+    # its image and its systems' file again.
+    out = run(cloud, who, unpin)
     assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
+    assert f"following recordline-00002-x2y: image {REPOSITORY}@{BAD}, settings version 1" in out
+    job = cloud.world["jobs"]["recordline-ops"]
+    assert job["image"] == f"{REPOSITORY}@{BAD}"
+    assert job["volumes"]["/etc/recordline/systems"] == ["recordline-systems", "1"]
 
 
 def test_rolling_back_acts_as_the_cells_account_as_a_deploy_does(cloud: Cloud) -> None:
