@@ -2,7 +2,7 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | exporter | calls | producers | cell | storage | latest.
+      typedingest | exporter | calls | producers | cell | storage | latest | durable.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -34,6 +34,7 @@ NAMES = (
     "cell",
     "storage",
     "latest",
+    "durable",
 )
 
 

@@ -50,6 +50,7 @@ BENCHES = [
     ("outage --seconds 1 --fault refuses", "Spanner refuses", "emulator"),
     ("server --rounds 1 --seconds 1 --only httptools,bounded --measure load", "bounded", "wrk"),
     ("typedcost --rate 1 --days 1 --stored-per-day 10", "typed / JSON billed", None),
+    ("durable --rows 4 --rounds 1 --seconds 0.2", "DuckDB commit a batch", None),
     ("devrate --rates 50 --seconds 1", "--serving", "emulator"),
     (
         "typedingest --rounds 1 --seconds 1 --connections 4 --records 20 --batch 10",
