@@ -17,8 +17,10 @@ import json
 import math
 import os
 import re
+import threading
 import typing
 from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Annotated, Any, Final, Literal, NamedTuple, Self
 
 import msgspec
@@ -884,9 +886,48 @@ _CELL_SYSTEMS_ACCEPTED = (
 REFERABLE: Final = ("json_topic_schema", "read_principals", "operator_principals")
 
 
+# What one version of a Secret Manager secret holds: the systems' file and each value's
+# file are one (docs/cells.md#size). A larger file is none of them, and is not read past
+# this (a path to /dev/zero would otherwise be read until memory ran out).
+SECRET_MOST_BYTES: Final = 65536
+# A read of a mounted secret is a call to Secret Manager; one that has not returned by
+# then (or a FIFO no one writes) is a file that cannot be read. Its thread, a daemon, is
+# left to it, and no other is started for its path while it is held: a file that hangs
+# costs a start this once, and holds no stop.
+FILE_READ_DEADLINE_SECONDS: Final = 2.0
+# Each path whose read outlived its deadline, and the thread still reading it.
+_held_reads: dict[str, threading.Thread] = {}
+
+
+def _file_bytes(path: str) -> bytes:
+    """The first SECRET_MOST_BYTES and one of the file at `path` (enough to tell one too
+    large), read within FILE_READ_DEADLINE_SECONDS: TimeoutError past it."""
+    held = _held_reads.pop(path, None)
+    if held is not None and held.is_alive():
+        _held_reads[path] = held
+        raise TimeoutError
+    read: Future[bytes] = Future()
+
+    def run() -> None:
+        try:
+            with open(path, "rb") as file:
+                read.set_result(file.read(SECRET_MOST_BYTES + 1))
+        except OSError as exc:
+            read.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="settings-file", daemon=True)
+    thread.start()
+    try:
+        return read.result(timeout=FILE_READ_DEADLINE_SECONDS)
+    except TimeoutError:
+        _held_reads[path] = thread
+        raise
+
+
 def _file_text(said: str, value: str) -> str:
     """The text of the file `value` names (`@/absolute/path`); SettingsError of
-    RECORDLINE_SYSTEMS, `said` saying whose value it is, for one that cannot be read."""
+    RECORDLINE_SYSTEMS, `said` saying whose value it is, for one that cannot be read,
+    holds more than a secret, or is not read within its deadline."""
     path = value[1:]
     if not os.path.isabs(path):
         raise SettingsError(
@@ -896,12 +937,30 @@ def _file_text(said: str, value: str) -> str:
             accepts=_CELL_SYSTEMS_ACCEPTED,
         )
     try:
-        with open(path, encoding="utf-8") as file:
-            return file.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        content = _file_bytes(path)
+    except TimeoutError:
         raise SettingsError(
-            f"RECORDLINE_SYSTEMS: {said}{path} cannot be read ({why})",
+            f"RECORDLINE_SYSTEMS: {said}{path} was not read within "
+            f"{FILE_READ_DEADLINE_SECONDS:g} s (a mounted secret Secret Manager did not "
+            "answer for, or a FIFO no one writes)",
+            var="RECORDLINE_SYSTEMS",
+        ) from None
+    except OSError as exc:
+        raise SettingsError(
+            f"RECORDLINE_SYSTEMS: {said}{path} cannot be read ({exc.strerror or exc})",
+            var="RECORDLINE_SYSTEMS",
+        ) from None
+    if len(content) > SECRET_MOST_BYTES:
+        raise SettingsError(
+            f"RECORDLINE_SYSTEMS: {said}{path} is over {SECRET_MOST_BYTES} bytes, more than "
+            "a secret holds (it is read no further)",
+            var="RECORDLINE_SYSTEMS",
+        )
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"RECORDLINE_SYSTEMS: {said}{path} cannot be read ({exc})",
             var="RECORDLINE_SYSTEMS",
         ) from None
 

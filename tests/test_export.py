@@ -15,17 +15,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from litestar import Litestar
 
 from app.asgi import create_app
 from app.query.export import NOTE_KEY, Bounds, Column, Export, Format, Walk, columns_of
-from app.query.service import RECORDS, RecordsPage, RecordView
+from app.query.service import RECORDS, RecordsPage
 from app.records import Record, micros
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
+from tests.rows import shown_record
 
 PAYLOAD = "x" * 400
 
@@ -277,19 +277,7 @@ async def test_an_unknown_list_is_a_404_and_a_future_since_an_empty_export(
 async def test_an_export_that_fails_after_it_began_ends_with_its_note() -> None:
     # The first page's rows are sent; reading the next fails with no store's refusal.
     when = datetime(2024, 4, 27, 12, tzinfo=UTC)
-    view = RecordView(
-        message_id="m-1",
-        id="r-1",
-        timestamp=None,
-        data=msgspec.Raw(b"1"),
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=when,
-        ingest_time=when,
-        subscription=None,
-        delivery_attempt=None,
-        trace_id=None,
-        schema=None,
-    )
+    view = shown_record(b"1", at=when, message_id="m-1", record_id="r-1")
     first = RecordsPage(records=[view], next_page_token="t-2", complete_until=when)
 
     async def read(token: str, limit: int) -> RecordsPage:

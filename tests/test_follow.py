@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import hypothesis
-import msgspec
 import pytest
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
@@ -24,7 +23,7 @@ from app.http.head import Recordline
 from app.query.events import ENCODED_BYTES, Encodings, Event
 from app.query.follow import SHARED_READ_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
-from app.query.service import PAGE_BYTES, READ_COPIES, RecordsPage, RecordView
+from app.query.service import PAGE_BYTES, READ_COPIES, RecordsPage
 from app.records import moment
 from app.routes.follow import page_body, page_event
 from app.routes.query import Paging
@@ -32,6 +31,7 @@ from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import http_scope, served, served_in_thread, settings
 from tests.fakes import FaultyStore
+from tests.rows import shown_record
 from tests.waiting import until
 
 MIB = 1024 * 1024
@@ -748,20 +748,7 @@ async def test_reads_charged_short_of_large_rows_are_few_in_the_store_at_once() 
 def _page_of(size: int) -> RecordsPage:
     """A page of one record whose data is `size` bytes of JSON."""
     at = moment(1_700_000_000_000_000)
-    view = RecordView(
-        message_id="m",
-        id="r",
-        timestamp=None,
-        data=msgspec.Raw(b'"' + b"x" * (size - 2) + b'"'),
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=at,
-        ingest_time=at,
-        subscription=None,
-        delivery_attempt=None,
-        trace_id=None,
-        schema=None,
-    )
-    return RecordsPage([view], "token", at)
+    return RecordsPage([shown_record(b'"' + b"x" * (size - 2) + b'"', at=at)], "token", at)
 
 
 def test_a_pages_encodings_are_kept_while_it_lives_and_within_their_bytes() -> None:

@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,9 +17,9 @@ from litestar import Litestar
 
 from app.asgi import create_app
 from app.query.mask import MASKED, Mask
-from app.query.service import RecordView, RejectionView
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
+from tests.rows import shown_record, shown_rejection
 
 SECRET = "a-push-secret-long-enough"
 OPERATOR = {"Authorization": f"Bearer {SECRET}"}
@@ -156,19 +155,7 @@ async def test_a_rejection_not_json_is_withheld_and_one_that_is_masked(
 def test_a_mask_reaches_every_depth_and_leaves_what_it_does_not_name() -> None:
     mask = Mask(["secret"], ["ip"])
     raw = json.dumps({"a": [{"secret": 1, "b": {"secret": {"x": 2}}}], "secrets": 3}).encode()
-    view = RecordView(
-        message_id="m",
-        id="r",
-        timestamp=None,
-        data=msgspec.Raw(raw),
-        attributes=msgspec.Raw(b'{"ip":"1.2.3.4","ipv6":"::1"}'),
-        publish_time=datetime(2024, 1, 1, tzinfo=UTC),
-        ingest_time=datetime(2024, 1, 1, tzinfo=UTC),
-        subscription=None,
-        delivery_attempt=None,
-        trace_id=None,
-        schema=None,
-    )
+    view = shown_record(raw, attributes=b'{"ip":"1.2.3.4","ipv6":"::1"}')
     masked = mask.view(view)
     assert json.loads(bytes(masked.data)) == {
         "a": [{"secret": MASKED, "b": {"secret": MASKED}}],
@@ -179,17 +166,7 @@ def test_a_mask_reaches_every_depth_and_leaves_what_it_does_not_name() -> None:
     plain = Mask(["nothing-here"])
     assert plain.view(view) is view
     # What is not JSON is withheld, text (which may name a value otherwise) or not.
-    rejection = RejectionView(
-        message_id="m",
-        reason="r",
-        data=b"plain text",
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=view.publish_time,
-        ingest_time=view.ingest_time,
-        subscription=None,
-        delivery_attempt=None,
-        schema=None,
-    )
+    rejection = shown_rejection(b"plain text")
     assert mask.view(rejection).data == b""
     binary = msgspec.structs.replace(rejection, data=b"\xff\x00")
     assert mask.view(binary).data == b""
@@ -220,17 +197,7 @@ async def test_with_no_authentication_nothing_is_masked_and_the_log_says_so(
 )
 def test_a_rejection_of_text_that_is_not_json_is_withheld(payload: bytes) -> None:
     # Its fields cannot be found in text of another shape: none of it reaches a reader.
-    rejection = RejectionView(
-        message_id="m",
-        reason="not JSON",
-        data=payload,
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=datetime(2024, 1, 1, tzinfo=UTC),
-        ingest_time=datetime(2024, 1, 1, tzinfo=UTC),
-        subscription=None,
-        delivery_attempt=None,
-        schema=None,
-    )
+    rejection = shown_rejection(payload, reason="not JSON")
     assert Mask(["email"]).view(rejection).data == b""
     # JSON naming no masked member is passed as it is.
     kept = msgspec.structs.replace(rejection, data=b'{"n": 1, "emails": ["x"]}')

@@ -14,55 +14,23 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import msgspec
 import pytest
 from litestar.testing import TestClient
 
 from app.asgi import create_app
 from app.http.head import Recordline
 from app.query.mask import MASKED, PSEUDONYM_PREFIX, UNREADABLE, Mask, Pseudonyms, quiet
-from app.query.service import RecordView, RejectionView
 from app.records import Record
 from app.settings import SettingsError
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, settings
+from tests.rows import shown_record, shown_rejection
 from tests.waiting import until_blocking
 
 SECRET = "a-push-secret-long-enough"
 OPERATOR = {"Authorization": f"Bearer {SECRET}"}
-WHEN = datetime(2024, 1, 1, tzinfo=UTC)
 HIDDEN = "alice@example.com"
 APOSTROPHED = "it's " + HIDDEN  # its repr is in double quotes
-
-
-def record_view(data: bytes) -> RecordView:
-    return RecordView(
-        message_id="m",
-        id="r",
-        timestamp=None,
-        data=msgspec.Raw(data),
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=WHEN,
-        ingest_time=WHEN,
-        subscription=None,
-        delivery_attempt=None,
-        trace_id=None,
-        schema=None,
-    )
-
-
-def rejection_view(data: bytes, reason: str = "r") -> RejectionView:
-    return RejectionView(
-        message_id="m",
-        reason=reason,
-        data=data,
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=WHEN,
-        ingest_time=WHEN,
-        subscription=None,
-        delivery_attempt=None,
-        schema=None,
-    )
 
 
 def test_json_encoded_again_in_a_member_is_masked_inside() -> None:
@@ -75,7 +43,7 @@ def test_json_encoded_again_in_a_member_is_masked_inside() -> None:
         "plain": "write to email@ or {braces}",
         "quiet": '{"n": 1}',
     }
-    seen = json.loads(bytes(Mask(["email"]).view(record_view(json.dumps(data).encode())).data))
+    seen = json.loads(bytes(Mask(["email"]).view(shown_record(json.dumps(data).encode())).data))
     assert HIDDEN not in json.dumps(seen)
     assert json.loads(seen["once"]) == {"email": MASKED, "n": 1}
     assert json.loads(seen["spaced"]) == [{"email": MASKED, "n": 1}]
@@ -96,7 +64,7 @@ def test_json_encoded_again_in_a_member_is_masked_inside() -> None:
 )
 def test_text_opening_as_json_that_the_mask_cannot_read_is_withheld(text: str) -> None:
     payload = json.dumps({"x": text}).encode()
-    seen = json.loads(bytes(Mask(["email"]).view(record_view(payload)).data))
+    seen = json.loads(bytes(Mask(["email"]).view(shown_record(payload)).data))
     # Withheld: in place of the text, or of the text inside the JSON string.
     assert seen["x"] in (UNREADABLE, json.dumps(UNREADABLE))
 
@@ -104,7 +72,7 @@ def test_text_opening_as_json_that_the_mask_cannot_read_is_withheld(text: str) -
 def test_a_rejected_payload_that_is_a_json_string_holding_json_is_masked_inside() -> None:
     # The usual reason it was rejected: a publisher that encoded its payload twice.
     payload = json.dumps(json.dumps({"email": HIDDEN, "n": 1})).encode()
-    seen = Mask(["email"]).view(rejection_view(payload)).data
+    seen = Mask(["email"]).view(shown_rejection(payload)).data
     assert isinstance(seen, bytes)
     assert HIDDEN.encode() not in seen
     assert json.loads(json.loads(seen)) == {"email": MASKED, "n": 1}
@@ -121,7 +89,7 @@ def test_a_rejected_payload_that_is_a_json_string_holding_json_is_masked_inside(
 )
 def test_a_masked_readers_rejection_reason_quotes_no_value(reason: str) -> None:
     assert HIDDEN not in quiet(reason)
-    seen = Mask(attributes=["client-ip"]).view(rejection_view(b"{}", reason))
+    seen = Mask(attributes=["client-ip"]).view(shown_rejection(b"{}", reason=reason))
     assert HIDDEN not in seen.reason
     # The rule and the path it names stay.
     assert seen.reason[:10] == reason[:10]
@@ -185,12 +153,14 @@ def ledger_row(message_id: str, sequence: int, producer: str) -> Record:
     )
 
 
-GRACE_SECONDS = 0.05
+GRACE_SECONDS = 30.0
+# When the ledger is written: its gaps are older than the grace when the service reads it.
+WRITTEN_AGO_NS = 2 * int(GRACE_SECONDS * 1e9)
 
 
 async def fill(path: Path) -> None:
-    """Each producer's sequences 0 and 2: 1 is missing once GRACE_SECONDS have passed."""
-    store = DuckDBStore(str(path))
+    """Each producer's sequences 0 and 2, written WRITTEN_AGO_NS ago: 1 is missing."""
+    store = DuckDBStore(str(path), clock=lambda: time.time_ns() - WRITTEN_AGO_NS)
     await store.start()
     try:
         await store.append([ledger_row(f"{p}-{n}", n, p) for p in PRODUCERS for n in (0, 2)])
@@ -202,8 +172,6 @@ async def fill(path: Path) -> None:
 def ledger(tmp_path: Path) -> Iterator[TestClient[Recordline]]:
     path = tmp_path / "records.duckdb"
     asyncio.run(fill(path))
-    # The gap is counted missing once older than the grace, which only time makes it.
-    time.sleep(2 * GRACE_SECONDS)
     app = create_app(
         settings(
             RECORDLINE_STORE=f"duckdb://{path}",
@@ -293,7 +261,7 @@ def test_a_masked_name_is_masked_however_unicode_composes_it() -> None:
             json.dumps({"x": json.dumps({key: HIDDEN}, ensure_ascii=False)}).encode(),
             json.dumps({"x": f"{key}={HIDDEN}"}, ensure_ascii=False).encode(),
         ):
-            seen = bytes(mask.view(record_view(data)).data)
+            seen = bytes(mask.view(shown_record(data)).data)
             assert HIDDEN.encode() not in seen, data
     assert mask.names_in(["a", decomposed]) == decomposed
     assert Mask(["e\u0301"]).names_in(["\u00e9"]) == "\u00e9"
@@ -308,9 +276,9 @@ def test_a_masked_member_sent_twice_is_not_served_as_sent() -> None:
     payload = f'{{"email": "{HIDDEN}", "email": "{MASKED}"}}'.encode()
     inner = json.dumps({"x": payload.decode()}).encode()
     mask = Mask(["email"])
-    assert HIDDEN.encode() not in bytes(mask.view(record_view(payload)).data)
-    assert HIDDEN.encode() not in bytes(mask.view(record_view(inner)).data)
-    rejected = mask.view(rejection_view(payload)).data
+    assert HIDDEN.encode() not in bytes(mask.view(shown_record(payload)).data)
+    assert HIDDEN.encode() not in bytes(mask.view(shown_record(inner)).data)
+    rejected = mask.view(shown_rejection(payload)).data
     assert isinstance(rejected, bytes)
     assert HIDDEN.encode() not in rejected
 
@@ -329,9 +297,9 @@ def test_a_masked_name_spelled_in_another_canonical_form_is_masked(name: str, sp
     mask = Mask([name])
     assert mask.names_in([spelled]) == spelled
     payload = json.dumps({spelled: HIDDEN}, ensure_ascii=False).encode()
-    assert HIDDEN.encode() not in bytes(mask.view(record_view(payload)).data)
+    assert HIDDEN.encode() not in bytes(mask.view(shown_record(payload)).data)
     repr_text = json.dumps({"x": f"{{'{spelled}': '{HIDDEN}'}}"}, ensure_ascii=False)
-    assert HIDDEN not in bytes(mask.view(record_view(repr_text.encode())).data).decode()
+    assert HIDDEN not in bytes(mask.view(shown_record(repr_text.encode())).data).decode()
 
 
 _UNKEYED = pytest.mark.xfail(
@@ -352,7 +320,7 @@ _UNKEYED = pytest.mark.xfail(
 )
 def test_text_of_another_shape_naming_a_masked_member_is_withheld(text: str) -> None:
     payload = json.dumps({"x": text}).encode()
-    seen = bytes(Mask(["email"]).view(record_view(payload)).data).decode()
+    seen = bytes(Mask(["email"]).view(shown_record(payload)).data).decode()
     assert HIDDEN not in seen
     assert "alice%40example.com" not in seen
 
@@ -375,7 +343,7 @@ def _protobuf_enum_reason() -> str:
 def test_a_masked_readers_reason_holds_no_value_a_decoder_names_unquoted() -> None:
     reason = _protobuf_enum_reason()
     assert HIDDEN in reason
-    seen = Mask(["syntax"]).view(rejection_view(b"", reason))
+    seen = Mask(["syntax"]).view(shown_rejection(b"", reason=reason))
     assert HIDDEN not in seen.reason
 
 

@@ -324,6 +324,22 @@ resource "google_secret_manager_secret_version" "systems_values" {
   }
 }
 
+# The values' volume and its mount, as every revision and job that mounts the systems'
+# file has them beside it (this file's service, exporter.tf's pool and job, ops.tf's
+# job): the secret, each version a file named by its key, in the values' directory.
+# None where the file names no value. (A block of its own: it names resources, which
+# the plain locals' `terraform console` evaluation does not have.)
+locals {
+  values_volumes = {
+    for key, secret in google_secret_manager_secret.systems_values : key => {
+      name       = "values"
+      secret     = secret.secret_id
+      mount_path = local.values_directory
+      versions   = { for path, version in google_secret_manager_secret_version.systems_values : path => version.version }
+    }
+  }
+}
+
 resource "google_secret_manager_secret_iam_member" "reads_systems_values" {
   for_each = {
     for reader, member in merge(
@@ -478,15 +494,15 @@ resource "google_cloud_run_v2_service" "ingest" {
 
     # What the systems' file names rather than holds, each version a file.
     dynamic "volumes" {
-      for_each = google_secret_manager_secret.systems_values
+      for_each = local.values_volumes
       content {
-        name = "values"
+        name = volumes.value.name
         secret {
-          secret = volumes.value.secret_id
+          secret = volumes.value.secret
           dynamic "items" {
-            for_each = google_secret_manager_secret_version.systems_values
+            for_each = volumes.value.versions
             content {
-              version = items.value.version
+              version = items.value
               path    = items.key
             }
           }
@@ -579,10 +595,10 @@ resource "google_cloud_run_v2_service" "ingest" {
 
       # Beside the systems' file, what it names rather than holds.
       dynamic "volume_mounts" {
-        for_each = local.values_secret
+        for_each = local.values_volumes
         content {
-          name       = "values"
-          mount_path = local.values_directory
+          name       = volume_mounts.value.name
+          mount_path = volume_mounts.value.mount_path
         }
       }
 

@@ -152,15 +152,15 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
 
     # What the systems' file names rather than holds, each version a file (cell.tf).
     dynamic "volumes" {
-      for_each = google_secret_manager_secret.systems_values
+      for_each = local.values_volumes
       content {
-        name = "values"
+        name = volumes.value.name
         secret {
-          secret = volumes.value.secret_id
+          secret = volumes.value.secret
           dynamic "items" {
-            for_each = google_secret_manager_secret_version.systems_values
+            for_each = volumes.value.versions
             content {
-              version = items.value.version
+              version = items.value
               path    = items.key
             }
           }
@@ -214,10 +214,10 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
 
       # Beside the systems' file, what it names rather than holds.
       dynamic "volume_mounts" {
-        for_each = local.values_secret
+        for_each = local.values_volumes
         content {
-          name       = "values"
-          mount_path = local.values_directory
+          name       = volume_mounts.value.name
+          mount_path = volume_mounts.value.mount_path
         }
       }
     }
@@ -328,15 +328,15 @@ resource "google_cloud_run_v2_job" "export" {
 
       # What the systems' file names rather than holds, each version a file (cell.tf).
       dynamic "volumes" {
-        for_each = google_secret_manager_secret.systems_values
+        for_each = local.values_volumes
         content {
-          name = "values"
+          name = volumes.value.name
           secret {
-            secret = volumes.value.secret_id
+            secret = volumes.value.secret
             dynamic "items" {
-              for_each = google_secret_manager_secret_version.systems_values
+              for_each = volumes.value.versions
               content {
-                version = items.value.version
+                version = items.value
                 path    = items.key
               }
             }
@@ -371,10 +371,10 @@ resource "google_cloud_run_v2_job" "export" {
 
         # Beside the systems' file, what it names rather than holds.
         dynamic "volume_mounts" {
-          for_each = local.values_secret
+          for_each = local.values_volumes
           content {
-            name       = "values"
-            mount_path = local.values_directory
+            name       = volume_mounts.value.name
+            mount_path = volume_mounts.value.mount_path
           }
         }
       }

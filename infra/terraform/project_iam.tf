@@ -141,58 +141,43 @@ resource "google_artifact_registry_repository_iam_member" "cell_pulls_images" {
   member     = "serviceAccount:service-${local.project_number}@serverless-robot-prod.iam.gserviceaccount.com"
 }
 
-# 99.9% of successful pushes' request logs excluded before they are stored (the
-# environment's logging.tf says why), in a project of the cell's own.
+# The request logs the environment excludes in its project (modules/request_log_exclusions
+# says which and why), excluded in a project of the cell's own.
+module "request_log_exclusions" {
+  source = "./modules/request_log_exclusions"
+
+  prefix = local.cell
+}
+
 resource "google_logging_project_exclusion" "successful_pushes" {
   for_each = local.own_project ? toset([local.cell]) : toset([])
 
   project     = var.project_id
-  name        = "${each.key}-successful-pushes"
-  description = "99.9% of the request logs of pushes Recordline answered under 400 (docs/operations.md, Where to look)."
-  filter = join(" AND ", [
-    "resource.type=\"cloud_run_revision\"",
-    "log_id(\"run.googleapis.com/requests\")",
-    "httpRequest.requestMethod=\"POST\"",
-    "httpRequest.requestUrl:\"/pubsub/push\"",
-    "httpRequest.status<400",
-    "sample(insertId, 0.999)",
-  ])
+  name        = module.request_log_exclusions.exclusions.successful_pushes.name
+  description = module.request_log_exclusions.exclusions.successful_pushes.description
+  filter      = module.request_log_exclusions.exclusions.successful_pushes.filter
 
   depends_on = [google_project_service.enabled]
 }
 
-# And 99% of successful reads' (the environment's logging.tf says why).
 resource "google_logging_project_exclusion" "successful_reads" {
   for_each = local.own_project ? toset([local.cell]) : toset([])
 
   project     = var.project_id
-  name        = "${each.key}-successful-reads"
-  description = "99% of the request logs of reads (GET) Recordline answered under 400 (docs/operations.md, Where to look)."
-  filter = join(" AND ", [
-    "resource.type=\"cloud_run_revision\"",
-    "log_id(\"run.googleapis.com/requests\")",
-    "httpRequest.requestMethod=\"GET\"",
-    "httpRequest.status<400",
-    "sample(insertId, 0.99)",
-  ])
+  name        = module.request_log_exclusions.exclusions.successful_reads.name
+  description = module.request_log_exclusions.exclusions.successful_reads.description
+  filter      = module.request_log_exclusions.exclusions.successful_reads.filter
 
   depends_on = [google_project_service.enabled]
 }
 
-# And every successful follower's long-poll (the environment's logging.tf says why).
 resource "google_logging_project_exclusion" "follower_reads" {
   for_each = local.own_project ? toset([local.cell]) : toset([])
 
   project     = var.project_id
-  name        = "${each.key}-follower-reads"
-  description = "The request logs of long-poll reads (wait=) Recordline answered under 400 (docs/operations.md, Where to look)."
-  filter = join(" AND ", [
-    "resource.type=\"cloud_run_revision\"",
-    "log_id(\"run.googleapis.com/requests\")",
-    "httpRequest.requestMethod=\"GET\"",
-    "httpRequest.requestUrl:\"wait=\"",
-    "httpRequest.status<400",
-  ])
+  name        = module.request_log_exclusions.exclusions.follower_reads.name
+  description = module.request_log_exclusions.exclusions.follower_reads.description
+  filter      = module.request_log_exclusions.exclusions.follower_reads.filter
 
   depends_on = [google_project_service.enabled]
 }

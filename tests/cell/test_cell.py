@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 
 from app.cell.app import Cell, create_cell
 from app.errors import StoreUnavailable
-from app.settings import Settings, SettingsError
+from app.settings import SECRET_MOST_BYTES, Settings, SettingsError
 from app.store import Store
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import FakeGoogle
@@ -518,12 +518,15 @@ def test_a_schema_in_a_file_of_its_own_is_served_and_refused_as_one_written_inli
     schema = {"type": "record", "name": "Order", "fields": [{"name": "total", "type": "double"}]}
     (tmp_path / "orders.json").write_text(json.dumps(schema))
     (tmp_path / "beta.json").write_text('{"type": "string"}')
+    # One byte more than a secret holds.
+    (tmp_path / "large.json").write_text(json.dumps(schema).ljust(SECRET_MOST_BYTES + 1))
     systems: dict[str, dict[str, Any]] = {
         "orders": {"store": "memory:", "json_topic_schema": f"@{tmp_path}/orders.json"},
         "inline": {"store": "memory:", "json_topic_schema": json.dumps(schema)},
         "beta": {"store": "memory:", "json_topic_schema": f"@{tmp_path}/beta.json"},
         "inline-beta": {"store": "memory:", "json_topic_schema": '{"type": "string"}'},
         "gamma": {"store": "memory:", "json_topic_schema": f"@{tmp_path}/gone.json"},
+        "delta": {"store": "memory:", "json_topic_schema": f"@{tmp_path}/large.json"},
     }
     with TestClient(cell_of(stores, systems)) as client:
         for name in ("orders", "inline"):
@@ -535,13 +538,15 @@ def test_a_schema_in_a_file_of_its_own_is_served_and_refused_as_one_written_inli
         ready = client.get("/readyz")
         assert ready.status_code == 200
         not_ready = ready.json()["not_ready"]
-        assert sorted(not_ready) == ["beta", "gamma", "inline-beta"]
+        assert sorted(not_ready) == ["beta", "delta", "gamma", "inline-beta"]
         # As an inline schema that is no Avro record is said.
         said = 'its settings: RECORDLINE_JSON_TOPIC_SCHEMA: an Avro schema of `"type": "record"`'
         assert said in not_ready["inline-beta"], not_ready
         assert said in not_ready["beta"], not_ready
         assert f"'json_topic_schema': {tmp_path}/gone.json cannot be read" in not_ready["gamma"]
-        for name in ("beta", "gamma"):
+        large = f"'json_topic_schema': {tmp_path}/large.json is over {SECRET_MOST_BYTES} bytes"
+        assert large in not_ready["delta"], not_ready
+        for name in ("beta", "gamma", "delta"):
             refused = client.post(f"/systems/{name}/pubsub/push", json=envelope(RECORD))
             assert refused.status_code == 503
             assert refused.headers["retry-after"]

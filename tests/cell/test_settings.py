@@ -6,11 +6,16 @@ fault alone."""
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from app.settings import (
+    FILE_READ_DEADLINE_SECONDS,
+    SECRET_MOST_BYTES,
     Settings,
     SettingsError,
     SystemEntry,
@@ -18,6 +23,7 @@ from app.settings import (
     system_settings,
     system_shares,
 )
+from tests.waiting import until_blocking
 
 ORDERS = {
     "store": "bigquery://recordline-prod/orders",
@@ -71,6 +77,11 @@ def test_the_systems_may_be_a_file_as_a_mounted_secret_is(tmp_path: Path) -> Non
         Settings.load(
             {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": f"@{tmp_path / 'gone.json'}"}
         )
+    assert refused.value.var == "RECORDLINE_SYSTEMS"
+    # No secret holds more: the file is not read past it.
+    file.write_text(json.dumps({"orders": ORDERS}) + " " * SECRET_MOST_BYTES)
+    with pytest.raises(SettingsError, match=f"{file} is over 65536 bytes") as refused:
+        Settings.load({"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": f"@{file}"})
     assert refused.value.var == "RECORDLINE_SYSTEMS"
 
 
@@ -379,12 +390,25 @@ def test_a_systems_schema_and_principals_may_each_be_a_file_of_their_own(tmp_pat
             "@{tmp}",
             "'operator_principals': {tmp} cannot be read (Is a directory)",
         ),
+        (
+            "json_topic_schema",
+            "@{tmp}/large.json",
+            "'json_topic_schema': {tmp}/large.json is over 65536 bytes, more than a secret holds",
+        ),
+        (
+            # A file without end is read no further than a secret holds.
+            "read_principals",
+            "@/dev/zero",
+            "'read_principals': /dev/zero is over 65536 bytes, more than a secret holds",
+        ),
     ],
 )
 def test_a_value_whose_file_cannot_be_used_is_its_systems_fault_naming_the_file(
     tmp_path: Path, field: str, value: str, said: str
 ) -> None:
     (tmp_path / "list.json").write_text("[1, 2]")
+    # A schema the entry would take, one byte more than a secret holds.
+    (tmp_path / "large.json").write_text("{" + " " * (SECRET_MOST_BYTES - 1) + "}")
     tmp = str(tmp_path)
     loaded = cell({"orders": ORDERS, "payments": {**PAYMENTS, field: value.format(tmp=tmp)}})
     assert list(loaded.systems()) == ["orders"]
@@ -393,3 +417,32 @@ def test_a_value_whose_file_cannot_be_used_is_its_systems_fault_naming_the_file(
     assert f"RECORDLINE_SYSTEMS: system 'payments': {said.format(tmp=tmp)}" in str(refused), str(
         refused
     )
+
+
+def test_a_values_file_is_read_whole_up_to_what_a_secret_holds(tmp_path: Path) -> None:
+    schema = "{" + " " * (SECRET_MOST_BYTES - 2) + "}"
+    (tmp_path / "orders.json").write_text(schema)
+    loaded = cell({"orders": {**ORDERS, "json_topic_schema": f"@{tmp_path / 'orders.json'}"}})
+    assert loaded.systems()["orders"].json_topic_schema == "{" + " " * (SECRET_MOST_BYTES - 2) + "}"
+
+
+def test_a_values_file_not_read_within_its_deadline_is_its_systems_fault(tmp_path: Path) -> None:
+    # A FIFO no one writes stands for a mounted secret Secret Manager does not answer
+    # for: its open never returns. The start waits its deadline once, not a read more.
+    fifo = tmp_path / "orders.readers"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    loaded = cell({"orders": {**ORDERS, "read_principals": f"@{fifo}"}, "payments": PAYMENTS})
+    assert list(loaded.systems()) == ["payments"]
+    refused = loaded.cell.faults()["orders"]
+    assert (
+        f"RECORDLINE_SYSTEMS: system 'orders': 'read_principals': {fifo} was not read within "
+        f"{FILE_READ_DEADLINE_SECONDS:g} s"
+    ) in str(refused), str(refused)
+    # Read three times (the load, `systems`, `faults`): one deadline waited, not three.
+    assert time.monotonic() - started < 2 * FILE_READ_DEADLINE_SECONDS
+    held = [t for t in threading.enumerate() if t.name == "settings-file" and t.is_alive()]
+    assert len(held) == 1, held
+    # It ends once the file has had a writer, and its end.
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    until_blocking(lambda: not held[0].is_alive(), what="the held read to end")

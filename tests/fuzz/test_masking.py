@@ -5,7 +5,6 @@ spacing, repeated keys), and everything else reads as it was sent."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -14,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.query.mask import MASKED, WITHHELD, Mask
-from app.query.service import RecordView, RejectionView
 from tests.fuzz.budget import EXAMPLES
+from tests.rows import shown_record, shown_rejection
 
 MASKED_NAMES = ["email", "card", "é"]
 names = st.sampled_from([*MASKED_NAMES, "emails", "Email", "x", ""]) | st.text(max_size=6)
@@ -25,7 +24,6 @@ values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4),
     max_leaves=20,
 )
-WHEN = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def masked(value: Any, masks: frozenset[str]) -> Any:
@@ -74,34 +72,12 @@ def test_a_masked_value_never_reaches_a_reader_however_it_is_spelled(
     mask = Mask(MASKED_NAMES, MASKED_NAMES)
     masks = frozenset(MASKED_NAMES)
     (value, text), (attrs, attrs_text) = data, attributes
-    record = RecordView(
-        message_id="m",
-        id="r",
-        timestamp=None,
-        data=msgspec.Raw(text),
-        attributes=msgspec.Raw(attrs_text),
-        publish_time=WHEN,
-        ingest_time=WHEN,
-        subscription=None,
-        delivery_attempt=None,
-        trace_id=None,
-        schema=None,
-    )
+    record = shown_record(text, attributes=attrs_text)
     seen = mask.view(record)
     assert json.loads(bytes(seen.data)) == masked(value, masks)
     assert json.loads(bytes(seen.attributes)) == masked_attributes(attrs, masks)
     # A rejection's payload, as received: masked the same where it is JSON.
-    rejection = RejectionView(
-        message_id="m",
-        reason="r",
-        data=text,
-        attributes=msgspec.Raw(attrs_text),
-        publish_time=WHEN,
-        ingest_time=WHEN,
-        subscription=None,
-        delivery_attempt=None,
-        schema=None,
-    )
+    rejection = shown_rejection(text, attributes=attrs_text)
     assert json.loads(mask.view(rejection).data) == masked(value, masks)
 
 
@@ -116,31 +92,9 @@ def test_a_payload_nested_however_deep_is_masked_or_withheld_never_an_error(
     text = opening * depth + b'{"email":"a@b","note":"a\\nb"}' + closing * depth
     wanted = text.replace(b'"a@b"', b'"[masked]"')
     mask = Mask(MASKED_NAMES, MASKED_NAMES)
-    record = RecordView(
-        message_id="m",
-        id="r",
-        timestamp=None,
-        data=msgspec.Raw(text),
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=WHEN,
-        ingest_time=WHEN,
-        subscription=None,
-        delivery_attempt=None,
-        trace_id=None,
-        schema=None,
-    )
+    record = shown_record(text)
     seen = bytes(mask.view(record).data)
     assert seen == wanted if depth < 500 else seen in (wanted, msgspec.json.encode(WITHHELD))
-    rejection = RejectionView(
-        message_id="m",
-        reason="r",
-        data=text,
-        attributes=msgspec.Raw(b"{}"),
-        publish_time=WHEN,
-        ingest_time=WHEN,
-        subscription=None,
-        delivery_attempt=None,
-        schema=None,
-    )
+    rejection = shown_rejection(text)
     received = mask.view(rejection).data
     assert received == wanted if depth < 500 else received in (wanted, b"")

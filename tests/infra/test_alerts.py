@@ -956,14 +956,53 @@ def test_every_command_finds_the_system_from_its_name_alone() -> None:
 # --- what logging costs ------------------------------------------------------------------
 
 
+EXCLUSIONS = TERRAFORM / "modules" / "request_log_exclusions"
+
+
+@cache
+def _exclusions(prefix: str = "recordline") -> dict[str, dict[str, str]]:
+    """modules/request_log_exclusions' exclusions for `prefix`, evaluated by terraform."""
+    require_terraform()
+    with tempfile.TemporaryDirectory() as work:
+        shutil.copy(EXCLUSIONS / "main.tf", work)
+        Path(work, "values.tfvars").write_text(f"prefix = {_hcl(prefix)}\n")
+        return dict(console(work, "local.exclusions", var_file="values.tfvars"))
+
+
+def excluded(directory: Path) -> dict[str, str]:
+    """Each request log exclusion of a root, by its resource's name, to its filter: the
+    module's, which the root's resource is made of (name, description and filter)."""
+    (call,) = [
+        body
+        for block in _root("module", directory)
+        for name, body in block.items()
+        if name == "request_log_exclusions"
+    ]
+    assert call["source"].endswith("/modules/request_log_exclusions")
+    resources = _resources("google_logging_project_exclusion", directory)
+    assert resources.keys() == _exclusions().keys()
+    for name, body in resources.items():
+        for field in ("name", "description", "filter"):
+            taken = f"${{module.request_log_exclusions.exclusions.{name}.{field}}}"
+            assert body[field] == taken, (name, field)
+    return {name: exclusion["filter"] for name, exclusion in _exclusions().items()}
+
+
+def test_an_exclusion_is_named_after_the_service_or_the_cell() -> None:
+    assert [e["name"] for e in _exclusions("cell-1").values()] == [
+        "cell-1-follower-reads",
+        "cell-1-successful-pushes",
+        "cell-1-successful-reads",
+    ]
+
+
 @pytest.mark.parametrize("directory", [ENVIRONMENT, TERRAFORM], ids=["environment", "own project"])
 def test_successful_pushes_are_not_logged_one_by_one(directory: Path) -> None:
     # One request log per push: 86.4 million a day per system at 1,000 msg/s.
-    exclusion = _resources("google_logging_project_exclusion", directory)["successful_pushes"]
-    text = exclusion["filter"]
+    text = excluded(directory)["successful_pushes"]
     for part in (
-        'log_id(\\"run.googleapis.com/requests\\")',
-        'httpRequest.requestUrl:\\"/pubsub/push\\"',  # /systems/NAME/pubsub/push too
+        'log_id("run.googleapis.com/requests")',
+        'httpRequest.requestUrl:"/pubsub/push"',  # /systems/NAME/pubsub/push too
         "httpRequest.status<400",  # refused and failed pushes are kept whole
         "sample(insertId, 0.999)",  # one in a thousand of the rest is kept to look at
     ):
@@ -977,11 +1016,10 @@ def test_successful_pushes_are_not_logged_one_by_one(directory: Path) -> None:
 def test_successful_reads_are_not_logged_one_by_one(directory: Path) -> None:
     # A busy system's follower reads about once a second: two followers of each of a
     # hundred systems were some 600 GiB of request logs a month (infra/fleet_cost.py).
-    exclusion = _resources("google_logging_project_exclusion", directory)["successful_reads"]
-    text = exclusion["filter"]
+    text = excluded(directory)["successful_reads"]
     for part in (
-        'log_id(\\"run.googleapis.com/requests\\")',
-        'httpRequest.requestMethod=\\"GET\\"',
+        'log_id("run.googleapis.com/requests")',
+        'httpRequest.requestMethod="GET"',
         "httpRequest.status<400",  # refused and failed reads are kept whole
         "sample(insertId, 0.99)",  # a 1% sample of the rest is kept to look at
     ):
@@ -994,12 +1032,11 @@ def test_followers_long_polls_are_not_logged(directory: Path) -> None:
     # A follower asks again as soon as it is answered: two followers of each of a
     # thousand systems, 1% kept, were a sixth of the request logs (infra/fleet_cost.py).
     # Every successful long-poll is excluded, none sampled; a failed one is kept.
-    exclusion = _resources("google_logging_project_exclusion", directory)["follower_reads"]
-    text = exclusion["filter"]
+    text = excluded(directory)["follower_reads"]
     for part in (
-        'log_id(\\"run.googleapis.com/requests\\")',
-        'httpRequest.requestMethod=\\"GET\\"',
-        'httpRequest.requestUrl:\\"wait=\\"',  # the long-poll's parameter (docs/reading.md)
+        'log_id("run.googleapis.com/requests")',
+        'httpRequest.requestMethod="GET"',
+        'httpRequest.requestUrl:"wait="',  # the long-poll's parameter (docs/reading.md)
         "httpRequest.status<400",
     ):
         assert part in text, part

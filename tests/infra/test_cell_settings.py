@@ -407,3 +407,52 @@ def test_what_the_file_names_rather_than_holds_is_mounted_beside_it_and_read_as_
         # Short lists stay in the entry.
         assert shop.auth.operator_principals == f"recordline-operator@{DEV_ACCOUNTS}"
         assert settings.cell.faults() == {}
+
+
+def mounting_the_file(block: object) -> list[dict[str, Any]]:
+    """Each template in `block` (a resource's body, at any depth) with a volume of the
+    systems' file."""
+    found = []
+    if isinstance(block, dict):
+        volumes = block.get("volumes")
+        if isinstance(volumes, list) and any(v.get("name") == "systems" for v in volumes):
+            found.append(block)
+        for value in block.values():
+            found += mounting_the_file(value)
+    elif isinstance(block, list):
+        for value in block:
+            found += mounting_the_file(value)
+    return found
+
+
+def test_every_template_mounting_the_file_mounts_its_values_as_the_one_local_has_them() -> None:
+    # The service, the exporter pool and the jobs: each reads the file, so each must find
+    # what it names where it names it (local.values_volumes, cell.tf).
+    templates = {
+        f"{kind}.{name}": template
+        for kind in (
+            "google_cloud_run_v2_service",
+            "google_cloud_run_v2_worker_pool",
+            "google_cloud_run_v2_job",
+        )
+        for name, body in _resources(kind, TERRAFORM).items()
+        for template in mounting_the_file(body)
+    }
+    assert sorted(templates) == [
+        "google_cloud_run_v2_job.export",
+        "google_cloud_run_v2_job.ops",
+        "google_cloud_run_v2_service.ingest",
+        "google_cloud_run_v2_worker_pool.exporter",
+    ]
+    for name, template in templates.items():
+        volumes = [d["volumes"] for d in template.get("dynamic", []) if "volumes" in d]
+        assert [v["for_each"] for v in volumes] == ["${local.values_volumes}"], name
+        (container,) = template["containers"]
+        mounts = [d["volume_mounts"] for d in container.get("dynamic", []) if "volume_mounts" in d]
+        assert [m["for_each"] for m in mounts] == ["${local.values_volumes}"], name
+        assert "systems" in {m["name"] for m in container["volume_mounts"]}, name
+    # One volume at most (the secret's, where there is one), mounted in the directory
+    # the file's entries name (local.values_directory).
+    values = _locals(TERRAFORM)["values_volumes"]
+    assert "in google_secret_manager_secret.systems_values :" in values
+    assert "mount_path = local.values_directory" in values

@@ -15,7 +15,8 @@ from types import ModuleType
 import pytest
 
 from tests.infra.console import require_terraform
-from tests.infra.test_terraform import ENVIRONMENT, TERRAFORM, _locals, _resources
+from tests.infra.test_alerts import excluded
+from tests.infra.test_terraform import ENVIRONMENT, TERRAFORM, _locals
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "operations.md"
@@ -401,15 +402,15 @@ def test_the_request_logs_it_prices_are_those_the_exclusions_keep(directory: str
     # long-poll: what each exclusion's filter leaves is what the model counts.
     cost = fleet_cost()
     root = ENVIRONMENT if directory == "environment" else TERRAFORM
-    exclusions = _resources("google_logging_project_exclusion", root)
+    exclusions = excluded(root)
 
     def kept(name: str) -> float:
-        found = re.findall(r"sample\(insertId, ([0-9.]+)\)", exclusions[name]["filter"])
+        found = re.findall(r"sample\(insertId, ([0-9.]+)\)", exclusions[name])
         return 1 - float(found[0]) if found else 0.0
 
     assert kept("successful_pushes") == pytest.approx(cost.LOGGED_SHARE_OF_PUSHES)
     assert kept("successful_reads") == pytest.approx(cost.LOGGED_SHARE_OF_READS)
-    assert "wait=" in exclusions["follower_reads"]["filter"]
+    assert "wait=" in exclusions["follower_reads"]
     assert kept("follower_reads") == cost.LOGGED_SHARE_OF_LONG_POLLS == 0
 
 
