@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -483,6 +484,26 @@ async def test_an_export_throttle_changed_or_lifted_during_a_wait_holds_at_once(
     throttles.exported("alpha", 1)
     assert await throttles.export_batch("alpha", 1000) == 1000
     assert clock.now == 1000.5
+
+
+async def test_the_docs_example_is_a_file_every_instance_takes_up_as_it_says(
+    tmp_path: Path,
+) -> None:
+    text = (Path(__file__).parents[2] / "docs" / "cells.md").read_text()
+    section = text[text.index("\n## Throttles\n") : text.index("\n## Telemetry\n")]
+    (example,) = re.findall(r"```json\n(.*?)```", section, re.S)
+    path = tmp_path / "throttles.json"
+    path.write_text(example)
+    throttles = Throttles(str(path), ["alpha", "beta"])
+    await throttles.read()
+    assert throttles.problems() == []
+    said = throttles.in_force()
+    assert said["alpha"].startswith("5 pushes a second an instance, set by")
+    assert said["beta"].startswith("its export at 200 rows a second, set by")
+    # Alpha's export and beta's pushes are not slowed.
+    assert await throttles.export_batch("alpha", 1000) == 1000
+    assert all(throttles.refused("beta") is None for _ in range(100))
+    throttles.close()
 
 
 def test_a_pace_admits_its_rate_in_bursts_of_one_seconds() -> None:
