@@ -200,11 +200,18 @@ def test_the_throttles_path_is_absolute() -> None:
 
 
 class Clock:
+    """A clock that moves when told, or when a paced export waits (`sleep`)."""
+
     def __init__(self) -> None:
         self.now = 1000.0
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def throttles_of(path: Path, clock: Clock | None = None, **kwargs: Any) -> Throttles:
@@ -387,13 +394,8 @@ async def test_each_throttle_taken_up_and_lifted_is_logged_with_who_and_why(
 async def test_pushes_and_export_are_throttled_each_alone_or_both(tmp_path: Path) -> None:
     path = tmp_path / "throttles.json"
     clock = Clock()
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.now += seconds
-
-    throttles = throttles_of(path, clock, sleep=sleep)
+    slept = clock.slept
+    throttles = throttles_of(path, clock, sleep=clock.sleep)
     write(
         path,
         {
@@ -433,13 +435,8 @@ async def test_an_export_paced_waits_once_a_batch_and_holds_its_rate_to_the_row(
 ) -> None:
     path = tmp_path / "throttles.json"
     clock = Clock()
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.now += seconds
-
-    throttles = throttles_of(path, clock, sleep=sleep)
+    slept = clock.slept
+    throttles = throttles_of(path, clock, sleep=clock.sleep)
     write(path, {"alpha": {"export_rows_per_second": 40, **SLOW}})
     await throttles.read()
     pace = throttles.export_pace("alpha")

@@ -9,7 +9,9 @@ over within a lease, and BigQuery must end up with every acknowledged row of
 every system exactly once. Then one system's ingest, scaled to zero (no
 process at all), is woken by a push: the process starts, answers it 204, and
 the surviving exporter puts the row in BigQuery, though no ingest instance
-exports anything.
+exports anything. And a pool run as Terraform runs it, with the cell's throttles file:
+the system whose export on-call slowed is paced, the others are not, and SIGTERM while
+it waits stops it in time, nothing doubled.
 """
 
 from __future__ import annotations
