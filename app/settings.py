@@ -1108,10 +1108,11 @@ class CellSettings(Section, frozen=True):
         env(
             "RECORDLINE_THROTTLES",
             "A file of the systems on-call has slowed (each name to its "
-            '{"instance_pushes_per_second", "by", "reason"}), read again every 10 s by every '
-            "instance of the cell, so a throttle needs no deploy (docs/cells.md#throttles); "
-            "Terraform mounts the `<cell>-throttles` secret there at its latest version. "
-            "Unset: no system is throttled",
+            '{"instance_pushes_per_second", "export_rows_per_second", "by", "reason"}: its '
+            "pushes' pace, its export's, or both), read again every 10 s by every instance "
+            "of the cell and of its exporter pool, so a throttle needs no deploy "
+            "(docs/cells.md#throttles); Terraform mounts the `<cell>-throttles` secret there "
+            "at its latest version. Unset: no system is throttled",
             accepts="an absolute path",
         ),
     ] = ""

@@ -148,6 +148,7 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_secret_manager_secret.canary_systems": lambda c: c.serving,
     "google_secret_manager_secret_version.canary_systems": lambda c: c.serving,
     "google_secret_manager_secret_iam_member.exporter_reads_canary": lambda c: c.serving,
+    "google_secret_manager_secret_iam_member.exporter_reads_throttles": lambda c: c.serving,
     "google_cloud_run_v2_worker_pool.exporter": lambda c: c.serving,
     "google_cloud_run_v2_worker_pool_iam_member.developers": lambda c: 2 * c.serving,
     "google_service_account_iam_member.acts_as_exporter": lambda c: 3 * c.serving,

@@ -1,20 +1,26 @@
 """The exporter service's configuration and process, without a cloud: each system read
 from RECORDLINE_EXPORT_SYSTEMS with its ingest service's own settings, its metrics on
-its own series, its log lines under its own name, and a configuration that cannot be
-used refused before anything starts."""
+its own series, its log lines under its own name, a configuration that cannot be
+used refused before anything starts, and the cell's throttles file read before any
+export starts (one the pool cannot use said in its log, and stopping no export)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAMESPACE
 
+from app.cell.throttles import Throttles
 from app.exporter.service import Exported, ExporterService, exported_systems, system_settings
 from app.ingest.schemas import Schemas, SchemaSource
 from app.settings import ExportedSystem, Settings, SettingsError
@@ -173,3 +179,93 @@ async def test_a_system_whose_start_fails_is_started_again_and_its_restart_count
     stop.set()
     await asyncio.wait_for(running, timeout=10)
     assert exports.opened[1].closed
+
+
+# --- the throttles' file, as the cell's ingest service reads it --------------------------
+
+
+class Paced:
+    """A system's export that says, as it starts, what throttles the pool had read."""
+
+    def __init__(self, throttles: Throttles) -> None:
+        self.throttles = throttles
+        self.seen: list[dict[str, str]] = []
+        self.closed = False
+
+    def open(self) -> SystemExport:
+        return self  # type: ignore[return-value]
+
+    async def start(self) -> None:
+        self.seen.append(self.throttles.in_force())
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+SLOW = {"by": "oncall@example.com", "reason": "orders' export holds the instance at 90% CPU"}
+
+
+def exporting(throttles: Throttles) -> tuple[ExporterService, Paced]:
+    export = Paced(throttles)
+    source: SchemaSource = NoSchemas()  # type: ignore[assignment]
+    system = Exported("orders", export.open, Telemetry(), Schemas(source, timeout=1.0))
+    return ExporterService([system], grace_seconds=2.0, throttles=throttles), export
+
+
+async def test_the_pool_reads_the_throttles_before_any_export_starts_and_again_after(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "throttles.json"
+    path.write_text(json.dumps({"orders": {"export_rows_per_second": 50, **SLOW}}))
+    throttles = Throttles(str(path), ["orders"], every=0.02)
+    service, export = exporting(throttles)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    await until(lambda: export.seen, what="the export started")
+    assert list(export.seen[0]) == ["orders"]  # paced from its first batch
+    # Lifted in the file: taken up at a read after, with no restart.
+    path.write_text("{}")
+    await until(lambda: not throttles.in_force(), what="the throttle lifted")
+    stop.set()
+    await asyncio.wait_for(running, timeout=10)
+    assert export.closed
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["a read that never returns", "nested past the decoder", "larger than a secret", "bad entry"],
+)
+async def test_a_throttles_file_the_pool_cannot_use_is_said_and_stops_no_export(
+    tmp_path: Path, what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "throttles.json"
+    if what == "a read that never returns":
+        # A FIFO no one writes: its open never returns, as a mounted secret's read whose
+        # Secret Manager does not answer.
+        os.mkfifo(path)
+    elif what == "nested past the decoder":
+        path.write_text("[" * 5000 + "]" * 5000)
+    elif what == "larger than a secret":
+        path.write_text(json.dumps({"orders": {"export_rows_per_second": 5, **SLOW}}) + " " * 65536)
+    else:
+        path.write_text(json.dumps({"orders": {"export_rows_per_second": 0, **SLOW}}))
+    caplog.set_level(logging.WARNING, logger="app.cell.throttles")
+    throttles = Throttles(str(path), ["orders"], deadline=0.1)
+    service, export = exporting(throttles)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    try:
+        await until(lambda: export.seen, what="the export started")
+        assert export.seen == [{}]
+        (problem,) = throttles.problems()
+        # Said where the pool says things: its log (a worker pool answers no probe).
+        said = re.split(r" \(|;", problem)[0]
+        assert any(said in r.getMessage() for r in caplog.records), problem
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+    finally:
+        if what == "a read that never returns":
+            # Let the read's thread go.
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert export.closed

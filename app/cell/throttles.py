@@ -1,10 +1,12 @@
 """Throttles: how on-call slows one hot system of a cell, on every instance, without a deploy.
 
 RECORDLINE_THROTTLES names a JSON file (the cell's throttles secret, mounted at its latest
-version), each throttled system's name to its `Throttle`. Every instance reads it every
-READ_SECONDS within READ_DEADLINE_SECONDS, and logs each throttle it takes up or lifts; a
-push past its system's pace is refused on its head, 429 with `Retry-After`. What cannot be
-read or used keeps what was read last, is said in the cell's `/readyz`, and refuses no push.
+version), each throttled system's name to its `Throttle`: its pushes' pace, its export's,
+or both. Every instance of the cell and of its exporter pool reads it every READ_SECONDS
+within READ_DEADLINE_SECONDS, and logs each throttle it takes up or lifts; a push past its
+system's pace is refused on its head, 429 with `Retry-After`; an export past its pace
+waits before its next batch (`ExportPace`). What cannot be read or used keeps what was
+read last, is said in the cell's `/readyz` (the pool's logs), and refuses no push.
 
 Design: docs/cells.md#throttles
 """
@@ -17,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Annotated, Final
 
 import msgspec
@@ -44,29 +46,53 @@ MOST_PUSHES_PER_SECOND: Final = 10_000.0
 # would page for; a refusal then asks Pub/Sub to come back within the minute, at most.
 LEAST_PUSHES_PER_SECOND: Final = 0.01
 MOST_RETRY_AFTER_SECONDS: Final = 60
+# An export of a row a second, at least: 86,400 rows a day, a system stopped for any that
+# is sent more, which its export's lag pages for; and so no pause before a batch is longer
+# than a second (a lease is renewed every 5 s, between batches). An instance exports
+# thousands of rows a second (docs/operations.md#the-exporter-service): a throttle of more
+# than 100,000 slows nothing, and is a slip of the keyboard.
+LEAST_EXPORT_ROWS_PER_SECOND: Final = 1.0
+MOST_EXPORT_ROWS_PER_SECOND: Final = 100_000.0
 # A read not done for three intervals says so in /readyz whatever the last one found:
 # the loop that reads is not running.
 STALE_SECONDS: Final = 3 * READ_SECONDS
 
 
 class Throttle(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """One system's throttle, as on-call wrote it: unknown fields are refused (a misspelt
-    field would otherwise throttle nothing, unsaid)."""
+    """One system's throttle, as on-call wrote it: its pushes' pace, its export's, or both
+    (one that names neither slows nothing, and is refused). Unknown fields are refused (a
+    misspelt field would otherwise throttle nothing, unsaid)."""
 
     # Pushes of the system each instance admits a second, in bursts of at most one
-    # second's: the cell admits this times its instances.
-    instance_pushes_per_second: Annotated[
-        float, Meta(ge=LEAST_PUSHES_PER_SECOND, le=MOST_PUSHES_PER_SECOND)
-    ]
+    # second's: the cell admits this times its instances. Unset: its pushes are not slowed.
+    instance_pushes_per_second: (
+        Annotated[float, Meta(ge=LEAST_PUSHES_PER_SECOND, le=MOST_PUSHES_PER_SECOND)] | None
+    ) = None
+    # Rows of the system's export (records and rejections) a second, in batches of at
+    # most one second's: one instance of the pool exports a system at a time (its
+    # lease's holder), so this is the system's. Unset: its export is not slowed.
+    export_rows_per_second: (
+        Annotated[float, Meta(ge=LEAST_EXPORT_ROWS_PER_SECOND, le=MOST_EXPORT_ROWS_PER_SECOND)]
+        | None
+    ) = None
     # Who set it (an e-mail), and why: logged by every instance that takes it up.
     by: Annotated[str, Meta(min_length=1, max_length=254)]
     reason: Annotated[str, Meta(min_length=1, max_length=1000)]
 
+    def __post_init__(self) -> None:
+        # Raised in a decode, msgspec says it as the entry's ValidationError.
+        if self.instance_pushes_per_second is None and self.export_rows_per_second is None:
+            raise ValueError(
+                "a throttle names instance_pushes_per_second, export_rows_per_second or both"
+            )
+
     def says(self) -> str:
-        return (
-            f"{self.instance_pushes_per_second:g} pushes a second an instance, set by "
-            f"{self.by}: {self.reason}"
-        )
+        paces = []
+        if self.instance_pushes_per_second is not None:
+            paces.append(f"{self.instance_pushes_per_second:g} pushes a second an instance")
+        if self.export_rows_per_second is not None:
+            paces.append(f"its export at {self.export_rows_per_second:g} rows a second")
+        return f"{' and '.join(paces)}, set by {self.by}: {self.reason}"
 
 
 _decode_file = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -74,8 +100,8 @@ _decode_throttle = msgspec.json.Decoder(Throttle).decode
 
 
 class Pace:
-    """Pushes admitted at `rate` a second, in bursts of at most one second's (one at least):
-    a token bucket."""
+    """Pushes (or an export's rows) admitted at `rate` a second, in bursts of at most one
+    second's (one at least): a token bucket."""
 
     def __init__(self, rate: float, now: float) -> None:
         self.rate = rate
@@ -85,13 +111,32 @@ class Pace:
 
     def wait(self, now: float, *, spend: bool = True) -> float:
         """0, a push admitted (and, if `spend`, counted); or how long until the next one is."""
-        self._tokens = min(self._most, self._tokens + max(0.0, now - self._at) * self.rate)
-        self._at = now
+        self._fill(now)
         if self._tokens >= 1.0:
             if spend:
                 self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.rate
+
+    def batch(self, now: float, rows: int) -> tuple[int, float]:
+        """How many of `rows` an export's next batch may take now, and 0; or 0 and how long
+        until it may start: once a whole batch's rows are due (`rows`, or one second's if
+        fewer), so that a pace refilling never cuts a batch to a row or two."""
+        self._fill(now)
+        whole = min(float(rows), self._most)
+        if self._tokens >= whole:
+            return min(rows, math.floor(self._tokens)), 0.0
+        return 0, (whole - self._tokens) / self.rate
+
+    def spend(self, rows: int) -> None:
+        """A batch took `rows`. No debt below nothing: a batch that began under a faster
+        pace (or none) is not charged to the next second's, so no wait is longer than one
+        second's rows."""
+        self._tokens = max(0.0, self._tokens - rows)
+
+    def _fill(self, now: float) -> None:
+        self._tokens = min(self._most, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
 
 
 def named_twice(content: bytes) -> list[str]:
@@ -127,6 +172,7 @@ class Throttles:
         systems: Collection[str],
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         read: Callable[[str], bytes] = read_file,
         deadline: float = READ_DEADLINE_SECONDS,
         every: float = READ_SECONDS,
@@ -135,10 +181,13 @@ class Throttles:
         self._every = every
         self._systems = frozenset(systems)
         self._clock = clock
+        self._sleep = sleep
         self._read = read
         self._deadline = deadline
         self._in_force: dict[str, Throttle] = {}
+        # Each throttled system's pace of pushes, and of its export's rows.
         self._paces: dict[str, Pace] = {}
+        self._export_paces: dict[str, Pace] = {}
         # What the last read found wrong with the file as a whole, and with each entry.
         self._problem = ""
         self._ignored: list[str] = []
@@ -166,6 +215,27 @@ class Throttles:
             f"{pace.rate:g} of its pushes a second",
             retry_after=min(MOST_RETRY_AFTER_SECONDS, max(1, math.ceil(wait))),
         )
+
+    def export_pace(self, system: str) -> ExportPace:
+        """`system`'s export as its throttle paces it, whatever the file says later."""
+        return ExportPace(self, system)
+
+    async def export_batch(self, system: str, rows: int) -> int:
+        """How many of `rows` the next batch of `system`'s export may take, once it may
+        start: waited for here (at most a second at a time, its throttle looked at again
+        after each wait: one changed or lifted meanwhile holds at once)."""
+        while (pace := self._export_paces.get(system)) is not None:
+            allowed, wait = pace.batch(self._clock(), rows)
+            if allowed:
+                return allowed
+            await self._sleep(wait)
+        return rows
+
+    def exported(self, system: str, rows: int) -> None:
+        """A batch of `system`'s export took `rows`."""
+        pace = self._export_paces.get(system)
+        if pace is not None:
+            pace.spend(rows)
 
     def in_force(self) -> dict[str, str]:
         """Each throttled system, and its throttle."""
@@ -268,9 +338,8 @@ class Throttles:
             before = self._in_force.get(name)
             if before == throttle:
                 continue
-            pace = self._paces.get(name)
-            if pace is None or pace.rate != throttle.instance_pushes_per_second:
-                self._paces[name] = Pace(throttle.instance_pushes_per_second, now)
+            _pace(self._paces, name, throttle.instance_pushes_per_second, now)
+            _pace(self._export_paces, name, throttle.export_rows_per_second, now)
             log.warning(
                 "system %s throttled: %s",
                 name,
@@ -279,7 +348,8 @@ class Throttles:
             )
         for name in self._in_force.keys() - throttles.keys():
             lifted = self._in_force[name]
-            del self._paces[name]
+            self._paces.pop(name, None)
+            self._export_paces.pop(name, None)
             log.warning(
                 "system %s no longer throttled (it was %s)",
                 name,
@@ -289,11 +359,37 @@ class Throttles:
         self._in_force = throttles
 
 
+class ExportPace:
+    """One system's export as its throttle paces it (`app.store.tiered.exporter.ExportThrottle`):
+    asked before each batch, told what the batch took."""
+
+    def __init__(self, throttles: Throttles, system: str) -> None:
+        self._throttles = throttles
+        self._system = system
+
+    async def batch(self, rows: int) -> int:
+        return await self._throttles.export_batch(self._system, rows)
+
+    def exported(self, rows: int) -> None:
+        self._throttles.exported(self._system, rows)
+
+
+def _pace(paces: dict[str, Pace], system: str, rate: float | None, now: float) -> None:
+    """`system`'s pace in `paces` at `rate`: kept as it is at the same rate, a new one
+    (one second's burst) at another, none if unset."""
+    if rate is None:
+        paces.pop(system, None)
+    elif system not in paces or paces[system].rate != rate:
+        paces[system] = Pace(rate, now)
+
+
 def _fields(system: str, throttle: Throttle) -> dict[str, object]:
-    """A throttle's log line's fields, for a query of who throttled what and why."""
+    """A throttle's log line's fields, for a query of who throttled what and why (a pace
+    not set is null)."""
     return {
         "system": system,
         "instance_pushes_per_second": throttle.instance_pushes_per_second,
+        "export_rows_per_second": throttle.export_rows_per_second,
         "throttled_by": throttle.by,
         "reason": throttle.reason,
     }

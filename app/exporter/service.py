@@ -4,8 +4,10 @@ Each system is exported with its own settings (`system_settings`: its entry in
 RECORDLINE_SYSTEMS over the process's), telemetry (every metric carries the
 system's name) and log label. What fails in one system is that system's: a start
 that fails is tried again after a pause, by a Supervisor that counts it (loop
-`export start`). SIGTERM stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS, every
-lease handed back.
+`export start`). The cell's throttles file (RECORDLINE_THROTTLES) is read as its
+ingest service reads it (`app.cell.throttles`), before any export starts and every
+10 s after: a system whose export on-call slowed waits between its batches. SIGTERM
+stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS, every lease handed back.
 
 Design: docs/operations.md#the-exporter-service
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from app.asgi import fetching_schemas, store_revisions
+from app.cell.throttles import STALE_SECONDS, Throttles
 from app.ingest.schemas import Schemas
 from app.settings import Settings, system_settings
 from app.store.backoff import Backoff
@@ -38,7 +41,14 @@ from app.typed.revisions import Revisions
 if TYPE_CHECKING:
     from app.store.spanner.calls import SpannerClients
 
-__all__ = ["ExporterService", "Pool", "exported_systems", "serve", "system_settings"]
+__all__ = [
+    "ExporterService",
+    "Pool",
+    "exported_systems",
+    "pool_throttles",
+    "serve",
+    "system_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +94,26 @@ class Pool:
         )
 
 
+def pool_throttles(settings: Settings) -> Throttles | None:
+    """What on-call slowed (RECORDLINE_THROTTLES), read as the cell's ingest service reads
+    it: an entry of any system of the cell is one (an export slows only a system that
+    has one); none if the setting is unset."""
+    if not settings.cell.throttles:
+        return None
+    named = settings.systems().keys() | settings.cell.faults().keys()
+    return Throttles(settings.cell.throttles, named)
+
+
 def exported_systems(
-    settings: Settings, *, instance: str | None = None, pool: Pool | None = None
+    settings: Settings,
+    *,
+    instance: str | None = None,
+    pool: Pool | None = None,
+    throttles: Throttles | None = None,
 ) -> list[Exported]:
     """Every system of RECORDLINE_SYSTEMS with a serving tier (or of its former name,
-    RECORDLINE_EXPORT_SYSTEMS), opened on `pool` (nothing connects yet); SettingsError
-    for a setting of one that cannot be used."""
+    RECORDLINE_EXPORT_SYSTEMS), opened on `pool` (nothing connects yet), each export
+    paced as `throttles` says; SettingsError for a setting of one that cannot be used."""
     systems = {name: entry for name, entry in settings.systems().items() if entry.serving}
     # A system whose entry cannot be used is that system's fault: the others export.
     for name, fault in settings.cell.faults().items():
@@ -117,6 +141,7 @@ def exported_systems(
                 observers=telemetry.store_observers(),
                 spanner=pool.spanner,
                 balance=pool.balance,
+                throttle=None if throttles is None else throttles.export_pace(name),
             )
 
         found.append(Exported(name, make, telemetry, schemas))
@@ -127,17 +152,32 @@ class ExporterService:
     """Every system's export in this process, until `stop` is set; see the module notes."""
 
     def __init__(
-        self, systems: list[Exported], *, grace_seconds: float, pool: Pool | None = None
+        self,
+        systems: list[Exported],
+        *,
+        grace_seconds: float,
+        pool: Pool | None = None,
+        throttles: Throttles | None = None,
     ) -> None:
         self.systems = systems
         self._grace = grace_seconds
         # What the systems share, stopped once they are (their telemetry is its views).
         self._pool = pool
-        # Each system's own, counting its restarts in its metrics.
+        # What on-call slowed: the systems' exports are paced as it says (`exported_systems`).
+        self.throttles = throttles
+        # The process's own loops (the throttles' reads), and each system's, counting
+        # its restarts in its metrics.
+        self._own = Supervisor(observer=None if pool is None else pool.telemetry.loop_observer())
         self._supervisors: list[Supervisor] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         """Export until `stop` is set, then stop within the grace."""
+        await self._own.start()
+        if self.throttles is not None:
+            # Read before any export starts: a system whose export is throttled as this
+            # instance starts is paced from its first batch (within the read's deadline).
+            await self.throttles.read()
+            self._own.run("throttles", self.throttles.watch, interval=STALE_SECONDS)
         for system in self.systems:
             supervisor = Supervisor(observer=system.telemetry.loop_observer())
             await supervisor.start()
@@ -189,6 +229,10 @@ class ExporterService:
     async def _close(self, *, within: float) -> None:
         for supervisor in reversed(self._supervisors):
             await supervisor.close()
+        await self._own.close()
+        if self.throttles is not None:
+            # Its read's thread let go, whatever a read that never returned holds.
+            self.throttles.close()
 
         async def close(system: Exported) -> None:
             if system.export is not None:
@@ -213,10 +257,12 @@ async def serve(settings: Settings) -> None:
     """`recordline exporter`: every system's export, until SIGTERM or SIGINT."""
     serving = [name for name, entry in settings.systems().items() if entry.serving]
     pool = Pool.of(settings, len(serving))
+    throttles = pool_throttles(settings)
     service = ExporterService(
-        exported_systems(settings, pool=pool),
+        exported_systems(settings, pool=pool, throttles=throttles),
         grace_seconds=settings.server.shutdown_grace_seconds,
         pool=pool,
+        throttles=throttles,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

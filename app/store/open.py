@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from app.store.spanner.calls import SpannerClients
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.balance import Balance
+    from app.store.tiered.exporter import ExportThrottle
     from app.store.tiered.fleet import SystemExport
     from app.store.tiered.operator import Operated
     from app.typed.revisions import Revisions
@@ -232,10 +233,12 @@ def open_export(
     observers: StoreObservers = NO_OBSERVERS,
     spanner: SpannerClients | None = None,
     balance: Balance | None = None,
+    throttle: ExportThrottle | None = None,
 ) -> SystemExport:
     """System `name`'s export to BigQuery as the exporter service runs it (not started
     yet): from its serving tier (RECORDLINE_SERVING) into its BigQuery store
-    (RECORDLINE_STORE), as `settings` name them; the observers as `open_store`'s."""
+    (RECORDLINE_STORE), as `settings` name them; the observers as `open_store`'s; paced
+    by `throttle`, if on-call slows it."""
     from app.store.tiered.fleet import SystemExport
 
     if not settings.store.serving or not settings.store.url.startswith("bigquery:"):
@@ -251,4 +254,5 @@ def open_export(
         observer=observers.exports,
         loops=observers.loops,
         balance=balance,
+        throttle=throttle,
     )

@@ -47,8 +47,10 @@ locals {
   canary_setting   = "@${local.canary_directory}/systems.json"
 
   # What the pool and the export job run with: the cell's systems' file, the cell's name
-  # (each metric under its system's name: namespace), logs as JSON, and the freshness
-  # SLO's bound: the lease holder counts each exported row's freshness event. Its
+  # (each metric under its system's name: namespace), the throttles on-call sets (read
+  # again every 10 s, as the ingest service reads them: a system's export slowed without
+  # a deploy), logs as JSON, and the freshness SLO's bound: the lease holder counts each
+  # exported row's freshness event. Its
   # metrics every two minutes, as the ingest service's (cell.tf): the lease holder
   # writes eight series of each serving system, the most of a cell's bill for Cloud
   # Monitoring (infra/fleet_cost.py); the alerts read windows of five minutes and more,
@@ -56,6 +58,7 @@ locals {
   exporter_env = merge(var.extra_env, {
     RECORDLINE_CELL                  = local.cell
     RECORDLINE_SYSTEMS               = local.systems_setting
+    RECORDLINE_THROTTLES             = "${local.throttles_directory}/throttles.json"
     GOOGLE_CLOUD_PROJECT             = var.project_id
     RECORDLINE_LOG_FORMAT            = "json"
     OTEL_SERVICE_NAME                = "${local.cell}-exporter"
@@ -112,6 +115,16 @@ resource "google_secret_manager_secret_iam_member" "exporter_reads_canary" {
 
   project   = var.project_id
   secret_id = google_secret_manager_secret.canary_systems[each.key].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.exporter[each.key].member
+}
+
+# The throttles on-call sets (cell.tf): the pool paces a system's export as they say.
+resource "google_secret_manager_secret_iam_member" "exporter_reads_throttles" {
+  for_each = local.exporter
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.throttles.secret_id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.exporter[each.key].member
 }
@@ -179,6 +192,19 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
       }
     }
 
+    # As the ingest service mounts it (cell.tf): no revision's state.
+    volumes {
+      name = "throttles"
+      secret {
+        secret = google_secret_manager_secret.throttles.secret_id
+        items {
+          # Fetched again at each read of the file, so a new version holds at once.
+          version = "latest"
+          path    = "throttles.json"
+        }
+      }
+    }
+
     containers {
       # Until the first deploy it runs the placeholder (exporter_placeholder.py), which
       # waits and exports nothing. A deploy sets the image and clears the command and
@@ -195,6 +221,11 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
       volume_mounts {
         name       = "canary"
         mount_path = local.canary_directory
+      }
+
+      volume_mounts {
+        name       = "throttles"
+        mount_path = local.throttles_directory
       }
 
       dynamic "env" {
@@ -246,6 +277,8 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
     google_project_iam_member.cell_accounts,
     google_secret_manager_secret_iam_member.reads_systems,
     google_secret_manager_secret_iam_member.reads_systems_values,
+    google_secret_manager_secret_iam_member.exporter_reads_throttles,
+    google_secret_manager_secret_version.throttles,
     module.system,
   ]
 }
@@ -344,6 +377,18 @@ resource "google_cloud_run_v2_job" "export" {
         }
       }
 
+      # The pool's settings are the job's: its throttles too, at their latest version.
+      volumes {
+        name = "throttles"
+        secret {
+          secret = google_secret_manager_secret.throttles.secret_id
+          items {
+            version = "latest"
+            path    = "throttles.json"
+          }
+        }
+      }
+
       containers {
         image   = var.placeholder_image
         command = ["recordline"]
@@ -352,6 +397,11 @@ resource "google_cloud_run_v2_job" "export" {
         volume_mounts {
           name       = "systems"
           mount_path = local.systems_directory
+        }
+
+        volume_mounts {
+          name       = "throttles"
+          mount_path = local.throttles_directory
         }
 
         dynamic "env" {
@@ -390,7 +440,12 @@ resource "google_cloud_run_v2_job" "export" {
     ]
   }
 
-  depends_on = [google_secret_manager_secret_iam_member.reads_systems, google_secret_manager_secret_iam_member.reads_systems_values]
+  depends_on = [
+    google_secret_manager_secret_iam_member.reads_systems,
+    google_secret_manager_secret_iam_member.reads_systems_values,
+    google_secret_manager_secret_iam_member.exporter_reads_throttles,
+    google_secret_manager_secret_version.throttles,
+  ]
 }
 
 # On-call runs it as the operator account (run.jobs.run, runWithOverrides, executions

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -199,11 +200,18 @@ def test_the_throttles_path_is_absolute() -> None:
 
 
 class Clock:
+    """A clock that moves when told, or when a paced export waits (`sleep`)."""
+
     def __init__(self) -> None:
         self.now = 1000.0
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def throttles_of(path: Path, clock: Clock | None = None, **kwargs: Any) -> Throttles:
@@ -229,6 +237,11 @@ def throttles_of(path: Path, clock: Clock | None = None, **kwargs: Any) -> Throt
         ),
         (5, "object"),
         (None, "object"),
+        (SLOW, "names instance_pushes_per_second, export_rows_per_second or both"),
+        ({"export_rows_per_second": 0.5, **SLOW}, "export_rows_per_second"),
+        ({"export_rows_per_second": 1e6, **SLOW}, "export_rows_per_second"),
+        (throttle(5, export_rows_per_second="slow"), "export_rows_per_second"),
+        ({"export_rows_per_minute": 60, **SLOW}, "export_rows_per_minute"),
     ],
     ids=[
         "zero",
@@ -244,6 +257,11 @@ def throttles_of(path: Path, clock: Clock | None = None, **kwargs: Any) -> Throt
         "past a float",
         "not an object",
         "null",
+        "no pace",
+        "an export slower than a row a second",
+        "an export past any instance's",
+        "an export that is no number",
+        "an export's misspelt field",
     ],
 )
 async def test_an_entry_that_cannot_be_used_is_named_and_the_last_throttle_kept(
@@ -373,6 +391,118 @@ async def test_each_throttle_taken_up_and_lifted_is_logged_with_who_and_why(
     assert fields["instance_pushes_per_second"] == 5
 
 
+async def test_pushes_and_export_are_throttled_each_alone_or_both(tmp_path: Path) -> None:
+    path = tmp_path / "throttles.json"
+    clock = Clock()
+    slept = clock.slept
+    throttles = throttles_of(path, clock, sleep=clock.sleep)
+    write(
+        path,
+        {
+            "alpha": {"export_rows_per_second": 100, **SLOW},
+            "beta": throttle(0.01),
+            "gamma": throttle(0.01, export_rows_per_second=10),
+        },
+    )
+    await throttles.read()
+    assert throttles.problems() == []
+    assert throttles.in_force() == {
+        "alpha": f"its export at 100 rows a second, set by {SLOW['by']}: {SLOW['reason']}",
+        "beta": f"0.01 pushes a second an instance, set by {SLOW['by']}: {SLOW['reason']}",
+        "gamma": "0.01 pushes a second an instance and its export at 10 rows a second, set by "
+        f"{SLOW['by']}: {SLOW['reason']}",
+    }
+    # Alpha's pushes are not slowed; its export is.
+    assert all(throttles.refused("alpha") is None for _ in range(50))
+    assert await throttles.export_batch("alpha", 1000) == 100
+    throttles.exported("alpha", 100)
+    assert await throttles.export_batch("alpha", 1000) == 100
+    assert slept == [1.0]
+    # Beta's export is not slowed (nor waited for); its pushes are.
+    throttles.exported("beta", 1000)
+    assert await throttles.export_batch("beta", 1000) == 1000
+    assert slept == [1.0]
+    assert throttles.refused("beta") is None
+    assert throttles.refused("beta") is not None
+    # Gamma's both.
+    assert await throttles.export_batch("gamma", 1000) == 10
+    assert throttles.refused("gamma") is None
+    assert throttles.refused("gamma") is not None
+
+
+async def test_an_export_paced_waits_once_a_batch_and_holds_its_rate_to_the_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "throttles.json"
+    clock = Clock()
+    slept = clock.slept
+    throttles = throttles_of(path, clock, sleep=clock.sleep)
+    write(path, {"alpha": {"export_rows_per_second": 40, **SLOW}})
+    await throttles.read()
+    pace = throttles.export_pace("alpha")
+    started = clock.now
+    exported = 0
+    # A system with 1,000 rows to export, in batches of at most 250.
+    while exported < 1000:
+        rows = await pace.batch(250)
+        assert 1 <= rows <= 40  # one second's at most
+        exported += rows
+        pace.exported(rows)
+        # Never past its rate, but for the first second's burst.
+        assert exported <= 40 + 40 * (clock.now - started)
+    # And no slower: every wait is for the batch's rows, and no more.
+    assert clock.now - started == pytest.approx((1000 - 40) / 40)
+    assert len(slept) == 1000 // 40 - 1
+    # A batch that took fewer rows than it might is charged what it took: the next waits
+    # for those rows alone.
+    assert await pace.batch(250) == 40
+    pace.exported(3)
+    assert await pace.batch(250) == 40
+    assert slept[-2:] == [1.0, pytest.approx(3 / 40)]
+
+
+async def test_an_export_throttle_changed_or_lifted_during_a_wait_holds_at_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "throttles.json"
+    clock = Clock()
+    throttles: Throttles
+
+    async def sleep(seconds: float) -> None:
+        # While alpha's export waits, on-call lifts its throttle; the wait then ends.
+        clock.now += seconds / 2
+        write(path, {})
+        await throttles.read()
+
+    throttles = throttles_of(path, clock, sleep=sleep)
+    write(path, {"alpha": {"export_rows_per_second": 1, **SLOW}})
+    await throttles.read()
+    assert await throttles.export_batch("alpha", 1000) == 1
+    throttles.exported("alpha", 1)
+    assert await throttles.export_batch("alpha", 1000) == 1000
+    assert clock.now == 1000.5
+
+
+async def test_the_docs_example_is_a_file_every_instance_takes_up_as_it_says(
+    tmp_path: Path,
+) -> None:
+    text = (Path(__file__).parents[2] / "docs" / "cells.md").read_text()
+    section = text[text.index("\n## Throttles\n") : text.index("\n## Telemetry\n")]
+    (example,) = re.findall(r"```json\n(.*?)```", section, re.S)
+    path = tmp_path / "throttles.json"
+    path.write_text(example)
+    throttles = Throttles(str(path), ["alpha", "beta"])
+    await throttles.read()
+    assert throttles.problems() == []
+    said = throttles.in_force()
+    assert said["alpha"].startswith("5 pushes a second an instance, set by")
+    assert said["beta"].startswith("its export at 200 rows a second, set by")
+    # Alpha's export and beta's pushes are not slowed.
+    assert await throttles.export_batch("alpha", 1000) == 1000
+    assert all(throttles.refused("beta") is None for _ in range(100))
+    throttles.close()
+
+
 def test_a_pace_admits_its_rate_in_bursts_of_one_seconds() -> None:
     pace = Pace(4.0, now=0.0)
     assert [pace.wait(0.0) for _ in range(5)] == [0.0, 0.0, 0.0, 0.0, 0.25]
@@ -383,6 +513,28 @@ def test_a_pace_admits_its_rate_in_bursts_of_one_seconds() -> None:
     slow = Pace(0.01, now=0.0)
     assert slow.wait(0.0) == 0.0
     assert slow.wait(0.0) == pytest.approx(100.0)
+
+
+def test_an_exports_pace_lets_a_batch_begin_once_its_rows_are_due() -> None:
+    pace = Pace(2.5, now=0.0)
+    # Whole rows of one second's: two, then the wait for the next two and a half.
+    assert pace.batch(0.0, 1000) == (2, 0.0)
+    pace.spend(2)
+    assert pace.batch(0.0, 1000) == (0, pytest.approx(0.8))
+    assert pace.batch(0.8, 1000) == (2, 0.0)
+    # A batch smaller than a second's waits for its own rows alone.
+    pace.spend(2)
+    assert pace.batch(0.8, 1) == (0, pytest.approx(0.2))
+    # A fast pace lets whole batches go, a second's worth of them at once.
+    fast = Pace(5000.0, now=0.0)
+    for _ in range(5):
+        assert fast.batch(0.0, 1000) == (1000, 0.0)
+        fast.spend(1000)
+    assert fast.batch(0.0, 1000) == (0, pytest.approx(0.2))
+    # A batch begun before the pace (or under a faster one) leaves no debt past a second.
+    slow = Pace(1.0, now=0.0)
+    slow.spend(1000)
+    assert slow.batch(0.0, 1000) == (0, pytest.approx(1.0))
 
 
 async def test_a_refusal_asks_to_come_back_within_a_minute(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ over within a lease, and BigQuery must end up with every acknowledged row of
 every system exactly once. Then one system's ingest, scaled to zero (no
 process at all), is woken by a push: the process starts, answers it 204, and
 the surviving exporter puts the row in BigQuery, though no ingest instance
-exports anything.
+exports anything. And a pool run as Terraform runs it, with the cell's throttles file:
+the system whose export on-call slowed is paced, the others are not, and SIGTERM while
+it waits stops it in time, nothing doubled.
 """
 
 from __future__ import annotations
@@ -322,3 +324,80 @@ async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_z
     # Stopped by SIGTERM, the survivor handed every lease back.
     assert all(pid is None for pid in holders(spanner_emulator, databases).values())
     assert survivor.process.returncode == 0
+
+
+async def test_an_export_on_call_slowed_is_paced_and_stops_in_time_at_sigterm(
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    stores: dict[str, TieredStore],
+    databases: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    throttles = tmp_path / "throttles.json"
+    slow = {"by": "oncall@example.com", "reason": "alpha's export holds the instance at 90% CPU"}
+    throttles.write_text(
+        json.dumps(
+            {
+                "alpha": {"export_rows_per_second": 1, **slow},
+                # Beta's cannot be used (under a row a second): said, and beta not slowed.
+                "beta": {"export_rows_per_second": 0, **slow},
+            }
+        )
+    )
+    systems = {
+        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
+        for system in SYSTEMS
+    }
+    # As Terraform runs the pool: a cell's systems' file, and its throttles' file.
+    environment = {
+        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
+        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+        "RECORDLINE_LOG_FORMAT": "json",
+        "RECORDLINE_CELL": "cell-1",
+        "RECORDLINE_SYSTEMS": json.dumps(systems),
+        "RECORDLINE_THROTTLES": str(throttles),
+    }
+    acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
+    await acknowledge(stores, 1, acknowledged, "before")
+    pool = ExporterProcess(environment, tmp_path / "exporter.log")
+    try:
+        await until(
+            lambda: all(
+                in_bigquery(write_fake, s).keys() == acknowledged[s] for s in ("beta", "gamma")
+            ),
+            timeout=60,
+            interval=0.1,
+            what="beta's and gamma's rows exported",
+        )
+        first = await until(
+            lambda: sum(in_bigquery(write_fake, "alpha").values()), interval=0.05, what="alpha's"
+        )
+        since = time.monotonic()
+        later = await until(
+            lambda: (n := sum(in_bigquery(write_fake, "alpha").values())) >= first + 3 and n,
+            timeout=30,
+            interval=0.05,
+            what="three more of alpha's rows",
+        )
+        took = time.monotonic() - since
+        # A row a second, and a second's burst (one row) at most besides.
+        assert later - first <= 1 + took, (later, first, took)
+        stopped = time.monotonic()
+        pool.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(pool.process.wait, 15)
+        exited = time.monotonic() - stopped
+        print(f"\nalpha: {later - first} rows in {took:.2f} s; SIGTERM to exit: {exited:.2f} s")
+        # Cloud Run kills at 10 s; a paced export's wait is a second at most.
+        assert exited < 10
+        assert code == 0, pool.log.read_text()[-3000:]
+    finally:
+        await asyncio.to_thread(pool.close)
+    held = in_bigquery(write_fake, "alpha")
+    assert 0 < len(held) < len(acknowledged["alpha"])
+    assert set(held.values()) == {1}
+    assert all(pid is None for pid in holders(spanner_emulator, databases).values())
+    said = pool.log.read_text()
+    assert "system alpha throttled: its export at 1 rows a second" in said
+    assert "the throttle of 'beta' cannot be used" in said

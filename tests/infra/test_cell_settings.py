@@ -7,6 +7,7 @@ and opened by the exporter as the systems it exports."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -19,7 +20,7 @@ import pytest
 from litestar.testing import TestClient
 
 from app.cell.app import create_cell
-from app.exporter.service import Pool, exported_systems
+from app.exporter.service import Pool, exported_systems, pool_throttles
 from app.settings import Settings, SystemEntry, every_setting, system_settings
 from app.store import Store
 from app.store.duckdb.store import DuckDBStore
@@ -74,7 +75,7 @@ def mounted(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     setting = env["RECORDLINE_SYSTEMS"]
     assert setting == found["setting"] == f"@{found['directory']}/systems.json"
     mounts = {"RECORDLINE_SYSTEMS": f"@{directory}/systems.json"}
-    if "RECORDLINE_THROTTLES" in env:  # the service's; not the exporter pool's
+    if "RECORDLINE_THROTTLES" in env:  # the service's and the exporter pool's
         throttles = tmp_path / env["RECORDLINE_THROTTLES"].lstrip("/")
         throttles.parent.mkdir(parents=True, exist_ok=True)
         first = _resources("google_secret_manager_secret_version", TERRAFORM)["throttles"]
@@ -211,8 +212,15 @@ def test_the_exporter_pools_environment_is_accepted_and_exports_the_serving_syst
     # whose telemetry exports nowhere.
     balance = Balance("test", len(serving), lease_seconds=LEASE_SECONDS)
     pool = Pool("test", Telemetry(), spanner_clients(settings), balance)
-    exported = exported_systems(settings, pool=pool)
+    throttles = pool_throttles(settings)
+    assert throttles is not None
+    exported = exported_systems(settings, pool=pool, throttles=throttles)
     assert sorted(e.name for e in exported) == ["orders", "recordline"]
+    # The throttles' file as Terraform first writes it: read, none throttled, nothing wrong.
+    asyncio.run(throttles.read())
+    assert throttles.in_force() == {}
+    assert throttles.problems() == []
+    throttles.close()
 
 
 CONFIGURATION = TERRAFORM.parents[1] / "docs" / "configuration.md"

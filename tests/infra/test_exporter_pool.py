@@ -89,9 +89,45 @@ def test_it_reads_the_cells_systems_file_and_its_canary_systems_file_beside_it()
     assert mounts == {
         "systems": "${local.systems_directory}",
         "canary": "${local.canary_directory}",
+        "throttles": "${local.throttles_directory}",
     }
     directories = _root_console("[local.systems_directory, local.canary_directory]", SERVING)
     assert [f"@{d}/systems.json" for d in directories] == [SYSTEMS_SETTING, CANARY_SETTING]
+
+
+def test_it_and_its_job_read_the_throttles_on_call_sets_as_the_ingest_service_does() -> None:
+    # The file every ingest instance reads (cell.tf), at the same place and at its latest
+    # version: a system's export is slowed with no deploy (docs/cells.md#throttles).
+    env = _root_console("local.exporter_env", SERVING)
+    service = _root_console("local.service_env", SERVING)
+    assert env["RECORDLINE_THROTTLES"] == service["RECORDLINE_THROTTLES"]
+    assert env["RECORDLINE_THROTTLES"] == "/etc/recordline/throttles/throttles.json"
+    (ingest,) = [
+        v
+        for v in _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["volumes"]
+        if v["name"] == "throttles"
+    ]
+    (job,) = _resources("google_cloud_run_v2_job")["export"]["template"][0]["template"]
+    for template in (_pool()["template"][0], job):
+        (volume,) = [v for v in template["volumes"] if v["name"] == "throttles"]
+        assert volume == ingest
+        (secret,) = volume["secret"]
+        assert secret["items"] == [{"version": "latest", "path": "throttles.json"}]
+        (container,) = template["containers"]
+        assert {"name": "throttles", "mount_path": "${local.throttles_directory}"} in container[
+            "volume_mounts"
+        ]
+    # Read as the exporter's own account, granted before the pool or the job exists.
+    grant = _resources("google_secret_manager_secret_iam_member")["exporter_reads_throttles"]
+    assert grant["for_each"] == "${local.exporter}"
+    assert grant["secret_id"] == "${google_secret_manager_secret.throttles.secret_id}"
+    assert grant["role"] == "roles/secretmanager.secretAccessor"
+    assert grant["member"] == "${google_service_account.exporter[each.key].member}"
+    for resource in (_pool(), _resources("google_cloud_run_v2_job")["export"]):
+        assert (
+            "${google_secret_manager_secret_iam_member.exporter_reads_throttles}"
+            in (resource["depends_on"])
+        )
 
 
 def test_the_canary_systems_are_serving_systems_of_the_cell_with_their_own_entries() -> None:
@@ -299,11 +335,12 @@ def test_the_exporter_may_use_each_serving_systems_database_and_tables_and_nothi
     named = set(re.findall(r"google_bigquery_table\.(\w+)", json.dumps(tables["for_each"])))
     assert named == {"records", "rejected", "export_watermarks"}  # not dead_letters
     # At the project, only query jobs, spans and metrics (project_iam.tf); and the
-    # systems' and canary files.
+    # systems', canary and throttles' files.
     granted = _grants_to("google_service_account.exporter")
     assert [(t, n) for t, n, _ in granted] == [
         ("google_project_iam_member", "cell_accounts"),
         ("google_secret_manager_secret_iam_member", "exporter_reads_canary"),
+        ("google_secret_manager_secret_iam_member", "exporter_reads_throttles"),
     ]
     roles = _root_console(
         '[for k, v in { for pair in setproduct(concat(["runtime"], length(local.exporter) > 0'

@@ -805,23 +805,50 @@ def test_a_hot_system_is_seen_throttled_and_let_go_as_written(cloud: Cloud) -> N
     cloud.update(secrets=secrets)
     run(cloud, where(), throttle)
     versions = cloud.world["secrets"]["recordline-throttles"]["versions"]
-    written = json.loads(versions["2"]["data"])
-    assert written == {
-        "recordline": other,
-        "orders": {
-            "instance_pushes_per_second": 5,
-            "by": ONCALL.partition(":")[2],
-            "reason": "backfill holds the serving instance at 90% CPU",
-        },
+    why = {
+        "by": ONCALL.partition(":")[2],
+        "reason": "backfill holds the serving instance at 90% CPU",
     }
-    # What the cell reads of it: every entry a throttle it takes up.
-    path = cloud.work / "throttled.json"
-    throttles = Throttles(str(path), ["recordline", "orders"])
-    path.write_text(versions["2"]["data"])
-    asyncio.run(throttles.read())
-    assert sorted(throttles.in_force()) == ["orders", "recordline"]
-    assert throttles.problems() == []
-    # It holds: each instance's line, and who added the version.
+    written = json.loads(versions["2"]["data"])
+    assert written == {"recordline": other, "orders": {"instance_pushes_per_second": 5, **why}}
+
+    def taken_up(version: str) -> dict[str, str]:
+        """What the cell and its exporter pool read of a version: every entry a throttle."""
+        path = cloud.work / "throttled.json"
+        throttles = Throttles(str(path), ["recordline", "orders"])
+        path.write_text(versions[version]["data"])
+        asyncio.run(throttles.read())
+        assert throttles.problems() == []
+        return throttles.in_force()
+
+    assert sorted(taken_up("2")) == ["orders", "recordline"]
+
+    def with_paces(rate: str, rows: str) -> str:
+        """The block as on-call runs it with `RATE` and `ROWS` set so."""
+        block = re.sub(r"(?m)^(\s*)RATE=\S*", rf"\g<1>RATE={rate}", throttle)
+        return re.sub(r"(?m)^(\s*)ROWS=\S*", rf"\g<1>ROWS={rows}", block)
+
+    # Its export slowed instead, its pushes let go: the entry is the system's whole throttle.
+    run(cloud, where(), with_paces("", "200"))
+    versions = cloud.world["secrets"]["recordline-throttles"]["versions"]
+    assert json.loads(versions["3"]["data"])["orders"] == {"export_rows_per_second": 200, **why}
+    assert taken_up("3")["orders"].startswith("its export at 200 rows a second, set by")
+    # And both.
+    run(cloud, where(), with_paces("5", "200"))
+    versions = cloud.world["secrets"]["recordline-throttles"]["versions"]
+    assert json.loads(versions["4"]["data"])["orders"] == {
+        "instance_pushes_per_second": 5,
+        "export_rows_per_second": 200,
+        **why,
+    }
+    assert taken_up("4")["orders"].startswith(
+        "5 pushes a second an instance and its export at 200 rows a second"
+    )
+    # A pace that is no number adds no version (an empty one would lift every throttle).
+    failed = cloud.shell("\n".join([where(), with_paces("five", "")]))
+    assert failed.returncode != 0
+    assert "5" not in cloud.world["secrets"]["recordline-throttles"]["versions"]
+    # It holds: each instance's line, the service's and the pool's, and who added the version.
     said = "system orders throttled: 5 pushes a second an instance"
     cloud.update(
         logs=[
@@ -832,6 +859,17 @@ def test_a_hot_system_is_seen_throttled_and_let_go_as_written(cloud: Cloud) -> N
                 },
                 "timestamp": "2026-11-27T03:00:00Z",
                 "jsonPayload": {"message": said, "throttled_by": "oncall@example.com"},
+            },
+            {
+                "resource": {
+                    "type": "cloud_run_worker_pool",
+                    "labels": {"worker_pool_name": "recordline-exporter"},
+                },
+                "timestamp": "2026-11-27T03:00:01Z",
+                "jsonPayload": {
+                    "message": f"{said} and its export at 200 rows a second",
+                    "throttled_by": "oncall@example.com",
+                },
             },
             {
                 "timestamp": "2026-11-27T03:00:00Z",
@@ -845,14 +883,16 @@ def test_a_hot_system_is_seen_throttled_and_let_go_as_written(cloud: Cloud) -> N
             },
         ]
     )
-    assert said in run(cloud, where(), hold)
+    shown = run(cloud, where(), hold)
+    assert said in shown
+    assert f"{said} and its export at 200 rows a second" in shown
     shown = run(cloud, where(), audit)
     assert "/secrets/recordline-throttles/versions/2" in shown
     assert OPERATOR in shown
-    # And back: orders' throttle gone, the other system's kept.
+    # And back: orders' throttle gone, both its paces, the other system's kept.
     run(cloud, where(), lift)
     versions = cloud.world["secrets"]["recordline-throttles"]["versions"]
-    assert json.loads(versions["3"]["data"]) == {"recordline": other}
+    assert json.loads(versions["5"]["data"]) == {"recordline": other}
     assert cloud.world["principal"] == ONCALL
 
 

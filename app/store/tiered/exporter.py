@@ -147,6 +147,21 @@ class ExportObserver(Protocol):
         ...
 
 
+class ExportThrottle(Protocol):
+    """How fast on-call lets this system's export go, when it slowed it (a cell's
+    throttle: `app.cell.throttles`). Asked between batches only: nothing the exporter
+    holds (a transaction, an append) is open while it waits."""
+
+    async def batch(self, rows: int) -> int:
+        """How many of `rows` the next batch may take (one at least), once it may start:
+        waited for here."""
+        ...
+
+    def exported(self, rows: int) -> None:
+        """A batch took `rows` (appended, once)."""
+        ...
+
+
 class ExportLedger(Protocol):
     """The export's lease and progress as one exporter asks for them, where they are
     kept (the serving database: `app.store.spanner.export_ledger`)."""
@@ -308,10 +323,13 @@ class Exporter:
         observer: ExportObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
         share: Share | None = None,
+        throttle: ExportThrottle | None = None,
     ) -> None:
         pace = pace or Pace()
         # This system's place in an exporter pool's balance, if it is one's.
         self._share = share
+        # On-call's pace for this system's export, if it set one.
+        self._throttle = throttle
         self._source = source
         self._streams = streams = bigquery.streams
         self._encoders: dict[RowType, RowEncoder] = {kind: RowEncoder(kind) for kind in streams}
@@ -474,8 +492,13 @@ class Exporter:
         table = _TABLES_OF[kind]
         if time.monotonic() < self._paused_until.get(table, -float("inf")):
             return 0
+        # A throttled export waits here, before its batch begins: every transaction and
+        # append of the batch before is over, and the next is not begun.
+        limit = self._batch_rows
+        if self._throttle is not None:
+            limit = await self._throttle.batch(limit)
         try:
-            exported = await self._export(kind)
+            exported = await self._export(kind, limit)
         except _Stop:
             return 0
         except ProgressMoved as exc:
@@ -493,7 +516,9 @@ class Exporter:
 
     # -- one table ---------------------------------------------------------------
 
-    async def _export(self, kind: RowType) -> int:
+    async def _export(self, kind: RowType, limit: int) -> int:
+        """A batch of up to `limit` new rows of `kind` (a pending batch is the one its
+        intent names, whatever its size), exported once; how many."""
         table = _TABLES_OF[kind]
         progress = await self.ledger.progress(table)
         if progress.blocked is None and table in self._retry_at:
@@ -525,7 +550,7 @@ class Exporter:
             progress,
             (progress.done_time, progress.done_message_id),
             until,
-            self._batch_rows,
+            limit,
             seen=progress.updated or 0,
         )
         encoding = await self._encoding(kind, progress, found) if found else None
@@ -538,7 +563,7 @@ class Exporter:
             return 0
         rows, batch = await self._cut(progress, encoding, found, whole=False)
         last = rows[-1]
-        full = len(found) == self._batch_rows or len(rows) < len(found)
+        full = len(found) == limit or len(rows) < len(found)
         # Rows committed with the last one's timestamp may remain when the batch
         # is full: the watermark stops short of them.
         watermark = last.ingest_time if full else until + 1
@@ -878,6 +903,8 @@ class Exporter:
         """The batch is in BigQuery: the progress past it (`done` says where the next
         goes), BigQuery told the watermark, the table no longer blocked."""
         table = _TABLES_OF[kind]
+        if self._throttle is not None:
+            self._throttle.exported(len(rows))
         done = msgspec.structs.replace(
             done,
             done_time=rows[-1].ingest_time,

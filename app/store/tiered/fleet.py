@@ -32,6 +32,7 @@ from app.store.tiered.exporter import (
     Destination,
     Exporter,
     ExportObserver,
+    ExportThrottle,
     exporter_lease,
 )
 from app.store.tiered.held import QueryHeld
@@ -51,10 +52,12 @@ def exporter_for(
     watermarks: WatermarkWriter,
     observer: ExportObserver | None = None,
     share: Share | None = None,
+    throttle: ExportThrottle | None = None,
 ) -> Exporter:
     """The exporter of a system's rows from `serving` into `analytics` (both started):
     its offset streams, its watermark rows, records' typed columns where the dataset
-    projects them, and BigQuery's own answer to what it holds."""
+    projects them, and BigQuery's own answer to what it holds; paced by `throttle`, if
+    on-call slows it."""
     table, revisions = analytics.typed, analytics.revisions
     bigquery = Destination(
         {kind: analytics.offset_stream(kind) for kind in (Record, Rejection)},
@@ -67,7 +70,9 @@ def exporter_for(
     )
     # In a pool, every system's lease under this instance's one name.
     lease = None if share is None else exporter_lease(share.holder)
-    return Exporter(serving, bigquery, observer=observer, share=share, lease=lease)
+    return Exporter(
+        serving, bigquery, observer=observer, share=share, lease=lease, throttle=throttle
+    )
 
 
 class SystemExport:
@@ -83,10 +88,13 @@ class SystemExport:
         loops: LoopObserver | None = None,
         clock: Callable[[], int] = time.time_ns,
         balance: Balance | None = None,
+        throttle: ExportThrottle | None = None,
     ) -> None:
         self.name = name
         # Its lease's place in the pool's balance (each instance about its share).
         self._share = None if balance is None else balance.share(name)
+        # The pace on-call set for its export, as the pool's throttles file says.
+        self._throttle = throttle
         self.serving = serving
         self.analytics = analytics
         self._observer = observer
@@ -114,6 +122,7 @@ class SystemExport:
             watermarks=self._writer,
             observer=self._observer,
             share=self._share,
+            throttle=self._throttle,
         )
         self.exporter = exporter
         await self.supervisor.start()
