@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 from pathlib import Path
+from typing import cast
 
 import duckdb
 import httpx
@@ -15,13 +16,17 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 from litestar import Litestar, Response, post
 from litestar.datastructures import Cookie, ResponseHeader
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.errors import QueueFull, RecordlineError
 from app.http.head import Recordline
 from app.ingest.envelope import is_attribute
+from app.ingest.service import Ingest
+from app.problems import Problems
 from app.records import MAX_ID_LENGTH
-from app.routes.ingest import STORED
+from app.routes.ingest import STORED, push_routes
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.fuzz.budget import EXAMPLES
@@ -67,6 +72,33 @@ def test_the_pushs_answer_keeps_what_a_layer_adds() -> None:
 
 async def _stored() -> Response[None]:
     return STORED
+
+
+class _FullQueue:
+    """An ingest whose system's queue has no room (taken by another push between the
+    head's look and the route)."""
+
+    def reserve(self, declared: int | None) -> int:
+        raise QueueFull("0 rows are waiting to be stored and 1 push is being read")
+
+
+def test_a_push_refused_for_a_full_queue_spends_none_of_its_systems_throttle() -> None:
+    spent: list[bool] = []
+
+    def pace(*, spend: bool = True) -> RecordlineError | None:
+        spent.append(spend)
+        return None
+
+    ingest = cast("Ingest", _FullQueue())
+    problems = ProblemDetailsConfig(
+        exception_to_problem_detail_map=Problems(max_body_bytes=1024).exception_map
+    )
+    app = Litestar(push_routes(ingest, throttled=pace), plugins=[ProblemDetailsPlugin(problems)])
+    with TestClient(app) as client:
+        answer = client.post("/pubsub/push", json=envelope(RECORD))
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["type"] == "/problems/queue-full"
+    assert spent == []  # looked at by nobody, counted for nothing
 
 
 def test_issue_example_envelope(client: TestClient[Recordline]) -> None:

@@ -108,15 +108,16 @@ def push_routes(
         # a sixth of what a push costs.
         if (refusal := browser_refusal(headers)) is not None:
             raise refusal
-        # Counted against its system's throttle here, past its token's check: the head
-        # only looked (`app.asgi.refused_on_head`), so no request a stranger can send
-        # spends what Pub/Sub's pushes are admitted.
-        if throttled is not None and (past := throttled(spend=True)) is not None:
-            raise past
         # Room in the system's queue for its row, by the length its head declares: a
         # system whose queue is full refuses it here, before a byte of its body is read.
         reserved = ingest.reserve(request.content_length)
         try:
+            # Counted against its system's throttle here, past its token's check and
+            # with room for its row: the head only looked (`app.asgi.refused_on_head`),
+            # so neither a request a stranger can send nor a push refused for a full
+            # queue spends what Pub/Sub's pushes are admitted.
+            if throttled is not None and (past := throttled(spend=True)) is not None:
+                raise past
             # Read here rather than by `request.body()`, which keeps the body until the
             # request ends: decoded, a push holds its message, not the body too, while
             # its row is stored (app.http.limits.BODY_COPIES).
