@@ -5,8 +5,6 @@ alpha's rows alone."""
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,61 +12,20 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from app.cell.app import create_cell
-from app.settings import Settings
-from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
-from tests.cell.test_cell import audience, pusher
-from tests.conftest import envelope
+from tests.cell.test_read_passes import SYSTEMS, entry, pass_of, reader, serving
 
-SYSTEMS = ("alpha", "beta")
 EXPORTER = "exporter-alpha@example.org"
-KEY = base64.urlsafe_b64encode(bytes(range(16))).decode()
-
-
-def reader(system: str) -> str:
-    return f"reader-{system}@example.org"
 
 
 @pytest.fixture
 def cell(tmp_path: Path) -> Iterator[tuple[TestClient[Any], FakeGoogle]]:
-    google = FakeGoogle().start()
     exporters = tmp_path / "alpha.exporters"
     exporters.write_text(f"{EXPORTER}\n")
-    systems: dict[str, dict[str, str]] = {
-        name: {
-            "store": "memory:",
-            "push_audience": audience(name),
-            "push_service_accounts": pusher(name),
-            "read_principals": reader(name),
-        }
-        for name in SYSTEMS
-    }
+    systems = {name: entry(name) for name in SYSTEMS}
     systems["alpha"]["export_principals"] = f"@{exporters}"
-    settings = Settings.load(
-        {
-            "RECORDLINE_CELL": "cell-1",
-            "RECORDLINE_SYSTEMS": json.dumps(systems),
-            "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
-            "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
-            "RECORDLINE_READ_PASS_KEYS": f"k1:{KEY}",
-            "RECORDLINE_READ_PASS_URL": "https://cell-1.example",
-        }
-    )
-    made = create_cell(settings, stores={name: lambda: DuckDBStore(":memory:") for name in SYSTEMS})
-    try:
-        with TestClient(made) as client:
-            for name in SYSTEMS:
-                token = google.mint(aud=audience(name), email=pusher(name))
-                answer = client.post(
-                    f"/systems/{name}/pubsub/push",
-                    json=envelope({"id": f"{name}-1", "data": 1}, message_id=f"{name}-m"),
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                assert answer.status_code == 204, answer.text
-            yield client, google
-    finally:
-        google.stop()
+    with serving(systems) as served:
+        yield served
 
 
 def token(google: FakeGoogle, email: str) -> dict[str, str]:
@@ -76,10 +33,7 @@ def token(google: FakeGoogle, email: str) -> dict[str, str]:
 
 
 def read_pass(client: TestClient[Any], google: FakeGoogle, system: str) -> dict[str, str]:
-    answer = client.post(f"/systems/{system}/v1/read-pass", headers=token(google, reader(system)))
-    client.cookies.clear()
-    assert answer.status_code == 200, answer.text
-    return {"Cookie": answer.json()["cookie"]}
+    return {"Cookie": pass_of(client, google, system)}
 
 
 def export(
