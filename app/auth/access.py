@@ -239,18 +239,9 @@ class ExportAccess:
     """Exports where they are a permission of their own: a reader's token (`read`
     checks it, with its refusals), whose identity is one of the `exporters`."""
 
-    realm = "recordline"
-
-    def __init__(
-        self,
-        read: ReadAccess,
-        exporters: Principals,
-        *,
-        setting: str = "RECORDLINE_EXPORT_PRINCIPALS",
-    ) -> None:
+    def __init__(self, read: ReadAccess, exporters: Principals) -> None:
         self._read = read
         self._exporters = exporters
-        self._setting = setting
 
     async def admits(self, credentials: Credentials) -> bool:
         """Whether these credentials name an exporter (as `ReadAccess.admits`)."""
@@ -262,7 +253,7 @@ class ExportAccess:
         if not self._exporters.admit(identity):
             raise _refuse(
                 ExportForbidden(NOT_AN_EXPORTER),
-                f"{identity.email} is not in {self._setting}",
+                f"{identity.email} is not in RECORDLINE_EXPORT_PRINCIPALS",
                 "export",
             )
 

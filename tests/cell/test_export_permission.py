@@ -44,7 +44,6 @@ def export(
     )
 
 
-@pytest.mark.slow
 def test_alpha_restricts_its_exports_and_beta_does_not(
     cell: tuple[TestClient[Any], FakeGoogle],
 ) -> None:
@@ -71,7 +70,6 @@ def test_alpha_restricts_its_exports_and_beta_does_not(
     assert export(client, "beta", token(google, EXPORTER)).status_code == 403
 
 
-@pytest.mark.slow
 def test_each_systems_console_offers_an_export_as_that_system_allows(
     cell: tuple[TestClient[Any], FakeGoogle],
 ) -> None:
